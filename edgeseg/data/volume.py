@@ -1,0 +1,62 @@
+"""Volume: one CT case as HU in the LPS display layout, with geometry and an optional label map."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from edgeseg.errors import DataError
+
+
+@dataclass
+class Volume:
+    """One CT case.
+
+    ``hu`` is indexed ``hu[z, y, x]``: x runs to the patient's left, y to posterior, z to
+    superior (LPS), so ``hu[k]`` is an axial slice as a radiologist views it. Readers convert
+    every source to this layout.
+
+    Args:
+        hu: (Z, Y, X) float32 Hounsfield units.
+        spacing: (z, y, x) voxel size in mm; slice folders without geometry use 1.0.
+        affine: 4x4 matrix mapping a voxel index (x, y, z, 1) of ``hu`` to RAS+ millimetres
+            (the NIfTI convention), so writers can place outputs in the source's world.
+        case_id: patient / volume identifier; splits are made on it, never on slices.
+        label: optional (Z, Y, X) uint8 label map with the source's own label values.
+        hu_range: the HU range the source can represent, e.g. (0, 255) for slices stored as
+            "pixel = HU clipped to [0, 255]"; None for full-range scanner data.
+        modality: DICOM modality, "CT" for everything edgeseg segments.
+        source: where the data came from (path), for messages.
+        slice_ids: one name per slice (file stem or instance number), for reports.
+    """
+
+    hu: np.ndarray
+    spacing: tuple[float, float, float]
+    affine: np.ndarray
+    case_id: str
+    label: np.ndarray | None = None
+    hu_range: tuple[float, float] | None = None
+    modality: str = "CT"
+    source: str = ""
+    slice_ids: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.hu.ndim != 3:
+            raise DataError(f"{self.case_id}: HU array must be (Z, Y, X), got shape {self.hu.shape}")
+        if self.label is not None and self.label.shape != self.hu.shape:
+            raise DataError(
+                f"{self.case_id}: label shape {self.label.shape} differs from image shape {self.hu.shape}"
+            )
+        if not self.slice_ids:
+            self.slice_ids = [str(k) for k in range(self.hu.shape[0])]
+
+    @property
+    def num_slices(self) -> int:
+        return int(self.hu.shape[0])
+
+
+def default_affine(spacing: tuple[float, float, float]) -> np.ndarray:
+    """RAS affine for an LPS-ordered (x, y, z) grid at the origin: x and y axes point to -R, -A."""
+    sz, sy, sx = spacing
+    return np.diag([-sx, -sy, sz, 1.0])

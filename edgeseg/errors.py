@@ -1,0 +1,49 @@
+"""The few exception types edgeseg raises on purpose.
+
+Every error a user can cause (bad data, a wrong checkpoint, a missing optional library) is an
+``EdgesegError``; the CLI prints its message as one line and exits non-zero. Anything else that
+escapes is a bug in edgeseg.
+"""
+
+from __future__ import annotations
+
+
+class EdgesegError(Exception):
+    """Base class for errors caused by input, configuration or environment, not by edgeseg."""
+
+
+class DataError(EdgesegError):
+    """Input data is missing, malformed, or not what the operation can honour."""
+
+
+class SpecError(EdgesegError):
+    """A PreprocessSpec is invalid or cannot be applied to the given input."""
+
+
+class ModelConfigError(EdgesegError):
+    """A model configuration is invalid or does not fit the input."""
+
+
+class CheckpointError(EdgesegError):
+    """A checkpoint is corrupt, incomplete, or from an incompatible model."""
+
+
+class MissingDependencyError(EdgesegError):
+    """An optional library is needed; the message names the extra that installs it."""
+
+    def __init__(self, package: str, extra: str, purpose: str) -> None:
+        super().__init__(
+            f"{purpose} needs the '{package}' package: pip install 'edgeseg[{extra}]'"
+        )
+        self.package = package
+        self.extra = extra
+
+
+def require(module: str, extra: str, purpose: str):
+    """Import an optional module, or raise MissingDependencyError naming the extra."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise MissingDependencyError(module.split(".")[0], extra, purpose) from exc

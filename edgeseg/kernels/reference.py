@@ -1,0 +1,130 @@
+"""Numpy reference implementation of pre- and post-processing: the oracle for the C kernels.
+
+This module defines the exact semantics; the C kernels must agree with it to 1e-5 for floats and
+exactly for label maps.
+
+Conventions:
+
+* Pixel centres: output pixel ``j`` of an axis resized from ``n_in`` to ``n_out`` samples the
+  source at ``x = (j + 0.5) * n_in / n_out - 0.5`` (``align_corners=False``). Bilinear clamps
+  ``x`` to ``[0, n_in - 1]``; this equals ``torch.nn.functional.interpolate(mode="bilinear",
+  align_corners=False, antialias=False)`` and ``cv2.resize(..., INTER_LINEAR)`` on float input.
+* Area: output pixel ``j`` covers source interval ``[j*s, (j+1)*s)`` with ``s = n_in / n_out``
+  and averages the source pixels weighted by their exact overlap. For integer down-scaling this
+  is block averaging (``cv2.INTER_AREA``, ``torch`` ``adaptive_avg_pool2d``).
+* The HU window is applied before resizing, so a metal artefact cannot bleed into its
+  neighbours through interpolation.
+* Label maps are resized by nearest neighbour at pixel centres: output ``j`` takes source
+  ``floor((j + 0.5) * n_in / n_out)`` (``torch`` ``mode="nearest-exact"``).
+* Argmax ties go to the lowest class index.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from edgeseg.errors import SpecError
+from edgeseg.spec import PreprocessSpec
+
+
+def resize_matrix(n_in: int, n_out: int, interpolation: str) -> np.ndarray:
+    """Dense (n_out, n_in) float64 matrix whose rows hold the resampling weights of one axis."""
+    if n_in < 1 or n_out < 1:
+        raise SpecError(f"axis sizes must be >= 1, got n_in={n_in} n_out={n_out}")
+    m = np.zeros((n_out, n_in), dtype=np.float64)
+    scale = n_in / n_out
+    if interpolation == "bilinear":
+        x = (np.arange(n_out) + 0.5) * scale - 0.5
+        x = np.clip(x, 0.0, n_in - 1)
+        i0 = np.floor(x).astype(np.int64)
+        i1 = np.minimum(i0 + 1, n_in - 1)
+        w1 = x - i0
+        rows = np.arange(n_out)
+        np.add.at(m, (rows, i0), 1.0 - w1)
+        np.add.at(m, (rows, i1), w1)
+    elif interpolation == "area":
+        edges = np.arange(n_in + 1, dtype=np.float64)
+        for j in range(n_out):
+            lo, hi = j * scale, (j + 1) * scale
+            overlap = np.minimum(edges[1:], hi) - np.maximum(edges[:-1], lo)
+            m[j] = np.clip(overlap, 0.0, None) / scale
+    else:
+        raise SpecError(f"unknown interpolation {interpolation!r}")
+    return m
+
+
+def resize_plane(plane: np.ndarray, size: tuple[int, int], interpolation: str) -> np.ndarray:
+    """Resize one 2-D float array to ``size`` (rows, cols) in float64."""
+    my = resize_matrix(plane.shape[0], size[0], interpolation)
+    mx = resize_matrix(plane.shape[1], size[1], interpolation)
+    return my @ plane.astype(np.float64) @ mx.T
+
+
+def preprocess(images: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
+    """Apply ``spec`` to one slice (H, W) or a stack (N, H, W) of HU; returns (N, 1, h, w)."""
+    arr = np.asarray(images)
+    if arr.ndim == 2:
+        arr = arr[None]
+    if arr.ndim != 3:
+        raise SpecError(f"expected a slice (H, W) or stack (N, H, W), got shape {arr.shape}")
+    low, high = spec.window
+    a, b = spec.scale_offset
+    out = np.empty((arr.shape[0], 1, *spec.size), dtype=spec.dtype)
+    for n, plane in enumerate(arr):
+        clipped = np.clip(plane.astype(np.float64), low, high)
+        out[n, 0] = resize_plane(clipped, spec.size, spec.interpolation) * a + b
+    return out
+
+
+def resize_labels(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour resize of a (H, W) or (N, H, W) label map at pixel centres."""
+    arr = np.asarray(labels)
+    squeeze = arr.ndim == 2
+    if squeeze:
+        arr = arr[None]
+    h, w = arr.shape[-2:]
+    iy = np.minimum(((np.arange(size[0]) + 0.5) * h / size[0]).astype(np.int64), h - 1)
+    ix = np.minimum(((np.arange(size[1]) + 0.5) * w / size[1]).astype(np.int64), w - 1)
+    out = arr[:, iy][:, :, ix]
+    return out[0] if squeeze else out
+
+
+def argmax_labels(logits: np.ndarray) -> np.ndarray:
+    """(N, C, H, W) logits -> (N, H, W) uint8 labels; ties go to the lowest class."""
+    return np.argmax(np.asarray(logits, dtype=np.float32), axis=1).astype(np.uint8)
+
+
+def largest_component(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """Keep, for each foreground class, only its largest 8-connected component in each slice."""
+    from scipy import ndimage
+
+    out = np.array(labels, dtype=np.uint8, copy=True)
+    structure = np.ones((3, 3), dtype=bool)
+    for plane in out.reshape(-1, *out.shape[-2:]):
+        for cls in range(1, num_classes):
+            comp, count = ndimage.label(plane == cls, structure=structure)
+            if count > 1:
+                sizes = np.bincount(comp.ravel())[1:]
+                keep = 1 + int(np.argmax(sizes))
+                plane[(comp > 0) & (comp != keep)] = 0
+    return out
+
+
+def postprocess(
+    logits: np.ndarray, size: tuple[int, int], keep_largest: bool = False
+) -> np.ndarray:
+    """(N, C, h, w) logits -> (N, H, W) uint8 labels at ``size``.
+
+    Logits are resized bilinearly (pixel centres) before the argmax, so boundaries are placed at
+    the source resolution rather than in blocks of the model's grid.
+    """
+    arr = np.asarray(logits, dtype=np.float32)
+    if arr.ndim != 4:
+        raise SpecError(f"expected logits (N, C, H, W), got shape {arr.shape}")
+    n, c = arr.shape[:2]
+    resized = np.empty((n, c, *size), dtype=np.float32)
+    for i in range(n):
+        for k in range(c):
+            resized[i, k] = resize_plane(arr[i, k], size, "bilinear")
+    labels = argmax_labels(resized)
+    return largest_component(labels, c) if keep_largest else labels

@@ -1,0 +1,64 @@
+"""Build the C kernels (csrc/) and their Cython wrapper as edgeseg.kernels._kernels."""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+HERE = Path(__file__).parent
+C_SOURCES = sorted(str(p.relative_to(HERE)) for p in (HERE / "csrc").glob("*.c"))
+
+
+def _compiler_has_openmp(compiler) -> bool:
+    """Compile a tiny OpenMP program; fall back to a serial build when it fails."""
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "omp_probe.c"
+        src.write_text("#include <omp.h>\nint main(void){return omp_get_max_threads() < 1;}\n")
+        try:
+            objs = compiler.compile([str(src)], output_dir=tmp, extra_postargs=["-fopenmp"])
+            compiler.link_executable(objs, str(Path(tmp) / "probe"), extra_postargs=["-fopenmp"])
+        except Exception:  # any compiler or linker failure means "no OpenMP"
+            return False
+    return True
+
+
+class BuildExtWithOpenMP(build_ext):
+    def build_extensions(self) -> None:
+        extra_c = ["-O3", "-std=c99"]
+        extra_l: list[str] = []
+        if os.environ.get("EDGESEG_NO_OPENMP") != "1" and _compiler_has_openmp(self.compiler):
+            extra_c.append("-fopenmp")
+            extra_l.append("-fopenmp")
+        else:
+            sys.stderr.write("edgeseg: building the kernels without OpenMP (serial)\n")
+        sanitize = os.environ.get("EDGESEG_SANITIZE")
+        if sanitize:
+            flags = [f"-fsanitize={sanitize}", "-fno-omit-frame-pointer", "-g"]
+            extra_c += flags
+            extra_l += flags
+        for ext in self.extensions:
+            ext.extra_compile_args = extra_c + list(ext.extra_compile_args or [])
+            ext.extra_link_args = extra_l + list(ext.extra_link_args or [])
+        super().build_extensions()
+
+
+extensions = [
+    Extension(
+        "edgeseg.kernels._kernels",
+        sources=["edgeseg/kernels/_kernels.pyx", *C_SOURCES],
+        include_dirs=["csrc", np.get_include()],
+        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
+    )
+]
+
+setup(
+    ext_modules=cythonize(extensions, language_level=3, compiler_directives={"boundscheck": False, "wraparound": False}),
+    cmdclass={"build_ext": BuildExtWithOpenMP},
+)
