@@ -20,7 +20,7 @@ class SpecError(EdgesegError):
     """A PreprocessSpec is invalid or cannot be applied to the given input."""
 
 
-class ModelConfigError(EdgesegError):
+class ModelConfigError(EdgesegError, ValueError):
     """A model configuration is invalid or does not fit the input."""
 
 

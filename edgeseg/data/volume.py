@@ -29,6 +29,8 @@ class Volume:
         modality: DICOM modality, "CT" for everything edgeseg segments.
         source: where the data came from (path), for messages.
         slice_ids: one name per slice (file stem or instance number), for reports.
+        contiguous: False for stacks of unrelated 2-D slices (slice folders), whose surface
+            distances are only meaningful within each slice.
     """
 
     hu: np.ndarray
@@ -40,6 +42,7 @@ class Volume:
     modality: str = "CT"
     source: str = ""
     slice_ids: list[str] = field(default_factory=list)
+    contiguous: bool = True
 
     def __post_init__(self) -> None:
         if self.hu.ndim != 3:

@@ -1,0 +1,94 @@
+"""Training curves: losses and validation Dice per epoch, with the best epoch marked."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from edgeseg.errors import DataError
+from edgeseg.evaluate.report import new_figure, save_png
+
+HISTORY_KEYS = ("epoch", "train_loss", "val_loss", "val_dice", "lr")
+
+
+def history_series(history: Sequence[Mapping], key: str) -> np.ndarray:
+    """The values of ``key`` over the epochs of ``history`` as floats; missing or null -> nan."""
+    # A missing or null value (an epoch without validation) becomes nan: matplotlib leaves a
+    # gap there instead of drawing a line through zero.
+    values = []
+    for entry in history:
+        value = entry.get(key)
+        try:
+            values.append(math.nan if value is None else float(value))
+        except (TypeError, ValueError):
+            raise DataError(
+                f"history entry for epoch {entry.get('epoch')!r}: {key} is not a number: {value!r}"
+            ) from None
+    return np.array(values, dtype=np.float64)
+
+
+def best_epoch_index(val_dice: np.ndarray) -> int | None:
+    """Index of the highest finite validation Dice (the first, on ties), or None if there is none."""
+    finite = np.isfinite(val_dice)
+    if not finite.any():
+        return None
+    return int(np.argmax(np.where(finite, val_dice, -np.inf)))
+
+
+def plot_training_curves(path: str | os.PathLike, history: Sequence[Mapping], title: str = "") -> None:
+    """Write a PNG with two panels: train / val loss, and val Dice with the best epoch marked.
+
+    ``history`` has one dict per epoch with keys epoch, train_loss, val_loss, val_dice and lr
+    (the trainer's ``metrics.json`` history); the learning rate is drawn on a log-scale right
+    axis of the Dice panel. The file is written atomically.
+    """
+    if not history:
+        raise DataError("training history is empty: nothing to plot")
+    for entry in history:
+        missing = [key for key in HISTORY_KEYS if key not in entry]
+        if missing:
+            raise DataError(f"history entry {dict(entry)!r} lacks keys {missing}; expected {list(HISTORY_KEYS)}")
+    epochs = history_series(history, "epoch")
+    val_dice = history_series(history, "val_dice")
+    learning_rate = history_series(history, "lr")
+
+    figure = new_figure((11, 4.2))
+    from matplotlib.ticker import MaxNLocator
+    loss_ax, dice_ax = figure.subplots(1, 2)
+    loss_ax.plot(epochs, history_series(history, "train_loss"), marker=".", label="train loss")
+    loss_ax.plot(epochs, history_series(history, "val_loss"), marker=".", label="val loss")
+    loss_ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    loss_ax.set_xlabel("epoch")
+    loss_ax.set_ylabel("loss")
+    loss_ax.grid(alpha=0.3)
+    loss_ax.legend()
+
+    dice_ax.plot(epochs, val_dice, marker=".", color="tab:green", label="val Dice")
+    best = best_epoch_index(val_dice)
+    if best is not None:
+        dice_ax.axvline(epochs[best], color="tab:red", linestyle=":", linewidth=1)
+        dice_ax.plot(
+            [epochs[best]], [val_dice[best]], marker="*", markersize=14, color="tab:red", linestyle="none",
+            label=f"best: epoch {epochs[best]:g}, Dice {val_dice[best]:.4f}",
+        )
+    dice_ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    dice_ax.set_xlabel("epoch")
+    dice_ax.set_ylabel("validation Dice")
+    dice_ax.grid(alpha=0.3)
+    if np.all(np.isfinite(learning_rate) & (learning_rate > 0)):
+        lr_ax = dice_ax.twinx()
+        lr_ax.plot(epochs, learning_rate, color="grey", linestyle="--", linewidth=1, label="learning rate")
+        lr_ax.set_yscale("log")
+        lr_ax.set_ylabel("learning rate", color="grey")
+        # One legend for both axes, or the learning-rate line would go unexplained.
+        handles, labels = dice_ax.get_legend_handles_labels()
+        lr_handles, lr_labels = lr_ax.get_legend_handles_labels()
+        dice_ax.legend(handles + lr_handles, labels + lr_labels, loc="best")
+    else:
+        dice_ax.legend(loc="best")
+    if title:
+        figure.suptitle(title)
+    save_png(path, figure)

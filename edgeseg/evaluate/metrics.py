@@ -1,0 +1,229 @@
+"""Segmentation quality metrics: Dice, IoU and the 95th-percentile Hausdorff distance (HD95).
+
+Conventions, chosen so that a case where the model correctly finds nothing is not penalised
+and a case where it misses everything is:
+
+* Dice and IoU: both masks empty -> 1.0; exactly one empty -> 0.0.
+* HD95: both empty -> 0.0; exactly one empty -> nan (a distance to nothing is undefined).
+  Report writers emit that nan as JSON ``null``; :func:`summarise` leaves it out of the
+  statistics and counts it as ``hd95_undefined``.
+
+HD95 is defined as in MONAI's ``compute_hausdorff_distance(percentile=95)``: the directed
+distance of A to B is the 95th percentile (linear interpolation) of the distances, in mm, from
+each surface voxel of A to the nearest surface voxel of B, and HD95 is the larger of the two
+directed values. The surface of a mask is the set of its voxels that an erosion with full
+connectivity removes (voxels on the array border count as surface). MONAI erodes with face
+connectivity, so its surface omits voxels exposed only through an edge or a corner; on the
+same masks the two can differ by a fraction of a voxel.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from edgeseg.errors import DataError, require
+
+SUMMARISED_METRICS = ("dice", "iou", "hd95")
+"""The per-class metrics :func:`summarise` aggregates (voxel counts are not aggregated)."""
+
+
+def _mask_pair(pred, truth) -> tuple[np.ndarray, np.ndarray]:
+    pred = np.asarray(pred)
+    truth = np.asarray(truth)
+    if pred.shape != truth.shape:
+        raise DataError(f"prediction and ground truth differ in shape: {pred.shape} vs {truth.shape}")
+    if pred.ndim == 0:
+        raise DataError("masks must be arrays with at least one axis, got scalars")
+    return pred.astype(bool, copy=False), truth.astype(bool, copy=False)
+
+
+def _spacing(ndim: int, spacing) -> tuple[float, ...]:
+    if spacing is None:
+        return (1.0,) * ndim
+    try:
+        values = tuple(float(s) for s in spacing)
+    except (TypeError, ValueError):
+        raise DataError(f"spacing must be {ndim} positive numbers (mm per axis), got {spacing!r}") from None
+    if len(values) != ndim or not all(math.isfinite(v) and v > 0 for v in values):
+        raise DataError(f"spacing must be {ndim} positive numbers (mm per axis), got {spacing!r}")
+    return values
+
+
+def dice(pred, truth) -> float:
+    """Dice coefficient ``2|P∩T| / (|P|+|T|)`` of two masks of any (equal) shape.
+
+    Non-zero values count as foreground. Both masks empty gives 1.0 (nothing to find, nothing
+    found); exactly one empty gives 0.0.
+    """
+    p, t = _mask_pair(pred, truth)
+    total = int(np.count_nonzero(p)) + int(np.count_nonzero(t))
+    if total == 0:
+        return 1.0
+    return 2.0 * int(np.count_nonzero(p & t)) / total
+
+
+def iou(pred, truth) -> float:
+    """Intersection over union (Jaccard index) ``|P∩T| / |P∪T|`` of two masks of equal shape.
+
+    Both masks empty gives 1.0, exactly one empty gives 0.0, as for :func:`dice`.
+    """
+    p, t = _mask_pair(pred, truth)
+    union = int(np.count_nonzero(p | t))
+    if union == 0:
+        return 1.0
+    return int(np.count_nonzero(p & t)) / union
+
+
+def _crop_to_union(p: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    # Distances only involve surface voxels, which all lie inside the union's bounding box, so
+    # the distance transforms can run on that box alone. Erosion is unchanged by the crop:
+    # outside the box both masks are False, just like the erosion's border_value=0.
+    union = p | t
+    box = []
+    for axis in range(union.ndim):
+        others = tuple(a for a in range(union.ndim) if a != axis)
+        occupied = np.flatnonzero(union.any(axis=others)) if others else np.flatnonzero(union)
+        box.append(slice(int(occupied[0]), int(occupied[-1]) + 1))
+    box = tuple(box)
+    return p[box], t[box]
+
+
+def _surface(mask: np.ndarray, ndimage) -> np.ndarray:
+    full_connectivity = ndimage.generate_binary_structure(mask.ndim, mask.ndim)
+    return mask & ~ndimage.binary_erosion(mask, structure=full_connectivity, border_value=0)
+
+
+def hd95(pred, truth, spacing=None) -> float:
+    """95th-percentile symmetric Hausdorff distance between two masks, in mm.
+
+    ``spacing`` gives the voxel size along each array axis (default 1 for every axis); masks
+    may be 2-D or 3-D (any dimensionality works). The value is the larger of the two directed
+    95th percentiles of surface-to-surface distances, as in MONAI. Both masks empty -> 0.0;
+    exactly one empty -> nan.
+    """
+    p, t = _mask_pair(pred, truth)
+    sampling = _spacing(p.ndim, spacing)
+    has_pred, has_truth = bool(p.any()), bool(t.any())
+    if not has_pred and not has_truth:
+        return 0.0
+    if not has_pred or not has_truth:
+        return math.nan
+    ndimage = require("scipy.ndimage", "train", "HD95")
+    p, t = _crop_to_union(p, t)
+    surface_p, surface_t = _surface(p, ndimage), _surface(t, ndimage)
+    # distance_transform_edt measures to the nearest zero, so invert the other mask's surface.
+    pred_to_truth = ndimage.distance_transform_edt(~surface_t, sampling=sampling)[surface_p]
+    truth_to_pred = ndimage.distance_transform_edt(~surface_p, sampling=sampling)[surface_t]
+    return float(max(np.percentile(pred_to_truth, 95), np.percentile(truth_to_pred, 95)))
+
+
+def _mean_slice_hd95(p: np.ndarray, t: np.ndarray, spacing) -> float:
+    # Slices where the class is absent from both masks say nothing about boundary quality and
+    # would pull the mean towards 0, so only slices where either mask has the class count.
+    if spacing is not None and len(spacing) == 3:
+        spacing = tuple(spacing)[1:]
+    occupied = np.flatnonzero(p.any(axis=(1, 2)) | t.any(axis=(1, 2)))
+    if occupied.size == 0:
+        return 0.0
+    values = [hd95(p[k], t[k], spacing) for k in occupied]
+    finite = [v for v in values if math.isfinite(v)]
+    return float(np.mean(finite)) if finite else math.nan
+
+
+def class_metrics(
+    pred_labels, true_labels, num_classes: int, spacing=None, per_slice_hd: bool = False
+) -> dict[int, dict[str, float]]:
+    """Dice, IoU, HD95 and voxel counts for each foreground class 1..num_classes-1 of one case.
+
+    The label maps hold one case: a 3-D volume or a (N, H, W) stack of 2-D slices. Dice and IoU
+    pool every voxel of the case ("Dice per case" as LiTS defines it). HD95 is computed on the
+    whole array with ``spacing`` (mm per axis), unless ``per_slice_hd`` is set: then the input
+    must be a (N, H, W) stack, HD95 is computed on each slice (with the last two entries of
+    ``spacing``, if given) where either mask has the class, and the finite values are averaged;
+    use this for stacks of unrelated 2-D slices, which are not contiguous volumes. Returns
+    ``{class: {"dice", "iou", "hd95", "pred_voxels", "truth_voxels"}}``.
+    """
+    pred_labels = np.asarray(pred_labels)
+    true_labels = np.asarray(true_labels)
+    if pred_labels.shape != true_labels.shape:
+        raise DataError(f"predicted and true label maps differ in shape: {pred_labels.shape} vs {true_labels.shape}")
+    if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 2:
+        raise DataError(f"num_classes must be an integer >= 2 (background + classes), got {num_classes!r}")
+    for name, labels in (("predicted", pred_labels), ("true", true_labels)):
+        if not (np.issubdtype(labels.dtype, np.integer) or labels.dtype == bool):
+            raise DataError(f"{name} labels must be integers, got dtype {labels.dtype}")
+        if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+            raise DataError(
+                f"{name} labels must lie in 0..{num_classes - 1}, found values "
+                f"{int(labels.min())}..{int(labels.max())}"
+            )
+    if per_slice_hd and pred_labels.ndim != 3:
+        raise DataError(f"per_slice_hd needs a (N, H, W) stack of slices, got shape {pred_labels.shape}")
+    if per_slice_hd and spacing is not None and len(spacing) not in (2, 3):
+        raise DataError(f"per-slice spacing must have 2 or 3 entries, got {spacing!r}")
+
+    results: dict[int, dict[str, float]] = {}
+    for cls in range(1, int(num_classes)):
+        p = pred_labels == cls
+        t = true_labels == cls
+        distance = _mean_slice_hd95(p, t, spacing) if per_slice_hd else hd95(p, t, spacing)
+        results[cls] = {
+            "dice": dice(p, t),
+            "iou": iou(p, t),
+            "hd95": distance,
+            "pred_voxels": int(np.count_nonzero(p)),
+            "truth_voxels": int(np.count_nonzero(t)),
+        }
+    return results
+
+
+def _statistics(values: np.ndarray) -> dict[str, float]:
+    if values.size == 0:
+        return {"mean": math.nan, "std": math.nan, "median": math.nan, "min": math.nan, "max": math.nan, "n": 0}
+    return {
+        "mean": float(np.mean(values)),
+        "std": float(np.std(values)),
+        "median": float(np.median(values)),
+        "min": float(np.min(values)),
+        "max": float(np.max(values)),
+        "n": int(values.size),
+    }
+
+
+def _class_key(cls, class_names: Sequence[str] | None):
+    if class_names is None:
+        return cls
+    index = int(cls)
+    if not 0 <= index < len(class_names):
+        raise DataError(f"class {cls} has no name: class_names has {len(class_names)} entries {list(class_names)}")
+    return class_names[index]
+
+
+def summarise(per_case, class_names: Sequence[str] | None = None) -> dict:
+    """Aggregate :func:`class_metrics` results of several cases into per-class statistics.
+
+    ``per_case`` is a mapping ``case_id -> class_metrics(...)`` or a sequence of such results.
+    For each class and each of dice / iou / hd95 the result holds mean, std (population,
+    ddof=0), median, min, max and ``n`` (values used); nan values (undefined HD95) are left
+    out of the statistics, and ``hd95_undefined`` counts them. ``cases`` counts the cases that
+    report the class. With ``class_names`` (indexed by class id, e.g. ``["background",
+    "liver"]``) the result is keyed by name instead of class id.
+    """
+    cases = list(per_case.values()) if isinstance(per_case, Mapping) else list(per_case)
+    if not cases:
+        raise DataError("no cases to summarise")
+    classes = sorted({cls for case in cases for cls in case})
+    summary: dict = {}
+    for cls in classes:
+        reported = [case[cls] for case in cases if cls in case]
+        entry: dict = {"cases": len(reported)}
+        for metric in SUMMARISED_METRICS:
+            values = np.array([float(m[metric]) for m in reported if metric in m], dtype=np.float64)
+            entry[metric] = _statistics(values[np.isfinite(values)])
+            if metric == "hd95":
+                entry["hd95_undefined"] = int(np.count_nonzero(~np.isfinite(values)))
+        summary[_class_key(cls, class_names)] = entry
+    return summary

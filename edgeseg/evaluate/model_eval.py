@@ -1,0 +1,153 @@
+"""Evaluate a checkpoint on labelled volumes at their own resolution, per case and per class."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgeseg.data import open_dataset
+from edgeseg.data.volume import Volume
+from edgeseg.errors import DataError
+from edgeseg.evaluate.metrics import class_metrics, dice, summarise
+from edgeseg.evaluate.overlay import OverlayItem, save_overlay_grid
+from edgeseg.evaluate.report import format_table, write_json
+
+log = logging.getLogger("edgeseg.evaluate")
+
+
+def select_cases(volumes: list[Volume], payload: dict[str, Any], split: str) -> tuple[list[Volume], str]:
+    """The volumes of ``split``; "auto" takes the recorded test (else val) cases if present."""
+    if split == "all":
+        return volumes, "all"
+    recorded = payload.get("split") or {}
+    ids = {v.case_id for v in volumes}
+    if split == "auto":
+        for name in ("test", "val"):
+            chosen = [c for c in recorded.get(name, []) if c in ids]
+            if chosen:
+                return [v for v in volumes if v.case_id in set(chosen)], name
+        return volumes, "all"
+    wanted = set(recorded.get(split, []))
+    chosen = [v for v in volumes if v.case_id in wanted]
+    if not chosen:
+        raise DataError(f"none of the checkpoint's {split} cases are in this data; use --split all")
+    return chosen, split
+
+
+def predict_volume(model, volume: Volume, spec, batch_size: int = 16) -> np.ndarray:
+    """(Z, Y, X) uint8 labels at the volume's resolution: spec pre-processing, the model,
+    logits resized bilinearly back to the slice size, argmax."""
+    import torch
+
+    from edgeseg.train.dataset import preprocess_stack
+
+    postprocess = _postprocess()
+    images = preprocess_stack(volume.hu, spec)
+    out = np.empty(volume.hu.shape, dtype=np.uint8)
+    with torch.no_grad():
+        for start in range(0, len(images), batch_size):
+            logits = model(torch.from_numpy(images[start : start + batch_size])).float().numpy()
+            out[start : start + len(logits)] = postprocess(logits, tuple(volume.hu.shape[1:]))
+    return out
+
+
+def _postprocess():
+    """The C post-processing when built, else the numpy reference (identical labels)."""
+    try:
+        from edgeseg.kernels import postprocess
+    except ImportError:
+        from edgeseg.kernels.reference import postprocess
+    return postprocess
+
+
+def evaluate_checkpoint(
+    checkpoint: str | Path,
+    data: str,
+    split: str = "auto",
+    labels: dict[str, list[int]] | None = None,
+    intensity: str | None = None,
+    out: str | Path | None = None,
+    worst: int = 4,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Dice, IoU and HD95 per case and class for ``checkpoint`` on ``data``.
+
+    Predictions are made at each volume's own resolution (the deployed path), Dice is pooled
+    over each case's slices and averaged over cases; the mean per-slice Dice is reported too.
+    With ``out``: eval.json, eval.txt and worst_cases.png (contours on the CT) are written.
+    """
+    from tqdm import tqdm
+
+    from edgeseg.train.checkpoint import checkpoint_spec, load_model
+    from edgeseg.train.dataset import check_window, map_labels
+
+    model, payload = load_model(checkpoint)
+    spec = checkpoint_spec(payload)
+    class_names = list(payload["class_names"])
+    label_values = labels or payload.get("label_values") or {n: [i] for i, n in enumerate(class_names) if i}
+    if len(label_values) != len(class_names) - 1:
+        raise DataError(f"--labels names {len(label_values)} classes, the model predicts {len(class_names) - 1} ({class_names[1:]})")
+    volumes, used_split = select_cases(open_dataset(data, intensity=intensity), payload, split)
+    cases, overlays = [], []
+    for vol in tqdm(volumes, desc="evaluate", unit="case", disable=not progress, leave=False):
+        if vol.label is None:
+            raise DataError(f"case {vol.case_id} ({vol.source}) has no label map to evaluate against")
+        check_window(vol, spec)
+        truth = map_labels(vol.label, label_values)
+        pred = predict_volume(model, vol, spec)
+        metrics = class_metrics(pred, truth, len(class_names), spacing=vol.spacing, per_slice_hd=not vol.contiguous)
+        slice_dice = [dice(p == 1, t == 1) for p, t in zip(pred, truth)]
+        cases.append({"case_id": vol.case_id, "slices": vol.num_slices,
+                      "metrics": {class_names[c]: m for c, m in metrics.items()},
+                      "slice_dice_mean": float(np.mean(slice_dice))})
+        overlays.append(_worst_slice(vol, pred, truth, metrics[1]["dice"], spec.window))
+    summary = summarise([c["metrics"] for c in cases])
+    result = {
+        "checkpoint": str(checkpoint), "data": str(data), "split": used_split, "spec_hash": spec.hash,
+        "classes": class_names, "cases": cases, "summary": summary,
+        "slice_dice_mean": float(np.mean([c["slice_dice_mean"] for c in cases])),
+    }
+    result["table"] = _table(cases, class_names, summary, result["slice_dice_mean"])
+    if out is not None:
+        _write(Path(out), result, overlays, worst)
+    log.info("evaluated %d cases (%s split)", len(cases), used_split)
+    return result
+
+
+def _worst_slice(vol: Volume, pred: np.ndarray, truth: np.ndarray, case_dice: float, window) -> tuple[float, OverlayItem]:
+    """The slice with the most target voxels, as an overlay panel titled with the case Dice."""
+    k = int(np.argmax((truth > 0).sum(axis=(1, 2)) + (pred > 0).sum(axis=(1, 2))))
+    item = OverlayItem(vol.hu[k], truth[k] > 0, pred[k] > 0, f"{vol.case_id} slice {vol.slice_ids[k]}  Dice {case_dice:.3f}")
+    return case_dice, item
+
+
+def _table(cases: list[dict], class_names: list[str], summary: dict, slice_mean: float) -> str:
+    rows, columns = [], ["case", "slices"]
+    for name in class_names[1:]:
+        columns += [f"{name} dice", f"{name} iou", f"{name} hd95"]
+    for case in cases:
+        row = {"case": case["case_id"], "slices": case["slices"]}
+        for name in class_names[1:]:
+            m = case["metrics"][name]
+            row.update({f"{name} dice": m["dice"], f"{name} iou": m["iou"], f"{name} hd95": m["hd95"]})
+        rows.append(row)
+    mean = {"case": "mean", "slices": sum(c["slices"] for c in cases)}
+    for name in class_names[1:]:
+        for metric in ("dice", "iou", "hd95"):
+            mean[f"{name} {metric}"] = summary[name][metric]["mean"]
+    rows.append(mean)
+    return format_table(rows, columns) + f"\nmean per-slice Dice ({class_names[1]}): {slice_mean:.4f}"
+
+
+def _write(out: Path, result: dict, overlays: list, worst: int) -> None:
+    write_json(out / "eval.json", {k: v for k, v in result.items() if k != "table"})
+    from edgeseg.atomic import atomic_write_text
+
+    atomic_write_text(out / "eval.txt", result["table"] + "\n")
+    chosen = [item for _, item in sorted(overlays, key=lambda pair: pair[0])[: max(0, worst)]]
+    if chosen:
+        save_overlay_grid(out / "worst_cases.png", chosen, window=result.get("window", (-100.0, 240.0)),
+                          title="worst cases: truth (green) vs prediction (red)")

@@ -1,0 +1,94 @@
+"""Batch augmentation on tensors: flips, rotation and scale, window and intensity jitter."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from edgeseg.spec import PreprocessSpec
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Ranges of the random transforms; each is applied to a sample with probability ``p``."""
+
+    p: float = 0.5
+    flip: bool = True
+    rotate_deg: float = 15.0
+    scale: tuple[float, float] = (0.85, 1.15)
+    window_shift: float = 0.15
+    gamma: tuple[float, float] = (0.7, 1.5)
+    contrast: tuple[float, float] = (0.8, 1.25)
+    brightness: float = 0.1
+    noise_std: float = 0.03
+
+
+class BatchAugmenter:
+    """Applies random transforms to (B, 1, H, W) images and (B, H, W) labels together.
+
+    Intensity transforms work in window units (0 = window low, 1 = window high), so they mean
+    the same for every spec: shifting the window ends by up to ``window_shift`` imitates slices
+    exported by another hospital with another window, which a model trained on one fixed
+    mapping otherwise fails on.
+    """
+
+    def __init__(self, spec: PreprocessSpec, config: AugmentConfig = AugmentConfig()) -> None:
+        self.config = config
+        self.mean, self.std = spec.mean, spec.std
+
+    def __call__(self, images: Tensor, labels: Tensor, gen: torch.Generator) -> tuple[Tensor, Tensor]:
+        if self.config.flip:
+            images, labels = self._flip(images, labels, gen)
+        images, labels = self._affine(images, labels, gen)
+        return self._intensity(images, gen), labels
+
+    def _chance(self, n: int, gen: torch.Generator) -> Tensor:
+        return torch.rand(n, generator=gen) < self.config.p
+
+    def _uniform(self, n: int, low: float, high: float, gen: torch.Generator) -> Tensor:
+        return low + (high - low) * torch.rand(n, generator=gen)
+
+    def _flip(self, images: Tensor, labels: Tensor, gen: torch.Generator) -> tuple[Tensor, Tensor]:
+        for dim in (-1, -2):
+            sel = self._chance(images.shape[0], gen)
+            images = torch.where(sel[:, None, None, None], images.flip(dim), images)
+            labels = torch.where(sel[:, None, None], labels.flip(dim), labels)
+        return images, labels
+
+    def _affine(self, images: Tensor, labels: Tensor, gen: torch.Generator) -> tuple[Tensor, Tensor]:
+        n, c = images.shape[0], self.config
+        active = self._chance(n, gen)
+        angle = self._uniform(n, -c.rotate_deg, c.rotate_deg, gen) * math.pi / 180 * active
+        scale = torch.where(active, self._uniform(n, *c.scale, gen), torch.ones(n))
+        cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+        theta = torch.stack([torch.stack([cos, -sin, torch.zeros(n)], 1), torch.stack([sin, cos, torch.zeros(n)], 1)], 1)
+        grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+        # Outside the slice is air: the normalised value of the window's low end.
+        air = (0.0 - self.mean) / self.std
+        warped = F.grid_sample(images - air, grid, mode="bilinear", padding_mode="zeros", align_corners=False) + air
+        warped_labels = F.grid_sample(labels[:, None].float(), grid, mode="nearest", padding_mode="zeros", align_corners=False)
+        return warped, warped_labels[:, 0].round().long()
+
+    def _intensity(self, images: Tensor, gen: torch.Generator) -> Tensor:
+        n, c = images.shape[0], self.config
+        shape = (n, 1, 1, 1)
+        u = images * self.std + self.mean  # window units, [0, 1] inside the window
+        on = self._chance(n, gen).view(shape)
+        low = self._uniform(n, -c.window_shift, c.window_shift, gen).view(shape) * on
+        high = 1 + self._uniform(n, -c.window_shift, c.window_shift, gen).view(shape) * on
+        u = ((u - low) / (high - low)).clamp(0, 1)
+        on = self._chance(n, gen).view(shape)
+        gamma = torch.exp(self._uniform(n, math.log(c.gamma[0]), math.log(c.gamma[1]), gen)).view(shape)
+        u = torch.where(on, u.clamp_min(0).pow(gamma), u)
+        on = self._chance(n, gen).view(shape)
+        contrast = self._uniform(n, *c.contrast, gen).view(shape)
+        bright = self._uniform(n, -c.brightness, c.brightness, gen).view(shape)
+        u = torch.where(on, (u - 0.5) * contrast + 0.5 + bright, u)
+        on = self._chance(n, gen).view(shape)
+        sigma = self._uniform(n, 0, c.noise_std, gen).view(shape) * on
+        u = u + sigma * torch.randn(u.shape, generator=gen)
+        return (u - self.mean) / self.std

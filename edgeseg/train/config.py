@@ -1,0 +1,98 @@
+"""Training configuration: every hyper-parameter of a run, recorded with its results."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from edgeseg.errors import EdgesegError
+
+
+@dataclass
+class TrainConfig:
+    """Hyper-parameters and inputs of one training run.
+
+    ``labels`` maps each foreground class name to the source label values that form it, in
+    class order (class 0 is background), e.g. ``{"liver": [1, 2]}`` merges LiTS liver and
+    tumour. ``window`` is the HU window of the PreprocessSpec the model is trained with.
+    """
+
+    data: str = "phantom"
+    out: str = "runs/train"
+    model: str = "unet"
+    base: int = 32
+    depth: int = 4
+    size: int = 256
+    window: tuple[float, float] = (0.0, 255.0)
+    interpolation: str = "bilinear"
+    labels: dict[str, list[int]] = field(default_factory=lambda: {"liver": [1]})
+    epochs: int = 30
+    batch_size: int = 8
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    warmup_epochs: float = 1.0
+    seed: int = 0
+    fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
+    augment: bool = True
+    amp: str = "auto"
+    intensity: str | None = None
+    threads: int = 0
+
+    def __post_init__(self) -> None:
+        self.window = tuple(float(v) for v in self.window)
+        self.fractions = tuple(float(v) for v in self.fractions)
+        checks = [
+            (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
+            (self.batch_size >= 1, f"batch size must be >= 1, got {self.batch_size}"),
+            (self.lr > 0, f"learning rate must be > 0, got {self.lr}"),
+            (self.size >= 1, f"size must be >= 1, got {self.size}"),
+            (self.amp in ("auto", "off", "bf16", "fp16"), f"amp must be auto, off, bf16 or fp16, got {self.amp!r}"),
+            (len(self.labels) >= 1, "at least one foreground label is needed"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise EdgesegError(message)
+
+    @property
+    def class_names(self) -> list[str]:
+        return ["background", *self.labels]
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["window"] = list(self.window)
+        d["fractions"] = list(self.fractions)
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def parse_labels(text: str) -> dict[str, list[int]]:
+    """Parse ``"liver=1+2,spleen=3"`` into ``{"liver": [1, 2], "spleen": [3]}``."""
+    labels: dict[str, list[int]] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, sep, values = item.partition("=")
+        try:
+            parsed = [int(v) for v in values.split("+")] if sep else []
+        except ValueError:
+            parsed = []
+        if not name or not parsed or any(not 0 < v < 256 for v in parsed):
+            raise EdgesegError(f"labels must look like 'liver=1' or 'liver=1+2,spleen=3' with values 1..255, got {item!r}")
+        if name in labels or name == "background":
+            raise EdgesegError(f"label name {name!r} is repeated or reserved")
+        labels[name] = parsed
+    if not labels:
+        raise EdgesegError(f"no labels in {text!r}; expected e.g. 'liver=1'")
+    return labels
+
+
+def parse_pair(text: str, what: str) -> tuple[float, float]:
+    """Parse ``"LO,HI"`` into two floats."""
+    parts = text.split(",")
+    try:
+        low, high = (float(p) for p in parts)
+    except ValueError:
+        raise EdgesegError(f"{what} must be two numbers 'LO,HI', got {text!r}") from None
+    return low, high

@@ -1,0 +1,86 @@
+"""Slices for training: volumes pre-processed once with the PreprocessSpec, kept in memory."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from edgeseg.data.volume import Volume
+from edgeseg.errors import DataError
+from edgeseg.spec import PreprocessSpec
+
+
+def map_labels(label: np.ndarray, labels: dict[str, list[int]]) -> np.ndarray:
+    """Source label values -> class indices (1..C-1 in ``labels`` order, 0 elsewhere)."""
+    lut = np.zeros(256, dtype=np.uint8)
+    for cls, values in enumerate(labels.values(), start=1):
+        lut[np.asarray(values, dtype=np.int64)] = cls
+    return lut[label]
+
+
+def check_window(volume: Volume, spec: PreprocessSpec) -> None:
+    """Refuse a window that reaches outside what the source can represent.
+
+    Slices stored as "HU clipped to [0, 255]" carry no information below 0 HU; a model trained
+    on them with a wider window would learn a flat band that real scanner data does not have.
+    """
+    if volume.hu_range is None:
+        return
+    low, high = spec.window
+    r_low, r_high = volume.hu_range
+    if low < r_low - 1e-6 or high > r_high + 1e-6:
+        raise DataError(
+            f"window [{low:g}, {high:g}] HU reaches outside what {volume.case_id} can represent "
+            f"[{r_low:g}, {r_high:g}] HU; use a window inside it (e.g. --window {r_low:g},{r_high:g})"
+        )
+
+
+def preprocess_stack(hu: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
+    """(Z, Y, X) HU -> (Z, 1, h, w) model input, with the C kernel when built, else the oracle."""
+    try:
+        from edgeseg.kernels import preprocess  # C kernels; identical numbers to the reference
+    except ImportError:
+        preprocess = None
+    if preprocess is not None:
+        return np.asarray(preprocess(np.ascontiguousarray(hu, dtype=np.float32), spec), dtype=np.float32)
+    from edgeseg.kernels.reference import preprocess as reference_preprocess
+
+    return reference_preprocess(hu, spec).astype(np.float32)
+
+
+@dataclass
+class SliceSet:
+    """Pre-processed slices of a set of cases.
+
+    Attributes:
+        images: (N, 1, h, w) float32 model input.
+        labels: (N, h, w) uint8 class indices at model resolution.
+        case_index: (N,) index into ``case_ids`` for each slice.
+        case_ids: the cases, in order.
+    """
+
+    images: np.ndarray
+    labels: np.ndarray
+    case_index: np.ndarray
+    case_ids: list[str]
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    @classmethod
+    def from_volumes(cls, volumes: list[Volume], spec: PreprocessSpec, labels: dict[str, list[int]]) -> "SliceSet":
+        """Pre-process every slice of ``volumes``; cases without a label map are refused."""
+        from edgeseg.kernels.reference import resize_labels
+
+        if not volumes:
+            raise DataError("no cases to build a slice set from")
+        images, masks, index = [], [], []
+        for i, vol in enumerate(volumes):
+            if vol.label is None:
+                raise DataError(f"case {vol.case_id} ({vol.source}) has no label map; training needs one")
+            check_window(vol, spec)
+            images.append(preprocess_stack(vol.hu, spec))
+            masks.append(resize_labels(map_labels(vol.label, labels), spec.size))
+            index.append(np.full(vol.num_slices, i, dtype=np.int32))
+        return cls(np.concatenate(images), np.concatenate(masks), np.concatenate(index), [v.case_id for v in volumes])

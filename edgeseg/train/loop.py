@@ -1,0 +1,190 @@
+"""The training loop: epochs of augmented batches, validation Dice, checkpoints, metrics."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from edgeseg.atomic import atomic_write_text
+from edgeseg.data import open_dataset, split_cases
+from edgeseg.errors import CheckpointError, DataError
+from edgeseg.models import ModelConfig, build_model, count_parameters
+from edgeseg.spec import PreprocessSpec
+from edgeseg.train.augment import BatchAugmenter
+from edgeseg.train.checkpoint import read_checkpoint, save_checkpoint
+from edgeseg.train.config import TrainConfig
+from edgeseg.train.dataset import SliceSet
+from edgeseg.train.losses import DiceCELoss
+from edgeseg.train.precision import autocast_dtype, pick_device
+from edgeseg.train.records import write_records
+from edgeseg.train.schedule import lr_at
+from edgeseg.train.validate import validate
+
+log = logging.getLogger("edgeseg.train")
+
+
+def prepare(cfg: TrainConfig) -> dict[str, Any]:
+    """Load the data, split it by case, and pre-process the train and validation slices."""
+    volumes = open_dataset(cfg.data, intensity=cfg.intensity)
+    ids = [v.case_id for v in volumes]
+    if len(set(ids)) != len(ids):
+        raise DataError(f"case ids repeat in {cfg.data}; each case must appear once")
+    if len(volumes) < 2:
+        raise DataError(f"{cfg.data} holds {len(volumes)} case(s); training needs at least 2 (train and validation)")
+    split = split_cases(ids, fractions=cfg.fractions, seed=cfg.seed)
+    spec = PreprocessSpec(window=cfg.window, size=(cfg.size, cfg.size), interpolation=cfg.interpolation)
+    by_id = {v.case_id: v for v in volumes}
+    sets = {name: SliceSet.from_volumes([by_id[c] for c in split[name]], spec, cfg.labels) for name in ("train", "val")}
+    return {"split": split, "spec": spec, **sets}
+
+
+def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, on_epoch: Callable | None = None) -> dict[str, Any]:
+    """Train a model as ``cfg`` says; writes best.pt, last.pt, metrics and curves under cfg.out.
+
+    With ``resume``, training continues from ``cfg.out/last.pt`` (same model, spec and data),
+    restoring weights, optimiser state, history and the epoch counter.
+    """
+    out = Path(cfg.out)
+    torch.manual_seed(cfg.seed)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    model_config = ModelConfig(name=cfg.model, num_classes=len(cfg.labels) + 1, base=cfg.base, depth=cfg.depth)
+    model = build_model(model_config)
+    model.check_input_size(cfg.size, cfg.size)
+    data = prepare(cfg)
+    spec, train_set, val_set = data["spec"], data["train"], data["val"]
+    device = pick_device()
+    model.to(device=device, memory_format=torch.channels_last)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    history: list[dict[str, Any]] = []
+    start_epoch, best = 1, {"epoch": 0, "val_dice": -1.0}
+    if resume:
+        start_epoch, history, best = _resume(out / "last.pt", model, optimizer, model_config, spec, device)
+    out.mkdir(parents=True, exist_ok=True)
+    state = _LoopState(cfg, model, model_config, spec, optimizer, device, train_set, val_set, data["split"], out)
+    log.info(
+        "training %s (%d parameters) on %d slices / %d cases, validating on %d slices / %d cases, device %s, amp %s",
+        cfg.model, count_parameters(model), len(train_set), len(train_set.case_ids), len(val_set),
+        len(val_set.case_ids), device, state.amp_dtype or "off",
+    )
+    for epoch in range(start_epoch, cfg.epochs + 1):
+        row = state.run_epoch(epoch, progress)
+        history.append(row)
+        improved = row["val_dice"] > best["val_dice"]
+        if improved:
+            best = {"epoch": epoch, "val_dice": row["val_dice"]}
+            state.save(out / "best.pt", epoch, history, best, with_optimizer=False)
+        state.save(out / "last.pt", epoch, history, best, with_optimizer=True)
+        write_records(out, cfg, spec, model_config, count_parameters(model), history, best, data["split"])
+        log.info(
+            "epoch %d/%d  train loss %.4f  val loss %.4f  val Dice %.4f%s  (%.0f s)",
+            epoch, cfg.epochs, row["train_loss"], row["val_loss"], row["val_dice"], "  *best" if improved else "", row["seconds"],
+        )
+        if on_epoch is not None:
+            on_epoch(row)
+    return {"best": best, "history": history, "out": str(out), "split": data["split"]}
+
+
+def _resume(path: Path, model, optimizer, model_config: ModelConfig, spec: PreprocessSpec, device) -> tuple[int, list, dict]:
+    payload = read_checkpoint(path)
+    saved = ModelConfig.from_dict(payload["model"])
+    if saved != model_config:
+        raise CheckpointError(f"cannot resume {path}: it is from a different model config ({', '.join(saved.differences(model_config))})")
+    if PreprocessSpec.from_dict(payload["spec"]) != spec:
+        raise CheckpointError(f"cannot resume {path}: it was trained with another PreprocessSpec")
+    if "optimizer" not in payload:
+        raise CheckpointError(f"cannot resume from {path}: it holds no optimiser state (use last.pt)")
+    model.load_state_dict(payload["state_dict"])
+    model.to(device)
+    optimizer.load_state_dict(payload["optimizer"])
+    return int(payload["epoch"]) + 1, list(payload["history"]), dict(payload["best"])
+
+
+class _LoopState:
+    """What one epoch needs; keeps ``train`` short."""
+
+    def __init__(self, cfg, model, model_config, spec, optimizer, device, train_set, val_set, split, out) -> None:
+        self.cfg, self.model, self.model_config, self.spec = cfg, model, model_config, spec
+        self.optimizer, self.device, self.train_set, self.val_set = optimizer, device, train_set, val_set
+        self.split, self.out = split, out
+        self.loss_fn = DiceCELoss()
+        self.augment = BatchAugmenter(spec) if cfg.augment else None
+        self.amp_dtype = autocast_dtype(cfg.amp, device)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16 and device.type == "cuda")
+        n = len(train_set)
+        # Drop a trailing batch of one: batch norm statistics of a single slice are noise.
+        self.steps_per_epoch = max(1, n // cfg.batch_size if n % cfg.batch_size == 1 else math.ceil(n / cfg.batch_size))
+        self.total_steps = self.steps_per_epoch * cfg.epochs
+        self.warmup = max(1, int(cfg.warmup_epochs * self.steps_per_epoch))
+
+    def autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def run_epoch(self, epoch: int, progress: bool) -> dict[str, Any]:
+        from tqdm import tqdm
+
+        cfg, started = self.cfg, time.perf_counter()
+        gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+        order = torch.randperm(len(self.train_set), generator=gen).numpy()
+        self.model.train()
+        losses = []
+        bar = tqdm(range(self.steps_per_epoch), desc=f"epoch {epoch}/{cfg.epochs}", leave=False, disable=not progress, unit="batch")
+        for i in bar:
+            idx = np.sort(order[i * cfg.batch_size : (i + 1) * cfg.batch_size])
+            loss = self._step(idx, gen, (epoch - 1) * self.steps_per_epoch + i)
+            losses.append(loss)
+            bar.set_postfix(loss=f"{loss:.4f}")
+        bar.close()
+        classes = cfg.class_names
+        val = validate(self.model, self.val_set, len(classes), self.device, self.autocast, self.loss_fn)
+        row = {
+            "epoch": epoch,
+            "train_loss": float(np.mean(losses)),
+            "val_loss": val["loss"],
+            "val_dice": val["dice"],
+            **{f"val_dice_{name}": d for name, d in zip(classes[1:], val["per_class"])},
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "seconds": time.perf_counter() - started,
+        }
+        return row
+
+    def _step(self, idx: np.ndarray, gen: torch.Generator, step: int) -> float:
+        images = torch.from_numpy(self.train_set.images[idx])
+        labels = torch.from_numpy(self.train_set.labels[idx]).long()
+        if self.augment is not None:
+            images, labels = self.augment(images, labels, gen)
+        images = images.to(self.device, memory_format=torch.channels_last)
+        labels = labels.to(self.device)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr_at(step, self.total_steps, self.warmup, self.cfg.lr)
+        with self.autocast():
+            logits = self.model(images)
+        loss = self.loss_fn(logits, labels)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return float(loss.detach())
+
+    def save(self, path: Path, epoch: int, history: list, best: dict, with_optimizer: bool) -> None:
+        extra: dict[str, Any] = {
+            "epoch": epoch,
+            "history": history,
+            "best": best,
+            "train_config": self.cfg.to_dict(),
+            "split": self.split,
+            "label_values": self.cfg.labels,
+        }
+        if with_optimizer:
+            extra["optimizer"] = self.optimizer.state_dict()
+        save_checkpoint(path, self.model, self.model_config, self.spec, self.cfg.class_names, **extra)

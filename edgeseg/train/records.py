@@ -1,0 +1,41 @@
+"""What a training run leaves for people and tools: metrics.csv, metrics.json, curves.png."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from edgeseg.evaluate.curves import plot_training_curves
+from edgeseg.evaluate.report import write_csv, write_json
+from edgeseg.models import ModelConfig
+from edgeseg.spec import PreprocessSpec
+from edgeseg.train.config import TrainConfig
+
+
+def write_records(
+    out: Path,
+    cfg: TrainConfig,
+    spec: PreprocessSpec,
+    model_config: ModelConfig,
+    params: int,
+    history: list[dict[str, Any]],
+    best: dict[str, Any],
+    split: dict[str, list[str]],
+) -> None:
+    """Rewrite the run's metrics files and training-curve plot (each atomically)."""
+    columns = list(history[0].keys()) if history else []
+    write_csv(out / "metrics.csv", history, columns)
+    write_json(
+        out / "metrics.json",
+        {
+            "config": {**cfg.to_dict(), "params": params},
+            "model": model_config.to_dict(),
+            "spec": spec.to_dict(),
+            "spec_hash": spec.hash,
+            "history": history,
+            "best": best,
+            "split": split,
+        },
+    )
+    write_json(out / "split.json", {"seed": cfg.seed, "fractions": list(cfg.fractions), **split})
+    plot_training_curves(out / "curves.png", history)

@@ -1,0 +1,52 @@
+"""Validation during training: loss and per-case Dice at model resolution."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+
+from edgeseg.train.dataset import SliceSet
+
+
+def pooled_dice(pred: np.ndarray, truth: np.ndarray) -> float:
+    """Dice of two boolean arrays pooled over all their elements; both empty counts as 1."""
+    denom = int(pred.sum()) + int(truth.sum())
+    return 1.0 if denom == 0 else 2.0 * int(np.logical_and(pred, truth).sum()) / denom
+
+
+@torch.no_grad()
+def predict_labels(model, images: np.ndarray, device, autocast: Callable, batch_size: int = 16, loss_fn=None, labels=None):
+    """Argmax labels (N, h, w) for pre-processed images, and the mean loss when labels are given."""
+    model.eval()
+    preds, losses = [], []
+    for start in range(0, len(images), batch_size):
+        x = torch.from_numpy(images[start : start + batch_size]).to(device, memory_format=torch.channels_last)
+        with autocast():
+            logits = model(x)
+        logits = logits.float()
+        preds.append(logits.argmax(1).to(torch.uint8).cpu().numpy())
+        if loss_fn is not None and labels is not None:
+            y = torch.from_numpy(labels[start : start + batch_size]).long().to(device)
+            losses.append(float(loss_fn(logits, y)) * len(x))
+    mean_loss = sum(losses) / len(images) if losses else float("nan")
+    return np.concatenate(preds), mean_loss
+
+
+def validate(model, val_set: SliceSet, num_classes: int, device, autocast: Callable, loss_fn) -> dict[str, Any]:
+    """Loss and Dice on the validation slices.
+
+    Dice is pooled over each case's slices, then averaged over cases ("Dice per case", as LiTS
+    reports it), per foreground class; ``dice`` is the mean over classes.
+    """
+    pred, loss = predict_labels(model, val_set.images, device, autocast, loss_fn=loss_fn, labels=val_set.labels)
+    per_class = []
+    for cls in range(1, num_classes):
+        scores = [
+            pooled_dice(pred[val_set.case_index == i] == cls, val_set.labels[val_set.case_index == i] == cls)
+            for i in range(len(val_set.case_ids))
+        ]
+        per_class.append(float(np.mean(scores)))
+    return {"loss": loss, "dice": float(np.mean(per_class)), "per_class": per_class}

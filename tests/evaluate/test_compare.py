@@ -1,0 +1,128 @@
+"""Run comparison: differing hyper-parameters, eval columns, errors, and the compare command."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from edgeseg.cli.compare import command
+from edgeseg.errors import DataError
+from edgeseg.evaluate.compare import compare_runs, differing_hyperparameters, load_run, plot_comparison
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+BASE_CONFIG = {"model": "unet", "base": 32, "depth": 4, "lr": 0.001, "size": [256, 256], "epochs": 3, "batch_size": 8}
+
+
+def make_run(folder, best_dice, eval_summary=None, seconds=10.0, **config_changes):
+    config = {**BASE_CONFIG, **config_changes}
+    history = [
+        {"epoch": e, "train_loss": 1.0 / e, "val_loss": 1.1 / e, "val_dice": best_dice - 0.1 * (3 - e),
+         "lr": config.get("lr", 0.001), "seconds": seconds}
+        for e in (1, 2, 3)
+    ]
+    metrics = {"config": config, "history": history, "best": {"epoch": 3, "val_dice": best_dice}, "spec": {}}
+    folder.mkdir(parents=True)
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+    if eval_summary is not None:
+        (folder / "eval").mkdir()
+        (folder / "eval" / "eval.json").write_text(json.dumps({"summary": eval_summary, "cases": {}}))
+    return folder
+
+
+def _liver(dice, hd95):
+    return {"liver": {"dice": {"mean": dice, "std": 0.01}, "hd95": {"mean": hd95}, "hd95_undefined": 0}}
+
+
+@pytest.fixture
+def runs(tmp_path):
+    return [
+        make_run(tmp_path / "small", 0.90, eval_summary=_liver(0.91, 4.5), base=16, params=1_900_000),
+        make_run(tmp_path / "large", 0.95, seconds=20.0, base=64, lr=0.0005, params=31_000_000),
+    ]
+
+
+def test_compare_keeps_only_differing_hyperparameters_and_always_the_results(runs):
+    rows, columns = compare_runs(runs)
+    assert columns == [
+        "run", "base", "lr", "params", "best_epoch", "best_val_dice", "train_time_s",
+        "eval_liver_dice", "eval_liver_hd95",
+    ]
+    assert rows[0] == {
+        "run": "small", "base": 16, "lr": 0.001, "params": 1_900_000, "best_epoch": 3, "best_val_dice": 0.90,
+        "train_time_s": 30.0, "eval_liver_dice": 0.91, "eval_liver_hd95": 4.5,
+    }
+    assert rows[1]["run"] == "large" and rows[1]["train_time_s"] == 60.0
+    assert rows[1]["eval_liver_dice"] is None  # not evaluated
+
+
+def test_lists_and_keys_missing_from_some_runs_count_as_differences(tmp_path):
+    a = make_run(tmp_path / "a", 0.9, size=[512, 512])
+    b = make_run(tmp_path / "b", 0.9, augment=True)
+    assert differing_hyperparameters([a, b]) == ["size", "augment"]
+    rows, _ = compare_runs([a, b])
+    assert rows[0]["augment"] is None and rows[1]["size"] == [256, 256]
+
+
+def test_single_run_shows_results_only_and_best_falls_back_to_history(tmp_path):
+    folder = make_run(tmp_path / "only", 0.8)
+    metrics = json.loads((folder / "metrics.json").read_text())
+    del metrics["best"]
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+    rows, columns = compare_runs([folder])
+    assert columns == ["run", "best_epoch", "best_val_dice", "train_time_s"]
+    assert rows == [{"run": "only", "best_epoch": 3, "best_val_dice": pytest.approx(0.8), "train_time_s": 30.0}]
+
+
+def test_runs_with_the_same_folder_name_get_distinct_names(tmp_path):
+    a = make_run(tmp_path / "sweep1" / "run", 0.9)
+    b = make_run(tmp_path / "sweep2" / "run", 0.9)
+    rows, _ = compare_runs([a, b])
+    assert [row["run"] for row in rows] == ["sweep1/run", "sweep2/run"]
+
+
+def test_folder_without_metrics_is_not_a_run(tmp_path):
+    with pytest.raises(DataError, match="not a training run \\(no metrics.json\\): .*empty"):
+        load_run(tmp_path / "empty")
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "metrics.json").write_text("{not json")
+    with pytest.raises(DataError, match="cannot read"):
+        load_run(tmp_path / "bad")
+    with pytest.raises(DataError, match="no runs"):
+        compare_runs([])
+
+
+def test_plot_comparison_writes_a_png(runs, tmp_path):
+    path = tmp_path / "plots" / "compare.png"
+    plot_comparison(path, runs)
+    assert path.read_bytes()[:8] == PNG_SIGNATURE
+    assert sorted(p.name for p in path.parent.iterdir()) == ["compare.png"]
+
+
+def test_cli_prints_the_table_and_writes_three_files(runs, tmp_path):
+    out = tmp_path / "comparison"
+    result = CliRunner().invoke(command, [str(runs[0]), str(runs[1]), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    header, rule, *lines = result.stdout.splitlines()
+    assert header.split() == ["run", "base", "lr", "params", "best_epoch", "best_val_dice", "train_time_s",
+                              "eval_liver_dice", "eval_liver_hd95"]
+    assert lines[0].split()[:3] == ["small", "16", "0.0010"]
+    assert lines[1].split()[-2:] == ["-", "-"]  # "large" was never evaluated
+
+    assert sorted(p.name for p in out.iterdir()) == ["compare.csv", "compare.json", "compare.png"]
+    with (out / "compare.csv").open(newline="") as handle:
+        table = list(csv.DictReader(handle))
+    assert [row["run"] for row in table] == ["small", "large"] and table[1]["eval_liver_dice"] == ""
+    document = json.loads((out / "compare.json").read_text())
+    assert document["columns"][0] == "run" and document["rows"][1]["eval_liver_hd95"] is None
+    assert (out / "compare.png").read_bytes()[:8] == PNG_SIGNATURE
+
+
+def test_cli_rejects_a_folder_that_is_not_a_run_and_documents_its_options(tmp_path, runs):
+    result = CliRunner().invoke(command, [str(runs[0]), str(tmp_path / "nothing")])
+    assert result.exit_code != 0
+    assert isinstance(result.exception, DataError) and "nothing" in str(result.exception)
+    help_text = CliRunner().invoke(command, ["--help"]).output
+    assert "Compare training runs" in help_text and "compare.csv" in help_text
