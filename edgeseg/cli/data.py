@@ -17,7 +17,8 @@ def command() -> None:
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Dataset folder to write.")
 @click.option("--cases", default=10, show_default=True, type=click.IntRange(min=1), help="Number of cases.")
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0), help="Random seed.")
-@click.option("--size", default=128, show_default=True, type=click.IntRange(min=16), help="Rows and columns per slice.")
+@click.option("--size", default=128, show_default=True, type=click.IntRange(min=16),
+              help="Rows and columns per slice.")
 @click.option("--slices", default=32, show_default=True, type=click.IntRange(min=1), help="Slices per case.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def synth(out: str, cases: int, seed: int, size: int, slices: int, quiet: bool) -> None:
@@ -42,13 +43,11 @@ def _label_counts(label: np.ndarray | None) -> str:
     return " ".join(parts) or "none"
 
 
-def describe_volumes(volumes: list, progress: bool = False) -> str:
+def describe_volumes(volumes: list) -> str:
     """A plain-text table, one row per case: shape, spacing, HU min / mean / max, label voxels."""
-    from tqdm import tqdm
-
     header = ("case", "shape (z,y,x)", "spacing mm", "HU min", "HU mean", "HU max", "label voxels")
     rows = [header]
-    for volume in tqdm(volumes, desc="measuring", unit="case", disable=not progress):
+    for volume in volumes:
         hu = volume.hu
         rows.append((
             volume.case_id,
@@ -80,4 +79,4 @@ def info(source: str, intensity: str | None, mask_threshold: int, case_pattern: 
     configure_logging()
     volumes = open_dataset(source, intensity=intensity, mask_threshold=mask_threshold,
                            case_pattern=case_pattern, progress=not quiet)
-    click.echo(describe_volumes(volumes, progress=not quiet))
+    click.echo(describe_volumes(volumes))

@@ -1,0 +1,300 @@
+"""DICOM CT series reader: a folder of single-frame slices becomes one LPS-layout Volume.
+
+Slices are ordered by their position along the slice normal, not by file name or instance
+number, and pixel rows / columns are mapped onto the LPS display axes from the orientation
+cosines, so any acquisition orientation arrives in the layout ``Volume`` promises. The reader
+also returns a :class:`DicomSeriesInfo` with the source files and UIDs in volume order, which a
+DICOM SEG writer needs to reference the images it segmented.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel.orientations as nio
+import numpy as np
+import pydicom
+from pydicom.errors import InvalidDicomError
+
+from edgeseg.data.nifti import spacing_from_affine, to_lps_layout
+from edgeseg.data.volume import Volume
+from edgeseg.errors import DataError
+
+log = logging.getLogger(__name__)
+
+DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
+# Objects that share a folder with images but carry no pixels of their own.
+NON_IMAGE_MODALITIES = frozenset({"SR", "KO", "PR", "RTSTRUCT", "RTPLAN", "RTRECORD", "REG", "DOC"})
+REQUIRED_TAGS = ("SeriesInstanceUID", "ImagePositionPatient", "ImageOrientationPatient",
+                 "PixelSpacing", "Rows", "Columns")
+# Slices closer than this along the normal are the same position (duplicate acquisitions).
+DUPLICATE_POSITION_MM = 1e-3
+# Relative spread of slice gaps above which the series is reported as non-uniform.
+UNIFORM_GAP_TOLERANCE = 0.05
+
+_DEFER_BYTES = 64 * 1024
+_LPS = nio.axcodes2ornt(("L", "P", "S"))
+_LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+@dataclass(frozen=True)
+class DicomSeriesInfo:
+    """Where a DICOM volume came from, in the order the slices were stacked.
+
+    ``files`` and ``sop_instance_uids`` are in acquisition-stack order: ascending position
+    along the slice normal (row cosine x column cosine). :meth:`to_source_layout` maps an
+    array in the Volume's LPS layout back to that stack, ``[slice, row, column]``, so that
+    ``to_source_layout(mask)[k]`` is the mask drawn on the pixels of ``files[k]``.
+    """
+
+    series_instance_uid: str
+    study_instance_uid: str
+    frame_of_reference_uid: str
+    sop_class_uid: str
+    files: tuple[Path, ...]
+    sop_instance_uids: tuple[str, ...]
+    # nibabel orientation (axis, flip) of the stack's (column, row, slice) axes in RAS terms
+    source_orientation: tuple[tuple[float, float], ...]
+
+    def to_source_layout(self, array_zyx: np.ndarray) -> np.ndarray:
+        """Map a (Z, Y, X) array in the Volume's layout to the source stack [slice, row, col]."""
+        back = nio.ornt_transform(_LPS, np.asarray(self.source_orientation))
+        stack_xyz = nio.apply_orientation(np.asarray(array_zyx).transpose(2, 1, 0), back)
+        return np.ascontiguousarray(stack_xyz.transpose(2, 1, 0))
+
+    def load_datasets(self) -> list[pydicom.Dataset]:
+        """Re-read the source headers (without pixels), in stack order, e.g. for highdicom."""
+        return [pydicom.dcmread(path, stop_before_pixels=True) for path in self.files]
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
+
+
+def _read_file(path: Path) -> pydicom.Dataset | None:
+    """Read one file; None when it is clearly not a DICOM image (text, DICOMDIR, SR, ...)."""
+    try:
+        # Pixel data is deferred (read from the file on first use): a series is scanned whole
+        # before one is chosen, and holding every slice's bytes twice would double memory.
+        dataset = pydicom.dcmread(path, defer_size=_DEFER_BYTES)
+    except InvalidDicomError:
+        # No "DICM" preamble: old ACR-NEMA style files still exist, so look inside before
+        # deciding; a file is taken only when it has what a slice needs.
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                dataset = pydicom.dcmread(path, force=True, defer_size=_DEFER_BYTES)
+        except Exception:  # noqa: BLE001 - arbitrary bytes make pydicom raise anything
+            return None
+        if "SOPInstanceUID" not in dataset or "PixelData" not in dataset:
+            return None
+    except Exception as exc:  # noqa: BLE001 - with a DICM preamble, any parse failure is corruption
+        raise DataError(f"cannot read DICOM file {path}: {_one_line(exc)}") from exc
+    media_class = getattr(getattr(dataset, "file_meta", None), "MediaStorageSOPClassUID", None)
+    if media_class == DICOMDIR_SOP_CLASS or "DirectoryRecordSequence" in dataset:
+        return None
+    if "PixelData" not in dataset:
+        if dataset.get("Modality") in NON_IMAGE_MODALITIES:
+            return None
+        raise DataError(f"DICOM file {path} has no pixel data (truncated?)")
+    if "SeriesInstanceUID" not in dataset:
+        raise DataError(f"DICOM file {path} lacks SeriesInstanceUID (truncated?)")
+    return dataset
+
+
+def _check_slice_tags(members: list[tuple[Path, pydicom.Dataset]]) -> None:
+    for path, dataset in members:
+        missing = [tag for tag in REQUIRED_TAGS if tag not in dataset]
+        if missing:
+            raise DataError(f"DICOM file {path} lacks {', '.join(missing)} (truncated or not a CT slice?)")
+
+
+def _scan_folder(folder: Path) -> dict[str, list[tuple[Path, pydicom.Dataset]]]:
+    if not folder.is_dir():
+        raise DataError(f"data folder not found: {folder}")
+    series: dict[str, list[tuple[Path, pydicom.Dataset]]] = defaultdict(list)
+    for path in sorted(folder.iterdir()):
+        if not path.is_file() or path.name.startswith("."):
+            continue
+        dataset = _read_file(path)
+        if dataset is not None:
+            series[str(dataset.SeriesInstanceUID)].append((path, dataset))
+    if not series:
+        raise DataError(f"no images found in {folder} (no DICOM image files)")
+    return series
+
+
+def _describe(uid: str, members: list[tuple[Path, pydicom.Dataset]]) -> str:
+    first = members[0][1]
+    return f"{uid} ({first.get('Modality', '?')}, {len(members)} files, {first.get('SeriesDescription', '')!r})"
+
+
+def _pick_series(folder: Path, series: dict, series_uid: str | None) -> tuple[str, list]:
+    if series_uid is not None:
+        if series_uid not in series:
+            listing = "; ".join(_describe(uid, members) for uid, members in series.items())
+            raise DataError(f"series {series_uid} is not in {folder}; found: {listing}")
+        return series_uid, series[series_uid]
+    if len(series) > 1:
+        listing = "; ".join(_describe(uid, members) for uid, members in series.items())
+        raise DataError(f"{folder} holds {len(series)} series, pick one with series_uid=: {listing}")
+    return next(iter(series.items()))
+
+
+def _orientation(members: list[tuple[Path, pydicom.Dataset]]) -> tuple[np.ndarray, np.ndarray]:
+    """Row and column direction cosines shared by all slices."""
+    first_path, first = members[0]
+    cosines = np.asarray(first.ImageOrientationPatient, dtype=np.float64)
+    for path, dataset in members[1:]:
+        other = np.asarray(dataset.ImageOrientationPatient, dtype=np.float64)
+        if not np.allclose(other, cosines, atol=1e-4):
+            raise DataError(
+                f"{path} has ImageOrientationPatient {other.tolist()} but {first_path.name} has "
+                f"{cosines.tolist()}; a series must have one orientation"
+            )
+    row_cosine, column_cosine = cosines[:3], cosines[3:]
+    if np.linalg.norm(np.cross(row_cosine, column_cosine)) < 0.5:
+        raise DataError(f"{first_path} has degenerate ImageOrientationPatient {cosines.tolist()}")
+    return row_cosine, column_cosine
+
+
+def _sort_by_position(members: list, normal: np.ndarray) -> tuple[list, np.ndarray]:
+    positions = [float(np.dot(np.asarray(ds.ImagePositionPatient, dtype=np.float64), normal))
+                 for _, ds in members]
+    order = sorted(range(len(members)), key=lambda i: (positions[i], members[i][0].name))
+    members = [members[i] for i in order]
+    positions = np.asarray([positions[i] for i in order])
+    gaps = np.diff(positions)
+    duplicates = np.flatnonzero(gaps < DUPLICATE_POSITION_MM)
+    if duplicates.size:
+        k = int(duplicates[0])
+        raise DataError(
+            f"{members[k][0]} and {members[k + 1][0]} lie at the same slice position "
+            f"{positions[k]:.3f} mm; the folder mixes acquisitions"
+        )
+    if gaps.size > 1 and np.ptp(gaps) > UNIFORM_GAP_TOLERANCE * np.median(gaps):
+        # A 2-D model does not care; the affine (first-to-last average) will be approximate.
+        log.warning("slice gaps in %s vary from %.3g to %.3g mm (missing slices?)",
+                    members[0][0].parent, gaps.min(), gaps.max())
+    return members, positions
+
+
+def _stack_hu(members: list[tuple[Path, pydicom.Dataset]]) -> np.ndarray:
+    rows, columns = int(members[0][1].Rows), int(members[0][1].Columns)
+    stack = np.empty((len(members), rows, columns), dtype=np.float32)
+    for k, (path, dataset) in enumerate(members):
+        if int(dataset.get("NumberOfFrames", 1) or 1) > 1:
+            raise DataError(f"{path} is a multi-frame image; edgeseg reads single-frame CT series")
+        if (int(dataset.Rows), int(dataset.Columns)) != (rows, columns):
+            raise DataError(
+                f"{path} is {dataset.Rows}x{dataset.Columns} pixels but {members[0][0].name} is "
+                f"{rows}x{columns}; a series must have one size"
+            )
+        try:
+            # pydicom reads pixel data lazily; a truncated file only fails on decoding.
+            pixels = dataset.pixel_array
+        except Exception as exc:  # noqa: BLE001 - decoders raise many types for bad data
+            raise DataError(f"cannot decode pixel data of {path} (truncated?): {_one_line(exc)}") from exc
+        slope = float(dataset.get("RescaleSlope", 1.0) or 1.0)
+        intercept = float(dataset.get("RescaleIntercept", 0.0) or 0.0)
+        stack[k] = pixels.astype(np.float32) * np.float32(slope) + np.float32(intercept)
+    return stack
+
+
+def _stack_affine(members: list, row_cosine: np.ndarray, column_cosine: np.ndarray,
+                  normal: np.ndarray) -> np.ndarray:
+    """RAS affine of the (column, row, slice) index of the sorted stack."""
+    first = members[0][1]
+    row_spacing, column_spacing = (float(v) for v in first.PixelSpacing)
+    origin = np.asarray(first.ImagePositionPatient, dtype=np.float64)
+    if len(members) > 1:
+        last = np.asarray(members[-1][1].ImagePositionPatient, dtype=np.float64)
+        slice_step = (last - origin) / (len(members) - 1)
+    else:
+        thickness = first.get("SpacingBetweenSlices") or first.get("SliceThickness") or 1.0
+        slice_step = normal * float(thickness)
+    lps = np.eye(4)
+    # DICOM: the row cosine is the direction of increasing column index, and PixelSpacing is
+    # (distance between rows, distance between columns).
+    lps[:3, 0] = row_cosine * column_spacing
+    lps[:3, 1] = column_cosine * row_spacing
+    lps[:3, 2] = slice_step
+    lps[:3, 3] = origin
+    return _LPS_TO_RAS @ lps
+
+
+def read_dicom_series_with_refs(
+    folder: str | os.PathLike, series_uid: str | None = None, case_id: str | None = None
+) -> tuple[Volume, DicomSeriesInfo]:
+    """Read one CT series from a folder of DICOM files; also return its source references.
+
+    Non-DICOM files, DICOMDIR and pixel-less objects (SR, KO, ...) are skipped. A folder with
+    several series needs ``series_uid``. The modality must be CT. HU = stored value x
+    RescaleSlope + RescaleIntercept. ``case_id`` defaults to the folder name; ``slice_ids``
+    are the file names of the slices in the Volume's z order.
+    """
+    folder = Path(folder)
+    uid, members = _pick_series(folder, _scan_folder(folder), series_uid)
+    modality = str(members[0][1].get("Modality", "unknown"))
+    if modality != "CT":
+        raise DataError(f"series {uid} in {folder} is {modality}, not CT")
+    _check_slice_tags(members)
+    row_cosine, column_cosine = _orientation(members)
+    normal = np.cross(row_cosine, column_cosine)
+    members, _ = _sort_by_position(members, normal)
+    stack = _stack_hu(members)
+    affine_ras = _stack_affine(members, row_cosine, column_cosine, normal)
+    source_orientation = nio.io_orientation(affine_ras)
+    hu, lps_affine = to_lps_layout(stack.transpose(2, 1, 0), affine_ras)
+
+    names = [path.name for path, _ in members]
+    transform = nio.ornt_transform(source_orientation, _LPS)
+    if int(transform[2, 0]) == 2:  # the stack axis became z: name slices after their files
+        slice_ids = names[::-1] if transform[2, 1] < 0 else names
+    else:
+        slice_ids = [str(k) for k in range(hu.shape[0])]
+    first = members[0][1]
+    info = DicomSeriesInfo(
+        series_instance_uid=uid,
+        study_instance_uid=str(first.get("StudyInstanceUID", "")),
+        frame_of_reference_uid=str(first.get("FrameOfReferenceUID", "")),
+        sop_class_uid=str(first.get("SOPClassUID", "")),
+        files=tuple(path for path, _ in members),
+        sop_instance_uids=tuple(str(ds.get("SOPInstanceUID", "")) for _, ds in members),
+        source_orientation=tuple((float(a), float(f)) for a, f in source_orientation),
+    )
+    volume = Volume(
+        hu=hu,
+        spacing=spacing_from_affine(lps_affine),
+        affine=lps_affine,
+        case_id=case_id if case_id is not None else folder.name,
+        modality=modality,
+        source=str(folder),
+        slice_ids=slice_ids,
+    )
+    return volume, info
+
+
+def read_dicom_series(
+    folder: str | os.PathLike, series_uid: str | None = None, case_id: str | None = None
+) -> Volume:
+    """Read one CT series from a folder of DICOM files (see :func:`read_dicom_series_with_refs`)."""
+    return read_dicom_series_with_refs(folder, series_uid=series_uid, case_id=case_id)[0]
+
+
+def looks_like_dicom(path: str | os.PathLike) -> bool:
+    """Cheap check without parsing: a .dcm name or the "DICM" magic at byte 128."""
+    path = Path(path)
+    if path.suffix.lower() == ".dcm":
+        return True
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(128)
+            return handle.read(4) == b"DICM"
+    except OSError:
+        return False

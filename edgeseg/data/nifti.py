@@ -1,0 +1,212 @@
+"""NIfTI reader: one file (plus an optional label file) or an MSD / LiTS style dataset folder.
+
+Every volume is reoriented to the LPS display layout of :class:`~edgeseg.data.volume.Volume`
+with nibabel's orientation tools, and its affine is carried through the reorientation so that
+writers can put outputs back into the source's world coordinates.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import zlib
+from pathlib import Path
+
+import nibabel as nib
+import nibabel.orientations as nio
+import numpy as np
+
+from edgeseg.data.volume import Volume
+from edgeseg.errors import DataError
+
+log = logging.getLogger(__name__)
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+# Pairs of (images, labels) folder names, MSD / nnU-Net first.
+DATASET_LAYOUTS = (("imagesTr", "labelsTr"), ("images", "labels"))
+# nnU-Net names images case_0000.nii.gz (channel 0) and labels case.nii.gz.
+NNUNET_CHANNEL_SUFFIX = "_0000"
+# Image and label grids further apart than this (mm, any affine entry) are different geometries.
+AFFINE_TOLERANCE_MM = 1.0
+# Everything nibabel, gzip and zlib raise for a truncated or corrupt file.
+_READ_ERRORS = (OSError, EOFError, zlib.error, ValueError, nib.filebasedimages.ImageFileError,
+                nib.spatialimages.HeaderDataError)
+
+_LPS = nio.axcodes2ornt(("L", "P", "S"))
+
+
+def is_nifti_path(path: str | os.PathLike) -> bool:
+    """True for a file name ending in .nii or .nii.gz (case-insensitive)."""
+    return str(path).lower().endswith(NIFTI_SUFFIXES)
+
+
+def nifti_stem(path: str | os.PathLike) -> str:
+    """The file name without its .nii / .nii.gz suffix."""
+    name = Path(path).name
+    for suffix in (".nii.gz", ".nii"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def to_lps_layout(data_xyz: np.ndarray, affine_ras: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Reorient an (x, y, z) array with a RAS affine to the ``hu[z, y, x]`` LPS layout.
+
+    Returns the (Z, Y, X) array and the affine that maps its (x, y, z, 1) index to RAS mm.
+    Axes are only flipped and permuted (to the closest LPS axes), never resampled, so an
+    oblique grid keeps its obliquity in the affine.
+    """
+    source = nio.io_orientation(affine_ras)
+    if np.isnan(source).any():
+        raise DataError(f"affine has no usable orientation (degenerate axes):\n{affine_ras}")
+    transform = nio.ornt_transform(source, _LPS)
+    reoriented = nio.apply_orientation(data_xyz, transform)
+    affine = affine_ras @ nio.inv_ornt_aff(transform, data_xyz.shape)
+    return np.ascontiguousarray(reoriented.transpose(2, 1, 0)), affine
+
+
+def spacing_from_affine(affine: np.ndarray) -> tuple[float, float, float]:
+    """Voxel size (z, y, x) in mm: the lengths of the affine's index columns."""
+    # Rounded to 1e-6 mm so float noise from DICOM positions does not show in reports.
+    sx, sy, sz = (round(float(v), 6) for v in np.linalg.norm(affine[:3, :3], axis=0))
+    return (sz, sy, sx)
+
+
+def _load(path: Path, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """Read a NIfTI file fully; returns the (x, y, z) data and its affine."""
+    if not path.is_file():
+        raise DataError(f"{what} file not found: {path}")
+    try:
+        image = nib.load(path)
+        # The header is read eagerly but the data lazily, so decoding happens here: a truncated
+        # .nii.gz only fails now, with EOFError or zlib.error rather than a nibabel error.
+        # The array proxy applies the header's scl_slope / scl_inter.
+        data = np.asanyarray(image.dataobj)
+        affine = np.asarray(image.affine, dtype=np.float64)
+    except _READ_ERRORS as exc:
+        detail = " ".join(str(exc).split())
+        raise DataError(f"cannot read {what} {path}: truncated or not a NIfTI file ({detail})") from exc
+    while data.ndim > 3 and data.shape[-1] == 1:
+        data = data[..., 0]
+    if data.ndim == 2:
+        data = data[:, :, np.newaxis]
+    if data.ndim != 3:
+        raise DataError(f"{what} {path} has shape {data.shape}; expected a 3-D volume")
+    return data, affine
+
+
+def _label_to_uint8(label: np.ndarray, path: Path) -> np.ndarray:
+    if label.size == 0:
+        return label.astype(np.uint8)
+    low, high = float(label.min()), float(label.max())
+    if low < 0 or high > 255:
+        raise DataError(f"label values of {path} span {low:g}..{high:g}; labels must fit uint8 (0..255)")
+    if not np.issubdtype(label.dtype, np.integer) and not np.all(np.mod(label, 1) == 0):
+        raise DataError(f"label file {path} holds non-integer values; expected a label map")
+    return label.astype(np.uint8)
+
+
+def read_nifti(
+    image_path: str | os.PathLike,
+    label_path: str | os.PathLike | None = None,
+    case_id: str | None = None,
+) -> Volume:
+    """Read a NIfTI CT volume (and optionally its label map) into an LPS-layout Volume.
+
+    HU come from the stored values with the header's scaling applied. The label file must
+    have the image's shape and geometry and values that fit uint8. ``case_id`` defaults to
+    the image file name without its suffix.
+    """
+    image_path = Path(image_path)
+    data, affine = _load(image_path, "image")
+    hu, lps_affine = to_lps_layout(data.astype(np.float32, copy=False), affine)
+
+    label = None
+    if label_path is not None:
+        label_path = Path(label_path)
+        label_data, label_affine = _load(label_path, "label")
+        if label_data.shape != data.shape:
+            raise DataError(
+                f"label {label_path} has shape {label_data.shape} but image {image_path} "
+                f"has shape {data.shape}"
+            )
+        label, label_lps_affine = to_lps_layout(_label_to_uint8(label_data, label_path), label_affine)
+        offset = float(np.abs(label_lps_affine - lps_affine).max())
+        if offset > AFFINE_TOLERANCE_MM:
+            raise DataError(
+                f"label {label_path} does not lie on the grid of image {image_path} "
+                f"(affines differ by up to {offset:.3g} mm)"
+            )
+    return Volume(
+        hu=hu,
+        spacing=spacing_from_affine(lps_affine),
+        affine=lps_affine,
+        case_id=case_id if case_id is not None else nifti_stem(image_path),
+        label=label,
+        source=str(image_path),
+    )
+
+
+def _nifti_files(folder: Path) -> list[Path]:
+    # MSD archives carry macOS "._name.nii.gz" resource forks that are not NIfTI: skip hidden.
+    return sorted(
+        p for p in folder.iterdir() if p.is_file() and is_nifti_path(p) and not p.name.startswith(".")
+    )
+
+
+def _find_label(image: Path, labels: dict[str, Path]) -> Path | None:
+    stem = nifti_stem(image)
+    if stem in labels:
+        return labels[stem]
+    if stem.endswith(NNUNET_CHANNEL_SUFFIX):
+        return labels.get(stem[: -len(NNUNET_CHANNEL_SUFFIX)])
+    return None
+
+
+def find_nifti_pairs(folder: str | os.PathLike) -> list[tuple[Path, Path | None]]:
+    """List (image, label or None) pairs of a NIfTI dataset folder without reading them.
+
+    Accepts ``imagesTr/`` + ``labelsTr/`` (MSD, nnU-Net), ``images/`` + ``labels/``, either
+    without its labels folder, or a flat folder of NIfTI images. When a labels folder exists,
+    every image needs a label of the same name (nnU-Net's ``_0000`` channel suffix allowed).
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"data folder not found: {folder}")
+    for images_name, labels_name in DATASET_LAYOUTS:
+        images_dir = folder / images_name
+        if images_dir.is_dir():
+            labels_dir = folder / labels_name
+            break
+    else:
+        images_dir, labels_dir = folder, None
+    images = _nifti_files(images_dir)
+    if not images:
+        raise DataError(f"no images found in {images_dir} (expected .nii or .nii.gz files)")
+    if labels_dir is None or not labels_dir.is_dir():
+        return [(image, None) for image in images]
+    labels = {nifti_stem(p): p for p in _nifti_files(labels_dir)}
+    pairs = []
+    for image in images:
+        label = _find_label(image, labels)
+        if label is None:
+            raise DataError(f"image {image} has no label file in {labels_dir}")
+        pairs.append((image, label))
+    return pairs
+
+
+def read_nifti_dataset(folder: str | os.PathLike, progress: bool = False) -> list[Volume]:
+    """Read every case of a NIfTI dataset folder (see :func:`find_nifti_pairs` for layouts).
+
+    Case ids are the label file names without suffix (the image's when there is no label).
+    ``progress`` shows a tqdm bar on stderr.
+    """
+    from tqdm import tqdm
+
+    pairs = find_nifti_pairs(folder)
+    volumes = []
+    for image, label in tqdm(pairs, desc="reading NIfTI", unit="case", disable=not progress):
+        case_id = nifti_stem(label if label is not None else image)
+        volumes.append(read_nifti(image, label, case_id=case_id))
+    log.debug("read %d NIfTI cases from %s", len(volumes), folder)
+    return volumes

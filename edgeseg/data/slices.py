@@ -1,0 +1,192 @@
+"""Slice-folder reader: 2-D images and masks (Kaggle style) grouped into one Volume per case.
+
+A slice folder holds ``images/`` and ``masks/`` with the same file stems (PNG, JPEG, ...). The
+pixels carry no geometry and no unit, so the caller declares what a pixel means with an
+``intensity`` string, and the case each slice belongs to is read from its file name: splits
+are made per case, so every copy of a patient's slices must land in the same case.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from edgeseg.data.volume import Volume, default_affine
+from edgeseg.errors import DataError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+# "flipped_10001_103" -> case "10001", slice 103: an optional prefix (augmentation copies such
+# as flipped_ / mirrored_) is dropped so that all copies of a volume share one case.
+DEFAULT_CASE_PATTERN = r"(?:.*_)?(?P<case>[^_]+)_(?P<slice>\d+)$"
+DEFAULT_INTENSITY = "hu-clipped:0,255"
+EIGHT_BIT_MODES = ("L", "LA", "RGB", "RGBA", "P", "1")
+_INTENSITY_RE = re.compile(r"^(hu-clipped|window):\s*(-?\d+(?:\.\d+)?)\s*,\s*(-?\d+(?:\.\d+)?)$")
+
+
+@dataclass(frozen=True)
+class SliceIntensity:
+    """What a stored pixel means, parsed from ``"hu-clipped:LO,HI"`` or ``"window:LO,HI"``.
+
+    ``hu-clipped``: the pixel is the HU value, clipped to [LO, HI] when the slices were made.
+    ``window``: pixels 0..255 map linearly onto the HU window [LO, HI].
+    """
+
+    mode: str
+    low: float
+    high: float
+
+    @classmethod
+    def parse(cls, text: str) -> SliceIntensity:
+        match = _INTENSITY_RE.match(text.strip())
+        if match is None:
+            raise DataError(
+                f"intensity must be 'hu-clipped:LO,HI' or 'window:LO,HI' (HU numbers), got {text!r}"
+            )
+        mode, low, high = match.group(1), float(match.group(2)), float(match.group(3))
+        if not low < high:
+            raise DataError(f"intensity {text!r}: LO must be below HI")
+        return cls(mode, low, high)
+
+    def to_hu(self, pixels: np.ndarray, image_mode: str, path: Path) -> np.ndarray:
+        """Convert one slice's pixels to float32 HU, refusing pixels the declaration cannot hold."""
+        values = pixels.astype(np.float32)
+        if self.mode == "window":
+            if image_mode not in EIGHT_BIT_MODES:
+                raise DataError(f"{path} is a {image_mode} image; 'window:' expects 8-bit pixels 0..255")
+            return np.float32(self.low) + values / np.float32(255.0) * np.float32(self.high - self.low)
+        low, high = float(values.min()), float(values.max())
+        if low < self.low or high > self.high:
+            raise DataError(
+                f"{path} has pixel values {low:g}..{high:g} outside the declared "
+                f"hu-clipped range {self.low:g}..{self.high:g}"
+            )
+        return values
+
+
+def _image_files(folder: Path) -> dict[str, Path]:
+    files: dict[str, Path] = {}
+    for path in sorted(folder.iterdir()):
+        if not path.is_file() or path.name.startswith(".") or path.suffix.lower() not in IMAGE_SUFFIXES:
+            continue
+        if path.stem in files:
+            raise DataError(f"{path} and {files[path.stem]} have the same name; expected one file per slice")
+        files[path.stem] = path
+    return files
+
+
+def _read_channel0(path: Path) -> tuple[np.ndarray, str]:
+    """First channel of an image (grey stored as RGB is common) and the file's PIL mode."""
+    try:
+        with Image.open(path) as image:
+            image.load()  # PIL decodes lazily; a truncated file fails here
+            mode = image.mode
+            if mode == "P":
+                image = image.convert("RGB")
+            pixels = np.asarray(image)
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as exc:
+        raise DataError(f"cannot read image {path}: {exc}") from exc
+    if pixels.ndim == 3:
+        pixels = pixels[..., 0]
+    return pixels, mode
+
+
+def _case_and_slice(stem: str, pattern: re.Pattern, path: Path) -> tuple[str, int]:
+    match = pattern.fullmatch(stem)
+    if match is None:
+        raise DataError(
+            f"file name {path.name} does not match the case pattern {pattern.pattern!r}; "
+            f"pass case_pattern= with groups (?P<case>...) and (?P<slice>...)"
+        )
+    return match.group("case"), int(match.group("slice"))
+
+
+def _compile_pattern(case_pattern: str) -> re.Pattern:
+    try:
+        pattern = re.compile(case_pattern)
+    except re.error as exc:
+        raise DataError(f"case pattern {case_pattern!r} is not a valid regular expression: {exc}") from exc
+    if not {"case", "slice"} <= set(pattern.groupindex):
+        raise DataError(f"case pattern {case_pattern!r} needs named groups 'case' and 'slice'")
+    return pattern
+
+
+def read_slice_folder(
+    folder: str | os.PathLike,
+    intensity: str = DEFAULT_INTENSITY,
+    mask_threshold: int = 127,
+    case_pattern: str = DEFAULT_CASE_PATTERN,
+    progress: bool = False,
+) -> list[Volume]:
+    """Read ``images/`` (+ ``masks/``) slices into one Volume per case, sorted by case id.
+
+    ``intensity`` declares what a pixel means (see :class:`SliceIntensity`); the Volume's
+    ``hu_range`` records the declared range. Masks are binarised as channel 0 >
+    ``mask_threshold`` to label 1 (JPEG masks carry compression noise); without a ``masks/``
+    folder the volumes have no label. Slices of a case are ordered by slice number, then name;
+    ``slice_ids`` are the file stems. Slices have no geometry: spacing is (1, 1, 1), and the
+    volumes are marked ``contiguous=False``.
+    """
+    from tqdm import tqdm
+
+    folder = Path(folder)
+    spec = SliceIntensity.parse(intensity)
+    pattern = _compile_pattern(case_pattern)
+    if not 0 <= mask_threshold < 255:
+        raise DataError(f"mask_threshold must be in 0..254, got {mask_threshold}")
+    images_dir, masks_dir = folder / "images", folder / "masks"
+    if not folder.is_dir():
+        raise DataError(f"data folder not found: {folder}")
+    if not images_dir.is_dir():
+        raise DataError(f"slice folder {folder} has no images/ subfolder")
+    images = _image_files(images_dir)
+    if not images:
+        raise DataError(f"no images found in {images_dir}")
+    masks = _image_files(masks_dir) if masks_dir.is_dir() else None
+
+    cases: dict[str, list[tuple[int, str]]] = defaultdict(list)
+    for stem, path in images.items():
+        case, number = _case_and_slice(stem, pattern, path)
+        if masks is not None and stem not in masks:
+            raise DataError(f"image {path} has no mask in {masks_dir}")
+        cases[case].append((number, stem))
+
+    volumes = []
+    for case in tqdm(sorted(cases), desc="reading slices", unit="case", disable=not progress):
+        stems = [stem for _, stem in sorted(cases[case])]
+        hu, label = [], []
+        for stem in stems:
+            pixels, mode = _read_channel0(images[stem])
+            if hu and pixels.shape != hu[0].shape:
+                raise DataError(
+                    f"{images[stem]} is {pixels.shape} pixels but case {case} started with "
+                    f"{hu[0].shape} ({images[stems[0]].name}); slices of a case must share a size"
+                )
+            hu.append(spec.to_hu(pixels, mode, images[stem]))
+            if masks is not None:
+                mask, _ = _read_channel0(masks[stem])
+                if mask.shape != pixels.shape:
+                    raise DataError(
+                        f"mask {masks[stem]} is {mask.shape} pixels but its image is {pixels.shape}"
+                    )
+                label.append((mask > mask_threshold).astype(np.uint8))
+        volumes.append(
+            Volume(
+                hu=np.stack(hu),
+                spacing=(1.0, 1.0, 1.0),
+                affine=default_affine((1.0, 1.0, 1.0)),
+                case_id=case,
+                label=np.stack(label) if masks is not None else None,
+                hu_range=(spec.low, spec.high),
+                source=str(folder),
+                slice_ids=stems,
+                # Neighbouring files are unrelated 2-D slices, not a scanned stack.
+                contiguous=False,
+            )
+        )
+    return volumes

@@ -1,0 +1,122 @@
+"""The edgeseg command: help, version, end-to-end train/evaluate/compare, one-line errors."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+DATA = Path(__file__).parents[1] / "data"
+EDGESEG = [sys.executable, "-m", "edgeseg.cli"]
+
+
+def run(*args, cwd=None):
+    return subprocess.run([*EDGESEG, *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=600)
+
+
+def assert_one_line_error(proc, fragment):
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert lines and lines[-1].startswith("edgeseg: error:"), proc.stderr
+    assert fragment in lines[-1], lines[-1]
+
+
+@pytest.mark.parametrize("command", ["", "train", "evaluate", "compare", "data", "data synth", "data info"])
+def test_every_command_has_help(command):
+    proc = run(*command.split(), "--help")
+    assert proc.returncode == 0 and "Usage:" in proc.stdout
+
+
+def test_version():
+    from edgeseg import __version__
+
+    proc = run("--version")
+    assert proc.returncode == 0 and __version__ in proc.stdout
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    synth = run("data", "synth", "--out", root / "phantom", "--cases", 4, "--seed", 3, "--size", 64, "--slices", 8)
+    assert synth.returncode == 0, synth.stderr
+    proc = run("train", "--data", root / "phantom", "--out", root / "run", "--size", 64, "--base", 4, "--depth", 2,
+               "--epochs", 2, "--batch-size", 8, "--window", "-200,300", "--quiet", "--amp", "off",
+               "--val-fraction", 0.25, "--test-fraction", 0.25)
+    assert proc.returncode == 0, proc.stderr
+    assert "best val Dice" in proc.stdout
+    return root
+
+
+def test_evaluate_writes_table_json_and_overlay(run_dir):
+    out = run_dir / "eval"
+    proc = run("evaluate", run_dir / "run" / "best.pt", "--data", run_dir / "phantom", "--out", out, "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    assert "liver dice" in proc.stdout and "mean" in proc.stdout
+    report = json.loads((out / "eval.json").read_text())
+    assert report["split"] == "test" and len(report["cases"]) == 1
+    assert 0.0 <= report["summary"]["liver"]["dice"]["mean"] <= 1.0
+    assert (out / "worst_cases.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_compare_two_runs(run_dir, tmp_path):
+    proc = run("compare", run_dir / "run", run_dir / "run", "--out", tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "compare.png").is_file() and (tmp_path / "compare.csv").is_file()
+
+
+def test_missing_data_folder(tmp_path):
+    assert_one_line_error(run("train", "--data", tmp_path / "nope", "--out", tmp_path / "r"), "not found")
+
+
+def test_empty_data_folder(tmp_path):
+    (tmp_path / "empty").mkdir()
+    assert_one_line_error(run("train", "--data", tmp_path / "empty", "--out", tmp_path / "r"), "no images found")
+
+
+def test_checkpoint_from_another_model_config_cannot_resume(run_dir, tmp_path):
+    import shutil
+
+    shutil.copytree(run_dir / "run", tmp_path / "run")
+    proc = run("train", "--data", run_dir / "phantom", "--out", tmp_path / "run", "--size", 64, "--base", 8,
+               "--depth", 2, "--epochs", 3, "--window", "-200,300", "--resume", "--quiet", "--amp", "off",
+               "--val-fraction", 0.25, "--test-fraction", 0.25)
+    assert_one_line_error(proc, "different model config")
+
+
+def test_corrupt_checkpoint(run_dir, tmp_path):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes((run_dir / "run" / "best.pt").read_bytes()[:5000])
+    assert_one_line_error(run("evaluate", bad, "--data", run_dir / "phantom"), "not a readable edgeseg checkpoint")
+
+
+def test_checkpoint_whose_weights_do_not_fit_its_config(run_dir, tmp_path):
+    import torch
+
+    payload = torch.load(run_dir / "run" / "best.pt", weights_only=True)
+    payload["model"]["base"] = 8
+    torch.save(payload, tmp_path / "edited.pt")
+    assert_one_line_error(run("evaluate", tmp_path / "edited.pt", "--data", run_dir / "phantom"), "do not fit model config")
+
+
+def test_interrupted_checkpoint_write_leaves_nothing(tmp_path, monkeypatch):
+    import torch
+
+    from edgeseg.models import ModelConfig, build_model
+    from edgeseg.spec import PreprocessSpec
+    from edgeseg.train.checkpoint import save_checkpoint
+
+    def failing_save(obj, f, *a, **k):
+        Path(f).write_bytes(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", failing_save)
+    with pytest.raises(OSError):
+        save_checkpoint(tmp_path / "best.pt", build_model(ModelConfig(base=2, depth=1)), ModelConfig(base=2, depth=1),
+                        PreprocessSpec(), ["background", "liver"])
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bad_labels_option(tmp_path):
+    assert_one_line_error(run("train", "--labels", "liver", "--out", tmp_path / "r"), "labels must look like")

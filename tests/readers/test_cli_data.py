@@ -1,0 +1,42 @@
+"""``edgeseg data synth`` and ``edgeseg data info`` through click."""
+
+from __future__ import annotations
+
+import pytest
+from click.testing import CliRunner
+
+from edgeseg.cli.data import command
+from edgeseg.errors import DataError
+
+
+def test_synth_then_info(tmp_path):
+    runner = CliRunner()
+    out = tmp_path / "ds"
+    result = runner.invoke(command, ["synth", "--out", str(out), "--cases", "3", "--seed", "1",
+                                     "--size", "32", "--slices", "6", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert "wrote 3 phantom cases of 6x32x32 voxels" in result.stdout
+    assert len(list((out / "imagesTr").glob("*.nii.gz"))) == 3
+
+    result = runner.invoke(command, ["info", str(out), "--quiet"])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0].split()[:3] == ["case", "shape", "(z,y,x)"]
+    rows = [line.split() for line in lines[2:-1]]
+    assert [row[0] for row in rows] == ["case_000", "case_001", "case_002"]
+    assert all(row[1] == "6x32x32" and row[2] == "2.5x6x6" for row in rows)
+    assert all(row[6].startswith("1:") for row in rows)  # liver voxels counted
+    assert lines[-1] == "3 cases"
+
+
+def test_info_error_is_an_edgeseg_error(tmp_path):
+    result = CliRunner().invoke(command, ["info", str(tmp_path / "missing")])
+    assert isinstance(result.exception, DataError)
+    assert "data folder not found" in str(result.exception)
+
+
+def test_main_group_prints_one_line(tmp_path):
+    main = pytest.importorskip("edgeseg.cli.main", reason="other commands of the CLI not importable yet")
+    result = CliRunner().invoke(main.cli, ["data", "info", str(tmp_path / "missing")])
+    assert result.exit_code == 2
+    assert result.stderr.strip().splitlines() == [f"edgeseg: error: data folder not found: {tmp_path / 'missing'}"]

@@ -1,0 +1,113 @@
+"""NIfTI reader on the real TotalSegmentator sample: orientation, HU, labels, dataset layouts."""
+
+from __future__ import annotations
+
+import shutil
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from edgeseg.data import read_nifti, read_nifti_dataset
+from edgeseg.errors import DataError
+
+LIVER = 5  # TotalSegmentator label of the liver
+
+
+def test_reoriented_array_is_the_raw_ras_array_flipped_to_lps(totalseg):
+    image = nib.load(totalseg / "example_ct_sm.nii.gz")
+    # The sample is stored RAS with a positive diagonal affine: index x grows to the patient's
+    # right and y to anterior, so LPS display flips both, and (x, y, z) becomes (z, y, x).
+    assert nib.aff2axcodes(image.affine) == ("R", "A", "S")
+    raw = np.asarray(image.dataobj).astype(np.float32)
+    expected = raw[::-1, ::-1, :].transpose(2, 1, 0)
+
+    volume = read_nifti(totalseg / "example_ct_sm.nii.gz")
+
+    np.testing.assert_array_equal(volume.hu, expected)
+    assert volume.spacing == (3.0, 3.0, 3.0)
+    assert volume.case_id == "example_ct_sm"
+    # Index (0, 0, 0) of the LPS array is raw voxel (121, 100, 0): the same world point.
+    nx, ny, _ = raw.shape
+    np.testing.assert_allclose(volume.affine @ [0, 0, 0, 1], image.affine @ [nx - 1, ny - 1, 0, 1])
+    np.testing.assert_allclose(volume.affine @ [5, 7, 2, 1], image.affine @ [nx - 1 - 5, ny - 1 - 7, 2, 1])
+
+
+def test_liver_label_has_liver_hu_and_sits_on_the_image_left(totalseg):
+    volume = read_nifti(totalseg / "example_ct_sm.nii.gz", totalseg / "example_seg.nii.gz")
+
+    assert volume.label.dtype == np.uint8
+    liver = volume.label == LIVER
+    assert 20 <= float(volume.hu[liver].mean()) <= 70  # published: about 44 HU
+    # Patient's right is the image left in LPS display: the liver's mean column is left of centre.
+    assert np.argwhere(liver)[:, 2].mean() < volume.hu.shape[2] / 2
+
+
+def test_label_values_match_the_raw_label_file(totalseg):
+    raw = np.asarray(nib.load(totalseg / "example_seg_fast.nii.gz").dataobj)
+    volume = read_nifti(totalseg / "example_ct_sm.nii.gz", totalseg / "example_seg_fast.nii.gz")
+    np.testing.assert_array_equal(volume.label, raw[::-1, ::-1, :].transpose(2, 1, 0))
+
+
+def _copy(src, dst):
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(src, dst)
+
+
+@pytest.mark.parametrize(
+    ("image_name", "label_name"),
+    [
+        ("imagesTr/liver_1.nii.gz", "labelsTr/liver_1.nii.gz"),
+        ("images/liver_1.nii.gz", "labels/liver_1.nii.gz"),
+        ("imagesTr/liver_1_0000.nii.gz", "labelsTr/liver_1.nii.gz"),  # nnU-Net channel suffix
+    ],
+)
+def test_dataset_layouts_pair_images_with_labels(tmp_path, totalseg, image_name, label_name):
+    _copy(totalseg / "example_ct_sm.nii.gz", tmp_path / image_name)
+    _copy(totalseg / "example_seg.nii.gz", tmp_path / label_name)
+    (tmp_path / image_name).with_name("._liver_1.nii.gz").write_bytes(b"macOS resource fork")
+
+    volumes = read_nifti_dataset(tmp_path)
+
+    assert [v.case_id for v in volumes] == ["liver_1"]
+    assert (volumes[0].label == LIVER).sum() > 1000
+
+
+def test_flat_folder_gives_unlabelled_volumes(tmp_path, totalseg):
+    _copy(totalseg / "example_ct_sm.nii.gz", tmp_path / "a.nii.gz")
+    _copy(totalseg / "example_ct_sm.nii.gz", tmp_path / "b.nii.gz")
+    volumes = read_nifti_dataset(tmp_path)
+    assert [(v.case_id, v.label) for v in volumes] == [("a", None), ("b", None)]
+
+
+def test_truncated_gzip_names_the_file(tmp_path, totalseg):
+    data = (totalseg / "example_ct_sm.nii.gz").read_bytes()
+    broken = tmp_path / "broken.nii.gz"
+    broken.write_bytes(data[: len(data) // 2])  # header intact, data cut: fails only on decoding
+    with pytest.raises(DataError, match=r"broken\.nii\.gz.*truncated"):
+        read_nifti(broken)
+    broken.write_bytes(data[:100])
+    with pytest.raises(DataError, match=r"broken\.nii\.gz"):
+        read_nifti(broken)
+
+
+def test_label_of_another_shape_names_both_shapes(tmp_path, totalseg):
+    nib.save(nib.Nifti1Image(np.zeros((10, 10, 10), np.uint8), np.eye(4)), tmp_path / "small.nii.gz")
+    with pytest.raises(DataError, match=r"\(10, 10, 10\).*\(122, 101, 30\)"):
+        read_nifti(totalseg / "example_ct_sm.nii.gz", tmp_path / "small.nii.gz")
+
+
+def test_label_values_beyond_uint8_are_refused(tmp_path, totalseg):
+    image = nib.load(totalseg / "example_ct_sm.nii.gz")
+    values = np.full(image.shape, 300, dtype=np.int16)
+    nib.save(nib.Nifti1Image(values, image.affine), tmp_path / "big.nii.gz")
+    with pytest.raises(DataError, match=r"300.*uint8"):
+        read_nifti(totalseg / "example_ct_sm.nii.gz", tmp_path / "big.nii.gz")
+
+
+def test_image_without_label_in_a_labelled_dataset(tmp_path, totalseg):
+    _copy(totalseg / "example_ct_sm.nii.gz", tmp_path / "imagesTr/a.nii.gz")
+    _copy(totalseg / "example_ct_sm.nii.gz", tmp_path / "imagesTr/b.nii.gz")
+    _copy(totalseg / "example_seg.nii.gz", tmp_path / "labelsTr/a.nii.gz")
+    with pytest.raises(DataError, match=r"b\.nii\.gz has no label"):
+        read_nifti_dataset(tmp_path)
