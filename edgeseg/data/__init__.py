@@ -1,9 +1,11 @@
-"""CT data: the Volume record, readers for DICOM, NIfTI and slice folders, a phantom generator,
-and case-level splits. Nothing here imports torch: the runtime reads data with it too."""
+"""CT data: the Volume record, readers for DICOM, NIfTI and slice folders and for label files
+(NIfTI, NRRD, DICOM SEG), a phantom generator, and case-level splits. Nothing here imports
+torch: the runtime reads data with it too."""
 
 from __future__ import annotations
 
 from edgeseg.data.dicom import DicomSeriesInfo, read_dicom_series, read_dicom_series_with_refs
+from edgeseg.data.labels import read_label_file
 from edgeseg.data.nifti import read_nifti, read_nifti_dataset
 from edgeseg.data.open import open_dataset
 from edgeseg.data.phantom import PHANTOM_LABELS, synth_phantom, write_phantom_dataset
@@ -18,6 +20,7 @@ __all__ = [
     "open_dataset",
     "read_dicom_series",
     "read_dicom_series_with_refs",
+    "read_label_file",
     "read_nifti",
     "read_nifti_dataset",
     "read_slice_folder",

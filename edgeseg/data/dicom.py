@@ -28,6 +28,7 @@ from edgeseg.errors import DataError
 log = logging.getLogger(__name__)
 
 DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
+SEGMENTATION_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
 # Objects that share a folder with images but carry no pixels of their own.
 NON_IMAGE_MODALITIES = frozenset({"SR", "KO", "PR", "RTSTRUCT", "RTPLAN", "RTRECORD", "REG", "DOC"})
 REQUIRED_TAGS = ("SeriesInstanceUID", "ImagePositionPatient", "ImageOrientationPatient",
@@ -66,6 +67,16 @@ class DicomSeriesInfo:
         back = nio.ornt_transform(_LPS, np.asarray(self.source_orientation))
         stack_xyz = nio.apply_orientation(np.asarray(array_zyx).transpose(2, 1, 0), back)
         return np.ascontiguousarray(stack_xyz.transpose(2, 1, 0))
+
+    def from_source_layout(self, stack: np.ndarray) -> np.ndarray:
+        """Map a source-stack array [slice, row, col] to the Volume's (Z, Y, X) LPS layout.
+
+        The inverse of :meth:`to_source_layout`: ``stack[k]`` holds values drawn on the pixels
+        of ``files[k]``, e.g. the frames of a DICOM SEG picked by ``sop_instance_uids``.
+        """
+        forward = nio.ornt_transform(np.asarray(self.source_orientation), _LPS)
+        lps_xyz = nio.apply_orientation(np.asarray(stack).transpose(2, 1, 0), forward)
+        return np.ascontiguousarray(lps_xyz.transpose(2, 1, 0))
 
     def load_datasets(self) -> list[pydicom.Dataset]:
         """Re-read the source headers (without pixels), in stack order, e.g. for highdicom."""
@@ -118,12 +129,24 @@ def _scan_folder(folder: Path) -> dict[str, list[tuple[Path, pydicom.Dataset]]]:
     if not folder.is_dir():
         raise DataError(f"data folder not found: {folder}")
     series: dict[str, list[tuple[Path, pydicom.Dataset]]] = defaultdict(list)
+    segmentations = []
     for path in sorted(folder.iterdir()):
         if not path.is_file() or path.name.startswith("."):
             continue
         dataset = _read_file(path)
-        if dataset is not None:
+        if dataset is None:
+            continue
+        # A DICOM SEG is a label map for a series, not an image series of its own; it is
+        # read by edgeseg.data.dicom_seg when a label map is asked for.
+        if str(dataset.get("SOPClassUID", "")) == SEGMENTATION_SOP_CLASS:
+            segmentations.append(path.name)
+        else:
             series[str(dataset.SeriesInstanceUID)].append((path, dataset))
+    if not series and segmentations:
+        raise DataError(
+            f"{folder} holds only DICOM SEG files ({', '.join(segmentations)}), no image series; "
+            f"open the folder of the series they label"
+        )
     if not series:
         raise DataError(f"no images found in {folder} (no DICOM image files)")
     return series
@@ -233,10 +256,10 @@ def read_dicom_series_with_refs(
 ) -> tuple[Volume, DicomSeriesInfo]:
     """Read one CT series from a folder of DICOM files; also return its source references.
 
-    Non-DICOM files, DICOMDIR and pixel-less objects (SR, KO, ...) are skipped. A folder with
-    several series needs ``series_uid``. The modality must be CT. HU = stored value x
-    RescaleSlope + RescaleIntercept. ``case_id`` defaults to the folder name; ``slice_ids``
-    are the file names of the slices in the Volume's z order.
+    Non-DICOM files, DICOMDIR, pixel-less objects (SR, KO, ...) and DICOM SEG label maps
+    are skipped. A folder with several series needs ``series_uid``. The modality must be CT.
+    HU = stored value x RescaleSlope + RescaleIntercept. ``case_id`` defaults to the folder
+    name; ``slice_ids`` are the file names of the slices in the Volume's z order.
     """
     folder = Path(folder)
     uid, members = _pick_series(folder, _scan_folder(folder), series_uid)

@@ -1,7 +1,8 @@
 """open_dataset: the one entry point from a data source string to a list of Volumes.
 
 Training, evaluation and the CLI all call this, so a source means the same thing everywhere:
-a phantom spec, a NIfTI file, or a folder whose layout is recognised here.
+a phantom spec, a NIfTI file, or a folder whose layout is recognised here. DICOM SEG files are
+label maps, never series: they attach to the CT series they reference.
 """
 
 from __future__ import annotations
@@ -10,7 +11,9 @@ import os
 import re
 from pathlib import Path
 
-from edgeseg.data.dicom import looks_like_dicom, read_dicom_series
+from edgeseg.data.dicom import DicomSeriesInfo, looks_like_dicom, read_dicom_series_with_refs
+from edgeseg.data.dicom_seg import find_seg_files, is_seg_file, seg_referenced_series
+from edgeseg.data.labels import read_label_file
 from edgeseg.data.nifti import is_nifti_path, read_nifti, read_nifti_dataset
 from edgeseg.data.phantom import phantom_case_ids, phantom_geometry, synth_phantom
 from edgeseg.data.slices import DEFAULT_CASE_PATTERN, DEFAULT_INTENSITY, IMAGE_SUFFIXES, read_slice_folder
@@ -66,6 +69,12 @@ def _has_dicom(folder: Path) -> bool:
     return any(p.is_file() and not p.name.startswith(".") and looks_like_dicom(p) for p in folder.iterdir())
 
 
+def _holds_only_segs(folder: Path) -> bool:
+    files = [p for p in folder.iterdir()
+             if p.is_file() and not p.name.startswith(".") and looks_like_dicom(p)]
+    return bool(files) and all(is_seg_file(p) for p in files)
+
+
 def detect_layout(folder: Path) -> str:
     """Name the layout of a data folder: "slices", "nifti", "dicom" or "dicom-tree"."""
     images = folder / "images"
@@ -73,10 +82,12 @@ def detect_layout(folder: Path) -> str:
         return "slices"
     if (folder / "imagesTr").is_dir() or images.is_dir() or _has_files(folder, (".nii", ".nii.gz")):
         return "nifti"
-    if _has_dicom(folder):
-        return "dicom"
     subfolders = [p for p in sorted(folder.iterdir()) if p.is_dir() and not p.name.startswith(".")]
-    if any(_has_dicom(sub) for sub in subfolders):
+    has_dicom_subfolders = any(_has_dicom(sub) for sub in subfolders)
+    if _has_dicom(folder):
+        # SEG files next to series folders (dcmqi's layout) label those series.
+        return "dicom-tree" if has_dicom_subfolders and _holds_only_segs(folder) else "dicom"
+    if has_dicom_subfolders:
         return "dicom-tree"
     raise DataError(f"no images found in {folder} (no slice folder, NIfTI or DICOM files)")
 
@@ -87,6 +98,7 @@ def open_dataset(
     intensity: str | None = None,
     mask_threshold: int = 127,
     case_pattern: str | None = None,
+    label_file: str | os.PathLike | None = None,
     progress: bool = False,
 ) -> list[Volume]:
     """Open a data source as a list of Volumes (one per case), in LPS layout with HU.
@@ -96,7 +108,13 @@ def open_dataset(
     a slice folder (``images/`` + ``masks/``); a NIfTI dataset folder (``imagesTr/`` +
     ``labelsTr/``, ``images/`` + ``labels/``, or flat); a folder of DICOM files (one series);
     or a folder whose subfolders each hold one DICOM series (case id = subfolder name).
-    ``intensity``, ``mask_threshold`` and ``case_pattern`` apply to slice folders only (see
+    DICOM SEG files become the labels of the series they reference: a SEG inside a series
+    folder must reference that series; a SEG in the parent folder of series folders, or in a
+    subfolder holding only SEGs, labels whichever of those series it references. At most one
+    SEG per series. ``label_file`` (NIfTI, NRRD or DICOM SEG, see
+    :func:`~edgeseg.data.labels.read_label_file`) labels a source that holds exactly one
+    unlabelled volume: a NIfTI file or one DICOM series. ``intensity``, ``mask_threshold`` and
+    ``case_pattern`` apply to slice folders only (see
     :func:`~edgeseg.data.slices.read_slice_folder`); ``progress`` shows a bar on stderr.
     """
     text = os.fspath(source)
@@ -104,6 +122,9 @@ def open_dataset(
     if not path.exists():
         options = parse_phantom_spec(text)
         if options is not None:
+            if label_file is not None:
+                raise DataError(f"label_file {label_file} needs a source with one volume; {text!r} "
+                                f"generates labelled phantom cases")
             return _open_phantom(options)
         raise DataError(f"data folder not found: {path}")
     if path.is_file():
@@ -114,9 +135,25 @@ def open_dataset(
         layout = detect_layout(path)
     if layout != "slices" and (intensity is not None or case_pattern is not None):
         raise DataError(f"intensity and case_pattern apply to slice folders only; {path} is {layout} data")
+    if label_file is not None and layout not in ("nifti-file", "dicom", "dicom-tree"):
+        raise DataError(f"label_file {label_file} needs a source with one volume (a NIfTI file or a "
+                        f"DICOM series folder); {path} is a {layout} folder of several cases")
+    cases = _read_cases(path, layout, intensity, mask_threshold, case_pattern, progress,
+                        one_volume=label_file is not None)
+    if label_file is not None:
+        _attach_label_file(*cases[0], Path(label_file))
+    volumes = [volume for volume, _ in cases]
+    _check_unique_cases(volumes, path)
+    return volumes
+
+
+def _read_cases(path: Path, layout: str, intensity: str | None, mask_threshold: int,
+                case_pattern: str | None, progress: bool, one_volume: bool
+                ) -> list[tuple[Volume, DicomSeriesInfo | None]]:
+    """Read every case of a source of a known layout, with the DICOM references where any."""
     if layout == "nifti-file":
-        volumes = [read_nifti(path)]
-    elif layout == "slices":
+        return [(read_nifti(path), None)]
+    if layout == "slices":
         volumes = read_slice_folder(
             path,
             intensity=intensity or DEFAULT_INTENSITY,
@@ -124,15 +161,59 @@ def open_dataset(
             case_pattern=case_pattern or DEFAULT_CASE_PATTERN,
             progress=progress,
         )
-    elif layout == "nifti":
-        volumes = read_nifti_dataset(path, progress=progress)
-    elif layout == "dicom":
-        volumes = [read_dicom_series(path)]
-    else:
-        volumes = [read_dicom_series(sub, case_id=sub.name) for sub in sorted(path.iterdir())
-                   if sub.is_dir() and not sub.name.startswith(".") and _has_dicom(sub)]
-    _check_unique_cases(volumes, path)
-    return volumes
+        return [(volume, None) for volume in volumes]
+    if layout == "nifti":
+        return [(volume, None) for volume in read_nifti_dataset(path, progress=progress)]
+    if layout == "dicom":
+        return _read_dicom_folder(path)
+    return _read_dicom_tree(path, one_volume)
+
+
+def _label_with_segs(volume: Volume, refs: DicomSeriesInfo, segs: list[Path]) -> None:
+    """Give ``volume`` the label map of its one DICOM SEG, if it has one."""
+    if len(segs) > 1:
+        raise DataError(f"{len(segs)} DICOM SEG files label series {refs.series_instance_uid} of "
+                        f"{volume.case_id} ({', '.join(str(seg) for seg in segs)}); keep one")
+    if segs:
+        volume.label = read_label_file(segs[0], volume, refs)
+
+
+def _read_dicom_folder(path: Path) -> list[tuple[Volume, DicomSeriesInfo]]:
+    volume, refs = read_dicom_series_with_refs(path, case_id=path.name)
+    _label_with_segs(volume, refs, find_seg_files(path))
+    return [(volume, refs)]
+
+
+def _read_dicom_tree(path: Path, one_volume: bool) -> list[tuple[Volume, DicomSeriesInfo]]:
+    subfolders = [sub for sub in sorted(path.iterdir())
+                  if sub.is_dir() and not sub.name.startswith(".") and _has_dicom(sub)]
+    series_folders = [sub for sub in subfolders if not _holds_only_segs(sub)]
+    loose_segs = find_seg_files(path) + [seg for sub in subfolders if sub not in series_folders
+                                         for seg in find_seg_files(sub)]
+    if one_volume and len(series_folders) != 1:
+        raise DataError(f"label_file needs a source with one volume; {path} holds "
+                        f"{len(series_folders)} series folders")
+    cases = [read_dicom_series_with_refs(sub, case_id=sub.name) for sub in series_folders]
+    # A loose SEG belongs to whichever series it references; that is known only once read.
+    claimed: dict[str, list[Path]] = {refs.series_instance_uid: [] for _, refs in cases}
+    for seg in loose_segs:
+        referenced = seg_referenced_series(seg)
+        targets = [uid for uid in referenced if uid in claimed]
+        if not targets:
+            raise DataError(f"SEG {seg} does not reference series of any subfolder of {path}; it "
+                            f"references {', '.join(referenced) or 'no series'}")
+        for uid in targets:
+            claimed[uid].append(seg)
+    for (volume, refs), folder in zip(cases, series_folders):
+        _label_with_segs(volume, refs, find_seg_files(folder) + claimed[refs.series_instance_uid])
+    return cases
+
+
+def _attach_label_file(volume: Volume, refs: DicomSeriesInfo | None, label_file: Path) -> None:
+    if volume.label is not None:
+        raise DataError(f"{volume.case_id} from {volume.source} already has a label map (a DICOM SEG "
+                        f"beside the series); label_file {label_file} would be a second one (ambiguous)")
+    volume.label = read_label_file(label_file, volume, refs)
 
 
 def _check_unique_cases(volumes: list[Volume], path: Path) -> None:

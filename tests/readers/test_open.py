@@ -52,10 +52,11 @@ def test_slice_options_on_other_data_are_refused(totalseg):
         open_dataset(totalseg / "example_ct_sm.nii.gz", intensity="window:-100,400")
 
 
-def test_a_folder_holding_a_seg_is_not_read_as_ct(dcmqi):
-    # dcmqi_ct_liver/ holds liver.dcm, a DICOM SEG: it is a series, but not a CT one.
-    with pytest.raises(DataError, match="is SEG, not CT"):
-        open_dataset(dcmqi)
+def test_a_seg_beside_its_series_folder_becomes_its_label(dcmqi):
+    # dcmqi_ct_liver/ holds liver.dcm, a DICOM SEG, next to ct-3slice/: a label, not a series.
+    [volume] = open_dataset(dcmqi)
+    assert volume.case_id == "ct-3slice"
+    assert volume.label is not None and set(np.unique(volume.label)) == {0, 1}
 
 
 def test_data_package_imports_without_torch():

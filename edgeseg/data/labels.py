@@ -1,0 +1,116 @@
+"""Label maps from their own files (NIfTI, NRRD, DICOM SEG), aligned to a Volume that was read.
+
+Every format is brought to the Volume's LPS layout by flipping and permuting axes only, never
+by resampling: the label file must describe the Volume's own voxel grid, and its geometry is
+checked against the Volume's affine so that a label for another scan, or one shifted by a
+header mistake, is refused rather than silently misplaced.
+"""
+
+from __future__ import annotations
+
+import os
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+from edgeseg.data.dicom import DicomSeriesInfo, looks_like_dicom
+from edgeseg.data.dicom_seg import is_seg_file, read_seg_label_map
+from edgeseg.data.nifti import _label_to_uint8, _load, is_nifti_path, to_lps_layout
+from edgeseg.data.volume import Volume
+from edgeseg.errors import DataError, require
+
+NRRD_SUFFIXES = (".nrrd", ".nhdr")
+# A label grid whose affine differs from the image's by more than this (mm, any entry) is
+# another grid. Headers written by different tools agree to ~1e-5 mm (float32 or decimal text).
+GRID_TOLERANCE_MM = 1e-3
+# NRRD world spaces edgeseg places (long names and the abbreviations the NRRD format allows),
+# as the sign flip that takes a point in that space to RAS.
+_NRRD_SPACE_TO_RAS = {
+    "left-posterior-superior": np.array([-1.0, -1.0, 1.0]),
+    "lps": np.array([-1.0, -1.0, 1.0]),
+    "right-anterior-superior": np.array([1.0, 1.0, 1.0]),
+    "ras": np.array([1.0, 1.0, 1.0]),
+}
+
+
+def read_label_file(
+    path: str | os.PathLike, volume: Volume, refs: DicomSeriesInfo | None = None
+) -> np.ndarray:
+    """Read a label map file as a (Z, Y, X) uint8 array aligned to ``volume``'s LPS layout.
+
+    ``path`` is a NIfTI file (``.nii`` / ``.nii.gz``), an NRRD file (``.nrrd`` / ``.nhdr``,
+    needs pynrrd) or a DICOM SEG (needs highdicom, and ``refs``: the DicomSeriesInfo of the CT
+    series ``volume`` was read from, so frames land on the slices they were drawn on). NIfTI
+    and NRRD grids must match ``volume``'s shape and affine to :data:`GRID_TOLERANCE_MM`
+    after reorientation; label values must fit uint8 and are kept as they are (a SEG gives
+    its segment numbers).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"label file not found: {path}")
+    if is_nifti_path(path):
+        data, affine = _load(path, "label")
+        return _align(_label_to_uint8(data, path), affine, volume, path)
+    if path.name.lower().endswith(NRRD_SUFFIXES):
+        return _read_nrrd(path, volume)
+    if looks_like_dicom(path):
+        if not is_seg_file(path):
+            raise DataError(f"label file {path} is DICOM but not a DICOM SEG "
+                            f"(SOP class 1.2.840.10008.5.1.4.1.1.66.4)")
+        if refs is None:
+            raise DataError(f"DICOM SEG {path} needs the CT series' references to place its frames; "
+                            f"read the CT with read_dicom_series_with_refs and pass refs=")
+        return read_seg_label_map(path, volume, refs)
+    raise DataError(f"cannot read label file {path}: expected .nii / .nii.gz, .nrrd / .nhdr or a DICOM SEG")
+
+
+def _align(data_xyz: np.ndarray, affine_ras: np.ndarray, volume: Volume, path: Path) -> np.ndarray:
+    """Reorient an (x, y, z) label array with a RAS affine onto ``volume``'s grid, or refuse."""
+    label, affine = to_lps_layout(data_xyz, affine_ras)
+    if label.shape != volume.hu.shape:
+        raise DataError(f"label {path} has shape {label.shape} (z, y, x) but {volume.case_id} "
+                        f"has shape {volume.hu.shape}")
+    offset = float(np.abs(affine - volume.affine).max())
+    if offset > GRID_TOLERANCE_MM:
+        raise DataError(f"label {path} does not lie on the grid of {volume.case_id} "
+                        f"(affines differ by up to {offset:.3g} mm, tolerance {GRID_TOLERANCE_MM:g})")
+    return label
+
+
+def _read_nrrd(path: Path, volume: Volume) -> np.ndarray:
+    nrrd = require("nrrd", "dev", "reading NRRD label maps")
+    try:
+        # index_order "F": data[i, j, k] with i the fastest axis, as the header's axes list it.
+        data, header = nrrd.read(str(path), index_order="F")
+    except (nrrd.NRRDError, OSError, EOFError, zlib.error, ValueError) as exc:
+        detail = " ".join(str(exc).split())
+        raise DataError(f"cannot read label file {path}: truncated or not an NRRD file ({detail})") from exc
+    data, directions = _spatial_axes(data, header, path)
+    space = str(header.get("space", "")).strip().lower()
+    if space not in _NRRD_SPACE_TO_RAS:
+        raise DataError(f"NRRD {path} has space {header.get('space')!r}; expected "
+                        f"left-posterior-superior or right-anterior-superior")
+    if "space origin" not in header:
+        raise DataError(f"NRRD {path} has no space origin; cannot place it on {volume.case_id}")
+    to_ras = _NRRD_SPACE_TO_RAS[space]
+    affine = np.eye(4)
+    # pynrrd gives one row per axis: the world step of that axis' index, in the header's space.
+    affine[:3, :3] = (directions * to_ras).T
+    affine[:3, 3] = np.asarray(header["space origin"], dtype=np.float64) * to_ras
+    return _align(_label_to_uint8(data, path), affine, volume, path)
+
+
+def _spatial_axes(data: np.ndarray, header: dict, path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The (x, y, z) data and its 3x3 space directions; drops non-spatial axes of size 1."""
+    if "space directions" not in header:
+        raise DataError(f"NRRD {path} has no space directions; cannot place it on a CT grid")
+    directions = np.asarray(header["space directions"], dtype=np.float64)
+    # Non-spatial axes ("none" in the header, a NaN row from pynrrd) must be length 1.
+    spatial = ~np.isnan(directions).any(axis=1)
+    extra = [axis for axis in np.flatnonzero(~spatial) if data.shape[axis] != 1]
+    if extra or spatial.sum() != 3:
+        raise DataError(f"NRRD {path} has shape {data.shape} with {int(spatial.sum())} spatial axes; "
+                        f"expected a 3-D label map")
+    data = data.reshape([n for n, keep in zip(data.shape, spatial) if keep])
+    return data, directions[spatial]
