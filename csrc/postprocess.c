@@ -128,12 +128,14 @@ static void logits_row(const post_plan *p, post_work *w, ptrdiff_t n, ptrdiff_t 
         }
         const int32_t kk = (int32_t)k;
         for (ptrdiff_t x = 0; x < oc; ++x) {
+            /* Branch-free top-two update (vectorises): second = max(min(g, best), second). */
             const float g = w0 * a[x] + w1 * b[x];
-            const int gt = g > best[x];
-            const float lo = g > second[x] ? g : second[x];
-            second[x] = gt ? best[x] : lo;
-            best[x] = gt ? g : best[x];
-            idx[x] = gt ? kk : idx[x];
+            const float bx = best[x], sx = second[x];
+            const int32_t gt = -(int32_t)(g > bx); /* an int mask: GCC if-converts this form */
+            const float lo = g < bx ? g : bx;
+            second[x] = lo > sx ? lo : sx;
+            best[x] = g > bx ? g : bx;
+            idx[x] = (idx[x] & ~gt) | (kk & gt);
         }
     }
     const float m = es_bits_f32(maxbits);
@@ -162,10 +164,17 @@ static void argmax_row(const post_plan *p, post_work *w, ptrdiff_t n, ptrdiff_t 
     for (ptrdiff_t k = 0; k < p->classes; ++k) {
         const float *ES_RESTRICT v = logit_row(p, w->conv, n, k, r);
         const int32_t kk = (int32_t)k;
+        if (k == 0) {
+            for (ptrdiff_t x = 0; x < p->cols; ++x) {
+                best[x] = v[x];
+                idx[x] = 0;
+            }
+            continue;
+        }
         for (ptrdiff_t x = 0; x < p->cols; ++x) {
-            const int gt = k == 0 || v[x] > best[x];
-            best[x] = gt ? v[x] : best[x];
-            idx[x] = gt ? kk : idx[x];
+            const int32_t gt = -(int32_t)(v[x] > best[x]);
+            best[x] = v[x] > best[x] ? v[x] : best[x];
+            idx[x] = (idx[x] & ~gt) | (kk & gt);
         }
     }
     for (ptrdiff_t x = 0; x < p->cols; ++x) out[x] = (uint8_t)idx[x];

@@ -87,6 +87,7 @@ int es_axis_init(es_axis *ax, ptrdiff_t n_in, ptrdiff_t n_out, es_interp interp)
     ax->first = NULL;
     ax->wf = NULL;
     ax->wd = NULL;
+    ax->stride = 0;
     if (n_in < 1 || n_out < 1 || n_in > INT32_MAX) return ES_EINVAL;
     int rc;
     if (interp == ES_BILINEAR) rc = bilinear_init(ax);
@@ -94,6 +95,13 @@ int es_axis_init(es_axis *ax, ptrdiff_t n_in, ptrdiff_t n_out, es_interp interp)
     else return ES_EINVAL;
     if (rc != ES_OK) return rc;
     for (ptrdiff_t k = 0; k < n_out * ax->taps; ++k) ax->wf[k] = (float)ax->wd[k];
+    ax->stride = 0;
+    if (n_out >= 2) {
+        const ptrdiff_t s = ax->first[1] - ax->first[0];
+        ptrdiff_t j = 2;
+        while (j < n_out && ax->first[j] - ax->first[0] == s * j) ++j;
+        if (j == n_out && s >= 1 && s <= 4) ax->stride = (int)s;
+    }
     return ES_OK;
 }
 
