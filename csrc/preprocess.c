@@ -15,7 +15,9 @@ typedef struct {
     const es_slices *src;
     const es_preprocess_spec *spec;
     es_axis ry, rx;
-    float low, high, a, c; /* model input = (clip(v) - low) * a + c */
+    /* model input = clip(v - low, 0, width) * a + c, with low = low_hi + low_lo split so that
+     * narrow windows at large HU keep their exact width */
+    float low_hi, low_lo, width, a, c;
 } pre_plan;
 
 typedef struct {
@@ -32,17 +34,17 @@ typedef struct {
         const T *ES_RESTRICT s = (const T *)row;                                       \
         if (cs == 1) {                                                                 \
             for (ptrdiff_t x = 0; x < ncols; ++x) {                                    \
-                float v = (float)s[x];                                                 \
-                v = v < lo ? lo : v;                                                   \
-                v = v > hi ? hi : v;                                                   \
-                out[x] = (v - lo) * a + c;                                             \
+                float v = ((float)s[x] - lo) - lr;                                     \
+                v = v < 0.0f ? 0.0f : v;                                               \
+                v = v > wd ? wd : v;                                                   \
+                out[x] = v * a + c;                                                    \
             }                                                                          \
         } else {                                                                       \
             for (ptrdiff_t x = 0; x < ncols; ++x) {                                    \
-                float v = (float)s[x * cs];                                            \
-                v = v < lo ? lo : v;                                                   \
-                v = v > hi ? hi : v;                                                   \
-                out[x] = (v - lo) * a + c;                                             \
+                float v = ((float)s[x * cs] - lo) - lr;                                \
+                v = v < 0.0f ? 0.0f : v;                                               \
+                v = v > wd ? wd : v;                                                   \
+                out[x] = v * a + c;                                                    \
             }                                                                          \
         }                                                                              \
     } while (0)
@@ -62,7 +64,7 @@ static void convert_row(const pre_plan *p, ptrdiff_t n, ptrdiff_t r, float *ES_R
     const char *row = (const char *)s->data +
                       (n * s->stride_slice + r * s->stride_row) * (ptrdiff_t)dtype_size(s->dtype);
     const ptrdiff_t cs = s->stride_col, ncols = s->cols;
-    const float lo = p->low, hi = p->high, a = p->a, c = p->c;
+    const float lo = p->low_hi, lr = p->low_lo, wd = p->width, a = p->a, c = p->c;
     switch (s->dtype) {
     case ES_UINT8: CONVERT(uint8_t); break;
     case ES_INT16: CONVERT(int16_t); break;
@@ -123,34 +125,34 @@ static void output_row(const pre_plan *p, pre_work *w, ptrdiff_t n, ptrdiff_t y,
 
 #define BLEND_ROWS(T)                                                                          \
     static void blend_##T(const T *s0, const T *s1, ptrdiff_t ncols, ptrdiff_t cs, float w0,   \
-                          float w1, float lo, float hi, float *ES_RESTRICT out) {              \
+                          float w1, float lo, float lr, float wd, float *ES_RESTRICT out) {              \
         if (cs == 1) {                                                                         \
             for (ptrdiff_t x = 0; x < ncols; ++x) {                                            \
-                float u = (float)s0[x], v = (float)s1[x];                                      \
-                u = u < lo ? lo : u;                                                           \
-                u = u > hi ? hi : u;                                                           \
-                v = v < lo ? lo : v;                                                           \
-                v = v > hi ? hi : v;                                                           \
-                out[x] = w0 * (u - lo) + w1 * (v - lo);                                        \
+                float u = ((float)s0[x] - lo) - lr, v = ((float)s1[x] - lo) - lr;                                      \
+                u = u < 0.0f ? 0.0f : u;                                                       \
+                u = u > wd ? wd : u;                                                           \
+                v = v < 0.0f ? 0.0f : v;                                                       \
+                v = v > wd ? wd : v;                                                           \
+                out[x] = w0 * u + w1 * v;                                                      \
             }                                                                                  \
         } else {                                                                               \
             for (ptrdiff_t x = 0; x < ncols; ++x) {                                            \
-                float u = (float)s0[x * cs], v = (float)s1[x * cs];                            \
-                u = u < lo ? lo : u;                                                           \
-                u = u > hi ? hi : u;                                                           \
-                v = v < lo ? lo : v;                                                           \
-                v = v > hi ? hi : v;                                                           \
-                out[x] = w0 * (u - lo) + w1 * (v - lo);                                        \
+                float u = ((float)s0[x * cs] - lo) - lr, v = ((float)s1[x * cs] - lo) - lr;                            \
+                u = u < 0.0f ? 0.0f : u;                                                       \
+                u = u > wd ? wd : u;                                                           \
+                v = v < 0.0f ? 0.0f : v;                                                       \
+                v = v > wd ? wd : v;                                                           \
+                out[x] = w0 * u + w1 * v;                                                      \
             }                                                                                  \
         }                                                                                      \
     }                                                                                          \
     static void accumulate_##T(const T *s0, ptrdiff_t ncols, ptrdiff_t cs, double w, float lo, \
-                               float hi, double *ES_RESTRICT acc) {                            \
+                               float lr, float wd, double *ES_RESTRICT acc) {                            \
         for (ptrdiff_t x = 0; x < ncols; ++x) {                                                \
-            float u = (float)s0[x * cs];                                                       \
-            u = u < lo ? lo : u;                                                               \
-            u = u > hi ? hi : u;                                                               \
-            acc[x] += w * (double)(u - lo);                                                    \
+            float u = ((float)s0[x * cs] - lo) - lr;                                           \
+            u = u < 0.0f ? 0.0f : u;                                                           \
+            u = u > wd ? wd : u;                                                               \
+            acc[x] += w * (double)u;                                                           \
         }                                                                                      \
     }
 
@@ -165,20 +167,20 @@ static const void *src_row(const pre_plan *p, ptrdiff_t n, ptrdiff_t r) {
            (n * s->stride_slice + r * s->stride_row) * (ptrdiff_t)dtype_size(s->dtype);
 }
 
-/* vbuf[x] = sum_t wy[t] * (clip(src[r0 + t][x]) - low), x < cols. */
+/* vbuf[x] = sum_t wy[t] * clip(src[r0 + t][x] - low, 0, width), x < cols. */
 static void vertical_row(const pre_plan *p, pre_work *w, ptrdiff_t n, ptrdiff_t y, float *vbuf) {
     const es_axis *ry = &p->ry;
     const es_slices *s = p->src;
     const ptrdiff_t r0 = ry->first[y], nc = s->cols, cs = s->stride_col;
-    const float lo = p->low, hi = p->high;
+    const float lo = p->low_hi, lr = p->low_lo, wd = p->width;
     if (ry->taps <= 2) {
         const void *a = src_row(p, n, r0), *b = ry->taps == 2 ? src_row(p, n, r0 + 1) : a;
         const float w0 = ry->wf[ry->taps * y], w1 = ry->taps == 2 ? ry->wf[2 * y + 1] : 0.0f;
         switch (s->dtype) {
-        case ES_UINT8: blend_uint8_t(a, b, nc, cs, w0, w1, lo, hi, vbuf); break;
-        case ES_INT16: blend_int16_t(a, b, nc, cs, w0, w1, lo, hi, vbuf); break;
-        case ES_UINT16: blend_uint16_t(a, b, nc, cs, w0, w1, lo, hi, vbuf); break;
-        default: blend_float(a, b, nc, cs, w0, w1, lo, hi, vbuf); break;
+        case ES_UINT8: blend_uint8_t(a, b, nc, cs, w0, w1, lo, lr, wd, vbuf); break;
+        case ES_INT16: blend_int16_t(a, b, nc, cs, w0, w1, lo, lr, wd, vbuf); break;
+        case ES_UINT16: blend_uint16_t(a, b, nc, cs, w0, w1, lo, lr, wd, vbuf); break;
+        default: blend_float(a, b, nc, cs, w0, w1, lo, lr, wd, vbuf); break;
         }
         return;
     }
@@ -190,10 +192,10 @@ static void vertical_row(const pre_plan *p, pre_work *w, ptrdiff_t n, ptrdiff_t 
         const void *a = src_row(p, n, r0 + t);
         if (wt == 0.0) continue;
         switch (s->dtype) {
-        case ES_UINT8: accumulate_uint8_t(a, nc, cs, wt, lo, hi, acc); break;
-        case ES_INT16: accumulate_int16_t(a, nc, cs, wt, lo, hi, acc); break;
-        case ES_UINT16: accumulate_uint16_t(a, nc, cs, wt, lo, hi, acc); break;
-        default: accumulate_float(a, nc, cs, wt, lo, hi, acc); break;
+        case ES_UINT8: accumulate_uint8_t(a, nc, cs, wt, lo, lr, wd, acc); break;
+        case ES_INT16: accumulate_int16_t(a, nc, cs, wt, lo, lr, wd, acc); break;
+        case ES_UINT16: accumulate_uint16_t(a, nc, cs, wt, lo, lr, wd, acc); break;
+        default: accumulate_float(a, nc, cs, wt, lo, lr, wd, acc); break;
         }
     }
     for (ptrdiff_t x = 0; x < nc; ++x) vbuf[x] = (float)acc[x];
@@ -315,10 +317,11 @@ int es_preprocess(const es_slices *src, const es_preprocess_spec *spec, void *ds
     pre_plan p;
     p.src = src;
     p.spec = spec;
-    p.low = (float)spec->window_low;
-    p.high = (float)spec->window_high;
+    p.low_hi = (float)spec->window_low;
+    p.low_lo = (float)(spec->window_low - (double)p.low_hi);
+    p.width = (float)(spec->window_high - spec->window_low);
     p.a = (float)spec->scale;
-    p.c = (float)(spec->offset + spec->scale * (double)p.low);
+    p.c = (float)(spec->offset + spec->scale * spec->window_low);
     rc = es_axis_init(&p.ry, src->rows, spec->out_rows, spec->interp);
     if (rc == ES_OK) rc = es_axis_init(&p.rx, src->cols, spec->out_cols, spec->interp);
     if (rc != ES_OK) {
