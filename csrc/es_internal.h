@@ -27,6 +27,7 @@ typedef struct {
     ptrdiff_t n_in, n_out;
     int taps;
     int stride; /* s > 0 when first[j] == first[0] + s * j for every j (integer down-scaling) */
+    int up2;    /* 1 when n_out == 2 * n_in and first[j] == (j - 1) / 2 inside (2x up-scaling) */
     int32_t *first;
     float *wf;  /* float weights, for the fast paths */
     double *wd; /* the same weights in double, for the exact (oracle-order) paths */

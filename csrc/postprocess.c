@@ -21,7 +21,7 @@ typedef struct {
 } post_plan;
 
 typedef struct {
-    float *conv;         /* one source row as float (cols) */
+    float *conv;         /* source rows as float (3 * cols: two classes and their difference) */
     float *ring;         /* classes * 2 horizontally resized rows (out_cols each) */
     ptrdiff_t *ring_row; /* source row held by each ring slot, -1 if none */
     uint32_t *ring_max;  /* max |bits| of the source row behind each slot */
@@ -103,6 +103,57 @@ static const float *ring_get(const post_plan *p, post_work *w, ptrdiff_t n, ptrd
     }
     if (w->ring_max[slot] > *maxbits) *maxbits = w->ring_max[slot];
     return dst;
+}
+
+/* Two classes: interpolation is linear, so resizing d = logit1 - logit0 once and taking its sign
+ * gives the argmax with half the work. The ring holds resized d rows. */
+static const float *ring_get_diff(const post_plan *p, post_work *w, ptrdiff_t n, ptrdiff_t r,
+                                  uint32_t *maxbits) {
+    const ptrdiff_t slot = r & 1, nc = p->cols;
+    float *dst = w->ring + slot * p->out_cols;
+    if (w->ring_row[slot] != r) {
+        const float *ES_RESTRICT l0 = logit_row(p, w->conv, n, 0, r);
+        const float *ES_RESTRICT l1 = logit_row(p, w->conv + nc, n, 1, r);
+        float *ES_RESTRICT d = w->conv + 2 * nc;
+        uint32_t m = 0;
+        for (ptrdiff_t x = 0; x < nc; ++x) {
+            const uint32_t b0 = es_f32_bits(l0[x]) & 0x7fffffffu, b1 = es_f32_bits(l1[x]) & 0x7fffffffu;
+            const uint32_t b = b0 > b1 ? b0 : b1;
+            m = b > m ? b : m;
+            d[x] = l1[x] - l0[x];
+        }
+        es_resize_row(&p->rx, d, dst);
+        w->ring_row[slot] = r;
+        w->ring_max[slot] = m;
+    }
+    if (w->ring_max[slot] > *maxbits) *maxbits = w->ring_max[slot];
+    return dst;
+}
+
+static void two_class_row(const post_plan *p, post_work *w, ptrdiff_t n, ptrdiff_t y,
+                          uint8_t *ES_RESTRICT out) {
+    const es_axis *ry = &p->ry;
+    const ptrdiff_t oc = p->out_cols, r0 = ry->first[y], r1 = ry->taps == 2 ? r0 + 1 : r0;
+    const float w0 = ry->taps == 2 ? ry->wf[2 * y] : 1.0f;
+    const float w1 = ry->taps == 2 ? ry->wf[2 * y + 1] : 0.0f;
+    uint32_t maxbits = 0;
+    const float *ES_RESTRICT a = ring_get_diff(p, w, n, r0, &maxbits);
+    const float *ES_RESTRICT b = ring_get_diff(p, w, n, r1, &maxbits);
+    const float m = es_bits_f32(maxbits);
+    /* Rounding of d and of both resize passes stays below ~2^-20 * m; see logits_row. */
+    const float tol = m * 1.9073486e-06f + 1e-37f;
+    int near = 0;
+    if (m > 1e30f) near = 1;
+    for (ptrdiff_t x = 0; x < oc; ++x) {
+        const float d = w0 * a[x] + w1 * b[x];
+        out[x] = (uint8_t)(d > 0.0f);
+        near |= (d <= tol) & (d >= -tol);
+    }
+    if (!near) return;
+    for (ptrdiff_t x = 0; x < oc; ++x) {
+        const float d = w0 * a[x] + w1 * b[x];
+        if (m > 1e30f || (d <= tol && d >= -tol)) out[x] = exact_label(p, n, y, x);
+    }
 }
 
 /* One output row of labels from bilinearly resized logits. */
@@ -191,6 +242,8 @@ static void process_band(const post_plan *p, post_work *w, es_resize_mode mode, 
         uint8_t *ES_RESTRICT out = plane + y * oc;
         if (p->classes == 1) {
             memset(out, 0, (size_t)oc);
+        } else if (mode == ES_RESIZE_LOGITS && p->classes == 2) {
+            two_class_row(p, w, n, y, out);
         } else if (mode == ES_RESIZE_LOGITS) {
             logits_row(p, w, n, y, out);
         } else {
@@ -206,7 +259,7 @@ static void process_band(const post_plan *p, post_work *w, es_resize_mode mode, 
 
 static int work_alloc(const post_plan *p, post_work *w) {
     const ptrdiff_t wide = p->cols > p->out_cols ? p->cols : p->out_cols;
-    w->conv = (float *)malloc((size_t)p->cols * sizeof(float));
+    w->conv = (float *)malloc((size_t)(3 * p->cols) * sizeof(float));
     w->ring = (float *)malloc((size_t)(2 * p->classes * p->out_cols) * sizeof(float));
     w->ring_row = (ptrdiff_t *)malloc((size_t)(2 * p->classes) * sizeof(ptrdiff_t));
     w->ring_max = (uint32_t *)malloc((size_t)(2 * p->classes) * sizeof(uint32_t));

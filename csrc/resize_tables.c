@@ -88,6 +88,7 @@ int es_axis_init(es_axis *ax, ptrdiff_t n_in, ptrdiff_t n_out, es_interp interp)
     ax->wf = NULL;
     ax->wd = NULL;
     ax->stride = 0;
+    ax->up2 = 0;
     if (n_in < 1 || n_out < 1 || n_in > INT32_MAX) return ES_EINVAL;
     int rc;
     if (interp == ES_BILINEAR) rc = bilinear_init(ax);
@@ -102,6 +103,12 @@ int es_axis_init(es_axis *ax, ptrdiff_t n_in, ptrdiff_t n_out, es_interp interp)
         while (j < n_out && ax->first[j] - ax->first[0] == s * j) ++j;
         if (j == n_out && s >= 1 && s <= 4) ax->stride = (int)s;
     }
+    ax->up2 = 0;
+    if (ax->taps == 2 && n_out == 2 * n_in && n_in >= 2) {
+        ptrdiff_t j = 1;
+        while (j < n_out - 1 && ax->first[j] == (j - 1) / 2) ++j;
+        ax->up2 = j == n_out - 1;
+    }
     return ES_OK;
 }
 
@@ -110,7 +117,17 @@ void es_resize_row(const es_axis *ax, const float *ES_RESTRICT in, float *ES_RES
     const ptrdiff_t n_out = ax->n_out;
     const int32_t *ES_RESTRICT first = ax->first;
     const float *ES_RESTRICT w = ax->wf;
-    if (ax->taps == 2) {
+    if (ax->taps == 2 && ax->up2) {
+        /* Outputs 2i+1 and 2i+2 both read (i, i+1): contiguous loads and stores vectorise. */
+        const ptrdiff_t n_in = ax->n_in;
+        out[0] = w[0] * in[first[0]] + w[1] * in[first[0] + 1];
+        for (ptrdiff_t i = 0; i < n_in - 1; ++i) {
+            const float a = in[i], b = in[i + 1];
+            out[2 * i + 1] = w[4 * i + 2] * a + w[4 * i + 3] * b;
+            out[2 * i + 2] = w[4 * i + 4] * a + w[4 * i + 5] * b;
+        }
+        out[n_out - 1] = w[2 * n_out - 2] * in[first[n_out - 1]] + w[2 * n_out - 1] * in[first[n_out - 1] + 1];
+    } else if (ax->taps == 2) {
         for (ptrdiff_t j = 0; j < n_out; ++j) {
             const float *q = in + first[j];
             out[j] = w[2 * j] * q[0] + w[2 * j + 1] * q[1];

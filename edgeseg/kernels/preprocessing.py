@@ -58,12 +58,13 @@ def _as_stack(images: np.ndarray) -> np.ndarray:
     if arr.dtype.newbyteorder("=") not in INPUT_DTYPES:
         names = ", ".join(str(d) for d in INPUT_DTYPES)
         raise DataError(f"images must be one of {names}, got dtype {arr.dtype}")
+    shape = arr.shape
     if arr.ndim == 2:
         arr = arr[None]
     if arr.ndim != 3:
-        raise DataError(f"images must be a slice (H, W) or a stack (N, H, W), got shape {arr.shape}")
+        raise DataError(f"images must be a slice (H, W) or a stack (N, H, W), got shape {shape}")
     if arr.shape[1] < 1 or arr.shape[2] < 1:
-        raise DataError(f"images must have at least one row and column, got shape {arr.shape}")
+        raise DataError(f"images must have at least one row and column, got shape {shape}")
     if not arr.dtype.isnative:
         arr = arr.astype(arr.dtype.newbyteorder("="))
     if not arr.flags.aligned or any(s % arr.itemsize for s in arr.strides):
