@@ -68,7 +68,7 @@ def _as_stack(images: np.ndarray) -> np.ndarray:
     if not arr.dtype.isnative:
         arr = arr.astype(arr.dtype.newbyteorder("="))
     if not arr.flags.aligned or any(s % arr.itemsize for s in arr.strides):
-        arr = np.ascontiguousarray(arr)  # odd views (record fields, byte offsets): copy once
+        arr = np.array(arr, order="C", copy=True)  # odd views (byte offsets, record fields): copy
     return arr
 
 
