@@ -56,10 +56,15 @@ ES_INLINE int es_threads_for(int num_threads, ptrdiff_t items) {
     return nt < 1 ? 1 : nt;
 }
 
-/* Split each slice into bands of output rows so that a few slices still keep every thread busy. */
-ES_INLINE ptrdiff_t es_bands_per_slice(ptrdiff_t count, ptrdiff_t out_rows, int nt) {
+/* Split each slice into bands of output rows so that a few slices still keep every thread busy,
+ * but only when a band has enough work (pixels read + written) to repay waking a thread: a
+ * 512^2 slice takes ~0.1 ms, less than a descheduled thread can cost on a loaded machine. */
+#define ES_MIN_BAND_WORK ((ptrdiff_t)1 << 20)
+ES_INLINE ptrdiff_t es_bands_per_slice(ptrdiff_t count, ptrdiff_t out_rows, ptrdiff_t work,
+                                       int nt) {
     ptrdiff_t bands = 1;
     if (count < nt) bands = (2 * nt + count - 1) / count;
+    if (bands > work / ES_MIN_BAND_WORK) bands = work / ES_MIN_BAND_WORK;
     if (bands > out_rows / 16) bands = out_rows / 16;
     return bands < 1 ? 1 : bands;
 }

@@ -309,7 +309,8 @@ static void plan_free(post_plan *p) {
 static int run_bands(post_plan *p, es_resize_mode mode, ptrdiff_t count, uint8_t *labels,
                      int num_threads) {
     const int nt0 = es_threads_for(num_threads, count * p->out_rows);
-    const ptrdiff_t bands = es_bands_per_slice(count, p->out_rows, nt0);
+    const ptrdiff_t bands = es_bands_per_slice(
+        count, p->out_rows, p->classes * p->rows * p->cols + p->out_rows * p->out_cols, nt0);
     const ptrdiff_t items = count * bands;
     const int nt = es_threads_for(nt0, items);
     int err = 0;

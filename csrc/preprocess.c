@@ -329,7 +329,8 @@ int es_preprocess(const es_slices *src, const es_preprocess_spec *spec, void *ds
         return rc;
     }
     const int nt0 = es_threads_for(num_threads, src->count * spec->out_rows);
-    const ptrdiff_t bands = es_bands_per_slice(src->count, spec->out_rows, nt0);
+    const ptrdiff_t bands = es_bands_per_slice(src->count, spec->out_rows,
+                                               src->rows * src->cols + spec->out_rows * spec->out_cols, nt0);
     const ptrdiff_t items = src->count * bands;
     const int nt = es_threads_for(nt0, items);
     int err = 0;
