@@ -1,16 +1,95 @@
-/* edgeseg C kernels: pre- and post-processing of CT slices. C99, no Python API. */
+/* edgeseg C kernels: pre- and post-processing of CT slices. C99, no Python API.
+ *
+ * Semantics are defined by the numpy oracle edgeseg/kernels/reference.py:
+ *  - resize uses pixel centres: output j of an axis n_in -> n_out samples the source at
+ *    x = (j + 0.5) * n_in / n_out - 0.5; bilinear clamps x to [0, n_in - 1]
+ *    (align_corners=False); area averages the exact source interval [j*s, (j+1)*s), s = n_in/n_out;
+ *  - the HU window is applied before resizing; out = scale * clip(v, low, high) + offset;
+ *  - argmax ties go to the lowest class; label maps resize by nearest at pixel centres,
+ *    src = floor((j + 0.5) * n_in / n_out);
+ *  - largest component: 8-connected, per foreground class, per slice; equal sizes keep the
+ *    component whose first pixel comes first in raster order.
+ *
+ * All arrays are caller-owned. Strides are in elements (not bytes) and may be negative. Every
+ * function returns ES_OK or an es_status code and never aborts. `num_threads` <= 0 means the
+ * OpenMP default; builds without OpenMP ignore it and run serially.
+ */
 #ifndef EDGESEG_KERNELS_H
 #define EDGESEG_KERNELS_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #ifdef __cplusplus
 extern "C" {
 #endif
 
-/* out[i] = a * clamp(in[i], low, high) + b for n float32 values. */
-void es_window_scale_f32(const float *in, float *out, size_t n, float low, float high, float a,
-                         float b);
+typedef enum {
+    ES_OK = 0,
+    ES_EINVAL = 1,     /* an argument is out of range (NULL pointer, size < 1, bad enum) */
+    ES_ENOMEM = 2,     /* a work buffer could not be allocated */
+    ES_ENONFINITE = 3  /* float input holds NaN (pre-processing) or NaN/inf (logits) */
+} es_status;
+
+typedef enum { ES_UINT8 = 0, ES_INT16 = 1, ES_UINT16 = 2, ES_FLOAT32 = 3, ES_FLOAT16 = 4 } es_dtype;
+
+typedef enum { ES_BILINEAR = 0, ES_AREA = 1 } es_interp;
+
+/* How post-processing brings class scores back to the source size. */
+typedef enum {
+    ES_RESIZE_LOGITS = 0, /* bilinear resize of every class's logits, then argmax */
+    ES_RESIZE_LABELS = 1  /* argmax at the model's size, then nearest resize of the labels */
+} es_resize_mode;
+
+/* A stack of `count` 2-D slices of `rows` x `cols` elements of `dtype`. */
+typedef struct {
+    const void *data;
+    es_dtype dtype;          /* ES_UINT8, ES_INT16, ES_UINT16 or ES_FLOAT32 */
+    ptrdiff_t count, rows, cols;
+    ptrdiff_t stride_slice, stride_row, stride_col; /* in elements */
+} es_slices;
+
+typedef struct {
+    double window_low, window_high; /* HU window, low < high */
+    double scale, offset;           /* model input = scale * clipped + offset */
+    ptrdiff_t out_rows, out_cols;
+    es_interp interp;
+    es_dtype out_dtype;             /* ES_FLOAT32 or ES_FLOAT16 (IEEE binary16 bits) */
+} es_preprocess_spec;
+
+/* Window, resize and normalise `src` into `dst`, a contiguous (count, 1, out_rows, out_cols)
+ * array of spec->out_dtype. NaN in float input gives ES_ENONFINITE (+-inf clip to the window). */
+int es_preprocess(const es_slices *src, const es_preprocess_spec *spec, void *dst,
+                  int num_threads);
+
+/* Contiguous (count, classes, rows, cols) logits of ES_FLOAT32 or ES_FLOAT16 -> contiguous
+ * (count, out_rows, out_cols) uint8 labels. 1 <= classes <= 256. With keep_largest != 0 every
+ * foreground class keeps only its largest component. NaN or inf logits give ES_ENONFINITE. */
+int es_postprocess(const void *logits, es_dtype dtype, ptrdiff_t count, ptrdiff_t classes,
+                   ptrdiff_t rows, ptrdiff_t cols, uint8_t *labels, ptrdiff_t out_rows,
+                   ptrdiff_t out_cols, es_resize_mode mode, int keep_largest, int num_threads);
+
+/* Nearest (pixel-centre) resize of contiguous (count, rows, cols) labels. */
+int es_resize_labels(const uint8_t *src, ptrdiff_t count, ptrdiff_t rows, ptrdiff_t cols,
+                     uint8_t *dst, ptrdiff_t out_rows, ptrdiff_t out_cols, int num_threads);
+
+/* In place on contiguous (count, rows, cols) labels: classes 1..num_classes-1 keep only their
+ * largest 8-connected component per slice; other pixels are left as they are. */
+int es_largest_component(uint8_t *labels, ptrdiff_t count, ptrdiff_t rows, ptrdiff_t cols,
+                         int num_classes, int num_threads);
+
+/* Threads a call with num_threads <= 0 uses (1 without OpenMP). */
+int es_default_threads(void);
+
+/* 1 when built with OpenMP. */
+int es_has_openmp(void);
+
+/* A short English description of a status code. */
+const char *es_status_message(int status);
+
+/* IEEE binary16 <-> binary32, round to nearest even; exposed for tests and clients. */
+float es_half_to_float(uint16_t h);
+uint16_t es_float_to_half(float f);
 
 #ifdef __cplusplus
 }

@@ -1,3 +1,22 @@
-"""Pre- and post-processing kernels: C via Cython, with a numpy reference (``reference``)."""
+"""Pre- and post-processing kernels: C via Cython, with a numpy reference (``reference``).
+
+``preprocess`` turns HU slices into model input and ``postprocess`` turns logits back into
+label maps; both validate their arguments, run the C kernels (``csrc/``) without the GIL, and
+take ``reference=True`` to run the numpy oracle in ``edgeseg.kernels.reference`` instead.
+"""
 
 from __future__ import annotations
+
+from edgeseg.kernels.postprocessing import largest_component, postprocess, resize_labels
+from edgeseg.kernels.preprocessing import preprocess
+from edgeseg.kernels.threads import get_num_threads, has_openmp, set_num_threads
+
+__all__ = [
+    "get_num_threads",
+    "has_openmp",
+    "largest_component",
+    "postprocess",
+    "preprocess",
+    "resize_labels",
+    "set_num_threads",
+]

@@ -1,11 +1,147 @@
 # cython: language_level=3
-"""Private Cython wrapper of csrc/; validated callers live in edgeseg.kernels."""
+"""Private Cython wrapper of csrc/; validated callers live in edgeseg.kernels.
+
+Every function takes typed memoryviews, releases the GIL around the C call and returns the C
+status code; the Python layer turns a non-zero status into an exception.
+"""
+
+from libc.stdint cimport int16_t, int32_t, uint8_t, uint16_t
+
 
 cdef extern from "edgeseg_kernels.h":
-    void es_window_scale_f32(const float *inp, float *out, size_t n, float low, float high,
-                             float a, float b) noexcept nogil
+    ctypedef enum es_dtype:
+        ES_UINT8
+        ES_INT16
+        ES_UINT16
+        ES_FLOAT32
+        ES_FLOAT16
+
+    ctypedef enum es_interp:
+        ES_BILINEAR
+        ES_AREA
+
+    ctypedef enum es_resize_mode:
+        ES_RESIZE_LOGITS
+        ES_RESIZE_LABELS
+
+    ctypedef struct es_slices:
+        const void *data
+        es_dtype dtype
+        Py_ssize_t count, rows, cols
+        Py_ssize_t stride_slice, stride_row, stride_col
+
+    ctypedef struct es_preprocess_spec:
+        double window_low, window_high
+        double scale, offset
+        Py_ssize_t out_rows, out_cols
+        es_interp interp
+        es_dtype out_dtype
+
+    int es_preprocess(const es_slices *src, const es_preprocess_spec *spec, void *dst,
+                      int num_threads) noexcept nogil
+    int es_postprocess(const void *logits, es_dtype dtype, Py_ssize_t count, Py_ssize_t classes,
+                       Py_ssize_t rows, Py_ssize_t cols, uint8_t *labels, Py_ssize_t out_rows,
+                       Py_ssize_t out_cols, es_resize_mode mode, int keep_largest,
+                       int num_threads) noexcept nogil
+    int es_resize_labels(const uint8_t *src, Py_ssize_t count, Py_ssize_t rows, Py_ssize_t cols,
+                         uint8_t *dst, Py_ssize_t out_rows, Py_ssize_t out_cols,
+                         int num_threads) noexcept nogil
+    int es_largest_component(uint8_t *labels, Py_ssize_t count, Py_ssize_t rows,
+                             Py_ssize_t cols, int num_classes, int num_threads) noexcept nogil
+    int es_default_threads() noexcept nogil
+    int es_has_openmp() noexcept nogil
+    const char *es_status_message(int status) noexcept nogil
 
 
-def window_scale_f32(const float[::1] inp, float[::1] out, float low, float high, float a, float b):
+ctypedef fused pixel_t:
+    uint8_t
+    int16_t
+    uint16_t
+    float
+
+ctypedef fused logit_t:
+    float
+    uint16_t  # float16 bits
+
+
+def default_threads():
+    return es_default_threads()
+
+
+def has_openmp():
+    return bool(es_has_openmp())
+
+
+def status_message(int status):
+    return es_status_message(status).decode()
+
+
+def preprocess(const pixel_t[:, :, :] src, out, double low, double high, double scale,
+               double offset, bint area, int num_threads):
+    """src (N, H, W) any strides -> out (N, 1, h, w) C-contiguous float32 or uint16 (float16)."""
+    cdef es_slices s
+    cdef es_preprocess_spec spec
+    cdef float[:, :, :, ::1] out32
+    cdef uint16_t[:, :, :, ::1] out16
+    cdef void *dst
+    cdef int rc
+    if pixel_t is uint8_t:
+        s.dtype = ES_UINT8
+    elif pixel_t is int16_t:
+        s.dtype = ES_INT16
+    elif pixel_t is uint16_t:
+        s.dtype = ES_UINT16
+    else:
+        s.dtype = ES_FLOAT32
+    s.data = &src[0, 0, 0]
+    s.count, s.rows, s.cols = src.shape[0], src.shape[1], src.shape[2]
+    s.stride_slice = src.strides[0] // <Py_ssize_t>sizeof(pixel_t)
+    s.stride_row = src.strides[1] // <Py_ssize_t>sizeof(pixel_t)
+    s.stride_col = src.strides[2] // <Py_ssize_t>sizeof(pixel_t)
+    if out.dtype.itemsize == 2:
+        out16 = out
+        dst = &out16[0, 0, 0, 0]
+        spec.out_dtype = ES_FLOAT16
+        spec.out_rows, spec.out_cols = out16.shape[2], out16.shape[3]
+    else:
+        out32 = out
+        dst = &out32[0, 0, 0, 0]
+        spec.out_dtype = ES_FLOAT32
+        spec.out_rows, spec.out_cols = out32.shape[2], out32.shape[3]
+    spec.window_low, spec.window_high = low, high
+    spec.scale, spec.offset = scale, offset
+    spec.interp = ES_AREA if area else ES_BILINEAR
     with nogil:
-        es_window_scale_f32(&inp[0], &out[0], inp.shape[0], low, high, a, b)
+        rc = es_preprocess(&s, &spec, dst, num_threads)
+    return rc
+
+
+def postprocess(const logit_t[:, :, :, ::1] logits, uint8_t[:, :, ::1] labels, bint resize_labels,
+                bint keep_largest, int num_threads):
+    """(N, C, h, w) float32 or float16-bits logits -> (N, H, W) uint8 labels."""
+    cdef es_dtype dtype = ES_FLOAT32 if logit_t is float else ES_FLOAT16
+    cdef es_resize_mode mode = ES_RESIZE_LABELS if resize_labels else ES_RESIZE_LOGITS
+    cdef int rc
+    with nogil:
+        rc = es_postprocess(&logits[0, 0, 0, 0], dtype, logits.shape[0], logits.shape[1],
+                            logits.shape[2], logits.shape[3], &labels[0, 0, 0], labels.shape[1],
+                            labels.shape[2], mode, keep_largest, num_threads)
+    return rc
+
+
+def resize_labels(const uint8_t[:, :, ::1] src, uint8_t[:, :, ::1] dst, int num_threads):
+    """Nearest resize of (N, h, w) labels into (N, H, W)."""
+    cdef int rc
+    with nogil:
+        rc = es_resize_labels(&src[0, 0, 0], src.shape[0], src.shape[1], src.shape[2],
+                              &dst[0, 0, 0], dst.shape[1], dst.shape[2], num_threads)
+    return rc
+
+
+def largest_component(uint8_t[:, :, ::1] labels, int num_classes, int num_threads):
+    """In place: keep each class's largest 8-connected component per slice."""
+    cdef int rc
+    with nogil:
+        rc = es_largest_component(&labels[0, 0, 0], labels.shape[0], labels.shape[1],
+                                  labels.shape[2], num_classes, num_threads)
+    return rc

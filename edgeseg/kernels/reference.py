@@ -17,13 +17,16 @@ Conventions:
 * Label maps are resized by nearest neighbour at pixel centres: output ``j`` takes source
   ``floor((j + 0.5) * n_in / n_out)`` (``torch`` ``mode="nearest-exact"``).
 * Argmax ties go to the lowest class index.
+* Non-finite input: NaN HU (float input) and NaN or inf logits raise ``DataError``, because a
+  dense resampling matrix would spread them over whole rows and columns. +-inf HU are clipped to
+  the window like any other value.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from edgeseg.errors import SpecError
+from edgeseg.errors import DataError, SpecError
 from edgeseg.spec import PreprocessSpec
 
 
@@ -67,6 +70,9 @@ def preprocess(images: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
         arr = arr[None]
     if arr.ndim != 3:
         raise SpecError(f"expected a slice (H, W) or stack (N, H, W), got shape {arr.shape}")
+    if arr.dtype.kind in "fc" and np.isnan(arr).any():
+        bad = [int(i) for i in np.flatnonzero(np.isnan(arr).any(axis=(1, 2)))]
+        raise DataError(f"float input holds NaN in slice(s) {bad[:10]}")
     low, high = spec.window
     a, b = spec.scale_offset
     out = np.empty((arr.shape[0], 1, *spec.size), dtype=spec.dtype)
@@ -98,7 +104,7 @@ def largest_component(labels: np.ndarray, num_classes: int) -> np.ndarray:
     """Keep, for each foreground class, only its largest 8-connected component in each slice."""
     from scipy import ndimage
 
-    out = np.array(labels, dtype=np.uint8, copy=True)
+    out = np.array(labels, dtype=np.uint8, order="C", copy=True)  # C order: reshape must be a view
     structure = np.ones((3, 3), dtype=bool)
     for plane in out.reshape(-1, *out.shape[-2:]):
         for cls in range(1, num_classes):
@@ -111,17 +117,27 @@ def largest_component(labels: np.ndarray, num_classes: int) -> np.ndarray:
 
 
 def postprocess(
-    logits: np.ndarray, size: tuple[int, int], keep_largest: bool = False
+    logits: np.ndarray, size: tuple[int, int], keep_largest: bool = False, resize: str = "logits"
 ) -> np.ndarray:
     """(N, C, h, w) logits -> (N, H, W) uint8 labels at ``size``.
 
-    Logits are resized bilinearly (pixel centres) before the argmax, so boundaries are placed at
-    the source resolution rather than in blocks of the model's grid.
+    With ``resize="logits"`` (default) logits are resized bilinearly (pixel centres) in float64,
+    rounded to float32, then argmaxed, so boundaries are placed at the source resolution rather
+    than in blocks of the model's grid. ``resize="labels"`` takes the argmax first and resizes
+    the labels by nearest neighbour.
     """
     arr = np.asarray(logits, dtype=np.float32)
     if arr.ndim != 4:
         raise SpecError(f"expected logits (N, C, H, W), got shape {arr.shape}")
+    if not np.isfinite(arr).all():
+        bad = [int(i) for i in np.flatnonzero(~np.isfinite(arr).all(axis=(1, 2, 3)))]
+        raise DataError(f"logits hold NaN or inf in slice(s) {bad[:10]}")
     n, c = arr.shape[:2]
+    if resize == "labels":
+        labels = resize_labels(argmax_labels(arr), size)
+        return largest_component(labels, c) if keep_largest else labels
+    if resize != "logits":
+        raise SpecError(f"resize must be 'logits' or 'labels', got {resize!r}")
     resized = np.empty((n, c, *size), dtype=np.float32)
     for i in range(n):
         for k in range(c):

@@ -1,0 +1,118 @@
+/* Private helpers shared by the kernel files; not installed, not part of the API. */
+#ifndef ES_INTERNAL_H
+#define ES_INTERNAL_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "edgeseg_kernels.h"
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#if defined(__GNUC__) || defined(__clang__)
+#define ES_RESTRICT __restrict__
+#define ES_INLINE static inline __attribute__((always_inline))
+#else
+#define ES_RESTRICT
+#define ES_INLINE static inline
+#endif
+
+/* Resampling weights of one axis, n_in -> n_out: output j reads source samples
+ * first[j] .. first[j] + taps - 1 with weights w[j * taps + t] (zero-padded, so every output has
+ * the same tap count and the inner loops have a fixed trip count). */
+typedef struct {
+    ptrdiff_t n_in, n_out;
+    int taps;
+    int stride; /* s > 0 when first[j] == first[0] + s * j for every j (integer down-scaling) */
+    int up2;    /* 1 when n_out == 2 * n_in and first[j] == (j - 1) / 2 inside (2x up-scaling) */
+    int32_t *first;
+    float *wf;  /* float weights, for the fast paths */
+    double *wd; /* the same weights in double, for the exact (oracle-order) paths */
+} es_axis;
+
+int es_axis_init(es_axis *ax, ptrdiff_t n_in, ptrdiff_t n_out, es_interp interp);
+void es_axis_free(es_axis *ax);
+
+/* One row of ax->n_in floats -> ax->n_out floats (float taps; double sums for wide areas). */
+void es_resize_row(const es_axis *ax, const float *ES_RESTRICT in, float *ES_RESTRICT out);
+
+/* Largest-component filter of one (rows, cols) slice; `work` holds 4 * rows * cols + 256 int32. */
+void es_lcc_slice(uint8_t *labels, ptrdiff_t rows, ptrdiff_t cols, int num_classes, int32_t *work);
+
+/* Source index of output j for nearest resize at pixel centres. */
+ES_INLINE ptrdiff_t es_nearest_index(ptrdiff_t j, ptrdiff_t n_in, ptrdiff_t n_out) {
+    /* Same operations, in the same order, as reference.resize_labels, so the floor agrees. */
+    ptrdiff_t i = (ptrdiff_t)((((double)j + 0.5) * (double)n_in) / (double)n_out);
+    return i < n_in - 1 ? i : n_in - 1;
+}
+
+/* Threads for `items` independent work items, never more than asked or than items. */
+ES_INLINE int es_threads_for(int num_threads, ptrdiff_t items) {
+    int nt = num_threads > 0 ? num_threads : es_default_threads();
+    if ((ptrdiff_t)nt > items) nt = (int)items;
+    return nt < 1 ? 1 : nt;
+}
+
+/* Split each slice into bands of output rows so that a few slices still keep every thread busy,
+ * but only when a band has enough work (pixels read + written) to repay waking a thread: a
+ * 512^2 slice takes ~0.1 ms, less than a descheduled thread can cost on a loaded machine. */
+#define ES_MIN_BAND_WORK ((ptrdiff_t)1 << 20)
+ES_INLINE ptrdiff_t es_bands_per_slice(ptrdiff_t count, ptrdiff_t out_rows, ptrdiff_t work,
+                                       int nt) {
+    ptrdiff_t bands = 1;
+    if (count < nt) bands = (2 * nt + count - 1) / count;
+    if (bands > work / ES_MIN_BAND_WORK) bands = work / ES_MIN_BAND_WORK;
+    if (bands > out_rows / 16) bands = out_rows / 16;
+    return bands < 1 ? 1 : bands;
+}
+
+ES_INLINE uint32_t es_f32_bits(float f) {
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    return u;
+}
+
+ES_INLINE float es_bits_f32(uint32_t u) {
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+/* binary16 -> binary32, exact (subnormals, inf and NaN included). */
+ES_INLINE float es_h2f(uint16_t h) {
+    uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
+    uint32_t em = (uint32_t)(h & 0x7fffu);
+    uint32_t bits;
+    if (em >= 0x7c00u) { /* inf / NaN */
+        bits = 0x7f800000u | ((em & 0x3ffu) << 13);
+    } else if (em >= 0x0400u) { /* normal */
+        bits = (em << 13) + (112u << 23);
+    } else { /* zero / subnormal: value = em * 2^-24, exact in float */
+        return es_bits_f32(sign | es_f32_bits((float)em * 5.9604644775390625e-08f));
+    }
+    return es_bits_f32(sign | bits);
+}
+
+/* binary32 -> binary16, round to nearest even, overflow to inf, NaN kept quiet. */
+ES_INLINE uint16_t es_f2h(float f) {
+    uint32_t u = es_f32_bits(f);
+    uint32_t sign = (u >> 16) & 0x8000u;
+    uint32_t a = u & 0x7fffffffu;
+    uint32_t o;
+    if (a >= 0x47800000u) { /* >= 65536 (overflow), inf or NaN */
+        o = a > 0x7f800000u ? 0x7e00u : 0x7c00u;
+    } else if (a < 0x38800000u) { /* below 2^-14: subnormal half; adding 0.5 rounds for us */
+        o = es_f32_bits(es_bits_f32(a) + 0.5f) - es_f32_bits(0.5f);
+    } else {
+        uint32_t odd = (a >> 13) & 1u;
+        a -= 112u << 23; /* rebias the exponent */
+        a += 0xfffu + odd;
+        o = a >> 13;
+    }
+    return (uint16_t)(o | sign);
+}
+
+#endif
