@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.edgeseg-installed
 DEMO   ?= runs/demo
 SRC_C  := $(wildcard csrc/*.c csrc/*.h edgeseg/kernels/*.pyx)
 
-.PHONY: all install build demo test test-python test-c asan bench clean
+.PHONY: all install build demo test test-python test-c asan bench bench-kernels clean
 
 all: build
 
@@ -36,17 +36,27 @@ demo: build
 	$(EDGESEG) evaluate $(DEMO)/best.pt --data $(DEMO)/phantom --split test --out $(DEMO)/eval
 	@echo "demo outputs: $(DEMO)/ (best.pt, metrics.csv, curves.png, eval/)"
 
-test: build test-c test-python
+# The sanitizer run is part of the suite: a memory error in the kernels fails CI.
+test: build test-c test-python asan
 
 # pytest exits 5 when it collects nothing; that is not a failure, every other code is.
 test-python: build
 	$(PY) -m pytest -q tests || { rc=$$?; [ $$rc -eq 5 ] && echo "no tests collected" || exit $$rc; }
 
 test-c:
-	@if [ -f csrc/tests/Makefile ]; then $(MAKE) -C csrc/tests run; fi
+	$(MAKE) -C csrc/tests run
+
+# address + undefined-behaviour sanitizers over the C test and the Python parity suite.
+asan: build
+	$(MAKE) -C csrc/tests asan
+	csrc/tests/asan_python.sh $(abspath $(PY))
 
 bench: build
 	$(PY) -m pytest benchmarks --benchmark-only -q
+
+# One table of kernel timings and ratios against numpy, OpenCV and torch.
+bench-kernels: build
+	$(PY) -m edgeseg.bench.kernels
 
 clean:
 	rm -rf build *.egg-info edgeseg/kernels/_kernels.c edgeseg/kernels/*.so

@@ -69,6 +69,7 @@ def evaluate_checkpoint(
     split: str = "auto",
     labels: dict[str, list[int]] | None = None,
     intensity: str | None = None,
+    label_file: str | Path | None = None,
     out: str | Path | None = None,
     worst: int = 4,
     progress: bool = True,
@@ -90,7 +91,7 @@ def evaluate_checkpoint(
     label_values = labels or payload.get("label_values") or {n: [i] for i, n in enumerate(class_names) if i}
     if len(label_values) != len(class_names) - 1:
         raise DataError(f"--labels names {len(label_values)} classes, the model predicts {len(class_names) - 1} ({class_names[1:]})")
-    volumes, used_split = select_cases(open_dataset(data, intensity=intensity), payload, split)
+    volumes, used_split = select_cases(open_dataset(data, intensity=intensity, label_file=label_file), payload, split)
     cases, overlays = [], []
     for vol in tqdm(volumes, desc="evaluate", unit="case", disable=not progress, leave=False):
         if vol.label is None:

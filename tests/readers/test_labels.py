@@ -168,8 +168,7 @@ def test_a_dicom_image_is_not_a_label_file(ct, dcmqi):
         read_label_file(dcmqi / "ct-3slice" / "01.dcm", *ct)
 
 
-@pytest.mark.parametrize(("module", "name", "extra"), [("nrrd", "liver_seg.nrrd", "dev"),
-                                                       ("highdicom", "liver.dcm", "dicom")])
+@pytest.mark.parametrize(("module", "name", "extra"), [("highdicom", "liver.dcm", "dicom")])
 def test_missing_optional_reader_names_its_extra(monkeypatch, ct, dcmqi, module, name, extra):
     monkeypatch.setitem(sys.modules, module, None)  # makes `import module` raise ImportError
     with pytest.raises(MissingDependencyError, match=rf"edgeseg\[{extra}\]"):

@@ -1,0 +1,70 @@
+"""Each bad input the issue names gives one 'edgeseg: error:' line and a non-zero exit."""
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+DATA = Path(__file__).parents[1] / "data"
+
+
+def edgeseg(*args):
+    return subprocess.run([sys.executable, "-m", "edgeseg.cli", *map(str, args)], capture_output=True, text=True, timeout=300)
+
+
+def assert_one_line_error(proc, fragment):
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("edgeseg: error:"), proc.stderr
+    assert fragment in lines[0], lines[0]
+
+
+@pytest.fixture
+def slices(tmp_path):
+    folder = tmp_path / "slices"
+    shutil.copytree(DATA / "msd_liver_slices", folder)
+    return folder
+
+
+def test_image_without_mask(slices):
+    victim = sorted((slices / "masks").iterdir())[0]
+    victim.unlink()
+    assert_one_line_error(edgeseg("data", "info", slices, "--quiet"), victim.name)
+
+
+def test_mask_of_another_size(slices):
+    from PIL import Image
+
+    victim = sorted((slices / "masks").iterdir())[0]
+    Image.new("L", (100, 80)).save(victim, format="JPEG")
+    assert_one_line_error(edgeseg("train", "--data", slices, "--out", slices.parent / "run", "--quiet"), "size")
+
+
+def test_non_ct_dicom(tmp_path):
+    import pydicom
+
+    series = tmp_path / "mr"
+    shutil.copytree(DATA / "dcmqi_ct_liver" / "ct-3slice", series)
+    for f in series.iterdir():
+        ds = pydicom.dcmread(f)
+        ds.Modality = "MR"
+        ds.save_as(f)
+    assert_one_line_error(edgeseg("data", "info", series, "--quiet"), "not CT")
+
+
+def test_truncated_dicom(tmp_path):
+    series = tmp_path / "cut"
+    shutil.copytree(DATA / "dcmqi_ct_liver" / "ct-3slice", series)
+    victim = series / "02.dcm"
+    victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
+    assert_one_line_error(edgeseg("data", "info", series, "--quiet"), "02.dcm")
+
+
+def test_truncated_nifti(tmp_path):
+    src = DATA / "totalseg_example_ct" / "example_ct_sm.nii.gz"
+    cut = tmp_path / "cut.nii.gz"
+    cut.write_bytes(src.read_bytes()[: src.stat().st_size // 2])
+    assert_one_line_error(edgeseg("data", "info", cut, "--quiet"), "cut.nii.gz")
