@@ -31,8 +31,8 @@ build: $(STAMP) $(SRC_C)
 	$(PY) setup.py -q build_ext --inplace
 
 demo: build
-	$(EDGESEG) data synth --out $(DEMO)/phantom --cases 10 --seed 0
-	$(EDGESEG) train --data $(DEMO)/phantom --out $(DEMO) --size 128 --base 16 --epochs 8 --batch-size 16 --seed 0
+	$(EDGESEG) data synth --out $(DEMO)/phantom --cases 12 --seed 0
+	$(EDGESEG) train --data $(DEMO)/phantom --out $(DEMO) --size 128 --base 16 --epochs 12 --batch-size 8 --lr 3e-3 --seed 0
 	$(EDGESEG) evaluate $(DEMO)/best.pt --data $(DEMO)/phantom --split test --out $(DEMO)/eval
 	@echo "demo outputs: $(DEMO)/ (best.pt, metrics.csv, curves.png, eval/)"
 
