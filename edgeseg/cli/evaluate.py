@@ -15,11 +15,13 @@ from edgeseg.cli.logs import configure_logging
 @click.option("--labels", default=None, help="Source label values per class, e.g. 'liver=5' (default: as trained).")
 @click.option("--label-file", default=None, type=click.Path(dir_okay=False),
               help="Label map for a single-volume --data: NIfTI, NRRD or DICOM SEG.")
+@click.option("--keep-largest/--no-keep-largest", default=None,
+              help="Keep only the largest component per class and slice (default: as chosen on validation at training).")
 @click.option("--intensity", default=None, help="What slice-folder pixels mean: 'hu-clipped:0,255' or 'window:LO,HI'.")
 @click.option("--out", default=None, type=click.Path(file_okay=False), help="Folder for eval.json, the table and overlay PNGs.")
 @click.option("--worst", default=4, show_default=True, help="Overlay PNGs for this many worst cases.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def command(checkpoint, data, split, labels, label_file, intensity, out, worst, quiet) -> None:
+def command(checkpoint, data, split, labels, label_file, keep_largest, intensity, out, worst, quiet) -> None:
     """Evaluate CHECKPOINT per case and per class; prints a table, writes JSON and overlays."""
     from edgeseg.evaluate.model_eval import evaluate_checkpoint
     from edgeseg.train.config import parse_labels
@@ -27,6 +29,6 @@ def command(checkpoint, data, split, labels, label_file, intensity, out, worst, 
     configure_logging()
     result = evaluate_checkpoint(
         checkpoint, data, split=split, labels=parse_labels(labels) if labels else None,
-        intensity=intensity, label_file=label_file, out=out, worst=worst, progress=not quiet,
+        intensity=intensity, label_file=label_file, keep_largest=keep_largest, out=out, worst=worst, progress=not quiet,
     )
     click.echo(result["table"])

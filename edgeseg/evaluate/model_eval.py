@@ -37,9 +37,10 @@ def select_cases(volumes: list[Volume], payload: dict[str, Any], split: str) -> 
     return chosen, split
 
 
-def predict_volume(model, volume: Volume, spec, batch_size: int = 16) -> np.ndarray:
+def predict_volume(model, volume: Volume, spec, batch_size: int = 16, keep_largest: bool = False) -> np.ndarray:
     """(Z, Y, X) uint8 labels at the volume's resolution: spec pre-processing, the model,
-    logits resized bilinearly back to the slice size, argmax."""
+    logits resized bilinearly back to the slice size, argmax, and optionally only the largest
+    component per class and slice."""
     import torch
 
     from edgeseg.train.dataset import preprocess_stack
@@ -50,7 +51,7 @@ def predict_volume(model, volume: Volume, spec, batch_size: int = 16) -> np.ndar
     with torch.no_grad():
         for start in range(0, len(images), batch_size):
             logits = model(torch.from_numpy(images[start : start + batch_size])).float().numpy()
-            out[start : start + len(logits)] = postprocess(logits, tuple(volume.hu.shape[1:]))
+            out[start : start + len(logits)] = postprocess(logits, tuple(volume.hu.shape[1:]), keep_largest=keep_largest)
     return out
 
 
@@ -70,6 +71,7 @@ def evaluate_checkpoint(
     labels: dict[str, list[int]] | None = None,
     intensity: str | None = None,
     label_file: str | Path | None = None,
+    keep_largest: bool | None = None,
     out: str | Path | None = None,
     worst: int = 4,
     progress: bool = True,
@@ -78,6 +80,7 @@ def evaluate_checkpoint(
 
     Predictions are made at each volume's own resolution (the deployed path), Dice is pooled
     over each case's slices and averaged over cases; the mean per-slice Dice is reported too.
+    ``keep_largest`` None follows the choice recorded at training (made on validation Dice).
     With ``out``: eval.json, eval.txt and worst_cases.png (contours on the CT) are written.
     """
     from tqdm import tqdm
@@ -91,6 +94,8 @@ def evaluate_checkpoint(
     label_values = labels or payload.get("label_values") or {n: [i] for i, n in enumerate(class_names) if i}
     if len(label_values) != len(class_names) - 1:
         raise DataError(f"--labels names {len(label_values)} classes, the model predicts {len(class_names) - 1} ({class_names[1:]})")
+    if keep_largest is None:
+        keep_largest = bool((payload.get("postprocess") or {}).get("keep_largest", False))
     volumes, used_split = select_cases(open_dataset(data, intensity=intensity, label_file=label_file), payload, split)
     cases, overlays = [], []
     for vol in tqdm(volumes, desc="evaluate", unit="case", disable=not progress, leave=False):
@@ -98,7 +103,7 @@ def evaluate_checkpoint(
             raise DataError(f"case {vol.case_id} ({vol.source}) has no label map to evaluate against")
         check_window(vol, spec)
         truth = map_labels(vol.label, label_values)
-        pred = predict_volume(model, vol, spec)
+        pred = predict_volume(model, vol, spec, keep_largest=keep_largest)
         metrics = class_metrics(pred, truth, len(class_names), spacing=vol.spacing, per_slice_hd=not vol.contiguous)
         slice_dice = [dice(p == 1, t == 1) for p, t in zip(pred, truth)]
         cases.append({"case_id": vol.case_id, "slices": vol.num_slices,
@@ -108,7 +113,7 @@ def evaluate_checkpoint(
     summary = summarise([c["metrics"] for c in cases])
     result = {
         "checkpoint": str(checkpoint), "data": str(data), "split": used_split, "spec_hash": spec.hash,
-        "classes": class_names, "cases": cases, "summary": summary,
+        "keep_largest": keep_largest, "classes": class_names, "cases": cases, "summary": summary,
         "slice_dice_mean": float(np.mean([c["slice_dice_mean"] for c in cases])),
     }
     result["table"] = _table(cases, class_names, summary, result["slice_dice_mean"])

@@ -26,7 +26,7 @@ from edgeseg.train.losses import DiceCELoss
 from edgeseg.train.precision import autocast_dtype, pick_device
 from edgeseg.train.records import write_records
 from edgeseg.train.schedule import lr_at
-from edgeseg.train.validate import validate
+from edgeseg.train.validate import choose_postprocess, validate
 
 log = logging.getLogger("edgeseg.train")
 
@@ -76,12 +76,13 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, on_epoc
         len(val_set.case_ids), device, state.amp_dtype or "off",
     )
     for epoch in range(start_epoch, cfg.epochs + 1):
-        row = state.run_epoch(epoch, progress)
+        row, pred = state.run_epoch(epoch, progress)
         history.append(row)
         improved = row["val_dice"] > best["val_dice"]
         if improved:
-            best = {"epoch": epoch, "val_dice": row["val_dice"]}
-            state.save(out / "best.pt", epoch, history, best, with_optimizer=False)
+            post = choose_postprocess(pred, val_set, model_config.num_classes)
+            best = {"epoch": epoch, "val_dice": row["val_dice"], "postprocess": post}
+            state.save(out / "best.pt", epoch, history, best, with_optimizer=False, postprocess=post)
         state.save(out / "last.pt", epoch, history, best, with_optimizer=True)
         write_records(out, cfg, spec, model_config, count_parameters(model), history, best, data["split"])
         log.info(
@@ -156,7 +157,7 @@ class _LoopState:
             "lr": self.optimizer.param_groups[0]["lr"],
             "seconds": time.perf_counter() - started,
         }
-        return row
+        return row, val["pred"]
 
     def _step(self, idx: np.ndarray, gen: torch.Generator, step: int) -> float:
         images = torch.from_numpy(self.train_set.images[idx])
@@ -176,8 +177,9 @@ class _LoopState:
         self.scaler.update()
         return float(loss.detach())
 
-    def save(self, path: Path, epoch: int, history: list, best: dict, with_optimizer: bool) -> None:
+    def save(self, path: Path, epoch: int, history: list, best: dict, with_optimizer: bool, **more: Any) -> None:
         extra: dict[str, Any] = {
+            **more,
             "epoch": epoch,
             "history": history,
             "best": best,

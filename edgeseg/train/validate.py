@@ -35,18 +35,36 @@ def predict_labels(model, images: np.ndarray, device, autocast: Callable, batch_
     return np.concatenate(preds), mean_loss
 
 
+def per_case_dice(pred: np.ndarray, truth: np.ndarray, case_index: np.ndarray, num_classes: int) -> list[float]:
+    """Per foreground class: Dice pooled over each case's slices, averaged over cases."""
+    per_class = []
+    for cls in range(1, num_classes):
+        scores = [pooled_dice(pred[case_index == i] == cls, truth[case_index == i] == cls) for i in np.unique(case_index)]
+        per_class.append(float(np.mean(scores)))
+    return per_class
+
+
 def validate(model, val_set: SliceSet, num_classes: int, device, autocast: Callable, loss_fn) -> dict[str, Any]:
     """Loss and Dice on the validation slices.
 
     Dice is pooled over each case's slices, then averaged over cases ("Dice per case", as LiTS
-    reports it), per foreground class; ``dice`` is the mean over classes.
+    reports it), per foreground class; ``dice`` is the mean over classes. ``pred`` holds the
+    argmax labels so callers can score post-processing choices on them.
     """
     pred, loss = predict_labels(model, val_set.images, device, autocast, loss_fn=loss_fn, labels=val_set.labels)
-    per_class = []
-    for cls in range(1, num_classes):
-        scores = [
-            pooled_dice(pred[val_set.case_index == i] == cls, val_set.labels[val_set.case_index == i] == cls)
-            for i in range(len(val_set.case_ids))
-        ]
-        per_class.append(float(np.mean(scores)))
-    return {"loss": loss, "dice": float(np.mean(per_class)), "per_class": per_class}
+    per_class = per_case_dice(pred, val_set.labels, val_set.case_index, num_classes)
+    return {"loss": loss, "dice": float(np.mean(per_class)), "per_class": per_class, "pred": pred}
+
+
+def choose_postprocess(pred: np.ndarray, val_set: SliceSet, num_classes: int) -> dict[str, Any]:
+    """Keep only the largest component per class and slice when that raises validation Dice.
+
+    Like nnU-Net, the choice is made on held-out data rather than assumed: a liver can show
+    as two islands in one axial slice, and then the filter would cut one away.
+    """
+    from edgeseg.kernels import largest_component
+
+    plain = float(np.mean(per_case_dice(pred, val_set.labels, val_set.case_index, num_classes)))
+    filtered = largest_component(pred, num_classes)
+    largest = float(np.mean(per_case_dice(filtered, val_set.labels, val_set.case_index, num_classes)))
+    return {"keep_largest": largest > plain, "val_dice": plain, "val_dice_largest": largest}

@@ -1,6 +1,7 @@
 """Training end to end on a tiny phantom: loss falls, checkpoints load safely, resume continues."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -32,8 +33,7 @@ def test_short_run_lowers_the_loss_and_writes_its_records(trained):
     cfg, result = trained
     history = result["history"]
     assert history[-1]["train_loss"] < history[0]["train_loss"]
-    out = torch.serialization  # noqa: F841 - keep torch imported for weights_only below
-    run = __import__("pathlib").Path(cfg.out)
+    run = Path(cfg.out)
     for name in ("best.pt", "last.pt", "metrics.csv", "metrics.json", "curves.png", "split.json"):
         assert (run / name).is_file(), name
     metrics = json.loads((run / "metrics.json").read_text())
@@ -49,6 +49,9 @@ def test_checkpoint_loads_with_weights_only_and_holds_spec_and_labels(trained):
     assert payload["class_names"] == ["background", "liver"]
     assert PreprocessSpec.from_dict(payload["spec"]) == PreprocessSpec(window=(-200, 300), size=(64, 64))
     assert ModelConfig.from_dict(payload["model"]) == ModelConfig(base=4, depth=2)
+    post = payload["postprocess"]
+    assert isinstance(post["keep_largest"], bool)
+    assert post["keep_largest"] == (post["val_dice_largest"] > post["val_dice"])
     model, _ = load_model(f"{cfg.out}/best.pt")
     assert not model.training
 
@@ -90,8 +93,6 @@ def test_corrupt_and_foreign_checkpoints_are_refused(trained, tmp_path):
 
 
 def test_window_outside_what_slices_can_represent_is_refused(tmp_path):
-    from pathlib import Path
-
     slices = Path(__file__).parents[1] / "data" / "msd_liver_slices"
     with pytest.raises(DataError, match=r"window \[-100, 400\] HU reaches outside .* \[0, 255\]"):
         train(tiny(tmp_path, data=str(slices), window=(-100.0, 400.0)), progress=False)
