@@ -28,7 +28,7 @@ typedef enum {
     ES_OK = 0,
     ES_EINVAL = 1,     /* an argument is out of range (NULL pointer, size < 1, bad enum) */
     ES_ENOMEM = 2,     /* a work buffer could not be allocated */
-    ES_ENONFINITE = 3  /* float input holds NaN (pre-processing) or NaN/inf (logits) */
+    ES_ENONFINITE = 3  /* float input holds NaN or inf (HU or logits) */
 } es_status;
 
 typedef enum { ES_UINT8 = 0, ES_INT16 = 1, ES_UINT16 = 2, ES_FLOAT32 = 3, ES_FLOAT16 = 4 } es_dtype;
@@ -58,7 +58,7 @@ typedef struct {
 } es_preprocess_spec;
 
 /* Window, resize and normalise `src` into `dst`, a contiguous (count, 1, out_rows, out_cols)
- * array of spec->out_dtype. NaN in float input gives ES_ENONFINITE (+-inf clip to the window). */
+ * array of spec->out_dtype. NaN or inf in float input gives ES_ENONFINITE. */
 int es_preprocess(const es_slices *src, const es_preprocess_spec *spec, void *dst,
                   int num_threads);
 

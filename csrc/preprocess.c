@@ -244,12 +244,16 @@ static void horizontal_row(const pre_plan *p, const float *ES_RESTRICT in, float
     }
 }
 
-static int slice_has_nan(const es_slices *s, ptrdiff_t n) {
+/* v - v is 0 for finite v and NaN for NaN and +-inf, so one compare catches all three. */
+static int slice_has_nonfinite(const es_slices *s, ptrdiff_t n) {
     const float *base = (const float *)s->data + n * s->stride_slice;
     int bad = 0;
     for (ptrdiff_t r = 0; r < s->rows; ++r) {
         const float *row = base + r * s->stride_row;
-        for (ptrdiff_t x = 0; x < s->cols; ++x) bad |= row[x * s->stride_col] != row[x * s->stride_col];
+        for (ptrdiff_t x = 0; x < s->cols; ++x) {
+            const float v = row[x * s->stride_col];
+            bad |= !(v - v == 0.0f);
+        }
     }
     return bad;
 }
@@ -347,7 +351,7 @@ int es_preprocess(const es_slices *src, const es_preprocess_spec *spec, void *ds
         for (ptrdiff_t it = 0; it < items; ++it) {
             const ptrdiff_t n = it / bands, b = it % bands;
             if (!ok) continue;
-            if (b == 0 && src->dtype == ES_FLOAT32 && slice_has_nan(src, n))
+            if (b == 0 && src->dtype == ES_FLOAT32 && slice_has_nonfinite(src, n))
                 err |= 1 << ES_ENONFINITE;
             process_band(&p, &w, n, b * spec->out_rows / bands, (b + 1) * spec->out_rows / bands,
                          dst);

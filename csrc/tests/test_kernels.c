@@ -79,6 +79,10 @@ static void test_float16_output_and_nan(void) {
     CHECK(out[3] == 0x3a00, "0.75 as half is 0x3a00, got 0x%04x", out[3]); /* 3/4 */
     img[2] = NAN;
     CHECK(es_preprocess(&s, &sp, out, 1) == ES_ENONFINITE, "NaN must be reported");
+    img[2] = INFINITY;
+    CHECK(es_preprocess(&s, &sp, out, 1) == ES_ENONFINITE, "inf must be reported");
+    img[2] = -INFINITY;
+    CHECK(es_preprocess(&s, &sp, out, 1) == ES_ENONFINITE, "-inf must be reported");
     CHECK(es_float_to_half(65520.0f) == 0x7c00, "overflow to inf");
     CHECK(es_half_to_float(0x0001) == 5.9604644775390625e-08f, "smallest subnormal");
 }

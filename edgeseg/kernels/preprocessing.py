@@ -25,7 +25,8 @@ def preprocess(
 
     Returns a new C-contiguous (N, 1, *spec.size) array of ``spec.dtype`` (N = 1 for a slice).
     Input may be int16, uint16, uint8 or float32 with any strides; other dtypes, other ranks and
-    NaN in float input raise ``DataError`` (+-inf are clipped to the window like any HU). With
+    NaN or inf in float input raise ``DataError`` (no scanner produces them; they mean a broken
+    decode upstream). With
     ``reference=True`` the numpy oracle computes the same numbers (to 1e-5) much more slowly.
     ``num_threads`` overrides ``edgeseg.kernels.set_num_threads`` for this call.
 
@@ -73,5 +74,5 @@ def _as_stack(images: np.ndarray) -> np.ndarray:
 
 
 def _nan_detail(arr: np.ndarray) -> str:
-    bad = [int(i) for i in np.flatnonzero(np.isnan(arr).any(axis=(1, 2)))] if arr.dtype.kind == "f" else []
-    return f"float input holds NaN in slice(s) {bad[:10]}{' ...' if len(bad) > 10 else ''}"
+    bad = [int(i) for i in np.flatnonzero(~np.isfinite(arr).all(axis=(1, 2)))] if arr.dtype.kind == "f" else []
+    return f"float input holds NaN or inf in slice(s) {bad[:10]}{' ...' if len(bad) > 10 else ''}"

@@ -17,9 +17,9 @@ Conventions:
 * Label maps are resized by nearest neighbour at pixel centres: output ``j`` takes source
   ``floor((j + 0.5) * n_in / n_out)`` (``torch`` ``mode="nearest-exact"``).
 * Argmax ties go to the lowest class index.
-* Non-finite input: NaN HU (float input) and NaN or inf logits raise ``DataError``, because a
-  dense resampling matrix would spread them over whole rows and columns. +-inf HU are clipped to
-  the window like any other value.
+* Non-finite input: NaN or inf HU (float input) and NaN or inf logits raise ``DataError``: no
+  scanner produces them, they mean a broken decode upstream, and a dense resampling matrix would
+  spread a NaN over whole rows and columns.
 """
 
 from __future__ import annotations
@@ -70,9 +70,9 @@ def preprocess(images: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
         arr = arr[None]
     if arr.ndim != 3:
         raise SpecError(f"expected a slice (H, W) or stack (N, H, W), got shape {arr.shape}")
-    if arr.dtype.kind in "fc" and np.isnan(arr).any():
-        bad = [int(i) for i in np.flatnonzero(np.isnan(arr).any(axis=(1, 2)))]
-        raise DataError(f"float input holds NaN in slice(s) {bad[:10]}")
+    if arr.dtype.kind in "fc" and not np.isfinite(arr).all():
+        bad = [int(i) for i in np.flatnonzero(~np.isfinite(arr).all(axis=(1, 2)))]
+        raise DataError(f"float input holds NaN or inf in slice(s) {bad[:10]}")
     low, high = spec.window
     a, b = spec.scale_offset
     out = np.empty((arr.shape[0], 1, *spec.size), dtype=spec.dtype)
