@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from edgeseg.cli.logs import configure_logging
+from edgeseg.errors import require
 
 
 @click.command("evaluate")
@@ -23,6 +24,7 @@ from edgeseg.cli.logs import configure_logging
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def command(checkpoint, data, split, labels, label_file, keep_largest, intensity, out, worst, quiet) -> None:
     """Evaluate CHECKPOINT per case and per class; prints a table, writes JSON and overlays."""
+    require("torch", "train", "edgeseg evaluate")
     from edgeseg.evaluate.model_eval import evaluate_checkpoint
     from edgeseg.train.config import parse_labels
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from edgeseg.cli.logs import configure_logging
+from edgeseg.errors import require
 
 
 @click.command("train")
@@ -34,6 +35,7 @@ from edgeseg.cli.logs import configure_logging
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def command(**opts) -> None:
     """Train a U-Net; writes OUT/best.pt, OUT/last.pt, metrics.csv/json and curves.png."""
+    require("torch", "train", "edgeseg train")
     from edgeseg.train.config import TrainConfig, parse_labels, parse_pair
     from edgeseg.train.loop import train
 

@@ -68,3 +68,10 @@ def test_truncated_nifti(tmp_path):
     cut = tmp_path / "cut.nii.gz"
     cut.write_bytes(src.read_bytes()[: src.stat().st_size // 2])
     assert_one_line_error(edgeseg("data", "info", cut, "--quiet"), "cut.nii.gz")
+
+
+@pytest.mark.parametrize("command", [["train"], ["evaluate", "x.pt", "--data", "phantom"]])
+def test_training_commands_without_torch_name_the_extra(command):
+    code = "import sys; sys.modules['torch'] = None; from edgeseg.cli.main import cli; cli()"
+    proc = subprocess.run([sys.executable, "-c", code, *command], capture_output=True, text=True, timeout=120)
+    assert_one_line_error(proc, "pip install 'edgeseg[train]'")
