@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from edgeseg.atomic import atomic_write_text
 from edgeseg.data import open_dataset
 from edgeseg.data.volume import Volume
 from edgeseg.errors import DataError
@@ -150,10 +151,7 @@ def _table(cases: list[dict], class_names: list[str], summary: dict, slice_mean:
 
 def _write(out: Path, result: dict, overlays: list, worst: int) -> None:
     write_json(out / "eval.json", {k: v for k, v in result.items() if k != "table"})
-    from edgeseg.atomic import atomic_write_text
-
     atomic_write_text(out / "eval.txt", result["table"] + "\n")
     chosen = [item for _, item in sorted(overlays, key=lambda pair: pair[0])[: max(0, worst)]]
     if chosen:
-        save_overlay_grid(out / "worst_cases.png", chosen, window=result.get("window", (-100.0, 240.0)),
-                          title="worst cases: truth (green) vs prediction (red)")
+        save_overlay_grid(out / "worst_cases.png", chosen, title="worst cases: truth (green) vs prediction (red)")
