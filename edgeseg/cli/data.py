@@ -71,12 +71,15 @@ def describe_volumes(volumes: list) -> str:
 @click.option("--mask-threshold", default=127, show_default=True, type=click.IntRange(0, 254),
               help="Slice folders: mask channel 0 above this is label 1.")
 @click.option("--case-pattern", default=None, help="Slice folders: regex with (?P<case>) and (?P<slice>) groups.")
+@click.option("--label-file", default=None, type=click.Path(dir_okay=False),
+              help="Label map (NIfTI, NRRD or DICOM SEG) for a single-volume SOURCE.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def info(source: str, intensity: str | None, mask_threshold: int, case_pattern: str | None, quiet: bool) -> None:
+def info(source: str, intensity: str | None, mask_threshold: int, case_pattern: str | None, label_file: str | None,
+         quiet: bool) -> None:
     """Describe SOURCE (a folder, a NIfTI file, or a phantom spec) case by case."""
     from edgeseg.data.open import open_dataset
 
     configure_logging()
     volumes = open_dataset(source, intensity=intensity, mask_threshold=mask_threshold,
-                           case_pattern=case_pattern, progress=not quiet)
+                           case_pattern=case_pattern, label_file=label_file, progress=not quiet)
     click.echo(describe_volumes(volumes))

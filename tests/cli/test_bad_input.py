@@ -75,3 +75,16 @@ def test_training_commands_without_torch_name_the_extra(command):
     code = "import sys; sys.modules['torch'] = None; from edgeseg.cli.main import cli; cli()"
     proc = subprocess.run([sys.executable, "-c", code, *command], capture_output=True, text=True, timeout=120)
     assert_one_line_error(proc, "pip install 'edgeseg[train]'")
+
+
+def test_data_info_pairs_a_series_with_a_label_file():
+    proc = edgeseg("data", "info", DATA / "dcmqi_ct_liver" / "ct-3slice", "--label-file",
+                   DATA / "dcmqi_ct_liver" / "liver_seg.nrrd", "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    assert "1:107098" in proc.stdout  # liver voxels of the NRRD, counted independently in tests/readers
+
+
+def test_label_file_of_another_shape_is_refused():
+    proc = edgeseg("data", "info", DATA / "dcmqi_ct_liver" / "ct-3slice", "--label-file",
+                   DATA / "totalseg_example_ct" / "example_seg.nii.gz", "--quiet")
+    assert_one_line_error(proc, "example_seg.nii.gz")
