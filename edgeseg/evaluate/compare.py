@@ -112,8 +112,12 @@ def _canonical(config: Mapping, key: str) -> str:
     return json.dumps(to_json_compatible(config[key]), sort_keys=True)
 
 
+# Where a run was written and how many threads it used say nothing about the model.
+NOT_HYPERPARAMETERS = frozenset({"params", "out", "threads"})
+
+
 def differing_hyperparameters(runs: Sequence) -> list[str]:
-    """Config keys (besides ``params``) whose values are not the same in every run, in config order.
+    """Config keys (besides ``NOT_HYPERPARAMETERS``) whose values differ between runs, in config order.
 
     A key missing from some runs counts as differing. ``runs`` are run directories or
     :func:`load_run` results.
@@ -121,7 +125,7 @@ def differing_hyperparameters(runs: Sequence) -> list[str]:
     runs = _as_runs(runs)
     keys: list[str] = []
     for run in runs:
-        keys += [key for key in run["config"] if key not in keys and key != "params"]
+        keys += [key for key in run["config"] if key not in keys and key not in NOT_HYPERPARAMETERS]
     return [key for key in keys if len({_canonical(run["config"], key) for run in runs}) > 1]
 
 

@@ -126,3 +126,13 @@ def test_cli_rejects_a_folder_that_is_not_a_run_and_documents_its_options(tmp_pa
     assert isinstance(result.exception, DataError) and "nothing" in str(result.exception)
     help_text = CliRunner().invoke(command, ["--help"]).output
     assert "Compare training runs" in help_text and "compare.csv" in help_text
+
+
+def test_output_folder_and_threads_are_not_hyperparameters():
+    from edgeseg.evaluate.compare import differing_hyperparameters
+
+    runs = [
+        {"name": "a", "config": {"out": "runs/a", "threads": 1, "lr": 0.001}, "history": [], "best": {}, "eval": None},
+        {"name": "b", "config": {"out": "runs/b", "threads": 2, "lr": 0.002}, "history": [], "best": {}, "eval": None},
+    ]
+    assert differing_hyperparameters(runs) == ["lr"]
