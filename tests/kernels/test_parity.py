@@ -1,6 +1,6 @@
 """C kernels against the numpy oracle (edgeseg.kernels.reference) on random inputs.
 
-Float output must agree to 1e-5 (float16: within one float16 ulp of the oracle's float16);
+Float output must agree to 1e-5 (float16: within one float16 ulp of the oracle's float16, or 1e-5);
 label maps must agree exactly.
 """
 
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from edgeseg.kernels import largest_component, postprocess, preprocess, reference, resize_labels
@@ -22,10 +22,12 @@ INPUT_DTYPES = [np.uint8, np.int16, np.uint16, np.float32]
 def assert_model_input_close(got: np.ndarray, want: np.ndarray) -> None:
     assert got.shape == want.shape and got.dtype == want.dtype
     if got.dtype == np.float16:
-        # The oracle rounds float64 -> float16 once; the kernel rounds through float32.
-        ulp = np.spacing(np.abs(want)).astype(np.float64)
+        # The oracle rounds float64 -> float16 once; the kernel rounds through float32, whose
+        # error (a few 1e-7 around 0, where float16 has subnormals) may land on a neighbouring
+        # float16 value. Allowed: one float16 ulp, or the issue's 1e-5 for float output.
+        ulp = np.maximum(np.spacing(np.abs(want)).astype(np.float64), 1e-5)
         diff = np.abs(got.astype(np.float64) - want.astype(np.float64))
-        assert np.all(diff <= ulp), f"max float16 diff {diff.max()} exceeds one ulp"
+        assert np.all(diff <= ulp), f"max float16 diff {diff.max()} exceeds one ulp and 1e-5"
     else:
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
 
@@ -67,6 +69,8 @@ def preprocess_cases(draw):
 
 
 @FAST
+@example(case=(np.array([[[95, 130, 194, 217, 207, 235, 15]]], dtype=np.uint8),
+               PreprocessSpec(window=(0.0, 1.5), size=(1, 9), mean=1.0, std=1.0, dtype="float16")))
 @given(preprocess_cases())
 def test_preprocess_matches_reference(case):
     images, spec = case
