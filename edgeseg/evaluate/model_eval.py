@@ -44,9 +44,9 @@ def predict_volume(model, volume: Volume, spec, batch_size: int = 16, keep_large
     component per class and slice."""
     import torch
 
+    from edgeseg.kernels import postprocess
     from edgeseg.train.dataset import preprocess_stack
 
-    postprocess = _postprocess()
     images = preprocess_stack(volume.hu, spec)
     out = np.empty(volume.hu.shape, dtype=np.uint8)
     with torch.no_grad():
@@ -54,15 +54,6 @@ def predict_volume(model, volume: Volume, spec, batch_size: int = 16, keep_large
             logits = model(torch.from_numpy(images[start : start + batch_size])).float().numpy()
             out[start : start + len(logits)] = postprocess(logits, tuple(volume.hu.shape[1:]), keep_largest=keep_largest)
     return out
-
-
-def _postprocess():
-    """The C post-processing when built, else the numpy reference (identical labels)."""
-    try:
-        from edgeseg.kernels import postprocess
-    except ImportError:
-        from edgeseg.kernels.reference import postprocess
-    return postprocess
 
 
 def evaluate_checkpoint(

@@ -13,7 +13,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from edgeseg.atomic import atomic_write_text
 from edgeseg.data import open_dataset, split_cases
 from edgeseg.errors import CheckpointError, DataError
 from edgeseg.models import ModelConfig, build_model, count_parameters
