@@ -47,3 +47,11 @@ def require(module: str, extra: str, purpose: str):
         return importlib.import_module(module)
     except ImportError as exc:
         raise MissingDependencyError(module.split(".")[0], extra, purpose) from exc
+
+
+class BundleError(EdgesegError):
+    """A bundle is missing files, has been tampered with, or is of an unsupported schema."""
+
+
+class BackendError(EdgesegError):
+    """A runtime backend cannot load or run an artifact on this machine."""

@@ -1,0 +1,256 @@
+"""The Bundle contract: ``manifest.json`` and the checks the runtime makes before loading.
+
+A bundle is one directory holding ``manifest.json``, ``parity.json`` and the model artifacts.
+The manifest records everything a runtime needs without torch: the model configuration (for
+information), the PreprocessSpec, the label names, the model's input and output tensors (the
+same for every artifact: FP16 and INT8 graphs keep float32 inputs and outputs), and for each
+artifact its format, precision, sha256, size and, for TensorRT engines, the fingerprint of the
+machine that built it.
+
+Layout of ``manifest.json`` (schema 1)::
+
+    {"schema": 1, "edgeseg_version": "0.1.0", "created": "2026-11-24T20:00:00Z",
+     "model": {...ModelConfig...}, "spec": {...PreprocessSpec...},
+     "labels": {"0": "background", "1": "liver"}, "postprocess": {"keep_largest": true},
+     "inputs":  [{"name": "image",  "shape": [-1, 1, 256, 256], "dtype": "float32"}],
+     "outputs": [{"name": "logits", "shape": [-1, 2, 256, 256], "dtype": "float32"}],
+     "max_batch": 8,
+     "artifacts": [{"file": "model.onnx", "format": "onnx", "precision": "fp32",
+                    "sha256": "...", "bytes": 123, "fingerprint": null}],
+     "calibration": null | {...}, "source": {...}}
+
+``-1`` in a shape is the dynamic batch axis. Readers refuse a newer schema, unknown formats and
+precisions, and (``verify_artifacts``) missing files or files whose sha256 differs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgeseg.errors import BundleError, SpecError
+from edgeseg.spec import PreprocessSpec
+
+SCHEMA_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+PARITY_NAME = "parity.json"
+FORMATS = ("torchscript", "onnx", "tensorrt", "openvino")
+PRECISIONS = ("fp32", "fp16", "int8")
+DTYPES = ("float32", "float16", "int64", "uint8")
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """Name, shape (``-1`` for the dynamic batch axis) and dtype of a model input or output."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise BundleError(f"tensor name must be a non-empty string, got {self.name!r}")
+        try:
+            shape = tuple(int(n) for n in self.shape)
+        except (TypeError, ValueError):
+            raise BundleError(f"tensor {self.name!r}: shape must be a list of integers, got {self.shape!r}") from None
+        if any(n < -1 or n == 0 for n in shape):
+            raise BundleError(f"tensor {self.name!r}: shape {list(shape)} has a size below 1 (use -1 for dynamic)")
+        if self.dtype not in DTYPES:
+            raise BundleError(f"tensor {self.name!r}: dtype must be one of {DTYPES}, got {self.dtype!r}")
+        object.__setattr__(self, "shape", shape)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
+
+    @classmethod
+    def from_dict(cls, data: Any) -> "TensorInfo":
+        if not isinstance(data, dict) or not {"name", "shape"} <= set(data):
+            raise BundleError(f"a tensor entry needs 'name' and 'shape', got {data!r}")
+        return cls(name=data["name"], shape=tuple(data["shape"]), dtype=data.get("dtype", "float32"))
+
+
+@dataclass(frozen=True)
+class ArtifactEntry:
+    """One model file of a bundle: what it is and how to check it is the file that was exported."""
+
+    file: str
+    format: str
+    precision: str
+    sha256: str
+    bytes: int
+    fingerprint: dict[str, Any] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.format not in FORMATS:
+            raise BundleError(f"artifact {self.file!r}: format must be one of {FORMATS}, got {self.format!r}")
+        if self.precision not in PRECISIONS:
+            raise BundleError(f"artifact {self.file!r}: precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if Path(self.file).name != self.file or self.file in ("", ".", ".."):
+            raise BundleError(f"artifact file must be a plain file name inside the bundle, got {self.file!r}")
+        if not (isinstance(self.sha256, str) and len(self.sha256) == 64):
+            raise BundleError(f"artifact {self.file!r}: sha256 must be 64 hex digits, got {self.sha256!r}")
+
+    @property
+    def key(self) -> str:
+        """``format-precision``, e.g. ``onnx-int8``: how users and reports name an artifact."""
+        return f"{self.format}-{self.precision}"
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {"file": self.file, "format": self.format, "precision": self.precision,
+             "sha256": self.sha256, "bytes": int(self.bytes), "fingerprint": self.fingerprint}
+        if self.extra:
+            d["extra"] = self.extra
+        return d
+
+    @classmethod
+    def from_dict(cls, data: Any) -> "ArtifactEntry":
+        needed = {"file", "format", "precision", "sha256", "bytes"}
+        if not isinstance(data, dict) or not needed <= set(data):
+            missing = sorted(needed - set(data)) if isinstance(data, dict) else sorted(needed)
+            raise BundleError(f"artifact entry lacks {missing}")
+        return cls(file=data["file"], format=data["format"], precision=data["precision"],
+                   sha256=data["sha256"], bytes=int(data["bytes"]), fingerprint=data.get("fingerprint"),
+                   extra=dict(data.get("extra") or {}))
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """The parsed ``manifest.json`` of a bundle."""
+
+    spec: PreprocessSpec
+    labels: dict[int, str]
+    inputs: tuple[TensorInfo, ...]
+    outputs: tuple[TensorInfo, ...]
+    artifacts: tuple[ArtifactEntry, ...]
+    model: dict[str, Any] = field(default_factory=dict)
+    postprocess: dict[str, Any] = field(default_factory=dict)
+    max_batch: int = 1
+    calibration: dict[str, Any] | None = None
+    source: dict[str, Any] = field(default_factory=dict)
+    edgeseg_version: str = ""
+    created: str = ""
+    schema: int = SCHEMA_VERSION
+
+    def __post_init__(self) -> None:
+        if len(self.inputs) != 1 or len(self.outputs) != 1:
+            raise BundleError(f"a bundle model has one input and one output, got {len(self.inputs)} and {len(self.outputs)}")
+        keys = [a.key for a in self.artifacts]
+        if len(set(keys)) != len(keys):
+            raise BundleError(f"two artifacts share a format and precision: {keys}")
+        if self.max_batch < 1:
+            raise BundleError(f"max_batch must be >= 1, got {self.max_batch}")
+        if 0 not in self.labels:
+            raise BundleError(f"labels must name class 0 (background), got {self.labels}")
+
+    @property
+    def num_classes(self) -> int:
+        return max(self.labels) + 1
+
+    def artifact(self, fmt: str, precision: str) -> ArtifactEntry | None:
+        """The artifact of that format and precision, or None."""
+        for entry in self.artifacts:
+            if entry.format == fmt and entry.precision == precision:
+                return entry
+        return None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema": self.schema,
+            "edgeseg_version": self.edgeseg_version,
+            "created": self.created,
+            "model": self.model,
+            "spec": self.spec.to_dict(),
+            "labels": {str(k): v for k, v in sorted(self.labels.items())},
+            "postprocess": self.postprocess,
+            "inputs": [t.to_dict() for t in self.inputs],
+            "outputs": [t.to_dict() for t in self.outputs],
+            "max_batch": self.max_batch,
+            "artifacts": [a.to_dict() for a in self.artifacts],
+            "calibration": self.calibration,
+            "source": self.source,
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n"
+
+    @classmethod
+    def from_dict(cls, data: Any) -> "Manifest":
+        if not isinstance(data, dict):
+            raise BundleError(f"manifest must be a JSON object, got {type(data).__name__}")
+        schema = data.get("schema")
+        if not isinstance(schema, int):
+            raise BundleError(f"manifest has no integer 'schema' field (got {schema!r})")
+        if schema > SCHEMA_VERSION:
+            raise BundleError(f"manifest schema {schema} is newer than this edgeseg reads ({SCHEMA_VERSION}); upgrade edgeseg")
+        if schema < 1:
+            raise BundleError(f"manifest schema {schema} is not valid")
+        missing = sorted({"spec", "labels", "inputs", "outputs", "artifacts"} - set(data))
+        if missing:
+            raise BundleError(f"manifest lacks {missing}")
+        try:
+            spec = PreprocessSpec.from_dict(data["spec"])
+        except SpecError as exc:
+            raise BundleError(f"manifest spec: {exc}") from None
+        try:
+            labels = {int(k): str(v) for k, v in dict(data["labels"]).items()}
+        except (TypeError, ValueError):
+            raise BundleError(f"manifest labels must map class numbers to names, got {data['labels']!r}") from None
+        return cls(
+            spec=spec,
+            labels=labels,
+            inputs=tuple(TensorInfo.from_dict(t) for t in data["inputs"]),
+            outputs=tuple(TensorInfo.from_dict(t) for t in data["outputs"]),
+            artifacts=tuple(ArtifactEntry.from_dict(a) for a in data["artifacts"]),
+            model=dict(data.get("model") or {}),
+            postprocess=dict(data.get("postprocess") or {}),
+            max_batch=int(data.get("max_batch", 1)),
+            calibration=data.get("calibration"),
+            source=dict(data.get("source") or {}),
+            edgeseg_version=str(data.get("edgeseg_version", "")),
+            created=str(data.get("created", "")),
+            schema=schema,
+        )
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_manifest(bundle: str | Path) -> Manifest:
+    """Parse ``BUNDLE/manifest.json``; BundleError for a missing, unreadable or invalid one."""
+    folder = Path(bundle)
+    if not folder.is_dir():
+        raise BundleError(f"bundle {folder} is not a directory")
+    path = folder / MANIFEST_NAME
+    if not path.is_file():
+        raise BundleError(f"bundle {folder} has no {MANIFEST_NAME}")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BundleError(f"{path}: not readable JSON ({exc})") from None
+    return Manifest.from_dict(data)
+
+
+def verify_artifacts(bundle: str | Path, manifest: Manifest, only: list[ArtifactEntry] | None = None) -> None:
+    """Check that each artifact (or those in ``only``) exists with the recorded size and sha256."""
+    folder = Path(bundle)
+    for entry in manifest.artifacts if only is None else only:
+        path = folder / entry.file
+        if not path.is_file():
+            raise BundleError(f"bundle {folder}: artifact {entry.file} ({entry.key}) is missing")
+        size = path.stat().st_size
+        if size != entry.bytes:
+            raise BundleError(f"bundle {folder}: {entry.file} is {size} bytes, manifest says {entry.bytes} (tampered or truncated)")
+        digest = sha256_file(path)
+        if digest != entry.sha256:
+            raise BundleError(f"bundle {folder}: sha256 of {entry.file} is {digest[:12]}..., manifest says {entry.sha256[:12]}... (tampered)")

@@ -1,0 +1,59 @@
+"""ONNX Runtime runner: CPU, plus the CUDA and TensorRT execution providers when present."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from edgeseg.errors import BackendError, require
+from edgeseg.runtime.runners.base import Runner
+
+_GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+
+
+class OnnxRuntimeRunner(Runner):
+    """Run an ONNX artifact with ONNX Runtime.
+
+    ``providers`` defaults to CPU only; pass e.g. ``["CUDAExecutionProvider",
+    "CPUExecutionProvider"]`` to use a GPU. Sessions use full graph optimisation and
+    ``threads`` intra-op threads.
+    """
+
+    name = "onnxruntime"
+    format = "onnx"
+
+    def __init__(self, *args, providers: list[str] | None = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        ort = require("onnxruntime", "runtime", "the ONNX Runtime backend")
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if self.threads > 0:
+            options.intra_op_num_threads = self.threads
+        available = ort.get_available_providers()
+        wanted = list(providers or ["CPUExecutionProvider"])
+        missing = [p for p in wanted if p not in available]
+        if missing:
+            raise BackendError(f"onnxruntime: provider(s) {missing} not available here (available: {available})")
+        try:
+            self._session = ort.InferenceSession(str(self.path), sess_options=options, providers=wanted)
+        except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
+            raise BackendError(f"onnxruntime could not load {self.path.name}: {str(exc).splitlines()[0]}") from None
+        self._providers = self._session.get_providers()
+        self._input_name = self._session.get_inputs()[0].name
+        self._output_name = self._session.get_outputs()[0].name
+
+    @property
+    def device(self) -> str:
+        return "cuda:0" if any(p in _GPU_PROVIDERS for p in self._providers) else "cpu"
+
+    @staticmethod
+    def gpu_providers() -> list[str]:
+        """GPU execution providers this onnxruntime build offers (empty on CPU builds)."""
+        import onnxruntime as ort
+
+        return [p for p in _GPU_PROVIDERS if p in ort.get_available_providers()]
+
+    def _infer(self, batch: np.ndarray) -> np.ndarray:
+        return self._session.run([self._output_name], {self._input_name: batch})[0]
+
+    def close(self) -> None:
+        self._session = None
