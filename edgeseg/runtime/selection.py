@@ -80,7 +80,10 @@ def candidates(manifest: Manifest, installed_only: bool = True) -> list[Candidat
 
 
 def _installed(runner: str) -> bool:
-    if importlib.util.find_spec(LIBRARY[runner]) is None:
+    try:
+        if importlib.util.find_spec(LIBRARY[runner]) is None:
+            return False
+    except (ImportError, ValueError):  # a broken or deliberately blocked install
         return False
     if runner == "onnxruntime-gpu":  # the CPU wheel imports as onnxruntime too
         from edgeseg.runtime.runners.onnxruntime import OnnxRuntimeRunner

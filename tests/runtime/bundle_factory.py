@@ -31,12 +31,12 @@ def phantom_slices(size: int, cases: int = 2, slices: int = 12, seed: int = 0) -
             np.concatenate([v.label for v in volumes]).astype(np.int64))
 
 
-def _train(model, spec: PreprocessSpec, steps: int, seed: int) -> None:
+def _train(model, spec: PreprocessSpec, steps: int, seed: int, num_classes: int) -> None:
     import torch
 
     hu, labels = phantom_slices(spec.size[0], seed=seed)
     x = torch.from_numpy(preprocess(hu, spec))
-    y = torch.from_numpy(labels)
+    y = torch.from_numpy(np.where(labels < num_classes, labels, 0))
     optimiser = torch.optim.Adam(model.parameters(), lr=3e-3)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # small convolutions: more threads only contend on a busy machine
@@ -67,8 +67,10 @@ def _quantize_int8(fp32: Path, out: Path, spec: PreprocessSpec) -> None:
 
 
 def make_bundle(out: str | Path, *, base: int = 8, depth: int = 2, size: int = 64, steps: int = 40,
-                int8: bool = True, torchscript: bool = True, max_batch: int = 8, seed: int = 0) -> Path:
-    """Write a bundle to ``out`` and return its path (see the module docstring)."""
+                int8: bool = True, torchscript: bool = True, max_batch: int = 8, seed: int = 0,
+                classes: int = len(LABELS)) -> Path:
+    """Write a bundle to ``out`` and return its path (see the module docstring); ``classes``
+    keeps the first phantom labels (2: background and liver, like the default liver model)."""
     import torch
 
     from edgeseg.models.registry import ModelConfig, build_model
@@ -76,11 +78,12 @@ def make_bundle(out: str | Path, *, base: int = 8, depth: int = 2, size: int = 6
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
-    config = ModelConfig(num_classes=len(LABELS), base=base, depth=depth)
+    labels = {k: v for k, v in LABELS.items() if k < classes}
+    config = ModelConfig(num_classes=classes, base=base, depth=depth)
     spec = PreprocessSpec(window=(-200.0, 300.0), size=(size, size))
     model = build_model(config)
     if steps:
-        _train(model, spec, steps, seed)
+        _train(model, spec, steps, seed, classes)
     example = torch.zeros(1, 1, size, size)
     files = [("model.onnx", "onnx", "fp32")]
     with warnings.catch_warnings():  # the TorchScript-based exporter is deprecated but needs no onnxscript
@@ -97,8 +100,8 @@ def make_bundle(out: str | Path, *, base: int = 8, depth: int = 2, size: int = 6
     artifacts = tuple(ArtifactEntry(file=name, format=fmt, precision=precision, sha256=sha256_file(out / name),
                                     bytes=(out / name).stat().st_size) for name, fmt, precision in files)
     manifest = Manifest(
-        spec=spec, labels=LABELS, model=config.to_dict(), postprocess={"keep_largest": True},
-        inputs=(TensorInfo("image", (-1, 1, size, size)),), outputs=(TensorInfo("logits", (-1, len(LABELS), size, size)),),
+        spec=spec, labels=labels, model=config.to_dict(), postprocess={"keep_largest": True},
+        inputs=(TensorInfo("image", (-1, 1, size, size)),), outputs=(TensorInfo("logits", (-1, classes, size, size)),),
         artifacts=artifacts, max_batch=max_batch, edgeseg_version="0.1.0", source={"fixture": "tests/runtime"},
     )
     (out / "manifest.json").write_text(manifest.to_json())
@@ -113,5 +116,7 @@ if __name__ == "__main__":
     parser.add_argument("--depth", type=int, default=4)
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--steps", type=int, default=0)
+    parser.add_argument("--classes", type=int, default=2)
     args = parser.parse_args()
-    print(make_bundle(args.out, base=args.base, depth=args.depth, size=args.size, steps=args.steps, torchscript=False))
+    print(make_bundle(args.out, base=args.base, depth=args.depth, size=args.size, steps=args.steps,
+                      classes=args.classes, torchscript=False))

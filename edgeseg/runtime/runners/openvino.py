@@ -26,8 +26,11 @@ class OpenVinoRunner(Runner):
         if self.threads > 0:
             config["INFERENCE_NUM_THREADS"] = self.threads
         self._device = device
+        from edgeseg.runtime.selection import cache_path
+
         try:
             core = ov.Core()
+            core.set_property({"CACHE_DIR": str(cache_path().parent / "openvino")})
             compiled = core.compile_model(core.read_model(str(self.path)), device, config)
         except Exception as exc:  # OpenVINO raises RuntimeError subclasses with long messages
             raise BackendError(f"openvino could not load {self.path.name}: {str(exc).strip().splitlines()[0]}") from None
