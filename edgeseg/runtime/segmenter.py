@@ -2,8 +2,8 @@
 
 ``predict`` segments one HU slice, ``predict_volume`` a whole volume in batches; both return
 uint8 labels at the input's size. In ``predict_volume`` a worker thread pre-processes batch
-i+1 while batch i runs in the model: the C kernels and the backends release the GIL, so the
-two overlap on separate cores. Input buffers are allocated once per segmenter and reused; a
+i+1 and post-processes batch i-1 while batch i runs in the model: the C kernels and the
+backends release the GIL, so they overlap on separate cores. Input buffers are allocated once per segmenter and reused; a
 lock makes concurrent calls from several threads take turns on them.
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
 
 import numpy as np
@@ -125,16 +125,28 @@ class Segmenter:
                 return preprocess(arr[start:stop], self.spec, out=self._input_buffer(index % 2, stop - start),
                                   num_threads=KERNEL_THREADS)
 
-            pending = worker.submit(prepare, 0)
-            for index, start in enumerate(starts):
-                batch = pending.result()
-                if index + 1 < len(starts):
-                    pending = worker.submit(prepare, index + 1)
-                logits = self.runner.infer(batch)
-                stop = start + len(batch)
+            def finish(start: int, logits: np.ndarray) -> int:
                 postprocess(logits, arr.shape[1:], keep_largest=self.keep_largest, resize=self.resize_mode,
-                            out=out[start:stop], num_threads=KERNEL_THREADS)
-                bar.update(len(batch))
+                            out=out[start:start + len(logits)], num_threads=KERNEL_THREADS)
+                return len(logits)
+
+            # The worker runs, in order: pre-process i+1 (during inference of i), then
+            # post-process i (during inference of i+1); the model thread never waits for either.
+            pending = worker.submit(prepare, 0)
+            finishing: list[Future] = []
+            try:
+                for index, start in enumerate(starts):
+                    batch = pending.result()
+                    if index + 1 < len(starts):
+                        pending = worker.submit(prepare, index + 1)
+                    finishing.append(worker.submit(finish, start, self.runner.infer(batch)))
+                    while finishing and finishing[0].done():
+                        bar.update(finishing.pop(0).result())
+                for future in finishing:
+                    bar.update(future.result())
+            finally:
+                # After an error, let queued work finish before another call reuses the buffers.
+                wait([pending, *finishing])
         return out
 
     def _postprocess(self, logits: np.ndarray, size: tuple[int, ...]) -> np.ndarray:
