@@ -9,6 +9,7 @@ DICOM SEG output references the source series instance by instance (highdicom, e
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -132,13 +133,20 @@ def write_dicom_seg(labels: np.ndarray, volume, refs, class_names: dict[int, str
                                   algorithm_identification=algorithm_id)
         for number, name in sorted(class_names.items()) if number > 0
     ]
-    seg = hd.seg.Segmentation(
+    with warnings.catch_warnings():
+        # The patient's name is copied from the source as it is; its form is not ours to fix.
+        warnings.filterwarnings("ignore", message=".*intended person name", category=UserWarning)
+        seg = _segmentation(hd, sources, stack, descriptions, algorithm)
+    with atomic_path(out, suffix=".dcm") as tmp:
+        seg.save_as(tmp)
+    return Path(out)
+
+
+def _segmentation(hd, sources, stack, descriptions, algorithm: str):
+    return hd.seg.Segmentation(
         source_images=sources, pixel_array=stack, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=descriptions, series_instance_uid=hd.UID(), series_number=900,
         sop_instance_uid=hd.UID(), instance_number=1, manufacturer="edgeseg",
         manufacturer_model_name=algorithm, software_versions=__version__, device_serial_number="0",
         series_description=f"{algorithm} segmentation", omit_empty_frames=False,
     )
-    with atomic_path(out, suffix=".dcm") as tmp:
-        seg.save_as(tmp)
-    return Path(out)
