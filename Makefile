@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml setup.py | $(PY)
 	$(PIP) install --upgrade pip setuptools wheel
 	$(PIP) install "torch==2.13.0"
 	$(PIP) install "Cython>=3.0" "numpy>=1.24"
-	$(PIP) install --no-build-isolation -e ".[train,export,dicom,dev]"
+	$(PIP) install --no-build-isolation -e ".[train,export,dicom,dev,openvino]"
 	touch $@
 
 install: $(STAMP)
@@ -34,7 +34,10 @@ demo: build
 	$(EDGESEG) data synth --out $(DEMO)/phantom --cases 12 --seed 0
 	$(EDGESEG) train --data $(DEMO)/phantom --out $(DEMO) --size 128 --base 16 --epochs 12 --batch-size 8 --lr 3e-3 --seed 0
 	$(EDGESEG) evaluate $(DEMO)/best.pt --data $(DEMO)/phantom --split test --out $(DEMO)/eval
-	@echo "demo outputs: $(DEMO)/ (best.pt, metrics.csv, curves.png, eval/)"
+	$(EDGESEG) export $(DEMO)/best.pt --out $(DEMO)/bundle --int8 --calib $(DEMO)/phantom
+	$(EDGESEG) predict $(DEMO)/bundle $(DEMO)/phantom/imagesTr/case_011.nii.gz --out $(DEMO)/predict/case_011.nii.gz --overlay $(DEMO)/predict/case_011.png
+	$(EDGESEG) bench $(DEMO)/bundle --size 256 --batch 1,8 --runs 10 --warmup 2 --json $(DEMO)/bench.json --png $(DEMO)/bench.png
+	@echo "demo outputs: $(DEMO)/ (best.pt, metrics.csv, curves.png, eval/, bundle/, predict/, bench.json, bench.png)"
 
 # The sanitizer run is part of the suite: a memory error in the kernels fails CI.
 test: build test-c test-python asan

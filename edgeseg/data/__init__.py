@@ -4,14 +4,30 @@ torch: the runtime reads data with it too."""
 
 from __future__ import annotations
 
-from edgeseg.data.dicom import DicomSeriesInfo, read_dicom_series, read_dicom_series_with_refs
-from edgeseg.data.labels import read_label_file
-from edgeseg.data.nifti import read_nifti, read_nifti_dataset
-from edgeseg.data.open import open_dataset
-from edgeseg.data.phantom import PHANTOM_LABELS, synth_phantom, write_phantom_dataset
-from edgeseg.data.slices import read_slice_folder
-from edgeseg.data.splits import read_split, split_cases, write_split
-from edgeseg.data.volume import Volume
+import importlib
+
+# Names resolve on first use (PEP 562), so a caller that needs only Volume or one reader does
+# not pay for importing pydicom, nibabel (and the scipy it pulls in) and Pillow at start-up.
+_HOMES = {
+    "DicomSeriesInfo": "dicom", "read_dicom_series": "dicom", "read_dicom_series_with_refs": "dicom",
+    "read_label_file": "labels", "read_nifti": "nifti", "read_nifti_dataset": "nifti", "open_dataset": "open",
+    "PHANTOM_LABELS": "phantom", "synth_phantom": "phantom", "write_phantom_dataset": "phantom",
+    "read_slice_folder": "slices", "read_split": "splits", "split_cases": "splits", "write_split": "splits",
+    "Volume": "volume",
+}
+
+
+def __getattr__(name: str):
+    if name not in _HOMES:
+        raise AttributeError(f"module 'edgeseg.data' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"edgeseg.data.{_HOMES[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
 
 __all__ = [
     "PHANTOM_LABELS",

@@ -22,6 +22,7 @@ def postprocess(
     resize: str = "logits",
     reference: bool = False,
     num_threads: int | None = None,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
     """(N, C, h, w) float32/float16 logits -> (N, *size) uint8 labels (argmax, ties to class 0).
 
@@ -29,7 +30,8 @@ def postprocess(
     boundaries at the source resolution; ``"labels"`` takes the argmax at the model's size and
     resizes the labels by nearest neighbour. ``keep_largest`` keeps, per slice, only the largest
     8-connected component of every foreground class. NaN or inf logits raise ``DataError``.
-    With ``reference=True`` the numpy/scipy oracle computes the identical labels.
+    With ``reference=True`` the numpy/scipy oracle computes the identical labels. ``out``, a
+    C-contiguous uint8 array of shape (N, *size), receives the labels instead of a new array.
     """
     arr = np.asarray(logits)
     if arr.dtype.newbyteorder("=") not in (np.dtype(np.float32), np.dtype(np.float16)):
@@ -44,7 +46,13 @@ def postprocess(
     threads = resolve_threads(num_threads)
     if reference:
         return _reference.postprocess(arr, out_size, keep_largest=bool(keep_largest), resize=resize)
-    out = np.empty((arr.shape[0], *out_size), dtype=np.uint8)
+    shape = (arr.shape[0], *out_size)
+    if out is None:
+        out = np.empty(shape, dtype=np.uint8)
+    elif not (isinstance(out, np.ndarray) and out.shape == shape and out.dtype == np.uint8
+              and out.flags.c_contiguous and out.flags.writeable):
+        raise DataError(f"out must be a writeable C-contiguous uint8 array of shape {shape}, got "
+                        f"{getattr(out, 'dtype', type(out).__name__)} {getattr(out, 'shape', '')}")
     if arr.shape[0] == 0:
         return out
     arr = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("="))

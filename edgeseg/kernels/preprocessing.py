@@ -20,6 +20,7 @@ def preprocess(
     *,
     reference: bool = False,
     num_threads: int | None = None,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
     """Window, resize and normalise one slice (H, W) or a stack (N, H, W) of HU for the model.
 
@@ -28,7 +29,9 @@ def preprocess(
     NaN or inf in float input raise ``DataError`` (no scanner produces them; they mean a broken
     decode upstream). With
     ``reference=True`` the numpy oracle computes the same numbers (to 1e-5) much more slowly.
-    ``num_threads`` overrides ``edgeseg.kernels.set_num_threads`` for this call.
+    ``num_threads`` overrides ``edgeseg.kernels.set_num_threads`` for this call. ``out``, a
+    C-contiguous array of the result's shape and dtype, receives the result instead of a new
+    array (the runtime reuses its input buffers between batches).
 
     Example:
         >>> spec = PreprocessSpec(window=(-100.0, 400.0), size=(256, 256))
@@ -41,7 +44,13 @@ def preprocess(
     threads = resolve_threads(num_threads)
     if reference:
         return _reference.preprocess(arr, spec)
-    out = np.empty((arr.shape[0], 1, *spec.size), dtype=spec.dtype)
+    shape = (arr.shape[0], 1, *spec.size)
+    if out is None:
+        out = np.empty(shape, dtype=spec.dtype)
+    elif not (isinstance(out, np.ndarray) and out.shape == shape and out.dtype == np.dtype(spec.dtype)
+              and out.flags.c_contiguous and out.flags.writeable):
+        raise DataError(f"out must be a writeable C-contiguous {spec.dtype} array of shape {shape}, got "
+                        f"{getattr(out, 'dtype', type(out).__name__)} {getattr(out, 'shape', '')}")
     if arr.shape[0] == 0:
         return out
     a, b = spec.scale_offset

@@ -17,8 +17,10 @@ from edgeseg.runtime.manifest import (
     sha256_file,
     verify_artifacts,
 )
+from edgeseg.runtime.segmenter import Segmenter
 
 __all__ = [
+    "Segmenter",
     "MANIFEST_NAME",
     "PARITY_NAME",
     "SCHEMA_VERSION",

@@ -14,12 +14,13 @@ Layout of ``manifest.json`` (schema 1)::
      "labels": {"0": "background", "1": "liver"}, "postprocess": {"keep_largest": true},
      "inputs":  [{"name": "image",  "shape": [-1, 1, 256, 256], "dtype": "float32"}],
      "outputs": [{"name": "logits", "shape": [-1, 2, 256, 256], "dtype": "float32"}],
-     "max_batch": 8,
+     "max_batch": 8, "resize_input": true,
      "artifacts": [{"file": "model.onnx", "format": "onnx", "precision": "fp32",
                     "sha256": "...", "bytes": 123, "fingerprint": null}],
      "calibration": null | {...}, "source": {...}}
 
-``-1`` in a shape is the dynamic batch axis. Readers refuse a newer schema, unknown formats and
+``-1`` in a shape is the dynamic batch axis. ``resize_input`` (default true) false means the
+runtime refuses slices whose size differs from the spec's instead of resizing them. Readers refuse a newer schema, unknown formats and
 precisions, and (``verify_artifacts``) missing files or files whose sha256 differs.
 """
 
@@ -130,6 +131,7 @@ class Manifest:
     model: dict[str, Any] = field(default_factory=dict)
     postprocess: dict[str, Any] = field(default_factory=dict)
     max_batch: int = 1
+    resize_input: bool = True
     calibration: dict[str, Any] | None = None
     source: dict[str, Any] = field(default_factory=dict)
     edgeseg_version: str = ""
@@ -170,6 +172,7 @@ class Manifest:
             "inputs": [t.to_dict() for t in self.inputs],
             "outputs": [t.to_dict() for t in self.outputs],
             "max_batch": self.max_batch,
+            "resize_input": self.resize_input,
             "artifacts": [a.to_dict() for a in self.artifacts],
             "calibration": self.calibration,
             "source": self.source,
@@ -209,6 +212,7 @@ class Manifest:
             model=dict(data.get("model") or {}),
             postprocess=dict(data.get("postprocess") or {}),
             max_batch=int(data.get("max_batch", 1)),
+            resize_input=bool(data.get("resize_input", True)),
             calibration=data.get("calibration"),
             source=dict(data.get("source") or {}),
             edgeseg_version=str(data.get("edgeseg_version", "")),

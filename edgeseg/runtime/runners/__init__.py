@@ -13,6 +13,10 @@ from edgeseg.runtime.runners.base import Runner
 
 RUNNERS: dict[str, str] = {
     "onnxruntime": "edgeseg.runtime.runners.onnxruntime:OnnxRuntimeRunner",
+    "onnxruntime-gpu": "edgeseg.runtime.runners.onnxruntime:OnnxRuntimeGpuRunner",
+    "openvino": "edgeseg.runtime.runners.openvino:OpenVinoRunner",
+    "tensorrt": "edgeseg.runtime.runners.tensorrt:TensorRTRunner",
+    "torchscript": "edgeseg.runtime.runners.torchscript:TorchScriptRunner",
 }
 
 

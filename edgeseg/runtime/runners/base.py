@@ -3,12 +3,14 @@
 The public ``infer`` validates the batch against the bundle's input tensor (dtype, rank,
 channel and spatial sizes, batch limit, finite values) once, here, then calls the subclass's
 ``_infer``. Subclasses only load their artifact and run it. Runners are context managers;
-``close`` releases the backend's session.
+``close`` releases the backend's session. ``infer`` is thread-safe: calls on one runner take
+turns, because several backends (OpenVINO infer requests, TensorRT contexts) are not.
 """
 
 from __future__ import annotations
 
 import abc
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +44,7 @@ class Runner(abc.ABC):
         self.output_info = output_info
         self.max_batch = int(max_batch)
         self.threads = int(threads)
+        self._lock = threading.Lock()
 
     @property
     def precision(self) -> str:
@@ -59,7 +62,8 @@ class Runner(abc.ABC):
     def infer(self, batch: np.ndarray) -> np.ndarray:
         """Validate ``batch`` (N, C, H, W) and return the model's logits as float32 (N, K, H, W)."""
         self.check_batch(batch)
-        out = self._infer(np.ascontiguousarray(batch))
+        with self._lock:
+            out = self._infer(np.ascontiguousarray(batch))
         return np.asarray(out, dtype=np.float32)
 
     def check_batch(self, batch: np.ndarray) -> None:

@@ -1,0 +1,197 @@
+"""Latency of a bundle on this machine, per backend and per stage, as ``edgeseg bench`` reports it.
+
+Stages: decode (a 16-bit PNG slice to HU), pre-process (C kernel), inference (model only, the
+runner's ``infer``), post-process (C kernel, back to the input size) and end to end (HU in,
+labels at the input size out, through ``Segmenter``). Each is timed after warm-up and reported
+as min / p50 / p90 / p99 / max in milliseconds per call. A volume of slices gives pipelined
+throughput next to the model-only throughput of the same batches; a fresh process gives the
+cold start (process start to first result) and the peak RSS. GPU inference times include the
+copies between host and device.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from edgeseg.bench.kernels import hu_slices
+from edgeseg.kernels import postprocess, preprocess
+from edgeseg.runtime.manifest import read_manifest
+from edgeseg.runtime.segmenter import KERNEL_THREADS, Segmenter
+from edgeseg.runtime.selection import candidates
+
+STAGES = ("decode", "preprocess", "inference", "postprocess", "end_to_end")
+PERCENTILES = (("min", 0), ("p50", 50), ("p90", 90), ("p99", 99), ("max", 100))
+
+
+def latency_stats(samples_s: list[float]) -> dict[str, float]:
+    """min / p50 / p90 / p99 / max of timings given in seconds, in milliseconds."""
+    ms = np.asarray(samples_s) * 1e3
+    return {name: round(float(np.percentile(ms, q)), 3) for name, q in PERCENTILES}
+
+
+def time_calls(fn: Callable[[], object], runs: int, warmup: int) -> list[float]:
+    """Seconds per call of ``fn`` over ``runs`` calls after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        fn()
+    samples = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - start)
+    return samples
+
+
+def backend_labels(bundle: str | Path, wanted: list[str]) -> list[str]:
+    """``all`` -> auto plus every installed ``runner:precision`` of the bundle; else ``wanted``."""
+    if wanted == ["all"]:
+        return ["auto", *[c.label for c in candidates(read_manifest(bundle))]]
+    return list(wanted)
+
+
+def _png16(slice_hu: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray((slice_hu.astype(np.int32) + 32768).astype(np.uint16)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _decode(data: bytes) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as image:
+        return (np.asarray(image, dtype=np.int32) - 32768).astype(np.int16)
+
+
+def bench_backend(bundle: str | Path, backend: str, *, batches: tuple[int, ...] = (1, 8), size: int = 512,
+                  runs: int = 30, warmup: int = 5, volume_slices: int = 32, threads: int = 0) -> dict:
+    """All stage timings and the volume throughput of one backend (see the module docstring)."""
+    with Segmenter.load(bundle, backend=backend, threads=threads) as seg:
+        spec, n_max = seg.spec, seg.manifest.max_batch
+        batches = tuple(b for b in batches if b <= n_max) or (1,)
+        hu = hu_slices(max(max(batches), volume_slices), size, size)
+        png = _png16(hu[0])
+        result = {"backend": backend, "chosen": seg.backend, "device": seg.runner.device,
+                  "artifact": seg.runner.entry.file, "size": size, "batches": {}}
+        for b in batches:
+            batch_in = preprocess(hu[:b], spec)
+            logits = seg.infer(batch_in)
+            stages = {
+                "decode": time_calls(lambda: [_decode(png) for _ in range(b)], runs, warmup),
+                "preprocess": time_calls(lambda: preprocess(hu[:b], spec, out=batch_in, num_threads=KERNEL_THREADS),
+                                         runs, warmup),
+                "inference": time_calls(lambda: seg.infer(batch_in), runs, warmup),
+                "postprocess": time_calls(lambda: postprocess(logits, (size, size), keep_largest=seg.keep_largest,
+                                                              resize=seg.resize_mode, num_threads=KERNEL_THREADS),
+                                          runs, warmup),
+                "end_to_end": time_calls((lambda: seg.predict(hu[0])) if b == 1
+                                         else (lambda: seg.predict_volume(hu[:b], batch_size=b)), runs, warmup),
+            }
+            result["batches"][str(b)] = {name: latency_stats(samples) for name, samples in stages.items()}
+        result["volume"] = _volume_throughput(seg, hu[:volume_slices], max(batches), max(3, runs // 10))
+    return result
+
+
+def _volume_throughput(seg: Segmenter, volume: np.ndarray, batch: int, repeats: int) -> dict:
+    """Slices per second of ``predict_volume`` and of the model alone on the same batches."""
+    inputs = [preprocess(volume[i:i + batch], seg.spec) for i in range(0, len(volume), batch)]
+    pipelined = min(time_calls(lambda: seg.predict_volume(volume, batch_size=batch), repeats, 1))
+    model_only = min(time_calls(lambda: [seg.infer(x) for x in inputs], repeats, 1))
+    return {"slices": len(volume), "batch": batch, "pipelined_slices_per_s": round(len(volume) / pipelined, 2),
+            "model_only_slices_per_s": round(len(volume) / model_only, 2),
+            "ratio": round(model_only / pipelined, 3)}
+
+
+_COLD_START = textwrap.dedent("""
+    import sys, time, resource
+    import numpy as np
+    from edgeseg.runtime import Segmenter
+    seg = Segmenter.load(sys.argv[1], backend=sys.argv[2], threads=int(sys.argv[3]))
+    seg.predict(np.full((int(sys.argv[4]), int(sys.argv[4])), -1000, np.int16))
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+""")
+
+
+def cold_start(bundle: str | Path, backend: str, size: int = 512, threads: int = 0) -> dict:
+    """Wall time from starting a Python process to its first segmented slice, and its peak RSS."""
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, "-c", _COLD_START, str(bundle), backend, str(threads), str(size)],
+                          capture_output=True, text=True, env=dict(os.environ))
+    seconds = time.perf_counter() - start
+    if done.returncode != 0:
+        return {"error": (done.stderr.strip().splitlines() or ["failed"])[-1]}
+    return {"seconds": round(seconds, 3), "peak_rss_mb": round(int(done.stdout.split()[-1]) / 1024, 1)}
+
+
+def format_table(results: list[dict]) -> str:
+    """A terminal table: one row per backend, stage and batch, then throughput and cold start."""
+    lines = [f"{'backend':<24} {'batch':>5} {'stage':<12} " + " ".join(f"{n:>8}" for n, _ in PERCENTILES) + "  (ms)"]
+    for r in results:
+        if "error" in r:
+            lines.append(f"{r['backend']:<24} error: {r['error']}")
+            continue
+        name = r["backend"] if r["backend"] == r["chosen"] else f"{r['backend']}->{r['chosen']}"
+        for b, stages in r["batches"].items():
+            for stage in STAGES:
+                lines.append(f"{name:<24} {b:>5} {stage:<12} " + " ".join(f"{stages[stage][n]:>8.2f}" for n, _ in PERCENTILES))
+    lines.append("")
+    lines.append(f"{'backend':<24} {'volume slices/s':>16} {'model-only':>11} {'ratio':>6} {'cold start s':>13} {'peak RSS MB':>12}")
+    for r in results:
+        if "error" in r:
+            continue
+        v, c = r["volume"], r.get("cold_start", {})
+        lines.append(f"{r['backend']:<24} {v['pipelined_slices_per_s']:>16.1f} {v['model_only_slices_per_s']:>11.1f} "
+                     f"{v['ratio']:>6.2f} {c.get('seconds', float('nan')):>13.2f} {c.get('peak_rss_mb', float('nan')):>12.0f}")
+    if any(r.get("device", "cpu") != "cpu" for r in results):
+        lines.append("GPU inference times include the host-to-device and device-to-host copies.")
+    return "\n".join(lines)
+
+
+def plot_latency(results: list[dict], out: str | Path) -> Path:
+    """PNG: p50 latency per stage and backend at each batch size, p90-p99 as error bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from edgeseg.atomic import atomic_path
+
+    ok = [r for r in results if "error" not in r]
+    batch_keys = sorted({b for r in ok for b in r["batches"]}, key=int)
+    figure, axes = plt.subplots(1, max(1, len(batch_keys)), figsize=(6 * max(1, len(batch_keys)), 4), squeeze=False)
+    width = 0.8 / max(1, len(ok))
+    for ax, b in zip(axes[0], batch_keys):
+        for i, r in enumerate(ok):
+            stages = r["batches"].get(b)
+            if not stages:
+                continue
+            p50 = [stages[s]["p50"] for s in STAGES]
+            err = [[0] * len(STAGES), [stages[s]["p99"] - stages[s]["p50"] for s in STAGES]]
+            ax.bar(np.arange(len(STAGES)) + i * width, p50, width, yerr=err, label=r["backend"], capsize=2)
+        ax.set_xticks(np.arange(len(STAGES)) + width * (len(ok) - 1) / 2, STAGES, rotation=20)
+        ax.set_ylabel("ms per call (p50, bar to p99)")
+        ax.set_title(f"batch {b}, {ok[0]['size']}x{ok[0]['size']} input")
+        ax.legend(fontsize=7)
+    figure.tight_layout()
+    with atomic_path(out, suffix=".png") as tmp:
+        figure.savefig(tmp, dpi=110, format="png")
+    plt.close(figure)
+    return Path(out)
+
+
+def write_json(results: list[dict], out: str | Path) -> Path:
+    """The results as JSON, for machines."""
+    from edgeseg.atomic import atomic_write_text
+
+    atomic_write_text(out, json.dumps(results, indent=1) + "\n")
+    return Path(out)

@@ -1,0 +1,49 @@
+"""``edgeseg bench``: per-stage latency, throughput and cold start of a bundle's backends."""
+
+from __future__ import annotations
+
+import click
+
+
+@click.command("bench")
+@click.argument("bundle", type=click.Path(file_okay=False))
+@click.option("--backend", "backends", multiple=True, default=["all"], show_default=True,
+              help="'all' (auto plus every installed backend and precision), or names such as openvino:int8; repeatable.")
+@click.option("--batch", default="1,8", show_default=True, help="Comma-separated batch sizes.")
+@click.option("--size", default=512, show_default=True, help="Input slice size (rows = cols) in pixels.")
+@click.option("--runs", default=30, show_default=True, help="Timed calls per stage after warm-up.")
+@click.option("--warmup", default=5, show_default=True, help="Untimed calls before timing.")
+@click.option("--threads", default=0, show_default=True, help="CPU threads for the backends (0: their default).")
+@click.option("--json", "json_out", default=None, type=click.Path(dir_okay=False), help="Write the results as JSON.")
+@click.option("--png", "png_out", default=None, type=click.Path(dir_okay=False), help="Write a latency plot PNG.")
+@click.option("--no-cold-start", is_flag=True, help="Skip the fresh-process cold-start measurement.")
+def command(bundle, backends, batch, size, runs, warmup, threads, json_out, png_out, no_cold_start) -> None:
+    """Benchmark BUNDLE on this machine: one table for all backends, measured in one run."""
+    from tqdm import tqdm
+
+    from edgeseg.bench.runtime import backend_labels, bench_backend, cold_start, format_table, plot_latency, write_json
+    from edgeseg.errors import DataError, EdgesegError
+    from edgeseg.runtime.manifest import read_manifest, verify_artifacts
+
+    try:
+        batches = tuple(sorted({int(b) for b in batch.split(",") if b.strip()}))
+    except ValueError:
+        raise DataError(f"--batch must be comma-separated integers, got {batch!r}") from None
+    if not batches or min(batches) < 1 or size < 8 or runs < 1 or warmup < 0:
+        raise DataError(f"need batch sizes >= 1, --size >= 8, --runs >= 1, --warmup >= 0; got {batch!r}, {size}, {runs}, {warmup}")
+    verify_artifacts(bundle, read_manifest(bundle))
+    results = []
+    for label in tqdm(backend_labels(bundle, list(backends)), desc="benchmarking", unit="backend", leave=False):
+        try:
+            result = bench_backend(bundle, label, batches=batches, size=size, runs=runs, warmup=warmup, threads=threads)
+        except EdgesegError as exc:
+            results.append({"backend": label, "error": str(exc)})
+            continue
+        if not no_cold_start:
+            result["cold_start"] = cold_start(bundle, label, size=size, threads=threads)
+        results.append(result)
+    click.echo(format_table(results))
+    if json_out:
+        write_json(results, json_out)
+    if png_out:
+        plot_latency(results, png_out)

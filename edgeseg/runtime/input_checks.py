@@ -1,0 +1,58 @@
+"""Checks of what the runtime is asked to segment, against the bundle's PreprocessSpec.
+
+Everything the model could silently get wrong is refused here with a one-line ``DataError``:
+a non-numeric or complex dtype, a wrong rank, a slice too small to resize or of the wrong size
+when the bundle forbids resizing, NaN or inf, values no CT scanner stores, images that were
+already normalised (not HU), and series of another modality.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from edgeseg.errors import DataError
+from edgeseg.spec import PreprocessSpec
+
+# Stored CT values: padding goes down to -3024 HU on some scanners, extended-range metal to
+# about 30k; anything beyond int16 / uint16 is not a CT value.
+HU_LIMITS = (-32768.0, 65535.0)
+KERNEL_DTYPES = (np.dtype(np.int16), np.dtype(np.uint16), np.dtype(np.uint8), np.dtype(np.float32))
+MIN_SIDE = 2
+
+
+def checked_hu(images: np.ndarray, spec: PreprocessSpec, *, ndim: int, resize: bool = True,
+               modality: str | None = None, what: str = "input") -> np.ndarray:
+    """``images`` as an array the C kernels take ((H, W) or (Z, H, W), see ``ndim``), or DataError.
+
+    float64 and wider integers are converted to float32 once their values are known to fit;
+    ``resize=False`` requires the slices to have ``spec.size`` already.
+    """
+    if modality is not None and modality != "CT":
+        raise DataError(f"{what} is a {modality} series; this model segments CT only")
+    arr = np.asarray(images)
+    if arr.dtype.kind not in "iuf" or arr.dtype.itemsize > 8:
+        raise DataError(f"{what} must hold real numbers (HU), got dtype {arr.dtype}")
+    if arr.ndim != ndim:
+        layout = "(H, W)" if ndim == 2 else "(Z, H, W)"
+        raise DataError(f"{what} must be {layout}, got shape {list(arr.shape)}")
+    if min(arr.shape) < 1 or min(arr.shape[-2:]) < MIN_SIDE:
+        raise DataError(f"{what} of shape {list(arr.shape)} is too small; slices need at least {MIN_SIDE} rows and columns")
+    if not resize and tuple(arr.shape[-2:]) != spec.size:
+        raise DataError(f"{what} slices are {arr.shape[-2]}x{arr.shape[-1]} but this bundle takes "
+                        f"{spec.size[0]}x{spec.size[1]} only (it was exported without resizing)")
+    if arr.dtype.kind == "f":
+        finite = np.isfinite(arr)
+        if not finite.all():
+            bad = int(arr.size - np.count_nonzero(finite))
+            where = f" (slice {int(np.argwhere(~finite)[0][0])})" if ndim == 3 else ""
+            raise DataError(f"{what} holds {bad} NaN or infinite value(s){where}; expected finite HU")
+    low, high = float(arr.min()), float(arr.max())
+    if low < HU_LIMITS[0] or high > HU_LIMITS[1]:
+        raise DataError(f"{what} values span {low:g}..{high:g}; CT stores HU within "
+                        f"{HU_LIMITS[0]:g}..{HU_LIMITS[1]:g}")
+    if arr.dtype.kind == "f" and 0 < high - low <= 2.0 and -2.0 <= low and high <= 2.0:
+        raise DataError(f"{what} values span {low:g}..{high:g}, which looks normalised, not HU "
+                        f"(air is about -1000); pass the scanner's HU")
+    if arr.dtype not in KERNEL_DTYPES:
+        arr = arr.astype(np.float32)
+    return arr

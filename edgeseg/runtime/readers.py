@@ -1,0 +1,85 @@
+"""What ``edgeseg predict`` reads: a DICOM series folder, a NIfTI file, a PNG/JPG slice, NPY.
+
+Each reader returns a :class:`~edgeseg.data.Volume` in the LPS layout with HU, plus the DICOM
+references (for a DICOM SEG answer) when the source is a series. Readers are imported only for
+the format at hand, so predicting an NPY array never loads pydicom or nibabel.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from edgeseg.errors import DataError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+
+
+def input_kind(path: str | os.PathLike) -> str:
+    """``dicom``, ``nifti``, ``image`` or ``npy`` for an input path; DataError otherwise."""
+    path = Path(path)
+    name = path.name.lower()
+    if path.is_dir():
+        return "dicom"
+    if not path.exists():
+        raise DataError(f"input not found: {path}")
+    if name.endswith(NIFTI_SUFFIXES):
+        return "nifti"
+    if name.endswith(IMAGE_SUFFIXES):
+        return "image"
+    if name.endswith(".npy"):
+        return "npy"
+    raise DataError(f"cannot read {path}: expected a DICOM series folder, .nii/.nii.gz, .png/.jpg or .npy")
+
+
+def read_input(path: str | os.PathLike, intensity: str = "hu-clipped:0,255"):
+    """Read ``path`` as (Volume, DicomSeriesInfo or None).
+
+    ``intensity`` says what PNG/JPG pixels mean (see ``edgeseg.data.slices.SliceIntensity``):
+    by default the pixel is the HU value clipped to [0, 255]. NPY files hold HU as (H, W) or
+    (Z, H, W) in the LPS display layout, with unit spacing.
+    """
+    path = Path(path)
+    kind = input_kind(path)
+    if kind == "dicom":
+        from edgeseg.data.dicom import read_dicom_series_with_refs
+
+        if not any(p.is_file() and not p.name.startswith(".") for p in path.iterdir()):
+            raise DataError(f"input folder {path} is empty; expected the files of one DICOM series")
+        return read_dicom_series_with_refs(path)
+    if kind == "nifti":
+        from edgeseg.data.nifti import read_nifti
+
+        return read_nifti(path), None
+    if kind == "image":
+        return _read_image(path, intensity), None
+    return _read_npy(path), None
+
+
+def _read_image(path: Path, intensity: str):
+    from edgeseg.data.slices import SliceIntensity, _read_channel0
+    from edgeseg.data.volume import Volume, default_affine
+
+    declared = SliceIntensity.parse(intensity)
+    pixels, mode = _read_channel0(path)
+    hu = declared.to_hu(pixels, mode, path)
+    return Volume(hu=hu[None], spacing=(1.0, 1.0, 1.0), affine=default_affine((1.0, 1.0, 1.0)), case_id=path.stem,
+                  hu_range=(declared.low, declared.high), source=str(path), slice_ids=[path.stem], contiguous=False)
+
+
+def _read_npy(path: Path):
+    from edgeseg.data.volume import Volume, default_affine
+
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise DataError(f"cannot read {path} as a numpy array: {' '.join(str(exc).split())}") from None
+    if array.ndim == 2:
+        array = array[None]
+    if array.ndim != 3:
+        raise DataError(f"{path} holds an array of shape {list(array.shape)}; expected (H, W) or (Z, H, W) HU")
+    return Volume(hu=array, spacing=(1.0, 1.0, 1.0), affine=default_affine((1.0, 1.0, 1.0)), case_id=path.stem,
+                  source=str(path))

@@ -1,0 +1,32 @@
+"""TorchScript runner: only where torch is installed (the training machine, a torch server)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from edgeseg.errors import BackendError, require
+from edgeseg.runtime.runners.base import Runner
+
+
+class TorchScriptRunner(Runner):
+    """Run a ``model.ts`` artifact with torch on the CPU (``pip install 'edgeseg[train]'``)."""
+
+    name = "torchscript"
+    format = "torchscript"
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._torch = require("torch", "train", "the TorchScript backend")
+        if self.threads > 0:
+            self._torch.set_num_threads(self.threads)
+        try:
+            self._module = self._torch.jit.load(str(self.path), map_location="cpu").eval()
+        except Exception as exc:  # torch.jit raises RuntimeError with C++ traces
+            raise BackendError(f"torchscript could not load {self.path.name}: {str(exc).strip().splitlines()[0]}") from None
+
+    def _infer(self, batch: np.ndarray) -> np.ndarray:
+        with self._torch.inference_mode():
+            return self._module(self._torch.from_numpy(batch)).float().numpy()
+
+    def close(self) -> None:
+        self._module = None

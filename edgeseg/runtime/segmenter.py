@@ -1,0 +1,191 @@
+"""Segmenter: a verified bundle, a runner, and the C pre- and post-processing around it.
+
+``predict`` segments one HU slice, ``predict_volume`` a whole volume in batches; both return
+uint8 labels at the input's size. In ``predict_volume`` a worker thread pre-processes batch
+i+1 and post-processes batch i-1 while batch i runs in the model: the C kernels and the
+backends release the GIL, so they overlap on separate cores. Input buffers are allocated once per segmenter and reused; a
+lock makes concurrent calls from several threads take turns on them.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from pathlib import Path
+
+import numpy as np
+
+from edgeseg.errors import BundleError, DataError
+from edgeseg.kernels import postprocess, preprocess
+from edgeseg.runtime.input_checks import checked_hu
+from edgeseg.runtime.manifest import Manifest, read_manifest, verify_artifacts
+from edgeseg.runtime.runners.base import Runner
+from edgeseg.runtime.selection import select_runner
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BATCH = 8
+# The C kernels run on one thread here: with more, their OpenMP workers keep spinning after each
+# call and take the cores the model runs on (measured: volume throughput fell to a quarter).
+KERNEL_THREADS = 1
+
+
+class Segmenter:
+    """Segment CT with one bundle; build it with :meth:`Segmenter.load`.
+
+    Attributes:
+        manifest: the bundle's parsed manifest.
+        spec: its PreprocessSpec.
+        labels: class number -> name.
+        runner: the backend running the model.
+
+    Example:
+        >>> seg = Segmenter.load("runs/demo/bundle")          # doctest: +SKIP
+        >>> mask = seg.predict(ct_slice_hu)                    # doctest: +SKIP
+    """
+
+    def __init__(self, bundle: Path, manifest: Manifest, runner: Runner) -> None:
+        self.bundle = Path(bundle)
+        self.manifest = manifest
+        self.spec = manifest.spec
+        self.labels = dict(manifest.labels)
+        self.runner = runner
+        self.keep_largest = bool(manifest.postprocess.get("keep_largest", False))
+        self.resize_mode = str(manifest.postprocess.get("resize", "logits"))
+        self.batch_size = max(1, min(manifest.max_batch, DEFAULT_BATCH))
+        self._lock = threading.Lock()
+        self._buffers: list[np.ndarray] = []
+        self._worker: ThreadPoolExecutor | None = None
+
+    @classmethod
+    def load(cls, bundle: str | Path, backend: str | list[str] = "auto", threads: int = 0) -> "Segmenter":
+        """Read and verify ``bundle`` (manifest schema, every artifact's size and sha256), then
+        load a runner: ``backend`` is ``"auto"`` (fastest measured here, cached), a name such as
+        ``"openvino"``, ``"name:precision"`` such as ``"onnxruntime:int8"``, or a list tried in
+        order. ``threads`` caps the backend's CPU threads (0: its default)."""
+        folder = Path(bundle)
+        manifest = read_manifest(folder)
+        verify_artifacts(folder, manifest)
+        if manifest.inputs[0].dtype != "float32" or manifest.spec.dtype != "float32":
+            raise BundleError(f"bundle {folder}: model input must be float32, manifest says "
+                              f"{manifest.inputs[0].dtype} (spec {manifest.spec.dtype})")
+        expected = (1, *manifest.spec.size)
+        if tuple(manifest.inputs[0].shape[1:]) != expected:
+            raise BundleError(f"bundle {folder}: input shape {list(manifest.inputs[0].shape)} does not match "
+                              f"the spec size {list(manifest.spec.size)}")
+        runner = select_runner(folder, manifest, backend, threads)
+        log.info("loaded %s with %s", folder, runner.describe())
+        return cls(folder, manifest, runner)
+
+    @property
+    def backend(self) -> str:
+        """``runner:precision`` of the loaded runner, e.g. ``openvino:int8``."""
+        return f"{self.runner.name}:{self.runner.precision}"
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        """Model only: (N, 1, H, W) float32 model input -> (N, K, H, W) float32 logits."""
+        return self.runner.infer(batch)
+
+    def predict(self, slice_hu: np.ndarray) -> np.ndarray:
+        """One (H, W) slice of HU -> (H, W) uint8 labels (class numbers of ``labels``)."""
+        hu = checked_hu(slice_hu, self.spec, ndim=2, resize=self.manifest.resize_input, what="slice")
+        with self._lock:
+            batch = preprocess(hu, self.spec, out=self._input_buffer(0, 1), num_threads=KERNEL_THREADS)
+            logits = self.runner.infer(batch)
+        return self._postprocess(logits, hu.shape)[0]
+
+    def predict_volume(self, volume, *, batch_size: int | None = None, progress: bool = False) -> np.ndarray:
+        """A Volume (or a (Z, Y, X) HU array) -> (Z, Y, X) uint8 labels, slice by slice.
+
+        Slices go to the model ``batch_size`` at a time (default: the bundle's maximum, at most
+        8); pre-processing of the next batch overlaps inference of the current one.
+        ``progress`` shows a bar on stderr.
+        """
+        if isinstance(volume, np.ndarray):
+            hu, modality, what = volume, None, "volume"
+        else:
+            hu, modality = getattr(volume, "hu", None), getattr(volume, "modality", None)
+            what = f"volume {getattr(volume, 'case_id', '')}".strip()
+            if hu is None:
+                raise DataError(f"predict_volume takes a Volume or a numpy array, got {type(volume).__name__}")
+        arr = checked_hu(hu, self.spec, ndim=3, resize=self.manifest.resize_input, modality=modality, what=what)
+        n = self._batch_size(batch_size)
+        out = np.empty(arr.shape, dtype=np.uint8)
+        starts = list(range(0, arr.shape[0], n))
+        from tqdm import tqdm
+
+        with self._lock, tqdm(total=arr.shape[0], unit="slice", desc="segmenting", disable=not progress,
+                              leave=False) as bar:
+            worker = self._pool()
+
+            def prepare(index: int) -> np.ndarray:
+                start = starts[index]
+                stop = min(start + n, arr.shape[0])
+                return preprocess(arr[start:stop], self.spec, out=self._input_buffer(index % 2, stop - start),
+                                  num_threads=KERNEL_THREADS)
+
+            def finish(start: int, logits: np.ndarray) -> int:
+                postprocess(logits, arr.shape[1:], keep_largest=self.keep_largest, resize=self.resize_mode,
+                            out=out[start:start + len(logits)], num_threads=KERNEL_THREADS)
+                return len(logits)
+
+            # The worker runs, in order: pre-process i+1 (during inference of i), then
+            # post-process i (during inference of i+1); the model thread never waits for either.
+            pending = worker.submit(prepare, 0)
+            finishing: list[Future] = []
+            try:
+                for index, start in enumerate(starts):
+                    batch = pending.result()
+                    if index + 1 < len(starts):
+                        pending = worker.submit(prepare, index + 1)
+                    finishing.append(worker.submit(finish, start, self.runner.infer(batch)))
+                    while finishing and finishing[0].done():
+                        bar.update(finishing.pop(0).result())
+                for future in finishing:
+                    bar.update(future.result())
+            finally:
+                # After an error, let queued work finish before another call reuses the buffers.
+                wait([pending, *finishing])
+        return out
+
+    def _postprocess(self, logits: np.ndarray, size: tuple[int, ...]) -> np.ndarray:
+        return postprocess(logits, tuple(size[-2:]), keep_largest=self.keep_largest, resize=self.resize_mode,
+                           num_threads=KERNEL_THREADS)
+
+    def _batch_size(self, batch_size: int | None) -> int:
+        if batch_size is None:
+            return self.batch_size
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or not 1 <= batch_size <= self.manifest.max_batch:
+            raise DataError(f"batch_size must be an integer in 1..{self.manifest.max_batch} "
+                              f"(the bundle's max_batch), got {batch_size!r}")
+        return batch_size
+
+    def _input_buffer(self, which: int, rows: int) -> np.ndarray:
+        """The first ``rows`` of reusable input buffer ``which`` (0 or 1), allocated once."""
+        if not self._buffers:
+            shape = (self.manifest.max_batch, 1, *self.spec.size)
+            self._buffers = [np.empty(shape, dtype=np.float32), np.empty(shape, dtype=np.float32)]
+        return self._buffers[which][:rows]
+
+    def _pool(self) -> ThreadPoolExecutor:
+        if self._worker is None:
+            self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edgeseg-preprocess")
+        return self._worker
+
+    def close(self) -> None:
+        """Stop the pre-processing thread and release the runner."""
+        if self._worker is not None:
+            self._worker.shutdown(wait=True)
+            self._worker = None
+        self.runner.close()
+
+    def __enter__(self) -> "Segmenter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def describe(self) -> dict[str, str]:
+        """Bundle, backend, precision and device, for logs and summaries."""
+        return {"bundle": str(self.bundle), **self.runner.describe()}

@@ -1,0 +1,230 @@
+"""Which runner runs a bundle: an explicit ``NAME[:PRECISION]``, or ``auto``.
+
+``auto`` measures every runner this machine can load on every artifact of the bundle (a short
+probe at batch 1, after warm-up) and keeps the fastest. The result is cached per machine in
+``$EDGESEG_CACHE_DIR`` (default ``~/.cache/edgeseg``), keyed by the manifest's sha256, the host
+and the installed backend versions, so later loads pick at once. ``EDGESEG_BACKEND_PROBE=0``
+skips measuring and takes the first loadable entry of :data:`PREFERENCE` instead. A runner
+that cannot load here (a TensorRT engine built for another GPU) is logged as a warning and
+the next candidate is tried.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import importlib.util
+import json
+import logging
+import os
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edgeseg.atomic import atomic_write_text
+from edgeseg.errors import BackendError, EdgesegError
+from edgeseg.runtime.manifest import MANIFEST_NAME, ArtifactEntry, Manifest
+from edgeseg.runtime.runners import RUNNERS, Runner, runner_class
+
+log = logging.getLogger(__name__)
+
+# Which runners load which artifact format.
+RUNNERS_FOR_FORMAT = {
+    "tensorrt": ("tensorrt",),
+    "onnx": ("onnxruntime-gpu", "openvino", "onnxruntime"),
+    "torchscript": ("torchscript",),
+}
+# The module each runner needs, checked without importing it.
+LIBRARY = {"onnxruntime": "onnxruntime", "onnxruntime-gpu": "onnxruntime", "openvino": "openvino",
+           "tensorrt": "tensorrt", "torchscript": "torch"}
+# Order tried without a probe: GPU engines first, then the fastest CPU paths measured on x86.
+PREFERENCE = (("tensorrt", "fp16"), ("tensorrt", "int8"), ("tensorrt", "fp32"),
+              ("onnxruntime-gpu", "fp16"), ("onnxruntime-gpu", "fp32"),
+              ("openvino", "int8"), ("onnxruntime", "int8"), ("openvino", "fp32"), ("onnxruntime", "fp32"),
+              ("torchscript", "fp32"), ("openvino", "fp16"), ("onnxruntime", "fp16"))
+PROBE_WARMUP, PROBE_RUNS = 2, 5
+CACHE_NAME = "backend-probe.json"
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One way to run a bundle: a runner name and the artifact it loads."""
+
+    runner: str
+    entry: ArtifactEntry
+
+    @property
+    def label(self) -> str:
+        """``runner:precision``, the form ``--backend`` accepts."""
+        return f"{self.runner}:{self.entry.precision}"
+
+
+def parse_backend(text: str) -> tuple[str, str | None]:
+    """``"openvino:int8"`` -> ("openvino", "int8"); ``"onnxruntime"`` -> ("onnxruntime", None)."""
+    name, _, precision = text.strip().partition(":")
+    if name not in RUNNERS:
+        raise BackendError(f"unknown backend {name!r}; known: auto, {', '.join(sorted(RUNNERS))}")
+    return name, precision or None
+
+
+def candidates(manifest: Manifest, installed_only: bool = True) -> list[Candidate]:
+    """Every (runner, artifact) pair of the bundle, in :data:`PREFERENCE` order, whose library
+    is installed (``installed_only``)."""
+    found = [Candidate(name, entry) for entry in manifest.artifacts for name in RUNNERS_FOR_FORMAT[entry.format]
+             if not installed_only or _installed(name)]
+    rank = {pair: i for i, pair in enumerate(PREFERENCE)}
+    return sorted(found, key=lambda c: rank.get((c.runner, c.entry.precision), len(rank)))
+
+
+def _installed(runner: str) -> bool:
+    try:
+        if importlib.util.find_spec(LIBRARY[runner]) is None:
+            return False
+    except (ImportError, ValueError):  # a broken or deliberately blocked install
+        return False
+    if runner == "onnxruntime-gpu":  # the CPU wheel imports as onnxruntime too
+        from edgeseg.runtime.runners.onnxruntime import OnnxRuntimeRunner
+
+        return bool(OnnxRuntimeRunner.gpu_providers())
+    return True
+
+
+def instantiate(bundle: Path, manifest: Manifest, candidate: Candidate, threads: int) -> Runner:
+    """Load the candidate's runner on its artifact."""
+    cls = runner_class(candidate.runner)
+    return cls(bundle / candidate.entry.file, candidate.entry, manifest.inputs[0], manifest.outputs[0],
+               manifest.max_batch, threads=threads)
+
+
+def select_runner(bundle: Path, manifest: Manifest, backend: str | list[str] = "auto", threads: int = 0) -> Runner:
+    """The runner for ``backend``: ``"auto"``, ``"NAME"``, ``"NAME:PRECISION"``, or a list of
+    those tried in order. An explicit name without precision prefers fp32, the reference."""
+    wanted = [backend] if isinstance(backend, str) else list(backend)
+    if not wanted:
+        raise BackendError("backend list is empty")
+    available = candidates(manifest)
+    if wanted == ["auto"]:
+        return _auto(bundle, manifest, available, threads)
+    order: list[Candidate] = []
+    for text in wanted:
+        name, precision = parse_backend(text)
+        matches = [c for c in candidates(manifest, installed_only=False) if c.runner == name
+                   and (precision is None or c.entry.precision == precision)]
+        if not matches:
+            have = ", ".join(c.label for c in candidates(manifest, installed_only=False))
+            raise BackendError(f"backend {text!r} has no artifact in this bundle; it offers {have}")
+        matches.sort(key=lambda c: ("fp32", "int8", "fp16").index(c.entry.precision))
+        order.extend(matches)
+    return _first_loadable(bundle, manifest, order, threads, strict=len(wanted) == 1)
+
+
+def _first_loadable(bundle: Path, manifest: Manifest, order: list[Candidate], threads: int, strict: bool) -> Runner:
+    errors = []
+    for candidate in order:
+        try:
+            runner = instantiate(bundle, manifest, candidate, threads)
+        except EdgesegError as exc:
+            if strict and candidate is order[-1] and not errors:
+                raise
+            log.warning("backend %s unavailable: %s; trying the next one", candidate.label, exc)
+            errors.append(f"{candidate.label}: {exc}")
+            continue
+        log.info("backend %s (%s)", candidate.label, candidate.entry.file)
+        return runner
+    raise BackendError(f"no backend could load this bundle ({'; '.join(errors) or 'none installed'})")
+
+
+def _auto(bundle: Path, manifest: Manifest, available: list[Candidate], threads: int) -> Runner:
+    if not available:
+        raise BackendError("no installed backend can run this bundle's artifacts (pip install 'edgeseg[runtime]')")
+    if os.environ.get("EDGESEG_BACKEND_PROBE", "1") == "0":
+        return _first_loadable(bundle, manifest, available, threads, strict=False)
+    key = probe_key(bundle, threads)
+    cache = _read_cache()
+    cached = cache.get(key, {}).get("choice")
+    by_label = {c.label: c for c in available}
+    if cached in by_label:
+        try:
+            runner = instantiate(bundle, manifest, by_label[cached], threads)
+            log.info("backend auto -> %s (cached probe)", cached)
+            return runner
+        except EdgesegError as exc:
+            log.warning("cached backend %s no longer loads (%s); probing again", cached, exc)
+    timings, best, runner = probe(bundle, manifest, available, threads)
+    if best is None or runner is None:
+        raise BackendError(f"no backend could load this bundle: {timings}")
+    cache[key] = {"choice": best.label, "p50_ms": timings, "measured": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    _write_cache(cache)
+    summary = ", ".join(f"{k} {v:.1f} ms" if isinstance(v, float) else f"{k} {v}" for k, v in timings.items())
+    log.info("backend auto -> %s (probe at batch 1: %s)", best.label, summary)
+    return runner
+
+
+def probe(bundle: Path, manifest: Manifest, available: list[Candidate], threads: int
+          ) -> tuple[dict[str, float | str], Candidate | None, Runner | None]:
+    """Median batch-1 latency (ms) of each candidate, the fastest, and its runner (kept loaded)."""
+    batch = np.zeros((1, *manifest.inputs[0].shape[1:]), dtype=np.float32)
+    timings: dict[str, float | str] = {}
+    best, best_runner, best_ms = None, None, float("inf")
+    for candidate in available:
+        try:
+            runner = instantiate(bundle, manifest, candidate, threads)
+        except EdgesegError as exc:
+            log.warning("backend %s unavailable: %s", candidate.label, exc)
+            timings[candidate.label] = "unavailable"
+            continue
+        for _ in range(PROBE_WARMUP):
+            runner.infer(batch)
+        samples = []
+        for _ in range(PROBE_RUNS):
+            start = time.perf_counter()
+            runner.infer(batch)
+            samples.append((time.perf_counter() - start) * 1e3)
+        ms = float(np.median(samples))
+        timings[candidate.label] = round(ms, 3)
+        if ms < best_ms:
+            if best_runner is not None:
+                best_runner.close()
+            best, best_runner, best_ms = candidate, runner, ms
+        else:
+            runner.close()
+    return timings, best, best_runner
+
+
+def probe_key(bundle: Path, threads: int) -> str:
+    """Cache key: the manifest's sha256, the host, the thread count and the backend versions."""
+    manifest_sha = hashlib.sha256((bundle / MANIFEST_NAME).read_bytes()).hexdigest()[:16]
+    versions = []
+    for dist in ("onnxruntime", "onnxruntime-gpu", "openvino", "tensorrt", "torch"):
+        try:
+            versions.append(f"{dist}={importlib.metadata.version(dist)}")
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    host = f"{platform.node()}|{platform.machine()}|{os.cpu_count()}|{platform.processor()}"
+    return f"{manifest_sha}|{host}|threads={threads}|{','.join(versions)}"
+
+
+def cache_path() -> Path:
+    """Where the probe results live: ``$EDGESEG_CACHE_DIR`` or the user cache folder."""
+    root = os.environ.get("EDGESEG_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "edgeseg")
+    return Path(root) / CACHE_NAME
+
+
+def _read_cache() -> dict:
+    path = cache_path()
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}  # no cache yet, or a damaged one: measure again
+    return data if isinstance(data, dict) else {}
+
+
+def _write_cache(cache: dict) -> None:
+    try:
+        atomic_write_text(cache_path(), json.dumps(cache, indent=1) + "\n")
+    except OSError as exc:  # a read-only home must not stop inference
+        log.warning("cannot write the backend probe cache %s: %s", cache_path(), exc)

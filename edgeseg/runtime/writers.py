@@ -1,0 +1,152 @@
+"""Writers for predicted label maps: NIfTI, DICOM SEG, PNG overlays and NPY, all atomic.
+
+Label maps arrive as (Z, Y, X) uint8 in the Volume's LPS layout. NIfTI output of a NIfTI input
+goes back onto the input's own voxel grid and affine, so viewers overlay it without resampling;
+DICOM SEG output references the source series instance by instance (highdicom, extra
+``dicom``).
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from edgeseg import __version__
+from edgeseg.atomic import atomic_dir, atomic_path
+from edgeseg.errors import DataError, require
+from edgeseg.runtime.overlay import overlay_rgb
+
+FORMATS = ("nifti", "dicom-seg", "png", "npy")
+SUFFIX_FORMATS = {".nii": "nifti", ".nii.gz": "nifti", ".dcm": "dicom-seg", ".png": "png", ".npy": "npy"}
+
+
+def format_for(out: str | os.PathLike, fmt: str | None) -> str:
+    """The output format: ``fmt`` if given, else the one ``out``'s suffix names."""
+    if fmt is not None:
+        if fmt not in FORMATS:
+            raise DataError(f"output format must be one of {FORMATS}, got {fmt!r}")
+        return fmt
+    name = Path(out).name.lower()
+    for suffix, known in sorted(SUFFIX_FORMATS.items(), key=lambda kv: -len(kv[0])):
+        if name.endswith(suffix):
+            return known
+    raise DataError(f"cannot tell the output format from {out}; name it .nii.gz, .dcm, .png or .npy, or pass --format")
+
+
+def write_npy(labels: np.ndarray, out: str | os.PathLike) -> Path:
+    """Save the (Z, Y, X) labels as ``.npy``."""
+    with atomic_path(out, suffix=".npy") as tmp:
+        np.save(tmp, labels)
+    return Path(out)
+
+
+def write_nifti(labels: np.ndarray, volume, out: str | os.PathLike) -> Path:
+    """Save labels as NIfTI in the world of ``volume``: on the input file's own grid and affine
+    when the input was NIfTI, else with the Volume's affine (LPS array order)."""
+    import nibabel as nib
+    import nibabel.orientations as nio
+
+    data_xyz = labels.transpose(2, 1, 0)
+    affine = np.asarray(volume.affine, dtype=np.float64)
+    header = None
+    source = Path(volume.source) if volume.source else None
+    if source is not None and source.name.lower().endswith((".nii", ".nii.gz")) and source.is_file():
+        original = nib.load(str(source))
+        lps = nio.io_orientation(affine)
+        back = nio.ornt_transform(lps, nio.io_orientation(original.affine))
+        data_xyz = nio.apply_orientation(data_xyz, back)
+        if data_xyz.shape != original.shape[:3]:
+            raise DataError(f"labels of shape {labels.shape} do not fit the grid {original.shape[:3]} of {source}")
+        affine, header = original.affine, original.header.copy()
+        header.set_data_dtype(np.uint8)
+        header.set_slope_inter(1.0, 0.0)
+    image = nib.Nifti1Image(np.ascontiguousarray(data_xyz, dtype=np.uint8), affine, header)
+    image.set_qform(affine, code=1)
+    image.set_sform(affine, code=1)
+    image.header.set_xyzt_units("mm")
+    suffix = ".nii.gz" if str(out).lower().endswith(".gz") else ".nii"
+    with atomic_path(out, suffix=suffix) as tmp:
+        nib.save(image, str(tmp))
+    return Path(out)
+
+
+def write_png(labels: np.ndarray, volume, out: str | os.PathLike) -> Path:
+    """Overlay PNGs: a file for a single slice, else a folder with one PNG per slice."""
+    from PIL import Image
+
+    out = Path(out)
+    if labels.shape[0] == 1:
+        with atomic_path(out, suffix=".png") as tmp:
+            Image.fromarray(overlay_rgb(volume.hu[0], labels[0])).save(tmp, format="PNG")
+        return out
+    with atomic_dir(out) as folder:
+        for k, name in enumerate(volume.slice_ids):
+            Image.fromarray(overlay_rgb(volume.hu[k], labels[k])).save(folder / f"{k:04d}_{Path(name).stem}.png")
+    return out
+
+
+def write_overlay(labels: np.ndarray, volume, out: str | os.PathLike) -> Path:
+    """One overlay PNG of the slice with the most foreground (the first slice if none has any)."""
+    from PIL import Image
+
+    k = int(np.argmax(np.count_nonzero(labels.reshape(len(labels), -1), axis=1)))
+    with atomic_path(out, suffix=".png") as tmp:
+        Image.fromarray(overlay_rgb(volume.hu[k], labels[k])).save(tmp, format="PNG")
+    return Path(out)
+
+
+def _property_type(name: str):
+    from pydicom.sr.codedict import codes
+
+    known = {"liver": codes.SCT.Liver, "kidney": codes.SCT.Kidney, "spleen": codes.SCT.Spleen,
+             "spine": codes.SCT.Spine, "tumor": codes.SCT.Tumor, "tumour": codes.SCT.Tumor}
+    return known.get(name.lower(), codes.SCT.Tissue)
+
+
+def write_dicom_seg(labels: np.ndarray, volume, refs, class_names: dict[int, str], out: str | os.PathLike,
+                    algorithm: str = "edgeseg") -> Path:
+    """A binary DICOM SEG of ``labels`` on the series ``refs`` describes (one segment per
+    foreground class, frames referencing the source instances)."""
+    if refs is None:
+        raise DataError("DICOM SEG output needs a DICOM series as input (it references the source images)")
+    hd = require("highdicom", "dicom", "DICOM SEG output")
+    from pydicom.sr.codedict import codes
+
+    stack = refs.to_source_layout(labels)
+    if stack.shape[0] != len(refs.files):
+        raise DataError(f"labels have {stack.shape[0]} slices but the series has {len(refs.files)} files")
+    sources = refs.load_datasets()
+    for dataset in sources:
+        # An empty Specific Character Set means the default repertoire; highdicom rejects ''.
+        if "SpecificCharacterSet" in dataset and not dataset.SpecificCharacterSet:
+            del dataset.SpecificCharacterSet
+    algorithm_id = hd.AlgorithmIdentificationSequence(name=algorithm, family=codes.DCM.ArtificialIntelligence,
+                                                      version=__version__)
+    descriptions = [
+        hd.seg.SegmentDescription(segment_number=number, segment_label=name,
+                                  segmented_property_category=codes.SCT.Organ,
+                                  segmented_property_type=_property_type(name),
+                                  algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+                                  algorithm_identification=algorithm_id)
+        for number, name in sorted(class_names.items()) if number > 0
+    ]
+    with warnings.catch_warnings():
+        # The patient's name is copied from the source as it is; its form is not ours to fix.
+        warnings.filterwarnings("ignore", message=".*intended person name", category=UserWarning)
+        seg = _segmentation(hd, sources, stack, descriptions, algorithm)
+    with atomic_path(out, suffix=".dcm") as tmp:
+        seg.save_as(tmp)
+    return Path(out)
+
+
+def _segmentation(hd, sources, stack, descriptions, algorithm: str):
+    return hd.seg.Segmentation(
+        source_images=sources, pixel_array=stack, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=descriptions, series_instance_uid=hd.UID(), series_number=900,
+        sop_instance_uid=hd.UID(), instance_number=1, manufacturer="edgeseg",
+        manufacturer_model_name=algorithm, software_versions=__version__, device_serial_number="0",
+        series_description=f"{algorithm} segmentation", omit_empty_frames=False,
+    )

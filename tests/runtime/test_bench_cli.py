@@ -1,0 +1,37 @@
+"""``edgeseg bench``: the table, JSON and PNG a user reads, from one run over two backends."""
+
+from __future__ import annotations
+
+import json
+
+from click.testing import CliRunner
+
+from edgeseg.bench.runtime import PERCENTILES, STAGES
+from edgeseg.cli.main import cli
+
+
+def test_bench_reports_every_stage_throughput_and_cold_start(bundle_dir, tmp_path):
+    out_json, out_png = tmp_path / "bench.json", tmp_path / "latency.png"
+    result = CliRunner().invoke(cli, [
+        "bench", str(bundle_dir), "--backend", "onnxruntime:fp32", "--backend", "onnxruntime:int8",
+        "--batch", "1,2", "--size", "96", "--runs", "3", "--warmup", "1", "--threads", "1",
+        "--json", str(out_json), "--png", str(out_png)])
+    assert result.exit_code == 0, result.output
+    results = json.loads(out_json.read_text())
+    assert [r["backend"] for r in results] == ["onnxruntime:fp32", "onnxruntime:int8"]
+    for r in results:
+        assert r["chosen"] == r["backend"] and r["size"] == 96
+        for batch in ("1", "2"):
+            for stage in STAGES:
+                values = [r["batches"][batch][stage][name] for name, _ in PERCENTILES]
+                assert values == sorted(values) and values[0] > 0, (batch, stage, values)
+        volume = r["volume"]
+        assert volume["pipelined_slices_per_s"] > 0 and volume["model_only_slices_per_s"] > 0
+        assert 0 < r["cold_start"]["seconds"] < 60 and r["cold_start"]["peak_rss_mb"] > 10
+    assert "onnxruntime:int8" in result.output and "end_to_end" in result.output
+    assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bench_refuses_bad_options(bundle_dir):
+    result = CliRunner().invoke(cli, ["bench", str(bundle_dir), "--batch", "one"])
+    assert result.exit_code == 2 and "edgeseg: error: --batch must be comma-separated integers" in result.output

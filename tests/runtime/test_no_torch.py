@@ -1,0 +1,79 @@
+"""The runtime and ``edgeseg predict`` work where torch cannot be imported, and load nothing heavy."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+
+BLOCKER = textwrap.dedent("""
+    import sys
+
+    class _NoTorch:
+        def find_spec(self, name, path=None, target=None):
+            if name == "torch" or name.startswith("torch."):
+                raise ImportError("torch is not installed here")
+
+    sys.meta_path.insert(0, _NoTorch())
+""")
+
+
+def _run(args: list[str], tmp_path) -> subprocess.CompletedProcess:
+    site = tmp_path / "site"
+    site.mkdir(exist_ok=True)
+    (site / "sitecustomize.py").write_text(BLOCKER)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(site), *sys.path]),
+               EDGESEG_CACHE_DIR=str(tmp_path / "cache"))
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=tmp_path, env=env)
+
+
+def test_runtime_imports_and_predicts_without_torch(bundle_dir, tmp_path):
+    script = textwrap.dedent(f"""
+        import sys
+        import numpy as np
+        try:
+            import torch
+        except ImportError:
+            pass
+        else:
+            raise SystemExit("the torch blocker is not active")
+        import edgeseg.runtime, edgeseg.runtime.writers, edgeseg.runtime.readers, edgeseg.bench.runtime
+        import edgeseg.runtime.runners.openvino, edgeseg.runtime.runners.tensorrt, edgeseg.runtime.runners.torchscript
+        from edgeseg.errors import MissingDependencyError
+        from edgeseg.runtime import Segmenter
+        with Segmenter.load({str(bundle_dir)!r}) as seg:
+            labels = seg.predict(np.full((70, 50), -1000, np.int16))
+        assert labels.shape == (70, 50), labels.shape
+        try:
+            Segmenter.load({str(bundle_dir)!r}, backend="torchscript")
+        except MissingDependencyError as exc:
+            print(exc)
+        from edgeseg.cli.main import cli
+        cli.main(["predict", {str(bundle_dir)!r}, "in.npy", "--out", "out.npy", "--quiet"], standalone_mode=False)
+        heavy = sorted(m for m in ("torch", "scipy", "matplotlib", "pydicom", "nibabel", "highdicom") if m in sys.modules)
+        print("heavy:", heavy)
+    """)
+    np.save(tmp_path / "in.npy", np.full((3, 40, 40), -1000, np.int16))
+    done = _run(["-c", script], tmp_path)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.strip().splitlines()
+    assert "the TorchScript backend needs the 'torch' package: pip install 'edgeseg[train]'" in lines[0]
+    assert lines[-1] == "heavy: []"
+    assert np.load(tmp_path / "out.npy").shape == (3, 40, 40)
+
+
+def test_predict_command_without_torch(bundle_dir, tmp_path):
+    np.save(tmp_path / "in.npy", np.full((2, 40, 40), -1000, np.int16))
+    done = _run(["-m", "edgeseg.cli", "predict", str(bundle_dir), "in.npy", "--out", "out.nii.gz"], tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "in: 2 slices, backend " in done.stdout
+    assert (tmp_path / "out.nii.gz").is_file()
+    done = _run(["-m", "edgeseg.cli", "predict", str(bundle_dir), "in.npy", "--out", "ts.npy",
+                 "--backend", "torchscript", "--quiet"], tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.strip() == ("edgeseg: error: the TorchScript backend needs the 'torch' package: "
+                                   "pip install 'edgeseg[train]'")
+    assert not (tmp_path / "ts.npy").exists()
