@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeseg.bench.kernels import hu_slices
+from edgeseg.errors import require
 from edgeseg.kernels import postprocess, preprocess
 from edgeseg.runtime.manifest import read_manifest
 from edgeseg.runtime.segmenter import KERNEL_THREADS, Segmenter
@@ -59,7 +60,7 @@ def backend_labels(bundle: str | Path, wanted: list[str]) -> list[str]:
 
 
 def _png16(slice_hu: np.ndarray) -> bytes:
-    from PIL import Image
+    Image = require("PIL.Image", "io", "the PNG decode stage of the benchmark")
 
     buffer = io.BytesIO()
     Image.fromarray((slice_hu.astype(np.int32) + 32768).astype(np.uint16)).save(buffer, format="PNG")
@@ -67,7 +68,7 @@ def _png16(slice_hu: np.ndarray) -> bytes:
 
 
 def _decode(data: bytes) -> np.ndarray:
-    from PIL import Image
+    Image = require("PIL.Image", "io", "the PNG decode stage of the benchmark")
 
     with Image.open(io.BytesIO(data)) as image:
         return (np.asarray(image, dtype=np.int32) - 32768).astype(np.int16)

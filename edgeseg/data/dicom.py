@@ -16,14 +16,16 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-import nibabel.orientations as nio
 import numpy as np
-import pydicom
-from pydicom.errors import InvalidDicomError
+
+from edgeseg.errors import DataError, require
+
+nio = require("nibabel.orientations", "io", "reading DICOM series")
+pydicom = require("pydicom", "io", "reading DICOM series")
+from pydicom.errors import InvalidDicomError  # noqa: E402  (pydicom is known present here)
 
 from edgeseg.data.nifti import spacing_from_affine, to_lps_layout
 from edgeseg.data.volume import Volume
-from edgeseg.errors import DataError
 
 log = logging.getLogger(__name__)
 

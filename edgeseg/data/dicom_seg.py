@@ -13,13 +13,15 @@ import os
 from pathlib import Path
 
 import numpy as np
-import pydicom
-from pydicom.errors import InvalidDicomError
-from pydicom.filereader import read_file_meta_info
+
+from edgeseg.errors import DataError, require
+
+pydicom = require("pydicom", "io", "reading DICOM SEG files")
+from pydicom.errors import InvalidDicomError  # noqa: E402  (pydicom is known present here)
+from pydicom.filereader import read_file_meta_info  # noqa: E402
 
 from edgeseg.data.dicom import SEGMENTATION_SOP_CLASS, DicomSeriesInfo, looks_like_dicom
 from edgeseg.data.volume import Volume
-from edgeseg.errors import DataError, require
 
 # SEG and CT positions are decimal strings re-formatted by each writer (dcmqi writes
 # -1.286900e+02 for -128.690002); a hundredth of a mm is far below any CT pixel.

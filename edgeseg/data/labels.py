@@ -18,7 +18,7 @@ from edgeseg.data.dicom import DicomSeriesInfo, looks_like_dicom
 from edgeseg.data.dicom_seg import is_seg_file, read_seg_label_map
 from edgeseg.data.nifti import _label_to_uint8, _load, is_nifti_path, to_lps_layout
 from edgeseg.data.volume import Volume
-from edgeseg.errors import DataError
+from edgeseg.errors import DataError, require
 
 NRRD_SUFFIXES = (".nrrd", ".nhdr")
 # A label grid whose affine differs from the image's by more than this (mm, any entry) is
@@ -79,7 +79,7 @@ def _align(data_xyz: np.ndarray, affine_ras: np.ndarray, volume: Volume, path: P
 
 
 def _read_nrrd(path: Path, volume: Volume) -> np.ndarray:
-    import nrrd  # pynrrd: a core dependency, imported here because few sources need it
+    nrrd = require("nrrd", "io", "reading NRRD label files")
     try:
         # index_order "F": data[i, j, k] with i the fastest axis, as the header's axes list it.
         data, header = nrrd.read(str(path), index_order="F")

@@ -12,12 +12,14 @@ import os
 import zlib
 from pathlib import Path
 
-import nibabel as nib
-import nibabel.orientations as nio
 import numpy as np
 
+from edgeseg.errors import DataError, require
+
+nib = require("nibabel", "io", "reading NIfTI volumes")
+nio = require("nibabel.orientations", "io", "reading NIfTI volumes")
+
 from edgeseg.data.volume import Volume
-from edgeseg.errors import DataError
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeseg.data.volume import Volume, default_affine
-from edgeseg.errors import DataError
+from edgeseg.errors import DataError, require
 
 PHANTOM_LABELS = {"liver": 1, "spine": 2, "kidney": 3}
 PHANTOM_DATASET_NAME = "edgeseg-phantom"
@@ -222,7 +222,7 @@ def phantom_case_ids(cases: int) -> list[str]:
 
 
 def _save_nifti(array_zyx: np.ndarray, affine: np.ndarray, path: Path) -> None:
-    import nibabel as nib
+    nib = require("nibabel", "io", "writing phantom NIfTI volumes")
 
     image = nib.Nifti1Image(np.ascontiguousarray(array_zyx.transpose(2, 1, 0)), affine)
     image.header.set_xyzt_units("mm")

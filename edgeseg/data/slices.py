@@ -15,10 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+
+from edgeseg.errors import DataError, require
+
+Image = require("PIL.Image", "io", "reading PNG/JPG slice folders")
+UnidentifiedImageError = Image.UnidentifiedImageError
 
 from edgeseg.data.volume import Volume, default_affine
-from edgeseg.errors import DataError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 # "flipped_10001_103" -> case "10001", slice 103: an optional prefix (augmentation copies such

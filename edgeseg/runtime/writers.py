@@ -46,8 +46,8 @@ def write_npy(labels: np.ndarray, out: str | os.PathLike) -> Path:
 def write_nifti(labels: np.ndarray, volume, out: str | os.PathLike) -> Path:
     """Save labels as NIfTI in the world of ``volume``: on the input file's own grid and affine
     when the input was NIfTI, else with the Volume's affine (LPS array order)."""
-    import nibabel as nib
-    import nibabel.orientations as nio
+    nib = require("nibabel", "io", "NIfTI output")
+    nio = require("nibabel.orientations", "io", "NIfTI output")
 
     data_xyz = labels.transpose(2, 1, 0)
     affine = np.asarray(volume.affine, dtype=np.float64)
@@ -75,7 +75,7 @@ def write_nifti(labels: np.ndarray, volume, out: str | os.PathLike) -> Path:
 
 def write_png(labels: np.ndarray, volume, out: str | os.PathLike) -> Path:
     """Overlay PNGs: a file for a single slice, else a folder with one PNG per slice."""
-    from PIL import Image
+    Image = require("PIL.Image", "io", "PNG output")
 
     out = Path(out)
     if labels.shape[0] == 1:
@@ -90,7 +90,7 @@ def write_png(labels: np.ndarray, volume, out: str | os.PathLike) -> Path:
 
 def write_overlay(labels: np.ndarray, volume, out: str | os.PathLike) -> Path:
     """One overlay PNG of the slice with the most foreground (the first slice if none has any)."""
-    from PIL import Image
+    Image = require("PIL.Image", "io", "PNG output")
 
     k = int(np.argmax(np.count_nonzero(labels.reshape(len(labels), -1), axis=1)))
     with atomic_path(out, suffix=".png") as tmp:
