@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml setup.py | $(PY)
 	$(PIP) install --upgrade pip setuptools wheel
 	$(PIP) install "torch==2.13.0"
 	$(PIP) install "Cython>=3.0" "numpy>=1.24"
-	$(PIP) install --no-build-isolation -e ".[io,train,export,dicom,dev,openvino]"
+	$(PIP) install --no-build-isolation -e ".[io,train,export,dicom,serve,dev,openvino]"
 	touch $@
 
 install: $(STAMP)

@@ -31,9 +31,9 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from edgeseg.cli import bench, compare, data, evaluate, predict, train
+    from edgeseg.cli import bench, compare, data, evaluate, predict, serve, train
 
-    for module in (data, train, evaluate, compare, predict, bench):
+    for module in (data, train, evaluate, compare, predict, bench, serve):
         cli.add_command(module.command)
 
 

@@ -1,0 +1,41 @@
+"""``edgeseg serve``: the bundle behind a KServe v2 / Open Inference Protocol HTTP server."""
+
+from __future__ import annotations
+
+import click
+
+
+@click.command("serve")
+@click.argument("bundle", type=click.Path(file_okay=False))
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (loopback unless told otherwise).")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--backend", default="auto", show_default=True, help="Runtime backend, as for edgeseg predict.")
+@click.option("--threads", default=0, show_default=True, help="CPU threads for the backend (0: its default).")
+@click.option("--model-name", default="edgeseg", show_default=True, help="Model name in /v2/models/{name}.")
+@click.option("--max-batch", default=8, show_default=True, type=click.IntRange(1, 1024),
+              help="Most slices in one model call (dynamic batching of concurrent requests).")
+@click.option("--queue-size", default=64, show_default=True, type=click.IntRange(1, 100000),
+              help="Most requests waiting; more are answered 503.")
+@click.option("--max-body-mb", default=64, show_default=True, type=click.IntRange(1, 4096),
+              help="Largest request body; larger ones are answered 413.")
+@click.option("--timeout", default=30.0, show_default=True, type=click.FloatRange(0.1, 3600),
+              help="Seconds a request may wait for its result; then 504.")
+def command(bundle, host, port, backend, threads, model_name, max_batch, queue_size, max_body_mb, timeout) -> None:
+    """Serve BUNDLE over HTTP: /v2 (KServe v2, tritonclient-compatible), /v1/segment, /metrics."""
+    from edgeseg.cli.logs import configure_logging
+    from edgeseg.errors import require
+    from edgeseg.runtime.segmenter import Segmenter
+    from edgeseg.serve.app import ServeConfig, create_app
+
+    configure_logging()
+    uvicorn = require("uvicorn", "serve", "edgeseg serve")
+    segmenter = Segmenter.load(bundle, backend=backend.split(",") if "," in backend else backend, threads=threads)
+    config = ServeConfig(model_name=model_name, max_batch=max_batch, queue_size=queue_size,
+                         max_body_bytes=max_body_mb << 20, timeout_s=timeout)
+    app = create_app(segmenter, config)
+    click.echo(f"serving {bundle} as {model_name!r} on http://{host}:{port} (backend {segmenter.backend})")
+    try:
+        uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+    finally:
+        app.state.batcher.close()
+        segmenter.close()

@@ -1,0 +1,120 @@
+"""Dynamic micro-batching: concurrent requests share one model call, behind a bounded queue.
+
+Requests wait in a queue of at most ``queue_size`` entries (a full queue is refused at once,
+so memory stays bounded under overload). One worker thread takes the oldest request, gathers
+whatever else arrives within ``max_delay`` seconds up to ``max_batch`` slices, runs the model
+once on the concatenated batch and hands each caller its own rows.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+class QueueFull(RuntimeError):
+    """The request queue is full; the server answers 503."""
+
+
+@dataclass
+class _Pending:
+    batch: np.ndarray
+    future: Future = field(default_factory=Future)
+
+
+class MicroBatcher:
+    """Batch ``infer`` calls from many threads; ``submit`` returns a Future of the logits.
+
+    Args:
+        infer: the model call, (N, C, H, W) -> (N, K, H, W).
+        max_batch: most slices in one model call.
+        queue_size: most requests waiting; beyond it ``submit`` raises QueueFull.
+        max_delay: seconds the worker waits for more requests to fill a batch.
+        on_batch: called with the size of every batch run (for metrics).
+    """
+
+    def __init__(self, infer: Callable[[np.ndarray], np.ndarray], max_batch: int, queue_size: int = 64,
+                 max_delay: float = 0.002, on_batch: Callable[[int], None] | None = None) -> None:
+        self._infer = infer
+        self.max_batch = int(max_batch)
+        self.max_delay = float(max_delay)
+        self._queue: queue.Queue[_Pending] = queue.Queue(maxsize=int(queue_size))
+        self._carry: _Pending | None = None
+        self._on_batch = on_batch
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="edgeseg-batcher", daemon=True)
+        self._thread.start()
+
+    @property
+    def depth(self) -> int:
+        """Requests waiting now."""
+        return self._queue.qsize() + (self._carry is not None)
+
+    def submit(self, batch: np.ndarray) -> Future:
+        """Queue ``batch`` (at most ``max_batch`` slices); QueueFull when the queue is full."""
+        if not 1 <= batch.shape[0] <= self.max_batch:
+            raise ValueError(f"a request holds 1..{self.max_batch} slices, got {batch.shape[0]}")
+        pending = _Pending(batch)
+        try:
+            self._queue.put_nowait(pending)
+        except queue.Full:
+            raise QueueFull(f"request queue is full ({self._queue.maxsize} waiting)") from None
+        return pending.future
+
+    def _next(self, timeout: float | None) -> _Pending | None:
+        if self._carry is not None:
+            item, self._carry = self._carry, None
+            return item
+        try:
+            return self._queue.get(timeout=timeout)
+        except queue.Empty:
+            return None
+
+    def _gather(self) -> list[_Pending]:
+        first = self._next(timeout=0.1)
+        if first is None:
+            return []
+        items, rows = [first], first.batch.shape[0]
+        deadline = time.monotonic() + self.max_delay
+        while rows < self.max_batch:
+            item = self._next(timeout=max(0.0, deadline - time.monotonic()))
+            if item is None:
+                break
+            if rows + item.batch.shape[0] > self.max_batch:
+                self._carry = item
+                break
+            items.append(item)
+            rows += item.batch.shape[0]
+        # a caller that timed out has cancelled its future: do not spend the model on it
+        return [item for item in items if item.future.set_running_or_notify_cancel()]
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            items = self._gather()
+            if not items:
+                continue
+            try:
+                batch = items[0].batch if len(items) == 1 else np.concatenate([i.batch for i in items])
+                logits = self._infer(batch)
+            except BaseException as exc:  # every caller must hear about the failure
+                for item in items:
+                    item.future.set_exception(exc)
+                continue
+            if self._on_batch is not None:
+                self._on_batch(batch.shape[0])
+            start = 0
+            for item in items:
+                n = item.batch.shape[0]
+                item.future.set_result(logits[start:start + n])
+                start += n
+
+    def close(self) -> None:
+        """Stop the worker after the batch in flight."""
+        self._stop.set()
+        self._thread.join(timeout=5)

@@ -1,0 +1,148 @@
+"""KServe v2 / Open Inference Protocol tensors: JSON and the binary tensor data extension.
+
+A request body is JSON, or JSON followed by raw tensor bytes when the
+``Inference-Header-Content-Length`` header gives the JSON's length; an input whose
+``parameters.binary_data_size`` is set takes its bytes from that tail, in input order.
+Outputs are returned as binary when the request asks for it per output
+(``parameters.binary_data``) or for all (``parameters.binary_data_output``).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import numpy as np
+
+HEADER_LENGTH = "inference-header-content-length"
+
+DATATYPES = {
+    "BOOL": np.bool_, "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32, "UINT64": np.uint64,
+    "INT8": np.int8, "INT16": np.int16, "INT32": np.int32, "INT64": np.int64,
+    "FP16": np.float16, "FP32": np.float32, "FP64": np.float64,
+}
+NUMPY_TO_DATATYPE = {np.dtype(v): k for k, v in DATATYPES.items()}
+
+
+class ProtocolError(ValueError):
+    """A malformed inference request; the server answers 400 with this message."""
+
+
+@dataclass
+class InferRequest:
+    """A decoded request: its id, input arrays by name, and which outputs to send as binary."""
+
+    id: str | None
+    inputs: dict[str, np.ndarray]
+    outputs: list[str] | None
+    binary_outputs: set[str]
+    binary_all: bool
+
+
+def _json_part(body: bytes, header_length: str | None) -> tuple[dict, bytes]:
+    if header_length is None:
+        text, tail = body, b""
+    else:
+        try:
+            n = int(header_length)
+        except ValueError:
+            raise ProtocolError(f"Inference-Header-Content-Length must be an integer, got {header_length!r}") from None
+        if not 0 <= n <= len(body):
+            raise ProtocolError(f"Inference-Header-Content-Length {n} is outside the body of {len(body)} bytes")
+        text, tail = body[:n], body[n:]
+    try:
+        doc = json.loads(text)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ProtocolError(f"request body is not valid JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise ProtocolError("request body must be a JSON object")
+    return doc, tail
+
+
+def _shape(entry: dict, name: str) -> tuple[int, ...]:
+    shape = entry.get("shape")
+    if not isinstance(shape, list) or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape):
+        raise ProtocolError(f"input {name!r}: shape must be a list of non-negative integers, got {shape!r}")
+    return tuple(shape)
+
+
+def _dtype(entry: dict, name: str) -> np.dtype:
+    datatype = entry.get("datatype")
+    if datatype not in DATATYPES:
+        raise ProtocolError(f"input {name!r}: datatype {datatype!r} is not one of {sorted(DATATYPES)}")
+    return np.dtype(DATATYPES[datatype]).newbyteorder("<")
+
+
+def decode_request(body: bytes, header_length: str | None) -> InferRequest:
+    """Parse an infer request body into arrays; ProtocolError for anything malformed."""
+    doc, tail = _json_part(body, header_length)
+    entries = doc.get("inputs")
+    if not isinstance(entries, list) or not entries:
+        raise ProtocolError("request needs a non-empty 'inputs' list")
+    inputs: dict[str, np.ndarray] = {}
+    offset = 0
+    for entry in entries:
+        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+            raise ProtocolError("each input needs a 'name'")
+        name = entry["name"]
+        shape, dtype = _shape(entry, name), _dtype(entry, name)
+        count = int(np.prod(shape, dtype=np.int64))
+        params = entry.get("parameters") or {}
+        size = params.get("binary_data_size") if isinstance(params, dict) else None
+        if size is not None:
+            if not isinstance(size, int) or size != count * dtype.itemsize:
+                raise ProtocolError(f"input {name!r}: binary_data_size {size!r} does not match shape {list(shape)} "
+                                    f"of {entry['datatype']} ({count * dtype.itemsize} bytes)")
+            if offset + size > len(tail):
+                raise ProtocolError(f"input {name!r}: body holds {len(tail) - offset} binary bytes, {size} needed")
+            array = np.frombuffer(tail, dtype=dtype, count=count, offset=offset).reshape(shape)
+            offset += size
+        else:
+            data = entry.get("data")
+            if data is None:
+                raise ProtocolError(f"input {name!r} has neither 'data' nor binary_data_size")
+            try:
+                array = np.asarray(data, dtype=dtype)
+            except (TypeError, ValueError):
+                raise ProtocolError(f"input {name!r}: data is not a list of {entry['datatype']} values") from None
+            if array.size != count:
+                raise ProtocolError(f"input {name!r}: {array.size} values do not fill shape {list(shape)}")
+            array = array.reshape(shape)
+        inputs[name] = array.astype(dtype.newbyteorder("="), copy=False)
+    if offset != len(tail):
+        raise ProtocolError(f"body has {len(tail) - offset} binary bytes that no input claims")
+    wanted = doc.get("outputs")
+    names, binary = None, set()
+    if wanted is not None:
+        if not isinstance(wanted, list) or not all(isinstance(o, dict) and isinstance(o.get("name"), str) for o in wanted):
+            raise ProtocolError("'outputs' must be a list of objects with a 'name'")
+        names = [o["name"] for o in wanted]
+        binary = {o["name"] for o in wanted if (o.get("parameters") or {}).get("binary_data")}
+    params = doc.get("parameters") or {}
+    binary_all = bool(params.get("binary_data_output")) if isinstance(params, dict) else False
+    request_id = doc.get("id")
+    return InferRequest(id=str(request_id) if request_id is not None else None, inputs=inputs, outputs=names,
+                        binary_outputs=binary, binary_all=binary_all)
+
+
+def encode_response(model: str, version: str, request: InferRequest, outputs: dict[str, np.ndarray]
+                    ) -> tuple[bytes, dict[str, str]]:
+    """The response body and headers for ``outputs`` (binary where the request asked)."""
+    doc: dict = {"model_name": model, "model_version": version, "outputs": []}
+    if request.id is not None:
+        doc["id"] = request.id
+    blobs: list[bytes] = []
+    for name, array in outputs.items():
+        array = np.ascontiguousarray(array)
+        entry = {"name": name, "datatype": NUMPY_TO_DATATYPE[array.dtype], "shape": list(array.shape)}
+        if request.binary_all or name in request.binary_outputs:
+            raw = array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
+            entry["parameters"] = {"binary_data_size": len(raw)}
+            blobs.append(raw)
+        else:
+            entry["data"] = array.ravel().tolist()
+        doc["outputs"].append(entry)
+    text = json.dumps(doc, separators=(",", ":")).encode()
+    if not blobs:
+        return text, {"content-type": "application/json"}
+    return text + b"".join(blobs), {"content-type": "application/octet-stream", HEADER_LENGTH: str(len(text))}

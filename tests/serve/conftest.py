@@ -1,0 +1,83 @@
+"""Serve fixtures: the runtime's small real bundle, and a real uvicorn server on a free port."""
+
+from __future__ import annotations
+
+import importlib.util
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+_FACTORY = Path(__file__).parents[1] / "runtime" / "bundle_factory.py"
+
+
+def _factory():
+    name = "edgeseg_test_bundle_factory"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, _FACTORY)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def serve_bundle(tmp_path_factory) -> Path:
+    pytest.importorskip("torch")
+    return _factory().make_bundle(tmp_path_factory.mktemp("serve-bundle") / "bundle")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class RunningServer:
+    """uvicorn serving an app in a background thread, stopped at teardown."""
+
+    def __init__(self, app) -> None:
+        import uvicorn
+
+        self.port = free_port()
+        self.url = f"127.0.0.1:{self.port}"
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="error"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 20
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def server_factory(serve_bundle):
+    pytest.importorskip("fastapi")
+    from edgeseg.runtime.segmenter import Segmenter
+    from edgeseg.serve.app import ServeConfig, create_app
+
+    started: list[RunningServer] = []
+
+    def start(**limits) -> RunningServer:
+        segmenter = Segmenter.load(serve_bundle, backend="onnxruntime:fp32")
+        server = RunningServer(create_app(segmenter, ServeConfig(**limits)))
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def server(server_factory) -> RunningServer:
+    return server_factory(max_batch=4, max_body_bytes=4 << 20)

@@ -1,0 +1,206 @@
+"""The real server on 127.0.0.1 driven by tritonclient.http and by raw HTTP requests.
+
+Logits are checked against an independent ONNX Runtime session on the bundle's model.onnx.
+"""
+
+from __future__ import annotations
+
+import http.client
+import io
+import json
+import re
+import threading
+
+import numpy as np
+import pytest
+
+tritonclient_http = pytest.importorskip("tritonclient.http")
+
+
+@pytest.fixture(scope="module")
+def oracle(serve_bundle):
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(serve_bundle / "model.onnx"), providers=["CPUExecutionProvider"])
+    return lambda x: session.run(["logits"], {"image": x})[0]
+
+
+def _batch(n: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).normal(0.3, 0.4, (n, 1, 64, 64)).astype(np.float32)
+
+
+def _request(url: str, method: str, path: str, body: bytes | None = None, headers: dict | None = None):
+    host, port = url.split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    conn.request(method, path, body=body, headers=headers or {})
+    response = conn.getresponse()
+    data = response.read()
+    conn.close()
+    return response.status, dict(response.getheaders()), data
+
+
+@pytest.mark.parametrize("binary", [True, False])
+def test_tritonclient_infer_matches_onnxruntime(server, oracle, binary):
+    client = tritonclient_http.InferenceServerClient(url=server.url)
+    assert client.is_server_live() and client.is_server_ready()
+    assert client.is_model_ready("edgeseg")
+    meta = client.get_model_metadata("edgeseg")
+    assert meta["inputs"][0] == {"name": "image", "datatype": "FP32", "shape": [-1, 1, 64, 64]}
+    x = _batch(3)
+    inp = tritonclient_http.InferInput("image", list(x.shape), "FP32")
+    inp.set_data_from_numpy(x, binary_data=binary)
+    out = tritonclient_http.InferRequestedOutput("logits", binary_data=binary)
+    result = client.infer("edgeseg", [inp], outputs=[out], request_id="r1")
+    logits = result.as_numpy("logits")
+    assert logits.shape == (3, 4, 64, 64)  # the test bundle has 4 phantom classes
+    np.testing.assert_allclose(logits, oracle(x), rtol=1e-4, atol=1e-4)
+    assert result.get_response()["id"] == "r1"
+
+
+def test_concurrent_requests_each_get_their_own_rows(server, oracle):
+    client_inputs = [_batch(1 + k % 3, seed=k) for k in range(12)]
+    results: dict[int, np.ndarray] = {}
+    errors: list[BaseException] = []
+
+    def call(k: int) -> None:
+        try:
+            client = tritonclient_http.InferenceServerClient(url=server.url)
+            inp = tritonclient_http.InferInput("image", list(client_inputs[k].shape), "FP32")
+            inp.set_data_from_numpy(client_inputs[k], binary_data=True)
+            results[k] = client.infer("edgeseg", [inp]).as_numpy("logits")
+        except BaseException as exc:  # collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=call, args=(k,)) for k in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    for k, x in enumerate(client_inputs):
+        np.testing.assert_allclose(results[k], oracle(x), rtol=1e-4, atol=1e-4)
+
+
+def _infer_body(x: np.ndarray, datatype: str = "FP32") -> bytes:
+    return json.dumps({"inputs": [{"name": "image", "shape": list(x.shape), "datatype": datatype,
+                                   "data": x.ravel().tolist()}]}).encode()
+
+
+@pytest.mark.parametrize("body,pattern", [
+    (b"{not json", "not valid JSON"),
+    (json.dumps({"inputs": []}).encode(), "non-empty 'inputs'"),
+    (json.dumps({"inputs": [{"name": "image", "shape": [1, 1, 64, 64], "datatype": "FP32", "data": [1.0]}]}).encode(),
+     "do not fill shape"),
+    (json.dumps({"inputs": [{"name": "image", "shape": [1, 1, 32, 32], "datatype": "FP32",
+                             "data": [0.0] * 1024}]}).encode(), "differs from"),
+    (json.dumps({"inputs": [{"name": "image", "shape": [1, 1, 64, 64], "datatype": "INT16",
+                             "data": [0] * 4096}]}).encode(), "dtype must be float32"),
+    (json.dumps({"inputs": [{"name": "scan", "shape": [1], "datatype": "FP32", "data": [0.0]}]}).encode(),
+     "takes one input 'image'"),
+    (json.dumps({"inputs": [{"name": "image", "shape": [1, 1, 64, 64], "datatype": "FP99", "data": []}]}).encode(),
+     "datatype 'FP99'"),
+])
+def test_malformed_requests_get_400_and_the_server_keeps_serving(server, oracle, body, pattern):
+    status, _, data = _request(server.url, "POST", "/v2/models/edgeseg/infer", body,
+                               {"Content-Type": "application/json"})
+    assert status == 400
+    assert re.search(pattern, json.loads(data)["error"])
+    x = _batch(1)
+    status, _, data = _request(server.url, "POST", "/v2/models/edgeseg/infer", _infer_body(x))
+    assert status == 200
+    out = json.loads(data)["outputs"][0]
+    np.testing.assert_allclose(np.array(out["data"], np.float32).reshape(out["shape"]), oracle(x), rtol=1e-4, atol=1e-4)
+
+
+def test_unknown_model_is_404(server):
+    for method, path in (("GET", "/v2/models/other"), ("GET", "/v2/models/other/ready"),
+                         ("POST", "/v2/models/other/infer"), ("GET", "/v2/models/edgeseg/versions/7")):
+        status, _, data = _request(server.url, method, path, b"{}" if method == "POST" else None)
+        assert status == 404, path
+        assert "error" in json.loads(data)
+
+
+def test_oversize_body_is_413(server):
+    status, _, data = _request(server.url, "POST", "/v2/models/edgeseg/infer", b"x" * (5 << 20))
+    assert status == 413
+    assert "exceeds the limit" in json.loads(data)["error"]
+    assert _request(server.url, "GET", "/v2/health/live")[0] == 200
+
+
+def test_batch_above_the_limit_is_400(server):
+    status, _, data = _request(server.url, "POST", "/v2/models/edgeseg/infer", _infer_body(_batch(5)))
+    assert status == 400
+    assert "at most 4 slices" in json.loads(data)["error"]
+
+
+def test_binary_body_with_wrong_size_is_400(server):
+    header = json.dumps({"inputs": [{"name": "image", "shape": [1, 1, 64, 64], "datatype": "FP32",
+                                     "parameters": {"binary_data_size": 100}}]}).encode()
+    status, _, data = _request(server.url, "POST", "/v2/models/edgeseg/infer", header + b"\0" * 100,
+                               {"Inference-Header-Content-Length": str(len(header))})
+    assert status == 400
+    assert "binary_data_size" in json.loads(data)["error"]
+
+
+def test_full_queue_answers_503(server_factory):
+    import time
+
+    slow = server_factory(max_batch=1, queue_size=1)
+    # occupy the single worker and the single queue place, then one more request must be refused
+    from concurrent.futures import ThreadPoolExecutor
+
+    x = _infer_body(_batch(1))
+    with ThreadPoolExecutor(8) as pool:
+        futures = [pool.submit(_request, slow.url, "POST", "/v2/models/edgeseg/infer", x) for _ in range(24)]
+        codes = [f.result()[0] for f in futures]
+    assert set(codes) <= {200, 503}
+    assert 503 in codes and 200 in codes
+    time.sleep(0.1)
+    assert _request(slow.url, "POST", "/v2/models/edgeseg/infer", x)[0] == 200
+
+
+def test_metrics_count_requests_and_batches(server):
+    _request(server.url, "POST", "/v2/models/edgeseg/infer", _infer_body(_batch(2)))
+    status, headers, data = _request(server.url, "GET", "/metrics")
+    assert status == 200
+    text = data.decode()
+    ok = re.search(r'edgeseg_requests_total\{code="200",endpoint="model_infer"\} (\d+)', text)
+    assert ok and int(float(ok.group(1))) >= 1
+    assert re.search(r"edgeseg_batch_size_count (\d+)", text)
+    assert "edgeseg_queue_depth" in text
+    assert "edgeseg_request_latency_seconds_bucket" in text
+
+
+def test_upload_npy_returns_the_mask_of_predict(server, serve_bundle):
+    from edgeseg.runtime.segmenter import Segmenter
+
+    hu = np.full((2, 80, 70), -1000, np.int16)
+    hu[:, 20:60, 15:55] = 60  # a soft-tissue block
+    buffer = io.BytesIO()
+    np.save(buffer, hu)
+    status, headers, data = _request(server.url, "POST", "/v1/segment?format=npy", buffer.getvalue())
+    assert status == 200, data
+    mask = np.load(io.BytesIO(data))
+    with Segmenter.load(serve_bundle, backend="onnxruntime:fp32") as seg:
+        expected = seg.predict_volume(hu)
+    np.testing.assert_array_equal(mask, expected)
+
+
+def test_upload_dicom_slice_returns_png_mask(server):
+    from pathlib import Path
+
+    from PIL import Image
+
+    dcm = sorted((Path(__file__).parents[1] / "data" / "dcmqi_ct_liver" / "ct-3slice").glob("*.dcm"))[0]
+    status, headers, data = _request(server.url, "POST", "/v1/segment?format=png", dcm.read_bytes())
+    assert status == 200, data
+    assert headers["content-type"] == "image/png"
+    image = np.asarray(Image.open(io.BytesIO(data)))
+    assert image.shape == (512, 512) and image.dtype == np.uint8
+    assert set(np.unique(image)) <= {0, 1, 2, 3}
+
+
+def test_upload_garbage_is_400(server):
+    status, _, data = _request(server.url, "POST", "/v1/segment", b"hello")
+    assert status == 400
+    assert "not a DICOM file" in json.loads(data)["error"]
