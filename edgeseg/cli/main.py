@@ -31,9 +31,9 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from edgeseg.cli import bench, compare, data, evaluate, predict, serve, train
+    from edgeseg.cli import bench, compare, data, evaluate, predict, serve, train, triton
 
-    for module in (data, train, evaluate, compare, predict, bench, serve):
+    for module in (data, train, evaluate, compare, predict, bench, serve, triton):
         cli.add_command(module.command)
 
 

@@ -141,9 +141,11 @@ class Manifest:
     def __post_init__(self) -> None:
         if len(self.inputs) != 1 or len(self.outputs) != 1:
             raise BundleError(f"a bundle model has one input and one output, got {len(self.inputs)} and {len(self.outputs)}")
-        keys = [a.key for a in self.artifacts]
+        # TensorRT engines are per GPU architecture, so one bundle may hold several of a precision
+        keys = [(a.key, (a.fingerprint or {}).get("compute_capability") if a.format == "tensorrt" else None)
+                for a in self.artifacts]
         if len(set(keys)) != len(keys):
-            raise BundleError(f"two artifacts share a format and precision: {keys}")
+            raise BundleError(f"two artifacts share a format and precision: {[a.key for a in self.artifacts]}")
         if self.max_batch < 1:
             raise BundleError(f"max_batch must be >= 1, got {self.max_batch}")
         if 0 not in self.labels:
