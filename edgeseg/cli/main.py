@@ -31,9 +31,9 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from edgeseg.cli import bench, compare, data, evaluate, predict, serve, train, triton
+    from edgeseg.cli import bench, compare, data, evaluate, listen, predict, serve, train, triton
 
-    for module in (data, train, evaluate, compare, predict, bench, serve, triton):
+    for module in (data, train, evaluate, compare, predict, bench, serve, triton, listen):
         cli.add_command(module.command)
 
 

@@ -31,10 +31,16 @@ def serve_bundle(tmp_path_factory) -> Path:
     return _factory().make_bundle(tmp_path_factory.mktemp("serve-bundle") / "bundle")
 
 
-def free_port() -> int:
+def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+@pytest.fixture
+def free_port():
+    """A function returning a currently unused TCP port on 127.0.0.1."""
+    return _free_port
 
 
 class RunningServer:
@@ -43,7 +49,7 @@ class RunningServer:
     def __init__(self, app) -> None:
         import uvicorn
 
-        self.port = free_port()
+        self.port = _free_port()
         self.url = f"127.0.0.1:{self.port}"
         self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="error"))
         self.thread = threading.Thread(target=self.server.run, daemon=True)

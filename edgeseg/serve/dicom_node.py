@@ -1,0 +1,204 @@
+"""A DICOM node: C-STORE SCP that segments each CT series once it is complete.
+
+Images arrive one C-STORE at a time and are written under a work folder, one sub-folder per
+SeriesInstanceUID. A series counts as complete when no image of it has arrived for ``idle``
+seconds; then one worker thread reads it with the DICOM reader, segments it with the
+Segmenter, writes a DICOM SEG to ``out`` and/or sends it by C-STORE to the forward peer.
+C-ECHO is answered. Images of other SOP classes (MR, US, ...) are answered with the failure
+status 0x0122 "SOP class not supported": the association stays up, nothing is stored.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edgeseg.atomic import atomic_path
+from edgeseg.errors import DataError, EdgesegError, require
+
+log = logging.getLogger("edgeseg.listen")
+
+CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
+SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
+STATUS_SUCCESS = 0x0000
+STATUS_SOP_CLASS_NOT_SUPPORTED = 0x0122
+STATUS_CANNOT_UNDERSTAND = 0xC000
+
+
+@dataclass(frozen=True)
+class Peer:
+    """A DICOM application entity to send results to."""
+
+    host: str
+    port: int
+    ae_title: str
+
+    @classmethod
+    def parse(cls, text: str) -> "Peer":
+        """``HOST:PORT:AET`` -> Peer; DataError for anything else."""
+        parts = text.rsplit(":", 2)
+        if len(parts) != 3 or not parts[1].isdigit() or not parts[2] or not parts[0]:
+            raise DataError(f"--forward must be HOST:PORT:AET, got {text!r}")
+        if not 1 <= int(parts[1]) <= 65535 or len(parts[2]) > 16:
+            raise DataError(f"--forward {text!r}: port must be 1..65535 and the AE title at most 16 characters")
+        return cls(parts[0], int(parts[1]), parts[2])
+
+
+@dataclass
+class _Series:
+    folder: Path
+    last: float
+    count: int = 0
+
+
+@dataclass
+class NodeStats:
+    """What the node has done, for logs and tests."""
+
+    received: int = 0
+    refused: int = 0
+    segmented: list[str] = field(default_factory=list)
+    forwarded: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+
+
+class DicomNode:
+    """The C-STORE SCP; ``start()`` listens in the background, ``stop()`` shuts it down."""
+
+    def __init__(self, segmenter, *, ae_title: str = "EDGESEG", host: str = "127.0.0.1", port: int = 11112,
+                 out: str | Path | None = None, forward: Peer | None = None, idle: float = 5.0,
+                 work: str | Path | None = None) -> None:
+        if out is None and forward is None:
+            raise DataError("the DICOM node needs --out, --forward or both: otherwise results go nowhere")
+        if not 1 <= len(ae_title) <= 16:
+            raise DataError(f"AE title must be 1..16 characters, got {ae_title!r}")
+        self.segmenter = segmenter
+        self.ae_title, self.host, self.port = ae_title, host, int(port)
+        self.out = Path(out) if out is not None else None
+        self.forward = forward
+        self.idle = float(idle)
+        self._own_work = work is None
+        self.work = Path(work) if work is not None else Path(tempfile.mkdtemp(prefix="edgeseg-listen-"))
+        self.stats = NodeStats()
+        self._series: dict[str, _Series] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._server = None
+        self._worker = threading.Thread(target=self._watch, name="edgeseg-listen", daemon=True)
+
+    def start(self) -> None:
+        """Bind the port and start accepting associations and segmenting complete series."""
+        pynetdicom = require("pynetdicom", "dicom", "edgeseg listen")
+        ae = pynetdicom.AE(ae_title=self.ae_title)
+        # Every storage class is negotiated so that a non-CT image gets a C-STORE failure status
+        # (a clear answer per image) instead of a rejected presentation context.
+        ae.supported_contexts = pynetdicom.StoragePresentationContexts
+        ae.add_supported_context(pynetdicom.sop_class.Verification)
+        handlers = [(pynetdicom.evt.EVT_C_STORE, self._on_store), (pynetdicom.evt.EVT_C_ECHO, lambda event: 0x0000)]
+        try:
+            self._server = ae.start_server((self.host, self.port), block=False, evt_handlers=handlers)
+        except OSError as exc:
+            raise DataError(f"cannot listen on {self.host}:{self.port}: {exc.strerror or exc}") from None
+        self._worker.start()
+        log.info("listening as %s on %s:%d", self.ae_title, self.host, self.port)
+
+    def _on_store(self, event) -> int:
+        sop_class = str(event.request.AffectedSOPClassUID)
+        if sop_class != CT_IMAGE_STORAGE:
+            self.stats.refused += 1
+            log.warning("refused an image of SOP class %s: only CT Image Storage is segmented", sop_class)
+            return STATUS_SOP_CLASS_NOT_SUPPORTED
+        try:
+            ds = event.dataset
+            ds.file_meta = event.file_meta
+            series_uid = str(ds.SeriesInstanceUID)
+            sop_uid = str(ds.SOPInstanceUID)
+        except Exception as exc:  # a dataset pydicom cannot decode or without its UIDs
+            log.warning("could not read an incoming image: %s", exc)
+            return STATUS_CANNOT_UNDERSTAND
+        with self._lock:
+            series = self._series.get(series_uid)
+            if series is None:
+                series = self._series[series_uid] = _Series(self.work / series_uid, time.monotonic())
+                series.folder.mkdir(parents=True, exist_ok=True)
+            with atomic_path(series.folder / f"{sop_uid}.dcm", suffix=".dcm") as tmp:
+                ds.save_as(tmp, enforce_file_format=True)
+            series.last = time.monotonic()
+            series.count += 1
+        self.stats.received += 1
+        return STATUS_SUCCESS
+
+    def _due(self) -> list[tuple[str, _Series]]:
+        now = time.monotonic()
+        with self._lock:
+            due = [(uid, s) for uid, s in self._series.items() if now - s.last >= self.idle]
+            for uid, _ in due:
+                del self._series[uid]
+        return due
+
+    def _watch(self) -> None:
+        while not self._stop.wait(0.1):
+            for uid, series in self._due():
+                try:
+                    self.process(uid, series.folder)
+                except EdgesegError as exc:
+                    self.stats.failed.append(uid)
+                    log.error("series %s (%d images) not segmented: %s", uid, series.count, exc)
+                except Exception as exc:  # keep serving the next series whatever one series does
+                    self.stats.failed.append(uid)
+                    log.exception("series %s failed: %s", uid, exc)
+                finally:
+                    shutil.rmtree(series.folder, ignore_errors=True)
+
+    def process(self, series_uid: str, folder: Path) -> Path:
+        """Segment the series in ``folder``; write and/or forward its SEG; return the SEG path."""
+        from edgeseg.data.dicom import read_dicom_series_with_refs
+        from edgeseg.runtime.writers import write_dicom_seg
+
+        volume, refs = read_dicom_series_with_refs(folder)
+        labels = self.segmenter.predict_volume(volume)
+        target = (self.out or folder.parent) / f"{series_uid}.seg.dcm"
+        write_dicom_seg(labels, volume, refs, self.segmenter.labels, target)
+        self.stats.segmented.append(series_uid)
+        log.info("series %s: %d slices segmented -> %s", series_uid, volume.num_slices, target)
+        if self.forward is not None:
+            try:
+                self._send(target)
+            finally:
+                if self.out is None:
+                    target.unlink(missing_ok=True)
+        return target
+
+    def _send(self, path: Path) -> None:
+        pynetdicom = require("pynetdicom", "dicom", "forwarding DICOM SEG")
+        pydicom = require("pydicom", "io", "forwarding DICOM SEG")
+        peer = self.forward
+        ae = pynetdicom.AE(ae_title=self.ae_title)
+        ae.add_requested_context(SEGMENTATION_STORAGE)
+        assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title)
+        if not assoc.is_established:
+            raise DataError(f"could not associate with {peer.ae_title}@{peer.host}:{peer.port}")
+        try:
+            status = assoc.send_c_store(pydicom.dcmread(path))
+        finally:
+            assoc.release()
+        code = getattr(status, "Status", None)
+        if code != STATUS_SUCCESS:
+            raise DataError(f"{peer.ae_title} answered C-STORE of the SEG with status {code!r}")
+        self.stats.forwarded.append(path.name)
+        log.info("forwarded %s to %s@%s:%d", path.name, peer.ae_title, peer.host, peer.port)
+
+    def stop(self) -> None:
+        """Stop listening and the worker; remove the work folder if the node made it."""
+        self._stop.set()
+        if self._server is not None:
+            self._server.shutdown()
+        if self._worker.is_alive():
+            self._worker.join(timeout=30)
+        if self._own_work:
+            shutil.rmtree(self.work, ignore_errors=True)

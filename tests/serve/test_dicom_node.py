@@ -1,0 +1,130 @@
+"""The DICOM node against dcmtk as the real peer: echoscu, storescu, and storescp receiving the SEG."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from edgeseg.serve.dicom_node import DicomNode, Peer
+
+pytest.importorskip("pynetdicom")
+pydicom = pytest.importorskip("pydicom")
+DCMTK = all(shutil.which(tool) for tool in ("echoscu", "storescu", "storescp"))
+pytestmark = pytest.mark.skipif(not DCMTK, reason="dcmtk (echoscu, storescu, storescp) is not installed: apt-get install dcmtk")
+
+SERIES = Path(__file__).parents[1] / "data" / "dcmqi_ct_liver" / "ct-3slice"
+IDLE = 1.5
+
+
+def _wait_port(port: int, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on {port}")
+
+
+def _wait_for(predicate, timeout: float = 30) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+@pytest.fixture
+def storescp(tmp_path, free_port):
+    """A dcmtk storescp that stores what it receives under tmp_path/received."""
+    received = tmp_path / "received"
+    received.mkdir()
+    port = free_port()
+    proc = subprocess.Popen(["storescp", "-aet", "ARCHIVE", "-od", str(received), str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    _wait_port(port)
+    yield Peer("127.0.0.1", port, "ARCHIVE"), received
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+@pytest.fixture
+def node(serve_bundle, tmp_path, storescp, free_port):
+    from edgeseg.runtime.segmenter import Segmenter
+
+    peer, _ = storescp
+    segmenter = Segmenter.load(serve_bundle, backend="onnxruntime:fp32")
+    dicom_node = DicomNode(segmenter, ae_title="EDGESEG", port=free_port(), out=tmp_path / "out", forward=peer,
+                           idle=IDLE, work=tmp_path / "work")
+    dicom_node.start()
+    _wait_port(dicom_node.port)
+    yield dicom_node
+    dicom_node.stop()
+    segmenter.close()
+
+
+def _storescu(port: int, files: list[Path]) -> subprocess.CompletedProcess:
+    return subprocess.run(["storescu", "-v", "-aec", "EDGESEG", "127.0.0.1", str(port), *map(str, files)],
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_echo_succeeds(node):
+    done = subprocess.run(["echoscu", "-aec", "EDGESEG", "127.0.0.1", str(node.port)], capture_output=True,
+                          text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+
+
+def test_series_is_segmented_once_complete_and_seg_is_forwarded(node, storescp, tmp_path):
+    _, received = storescp
+    files = sorted(SERIES.glob("*.dcm"))
+    first = _storescu(node.port, files[:2])
+    assert first.returncode == 0, first.stderr
+    time.sleep(IDLE / 3)
+    # a half-sent series (the scanner is still sending) is not segmented early
+    assert node.stats.segmented == []
+    second = _storescu(node.port, files[2:])
+    assert second.returncode == 0, second.stderr
+    assert _wait_for(lambda: len(node.stats.forwarded) == 1), (node.stats, first.stderr)
+    source = pydicom.dcmread(files[0])
+    segs = list((tmp_path / "out").glob("*.seg.dcm"))
+    assert [p.name for p in segs] == [f"{source.SeriesInstanceUID}.seg.dcm"]
+    forwarded = [pydicom.dcmread(p) for p in received.iterdir()]
+    assert len(forwarded) == 1
+    seg = forwarded[0]
+    assert seg.SOPClassUID == "1.2.840.10008.5.1.4.1.1.66.4"
+    assert seg.SOPInstanceUID == pydicom.dcmread(segs[0]).SOPInstanceUID
+    referenced = {item.ReferencedSOPInstanceUID for item in seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence}
+    assert referenced == {pydicom.dcmread(f).SOPInstanceUID for f in files}
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == source.SeriesInstanceUID
+    assert node.stats.segmented == [source.SeriesInstanceUID]
+
+
+def test_mr_image_is_refused(node, tmp_path):
+    ds = pydicom.dcmread(sorted(SERIES.glob("*.dcm"))[0])
+    mr_storage = "1.2.840.10008.5.1.4.1.1.4"
+    ds.SOPClassUID = mr_storage
+    ds.file_meta.MediaStorageSOPClassUID = mr_storage
+    ds.Modality = "MR"
+    ds.SeriesInstanceUID = pydicom.uid.generate_uid()
+    path = tmp_path / "mr.dcm"
+    ds.save_as(path)
+    done = _storescu(node.port, [path])
+    assert "Received Store Response (Refused: SOPClassNotSupported)" in done.stderr
+    assert node.stats.refused == 1 and node.stats.received == 0
+    time.sleep(IDLE + 0.5)
+    assert node.stats.segmented == []
+
+
+def test_forward_and_node_arguments_are_checked(serve_bundle):
+    from edgeseg.errors import DataError
+
+    with pytest.raises(DataError, match="HOST:PORT:AET"):
+        Peer.parse("localhost:104")
+    with pytest.raises(DataError, match="--out, --forward or both"):
+        DicomNode(object(), out=None, forward=None)
