@@ -47,3 +47,32 @@ def command(bundle, backends, batch, size, runs, warmup, threads, json_out, png_
         write_json(results, json_out)
     if png_out:
         plot_latency(results, png_out)
+
+
+@click.command("bench-serve")
+@click.argument("bundle", type=click.Path(file_okay=False))
+@click.option("--clients", default=16, show_default=True, type=click.IntRange(1, 1024), help="Concurrent clients.")
+@click.option("--seconds", default=60.0, show_default=True, type=click.FloatRange(0.5), help="Measured duration.")
+@click.option("--warmup", default=5.0, show_default=True, type=click.FloatRange(0), help="Untimed load first.")
+@click.option("--batch", default=1, show_default=True, type=click.IntRange(1, 1024), help="Slices per request.")
+@click.option("--max-batch", default=8, show_default=True, type=click.IntRange(1, 1024), help="Server --max-batch.")
+@click.option("--backend", default="auto", show_default=True, help="Server --backend.")
+@click.option("--threads", default=0, show_default=True, help="Server --threads.")
+@click.option("--json", "json_out", default=None, type=click.Path(dir_okay=False), help="Write the results as JSON.")
+def serve_command(bundle, clients, seconds, warmup, batch, max_batch, backend, threads, json_out) -> None:
+    """Load-test `edgeseg serve` on loopback: errors, p50/p99 latency, throughput, server RSS growth."""
+    import json
+
+    from edgeseg.atomic import atomic_write_text
+    from edgeseg.bench.serve_load import load_test
+
+    click.echo(f"starting edgeseg serve and loading it with {clients} clients for {seconds:g} s ...")
+    r = load_test(bundle, clients=clients, seconds=seconds, warmup=warmup, batch=batch, max_batch=max_batch,
+                  backend=backend, threads=threads)
+    click.echo(f"requests {r['requests']}  errors {r['errors']}  p50 {r['p50_ms']} ms  p99 {r['p99_ms']} ms  "
+               f"{r['requests_per_s']} req/s ({r['slices_per_s']} slices/s)  server RSS {r['rss_start_mb']} -> "
+               f"{r['rss_end_mb']} MB ({r['rss_growth']:+.1%})")
+    for line in r["first_errors"]:
+        click.echo(f"  error: {line}")
+    if json_out:
+        atomic_write_text(json_out, json.dumps(r, indent=2) + "\n")

@@ -35,6 +35,7 @@ def _register() -> None:
 
     for module in (data, train, evaluate, compare, predict, bench, serve, triton, listen):
         cli.add_command(module.command)
+    cli.add_command(bench.serve_command)
 
 
 _register()
