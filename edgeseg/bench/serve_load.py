@@ -130,6 +130,9 @@ def load_test(bundle: str | Path, *, clients: int = 16, seconds: float = 60.0, w
                 if time.monotonic() > deadline:
                     raise DataError("edgeseg serve did not become ready within 60 s") from None
                 time.sleep(0.1)
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        conn.request("GET", "/v2/models/edgeseg")
+        platform = json.loads(conn.getresponse().read()).get("platform", "")
         run_load(url, manifest, clients=clients, seconds=warmup, batch=batch)
         rss_start = rss_mb(server.pid)
         result = run_load(url, manifest, clients=clients, seconds=seconds, batch=batch)
@@ -138,5 +141,6 @@ def load_test(bundle: str | Path, *, clients: int = 16, seconds: float = 60.0, w
         server.terminate()
         server.wait(timeout=30)
     result.update(rss_start_mb=round(rss_start, 1), rss_end_mb=round(rss_end, 1),
-                  rss_growth=round(rss_end / rss_start - 1, 4), backend=backend, max_batch=max_batch)
+                  rss_growth=round(rss_end / rss_start - 1, 4),
+                  backend=platform.removeprefix("edgeseg_") or backend, max_batch=max_batch)
     return result

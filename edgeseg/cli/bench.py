@@ -71,7 +71,7 @@ def serve_command(bundle, clients, seconds, warmup, batch, max_batch, backend, t
                   backend=backend, threads=threads)
     click.echo(f"requests {r['requests']}  errors {r['errors']}  p50 {r['p50_ms']} ms  p99 {r['p99_ms']} ms  "
                f"{r['requests_per_s']} req/s ({r['slices_per_s']} slices/s)  server RSS {r['rss_start_mb']} -> "
-               f"{r['rss_end_mb']} MB ({r['rss_growth']:+.1%})")
+               f"{r['rss_end_mb']} MB ({r['rss_growth']:+.1%}), backend {r['backend']}")
     for line in r["first_errors"]:
         click.echo(f"  error: {line}")
     if json_out:
