@@ -204,3 +204,17 @@ def test_upload_garbage_is_400(server):
     status, _, data = _request(server.url, "POST", "/v1/segment", b"hello")
     assert status == 400
     assert "not a DICOM file" in json.loads(data)["error"]
+
+
+def test_remote_client_gives_the_local_segmentation(server, serve_bundle):
+    from edgeseg.runtime.manifest import read_manifest
+    from edgeseg.runtime.segmenter import Segmenter
+    from edgeseg.serve.client import segment_remote
+
+    hu = np.full((11, 90, 80), -1000, np.int16)
+    hu[:, 25:70, 20:60] = 55
+    remote = segment_remote(server.url, read_manifest(serve_bundle), hu, max_batch=4)
+    with Segmenter.load(serve_bundle, backend="onnxruntime:fp32") as seg:
+        local = seg.predict_volume(hu)
+    assert remote.shape == (11, 90, 80)
+    np.testing.assert_array_equal(remote, local)
