@@ -31,9 +31,9 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from edgeseg.cli import compare, data, evaluate, train
+    from edgeseg.cli import compare, data, evaluate, export, inspect, train
 
-    for module in (data, train, evaluate, compare):
+    for module in (data, train, evaluate, compare, export, inspect):
         cli.add_command(module.command)
 
 
