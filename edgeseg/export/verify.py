@@ -97,13 +97,16 @@ def compare_logits(reference: np.ndarray, logits: np.ndarray, truth: np.ndarray 
     """The parity row of one artifact's ``logits`` against the FP32 ``reference`` logits."""
     num_classes = reference.shape[1]
     finite = bool(np.isfinite(logits).all())
-    diff = np.abs(np.nan_to_num(logits, nan=np.inf) - reference)
-    ref_mask, mask = reference.argmax(axis=1), np.nan_to_num(logits, nan=0.0).argmax(axis=1)
+    big = float(np.finfo(np.float32).max)
+    # Non-finite logits count as the largest float, so percentiles stay defined; finite says why.
+    clean = np.nan_to_num(logits.astype(np.float64), nan=big, posinf=big, neginf=-big)
+    diff = np.abs(clean - reference)
+    ref_mask, mask = reference.argmax(axis=1), clean.argmax(axis=1)
     top2 = np.sort(reference, axis=1)[:, -2:]
     decided = (top2[:, 1] - top2[:, 0]) > FP32_MARGIN
     changed = mask != ref_mask
     agreement = pooled_dice(mask, ref_mask, num_classes)
-    row = {"max_abs": float(diff.max()), "p99_abs": float(np.percentile(diff, 99)), "mask_dice": agreement,
+    row = {"max_abs": float(diff.max()) if finite else float("inf"), "p99_abs": float(np.percentile(diff, 99)), "mask_dice": agreement,
            "dice_drop": 1.0 - agreement, "limit": limit, "changed_pixels": int(changed.sum()),
            "changed_decided_pixels": int((changed & decided).sum()), "finite": finite,
            "dice_gt": None if truth is None else pooled_dice(mask, truth, num_classes),
