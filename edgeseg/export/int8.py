@@ -54,21 +54,22 @@ class CalibrationSet:
 
 
 def load_calibration(source: str, spec: PreprocessSpec, count: int, label_values: dict | None = None,
-                     intensity: str | None = None) -> CalibrationSet:
+                     intensity: str | None = None, exclude_cases: set[str] | frozenset = frozenset()) -> CalibrationSet:
     """Draw ``count`` stratified calibration slices from ``source`` and pre-process them.
 
     ``source`` is any data source ``open_dataset`` reads, or a ``.npy`` array of slices
     already pre-processed to the model input (N, 1, H, W). Data that cannot have been made with
     ``spec`` (another size, values outside the window's range, a source whose HU range does
-    not cover the window) is refused.
+    not cover the window) is refused. Cases in ``exclude_cases`` (the held-out cases the gate
+    checks on) are left out, so calibration never sees the slices it is judged on.
     """
     if str(source).endswith(".npy"):
         return _load_array(Path(source), spec, count)
     from edgeseg.train.dataset import check_window, map_labels, preprocess_stack
 
-    volumes = open_dataset(source, intensity=intensity)
+    volumes = [v for v in open_dataset(source, intensity=intensity) if v.case_id not in exclude_cases]
     if not volumes:
-        raise DataError(f"calibration data {source} holds no slices")
+        raise DataError(f"calibration data {source} holds no slices outside the held-out cases")
     keys, picks = [], []
     for vol in volumes:
         check_window(vol, spec)
@@ -90,7 +91,7 @@ def load_calibration(source: str, spec: PreprocessSpec, count: int, label_values
     flags = [keys[i][0] for i in chosen]
     summary = {"slices": len(chosen), "cases": len({picks[i][0].case_id for i in chosen}),
                "with_target": sum(f is True for f in flags), "without_target": sum(f is False for f in flags),
-               "unlabelled": sum(f is None for f in flags),
+               "unlabelled": sum(f is None for f in flags), "excluded_cases": len(exclude_cases),
                "mean_hu_range": [min(keys[i][1] for i in chosen), max(keys[i][1] for i in chosen)]}
     return CalibrationSet(images, digest.hexdigest(), summary)
 
@@ -134,7 +135,7 @@ def _load_array(path: Path, spec: PreprocessSpec, count: int) -> CalibrationSet:
     chosen = _stratify([(None, float(s.mean())) for s in images], count)
     images = np.ascontiguousarray(images[chosen], dtype=np.float32)
     summary = {"slices": len(chosen), "cases": None, "with_target": 0, "without_target": 0, "unlabelled": len(chosen),
-               "mean_hu_range": None}
+               "excluded_cases": 0, "mean_hu_range": None}
     return CalibrationSet(images, hashlib.sha256(images.tobytes()).hexdigest(), summary)
 
 

@@ -53,7 +53,12 @@ def export_bundle(checkpoint: str | Path, out: str | Path, settings: ExportSetti
         raise EdgesegError("--int8 needs calibration data: pass --calib DATA")
     calib_set = None
     if settings.int8:
-        calib_set = load_calibration(calib, spec, settings.calib_slices, payload.get("label_values"), intensity)
+        held_out = set()
+        if _same_source(calib, (payload.get("train_config") or {}).get("data")) and verify_data is None:
+            split = payload.get("split") or {}
+            held_out = set(split.get("val") or []) | set(split.get("test") or [])
+        calib_set = load_calibration(calib, spec, settings.calib_slices, payload.get("label_values"), intensity,
+                                     exclude_cases=held_out)
     verify_set = load_verify_set(payload, spec, verify_data, settings.verify_slices, intensity)
     with staged_bundle(target) as folder:
         made, calibration, notes = _write_artifacts(folder, model, spec, labels, settings, verify_set, calib_set,
@@ -68,6 +73,15 @@ def export_bundle(checkpoint: str | Path, out: str | Path, settings: ExportSetti
                                   calibration)
         write_manifest(folder, manifest, report)
     return {"bundle": target, "manifest": manifest, "parity": report, "notes": notes}
+
+
+def _same_source(a: str | None, b: str | None) -> bool:
+    """True when two data source strings name the same data (equal text or the same path)."""
+    if not a or not b:
+        return False
+    if str(a) == str(b):
+        return True
+    return Path(a).exists() and Path(b).exists() and Path(a).resolve() == Path(b).resolve()
 
 
 def _write_artifacts(folder: Path, model, spec, labels, settings: ExportSettings, verify_set, calib_set,

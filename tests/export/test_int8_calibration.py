@@ -55,6 +55,17 @@ def test_cache_hits_only_for_same_model_data_and_spec(fp32_onnx, tmp_path):
     assert other_method["cache"] == "miss"
 
 
+def test_held_out_cases_are_left_out_of_calibration():
+    source = "phantom:cases=3,size=64,slices=4,seed=3"
+    everything = load_calibration(source, SPEC, 100)
+    assert everything.summary["cases"] == 3 and everything.summary["slices"] == 12
+    from edgeseg.data import open_dataset
+
+    held_out = {open_dataset(source)[0].case_id}
+    rest = load_calibration(source, SPEC, 100, exclude_cases=held_out)
+    assert rest.summary["cases"] == 2 and rest.summary["slices"] == 8 and rest.data_hash != everything.data_hash
+
+
 def test_npy_calibration_of_another_spec_is_refused(tmp_path):
     small = tmp_path / "small.npy"
     np.save(small, np.zeros((4, 1, 32, 32), np.float32))
