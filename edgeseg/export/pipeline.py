@@ -177,8 +177,8 @@ def _tensorrt(folder: Path, made: list, settings: ExportSettings, spec, cache_di
     timing_cache = Path(cache_dir) / "tensorrt.timing" if cache_dir else folder.parent / ".edgeseg-tensorrt.timing"
     try:
         from edgeseg.export import tensorrt
-    except ImportError:
-        echo("tensorrt: this edgeseg has no TensorRT export module; skipped the engine")
+    except ImportError as exc:
+        echo(f"tensorrt: the TensorRT export module is not available ({exc}); skipped the engine")
         return []
     try:
         command = tensorrt.trtexec_command(onnx_path=onnx_path.name, engine_path=engine.name, precision=precision,
