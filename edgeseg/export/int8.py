@@ -81,7 +81,7 @@ def load_calibration(source: str, spec: PreprocessSpec, count: int, label_values
         for k in range(vol.num_slices):
             keys.append((None if target is None else bool(target[k].any()), float(means[k])))
             picks.append((vol, k))
-    chosen = _stratify(keys, count)
+    chosen = stratify_slices(keys, count)
     digest = hashlib.sha256()
     for i in chosen:
         vol, k = picks[i]
@@ -96,7 +96,7 @@ def load_calibration(source: str, spec: PreprocessSpec, count: int, label_values
     return CalibrationSet(images, digest.hexdigest(), summary)
 
 
-def _stratify(keys: list[tuple[bool | None, float]], count: int) -> list[int]:
+def stratify_slices(keys: list[tuple[bool | None, float]], count: int) -> list[int]:
     """Indices of up to ``count`` slices: half with and half without target where both exist,
     each half spread evenly over the sorted mean HU, so the extremes are always included."""
     groups: dict[bool | None, list[int]] = {}
@@ -132,7 +132,7 @@ def _load_array(path: Path, spec: PreprocessSpec, count: int) -> CalibrationSet:
     lo, hi = float(images.min()), float(images.max())
     if lo < low - 1e-3 or hi > high + 1e-3:
         raise DataError(f"calibration array {path} spans [{lo:.3g}, {hi:.3g}], outside what spec window {list(spec.window)} produces [{low:.3g}, {high:.3g}]; was it made with another spec?")
-    chosen = _stratify([(None, float(s.mean())) for s in images], count)
+    chosen = stratify_slices([(None, float(s.mean())) for s in images], count)
     images = np.ascontiguousarray(images[chosen], dtype=np.float32)
     summary = {"slices": len(chosen), "cases": None, "with_target": 0, "without_target": 0, "unlabelled": len(chosen),
                "excluded_cases": 0, "mean_hu_range": None}

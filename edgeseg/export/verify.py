@@ -44,7 +44,7 @@ def load_verify_set(payload: dict, spec: PreprocessSpec, data: str | None, count
                     intensity: str | None = None) -> VerifySet:
     """Up to ``count`` slices of ``data`` (default: the checkpoint's validation cases), chosen
     half with and half without target and evenly over intensity, like calibration slices."""
-    from edgeseg.export.int8 import _stratify
+    from edgeseg.export.int8 import stratify_slices
     from edgeseg.train.dataset import SliceSet, check_window, preprocess_stack
 
     train_config = payload.get("train_config") or {}
@@ -71,7 +71,7 @@ def load_verify_set(payload: dict, spec: PreprocessSpec, data: str | None, count
             check_window(vol, spec)
         images, truth = np.concatenate([preprocess_stack(v.hu, spec) for v in volumes]), None
     keys = [(None if truth is None else bool(truth[i].any()), float(images[i].mean())) for i in range(len(images))]
-    chosen = _stratify(keys, count)
+    chosen = stratify_slices(keys, count)
     return VerifySet(images[chosen], None if truth is None else truth[chosen], str(data), [v.case_id for v in volumes])
 
 

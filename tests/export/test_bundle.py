@@ -64,3 +64,22 @@ def test_inspect_prints_artifacts_hash_checks_and_parity(bundle):
     for text in ("model.int8.onnx", "onnx-fp16", "torch-float16-cpu", "int8/fp32", "0=background"):
         assert text in result.output
     assert result.output.count(" ok ") + result.output.count(" ok\n") >= 4
+
+
+def test_inspect_works_where_torch_cannot_be_imported(bundle):
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'torch' or name.startswith('torch.'):\n"
+        "            raise ImportError('no torch on this device')\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "from edgeseg.cli.main import cli\n"
+        f"cli(['inspect', {str(bundle['bundle'])!r}])\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "model.fp16.onnx" in proc.stdout and "torch-float16-cpu" in proc.stdout

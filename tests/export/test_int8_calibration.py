@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from edgeseg.errors import DataError
-from edgeseg.export.int8 import _stratify, load_calibration, quantize_int8
+from edgeseg.export.int8 import stratify_slices, load_calibration, quantize_int8
 from edgeseg.spec import PreprocessSpec
 
 SPEC = PreprocessSpec(window=(0.0, 255.0), size=(64, 64))
@@ -13,7 +13,7 @@ SPEC = PreprocessSpec(window=(0.0, 255.0), size=(64, 64))
 def test_stratified_choice_balances_target_and_spans_intensity():
     rng = np.random.default_rng(0)
     keys = [(bool(i % 5 == 0), float(v)) for i, v in enumerate(rng.uniform(-50, 300, 200))]
-    chosen = _stratify(keys, 20)
+    chosen = stratify_slices(keys, 20)
     flags = [keys[i][0] for i in chosen]
     assert len(chosen) == 20 and flags.count(True) == 10 and flags.count(False) == 10
     for flag in (True, False):
