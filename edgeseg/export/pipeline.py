@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from edgeseg.errors import EdgesegError, require
+from edgeseg.errors import DataError, EdgesegError, require
 from edgeseg.export.bundle import artifact_entry, build_manifest, check_output, staged_bundle, write_manifest
 from edgeseg.export.profiles import ExportSettings
 from edgeseg.export.verify import ParityError, failures, parity_table
@@ -50,11 +50,11 @@ def export_bundle(checkpoint: str | Path, out: str | Path, settings: ExportSetti
     spec = checkpoint_spec(payload)
     labels = dict(enumerate(payload["class_names"]))
     if settings.int8 and not calib:
-        raise EdgesegError("--int8 needs calibration data: pass --calib DATA")
+        raise DataError("--int8 needs calibration data: pass --calib DATA")
     calib_set = None
     if settings.int8:
         held_out = set()
-        if _same_source(calib, (payload.get("train_config") or {}).get("data")) and verify_data is None:
+        if _same_source(calib, (payload.get("train_config") or {}).get("data")):
             split = payload.get("split") or {}
             held_out = set(split.get("val") or []) | set(split.get("test") or [])
         calib_set = load_calibration(calib, spec, settings.calib_slices, payload.get("label_values"), intensity,

@@ -5,8 +5,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from edgeseg.runtime.manifest import read_manifest, verify_artifacts
 
 DATA = Path(__file__).parents[1] / "data"
