@@ -63,12 +63,13 @@ def export_bundle(checkpoint: str | Path, out: str | Path, settings: ExportSetti
     with staged_bundle(target) as folder:
         made, calibration, notes = _write_artifacts(folder, model, spec, labels, settings, verify_set, calib_set,
                                                     cache_dir, progress)
+        made = [(*item, None) for item in made] + (_tensorrt(folder, settings, spec, cache_dir, echo) if settings.trt else [])
         report = _gate(folder, model, made, verify_set, settings, progress)
         echo(parity_table(report))
         if not report["passed"]:
             raise ParityError(f"parity gate failed: {'; '.join(failures(report))}; no bundle written")
-        entries = [artifact_entry(folder, file, fmt, precision, extra=extra) for fmt, precision, file, extra in made]
-        entries += _tensorrt(folder, made, settings, spec, cache_dir, echo) if settings.trt else []
+        entries = [artifact_entry(folder, file, fmt, precision, fingerprint=fingerprint, extra=extra)
+                   for fmt, precision, file, extra, fingerprint in made]
         manifest = build_manifest(payload, checkpoint, sha256_file(checkpoint), spec, entries, settings.max_batch,
                                   calibration)
         write_manifest(folder, manifest, report)
@@ -137,8 +138,10 @@ def _gate(folder: Path, model, made: list, verify_set, settings: ExportSettings,
 
     reference = run_batched(eager, images, batch)
     results = []
-    for fmt, precision, file, _ in tqdm(made, desc="verify", unit="artifact", leave=False, disable=not progress):
-        if fmt == "torchscript":
+    for fmt, precision, file, _, fingerprint in tqdm(made, desc="verify", unit="artifact", leave=False, disable=not progress):
+        if fmt == "tensorrt":
+            runs = [("tensorrt-cuda", _run_engine(folder, file, precision, fingerprint, reference.shape, images, batch))]
+        elif fmt == "torchscript":
             module = load_torchscript(folder / file)[0]
             with torch.no_grad():
                 runs = [("torch-jit-cpu", run_batched(lambda x: module(torch.from_numpy(np.ascontiguousarray(x))).numpy(), images, batch))]
@@ -153,7 +156,7 @@ def _gate(folder: Path, model, made: list, verify_set, settings: ExportSettings,
     report = {"reference": "pytorch-fp32-eager-cpu", "data": verify_set.source, "cases": verify_set.cases,
               "slices": int(len(images)), "labelled": truth is not None, "thresholds": settings.max_dice_drop,
               "fp32_margin": 1e-4, "results": results, "passed": all(r["passed"] for r in results)}
-    if any(p == "fp16" for _, p, _, _ in made):
+    if any(p == "fp16" for _, p, _, _, _ in made):
         report["fp16_emulation"] = [ORT_EMULATION, HALF_EMULATION]
     if settings.int8 and "onnx" in settings.formats:
         one = np.ascontiguousarray(images[:1])
@@ -166,27 +169,48 @@ def _gate(folder: Path, model, made: list, verify_set, settings: ExportSettings,
     return report
 
 
-def _tensorrt(folder: Path, made: list, settings: ExportSettings, spec, cache_dir, echo) -> list:
+def _run_engine(folder: Path, file: str, precision: str, fingerprint: dict, shape: tuple, images: np.ndarray,
+                batch: int) -> np.ndarray:
+    """Logits of a freshly built TensorRT engine through the runtime's TensorRT runner."""
+    from edgeseg.runtime.manifest import TensorInfo
+    from edgeseg.runtime.runners.tensorrt import TensorRTRunner
+
+    entry = artifact_entry(folder, file, "tensorrt", precision, fingerprint=fingerprint)
+    inputs, outputs = TensorInfo("image", (-1, 1, *shape[2:])), TensorInfo("logits", (-1, *shape[1:]))
+    with TensorRTRunner(folder / file, entry, inputs, outputs, batch) as runner:
+        return run_batched(runner.infer, images, batch)
+
+
+def _tensorrt(folder: Path, settings: ExportSettings, spec, cache_dir, echo) -> list:
     """Build the TensorRT engine from the lowest-precision ONNX graph when tensorrt and a GPU
-    are present; otherwise say which is missing and go on. The equivalent trtexec command is
-    written to ``trtexec.sh`` in the bundle either way."""
+    are present, else say in one line which is missing and go on. ``trtexec.sh`` in the bundle
+    holds the equivalent trtexec commands (TensorRT 10 and 11) either way, so a device without
+    Python can build the engine from the bundle's ONNX. Returns [(format, precision, file,
+    extra, fingerprint)] for the engine built, or []."""
+    import importlib
+
     from edgeseg.atomic import atomic_write_text
 
     precision = "int8" if settings.int8 else "fp16" if settings.fp16 else "fp32"
-    onnx_path, engine = folder / FILES["onnx", precision], folder / f"model.{precision}.plan"
-    timing_cache = Path(cache_dir) / "tensorrt.timing" if cache_dir else folder.parent / ".edgeseg-tensorrt.timing"
     try:
-        from edgeseg.export import tensorrt
+        trt_export = importlib.import_module("edgeseg.export.tensorrt")
     except ImportError as exc:
         echo(f"tensorrt: the TensorRT export module is not available ({exc}); skipped the engine")
         return []
+    chw, engine_name = (1, *spec.size), f"model.{precision}.plan"
+    ten, eleven = (trt_export.trtexec_command(trt_export.plan_build(f"{major}.0", precision, chw, settings.max_batch),
+                                              "image", engine_name, "timing.cache") for major in (10, 11))
+    atomic_write_text(folder / "trtexec.sh", "#!/bin/sh\n# Builds the engine from this bundle's ONNX; run it in the bundle folder.\n"
+                      f"# TensorRT 10 (explicit precision flags):\n{ten}\n"
+                      f"# TensorRT 11 (strongly typed: precision from the graph); use this line instead:\n# {eleven}\n")
+    timing_cache = Path(cache_dir) / "tensorrt.timing" if cache_dir else folder.parent / ".edgeseg-tensorrt.timing"
     try:
-        command = tensorrt.trtexec_command(onnx_path=onnx_path.name, engine_path=engine.name, precision=precision,
-                                           max_batch=settings.max_batch, spec=spec, timing_cache=timing_cache.name)
-        atomic_write_text(folder / "trtexec.sh", "#!/bin/sh\n# Build the engine on a device without Python:\n" + command + "\n")
-        fingerprint = tensorrt.build_engine(onnx_path, engine, precision, settings.max_batch, spec, timing_cache)
+        trt = require("tensorrt", "tensorrt", "building TensorRT engines")
+        here = trt_export.machine_fingerprint()
+        plan = trt_export.plan_build(trt.__version__, precision, chw, settings.max_batch)
+        engine = trt_export.engine_file_name(precision, here["compute_capability"])
+        fingerprint = trt_export.build_engine(folder / FILES["onnx", precision], folder / engine, plan, "image", timing_cache)
     except EdgesegError as exc:
-        echo(f"tensorrt: {exc}; the other artifacts are exported (see trtexec.sh in the bundle)")
+        echo(f"tensorrt: {exc}; the other artifacts are exported (trtexec.sh in the bundle builds the engine)")
         return []
-    return [artifact_entry(folder, engine.name, "tensorrt", precision, fingerprint=fingerprint,
-                           extra={"from": onnx_path.name, "verified": False})]
+    return [("tensorrt", precision, engine, {"from": FILES["onnx", precision]}, fingerprint)]

@@ -1,5 +1,6 @@
 """``edgeseg export`` from the command line: a bundle, or one error line and nothing written."""
 
+import importlib.util
 import shutil
 import subprocess
 import sys
@@ -35,6 +36,9 @@ def test_export_cli_writes_a_bundle_and_trt_absence_is_one_line(checkpoint, tmp_
     if manifest.artifact("tensorrt", "fp16") is None:
         assert len(trt_lines) == 1, proc.stdout
     assert "torch-float16-cpu" in proc.stdout  # the report names the FP16 emulation used
+    if importlib.util.find_spec("edgeseg.export.tensorrt") is not None:
+        script = (out / "trtexec.sh").read_text()
+        assert "--onnx=model.fp16.onnx" in script and "--fp16" in script and "image:2x1x64x64" in script
 
 
 def test_missing_checkpoint(tmp_path):
