@@ -1,0 +1,69 @@
+"""``edgeseg export``: a checkpoint -> a verified bundle."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import click
+
+from edgeseg.cli.logs import configure_logging
+from edgeseg.errors import DataError, require
+
+
+def _cache_default() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "edgeseg" / "export"
+
+
+@click.command("export")
+@click.argument("checkpoint", type=click.Path(dir_okay=False))
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Bundle folder to create.")
+@click.option("--profile", default=None, help="Target profile: a name in export/ (cpu-int8, gpu-fp16, edge-int8) or a TOML path; flags override it.")
+@click.option("--formats", default=None, help="FP32 formats, comma-separated: torchscript,onnx (default both).")
+@click.option("--fp16/--no-fp16", default=None, help="Also export the FP16 ONNX graph.")
+@click.option("--int8/--no-int8", default=None, help="Also export the INT8 (Q/DQ) ONNX graph; needs --calib.")
+@click.option("--calib", default=None, help="INT8 calibration data: any data source edgeseg reads, or a .npy of pre-processed slices.")
+@click.option("--calib-method", type=click.Choice(["minmax", "entropy", "percentile"]), default=None, help="INT8 calibration method (default entropy).")
+@click.option("--calib-slices", type=int, default=None, help="Calibration slices drawn, stratified (default 64).")
+@click.option("--trt/--no-trt", default=None, help="Also build a TensorRT engine (needs tensorrt and a GPU; skipped with a message otherwise).")
+@click.option("--max-batch", type=int, default=None, help="Largest batch the artifacts take (default 8).")
+@click.option("--verify-data", default=None, help="Held-out data for the parity gate (default: the checkpoint's validation cases).")
+@click.option("--verify-slices", type=int, default=None, help="Slices the gate runs every artifact on (default 64).")
+@click.option("--max-dice-drop-fp16", type=float, default=None, help="Largest 1 - Dice(FP16 mask, FP32 mask) allowed (default 0.002).")
+@click.option("--max-dice-drop-int8", type=float, default=None, help="Largest 1 - Dice(INT8 mask, FP32 mask) allowed (default 0.01).")
+@click.option("--intensity", default=None, help="What slice-folder pixels mean for --calib / --verify-data: 'hu-clipped:0,255' or 'window:LO,HI'.")
+@click.option("--cache-dir", type=click.Path(file_okay=False), default=None, help="Cache for INT8 graphs and the TensorRT timing cache [default: ~/.cache/edgeseg/export].")
+@click.option("--triton", "triton_repo", default=None, type=click.Path(file_okay=False),
+              help="Also write a Triton model repository for the bundle to this folder.")
+@click.option("--force", is_flag=True, help="Replace an existing bundle at --out (and --triton repository).")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def command(checkpoint, out, profile, formats, fp16, int8, calib, calib_method, calib_slices, trt, max_batch,
+            verify_data, verify_slices, max_dice_drop_fp16, max_dice_drop_int8, intensity, cache_dir, triton_repo, force, quiet) -> None:
+    """Export CHECKPOINT to a bundle: TorchScript, ONNX FP32 (+ FP16, INT8, TensorRT), each
+    checked against the FP32 model on held-out slices before the bundle is written."""
+    require("torch", "train", "edgeseg export")
+    require("onnx", "export", "edgeseg export")
+    from edgeseg.export.pipeline import export_bundle
+    from edgeseg.export.profiles import ExportSettings, load_profile
+
+    configure_logging()
+    if triton_repo and Path(triton_repo).exists() and not force:
+        raise DataError(f"--triton {triton_repo} exists; pass --force to replace it")
+    settings = load_profile(profile) if profile else ExportSettings()
+    settings = settings.override(
+        formats=tuple(f.strip() for f in formats.split(",") if f.strip()) if formats else None,
+        fp16=fp16, int8=int8, trt=trt, calib_method=calib_method, calib_slices=calib_slices, max_batch=max_batch,
+        verify_slices=verify_slices, max_dice_drop={"fp16": max_dice_drop_fp16, "int8": max_dice_drop_int8},
+    )
+    result = export_bundle(checkpoint, out, settings, calib=calib, verify_data=verify_data, force=force,
+                           cache_dir=cache_dir or _cache_default(), intensity=intensity, progress=not quiet,
+                           echo=click.echo)
+    for note in result["notes"]:
+        click.echo(note)
+    files = ", ".join(a.file for a in result["manifest"].artifacts)
+    click.echo(f"bundle {result['bundle']}: {files}; all artifacts passed the parity gate")
+    if triton_repo:
+        from edgeseg.export.triton import write_triton_repo
+
+        for folder in write_triton_repo(result["bundle"], triton_repo, max_batch=settings.max_batch, force=force):
+            click.echo(f"triton model {folder}")

@@ -1,0 +1,55 @@
+"""``edgeseg inspect``: a bundle's manifest and parity report as readable tables."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+
+def describe_bundle(bundle: str) -> str:
+    """The text ``edgeseg inspect`` prints: model, spec, tensors, artifacts (with a fresh hash
+    check), calibration record and parity table."""
+    from edgeseg.errors import BundleError
+    from edgeseg.evaluate.report import format_table
+    from edgeseg.export.verify import parity_table
+    from edgeseg.runtime.manifest import PARITY_NAME, read_manifest, verify_artifacts
+
+    manifest = read_manifest(bundle)
+    lines = [f"bundle {bundle}  (schema {manifest.schema}, edgeseg {manifest.edgeseg_version}, created {manifest.created})",
+             f"source   {json.dumps(manifest.source)}",
+             f"model    {json.dumps(manifest.model)}",
+             f"spec     {manifest.spec.to_json()}  (hash {manifest.spec.hash})",
+             f"labels   {', '.join(f'{k}={v}' for k, v in sorted(manifest.labels.items()))}",
+             f"post     {json.dumps(manifest.postprocess)}   max batch {manifest.max_batch}"]
+    for kind, tensors in (("input", manifest.inputs), ("output", manifest.outputs)):
+        lines += [f"{kind:<8} {t.name} {list(t.shape)} {t.dtype}" for t in tensors]
+    rows = []
+    for entry in manifest.artifacts:
+        try:
+            verify_artifacts(bundle, manifest, only=[entry])
+            check = "ok"
+        except BundleError as exc:
+            check = "FAILED: " + str(exc).split(": ", 1)[-1]
+        fingerprint = ", ".join(f"{k}={v}" for k, v in (entry.fingerprint or {}).items()) or "-"
+        rows.append({"artifact": entry.key, "file": entry.file, "bytes": entry.bytes, "sha256": entry.sha256[:12],
+                     "hash check": check, "fingerprint": fingerprint})
+    lines += ["", format_table(rows, ["artifact", "file", "bytes", "sha256", "hash check", "fingerprint"])]
+    if manifest.calibration:
+        c = manifest.calibration
+        lines += ["", f"INT8 calibration: {c.get('method')}, {c.get('slices')} slices ({c.get('with_target')} with target, "
+                      f"{c.get('without_target')} without), data {str(c.get('data_hash'))[:12]}, spec {c.get('spec_hash')}"]
+    parity_path = Path(bundle) / PARITY_NAME
+    if parity_path.is_file():
+        parity = json.loads(parity_path.read_text(encoding="utf-8"))
+        lines += ["", f"parity vs {parity.get('reference')} on {parity.get('slices')} slices of {parity.get('data')}:",
+                  parity_table(parity)]
+    return "\n".join(lines)
+
+
+@click.command("inspect")
+@click.argument("bundle", type=click.Path())
+def command(bundle: str) -> None:
+    """Print BUNDLE's manifest, artifact hash checks and parity report."""
+    click.echo(describe_bundle(bundle))

@@ -1,0 +1,90 @@
+"""Bundle writer: the manifest and parity report beside the artifacts, all or nothing.
+
+Artifacts are written into a temporary folder next to the target (``staged_bundle``); only
+when every artifact has passed the gate are ``manifest.json`` and ``parity.json`` added and
+the folder renamed into place, so a failed export leaves no bundle and an old one intact.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from edgeseg import __version__
+from edgeseg.atomic import atomic_dir, atomic_write_text
+from edgeseg.errors import DataError
+from edgeseg.runtime.manifest import (MANIFEST_NAME, PARITY_NAME, ArtifactEntry, Manifest, TensorInfo,
+                                      sha256_file)
+from edgeseg.spec import PreprocessSpec
+
+
+def check_output(out: str | Path, force: bool) -> Path:
+    """Refuse an output that exists (without ``force``), that is a folder other than a bundle,
+    or whose parent cannot hold a new folder; before any work is done."""
+    target = Path(out)
+    if target.exists():
+        if not target.is_dir():
+            raise DataError(f"output {target} exists and is not a folder")
+        if not force:
+            raise DataError(f"output {target} already exists; pass --force to replace it")
+        if any(target.iterdir()) and not (target / MANIFEST_NAME).is_file():
+            raise DataError(f"output {target} is a non-empty folder that is not a bundle; refusing to replace it")
+    parent = target.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise DataError(f"cannot write the bundle {target}: {parent} is not a writable folder")
+    return target
+
+
+@contextlib.contextmanager
+def staged_bundle(out: str | Path) -> Iterator[Path]:
+    """A temporary folder that replaces ``out`` whole when the block succeeds, and vanishes if not."""
+    try:
+        with atomic_dir(out) as tmp:
+            yield tmp
+    except OSError as exc:
+        raise DataError(f"cannot write the bundle {out}: {exc.strerror or exc}") from None
+
+
+def artifact_entry(folder: Path, file: str, fmt: str, precision: str, fingerprint: dict | None = None,
+                   extra: dict | None = None) -> ArtifactEntry:
+    """The manifest entry of ``folder/file``: its sha256 and size as written."""
+    path = folder / file
+    return ArtifactEntry(file=file, format=fmt, precision=precision, sha256=sha256_file(path),
+                         bytes=path.stat().st_size, fingerprint=fingerprint, extra=dict(extra or {}))
+
+
+def build_manifest(payload: dict[str, Any], checkpoint: Path, checkpoint_sha256: str, spec: PreprocessSpec,
+                   artifacts: list[ArtifactEntry], max_batch: int, calibration: dict | None) -> Manifest:
+    """The bundle manifest for a checkpoint's ``payload`` and its exported ``artifacts``."""
+    class_names = list(payload["class_names"])
+    rows, cols = spec.size
+    return Manifest(
+        spec=spec,
+        labels=dict(enumerate(class_names)),
+        inputs=(TensorInfo("image", (-1, 1, rows, cols), "float32"),),
+        outputs=(TensorInfo("logits", (-1, len(class_names), rows, cols), "float32"),),
+        artifacts=tuple(artifacts),
+        model=dict(payload["model"]),
+        postprocess={"keep_largest": bool((payload.get("postprocess") or {}).get("keep_largest", False))},
+        max_batch=int(max_batch),
+        calibration=calibration,
+        source={"checkpoint": checkpoint.name, "sha256": checkpoint_sha256, "epoch": payload.get("epoch"),
+                "edgeseg_version": payload.get("edgeseg_version")},
+        edgeseg_version=__version__,
+        created=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    )
+
+
+def write_manifest(folder: Path, manifest: Manifest, parity: dict) -> None:
+    """Write ``manifest.json`` and ``parity.json`` into the staged bundle folder."""
+    from edgeseg.evaluate.report import to_json_compatible
+
+    atomic_write_text(folder / PARITY_NAME, json.dumps(to_json_compatible(parity), indent=2) + "\n")
+    atomic_write_text(folder / MANIFEST_NAME, manifest.to_json())

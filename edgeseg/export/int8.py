@@ -1,0 +1,215 @@
+"""INT8 artifact: explicit (Q/DQ) quantisation calibrated on real, stratified CT slices.
+
+Settings are those TensorRT takes for explicit quantisation, so the same file runs on ONNX
+Runtime CPU and on TensorRT 10/11: QDQ format, signed INT8 for weights and activations, zero
+points of 0 (symmetric), per-channel weight scales, biases left in float (TensorRT fuses them;
+it has no INT32 dequantisation for them). Calibration slices are drawn half with and half
+without the target (when labels exist) and, within each half, evenly across the range of mean
+windowed HU, so both the empty abdomen and dense organ slices set the activation ranges.
+
+Quantised graphs are cached under a key made of the FP32 graph's sha256, the calibration data
+hash, the spec hash, the method and the settings: change any of them and the cache misses.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edgeseg.atomic import atomic_path, atomic_write_text
+from edgeseg.data import open_dataset
+from edgeseg.errors import DataError, require
+from edgeseg.runtime.manifest import sha256_file
+from edgeseg.spec import PreprocessSpec
+
+log = logging.getLogger("edgeseg.export")
+
+METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
+SETTINGS = {"quant_format": "QDQ", "activation_type": "QInt8", "weight_type": "QInt8", "per_channel": True,
+            "ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False}
+READ_BATCH = 8
+
+
+@dataclass
+class CalibrationSet:
+    """Model-input slices for calibration and what they are.
+
+    Attributes:
+        images: (N, 1, H, W) float32, pre-processed with the model's spec.
+        data_hash: sha256 of the chosen source slices (case, index, raw values).
+        summary: counts with / without target and the mean-HU range covered.
+    """
+
+    images: np.ndarray
+    data_hash: str
+    summary: dict
+
+
+def load_calibration(source: str, spec: PreprocessSpec, count: int, label_values: dict | None = None,
+                     intensity: str | None = None, exclude_cases: set[str] | frozenset = frozenset()) -> CalibrationSet:
+    """Draw ``count`` stratified calibration slices from ``source`` and pre-process them.
+
+    ``source`` is any data source ``open_dataset`` reads, or a ``.npy`` array of slices
+    already pre-processed to the model input (N, 1, H, W). Data that cannot have been made with
+    ``spec`` (another size, values outside the window's range, a source whose HU range does
+    not cover the window) is refused. Cases in ``exclude_cases`` (the held-out cases the gate
+    checks on) are left out, so calibration never sees the slices it is judged on.
+    """
+    if str(source).endswith(".npy"):
+        return _load_array(Path(source), spec, count)
+    from edgeseg.train.dataset import check_window, map_labels, preprocess_stack
+
+    volumes = [v for v in open_dataset(source, intensity=intensity) if v.case_id not in exclude_cases]
+    if not volumes:
+        raise DataError(f"calibration data {source} holds no slices outside the held-out cases")
+    keys, picks = [], []
+    for vol in volumes:
+        check_window(vol, spec)
+        target = None
+        if vol.label is not None:
+            target = (map_labels(vol.label, label_values) if label_values else vol.label) > 0
+        low, high = spec.window
+        means = np.clip(vol.hu, low, high).mean(axis=(1, 2))
+        for k in range(vol.num_slices):
+            keys.append((None if target is None else bool(target[k].any()), float(means[k])))
+            picks.append((vol, k))
+    chosen = stratify_slices(keys, count)
+    digest = hashlib.sha256()
+    for i in chosen:
+        vol, k = picks[i]
+        digest.update(f"{vol.case_id}:{k}:".encode())
+        digest.update(np.ascontiguousarray(vol.hu[k], dtype=np.float32).tobytes())
+    images = np.concatenate([preprocess_stack(picks[i][0].hu[picks[i][1] : picks[i][1] + 1], spec) for i in chosen])
+    flags = [keys[i][0] for i in chosen]
+    summary = {"slices": len(chosen), "cases": len({picks[i][0].case_id for i in chosen}),
+               "with_target": sum(f is True for f in flags), "without_target": sum(f is False for f in flags),
+               "unlabelled": sum(f is None for f in flags), "excluded_cases": len(exclude_cases),
+               "mean_hu_range": [min(keys[i][1] for i in chosen), max(keys[i][1] for i in chosen)]}
+    return CalibrationSet(images, digest.hexdigest(), summary)
+
+
+def stratify_slices(keys: list[tuple[bool | None, float]], count: int) -> list[int]:
+    """Indices of up to ``count`` slices: half with and half without target where both exist,
+    each half spread evenly over the sorted mean HU, so the extremes are always included."""
+    groups: dict[bool | None, list[int]] = {}
+    for i, (flag, _) in enumerate(keys):
+        groups.setdefault(flag, []).append(i)
+    wanted = {flag: 0 for flag in groups}
+    remaining = min(count, len(keys))
+    while remaining:  # deal slices round-robin to the groups that still have some
+        for flag in wanted:
+            if remaining and wanted[flag] < len(groups[flag]):
+                wanted[flag] += 1
+                remaining -= 1
+    chosen = []
+    for flag, members in groups.items():
+        ordered = sorted(members, key=lambda i: keys[i][1])
+        positions = np.unique(np.round(np.linspace(0, len(ordered) - 1, wanted[flag])).astype(int)) if wanted[flag] else []
+        chosen += [ordered[p] for p in positions]
+    return sorted(chosen)
+
+
+def _load_array(path: Path, spec: PreprocessSpec, count: int) -> CalibrationSet:
+    if not path.is_file():
+        raise DataError(f"calibration array {path} not found")
+    try:
+        images = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise DataError(f"calibration array {path} is not a readable .npy file ({exc})") from None
+    expected = (1, *spec.size)
+    if images.ndim != 4 or tuple(images.shape[1:]) != expected or len(images) == 0:
+        raise DataError(f"calibration array {path} has shape {list(images.shape)}; the model takes [N, {', '.join(map(str, expected))}] (spec size {list(spec.size)})")
+    a, b = spec.scale_offset
+    low, high = sorted((a * spec.window[0] + b, a * spec.window[1] + b))
+    lo, hi = float(images.min()), float(images.max())
+    if lo < low - 1e-3 or hi > high + 1e-3:
+        raise DataError(f"calibration array {path} spans [{lo:.3g}, {hi:.3g}], outside what spec window {list(spec.window)} produces [{low:.3g}, {high:.3g}]; was it made with another spec?")
+    chosen = stratify_slices([(None, float(s.mean())) for s in images], count)
+    images = np.ascontiguousarray(images[chosen], dtype=np.float32)
+    summary = {"slices": len(chosen), "cases": None, "with_target": 0, "without_target": 0, "unlabelled": len(chosen),
+               "excluded_cases": 0, "mean_hu_range": None}
+    return CalibrationSet(images, hashlib.sha256(images.tobytes()).hexdigest(), summary)
+
+
+def _reader_class():
+    from onnxruntime.quantization import CalibrationDataReader
+
+    class SliceCalibrationReader(CalibrationDataReader):
+        """Feeds calibration slices to ONNX Runtime in batches, with a progress bar."""
+
+        def __init__(self, images: np.ndarray, input_name: str, progress: bool) -> None:
+            from tqdm import tqdm
+
+            self.batches = [images[i : i + READ_BATCH] for i in range(0, len(images), READ_BATCH)]
+            self.input_name = input_name
+            self.bar = tqdm(total=len(images), desc="calibrate", unit="slice", leave=False, disable=not progress)
+            self.position = 0
+
+        def get_next(self) -> dict | None:
+            if self.position >= len(self.batches):
+                self.bar.close()
+                return None
+            batch = self.batches[self.position]
+            self.position += 1
+            self.bar.update(len(batch))
+            return {self.input_name: batch}
+
+    return SliceCalibrationReader
+
+
+def cache_key(model_hash: str, data_hash: str, spec_hash: str, method: str) -> str:
+    """Hex key of a quantised graph: any change of model, data, spec, method or settings changes it."""
+    text = json.dumps({"model": model_hash, "data": data_hash, "spec": spec_hash, "method": method,
+                       "settings": SETTINGS}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def quantize_int8(fp32_onnx: str | Path, dst: str | Path, calib: CalibrationSet, spec: PreprocessSpec,
+                  method: str, cache_dir: str | Path | None, input_name: str = "image", progress: bool = True) -> dict:
+    """Quantise ``fp32_onnx`` to a Q/DQ INT8 graph at ``dst``; returns the calibration record.
+
+    With ``cache_dir`` a graph quantised before from the same model, data, spec and method is
+    copied instead of recalibrating; the record says whether the cache was used.
+    """
+    if method not in METHODS:
+        raise DataError(f"calibration method must be one of {sorted(METHODS)}, got {method!r}")
+    require("onnx", "export", "INT8 quantisation")
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    record = {"method": method, **calib.summary, "data_hash": calib.data_hash, "spec_hash": spec.hash,
+              "model_hash": sha256_file(fp32_onnx), "settings": SETTINGS}
+    key = cache_key(record["model_hash"], calib.data_hash, spec.hash, method)
+    cached = Path(cache_dir) / f"int8-{key}.onnx" if cache_dir else None
+    if cached is not None and cached.is_file():
+        shutil.copyfile(cached, dst)
+        return {**record, "cache": "hit", "cache_key": key}
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    reader = _reader_class()(calib.images, input_name, progress)
+    prepared = Path(dst).with_suffix(".prep.onnx")
+    # ONNX Runtime prints its histogram progress to stdout; our bar replaces it.
+    with contextlib.redirect_stdout(io.StringIO()):
+        # Shape inference and basic (standard-op) optimisation first, as ONNX Runtime advises:
+        # quantisation parameters are then placed on the graph that will actually run.
+        quant_pre_process(str(fp32_onnx), str(prepared))
+        quantize_static(
+            str(prepared), str(dst), reader, quant_format=QuantFormat.QDQ, per_channel=True,
+            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+            calibrate_method=getattr(CalibrationMethod, METHODS[method]),
+            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False},
+        )
+    prepared.unlink(missing_ok=True)
+    if cached is not None:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(cached) as tmp:
+            shutil.copyfile(dst, tmp)
+        atomic_write_text(cached.with_suffix(".json"), json.dumps(record, indent=2) + "\n")
+    return {**record, "cache": "miss" if cached is not None else "off", "cache_key": key}

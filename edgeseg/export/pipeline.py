@@ -1,0 +1,216 @@
+"""export_bundle: checkpoint -> artifacts -> parity gate -> bundle, in that order, or nothing.
+
+Inputs are checked before any work (output folder, checkpoint, calibration and verification
+data); artifacts are written into a staged folder, run through the gate, and only then given
+a manifest and renamed into place. Later steps (e.g. a Triton model repository) take the
+finished bundle folder this returns.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgeseg.errors import DataError, EdgesegError, require
+from edgeseg.export.bundle import artifact_entry, build_manifest, check_output, staged_bundle, write_manifest
+from edgeseg.export.profiles import ExportSettings
+from edgeseg.export.verify import ParityError, failures, parity_table
+
+log = logging.getLogger("edgeseg.export")
+
+FILES = {("torchscript", "fp32"): "model.ts", ("onnx", "fp32"): "model.onnx",
+         ("onnx", "fp16"): "model.fp16.onnx", ("onnx", "int8"): "model.int8.onnx"}
+LATENCY_THREADS = 1
+
+
+def export_bundle(checkpoint: str | Path, out: str | Path, settings: ExportSettings, calib: str | None = None,
+                  verify_data: str | None = None, force: bool = False, cache_dir: str | Path | None = None,
+                  intensity: str | None = None, progress: bool = True,
+                  echo: Callable[[str], None] = print) -> dict[str, Any]:
+    """Export ``checkpoint`` as a verified bundle at ``out``; returns bundle path, manifest and parity.
+
+    ``settings`` says which artifacts to make (see :class:`ExportSettings`); ``calib`` is the
+    INT8 calibration data, ``verify_data`` the gate's held-out data (default: the checkpoint's
+    validation cases). ``cache_dir`` keeps INT8 graphs and the TensorRT timing cache between
+    runs. Raises ParityError, with the report already echoed, when an artifact fails the gate.
+    """
+    require("torch", "train", "edgeseg export")
+    from edgeseg.export.int8 import load_calibration
+    from edgeseg.export.verify import load_verify_set
+    from edgeseg.runtime.manifest import sha256_file
+    from edgeseg.train.checkpoint import checkpoint_spec, load_model
+
+    target = check_output(out, force)
+    checkpoint = Path(checkpoint)
+    model, payload = load_model(checkpoint)
+    spec = checkpoint_spec(payload)
+    labels = dict(enumerate(payload["class_names"]))
+    if settings.int8 and not calib:
+        raise DataError("--int8 needs calibration data: pass --calib DATA")
+    calib_set = None
+    if settings.int8:
+        held_out = set()
+        if _same_source(calib, (payload.get("train_config") or {}).get("data")):
+            split = payload.get("split") or {}
+            held_out = set(split.get("val") or []) | set(split.get("test") or [])
+        calib_set = load_calibration(calib, spec, settings.calib_slices, payload.get("label_values"), intensity,
+                                     exclude_cases=held_out)
+    verify_set = load_verify_set(payload, spec, verify_data, settings.verify_slices, intensity)
+    with staged_bundle(target) as folder:
+        made, calibration, notes = _write_artifacts(folder, model, spec, labels, settings, verify_set, calib_set,
+                                                    cache_dir, progress)
+        made = [(*item, None) for item in made] + (_tensorrt(folder, settings, spec, cache_dir, echo) if settings.trt else [])
+        report = _gate(folder, model, made, verify_set, settings, progress)
+        echo(parity_table(report))
+        if not report["passed"]:
+            raise ParityError(f"parity gate failed: {'; '.join(failures(report))}; no bundle written")
+        entries = [artifact_entry(folder, file, fmt, precision, fingerprint=fingerprint, extra=extra)
+                   for fmt, precision, file, extra, fingerprint in made]
+        manifest = build_manifest(payload, checkpoint, sha256_file(checkpoint), spec, entries, settings.max_batch,
+                                  calibration)
+        write_manifest(folder, manifest, report)
+    return {"bundle": target, "manifest": manifest, "parity": report, "notes": notes}
+
+
+def _same_source(a: str | None, b: str | None) -> bool:
+    """True when two data source strings name the same data (equal text or the same path)."""
+    if not a or not b:
+        return False
+    if str(a) == str(b):
+        return True
+    return Path(a).exists() and Path(b).exists() and Path(a).resolve() == Path(b).resolve()
+
+
+def _write_artifacts(folder: Path, model, spec, labels, settings: ExportSettings, verify_set, calib_set,
+                     cache_dir, progress: bool) -> tuple[list, dict | None, list[str]]:
+    """Write each requested artifact; returns [(format, precision, file, extra)], calibration record, notes."""
+    import torch
+
+    from edgeseg.export.fp16 import convert_fp16
+    from edgeseg.export.int8 import quantize_int8
+    from edgeseg.export.onnx_export import export_onnx, set_metadata
+    from edgeseg.export.torchscript import export_torchscript
+
+    example = torch.from_numpy(np.ascontiguousarray(verify_set.images[: min(2, settings.max_batch)]))
+    made, calibration, notes = [], None, []
+    if "torchscript" in settings.formats:
+        export_torchscript(model, example, spec, labels, folder / FILES["torchscript", "fp32"])
+        made.append(("torchscript", "fp32", FILES["torchscript", "fp32"], {"frozen": True}))
+    onnx_fp32 = folder / FILES["onnx", "fp32"]
+    if "onnx" in settings.formats:
+        made.append(("onnx", "fp32", onnx_fp32.name, export_onnx(model, example, spec, labels, onnx_fp32)))
+    if settings.fp16:
+        made.append(("onnx", "fp16", FILES["onnx", "fp16"], convert_fp16(onnx_fp32, folder / FILES["onnx", "fp16"])))
+    if settings.int8:
+        dst = folder / FILES["onnx", "int8"]
+        calibration = quantize_int8(onnx_fp32, dst, calib_set, spec, settings.calib_method, cache_dir, progress=progress)
+        made.append(("onnx", "int8", dst.name, {"calibration_method": settings.calib_method}))
+        notes.append(f"INT8 calibration: {calibration['slices']} slices, {settings.calib_method}, cache {calibration['cache']}")
+    import onnx
+
+    for fmt, _, file, _ in made:  # converters may drop metadata_props; every ONNX file carries spec and labels
+        if fmt == "onnx":
+            graph = onnx.load(str(folder / file))
+            set_metadata(graph, spec, labels)
+            onnx.save(graph, str(folder / file))
+    return made, calibration, notes
+
+
+def _gate(folder: Path, model, made: list, verify_set, settings: ExportSettings, progress: bool) -> dict:
+    """Run every artifact (and the FP16 half-precision emulation) against FP32 PyTorch."""
+    import torch
+    from tqdm import tqdm
+
+    from edgeseg.export.fp16 import HALF_EMULATION, ORT_EMULATION, half_precision_logits
+    from edgeseg.export.onnx_export import INPUT_NAME, OUTPUT_NAME, ort_session
+    from edgeseg.export.torchscript import load_torchscript
+    from edgeseg.export.verify import compare_logits, measure_latency, run_batched
+
+    images, truth, batch = verify_set.images, verify_set.truth, settings.max_batch
+
+    def eager(x):
+        with torch.no_grad():
+            return model(torch.from_numpy(np.ascontiguousarray(x))).numpy()
+
+    reference = run_batched(eager, images, batch)
+    results = []
+    for fmt, precision, file, _, fingerprint in tqdm(made, desc="verify", unit="artifact", leave=False, disable=not progress):
+        if fmt == "tensorrt":
+            runs = [("tensorrt-cuda", _run_engine(folder, file, precision, fingerprint, reference.shape, images, batch))]
+        elif fmt == "torchscript":
+            module = load_torchscript(folder / file)[0]
+            with torch.no_grad():
+                runs = [("torch-jit-cpu", run_batched(lambda x: module(torch.from_numpy(np.ascontiguousarray(x))).numpy(), images, batch))]
+        else:
+            session = ort_session(folder / file)
+            runs = [("onnxruntime-cpu", run_batched(lambda x: session.run([OUTPUT_NAME], {INPUT_NAME: x})[0], images, batch))]
+        if precision == "fp16":
+            runs.append((HALF_EMULATION, half_precision_logits(model, images, batch)))
+        for run_on, logits in runs:
+            row = compare_logits(reference, logits, truth, precision, settings.max_dice_drop[precision])
+            results.append({"key": f"{fmt}-{precision}", "file": file, "precision": precision, "run_on": run_on, **row})
+    report = {"reference": "pytorch-fp32-eager-cpu", "data": verify_set.source, "cases": verify_set.cases,
+              "slices": int(len(images)), "labelled": truth is not None, "thresholds": settings.max_dice_drop,
+              "fp32_margin": 1e-4, "results": results, "passed": all(r["passed"] for r in results)}
+    if any(p == "fp16" for _, p, _, _, _ in made):
+        report["fp16_emulation"] = [ORT_EMULATION, HALF_EMULATION]
+    if settings.int8 and "onnx" in settings.formats:
+        one = np.ascontiguousarray(images[:1])
+        timed = {}
+        for precision in ("fp32", "int8"):
+            session = ort_session(folder / FILES["onnx", precision], LATENCY_THREADS)
+            timed[precision] = measure_latency(lambda x, s=session: s.run([OUTPUT_NAME], {INPUT_NAME: x})[0], one)
+        report["latency"] = {"batch": 1, "threads": LATENCY_THREADS, "onnx-fp32_ms": timed["fp32"],
+                             "onnx-int8_ms": timed["int8"], "ratio": timed["int8"] / timed["fp32"]}
+    return report
+
+
+def _run_engine(folder: Path, file: str, precision: str, fingerprint: dict, shape: tuple, images: np.ndarray,
+                batch: int) -> np.ndarray:
+    """Logits of a freshly built TensorRT engine through the runtime's TensorRT runner."""
+    from edgeseg.runtime.manifest import TensorInfo
+    from edgeseg.runtime.runners.tensorrt import TensorRTRunner
+
+    entry = artifact_entry(folder, file, "tensorrt", precision, fingerprint=fingerprint)
+    inputs, outputs = TensorInfo("image", (-1, 1, *shape[2:])), TensorInfo("logits", (-1, *shape[1:]))
+    with TensorRTRunner(folder / file, entry, inputs, outputs, batch) as runner:
+        return run_batched(runner.infer, images, batch)
+
+
+def _tensorrt(folder: Path, settings: ExportSettings, spec, cache_dir, echo) -> list:
+    """Build the TensorRT engine from the lowest-precision ONNX graph when tensorrt and a GPU
+    are present, else say in one line which is missing and go on. ``trtexec.sh`` in the bundle
+    holds the equivalent trtexec commands (TensorRT 10 and 11) either way, so a device without
+    Python can build the engine from the bundle's ONNX. Returns [(format, precision, file,
+    extra, fingerprint)] for the engine built, or []."""
+    import importlib
+
+    from edgeseg.atomic import atomic_write_text
+
+    precision = "int8" if settings.int8 else "fp16" if settings.fp16 else "fp32"
+    try:
+        trt_export = importlib.import_module("edgeseg.export.tensorrt")
+    except ImportError as exc:
+        echo(f"tensorrt: the TensorRT export module is not available ({exc}); skipped the engine")
+        return []
+    chw, engine_name = (1, *spec.size), f"model.{precision}.plan"
+    ten, eleven = (trt_export.trtexec_command(trt_export.plan_build(f"{major}.0", precision, chw, settings.max_batch),
+                                              "image", engine_name, "timing.cache") for major in (10, 11))
+    atomic_write_text(folder / "trtexec.sh", "#!/bin/sh\n# Builds the engine from this bundle's ONNX; run it in the bundle folder.\n"
+                      f"# TensorRT 10 (explicit precision flags):\n{ten}\n"
+                      f"# TensorRT 11 (strongly typed: precision from the graph); use this line instead:\n# {eleven}\n")
+    timing_cache = Path(cache_dir) / "tensorrt.timing" if cache_dir else folder.parent / ".edgeseg-tensorrt.timing"
+    try:
+        trt = require("tensorrt", "tensorrt", "building TensorRT engines")
+        here = trt_export.machine_fingerprint()
+        plan = trt_export.plan_build(trt.__version__, precision, chw, settings.max_batch)
+        engine = trt_export.engine_file_name(precision, here["compute_capability"])
+        fingerprint = trt_export.build_engine(folder / FILES["onnx", precision], folder / engine, plan, "image", timing_cache)
+    except EdgesegError as exc:
+        echo(f"tensorrt: {exc}; the other artifacts are exported (trtexec.sh in the bundle builds the engine)")
+        return []
+    return [("tensorrt", precision, engine, {"from": FILES["onnx", precision]}, fingerprint)]

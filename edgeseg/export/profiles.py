@@ -1,0 +1,107 @@
+"""Export profiles: named TOML files (``export/*.toml``) that set what an export produces.
+
+A profile fixes formats, precisions, calibration method, max batch and gate thresholds for a
+deployment target (``cpu-int8``, ``gpu-fp16``, ``edge-int8``). Command-line flags override
+profile values, which override :data:`DEFAULTS`.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from edgeseg.errors import DataError
+
+FORMATS = ("torchscript", "onnx")
+CALIB_METHODS = ("minmax", "entropy", "percentile")
+PROFILE_DIR = Path(__file__).resolve().parents[2] / "export"
+
+
+@dataclass(frozen=True)
+class ExportSettings:
+    """What one export produces and how strictly it is checked.
+
+    Args:
+        formats: FP32 formats to write ("torchscript", "onnx"); FP16/INT8 need "onnx".
+        fp16: also write the FP16 ONNX graph.
+        int8: also write the INT8 Q/DQ ONNX graph (needs calibration data).
+        trt: also build a TensorRT engine from the lowest-precision ONNX graph.
+        calib_method: "minmax", "entropy" or "percentile".
+        calib_slices: calibration slices drawn (stratified) from the calibration data.
+        max_batch: largest batch the artifacts are exported and checked for.
+        verify_slices: held-out slices the gate runs every artifact on.
+        max_dice_drop: per precision, the largest allowed 1 - Dice(artifact mask, FP32 mask);
+            FP32 formats must give identical masks.
+    """
+
+    formats: tuple[str, ...] = FORMATS
+    fp16: bool = False
+    int8: bool = False
+    trt: bool = False
+    calib_method: str = "entropy"
+    calib_slices: int = 64
+    max_batch: int = 8
+    verify_slices: int = 64
+    max_dice_drop: dict[str, float] = field(default_factory=lambda: {"fp32": 0.0, "fp16": 0.002, "int8": 0.01})
+
+    def __post_init__(self) -> None:
+        formats = tuple(self.formats)
+        unknown = [f for f in formats if f not in FORMATS]
+        if unknown or not formats:
+            raise DataError(f"formats must be a non-empty subset of {list(FORMATS)}, got {list(formats)}")
+        object.__setattr__(self, "formats", formats)
+        if (self.fp16 or self.int8) and "onnx" not in formats:
+            raise DataError("FP16 and INT8 artifacts are ONNX graphs: add 'onnx' to the formats")
+        if self.calib_method not in CALIB_METHODS:
+            raise DataError(f"calibration method must be one of {list(CALIB_METHODS)}, got {self.calib_method!r}")
+        for name in ("calib_slices", "max_batch", "verify_slices"):
+            if int(getattr(self, name)) < 1:
+                raise DataError(f"{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        drops = {"fp32": 0.0, "fp16": 0.002, "int8": 0.01, **dict(self.max_dice_drop)}
+        for key, value in drops.items():
+            if key not in ("fp32", "fp16", "int8") or not 0.0 <= float(value) <= 1.0:
+                raise DataError(f"Dice drop threshold {key}={value!r}: expected fp32/fp16/int8 in [0, 1]")
+        object.__setattr__(self, "max_dice_drop", {k: float(v) for k, v in drops.items()})
+
+    def override(self, **values: Any) -> "ExportSettings":
+        """A copy with every value that is not None replaced (how flags beat a profile)."""
+        given = {k: v for k, v in values.items() if v is not None and k != "max_dice_drop"}
+        drops = dict(self.max_dice_drop)
+        drops.update({k: v for k, v in (values.get("max_dice_drop") or {}).items() if v is not None})
+        return replace(self, **given, max_dice_drop=drops)
+
+
+def resolve_profile(name: str) -> Path:
+    """A profile path: ``name`` itself if it is a file, else ``export/NAME.toml`` here or in the source tree."""
+    direct = Path(name)
+    if direct.is_file():
+        return direct
+    stem = direct.name.removesuffix(".toml")
+    for folder in (Path.cwd() / "export", PROFILE_DIR):
+        candidate = folder / f"{stem}.toml"
+        if candidate.is_file():
+            return candidate
+    known = sorted(p.stem for p in PROFILE_DIR.glob("*.toml")) if PROFILE_DIR.is_dir() else []
+    raise DataError(f"export profile {name!r} not found; expected a TOML file or one of {known}")
+
+
+def load_profile(name: str) -> ExportSettings:
+    """Read a profile TOML into settings; unknown keys and bad values are refused by name."""
+    path = resolve_profile(name)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise DataError(f"export profile {path} is not readable TOML ({exc})") from None
+    data.pop("description", None)
+    thresholds = data.pop("max_dice_drop", {})
+    known = {f.name for f in fields(ExportSettings)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise DataError(f"export profile {path}: unknown key(s) {unknown}; known: {sorted(known | {'description'})}")
+    if not isinstance(thresholds, dict):
+        raise DataError(f"export profile {path}: max_dice_drop must be a table, got {thresholds!r}")
+    if "formats" in data:
+        data["formats"] = tuple(data["formats"])
+    return ExportSettings(**data, max_dice_drop=thresholds)

@@ -1,0 +1,162 @@
+"""The parity gate: every artifact against the FP32 PyTorch model on real held-out slices.
+
+For each artifact (and, for FP16, also the model run in real float16, see
+:mod:`edgeseg.export.fp16`) the gate reports the max and 99th-percentile absolute logit
+difference, the agreement of the argmax masks (pooled Dice per foreground class, averaged;
+``dice_drop`` = 1 - agreement) and Dice against ground truth where labels exist. Limits:
+FP32 formats must give identical masks, except at pixels where the FP32 model itself is
+undecided (top-two logit margin below ``FP32_MARGIN``, i.e. float rounding decides the
+class); FP16 and INT8 must keep ``dice_drop`` within their threshold and all logits finite.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from edgeseg.data import open_dataset
+from edgeseg.errors import DataError, EdgesegError
+from edgeseg.evaluate.report import format_table
+from edgeseg.spec import PreprocessSpec
+
+FP32_MARGIN = 1e-4
+COLUMNS = ["artifact", "run on", "max |d|", "p99 |d|", "mask Dice", "dice drop", "limit", "Dice GT", "Dice GT fp32", "pass"]
+
+
+class ParityError(EdgesegError):
+    """An artifact differs from the FP32 model by more than its precision allows."""
+
+
+@dataclass
+class VerifySet:
+    """Held-out model-input slices with their labels at model resolution (None if unlabelled)."""
+
+    images: np.ndarray
+    truth: np.ndarray | None
+    source: str
+    cases: list[str]
+
+
+def load_verify_set(payload: dict, spec: PreprocessSpec, data: str | None, count: int,
+                    intensity: str | None = None) -> VerifySet:
+    """Up to ``count`` slices of ``data`` (default: the checkpoint's validation cases), chosen
+    half with and half without target and evenly over intensity, like calibration slices."""
+    from edgeseg.export.int8 import stratify_slices
+    from edgeseg.train.dataset import SliceSet, check_window, preprocess_stack
+
+    train_config = payload.get("train_config") or {}
+    if data is None:
+        data = train_config.get("data")
+        cases = (payload.get("split") or {}).get("val") or []
+        if not data or not cases:
+            raise DataError("the checkpoint records no validation split; pass --verify-data DATA")
+        intensity = intensity or train_config.get("intensity")
+        volumes = [v for v in open_dataset(data, intensity=intensity) if v.case_id in set(cases)]
+        if not volumes:
+            raise DataError(f"none of the checkpoint's validation cases {cases[:4]} are in {data}; pass --verify-data DATA")
+    else:
+        volumes = open_dataset(data, intensity=intensity)
+    if not volumes:
+        raise DataError(f"verification data {data} holds no slices")
+    class_names = list(payload["class_names"])
+    label_values = payload.get("label_values") or {n: [i] for i, n in enumerate(class_names) if i}
+    if all(v.label is not None for v in volumes):
+        slices = SliceSet.from_volumes(volumes, spec, label_values)
+        images, truth = slices.images, slices.labels
+    else:
+        for vol in volumes:
+            check_window(vol, spec)
+        images, truth = np.concatenate([preprocess_stack(v.hu, spec) for v in volumes]), None
+    keys = [(None if truth is None else bool(truth[i].any()), float(images[i].mean())) for i in range(len(images))]
+    chosen = stratify_slices(keys, count)
+    return VerifySet(images[chosen], None if truth is None else truth[chosen], str(data), [v.case_id for v in volumes])
+
+
+def run_batched(infer: Callable[[np.ndarray], np.ndarray], images: np.ndarray, batch_size: int) -> np.ndarray:
+    """``infer`` over ``images`` in batches of at most ``batch_size``; float32 logits."""
+    return np.concatenate([np.asarray(infer(images[i : i + batch_size]), dtype=np.float32)
+                           for i in range(0, len(images), batch_size)])
+
+
+def pooled_dice(a: np.ndarray, b: np.ndarray, num_classes: int) -> float:
+    """Mean over foreground classes of the Dice of label maps ``a`` and ``b`` pooled over all
+    slices; a class absent from both counts as 1."""
+    scores = []
+    for c in range(1, num_classes):
+        pa, pb = a == c, b == c
+        total = int(pa.sum()) + int(pb.sum())
+        scores.append(1.0 if total == 0 else 2.0 * int((pa & pb).sum()) / total)
+    return float(np.mean(scores))
+
+
+def compare_logits(reference: np.ndarray, logits: np.ndarray, truth: np.ndarray | None, precision: str,
+                   limit: float) -> dict:
+    """The parity row of one artifact's ``logits`` against the FP32 ``reference`` logits."""
+    num_classes = reference.shape[1]
+    finite = bool(np.isfinite(logits).all())
+    big = float(np.finfo(np.float32).max)
+    # Non-finite logits count as the largest float, so percentiles stay defined; finite says why.
+    clean = np.nan_to_num(logits.astype(np.float64), nan=big, posinf=big, neginf=-big)
+    diff = np.abs(clean - reference)
+    ref_mask, mask = reference.argmax(axis=1), clean.argmax(axis=1)
+    top2 = np.sort(reference, axis=1)[:, -2:]
+    decided = (top2[:, 1] - top2[:, 0]) > FP32_MARGIN
+    changed = mask != ref_mask
+    agreement = pooled_dice(mask, ref_mask, num_classes)
+    row = {"max_abs": float(diff.max()) if finite else float("inf"), "p99_abs": float(np.percentile(diff, 99)), "mask_dice": agreement,
+           "dice_drop": 1.0 - agreement, "limit": limit, "changed_pixels": int(changed.sum()),
+           "changed_decided_pixels": int((changed & decided).sum()), "finite": finite,
+           "dice_gt": None if truth is None else pooled_dice(mask, truth, num_classes),
+           "dice_gt_fp32": None if truth is None else pooled_dice(ref_mask, truth, num_classes)}
+    if precision == "fp32":
+        row["passed"] = finite and row["changed_decided_pixels"] == 0
+    else:
+        row["passed"] = finite and row["dice_drop"] <= limit + 1e-12
+    return row
+
+
+def measure_latency(infer: Callable[[np.ndarray], np.ndarray], batch: np.ndarray, warmup: int = 3,
+                    runs: int = 15) -> float:
+    """Median milliseconds of one ``infer(batch)`` call after ``warmup`` calls."""
+    for _ in range(warmup):
+        infer(batch)
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        infer(batch)
+        times.append((time.perf_counter() - start) * 1000.0)
+    return float(np.median(times))
+
+
+def parity_table(report: dict) -> str:
+    """The parity report as an aligned text table, one row per check."""
+    rows = [{"artifact": r["key"], "run on": r["run_on"], "max |d|": r["max_abs"], "p99 |d|": r["p99_abs"],
+             "mask Dice": r["mask_dice"], "dice drop": r["dice_drop"],
+             "limit": "identical" if r["precision"] == "fp32" else r["limit"], "Dice GT": r["dice_gt"],
+             "Dice GT fp32": r["dice_gt_fp32"], "pass": "yes" if r["passed"] else "NO"} for r in report["results"]]
+    text = format_table(rows, COLUMNS)
+    latency = report.get("latency")
+    if latency:
+        text += (f"\nONNX Runtime CPU latency, batch {latency['batch']}, {latency['threads']} thread(s): "
+                 f"fp32 {latency['onnx-fp32_ms']:.2f} ms, int8 {latency['onnx-int8_ms']:.2f} ms, "
+                 f"int8/fp32 = {latency['ratio']:.2f}")
+    return text
+
+
+def failures(report: dict) -> list[str]:
+    """One phrase per failed check, e.g. ``onnx-int8 on onnxruntime-cpu: dice drop 0.0312 > 0.01``."""
+    out = []
+    for r in report["results"]:
+        if r["passed"]:
+            continue
+        if not r["finite"]:
+            why = "non-finite logits (overflow)"
+        elif r["precision"] == "fp32":
+            why = f"{r['changed_decided_pixels']} mask pixels differ from FP32"
+        else:
+            why = f"dice drop {r['dice_drop']:.4f} > {r['limit']}"
+        out.append(f"{r['key']} on {r['run_on']}: {why}")
+    return out

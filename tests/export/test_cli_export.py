@@ -1,0 +1,101 @@
+"""``edgeseg export`` from the command line: a bundle, or one error line and nothing written."""
+
+import importlib.util
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from edgeseg.runtime.manifest import read_manifest, verify_artifacts
+
+DATA = Path(__file__).parents[1] / "data"
+
+
+def edgeseg(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "edgeseg.cli", *map(str, args)], capture_output=True, text=True,
+                          timeout=300, cwd=cwd)
+
+
+def assert_one_line_error(proc, fragment):
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("edgeseg: error:"), proc.stderr
+    assert fragment in lines[0], lines[0]
+
+
+def test_export_cli_writes_a_bundle_and_trt_absence_is_one_line(checkpoint, tmp_path):
+    out = tmp_path / "b"
+    proc = edgeseg("export", checkpoint, "--out", out, "--formats", "onnx", "--fp16", "--trt", "--max-batch", "2",
+                   "--cache-dir", tmp_path / "cache", "--triton", tmp_path / "repo", "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    # --triton: the repository's ONNX is the bundle's, byte for byte
+    assert (tmp_path / "repo" / "edgeseg" / "1" / "model.onnx").read_bytes() == (out / "model.onnx").read_bytes()
+    assert "max_batch_size: 2" in (tmp_path / "repo" / "edgeseg" / "config.pbtxt").read_text()
+    manifest = read_manifest(out)
+    verify_artifacts(out, manifest)
+    assert {a.key for a in manifest.artifacts} >= {"onnx-fp32", "onnx-fp16"}
+    trt_lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("tensorrt:")]
+    if manifest.artifact("tensorrt", "fp16") is None:
+        assert len(trt_lines) == 1, proc.stdout
+    assert "torch-float16-cpu" in proc.stdout  # the report names the FP16 emulation used
+    if importlib.util.find_spec("edgeseg.export.tensorrt") is not None:
+        script = (out / "trtexec.sh").read_text()
+        assert "--onnx=model.fp16.onnx" in script and "--fp16" in script and "image:2x1x64x64" in script
+
+
+def test_missing_checkpoint(tmp_path):
+    assert_one_line_error(edgeseg("export", tmp_path / "nope.pt", "--out", tmp_path / "b"), "checkpoint not found")
+    assert not (tmp_path / "b").exists()
+
+
+def test_corrupt_checkpoint(tmp_path):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint at all")
+    assert_one_line_error(edgeseg("export", bad, "--out", tmp_path / "b"), "bad.pt")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.pt"]
+
+
+def test_int8_without_or_with_empty_calibration_data(checkpoint, tmp_path):
+    assert_one_line_error(edgeseg("export", checkpoint, "--out", tmp_path / "b", "--int8"), "--calib")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert_one_line_error(edgeseg("export", checkpoint, "--out", tmp_path / "b", "--int8", "--calib", empty), "empty")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty"]
+
+
+def test_calibration_data_that_cannot_cover_the_window(checkpoint, tmp_path):
+    # slices whose pixels map the window [50, 200] HU cannot give the [0, 255] window the model uses
+    folder = tmp_path / "slices"
+    shutil.copytree(DATA / "msd_liver_slices", folder)
+    proc = edgeseg("export", checkpoint, "--out", tmp_path / "b", "--int8", "--calib", folder,
+                   "--intensity", "window:50,200")
+    assert_one_line_error(proc, "window [0, 255]")
+    assert not (tmp_path / "b").exists()
+
+
+def test_unwritable_output(checkpoint, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert_one_line_error(edgeseg("export", checkpoint, "--out", blocker / "b"), "not a writable folder")
+    assert blocker.read_text() == "x"
+
+
+def test_existing_bundle_needs_force(bundle, checkpoint, tmp_path):
+    out = tmp_path / "b"
+    shutil.copytree(bundle["bundle"], out)
+    before = (out / "manifest.json").read_bytes()
+    assert_one_line_error(edgeseg("export", checkpoint, "--out", out, "--formats", "onnx"), "--force")
+    assert (out / "manifest.json").read_bytes() == before and (out / "model.ts").is_file()
+    proc = edgeseg("export", checkpoint, "--out", out, "--formats", "onnx", "--force", "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "model.onnx", "parity.json"]
+    assert [p.name for p in tmp_path.iterdir()] == ["b"]
+
+
+def test_force_never_replaces_a_folder_that_is_not_a_bundle(checkpoint, tmp_path):
+    out = tmp_path / "work"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    assert_one_line_error(edgeseg("export", checkpoint, "--out", out, "--force"), "not a bundle")
+    assert (out / "notes.txt").read_text() == "mine"

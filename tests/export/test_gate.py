@@ -1,0 +1,66 @@
+"""The parity gate fails what differs from FP32 and then writes no bundle."""
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from edgeseg.export.profiles import ExportSettings
+from edgeseg.export.verify import ParityError, compare_logits
+
+
+def test_perturbed_onnx_weights_fail_the_gate_and_leave_no_bundle(checkpoint, tmp_path, monkeypatch):
+    import edgeseg.export.onnx_export as onnx_export
+    from edgeseg.export.pipeline import export_bundle
+
+    honest = onnx_export.export_onnx
+
+    def perturbed(model, example, spec, labels, path):
+        info = honest(model, example, spec, labels, path)
+        graph = onnx.load(str(path))
+        weights = [t for t in graph.graph.initializer if len(t.dims) == 4]
+        rng = np.random.default_rng(0)
+        for tensor in weights[:2]:
+            array = numpy_helper.to_array(tensor)
+            tensor.CopyFrom(numpy_helper.from_array(array + rng.normal(0, array.std(), array.shape).astype(array.dtype), tensor.name))
+        onnx.save(graph, str(path))
+        return info
+
+    monkeypatch.setattr(onnx_export, "export_onnx", perturbed)
+    shown = []
+    with pytest.raises(ParityError, match="onnx-fp32 on onnxruntime-cpu"):
+        export_bundle(checkpoint, tmp_path / "b", ExportSettings(formats=("torchscript", "onnx")), progress=False,
+                      echo=shown.append)
+    assert not (tmp_path / "b").exists()
+    assert list(tmp_path.iterdir()) == []  # no staging folder left behind either
+    assert "NO" in shown[0] and "torchscript-fp32" in shown[0]
+
+
+def test_fp32_identical_masks_except_where_fp32_itself_is_undecided():
+    reference = np.zeros((1, 2, 2, 2), np.float32)
+    reference[0, 1] = [[1.0, -1.0], [0.5, 0.0]]  # pixel (1, 1) is a tie: float rounding decides it
+    nudged = reference.copy()
+    nudged[0, 1, 1, 1] += 1e-6  # flips the tie only
+    assert compare_logits(reference, nudged, None, "fp32", 0.0)["passed"]
+    flipped = reference.copy()
+    flipped[0, 1, 0, 1] = 1.0  # a decided background pixel becomes foreground
+    row = compare_logits(reference, flipped, None, "fp32", 0.0)
+    assert not row["passed"] and row["changed_decided_pixels"] == 1
+    # 3 foreground pixels vs 2: Dice 2*2/(2+3) = 0.8, as counted by hand
+    assert row["mask_dice"] == pytest.approx(0.8) and row["max_abs"] == pytest.approx(2.0)
+
+
+def test_half_precision_run_reveals_overflow_that_fp32_hides(eager, slices):
+    import copy
+
+    import torch
+
+    from edgeseg.export.fp16 import half_precision_logits
+
+    model = copy.deepcopy(eager[0])
+    with torch.no_grad():
+        model.head.weight.mul_(1e6)  # logits far beyond float16's 65504
+        reference = model(torch.from_numpy(slices)).numpy()
+    assert np.isfinite(reference).all()
+    row = compare_logits(reference, half_precision_logits(model, slices, 4), None, "fp16", 0.002)
+    assert not row["finite"] and not row["passed"]

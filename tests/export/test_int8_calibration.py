@@ -1,0 +1,77 @@
+"""INT8 calibration: stratified slices, and a cache that never serves a stale graph."""
+
+import numpy as np
+import pytest
+
+from edgeseg.errors import DataError
+from edgeseg.export.int8 import stratify_slices, load_calibration, quantize_int8
+from edgeseg.spec import PreprocessSpec
+
+SPEC = PreprocessSpec(window=(0.0, 255.0), size=(64, 64))
+
+
+def test_stratified_choice_balances_target_and_spans_intensity():
+    rng = np.random.default_rng(0)
+    keys = [(bool(i % 5 == 0), float(v)) for i, v in enumerate(rng.uniform(-50, 300, 200))]
+    chosen = stratify_slices(keys, 20)
+    flags = [keys[i][0] for i in chosen]
+    assert len(chosen) == 20 and flags.count(True) == 10 and flags.count(False) == 10
+    for flag in (True, False):
+        group = [v for f, v in keys if f is flag]
+        picked = [keys[i][1] for i in chosen if keys[i][0] is flag]
+        assert min(picked) == min(group) and max(picked) == max(group)  # both ends of the HU range
+
+
+def test_calibration_set_from_phantom_reports_what_it_drew():
+    calib = load_calibration("phantom:cases=2,size=64,slices=16,seed=3", SPEC, 12, {"liver": [1]})
+    assert calib.images.shape == (12, 1, 64, 64) and calib.images.dtype == np.float32
+    assert calib.summary["with_target"] + calib.summary["without_target"] == 12
+    assert calib.summary["with_target"] >= 4 and calib.summary["without_target"] >= 4
+
+
+@pytest.fixture
+def fp32_onnx(bundle, tmp_path):
+    import shutil
+
+    path = tmp_path / "model.onnx"
+    shutil.copyfile(bundle["bundle"] / "model.onnx", path)
+    return path
+
+
+def test_cache_hits_only_for_same_model_data_and_spec(fp32_onnx, tmp_path):
+    cache = tmp_path / "cache"
+    data_a = load_calibration("phantom:cases=2,size=64,slices=8,seed=3", SPEC, 8)
+    data_b = load_calibration("phantom:cases=2,size=64,slices=8,seed=4", SPEC, 8)
+    first = quantize_int8(fp32_onnx, tmp_path / "a.onnx", data_a, SPEC, "minmax", cache, progress=False)
+    again = quantize_int8(fp32_onnx, tmp_path / "a2.onnx", data_a, SPEC, "minmax", cache, progress=False)
+    assert (first["cache"], again["cache"]) == ("miss", "hit")
+    assert (tmp_path / "a.onnx").read_bytes() == (tmp_path / "a2.onnx").read_bytes()
+    other_data = quantize_int8(fp32_onnx, tmp_path / "b.onnx", data_b, SPEC, "minmax", cache, progress=False)
+    assert other_data["cache"] == "miss" and other_data["data_hash"] != first["data_hash"]
+    wider = PreprocessSpec(window=(-100.0, 255.0), size=(64, 64))
+    other_spec = quantize_int8(fp32_onnx, tmp_path / "c.onnx", data_a, wider, "minmax", cache, progress=False)
+    assert other_spec["cache"] == "miss" and other_spec["spec_hash"] != first["spec_hash"]
+    other_method = quantize_int8(fp32_onnx, tmp_path / "d.onnx", data_a, SPEC, "percentile", cache, progress=False)
+    assert other_method["cache"] == "miss"
+
+
+def test_held_out_cases_are_left_out_of_calibration():
+    source = "phantom:cases=3,size=64,slices=4,seed=3"
+    everything = load_calibration(source, SPEC, 100)
+    assert everything.summary["cases"] == 3 and everything.summary["slices"] == 12
+    from edgeseg.data import open_dataset
+
+    held_out = {open_dataset(source)[0].case_id}
+    rest = load_calibration(source, SPEC, 100, exclude_cases=held_out)
+    assert rest.summary["cases"] == 2 and rest.summary["slices"] == 8 and rest.data_hash != everything.data_hash
+
+
+def test_npy_calibration_of_another_spec_is_refused(tmp_path):
+    small = tmp_path / "small.npy"
+    np.save(small, np.zeros((4, 1, 32, 32), np.float32))
+    with pytest.raises(DataError, match=r"shape \[4, 1, 32, 32\]"):
+        load_calibration(str(small), SPEC, 4)
+    wide = tmp_path / "wide.npy"
+    np.save(wide, np.full((4, 1, 64, 64), 3.0, np.float32))  # [0, 1] is all window 0..255 can produce
+    with pytest.raises(DataError, match="another spec"):
+        load_calibration(str(wide), SPEC, 4)

@@ -1,0 +1,34 @@
+"""Export profiles: the shipped TOML files load, flags override them, mistakes are named."""
+
+import pytest
+
+from edgeseg.errors import DataError
+from edgeseg.export.profiles import ExportSettings, load_profile
+
+
+@pytest.mark.parametrize("name,int8,fp16,trt,batch", [("cpu-int8", True, False, False, 8),
+                                                      ("gpu-fp16", False, True, True, 16),
+                                                      ("edge-int8", True, False, True, 4)])
+def test_shipped_profiles(name, int8, fp16, trt, batch):
+    settings = load_profile(name)
+    assert (settings.int8, settings.fp16, settings.trt, settings.max_batch) == (int8, fp16, trt, batch)
+    assert settings.max_dice_drop == {"fp32": 0.0, "fp16": 0.002, "int8": 0.01}
+
+
+def test_flags_override_the_profile():
+    settings = load_profile("edge-int8").override(max_batch=2, calib_method="minmax", trt=False,
+                                                  max_dice_drop={"int8": 0.02, "fp16": None})
+    assert (settings.max_batch, settings.calib_method, settings.trt) == (2, "minmax", False)
+    assert settings.max_dice_drop["int8"] == 0.02 and settings.max_dice_drop["fp16"] == 0.002
+    assert settings.int8  # untouched profile values stay
+
+
+def test_bad_profiles_are_named(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('formats = ["onnx"]\nbatch = 4\n')
+    with pytest.raises(DataError, match=r"unknown key\(s\) \['batch'\]"):
+        load_profile(str(bad))
+    with pytest.raises(DataError, match="not found"):
+        load_profile("no-such-target")
+    with pytest.raises(DataError, match="add 'onnx'"):
+        ExportSettings(formats=("torchscript",), int8=True)
