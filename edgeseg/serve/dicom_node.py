@@ -11,6 +11,7 @@ status 0x0122 "SOP class not supported": the association stays up, nothing is st
 from __future__ import annotations
 
 import logging
+import re
 import shutil
 import tempfile
 import threading
@@ -28,6 +29,10 @@ SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
 STATUS_SUCCESS = 0x0000
 STATUS_SOP_CLASS_NOT_SUPPORTED = 0x0122
 STATUS_CANNOT_UNDERSTAND = 0xC000
+STATUS_DATASET_MISMATCH = 0xA900
+# A DICOM UID is digits and dots, at most 64 characters; the UIDs name files and folders here,
+# so anything else (a "../" from a hostile peer) must never reach the file system.
+UID_PATTERN = re.compile(r"[0-9]+(\.[0-9]+)*")
 
 
 @dataclass(frozen=True)
@@ -121,6 +126,10 @@ class DicomNode:
         except Exception as exc:  # a dataset pydicom cannot decode or without its UIDs
             log.warning("could not read an incoming image: %s", exc)
             return STATUS_CANNOT_UNDERSTAND
+        if not all(len(uid) <= 64 and UID_PATTERN.fullmatch(uid) for uid in (series_uid, sop_uid)):
+            self.stats.refused += 1
+            log.warning("refused an image with malformed UIDs %r / %r", series_uid[:80], sop_uid[:80])
+            return STATUS_DATASET_MISMATCH
         with self._lock:
             series = self._series.get(series_uid)
             if series is None:

@@ -121,6 +121,17 @@ def test_mr_image_is_refused(node, tmp_path):
     assert node.stats.segmented == []
 
 
+def test_malformed_uid_never_reaches_the_file_system(node, tmp_path):
+    ds = pydicom.dcmread(sorted(SERIES.glob("*.dcm"))[0])
+    ds.SeriesInstanceUID = "../../escape"
+    path = tmp_path / "bad.dcm"
+    ds.save_as(path)
+    done = _storescu(node.port, [path])
+    assert "Received Store Response (Error: DataSetDoesNotMatchSOPClass" in done.stderr or "0xa900" in done.stderr.lower()
+    assert node.stats.refused == 1 and node.stats.received == 0
+    assert not (tmp_path / "escape").exists() and not list(node.work.rglob("*.dcm"))
+
+
 def test_forward_and_node_arguments_are_checked(serve_bundle):
     from edgeseg.errors import DataError
 
