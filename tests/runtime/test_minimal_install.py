@@ -3,35 +3,22 @@
 
 from __future__ import annotations
 
-import os
+import importlib.util
 import subprocess
-import sys
-import textwrap
+from pathlib import Path
 
 import numpy as np
 
+_spec = importlib.util.spec_from_file_location("edgeseg_test_no_torch", Path(__file__).with_name("test_no_torch.py"))
+_no_torch = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_no_torch)
+_run = _no_torch._run
+
 BLOCKED = ("torch", "nibabel", "pydicom", "PIL", "nrrd", "highdicom", "scipy", "matplotlib")
-
-BLOCKER = textwrap.dedent(f"""
-    import sys
-
-    class _Absent:
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] in {BLOCKED!r}:
-                raise ImportError(name + " is not installed here")
-
-    sys.meta_path.insert(0, _Absent())
-""")
 
 
 def _edgeseg(args: list[str], tmp_path) -> subprocess.CompletedProcess:
-    site = tmp_path / "site"
-    site.mkdir(exist_ok=True)
-    (site / "sitecustomize.py").write_text(BLOCKER)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(site), *sys.path]),
-               EDGESEG_CACHE_DIR=str(tmp_path / "cache"))
-    return subprocess.run([sys.executable, "-m", "edgeseg.cli", *args], capture_output=True, text=True,
-                          cwd=tmp_path, env=env)
+    return _run(["-m", "edgeseg.cli", *args], tmp_path, absent=BLOCKED)
 
 
 def test_bare_runtime_predicts_npy(bundle_dir, tmp_path):

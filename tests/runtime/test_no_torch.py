@@ -9,22 +9,25 @@ import textwrap
 
 import numpy as np
 
-BLOCKER = textwrap.dedent("""
-    import sys
+def blocker(absent: tuple[str, ...]) -> str:
+    """A sitecustomize that makes the top-level packages ``absent`` fail to import."""
+    return textwrap.dedent(f"""
+        import sys
 
-    class _NoTorch:
-        def find_spec(self, name, path=None, target=None):
-            if name == "torch" or name.startswith("torch."):
-                raise ImportError("torch is not installed here")
+        class _Absent:
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in {absent!r}:
+                    raise ImportError(name + " is not installed here")
 
-    sys.meta_path.insert(0, _NoTorch())
-""")
+        sys.meta_path.insert(0, _Absent())
+    """)
 
 
-def _run(args: list[str], tmp_path) -> subprocess.CompletedProcess:
+def _run(args: list[str], tmp_path, absent: tuple[str, ...] = ("torch",)) -> subprocess.CompletedProcess:
+    """Run Python with ``args`` in a process where the ``absent`` packages cannot be imported."""
     site = tmp_path / "site"
     site.mkdir(exist_ok=True)
-    (site / "sitecustomize.py").write_text(BLOCKER)
+    (site / "sitecustomize.py").write_text(blocker(absent))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(site), *sys.path]),
                EDGESEG_CACHE_DIR=str(tmp_path / "cache"))
     return subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=tmp_path, env=env)
