@@ -1,10 +1,16 @@
-/* Largest 8-connected component per foreground class: one raster scan with union-find.
+/* Largest 8-connected component per foreground class: run-length labelling with union-find.
  *
- * Provisional labels are handed out in raster order and unions always keep the smaller root, so
- * every component's root is the label of its first pixel in raster order. scipy.ndimage.label
- * numbers components in that same order, which makes "equal sizes keep the lowest scipy label"
- * the same as "equal sizes keep the lowest root" here. */
+ * Each row is cut into runs of one class; a run is joined with the runs of the same class in
+ * the row above that touch it 8-connectedly (column ranges overlapping when widened by one).
+ * Work is proportional to the pixels scanned plus the number of runs, not to the foreground
+ * pixels, so a clean organ mask costs little more than reading the slice once.
+ *
+ * Runs are numbered in raster order and unions keep the smaller root, so every component's
+ * root is its first run, whose first pixel is the component's first pixel in raster order.
+ * scipy.ndimage.label numbers components in that same order, which makes "equal sizes keep the
+ * lowest scipy label" the same as "equal sizes keep the lowest root" here. */
 #include <stdlib.h>
+#include <string.h>
 
 #include "es_internal.h"
 
@@ -16,64 +22,62 @@ static int32_t find_root(int32_t *parent, int32_t x) {
     return x;
 }
 
-static int32_t unite(int32_t *parent, int32_t a, int32_t b) {
+static void unite(int32_t *parent, int32_t a, int32_t b) {
     a = find_root(parent, a);
     b = find_root(parent, b);
-    if (a < b) {
+    if (a < b)
         parent[b] = a;
-        return a;
-    }
-    parent[a] = b;
-    return b;
+    else if (b < a)
+        parent[a] = b;
 }
 
 void es_lcc_slice(uint8_t *lab, ptrdiff_t rows, ptrdiff_t cols, int num_classes, int32_t *work) {
     const ptrdiff_t npix = rows * cols;
-    int32_t *cc = work;                /* provisional label per pixel, -1 for ignored pixels */
-    int32_t *parent = work + npix;     /* union-find forest over provisional labels */
-    int32_t *count = work + 2 * npix;  /* pixels per root */
-    int32_t *cls = work + 3 * npix;    /* class of each provisional label */
+    int32_t *start = work;             /* first pixel (flat index) of each run */
+    int32_t *len = work + npix;        /* pixels in each run */
+    int32_t *parent = work + 2 * npix; /* union-find forest over runs */
+    int32_t *count = work + 3 * npix;  /* pixels per root */
     int32_t *best = work + 4 * npix;   /* kept root per class (256 entries) */
-    int32_t next = 0;
+    int32_t next = 0, prev_begin = 0, prev_end = 0;
     for (ptrdiff_t y = 0; y < rows; ++y) {
-        const uint8_t *row = lab + y * cols, *up = row - cols;
-        int32_t *crow = cc + y * cols, *cup = crow - cols;
-        for (ptrdiff_t x = 0; x < cols; ++x) {
+        const uint8_t *row = lab + y * cols;
+        const int32_t row_begin = next;
+        int32_t k = prev_begin; /* runs above before k end left of every run still to come */
+        ptrdiff_t x = 0;
+        while (x < cols) {
             const int c = row[x];
-            int32_t l = -1;
-            crow[x] = -1;
-            if (c == 0 || c >= num_classes) continue;
-            /* Already scanned 8-neighbours: west, north-west, north, north-east. */
-            if (x > 0 && row[x - 1] == c) l = crow[x - 1];
-            if (y > 0) {
-                if (x > 0 && up[x - 1] == c) l = l < 0 ? cup[x - 1] : unite(parent, l, cup[x - 1]);
-                if (up[x] == c) l = l < 0 ? cup[x] : unite(parent, l, cup[x]);
-                if (x + 1 < cols && up[x + 1] == c)
-                    l = l < 0 ? cup[x + 1] : unite(parent, l, cup[x + 1]);
+            if (c == 0 || c >= num_classes) {
+                ++x;
+                continue;
             }
-            if (l < 0) {
-                l = next++;
-                parent[l] = l;
-                cls[l] = c;
-            }
-            crow[x] = l;
+            const ptrdiff_t x0 = x;
+            while (x < cols && row[x] == c) ++x;
+            const int32_t r = next++;
+            start[r] = (int32_t)(y * cols + x0);
+            len[r] = (int32_t)(x - x0);
+            parent[r] = r;
+            /* Runs above touching columns [x0 - 1, x]: skip those ending before x0 - 1. */
+            const ptrdiff_t above = (y - 1) * cols;
+            while (k < prev_end && start[k] - above + len[k] < x0) ++k;
+            for (int32_t j = k; j < prev_end && start[j] - above <= x; ++j)
+                if (lab[start[j]] == c) unite(parent, j, r);
         }
+        prev_begin = row_begin;
+        prev_end = next;
     }
-    if (next < 2) return; /* at most one component in the whole slice */
-    for (int32_t l = 0; l < next; ++l) count[l] = 0;
-    for (ptrdiff_t p = 0; p < npix; ++p) {
-        if (cc[p] < 0) continue;
-        cc[p] = find_root(parent, cc[p]);
-        count[cc[p]]++;
-    }
+    if (next < 2) return; /* at most one run in the whole slice */
+    memset(count, 0, (size_t)next * sizeof(int32_t));
+    for (int32_t r = 0; r < next; ++r) count[find_root(parent, r)] += len[r];
     for (int c = 0; c < 256; ++c) best[c] = -1;
-    for (int32_t l = 0; l < next; ++l) { /* roots in raster order; strict > keeps the first */
-        if (parent[l] != l) continue;
-        const int c = cls[l];
-        if (best[c] < 0 || count[l] > count[best[c]]) best[c] = l;
+    for (int32_t r = 0; r < next; ++r) { /* roots in raster order; strict > keeps the first */
+        if (parent[r] != r) continue;
+        const int c = lab[start[r]];
+        if (best[c] < 0 || count[r] > count[best[c]]) best[c] = r;
     }
-    for (ptrdiff_t p = 0; p < npix; ++p)
-        if (cc[p] >= 0 && cc[p] != best[lab[p]]) lab[p] = 0;
+    for (int32_t r = 0; r < next; ++r) {
+        const int32_t root = find_root(parent, r);
+        if (root != best[lab[start[r]]]) memset(lab + start[r], 0, (size_t)len[r]);
+    }
 }
 
 int es_largest_component(uint8_t *labels, ptrdiff_t count, ptrdiff_t rows, ptrdiff_t cols,
