@@ -35,7 +35,8 @@ demo: build
 	$(EDGESEG) train --data $(DEMO)/phantom --out $(DEMO) --size 128 --base 16 --epochs 12 --batch-size 8 --lr 3e-3 --seed 0
 	$(EDGESEG) evaluate $(DEMO)/best.pt --data $(DEMO)/phantom --split test --out $(DEMO)/eval
 	$(EDGESEG) export $(DEMO)/best.pt --out $(DEMO)/bundle --int8 --calib $(DEMO)/phantom
-	$(EDGESEG) predict $(DEMO)/bundle $(DEMO)/phantom/imagesTr/case_011.nii.gz --out $(DEMO)/predict/case_011.nii.gz --overlay $(DEMO)/predict/case_011.png
+	@# case_008 is one of the split's test cases (runs/demo/split.json), unseen in training
+	$(EDGESEG) predict $(DEMO)/bundle $(DEMO)/phantom/imagesTr/case_008.nii.gz --out $(DEMO)/predict/case_008.nii.gz --overlay $(DEMO)/predict/case_008.png
 	$(EDGESEG) bench $(DEMO)/bundle --size 256 --batch 1,8 --runs 10 --warmup 2 --json $(DEMO)/bench.json --png $(DEMO)/bench.png
 	@echo "demo outputs: $(DEMO)/ (best.pt, metrics.csv, curves.png, eval/, bundle/, predict/, bench.json, bench.png)"
 

@@ -56,10 +56,9 @@ def create_app(segmenter, config: ServeConfig = ServeConfig()):
     manifest = segmenter.manifest
     in_info, out_info = manifest.inputs[0], manifest.outputs[0]
     max_batch = min(config.max_batch, manifest.max_batch)
+    metrics = ServerMetrics(lambda: batcher.depth)  # read at scrape time, after the batcher exists
     batcher = MicroBatcher(segmenter.infer, max_batch=max_batch, queue_size=config.queue_size,
-                           max_delay=config.max_delay_s)
-    metrics = ServerMetrics(lambda: batcher.depth)
-    batcher._on_batch = metrics.batch_size.observe
+                           max_delay=config.max_delay_s, on_batch=metrics.batch_size.observe)
     app = fastapi.FastAPI(title="edgeseg", version=__version__, docs_url=None, redoc_url=None)
     app.state.batcher = batcher
 
