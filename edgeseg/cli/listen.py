@@ -18,6 +18,7 @@ import click
 @click.option("--threads", default=0, show_default=True, help="CPU threads for the backend (0: its default).")
 def command(bundle, ae_title, host, port, out, forward, idle, backend, threads) -> None:
     """Accept CT images by C-STORE, segment each complete series, write/forward its DICOM SEG."""
+    import contextlib
     import time
 
     from edgeseg.cli.logs import configure_logging
@@ -31,10 +32,9 @@ def command(bundle, ae_title, host, port, out, forward, idle, backend, threads) 
     node.start()
     click.echo(f"DICOM node {ae_title} on {host}:{port} (backend {segmenter.backend}); Ctrl-C stops it")
     try:
-        while True:
-            time.sleep(1)
-    except KeyboardInterrupt:
-        pass
+        with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how a user stops the node
+            while True:
+                time.sleep(1)
     finally:
         node.stop()
         segmenter.close()

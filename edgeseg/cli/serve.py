@@ -29,6 +29,7 @@ def command(bundle, host, port, backend, threads, model_name, max_batch, queue_s
 
     configure_logging()
     uvicorn = require("uvicorn", "serve", "edgeseg serve")
+    _check_port(host, port)
     segmenter = Segmenter.load(bundle, backend=backend.split(",") if "," in backend else backend, threads=threads)
     config = ServeConfig(model_name=model_name, max_batch=max_batch, queue_size=queue_size,
                          max_body_bytes=max_body_mb << 20, timeout_s=timeout)
@@ -39,3 +40,22 @@ def command(bundle, host, port, backend, threads, model_name, max_batch, queue_s
     finally:
         app.state.batcher.close()
         segmenter.close()
+
+
+def _check_port(host: str, port: int) -> None:
+    """DataError naming the address when it cannot be bound, before the model is loaded."""
+    import socket
+
+    from edgeseg.errors import DataError
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise DataError(f"--host {host!r} does not resolve: {exc.strerror}") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            sock.bind(address)
+        except OSError as exc:
+            raise DataError(f"cannot listen on {host}:{port}: {exc.strerror}") from None

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgeseg.atomic import atomic_write_bytes
-from edgeseg.errors import BackendError, require
+from edgeseg.errors import BackendError, EdgesegError, require
 
 SUPPORTED_MAJORS = (10, 11)
 ONNX_FILES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
@@ -105,7 +105,7 @@ def machine_fingerprint() -> dict[str, str]:
 
     try:
         here = trt_runner.machine_fingerprint()
-    except BackendError:
+    except EdgesegError:
         raise
     except Exception as exc:  # cuda-python reports a missing driver or device in several ways
         raise BackendError(f"no usable CUDA GPU for TensorRT: {str(exc).splitlines()[0]}") from None

@@ -202,7 +202,7 @@ def probe_key(bundle: Path, threads: int) -> str:
         try:
             versions.append(f"{dist}={importlib.metadata.version(dist)}")
         except importlib.metadata.PackageNotFoundError:
-            pass
+            versions.append(f"{dist}=absent")
     host = f"{platform.node()}|{platform.machine()}|{os.cpu_count()}|{platform.processor()}"
     return f"{manifest_sha}|{host}|threads={threads}|{','.join(versions)}"
 

@@ -218,3 +218,14 @@ def test_remote_client_gives_the_local_segmentation(server, serve_bundle):
         local = seg.predict_volume(hu)
     assert remote.shape == (11, 90, 80)
     np.testing.assert_array_equal(remote, local)
+
+
+def test_serve_on_a_busy_port_is_one_line(serve_bundle, server):
+    import subprocess
+    import sys
+
+    host, port = server.url.split(":")
+    done = subprocess.run([sys.executable, "-m", "edgeseg.cli", "serve", str(serve_bundle), "--host", host,
+                           "--port", port], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [f"edgeseg: error: cannot listen on {host}:{port}: Address already in use"]
