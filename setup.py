@@ -38,6 +38,9 @@ class BuildExtWithOpenMP(build_ext):
             extra_l.append("-fopenmp")
         else:
             sys.stderr.write("edgeseg: building the kernels without OpenMP (serial)\n")
+        if os.environ.get("EDGESEG_NO_MULTIVERSION") == "1":
+            # Baseline code only (no AVX2 clones): the sanitizer run tests this variant.
+            extra_c.append("-DES_NO_MULTIVERSION")
         sanitize = os.environ.get("EDGESEG_SANITIZE")
         if sanitize:
             flags = [f"-fsanitize={sanitize}", "-fno-omit-frame-pointer", "-g"]

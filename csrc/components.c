@@ -31,6 +31,29 @@ static void unite(int32_t *parent, int32_t a, int32_t b) {
         parent[a] = b;
 }
 
+/* First index >= x in row[..cols) whose byte is not v, eight bytes at a time where possible:
+ * background and organ interiors are long runs, and this loop is most of the pass. */
+static ptrdiff_t skip_equal(const uint8_t *row, ptrdiff_t x, ptrdiff_t cols, uint8_t v) {
+    const uint64_t pattern = 0x0101010101010101ull * v;
+    while (x + 8 <= cols) {
+        uint64_t word;
+        memcpy(&word, row + x, sizeof word);
+        word ^= pattern;
+        if (word) {
+            /* The lowest differing byte comes first in memory on little-endian machines. */
+#if (defined(__GNUC__) || defined(__clang__)) && defined(__BYTE_ORDER__) && \
+    __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+            return x + (ptrdiff_t)(__builtin_ctzll(word) >> 3);
+#else
+            break;
+#endif
+        }
+        x += 8;
+    }
+    while (x < cols && row[x] == v) ++x;
+    return x;
+}
+
 void es_lcc_slice(uint8_t *lab, ptrdiff_t rows, ptrdiff_t cols, int num_classes, int32_t *work) {
     const ptrdiff_t npix = rows * cols;
     int32_t *start = work;             /* first pixel (flat index) of each run */
@@ -45,13 +68,15 @@ void es_lcc_slice(uint8_t *lab, ptrdiff_t rows, ptrdiff_t cols, int num_classes,
         int32_t k = prev_begin; /* runs above before k end left of every run still to come */
         ptrdiff_t x = 0;
         while (x < cols) {
+            x = skip_equal(row, x, cols, 0);
+            if (x >= cols) break;
             const int c = row[x];
-            if (c == 0 || c >= num_classes) {
+            if (c >= num_classes) {
                 ++x;
                 continue;
             }
             const ptrdiff_t x0 = x;
-            while (x < cols && row[x] == c) ++x;
+            x = skip_equal(row, x + 1, cols, (uint8_t)c);
             const int32_t r = next++;
             start[r] = (int32_t)(y * cols + x0);
             len[r] = (int32_t)(x - x0);

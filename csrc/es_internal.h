@@ -12,6 +12,15 @@
 #include <omp.h>
 #endif
 
+/* ES_WIDE: a hot loop is compiled twice, for AVX2 and for the baseline, and the CPU picks at
+ * load time (GCC function multi-versioning), so a portable build still runs 8 floats at once. */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) && \
+    !defined(ES_NO_MULTIVERSION)
+#define ES_WIDE __attribute__((target_clones("avx2", "default")))
+#else
+#define ES_WIDE
+#endif
+
 #if defined(__GNUC__) || defined(__clang__)
 #define ES_RESTRICT __restrict__
 #define ES_INLINE static inline __attribute__((always_inline))

@@ -12,22 +12,30 @@
 
 #include "es_internal.h"
 
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
 typedef struct {
     const void *logits;
     es_dtype dtype;
     ptrdiff_t classes, rows, cols, out_rows, out_cols;
     es_axis ry, rx;      /* logits mode */
     ptrdiff_t *near_x;   /* labels mode: source column of each output column */
+    ptrdiff_t *x_from, *x_to; /* two classes: outputs x_from[c]..x_to[c] read source column c */
 } post_plan;
 
 typedef struct {
     float *conv;         /* source rows as float (3 * cols: two classes and their difference) */
     float *ring;         /* classes * 2 horizontally resized rows (out_cols each) */
     ptrdiff_t *ring_row; /* source row held by each ring slot, -1 if none */
-    uint32_t *ring_max;  /* max |bits| of the source row behind each slot */
+    float *ring_max;     /* max |logit| of the source row behind each slot */
     float *best, *second;
     int32_t *idx;
     uint8_t *row_labels; /* labels mode: argmax of one source row */
+    float *drow;         /* two classes: d = logit1 - logit0 of two source rows (2 * cols) */
+    ptrdiff_t drow_r[2]; /* source row held by each drow slot, -1 if none */
+    ptrdiff_t lo[2], hi[2]; /* first/last column of that row not clearly background */
 } post_work;
 
 /* Row r of class k of slice n as floats: a pointer into the logits, or `conv` for float16. */
@@ -46,20 +54,59 @@ static float logit_at(const post_plan *p, ptrdiff_t n, ptrdiff_t k, ptrdiff_t r,
     return es_h2f(((const uint16_t *)p->logits)[off]);
 }
 
-/* 1 if any logit of slice n in source rows [r0, r1) is NaN or inf. */
-static int rows_nonfinite(const post_plan *p, ptrdiff_t n, ptrdiff_t r0, ptrdiff_t r1) {
+/* Largest |x[i]|. Compilers keep a float max reduction serial (its NaN and signed-zero rules),
+ * one element per max latency, which made this the slowest step of post-processing; SSE2 max
+ * over four independent accumulators removes the chain. NaN is the caller's concern: callers
+ * reject non-finite logits separately. */
+static float max_abs(const float *ES_RESTRICT x, ptrdiff_t n) {
+    float m = 0.0f;
+    ptrdiff_t i = 0;
+#if defined(__SSE2__)
+    const __m128 mask = _mm_castsi128_ps(_mm_set1_epi32(0x7fffffff));
+    __m128 m0 = _mm_setzero_ps(), m1 = m0, m2 = m0, m3 = m0;
+    for (; i + 16 <= n; i += 16) {
+        m0 = _mm_max_ps(m0, _mm_and_ps(_mm_loadu_ps(x + i), mask));
+        m1 = _mm_max_ps(m1, _mm_and_ps(_mm_loadu_ps(x + i + 4), mask));
+        m2 = _mm_max_ps(m2, _mm_and_ps(_mm_loadu_ps(x + i + 8), mask));
+        m3 = _mm_max_ps(m3, _mm_and_ps(_mm_loadu_ps(x + i + 12), mask));
+    }
+    float lanes[4];
+    _mm_storeu_ps(lanes, _mm_max_ps(_mm_max_ps(m0, m1), _mm_max_ps(m2, m3)));
+    for (int k = 0; k < 4; ++k) m = lanes[k] > m ? lanes[k] : m;
+#endif
+    for (; i < n; ++i) {
+        const float a = fabsf(x[i]);
+        m = a > m ? a : m;
+    }
+    return m;
+}
+
+/* 1 if any logit of slice n in source rows [r0, r1) is NaN or inf; *maxabs gets the largest
+ * |logit| there. */
+ES_WIDE static int rows_scan(const post_plan *p, ptrdiff_t n, ptrdiff_t r0, ptrdiff_t r1, float *maxabs) {
     int bad = 0;
+    float m = 0.0f;
     for (ptrdiff_t k = 0; k < p->classes; ++k) {
         const ptrdiff_t off = ((n * p->classes + k) * p->rows + r0) * p->cols;
         const ptrdiff_t len = (r1 - r0) * p->cols;
         if (p->dtype == ES_FLOAT32) {
             const uint32_t *ES_RESTRICT u = (const uint32_t *)p->logits + off;
             for (ptrdiff_t i = 0; i < len; ++i) bad |= (u[i] & 0x7f800000u) == 0x7f800000u;
+            const float a = max_abs((const float *)p->logits + off, len);
+            m = a > m ? a : m;
         } else {
             const uint16_t *ES_RESTRICT u = (const uint16_t *)p->logits + off;
-            for (ptrdiff_t i = 0; i < len; ++i) bad |= (u[i] & 0x7c00u) == 0x7c00u;
+            int16_t h = 0; /* |half| bits are below 0x8000 and grow with |value| */
+            for (ptrdiff_t i = 0; i < len; ++i) {
+                bad |= (u[i] & 0x7c00u) == 0x7c00u;
+                const int16_t b = (int16_t)(u[i] & 0x7fffu);
+                h = b > h ? b : h;
+            }
+            const float a = es_h2f((uint16_t)h);
+            m = a > m ? a : m;
         }
     }
+    *maxabs = m;
     return bad;
 }
 
@@ -87,59 +134,49 @@ static uint8_t exact_label(const post_plan *p, ptrdiff_t n, ptrdiff_t y, ptrdiff
 }
 
 static const float *ring_get(const post_plan *p, post_work *w, ptrdiff_t n, ptrdiff_t k,
-                             ptrdiff_t r, uint32_t *maxbits) {
+                             ptrdiff_t r, float *maxabs) {
     const ptrdiff_t slot = 2 * k + (r & 1);
     float *dst = w->ring + slot * p->out_cols;
     if (w->ring_row[slot] != r) {
         const float *src = logit_row(p, w->conv, n, k, r);
-        uint32_t m = 0;
-        for (ptrdiff_t x = 0; x < p->cols; ++x) {
-            uint32_t b = es_f32_bits(src[x]) & 0x7fffffffu;
-            m = b > m ? b : m;
-        }
+        const float m = max_abs(src, p->cols);
         es_resize_row(&p->rx, src, dst);
         w->ring_row[slot] = r;
         w->ring_max[slot] = m;
     }
-    if (w->ring_max[slot] > *maxbits) *maxbits = w->ring_max[slot];
+    if (w->ring_max[slot] > *maxabs) *maxabs = w->ring_max[slot];
     return dst;
 }
 
 /* Two classes: interpolation is linear, so resizing d = logit1 - logit0 once and taking its sign
  * gives the argmax with half the work. The ring holds resized d rows. */
 static const float *ring_get_diff(const post_plan *p, post_work *w, ptrdiff_t n, ptrdiff_t r,
-                                  uint32_t *maxbits) {
+                                  float *maxabs) {
     const ptrdiff_t slot = r & 1, nc = p->cols;
     float *dst = w->ring + slot * p->out_cols;
     if (w->ring_row[slot] != r) {
         const float *ES_RESTRICT l0 = logit_row(p, w->conv, n, 0, r);
         const float *ES_RESTRICT l1 = logit_row(p, w->conv + nc, n, 1, r);
         float *ES_RESTRICT d = w->conv + 2 * nc;
-        uint32_t m = 0;
-        for (ptrdiff_t x = 0; x < nc; ++x) {
-            const uint32_t b0 = es_f32_bits(l0[x]) & 0x7fffffffu, b1 = es_f32_bits(l1[x]) & 0x7fffffffu;
-            const uint32_t b = b0 > b1 ? b0 : b1;
-            m = b > m ? b : m;
-            d[x] = l1[x] - l0[x];
-        }
+        const float m0 = max_abs(l0, nc), m1 = max_abs(l1, nc), m = m0 > m1 ? m0 : m1;
+        for (ptrdiff_t x = 0; x < nc; ++x) d[x] = l1[x] - l0[x];
         es_resize_row(&p->rx, d, dst);
         w->ring_row[slot] = r;
         w->ring_max[slot] = m;
     }
-    if (w->ring_max[slot] > *maxbits) *maxbits = w->ring_max[slot];
+    if (w->ring_max[slot] > *maxabs) *maxabs = w->ring_max[slot];
     return dst;
 }
 
-static void two_class_row(const post_plan *p, post_work *w, ptrdiff_t n, ptrdiff_t y,
+ES_WIDE static void two_class_row(const post_plan *p, post_work *w, ptrdiff_t n, ptrdiff_t y,
                           uint8_t *ES_RESTRICT out) {
     const es_axis *ry = &p->ry;
     const ptrdiff_t oc = p->out_cols, r0 = ry->first[y], r1 = ry->taps == 2 ? r0 + 1 : r0;
     const float w0 = ry->taps == 2 ? ry->wf[2 * y] : 1.0f;
     const float w1 = ry->taps == 2 ? ry->wf[2 * y + 1] : 0.0f;
-    uint32_t maxbits = 0;
-    const float *ES_RESTRICT a = ring_get_diff(p, w, n, r0, &maxbits);
-    const float *ES_RESTRICT b = ring_get_diff(p, w, n, r1, &maxbits);
-    const float m = es_bits_f32(maxbits);
+    float m = 0.0f;
+    const float *ES_RESTRICT a = ring_get_diff(p, w, n, r0, &m);
+    const float *ES_RESTRICT b = ring_get_diff(p, w, n, r1, &m);
     /* Rounding of d and of both resize passes stays below ~2^-20 * m; see logits_row. */
     const float tol = m * 1.9073486e-06f + 1e-37f;
     int near = 0;
@@ -156,8 +193,94 @@ static void two_class_row(const post_plan *p, post_work *w, ptrdiff_t n, ptrdiff
     }
 }
 
+/* d = logit1 - logit0 of source row r into its drow slot (unless it is there already), with the
+ * first and last columns where d >= -T ("not clearly background"); lo > hi when there is none. */
+ES_WIDE static void diff_row(const post_plan *p, post_work *w, ptrdiff_t n, ptrdiff_t r, float T) {
+    const ptrdiff_t slot = r & 1, nc = p->cols;
+    if (w->drow_r[slot] == r) return;
+    const float *ES_RESTRICT l0 = logit_row(p, w->conv, n, 0, r);
+    const float *ES_RESTRICT l1 = logit_row(p, w->conv + nc, n, 1, r);
+    float *ES_RESTRICT d = w->drow + slot * nc;
+    int any = 0;
+    for (ptrdiff_t x = 0; x < nc; ++x) {
+        d[x] = l1[x] - l0[x];
+        any |= d[x] >= -T;
+    }
+    ptrdiff_t lo = any ? 0 : nc, hi = nc - 1;
+    while (lo < nc && d[lo] < -T) ++lo;
+    while (hi > lo && d[hi] < -T) --hi;
+    w->drow_r[slot] = r;
+    w->lo[slot] = lo;
+    w->hi[slot] = lo < nc ? hi : -1;
+}
+
+/* The drow of source row r (diff_row must have filled it) resized to the output width, kept
+ * in a ring slot so that each source row is resized once per band. */
+static const float *resized_diff(const post_plan *p, post_work *w, ptrdiff_t r) {
+    const ptrdiff_t slot = r & 1;
+    float *dst = w->ring + slot * p->out_cols;
+    if (w->ring_row[slot] != r) {
+        es_resize_row(&p->rx, w->drow + slot * p->cols, dst);
+        w->ring_row[slot] = r;
+    }
+    return dst;
+}
+
+/* Output rows [y0, y1) of slice n, two classes, skipping what is clearly background.
+ *
+ * Bilinear weights are >= 0 and sum to 1, so an output pixel whose source pixels all have
+ * d = logit1 - logit0 < -T interpolates to below -T too. T is four times the rounding bound of
+ * two_class_row for every row pair of the band, so the oracle also puts class 0 first there and
+ * the pixel is 0 without being computed. Each output row interpolates only the span of columns
+ * that read a source pixel with d >= -T (the organ and its rim) and memsets the rest; inside the
+ * span the arithmetic and the tie check are those of two_class_row. */
+ES_WIDE static void two_class_band(const post_plan *p, post_work *w, ptrdiff_t n, ptrdiff_t y0,
+                           ptrdiff_t y1, float big, uint8_t *plane) {
+    const es_axis *ry = &p->ry;
+    const ptrdiff_t oc = p->out_cols;
+    if (!(big <= 1e30f)) { /* float32 sums could overflow: the row-by-row path decides in double */
+        for (ptrdiff_t y = y0; y < y1; ++y) two_class_row(p, w, n, y, plane + y * oc);
+        return;
+    }
+    /* The band's largest |logit| bounds every row pair's: two_class_row's tie tolerance, and
+     * four times it as the margin of "clearly background". */
+    const float tol = big * 1.9073486e-06f + 1e-37f, T = 4.0f * tol;
+    w->drow_r[0] = w->drow_r[1] = -1;
+    for (ptrdiff_t y = y0; y < y1; ++y) {
+        uint8_t *ES_RESTRICT out = plane + y * oc;
+        const ptrdiff_t r0 = ry->first[y], r1 = ry->taps == 2 ? r0 + 1 : r0;
+        const float w0 = ry->taps == 2 ? ry->wf[2 * y] : 1.0f;
+        const float w1 = ry->taps == 2 ? ry->wf[2 * y + 1] : 0.0f;
+        diff_row(p, w, n, r0, T);
+        diff_row(p, w, n, r1, T);
+        const ptrdiff_t s0 = r0 & 1, s1 = r1 & 1;
+        const ptrdiff_t lo = w->lo[s0] < w->lo[s1] ? w->lo[s0] : w->lo[s1];
+        const ptrdiff_t hi = w->hi[s0] > w->hi[s1] ? w->hi[s0] : w->hi[s1];
+        if (lo > hi) {
+            memset(out, 0, (size_t)oc);
+            continue;
+        }
+        const ptrdiff_t x0 = p->x_from[lo], x1 = p->x_to[hi]; /* inclusive; x0 > x1: none */
+        if (x0 > 0) memset(out, 0, (size_t)(x0 < oc ? x0 : oc));
+        if (x1 < oc - 1) memset(out + x1 + 1, 0, (size_t)(oc - 1 - x1));
+        const float *ES_RESTRICT a = resized_diff(p, w, r0);
+        const float *ES_RESTRICT b = resized_diff(p, w, r1);
+        int near = 0;
+        for (ptrdiff_t x = x0; x <= x1; ++x) {
+            const float d = w0 * a[x] + w1 * b[x];
+            out[x] = (uint8_t)(d > 0.0f);
+            near |= (d <= tol) & (d >= -tol);
+        }
+        if (!near) continue;
+        for (ptrdiff_t x = x0; x <= x1; ++x) {
+            const float d = w0 * a[x] + w1 * b[x];
+            if (d <= tol && d >= -tol) out[x] = exact_label(p, n, y, x);
+        }
+    }
+}
+
 /* One output row of labels from bilinearly resized logits. */
-static void logits_row(const post_plan *p, post_work *w, ptrdiff_t n, ptrdiff_t y,
+ES_WIDE static void logits_row(const post_plan *p, post_work *w, ptrdiff_t n, ptrdiff_t y,
                        uint8_t *ES_RESTRICT out) {
     const es_axis *ry = &p->ry;
     const ptrdiff_t oc = p->out_cols, r0 = ry->first[y], r1 = ry->taps == 2 ? r0 + 1 : r0;
@@ -165,10 +288,10 @@ static void logits_row(const post_plan *p, post_work *w, ptrdiff_t n, ptrdiff_t 
     const float w1 = ry->taps == 2 ? ry->wf[2 * y + 1] : 0.0f;
     float *ES_RESTRICT best = w->best, *ES_RESTRICT second = w->second;
     int32_t *ES_RESTRICT idx = w->idx;
-    uint32_t maxbits = 0;
+    float m = 0.0f;
     for (ptrdiff_t k = 0; k < p->classes; ++k) {
-        const float *ES_RESTRICT a = ring_get(p, w, n, k, r0, &maxbits);
-        const float *ES_RESTRICT b = ring_get(p, w, n, k, r1, &maxbits);
+        const float *ES_RESTRICT a = ring_get(p, w, n, k, r0, &m);
+        const float *ES_RESTRICT b = ring_get(p, w, n, k, r1, &m);
         if (k == 0) {
             for (ptrdiff_t x = 0; x < oc; ++x) {
                 best[x] = w0 * a[x] + w1 * b[x];
@@ -189,7 +312,6 @@ static void logits_row(const post_plan *p, post_work *w, ptrdiff_t n, ptrdiff_t 
             idx[x] = (idx[x] & ~gt) | (kk & gt);
         }
     }
-    const float m = es_bits_f32(maxbits);
     if (m > 1e30f) { /* float32 sums could overflow: let double decide every pixel */
         for (ptrdiff_t x = 0; x < oc; ++x) out[x] = exact_label(p, n, y, x);
         return;
@@ -208,7 +330,7 @@ static void logits_row(const post_plan *p, post_work *w, ptrdiff_t n, ptrdiff_t 
 }
 
 /* Argmax of source row r of slice n into `out` (cols), float32 compare, ties to the lowest. */
-static void argmax_row(const post_plan *p, post_work *w, ptrdiff_t n, ptrdiff_t r,
+ES_WIDE static void argmax_row(const post_plan *p, post_work *w, ptrdiff_t n, ptrdiff_t r,
                        uint8_t *ES_RESTRICT out) {
     float *ES_RESTRICT best = w->best;
     int32_t *ES_RESTRICT idx = w->idx;
@@ -232,18 +354,20 @@ static void argmax_row(const post_plan *p, post_work *w, ptrdiff_t n, ptrdiff_t 
 }
 
 static void process_band(const post_plan *p, post_work *w, es_resize_mode mode, ptrdiff_t n,
-                         ptrdiff_t y0, ptrdiff_t y1, uint8_t *labels) {
+                         ptrdiff_t y0, ptrdiff_t y1, float big, uint8_t *labels) {
     const ptrdiff_t oc = p->out_cols;
     const ptrdiff_t *ES_RESTRICT near_x = p->near_x;
     uint8_t *plane = labels + n * p->out_rows * oc;
     ptrdiff_t held = -1; /* labels mode: source row whose argmax is in row_labels */
     for (ptrdiff_t k = 0; k < 2 * p->classes; ++k) w->ring_row[k] = -1;
+    if (mode == ES_RESIZE_LOGITS && p->classes == 2) {
+        two_class_band(p, w, n, y0, y1, big, plane);
+        return;
+    }
     for (ptrdiff_t y = y0; y < y1; ++y) {
         uint8_t *ES_RESTRICT out = plane + y * oc;
         if (p->classes == 1) {
             memset(out, 0, (size_t)oc);
-        } else if (mode == ES_RESIZE_LOGITS && p->classes == 2) {
-            two_class_row(p, w, n, y, out);
         } else if (mode == ES_RESIZE_LOGITS) {
             logits_row(p, w, n, y, out);
         } else {
@@ -262,13 +386,14 @@ static int work_alloc(const post_plan *p, post_work *w) {
     w->conv = (float *)malloc((size_t)(3 * p->cols) * sizeof(float));
     w->ring = (float *)malloc((size_t)(2 * p->classes * p->out_cols) * sizeof(float));
     w->ring_row = (ptrdiff_t *)malloc((size_t)(2 * p->classes) * sizeof(ptrdiff_t));
-    w->ring_max = (uint32_t *)malloc((size_t)(2 * p->classes) * sizeof(uint32_t));
+    w->ring_max = (float *)malloc((size_t)(2 * p->classes) * sizeof(float));
     w->best = (float *)malloc((size_t)wide * sizeof(float));
     w->second = (float *)malloc((size_t)wide * sizeof(float));
     w->idx = (int32_t *)malloc((size_t)wide * sizeof(int32_t));
     w->row_labels = (uint8_t *)malloc((size_t)p->cols);
+    w->drow = (float *)malloc((size_t)(2 * p->cols) * sizeof(float));
     return w->conv && w->ring && w->ring_row && w->ring_max && w->best && w->second && w->idx &&
-           w->row_labels;
+           w->row_labels && w->drow;
 }
 
 static void work_free(post_work *w) {
@@ -280,17 +405,35 @@ static void work_free(post_work *w) {
     free(w->second);
     free(w->idx);
     free(w->row_labels);
+    free(w->drow);
 }
 
 static int plan_init(post_plan *p, es_resize_mode mode) {
     p->ry.first = p->rx.first = NULL;
     p->ry.wf = p->rx.wf = NULL;
     p->ry.wd = p->rx.wd = NULL;
-    p->near_x = NULL;
+    p->near_x = p->x_from = p->x_to = NULL;
     if (mode == ES_RESIZE_LOGITS) {
         int rc = es_axis_init(&p->ry, p->rows, p->out_rows, ES_BILINEAR);
         if (rc == ES_OK) rc = es_axis_init(&p->rx, p->cols, p->out_cols, ES_BILINEAR);
-        return rc;
+        if (rc != ES_OK) return rc;
+        /* Output columns that read source column c: first[x] is non-decreasing in x. */
+        p->x_from = (ptrdiff_t *)malloc((size_t)p->cols * sizeof(ptrdiff_t));
+        p->x_to = (ptrdiff_t *)malloc((size_t)p->cols * sizeof(ptrdiff_t));
+        if (!p->x_from || !p->x_to) return ES_ENOMEM;
+        const int32_t *first = p->rx.first;
+        const ptrdiff_t last_tap = p->rx.taps - 1;
+        ptrdiff_t x = 0;
+        for (ptrdiff_t c = 0; c < p->cols; ++c) {
+            while (x < p->out_cols && first[x] + last_tap < c) ++x;
+            p->x_from[c] = x;
+        }
+        x = p->out_cols - 1;
+        for (ptrdiff_t c = p->cols - 1; c >= 0; --c) {
+            while (x >= 0 && first[x] > c) --x;
+            p->x_to[c] = x;
+        }
+        return ES_OK;
     }
     p->near_x = (ptrdiff_t *)malloc((size_t)p->out_cols * sizeof(ptrdiff_t));
     if (!p->near_x) return ES_ENOMEM;
@@ -303,6 +446,8 @@ static void plan_free(post_plan *p) {
     es_axis_free(&p->ry);
     es_axis_free(&p->rx);
     free(p->near_x);
+    free(p->x_from);
+    free(p->x_to);
 }
 
 /* Resize (and argmax) every slice; then, if asked, filter components slice by slice. */
@@ -327,12 +472,20 @@ static int run_bands(post_plan *p, es_resize_mode mode, ptrdiff_t count, uint8_t
         for (ptrdiff_t it = 0; it < items; ++it) {
             const ptrdiff_t n = it / bands, b = it % bands;
             if (!ok) continue;
-            if (rows_nonfinite(p, n, b * p->rows / bands, (b + 1) * p->rows / bands)) {
+            const ptrdiff_t y0 = b * p->out_rows / bands, y1 = (b + 1) * p->out_rows / bands;
+            /* Check this band's share of the rows, and every row its outputs read. */
+            ptrdiff_t r0 = b * p->rows / bands, r1 = (b + 1) * p->rows / bands;
+            if (mode == ES_RESIZE_LOGITS) {
+                const ptrdiff_t first = p->ry.first[y0], last = p->ry.first[y1 - 1] + p->ry.taps;
+                r0 = first < r0 ? first : r0;
+                r1 = last > r1 ? last : r1;
+            }
+            float big;
+            if (rows_scan(p, n, r0, r1, &big)) {
                 err |= 1 << ES_ENONFINITE;
                 continue;
             }
-            process_band(p, &w, mode, n, b * p->out_rows / bands, (b + 1) * p->out_rows / bands,
-                         labels);
+            process_band(p, &w, mode, n, y0, y1, big, labels);
         }
         work_free(&w);
     }

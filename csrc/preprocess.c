@@ -124,7 +124,7 @@ static void output_row(const pre_plan *p, pre_work *w, ptrdiff_t n, ptrdiff_t y,
  * its taps' source rows and one gather of out_cols, instead of a gather per source row. */
 
 #define BLEND_ROWS(T)                                                                          \
-    static void blend_##T(const T *s0, const T *s1, ptrdiff_t ncols, ptrdiff_t cs, float w0,   \
+    ES_WIDE static void blend_##T(const T *s0, const T *s1, ptrdiff_t ncols, ptrdiff_t cs, float w0,   \
                           float w1, float lo, float lr, float wd, float *ES_RESTRICT out) {              \
         if (cs == 1) {                                                                         \
             for (ptrdiff_t x = 0; x < ncols; ++x) {                                            \
@@ -209,7 +209,7 @@ static void vertical_row(const pre_plan *p, pre_work *w, ptrdiff_t n, ptrdiff_t 
     }
 
 /* out[j] = a * sum_t wx[t] * vbuf[first[j] + t] + c. */
-static void horizontal_row(const pre_plan *p, const float *ES_RESTRICT in, float *ES_RESTRICT out) {
+ES_WIDE static void horizontal_row(const pre_plan *p, const float *ES_RESTRICT in, float *ES_RESTRICT out) {
     const es_axis *rx = &p->rx;
     const ptrdiff_t n_out = rx->n_out;
     const int32_t *ES_RESTRICT first = rx->first;

@@ -170,3 +170,69 @@ def test_largest_component_matches_scipy(case):
 def test_resize_labels_matches_reference(case, rows, cols):
     labels, _ = case
     np.testing.assert_array_equal(resize_labels(labels, (rows, cols)), reference.resize_labels(labels, (rows, cols)))
+
+
+@st.composite
+def organ_logits(draw):
+    """Two-class logits as a segmentation model gives them: background clearly ahead almost
+    everywhere, a few blobs of foreground, and optionally pixels whose two logits (nearly) tie
+    at the edge of what the kernel may skip as clearly background."""
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    n, rows, cols = draw(st.integers(1, 2)), draw(st.integers(1, 40)), draw(st.integers(1, 40))
+    scale = draw(st.sampled_from([1e-3, 1.0, 8.0, 1e4]))
+    yy, xx = np.mgrid[:rows, :cols]
+    d = np.full((n, rows, cols), -scale)
+    for i in range(n):
+        for _ in range(draw(st.integers(0, 3))):
+            cy, cx, r = rng.uniform(0, rows), rng.uniform(0, cols), rng.uniform(0.5, max(rows, cols) / 2)
+            d[i] = np.maximum(d[i], scale * (1 - ((yy - cy) ** 2 + (xx - cx) ** 2) / r**2))
+    # Near-ties: background pixels whose margin is a tiny fraction of the largest logit.
+    ties = rng.random(d.shape) < draw(st.sampled_from([0.0, 0.01, 0.2]))
+    d = np.where(ties & (d < 0), -scale * rng.choice([0.0, 2.0**-20, 2.0**-17, 2.0**-16], size=d.shape), d)
+    base = rng.normal(0, scale, size=d.shape)
+    logits = np.stack([base, base + d], axis=1)
+    dtype = draw(st.sampled_from([np.float32, np.float16]))
+    size = (draw(st.integers(1, 90)), draw(st.integers(1, 90)))
+    return np.ascontiguousarray(logits, dtype=dtype), size, draw(st.booleans())
+
+
+@settings(max_examples=200, deadline=None)
+@given(organ_logits())
+def test_two_class_background_skipping_matches_reference(case):
+    logits, size, keep_largest = case
+    got = postprocess(logits, size, keep_largest=keep_largest)
+    np.testing.assert_array_equal(got, reference.postprocess(logits, size, keep_largest=keep_largest))
+
+
+def test_two_class_organ_256_to_512_matches_reference():
+    from edgeseg.bench.kernels import blob_logits
+
+    logits = blob_logits(3, classes=2, size=256, seed=3)
+    logits[2, 0, 100:110, 40:200] = logits[2, 1, 100:110, 40:200]  # a band of exact ties
+    logits[1, 0, 7, 9] = 3e38  # past the float32 fast path: decided in double
+    for keep_largest in (False, True):
+        got = postprocess(logits, (512, 512), keep_largest=keep_largest)
+        np.testing.assert_array_equal(got, reference.postprocess(logits, (512, 512), keep_largest=keep_largest))
+
+
+@st.composite
+def blob_label_maps(draw):
+    """Label maps of wide blobs: runs much longer than the kernel's eight-byte steps."""
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    rows, cols = draw(st.integers(1, 40)), draw(st.integers(1, 130))
+    classes = draw(st.integers(2, 4))
+    labels = np.zeros((rows, cols), np.uint8)
+    yy, xx = np.mgrid[:rows, :cols]
+    for _ in range(draw(st.integers(0, 6))):
+        cy, cx = rng.uniform(0, rows), rng.uniform(0, cols)
+        ry, rx = rng.uniform(0.5, rows / 2 + 1), rng.uniform(0.5, cols / 2 + 1)
+        labels[((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 < 1] = rng.integers(1, classes)
+    return labels[None], classes
+
+
+@settings(max_examples=150, deadline=None)
+@given(blob_label_maps())
+def test_largest_component_of_wide_blobs_matches_scipy(case):
+    labels, num_classes = case
+    np.testing.assert_array_equal(largest_component(labels, num_classes),
+                                  reference.largest_component(labels, num_classes))
