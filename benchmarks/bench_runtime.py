@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgeseg.bench.kernels import hu_slices
+from edgeseg.bench.runtime import ct_slices
 from edgeseg.kernels import preprocess
 from edgeseg.runtime import Segmenter
 from edgeseg.runtime.manifest import read_manifest
@@ -45,7 +45,7 @@ def test_runner(benchmark, bundle, runner, precision, batch):
     if f"{runner}:{precision}" not in labels:
         pytest.skip(f"{runner}:{precision} is not installed or not in the bundle")
     with Segmenter.load(bundle, backend=f"{runner}:{precision}") as seg:
-        x = preprocess(hu_slices(batch, 512, 512), seg.spec)
+        x = preprocess(ct_slices(batch, 512), seg.spec)
         benchmark.group = f"model only, batch {batch}"
         benchmark(seg.infer, x)
 
@@ -53,7 +53,7 @@ def test_runner(benchmark, bundle, runner, precision, batch):
 @pytest.mark.parametrize("what", ["model only", "predict", "predict_volume 32"])
 def test_segmenter(benchmark, bundle, what):
     with Segmenter.load(bundle) as seg:
-        volume = hu_slices(32, 512, 512)
+        volume = ct_slices(32, 512)
         benchmark.group = f"segmenter ({seg.backend})"
         if what == "model only":
             x = preprocess(volume[:1], seg.spec)
