@@ -28,6 +28,9 @@ from edgeseg.errors import require
 @click.option("--val-fraction", default=0.15, show_default=True, help="Share of cases held out for validation.")
 @click.option("--test-fraction", default=0.15, show_default=True, help="Share of cases held out for testing.")
 @click.option("--no-augment", is_flag=True, help="Disable augmentation.")
+@click.option("--augment-p", default=0.5, show_default=True, type=float,
+              help="Probability of each random transform (flips, rotation/scale, window, gamma, "
+                   "contrast, noise) per slice.")
 @click.option("--amp", type=click.Choice(["auto", "off", "bf16", "fp16"]), default="auto", show_default=True,
               help="Mixed precision: auto = fp16 on CUDA, bf16 on CPUs with native bf16, else off.")
 @click.option("--threads", default=0, help="CPU threads for torch (0: torch's default).")
@@ -47,7 +50,7 @@ def command(**opts) -> None:
         size=opts["size"], window=parse_pair(opts["window"], "--window"), labels=parse_labels(opts["labels"]),
         intensity=opts["intensity"], epochs=opts["epochs"], batch_size=opts["batch_size"], lr=opts["lr"],
         weight_decay=opts["weight_decay"], seed=opts["seed"], fractions=(1.0 - val - test, val, test),
-        augment=not opts["no_augment"], amp=opts["amp"], threads=opts["threads"],
+        augment=not opts["no_augment"], augment_p=opts["augment_p"], amp=opts["amp"], threads=opts["threads"],
     )
     result = train(cfg, resume=opts["resume"], progress=not opts["quiet"])
     best = result["best"]

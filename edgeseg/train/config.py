@@ -34,6 +34,7 @@ class TrainConfig:
     seed: int = 0
     fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
     augment: bool = True
+    augment_p: float = 0.5
     amp: str = "auto"
     intensity: str | None = None
     threads: int = 0
@@ -48,6 +49,7 @@ class TrainConfig:
             (self.size >= 1, f"size must be >= 1, got {self.size}"),
             (self.amp in ("auto", "off", "bf16", "fp16"), f"amp must be auto, off, bf16 or fp16, got {self.amp!r}"),
             (len(self.labels) >= 1, "at least one foreground label is needed"),
+            (0.0 <= self.augment_p <= 1.0, f"augmentation probability must be in [0, 1], got {self.augment_p}"),
         ]
         for ok, message in checks:
             if not ok:

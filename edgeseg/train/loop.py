@@ -17,7 +17,7 @@ from edgeseg.data import open_dataset, split_cases
 from edgeseg.errors import CheckpointError, DataError
 from edgeseg.models import ModelConfig, build_model, count_parameters
 from edgeseg.spec import PreprocessSpec
-from edgeseg.train.augment import BatchAugmenter
+from edgeseg.train.augment import AugmentConfig, BatchAugmenter
 from edgeseg.train.checkpoint import read_checkpoint, save_checkpoint
 from edgeseg.train.config import TrainConfig
 from edgeseg.train.dataset import SliceSet
@@ -116,7 +116,8 @@ class _LoopState:
         self.optimizer, self.device, self.train_set, self.val_set = optimizer, device, train_set, val_set
         self.split, self.out = split, out
         self.loss_fn = DiceCELoss()
-        self.augment = BatchAugmenter(spec) if cfg.augment else None
+        self.augment = (BatchAugmenter(spec, AugmentConfig(p=cfg.augment_p))
+                        if cfg.augment and cfg.augment_p > 0 else None)
         self.amp_dtype = autocast_dtype(cfg.amp, device)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16 and device.type == "cuda")
         n = len(train_set)

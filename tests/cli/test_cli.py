@@ -120,3 +120,9 @@ def test_interrupted_checkpoint_write_leaves_nothing(tmp_path, monkeypatch):
 
 def test_bad_labels_option(tmp_path):
     assert_one_line_error(run("train", "--labels", "liver", "--out", tmp_path / "r"), "labels must look like")
+
+
+def test_augmentation_probability_outside_0_1_is_refused(tmp_path):
+    proc = run("train", "--augment-p", "1.5", "--out", tmp_path / "r")
+    assert_one_line_error(proc, "augmentation probability must be in [0, 1], got 1.5")
+    assert not (tmp_path / "r").exists()

@@ -70,3 +70,14 @@ def test_lr_schedule_warms_up_then_decays_to_one_percent():
     assert all(a >= b for a, b in zip(lrs[warm:], lrs[warm + 1 :]))
     assert lr_at(total, total, warm, peak) == pytest.approx(0.01 * peak)
     assert math.isclose(lr_at(warm + (total - warm) // 2, total, warm, peak), peak * (0.01 + 0.99 * 0.5), rel_tol=1e-6)
+
+
+def test_augment_p_zero_leaves_batches_untouched_and_one_changes_every_slice():
+    spec = PreprocessSpec(window=(0.0, 255.0), size=(32, 32))
+    gen = torch.Generator().manual_seed(0)
+    images = torch.rand(6, 1, 32, 32)
+    labels = (images[:, 0] > 0.5).long()
+    same_images, same_labels = BatchAugmenter(spec, AugmentConfig(p=0.0))(images, labels, gen)
+    assert torch.equal(same_images, images) and torch.equal(same_labels, labels)
+    moved, _ = BatchAugmenter(spec, AugmentConfig(p=1.0))(images, labels, gen)
+    assert all(not torch.allclose(moved[i], images[i]) for i in range(6))
