@@ -43,18 +43,6 @@ def latency_stats(samples_s: list[float]) -> dict[str, float]:
     return {name: round(float(np.percentile(ms, q)), 3) for name, q in PERCENTILES}
 
 
-def time_calls(fn: Callable[[], object], runs: int, warmup: int) -> list[float]:
-    """Seconds per call of ``fn`` over ``runs`` calls after ``warmup`` untimed ones."""
-    for _ in range(warmup):
-        fn()
-    samples = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - start)
-    return samples
-
-
 def ct_slices(count: int, size: int, seed: int = 0) -> np.ndarray:
     """``count`` int16 (size, size) slices of the phantom's liver region, middle slice first."""
     depth = max(count + count // 2, 8)
@@ -62,6 +50,25 @@ def ct_slices(count: int, size: int, seed: int = 0) -> np.ndarray:
     middle = depth // 2
     order = sorted(range(depth), key=lambda z: (abs(z - middle), z))[:count]
     return np.ascontiguousarray(np.rint(volume.hu[order]).astype(np.int16))
+
+
+def time_interleaved(fns: dict[str, Callable[[], object]], runs: int, warmup: int) -> dict[str, list[float]]:
+    """Seconds per call of each function, called in turn (a, b, c, a, b, c, ...).
+
+    Taking turns exposes every stage to the same clock speed, cache state and neighbours, so
+    ratios between stages (end to end over model only) do not pick up drift between two blocks
+    of calls measured minutes apart.
+    """
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(runs):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            samples[name].append(time.perf_counter() - start)
+    return samples
 
 
 def backend_labels(bundle: str | Path, wanted: list[str]) -> list[str]:
@@ -99,18 +106,21 @@ def bench_backend(bundle: str | Path, backend: str, *, batches: tuple[int, ...] 
         for b in batches:
             batch_in = preprocess(hu[:b], spec)
             logits = seg.infer(batch_in)
-            stages = {
-                "decode": time_calls(lambda: [_decode(png) for _ in range(b)], runs, warmup),
-                "preprocess": time_calls(lambda: preprocess(hu[:b], spec, out=batch_in, num_threads=KERNEL_THREADS),
-                                         runs, warmup),
-                "inference": time_calls(lambda: seg.infer(batch_in), runs, warmup),
-                "postprocess": time_calls(lambda: postprocess(logits, (size, size), keep_largest=seg.keep_largest,
-                                                              resize=seg.resize_mode, num_threads=KERNEL_THREADS),
-                                          runs, warmup),
-                "end_to_end": time_calls((lambda: seg.predict(hu[0])) if b == 1
-                                         else (lambda: seg.predict_volume(hu[:b], batch_size=b)), runs, warmup),
-            }
-            result["batches"][str(b)] = {name: latency_stats(samples) for name, samples in stages.items()}
+            stages = time_interleaved({
+                "decode": lambda: [_decode(png) for _ in range(b)],
+                "preprocess": lambda: preprocess(hu[:b], spec, out=batch_in, num_threads=KERNEL_THREADS),
+                "inference": lambda: seg.infer(batch_in),
+                "postprocess": lambda: postprocess(logits, (size, size), keep_largest=seg.keep_largest,
+                                                   resize=seg.resize_mode, num_threads=KERNEL_THREADS),
+                "end_to_end": (lambda: seg.predict(hu[0])) if b == 1
+                              else (lambda: seg.predict_volume(hu[:b], batch_size=b)),
+            }, runs, warmup)
+            stats = {name: latency_stats(samples) for name, samples in stages.items()}
+            # Per round, end to end over model only: the two ran back to back, so drift cancels.
+            per_round = np.asarray(stages["end_to_end"]) / np.asarray(stages["inference"])
+            stats["end_to_end_over_model"] = {"p50": round(float(np.median(per_round)), 3),
+                                              "of_p50s": round(stats["end_to_end"]["p50"] / stats["inference"]["p50"], 3)}
+            result["batches"][str(b)] = stats
         result["volume"] = _volume_throughput(seg, hu[:volume_slices], max(batches), max(3, runs // 10))
     return result
 
@@ -118,8 +128,9 @@ def bench_backend(bundle: str | Path, backend: str, *, batches: tuple[int, ...] 
 def _volume_throughput(seg: Segmenter, volume: np.ndarray, batch: int, repeats: int) -> dict:
     """Slices per second of ``predict_volume`` and of the model alone on the same batches."""
     inputs = [preprocess(volume[i:i + batch], seg.spec) for i in range(0, len(volume), batch)]
-    pipelined = min(time_calls(lambda: seg.predict_volume(volume, batch_size=batch), repeats, 1))
-    model_only = min(time_calls(lambda: [seg.infer(x) for x in inputs], repeats, 1))
+    times = time_interleaved({"pipelined": lambda: seg.predict_volume(volume, batch_size=batch),
+                              "model_only": lambda: [seg.infer(x) for x in inputs]}, repeats, 1)
+    pipelined, model_only = min(times["pipelined"]), min(times["model_only"])
     return {"slices": len(volume), "batch": batch, "pipelined_slices_per_s": round(len(volume) / pipelined, 2),
             "model_only_slices_per_s": round(len(volume) / model_only, 2),
             "ratio": round(model_only / pipelined, 3)}
@@ -157,6 +168,10 @@ def format_table(results: list[dict]) -> str:
         for b, stages in r["batches"].items():
             for stage in STAGES:
                 lines.append(f"{name:<24} {b:>5} {stage:<12} " + " ".join(f"{stages[stage][n]:>8.2f}" for n, _ in PERCENTILES))
+            ratio = stages.get("end_to_end_over_model")
+            if ratio:
+                lines.append(f"{name:<24} {b:>5} {'e2e/model':<12} {ratio['p50']:>8.3f}  (median over rounds; "
+                             f"ratio of p50s {ratio['of_p50s']:.3f})")
     lines.append("")
     lines.append(f"{'backend':<24} {'volume slices/s':>16} {'model-only':>11} {'ratio':>6} {'cold start s':>13} {'peak RSS MB':>12}")
     for r in results:

@@ -25,6 +25,9 @@ def test_bench_reports_every_stage_throughput_and_cold_start(bundle_dir, tmp_pat
             for stage in STAGES:
                 values = [r["batches"][batch][stage][name] for name, _ in PERCENTILES]
                 assert values == sorted(values) and values[0] > 0, (batch, stage, values)
+            ratio = r["batches"][batch]["end_to_end_over_model"]
+            want = r["batches"][batch]["end_to_end"]["p50"] / r["batches"][batch]["inference"]["p50"]
+            assert ratio["p50"] > 0 and abs(ratio["of_p50s"] - want) < 2e-3
         volume = r["volume"]
         assert volume["pipelined_slices_per_s"] > 0 and volume["model_only_slices_per_s"] > 0
         assert 0 < r["cold_start"]["seconds"] < 60 and r["cold_start"]["peak_rss_mb"] > 10
@@ -55,3 +58,13 @@ def test_bench_input_is_ct_with_an_organ_in_every_slice():
         z = by_bytes[s.tobytes()]
         assert liver[z].mean() > 0.01, f"slice {z} has no liver"
         assert (s < -900).mean() > 0.05 and np.median(s[liver[z]]) > 0  # air outside, tissue inside
+
+
+def test_stages_are_timed_in_turns_so_their_ratio_cancels_drift():
+    from edgeseg.bench.runtime import time_interleaved
+
+    calls = []
+    samples = time_interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, runs=3, warmup=1)
+    assert calls == ["a", "b"] * 4
+    assert {k: len(v) for k, v in samples.items()} == {"a": 3, "b": 3}
+    assert all(t >= 0 for v in samples.values() for t in v)
