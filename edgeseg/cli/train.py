@@ -22,13 +22,13 @@ from edgeseg.errors import require
 @click.option("--intensity", default=None, help="What slice-folder pixels mean: 'hu-clipped:0,255' (default) or 'window:LO,HI'.")
 @click.option("--epochs", default=30, show_default=True, help="Training epochs.")
 @click.option("--batch-size", default=8, show_default=True, help="Slices per batch.")
-@click.option("--lr", default=2e-3, show_default=True, help="Peak learning rate (AdamW, warm-up then cosine).")
+@click.option("--lr", default=1e-3, show_default=True, help="Peak learning rate (AdamW, warm-up then cosine).")
 @click.option("--weight-decay", default=1e-4, show_default=True, help="AdamW weight decay.")
 @click.option("--seed", default=0, show_default=True, help="Seed for the split, initialisation and augmentation.")
 @click.option("--val-fraction", default=0.15, show_default=True, help="Share of cases held out for validation.")
 @click.option("--test-fraction", default=0.15, show_default=True, help="Share of cases held out for testing.")
 @click.option("--no-augment", is_flag=True, help="Disable augmentation.")
-@click.option("--augment-p", default=0.5, show_default=True, type=float,
+@click.option("--augment-p", default=0.25, show_default=True, type=float,
               help="Probability of each random transform (flips, rotation/scale, window, gamma, "
                    "contrast, noise) per slice.")
 @click.option("--amp", type=click.Choice(["auto", "off", "bf16", "fp16"]), default="auto", show_default=True,

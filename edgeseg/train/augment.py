@@ -16,11 +16,12 @@ from edgeseg.spec import PreprocessSpec
 class AugmentConfig:
     """Ranges of the random transforms; each is applied to a sample with probability ``p``."""
 
-    p: float = 0.5
+    p: float = 0.25
     flip: bool = True
     rotate_deg: float = 15.0
     scale: tuple[float, float] = (0.85, 1.15)
-    window_shift: float = 0.15
+    window_low: tuple[float, float] = (-0.7, 0.15)
+    window_high: tuple[float, float] = (0.85, 1.6)
     gamma: tuple[float, float] = (0.7, 1.5)
     contrast: tuple[float, float] = (0.8, 1.25)
     brightness: float = 0.1
@@ -31,9 +32,10 @@ class BatchAugmenter:
     """Applies random transforms to (B, 1, H, W) images and (B, H, W) labels together.
 
     Intensity transforms work in window units (0 = window low, 1 = window high), so they mean
-    the same for every spec: shifting the window ends by up to ``window_shift`` imitates slices
-    exported by another hospital with another window, which a model trained on one fixed
-    mapping otherwise fails on.
+    the same for every spec. Re-mapping the window ends to a low end drawn from ``window_low``
+    and a high end from ``window_high`` imitates slices exported by another hospital with
+    another window and read as this one, which a model trained on one fixed mapping otherwise
+    fails on: [-160, 240] HU exported to 8 bits and read as [0, 255] is low -0.63, high 0.94.
     """
 
     def __init__(self, spec: PreprocessSpec, config: AugmentConfig = AugmentConfig()) -> None:
@@ -78,8 +80,8 @@ class BatchAugmenter:
         shape = (n, 1, 1, 1)
         u = images * self.std + self.mean  # window units, [0, 1] inside the window
         on = self._chance(n, gen).view(shape)
-        low = self._uniform(n, -c.window_shift, c.window_shift, gen).view(shape) * on
-        high = 1 + self._uniform(n, -c.window_shift, c.window_shift, gen).view(shape) * on
+        low = torch.where(on, self._uniform(n, *c.window_low, gen).view(shape), torch.zeros(shape))
+        high = torch.where(on, self._uniform(n, *c.window_high, gen).view(shape), torch.ones(shape))
         u = ((u - low) / (high - low)).clamp(0, 1)
         on = self._chance(n, gen).view(shape)
         gamma = torch.exp(self._uniform(n, math.log(c.gamma[0]), math.log(c.gamma[1]), gen)).view(shape)

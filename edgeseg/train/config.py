@@ -28,13 +28,13 @@ class TrainConfig:
     labels: dict[str, list[int]] = field(default_factory=lambda: {"liver": [1]})
     epochs: int = 30
     batch_size: int = 8
-    lr: float = 2e-3
+    lr: float = 1e-3
     weight_decay: float = 1e-4
     warmup_epochs: float = 1.0
     seed: int = 0
     fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
     augment: bool = True
-    augment_p: float = 0.5
+    augment_p: float = 0.25
     amp: str = "auto"
     intensity: str | None = None
     threads: int = 0

@@ -40,7 +40,7 @@ def test_perfect_prediction_has_near_zero_loss_and_wrong_one_high():
 
 def test_augmentation_moves_labels_with_images():
     spec = PreprocessSpec(window=(0, 255), size=(64, 64))
-    aug = BatchAugmenter(spec, AugmentConfig(p=1.0, window_shift=0, gamma=(1, 1), contrast=(1, 1), brightness=0, noise_std=0))
+    aug = BatchAugmenter(spec, AugmentConfig(p=1.0, window_low=(0, 0), window_high=(1, 1), gamma=(1, 1), contrast=(1, 1), brightness=0, noise_std=0))
     labels = torch.zeros(4, 64, 64, dtype=torch.long)
     labels[:, 10:30, 5:25] = 1
     images = labels[:, None].float() * 0.8  # image bright exactly where the label is
@@ -54,7 +54,7 @@ def test_augmentation_moves_labels_with_images():
 
 def test_outside_of_rotated_slice_is_filled_with_air_not_zero():
     spec = PreprocessSpec(window=(0, 255), size=(32, 32), mean=0.5, std=0.5)  # air -> -1.0
-    aug = BatchAugmenter(spec, AugmentConfig(p=1.0, flip=False, rotate_deg=45, scale=(0.6, 0.6), window_shift=0,
+    aug = BatchAugmenter(spec, AugmentConfig(p=1.0, flip=False, rotate_deg=45, scale=(0.6, 0.6), window_low=(0, 0), window_high=(1, 1),
                                               gamma=(1, 1), contrast=(1, 1), brightness=0, noise_std=0))
     images = torch.full((1, 1, 32, 32), 1.0)  # all at the window top
     out, _ = aug(images, torch.zeros(1, 32, 32, dtype=torch.long), torch.Generator().manual_seed(0))
