@@ -47,11 +47,27 @@ def test_predict_matches_oracle_at_input_size(fp32, bundle_dir, volume):
     assert fp32.labels[1] == "liver" and fp32.spec.size == (64, 64)
 
 
+@pytest.mark.parametrize("overlap", [True, False], ids=["worker-overlap", "inline"])
 @pytest.mark.parametrize("batch_size", [1, 3, 8])
-def test_predict_volume_matches_oracle_for_any_batch(fp32, bundle_dir, volume, batch_size):
-    labels = fp32.predict_volume(volume, batch_size=batch_size)
+def test_predict_volume_matches_oracle_for_any_batch(fp32, bundle_dir, volume, batch_size, overlap):
+    fp32.overlap = overlap
+    try:
+        labels = fp32.predict_volume(volume, batch_size=batch_size)
+    finally:
+        fp32.overlap = True
     assert labels.shape == volume.hu.shape and labels.dtype == np.uint8
     np.testing.assert_array_equal(labels, oracle_labels(bundle_dir, volume.hu))
+
+
+def test_volume_path_overlaps_only_where_a_core_is_free(bundle_dir):
+    import os
+
+    cores = os.cpu_count() or 1
+    with Segmenter.load(bundle_dir, backend="onnxruntime:fp32") as every_core:
+        assert every_core.runner.device == "cpu" and every_core.overlap is False
+    if cores > 1:
+        with Segmenter.load(bundle_dir, backend="onnxruntime:fp32", threads=cores - 1) as capped:
+            assert capped.overlap is True
 
 
 def test_the_model_finds_the_phantom_liver(fp32, volume):
