@@ -34,6 +34,14 @@ DEFAULT_BATCH = 8
 KERNEL_THREADS = 1
 
 
+def usable_cores() -> int:
+    """Cores this process may run on (its CPU affinity, as taskset or a container sets it)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 class Segmenter:
     """Segment CT with one bundle; build it with :meth:`Segmenter.load`.
 
@@ -65,8 +73,7 @@ class Segmenter:
         # more to the worker preempting one of its threads (its others wait at the next
         # barrier) than the overlap saves: measured 0.91-0.95 of model-only throughput with the
         # worker, against ~0.98 inline, for OpenVINO INT8 on 2 cores.
-        cores = os.cpu_count() or 1
-        self.overlap = runner.device != "cpu" or 0 < runner.threads < cores
+        self.overlap = runner.device != "cpu" or 0 < runner.threads < usable_cores()
 
     @classmethod
     def load(cls, bundle: str | Path, backend: str | list[str] = "auto", threads: int = 0) -> "Segmenter":

@@ -60,9 +60,9 @@ def test_predict_volume_matches_oracle_for_any_batch(fp32, bundle_dir, volume, b
 
 
 def test_volume_path_overlaps_only_where_a_core_is_free(bundle_dir):
-    import os
+    from edgeseg.runtime.segmenter import usable_cores
 
-    cores = os.cpu_count() or 1
+    cores = usable_cores()
     with Segmenter.load(bundle_dir, backend="onnxruntime:fp32") as every_core:
         assert every_core.runner.device == "cpu" and every_core.overlap is False
     if cores > 1:
