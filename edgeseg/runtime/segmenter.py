@@ -135,17 +135,6 @@ class Segmenter:
 
         with self._lock, tqdm(total=arr.shape[0], unit="slice", desc="segmenting", disable=not progress,
                               leave=False) as bar:
-            if not self.overlap:
-                for start in starts:
-                    stop = min(start + n, arr.shape[0])
-                    batch = preprocess(arr[start:stop], self.spec, out=self._input_buffer(0, stop - start),
-                                       num_threads=KERNEL_THREADS)
-                    postprocess(self.runner.infer(batch), arr.shape[1:], keep_largest=self.keep_largest,
-                                resize=self.resize_mode, out=out[start:stop], num_threads=KERNEL_THREADS)
-                    bar.update(stop - start)
-                return out
-            worker = self._pool()
-
             def prepare(index: int) -> np.ndarray:
                 start = starts[index]
                 stop = min(start + n, arr.shape[0])
@@ -156,6 +145,12 @@ class Segmenter:
                 postprocess(logits, arr.shape[1:], keep_largest=self.keep_largest, resize=self.resize_mode,
                             out=out[start:start + len(logits)], num_threads=KERNEL_THREADS)
                 return len(logits)
+
+            if not self.overlap:
+                for index, start in enumerate(starts):
+                    bar.update(finish(start, self.runner.infer(prepare(index))))
+                return out
+            worker = self._pool()
 
             # The worker runs, in order: pre-process i+1 (during inference of i), then
             # post-process i (during inference of i+1); the model thread never waits for either.

@@ -14,14 +14,6 @@ def edgeseg(*args):
     return subprocess.run([sys.executable, "-m", "edgeseg.cli", *map(str, args)], capture_output=True, text=True, timeout=300)
 
 
-def assert_one_line_error(proc, fragment):
-    assert proc.returncode == 2, proc.stderr
-    assert "Traceback" not in proc.stderr
-    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("edgeseg: error:"), proc.stderr
-    assert fragment in lines[0], lines[0]
-
-
 @pytest.fixture
 def slices(tmp_path):
     folder = tmp_path / "slices"
@@ -29,13 +21,13 @@ def slices(tmp_path):
     return folder
 
 
-def test_image_without_mask(slices):
+def test_image_without_mask(slices, assert_one_line_error):
     victim = sorted((slices / "masks").iterdir())[0]
     victim.unlink()
     assert_one_line_error(edgeseg("data", "info", slices, "--quiet"), victim.name)
 
 
-def test_mask_of_another_size(slices):
+def test_mask_of_another_size(slices, assert_one_line_error):
     from PIL import Image
 
     victim = sorted((slices / "masks").iterdir())[0]
@@ -43,7 +35,7 @@ def test_mask_of_another_size(slices):
     assert_one_line_error(edgeseg("train", "--data", slices, "--out", slices.parent / "run", "--quiet"), "size")
 
 
-def test_non_ct_dicom(tmp_path):
+def test_non_ct_dicom(tmp_path, assert_one_line_error):
     import pydicom
 
     series = tmp_path / "mr"
@@ -55,7 +47,7 @@ def test_non_ct_dicom(tmp_path):
     assert_one_line_error(edgeseg("data", "info", series, "--quiet"), "not CT")
 
 
-def test_truncated_dicom(tmp_path):
+def test_truncated_dicom(tmp_path, assert_one_line_error):
     series = tmp_path / "cut"
     shutil.copytree(DATA / "dcmqi_ct_liver" / "ct-3slice", series)
     victim = series / "02.dcm"
@@ -63,7 +55,7 @@ def test_truncated_dicom(tmp_path):
     assert_one_line_error(edgeseg("data", "info", series, "--quiet"), "02.dcm")
 
 
-def test_truncated_nifti(tmp_path):
+def test_truncated_nifti(tmp_path, assert_one_line_error):
     src = DATA / "totalseg_example_ct" / "example_ct_sm.nii.gz"
     cut = tmp_path / "cut.nii.gz"
     cut.write_bytes(src.read_bytes()[: src.stat().st_size // 2])
@@ -71,7 +63,7 @@ def test_truncated_nifti(tmp_path):
 
 
 @pytest.mark.parametrize("command", [["train"], ["evaluate", "x.pt", "--data", "phantom"]])
-def test_training_commands_without_torch_name_the_extra(command):
+def test_training_commands_without_torch_name_the_extra(command, assert_one_line_error):
     code = "import sys; sys.modules['torch'] = None; from edgeseg.cli.main import cli; cli()"
     proc = subprocess.run([sys.executable, "-c", code, *command], capture_output=True, text=True, timeout=120)
     assert_one_line_error(proc, "pip install 'edgeseg[train]'")
@@ -84,7 +76,7 @@ def test_data_info_pairs_a_series_with_a_label_file():
     assert "1:107098" in proc.stdout  # liver voxels of the NRRD, counted independently in tests/readers
 
 
-def test_label_file_of_another_shape_is_refused():
+def test_label_file_of_another_shape_is_refused(assert_one_line_error):
     proc = edgeseg("data", "info", DATA / "dcmqi_ct_liver" / "ct-3slice", "--label-file",
                    DATA / "totalseg_example_ct" / "example_seg.nii.gz", "--quiet")
     assert_one_line_error(proc, "example_seg.nii.gz")

@@ -15,14 +15,6 @@ def run(*args, cwd=None):
     return subprocess.run([*EDGESEG, *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=600)
 
 
-def assert_one_line_error(proc, fragment):
-    assert proc.returncode != 0
-    assert "Traceback" not in proc.stderr
-    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
-    assert lines and lines[-1].startswith("edgeseg: error:"), proc.stderr
-    assert fragment in lines[-1], lines[-1]
-
-
 @pytest.mark.parametrize("command", ["", "train", "evaluate", "compare", "data", "data synth", "data info"])
 def test_every_command_has_help(command):
     proc = run(*command.split(), "--help")
@@ -66,16 +58,16 @@ def test_compare_two_runs(run_dir, tmp_path):
     assert (tmp_path / "compare.png").is_file() and (tmp_path / "compare.csv").is_file()
 
 
-def test_missing_data_folder(tmp_path):
+def test_missing_data_folder(tmp_path, assert_one_line_error):
     assert_one_line_error(run("train", "--data", tmp_path / "nope", "--out", tmp_path / "r"), "not found")
 
 
-def test_empty_data_folder(tmp_path):
+def test_empty_data_folder(tmp_path, assert_one_line_error):
     (tmp_path / "empty").mkdir()
     assert_one_line_error(run("train", "--data", tmp_path / "empty", "--out", tmp_path / "r"), "no images found")
 
 
-def test_checkpoint_from_another_model_config_cannot_resume(run_dir, tmp_path):
+def test_checkpoint_from_another_model_config_cannot_resume(run_dir, tmp_path, assert_one_line_error):
     import shutil
 
     shutil.copytree(run_dir / "run", tmp_path / "run")
@@ -85,13 +77,13 @@ def test_checkpoint_from_another_model_config_cannot_resume(run_dir, tmp_path):
     assert_one_line_error(proc, "different model config")
 
 
-def test_corrupt_checkpoint(run_dir, tmp_path):
+def test_corrupt_checkpoint(run_dir, tmp_path, assert_one_line_error):
     bad = tmp_path / "bad.pt"
     bad.write_bytes((run_dir / "run" / "best.pt").read_bytes()[:5000])
     assert_one_line_error(run("evaluate", bad, "--data", run_dir / "phantom"), "not a readable edgeseg checkpoint")
 
 
-def test_checkpoint_whose_weights_do_not_fit_its_config(run_dir, tmp_path):
+def test_checkpoint_whose_weights_do_not_fit_its_config(run_dir, tmp_path, assert_one_line_error):
     import torch
 
     payload = torch.load(run_dir / "run" / "best.pt", weights_only=True)
@@ -118,11 +110,25 @@ def test_interrupted_checkpoint_write_leaves_nothing(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_bad_labels_option(tmp_path):
+def test_bad_labels_option(tmp_path, assert_one_line_error):
     assert_one_line_error(run("train", "--labels", "liver", "--out", tmp_path / "r"), "labels must look like")
 
 
-def test_augmentation_probability_outside_0_1_is_refused(tmp_path):
+def test_augmentation_probability_outside_0_1_is_refused(tmp_path, assert_one_line_error):
     proc = run("train", "--augment-p", "1.5", "--out", tmp_path / "r")
     assert_one_line_error(proc, "augmentation probability must be in [0, 1], got 1.5")
     assert not (tmp_path / "r").exists()
+
+
+def test_train_option_defaults_are_the_config_defaults():
+    """The CLI states its defaults for --help; they must be the recipe TrainConfig records."""
+    from dataclasses import fields
+
+    from edgeseg.cli.train import command
+    from edgeseg.train.config import TrainConfig
+
+    config = {f.name: f.default for f in fields(TrainConfig)}
+    options = {p.name: p.default for p in command.params}
+    shared = sorted(set(config) & set(options) - {"data", "out", "window", "labels", "intensity"})
+    assert {"lr", "augment_p", "epochs", "batch_size", "weight_decay", "seed"} <= set(shared)
+    assert {k: options[k] for k in shared} == {k: config[k] for k in shared}

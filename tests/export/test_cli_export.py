@@ -16,14 +16,6 @@ def edgeseg(*args, cwd=None):
                           timeout=300, cwd=cwd)
 
 
-def assert_one_line_error(proc, fragment):
-    assert proc.returncode == 2, proc.stderr
-    assert "Traceback" not in proc.stderr
-    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("edgeseg: error:"), proc.stderr
-    assert fragment in lines[0], lines[0]
-
-
 def test_export_cli_writes_a_bundle_and_trt_absence_is_one_line(checkpoint, tmp_path):
     out = tmp_path / "b"
     proc = edgeseg("export", checkpoint, "--out", out, "--formats", "onnx", "--fp16", "--trt", "--max-batch", "2",
@@ -44,19 +36,19 @@ def test_export_cli_writes_a_bundle_and_trt_absence_is_one_line(checkpoint, tmp_
         assert "--onnx=model.fp16.onnx" in script and "--fp16" in script and "image:2x1x64x64" in script
 
 
-def test_missing_checkpoint(tmp_path):
+def test_missing_checkpoint(tmp_path, assert_one_line_error):
     assert_one_line_error(edgeseg("export", tmp_path / "nope.pt", "--out", tmp_path / "b"), "checkpoint not found")
     assert not (tmp_path / "b").exists()
 
 
-def test_corrupt_checkpoint(tmp_path):
+def test_corrupt_checkpoint(tmp_path, assert_one_line_error):
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint at all")
     assert_one_line_error(edgeseg("export", bad, "--out", tmp_path / "b"), "bad.pt")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.pt"]
 
 
-def test_int8_without_or_with_empty_calibration_data(checkpoint, tmp_path):
+def test_int8_without_or_with_empty_calibration_data(checkpoint, tmp_path, assert_one_line_error):
     assert_one_line_error(edgeseg("export", checkpoint, "--out", tmp_path / "b", "--int8"), "--calib")
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -64,7 +56,7 @@ def test_int8_without_or_with_empty_calibration_data(checkpoint, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty"]
 
 
-def test_calibration_data_that_cannot_cover_the_window(checkpoint, tmp_path):
+def test_calibration_data_that_cannot_cover_the_window(checkpoint, tmp_path, assert_one_line_error):
     # slices whose pixels map the window [50, 200] HU cannot give the [0, 255] window the model uses
     folder = tmp_path / "slices"
     shutil.copytree(DATA / "msd_liver_slices", folder)
@@ -74,14 +66,14 @@ def test_calibration_data_that_cannot_cover_the_window(checkpoint, tmp_path):
     assert not (tmp_path / "b").exists()
 
 
-def test_unwritable_output(checkpoint, tmp_path):
+def test_unwritable_output(checkpoint, tmp_path, assert_one_line_error):
     blocker = tmp_path / "file"
     blocker.write_text("x")
     assert_one_line_error(edgeseg("export", checkpoint, "--out", blocker / "b"), "not a writable folder")
     assert blocker.read_text() == "x"
 
 
-def test_existing_bundle_needs_force(bundle, checkpoint, tmp_path):
+def test_existing_bundle_needs_force(bundle, checkpoint, tmp_path, assert_one_line_error):
     out = tmp_path / "b"
     shutil.copytree(bundle["bundle"], out)
     before = (out / "manifest.json").read_bytes()
@@ -93,7 +85,7 @@ def test_existing_bundle_needs_force(bundle, checkpoint, tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["b"]
 
 
-def test_force_never_replaces_a_folder_that_is_not_a_bundle(checkpoint, tmp_path):
+def test_force_never_replaces_a_folder_that_is_not_a_bundle(checkpoint, tmp_path, assert_one_line_error):
     out = tmp_path / "work"
     out.mkdir()
     (out / "notes.txt").write_text("mine")
