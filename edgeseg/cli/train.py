@@ -20,7 +20,7 @@ from edgeseg.errors import require
 @click.option("--window", default="0,255", show_default=True, help="HU window 'LO,HI' of the PreprocessSpec.")
 @click.option("--labels", default="liver=1", show_default=True, help="Classes from source label values, e.g. 'liver=1+2' merges LiTS liver and tumour.")
 @click.option("--intensity", default=None, help="What slice-folder pixels mean: 'hu-clipped:0,255' (default) or 'window:LO,HI'.")
-@click.option("--epochs", default=30, show_default=True, help="Training epochs.")
+@click.option("--epochs", default=120, show_default=True, help="Training epochs.")
 @click.option("--batch-size", default=8, show_default=True, help="Slices per batch.")
 @click.option("--lr", default=1e-3, show_default=True, help="Peak learning rate (AdamW, warm-up then cosine).")
 @click.option("--weight-decay", default=1e-4, show_default=True, help="AdamW weight decay.")
@@ -31,6 +31,9 @@ from edgeseg.errors import require
 @click.option("--augment-p", default=0.25, show_default=True, type=float,
               help="Probability of each random transform (flips, rotation/scale, window, gamma, "
                    "contrast, noise) per slice.")
+@click.option("--ema", "ema_epochs", default=5.0, show_default=True, type=float,
+              help="Validate, save and export an exponential moving average of the weights over about "
+                   "this many epochs (0 = the raw weights).")
 @click.option("--amp", type=click.Choice(["auto", "off", "bf16", "fp16"]), default="auto", show_default=True,
               help="Mixed precision: auto = fp16 on CUDA, bf16 on CPUs with native bf16, else off.")
 @click.option("--threads", default=0, help="CPU threads for torch (0: torch's default).")
@@ -50,7 +53,7 @@ def command(**opts) -> None:
         size=opts["size"], window=parse_pair(opts["window"], "--window"), labels=parse_labels(opts["labels"]),
         intensity=opts["intensity"], epochs=opts["epochs"], batch_size=opts["batch_size"], lr=opts["lr"],
         weight_decay=opts["weight_decay"], seed=opts["seed"], fractions=(1.0 - val - test, val, test),
-        augment=not opts["no_augment"], augment_p=opts["augment_p"], amp=opts["amp"], threads=opts["threads"],
+        augment=not opts["no_augment"], augment_p=opts["augment_p"], ema_epochs=opts["ema_epochs"], amp=opts["amp"], threads=opts["threads"],
     )
     result = train(cfg, resume=opts["resume"], progress=not opts["quiet"])
     best = result["best"]

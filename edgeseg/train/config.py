@@ -26,7 +26,7 @@ class TrainConfig:
     window: tuple[float, float] = (0.0, 255.0)
     interpolation: str = "bilinear"
     labels: dict[str, list[int]] = field(default_factory=lambda: {"liver": [1]})
-    epochs: int = 30
+    epochs: int = 120
     batch_size: int = 8
     lr: float = 1e-3
     weight_decay: float = 1e-4
@@ -35,6 +35,7 @@ class TrainConfig:
     fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
     augment: bool = True
     augment_p: float = 0.25
+    ema_epochs: float = 5.0
     amp: str = "auto"
     intensity: str | None = None
     threads: int = 0
@@ -50,6 +51,7 @@ class TrainConfig:
             (self.amp in ("auto", "off", "bf16", "fp16"), f"amp must be auto, off, bf16 or fp16, got {self.amp!r}"),
             (len(self.labels) >= 1, "at least one foreground label is needed"),
             (0.0 <= self.augment_p <= 1.0, f"augmentation probability must be in [0, 1], got {self.augment_p}"),
+            (self.ema_epochs >= 0, f"EMA horizon must be >= 0 epochs (0 = off), got {self.ema_epochs}"),
         ]
         for ok, message in checks:
             if not ok:

@@ -21,6 +21,7 @@ from edgeseg.train.augment import AugmentConfig, BatchAugmenter
 from edgeseg.train.checkpoint import read_checkpoint, save_checkpoint
 from edgeseg.train.config import TrainConfig
 from edgeseg.train.dataset import SliceSet
+from edgeseg.train.ema import WeightEMA, ema_decay
 from edgeseg.train.losses import DiceCELoss
 from edgeseg.train.precision import autocast_dtype, pick_device
 from edgeseg.train.records import write_records
@@ -65,10 +66,15 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, on_epoc
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     history: list[dict[str, Any]] = []
     start_epoch, best = 1, {"epoch": 0, "val_dice": -1.0}
+    payload = None
     if resume:
-        start_epoch, history, best = _resume(out / "last.pt", model, optimizer, model_config, spec, device)
+        start_epoch, history, best, payload = _resume(out / "last.pt", model, optimizer, model_config, spec, device)
     out.mkdir(parents=True, exist_ok=True)
     state = _LoopState(cfg, model, model_config, spec, optimizer, device, train_set, val_set, data["split"], out)
+    if payload is not None and state.ema is not None:
+        # The EMA weights are the checkpoint's state_dict; without a saved update count (a
+        # checkpoint trained without EMA) the average starts afresh from the current weights.
+        state.ema.load_state_dict(payload["state_dict"], int(payload.get("ema_updates", 0)))
     log.info(
         "training %s (%d parameters) on %d slices / %d cases, validating on %d slices / %d cases, device %s, amp %s",
         cfg.model, count_parameters(model), len(train_set), len(train_set.case_ids), len(val_set),
@@ -93,7 +99,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, on_epoc
     return {"best": best, "history": history, "out": str(out), "split": data["split"]}
 
 
-def _resume(path: Path, model, optimizer, model_config: ModelConfig, spec: PreprocessSpec, device) -> tuple[int, list, dict]:
+def _resume(path: Path, model, optimizer, model_config: ModelConfig, spec: PreprocessSpec, device) -> tuple[int, list, dict, dict]:
     payload = read_checkpoint(path)
     saved = ModelConfig.from_dict(payload["model"])
     if saved != model_config:
@@ -102,10 +108,12 @@ def _resume(path: Path, model, optimizer, model_config: ModelConfig, spec: Prepr
         raise CheckpointError(f"cannot resume {path}: it was trained with another PreprocessSpec")
     if "optimizer" not in payload:
         raise CheckpointError(f"cannot resume from {path}: it holds no optimiser state (use last.pt)")
-    model.load_state_dict(payload["state_dict"])
+    # state_dict holds the weights that are validated and exported (the EMA when it is on);
+    # train_state_dict the optimiser's own weights, which training continues from.
+    model.load_state_dict(payload.get("train_state_dict", payload["state_dict"]))
     model.to(device)
     optimizer.load_state_dict(payload["optimizer"])
-    return int(payload["epoch"]) + 1, list(payload["history"]), dict(payload["best"])
+    return int(payload["epoch"]) + 1, list(payload["history"]), dict(payload["best"]), payload
 
 
 class _LoopState:
@@ -125,6 +133,13 @@ class _LoopState:
         self.steps_per_epoch = max(1, n // cfg.batch_size if n % cfg.batch_size == 1 else math.ceil(n / cfg.batch_size))
         self.total_steps = self.steps_per_epoch * cfg.epochs
         self.warmup = max(1, int(cfg.warmup_epochs * self.steps_per_epoch))
+        self.ema = (WeightEMA(model, ema_decay(cfg.ema_epochs * self.steps_per_epoch))
+                    if cfg.ema_epochs > 0 else None)
+
+    @property
+    def eval_model(self):
+        """The weights that are validated and saved: the moving average when EMA is on."""
+        return self.ema.module if self.ema is not None else self.model
 
     def autocast(self):
         if self.amp_dtype is None:
@@ -147,7 +162,7 @@ class _LoopState:
             bar.set_postfix(loss=f"{loss:.4f}")
         bar.close()
         classes = cfg.class_names
-        val = validate(self.model, self.val_set, len(classes), self.device, self.autocast, self.loss_fn)
+        val = validate(self.eval_model, self.val_set, len(classes), self.device, self.autocast, self.loss_fn)
         row = {
             "epoch": epoch,
             "train_loss": float(np.mean(losses)),
@@ -175,6 +190,8 @@ class _LoopState:
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        if self.ema is not None:
+            self.ema.update(self.model)
         return float(loss.detach())
 
     def save(self, path: Path, epoch: int, history: list, best: dict, with_optimizer: bool, **more: Any) -> None:
@@ -189,4 +206,7 @@ class _LoopState:
         }
         if with_optimizer:
             extra["optimizer"] = self.optimizer.state_dict()
-        save_checkpoint(path, self.model, self.model_config, self.spec, self.cfg.class_names, **extra)
+            if self.ema is not None:
+                extra["train_state_dict"] = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
+                extra["ema_updates"] = self.ema.updates
+        save_checkpoint(path, self.eval_model, self.model_config, self.spec, self.cfg.class_names, **extra)

@@ -7,14 +7,21 @@ from pathlib import Path
 import torch
 
 
-def cpu_has_bf16() -> bool:
-    """True when the CPU computes bfloat16 natively (AVX512-BF16 or AMX), where bf16 autocast
-    roughly halves training time; elsewhere it is emulated and slower than float32."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return " avx512_bf16" in flags or " amx_bf16" in flags
+def cpu_has_bf16(cpuinfo: str | None = None) -> bool:
+    """True when the CPU has AMX tiles for bfloat16 (``amx_bf16`` in /proc/cpuinfo's flags).
+
+    There bf16 autocast makes a U-Net training step about 2.5x faster than float32. AVX512-BF16
+    alone is not enough: on a Xeon that exposes it without AMX, a base-32 U-Net step at 256²
+    (batch 8, 2 threads) took 4.9 s under bf16 autocast and 3.5 s in float32 channels-last,
+    because the casts and the float32 batch norm cost more than the bf16 dot products save.
+    """
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return False
+    flags = {flag for line in cpuinfo.splitlines() if line.startswith("flags") for flag in line.partition(":")[2].split()}
+    return "amx_bf16" in flags
 
 
 def pick_device() -> torch.device:

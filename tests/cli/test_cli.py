@@ -120,6 +120,12 @@ def test_augmentation_probability_outside_0_1_is_refused(tmp_path, assert_one_li
     assert not (tmp_path / "r").exists()
 
 
+def test_negative_ema_horizon_is_refused(tmp_path, assert_one_line_error):
+    proc = run("train", "--ema", "-1", "--out", tmp_path / "r")
+    assert_one_line_error(proc, "EMA horizon must be >= 0 epochs (0 = off), got -1.0")
+    assert not (tmp_path / "r").exists()
+
+
 def test_train_option_defaults_are_the_config_defaults():
     """The CLI states its defaults for --help; they must be the recipe TrainConfig records."""
     from dataclasses import fields
@@ -130,5 +136,5 @@ def test_train_option_defaults_are_the_config_defaults():
     config = {f.name: f.default for f in fields(TrainConfig)}
     options = {p.name: p.default for p in command.params}
     shared = sorted(set(config) & set(options) - {"data", "out", "window", "labels", "intensity"})
-    assert {"lr", "augment_p", "epochs", "batch_size", "weight_decay", "seed"} <= set(shared)
+    assert {"lr", "augment_p", "ema_epochs", "epochs", "batch_size", "weight_decay", "seed"} <= set(shared)
     assert {k: options[k] for k in shared} == {k: config[k] for k in shared}
