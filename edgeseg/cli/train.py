@@ -31,11 +31,11 @@ from edgeseg.errors import require
 @click.option("--augment-p", default=0.25, show_default=True, type=float,
               help="Probability of each random transform (flips, rotation/scale, window, gamma, "
                    "contrast, noise) per slice.")
-@click.option("--ema", "ema_epochs", default=5.0, show_default=True, type=float,
+@click.option("--ema", "ema_epochs", default=0.0, show_default=True, type=float,
               help="Validate, save and export an exponential moving average of the weights over about "
                    "this many epochs (0 = the raw weights).")
 @click.option("--amp", type=click.Choice(["auto", "off", "bf16", "fp16"]), default="auto", show_default=True,
-              help="Mixed precision: auto = fp16 on CUDA, bf16 on CPUs with native bf16, else off.")
+              help="Mixed precision: auto = fp16 on CUDA, bf16 on CPUs with AMX, else float32.")
 @click.option("--threads", default=0, help="CPU threads for torch (0: torch's default).")
 @click.option("--resume", is_flag=True, help="Continue from OUT/last.pt.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")

@@ -35,7 +35,7 @@ class TrainConfig:
     fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
     augment: bool = True
     augment_p: float = 0.25
-    ema_epochs: float = 5.0
+    ema_epochs: float = 0.0
     amp: str = "auto"
     intensity: str | None = None
     threads: int = 0
