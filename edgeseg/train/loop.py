@@ -66,9 +66,9 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, on_epoc
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     history: list[dict[str, Any]] = []
     start_epoch, best = 1, {"epoch": 0, "val_dice": -1.0}
-    payload = None
-    if resume:
-        start_epoch, history, best, payload = _resume(out / "last.pt", model, optimizer, model_config, spec, device)
+    payload = _resume(out / "last.pt", model, optimizer, model_config, spec, device) if resume else None
+    if payload is not None:
+        start_epoch, history, best = int(payload["epoch"]) + 1, list(payload["history"]), dict(payload["best"])
     out.mkdir(parents=True, exist_ok=True)
     state = _LoopState(cfg, model, model_config, spec, optimizer, device, train_set, val_set, data["split"], out)
     if payload is not None and state.ema is not None:
@@ -99,7 +99,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, on_epoc
     return {"best": best, "history": history, "out": str(out), "split": data["split"]}
 
 
-def _resume(path: Path, model, optimizer, model_config: ModelConfig, spec: PreprocessSpec, device) -> tuple[int, list, dict, dict]:
+def _resume(path: Path, model, optimizer, model_config: ModelConfig, spec: PreprocessSpec, device) -> dict[str, Any]:
+    """Check ``path`` fits this run, load its training weights and optimiser state; returns it."""
     payload = read_checkpoint(path)
     saved = ModelConfig.from_dict(payload["model"])
     if saved != model_config:
@@ -113,7 +114,7 @@ def _resume(path: Path, model, optimizer, model_config: ModelConfig, spec: Prepr
     model.load_state_dict(payload.get("train_state_dict", payload["state_dict"]))
     model.to(device)
     optimizer.load_state_dict(payload["optimizer"])
-    return int(payload["epoch"]) + 1, list(payload["history"]), dict(payload["best"]), payload
+    return payload
 
 
 class _LoopState:

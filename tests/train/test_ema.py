@@ -129,7 +129,7 @@ def test_saved_weights_are_the_validated_moving_average(ema_run):
 
 
 class _Stop(Exception):
-    pass
+    """Raised from the epoch callback to interrupt a run, as a crash or Ctrl-C would."""
 
 
 def test_interrupted_run_resumes_to_the_same_weights_and_average(ema_run, tmp_path):
