@@ -79,6 +79,7 @@ def env(tmp_path) -> dict:
     environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), environ.get("PYTHONPATH")) if p)
     environ["XDG_CACHE_HOME"] = str(tmp_path / "cache")
     environ["EDGESEG_CACHE_DIR"] = str(tmp_path / "cache" / "edgeseg")
+    environ["MPLCONFIGDIR"] = str(tmp_path / "cache" / "matplotlib")
     return environ
 
 
