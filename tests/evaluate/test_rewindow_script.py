@@ -1,4 +1,4 @@
-"""benchmarks/rewindow_slices.py: the 'another hospital's export window' set behind a README row."""
+"""benchmarks/rewindow_slices.py: the 'another hospital's export window' set behind a row of docs/results.md."""
 
 import json
 import subprocess
