@@ -103,18 +103,23 @@ def check_outputs(argv: list[str], proc: subprocess.CompletedProcess, cwd: Path)
     elif verb == "train":
         assert (out / "best.pt").is_file() and (out / "split.json").is_file()
     elif verb == "evaluate":
-        assert json.loads((out / "eval.json").read_text())
+        report = json.loads((out / "eval.json").read_text())
+        split = json.loads((cwd / Path(argv[2]).parent / "split.json").read_text())
+        assert [case["case_id"] for case in report["cases"]] == split["test"]
+        assert all(0 <= case["metrics"]["liver"]["dice"] <= 1 for case in report["cases"])
     elif verb == "export":
         manifest = json.loads((out / "manifest.json").read_text())
         assert manifest["artifacts"] and all((out / a["file"]).is_file() for a in manifest["artifacts"])
     elif verb == "inspect":
         manifest = json.loads((cwd / argv[2] / "manifest.json").read_text())
-        assert all(a["file"] in proc.stdout for a in manifest["artifacts"])
+        rows = [line for line in proc.stdout.splitlines() if any(f" {a['file']} " in line for a in manifest["artifacts"])]
+        assert len(rows) >= len(manifest["artifacts"]) and all(" ok " in row for row in rows[:len(manifest["artifacts"])])
     elif verb == "predict":
         check_prediction(cwd / argv[3], out)
     elif verb == "bench":
         rows = json.loads((cwd / option(argv, "--json")).read_text())
-        assert rows and all(row["batches"] for row in rows)
+        wanted = [argv[i + 1] for i, arg in enumerate(argv) if arg == "--backend"]
+        assert [row["backend"] for row in rows] == wanted and all(row["batches"] for row in rows)
 
 
 def check_prediction(source: Path, prediction: Path) -> None:
