@@ -85,8 +85,8 @@ typedef struct {
     int (*run)(const void *ctx, void *scratch, const es_band *band); /* ES_OK or a status */
 } es_band_job;
 
-/* Runs every band; ES_ENOMEM if any scratch failed, else the first of ES_ENONFINITE, ES_EINVAL
- * that some band returned, else ES_OK. */
+/* Runs every band. Returns ES_ENOMEM if a thread's scratch failed, else ES_ENONFINITE or else
+ * ES_EINVAL if some band returned it, else ES_OK. */
 int es_run_bands(const es_band_job *job, int num_threads);
 
 /* The bands per slice es_run_bands uses for this shape on num_threads (exposed for tests). */
