@@ -3,22 +3,20 @@
  * splitting rule and the error handling exist once. */
 #include "es_internal.h"
 
-/* A single 512^2 slice takes ~0.1 ms, less than a descheduled thread can cost on a loaded
- * machine: split a slice only when each band has about a million pixels of work, and then only
- * as far as a few slices still keep every thread busy (and a band keeps >= 16 rows). */
-#define ES_MIN_BAND_WORK ((ptrdiff_t)1 << 20)
-
-static ptrdiff_t bands_per_slice(ptrdiff_t count, ptrdiff_t rows, ptrdiff_t work, int nt) {
+/* Cut slices only as far as a few slices still keep every thread busy, each band holds at
+ * least job->band_work of work, and a band keeps >= 16 rows. */
+static ptrdiff_t bands_per_slice(const es_band_job *job, int nt) {
     ptrdiff_t bands = 1;
-    if (count < nt) bands = (2 * nt + count - 1) / count;
-    if (bands > work / ES_MIN_BAND_WORK) bands = work / ES_MIN_BAND_WORK;
-    if (bands > rows / 16) bands = rows / 16;
+    if (job->band_work <= 0) return 1;
+    if (job->count < nt) bands = (2 * nt + job->count - 1) / job->count;
+    if (bands > job->work / job->band_work) bands = job->work / job->band_work;
+    if (bands > job->rows / 16) bands = job->rows / 16;
     return bands < 1 ? 1 : bands;
 }
 
-ptrdiff_t es_band_count(ptrdiff_t count, ptrdiff_t rows, ptrdiff_t work, int num_threads) {
-    if (count < 1 || rows < 1) return 1;
-    return bands_per_slice(count, rows, work, es_threads_for(num_threads, count * rows));
+ptrdiff_t es_band_count(const es_band_job *job, int num_threads) {
+    if (job->count < 1 || job->rows < 1) return 1;
+    return bands_per_slice(job, es_threads_for(num_threads, job->count * job->rows));
 }
 
 static int status_of(unsigned err) {
@@ -31,7 +29,7 @@ static int status_of(unsigned err) {
 int es_run_bands(const es_band_job *job, int num_threads) {
     if (job->count < 1 || job->rows < 1) return ES_OK;
     const int nt0 = es_threads_for(num_threads, job->count * job->rows);
-    const ptrdiff_t bands = bands_per_slice(job->count, job->rows, job->work, nt0);
+    const ptrdiff_t bands = bands_per_slice(job, nt0);
     const ptrdiff_t items = job->count * bands;
     const int nt = es_threads_for(nt0, items);
     unsigned err = 0;

@@ -138,7 +138,8 @@ int es_largest_component(uint8_t *labels, ptrdiff_t count, ptrdiff_t rows, ptrdi
     es_band_job job;
     job.count = count;
     job.rows = rows;
-    job.work = 0;
+    job.work = rows * cols;
+    job.band_work = 0;
     job.ctx = &p;
     job.thread_init = lcc_work_alloc;
     job.thread_free = free;

@@ -76,9 +76,14 @@ typedef struct {
     ptrdiff_t y0, y1;     /* its output rows [y0, y1) */
 } es_band;
 
+/* Least work (pixels read + written) a band must hold to repay waking a thread: a 512^2 slice
+ * takes ~0.1 ms, less than a descheduled thread can cost on a loaded machine. */
+#define ES_BAND_WORK ((ptrdiff_t)1 << 20)
+
 typedef struct {
     ptrdiff_t count, rows;
-    ptrdiff_t work;       /* pixels read + written per slice; 0 never splits a slice */
+    ptrdiff_t work;       /* pixels read + written per slice */
+    ptrdiff_t band_work;  /* least work per band (ES_BAND_WORK); 0 never cuts a slice */
     const void *ctx;      /* the call's plan, shared read-only by every band */
     void *(*thread_init)(const void *ctx);
     void (*thread_free)(void *scratch);
@@ -89,8 +94,8 @@ typedef struct {
  * ES_EINVAL if some band returned it, else ES_OK. */
 int es_run_bands(const es_band_job *job, int num_threads);
 
-/* The bands per slice es_run_bands uses for this shape on num_threads (exposed for tests). */
-ptrdiff_t es_band_count(ptrdiff_t count, ptrdiff_t rows, ptrdiff_t work, int num_threads);
+/* The bands per slice es_run_bands uses for this job on num_threads (exposed for tests). */
+ptrdiff_t es_band_count(const es_band_job *job, int num_threads);
 
 ES_INLINE uint32_t es_f32_bits(float f) {
     uint32_t u;

@@ -246,6 +246,7 @@ int es_postprocess(const void *logits, es_dtype dtype, ptrdiff_t count, ptrdiff_
         job.count = count;
         job.rows = out_rows;
         job.work = classes * rows * cols + out_rows * out_cols;
+        job.band_work = ES_BAND_WORK;
         job.ctx = &p;
         job.thread_init = work_alloc;
         job.thread_free = work_free;

@@ -96,6 +96,7 @@ int es_resize_labels(const uint8_t *src, ptrdiff_t count, ptrdiff_t rows, ptrdif
     job.count = count;
     job.rows = out_rows;
     job.work = 2 * out_rows * out_cols; /* one read and one write per output pixel */
+    job.band_work = 1; /* a slice is always cut across idle threads, as this kernel always did */
     job.ctx = &p;
     job.thread_init = NULL;
     job.thread_free = NULL;

@@ -356,6 +356,7 @@ int es_preprocess(const es_slices *src, const es_preprocess_spec *spec, void *ds
     job.count = src->count;
     job.rows = spec->out_rows;
     job.work = src->rows * src->cols + spec->out_rows * spec->out_cols;
+    job.band_work = ES_BAND_WORK;
     job.ctx = &p;
     job.thread_init = work_alloc;
     job.thread_free = work_free;

@@ -12,10 +12,22 @@
 
 enum { MANY = 4 };
 
+/* Bands per slice on MANY threads of a job shaped like the kernel's (its work per slice is
+ * pixels read + written, as the kernels count it). */
+static ptrdiff_t bands_for(ptrdiff_t count, ptrdiff_t rows, ptrdiff_t work, ptrdiff_t band_work) {
+    es_band_job job;
+    memset(&job, 0, sizeof job);
+    job.count = count;
+    job.rows = rows;
+    job.work = work;
+    job.band_work = band_work;
+    return es_band_count(&job, MANY);
+}
+
 static void check_banded_post(ptrdiff_t count, ptrdiff_t classes, ptrdiff_t size, ptrdiff_t out,
                               es_resize_mode mode, int f16, int keep) {
     const ptrdiff_t nin = count * classes * size * size, nout = count * out * out;
-    const ptrdiff_t bands = es_band_count(count, out, classes * size * size + out * out, MANY);
+    const ptrdiff_t bands = bands_for(count, out, classes * size * size + out * out, ES_BAND_WORK);
     CHECK(bands >= 2, "%td classes %td -> %td: %td band(s), the test needs >= 2", classes, size, out, bands);
     float *logits = malloc(sizeof(float) * (size_t)nin);
     uint16_t *half = malloc(sizeof(uint16_t) * (size_t)nin);
@@ -57,7 +69,7 @@ static void test_banded_postprocess(void) {
 static void check_banded_pre(ptrdiff_t rows, ptrdiff_t cols, ptrdiff_t out_rows, ptrdiff_t out_cols) {
     const double low = -160.0, high = 240.0, scale = 1.0 / (high - low), offset = -low / (high - low);
     const ptrdiff_t nout = out_rows * out_cols;
-    const ptrdiff_t bands = es_band_count(1, out_rows, rows * cols + nout, MANY);
+    const ptrdiff_t bands = bands_for(1, out_rows, rows * cols + nout, ES_BAND_WORK);
     CHECK(bands >= 2, "%tdx%td -> %tdx%td: %td band(s), the test needs >= 2", rows, cols, out_rows, out_cols, bands);
     int16_t *img = malloc(sizeof(int16_t) * (size_t)(rows * cols));
     float *one = malloc(sizeof(float) * (size_t)nout), *many = malloc(sizeof(float) * (size_t)nout);
@@ -81,7 +93,7 @@ static void check_banded_pre(ptrdiff_t rows, ptrdiff_t cols, ptrdiff_t out_rows,
 
 static void test_banded_resize_labels(void) {
     const ptrdiff_t rows = 300, cols = 200, out = 2048, nout = out * out;
-    CHECK(es_band_count(1, out, 2 * nout, MANY) >= 2, "not banded");
+    CHECK(bands_for(1, out, 2 * nout, 1) >= 2, "not banded");
     uint8_t *src = malloc((size_t)(rows * cols)), *want = malloc((size_t)nout);
     uint8_t *one = malloc((size_t)nout), *many = malloc((size_t)nout);
     unsigned st = 5u;
@@ -110,9 +122,11 @@ static void test_components_threads(void) {
 }
 
 void test_bands_all(void) {
-    CHECK(es_band_count(1, 2048, (ptrdiff_t)1 << 19, MANY) == 1, "half a million pixels stay one band");
-    CHECK(es_band_count(8, 2048, (ptrdiff_t)1 << 24, MANY) == 1, "enough slices: no bands");
-    CHECK(es_band_count(1, 31, (ptrdiff_t)1 << 24, MANY) == 1, "bands keep >= 16 rows");
+    CHECK(bands_for(1, 2048, (ptrdiff_t)1 << 20, ES_BAND_WORK) == 1, "a million pixels stay one band");
+    CHECK(bands_for(1, 2048, (ptrdiff_t)1 << 24, ES_BAND_WORK) == 2 * MANY, "one slice: two bands a thread");
+    CHECK(bands_for(8, 2048, (ptrdiff_t)1 << 24, ES_BAND_WORK) == 1, "enough slices: no bands");
+    CHECK(bands_for(1, 31, (ptrdiff_t)1 << 24, ES_BAND_WORK) == 1, "bands keep >= 16 rows");
+    CHECK(bands_for(1, 2048, (ptrdiff_t)1 << 24, 0) == 1, "band_work 0 never cuts a slice");
     test_banded_postprocess();
     check_banded_pre(1024, 1024, 1024, 1536); /* vertical first (out_rows <= rows) */
     check_banded_pre(512, 512, 1536, 1536);   /* horizontal first */
