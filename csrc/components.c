@@ -105,27 +105,44 @@ void es_lcc_slice(uint8_t *lab, ptrdiff_t rows, ptrdiff_t cols, int num_classes,
     }
 }
 
+typedef struct {
+    uint8_t *labels;
+    ptrdiff_t rows, cols;
+    int num_classes;
+} lcc_plan;
+
+static void *lcc_work_alloc(const void *ctx) {
+    const lcc_plan *p = (const lcc_plan *)ctx;
+    return malloc((size_t)(4 * p->rows * p->cols + 256) * sizeof(int32_t));
+}
+
+/* A component can span the whole slice, so a slice is never cut: the job's bands are slices. */
+static int lcc_run(const void *ctx, void *work, const es_band *b) {
+    const lcc_plan *p = (const lcc_plan *)ctx;
+    es_lcc_slice(p->labels + b->slice * p->rows * p->cols, p->rows, p->cols, p->num_classes,
+                 (int32_t *)work);
+    return ES_OK;
+}
+
 int es_largest_component(uint8_t *labels, ptrdiff_t count, ptrdiff_t rows, ptrdiff_t cols,
                          int num_classes, int num_threads) {
     if (!labels || count < 0 || rows < 1 || cols < 1 || num_classes < 0 || num_classes > 256)
         return ES_EINVAL;
     if (rows * cols > INT32_MAX / 2) return ES_EINVAL;
     if (count == 0 || num_classes < 2) return ES_OK;
-    const int nt = es_threads_for(num_threads, count);
-    int err = 0;
-#ifdef _OPENMP
-#pragma omp parallel num_threads(nt) reduction(| : err)
-#endif
-    {
-        int32_t *work = (int32_t *)malloc((size_t)(4 * rows * cols + 256) * sizeof(int32_t));
-        if (!work) err = 1;
-#ifdef _OPENMP
-#pragma omp for schedule(dynamic, 1)
-#endif
-        for (ptrdiff_t n = 0; n < count; ++n)
-            if (work) es_lcc_slice(labels + n * rows * cols, rows, cols, num_classes, work);
-        free(work);
-    }
-    (void)nt;
-    return err ? ES_ENOMEM : ES_OK;
+    lcc_plan p;
+    p.labels = labels;
+    p.rows = rows;
+    p.cols = cols;
+    p.num_classes = num_classes;
+    es_band_job job;
+    job.count = count;
+    job.rows = rows;
+    job.work = rows * cols;
+    job.band_work = 0;
+    job.ctx = &p;
+    job.thread_init = lcc_work_alloc;
+    job.thread_free = free;
+    job.run = lcc_run;
+    return es_run_bands(&job, num_threads);
 }

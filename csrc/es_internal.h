@@ -65,18 +65,37 @@ ES_INLINE int es_threads_for(int num_threads, ptrdiff_t items) {
     return nt < 1 ? 1 : nt;
 }
 
-/* Split each slice into bands of output rows so that a few slices still keep every thread busy,
- * but only when a band has enough work (pixels read + written) to repay waking a thread: a
- * 512^2 slice takes ~0.1 ms, less than a descheduled thread can cost on a loaded machine. */
-#define ES_MIN_BAND_WORK ((ptrdiff_t)1 << 20)
-ES_INLINE ptrdiff_t es_bands_per_slice(ptrdiff_t count, ptrdiff_t out_rows, ptrdiff_t work,
-                                       int nt) {
-    ptrdiff_t bands = 1;
-    if (count < nt) bands = (2 * nt + count - 1) / count;
-    if (bands > work / ES_MIN_BAND_WORK) bands = work / ES_MIN_BAND_WORK;
-    if (bands > out_rows / 16) bands = out_rows / 16;
-    return bands < 1 ? 1 : bands;
-}
+/* The one parallel loop of the kernels (bands.c). A job is `count` slices of `rows` output rows;
+ * each slice is cut into bands of rows when that keeps every thread busy and each band repays
+ * waking a thread, and run(ctx, scratch, band) is called once per band, in parallel with OpenMP
+ * (dynamic schedule, one band at a time) and in order without it. Each thread gets its own
+ * scratch from thread_init (NULL there means out of memory; thread_init NULL: no scratch). */
+typedef struct {
+    ptrdiff_t slice;      /* which slice */
+    ptrdiff_t index, of;  /* band `index` of the `of` bands of every slice */
+    ptrdiff_t y0, y1;     /* its output rows [y0, y1) */
+} es_band;
+
+/* Least work (pixels read + written) a band must hold to repay waking a thread: a 512^2 slice
+ * takes ~0.1 ms, less than a descheduled thread can cost on a loaded machine. */
+#define ES_BAND_WORK ((ptrdiff_t)1 << 20)
+
+typedef struct {
+    ptrdiff_t count, rows;
+    ptrdiff_t work;       /* pixels read + written per slice */
+    ptrdiff_t band_work;  /* least work per band (ES_BAND_WORK); 0 never cuts a slice */
+    const void *ctx;      /* the call's plan, shared read-only by every band */
+    void *(*thread_init)(const void *ctx);
+    void (*thread_free)(void *scratch);
+    int (*run)(const void *ctx, void *scratch, const es_band *band); /* ES_OK or a status */
+} es_band_job;
+
+/* Runs every band. Returns ES_ENOMEM if a thread's scratch failed, else ES_ENONFINITE or else
+ * ES_EINVAL if some band returned it, else ES_OK. */
+int es_run_bands(const es_band_job *job, int num_threads);
+
+/* The bands per slice es_run_bands uses for this job on num_threads (exposed for tests). */
+ptrdiff_t es_band_count(const es_band_job *job, int num_threads);
 
 ES_INLINE uint32_t es_f32_bits(float f) {
     uint32_t u;

@@ -14,6 +14,7 @@
 typedef struct {
     const es_slices *src;
     const es_preprocess_spec *spec;
+    void *dst;
     es_axis ry, rx;
     /* model input = clip(v - low, 0, width) * a + c, with low = low_hi + low_lo split so that
      * narrow windows at large HU keep their exact width */
@@ -259,7 +260,8 @@ static int slice_has_nonfinite(const es_slices *s, ptrdiff_t n) {
 }
 
 static void process_band(const pre_plan *p, pre_work *w, ptrdiff_t n, ptrdiff_t y0,
-                         ptrdiff_t y1, void *dst) {
+                         ptrdiff_t y1) {
+    void *dst = p->dst;
     const es_preprocess_spec *sp = p->spec;
     const ptrdiff_t oc = sp->out_cols, plane = sp->out_rows * oc;
     const int slots = p->ry.taps <= RING_MAX_TAPS ? p->ry.taps : 1;
@@ -280,7 +282,21 @@ static void process_band(const pre_plan *p, pre_work *w, ptrdiff_t n, ptrdiff_t 
     }
 }
 
-static int work_alloc(const pre_plan *p, pre_work *w) {
+static void work_free(void *scratch) {
+    pre_work *w = (pre_work *)scratch;
+    free(w->conv);
+    free(w->ring);
+    free(w->ring_row);
+    free(w->acc);
+    free(w->tmp);
+    free(w->half_row);
+    free(w);
+}
+
+static void *work_alloc(const void *ctx) {
+    const pre_plan *p = (const pre_plan *)ctx;
+    pre_work *w = (pre_work *)calloc(1, sizeof(pre_work));
+    if (!w) return NULL;
     const ptrdiff_t oc = p->spec->out_cols;
     const ptrdiff_t slots = p->ry.taps <= RING_MAX_TAPS ? p->ry.taps : 1;
     w->conv = (float *)malloc((size_t)p->src->cols * sizeof(float));
@@ -290,16 +306,19 @@ static int work_alloc(const pre_plan *p, pre_work *w) {
     w->acc = (double *)malloc((size_t)wide * sizeof(double));
     w->tmp = (float *)malloc((size_t)oc * sizeof(float));
     w->half_row = (float *)malloc((size_t)oc * sizeof(float));
-    return w->conv && w->ring && w->ring_row && w->acc && w->tmp && w->half_row;
+    if (w->conv && w->ring && w->ring_row && w->acc && w->tmp && w->half_row) return w;
+    work_free(w);
+    return NULL;
 }
 
-static void work_free(pre_work *w) {
-    free(w->conv);
-    free(w->ring);
-    free(w->ring_row);
-    free(w->acc);
-    free(w->tmp);
-    free(w->half_row);
+/* One band of output rows; a float slice is checked for NaN/inf once, by its first band. */
+static int run_band(const void *ctx, void *scratch, const es_band *b) {
+    const pre_plan *p = (const pre_plan *)ctx;
+    int rc = ES_OK;
+    if (b->index == 0 && p->src->dtype == ES_FLOAT32 && slice_has_nonfinite(p->src, b->slice))
+        rc = ES_ENONFINITE;
+    process_band(p, (pre_work *)scratch, b->slice, b->y0, b->y1);
+    return rc;
 }
 
 static int check_args(const es_slices *s, const es_preprocess_spec *sp, const void *dst) {
@@ -321,6 +340,7 @@ int es_preprocess(const es_slices *src, const es_preprocess_spec *spec, void *ds
     pre_plan p;
     p.src = src;
     p.spec = spec;
+    p.dst = dst;
     p.low_hi = (float)spec->window_low;
     p.low_lo = (float)(spec->window_low - (double)p.low_hi);
     p.width = (float)(spec->window_high - spec->window_low);
@@ -332,36 +352,17 @@ int es_preprocess(const es_slices *src, const es_preprocess_spec *spec, void *ds
         es_axis_free(&p.ry);
         return rc;
     }
-    const int nt0 = es_threads_for(num_threads, src->count * spec->out_rows);
-    const ptrdiff_t bands = es_bands_per_slice(src->count, spec->out_rows,
-                                               src->rows * src->cols + spec->out_rows * spec->out_cols, nt0);
-    const ptrdiff_t items = src->count * bands;
-    const int nt = es_threads_for(nt0, items);
-    int err = 0;
-#ifdef _OPENMP
-#pragma omp parallel num_threads(nt) reduction(| : err)
-#endif
-    {
-        pre_work w;
-        int ok = work_alloc(&p, &w);
-        if (!ok) err |= 1 << ES_ENOMEM;
-#ifdef _OPENMP
-#pragma omp for schedule(dynamic, 1)
-#endif
-        for (ptrdiff_t it = 0; it < items; ++it) {
-            const ptrdiff_t n = it / bands, b = it % bands;
-            if (!ok) continue;
-            if (b == 0 && src->dtype == ES_FLOAT32 && slice_has_nonfinite(src, n))
-                err |= 1 << ES_ENONFINITE;
-            process_band(&p, &w, n, b * spec->out_rows / bands, (b + 1) * spec->out_rows / bands,
-                         dst);
-        }
-        work_free(&w);
-    }
-    (void)nt;
+    es_band_job job;
+    job.count = src->count;
+    job.rows = spec->out_rows;
+    job.work = src->rows * src->cols + spec->out_rows * spec->out_cols;
+    job.band_work = ES_BAND_WORK;
+    job.ctx = &p;
+    job.thread_init = work_alloc;
+    job.thread_free = work_free;
+    job.run = run_band;
+    rc = es_run_bands(&job, num_threads);
     es_axis_free(&p.ry);
     es_axis_free(&p.rx);
-    if (err & (1 << ES_ENOMEM)) return ES_ENOMEM;
-    if (err & (1 << ES_ENONFINITE)) return ES_ENONFINITE;
-    return ES_OK;
+    return rc;
 }

@@ -1,22 +1,14 @@
-/* C-only test of the kernels through the public header: known inputs, known answers. */
+/* C-only test of the kernels: known inputs, known answers; post-processing in
+ * test_postprocess.c, the banded (multi-thread) paths in test_bands.c. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "check.h"
 #include "edgeseg_kernels.h"
 
-static int failures = 0;
-
-#define CHECK(cond, ...)                                                         \
-    do {                                                                         \
-        if (!(cond)) {                                                           \
-            fprintf(stderr, "%s:%d: FAIL %s: ", __FILE__, __LINE__, #cond);      \
-            fprintf(stderr, __VA_ARGS__);                                        \
-            fputc('\n', stderr);                                                 \
-            ++failures;                                                          \
-        }                                                                        \
-    } while (0)
+int failures = 0;
 
 static es_preprocess_spec spec(double low, double high, ptrdiff_t rows, ptrdiff_t cols,
                                es_interp interp) {
@@ -154,6 +146,8 @@ int main(void) {
     test_postprocess_ties_and_resize();
     test_largest_component();
     test_threads_agree();
+    test_postprocess_all();
+    test_bands_all();
     if (failures) {
         fprintf(stderr, "%d check(s) failed\n", failures);
         return 1;

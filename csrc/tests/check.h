@@ -1,0 +1,22 @@
+/* The C test's check macro: a failed check prints where and why, and the run goes on. */
+#ifndef ES_TEST_CHECK_H
+#define ES_TEST_CHECK_H
+
+#include <stdio.h>
+
+extern int failures;
+
+#define CHECK(cond, ...)                                                         \
+    do {                                                                         \
+        if (!(cond)) {                                                           \
+            fprintf(stderr, "%s:%d: FAIL %s: ", __FILE__, __LINE__, #cond);      \
+            fprintf(stderr, __VA_ARGS__);                                        \
+            fputc('\n', stderr);                                                 \
+            ++failures;                                                          \
+        }                                                                        \
+    } while (0)
+
+void test_postprocess_all(void);
+void test_bands_all(void);
+
+#endif
