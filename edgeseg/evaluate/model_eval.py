@@ -77,7 +77,7 @@ def evaluate_checkpoint(
     """
     from tqdm import tqdm
 
-    from edgeseg.train.checkpoint import checkpoint_spec, load_model
+    from edgeseg.models.checkpoint import checkpoint_spec, load_model
     from edgeseg.train.dataset import check_window, map_labels
 
     model, payload = load_model(checkpoint)

@@ -42,7 +42,7 @@ def export_bundle(checkpoint: str | Path, out: str | Path, settings: ExportSetti
     from edgeseg.export.int8 import load_calibration
     from edgeseg.export.verify import load_verify_set
     from edgeseg.runtime.manifest import sha256_file
-    from edgeseg.train.checkpoint import checkpoint_spec, load_model
+    from edgeseg.models.checkpoint import checkpoint_spec, load_model
 
     target = check_output(out, force)
     checkpoint = Path(checkpoint)

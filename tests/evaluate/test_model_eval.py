@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from edgeseg.evaluate.model_eval import evaluate_checkpoint, predict_volume
-from edgeseg.train.checkpoint import checkpoint_spec, load_model
+from edgeseg.models.checkpoint import checkpoint_spec, load_model
 from edgeseg.train.config import TrainConfig
 from edgeseg.train.loop import train
 
