@@ -12,7 +12,7 @@ def describe_bundle(bundle: str) -> str:
     """The text ``edgeseg inspect`` prints: model, spec, tensors, artifacts (with a fresh hash
     check), calibration record and parity table."""
     from edgeseg.errors import BundleError
-    from edgeseg.evaluate.report import format_table
+    from edgeseg.report.output import format_table
     from edgeseg.export.verify import parity_table
     from edgeseg.runtime.manifest import PARITY_NAME, read_manifest, verify_artifacts
 

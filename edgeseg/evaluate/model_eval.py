@@ -12,9 +12,9 @@ from edgeseg.atomic import atomic_write_text
 from edgeseg.data import open_dataset
 from edgeseg.data.volume import Volume
 from edgeseg.errors import DataError
-from edgeseg.evaluate.metrics import class_metrics, dice, summarise
+from edgeseg.metrics import class_metrics, dice, summarise
 from edgeseg.evaluate.overlay import OverlayItem, save_overlay_grid
-from edgeseg.evaluate.report import format_table, write_json
+from edgeseg.report.output import format_table, write_json
 
 log = logging.getLogger("edgeseg.evaluate")
 
@@ -45,7 +45,7 @@ def predict_volume(model, volume: Volume, spec, batch_size: int = 16, keep_large
     import torch
 
     from edgeseg.kernels import postprocess
-    from edgeseg.train.dataset import preprocess_stack
+    from edgeseg.data.slice_set import preprocess_stack
 
     images = preprocess_stack(volume.hu, spec)
     out = np.empty(volume.hu.shape, dtype=np.uint8)
@@ -78,7 +78,7 @@ def evaluate_checkpoint(
     from tqdm import tqdm
 
     from edgeseg.models.checkpoint import checkpoint_spec, load_model
-    from edgeseg.train.dataset import check_window, map_labels
+    from edgeseg.data.slice_set import check_window, map_labels
 
     model, payload = load_model(checkpoint)
     spec = checkpoint_spec(payload)

@@ -84,7 +84,7 @@ def build_manifest(payload: dict[str, Any], checkpoint: Path, checkpoint_sha256:
 
 def write_manifest(folder: Path, manifest: Manifest, parity: dict) -> None:
     """Write ``manifest.json`` and ``parity.json`` into the staged bundle folder."""
-    from edgeseg.evaluate.report import to_json_compatible
+    from edgeseg.report.output import to_json_compatible
 
     atomic_write_text(folder / PARITY_NAME, json.dumps(to_json_compatible(parity), indent=2) + "\n")
     atomic_write_text(folder / MANIFEST_NAME, manifest.to_json())
