@@ -128,6 +128,9 @@ def parity_table(report: dict) -> str:
              "limit": "identical" if r["precision"] == "fp32" else r["limit"], "Dice GT": r["dice_gt"],
              "Dice GT fp32": r["dice_gt_fp32"], "pass": "yes" if r["passed"] else "NO"} for r in report["results"]]
     text = format_table(rows, COLUMNS)
+    for file, reasons in sorted((report.get("excluded") or {}).items()):
+        for runner, why in sorted(reasons.items()):
+            text += f"\nexcluded from auto: {runner} on {file} ({why})"
     latency = report.get("latency")
     if latency:
         text += (f"\nONNX Runtime CPU latency, batch {latency['batch']}, {latency['threads']} thread(s): "
@@ -137,7 +140,7 @@ def parity_table(report: dict) -> str:
 
 
 def failures(report: dict) -> list[str]:
-    """One phrase per failed check, e.g. ``onnx-int8 on onnxruntime-cpu: dice drop 0.0312 > 0.01``."""
+    """One phrase per failed row, e.g. ``onnx-int8 on onnxruntime-cpu: dice drop 0.0312 > 0.01``."""
     out = []
     for r in report["results"]:
         if r["passed"]:

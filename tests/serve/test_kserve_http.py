@@ -213,7 +213,7 @@ def test_remote_client_gives_the_local_segmentation(server, serve_bundle):
 
     hu = np.full((11, 90, 80), -1000, np.int16)
     hu[:, 25:70, 20:60] = 55
-    remote = segment_remote(server.url, read_manifest(serve_bundle), hu, max_batch=4)
+    remote = segment_remote(f"http://{server.url}/models/edgeseg", read_manifest(serve_bundle), hu, batch_size=4)
     with Segmenter.load(serve_bundle, backend="onnxruntime:fp32") as seg:
         local = seg.predict_volume(hu)
     assert remote.shape == (11, 90, 80)
