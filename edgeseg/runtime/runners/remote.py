@@ -71,8 +71,9 @@ class RemoteRunner(Runner):
 
     def _request(self, method: str, path: str, body: bytes | None = None,
                  headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
-        """One HTTP exchange on the kept-alive connection, reconnecting once if it was closed."""
-        for attempt in (0, 1):
+        """One HTTP exchange on the kept-alive connection; (status, lower-cased headers, body)."""
+        lost = ""
+        for _ in range(2):  # a server may close an idle kept-alive connection: reconnect once
             if self._connection is None:
                 cls = http.client.HTTPSConnection if self._scheme == "https" else http.client.HTTPConnection
                 self._connection = cls(self._host, self._port, timeout=self._timeout)
@@ -81,15 +82,12 @@ class RemoteRunner(Runner):
                 response = self._connection.getresponse()
                 return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
             except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError) as exc:
-                self._connection.close()
-                self._connection = None
-                if attempt:
-                    raise BackendError(f"remote {self.device}: connection lost ({exc})") from None
+                self.close()
+                lost = f"connection lost ({exc})"
             except OSError as exc:
-                self._connection.close()
-                self._connection = None
+                self.close()
                 raise BackendError(f"remote: cannot reach {self._scheme}://{self.device} ({exc})") from None
-        raise AssertionError("unreachable")
+        raise BackendError(f"remote {self.device}: {lost}")
 
     def _check_metadata(self) -> None:
         status, _, body = self._request("GET", self._prefix)
