@@ -76,12 +76,6 @@ def load_verify_set(payload: dict, spec: PreprocessSpec, data: str | None, count
     return VerifySet(images[chosen], None if truth is None else truth[chosen], str(data), [v.case_id for v in volumes])
 
 
-def run_batched(infer: Callable[[np.ndarray], np.ndarray], images: np.ndarray, batch_size: int) -> np.ndarray:
-    """``infer`` over ``images`` in batches of at most ``batch_size``; float32 logits."""
-    return np.concatenate([np.asarray(infer(images[i : i + batch_size]), dtype=np.float32)
-                           for i in range(0, len(images), batch_size)])
-
-
 def compare_logits(reference: np.ndarray, logits: np.ndarray, truth: np.ndarray | None, precision: str,
                    limit: float) -> dict:
     """The parity row of one artifact's ``logits`` against the FP32 ``reference`` logits."""

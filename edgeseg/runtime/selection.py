@@ -4,7 +4,7 @@
 probe at batch 1, after warm-up) and keeps the fastest. The result is cached per machine in
 ``$EDGESEG_CACHE_DIR`` (default ``~/.cache/edgeseg``), keyed by the manifest's sha256, the host
 and the installed backend versions, so later loads pick at once. ``EDGESEG_BACKEND_PROBE=0``
-skips measuring and takes the first loadable entry of :data:`PREFERENCE` instead. A runner
+skips measuring and takes the first loadable candidate in the runners' ``preference`` order. A runner
 that cannot load here (a TensorRT engine built for another GPU) is logged as a warning and
 the next candidate is tried. A runner the export gate failed on an artifact (the manifest's
 ``excluded``) is never picked by ``auto`` for it; naming it explicitly still loads it, with a
