@@ -57,8 +57,11 @@ def test_dicom_seg_references_the_series_and_holds_the_prediction(seg_file, segm
     # Decode the SEG independently of the writer: frame -> (segment, source instance) -> pixels.
     expected = refs.to_source_layout(segmenter.predict_volume(volume))
     frames = seg.pixel_array.reshape(int(seg.NumberOfFrames), seg.Rows, seg.Columns)
+    shared = seg.SharedFunctionalGroupsSequence[0]
     for frame, item in zip(frames, seg.PerFrameFunctionalGroupsSequence):
-        number = int(item.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
+        # With one segment the writer may record its number once, in the shared groups.
+        identification = item if "SegmentIdentificationSequence" in item else shared
+        number = int(identification.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
         source_uid = item.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
         k = refs.sop_instance_uids.index(source_uid)
         np.testing.assert_array_equal(frame.astype(bool), expected[k] == number)

@@ -23,34 +23,34 @@ def _exclude(bundle, file: str, runner: str, why: str) -> None:
     manifest = json.loads((bundle / "manifest.json").read_text())
     for entry in manifest["artifacts"]:
         if entry["file"] == file:
-            entry["excluded"] = {runner: why}
+            entry.setdefault("excluded", {})[runner] = why
     (bundle / "manifest.json").write_text(json.dumps(manifest))
 
 
 def test_auto_never_picks_a_runner_the_gate_failed(bundle_copy, monkeypatch, caplog):
     monkeypatch.setenv("EDGESEG_BACKEND_PROBE", "0")
+    first, second, *_ = candidates(read_manifest(bundle_copy), gated_only=True)
     with Segmenter.load(bundle_copy) as seg:
-        before = seg.backend
-    assert before == "openvino:int8"  # first in the runners' preference order
-    _exclude(bundle_copy, "model.int8.onnx", "openvino", "dice drop 0.0062 > 0.005")
-    labels = {c.label for c in candidates(read_manifest(bundle_copy), gated_only=True)}
-    assert "openvino:int8" not in labels and "onnxruntime:int8" in labels
+        assert seg.backend == first.label  # first in the runners' preference order
+    _exclude(bundle_copy, first.entry.file, first.runner, "dice drop 0.0062 > 0.005")
+    labels = [c.label for c in candidates(read_manifest(bundle_copy), gated_only=True)]
+    assert first.label not in labels and labels[0] == second.label
     with Segmenter.load(bundle_copy) as seg:
-        assert seg.backend == "onnxruntime:int8"
+        assert seg.backend == second.label
     monkeypatch.setenv("EDGESEG_BACKEND_PROBE", "1")
     with Segmenter.load(bundle_copy) as seg:  # the probe does not measure it either
-        assert seg.backend != "openvino:int8"
-    with caplog.at_level(logging.WARNING, logger="edgeseg"), Segmenter.load(bundle_copy, backend="openvino:int8") as seg:
-        assert seg.backend == "openvino:int8"  # asked for by name: loaded, with a warning
-    assert "failed the export gate on model.int8.onnx (dice drop 0.0062 > 0.005)" in caplog.text
+        assert seg.backend != first.label
+    with caplog.at_level(logging.WARNING, logger="edgeseg"), Segmenter.load(bundle_copy, backend=first.label) as seg:
+        assert seg.backend == first.label  # asked for by name: loaded, with a warning
+    assert f"failed the export gate on {first.entry.file} (dice drop 0.0062 > 0.005)" in caplog.text
 
 
 def test_inspect_shows_why_auto_skips_a_runner(bundle_copy):
     from edgeseg.cli.inspect import describe_bundle
 
-    _exclude(bundle_copy, "model.int8.onnx", "openvino", "dice drop 0.0062 > 0.005")
-    row = next(line for line in describe_bundle(str(bundle_copy)).splitlines() if line.startswith("onnx-int8"))
-    assert "openvino (dice drop 0.0062 > 0.005)" in row
+    _exclude(bundle_copy, "model.onnx", "openvino", "3 mask pixels differ from FP32")
+    row = next(line for line in describe_bundle(str(bundle_copy)).splitlines() if line.startswith("onnx-fp32"))
+    assert "openvino (3 mask pixels differ from FP32)" in row
 
 
 @pytest.mark.parametrize("command", ["inspect", "predict"])
