@@ -68,7 +68,7 @@ def test_runner_matches_reference_at_batch_1_and_n(bundle_dir, slices, reference
         np.testing.assert_allclose(batched, singles, atol=1e-4, rtol=1e-4)
         if precision == "fp32":
             np.testing.assert_allclose(batched, reference, atol=1e-4, rtol=1e-4)
-        else:
+        elif runner not in model.entry.excluded:  # the gate measured and excluded the others already
             agreement = float(np.mean(batched.argmax(1) == reference.argmax(1)))
             assert agreement >= INT8_MIN_AGREEMENT, f"{runner} int8 labels agree on {agreement:.3f} of pixels"
         description = model.describe()
