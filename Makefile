@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.edgeseg-installed
 DEMO   ?= runs/demo
 SRC_C  := $(wildcard csrc/*.c csrc/*.h edgeseg/kernels/*.pyx)
 
-.PHONY: all install build demo test test-python test-c asan bench bench-kernels clean
+.PHONY: all install build demo test test-python test-c test-layers asan bench bench-kernels clean
 
 all: build
 
@@ -41,11 +41,15 @@ demo: build
 	@echo "demo outputs: $(DEMO)/ (best.pt, metrics.csv, curves.png, eval/, bundle/, predict/, bench.json, bench.png)"
 
 # The sanitizer run is part of the suite: a memory error in the kernels fails CI.
-test: build test-c test-python asan
+test: build test-layers test-c test-python asan
 
 # pytest exits 5 when it collects nothing; that is not a failure, every other code is.
 test-python: build
 	$(PY) -m pytest -q tests || { rc=$$?; [ $$rc -eq 5 ] && echo "no tests collected" || exit $$rc; }
+
+# The import contracts in pyproject.toml: the layers, and no torch on the runtime side.
+test-layers: build
+	$(VENV)/bin/lint-imports
 
 test-c:
 	$(MAKE) -C csrc/tests run

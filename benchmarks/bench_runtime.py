@@ -1,15 +1,15 @@
 """pytest-benchmark: each runner on the default model (base 32, depth 4, 256x256) at FP32 and INT8,
 and the whole Segmenter around the fastest one.
 
-The bundle is built once per run (random weights: latency does not depend on them) by
-``tests/runtime/bundle_factory.py``; ``EDGESEG_BENCH_BUNDLE`` points at an existing bundle
+The bundle is exported once per run by ``edgeseg.export`` from an untrained checkpoint (random
+weights: latency does not depend on them, so the INT8 gate's Dice limit is lifted; FP32 must
+still match); ``EDGESEG_BENCH_BUNDLE`` points at an existing bundle
 instead (e.g. ``runs/demo/bundle``). Compare within one run:
 ``pytest benchmarks/bench_runtime.py --benchmark-only --benchmark-group-by=param:batch``.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from pathlib import Path
 
@@ -22,7 +22,6 @@ from edgeseg.runtime import Segmenter
 from edgeseg.runtime.manifest import read_manifest
 from edgeseg.runtime.selection import candidates
 
-FACTORY = Path(__file__).resolve().parents[1] / "tests" / "runtime" / "bundle_factory.py"
 RUNNERS = [(r, p) for r in ("onnxruntime", "openvino") for p in ("fp32", "int8")]
 
 
@@ -31,11 +30,21 @@ def bundle(tmp_path_factory) -> Path:
     if os.environ.get("EDGESEG_BENCH_BUNDLE"):
         return Path(os.environ["EDGESEG_BENCH_BUNDLE"])
     pytest.importorskip("torch")
-    spec = importlib.util.spec_from_file_location("edgeseg_bench_bundle_factory", FACTORY)
-    factory = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(factory)
-    return factory.make_bundle(tmp_path_factory.mktemp("bench") / "bundle", base=32, depth=4, size=256,
-                               steps=0, classes=2, torchscript=False)
+    from edgeseg.export.pipeline import export_bundle
+    from edgeseg.export.profiles import ExportSettings
+    from edgeseg.models import ModelConfig, build_model
+    from edgeseg.models.checkpoint import save_checkpoint
+    from edgeseg.spec import PreprocessSpec
+
+    root = tmp_path_factory.mktemp("bench")
+    config = ModelConfig(num_classes=2, base=32, depth=4)
+    save_checkpoint(root / "model.pt", build_model(config).eval(), config,
+                    PreprocessSpec(window=(-200.0, 300.0), size=(256, 256)), ["background", "liver"])
+    settings = ExportSettings(formats=("onnx",), int8=True, calib_slices=16, max_batch=8,
+                              max_dice_drop={"fp32": 0.0, "fp16": 1.0, "int8": 1.0})
+    export_bundle(root / "model.pt", root / "bundle", settings, calib="phantom:cases=2,size=256,slices=8",
+                  verify_data="phantom:cases=1,size=256,slices=8,seed=3", progress=False, echo=lambda text: None)
+    return root / "bundle"
 
 
 @pytest.mark.parametrize("batch", [1, 8])

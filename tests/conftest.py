@@ -1,7 +1,14 @@
-"""Shared test set-up: nothing a test run writes may land in the working tree."""
+"""Shared test set-up: nothing a test run writes may land in the working tree (the one
+exception is pytest's own cache folder, which keeps the exported test bundle between runs)."""
 
+import hashlib
 import os
+import shutil
+import subprocess
+import sys
 import tempfile
+import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -23,3 +30,85 @@ def check_one_line_error(proc, fragment: str) -> None:
 def assert_one_line_error():
     """The one-line error check for CLI tests (see check_one_line_error)."""
     return check_one_line_error
+
+
+def blocker(absent: tuple[str, ...]) -> str:
+    """A sitecustomize that makes the top-level packages ``absent`` fail to import."""
+    return textwrap.dedent(f"""
+        import sys
+
+        class _Absent:
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in {absent!r}:
+                    raise ImportError(name + " is not installed here")
+
+        sys.meta_path.insert(0, _Absent())
+    """)
+
+
+def run_without(args: list[str], tmp_path, absent: tuple[str, ...] = ("torch",)) -> subprocess.CompletedProcess:
+    """Run Python with ``args`` in a process where the ``absent`` packages cannot be imported."""
+    site = tmp_path / "site"
+    site.mkdir(exist_ok=True)
+    (site / "sitecustomize.py").write_text(blocker(absent))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(site), *sys.path]),
+               EDGESEG_CACHE_DIR=str(tmp_path / "cache"))
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=tmp_path, env=env)
+
+
+@pytest.fixture
+def python_without():
+    """``run_without``: run Python where the named packages (default torch) cannot be imported."""
+    return run_without
+
+
+# The test bundle: a tiny U-Net trained on phantom CT (so its masks are real) and exported by
+# edgeseg.export like any user's model. It is rebuilt when anything it is made from changes.
+# Six augmented cases: the runtime tests segment phantoms of other sizes and aspect ratios.
+BUNDLE_TRAINING = dict(data="phantom:cases=6,size=64,slices=16", size=64, base=8, depth=2, epochs=12, batch_size=8,
+                       lr=5e-3, augment=True, seed=0)
+BUNDLE_CALIBRATION = "phantom:cases=3,size=64,slices=16,seed=5"
+_ROOT = Path(__file__).resolve().parents[1]
+# What the bundle is made from: the code of every layer up to export, and the C kernels.
+_BUNDLE_SOURCES = ("edgeseg/*.py", "edgeseg/data/**/*.py", "edgeseg/kernels/**/*.py", "edgeseg/kernels/*.pyx",
+                   "edgeseg/models/**/*.py", "edgeseg/runtime/**/*.py", "edgeseg/train/**/*.py",
+                   "edgeseg/export/**/*.py", "edgeseg/metrics.py", "edgeseg/report/*.py", "csrc/*.c", "csrc/*.h")
+
+
+def bundle_key() -> str:
+    """sha256 over the test bundle's settings and every source file it depends on."""
+    digest = hashlib.sha256(repr((BUNDLE_TRAINING, BUNDLE_CALIBRATION)).encode())
+    files = sorted({path for pattern in _BUNDLE_SOURCES for path in _ROOT.glob(pattern) if path.is_file()})
+    for path in files:
+        digest.update(str(path.relative_to(_ROOT)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:24]
+
+
+def _export_test_bundle(out: Path) -> None:
+    from edgeseg.export.pipeline import export_bundle
+    from edgeseg.export.profiles import ExportSettings
+    from edgeseg.train.config import TrainConfig
+    from edgeseg.train.loop import train
+
+    train(TrainConfig(out=str(out / "train"), **BUNDLE_TRAINING), progress=False)
+    settings = ExportSettings(int8=True, calib_slices=32, max_batch=8)
+    export_bundle(out / "train" / "best.pt", out / "bundle", settings, calib=BUNDLE_CALIBRATION,
+                  cache_dir=out / "cache", progress=False, echo=lambda text: None)
+
+
+@pytest.fixture(scope="session")
+def exported_bundle(request) -> Path:
+    """A bundle made by ``edgeseg.export`` (TorchScript, ONNX FP32 and INT8; max batch 8),
+    cached in pytest's cache folder under the sha256 of its sources; read-only by convention
+    (tests that damage a bundle copy it first)."""
+    pytest.importorskip("torch")
+    root = Path(request.config.cache.mkdir("edgeseg-test-bundle"))
+    key = bundle_key()
+    bundle = root / key / "bundle"
+    if not (bundle / "manifest.json").is_file():
+        for stale in root.iterdir():
+            shutil.rmtree(stale, ignore_errors=True)
+        staging = root / f"{key}.partial"
+        _export_test_bundle(staging)
+        os.replace(staging, root / key)
+    return bundle

@@ -102,7 +102,7 @@ def bench_backend(bundle: str | Path, backend: str, *, batches: tuple[int, ...] 
         hu = ct_slices(max(max(batches), volume_slices), size)
         png = _png16(hu[0])
         result = {"backend": backend, "chosen": seg.backend, "device": seg.runner.device,
-                  "artifact": seg.runner.entry.file, "size": size, "batches": {}}
+                  "artifact": seg.runner.artifact, "size": size, "batches": {}}
         for b in batches:
             batch_in = preprocess(hu[:b], spec)
             logits = seg.infer(batch_in)

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from edgeseg.evaluate.compare import compare_runs, load_run, plot_comparison
-from edgeseg.evaluate.report import format_table, write_csv, write_json
+from edgeseg.report.output import format_table, write_csv, write_json
 
 
 @click.command("compare")

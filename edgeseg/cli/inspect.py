@@ -12,7 +12,7 @@ def describe_bundle(bundle: str) -> str:
     """The text ``edgeseg inspect`` prints: model, spec, tensors, artifacts (with a fresh hash
     check), calibration record and parity table."""
     from edgeseg.errors import BundleError
-    from edgeseg.evaluate.report import format_table
+    from edgeseg.report.output import format_table
     from edgeseg.export.verify import parity_table
     from edgeseg.runtime.manifest import PARITY_NAME, read_manifest, verify_artifacts
 
@@ -33,9 +33,11 @@ def describe_bundle(bundle: str) -> str:
         except BundleError as exc:
             check = "FAILED: " + str(exc).split(": ", 1)[-1]
         fingerprint = ", ".join(f"{k}={v}" for k, v in (entry.fingerprint or {}).items()) or "-"
+        skipped = "; ".join(f"{name} ({why})" for name, why in sorted(entry.excluded.items())) or "-"
         rows.append({"artifact": entry.key, "file": entry.file, "bytes": entry.bytes, "sha256": entry.sha256[:12],
-                     "hash check": check, "fingerprint": fingerprint})
-    lines += ["", format_table(rows, ["artifact", "file", "bytes", "sha256", "hash check", "fingerprint"])]
+                     "hash check": check, "fingerprint": fingerprint, "auto skips (failed the gate)": skipped})
+    lines += ["", format_table(rows, ["artifact", "file", "bytes", "sha256", "hash check", "fingerprint",
+                                      "auto skips (failed the gate)"])]
     if manifest.calibration:
         c = manifest.calibration
         lines += ["", f"INT8 calibration: {c.get('method')}, {c.get('slices')} slices ({c.get('with_target')} with target, "

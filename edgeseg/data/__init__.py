@@ -13,7 +13,8 @@ _HOMES = {
     "read_label_file": "labels", "read_nifti": "nifti", "read_nifti_dataset": "nifti", "open_dataset": "open",
     "PHANTOM_LABELS": "phantom", "synth_phantom": "phantom", "write_phantom_dataset": "phantom",
     "read_slice_folder": "slices", "read_split": "splits", "split_cases": "splits", "write_split": "splits",
-    "Volume": "volume",
+    "Volume": "volume", "SliceSet": "slice_set", "check_window": "slice_set", "map_labels": "slice_set",
+    "preprocess_stack": "slice_set",
 }
 
 
@@ -32,8 +33,12 @@ def __dir__() -> list[str]:
 __all__ = [
     "PHANTOM_LABELS",
     "DicomSeriesInfo",
+    "SliceSet",
     "Volume",
+    "check_window",
+    "map_labels",
     "open_dataset",
+    "preprocess_stack",
     "read_dicom_series",
     "read_dicom_series_with_refs",
     "read_label_file",

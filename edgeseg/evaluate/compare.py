@@ -2,7 +2,7 @@
 
 A run directory holds the trainer's ``metrics.json`` (``config``, ``history``, ``best``,
 ``spec``) and, once ``edgeseg evaluate`` has run, ``eval/eval.json`` whose ``summary`` is
-:func:`edgeseg.evaluate.metrics.summarise` output keyed by class name.
+:func:`edgeseg.metrics.summarise` output keyed by class name.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from edgeseg.errors import DataError
-from edgeseg.evaluate.curves import best_epoch_index, history_series
-from edgeseg.evaluate.report import format_cell, new_figure, save_png, to_json_compatible
+from edgeseg.report.curves import best_epoch_index, history_series
+from edgeseg.report.output import format_cell, new_figure, save_png, to_json_compatible
 
 METRICS_FILE = "metrics.json"
 EVAL_FILE = Path("eval") / "eval.json"

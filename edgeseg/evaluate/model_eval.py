@@ -12,11 +12,12 @@ from edgeseg.atomic import atomic_write_text
 from edgeseg.data import open_dataset
 from edgeseg.data.volume import Volume
 from edgeseg.errors import DataError
-from edgeseg.evaluate.metrics import class_metrics, dice, summarise
+from edgeseg.metrics import class_metrics, dice, summarise
 from edgeseg.evaluate.overlay import OverlayItem, save_overlay_grid
-from edgeseg.evaluate.report import format_table, write_json
+from edgeseg.report.output import format_table, write_json
 
 log = logging.getLogger("edgeseg.evaluate")
+EVAL_BATCH = 16
 
 
 def select_cases(volumes: list[Volume], payload: dict[str, Any], split: str) -> tuple[list[Volume], str]:
@@ -38,24 +39,6 @@ def select_cases(volumes: list[Volume], payload: dict[str, Any], split: str) -> 
     return chosen, split
 
 
-def predict_volume(model, volume: Volume, spec, batch_size: int = 16, keep_largest: bool = False) -> np.ndarray:
-    """(Z, Y, X) uint8 labels at the volume's resolution: spec pre-processing, the model,
-    logits resized bilinearly back to the slice size, argmax, and optionally only the largest
-    component per class and slice."""
-    import torch
-
-    from edgeseg.kernels import postprocess
-    from edgeseg.train.dataset import preprocess_stack
-
-    images = preprocess_stack(volume.hu, spec)
-    out = np.empty(volume.hu.shape, dtype=np.uint8)
-    with torch.no_grad():
-        for start in range(0, len(images), batch_size):
-            logits = model(torch.from_numpy(images[start : start + batch_size])).float().numpy()
-            out[start : start + len(logits)] = postprocess(logits, tuple(volume.hu.shape[1:]), keep_largest=keep_largest)
-    return out
-
-
 def evaluate_checkpoint(
     checkpoint: str | Path,
     data: str,
@@ -70,15 +53,17 @@ def evaluate_checkpoint(
 ) -> dict[str, Any]:
     """Dice, IoU and HD95 per case and class for ``checkpoint`` on ``data``.
 
-    Predictions are made at each volume's own resolution (the deployed path), Dice is pooled
+    Predictions are made at each volume's own resolution through the runtime's Segmenter with
+    the in-memory torch runner (the deployed pre- and post-processing), Dice is pooled
     over each case's slices and averaged over cases; the mean per-slice Dice is reported too.
     ``keep_largest`` None follows the choice recorded at training (made on validation Dice).
     With ``out``: eval.json, eval.txt and worst_cases.png (contours on the CT) are written.
     """
     from tqdm import tqdm
 
-    from edgeseg.train.checkpoint import checkpoint_spec, load_model
-    from edgeseg.train.dataset import check_window, map_labels
+    from edgeseg.data.slice_set import check_window, map_labels
+    from edgeseg.models.checkpoint import checkpoint_spec, load_model
+    from edgeseg.runtime.segmenter import Segmenter
 
     model, payload = load_model(checkpoint)
     spec = checkpoint_spec(payload)
@@ -88,6 +73,8 @@ def evaluate_checkpoint(
         raise DataError(f"--labels names {len(label_values)} classes, the model predicts {len(class_names) - 1} ({class_names[1:]})")
     if keep_largest is None:
         keep_largest = bool((payload.get("postprocess") or {}).get("keep_largest", False))
+    segmenter = Segmenter.from_module(model, spec, dict(enumerate(class_names)), {"keep_largest": keep_largest},
+                                      max_batch=EVAL_BATCH)
     volumes, used_split = select_cases(open_dataset(data, intensity=intensity, label_file=label_file), payload, split)
     cases, overlays = [], []
     for vol in tqdm(volumes, desc="evaluate", unit="case", disable=not progress, leave=False):
@@ -95,7 +82,7 @@ def evaluate_checkpoint(
             raise DataError(f"case {vol.case_id} ({vol.source}) has no label map to evaluate against")
         check_window(vol, spec)
         truth = map_labels(vol.label, label_values)
-        pred = predict_volume(model, vol, spec, keep_largest=keep_largest)
+        pred = segmenter.predict_volume(vol, batch_size=EVAL_BATCH)
         metrics = class_metrics(pred, truth, len(class_names), spacing=vol.spacing, per_slice_hd=not vol.contiguous)
         slice_dice = [dice(p == 1, t == 1) for p, t in zip(pred, truth)]
         cases.append({"case_id": vol.case_id, "slices": vol.num_slices,

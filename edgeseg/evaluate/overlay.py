@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from edgeseg.errors import DataError
-from edgeseg.evaluate.report import new_figure, save_png
+from edgeseg.report.output import new_figure, save_png
 
 TRUTH_COLOUR = "#00ff00"
 PRED_COLOUR = "#ff0000"

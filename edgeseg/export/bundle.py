@@ -53,11 +53,13 @@ def staged_bundle(out: str | Path) -> Iterator[Path]:
 
 
 def artifact_entry(folder: Path, file: str, fmt: str, precision: str, fingerprint: dict | None = None,
-                   extra: dict | None = None) -> ArtifactEntry:
-    """The manifest entry of ``folder/file``: its sha256 and size as written."""
+                   extra: dict | None = None, excluded: dict[str, str] | None = None) -> ArtifactEntry:
+    """The manifest entry of ``folder/file``: its sha256 and size as written, and the runners
+    the parity gate failed on it (``excluded``: backend name -> reason)."""
     path = folder / file
     return ArtifactEntry(file=file, format=fmt, precision=precision, sha256=sha256_file(path),
-                         bytes=path.stat().st_size, fingerprint=fingerprint, extra=dict(extra or {}))
+                         bytes=path.stat().st_size, fingerprint=fingerprint, extra=dict(extra or {}),
+                         excluded=dict(excluded or {}))
 
 
 def build_manifest(payload: dict[str, Any], checkpoint: Path, checkpoint_sha256: str, spec: PreprocessSpec,
@@ -84,7 +86,7 @@ def build_manifest(payload: dict[str, Any], checkpoint: Path, checkpoint_sha256:
 
 def write_manifest(folder: Path, manifest: Manifest, parity: dict) -> None:
     """Write ``manifest.json`` and ``parity.json`` into the staged bundle folder."""
-    from edgeseg.evaluate.report import to_json_compatible
+    from edgeseg.report.output import to_json_compatible
 
     atomic_write_text(folder / PARITY_NAME, json.dumps(to_json_compatible(parity), indent=2) + "\n")
     atomic_write_text(folder / MANIFEST_NAME, manifest.to_json())

@@ -65,7 +65,7 @@ def load_calibration(source: str, spec: PreprocessSpec, count: int, label_values
     """
     if str(source).endswith(".npy"):
         return _load_array(Path(source), spec, count)
-    from edgeseg.train.dataset import check_window, map_labels, preprocess_stack
+    from edgeseg.data.slice_set import check_window, map_labels, preprocess_stack
 
     volumes = [v for v in open_dataset(source, intensity=intensity) if v.case_id not in exclude_cases]
     if not volumes:

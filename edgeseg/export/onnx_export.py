@@ -11,13 +11,12 @@ import numpy as np
 
 from edgeseg import __version__
 from edgeseg.errors import require
+from edgeseg.runtime.manifest import INPUT_NAME, OUTPUT_NAME
 from edgeseg.spec import PreprocessSpec
 
 log = logging.getLogger("edgeseg.export")
 
 OPSET = 17
-INPUT_NAME = "image"
-OUTPUT_NAME = "logits"
 
 
 def export_onnx(model, example, spec: PreprocessSpec, labels: dict[int, str], path: str | Path) -> dict:

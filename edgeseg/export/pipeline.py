@@ -19,6 +19,7 @@ from edgeseg.errors import DataError, EdgesegError, require
 from edgeseg.export.bundle import artifact_entry, build_manifest, check_output, staged_bundle, write_manifest
 from edgeseg.export.profiles import ExportSettings
 from edgeseg.export.verify import ParityError, failures, parity_table
+from edgeseg.runtime.manifest import network_tensors
 
 log = logging.getLogger("edgeseg.export")
 
@@ -42,7 +43,7 @@ def export_bundle(checkpoint: str | Path, out: str | Path, settings: ExportSetti
     from edgeseg.export.int8 import load_calibration
     from edgeseg.export.verify import load_verify_set
     from edgeseg.runtime.manifest import sha256_file
-    from edgeseg.train.checkpoint import checkpoint_spec, load_model
+    from edgeseg.models.checkpoint import checkpoint_spec, load_model
 
     target = check_output(out, force)
     checkpoint = Path(checkpoint)
@@ -64,12 +65,13 @@ def export_bundle(checkpoint: str | Path, out: str | Path, settings: ExportSetti
         made, calibration, notes = _write_artifacts(folder, model, spec, labels, settings, verify_set, calib_set,
                                                     cache_dir, progress)
         made = [(*item, None) for item in made] + (_tensorrt(folder, settings, spec, cache_dir, echo) if settings.trt else [])
-        report = _gate(folder, model, made, verify_set, settings, progress)
+        report = _gate(folder, model, made, verify_set, settings, spec, labels, progress)
         echo(parity_table(report))
         if not report["passed"]:
             raise ParityError(f"parity gate failed: {'; '.join(failures(report))}; no bundle written")
-        entries = [artifact_entry(folder, file, fmt, precision, fingerprint=fingerprint, extra=extra)
-                   for fmt, precision, file, extra, fingerprint in made]
+        excluded = report.get("excluded", {})
+        entries = [artifact_entry(folder, file, fmt, precision, fingerprint=fingerprint, extra=extra,
+                                  excluded=excluded.get(file)) for fmt, precision, file, extra, fingerprint in made]
         manifest = build_manifest(payload, checkpoint, sha256_file(checkpoint), spec, entries, settings.max_batch,
                                   calibration)
         write_manifest(folder, manifest, report)
@@ -120,65 +122,71 @@ def _write_artifacts(folder: Path, model, spec, labels, settings: ExportSettings
     return made, calibration, notes
 
 
-def _gate(folder: Path, model, made: list, verify_set, settings: ExportSettings, progress: bool) -> dict:
-    """Run every artifact (and the FP16 half-precision emulation) against FP32 PyTorch."""
-    import torch
+def _gate(folder: Path, model, made: list, verify_set, settings: ExportSettings, spec, labels,
+          progress: bool) -> dict:
+    """Score every artifact, on every runner ``auto`` may pick for it here, against the model
+    itself, all through the runtime's Segmenter (and the FP16 half-precision emulation).
+
+    A runner whose row fails is excluded from ``auto`` for that artifact (``report["excluded"]``:
+    file -> runner -> reason); the report passes while every artifact passes on some runner.
+    """
     from tqdm import tqdm
 
     from edgeseg.export.fp16 import HALF_EMULATION, ORT_EMULATION, half_precision_logits
-    from edgeseg.export.onnx_export import INPUT_NAME, OUTPUT_NAME, ort_session
-    from edgeseg.export.torchscript import load_torchscript
-    from edgeseg.export.verify import compare_logits, measure_latency, run_batched
+    from edgeseg.export.verify import compare_logits, measure_latency
+    from edgeseg.runtime.runners import runners_for
+    from edgeseg.runtime.runners.onnxruntime import OnnxRuntimeRunner
+    from edgeseg.runtime.segmenter import Segmenter
 
     images, truth, batch = verify_set.images, verify_set.truth, settings.max_batch
-
-    def eager(x):
-        with torch.no_grad():
-            return model(torch.from_numpy(np.ascontiguousarray(x))).numpy()
-
-    reference = run_batched(eager, images, batch)
-    results = []
-    for fmt, precision, file, _, fingerprint in tqdm(made, desc="verify", unit="artifact", leave=False, disable=not progress):
-        if fmt == "tensorrt":
-            runs = [("tensorrt-cuda", _run_engine(folder, file, precision, fingerprint, reference.shape, images, batch))]
-        elif fmt == "torchscript":
-            module = load_torchscript(folder / file)[0]
-            with torch.no_grad():
-                runs = [("torch-jit-cpu", run_batched(lambda x: module(torch.from_numpy(np.ascontiguousarray(x))).numpy(), images, batch))]
-        else:
-            session = ort_session(folder / file)
-            runs = [("onnxruntime-cpu", run_batched(lambda x: session.run([OUTPUT_NAME], {INPUT_NAME: x})[0], images, batch))]
+    with Segmenter.from_module(model, spec, labels, max_batch=batch) as segmenter:
+        reference = segmenter.logits(images)
+    inputs, outputs = network_tensors(spec, len(labels))
+    results, excluded, dead = [], {}, []
+    for fmt, precision, file, extra, fingerprint in tqdm(made, desc="verify", unit="artifact", leave=False,
+                                                          disable=not progress):
+        entry = artifact_entry(folder, file, fmt, precision, fingerprint=fingerprint, extra=extra)
+        rows = []
+        for cls in (c for c in runners_for(fmt) if c.available()):
+            try:
+                runner = cls(folder / file, entry, inputs, outputs, batch)
+            except EdgesegError as exc:
+                excluded.setdefault(file, {})[cls.name] = f"does not load: {exc}"
+                continue
+            with Segmenter(spec, labels, runner) as segmenter:
+                row = compare_logits(reference, segmenter.logits(images), truth, precision,
+                                     settings.max_dice_drop[precision])
+                rows.append((cls.name, {"key": entry.key, "file": file, "precision": precision,
+                                        "run_on": runner.run_on, **row}))
         if precision == "fp16":
-            runs.append((HALF_EMULATION, half_precision_logits(model, images, batch)))
-        for run_on, logits in runs:
-            row = compare_logits(reference, logits, truth, precision, settings.max_dice_drop[precision])
-            results.append({"key": f"{fmt}-{precision}", "file": file, "precision": precision, "run_on": run_on, **row})
+            row = compare_logits(reference, half_precision_logits(model, images, batch), truth, precision,
+                                 settings.max_dice_drop[precision])
+            rows.append((None, {"key": entry.key, "file": file, "precision": precision, "run_on": HALF_EMULATION, **row}))
+        for name, row in rows:
+            if name is not None and not row["passed"]:
+                excluded.setdefault(file, {})[name] = failures({"results": [row]})[0].split(": ", 1)[1]
+        # An artifact fails when no runner passes it, or when the half-precision model itself does.
+        if not any(name and row["passed"] for name, row in rows) or any(not name and not row["passed"] for name, row in rows):
+            dead.append(file)
+        results += [row for _, row in rows]
     report = {"reference": "pytorch-fp32-eager-cpu", "data": verify_set.source, "cases": verify_set.cases,
               "slices": int(len(images)), "labelled": truth is not None, "thresholds": settings.max_dice_drop,
-              "fp32_margin": 1e-4, "results": results, "passed": all(r["passed"] for r in results)}
+              "fp32_margin": 1e-4, "results": results, "passed": not dead}
+    if excluded:
+        report["excluded"] = excluded
     if any(p == "fp16" for _, p, _, _, _ in made):
         report["fp16_emulation"] = [ORT_EMULATION, HALF_EMULATION]
     if settings.int8 and "onnx" in settings.formats:
         one = np.ascontiguousarray(images[:1])
         timed = {}
         for precision in ("fp32", "int8"):
-            session = ort_session(folder / FILES["onnx", precision], LATENCY_THREADS)
-            timed[precision] = measure_latency(lambda x, s=session: s.run([OUTPUT_NAME], {INPUT_NAME: x})[0], one)
+            file = FILES["onnx", precision]
+            with OnnxRuntimeRunner(folder / file, artifact_entry(folder, file, "onnx", precision), inputs, outputs, 1,
+                                   threads=LATENCY_THREADS) as runner:
+                timed[precision] = measure_latency(runner.infer, one)
         report["latency"] = {"batch": 1, "threads": LATENCY_THREADS, "onnx-fp32_ms": timed["fp32"],
                              "onnx-int8_ms": timed["int8"], "ratio": timed["int8"] / timed["fp32"]}
     return report
-
-
-def _run_engine(folder: Path, file: str, precision: str, fingerprint: dict, shape: tuple, images: np.ndarray,
-                batch: int) -> np.ndarray:
-    """Logits of a freshly built TensorRT engine through the runtime's TensorRT runner."""
-    from edgeseg.runtime.manifest import TensorInfo
-    from edgeseg.runtime.runners.tensorrt import TensorRTRunner
-
-    entry = artifact_entry(folder, file, "tensorrt", precision, fingerprint=fingerprint)
-    inputs, outputs = TensorInfo("image", (-1, 1, *shape[2:])), TensorInfo("logits", (-1, *shape[1:]))
-    with TensorRTRunner(folder / file, entry, inputs, outputs, batch) as runner:
-        return run_batched(runner.infer, images, batch)
 
 
 def _tensorrt(folder: Path, settings: ExportSettings, spec, cache_dir, echo) -> list:

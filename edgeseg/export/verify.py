@@ -19,7 +19,8 @@ import numpy as np
 
 from edgeseg.data import open_dataset
 from edgeseg.errors import DataError, EdgesegError
-from edgeseg.evaluate.report import format_table
+from edgeseg.metrics import mean_class_dice
+from edgeseg.report.output import format_table
 from edgeseg.spec import PreprocessSpec
 
 FP32_MARGIN = 1e-4
@@ -45,7 +46,7 @@ def load_verify_set(payload: dict, spec: PreprocessSpec, data: str | None, count
     """Up to ``count`` slices of ``data`` (default: the checkpoint's validation cases), chosen
     half with and half without target and evenly over intensity, like calibration slices."""
     from edgeseg.export.int8 import stratify_slices
-    from edgeseg.train.dataset import SliceSet, check_window, preprocess_stack
+    from edgeseg.data.slice_set import SliceSet, check_window, preprocess_stack
 
     train_config = payload.get("train_config") or {}
     if data is None:
@@ -75,23 +76,6 @@ def load_verify_set(payload: dict, spec: PreprocessSpec, data: str | None, count
     return VerifySet(images[chosen], None if truth is None else truth[chosen], str(data), [v.case_id for v in volumes])
 
 
-def run_batched(infer: Callable[[np.ndarray], np.ndarray], images: np.ndarray, batch_size: int) -> np.ndarray:
-    """``infer`` over ``images`` in batches of at most ``batch_size``; float32 logits."""
-    return np.concatenate([np.asarray(infer(images[i : i + batch_size]), dtype=np.float32)
-                           for i in range(0, len(images), batch_size)])
-
-
-def pooled_dice(a: np.ndarray, b: np.ndarray, num_classes: int) -> float:
-    """Mean over foreground classes of the Dice of label maps ``a`` and ``b`` pooled over all
-    slices; a class absent from both counts as 1."""
-    scores = []
-    for c in range(1, num_classes):
-        pa, pb = a == c, b == c
-        total = int(pa.sum()) + int(pb.sum())
-        scores.append(1.0 if total == 0 else 2.0 * int((pa & pb).sum()) / total)
-    return float(np.mean(scores))
-
-
 def compare_logits(reference: np.ndarray, logits: np.ndarray, truth: np.ndarray | None, precision: str,
                    limit: float) -> dict:
     """The parity row of one artifact's ``logits`` against the FP32 ``reference`` logits."""
@@ -105,12 +89,12 @@ def compare_logits(reference: np.ndarray, logits: np.ndarray, truth: np.ndarray 
     top2 = np.sort(reference, axis=1)[:, -2:]
     decided = (top2[:, 1] - top2[:, 0]) > FP32_MARGIN
     changed = mask != ref_mask
-    agreement = pooled_dice(mask, ref_mask, num_classes)
+    agreement = mean_class_dice(mask, ref_mask, num_classes)
     row = {"max_abs": float(diff.max()) if finite else float("inf"), "p99_abs": float(np.percentile(diff, 99)), "mask_dice": agreement,
            "dice_drop": 1.0 - agreement, "limit": limit, "changed_pixels": int(changed.sum()),
            "changed_decided_pixels": int((changed & decided).sum()), "finite": finite,
-           "dice_gt": None if truth is None else pooled_dice(mask, truth, num_classes),
-           "dice_gt_fp32": None if truth is None else pooled_dice(ref_mask, truth, num_classes)}
+           "dice_gt": None if truth is None else mean_class_dice(mask, truth, num_classes),
+           "dice_gt_fp32": None if truth is None else mean_class_dice(ref_mask, truth, num_classes)}
     if precision == "fp32":
         row["passed"] = finite and row["changed_decided_pixels"] == 0
     else:
@@ -138,6 +122,9 @@ def parity_table(report: dict) -> str:
              "limit": "identical" if r["precision"] == "fp32" else r["limit"], "Dice GT": r["dice_gt"],
              "Dice GT fp32": r["dice_gt_fp32"], "pass": "yes" if r["passed"] else "NO"} for r in report["results"]]
     text = format_table(rows, COLUMNS)
+    for file, reasons in sorted((report.get("excluded") or {}).items()):
+        for runner, why in sorted(reasons.items()):
+            text += f"\nexcluded from auto: {runner} on {file} ({why})"
     latency = report.get("latency")
     if latency:
         text += (f"\nONNX Runtime CPU latency, batch {latency['batch']}, {latency['threads']} thread(s): "
@@ -147,7 +134,7 @@ def parity_table(report: dict) -> str:
 
 
 def failures(report: dict) -> list[str]:
-    """One phrase per failed check, e.g. ``onnx-int8 on onnxruntime-cpu: dice drop 0.0312 > 0.01``."""
+    """One phrase per failed row, e.g. ``onnx-int8 on onnxruntime-cpu: dice drop 0.0312 > 0.01``."""
     out = []
     for r in report["results"]:
         if r["passed"]:

@@ -16,12 +16,14 @@ Layout of ``manifest.json`` (schema 1)::
      "outputs": [{"name": "logits", "shape": [-1, 2, 256, 256], "dtype": "float32"}],
      "max_batch": 8, "resize_input": true,
      "artifacts": [{"file": "model.onnx", "format": "onnx", "precision": "fp32",
-                    "sha256": "...", "bytes": 123, "fingerprint": null}],
+                    "sha256": "...", "bytes": 123, "fingerprint": null,
+                    "excluded": {"openvino": "dice drop 0.0062 > 0.005"}}],  # excluded: optional
      "calibration": null | {...}, "source": {...}}
 
 ``-1`` in a shape is the dynamic batch axis. ``resize_input`` (default true) false means the
 runtime refuses slices whose size differs from the spec's instead of resizing them. Readers refuse a newer schema, unknown formats and
-precisions, and (``verify_artifacts``) missing files or files whose sha256 differs.
+precisions no runner
+loads (the Runner classes say which, see ``edgeseg.runtime.runners``), and (``verify_artifacts``) missing files or files whose sha256 differs.
 """
 
 from __future__ import annotations
@@ -38,8 +40,7 @@ from edgeseg.spec import PreprocessSpec
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 PARITY_NAME = "parity.json"
-FORMATS = ("torchscript", "onnx", "tensorrt", "openvino")
-PRECISIONS = ("fp32", "fp16", "int8")
+INPUT_NAME, OUTPUT_NAME = "image", "logits"
 DTYPES = ("float32", "float16", "int64", "uint8")
 
 
@@ -85,12 +86,21 @@ class ArtifactEntry:
     bytes: int
     fingerprint: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    #: backend name -> why the parity gate failed it on this artifact; ``auto`` skips those
+    excluded: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.format not in FORMATS:
-            raise BundleError(f"artifact {self.file!r}: format must be one of {FORMATS}, got {self.format!r}")
-        if self.precision not in PRECISIONS:
-            raise BundleError(f"artifact {self.file!r}: precision must be one of {PRECISIONS}, got {self.precision!r}")
+        from edgeseg.runtime.runners import artifact_formats  # the runners say what they load
+
+        formats = artifact_formats()
+        if self.format not in formats:
+            raise BundleError(f"artifact {self.file!r}: no backend loads format {self.format!r} "
+                              f"(known formats: {', '.join(formats)})")
+        if self.precision not in formats[self.format]:
+            raise BundleError(f"artifact {self.file!r}: no backend runs {self.format} in precision "
+                              f"{self.precision!r} (it runs {', '.join(formats[self.format])})")
+        if not isinstance(self.excluded, dict) or not all(isinstance(v, str) for v in self.excluded.values()):
+            raise BundleError(f"artifact {self.file!r}: 'excluded' must map backend names to reasons, got {self.excluded!r}")
         if Path(self.file).name != self.file or self.file in ("", ".", ".."):
             raise BundleError(f"artifact file must be a plain file name inside the bundle, got {self.file!r}")
         if not (isinstance(self.sha256, str) and len(self.sha256) == 64):
@@ -106,6 +116,8 @@ class ArtifactEntry:
              "sha256": self.sha256, "bytes": int(self.bytes), "fingerprint": self.fingerprint}
         if self.extra:
             d["extra"] = self.extra
+        if self.excluded:
+            d["excluded"] = dict(self.excluded)
         return d
 
     @classmethod
@@ -116,7 +128,7 @@ class ArtifactEntry:
             raise BundleError(f"artifact entry lacks {missing}")
         return cls(file=data["file"], format=data["format"], precision=data["precision"],
                    sha256=data["sha256"], bytes=int(data["bytes"]), fingerprint=data.get("fingerprint"),
-                   extra=dict(data.get("extra") or {}))
+                   extra=dict(data.get("extra") or {}), excluded=data.get("excluded") or {})
 
 
 @dataclass(frozen=True)
@@ -221,6 +233,12 @@ class Manifest:
             created=str(data.get("created", "")),
             schema=schema,
         )
+
+
+def network_tensors(spec: PreprocessSpec, num_classes: int) -> tuple[TensorInfo, TensorInfo]:
+    """The network's input and output tensors as every export writes them: float32 ``image``
+    (N, 1, H, W) and ``logits`` (N, num_classes, H, W), with a dynamic batch axis."""
+    return (TensorInfo(INPUT_NAME, (-1, 1, *spec.size)), TensorInfo(OUTPUT_NAME, (-1, int(num_classes), *spec.size)))
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:

@@ -1,4 +1,8 @@
-"""Segmenter: a verified bundle, a runner, and the C pre- and post-processing around it.
+"""Segmenter: the one inference path of edgeseg -- C pre-processing, a runner, C post-processing.
+
+Everything that segments goes through it: ``edgeseg predict``, the server, evaluation (with
+the in-memory torch runner), the export gate (the torch runner as reference, then each
+artifact on each runner ``auto`` may pick) and the remote client (the remote runner).
 
 ``predict`` segments one HU slice, ``predict_volume`` a whole volume in batches; both return
 uint8 labels at the input's size. In ``predict_volume``, where a core is free for it (a GPU
@@ -22,9 +26,11 @@ import numpy as np
 from edgeseg.errors import BundleError, DataError
 from edgeseg.kernels import postprocess, preprocess
 from edgeseg.runtime.input_checks import checked_hu
-from edgeseg.runtime.manifest import Manifest, read_manifest, verify_artifacts
+from edgeseg.runtime.manifest import Manifest, network_tensors, read_manifest, verify_artifacts
 from edgeseg.runtime.runners.base import Runner
+from edgeseg.runtime.runners.remote import is_remote
 from edgeseg.runtime.selection import select_runner
+from edgeseg.spec import PreprocessSpec
 
 log = logging.getLogger(__name__)
 
@@ -43,28 +49,39 @@ def usable_cores() -> int:
 
 
 class Segmenter:
-    """Segment CT with one bundle; build it with :meth:`Segmenter.load`.
+    """Segment CT with a runner; :meth:`Segmenter.load` builds one from a bundle.
 
-    Attributes:
-        manifest: the bundle's parsed manifest.
-        spec: its PreprocessSpec.
-        labels: class number -> name.
-        runner: the backend running the model.
+    Args:
+        spec: the PreprocessSpec the model was trained with.
+        labels: class number -> name (0 is background).
+        runner: the backend running the network.
+        postprocess: ``keep_largest`` (bool) and ``resize`` (``logits`` or ``labels``), as a
+            bundle's manifest records them.
+        max_batch: the most slices per runner call (default: the runner's limit).
+        resize_input: False refuses slices of another size than the spec's instead of resizing.
+        bundle, manifest: the bundle folder and its manifest, when loaded from one.
 
     Example:
         >>> seg = Segmenter.load("runs/demo/bundle")          # doctest: +SKIP
         >>> mask = seg.predict(ct_slice_hu)                    # doctest: +SKIP
     """
 
-    def __init__(self, bundle: Path, manifest: Manifest, runner: Runner) -> None:
-        self.bundle = Path(bundle)
-        self.manifest = manifest
-        self.spec = manifest.spec
-        self.labels = dict(manifest.labels)
+    def __init__(self, spec: PreprocessSpec, labels: dict[int, str], runner: Runner, postprocess: dict | None = None,
+                 max_batch: int | None = None, *, resize_input: bool = True, bundle: str | Path | None = None,
+                 manifest: Manifest | None = None) -> None:
+        postprocess = dict(postprocess or {})
+        self.spec = spec
+        self.labels = dict(labels)
         self.runner = runner
-        self.keep_largest = bool(manifest.postprocess.get("keep_largest", False))
-        self.resize_mode = str(manifest.postprocess.get("resize", "logits"))
-        self.batch_size = max(1, min(manifest.max_batch, DEFAULT_BATCH))
+        self.max_batch = runner.max_batch if max_batch is None else int(max_batch)
+        if not 1 <= self.max_batch <= runner.max_batch:
+            raise DataError(f"max_batch must lie in 1..{runner.max_batch} (the runner's limit), got {max_batch!r}")
+        self.resize_input = bool(resize_input)
+        self.bundle = None if bundle is None else Path(bundle)
+        self.manifest = manifest
+        self.keep_largest = bool(postprocess.get("keep_largest", False))
+        self.resize_mode = str(postprocess.get("resize", "logits"))
+        self.batch_size = max(1, min(self.max_batch, DEFAULT_BATCH))
         self._lock = threading.Lock()
         self._buffers: list[np.ndarray] = []
         self._worker: ThreadPoolExecutor | None = None
@@ -78,12 +95,16 @@ class Segmenter:
     @classmethod
     def load(cls, bundle: str | Path, backend: str | list[str] = "auto", threads: int = 0) -> "Segmenter":
         """Read and verify ``bundle`` (manifest schema, every artifact's size and sha256), then
-        load a runner: ``backend`` is ``"auto"`` (fastest measured here, cached), a name such as
-        ``"openvino"``, ``"name:precision"`` such as ``"onnxruntime:int8"``, or a list tried in
-        order. ``threads`` caps the backend's CPU threads (0: its default)."""
+        load a runner: ``backend`` is ``"auto"`` (fastest measured here among the runners the
+        export gate passed, cached), a name such as ``"openvino"``, ``"name:precision"`` such as
+        ``"onnxruntime:int8"``, a list tried in order, or a KServe v2 model address
+        ``"http://HOST:PORT/models/NAME"`` (the network runs there; the bundle still gives the
+        spec, labels and post-processing). ``threads`` caps the backend's CPU threads (0: its
+        default)."""
         folder = Path(bundle)
         manifest = read_manifest(folder)
-        verify_artifacts(folder, manifest)
+        if not (isinstance(backend, str) and is_remote(backend)):  # a remote model leaves the files unused
+            verify_artifacts(folder, manifest)
         if manifest.inputs[0].dtype != "float32" or manifest.spec.dtype != "float32":
             raise BundleError(f"bundle {folder}: model input must be float32, manifest says "
                               f"{manifest.inputs[0].dtype} (spec {manifest.spec.dtype})")
@@ -93,7 +114,18 @@ class Segmenter:
                               f"the spec size {list(manifest.spec.size)}")
         runner = select_runner(folder, manifest, backend, threads)
         log.info("loaded %s with %s", folder, runner.describe())
-        return cls(folder, manifest, runner)
+        return cls(manifest.spec, manifest.labels, runner, manifest.postprocess, manifest.max_batch,
+                   resize_input=manifest.resize_input, bundle=folder, manifest=manifest)
+
+    @classmethod
+    def from_module(cls, module, spec: PreprocessSpec, labels: dict[int, str], postprocess: dict | None = None,
+                    max_batch: int = DEFAULT_BATCH, threads: int = 0) -> "Segmenter":
+        """A Segmenter running an in-memory torch ``module`` (needs torch): how evaluation and
+        the export gate run the trained model through the deployed pre- and post-processing."""
+        from edgeseg.runtime.runners.torch_module import TorchModuleRunner
+
+        inputs, outputs = network_tensors(spec, len(labels))
+        return cls(spec, labels, TorchModuleRunner(module, inputs, outputs, max_batch, threads), postprocess)
 
     @property
     def backend(self) -> str:
@@ -104,9 +136,19 @@ class Segmenter:
         """Model only: (N, 1, H, W) float32 model input -> (N, K, H, W) float32 logits."""
         return self.runner.infer(batch)
 
+    def logits(self, images: np.ndarray) -> np.ndarray:
+        """Pre-processed model input (N, 1, H, W) float32, any N -> (N, K, H, W) float32 logits,
+        ``batch_size`` slices per runner call (the export gate compares these)."""
+        images = np.asarray(images)
+        if images.ndim != 4 or images.shape[0] == 0:
+            raise DataError(f"logits takes a non-empty (N, 1, H, W) batch, got shape {list(images.shape)}")
+        with self._lock:
+            return np.concatenate([self.runner.infer(np.ascontiguousarray(images[i:i + self.batch_size]))
+                                   for i in range(0, len(images), self.batch_size)])
+
     def predict(self, slice_hu: np.ndarray) -> np.ndarray:
         """One (H, W) slice of HU -> (H, W) uint8 labels (class numbers of ``labels``)."""
-        hu = checked_hu(slice_hu, self.spec, ndim=2, resize=self.manifest.resize_input, what="slice")
+        hu = checked_hu(slice_hu, self.spec, ndim=2, resize=self.resize_input, what="slice")
         with self._lock:
             batch = preprocess(hu, self.spec, out=self._input_buffer(0, 1), num_threads=KERNEL_THREADS)
             logits = self.runner.infer(batch)
@@ -127,7 +169,7 @@ class Segmenter:
             what = f"volume {getattr(volume, 'case_id', '')}".strip()
             if hu is None:
                 raise DataError(f"predict_volume takes a Volume or a numpy array, got {type(volume).__name__}")
-        arr = checked_hu(hu, self.spec, ndim=3, resize=self.manifest.resize_input, modality=modality, what=what)
+        arr = checked_hu(hu, self.spec, ndim=3, resize=self.resize_input, modality=modality, what=what)
         n = self._batch_size(batch_size)
         out = np.empty(arr.shape, dtype=np.uint8)
         starts = list(range(0, arr.shape[0], n))
@@ -178,15 +220,15 @@ class Segmenter:
     def _batch_size(self, batch_size: int | None) -> int:
         if batch_size is None:
             return self.batch_size
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or not 1 <= batch_size <= self.manifest.max_batch:
-            raise DataError(f"batch_size must be an integer in 1..{self.manifest.max_batch} "
-                              f"(the bundle's max_batch), got {batch_size!r}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or not 1 <= batch_size <= self.max_batch:
+            raise DataError(f"batch_size must be an integer in 1..{self.max_batch} "
+                            f"(the model's max_batch), got {batch_size!r}")
         return batch_size
 
     def _input_buffer(self, which: int, rows: int) -> np.ndarray:
         """The first ``rows`` of reusable input buffer ``which`` (0 or 1), allocated once."""
         if not self._buffers:
-            shape = (self.manifest.max_batch, 1, *self.spec.size)
+            shape = (self.max_batch, 1, *self.spec.size)
             self._buffers = [np.empty(shape, dtype=np.float32), np.empty(shape, dtype=np.float32)]
         return self._buffers[which][:rows]
 
@@ -210,4 +252,4 @@ class Segmenter:
 
     def describe(self) -> dict[str, str]:
         """Bundle, backend, precision and device, for logs and summaries."""
-        return {"bundle": str(self.bundle), **self.runner.describe()}
+        return {"bundle": "-" if self.bundle is None else str(self.bundle), **self.runner.describe()}

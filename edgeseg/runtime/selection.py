@@ -4,16 +4,18 @@
 probe at batch 1, after warm-up) and keeps the fastest. The result is cached per machine in
 ``$EDGESEG_CACHE_DIR`` (default ``~/.cache/edgeseg``), keyed by the manifest's sha256, the host
 and the installed backend versions, so later loads pick at once. ``EDGESEG_BACKEND_PROBE=0``
-skips measuring and takes the first loadable entry of :data:`PREFERENCE` instead. A runner
+skips measuring and takes the first loadable candidate in the runners' ``preference`` order. A runner
 that cannot load here (a TensorRT engine built for another GPU) is logged as a warning and
-the next candidate is tried.
+the next candidate is tried. A runner the export gate failed on an artifact (the manifest's
+``excluded``) is never picked by ``auto`` for it; naming it explicitly still loads it, with a
+warning. What each runner loads, needs and prefers comes from its class (see
+``edgeseg.runtime.runners``); ``http://HOST:PORT/models/NAME`` selects the remote runner.
 """
 
 from __future__ import annotations
 
 import hashlib
 import importlib.metadata
-import importlib.util
 import json
 import logging
 import os
@@ -27,24 +29,11 @@ import numpy as np
 from edgeseg.atomic import atomic_write_text
 from edgeseg.errors import BackendError, EdgesegError
 from edgeseg.runtime.manifest import MANIFEST_NAME, ArtifactEntry, Manifest
-from edgeseg.runtime.runners import RUNNERS, Runner, runner_class
+from edgeseg.runtime.runners import Runner, runner_class, runners, runners_for
+from edgeseg.runtime.runners.remote import RemoteRunner, is_remote
 
 log = logging.getLogger(__name__)
 
-# Which runners load which artifact format.
-RUNNERS_FOR_FORMAT = {
-    "tensorrt": ("tensorrt",),
-    "onnx": ("onnxruntime-gpu", "openvino", "onnxruntime"),
-    "torchscript": ("torchscript",),
-}
-# The module each runner needs, checked without importing it.
-LIBRARY = {"onnxruntime": "onnxruntime", "onnxruntime-gpu": "onnxruntime", "openvino": "openvino",
-           "tensorrt": "tensorrt", "torchscript": "torch"}
-# Order tried without a probe: GPU engines first, then the fastest CPU paths measured on x86.
-PREFERENCE = (("tensorrt", "fp16"), ("tensorrt", "int8"), ("tensorrt", "fp32"),
-              ("onnxruntime-gpu", "fp16"), ("onnxruntime-gpu", "fp32"),
-              ("openvino", "int8"), ("onnxruntime", "int8"), ("openvino", "fp32"), ("onnxruntime", "fp32"),
-              ("torchscript", "fp32"), ("openvino", "fp16"), ("onnxruntime", "fp16"))
 PROBE_WARMUP, PROBE_RUNS = 2, 5
 CACHE_NAME = "backend-probe.json"
 
@@ -65,31 +54,20 @@ class Candidate:
 def parse_backend(text: str) -> tuple[str, str | None]:
     """``"openvino:int8"`` -> ("openvino", "int8"); ``"onnxruntime"`` -> ("onnxruntime", None)."""
     name, _, precision = text.strip().partition(":")
-    if name not in RUNNERS:
-        raise BackendError(f"unknown backend {name!r}; known: auto, {', '.join(sorted(RUNNERS))}")
+    loadable = sorted(name for name, cls in runners().items() if cls.format is not None)
+    if name not in loadable:
+        raise BackendError(f"unknown backend {name!r}; known: auto, {', '.join(loadable)}, http://HOST:PORT/models/NAME")
     return name, precision or None
 
 
-def candidates(manifest: Manifest, installed_only: bool = True) -> list[Candidate]:
-    """Every (runner, artifact) pair of the bundle, in :data:`PREFERENCE` order, whose library
-    is installed (``installed_only``)."""
-    found = [Candidate(name, entry) for entry in manifest.artifacts for name in RUNNERS_FOR_FORMAT[entry.format]
-             if not installed_only or _installed(name)]
-    rank = {pair: i for i, pair in enumerate(PREFERENCE)}
-    return sorted(found, key=lambda c: rank.get((c.runner, c.entry.precision), len(rank)))
-
-
-def _installed(runner: str) -> bool:
-    try:
-        if importlib.util.find_spec(LIBRARY[runner]) is None:
-            return False
-    except (ImportError, ValueError):  # a broken or deliberately blocked install
-        return False
-    if runner == "onnxruntime-gpu":  # the CPU wheel imports as onnxruntime too
-        from edgeseg.runtime.runners.onnxruntime import OnnxRuntimeRunner
-
-        return bool(OnnxRuntimeRunner.gpu_providers())
-    return True
+def candidates(manifest: Manifest, installed_only: bool = True, gated_only: bool = False) -> list[Candidate]:
+    """Every (runner, artifact) pair of the bundle, in the runners' preference order: only those
+    whose library is installed (``installed_only``), and not those the export gate excluded
+    (``gated_only``)."""
+    found = [Candidate(cls.name, entry) for entry in manifest.artifacts for cls in runners_for(entry.format)
+             if (not installed_only or cls.available()) and not (gated_only and cls.name in entry.excluded)]
+    last = 1 + max((rank for cls in runners().values() for rank in cls.preference.values()), default=0)
+    return sorted(found, key=lambda c: runner_class(c.runner).preference.get(c.entry.precision, last))
 
 
 def instantiate(bundle: Path, manifest: Manifest, candidate: Candidate, threads: int) -> Runner:
@@ -105,7 +83,9 @@ def select_runner(bundle: Path, manifest: Manifest, backend: str | list[str] = "
     wanted = [backend] if isinstance(backend, str) else list(backend)
     if not wanted:
         raise BackendError("backend list is empty")
-    available = candidates(manifest)
+    if len(wanted) == 1 and is_remote(wanted[0]):
+        return RemoteRunner(wanted[0], manifest.inputs[0], manifest.outputs[0], manifest.max_batch, threads)
+    available = candidates(manifest, gated_only=True)
     if wanted == ["auto"]:
         return _auto(bundle, manifest, available, threads)
     order: list[Candidate] = []
@@ -117,6 +97,10 @@ def select_runner(bundle: Path, manifest: Manifest, backend: str | list[str] = "
             have = ", ".join(c.label for c in candidates(manifest, installed_only=False))
             raise BackendError(f"backend {text!r} has no artifact in this bundle; it offers {have}")
         matches.sort(key=lambda c: ("fp32", "int8", "fp16").index(c.entry.precision))
+        for match in matches:
+            if match.runner in match.entry.excluded:
+                log.warning("backend %s failed the export gate on %s (%s); auto never picks it",
+                            match.label, match.entry.file, match.entry.excluded[match.runner])
         order.extend(matches)
     return _first_loadable(bundle, manifest, order, threads, strict=len(wanted) == 1)
 

@@ -1,33 +1,37 @@
-"""A client that segments HU slices on a remote KServe v2 server: ``edgeseg serve`` or Triton.
+"""A client that segments CT on a remote KServe v2 server: ``edgeseg serve`` or Triton.
 
-Pre- and post-processing run here with edgeseg's C kernels and the bundle's PreprocessSpec;
-only the model runs on the server. The same code works against ``edgeseg serve`` and against a
-Triton server loading the repository ``edgeseg triton`` wrote, because both take the same
-``image`` tensor and return the same ``logits``.
+It is the runtime's Segmenter with the remote runner: pre- and post-processing run here with
+the bundle's PreprocessSpec and post-processing settings, only the network runs on the server.
+The same code works against ``edgeseg serve`` and against a Triton server loading the
+repository ``edgeseg triton`` wrote, because both take the same ``image`` tensor and return
+the same ``logits``. ``edgeseg predict BUNDLE INPUT --backend http://HOST:PORT/models/NAME``
+is the command-line form.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
-from edgeseg.errors import require
-from edgeseg.kernels import postprocess, preprocess
 from edgeseg.runtime.manifest import Manifest
+from edgeseg.runtime.runners.remote import RemoteRunner
+from edgeseg.runtime.segmenter import Segmenter
 
 
-def segment_remote(url: str, manifest: Manifest, hu: np.ndarray, model: str = "edgeseg",
-                   max_batch: int = 8) -> np.ndarray:
-    """Labels (N, H, W) uint8 for HU slices (H, W) or (N, H, W), inferred at ``url`` (host:port)."""
-    http = require("tritonclient.http", "dev", "the remote client")
-    stack = hu[None] if hu.ndim == 2 else hu
-    x = preprocess(stack, manifest.spec)
-    client = http.InferenceServerClient(url=url)
-    parts = []
-    for start in range(0, x.shape[0], max_batch):
-        chunk = np.ascontiguousarray(x[start:start + max_batch])
-        tensor = http.InferInput(manifest.inputs[0].name, list(chunk.shape), "FP32")
-        tensor.set_data_from_numpy(chunk, binary_data=True)
-        wanted = http.InferRequestedOutput(manifest.outputs[0].name, binary_data=True)
-        parts.append(client.infer(model, [tensor], outputs=[wanted]).as_numpy(manifest.outputs[0].name))
-    logits = np.concatenate(parts)
-    return postprocess(logits, stack.shape[-2:], keep_largest=bool(manifest.postprocess.get("keep_largest", False)))
+def remote_segmenter(url: str, bundle: str | Path | Manifest, timeout: float = 60.0) -> Segmenter:
+    """A Segmenter whose network runs at ``url`` (``http://HOST:PORT/models/NAME``); ``bundle``
+    (a bundle folder or its parsed manifest) gives the spec, labels and post-processing."""
+    if not isinstance(bundle, Manifest):
+        return Segmenter.load(bundle, backend=url)
+    runner = RemoteRunner(url, bundle.inputs[0], bundle.outputs[0], bundle.max_batch, timeout=timeout)
+    return Segmenter(bundle.spec, bundle.labels, runner, bundle.postprocess, bundle.max_batch,
+                     resize_input=bundle.resize_input, manifest=bundle)
+
+
+def segment_remote(url: str, bundle: str | Path | Manifest, hu: np.ndarray, batch_size: int | None = None) -> np.ndarray:
+    """Labels (N, H, W) uint8 for HU slices (H, W) or (N, H, W), the network run at ``url``
+    with at most ``batch_size`` slices per request (default: the bundle's, at most 8)."""
+    stack = np.asarray(hu)
+    with remote_segmenter(url, bundle) as segmenter:
+        return segmenter.predict_volume(stack[None] if stack.ndim == 2 else stack, batch_size=batch_size)

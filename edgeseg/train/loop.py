@@ -18,9 +18,9 @@ from edgeseg.errors import CheckpointError, DataError
 from edgeseg.models import ModelConfig, build_model, count_parameters
 from edgeseg.spec import PreprocessSpec
 from edgeseg.train.augment import AugmentConfig, BatchAugmenter
-from edgeseg.train.checkpoint import read_checkpoint, save_checkpoint
+from edgeseg.models.checkpoint import read_checkpoint, save_checkpoint
 from edgeseg.train.config import TrainConfig
-from edgeseg.train.dataset import SliceSet
+from edgeseg.data.slice_set import SliceSet
 from edgeseg.train.ema import WeightEMA, ema_decay
 from edgeseg.train.losses import DiceCELoss
 from edgeseg.train.precision import autocast_dtype, pick_device

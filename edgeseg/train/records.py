@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from edgeseg.evaluate.curves import plot_training_curves
-from edgeseg.evaluate.report import write_csv, write_json
+from edgeseg.report.curves import plot_training_curves
+from edgeseg.report.output import write_csv, write_json
 from edgeseg.models import ModelConfig
 from edgeseg.spec import PreprocessSpec
 from edgeseg.train.config import TrainConfig

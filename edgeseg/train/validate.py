@@ -8,13 +8,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from edgeseg.train.dataset import SliceSet
-
-
-def pooled_dice(pred: np.ndarray, truth: np.ndarray) -> float:
-    """Dice of two boolean arrays pooled over all their elements; both empty counts as 1."""
-    denom = int(pred.sum()) + int(truth.sum())
-    return 1.0 if denom == 0 else 2.0 * int(np.logical_and(pred, truth).sum()) / denom
+from edgeseg.data.slice_set import SliceSet
+from edgeseg.metrics import per_case_dice
 
 
 @torch.no_grad()
@@ -33,15 +28,6 @@ def predict_labels(model, images: np.ndarray, device, autocast: Callable, batch_
             losses.append(float(loss_fn(logits, y)) * len(x))
     mean_loss = sum(losses) / len(images) if losses else float("nan")
     return np.concatenate(preds), mean_loss
-
-
-def per_case_dice(pred: np.ndarray, truth: np.ndarray, case_index: np.ndarray, num_classes: int) -> list[float]:
-    """Per foreground class: Dice pooled over each case's slices, averaged over cases."""
-    per_class = []
-    for cls in range(1, num_classes):
-        scores = [pooled_dice(pred[case_index == i] == cls, truth[case_index == i] == cls) for i in np.unique(case_index)]
-        per_class.append(float(np.mean(scores)))
-    return per_class
 
 
 def validate(model, val_set: SliceSet, num_classes: int, device, autocast: Callable, loss_fn) -> dict[str, Any]:

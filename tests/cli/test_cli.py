@@ -97,7 +97,7 @@ def test_interrupted_checkpoint_write_leaves_nothing(tmp_path, monkeypatch):
 
     from edgeseg.models import ModelConfig, build_model
     from edgeseg.spec import PreprocessSpec
-    from edgeseg.train.checkpoint import save_checkpoint
+    from edgeseg.models.checkpoint import save_checkpoint
 
     def failing_save(obj, f, *a, **k):
         Path(f).write_bytes(b"partial")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from edgeseg.errors import DataError
-from edgeseg.evaluate.curves import plot_training_curves
+from edgeseg.report.curves import plot_training_curves
 from edgeseg.evaluate.overlay import OverlayItem, save_overlay, save_overlay_grid
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

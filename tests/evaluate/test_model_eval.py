@@ -7,8 +7,8 @@ import nrrd
 import numpy as np
 import pytest
 
-from edgeseg.evaluate.model_eval import evaluate_checkpoint, predict_volume
-from edgeseg.train.checkpoint import checkpoint_spec, load_model
+from edgeseg.evaluate.model_eval import evaluate_checkpoint
+from edgeseg.models.checkpoint import checkpoint_spec, load_model
 from edgeseg.train.config import TrainConfig
 from edgeseg.train.loop import train
 
@@ -37,16 +37,19 @@ def test_dicom_series_with_seg_is_evaluated_at_scanner_resolution(checkpoint, tm
 
 
 def test_predictions_follow_the_numpy_reference_path(checkpoint):
-    """The evaluation path (C kernels) gives the labels the pure-numpy oracle path gives."""
+    """The evaluation path (Segmenter with the torch runner: the C kernels) gives the labels the
+    pure-numpy oracle path gives."""
     import torch
 
     from edgeseg.data import open_dataset
     from edgeseg.kernels import reference
+    from edgeseg.runtime.segmenter import Segmenter
 
     model, payload = load_model(checkpoint)
     spec = checkpoint_spec(payload)
     [volume] = open_dataset(DATA / "dcmqi_ct_liver")
-    labels = predict_volume(model, volume, spec)
+    with Segmenter.from_module(model, spec, dict(enumerate(payload["class_names"]))) as segmenter:
+        labels = segmenter.predict_volume(volume)
     with torch.no_grad():
         logits = model(torch.from_numpy(reference.preprocess(volume.hu, spec).astype(np.float32))).numpy()
     expected = reference.postprocess(logits, volume.hu.shape[1:])

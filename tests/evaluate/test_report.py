@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 
-from edgeseg.evaluate.report import format_table, to_json_compatible, write_csv, write_json
+from edgeseg.report.output import format_table, to_json_compatible, write_csv, write_json
 
 
 def test_format_table_aligns_columns_and_shows_nan_as_dash():

@@ -24,7 +24,7 @@ def checkpoint(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def eager(checkpoint):
     """The checkpoint's model in eval mode: the oracle every artifact is compared with."""
-    from edgeseg.train.checkpoint import load_model
+    from edgeseg.models.checkpoint import load_model
 
     model, payload = load_model(checkpoint)
     return model, payload
@@ -34,7 +34,7 @@ def eager(checkpoint):
 def slices(eager) -> np.ndarray:
     """Real held-out model input: the checkpoint's validation case, pre-processed by its spec."""
     from edgeseg.export.verify import load_verify_set
-    from edgeseg.train.checkpoint import checkpoint_spec
+    from edgeseg.models.checkpoint import checkpoint_spec
 
     _, payload = eager
     return load_verify_set(payload, checkpoint_spec(payload), None, 16).images

@@ -36,6 +36,30 @@ def test_perturbed_onnx_weights_fail_the_gate_and_leave_no_bundle(checkpoint, tm
     assert "NO" in shown[0] and "torchscript-fp32" in shown[0]
 
 
+def test_a_runner_that_fails_the_gate_is_excluded_from_auto_for_that_artifact(checkpoint, tmp_path, monkeypatch):
+    from edgeseg.cli.inspect import describe_bundle
+    from edgeseg.export.pipeline import export_bundle
+    from edgeseg.runtime import Segmenter
+    from edgeseg.runtime.manifest import read_manifest
+    from edgeseg.runtime.runners.openvino import OpenVinoRunner
+
+    honest = OpenVinoRunner._infer
+    # A backend that computes wrong numbers: OpenVINO's real logits with the classes swapped.
+    monkeypatch.setattr(OpenVinoRunner, "_infer", lambda self, batch: honest(self, batch)[:, ::-1].copy())
+    shown = []
+    result = export_bundle(checkpoint, tmp_path / "b", ExportSettings(formats=("onnx",)), progress=False,
+                           echo=shown.append)
+    [entry] = read_manifest(tmp_path / "b").artifacts
+    assert set(entry.excluded) == {"openvino"} and "mask pixels differ from FP32" in entry.excluded["openvino"]
+    rows = {r["run_on"]: r["passed"] for r in result["parity"]["results"]}
+    assert rows == {"onnxruntime-cpu": True, "openvino-cpu": False}
+    assert "excluded from auto: openvino on model.onnx" in shown[0]
+    assert "openvino (" in describe_bundle(str(tmp_path / "b"))
+    monkeypatch.setenv("EDGESEG_CACHE_DIR", str(tmp_path / "cache"))
+    with Segmenter.load(tmp_path / "b") as seg:
+        assert seg.backend == "onnxruntime:fp32"
+
+
 def test_fp32_identical_masks_except_where_fp32_itself_is_undecided():
     reference = np.zeros((1, 2, 2, 2), np.float32)
     reference[0, 1] = [[1.0, -1.0], [0.5, 0.0]]  # pixel (1, 1) is a tie: float rounding decides it

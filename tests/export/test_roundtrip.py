@@ -33,7 +33,7 @@ def test_torchscript_matches_eager_and_carries_spec(bundle, eager, slices, refer
     import torch
 
     from edgeseg.export.torchscript import load_torchscript
-    from edgeseg.train.checkpoint import checkpoint_spec
+    from edgeseg.models.checkpoint import checkpoint_spec
 
     module, spec, labels = load_torchscript(bundle["bundle"] / "model.ts")
     with torch.no_grad():
@@ -50,7 +50,7 @@ def test_onnx_fp32_matches_eager_at_any_batch(bundle, slices, reference, batch):
 
 
 def test_onnx_metadata_holds_spec_and_labels(bundle, eager):
-    from edgeseg.train.checkpoint import checkpoint_spec
+    from edgeseg.models.checkpoint import checkpoint_spec
 
     for name in ("model.onnx", "model.fp16.onnx", "model.int8.onnx"):
         graph = onnx.load(str(bundle["bundle"] / name))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
 from click.testing import CliRunner
 
 from edgeseg.cli.data import command
@@ -36,7 +35,8 @@ def test_info_error_is_an_edgeseg_error(tmp_path):
 
 
 def test_main_group_prints_one_line(tmp_path):
-    main = pytest.importorskip("edgeseg.cli.main", reason="other commands of the CLI not importable yet")
-    result = CliRunner().invoke(main.cli, ["data", "info", str(tmp_path / "missing")])
+    from edgeseg.cli.main import cli
+
+    result = CliRunner().invoke(cli, ["data", "info", str(tmp_path / "missing")])
     assert result.exit_code == 2
     assert result.stderr.strip().splitlines() == [f"edgeseg: error: data folder not found: {tmp_path / 'missing'}"]

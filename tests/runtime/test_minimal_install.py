@@ -3,32 +3,29 @@
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
-from pathlib import Path
 
 import numpy as np
-
-_spec = importlib.util.spec_from_file_location("edgeseg_test_no_torch", Path(__file__).with_name("test_no_torch.py"))
-_no_torch = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_no_torch)
-_run = _no_torch._run
+import pytest
 
 BLOCKED = ("torch", "nibabel", "pydicom", "PIL", "nrrd", "highdicom", "scipy", "matplotlib")
 
 
-def _edgeseg(args: list[str], tmp_path) -> subprocess.CompletedProcess:
-    return _run(["-m", "edgeseg.cli", *args], tmp_path, absent=BLOCKED)
+@pytest.fixture
+def _edgeseg(python_without):
+    def run(args: list[str], tmp_path) -> subprocess.CompletedProcess:
+        return python_without(["-m", "edgeseg.cli", *args], tmp_path, absent=BLOCKED)
+    return run
 
 
-def test_bare_runtime_predicts_npy(bundle_dir, tmp_path):
+def test_bare_runtime_predicts_npy(bundle_dir, tmp_path, _edgeseg):
     np.save(tmp_path / "in.npy", np.full((2, 40, 40), -1000, np.int16))
     done = _edgeseg(["predict", str(bundle_dir), "in.npy", "--out", "out.npy", "--quiet"], tmp_path)
     assert done.returncode == 0, done.stderr
     assert np.load(tmp_path / "out.npy").shape == (2, 40, 40)
 
 
-def test_bare_runtime_names_the_io_extra_for_nifti(bundle_dir, tmp_path):
+def test_bare_runtime_names_the_io_extra_for_nifti(bundle_dir, tmp_path, _edgeseg):
     np.save(tmp_path / "in.npy", np.full((2, 40, 40), -1000, np.int16))
     done = _edgeseg(["predict", str(bundle_dir), "in.npy", "--out", "out.nii.gz", "--quiet"], tmp_path)
     assert done.returncode != 0
@@ -37,7 +34,7 @@ def test_bare_runtime_names_the_io_extra_for_nifti(bundle_dir, tmp_path):
     assert not list(tmp_path.glob("out*"))
 
 
-def test_bare_runtime_names_the_io_extra_for_dicom(bundle_dir, tmp_path):
+def test_bare_runtime_names_the_io_extra_for_dicom(bundle_dir, tmp_path, _edgeseg):
     series = tmp_path / "series"
     series.mkdir()
     (series / "1.dcm").write_bytes(b"\0" * 128 + b"DICM")

@@ -6,31 +6,28 @@ rounding, INT8 ones must give the same labels on nearly all pixels of real (phan
 
 from __future__ import annotations
 
-import importlib.util
-
 import numpy as np
 import pytest
 
 from edgeseg.errors import BackendError, DataError
 from edgeseg.kernels import preprocess
 from edgeseg.runtime.manifest import read_manifest
-from edgeseg.runtime.runners import RUNNERS
-from edgeseg.runtime.selection import LIBRARY, RUNNERS_FOR_FORMAT, Candidate, instantiate
+from edgeseg.data.phantom import synth_phantom
+from edgeseg.runtime.runners import runner_class, runners, runners_for
+from edgeseg.runtime.selection import Candidate, instantiate
 
-from .conftest import bundle_factory
-
-# (runner, precision) pairs the fixture bundle offers (it has no FP16 graph and no engine).
-PAIRS = [(runner, precision) for fmt, precision in (("onnx", "fp32"), ("onnx", "int8"), ("torchscript", "fp32"))
-         for runner in RUNNERS_FOR_FORMAT[fmt]]
+# (runner, precision) pairs the test bundle offers (it has no FP16 graph and no engine).
+PAIRS = [(cls.name, precision) for fmt, precision in (("onnx", "fp32"), ("onnx", "int8"), ("torchscript", "fp32"))
+         for cls in runners_for(fmt)]
 INT8_MIN_AGREEMENT = 0.97
 
 
 def _load(bundle_dir, runner: str, precision: str):
-    if importlib.util.find_spec(LIBRARY[runner]) is None:
-        pytest.skip(f"{runner} is not installed ({LIBRARY[runner]} missing)")
+    cls = runner_class(runner)
+    if not cls.available() and runner != "onnxruntime-gpu":
+        pytest.skip(f"{runner} is not installed ({cls.library} missing: pip install 'edgeseg[{cls.extra}]')")
     manifest = read_manifest(bundle_dir)
-    fmt = next(f for f, names in RUNNERS_FOR_FORMAT.items() if runner in names)
-    entry = manifest.artifact(fmt, precision)
+    entry = manifest.artifact(cls.format, precision)
     try:
         return instantiate(bundle_dir, manifest, Candidate(runner, entry), threads=1)
     except BackendError as exc:
@@ -42,8 +39,8 @@ def _load(bundle_dir, runner: str, precision: str):
 @pytest.fixture(scope="module")
 def slices(bundle_dir) -> np.ndarray:
     manifest = read_manifest(bundle_dir)
-    hu, _ = bundle_factory.phantom_slices(manifest.spec.size[0], cases=1, slices=manifest.max_batch, seed=7)
-    return preprocess(hu, manifest.spec)
+    size = manifest.spec.size[0]
+    return preprocess(synth_phantom("case_000", 7, shape=(manifest.max_batch, size, size)).hu, manifest.spec)
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +68,7 @@ def test_runner_matches_reference_at_batch_1_and_n(bundle_dir, slices, reference
         np.testing.assert_allclose(batched, singles, atol=1e-4, rtol=1e-4)
         if precision == "fp32":
             np.testing.assert_allclose(batched, reference, atol=1e-4, rtol=1e-4)
-        else:
+        elif runner not in model.entry.excluded:  # the gate measured and excluded the others already
             agreement = float(np.mean(batched.argmax(1) == reference.argmax(1)))
             assert agreement >= INT8_MIN_AGREEMENT, f"{runner} int8 labels agree on {agreement:.3f} of pixels"
         description = model.describe()
@@ -95,5 +92,27 @@ def test_runner_rejects_what_the_artifact_cannot_take(bundle_dir, slices, runner
             model.infer(bad)
 
 
+def test_torch_runner_on_the_checkpoint_matches_the_reference(bundle_dir, slices, reference):
+    torch = pytest.importorskip("torch")
+    from edgeseg.runtime.manifest import network_tensors
+    from edgeseg.runtime.runners.torch_module import TorchModuleRunner
+
+    manifest = read_manifest(bundle_dir)
+    module = torch.jit.load(str(bundle_dir / "model.ts"))
+    with TorchModuleRunner(module, *network_tensors(manifest.spec, manifest.num_classes), manifest.max_batch) as model:
+        np.testing.assert_allclose(model.infer(slices), reference, atol=1e-4, rtol=1e-4)
+        with pytest.raises(DataError, match="outside 1..8"):
+            model.infer(np.concatenate([slices, slices[:1]]))
+
+
 def test_every_registered_runner_is_covered():
-    assert {runner for runner, _ in PAIRS} | {"tensorrt"} == set(RUNNERS)
+    # Bundle runners are covered above (tensorrt in test_tensorrt.py); torch here; remote in tests/serve.
+    assert {runner for runner, _ in PAIRS} | {"tensorrt", "torch", "remote"} == set(runners())
+
+
+def test_runners_describe_themselves():
+    for name, cls in runners().items():
+        assert cls.name == name and cls.device_kind in ("cpu", "cuda")
+        assert set(cls.precisions) <= {"fp32", "fp16", "int8"} and set(cls.preference) <= set(cls.precisions)
+        if cls.library is not None:
+            assert cls.extra, f"{name} needs {cls.library} but names no extra that installs it"

@@ -26,7 +26,7 @@ def oracle_labels(bundle_dir, hu: np.ndarray) -> np.ndarray:
     session = ort.InferenceSession(str(bundle_dir / "model.onnx"), providers=["CPUExecutionProvider"])
     stack = hu if hu.ndim == 3 else hu[None]
     logits = session.run(None, {"image": preprocess(stack.astype(np.float32), manifest.spec, reference=True)})[0]
-    return postprocess(logits, stack.shape[1:], keep_largest=True, reference=True)
+    return postprocess(logits, stack.shape[1:], keep_largest=manifest.postprocess["keep_largest"], reference=True)
 
 
 @pytest.fixture(scope="module")

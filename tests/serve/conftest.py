@@ -1,34 +1,17 @@
-"""Serve fixtures: the runtime's small real bundle, and a real uvicorn server on a free port."""
+"""Serve fixtures: the exported test bundle, and a real uvicorn server on a free port."""
 
 from __future__ import annotations
 
-import importlib.util
 import socket
-import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
 
-_FACTORY = Path(__file__).parents[1] / "runtime" / "bundle_factory.py"
-
-
-def _factory():
-    name = "edgeseg_test_bundle_factory"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, _FACTORY)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="session")
-def serve_bundle(tmp_path_factory) -> Path:
-    pytest.importorskip("torch")
-    return _factory().make_bundle(tmp_path_factory.mktemp("serve-bundle") / "bundle")
+def serve_bundle(exported_bundle) -> Path:
+    return exported_bundle
 
 
 def _free_port() -> int:

@@ -27,7 +27,7 @@ def test_repository_parses_and_onnx_is_byte_identical(serve_bundle, tmp_path):
     assert config.name == "liver" and config.platform == "onnxruntime_onnx"
     assert config.max_batch_size == 4
     assert [(t.name, list(t.dims)) for t in config.input] == [("image", [1, 64, 64])]
-    assert [(t.name, list(t.dims)) for t in config.output] == [("logits", [4, 64, 64])]
+    assert [(t.name, list(t.dims)) for t in config.output] == [("logits", [2, 64, 64])]
     assert config.input[0].data_type == model_config_pb2.TYPE_FP32
     assert list(config.dynamic_batching.preferred_batch_size) == [2, 4]
     assert config.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_GPU

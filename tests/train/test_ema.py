@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from edgeseg.train.checkpoint import load_model, read_checkpoint
+from edgeseg.models.checkpoint import load_model, read_checkpoint
 from edgeseg.train.ema import WeightEMA, ema_decay
 from edgeseg.train.loop import prepare, train
 from edgeseg.train.precision import cpu_has_bf16

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from edgeseg.train.dataset import SliceSet
+from edgeseg.data.slice_set import SliceSet
 from edgeseg.train.validate import choose_postprocess
 
 

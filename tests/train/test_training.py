@@ -9,7 +9,7 @@ import torch
 from edgeseg.errors import CheckpointError, DataError
 from edgeseg.models import ModelConfig
 from edgeseg.spec import PreprocessSpec
-from edgeseg.train.checkpoint import load_model, read_checkpoint
+from edgeseg.models.checkpoint import load_model, read_checkpoint
 from edgeseg.train.config import TrainConfig
 from edgeseg.train.loop import train
 

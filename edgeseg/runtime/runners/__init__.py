@@ -1,33 +1,57 @@
-"""Backends that run a bundle artifact: one file per library, imported lazily.
+"""Backends that run a segmentation network: one file per backend, found by looking.
 
-``RUNNERS`` maps a backend name to ``module:Class``; ``runner_class(name)`` imports only the one
-asked for, so a missing optional library affects only its own backend.
+Every module of this package is imported once (they import their libraries lazily, so that
+is cheap and works without any of them) and each Runner subclass with a ``name`` is
+registered; adding a backend is adding a file. ``runner_class(name)`` returns one,
+``runners()`` all of them, ``artifact_formats()`` the artifact formats and precisions some
+runner loads (what a manifest may name).
 """
 
 from __future__ import annotations
 
 import importlib
+import inspect
+import pkgutil
 
 from edgeseg.errors import BackendError
-from edgeseg.runtime.runners.base import Runner
+from edgeseg.runtime.runners.base import ArtifactRunner, Runner
 
-RUNNERS: dict[str, str] = {
-    "onnxruntime": "edgeseg.runtime.runners.onnxruntime:OnnxRuntimeRunner",
-    "onnxruntime-gpu": "edgeseg.runtime.runners.onnxruntime:OnnxRuntimeGpuRunner",
-    "openvino": "edgeseg.runtime.runners.openvino:OpenVinoRunner",
-    "tensorrt": "edgeseg.runtime.runners.tensorrt:TensorRTRunner",
-    "torchscript": "edgeseg.runtime.runners.torchscript:TorchScriptRunner",
-}
+_REGISTRY: dict[str, type[Runner]] = {}
+
+
+def runners() -> dict[str, type[Runner]]:
+    """Backend name -> Runner class, for every runner module of this package."""
+    if not _REGISTRY:
+        found = {}
+        for info in pkgutil.iter_modules(__path__, prefix=__name__ + "."):
+            module = importlib.import_module(info.name)
+            for _, cls in inspect.getmembers(module, inspect.isclass):
+                if issubclass(cls, Runner) and cls.name and cls.__module__ == module.__name__:
+                    found[cls.name] = cls
+        _REGISTRY.update(sorted(found.items()))
+    return _REGISTRY
 
 
 def runner_class(name: str) -> type[Runner]:
     """The Runner subclass registered as ``name``; BackendError naming the known ones otherwise."""
     try:
-        target = RUNNERS[name]
+        return runners()[name]
     except KeyError:
-        raise BackendError(f"unknown backend {name!r}; known: {sorted(RUNNERS)}") from None
-    module_name, _, cls_name = target.partition(":")
-    return getattr(importlib.import_module(module_name), cls_name)
+        raise BackendError(f"unknown backend {name!r}; known: {sorted(runners())}") from None
 
 
-__all__ = ["RUNNERS", "Runner", "runner_class"]
+def artifact_formats() -> dict[str, tuple[str, ...]]:
+    """Artifact format -> the precisions some registered runner loads in that format."""
+    formats: dict[str, set[str]] = {}
+    for cls in runners().values():
+        if cls.format is not None:
+            formats.setdefault(cls.format, set()).update(cls.precisions)
+    return {fmt: tuple(sorted(p)) for fmt, p in sorted(formats.items())}
+
+
+def runners_for(fmt: str) -> list[type[Runner]]:
+    """The runner classes that load artifacts of format ``fmt``."""
+    return [cls for cls in runners().values() if cls.format == fmt]
+
+
+__all__ = ["ArtifactRunner", "Runner", "artifact_formats", "runner_class", "runners", "runners_for"]

@@ -1,17 +1,22 @@
-"""Runner: the one interface every backend implements.
+"""Runner: the one interface every backend implements, and the description it gives of itself.
 
-The public ``infer`` validates the batch against the bundle's input tensor (dtype, rank,
-channel and spatial sizes, batch limit, finite values) once, here, then calls the subclass's
-``_infer``. Subclasses only load their artifact and run it. Runners are context managers;
-``close`` releases the backend's session. ``infer`` is thread-safe: calls on one runner take
-turns, because several backends (OpenVINO infer requests, TensorRT contexts) are not.
+A Runner class says what it is in class attributes (``name``, ``format``, ``precisions``,
+``library``, ``extra``, ``device_kind``, ``preference``); the registry, backend selection, the
+probe and manifest validation read those and nothing else, so a backend is one file. The
+public ``infer`` validates the batch against the model's input tensor (dtype, rank, channel
+and spatial sizes, batch limit, finite values) once, here, then calls the subclass's
+``_infer``. Runners are context managers; ``close`` releases the backend's session. ``infer``
+is thread-safe: calls on one runner take turns, because several backends (OpenVINO infer
+requests, TensorRT contexts) are not.
 """
 
 from __future__ import annotations
 
 import abc
+import importlib.util
 import threading
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
@@ -20,40 +25,65 @@ from edgeseg.runtime.manifest import ArtifactEntry, TensorInfo
 
 
 class Runner(abc.ABC):
-    """Run one bundle artifact: ``infer(batch NCHW) -> logits NCHW`` (float32).
+    """Run a segmentation network: ``infer(batch NCHW) -> logits NCHW`` (float32).
 
     Args:
-        path: the artifact file.
-        entry: its manifest entry (format, precision).
-        input_info: the bundle's input tensor (name, shape with -1 for batch, dtype).
-        output_info: the bundle's output tensor.
-        max_batch: the largest batch the artifact was exported for.
+        input_info: the model's input tensor (name, shape with -1 for batch, dtype).
+        output_info: its output tensor.
+        max_batch: the largest batch the model takes.
         threads: CPU threads the backend may use (0: the backend's default).
+        precision: the precision of the weights it runs (``fp32``, ``fp16``, ``int8``).
+        artifact: what it runs, for logs (a bundle file name, a URL, ``in-memory``).
     """
 
-    #: backend name as used by ``--backend`` (set by subclasses)
-    name: str = ""
-    #: the artifact format this runner loads
-    format: str = ""
+    #: backend name as used by ``--backend``
+    name: ClassVar[str] = ""
+    #: the bundle artifact format it loads; None for a runner that loads no bundle file
+    format: ClassVar[str | None] = None
+    #: the artifact precisions it runs
+    precisions: ClassVar[tuple[str, ...]] = ("fp32", "fp16", "int8")
+    #: the top-level module it needs, checked without importing it
+    library: ClassVar[str | None] = None
+    #: the pip extra that installs that module
+    extra: ClassVar[str | None] = None
+    #: "cpu" or "cuda": where it runs
+    device_kind: ClassVar[str] = "cpu"
+    #: precision -> rank in the order ``auto`` tries without a probe (lower first)
+    preference: ClassVar[dict[str, int]] = {}
 
-    def __init__(self, path: str | Path, entry: ArtifactEntry, input_info: TensorInfo,
-                 output_info: TensorInfo, max_batch: int, threads: int = 0) -> None:
-        self.path = Path(path)
-        self.entry = entry
+    def __init__(self, input_info: TensorInfo, output_info: TensorInfo, max_batch: int, threads: int = 0, *,
+                 precision: str = "fp32", artifact: str = "") -> None:
         self.input_info = input_info
         self.output_info = output_info
         self.max_batch = int(max_batch)
         self.threads = int(threads)
+        self.artifact = artifact
+        self._precision = precision
         self._lock = threading.Lock()
+
+    @classmethod
+    def available(cls) -> bool:
+        """Whether this machine can run the backend at all (its library is installed)."""
+        if cls.library is None:
+            return True
+        try:
+            return importlib.util.find_spec(cls.library) is not None
+        except (ImportError, ValueError):  # a broken or deliberately blocked install
+            return False
 
     @property
     def precision(self) -> str:
-        return self.entry.precision
+        return self._precision
 
     @property
     def device(self) -> str:
         """Where the model runs, e.g. ``cpu`` or ``cuda:0``."""
         return "cpu"
+
+    @property
+    def run_on(self) -> str:
+        """``backend-device`` as the parity report names a run, e.g. ``onnxruntime-cpu``."""
+        return f"{self.name}-{self.device.split(':')[0]}"
 
     @property
     def input_dtype(self) -> np.dtype:
@@ -67,7 +97,7 @@ class Runner(abc.ABC):
         return np.asarray(out, dtype=np.float32)
 
     def check_batch(self, batch: np.ndarray) -> None:
-        """DataError naming the first way ``batch`` differs from what the artifact takes."""
+        """DataError naming the first way ``batch`` differs from what the model takes."""
         if not isinstance(batch, np.ndarray):
             raise DataError(f"{self.name}: input must be a numpy array, got {type(batch).__name__}")
         if batch.dtype != self.input_dtype:
@@ -98,4 +128,20 @@ class Runner(abc.ABC):
 
     def describe(self) -> dict[str, str]:
         """Name, artifact, precision and device, for logs and reports."""
-        return {"backend": self.name, "artifact": self.entry.file, "precision": self.precision, "device": self.device}
+        return {"backend": self.name, "artifact": self.artifact, "precision": self.precision, "device": self.device}
+
+
+class ArtifactRunner(Runner):
+    """A runner that loads one artifact file of a bundle.
+
+    Args:
+        path: the artifact file.
+        entry: its manifest entry (format, precision).
+        input_info, output_info, max_batch, threads: as for :class:`Runner`.
+    """
+
+    def __init__(self, path: str | Path, entry: ArtifactEntry, input_info: TensorInfo,
+                 output_info: TensorInfo, max_batch: int, threads: int = 0) -> None:
+        super().__init__(input_info, output_info, max_batch, threads, precision=entry.precision, artifact=entry.file)
+        self.path = Path(path)
+        self.entry = entry

@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 
 from edgeseg.errors import BackendError, require
-from edgeseg.runtime.runners.base import Runner
+from edgeseg.runtime.runners.base import ArtifactRunner
 
 _GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 
 
-class OnnxRuntimeRunner(Runner):
+class OnnxRuntimeRunner(ArtifactRunner):
     """Run an ONNX artifact with ONNX Runtime.
 
     ``providers`` defaults to CPU only; pass e.g. ``["CUDAExecutionProvider",
@@ -20,6 +20,9 @@ class OnnxRuntimeRunner(Runner):
 
     name = "onnxruntime"
     format = "onnx"
+    library = "onnxruntime"
+    extra = "runtime"
+    preference = {"int8": 6, "fp32": 8, "fp16": 11}
 
     def __init__(self, *args, providers: list[str] | None = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -69,6 +72,13 @@ class OnnxRuntimeGpuRunner(OnnxRuntimeRunner):
     """
 
     name = "onnxruntime-gpu"
+    device_kind = "cuda"
+    preference = {"fp16": 3, "fp32": 4}
+
+    @classmethod
+    def available(cls) -> bool:
+        """True only with a CUDA or TensorRT provider: the CPU wheel imports as onnxruntime too."""
+        return super().available() and bool(cls.gpu_providers())
 
     def __init__(self, *args, **kwargs) -> None:
         gpu = self.gpu_providers()

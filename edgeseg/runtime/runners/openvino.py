@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 
 from edgeseg.errors import BackendError, require
-from edgeseg.runtime.runners.base import Runner
+from edgeseg.runtime.runners.base import ArtifactRunner
 
 
-class OpenVinoRunner(Runner):
+class OpenVinoRunner(ArtifactRunner):
     """Run an ONNX artifact with OpenVINO (``pip install 'edgeseg[openvino]'``).
 
     The model is compiled for the CPU with the latency hint and f32 inference precision: left
@@ -18,6 +18,9 @@ class OpenVinoRunner(Runner):
 
     name = "openvino"
     format = "onnx"
+    library = "openvino"
+    extra = "openvino"
+    preference = {"int8": 5, "fp32": 7, "fp16": 10}
 
     def __init__(self, *args, device: str = "CPU", **kwargs) -> None:
         super().__init__(*args, **kwargs)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from edgeseg.errors import BackendError, MissingDependencyError, require
-from edgeseg.runtime.runners.base import Runner
+from edgeseg.runtime.runners.base import ArtifactRunner
 
 
 def _cudart():
@@ -52,11 +52,15 @@ def fingerprint_mismatch(recorded: dict | None, here: dict[str, str]) -> str | N
     return None
 
 
-class TensorRTRunner(Runner):
+class TensorRTRunner(ArtifactRunner):
     """Run a TensorRT engine artifact on GPU 0 (``pip install 'edgeseg[tensorrt]'``)."""
 
     name = "tensorrt"
     format = "tensorrt"
+    library = "tensorrt"
+    extra = "tensorrt"
+    device_kind = "cuda"
+    preference = {"fp16": 0, "int8": 1, "fp32": 2}
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)

@@ -5,14 +5,20 @@ from __future__ import annotations
 import numpy as np
 
 from edgeseg.errors import BackendError, require
-from edgeseg.runtime.runners.base import Runner
+from edgeseg.runtime.runners.base import ArtifactRunner
 
 
-class TorchScriptRunner(Runner):
+class TorchScriptRunner(ArtifactRunner):
     """Run a ``model.ts`` artifact with torch on the CPU (``pip install 'edgeseg[train]'``)."""
 
     name = "torchscript"
     format = "torchscript"
+    precisions = ("fp32",)
+    library = "torch"
+    extra = "train"
+    preference = {"fp32": 9}
+    # the name parity reports have always used for this run
+    run_on = "torch-jit-cpu"
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)

@@ -1,39 +1,14 @@
-"""The runtime and ``edgeseg predict`` work where torch cannot be imported, and load nothing heavy."""
+"""The runtime and ``edgeseg predict`` predict where torch cannot be imported, and load nothing heavy
+(tests/test_no_torch.py checks that every torch-free module imports)."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import textwrap
 
 import numpy as np
 
-def blocker(absent: tuple[str, ...]) -> str:
-    """A sitecustomize that makes the top-level packages ``absent`` fail to import."""
-    return textwrap.dedent(f"""
-        import sys
 
-        class _Absent:
-            def find_spec(self, name, path=None, target=None):
-                if name.split(".")[0] in {absent!r}:
-                    raise ImportError(name + " is not installed here")
-
-        sys.meta_path.insert(0, _Absent())
-    """)
-
-
-def _run(args: list[str], tmp_path, absent: tuple[str, ...] = ("torch",)) -> subprocess.CompletedProcess:
-    """Run Python with ``args`` in a process where the ``absent`` packages cannot be imported."""
-    site = tmp_path / "site"
-    site.mkdir(exist_ok=True)
-    (site / "sitecustomize.py").write_text(blocker(absent))
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(site), *sys.path]),
-               EDGESEG_CACHE_DIR=str(tmp_path / "cache"))
-    return subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=tmp_path, env=env)
-
-
-def test_runtime_imports_and_predicts_without_torch(bundle_dir, tmp_path):
+def test_runtime_predicts_without_torch(bundle_dir, tmp_path, python_without):
     script = textwrap.dedent(f"""
         import sys
         import numpy as np
@@ -46,8 +21,7 @@ def test_runtime_imports_and_predicts_without_torch(bundle_dir, tmp_path):
             blocked = False
         if not blocked:
             raise SystemExit("the torch blocker is not active")
-        import edgeseg.runtime, edgeseg.runtime.writers, edgeseg.runtime.readers, edgeseg.bench.runtime
-        import edgeseg.runtime.runners.openvino, edgeseg.runtime.runners.tensorrt, edgeseg.runtime.runners.torchscript
+        import edgeseg.bench.runtime
         from edgeseg.errors import MissingDependencyError
         from edgeseg.runtime import Segmenter
         with Segmenter.load({str(bundle_dir)!r}) as seg:
@@ -63,7 +37,7 @@ def test_runtime_imports_and_predicts_without_torch(bundle_dir, tmp_path):
         print("heavy:", heavy)
     """)
     np.save(tmp_path / "in.npy", np.full((3, 40, 40), -1000, np.int16))
-    done = _run(["-c", script], tmp_path)
+    done = python_without(["-c", script], tmp_path)
     assert done.returncode == 0, done.stderr
     lines = done.stdout.strip().splitlines()
     assert "the TorchScript backend needs the 'torch' package: pip install 'edgeseg[train]'" in lines[0]
@@ -71,13 +45,13 @@ def test_runtime_imports_and_predicts_without_torch(bundle_dir, tmp_path):
     assert np.load(tmp_path / "out.npy").shape == (3, 40, 40)
 
 
-def test_predict_command_without_torch(bundle_dir, tmp_path):
+def test_predict_command_without_torch(bundle_dir, tmp_path, python_without):
     np.save(tmp_path / "in.npy", np.full((2, 40, 40), -1000, np.int16))
-    done = _run(["-m", "edgeseg.cli", "predict", str(bundle_dir), "in.npy", "--out", "out.nii.gz"], tmp_path)
+    done = python_without(["-m", "edgeseg.cli", "predict", str(bundle_dir), "in.npy", "--out", "out.nii.gz"], tmp_path)
     assert done.returncode == 0, done.stderr
     assert "in: 2 slices, backend " in done.stdout
     assert (tmp_path / "out.nii.gz").is_file()
-    done = _run(["-m", "edgeseg.cli", "predict", str(bundle_dir), "in.npy", "--out", "ts.npy",
+    done = python_without(["-m", "edgeseg.cli", "predict", str(bundle_dir), "in.npy", "--out", "ts.npy",
                  "--backend", "torchscript", "--quiet"], tmp_path)
     assert done.returncode == 2
     assert done.stderr.strip() == ("edgeseg: error: the TorchScript backend needs the 'torch' package: "

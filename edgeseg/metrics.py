@@ -77,6 +77,31 @@ def iou(pred, truth) -> float:
     return int(np.count_nonzero(p & t)) / union
 
 
+def mean_class_dice(pred_labels, true_labels, num_classes: int) -> float:
+    """Mean over the foreground classes 1..num_classes-1 of :func:`dice` of two label maps,
+    each pooled over every element of the maps (a class absent from both counts as 1).
+
+    The export gate scores an artifact's masks against the FP32 model's with it.
+    """
+    pred_labels, true_labels = np.asarray(pred_labels), np.asarray(true_labels)
+    return float(np.mean([dice(pred_labels == c, true_labels == c) for c in range(1, int(num_classes))]))
+
+
+def per_case_dice(pred_labels, true_labels, case_index, num_classes: int) -> list[float]:
+    """For each foreground class: :func:`dice` pooled over each case's slices (``case_index``
+    gives the case of each slice), averaged over the cases ("Dice per case", as LiTS reports it).
+
+    Training validation scores its epochs and post-processing choice with it.
+    """
+    pred_labels, true_labels, case_index = np.asarray(pred_labels), np.asarray(true_labels), np.asarray(case_index)
+    if not pred_labels.shape[:1] == true_labels.shape[:1] == case_index.shape:
+        raise DataError(f"one case index per slice is needed: {pred_labels.shape[:1]} slices, "
+                        f"{true_labels.shape[:1]} truths, {case_index.shape} case indices")
+    cases = [case_index == i for i in np.unique(case_index)]
+    return [float(np.mean([dice(pred_labels[k] == c, true_labels[k] == c) for k in cases]))
+            for c in range(1, int(num_classes))]
+
+
 def _crop_to_union(p: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     # Distances only involve surface voxels, which all lie inside the union's bounding box, so
     # the distance transforms can run on that box alone. Erosion is unchanged by the crop:

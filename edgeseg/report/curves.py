@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from edgeseg.errors import DataError
-from edgeseg.evaluate.report import new_figure, save_png
+from edgeseg.report.output import new_figure, save_png
 
 HISTORY_KEYS = ("epoch", "train_loss", "val_loss", "val_dice", "lr")
 

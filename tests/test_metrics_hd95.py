@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from edgeseg.evaluate.metrics import hd95
+from edgeseg.metrics import hd95
 
 
 def surface_oracle(mask: np.ndarray) -> np.ndarray:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from edgeseg.errors import DataError
-from edgeseg.evaluate.metrics import class_metrics, dice, hd95, iou, summarise
+from edgeseg.metrics import class_metrics, dice, hd95, iou, summarise
 
 
 def _mask(rows: list[str]) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Slices for training: volumes pre-processed once with the PreprocessSpec, kept in memory."""
+"""Slices for training, evaluation and the export gate: volumes pre-processed once with the PreprocessSpec."""
 
 from __future__ import annotations
 

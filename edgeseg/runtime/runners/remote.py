@@ -1,0 +1,150 @@
+"""Remote runner: the network runs on a KServe v2 server (``edgeseg serve`` or Triton).
+
+Pre- and post-processing stay local (in the Segmenter); each batch goes to
+``/v2/models/NAME/infer`` as FP32 NCHW ``image`` in the binary tensor data extension and the
+``logits`` come back the same way. The address is given as
+``http://HOST:PORT/models/NAME`` (``/v2/models/NAME`` and ``/versions/V`` are accepted too).
+Only the standard library is used.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import re
+import urllib.parse
+
+import numpy as np
+
+from edgeseg.errors import BackendError
+from edgeseg.runtime.manifest import TensorInfo
+from edgeseg.runtime.runners.base import Runner
+
+_PATH = re.compile(r"^(?:/v2)?/models/(?P<model>[^/]+)(?:/versions/(?P<version>[^/]+))?/?$")
+_HEADER_LENGTH = "Inference-Header-Content-Length"
+_FLOATS = {"FP32": np.dtype("<f4"), "FP16": np.dtype("<f2")}
+
+
+def is_remote(backend: str) -> bool:
+    """True when ``backend`` names a server address rather than a local backend."""
+    return backend.strip().lower().startswith(("http://", "https://"))
+
+
+def parse_address(url: str) -> tuple[str, str, int, str]:
+    """``http://HOST:PORT/models/NAME`` -> (scheme, host, port, model path prefix)."""
+    parts = urllib.parse.urlsplit(url.strip())
+    match = _PATH.match(parts.path)
+    if parts.scheme not in ("http", "https") or not parts.hostname or match is None:
+        raise BackendError(f"remote backend must look like http://HOST:PORT/models/NAME, got {url!r}")
+    prefix = f"/v2/models/{match['model']}" + (f"/versions/{match['version']}" if match["version"] else "")
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    return parts.scheme, parts.hostname, port, prefix
+
+
+class RemoteRunner(Runner):
+    """Send batches to a KServe v2 model and return its logits.
+
+    Args:
+        url: ``http://HOST:PORT/models/NAME``.
+        input_info, output_info, max_batch: the bundle's tensors and batch limit; the server's
+            model metadata must agree with them, or loading fails with BackendError.
+        timeout: seconds to wait for one response.
+    """
+
+    name = "remote"
+
+    def __init__(self, url: str, input_info: TensorInfo, output_info: TensorInfo, max_batch: int, threads: int = 0,
+                 timeout: float = 60.0) -> None:
+        super().__init__(input_info, output_info, max_batch, threads, precision="server", artifact=url)
+        self._scheme, self._host, self._port, self._prefix = parse_address(url)
+        self._timeout = float(timeout)
+        self._connection: http.client.HTTPConnection | None = None
+        self._check_metadata()
+
+    @property
+    def device(self) -> str:
+        return f"{self._host}:{self._port}"
+
+    @property
+    def run_on(self) -> str:
+        return f"remote-{self.device}"
+
+    def _request(self, method: str, path: str, body: bytes | None = None,
+                 headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+        """One HTTP exchange on the kept-alive connection; (status, lower-cased headers, body)."""
+        lost = ""
+        for _ in range(2):  # a server may close an idle kept-alive connection: reconnect once
+            if self._connection is None:
+                cls = http.client.HTTPSConnection if self._scheme == "https" else http.client.HTTPConnection
+                self._connection = cls(self._host, self._port, timeout=self._timeout)
+            try:
+                self._connection.request(method, path, body=body, headers=headers or {})
+                response = self._connection.getresponse()
+                return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError) as exc:
+                self.close()
+                lost = f"connection lost ({exc})"
+            except OSError as exc:
+                self.close()
+                raise BackendError(f"remote: cannot reach {self._scheme}://{self.device} ({exc})") from None
+        raise BackendError(f"remote {self.device}: {lost}")
+
+    def _check_metadata(self) -> None:
+        status, _, body = self._request("GET", self._prefix)
+        if status != 200:
+            raise BackendError(f"remote {self.device}{self._prefix}: {_server_error(status, body)}")
+        try:
+            meta = json.loads(body)
+            served = [(t["name"], t["datatype"], [int(n) for n in t["shape"]])
+                      for t in (meta["inputs"][0], meta["outputs"][0])]
+        except (ValueError, KeyError, IndexError, TypeError):
+            raise BackendError(f"remote {self.device}{self._prefix}: model metadata is not KServe v2 JSON") from None
+        for (name, datatype, shape), info in zip(served, (self.input_info, self.output_info)):
+            # Triton leaves the batch axis out of the shape when the model batches.
+            dims = shape[1:] if len(shape) == len(info.shape) else shape
+            if name != info.name or datatype not in _FLOATS or list(dims) != list(info.shape[1:]):
+                raise BackendError(f"remote {self.device}{self._prefix} serves {name} {datatype} {shape}; "
+                                   f"the bundle needs {info.name} float {list(info.shape)}")
+
+    def _infer(self, batch: np.ndarray) -> np.ndarray:
+        raw = batch.astype("<f4", copy=False).tobytes()
+        header = json.dumps({
+            "inputs": [{"name": self.input_info.name, "shape": list(batch.shape), "datatype": "FP32",
+                        "parameters": {"binary_data_size": len(raw)}}],
+            "outputs": [{"name": self.output_info.name, "parameters": {"binary_data": True}}],
+        }, separators=(",", ":")).encode()
+        status, headers, body = self._request("POST", self._prefix + "/infer", header + raw, {
+            "Content-Type": "application/octet-stream", _HEADER_LENGTH: str(len(header))})
+        if status != 200:
+            raise BackendError(f"remote {self.device}{self._prefix}: {_server_error(status, body)}")
+        return self._decode(headers, body, batch.shape[0])
+
+    def _decode(self, headers: dict[str, str], body: bytes, rows: int) -> np.ndarray:
+        length = int(headers.get(_HEADER_LENGTH.lower(), len(body)))
+        try:
+            doc = json.loads(body[:length])
+            [out] = [o for o in doc["outputs"] if o["name"] == self.output_info.name]
+            dtype, shape = _FLOATS[out["datatype"]], tuple(int(n) for n in out["shape"])
+        except (ValueError, KeyError, TypeError):
+            raise BackendError(f"remote {self.device}: the response holds no float {self.output_info.name!r} output") from None
+        if shape != (rows, *self.output_info.shape[1:]):
+            raise BackendError(f"remote {self.device}: logits of shape {list(shape)} for a batch of {rows}")
+        size = (out.get("parameters") or {}).get("binary_data_size")
+        if size is None:
+            return np.asarray(out["data"], dtype=dtype).reshape(shape)
+        if int(size) != int(np.prod(shape)) * dtype.itemsize or len(body) - length < int(size):
+            raise BackendError(f"remote {self.device}: binary logits of {size} bytes do not fit shape {list(shape)}")
+        return np.frombuffer(body, dtype=dtype, count=int(np.prod(shape)), offset=length).reshape(shape)
+
+    def close(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
+
+
+def _server_error(status: int, body: bytes) -> str:
+    """The server's error message (KServe v2 puts it in ``{"error": ...}``), or the status."""
+    try:
+        return f"HTTP {status}: {json.loads(body)['error']}"
+    except (ValueError, KeyError, TypeError):
+        return f"HTTP {status}: {body[:200].decode(errors='replace')}"

@@ -1,0 +1,79 @@
+"""Backend selection reads the runners' own description and the export gate's exclusions;
+an artifact format no runner loads is a one-line error; a Segmenter needs no bundle folder."""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from edgeseg.data.phantom import synth_phantom
+from edgeseg.errors import BundleError
+from edgeseg.runtime import Segmenter
+from edgeseg.runtime.manifest import read_manifest
+from edgeseg.runtime.runners.onnxruntime import OnnxRuntimeRunner
+from edgeseg.runtime.selection import candidates
+
+
+def _exclude(bundle, file: str, runner: str, why: str) -> None:
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    for entry in manifest["artifacts"]:
+        if entry["file"] == file:
+            entry.setdefault("excluded", {})[runner] = why
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_auto_never_picks_a_runner_the_gate_failed(bundle_copy, monkeypatch, caplog):
+    monkeypatch.setenv("EDGESEG_BACKEND_PROBE", "0")
+    first, second, *_ = candidates(read_manifest(bundle_copy), gated_only=True)
+    with Segmenter.load(bundle_copy) as seg:
+        assert seg.backend == first.label  # first in the runners' preference order
+    _exclude(bundle_copy, first.entry.file, first.runner, "dice drop 0.0062 > 0.005")
+    labels = [c.label for c in candidates(read_manifest(bundle_copy), gated_only=True)]
+    assert first.label not in labels and labels[0] == second.label
+    with Segmenter.load(bundle_copy) as seg:
+        assert seg.backend == second.label
+    monkeypatch.setenv("EDGESEG_BACKEND_PROBE", "1")
+    with Segmenter.load(bundle_copy) as seg:  # the probe does not measure it either
+        assert seg.backend != first.label
+    with caplog.at_level(logging.WARNING, logger="edgeseg"), Segmenter.load(bundle_copy, backend=first.label) as seg:
+        assert seg.backend == first.label  # asked for by name: loaded, with a warning
+    assert f"failed the export gate on {first.entry.file} (dice drop 0.0062 > 0.005)" in caplog.text
+
+
+def test_inspect_shows_why_auto_skips_a_runner(bundle_copy):
+    from edgeseg.cli.inspect import describe_bundle
+
+    _exclude(bundle_copy, "model.onnx", "openvino", "3 mask pixels differ from FP32")
+    row = next(line for line in describe_bundle(str(bundle_copy)).splitlines() if line.startswith("onnx-fp32"))
+    assert "openvino (3 mask pixels differ from FP32)" in row
+
+
+@pytest.mark.parametrize("command", ["inspect", "predict"])
+def test_a_format_no_runner_loads_is_one_line(bundle_copy, tmp_path, command, assert_one_line_error):
+    manifest = json.loads((bundle_copy / "manifest.json").read_text())
+    manifest["artifacts"][0]["format"] = "openvino"
+    (bundle_copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="no backend loads format 'openvino'"):
+        read_manifest(bundle_copy)
+    np.save(tmp_path / "in.npy", np.full((2, 40, 40), -1000, np.int16))
+    args = [str(bundle_copy)] + (["in.npy", "--out", "out.npy", "--quiet"] if command == "predict" else [])
+    done = subprocess.run([sys.executable, "-m", "edgeseg.cli", command, *args], capture_output=True, text=True,
+                          cwd=tmp_path, timeout=120)
+    assert_one_line_error(done, "no backend loads format 'openvino' (known formats: onnx, tensorrt, torchscript)")
+
+
+def test_a_segmenter_from_spec_labels_and_runner_equals_the_loaded_one(bundle_dir):
+    manifest = read_manifest(bundle_dir)
+    entry = manifest.artifact("onnx", "fp32")
+    runner = OnnxRuntimeRunner(bundle_dir / entry.file, entry, manifest.inputs[0], manifest.outputs[0], 4)
+    volume = synth_phantom("case_003", 5, shape=(6, 80, 72))
+    with Segmenter(manifest.spec, manifest.labels, runner, manifest.postprocess) as bare, \
+            Segmenter.load(bundle_dir, backend="onnxruntime:fp32") as loaded:
+        assert bare.bundle is None and bare.max_batch == 4
+        np.testing.assert_array_equal(bare.predict_volume(volume), loaded.predict_volume(volume))
+        assert (bare.predict_volume(volume) == 1).any()
