@@ -18,6 +18,7 @@ import numpy as np
 from edgeseg.errors import DataError, EdgesegError, require
 from edgeseg.export.bundle import artifact_entry, build_manifest, check_output, staged_bundle, write_manifest
 from edgeseg.export.profiles import ExportSettings
+from edgeseg.export.stages import process_peak_mb, record_stages, stage
 from edgeseg.export.verify import ParityError, failures, parity_table
 
 log = logging.getLogger("edgeseg.export")
@@ -39,6 +40,14 @@ def export_bundle(checkpoint: str | Path, out: str | Path, settings: ExportSetti
     runs. Raises ParityError, with the report already echoed, when an artifact fails the gate.
     """
     require("torch", "train", "edgeseg export")
+    with record_stages() as stages:
+        return _export(checkpoint, out, settings, calib, verify_data, force, cache_dir, intensity, progress, echo,
+                       stages)
+
+
+def _export(checkpoint, out, settings: ExportSettings, calib, verify_data, force, cache_dir, intensity, progress,
+            echo, stages: list[dict]) -> dict[str, Any]:
+    """export_bundle's body, inside an open stage record (``stages``) that parity.json reports."""
     from edgeseg.export.int8 import load_calibration
     from edgeseg.export.verify import load_verify_set
     from edgeseg.runtime.manifest import sha256_file
@@ -46,7 +55,8 @@ def export_bundle(checkpoint: str | Path, out: str | Path, settings: ExportSetti
 
     target = check_output(out, force)
     checkpoint = Path(checkpoint)
-    model, payload = load_model(checkpoint)
+    with stage("load-checkpoint"):
+        model, payload = load_model(checkpoint)
     spec = checkpoint_spec(payload)
     labels = dict(enumerate(payload["class_names"]))
     if settings.int8 and not calib:
@@ -57,14 +67,22 @@ def export_bundle(checkpoint: str | Path, out: str | Path, settings: ExportSetti
         if _same_source(calib, (payload.get("train_config") or {}).get("data")):
             split = payload.get("split") or {}
             held_out = set(split.get("val") or []) | set(split.get("test") or [])
-        calib_set = load_calibration(calib, spec, settings.calib_slices, payload.get("label_values"), intensity,
-                                     exclude_cases=held_out)
-    verify_set = load_verify_set(payload, spec, verify_data, settings.verify_slices, intensity)
+        with stage("load-calibration"):
+            calib_set = load_calibration(calib, spec, settings.calib_slices, payload.get("label_values"), intensity,
+                                         exclude_cases=held_out)
+    with stage("load-verify"):
+        verify_set = load_verify_set(payload, spec, verify_data, settings.verify_slices, intensity)
     with staged_bundle(target) as folder:
         made, calibration, notes = _write_artifacts(folder, model, spec, labels, settings, verify_set, calib_set,
                                                     cache_dir, progress)
-        made = [(*item, None) for item in made] + (_tensorrt(folder, settings, spec, cache_dir, echo) if settings.trt else [])
-        report = _gate(folder, model, made, verify_set, settings, progress)
+        made = [(*item, None) for item in made]
+        if settings.trt:
+            with stage("tensorrt"):
+                made += _tensorrt(folder, settings, spec, cache_dir, echo)
+        with stage("gate"):
+            report = _gate(folder, model, made, verify_set, settings, progress)
+        report["stages"] = stages
+        report["peak_rss_mb"] = round(process_peak_mb(), 1)
         echo(parity_table(report))
         if not report["passed"]:
             raise ParityError(f"parity gate failed: {'; '.join(failures(report))}; no bundle written")
@@ -98,16 +116,21 @@ def _write_artifacts(folder: Path, model, spec, labels, settings: ExportSettings
     example = torch.from_numpy(np.ascontiguousarray(verify_set.images[: min(2, settings.max_batch)]))
     made, calibration, notes = [], None, []
     if "torchscript" in settings.formats:
-        export_torchscript(model, example, spec, labels, folder / FILES["torchscript", "fp32"])
+        with stage("torchscript"):
+            export_torchscript(model, example, spec, labels, folder / FILES["torchscript", "fp32"])
         made.append(("torchscript", "fp32", FILES["torchscript", "fp32"], {"frozen": True}))
     onnx_fp32 = folder / FILES["onnx", "fp32"]
     if "onnx" in settings.formats:
-        made.append(("onnx", "fp32", onnx_fp32.name, export_onnx(model, example, spec, labels, onnx_fp32)))
+        with stage("onnx"):
+            made.append(("onnx", "fp32", onnx_fp32.name, export_onnx(model, example, spec, labels, onnx_fp32)))
     if settings.fp16:
-        made.append(("onnx", "fp16", FILES["onnx", "fp16"], convert_fp16(onnx_fp32, folder / FILES["onnx", "fp16"])))
+        with stage("fp16-convert"):
+            made.append(("onnx", "fp16", FILES["onnx", "fp16"], convert_fp16(onnx_fp32, folder / FILES["onnx", "fp16"])))
     if settings.int8:
         dst = folder / FILES["onnx", "int8"]
-        calibration = quantize_int8(onnx_fp32, dst, calib_set, spec, settings.calib_method, cache_dir, progress=progress)
+        with stage("int8-calibrate"):
+            calibration = quantize_int8(onnx_fp32, dst, calib_set, spec, settings.calib_method, cache_dir,
+                                        progress=progress)
         made.append(("onnx", "int8", dst.name, {"calibration_method": settings.calib_method}))
         notes.append(f"INT8 calibration: {calibration['slices']} slices, {settings.calib_method}, cache {calibration['cache']}")
     import onnx
@@ -125,7 +148,7 @@ def _gate(folder: Path, model, made: list, verify_set, settings: ExportSettings,
     import torch
     from tqdm import tqdm
 
-    from edgeseg.export.fp16 import HALF_EMULATION, ORT_EMULATION, half_precision_logits
+    from edgeseg.export.fp16 import HALF_EMULATION, ORT_EMULATION, half_check_slices, half_precision_logits
     from edgeseg.export.onnx_export import INPUT_NAME, OUTPUT_NAME, ort_session
     from edgeseg.export.torchscript import load_torchscript
     from edgeseg.export.verify import compare_logits, measure_latency, run_batched
@@ -136,34 +159,44 @@ def _gate(folder: Path, model, made: list, verify_set, settings: ExportSettings,
         with torch.no_grad():
             return model(torch.from_numpy(np.ascontiguousarray(x))).numpy()
 
-    reference = run_batched(eager, images, batch)
+    with stage("reference"):
+        reference = run_batched(eager, images, batch)
+    everything = np.arange(len(images))
     results = []
     for fmt, precision, file, _, fingerprint in tqdm(made, desc="verify", unit="artifact", leave=False, disable=not progress):
-        if fmt == "tensorrt":
-            runs = [("tensorrt-cuda", _run_engine(folder, file, precision, fingerprint, reference.shape, images, batch))]
-        elif fmt == "torchscript":
-            module = load_torchscript(folder / file)[0]
-            with torch.no_grad():
-                runs = [("torch-jit-cpu", run_batched(lambda x: module(torch.from_numpy(np.ascontiguousarray(x))).numpy(), images, batch))]
-        else:
-            session = ort_session(folder / file)
-            runs = [("onnxruntime-cpu", run_batched(lambda x: session.run([OUTPUT_NAME], {INPUT_NAME: x})[0], images, batch))]
+        with stage(f"{fmt}-{precision}"):
+            if fmt == "tensorrt":
+                runs = [("tensorrt-cuda", _run_engine(folder, file, precision, fingerprint, reference.shape, images, batch), everything)]
+            elif fmt == "torchscript":
+                module = load_torchscript(folder / file)[0]
+                with torch.no_grad():
+                    runs = [("torch-jit-cpu", run_batched(lambda x: module(torch.from_numpy(np.ascontiguousarray(x))).numpy(), images, batch), everything)]
+            else:
+                session = ort_session(folder / file)
+                runs = [("onnxruntime-cpu", run_batched(lambda x: session.run([OUTPUT_NAME], {INPUT_NAME: x})[0], images, batch), everything)]
         if precision == "fp16":
-            runs.append((HALF_EMULATION, half_precision_logits(model, images, batch)))
-        for run_on, logits in runs:
-            row = compare_logits(reference, logits, truth, precision, settings.max_dice_drop[precision])
-            results.append({"key": f"{fmt}-{precision}", "file": file, "precision": precision, "run_on": run_on, **row})
+            pick = half_check_slices(images, truth, settings.fp16_check, settings.fp16_check_slices)
+            with stage("fp16-half-check"):
+                runs.append((HALF_EMULATION, half_precision_logits(model, images[pick], batch), pick))
+        for run_on, logits, pick in runs:
+            row = compare_logits(reference[pick], logits, None if truth is None else truth[pick], precision,
+                                 settings.max_dice_drop[precision])
+            results.append({"key": f"{fmt}-{precision}", "file": file, "precision": precision, "run_on": run_on,
+                            **row, **({} if len(pick) == len(images) else {"slices": int(len(pick))})})
     report = {"reference": "pytorch-fp32-eager-cpu", "data": verify_set.source, "cases": verify_set.cases,
               "slices": int(len(images)), "labelled": truth is not None, "thresholds": settings.max_dice_drop,
               "fp32_margin": 1e-4, "results": results, "passed": all(r["passed"] for r in results)}
     if any(p == "fp16" for _, p, _, _, _ in made):
         report["fp16_emulation"] = [ORT_EMULATION, HALF_EMULATION]
+        half = [r for r in results if r["run_on"] == HALF_EMULATION]
+        report["fp16_check"] = {"mode": settings.fp16_check, "slices": half[0].get("slices", int(len(images)))}
     if settings.int8 and "onnx" in settings.formats:
         one = np.ascontiguousarray(images[:1])
         timed = {}
         for precision in ("fp32", "int8"):
             session = ort_session(folder / FILES["onnx", precision], LATENCY_THREADS)
-            timed[precision] = measure_latency(lambda x, s=session: s.run([OUTPUT_NAME], {INPUT_NAME: x})[0], one)
+            with stage(f"latency-{precision}"):
+                timed[precision] = measure_latency(lambda x, s=session: s.run([OUTPUT_NAME], {INPUT_NAME: x})[0], one)
         report["latency"] = {"batch": 1, "threads": LATENCY_THREADS, "onnx-fp32_ms": timed["fp32"],
                              "onnx-int8_ms": timed["int8"], "ratio": timed["int8"] / timed["fp32"]}
     return report
