@@ -10,9 +10,9 @@ the PyTorch model with float16 weights and activations on the CPU, which stores 
 intermediate in FP16; the gate checks both.
 
 torch's CPU half convolutions are slow (no FP16 hardware path on AVX-512 CPUs without
-AVX512-FP16): about 25 s per 256x256 slice for the default U-Net in the default memory
-layout. In channels-last layout the same float16 kernels run about 20x faster, so that is the
-layout used. Even so, the gate runs them on a stratified subset of the held-out slices by
+AVX512-FP16): 27 minutes for 64 slices of the default U-Net at 256x256 in the default memory
+layout. In channels-last layout the same float16 kernels ran 18-24x faster here (see
+docs/results.md), so that is the layout used. Even so, the gate runs them on a stratified subset of the held-out slices by
 default (``FP16_CHECK_MODES``: "subset", with the extremes of intensity, with and without
 target); "full" runs every held-out slice.
 """

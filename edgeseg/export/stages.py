@@ -8,6 +8,11 @@ The peak of one stage comes from Linux's high-water mark: writing ``5`` to
 ``/proc/self/clear_refs`` resets ``VmHWM`` to the current resident size, and ``VmHWM`` read at
 the end of the block is the largest resident size since. Where that is not available the
 record says so (``peak_scope: "process"``) and gives the process peak so far instead.
+
+The reset also lowers what the kernel reports as the process's own peak (``ru_maxrss``, and so
+the "Maximum resident set size" of ``/usr/bin/time``), so the record keeps the process peak
+itself: :func:`process_peak_mb` is the largest mark seen before any reset, inside or between
+stages.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 _CURRENT: contextvars.ContextVar[list | None] = contextvars.ContextVar("edgeseg_export_stages", default=None)
+_PEAK: contextvars.ContextVar[list | None] = contextvars.ContextVar("edgeseg_export_peak", default=None)
 _CLEAR_REFS = Path("/proc/self/clear_refs")
 _STATUS = Path("/proc/self/status")
 
@@ -30,11 +36,12 @@ def record_stages() -> Iterator[list[dict]]:
     """Collect the stages run inside the block; yields the list that fills with one dict per
     stage: name, seconds, peak_rss_mb, peak_scope ("stage" or "process")."""
     stages: list[dict] = []
-    token = _CURRENT.set(stages)
+    token, peak_token = _CURRENT.set(stages), _PEAK.set([0.0])
     try:
         yield stages
     finally:
         _CURRENT.reset(token)
+        _PEAK.reset(peak_token)
 
 
 @contextlib.contextmanager
@@ -52,6 +59,7 @@ def stage(name: str) -> Iterator[None]:
     entry = {"name": "/".join([*(s["name"] for s in opened[-1:]), name])}
     stages.append(entry)
     before = _hwm_mb() or 0.0
+    _PEAK.get()[0] = max(_PEAK.get()[0], before)
     for outer in opened:  # the reset below would lose what the outer stages have seen so far
         outer["_seen"] = max(outer["_seen"], before)
     entry["peak_scope"] = "stage" if _reset_hwm() else "process"
@@ -62,12 +70,15 @@ def stage(name: str) -> Iterator[None]:
     finally:
         entry["seconds"] = round(time.perf_counter() - start, 3)
         entry["peak_rss_mb"] = round(max(_hwm_mb() or 0.0, entry.pop("_seen")), 1)
+        _PEAK.get()[0] = max(_PEAK.get()[0], entry["peak_rss_mb"])
 
 
 def process_peak_mb() -> float:
-    """Peak resident memory of this process since it started (``ru_maxrss``), in MiB."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 1024.0 / (1024.0 if sys.platform == "darwin" else 1.0)
+    """Peak resident memory of this process in MiB: inside a record, the largest high-water
+    mark seen across its resets; elsewhere (or without resets) ``ru_maxrss``."""
+    rusage = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0 / (1024.0 if sys.platform == "darwin" else 1.0)
+    seen = _PEAK.get()
+    return max(rusage, _hwm_mb() or 0.0, seen[0] if seen else 0.0)
 
 
 def _reset_hwm() -> bool:
@@ -87,4 +98,4 @@ def _hwm_mb() -> float | None:
                 return int(line.split()[1]) / 1024.0
     except OSError:
         pass
-    return process_peak_mb()
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0 / (1024.0 if sys.platform == "darwin" else 1.0)

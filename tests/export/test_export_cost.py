@@ -35,6 +35,22 @@ def test_stage_peak_is_the_memory_touched_inside_that_stage():
     assert small["seconds"] >= 0.05 and big["seconds"] >= inner["seconds"]
 
 
+def test_process_peak_survives_the_resets_of_later_stages():
+    from edgeseg.export.stages import process_peak_mb
+
+    with record_stages():
+        with stage("big"):
+            block = np.ones(400 * MB // 8)
+            del block
+        with stage("small"):
+            pass
+        peak = process_peak_mb()
+        with stage("after"):
+            pass
+        assert process_peak_mb() >= peak
+    assert peak >= 400
+
+
 def test_stage_outside_a_record_does_nothing():
     with stage("alone"):
         pass
