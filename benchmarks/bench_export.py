@@ -10,7 +10,7 @@ and ``EDGESEG_BENCH_CALIB`` its calibration data (e.g. ``../shared/data/msd_live
 without them a default-size model is trained for one epoch on phantom CT (the export's time
 and memory do not depend on how well the model is trained; the INT8 gate may then fail, which
 still measures the whole export). Run:
-``pytest benchmarks/bench_export.py --benchmark-only -s``.
+``pytest benchmarks -k export_default --benchmark-only``.
 """
 
 from __future__ import annotations
