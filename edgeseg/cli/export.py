@@ -29,6 +29,9 @@ def _cache_default() -> Path:
 @click.option("--max-batch", type=int, default=None, help="Largest batch the artifacts take (default 8).")
 @click.option("--verify-data", default=None, help="Held-out data for the parity gate (default: the checkpoint's validation cases).")
 @click.option("--verify-slices", type=int, default=None, help="Slices the gate runs every artifact on (default 64).")
+@click.option("--fp16-check", type=click.Choice(["subset", "full"]), default=None,
+              help="Real float16 check (torch half kernels, slow on CPUs): on a stratified subset of the held-out slices (default) or all of them.")
+@click.option("--fp16-check-slices", type=int, default=None, help="Slices of the subset float16 check (default 8).")
 @click.option("--max-dice-drop-fp16", type=float, default=None, help="Largest 1 - Dice(FP16 mask, FP32 mask) allowed (default 0.002).")
 @click.option("--max-dice-drop-int8", type=float, default=None, help="Largest 1 - Dice(INT8 mask, FP32 mask) allowed (default 0.01).")
 @click.option("--intensity", default=None, help="What slice-folder pixels mean for --calib / --verify-data: 'hu-clipped:0,255' or 'window:LO,HI'.")
@@ -38,7 +41,7 @@ def _cache_default() -> Path:
 @click.option("--force", is_flag=True, help="Replace an existing bundle at --out (and --triton repository).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def command(checkpoint, out, profile, formats, fp16, int8, calib, calib_method, calib_slices, trt, max_batch,
-            verify_data, verify_slices, max_dice_drop_fp16, max_dice_drop_int8, intensity, cache_dir, triton_repo, force, quiet) -> None:
+            verify_data, verify_slices, fp16_check, fp16_check_slices, max_dice_drop_fp16, max_dice_drop_int8, intensity, cache_dir, triton_repo, force, quiet) -> None:
     """Export CHECKPOINT to a bundle: TorchScript, ONNX FP32 (+ FP16, INT8, TensorRT), each
     checked against the FP32 model on held-out slices before the bundle is written."""
     require("torch", "train", "edgeseg export")
@@ -53,7 +56,7 @@ def command(checkpoint, out, profile, formats, fp16, int8, calib, calib_method, 
     settings = settings.override(
         formats=tuple(f.strip() for f in formats.split(",") if f.strip()) if formats else None,
         fp16=fp16, int8=int8, trt=trt, calib_method=calib_method, calib_slices=calib_slices, max_batch=max_batch,
-        verify_slices=verify_slices, max_dice_drop={"fp16": max_dice_drop_fp16, "int8": max_dice_drop_int8},
+        verify_slices=verify_slices, fp16_check=fp16_check, fp16_check_slices=fp16_check_slices, max_dice_drop={"fp16": max_dice_drop_fp16, "int8": max_dice_drop_int8},
     )
     result = export_bundle(checkpoint, out, settings, calib=calib, verify_data=verify_data, force=force,
                            cache_dir=cache_dir or _cache_default(), intensity=intensity, progress=not quiet,

@@ -8,6 +8,13 @@ ONNX Runtime's CPU provider computes most FP16 operators in FP32, so running the
 there cannot reveal FP16 overflow or rounding. ``half_precision_logits`` therefore also runs
 the PyTorch model with float16 weights and activations on the CPU, which stores every
 intermediate in FP16; the gate checks both.
+
+torch's CPU half convolutions are slow (no FP16 hardware path on AVX-512 CPUs without
+AVX512-FP16): 27 minutes for 64 slices of the default U-Net at 256x256 in the default memory
+layout. In channels-last layout the same float16 kernels ran 18-24x faster here (see
+docs/results.md), so that is the layout used. Even so, the gate runs them on a stratified subset of the held-out slices by
+default (``FP16_CHECK_MODES``: "subset", with the extremes of intensity, with and without
+target); "full" runs every held-out slice.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from edgeseg.errors import require
 EXTRA_BLOCKED_OPS = ("Softmax", "LogSoftmax", "BatchNormalization", "InstanceNormalization",
                      "LayerNormalization", "GroupNormalization", "ReduceMean", "ReduceSum")
 HALF_EMULATION = "torch-float16-cpu"
+FP16_CHECK_MODES = ("subset", "full")
 ORT_EMULATION = "onnxruntime-cpu (FP16 graph, most ops computed in FP32)"
 
 
@@ -53,13 +61,29 @@ def half_precision_logits(model, images: np.ndarray, batch_size: int) -> np.ndar
     outputs stored in FP16, so overflow shows as inf/NaN and rounding as it would on a GPU."""
     import torch
 
-    half = copy.deepcopy(model).eval().half()
+    half = copy.deepcopy(model).eval().half().to(memory_format=torch.channels_last)
     out = []
     with torch.no_grad():
         for start in range(0, len(images), batch_size):
-            batch = torch.from_numpy(images[start : start + batch_size]).half()
-            out.append(half(batch).float().numpy())
+            batch = torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size])).half()
+            logits = half(batch.to(memory_format=torch.channels_last))
+            out.append(logits.float().contiguous().numpy())
     return np.concatenate(out)
+
+
+def half_check_slices(images: np.ndarray, truth: np.ndarray | None, mode: str, count: int) -> np.ndarray:
+    """Indices of the held-out slices the float16 check runs on: all of them for ``mode`` "full",
+    else ``count`` chosen like calibration slices (half with target, half without, each spread
+    over mean intensity so the brightest and darkest slices, where FP16 overflow and rounding
+    bite first, are always in)."""
+    from edgeseg.export.int8 import stratify_slices
+
+    if mode not in FP16_CHECK_MODES:
+        raise ValueError(f"fp16 check mode must be one of {FP16_CHECK_MODES}, got {mode!r}")
+    if mode == "full" or count >= len(images):
+        return np.arange(len(images))
+    keys = [(None if truth is None else bool(truth[i].any()), float(images[i].mean())) for i in range(len(images))]
+    return np.asarray(stratify_slices(keys, count), dtype=np.int64)
 
 
 def _sort_nodes(graph) -> None:

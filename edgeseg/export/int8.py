@@ -19,6 +19,7 @@ import io
 import json
 import logging
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +28,7 @@ import numpy as np
 from edgeseg.atomic import atomic_path, atomic_write_text
 from edgeseg.data import open_dataset
 from edgeseg.errors import DataError, require
+from edgeseg.export.calibration import HISTOGRAM_METHODS, streamed_tensor_ranges
 from edgeseg.runtime.manifest import sha256_file
 from edgeseg.spec import PreprocessSpec
 
@@ -165,6 +167,22 @@ def _reader_class():
     return SliceCalibrationReader
 
 
+def _streamed_ranges(model: Path, images: np.ndarray, method: str, input_name: str, progress: bool):
+    """Histogram calibration ranges of ``model`` on ``images``, streamed, with a progress bar."""
+    from tqdm import tqdm
+
+    # Two passes over the slices (bounds, then histograms): the bar counts both.
+    with tqdm(total=2 * len(images), desc="calibrate", unit="slice", leave=False, disable=not progress) as bar:
+        return streamed_tensor_ranges(model, images, method, input_name, on_chunk=bar.update)
+
+
+def _takes_calibration_cache(quantize_static) -> bool:
+    """True when ``quantize_static`` accepts precomputed ranges (``calibration_cache_path``)."""
+    import inspect
+
+    return "calibration_cache_path" in inspect.signature(quantize_static).parameters
+
+
 def cache_key(model_hash: str, data_hash: str, spec_hash: str, method: str) -> str:
     """Hex key of a quantised graph: any change of model, data, spec, method or settings changes it."""
     text = json.dumps({"model": model_hash, "data": data_hash, "spec": spec_hash, "method": method,
@@ -193,19 +211,26 @@ def quantize_int8(fp32_onnx: str | Path, dst: str | Path, calib: CalibrationSet,
         return {**record, "cache": "hit", "cache_key": key}
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    reader = _reader_class()(calib.images, input_name, progress)
     prepared = Path(dst).with_suffix(".prep.onnx")
+    options = dict(quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QInt8,
+                   weight_type=QuantType.QInt8, calibrate_method=getattr(CalibrationMethod, METHODS[method]),
+                   extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False})
     # ONNX Runtime prints its histogram progress to stdout; our bar replaces it.
-    with contextlib.redirect_stdout(io.StringIO()):
+    with contextlib.redirect_stdout(io.StringIO()), tempfile.TemporaryDirectory(prefix="edgeseg-int8-") as tmp:
         # Shape inference and basic (standard-op) optimisation first, as ONNX Runtime advises:
         # quantisation parameters are then placed on the graph that will actually run.
         quant_pre_process(str(fp32_onnx), str(prepared))
-        quantize_static(
-            str(prepared), str(dst), reader, quant_format=QuantFormat.QDQ, per_channel=True,
-            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-            calibrate_method=getattr(CalibrationMethod, METHODS[method]),
-            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False},
-        )
+        if method in HISTOGRAM_METHODS and _takes_calibration_cache(quantize_static):
+            from onnxruntime.quantization.calibrate import save_tensors_data
+
+            ranges = Path(tmp) / "ranges.json"
+            save_tensors_data(_streamed_ranges(prepared, calib.images, method, input_name, progress), ranges)
+            quantize_static(str(prepared), str(dst), None, calibration_cache_path=str(ranges), **options)
+        else:
+            if method in HISTOGRAM_METHODS:
+                log.warning("this onnxruntime cannot take precomputed ranges (quantize_static has no "
+                            "calibration_cache_path); calibrating with all activations in memory")
+            quantize_static(str(prepared), str(dst), _reader_class()(calib.images, input_name, progress), **options)
     prepared.unlink(missing_ok=True)
     if cached is not None:
         cached.parent.mkdir(parents=True, exist_ok=True)

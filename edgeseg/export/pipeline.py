@@ -18,6 +18,7 @@ import numpy as np
 from edgeseg.errors import DataError, EdgesegError, require
 from edgeseg.export.bundle import artifact_entry, build_manifest, check_output, staged_bundle, write_manifest
 from edgeseg.export.profiles import ExportSettings
+from edgeseg.export.stages import process_peak_mb, record_stages, stage
 from edgeseg.export.verify import ParityError, failures, parity_table
 from edgeseg.runtime.manifest import network_tensors
 
@@ -40,6 +41,14 @@ def export_bundle(checkpoint: str | Path, out: str | Path, settings: ExportSetti
     runs. Raises ParityError, with the report already echoed, when an artifact fails the gate.
     """
     require("torch", "train", "edgeseg export")
+    with record_stages() as stages:
+        return _export(checkpoint, out, settings, calib, verify_data, force, cache_dir, intensity, progress, echo,
+                       stages)
+
+
+def _export(checkpoint, out, settings: ExportSettings, calib, verify_data, force, cache_dir, intensity, progress,
+            echo, stages: list[dict]) -> dict[str, Any]:
+    """export_bundle's body, inside an open stage record (``stages``) that parity.json reports."""
     from edgeseg.export.int8 import load_calibration
     from edgeseg.export.verify import load_verify_set
     from edgeseg.runtime.manifest import sha256_file
@@ -47,7 +56,8 @@ def export_bundle(checkpoint: str | Path, out: str | Path, settings: ExportSetti
 
     target = check_output(out, force)
     checkpoint = Path(checkpoint)
-    model, payload = load_model(checkpoint)
+    with stage("load-checkpoint"):
+        model, payload = load_model(checkpoint)
     spec = checkpoint_spec(payload)
     labels = dict(enumerate(payload["class_names"]))
     if settings.int8 and not calib:
@@ -58,14 +68,22 @@ def export_bundle(checkpoint: str | Path, out: str | Path, settings: ExportSetti
         if _same_source(calib, (payload.get("train_config") or {}).get("data")):
             split = payload.get("split") or {}
             held_out = set(split.get("val") or []) | set(split.get("test") or [])
-        calib_set = load_calibration(calib, spec, settings.calib_slices, payload.get("label_values"), intensity,
-                                     exclude_cases=held_out)
-    verify_set = load_verify_set(payload, spec, verify_data, settings.verify_slices, intensity)
+        with stage("load-calibration"):
+            calib_set = load_calibration(calib, spec, settings.calib_slices, payload.get("label_values"), intensity,
+                                         exclude_cases=held_out)
+    with stage("load-verify"):
+        verify_set = load_verify_set(payload, spec, verify_data, settings.verify_slices, intensity)
     with staged_bundle(target) as folder:
         made, calibration, notes = _write_artifacts(folder, model, spec, labels, settings, verify_set, calib_set,
                                                     cache_dir, progress)
-        made = [(*item, None) for item in made] + (_tensorrt(folder, settings, spec, cache_dir, echo) if settings.trt else [])
-        report = _gate(folder, model, made, verify_set, settings, spec, labels, progress)
+        made = [(*item, None) for item in made]
+        if settings.trt:
+            with stage("tensorrt"):
+                made += _tensorrt(folder, settings, spec, cache_dir, echo)
+        with stage("gate"):
+            report = _gate(folder, model, made, verify_set, settings, spec, labels, progress)
+        report["stages"] = stages
+        report["peak_rss_mb"] = round(process_peak_mb(), 1)
         echo(parity_table(report))
         if not report["passed"]:
             raise ParityError(f"parity gate failed: {'; '.join(failures(report))}; no bundle written")
@@ -100,16 +118,21 @@ def _write_artifacts(folder: Path, model, spec, labels, settings: ExportSettings
     example = torch.from_numpy(np.ascontiguousarray(verify_set.images[: min(2, settings.max_batch)]))
     made, calibration, notes = [], None, []
     if "torchscript" in settings.formats:
-        export_torchscript(model, example, spec, labels, folder / FILES["torchscript", "fp32"])
+        with stage("torchscript"):
+            export_torchscript(model, example, spec, labels, folder / FILES["torchscript", "fp32"])
         made.append(("torchscript", "fp32", FILES["torchscript", "fp32"], {"frozen": True}))
     onnx_fp32 = folder / FILES["onnx", "fp32"]
     if "onnx" in settings.formats:
-        made.append(("onnx", "fp32", onnx_fp32.name, export_onnx(model, example, spec, labels, onnx_fp32)))
+        with stage("onnx"):
+            made.append(("onnx", "fp32", onnx_fp32.name, export_onnx(model, example, spec, labels, onnx_fp32)))
     if settings.fp16:
-        made.append(("onnx", "fp16", FILES["onnx", "fp16"], convert_fp16(onnx_fp32, folder / FILES["onnx", "fp16"])))
+        with stage("fp16-convert"):
+            made.append(("onnx", "fp16", FILES["onnx", "fp16"], convert_fp16(onnx_fp32, folder / FILES["onnx", "fp16"])))
     if settings.int8:
         dst = folder / FILES["onnx", "int8"]
-        calibration = quantize_int8(onnx_fp32, dst, calib_set, spec, settings.calib_method, cache_dir, progress=progress)
+        with stage("int8-calibrate"):
+            calibration = quantize_int8(onnx_fp32, dst, calib_set, spec, settings.calib_method, cache_dir,
+                                        progress=progress)
         made.append(("onnx", "int8", dst.name, {"calibration_method": settings.calib_method}))
         notes.append(f"INT8 calibration: {calibration['slices']} slices, {settings.calib_method}, cache {calibration['cache']}")
     import onnx
@@ -132,14 +155,14 @@ def _gate(folder: Path, model, made: list, verify_set, settings: ExportSettings,
     """
     from tqdm import tqdm
 
-    from edgeseg.export.fp16 import HALF_EMULATION, ORT_EMULATION, half_precision_logits
+    from edgeseg.export.fp16 import HALF_EMULATION, ORT_EMULATION, half_check_slices, half_precision_logits
     from edgeseg.export.verify import compare_logits, measure_latency
     from edgeseg.runtime.runners import runners_for
     from edgeseg.runtime.runners.onnxruntime import OnnxRuntimeRunner
     from edgeseg.runtime.segmenter import Segmenter
 
     images, truth, batch = verify_set.images, verify_set.truth, settings.max_batch
-    with Segmenter.from_module(model, spec, labels, max_batch=batch) as segmenter:
+    with stage("reference"), Segmenter.from_module(model, spec, labels, max_batch=batch) as segmenter:
         reference = segmenter.logits(images)
     inputs, outputs = network_tensors(spec, len(labels))
     results, excluded, dead = [], {}, []
@@ -153,15 +176,20 @@ def _gate(folder: Path, model, made: list, verify_set, settings: ExportSettings,
             except EdgesegError as exc:
                 excluded.setdefault(file, {})[cls.name] = f"does not load: {exc}"
                 continue
-            with Segmenter(spec, labels, runner) as segmenter:
+            with stage(f"{entry.key}-{cls.name}"), Segmenter(spec, labels, runner) as segmenter:
                 row = compare_logits(reference, segmenter.logits(images), truth, precision,
                                      settings.max_dice_drop[precision])
                 rows.append((cls.name, {"key": entry.key, "file": file, "precision": precision,
                                         "run_on": runner.run_on, **row}))
         if precision == "fp16":
-            row = compare_logits(reference, half_precision_logits(model, images, batch), truth, precision,
+            pick = half_check_slices(images, truth, settings.fp16_check, settings.fp16_check_slices)
+            with stage("fp16-half-check"):
+                half = half_precision_logits(model, images[pick], batch)
+            row = compare_logits(reference[pick], half, None if truth is None else truth[pick], precision,
                                  settings.max_dice_drop[precision])
-            rows.append((None, {"key": entry.key, "file": file, "precision": precision, "run_on": HALF_EMULATION, **row}))
+            subset = {} if len(pick) == len(images) else {"slices": int(len(pick))}
+            rows.append((None, {"key": entry.key, "file": file, "precision": precision, "run_on": HALF_EMULATION,
+                                **row, **subset}))
         for name, row in rows:
             if name is not None and not row["passed"]:
                 excluded.setdefault(file, {})[name] = failures({"results": [row]})[0].split(": ", 1)[1]
@@ -176,13 +204,15 @@ def _gate(folder: Path, model, made: list, verify_set, settings: ExportSettings,
         report["excluded"] = excluded
     if any(p == "fp16" for _, p, _, _, _ in made):
         report["fp16_emulation"] = [ORT_EMULATION, HALF_EMULATION]
+        half = [r for r in results if r["run_on"] == HALF_EMULATION]
+        report["fp16_check"] = {"mode": settings.fp16_check, "slices": half[0].get("slices", int(len(images)))}
     if settings.int8 and "onnx" in settings.formats:
         one = np.ascontiguousarray(images[:1])
         timed = {}
         for precision in ("fp32", "int8"):
             file = FILES["onnx", precision]
             with OnnxRuntimeRunner(folder / file, artifact_entry(folder, file, "onnx", precision), inputs, outputs, 1,
-                                   threads=LATENCY_THREADS) as runner:
+                                   threads=LATENCY_THREADS) as runner, stage(f"latency-{precision}"):
                 timed[precision] = measure_latency(runner.infer, one)
         report["latency"] = {"batch": 1, "threads": LATENCY_THREADS, "onnx-fp32_ms": timed["fp32"],
                              "onnx-int8_ms": timed["int8"], "ratio": timed["int8"] / timed["fp32"]}

@@ -16,6 +16,7 @@ from edgeseg.errors import DataError
 
 FORMATS = ("torchscript", "onnx")
 CALIB_METHODS = ("minmax", "entropy", "percentile")
+FP16_CHECKS = ("subset", "full")
 PROFILE_DIR = Path(__file__).resolve().parents[2] / "export"
 
 
@@ -32,6 +33,9 @@ class ExportSettings:
         calib_slices: calibration slices drawn (stratified) from the calibration data.
         max_batch: largest batch the artifacts are exported and checked for.
         verify_slices: held-out slices the gate runs every artifact on.
+        fp16_check: "subset" runs the real float16 check (torch half kernels, slow on CPUs) on
+            ``fp16_check_slices`` stratified held-out slices, "full" on all of them.
+        fp16_check_slices: slices of the "subset" float16 check.
         max_dice_drop: per precision, the largest allowed 1 - Dice(artifact mask, FP32 mask);
             FP32 formats must give identical masks.
     """
@@ -44,6 +48,8 @@ class ExportSettings:
     calib_slices: int = 64
     max_batch: int = 8
     verify_slices: int = 64
+    fp16_check: str = "subset"
+    fp16_check_slices: int = 8
     max_dice_drop: dict[str, float] = field(default_factory=lambda: {"fp32": 0.0, "fp16": 0.002, "int8": 0.01})
 
     def __post_init__(self) -> None:
@@ -56,7 +62,9 @@ class ExportSettings:
             raise DataError("FP16 and INT8 artifacts are ONNX graphs: add 'onnx' to the formats")
         if self.calib_method not in CALIB_METHODS:
             raise DataError(f"calibration method must be one of {list(CALIB_METHODS)}, got {self.calib_method!r}")
-        for name in ("calib_slices", "max_batch", "verify_slices"):
+        if self.fp16_check not in FP16_CHECKS:
+            raise DataError(f"fp16 check must be one of {list(FP16_CHECKS)}, got {self.fp16_check!r}")
+        for name in ("calib_slices", "max_batch", "verify_slices", "fp16_check_slices"):
             if int(getattr(self, name)) < 1:
                 raise DataError(f"{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         drops = {"fp32": 0.0, "fp16": 0.002, "int8": 0.01, **dict(self.max_dice_drop)}

@@ -130,6 +130,10 @@ def parity_table(report: dict) -> str:
         text += (f"\nONNX Runtime CPU latency, batch {latency['batch']}, {latency['threads']} thread(s): "
                  f"fp32 {latency['onnx-fp32_ms']:.2f} ms, int8 {latency['onnx-int8_ms']:.2f} ms, "
                  f"int8/fp32 = {latency['ratio']:.2f}")
+    if report.get("stages"):
+        text += "\nstages: " + ", ".join(f"{s['name']} {s['seconds']:.1f} s / {s['peak_rss_mb']:.0f} MB"
+                                         for s in report["stages"])
+        text += f"; process peak {report['peak_rss_mb']:.0f} MB"
     return text
 
 
