@@ -17,7 +17,8 @@ class EdgesegGroup(click.Group):
         try:
             return super().invoke(ctx)
         except EdgesegError as exc:
-            click.echo(f"edgeseg: error: {exc}", err=True)
+            # One line, whatever the message quotes (a library's multi-line text, a matrix).
+            click.echo(f"edgeseg: error: {' '.join(str(exc).split())}", err=True)
             sys.exit(2)
         except KeyboardInterrupt:
             click.echo("edgeseg: interrupted", err=True)

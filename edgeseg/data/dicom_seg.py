@@ -167,8 +167,10 @@ def read_seg_label_map(path: str | os.PathLike, volume: Volume, refs: DicomSerie
             assert_missing_frames_are_empty=True,  # writers often omit frames with no segment
             dtype=np.uint8,
         )
-    except (ValueError, RuntimeError, KeyError) as exc:
-        raise DataError(f"cannot map SEG {path} onto {volume.case_id}: {_one_line(exc)}") from exc
+    except MemoryError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - highdicom raises many types for a malformed SEG
+        raise DataError(f"cannot map SEG {path} onto {volume.case_id}: {_one_line(exc)}") from None
     label = refs.from_source_layout(stack)
     if label.shape != volume.hu.shape:
         raise DataError(f"SEG {path} maps to shape {label.shape} but {volume.case_id} has shape "

@@ -67,7 +67,7 @@ def read_label_file(
 
 def _align(data_xyz: np.ndarray, affine_ras: np.ndarray, volume: Volume, path: Path) -> np.ndarray:
     """Reorient an (x, y, z) label array with a RAS affine onto ``volume``'s grid, or refuse."""
-    label, affine = to_lps_layout(data_xyz, affine_ras)
+    label, affine = to_lps_layout(data_xyz, affine_ras, f"label {path}")
     if label.shape != volume.hu.shape:
         raise DataError(f"label {path} has shape {label.shape} (z, y, x) but {volume.case_id} "
                         f"has shape {volume.hu.shape}")

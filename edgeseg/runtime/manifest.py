@@ -205,6 +205,14 @@ class Manifest:
             labels = {int(k): str(v) for k, v in dict(data["labels"]).items()}
         except (TypeError, ValueError):
             raise BundleError(f"manifest labels must map class numbers to names, got {data['labels']!r}") from None
+        try:
+            return cls._build(data, spec, labels, schema)
+        except (TypeError, ValueError, KeyError, AttributeError, OverflowError) as exc:
+            # A field of the wrong type (a list for a dict, text for a number) is a bad manifest.
+            raise BundleError(f"manifest has a field of the wrong type or value ({' '.join(str(exc).split())[:200]})") from None
+
+    @classmethod
+    def _build(cls, data: dict, spec: PreprocessSpec, labels: dict[int, str], schema: int) -> "Manifest":
         return cls(
             spec=spec,
             labels=labels,
