@@ -114,6 +114,21 @@ def _derived_seeds(work: Path) -> dict[str, Path]:
     return {"nifti": nifti, "npy": npy, "png": png}
 
 
+def _cropped_series(source: Path, out: Path) -> Path:
+    """The tests/data CT series cut to its central 64 x 64 pixels: the same headers, a faster case."""
+    import pydicom
+
+    out.mkdir(parents=True, exist_ok=True)
+    for path in sorted(source.glob("*.dcm")):
+        dataset = pydicom.dcmread(path)
+        rows, columns = int(dataset.Rows), int(dataset.Columns)
+        top, left = (rows - 64) // 2, (columns - 64) // 2
+        dataset.PixelData = dataset.pixel_array[top:top + 64, left:left + 64].copy().tobytes()
+        dataset.Rows, dataset.Columns = 64, 64
+        dataset.save_as(out / path.name)
+    return out
+
+
 def _reference_series():
     from edgeseg.data.dicom import read_dicom_series_with_refs
 
@@ -125,13 +140,14 @@ def build_target(name: str, work: Path) -> Target:
     dicom_dir = DATA / "dcmqi_ct_liver" / "ct-3slice"
     _import_cli()
     if name == "dicom":
-        seed = (dicom_dir / "03.dcm").read_bytes()
+        small = _cropped_series(dicom_dir, work / "dicom-seed")
+        seed = (small / "03.dcm").read_bytes()
 
         def write(case, data, rng):
             series = case / "series"
             series.mkdir()
             for other in ("01.dcm", "02.dcm"):
-                os.link(dicom_dir / other, series / other) if _same_device(dicom_dir, case) else shutil.copy(dicom_dir / other, series / other)
+                os.link(small / other, series / other)
             (series / "03.dcm").write_bytes(data)
             return series
 
@@ -179,7 +195,7 @@ def build_target(name: str, work: Path) -> Target:
             copy.mkdir()
             for item in bundle.iterdir():
                 if item.name != "manifest.json":
-                    os.link(item, copy / item.name) if _same_device(bundle, case) else shutil.copy(item, copy / item.name)
+                    os.link(item, copy / item.name)
             (copy / "manifest.json").write_bytes(data)
             return copy
 
@@ -256,10 +272,6 @@ def make_fuzz_bundle(work: Path) -> Path:
     return out
 
 
-def _same_device(a: Path, b: Path) -> bool:
-    return os.stat(a).st_dev == os.stat(b).st_dev
-
-
 # ---------------------------------------------------------------- running one case in a child
 
 def _address_space_kb() -> int:
@@ -270,108 +282,150 @@ def _address_space_kb() -> int:
     return 0
 
 
-def _child(target: Target, path: Path, case: Path, memory_mb: int, timeout_s: int) -> None:
-    """Runs in the forked child: limits, redirected output, the entry point; never returns."""
-    code, warned = 11, False
+def make_case(target: Target, seed: int, index: int, scratch: Path) -> tuple[Path, Path]:
+    """Write case ``index`` of ``target`` (deterministic in seed and index); returns (folder, input path)."""
+    rng = random.Random(f"{seed}:{target.name}:{index}")
+    data = fm.mutate_bytes(target.seed, rng, target.field_mutators, target.field_share)
+    case = Path(tempfile.mkdtemp(prefix=f"{target.name}-{index}-", dir=scratch))
+    return case, target.write(case, data, rng)
+
+
+def _run_one(target: Target, path: Path, case: Path, timeout_s: int) -> tuple[str, bool]:
+    """Run one case in this (child) process with its output in ``case``; returns (outcome, warned)."""
+    from edgeseg.errors import EdgesegError
+
+    for fd, name in ((1, "stdout"), (2, "stderr")):
+        handle = os.open(case / name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+        os.dup2(handle, fd)
+        os.close(handle)
+    signal.alarm(timeout_s)  # default action: the child dies of SIGALRM, which the parent calls a hang
+    outcome = "traceback"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            target.run(path)
+            outcome = "success"
+        except SystemExit as exc:
+            outcome = _cli_outcome(exc, case)
+        except EdgesegError:
+            outcome = "clean error"
+        except MemoryError:
+            outcome = "over memory"
+        except BaseException:  # noqa: BLE001 - every other escape is the finding itself
+            (case / "traceback.txt").write_text(traceback.format_exc())
+    signal.alarm(0)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    return outcome, bool(caught)
+
+
+def _batch_child(target: Target, seed: int, indices: range, scratch: Path, findings: Path | None,
+                 progress: Path, memory_mb: int, timeout_s: int) -> None:
+    """A forked child running cases one after another; each case's start and outcome go to
+    ``progress`` so the parent can tell which case killed the child. Never returns."""
+    harness_stderr = os.dup(2)
     try:
         limit = (_address_space_kb() << 10) + (memory_mb << 20)
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-        resource.setrlimit(resource.RLIMIT_CPU, (timeout_s + 5, timeout_s + 10))
         signal.signal(signal.SIGALRM, signal.SIG_DFL)
-        signal.alarm(timeout_s)
-        for fd, name in ((1, "stdout"), (2, "stderr")):
-            handle = os.open(case / name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
-            os.dup2(handle, fd)
-            os.close(handle)
         os.environ.update(CHILD_LIMITS)
-        from edgeseg.errors import EdgesegError
-
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            try:
-                target.run(path)
-                code = 0
-            except SystemExit as exc:
-                code = _cli_exit_code(exc, case)
-            except EdgesegError:
-                code = 10
-            except MemoryError:
-                code = 12
-        warned = bool(caught)
-    except MemoryError:
-        code = 12
-    except BaseException:  # noqa: BLE001 - every escape is the finding itself
-        (case / "traceback.txt").write_text(traceback.format_exc())
-        code = 11
-    os._exit(code + (100 if warned else 0))
+        with open(progress, "a", buffering=1) as log:
+            for index in indices:
+                case, path = make_case(target, seed, index, scratch)
+                log.write(f"start {index}\n")
+                outcome, warned = _run_one(target, path, case, timeout_s)
+                if outcome in FAILURES and findings is not None:
+                    shutil.copytree(case, findings / f"{target.name}-{seed}-{index}", dirs_exist_ok=True)
+                shutil.rmtree(case, ignore_errors=True)
+                log.write(f"done {index} {outcome.replace(' ', '_')} {int(warned)}\n")
+    except BaseException:  # noqa: BLE001 - a broken harness must show, not count as a finding
+        os.dup2(harness_stderr, 2)
+        traceback.print_exc()
+        sys.stderr.flush()
+        os._exit(70)
+    os._exit(0)
 
 
-def _cli_exit_code(exc: SystemExit, case: Path) -> int:
-    """0 for a successful CLI run, 10 for the one-line error, 11 for anything else (traceback, Aborted!)."""
+def _cli_outcome(exc: SystemExit, case: Path) -> str:
+    """A CLI exit: 0 is success, 2 with one last `edgeseg: error:` line a clean error, else a traceback."""
     if exc.code in (0, None):
-        return 0
+        return "success"
     sys.stderr.flush()
     lines = [ln for ln in (case / "stderr").read_text(errors="replace").splitlines() if ln.strip()]
     clean = exc.code == 2 and lines and lines[-1].startswith("edgeseg: error:") and not any("Traceback" in ln for ln in lines)
     if not clean:
         (case / "traceback.txt").write_text(f"exit {exc.code}\n" + "\n".join(lines[-20:]))
-    return 10 if clean else 11
+    return "clean error" if clean else "traceback"
 
 
-def _classify(status: int, case: Path) -> tuple[str, bool]:
+def _death(status: int) -> str:
+    """The outcome of the case a child died in."""
     if os.WIFSIGNALED(status):
         sig = os.WTERMSIG(status)
         if sig in (signal.SIGALRM, signal.SIGXCPU):
-            return "hang", False
-        if sig == signal.SIGKILL:
-            return "over memory", False
-        return "crash", False
-    code = os.WEXITSTATUS(status)
-    warned, code = code >= 100, code % 100
-    if code == 11 and "bad_alloc" in (case / "stderr").read_text(errors="replace"):
-        return "over memory", warned
-    return {0: "success", 10: "clean error", 11: "traceback", 12: "over memory"}.get(code, "crash"), warned
+            return "hang"
+        return "over memory" if sig == signal.SIGKILL else "crash"
+    return "crash"
 
 
 def run_file_format(target: Target, count: int, seed: int, scratch: Path, findings: Path | None,
-                    memory_mb: int = 1536, timeout_s: int = 30, start: int = 0) -> Tally:
-    """Run ``count`` mutated cases of ``target`` (indices start..start+count-1); returns the tally."""
-    tally, began = Tally(), time.perf_counter()
-    for index in range(start, start + count):
-        rng = random.Random(f"{seed}:{target.name}:{index}")
-        data = fm.mutate_bytes(target.seed, rng, target.field_mutators, target.field_share)
-        case = Path(tempfile.mkdtemp(prefix=f"{target.name}-{index}-", dir=scratch))
-        path = target.write(case, data, rng)
+                    memory_mb: int = 1536, timeout_s: int = 30, start: int = 0, batch: int = 200) -> Tally:
+    """Run ``count`` mutated cases of ``target`` (indices start..start+count-1) in forked children
+    of up to ``batch`` cases each; a child that dies is charged with the case it was running and
+    a new child goes on with the next case. Returns the tally."""
+    tally, began, index, end = Tally(), time.perf_counter(), start, start + count
+    progress = scratch / f"{target.name}.progress"
+    while index < end:
+        progress.write_text("")
         sys.stdout.flush()
         sys.stderr.flush()
         pid = os.fork()
         if pid == 0:
-            _child(target, path, case, memory_mb, timeout_s)
+            _batch_child(target, seed, range(index, min(index + batch, end)), scratch, findings, progress,
+                         memory_mb, timeout_s)
         _, status = os.waitpid(pid, 0)
-        outcome, warned = _classify(status, case)
-        tally.counts[outcome] += 1
-        tally.warned += warned
-        if outcome in FAILURES:
-            tally.failures.append(index)
+        running = None
+        for line in progress.read_text().splitlines():
+            words = line.split()
+            if words[0] == "start":
+                running = int(words[1])
+            else:
+                outcome = words[2].replace("_", " ")
+                tally.counts[outcome] += 1
+                tally.warned += int(words[3])
+                if outcome in FAILURES:
+                    tally.failures.append(int(words[1]))
+                running, index = None, int(words[1]) + 1
+        if os.WIFEXITED(status) and os.WEXITSTATUS(status) == 70:
+            raise RuntimeError(f"the fuzzing harness failed in a {target.name} child (see stderr)")
+        if running is not None:  # the child died in this case
+            outcome = _death(status)
+            tally.counts[outcome] += 1
+            tally.failures.append(running)
             if findings is not None:
-                shutil.copytree(case, findings / f"{target.name}-{seed}-{index}", dirs_exist_ok=True)
-        shutil.rmtree(case, ignore_errors=True)
+                case, _ = make_case(target, seed, running, scratch)
+                (case / "outcome.txt").write_text(f"{outcome}: wait status {status}\n")
+                shutil.copytree(case, findings / f"{target.name}-{seed}-{running}", dirs_exist_ok=True)
+                shutil.rmtree(case, ignore_errors=True)
+            for leftover in scratch.glob(f"{target.name}-{running}-*"):
+                shutil.rmtree(leftover, ignore_errors=True)
+            index = running + 1
     tally.seconds = time.perf_counter() - began
     return tally
 
 
 # ---------------------------------------------------------------- the campaign
 
-def run_campaign(formats, count: int, seed: int, findings: Path | None = None, memory_mb: int = 1536,
+def run_campaign(formats: dict[str, int], seed: int, findings: Path | None = None, memory_mb: int = 1536,
                  timeout_s: int = 30, log=print) -> dict[str, Tally]:
-    """Fuzz each format with ``count`` cases; returns the tally per format."""
+    """Fuzz each format with its count of cases (``{format: count}``); returns the tally per format."""
     from fuzz_server import run_server_format
 
     results = {}
     with tempfile.TemporaryDirectory(prefix="edgeseg-fuzz-") as tmp:
         work = Path(tmp)
         (work / "scratch").mkdir()
-        for name in formats:
+        for name, count in formats.items():
             if name in SERVER_FORMATS:
                 bundle = make_fuzz_bundle(work)
                 results[name] = run_server_format(name, bundle, count, seed, findings, timeout_s=timeout_s)
@@ -400,8 +454,9 @@ def format_table(results: dict[str, Tally]) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--formats", default=",".join(FORMATS), help="comma-separated, from: " + ", ".join(FORMATS))
-    parser.add_argument("--count", type=int, default=200, help="mutated inputs per format")
+    parser.add_argument("--formats", default=",".join(FORMATS),
+                        help="comma-separated, each optionally NAME=COUNT, from: " + ", ".join(FORMATS))
+    parser.add_argument("--count", type=int, default=200, help="mutated inputs per format without its own count")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--memory-mb", type=int, default=1536, help="address space a child may add (RLIMIT_AS)")
     parser.add_argument("--timeout", type=int, default=30, help="seconds a case may take")
@@ -410,9 +465,17 @@ def main() -> int:
     args = parser.parse_args()
     if args.findings:
         args.findings.mkdir(parents=True, exist_ok=True)
-    results = run_campaign([f.strip() for f in args.formats.split(",") if f.strip()], args.count, args.seed,
-                           args.findings, args.memory_mb, args.timeout, log=lambda row: print(row, flush=True))
+    formats = {}
+    for item in filter(None, (f.strip() for f in args.formats.split(","))):
+        name, _, count = item.partition("=")
+        if name not in FORMATS:
+            parser.error(f"unknown format {name!r}; known: {', '.join(FORMATS)}")
+        formats[name] = int(count) if count else args.count
+    began = time.perf_counter()
+    results = run_campaign(formats, args.seed, args.findings, args.memory_mb, args.timeout,
+                           log=lambda row: print(row, flush=True))
     print(format_table(results))
+    print(f"wall time {time.perf_counter() - began:.0f} s")
     if args.report:
         args.report.write_text(json.dumps({name: {"counts": dict(t.counts), "failures": t.failures, "warned": t.warned,
                                                   "seconds": round(t.seconds, 1)} for name, t in results.items()}, indent=2))

@@ -42,6 +42,7 @@ DUPLICATE_POSITION_MM = 1e-3
 UNIFORM_GAP_TOLERANCE = 0.05
 
 _DEFER_BYTES = 64 * 1024
+_PIXEL_DATA_TAG = 0x7FE00010
 _LPS = nio.axcodes2ornt(("L", "P", "S"))
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
@@ -118,12 +119,28 @@ def dicom_numbers(dataset: pydicom.Dataset, field: str, path: Path, count: int |
     return numbers
 
 
+def _decode_elements(dataset: pydicom.Dataset) -> None:
+    """Convert every element but the (deferred) pixel data now: pydicom decodes values lazily,
+    so a corrupt one would otherwise raise (NotImplementedError, ValueError, ...) wherever it is
+    first read."""
+    meta = getattr(dataset, "file_meta", None)
+    for part in (meta, dataset) if meta is not None else (dataset,):
+        for tag in list(part.keys()):
+            if tag == _PIXEL_DATA_TAG:
+                continue
+            element = part[tag]
+            if element.VR == "SQ":
+                for item in element.value:
+                    _decode_elements(item)
+
+
 def _read_file(path: Path) -> pydicom.Dataset | None:
     """Read one file; None when it is clearly not a DICOM image (text, DICOMDIR, SR, ...)."""
     try:
         # Pixel data is deferred (read from the file on first use): a series is scanned whole
         # before one is chosen, and holding every slice's bytes twice would double memory.
         dataset = pydicom.dcmread(path, defer_size=_DEFER_BYTES)
+        _decode_elements(dataset)
     except InvalidDicomError:
         # No "DICM" preamble: old ACR-NEMA style files still exist, so look inside before
         # deciding; a file is taken only when it has what a slice needs.
@@ -135,6 +152,10 @@ def _read_file(path: Path) -> pydicom.Dataset | None:
             return None
         if "SOPInstanceUID" not in dataset or "PixelData" not in dataset:
             return None
+        try:
+            _decode_elements(dataset)
+        except Exception as exc:  # noqa: BLE001 - as below
+            raise DataError(f"cannot read DICOM file {path}: {_one_line(exc)}") from None
     except Exception as exc:  # noqa: BLE001 - with a DICM preamble, any parse failure is corruption
         raise DataError(f"cannot read DICOM file {path}: {_one_line(exc)}") from exc
     media_class = getattr(getattr(dataset, "file_meta", None), "MediaStorageSOPClassUID", None)

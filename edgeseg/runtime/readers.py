@@ -76,10 +76,18 @@ def _npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype, int]:
     try:
         with open(path, "rb") as handle:
             version = fmt.read_magic(handle)
+            # numpy reads a header of the stated length in one call, allocating that much first:
+            # a 4-byte length field can claim 4 GiB in a file of a few bytes.
+            length_size = 2 if version == (1, 0) else 4
+            stated = int.from_bytes(handle.read(length_size), "little")
+            if stated > min(path.stat().st_size, 1 << 20):
+                raise DataError(f"{path}: the .npy header claims {stated} bytes; the file holds "
+                                f"{path.stat().st_size} (corrupt)")
+            handle.seek(-length_size, 1)
             read_header = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
             shape, _, dtype = read_header(handle)
             return tuple(shape), np.dtype(dtype), handle.tell()
-    except MemoryError:
+    except (MemoryError, DataError):
         raise
     except Exception as exc:  # noqa: BLE001 - numpy raises many types for a corrupt header
         detail = " ".join(str(exc).split()) or type(exc).__name__
