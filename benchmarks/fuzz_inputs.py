@@ -43,10 +43,11 @@ from collections import Counter  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+ROOT = Path(__file__).resolve().parents[1]
+# This checkout's edgeseg, whatever else is installed or on PYTHONPATH.
+sys.path[:0] = [str(Path(__file__).resolve().parent), str(ROOT)]
 import fuzz_mutations as fm  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "tests" / "data"
 FILE_FORMATS = ("dicom", "nifti", "nrrd", "npy", "png", "jpeg", "dicom-seg", "manifest", "checkpoint")
 SERVER_FORMATS = ("kserve-json", "kserve-binary")
@@ -294,10 +295,11 @@ def _run_one(target: Target, path: Path, case: Path, timeout_s: int) -> tuple[st
     """Run one case in this (child) process with its output in ``case``; returns (outcome, warned)."""
     from edgeseg.errors import EdgesegError
 
-    for fd, name in ((1, "stdout"), (2, "stderr")):
-        handle = os.open(case / name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
-        os.dup2(handle, fd)
-        os.close(handle)
+    # Python-level and C-level output both land in the case folder (under pytest, sys.stderr
+    # is a capture object, not file descriptor 2).
+    sys.stdout, sys.stderr = open(case / "stdout", "w"), open(case / "stderr", "w")
+    os.dup2(sys.stdout.fileno(), 1)
+    os.dup2(sys.stderr.fileno(), 2)
     signal.alarm(timeout_s)  # default action: the child dies of SIGALRM, which the parent calls a hang
     outcome = "traceback"
     with warnings.catch_warnings(record=True) as caught:
@@ -314,8 +316,8 @@ def _run_one(target: Target, path: Path, case: Path, timeout_s: int) -> tuple[st
         except BaseException:  # noqa: BLE001 - every other escape is the finding itself
             (case / "traceback.txt").write_text(traceback.format_exc())
     signal.alarm(0)
-    sys.stdout.flush()
-    sys.stderr.flush()
+    sys.stdout.close()
+    sys.stderr.close()
     return outcome, bool(caught)
 
 
@@ -340,6 +342,7 @@ def _batch_child(target: Target, seed: int, indices: range, scratch: Path, findi
                 log.write(f"done {index} {outcome.replace(' ', '_')} {int(warned)}\n")
     except BaseException:  # noqa: BLE001 - a broken harness must show, not count as a finding
         os.dup2(harness_stderr, 2)
+        sys.stderr = sys.__stderr__
         traceback.print_exc()
         sys.stderr.flush()
         os._exit(70)
@@ -350,7 +353,7 @@ def _cli_outcome(exc: SystemExit, case: Path) -> str:
     """A CLI exit: 0 is success, 2 with one last `edgeseg: error:` line a clean error, else a traceback."""
     if exc.code in (0, None):
         return "success"
-    sys.stderr.flush()
+    sys.stderr.flush()  # the case's stderr file
     lines = [ln for ln in (case / "stderr").read_text(errors="replace").splitlines() if ln.strip()]
     clean = exc.code == 2 and lines and lines[-1].startswith("edgeseg: error:") and not any("Traceback" in ln for ln in lines)
     if not clean:

@@ -17,7 +17,6 @@ import numpy as np
 from edgeseg.errors import DataError, require
 
 pydicom = require("pydicom", "io", "reading DICOM SEG files")
-from pydicom.errors import InvalidDicomError  # noqa: E402  (pydicom is known present here)
 from pydicom.filereader import read_file_meta_info  # noqa: E402
 
 from edgeseg.data.dicom import SEGMENTATION_SOP_CLASS, DicomSeriesInfo, looks_like_dicom
@@ -41,9 +40,10 @@ def is_seg_file(path: str | os.PathLike) -> bool:
         return False
     try:
         meta = read_file_meta_info(path)
-    except (InvalidDicomError, OSError, EOFError, ValueError):
-        return False  # no file meta: an old-style file, never a SEG (SEG postdates Part 10)
-    return str(meta.get("MediaStorageSOPClassUID", "")) == SEGMENTATION_SOP_CLASS
+        media_class = str(meta.get("MediaStorageSOPClassUID", ""))
+    except Exception:  # noqa: BLE001 - pydicom raises many types for corrupt file meta
+        return False  # no readable file meta: an old-style or broken file, never a SEG (SEG postdates Part 10)
+    return media_class == SEGMENTATION_SOP_CLASS
 
 
 def find_seg_files(folder: str | os.PathLike) -> list[Path]:

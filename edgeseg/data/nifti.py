@@ -60,11 +60,13 @@ def to_lps_layout(data_xyz: np.ndarray, affine_ras: np.ndarray, source: object =
     Axes are only flipped and permuted (to the closest LPS axes), never resampled, so an
     oblique grid keeps its obliquity in the affine.
     """
-    source = nio.io_orientation(affine_ras)
-    if np.isnan(source).any():
+    if not np.isfinite(affine_ras).all():
+        raise DataError(f"{source}: affine is not finite: {np.round(affine_ras, 4).tolist()}")
+    axes = nio.io_orientation(affine_ras)
+    if np.isnan(axes).any():
         raise DataError(f"{source}: affine has no usable orientation (degenerate axes): "
                         f"{np.round(affine_ras, 4).tolist()}")
-    transform = nio.ornt_transform(source, _LPS)
+    transform = nio.ornt_transform(axes, _LPS)
     reoriented = nio.apply_orientation(data_xyz, transform)
     affine = affine_ras @ nio.inv_ornt_aff(transform, data_xyz.shape)
     return np.ascontiguousarray(reoriented.transpose(2, 1, 0)), affine
