@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pickle
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -87,8 +86,9 @@ def _load_checkpoint_payload(path: Path) -> Any:
         reason = text.split("WeightsUnpickler error:", 1)[-1].split(". Please use", 1)[0].strip()
         if isinstance(exc, pickle.UnpicklingError) and "WeightsUnpickler" in text:
             reason = f"it holds objects other than tensors and plain data: {reason}"
-        elif isinstance(exc, zipfile.BadZipFile) or not reason or len(reason) > 200:
-            reason = f"corrupt torch archive: {type(exc).__name__}"
+        else:
+            detail = text if text and len(text) <= 160 else type(exc).__name__
+            reason = f"truncated or corrupt torch archive: {detail}"
         raise CheckpointError(f"{path} is not an edgeseg checkpoint ({reason})") from None
 
 
