@@ -174,13 +174,13 @@ def _probe(target: Path, what: str) -> None:
     while not folder.exists() and folder != folder.parent:
         folder = folder.parent
     if not folder.is_dir():
-        raise DataError(f"cannot write {what} {target}: {folder} is not a folder")
+        raise DataError(f"cannot write {what} {target}: {folder} is not a writable folder (it is a file)")
     try:
         fd, probe = tempfile.mkstemp(prefix=".edgeseg-write-check-", dir=folder)
         os.close(fd)
         os.unlink(probe)
     except OSError as exc:
-        raise DataError(f"cannot write {what} {target}: {folder} is not writable ({exc.strerror or exc})") from None
+        raise DataError(f"cannot write {what} {target}: {folder} is not a writable folder ({exc.strerror or exc})") from None
 
 
 def check_output_file(path: str | os.PathLike, what: str = "output") -> Path:

@@ -236,7 +236,7 @@ def test_predict_out_is_an_existing_folder(tmp_path, assert_one_line_error):
 @pytest.mark.parametrize("out", ["/proc/edgeseg-mask.nii.gz", "/proc/self/edgeseg/mask.nii.gz"])
 def test_predict_out_under_proc(tmp_path, out, assert_one_line_error):
     proc = edgeseg("predict", tmp_path / "no-bundle", _npy_input(tmp_path), "--out", out, "--quiet")
-    assert_one_line_error(proc, "is not writable")
+    assert_one_line_error(proc, "is not a writable folder")
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into a read-only-mode folder")
@@ -244,7 +244,7 @@ def test_predict_out_in_an_unwritable_folder(tmp_path, assert_one_line_error):
     locked = tmp_path / "locked"
     locked.mkdir(mode=0o555)
     proc = edgeseg("predict", tmp_path / "no-bundle", _npy_input(tmp_path), "--out", locked / "m.nii.gz", "--quiet")
-    assert_one_line_error(proc, "is not writable")
+    assert_one_line_error(proc, "is not a writable folder")
 
 
 def test_predict_overlay_under_proc(tmp_path, assert_one_line_error):
@@ -267,7 +267,7 @@ def test_train_out_under_an_unwritable_folder(tmp_path, assert_one_line_error):
     locked = tmp_path / "locked"
     locked.mkdir(mode=0o555)
     proc = edgeseg("train", "--data", "phantom", "--out", locked / "run", "--quiet")
-    assert_one_line_error(proc, "is not writable")
+    assert_one_line_error(proc, "is not a writable folder")
 
 
 def test_evaluate_out_that_is_a_file(tmp_path, assert_one_line_error):
