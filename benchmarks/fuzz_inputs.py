@@ -420,23 +420,48 @@ def run_file_format(target: Target, count: int, seed: int, scratch: Path, findin
 # ---------------------------------------------------------------- the campaign
 
 def run_campaign(formats: dict[str, int], seed: int, findings: Path | None = None, memory_mb: int = 1536,
-                 timeout_s: int = 30, log=print) -> dict[str, Tally]:
-    """Fuzz each format with its count of cases (``{format: count}``); returns the tally per format."""
+                 timeout_s: int = 30, log=print, chunk: int | None = None, deadline: float | None = None,
+                 on_round=None) -> dict[str, Tally]:
+    """Fuzz each format with its count of cases (``{format: count}``); returns the tally per format.
+
+    With ``chunk``, formats take turns ``chunk`` cases at a time, so a campaign stopped at
+    ``deadline`` (a ``time.monotonic()`` value; no new chunk starts after it) has covered every
+    format; ``on_round(results)`` is called after each turn, e.g. to save partial figures.
+    """
     from fuzz_server import run_server_format
 
-    results = {}
+    results = {name: Tally() for name in formats}
+    done = dict.fromkeys(formats, 0)
+    targets: dict[str, Target] = {}
     with tempfile.TemporaryDirectory(prefix="edgeseg-fuzz-") as tmp:
         work = Path(tmp)
         (work / "scratch").mkdir()
-        for name, count in formats.items():
-            if name in SERVER_FORMATS:
-                bundle = make_fuzz_bundle(work)
-                results[name] = run_server_format(name, bundle, count, seed, findings, timeout_s=timeout_s)
-            else:
-                results[name] = run_file_format(build_target(name, work), count, seed, work / "scratch", findings,
-                                                memory_mb=memory_mb, timeout_s=timeout_s)
-            log(format_row(name, results[name]))
+        while any(done[name] < formats[name] for name in formats):
+            for name in [n for n in formats if done[n] < formats[n]]:
+                if deadline is not None and time.monotonic() > deadline:
+                    return results
+                count = min(chunk or formats[name], formats[name] - done[name])
+                if name in SERVER_FORMATS:
+                    part = run_server_format(name, make_fuzz_bundle(work), count, seed, findings, timeout_s=timeout_s,
+                                             start=done[name])
+                else:
+                    if name not in targets:
+                        targets[name] = build_target(name, work)
+                    part = run_file_format(targets[name], count, seed, work / "scratch", findings, memory_mb=memory_mb,
+                                           timeout_s=timeout_s, start=done[name])
+                _merge(results[name], part)
+                done[name] += count
+                log(format_row(name, results[name]))
+            if on_round is not None:
+                on_round(results)
     return results
+
+
+def _merge(total: Tally, part: Tally) -> None:
+    total.counts.update(part.counts)
+    total.failures.extend(part.failures)
+    total.warned += part.warned
+    total.seconds += part.seconds
 
 
 def format_row(name: str, tally: Tally) -> str:
@@ -464,7 +489,9 @@ def main() -> int:
     parser.add_argument("--memory-mb", type=int, default=1536, help="address space a child may add (RLIMIT_AS)")
     parser.add_argument("--timeout", type=int, default=30, help="seconds a case may take")
     parser.add_argument("--findings", type=Path, default=None, help="folder for the failing cases")
-    parser.add_argument("--report", type=Path, default=None, help="JSON file for the tallies")
+    parser.add_argument("--report", type=Path, default=None, help="JSON file for the tallies (rewritten each turn)")
+    parser.add_argument("--chunk", type=int, default=None, help="cases per format per turn (default: all at once)")
+    parser.add_argument("--minutes", type=float, default=None, help="start no new chunk after this many minutes")
     args = parser.parse_args()
     if args.findings:
         args.findings.mkdir(parents=True, exist_ok=True)
@@ -475,13 +502,20 @@ def main() -> int:
             parser.error(f"unknown format {name!r}; known: {', '.join(FORMATS)}")
         formats[name] = int(count) if count else args.count
     began = time.perf_counter()
+
+    def save(results):
+        if args.report:
+            args.report.write_text(json.dumps(
+                {"command": " ".join(sys.argv), "wall_seconds": round(time.perf_counter() - began),
+                 "formats": {name: {"counts": dict(t.counts), "failures": t.failures, "warned": t.warned,
+                                    "seconds": round(t.seconds, 1)} for name, t in results.items()}}, indent=2))
+
+    deadline = time.monotonic() + args.minutes * 60 if args.minutes else None
     results = run_campaign(formats, args.seed, args.findings, args.memory_mb, args.timeout,
-                           log=lambda row: print(row, flush=True))
+                           log=lambda row: print(row, flush=True), chunk=args.chunk, deadline=deadline, on_round=save)
+    save(results)
     print(format_table(results))
     print(f"wall time {time.perf_counter() - began:.0f} s")
-    if args.report:
-        args.report.write_text(json.dumps({name: {"counts": dict(t.counts), "failures": t.failures, "warned": t.warned,
-                                                  "seconds": round(t.seconds, 1)} for name, t in results.items()}, indent=2))
     return 1 if any(t.counts.get(o) for t in results.values() for o in FAILURES) else 0
 
 

@@ -126,15 +126,16 @@ def _binary_case(rng: random.Random) -> tuple[bytes, dict]:
 
 
 def run_server_format(name: str, bundle: Path, count: int, seed: int, findings: Path | None,
-                      timeout_s: int = 30) -> Tally:
-    """Send ``count`` mutated requests of ``name`` (kserve-json / kserve-binary); returns the tally."""
+                      timeout_s: int = 30, start: int = 0) -> Tally:
+    """Send ``count`` mutated requests of ``name`` (kserve-json / kserve-binary), indices from
+    ``start``; returns the tally."""
     tally, began = Tally(), time.perf_counter()
     log = Path(tempfile.mkstemp(prefix="edgeseg-fuzz-serve-", suffix=".log")[1])
     server = Server(bundle, log)
     server.start()
     make = _json_case if name == "kserve-json" else _binary_case
     try:
-        for index in range(count):
+        for index in range(start, start + count):
             rng = random.Random(f"{seed}:{name}:{index}")
             body, headers = make(rng)
             try:
