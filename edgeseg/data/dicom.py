@@ -162,7 +162,7 @@ def _read_file(path: Path) -> pydicom.Dataset | None:
     if media_class == DICOMDIR_SOP_CLASS or "DirectoryRecordSequence" in dataset:
         return None
     if "PixelData" not in dataset:
-        if dataset.get("Modality") in NON_IMAGE_MODALITIES:
+        if str(dataset.get("Modality", "")) in NON_IMAGE_MODALITIES:
             return None
         raise DataError(f"DICOM file {path} has no pixel data (truncated?)")
     if "SeriesInstanceUID" not in dataset:
