@@ -226,7 +226,7 @@ def nrrd_field(data: bytes, rng: random.Random) -> bytes:
 
 # ---------------------------------------------------------------- JSON documents (manifest, KServe bodies)
 
-_JSON_VALUES = (None, True, 0, -1, 1, 2**31, 10**30, 1e308, -1e308, 0.5, "", "x", "x" * 5000, [], {}, [0], [-1, 1],
+JSON_VALUES = (None, True, 0, -1, 1, 2**31, 10**30, 1e308, -1e308, 0.5, "", "x", "x" * 5000, [], {}, [0], [-1, 1],
                 [2**31, 2**31], [1, 1, 100000, 100000], {"a": 1}, "FP64", "BYTES", "../../etc/passwd", "NaN")
 
 
@@ -245,7 +245,7 @@ def edit_json(document, rng: random.Random):
     document = copy.deepcopy(document)
     paths = [p for p in _json_paths(document) if p]
     if not paths:
-        return rng.choice(_JSON_VALUES)
+        return rng.choice(JSON_VALUES)
     path = rng.choice(paths)
     parent = document
     for step in path[:-1]:
@@ -259,7 +259,7 @@ def edit_json(document, rng: random.Random):
     elif action == 2 and isinstance(parent[last], (int, float)) and not isinstance(parent[last], bool):
         parent[last] = rng.choice((parent[last] * 1000, -parent[last], float("nan"), float("inf"), str(parent[last])))
     else:
-        parent[last] = copy.deepcopy(rng.choice(_JSON_VALUES))
+        parent[last] = copy.deepcopy(rng.choice(JSON_VALUES))
     return document
 
 

@@ -23,7 +23,8 @@ import time
 from pathlib import Path
 
 import fuzz_mutations as fm
-from fuzz_inputs import ROOT, Tally
+from fuzz_inputs import Tally
+from fuzz_targets import ROOT
 
 SERVER_MEMORY_BYTES = 6 << 30
 INPUT_SHAPE = [1, 1, 64, 64]

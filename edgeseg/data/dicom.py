@@ -25,8 +25,8 @@ pydicom = require("pydicom", "io", "reading DICOM series")
 from pydicom.errors import InvalidDicomError  # noqa: E402  (pydicom is known present here)
 
 from edgeseg.data.nifti import spacing_from_affine, to_lps_layout
-from edgeseg.limits import check_dims, check_volume
 from edgeseg.data.volume import Volume
+from edgeseg.limits import check_dims, check_volume
 
 log = logging.getLogger(__name__)
 
