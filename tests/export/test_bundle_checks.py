@@ -1,10 +1,16 @@
 """A bundle that fails a check makes `inspect` exit non-zero; killed exports leave nothing for long."""
 
+import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
+
+import pytest
 
 from edgeseg.runtime.manifest import read_manifest
+
+DATA = Path(__file__).parents[1] / "data"
 
 
 def edgeseg(*args):
@@ -62,3 +68,35 @@ def test_export_removes_a_killed_exports_staging_folder_and_force_replaces(check
                   echo=lambda s: None)
     assert read_manifest(out).created >= first.created
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".bundle")) == []
+
+
+def test_training_data_is_recorded_absolute_so_export_finds_it_from_elsewhere(tmp_path, monkeypatch):
+    import torch
+
+    from edgeseg.export.verify import load_verify_set
+    from edgeseg.train.checkpoint import checkpoint_spec
+
+    data = DATA / "msd_liver_slices"
+    shutil.copytree(data, tmp_path / "slices")
+    proc = subprocess.run([sys.executable, "-m", "edgeseg.cli", "train", "--data", "slices", "--out", "run", "--epochs",
+                           "1", "--size", "32", "--base", "4", "--depth", "2", "--batch-size", "2", "--quiet"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])})
+    assert proc.returncode == 0, proc.stderr
+    payload = torch.load(tmp_path / "run" / "best.pt", weights_only=True)
+    assert payload["train_config"]["data"] == str(tmp_path / "slices")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert len(load_verify_set(payload, checkpoint_spec(payload), None, 2).images) == 2
+
+
+def test_missing_training_data_names_it_and_the_way_out(tmp_path, monkeypatch):
+    from edgeseg.errors import DataError
+    from edgeseg.export.verify import load_verify_set
+    from edgeseg.spec import PreprocessSpec
+
+    monkeypatch.chdir(tmp_path)
+    payload = {"train_config": {"data": "runs/data/slices"}, "split": {"val": ["10001"]}, "class_names": ["bg", "liver"]}
+    with pytest.raises(DataError, match=r"training data runs/data/slices is not found .*pass --verify-data"):
+        load_verify_set(payload, PreprocessSpec(size=(32, 32)), None, 2)
