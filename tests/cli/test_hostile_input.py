@@ -275,4 +275,4 @@ def test_evaluate_out_that_is_a_file(tmp_path, assert_one_line_error):
     taken = tmp_path / "taken"
     taken.write_text("x")
     proc = edgeseg("evaluate", tmp_path / "none.pt", "--data", "phantom", "--out", taken / "sub", "--quiet")
-    assert_one_line_error(proc, "is not a folder")
+    assert_one_line_error(proc, "is not a writable folder (it is a file)")
