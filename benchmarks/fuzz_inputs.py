@@ -9,7 +9,7 @@ parent counts the outcome:
 - ``success``: the input was read (mutations can leave a file valid);
 - ``traceback``: any other exception, or a CLI exit that is not the one-line error;
 - ``crash``: the child died of a signal (segfault, abort, ...);
-- ``hang``: the time limit passed;
+- ``hang``: more than the time limit of CPU time (or 20 times it of wall time);
 - ``over memory``: ``MemoryError``, or killed for memory.
 
 The KServe v2 formats go to a real ``edgeseg serve`` on 127.0.0.1 (``fuzz_server``). A case is
@@ -53,6 +53,8 @@ OUTCOMES = ("clean error", "success", "traceback", "crash", "hang", "over memory
 FAILURES = ("traceback", "crash", "hang", "over memory")
 # Limits the children read under: small enough that the largest volume the limits admit,
 # times the readers' copies, fits the memory limit.
+# The wall-clock backstop of a case, as a multiple of its CPU-time limit.
+WALL_FACTOR = 20
 CHILD_LIMITS = {"EDGESEG_MAX_VOLUME_BYTES": str(128 << 20), "EDGESEG_MAX_PIXELS": str(4096 * 4096)}
 
 
@@ -93,7 +95,14 @@ def _run_one(target: Target, path: Path, case: Path, timeout_s: int) -> tuple[st
     sys.stdout, sys.stderr = open(case / "stdout", "w"), open(case / "stderr", "w")
     os.dup2(sys.stdout.fileno(), 1)
     os.dup2(sys.stderr.fileno(), 2)
-    signal.alarm(timeout_s)  # default action: the child dies of SIGALRM, which the parent calls a hang
+    # A hang is more than timeout_s of CPU time (SIGXCPU), so a starved low-priority run on a
+    # busy machine is not mistaken for one; the wall-clock alarm only catches a case that
+    # blocks without using CPU. Either signal kills the child, which the parent calls a hang.
+    used = sum(resource.getrusage(resource.RUSAGE_SELF)[:2])
+    _, hard = resource.getrlimit(resource.RLIMIT_CPU)
+    soft = int(used) + timeout_s + 1
+    resource.setrlimit(resource.RLIMIT_CPU, (soft if hard == resource.RLIM_INFINITY else min(soft, hard), hard))
+    signal.alarm(timeout_s * WALL_FACTOR)
     outcome = "traceback"
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -109,6 +118,7 @@ def _run_one(target: Target, path: Path, case: Path, timeout_s: int) -> tuple[st
         except BaseException:  # noqa: BLE001 - every other escape is the finding itself
             (case / "traceback.txt").write_text(traceback.format_exc())
     signal.alarm(0)
+    resource.setrlimit(resource.RLIMIT_CPU, (hard, hard))
     sys.stdout.close()
     sys.stderr.close()
     return outcome, bool(caught)
@@ -123,6 +133,7 @@ def _batch_child(target: Target, seed: int, indices: range, scratch: Path, findi
         limit = (_address_space_kb() << 10) + (memory_mb << 20)
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
         signal.signal(signal.SIGALRM, signal.SIG_DFL)
+        signal.signal(signal.SIGXCPU, signal.SIG_DFL)
         os.environ.update(CHILD_LIMITS)
         with open(progress, "a", buffering=1) as log:
             for index in indices:
