@@ -5,8 +5,8 @@ from __future__ import annotations
 import click
 import numpy as np
 
-from edgeseg.cli.input_limits import input_limit_options
 from edgeseg.atomic import check_output_folder
+from edgeseg.cli.input_limits import input_limit_options
 from edgeseg.cli.logs import configure_logging
 
 

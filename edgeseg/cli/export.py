@@ -7,8 +7,8 @@ from pathlib import Path
 
 import click
 
-from edgeseg.cli.input_limits import input_limit_options
 from edgeseg.atomic import check_output_folder
+from edgeseg.cli.input_limits import input_limit_options
 from edgeseg.cli.logs import configure_logging
 from edgeseg.errors import DataError, require
 
