@@ -104,7 +104,7 @@ def load_model(path: str | Path, expected: ModelConfig | None = None) -> tuple[t
         # checkpoint's own tensors are assigned in, after their names and shapes are checked.
         with torch.device("meta"):
             model = build_model(config)
-    except (TypeError, ValueError, KeyError, AttributeError) as exc:
+    except (TypeError, ValueError, KeyError, AttributeError, OverflowError, RuntimeError) as exc:
         raise CheckpointError(f"{path} is not an edgeseg checkpoint (bad model config: {' '.join(str(exc).split())[:200]})") from None
     if expected is not None and config != expected:
         raise CheckpointError(f"{path} is from a different model config: {', '.join(config.differences(expected))}")
