@@ -91,8 +91,10 @@ class ArtifactEntry:
             raise BundleError(f"artifact {self.file!r}: format must be one of {FORMATS}, got {self.format!r}")
         if self.precision not in PRECISIONS:
             raise BundleError(f"artifact {self.file!r}: precision must be one of {PRECISIONS}, got {self.precision!r}")
-        if Path(self.file).name != self.file or self.file in ("", ".", ".."):
-            raise BundleError(f"artifact file must be a plain file name inside the bundle, got {self.file!r}")
+        # 255 bytes: the longest file name filesystems take (NAME_MAX); longer fails in stat().
+        if (Path(self.file).name != self.file or self.file in ("", ".", "..") or "\0" in self.file
+                or len(self.file.encode()) > 255):
+            raise BundleError(f"artifact file must be a plain file name inside the bundle, got {self.file[:80]!r}")
         if not (isinstance(self.sha256, str) and len(self.sha256) == 64):
             raise BundleError(f"artifact {self.file!r}: sha256 must be 64 hex digits, got {self.sha256!r}")
 
