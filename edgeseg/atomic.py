@@ -1,13 +1,38 @@
-"""Atomic file output: write beside the target, then rename, so no reader sees half a file."""
+"""Atomic output: write beside the target, then rename, so no reader sees half a file or folder.
+
+Files are written to a temporary name and renamed over the target. Folders (bundles, Triton
+repositories, PNG series) are written into a staging folder beside the target; a new target is
+one rename, and an existing one is replaced by exchanging the two folders in one step with
+Linux's ``renameat2(RENAME_EXCHANGE)``, so that at every instant the path holds either the
+complete old folder or the complete new one. Where the exchange is not available (another OS,
+a filesystem without it) the fallback is two renames, old aside then new in; a process killed
+between them leaves the old folder under a ``.NAME.previous-PID-...`` name, and the next
+write to the same target puts it back before doing anything else.
+
+Staging names carry the writer's process id (``.NAME.staging-PID-...``): a later write to
+the same target removes those whose process is gone, so a killed export leaves nothing behind
+for long, while a concurrent one is left alone. :func:`check_output_file` and
+:func:`check_output_folder` let a command refuse an output it cannot write before any work.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
 import os
+import re
+import secrets
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+
+from edgeseg.errors import DataError
+
+_AT_FDCWD = -100
+_RENAME_EXCHANGE = 2
+_LEFTOVER = re.compile(r"^\.(?P<name>.+)\.(?P<kind>staging|previous)-(?P<pid>\d+)-[0-9a-f]+$")
 
 
 @contextlib.contextmanager
@@ -41,22 +66,142 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def exchange_paths(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """Swap two existing paths in one atomic step (``renameat2(RENAME_EXCHANGE)``).
+
+    Returns False, having changed nothing, where the exchange is not available (no
+    ``renameat2`` in the C library, a kernel or filesystem without it); raises OSError for
+    any other failure.
+    """
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    renameat2.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint)
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP):
+        return False
+    raise OSError(code, os.strerror(code), str(a))
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def clean_leftovers(target: str | os.PathLike) -> None:
+    """Tidy what killed writers left beside ``target``: restore an old folder moved aside by the
+    two-rename fallback when ``target`` is missing, and remove staging folders of dead processes."""
+    target = Path(target)
+    if not target.parent.is_dir():
+        return
+    for item in sorted(target.parent.iterdir()):
+        match = _LEFTOVER.match(item.name)
+        if match is None or match["name"] != target.name or _alive(int(match["pid"])):
+            continue
+        if match["kind"] == "previous" and not os.path.lexists(target):
+            os.rename(item, target)
+        else:
+            shutil.rmtree(item, ignore_errors=True)
+
+
+def _sibling(target: Path, kind: str) -> Path:
+    return target.parent / f".{target.name}.{kind}-{os.getpid()}-{secrets.token_hex(4)}"
+
+
+def replace_dir(new: Path, target: Path, on_step: Callable[[str], None] | None = None) -> None:
+    """Put the folder ``new`` at ``target``, replacing a folder there, as the module describes.
+
+    ``on_step`` is called with each step's name just before it ("rename", "exchange",
+    "remove-old", "move-old-aside", "rename-new"), so tests can stop the process at each.
+    """
+    step = on_step or (lambda name: None)
+    if not os.path.lexists(target):
+        step("rename")
+        os.rename(new, target)
+        return
+    step("exchange")
+    if exchange_paths(new, target):
+        step("remove-old")
+        shutil.rmtree(new, ignore_errors=True)  # after the exchange it holds the old folder
+        return
+    previous = _sibling(target, "previous")
+    step("move-old-aside")
+    os.rename(target, previous)
+    try:
+        step("rename-new")
+        os.rename(new, target)
+    except BaseException:
+        os.rename(previous, target)
+        raise
+    try:
+        step("remove-old")
+    finally:
+        shutil.rmtree(previous, ignore_errors=True)
+
+
 @contextlib.contextmanager
-def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary folder beside ``path``; on success it replaces ``path`` whole."""
+def atomic_dir(path: str | os.PathLike, on_step: Callable[[str], None] | None = None) -> Iterator[Path]:
+    """Yield a staging folder beside ``path``; on success it replaces ``path`` whole (see
+    :func:`replace_dir`), on failure it is removed and ``path`` is left as it was."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    clean_leftovers(target)
+    tmp = _sibling(target, "staging")
+    tmp.mkdir()
     try:
         yield tmp
-        if target.exists():
-            old = target.with_name(f".{target.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(target, old)
-            os.replace(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, target)
+        replace_dir(tmp, target, on_step)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _probe(target: Path, what: str) -> None:
+    """Create and remove a file in the nearest existing folder above ``target``: the only check
+    that answers for root, read-only mounts and pseudo filesystems such as /proc alike."""
+    folder = target.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise DataError(f"cannot write {what} {target}: {folder} is not a writable folder (it is a file)")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".edgeseg-write-check-", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise DataError(f"cannot write {what} {target}: {folder} is not a writable folder ({exc.strerror or exc})") from None
+
+
+def check_output_file(path: str | os.PathLike, what: str = "output") -> Path:
+    """Refuse, before any work, a file output that is an existing folder or cannot be written."""
+    target = Path(path)
+    if target.is_dir():
+        raise DataError(f"{what} {target} is an existing folder; name a file")
+    if os.path.lexists(target) and not target.is_file():
+        raise DataError(f"{what} {target} exists and is not a regular file")
+    _probe(target, what)
+    return target
+
+
+def check_output_folder(path: str | os.PathLike, what: str = "output folder", staged: bool = False) -> Path:
+    """Refuse, before any work, a folder output that is a file or cannot be written.
+
+    ``staged``: the folder is written whole by :func:`atomic_dir`, so its parent must take
+    new folders; otherwise files are written inside it.
+    """
+    target = Path(path)
+    if os.path.lexists(target) and not target.is_dir():
+        raise DataError(f"{what} {target} exists and is not a folder")
+    _probe(target / ".edgeseg" if target.is_dir() and not staged else target, what)
+    return target

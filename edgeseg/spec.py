@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import numbers
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -66,8 +67,11 @@ class PreprocessSpec:
         size = _pair(self.size, "size", int)
         object.__setattr__(self, "window", window)
         object.__setattr__(self, "size", size)
-        object.__setattr__(self, "mean", float(self.mean))
-        object.__setattr__(self, "std", float(self.std))
+        for name in ("mean", "std"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Real):
+                raise SpecError(f"{name} must be a number, got {value!r}")
+            object.__setattr__(self, name, float(value))
         low, high = window
         if not (math.isfinite(low) and math.isfinite(high)):
             raise SpecError(f"window must be finite, got {window}")
@@ -76,6 +80,9 @@ class PreprocessSpec:
         for n in size:
             if not 1 <= n <= MAX_SIZE:
                 raise SpecError(f"size must be between 1 and {MAX_SIZE} per axis, got {size}")
+        for name in ("interpolation", "dtype", "orientation"):
+            if not isinstance(getattr(self, name), str):
+                raise SpecError(f"{name} must be a string, got {getattr(self, name)!r}")
         if self.interpolation not in INTERPOLATIONS:
             raise SpecError(f"interpolation must be one of {INTERPOLATIONS}, got {self.interpolation!r}")
         if self.dtype not in DTYPES:
@@ -144,7 +151,7 @@ def _pair(value: Any, name: str, kind: type) -> tuple:
         raise SpecError(f"{name} must be a pair, got {value!r}")
     try:
         out = tuple(kind(v) for v in items)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise SpecError(f"{name} must hold numbers, got {value!r}") from None
     if kind is int and any(float(v) != int(v) for v in items):
         raise SpecError(f"{name} must hold whole numbers, got {value!r}")

@@ -21,6 +21,7 @@ def command(bundle, backends, batch, size, runs, warmup, threads, json_out, png_
     """Benchmark BUNDLE on this machine: one table for all backends, measured in one run."""
     from tqdm import tqdm
 
+    from edgeseg.atomic import check_output_file
     from edgeseg.bench.runtime import backend_labels, bench_backend, cold_start, format_table, plot_latency, write_json
     from edgeseg.errors import DataError, EdgesegError
     from edgeseg.runtime.manifest import read_manifest, verify_artifacts
@@ -31,6 +32,9 @@ def command(bundle, backends, batch, size, runs, warmup, threads, json_out, png_
         raise DataError(f"--batch must be comma-separated integers, got {batch!r}") from None
     if not batches or min(batches) < 1 or size < 8 or runs < 1 or warmup < 0:
         raise DataError(f"need batch sizes >= 1, --size >= 8, --runs >= 1, --warmup >= 0; got {batch!r}, {size}, {runs}, {warmup}")
+    for path, what in ((json_out, "--json"), (png_out, "--png")):
+        if path:
+            check_output_file(path, what)
     verify_artifacts(bundle, read_manifest(bundle))
     results = []
     for label in tqdm(backend_labels(bundle, list(backends)), desc="benchmarking", unit="backend", leave=False):
@@ -63,9 +67,11 @@ def serve_command(bundle, clients, seconds, warmup, batch, max_batch, backend, t
     """Load-test `edgeseg serve` on loopback: errors, p50/p99 latency, throughput, server RSS growth."""
     import json
 
-    from edgeseg.atomic import atomic_write_text
+    from edgeseg.atomic import atomic_write_text, check_output_file
     from edgeseg.bench.serve_load import load_test
 
+    if json_out:
+        check_output_file(json_out, "--json")
     click.echo(f"starting edgeseg serve and loading it with {clients} clients for {seconds:g} s ...")
     r = load_test(bundle, clients=clients, seconds=seconds, warmup=warmup, batch=batch, max_batch=max_batch,
                   backend=backend, threads=threads)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from edgeseg.atomic import check_output_folder
 from edgeseg.evaluate.compare import compare_runs, load_run, plot_comparison
 from edgeseg.report.output import format_table, write_csv, write_json
 
@@ -27,6 +28,8 @@ def command(runs: tuple[Path, ...], out_dir: Path | None) -> None:
     between the runs, the best epoch and validation Dice, the training time, and evaluation
     Dice / HD95 means where available.
     """
+    if out_dir is not None:
+        check_output_folder(out_dir, "--out")
     loaded = [load_run(path) for path in runs]
     rows, columns = compare_runs(loaded)
     click.echo(format_table(rows, columns))

@@ -5,6 +5,8 @@ from __future__ import annotations
 import click
 import numpy as np
 
+from edgeseg.atomic import check_output_folder
+from edgeseg.cli.input_limits import input_limit_options
 from edgeseg.cli.logs import configure_logging
 
 
@@ -25,6 +27,7 @@ def synth(out: str, cases: int, seed: int, size: int, slices: int, quiet: bool) 
     """Write a synthetic labelled CT phantom dataset (MSD layout: imagesTr/, labelsTr/)."""
     from edgeseg.data.phantom import PHANTOM_LABELS, phantom_geometry, write_phantom_dataset
 
+    check_output_folder(out, "--out")
     configure_logging()
     shape, spacing = phantom_geometry(size, slices)
     folder = write_phantom_dataset(out, cases, seed, shape=shape, spacing=spacing, progress=not quiet)
@@ -66,6 +69,7 @@ def describe_volumes(volumes: list) -> str:
 
 
 @command.command("info")
+@input_limit_options
 @click.argument("source")
 @click.option("--intensity", default=None, help="Slice folders: 'hu-clipped:LO,HI' or 'window:LO,HI'.")
 @click.option("--mask-threshold", default=127, show_default=True, type=click.IntRange(0, 254),

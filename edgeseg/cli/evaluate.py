@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import click
 
+from edgeseg.atomic import check_output_folder
+from edgeseg.cli.input_limits import input_limit_options
 from edgeseg.cli.logs import configure_logging
 from edgeseg.errors import require
 
 
 @click.command("evaluate")
+@input_limit_options
 @click.argument("checkpoint", type=click.Path(dir_okay=False))
 @click.option("--data", required=True, help="Labelled data in any format 'edgeseg train --data' accepts.")
 @click.option("--split", type=click.Choice(["auto", "train", "val", "test", "all"]), default="auto", show_default=True,
@@ -28,6 +31,8 @@ def command(checkpoint, data, split, labels, label_file, keep_largest, intensity
     from edgeseg.evaluate.model_eval import evaluate_checkpoint
     from edgeseg.train.config import parse_labels
 
+    if out is not None:
+        check_output_folder(out, "--out")
     configure_logging()
     result = evaluate_checkpoint(
         checkpoint, data, split=split, labels=parse_labels(labels) if labels else None,

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from edgeseg.atomic import check_output_folder
+from edgeseg.cli.input_limits import input_limit_options
 from edgeseg.cli.logs import configure_logging
 from edgeseg.errors import DataError, require
 
@@ -16,6 +18,7 @@ def _cache_default() -> Path:
 
 
 @click.command("export")
+@input_limit_options
 @click.argument("checkpoint", type=click.Path(dir_okay=False))
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Bundle folder to create.")
 @click.option("--profile", default=None, help="Target profile: a name in export/ (cpu-int8, gpu-fp16, edge-int8) or a TOML path; flags override it.")
@@ -52,6 +55,8 @@ def command(checkpoint, out, profile, formats, fp16, int8, calib, calib_method, 
     configure_logging()
     if triton_repo and Path(triton_repo).exists() and not force:
         raise DataError(f"--triton {triton_repo} exists; pass --force to replace it")
+    if triton_repo:
+        check_output_folder(triton_repo, "--triton", staged=True)
     settings = load_profile(profile) if profile else ExportSettings()
     settings = settings.override(
         formats=tuple(f.strip() for f in formats.split(",") if f.strip()) if formats else None,

@@ -8,9 +8,9 @@ from pathlib import Path
 import click
 
 
-def describe_bundle(bundle: str) -> str:
+def describe_bundle(bundle: str) -> tuple[str, list[str]]:
     """The text ``edgeseg inspect`` prints: model, spec, tensors, artifacts (with a fresh hash
-    check), calibration record and parity table."""
+    check), calibration record and parity table; and the checks that failed (empty when none)."""
     from edgeseg.errors import BundleError
     from edgeseg.report.output import format_table
     from edgeseg.export.verify import parity_table
@@ -25,13 +25,16 @@ def describe_bundle(bundle: str) -> str:
              f"post     {json.dumps(manifest.postprocess)}   max batch {manifest.max_batch}"]
     for kind, tensors in (("input", manifest.inputs), ("output", manifest.outputs)):
         lines += [f"{kind:<8} {t.name} {list(t.shape)} {t.dtype}" for t in tensors]
-    rows = []
+    rows, failed = [], []
+    if not manifest.artifacts:
+        failed.append("the manifest lists no artifacts")
     for entry in manifest.artifacts:
         try:
             verify_artifacts(bundle, manifest, only=[entry])
             check = "ok"
         except BundleError as exc:
             check = "FAILED: " + str(exc).split(": ", 1)[-1]
+            failed.append(f"{entry.key}: {str(exc).split(': ', 1)[-1]}")
         fingerprint = ", ".join(f"{k}={v}" for k, v in (entry.fingerprint or {}).items()) or "-"
         skipped = "; ".join(f"{name} ({why})" for name, why in sorted(entry.excluded.items())) or "-"
         rows.append({"artifact": entry.key, "file": entry.file, "bytes": entry.bytes, "sha256": entry.sha256[:12],
@@ -44,14 +47,26 @@ def describe_bundle(bundle: str) -> str:
                       f"{c.get('without_target')} without), data {str(c.get('data_hash'))[:12]}, spec {c.get('spec_hash')}"]
     parity_path = Path(bundle) / PARITY_NAME
     if parity_path.is_file():
-        parity = json.loads(parity_path.read_text(encoding="utf-8"))
-        lines += ["", f"parity vs {parity.get('reference')} on {parity.get('slices')} slices of {parity.get('data')}:",
-                  parity_table(parity)]
-    return "\n".join(lines)
+        try:
+            parity = json.loads(parity_path.read_text(encoding="utf-8"))
+            table = parity_table(parity) if isinstance(parity, dict) and "results" in parity else None
+        except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
+            raise BundleError(f"{parity_path}: not a readable parity report ({' '.join(str(exc).split())})") from None
+        if table is not None:
+            lines += ["", f"parity vs {parity.get('reference')} on {parity.get('slices')} slices of {parity.get('data')}:",
+                      table]
+            if parity.get("passed") is False:
+                failed.append("the parity report records a failed gate")
+    return "\n".join(lines), failed
 
 
 @click.command("inspect")
 @click.argument("bundle", type=click.Path())
 def command(bundle: str) -> None:
-    """Print BUNDLE's manifest, artifact hash checks and parity report."""
-    click.echo(describe_bundle(bundle))
+    """Print BUNDLE's manifest, artifact hash checks and parity report; exit 2 when a check fails."""
+    from edgeseg.errors import BundleError
+
+    text, failed = describe_bundle(bundle)
+    click.echo(text)
+    if failed:
+        raise BundleError(f"bundle {bundle} failed {len(failed)} check(s): {'; '.join(failed)}")

@@ -21,10 +21,13 @@ def command(bundle, ae_title, host, port, out, forward, idle, backend, threads) 
     import contextlib
     import time
 
+    from edgeseg.atomic import check_output_folder
     from edgeseg.cli.logs import configure_logging
     from edgeseg.runtime.segmenter import Segmenter
     from edgeseg.serve.dicom_node import DicomNode, Peer
 
+    if out is not None:
+        check_output_folder(out, "--out")
     configure_logging()
     peer = Peer.parse(forward) if forward else None
     segmenter = Segmenter.load(bundle, backend=backend.split(",") if "," in backend else backend, threads=threads)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import warnings
 
 import click
 
@@ -14,14 +15,23 @@ class EdgesegGroup(click.Group):
     """Turns an EdgesegError into one line on stderr and exit status 2, never a traceback."""
 
     def invoke(self, ctx: click.Context):
-        try:
-            return super().invoke(ctx)
-        except EdgesegError as exc:
-            click.echo(f"edgeseg: error: {exc}", err=True)
-            sys.exit(2)
-        except KeyboardInterrupt:
-            click.echo("edgeseg: interrupted", err=True)
-            sys.exit(130)
+        # Libraries warn about the inputs they parse (pydicom, nibabel, Pillow); those warnings
+        # are held back: after an error only edgeseg's line is printed, after success each
+        # distinct warning is printed as one line, never as Python's two-line warning format.
+        with warnings.catch_warnings(record=True) as caught:
+            try:
+                result = super().invoke(ctx)
+            except EdgesegError as exc:
+                # One line, whatever the message quotes (a library's multi-line text, a matrix).
+                click.echo(f"edgeseg: error: {' '.join(str(exc).split())}", err=True)
+                sys.exit(2)
+            except KeyboardInterrupt:
+                click.echo("edgeseg: interrupted", err=True)
+                sys.exit(130)
+            held = list(caught)
+        for text in dict.fromkeys(f"{w.category.__name__}: {' '.join(str(w.message).split())}" for w in held):
+            click.echo(f"edgeseg: warning: {text}", err=True)
+        return result
 
 
 @click.group(cls=EdgesegGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import click
 
+from edgeseg.cli.input_limits import input_limit_options
+
 
 @click.command("predict")
+@input_limit_options
 @click.argument("bundle", type=click.Path(file_okay=False))
 @click.argument("input_path", metavar="INPUT", type=click.Path())
 @click.option("--out", required=True, type=click.Path(), help="Output file (or folder for PNGs of a volume).")
@@ -43,6 +46,7 @@ def command(bundle, input_path, out, fmt, backend, threads, batch_size, overlay,
     if not quiet:
         configure_logging()
     fmt = format_for(out, fmt)
+    _check_outputs(out, fmt, overlay)
     volume, refs = read_input(input_path, intensity=intensity)
     if fmt == "dicom-seg" and refs is None:
         raise DataError(f"--format dicom-seg needs a DICOM series folder as INPUT, got {input_path}")
@@ -65,3 +69,27 @@ def command(bundle, input_path, out, fmt, backend, threads, batch_size, overlay,
     voxels = " ".join(f"{names.get(k, k)}={int(counts[k])}" for k in sorted(names) if k > 0)
     click.echo(f"{volume.case_id}: {labels.shape[0]} slices, backend {used}, {time.perf_counter() - start:.2f} s, "
                f"voxels {voxels} -> {out}")
+
+
+def _check_outputs(out: str, fmt: str, overlay: str | None) -> None:
+    """Refuse outputs that cannot be written before reading or segmenting anything.
+
+    PNG output of a volume is a folder of slices, written whole: an existing folder is
+    replaced only when it holds nothing but PNG files (an earlier prediction).
+    """
+    from pathlib import Path
+
+    from edgeseg.atomic import check_output_file, check_output_folder
+    from edgeseg.errors import DataError
+
+    target = Path(out)
+    if fmt == "png" and target.is_dir():
+        others = [p.name for p in target.iterdir() if not p.name.lower().endswith(".png")]
+        if others:
+            raise DataError(f"--out {target} is a folder holding other files ({', '.join(sorted(others)[:3])}); "
+                            f"PNG output replaces the folder whole, so name a new one")
+        check_output_folder(target, "--out", staged=True)
+    else:
+        check_output_file(target, "--out")
+    if overlay:
+        check_output_file(overlay, "--overlay")

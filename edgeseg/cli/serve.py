@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import click
 
+from edgeseg.cli.input_limits import input_limit_options
+
 
 @click.command("serve")
+@input_limit_options
 @click.argument("bundle", type=click.Path(file_okay=False))
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (loopback unless told otherwise).")
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))

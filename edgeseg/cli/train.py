@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
+from edgeseg.atomic import check_output_folder
+from edgeseg.cli.input_limits import input_limit_options
 from edgeseg.cli.logs import configure_logging
 from edgeseg.errors import require
 
 
 @click.command("train")
+@input_limit_options
 @click.option("--data", default="phantom", show_default=True,
               help="Training data: a NIfTI dataset (imagesTr/labelsTr), a DICOM series folder, a slice folder "
                    "(images/ + masks/), or 'phantom[:cases=N,seed=S,size=P,slices=Z]' generated on the fly.")
@@ -45,11 +50,14 @@ def command(**opts) -> None:
     from edgeseg.train.config import TrainConfig, parse_labels, parse_pair
     from edgeseg.train.loop import train
 
+    check_output_folder(opts["out"], "--out")
     configure_logging()
     test = opts["test_fraction"]
     val = opts["val_fraction"]
+    # An existing path is recorded absolute, so export and evaluate find the data from any folder.
+    data = str(Path(opts["data"]).resolve()) if Path(opts["data"]).exists() else opts["data"]
     cfg = TrainConfig(
-        data=opts["data"], out=opts["out"], model=opts["model"], base=opts["base"], depth=opts["depth"],
+        data=data, out=opts["out"], model=opts["model"], base=opts["base"], depth=opts["depth"],
         size=opts["size"], window=parse_pair(opts["window"], "--window"), labels=parse_labels(opts["labels"]),
         intensity=opts["intensity"], epochs=opts["epochs"], batch_size=opts["batch_size"], lr=opts["lr"],
         weight_decay=opts["weight_decay"], seed=opts["seed"], fractions=(1.0 - val - test, val, test),

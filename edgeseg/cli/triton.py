@@ -17,7 +17,10 @@ import click
 @click.option("--force", is_flag=True, help="Replace an existing repository folder.")
 def command(bundle, repo, name, precision, max_batch, kind, instances, force) -> None:
     """Write REPO/<name>/config.pbtxt and 1/model.onnx (plus <name>-trt for TensorRT engines)."""
+    from edgeseg.atomic import check_output_folder
     from edgeseg.export.triton import write_triton_repo
+
+    check_output_folder(repo, "REPO", staged=True)
 
     models = write_triton_repo(bundle, repo, name=name, precision=precision, max_batch=max_batch, kind=kind,
                                instances=instances, force=force)

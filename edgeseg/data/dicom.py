@@ -26,6 +26,7 @@ from pydicom.errors import InvalidDicomError  # noqa: E402  (pydicom is known pr
 
 from edgeseg.data.nifti import spacing_from_affine, to_lps_layout
 from edgeseg.data.volume import Volume
+from edgeseg.limits import check_dims, check_volume
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,7 @@ DUPLICATE_POSITION_MM = 1e-3
 UNIFORM_GAP_TOLERANCE = 0.05
 
 _DEFER_BYTES = 64 * 1024
+_PIXEL_DATA_TAG = 0x7FE00010
 _LPS = nio.axcodes2ornt(("L", "P", "S"))
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
@@ -89,12 +91,56 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split())
 
 
+def dicom_numbers(dataset: pydicom.Dataset, field: str, path: Path, count: int | None = None,
+                  default: tuple[float, ...] | None = None) -> tuple[float, ...]:
+    """The finite numbers of a numeric DICOM field (DS, IS, US, ...), or DataError naming file and field.
+
+    A missing field gives ``default`` (an error when None); an empty, non-numeric or
+    non-finite value, or one with other than ``count`` numbers, is refused rather than guessed.
+    """
+    if field not in dataset:
+        if default is None:
+            raise DataError(f"DICOM file {path} lacks {field}")
+        return default
+    try:
+        raw = dataset[field].value
+        values = list(raw) if isinstance(raw, (list, tuple, pydicom.multival.MultiValue)) else [raw]
+        numbers = tuple(float(v) for v in values if v is not None and str(v).strip() != "")
+    except MemoryError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - pydicom raises many types converting a corrupt value
+        raise DataError(f"DICOM file {path}: field {field} is not a number ({_one_line(exc)})") from None
+    if not numbers:
+        raise DataError(f"DICOM file {path}: field {field} is empty")
+    if count is not None and len(numbers) != count:
+        raise DataError(f"DICOM file {path}: field {field} has {len(numbers)} values, expected {count}")
+    if not all(np.isfinite(numbers)):
+        raise DataError(f"DICOM file {path}: field {field} is {list(numbers)}, not finite")
+    return numbers
+
+
+def _decode_elements(dataset: pydicom.Dataset) -> None:
+    """Convert every element but the (deferred) pixel data now: pydicom decodes values lazily,
+    so a corrupt one would otherwise raise (NotImplementedError, ValueError, ...) wherever it is
+    first read."""
+    meta = getattr(dataset, "file_meta", None)
+    for part in (meta, dataset) if meta is not None else (dataset,):
+        for tag in list(part.keys()):
+            if tag == _PIXEL_DATA_TAG:
+                continue
+            element = part[tag]
+            if element.VR == "SQ":
+                for item in element.value:
+                    _decode_elements(item)
+
+
 def _read_file(path: Path) -> pydicom.Dataset | None:
     """Read one file; None when it is clearly not a DICOM image (text, DICOMDIR, SR, ...)."""
     try:
         # Pixel data is deferred (read from the file on first use): a series is scanned whole
         # before one is chosen, and holding every slice's bytes twice would double memory.
         dataset = pydicom.dcmread(path, defer_size=_DEFER_BYTES)
+        _decode_elements(dataset)
     except InvalidDicomError:
         # No "DICM" preamble: old ACR-NEMA style files still exist, so look inside before
         # deciding; a file is taken only when it has what a slice needs.
@@ -106,13 +152,17 @@ def _read_file(path: Path) -> pydicom.Dataset | None:
             return None
         if "SOPInstanceUID" not in dataset or "PixelData" not in dataset:
             return None
+        try:
+            _decode_elements(dataset)
+        except Exception as exc:  # noqa: BLE001 - as below
+            raise DataError(f"cannot read DICOM file {path}: {_one_line(exc)}") from None
     except Exception as exc:  # noqa: BLE001 - with a DICM preamble, any parse failure is corruption
         raise DataError(f"cannot read DICOM file {path}: {_one_line(exc)}") from exc
     media_class = getattr(getattr(dataset, "file_meta", None), "MediaStorageSOPClassUID", None)
     if media_class == DICOMDIR_SOP_CLASS or "DirectoryRecordSequence" in dataset:
         return None
     if "PixelData" not in dataset:
-        if dataset.get("Modality") in NON_IMAGE_MODALITIES:
+        if str(dataset.get("Modality", "")) in NON_IMAGE_MODALITIES:
             return None
         raise DataError(f"DICOM file {path} has no pixel data (truncated?)")
     if "SeriesInstanceUID" not in dataset:
@@ -174,9 +224,9 @@ def _pick_series(folder: Path, series: dict, series_uid: str | None) -> tuple[st
 def _orientation(members: list[tuple[Path, pydicom.Dataset]]) -> tuple[np.ndarray, np.ndarray]:
     """Row and column direction cosines shared by all slices."""
     first_path, first = members[0]
-    cosines = np.asarray(first.ImageOrientationPatient, dtype=np.float64)
+    cosines = np.asarray(dicom_numbers(first, "ImageOrientationPatient", first_path, 6))
     for path, dataset in members[1:]:
-        other = np.asarray(dataset.ImageOrientationPatient, dtype=np.float64)
+        other = np.asarray(dicom_numbers(dataset, "ImageOrientationPatient", path, 6))
         if not np.allclose(other, cosines, atol=1e-4):
             raise DataError(
                 f"{path} has ImageOrientationPatient {other.tolist()} but {first_path.name} has "
@@ -189,8 +239,8 @@ def _orientation(members: list[tuple[Path, pydicom.Dataset]]) -> tuple[np.ndarra
 
 
 def _sort_by_position(members: list, normal: np.ndarray) -> tuple[list, np.ndarray]:
-    positions = [float(np.dot(np.asarray(ds.ImagePositionPatient, dtype=np.float64), normal))
-                 for _, ds in members]
+    positions = [float(np.dot(np.asarray(dicom_numbers(ds, "ImagePositionPatient", path, 3)), normal))
+                 for path, ds in members]
     order = sorted(range(len(members)), key=lambda i: (positions[i], members[i][0].name))
     members = [members[i] for i in order]
     positions = np.asarray([positions[i] for i in order])
@@ -209,40 +259,77 @@ def _sort_by_position(members: list, normal: np.ndarray) -> tuple[list, np.ndarr
     return members, positions
 
 
+def _rescale(dataset: pydicom.Dataset, path: Path) -> tuple[float, float]:
+    """RescaleSlope and RescaleIntercept; a slope of 0 would erase the image, so it is refused."""
+    (slope,) = dicom_numbers(dataset, "RescaleSlope", path, 1, default=(1.0,))
+    (intercept,) = dicom_numbers(dataset, "RescaleIntercept", path, 1, default=(0.0,))
+    if slope == 0:
+        raise DataError(f"DICOM file {path}: field RescaleSlope is 0, which maps every pixel to the intercept")
+    return slope, intercept
+
+
+def _slice_size(dataset: pydicom.Dataset, path: Path) -> tuple[int, int]:
+    rows, columns = (int(dicom_numbers(dataset, field, path, 1)[0]) for field in ("Rows", "Columns"))
+    check_dims((rows, columns), f"DICOM file {path}", "fields Rows, Columns")
+    return rows, columns
+
+
 def _stack_hu(members: list[tuple[Path, pydicom.Dataset]]) -> np.ndarray:
-    rows, columns = int(members[0][1].Rows), int(members[0][1].Columns)
+    first_path = members[0][0]
+    rows, columns = _slice_size(members[0][1], first_path)
+    check_volume((len(members), rows, columns), f"DICOM series {first_path.parent}")
     stack = np.empty((len(members), rows, columns), dtype=np.float32)
     for k, (path, dataset) in enumerate(members):
-        if int(dataset.get("NumberOfFrames", 1) or 1) > 1:
+        (frames,) = dicom_numbers(dataset, "NumberOfFrames", path, 1, default=(1.0,))
+        if frames > 1:
             raise DataError(f"{path} is a multi-frame image; edgeseg reads single-frame CT series")
-        if (int(dataset.Rows), int(dataset.Columns)) != (rows, columns):
+        if _slice_size(dataset, path) != (rows, columns):
             raise DataError(
-                f"{path} is {dataset.Rows}x{dataset.Columns} pixels but {members[0][0].name} is "
+                f"{path} is {dataset.Rows}x{dataset.Columns} pixels but {first_path.name} is "
                 f"{rows}x{columns}; a series must have one size"
             )
+        slope, intercept = _rescale(dataset, path)
         try:
             # pydicom reads pixel data lazily; a truncated file only fails on decoding.
             pixels = dataset.pixel_array
+        except MemoryError:
+            raise
         except Exception as exc:  # noqa: BLE001 - decoders raise many types for bad data
-            raise DataError(f"cannot decode pixel data of {path} (truncated?): {_one_line(exc)}") from exc
-        slope = float(dataset.get("RescaleSlope", 1.0) or 1.0)
-        intercept = float(dataset.get("RescaleIntercept", 0.0) or 0.0)
+            raise DataError(f"cannot decode pixel data of {path} (truncated?): {_one_line(exc)}") from None
+        if pixels.shape != (rows, columns) or pixels.dtype.kind not in "biuf":
+            raise DataError(f"{path}: pixel data decodes to {pixels.dtype} {list(pixels.shape)}, expected one "
+                            f"{rows}x{columns} grey-level slice (SamplesPerPixel, BitsAllocated?)")
         stack[k] = pixels.astype(np.float32) * np.float32(slope) + np.float32(intercept)
+    if not np.isfinite(stack).all():
+        raise DataError(f"DICOM series {first_path.parent}: pixel values x RescaleSlope + RescaleIntercept overflow "
+                        f"float32 (fields RescaleSlope, RescaleIntercept)")
     return stack
 
 
 def _stack_affine(members: list, row_cosine: np.ndarray, column_cosine: np.ndarray,
                   normal: np.ndarray) -> np.ndarray:
     """RAS affine of the (column, row, slice) index of the sorted stack."""
-    first = members[0][1]
-    row_spacing, column_spacing = (float(v) for v in first.PixelSpacing)
-    origin = np.asarray(first.ImagePositionPatient, dtype=np.float64)
+    first_path, first = members[0]
+    row_spacing, column_spacing = dicom_numbers(first, "PixelSpacing", first_path, 2)
+    if min(row_spacing, column_spacing) <= 0:
+        raise DataError(f"DICOM file {first_path}: field PixelSpacing is {[row_spacing, column_spacing]}, "
+                        f"expected positive mm")
+    for path, dataset in members[1:]:
+        other = dicom_numbers(dataset, "PixelSpacing", path, 2)
+        if not np.allclose(other, (row_spacing, column_spacing), atol=1e-4):
+            raise DataError(f"{path} has PixelSpacing {list(other)} but {first_path.name} has "
+                            f"{[row_spacing, column_spacing]}; a series must have one pixel size")
+    origin = np.asarray(dicom_numbers(first, "ImagePositionPatient", first_path, 3))
     if len(members) > 1:
-        last = np.asarray(members[-1][1].ImagePositionPatient, dtype=np.float64)
+        last = np.asarray(dicom_numbers(members[-1][1], "ImagePositionPatient", members[-1][0], 3))
         slice_step = (last - origin) / (len(members) - 1)
     else:
-        thickness = first.get("SpacingBetweenSlices") or first.get("SliceThickness") or 1.0
-        slice_step = normal * float(thickness)
+        field = next((f for f in ("SpacingBetweenSlices", "SliceThickness")
+                      if f in first and str(first[f].value or "").strip()), None)
+        (thickness,) = dicom_numbers(first, field, first_path, 1) if field else (1.0,)
+        if thickness <= 0:
+            raise DataError(f"DICOM file {first_path}: field {field} is {thickness:g}, expected positive mm")
+        slice_step = normal * thickness
     lps = np.eye(4)
     # DICOM: the row cosine is the direction of increasing column index, and PixelSpacing is
     # (distance between rows, distance between columns).
@@ -275,7 +362,7 @@ def read_dicom_series_with_refs(
     stack = _stack_hu(members)
     affine_ras = _stack_affine(members, row_cosine, column_cosine, normal)
     source_orientation = nio.io_orientation(affine_ras)
-    hu, lps_affine = to_lps_layout(stack.transpose(2, 1, 0), affine_ras)
+    hu, lps_affine = to_lps_layout(stack.transpose(2, 1, 0), affine_ras, f"DICOM series {folder}")
 
     names = [path.name for path, _ in members]
     transform = nio.ornt_transform(source_orientation, _LPS)

@@ -17,11 +17,11 @@ import numpy as np
 from edgeseg.errors import DataError, require
 
 pydicom = require("pydicom", "io", "reading DICOM SEG files")
-from pydicom.errors import InvalidDicomError  # noqa: E402  (pydicom is known present here)
 from pydicom.filereader import read_file_meta_info  # noqa: E402
 
-from edgeseg.data.dicom import SEGMENTATION_SOP_CLASS, DicomSeriesInfo, looks_like_dicom
+from edgeseg.data.dicom import SEGMENTATION_SOP_CLASS, DicomSeriesInfo, dicom_numbers, looks_like_dicom
 from edgeseg.data.volume import Volume
+from edgeseg.limits import check_dims, check_volume
 
 # SEG and CT positions are decimal strings re-formatted by each writer (dcmqi writes
 # -1.286900e+02 for -128.690002); a hundredth of a mm is far below any CT pixel.
@@ -41,9 +41,10 @@ def is_seg_file(path: str | os.PathLike) -> bool:
         return False
     try:
         meta = read_file_meta_info(path)
-    except (InvalidDicomError, OSError, EOFError, ValueError):
-        return False  # no file meta: an old-style file, never a SEG (SEG postdates Part 10)
-    return str(meta.get("MediaStorageSOPClassUID", "")) == SEGMENTATION_SOP_CLASS
+        media_class = str(meta.get("MediaStorageSOPClassUID", ""))
+    except Exception:  # noqa: BLE001 - pydicom raises many types for corrupt file meta
+        return False  # no readable file meta: an old-style or broken file, never a SEG (SEG postdates Part 10)
+    return media_class == SEGMENTATION_SOP_CLASS
 
 
 def find_seg_files(folder: str | os.PathLike) -> list[Path]:
@@ -138,6 +139,22 @@ def _check_references(path: Path, seg: pydicom.Dataset, volume: Volume, refs: Di
                         f"{volume.case_id} are {ct_size[0]}x{ct_size[1]}")
 
 
+def _check_seg_size(path: Path) -> None:
+    """Refuse a SEG whose header claims more frames or pixels than the limits, or than it
+    describes, before highdicom decodes (and allocates) anything."""
+    try:
+        header = pydicom.dcmread(path, stop_before_pixels=True)
+    except Exception as exc:  # noqa: BLE001 - pydicom raises many types for corrupt headers
+        raise DataError(f"cannot read DICOM SEG {path}: {_one_line(exc)}") from None
+    rows, columns, frames = (int(dicom_numbers(header, field, path, 1)[0])
+                             for field in ("Rows", "Columns", "NumberOfFrames"))
+    check_dims((frames, rows, columns), f"DICOM SEG {path}", "fields NumberOfFrames, Rows, Columns")
+    check_volume((frames, rows, columns), f"DICOM SEG {path}")
+    described = _num_frames(header)
+    if frames != described:
+        raise DataError(f"DICOM SEG {path}: field NumberOfFrames is {frames} but the file describes {described} frames")
+
+
 def read_seg_label_map(path: str | os.PathLike, volume: Volume, refs: DicomSeriesInfo) -> np.ndarray:
     """Read the DICOM SEG at ``path`` as a (Z, Y, X) uint8 label map aligned to ``volume``.
 
@@ -148,6 +165,7 @@ def read_seg_label_map(path: str | os.PathLike, volume: Volume, refs: DicomSerie
     """
     path = Path(path)
     hd = require("highdicom", "dicom", "reading DICOM SEG label maps")
+    _check_seg_size(path)
     try:
         seg = hd.seg.segread(path)
     except Exception as exc:  # noqa: BLE001 - highdicom and pydicom raise many types for bad files
@@ -167,8 +185,10 @@ def read_seg_label_map(path: str | os.PathLike, volume: Volume, refs: DicomSerie
             assert_missing_frames_are_empty=True,  # writers often omit frames with no segment
             dtype=np.uint8,
         )
-    except (ValueError, RuntimeError, KeyError) as exc:
-        raise DataError(f"cannot map SEG {path} onto {volume.case_id}: {_one_line(exc)}") from exc
+    except MemoryError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - highdicom raises many types for a malformed SEG
+        raise DataError(f"cannot map SEG {path} onto {volume.case_id}: {_one_line(exc)}") from None
     label = refs.from_source_layout(stack)
     if label.shape != volume.hu.shape:
         raise DataError(f"SEG {path} maps to shape {label.shape} but {volume.case_id} has shape "

@@ -9,7 +9,6 @@ header mistake, is refused rather than silently misplaced.
 from __future__ import annotations
 
 import os
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +18,7 @@ from edgeseg.data.dicom_seg import is_seg_file, read_seg_label_map
 from edgeseg.data.nifti import _label_to_uint8, _load, is_nifti_path, to_lps_layout
 from edgeseg.data.volume import Volume
 from edgeseg.errors import DataError, require
+from edgeseg.limits import check_dims, check_volume
 
 NRRD_SUFFIXES = (".nrrd", ".nhdr")
 # A label grid whose affine differs from the image's by more than this (mm, any entry) is
@@ -67,7 +67,7 @@ def read_label_file(
 
 def _align(data_xyz: np.ndarray, affine_ras: np.ndarray, volume: Volume, path: Path) -> np.ndarray:
     """Reorient an (x, y, z) label array with a RAS affine onto ``volume``'s grid, or refuse."""
-    label, affine = to_lps_layout(data_xyz, affine_ras)
+    label, affine = to_lps_layout(data_xyz, affine_ras, f"label {path}")
     if label.shape != volume.hu.shape:
         raise DataError(f"label {path} has shape {label.shape} (z, y, x) but {volume.case_id} "
                         f"has shape {volume.hu.shape}")
@@ -81,11 +81,19 @@ def _align(data_xyz: np.ndarray, affine_ras: np.ndarray, volume: Volume, path: P
 def _read_nrrd(path: Path, volume: Volume) -> np.ndarray:
     nrrd = require("nrrd", "io", "reading NRRD label files")
     try:
-        # index_order "F": data[i, j, k] with i the fastest axis, as the header's axes list it.
-        data, header = nrrd.read(str(path), index_order="F")
-    except (nrrd.NRRDError, OSError, EOFError, zlib.error, ValueError) as exc:
-        detail = " ".join(str(exc).split())
-        raise DataError(f"cannot read label file {path}: truncated or not an NRRD file ({detail})") from exc
+        with open(path, "rb") as handle:
+            header = nrrd.read_header(handle)
+            # The sizes are checked against the limits before pynrrd allocates the data.
+            sizes = check_dims(np.atleast_1d(header.get("sizes", ())), f"label {path}", "NRRD field sizes")
+            check_volume((int(np.prod(sizes[2:])) if len(sizes) > 2 else 1, *(sizes + (1, 1))[:2][::-1]),
+                         f"label {path}")
+            # index_order "F": data[i, j, k] with i the fastest axis, as the header's axes list it.
+            data = nrrd.read_data(header, handle, str(path), index_order="F")
+    except (MemoryError, DataError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - pynrrd raises many types for a corrupt header or data
+        detail = " ".join(str(exc).split()) or type(exc).__name__
+        raise DataError(f"cannot read label file {path}: truncated or not an NRRD file ({detail})") from None
     data, directions = _spatial_axes(data, header, path)
     space = str(header.get("space", "")).strip().lower()
     if space not in _NRRD_SPACE_TO_RAS:
@@ -94,10 +102,13 @@ def _read_nrrd(path: Path, volume: Volume) -> np.ndarray:
     if "space origin" not in header:
         raise DataError(f"NRRD {path} has no space origin; cannot place it on {volume.case_id}")
     to_ras = _NRRD_SPACE_TO_RAS[space]
+    origin = np.asarray(header["space origin"], dtype=np.float64).ravel()
+    if origin.shape != (3,) or not np.isfinite(origin).all() or not np.isfinite(directions).all():
+        raise DataError(f"NRRD {path}: fields space origin / space directions are not finite 3-D vectors")
     affine = np.eye(4)
     # pynrrd gives one row per axis: the world step of that axis' index, in the header's space.
     affine[:3, :3] = (directions * to_ras).T
-    affine[:3, 3] = np.asarray(header["space origin"], dtype=np.float64) * to_ras
+    affine[:3, 3] = origin * to_ras
     return _align(_label_to_uint8(data, path), affine, volume, path)
 
 
@@ -105,7 +116,13 @@ def _spatial_axes(data: np.ndarray, header: dict, path: Path) -> tuple[np.ndarra
     """The (x, y, z) data and its 3x3 space directions; drops non-spatial axes of size 1."""
     if "space directions" not in header:
         raise DataError(f"NRRD {path} has no space directions; cannot place it on a CT grid")
-    directions = np.asarray(header["space directions"], dtype=np.float64)
+    try:
+        directions = np.asarray(header["space directions"], dtype=np.float64)
+    except (TypeError, ValueError):
+        raise DataError(f"NRRD {path}: field space directions is not one vector per axis") from None
+    if directions.ndim != 2 or directions.shape != (data.ndim, 3):
+        raise DataError(f"NRRD {path}: field space directions has shape {list(directions.shape)}, expected one "
+                        f"3-D vector for each of {data.ndim} axes")
     # Non-spatial axes ("none" in the header, a NaN row from pynrrd) must be length 1.
     spatial = ~np.isnan(directions).any(axis=1)
     extra = [axis for axis in np.flatnonzero(~spatial) if data.shape[axis] != 1]

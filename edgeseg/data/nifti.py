@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeseg.errors import DataError, require
+from edgeseg.limits import check_dims, check_file_holds, check_volume
 
 nib = require("nibabel", "io", "reading NIfTI volumes")
 nio = require("nibabel.orientations", "io", "reading NIfTI volumes")
@@ -51,17 +52,21 @@ def nifti_stem(path: str | os.PathLike) -> str:
     return name
 
 
-def to_lps_layout(data_xyz: np.ndarray, affine_ras: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def to_lps_layout(data_xyz: np.ndarray, affine_ras: np.ndarray, source: object = "volume"
+                  ) -> tuple[np.ndarray, np.ndarray]:
     """Reorient an (x, y, z) array with a RAS affine to the ``hu[z, y, x]`` LPS layout.
 
     Returns the (Z, Y, X) array and the affine that maps its (x, y, z, 1) index to RAS mm.
     Axes are only flipped and permuted (to the closest LPS axes), never resampled, so an
     oblique grid keeps its obliquity in the affine.
     """
-    source = nio.io_orientation(affine_ras)
-    if np.isnan(source).any():
-        raise DataError(f"affine has no usable orientation (degenerate axes):\n{affine_ras}")
-    transform = nio.ornt_transform(source, _LPS)
+    if not np.isfinite(affine_ras).all():
+        raise DataError(f"{source}: affine is not finite: {np.round(affine_ras, 4).tolist()}")
+    axes = nio.io_orientation(affine_ras)
+    if np.isnan(axes).any():
+        raise DataError(f"{source}: affine has no usable orientation (degenerate axes): "
+                        f"{np.round(affine_ras, 4).tolist()}")
+    transform = nio.ornt_transform(axes, _LPS)
     reoriented = nio.apply_orientation(data_xyz, transform)
     affine = affine_ras @ nio.inv_ornt_aff(transform, data_xyz.shape)
     return np.ascontiguousarray(reoriented.transpose(2, 1, 0)), affine
@@ -74,20 +79,61 @@ def spacing_from_affine(affine: np.ndarray) -> tuple[float, float, float]:
     return (sz, sy, sx)
 
 
+def _check_header(image, path: Path, what: str) -> None:
+    """Refuse a header whose data edgeseg cannot hold or that lies about its size, before reading it."""
+    dtype = image.header.get_data_dtype()
+    if dtype.kind not in "biuf" or dtype.fields is not None:
+        kind = "complex" if dtype.kind == "c" else "RGB or structured" if dtype.fields else str(dtype)
+        raise DataError(f"{what} {path}: header field datatype is {kind} ({dtype}); edgeseg reads real-valued "
+                        f"scalar volumes only")
+    shape = check_dims(image.header.get_data_shape(), f"{what} {path}", "header field dim")
+    spatial = (shape + (1, 1, 1))[:3]
+    check_volume((_product(shape[2:]) if len(shape) > 2 else 1, spatial[1], spatial[0]), f"{what} {path}")
+    if not str(path).lower().endswith(".gz"):
+        offset = int(image.header.get_data_offset())
+        check_file_holds(f"{what} {path}", "header field dim x datatype", offset + _product(shape) * dtype.itemsize,
+                         path.stat().st_size)
+
+
+def _product(shape) -> int:
+    total = 1
+    for n in shape:
+        total *= int(n)
+    return total
+
+
 def _load(path: Path, what: str) -> tuple[np.ndarray, np.ndarray]:
-    """Read a NIfTI file fully; returns the (x, y, z) data and its affine."""
+    """Read a NIfTI file fully; returns the (x, y, z) data and its affine.
+
+    The header is checked first (datatype, dims against the size limits and the file's
+    length); data with NaN or infinite values, after the header's scaling, is refused.
+    """
     if not path.is_file():
         raise DataError(f"{what} file not found: {path}")
     try:
         image = nib.load(path)
+        affine = np.asarray(image.affine, dtype=np.float64)
+    except MemoryError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - nibabel raises many types for a corrupt header
+        detail = " ".join(str(exc).split()) or type(exc).__name__
+        raise DataError(f"cannot read {what} {path}: truncated or not a NIfTI file ({detail})") from None
+    _check_header(image, path, what)
+    try:
         # The header is read eagerly but the data lazily, so decoding happens here: a truncated
         # .nii.gz only fails now, with EOFError or zlib.error rather than a nibabel error.
         # The array proxy applies the header's scl_slope / scl_inter.
         data = np.asanyarray(image.dataobj)
-        affine = np.asarray(image.affine, dtype=np.float64)
     except _READ_ERRORS as exc:
         detail = " ".join(str(exc).split())
-        raise DataError(f"cannot read {what} {path}: truncated or not a NIfTI file ({detail})") from exc
+        raise DataError(f"cannot read {what} {path}: truncated or not a NIfTI file ({detail})") from None
+    if not np.isfinite(affine).all():
+        raise DataError(f"{what} {path}: header fields qform/sform give a non-finite affine")
+    if data.dtype.kind == "f":
+        bad = int(data.size - np.count_nonzero(np.isfinite(data)))
+        if bad:
+            raise DataError(f"{what} {path}: {bad} voxel values are NaN or infinite (after the header's "
+                            f"scl_slope / scl_inter); edgeseg does not guess a value for them")
     while data.ndim > 3 and data.shape[-1] == 1:
         data = data[..., 0]
     if data.ndim == 2:
@@ -121,7 +167,7 @@ def read_nifti(
     """
     image_path = Path(image_path)
     data, affine = _load(image_path, "image")
-    hu, lps_affine = to_lps_layout(data.astype(np.float32, copy=False), affine)
+    hu, lps_affine = to_lps_layout(data.astype(np.float32, copy=False), affine, image_path)
 
     label = None
     if label_path is not None:
@@ -132,7 +178,8 @@ def read_nifti(
                 f"label {label_path} has shape {label_data.shape} but image {image_path} "
                 f"has shape {data.shape}"
             )
-        label, label_lps_affine = to_lps_layout(_label_to_uint8(label_data, label_path), label_affine)
+        label, label_lps_affine = to_lps_layout(_label_to_uint8(label_data, label_path), label_affine,
+                                                   label_path)
         offset = float(np.abs(label_lps_affine - lps_affine).max())
         if offset > AFFINE_TOLERANCE_MM:
             raise DataError(

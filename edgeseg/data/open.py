@@ -19,6 +19,7 @@ from edgeseg.data.phantom import phantom_case_ids, phantom_geometry, synth_phant
 from edgeseg.data.slices import DEFAULT_CASE_PATTERN, DEFAULT_INTENSITY, IMAGE_SUFFIXES, read_slice_folder
 from edgeseg.data.volume import Volume
 from edgeseg.errors import DataError
+from edgeseg.limits import check_volume
 
 PHANTOM_DEFAULTS = {"cases": 8, "seed": 0, "size": 128, "slices": 32}
 _PHANTOM_RE = re.compile(r"^phantom(?::(.*))?$")
@@ -47,6 +48,10 @@ def parse_phantom_spec(text: str) -> dict[str, int] | None:
             raise DataError(f"phantom option {key} must be an integer, got {value!r}") from exc
     if options["size"] < 16 or options["slices"] < 1 or options["seed"] < 0:
         raise DataError(f"phantom needs size >= 16, slices >= 1 and seed >= 0, got {options}")
+    if options["cases"] < 1:
+        raise DataError(f"phantom needs cases >= 1, got {options['cases']}")
+    # Every case is held in memory at once, so the dataset as a whole must fit the volume limit.
+    check_volume((options["cases"] * options["slices"], options["size"], options["size"]), f"phantom {text!r}")
     return options
 
 

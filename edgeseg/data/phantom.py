@@ -17,6 +17,7 @@ import numpy as np
 
 from edgeseg.data.volume import Volume, default_affine
 from edgeseg.errors import DataError, require
+from edgeseg.limits import check_volume
 
 PHANTOM_LABELS = {"liver": 1, "spine": 2, "kidney": 3}
 PHANTOM_DATASET_NAME = "edgeseg-phantom"
@@ -114,6 +115,7 @@ def _validate(shape, spacing) -> tuple[tuple[int, int, int], tuple[float, float,
         raise DataError(f"phantom shape must be (slices >= 1, rows >= 16, cols >= 16), got {shape}")
     if len(spacing) != 3 or not all(np.isfinite(spacing)) or min(spacing) <= 0:
         raise DataError(f"phantom spacing must be three positive mm values, got {spacing}")
+    check_volume(shape, f"phantom of shape {shape}")
     return shape, spacing  # type: ignore[return-value]
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeseg.errors import DataError, require
+from edgeseg.limits import PIXELS_ENV, check_slice, check_volume, configure_pillow, current_limits
 
 Image = require("PIL.Image", "io", "reading PNG/JPG slice folders")
 UnidentifiedImageError = Image.UnidentifiedImageError
@@ -84,18 +86,39 @@ def _image_files(folder: Path) -> dict[str, Path]:
 
 
 def _read_channel0(path: Path) -> tuple[np.ndarray, str]:
-    """First channel of an image (grey stored as RGB is common) and the file's PIL mode."""
+    """First channel of an image (grey stored as RGB is common) and the file's PIL mode.
+
+    The size in the header is checked against the pixel limit before anything is decoded;
+    Pillow's own bomb check is set to the same limit and turned into that error.
+    """
+    configure_pillow(Image)
     try:
-        with Image.open(path) as image:
-            image.load()  # PIL decodes lazily; a truncated file fails here
-            mode = image.mode
-            if mode == "P":
-                image = image.convert("RGB")
-            pixels = np.asarray(image)
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as exc:
-        raise DataError(f"cannot read image {path}: {exc}") from exc
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                columns, rows = image.size
+                check_slice(rows, columns, path)
+                image.load()  # PIL decodes lazily; a truncated file fails here
+                mode = image.mode
+                if mode == "P":
+                    image = image.convert("RGB")
+                pixels = np.asarray(image)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        claimed = re.search(r"\((\d+) pixels\)", str(exc))
+        raise DataError(f"{path}: an image of {claimed.group(1) if claimed else 'too many'} pixels is over the "
+                        f"limit of {current_limits().max_pixels} (--max-pixels or {PIXELS_ENV})") from None
+    except DataError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - Pillow's decoders raise many types for corrupt files
+        raise DataError(f"cannot read image {path}: {' '.join(str(exc).split()) or type(exc).__name__}") from None
     if pixels.ndim == 3:
         pixels = pixels[..., 0]
+    if pixels.ndim != 2 or pixels.size == 0:
+        raise DataError(f"cannot read image {path}: decoded to shape {list(pixels.shape)}, not a 2-D slice")
+    if pixels.dtype.kind not in "biuf":
+        raise DataError(f"image {path} has {pixels.dtype} pixels; expected grey levels")
+    if pixels.dtype.kind == "f" and not np.isfinite(pixels).all():
+        raise DataError(f"image {path} has NaN or infinite pixel values")
     return pixels, mode
 
 
@@ -170,6 +193,8 @@ def read_slice_folder(
                     f"{images[stem]} is {pixels.shape} pixels but case {case} started with "
                     f"{hu[0].shape} ({images[stems[0]].name}); slices of a case must share a size"
                 )
+            if not hu:
+                check_volume((len(stems), *pixels.shape), f"case {case} of {folder}")
             hu.append(spec.to_hu(pixels, mode, images[stem]))
             if masks is not None:
                 mask, _ = _read_channel0(masks[stem])

@@ -1,8 +1,10 @@
 """Bundle writer: the manifest and parity report beside the artifacts, all or nothing.
 
-Artifacts are written into a temporary folder next to the target (``staged_bundle``); only
+Artifacts are written into a staging folder next to the target (``staged_bundle``); only
 when every artifact has passed the gate are ``manifest.json`` and ``parity.json`` added and
-the folder renamed into place, so a failed export leaves no bundle and an old one intact.
+the folder put in place (``edgeseg.atomic.replace_dir``: one exchange with an old bundle), so
+a failed or killed export leaves no bundle and an old one intact, and the staging folders of
+a killed export are removed by the next export to the same place.
 """
 
 from __future__ import annotations
@@ -10,13 +12,12 @@ from __future__ import annotations
 import contextlib
 import datetime
 import json
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from edgeseg import __version__
-from edgeseg.atomic import atomic_dir, atomic_write_text
+from edgeseg.atomic import atomic_dir, atomic_write_text, check_output_folder
 from edgeseg.errors import DataError
 from edgeseg.runtime.manifest import (MANIFEST_NAME, PARITY_NAME, ArtifactEntry, Manifest, TensorInfo,
                                       sha256_file)
@@ -34,11 +35,7 @@ def check_output(out: str | Path, force: bool) -> Path:
             raise DataError(f"output {target} already exists; pass --force to replace it")
         if any(target.iterdir()) and not (target / MANIFEST_NAME).is_file():
             raise DataError(f"output {target} is a non-empty folder that is not a bundle; refusing to replace it")
-    parent = target.parent
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-        raise DataError(f"cannot write the bundle {target}: {parent} is not a writable folder")
+    check_output_folder(target, "bundle", staged=True)
     return target
 
 

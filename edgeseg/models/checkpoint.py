@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pickle
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -52,19 +51,45 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError, ValueError, OSError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{path} is not a readable edgeseg checkpoint ({first[:160]})") from None
+    payload = _load_checkpoint_payload(path)
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not an edgeseg checkpoint (no '{FORMAT}' marker)")
     missing = [k for k in REQUIRED if k not in payload]
     if missing:
         raise CheckpointError(f"{path} is missing {missing}")
-    if payload["format_version"] > FORMAT_VERSION:
+    version = payload["format_version"]
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise CheckpointError(f"{path} is not an edgeseg checkpoint (format_version {version!r} is not a version number)")
+    if version > FORMAT_VERSION:
         raise CheckpointError(f"{path} has format version {payload['format_version']}; this edgeseg reads {FORMAT_VERSION}")
     return payload
+
+
+def _load_checkpoint_payload(path: Path) -> Any:
+    """``torch.load`` with weights only; anything that is not a torch file raises
+    CheckpointError "not an edgeseg checkpoint (why)", in one full sentence and without
+    torch's advice to load untrusted files with ``weights_only=False``."""
+    with open(path, "rb") as handle:
+        magic = handle.read(4)
+    # torch.save writes a zip archive (PK..); files of torch < 1.6 start with a pickle opcode.
+    if not magic:
+        raise CheckpointError(f"{path} is not an edgeseg checkpoint (the file is empty)")
+    if not (magic.startswith(b"PK\x03\x04") or magic[:1] == b"\x80"):
+        raise CheckpointError(f"{path} is not an edgeseg checkpoint (neither a torch zip archive nor a pickle)")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except MemoryError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the unpickler raises anything for arbitrary bytes
+        text = " ".join(str(exc).split())
+        # A refused global: keep torch's one-line reason, drop its advice around it.
+        reason = text.split("WeightsUnpickler error:", 1)[-1].split(". Please use", 1)[0].strip()
+        if isinstance(exc, pickle.UnpicklingError) and "WeightsUnpickler" in text:
+            reason = f"it holds objects other than tensors and plain data: {reason}"
+        else:
+            detail = text if text and len(text) <= 160 else type(exc).__name__
+            reason = f"truncated or corrupt torch archive: {detail}"
+        raise CheckpointError(f"{path} is not an edgeseg checkpoint ({reason})") from None
 
 
 def load_model(path: str | Path, expected: ModelConfig | None = None) -> tuple[torch.nn.Module, dict[str, Any]]:
@@ -73,12 +98,23 @@ def load_model(path: str | Path, expected: ModelConfig | None = None) -> tuple[t
     With ``expected``, a checkpoint of another architecture is refused with the differing fields.
     """
     payload = read_checkpoint(path)
-    config = ModelConfig.from_dict(payload["model"])
+    try:
+        config = ModelConfig.from_dict(dict(payload["model"]))
+        # Built on the meta device: a config that lies (base 10**9) costs no memory, and the
+        # checkpoint's own tensors are assigned in, after their names and shapes are checked.
+        with torch.device("meta"):
+            model = build_model(config)
+    except (TypeError, ValueError, KeyError, AttributeError, OverflowError, RuntimeError) as exc:
+        raise CheckpointError(f"{path} is not an edgeseg checkpoint (bad model config: {' '.join(str(exc).split())[:200]})") from None
     if expected is not None and config != expected:
         raise CheckpointError(f"{path} is from a different model config: {', '.join(config.differences(expected))}")
-    model = build_model(config)
+    state = payload["state_dict"]
+    wanted = {name: t.dtype for name, t in model.state_dict().items()}
+    if not isinstance(state, dict) or any(not isinstance(t, torch.Tensor) or t.dtype != wanted.get(name, t.dtype)
+                                          for name, t in state.items()):
+        raise CheckpointError(f"{path}: state_dict must map parameter names to tensors of the model's dtypes")
     try:
-        model.load_state_dict(payload["state_dict"])
+        model.load_state_dict(state, assign=True)
     except RuntimeError as exc:
         lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
         detail = lines[1] if len(lines) > 1 else lines[0]

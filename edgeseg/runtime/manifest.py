@@ -101,8 +101,10 @@ class ArtifactEntry:
                               f"{self.precision!r} (it runs {', '.join(formats[self.format])})")
         if not isinstance(self.excluded, dict) or not all(isinstance(v, str) for v in self.excluded.values()):
             raise BundleError(f"artifact {self.file!r}: 'excluded' must map backend names to reasons, got {self.excluded!r}")
-        if Path(self.file).name != self.file or self.file in ("", ".", ".."):
-            raise BundleError(f"artifact file must be a plain file name inside the bundle, got {self.file!r}")
+        # 255 bytes: the longest file name filesystems take (NAME_MAX); longer fails in stat().
+        if (Path(self.file).name != self.file or self.file in ("", ".", "..") or "\0" in self.file
+                or len(self.file.encode()) > 255):
+            raise BundleError(f"artifact file must be a plain file name inside the bundle, got {self.file[:80]!r}")
         if not (isinstance(self.sha256, str) and len(self.sha256) == 64):
             raise BundleError(f"artifact {self.file!r}: sha256 must be 64 hex digits, got {self.sha256!r}")
 
@@ -217,6 +219,14 @@ class Manifest:
             labels = {int(k): str(v) for k, v in dict(data["labels"]).items()}
         except (TypeError, ValueError):
             raise BundleError(f"manifest labels must map class numbers to names, got {data['labels']!r}") from None
+        try:
+            return cls._build(data, spec, labels, schema)
+        except (TypeError, ValueError, KeyError, AttributeError, OverflowError) as exc:
+            # A field of the wrong type (a list for a dict, text for a number) is a bad manifest.
+            raise BundleError(f"manifest has a field of the wrong type or value ({' '.join(str(exc).split())[:200]})") from None
+
+    @classmethod
+    def _build(cls, data: dict, spec: PreprocessSpec, labels: dict[int, str], schema: int) -> "Manifest":
         return cls(
             spec=spec,
             labels=labels,

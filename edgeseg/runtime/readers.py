@@ -70,16 +70,56 @@ def _read_image(path: Path, intensity: str):
                   hu_range=(declared.low, declared.high), source=str(path), slice_ids=[path.stem], contiguous=False)
 
 
+def _npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype, int]:
+    """Shape, dtype and data offset from an ``.npy`` header, without reading the array."""
+    fmt = np.lib.format
+    try:
+        with open(path, "rb") as handle:
+            version = fmt.read_magic(handle)
+            # numpy reads a header of the stated length in one call, allocating that much first:
+            # a 4-byte length field can claim 4 GiB in a file of a few bytes.
+            length_size = 2 if version == (1, 0) else 4
+            stated = int.from_bytes(handle.read(length_size), "little")
+            if stated > min(path.stat().st_size, 1 << 20):
+                raise DataError(f"{path}: the .npy header claims {stated} bytes; the file holds "
+                                f"{path.stat().st_size} (corrupt)")
+            handle.seek(-length_size, 1)
+            read_header = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+            shape, _, dtype = read_header(handle)
+            return tuple(shape), np.dtype(dtype), handle.tell()
+    except (MemoryError, DataError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - numpy raises many types for a corrupt header
+        detail = " ".join(str(exc).split()) or type(exc).__name__
+        raise DataError(f"cannot read {path} as a numpy array: {detail}") from None
+
+
 def _read_npy(path: Path):
     from edgeseg.data.volume import Volume, default_affine
+    from edgeseg.limits import check_dims, check_file_holds, check_volume
 
+    shape, dtype, offset = _npy_header(path)
+    if dtype.kind not in "biuf" or dtype.fields is not None:
+        raise DataError(f"{path}: header field descr is {dtype}; expected real-valued HU (integers or floats)")
+    if len(shape) not in (2, 3):
+        raise DataError(f"{path} holds an array of shape {list(shape)}; expected (H, W) or (Z, H, W) HU")
+    shape = check_dims(shape, path, "header field shape")
+    check_volume(shape, path)
+    count = 1
+    for n in shape:
+        count *= n
+    check_file_holds(path, "header field shape", count * dtype.itemsize, path.stat().st_size - offset)
     try:
         array = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
+    except MemoryError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - numpy raises many types for a corrupt file
         raise DataError(f"cannot read {path} as a numpy array: {' '.join(str(exc).split())}") from None
+    if array.dtype.kind == "f":
+        bad = int(array.size - np.count_nonzero(np.isfinite(array)))
+        if bad:
+            raise DataError(f"{path}: {bad} values are NaN or infinite; edgeseg does not guess a value for them")
     if array.ndim == 2:
         array = array[None]
-    if array.ndim != 3:
-        raise DataError(f"{path} holds an array of shape {list(array.shape)}; expected (H, W) or (Z, H, W) HU")
     return Volume(hu=array, spacing=(1.0, 1.0, 1.0), affine=default_affine((1.0, 1.0, 1.0)), case_id=path.stem,
                   source=str(path))

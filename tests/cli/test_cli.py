@@ -80,7 +80,8 @@ def test_checkpoint_from_another_model_config_cannot_resume(run_dir, tmp_path, a
 def test_corrupt_checkpoint(run_dir, tmp_path, assert_one_line_error):
     bad = tmp_path / "bad.pt"
     bad.write_bytes((run_dir / "run" / "best.pt").read_bytes()[:5000])
-    assert_one_line_error(run("evaluate", bad, "--data", run_dir / "phantom"), "not a readable edgeseg checkpoint")
+    assert_one_line_error(run("evaluate", bad, "--data", run_dir / "phantom"),
+                          "is not an edgeseg checkpoint (truncated or corrupt torch archive")
 
 
 def test_checkpoint_whose_weights_do_not_fit_its_config(run_dir, tmp_path, assert_one_line_error):
