@@ -32,7 +32,10 @@ def command(bundle, host, port, backend, threads, model_name, max_batch, queue_s
     from edgeseg.runtime.segmenter import Segmenter
     from edgeseg.serve.app import ServeConfig, create_app
 
+    from edgeseg.export.triton import check_model_name
+
     configure_logging()
+    check_model_name(model_name)  # it names URL paths, as in a Triton repository
     uvicorn = require("uvicorn", "serve", "edgeseg serve")
     _check_port(host, port)
     segmenter = Segmenter.load(bundle, backend=backend.split(",") if "," in backend else backend, threads=threads)

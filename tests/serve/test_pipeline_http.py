@@ -196,3 +196,15 @@ def test_config_index_and_statistics_for_tritonclient(server, serve_bundle):
     index = client.get_model_repository_index()
     assert index == [{"name": "edgeseg", "version": "1", "state": "READY"},
                      {"name": "edgeseg-pipeline", "version": "1", "state": "READY"}]
+
+
+def test_serve_model_name_must_be_a_path_segment(serve_bundle):
+    from click.testing import CliRunner
+
+    from edgeseg.cli.main import cli
+
+    result = CliRunner().invoke(cli, ["serve", str(serve_bundle), "--model-name", "a/b", "--port", "1"])
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines() == [
+        "edgeseg: error: model name 'a/b' must be 1..80 letters, digits, '_', '.' or '-', starting with a letter or "
+        "digit (it names a directory and a URL path)"]
