@@ -57,9 +57,8 @@ class HttpError(Exception):
 
 def create_app(segmenter, config: ServeConfig = ServeConfig()):
     """A FastAPI app serving ``segmenter`` (an ``edgeseg.runtime.Segmenter``) under ``config``."""
-    from fastapi.responses import JSONResponse, Response
+    from fastapi.responses import Response
     from starlette.concurrency import run_in_threadpool
-    from starlette.exceptions import HTTPException as StarletteHTTPException
 
     model_lock = threading.Lock()
     metrics = ServerMetrics(lambda: sum(m.batcher.depth for m in models.values()))  # read at scrape time
@@ -98,35 +97,7 @@ def create_app(segmenter, config: ServeConfig = ServeConfig()):
         metrics.latency.labels(endpoint).observe(time.perf_counter() - start)
         return response
 
-    @app.exception_handler(HttpError)
-    async def http_error(request, exc: HttpError):
-        return JSONResponse({"error": str(exc)}, status_code=exc.status)
-
-    @app.exception_handler(EdgesegError)
-    async def edgeseg_error(request, exc: EdgesegError):
-        return JSONResponse({"error": str(exc)}, status_code=400)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def routing_error(request, exc: StarletteHTTPException):
-        # unknown routes and wrong methods: the KServe error body, not FastAPI's {"detail": ...}
-        if exc.status_code == 405:
-            message = f"method {request.method} is not allowed on {request.url.path}"
-        elif exc.status_code == 404:
-            message = f"no route {request.url.path}"
-        else:
-            message = str(exc.detail)
-        return JSONResponse({"error": message}, status_code=exc.status_code, headers=exc.headers)
-
-    @app.exception_handler(fastapi.exceptions.RequestValidationError)
-    async def validation_error(request, exc):
-        first = exc.errors()[0] if exc.errors() else {}
-        return JSONResponse({"error": f"bad request: {first.get('msg', 'invalid')} at {first.get('loc')}"},
-                            status_code=400)
-
-    @app.exception_handler(Exception)
-    async def internal_error(request, exc: Exception):
-        log.exception("request %s %s failed", request.method, request.url.path)
-        return JSONResponse({"error": f"internal error: {type(exc).__name__}: {exc}"[:500]}, status_code=500)
+    _install_error_handlers(app)
 
     @app.get("/v2")
     async def server_metadata():
@@ -218,6 +189,43 @@ def create_app(segmenter, config: ServeConfig = ServeConfig()):
         return Response(content=text, media_type=content_type)
 
     return app
+
+
+def _install_error_handlers(app) -> None:
+    """Every error as ``{"error": message}``: ours, the runtime's, routing (404/405), validation, and
+    anything unexpected (500, logged with its traceback)."""
+    from fastapi.responses import JSONResponse
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+
+    @app.exception_handler(HttpError)
+    async def http_error(request, exc: HttpError):
+        return JSONResponse({"error": str(exc)}, status_code=exc.status)
+
+    @app.exception_handler(EdgesegError)
+    async def edgeseg_error(request, exc: EdgesegError):
+        return JSONResponse({"error": str(exc)}, status_code=400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def routing_error(request, exc: StarletteHTTPException):
+        # unknown routes and wrong methods: the KServe error body, not FastAPI's {"detail": ...}
+        if exc.status_code == 405:
+            message = f"method {request.method} is not allowed on {request.url.path}"
+        elif exc.status_code == 404:
+            message = f"no route {request.url.path}"
+        else:
+            message = str(exc.detail)
+        return JSONResponse({"error": message}, status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(fastapi.exceptions.RequestValidationError)
+    async def validation_error(request, exc):
+        first = exc.errors()[0] if exc.errors() else {}
+        return JSONResponse({"error": f"bad request: {first.get('msg', 'invalid')} at {first.get('loc')}"},
+                            status_code=400)
+
+    @app.exception_handler(Exception)
+    async def internal_error(request, exc: Exception):
+        log.exception("request %s %s failed", request.method, request.url.path)
+        return JSONResponse({"error": f"internal error: {type(exc).__name__}: {exc}"[:500]}, status_code=500)
 
 
 async def _run(model: ServedModel, array, timeout_s: float):
