@@ -77,7 +77,10 @@ def _tensor(name: str, datatype: str, dims: list[int]) -> str:
 def _io(manifest: Manifest, max_batch: int) -> list[str]:
     """input/output blocks of the network; with max_batch 0 the batch axis is written as -1."""
     skip = 1 if max_batch else 0  # with batching, the batch axis is implied by max_batch_size
-    dims = lambda info: [-1, *info.shape[1:]][skip:]  # noqa: E731
+
+    def dims(info) -> list[int]:
+        return [-1, *info.shape[1:]][skip:]
+
     return ["input [", _tensor(manifest.inputs[0].name, TRITON_TYPES[manifest.inputs[0].dtype], dims(manifest.inputs[0])),
             "]", "output [",
             _tensor(manifest.outputs[0].name, TRITON_TYPES[manifest.outputs[0].dtype], dims(manifest.outputs[0])), "]"]

@@ -117,8 +117,9 @@ class NetworkModel(ServedModel):
         self.platform = f"edgeseg_{segmenter.backend}"
 
     def metadata(self) -> dict:
-        tensor = lambda info: {"name": info.name, "datatype": NUMPY_TO_DATATYPE[np.dtype(info.dtype)],  # noqa: E731
-                               "shape": list(info.shape)}
+        def tensor(info) -> dict:
+            return {"name": info.name, "datatype": NUMPY_TO_DATATYPE[np.dtype(info.dtype)], "shape": list(info.shape)}
+
         return {"name": self.name, "versions": ["1"], "platform": self.platform,
                 "inputs": [tensor(self.in_info)], "outputs": [tensor(self.out_info)]}
 
