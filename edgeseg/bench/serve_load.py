@@ -1,20 +1,27 @@
-"""Load test of ``edgeseg serve``: concurrent KServe v2 clients on loopback for a fixed time.
+"""Load test of ``edgeseg serve`` or Triton: concurrent KServe v2 clients on loopback for a fixed time.
 
 ``run_load`` drives a running server with ``clients`` threads, each holding one keep-alive
 HTTP connection and sending binary-tensor infer requests back to back; it counts errors
-(any non-200 answer, a malformed body, or a wrong output shape) and records per-request latency.
-``load_test`` starts a real ``edgeseg serve`` process for a bundle, warms it up, samples its
-resident memory after the warm-up and at the end, and runs the load in between.
+(any non-200 answer, a malformed body, or a wrong output size) and records per-request latency.
+The network model (``NAME``) gets pre-processed float32 tensors at the model's size; the
+pipeline model (``NAME-pipeline``) gets INT16 HU slices of a phantom abdomen at ``size``
+pixels a side (512: a CT slice) and returns uint8 labels.
+``load_test`` starts a real ``edgeseg serve`` process for a bundle, or with ``triton`` a real
+``tritonserver`` over the ``--kind KIND_CPU`` repository of the bundle, warms it up, samples the
+server's resident memory (with its child processes) after the warm-up and at the end, and runs
+the load in between.
 """
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -25,11 +32,15 @@ from edgeseg.errors import DataError
 from edgeseg.runtime.manifest import read_manifest
 
 
-def infer_request(batch: np.ndarray) -> tuple[bytes, dict[str, str]]:
+PIPELINE_SUFFIX = "-pipeline"
+
+
+def infer_request(batch: np.ndarray, input_name: str = "image", output_name: str = "logits") -> tuple[bytes, dict[str, str]]:
     """A binary-tensor infer request for ``batch`` and its headers."""
-    header = json.dumps({"inputs": [{"name": "image", "shape": list(batch.shape), "datatype": "FP32",
+    datatype = {np.dtype(np.float32): "FP32", np.dtype(np.int16): "INT16"}[batch.dtype]
+    header = json.dumps({"inputs": [{"name": input_name, "shape": list(batch.shape), "datatype": datatype,
                                      "parameters": {"binary_data_size": batch.nbytes}}],
-                         "outputs": [{"name": "logits", "parameters": {"binary_data": True}}]}).encode()
+                         "outputs": [{"name": output_name, "parameters": {"binary_data": True}}]}).encode()
     return header + batch.tobytes(), {"Inference-Header-Content-Length": str(len(header)),
                                       "Content-Type": "application/octet-stream"}
 
@@ -60,19 +71,32 @@ def _client(host: str, port: int, path: str, body: bytes, headers: dict, expect_
     conn.close()
 
 
-def run_load(url: str, manifest, *, clients: int = 16, seconds: float = 60.0, batch: int = 1,
-             model: str = "edgeseg", seed: int = 0) -> dict:
-    """Drive the server at ``url`` (host:port); return counts, latency percentiles and throughput."""
-    host, _, port = url.rpartition(":")
+def load_request(manifest, model: str, batch: int, size: int, seed: int = 0) -> tuple[bytes, dict[str, str], int]:
+    """(body, headers, expected output bytes) of the request every client sends to ``model``."""
+    if model.endswith(PIPELINE_SUFFIX):
+        from edgeseg.data.phantom import synth_phantom
+
+        hu = synth_phantom("load", seed, shape=(max(batch, 4), size, size)).hu
+        stack = np.ascontiguousarray(np.clip(hu[:batch], -32768, 32767).astype(np.int16))
+        body, headers = infer_request(stack, "hu", "labels")
+        return body, headers, stack.size
     _, c, h, w = manifest.inputs[0].shape
     k = manifest.outputs[0].shape[1]
     x = np.random.default_rng(seed).normal(0.3, 0.4, (batch, c, h, w)).astype(np.float32)
     body, headers = infer_request(x)
+    return body, headers, batch * k * h * w * 4
+
+
+def run_load(url: str, manifest, *, clients: int = 16, seconds: float = 60.0, batch: int = 1,
+             model: str = "edgeseg", size: int = 512, seed: int = 0) -> dict:
+    """Drive the server at ``url`` (host:port); return counts, latency percentiles and throughput."""
+    host, _, port = url.rpartition(":")
+    body, headers, expect = load_request(manifest, model, batch, size, seed)
     latencies: list[list[float]] = [[] for _ in range(clients)]
     errors: list[str] = []
     stop = threading.Event()
     threads = [threading.Thread(target=_client, args=(host, int(port), f"/v2/models/{model}/infer", body, headers,
-                                                      batch * k * h * w * 4, stop, latencies[i], errors))
+                                                      expect, stop, latencies[i], errors))
                for i in range(clients)]
     start = time.perf_counter()
     for thread in threads:
@@ -84,7 +108,7 @@ def run_load(url: str, manifest, *, clients: int = 16, seconds: float = 60.0, ba
     wall = time.perf_counter() - start
     merged = np.array([t for per in latencies for t in per]) * 1000
     return {
-        "clients": clients, "seconds": round(wall, 2), "batch": batch, "requests": int(merged.size),
+        "model": model, "clients": clients, "seconds": round(wall, 2), "batch": batch, "requests": int(merged.size),
         "errors": len(errors), "first_errors": errors[:5],
         "p50_ms": round(float(np.percentile(merged, 50)), 2) if merged.size else None,
         "p99_ms": round(float(np.percentile(merged, 99)), 2) if merged.size else None,
@@ -100,47 +124,94 @@ def rss_mb(pid: int) -> float:
     raise DataError(f"no VmRSS for process {pid}")
 
 
+def tree_rss_mb(pid: int) -> float:
+    """Resident memory of ``pid`` and all its descendants (Triton's backend stubs) in MiB."""
+    total, todo = 0.0, [pid]
+    while todo:
+        current = todo.pop()
+        try:
+            total += rss_mb(current)
+            for task in Path(f"/proc/{current}/task").iterdir():
+                todo += [int(c) for c in (task / "children").read_text().split()]
+        except (OSError, DataError):  # a process that ended meanwhile
+            continue
+    return total
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
 
 
-def load_test(bundle: str | Path, *, clients: int = 16, seconds: float = 60.0, warmup: float = 5.0, batch: int = 1,
-              max_batch: int = 8, backend: str = "auto", threads: int = 0) -> dict:
-    """Start ``edgeseg serve`` for ``bundle``, warm it up, load it, and report RSS growth too."""
-    manifest = read_manifest(bundle)
+def _wait_ready(port: int, process: subprocess.Popen, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        if process.poll() is not None:
+            raise DataError(f"edgeseg serve exited: {process.stderr.read().strip().splitlines()[-1:]}")
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            conn.request("GET", "/v2/health/ready")
+            if conn.getresponse().status == 200:
+                return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise DataError(f"edgeseg serve did not become ready within {timeout:g} s")
+        time.sleep(0.1)
+
+
+@contextlib.contextmanager
+def edgeseg_server(bundle, name: str, max_batch: int, backend: str, threads: int, queue: int):
+    """A real ``edgeseg serve`` process; yields (url, pid, backend it runs)."""
     port = _free_port()
     cmd = [sys.executable, "-m", "edgeseg.cli", "serve", str(bundle), "--port", str(port), "--backend", backend,
-           "--threads", str(threads), "--max-batch", str(max_batch), "--queue-size", str(max(64, 4 * clients))]
+           "--threads", str(threads), "--max-batch", str(max_batch), "--queue-size", str(queue), "--model-name", name]
     server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                               env=dict(os.environ, PYTHONUNBUFFERED="1"))
     try:
-        url = f"127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while True:
-            if server.poll() is not None:
-                raise DataError(f"edgeseg serve exited: {server.stderr.read().strip().splitlines()[-1:]}")
-            try:
-                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-                conn.request("GET", "/v2/health/ready")
-                if conn.getresponse().status == 200:
-                    break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise DataError("edgeseg serve did not become ready within 60 s") from None
-                time.sleep(0.1)
+        _wait_ready(port, server)
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-        conn.request("GET", "/v2/models/edgeseg")
+        conn.request("GET", f"/v2/models/{name}")
         platform = json.loads(conn.getresponse().read()).get("platform", "")
-        run_load(url, manifest, clients=clients, seconds=warmup, batch=batch)
-        rss_start = rss_mb(server.pid)
-        result = run_load(url, manifest, clients=clients, seconds=seconds, batch=batch)
-        rss_end = rss_mb(server.pid)
+        yield f"127.0.0.1:{port}", server.pid, f"edgeseg serve, {platform.removeprefix('edgeseg_') or backend}"
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+@contextlib.contextmanager
+def triton_server(bundle, name: str, max_batch: int, backend: str):
+    """A real ``tritonserver`` over the KIND_CPU repository of ``bundle``; yields (url, pid, label)."""
+    from edgeseg.export.triton import write_triton_repo
+    from edgeseg.serve.triton_launch import TritonServer
+
+    runner, _, precision = backend.partition(":")
+    if runner in ("", "auto") or not precision:
+        raise DataError(f"--triton needs --backend NAME:PRECISION (e.g. onnxruntime:fp32), got {backend!r}")
+    with tempfile.TemporaryDirectory(prefix="edgeseg-bench-triton-") as tmp:
+        write_triton_repo(bundle, Path(tmp) / "repo", name=name, precision=precision, max_batch=max_batch,
+                          kind="KIND_CPU", backend=runner)
+        with TritonServer(Path(tmp) / "repo", workdir=Path(tmp) / "server") as server:
+            yield server.url, server.process.pid, f"tritonserver (Python backend), {backend}"
+
+
+def load_test(bundle: str | Path, *, clients: int = 16, seconds: float = 60.0, warmup: float = 5.0, batch: int = 1,
+              max_batch: int = 8, backend: str = "auto", threads: int = 0, model: str = "edgeseg", size: int = 512,
+              triton: bool = False) -> dict:
+    """Start ``edgeseg serve`` (or Triton) for ``bundle``, warm it up, load ``model``, report RSS growth too."""
+    manifest = read_manifest(bundle)
+    name = model.removesuffix(PIPELINE_SUFFIX)
+    if triton:
+        server = triton_server(bundle, name, max_batch, backend)
+    else:
+        server = edgeseg_server(bundle, name, max_batch, backend, threads, max(64, 4 * clients))
+    with server as (url, pid, label):
+        run_load(url, manifest, clients=clients, seconds=warmup, batch=batch, model=model, size=size)
+        rss_start = tree_rss_mb(pid)
+        result = run_load(url, manifest, clients=clients, seconds=seconds, batch=batch, model=model, size=size)
+        rss_end = tree_rss_mb(pid)
     result.update(rss_start_mb=round(rss_start, 1), rss_end_mb=round(rss_end, 1),
-                  rss_growth=round(rss_end / rss_start - 1, 4),
-                  backend=platform.removeprefix("edgeseg_") or backend, max_batch=max_batch)
+                  rss_growth=round(rss_end / rss_start - 1, 4), backend=label, max_batch=max_batch,
+                  size=size if model.endswith(PIPELINE_SUFFIX) else manifest.spec.size[0])
     return result

@@ -62,22 +62,32 @@ def command(bundle, backends, batch, size, runs, warmup, threads, json_out, png_
 @click.option("--max-batch", default=8, show_default=True, type=click.IntRange(1, 1024), help="Server --max-batch.")
 @click.option("--backend", default="auto", show_default=True, help="Server --backend.")
 @click.option("--threads", default=0, show_default=True, help="Server --threads.")
+@click.option("--model", default="edgeseg", show_default=True,
+              help="NAME (the network, pre-processed tensors) or NAME-pipeline (INT16 HU slices of --size).")
+@click.option("--size", default=512, show_default=True, type=click.IntRange(8, 4096),
+              help="Side of the HU slices sent to NAME-pipeline, in pixels.")
+@click.option("--triton", is_flag=True,
+              help="Load a real tritonserver (nvidia-pytriton) over the bundle's KIND_CPU repository instead.")
 @click.option("--json", "json_out", default=None, type=click.Path(dir_okay=False), help="Write the results as JSON.")
-def serve_command(bundle, clients, seconds, warmup, batch, max_batch, backend, threads, json_out) -> None:
-    """Load-test `edgeseg serve` on loopback: errors, p50/p99 latency, throughput, server RSS growth."""
+def serve_command(bundle, clients, seconds, warmup, batch, max_batch, backend, threads, model, size, triton,
+                  json_out) -> None:
+    """Load-test `edgeseg serve` (or Triton) on loopback: errors, p50/p99 latency, throughput, server RSS growth."""
     import json
 
     from edgeseg.atomic import atomic_write_text, check_output_file
     from edgeseg.bench.serve_load import load_test
+    from edgeseg.export.triton import check_model_name
 
     if json_out:
         check_output_file(json_out, "--json")
-    click.echo(f"starting edgeseg serve and loading it with {clients} clients for {seconds:g} s ...")
+    check_model_name(model)
+    server = "tritonserver" if triton else "edgeseg serve"
+    click.echo(f"starting {server} and loading {model} with {clients} clients for {seconds:g} s ...")
     r = load_test(bundle, clients=clients, seconds=seconds, warmup=warmup, batch=batch, max_batch=max_batch,
-                  backend=backend, threads=threads)
-    click.echo(f"requests {r['requests']}  errors {r['errors']}  p50 {r['p50_ms']} ms  p99 {r['p99_ms']} ms  "
+                  backend=backend, threads=threads, model=model, size=size, triton=triton)
+    click.echo(f"{r['model']}: requests {r['requests']}  errors {r['errors']}  p50 {r['p50_ms']} ms  p99 {r['p99_ms']} ms  "
                f"{r['requests_per_s']} req/s ({r['slices_per_s']} slices/s)  server RSS {r['rss_start_mb']} -> "
-               f"{r['rss_end_mb']} MB ({r['rss_growth']:+.1%}), backend {r['backend']}")
+               f"{r['rss_end_mb']} MB ({r['rss_growth']:+.1%}), {r['backend']}")
     for line in r["first_errors"]:
         click.echo(f"  error: {line}")
     if json_out:

@@ -7,7 +7,11 @@ import click
 
 @click.command("listen")
 @click.argument("bundle", type=click.Path(file_okay=False))
-@click.option("--ae-title", default="EDGESEG", show_default=True, help="This node's AE title.")
+@click.option("--ae-title", default="EDGESEG", show_default=True,
+              help="This node's AE title; associations calling another title are rejected (see --any-ae).")
+@click.option("--any-ae", is_flag=True, help="Accept associations whatever called AE title they give.")
+@click.option("--allow-calling", "allow_calling", multiple=True, metavar="AET",
+              help="Accept associations only from this calling AE title; repeatable (default: from any).")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (0.0.0.0 for the network).")
 @click.option("--port", default=11112, show_default=True, type=click.IntRange(1, 65535))
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Folder for the DICOM SEG files.")
@@ -16,9 +20,10 @@ import click
               help="Seconds without a new image after which a series counts as complete.")
 @click.option("--backend", default="auto", show_default=True, help="Runtime backend, as for edgeseg predict.")
 @click.option("--threads", default=0, show_default=True, help="CPU threads for the backend (0: its default).")
-def command(bundle, ae_title, host, port, out, forward, idle, backend, threads) -> None:
+def command(bundle, ae_title, any_ae, allow_calling, host, port, out, forward, idle, backend, threads) -> None:
     """Accept CT images by C-STORE, segment each complete series, write/forward its DICOM SEG."""
     import contextlib
+    import signal
     import time
 
     from edgeseg.atomic import check_output_folder
@@ -31,13 +36,25 @@ def command(bundle, ae_title, host, port, out, forward, idle, backend, threads) 
     configure_logging()
     peer = Peer.parse(forward) if forward else None
     segmenter = Segmenter.load(bundle, backend=backend.split(",") if "," in backend else backend, threads=threads)
-    node = DicomNode(segmenter, ae_title=ae_title, host=host, port=port, out=out, forward=peer, idle=idle)
-    node.start()
-    click.echo(f"DICOM node {ae_title} on {host}:{port} (backend {segmenter.backend}); Ctrl-C stops it")
+
+    def interrupt(signum, frame):  # SIGTERM (a service manager's stop) ends the node as Ctrl-C does
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+    node = None
     try:
-        with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how a user stops the node
+        node = DicomNode(segmenter, ae_title=ae_title, host=host, port=port, out=out, forward=peer, idle=idle,
+                         any_ae=any_ae, calling_aets=list(allow_calling))
+        node.start()
+        called = "any called AE title" if any_ae else f"called AE title {ae_title}"
+        click.echo(f"DICOM node {ae_title} on {host}:{port} ({called}; backend {segmenter.backend}); Ctrl-C stops it")
+        with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C or SIGTERM: stop and clean up
             while True:
                 time.sleep(1)
     finally:
-        node.stop()
+        # a second signal during clean-up must not leave the work folder behind
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        if node is not None:
+            node.stop()  # removes the folder of received images
         segmenter.close()

@@ -21,27 +21,36 @@ from edgeseg.cli.input_limits import input_limit_options
               help="Most requests waiting; more are answered 503.")
 @click.option("--max-body-mb", default=64, show_default=True, type=click.IntRange(1, 4096),
               help="Largest request body; larger ones are answered 413.")
+@click.option("--max-side", default=4096, show_default=True, type=click.IntRange(2, 65535),
+              help="Largest slice side the pipeline model takes, in pixels.")
 @click.option("--timeout", default=30.0, show_default=True, type=click.FloatRange(0.1, 3600),
               help="Seconds a request may wait for its result; then 504.")
-def command(bundle, host, port, backend, threads, model_name, max_batch, queue_size, max_body_mb, timeout) -> None:
-    """Serve BUNDLE over HTTP: /v2 (KServe v2, tritonclient-compatible), /v1/segment, /metrics."""
+def command(bundle, host, port, backend, threads, model_name, max_batch, queue_size, max_body_mb, max_side,
+            timeout) -> None:
+    """Serve BUNDLE over HTTP: /v2 (KServe v2, tritonclient-compatible) with models NAME (the
+    network, pre-processed tensor in, logits out) and NAME-pipeline (HU in, labels out),
+    /v1/segment, /metrics."""
     from edgeseg.cli.logs import configure_logging
     from edgeseg.errors import require
     from edgeseg.runtime.segmenter import Segmenter
     from edgeseg.serve.app import ServeConfig, create_app
 
+    from edgeseg.export.triton import check_model_name
+
     configure_logging()
+    check_model_name(model_name)  # it names URL paths, as in a Triton repository
     uvicorn = require("uvicorn", "serve", "edgeseg serve")
     _check_port(host, port)
     segmenter = Segmenter.load(bundle, backend=backend.split(",") if "," in backend else backend, threads=threads)
     config = ServeConfig(model_name=model_name, max_batch=max_batch, queue_size=queue_size,
-                         max_body_bytes=max_body_mb << 20, timeout_s=timeout)
+                         max_body_bytes=max_body_mb << 20, timeout_s=timeout, max_side=max_side)
     app = create_app(segmenter, config)
-    click.echo(f"serving {bundle} as {model_name!r} on http://{host}:{port} (backend {segmenter.backend})")
+    click.echo(f"serving {bundle} as {model_name!r} and {model_name + '-pipeline'!r} on http://{host}:{port} (backend {segmenter.backend})")
     try:
         uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
     finally:
-        app.state.batcher.close()
+        for model in app.state.models.values():
+            model.close()
         segmenter.close()
 
 

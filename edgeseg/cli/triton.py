@@ -8,21 +8,27 @@ import click
 @click.command("triton")
 @click.argument("bundle", type=click.Path(file_okay=False))
 @click.argument("repo", type=click.Path())
-@click.option("--name", default="edgeseg", show_default=True, help="Model name in the repository.")
+@click.option("--name", default="edgeseg", show_default=True,
+              help="Model name in the repository (letters, digits, '_', '.', '-'); the pipeline is NAME-pipeline.")
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32", show_default=True,
               help="Which of the bundle's ONNX graphs Triton serves.")
-@click.option("--max-batch", type=int, default=None, help="max_batch_size (default: the bundle's).")
-@click.option("--kind", type=click.Choice(["KIND_GPU", "KIND_CPU"]), default="KIND_GPU", show_default=True)
+@click.option("--max-batch", type=int, default=None,
+              help="max_batch_size, 0..the bundle's max_batch; 0 turns batching off (default: the bundle's).")
+@click.option("--kind", type=click.Choice(["KIND_GPU", "KIND_CPU"]), default="KIND_GPU", show_default=True,
+              help="KIND_GPU: ONNX Runtime / TensorRT backends; KIND_CPU: every model on the Python backend.")
 @click.option("--instances", default=1, show_default=True, type=click.IntRange(1, 64))
+@click.option("--backend", default="onnxruntime", show_default=True,
+              help="edgeseg runtime backend of the Python-backend models (the pipeline; the network with KIND_CPU).")
 @click.option("--force", is_flag=True, help="Replace an existing repository folder.")
-def command(bundle, repo, name, precision, max_batch, kind, instances, force) -> None:
-    """Write REPO/<name>/config.pbtxt and 1/model.onnx (plus <name>-trt for TensorRT engines)."""
+def command(bundle, repo, name, precision, max_batch, kind, instances, backend, force) -> None:
+    """Write REPO/<name> (the network), REPO/<name>-pipeline (HU in, labels out) and, for
+    TensorRT engines on KIND_GPU, REPO/<name>-trt."""
     from edgeseg.atomic import check_output_folder
     from edgeseg.export.triton import write_triton_repo
 
     check_output_folder(repo, "REPO", staged=True)
 
     models = write_triton_repo(bundle, repo, name=name, precision=precision, max_batch=max_batch, kind=kind,
-                               instances=instances, force=force)
+                               instances=instances, backend=backend, force=force)
     for folder in models:
         click.echo(f"wrote {folder}/config.pbtxt")

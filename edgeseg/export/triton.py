@@ -1,17 +1,31 @@
 """A Triton Inference Server model repository from a bundle.
 
-``REPO/<name>/config.pbtxt`` + ``REPO/<name>/1/model.onnx`` (a byte-identical copy of the
-bundle's ONNX file of the chosen precision) for the ONNX Runtime backend, and, when the bundle
-holds TensorRT engines, ``REPO/<name>-trt/`` with ``platform: "tensorrt_plan"`` and one engine
-per compute capability listed in ``cc_model_filenames``. Triton receives the pre-processed NCHW
-tensor, exactly as ``edgeseg serve`` does; the client runs edgeseg's C pre-processing.
-Each config is parsed with the ``ModelConfig`` protobuf shipped by tritonclient before the
-repository is moved into place.
+``--kind KIND_GPU`` (default), for a GPU Triton with the ONNX Runtime and TensorRT backends:
+
+- ``REPO/<name>/``: ``config.pbtxt`` + ``1/model.onnx`` (a byte-identical copy of the bundle's
+  ONNX file of the chosen precision), platform ``onnxruntime_onnx``;
+- ``REPO/<name>-trt/`` when the bundle holds TensorRT engines: ``platform: "tensorrt_plan"``,
+  one engine per compute capability listed in ``cc_model_filenames``.
+
+``--kind KIND_CPU``, for a Triton that has only the Python backend: ``REPO/<name>/`` serves the
+network through the Python backend on edgeseg's runtime (ONNX Runtime on the same ONNX file).
+
+Both kinds add ``REPO/<name>-pipeline/``, a Python-backend model taking CT values (``hu``
+INT16, ``[N, H, W]``) and returning ``labels`` UINT8 through edgeseg's Segmenter: C
+pre-processing, the network, C post-processing, exactly as ``edgeseg predict`` and
+``edgeseg serve``'s pipeline model. Python-backend models hold ``1/model.py`` (which puts
+edgeseg on ``sys.path``, see ``edgeseg.serve.triton_python``) and ``1/bundle/`` (the manifest
+and the one ONNX artifact). Every config is parsed with the ``ModelConfig`` protobuf shipped by
+tritonclient before the repository is moved into place; flags are checked before anything is
+written.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import re
 import shutil
+import sysconfig
 from pathlib import Path
 
 from edgeseg.atomic import atomic_dir
@@ -19,37 +33,96 @@ from edgeseg.errors import BundleError, DataError, require
 from edgeseg.runtime.manifest import Manifest, read_manifest, verify_artifacts
 
 TRITON_TYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "int64": "TYPE_INT64", "uint8": "TYPE_UINT8"}
+# A model name is a directory name Triton and URLs take as is; the suffixes keep it under 100.
+MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,79}")
+PIPELINE_SUFFIX = "-pipeline"  # as edgeseg.serve.model_inputs.PIPELINE_SUFFIX (serve sits above export)
+
+MODEL_PY = '''"""Triton Python-backend model written by `edgeseg triton`; see edgeseg.serve.triton_python."""
+
+import sys
+
+# The backend's stub runs its own Python, which does not see the environment edgeseg is installed in.
+for _path in reversed({paths!r}):
+    if _path not in sys.path:
+        sys.path.insert(0, _path)
+
+from edgeseg.serve.triton_python import TritonPythonModel  # noqa: E402,F401
+'''
 
 
-def _tensor(info) -> str:
-    dims = ", ".join(str(n) for n in info.shape[1:])  # the batch axis is implied by max_batch_size
-    return f'  {{ name: "{info.name}" data_type: {TRITON_TYPES[info.dtype]} dims: [ {dims} ] }}'
+def check_model_name(name: str) -> str:
+    """``name`` if Triton accepts it as a model (directory) name, else DataError."""
+    if not isinstance(name, str) or not MODEL_NAME.fullmatch(name):
+        raise DataError(f"model name {name!r} must be 1..80 letters, digits, '_', '.' or '-', starting with a "
+                        "letter or digit (it names a directory and a URL path)")
+    return name
+
+
+def check_max_batch(max_batch: int | None, manifest: Manifest) -> int:
+    """The max_batch_size to write: the bundle's when None; 0 means no batching, as in Triton."""
+    if max_batch is None:
+        return manifest.max_batch
+    if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 0:
+        raise DataError(f"--max-batch must be an integer >= 0 (0: no batching), got {max_batch!r}")
+    if max_batch > manifest.max_batch:
+        raise DataError(f"--max-batch {max_batch} exceeds the bundle's max_batch {manifest.max_batch} "
+                        "(the largest batch its model was exported for)")
+    return max_batch
+
+
+def _tensor(name: str, datatype: str, dims: list[int]) -> str:
+    return f'  {{ name: "{name}" data_type: {datatype} dims: [ {", ".join(str(n) for n in dims)} ] }}'
+
+
+def _io(manifest: Manifest, max_batch: int) -> list[str]:
+    """input/output blocks of the network; with max_batch 0 the batch axis is written as -1."""
+    skip = 1 if max_batch else 0  # with batching, the batch axis is implied by max_batch_size
+
+    def dims(info) -> list[int]:
+        return [-1, *info.shape[1:]][skip:]
+
+    return ["input [", _tensor(manifest.inputs[0].name, TRITON_TYPES[manifest.inputs[0].dtype], dims(manifest.inputs[0])),
+            "]", "output [",
+            _tensor(manifest.outputs[0].name, TRITON_TYPES[manifest.outputs[0].dtype], dims(manifest.outputs[0])), "]"]
+
+
+def _scheduling(max_batch: int, kind: str, instances: int, max_delay_us: int) -> list[str]:
+    lines = []
+    if max_batch:
+        preferred = sorted({b for b in (max_batch // 2, max_batch) if b >= 1})
+        lines += ["dynamic_batching {", f"  preferred_batch_size: [ {', '.join(str(b) for b in preferred)} ]",
+                  f"  max_queue_delay_microseconds: {max_delay_us}", "}"]
+    return lines + [f"instance_group [ {{ count: {instances} kind: {kind} }} ]"]
+
+
+def _parameters(params: dict[str, str]) -> list[str]:
+    return [f'parameters {{ key: "{k}" value: {{ string_value: "{v}" }} }}' for k, v in params.items()]
 
 
 def model_config(manifest: Manifest, name: str, platform: str, max_batch: int, kind: str, instances: int,
                  max_delay_us: int, engines: dict[str, str] | None = None) -> str:
-    """The ``config.pbtxt`` text of one model."""
-    preferred = sorted({b for b in (max_batch // 2, max_batch) if b >= 1})
-    lines = [
-        f'name: "{name}"',
-        f'platform: "{platform}"',
-        f"max_batch_size: {max_batch}",
-        "input [",
-        _tensor(manifest.inputs[0]),
-        "]",
-        "output [",
-        _tensor(manifest.outputs[0]),
-        "]",
-        "dynamic_batching {",
-        f"  preferred_batch_size: [ {', '.join(str(b) for b in preferred)} ]",
-        f"  max_queue_delay_microseconds: {max_delay_us}",
-        "}",
-        f"instance_group [ {{ count: {instances} kind: {kind} }} ]",
-    ]
+    """The ``config.pbtxt`` text of the network for an ONNX Runtime or TensorRT backend."""
+    lines = [f'name: "{name}"', f'platform: "{platform}"', f"max_batch_size: {max_batch}",
+             *_io(manifest, max_batch), *_scheduling(max_batch, kind, instances, max_delay_us)]
     if engines:
         first = sorted(engines)[0]
         lines.append(f'default_model_filename: "{engines[first]}"')
         lines += [f'cc_model_filenames {{ key: "{cc}" value: "{engines[cc]}" }}' for cc in sorted(engines)]
+    return "\n".join(lines) + "\n"
+
+
+def python_model_config(manifest: Manifest, name: str, role: str, max_batch: int, kind: str, instances: int,
+                        max_delay_us: int, backend: str) -> str:
+    """The ``config.pbtxt`` text of a Python-backend model: the network or the pipeline."""
+    if role == "network":
+        io = _io(manifest, max_batch)
+    else:  # [N, H, W] HU: N is Triton's batch axis when batching, else an explicit -1
+        extra = [] if max_batch else [-1]
+        io = ["input [", _tensor("hu", "TYPE_INT16", [*extra, -1, -1]), "]",
+              "output [", _tensor("labels", "TYPE_UINT8", [*extra, -1, -1]), "]"]
+    params = {"edgeseg_role": role, "edgeseg_backend": backend, "edgeseg_max_slices": str(max_batch or manifest.max_batch)}
+    lines = [f'name: "{name}"', 'backend: "python"', f"max_batch_size: {max_batch}", *io,
+             *_scheduling(max_batch, kind, instances, max_delay_us), *_parameters(params)]
     return "\n".join(lines) + "\n"
 
 
@@ -63,33 +136,71 @@ def validate_config(text: str) -> None:
         raise BundleError(f"generated config.pbtxt does not parse as a Triton ModelConfig: {exc}") from None
 
 
+def python_paths() -> list[str]:
+    """Where this edgeseg and its dependencies are installed, for the generated model.py."""
+    import edgeseg
+
+    paths = [str(Path(edgeseg.__file__).resolve().parents[1]), sysconfig.get_paths()["purelib"],
+             sysconfig.get_paths()["platlib"]]
+    return list(dict.fromkeys(paths))
+
+
+def _write_python_model(tmp: Path, name: str, config: str, bundle: Path, manifest: Manifest, onnx, paths) -> None:
+    """``name/config.pbtxt``, ``name/1/model.py`` and ``name/1/bundle/`` (manifest + one ONNX file)."""
+    validate_config(config)
+    version = tmp / name / "1"
+    (version / "bundle").mkdir(parents=True)
+    (tmp / name / "config.pbtxt").write_text(config)
+    (version / "model.py").write_text(MODEL_PY.format(paths=list(paths)))
+    shutil.copyfile(bundle / onnx.file, version / "bundle" / onnx.file)
+    (version / "bundle" / "manifest.json").write_text(dataclasses.replace(manifest, artifacts=(onnx,)).to_json())
+
+
 def write_triton_repo(bundle: str | Path, repo: str | Path, *, name: str = "edgeseg", precision: str = "fp32",
                       max_batch: int | None = None, kind: str = "KIND_GPU", instances: int = 1,
-                      max_delay_us: int = 2000, force: bool = False) -> list[Path]:
-    """Write the Triton repository for ``bundle`` to ``repo`` atomically; return the model folders."""
+                      max_delay_us: int = 2000, force: bool = False, backend: str = "onnxruntime",
+                      paths: list[str] | None = None) -> list[Path]:
+    """Write the Triton repository for ``bundle`` to ``repo`` atomically; return the model folders.
+
+    ``backend`` is the edgeseg runtime backend the Python-backend models run the network with
+    (its precision is ``precision``); ``paths`` go on the models' ``sys.path`` (default: where
+    this edgeseg and its dependencies are installed)."""
     bundle, repo = Path(bundle), Path(repo)
+    check_model_name(name)
+    if kind not in ("KIND_GPU", "KIND_CPU"):
+        raise DataError(f"instance kind must be KIND_GPU or KIND_CPU, got {kind!r}")
+    if isinstance(instances, bool) or not isinstance(instances, int) or instances < 1:
+        raise DataError(f"--instances must be an integer >= 1, got {instances!r}")
+    if repo.exists() and not force:
+        raise DataError(f"{repo} exists; pass --force to replace it")
     manifest = read_manifest(bundle)
+    batch = check_max_batch(max_batch, manifest)
     verify_artifacts(bundle, manifest)
     onnx = manifest.artifact("onnx", precision)
     if onnx is None:
         have = sorted(a.key for a in manifest.artifacts)
         raise BundleError(f"bundle {bundle} has no onnx-{precision} artifact (it has {have})")
-    if kind not in ("KIND_GPU", "KIND_CPU"):
-        raise DataError(f"instance kind must be KIND_GPU or KIND_CPU, got {kind!r}")
-    if repo.exists() and not force:
-        raise DataError(f"{repo} exists; pass --force to replace it")
-    batch = min(max_batch or manifest.max_batch, manifest.max_batch)
+    runtime = f"{backend}:{precision}"
+    paths = python_paths() if paths is None else list(paths)
     engines = {a.fingerprint["compute_capability"]: a for a in manifest.artifacts
                if a.format == "tensorrt" and a.precision == precision and a.fingerprint}
     models: list[Path] = []
     with atomic_dir(repo) as tmp:
-        text = model_config(manifest, name, "onnxruntime_onnx", batch, kind, instances, max_delay_us)
-        validate_config(text)
-        (tmp / name / "1").mkdir(parents=True)
-        (tmp / name / "config.pbtxt").write_text(text)
-        shutil.copyfile(bundle / onnx.file, tmp / name / "1" / "model.onnx")
+        if kind == "KIND_CPU":
+            text = python_model_config(manifest, name, "network", batch, kind, instances, max_delay_us, runtime)
+            _write_python_model(tmp, name, text, bundle, manifest, onnx, paths)
+        else:
+            text = model_config(manifest, name, "onnxruntime_onnx", batch, kind, instances, max_delay_us)
+            validate_config(text)
+            (tmp / name / "1").mkdir(parents=True)
+            (tmp / name / "config.pbtxt").write_text(text)
+            shutil.copyfile(bundle / onnx.file, tmp / name / "1" / "model.onnx")
         models.append(repo / name)
-        if engines:
+        pipeline = name + PIPELINE_SUFFIX
+        text = python_model_config(manifest, pipeline, "pipeline", batch, kind, instances, max_delay_us, runtime)
+        _write_python_model(tmp, pipeline, text, bundle, manifest, onnx, paths)
+        models.append(repo / pipeline)
+        if engines and kind == "KIND_GPU":  # TensorRT needs a GPU: a CPU repository must load without it
             trt_name = f"{name}-trt"
             files = {cc: entry.file for cc, entry in engines.items()}
             text = model_config(manifest, trt_name, "tensorrt_plan", batch, "KIND_GPU", instances, max_delay_us, files)

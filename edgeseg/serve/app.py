@@ -1,31 +1,37 @@
 """The HTTP application: KServe v2 / Open Inference Protocol plus a file-upload endpoint.
 
-``/v2/models/{name}/infer`` runs the model on pre-processed NCHW float32 tensors, the same
-tensor Triton's ONNX model takes, so one client (``tritonclient.http``) talks to both.
-``/v1/segment`` takes a whole file (DICOM slice, NIfTI, PNG or NPY) and returns the mask.
-Every error is a JSON ``{"error": message}`` with a 4xx/5xx code; the server keeps serving.
+Two models are served (``edgeseg.serve.models``): ``NAME`` runs the network on pre-processed
+NCHW float32 tensors, the tensor Triton's ONNX model takes, and ``NAME-pipeline`` takes CT
+values and returns labels, as ``edgeseg predict`` does; one client (``tritonclient.http``) talks
+to this server and to Triton. ``/v1/segment`` takes a whole file (DICOM slice, NIfTI, PNG or
+NPY) and returns the mask. Request bodies may be gzip- or deflate-encoded. Every error, unknown
+routes and methods included, is a JSON ``{"error": message}`` with a 4xx/5xx code; the server
+keeps serving.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from edgeseg import __version__
 from edgeseg.errors import EdgesegError, require
-from edgeseg.serve.batcher import MicroBatcher, QueueFull
+from edgeseg.serve.batcher import QueueFull
+from edgeseg.serve.encoding import BodyError, decode_body
 from edgeseg.serve.metrics import ServerMetrics
-from edgeseg.serve.protocol import HEADER_LENGTH, NUMPY_TO_DATATYPE, ProtocolError, decode_request, encode_response
+from edgeseg.serve.models import ServedModel, served_models
+from edgeseg.serve.protocol import HEADER_LENGTH, ProtocolError, decode_request, encode_response
 from edgeseg.serve.uploads import segment_upload
 
 # This module is imported only to serve, so the missing-extra message is the right failure here.
 fastapi = require("fastapi", "serve", "edgeseg serve")
 Request = fastapi.Request
+log = logging.getLogger("edgeseg.serve")
 
 
 @dataclass(frozen=True)
@@ -38,6 +44,7 @@ class ServeConfig:
     max_body_bytes: int = 64 << 20
     timeout_s: float = 30.0
     max_delay_s: float = 0.002
+    max_side: int = 4096
 
 
 class HttpError(Exception):
@@ -50,26 +57,21 @@ class HttpError(Exception):
 
 def create_app(segmenter, config: ServeConfig = ServeConfig()):
     """A FastAPI app serving ``segmenter`` (an ``edgeseg.runtime.Segmenter``) under ``config``."""
-    from fastapi.responses import JSONResponse, Response
+    from fastapi.responses import Response
     from starlette.concurrency import run_in_threadpool
 
-    manifest = segmenter.manifest
-    in_info, out_info = manifest.inputs[0], manifest.outputs[0]
-    max_batch = min(config.max_batch, manifest.max_batch)
-    metrics = ServerMetrics(lambda: batcher.depth)  # read at scrape time, after the batcher exists
-    batcher = MicroBatcher(segmenter.infer, max_batch=max_batch, queue_size=config.queue_size,
-                           max_delay=config.max_delay_s, on_batch=metrics.batch_size.observe)
+    model_lock = threading.Lock()
+    metrics = ServerMetrics(lambda: sum(m.batcher.depth for m in models.values()))  # read at scrape time
+    models = served_models(segmenter, config, metrics.batch_size.observe, model_lock)
     app = fastapi.FastAPI(title="edgeseg", version=__version__, docs_url=None, redoc_url=None)
-    app.state.batcher = batcher
+    app.state.models = models
 
-    def tensor_meta(info) -> dict:
-        return {"name": info.name, "datatype": NUMPY_TO_DATATYPE[np.dtype(info.dtype)], "shape": list(info.shape)}
-
-    def check_model(name: str, version: str | None = None) -> None:
-        if name != config.model_name:
-            raise HttpError(404, f"unknown model {name!r}; this server serves {config.model_name!r}")
+    def model_for(name: str, version: str | None = None) -> ServedModel:
+        if name not in models:
+            raise HttpError(404, f"unknown model {name!r}; this server serves {sorted(models)}")
         if version not in (None, "", "1"):
             raise HttpError(404, f"model {name!r} has no version {version!r}; it has version '1'")
+        return models[name]
 
     async def read_body(request) -> bytes:
         declared = request.headers.get("content-length")
@@ -81,7 +83,10 @@ def create_app(segmenter, config: ServeConfig = ServeConfig()):
             if size > config.max_body_bytes:
                 raise HttpError(413, f"request body exceeds the limit of {config.max_body_bytes} bytes")
             chunks.append(chunk)
-        return b"".join(chunks)
+        try:
+            return decode_body(b"".join(chunks), request.headers.get("content-encoding"), config.max_body_bytes)
+        except BodyError as exc:
+            raise HttpError(exc.status, str(exc)) from None
 
     @app.middleware("http")
     async def count(request, call_next):
@@ -92,23 +97,12 @@ def create_app(segmenter, config: ServeConfig = ServeConfig()):
         metrics.latency.labels(endpoint).observe(time.perf_counter() - start)
         return response
 
-    @app.exception_handler(HttpError)
-    async def http_error(request, exc: HttpError):
-        return JSONResponse({"error": str(exc)}, status_code=exc.status)
-
-    @app.exception_handler(EdgesegError)
-    async def edgeseg_error(request, exc: EdgesegError):
-        return JSONResponse({"error": str(exc)}, status_code=400)
-
-    @app.exception_handler(fastapi.exceptions.RequestValidationError)
-    async def validation_error(request, exc):
-        first = exc.errors()[0] if exc.errors() else {}
-        return JSONResponse({"error": f"bad request: {first.get('msg', 'invalid')} at {first.get('loc')}"},
-                            status_code=400)
+    _install_error_handlers(app)
 
     @app.get("/v2")
     async def server_metadata():
-        return {"name": "edgeseg", "version": __version__, "extensions": ["binary_tensor_data"]}
+        return {"name": "edgeseg", "version": __version__,
+                "extensions": ["binary_tensor_data", "model_configuration", "statistics", "model_repository"]}
 
     @app.get("/v2/health/live")
     async def live():
@@ -118,54 +112,75 @@ def create_app(segmenter, config: ServeConfig = ServeConfig()):
     async def ready():
         return Response(status_code=200)
 
+    @app.get("/v2/models/stats")
+    async def all_statistics():
+        return {"model_stats": [m.stats.to_dict(name) for name, m in models.items()]}
+
     @app.get("/v2/models/{name}")
     @app.get("/v2/models/{name}/versions/{version}")
     async def model_metadata(name: str, version: str | None = None):
-        check_model(name, version)
-        return {"name": config.model_name, "versions": ["1"], "platform": f"edgeseg_{segmenter.backend}",
-                "inputs": [tensor_meta(in_info)], "outputs": [tensor_meta(out_info)]}
+        return model_for(name, version).metadata()
 
     @app.get("/v2/models/{name}/ready")
     @app.get("/v2/models/{name}/versions/{version}/ready")
     async def model_ready(name: str, version: str | None = None):
-        check_model(name, version)
+        model_for(name, version)
         return Response(status_code=200)
+
+    @app.get("/v2/models/{name}/config")
+    @app.get("/v2/models/{name}/versions/{version}/config")
+    async def model_config(name: str, version: str | None = None):
+        return _triton_config(model_for(name, version))
+
+    @app.get("/v2/models/{name}/stats")
+    @app.get("/v2/models/{name}/versions/{version}/stats")
+    async def model_statistics(name: str, version: str | None = None):
+        model = model_for(name, version)
+        return {"model_stats": [model.stats.to_dict(model.name)]}
+
+    @app.post("/v2/repository/index")
+    async def repository_index():
+        return [{"name": name, "version": "1", "state": "READY"} for name in sorted(models)]
+
+    @app.post("/v2/repository/models/{name}/load")
+    @app.post("/v2/repository/models/{name}/unload")
+    async def model_control(name: str):
+        raise HttpError(400, "edgeseg serve serves a fixed set of models "
+                             f"{sorted(models)}: loading and unloading are not supported")
 
     @app.post("/v2/models/{name}/infer")
     @app.post("/v2/models/{name}/versions/{version}/infer")
     async def infer(name: str, request: Request, version: str | None = None):
-        check_model(name, version)
+        model = model_for(name, version)
         body = await read_body(request)
         try:
             decoded = decode_request(body, request.headers.get(HEADER_LENGTH))
         except ProtocolError as exc:
             raise HttpError(400, str(exc)) from None
-        unknown = sorted(set(decoded.inputs) - {in_info.name})
-        if unknown or in_info.name not in decoded.inputs:
-            raise HttpError(400, f"model {name!r} takes one input {in_info.name!r}, got {sorted(decoded.inputs)}")
-        if decoded.outputs is not None and set(decoded.outputs) - {out_info.name}:
-            raise HttpError(400, f"model {name!r} has one output {out_info.name!r}, asked for {decoded.outputs}")
-        batch = decoded.inputs[in_info.name]
-        if batch.ndim == 4 and batch.shape[0] > max_batch:
-            raise HttpError(400, f"a request holds at most {max_batch} slices (--max-batch), got {batch.shape[0]}")
-        segmenter.runner.check_batch(batch)  # a DataError naming the problem becomes a 400
+        if decoded.outputs is not None and set(decoded.outputs) - {model.output_name}:
+            raise HttpError(400, f"model {name!r} has one output {model.output_name!r}, asked for {decoded.outputs}")
+        start = time.perf_counter()
+        ok = False
         try:
-            future = batcher.submit(np.ascontiguousarray(batch))
-        except QueueFull as exc:
-            raise HttpError(503, f"server busy: {exc}; retry later") from None
-        try:
-            logits = await asyncio.wait_for(asyncio.wrap_future(future), timeout=config.timeout_s)
-        except asyncio.TimeoutError:
-            future.cancel()
-            raise HttpError(504, f"inference did not finish within {config.timeout_s} s") from None
-        payload, headers = encode_response(config.model_name, "1", decoded, {out_info.name: logits})
+            array = model.checked(decoded.inputs)  # a DataError naming the problem becomes a 400
+            request_shape = decoded.inputs[model.input_name].shape
+            result = await _run(model, array, config.timeout_s)
+            ok = True
+        finally:
+            model.stats.record(ok, time.perf_counter() - start, int(array.shape[0]) if ok else 0)
+        payload, headers = encode_response(model.name, "1", decoded, {model.output_name: model.output(request_shape, result)})
         return Response(content=payload, headers=headers, media_type=headers["content-type"])
 
     @app.post("/v1/segment")
     async def segment(request: Request, format: str = "npy"):
         body = await read_body(request)
+
+        def run(tmp: Path):
+            with model_lock:
+                return segment_upload(segmenter, body, format, tmp)
+
         with tempfile.TemporaryDirectory(prefix="edgeseg-upload-") as tmp:
-            payload, media = await run_in_threadpool(segment_upload, segmenter, body, format, Path(tmp))
+            payload, media = await run_in_threadpool(run, Path(tmp))
         return Response(content=payload, media_type=media)
 
     @app.get("/metrics")
@@ -176,9 +191,78 @@ def create_app(segmenter, config: ServeConfig = ServeConfig()):
     return app
 
 
+def _install_error_handlers(app) -> None:
+    """Every error as ``{"error": message}``: ours, the runtime's, routing (404/405), validation, and
+    anything unexpected (500, logged with its traceback)."""
+    from fastapi.responses import JSONResponse
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+
+    @app.exception_handler(HttpError)
+    async def http_error(request, exc: HttpError):
+        return JSONResponse({"error": str(exc)}, status_code=exc.status)
+
+    @app.exception_handler(EdgesegError)
+    async def edgeseg_error(request, exc: EdgesegError):
+        return JSONResponse({"error": str(exc)}, status_code=400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def routing_error(request, exc: StarletteHTTPException):
+        # unknown routes and wrong methods: the KServe error body, not FastAPI's {"detail": ...}
+        if exc.status_code == 405:
+            message = f"method {request.method} is not allowed on {request.url.path}"
+        elif exc.status_code == 404:
+            message = f"no route {request.url.path}"
+        else:
+            message = str(exc.detail)
+        return JSONResponse({"error": message}, status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(fastapi.exceptions.RequestValidationError)
+    async def validation_error(request, exc):
+        first = exc.errors()[0] if exc.errors() else {}
+        return JSONResponse({"error": f"bad request: {first.get('msg', 'invalid')} at {first.get('loc')}"},
+                            status_code=400)
+
+    @app.exception_handler(Exception)
+    async def internal_error(request, exc: Exception):
+        log.exception("request %s %s failed", request.method, request.url.path)
+        return JSONResponse({"error": f"internal error: {type(exc).__name__}: {exc}"[:500]}, status_code=500)
+
+
+async def _run(model: ServedModel, array, timeout_s: float):
+    """Queue ``array`` on the model's batcher and wait for its rows of the result."""
+    try:
+        future = model.batcher.submit(array)
+    except QueueFull as exc:
+        raise HttpError(503, f"server busy: {exc}; retry later") from None
+    try:
+        return await asyncio.wait_for(asyncio.wrap_future(future), timeout=timeout_s)
+    except asyncio.TimeoutError:
+        future.cancel()
+        raise HttpError(504, f"inference did not finish within {timeout_s} s") from None
+
+
+def _triton_config(model: ServedModel) -> dict:
+    """The model configuration in the JSON form Triton answers ``/config`` with."""
+    meta = model.metadata()
+
+    def tensor(entry: dict, batched: bool) -> dict:
+        dims = entry["shape"][1:] if batched else entry["shape"]
+        return {"name": entry["name"], "data_type": "TYPE_" + entry["datatype"], "dims": dims}
+
+    batched = meta["platform"] != "edgeseg_pipeline"
+    config = {"name": model.name, "platform": meta["platform"], "backend": "edgeseg",
+              "max_batch_size": model.max_batch if batched else 0,
+              "input": [tensor(t, batched) for t in meta["inputs"]],
+              "output": [tensor(t, batched) for t in meta["outputs"]],
+              "dynamic_batching": {"max_queue_delay_microseconds": int(model.batcher.max_delay * 1e6)}}
+    if "parameters" in meta:
+        config["parameters"] = {key: {"string_value": str(value)} for key, value in meta["parameters"].items()}
+    return config
+
+
 def _endpoint_label(path: str) -> str:
     """A bounded label set for metrics: the route shape, never the raw path."""
-    for suffix in ("infer", "ready"):
+    for suffix in ("infer", "ready", "config", "stats"):
         if path.startswith("/v2/models/") and path.endswith("/" + suffix):
             return f"model_{suffix}"
     if path.startswith("/v2/models/"):

@@ -3,7 +3,9 @@
 Requests wait in a queue of at most ``queue_size`` entries (a full queue is refused at once,
 so memory stays bounded under overload). One worker thread takes the oldest request, gathers
 whatever else arrives within ``max_delay`` seconds up to ``max_batch`` slices, runs the model
-once on the concatenated batch and hands each caller its own rows.
+once on the concatenated batch and hands each caller its own rows. Where requests may differ
+in slice size (the pipeline model), ``key`` groups them: only requests with the first one's key
+join its batch; the next one with another key starts the following batch.
 """
 
 from __future__ import annotations
@@ -37,16 +39,19 @@ class MicroBatcher:
         queue_size: most requests waiting; beyond it ``submit`` raises QueueFull.
         max_delay: seconds the worker waits for more requests to fill a batch.
         on_batch: called with the size of every batch run (for metrics).
+        key: requests join one batch only where ``key(batch)`` is equal (default: all may).
     """
 
     def __init__(self, infer: Callable[[np.ndarray], np.ndarray], max_batch: int, queue_size: int = 64,
-                 max_delay: float = 0.002, on_batch: Callable[[int], None] | None = None) -> None:
+                 max_delay: float = 0.002, on_batch: Callable[[int], None] | None = None,
+                 key: Callable[[np.ndarray], object] | None = None) -> None:
         self._infer = infer
         self.max_batch = int(max_batch)
         self.max_delay = float(max_delay)
         self._queue: queue.Queue[_Pending] = queue.Queue(maxsize=int(queue_size))
         self._carry: _Pending | None = None
         self._on_batch = on_batch
+        self._key = key
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="edgeseg-batcher", daemon=True)
         self._thread.start()
@@ -86,13 +91,16 @@ class MicroBatcher:
             item = self._next(timeout=max(0.0, deadline - time.monotonic()))
             if item is None:
                 break
-            if rows + item.batch.shape[0] > self.max_batch:
+            if rows + item.batch.shape[0] > self.max_batch or not self._joins(first, item):
                 self._carry = item
                 break
             items.append(item)
             rows += item.batch.shape[0]
         # a caller that timed out has cancelled its future: do not spend the model on it
         return [item for item in items if item.future.set_running_or_notify_cancel()]
+
+    def _joins(self, first: _Pending, item: _Pending) -> bool:
+        return self._key is None or self._key(first.batch) == self._key(item.batch)
 
     def _run(self) -> None:
         while not self._stop.is_set():

@@ -6,6 +6,9 @@ seconds; then one worker thread reads it with the DICOM reader, segments it with
 Segmenter, writes a DICOM SEG to ``out`` and/or sends it by C-STORE to the forward peer.
 C-ECHO is answered. Images of other SOP classes (MR, US, ...) are answered with the failure
 status 0x0122 "SOP class not supported": the association stays up, nothing is stored.
+An association must call this node by its AE title (else it is rejected with the reason "called
+AE title not recognised") unless ``any_ae`` is set, and, where ``calling_aets`` lists AE titles,
+come from one of them (else "calling AE title not recognised").
 """
 
 from __future__ import annotations
@@ -33,6 +36,14 @@ STATUS_DATASET_MISMATCH = 0xA900
 # A DICOM UID is digits and dots, at most 64 characters; the UIDs name files and folders here,
 # so anything else (a "../" from a hostile peer) must never reach the file system.
 UID_PATTERN = re.compile(r"[0-9]+(\.[0-9]+)*")
+
+
+def check_ae_title(title: str) -> str:
+    """``title`` if it is a valid AE title (1..16 printable ASCII characters, not only spaces)."""
+    if not isinstance(title, str) or not 1 <= len(title) <= 16 or not title.strip() \
+            or not all(32 <= ord(c) < 127 and c != "\\" for c in title):
+        raise DataError(f"AE title must be 1..16 printable ASCII characters without '\\', got {title!r}")
+    return title
 
 
 @dataclass(frozen=True)
@@ -67,6 +78,7 @@ class NodeStats:
 
     received: int = 0
     refused: int = 0
+    rejected_associations: int = 0
     segmented: list[str] = field(default_factory=list)
     forwarded: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
@@ -77,11 +89,13 @@ class DicomNode:
 
     def __init__(self, segmenter, *, ae_title: str = "EDGESEG", host: str = "127.0.0.1", port: int = 11112,
                  out: str | Path | None = None, forward: Peer | None = None, idle: float = 5.0,
-                 work: str | Path | None = None) -> None:
+                 work: str | Path | None = None, any_ae: bool = False, calling_aets: list[str] | None = None) -> None:
         if out is None and forward is None:
             raise DataError("the DICOM node needs --out, --forward or both: otherwise results go nowhere")
-        if not 1 <= len(ae_title) <= 16:
-            raise DataError(f"AE title must be 1..16 characters, got {ae_title!r}")
+        for title in (ae_title, *(calling_aets or [])):
+            check_ae_title(title)
+        self.any_ae = bool(any_ae)
+        self.calling_aets = [title.strip() for title in calling_aets or []]
         self.segmenter = segmenter
         self.ae_title, self.host, self.port = ae_title, host, int(port)
         self.out = Path(out) if out is not None else None
@@ -104,13 +118,22 @@ class DicomNode:
         # (a clear answer per image) instead of a rejected presentation context.
         ae.supported_contexts = pynetdicom.StoragePresentationContexts
         ae.add_supported_context(pynetdicom.sop_class.Verification)
-        handlers = [(pynetdicom.evt.EVT_C_STORE, self._on_store), (pynetdicom.evt.EVT_C_ECHO, lambda event: 0x0000)]
+        ae.require_called_aet = not self.any_ae
+        ae.require_calling_aet = list(self.calling_aets)
+        handlers = [(pynetdicom.evt.EVT_C_STORE, self._on_store), (pynetdicom.evt.EVT_C_ECHO, lambda event: 0x0000),
+                    (pynetdicom.evt.EVT_REJECTED, self._on_rejected)]
         try:
             self._server = ae.start_server((self.host, self.port), block=False, evt_handlers=handlers)
         except OSError as exc:
             raise DataError(f"cannot listen on {self.host}:{self.port}: {exc.strerror or exc}") from None
         self._worker.start()
         log.info("listening as %s on %s:%d", self.ae_title, self.host, self.port)
+
+    def _on_rejected(self, event) -> None:
+        self.stats.rejected_associations += 1
+        requestor = event.assoc.requestor
+        log.warning("rejected an association from %s (%s:%s) calling %r", requestor.ae_title, requestor.address,
+                    requestor.port, event.assoc.acceptor.ae_title)
 
     def _on_store(self, event) -> int:
         sop_class = str(event.request.AffectedSOPClassUID)

@@ -10,11 +10,13 @@ Outputs are returned as binary when the request asks for it per output
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 
 import numpy as np
 
 HEADER_LENGTH = "inference-header-content-length"
+MAX_RANK = 8
 
 DATATYPES = {
     "BOOL": np.bool_, "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32, "UINT64": np.uint64,
@@ -59,11 +61,28 @@ def _json_part(body: bytes, header_length: str | None) -> tuple[dict, bytes]:
     return doc, tail
 
 
-def _shape(entry: dict, name: str) -> tuple[int, ...]:
+def _shape(entry: dict, name: str, body_bytes: int) -> tuple[int, ...]:
+    """The declared shape, refused unless the body could carry that many elements: every value
+    takes at least one byte (binary) or one character (JSON), so a larger count is a lie that
+    must not reach numpy (whose int64 element count would overflow) or an allocation."""
     shape = entry.get("shape")
     if not isinstance(shape, list) or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape):
-        raise ProtocolError(f"input {name!r}: shape must be a list of non-negative integers, got {shape!r}")
+        raise ProtocolError(f"input {name!r}: shape must be a list of non-negative integers, got {shape!r}"[:300])
+    if len(shape) > MAX_RANK:
+        raise ProtocolError(f"input {name!r}: shape has {len(shape)} dimensions; at most {MAX_RANK} are accepted")
+    count = math.prod(shape)  # a Python int: exact, where numpy's int64 product would wrap around
+    if count > body_bytes or max(shape, default=0) > max(body_bytes, 1):
+        raise ProtocolError(f"input {name!r}: shape {shape} holds {count} elements, more than a request body "
+                            f"of {body_bytes} bytes can carry"[:300])
     return tuple(shape)
+
+
+def _declared_count(entry: dict) -> int:
+    """The element count of a well-formed shape (0 otherwise), for the binary size check."""
+    shape = entry.get("shape")
+    if isinstance(shape, list) and all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape):
+        return math.prod(shape) if len(shape) <= MAX_RANK else 0
+    return 0
 
 
 def _dtype(entry: dict, name: str) -> np.dtype:
@@ -85,10 +104,12 @@ def decode_request(body: bytes, header_length: str | None) -> InferRequest:
         if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
             raise ProtocolError("each input needs a 'name'")
         name = entry["name"]
-        shape, dtype = _shape(entry, name), _dtype(entry, name)
-        count = int(np.prod(shape, dtype=np.int64))
+        dtype = _dtype(entry, name)
         params = entry.get("parameters") or {}
         size = params.get("binary_data_size") if isinstance(params, dict) else None
+        # binary: the declared size is checked against the shape first (the clearer message)
+        shape = _shape(entry, name, len(body) if size is None else max(len(body), _declared_count(entry)))
+        count = math.prod(shape)
         if size is not None:
             if not isinstance(size, int) or size != count * dtype.itemsize:
                 raise ProtocolError(f"input {name!r}: binary_data_size {size!r} does not match shape {list(shape)} "
@@ -103,8 +124,9 @@ def decode_request(body: bytes, header_length: str | None) -> InferRequest:
                 raise ProtocolError(f"input {name!r} has neither 'data' nor binary_data_size")
             try:
                 array = np.asarray(data, dtype=dtype)
-            except (TypeError, ValueError):
-                raise ProtocolError(f"input {name!r}: data is not a list of {entry['datatype']} values") from None
+            except (TypeError, ValueError, OverflowError):
+                raise ProtocolError(f"input {name!r}: data is not a list of {entry['datatype']} values "
+                                    f"(or one is out of its range)") from None
             if array.size != count:
                 raise ProtocolError(f"input {name!r}: {array.size} values do not fill shape {list(shape)}")
             array = array.reshape(shape)

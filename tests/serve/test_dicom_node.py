@@ -139,3 +139,79 @@ def test_forward_and_node_arguments_are_checked(serve_bundle):
         Peer.parse("localhost:104")
     with pytest.raises(DataError, match="--out, --forward or both"):
         DicomNode(object(), out=None, forward=None)
+
+
+def test_wrong_called_ae_title_is_rejected(node):
+    done = subprocess.run(["echoscu", "-aec", "SOMEONE", "127.0.0.1", str(node.port)], capture_output=True,
+                          text=True, timeout=30)
+    assert done.returncode != 0
+    assert "Called AE Title Not Recognized" in done.stderr
+    assert node.stats.rejected_associations == 1
+    files = sorted(SERIES.glob("*.dcm"))[:1]
+    stored = subprocess.run(["storescu", "-aec", "OTHER", "127.0.0.1", str(node.port), *map(str, files)],
+                            capture_output=True, text=True, timeout=60)
+    assert "Called AE Title Not Recognized" in stored.stderr
+    assert node.stats.received == 0
+
+
+@pytest.fixture
+def open_node(serve_bundle, tmp_path, free_port):
+    from edgeseg.runtime.segmenter import Segmenter
+
+    segmenter = Segmenter.load(serve_bundle, backend="onnxruntime:fp32")
+    dicom_node = DicomNode(segmenter, ae_title="EDGESEG", port=free_port(), out=tmp_path / "out", idle=60,
+                           work=tmp_path / "work", any_ae=True, calling_aets=["SCANNER1", "SCANNER2"])
+    dicom_node.start()
+    _wait_port(dicom_node.port)
+    yield dicom_node
+    dicom_node.stop()
+    segmenter.close()
+
+
+def test_any_ae_accepts_any_called_title_but_only_listed_callers(open_node):
+    def echo(calling: str, called: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["echoscu", "-aet", calling, "-aec", called, "127.0.0.1", str(open_node.port)],
+                              capture_output=True, text=True, timeout=30)
+
+    assert echo("SCANNER2", "WHATEVER").returncode == 0
+    refused = echo("LAPTOP", "EDGESEG")
+    assert refused.returncode != 0 and "Calling AE Title Not Recognized" in refused.stderr
+    assert open_node.stats.rejected_associations == 1
+
+
+@pytest.mark.parametrize("title", ["", "X" * 17, "   ", "A\\B", "ÄRZT"])
+def test_bad_ae_titles_are_refused(title):
+    from edgeseg.errors import DataError
+
+    with pytest.raises(DataError, match="AE title must be 1..16 printable ASCII"):
+        DicomNode(object(), ae_title=title, out="x")
+    with pytest.raises(DataError, match="AE title must be"):
+        DicomNode(object(), out="x", calling_aets=["OK", title])
+
+
+@pytest.mark.parametrize("signum", ["SIGTERM", "SIGINT"])
+def test_listen_removes_its_work_folder_on_signal(serve_bundle, tmp_path, free_port, signum):
+    import os
+    import signal
+    import sys
+
+    port = free_port()
+    env = dict(os.environ, TMPDIR=str(tmp_path))
+    proc = subprocess.Popen([sys.executable, "-m", "edgeseg.cli", "listen", str(serve_bundle), "--port", str(port),
+                             "--out", str(tmp_path / "out"), "--idle", "600", "--backend", "onnxruntime:fp32"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        _wait_port(port, timeout=60)
+        stored = _storescu(port, sorted(SERIES.glob("*.dcm"))[:2])
+        assert stored.returncode == 0, stored.stderr
+        work = list(tmp_path.glob("edgeseg-listen-*"))
+        assert len(work) == 1 and len(list(work[0].rglob("*.dcm"))) == 2  # received, waiting for the series to end
+        proc.send_signal(getattr(signal, signum))
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    assert not list(tmp_path.glob("edgeseg-listen-*"))
+    assert "Traceback" not in err

@@ -1,0 +1,165 @@
+"""The two models one server exposes: ``NAME``, the network, and ``NAME-pipeline``, HU to labels.
+
+``NAME`` takes the pre-processed (N, 1, H, W) float32 tensor and returns logits, as Triton's
+ONNX model does. ``NAME-pipeline`` takes CT values, ``hu`` of INT16, UINT16 or FP32 with shape
+(H, W) or (N, H, W) at any size within the server's limits, and returns ``labels`` UINT8 of the
+same shape, through ``Segmenter.predict_volume``: the path of ``edgeseg predict``. Each model
+checks what it is sent (``edgeseg.serve.model_inputs``) before it queues it.
+"""
+
+from __future__ import annotations
+
+import abc
+import threading
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from edgeseg.serve.batcher import MicroBatcher
+from edgeseg.serve.model_inputs import (PIPELINE_DATATYPES, PIPELINE_SUFFIX, ModelInputError, check_network_input,
+                                        check_pipeline_input)
+from edgeseg.serve.protocol import NUMPY_TO_DATATYPE
+
+
+@dataclass
+class InferenceStats:
+    """Counts and nanoseconds in Triton's statistics layout (successes, failures, model calls)."""
+
+    success_count: int = 0
+    success_ns: int = 0
+    fail_count: int = 0
+    fail_ns: int = 0
+    inference_count: int = 0
+    execution_count: int = 0
+    compute_ns: int = 0
+    last_inference_ms: int = 0
+
+    def record(self, ok: bool, seconds: float, slices: int) -> None:
+        """Count one finished request."""
+        ns = int(seconds * 1e9)
+        if ok:
+            self.success_count += 1
+            self.success_ns += ns
+            self.inference_count += slices
+        else:
+            self.fail_count += 1
+            self.fail_ns += ns
+        self.last_inference_ms = int(time.time() * 1000)
+
+    def to_dict(self, name: str) -> dict:
+        """One entry of ``model_stats`` as tritonclient's ``get_inference_statistics`` reads it."""
+        return {"name": name, "version": "1", "last_inference": self.last_inference_ms,
+                "inference_count": self.inference_count, "execution_count": self.execution_count,
+                "inference_stats": {"success": {"count": self.success_count, "ns": self.success_ns},
+                                    "fail": {"count": self.fail_count, "ns": self.fail_ns},
+                                    "compute_infer": {"count": self.execution_count, "ns": self.compute_ns}}}
+
+
+class ServedModel(abc.ABC):
+    """One model of the server: its tensors, checks, batcher and statistics."""
+
+    name: str
+    input_name: str
+    output_name: str
+    platform: str
+
+    def __init__(self, name: str, infer, max_batch: int, queue_size: int, max_delay: float, on_batch, lock,
+                 key=None) -> None:
+        self.name = name
+        self.max_batch = max_batch
+        self.stats = InferenceStats()
+
+        def timed(batch: np.ndarray) -> np.ndarray:
+            with lock:  # one model call at a time: runners (OpenVINO's request) are not reentrant
+                start = time.perf_counter()
+                result = infer(batch)
+                self.stats.compute_ns += int((time.perf_counter() - start) * 1e9)
+                self.stats.execution_count += 1
+            return result
+
+        self.batcher = MicroBatcher(timed, max_batch=max_batch, queue_size=queue_size, max_delay=max_delay,
+                                    on_batch=on_batch, key=key)
+
+    @abc.abstractmethod
+    def metadata(self) -> dict:
+        """The KServe v2 model metadata."""
+
+    def checked(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        """The one input, validated, as the batcher takes it (N leading rows)."""
+        unknown = sorted(set(inputs) - {self.input_name})
+        if unknown or self.input_name not in inputs:
+            raise ModelInputError(f"model {self.name!r} takes one input {self.input_name!r}, got {sorted(inputs)}")
+        return self._check(inputs[self.input_name])
+
+    @abc.abstractmethod
+    def _check(self, array: np.ndarray) -> np.ndarray:
+        """``array`` as the batcher takes it, or ModelInputError."""
+
+    def output(self, request_shape: tuple[int, ...], result: np.ndarray) -> np.ndarray:
+        """The response tensor for one request (of input shape ``request_shape``) from its rows."""
+        return result
+
+    def close(self) -> None:
+        """Stop the batcher."""
+        self.batcher.close()
+
+
+class NetworkModel(ServedModel):
+    """``NAME``: the network on the pre-processed tensor, micro-batched."""
+
+    def __init__(self, segmenter, name: str, **batching) -> None:
+        super().__init__(name, segmenter.infer, **batching)
+        self.segmenter = segmenter
+        manifest = segmenter.manifest
+        self.in_info, self.out_info = manifest.inputs[0], manifest.outputs[0]
+        self.input_name, self.output_name = self.in_info.name, self.out_info.name
+        self.platform = f"edgeseg_{segmenter.backend}"
+
+    def metadata(self) -> dict:
+        def tensor(info) -> dict:
+            return {"name": info.name, "datatype": NUMPY_TO_DATATYPE[np.dtype(info.dtype)], "shape": list(info.shape)}
+
+        return {"name": self.name, "versions": ["1"], "platform": self.platform,
+                "inputs": [tensor(self.in_info)], "outputs": [tensor(self.out_info)]}
+
+    def _check(self, batch: np.ndarray) -> np.ndarray:
+        return check_network_input(batch, self.segmenter, self.name, self.max_batch)
+
+
+class PipelineModel(ServedModel):
+    """``NAME-pipeline``: HU slices in, labels out, through ``Segmenter.predict_volume``."""
+
+    input_name, output_name, platform = "hu", "labels", "edgeseg_pipeline"
+
+    def __init__(self, segmenter, network_name: str, max_side: int, **batching) -> None:
+        super().__init__(network_name + PIPELINE_SUFFIX, segmenter.predict_volume,
+                         key=lambda b: (b.shape[1:], b.dtype), **batching)
+        self.segmenter = segmenter
+        self.network_name = network_name
+        self.max_side = max_side
+
+    def metadata(self) -> dict:
+        labels = {str(k): v for k, v in sorted(self.segmenter.labels.items())}
+        return {"name": self.name, "versions": ["1"], "platform": self.platform,
+                "inputs": [{"name": "hu", "datatype": "INT16", "shape": [-1, -1, -1]}],
+                "outputs": [{"name": "labels", "datatype": "UINT8", "shape": [-1, -1, -1]}],
+                "parameters": {"labels": labels, "input_datatypes": list(PIPELINE_DATATYPES),
+                               "input_shapes": ["[H, W]", "[N, H, W]"], "max_slices": self.max_batch,
+                               "max_side": self.max_side, "window": list(self.segmenter.spec.window)}}
+
+    def _check(self, hu: np.ndarray) -> np.ndarray:
+        return check_pipeline_input(hu, self.segmenter, self.network_name, self.max_batch, self.max_side)
+
+    def output(self, request_shape: tuple[int, ...], result: np.ndarray) -> np.ndarray:
+        return result.reshape(request_shape)  # an (H, W) request gets (H, W) labels
+
+
+def served_models(segmenter, config, on_batch, lock: threading.Lock) -> dict[str, ServedModel]:
+    """Both models of ``segmenter`` by name; ``lock`` is held around every model call."""
+    max_batch = min(config.max_batch, segmenter.manifest.max_batch)
+    batching = dict(max_batch=max_batch, queue_size=config.queue_size, max_delay=config.max_delay_s,
+                    on_batch=on_batch, lock=lock)
+    network = NetworkModel(segmenter, config.model_name, **batching)
+    pipeline = PipelineModel(segmenter, config.model_name, config.max_side, **batching)
+    return {network.name: network, pipeline.name: pipeline}

@@ -1,0 +1,119 @@
+"""The Triton Python-backend model behind the repositories ``edgeseg triton`` writes.
+
+Each generated ``model.py`` puts edgeseg on ``sys.path`` and re-exports ``TritonPythonModel``
+from here; the model's ``config.pbtxt`` says what it is:
+
+- ``edgeseg_role: pipeline`` (``NAME-pipeline``): ``hu`` INT16 (N, H, W) in, ``labels`` UINT8
+  out, through ``Segmenter.predict_volume`` on the bundle copied beside it: the path of
+  ``edgeseg predict`` and of ``edgeseg serve``'s pipeline model, with the same input checks.
+- ``edgeseg_role: network`` (``NAME`` in a ``--kind KIND_CPU`` repository): the pre-processed
+  tensor in, logits out, on edgeseg's runtime, so the repository loads in a Triton that has
+  only the Python backend. Requests Triton hands over together are run as one batch.
+
+Tensors cross the backend boundary through DLPack rather than ``as_numpy``/``Tensor(...)``,
+whose compiled numpy interface reads wrong values under numpy 2.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from edgeseg.errors import EdgesegError
+from edgeseg.serve.model_inputs import PIPELINE_SUFFIX, check_network_input, check_pipeline_input
+
+# numpy 2 frees a DLPack capsule only under its original name; the backend renames the capsules
+# it consumes, so numpy reports each one as an unraisable error although nothing leaks (the
+# backend calls the tensor's deleter itself). Only that report is dropped.
+_CAPSULE_REPORT = "PyCapsule_GetPointer called with incorrect name"
+
+
+def _quiet_capsule_reports() -> None:
+    previous = sys.unraisablehook
+
+    def hook(unraisable) -> None:
+        if not (isinstance(unraisable.exc_value, ValueError) and str(unraisable.exc_value) == _CAPSULE_REPORT):
+            previous(unraisable)
+
+    sys.unraisablehook = hook
+
+
+def _array(pb_utils, request, name: str) -> np.ndarray:
+    tensor = pb_utils.get_input_tensor_by_name(request, name)
+    if tensor is None:
+        raise EdgesegError(f"request has no input {name!r}")
+    return np.array(np.from_dlpack(tensor), copy=True)  # own the bytes: Triton reuses its buffer
+
+
+def _tensor(pb_utils, name: str, array: np.ndarray):
+    return pb_utils.Tensor.from_dlpack(name, np.ascontiguousarray(array).__dlpack__())
+
+
+class TritonPythonModel:
+    """Triton's entry points: ``initialize``, ``execute`` (a list of requests), ``finalize``."""
+
+    def initialize(self, args: dict) -> None:
+        """Load the bundle copied beside this model with the backend its config names."""
+        from edgeseg.runtime.segmenter import Segmenter
+
+        _quiet_capsule_reports()
+        config = json.loads(args["model_config"])
+        params = {key: value.get("string_value", "") for key, value in config.get("parameters", {}).items()}
+        self.role = params.get("edgeseg_role", "")
+        if self.role not in ("network", "pipeline"):
+            raise EdgesegError(f"model {config['name']!r}: parameter edgeseg_role must be network or pipeline, "
+                               f"got {self.role!r}")
+        self.name = config["name"]
+        self.max_batch = int(config.get("max_batch_size", 0)) or int(params.get("edgeseg_max_slices", "1"))
+        folder = Path(args["model_repository"]) / args["model_version"] / "bundle"
+        backend = params.get("edgeseg_backend", "onnxruntime:fp32")
+        self.segmenter = Segmenter.load(folder, backend=backend.split(",") if "," in backend else backend,
+                                        threads=int(params.get("edgeseg_threads", "0")))
+
+    def execute(self, requests: list) -> list:
+        """One response per request, in order; a request the model cannot take gets an error."""
+        import triton_python_backend_utils as pb_utils
+
+        if self.role == "pipeline":
+            return [self._pipeline(pb_utils, request) for request in requests]
+        return self._network(pb_utils, requests)
+
+    def _pipeline(self, pb_utils, request):
+        network = self.name.removesuffix(PIPELINE_SUFFIX)
+        try:
+            hu = _array(pb_utils, request, "hu")
+            stack = check_pipeline_input(hu, self.segmenter, network, self.max_batch, max_side=65535)
+            labels = self.segmenter.predict_volume(stack).reshape(hu.shape)
+        except EdgesegError as exc:
+            return pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc)))
+        return pb_utils.InferenceResponse(output_tensors=[_tensor(pb_utils, "labels", labels)])
+
+    def _network(self, pb_utils, requests: list) -> list:
+        manifest = self.segmenter.manifest
+        in_name, out_name = manifest.inputs[0].name, manifest.outputs[0].name
+        responses: list = [None] * len(requests)
+        batches: list[tuple[int, np.ndarray]] = []
+        for index, request in enumerate(requests):
+            try:
+                batch = check_network_input(_array(pb_utils, request, in_name), self.segmenter, self.name,
+                                            manifest.max_batch)
+                batches.append((index, batch))
+            except EdgesegError as exc:
+                responses[index] = pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc)))
+        if batches:
+            stacked = np.concatenate([batch for _, batch in batches])
+            step = manifest.max_batch  # Triton's batch never exceeds it; a config edited by hand might
+            logits = np.concatenate([self.segmenter.infer(stacked[s:s + step]) for s in range(0, len(stacked), step)])
+            start = 0
+            for index, batch in batches:
+                rows = logits[start:start + len(batch)]
+                responses[index] = pb_utils.InferenceResponse(output_tensors=[_tensor(pb_utils, out_name, rows)])
+                start += len(batch)
+        return responses
+
+    def finalize(self) -> None:
+        """Release the runner."""
+        self.segmenter.close()

@@ -1,0 +1,106 @@
+"""A real Triton server (nvidia-pytriton's tritonserver, Python backend) over the repository
+``edgeseg triton --kind KIND_CPU`` writes, and ``edgeseg serve``, driven by one tritonclient script.
+
+The oracle for the labels is ``edgeseg predict`` on the same DICOM series (its NPY output).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from edgeseg.cli.main import cli
+from edgeseg.serve.triton_launch import pytriton_root
+
+tritonclient_http = pytest.importorskip("tritonclient.http")
+from tritonclient.utils import InferenceServerException  # noqa: E402  (present with tritonclient)
+
+pytestmark = pytest.mark.skipif(pytriton_root() is None,
+                                reason="tritonserver comes with the nvidia-pytriton wheel: pip install nvidia-pytriton")
+
+SERIES = Path(__file__).parents[1] / "data" / "dcmqi_ct_liver" / "ct-3slice"
+MAX_SLICES = 4
+
+
+def segment_with_tritonclient(url: str, hu: np.ndarray, model: str = "edgeseg-pipeline") -> np.ndarray:
+    """The client script: INT16 HU (N, H, W) to ``model`` in requests of at most MAX_SLICES slices."""
+    client = tritonclient_http.InferenceServerClient(url=url, network_timeout=120)
+    parts = []
+    for start in range(0, len(hu), MAX_SLICES):
+        chunk = np.ascontiguousarray(hu[start:start + MAX_SLICES], dtype=np.int16)
+        tensor = tritonclient_http.InferInput("hu", list(chunk.shape), "INT16")
+        tensor.set_data_from_numpy(chunk, binary_data=True)
+        wanted = tritonclient_http.InferRequestedOutput("labels", binary_data=True)
+        parts.append(client.infer(model, [tensor], outputs=[wanted]).as_numpy("labels"))
+    return np.concatenate(parts)
+
+
+@pytest.fixture(scope="module")
+def triton(serve_bundle, tmp_path_factory):
+    from edgeseg.serve.triton_launch import TritonServer
+
+    repo = tmp_path_factory.mktemp("triton") / "repo"
+    result = CliRunner().invoke(cli, ["triton", str(serve_bundle), str(repo), "--kind", "KIND_CPU",
+                                      "--max-batch", str(MAX_SLICES)])
+    assert result.exit_code == 0, result.output
+    server = TritonServer(repo, start_timeout=240, workdir=repo.parent / "server")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def series_hu() -> np.ndarray:
+    from edgeseg.data.dicom import read_dicom_series
+
+    hu = read_dicom_series(SERIES).hu
+    as_int16 = hu.astype(np.int16)
+    assert np.array_equal(as_int16, hu)  # stored CT values are integers: INT16 loses nothing
+    return as_int16
+
+
+@pytest.fixture(scope="module")
+def predicted(serve_bundle, tmp_path_factory) -> np.ndarray:
+    out = tmp_path_factory.mktemp("predict") / "labels.npy"
+    result = CliRunner().invoke(cli, ["predict", str(serve_bundle), str(SERIES), "--out", str(out),
+                                      "--backend", "onnxruntime:fp32", "--quiet"])
+    assert result.exit_code == 0, result.output
+    return np.load(out)
+
+
+def test_pipeline_on_triton_and_edgeseg_serve_equals_edgeseg_predict(triton, server, series_hu, predicted):
+    on_triton = segment_with_tritonclient(triton.url, series_hu)
+    on_serve = segment_with_tritonclient(server.url, series_hu)
+    assert on_triton.shape == on_serve.shape == predicted.shape == (3, 512, 512)
+    assert np.count_nonzero(on_triton != on_serve) == 0
+    assert np.count_nonzero(on_triton != predicted) == 0
+    assert set(np.unique(predicted)) <= {0, 1, 2, 3}
+
+
+def test_network_model_gives_the_same_logits_on_both(triton, server, series_hu, serve_bundle):
+    from edgeseg.kernels import preprocess
+    from edgeseg.runtime.manifest import read_manifest
+
+    x = preprocess(series_hu, read_manifest(serve_bundle).spec)
+    logits = {}
+    for name, url in (("triton", triton.url), ("serve", server.url)):
+        client = tritonclient_http.InferenceServerClient(url=url)
+        tensor = tritonclient_http.InferInput("image", list(x.shape), "FP32")
+        tensor.set_data_from_numpy(x, binary_data=True)
+        logits[name] = client.infer("edgeseg", [tensor]).as_numpy("logits")
+    assert logits["triton"].shape == (3, 4, 64, 64)
+    np.testing.assert_allclose(logits["triton"], logits["serve"], rtol=1e-5, atol=1e-5)
+
+
+def test_triton_models_refuse_what_edgeseg_serve_refuses(triton, series_hu):
+    client = tritonclient_http.InferenceServerClient(url=triton.url)
+    hu = np.ascontiguousarray(series_hu[:1, None, :64, :64], dtype=np.float32)
+    tensor = tritonclient_http.InferInput("image", list(hu.shape), "FP32")
+    tensor.set_data_from_numpy(hu)
+    with pytest.raises(InferenceServerException, match="looks like HU: send CT values to model 'edgeseg-pipeline'"):
+        client.infer("edgeseg", [tensor])
+    index = {m["name"]: m["state"] for m in client.get_model_repository_index()}
+    assert index == {"edgeseg": "READY", "edgeseg-pipeline": "READY"}
