@@ -56,12 +56,14 @@ typedef struct es_segmenter es_segmenter;
 
 /* Open `bundle_dir` and compile its ONNX artifact of `precision` ("int8", "fp32", "fp16"; NULL
  * or "auto": int8 if the bundle has it, else fp32, else fp16) for OpenVINO's CPU plugin with
- * `threads` inference threads (0: OpenVINO's default). Compiled models are cached in
- * $EDGESEG_CACHE_DIR/openvino (default ~/.cache/edgeseg/openvino), as the Python runtime does.
- * Returns NULL on error. */
+ * `threads` inference threads (0: OpenVINO's default). Compiled models are cached (OpenVINO's
+ * CACHE_DIR) in $EDGESEG_CACHE_DIR/openvino/SHA (default ~/.cache/edgeseg/openvino/SHA), SHA
+ * being the first 16 hex digits of the artifact's sha256, as the Python runtime does: a cache
+ * hit skips reading and compiling the model. Returns NULL on error. */
 ES_API es_segmenter *es_open(const char *bundle_dir, const char *precision, int threads, es_error *err);
 
-/* es_open with an explicit compiled-model cache folder; NULL or "" compiles without a cache. */
+/* es_open with an explicit compiled-model cache root (blobs go to CACHE_DIR/SHA); NULL or ""
+ * compiles without a cache. */
 ES_API es_segmenter *es_open_cached(const char *bundle_dir, const char *precision, int threads,
                                     const char *cache_dir, es_error *err);
 

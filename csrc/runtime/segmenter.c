@@ -91,7 +91,13 @@ es_segmenter *es_open_cached(const char *bundle_dir, const char *precision, int 
         seg->input = malloc((size_t)seg->batch * (size_t)b->rows * (size_t)b->cols * sizeof(float));
         if (!seg->input) rc = es_fail(err, ES_ENOMEM, "no memory for a %d x %d x %d input batch", seg->batch, b->rows, b->cols);
     }
-    if (rc == ES_OK) rc = compile_model(seg, bundle_dir, threads, cache_dir, err);
+    if (rc == ES_OK) {
+        /* One cache folder per artifact content (sha256): a re-exported model never meets the
+         * blob of its predecessor; OpenVINO adds its version check inside the blob. */
+        char keyed[4096] = "";
+        if (cache_dir && *cache_dir) snprintf(keyed, sizeof keyed, "%s/%.16s", cache_dir, seg->bundle.sha256);
+        rc = compile_model(seg, bundle_dir, threads, keyed, err);
+    }
     if (rc == ES_OK && pthread_mutex_init(&seg->lock, NULL) != 0) rc = es_fail(err, ES_ENOMEM, "cannot create a mutex");
     if (rc != ES_OK) {
         if (seg->request) ov_infer_request_free(seg->request);

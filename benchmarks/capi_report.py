@@ -1,0 +1,176 @@
+"""libedgeseg against the Python runtime on the same OpenVINO model: latency, cold start, memory.
+
+    python benchmarks/capi_report.py [--bundle NAME=DIR ...] [--runs 40] [--cold 5] [--json OUT]
+
+For each bundle and precision (int8, fp32), on one 512x512 int16 phantom slice:
+
+- end-to-end latency of ``es_segment_slice`` (C) and of ``Segmenter.predict`` (Python), and of
+  the model alone (the same ONNX file compiled with the same OpenVINO settings), as medians;
+- cold start: wall time of a new process from its start to its first mask, for a C program and
+  for ``python -c "...Segmenter.load(...).predict(...)"``, without a compiled-model cache (a
+  fresh, empty cache folder each run) and with one (OpenVINO ``CACHE_DIR``, filled by an
+  earlier run); medians of ``--cold`` runs, interleaved;
+- the peak resident memory (ru_maxrss) of those processes.
+
+Without ``--bundle`` the two bundles of the report are made with random weights (latency does
+not depend on them) by tests/runtime/bundle_factory.py: ``demo`` (128x128, base 16, depth 4,
+the model ``make demo`` trains) and ``unet256`` (256x256, base 32, depth 4, the default model).
+The SDK and the timing program (benchmarks/capi/bench_capi.c) are built into a temporary folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+SIDE = 512
+PY_COLD = ("import sys, numpy as np\n"
+           "from edgeseg.runtime import Segmenter\n"
+           "hu = np.fromfile(sys.argv[1], dtype='<i2').reshape({side}, {side})\n"
+           "Segmenter.load(sys.argv[2], backend='openvino:' + sys.argv[3]).predict(hu)\n")
+
+
+def build(tmp: Path) -> Path:
+    """``make -C csrc/sdk`` into tmp/sdk, then bench_capi against it and OpenVINO's C API."""
+    import openvino
+
+    sdk = tmp / "sdk"
+    subprocess.run(["make", "-s", "-C", str(ROOT / "csrc" / "sdk"), f"OUT={sdk}", f"PY={sys.executable}"], check=True)
+    ov = Path(openvino.__file__).resolve().parent
+    ov_c = sorted((ov / "libs").glob("libopenvino_c.so*"))[0]
+    exe = tmp / "bench_capi"
+    subprocess.run(["cc", "-std=c99", "-O2", "-o", str(exe), str(ROOT / "benchmarks" / "capi" / "bench_capi.c"),
+                    f"-I{sdk / 'include'}", f"-I{ov / 'include'}", f"-L{sdk / 'lib'}", f"-Wl,-rpath,{sdk / 'lib'}",
+                    "-ledgeseg", str(ov_c), f"-Wl,-rpath,{ov / 'libs'}"], check=True)
+    return exe
+
+
+def make_bundles(tmp: Path) -> dict[str, Path]:
+    spec = importlib.util.spec_from_file_location("capi_bench_factory", ROOT / "tests" / "runtime" / "bundle_factory.py")
+    factory = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(factory)
+    shapes = {"demo": dict(base=16, depth=4, size=128), "unet256": dict(base=32, depth=4, size=256)}
+    return {name: factory.make_bundle(tmp / name, steps=0, classes=2, torchscript=False, **shape)
+            for name, shape in shapes.items()}
+
+
+def timed_process(args: list[str], env: dict[str, str]) -> tuple[float, float]:
+    """(wall seconds from start to exit, peak RSS in MiB) of one child process."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{args[0]} failed: {proc.stderr.read().decode()[-500:]}")
+    proc.stderr.close()
+    return wall, usage.ru_maxrss / 1024.0
+
+
+def python_latency(bundle: Path, precision: str, hu: np.ndarray, runs: int) -> tuple[float, float]:
+    """Medians (ms) of Segmenter.predict and of the model alone (Segmenter.infer), interleaved."""
+    from edgeseg.kernels import preprocess
+    from edgeseg.runtime import Segmenter
+
+    with Segmenter.load(bundle, backend=f"openvino:{precision}") as seg:
+        batch = preprocess(hu, seg.spec)
+        for _ in range(3):
+            seg.predict(hu), seg.infer(batch)
+        e2e, model = [], []
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            seg.predict(hu)
+            t1 = time.perf_counter()
+            seg.infer(batch)
+            model.append((time.perf_counter() - t1) * 1e3)
+            e2e.append((t1 - t0) * 1e3)
+    return statistics.median(e2e), statistics.median(model)
+
+
+def c_latency(exe: Path, bundle: Path, precision: str, raw: Path, runs: int, env: dict[str, str]) -> tuple[float, float]:
+    from edgeseg.runtime.manifest import read_manifest
+
+    manifest = read_manifest(bundle)
+    entry = manifest.artifact("onnx", precision)
+    out = subprocess.run([str(exe), "latency", str(bundle), precision, str(raw), str(SIDE), str(SIDE), str(runs),
+                          entry.file, str(manifest.spec.size[0])], env=env, check=True, capture_output=True, text=True)
+    values = dict(line.split() for line in out.stdout.splitlines())
+    return float(values["e2e_ms"]), float(values["model_ms"])
+
+
+def cold_starts(exe: Path, bundle: Path, precision: str, raw: Path, runs: int, tmp: Path) -> dict[str, tuple[float, float]]:
+    """Median (wall s, peak RSS MiB) per way of starting, runs interleaved."""
+    base = dict(os.environ, PYTHONPATH=str(ROOT))
+    warm = tmp / f"warm-{bundle.name}-{precision}"
+    c_args = [str(exe), "cold", str(bundle), precision, str(raw), str(SIDE), str(SIDE)]
+    py_args = [sys.executable, "-c", PY_COLD.format(side=SIDE), str(raw), str(bundle), precision]
+    timed_process(c_args + [str(warm / "openvino")], base)  # fill the caches once
+    timed_process(py_args, dict(base, EDGESEG_CACHE_DIR=str(warm)))
+    samples: dict[str, list[tuple[float, float]]] = {k: [] for k in ("c", "c_cached", "python", "python_cached")}
+    for i in range(runs):
+        fresh = tmp / f"fresh-{bundle.name}-{precision}-{i}"
+        samples["c"].append(timed_process(c_args + ["-"], base))
+        samples["c_cached"].append(timed_process(c_args + [str(warm / "openvino")], base))
+        samples["python"].append(timed_process(py_args, dict(base, EDGESEG_CACHE_DIR=str(fresh))))
+        samples["python_cached"].append(timed_process(py_args, dict(base, EDGESEG_CACHE_DIR=str(warm))))
+    return {k: (statistics.median(s[0] for s in v), statistics.median(s[1] for s in v)) for k, v in samples.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--bundle", action="append", default=[], help="NAME=DIR (repeatable)")
+    parser.add_argument("--runs", type=int, default=40)
+    parser.add_argument("--cold", type=int, default=5)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    from edgeseg.data.phantom import synth_phantom
+
+    with tempfile.TemporaryDirectory(prefix="capi-bench-") as name:
+        tmp = Path(name)
+        exe = build(tmp)
+        bundles = dict(b.split("=", 1) for b in args.bundle) if args.bundle else make_bundles(tmp)
+        hu = np.round(synth_phantom("bench", 0, shape=(1, SIDE, SIDE)).hu[0]).astype(np.int16)
+        raw = tmp / "slice.raw"
+        hu.astype("<i2").tofile(raw)
+        env = dict(os.environ, EDGESEG_CACHE_DIR=str(tmp / "cache"))
+        os.environ["EDGESEG_CACHE_DIR"] = str(tmp / "cache")
+        rows = []
+        for label, bundle in bundles.items():
+            for precision in ("int8", "fp32"):
+                c_e2e, c_model = c_latency(exe, Path(bundle), precision, raw, args.runs, env)
+                py_e2e, py_model = python_latency(Path(bundle), precision, hu, args.runs)
+                cold = cold_starts(exe, Path(bundle), precision, raw, args.cold, tmp)
+                rows.append({"bundle": label, "precision": precision, "c_e2e_ms": c_e2e, "c_model_ms": c_model,
+                             "py_e2e_ms": py_e2e, "py_model_ms": py_model,
+                             **{f"cold_{k}_s": v[0] for k, v in cold.items()},
+                             **{f"rss_{k}_mib": v[1] for k, v in cold.items()}})
+                print(json.dumps(rows[-1]), flush=True)
+    print_table(rows)
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2) + "\n")
+
+
+def print_table(rows: list[dict]) -> None:
+    print("\n| bundle | prec | C e2e ms | Python e2e ms | C/Python | C model ms | C e2e/model | "
+          "cold C s (no cache / cache) | cold Python s (no cache / cache) | RSS MiB C / Python |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['bundle']} | {r['precision']} | {r['c_e2e_ms']:.2f} | {r['py_e2e_ms']:.2f} | "
+              f"{r['c_e2e_ms'] / r['py_e2e_ms']:.2f} | {r['c_model_ms']:.2f} | {r['c_e2e_ms'] / r['c_model_ms']:.3f} | "
+              f"{r['cold_c_s']:.3f} / {r['cold_c_cached_s']:.3f} | {r['cold_python_s']:.3f} / {r['cold_python_cached_s']:.3f} | "
+              f"{r['rss_c_cached_mib']:.0f} / {r['rss_python_cached_mib']:.0f} |")
+
+
+if __name__ == "__main__":
+    main()
