@@ -3,11 +3,13 @@
 A wheel ships the library in ``edgeseg/libedgeseg/`` (``include/``, ``lib/libedgeseg.so``,
 ``lib/pkgconfig/edgeseg.pc``, ``lib/cmake/edgeseg/``); a source checkout has it in
 ``build/sdk/`` after ``make sdk``. ``edgeseg sdk`` prints these for build systems, the way
-``python -m pybind11 --includes`` does.
+``python -m pybind11 --includes`` does. ``EDGESEG_SDK`` names another folder (an SDK
+copied elsewhere); when set, it is the only place looked at.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from edgeseg.errors import EdgesegError
@@ -17,7 +19,8 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 
 def sdk_prefix() -> Path:
     """The folder holding ``include/`` and ``lib/`` of libedgeseg; EdgesegError if none is built."""
-    candidates = (PACKAGE_DIR / "libedgeseg", PACKAGE_DIR.parent / "build" / "sdk")
+    chosen = os.environ.get("EDGESEG_SDK")
+    candidates = (Path(chosen),) if chosen else (PACKAGE_DIR / "libedgeseg", PACKAGE_DIR.parent / "build" / "sdk")
     for prefix in candidates:
         if (prefix / "lib" / "libedgeseg.so").is_file() and (prefix / "include" / "edgeseg.h").is_file():
             return prefix
