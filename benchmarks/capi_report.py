@@ -4,8 +4,10 @@
 
 For each bundle and precision (int8, fp32), on one 512x512 int16 phantom slice:
 
-- end-to-end latency of ``es_segment_slice`` (C) and of ``Segmenter.predict`` (Python), and of
-  the model alone (the same ONNX file compiled with the same OpenVINO settings), as medians;
+- end-to-end latency of ``es_segment_slice`` (C, called through ctypes) and of
+  ``Segmenter.predict`` (Python), in turns in one process so that both meet the same machine
+  load; and, in a C process of its own, ``es_segment_slice`` in turns with the model alone (the
+  same ONNX file compiled with the same OpenVINO settings, through OpenVINO's C API); medians;
 - cold start: wall time of a new process from its start to its first mask, for a C program and
   for ``python -c "...Segmenter.load(...).predict(...)"``, without a compiled-model cache (a
   fresh, empty cache folder each run) and with one (OpenVINO ``CACHE_DIR``, filled by an
@@ -21,6 +23,7 @@ The SDK and the timing program (benchmarks/capi/bench_capi.c) are built into a t
 from __future__ import annotations
 
 import argparse
+import ctypes
 import importlib.util
 import json
 import os
@@ -38,7 +41,8 @@ SIDE = 512
 PY_COLD = ("import sys, numpy as np\n"
            "from edgeseg.runtime import Segmenter\n"
            "hu = np.fromfile(sys.argv[1], dtype='<i2').reshape({side}, {side})\n"
-           "Segmenter.load(sys.argv[2], backend='openvino:' + sys.argv[3]).predict(hu)\n")
+           "Segmenter.load(sys.argv[2], backend='openvino:' + sys.argv[3]).predict(hu)\n"
+           "print(next(l for l in open('/proc/self/status') if l.startswith('VmHWM')).replace('VmHWM:', 'vmhwm_kb').replace('kB', ''))\n")
 
 
 def build(tmp: Path) -> Path:
@@ -66,36 +70,61 @@ def make_bundles(tmp: Path) -> dict[str, Path]:
 
 
 def timed_process(args: list[str], env: dict[str, str]) -> tuple[float, float]:
-    """(wall seconds from start to exit, peak RSS in MiB) of one child process."""
+    """(wall seconds from start to exit, peak RSS in MiB) of one child process. The child
+    reports its own VmHWM: a child's ru_maxrss starts from the parent's size at fork."""
     start = time.perf_counter()
-    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
+    result = subprocess.run(args, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - start
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{args[0]} failed: {proc.stderr.read().decode()[-500:]}")
-    proc.stderr.close()
-    return wall, usage.ru_maxrss / 1024.0
+    if result.returncode != 0:
+        raise RuntimeError(f"{args[0]} failed: {result.stderr[-500:]}")
+    kb = next(int(line.split()[1]) for line in result.stdout.splitlines() if line.startswith("vmhwm_kb"))
+    return wall, kb / 1024.0
 
 
-def python_latency(bundle: Path, precision: str, hu: np.ndarray, runs: int) -> tuple[float, float]:
-    """Medians (ms) of Segmenter.predict and of the model alone (Segmenter.infer), interleaved."""
+class EsError(ctypes.Structure):
+    _fields_ = [("code", ctypes.c_int), ("message", ctypes.c_char * 512)]
+
+
+def load_library(sdk_lib: Path) -> ctypes.CDLL:
+    lib = ctypes.CDLL(str(sdk_lib / "libedgeseg.so"))
+    lib.es_open.restype = ctypes.c_void_p
+    lib.es_open.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_int, ctypes.POINTER(EsError)]
+    lib.es_segment_slice.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_int,
+                                     ctypes.c_ssize_t, ctypes.c_void_p, ctypes.POINTER(EsError)]
+    lib.es_close.argtypes = [ctypes.c_void_p]
+    return lib
+
+
+def interleaved_latency(lib: ctypes.CDLL, bundle: Path, precision: str, hu: np.ndarray, runs: int) -> dict[str, float]:
+    """Medians (ms), measured in turns in this one process so both see the same machine load:
+    es_segment_slice (through ctypes, a few microseconds), Segmenter.predict, and the model
+    alone in Python (Segmenter.infer)."""
     from edgeseg.kernels import preprocess
     from edgeseg.runtime import Segmenter
 
+    err = EsError()
+    handle = lib.es_open(str(bundle).encode(), precision.encode(), 0, ctypes.byref(err))
+    if not handle:
+        raise RuntimeError(err.message.decode())
+    labels = np.empty(hu.shape, np.uint8)
+    args = (handle, hu.ctypes.data, 1, hu.shape[0], hu.shape[1], hu.shape[1], labels.ctypes.data, ctypes.byref(err))
+    times: dict[str, list[float]] = {"c_e2e_ms": [], "py_e2e_ms": [], "py_model_ms": []}
     with Segmenter.load(bundle, backend=f"openvino:{precision}") as seg:
         batch = preprocess(hu, seg.spec)
-        for _ in range(3):
-            seg.predict(hu), seg.infer(batch)
-        e2e, model = [], []
-        for _ in range(runs):
-            t0 = time.perf_counter()
-            seg.predict(hu)
-            t1 = time.perf_counter()
-            seg.infer(batch)
-            model.append((time.perf_counter() - t1) * 1e3)
-            e2e.append((t1 - t0) * 1e3)
-    return statistics.median(e2e), statistics.median(model)
+        calls = {"c_e2e_ms": lambda: lib.es_segment_slice(*args), "py_e2e_ms": lambda: seg.predict(hu),
+                 "py_model_ms": lambda: seg.infer(batch)}
+        for i in range(runs + 3):
+            for name, call in calls.items():
+                t0 = time.perf_counter()
+                rc = call()
+                if i >= 3:  # three warm-up rounds
+                    times[name].append((time.perf_counter() - t0) * 1e3)
+                if name == "c_e2e_ms" and rc != 0:
+                    raise RuntimeError(err.message.decode())
+        if not np.array_equal(labels, seg.predict(hu)):
+            raise RuntimeError(f"{bundle} {precision}: C and Python masks differ")
+    lib.es_close(handle)
+    return {name: statistics.median(v) for name, v in times.items()}
 
 
 def c_latency(exe: Path, bundle: Path, precision: str, raw: Path, runs: int, env: dict[str, str]) -> tuple[float, float]:
@@ -139,6 +168,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="capi-bench-") as name:
         tmp = Path(name)
         exe = build(tmp)
+        lib = load_library(tmp / "sdk" / "lib")
         bundles = dict(b.split("=", 1) for b in args.bundle) if args.bundle else make_bundles(tmp)
         hu = np.round(synth_phantom("bench", 0, shape=(1, SIDE, SIDE)).hu[0]).astype(np.int16)
         raw = tmp / "slice.raw"
@@ -148,11 +178,11 @@ def main() -> None:
         rows = []
         for label, bundle in bundles.items():
             for precision in ("int8", "fp32"):
-                c_e2e, c_model = c_latency(exe, Path(bundle), precision, raw, args.runs, env)
-                py_e2e, py_model = python_latency(Path(bundle), precision, hu, args.runs)
+                c_alone_e2e, c_model = c_latency(exe, Path(bundle), precision, raw, args.runs, env)
+                turns = interleaved_latency(lib, Path(bundle), precision, hu, args.runs)
                 cold = cold_starts(exe, Path(bundle), precision, raw, args.cold, tmp)
-                rows.append({"bundle": label, "precision": precision, "c_e2e_ms": c_e2e, "c_model_ms": c_model,
-                             "py_e2e_ms": py_e2e, "py_model_ms": py_model,
+                rows.append({"bundle": label, "precision": precision, **turns, "c_process_e2e_ms": c_alone_e2e,
+                             "c_model_ms": c_model,
                              **{f"cold_{k}_s": v[0] for k, v in cold.items()},
                              **{f"rss_{k}_mib": v[1] for k, v in cold.items()}})
                 print(json.dumps(rows[-1]), flush=True)
@@ -162,12 +192,13 @@ def main() -> None:
 
 
 def print_table(rows: list[dict]) -> None:
-    print("\n| bundle | prec | C e2e ms | Python e2e ms | C/Python | C model ms | C e2e/model | "
+    print("\n| bundle | prec | C e2e ms | Python e2e ms | C/Python | C process: e2e / model ms | e2e/model | "
           "cold C s (no cache / cache) | cold Python s (no cache / cache) | RSS MiB C / Python |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['bundle']} | {r['precision']} | {r['c_e2e_ms']:.2f} | {r['py_e2e_ms']:.2f} | "
-              f"{r['c_e2e_ms'] / r['py_e2e_ms']:.2f} | {r['c_model_ms']:.2f} | {r['c_e2e_ms'] / r['c_model_ms']:.3f} | "
+              f"{r['c_e2e_ms'] / r['py_e2e_ms']:.3f} | {r['c_process_e2e_ms']:.2f} / {r['c_model_ms']:.2f} | "
+              f"{r['c_process_e2e_ms'] / r['c_model_ms']:.3f} | "
               f"{r['cold_c_s']:.3f} / {r['cold_c_cached_s']:.3f} | {r['cold_python_s']:.3f} / {r['cold_python_cached_s']:.3f} | "
               f"{r['rss_c_cached_mib']:.0f} / {r['rss_python_cached_mib']:.0f} |")
 

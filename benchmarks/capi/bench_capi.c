@@ -6,6 +6,7 @@
  *       on one MODEL_SIDE^2 input); prints "e2e_ms MEDIAN" and "model_ms MEDIAN".
  *   bench_capi cold BUNDLE PRECISION IN.raw ROWS COLS CACHE_DIR|-
  *       es_open_cached + one es_segment_slice, then exit: the caller times the whole process.
+ *       Prints "vmhwm_kb N", the process's peak resident memory (VmHWM of /proc/self/status).
  */
 #define _POSIX_C_SOURCE 200809L
 #include <stdio.h>
@@ -30,6 +31,17 @@ static int by_value(const void *a, const void *b) {
 static double median(double *v, int n) {
     qsort(v, (size_t)n, sizeof *v, by_value);
     return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+/* Peak resident memory of this process in kB (Linux), or -1. */
+static long peak_rss_kb(void) {
+    char line[256];
+    long kb = -1;
+    FILE *fh = fopen("/proc/self/status", "r");
+    while (fh && fgets(line, sizeof line, fh))
+        if (sscanf(line, "VmHWM: %ld", &kb) == 1) break;
+    if (fh) fclose(fh);
+    return kb;
 }
 
 static int die(const char *what, const char *detail) {
@@ -107,6 +119,7 @@ int main(int argc, char **argv) {
     if (cold) {
         uint8_t *labels = malloc((size_t)rows * cols);
         rc = !labels || es_segment_slice(seg, hu, ES_INT16, rows, cols, cols, labels, &err) ? die("segment", err.message) : 0;
+        printf("vmhwm_kb %ld\n", peak_rss_kb());
         free(labels);
     } else {
         rc = argc == 10 ? latency(seg, argv[2], hu, rows, cols, atoi(argv[7]), argv[8], atoi(argv[9]))

@@ -2,6 +2,7 @@
  * edgeseg/runtime/input_checks.py (same refusals, same limits), plus the pointer, size and
  * stride checks a C caller needs. */
 #include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 
 #include "es_hu_checks.h"
@@ -25,6 +26,10 @@ static int check_layout(const es_bundle *b, const es_hu_layout *in, const char *
                        what, in->rows, in->cols, b->rows, b->cols);
     if (in->row_stride < in->cols)
         return es_fail(err, ES_EINVAL, "row_stride %td is below cols %d (strides count elements)", in->row_stride, in->cols);
+    /* Offsets of the last pixel must fit a ptrdiff_t; far beyond any real image. */
+    if (in->row_stride > PTRDIFF_MAX / ES_MAX_SIDE || (in->slices > 1 && in->slice_stride > PTRDIFF_MAX / in->slices))
+        return es_fail(err, ES_EINVAL, "row_stride %td or slice_stride %td is too large to address", in->row_stride,
+                       in->slice_stride);
     if (in->slices > 1 && in->slice_stride < (ptrdiff_t)in->rows * in->row_stride)
         return es_fail(err, ES_EINVAL, "slice_stride %td is below rows * row_stride = %td", in->slice_stride,
                        (ptrdiff_t)in->rows * in->row_stride);

@@ -187,7 +187,9 @@ static int segment(es_segmenter *seg, const void *hu, es_dtype dtype, const es_h
 
 int es_segment_slice(es_segmenter *seg, const void *hu, es_dtype dtype, int rows, int cols, ptrdiff_t row_stride,
                      uint8_t *labels, es_error *err) {
-    es_hu_layout in = {1, rows, cols, row_stride, (ptrdiff_t)rows * row_stride, 0};
+    /* The slice stride is never used for one slice; computed only where it cannot overflow. */
+    int sane = rows >= 1 && rows <= ES_MAX_SIDE && row_stride >= 1 && row_stride <= PTRDIFF_MAX / ES_MAX_SIDE;
+    es_hu_layout in = {1, rows, cols, row_stride, sane ? (ptrdiff_t)rows * row_stride : 0, 0};
     return segment(seg, hu, dtype, &in, labels, err);
 }
 

@@ -17,6 +17,7 @@
 #include <dlfcn.h>
 #endif
 #include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -91,6 +92,8 @@ static int call_case(es_segmenter *seg, const char *which, es_error *err) {
     if (!strcmp(which, "bad-dtype")) return es_segment_slice(seg, s, (es_dtype)42, ROWS, COLS, COLS, labels, err);
     if (!strcmp(which, "float16-dtype")) return es_segment_slice(seg, s, ES_FLOAT16, ROWS, COLS, COLS, labels, err);
     if (!strcmp(which, "short-stride")) return es_segment_slice(seg, s, ES_INT16, ROWS, COLS, COLS - 1, labels, err);
+    if (!strcmp(which, "huge-stride"))
+        return es_segment_slice(seg, s, ES_INT16, ROWS, COLS, PTRDIFF_MAX / 2, labels, err);
     if (!strcmp(which, "short-slice-stride"))
         return es_segment_volume(seg, s, ES_INT16, 2, ROWS, COLS, COLS, ROWS * COLS - 1, labels, err);
     if (!strcmp(which, "nan")) {

@@ -118,6 +118,7 @@ def test_unknown_precision(bundle, run_checks):
     ("float16-dtype", ES_EINVAL, ["dtype code 4"]),
     ("short-stride", ES_EINVAL, ["row_stride 79", "cols 80"]),
     ("short-slice-stride", ES_EINVAL, ["slice_stride 7679"]),
+    ("huge-stride", ES_EINVAL, ["too large to address"]),
     ("nan", ES_ENONFINITE, ["1 NaN", "slice 1"]),
     ("normalised", ES_EDATA, ["looks normalised"]),
     ("beyond-hu", ES_EDATA, ["1e+06", "CT stores HU"]),
@@ -138,3 +139,18 @@ def test_null_error_struct_is_allowed(bundle, run_checks):
 def test_good_calls_succeed(case, bundle, run_checks):
     got, message, _ = run_checks("call", bundle, case)
     assert (got, message) == (ES_OK, "")
+
+
+def test_model_openvino_cannot_read(bundle, tmp_path, run_checks):
+    """A file whose manifest hash matches but which is no ONNX graph: OpenVINO's refusal, as a status."""
+    import hashlib
+
+    copy = shutil.copytree(bundle, tmp_path / "bundle")
+    manifest = json.loads((copy / "manifest.json").read_text())
+    entry = next(a for a in manifest["artifacts"] if a["format"] == "onnx" and a["precision"] == "fp32")
+    junk = b"not an onnx graph\n" * 64
+    (copy / entry["file"]).write_bytes(junk)
+    entry.update(bytes=len(junk), sha256=hashlib.sha256(junk).hexdigest())
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    code, message, _ = run_checks("open", copy, "fp32")
+    assert code == 17 and message.startswith(f"openvino could not load {entry['file']}")
