@@ -1,6 +1,6 @@
 """libedgeseg against the Python runtime on the same OpenVINO model: latency, cold start, memory.
 
-    python benchmarks/capi_report.py [--bundle NAME=DIR ...] [--runs 40] [--cold 5] [--json OUT]
+    python benchmarks/capi_report.py [--bundle NAME=DIR ...] [--runs 40] [--cold 5] [--threads N] [--json OUT]
 
 For each bundle and precision (int8, fp32), on one 512x512 int16 phantom slice:
 
@@ -10,8 +10,9 @@ For each bundle and precision (int8, fp32), on one 512x512 int16 phantom slice:
   same ONNX file compiled with the same OpenVINO settings, through OpenVINO's C API); medians;
 - cold start: wall time of a new process from its start to its first mask, for a C program and
   for ``python -c "...Segmenter.load(...).predict(...)"``, without a compiled-model cache (a
-  fresh, empty cache folder each run) and with one (OpenVINO ``CACHE_DIR``, filled by an
-  earlier run); medians of ``--cold`` runs, interleaved;
+  fresh, empty cache folder each run) and with one (OpenVINO ``CACHE_DIR``, ONNX Runtime's
+  optimised graph; filled by an earlier run); Python with OpenVINO and with ONNX Runtime, and
+  Python's imports alone for reference; medians of ``--cold`` runs, interleaved;
 - the peak resident memory (ru_maxrss) of those processes.
 
 Without ``--bundle`` the two bundles of the report are made with random weights (latency does
@@ -38,10 +39,13 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 SIDE = 512
+PY_IMPORTS = ("import numpy, openvino, onnxruntime\n"
+              "from edgeseg.runtime import Segmenter\n"
+              "print(next(l for l in open('/proc/self/status') if l.startswith('VmHWM')).replace('VmHWM:', 'vmhwm_kb').replace('kB', ''))\n")
 PY_COLD = ("import sys, numpy as np\n"
            "from edgeseg.runtime import Segmenter\n"
            "hu = np.fromfile(sys.argv[1], dtype='<i2').reshape({side}, {side})\n"
-           "Segmenter.load(sys.argv[2], backend='openvino:' + sys.argv[3]).predict(hu)\n"
+           "Segmenter.load(sys.argv[2], backend=sys.argv[3], threads=int(sys.argv[4])).predict(hu)\n"
            "print(next(l for l in open('/proc/self/status') if l.startswith('VmHWM')).replace('VmHWM:', 'vmhwm_kb').replace('kB', ''))\n")
 
 
@@ -95,7 +99,8 @@ def load_library(sdk_lib: Path) -> ctypes.CDLL:
     return lib
 
 
-def interleaved_latency(lib: ctypes.CDLL, bundle: Path, precision: str, hu: np.ndarray, runs: int) -> dict[str, float]:
+def interleaved_latency(lib: ctypes.CDLL, bundle: Path, precision: str, hu: np.ndarray, runs: int,
+                        threads: int) -> dict[str, float]:
     """Medians (ms), measured in turns in this one process so both see the same machine load:
     es_segment_slice (through ctypes, a few microseconds), Segmenter.predict, and the model
     alone in Python (Segmenter.infer)."""
@@ -103,13 +108,13 @@ def interleaved_latency(lib: ctypes.CDLL, bundle: Path, precision: str, hu: np.n
     from edgeseg.runtime import Segmenter
 
     err = EsError()
-    handle = lib.es_open(str(bundle).encode(), precision.encode(), 0, ctypes.byref(err))
+    handle = lib.es_open(str(bundle).encode(), precision.encode(), threads, ctypes.byref(err))
     if not handle:
         raise RuntimeError(err.message.decode())
     labels = np.empty(hu.shape, np.uint8)
     args = (handle, hu.ctypes.data, 1, hu.shape[0], hu.shape[1], hu.shape[1], labels.ctypes.data, ctypes.byref(err))
     times: dict[str, list[float]] = {"c_e2e_ms": [], "py_e2e_ms": [], "py_model_ms": []}
-    with Segmenter.load(bundle, backend=f"openvino:{precision}") as seg:
+    with Segmenter.load(bundle, backend=f"openvino:{precision}", threads=threads) as seg:
         batch = preprocess(hu, seg.spec)
         calls = {"c_e2e_ms": lambda: lib.es_segment_slice(*args), "py_e2e_ms": lambda: seg.predict(hu),
                  "py_model_ms": lambda: seg.infer(batch)}
@@ -127,32 +132,40 @@ def interleaved_latency(lib: ctypes.CDLL, bundle: Path, precision: str, hu: np.n
     return {name: statistics.median(v) for name, v in times.items()}
 
 
-def c_latency(exe: Path, bundle: Path, precision: str, raw: Path, runs: int, env: dict[str, str]) -> tuple[float, float]:
+def c_latency(exe: Path, bundle: Path, precision: str, raw: Path, runs: int, threads: int,
+              env: dict[str, str]) -> tuple[float, float]:
     from edgeseg.runtime.manifest import read_manifest
 
     manifest = read_manifest(bundle)
     entry = manifest.artifact("onnx", precision)
     out = subprocess.run([str(exe), "latency", str(bundle), precision, str(raw), str(SIDE), str(SIDE), str(runs),
-                          entry.file, str(manifest.spec.size[0])], env=env, check=True, capture_output=True, text=True)
+                          entry.file, str(manifest.spec.size[0]), str(threads)], env=env, check=True, capture_output=True, text=True)
     values = dict(line.split() for line in out.stdout.splitlines())
     return float(values["e2e_ms"]), float(values["model_ms"])
 
 
-def cold_starts(exe: Path, bundle: Path, precision: str, raw: Path, runs: int, tmp: Path) -> dict[str, tuple[float, float]]:
+def cold_starts(exe: Path, bundle: Path, precision: str, raw: Path, runs: int, threads: int,
+                tmp: Path) -> dict[str, tuple[float, float]]:
     """Median (wall s, peak RSS MiB) per way of starting, runs interleaved."""
     base = dict(os.environ, PYTHONPATH=str(ROOT))
     warm = tmp / f"warm-{bundle.name}-{precision}"
     c_args = [str(exe), "cold", str(bundle), precision, str(raw), str(SIDE), str(SIDE)]
-    py_args = [sys.executable, "-c", PY_COLD.format(side=SIDE), str(raw), str(bundle), precision]
-    timed_process(c_args + [str(warm / "openvino")], base)  # fill the caches once
+    py_args = [sys.executable, "-c", PY_COLD.format(side=SIDE), str(raw), str(bundle), f"openvino:{precision}", str(threads)]
+    ort_args = [*py_args[:-2], f"onnxruntime:{precision}", str(threads)]
+    timed_process(c_args + [str(warm / "openvino"), str(threads)], base)  # fill the caches once
     timed_process(py_args, dict(base, EDGESEG_CACHE_DIR=str(warm)))
-    samples: dict[str, list[tuple[float, float]]] = {k: [] for k in ("c", "c_cached", "python", "python_cached")}
+    timed_process(ort_args, dict(base, EDGESEG_CACHE_DIR=str(warm)))
+    runs_of = {"c": lambda i: (c_args + ["-", str(threads)], base),
+               "c_cached": lambda i: (c_args + [str(warm / "openvino"), str(threads)], base),
+               "python": lambda i: (py_args, dict(base, EDGESEG_CACHE_DIR=str(tmp / f"fresh-{bundle.name}-{precision}-{i}"))),
+               "python_cached": lambda i: (py_args, dict(base, EDGESEG_CACHE_DIR=str(warm))),
+               "python_ort": lambda i: (ort_args, dict(base, EDGESEG_CACHE_DIR=str(tmp / f"fresh-ort-{bundle.name}-{precision}-{i}"))),
+               "python_ort_cached": lambda i: (ort_args, dict(base, EDGESEG_CACHE_DIR=str(warm))),
+               "python_imports": lambda i: ([sys.executable, "-c", PY_IMPORTS], base)}
+    samples: dict[str, list[tuple[float, float]]] = {k: [] for k in runs_of}
     for i in range(runs):
-        fresh = tmp / f"fresh-{bundle.name}-{precision}-{i}"
-        samples["c"].append(timed_process(c_args + ["-"], base))
-        samples["c_cached"].append(timed_process(c_args + [str(warm / "openvino")], base))
-        samples["python"].append(timed_process(py_args, dict(base, EDGESEG_CACHE_DIR=str(fresh))))
-        samples["python_cached"].append(timed_process(py_args, dict(base, EDGESEG_CACHE_DIR=str(warm))))
+        for name, make in runs_of.items():
+            samples[name].append(timed_process(*make(i)))
     return {k: (statistics.median(s[0] for s in v), statistics.median(s[1] for s in v)) for k, v in samples.items()}
 
 
@@ -161,6 +174,7 @@ def main() -> None:
     parser.add_argument("--bundle", action="append", default=[], help="NAME=DIR (repeatable)")
     parser.add_argument("--runs", type=int, default=40)
     parser.add_argument("--cold", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=0, help="OpenVINO / ONNX Runtime threads (0: their default)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     from edgeseg.data.phantom import synth_phantom
@@ -178,9 +192,9 @@ def main() -> None:
         rows = []
         for label, bundle in bundles.items():
             for precision in ("int8", "fp32"):
-                c_alone_e2e, c_model = c_latency(exe, Path(bundle), precision, raw, args.runs, env)
-                turns = interleaved_latency(lib, Path(bundle), precision, hu, args.runs)
-                cold = cold_starts(exe, Path(bundle), precision, raw, args.cold, tmp)
+                c_alone_e2e, c_model = c_latency(exe, Path(bundle), precision, raw, args.runs, args.threads, env)
+                turns = interleaved_latency(lib, Path(bundle), precision, hu, args.runs, args.threads)
+                cold = cold_starts(exe, Path(bundle), precision, raw, args.cold, args.threads, tmp)
                 rows.append({"bundle": label, "precision": precision, **turns, "c_process_e2e_ms": c_alone_e2e,
                              "c_model_ms": c_model,
                              **{f"cold_{k}_s": v[0] for k, v in cold.items()},
@@ -193,13 +207,15 @@ def main() -> None:
 
 def print_table(rows: list[dict]) -> None:
     print("\n| bundle | prec | C e2e ms | Python e2e ms | C/Python | C process: e2e / model ms | e2e/model | "
-          "cold C s (no cache / cache) | cold Python s (no cache / cache) | RSS MiB C / Python |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "cold C s (no cache / cache) | cold Python OpenVINO s (no cache / cache) | "
+          "cold Python ONNX Runtime s (no cache / cache) | Python imports s | RSS MiB C / Python |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['bundle']} | {r['precision']} | {r['c_e2e_ms']:.2f} | {r['py_e2e_ms']:.2f} | "
               f"{r['c_e2e_ms'] / r['py_e2e_ms']:.3f} | {r['c_process_e2e_ms']:.2f} / {r['c_model_ms']:.2f} | "
               f"{r['c_process_e2e_ms'] / r['c_model_ms']:.3f} | "
               f"{r['cold_c_s']:.3f} / {r['cold_c_cached_s']:.3f} | {r['cold_python_s']:.3f} / {r['cold_python_cached_s']:.3f} | "
+              f"{r['cold_python_ort_s']:.3f} / {r['cold_python_ort_cached_s']:.3f} | {r['cold_python_imports_s']:.3f} | "
               f"{r['rss_c_cached_mib']:.0f} / {r['rss_python_cached_mib']:.0f} |")
 
 

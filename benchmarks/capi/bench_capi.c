@@ -1,12 +1,13 @@
 /* Timings of libedgeseg for benchmarks/capi_report.py.
  *
- *   bench_capi latency BUNDLE PRECISION IN.raw ROWS COLS RUNS MODEL_FILE MODEL_SIDE
+ *   bench_capi latency BUNDLE PRECISION IN.raw ROWS COLS RUNS MODEL_FILE MODEL_SIDE THREADS
  *       after 3 warm-up calls, RUNS rounds of: es_segment_slice on the int16 slice (end to end),
  *       then the same model alone (OpenVINO C API, BUNDLE/MODEL_FILE with libedgeseg's settings,
  *       on one MODEL_SIDE^2 input); prints "e2e_ms MEDIAN" and "model_ms MEDIAN".
- *   bench_capi cold BUNDLE PRECISION IN.raw ROWS COLS CACHE_DIR|-
+ *   bench_capi cold BUNDLE PRECISION IN.raw ROWS COLS CACHE_DIR|- THREADS
  *       es_open_cached + one es_segment_slice, then exit: the caller times the whole process.
  *       Prints "vmhwm_kb N", the process's peak resident memory (VmHWM of /proc/self/status).
+ * THREADS is OpenVINO's inference thread count, 0 for its default.
  */
 #define _POSIX_C_SOURCE 200809L
 #include <stdio.h>
@@ -50,16 +51,18 @@ static int die(const char *what, const char *detail) {
 }
 
 /* The model alone: OpenVINO compiled with the settings libedgeseg uses, input of `side`^2. */
-static ov_infer_request_t *model_alone(const char *bundle, const char *file, int side, ov_core_t **core,
-                                       ov_compiled_model_t **compiled, ov_tensor_t **input) {
+static ov_infer_request_t *model_alone(const char *bundle, const char *file, int side, const char *threads,
+                                       ov_core_t **core, ov_compiled_model_t **compiled, ov_tensor_t **input) {
     char path[4096];
     snprintf(path, sizeof path, "%s/%s", bundle, file);
-    ov_property_t props[2] = {{ov_property_key_hint_performance_mode, "LATENCY"},
-                              {ov_property_key_hint_inference_precision, "f32"}};
+    ov_property_t props[3] = {{ov_property_key_hint_performance_mode, "LATENCY"},
+                              {ov_property_key_hint_inference_precision, "f32"},
+                              {ov_property_key_inference_num_threads, threads}};
+    size_t count = atoi(threads) > 0 ? 3 : 2;
     ov_infer_request_t *request = NULL;
     int64_t dims[4] = {1, 1, side, side};
     ov_shape_t shape;
-    if (ov_core_create(core) || ov_core_compile_model_from_file_props(*core, path, "CPU", 2, props, compiled) ||
+    if (ov_core_create(core) || ov_core_compile_model_from_file_props(*core, path, "CPU", count, props, compiled) ||
         ov_compiled_model_create_infer_request(*compiled, &request) || ov_shape_create(4, dims, &shape))
         return NULL;
     int bad = ov_tensor_create(F32, shape, input) != OK;
@@ -71,14 +74,14 @@ static ov_infer_request_t *model_alone(const char *bundle, const char *file, int
 }
 
 static int latency(es_segmenter *seg, const char *bundle, const int16_t *hu, int rows, int cols, int runs,
-                   const char *file, int side) {
+                   const char *file, int side, const char *threads) {
     uint8_t *labels = malloc((size_t)rows * cols);
     double *e2e = malloc(sizeof(double) * runs), *model = malloc(sizeof(double) * runs);
     es_error err;
     ov_core_t *core = NULL;
     ov_compiled_model_t *compiled = NULL;
     ov_tensor_t *input = NULL;
-    ov_infer_request_t *request = runs > 0 && side > 0 ? model_alone(bundle, file, side, &core, &compiled, &input) : NULL;
+    ov_infer_request_t *request = runs > 0 && side > 0 ? model_alone(bundle, file, side, threads, &core, &compiled, &input) : NULL;
     if (!labels || !e2e || !model || !request) return die("latency", "RUNS and MODEL_SIDE must be positive, MODEL_FILE loadable");
     for (int i = 0; i < 3; i++)
         if (es_segment_slice(seg, hu, ES_INT16, rows, cols, cols, labels, &err) || ov_infer_request_infer(request))
@@ -103,7 +106,8 @@ static int latency(es_segmenter *seg, const char *bundle, const int16_t *hu, int
 }
 
 int main(int argc, char **argv) {
-    if (argc != 8 && argc != 10) return die("usage", "see the comment at the top of bench_capi.c");
+    if (argc != 9 && argc != 11) return die("usage", "see the comment at the top of bench_capi.c");
+    const char *threads = argv[argc - 1];
     int rows = atoi(argv[5]), cols = atoi(argv[6]);
     if (rows < 2 || cols < 2) return die("sizes", "ROWS and COLS must be >= 2");
     int16_t *hu = malloc((size_t)rows * cols * sizeof *hu);
@@ -113,7 +117,8 @@ int main(int argc, char **argv) {
     es_error err;
     int cold = strcmp(argv[1], "cold") == 0;
     const char *cache = cold && strcmp(argv[7], "-") != 0 ? argv[7] : NULL;
-    es_segmenter *seg = cold ? es_open_cached(argv[2], argv[3], 0, cache, &err) : es_open(argv[2], argv[3], 0, &err);
+    es_segmenter *seg = cold ? es_open_cached(argv[2], argv[3], atoi(threads), cache, &err)
+                             : es_open(argv[2], argv[3], atoi(threads), &err);
     if (!seg) return die("open", err.message);
     int rc = 0;
     if (cold) {
@@ -122,7 +127,7 @@ int main(int argc, char **argv) {
         printf("vmhwm_kb %ld\n", peak_rss_kb());
         free(labels);
     } else {
-        rc = argc == 10 ? latency(seg, argv[2], hu, rows, cols, atoi(argv[7]), argv[8], atoi(argv[9]))
+        rc = argc == 11 ? latency(seg, argv[2], hu, rows, cols, atoi(argv[7]), argv[8], atoi(argv[9]), threads)
                         : die("usage", "latency takes MODEL_FILE MODEL_SIDE");
     }
     es_close(seg);
