@@ -8,6 +8,8 @@
  *   capi_checks open-no-err BUNDLE          es_open with err == NULL (must not crash)
  *   capi_checks call BUNDLE CASE            es_open, then one bad (or "good") segment call
  *   capi_checks cycles BUNDLE N             N x (open, segment a volume, close): for leak checks
+ *   capi_checks threads BUNDLE N            N threads share one segmenter, each segmenting a
+ *                                           slice 5 times; every mask must equal a lone call's
  *   capi_checks slices BUNDLE PRECISION SLICES ROWS COLS IN.raw OUT.raw
  *                                           es_segment_slice per slice of raw int16, each slice
  *                                           laid out with 3 padding elements after every row
@@ -17,6 +19,7 @@
 #include <dlfcn.h>
 #endif
 #include <math.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -131,6 +134,50 @@ static int cycles_case(const char *bundle, int n) {
     return 0;
 }
 
+typedef struct {
+    es_segmenter *seg;
+    const int16_t *hu;
+    const uint8_t *expected;
+    int rc, mismatches;
+} shared_job;
+
+static void *segment_repeatedly(void *arg) {
+    shared_job *job = arg;
+    uint8_t labels[ROWS * COLS];
+    es_error err;
+    for (int i = 0; i < 5 && job->rc == ES_OK; i++) {
+        job->rc = es_segment_slice(job->seg, job->hu, ES_INT16, ROWS, COLS, COLS, labels, &err);
+        job->mismatches += memcmp(labels, job->expected, sizeof labels) != 0;
+    }
+    return NULL;
+}
+
+static int threads_case(const char *bundle, int n) {
+    static int16_t hu[ROWS * COLS];
+    static uint8_t expected[ROWS * COLS];
+    shared_job jobs[16];
+    pthread_t ids[16];
+    es_error err = {ES_EINVAL, "N must be 1..16"};
+    if (n < 1 || n > 16) return report(ES_EINVAL, &err);
+    fill_slice(NULL, hu, ROWS, COLS);
+    es_segmenter *seg = es_open(bundle, "int8", 0, &err);
+    if (!seg) return report(err.code, &err);
+    int rc = es_segment_slice(seg, hu, ES_INT16, ROWS, COLS, COLS, expected, &err), mismatches = 0;
+    for (int t = 0; t < n && rc == ES_OK; t++) {
+        jobs[t] = (shared_job){seg, hu, expected, ES_OK, 0};
+        pthread_create(&ids[t], NULL, segment_repeatedly, &jobs[t]);
+    }
+    for (int t = 0; t < n && rc == ES_OK; t++) pthread_join(ids[t], NULL);
+    for (int t = 0; t < n && rc == ES_OK; t++) {
+        rc = jobs[t].rc;
+        mismatches += jobs[t].mismatches;
+    }
+    es_close(seg);
+    if (rc != ES_OK) return report(rc, &err);
+    printf("%d\t%d threads x 5 calls, %d masks differ\n", ES_OK, n, mismatches);
+    return 0;
+}
+
 /* Slice by slice through es_segment_slice, from a row-padded copy (row_stride = cols + 3). */
 static int slices_case(char **argv) {
     int slices = atoi(argv[4]), rows = atoi(argv[5]), cols = atoi(argv[6]);
@@ -186,6 +233,7 @@ int main(int argc, char **argv) {
         return report(rc, &err);
     }
     if (argc == 9 && !strcmp(argv[1], "slices")) return slices_case(argv);
+    if (argc == 4 && !strcmp(argv[1], "threads")) return threads_case(argv[2], atoi(argv[3]));
     if (argc == 4 && !strcmp(argv[1], "cycles")) return cycles_case(argv[2], atoi(argv[3]));
     fprintf(stderr, "usage: see the comment at the top of capi_checks.c\n");
     return 64;

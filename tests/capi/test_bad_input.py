@@ -154,3 +154,8 @@ def test_model_openvino_cannot_read(bundle, tmp_path, run_checks):
     (copy / "manifest.json").write_text(json.dumps(manifest))
     code, message, _ = run_checks("open", copy, "fp32")
     assert code == 17 and message.startswith(f"openvino could not load {entry['file']}")
+
+
+def test_threads_sharing_a_segmenter_get_the_lone_call_mask(bundle, run_checks):
+    code, message, _ = run_checks("threads", bundle, 4)
+    assert (code, message) == (ES_OK, "4 threads x 5 calls, 0 masks differ")

@@ -40,6 +40,12 @@ def test_open_segment_close_cycles_are_clean(asan_checks, bundle):
     assert result.stdout.startswith("0\tcycles done")
 
 
+def test_threads_sharing_a_segmenter_are_clean(asan_checks, bundle):
+    result = run_sanitized(asan_checks, "threads", bundle, 3)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert result.stdout.startswith("0\t3 threads x 5 calls, 0 masks differ")
+
+
 @pytest.mark.parametrize("case", ["nan", "too-large", "short-stride", "normalised", "null-hu", "good-volume"])
 def test_bad_calls_are_clean(case, asan_checks, bundle):
     result = run_sanitized(asan_checks, "call", bundle, case)
