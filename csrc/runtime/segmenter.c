@@ -58,6 +58,8 @@ static int compile_model(es_segmenter *seg, const char *dir, int threads, const 
     }
     /* From the file: with a cache hit OpenVINO skips reading and converting the ONNX graph. */
     st = ov_core_compile_model_from_file_props(seg->core, path, "CPU", count, props, &seg->compiled);
+    if (st != OK && cache_dir && *cache_dir) /* e.g. a read-only cache folder: run without the cache */
+        st = ov_core_compile_model_from_file_props(seg->core, path, "CPU", count - 1, props, &seg->compiled);
     if (st == OK) st = ov_compiled_model_create_infer_request(seg->compiled, &seg->request);
     free(path);
     return st == OK ? ES_OK : fail_backend(err, "load", seg->bundle.artifact_file, st);

@@ -159,3 +159,10 @@ def test_model_openvino_cannot_read(bundle, tmp_path, run_checks):
 def test_threads_sharing_a_segmenter_get_the_lone_call_mask(bundle, run_checks):
     code, message, _ = run_checks("threads", bundle, 4)
     assert (code, message) == (ES_OK, "4 threads x 5 calls, 0 masks differ")
+
+
+def test_unusable_cache_folder_still_opens(bundle, tmp_path, monkeypatch, run_checks):
+    (tmp_path / "a-file").write_text("not a folder")
+    monkeypatch.setenv("EDGESEG_CACHE_DIR", str(tmp_path / "a-file" / "cache"))
+    code, message, _ = run_checks("call", bundle, "good")
+    assert (code, message) == (ES_OK, "")
