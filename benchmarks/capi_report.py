@@ -13,7 +13,8 @@ For each bundle and precision (int8, fp32), on one 512x512 int16 phantom slice:
   fresh, empty cache folder each run) and with one (OpenVINO ``CACHE_DIR``, ONNX Runtime's
   optimised graph; filled by an earlier run); Python with OpenVINO and with ONNX Runtime, and
   Python's imports alone for reference; medians of ``--cold`` runs, interleaved;
-- the peak resident memory (ru_maxrss) of those processes.
+- the CPU time (user + system) of those processes, which a busy machine hardly changes, and
+  their peak resident memory (VmHWM).
 
 Without ``--bundle`` the two bundles of the report are made with random weights (latency does
 not depend on them) by tests/runtime/bundle_factory.py: ``demo`` (128x128, base 16, depth 4,
@@ -73,16 +74,20 @@ def make_bundles(tmp: Path) -> dict[str, Path]:
             for name, shape in shapes.items()}
 
 
-def timed_process(args: list[str], env: dict[str, str]) -> tuple[float, float]:
-    """(wall seconds from start to exit, peak RSS in MiB) of one child process. The child
-    reports its own VmHWM: a child's ru_maxrss starts from the parent's size at fork."""
+def timed_process(args: list[str], env: dict[str, str]) -> tuple[float, float, float]:
+    """(wall seconds from start to exit, CPU seconds, peak RSS in MiB) of one child process.
+    CPU time (user + system, from wait4) hardly depends on how busy the machine is; wall time
+    does. The child reports its own VmHWM: a child's ru_maxrss starts from the parent's size."""
     start = time.perf_counter()
-    result = subprocess.run(args, env=env, capture_output=True, text=True)
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out, err = proc.communicate()  # reads both pipes to the end; the child may still be a zombie
+    _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - start
-    if result.returncode != 0:
-        raise RuntimeError(f"{args[0]} failed: {result.stderr[-500:]}")
-    kb = next(int(line.split()[1]) for line in result.stdout.splitlines() if line.startswith("vmhwm_kb"))
-    return wall, kb / 1024.0
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{args[0]} failed: {err[-500:]}")
+    kb = next(int(line.split()[1]) for line in out.splitlines() if line.startswith("vmhwm_kb"))
+    return wall, usage.ru_utime + usage.ru_stime, kb / 1024.0
 
 
 class EsError(ctypes.Structure):
@@ -145,8 +150,8 @@ def c_latency(exe: Path, bundle: Path, precision: str, raw: Path, runs: int, thr
 
 
 def cold_starts(exe: Path, bundle: Path, precision: str, raw: Path, runs: int, threads: int,
-                tmp: Path) -> dict[str, tuple[float, float]]:
-    """Median (wall s, peak RSS MiB) per way of starting, runs interleaved."""
+                tmp: Path) -> dict[str, tuple[float, ...]]:
+    """Median (wall s, CPU s, peak RSS MiB) per way of starting, runs interleaved."""
     base = dict(os.environ, PYTHONPATH=str(ROOT))
     warm = tmp / f"warm-{bundle.name}-{precision}"
     c_args = [str(exe), "cold", str(bundle), precision, str(raw), str(SIDE), str(SIDE)]
@@ -162,11 +167,11 @@ def cold_starts(exe: Path, bundle: Path, precision: str, raw: Path, runs: int, t
                "python_ort": lambda i: (ort_args, dict(base, EDGESEG_CACHE_DIR=str(tmp / f"fresh-ort-{bundle.name}-{precision}-{i}"))),
                "python_ort_cached": lambda i: (ort_args, dict(base, EDGESEG_CACHE_DIR=str(warm))),
                "python_imports": lambda i: ([sys.executable, "-c", PY_IMPORTS], base)}
-    samples: dict[str, list[tuple[float, float]]] = {k: [] for k in runs_of}
+    samples: dict[str, list[tuple[float, float, float]]] = {k: [] for k in runs_of}
     for i in range(runs):
         for name, make in runs_of.items():
             samples[name].append(timed_process(*make(i)))
-    return {k: (statistics.median(s[0] for s in v), statistics.median(s[1] for s in v)) for k, v in samples.items()}
+    return {k: tuple(statistics.median(s[j] for s in v) for j in range(3)) for k, v in samples.items()}
 
 
 def main() -> None:
@@ -198,9 +203,11 @@ def main() -> None:
                 rows.append({"bundle": label, "precision": precision, **turns, "c_process_e2e_ms": c_alone_e2e,
                              "c_model_ms": c_model,
                              **{f"cold_{k}_s": v[0] for k, v in cold.items()},
-                             **{f"rss_{k}_mib": v[1] for k, v in cold.items()}})
+                             **{f"cold_{k}_cpu_s": v[1] for k, v in cold.items()},
+                             **{f"rss_{k}_mib": v[2] for k, v in cold.items()}})
                 print(json.dumps(rows[-1]), flush=True)
     print_table(rows)
+    print_cpu_table(rows)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2) + "\n")
 
@@ -217,6 +224,17 @@ def print_table(rows: list[dict]) -> None:
               f"{r['cold_c_s']:.3f} / {r['cold_c_cached_s']:.3f} | {r['cold_python_s']:.3f} / {r['cold_python_cached_s']:.3f} | "
               f"{r['cold_python_ort_s']:.3f} / {r['cold_python_ort_cached_s']:.3f} | {r['cold_python_imports_s']:.3f} | "
               f"{r['rss_c_cached_mib']:.0f} / {r['rss_python_cached_mib']:.0f} |")
+
+
+def print_cpu_table(rows: list[dict]) -> None:
+    print("\n| bundle | prec | cold CPU s: C (no cache / cache) | Python OpenVINO (no cache / cache) | "
+          "Python ONNX Runtime (no cache / cache) | Python imports |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['bundle']} | {r['precision']} | {r['cold_c_cpu_s']:.3f} / {r['cold_c_cached_cpu_s']:.3f} | "
+              f"{r['cold_python_cpu_s']:.3f} / {r['cold_python_cached_cpu_s']:.3f} | "
+              f"{r['cold_python_ort_cpu_s']:.3f} / {r['cold_python_ort_cached_cpu_s']:.3f} | "
+              f"{r['cold_python_imports_cpu_s']:.3f} |")
 
 
 if __name__ == "__main__":
