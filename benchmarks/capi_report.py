@@ -78,14 +78,17 @@ def timed_process(args: list[str], env: dict[str, str]) -> tuple[float, float, f
     """(wall seconds from start to exit, CPU seconds, peak RSS in MiB) of one child process.
     CPU time (user + system, from wait4) hardly depends on how busy the machine is; wall time
     does. The child reports its own VmHWM: a child's ru_maxrss starts from the parent's size."""
-    start = time.perf_counter()
-    proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    out, err = proc.communicate()  # reads both pipes to the end; the child may still be a zombie
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - start
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{args[0]} failed: {err[-500:]}")
+    with tempfile.TemporaryFile(mode="w+") as err:  # a file, so stdout is the only pipe to drain
+        start = time.perf_counter()
+        proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=err, text=True)
+        out = proc.stdout.read()
+        _, status, usage = os.wait4(proc.pid, 0)  # reaps it: Popen's own wait would lose the rusage
+        wall = time.perf_counter() - start
+        proc.stdout.close()
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        if proc.returncode != 0:
+            err.seek(0)
+            raise RuntimeError(f"{args[0]} failed: {err.read()[-500:]}")
     kb = next(int(line.split()[1]) for line in out.splitlines() if line.startswith("vmhwm_kb"))
     return wall, usage.ru_utime + usage.ru_stime, kb / 1024.0
 
