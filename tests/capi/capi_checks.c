@@ -65,6 +65,7 @@ static int open_case(const char *bundle, const char *precision) {
     const char *const *names = es_labels(seg, &count);
     printf("%d\t%s\n", ES_OK, "opened");
     printf("artifact\t%s\n", es_artifact(seg));
+    printf("version\t%s\n", es_version());
     for (int k = 0; k < count; k++) printf("label\t%d\t%s\n", k, names[k]);
     printf("spec\t%s\n", es_spec_json(seg));
     es_close(seg);

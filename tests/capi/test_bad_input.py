@@ -11,6 +11,7 @@ import shutil
 
 import pytest
 
+import edgeseg
 from edgeseg.spec import PreprocessSpec
 
 ES_OK, ES_EINVAL, ES_ENONFINITE, ES_EBUNDLE, ES_EDATA = 0, 1, 3, 16, 18
@@ -20,7 +21,8 @@ def test_open_reports_labels_spec_and_artifact(bundle, run_checks):
     code, message, lines = run_checks("open", bundle, "fp32")
     assert (code, message) == (ES_OK, "opened")
     manifest = json.loads((bundle / "manifest.json").read_text())
-    assert f"artifact\tonnx-fp32" in lines
+    assert "artifact\tonnx-fp32" in lines
+    assert f"version\t{edgeseg.__version__}" in lines
     labels = [line.split("\t")[1:] for line in lines if line.startswith("label\t")]
     assert {int(k): name for k, name in labels} == {int(k): v for k, v in manifest["labels"].items()}
     spec_json = next(line.split("\t", 1)[1] for line in lines if line.startswith("spec\t"))
