@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.edgeseg-installed
 DEMO   ?= runs/demo
 SRC_C  := $(wildcard csrc/*.c csrc/*.h edgeseg/kernels/*.pyx)
 
-.PHONY: all install build demo test test-python test-c test-layers asan bench bench-kernels clean
+.PHONY: all install build demo test test-python test-c test-layers asan bench bench-kernels clean sdk
 
 all: build
 
@@ -55,6 +55,11 @@ test-layers: build
 
 test-c:
 	$(MAKE) -C csrc/tests run
+
+# libedgeseg (the C API) with headers, pkg-config and CMake package files in build/sdk/; the
+# tests in tests/capi build their own copy (and an ASan/UBSan one) the same way.
+sdk:
+	$(MAKE) -C csrc/sdk PY=$(abspath $(PY))
 
 # address + undefined-behaviour sanitizers over the C test and the Python parity suite.
 asan: build

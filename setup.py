@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -11,6 +12,7 @@ import numpy as np
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
+from setuptools.command.build_py import build_py
 
 HERE = Path(__file__).parent
 C_SOURCES = sorted(str(p.relative_to(HERE)) for p in (HERE / "csrc").glob("*.c"))
@@ -52,6 +54,23 @@ class BuildExtWithOpenMP(build_ext):
         super().build_extensions()
 
 
+class BuildPyWithSdk(build_py):
+    """Also put libedgeseg (the C API, ``make -C csrc/sdk``) into the package as
+    ``edgeseg/libedgeseg/``, where ``edgeseg sdk`` finds it. It links against the OpenVINO of
+    the building Python; without OpenVINO or a C toolchain the package is built without it."""
+
+    def run(self) -> None:
+        super().run()
+        if getattr(self, "editable_mode", False) or os.environ.get("EDGESEG_NO_SDK") == "1":
+            return
+        out = Path(self.build_lib) / "edgeseg" / "libedgeseg"
+        with tempfile.TemporaryDirectory() as obj:
+            cmd = ["make", "-s", "-C", str(HERE / "csrc" / "sdk"), f"OUT={out.resolve()}", f"OBJ={obj}",
+                   f"PY={sys.executable}"]
+            if subprocess.run(cmd).returncode != 0:
+                sys.stderr.write("edgeseg: building without libedgeseg (needs OpenVINO and a C compiler)\n")
+
+
 extensions = [
     Extension(
         "edgeseg.kernels._kernels",
@@ -63,5 +82,5 @@ extensions = [
 
 setup(
     ext_modules=cythonize(extensions, language_level=3, compiler_directives={"boundscheck": False, "wraparound": False}),
-    cmdclass={"build_ext": BuildExtWithOpenMP},
+    cmdclass={"build_ext": BuildExtWithOpenMP, "build_py": BuildPyWithSdk},
 )

@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
+import platform
+from pathlib import Path
+
 import numpy as np
 
 from edgeseg.errors import BackendError, require
 from edgeseg.runtime.runners.base import ArtifactRunner
 
 _GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+
+
+def _cpuinfo() -> list[str]:
+    try:
+        return Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return []
 
 
 class OnnxRuntimeRunner(ArtifactRunner):
@@ -39,13 +51,43 @@ class OnnxRuntimeRunner(ArtifactRunner):
         missing = [p for p in wanted if p not in available]
         if missing:
             raise BackendError(f"onnxruntime: provider(s) {missing} not available here (available: {available})")
+        model, save = self._optimized_cache(ort, options, wanted)
         try:
-            self._session = ort.InferenceSession(str(self.path), sess_options=options, providers=wanted)
+            self._session = ort.InferenceSession(str(model), sess_options=options, providers=wanted)
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
             raise BackendError(f"onnxruntime could not load {self.path.name}: {str(exc).splitlines()[0]}") from None
+        if save is not None and save[0].is_file():
+            os.replace(*save)  # atomic: another process never reads half a file
         self._providers = self._session.get_providers()
         self._input_name = self._session.get_inputs()[0].name
         self._output_name = self._session.get_outputs()[0].name
+
+    def _optimized_cache(self, ort, options, providers: list[str]) -> tuple[Path, tuple[Path, Path] | None]:
+        """The graph to load and, on a cache miss, (where ONNX Runtime saves its optimised graph,
+        where it goes once complete).
+
+        CPU sessions keep the optimised graph (their cold start is mostly graph optimisation)
+        in the edgeseg cache, keyed by the artifact's sha256, the onnxruntime version and the
+        CPU's feature flags (the graph holds CPU-specific layouts); a hit loads it unoptimised.
+        """
+        from edgeseg.runtime.selection import cache_path
+
+        if providers != ["CPUExecutionProvider"]:
+            return self.path, None
+        flags = next((line for line in _cpuinfo() if line.startswith("flags")), platform.machine())
+        key = hashlib.sha256(f"{ort.__version__} {flags}".encode()).hexdigest()[:12]
+        cached = cache_path().parent / "onnxruntime" / f"{self.entry.sha256[:16]}-{key}.onnx"
+        if cached.is_file():
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+            return cached, None
+        try:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            return self.path, None  # no writable cache: optimise every time
+        partial = cached.parent / f"{cached.name}.{os.getpid()}.partial"
+        options.optimized_model_filepath = str(partial)
+        options.log_severity_level = 3  # its "hardware specific graph" warning is why the key has the CPU flags
+        return self.path, (partial, cached)
 
     @property
     def device(self) -> str:

@@ -33,8 +33,10 @@ class OpenVinoRunner(ArtifactRunner):
 
         try:
             core = ov.Core()
-            core.set_property({"CACHE_DIR": str(cache_path().parent / "openvino")})
-            compiled = core.compile_model(core.read_model(str(self.path)), device, config)
+            # One cache folder per artifact content, shared with libedgeseg; compiling from the
+            # path lets a cache hit skip reading and converting the ONNX graph.
+            core.set_property({"CACHE_DIR": str(cache_path().parent / "openvino" / self.entry.sha256[:16])})
+            compiled = core.compile_model(str(self.path), device, config)
         except Exception as exc:  # OpenVINO raises RuntimeError subclasses with long messages
             raise BackendError(f"openvino could not load {self.path.name}: {str(exc).strip().splitlines()[0]}") from None
         self._request = compiled.create_infer_request()

@@ -1,0 +1,106 @@
+/* libedgeseg: run an edgeseg bundle from C (C99 ABI).
+ *
+ * A bundle is the folder `edgeseg export` writes: manifest.json plus model artifacts. es_open
+ * reads and checks the manifest (schema, PreprocessSpec, labels, tensors), verifies the size and
+ * sha256 of the ONNX artifact it loads and compiles it with OpenVINO for the CPU. The segment
+ * calls then do exactly what the Python runtime does (edgeseg.runtime.Segmenter): refuse input
+ * the model could silently get wrong, window + resize + normalise per the spec, run the model,
+ * bring the logits back to the input size and apply the bundle's post-processing. The masks are
+ * the Python runtime's, voxel for voxel, for the same artifact.
+ *
+ * Errors: every call that can fail returns an es_code (ES_OK = 0) and, when `err` is not NULL,
+ * fills it with the code and one line naming the problem. Nothing aborts, nothing prints.
+ *
+ * Threads: an es_segmenter may be shared by threads; its segment calls take turns (one input
+ * buffer and one OpenVINO infer request per segmenter). Open one segmenter per thread to run
+ * in parallel. es_close must not race with other calls on the same segmenter.
+ */
+#ifndef EDGESEG_H
+#define EDGESEG_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "edgeseg_kernels.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(_WIN32)
+#define ES_API
+#else
+#define ES_API __attribute__((visibility("default")))
+#endif
+
+/* Status codes: the kernels' es_status (ES_OK, ES_EINVAL, ES_ENOMEM, ES_ENONFINITE) plus these. */
+typedef enum {
+    ES_EBUNDLE = 16,  /* bundle missing, unreadable, invalid, from a newer schema or tampered */
+    ES_EBACKEND = 17, /* OpenVINO could not load or run the model */
+    ES_EDATA = 18     /* the slices are not CT HU this bundle can segment (size, values) */
+} es_code;
+
+#define ES_MESSAGE_SIZE 512
+
+typedef struct {
+    int code;                      /* ES_OK or an error code */
+    char message[ES_MESSAGE_SIZE]; /* one line, NUL-terminated; "" on success */
+} es_error;
+
+/* Largest slice side (rows or cols) accepted, the PreprocessSpec's limit. */
+#define ES_MAX_SIDE 8192
+/* Smallest slice side: a resize needs at least two samples per axis. */
+#define ES_MIN_SIDE 2
+
+typedef struct es_segmenter es_segmenter;
+
+/* Open `bundle_dir` and compile its ONNX artifact of `precision` ("int8", "fp32", "fp16"; NULL
+ * or "auto": int8 if the bundle has it, else fp32, else fp16) for OpenVINO's CPU plugin with
+ * `threads` inference threads (0: OpenVINO's default). Compiled models are cached (OpenVINO's
+ * CACHE_DIR) in $EDGESEG_CACHE_DIR/openvino/SHA (default ~/.cache/edgeseg/openvino/SHA), SHA
+ * being the first 16 hex digits of the artifact's sha256, as the Python runtime does: a cache
+ * hit skips reading and compiling the model. Returns NULL on error. */
+ES_API es_segmenter *es_open(const char *bundle_dir, const char *precision, int threads, es_error *err);
+
+/* es_open with an explicit compiled-model cache root (blobs go to CACHE_DIR/SHA); NULL or ""
+ * compiles without a cache. */
+ES_API es_segmenter *es_open_cached(const char *bundle_dir, const char *precision, int threads,
+                                    const char *cache_dir, es_error *err);
+
+/* Segment one (rows, cols) slice of HU of `dtype` (ES_INT16, ES_UINT16, ES_UINT8 or
+ * ES_FLOAT32); consecutive rows are `row_stride` elements apart (>= cols). Writes rows * cols
+ * class numbers to `labels` (contiguous). */
+ES_API int es_segment_slice(es_segmenter *seg, const void *hu, es_dtype dtype, int rows, int cols,
+                            ptrdiff_t row_stride, uint8_t *labels, es_error *err);
+
+/* Segment `slices` slices as es_segment_slice does; slice z starts `slice_stride` elements
+ * after slice z-1 (>= rows * row_stride). Slices go to the model in batches of the bundle's
+ * max_batch, at most 8, as in Segmenter.predict_volume. `labels` receives (slices, rows, cols). */
+ES_API int es_segment_volume(es_segmenter *seg, const void *hu, es_dtype dtype, int slices, int rows,
+                             int cols, ptrdiff_t row_stride, ptrdiff_t slice_stride, uint8_t *labels,
+                             es_error *err);
+
+/* Class names indexed by class number (a class the manifest leaves unnamed is ""); `count`
+ * receives the number of classes. Owned by the segmenter. */
+ES_API const char *const *es_labels(const es_segmenter *seg, int *count);
+
+/* The bundle's PreprocessSpec as compact JSON. Owned by the segmenter. */
+ES_API const char *es_spec_json(const es_segmenter *seg);
+
+/* "onnx-int8" etc.: the artifact that was loaded. Owned by the segmenter. */
+ES_API const char *es_artifact(const es_segmenter *seg);
+
+/* Release everything es_open allocated; NULL is accepted. */
+ES_API void es_close(es_segmenter *seg);
+
+/* The library's version, e.g. "0.1.0". */
+ES_API const char *es_version(void);
+
+/* A short English description of any code above. */
+ES_API const char *es_code_message(int code);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

@@ -1,0 +1,39 @@
+/* Status reporting of libedgeseg: codes, one-line messages, version. */
+#include <stdarg.h>
+#include <stdio.h>
+
+#include "es_runtime.h"
+
+#ifndef EDGESEG_VERSION
+#error "build with -DEDGESEG_VERSION=\"x.y.z\" (the Makefile reads it from pyproject.toml)"
+#endif
+
+int es_fail(es_error *err, int code, const char *fmt, ...) {
+    if (err) {
+        va_list args;
+        va_start(args, fmt);
+        err->code = code;
+        vsnprintf(err->message, sizeof err->message, fmt, args);
+        va_end(args);
+    }
+    return code;
+}
+
+int es_succeed(es_error *err) {
+    if (err) {
+        err->code = ES_OK;
+        err->message[0] = '\0';
+    }
+    return ES_OK;
+}
+
+const char *es_version(void) { return EDGESEG_VERSION; }
+
+const char *es_code_message(int code) {
+    switch (code) {
+    case ES_EBUNDLE: return "bundle missing, invalid or tampered";
+    case ES_EBACKEND: return "OpenVINO could not load or run the model";
+    case ES_EDATA: return "input is not CT HU this bundle can segment";
+    default: return es_status_message(code);
+    }
+}

@@ -1,0 +1,18 @@
+/* Private to libedgeseg: the checks of caller input before anything runs. */
+#ifndef ES_HU_CHECKS_H
+#define ES_HU_CHECKS_H
+
+#include "es_runtime.h"
+
+/* Where the caller's slices are: sizes and strides in elements. */
+typedef struct {
+    int slices, rows, cols;
+    ptrdiff_t row_stride, slice_stride;
+    int volume; /* called as a volume (messages say "volume") */
+} es_hu_layout;
+
+/* ES_OK, or the first reason the input cannot be segmented with bundle `b`. */
+int es_check_hu(const es_bundle *b, const void *hu, es_dtype dtype, const es_hu_layout *in, const uint8_t *labels,
+                es_error *err);
+
+#endif

@@ -1,0 +1,52 @@
+/* Private to libedgeseg: the parsed bundle and the helpers the runtime files share. */
+#ifndef ES_RUNTIME_H
+#define ES_RUNTIME_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "edgeseg.h"
+
+#define ES_MANIFEST_SCHEMA 1
+#define ES_SPEC_SCHEMA 1
+#define ES_MAX_CLASSES 256
+#define ES_MAX_BATCH_CALL 8 /* Segmenter.predict_volume's DEFAULT_BATCH */
+
+/* What the runtime needs from manifest.json, checked as edgeseg.runtime.manifest checks it. */
+typedef struct {
+    double window_low, window_high, mean, std;
+    int rows, cols;          /* spec size: the model's input */
+    int area;                /* interpolation "area" (else bilinear) */
+    int resize_input;        /* 0: slices must already be rows x cols */
+    int keep_largest;        /* postprocess.keep_largest */
+    int resize_labels;       /* postprocess.resize == "labels" (else "logits") */
+    int max_batch;
+    int num_classes;         /* max label + 1 */
+    char **labels;           /* num_classes names, "" where unnamed */
+    char *spec_json;         /* the spec object, compact */
+    char artifact_file[256]; /* the chosen ONNX artifact */
+    char artifact_key[32];   /* "onnx-int8" */
+    char sha256[65];
+    long long artifact_bytes;
+} es_bundle;
+
+/* Read BUNDLE/manifest.json, check it and choose the ONNX artifact of `precision` (NULL/"auto":
+ * int8, fp32, fp16 in that order). ES_OK or an error in `err`. */
+int es_bundle_read(const char *dir, const char *precision, es_bundle *bundle, es_error *err);
+
+/* Check the chosen artifact's size and sha256 against the manifest. */
+int es_bundle_verify(const char *dir, const es_bundle *bundle, es_error *err);
+
+void es_bundle_free(es_bundle *bundle);
+
+/* Fill `err` (if not NULL) with `code` and a printf-formatted message; returns `code`. */
+int es_fail(es_error *err, int code, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 3, 4)))
+#endif
+    ;
+
+/* Mark `err` (if not NULL) as success; returns ES_OK. */
+int es_succeed(es_error *err);
+
+#endif

@@ -1,0 +1,80 @@
+/* Checks of what a caller asks libedgeseg to segment: the C twin of
+ * edgeseg/runtime/input_checks.py (same refusals, same limits), plus the pointer, size and
+ * stride checks a C caller needs. */
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "es_hu_checks.h"
+
+/* Stored CT values: padding goes down to -3024 HU on some scanners, extended-range metal to
+ * about 30k; anything beyond int16 / uint16 is not a CT value. */
+#define HU_MIN (-32768.0)
+#define HU_MAX 65535.0
+
+static int check_layout(const es_bundle *b, const es_hu_layout *in, const char *what, es_error *err) {
+    if (in->slices < 1 || in->rows < 1 || in->cols < 1)
+        return es_fail(err, ES_EINVAL, "%s sizes must be positive, got %d slice(s) of %d x %d", what, in->slices, in->rows, in->cols);
+    if (in->rows < ES_MIN_SIDE || in->cols < ES_MIN_SIDE)
+        return es_fail(err, ES_EDATA, "%s of %d x %d is too small; slices need at least %d rows and columns", what, in->rows,
+                       in->cols, ES_MIN_SIDE);
+    if (in->rows > ES_MAX_SIDE || in->cols > ES_MAX_SIDE)
+        return es_fail(err, ES_EDATA, "%s of %d x %d is larger than the limit of %d rows and columns (ES_MAX_SIDE)", what,
+                       in->rows, in->cols, ES_MAX_SIDE);
+    if (!b->resize_input && (in->rows != b->rows || in->cols != b->cols))
+        return es_fail(err, ES_EDATA, "%s slices are %dx%d but this bundle takes %dx%d only (it was exported without resizing)",
+                       what, in->rows, in->cols, b->rows, b->cols);
+    if (in->row_stride < in->cols)
+        return es_fail(err, ES_EINVAL, "row_stride %td is below cols %d (strides count elements)", in->row_stride, in->cols);
+    /* Offsets of the last pixel must fit a ptrdiff_t; far beyond any real image. */
+    if (in->row_stride > PTRDIFF_MAX / ES_MAX_SIDE || (in->slices > 1 && in->slice_stride > PTRDIFF_MAX / in->slices))
+        return es_fail(err, ES_EINVAL, "row_stride %td or slice_stride %td is too large to address", in->row_stride,
+                       in->slice_stride);
+    if (in->slices > 1 && in->slice_stride < (ptrdiff_t)in->rows * in->row_stride)
+        return es_fail(err, ES_EINVAL, "slice_stride %td is below rows * row_stride = %td", in->slice_stride,
+                       (ptrdiff_t)in->rows * in->row_stride);
+    return ES_OK;
+}
+
+/* Float input: finite, within stored CT values, and not already normalised. */
+static int check_float_values(const float *hu, const es_hu_layout *in, const char *what, es_error *err) {
+    double low = INFINITY, high = -INFINITY;
+    long long bad = 0;
+    int first_bad = -1;
+    for (int z = 0; z < in->slices; z++) {
+        for (int r = 0; r < in->rows; r++) {
+            const float *row = hu + z * in->slice_stride + r * in->row_stride;
+            for (int c = 0; c < in->cols; c++) {
+                double v = row[c];
+                if (!isfinite(v)) {
+                    bad++;
+                    if (first_bad < 0) first_bad = z;
+                    continue;
+                }
+                if (v < low) low = v;
+                if (v > high) high = v;
+            }
+        }
+    }
+    if (bad && in->slices > 1)
+        return es_fail(err, ES_ENONFINITE, "%s holds %lld NaN or infinite value(s) (slice %d); expected finite HU", what, bad, first_bad);
+    if (bad) return es_fail(err, ES_ENONFINITE, "%s holds %lld NaN or infinite value(s); expected finite HU", what, bad);
+    if (low < HU_MIN || high > HU_MAX)
+        return es_fail(err, ES_EDATA, "%s values span %g..%g; CT stores HU within %g..%g", what, low, high, HU_MIN, HU_MAX);
+    if (0 < high - low && high - low <= 2.0 && -2.0 <= low && high <= 2.0)
+        return es_fail(err, ES_EDATA, "%s values span %g..%g, which looks normalised, not HU (air is about -1000); pass the scanner's HU",
+                       what, low, high);
+    return ES_OK;
+}
+
+int es_check_hu(const es_bundle *b, const void *hu, es_dtype dtype, const es_hu_layout *in, const uint8_t *labels, es_error *err) {
+    const char *what = in->slices > 1 || in->volume ? "volume" : "slice";
+    if (!hu) return es_fail(err, ES_EINVAL, "hu is NULL");
+    if (!labels) return es_fail(err, ES_EINVAL, "labels is NULL");
+    if (dtype != ES_INT16 && dtype != ES_UINT16 && dtype != ES_UINT8 && dtype != ES_FLOAT32)
+        return es_fail(err, ES_EINVAL, "dtype code %d is not one of ES_UINT8 (%d), ES_INT16 (%d), ES_UINT16 (%d), ES_FLOAT32 (%d)",
+                       (int)dtype, ES_UINT8, ES_INT16, ES_UINT16, ES_FLOAT32);
+    int rc = check_layout(b, in, what, err);
+    if (rc || dtype != ES_FLOAT32) return rc;
+    return check_float_values((const float *)hu, in, what, err);
+}

@@ -1,0 +1,222 @@
+/* es_segmenter: a checked bundle, an OpenVINO infer request, and the C kernels around it.
+ * Same steps and settings as edgeseg/runtime/segmenter.py with runners/openvino.py, so the
+ * masks are the Python runtime's. */
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <openvino/c/openvino.h>
+
+#include "es_hu_checks.h"
+#include "es_runtime.h"
+
+/* The kernels run on one thread, as in the Python runtime: more OpenMP workers keep spinning
+ * after each call and take the cores OpenVINO runs on. */
+#define KERNEL_THREADS 1
+
+struct es_segmenter {
+    es_bundle bundle;
+    ov_core_t *core;
+    ov_compiled_model_t *compiled;
+    ov_infer_request_t *request;
+    float *input;   /* batch * rows * cols model input, reused by every call */
+    int batch;      /* slices per inference in es_segment_volume */
+    pthread_mutex_t lock;
+};
+
+/* es_fail with OpenVINO's own last message appended (its first line). */
+static int fail_backend(es_error *err, const char *what, const char *file, ov_status_e status) {
+    const char *detail = ov_get_last_err_msg();
+    char line[256] = "";
+    if (detail) {
+        snprintf(line, sizeof line, "%s", detail);
+        line[strcspn(line, "\n")] = '\0';
+        ov_free(detail);
+    }
+    return es_fail(err, ES_EBACKEND, "openvino could not %s %s: %s%s%s", what, file, ov_get_error_info(status),
+                   *line ? ": " : "", line);
+}
+
+static int compile_model(es_segmenter *seg, const char *dir, int threads, const char *cache_dir, es_error *err) {
+    size_t n = strlen(dir) + strlen(seg->bundle.artifact_file) + 2;
+    char *path = malloc(n), thread_text[24];
+    if (!path) return es_fail(err, ES_ENOMEM, "no memory for a path");
+    snprintf(path, n, "%s/%s", dir, seg->bundle.artifact_file);
+    snprintf(thread_text, sizeof thread_text, "%d", threads);
+    /* The Python runner's settings: latency hint, and f32 compute so that CPUs with bf16 do
+     * not change an FP32 model's numbers (INT8 layers still run in int8). */
+    ov_property_t props[4] = {{ov_property_key_hint_performance_mode, "LATENCY"},
+                              {ov_property_key_hint_inference_precision, "f32"}};
+    size_t count = 2;
+    if (threads > 0) props[count++] = (ov_property_t){ov_property_key_inference_num_threads, thread_text};
+    if (cache_dir && *cache_dir) props[count++] = (ov_property_t){ov_property_key_cache_dir, cache_dir};
+    ov_status_e st = ov_core_create(&seg->core);
+    if (st != OK) {
+        free(path);
+        return fail_backend(err, "start for", seg->bundle.artifact_file, st);
+    }
+    /* From the file: with a cache hit OpenVINO skips reading and converting the ONNX graph. */
+    st = ov_core_compile_model_from_file_props(seg->core, path, "CPU", count, props, &seg->compiled);
+    if (st != OK && cache_dir && *cache_dir) /* e.g. a read-only cache folder: run without the cache */
+        st = ov_core_compile_model_from_file_props(seg->core, path, "CPU", count - 1, props, &seg->compiled);
+    if (st == OK) st = ov_compiled_model_create_infer_request(seg->compiled, &seg->request);
+    free(path);
+    return st == OK ? ES_OK : fail_backend(err, "load", seg->bundle.artifact_file, st);
+}
+
+static void default_cache_dir(char *out, size_t size) {
+    const char *root = getenv("EDGESEG_CACHE_DIR");
+    const char *xdg = getenv("XDG_CACHE_HOME"), *home = getenv("HOME");
+    out[0] = '\0';
+    if (root && *root) snprintf(out, size, "%s/openvino", root);
+    else if (xdg && *xdg) snprintf(out, size, "%s/edgeseg/openvino", xdg);
+    else if (home && *home) snprintf(out, size, "%s/.cache/edgeseg/openvino", home);
+}
+
+es_segmenter *es_open_cached(const char *bundle_dir, const char *precision, int threads, const char *cache_dir,
+                             es_error *err) {
+    if (threads < 0) {
+        es_fail(err, ES_EINVAL, "threads must be >= 0 (0: OpenVINO's default), got %d", threads);
+        return NULL;
+    }
+    es_segmenter *seg = calloc(1, sizeof *seg);
+    if (!seg) {
+        es_fail(err, ES_ENOMEM, "no memory for a segmenter");
+        return NULL;
+    }
+    int rc = es_bundle_read(bundle_dir, precision, &seg->bundle, err);
+    if (rc == ES_OK) rc = es_bundle_verify(bundle_dir, &seg->bundle, err);
+    if (rc == ES_OK) {
+        const es_bundle *b = &seg->bundle;
+        seg->batch = b->max_batch < ES_MAX_BATCH_CALL ? b->max_batch : ES_MAX_BATCH_CALL;
+        seg->input = malloc((size_t)seg->batch * (size_t)b->rows * (size_t)b->cols * sizeof(float));
+        if (!seg->input) rc = es_fail(err, ES_ENOMEM, "no memory for a %d x %d x %d input batch", seg->batch, b->rows, b->cols);
+    }
+    if (rc == ES_OK) {
+        /* One cache folder per artifact content (sha256): a re-exported model never meets the
+         * blob of its predecessor; OpenVINO adds its version check inside the blob. */
+        char keyed[4096] = "";
+        if (cache_dir && *cache_dir) snprintf(keyed, sizeof keyed, "%s/%.16s", cache_dir, seg->bundle.sha256);
+        rc = compile_model(seg, bundle_dir, threads, keyed, err);
+    }
+    if (rc == ES_OK && pthread_mutex_init(&seg->lock, NULL) != 0) rc = es_fail(err, ES_ENOMEM, "cannot create a mutex");
+    if (rc != ES_OK) {
+        if (seg->request) ov_infer_request_free(seg->request);
+        if (seg->compiled) ov_compiled_model_free(seg->compiled);
+        if (seg->core) ov_core_free(seg->core);
+        es_bundle_free(&seg->bundle);
+        free(seg->input);
+        free(seg);
+        return NULL;
+    }
+    es_succeed(err);
+    return seg;
+}
+
+es_segmenter *es_open(const char *bundle_dir, const char *precision, int threads, es_error *err) {
+    char cache[4096];
+    default_cache_dir(cache, sizeof cache);
+    return es_open_cached(bundle_dir, precision, threads, cache, err);
+}
+
+/* The model's logits for the `n` slices now in seg->input, post-processed into `labels`. */
+static int infer_and_postprocess(es_segmenter *seg, int n, int rows, int cols, uint8_t *labels, es_error *err) {
+    const es_bundle *b = &seg->bundle;
+    int64_t dims[4] = {n, 1, b->rows, b->cols};
+    ov_shape_t shape = {0, NULL}, out_shape = {0, NULL};
+    ov_tensor_t *in = NULL, *out = NULL;
+    ov_element_type_e type = F32; /* read back below; only used when every call succeeded */
+    void *logits = NULL;
+    ov_status_e st = ov_shape_create(4, dims, &shape);
+    if (st == OK) st = ov_tensor_create_from_host_ptr(F32, shape, seg->input, &in);
+    if (st == OK) st = ov_infer_request_set_input_tensor_by_index(seg->request, 0, in);
+    if (st == OK) st = ov_infer_request_infer(seg->request);
+    if (st == OK) st = ov_infer_request_get_output_tensor_by_index(seg->request, 0, &out);
+    if (st == OK) st = ov_tensor_get_shape(out, &out_shape);
+    if (st == OK) st = ov_tensor_get_element_type(out, &type);
+    if (st == OK) st = ov_tensor_data(out, &logits);
+    int rc = st == OK ? ES_OK : fail_backend(err, "run", b->artifact_file, st);
+    if (rc == ES_OK && (out_shape.rank != 4 || out_shape.dims[0] != n || out_shape.dims[1] < 1 ||
+                        out_shape.dims[1] > ES_MAX_CLASSES || type != F32))
+        rc = es_fail(err, ES_EBACKEND, "%s: output is not (%d, classes <= %d, h, w) float32 logits", b->artifact_file, n,
+                     ES_MAX_CLASSES);
+    if (rc == ES_OK) {
+        rc = es_postprocess(logits, ES_FLOAT32, n, (ptrdiff_t)out_shape.dims[1], (ptrdiff_t)out_shape.dims[2],
+                            (ptrdiff_t)out_shape.dims[3], labels, rows, cols,
+                            b->resize_labels ? ES_RESIZE_LABELS : ES_RESIZE_LOGITS, b->keep_largest, KERNEL_THREADS);
+        if (rc == ES_ENONFINITE) es_fail(err, rc, "%s: the model's logits hold NaN or inf", b->artifact_file);
+        else if (rc) es_fail(err, rc, "postprocess: %s", es_status_message(rc));
+    }
+    if (out) ov_tensor_free(out);
+    if (in) ov_tensor_free(in);
+    if (out_shape.dims) ov_shape_free(&out_shape);
+    if (shape.dims) ov_shape_free(&shape);
+    return rc;
+}
+
+/* Pre-process `n` slices into seg->input, run them, post-process into `labels`. */
+static int segment_batch(es_segmenter *seg, const void *hu, es_dtype dtype, int n, const es_hu_layout *in,
+                         uint8_t *labels, es_error *err) {
+    const es_bundle *b = &seg->bundle;
+    double low = b->window_low, high = b->window_high;
+    /* PreprocessSpec.scale_offset, same operations in the same order */
+    double scale = 1.0 / ((high - low) * b->std), offset = (-low / (high - low) - b->mean) / b->std;
+    es_slices src = {hu, dtype, n, in->rows, in->cols, in->slice_stride, in->row_stride, 1};
+    es_preprocess_spec spec = {low, high, scale, offset, b->rows, b->cols, b->area ? ES_AREA : ES_BILINEAR, ES_FLOAT32};
+    int rc = es_preprocess(&src, &spec, seg->input, KERNEL_THREADS);
+    if (rc) return es_fail(err, rc, "preprocess: %s", es_status_message(rc));
+    return infer_and_postprocess(seg, n, in->rows, in->cols, labels, err);
+}
+
+static int segment(es_segmenter *seg, const void *hu, es_dtype dtype, const es_hu_layout *in, uint8_t *labels,
+                   es_error *err) {
+    if (!seg) return es_fail(err, ES_EINVAL, "segmenter is NULL");
+    int rc = es_check_hu(&seg->bundle, hu, dtype, in, labels, err);
+    if (rc) return rc;
+    size_t elem = dtype == ES_UINT8 ? 1 : dtype == ES_FLOAT32 ? 4 : 2;
+    size_t plane = (size_t)in->rows * (size_t)in->cols;
+    int step = in->volume ? seg->batch : 1;
+    pthread_mutex_lock(&seg->lock);
+    for (int z = 0; z < in->slices && rc == ES_OK; z += step) {
+        int n = in->slices - z < step ? in->slices - z : step;
+        const char *first = (const char *)hu + (size_t)z * (size_t)in->slice_stride * elem;
+        rc = segment_batch(seg, first, dtype, n, in, labels + (size_t)z * plane, err);
+    }
+    pthread_mutex_unlock(&seg->lock);
+    return rc ? rc : es_succeed(err);
+}
+
+int es_segment_slice(es_segmenter *seg, const void *hu, es_dtype dtype, int rows, int cols, ptrdiff_t row_stride,
+                     uint8_t *labels, es_error *err) {
+    /* The slice stride is never used for one slice; computed only where it cannot overflow. */
+    int sane = rows >= 1 && rows <= ES_MAX_SIDE && row_stride >= 1 && row_stride <= PTRDIFF_MAX / ES_MAX_SIDE;
+    es_hu_layout in = {1, rows, cols, row_stride, sane ? (ptrdiff_t)rows * row_stride : 0, 0};
+    return segment(seg, hu, dtype, &in, labels, err);
+}
+
+int es_segment_volume(es_segmenter *seg, const void *hu, es_dtype dtype, int slices, int rows, int cols,
+                      ptrdiff_t row_stride, ptrdiff_t slice_stride, uint8_t *labels, es_error *err) {
+    es_hu_layout in = {slices, rows, cols, row_stride, slice_stride, 1};
+    return segment(seg, hu, dtype, &in, labels, err);
+}
+
+const char *const *es_labels(const es_segmenter *seg, int *count) {
+    if (count) *count = seg ? seg->bundle.num_classes : 0;
+    return seg ? (const char *const *)seg->bundle.labels : NULL;
+}
+
+const char *es_spec_json(const es_segmenter *seg) { return seg ? seg->bundle.spec_json : NULL; }
+
+const char *es_artifact(const es_segmenter *seg) { return seg ? seg->bundle.artifact_key : NULL; }
+
+void es_close(es_segmenter *seg) {
+    if (!seg) return;
+    ov_infer_request_free(seg->request);
+    ov_compiled_model_free(seg->compiled);
+    ov_core_free(seg->core);
+    pthread_mutex_destroy(&seg->lock);
+    es_bundle_free(&seg->bundle);
+    free(seg->input);
+    free(seg);
+}

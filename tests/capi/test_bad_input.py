@@ -1,0 +1,170 @@
+"""Bad input from C: every case is a status code and a message naming the problem, never a crash.
+
+Each case runs ``capi_checks`` (tests/capi/capi_checks.c), which exits 0 whenever the library
+returned; a crash shows as a non-zero exit. Expected codes come from edgeseg.h.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+import edgeseg
+from edgeseg.spec import PreprocessSpec
+
+ES_OK, ES_EINVAL, ES_ENONFINITE, ES_EBUNDLE, ES_EDATA = 0, 1, 3, 16, 18
+
+
+def test_open_reports_labels_spec_and_artifact(bundle, run_checks):
+    code, message, lines = run_checks("open", bundle, "fp32")
+    assert (code, message) == (ES_OK, "opened")
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert "artifact\tonnx-fp32" in lines
+    assert f"version\t{edgeseg.__version__}" in lines
+    labels = [line.split("\t")[1:] for line in lines if line.startswith("label\t")]
+    assert {int(k): name for k, name in labels} == {int(k): v for k, v in manifest["labels"].items()}
+    spec_json = next(line.split("\t", 1)[1] for line in lines if line.startswith("spec\t"))
+    assert PreprocessSpec.from_dict(json.loads(spec_json)) == PreprocessSpec.from_dict(manifest["spec"])
+
+
+def test_auto_precision_prefers_int8(bundle, run_checks):
+    _, _, lines = run_checks("open", bundle, "auto")
+    assert "artifact\tonnx-int8" in lines
+
+
+def test_missing_bundle(tmp_path, run_checks):
+    code, message, _ = run_checks("open", tmp_path / "nowhere")
+    assert code == ES_EBUNDLE and "manifest.json" in message and "nowhere" in message
+
+
+def test_null_bundle_path(run_checks):
+    code, message, _ = run_checks("open-null")
+    assert code == ES_EINVAL and "bundle_dir" in message
+
+
+def test_missing_bundle_without_error_struct(tmp_path, run_checks):
+    code, message, _ = run_checks("open-no-err", tmp_path / "nowhere")
+    assert code == -1 and "no" in message
+
+
+def test_tampered_artifact(bundle, tmp_path, run_checks):
+    copy = shutil.copytree(bundle, tmp_path / "bundle")
+    manifest = json.loads((copy / "manifest.json").read_text())
+    entry = next(a for a in manifest["artifacts"] if a["format"] == "onnx" and a["precision"] == "int8")
+    data = bytearray((copy / entry["file"]).read_bytes())
+    data[len(data) // 2] ^= 0xFF  # same size, different bytes
+    (copy / entry["file"]).write_bytes(bytes(data))
+    code, message, _ = run_checks("open", copy, "int8")
+    assert code == ES_EBUNDLE and "sha256" in message and "tampered" in message and entry["file"] in message
+
+
+def test_truncated_artifact(bundle, tmp_path, run_checks):
+    copy = shutil.copytree(bundle, tmp_path / "bundle")
+    manifest = json.loads((copy / "manifest.json").read_text())
+    entry = next(a for a in manifest["artifacts"] if a["precision"] == "fp32" and a["format"] == "onnx")
+    (copy / entry["file"]).write_bytes((copy / entry["file"]).read_bytes()[:100])
+    code, message, _ = run_checks("open", copy, "fp32")
+    assert code == ES_EBUNDLE and "100 bytes" in message
+
+
+def _edited_bundle(bundle, tmp_path, edit):
+    copy = shutil.copytree(bundle, tmp_path / "bundle")
+    manifest = json.loads((copy / "manifest.json").read_text())
+    edit(manifest)
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    return copy
+
+
+@pytest.mark.parametrize("edit, words", [
+    (lambda m: m.update(schema=2), ["schema 2", "newer", "upgrade"]),
+    (lambda m: m.pop("labels"), ["lacks", "labels"]),
+    (lambda m: m["spec"].update(window=[400, -100]), ["window", "low < high"]),
+    (lambda m: m["spec"].update(shear=1), ["unknown PreprocessSpec field", "shear"]),
+    (lambda m: m["spec"].update(size=[32, 32]), ["input shape", "spec size"]),
+    (lambda m: m["labels"].pop("0"), ["class 0"]),
+    (lambda m: m["postprocess"].update(resize="cubic"), ["postprocess.resize"]),
+    (lambda m: [a.update(file="../model.onnx") for a in m["artifacts"]], ["plain file name"]),
+], ids=["future-schema", "no-labels", "inverted-window", "unknown-spec-field", "spec-size-mismatch",
+        "no-background", "bad-resize-mode", "path-escape"])
+def test_invalid_manifest(edit, words, bundle, tmp_path, run_checks):
+    code, message, _ = run_checks("open", _edited_bundle(bundle, tmp_path, edit))
+    assert code == ES_EBUNDLE
+    for word in words:
+        assert word in message
+
+
+def test_manifest_not_json(bundle, tmp_path, run_checks):
+    copy = shutil.copytree(bundle, tmp_path / "bundle")
+    (copy / "manifest.json").write_text('{"schema": 1, "spec": ')
+    code, message, _ = run_checks("open", copy)
+    assert code == ES_EBUNDLE and "not readable JSON" in message
+
+
+def test_unknown_precision(bundle, run_checks):
+    code, message, _ = run_checks("open", bundle, "int4")
+    assert code == ES_EINVAL and "int4" in message
+
+
+@pytest.mark.parametrize("case, code, words", [
+    ("null-segmenter", ES_EINVAL, ["segmenter is NULL"]),
+    ("null-hu", ES_EINVAL, ["hu is NULL"]),
+    ("null-labels", ES_EINVAL, ["labels is NULL"]),
+    ("zero-rows", ES_EINVAL, ["positive", "0 x 80"]),
+    ("negative-cols", ES_EINVAL, ["positive", "96 x -5"]),
+    ("zero-slices", ES_EINVAL, ["positive", "0 slice"]),
+    ("one-row", ES_EDATA, ["too small", "at least 2"]),
+    ("too-large", ES_EDATA, ["8193 x 80", "limit of 8192"]),
+    ("bad-dtype", ES_EINVAL, ["dtype code 42"]),
+    ("float16-dtype", ES_EINVAL, ["dtype code 4"]),
+    ("short-stride", ES_EINVAL, ["row_stride 79", "cols 80"]),
+    ("short-slice-stride", ES_EINVAL, ["slice_stride 7679"]),
+    ("huge-stride", ES_EINVAL, ["too large to address"]),
+    ("nan", ES_ENONFINITE, ["1 NaN", "slice 1"]),
+    ("normalised", ES_EDATA, ["looks normalised"]),
+    ("beyond-hu", ES_EDATA, ["1e+06", "CT stores HU"]),
+])
+def test_bad_segment_call(case, code, words, bundle, run_checks):
+    got, message, _ = run_checks("call", bundle, case)
+    assert got == code, message
+    for word in words:
+        assert word in message
+
+
+def test_null_error_struct_is_allowed(bundle, run_checks):
+    got, message, _ = run_checks("call", bundle, "null-err")
+    assert got == ES_EINVAL and message == ""  # the status alone reports it
+
+
+@pytest.mark.parametrize("case", ["good", "good-volume"])
+def test_good_calls_succeed(case, bundle, run_checks):
+    got, message, _ = run_checks("call", bundle, case)
+    assert (got, message) == (ES_OK, "")
+
+
+def test_model_openvino_cannot_read(bundle, tmp_path, run_checks):
+    """A file whose manifest hash matches but which is no ONNX graph: OpenVINO's refusal, as a status."""
+    import hashlib
+
+    copy = shutil.copytree(bundle, tmp_path / "bundle")
+    manifest = json.loads((copy / "manifest.json").read_text())
+    entry = next(a for a in manifest["artifacts"] if a["format"] == "onnx" and a["precision"] == "fp32")
+    junk = b"not an onnx graph\n" * 64
+    (copy / entry["file"]).write_bytes(junk)
+    entry.update(bytes=len(junk), sha256=hashlib.sha256(junk).hexdigest())
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    code, message, _ = run_checks("open", copy, "fp32")
+    assert code == 17 and message.startswith(f"openvino could not load {entry['file']}")
+
+
+def test_threads_sharing_a_segmenter_get_the_lone_call_mask(bundle, run_checks):
+    code, message, _ = run_checks("threads", bundle, 4)
+    assert (code, message) == (ES_OK, "4 threads x 5 calls, 0 masks differ")
+
+
+def test_unusable_cache_folder_still_opens(bundle, tmp_path, monkeypatch, run_checks):
+    (tmp_path / "a-file").write_text("not a folder")
+    monkeypatch.setenv("EDGESEG_CACHE_DIR", str(tmp_path / "a-file" / "cache"))
+    code, message, _ = run_checks("call", bundle, "good")
+    assert (code, message) == (ES_OK, "")

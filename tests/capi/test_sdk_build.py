@@ -1,0 +1,77 @@
+"""Building against libedgeseg the three documented ways: pkg-config (conftest), CMake's
+find_package(edgeseg), and ``edgeseg sdk --cflags --libs``; each program then segments."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from edgeseg.cli.main import cli
+from edgeseg.runtime import Segmenter
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def python_masks(bundle, phantom_hu):
+    with Segmenter.load(bundle, backend="openvino:int8") as seg:
+        return seg.predict_volume(phantom_hu)
+
+
+def test_cmake_find_package_builds_both_examples(sdk, bundle, phantom_hu, python_masks, run_raw, tmp_path):
+    if shutil.which("cmake") is None:
+        pytest.skip("cmake is not installed")
+    build = tmp_path / "build"
+    configure = subprocess.run(["cmake", "-S", str(ROOT / "examples"), "-B", str(build), f"-DCMAKE_PREFIX_PATH={sdk}",
+                                "-DCMAKE_BUILD_TYPE=Release"], capture_output=True, text=True)
+    assert configure.returncode == 0, configure.stdout + configure.stderr
+    compiled = subprocess.run(["cmake", "--build", str(build)], capture_output=True, text=True)
+    assert compiled.returncode == 0, compiled.stdout + compiled.stderr
+    for name in ("segment_raw", "segment"):
+        got = run_raw(build / name, bundle, "int8", phantom_hu, tmp_path)
+        assert int(np.count_nonzero(got != python_masks)) == 0
+
+
+def test_cmake_refuses_a_newer_version_request(sdk, tmp_path):
+    if shutil.which("cmake") is None:
+        pytest.skip("cmake is not installed")
+    (tmp_path / "CMakeLists.txt").write_text("cmake_minimum_required(VERSION 3.16)\nproject(p C)\n"
+                                             "find_package(edgeseg 9.0 REQUIRED)\n")
+    result = subprocess.run(["cmake", "-S", str(tmp_path), "-B", str(tmp_path / "b"), f"-DCMAKE_PREFIX_PATH={sdk}"],
+                            capture_output=True, text=True)
+    assert result.returncode != 0 and "edgeseg" in result.stderr and "9.0" in result.stderr
+
+
+def test_edgeseg_sdk_flags_build_a_program(sdk, bundle, phantom_hu, python_masks, run_raw, tmp_path, monkeypatch):
+    monkeypatch.setenv("EDGESEG_SDK", str(sdk))
+    result = CliRunner().invoke(cli, ["sdk", "--cflags", "--libs"])
+    assert result.exit_code == 0, result.output
+    flags = result.output.split()
+    assert f"-I{sdk / 'include'}" in flags and "-ledgeseg" in flags
+    exe = tmp_path / "segment_raw"
+    compiled = subprocess.run(["cc", "-std=c99", "-o", str(exe), str(ROOT / "examples" / "c" / "segment_raw.c"), *flags],
+                              capture_output=True, text=True)
+    assert compiled.returncode == 0, compiled.stderr
+    got = run_raw(exe, bundle, "int8", phantom_hu, tmp_path)
+    assert int(np.count_nonzero(got != python_masks)) == 0
+
+
+def test_edgeseg_sdk_prefix_and_cmake_dir(sdk, monkeypatch):
+    monkeypatch.setenv("EDGESEG_SDK", str(sdk))
+    result = CliRunner().invoke(cli, ["sdk", "--prefix", "--cmake-dir"])
+    assert result.exit_code == 0
+    prefix, cmake_dir = result.output.split()
+    assert prefix == str(sdk) and (sdk / "lib" / "cmake" / "edgeseg" / "edgeseg-config.cmake").samefile(
+        f"{cmake_dir}/edgeseg-config.cmake")
+
+
+def test_edgeseg_sdk_without_a_build_is_one_line_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("EDGESEG_SDK", str(tmp_path / "nothing"))
+    result = CliRunner().invoke(cli, ["sdk", "--libs"])
+    assert result.exit_code == 2
+    assert result.output.startswith("edgeseg: error: libedgeseg is not built") and result.output.count("\n") == 1
