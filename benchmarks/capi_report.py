@@ -17,7 +17,7 @@ For each bundle and precision (int8, fp32), on one 512x512 int16 phantom slice:
   their peak resident memory (VmHWM).
 
 Without ``--bundle`` the two bundles of the report are made with random weights (latency does
-not depend on them) by tests/runtime/bundle_factory.py: ``demo`` (128x128, base 16, depth 4,
+not depend on them) by benchmarks/random_bundle.py: ``demo`` (128x128, base 16, depth 4,
 the model ``make demo`` trains) and ``unet256`` (256x256, base 32, depth 4, the default model).
 The SDK and the timing program (benchmarks/capi/bench_capi.c) are built into a temporary folder.
 """
@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import importlib.util
 import json
 import os
 import statistics
@@ -66,12 +65,11 @@ def build(tmp: Path) -> Path:
 
 
 def make_bundles(tmp: Path) -> dict[str, Path]:
-    spec = importlib.util.spec_from_file_location("capi_bench_factory", ROOT / "tests" / "runtime" / "bundle_factory.py")
-    factory = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(factory)
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from random_bundle import random_bundle
+
     shapes = {"demo": dict(base=16, depth=4, size=128), "unet256": dict(base=32, depth=4, size=256)}
-    return {name: factory.make_bundle(tmp / name, steps=0, classes=2, torchscript=False, **shape)
-            for name, shape in shapes.items()}
+    return {name: random_bundle(tmp / name, classes=2, int8=True, **shape) for name, shape in shapes.items()}
 
 
 def timed_process(args: list[str], env: dict[str, str]) -> tuple[float, float, float]:

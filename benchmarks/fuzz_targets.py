@@ -173,7 +173,7 @@ def _checkpoint_target(work: Path) -> Target:
 
     from edgeseg.models import ModelConfig, build_model
     from edgeseg.spec import PreprocessSpec
-    from edgeseg.train.checkpoint import load_model, save_checkpoint
+    from edgeseg.models.checkpoint import load_model, save_checkpoint
 
     torch.set_num_threads(1)
     torch.manual_seed(0)
@@ -217,11 +217,10 @@ def _checkpoint_target(work: Path) -> Target:
 
 
 def make_fuzz_bundle(work: Path) -> Path:
-    """A tiny real bundle (U-Net base 4, 64x64, ONNX FP32) made by the test bundle factory, in a subprocess."""
+    """A tiny real bundle (untrained U-Net base 4, 64x64, ONNX FP32) written by edgeseg.export, in a subprocess."""
     out = work / "bundle"
     if not (out / "manifest.json").is_file():
-        code = ("import sys; sys.path.insert(0, sys.argv[2]); import bundle_factory as f; "
-                "f.make_bundle(sys.argv[1], base=4, depth=2, size=64, steps=0, int8=False, torchscript=False, classes=2)")
-        subprocess.run([sys.executable, "-c", code, str(out), str(ROOT / "tests" / "runtime")], check=True,
+        subprocess.run([sys.executable, str(ROOT / "benchmarks" / "random_bundle.py"), str(out), "--base", "4",
+                        "--depth", "2", "--size", "64", "--max-batch", "4"], check=True,
                        env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True)
     return out

@@ -14,6 +14,9 @@ import pytest
 
 # hypothesis keeps an example database and a constants cache in ./.hypothesis by default.
 os.environ.setdefault("HYPOTHESIS_STORAGE_DIRECTORY", tempfile.mkdtemp(prefix="edgeseg-hypothesis-"))
+# The backend probe and the compiled-model caches go to ~/.cache/edgeseg by default; a test run
+# keeps its own (tests that check the caches point EDGESEG_CACHE_DIR at their tmp_path).
+os.environ.setdefault("EDGESEG_CACHE_DIR", tempfile.mkdtemp(prefix="edgeseg-cache-"))
 
 
 def check_one_line_error(proc, fragment: str) -> None:

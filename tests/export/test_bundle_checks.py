@@ -74,7 +74,7 @@ def test_training_data_is_recorded_absolute_so_export_finds_it_from_elsewhere(tm
     import torch
 
     from edgeseg.export.verify import load_verify_set
-    from edgeseg.train.checkpoint import checkpoint_spec
+    from edgeseg.models.checkpoint import checkpoint_spec
 
     data = DATA / "msd_liver_slices"
     shutil.copytree(data, tmp_path / "slices")

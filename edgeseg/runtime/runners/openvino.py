@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from edgeseg.errors import BackendError, require
@@ -31,11 +33,17 @@ class OpenVinoRunner(ArtifactRunner):
         self._device = device
         from edgeseg.runtime.selection import cache_path
 
+        cache = cache_path().parent / "openvino" / self.entry.sha256[:16]
+        try:
+            cache.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            cache = None  # a read-only home must not stop inference: compile every time instead
         try:
             core = ov.Core()
             # One cache folder per artifact content, shared with libedgeseg; compiling from the
             # path lets a cache hit skip reading and converting the ONNX graph.
-            core.set_property({"CACHE_DIR": str(cache_path().parent / "openvino" / self.entry.sha256[:16])})
+            if cache is not None and os.access(cache, os.W_OK):
+                core.set_property({"CACHE_DIR": str(cache)})
             compiled = core.compile_model(str(self.path), device, config)
         except Exception as exc:  # OpenVINO raises RuntimeError subclasses with long messages
             raise BackendError(f"openvino could not load {self.path.name}: {str(exc).strip().splitlines()[0]}") from None
