@@ -1,7 +1,7 @@
 """Fixtures of the C API tests: a real exported bundle, ``make sdk``'s output, and the HU inputs.
 
-The bundle is what ``edgeseg train`` + ``edgeseg export --int8`` produce for a tiny U-Net
-(64x64, base 8) trained on phantom CT, so its masks are real shapes, not noise. The SDK is built
+The bundle is the suite's shared one: ``edgeseg train`` + ``edgeseg export --int8`` of a tiny
+U-Net (64x64, base 8) trained on phantom CT, so its masks are real shapes, not noise. The SDK is built
 once per session into a temporary folder with ``make -C csrc/sdk``.
 """
 
@@ -48,25 +48,10 @@ def sdk(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def bundle(tmp_path_factory) -> Path:
-    """A bundle with ONNX FP32 and INT8 artifacts, from the project's own train and export."""
-    pytest.importorskip("torch")
-    from edgeseg.export.pipeline import export_bundle
-    from edgeseg.export.profiles import ExportSettings
-    from edgeseg.train.config import TrainConfig
-    from edgeseg.train.loop import train
-
-    root = tmp_path_factory.mktemp("capi-bundle")
-    cfg = TrainConfig(data="phantom:cases=4,size=64,slices=16", out=str(root / "train"), size=64, base=8, depth=2,
-                      epochs=8, batch_size=4, lr=5e-3, augment=False, seed=0)
-    train(cfg, progress=False)
-    # The gate's INT8 Dice limit is for real models; this 8-epoch model is only a fixture.
-    settings = ExportSettings(formats=("onnx",), int8=True, calib_slices=32, max_batch=4, verify_slices=16,
-                              max_dice_drop={"fp32": 0.0, "fp16": 0.5, "int8": 0.5})
-    result = export_bundle(root / "train" / "best.pt", root / "bundle", settings,
-                           calib="phantom:cases=3,size=64,slices=16,seed=5", cache_dir=root / "cache",
-                           progress=False, echo=lambda text: None)
-    return Path(result["bundle"])
+def bundle(exported_bundle) -> Path:
+    """The suite's bundle (tests/conftest.py): the project's own train and export, ONNX FP32 and
+    INT8 (and TorchScript, which the C API skips)."""
+    return exported_bundle
 
 
 @pytest.fixture(scope="session")
