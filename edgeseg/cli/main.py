@@ -31,10 +31,10 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from edgeseg.cli import (bench, compare, data, evaluate, export, inspect, listen, predict, serve, train,
-                             triton)
+    from edgeseg.cli import (bench, compare, data, evaluate, export, inspect, listen, models, predict, serve,
+                             train, triton)
 
-    for module in (data, train, evaluate, compare, export, inspect, predict, bench, serve, triton, listen):
+    for module in (data, models, train, evaluate, compare, export, inspect, predict, bench, serve, triton, listen):
         cli.add_command(module.command)
     cli.add_command(bench.serve_command)
 

@@ -1,4 +1,4 @@
-"""``edgeseg train``: train a U-Net on CT data."""
+"""``edgeseg train``: train a segmentation model on CT data."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import click
 
 from edgeseg.cli.logs import configure_logging
 from edgeseg.errors import require
+from edgeseg.models.registry import MODELS
 
 
 @click.command("train")
@@ -13,7 +14,8 @@ from edgeseg.errors import require
               help="Training data: a NIfTI dataset (imagesTr/labelsTr), a DICOM series folder, a slice folder "
                    "(images/ + masks/), or 'phantom[:cases=N,seed=S,size=P,slices=Z]' generated on the fly.")
 @click.option("--out", default="runs/train", show_default=True, type=click.Path(file_okay=False), help="Run folder for checkpoints, metrics and plots.")
-@click.option("--model", type=click.Choice(["unet", "resunet"]), default="unet", show_default=True, help="Architecture.")
+@click.option("--model", "--arch", "model", type=click.Choice(sorted(MODELS)), default="unet", show_default=True,
+              help="Architecture, a name `edgeseg models` lists.")
 @click.option("--base", default=32, show_default=True, help="Width of the first U-Net level.")
 @click.option("--depth", default=4, show_default=True, help="Number of down-sampling steps.")
 @click.option("--size", default=256, show_default=True, help="Model input side in pixels (a multiple of 2**depth).")
