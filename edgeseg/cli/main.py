@@ -32,9 +32,9 @@ def cli() -> None:
 
 def _register() -> None:
     from edgeseg.cli import (bench, compare, data, evaluate, export, inspect, listen, models, predict, serve,
-                             train, triton)
+                             sweep, train, triton)
 
-    for module in (data, models, train, evaluate, compare, export, inspect, predict, bench, serve, triton, listen):
+    for module in (data, models, train, evaluate, compare, export, inspect, predict, bench, serve, triton, listen, sweep):
         cli.add_command(module.command)
     cli.add_command(bench.serve_command)
 
