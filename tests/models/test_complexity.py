@@ -51,3 +51,26 @@ def test_describe_reports_params_and_gflop_and_refuses_unusable_sizes():
     assert 23.5 < info["gflop"] < 24.5  # the default U-Net: ~24 GFLOP per 256x256 slice
     with pytest.raises(ValueError, match="pad it to 256x256"):
         describe(ModelConfig(name="unet"), 250)
+
+
+def test_models_command_lists_every_architecture_with_its_cost():
+    from click.testing import CliRunner
+
+    from edgeseg.cli.main import cli
+
+    result = CliRunner().invoke(cli, ["models", "--size", "64", "--base", "8", "--depth", "3"])
+    assert result.exit_code == 0, result.output
+    lines = {ln.split()[0]: ln.split() for ln in result.output.splitlines()[2:]}
+    assert sorted(lines) == sorted(MODELS)
+    for name, cells in lines.items():
+        info = describe(ModelConfig(name=name, base=8, depth=3), 64)
+        assert cells[1] == f"{info['params'] / 1e6:.2f}" and cells[2] == f"{info['gflop']:.2f}"
+    bad = CliRunner().invoke(cli, ["models", "--size", "60", "--depth", "3"])
+    assert bad.exit_code == 2 and "pad it to 64x64" in bad.output
+
+
+def test_train_selects_an_architecture_by_model_or_arch():
+    from edgeseg.cli.train import command
+
+    assert command.make_context("train", ["--arch", "mobile_unet"]).params["model"] == "mobile_unet"
+    assert command.make_context("train", ["--model", "strided_resunet"]).params["model"] == "strided_resunet"
