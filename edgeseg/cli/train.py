@@ -42,7 +42,7 @@ from edgeseg.models.registry import MODELS
 @click.option("--resume", is_flag=True, help="Continue from OUT/last.pt.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def command(**opts) -> None:
-    """Train a U-Net; writes OUT/best.pt, OUT/last.pt, metrics.csv/json and curves.png."""
+    """Train a segmentation model (--model, default unet); writes OUT/best.pt, OUT/last.pt, metrics.csv/json and curves.png."""
     require("torch", "train", "edgeseg train")
     from edgeseg.train.config import TrainConfig, parse_labels, parse_pair
     from edgeseg.train.loop import train
