@@ -58,3 +58,19 @@ def test_old_checkpoints_keep_loading(name, tmp_path):
     x = torch.randn(1, 1, 16, 16)
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), model.eval()(x))
+
+
+def test_depthwise_conv_block_equals_a_per_channel_scipy_correlation():
+    import numpy as np
+    from scipy.signal import correlate2d
+
+    from edgeseg.models.blocks import ConvBNReLU
+
+    torch.manual_seed(0)
+    block = ConvBNReLU(3, 3, groups=3).eval()  # fresh batch norm in eval mode: the identity
+    x = torch.randn(1, 3, 9, 7)
+    with torch.no_grad():
+        out = block(x).numpy()[0]
+    w = block[0].weight.detach().numpy()
+    expected = [np.maximum(correlate2d(x[0, c].numpy(), w[c, 0], mode="same"), 0) for c in range(3)]
+    np.testing.assert_allclose(out, np.stack(expected), rtol=1e-4, atol=1e-5)
