@@ -12,6 +12,7 @@ from edgeseg.errors import ModelConfigError
 from edgeseg.models import MODELS, ModelConfig, build_model
 from edgeseg.spec import PreprocessSpec
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 NAMES = sorted(MODELS)
 TRAIN_DATA = "phantom:cases=4,size=64,slices=16"
 CALIB_DATA = "phantom:cases=3,size=64,slices=16,seed=5"
@@ -82,7 +83,7 @@ def test_int8_export_passes_the_gate_on_phantom(name, tmp_path):
     from edgeseg.train.loop import train
 
     cfg = TrainConfig(data=TRAIN_DATA, out=str(tmp_path / "run"), model=name, size=64, base=8, depth=2, epochs=5,
-                      batch_size=4, lr=1e-2, augment=False, seed=0, threads=1)
+                      batch_size=4, lr=1e-2, augment=False, seed=0)
     result = train(cfg, progress=False)
     # Five epochs learn the phantom partly (val Dice 0.4-0.9 by architecture): enough for the gate
     # to compare real, non-empty masks rather than noise.

@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 SWEEP = """
 [recipe]
 data = "phantom:cases=4,size=64,slices=16"
@@ -15,7 +16,6 @@ epochs = 3
 batch_size = 4
 lr = 0.01
 augment = false
-threads = 1
 
 [grid]
 model = ["unet", "mobile_unet"]
