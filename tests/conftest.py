@@ -115,3 +115,15 @@ def exported_bundle(request) -> Path:
         _export_test_bundle(staging)
         os.replace(staging, root / key)
     return bundle
+
+
+@pytest.fixture
+def one_torch_thread():
+    """One torch thread for a test of tiny models (faster than contending for shared cores),
+    restored afterwards so later tests, and the test bundle they may build, see the default."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

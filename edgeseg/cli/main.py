@@ -41,10 +41,11 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from edgeseg.cli import (bench, compare, data, evaluate, export, inspect, listen, predict, sdk, serve, train,
-                             triton)
+    from edgeseg.cli import (bench, compare, data, evaluate, export, inspect, listen, models, predict, sdk, serve,
+                             sweep, train, triton)
 
-    for module in (data, train, evaluate, compare, export, inspect, predict, bench, serve, triton, listen, sdk):
+    for module in (data, models, train, evaluate, compare, export, inspect, predict, bench, serve, triton, listen,
+                   sweep, sdk):
         cli.add_command(module.command)
     cli.add_command(bench.serve_command)
 

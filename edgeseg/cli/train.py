@@ -1,4 +1,4 @@
-"""``edgeseg train``: train a U-Net on CT data."""
+"""``edgeseg train``: train a segmentation model on CT data."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from edgeseg.atomic import check_output_folder
 from edgeseg.cli.input_limits import input_limit_options
 from edgeseg.cli.logs import configure_logging
 from edgeseg.errors import require
+from edgeseg.models.registry import MODELS
 
 
 @click.command("train")
@@ -18,7 +19,8 @@ from edgeseg.errors import require
               help="Training data: a NIfTI dataset (imagesTr/labelsTr), a DICOM series folder, a slice folder "
                    "(images/ + masks/), or 'phantom[:cases=N,seed=S,size=P,slices=Z]' generated on the fly.")
 @click.option("--out", default="runs/train", show_default=True, type=click.Path(file_okay=False), help="Run folder for checkpoints, metrics and plots.")
-@click.option("--model", type=click.Choice(["unet", "resunet"]), default="unet", show_default=True, help="Architecture.")
+@click.option("--model", "--arch", "model", type=click.Choice(sorted(MODELS)), default="unet", show_default=True,
+              help="Architecture, a name `edgeseg models` lists.")
 @click.option("--base", default=32, show_default=True, help="Width of the first U-Net level.")
 @click.option("--depth", default=4, show_default=True, help="Number of down-sampling steps.")
 @click.option("--size", default=256, show_default=True, help="Model input side in pixels (a multiple of 2**depth).")
@@ -45,7 +47,7 @@ from edgeseg.errors import require
 @click.option("--resume", is_flag=True, help="Continue from OUT/last.pt.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def command(**opts) -> None:
-    """Train a U-Net; writes OUT/best.pt, OUT/last.pt, metrics.csv/json and curves.png."""
+    """Train a segmentation model (--model, default unet); writes OUT/best.pt, OUT/last.pt, metrics.csv/json and curves.png."""
     require("torch", "train", "edgeseg train")
     from edgeseg.train.config import TrainConfig, parse_labels, parse_pair
     from edgeseg.train.loop import train

@@ -219,7 +219,9 @@ def quantize_int8(fp32_onnx: str | Path, dst: str | Path, calib: CalibrationSet,
     with contextlib.redirect_stdout(io.StringIO()), tempfile.TemporaryDirectory(prefix="edgeseg-int8-") as tmp:
         # Shape inference and basic (standard-op) optimisation first, as ONNX Runtime advises:
         # quantisation parameters are then placed on the graph that will actually run.
-        quant_pre_process(str(fp32_onnx), str(prepared))
+        # auto_merge: a Resize by constant scales names its batch axis floor(1.0*batch); merging
+        # it with batch lets a skip concatenation after bilinear upsampling be inferred.
+        quant_pre_process(str(fp32_onnx), str(prepared), auto_merge=True)
         if method in HISTOGRAM_METHODS and _takes_calibration_cache(quantize_static):
             from onnxruntime.quantization.calibrate import save_tensors_data
 

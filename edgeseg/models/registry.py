@@ -1,16 +1,39 @@
-"""Model configurations and the registry that builds a model from one."""
+"""Model configurations and the registry of architectures that builds a model from one."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+import importlib
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from edgeseg.errors import ModelConfigError
 
-# name -> fixed keyword arguments of UNet
-MODELS: dict[str, dict[str, Any]] = {
-    "unet": {"block": "plain"},
-    "resunet": {"block": "residual"},
+
+@dataclass(frozen=True)
+class Architecture:
+    """A registry entry: where the model class lives, its fixed arguments, and one line about it.
+
+    The class is named by module and attribute, so listing the registry never imports torch.
+    """
+
+    module: str
+    cls: str
+    summary: str
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def load(self):
+        """The torch module class of this entry."""
+        return getattr(importlib.import_module(self.module), self.cls)
+
+
+MODELS: dict[str, Architecture] = {
+    "unet": Architecture("edgeseg.models.unet", "UNet", "U-Net: max pooling, two 3x3 convs per level, transposed-conv decoder",
+                         {"block": "plain"}),
+    "resunet": Architecture("edgeseg.models.unet", "UNet", "U-Net with residual blocks", {"block": "residual"}),
+    "strided_resunet": Architecture("edgeseg.models.strided_resunet", "StridedResUNet",
+                                    "strided-conv residual U-Net (MONAI UNet layout, num_res_units=2)"),
+    "mobile_unet": Architecture("edgeseg.models.mobile_unet", "MobileUNet",
+                                "inverted-residual encoder, half-width separable decoder, bilinear upsampling"),
 }
 
 
@@ -19,7 +42,7 @@ class ModelConfig:
     """Everything needed to rebuild a model's architecture; stored in checkpoints and bundles.
 
     Args:
-        name: a key of ``MODELS`` ("unet" or "resunet").
+        name: a key of ``MODELS``.
         in_channels: input channels.
         num_classes: output classes, background included.
         base: width of the first level.
@@ -49,19 +72,18 @@ class ModelConfig:
         return [f"{k}={a[k]!r} vs {b[k]!r}" for k in a if a[k] != b[k]]
 
 
+def check_model_name(name: str) -> None:
+    """Raise ModelConfigError listing the registered names when ``name`` is not one."""
+    if name not in MODELS:
+        raise ModelConfigError(f"unknown model {name!r}; available: {sorted(MODELS)}")
+
+
 def build_model(config: ModelConfig):
     """Instantiate the torch module described by ``config``."""
-    from edgeseg.models.unet import UNet
-
-    if config.name not in MODELS:
-        raise ModelConfigError(f"unknown model {config.name!r}; available: {sorted(MODELS)}")
-    return UNet(
-        in_channels=config.in_channels,
-        num_classes=config.num_classes,
-        base=config.base,
-        depth=config.depth,
-        **MODELS[config.name],
-    )
+    check_model_name(config.name)
+    entry = MODELS[config.name]
+    return entry.load()(in_channels=config.in_channels, num_classes=config.num_classes, base=config.base,
+                        depth=config.depth, **entry.kwargs)
 
 
 def count_parameters(model) -> int:

@@ -6,10 +6,11 @@ import torch
 from torch import Tensor, nn
 
 from edgeseg.errors import ModelConfigError
+from edgeseg.models.base import SegmentationModel, check_widths
 from edgeseg.models.blocks import BLOCKS
 
 
-class UNet(nn.Module):
+class UNet(SegmentationModel):
     """Encoder-decoder with skip connections for 2-D slices.
 
     The encoder halves the resolution ``depth`` times with max pooling and doubles the width;
@@ -48,24 +49,8 @@ class UNet(nn.Module):
         self.decode = nn.ModuleList(make(2 * widths[i], widths[i]) for i in reversed(range(depth)))
         self.head = nn.Conv2d(widths[0], num_classes, 1)
 
-    @property
-    def size_multiple(self) -> int:
-        """Input sides must be a multiple of this."""
-        return 2**self.depth
-
-    def check_input_size(self, height: int, width: int) -> None:
-        """Raise ModelConfigError naming the padded size when (height, width) cannot be used."""
-        m = self.size_multiple
-        if height % m or width % m or height < m or width < m:
-            padded = (max(m, -(-height // m) * m), max(m, -(-width // m) * m))
-            raise ModelConfigError(
-                f"input size {height}x{width} is not divisible by {m} (2**depth, depth={self.depth}); "
-                f"pad it to {padded[0]}x{padded[1]}"
-            )
-
     def forward(self, x: Tensor) -> Tensor:
-        if not (torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling()):
-            self.check_input_size(int(x.shape[-2]), int(x.shape[-1]))
+        self.check_eager_input(x)
         skips = [self.stem(x)]
         for block in self.down:
             skips.append(block(self.pool(skips[-1])))
@@ -76,13 +61,6 @@ class UNet(nn.Module):
 
 
 def _check_config(in_channels: int, num_classes: int, base: int, depth: int, block: str) -> None:
-    if in_channels < 1:
-        raise ModelConfigError(f"in_channels must be >= 1, got {in_channels}")
-    if num_classes < 2:
-        raise ModelConfigError(f"num_classes must be >= 2 (background + at least one class), got {num_classes}")
-    if base < 1:
-        raise ModelConfigError(f"base width must be >= 1, got {base}")
-    if not 1 <= depth <= 7:
-        raise ModelConfigError(f"depth must be between 1 and 7, got {depth}")
+    check_widths(in_channels, num_classes, base, depth)
     if block not in BLOCKS:
         raise ModelConfigError(f"block must be one of {sorted(BLOCKS)}, got {block!r}")

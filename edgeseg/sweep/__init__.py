@@ -1,0 +1,1 @@
+"""Architecture sweeps: train, export and measure a grid of model variants, resumably."""

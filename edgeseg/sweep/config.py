@@ -1,0 +1,149 @@
+"""The sweep file: a training recipe, a grid of model variants, export and measurement settings.
+
+Example ``SWEEP.toml``::
+
+    [recipe]                      # any `edgeseg train` setting but the grid's four
+    data = "phantom:cases=4,size=64,slices=16"
+    labels = "liver=1"
+    epochs = 5
+
+    [grid]                        # every combination is one point
+    model = ["unet", "mobile_unet"]
+    base = [8]
+    depth = [2]
+    size = [64]
+
+    [export]                      # INT8 export through the normal gate
+    calib = "phantom:cases=3,size=64,slices=16,seed=5"
+
+    [measure]                     # latency of the auto backend on int16 slices
+    slice_size = 512
+
+Every key is checked before anything is written: an unknown key, architecture or value is one
+``EdgesegError`` naming it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgeseg.errors import DataError
+from edgeseg.models.registry import MODELS
+
+GRID_KEYS = ("model", "base", "depth", "size")
+RECIPE_KEYS = {"data": str, "labels": str, "window": list, "intensity": str, "epochs": int, "batch_size": int,
+               "lr": float, "weight_decay": float, "warmup_epochs": float, "seed": int, "val_fraction": float,
+               "test_fraction": float, "augment": bool, "augment_p": float, "ema_epochs": float, "amp": str,
+               "threads": int}
+EXPORT_KEYS = {"calib": str, "calib_method": str, "calib_slices": int, "verify_slices": int, "max_batch": int,
+               "max_dice_drop_int8": float}
+MEASURE_KEYS = {"slice_size": int, "batches": list, "runs": int, "warmup": int, "volume_slices": int, "threads": int}
+MEASURE_DEFAULTS = {"slice_size": 512, "batches": [1, 8], "runs": 20, "warmup": 3, "volume_slices": 32, "threads": 0}
+
+
+@dataclass(frozen=True)
+class Point:
+    """One variant of the grid."""
+
+    model: str
+    base: int
+    depth: int
+    size: int
+
+    @property
+    def id(self) -> str:
+        return f"{self.model}-b{self.base}-d{self.depth}-s{self.size}"
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """A parsed, checked sweep file."""
+
+    recipe: dict[str, Any]
+    points: list[Point]
+    export: dict[str, Any] = field(default_factory=dict)
+    measure: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"recipe": self.recipe, "grid": [p.__dict__ for p in self.points], "export": self.export,
+                "measure": self.measure}
+
+
+def _checked_table(doc: dict, section: str, allowed: dict[str, type], where: str) -> dict[str, Any]:
+    table = doc.get(section, {})
+    if not isinstance(table, dict):
+        raise DataError(f"{where}: [{section}] must be a table")
+    for key, value in table.items():
+        if key not in allowed:
+            raise DataError(f"{where}: unknown key {key!r} in [{section}]; known: {sorted(allowed)}")
+        kind = allowed[key]
+        ok = isinstance(value, kind) or (kind is float and isinstance(value, int) and not isinstance(value, bool))
+        if not ok or (kind is int and isinstance(value, bool)):
+            raise DataError(f"{where}: [{section}] {key} must be a {kind.__name__}, got {value!r}")
+    return dict(table)
+
+
+def _grid(doc: dict, where: str) -> list[Point]:
+    grid = _checked_table(doc, "grid", dict.fromkeys(GRID_KEYS, list), where)
+    missing = [k for k in GRID_KEYS if not grid.get(k)]
+    if missing:
+        raise DataError(f"{where}: [grid] needs non-empty lists for {missing}")
+    unknown = [m for m in grid["model"] if m not in MODELS]
+    if unknown:
+        raise DataError(f"{where}: unknown architecture(s) {unknown} in [grid] model; available: {sorted(MODELS)}")
+    for key in ("base", "depth", "size"):
+        if any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in grid[key]):
+            raise DataError(f"{where}: [grid] {key} must be positive integers, got {grid[key]}")
+    points = [Point(*combo) for combo in itertools.product(*(grid[k] for k in GRID_KEYS))]
+    for p in points:
+        if p.size % 2**p.depth:
+            raise DataError(f"{where}: point {p.id}: size {p.size} is not divisible by 2**depth = {2**p.depth}")
+    if len({p.id for p in points}) != len(points):
+        raise DataError(f"{where}: [grid] lists a value twice")
+    return points
+
+
+def load_sweep(path: str | Path) -> SweepConfig:
+    """Parse and check a sweep file; raises DataError (one line) on any unknown or bad entry."""
+    path = Path(path)
+    where = str(path)
+    try:
+        doc = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise DataError(f"sweep file not found: {path}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError, OSError) as exc:
+        raise DataError(f"{where} is not a readable TOML file ({str(exc).splitlines()[0]})") from None
+    unknown = sorted(set(doc) - {"recipe", "grid", "export", "measure"})
+    if unknown:
+        raise DataError(f"{where}: unknown section(s) {unknown}; known: ['export', 'grid', 'measure', 'recipe']")
+    recipe = _checked_table(doc, "recipe", RECIPE_KEYS, where)
+    if "data" not in recipe:
+        raise DataError(f"{where}: [recipe] needs data")
+    export = _checked_table(doc, "export", EXPORT_KEYS, where)
+    measure = {**MEASURE_DEFAULTS, **_checked_table(doc, "measure", MEASURE_KEYS, where)}
+    if any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in measure["batches"]) or not measure["batches"]:
+        raise DataError(f"{where}: [measure] batches must be positive integers, got {measure['batches']}")
+    sweep = SweepConfig(recipe=recipe, points=_grid(doc, where), export=export, measure=measure)
+    for point in sweep.points:
+        train_config(sweep, point, Path("."))  # the recipe's values are checked here, before any work
+    return sweep
+
+
+def train_config(sweep: SweepConfig, point: Point, out: Path):
+    """The TrainConfig of one point: the recipe with the point's architecture, width, depth and size."""
+    from edgeseg.train.config import TrainConfig, parse_labels
+
+    recipe = dict(sweep.recipe)
+    val, test = recipe.pop("val_fraction", 0.15), recipe.pop("test_fraction", 0.15)
+    if "labels" in recipe:
+        recipe["labels"] = parse_labels(recipe["labels"])
+    if "window" in recipe:
+        if len(recipe["window"]) != 2:
+            raise DataError(f"[recipe] window must be [LO, HI], got {recipe['window']}")
+        recipe["window"] = tuple(recipe["window"])
+    return TrainConfig(**recipe, fractions=(1.0 - val - test, val, test), model=point.model, base=point.base,
+                       depth=point.depth, size=point.size, out=str(out))

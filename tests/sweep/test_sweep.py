@@ -1,0 +1,135 @@
+"""edgeseg sweep on a tiny phantom grid: results, reports, resume after a kill, bad sweep files."""
+
+import csv
+import json
+import shlex
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+SWEEP = """
+[recipe]
+data = "phantom:cases=4,size=64,slices=16"
+epochs = 3
+batch_size = 4
+lr = 0.01
+augment = false
+
+[grid]
+model = ["unet", "mobile_unet"]
+base = [4]
+depth = [2]
+size = [64]
+
+[export]
+calib = "phantom:cases=3,size=64,slices=16,seed=5"
+calib_slices = 8
+verify_slices = 8
+max_batch = 2
+max_dice_drop_int8 = 0.05
+
+[measure]
+slice_size = 128
+batches = [1, 2]
+runs = 2
+warmup = 1
+volume_slices = 4
+threads = 1
+"""
+
+
+class Killed(Exception):
+    pass
+
+
+def test_sweep_resumes_after_a_kill_and_writes_the_reports(tmp_path):
+    from edgeseg.cli.train import command as train_command
+    from edgeseg.sweep.config import load_sweep
+    from edgeseg.sweep.run import run_sweep
+
+    (tmp_path / "sweep.toml").write_text(SWEEP)
+    sweep = load_sweep(tmp_path / "sweep.toml")
+    out = tmp_path / "out"
+
+    def kill(result):
+        raise Killed(result["id"])
+
+    with pytest.raises(Killed, match="unet-b4-d2-s64"):
+        run_sweep(sweep, out, after_point=kill)
+    first = out / "points" / "unet-b4-d2-s64"
+    assert (first / "result.json").is_file() and not (out / "points" / "mobile_unet-b4-d2-s64").exists()
+    before = (first / "result.json").read_bytes()
+    stamps = {p: p.stat().st_mtime_ns for p in (first / "run").iterdir()}
+
+    points = run_sweep(sweep, out)
+    # Point 1 was read: its timings (which differ on every measurement) and run files are unchanged.
+    assert (first / "result.json").read_bytes() == before
+    assert {p: p.stat().st_mtime_ns for p in (first / "run").iterdir()} == stamps
+    assert [p["id"] for p in points] == ["unet-b4-d2-s64", "mobile_unet-b4-d2-s64"]
+    for p in points:
+        assert 0.0 <= p["dice_int8"] <= 1.0 and 0.0 <= p["dice_fp32"] <= 1.0
+        assert len(p["dice_int8_per_case"]) == len(p["val_cases"]) >= 1
+        assert p["latency_ms_p50"] > 0 and p["volume_slices_per_s"] > 0 and p["epochs"] == 3
+        assert (out / "points" / p["id"] / "bundle" / "model.int8.onnx").is_file()
+    assert json.loads((out / "sweep.json").read_text())["points"] == points
+
+    # The command on the finished folder reads every point and writes the reports.
+    proc = subprocess.run([sys.executable, "-m", "edgeseg.cli", "sweep", str(tmp_path / "sweep.toml"), "--out", str(out),
+                           "--quiet"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert (first / "result.json").read_bytes() == before and "*front" in proc.stdout
+    paths = {k: out / name for k, name in [("csv", "sweep.csv"), ("png", "pareto.png"), ("commands", "commands.sh")]}
+    rows = list(csv.DictReader(paths["csv"].open()))
+    assert [r["id"] for r in rows] == [p["id"] for p in points]
+    assert any(r["pareto"] == "True" for r in rows)
+    from PIL import Image
+
+    with Image.open(paths["png"]) as image:
+        assert image.format == "PNG" and image.size[0] > 300
+    commands = [ln for ln in paths["commands"].read_text().splitlines() if ln.startswith("edgeseg ")]
+    assert len(commands) == 6
+    train_args = shlex.split(commands[0])
+    ctx = train_command.make_context("train", train_args[2:])  # every flag is one `edgeseg train` takes
+    assert ctx.params["model"] == "unet" and ctx.params["epochs"] == 3 and ctx.params["no_augment"]
+
+
+def test_pareto_front_by_brute_force():
+    from edgeseg.sweep.report import pareto_front
+
+    pts = [{"id": "a", "latency_ms_p50": 10, "dice_int8": 0.90}, {"id": "b", "latency_ms_p50": 5, "dice_int8": 0.80},
+           {"id": "c", "latency_ms_p50": 12, "dice_int8": 0.85}, {"id": "d", "latency_ms_p50": 5, "dice_int8": 0.80},
+           {"id": "e", "latency_ms_p50": 6, "dice_int8": 0.79}]
+    # c is slower and worse than a; e is slower and worse than b; b and d tie and both stay.
+    assert pareto_front(pts) == {"a", "b", "d"}
+
+
+@pytest.mark.parametrize("edit, fragment", [
+    (("epochs = 3", "epochs = 3\nepoch = 4"), "unknown key 'epoch' in [recipe]"),
+    (('"mobile_unet"]', '"segformer"]'), "unknown architecture(s) ['segformer']"),
+    (("[measure]", "[measur]"), "unknown section(s) ['measur']"),
+    (("size = [64]", "size = [66]"), "size 66 is not divisible by 2**depth = 4"),
+    (("lr = 0.01", 'lr = "fast"'), "[recipe] lr must be a float"),
+])
+def test_bad_sweep_file_is_one_line_error_and_writes_nothing(tmp_path, edit, fragment, assert_one_line_error):
+    (tmp_path / "sweep.toml").write_text(SWEEP.replace(*edit))
+    proc = subprocess.run([sys.executable, "-m", "edgeseg.cli", "sweep", str(tmp_path / "sweep.toml"), "--out",
+                           str(tmp_path / "out")], capture_output=True, text=True)
+    assert_one_line_error(proc, fragment)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_folder_of_another_sweep_is_refused(tmp_path):
+    from edgeseg.errors import DataError
+    from edgeseg.sweep.config import load_sweep
+    from edgeseg.sweep.run import check_sweep_folder
+
+    (tmp_path / "a.toml").write_text(SWEEP)
+    (tmp_path / "b.toml").write_text(SWEEP.replace("epochs = 3", "epochs = 4"))
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "sweep.json").write_text(json.dumps({"config": load_sweep(tmp_path / "a.toml").to_dict(), "points": []}))
+    check_sweep_folder(load_sweep(tmp_path / "a.toml"), out)
+    with pytest.raises(DataError, match="holds a different sweep"):
+        check_sweep_folder(load_sweep(tmp_path / "b.toml"), out)
