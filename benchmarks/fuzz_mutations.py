@@ -164,6 +164,8 @@ def png_field(data: bytes, rng: random.Random) -> bytes:
         if kind != b"IHDR" or length != 13:
             continue
         ihdr = bytearray(data[at + 8:at + 21])
+        if len(ihdr) < 13:  # the chunk was cut by an earlier mutation
+            return data
         field = rng.randrange(4)
         if field < 2:
             ihdr[4 * field:4 * field + 4] = rng.choice((0, 1, 20000, 13000, 4097, 65535, 2**31 - 1, 2**32 - 1)).to_bytes(4, "big")
