@@ -87,7 +87,7 @@ def _declared_count(entry: dict) -> int:
 
 def _dtype(entry: dict, name: str) -> np.dtype:
     datatype = entry.get("datatype")
-    if datatype not in DATATYPES:
+    if not isinstance(datatype, str) or datatype not in DATATYPES:
         raise ProtocolError(f"input {name!r}: datatype {datatype!r} is not one of {sorted(DATATYPES)}")
     return np.dtype(DATATYPES[datatype]).newbyteorder("<")
 
@@ -139,6 +139,8 @@ def decode_request(body: bytes, header_length: str | None) -> InferRequest:
         if not isinstance(wanted, list) or not all(isinstance(o, dict) and isinstance(o.get("name"), str) for o in wanted):
             raise ProtocolError("'outputs' must be a list of objects with a 'name'")
         names = [o["name"] for o in wanted]
+        if not all(isinstance(o.get("parameters") or {}, dict) for o in wanted):
+            raise ProtocolError("an output's 'parameters' must be an object")
         binary = {o["name"] for o in wanted if (o.get("parameters") or {}).get("binary_data")}
     params = doc.get("parameters") or {}
     binary_all = bool(params.get("binary_data_output")) if isinstance(params, dict) else False

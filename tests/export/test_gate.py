@@ -54,7 +54,7 @@ def test_a_runner_that_fails_the_gate_is_excluded_from_auto_for_that_artifact(ch
     rows = {r["run_on"]: r["passed"] for r in result["parity"]["results"]}
     assert rows == {"onnxruntime-cpu": True, "openvino-cpu": False}
     assert "excluded from auto: openvino on model.onnx" in shown[0]
-    assert "openvino (" in describe_bundle(str(tmp_path / "b"))
+    assert "openvino (" in describe_bundle(str(tmp_path / "b"))[0]
     monkeypatch.setenv("EDGESEG_CACHE_DIR", str(tmp_path / "cache"))
     with Segmenter.load(tmp_path / "b") as seg:
         assert seg.backend == "onnxruntime:fp32"

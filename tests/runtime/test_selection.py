@@ -49,7 +49,7 @@ def test_inspect_shows_why_auto_skips_a_runner(bundle_copy):
     from edgeseg.cli.inspect import describe_bundle
 
     _exclude(bundle_copy, "model.onnx", "openvino", "3 mask pixels differ from FP32")
-    row = next(line for line in describe_bundle(str(bundle_copy)).splitlines() if line.startswith("onnx-fp32"))
+    row = next(line for line in describe_bundle(str(bundle_copy))[0].splitlines() if line.startswith("onnx-fp32"))
     assert "openvino (3 mask pixels differ from FP32)" in row
 
 

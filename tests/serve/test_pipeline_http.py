@@ -147,6 +147,23 @@ def test_absurd_shapes_are_400(server, shape, model):
     assert status == 400 and "binary bytes" in json.loads(data)["error"]
 
 
+@pytest.mark.parametrize("field,value,fragment", [
+    ("datatype", ["FP32"], "datatype"), ("datatype", {"a": 1}, "datatype"),
+    ("output-parameters", ["binary_data"], "parameters"), ("output-parameters", "yes", "parameters"),
+    ("shape", [2 ** 64, 1], "shape"),
+])
+def test_malformed_fields_found_by_fuzzing_are_400(server, field, value, fragment):
+    entry = {"name": "image", "shape": [1, 1, 64, 64], "datatype": "FP32", "data": [0.0] * 4096}
+    doc = {"inputs": [entry]}
+    if field == "output-parameters":
+        doc["outputs"] = [{"name": "logits", "parameters": value}]
+    else:
+        entry[field] = value
+    status, _, data = _request(server.url, "POST", "/v2/models/edgeseg/infer", json.dumps(doc).encode())
+    assert status == 400, data
+    assert fragment in json.loads(data)["error"]
+
+
 def test_pipeline_limits_are_400(server_factory):
     small = server_factory(max_batch=2, max_side=40)
     cases = [(_phantom_hu(3, 32, 32), "INT16", "holds 1..2 slices"),
