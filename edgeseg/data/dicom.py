@@ -24,6 +24,7 @@ nio = require("nibabel.orientations", "io", "reading DICOM series")
 pydicom = require("pydicom", "io", "reading DICOM series")
 from pydicom.errors import InvalidDicomError  # noqa: E402  (pydicom is known present here)
 
+from edgeseg.data.dicom_values import PIXEL_DATA_TAG, decode_elements, dicom_numbers, one_line
 from edgeseg.data.nifti import spacing_from_affine, to_lps_layout
 from edgeseg.data.volume import Volume
 from edgeseg.limits import check_dims, check_volume
@@ -42,7 +43,6 @@ DUPLICATE_POSITION_MM = 1e-3
 UNIFORM_GAP_TOLERANCE = 0.05
 
 _DEFER_BYTES = 64 * 1024
-_PIXEL_DATA_TAG = 0x7FE00010
 _LPS = nio.axcodes2ornt(("L", "P", "S"))
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
@@ -87,60 +87,13 @@ class DicomSeriesInfo:
         return [pydicom.dcmread(path, stop_before_pixels=True) for path in self.files]
 
 
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())
-
-
-def dicom_numbers(dataset: pydicom.Dataset, field: str, path: Path, count: int | None = None,
-                  default: tuple[float, ...] | None = None) -> tuple[float, ...]:
-    """The finite numbers of a numeric DICOM field (DS, IS, US, ...), or DataError naming file and field.
-
-    A missing field gives ``default`` (an error when None); an empty, non-numeric or
-    non-finite value, or one with other than ``count`` numbers, is refused rather than guessed.
-    """
-    if field not in dataset:
-        if default is None:
-            raise DataError(f"DICOM file {path} lacks {field}")
-        return default
-    try:
-        raw = dataset[field].value
-        values = list(raw) if isinstance(raw, (list, tuple, pydicom.multival.MultiValue)) else [raw]
-        numbers = tuple(float(v) for v in values if v is not None and str(v).strip() != "")
-    except MemoryError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - pydicom raises many types converting a corrupt value
-        raise DataError(f"DICOM file {path}: field {field} is not a number ({_one_line(exc)})") from None
-    if not numbers:
-        raise DataError(f"DICOM file {path}: field {field} is empty")
-    if count is not None and len(numbers) != count:
-        raise DataError(f"DICOM file {path}: field {field} has {len(numbers)} values, expected {count}")
-    if not all(np.isfinite(numbers)):
-        raise DataError(f"DICOM file {path}: field {field} is {list(numbers)}, not finite")
-    return numbers
-
-
-def _decode_elements(dataset: pydicom.Dataset) -> None:
-    """Convert every element but the (deferred) pixel data now: pydicom decodes values lazily,
-    so a corrupt one would otherwise raise (NotImplementedError, ValueError, ...) wherever it is
-    first read."""
-    meta = getattr(dataset, "file_meta", None)
-    for part in (meta, dataset) if meta is not None else (dataset,):
-        for tag in list(part.keys()):
-            if tag == _PIXEL_DATA_TAG:
-                continue
-            element = part[tag]
-            if element.VR == "SQ":
-                for item in element.value:
-                    _decode_elements(item)
-
-
 def _read_file(path: Path) -> pydicom.Dataset | None:
     """Read one file; None when it is clearly not a DICOM image (text, DICOMDIR, SR, ...)."""
     try:
         # Pixel data is deferred (read from the file on first use): a series is scanned whole
         # before one is chosen, and holding every slice's bytes twice would double memory.
         dataset = pydicom.dcmread(path, defer_size=_DEFER_BYTES)
-        _decode_elements(dataset)
+        decode_elements(dataset)
     except InvalidDicomError:
         # No "DICM" preamble: old ACR-NEMA style files still exist, so look inside before
         # deciding; a file is taken only when it has what a slice needs.
@@ -153,11 +106,11 @@ def _read_file(path: Path) -> pydicom.Dataset | None:
         if "SOPInstanceUID" not in dataset or "PixelData" not in dataset:
             return None
         try:
-            _decode_elements(dataset)
+            decode_elements(dataset)
         except Exception as exc:  # noqa: BLE001 - as below
-            raise DataError(f"cannot read DICOM file {path}: {_one_line(exc)}") from None
+            raise DataError(f"cannot read DICOM file {path}: {one_line(exc)}") from None
     except Exception as exc:  # noqa: BLE001 - with a DICM preamble, any parse failure is corruption
-        raise DataError(f"cannot read DICOM file {path}: {_one_line(exc)}") from exc
+        raise DataError(f"cannot read DICOM file {path}: {one_line(exc)}") from exc
     media_class = getattr(getattr(dataset, "file_meta", None), "MediaStorageSOPClassUID", None)
     if media_class == DICOMDIR_SOP_CLASS or "DirectoryRecordSequence" in dataset:
         return None
@@ -295,7 +248,7 @@ def _stack_hu(members: list[tuple[Path, pydicom.Dataset]]) -> np.ndarray:
         except MemoryError:
             raise
         except Exception as exc:  # noqa: BLE001 - decoders raise many types for bad data
-            raise DataError(f"cannot decode pixel data of {path} (truncated?): {_one_line(exc)}") from None
+            raise DataError(f"cannot decode pixel data of {path} (truncated?): {one_line(exc)}") from None
         if pixels.shape != (rows, columns) or pixels.dtype.kind not in "biuf":
             raise DataError(f"{path}: pixel data decodes to {pixels.dtype} {list(pixels.shape)}, expected one "
                             f"{rows}x{columns} grey-level slice (SamplesPerPixel, BitsAllocated?)")

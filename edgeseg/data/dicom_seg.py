@@ -19,7 +19,8 @@ from edgeseg.errors import DataError, require
 pydicom = require("pydicom", "io", "reading DICOM SEG files")
 from pydicom.filereader import read_file_meta_info  # noqa: E402
 
-from edgeseg.data.dicom import SEGMENTATION_SOP_CLASS, DicomSeriesInfo, dicom_numbers, looks_like_dicom
+from edgeseg.data.dicom import SEGMENTATION_SOP_CLASS, DicomSeriesInfo, looks_like_dicom
+from edgeseg.data.dicom_values import dicom_numbers, one_line
 from edgeseg.data.volume import Volume
 from edgeseg.limits import check_dims, check_volume
 
@@ -28,10 +29,6 @@ from edgeseg.limits import check_dims, check_volume
 POSITION_TOLERANCE_MM = 1e-2
 # Direction cosines and pixel spacings written by two tools agree to about 1e-6.
 ORIENTATION_TOLERANCE = 1e-4
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())
 
 
 def is_seg_file(path: str | os.PathLike) -> bool:
@@ -57,7 +54,7 @@ def seg_referenced_series(path: str | os.PathLike) -> tuple[str, ...]:
     try:
         header = pydicom.dcmread(path, stop_before_pixels=True)
     except Exception as exc:  # noqa: BLE001 - pydicom raises many types for corrupt headers
-        raise DataError(f"cannot read DICOM SEG {path}: {_one_line(exc)}") from exc
+        raise DataError(f"cannot read DICOM SEG {path}: {one_line(exc)}") from exc
     return _referenced_series(header)
 
 
@@ -145,7 +142,7 @@ def _check_seg_size(path: Path) -> None:
     try:
         header = pydicom.dcmread(path, stop_before_pixels=True)
     except Exception as exc:  # noqa: BLE001 - pydicom raises many types for corrupt headers
-        raise DataError(f"cannot read DICOM SEG {path}: {_one_line(exc)}") from None
+        raise DataError(f"cannot read DICOM SEG {path}: {one_line(exc)}") from None
     rows, columns, frames = (int(dicom_numbers(header, field, path, 1)[0])
                              for field in ("Rows", "Columns", "NumberOfFrames"))
     check_dims((frames, rows, columns), f"DICOM SEG {path}", "fields NumberOfFrames, Rows, Columns")
@@ -169,7 +166,7 @@ def read_seg_label_map(path: str | os.PathLike, volume: Volume, refs: DicomSerie
     try:
         seg = hd.seg.segread(path)
     except Exception as exc:  # noqa: BLE001 - highdicom and pydicom raise many types for bad files
-        raise DataError(f"cannot read DICOM SEG {path}: {_one_line(exc)}") from exc
+        raise DataError(f"cannot read DICOM SEG {path}: {one_line(exc)}") from exc
     headers = refs.load_datasets()
     _check_references(path, seg, volume, refs, headers[0])
     _check_frame_geometry(path, seg, dict(zip(refs.sop_instance_uids, zip(refs.files, headers))))
@@ -188,7 +185,7 @@ def read_seg_label_map(path: str | os.PathLike, volume: Volume, refs: DicomSerie
     except MemoryError:
         raise
     except Exception as exc:  # noqa: BLE001 - highdicom raises many types for a malformed SEG
-        raise DataError(f"cannot map SEG {path} onto {volume.case_id}: {_one_line(exc)}") from None
+        raise DataError(f"cannot map SEG {path} onto {volume.case_id}: {one_line(exc)}") from None
     label = refs.from_source_layout(stack)
     if label.shape != volume.hu.shape:
         raise DataError(f"SEG {path} maps to shape {label.shape} but {volume.case_id} has shape "
