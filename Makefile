@@ -58,7 +58,7 @@ test-c:
 
 # libedgeseg (the C API) with headers, pkg-config and CMake package files in build/sdk/; the
 # tests in tests/capi build their own copy (and an ASan/UBSan one) the same way.
-sdk:
+sdk: $(STAMP)
 	$(MAKE) -C csrc/sdk PY=$(abspath $(PY))
 
 # address + undefined-behaviour sanitizers over the C test and the Python parity suite.

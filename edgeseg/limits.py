@@ -81,6 +81,7 @@ def check_dims(shape, source: object, field: str) -> tuple[int, ...]:
 def check_slice(rows: int, columns: int, source: object) -> None:
     """Refuse a slice of more than the pixel limit, naming ``source`` and how to raise it."""
     limit = current_limits().max_pixels
+    check_dims((rows, columns), source, "slice size")
     pixels = int(rows) * int(columns)
     if pixels > limit:
         raise DataError(f"{source}: a slice of {int(rows)}x{int(columns)} = {pixels} pixels is over the limit of "
@@ -92,7 +93,7 @@ def check_volume(shape, source: object) -> None:
 
     ``shape`` is (slices, rows, columns) or any shape whose last two axes are one slice.
     """
-    dims = tuple(int(n) for n in shape)
+    dims = check_dims(shape, source, "shape")
     if len(dims) >= 2:
         check_slice(dims[-2], dims[-1], source)
     limits = current_limits()

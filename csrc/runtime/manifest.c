@@ -163,7 +163,7 @@ static int parse_tensor(const cJSON *list, const char *what, long long shape[4],
 }
 
 static int check_artifact(const cJSON *a, const char *dir, es_error *err) {
-    static const char *const formats[] = {"torchscript", "onnx", "tensorrt", "openvino", NULL};
+    static const char *const formats[] = {"torchscript", "onnx", "tensorrt", NULL}; /* what the runners load */
     static const char *const precisions[] = {"fp32", "fp16", "int8", NULL};
     static const char *const needed[] = {"file", "format", "precision", "sha256", "bytes", NULL};
     for (const char *const *key = needed; *key; key++)
@@ -281,7 +281,7 @@ int es_bundle_read(const char *dir, const char *precision, es_bundle *b, es_erro
     int rc = text ? ES_OK : err ? err->code : ES_EBUNDLE;
     if (text) {
         const char *end = text; /* ParseWithOpts reports where parsing stopped without a global */
-        cJSON *root = cJSON_ParseWithOpts(text, &end, 0);
+        cJSON *root = cJSON_ParseWithOpts(text, &end, 1); /* 1: trailing bytes are an error, as in Python */
         rc = root ? parse_manifest(root, precision, b, path, dir, err)
                   : es_fail(err, ES_EBUNDLE, "%s: not readable JSON (error near byte %ld)", path, (long)(end - text));
         cJSON_Delete(root);

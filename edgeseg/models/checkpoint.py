@@ -69,8 +69,11 @@ def _load_checkpoint_payload(path: Path) -> Any:
     """``torch.load`` with weights only; anything that is not a torch file raises
     CheckpointError "not an edgeseg checkpoint (why)", in one full sentence and without
     torch's advice to load untrusted files with ``weights_only=False``."""
-    with open(path, "rb") as handle:
-        magic = handle.read(4)
+    try:
+        with open(path, "rb") as handle:
+            magic = handle.read(4)
+    except OSError as exc:
+        raise CheckpointError(f"cannot read checkpoint {path}: {exc.strerror or exc}") from None
     # torch.save writes a zip archive (PK..); files of torch < 1.6 start with a pickle opcode.
     if not magic:
         raise CheckpointError(f"{path} is not an edgeseg checkpoint (the file is empty)")

@@ -270,6 +270,8 @@ def read_manifest(bundle: str | Path) -> Manifest:
         raise BundleError(f"bundle {folder} has no {MANIFEST_NAME}")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
+    except RecursionError:  # '[[[[...' nests deeper than the parser recurses
+        raise BundleError(f"{path} is not a readable manifest: JSON nested too deeply") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BundleError(f"{path}: not readable JSON ({exc})") from None
     return Manifest.from_dict(data)

@@ -94,7 +94,9 @@ def _check_fp32_hu(stack: np.ndarray, spec, network_name: str) -> None:
                               f"(HU lie within {HU_LIMITS[0]:g}..{HU_LIMITS[1]:g})")
     low, high = normalised_range(spec)
     margin = PIPELINE_RANGE_MARGIN * (high - low)
-    if low - margin <= got_low and got_high <= high + margin:
+    # A constant slice (blank, or water at 0 HU) is valid CT whatever its value: only a real
+    # spread inside the normalised range says the client sent the pre-processed tensor.
+    if got_low < got_high and low - margin <= got_low and got_high <= high + margin:
         raise ModelInputError(
             f"input 'hu' values span {got_low:g}..{got_high:g}, the range of the pre-processed tensor "
             f"({low:g}..{high:g}), not HU (air is about -1000): send CT values here, or the pre-processed "

@@ -56,6 +56,8 @@ def _json_part(body: bytes, header_length: str | None) -> tuple[dict, bytes]:
         doc = json.loads(text)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ProtocolError(f"request body is not valid JSON: {exc}") from None
+    except RecursionError:  # '[[[[...' nests deeper than the parser recurses
+        raise ProtocolError("request body is not valid JSON: nested too deeply") from None
     if not isinstance(doc, dict):
         raise ProtocolError("request body must be a JSON object")
     return doc, tail

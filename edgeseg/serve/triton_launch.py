@@ -73,7 +73,7 @@ class TritonServer:
         """Launch the server and wait until every model is ready; DataError with the log's tail otherwise."""
         binary, libs, stub = triton_binary()
         backends = self._tmp / "backends" / "python"
-        shutil.copytree(binary.parents[1] / "backends" / "python", backends)
+        shutil.copytree(binary.parents[1] / "backends" / "python", backends, dirs_exist_ok=True)
         shutil.copy2(stub, backends / stub.name)
         env = dict(os.environ, LD_LIBRARY_PATH=os.pathsep.join(filter(None, [str(libs), os.environ.get("LD_LIBRARY_PATH")])),
                    PYTHONPATH=os.pathsep.join(p for p in sys.path if p and Path(p).is_dir()))

@@ -92,6 +92,8 @@ def _grid(doc: dict, where: str) -> list[Point]:
     missing = [k for k in GRID_KEYS if not grid.get(k)]
     if missing:
         raise DataError(f"{where}: [grid] needs non-empty lists for {missing}")
+    if not all(isinstance(m, str) for m in grid["model"]):
+        raise DataError(f"{where}: [grid] model must list architecture names, got {grid['model']!r}")
     unknown = [m for m in grid["model"] if m not in MODELS]
     if unknown:
         raise DataError(f"{where}: unknown architecture(s) {unknown} in [grid] model; available: {sorted(MODELS)}")

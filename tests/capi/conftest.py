@@ -28,6 +28,8 @@ def _need_tools() -> None:
     for tool in ("make", "cc", "c++", "pkg-config"):
         if shutil.which(tool) is None:
             pytest.skip(f"{tool} is not installed")
+    if subprocess.run(["pkg-config", "--exists", "libcrypto"]).returncode != 0:
+        pytest.skip("OpenSSL's libcrypto headers are not installed (libssl-dev); libedgeseg hashes artifacts with it")
 
 
 def build_sdk(out: Path, *, asan: bool = False) -> Path:

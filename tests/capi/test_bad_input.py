@@ -102,6 +102,18 @@ def test_manifest_not_json(bundle, tmp_path, run_checks):
     assert code == ES_EBUNDLE and "not readable JSON" in message
 
 
+def test_manifest_with_trailing_bytes_is_refused_as_python_refuses_it(bundle, tmp_path, run_checks):
+    from edgeseg.errors import BundleError
+    from edgeseg.runtime.manifest import read_manifest
+
+    copy = shutil.copytree(bundle, tmp_path / "bundle")
+    (copy / "manifest.json").write_text((copy / "manifest.json").read_text() + "\ngarbage")
+    code, message, _ = run_checks("open", copy)
+    assert code == ES_EBUNDLE and "not readable JSON" in message
+    with pytest.raises(BundleError):
+        read_manifest(copy)
+
+
 def test_unknown_precision(bundle, run_checks):
     code, message, _ = run_checks("open", bundle, "int4")
     assert code == ES_EINVAL and "int4" in message

@@ -276,3 +276,23 @@ def test_evaluate_out_that_is_a_file(tmp_path, assert_one_line_error):
     taken.write_text("x")
     proc = edgeseg("evaluate", tmp_path / "none.pt", "--data", "phantom", "--out", taken / "sub", "--quiet")
     assert_one_line_error(proc, "is not a writable folder (it is a file)")
+
+
+def test_checkpoint_that_cannot_be_read_is_a_checkpoint_error(tmp_path):
+    pytest.importorskip("torch")
+    from edgeseg.errors import CheckpointError
+    from edgeseg.models.checkpoint import load_model
+
+    # A regular file whose read fails (even for root): the first page of this process's memory.
+    unreadable = Path("/proc/self/mem")
+    if not unreadable.is_file():
+        pytest.skip("needs Linux's /proc/self/mem")
+    with pytest.raises(CheckpointError, match="cannot read checkpoint /proc/self/mem"):
+        load_model(unreadable)
+
+
+def test_manifest_nested_deeper_than_the_parser_is_one_line(tmp_path, assert_one_line_error):
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    (bundle / "manifest.json").write_text("[" * 200000)
+    assert_one_line_error(edgeseg("inspect", bundle), "JSON nested too deeply")

@@ -43,6 +43,20 @@ def test_onnxruntime_reuses_its_optimised_graph(precision, bundle_dir, batch, tm
     np.testing.assert_array_equal(second, expected)
 
 
+def test_a_damaged_cached_graph_is_dropped_and_the_artifact_loads(bundle_dir, batch, tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    entry = read_manifest(bundle_dir).artifact("onnx", "fp32")
+    plain = ort.InferenceSession(str(bundle_dir / entry.file), providers=["CPUExecutionProvider"])
+    expected = plain.run(None, {plain.get_inputs()[0].name: batch})[0]
+    with Segmenter.load(bundle_dir, backend="onnxruntime:fp32") as seg:
+        seg.infer(batch)
+    [cached] = (tmp_path / "cache" / "onnxruntime").iterdir()
+    cached.write_bytes(cached.read_bytes()[:100])  # a disk that filled up mid-write
+    with Segmenter.load(bundle_dir, backend="onnxruntime:fp32") as seg:
+        np.testing.assert_array_equal(seg.infer(batch), expected)
+    assert not cached.exists() or cached.stat().st_size > 100
+
+
 def test_openvino_keeps_one_blob_folder_per_artifact(bundle_dir, batch, tmp_path):
     pytest.importorskip("openvino")
     logits = []

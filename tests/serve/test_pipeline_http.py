@@ -112,6 +112,9 @@ def test_normalised_tensor_sent_to_the_pipeline_names_the_network(server, local)
         _pipeline(server.url, np.ascontiguousarray(x), "FP32")
     with pytest.raises(InferenceServerException, match="cannot be CT values"):
         _pipeline(server.url, np.full((1, 8, 8), 1e6, np.float32), "FP32")
+    # A constant slice of water (0 HU) lies inside the normalised range but is valid CT.
+    water = np.zeros((1, 16, 16), np.float32)
+    np.testing.assert_array_equal(_pipeline(server.url, water, "FP32"), local.predict_volume(water))
 
 
 @pytest.mark.parametrize("algorithm", ["gzip", "deflate"])
@@ -150,16 +153,17 @@ def test_absurd_shapes_are_400(server, shape, model):
 @pytest.mark.parametrize("field,value,fragment", [
     ("datatype", ["FP32"], "datatype"), ("datatype", {"a": 1}, "datatype"),
     ("output-parameters", ["binary_data"], "parameters"), ("output-parameters", "yes", "parameters"),
-    ("shape", [2 ** 64, 1], "shape"),
+    ("shape", [2 ** 64, 1], "shape"), ("body", "[" * 200000, "nested too deeply"),
 ])
 def test_malformed_fields_found_by_fuzzing_are_400(server, field, value, fragment):
     entry = {"name": "image", "shape": [1, 1, 64, 64], "datatype": "FP32", "data": [0.0] * 4096}
     doc = {"inputs": [entry]}
     if field == "output-parameters":
         doc["outputs"] = [{"name": "logits", "parameters": value}]
-    else:
+    elif field != "body":
         entry[field] = value
-    status, _, data = _request(server.url, "POST", "/v2/models/edgeseg/infer", json.dumps(doc).encode())
+    body = value.encode() if field == "body" else json.dumps(doc).encode()
+    status, _, data = _request(server.url, "POST", "/v2/models/edgeseg/infer", body)
     assert status == 400, data
     assert fragment in json.loads(data)["error"]
 

@@ -111,6 +111,7 @@ def test_pareto_front_by_brute_force():
     (("[measure]", "[measur]"), "unknown section(s) ['measur']"),
     (("size = [64]", "size = [66]"), "size 66 is not divisible by 2**depth = 4"),
     (("lr = 0.01", 'lr = "fast"'), "[recipe] lr must be a float"),
+    (('"mobile_unet"]', '["mobile_unet"]]'), "[grid] model must list architecture names"),
 ])
 def test_bad_sweep_file_is_one_line_error_and_writes_nothing(tmp_path, edit, fragment, assert_one_line_error):
     (tmp_path / "sweep.toml").write_text(SWEEP.replace(*edit))

@@ -55,7 +55,16 @@ class OnnxRuntimeRunner(ArtifactRunner):
         try:
             self._session = ort.InferenceSession(str(model), sess_options=options, providers=wanted)
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
-            raise BackendError(f"onnxruntime could not load {self.path.name}: {str(exc).splitlines()[0]}") from None
+            if model == self.path:
+                raise BackendError(f"onnxruntime could not load {self.path.name}: {str(exc).splitlines()[0]}") from None
+            # A damaged cached graph (a full disk, another user's file) must not stop the bundle:
+            # drop it and optimise the artifact itself again.
+            Path(model).unlink(missing_ok=True)
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            try:
+                self._session = ort.InferenceSession(str(self.path), sess_options=options, providers=wanted)
+            except Exception as exc2:  # noqa: BLE001 - as above
+                raise BackendError(f"onnxruntime could not load {self.path.name}: {str(exc2).splitlines()[0]}") from None
         if save is not None and save[0].is_file():
             os.replace(*save)  # atomic: another process never reads half a file
         self._providers = self._session.get_providers()

@@ -97,12 +97,14 @@ class RemoteRunner(Runner):
             meta = json.loads(body)
             served = [(t["name"], t["datatype"], [int(n) for n in t["shape"]])
                       for t in (meta["inputs"][0], meta["outputs"][0])]
-        except (ValueError, KeyError, IndexError, TypeError):
+        except (ValueError, KeyError, IndexError, TypeError, RecursionError):
             raise BackendError(f"remote {self.device}{self._prefix}: model metadata is not KServe v2 JSON") from None
         for (name, datatype, shape), info in zip(served, (self.input_info, self.output_info)):
             # Triton leaves the batch axis out of the shape when the model batches.
             dims = shape[1:] if len(shape) == len(info.shape) else shape
-            if name != info.name or datatype not in _FLOATS or list(dims) != list(info.shape[1:]):
+            # The request always carries FP32; the logits may come back in any float type.
+            wanted = ("FP32",) if info is self.input_info else tuple(_FLOATS)
+            if name != info.name or datatype not in wanted or list(dims) != list(info.shape[1:]):
                 raise BackendError(f"remote {self.device}{self._prefix} serves {name} {datatype} {shape}; "
                                    f"the bundle needs {info.name} float {list(info.shape)}")
 
@@ -120,7 +122,18 @@ class RemoteRunner(Runner):
         return self._decode(headers, body, batch.shape[0])
 
     def _decode(self, headers: dict[str, str], body: bytes, rows: int) -> np.ndarray:
+        """The logits of a KServe v2 response; BackendError for anything a server should not send."""
+        try:
+            return self._decode_logits(headers, body, rows)
+        except BackendError:
+            raise
+        except (ValueError, KeyError, TypeError, AttributeError, IndexError, RecursionError) as exc:
+            raise BackendError(f"remote {self.device}: malformed response ({' '.join(str(exc).split())[:160]})") from None
+
+    def _decode_logits(self, headers: dict[str, str], body: bytes, rows: int) -> np.ndarray:
         length = int(headers.get(_HEADER_LENGTH.lower(), len(body)))
+        if not 0 <= length <= len(body):
+            raise BackendError(f"remote {self.device}: {_HEADER_LENGTH} {length} is outside the response")
         try:
             doc = json.loads(body[:length])
             [out] = [o for o in doc["outputs"] if o["name"] == self.output_info.name]
@@ -146,5 +159,5 @@ def _server_error(status: int, body: bytes) -> str:
     """The server's error message (KServe v2 puts it in ``{"error": ...}``), or the status."""
     try:
         return f"HTTP {status}: {json.loads(body)['error']}"
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, RecursionError):
         return f"HTTP {status}: {body[:200].decode(errors='replace')}"
