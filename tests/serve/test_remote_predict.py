@@ -90,3 +90,52 @@ def test_bad_remote_address_is_one_line(serve_bundle, tmp_path, backend, fragmen
     done = _edgeseg("predict", serve_bundle, "in.npy", "--out", "out.npy", "--backend", backend, "--quiet", cwd=tmp_path)
     assert_one_line_error(done, fragment)
     assert not (tmp_path / "out.npy").exists()
+
+
+@pytest.mark.parametrize("reply", [
+    b"[" * 100000,                                                          # nested past the parser
+    b'{"outputs": 7}',                                                      # not a list
+    b'{"outputs": [{"name": "logits", "datatype": "FP32", "shape": [1, 2, 64, 64], "parameters": []}]}',
+    b'{"outputs": [{"name": "logits", "datatype": "FP32", "shape": [1, 2, 64, 64], "data": [1, 2]}]}',
+])
+def test_a_malformed_server_response_is_a_backend_error(serve_bundle, reply):
+    """A real HTTP server on 127.0.0.1 that answers the metadata correctly and inference with junk."""
+    import http.server
+    import threading
+
+    from edgeseg.errors import BackendError
+    from edgeseg.runtime.manifest import read_manifest
+    from edgeseg.runtime.runners.remote import RemoteRunner
+
+    manifest = read_manifest(serve_bundle)
+    tensors = [{"name": t.name, "datatype": "FP32", "shape": list(t.shape)} for t in (manifest.inputs[0], manifest.outputs[0])]
+    metadata = json.dumps({"name": "junk", "inputs": tensors[:1], "outputs": tensors[1:]}).encode()
+
+    class Junk(http.server.BaseHTTPRequestHandler):
+        def _send(self, body: bytes) -> None:
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_GET(self):  # noqa: N802 - the http.server protocol
+            self._send(metadata)
+
+        def do_POST(self):  # noqa: N802
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self._send(reply)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Junk)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        with RemoteRunner(f"http://127.0.0.1:{server.server_port}/models/junk", manifest.inputs[0],
+                          manifest.outputs[0], manifest.max_batch) as runner:
+            with pytest.raises(BackendError, match="remote"):
+                runner.infer(np.zeros((1, *manifest.inputs[0].shape[1:]), np.float32))
+    finally:
+        server.shutdown()
+        server.server_close()
