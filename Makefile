@@ -47,7 +47,7 @@ test: build test-layers test-c test-python asan
 
 # pytest exits 5 when it collects nothing; that is not a failure, every other code is.
 test-python: build
-	$(PY) -m pytest -q tests || { rc=$$?; [ $$rc -eq 5 ] && echo "no tests collected" || exit $$rc; }
+	$(PY) -m pytest -q --durations=15 tests || { rc=$$?; [ $$rc -eq 5 ] && echo "no tests collected" || exit $$rc; }
 
 # The import contracts in pyproject.toml: the layers, and no torch on the runtime side.
 test-layers: build

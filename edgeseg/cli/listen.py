@@ -40,7 +40,10 @@ def command(bundle, ae_title, any_ae, allow_calling, host, port, out, forward, i
     def interrupt(signum, frame):  # SIGTERM (a service manager's stop) ends the node as Ctrl-C does
         raise KeyboardInterrupt
 
+    # SIGINT too, explicitly: a process started in the background by a shell inherits SIGINT
+    # ignored, and Python then installs no Ctrl-C handler of its own.
     signal.signal(signal.SIGTERM, interrupt)
+    signal.signal(signal.SIGINT, interrupt)
     node = None
     try:
         node = DicomNode(segmenter, ae_title=ae_title, host=host, port=port, out=out, forward=peer, idle=idle,
