@@ -24,6 +24,7 @@ from edgeseg.errors import EdgesegError, require
 from edgeseg.serve.batcher import QueueFull
 from edgeseg.serve.encoding import BodyError, decode_body
 from edgeseg.serve.metrics import ServerMetrics
+from edgeseg.serve.model_inputs import DEFAULT_MAX_SIDE
 from edgeseg.serve.models import ServedModel, served_models
 from edgeseg.serve.protocol import HEADER_LENGTH, ProtocolError, decode_request, encode_response
 from edgeseg.serve.uploads import segment_upload
@@ -44,7 +45,7 @@ class ServeConfig:
     max_body_bytes: int = 64 << 20
     timeout_s: float = 30.0
     max_delay_s: float = 0.002
-    max_side: int = 4096
+    max_side: int = DEFAULT_MAX_SIDE
 
 
 class HttpError(Exception):

@@ -15,6 +15,9 @@ from edgeseg.errors import DataError
 from edgeseg.runtime.input_checks import HU_LIMITS, checked_hu
 
 PIPELINE_SUFFIX = "-pipeline"
+# The longest slice side the pipeline takes unless the server is told otherwise (edgeseg serve
+# --max-side); the Triton pipeline model uses it as is.
+DEFAULT_MAX_SIDE = 4096
 PIPELINE_DATATYPES = ("INT16", "UINT16", "FP32")
 _DATATYPE = {np.dtype(np.int16): "INT16", np.dtype(np.uint16): "UINT16", np.dtype(np.float32): "FP32"}
 # How far outside the normalised range the network's input may stray, in widths of that range,

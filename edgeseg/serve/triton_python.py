@@ -23,7 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from edgeseg.errors import EdgesegError
-from edgeseg.serve.model_inputs import PIPELINE_SUFFIX, check_network_input, check_pipeline_input
+from edgeseg.serve.model_inputs import (DEFAULT_MAX_SIDE, PIPELINE_SUFFIX, check_network_input,
+                                         check_pipeline_input)
 
 # numpy 2 frees a DLPack capsule only under its original name; the backend renames the capsules
 # it consumes, so numpy reports each one as an unraisable error although nothing leaks (the
@@ -85,7 +86,7 @@ class TritonPythonModel:
         network = self.name.removesuffix(PIPELINE_SUFFIX)
         try:
             hu = _array(pb_utils, request, "hu")
-            stack = check_pipeline_input(hu, self.segmenter, network, self.max_batch, max_side=65535)
+            stack = check_pipeline_input(hu, self.segmenter, network, self.max_batch, max_side=DEFAULT_MAX_SIDE)
             labels = self.segmenter.predict_volume(stack).reshape(hu.shape)
         except EdgesegError as exc:
             return pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc)))
