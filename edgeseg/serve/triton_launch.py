@@ -79,7 +79,9 @@ class TritonServer:
                    PYTHONPATH=os.pathsep.join(p for p in sys.path if p and Path(p).is_dir()))
         cmd = [str(binary), "--model-repository", str(self.repo), "--backend-directory", str(self._tmp / "backends"),
                "--http-address", "127.0.0.1", "--http-port", str(self.port), "--allow-grpc", "false",
-               "--allow-metrics", "false", "--exit-on-error", "true", "--strict-readiness", "true"]
+               "--allow-metrics", "false", "--exit-on-error", "true", "--strict-readiness", "true",
+               # stop within seconds of SIGTERM (the default waits 30 s for in-flight requests)
+               "--exit-timeout-secs", "5"]
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self._tmp)
         deadline = time.monotonic() + self.start_timeout
