@@ -149,13 +149,11 @@ def _wait_ready(port: int, process: subprocess.Popen, timeout: float = 60) -> No
     while True:
         if process.poll() is not None:
             raise DataError(f"edgeseg serve exited: {process.stderr.read().strip().splitlines()[-1:]}")
-        try:
+        with contextlib.suppress(OSError):  # not listening yet: ask again below
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
             conn.request("GET", "/v2/health/ready")
             if conn.getresponse().status == 200:
                 return
-        except OSError:
-            pass
         if time.monotonic() > deadline:
             raise DataError(f"edgeseg serve did not become ready within {timeout:g} s")
         time.sleep(0.1)

@@ -92,10 +92,8 @@ def _reset_hwm() -> bool:
 
 def _hwm_mb() -> float | None:
     """``VmHWM`` (peak resident memory since the last reset) in MiB, or the process peak."""
-    try:
+    with contextlib.suppress(OSError):  # no /proc (not Linux): the process peak below
         for line in _STATUS.read_text().splitlines():
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0 / (1024.0 if sys.platform == "darwin" else 1.0)
