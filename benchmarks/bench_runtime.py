@@ -11,6 +11,7 @@ instead (e.g. ``runs/demo/bundle``). Compare within one run:
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -30,21 +31,10 @@ def bundle(tmp_path_factory) -> Path:
     if os.environ.get("EDGESEG_BENCH_BUNDLE"):
         return Path(os.environ["EDGESEG_BENCH_BUNDLE"])
     pytest.importorskip("torch")
-    from edgeseg.export.pipeline import export_bundle
-    from edgeseg.export.profiles import ExportSettings
-    from edgeseg.models import ModelConfig, build_model
-    from edgeseg.models.checkpoint import save_checkpoint
-    from edgeseg.spec import PreprocessSpec
+    sys.path.insert(0, str(Path(__file__).parent))
+    from random_bundle import random_bundle
 
-    root = tmp_path_factory.mktemp("bench")
-    config = ModelConfig(num_classes=2, base=32, depth=4)
-    save_checkpoint(root / "model.pt", build_model(config).eval(), config,
-                    PreprocessSpec(window=(-200.0, 300.0), size=(256, 256)), ["background", "liver"])
-    settings = ExportSettings(formats=("onnx",), int8=True, calib_slices=16, max_batch=8,
-                              max_dice_drop={"fp32": 0.0, "fp16": 1.0, "int8": 1.0})
-    export_bundle(root / "model.pt", root / "bundle", settings, calib="phantom:cases=2,size=256,slices=8",
-                  verify_data="phantom:cases=1,size=256,slices=8,seed=3", progress=False, echo=lambda text: None)
-    return root / "bundle"
+    return random_bundle(tmp_path_factory.mktemp("bench") / "bundle", base=32, depth=4, size=256, int8=True)
 
 
 @pytest.mark.parametrize("batch", [1, 8])
