@@ -105,16 +105,27 @@ def exported_bundle(request) -> Path:
     cached in pytest's cache folder under the sha256 of its sources; read-only by convention
     (tests that damage a bundle copy it first)."""
     pytest.importorskip("torch")
+    from filelock import FileLock
+
     root = Path(request.config.cache.mkdir("edgeseg-test-bundle"))
     key = bundle_key()
     bundle = root / key / "bundle"
-    if not (bundle / "manifest.json").is_file():
-        for stale in root.iterdir():
-            shutil.rmtree(stale, ignore_errors=True)
-        staging = root / f"{key}.partial"
-        _export_test_bundle(staging)
-        os.replace(staging, root / key)
+    # Parallel test workers share the cache: one builds, the others wait for it and reuse it.
+    with FileLock(str(root.parent / "edgeseg-test-bundle.lock")):
+        if not (bundle / "manifest.json").is_file():
+            for stale in root.iterdir():
+                shutil.rmtree(stale, ignore_errors=True)
+            staging = root / f"{key}.partial"
+            _export_test_bundle(staging)
+            os.replace(staging, root / key)
     return bundle
+
+
+@pytest.fixture(scope="session")
+def trained_checkpoint(exported_bundle) -> Path:
+    """The checkpoint the test bundle was exported from (``edgeseg train`` of the tiny U-Net,
+    validation split and training data recorded in it); read-only like the bundle."""
+    return exported_bundle.parent / "train" / "best.pt"
 
 
 @pytest.fixture

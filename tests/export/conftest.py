@@ -5,20 +5,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-TRAIN_DATA = "phantom:cases=4,size=64,slices=16"
 CALIB_DATA = "phantom:cases=3,size=64,slices=16,seed=5"
 
 
 @pytest.fixture(scope="session")
-def checkpoint(tmp_path_factory) -> Path:
-    from edgeseg.train.config import TrainConfig
-    from edgeseg.train.loop import train
-
-    out = tmp_path_factory.mktemp("train")
-    cfg = TrainConfig(data=TRAIN_DATA, out=str(out), size=64, base=8, depth=2, epochs=10, batch_size=4, lr=5e-3,
-                      augment=False, seed=0)
-    train(cfg, progress=False)
-    return out / "best.pt"
+def checkpoint(trained_checkpoint) -> Path:
+    """The suite's trained test checkpoint (tests/conftest.py): exporting it is what these tests
+    check, so they share it instead of training one of their own."""
+    return trained_checkpoint
 
 
 @pytest.fixture(scope="session")
