@@ -45,7 +45,7 @@ def _lesions(rng, U, V, w, lung_centre, lung_radii, count: int) -> list[np.ndarr
         centre = (lung_centre[0] + reach * lung_radii[0] * np.cos(angle),
                   lung_centre[1] + reach * lung_radii[1] * np.sin(angle))
         extent = _z_profile(w, rng.uniform(*LESION_Z_RANGE), rng.uniform(0.06, LESION_MAX_HALF_HEIGHT))
-        radii = (rng.uniform(0.03, 0.11), rng.uniform(0.03, 0.11))
+        radii = (rng.uniform(0.04, 0.13), rng.uniform(0.04, 0.13))
         blobs.append(_ellipse(U, V, centre, radii, extent, angle=rng.uniform(0, np.pi)))
     return blobs
 

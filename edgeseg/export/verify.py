@@ -127,6 +127,8 @@ def compare_logits(reference: np.ndarray, logits: np.ndarray, truth: np.ndarray 
     row = {"max_abs": float(diff.max()) if finite else float("inf"), "p99_abs": float(np.percentile(diff, 99)), "mask_dice": agreement,
            "dice_drop": 1.0 - agreement, "limit": limit, "changed_pixels": int(changed.sum()),
            "class_dice": {names[c]: a for c, a in per_class.items()},
+           "class_changed_decided_pixels": {names[c]: int((changed & decided & ((ref_mask == c) | (mask == c))).sum())
+                                            for c in range(1, num_classes)},
            "worst_class": None if worst is None else names[worst],
            "changed_decided_pixels": int((changed & decided).sum()), "finite": finite,
            "dice_gt": None if truth is None else mean_class_dice(mask, truth, num_classes),
@@ -187,6 +189,9 @@ def failures(report: dict) -> list[str]:
             why = "non-finite logits (overflow)"
         elif r["precision"] == "fp32":
             why = f"{r['changed_decided_pixels']} mask pixels differ from FP32"
+            per_class = r.get("class_changed_decided_pixels") or {}
+            if len(per_class) > 1:  # a changed pixel counts for the class it left and the one it joined
+                why += " (" + ", ".join(f"{name} {n}" for name, n in per_class.items()) + ")"
         else:
             why = f"dice drop {r['dice_drop']:.4f} > {r['limit']}"
             classes = r.get("class_dice") or {}

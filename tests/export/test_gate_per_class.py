@@ -101,3 +101,39 @@ def test_gate_slices_and_calibration_slices_hold_each_class():
     calib = load_calibration(CHEST, SPEC, 8, PAYLOAD["label_values"])
     assert calib.summary["with_class"]["1"] >= 2 and calib.summary["with_class"]["2"] >= 2
     assert calib.summary["without_target"] >= 2
+
+
+def _damage_consolidation(logits: np.ndarray) -> np.ndarray:
+    """Consolidation's logit raised above background on a fixed pattern of background pixels:
+    only channel 2 changes, and no pixel moves to or from GGO."""
+    out = logits.copy()
+    rows, cols = np.indices(logits.shape[2:])
+    hit = (logits.argmax(axis=1) == 0) & ((rows + cols) % 5 == 0)
+    out[:, 2] = np.where(hit, logits[:, 0] + 1.0, logits[:, 2])
+    return out
+
+
+def test_export_of_an_artifact_with_damaged_consolidation_logits_fails_naming_that_class(tmp_path, monkeypatch):
+    torch = pytest.importorskip("torch")
+    from edgeseg.export.pipeline import export_bundle
+    from edgeseg.export.profiles import ExportSettings
+    from edgeseg.export.verify import ParityError
+    from edgeseg.models import ModelConfig, build_model
+    from edgeseg.models.checkpoint import save_checkpoint
+    from edgeseg.runtime.runners.onnxruntime import OnnxRuntimeRunner
+    from edgeseg.runtime.runners.openvino import OpenVinoRunner
+
+    torch.manual_seed(0)
+    config = ModelConfig(num_classes=3, base=4, depth=2)
+    save_checkpoint(tmp_path / "m.pt", build_model(config).eval(), config,
+                    PreprocessSpec(window=(-1000.0, 200.0), size=(32, 32)), NAMES, epoch=0)
+    for runner in (OnnxRuntimeRunner, OpenVinoRunner):
+        honest = runner._infer
+        monkeypatch.setattr(runner, "_infer", lambda self, batch, honest=honest: _damage_consolidation(honest(self, batch)))
+    shown = []
+    with pytest.raises(ParityError, match=r"onnx-fp32 on onnxruntime-cpu: \d+ mask pixels differ from FP32 "
+                                          r"\(ggo 0, consolidation [1-9]\d*\)"):
+        export_bundle(tmp_path / "m.pt", tmp_path / "bundle", ExportSettings(formats=("onnx",), max_batch=4, verify_slices=16),
+                      verify_data="chest-phantom:cases=2,size=32,slices=8", progress=False, echo=shown.append)
+    assert not (tmp_path / "bundle").exists()
+    assert "NO" in shown[0]
