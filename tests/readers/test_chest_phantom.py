@@ -10,7 +10,8 @@ from click.testing import CliRunner
 from scipy import ndimage
 
 from edgeseg.data import open_dataset, read_nifti_dataset, write_phantom_dataset
-from edgeseg.data.chest_phantom import CHEST_LABELS, CONSOLIDATION_HU, GGO_HU, synth_chest_phantom
+from edgeseg.data import CHEST_LABELS, synth_chest_phantom
+from edgeseg.data.chest_phantom import CONSOLIDATION_HU, GGO_HU
 
 GGO, CONSOLIDATION = CHEST_LABELS["ggo"], CHEST_LABELS["consolidation"]
 CASES = [f"case_{k:03d}" for k in range(6)]
