@@ -4,10 +4,10 @@ For each artifact (and, for FP16, also the model run in real float16, see
 :mod:`edgeseg.export.fp16`) the gate reports the max and 99th-percentile absolute logit
 difference, the agreement of the argmax masks per foreground class and Dice against ground
 truth where labels exist. A class's agreement is the Dice of the artifact's mask of that class
-against the FP32 model's, pooled over the held-out slices that contain the class (in the ground
-truth or in the FP32 mask; in the FP32 mask alone when the slices are unlabelled), so a rare
-class is judged on its own slices and not drowned in empty ones. ``dice_drop`` is the worst
-class's 1 - agreement, and that class is named (``worst_class``). Limits:
+against the FP32 model's, pooled over the held-out slices, which are drawn so that every class
+is on some of them (:func:`load_verify_set`). ``dice_drop`` is the worst class's
+1 - agreement, and that class is named (``worst_class``): a degraded rare class is not averaged
+away by a large one. Limits:
 FP32 formats must give identical masks, except at pixels where the FP32 model itself is
 undecided (top-two logit margin below ``FP32_MARGIN``, i.e. float rounding decides the
 class); FP16 and INT8 must keep ``dice_drop`` within their threshold and all logits finite.
@@ -88,15 +88,15 @@ def load_verify_set(payload: dict, spec: PreprocessSpec, data: str | None, count
 
 def class_agreement(mask: np.ndarray, ref_mask: np.ndarray, truth: np.ndarray | None,
                     num_classes: int) -> dict[int, float | None]:
-    """For each foreground class: Dice of ``mask == c`` against ``ref_mask == c`` (N, H, W),
-    pooled over the slices where the class is in ``truth`` or ``ref_mask``; None where no
-    slice holds it (the class cannot be judged on these slices)."""
+    """For each foreground class: Dice of ``mask == c`` against ``ref_mask == c`` (N, H, W)
+    pooled over all the held-out slices, so pixels the artifact adds on slices without the
+    class count against it; None where the class is in neither ``truth``, ``ref_mask`` nor
+    ``mask`` (nothing to judge it on)."""
     agreement: dict[int, float | None] = {}
     for c in range(1, int(num_classes)):
-        present = (ref_mask == c).any(axis=(1, 2))
-        if truth is not None:
-            present |= (truth == c).any(axis=(1, 2))
-        agreement[c] = dice(mask[present] == c, ref_mask[present] == c) if present.any() else None
+        artifact, reference = mask == c, ref_mask == c
+        seen = reference.any() or artifact.any() or (truth is not None and bool((truth == c).any()))
+        agreement[c] = dice(artifact, reference) if seen else None
     return agreement
 
 

@@ -45,9 +45,7 @@ def test_damaging_one_class_fails_the_gate_naming_it_while_the_other_passes(trut
     row = compare_logits(reference, damaged, truth, "int8", 0.01, NAMES)
     assert not row["passed"] and row["worst_class"] == "consolidation"
     assert row["class_dice"]["ggo"] == 1.0
-    has_cons = (truth == 2).any(axis=(1, 2))
-    kept = damaged[has_cons].argmax(axis=1) == 2
-    expected = _oracle_dice(kept, truth[has_cons] == 2)
+    expected = _oracle_dice(damaged.argmax(axis=1) == 2, truth == 2)
     assert row["class_dice"]["consolidation"] == pytest.approx(expected, abs=1e-12)
     assert row["dice_drop"] == pytest.approx(1.0 - expected, abs=1e-12) and row["dice_drop"] > 0.1
     [why] = failures({"results": [{**row, "key": "onnx-int8", "run_on": "onnxruntime-cpu", "precision": "int8"}]})
@@ -55,13 +53,13 @@ def test_damaging_one_class_fails_the_gate_naming_it_while_the_other_passes(trut
     assert "ggo 0.0000" in why
 
 
-def test_a_rare_class_is_judged_on_its_own_slices_not_on_empty_ones(truth):
+def test_the_worst_class_is_held_against_the_limit_not_the_mean_of_classes(truth):
     reference = _confident_logits(truth)
     damaged = reference.copy()
     damaged[:, 2] -= 6.0  # every consolidation pixel lost
     row = compare_logits(reference, damaged, truth, "int8", 0.01, NAMES)
     assert row["class_dice"]["consolidation"] == 0.0 and row["dice_drop"] == 1.0
-    # Pooled over all slices and averaged with GGO (the old rule), the loss would read as half.
+    # Averaged with GGO (the old rule), the loss of a whole class would read as a drop of one half.
     from edgeseg.metrics import mean_class_dice
 
     assert mean_class_dice(damaged.argmax(axis=1), truth, 3) == pytest.approx(0.5)
@@ -75,12 +73,28 @@ def test_untouched_logits_pass_and_the_table_names_the_worst_class(truth):
     assert "worst class" in table.splitlines()[0]
 
 
-def test_a_class_absent_from_every_slice_is_reported_unjudged():
+def test_a_class_absent_from_every_slice_is_reported_unjudged_unless_the_artifact_invents_it():
     labels = np.zeros((2, 8, 8), np.uint8)
     labels[0, 2:4, 2:4] = 1
     logits = _confident_logits(labels)
     row = compare_logits(logits, logits, labels, "int8", 0.01, NAMES)
     assert row["class_dice"] == {"ggo": 1.0, "consolidation": None} and row["passed"]
+    invented = logits.copy()
+    invented[1, 2, 5, 5] = 9.0  # one consolidation pixel on a slice with no lesion at all
+    row = compare_logits(logits, invented, labels, "int8", 0.01, NAMES)
+    assert row["class_dice"]["consolidation"] == 0.0 and row["worst_class"] == "consolidation" and not row["passed"]
+
+
+def test_one_class_mask_dice_is_the_pooled_dice_of_before(truth):
+    from edgeseg.metrics import mean_class_dice
+
+    liver = (truth > 0).astype(np.uint8)
+    reference = _confident_logits(liver)[:, :2]
+    rng = np.random.default_rng(3)
+    noisy = reference + rng.normal(0, 1.5, reference.shape).astype(np.float32)
+    row = compare_logits(reference, noisy, liver, "int8", 0.01, ["background", "liver"])
+    assert row["mask_dice"] == mean_class_dice(noisy.argmax(axis=1), reference.argmax(axis=1), 2)
+    assert row["worst_class"] == "liver"
 
 
 def test_stratified_selection_draws_every_class_combination(truth):
