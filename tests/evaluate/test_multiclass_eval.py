@@ -168,3 +168,24 @@ def test_liver_outputs_keep_their_one_class_form(tmp_path):
     lines = _table([case], ["background", "liver"], summary, {"slice_dice_mean": 0.5}).splitlines()
     assert lines[0].split() == ["case", "slices", "liver", "dice", "liver", "iou", "liver", "hd95"]
     assert lines[-1] == "mean per-slice Dice (liver): 0.5000"
+
+
+def test_training_curves_draw_one_validation_curve_per_class_when_there_are_several(tmp_path):
+    import matplotlib.colors
+    import matplotlib.image
+
+    from edgeseg.report.curves import CLASS_CURVE_COLOURS, plot_training_curves
+
+    def history(per_class: dict[str, float]):
+        return [{"epoch": e, "train_loss": 1 / e, "val_loss": 1.2 / e, "val_dice": 0.5, "lr": 1e-3,
+                 **{f"val_dice_{name}": value * e / 8 for name, value in per_class.items()}} for e in range(1, 9)]
+
+    def pixels_of(path, colour) -> int:
+        image = matplotlib.image.imread(path)[..., :3]
+        return int((np.abs(image - np.asarray(matplotlib.colors.to_rgb(colour))).max(axis=-1) < 0.06).sum())
+
+    plot_training_curves(tmp_path / "two.png", history({"ggo": 0.8, "consolidation": 0.4}))
+    plot_training_curves(tmp_path / "one.png", history({"liver": 0.9}))
+    assert pixels_of(tmp_path / "two.png", CLASS_CURVE_COLOURS[0]) > 30
+    assert pixels_of(tmp_path / "two.png", CLASS_CURVE_COLOURS[1]) > 30
+    assert pixels_of(tmp_path / "one.png", CLASS_CURVE_COLOURS[0]) == 0  # one class: the plot as before
