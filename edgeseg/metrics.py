@@ -102,6 +102,24 @@ def per_case_dice(pred_labels, true_labels, case_index, num_classes: int) -> lis
             for c in range(1, int(num_classes))]
 
 
+def mean_slice_dice(pred_labels, true_labels, classes: Sequence[int]) -> float:
+    """Mean over the slices of a (N, H, W) stack of :func:`dice` of the mask "label in
+    ``classes``" (one class, or several merged: ``(1, 2)`` is the binary "any infection" mask).
+
+    A slice where neither map holds the classes counts 1.0, as :func:`dice` defines it; this
+    is the "mean per-slice Dice" lesion-segmentation papers report.
+    """
+    pred_labels, true_labels = np.asarray(pred_labels), np.asarray(true_labels)
+    if pred_labels.shape != true_labels.shape or pred_labels.ndim != 3 or len(pred_labels) == 0:
+        raise DataError(f"mean_slice_dice needs two (N, H, W) stacks of equal shape, N >= 1, got "
+                        f"{pred_labels.shape} and {true_labels.shape}")
+    wanted = np.asarray(list(classes))
+    if wanted.size == 0:
+        raise DataError("mean_slice_dice needs at least one class")
+    pred_masks, true_masks = np.isin(pred_labels, wanted), np.isin(true_labels, wanted)
+    return float(np.mean([dice(p, t) for p, t in zip(pred_masks, true_masks)]))
+
+
 def _crop_to_union(p: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     # Distances only involve surface voxels, which all lie inside the union's bounding box, so
     # the distance transforms can run on that box alone. Erosion is unchanged by the crop:

@@ -22,18 +22,20 @@ def command() -> None:
 @click.option("--size", default=128, show_default=True, type=click.IntRange(min=16),
               help="Rows and columns per slice.")
 @click.option("--slices", default=32, show_default=True, type=click.IntRange(min=1), help="Slices per case.")
+@click.option("--kind", type=click.Choice(["abdomen", "chest"]), default="abdomen", show_default=True,
+              help="abdomen: liver, spine, kidneys; chest: lung infection (ggo=1, consolidation=2).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def synth(out: str, cases: int, seed: int, size: int, slices: int, quiet: bool) -> None:
+def synth(out: str, cases: int, seed: int, size: int, slices: int, kind: str, quiet: bool) -> None:
     """Write a synthetic labelled CT phantom dataset (MSD layout: imagesTr/, labelsTr/)."""
-    from edgeseg.data.phantom import PHANTOM_LABELS, phantom_geometry, write_phantom_dataset
+    from edgeseg.data.phantom import phantom_geometry, phantom_kind, write_phantom_dataset
 
     check_output_folder(out, "--out")
     configure_logging()
     shape, spacing = phantom_geometry(size, slices)
-    folder = write_phantom_dataset(out, cases, seed, shape=shape, spacing=spacing, progress=not quiet)
-    labels = " ".join(f"{name}={value}" for name, value in PHANTOM_LABELS.items())
+    folder = write_phantom_dataset(out, cases, seed, shape=shape, spacing=spacing, progress=not quiet, kind=kind)
+    labels = " ".join(f"{name}={value}" for name, value in phantom_kind(kind)[1].items())
     click.echo(
-        f"wrote {cases} phantom cases of {'x'.join(map(str, shape))} voxels "
+        f"wrote {cases} {'chest ' if kind == 'chest' else ''}phantom cases of {'x'.join(map(str, shape))} voxels "
         f"({spacing[0]:g} x {spacing[1]:g} x {spacing[2]:g} mm, seed {seed}, labels {labels}) to {folder}"
     )
 

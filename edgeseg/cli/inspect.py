@@ -43,7 +43,8 @@ def describe_bundle(bundle: str) -> tuple[str, list[str]]:
                                       "auto skips (failed the gate)"])]
     if manifest.calibration:
         c = manifest.calibration
-        lines += ["", f"INT8 calibration: {c.get('method')}, {c.get('slices')} slices ({c.get('with_target')} with target, "
+        by_class = "".join(f", {manifest.labels.get(int(k), k)} {n}" for k, n in (c.get("with_class") or {}).items())
+        lines += ["", f"INT8 calibration: {c.get('method')}, {c.get('slices')} slices ({c.get('with_target')} with target{by_class}, "
                       f"{c.get('without_target')} without), data {str(c.get('data_hash'))[:12]}, spec {c.get('spec_hash')}"]
     parity_path = Path(bundle) / PARITY_NAME
     if parity_path.is_file():

@@ -12,6 +12,7 @@ _HOMES = {
     "DicomSeriesInfo": "dicom", "read_dicom_series": "dicom", "read_dicom_series_with_refs": "dicom",
     "read_label_file": "labels", "read_nifti": "nifti", "read_nifti_dataset": "nifti", "open_dataset": "open",
     "PHANTOM_LABELS": "phantom", "synth_phantom": "phantom", "write_phantom_dataset": "phantom",
+    "CHEST_LABELS": "chest_phantom", "synth_chest_phantom": "chest_phantom",
     "read_slice_folder": "slices", "read_split": "splits", "split_cases": "splits", "write_split": "splits",
     "Volume": "volume", "SliceSet": "slice_set", "check_window": "slice_set", "map_labels": "slice_set",
     "preprocess_stack": "slice_set",
@@ -31,6 +32,7 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
+    "CHEST_LABELS",
     "PHANTOM_LABELS",
     "DicomSeriesInfo",
     "SliceSet",
@@ -47,6 +49,7 @@ __all__ = [
     "read_slice_folder",
     "read_split",
     "split_cases",
+    "synth_chest_phantom",
     "synth_phantom",
     "write_phantom_dataset",
     "write_split",

@@ -15,26 +15,28 @@ from edgeseg.data.dicom import DicomSeriesInfo, looks_like_dicom, read_dicom_ser
 from edgeseg.data.dicom_seg import find_seg_files, is_seg_file, seg_referenced_series
 from edgeseg.data.labels import read_label_file
 from edgeseg.data.nifti import is_nifti_path, read_nifti, read_nifti_dataset
-from edgeseg.data.phantom import phantom_case_ids, phantom_geometry, synth_phantom
+from edgeseg.data.phantom import phantom_case_ids, phantom_geometry, phantom_kind
 from edgeseg.data.slices import DEFAULT_CASE_PATTERN, DEFAULT_INTENSITY, IMAGE_SUFFIXES, read_slice_folder
 from edgeseg.data.volume import Volume
 from edgeseg.errors import DataError
 from edgeseg.limits import check_volume
 
 PHANTOM_DEFAULTS = {"cases": 8, "seed": 0, "size": 128, "slices": 32}
-_PHANTOM_RE = re.compile(r"^phantom(?::(.*))?$")
+_PHANTOM_RE = re.compile(r"^(phantom|chest-phantom)(?::(.*))?$")
 
 
-def parse_phantom_spec(text: str) -> dict[str, int] | None:
+def parse_phantom_spec(text: str) -> dict[str, int | str] | None:
     """``"phantom"`` or ``"phantom:cases=8,seed=0,size=128,slices=32"`` -> its options, else None.
 
-    Unnamed options keep :data:`PHANTOM_DEFAULTS`; unknown names or non-integer values raise.
+    ``"chest-phantom"`` (same options) names the chest phantom; the result's ``kind`` is
+    ``"abdomen"`` or ``"chest"``. Unnamed options keep :data:`PHANTOM_DEFAULTS`; unknown names
+    or non-integer values raise.
     """
     match = _PHANTOM_RE.match(text.strip())
     if match is None:
         return None
-    options = dict(PHANTOM_DEFAULTS)
-    for item in filter(None, (part.strip() for part in (match.group(1) or "").split(","))):
+    options: dict = dict(PHANTOM_DEFAULTS)
+    for item in filter(None, (part.strip() for part in (match.group(2) or "").split(","))):
         key, sep, value = item.partition("=")
         key = key.strip()
         if not sep or key not in PHANTOM_DEFAULTS:
@@ -52,13 +54,15 @@ def parse_phantom_spec(text: str) -> dict[str, int] | None:
         raise DataError(f"phantom needs cases >= 1, got {options['cases']}")
     # Every case is held in memory at once, so the dataset as a whole must fit the volume limit.
     check_volume((options["cases"] * options["slices"], options["size"], options["size"]), f"phantom {text!r}")
+    options["kind"] = "chest" if match.group(1) == "chest-phantom" else "abdomen"
     return options
 
 
-def _open_phantom(options: dict[str, int]) -> list[Volume]:
+def _open_phantom(options: dict) -> list[Volume]:
     shape, spacing = phantom_geometry(options["size"], options["slices"])
+    synth = phantom_kind(options.get("kind", "abdomen"))[0]
     return [
-        synth_phantom(case_id, options["seed"], shape=shape, spacing=spacing)
+        synth(case_id, options["seed"], shape=shape, spacing=spacing)
         for case_id in phantom_case_ids(options["cases"])
     ]
 
@@ -109,7 +113,7 @@ def open_dataset(
     """Open a data source as a list of Volumes (one per case), in LPS layout with HU.
 
     ``source`` is one of: ``"phantom"`` or ``"phantom:cases=8,seed=0,size=128,slices=32"``
-    (generated in memory; an existing path of that name wins); a ``.nii`` / ``.nii.gz`` file;
+    (``"chest-phantom:..."`` for the chest phantom; generated in memory; an existing path of that name wins); a ``.nii`` / ``.nii.gz`` file;
     a slice folder (``images/`` + ``masks/``); a NIfTI dataset folder (``imagesTr/`` +
     ``labelsTr/``, ``images/`` + ``labels/``, or flat); a folder of DICOM files (one series);
     or a folder whose subfolders each hold one DICOM series (case id = subfolder name).

@@ -141,13 +141,35 @@ def _eval_mean(summary: Mapping | None, class_name: str, metric: str):
     return stats.get("mean") if isinstance(stats, Mapping) else None
 
 
+VAL_CLASS_PREFIX = "val_dice_"
+
+
+def _validation_classes(runs: list[dict]) -> list[str]:
+    """Class names with their own validation Dice in the runs' histories (``val_dice_<class>``),
+    when there are several; a one-class run's ``val_dice`` already is that class's Dice."""
+    names: list[str] = []
+    for run in runs:
+        for entry in run["history"]:
+            names += [key[len(VAL_CLASS_PREFIX):] for key in entry
+                      if key.startswith(VAL_CLASS_PREFIX) and key[len(VAL_CLASS_PREFIX):] not in names]
+    return names if len(names) > 1 else []
+
+
+def _best_epoch_value(run: Mapping, key: str):
+    epoch = run["best"].get("epoch")
+    row = next((entry for entry in run["history"] if entry.get("epoch") == epoch), None)
+    return None if row is None else row.get(key)
+
+
 def compare_runs(paths: Sequence) -> tuple[list[dict], list[str]]:
     """Build a comparison table of training runs: ``(rows, columns)`` for :func:`format_table`.
 
     Columns: ``run``; the hyper-parameters that differ between the runs (identical ones are
     left out, so a single run shows none); ``params`` if any config records it;
-    ``best_epoch``, ``best_val_dice``, ``train_time_s`` (sum of the epochs' seconds); and,
-    for runs with ``eval/eval.json``, ``eval_<class>_dice`` and ``eval_<class>_hd95`` means.
+    ``best_epoch``, ``best_val_dice``, ``train_time_s`` (sum of the epochs' seconds); with
+    several classes, ``best_val_dice_<class>`` (each class's validation Dice at the best
+    epoch); and, for runs with ``eval/eval.json``, ``eval_<class>_dice`` and ``eval_<class>_hd95``
+    means.
     ``paths`` are run directories or :func:`load_run` results.
     """
     runs = _as_runs(paths)
@@ -157,8 +179,10 @@ def compare_runs(paths: Sequence) -> tuple[list[dict], list[str]]:
     for run in runs:
         classes += [name for name in (run["eval"] or {}) if name not in classes]
     eval_columns = {(name, metric): f"eval_{name}_{metric}" for name in classes for metric in EVAL_METRICS}
+    val_columns = {name: f"best_val_dice_{name}" for name in _validation_classes(runs)}
 
-    columns = ["run", *differing, *(["params"] if has_params else []), *SUMMARY_COLUMNS, *eval_columns.values()]
+    columns = ["run", *differing, *(["params"] if has_params else []), *SUMMARY_COLUMNS, *val_columns.values(),
+               *eval_columns.values()]
     rows = []
     for run in runs:
         row = {"run": run["name"]}
@@ -168,6 +192,8 @@ def compare_runs(paths: Sequence) -> tuple[list[dict], list[str]]:
         row["best_epoch"] = run["best"].get("epoch")
         row["best_val_dice"] = run["best"].get("val_dice")
         row["train_time_s"] = _train_seconds(run["history"])
+        for name, column in val_columns.items():
+            row[column] = _best_epoch_value(run, VAL_CLASS_PREFIX + name)
         for (name, metric), column in eval_columns.items():
             row[column] = _eval_mean(run["eval"], name, metric)
         rows.append(row)

@@ -12,7 +12,7 @@ from edgeseg.atomic import atomic_write_text
 from edgeseg.data import open_dataset
 from edgeseg.data.volume import Volume
 from edgeseg.errors import DataError
-from edgeseg.metrics import class_metrics, dice, summarise
+from edgeseg.metrics import class_metrics, mean_slice_dice, summarise
 from edgeseg.evaluate.overlay import OverlayItem, save_overlay_grid
 from edgeseg.report.output import format_table, write_json
 
@@ -55,9 +55,11 @@ def evaluate_checkpoint(
 
     Predictions are made at each volume's own resolution through the runtime's Segmenter with
     the in-memory torch runner (the deployed pre- and post-processing), Dice is pooled
-    over each case's slices and averaged over cases; the mean per-slice Dice is reported too.
+    over each case's slices and averaged over cases; the mean per-slice Dice is reported too (of
+    the one class; with several classes, of the merged "any class" mask and of each class).
     ``keep_largest`` None follows the choice recorded at training (made on validation Dice).
-    With ``out``: eval.json, eval.txt and worst_cases.png (contours on the CT) are written.
+    With ``out``: eval.json, eval.txt and worst_cases.png (contours on the CT, one colour per
+    class when there are several; cases ranked by their mean class Dice) are written.
     """
     from tqdm import tqdm
 
@@ -84,32 +86,44 @@ def evaluate_checkpoint(
         truth = map_labels(vol.label, label_values)
         pred = segmenter.predict_volume(vol, batch_size=EVAL_BATCH)
         metrics = class_metrics(pred, truth, len(class_names), spacing=vol.spacing, per_slice_hd=not vol.contiguous)
-        slice_dice = [dice(p == 1, t == 1) for p, t in zip(pred, truth)]
-        cases.append({"case_id": vol.case_id, "slices": vol.num_slices,
-                      "metrics": {class_names[c]: m for c, m in metrics.items()},
-                      "slice_dice_mean": float(np.mean(slice_dice))})
-        overlays.append(_worst_slice(vol, pred, truth, metrics[1]["dice"], spec.window))
+        case = {"case_id": vol.case_id, "slices": vol.num_slices,
+                "metrics": {class_names[c]: m for c, m in metrics.items()},
+                "slice_dice_mean": mean_slice_dice(pred, truth, range(1, len(class_names)))}
+        if len(class_names) > 2:
+            case["slice_dice_by_class"] = {class_names[c]: mean_slice_dice(pred, truth, [c])
+                                           for c in range(1, len(class_names))}
+        cases.append(case)
+        overlays.append(_worst_slice(vol, pred, truth, metrics, class_names, spec.window))
     summary = summarise([c["metrics"] for c in cases])
     result = {
         "checkpoint": str(checkpoint), "data": str(data), "split": used_split, "spec_hash": spec.hash,
         "keep_largest": keep_largest, "classes": class_names, "cases": cases, "summary": summary,
         "slice_dice_mean": float(np.mean([c["slice_dice_mean"] for c in cases])),
     }
-    result["table"] = _table(cases, class_names, summary, result["slice_dice_mean"])
+    if len(class_names) > 2:
+        result["slice_dice_by_class"] = {name: float(np.mean([c["slice_dice_by_class"][name] for c in cases]))
+                                         for name in class_names[1:]}
+    result["table"] = _table(cases, class_names, summary, result)
     if out is not None:
         _write(Path(out), result, overlays, worst)
     log.info("evaluated %d cases (%s split)", len(cases), used_split)
     return result
 
 
-def _worst_slice(vol: Volume, pred: np.ndarray, truth: np.ndarray, case_dice: float, window) -> tuple[float, OverlayItem]:
-    """The slice with the most target voxels, as an overlay panel titled with the case Dice."""
+def _worst_slice(vol: Volume, pred: np.ndarray, truth: np.ndarray, metrics: dict, class_names: list[str],
+                 window) -> tuple[float, OverlayItem]:
+    """The slice with the most target voxels as an overlay panel, and the case's score (the
+    mean foreground-class Dice) for ranking; several classes are drawn one colour each."""
     k = int(np.argmax((truth > 0).sum(axis=(1, 2)) + (pred > 0).sum(axis=(1, 2))))
-    item = OverlayItem(vol.hu[k], truth[k] > 0, pred[k] > 0, f"{vol.case_id} slice {vol.slice_ids[k]}  Dice {case_dice:.3f}")
-    return case_dice, item
+    title = f"{vol.case_id} slice {vol.slice_ids[k]}"
+    score = float(np.mean([m["dice"] for m in metrics.values()]))
+    if len(class_names) == 2:
+        return score, OverlayItem(vol.hu[k], truth[k] > 0, pred[k] > 0, f"{title}  Dice {score:.3f}")
+    dices = "  ".join(f"{class_names[c]} {m['dice']:.3f}" for c, m in metrics.items())
+    return score, OverlayItem(vol.hu[k], truth[k], pred[k], f"{title}\n{dices}", tuple(class_names[1:]))
 
 
-def _table(cases: list[dict], class_names: list[str], summary: dict, slice_mean: float) -> str:
+def _table(cases: list[dict], class_names: list[str], summary: dict, result: dict) -> str:
     rows, columns = [], ["case", "slices"]
     for name in class_names[1:]:
         columns += [f"{name} dice", f"{name} iou", f"{name} hd95"]
@@ -124,7 +138,11 @@ def _table(cases: list[dict], class_names: list[str], summary: dict, slice_mean:
         for metric in ("dice", "iou", "hd95"):
             mean[f"{name} {metric}"] = summary[name][metric]["mean"]
     rows.append(mean)
-    return format_table(rows, columns) + f"\nmean per-slice Dice ({class_names[1]}): {slice_mean:.4f}"
+    if len(class_names) == 2:
+        return format_table(rows, columns) + f"\nmean per-slice Dice ({class_names[1]}): {result['slice_dice_mean']:.4f}"
+    by_class = ", ".join(f"{name} {value:.4f}" for name, value in result["slice_dice_by_class"].items())
+    return (format_table(rows, columns) + f"\nmean per-slice Dice, any of {'/'.join(class_names[1:])}: "
+            f"{result['slice_dice_mean']:.4f}; per class: {by_class}")
 
 
 def _write(out: Path, result: dict, overlays: list, worst: int) -> None:
@@ -132,4 +150,6 @@ def _write(out: Path, result: dict, overlays: list, worst: int) -> None:
     atomic_write_text(out / "eval.txt", result["table"] + "\n")
     chosen = [item for _, item in sorted(overlays, key=lambda pair: pair[0])[: max(0, worst)]]
     if chosen:
-        save_overlay_grid(out / "worst_cases.png", chosen, title="worst cases: truth (green) vs prediction (red)")
+        several = bool(chosen[0].class_names)
+        title = "worst cases: truth (solid) vs prediction (dashed)" if several else "worst cases: truth (green) vs prediction (red)"
+        save_overlay_grid(out / "worst_cases.png", chosen, title=title)

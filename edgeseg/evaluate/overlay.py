@@ -1,4 +1,8 @@
-"""PNG overlays of a CT slice with ground-truth (green) and predicted (red) mask contours."""
+"""PNG overlays of a CT slice with ground-truth and predicted mask contours.
+
+One class: ground truth in green, prediction in red. Several classes: one colour per class
+(:data:`CLASS_COLOURS`), ground truth drawn solid and prediction dashed.
+"""
 
 from __future__ import annotations
 
@@ -15,16 +19,23 @@ from edgeseg.report.output import new_figure, save_png
 TRUTH_COLOUR = "#00ff00"
 PRED_COLOUR = "#ff0000"
 DEFAULT_WINDOW = (-100.0, 240.0)
+# Saturated hues that stay apart from each other and from the grey CT; class c gets entry c - 1.
+CLASS_COLOURS = ("#00e5ff", "#ff00ff", "#ffd700", "#ff4500", "#7fff00", "#1e90ff", "#ff69b4", "#ffffff")
 
 
 @dataclass(frozen=True)
 class OverlayItem:
-    """One panel of an overlay: a (H, W) CT slice in HU and optional (H, W) masks."""
+    """One panel of an overlay: a (H, W) CT slice in HU and optional (H, W) masks.
+
+    With ``class_names`` (the names of classes 1..K) ``truth`` and ``pred`` are label maps
+    with values 0..K and each class is outlined in its own colour; without, they are masks.
+    """
 
     ct_slice_hu: np.ndarray
     truth: np.ndarray | None = None
     pred: np.ndarray | None = None
     title: str = ""
+    class_names: tuple[str, ...] = ()
 
 
 def window_to_unit(ct_slice_hu: np.ndarray, window: Sequence[float]) -> np.ndarray:
@@ -51,18 +62,23 @@ def _checked_item(item) -> OverlayItem:
     ct = np.asarray(item.ct_slice_hu)
     if ct.ndim != 2 or ct.size == 0:
         raise DataError(f"CT slice must be a non-empty (H, W) array, got shape {ct.shape}")
+    classes = tuple(str(name) for name in item.class_names)
     masks = {}
     for name in ("truth", "pred"):
         mask = getattr(item, name)
         if mask is not None:
-            mask = np.asarray(mask).astype(bool, copy=False)
+            mask = np.asarray(mask)
             if mask.shape != ct.shape:
                 raise DataError(f"{name} mask shape {mask.shape} differs from CT slice shape {ct.shape}")
+            if classes and mask.size and (not np.issubdtype(mask.dtype, np.integer) or mask.min() < 0
+                                          or mask.max() > len(classes)):
+                raise DataError(f"{name} label map must hold integers 0..{len(classes)} for classes {list(classes)}")
+            mask = mask if classes else mask.astype(bool, copy=False)
         masks[name] = mask
-    return OverlayItem(ct, masks["truth"], masks["pred"], str(item.title))
+    return OverlayItem(ct, masks["truth"], masks["pred"], str(item.title), classes)
 
 
-def _draw_contour(ax, mask: np.ndarray | None, colour: str) -> None:
+def _draw_contour(ax, mask: np.ndarray | None, colour: str, linestyle: str = "solid") -> None:
     if mask is None or not mask.any():
         return
     # A False border closes contours of masks that touch the image edge; the extra row and
@@ -71,15 +87,21 @@ def _draw_contour(ax, mask: np.ndarray | None, colour: str) -> None:
     height, width = mask.shape
     ax.contour(
         np.arange(-1, width + 1), np.arange(-1, height + 1), padded,
-        levels=[0.5], colors=[colour], linewidths=1.5,
+        levels=[0.5], colors=[colour], linewidths=1.5, linestyles=[linestyle],
     )
 
 
 def _draw_panel(ax, item: OverlayItem, window) -> None:
     height, width = item.ct_slice_hu.shape
     ax.imshow(window_to_unit(item.ct_slice_hu, window), cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
-    _draw_contour(ax, item.truth, TRUTH_COLOUR)
-    _draw_contour(ax, item.pred, PRED_COLOUR)
+    if item.class_names:
+        for cls in range(1, len(item.class_names) + 1):
+            colour = CLASS_COLOURS[(cls - 1) % len(CLASS_COLOURS)]
+            _draw_contour(ax, None if item.truth is None else item.truth == cls, colour)
+            _draw_contour(ax, None if item.pred is None else item.pred == cls, colour, "dashed")
+    else:
+        _draw_contour(ax, item.truth, TRUTH_COLOUR)
+        _draw_contour(ax, item.pred, PRED_COLOUR)
     ax.set_xlim(-0.5, width - 0.5)
     ax.set_ylim(height - 0.5, -0.5)
     ax.set_axis_off()
@@ -91,9 +113,15 @@ def _add_legend(figure, items: Sequence[OverlayItem]) -> None:
     from matplotlib.lines import Line2D
 
     handles = []
-    if any(item.truth is not None for item in items):
+    classes = next((item.class_names for item in items if item.class_names), ())
+    if classes:
+        handles += [Line2D([], [], color=CLASS_COLOURS[k % len(CLASS_COLOURS)], linewidth=2, label=name)
+                    for k, name in enumerate(classes)]
+        handles += [Line2D([], [], color="black", linewidth=1.5, label="ground truth"),
+                    Line2D([], [], color="black", linewidth=1.5, linestyle="dashed", label="prediction")]
+    elif any(item.truth is not None for item in items):
         handles.append(Line2D([], [], color=TRUTH_COLOUR, linewidth=2, label="ground truth"))
-    if any(item.pred is not None for item in items):
+    if not classes and any(item.pred is not None for item in items):
         handles.append(Line2D([], [], color=PRED_COLOUR, linewidth=2, label="prediction"))
     if handles:
         figure.legend(handles=handles, loc="outside lower center", ncols=len(handles), frameon=False)

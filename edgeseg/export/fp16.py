@@ -73,16 +73,16 @@ def half_precision_logits(model, images: np.ndarray, batch_size: int) -> np.ndar
 
 def half_check_slices(images: np.ndarray, truth: np.ndarray | None, mode: str, count: int) -> np.ndarray:
     """Indices of the held-out slices the float16 check runs on: all of them for ``mode`` "full",
-    else ``count`` chosen like calibration slices (half with target, half without, each spread
+    else ``count`` chosen like calibration slices (equally from each combination of classes, each spread
     over mean intensity so the brightest and darkest slices, where FP16 overflow and rounding
     bite first, are always in)."""
-    from edgeseg.export.int8 import stratify_slices
+    from edgeseg.export.int8 import classes_present, stratify_slices
 
     if mode not in FP16_CHECK_MODES:
         raise ValueError(f"fp16 check mode must be one of {FP16_CHECK_MODES}, got {mode!r}")
     if mode == "full" or count >= len(images):
         return np.arange(len(images))
-    keys = [(None if truth is None else bool(truth[i].any()), float(images[i].mean())) for i in range(len(images))]
+    keys = [(None if truth is None else classes_present(truth[i]), float(images[i].mean())) for i in range(len(images))]
     return np.asarray(stratify_slices(keys, count), dtype=np.int64)
 
 

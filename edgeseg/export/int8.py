@@ -3,9 +3,11 @@
 Settings are those TensorRT takes for explicit quantisation, so the same file runs on ONNX
 Runtime CPU and on TensorRT 10/11: QDQ format, signed INT8 for weights and activations, zero
 points of 0 (symmetric), per-channel weight scales, biases left in float (TensorRT fuses them;
-it has no INT32 dequantisation for them). Calibration slices are drawn half with and half
-without the target (when labels exist) and, within each half, evenly across the range of mean
-windowed HU, so both the empty abdomen and dense organ slices set the activation ranges.
+it has no INT32 dequantisation for them). Calibration slices are drawn equally from each
+combination of classes present (when labels exist: for one class, half with and half without
+the target; for several, every class is represented) and, within each group, evenly across
+the range of mean windowed HU, so both empty slices and dense organ or lesion slices set the
+activation ranges.
 
 Quantised graphs are cached under a key made of the FP32 graph's sha256, the calibration data
 hash, the spec hash, the method and the settings: change any of them and the cache misses.
@@ -77,11 +79,12 @@ def load_calibration(source: str, spec: PreprocessSpec, count: int, label_values
         check_window(vol, spec)
         target = None
         if vol.label is not None:
-            target = (map_labels(vol.label, label_values) if label_values else vol.label) > 0
+            # Without a class mapping the source values are not classes: any label is target.
+            target = map_labels(vol.label, label_values) if label_values else (vol.label > 0).astype(np.uint8)
         low, high = spec.window
         means = np.clip(vol.hu, low, high).mean(axis=(1, 2))
         for k in range(vol.num_slices):
-            keys.append((None if target is None else bool(target[k].any()), float(means[k])))
+            keys.append((None if target is None else classes_present(target[k]), float(means[k])))
             picks.append((vol, k))
     chosen = stratify_slices(keys, count)
     digest = hashlib.sha256()
@@ -92,15 +95,26 @@ def load_calibration(source: str, spec: PreprocessSpec, count: int, label_values
     images = np.concatenate([preprocess_stack(picks[i][0].hu[picks[i][1] : picks[i][1] + 1], spec) for i in chosen])
     flags = [keys[i][0] for i in chosen]
     summary = {"slices": len(chosen), "cases": len({picks[i][0].case_id for i in chosen}),
-               "with_target": sum(f is True for f in flags), "without_target": sum(f is False for f in flags),
+               "with_target": sum(bool(f) for f in flags), "without_target": sum(f == () for f in flags),
                "unlabelled": sum(f is None for f in flags), "excluded_cases": len(exclude_cases),
                "mean_hu_range": [min(keys[i][1] for i in chosen), max(keys[i][1] for i in chosen)]}
+    if any(f and max(f) > 1 for f in flags):  # several classes: how many slices show each
+        summary["with_class"] = {str(c): sum(c in f for f in flags if f) for c in sorted({c for f in flags if f for c in f})}
     return CalibrationSet(images, digest.hexdigest(), summary)
 
 
-def stratify_slices(keys: list[tuple[bool | None, float]], count: int) -> list[int]:
-    """Indices of up to ``count`` slices: half with and half without target where both exist,
-    each half spread evenly over the sorted mean HU, so the extremes are always included."""
+def classes_present(label_slice: np.ndarray) -> tuple[int, ...]:
+    """The foreground classes (values > 0) present in one label-map slice, ascending: the
+    group a slice falls in for stratified selection (``()`` for a slice without target)."""
+    values = np.unique(np.asarray(label_slice))
+    return tuple(int(v) for v in values[values > 0])
+
+
+def stratify_slices(keys: list[tuple[object, float]], count: int) -> list[int]:
+    """Indices of up to ``count`` slices, dealt equally to the groups of ``keys[i][0]`` (a
+    target flag, or the :func:`classes_present` tuple, so every class combination is drawn:
+    half with and half without target for one class), each group spread evenly over the sorted
+    mean HU ``keys[i][1]``, so the extremes are always included."""
     groups: dict[bool | None, list[int]] = {}
     for i, (flag, _) in enumerate(keys):
         groups.setdefault(flag, []).append(i)

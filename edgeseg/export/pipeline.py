@@ -162,6 +162,7 @@ def _gate(folder: Path, model, made: list, verify_set, settings: ExportSettings,
     from edgeseg.runtime.segmenter import Segmenter
 
     images, truth, batch = verify_set.images, verify_set.truth, settings.max_batch
+    class_names = [labels[c] for c in sorted(labels)]
     with stage("reference"), Segmenter.from_module(model, spec, labels, max_batch=batch) as segmenter:
         reference = segmenter.logits(images)
     inputs, outputs = network_tensors(spec, len(labels))
@@ -178,7 +179,7 @@ def _gate(folder: Path, model, made: list, verify_set, settings: ExportSettings,
                 continue
             with stage(f"{entry.key}-{cls.name}"), Segmenter(spec, labels, runner) as segmenter:
                 row = compare_logits(reference, segmenter.logits(images), truth, precision,
-                                     settings.max_dice_drop[precision])
+                                     settings.max_dice_drop[precision], class_names)
                 rows.append((cls.name, {"key": entry.key, "file": file, "precision": precision,
                                         "run_on": runner.run_on, **row}))
         if precision == "fp16":
@@ -186,7 +187,7 @@ def _gate(folder: Path, model, made: list, verify_set, settings: ExportSettings,
             with stage("fp16-half-check"):
                 half = half_precision_logits(model, images[pick], batch)
             row = compare_logits(reference[pick], half, None if truth is None else truth[pick], precision,
-                                 settings.max_dice_drop[precision])
+                                 settings.max_dice_drop[precision], class_names)
             subset = {} if len(pick) == len(images) else {"slices": int(len(pick))}
             rows.append((None, {"key": entry.key, "file": file, "precision": precision, "run_on": HALF_EMULATION,
                                 **row, **subset}))

@@ -2,8 +2,12 @@
 
 For each artifact (and, for FP16, also the model run in real float16, see
 :mod:`edgeseg.export.fp16`) the gate reports the max and 99th-percentile absolute logit
-difference, the agreement of the argmax masks (pooled Dice per foreground class, averaged;
-``dice_drop`` = 1 - agreement) and Dice against ground truth where labels exist. Limits:
+difference, the agreement of the argmax masks per foreground class and Dice against ground
+truth where labels exist. A class's agreement is the Dice of the artifact's mask of that class
+against the FP32 model's, pooled over the held-out slices, which are drawn so that every class
+is on some of them (:func:`load_verify_set`). ``dice_drop`` is the worst class's
+1 - agreement, and that class is named (``worst_class``): a degraded rare class is not averaged
+away by a large one. Limits:
 FP32 formats must give identical masks, except at pixels where the FP32 model itself is
 undecided (top-two logit margin below ``FP32_MARGIN``, i.e. float rounding decides the
 class); FP16 and INT8 must keep ``dice_drop`` within their threshold and all logits finite.
@@ -21,7 +25,7 @@ import numpy as np
 from edgeseg.data import open_dataset
 from edgeseg.data.open import parse_phantom_spec
 from edgeseg.errors import DataError, EdgesegError
-from edgeseg.metrics import mean_class_dice
+from edgeseg.metrics import dice, mean_class_dice
 from edgeseg.report.output import format_table
 from edgeseg.spec import PreprocessSpec
 
@@ -46,8 +50,9 @@ class VerifySet:
 def load_verify_set(payload: dict, spec: PreprocessSpec, data: str | None, count: int,
                     intensity: str | None = None) -> VerifySet:
     """Up to ``count`` slices of ``data`` (default: the checkpoint's validation cases), chosen
-    half with and half without target and evenly over intensity, like calibration slices."""
-    from edgeseg.export.int8 import stratify_slices
+    equally from each combination of classes present (so every class is checked; half with and
+    half without target for one class) and evenly over intensity, like calibration slices."""
+    from edgeseg.export.int8 import classes_present, stratify_slices
     from edgeseg.data.slice_set import SliceSet, check_window, preprocess_stack
 
     train_config = payload.get("train_config") or {}
@@ -76,15 +81,36 @@ def load_verify_set(payload: dict, spec: PreprocessSpec, data: str | None, count
         for vol in volumes:
             check_window(vol, spec)
         images, truth = np.concatenate([preprocess_stack(v.hu, spec) for v in volumes]), None
-    keys = [(None if truth is None else bool(truth[i].any()), float(images[i].mean())) for i in range(len(images))]
+    keys = [(None if truth is None else classes_present(truth[i]), float(images[i].mean())) for i in range(len(images))]
     chosen = stratify_slices(keys, count)
     return VerifySet(images[chosen], None if truth is None else truth[chosen], str(data), [v.case_id for v in volumes])
 
 
+def class_agreement(mask: np.ndarray, ref_mask: np.ndarray, truth: np.ndarray | None,
+                    num_classes: int) -> dict[int, float | None]:
+    """For each foreground class: Dice of ``mask == c`` against ``ref_mask == c`` (N, H, W)
+    pooled over all the held-out slices, so pixels the artifact adds on slices without the
+    class count against it; None where the class is in neither ``truth``, ``ref_mask`` nor
+    ``mask`` (nothing to judge it on)."""
+    agreement: dict[int, float | None] = {}
+    for c in range(1, int(num_classes)):
+        artifact, reference = mask == c, ref_mask == c
+        seen = reference.any() or artifact.any() or (truth is not None and bool((truth == c).any()))
+        agreement[c] = dice(artifact, reference) if seen else None
+    return agreement
+
+
 def compare_logits(reference: np.ndarray, logits: np.ndarray, truth: np.ndarray | None, precision: str,
-                   limit: float) -> dict:
-    """The parity row of one artifact's ``logits`` against the FP32 ``reference`` logits."""
+                   limit: float, class_names: list[str] | None = None) -> dict:
+    """The parity row of one artifact's ``logits`` against the FP32 ``reference`` logits.
+
+    ``class_names`` (indexed by class, background first) name the classes in ``class_dice``
+    and ``worst_class``; by default they are the class numbers as text.
+    """
     num_classes = reference.shape[1]
+    names = list(class_names) if class_names is not None else [str(c) for c in range(num_classes)]
+    if len(names) != num_classes:
+        raise DataError(f"{len(names)} class names {names} for logits of {num_classes} classes")
     finite = bool(np.isfinite(logits).all())
     big = float(np.finfo(np.float32).max)
     # Non-finite logits count as the largest float, so percentiles stay defined; finite says why.
@@ -94,9 +120,16 @@ def compare_logits(reference: np.ndarray, logits: np.ndarray, truth: np.ndarray 
     top2 = np.sort(reference, axis=1)[:, -2:]
     decided = (top2[:, 1] - top2[:, 0]) > FP32_MARGIN
     changed = mask != ref_mask
-    agreement = mean_class_dice(mask, ref_mask, num_classes)
+    per_class = class_agreement(mask, ref_mask, truth, num_classes)
+    judged = {c: a for c, a in per_class.items() if a is not None}
+    worst = min(judged, key=judged.get) if judged else None
+    agreement = judged[worst] if judged else 1.0
     row = {"max_abs": float(diff.max()) if finite else float("inf"), "p99_abs": float(np.percentile(diff, 99)), "mask_dice": agreement,
            "dice_drop": 1.0 - agreement, "limit": limit, "changed_pixels": int(changed.sum()),
+           "class_dice": {names[c]: a for c, a in per_class.items()},
+           "class_changed_decided_pixels": {names[c]: int((changed & decided & ((ref_mask == c) | (mask == c))).sum())
+                                            for c in range(1, num_classes)},
+           "worst_class": None if worst is None else names[worst],
            "changed_decided_pixels": int((changed & decided).sum()), "finite": finite,
            "dice_gt": None if truth is None else mean_class_dice(mask, truth, num_classes),
            "dice_gt_fp32": None if truth is None else mean_class_dice(ref_mask, truth, num_classes)}
@@ -125,8 +158,12 @@ def parity_table(report: dict) -> str:
     rows = [{"artifact": r["key"], "run on": r["run_on"], "max |d|": r["max_abs"], "p99 |d|": r["p99_abs"],
              "mask Dice": r["mask_dice"], "dice drop": r["dice_drop"],
              "limit": "identical" if r["precision"] == "fp32" else r["limit"], "Dice GT": r["dice_gt"],
-             "Dice GT fp32": r["dice_gt_fp32"], "pass": "yes" if r["passed"] else "NO"} for r in report["results"]]
-    text = format_table(rows, COLUMNS)
+             "Dice GT fp32": r["dice_gt_fp32"], "pass": "yes" if r["passed"] else "NO",
+             "worst class": r.get("worst_class")} for r in report["results"]]
+    several = any(len(r.get("class_dice") or {}) > 1 for r in report["results"])
+    # One class: the worst class is that class, and the table stays as it always was.
+    columns = COLUMNS[:6] + ["worst class"] + COLUMNS[6:] if several else COLUMNS
+    text = format_table(rows, columns)
     for file, reasons in sorted((report.get("excluded") or {}).items()):
         for runner, why in sorted(reasons.items()):
             text += f"\nexcluded from auto: {runner} on {file} ({why})"
@@ -152,7 +189,15 @@ def failures(report: dict) -> list[str]:
             why = "non-finite logits (overflow)"
         elif r["precision"] == "fp32":
             why = f"{r['changed_decided_pixels']} mask pixels differ from FP32"
+            per_class = r.get("class_changed_decided_pixels") or {}
+            if len(per_class) > 1:  # a changed pixel counts for the class it left and the one it joined
+                why += " (" + ", ".join(f"{name} {n}" for name, n in per_class.items()) + ")"
         else:
             why = f"dice drop {r['dice_drop']:.4f} > {r['limit']}"
+            classes = r.get("class_dice") or {}
+            if len(classes) > 1:  # name the failing class, and what the others did
+                others = ", ".join(f"{name} {1.0 - a:.4f}" for name, a in classes.items()
+                                   if name != r["worst_class"] and a is not None)
+                why = f"class {r['worst_class']} {why}" + (f" (other classes' drops: {others})" if others else "")
         out.append(f"{r['key']} on {r['run_on']}: {why}")
     return out

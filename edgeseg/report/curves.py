@@ -38,8 +38,21 @@ def best_epoch_index(val_dice: np.ndarray) -> int | None:
     return int(np.argmax(np.where(finite, val_dice, -np.inf)))
 
 
+CLASS_PREFIX = "val_dice_"
+# Per-class curves (several classes only): colours apart from the mean's green and the loss panel's.
+CLASS_CURVE_COLOURS = ("#00b8d4", "#d500f9", "#ffab00", "#ff3d00", "#64dd17", "#2962ff", "#c51162", "#455a64")
+
+
+def _class_series(history: Sequence[Mapping]) -> list[tuple[str, np.ndarray]]:
+    """``(class name, per-epoch validation Dice)`` for each ``val_dice_<class>`` key, when the
+    history has several classes (for one class that curve is the mean curve itself)."""
+    names = [key[len(CLASS_PREFIX):] for key in history[0] if key.startswith(CLASS_PREFIX)]
+    return [(name, history_series(history, CLASS_PREFIX + name)) for name in names] if len(names) > 1 else []
+
+
 def plot_training_curves(path: str | os.PathLike, history: Sequence[Mapping], title: str = "") -> None:
-    """Write a PNG with two panels: train / val loss, and val Dice with the best epoch marked.
+    """Write a PNG with two panels: train / val loss, and val Dice with the best epoch marked
+    (and, when the history has several classes' ``val_dice_<class>``, a dashed curve per class).
 
     ``history`` has one dict per epoch with keys epoch, train_loss, val_loss, val_dice and lr
     (the trainer's ``metrics.json`` history); the learning rate is drawn on a log-scale right
@@ -67,6 +80,8 @@ def plot_training_curves(path: str | os.PathLike, history: Sequence[Mapping], ti
     loss_ax.legend()
 
     dice_ax.plot(epochs, val_dice, marker=".", color="tab:green", label="val Dice")
+    for (name, series), colour in zip(_class_series(history), CLASS_CURVE_COLOURS):
+        dice_ax.plot(epochs, series, linestyle="--", linewidth=1.2, color=colour, label=f"val Dice {name}")
     best = best_epoch_index(val_dice)
     if best is not None:
         dice_ax.axvline(epochs[best], color="tab:red", linestyle=":", linewidth=1)

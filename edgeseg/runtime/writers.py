@@ -18,6 +18,7 @@ from edgeseg import __version__
 from edgeseg.atomic import atomic_dir, atomic_path
 from edgeseg.errors import DataError, require
 from edgeseg.runtime.overlay import overlay_rgb
+from edgeseg.runtime.segment_codes import segment_coding
 
 FORMATS = ("nifti", "dicom-seg", "png", "npy")
 SUFFIX_FORMATS = {".nii": "nifti", ".nii.gz": "nifti", ".dcm": "dicom-seg", ".png": "png", ".npy": "npy"}
@@ -98,18 +99,17 @@ def write_overlay(labels: np.ndarray, volume, out: str | os.PathLike) -> Path:
     return Path(out)
 
 
-def _property_type(name: str):
-    from pydicom.sr.codedict import codes
+def _code(coded):
+    from pydicom.sr.coding import Code
 
-    known = {"liver": codes.SCT.Liver, "kidney": codes.SCT.Kidney, "spleen": codes.SCT.Spleen,
-             "spine": codes.SCT.Spine, "tumor": codes.SCT.Tumor, "tumour": codes.SCT.Tumor}
-    return known.get(name.lower(), codes.SCT.Tissue)
+    return Code(coded.value, coded.scheme, coded.meaning)
 
 
 def write_dicom_seg(labels: np.ndarray, volume, refs, class_names: dict[int, str], out: str | os.PathLike,
                     algorithm: str = "edgeseg") -> Path:
     """A binary DICOM SEG of ``labels`` on the series ``refs`` describes (one segment per
-    foreground class, frames referencing the source instances)."""
+    foreground class, coded as :mod:`edgeseg.runtime.segment_codes` says, frames referencing the
+    source instances)."""
     if refs is None:
         raise DataError("DICOM SEG output needs a DICOM series as input (it references the source images)")
     hd = require("highdicom", "dicom", "DICOM SEG output")
@@ -125,14 +125,16 @@ def write_dicom_seg(labels: np.ndarray, volume, refs, class_names: dict[int, str
             del dataset.SpecificCharacterSet
     algorithm_id = hd.AlgorithmIdentificationSequence(name=algorithm, family=codes.DCM.ArtificialIntelligence,
                                                       version=__version__)
-    descriptions = [
-        hd.seg.SegmentDescription(segment_number=number, segment_label=name,
-                                  segmented_property_category=codes.SCT.Organ,
-                                  segmented_property_type=_property_type(name),
-                                  algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
-                                  algorithm_identification=algorithm_id)
-        for number, name in sorted(class_names.items()) if number > 0
-    ]
+    descriptions = []
+    for number, name in sorted(class_names.items()):
+        if number <= 0:
+            continue
+        coding = segment_coding(name)
+        region = None if coding.region is None else [_code(coding.region)]
+        descriptions.append(hd.seg.SegmentDescription(
+            segment_number=number, segment_label=name, segmented_property_category=_code(coding.category),
+            segmented_property_type=_code(coding.property_type), algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+            algorithm_identification=algorithm_id, anatomic_regions=region))
     with warnings.catch_warnings():
         # The patient's name is copied from the source as it is; its form is not ours to fix.
         warnings.filterwarnings("ignore", message=".*intended person name", category=UserWarning)

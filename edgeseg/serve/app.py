@@ -169,7 +169,8 @@ def create_app(segmenter, config: ServeConfig = ServeConfig()):
             ok = True
         finally:
             model.stats.record(ok, time.perf_counter() - start, int(array.shape[0]) if ok else 0)
-        payload, headers = encode_response(model.name, "1", decoded, {model.output_name: model.output(request_shape, result)})
+        payload, headers = encode_response(model.name, "1", decoded, {model.output_name: model.output(request_shape, result)},
+                                           model.response_parameters())
         return Response(content=payload, headers=headers, media_type=headers["content-type"])
 
     @app.post("/v1/segment")

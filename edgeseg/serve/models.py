@@ -56,6 +56,15 @@ class InferenceStats:
                                     "compute_infer": {"count": self.execution_count, "ns": self.compute_ns}}}
 
 
+def class_parameters(labels: dict[int, str]) -> dict:
+    """What the model's outputs mean, for its metadata: ``labels`` (value -> class name, the
+    channel order of the logits and the values of the label maps) and ``classes`` (each
+    foreground class with the codes its DICOM SEG segment carries)."""
+    from edgeseg.runtime.segment_codes import class_codings
+
+    return {"labels": {str(k): v for k, v in sorted(labels.items())}, "classes": class_codings(labels)}
+
+
 class ServedModel(abc.ABC):
     """One model of the server: its tensors, checks, batcher and statistics."""
 
@@ -100,6 +109,13 @@ class ServedModel(abc.ABC):
         """The response tensor for one request (of input shape ``request_shape``) from its rows."""
         return result
 
+    def response_parameters(self) -> dict:
+        """Parameters every inference response carries: ``classes``, the class names in label
+        value (and logit channel) order, comma-separated, so a client reads labels without
+        asking for the metadata first."""
+        labels = self.segmenter.labels
+        return {"classes": ",".join(labels[k] for k in sorted(labels))}
+
     def close(self) -> None:
         """Stop the batcher."""
         self.batcher.close()
@@ -121,7 +137,8 @@ class NetworkModel(ServedModel):
             return {"name": info.name, "datatype": NUMPY_TO_DATATYPE[np.dtype(info.dtype)], "shape": list(info.shape)}
 
         return {"name": self.name, "versions": ["1"], "platform": self.platform,
-                "inputs": [tensor(self.in_info)], "outputs": [tensor(self.out_info)]}
+                "inputs": [tensor(self.in_info)], "outputs": [tensor(self.out_info)],
+                "parameters": class_parameters(self.segmenter.labels)}
 
     def _check(self, batch: np.ndarray) -> np.ndarray:
         return check_network_input(batch, self.segmenter, self.name, self.max_batch)
@@ -140,11 +157,10 @@ class PipelineModel(ServedModel):
         self.max_side = max_side
 
     def metadata(self) -> dict:
-        labels = {str(k): v for k, v in sorted(self.segmenter.labels.items())}
         return {"name": self.name, "versions": ["1"], "platform": self.platform,
                 "inputs": [{"name": "hu", "datatype": "INT16", "shape": [-1, -1, -1]}],
                 "outputs": [{"name": "labels", "datatype": "UINT8", "shape": [-1, -1, -1]}],
-                "parameters": {"labels": labels, "input_datatypes": list(PIPELINE_DATATYPES),
+                "parameters": {**class_parameters(self.segmenter.labels), "input_datatypes": list(PIPELINE_DATATYPES),
                                "input_shapes": ["[H, W]", "[N, H, W]"], "max_slices": self.max_batch,
                                "max_side": self.max_side, "window": list(self.segmenter.spec.window)}}
 

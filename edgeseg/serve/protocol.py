@@ -151,12 +151,15 @@ def decode_request(body: bytes, header_length: str | None) -> InferRequest:
                         binary_outputs=binary, binary_all=binary_all)
 
 
-def encode_response(model: str, version: str, request: InferRequest, outputs: dict[str, np.ndarray]
-                    ) -> tuple[bytes, dict[str, str]]:
-    """The response body and headers for ``outputs`` (binary where the request asked)."""
+def encode_response(model: str, version: str, request: InferRequest, outputs: dict[str, np.ndarray],
+                    parameters: dict | None = None) -> tuple[bytes, dict[str, str]]:
+    """The response body and headers for ``outputs`` (binary where the request asked), with
+    response-level ``parameters`` (strings, numbers or booleans) when given."""
     doc: dict = {"model_name": model, "model_version": version, "outputs": []}
     if request.id is not None:
         doc["id"] = request.id
+    if parameters:
+        doc["parameters"] = parameters
     blobs: list[bytes] = []
     for name, array in outputs.items():
         array = np.ascontiguousarray(array)
