@@ -8,6 +8,7 @@ label maps, never series: they attach to the CT series they reference.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 import re
 from pathlib import Path
 
@@ -105,6 +106,8 @@ def open_dataset(
     case_pattern: str | None = None,
     label_file: str | os.PathLike | None = None,
     progress: bool = False,
+    mask: str = "auto",
+    label_values: Iterable[int] | None = None,
 ) -> list[Volume]:
     """Open a data source as a list of Volumes (one per case), in LPS layout with HU.
 
@@ -118,8 +121,8 @@ def open_dataset(
     subfolder holding only SEGs, labels whichever of those series it references. At most one
     SEG per series. ``label_file`` (NIfTI, NRRD or DICOM SEG, see
     :func:`~edgeseg.data.labels.read_label_file`) labels a source that holds exactly one
-    unlabelled volume: a NIfTI file or one DICOM series. ``intensity``, ``mask_threshold`` and
-    ``case_pattern`` apply to slice folders only (see
+    unlabelled volume: a NIfTI file or one DICOM series. ``intensity``, ``mask_threshold``,
+    ``case_pattern``, ``mask`` and ``label_values`` apply to slice folders only (see
     :func:`~edgeseg.data.slices.read_slice_folder`); ``progress`` shows a bar on stderr.
     """
     text = os.fspath(source)
@@ -138,13 +141,14 @@ def open_dataset(
         layout = "nifti-file"
     else:
         layout = detect_layout(path)
-    if layout != "slices" and (intensity is not None or case_pattern is not None):
-        raise DataError(f"intensity and case_pattern apply to slice folders only; {path} is {layout} data")
+    if layout != "slices" and (intensity is not None or case_pattern is not None or mask != "auto"):
+        raise DataError(f"intensity, case_pattern and mask apply to slice folders only; {path} is {layout} data")
     if label_file is not None and layout not in ("nifti-file", "dicom", "dicom-tree"):
         raise DataError(f"label_file {label_file} needs a source with one volume (a NIfTI file or a "
                         f"DICOM series folder); {path} is a {layout} folder of several cases")
+    masks = {"mask": mask, "label_values": label_values}
     cases = _read_cases(path, layout, intensity, mask_threshold, case_pattern, progress,
-                        one_volume=label_file is not None)
+                        one_volume=label_file is not None, masks=masks)
     if label_file is not None:
         _attach_label_file(*cases[0], Path(label_file))
     volumes = [volume for volume, _ in cases]
@@ -153,7 +157,7 @@ def open_dataset(
 
 
 def _read_cases(path: Path, layout: str, intensity: str | None, mask_threshold: int,
-                case_pattern: str | None, progress: bool, one_volume: bool
+                case_pattern: str | None, progress: bool, one_volume: bool, masks: dict | None = None,
                 ) -> list[tuple[Volume, DicomSeriesInfo | None]]:
     """Read every case of a source of a known layout, with the DICOM references where any."""
     if layout == "nifti-file":
@@ -165,6 +169,7 @@ def _read_cases(path: Path, layout: str, intensity: str | None, mask_threshold: 
             mask_threshold=mask_threshold,
             case_pattern=case_pattern or DEFAULT_CASE_PATTERN,
             progress=progress,
+            **(masks or {}),
         )
         return [(volume, None) for volume in volumes]
     if layout == "nifti":
