@@ -156,6 +156,14 @@ def open_dataset(
     return volumes
 
 
+def recorded_slice_options(train_config: dict | None) -> dict:
+    """The slice-folder options a training run recorded (``case_pattern``, ``mask``), so that
+    export and evaluation read the run's own data as training did; empty for older runs."""
+    config = train_config or {}
+    options = {"case_pattern": config.get("case_pattern"), "mask": config.get("mask") or "auto"}
+    return {key: value for key, value in options.items() if value not in (None, "auto")}
+
+
 def _read_cases(path: Path, layout: str, intensity: str | None, mask_threshold: int,
                 case_pattern: str | None, progress: bool, one_volume: bool, masks: dict | None = None,
                 ) -> list[tuple[Volume, DicomSeriesInfo | None]]:
