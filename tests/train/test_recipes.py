@@ -119,3 +119,11 @@ def test_recipe_trains_with_overrides_and_is_recorded(tmp_path, lesion_slices):
     del payload["recipe"]
     assert "recipe" not in build_manifest(payload, out / "last.pt", "0" * 64, spec, [], 1, None).source
     assert torch.load(out / "last.pt", weights_only=True)["recipe"]["name"] == "tiny-lesions"
+
+
+def test_a_config_recorded_before_recipes_loads_with_the_old_behaviour():
+    old = {"data": "phantom", "out": "runs/x", "labels": {"liver": [1]}, "epochs": 3, "window": [0, 255],
+           "fractions": [0.7, 0.15, 0.15], "augment_p": 0.25}
+    cfg = TrainConfig.from_dict(old)
+    assert (cfg.loss, cfg.class_weights, cfg.folds, cfg.fit, cfg.mask, cfg.recipe) == ("dice-ce", None, 0, "stretch",
+                                                                                     "auto", None)
