@@ -44,18 +44,19 @@ def score_fold(checkpoint: str | Path, progress: bool = False) -> dict[str, Any]
     from edgeseg.data import open_dataset
     from edgeseg.data.slice_set import check_window, map_labels
     from edgeseg.models.checkpoint import checkpoint_spec, load_model
+    from edgeseg.data.open import recorded_slice_options
     from edgeseg.runtime.segmenter import Segmenter
-    from edgeseg.train.config import TrainConfig
 
     model, payload = load_model(checkpoint)
-    cfg = TrainConfig.from_dict(payload["train_config"])
+    cfg = payload.get("train_config") or {}
     held_out = set((payload.get("split") or {}).get("test") or [])
     if not held_out:
         raise DataError(f"{checkpoint} records no held-out cases; train it with --folds")
     spec, class_names = checkpoint_spec(payload), list(payload["class_names"])
-    values = sorted({v for vals in cfg.labels.values() for v in vals})
-    volumes = [v for v in open_dataset(cfg.data, intensity=cfg.intensity, case_pattern=cfg.case_pattern,
-                                       mask=cfg.mask, label_values=values) if v.case_id in held_out]
+    label_map = payload.get("label_values") or {n: [i] for i, n in enumerate(class_names) if i}
+    values = sorted({v for vals in label_map.values() for v in vals})
+    volumes = [v for v in open_dataset(cfg.get("data"), intensity=cfg.get("intensity"), label_values=values,
+                                       **recorded_slice_options(cfg)) if v.case_id in held_out]
     segmenter = Segmenter.from_module(model, spec, dict(enumerate(class_names)), {"keep_largest": False},
                                       max_batch=EVAL_BATCH)
     slices = []
@@ -63,10 +64,10 @@ def score_fold(checkpoint: str | Path, progress: bool = False) -> dict[str, Any]
         for volume in volumes:
             check_window(volume, spec)
             pred = segmenter.predict_volume(volume, batch_size=EVAL_BATCH, progress=progress)
-            rows = per_slice_dice(pred, map_labels(volume.label, cfg.labels), class_names)
+            rows = per_slice_dice(pred, map_labels(volume.label, label_map), class_names)
             slices += [{"case_id": volume.case_id, "slice": sid, **row} for sid, row in zip(volume.slice_ids, rows)]
-    return {"checkpoint": str(checkpoint), "epoch": payload.get("epoch"), "fold": cfg.fold, "folds": cfg.folds,
-            "classes": class_names, "slices": slices}
+    return {"checkpoint": str(checkpoint), "epoch": payload.get("epoch"), "fold": cfg.get("fold"),
+            "folds": cfg.get("folds"), "classes": class_names, "slices": slices}
 
 
 def summarise_folds(folds: list[dict[str, Any]]) -> dict[str, Any]:
