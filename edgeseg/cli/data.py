@@ -76,16 +76,37 @@ def describe_volumes(volumes: list) -> str:
 @click.option("--intensity", default=None, help="Slice folders: 'hu-clipped:LO,HI' or 'window:LO,HI'.")
 @click.option("--mask-threshold", default=127, show_default=True, type=click.IntRange(0, 254),
               help="Slice folders: mask channel 0 above this is label 1.")
-@click.option("--case-pattern", default=None, help="Slice folders: regex with (?P<case>) and (?P<slice>) groups.")
+@click.option("--case-pattern", default=None,
+              help="Slice folders: regex with (?P<case>) and (?P<slice>) groups, or 'file' for one case per file.")
+@click.option("--mask", type=click.Choice(["auto", "binary", "labels"]), default="auto", show_default=True,
+              help="Slice folders: masks are binary 0/255, label maps (values are classes), or detected.")
+@click.option("--labels", default=None,
+              help="Classes from source label values, e.g. 'ggo=1,consolidation=2'; a mask value outside them is refused.")
 @click.option("--label-file", default=None, type=click.Path(dir_okay=False),
               help="Label map (NIfTI, NRRD or DICOM SEG) for a single-volume SOURCE.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def info(source: str, intensity: str | None, mask_threshold: int, case_pattern: str | None, label_file: str | None,
-         quiet: bool) -> None:
+def info(source: str, intensity: str | None, mask_threshold: int, case_pattern: str | None, mask: str,
+         labels: str | None, label_file: str | None, quiet: bool) -> None:
     """Describe SOURCE (a folder, a NIfTI file, or a phantom spec) case by case."""
-    from edgeseg.data.open import open_dataset
+    from pathlib import Path
+
+    from edgeseg.data.open import detect_layout, open_dataset
+    from edgeseg.data.slice_masks import describe_mask_values
+    from edgeseg.data.slices import DEFAULT_CASE_PATTERN, DEFAULT_INTENSITY, read_slice_folder_with_kind
+    from edgeseg.train.config import parse_labels
 
     configure_logging()
-    volumes = open_dataset(source, intensity=intensity, mask_threshold=mask_threshold,
-                           case_pattern=case_pattern, label_file=label_file, progress=not quiet)
+    values = sorted({v for vals in parse_labels(labels).values() for v in vals}) if labels else None
+    path = Path(source)
+    if path.is_dir() and label_file is None and detect_layout(path) == "slices":
+        volumes, kind = read_slice_folder_with_kind(
+            path, intensity or DEFAULT_INTENSITY, mask_threshold, case_pattern or DEFAULT_CASE_PATTERN,
+            progress=not quiet, mask=mask, label_values=values)
+        found = describe_mask_values(v.label for v in volumes)
+        what = {"binary": f"binary (channel 0 > {mask_threshold} is label 1)", "labels": "label maps"}.get(kind, "none")
+        click.echo(describe_volumes(volumes))
+        click.echo(f"masks: {what}; label values {', '.join(map(str, found)) or '-'}")
+        return
+    volumes = open_dataset(source, intensity=intensity, mask_threshold=mask_threshold, case_pattern=case_pattern,
+                           label_file=label_file, progress=not quiet, mask=mask, label_values=values)
     click.echo(describe_volumes(volumes))

@@ -41,10 +41,10 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from edgeseg.cli import (bench, compare, data, evaluate, export, inspect, listen, models, predict, sdk, serve,
+    from edgeseg.cli import (bench, compare, cv, data, evaluate, export, inspect, listen, models, predict, sdk, serve,
                              sweep, train, triton)
 
-    for module in (data, models, train, evaluate, compare, export, inspect, predict, bench, serve, triton, listen,
+    for module in (data, models, train, cv, evaluate, compare, export, inspect, predict, bench, serve, triton, listen,
                    sweep, sdk):
         cli.add_command(module.command)
     cli.add_command(bench.serve_command)

@@ -11,6 +11,7 @@ from edgeseg.cli.input_limits import input_limit_options
 from edgeseg.cli.logs import configure_logging
 from edgeseg.errors import require
 from edgeseg.models.registry import MODELS
+from edgeseg.train.config import LOSSES
 
 
 @click.command("train")
@@ -44,27 +45,71 @@ from edgeseg.models.registry import MODELS
 @click.option("--amp", type=click.Choice(["auto", "off", "bf16", "fp16"]), default="auto", show_default=True,
               help="Mixed precision: auto = fp16 on CUDA, bf16 on CPUs with AMX, else float32.")
 @click.option("--threads", default=0, help="CPU threads for torch (0: torch's default).")
+@click.option("--recipe", default=None, help="Training defaults from a recipe: a name in recipes/ (e.g. covid-infection) "
+                                             "or a TOML file; flags given here override it.")
+@click.option("--fit", type=click.Choice(["stretch", "pad"]), default="stretch", show_default=True,
+              help="How a slice becomes the square model input: stretch it, or keep its aspect and pad.")
+@click.option("--mask", type=click.Choice(["auto", "binary", "labels"]), default="auto", show_default=True,
+              help="Slice folders: masks are binary 0/255, label maps (values are classes), or detected.")
+@click.option("--case-pattern", default=None,
+              help="Slice folders: regex with (?P<case>) and (?P<slice>) groups, or 'file' for one case per file.")
+@click.option("--loss", type=click.Choice(list(LOSSES)), default="dice-ce", show_default=True,
+              help="Region term (Dice or Tversky) plus pixel term (cross-entropy or focal).")
+@click.option("--class-weights", default=None, help="Pixel-loss weight per class, background first, e.g. '0.5,1,2'.")
+@click.option("--folds", default=0, show_default=True, type=click.IntRange(min=0),
+              help="k-fold cross-validation by case (0: the --val/--test-fraction split).")
+@click.option("--fold", default=0, show_default=True, type=click.IntRange(min=0), help="Which fold to hold out (0-based).")
 @click.option("--resume", is_flag=True, help="Continue from OUT/last.pt.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def command(**opts) -> None:
     """Train a segmentation model (--model, default unet); writes OUT/best.pt, OUT/last.pt, metrics.csv/json and curves.png."""
     require("torch", "train", "edgeseg train")
-    from edgeseg.train.config import TrainConfig, parse_labels, parse_pair
     from edgeseg.train.loop import train
 
+    recipe = None
+    if opts["recipe"] is not None:
+        from edgeseg.train.recipes import load_recipe
+
+        recipe = load_recipe(opts["recipe"])
+    cfg = config_from_options(opts, recipe, click.get_current_context())
     check_output_folder(opts["out"], "--out")
     configure_logging()
-    test = opts["test_fraction"]
-    val = opts["val_fraction"]
+    result = train(cfg, resume=opts["resume"], progress=not opts["quiet"])
+    best = result["best"]
+    click.echo(f"best val Dice {best['val_dice']:.4f} at epoch {best['epoch']}; checkpoint {result['out']}/best.pt")
+
+
+def config_from_options(opts: dict, recipe, ctx: click.Context):
+    """The TrainConfig of the command line: the recipe's values where a flag was not given."""
+    from click.core import ParameterSource
+
+    from edgeseg.train.config import TrainConfig, parse_labels, parse_pair
+
+    test, val = opts["test_fraction"], opts["val_fraction"]
     # An existing path is recorded absolute, so export and evaluate find the data from any folder.
     data = str(Path(opts["data"]).resolve()) if Path(opts["data"]).exists() else opts["data"]
-    cfg = TrainConfig(
+    values = dict(
         data=data, out=opts["out"], model=opts["model"], base=opts["base"], depth=opts["depth"],
         size=opts["size"], window=parse_pair(opts["window"], "--window"), labels=parse_labels(opts["labels"]),
         intensity=opts["intensity"], epochs=opts["epochs"], batch_size=opts["batch_size"], lr=opts["lr"],
         weight_decay=opts["weight_decay"], seed=opts["seed"], fractions=(1.0 - val - test, val, test),
-        augment=not opts["no_augment"], augment_p=opts["augment_p"], ema_epochs=opts["ema_epochs"], amp=opts["amp"], threads=opts["threads"],
+        augment=not opts["no_augment"], augment_p=opts["augment_p"], ema_epochs=opts["ema_epochs"], amp=opts["amp"],
+        threads=opts["threads"], fit=opts["fit"], mask=opts["mask"], case_pattern=opts["case_pattern"],
+        loss=opts["loss"], folds=opts["folds"], fold=opts["fold"],
+        class_weights=_parse_weights(opts["class_weights"]),
     )
-    result = train(cfg, resume=opts["resume"], progress=not opts["quiet"])
-    best = result["best"]
-    click.echo(f"best val Dice {best['val_dice']:.4f} at epoch {best['epoch']}; checkpoint {result['out']}/best.pt")
+    if recipe is not None:
+        given = {name for name in ctx.params if ctx.get_parameter_source(name) != ParameterSource.DEFAULT}
+        given |= {"augment"} if "no_augment" in given else set()
+        values.update({key: value for key, value in recipe.values.items() if key not in given})
+        values["recipe"] = recipe.record()
+    return TrainConfig(**values)
+
+
+def _parse_weights(text: str | None) -> list[float] | None:
+    if text is None:
+        return None
+    try:
+        return [float(v) for v in text.split(",")]
+    except ValueError:
+        raise click.BadParameter(f"expected numbers separated by commas, got {text!r}", param_hint="--class-weights") from None

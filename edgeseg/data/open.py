@@ -8,6 +8,7 @@ label maps, never series: they attach to the CT series they reference.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 import re
 from pathlib import Path
 
@@ -109,6 +110,8 @@ def open_dataset(
     case_pattern: str | None = None,
     label_file: str | os.PathLike | None = None,
     progress: bool = False,
+    mask: str = "auto",
+    label_values: Iterable[int] | None = None,
 ) -> list[Volume]:
     """Open a data source as a list of Volumes (one per case), in LPS layout with HU.
 
@@ -122,8 +125,8 @@ def open_dataset(
     subfolder holding only SEGs, labels whichever of those series it references. At most one
     SEG per series. ``label_file`` (NIfTI, NRRD or DICOM SEG, see
     :func:`~edgeseg.data.labels.read_label_file`) labels a source that holds exactly one
-    unlabelled volume: a NIfTI file or one DICOM series. ``intensity``, ``mask_threshold`` and
-    ``case_pattern`` apply to slice folders only (see
+    unlabelled volume: a NIfTI file or one DICOM series. ``intensity``, ``mask_threshold``,
+    ``case_pattern``, ``mask`` and ``label_values`` apply to slice folders only (see
     :func:`~edgeseg.data.slices.read_slice_folder`); ``progress`` shows a bar on stderr.
     """
     text = os.fspath(source)
@@ -142,13 +145,14 @@ def open_dataset(
         layout = "nifti-file"
     else:
         layout = detect_layout(path)
-    if layout != "slices" and (intensity is not None or case_pattern is not None):
-        raise DataError(f"intensity and case_pattern apply to slice folders only; {path} is {layout} data")
+    if layout != "slices" and (intensity is not None or case_pattern is not None or mask != "auto"):
+        raise DataError(f"intensity, case_pattern and mask apply to slice folders only; {path} is {layout} data")
     if label_file is not None and layout not in ("nifti-file", "dicom", "dicom-tree"):
         raise DataError(f"label_file {label_file} needs a source with one volume (a NIfTI file or a "
                         f"DICOM series folder); {path} is a {layout} folder of several cases")
+    masks = {"mask": mask, "label_values": label_values}
     cases = _read_cases(path, layout, intensity, mask_threshold, case_pattern, progress,
-                        one_volume=label_file is not None)
+                        one_volume=label_file is not None, masks=masks)
     if label_file is not None:
         _attach_label_file(*cases[0], Path(label_file))
     volumes = [volume for volume, _ in cases]
@@ -156,8 +160,16 @@ def open_dataset(
     return volumes
 
 
+def recorded_slice_options(train_config: dict | None) -> dict:
+    """The slice-folder options a training run recorded (``case_pattern``, ``mask``), so that
+    export and evaluation read the run's own data as training did; empty for older runs."""
+    config = train_config or {}
+    options = {"case_pattern": config.get("case_pattern"), "mask": config.get("mask") or "auto"}
+    return {key: value for key, value in options.items() if value not in (None, "auto")}
+
+
 def _read_cases(path: Path, layout: str, intensity: str | None, mask_threshold: int,
-                case_pattern: str | None, progress: bool, one_volume: bool
+                case_pattern: str | None, progress: bool, one_volume: bool, masks: dict | None = None,
                 ) -> list[tuple[Volume, DicomSeriesInfo | None]]:
     """Read every case of a source of a known layout, with the DICOM references where any."""
     if layout == "nifti-file":
@@ -169,6 +181,7 @@ def _read_cases(path: Path, layout: str, intensity: str | None, mask_threshold: 
             mask_threshold=mask_threshold,
             case_pattern=case_pattern or DEFAULT_CASE_PATTERN,
             progress=progress,
+            **(masks or {}),
         )
         return [(volume, None) for volume in volumes]
     if layout == "nifti":

@@ -12,6 +12,7 @@ import os
 import re
 import warnings
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,12 +24,16 @@ from edgeseg.limits import PIXELS_ENV, check_slice, check_volume, configure_pill
 Image = require("PIL.Image", "io", "reading PNG/JPG slice folders")
 UnidentifiedImageError = Image.UnidentifiedImageError
 
+from edgeseg.data.slice_masks import decode_masks, palette_to_grey
 from edgeseg.data.volume import Volume, default_affine
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 # "flipped_10001_103" -> case "10001", slice 103: an optional prefix (augmentation copies such
 # as flipped_ / mirrored_) is dropped so that all copies of a volume share one case.
 DEFAULT_CASE_PATTERN = r"(?:.*_)?(?P<case>[^_]+)_(?P<slice>\d+)$"
+# Folders of unrelated slices (one patient each, e.g. "017.jpg"): every file is its own case.
+CASE_PER_FILE = "file"
+_CASE_PER_FILE_PATTERN = r"(?P<case>.+)(?P<slice>)"
 DEFAULT_INTENSITY = "hu-clipped:0,255"
 EIGHT_BIT_MODES = ("L", "LA", "RGB", "RGBA", "P", "1")
 _INTENSITY_RE = re.compile(r"^(hu-clipped|window):\s*(-?\d+(?:\.\d+)?)\s*,\s*(-?\d+(?:\.\d+)?)$")
@@ -85,10 +90,11 @@ def _image_files(folder: Path) -> dict[str, Path]:
     return files
 
 
-def _read_channel0(path: Path) -> tuple[np.ndarray, str]:
+def _read_channel0(path: Path, palette_as_grey: bool = False) -> tuple[np.ndarray, str]:
     """First channel of an image (grey stored as RGB is common) and the file's PIL mode.
 
-    The size in the header is checked against the pixel limit before anything is decoded;
+    With ``palette_as_grey`` (masks) a palette image is read through its palette, which must
+    be grey (see :func:`~edgeseg.data.slice_masks.palette_to_grey`). The size in the header is checked against the pixel limit before anything is decoded;
     Pillow's own bomb check is set to the same limit and turned into that error.
     """
     configure_pillow(Image)
@@ -100,9 +106,12 @@ def _read_channel0(path: Path) -> tuple[np.ndarray, str]:
                 check_slice(rows, columns, path)
                 image.load()  # PIL decodes lazily; a truncated file fails here
                 mode = image.mode
-                if mode == "P":
-                    image = image.convert("RGB")
-                pixels = np.asarray(image)
+                if mode == "P" and palette_as_grey:
+                    pixels = palette_to_grey(np.asarray(image), image.getpalette("RGB"), path)
+                else:
+                    if mode == "P":
+                        image = image.convert("RGB")
+                    pixels = np.asarray(image)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         claimed = re.search(r"\((\d+) pixels\)", str(exc))
         raise DataError(f"{path}: an image of {claimed.group(1) if claimed else 'too many'} pixels is over the "
@@ -127,12 +136,15 @@ def _case_and_slice(stem: str, pattern: re.Pattern, path: Path) -> tuple[str, in
     if match is None:
         raise DataError(
             f"file name {path.name} does not match the case pattern {pattern.pattern!r}; "
-            f"pass case_pattern= with groups (?P<case>...) and (?P<slice>...)"
+            f"pass case_pattern= with groups (?P<case>...) and (?P<slice>...), or 'file' for one case per file"
         )
-    return match.group("case"), int(match.group("slice"))
+    number = match.group("slice")
+    return match.group("case"), int(number) if number else 0
 
 
 def _compile_pattern(case_pattern: str) -> re.Pattern:
+    if case_pattern == CASE_PER_FILE:
+        case_pattern = _CASE_PER_FILE_PATTERN
     try:
         pattern = re.compile(case_pattern)
     except re.error as exc:
@@ -148,16 +160,37 @@ def read_slice_folder(
     mask_threshold: int = 127,
     case_pattern: str = DEFAULT_CASE_PATTERN,
     progress: bool = False,
+    mask: str = "auto",
+    label_values: Iterable[int] | None = None,
 ) -> list[Volume]:
     """Read ``images/`` (+ ``masks/``) slices into one Volume per case, sorted by case id.
 
     ``intensity`` declares what a pixel means (see :class:`SliceIntensity`); the Volume's
-    ``hu_range`` records the declared range. Masks are binarised as channel 0 >
-    ``mask_threshold`` to label 1 (JPEG masks carry compression noise); without a ``masks/``
-    folder the volumes have no label. Slices of a case are ordered by slice number, then name;
-    ``slice_ids`` are the file stems. Slices have no geometry: spacing is (1, 1, 1), and the
-    volumes are marked ``contiguous=False``.
+    ``hu_range`` records the declared range. ``mask`` says what the masks are: ``"binary"``
+    (channel 0 > ``mask_threshold`` is label 1; JPEG masks carry compression noise),
+    ``"labels"`` (grey 0..N or a greyscale palette: the values are the labels) or ``"auto"``
+    (decided from the values, see :mod:`edgeseg.data.slice_masks`). ``label_values``, when
+    given, are the label values the caller maps to classes: a mask holding another foreground
+    value is refused. Without a ``masks/`` folder the volumes have no label. Slices of a case
+    are ordered by slice number, then name; ``slice_ids`` are the file stems; ``case_pattern``
+    ``"file"`` makes every file its own case. Slices have no geometry: spacing is (1, 1, 1), and
+    the volumes are marked ``contiguous=False``.
     """
+    return read_slice_folder_with_kind(folder, intensity, mask_threshold, case_pattern, progress, mask,
+                                       label_values)[0]
+
+
+def read_slice_folder_with_kind(
+    folder: str | os.PathLike,
+    intensity: str = DEFAULT_INTENSITY,
+    mask_threshold: int = 127,
+    case_pattern: str = DEFAULT_CASE_PATTERN,
+    progress: bool = False,
+    mask: str = "auto",
+    label_values: Iterable[int] | None = None,
+) -> tuple[list[Volume], str | None]:
+    """:func:`read_slice_folder`, plus the mask kind read (``"binary"``, ``"labels"``, or None
+    without masks)."""
     from tqdm import tqdm
 
     folder = Path(folder)
@@ -182,10 +215,14 @@ def read_slice_folder(
             raise DataError(f"image {path} has no mask in {masks_dir}")
         cases[case].append((number, stem))
 
+    kind, labels = None, {}
+    if masks is not None:
+        raw = {stem: _read_channel0(masks[stem], palette_as_grey=True)[0] for stem in images}
+        labels, kind = decode_masks(raw, masks, mask, mask_threshold, label_values)
     volumes = []
     for case in tqdm(sorted(cases), desc="reading slices", unit="case", disable=not progress):
         stems = [stem for _, stem in sorted(cases[case])]
-        hu, label = [], []
+        hu = []
         for stem in stems:
             pixels, mode = _read_channel0(images[stem])
             if hu and pixels.shape != hu[0].shape:
@@ -196,20 +233,17 @@ def read_slice_folder(
             if not hu:
                 check_volume((len(stems), *pixels.shape), f"case {case} of {folder}")
             hu.append(spec.to_hu(pixels, mode, images[stem]))
-            if masks is not None:
-                mask, _ = _read_channel0(masks[stem])
-                if mask.shape != pixels.shape:
-                    raise DataError(
-                        f"mask {masks[stem]} is {mask.shape} pixels but its image is {pixels.shape}"
-                    )
-                label.append((mask > mask_threshold).astype(np.uint8))
+            if masks is not None and labels[stem].shape != pixels.shape:
+                raise DataError(
+                    f"mask {masks[stem]} is {labels[stem].shape} pixels but its image is {pixels.shape}"
+                )
         volumes.append(
             Volume(
                 hu=np.stack(hu),
                 spacing=(1.0, 1.0, 1.0),
                 affine=default_affine((1.0, 1.0, 1.0)),
                 case_id=case,
-                label=np.stack(label) if masks is not None else None,
+                label=np.stack([labels[stem] for stem in stems]) if masks is not None else None,
                 hu_range=(spec.low, spec.high),
                 source=str(folder),
                 slice_ids=stems,
@@ -217,4 +251,4 @@ def read_slice_folder(
                 contiguous=False,
             )
         )
-    return volumes
+    return volumes, kind

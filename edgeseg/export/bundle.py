@@ -75,7 +75,9 @@ def build_manifest(payload: dict[str, Any], checkpoint: Path, checkpoint_sha256:
         max_batch=int(max_batch),
         calibration=calibration,
         source={"checkpoint": checkpoint.name, "sha256": checkpoint_sha256, "epoch": payload.get("epoch"),
-                "edgeseg_version": payload.get("edgeseg_version")},
+                "edgeseg_version": payload.get("edgeseg_version"),
+                # Checkpoints from before recipes carry none; their bundles simply omit it.
+                **({"recipe": payload["recipe"]} if payload.get("recipe") else {})},
         edgeseg_version=__version__,
         created=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
     )

@@ -58,7 +58,8 @@ class CalibrationSet:
 
 
 def load_calibration(source: str, spec: PreprocessSpec, count: int, label_values: dict | None = None,
-                     intensity: str | None = None, exclude_cases: set[str] | frozenset = frozenset()) -> CalibrationSet:
+                     intensity: str | None = None, exclude_cases: set[str] | frozenset = frozenset(),
+                     slice_options: dict | None = None) -> CalibrationSet:
     """Draw ``count`` stratified calibration slices from ``source`` and pre-process them.
 
     ``source`` is any data source ``open_dataset`` reads, or a ``.npy`` array of slices
@@ -66,12 +67,14 @@ def load_calibration(source: str, spec: PreprocessSpec, count: int, label_values
     ``spec`` (another size, values outside the window's range, a source whose HU range does
     not cover the window) is refused. Cases in ``exclude_cases`` (the held-out cases the gate
     checks on) are left out, so calibration never sees the slices it is judged on.
+    ``slice_options`` (case pattern, mask kind) are passed to ``open_dataset``.
     """
     if str(source).endswith(".npy"):
         return _load_array(Path(source), spec, count)
     from edgeseg.data.slice_set import check_window, map_labels, preprocess_stack
 
-    volumes = [v for v in open_dataset(source, intensity=intensity) if v.case_id not in exclude_cases]
+    volumes = [v for v in open_dataset(source, intensity=intensity, **(slice_options or {}))
+               if v.case_id not in exclude_cases]
     if not volumes:
         raise DataError(f"calibration data {source} holds no slices outside the held-out cases")
     keys, picks = [], []

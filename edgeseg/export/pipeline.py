@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from edgeseg.errors import DataError, EdgesegError, require
+from edgeseg.data.open import recorded_slice_options
 from edgeseg.export.bundle import artifact_entry, build_manifest, check_output, staged_bundle, write_manifest
 from edgeseg.export.profiles import ExportSettings
 from edgeseg.export.stages import process_peak_mb, record_stages, stage
@@ -64,13 +65,17 @@ def _export(checkpoint, out, settings: ExportSettings, calib, verify_data, force
         raise DataError("--int8 needs calibration data: pass --calib DATA")
     calib_set = None
     if settings.int8:
-        held_out = set()
-        if _same_source(calib, (payload.get("train_config") or {}).get("data")):
+        held_out, read_as, train_config = set(), {}, payload.get("train_config") or {}
+        if _same_source(calib, train_config.get("data")):
             split = payload.get("split") or {}
             held_out = set(split.get("val") or []) | set(split.get("test") or [])
+            # The run's own data is read as training read it.
+            read_as = {"intensity": intensity or train_config.get("intensity"),
+                       "slice_options": recorded_slice_options(train_config)}
         with stage("load-calibration"):
-            calib_set = load_calibration(calib, spec, settings.calib_slices, payload.get("label_values"), intensity,
-                                         exclude_cases=held_out)
+            calib_set = load_calibration(calib, spec, settings.calib_slices, payload.get("label_values"),
+                                         read_as.get("intensity", intensity), exclude_cases=held_out,
+                                         slice_options=read_as.get("slice_options"))
     with stage("load-verify"):
         verify_set = load_verify_set(payload, spec, verify_data, settings.verify_slices, intensity)
     with staged_bundle(target) as folder:

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeseg.data import open_dataset
-from edgeseg.data.open import parse_phantom_spec
+from edgeseg.data.open import parse_phantom_spec, recorded_slice_options
 from edgeseg.errors import DataError, EdgesegError
 from edgeseg.metrics import dice, mean_class_dice
 from edgeseg.report.output import format_table
@@ -65,7 +65,8 @@ def load_verify_set(payload: dict, spec: PreprocessSpec, data: str | None, count
         if parse_phantom_spec(str(data)) is None and not Path(data).exists():
             raise DataError(f"the checkpoint's training data {data} is not found (from {Path.cwd()}); "
                             f"pass --verify-data DATA")
-        volumes = [v for v in open_dataset(data, intensity=intensity) if v.case_id in set(cases)]
+        volumes = [v for v in open_dataset(data, intensity=intensity, **recorded_slice_options(train_config))
+                   if v.case_id in set(cases)]
         if not volumes:
             raise DataError(f"none of the checkpoint's validation cases {cases[:4]} are in {data}; pass --verify-data DATA")
     else:

@@ -6,6 +6,10 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from edgeseg.errors import EdgesegError
+from edgeseg.spec import PreprocessSpec
+
+# Region term (Dice or Tversky) - pixel term (cross-entropy or focal); see edgeseg.train.losses.
+LOSSES = ("dice-ce", "dice-focal", "tversky-ce", "tversky-focal")
 
 
 @dataclass
@@ -39,10 +43,23 @@ class TrainConfig:
     amp: str = "auto"
     intensity: str | None = None
     threads: int = 0
+    fit: str = "stretch"
+    mask: str = "auto"
+    case_pattern: str | None = None
+    loss: str = "dice-ce"
+    class_weights: list[float] | None = None
+    focal_gamma: float = 2.0
+    tversky: tuple[float, float] = (0.3, 0.7)
+    folds: int = 0
+    fold: int = 0
+    recipe: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         self.window = tuple(float(v) for v in self.window)
         self.fractions = tuple(float(v) for v in self.fractions)
+        self.tversky = tuple(float(v) for v in self.tversky)
+        if self.class_weights is not None:
+            self.class_weights = [float(v) for v in self.class_weights]
         checks = [
             (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
             (self.batch_size >= 1, f"batch size must be >= 1, got {self.batch_size}"),
@@ -52,6 +69,14 @@ class TrainConfig:
             (len(self.labels) >= 1, "at least one foreground label is needed"),
             (0.0 <= self.augment_p <= 1.0, f"augmentation probability must be in [0, 1], got {self.augment_p}"),
             (self.ema_epochs >= 0, f"EMA horizon must be >= 0 epochs (0 = off), got {self.ema_epochs}"),
+            (self.loss in LOSSES, f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}"),
+            (self.fit in ("stretch", "pad"), f"fit must be stretch or pad, got {self.fit!r}"),
+            (self.mask in ("auto", "binary", "labels"), f"mask must be auto, binary or labels, got {self.mask!r}"),
+            (self.folds == 0 or self.folds >= 2, f"folds must be 0 (no cross-validation) or >= 2, got {self.folds}"),
+            (self.folds == 0 or 0 <= self.fold < self.folds, f"fold must be in 0..{self.folds - 1}, got {self.fold}"),
+            (self.class_weights is None or len(self.class_weights) == len(self.labels) + 1,
+             f"class weights need one number per class (background first, {len(self.labels) + 1} in all), "
+             f"got {self.class_weights}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -65,12 +90,26 @@ class TrainConfig:
         d = asdict(self)
         d["window"] = list(self.window)
         d["fractions"] = list(self.fractions)
+        d["tversky"] = list(self.tversky)
         return d
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def build_spec(cfg: TrainConfig) -> PreprocessSpec:
+    """The PreprocessSpec a run trains with. ``fit="pad"`` needs a PreprocessSpec that has a
+    ``fit`` field; without one it is refused rather than silently trained as ``stretch``."""
+    spec_fields = {f.name for f in fields(PreprocessSpec)}
+    options: dict[str, Any] = {}
+    if "fit" in spec_fields:
+        options["fit"] = cfg.fit
+    elif cfg.fit != "stretch":
+        raise EdgesegError(f"fit {cfg.fit!r} is not available: this edgeseg's PreprocessSpec only stretches "
+                           f"slices to the model size (use fit = \"stretch\")")
+    return PreprocessSpec(window=cfg.window, size=(cfg.size, cfg.size), interpolation=cfg.interpolation, **options)
 
 
 def parse_labels(text: str) -> dict[str, list[int]]:

@@ -14,15 +14,16 @@ import numpy as np
 import torch
 
 from edgeseg.data import open_dataset, split_cases
+from edgeseg.data.folds import fold_split
 from edgeseg.errors import CheckpointError, DataError
 from edgeseg.models import ModelConfig, build_model, count_parameters
 from edgeseg.spec import PreprocessSpec
 from edgeseg.train.augment import AugmentConfig, BatchAugmenter
 from edgeseg.models.checkpoint import read_checkpoint, save_checkpoint
-from edgeseg.train.config import TrainConfig
+from edgeseg.train.config import TrainConfig, build_spec
 from edgeseg.data.slice_set import SliceSet
 from edgeseg.train.ema import WeightEMA, ema_decay
-from edgeseg.train.losses import DiceCELoss
+from edgeseg.train.losses import build_loss
 from edgeseg.train.precision import autocast_dtype, pick_device
 from edgeseg.train.records import write_records
 from edgeseg.train.schedule import lr_at
@@ -33,14 +34,16 @@ log = logging.getLogger("edgeseg.train")
 
 def prepare(cfg: TrainConfig) -> dict[str, Any]:
     """Load the data, split it by case, and pre-process the train and validation slices."""
-    volumes = open_dataset(cfg.data, intensity=cfg.intensity)
+    label_values = sorted({v for values in cfg.labels.values() for v in values})
+    volumes = open_dataset(cfg.data, intensity=cfg.intensity, case_pattern=cfg.case_pattern, mask=cfg.mask,
+                           label_values=label_values)
     ids = [v.case_id for v in volumes]
     if len(set(ids)) != len(ids):
         raise DataError(f"case ids repeat in {cfg.data}; each case must appear once")
     if len(volumes) < 2:
         raise DataError(f"{cfg.data} holds {len(volumes)} case(s); training needs at least 2 (train and validation)")
-    split = split_cases(ids, fractions=cfg.fractions, seed=cfg.seed)
-    spec = PreprocessSpec(window=cfg.window, size=(cfg.size, cfg.size), interpolation=cfg.interpolation)
+    split = fold_split(ids, cfg.folds, cfg.fold, cfg.seed) if cfg.folds else split_cases(ids, cfg.fractions, cfg.seed)
+    spec = build_spec(cfg)
     by_id = {v.case_id: v for v in volumes}
     sets = {name: SliceSet.from_volumes([by_id[c] for c in split[name]], spec, cfg.labels) for name in ("train", "val")}
     return {"split": split, "spec": spec, **sets}
@@ -124,7 +127,7 @@ class _LoopState:
         self.cfg, self.model, self.model_config, self.spec = cfg, model, model_config, spec
         self.optimizer, self.device, self.train_set, self.val_set = optimizer, device, train_set, val_set
         self.split, self.out = split, out
-        self.loss_fn = DiceCELoss()
+        self.loss_fn = build_loss(cfg)
         self.augment = (BatchAugmenter(spec, AugmentConfig(p=cfg.augment_p))
                         if cfg.augment and cfg.augment_p > 0 else None)
         self.amp_dtype = autocast_dtype(cfg.amp, device)
@@ -204,6 +207,7 @@ class _LoopState:
             "train_config": self.cfg.to_dict(),
             "split": self.split,
             "label_values": self.cfg.labels,
+            "recipe": self.cfg.recipe,
         }
         if with_optimizer:
             extra["optimizer"] = self.optimizer.state_dict()

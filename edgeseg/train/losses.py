@@ -1,33 +1,105 @@
-"""Dice + cross-entropy loss."""
+"""Segmentation losses: Dice + cross-entropy (optionally class-weighted), focal and Tversky terms.
+
+Small, multi-focal lesions (lung infection) are a few percent of a slice: plain cross-entropy
+is dominated by background, so a recipe can weight the classes, replace cross-entropy by the
+focal loss (which down-weights pixels already classified well) or replace Dice by the Tversky
+index (which penalises missed lesion pixels more than false alarms when beta > alpha).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from edgeseg.errors import EdgesegError
+from edgeseg.train.config import LOSSES
 
-class DiceCELoss(nn.Module):
-    """Cross-entropy plus (1 - soft Dice) over the foreground classes.
 
-    Dice is pooled over the whole batch (not averaged per image), so a batch whose slices miss
-    the target does not produce a 0/0 term; ``smooth`` keeps it finite when the whole batch is
-    empty. Cross-entropy gives well-scaled gradients early; Dice counters class imbalance.
+def _overlap_terms(logits: Tensor, target: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Soft true positives, false positives and false negatives per foreground class, pooled
+    over the whole batch (so a batch whose slices miss a class does not give a 0/0 term)."""
+    probs = logits.softmax(dim=1)[:, 1:]
+    onehot = F.one_hot(target, logits.shape[1]).permute(0, 3, 1, 2)[:, 1:].to(probs.dtype)
+    dims = (0, 2, 3)
+    tp = (probs * onehot).sum(dims)
+    fp = (probs * (1 - onehot)).sum(dims)
+    fn = ((1 - probs) * onehot).sum(dims)
+    return tp, fp, fn
+
+
+def focal_loss(logits: Tensor, target: Tensor, gamma: float, weight: Tensor | None = None) -> Tensor:
+    """Mean over pixels of ``-w_y (1 - p_y)^gamma log p_y`` (Lin et al., 2017), with ``w`` the
+    class weights (1 when None), normalised by the summed weights like weighted cross-entropy."""
+    log_p = F.log_softmax(logits, dim=1).gather(1, target.unsqueeze(1)).squeeze(1)
+    w = weight[target] if weight is not None else torch.ones_like(log_p)
+    terms = -w * (1 - log_p.exp()).pow(gamma) * log_p
+    return terms.sum() / w.sum()
+
+
+class SegmentationLoss(nn.Module):
+    """A region term (Dice or Tversky) plus a pixel term (cross-entropy or focal).
+
+    ``kind`` is one of :data:`LOSSES`. ``class_weights`` (one per class, background first)
+    weight the pixel term. The region term is 1 - the mean over foreground classes of
+    ``(2 TP + s) / (2 TP + 2 alpha FP + 2 beta FN + s)``; Dice is alpha = beta = 0.5.
     """
 
-    def __init__(self, dice_weight: float = 1.0, ce_weight: float = 1.0, smooth: float = 1.0) -> None:
+    def __init__(
+        self,
+        kind: str = "dice-ce",
+        class_weights: Sequence[float] | None = None,
+        focal_gamma: float = 2.0,
+        tversky: tuple[float, float] = (0.3, 0.7),
+        region_weight: float = 1.0,
+        pixel_weight: float = 1.0,
+        smooth: float = 1.0,
+    ) -> None:
         super().__init__()
-        self.dice_weight = dice_weight
-        self.ce_weight = ce_weight
-        self.smooth = smooth
+        if kind not in LOSSES:
+            raise EdgesegError(f"loss must be one of {', '.join(LOSSES)}, got {kind!r}")
+        if class_weights is not None and (not class_weights or any(not w >= 0 for w in class_weights)):
+            raise EdgesegError(f"class weights must be numbers >= 0, got {list(class_weights)}")
+        alpha, beta = (float(v) for v in tversky)
+        if not (alpha >= 0 and beta >= 0 and alpha + beta > 0):
+            raise EdgesegError(f"Tversky alpha and beta must be >= 0 and not both 0, got {alpha}, {beta}")
+        if not focal_gamma >= 0:
+            raise EdgesegError(f"focal gamma must be >= 0, got {focal_gamma}")
+        self.kind = kind
+        self.region, self.pixel = kind.split("-")
+        self.alpha, self.beta = (alpha, beta) if self.region == "tversky" else (0.5, 0.5)
+        self.focal_gamma = float(focal_gamma)
+        self.region_weight, self.pixel_weight, self.smooth = region_weight, pixel_weight, smooth
+        weights = torch.tensor(list(class_weights), dtype=torch.float32) if class_weights is not None else None
+        self.register_buffer("class_weights", weights, persistent=False)
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         logits = logits.float()
-        ce = F.cross_entropy(logits, target)
-        probs = logits.softmax(dim=1)[:, 1:]
-        onehot = F.one_hot(target, logits.shape[1]).permute(0, 3, 1, 2)[:, 1:].to(probs.dtype)
-        dims = (0, 2, 3)
-        inter = (probs * onehot).sum(dims)
-        denom = probs.sum(dims) + onehot.sum(dims)
-        dice = (2 * inter + self.smooth) / (denom + self.smooth)
-        return self.ce_weight * ce + self.dice_weight * (1 - dice.mean())
+        weight = self.class_weights
+        if weight is not None:
+            if weight.numel() != logits.shape[1]:
+                raise EdgesegError(f"{weight.numel()} class weights for a model of {logits.shape[1]} classes")
+            weight = weight.to(logits.device)
+        if self.pixel == "ce":
+            pixel = F.cross_entropy(logits, target, weight=weight)
+        else:
+            pixel = focal_loss(logits, target, self.focal_gamma, weight)
+        tp, fp, fn = _overlap_terms(logits, target)
+        # Written as 2TP / (2TP + 2a FP + 2b FN) so that a = b = 0.5 is exactly soft Dice with
+        # the same smoothing as before.
+        index = (2 * tp + self.smooth) / (2 * tp + 2 * self.alpha * fp + 2 * self.beta * fn + self.smooth)
+        return self.pixel_weight * pixel + self.region_weight * (1 - index.mean())
 
+
+class DiceCELoss(SegmentationLoss):
+    """Cross-entropy plus (1 - soft Dice) over the foreground classes (the default loss)."""
+
+    def __init__(self, dice_weight: float = 1.0, ce_weight: float = 1.0, smooth: float = 1.0) -> None:
+        super().__init__("dice-ce", region_weight=dice_weight, pixel_weight=ce_weight, smooth=smooth)
+
+
+def build_loss(cfg) -> SegmentationLoss:
+    """The loss a TrainConfig names (``loss``, ``class_weights``, ``focal_gamma``, ``tversky``)."""
+    return SegmentationLoss(cfg.loss, cfg.class_weights, cfg.focal_gamma, tuple(cfg.tversky))

@@ -1,0 +1,98 @@
+"""Masks of slice folders: binary 0/255 images or label maps (grey 0..N or a greyscale palette).
+
+Which kind a folder holds is decided once for the whole folder from the values its masks use,
+so one empty mask cannot flip the reading of its neighbours: any value above 127 means binary
+masks (0/255, possibly with JPEG noise, thresholded), otherwise the values are class numbers.
+A palette PNG is read through its palette, and only when every index it uses is a grey entry:
+a colour palette has no class order that edgeseg could read without guessing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+
+from edgeseg.errors import DataError
+
+MASK_KINDS = ("auto", "binary", "labels")
+# Binary masks store foreground as 255 (JPEG noise spreads it to ~200..255); label maps store
+# small class numbers. A folder whose masks never exceed this is read as a label map.
+LABEL_MAP_MAX = 127
+
+
+def palette_to_grey(indices: np.ndarray, palette: list[int] | None, path: Path) -> np.ndarray:
+    """Map palette ``indices`` to the grey levels their palette entries hold.
+
+    Refuses a palette whose used entries are not grey (R = G = B), naming the first such index
+    and its colour, since a coloured palette carries no class number edgeseg could read.
+    """
+    if not palette:
+        raise DataError(f"mask {path} is a palette image without a palette; expected greyscale classes")
+    entries = np.asarray(palette, dtype=np.uint8)
+    entries = np.pad(entries, (0, 768 - entries.size)) if entries.size < 768 else entries[:768]
+    rgb = entries.reshape(256, 3)
+    used = np.unique(indices)
+    for index in used:
+        red, green, blue = (int(c) for c in rgb[index])
+        if not red == green == blue:
+            raise DataError(f"mask {path} has a palette that is not greyscale classes: index {int(index)} "
+                            f"is the colour ({red}, {green}, {blue}); save the mask as grey levels 0..N")
+    return rgb[:, 0][indices]
+
+
+def detect_mask_kind(values: Iterable[int]) -> str:
+    """``"binary"`` when any mask value is above :data:`LABEL_MAP_MAX`, else ``"labels"``."""
+    values = list(values)
+    return "binary" if values and max(values) > LABEL_MAP_MAX else "labels"
+
+
+def decode_masks(
+    raw: dict[str, np.ndarray],
+    paths: dict[str, Path],
+    kind: str = "auto",
+    threshold: int = 127,
+    allowed: Iterable[int] | None = None,
+) -> tuple[dict[str, np.ndarray], str]:
+    """Turn raw mask pixels into uint8 label maps; returns them and the kind used.
+
+    ``kind`` is ``"auto"`` (see :func:`detect_mask_kind`), ``"binary"`` (channel value above
+    ``threshold`` is label 1) or ``"labels"`` (values are kept; they must fit 0..255).
+    ``allowed``: the label values a caller maps to classes; a foreground value outside it is
+    refused with the value and the first file that holds it, rather than silently dropped.
+    """
+    if kind not in MASK_KINDS:
+        raise DataError(f"mask kind must be one of {', '.join(MASK_KINDS)}, got {kind!r}")
+    present: dict[int, str] = {}
+    for stem in sorted(raw):
+        for value in np.unique(raw[stem]).tolist():
+            present.setdefault(int(value), stem)
+    if kind == "auto":
+        kind = detect_mask_kind(present)
+    if kind == "binary":
+        decoded = {stem: (pixels > threshold).astype(np.uint8) for stem, pixels in raw.items()}
+        first = next((stem for stem in sorted(decoded) if decoded[stem].any()), None)
+        present = {1: first} if first is not None else {}
+    else:
+        out_of_range = [v for v in present if not 0 <= v <= 255]
+        if out_of_range:
+            value = out_of_range[0]
+            raise DataError(f"mask {paths[present[value]]} holds label value {value}; label maps hold 0..255")
+        decoded = {stem: pixels.astype(np.uint8) for stem, pixels in raw.items()}
+    if allowed is not None:
+        allowed = {int(v) for v in allowed}
+        for value, stem in sorted(present.items()):
+            if value != 0 and value not in allowed:
+                raise DataError(f"mask {paths[stem]} holds label value {value}, which --labels does not map to a "
+                                f"class (it maps {', '.join(map(str, sorted(allowed)))})")
+    return decoded, kind
+
+
+def describe_mask_values(label_maps: Iterable[np.ndarray | None]) -> list[int]:
+    """The sorted label values present in ``label_maps`` (background included)."""
+    seen: set[int] = set()
+    for label in label_maps:
+        if label is not None:
+            seen.update(int(v) for v in np.unique(label))
+    return sorted(seen)

@@ -1,0 +1,108 @@
+"""k-fold cross-validation figures: per-slice Dice on each fold's held-out cases, then mean and
+spread over the folds.
+
+Each fold's model is scored with its last epoch's weights (``last.pt``) on the cases it never
+trained on, at every slice's own resolution through the runtime's Segmenter, so no choice is
+made on the held-out cases. Per slice, Dice is taken for the binary mask (any class > 0) and for
+each class; a class absent from both the truth and the prediction of a slice scores 1 there, as
+:func:`edgeseg.metrics.dice` defines it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgeseg.atomic import atomic_write_text
+from edgeseg.errors import DataError
+from edgeseg.metrics import dice
+
+FOLD_SCORES = "cv_scores.json"
+EVAL_BATCH = 16
+
+
+def per_slice_dice(pred: np.ndarray, truth: np.ndarray, class_names: list[str]) -> list[dict[str, float]]:
+    """For each slice of (Z, Y, X) label maps: Dice of the binary mask (``"binary"``: any class
+    > 0) and of each foreground class (keyed by its name)."""
+    pred, truth = np.asarray(pred), np.asarray(truth)
+    if pred.shape != truth.shape:
+        raise DataError(f"prediction shape {pred.shape} differs from truth shape {truth.shape}")
+    rows = []
+    for p, t in zip(pred, truth):
+        row = {"binary": dice(p > 0, t > 0)}
+        row.update({name: dice(p == c, t == c) for c, name in enumerate(class_names) if c > 0})
+        rows.append(row)
+    return rows
+
+
+def score_fold(checkpoint: str | Path, progress: bool = False) -> dict[str, Any]:
+    """Per-slice Dice of ``checkpoint`` on its own held-out (``test``) cases, read from the data
+    and with the settings recorded at training."""
+    from edgeseg.data import open_dataset
+    from edgeseg.data.slice_set import check_window, map_labels
+    from edgeseg.models.checkpoint import checkpoint_spec, load_model
+    from edgeseg.data.open import recorded_slice_options
+    from edgeseg.runtime.segmenter import Segmenter
+
+    model, payload = load_model(checkpoint)
+    cfg = payload.get("train_config") or {}
+    held_out = set((payload.get("split") or {}).get("test") or [])
+    if not held_out:
+        raise DataError(f"{checkpoint} records no held-out cases; train it with --folds")
+    spec, class_names = checkpoint_spec(payload), list(payload["class_names"])
+    label_map = payload.get("label_values") or {n: [i] for i, n in enumerate(class_names) if i}
+    values = sorted({v for vals in label_map.values() for v in vals})
+    volumes = [v for v in open_dataset(cfg.get("data"), intensity=cfg.get("intensity"), label_values=values,
+                                       **recorded_slice_options(cfg)) if v.case_id in held_out]
+    segmenter = Segmenter.from_module(model, spec, dict(enumerate(class_names)), {"keep_largest": False},
+                                      max_batch=EVAL_BATCH)
+    slices = []
+    with segmenter:
+        for volume in volumes:
+            check_window(volume, spec)
+            pred = segmenter.predict_volume(volume, batch_size=EVAL_BATCH, progress=progress)
+            rows = per_slice_dice(pred, map_labels(volume.label, label_map), class_names)
+            slices += [{"case_id": volume.case_id, "slice": sid, **row} for sid, row in zip(volume.slice_ids, rows)]
+    return {"checkpoint": str(checkpoint), "epoch": payload.get("epoch"), "fold": cfg.get("fold"),
+            "folds": cfg.get("folds"), "classes": class_names, "slices": slices}
+
+
+def summarise_folds(folds: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mean per-slice Dice of each fold, per metric, and their mean and sample standard
+    deviation over the folds; ``pooled`` is the mean over all held-out slices together."""
+    if not folds:
+        raise DataError("no folds to summarise")
+    metrics = ["binary", *folds[0]["classes"][1:]]
+    per_fold = [{m: float(np.mean([s[m] for s in fold["slices"]])) for m in metrics} for fold in folds]
+    every = [s for fold in folds for s in fold["slices"]]
+    spread = {m: float(np.std([f[m] for f in per_fold], ddof=1)) if len(per_fold) > 1 else 0.0 for m in metrics}
+    return {
+        "metrics": metrics,
+        "per_fold": [{"fold": fold["fold"], "slices": len(fold["slices"]), "epoch": fold["epoch"], **row}
+                     for fold, row in zip(folds, per_fold)],
+        "mean": {m: float(np.mean([f[m] for f in per_fold])) for m in metrics},
+        "std": spread,
+        "pooled": {m: float(np.mean([s[m] for s in every])) for m in metrics},
+        "slices": len(every),
+    }
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """A plain-text table: one row per fold, then mean +- std over folds and the pooled mean."""
+    metrics = summary["metrics"]
+    lines = ["fold  slices  epoch  " + "  ".join(f"{m:>13}" for m in metrics)]
+    for row in summary["per_fold"]:
+        lines.append(f"{row['fold']:>4}  {row['slices']:>6}  {row['epoch']!s:>5}  "
+                     + "  ".join(f"{row[m]:>13.4f}" for m in metrics))
+    lines.append("mean+-std over folds  " + "  ".join(f"{summary['mean'][m]:.4f}+-{summary['std'][m]:.4f}"
+                                                       for m in metrics))
+    lines.append(f"pooled over {summary['slices']} slices  " + "  ".join(f"{summary['pooled'][m]:.4f}" for m in metrics))
+    return "\n".join(lines)
+
+
+def write_fold_scores(folder: Path, scores: dict[str, Any]) -> None:
+    """Keep a fold's per-slice scores next to its checkpoints (atomically)."""
+    atomic_write_text(folder / FOLD_SCORES, json.dumps(scores, indent=2) + "\n")

@@ -1,0 +1,123 @@
+"""Recipes: named, versioned training defaults kept as TOML files in ``recipes/``.
+
+A recipe fixes what a task needs (window, size, fit, labels, loss, class weights,
+augmentation, epochs, ...) so that ``edgeseg train --recipe covid-infection --data ...`` is a
+reproducible starting point; flags given on the command line override it. The recipe's name,
+version, content hash and values are recorded in the checkpoint and carried into the bundle.
+
+File format (every key but ``name`` and ``version`` optional)::
+
+    name = "covid-infection"
+    version = 1
+    description = "..."
+    [train]
+    window = [-1250, 250]
+    labels = { ggo = [1], consolidation = [2] }
+    loss = "dice-ce"
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgeseg.errors import EdgesegError
+from edgeseg.train.config import parse_labels
+
+RECIPE_DIR = Path(__file__).resolve().parents[2] / "recipes"
+# Training keys a recipe may set, with the type each must have in TOML.
+RECIPE_KEYS: dict[str, tuple[type, ...]] = {
+    "model": (str,), "base": (int,), "depth": (int,), "size": (int,), "window": (list,),
+    "interpolation": (str,), "fit": (str,), "labels": (dict, str), "intensity": (str,), "mask": (str,),
+    "case_pattern": (str,), "loss": (str,), "class_weights": (list,), "focal_gamma": (int, float),
+    "tversky": (list,), "augment": (bool,), "augment_p": (int, float), "epochs": (int,),
+    "batch_size": (int,), "lr": (int, float), "weight_decay": (int, float), "warmup_epochs": (int, float),
+    "ema_epochs": (int, float), "seed": (int,),
+}
+TOP_KEYS = {"name", "version", "description", "train"}
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A parsed recipe: ``values`` are TrainConfig field values (labels as a dict)."""
+
+    name: str
+    version: int
+    sha256: str
+    path: str
+    values: dict[str, Any] = field(default_factory=dict)
+    description: str = ""
+
+    def record(self) -> dict[str, Any]:
+        """What checkpoints and bundles keep of the recipe: plain data only."""
+        return {"name": self.name, "version": self.version, "sha256": self.sha256, "values": dict(self.values)}
+
+
+def recipe_path(name_or_path: str) -> Path:
+    """An existing file path as given, else ``recipes/NAME.toml``; refuses an unknown name."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    candidate = RECIPE_DIR / f"{name_or_path}.toml"
+    if "/" not in name_or_path and candidate.is_file():
+        return candidate
+    known = sorted(p.stem for p in RECIPE_DIR.glob("*.toml")) if RECIPE_DIR.is_dir() else []
+    raise EdgesegError(f"recipe {name_or_path!r} is neither a file nor a known recipe "
+                       f"({', '.join(known) or 'none found in ' + str(RECIPE_DIR)})")
+
+
+def load_recipe(name_or_path: str) -> Recipe:
+    """Read and check a recipe file; a file that does not parse or names an unknown key is refused."""
+    path = recipe_path(name_or_path)
+    raw = path.read_bytes()
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise EdgesegError(f"recipe {path} does not parse as TOML: {' '.join(str(exc).split())}") from None
+    unknown = sorted(set(data) - TOP_KEYS)
+    if unknown:
+        raise EdgesegError(f"recipe {path} has unknown top-level key {unknown[0]!r} (known: {', '.join(sorted(TOP_KEYS))})")
+    name, version = data.get("name"), data.get("version")
+    if not isinstance(name, str) or not name:
+        raise EdgesegError(f"recipe {path} needs a name = \"...\" string")
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise EdgesegError(f"recipe {path} needs an integer version >= 1, got {version!r}")
+    train = data.get("train", {})
+    if not isinstance(train, dict):
+        raise EdgesegError(f"recipe {path}: [train] must be a table")
+    return Recipe(name=name, version=version, sha256=hashlib.sha256(raw).hexdigest(), path=str(path),
+                  values=_check_values(train, path), description=str(data.get("description", "")))
+
+
+def _check_values(train: dict[str, Any], path: Path) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for key, value in train.items():
+        if key not in RECIPE_KEYS:
+            raise EdgesegError(f"recipe {path} has unknown key {key!r} in [train] (known: {', '.join(sorted(RECIPE_KEYS))})")
+        types = RECIPE_KEYS[key]
+        if isinstance(value, bool) and bool not in types or not isinstance(value, types):
+            raise EdgesegError(f"recipe {path}: {key} = {value!r} has the wrong type "
+                               f"(expected {' or '.join(t.__name__ for t in types)})")
+        values[key] = _normalise(key, value, path)
+    return values
+
+
+def _normalise(key: str, value: Any, path: Path) -> Any:
+    if key == "labels":
+        if isinstance(value, str):
+            return parse_labels(value)
+        text = ",".join(f"{name}={'+'.join(str(v) for v in (vals if isinstance(vals, list) else [vals]))}"
+                        for name, vals in value.items())
+        return parse_labels(text)
+    if key in ("window", "tversky"):
+        if len(value) != 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+            raise EdgesegError(f"recipe {path}: {key} must be two numbers, got {value!r}")
+        return [float(v) for v in value]
+    if key == "class_weights":
+        if not value or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+            raise EdgesegError(f"recipe {path}: class_weights must be a list of numbers, got {value!r}")
+        return [float(v) for v in value]
+    return value

@@ -1,0 +1,115 @@
+"""Slice-folder masks: binary 0/255 and label maps (grey or greyscale palette), detected or forced,
+and the bad inputs each refused in one line. All data is drawn here (synthetic)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from edgeseg.data import read_slice_folder
+from edgeseg.data.slice_masks import LABEL_MAP_MAX, detect_mask_kind
+from edgeseg.data.slices import read_slice_folder_with_kind
+from edgeseg.errors import DataError
+
+
+def _label_map(rows: int, cols: int, seed: int) -> np.ndarray:
+    """A 0/1/2 map: two rectangles of random place, class 2 inside class 1's neighbour."""
+    rng = np.random.default_rng(seed)
+    label = np.zeros((rows, cols), np.uint8)
+    r, c = rng.integers(0, rows // 2), rng.integers(0, cols // 2)
+    label[r:r + rows // 3, c:c + cols // 3] = 1
+    label[rows // 2:rows // 2 + 4, cols // 2:cols // 2 + 5] = 2
+    return label
+
+
+def _write_folder(root, labels: dict[str, np.ndarray], encode) -> None:
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for stem, label in labels.items():
+        image = (np.arange(label.size).reshape(label.shape) % 251).astype(np.uint8)
+        Image.fromarray(image).save(root / "images" / f"{stem}.png")
+        encode(label).save(root / "masks" / f"{stem}.png")
+
+
+def _grey_palette_image(label: np.ndarray, greys=None) -> Image.Image:
+    image = Image.fromarray(label, mode="P")
+    palette = []
+    for index in range(256):
+        grey = index if greys is None else greys.get(index, index)
+        palette += list(grey) if isinstance(grey, tuple) else [grey] * 3
+    image.putpalette(palette)
+    return image
+
+
+@pytest.fixture
+def labels():
+    # Different sizes and aspect ratios, as chest crops are.
+    return {"001": _label_map(40, 56, 1), "002": _label_map(33, 21, 2), "003": np.zeros((30, 30), np.uint8)}
+
+
+def test_grey_label_maps_are_detected_and_kept(tmp_path, labels):
+    _write_folder(tmp_path, labels, Image.fromarray)
+    volumes, kind = read_slice_folder_with_kind(tmp_path, case_pattern="file")
+    assert kind == "labels"
+    by_id = {v.case_id: v for v in volumes}
+    assert sorted(by_id) == ["001", "002", "003"]
+    for stem, label in labels.items():
+        np.testing.assert_array_equal(by_id[stem].label[0], label)
+
+
+def test_binary_masks_are_detected_and_thresholded(tmp_path, labels):
+    _write_folder(tmp_path, labels, lambda label: Image.fromarray(((label > 0) * 255).astype(np.uint8)))
+    volumes, kind = read_slice_folder_with_kind(tmp_path, case_pattern="file")
+    assert kind == "binary"
+    for volume in volumes:
+        np.testing.assert_array_equal(volume.label[0], (labels[volume.case_id] > 0).astype(np.uint8))
+
+
+def test_greyscale_palette_maps_indices_through_the_palette(tmp_path, labels):
+    # Index 1 shows as grey 2 and index 2 as grey 1: the palette, not the index, is the class.
+    _write_folder(tmp_path, labels, lambda label: _grey_palette_image(label, {1: 2, 2: 1}))
+    volumes = read_slice_folder(tmp_path, case_pattern="file", mask="labels")
+    swap = np.array([0, 2, 1], np.uint8)
+    for volume in volumes:
+        np.testing.assert_array_equal(volume.label[0], swap[labels[volume.case_id]])
+
+
+def test_forcing_binary_on_a_label_map_thresholds_it(tmp_path, labels):
+    _write_folder(tmp_path, labels, Image.fromarray)
+    volumes = read_slice_folder(tmp_path, case_pattern="file", mask="binary", mask_threshold=1)
+    by_id = {v.case_id: v for v in volumes}
+    np.testing.assert_array_equal(by_id["001"].label[0], (labels["001"] > 1).astype(np.uint8))
+
+
+def test_detection_rule_on_values():
+    assert detect_mask_kind([0, 1, 2]) == "labels"
+    assert detect_mask_kind([0, LABEL_MAP_MAX]) == "labels"
+    assert detect_mask_kind([0, 3, 200, 255]) == "binary"
+    assert detect_mask_kind([0]) == "labels"
+
+
+def test_a_value_not_in_the_labels_is_named_with_its_file(tmp_path, labels):
+    _write_folder(tmp_path, labels, Image.fromarray)
+    with pytest.raises(DataError, match=r"masks/001\.png holds label value 2, which --labels does not map"):
+        read_slice_folder(tmp_path, case_pattern="file", label_values=[1])
+    assert len(read_slice_folder(tmp_path, case_pattern="file", label_values=[1, 2])) == 3
+
+
+def test_a_colour_palette_is_refused(tmp_path, labels):
+    _write_folder(tmp_path, labels, lambda label: _grey_palette_image(label, {1: (255, 0, 0)}))
+    with pytest.raises(DataError, match=r"palette that is not greyscale classes: index 1 is the colour \(255, 0, 0\)"):
+        read_slice_folder(tmp_path, case_pattern="file")
+
+
+def test_a_mask_of_another_size_is_refused(tmp_path, labels):
+    _write_folder(tmp_path, labels, Image.fromarray)
+    Image.fromarray(np.zeros((12, 9), np.uint8)).save(tmp_path / "masks" / "002.png")
+    with pytest.raises(DataError, match=r"mask .*002\.png is \(12, 9\) pixels but its image is \(33, 21\)"):
+        read_slice_folder(tmp_path, case_pattern="file")
+
+
+def test_file_names_without_a_slice_number_need_the_file_pattern(tmp_path, labels):
+    _write_folder(tmp_path, labels, Image.fromarray)
+    with pytest.raises(DataError, match="does not match the case pattern"):
+        read_slice_folder(tmp_path)

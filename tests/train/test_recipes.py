@@ -1,0 +1,129 @@
+"""Recipes: the shipped files parse, flags override them, they are recorded in the checkpoint
+and carried into the bundle manifest; bad recipes are one-line errors with nothing written."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+from dataclasses import fields
+from pathlib import Path
+
+import pytest
+
+from edgeseg.errors import EdgesegError
+from edgeseg.spec import PreprocessSpec
+from edgeseg.train.config import TrainConfig, build_spec
+from edgeseg.train.recipes import RECIPE_DIR, load_recipe
+
+
+def edgeseg(*args):
+    return subprocess.run([sys.executable, "-m", "edgeseg.cli", *map(str, args)], capture_output=True, text=True,
+                          timeout=600)
+
+
+TINY = """name = "tiny-lesions"
+version = 3
+[train]
+size = 32
+base = 4
+depth = 2
+window = [0, 255]
+intensity = "hu-clipped:0,255"
+case_pattern = "file"
+mask = "labels"
+labels = { faint = [1], bright = [2] }
+loss = "tversky-focal"
+class_weights = [0.5, 1, 2]
+epochs = 5
+batch_size = 4
+lr = 0.01
+"""
+
+
+@pytest.mark.parametrize("name", ["liver-ct", "covid-infection"])
+def test_shipped_recipes_parse_into_a_train_config(name):
+    recipe = load_recipe(name)
+    assert recipe.name == name and recipe.version >= 1
+    assert recipe.sha256 == hashlib.sha256((RECIPE_DIR / f"{name}.toml").read_bytes()).hexdigest()
+    cfg = TrainConfig(**recipe.values)
+    assert cfg.labels == recipe.values["labels"]
+    assert build_spec(cfg).window == tuple(recipe.values["window"])
+
+
+def test_covid_recipe_names_both_lesion_classes():
+    assert load_recipe("covid-infection").values["labels"] == {"ggo": [1], "consolidation": [2]}
+
+
+@pytest.mark.parametrize("text, message", [
+    ("name = 'x'\nversion = 1\n[train]\nepochs = \n", "does not parse as TOML"),
+    ("name = 'x'\nversion = 1\n[train]\nepoch = 3\n", "unknown key 'epoch'"),
+    ("name = 'x'\nversion = 1\nlearning = 3\n", "unknown top-level key 'learning'"),
+    ("name = 'x'\nversion = 1\n[train]\nepochs = 'many'\n", "epochs = 'many' has the wrong type"),
+    ("name = 'x'\n[train]\n", "integer version"),
+])
+def test_bad_recipes_are_refused(tmp_path, text, message):
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(EdgesegError, match=message):
+        load_recipe(str(path))
+
+
+def test_bad_recipe_on_the_command_line_writes_nothing(tmp_path, assert_one_line_error):
+    path = tmp_path / "bad.toml"
+    path.write_text("name = 'x'\nversion = 1\n[train]\nwindow_hu = [0, 1]\n")
+    out = tmp_path / "run"
+    assert_one_line_error(edgeseg("train", "--recipe", path, "--data", "phantom", "--out", out, "--quiet"),
+                          "unknown key 'window_hu'")
+    assert not out.exists()
+    assert_one_line_error(edgeseg("train", "--recipe", "no-such-recipe", "--out", out), "no-such-recipe")
+    assert not out.exists()
+
+
+def test_fit_pad_needs_a_spec_that_can_pad():
+    cfg = TrainConfig(fit="pad")
+    if "fit" in {f.name for f in fields(PreprocessSpec)}:
+        assert build_spec(cfg).fit == "pad"
+    else:
+        with pytest.raises(EdgesegError, match="fit 'pad' is not available"):
+            build_spec(cfg)
+
+
+def test_recipe_trains_with_overrides_and_is_recorded(tmp_path, lesion_slices):
+    import torch
+
+    from edgeseg.export.bundle import build_manifest
+    from edgeseg.models.checkpoint import read_checkpoint
+
+    data = lesion_slices(6)
+    recipe = tmp_path / "tiny.toml"
+    recipe.write_text(TINY)
+    out = tmp_path / "run"
+    proc = edgeseg("train", "--recipe", recipe, "--data", data, "--out", out, "--epochs", 1, "--folds", 3,
+                   "--fold", 2, "--amp", "off", "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    payload = read_checkpoint(out / "last.pt")
+    cfg = payload["train_config"]
+    assert cfg["epochs"] == 1 and payload["epoch"] == 1                # the flag beat the recipe's 5
+    assert (cfg["loss"], cfg["class_weights"], cfg["size"]) == ("tversky-focal", [0.5, 1.0, 2.0], 32)
+    assert payload["class_names"] == ["background", "faint", "bright"]
+    assert len(payload["split"]["test"]) == 2 and len(payload["split"]["train"]) == 4
+    record = payload["recipe"]
+    assert (record["name"], record["version"]) == ("tiny-lesions", 3)
+    assert record["sha256"] == hashlib.sha256(recipe.read_bytes()).hexdigest()
+    assert record["values"]["epochs"] == 5
+    spec = PreprocessSpec.from_dict(payload["spec"])
+    manifest = build_manifest(payload, out / "last.pt", "0" * 64, spec, [], 1, None)
+    assert manifest.source["recipe"] == record
+    # A checkpoint from before recipes carries none, and its manifest has no recipe entry.
+    del payload["recipe"]
+    assert "recipe" not in build_manifest(payload, out / "last.pt", "0" * 64, spec, [], 1, None).source
+    assert torch.load(out / "last.pt", weights_only=True)["recipe"]["name"] == "tiny-lesions"
+
+
+def test_a_config_recorded_before_recipes_loads_with_the_old_behaviour():
+    old = {"data": "phantom", "out": "runs/x", "labels": {"liver": [1]}, "epochs": 3, "window": [0, 255],
+           "fractions": [0.7, 0.15, 0.15], "augment_p": 0.25}
+    cfg = TrainConfig.from_dict(old)
+    assert (cfg.loss, cfg.class_weights, cfg.folds, cfg.fit, cfg.mask, cfg.recipe) == ("dice-ce", None, 0, "stretch",
+                                                                                     "auto", None)
