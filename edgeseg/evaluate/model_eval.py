@@ -10,6 +10,7 @@ import numpy as np
 
 from edgeseg.atomic import atomic_write_text
 from edgeseg.data import open_dataset
+from edgeseg.data.open import recorded_slice_options
 from edgeseg.data.volume import Volume
 from edgeseg.errors import DataError
 from edgeseg.metrics import class_metrics, mean_slice_dice, summarise
@@ -77,7 +78,8 @@ def evaluate_checkpoint(
         keep_largest = bool((payload.get("postprocess") or {}).get("keep_largest", False))
     segmenter = Segmenter.from_module(model, spec, dict(enumerate(class_names)), {"keep_largest": keep_largest},
                                       max_batch=EVAL_BATCH)
-    volumes, used_split = select_cases(open_dataset(data, intensity=intensity, label_file=label_file), payload, split)
+    volumes, used_split = select_cases(open_dataset(data, intensity=intensity, label_file=label_file,
+                                                    **recorded_slice_options(payload.get("train_config"))), payload, split)
     cases, overlays = [], []
     for vol in tqdm(volumes, desc="evaluate", unit="case", disable=not progress, leave=False):
         if vol.label is None:

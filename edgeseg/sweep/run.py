@@ -121,6 +121,7 @@ def validation_dice(checkpoint: Path, bundle: Path, data: str, intensity: str | 
     """Per-case foreground Dice on the run's validation cases: FP32 (the checkpoint through the
     torch runner) and INT8 (the bundle's INT8 graph on ONNX Runtime), mean over cases."""
     from edgeseg.data import open_dataset
+    from edgeseg.data.open import recorded_slice_options
     from edgeseg.data.slice_set import check_window, map_labels
     from edgeseg.evaluate.model_eval import select_cases
     from edgeseg.metrics import dice
@@ -130,7 +131,7 @@ def validation_dice(checkpoint: Path, bundle: Path, data: str, intensity: str | 
     model, payload = load_model(checkpoint)
     spec, names = checkpoint_spec(payload), list(payload["class_names"])
     post = {"keep_largest": bool((payload.get("postprocess") or {}).get("keep_largest", False))}
-    volumes, _ = select_cases(open_dataset(data, intensity=intensity), payload, "val")
+    volumes, _ = select_cases(open_dataset(data, intensity=intensity, **recorded_slice_options(payload.get("train_config"))), payload, "val")
     segmenters = {"fp32": Segmenter.from_module(model, spec, dict(enumerate(names)), post, max_batch=8),
                   "int8": Segmenter.load(bundle, backend="onnxruntime:int8")}
     scores: dict[str, list[float]] = {k: [] for k in segmenters}
