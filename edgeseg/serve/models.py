@@ -152,10 +152,10 @@ class PipelineModel(ServedModel):
 
     def _check(self, hu: np.ndarray) -> np.ndarray:
         stack = check_pipeline_input(hu, self.segmenter, self.network_name, self.max_batch, self.max_side)
-        if stack.shape[0] > 1 and self.segmenter.postprocess.needs_spacing:
+        if self.segmenter.postprocess.needs_spacing:
             raise ModelInputError(f"model {self.name!r} removes 3-D components by volume in mL, which needs the voxel "
-                                  "spacing that a tensor request does not carry; send one slice per request or use "
-                                  "POST /v1/segment with a DICOM or NIfTI upload")
+                                  "spacing that a tensor request does not carry; use POST /v1/segment with a DICOM or "
+                                  "NIfTI upload")
         return stack
 
     def output(self, request_shape: tuple[int, ...], result: np.ndarray) -> np.ndarray:
