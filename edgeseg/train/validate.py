@@ -87,6 +87,17 @@ def choose_postprocess(pred: np.ndarray, val_set: SliceSet, num_classes: int,
             "val_dice_per_class": plain, "val_dice_post_per_class": final}
 
 
+def validation_voxel_ml(volumes: list, spec) -> list[float] | None:
+    """One voxel's millilitres at the model's input size for each validation volume, for the
+    3-D minimum-volume candidates; None where some case is a stack of unrelated slices (a slice
+    folder), whose spacing is a placeholder and whose slices do not form a volume."""
+    if not volumes or not all(getattr(v, "contiguous", False) for v in volumes):
+        return None
+    rows, cols = spec.size
+    return [float(v.spacing[0] * v.spacing[1] * v.hu.shape[1] / rows * v.spacing[2] * v.hu.shape[2] / cols) / 1000.0
+            for v in volumes]
+
+
 def _better(option, labels, scores, c, best, best_dice):
     """(option, its Dice of class c) when that beats ``best_dice``, else (best, best_dice)."""
     value = scores(labels)[c - 1]

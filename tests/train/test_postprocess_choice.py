@@ -76,3 +76,17 @@ def test_3d_filter_by_volume_uses_the_voxel_size():
     option = chosen(choice, 2)[1]
     assert not option.keep_largest_3d and 16 * 0.02 < option.min_ml <= 64 * 0.02
     assert choice["val_dice_post"] == 1.0
+
+
+def test_voxel_ml_at_model_size_and_none_for_slice_folders():
+    from dataclasses import replace
+
+    from edgeseg.data.phantom import synth_phantom
+    from edgeseg.spec import PreprocessSpec
+    from edgeseg.train.validate import validation_voxel_ml
+
+    vol = synth_phantom("case_000", 1, shape=(4, 128, 96), spacing=(2.5, 1.5, 1.5))
+    spec = PreprocessSpec(window=(0, 255), size=(64, 64))
+    # a model voxel covers 2 x 1.5 source voxels in-plane: 2.5 mm x 3 mm x 2.25 mm
+    assert validation_voxel_ml([vol], spec) == [2.5 * 3.0 * 2.25 / 1000]
+    assert validation_voxel_ml([vol, replace(vol, contiguous=False)], spec) is None
