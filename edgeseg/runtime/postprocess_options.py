@@ -45,7 +45,7 @@ class ClassPostprocess:
 
     @property
     def filters_slices(self) -> bool:
-        return self.keep_largest or self.min_pixels > 1
+        return self.keep_largest or self.min_pixels > 0
 
     @property
     def filters_volume(self) -> bool:
