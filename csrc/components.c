@@ -1,4 +1,5 @@
-/* Largest 8-connected component per foreground class: run-length labelling with union-find.
+/* 8-connected components per foreground class and slice, filtered by per-class rules (largest
+ * only, a minimum size): run-length labelling with union-find.
  *
  * Each row is cut into runs of one class; a run is joined with the runs of the same class in
  * the row above that touch it 8-connectedly (column ranges overlapping when widened by one).
@@ -31,30 +32,8 @@ static void unite(int32_t *parent, int32_t a, int32_t b) {
         parent[a] = b;
 }
 
-/* First index >= x in row[..cols) whose byte is not v, eight bytes at a time where possible:
- * background and organ interiors are long runs, and this loop is most of the pass. */
-static ptrdiff_t skip_equal(const uint8_t *row, ptrdiff_t x, ptrdiff_t cols, uint8_t v) {
-    const uint64_t pattern = 0x0101010101010101ull * v;
-    while (x + 8 <= cols) {
-        uint64_t word;
-        memcpy(&word, row + x, sizeof word);
-        word ^= pattern;
-        if (word) {
-            /* The lowest differing byte comes first in memory on little-endian machines. */
-#if (defined(__GNUC__) || defined(__clang__)) && defined(__BYTE_ORDER__) && \
-    __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
-            return x + (ptrdiff_t)(__builtin_ctzll(word) >> 3);
-#else
-            break;
-#endif
-        }
-        x += 8;
-    }
-    while (x < cols && row[x] == v) ++x;
-    return x;
-}
-
-void es_lcc_slice(uint8_t *lab, ptrdiff_t rows, ptrdiff_t cols, int num_classes, int32_t *work) {
+void es_lcc_slice(uint8_t *lab, ptrdiff_t rows, ptrdiff_t cols, int num_classes,
+                  const es_component_rule *rules, int32_t *work) {
     const ptrdiff_t npix = rows * cols;
     int32_t *start = work;             /* first pixel (flat index) of each run */
     int32_t *len = work + npix;        /* pixels in each run */
@@ -68,15 +47,15 @@ void es_lcc_slice(uint8_t *lab, ptrdiff_t rows, ptrdiff_t cols, int num_classes,
         int32_t k = prev_begin; /* runs above before k end left of every run still to come */
         ptrdiff_t x = 0;
         while (x < cols) {
-            x = skip_equal(row, x, cols, 0);
+            x = es_skip_equal(row, x, cols, 0);
             if (x >= cols) break;
             const int c = row[x];
-            if (c >= num_classes) {
+            if (c >= num_classes || !(rules[c].keep_largest || rules[c].min_size > 1)) {
                 ++x;
                 continue;
             }
             const ptrdiff_t x0 = x;
-            x = skip_equal(row, x + 1, cols, (uint8_t)c);
+            x = es_skip_equal(row, x + 1, cols, (uint8_t)c);
             const int32_t r = next++;
             start[r] = (int32_t)(y * cols + x0);
             len[r] = (int32_t)(x - x0);
@@ -90,7 +69,9 @@ void es_lcc_slice(uint8_t *lab, ptrdiff_t rows, ptrdiff_t cols, int num_classes,
         prev_begin = row_begin;
         prev_end = next;
     }
-    if (next < 2) return; /* at most one run in the whole slice */
+    int sized = 0; /* some class removes small components */
+    for (int c = 1; c < num_classes; ++c) sized |= rules[c].min_size > 1;
+    if (next == 0 || (next < 2 && !sized)) return; /* at most one run in the whole slice */
     memset(count, 0, (size_t)next * sizeof(int32_t));
     for (int32_t r = 0; r < next; ++r) count[find_root(parent, r)] += len[r];
     for (int c = 0; c < 256; ++c) best[c] = -1;
@@ -101,7 +82,10 @@ void es_lcc_slice(uint8_t *lab, ptrdiff_t rows, ptrdiff_t cols, int num_classes,
     }
     for (int32_t r = 0; r < next; ++r) {
         const int32_t root = find_root(parent, r);
-        if (root != best[lab[start[r]]]) memset(lab + start[r], 0, (size_t)len[r]);
+        const es_component_rule *rule = &rules[lab[start[r]]];
+        const int keep = (!rule->keep_largest || root == best[lab[start[r]]]) &&
+                         (int64_t)count[root] >= rule->min_size;
+        if (!keep) memset(lab + start[r], 0, (size_t)len[r]);
     }
 }
 
@@ -109,6 +93,7 @@ typedef struct {
     uint8_t *labels;
     ptrdiff_t rows, cols;
     int num_classes;
+    const es_component_rule *rules;
 } lcc_plan;
 
 static void *lcc_work_alloc(const void *ctx) {
@@ -120,13 +105,14 @@ static void *lcc_work_alloc(const void *ctx) {
 static int lcc_run(const void *ctx, void *work, const es_band *b) {
     const lcc_plan *p = (const lcc_plan *)ctx;
     es_lcc_slice(p->labels + b->slice * p->rows * p->cols, p->rows, p->cols, p->num_classes,
-                 (int32_t *)work);
+                 p->rules, (int32_t *)work);
     return ES_OK;
 }
 
-int es_largest_component(uint8_t *labels, ptrdiff_t count, ptrdiff_t rows, ptrdiff_t cols,
-                         int num_classes, int num_threads) {
-    if (!labels || count < 0 || rows < 1 || cols < 1 || num_classes < 0 || num_classes > 256)
+int es_filter_components(uint8_t *labels, ptrdiff_t count, ptrdiff_t rows, ptrdiff_t cols,
+                         int num_classes, const es_component_rule *rules, int num_threads) {
+    if (!labels || !rules || count < 0 || rows < 1 || cols < 1 || num_classes < 0 ||
+        num_classes > 256)
         return ES_EINVAL;
     if (rows * cols > INT32_MAX / 2) return ES_EINVAL;
     if (count == 0 || num_classes < 2) return ES_OK;
@@ -135,6 +121,7 @@ int es_largest_component(uint8_t *labels, ptrdiff_t count, ptrdiff_t rows, ptrdi
     p.rows = rows;
     p.cols = cols;
     p.num_classes = num_classes;
+    p.rules = rules;
     es_band_job job;
     job.count = count;
     job.rows = rows;
@@ -145,4 +132,14 @@ int es_largest_component(uint8_t *labels, ptrdiff_t count, ptrdiff_t rows, ptrdi
     job.thread_free = free;
     job.run = lcc_run;
     return es_run_bands(&job, num_threads);
+}
+
+int es_largest_component(uint8_t *labels, ptrdiff_t count, ptrdiff_t rows, ptrdiff_t cols,
+                         int num_classes, int num_threads) {
+    es_component_rule rules[256];
+    for (int c = 0; c < 256; ++c) {
+        rules[c].keep_largest = 1;
+        rules[c].min_size = 0;
+    }
+    return es_filter_components(labels, count, rows, cols, num_classes, rules, num_threads);
 }

@@ -75,10 +75,18 @@ ES_API int es_segment_slice(es_segmenter *seg, const void *hu, es_dtype dtype, i
 
 /* Segment `slices` slices as es_segment_slice does; slice z starts `slice_stride` elements
  * after slice z-1 (>= rows * row_stride). Slices go to the model in batches of the bundle's
- * max_batch, at most 8, as in Segmenter.predict_volume. `labels` receives (slices, rows, cols). */
+ * max_batch, at most 8, as in Segmenter.predict_volume. `labels` receives (slices, rows, cols),
+ * after the bundle's per-slice and 3-D component filters. */
 ES_API int es_segment_volume(es_segmenter *seg, const void *hu, es_dtype dtype, int slices, int rows,
                              int cols, ptrdiff_t row_stride, ptrdiff_t slice_stride, uint8_t *labels,
                              es_error *err);
+
+/* es_segment_volume with the voxel size, spacing[0..2] = (z, y, x) in mm: needed where the
+ * bundle removes 3-D components under a volume in mL (es_segment_volume then fails naming this
+ * function). The 3-D filters (per class, 6-connected) run over the whole result. */
+ES_API int es_segment_volume_spaced(es_segmenter *seg, const void *hu, es_dtype dtype, int slices, int rows,
+                                    int cols, ptrdiff_t row_stride, ptrdiff_t slice_stride,
+                                    const double spacing[3], uint8_t *labels, es_error *err);
 
 /* Class names indexed by class number (a class the manifest leaves unnamed is ""); `count`
  * receives the number of classes. Owned by the segmenter. */

@@ -88,6 +88,19 @@ class Segmenter {
         return labels;
     }
 
+    // segment_volume with the voxel size (z, y, x) in mm, for bundles that remove 3-D components
+    // under a volume in mL.
+    template <typename T>
+    std::vector<uint8_t> segment_volume(const T *hu, int slices, int rows, int cols, const double (&spacing)[3]) const {
+        std::vector<uint8_t> labels(checked_count(slices, rows, cols));
+        es_error err{};
+        detail::check(es_segment_volume_spaced(seg_, hu, detail::dtype_of<T>::value, slices, rows, cols, cols,
+                                               static_cast<std::ptrdiff_t>(rows) * cols, spacing, labels.data(),
+                                               &err),
+                      err);
+        return labels;
+    }
+
     // Class names by class number.
     std::vector<std::string> labels() const {
         int count = 0;

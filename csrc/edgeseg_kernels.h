@@ -8,7 +8,8 @@
  *  - argmax ties go to the lowest class; label maps resize by nearest at pixel centres,
  *    src = floor((j + 0.5) * n_in / n_out);
  *  - largest component: 8-connected, per foreground class, per slice; equal sizes keep the
- *    component whose first pixel comes first in raster order.
+ *    component whose first pixel comes first in raster order. In 3-D (es_filter_components_3d)
+ *    6-connected over the whole volume, raster order being (slice, row, column).
  *
  * All arrays are caller-owned. Strides are in elements (not bytes) and may be negative. Every
  * function returns ES_OK or an es_status code and never aborts. `num_threads` <= 0 means the
@@ -77,6 +78,24 @@ int es_resize_labels(const uint8_t *src, ptrdiff_t count, ptrdiff_t rows, ptrdif
  * largest 8-connected component per slice; other pixels are left as they are. */
 int es_largest_component(uint8_t *labels, ptrdiff_t count, ptrdiff_t rows, ptrdiff_t cols,
                          int num_classes, int num_threads);
+
+/* What survives of one class's connected components. A component is kept when it is the class's
+ * largest (or keep_largest is 0) and holds at least min_size pixels (voxels in 3-D). */
+typedef struct {
+    int keep_largest; /* nonzero: only the largest component (equal sizes: the first in raster order) */
+    int64_t min_size; /* components of fewer pixels / voxels are removed; <= 1 removes none */
+} es_component_rule;
+
+/* In place on contiguous (count, rows, cols) labels, per slice and 8-connected: class c in
+ * 1..num_classes-1 follows rules[c] (rules[0] is not read). Pixels of other classes are left. */
+int es_filter_components(uint8_t *labels, ptrdiff_t count, ptrdiff_t rows, ptrdiff_t cols,
+                         int num_classes, const es_component_rule *rules, int num_threads);
+
+/* In place on a contiguous (depth, rows, cols) label volume, 6-connected across rows and slices:
+ * class c in 1..num_classes-1 follows rules[c], min_size in voxels. Volumes of more than
+ * INT32_MAX voxels give ES_EINVAL. */
+int es_filter_components_3d(uint8_t *labels, ptrdiff_t depth, ptrdiff_t rows, ptrdiff_t cols,
+                            int num_classes, const es_component_rule *rules, int num_threads);
 
 /* Threads a call with num_threads <= 0 uses (1 without OpenMP). */
 int es_default_threads(void);

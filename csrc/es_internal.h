@@ -48,8 +48,33 @@ void es_axis_free(es_axis *ax);
 /* One row of ax->n_in floats -> ax->n_out floats (float taps; double sums for wide areas). */
 void es_resize_row(const es_axis *ax, const float *ES_RESTRICT in, float *ES_RESTRICT out);
 
-/* Largest-component filter of one (rows, cols) slice; `work` holds 4 * rows * cols + 256 int32. */
-void es_lcc_slice(uint8_t *labels, ptrdiff_t rows, ptrdiff_t cols, int num_classes, int32_t *work);
+/* Component filter of one (rows, cols) slice, classes 1..num_classes-1 following rules[c];
+ * `work` holds 4 * rows * cols + 256 int32. */
+void es_lcc_slice(uint8_t *labels, ptrdiff_t rows, ptrdiff_t cols, int num_classes,
+                  const es_component_rule *rules, int32_t *work);
+
+/* First index >= x in row[..cols) whose byte is not v, eight bytes at a time where possible:
+ * background and organ interiors are long runs, and this loop is most of a component pass. */
+ES_INLINE ptrdiff_t es_skip_equal(const uint8_t *row, ptrdiff_t x, ptrdiff_t cols, uint8_t v) {
+    const uint64_t pattern = 0x0101010101010101ull * v;
+    while (x + 8 <= cols) {
+        uint64_t word;
+        memcpy(&word, row + x, sizeof word);
+        word ^= pattern;
+        if (word) {
+            /* The lowest differing byte comes first in memory on little-endian machines. */
+#if (defined(__GNUC__) || defined(__clang__)) && defined(__BYTE_ORDER__) && \
+    __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+            return x + (ptrdiff_t)(__builtin_ctzll(word) >> 3);
+#else
+            break;
+#endif
+        }
+        x += 8;
+    }
+    while (x < cols && row[x] == v) ++x;
+    return x;
+}
 
 /* Source index of output j for nearest resize at pixel centres. */
 ES_INLINE ptrdiff_t es_nearest_index(ptrdiff_t j, ptrdiff_t n_in, ptrdiff_t n_out) {

@@ -270,3 +270,15 @@ def summarise(per_case, class_names: Sequence[str] | None = None) -> dict:
                 entry["hd95_undefined"] = int(np.count_nonzero(~np.isfinite(values)))
         summary[_class_key(cls, class_names)] = entry
     return summary
+
+
+def false_positive_slices(pred_labels, true_labels, num_classes: int) -> dict[int, int]:
+    """For each foreground class, the slices of (Z, Y, X) ``pred_labels`` that show the class
+    while the same slice of ``true_labels`` holds none of it: the stray detections on organ-free
+    slices (heart, lung bases, pelvis) that a Dice pooled over the volume hides."""
+    pred_labels, true_labels = np.asarray(pred_labels), np.asarray(true_labels)
+    if pred_labels.shape != true_labels.shape or pred_labels.ndim != 3:
+        raise DataError(f"predicted and true labels must be (Z, Y, X) of one shape, got "
+                        f"{pred_labels.shape} and {true_labels.shape}")
+    return {c: int(((pred_labels == c).any(axis=(1, 2)) & ~(true_labels == c).any(axis=(1, 2))).sum())
+            for c in range(1, int(num_classes))}

@@ -142,3 +142,18 @@ def test_summarise_of_only_undefined_hd95_gives_nan_statistics():
     assert summary[1]["hd95_undefined"] == 1
     with pytest.raises(DataError, match="no cases"):
         summarise({})
+
+
+def test_false_positive_slices_count_predicted_slices_without_truth():
+    from edgeseg.metrics import false_positive_slices
+
+    rng = np.random.default_rng(3)
+    pred = (rng.random((12, 6, 6)) < 0.05).astype(np.uint8) * rng.integers(1, 3, (12, 6, 6)).astype(np.uint8)
+    truth = np.zeros_like(pred)
+    truth[3:7, 2:4, 2:4] = 1
+    truth[5, 0, 0] = 2
+    brute = {c: sum(1 for z in range(12) if (pred[z] == c).any() and not (truth[z] == c).any()) for c in (1, 2)}
+    assert false_positive_slices(pred, truth, 3) == brute
+    assert false_positive_slices(truth, truth, 3) == {1: 0, 2: 0}
+    with pytest.raises(DataError):
+        false_positive_slices(pred, truth[:3], 3)

@@ -18,7 +18,6 @@ typedef struct {
     int rows, cols;          /* spec size: the model's input */
     int area;                /* interpolation "area" (else bilinear) */
     int resize_input;        /* 0: slices must already be rows x cols */
-    int keep_largest;        /* postprocess.keep_largest */
     int resize_labels;       /* postprocess.resize == "labels" (else "logits") */
     int max_batch;
     int num_classes;         /* max label + 1 */
@@ -28,7 +27,23 @@ typedef struct {
     char artifact_key[32];   /* "onnx-int8" */
     char sha256[65];
     long long artifact_bytes;
+    /* postprocess.classes (es_parse_postprocess): per class, per slice and over a volume */
+    unsigned char slice_keep[ES_MAX_CLASSES], volume_keep[ES_MAX_CLASSES];
+    long long min_pixels[ES_MAX_CLASSES];
+    double min_ml[ES_MAX_CLASSES];
 } es_bundle;
+
+struct cJSON;
+
+/* Read manifest "postprocess" (either layout) into the bundle's per-class options. */
+int es_parse_postprocess(const struct cJSON *post, es_bundle *b, const char *dir, es_error *err);
+
+/* The per-slice rules at an output of rows x cols (min_pixels scaled from the model's size);
+ * *any is 1 when some class filters. */
+void es_slice_rules(const es_bundle *b, int rows, int cols, es_component_rule *rules, int *any);
+
+/* The volume rules with `spacing` (z, y, x mm; NULL: unknown, an error where a class needs it). */
+int es_volume_rules(const es_bundle *b, const double *spacing, es_component_rule *rules, int *any, es_error *err);
 
 /* Read BUNDLE/manifest.json, check it and choose the ONNX artifact of `precision` (NULL/"auto":
  * int8, fp32, fp16 in that order). ES_OK or an error in `err`. */

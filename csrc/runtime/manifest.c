@@ -229,11 +229,9 @@ static int parse_options(const cJSON *root, es_bundle *b, const char *dir, es_er
     b->resize_input = !resize_input || cJSON_IsTrue(resize_input);
     if (post && !cJSON_IsNull(post) && !cJSON_IsObject(post))
         return es_fail(err, ES_EBUNDLE, "bundle %s: postprocess must be a JSON object", dir);
-    const cJSON *keep = post ? cJSON_GetObjectItemCaseSensitive(post, "keep_largest") : NULL;
     const char *resize = post ? string_or(post, "resize", "logits") : "logits";
-    if (keep && !cJSON_IsBool(keep) && !cJSON_IsNull(keep))
-        return es_fail(err, ES_EBUNDLE, "bundle %s: postprocess.keep_largest must be true or false", dir);
-    b->keep_largest = keep && cJSON_IsTrue(keep);
+    int rc = es_parse_postprocess(post, b, dir, err);
+    if (rc) return rc;
     if (!resize || (strcmp(resize, "logits") != 0 && strcmp(resize, "labels") != 0))
         return es_fail(err, ES_EBUNDLE, "bundle %s: postprocess.resize must be logits or labels", dir);
     b->resize_labels = strcmp(resize, "labels") == 0;

@@ -1,6 +1,7 @@
 /* es_segmenter: a checked bundle, an OpenVINO infer request, and the C kernels around it.
  * Same steps and settings as edgeseg/runtime/segmenter.py with runners/openvino.py, so the
  * masks are the Python runtime's. */
+#include <math.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -144,9 +145,16 @@ static int infer_and_postprocess(es_segmenter *seg, int n, int rows, int cols, u
     if (rc == ES_OK) {
         rc = es_postprocess(logits, ES_FLOAT32, n, (ptrdiff_t)out_shape.dims[1], (ptrdiff_t)out_shape.dims[2],
                             (ptrdiff_t)out_shape.dims[3], labels, rows, cols,
-                            b->resize_labels ? ES_RESIZE_LABELS : ES_RESIZE_LOGITS, b->keep_largest, KERNEL_THREADS);
+                            b->resize_labels ? ES_RESIZE_LABELS : ES_RESIZE_LOGITS, 0, KERNEL_THREADS);
         if (rc == ES_ENONFINITE) es_fail(err, rc, "%s: the model's logits hold NaN or inf", b->artifact_file);
         else if (rc) es_fail(err, rc, "postprocess: %s", es_status_message(rc));
+    }
+    if (rc == ES_OK) { /* the bundle's per-class component filters, per slice */
+        es_component_rule rules[ES_MAX_CLASSES];
+        int any;
+        es_slice_rules(b, rows, cols, rules, &any);
+        if (any && (rc = es_filter_components(labels, n, rows, cols, b->num_classes, rules, KERNEL_THREADS)))
+            es_fail(err, rc, "component filter: %s", es_status_message(rc));
     }
     if (out) ov_tensor_free(out);
     if (in) ov_tensor_free(in);
@@ -169,11 +177,29 @@ static int segment_batch(es_segmenter *seg, const void *hu, es_dtype dtype, int 
     return infer_and_postprocess(seg, n, in->rows, in->cols, labels, err);
 }
 
-static int segment(es_segmenter *seg, const void *hu, es_dtype dtype, const es_hu_layout *in, uint8_t *labels,
-                   es_error *err) {
+/* The bundle's 3-D component filters over the whole (slices, rows, cols) result. */
+static int filter_volume(const es_bundle *b, const es_hu_layout *in, const double *spacing, uint8_t *labels,
+                         es_error *err) {
+    es_component_rule rules[ES_MAX_CLASSES];
+    int any;
+    int rc = es_volume_rules(b, spacing, rules, &any, err);
+    if (rc || !any) return rc;
+    rc = es_filter_components_3d(labels, in->slices, in->rows, in->cols, b->num_classes, rules, KERNEL_THREADS);
+    return rc ? es_fail(err, rc, "3-D component filter: %s", es_status_message(rc)) : ES_OK;
+}
+
+static int segment(es_segmenter *seg, const void *hu, es_dtype dtype, const es_hu_layout *in, const double *spacing,
+                   uint8_t *labels, es_error *err) {
     if (!seg) return es_fail(err, ES_EINVAL, "segmenter is NULL");
     int rc = es_check_hu(&seg->bundle, hu, dtype, in, labels, err);
     if (rc) return rc;
+    if (spacing && !(spacing[0] > 0 && spacing[1] > 0 && spacing[2] > 0 && isfinite(spacing[0] * spacing[1] * spacing[2])))
+        return es_fail(err, ES_EINVAL, "spacing must be three finite voxel sizes > 0 in mm");
+    if (in->volume) { /* refuse a missing spacing before any work */
+        es_component_rule rules[ES_MAX_CLASSES];
+        int any;
+        if ((rc = es_volume_rules(&seg->bundle, spacing, rules, &any, err))) return rc;
+    }
     size_t elem = dtype == ES_UINT8 ? 1 : dtype == ES_FLOAT32 ? 4 : 2;
     size_t plane = (size_t)in->rows * (size_t)in->cols;
     int step = in->volume ? seg->batch : 1;
@@ -184,6 +210,7 @@ static int segment(es_segmenter *seg, const void *hu, es_dtype dtype, const es_h
         rc = segment_batch(seg, first, dtype, n, in, labels + (size_t)z * plane, err);
     }
     pthread_mutex_unlock(&seg->lock);
+    if (rc == ES_OK && in->volume) rc = filter_volume(&seg->bundle, in, spacing, labels, err);
     return rc ? rc : es_succeed(err);
 }
 
@@ -192,13 +219,21 @@ int es_segment_slice(es_segmenter *seg, const void *hu, es_dtype dtype, int rows
     /* The slice stride is never used for one slice; computed only where it cannot overflow. */
     int sane = rows >= 1 && rows <= ES_MAX_SIDE && row_stride >= 1 && row_stride <= PTRDIFF_MAX / ES_MAX_SIDE;
     es_hu_layout in = {1, rows, cols, row_stride, sane ? (ptrdiff_t)rows * row_stride : 0, 0};
-    return segment(seg, hu, dtype, &in, labels, err);
+    return segment(seg, hu, dtype, &in, NULL, labels, err);
 }
 
 int es_segment_volume(es_segmenter *seg, const void *hu, es_dtype dtype, int slices, int rows, int cols,
                       ptrdiff_t row_stride, ptrdiff_t slice_stride, uint8_t *labels, es_error *err) {
     es_hu_layout in = {slices, rows, cols, row_stride, slice_stride, 1};
-    return segment(seg, hu, dtype, &in, labels, err);
+    return segment(seg, hu, dtype, &in, NULL, labels, err);
+}
+
+int es_segment_volume_spaced(es_segmenter *seg, const void *hu, es_dtype dtype, int slices, int rows, int cols,
+                             ptrdiff_t row_stride, ptrdiff_t slice_stride, const double spacing[3], uint8_t *labels,
+                             es_error *err) {
+    if (!spacing) return es_fail(err, ES_EINVAL, "spacing is NULL");
+    es_hu_layout in = {slices, rows, cols, row_stride, slice_stride, 1};
+    return segment(seg, hu, dtype, &in, spacing, labels, err);
 }
 
 const char *const *es_labels(const es_segmenter *seg, int *count) {

@@ -21,11 +21,15 @@ from edgeseg.errors import require
               help="Label map for a single-volume --data: NIfTI, NRRD or DICOM SEG.")
 @click.option("--keep-largest/--no-keep-largest", default=None,
               help="Keep only the largest component per class and slice (default: as chosen on validation at training).")
+@click.option("--postprocess-3d/--no-postprocess-3d", "volume_postprocess", default=None,
+              help="Largest 3-D component for every class without a recorded 3-D choice / no 3-D filters "
+                   "(default: as chosen on validation at training).")
 @click.option("--intensity", default=None, help="What slice-folder pixels mean: 'hu-clipped:0,255' or 'window:LO,HI'.")
 @click.option("--out", default=None, type=click.Path(file_okay=False), help="Folder for eval.json, the table and overlay PNGs.")
 @click.option("--worst", default=4, show_default=True, help="Overlay PNGs for this many worst cases.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def command(checkpoint, data, split, labels, label_file, keep_largest, intensity, out, worst, quiet) -> None:
+def command(checkpoint, data, split, labels, label_file, keep_largest, volume_postprocess, intensity, out, worst,
+            quiet) -> None:
     """Evaluate CHECKPOINT per case and per class; prints a table, writes JSON and overlays."""
     require("torch", "train", "edgeseg evaluate")
     from edgeseg.evaluate.model_eval import evaluate_checkpoint
@@ -36,6 +40,7 @@ def command(checkpoint, data, split, labels, label_file, keep_largest, intensity
     configure_logging()
     result = evaluate_checkpoint(
         checkpoint, data, split=split, labels=parse_labels(labels) if labels else None,
-        intensity=intensity, label_file=label_file, keep_largest=keep_largest, out=out, worst=worst, progress=not quiet,
+        intensity=intensity, label_file=label_file, keep_largest=keep_largest,
+        volume_postprocess=volume_postprocess, out=out, worst=worst, progress=not quiet,
     )
     click.echo(result["table"])

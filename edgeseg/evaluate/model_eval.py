@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -13,9 +14,10 @@ from edgeseg.data import open_dataset
 from edgeseg.data.open import recorded_slice_options
 from edgeseg.data.volume import Volume
 from edgeseg.errors import DataError
-from edgeseg.metrics import class_metrics, mean_slice_dice, summarise
+from edgeseg.metrics import class_metrics, false_positive_slices, mean_slice_dice, summarise
 from edgeseg.evaluate.overlay import OverlayItem, save_overlay_grid
 from edgeseg.report.output import format_table, write_json
+from edgeseg.runtime.postprocess_options import ClassPostprocess, PostprocessOptions
 
 log = logging.getLogger("edgeseg.evaluate")
 EVAL_BATCH = 16
@@ -48,6 +50,7 @@ def evaluate_checkpoint(
     intensity: str | None = None,
     label_file: str | Path | None = None,
     keep_largest: bool | None = None,
+    volume_postprocess: bool | None = None,
     out: str | Path | None = None,
     worst: int = 4,
     progress: bool = True,
@@ -58,7 +61,11 @@ def evaluate_checkpoint(
     the in-memory torch runner (the deployed pre- and post-processing), Dice is pooled
     over each case's slices and averaged over cases; the mean per-slice Dice is reported too (of
     the one class; with several classes, of the merged "any class" mask and of each class).
-    ``keep_largest`` None follows the choice recorded at training (made on validation Dice).
+    Post-processing follows the per-class choice recorded at training (made on validation
+    Dice); ``keep_largest`` True / False replaces its per-slice part by the largest component
+    of every class / none; ``volume_postprocess`` False drops its 3-D part, True gives every
+    class without a recorded 3-D choice its largest 3-D component. False-positive
+    slices (a class predicted on a slice that holds none of it) are counted per case and class.
     With ``out``: eval.json, eval.txt and worst_cases.png (contours on the CT, one colour per
     class when there are several; cases ranked by their mean class Dice) are written.
     """
@@ -74,10 +81,8 @@ def evaluate_checkpoint(
     label_values = labels or payload.get("label_values") or {n: [i] for i, n in enumerate(class_names) if i}
     if len(label_values) != len(class_names) - 1:
         raise DataError(f"--labels names {len(label_values)} classes, the model predicts {len(class_names) - 1} ({class_names[1:]})")
-    if keep_largest is None:
-        keep_largest = bool((payload.get("postprocess") or {}).get("keep_largest", False))
-    segmenter = Segmenter.from_module(model, spec, dict(enumerate(class_names)), {"keep_largest": keep_largest},
-                                      max_batch=EVAL_BATCH)
+    post = chosen_postprocess(payload, len(class_names), keep_largest, volume_postprocess)
+    segmenter = Segmenter.from_module(model, spec, dict(enumerate(class_names)), post, max_batch=EVAL_BATCH)
     volumes, used_split = select_cases(open_dataset(data, intensity=intensity, label_file=label_file,
                                                     **recorded_slice_options(payload.get("train_config"))), payload, split)
     cases, overlays = [], []
@@ -88,8 +93,12 @@ def evaluate_checkpoint(
         truth = map_labels(vol.label, label_values)
         pred = segmenter.predict_volume(vol, batch_size=EVAL_BATCH)
         metrics = class_metrics(pred, truth, len(class_names), spacing=vol.spacing, per_slice_hd=not vol.contiguous)
+        fp_slices = false_positive_slices(pred, truth, len(class_names))
         case = {"case_id": vol.case_id, "slices": vol.num_slices,
                 "metrics": {class_names[c]: m for c, m in metrics.items()},
+                "false_positive_slices": {class_names[c]: n for c, n in fp_slices.items()},
+                "slices_without_class": {class_names[c]: int((~(truth == c).any(axis=(1, 2))).sum())
+                                         for c in range(1, len(class_names))},
                 "slice_dice_mean": mean_slice_dice(pred, truth, range(1, len(class_names)))}
         if len(class_names) > 2:
             case["slice_dice_by_class"] = {class_names[c]: mean_slice_dice(pred, truth, [c])
@@ -99,17 +108,39 @@ def evaluate_checkpoint(
     summary = summarise([c["metrics"] for c in cases])
     result = {
         "checkpoint": str(checkpoint), "data": str(data), "split": used_split, "spec_hash": spec.hash,
-        "keep_largest": keep_largest, "classes": class_names, "cases": cases, "summary": summary,
+        "postprocess": post.to_dict(), "classes": class_names, "cases": cases, "summary": summary,
+        "false_positive_slices": {name: sum(c["false_positive_slices"][name] for c in cases) for name in class_names[1:]},
+        "slices_without_class": {name: sum(c["slices_without_class"][name] for c in cases) for name in class_names[1:]},
         "slice_dice_mean": float(np.mean([c["slice_dice_mean"] for c in cases])),
     }
     if len(class_names) > 2:
         result["slice_dice_by_class"] = {name: float(np.mean([c["slice_dice_by_class"][name] for c in cases]))
                                          for name in class_names[1:]}
-    result["table"] = _table(cases, class_names, summary, result)
+    result["table"] = _table(cases, class_names, summary, result) + "\n" + _fp_line(result)
     if out is not None:
         _write(Path(out), result, overlays, worst)
     log.info("evaluated %d cases (%s split)", len(cases), used_split)
     return result
+
+
+def chosen_postprocess(payload: dict[str, Any], num_classes: int, keep_largest: bool | None,
+                       volume_postprocess: bool | None) -> PostprocessOptions:
+    """The checkpoint's recorded post-processing, with the per-slice largest-component choice
+    and / or the 3-D part overridden where asked."""
+    post = PostprocessOptions.from_dict(payload.get("postprocess"), num_classes)
+    classes = {c: post.classes.get(c, ClassPostprocess()) for c in range(1, num_classes)}
+    if keep_largest is not None:
+        classes = {c: replace(o, keep_largest=keep_largest) for c, o in classes.items()}
+    if volume_postprocess is False:
+        classes = {c: replace(o, keep_largest_3d=False, min_ml=0.0) for c, o in classes.items()}
+    elif volume_postprocess:  # a class without a recorded 3-D choice keeps its largest 3-D component
+        classes = {c: o if o.filters_volume else replace(o, keep_largest_3d=True) for c, o in classes.items()}
+    return PostprocessOptions(post.resize, {c: o for c, o in classes.items() if o != ClassPostprocess()})
+
+
+def _fp_line(result: dict) -> str:
+    parts = [f"{name} {n} of {result['slices_without_class'][name]}" for name, n in result["false_positive_slices"].items()]
+    return "false-positive slices (predicted, no true foreground): " + ", ".join(parts)
 
 
 def _worst_slice(vol: Volume, pred: np.ndarray, truth: np.ndarray, metrics: dict, class_names: list[str],

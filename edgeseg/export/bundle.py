@@ -21,6 +21,7 @@ from edgeseg.atomic import atomic_dir, atomic_write_text, check_output_folder
 from edgeseg.errors import DataError
 from edgeseg.runtime.manifest import (MANIFEST_NAME, PARITY_NAME, ArtifactEntry, Manifest, TensorInfo,
                                       sha256_file)
+from edgeseg.runtime.postprocess_options import PostprocessOptions
 from edgeseg.spec import PreprocessSpec
 
 
@@ -71,7 +72,7 @@ def build_manifest(payload: dict[str, Any], checkpoint: Path, checkpoint_sha256:
         outputs=(TensorInfo("logits", (-1, len(class_names), rows, cols), "float32"),),
         artifacts=tuple(artifacts),
         model=dict(payload["model"]),
-        postprocess={"keep_largest": bool((payload.get("postprocess") or {}).get("keep_largest", False))},
+        postprocess=PostprocessOptions.from_dict(payload.get("postprocess"), len(class_names)).to_dict(),
         max_batch=int(max_batch),
         calibration=calibration,
         source={"checkpoint": checkpoint.name, "sha256": checkpoint_sha256, "epoch": payload.get("epoch"),

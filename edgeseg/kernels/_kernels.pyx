@@ -5,7 +5,7 @@ Every function takes typed memoryviews, releases the GIL around the C call and r
 status code; the Python layer turns a non-zero status into an exception.
 """
 
-from libc.stdint cimport int16_t, int32_t, uint8_t, uint16_t
+from libc.stdint cimport int16_t, int32_t, int64_t, uint8_t, uint16_t
 
 
 cdef extern from "edgeseg_kernels.h":
@@ -48,6 +48,16 @@ cdef extern from "edgeseg_kernels.h":
                          int num_threads) noexcept nogil
     int es_largest_component(uint8_t *labels, Py_ssize_t count, Py_ssize_t rows,
                              Py_ssize_t cols, int num_classes, int num_threads) noexcept nogil
+    ctypedef struct es_component_rule:
+        int keep_largest
+        int64_t min_size
+
+    int es_filter_components(uint8_t *labels, Py_ssize_t count, Py_ssize_t rows, Py_ssize_t cols,
+                             int num_classes, const es_component_rule *rules,
+                             int num_threads) noexcept nogil
+    int es_filter_components_3d(uint8_t *labels, Py_ssize_t depth, Py_ssize_t rows,
+                                Py_ssize_t cols, int num_classes, const es_component_rule *rules,
+                                int num_threads) noexcept nogil
     int es_default_threads() noexcept nogil
     int es_has_openmp() noexcept nogil
     const char *es_status_message(int status) noexcept nogil
@@ -144,4 +154,24 @@ def largest_component(uint8_t[:, :, ::1] labels, int num_classes, int num_thread
     with nogil:
         rc = es_largest_component(&labels[0, 0, 0], labels.shape[0], labels.shape[1],
                                   labels.shape[2], num_classes, num_threads)
+    return rc
+
+
+def filter_components(uint8_t[:, :, ::1] labels, const uint8_t[::1] keep_largest,
+                      const int64_t[::1] min_size, bint volume, int num_threads):
+    """In place: class c keeps its largest component if keep_largest[c], and components of at
+    least min_size[c] pixels; per slice (8-connected), or over the volume (6-connected)."""
+    cdef es_component_rule rules[256]
+    cdef int num_classes = keep_largest.shape[0]
+    cdef int c, rc
+    for c in range(num_classes):
+        rules[c].keep_largest = keep_largest[c]
+        rules[c].min_size = min_size[c]
+    with nogil:
+        if volume:
+            rc = es_filter_components_3d(&labels[0, 0, 0], labels.shape[0], labels.shape[1],
+                                         labels.shape[2], num_classes, rules, num_threads)
+        else:
+            rc = es_filter_components(&labels[0, 0, 0], labels.shape[0], labels.shape[1],
+                                      labels.shape[2], num_classes, rules, num_threads)
     return rc

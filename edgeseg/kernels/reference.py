@@ -144,3 +144,29 @@ def postprocess(
             resized[i, k] = resize_plane(arr[i, k], size, "bilinear")
     labels = argmax_labels(resized)
     return largest_component(labels, c) if keep_largest else labels
+
+
+def filter_components(labels: np.ndarray, rules: dict, *, volume: bool = False) -> np.ndarray:
+    """Per-class component rules with ``scipy.ndimage.label``: each class ``c`` in ``rules``
+    (``rules[c].keep_largest``, ``rules[c].min_size``) keeps, per slice of a (N, H, W) stack and
+    8-connected, or over the whole (Z, Y, X) volume and 6-connected with ``volume=True``, its
+    largest component (equal sizes: the lowest scipy label, i.e. the first in raster order) and
+    components of at least ``min_size`` pixels / voxels."""
+    from scipy import ndimage
+
+    out = np.array(labels, dtype=np.uint8, order="C", copy=True)
+    structure = ndimage.generate_binary_structure(3 if volume else 2, 1 if volume else 2)
+    blocks = [out] if volume else list(out.reshape(-1, *out.shape[-2:]))
+    for block in blocks:
+        for cls, rule in rules.items():
+            if cls == 0 or not (rule.keep_largest or rule.min_size > 1):
+                continue
+            comp, count = ndimage.label(block == cls, structure=structure)
+            if count == 0:
+                continue
+            sizes = np.bincount(comp.ravel())[1:]
+            keep = sizes >= rule.min_size
+            if rule.keep_largest:
+                keep &= np.arange(count) == int(np.argmax(sizes))
+            block[(comp > 0) & ~np.concatenate([[True], keep])[comp]] = 0
+    return out

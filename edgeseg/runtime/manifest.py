@@ -11,7 +11,8 @@ Layout of ``manifest.json`` (schema 1)::
 
     {"schema": 1, "edgeseg_version": "0.1.0", "created": "2026-11-24T20:00:00Z",
      "model": {...ModelConfig...}, "spec": {...PreprocessSpec...},
-     "labels": {"0": "background", "1": "liver"}, "postprocess": {"keep_largest": true},
+     "labels": {"0": "background", "1": "liver"},
+     "postprocess": {"resize": "logits", "classes": {"1": {"keep_largest": true, ...}}},
      "inputs":  [{"name": "image",  "shape": [-1, 1, 256, 256], "dtype": "float32"}],
      "outputs": [{"name": "logits", "shape": [-1, 2, 256, 256], "dtype": "float32"}],
      "max_batch": 8, "resize_input": true,

@@ -24,9 +24,10 @@ from pathlib import Path
 import numpy as np
 
 from edgeseg.errors import BundleError, DataError
-from edgeseg.kernels import postprocess, preprocess
+from edgeseg.kernels import filter_components, postprocess, preprocess
 from edgeseg.runtime.input_checks import checked_hu
 from edgeseg.runtime.manifest import Manifest, network_tensors, read_manifest, verify_artifacts
+from edgeseg.runtime.postprocess_options import PostprocessOptions
 from edgeseg.runtime.runners.base import Runner
 from edgeseg.runtime.runners.remote import is_remote
 from edgeseg.runtime.selection import select_runner
@@ -55,8 +56,9 @@ class Segmenter:
         spec: the PreprocessSpec the model was trained with.
         labels: class number -> name (0 is background).
         runner: the backend running the network.
-        postprocess: ``keep_largest`` (bool) and ``resize`` (``logits`` or ``labels``), as a
-            bundle's manifest records them.
+        postprocess: the bundle manifest's ``postprocess`` (per-class component filters and
+            ``resize``, either layout; see ``edgeseg.runtime.postprocess_options``) or a
+            ``PostprocessOptions``.
         max_batch: the most slices per runner call (default: the runner's limit).
         resize_input: False refuses slices of another size than the spec's instead of resizing.
         bundle, manifest: the bundle folder and its manifest, when loaded from one.
@@ -66,10 +68,10 @@ class Segmenter:
         >>> mask = seg.predict(ct_slice_hu)                    # doctest: +SKIP
     """
 
-    def __init__(self, spec: PreprocessSpec, labels: dict[int, str], runner: Runner, postprocess: dict | None = None,
+    def __init__(self, spec: PreprocessSpec, labels: dict[int, str], runner: Runner,
+                 postprocess: dict | PostprocessOptions | None = None,
                  max_batch: int | None = None, *, resize_input: bool = True, bundle: str | Path | None = None,
                  manifest: Manifest | None = None) -> None:
-        postprocess = dict(postprocess or {})
         self.spec = spec
         self.labels = dict(labels)
         self.runner = runner
@@ -79,8 +81,10 @@ class Segmenter:
         self.resize_input = bool(resize_input)
         self.bundle = None if bundle is None else Path(bundle)
         self.manifest = manifest
-        self.keep_largest = bool(postprocess.get("keep_largest", False))
-        self.resize_mode = str(postprocess.get("resize", "logits"))
+        if not isinstance(postprocess, PostprocessOptions):
+            postprocess = PostprocessOptions.from_dict(postprocess, max(self.labels, default=0) + 1)
+        self.postprocess = postprocess
+        self.resize_mode = postprocess.resize
         self.batch_size = max(1, min(self.max_batch, DEFAULT_BATCH))
         self._lock = threading.Lock()
         self._buffers: list[np.ndarray] = []
@@ -112,9 +116,13 @@ class Segmenter:
         if tuple(manifest.inputs[0].shape[1:]) != expected:
             raise BundleError(f"bundle {folder}: input shape {list(manifest.inputs[0].shape)} does not match "
                               f"the spec size {list(manifest.spec.size)}")
+        try:
+            options = PostprocessOptions.from_dict(manifest.postprocess, max(manifest.labels, default=0) + 1)
+        except DataError as exc:
+            raise BundleError(f"bundle {folder}: {exc}") from None
         runner = select_runner(folder, manifest, backend, threads)
         log.info("loaded %s with %s", folder, runner.describe())
-        return cls(manifest.spec, manifest.labels, runner, manifest.postprocess, manifest.max_batch,
+        return cls(manifest.spec, manifest.labels, runner, options, manifest.max_batch,
                    resize_input=manifest.resize_input, bundle=folder, manifest=manifest)
 
     @classmethod
@@ -154,13 +162,17 @@ class Segmenter:
             logits = self.runner.infer(batch)
         return self._postprocess(logits, hu.shape)[0]
 
-    def predict_volume(self, volume, *, batch_size: int | None = None, progress: bool = False) -> np.ndarray:
-        """A Volume (or a (Z, Y, X) HU array) -> (Z, Y, X) uint8 labels, slice by slice.
+    def predict_volume(self, volume, *, batch_size: int | None = None, progress: bool = False,
+                       spacing: tuple[float, float, float] | None = None, volume_filters: bool = True) -> np.ndarray:
+        """A Volume (or a (Z, Y, X) HU array) -> (Z, Y, X) uint8 labels, slice by slice, then
+        the bundle's 3-D component filters over the whole volume.
 
         Slices go to the model ``batch_size`` at a time (default: the bundle's maximum, at most
         8); where ``overlap`` is true, pre-processing of the next batch overlaps inference of
         the current one.
-        ``progress`` shows a bar on stderr.
+        ``progress`` shows a bar on stderr. ``spacing`` ((z, y, x) mm) overrides a Volume's;
+        a class that removes 3-D components by mL needs one. ``volume_filters=False`` skips the
+        3-D filters, for stacks that are not one volume (see :meth:`filter_volume`).
         """
         if isinstance(volume, np.ndarray):
             hu, modality, what = volume, None, "volume"
@@ -169,7 +181,23 @@ class Segmenter:
             what = f"volume {getattr(volume, 'case_id', '')}".strip()
             if hu is None:
                 raise DataError(f"predict_volume takes a Volume or a numpy array, got {type(volume).__name__}")
+            spacing = getattr(volume, "spacing", None) if spacing is None else spacing
         arr = checked_hu(hu, self.spec, ndim=3, resize=self.resize_input, modality=modality, what=what)
+        if volume_filters and self.postprocess.needs_spacing:
+            self.postprocess.volume_rules(spacing)  # refuse a missing spacing before any work
+        labels = self._segment_slices(arr, batch_size, progress)
+        return self.filter_volume(labels, spacing) if volume_filters else labels
+
+    def filter_volume(self, labels: np.ndarray, spacing: tuple[float, float, float] | None = None) -> np.ndarray:
+        """The bundle's 3-D component filters (per class, 6-connected) on (Z, Y, X) ``labels``
+        of one volume; ``spacing`` (z, y, x) in mm, needed where a class removes components by
+        mL. Returns ``labels`` itself when no class has a 3-D filter."""
+        if not self.postprocess.filters_volume:
+            return labels
+        rules = self.postprocess.volume_rules(spacing)
+        return filter_components(labels, rules, volume=True, num_threads=KERNEL_THREADS)
+
+    def _segment_slices(self, arr: np.ndarray, batch_size: int | None, progress: bool) -> np.ndarray:
         n = self._batch_size(batch_size)
         out = np.empty(arr.shape, dtype=np.uint8)
         starts = list(range(0, arr.shape[0], n))
@@ -184,8 +212,7 @@ class Segmenter:
                                   num_threads=KERNEL_THREADS)
 
             def finish(start: int, logits: np.ndarray) -> int:
-                postprocess(logits, arr.shape[1:], keep_largest=self.keep_largest, resize=self.resize_mode,
-                            out=out[start:start + len(logits)], num_threads=KERNEL_THREADS)
+                self._postprocess(logits, arr.shape, out=out[start:start + len(logits)])
                 return len(logits)
 
             if not self.overlap:
@@ -213,9 +240,19 @@ class Segmenter:
                 wait([pending, *finishing])
         return out
 
-    def _postprocess(self, logits: np.ndarray, size: tuple[int, ...]) -> np.ndarray:
-        return postprocess(logits, tuple(size[-2:]), keep_largest=self.keep_largest, resize=self.resize_mode,
-                           num_threads=KERNEL_THREADS)
+    def _postprocess(self, logits: np.ndarray, size: tuple[int, ...], out: np.ndarray | None = None) -> np.ndarray:
+        """Labels at ``size`` and the per-slice component filters of every class."""
+        out_size = tuple(size[-2:])
+        labels = postprocess(logits, out_size, resize=self.resize_mode, out=out, num_threads=KERNEL_THREADS)
+        rules = self.postprocess.slice_rules(out_size, self.spec.size)
+        if rules:
+            labels[...] = filter_components(labels, rules, num_threads=KERNEL_THREADS)
+        return labels
+
+    @property
+    def keep_largest(self) -> bool:
+        """True when some class keeps only its largest component per slice."""
+        return any(o.keep_largest for o in self.postprocess.classes.values())
 
     def _batch_size(self, batch_size: int | None) -> int:
         if batch_size is None:

@@ -3,8 +3,10 @@
 ``NAME`` takes the pre-processed (N, 1, H, W) float32 tensor and returns logits, as Triton's
 ONNX model does. ``NAME-pipeline`` takes CT values, ``hu`` of INT16, UINT16 or FP32 with shape
 (H, W) or (N, H, W) at any size within the server's limits, and returns ``labels`` UINT8 of the
-same shape, through ``Segmenter.predict_volume``: the path of ``edgeseg predict``. Each model
-checks what it is sent (``edgeseg.serve.model_inputs``) before it queues it.
+same shape, through ``Segmenter.predict_volume``: the path of ``edgeseg predict``. Requests are
+micro-batched slice by slice, so the bundle's 3-D component filters run on each (N, H, W)
+request on its own, after the batch, never across requests. Each model checks what it is sent
+(``edgeseg.serve.model_inputs``) before it queues it.
 """
 
 from __future__ import annotations
@@ -150,7 +152,7 @@ class PipelineModel(ServedModel):
     input_name, output_name, platform = "hu", "labels", "edgeseg_pipeline"
 
     def __init__(self, segmenter, network_name: str, max_side: int, **batching) -> None:
-        super().__init__(network_name + PIPELINE_SUFFIX, segmenter.predict_volume,
+        super().__init__(network_name + PIPELINE_SUFFIX, lambda b: segmenter.predict_volume(b, volume_filters=False),
                          key=lambda b: (b.shape[1:], b.dtype), **batching)
         self.segmenter = segmenter
         self.network_name = network_name
@@ -165,10 +167,16 @@ class PipelineModel(ServedModel):
                                "max_side": self.max_side, "window": list(self.segmenter.spec.window)}}
 
     def _check(self, hu: np.ndarray) -> np.ndarray:
-        return check_pipeline_input(hu, self.segmenter, self.network_name, self.max_batch, self.max_side)
+        stack = check_pipeline_input(hu, self.segmenter, self.network_name, self.max_batch, self.max_side)
+        if self.segmenter.postprocess.needs_spacing:
+            raise ModelInputError(f"model {self.name!r} removes 3-D components by volume in mL, which needs the voxel "
+                                  "spacing that a tensor request does not carry; use POST /v1/segment with a DICOM or "
+                                  "NIfTI upload")
+        return stack
 
     def output(self, request_shape: tuple[int, ...], result: np.ndarray) -> np.ndarray:
-        return result.reshape(request_shape)  # an (H, W) request gets (H, W) labels
+        # an (H, W) request gets (H, W) labels; an (N, H, W) request is one volume
+        return self.segmenter.filter_volume(result).reshape(request_shape)
 
 
 def served_models(segmenter, config, on_batch, lock: threading.Lock) -> dict[str, ServedModel]:

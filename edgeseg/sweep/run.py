@@ -126,12 +126,14 @@ def validation_dice(checkpoint: Path, bundle: Path, data: str, intensity: str | 
     from edgeseg.evaluate.model_eval import select_cases
     from edgeseg.metrics import dice
     from edgeseg.models.checkpoint import checkpoint_spec, load_model
+    from edgeseg.runtime.postprocess_options import PostprocessOptions
     from edgeseg.runtime.segmenter import Segmenter
 
     model, payload = load_model(checkpoint)
     spec, names = checkpoint_spec(payload), list(payload["class_names"])
-    post = {"keep_largest": bool((payload.get("postprocess") or {}).get("keep_largest", False))}
-    volumes, _ = select_cases(open_dataset(data, intensity=intensity, **recorded_slice_options(payload.get("train_config"))), payload, "val")
+    post = PostprocessOptions.from_dict(payload.get("postprocess"), len(names))
+    volumes, _ = select_cases(open_dataset(data, intensity=intensity, **recorded_slice_options(payload.get("train_config"))),
+                              payload, "val")
     segmenters = {"fp32": Segmenter.from_module(model, spec, dict(enumerate(names)), post, max_batch=8),
                   "int8": Segmenter.load(bundle, backend="onnxruntime:int8")}
     scores: dict[str, list[float]] = {k: [] for k in segmenters}

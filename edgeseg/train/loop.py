@@ -27,7 +27,7 @@ from edgeseg.train.losses import build_loss
 from edgeseg.train.precision import autocast_dtype, pick_device
 from edgeseg.train.records import write_records
 from edgeseg.train.schedule import lr_at
-from edgeseg.train.validate import choose_postprocess, validate
+from edgeseg.train.validate import choose_postprocess, validate, validation_voxel_ml
 
 log = logging.getLogger("edgeseg.train")
 
@@ -46,7 +46,7 @@ def prepare(cfg: TrainConfig) -> dict[str, Any]:
     spec = build_spec(cfg)
     by_id = {v.case_id: v for v in volumes}
     sets = {name: SliceSet.from_volumes([by_id[c] for c in split[name]], spec, cfg.labels) for name in ("train", "val")}
-    return {"split": split, "spec": spec, **sets}
+    return {"split": split, "spec": spec, **sets, "val_voxel_ml": validation_voxel_ml([by_id[c] for c in split["val"]], spec)}
 
 
 def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, on_epoch: Callable | None = None) -> dict[str, Any]:
@@ -88,7 +88,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, on_epoc
         history.append(row)
         improved = row["val_dice"] > best["val_dice"]
         if improved:
-            post = choose_postprocess(pred, val_set, model_config.num_classes)
+            post = choose_postprocess(pred, val_set, model_config.num_classes, data.get("val_voxel_ml"))
             best = {"epoch": epoch, "val_dice": row["val_dice"], "postprocess": post}
             state.save(out / "best.pt", epoch, history, best, with_optimizer=False, postprocess=post)
         state.save(out / "last.pt", epoch, history, best, with_optimizer=True)

@@ -42,15 +42,84 @@ def validate(model, val_set: SliceSet, num_classes: int, device, autocast: Calla
     return {"loss": loss, "dice": float(np.mean(per_class)), "per_class": per_class, "pred": pred}
 
 
-def choose_postprocess(pred: np.ndarray, val_set: SliceSet, num_classes: int) -> dict[str, Any]:
-    """Keep only the largest component per class and slice when that raises validation Dice.
+# Candidates tried on validation, least filtering first so that a tie keeps the simpler choice.
+# min_pixels counts pixels at the model's input size (what validation predicts at).
+SLICE_CANDIDATES = [(False, 0), (True, 0), (False, 4), (False, 16), (False, 64), (False, 256)]
+VOLUME_CANDIDATES_ML = (0.1, 1.0, 10.0)
 
-    Like nnU-Net, the choice is made on held-out data rather than assumed: a liver can show
-    as two islands in one axial slice, and then the filter would cut one away.
+
+def choose_postprocess(pred: np.ndarray, val_set: SliceSet, num_classes: int,
+                       voxel_ml: list[float] | None = None) -> dict[str, Any]:
+    """Per class, the component filters that raise validation Dice (pooled per case), as a
+    checkpoint's ``postprocess`` (see ``edgeseg.runtime.postprocess_options``).
+
+    Like nnU-Net, the choice is made on held-out data rather than assumed: a liver can show as
+    two islands in one axial slice, and lesions are many. For each foreground class, per-slice
+    filters (largest component, a minimum size) are tried first, then on top of the best of them
+    3-D filters over each validation case's slices taken as one volume (largest 3-D component,
+    and with ``voxel_ml``, one voxel's mL at model resolution per case, a minimum volume). A
+    filter touches only its class's pixels, so each class is chosen on its own Dice.
     """
-    from edgeseg.kernels import largest_component
+    from edgeseg.runtime.postprocess_options import ClassPostprocess, PostprocessOptions
 
-    plain = float(np.mean(per_case_dice(pred, val_set.labels, val_set.case_index, num_classes)))
-    filtered = largest_component(pred, num_classes)
-    largest = float(np.mean(per_case_dice(filtered, val_set.labels, val_set.case_index, num_classes)))
-    return {"keep_largest": largest > plain, "val_dice": plain, "val_dice_largest": largest}
+    def scores(labels: np.ndarray) -> list[float]:
+        return per_case_dice(labels, val_set.labels, val_set.case_index, num_classes)
+
+    plain = scores(pred)
+    cases = [np.flatnonzero(val_set.case_index == i) for i in np.unique(val_set.case_index)]
+    chosen: dict[int, ClassPostprocess] = {}
+    for c in range(1, num_classes):
+        best, best_dice = ClassPostprocess(), plain[c - 1]
+        for keep, pixels in SLICE_CANDIDATES[1:]:
+            option = ClassPostprocess(keep_largest=keep, min_pixels=pixels)
+            best, best_dice = _better(option, _filtered(pred, c, option, cases, voxel_ml), scores, c, best, best_dice)
+        sliced = best
+        volume_options = [(True, 0.0)] + [(k, ml) for ml in (VOLUME_CANDIDATES_ML if voxel_ml else ())
+                                          for k in (False, True)]
+        for keep3d, ml in volume_options:
+            option = ClassPostprocess(sliced.keep_largest, sliced.min_pixels, keep3d, ml)
+            best, best_dice = _better(option, _filtered(pred, c, option, cases, voxel_ml), scores, c, best, best_dice)
+        if best != ClassPostprocess():
+            chosen[c] = best
+    options = PostprocessOptions(classes=chosen).to_dict()
+    final = scores(_apply(pred, options, num_classes, cases, voxel_ml))
+    return {**options, "val_dice": float(np.mean(plain)), "val_dice_post": float(np.mean(final)),
+            "val_dice_per_class": plain, "val_dice_post_per_class": final}
+
+
+def validation_voxel_ml(volumes: list, spec) -> list[float] | None:
+    """One voxel's millilitres at the model's input size for each validation volume, for the
+    3-D minimum-volume candidates; None where some case is a stack of unrelated slices (a slice
+    folder), whose spacing is a placeholder and whose slices do not form a volume."""
+    if not volumes or not all(getattr(v, "contiguous", False) for v in volumes):
+        return None
+    rows, cols = spec.size
+    return [float(v.spacing[0] * v.spacing[1] * v.hu.shape[1] / rows * v.spacing[2] * v.hu.shape[2] / cols) / 1000.0
+            for v in volumes]
+
+
+def _better(option, labels, scores, c, best, best_dice):
+    """(option, its Dice of class c) when that beats ``best_dice``, else (best, best_dice)."""
+    value = scores(labels)[c - 1]
+    return (option, value) if value > best_dice else (best, best_dice)
+
+
+def _filtered(pred: np.ndarray, c: int, option, cases: list[np.ndarray], voxel_ml) -> np.ndarray:
+    from edgeseg.runtime.postprocess_options import PostprocessOptions
+
+    return _apply(pred, PostprocessOptions(classes={c: option}).to_dict(), c + 1, cases, voxel_ml)
+
+
+def _apply(pred: np.ndarray, options: dict, num_classes: int, cases: list[np.ndarray], voxel_ml) -> np.ndarray:
+    """``options`` on model-resolution predictions: per slice, then per case as one volume."""
+    from edgeseg.kernels import filter_components
+    from edgeseg.runtime.postprocess_options import PostprocessOptions
+
+    parsed = PostprocessOptions.from_dict(options, num_classes)
+    size = pred.shape[-2:]
+    out = filter_components(pred, parsed.slice_rules(size, size)) if parsed.slice_rules(size, size) else pred.copy()
+    if parsed.filters_volume:
+        for i, rows in enumerate(cases):
+            spacing = None if voxel_ml is None else (voxel_ml[i] * 1000.0, 1.0, 1.0)  # only the product counts
+            out[rows] = filter_components(out[rows], parsed.volume_rules(spacing), volume=True)
+    return out

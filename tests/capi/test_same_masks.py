@@ -18,7 +18,9 @@ from edgeseg.runtime import Segmenter
 PRECISIONS = ("int8", "fp32")
 # The exported post-processing, and the other settings a manifest may choose.
 POSTPROCESS = {"as-exported": None, "largest-labels": {"keep_largest": True, "resize": "labels"},
-               "largest-logits": {"keep_largest": True, "resize": "logits"}}
+               "largest-logits": {"keep_largest": True, "resize": "logits"},
+               "per-class-3d": {"resize": "logits",
+                                "classes": {"1": {"min_pixels": 30, "keep_largest_3d": True}}}}
 
 
 @pytest.fixture(scope="module", params=list(POSTPROCESS))

@@ -34,6 +34,21 @@ def test_dicom_series_with_seg_is_evaluated_at_scanner_resolution(checkpoint, tm
     assert 0 <= liver["pred_voxels"] <= 3 * 512 * 512
     assert 0.0 <= liver["dice"] <= 1.0
     assert result["split"] == "all" and (tmp_path / "eval.json").is_file() and (tmp_path / "worst_cases.png").is_file()
+    assert case["slices_without_class"]["liver"] == int((~(truth == 1).any(axis=(0, 1))).sum())
+    assert 0 <= case["false_positive_slices"]["liver"] <= case["slices_without_class"]["liver"]
+    line = f"false-positive slices (predicted, no true foreground): liver {result['false_positive_slices']['liver']} of "
+    assert line in (tmp_path / "eval.txt").read_text()
+
+
+def test_3d_postprocessing_can_only_remove_false_positive_slices(checkpoint):
+    data = str(DATA / "msd_liver_slices")
+    plain = evaluate_checkpoint(checkpoint, data, split="all", volume_postprocess=False, progress=False)
+    with_3d = evaluate_checkpoint(checkpoint, data, split="all", volume_postprocess=True, progress=False)
+    assert with_3d["postprocess"]["classes"]["1"]["keep_largest_3d"] is True
+    assert all(not c["keep_largest_3d"] for c in plain["postprocess"]["classes"].values())
+    for a, b in zip(plain["cases"], with_3d["cases"]):
+        assert b["false_positive_slices"]["liver"] <= a["false_positive_slices"]["liver"]
+        assert b["metrics"]["liver"]["pred_voxels"] <= a["metrics"]["liver"]["pred_voxels"]
 
 
 def test_predictions_follow_the_numpy_reference_path(checkpoint):

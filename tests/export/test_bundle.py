@@ -8,6 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from edgeseg.errors import BundleError
+from edgeseg.runtime.postprocess_options import PostprocessOptions
 from edgeseg.runtime.manifest import read_manifest, verify_artifacts
 
 
@@ -27,7 +28,8 @@ def test_runtime_reads_and_verifies_the_bundle(bundle, eager, checkpoint):
     verify_artifacts(bundle["bundle"], manifest)
     payload = eager[1]
     assert manifest.labels == dict(enumerate(payload["class_names"]))
-    assert manifest.postprocess == {"keep_largest": bool(payload["postprocess"]["keep_largest"])}
+    assert manifest.postprocess == PostprocessOptions.from_dict(payload["postprocess"], 2).to_dict()
+    assert set(manifest.postprocess) == {"resize", "classes"}  # the per-class layout, validation figures left out
     assert manifest.source["sha256"] == hashlib.sha256(checkpoint.read_bytes()).hexdigest()
     assert manifest.source["epoch"] == payload["epoch"]
     assert manifest.inputs[0].shape == (-1, 1, 64, 64) and manifest.outputs[0].shape == (-1, 2, 64, 64)

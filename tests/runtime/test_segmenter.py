@@ -11,22 +11,30 @@ import pytest
 
 from edgeseg.data.phantom import synth_phantom
 from edgeseg.errors import BackendError, BundleError, DataError
-from edgeseg.kernels import postprocess, preprocess
+from edgeseg.kernels import filter_components, postprocess, preprocess
 from edgeseg.runtime import Segmenter
 from edgeseg.runtime.manifest import read_manifest
+from edgeseg.runtime.postprocess_options import PostprocessOptions
 from edgeseg.runtime.runners.tensorrt import fingerprint_mismatch
 from edgeseg.runtime.selection import cache_path
 
 
-def oracle_labels(bundle_dir, hu: np.ndarray) -> np.ndarray:
-    """numpy reference pre/post-processing around a plain ONNX Runtime session on the FP32 graph."""
+def oracle_labels(bundle_dir, hu: np.ndarray, spacing=None) -> np.ndarray:
+    """numpy reference pre/post-processing around a plain ONNX Runtime session on the FP32 graph;
+    a (Z, Y, X) ``hu`` also gets the bundle's 3-D filters (scipy), as ``predict_volume`` does."""
     import onnxruntime as ort
 
     manifest = read_manifest(bundle_dir)
     session = ort.InferenceSession(str(bundle_dir / "model.onnx"), providers=["CPUExecutionProvider"])
     stack = hu if hu.ndim == 3 else hu[None]
     logits = session.run(None, {"image": preprocess(stack.astype(np.float32), manifest.spec, reference=True)})[0]
-    return postprocess(logits, stack.shape[1:], keep_largest=manifest.postprocess["keep_largest"], reference=True)
+    options = PostprocessOptions.from_dict(manifest.postprocess, len(manifest.labels))
+    labels = postprocess(logits, stack.shape[1:], resize=options.resize, reference=True)
+    rules = options.slice_rules(stack.shape[1:], manifest.spec.size)
+    labels = filter_components(labels, rules, reference=True) if rules else labels
+    if hu.ndim == 3 and options.filters_volume:
+        labels = filter_components(labels, options.volume_rules(spacing), volume=True, reference=True)
+    return labels
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +64,7 @@ def test_predict_volume_matches_oracle_for_any_batch(fp32, bundle_dir, volume, b
     finally:
         fp32.overlap = True
     assert labels.shape == volume.hu.shape and labels.dtype == np.uint8
-    np.testing.assert_array_equal(labels, oracle_labels(bundle_dir, volume.hu))
+    np.testing.assert_array_equal(labels, oracle_labels(bundle_dir, volume.hu, volume.spacing))
 
 
 def test_volume_path_overlaps_only_where_a_core_is_free(bundle_dir):

@@ -10,6 +10,7 @@ from edgeseg.errors import CheckpointError, DataError
 from edgeseg.models import ModelConfig
 from edgeseg.spec import PreprocessSpec
 from edgeseg.models.checkpoint import load_model, read_checkpoint
+from edgeseg.runtime.postprocess_options import PostprocessOptions
 from edgeseg.train.config import TrainConfig
 from edgeseg.train.loop import train
 
@@ -50,8 +51,9 @@ def test_checkpoint_loads_with_weights_only_and_holds_spec_and_labels(trained):
     assert PreprocessSpec.from_dict(payload["spec"]) == PreprocessSpec(window=(-200, 300), size=(64, 64))
     assert ModelConfig.from_dict(payload["model"]) == ModelConfig(base=4, depth=2)
     post = payload["postprocess"]
-    assert isinstance(post["keep_largest"], bool)
-    assert post["keep_largest"] == (post["val_dice_largest"] > post["val_dice"])
+    classes = PostprocessOptions.from_dict(post, 2).classes
+    assert post["val_dice_post"] >= post["val_dice"]
+    assert (post["val_dice_post"] > post["val_dice"]) == bool(classes)
     model, _ = load_model(f"{cfg.out}/best.pt")
     assert not model.training
 

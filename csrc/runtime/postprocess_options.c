@@ -1,0 +1,96 @@
+/* manifest.json "postprocess" -> the bundle's per-class component rules, with the checks and the
+ * one migration of edgeseg/runtime/postprocess_options.py: {"keep_largest": true|false} (the
+ * layout before per-class options) means the per-slice largest component for every class. */
+#include <math.h>
+#include <string.h>
+
+#include "cJSON.h"
+#include "es_runtime.h"
+
+static int is_class_key(const char *key, int num_classes) {
+    if (!key || !*key || strlen(key) > 3) return -1;
+    int c = 0;
+    for (const char *k = key; *k; ++k) {
+        if (*k < '0' || *k > '9') return -1;
+        c = c * 10 + (*k - '0');
+    }
+    if (key[0] == '0' && key[1]) return -1; /* "01" is not how Python writes 1 */
+    return c >= 1 && c < num_classes ? c : -1;
+}
+
+static int parse_class(const cJSON *opts, int c, es_bundle *b, const char *dir, es_error *err) {
+    static const char *const known[] = {"keep_largest", "min_pixels", "keep_largest_3d", "min_ml", NULL};
+    if (!cJSON_IsObject(opts)) return es_fail(err, ES_EBUNDLE, "bundle %s: postprocess.classes[\"%d\"] must be an object", dir, c);
+    for (const cJSON *item = opts->child; item; item = item->next) {
+        int ok = 0;
+        for (int k = 0; known[k]; ++k) ok |= item->string && strcmp(item->string, known[k]) == 0;
+        if (!ok) return es_fail(err, ES_EBUNDLE, "bundle %s: postprocess.classes[\"%d\"] has an unknown option", dir, c);
+    }
+    const cJSON *keep = cJSON_GetObjectItemCaseSensitive(opts, "keep_largest");
+    const cJSON *keep3d = cJSON_GetObjectItemCaseSensitive(opts, "keep_largest_3d");
+    const cJSON *pixels = cJSON_GetObjectItemCaseSensitive(opts, "min_pixels");
+    const cJSON *ml = cJSON_GetObjectItemCaseSensitive(opts, "min_ml");
+    if ((keep && !cJSON_IsBool(keep)) || (keep3d && !cJSON_IsBool(keep3d)))
+        return es_fail(err, ES_EBUNDLE, "bundle %s: postprocess.classes[\"%d\"] keep_largest options must be true or false", dir, c);
+    if (pixels && !(cJSON_IsNumber(pixels) && pixels->valuedouble >= 0 && pixels->valuedouble <= 1e15 &&
+                    pixels->valuedouble == floor(pixels->valuedouble)))
+        return es_fail(err, ES_EBUNDLE, "bundle %s: postprocess.classes[\"%d\"].min_pixels must be an integer >= 0", dir, c);
+    if (ml && !(cJSON_IsNumber(ml) && isfinite(ml->valuedouble) && ml->valuedouble >= 0))
+        return es_fail(err, ES_EBUNDLE, "bundle %s: postprocess.classes[\"%d\"].min_ml must be a number >= 0", dir, c);
+    b->slice_keep[c] = keep && cJSON_IsTrue(keep);
+    b->min_pixels[c] = pixels ? (long long)pixels->valuedouble : 0;
+    b->volume_keep[c] = keep3d && cJSON_IsTrue(keep3d);
+    b->min_ml[c] = ml ? ml->valuedouble : 0.0;
+    return ES_OK;
+}
+
+int es_parse_postprocess(const cJSON *post, es_bundle *b, const char *dir, es_error *err) {
+    const cJSON *keep = post ? cJSON_GetObjectItemCaseSensitive(post, "keep_largest") : NULL;
+    const cJSON *classes = post ? cJSON_GetObjectItemCaseSensitive(post, "classes") : NULL;
+    if (keep && classes)
+        return es_fail(err, ES_EBUNDLE, "bundle %s: postprocess holds both the per-class 'classes' and the old 'keep_largest'", dir);
+    if (!classes) {
+        if (keep && !cJSON_IsBool(keep) && !cJSON_IsNull(keep))
+            return es_fail(err, ES_EBUNDLE, "bundle %s: postprocess.keep_largest must be true or false", dir);
+        for (int c = 1; c < b->num_classes; ++c) b->slice_keep[c] = keep && cJSON_IsTrue(keep);
+        return ES_OK;
+    }
+    if (!cJSON_IsObject(classes))
+        return es_fail(err, ES_EBUNDLE, "bundle %s: postprocess.classes must map class numbers to options", dir);
+    for (const cJSON *item = classes->child; item; item = item->next) {
+        const int c = is_class_key(item->string, b->num_classes);
+        if (c < 0) return es_fail(err, ES_EBUNDLE, "bundle %s: postprocess.classes key is not a foreground class", dir);
+        int rc = parse_class(item, c, b, dir, err);
+        if (rc) return rc;
+    }
+    return ES_OK;
+}
+
+void es_slice_rules(const es_bundle *b, int rows, int cols, es_component_rule *rules, int *any) {
+    const double ratio = ((double)rows * (double)cols) / ((double)b->rows * (double)b->cols);
+    *any = 0;
+    for (int c = 0; c < ES_MAX_CLASSES; ++c) {
+        /* min_pixels counts pixels at the model's size: scaled by the area ratio, rounded up */
+        rules[c].keep_largest = c > 0 && c < b->num_classes && b->slice_keep[c];
+        rules[c].min_size = c > 0 && c < b->num_classes && b->min_pixels[c] > 0
+                                ? (int64_t)ceil((double)b->min_pixels[c] * ratio - 1e-9) : 0;
+        *any |= rules[c].keep_largest || rules[c].min_size > 1;
+    }
+}
+
+int es_volume_rules(const es_bundle *b, const double *spacing, es_component_rule *rules, int *any, es_error *err) {
+    *any = 0;
+    for (int c = 0; c < ES_MAX_CLASSES; ++c) {
+        rules[c].keep_largest = c > 0 && c < b->num_classes && b->volume_keep[c];
+        rules[c].min_size = 0;
+        if (c > 0 && c < b->num_classes && b->min_ml[c] > 0) {
+            if (!spacing)
+                return es_fail(err, ES_EINVAL, "class %d removes 3-D components under %g mL, which needs the voxel spacing "
+                               "(es_segment_volume_spaced)", c, b->min_ml[c]);
+            const double voxel_ml = spacing[0] * spacing[1] * spacing[2] / 1000.0;
+            rules[c].min_size = (int64_t)ceil(b->min_ml[c] / voxel_ml - 1e-9);
+        }
+        *any |= rules[c].keep_largest || rules[c].min_size > 1;
+    }
+    return ES_OK;
+}

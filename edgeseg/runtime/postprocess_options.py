@@ -1,0 +1,153 @@
+"""Post-processing options of a bundle or checkpoint, per class, and the one migration of the
+old single ``keep_largest`` flag.
+
+Layout (``manifest.json`` ``postprocess``, and a checkpoint's ``postprocess``)::
+
+    {"resize": "logits",
+     "classes": {"1": {"keep_largest": true, "min_pixels": 0,
+                       "keep_largest_3d": true, "min_ml": 0.0}}}
+
+Per slice (2-D, 8-connected): ``keep_largest`` keeps the class's largest component, right for an
+organ and wrong for multi-focal lesions; ``min_pixels`` removes components smaller than that,
+counted at the model's input size (``spec.size``) and scaled by the area ratio at the output
+size, so the same number means the same anatomy at any input resolution. Over a volume (3-D,
+6-connected, ``predict_volume`` only): ``keep_largest_3d`` keeps the class's largest component
+of the volume, ``min_ml`` removes components of less than that many millilitres (voxel volume
+from the volume's spacing). A class absent from ``classes`` is left as the network predicted it.
+
+Older manifests and checkpoints hold ``{"keep_largest": true|false}`` (one flag for every
+class); :meth:`PostprocessOptions.from_dict` turns that into the same flag for each foreground
+class, and is the only place that reads either layout.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from edgeseg.errors import DataError
+from edgeseg.kernels import ComponentRule
+
+RESIZE_MODES = ("logits", "labels")
+CLASS_KEYS = ("keep_largest", "min_pixels", "keep_largest_3d", "min_ml")
+
+
+@dataclass(frozen=True)
+class ClassPostprocess:
+    """What post-processing keeps of one class (see the module docstring)."""
+
+    keep_largest: bool = False
+    min_pixels: int = 0
+    keep_largest_3d: bool = False
+    min_ml: float = 0.0
+
+    @property
+    def filters_slices(self) -> bool:
+        return self.keep_largest or self.min_pixels > 0
+
+    @property
+    def filters_volume(self) -> bool:
+        return self.keep_largest_3d or self.min_ml > 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"keep_largest": self.keep_largest, "min_pixels": self.min_pixels,
+                "keep_largest_3d": self.keep_largest_3d, "min_ml": self.min_ml}
+
+
+@dataclass(frozen=True)
+class PostprocessOptions:
+    """Resize mode and per-class component filters of a bundle (class number -> options)."""
+
+    resize: str = "logits"
+    classes: dict[int, ClassPostprocess] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any] | None, num_classes: int) -> "PostprocessOptions":
+        """Parse a manifest's or checkpoint's ``postprocess`` (either layout, see the module
+        docstring) for a model of ``num_classes`` classes; other keys (validation figures in a
+        checkpoint) are ignored. A malformed value raises ``DataError`` naming it."""
+        raw = dict(raw or {})
+        resize = raw.get("resize", "logits")
+        if resize not in RESIZE_MODES:
+            raise DataError(f"postprocess.resize must be one of {RESIZE_MODES}, got {resize!r}")
+        if "classes" in raw and "keep_largest" in raw:
+            raise DataError("postprocess holds both the per-class 'classes' and the old 'keep_largest'; keep one")
+        if "classes" not in raw:  # the layout before per-class options: one flag for every class
+            keep = raw.get("keep_largest", False)
+            if keep is not None and not isinstance(keep, bool):
+                raise DataError(f"postprocess.keep_largest must be true or false, got {keep!r}")
+            per_class = {c: ClassPostprocess(keep_largest=True) for c in range(1, num_classes)} if keep else {}
+            return cls(resize, per_class)
+        entries = raw["classes"]
+        if not isinstance(entries, Mapping):
+            raise DataError(f"postprocess.classes must map class numbers to options, got {entries!r}")
+        return cls(resize, {_class_number(k, num_classes): _class_options(k, v) for k, v in entries.items()})
+
+    def to_dict(self) -> dict[str, Any]:
+        """The manifest / checkpoint layout (JSON-compatible, class numbers as strings)."""
+        return {"resize": self.resize,
+                "classes": {str(c): opts.to_dict() for c, opts in sorted(self.classes.items())}}
+
+    def slice_rules(self, out_size: tuple[int, int], model_size: tuple[int, int]) -> dict[int, ComponentRule]:
+        """Per-slice component rules at ``out_size``: ``min_pixels`` counts pixels at
+        ``model_size`` and is scaled by the area ratio (rounded up)."""
+        ratio = (out_size[0] * out_size[1]) / (model_size[0] * model_size[1])
+        return {c: ComponentRule(o.keep_largest, math.ceil(o.min_pixels * ratio - 1e-9) if o.min_pixels else 0)
+                for c, o in self.classes.items() if o.filters_slices}
+
+    def volume_rules(self, spacing: tuple[float, float, float] | None) -> dict[int, ComponentRule]:
+        """Volume component rules; ``min_ml`` becomes voxels with ``spacing`` (z, y, x) in mm,
+        which a class with ``min_ml`` needs (``DataError`` without it)."""
+        rules = {}
+        for c, o in self.classes.items():
+            if not o.filters_volume:
+                continue
+            voxels = 0
+            if o.min_ml > 0:
+                if spacing is None:
+                    raise DataError(f"class {c} removes 3-D components under {o.min_ml:g} mL, which needs the "
+                                    "volume's voxel spacing; pass a Volume or spacing=(z, y, x) in mm")
+                voxel_ml = math.prod(float(s) for s in spacing) / 1000.0
+                voxels = math.ceil(o.min_ml / voxel_ml - 1e-9)
+            rules[c] = ComponentRule(o.keep_largest_3d, voxels)
+        return rules
+
+    @property
+    def filters_volume(self) -> bool:
+        """True when some class has a 3-D rule (``predict_volume`` then filters the volume)."""
+        return any(o.filters_volume for o in self.classes.values())
+
+    @property
+    def needs_spacing(self) -> bool:
+        """True when some class removes 3-D components by volume in mL."""
+        return any(o.min_ml > 0 for o in self.classes.values())
+
+
+def _class_number(key: Any, num_classes: int) -> int:
+    try:
+        cls = int(key)
+    except (TypeError, ValueError):
+        raise DataError(f"postprocess.classes keys must be class numbers, got {key!r}") from None
+    if str(cls) != str(key).strip() or not 1 <= cls < num_classes:
+        raise DataError(f"postprocess.classes key {key!r} is not a foreground class 1..{num_classes - 1}")
+    return cls
+
+
+def _class_options(key: Any, value: Any) -> ClassPostprocess:
+    if not isinstance(value, Mapping):
+        raise DataError(f"postprocess.classes[{key!r}] must be an object, got {value!r}")
+    unknown = sorted(set(value) - set(CLASS_KEYS))
+    if unknown:
+        raise DataError(f"postprocess.classes[{key!r}] has unknown option(s) {unknown}; known: {list(CLASS_KEYS)}")
+    opts = {**ClassPostprocess().to_dict(), **value}
+    for name in ("keep_largest", "keep_largest_3d"):
+        if not isinstance(opts[name], bool):
+            raise DataError(f"postprocess.classes[{key!r}].{name} must be true or false, got {opts[name]!r}")
+    pixels, ml = opts["min_pixels"], opts["min_ml"]
+    if isinstance(pixels, bool) or not isinstance(pixels, int) or pixels < 0:
+        raise DataError(f"postprocess.classes[{key!r}].min_pixels must be an integer >= 0, got {pixels!r}")
+    if isinstance(ml, bool) or not isinstance(ml, (int, float)) or not math.isfinite(ml) or ml < 0:
+        raise DataError(f"postprocess.classes[{key!r}].min_ml must be a number >= 0, got {ml!r}")
+    return ClassPostprocess(opts["keep_largest"], pixels, opts["keep_largest_3d"], float(ml))

@@ -1,0 +1,94 @@
+"""Per-class post-processing options: the old single flag's migration, checks, and the 3-D
+filters on the volume path against scipy."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from edgeseg.data.phantom import synth_phantom
+from edgeseg.errors import BundleError, DataError
+from edgeseg.kernels import ComponentRule, filter_components
+from edgeseg.runtime import Segmenter
+from edgeseg.runtime.postprocess_options import ClassPostprocess, PostprocessOptions
+
+
+def _with_postprocess(bundle, post) -> None:
+    path = bundle / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["postprocess"] = post
+    path.write_text(json.dumps(manifest))
+
+
+def test_old_flag_means_largest_per_slice_for_every_class():
+    old = PostprocessOptions.from_dict({"keep_largest": True, "val_dice": 0.9, "val_dice_largest": 0.95}, 3)
+    assert old.classes == {1: ClassPostprocess(keep_largest=True), 2: ClassPostprocess(keep_largest=True)}
+    assert PostprocessOptions.from_dict({"keep_largest": False}, 3).classes == {}
+    assert PostprocessOptions.from_dict(None, 3) == PostprocessOptions()
+    again = PostprocessOptions.from_dict(old.to_dict(), 3)
+    assert again == old
+
+
+def test_old_manifest_segments_as_its_new_form(bundle_copy, tmp_path):
+    volume = synth_phantom("case_011", 5, shape=(9, 70, 80))
+    _with_postprocess(bundle_copy, {"keep_largest": True})
+    with Segmenter.load(bundle_copy, backend="onnxruntime:fp32") as old:
+        old_labels = old.predict_volume(volume)
+        assert old.keep_largest and not old.postprocess.filters_volume
+    _with_postprocess(bundle_copy, {"resize": "logits", "classes": {"1": {"keep_largest": True}}})
+    with Segmenter.load(bundle_copy, backend="onnxruntime:fp32") as new:
+        np.testing.assert_array_equal(new.predict_volume(volume), old_labels)
+    _with_postprocess(bundle_copy, {"classes": {}})
+    with Segmenter.load(bundle_copy, backend="onnxruntime:fp32") as plain:
+        raw = plain.predict_volume(volume)
+    want = filter_components(raw, {1: ComponentRule(keep_largest=True)}, reference=True)
+    np.testing.assert_array_equal(old_labels, want)
+
+
+@pytest.mark.parametrize("post, match", [
+    ({"keep_largest": "yes"}, "keep_largest must be true or false"),
+    ({"keep_largest": True, "classes": {}}, "both"),
+    ({"classes": {"2": {"keep_largest": True}}}, "not a foreground class"),
+    ({"classes": {"0": {"keep_largest": True}}}, "not a foreground class"),
+    ({"classes": {"1": {"largest": True}}}, "unknown option"),
+    ({"classes": {"1": {"min_pixels": -3}}}, "min_pixels"),
+    ({"classes": {"1": {"min_ml": float("nan")}}}, "min_ml"),
+    ({"classes": {"1": {"keep_largest_3d": 1}}}, "keep_largest_3d"),
+    ({"resize": "nearest"}, "resize"),
+])
+def test_bad_options_refuse_the_bundle(bundle_copy, post, match):
+    _with_postprocess(bundle_copy, post)
+    with pytest.raises(BundleError, match=match):
+        Segmenter.load(bundle_copy, backend="onnxruntime:fp32")
+
+
+def test_min_pixels_count_at_the_model_size_and_ml_at_the_voxel_size():
+    post = PostprocessOptions(classes={1: ClassPostprocess(min_pixels=10, min_ml=0.5)})
+    assert post.slice_rules((128, 128), (64, 64)) == {1: ComponentRule(False, 40)}
+    assert post.slice_rules((100, 50), (64, 64)) == {1: ComponentRule(False, math.ceil(10 * 5000 / 4096))}
+    assert post.volume_rules((2.0, 0.5, 0.5)) == {1: ComponentRule(False, 1000)}  # 0.5 mL / 0.0005 mL
+    one = PostprocessOptions(classes={1: ClassPostprocess(min_pixels=1)})
+    assert one.slice_rules((256, 256), (64, 64)) == {1: ComponentRule(False, 16)}  # one model pixel is 16 here
+    with pytest.raises(DataError, match="spacing"):
+        post.volume_rules(None)
+
+
+def test_predict_volume_applies_3d_filters_with_the_volume_spacing(bundle_copy):
+    volume = synth_phantom("case_012", 9, shape=(14, 80, 80))
+    _with_postprocess(bundle_copy, {"classes": {}})
+    with Segmenter.load(bundle_copy, backend="onnxruntime:fp32") as plain:
+        raw = plain.predict_volume(volume)
+    voxel_ml = math.prod(volume.spacing) / 1000
+    _with_postprocess(bundle_copy, {"classes": {"1": {"keep_largest_3d": True, "min_ml": 50 * voxel_ml}}})
+    with Segmenter.load(bundle_copy, backend="onnxruntime:fp32") as seg:
+        got = seg.predict_volume(volume)
+        with pytest.raises(DataError, match="spacing"):
+            seg.predict_volume(volume.hu)  # a bare array carries no spacing
+        np.testing.assert_array_equal(seg.predict_volume(volume.hu, spacing=volume.spacing), got)
+        np.testing.assert_array_equal(seg.predict_volume(volume, volume_filters=False), raw)
+    want = filter_components(raw, {1: ComponentRule(True, 50)}, volume=True, reference=True)
+    np.testing.assert_array_equal(got, want)
+    assert (raw == 1).any() and (got == 1).any()
