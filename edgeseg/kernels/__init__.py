@@ -8,7 +8,7 @@ take ``reference=True`` to run the numpy oracle in ``edgeseg.kernels.reference``
 from __future__ import annotations
 
 from edgeseg.kernels.postprocessing import largest_component, postprocess, resize_labels
-from edgeseg.kernels.preprocessing import preprocess
+from edgeseg.kernels.preprocessing import preprocess, preprocess_labels
 from edgeseg.kernels.threads import get_num_threads, has_openmp, set_num_threads
 
 __all__ = [
@@ -17,6 +17,7 @@ __all__ = [
     "largest_component",
     "postprocess",
     "preprocess",
+    "preprocess_labels",
     "resize_labels",
     "set_num_threads",
 ]
