@@ -25,6 +25,9 @@ from edgeseg.models.registry import MODELS
 @click.option("--depth", default=4, show_default=True, help="Number of down-sampling steps.")
 @click.option("--size", default=256, show_default=True, help="Model input side in pixels (a multiple of 2**depth).")
 @click.option("--window", default="0,255", show_default=True, help="HU window 'LO,HI' of the PreprocessSpec.")
+@click.option("--fit", type=click.Choice(["stretch", "pad"]), default="stretch", show_default=True,
+              help="How slices meet the model size: stretch to it, or pad (keep the aspect ratio, pad with "
+                   "the window's low value).")
 @click.option("--labels", default="liver=1", show_default=True, help="Classes from source label values, e.g. 'liver=1+2' merges LiTS liver and tumour.")
 @click.option("--intensity", default=None, help="What slice-folder pixels mean: 'hu-clipped:0,255' (default) or 'window:LO,HI'.")
 @click.option("--epochs", default=120, show_default=True, help="Training epochs.")
@@ -60,7 +63,7 @@ def command(**opts) -> None:
     data = str(Path(opts["data"]).resolve()) if Path(opts["data"]).exists() else opts["data"]
     cfg = TrainConfig(
         data=data, out=opts["out"], model=opts["model"], base=opts["base"], depth=opts["depth"],
-        size=opts["size"], window=parse_pair(opts["window"], "--window"), labels=parse_labels(opts["labels"]),
+        size=opts["size"], window=parse_pair(opts["window"], "--window"), fit=opts["fit"], labels=parse_labels(opts["labels"]),
         intensity=opts["intensity"], epochs=opts["epochs"], batch_size=opts["batch_size"], lr=opts["lr"],
         weight_decay=opts["weight_decay"], seed=opts["seed"], fractions=(1.0 - val - test, val, test),
         augment=not opts["no_augment"], augment_p=opts["augment_p"], ema_epochs=opts["ema_epochs"], amp=opts["amp"], threads=opts["threads"],

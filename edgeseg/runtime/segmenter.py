@@ -185,7 +185,7 @@ class Segmenter:
 
             def finish(start: int, logits: np.ndarray) -> int:
                 postprocess(logits, arr.shape[1:], keep_largest=self.keep_largest, resize=self.resize_mode,
-                            out=out[start:start + len(logits)], num_threads=KERNEL_THREADS)
+                            fit=self.spec.fit, out=out[start:start + len(logits)], num_threads=KERNEL_THREADS)
                 return len(logits)
 
             if not self.overlap:
@@ -215,7 +215,7 @@ class Segmenter:
 
     def _postprocess(self, logits: np.ndarray, size: tuple[int, ...]) -> np.ndarray:
         return postprocess(logits, tuple(size[-2:]), keep_largest=self.keep_largest, resize=self.resize_mode,
-                           num_threads=KERNEL_THREADS)
+                           fit=self.spec.fit, num_threads=KERNEL_THREADS)
 
     def _batch_size(self, batch_size: int | None) -> int:
         if batch_size is None:

@@ -14,7 +14,8 @@ class TrainConfig:
 
     ``labels`` maps each foreground class name to the source label values that form it, in
     class order (class 0 is background), e.g. ``{"liver": [1, 2]}`` merges LiTS liver and
-    tumour. ``window`` is the HU window of the PreprocessSpec the model is trained with.
+    tumour. ``window`` is the HU window of the PreprocessSpec the model is trained with, and
+    ``fit`` its fit ("stretch" or "pad": keep the aspect ratio of non-square slices).
     """
 
     data: str = "phantom"
@@ -25,6 +26,7 @@ class TrainConfig:
     size: int = 256
     window: tuple[float, float] = (0.0, 255.0)
     interpolation: str = "bilinear"
+    fit: str = "stretch"
     labels: dict[str, list[int]] = field(default_factory=lambda: {"liver": [1]})
     epochs: int = 120
     batch_size: int = 8
@@ -48,6 +50,7 @@ class TrainConfig:
             (self.batch_size >= 1, f"batch size must be >= 1, got {self.batch_size}"),
             (self.lr > 0, f"learning rate must be > 0, got {self.lr}"),
             (self.size >= 1, f"size must be >= 1, got {self.size}"),
+            (self.fit in ("stretch", "pad"), f"fit must be stretch or pad, got {self.fit!r}"),
             (self.amp in ("auto", "off", "bf16", "fp16"), f"amp must be auto, off, bf16 or fp16, got {self.amp!r}"),
             (len(self.labels) >= 1, "at least one foreground label is needed"),
             (0.0 <= self.augment_p <= 1.0, f"augmentation probability must be in [0, 1], got {self.augment_p}"),

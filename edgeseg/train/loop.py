@@ -40,7 +40,7 @@ def prepare(cfg: TrainConfig) -> dict[str, Any]:
     if len(volumes) < 2:
         raise DataError(f"{cfg.data} holds {len(volumes)} case(s); training needs at least 2 (train and validation)")
     split = split_cases(ids, fractions=cfg.fractions, seed=cfg.seed)
-    spec = PreprocessSpec(window=cfg.window, size=(cfg.size, cfg.size), interpolation=cfg.interpolation)
+    spec = PreprocessSpec(window=cfg.window, size=(cfg.size, cfg.size), interpolation=cfg.interpolation, fit=cfg.fit)
     by_id = {v.case_id: v for v in volumes}
     sets = {name: SliceSet.from_volumes([by_id[c] for c in split[name]], spec, cfg.labels) for name in ("train", "val")}
     return {"split": split, "spec": spec, **sets}
