@@ -70,3 +70,27 @@ def test_a_bundle_without_fit_loads_as_stretch(bundle_dir):
         logits = seg.infer(reference.preprocess(hu, seg.spec).astype(np.float32))
         want = reference.postprocess(logits, hu.shape, keep_largest=seg.keep_largest, resize=seg.resize_mode)
         np.testing.assert_array_equal(seg.predict(hu), want[0])
+
+
+def _predict_cli(*args):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "edgeseg.cli", "predict", *map(str, args), "--backend",
+                           "onnxruntime:fp32", "--quiet"], capture_output=True, text=True, timeout=300)
+
+
+def test_predict_cli_writes_labels_at_the_input_shape(pad_bundle, pad_segmenter, tmp_path):
+    hu = ct_like(np.random.default_rng(2), (3, 57, 140))
+    np.save(tmp_path / "hu.npy", hu)
+    proc = _predict_cli(pad_bundle, tmp_path / "hu.npy", "--out", tmp_path / "labels.npy")
+    assert proc.returncode == 0, proc.stderr
+    np.testing.assert_array_equal(np.load(tmp_path / "labels.npy"), pad_segmenter.predict_volume(hu))
+
+
+def test_predict_cli_refuses_a_slice_too_thin_to_pad(pad_bundle, tmp_path, assert_one_line_error):
+    np.save(tmp_path / "thin.npy", ct_like(np.random.default_rng(3), (2, 2, 300)))
+    out = tmp_path / "out" / "labels.npy"
+    proc = _predict_cli(pad_bundle, tmp_path / "thin.npy", "--out", out)
+    assert_one_line_error(proc, "2x300 slice cannot be padded into 64x64")
+    assert not out.exists()
