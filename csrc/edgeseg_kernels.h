@@ -7,6 +7,9 @@
  *  - the HU window is applied before resizing; out = scale * clip(v, low, high) + offset;
  *  - argmax ties go to the lowest class; label maps resize by nearest at pixel centres,
  *    src = floor((j + 0.5) * n_in / n_out);
+ *  - fit (PreprocessSpec.fit): ES_FIT_PAD resizes a rows x cols slice into the aspect-preserving
+ *    box of es_fit_geometry, centred, and fills the rest with the model value of the window's
+ *    low end; post-processing takes that box back out before resizing to the slice's shape;
  *  - largest component: 8-connected, per foreground class, per slice; equal sizes keep the
  *    component whose first pixel comes first in raster order. In 3-D (es_filter_components_3d)
  *    6-connected over the whole volume, raster order being (slice, row, column).
@@ -42,6 +45,14 @@ typedef enum {
     ES_RESIZE_LABELS = 1  /* argmax at the model's size, then nearest resize of the labels */
 } es_resize_mode;
 
+/* How a slice of another shape meets the model size (PreprocessSpec.fit). */
+typedef enum { ES_FIT_STRETCH = 0, ES_FIT_PAD = 1 } es_fit;
+
+/* Where a slice lands in the model input: `rows` x `cols` at (`top`, `left`). */
+typedef struct {
+    ptrdiff_t rows, cols, top, left;
+} es_fit_box;
+
 /* A stack of `count` 2-D slices of `rows` x `cols` elements of `dtype`. */
 typedef struct {
     const void *data;
@@ -69,6 +80,28 @@ int es_preprocess(const es_slices *src, const es_preprocess_spec *spec, void *ds
 int es_postprocess(const void *logits, es_dtype dtype, ptrdiff_t count, ptrdiff_t classes,
                    ptrdiff_t rows, ptrdiff_t cols, uint8_t *labels, ptrdiff_t out_rows,
                    ptrdiff_t out_cols, es_resize_mode mode, int keep_largest, int num_threads);
+
+/* The box a rows x cols slice occupies in an out_rows x out_cols model input. Stretch: the whole
+ * input. Pad: with s = min(out_rows / rows, out_cols / cols) the limiting side fills the model and
+ * the other is round(other * s), halves up, computed in integers; top = (out_rows - box rows) / 2
+ * and left = (out_cols - box cols) / 2, rounded down. ES_EINVAL when the exact scaled short side
+ * is under 1 pixel (1 x 512 into 256 x 256) or a size is < 1. */
+int es_fit_geometry(ptrdiff_t rows, ptrdiff_t cols, ptrdiff_t out_rows, ptrdiff_t out_cols,
+                    es_fit fit, es_fit_box *box);
+
+/* es_preprocess with a fit: ES_FIT_STRETCH is es_preprocess; ES_FIT_PAD resizes every slice
+ * into its es_fit_geometry box of the (out_rows, out_cols) planes and fills the rest with
+ * scale * window_low + offset (the model value of clipped air). */
+int es_preprocess_fit(const es_slices *src, const es_preprocess_spec *spec, es_fit fit,
+                      void *dst, int num_threads);
+
+/* es_postprocess with a fit: (rows, cols) is the model size and (out_rows, out_cols) the
+ * slice's. ES_FIT_PAD first takes the slice's es_fit_geometry box out of the logits (a work
+ * copy of count * classes * box pixels), then resizes that box to the slice's shape. */
+int es_postprocess_fit(const void *logits, es_dtype dtype, ptrdiff_t count, ptrdiff_t classes,
+                       ptrdiff_t rows, ptrdiff_t cols, uint8_t *labels, ptrdiff_t out_rows,
+                       ptrdiff_t out_cols, es_resize_mode mode, es_fit fit, int keep_largest,
+                       int num_threads);
 
 /* Nearest (pixel-centre) resize of contiguous (count, rows, cols) labels. */
 int es_resize_labels(const uint8_t *src, ptrdiff_t count, ptrdiff_t rows, ptrdiff_t cols,

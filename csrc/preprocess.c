@@ -7,14 +7,16 @@
  * values near [0, 1] / std, so rounding stays far below the 1e-5 parity bound. */
 #include <stdlib.h>
 
+#include "es_fit.h"
 #include "es_internal.h"
 
 #define RING_MAX_TAPS 8 /* vertical footprints wider than this stream instead of caching rows */
 
 typedef struct {
     const es_slices *src;
-    const es_preprocess_spec *spec;
+    const es_preprocess_spec *spec; /* out_rows x out_cols: the box the slice is resized to */
     void *dst;
+    ptrdiff_t dst_rows, dst_cols, top, left; /* the box sits at (top, left) of dst's planes */
     es_axis ry, rx;
     /* model input = clip(v - low, 0, width) * a + c, with low = low_hi + low_lo split so that
      * narrow windows at large HU keep their exact width */
@@ -263,12 +265,13 @@ static void process_band(const pre_plan *p, pre_work *w, ptrdiff_t n, ptrdiff_t 
                          ptrdiff_t y1) {
     void *dst = p->dst;
     const es_preprocess_spec *sp = p->spec;
-    const ptrdiff_t oc = sp->out_cols, plane = sp->out_rows * oc;
+    const ptrdiff_t oc = sp->out_cols, plane = p->dst_rows * p->dst_cols;
+    const ptrdiff_t origin = n * plane + p->top * p->dst_cols + p->left;
     const int slots = p->ry.taps <= RING_MAX_TAPS ? p->ry.taps : 1;
     for (int k = 0; k < slots; ++k) w->ring_row[k] = -1;
     const int vfirst = sp->out_rows <= p->src->rows;
     for (ptrdiff_t y = y0; y < y1; ++y) {
-        float *row = sp->out_dtype == ES_FLOAT32 ? (float *)dst + n * plane + y * oc : w->half_row;
+        float *row = sp->out_dtype == ES_FLOAT32 ? (float *)dst + origin + y * p->dst_cols : w->half_row;
         if (vfirst) {
             vertical_row(p, w, n, y, w->conv);
             horizontal_row(p, w->conv, row);
@@ -276,7 +279,7 @@ static void process_band(const pre_plan *p, pre_work *w, ptrdiff_t n, ptrdiff_t 
             output_row(p, w, n, y, row);
         }
         if (sp->out_dtype == ES_FLOAT16) {
-            uint16_t *ES_RESTRICT o = (uint16_t *)dst + n * plane + y * oc;
+            uint16_t *ES_RESTRICT o = (uint16_t *)dst + origin + y * p->dst_cols;
             for (ptrdiff_t x = 0; x < oc; ++x) o[x] = es_f2h(row[x]);
         }
     }
@@ -337,10 +340,25 @@ int es_preprocess(const es_slices *src, const es_preprocess_spec *spec, void *ds
                   int num_threads) {
     int rc = check_args(src, spec, dst);
     if (rc != ES_OK || src->count == 0) return rc;
+    return es_preprocess_box(src, spec, dst, spec->out_rows, spec->out_cols, 0, 0, num_threads);
+}
+
+int es_preprocess_box(const es_slices *src, const es_preprocess_spec *box, void *dst,
+                      ptrdiff_t dst_rows, ptrdiff_t dst_cols, ptrdiff_t top, ptrdiff_t left,
+                      int num_threads) {
+    int rc = check_args(src, box, dst);
+    if (rc != ES_OK || src->count == 0) return rc;
+    if (top < 0 || left < 0 || top + box->out_rows > dst_rows || left + box->out_cols > dst_cols)
+        return ES_EINVAL;
+    const es_preprocess_spec *spec = box;
     pre_plan p;
     p.src = src;
     p.spec = spec;
     p.dst = dst;
+    p.dst_rows = dst_rows;
+    p.dst_cols = dst_cols;
+    p.top = top;
+    p.left = left;
     p.low_hi = (float)spec->window_low;
     p.low_lo = (float)(spec->window_low - (double)p.low_hi);
     p.width = (float)(spec->window_high - spec->window_low);

@@ -12,6 +12,24 @@ Semantics (implemented by ``edgeseg.kernels.reference`` and the C kernels):
 3. map the window to [0, 1], then apply ``(v - mean) / std``;
 4. lay out as NCHW in ``dtype``.
 
+``fit`` says how a slice of another shape meets ``size``:
+
+* ``"stretch"`` (the default, and what a spec written without ``fit`` means) resizes the whole
+  slice to ``size``, changing its aspect ratio when the shapes differ;
+* ``"pad"`` keeps the aspect ratio. A slice of ``rows x cols`` is scaled by
+  ``s = min(size[0] / rows, size[1] / cols)`` to a box of ``box_rows x box_cols`` and placed,
+  centred, in ``size``; the rest holds the window's low value, so padding reaches the model as
+  the same number as clipped air. The box is computed in integers, once, by ``fit_box``: the
+  limiting side fills the model exactly (``size[0]`` when ``rows * size[1] >= cols * size[0]``,
+  else ``size[1]``) and the other side is ``other * s`` rounded to the nearest integer, halves
+  up: ``(2 * other * model + limiting) // (2 * limiting)``, where ``limiting`` is the slice's
+  side along the limiting axis and ``model`` the model's side along it. The offsets
+  are ``top = (size[0] - box_rows) // 2`` and ``left = (size[1] - box_cols) // 2`` (an odd
+  margin leaves its extra pixel at the bottom or right). A slice whose exact scaled short side
+  ``other * s`` is under 1 pixel (a 1x512 slice into 256x256: 0.5) is refused. Post-processing
+  takes the box back out of the model output and resizes it to the slice's shape, so labels
+  always come back at the input's shape.
+
 ``orientation`` names the in-plane layout the model was trained on. ``"LPS"`` is the radiological
 display of an axial slice: columns run to the patient's left, rows to posterior. Readers deliver
 slices in that layout, so the spec only records it and the runtime refuses anything else.
@@ -26,11 +44,12 @@ import numbers
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from edgeseg.errors import SpecError
+from edgeseg.errors import DataError, SpecError
 
 INTERPOLATIONS = ("bilinear", "area")
 DTYPES = ("float32", "float16")
 ORIENTATIONS = ("LPS",)
+FITS = ("stretch", "pad")
 SCHEMA_VERSION = 1
 MAX_SIZE = 8192
 
@@ -47,6 +66,8 @@ class PreprocessSpec:
         std: divisor after subtracting ``mean``; > 0.
         orientation: in-plane layout of the slices; only "LPS" is defined.
         dtype: model input dtype, "float32" or "float16".
+        fit: "stretch" (resize the slice to ``size``) or "pad" (keep the aspect ratio and pad
+            with the window's low value); see the module docstring for the exact geometry.
 
     Example:
         >>> spec = PreprocessSpec(window=(-100.0, 400.0), size=(256, 256))
@@ -61,6 +82,7 @@ class PreprocessSpec:
     std: float = 1.0
     orientation: str = "LPS"
     dtype: str = "float32"
+    fit: str = "stretch"
 
     def __post_init__(self) -> None:
         window = _pair(self.window, "window", float)
@@ -80,7 +102,7 @@ class PreprocessSpec:
         for n in size:
             if not 1 <= n <= MAX_SIZE:
                 raise SpecError(f"size must be between 1 and {MAX_SIZE} per axis, got {size}")
-        for name in ("interpolation", "dtype", "orientation"):
+        for name in ("interpolation", "dtype", "orientation", "fit"):
             if not isinstance(getattr(self, name), str):
                 raise SpecError(f"{name} must be a string, got {getattr(self, name)!r}")
         if self.interpolation not in INTERPOLATIONS:
@@ -89,6 +111,8 @@ class PreprocessSpec:
             raise SpecError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
         if self.orientation not in ORIENTATIONS:
             raise SpecError(f"orientation must be one of {ORIENTATIONS}, got {self.orientation!r}")
+        if self.fit not in FITS:
+            raise SpecError(f"fit must be one of {FITS}, got {self.fit!r}")
         if not (math.isfinite(self.mean) and math.isfinite(self.std)) or self.std <= 0:
             raise SpecError(f"std must be finite and > 0 and mean finite, got mean={self.mean} std={self.std}")
 
@@ -100,9 +124,36 @@ class PreprocessSpec:
         b = (-low / (high - low) - self.mean) / self.std
         return a, b
 
+    def fit_box(self, rows: int, cols: int) -> tuple[int, int, int, int]:
+        """(box_rows, box_cols, top, left): where a ``rows x cols`` slice lands in ``size``.
+
+        With ``fit="stretch"`` the box is the whole model input, ``(*size, 0, 0)``. With
+        ``fit="pad"`` it is the aspect-preserving box of the module docstring, computed in
+        integers; a slice whose scaled short side would be under one pixel raises ``DataError``
+        naming its shape.
+        """
+        out_rows, out_cols = self.size
+        rows, cols = int(rows), int(cols)
+        if rows < 1 or cols < 1:
+            raise DataError(f"a slice needs at least one row and column, got {rows}x{cols}")
+        if self.fit == "stretch":
+            return out_rows, out_cols, 0, 0
+        rows_limit = rows * out_cols >= cols * out_rows
+        # the other side scaled exactly is num / den px
+        num, den = (cols * out_rows, rows) if rows_limit else (rows * out_cols, cols)
+        if num < den:
+            raise DataError(f"a {rows}x{cols} slice cannot be padded into {out_rows}x{out_cols}: its short side "
+                            f"would scale to {num / den:.3g} px, under 1 (fit=pad)")
+        other = (2 * num + den) // (2 * den)  # nearest integer, halves up
+        box_rows, box_cols = (out_rows, other) if rows_limit else (other, out_cols)
+        return box_rows, box_cols, (out_rows - box_rows) // 2, (out_cols - box_cols) // 2
+
     def to_dict(self) -> dict[str, Any]:
-        """A plain dict with lists for tuples, plus the schema version."""
+        """A plain dict with lists for tuples, plus the schema version; ``fit`` only when it is
+        not ``"stretch"``, so specs written before ``fit`` existed keep their JSON and hash."""
         d = asdict(self)
+        if self.fit == "stretch":
+            del d["fit"]
         d["window"] = list(self.window)
         d["size"] = list(self.size)
         d["schema"] = SCHEMA_VERSION

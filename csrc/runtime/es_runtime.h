@@ -17,6 +17,7 @@ typedef struct {
     double window_low, window_high, mean, std;
     int rows, cols;          /* spec size: the model's input */
     int area;                /* interpolation "area" (else bilinear) */
+    int pad;                 /* fit "pad" (else "stretch", also when the spec has no fit) */
     int resize_input;        /* 0: slices must already be rows x cols */
     int resize_labels;       /* postprocess.resize == "labels" (else "logits") */
     int max_batch;

@@ -24,6 +24,12 @@ static int check_layout(const es_bundle *b, const es_hu_layout *in, const char *
     if (!b->resize_input && (in->rows != b->rows || in->cols != b->cols))
         return es_fail(err, ES_EDATA, "%s slices are %dx%d but this bundle takes %dx%d only (it was exported without resizing)",
                        what, in->rows, in->cols, b->rows, b->cols);
+    es_fit_box box;
+    if (b->pad && es_fit_geometry(in->rows, in->cols, b->rows, b->cols, ES_FIT_PAD, &box) != ES_OK) {
+        const double scale = fmin((double)b->rows / in->rows, (double)b->cols / in->cols);
+        return es_fail(err, ES_EDATA, "a %dx%d slice cannot be padded into %dx%d: its short side would scale to %.3g px, under 1 (fit=pad)",
+                       in->rows, in->cols, b->rows, b->cols, fmin(in->rows * scale, in->cols * scale));
+    }
     if (in->row_stride < in->cols)
         return es_fail(err, ES_EINVAL, "row_stride %td is below cols %d (strides count elements)", in->row_stride, in->cols);
     /* Offsets of the last pixel must fit a ptrdiff_t; far beyond any real image. */

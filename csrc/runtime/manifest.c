@@ -65,8 +65,9 @@ static int one_of(const char *value, const char *const *choices) {
 
 static int parse_spec(const cJSON *spec, es_bundle *b, const char *dir, es_error *err) {
     static const char *const known[] = {"schema", "window", "size", "interpolation", "mean",
-                                        "std", "orientation", "dtype", NULL};
+                                        "std", "orientation", "dtype", "fit", NULL};
     static const char *const interps[] = {"bilinear", "area", NULL};
+    static const char *const fits[] = {"stretch", "pad", NULL};
     if (!cJSON_IsObject(spec)) return es_fail(err, ES_EBUNDLE, "bundle %s: manifest spec must be a JSON object", dir);
     for (const cJSON *f = spec->child; f; f = f->next)
         if (!one_of(f->string, known))
@@ -89,6 +90,9 @@ static int parse_spec(const cJSON *spec, es_bundle *b, const char *dir, es_error
     const char *interp = string_or(spec, "interpolation", "bilinear");
     const char *orientation = string_or(spec, "orientation", "LPS");
     const char *dtype = string_or(spec, "dtype", "float32");
+    const char *fit = string_or(spec, "fit", "stretch"); /* specs written before fit: stretch */
+    if (!one_of(fit, fits))
+        return es_fail(err, ES_EBUNDLE, "bundle %s: manifest spec: fit must be stretch or pad", dir);
     if (!one_of(interp, interps))
         return es_fail(err, ES_EBUNDLE, "bundle %s: manifest spec: interpolation must be bilinear or area", dir);
     if (!orientation || strcmp(orientation, "LPS") != 0)
@@ -108,6 +112,7 @@ static int parse_spec(const cJSON *spec, es_bundle *b, const char *dir, es_error
     b->rows = (int)size[0];
     b->cols = (int)size[1];
     b->area = strcmp(interp, "area") == 0;
+    b->pad = strcmp(fit, "pad") == 0;
     b->spec_json = cJSON_PrintUnformatted(spec);
     return b->spec_json ? ES_OK : es_fail(err, ES_ENOMEM, "bundle %s: no memory for the spec", dir);
 }

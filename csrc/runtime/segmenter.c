@@ -143,9 +143,10 @@ static int infer_and_postprocess(es_segmenter *seg, int n, int rows, int cols, u
         rc = es_fail(err, ES_EBACKEND, "%s: output is not (%d, classes <= %d, h, w) float32 logits", b->artifact_file, n,
                      ES_MAX_CLASSES);
     if (rc == ES_OK) {
-        rc = es_postprocess(logits, ES_FLOAT32, n, (ptrdiff_t)out_shape.dims[1], (ptrdiff_t)out_shape.dims[2],
-                            (ptrdiff_t)out_shape.dims[3], labels, rows, cols,
-                            b->resize_labels ? ES_RESIZE_LABELS : ES_RESIZE_LOGITS, 0, KERNEL_THREADS);
+        rc = es_postprocess_fit(logits, ES_FLOAT32, n, (ptrdiff_t)out_shape.dims[1], (ptrdiff_t)out_shape.dims[2],
+                                (ptrdiff_t)out_shape.dims[3], labels, rows, cols,
+                                b->resize_labels ? ES_RESIZE_LABELS : ES_RESIZE_LOGITS, b->pad ? ES_FIT_PAD : ES_FIT_STRETCH,
+                                0, KERNEL_THREADS);
         if (rc == ES_ENONFINITE) es_fail(err, rc, "%s: the model's logits hold NaN or inf", b->artifact_file);
         else if (rc) es_fail(err, rc, "postprocess: %s", es_status_message(rc));
     }
@@ -172,7 +173,7 @@ static int segment_batch(es_segmenter *seg, const void *hu, es_dtype dtype, int 
     double scale = 1.0 / ((high - low) * b->std), offset = (-low / (high - low) - b->mean) / b->std;
     es_slices src = {hu, dtype, n, in->rows, in->cols, in->slice_stride, in->row_stride, 1};
     es_preprocess_spec spec = {low, high, scale, offset, b->rows, b->cols, b->area ? ES_AREA : ES_BILINEAR, ES_FLOAT32};
-    int rc = es_preprocess(&src, &spec, seg->input, KERNEL_THREADS);
+    int rc = es_preprocess_fit(&src, &spec, b->pad ? ES_FIT_PAD : ES_FIT_STRETCH, seg->input, KERNEL_THREADS);
     if (rc) return es_fail(err, rc, "preprocess: %s", es_status_message(rc));
     return infer_and_postprocess(seg, n, in->rows, in->cols, labels, err);
 }

@@ -19,5 +19,6 @@ extern int failures;
 void test_postprocess_all(void);
 void test_bands_all(void);
 void test_components_all(void);
+void test_fit_all(void);
 
 #endif

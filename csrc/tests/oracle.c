@@ -198,3 +198,53 @@ void make_blob_logits(float *logits, ptrdiff_t count, ptrdiff_t classes, ptrdiff
                     pl[y * cols + x] = 1.5f;
         }
 }
+
+int oracle_fit_box(ptrdiff_t rows, ptrdiff_t cols, ptrdiff_t out_rows, ptrdiff_t out_cols,
+                   ptrdiff_t box[4]) {
+    /* out_rows / rows <= out_cols / cols, cross-multiplied */
+    const int rows_limit = (long long)out_rows * cols <= (long long)out_cols * rows;
+    const long long in_other = rows_limit ? cols : rows, in_lim = rows_limit ? rows : cols;
+    const long long out_lim = rows_limit ? out_rows : out_cols;
+    const long long out_other = rows_limit ? out_cols : out_rows;
+    /* exact other side = in_other * out_lim / in_lim; refuse when under 1 */
+    if (in_other * out_lim < in_lim) return 0;
+    long long best = -1;
+    for (long long k = 0; k <= out_other; ++k) {
+        /* twice the distance from k to the exact value, in units of 1 / in_lim */
+        const long long d = 2 * llabs(k * in_lim - in_other * out_lim);
+        const long long db = best < 0 ? 0 : 2 * llabs(best * in_lim - in_other * out_lim);
+        if (best < 0 || d < db || (d == db && k > best)) best = k;
+    }
+    box[0] = rows_limit ? out_rows : (ptrdiff_t)best;
+    box[1] = rows_limit ? (ptrdiff_t)best : out_cols;
+    box[2] = (out_rows - box[0]) / 2;
+    box[3] = (out_cols - box[1]) / 2;
+    return 1;
+}
+
+int oracle_preprocess_pad(const int16_t *img, ptrdiff_t rows, ptrdiff_t cols, double low,
+                          double high, double scale, double offset, ptrdiff_t out_rows,
+                          ptrdiff_t out_cols, double *out) {
+    ptrdiff_t box[4];
+    if (!oracle_fit_box(rows, cols, out_rows, out_cols, box)) return 0;
+    double *inner = malloc((size_t)(box[0] * box[1]) * sizeof(double));
+    if (!inner) return 0;
+    oracle_preprocess_bilinear(img, rows, cols, low, high, scale, offset, box[0], box[1], inner);
+    for (ptrdiff_t y = 0; y < out_rows; ++y)
+        for (ptrdiff_t x = 0; x < out_cols; ++x) {
+            const ptrdiff_t by = y - box[2], bx = x - box[3];
+            const int in = by >= 0 && by < box[0] && bx >= 0 && bx < box[1];
+            out[y * out_cols + x] = in ? inner[by * box[1] + bx] : scale * low + offset;
+        }
+    free(inner);
+    return 1;
+}
+
+void oracle_crop_logits(const float *logits, ptrdiff_t count, ptrdiff_t classes, ptrdiff_t in_rows,
+                        ptrdiff_t in_cols, const ptrdiff_t box[4], float *out) {
+    for (ptrdiff_t p = 0; p < count * classes; ++p)
+        for (ptrdiff_t y = 0; y < box[0]; ++y)
+            for (ptrdiff_t x = 0; x < box[1]; ++x)
+                out[(p * box[0] + y) * box[1] + x] =
+                    logits[(p * in_rows + y + box[2]) * in_cols + x + box[3]];
+}

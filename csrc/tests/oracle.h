@@ -33,6 +33,23 @@ void oracle_preprocess_bilinear(const int16_t *img, ptrdiff_t rows, ptrdiff_t co
                                 double high, double scale, double offset, ptrdiff_t out_rows,
                                 ptrdiff_t out_cols, double *out);
 
+/* fit=pad box of a rows x cols slice in out_rows x out_cols, by search: the limiting side is the
+ * one whose scale out/in is smaller; the other side is the k minimising |k - exact| (halves up).
+ * Returns 0 (box untouched) when the exact short side is under 1 px. */
+int oracle_fit_box(ptrdiff_t rows, ptrdiff_t cols, ptrdiff_t out_rows, ptrdiff_t out_cols,
+                   ptrdiff_t box[4]);
+
+/* fit=pad pre-processing of one int16 slice into (out_rows, out_cols) doubles: the margin holds
+ * scale * low + offset, the box oracle_preprocess_bilinear. Returns 0 for a refused shape. */
+int oracle_preprocess_pad(const int16_t *img, ptrdiff_t rows, ptrdiff_t cols, double low,
+                          double high, double scale, double offset, ptrdiff_t out_rows,
+                          ptrdiff_t out_cols, double *out);
+
+/* Copy the box (rows, cols, top, left) of (count, classes, in_rows, in_cols) logits into
+ * contiguous (count, classes, box rows, box cols). */
+void oracle_crop_logits(const float *logits, ptrdiff_t count, ptrdiff_t classes, ptrdiff_t in_rows,
+                        ptrdiff_t in_cols, const ptrdiff_t box[4], float *out);
+
 /* IEEE binary16 bits of v, which must be exactly representable (zero, subnormal or normal). */
 uint16_t oracle_half_bits(double v);
 

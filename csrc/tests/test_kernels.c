@@ -149,6 +149,7 @@ int main(void) {
     test_postprocess_all();
     test_bands_all();
     test_components_all();
+    test_fit_all();
     if (failures) {
         fprintf(stderr, "%d check(s) failed\n", failures);
         return 1;

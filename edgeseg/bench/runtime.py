@@ -111,7 +111,7 @@ def bench_backend(bundle: str | Path, backend: str, *, batches: tuple[int, ...] 
                 "preprocess": lambda: preprocess(hu[:b], spec, out=batch_in, num_threads=KERNEL_THREADS),
                 "inference": lambda: seg.infer(batch_in),
                 "postprocess": lambda: postprocess(logits, (size, size), keep_largest=seg.keep_largest,
-                                                   resize=seg.resize_mode, num_threads=KERNEL_THREADS),
+                                                   resize=seg.resize_mode, fit=spec.fit, num_threads=KERNEL_THREADS),
                 "end_to_end": (lambda: seg.predict(hu[0])) if b == 1
                               else (lambda: seg.predict_volume(hu[:b], batch_size=b)),
             }, runs, warmup)

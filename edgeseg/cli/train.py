@@ -26,6 +26,9 @@ from edgeseg.train.config import LOSSES
 @click.option("--depth", default=4, show_default=True, help="Number of down-sampling steps.")
 @click.option("--size", default=256, show_default=True, help="Model input side in pixels (a multiple of 2**depth).")
 @click.option("--window", default="0,255", show_default=True, help="HU window 'LO,HI' of the PreprocessSpec.")
+@click.option("--fit", type=click.Choice(["stretch", "pad"]), default="stretch", show_default=True,
+              help="How slices meet the model size: stretch to it, or pad (keep the aspect ratio, pad with "
+                   "the window's low value).")
 @click.option("--labels", default="liver=1", show_default=True, help="Classes from source label values, e.g. 'liver=1+2' merges LiTS liver and tumour.")
 @click.option("--intensity", default=None, help="What slice-folder pixels mean: 'hu-clipped:0,255' (default) or 'window:LO,HI'.")
 @click.option("--epochs", default=120, show_default=True, help="Training epochs.")
@@ -47,8 +50,6 @@ from edgeseg.train.config import LOSSES
 @click.option("--threads", default=0, help="CPU threads for torch (0: torch's default).")
 @click.option("--recipe", default=None, help="Training defaults from a recipe: a name in recipes/ (e.g. covid-infection) "
                                              "or a TOML file; flags given here override it.")
-@click.option("--fit", type=click.Choice(["stretch", "pad"]), default="stretch", show_default=True,
-              help="How a slice becomes the square model input: stretch it, or keep its aspect and pad.")
 @click.option("--mask", type=click.Choice(["auto", "binary", "labels"]), default="auto", show_default=True,
               help="Slice folders: masks are binary 0/255, label maps (values are classes), or detected.")
 @click.option("--case-pattern", default=None,

@@ -66,7 +66,7 @@ class SliceSet:
     @classmethod
     def from_volumes(cls, volumes: list[Volume], spec: PreprocessSpec, labels: dict[str, list[int]]) -> "SliceSet":
         """Pre-process every slice of ``volumes``; cases without a label map are refused."""
-        from edgeseg.kernels.reference import resize_labels
+        from edgeseg.kernels.reference import preprocess_labels
 
         if not volumes:
             raise DataError("no cases to build a slice set from")
@@ -76,6 +76,6 @@ class SliceSet:
                 raise DataError(f"case {vol.case_id} ({vol.source}) has no label map; training needs one")
             check_window(vol, spec)
             images.append(preprocess_stack(vol.hu, spec))
-            masks.append(resize_labels(map_labels(vol.label, labels), spec.size))
+            masks.append(preprocess_labels(map_labels(vol.label, labels), spec))
             index.append(np.full(vol.num_slices, i, dtype=np.int32))
         return cls(np.concatenate(images), np.concatenate(masks), np.concatenate(index), [v.case_id for v in volumes])

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from edgeseg.kernels.components import ComponentRule, filter_components
 from edgeseg.kernels.postprocessing import largest_component, postprocess, resize_labels
-from edgeseg.kernels.preprocessing import preprocess
+from edgeseg.kernels.preprocessing import preprocess, preprocess_labels
 from edgeseg.kernels.threads import get_num_threads, has_openmp, set_num_threads
 
 __all__ = [
@@ -20,6 +20,7 @@ __all__ = [
     "largest_component",
     "postprocess",
     "preprocess",
+    "preprocess_labels",
     "resize_labels",
     "set_num_threads",
 ]

@@ -24,6 +24,10 @@ cdef extern from "edgeseg_kernels.h":
         ES_RESIZE_LOGITS
         ES_RESIZE_LABELS
 
+    ctypedef enum es_fit:
+        ES_FIT_STRETCH
+        ES_FIT_PAD
+
     ctypedef struct es_slices:
         const void *data
         es_dtype dtype
@@ -37,12 +41,12 @@ cdef extern from "edgeseg_kernels.h":
         es_interp interp
         es_dtype out_dtype
 
-    int es_preprocess(const es_slices *src, const es_preprocess_spec *spec, void *dst,
-                      int num_threads) noexcept nogil
-    int es_postprocess(const void *logits, es_dtype dtype, Py_ssize_t count, Py_ssize_t classes,
-                       Py_ssize_t rows, Py_ssize_t cols, uint8_t *labels, Py_ssize_t out_rows,
-                       Py_ssize_t out_cols, es_resize_mode mode, int keep_largest,
-                       int num_threads) noexcept nogil
+    int es_preprocess_fit(const es_slices *src, const es_preprocess_spec *spec, es_fit fit,
+                          void *dst, int num_threads) noexcept nogil
+    int es_postprocess_fit(const void *logits, es_dtype dtype, Py_ssize_t count,
+                           Py_ssize_t classes, Py_ssize_t rows, Py_ssize_t cols, uint8_t *labels,
+                           Py_ssize_t out_rows, Py_ssize_t out_cols, es_resize_mode mode,
+                           es_fit fit, int keep_largest, int num_threads) noexcept nogil
     int es_resize_labels(const uint8_t *src, Py_ssize_t count, Py_ssize_t rows, Py_ssize_t cols,
                          uint8_t *dst, Py_ssize_t out_rows, Py_ssize_t out_cols,
                          int num_threads) noexcept nogil
@@ -87,14 +91,16 @@ def status_message(int status):
 
 
 def preprocess(const pixel_t[:, :, :] src, out, double low, double high, double scale,
-               double offset, bint area, int num_threads):
-    """src (N, H, W) any strides -> out (N, 1, h, w) C-contiguous float32 or uint16 (float16)."""
+               double offset, bint area, bint pad, int num_threads):
+    """src (N, H, W) any strides -> out (N, 1, h, w) C-contiguous float32 or uint16 (float16);
+    ``pad`` keeps the aspect ratio (fit=pad) instead of stretching."""
     cdef es_slices s
     cdef es_preprocess_spec spec
     cdef float[:, :, :, ::1] out32
     cdef uint16_t[:, :, :, ::1] out16
     cdef void *dst
     cdef int rc
+    cdef es_fit fit = ES_FIT_PAD if pad else ES_FIT_STRETCH
     if pixel_t is uint8_t:
         s.dtype = ES_UINT8
     elif pixel_t is int16_t:
@@ -122,20 +128,23 @@ def preprocess(const pixel_t[:, :, :] src, out, double low, double high, double 
     spec.scale, spec.offset = scale, offset
     spec.interp = ES_AREA if area else ES_BILINEAR
     with nogil:
-        rc = es_preprocess(&s, &spec, dst, num_threads)
+        rc = es_preprocess_fit(&s, &spec, fit, dst, num_threads)
     return rc
 
 
 def postprocess(const logit_t[:, :, :, ::1] logits, uint8_t[:, :, ::1] labels, bint resize_labels,
-                bint keep_largest, int num_threads):
-    """(N, C, h, w) float32 or float16-bits logits -> (N, H, W) uint8 labels."""
+                bint keep_largest, bint pad, int num_threads):
+    """(N, C, h, w) float32 or float16-bits logits -> (N, H, W) uint8 labels; ``pad`` takes the
+    fit=pad box of an (H, W) slice out of the logits first."""
     cdef es_dtype dtype = ES_FLOAT32 if logit_t is float else ES_FLOAT16
+    cdef es_fit fit = ES_FIT_PAD if pad else ES_FIT_STRETCH
     cdef es_resize_mode mode = ES_RESIZE_LABELS if resize_labels else ES_RESIZE_LOGITS
     cdef int rc
     with nogil:
-        rc = es_postprocess(&logits[0, 0, 0, 0], dtype, logits.shape[0], logits.shape[1],
-                            logits.shape[2], logits.shape[3], &labels[0, 0, 0], labels.shape[1],
-                            labels.shape[2], mode, keep_largest, num_threads)
+        rc = es_postprocess_fit(&logits[0, 0, 0, 0], dtype, logits.shape[0], logits.shape[1],
+                                logits.shape[2], logits.shape[3], &labels[0, 0, 0],
+                                labels.shape[1], labels.shape[2], mode, fit, keep_largest,
+                                num_threads)
     return rc
 
 

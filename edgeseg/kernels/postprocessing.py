@@ -9,8 +9,10 @@ from edgeseg.kernels import _kernels
 from edgeseg.kernels import reference as _reference
 from edgeseg.kernels.status import raise_for_status
 from edgeseg.kernels.threads import resolve_threads
+from edgeseg.spec import PreprocessSpec
 
 RESIZE_MODES = ("logits", "labels")
+FITS = ("stretch", "pad")
 MAX_CLASSES = 256  # labels are uint8
 
 
@@ -20,6 +22,7 @@ def postprocess(
     *,
     keep_largest: bool = False,
     resize: str = "logits",
+    fit: str = "stretch",
     reference: bool = False,
     num_threads: int | None = None,
     out: np.ndarray | None = None,
@@ -29,7 +32,9 @@ def postprocess(
     ``resize="logits"`` resizes every class bilinearly (pixel centres) before the argmax, placing
     boundaries at the source resolution; ``"labels"`` takes the argmax at the model's size and
     resizes the labels by nearest neighbour. ``keep_largest`` keeps, per slice, only the largest
-    8-connected component of every foreground class. NaN or inf logits raise ``DataError``.
+    8-connected component of every foreground class. ``fit`` is the ``PreprocessSpec.fit`` the
+    model input was made with: ``"pad"`` first takes the box a slice of ``size`` occupied
+    (``PreprocessSpec.fit_box``) out of the logits. NaN or inf logits raise ``DataError``.
     With ``reference=True`` the numpy/scipy oracle computes the identical labels. ``out``, a
     C-contiguous uint8 array of shape (N, *size), receives the labels instead of a new array.
     """
@@ -43,9 +48,13 @@ def postprocess(
     out_size = _size_pair(size)
     if resize not in RESIZE_MODES:
         raise DataError(f"resize must be one of {RESIZE_MODES}, got {resize!r}")
+    if fit not in FITS:
+        raise DataError(f"fit must be one of {FITS}, got {fit!r}")
+    if fit == "pad":  # refuses a size too thin to pad, naming it
+        PreprocessSpec(size=arr.shape[2:], fit="pad").fit_box(*out_size)
     threads = resolve_threads(num_threads)
     if reference:
-        return _reference.postprocess(arr, out_size, keep_largest=bool(keep_largest), resize=resize)
+        return _reference.postprocess(arr, out_size, keep_largest=bool(keep_largest), resize=resize, fit=fit)
     shape = (arr.shape[0], *out_size)
     if out is None:
         out = np.empty(shape, dtype=np.uint8)
@@ -57,7 +66,7 @@ def postprocess(
         return out
     arr = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("="))
     src = arr.view(np.uint16) if arr.dtype == np.float16 else arr
-    rc = _kernels.postprocess(src, out, resize == "labels", bool(keep_largest), threads)
+    rc = _kernels.postprocess(src, out, resize == "labels", bool(keep_largest), fit == "pad", threads)
     raise_for_status(rc, "postprocess", _nonfinite_detail(arr) if rc else "")
     return out
 

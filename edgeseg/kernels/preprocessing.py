@@ -31,7 +31,9 @@ def preprocess(
     ``reference=True`` the numpy oracle computes the same numbers (to 1e-5) much more slowly.
     ``num_threads`` overrides ``edgeseg.kernels.set_num_threads`` for this call. ``out``, a
     C-contiguous array of the result's shape and dtype, receives the result instead of a new
-    array (the runtime reuses its input buffers between batches).
+    array (the runtime reuses its input buffers between batches). With ``spec.fit == "pad"`` the
+    slices keep their aspect ratio inside ``spec.size`` (``PreprocessSpec.fit_box``); a slice too
+    thin to pad raises ``DataError`` naming its shape.
 
     Example:
         >>> spec = PreprocessSpec(window=(-100.0, 400.0), size=(256, 256))
@@ -41,6 +43,7 @@ def preprocess(
     if not isinstance(spec, PreprocessSpec):
         raise SpecError(f"spec must be a PreprocessSpec, got {type(spec).__name__}")
     arr = _as_stack(images)
+    spec.fit_box(arr.shape[1], arr.shape[2])  # refuses a slice too thin to pad, naming its shape
     threads = resolve_threads(num_threads)
     if reference:
         return _reference.preprocess(arr, spec)
@@ -56,10 +59,30 @@ def preprocess(
     a, b = spec.scale_offset
     low, high = spec.window
     dst = out.view(np.uint16) if out.dtype == np.float16 else out
-    rc = _kernels.preprocess(arr, dst, low, high, a, b, spec.interpolation == "area", threads)
+    rc = _kernels.preprocess(arr, dst, low, high, a, b, spec.interpolation == "area", spec.fit == "pad", threads)
     raise_for_status(rc, "preprocess", _nan_detail(arr) if rc else "")
     return out
 
+
+
+def preprocess_labels(labels: np.ndarray, spec: PreprocessSpec, *, num_threads: int | None = None) -> np.ndarray:
+    """(H, W) or (N, H, W) uint8 label maps laid out like ``preprocess`` lays out their slices.
+
+    Labels are resized by nearest neighbour (pixel centres) into the ``spec.fit`` box and, with
+    ``fit="pad"``, the margin is background (0), so masks and images share one geometry.
+    """
+    from edgeseg.kernels.postprocessing import resize_labels
+
+    arr = np.asarray(labels)
+    if arr.ndim not in (2, 3) or min(arr.shape[-2:]) < 1:
+        raise DataError(f"labels must be (H, W) or (N, H, W) with H, W >= 1, got shape {arr.shape}")
+    box_rows, box_cols, top, left = spec.fit_box(*arr.shape[-2:])
+    resized = resize_labels(arr, (box_rows, box_cols), num_threads=num_threads)
+    if (box_rows, box_cols) == spec.size:
+        return resized
+    out = np.zeros((*arr.shape[:-2], *spec.size), dtype=np.uint8)
+    out[..., top:top + box_rows, left:left + box_cols] = resized
+    return out
 
 
 def _as_stack(images: np.ndarray) -> np.ndarray:

@@ -17,12 +17,20 @@ Conventions:
 * Label maps are resized by nearest neighbour at pixel centres: output ``j`` takes source
   ``floor((j + 0.5) * n_in / n_out)`` (``torch`` ``mode="nearest-exact"``).
 * Argmax ties go to the lowest class index.
+* ``fit="pad"``: a ``rows x cols`` slice is scaled by ``s = min(size[0] / rows, size[1] / cols)``
+  (exact fractions here) to ``round(rows * s) x round(cols * s)``, halves rounded up, placed at
+  ``((size[0] - box_rows) // 2, (size[1] - box_cols) // 2)``; the margin is the model value of
+  the window's low end for images and background for labels. Post-processing crops that box out
+  of the logits before resizing to the slice's shape. A scaled short side under 1 px is refused.
 * Non-finite input: NaN or inf HU (float input) and NaN or inf logits raise ``DataError``: no
   scanner produces them, they mean a broken decode upstream, and a dense resampling matrix would
   spread a NaN over whole rows and columns.
 """
 
 from __future__ import annotations
+
+import math
+from fractions import Fraction
 
 import numpy as np
 
@@ -63,6 +71,20 @@ def resize_plane(plane: np.ndarray, size: tuple[int, int], interpolation: str) -
     return my @ plane.astype(np.float64) @ mx.T
 
 
+def fit_box(rows: int, cols: int, size: tuple[int, int], fit: str) -> tuple[int, int, int, int]:
+    """(box_rows, box_cols, top, left) of a ``rows x cols`` slice in a model input of ``size``."""
+    if fit == "stretch":
+        return size[0], size[1], 0, 0
+    if fit != "pad":
+        raise SpecError(f"unknown fit {fit!r}")
+    scale = min(Fraction(size[0], rows), Fraction(size[1], cols))
+    exact = (rows * scale, cols * scale)
+    if min(exact) < 1:
+        raise DataError(f"a {rows}x{cols} slice scales to {float(min(exact)):.3g} px in {size[0]}x{size[1]} (fit=pad)")
+    box = [math.floor(v + Fraction(1, 2)) for v in exact]
+    return box[0], box[1], (size[0] - box[0]) // 2, (size[1] - box[1]) // 2
+
+
 def preprocess(images: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     """Apply ``spec`` to one slice (H, W) or a stack (N, H, W) of HU; returns (N, 1, h, w)."""
     arr = np.asarray(images)
@@ -75,10 +97,22 @@ def preprocess(images: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
         raise DataError(f"float input holds NaN or inf in slice(s) {bad[:10]}")
     low, high = spec.window
     a, b = spec.scale_offset
-    out = np.empty((arr.shape[0], 1, *spec.size), dtype=spec.dtype)
+    box_rows, box_cols, top, left = fit_box(arr.shape[1], arr.shape[2], spec.size, spec.fit)
+    out = np.full((arr.shape[0], 1, *spec.size), low * a + b, dtype=spec.dtype)
     for n, plane in enumerate(arr):
         clipped = np.clip(plane.astype(np.float64), low, high)
-        out[n, 0] = resize_plane(clipped, spec.size, spec.interpolation) * a + b
+        resized = resize_plane(clipped, (box_rows, box_cols), spec.interpolation) * a + b
+        out[n, 0, top:top + box_rows, left:left + box_cols] = resized
+    return out
+
+
+def preprocess_labels(labels: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
+    """(H, W) or (N, H, W) label maps in the model's geometry: nearest resize into the ``spec.fit``
+    box, background around it."""
+    arr = np.asarray(labels)
+    box_rows, box_cols, top, left = fit_box(arr.shape[-2], arr.shape[-1], spec.size, spec.fit)
+    out = np.zeros((*arr.shape[:-2], *spec.size), dtype=arr.dtype)
+    out[..., top:top + box_rows, left:left + box_cols] = resize_labels(arr, (box_rows, box_cols))
     return out
 
 
@@ -117,18 +151,22 @@ def largest_component(labels: np.ndarray, num_classes: int) -> np.ndarray:
 
 
 def postprocess(
-    logits: np.ndarray, size: tuple[int, int], keep_largest: bool = False, resize: str = "logits"
+    logits: np.ndarray, size: tuple[int, int], keep_largest: bool = False, resize: str = "logits",
+    fit: str = "stretch",
 ) -> np.ndarray:
     """(N, C, h, w) logits -> (N, H, W) uint8 labels at ``size``.
 
     With ``resize="logits"`` (default) logits are resized bilinearly (pixel centres) in float64,
     rounded to float32, then argmaxed, so boundaries are placed at the source resolution rather
     than in blocks of the model's grid. ``resize="labels"`` takes the argmax first and resizes
-    the labels by nearest neighbour.
+    the labels by nearest neighbour. ``fit="pad"`` first crops the box a slice of ``size``
+    occupied in the model input.
     """
     arr = np.asarray(logits, dtype=np.float32)
     if arr.ndim != 4:
         raise SpecError(f"expected logits (N, C, H, W), got shape {arr.shape}")
+    box_rows, box_cols, top, left = fit_box(size[0], size[1], arr.shape[2:], fit)
+    arr = arr[:, :, top:top + box_rows, left:left + box_cols]
     if not np.isfinite(arr).all():
         bad = [int(i) for i in np.flatnonzero(~np.isfinite(arr).all(axis=(1, 2, 3)))]
         raise DataError(f"logits hold NaN or inf in slice(s) {bad[:10]}")

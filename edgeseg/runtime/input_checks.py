@@ -37,6 +37,7 @@ def checked_hu(images: np.ndarray, spec: PreprocessSpec, *, ndim: int, resize: b
         raise DataError(f"{what} must be {layout}, got shape {list(arr.shape)}")
     if min(arr.shape) < 1 or min(arr.shape[-2:]) < MIN_SIDE:
         raise DataError(f"{what} of shape {list(arr.shape)} is too small; slices need at least {MIN_SIDE} rows and columns")
+    spec.fit_box(*arr.shape[-2:])  # fit=pad: a slice too thin to pad is refused, naming its shape
     if not resize and tuple(arr.shape[-2:]) != spec.size:
         raise DataError(f"{what} slices are {arr.shape[-2]}x{arr.shape[-1]} but this bundle takes "
                         f"{spec.size[0]}x{spec.size[1]} only (it was exported without resizing)")

@@ -241,9 +241,10 @@ class Segmenter:
         return out
 
     def _postprocess(self, logits: np.ndarray, size: tuple[int, ...], out: np.ndarray | None = None) -> np.ndarray:
-        """Labels at ``size`` and the per-slice component filters of every class."""
+        """Labels at ``size`` (the spec's fit undone) and the per-slice component filters of every class."""
         out_size = tuple(size[-2:])
-        labels = postprocess(logits, out_size, resize=self.resize_mode, out=out, num_threads=KERNEL_THREADS)
+        labels = postprocess(logits, out_size, resize=self.resize_mode, fit=self.spec.fit, out=out,
+                             num_threads=KERNEL_THREADS)
         rules = self.postprocess.slice_rules(out_size, self.spec.size)
         if rules:
             labels[...] = filter_components(labels, rules, num_threads=KERNEL_THREADS)

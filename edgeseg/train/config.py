@@ -18,7 +18,8 @@ class TrainConfig:
 
     ``labels`` maps each foreground class name to the source label values that form it, in
     class order (class 0 is background), e.g. ``{"liver": [1, 2]}`` merges LiTS liver and
-    tumour. ``window`` is the HU window of the PreprocessSpec the model is trained with.
+    tumour. ``window`` is the HU window of the PreprocessSpec the model is trained with, and
+    ``fit`` its fit ("stretch" or "pad": keep the aspect ratio of non-square slices).
     """
 
     data: str = "phantom"
@@ -29,6 +30,7 @@ class TrainConfig:
     size: int = 256
     window: tuple[float, float] = (0.0, 255.0)
     interpolation: str = "bilinear"
+    fit: str = "stretch"
     labels: dict[str, list[int]] = field(default_factory=lambda: {"liver": [1]})
     epochs: int = 120
     batch_size: int = 8
@@ -43,7 +45,6 @@ class TrainConfig:
     amp: str = "auto"
     intensity: str | None = None
     threads: int = 0
-    fit: str = "stretch"
     mask: str = "auto"
     case_pattern: str | None = None
     loss: str = "dice-ce"
@@ -65,12 +66,12 @@ class TrainConfig:
             (self.batch_size >= 1, f"batch size must be >= 1, got {self.batch_size}"),
             (self.lr > 0, f"learning rate must be > 0, got {self.lr}"),
             (self.size >= 1, f"size must be >= 1, got {self.size}"),
+            (self.fit in ("stretch", "pad"), f"fit must be stretch or pad, got {self.fit!r}"),
             (self.amp in ("auto", "off", "bf16", "fp16"), f"amp must be auto, off, bf16 or fp16, got {self.amp!r}"),
             (len(self.labels) >= 1, "at least one foreground label is needed"),
             (0.0 <= self.augment_p <= 1.0, f"augmentation probability must be in [0, 1], got {self.augment_p}"),
             (self.ema_epochs >= 0, f"EMA horizon must be >= 0 epochs (0 = off), got {self.ema_epochs}"),
             (self.loss in LOSSES, f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}"),
-            (self.fit in ("stretch", "pad"), f"fit must be stretch or pad, got {self.fit!r}"),
             (self.mask in ("auto", "binary", "labels"), f"mask must be auto, binary or labels, got {self.mask!r}"),
             (self.folds == 0 or self.folds >= 2, f"folds must be 0 (no cross-validation) or >= 2, got {self.folds}"),
             (self.folds == 0 or 0 <= self.fold < self.folds, f"fold must be in 0..{self.folds - 1}, got {self.fold}"),
@@ -100,16 +101,8 @@ class TrainConfig:
 
 
 def build_spec(cfg: TrainConfig) -> PreprocessSpec:
-    """The PreprocessSpec a run trains with. ``fit="pad"`` needs a PreprocessSpec that has a
-    ``fit`` field; without one it is refused rather than silently trained as ``stretch``."""
-    spec_fields = {f.name for f in fields(PreprocessSpec)}
-    options: dict[str, Any] = {}
-    if "fit" in spec_fields:
-        options["fit"] = cfg.fit
-    elif cfg.fit != "stretch":
-        raise EdgesegError(f"fit {cfg.fit!r} is not available: this edgeseg's PreprocessSpec only stretches "
-                           f"slices to the model size (use fit = \"stretch\")")
-    return PreprocessSpec(window=cfg.window, size=(cfg.size, cfg.size), interpolation=cfg.interpolation, **options)
+    """The PreprocessSpec a run trains with: its window, square size, interpolation and fit."""
+    return PreprocessSpec(window=cfg.window, size=(cfg.size, cfg.size), interpolation=cfg.interpolation, fit=cfg.fit)
 
 
 def parse_labels(text: str) -> dict[str, list[int]]:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import subprocess
 import sys
-from dataclasses import fields
 from pathlib import Path
 
 import pytest
@@ -80,13 +79,9 @@ def test_bad_recipe_on_the_command_line_writes_nothing(tmp_path, assert_one_line
     assert not out.exists()
 
 
-def test_fit_pad_needs_a_spec_that_can_pad():
-    cfg = TrainConfig(fit="pad")
-    if "fit" in {f.name for f in fields(PreprocessSpec)}:
-        assert build_spec(cfg).fit == "pad"
-    else:
-        with pytest.raises(EdgesegError, match="fit 'pad' is not available"):
-            build_spec(cfg)
+def test_recipe_fit_reaches_the_spec():
+    assert build_spec(TrainConfig(fit="pad")).fit == "pad"
+    assert build_spec(TrainConfig()).fit == "stretch"
 
 
 def test_recipe_trains_with_overrides_and_is_recorded(tmp_path, lesion_slices):
