@@ -10,6 +10,7 @@ import pytest
 
 from edgeseg.errors import DataError
 from edgeseg.kernels import reference
+from edgeseg.kernels.components import filter_components
 from edgeseg.runtime import Segmenter
 
 
@@ -30,8 +31,9 @@ def pad_segmenter(pad_bundle):
 def oracle_labels(seg: Segmenter, hu: np.ndarray) -> np.ndarray:
     """numpy pre-processing -> the same model -> numpy post-processing."""
     logits = seg.logits(reference.preprocess(hu, seg.spec).astype(np.float32))
-    return reference.postprocess(logits, hu.shape[-2:], keep_largest=seg.keep_largest, resize=seg.resize_mode,
-                                 fit="pad")
+    labels = reference.postprocess(logits, hu.shape[-2:], keep_largest=False, resize=seg.resize_mode, fit="pad")
+    rules = seg.postprocess.slice_rules(tuple(hu.shape[-2:]), seg.spec.size)
+    return filter_components(labels, rules, reference=True) if rules else labels
 
 
 def test_the_manifest_records_fit_pad(pad_bundle, pad_segmenter):
