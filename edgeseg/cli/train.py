@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import os
 from pathlib import Path
 
 import click
@@ -9,7 +11,7 @@ import click
 from edgeseg.atomic import check_output_folder
 from edgeseg.cli.input_limits import input_limit_options
 from edgeseg.cli.logs import configure_logging
-from edgeseg.errors import require
+from edgeseg.errors import EdgesegError, require
 from edgeseg.models.registry import MODELS
 
 
@@ -44,7 +46,11 @@ from edgeseg.models.registry import MODELS
 @click.option("--amp", type=click.Choice(["auto", "off", "bf16", "fp16"]), default="auto", show_default=True,
               help="Mixed precision: auto = fp16 on CUDA, bf16 on CPUs with AMX, else float32.")
 @click.option("--threads", default=0, help="CPU threads for torch (0: torch's default).")
-@click.option("--resume", is_flag=True, help="Continue from OUT/last.pt.")
+@click.option("--resume", is_flag=True, help="Continue from OUT/last.pt (written by any number of processes).")
+@click.option("--nproc", default=1, show_default=True, type=int,
+              help="Train in this many processes on this machine (DistributedDataParallel, one per GPU on CUDA, "
+                   "else gloo on the CPU cores): runs torchrun --standalone --nproc-per-node N -m edgeseg train.")
+@click.option("--sync-bn", is_flag=True, help="With several processes on CUDA, batch norm statistics over the global batch.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def command(**opts) -> None:
     """Train a segmentation model (--model, default unet); writes OUT/best.pt, OUT/last.pt, metrics.csv/json and curves.png."""
@@ -52,8 +58,15 @@ def command(**opts) -> None:
     from edgeseg.train.config import TrainConfig, parse_labels, parse_pair
     from edgeseg.train.loop import train
 
-    check_output_folder(opts["out"], "--out")
+    under_torchrun = "WORLD_SIZE" in os.environ
+    if under_torchrun and opts["nproc"] != 1:
+        raise EdgesegError("--nproc starts torchrun itself; under torchrun give the process count to its --nproc-per-node")
+    main_process = os.environ.get("RANK", "0") == "0"
+    if main_process:
+        check_output_folder(opts["out"], "--out")
     configure_logging()
+    if not main_process:
+        logging.getLogger("edgeseg").setLevel(logging.WARNING)
     test = opts["test_fraction"]
     val = opts["val_fraction"]
     # An existing path is recorded absolute, so export and evaluate find the data from any folder.
@@ -64,7 +77,29 @@ def command(**opts) -> None:
         intensity=opts["intensity"], epochs=opts["epochs"], batch_size=opts["batch_size"], lr=opts["lr"],
         weight_decay=opts["weight_decay"], seed=opts["seed"], fractions=(1.0 - val - test, val, test),
         augment=not opts["no_augment"], augment_p=opts["augment_p"], ema_epochs=opts["ema_epochs"], amp=opts["amp"], threads=opts["threads"],
+        sync_bn=opts["sync_bn"],
     )
+    if opts["nproc"] != 1:
+        from edgeseg.train.launch import launch
+
+        launch(opts["nproc"], _repeat_options(click.get_current_context(), skip={"nproc"}))
+        return
     result = train(cfg, resume=opts["resume"], progress=not opts["quiet"])
+    if not main_process:
+        return
     best = result["best"]
     click.echo(f"best val Dice {best['val_dice']:.4f} at epoch {best['epoch']}; checkpoint {result['out']}/best.pt")
+
+
+def _repeat_options(ctx: click.Context, skip: set[str]) -> list[str]:
+    """The command-line options that give this command's parameter values again (for torchrun)."""
+    args: list[str] = []
+    for param in ctx.command.params:
+        if param.name in skip or param.name not in ctx.params or not isinstance(param, click.Option):
+            continue
+        value = ctx.params[param.name]
+        if param.is_flag:
+            args += [param.opts[0]] if value else []
+        elif value is not None:
+            args += [param.opts[0], str(value)]
+    return args

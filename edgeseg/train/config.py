@@ -39,6 +39,7 @@ class TrainConfig:
     amp: str = "auto"
     intensity: str | None = None
     threads: int = 0
+    sync_bn: bool = False
 
     def __post_init__(self) -> None:
         self.window = tuple(float(v) for v in self.window)
