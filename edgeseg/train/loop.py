@@ -99,9 +99,10 @@ def _train(cfg, resume, progress, on_epoch, make_sampler, place, device) -> dict
         # checkpoint trained without EMA) the average starts afresh from the current weights.
         state.ema.load_state_dict(payload["state_dict"], int(payload.get("ema_updates", 0)))
     log.info(
-        "%d process(es), %d slices per step each: training %s (%d parameters) on %d slices / %d cases, validating on %d slices / %d cases, device %s, amp %s",
-        place.world_size, cfg.batch_size, cfg.model, count_parameters(model), len(train_set), len(train_set.case_ids), len(val_set),
-        len(val_set.case_ids), device, state.amp_dtype or "off",
+        "training %s (%d parameters) on %d slices / %d cases, validating on %d slices / %d cases, device %s, amp %s, "
+        "%d process(es) of %d slices per step",
+        cfg.model, count_parameters(model), len(train_set), len(train_set.case_ids), len(val_set),
+        len(val_set.case_ids), device, state.amp_dtype or "off", place.world_size, cfg.batch_size,
     )
     for epoch in range(start_epoch, cfg.epochs + 1):
         row, pred = state.run_epoch(epoch, progress)
