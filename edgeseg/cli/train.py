@@ -50,7 +50,7 @@ from edgeseg.models.registry import MODELS
 @click.option("--nproc", default=1, show_default=True, type=int,
               help="Train in this many processes on this machine (DistributedDataParallel, one per GPU on CUDA, "
                    "else gloo on the CPU cores): runs torchrun --standalone --nproc-per-node N -m edgeseg train.")
-@click.option("--sync-bn", is_flag=True, help="With several processes on CUDA, batch norm statistics over the global batch.")
+@click.option("--sync-bn", is_flag=True, default=False, help="With several processes on CUDA, batch norm statistics over the global batch.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def command(**opts) -> None:
     """Train a segmentation model (--model, default unet); writes OUT/best.pt, OUT/last.pt, metrics.csv/json and curves.png."""
