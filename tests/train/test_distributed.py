@@ -164,3 +164,25 @@ def test_nproc_larger_than_the_machine_is_one_line_error(tmp_path):
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [done.stderr.strip()]
     assert done.stderr.startswith("edgeseg: error: --nproc 9999 is more than the")
+
+
+@pytest.mark.parametrize("extra, env, message", [
+    (["--sync-bn"], {}, "--sync-bn needs CUDA"),
+    (["--nproc", "2"], {"WORLD_SIZE": "2", "RANK": "0"}, "--nproc starts torchrun itself"),
+    (["--nproc", "0"], {}, "--nproc must be >= 1, got 0"),
+])
+def test_bad_process_options_are_one_line_errors(tmp_path, monkeypatch, extra, env, message):
+    from click.testing import CliRunner
+
+    from edgeseg.cli.main import cli
+
+    if torch.cuda.is_available() and "--sync-bn" in extra:
+        pytest.skip("--sync-bn is valid on CUDA")
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    result = CliRunner().invoke(cli, ["train", "--data", ddp_worker.PHANTOM, "--size", "64", "--base", "4", "--depth", "2",
+                                      "--epochs", "1", "--out", str(tmp_path / "run"), *extra])
+    assert result.exit_code == 2
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"edgeseg: error: {message}"), result.output
+    assert not (tmp_path / "run" / "last.pt").exists()
