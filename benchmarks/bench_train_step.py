@@ -10,8 +10,9 @@ from the same initial weights on the same phantom slices, in one process, in alt
 of steps so that load on the machine hits them alike; the ratios of the median step times are
 the figures (1.0 = no overhead).
 
-    python benchmarks/bench_train_step.py --size 256 --batch 8 --steps 4 --rounds 3
+    python benchmarks/bench_train_step.py --size 256 --batch 8 --steps 2 --rounds 3 --threads 1 --cpu-time
     python benchmarks/bench_train_step.py --profile    # where the time goes, per step kind
+    python benchmarks/bench_train_step.py --parts --threads 1   # sampling and augmentation alone
 """
 
 from __future__ import annotations
@@ -98,19 +99,48 @@ def measure(args: argparse.Namespace) -> dict[str, list[float]]:
     times: dict[str, list[float]] = {"edgeseg": [], **{name: [] for name in plains}}
     done = 1
     for _ in range(args.rounds):
-        started = time.perf_counter()
+        started = _clock(args)
         edgeseg_steps(state, batches, args.steps, done)
-        times["edgeseg"].append((time.perf_counter() - started) / args.steps)
+        times["edgeseg"].append((_clock(args) - started) / args.steps)
         done += args.steps
         for name, plain in plains.items():
-            started = time.perf_counter()
+            started = _clock(args)
             for _ in range(args.steps):
                 plain.step()
-            times[name].append((time.perf_counter() - started) / args.steps)
+            times[name].append((_clock(args) - started) / args.steps)
         print("round: " + ", ".join(f"{k} {v[-1]:.3f} s/step" for k, v in times.items()), flush=True)
     if args.profile:
         profile(state, batches, plains["plain-cl"], done)
     return times
+
+
+def parts(args: argparse.Namespace) -> dict[str, float]:
+    """CPU milliseconds of the parts of edgeseg's step around the model, per step."""
+    cfg = TrainConfig(data=f"phantom:cases=4,seed=0,size={args.size},slices={args.slices}", out="unused",
+                      size=args.size, base=args.base, depth=args.depth, batch_size=args.batch, epochs=1000, seed=0,
+                      fractions=(0.5, 0.25, 0.25))
+    state = edgeseg_state(cfg, prepare(cfg))
+    gen, train_set, reps = torch.Generator().manual_seed(1), state.train_set, 50
+    batches = [idx for epoch in range(1, 4) for idx in state.sampler.batches(epoch)][:reps]
+
+    def sample(idx):
+        return torch.from_numpy(train_set.images[idx]), torch.from_numpy(train_set.labels[idx]).long()
+
+    out = {}
+    for name, work in (("sampling", lambda idx: sample(idx)),
+                       ("sampling + augmentation", lambda idx: state.augment(*sample(idx), gen)),
+                       ("sampling + augmentation + channels-last copy",
+                        lambda idx: state.augment(*sample(idx), gen)[0].contiguous(memory_format=torch.channels_last))):
+        started = time.process_time()
+        for i in range(reps):
+            work(batches[i % len(batches)])
+        out[name] = (time.process_time() - started) / reps * 1000
+    return out
+
+
+def _clock(args: argparse.Namespace) -> float:
+    """Process CPU time with --cpu-time (steady on a loaded machine at one thread), else wall time."""
+    return time.process_time() if args.cpu_time else time.perf_counter()
 
 
 def profile(state: _LoopState, batches, plain: PlainLoop, done: int) -> None:
@@ -136,14 +166,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--amp", default="auto", choices=["auto", "off", "bf16", "fp16"])
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--cpu-time", action="store_true",
+                        help="time steps in process CPU seconds instead of wall seconds (use with --threads 1 on a "
+                             "machine other jobs load)")
+    parser.add_argument("--parts", action="store_true",
+                        help="only measure the CPU milliseconds of sampling and augmentation per step")
     parser.add_argument("--profile", action="store_true", help="also print torch.profiler tables")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.parts:
+        for name, ms in parts(args).items():
+            print(f"{name}: {ms:.2f} CPU ms/step ({torch.get_num_threads()} threads)")
+        return 0
     times = measure(args)
     med = {name: statistics.median(values) for name, values in times.items()}
     print(f"size {args.size}, batch {args.batch}, base {args.base}, depth {args.depth}, "
-          f"{torch.get_num_threads()} threads, {args.rounds} rounds of {args.steps} steps")
+          f"{torch.get_num_threads()} threads, {args.rounds} rounds of {args.steps} steps, "
+          f"{'CPU' if args.cpu_time else 'wall'} seconds")
     for name, values in times.items():
         print(f"{name:8s} median {med[name]:.3f} s/step  rounds {' '.join(f'{v:.3f}' for v in values)}")
     print(f"ratio edgeseg / plain: {med['edgeseg'] / med['plain']:.3f}  "
