@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import os
 from pathlib import Path
 
 import click
@@ -9,7 +11,7 @@ import click
 from edgeseg.atomic import check_output_folder
 from edgeseg.cli.input_limits import input_limit_options
 from edgeseg.cli.logs import configure_logging
-from edgeseg.errors import require
+from edgeseg.errors import EdgesegError, require
 from edgeseg.models.registry import MODELS
 from edgeseg.train.config import LOSSES
 
@@ -60,7 +62,11 @@ from edgeseg.train.config import LOSSES
 @click.option("--folds", default=0, show_default=True, type=click.IntRange(min=0),
               help="k-fold cross-validation by case (0: the --val/--test-fraction split).")
 @click.option("--fold", default=0, show_default=True, type=click.IntRange(min=0), help="Which fold to hold out (0-based).")
-@click.option("--resume", is_flag=True, help="Continue from OUT/last.pt.")
+@click.option("--resume", is_flag=True, help="Continue from OUT/last.pt (written by any number of processes).")
+@click.option("--nproc", default=1, show_default=True, type=int,
+              help="Train in this many processes on this machine (DistributedDataParallel, one per GPU on CUDA, "
+                   "else gloo on the CPU cores): runs torchrun --standalone --nproc-per-node N -m edgeseg train.")
+@click.option("--sync-bn", is_flag=True, default=False, help="With several processes on CUDA, batch norm statistics over the global batch.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def command(**opts) -> None:
     """Train a segmentation model (--model, default unet); writes OUT/best.pt, OUT/last.pt, metrics.csv/json and curves.png."""
@@ -72,12 +78,46 @@ def command(**opts) -> None:
         from edgeseg.train.recipes import load_recipe
 
         recipe = load_recipe(opts["recipe"])
-    cfg = config_from_options(opts, recipe, click.get_current_context())
-    check_output_folder(opts["out"], "--out")
+    ctx = click.get_current_context()
+    cfg = config_from_options(opts, recipe, ctx)
+    under_torchrun = "WORLD_SIZE" in os.environ
+    if under_torchrun and opts["nproc"] != 1:
+        raise EdgesegError("--nproc starts torchrun itself; under torchrun give the process count to its --nproc-per-node")
+    main_process = os.environ.get("RANK", "0") == "0"
+    if main_process:
+        check_output_folder(opts["out"], "--out")
     configure_logging()
+    if not main_process:
+        logging.getLogger("edgeseg").setLevel(logging.WARNING)
+    if opts["nproc"] != 1:
+        from edgeseg.train.launch import launch
+
+        launch(opts["nproc"], _repeat_options(ctx, skip={"nproc"}))
+        return
     result = train(cfg, resume=opts["resume"], progress=not opts["quiet"])
+    if not main_process:
+        return
     best = result["best"]
     click.echo(f"best val Dice {best['val_dice']:.4f} at epoch {best['epoch']}; checkpoint {result['out']}/best.pt")
+
+
+def _repeat_options(ctx: click.Context, skip: set[str]) -> list[str]:
+    """The options given on this command line, again (for the processes torchrun starts); options
+    left at their default are left out, so a recipe's values still apply there."""
+    from click.core import ParameterSource
+
+    args: list[str] = []
+    for param in ctx.command.params:
+        if param.name in skip or param.name not in ctx.params or not isinstance(param, click.Option):
+            continue
+        if ctx.get_parameter_source(param.name) == ParameterSource.DEFAULT:
+            continue
+        value = ctx.params[param.name]
+        if param.is_flag:
+            args += [param.opts[0]] if value else []
+        elif value is not None:
+            args += [param.opts[0], str(value)]
+    return args
 
 
 def config_from_options(opts: dict, recipe, ctx: click.Context):
@@ -97,7 +137,7 @@ def config_from_options(opts: dict, recipe, ctx: click.Context):
         augment=not opts["no_augment"], augment_p=opts["augment_p"], ema_epochs=opts["ema_epochs"], amp=opts["amp"],
         threads=opts["threads"], fit=opts["fit"], mask=opts["mask"], case_pattern=opts["case_pattern"],
         loss=opts["loss"], folds=opts["folds"], fold=opts["fold"],
-        class_weights=_parse_weights(opts["class_weights"]),
+        class_weights=_parse_weights(opts["class_weights"]), sync_bn=opts["sync_bn"],
     )
     if recipe is not None:
         given = {name for name in ctx.params if ctx.get_parameter_source(name) != ParameterSource.DEFAULT}

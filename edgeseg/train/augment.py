@@ -55,10 +55,13 @@ class BatchAugmenter:
         return low + (high - low) * torch.rand(n, generator=gen)
 
     def _flip(self, images: Tensor, labels: Tensor, gen: torch.Generator) -> tuple[Tensor, Tensor]:
+        # Only the chosen slices are flipped (and copied): most of a batch stays as it is.
+        images, labels = images.clone(), labels.clone()
         for dim in (-1, -2):
-            sel = self._chance(images.shape[0], gen)
-            images = torch.where(sel[:, None, None, None], images.flip(dim), images)
-            labels = torch.where(sel[:, None, None], labels.flip(dim), labels)
+            rows = _rows(self._chance(images.shape[0], gen))
+            if len(rows):
+                images[rows] = images[rows].flip(dim)
+                labels[rows] = labels[rows].flip(dim)
         return images, labels
 
     def _affine(self, images: Tensor, labels: Tensor, gen: torch.Generator) -> tuple[Tensor, Tensor]:
@@ -66,14 +69,22 @@ class BatchAugmenter:
         active = self._chance(n, gen)
         angle = self._uniform(n, -c.rotate_deg, c.rotate_deg, gen) * math.pi / 180 * active
         scale = torch.where(active, self._uniform(n, *c.scale, gen), torch.ones(n))
+        rows = _rows(active)
+        if not len(rows):
+            return images, labels
+        # Only the slices that move are resampled; the others would go through an identity grid.
+        angle, scale, k = angle[rows], scale[rows], len(rows)
         cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
-        theta = torch.stack([torch.stack([cos, -sin, torch.zeros(n)], 1), torch.stack([sin, cos, torch.zeros(n)], 1)], 1)
-        grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+        theta = torch.stack([torch.stack([cos, -sin, torch.zeros(k)], 1), torch.stack([sin, cos, torch.zeros(k)], 1)], 1)
+        grid = F.affine_grid(theta, [k, *images.shape[1:]], align_corners=False)
         # Outside the slice is air: the normalised value of the window's low end.
         air = (0.0 - self.mean) / self.std
-        warped = F.grid_sample(images - air, grid, mode="bilinear", padding_mode="zeros", align_corners=False) + air
-        warped_labels = F.grid_sample(labels[:, None].float(), grid, mode="nearest", padding_mode="zeros", align_corners=False)
-        return warped, warped_labels[:, 0].round().long()
+        warped = F.grid_sample(images[rows] - air, grid, mode="bilinear", padding_mode="zeros", align_corners=False) + air
+        warped_labels = F.grid_sample(labels[rows, None].float(), grid, mode="nearest", padding_mode="zeros", align_corners=False)
+        images, labels = images.clone(), labels.clone()
+        images[rows] = warped
+        labels[rows] = warped_labels[:, 0].round().to(labels.dtype)
+        return images, labels
 
     def _intensity(self, images: Tensor, gen: torch.Generator) -> Tensor:
         n, c = images.shape[0], self.config
@@ -83,14 +94,24 @@ class BatchAugmenter:
         low = torch.where(on, self._uniform(n, *c.window_low, gen).view(shape), torch.zeros(shape))
         high = torch.where(on, self._uniform(n, *c.window_high, gen).view(shape), torch.ones(shape))
         u = ((u - low) / (high - low)).clamp(0, 1)
-        on = self._chance(n, gen).view(shape)
+        # The random numbers are drawn for the whole batch, as they always were; the work is
+        # done on the slices a transform was chosen for.
+        rows = _rows(self._chance(n, gen))
         gamma = torch.exp(self._uniform(n, math.log(c.gamma[0]), math.log(c.gamma[1]), gen)).view(shape)
-        u = torch.where(on, u.clamp_min(0).pow(gamma), u)
-        on = self._chance(n, gen).view(shape)
+        if len(rows):
+            u[rows] = u[rows].clamp_min(0).pow(gamma[rows])
+        rows = _rows(self._chance(n, gen))
         contrast = self._uniform(n, *c.contrast, gen).view(shape)
         bright = self._uniform(n, -c.brightness, c.brightness, gen).view(shape)
-        u = torch.where(on, (u - 0.5) * contrast + 0.5 + bright, u)
-        on = self._chance(n, gen).view(shape)
-        sigma = self._uniform(n, 0, c.noise_std, gen).view(shape) * on
-        u = u + sigma * torch.randn(u.shape, generator=gen)
+        if len(rows):
+            u[rows] = (u[rows] - 0.5) * contrast[rows] + 0.5 + bright[rows]
+        rows = _rows(self._chance(n, gen))
+        sigma = self._uniform(n, 0, c.noise_std, gen).view(shape)
+        if len(rows):
+            u[rows] = u[rows] + sigma[rows] * torch.randn((len(rows), *u.shape[1:]), generator=gen)
         return (u - self.mean) / self.std
+
+
+def _rows(chosen: Tensor) -> Tensor:
+    """Indices of the True entries of a (B,) or (B, 1, 1, 1) mask."""
+    return chosen.reshape(-1).nonzero().reshape(-1)

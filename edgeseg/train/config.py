@@ -54,6 +54,7 @@ class TrainConfig:
     folds: int = 0
     fold: int = 0
     recipe: dict[str, Any] | None = None
+    sync_bn: bool = False
 
     def __post_init__(self) -> None:
         self.window = tuple(float(v) for v in self.window)

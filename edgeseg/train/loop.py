@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -22,9 +21,11 @@ from edgeseg.train.augment import AugmentConfig, BatchAugmenter
 from edgeseg.models.checkpoint import read_checkpoint, save_checkpoint
 from edgeseg.train.config import TrainConfig, build_spec
 from edgeseg.data.slice_set import SliceSet
+from edgeseg.train import distributed
+from edgeseg.train.distributed import ProcessPlace, ShardedShuffle, TrainSampler
 from edgeseg.train.ema import WeightEMA, ema_decay
 from edgeseg.train.losses import build_loss
-from edgeseg.train.precision import autocast_dtype, pick_device
+from edgeseg.train.precision import autocast_dtype
 from edgeseg.train.records import write_records
 from edgeseg.train.schedule import lr_at
 from edgeseg.train.validate import choose_postprocess, validate, validation_voxel_ml
@@ -49,12 +50,32 @@ def prepare(cfg: TrainConfig) -> dict[str, Any]:
     return {"split": split, "spec": spec, **sets, "val_voxel_ml": validation_voxel_ml([by_id[c] for c in split["val"]], spec)}
 
 
-def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, on_epoch: Callable | None = None) -> dict[str, Any]:
+SamplerFactory = Callable[[SliceSet, ProcessPlace, TrainConfig], TrainSampler]
+
+
+def shuffled_slices(train_set: SliceSet, place: ProcessPlace, cfg: TrainConfig) -> TrainSampler:
+    """The default sampler: every training slice once per epoch, shuffled, shared across processes."""
+    return ShardedShuffle(len(train_set), cfg.batch_size, place.rank, place.world_size, cfg.seed)
+
+
+def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, on_epoch: Callable | None = None,
+          make_sampler: SamplerFactory = shuffled_slices) -> dict[str, Any]:
     """Train a model as ``cfg`` says; writes best.pt, last.pt, metrics and curves under cfg.out.
 
     With ``resume``, training continues from ``cfg.out/last.pt`` (same model, spec and data),
-    restoring weights, optimiser state, history and the epoch counter.
+    restoring weights, optimiser state, history and the epoch counter. Started by torchrun,
+    each process trains a DDP replica on its share of every batch (``make_sampler`` gives each
+    its share); rank 0 alone validates and writes, and only its result holds the history.
     """
+    place = distributed.place_from_env()
+    device = distributed.start(place, cfg.sync_bn)
+    try:
+        return _train(cfg, resume, progress and place.is_main, on_epoch, make_sampler, place, device)
+    finally:
+        distributed.stop(place)
+
+
+def _train(cfg, resume, progress, on_epoch, make_sampler, place, device) -> dict[str, Any]:
     out = Path(cfg.out)
     torch.manual_seed(cfg.seed)
     if cfg.threads:
@@ -64,7 +85,6 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, on_epoc
     model.check_input_size(cfg.size, cfg.size)
     data = prepare(cfg)
     spec, train_set, val_set = data["spec"], data["train"], data["val"]
-    device = pick_device()
     model.to(device=device, memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     history: list[dict[str, Any]] = []
@@ -72,19 +92,26 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, on_epoc
     payload = _resume(out / "last.pt", model, optimizer, model_config, spec, device) if resume else None
     if payload is not None:
         start_epoch, history, best = int(payload["epoch"]) + 1, list(payload["history"]), dict(payload["best"])
-    out.mkdir(parents=True, exist_ok=True)
-    state = _LoopState(cfg, model, model_config, spec, optimizer, device, train_set, val_set, data["split"], out)
+    if place.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+    sampler = make_sampler(train_set, place, cfg)
+    state = _LoopState(cfg, model, model_config, spec, optimizer, device, train_set, val_set, data["split"], out,
+                       sampler, place)
     if payload is not None and state.ema is not None:
         # The EMA weights are the checkpoint's state_dict; without a saved update count (a
         # checkpoint trained without EMA) the average starts afresh from the current weights.
         state.ema.load_state_dict(payload["state_dict"], int(payload.get("ema_updates", 0)))
     log.info(
-        "training %s (%d parameters) on %d slices / %d cases, validating on %d slices / %d cases, device %s, amp %s",
+        "training %s (%d parameters) on %d slices / %d cases, validating on %d slices / %d cases, device %s, amp %s, "
+        "%d process(es) of %d slices per step",
         cfg.model, count_parameters(model), len(train_set), len(train_set.case_ids), len(val_set),
-        len(val_set.case_ids), device, state.amp_dtype or "off",
+        len(val_set.case_ids), device, state.amp_dtype or "off", place.world_size, cfg.batch_size,
     )
     for epoch in range(start_epoch, cfg.epochs + 1):
         row, pred = state.run_epoch(epoch, progress)
+        if not place.is_main:
+            distributed.barrier(place)
+            continue
         history.append(row)
         improved = row["val_dice"] > best["val_dice"]
         if improved:
@@ -99,6 +126,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, on_epoc
         )
         if on_epoch is not None:
             on_epoch(row)
+        distributed.barrier(place)
     return {"best": best, "history": history, "out": str(out), "split": data["split"]}
 
 
@@ -123,18 +151,21 @@ def _resume(path: Path, model, optimizer, model_config: ModelConfig, spec: Prepr
 class _LoopState:
     """What one epoch needs; keeps ``train`` short."""
 
-    def __init__(self, cfg, model, model_config, spec, optimizer, device, train_set, val_set, split, out) -> None:
+    def __init__(self, cfg, model, model_config, spec, optimizer, device, train_set, val_set, split, out,
+                 sampler: TrainSampler, place: ProcessPlace) -> None:
         self.cfg, self.model, self.model_config, self.spec = cfg, model, model_config, spec
         self.optimizer, self.device, self.train_set, self.val_set = optimizer, device, train_set, val_set
-        self.split, self.out = split, out
-        self.loss_fn = build_loss(cfg)
+        self.split, self.out, self.sampler, self.place = split, out, sampler, place
+        # The replica that trains (DDP in several processes); ``model`` shares its weights and
+        # is what validation, the EMA and checkpoints see.
+        self.replica = distributed.wrap_model(model, place, device, cfg.sync_bn)
+        self.loss_fn = build_loss(cfg, pool_sums=distributed.global_sum if place.distributed else None)
+        self.val_loss_fn = build_loss(cfg)
         self.augment = (BatchAugmenter(spec, AugmentConfig(p=cfg.augment_p))
                         if cfg.augment and cfg.augment_p > 0 else None)
         self.amp_dtype = autocast_dtype(cfg.amp, device)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16 and device.type == "cuda")
-        n = len(train_set)
-        # Drop a trailing batch of one: batch norm statistics of a single slice are noise.
-        self.steps_per_epoch = max(1, n // cfg.batch_size if n % cfg.batch_size == 1 else math.ceil(n / cfg.batch_size))
+        self.steps_per_epoch = sampler.steps_per_epoch
         self.total_steps = self.steps_per_epoch * cfg.epochs
         self.warmup = max(1, int(cfg.warmup_epochs * self.steps_per_epoch))
         self.ema = (WeightEMA(model, ema_decay(cfg.ema_epochs * self.steps_per_epoch))
@@ -154,22 +185,24 @@ class _LoopState:
         from tqdm import tqdm
 
         cfg, started = self.cfg, time.perf_counter()
-        gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
-        order = torch.randperm(len(self.train_set), generator=gen).numpy()
-        self.model.train()
+        gen = torch.Generator().manual_seed(distributed.augment_seed(cfg.seed, epoch, self.place.rank))
+        self.replica.train()
         losses = []
+        batches = self.sampler.batches(epoch)
         bar = tqdm(range(self.steps_per_epoch), desc=f"epoch {epoch}/{cfg.epochs}", leave=False, disable=not progress, unit="batch")
-        for i in bar:
-            idx = np.sort(order[i * cfg.batch_size : (i + 1) * cfg.batch_size])
+        for i, idx in zip(bar, batches):
             loss = self._step(idx, gen, (epoch - 1) * self.steps_per_epoch + i)
             losses.append(loss)
             bar.set_postfix(loss=f"{loss:.4f}")
         bar.close()
+        train_loss = distributed.mean_over_processes(float(np.mean(losses)), self.device)
+        if not self.place.is_main:
+            return {"epoch": epoch, "train_loss": train_loss}, None
         classes = cfg.class_names
-        val = validate(self.eval_model, self.val_set, len(classes), self.device, self.autocast, self.loss_fn)
+        val = validate(self.eval_model, self.val_set, len(classes), self.device, self.autocast, self.val_loss_fn)
         row = {
             "epoch": epoch,
-            "train_loss": float(np.mean(losses)),
+            "train_loss": train_loss,
             "val_loss": val["loss"],
             "val_dice": val["dice"],
             **{f"val_dice_{name}": d for name, d in zip(classes[1:], val["per_class"])},
@@ -188,7 +221,7 @@ class _LoopState:
         for group in self.optimizer.param_groups:
             group["lr"] = lr_at(step, self.total_steps, self.warmup, self.cfg.lr)
         with self.autocast():
-            logits = self.model(images)
+            logits = self.replica(images)
         loss = self.loss_fn(logits, labels)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()

@@ -8,7 +8,7 @@ index (which penalises missed lesion pixels more than false alarms when beta > a
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -45,6 +45,10 @@ class SegmentationLoss(nn.Module):
     ``kind`` is one of :data:`LOSSES`. ``class_weights`` (one per class, background first)
     weight the pixel term. The region term is 1 - the mean over foreground classes of
     ``(2 TP + s) / (2 TP + 2 alpha FP + 2 beta FN + s)``; Dice is alpha = beta = 0.5.
+    ``pool_sums``, when given, sums TP, FP and FN further: training in several processes passes
+    a differentiable sum over the processes, so the region term is pooled over the global batch
+    (the pixel term is a per-process mean, which DDP's gradient averaging makes the global mean
+    for equal batches; with class weights it is the mean of per-process weighted means).
     """
 
     def __init__(
@@ -56,6 +60,7 @@ class SegmentationLoss(nn.Module):
         region_weight: float = 1.0,
         pixel_weight: float = 1.0,
         smooth: float = 1.0,
+        pool_sums: Callable[[Tensor], Tensor] | None = None,
     ) -> None:
         super().__init__()
         if kind not in LOSSES:
@@ -72,6 +77,7 @@ class SegmentationLoss(nn.Module):
         self.alpha, self.beta = (alpha, beta) if self.region == "tversky" else (0.5, 0.5)
         self.focal_gamma = float(focal_gamma)
         self.region_weight, self.pixel_weight, self.smooth = region_weight, pixel_weight, smooth
+        self.pool_sums = pool_sums
         weights = torch.tensor(list(class_weights), dtype=torch.float32) if class_weights is not None else None
         self.register_buffer("class_weights", weights, persistent=False)
 
@@ -87,6 +93,8 @@ class SegmentationLoss(nn.Module):
         else:
             pixel = focal_loss(logits, target, self.focal_gamma, weight)
         tp, fp, fn = _overlap_terms(logits, target)
+        if self.pool_sums is not None:
+            tp, fp, fn = self.pool_sums(torch.stack([tp, fp, fn])).unbind(0)
         # Written as 2TP / (2TP + 2a FP + 2b FN) so that a = b = 0.5 is exactly soft Dice with
         # the same smoothing as before.
         index = (2 * tp + self.smooth) / (2 * tp + 2 * self.alpha * fp + 2 * self.beta * fn + self.smooth)
@@ -96,10 +104,13 @@ class SegmentationLoss(nn.Module):
 class DiceCELoss(SegmentationLoss):
     """Cross-entropy plus (1 - soft Dice) over the foreground classes (the default loss)."""
 
-    def __init__(self, dice_weight: float = 1.0, ce_weight: float = 1.0, smooth: float = 1.0) -> None:
-        super().__init__("dice-ce", region_weight=dice_weight, pixel_weight=ce_weight, smooth=smooth)
+    def __init__(self, dice_weight: float = 1.0, ce_weight: float = 1.0, smooth: float = 1.0,
+                 pool_sums: Callable[[Tensor], Tensor] | None = None) -> None:
+        super().__init__("dice-ce", region_weight=dice_weight, pixel_weight=ce_weight, smooth=smooth,
+                         pool_sums=pool_sums)
 
 
-def build_loss(cfg) -> SegmentationLoss:
-    """The loss a TrainConfig names (``loss``, ``class_weights``, ``focal_gamma``, ``tversky``)."""
-    return SegmentationLoss(cfg.loss, cfg.class_weights, cfg.focal_gamma, tuple(cfg.tversky))
+def build_loss(cfg, pool_sums: Callable[[Tensor], Tensor] | None = None) -> SegmentationLoss:
+    """The loss a TrainConfig names (``loss``, ``class_weights``, ``focal_gamma``, ``tversky``);
+    ``pool_sums`` as in :class:`SegmentationLoss`."""
+    return SegmentationLoss(cfg.loss, cfg.class_weights, cfg.focal_gamma, tuple(cfg.tversky), pool_sums=pool_sums)

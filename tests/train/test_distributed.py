@@ -1,0 +1,188 @@
+"""Training under ``torchrun --nproc-per-node 2`` (gloo on the CPU) on a tiny phantom.
+
+One torchrun run (tests/train/ddp_worker.py) takes one DDP gradient and then trains two epochs
+of one step each; ``edgeseg train --nproc 2 --resume`` then re-trains the second epoch from the
+copy of the run taken after the first. The references are plain single-process PyTorch on the
+union of the two processes' batches. Batch norm: each process normalises its own 8 slices (there
+is no SyncBatchNorm on the CPU), so the reference runs the model on each process's slices
+separately, as that is the only difference a union-batch forward would have, and joins the
+logits before the loss. Running statistics are not compared: DDP keeps rank 0's.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from edgeseg.models import ModelConfig, build_model
+from edgeseg.train.distributed import ShardedShuffle, check_process_count
+from edgeseg.errors import EdgesegError
+from edgeseg.models.checkpoint import read_checkpoint
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(Path(__file__).parent))
+import ddp_worker  # noqa: E402
+
+
+def _env() -> dict:
+    return {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+
+
+def _run(args: list[str], cwd: Path) -> None:
+    done = subprocess.run(args, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+@pytest.fixture(scope="module")
+def two_processes(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ddp")
+    _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+          str(Path(ddp_worker.__file__)), str(out), "2"], out)
+    ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
+    return out, ranks
+
+
+@pytest.fixture
+def one_thread():
+    """Compute the reference in one thread, as each torchrun process does: oneDNN picks other
+    convolution blocking for another thread count, and the gradients then differ by up to 1e-2
+    of their largest, enough to flip the sign of Adam's first step on many weights."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _reference_model(cfg):
+    # The memory format training uses.
+    torch.manual_seed(cfg.seed)
+    return build_model(ModelConfig(num_classes=2, base=cfg.base, depth=cfg.depth)).to(memory_format=torch.channels_last)
+
+
+def _union_loss(model, shards):
+    """Plain DiceCE on the union batch, each shard normalised by its own batch statistics."""
+    from edgeseg.train.losses import DiceCELoss
+
+    logits = torch.cat([model(torch.from_numpy(x).contiguous(memory_format=torch.channels_last)) for x, _ in shards])
+    labels = torch.cat([torch.from_numpy(y).long() for _, y in shards])
+    return DiceCELoss()(logits, labels)
+
+
+def test_the_two_processes_see_disjoint_samples(two_processes):
+    _, ranks = two_processes
+    for epoch in ("1", "2"):
+        (a,), (b,) = ranks[0]["batches"][epoch], ranks[1]["batches"][epoch]
+        assert len(a) == len(b) == 8 and not set(a) & set(b)
+        assert all(0 <= i < 30 for i in a + b)
+    assert ranks[0]["batches"]["1"] != ranks[0]["batches"]["2"]
+
+
+def test_gradient_is_the_mean_over_processes_of_the_union_batch_loss(two_processes, one_thread):
+    out, _ = two_processes
+    cfg = ddp_worker.config(out / "ref", 1)
+    train_set = ddp_worker.prepare(cfg)["train"]
+    model = _reference_model(cfg)
+    shards = [(train_set.images[8 * r : 8 * r + 8], train_set.labels[8 * r : 8 * r + 8]) for r in range(2)]
+    _union_loss(model, shards).backward()
+    ddp_grads = torch.load(out / "grads.pt")
+    for name, p in model.named_parameters():
+        # Float sums in another order: within 1e-4 of the tensor's largest gradient. Per-process
+        # Dice instead of pooled, or summed instead of averaged gradients, miss by 10-100 %.
+        scale = float(p.grad.abs().max())
+        torch.testing.assert_close(ddp_grads[name], p.grad, rtol=1e-4, atol=1e-4 * scale, msg=name)
+
+
+def test_weights_after_one_step_equal_one_process_on_the_union_batch(two_processes, one_thread):
+    out, ranks = two_processes
+    cfg = ddp_worker.config(out / "ref", 1)
+    train_set = ddp_worker.prepare(cfg)["train"]
+    model = _reference_model(cfg)
+    idx = [np.array(ranks[r]["batches"]["1"][0]) for r in range(2)]
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    _union_loss(model, [(train_set.images[i], train_set.labels[i]) for i in idx]).backward()
+    optimizer.step()
+    trained = read_checkpoint(out / "after1" / "last.pt")["state_dict"]
+    # Adam's first step moves each weight by lr * g / (|g| + eps), about lr * sign(g): where a
+    # gradient is float noise around zero its sign is noise too, so those few weights (under
+    # 1 %) are left out; the gradients themselves are compared in the test above.
+    settled = total = 0
+    for name, p in model.named_parameters():
+        sure = p.grad.abs() > 1e-3 * p.grad.abs().max()
+        torch.testing.assert_close(trained[name][sure], p.detach()[sure], rtol=1e-5, atol=1e-6, msg=name)
+        settled, total = settled + int(sure.sum()), total + p.numel()
+    assert settled > 0.99 * total
+
+
+def test_only_rank_0_writes_the_run(two_processes):
+    out, ranks = two_processes
+    run = str((out / "run").resolve())
+    mine = [p for p in ranks[0]["writes"] if p.startswith(run)]
+    for name in ("best.pt", "last.pt", "metrics.json", "metrics.csv", "curves.png", "split.json"):
+        assert f"{run}/{name}" in mine, name
+    assert [p for p in ranks[1]["writes"] if p.startswith(run)] == []
+    history = json.loads((out / "run" / "metrics.json").read_text())["history"]
+    assert [row["epoch"] for row in history] == [1, 2]
+
+
+def test_resumed_two_process_run_continues_the_history_exactly(two_processes):
+    out, _ = two_processes
+    args = ["--data", ddp_worker.PHANTOM, "--out", str(out / "after1"), "--size", "64", "--base", "4", "--depth", "2",
+            "--epochs", "2", "--batch-size", "8", "--lr", "0.005", "--window=-200,300", "--amp", "off",
+            "--val-fraction", "0.2", "--test-fraction", "0.2", "--no-augment", "--quiet", "--resume", "--nproc", "2"]
+    _run([sys.executable, "-m", "edgeseg", "train", *args], out)
+    resumed = json.loads((out / "after1" / "metrics.json").read_text())["history"]
+    straight = json.loads((out / "run" / "metrics.json").read_text())["history"]
+    assert resumed[0] == straight[0]
+    for key in ("train_loss", "val_loss", "val_dice", "lr"):
+        assert resumed[1][key] == pytest.approx(straight[1][key], rel=1e-6, abs=1e-7), key
+
+
+def test_sharded_shuffle_covers_an_epoch_once_across_processes():
+    shares = [list(ShardedShuffle(37, 4, rank, 3, seed=5).batches(2)) for rank in range(3)]
+    assert {len(s) for s in shares} == {37 // 12}
+    seen = np.concatenate([b for s in shares for b in s])
+    assert len(seen) == len(set(seen.tolist())) == 36
+    alone = list(ShardedShuffle(38, 4, 0, 1, seed=5).batches(2))
+    assert sorted(np.concatenate(alone).tolist()) == list(range(38))
+    # A trailing batch of one is dropped (its batch norm statistics would be noise).
+    assert len(np.concatenate(list(ShardedShuffle(37, 4, 0, 1, seed=5).batches(2)))) == 36
+
+
+def test_more_processes_than_cores_is_refused():
+    with pytest.raises(EdgesegError, match=r"--nproc 9999 is more than the \d+ CPU cores"):
+        check_process_count(9999, cuda=False)
+
+
+def test_nproc_larger_than_the_machine_is_one_line_error(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "edgeseg", "train", "--nproc", "9999", "--out", str(tmp_path / "r")],
+                          cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [done.stderr.strip()]
+    assert done.stderr.startswith("edgeseg: error: --nproc 9999 is more than the")
+
+
+@pytest.mark.parametrize("extra, env, message", [
+    (["--sync-bn"], {}, "--sync-bn needs CUDA"),
+    (["--nproc", "2"], {"WORLD_SIZE": "2", "RANK": "0"}, "--nproc starts torchrun itself"),
+    (["--nproc", "0"], {}, "--nproc must be >= 1, got 0"),
+])
+def test_bad_process_options_are_one_line_errors(tmp_path, monkeypatch, extra, env, message):
+    from click.testing import CliRunner
+
+    from edgeseg.cli.main import cli
+
+    if torch.cuda.is_available() and "--sync-bn" in extra:
+        pytest.skip("--sync-bn is valid on CUDA")
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    result = CliRunner().invoke(cli, ["train", "--data", ddp_worker.PHANTOM, "--size", "64", "--base", "4", "--depth", "2",
+                                      "--epochs", "1", "--out", str(tmp_path / "run"), *extra])
+    assert result.exit_code == 2
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"edgeseg: error: {message}"), result.output
+    assert not (tmp_path / "run" / "last.pt").exists()
