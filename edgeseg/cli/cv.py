@@ -55,7 +55,7 @@ def _run(**opts) -> None:
 command = click.Command(
     "cv",
     callback=_run,
-    params=[p for p in train_cli.command.params if p.name not in ("fold", "resume")],
+    params=[p for p in train_cli.command.params if p.name not in ("fold", "resume", "nproc")],
     help="k-fold cross-validation by case: train every fold (resumably) with the edgeseg train options, "
          "then score each fold's last.pt on its held-out cases (per-slice Dice: binary and per class) "
          "and write OUT/cv.json and OUT/cv.txt (mean and spread over folds).",
