@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 
 from edgeseg.errors import BackendError, require
+from edgeseg.runtime.compiled_cache import CompiledModelCache
 from edgeseg.runtime.runners.base import ArtifactRunner
+
+
+def openvino_cache_key(version: str, device: str, threads: int) -> str:
+    """The engine key of an OpenVINO cache entry; libedgeseg builds the same string, so the C
+    and the Python runtime share entries (same version, same compile settings)."""
+    return f"openvino {version} {device} LATENCY f32 threads {threads}"
 
 
 class OpenVinoRunner(ArtifactRunner):
@@ -31,20 +36,18 @@ class OpenVinoRunner(ArtifactRunner):
         if self.threads > 0:
             config["INFERENCE_NUM_THREADS"] = self.threads
         self._device = device
-        from edgeseg.runtime.selection import cache_path
+        cache = CompiledModelCache("openvino", self.entry.sha256, openvino_cache_key(ov.get_version(), device,
+                                                                                       self.threads))
 
-        cache = cache_path().parent / "openvino" / self.entry.sha256[:16]
-        try:
-            cache.mkdir(parents=True, exist_ok=True)
-        except OSError:
-            cache = None  # a read-only home must not stop inference: compile every time instead
-        try:
+        def compile_model(folder, hit):
             core = ov.Core()
-            # One cache folder per artifact content, shared with libedgeseg; compiling from the
-            # path lets a cache hit skip reading and converting the ONNX graph.
-            if cache is not None and os.access(cache, os.W_OK):
-                core.set_property({"CACHE_DIR": str(cache)})
-            compiled = core.compile_model(str(self.path), device, config)
+            if folder is not None:
+                core.set_property({"CACHE_DIR": str(folder)})
+            # From the path: a cache hit then skips reading and converting the ONNX graph.
+            return core.compile_model(str(self.path), device, config)
+
+        try:
+            compiled = cache.load(compile_model)
         except Exception as exc:  # OpenVINO raises RuntimeError subclasses with long messages
             raise BackendError(f"openvino could not load {self.path.name}: {str(exc).strip().splitlines()[0]}") from None
         self._request = compiled.create_infer_request()
