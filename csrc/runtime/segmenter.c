@@ -1,6 +1,8 @@
 /* es_segmenter: a checked bundle, an OpenVINO infer request, and the C kernels around it.
  * Same steps and settings as edgeseg/runtime/segmenter.py with runners/openvino.py, so the
  * masks are the Python runtime's. */
+/* realpath: XSI, which _POSIX_C_SOURCE alone does not declare in every libc */
+#define _XOPEN_SOURCE 700
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -49,17 +51,22 @@ static ov_status_e compile_with(es_segmenter *seg, const char *path, ov_property
     return ov_core_compile_model_from_file_props(seg->core, path, "CPU", count, props, &seg->compiled);
 }
 
-/* The engine key of a cache entry, as edgeseg/runtime/runners/openvino.py spells it. */
-static void engine_key(int threads, char *out, size_t size) {
+/* The engine key of a cache entry, as edgeseg/runtime/runners/openvino.py spells it. The
+ * artifact's resolved path is part of it because OpenVINO names its blob after the model's
+ * path: two copies of a bundle get an entry each instead of adding blobs to one another's. */
+static void engine_key(int threads, const char *artifact, char *out, size_t size) {
     ov_version_t version = {NULL, NULL};
     int ok = ov_get_openvino_version(&version) == OK && version.buildNumber;
-    snprintf(out, size, "openvino %s CPU LATENCY f32 threads %d", ok ? version.buildNumber : "unknown", threads);
+    char *resolved = realpath(artifact, NULL);
+    snprintf(out, size, "openvino %s CPU LATENCY f32 threads %d %s", ok ? version.buildNumber : "unknown", threads,
+             resolved ? resolved : artifact);
+    free(resolved);
     if (ok) ov_version_free(&version);
 }
 
 static int compile_model(es_segmenter *seg, const char *dir, int threads, const char *cache_root, es_error *err) {
     size_t n = strlen(dir) + strlen(seg->bundle.artifact_file) + 2;
-    char *path = malloc(n), thread_text[24], key[512];
+    char *path = malloc(n), thread_text[24], key[ES_CACHE_PATH + 256];
     if (!path) return es_fail(err, ES_ENOMEM, "no memory for a path");
     snprintf(path, n, "%s/%s", dir, seg->bundle.artifact_file);
     snprintf(thread_text, sizeof thread_text, "%d", threads);
@@ -79,7 +86,7 @@ static int compile_model(es_segmenter *seg, const char *dir, int threads, const 
         free(path);
         return es_fail(err, ES_ENOMEM, "no memory for a cache entry");
     }
-    engine_key(threads, key, sizeof key);
+    engine_key(threads, path, key, sizeof key);
     es_cache_prepare(cache_root, seg->bundle.sha256, key, entry);
     st = compile_with(seg, path, props, count, es_cache_folder(entry));
     if (st != OK && entry->hit) { /* blobs whose hashes match but OpenVINO refuses: build anew */

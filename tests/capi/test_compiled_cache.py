@@ -30,8 +30,9 @@ def expected(bundle, phantom_hu, tmp_path_factory) -> np.ndarray:
 def _entry_name(bundle) -> str:
     import openvino as ov
 
-    sha = read_manifest(bundle).artifact("onnx", "fp32").sha256
-    key = f"openvino {ov.get_version()} CPU LATENCY f32 threads 0"
+    entry = read_manifest(bundle).artifact("onnx", "fp32")
+    sha = entry.sha256
+    key = f"openvino {ov.get_version()} CPU LATENCY f32 threads 0 {os.path.realpath(bundle / entry.file)}"
     return f"{sha[:16]}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
 
 

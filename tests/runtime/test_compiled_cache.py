@@ -9,7 +9,9 @@ for the logits is a plain session on the bundle's file, outside any cache.
 from __future__ import annotations
 
 import hashlib
+import os
 import platform
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +41,7 @@ def _plain_logits(engine: str, model: Path, batch: np.ndarray) -> np.ndarray:
     return compiled.create_infer_request().infer({0: batch})[0].copy()
 
 
-def _expected_entry(engine: str, sha256: str) -> str:
+def _expected_entry(engine: str, sha256: str, artifact: Path) -> str:
     """The entry's folder name, spelled out here rather than taken from the code under test."""
     if engine == "onnxruntime":
         import onnxruntime as ort
@@ -50,7 +52,7 @@ def _expected_entry(engine: str, sha256: str) -> str:
     else:
         import openvino as ov
 
-        key = f"openvino {ov.get_version()} CPU LATENCY f32 threads 0"
+        key = f"openvino {ov.get_version()} CPU LATENCY f32 threads 0 {os.path.realpath(artifact)}"
     return f"{sha256[:16]}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
 
 
@@ -76,7 +78,7 @@ def test_second_load_reads_the_verified_entry(engine, precision, bundle_dir, bat
     expected = _plain_logits(engine, bundle_dir / entry.file, batch)
     first = _load(bundle_dir, engine, precision, batch)
     [folder] = (tmp_path / "cache" / engine).iterdir()  # no partial or stale folders left behind
-    assert folder.name == _expected_entry(engine, entry.sha256)
+    assert folder.name == _expected_entry(engine, entry.sha256, bundle_dir / entry.file)
     files = _engine_files(folder)
     assert files and {p.name for p in files} == set(_record(folder))
     for p in files:
@@ -130,3 +132,18 @@ def test_an_unwritable_cache_still_loads(bundle_dir, batch, tmp_path, monkeypatc
     expected = _plain_logits("onnxruntime", bundle_dir / entry.file, batch)
     np.testing.assert_allclose(_load(bundle_dir, "onnxruntime", "fp32", batch), expected, rtol=0, atol=1e-5)
     assert blocker.read_text().startswith("the cache root")
+
+
+def test_two_copies_of_a_bundle_keep_an_openvino_entry_each(bundle_dir, batch, tmp_path):
+    """OpenVINO names its blob after the model's path: each copy has its own entry, and using
+    one copy after the other rebuilds neither."""
+    pytest.importorskip("openvino")
+    copies = [shutil.copytree(bundle_dir, tmp_path / name) for name in ("a", "b")]
+    results = [_load(copy, "openvino", "fp32", batch) for copy in copies]
+    root = tmp_path / "cache" / "openvino"
+    stamps = {p: p.stat().st_mtime_ns for p in root.rglob("*")}
+    assert len(list(root.iterdir())) == 2
+    results += [_load(copy, "openvino", "fp32", batch) for copy in copies]
+    assert {p: p.stat().st_mtime_ns for p in root.rglob("*")} == stamps
+    for logits in results[1:]:
+        np.testing.assert_array_equal(logits, results[0])

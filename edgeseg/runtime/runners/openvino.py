@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from edgeseg.errors import BackendError, require
@@ -9,10 +11,12 @@ from edgeseg.runtime.compiled_cache import CompiledModelCache
 from edgeseg.runtime.runners.base import ArtifactRunner
 
 
-def openvino_cache_key(version: str, device: str, threads: int) -> str:
+def openvino_cache_key(version: str, device: str, threads: int, artifact: Path) -> str:
     """The engine key of an OpenVINO cache entry; libedgeseg builds the same string, so the C
-    and the Python runtime share entries (same version, same compile settings)."""
-    return f"openvino {version} {device} LATENCY f32 threads {threads}"
+    and the Python runtime share entries (same version, same compile settings). The artifact's
+    resolved path is in it because OpenVINO names its blob after the model's path: two copies
+    of a bundle get an entry each instead of adding blobs to one another's."""
+    return f"openvino {version} {device} LATENCY f32 threads {threads} {artifact.resolve()}"
 
 
 class OpenVinoRunner(ArtifactRunner):
@@ -36,8 +40,8 @@ class OpenVinoRunner(ArtifactRunner):
         if self.threads > 0:
             config["INFERENCE_NUM_THREADS"] = self.threads
         self._device = device
-        cache = CompiledModelCache("openvino", self.entry.sha256, openvino_cache_key(ov.get_version(), device,
-                                                                                       self.threads))
+        key = openvino_cache_key(ov.get_version(), device, self.threads, self.path)
+        cache = CompiledModelCache("openvino", self.entry.sha256, key)
 
         def compile_model(folder, hit):
             core = ov.Core()
