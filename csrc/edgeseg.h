@@ -58,8 +58,8 @@ typedef struct es_segmenter es_segmenter;
  * or "auto": int8 if the bundle has it, else fp32, else fp16) for OpenVINO's CPU plugin with
  * `threads` inference threads (0: OpenVINO's default). Compiled models are cached (OpenVINO's
  * CACHE_DIR) in $EDGESEG_CACHE_DIR/openvino/SHA16-KEY12 (default ~/.cache/edgeseg/...; see
- * docs/c-api.md): the artifact's sha256 and the OpenVINO version and settings name the entry,
- * which the Python runtime shares. An entry is used only when its files match their recorded
+ * docs/c-api.md): the artifact's sha256 and path and the OpenVINO version and settings name
+ * the entry, which the Python runtime shares. An entry is used only when its files match their recorded
  * sha256; a damaged or stale one is deleted and rebuilt. Returns NULL on error. */
 ES_API es_segmenter *es_open(const char *bundle_dir, const char *precision, int threads, es_error *err);
 
