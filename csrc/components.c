@@ -15,23 +15,6 @@
 
 #include "es_internal.h"
 
-static int32_t find_root(int32_t *parent, int32_t x) {
-    while (parent[x] != x) {
-        parent[x] = parent[parent[x]]; /* path halving */
-        x = parent[x];
-    }
-    return x;
-}
-
-static void unite(int32_t *parent, int32_t a, int32_t b) {
-    a = find_root(parent, a);
-    b = find_root(parent, b);
-    if (a < b)
-        parent[b] = a;
-    else if (b < a)
-        parent[a] = b;
-}
-
 void es_lcc_slice(uint8_t *lab, ptrdiff_t rows, ptrdiff_t cols, int num_classes,
                   const es_component_rule *rules, int32_t *work) {
     const ptrdiff_t npix = rows * cols;
@@ -64,7 +47,7 @@ void es_lcc_slice(uint8_t *lab, ptrdiff_t rows, ptrdiff_t cols, int num_classes,
             const ptrdiff_t above = (y - 1) * cols;
             while (k < prev_end && start[k] - above + len[k] < x0) ++k;
             for (int32_t j = k; j < prev_end && start[j] - above <= x; ++j)
-                if (lab[start[j]] == c) unite(parent, j, r);
+                if (lab[start[j]] == c) es_unite(parent, j, r);
         }
         prev_begin = row_begin;
         prev_end = next;
@@ -73,7 +56,7 @@ void es_lcc_slice(uint8_t *lab, ptrdiff_t rows, ptrdiff_t cols, int num_classes,
     for (int c = 1; c < num_classes; ++c) sized |= rules[c].min_size > 1;
     if (next == 0 || (next < 2 && !sized)) return; /* at most one run in the whole slice */
     memset(count, 0, (size_t)next * sizeof(int32_t));
-    for (int32_t r = 0; r < next; ++r) count[find_root(parent, r)] += len[r];
+    for (int32_t r = 0; r < next; ++r) count[es_find_root(parent, r)] += len[r];
     for (int c = 0; c < 256; ++c) best[c] = -1;
     for (int32_t r = 0; r < next; ++r) { /* roots in raster order; strict > keeps the first */
         if (parent[r] != r) continue;
@@ -81,7 +64,7 @@ void es_lcc_slice(uint8_t *lab, ptrdiff_t rows, ptrdiff_t cols, int num_classes,
         if (best[c] < 0 || count[r] > count[best[c]]) best[c] = r;
     }
     for (int32_t r = 0; r < next; ++r) {
-        const int32_t root = find_root(parent, r);
+        const int32_t root = es_find_root(parent, r);
         const es_component_rule *rule = &rules[lab[start[r]]];
         const int keep = (!rule->keep_largest || root == best[lab[start[r]]]) &&
                          (int64_t)count[root] >= rule->min_size;

@@ -29,23 +29,6 @@ typedef struct {
     uint8_t *keep; /* per root: 1 if the component stays */
 } vol_plan;
 
-static int32_t find_root(int32_t *parent, int32_t x) {
-    while (parent[x] != x) {
-        parent[x] = parent[parent[x]]; /* path halving */
-        x = parent[x];
-    }
-    return x;
-}
-
-static void unite(int32_t *parent, int32_t a, int32_t b) {
-    a = find_root(parent, a);
-    b = find_root(parent, b);
-    if (a < b)
-        parent[b] = a;
-    else if (b < a)
-        parent[a] = b;
-}
-
 /* The next run of an active class in `row` at or after column *end: its first column goes to
  * *start, the column after it to *end. Returns 0 when the row holds no more. */
 static int next_run(const vol_plan *p, const uint8_t *row, ptrdiff_t *start, ptrdiff_t *end) {
@@ -85,7 +68,7 @@ static void join_rows(const vol_plan *p, int32_t a0, int32_t a1, int32_t b0, int
         const int32_t s = p->x0[i], e = s + p->len[i];
         while (j < b1 && p->x0[j] + p->len[j] <= s) ++j;
         for (int32_t k = j; k < b1 && p->x0[k] < e; ++k)
-            if (p->cls[k] == p->cls[i]) unite(p->parent, k, i);
+            if (p->cls[k] == p->cls[i]) es_unite(p->parent, k, i);
     }
 }
 

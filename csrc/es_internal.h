@@ -168,4 +168,23 @@ ES_INLINE uint16_t es_f2h(float f) {
     return (uint16_t)(o | sign);
 }
 
+/* Union-find over run or pixel labels (components.c, components3d.c): roots are the smallest
+ * label of their set, so components keep scipy.ndimage.label's raster-order numbering. */
+static inline int32_t es_find_root(int32_t *parent, int32_t x) {
+    while (parent[x] != x) {
+        parent[x] = parent[parent[x]]; /* path halving */
+        x = parent[x];
+    }
+    return x;
+}
+
+static inline void es_unite(int32_t *parent, int32_t a, int32_t b) {
+    a = es_find_root(parent, a);
+    b = es_find_root(parent, b);
+    if (a < b)
+        parent[b] = a;
+    else if (b < a)
+        parent[a] = b;
+}
+
 #endif

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from edgeseg.data.phantom import (
-    AIR_HU,
+    _canvas,
     DEFAULT_SHAPE,
     DEFAULT_SPACING,
     _case_rng,
@@ -71,12 +71,7 @@ def synth_chest_phantom(
     u, v, w = _grid(shape)
     U = u + _smooth_field(rng, u, v, w, 0.03)
     V = v + _smooth_field(rng, u, v, w, 0.03)
-    hu = np.full(shape, AIR_HU, dtype=np.float32)
-    label = np.zeros(shape, dtype=np.uint8)
-
-    def paint(mask, value, label_value=0):
-        hu[mask] = value if np.isscalar(value) else np.broadcast_to(value, shape)[mask]
-        label[mask] = label_value
+    hu, label, paint = _canvas(shape)
 
     radii = (rng.uniform(0.85, 0.93), rng.uniform(0.62, 0.7))
     rim = rng.uniform(0.04, 0.07)

@@ -50,6 +50,19 @@ class _FloatDraws:
         return self.generator.normal(loc, scale, size=size).astype(np.float32)
 
 
+def _canvas(shape: tuple[int, int, int]):
+    """An air-filled HU volume, an empty label map, and ``paint(mask, value, label_value=0)``,
+    which sets HU (a number, or an array broadcast to the volume) and the label under ``mask``."""
+    hu = np.full(shape, AIR_HU, dtype=np.float32)
+    label = np.zeros(shape, dtype=np.uint8)
+
+    def paint(mask, value, label_value=0):
+        hu[mask] = value if np.isscalar(value) else np.broadcast_to(value, shape)[mask]
+        label[mask] = label_value
+
+    return hu, label, paint
+
+
 def _grid(shape: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Normalised coordinates: u, v in [-1, 1] across x (to patient left) and y (posterior),
     w in [0, 1] from the lowest to the highest slice; broadcastable (1,1,X), (1,Y,1), (Z,1,1)."""
@@ -140,12 +153,7 @@ def synth_phantom(
     u, v, w = _grid(shape)
     U = u + _smooth_field(rng, u, v, w, 0.04)
     V = v + _smooth_field(rng, u, v, w, 0.04)
-    hu = np.full(shape, AIR_HU, dtype=np.float32)
-    label = np.zeros(shape, dtype=np.uint8)
-
-    def paint(mask, value, label_value=0):
-        hu[mask] = value if np.isscalar(value) else np.broadcast_to(value, shape)[mask]
-        label[mask] = label_value
+    hu, label, paint = _canvas(shape)
 
     # Body and fat rim.
     radii = (rng.uniform(0.78, 0.9), rng.uniform(0.66, 0.74))
