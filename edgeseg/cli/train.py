@@ -44,6 +44,13 @@ from edgeseg.models.registry import MODELS
 @click.option("--amp", type=click.Choice(["auto", "off", "bf16", "fp16"]), default="auto", show_default=True,
               help="Mixed precision: auto = fp16 on CUDA, bf16 on CPUs with AMX, else float32.")
 @click.option("--threads", default=0, help="CPU threads for torch (0: torch's default).")
+@click.option("--cache", default=None, type=click.Path(file_okay=False),
+              help="Folder for the slice store (the data pre-processed once, reused by later runs and other "
+                   "processes); default OUT/slice-store. A shared folder lets runs on the same data share it.")
+@click.option("--workers", default=-1, show_default="one per core but one, at most 4",
+              help="DataLoader worker processes reading and augmenting batches (0: in the training process).")
+@click.option("--foreground-share", default=1 / 3, show_default="1/3", type=float,
+              help="Share of each batch drawn from slices containing each class in turn; the rest is uniform.")
 @click.option("--resume", is_flag=True, help="Continue from OUT/last.pt.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def command(**opts) -> None:
@@ -53,6 +60,8 @@ def command(**opts) -> None:
     from edgeseg.train.loop import train
 
     check_output_folder(opts["out"], "--out")
+    if opts["cache"] is not None:
+        check_output_folder(opts["cache"], "slice store cache (--cache)")
     configure_logging()
     test = opts["test_fraction"]
     val = opts["val_fraction"]
@@ -64,6 +73,8 @@ def command(**opts) -> None:
         intensity=opts["intensity"], epochs=opts["epochs"], batch_size=opts["batch_size"], lr=opts["lr"],
         weight_decay=opts["weight_decay"], seed=opts["seed"], fractions=(1.0 - val - test, val, test),
         augment=not opts["no_augment"], augment_p=opts["augment_p"], ema_epochs=opts["ema_epochs"], amp=opts["amp"], threads=opts["threads"],
+        cache=str(Path(opts["cache"]).resolve()) if opts["cache"] else None, workers=opts["workers"],
+        foreground_share=opts["foreground_share"],
     )
     result = train(cfg, resume=opts["resume"], progress=not opts["quiet"])
     best = result["best"]

@@ -13,37 +13,36 @@ from typing import Any
 import numpy as np
 import torch
 
-from edgeseg.data import open_dataset, split_cases
+from edgeseg.data import split_cases
+from edgeseg.data.store import StoreCases, open_slice_store
 from edgeseg.errors import CheckpointError, DataError
 from edgeseg.models import ModelConfig, build_model, count_parameters
 from edgeseg.spec import PreprocessSpec
 from edgeseg.train.augment import AugmentConfig, BatchAugmenter
 from edgeseg.models.checkpoint import read_checkpoint, save_checkpoint
 from edgeseg.train.config import TrainConfig
-from edgeseg.data.slice_set import SliceSet
 from edgeseg.train.ema import WeightEMA, ema_decay
 from edgeseg.train.losses import DiceCELoss
 from edgeseg.train.precision import autocast_dtype, pick_device
 from edgeseg.train.records import write_records
 from edgeseg.train.schedule import lr_at
+from edgeseg.train.streaming import ForegroundBatchSampler, default_workers, make_train_loader
 from edgeseg.train.validate import choose_postprocess, validate
 
 log = logging.getLogger("edgeseg.train")
 
 
-def prepare(cfg: TrainConfig) -> dict[str, Any]:
-    """Load the data, split it by case, and pre-process the train and validation slices."""
-    volumes = open_dataset(cfg.data, intensity=cfg.intensity)
-    ids = [v.case_id for v in volumes]
-    if len(set(ids)) != len(ids):
-        raise DataError(f"case ids repeat in {cfg.data}; each case must appear once")
-    if len(volumes) < 2:
-        raise DataError(f"{cfg.data} holds {len(volumes)} case(s); training needs at least 2 (train and validation)")
-    split = split_cases(ids, fractions=cfg.fractions, seed=cfg.seed)
+def prepare(cfg: TrainConfig, progress: bool = False) -> dict[str, Any]:
+    """Build or reuse the data's slice store, split it by case, and view the train and validation cases."""
     spec = PreprocessSpec(window=cfg.window, size=(cfg.size, cfg.size), interpolation=cfg.interpolation)
-    by_id = {v.case_id: v for v in volumes}
-    sets = {name: SliceSet.from_volumes([by_id[c] for c in split[name]], spec, cfg.labels) for name in ("train", "val")}
-    return {"split": split, "spec": spec, **sets}
+    cache = cfg.cache or Path(cfg.out) / "slice-store"
+    store = open_slice_store(cfg.data, cache, spec, cfg.labels, cfg.intensity, progress=progress)
+    ids = store.case_ids
+    if len(ids) < 2:
+        raise DataError(f"{cfg.data} holds {len(ids)} case(s); training needs at least 2 (train and validation)")
+    split = split_cases(ids, fractions=cfg.fractions, seed=cfg.seed)
+    sets = {name: StoreCases(store, split[name]) for name in ("train", "val")}
+    return {"split": split, "spec": spec, "store": store, **sets}
 
 
 def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, on_epoch: Callable | None = None) -> dict[str, Any]:
@@ -59,7 +58,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, on_epoc
     model_config = ModelConfig(name=cfg.model, num_classes=len(cfg.labels) + 1, base=cfg.base, depth=cfg.depth)
     model = build_model(model_config)
     model.check_input_size(cfg.size, cfg.size)
-    data = prepare(cfg)
+    data = prepare(cfg, progress)
     spec, train_set, val_set = data["spec"], data["train"], data["val"]
     device = pick_device()
     model.to(device=device, memory_format=torch.channels_last)
@@ -71,6 +70,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, on_epoc
         start_epoch, history, best = int(payload["epoch"]) + 1, list(payload["history"]), dict(payload["best"])
     out.mkdir(parents=True, exist_ok=True)
     state = _LoopState(cfg, model, model_config, spec, optimizer, device, train_set, val_set, data["split"], out)
+    state.stream_from(data["store"])
     if payload is not None and state.ema is not None:
         # The EMA weights are the checkpoint's state_dict; without a saved update count (a
         # checkpoint trained without EMA) the average starts afresh from the current weights.
@@ -151,14 +151,12 @@ class _LoopState:
         from tqdm import tqdm
 
         cfg, started = self.cfg, time.perf_counter()
-        gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
-        order = torch.randperm(len(self.train_set), generator=gen).numpy()
+        self.sampler.set_epoch(epoch)
         self.model.train()
         losses = []
-        bar = tqdm(range(self.steps_per_epoch), desc=f"epoch {epoch}/{cfg.epochs}", leave=False, disable=not progress, unit="batch")
-        for i in bar:
-            idx = np.sort(order[i * cfg.batch_size : (i + 1) * cfg.batch_size])
-            loss = self._step(idx, gen, (epoch - 1) * self.steps_per_epoch + i)
+        bar = tqdm(self.loader, desc=f"epoch {epoch}/{cfg.epochs}", leave=False, disable=not progress, unit="batch")
+        for i, (images, labels) in enumerate(bar):
+            loss = self._step(images, labels, (epoch - 1) * self.steps_per_epoch + i)
             losses.append(loss)
             bar.set_postfix(loss=f"{loss:.4f}")
         bar.close()
@@ -175,13 +173,17 @@ class _LoopState:
         }
         return row, val["pred"]
 
-    def _step(self, idx: np.ndarray, gen: torch.Generator, step: int) -> float:
-        images = torch.from_numpy(self.train_set.images[idx])
-        labels = torch.from_numpy(self.train_set.labels[idx]).long()
-        if self.augment is not None:
-            images, labels = self.augment(images, labels, gen)
-        images = images.to(self.device, memory_format=torch.channels_last)
-        labels = labels.to(self.device)
+    def stream_from(self, store) -> None:
+        """Sample training batches from ``store`` through DataLoader workers (see train/streaming.py)."""
+        cfg = self.cfg
+        self.sampler = ForegroundBatchSampler(self.train_set.rows, store.present, cfg.batch_size, self.steps_per_epoch,
+                                              cfg.foreground_share, cfg.seed)
+        workers = default_workers() if cfg.workers < 0 else cfg.workers
+        self.loader = make_train_loader(store, self.sampler, self.augment, workers, self.device)
+
+    def _step(self, images: torch.Tensor, labels: torch.Tensor, step: int) -> float:
+        images = images.to(self.device, memory_format=torch.channels_last, non_blocking=True)
+        labels = labels.to(self.device, non_blocking=True)
         for group in self.optimizer.param_groups:
             group["lr"] = lr_at(step, self.total_steps, self.warmup, self.cfg.lr)
         with self.autocast():
