@@ -56,15 +56,15 @@ def _version() -> str:
 
 
 def _record(groups: list[CaseGroup], spec: PreprocessSpec, labels: dict, intensity: str | None) -> dict:
-    """What a store must have been built from to be trusted today."""
-    return {
+    """What a store must have been built from to be trusted today, as its manifest reads back."""
+    return json.loads(json.dumps({
         "format": STORE_FORMAT,
         "edgeseg": _version(),
         "spec_hash": spec.hash,
         "labels": labels,
         "intensity": intensity,
-        "sources": [[g.name, [list(entry) for entry in g.identity]] for g in groups],
-    }
+        "sources": [[g.name, list(g.identity)] for g in groups],
+    }))
 
 
 def _stale_reason(manifest: dict, record: dict) -> str | None:
