@@ -123,7 +123,7 @@ def _builder(source: str, cache: Path) -> subprocess.Popen:
 
 def test_killed_build_leaves_no_store_a_later_run_trusts(tmp_path):
     # Many phantom cases, so the build is still running when the first case lands on disk.
-    source, cache = "phantom:cases=40,seed=2,size=48,slices=12", tmp_path / "cache"
+    source, cache = "phantom:cases=120,seed=2,size=48,slices=12", tmp_path / "cache"
     proc = _builder(source, cache)
     deadline = time.monotonic() + 120
     while not list(cache.glob(".store-*.staging-*/0.images.npy")):
@@ -133,7 +133,7 @@ def test_killed_build_leaves_no_store_a_later_run_trusts(tmp_path):
     proc.wait()
     assert [p for p in cache.iterdir() if p.name.startswith("store-") and p.is_dir()] == []
     store = open_slice_store(source, cache, SPEC, LABELS)
-    assert store.built and len(store) == 40 * 12
+    assert store.built and len(store) == 120 * 12
     assert not list(cache.glob(".store-*.staging-*")), "the killed build's staging folder is removed"
 
 
