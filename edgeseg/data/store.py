@@ -187,6 +187,7 @@ def open_slice_store(source: str, cache: str | os.PathLike, spec: PreprocessSpec
     record = _record(groups, spec, labels, intensity)
     target = Path(cache) / f"store-{store_key(source, spec, labels, intensity)}"
     if _trusted(target, record):
+        log.info("using slice store %s (built before for this source and spec)", target)
         return SliceStore(target)
     cache.mkdir(parents=True, exist_ok=True)
     with _build_lock(target.with_suffix(".lock")):
