@@ -97,3 +97,17 @@ def test_workers_give_the_same_augmented_batches_as_the_main_process(store):
         assert torch.equal(y0, y2)
     plain, _ = store.take(next(iter(sampler))[1])
     assert not np.allclose(batches[0][0][0].numpy(), plain), "augmentation ran on the batch"
+
+
+@pytest.mark.parametrize("option, value, fragment", [("--workers", "-2", "workers must be >= 0"),
+                                                      ("--foreground-share", "1.5", "foreground share must be in [0, 1]")])
+def test_train_refuses_bad_streaming_options_in_one_line(option, value, fragment, tmp_path, assert_one_line_error):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.run([sys.executable, "-m", "edgeseg.cli", "train", "--out", str(tmp_path / "run"), option, value],
+                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(root)}, timeout=120)
+    assert_one_line_error(proc, fragment)
