@@ -205,22 +205,39 @@ def open_slice_store(source: str, cache: str | os.PathLike, spec: PreprocessSpec
     (``case_pattern``, ``mask``, ``label_values``) are passed to ``open_dataset`` for slice folders.
     """
     slice_options = {k: v for k, v in (slice_options or {}).items() if v is not None}
-    cache = check_output_folder(cache, "slice store cache (--cache)")
     groups = case_groups(source, intensity, slice_options)
     record = _record(groups, spec, labels, intensity, slice_options)
     target = Path(cache) / f"store-{store_key(source, spec, labels, intensity, slice_options)}"
     if _trusted(target, record):
+        # Reading a built store writes nothing, so a read-only shared cache serves it.
         log.info("using slice store %s (built before for this source and spec)", target)
         return SliceStore(target)
+    cache = check_output_folder(cache, "slice store cache (--cache)")
+    created = [folder for folder in (cache, *cache.parents) if not folder.exists()]
     cache.mkdir(parents=True, exist_ok=True)
-    with _build_lock(target.with_suffix(".lock")):
-        if _trusted(target, record):  # built by another process while this one waited
-            return SliceStore(target)
-        started = time.monotonic()
-        with atomic_dir(target) as staging:
-            _build(staging, groups, spec, labels, record, progress)
-        log.info("built slice store %s in %.1f s", target, time.monotonic() - started)
+    lock = target.with_suffix(".lock")
+    try:
+        with _build_lock(lock):
+            if _trusted(target, record):  # built by another process while this one waited
+                return SliceStore(target)
+            started = time.monotonic()
+            with atomic_dir(target) as staging:
+                _build(staging, groups, spec, labels, record, progress)
+            log.info("built slice store %s in %.1f s", target, time.monotonic() - started)
+    except BaseException:
+        _undo_folders(lock, created)
+        raise
     return SliceStore(target, built=True)
+
+
+def _undo_folders(lock: Path, created: list[Path]) -> None:
+    """After a failed build (bad data, an interrupt), leave nothing a run would not have left:
+    the lock file and the folders this call created, where nothing else has appeared in them."""
+    with contextlib.suppress(FileNotFoundError):
+        lock.unlink()
+    for folder in created:  # deepest first
+        with contextlib.suppress(OSError):
+            folder.rmdir()
 
 
 def _build(folder: Path, groups: list[CaseGroup], spec: PreprocessSpec, labels: dict,
