@@ -57,13 +57,14 @@ typedef struct es_segmenter es_segmenter;
 /* Open `bundle_dir` and compile its ONNX artifact of `precision` ("int8", "fp32", "fp16"; NULL
  * or "auto": int8 if the bundle has it, else fp32, else fp16) for OpenVINO's CPU plugin with
  * `threads` inference threads (0: OpenVINO's default). Compiled models are cached (OpenVINO's
- * CACHE_DIR) in $EDGESEG_CACHE_DIR/openvino/SHA (default ~/.cache/edgeseg/openvino/SHA), SHA
- * being the first 16 hex digits of the artifact's sha256, as the Python runtime does: a cache
- * hit skips reading and compiling the model. Returns NULL on error. */
+ * CACHE_DIR) in $EDGESEG_CACHE_DIR/openvino/SHA16-KEY12 (default ~/.cache/edgeseg/...; see
+ * docs/c-api.md): the artifact's sha256 and path and the OpenVINO version and settings name
+ * the entry, which the Python runtime shares. An entry is used only when its files match their recorded
+ * sha256; a damaged or stale one is deleted and rebuilt. Returns NULL on error. */
 ES_API es_segmenter *es_open(const char *bundle_dir, const char *precision, int threads, es_error *err);
 
-/* es_open with an explicit compiled-model cache root (blobs go to CACHE_DIR/SHA); NULL or ""
- * compiles without a cache. */
+/* es_open with an explicit compiled-model cache folder (entries go to CACHE_DIR/SHA16-KEY12);
+ * NULL or "" compiles without a cache. */
 ES_API es_segmenter *es_open_cached(const char *bundle_dir, const char *precision, int threads,
                                     const char *cache_dir, es_error *err);
 

@@ -12,8 +12,7 @@
 
 #define CHUNK (1 << 20)
 
-/* Hex sha256 of `fh`'s contents into hex[65]; 0 on success. */
-static int sha256_hex(FILE *fh, char hex[65]) {
+int es_sha256_file(FILE *fh, char hex[65]) {
     unsigned char digest[EVP_MAX_MD_SIZE];
     unsigned int len = 0;
     unsigned char *buf = malloc(CHUNK);
@@ -44,7 +43,7 @@ int es_bundle_verify(const char *dir, const es_bundle *b, es_error *err) {
                      b->artifact_file, (long long)st.st_size, b->artifact_bytes);
     } else if (!(fh = fopen(path, "rb"))) {
         rc = es_fail(err, ES_EBUNDLE, "bundle %s: cannot read %s (%s)", dir, b->artifact_file, strerror(errno));
-    } else if (sha256_hex(fh, hex) != 0) {
+    } else if (es_sha256_file(fh, hex) != 0) {
         rc = es_fail(err, ES_EBUNDLE, "bundle %s: reading %s for its sha256 failed", dir, b->artifact_file);
     } else if (strcmp(hex, b->sha256) != 0) {
         rc = es_fail(err, ES_EBUNDLE, "bundle %s: sha256 of %s is %.12s..., manifest says %.12s... (tampered)", dir,

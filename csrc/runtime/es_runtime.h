@@ -3,6 +3,7 @@
 #define ES_RUNTIME_H
 
 #include <stddef.h>
+#include <stdio.h>
 #include <stdint.h>
 
 #include "edgeseg.h"
@@ -54,6 +55,9 @@ int es_bundle_read(const char *dir, const char *precision, es_bundle *bundle, es
 int es_bundle_verify(const char *dir, const es_bundle *bundle, es_error *err);
 
 void es_bundle_free(es_bundle *bundle);
+
+/* Hex sha256 of the rest of `fh` into hex[65] (OpenSSL's libcrypto); 0 on success. */
+int es_sha256_file(FILE *fh, char hex[65]);
 
 /* Fill `err` (if not NULL) with `code` and a printf-formatted message; returns `code`. */
 int es_fail(es_error *err, int code, const char *fmt, ...)

@@ -1,6 +1,8 @@
 /* es_segmenter: a checked bundle, an OpenVINO infer request, and the C kernels around it.
  * Same steps and settings as edgeseg/runtime/segmenter.py with runners/openvino.py, so the
  * masks are the Python runtime's. */
+/* realpath: XSI, which _POSIX_C_SOURCE alone does not declare in every libc */
+#define _XOPEN_SOURCE 700
 #include <math.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -9,6 +11,7 @@
 
 #include <openvino/c/openvino.h>
 
+#include "es_compiled_cache.h"
 #include "es_hu_checks.h"
 #include "es_runtime.h"
 
@@ -39,9 +42,32 @@ static int fail_backend(es_error *err, const char *what, const char *file, ov_st
                    *line ? ": " : "", line);
 }
 
-static int compile_model(es_segmenter *seg, const char *dir, int threads, const char *cache_dir, es_error *err) {
+/* OpenVINO's compile of the artifact with `count` properties, `cache` as its CACHE_DIR (or none). */
+static ov_status_e compile_with(es_segmenter *seg, const char *path, ov_property_t *props, size_t count,
+                                const char *cache) {
+    if (seg->compiled) ov_compiled_model_free(seg->compiled);
+    seg->compiled = NULL;
+    if (cache) props[count++] = (ov_property_t){ov_property_key_cache_dir, cache};
+    /* From the file: with a cache hit OpenVINO skips reading and converting the ONNX graph. */
+    return ov_core_compile_model_from_file_props(seg->core, path, "CPU", count, props, &seg->compiled);
+}
+
+/* The engine key of a cache entry, as edgeseg/runtime/runners/openvino.py spells it. The
+ * artifact's resolved path is part of it because OpenVINO names its blob after the model's
+ * path: two copies of a bundle get an entry each instead of adding blobs to one another's. */
+static void engine_key(int threads, const char *artifact, char *out, size_t size) {
+    ov_version_t version = {NULL, NULL};
+    int ok = ov_get_openvino_version(&version) == OK && version.buildNumber;
+    char *resolved = realpath(artifact, NULL);
+    snprintf(out, size, "openvino %s CPU LATENCY f32 threads %d %s", ok ? version.buildNumber : "unknown", threads,
+             resolved ? resolved : artifact);
+    free(resolved);
+    if (ok) ov_version_free(&version);
+}
+
+static int compile_model(es_segmenter *seg, const char *dir, int threads, const char *cache_root, es_error *err) {
     size_t n = strlen(dir) + strlen(seg->bundle.artifact_file) + 2;
-    char *path = malloc(n), thread_text[24];
+    char *path = malloc(n), thread_text[24], key[ES_CACHE_PATH + 256];
     if (!path) return es_fail(err, ES_ENOMEM, "no memory for a path");
     snprintf(path, n, "%s/%s", dir, seg->bundle.artifact_file);
     snprintf(thread_text, sizeof thread_text, "%d", threads);
@@ -51,16 +77,31 @@ static int compile_model(es_segmenter *seg, const char *dir, int threads, const 
                               {ov_property_key_hint_inference_precision, "f32"}};
     size_t count = 2;
     if (threads > 0) props[count++] = (ov_property_t){ov_property_key_inference_num_threads, thread_text};
-    if (cache_dir && *cache_dir) props[count++] = (ov_property_t){ov_property_key_cache_dir, cache_dir};
     ov_status_e st = ov_core_create(&seg->core);
     if (st != OK) {
         free(path);
         return fail_backend(err, "start for", seg->bundle.artifact_file, st);
     }
-    /* From the file: with a cache hit OpenVINO skips reading and converting the ONNX graph. */
-    st = ov_core_compile_model_from_file_props(seg->core, path, "CPU", count, props, &seg->compiled);
-    if (st != OK && cache_dir && *cache_dir) /* e.g. a read-only cache folder: run without the cache */
-        st = ov_core_compile_model_from_file_props(seg->core, path, "CPU", count - 1, props, &seg->compiled);
+    es_cache_entry *entry = malloc(sizeof *entry);
+    if (!entry) {
+        free(path);
+        return es_fail(err, ES_ENOMEM, "no memory for a cache entry");
+    }
+    engine_key(threads, path, key, sizeof key);
+    es_cache_prepare(cache_root, seg->bundle.sha256, key, entry);
+    st = compile_with(seg, path, props, count, es_cache_folder(entry));
+    if (st != OK && entry->hit) { /* blobs whose hashes match but OpenVINO refuses: build anew */
+        es_cache_discard(entry);
+        es_cache_prepare(cache_root, seg->bundle.sha256, key, entry);
+        st = compile_with(seg, path, props, count, es_cache_folder(entry));
+    }
+    if (st != OK && es_cache_folder(entry)) { /* e.g. a full disk under the cache: run without it */
+        es_cache_abandon(entry);
+        st = compile_with(seg, path, props, count, NULL);
+    }
+    if (st == OK) es_cache_publish(entry);
+    else es_cache_abandon(entry);
+    free(entry);
     if (st == OK) st = ov_compiled_model_create_infer_request(seg->compiled, &seg->request);
     free(path);
     return st == OK ? ES_OK : fail_backend(err, "load", seg->bundle.artifact_file, st);
@@ -95,11 +136,7 @@ es_segmenter *es_open_cached(const char *bundle_dir, const char *precision, int 
         if (!seg->input) rc = es_fail(err, ES_ENOMEM, "no memory for a %d x %d x %d input batch", seg->batch, b->rows, b->cols);
     }
     if (rc == ES_OK) {
-        /* One cache folder per artifact content (sha256): a re-exported model never meets the
-         * blob of its predecessor; OpenVINO adds its version check inside the blob. */
-        char keyed[4096] = "";
-        if (cache_dir && *cache_dir) snprintf(keyed, sizeof keyed, "%s/%.16s", cache_dir, seg->bundle.sha256);
-        rc = compile_model(seg, bundle_dir, threads, keyed, err);
+        rc = compile_model(seg, bundle_dir, threads, cache_dir, err);
     }
     if (rc == ES_OK && pthread_mutex_init(&seg->lock, NULL) != 0) rc = es_fail(err, ES_ENOMEM, "cannot create a mutex");
     if (rc != ES_OK) {

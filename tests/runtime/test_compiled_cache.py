@@ -1,11 +1,18 @@
-"""The engines' compiled-model caches: a second load uses them and computes the same logits.
+"""The engines' compiled-model caches: a second load uses them, a damaged entry is rebuilt.
 
-ONNX Runtime keeps its optimised graph and OpenVINO its compiled blob under
-``$EDGESEG_CACHE_DIR`` (a fresh folder per test, see conftest), keyed by the artifact's sha256.
-The oracle for the logits is a plain session on the bundle's file, outside the cache.
+ONNX Runtime keeps its optimised graph and OpenVINO its compiled blob in entries under
+``$EDGESEG_CACHE_DIR`` (a fresh folder per test, see conftest), named by the artifact's sha256
+and the engine's key (version, settings), each with a record of its files' sha256. The oracle
+for the logits is a plain session on the bundle's file, outside any cache.
 """
 
 from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,49 +28,122 @@ def batch(bundle_dir) -> np.ndarray:
     return rng.uniform(-0.5, 1.5, (3, 1, *size)).astype(np.float32)
 
 
-def _sha16(bundle_dir, precision: str) -> str:
-    return read_manifest(bundle_dir).artifact("onnx", precision).sha256[:16]
+def _plain_logits(engine: str, model: Path, batch: np.ndarray) -> np.ndarray:
+    """The oracle: the artifact run by the engine itself, no cache folder anywhere."""
+    if engine == "onnxruntime":
+        import onnxruntime as ort
+
+        plain = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+        return plain.run(None, {plain.get_inputs()[0].name: batch})[0]
+    import openvino as ov
+
+    compiled = ov.Core().compile_model(str(model), "CPU", {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"})
+    return compiled.create_infer_request().infer({0: batch})[0].copy()
 
 
+def _expected_entry(engine: str, sha256: str, artifact: Path) -> str:
+    """The entry's folder name, spelled out here rather than taken from the code under test."""
+    if engine == "onnxruntime":
+        import onnxruntime as ort
+
+        flags = next((l for l in Path("/proc/cpuinfo").read_text().splitlines() if l.startswith("flags")),
+                     platform.machine())
+        key = f"onnxruntime {ort.__version__} {flags}"
+    else:
+        import openvino as ov
+
+        key = f"openvino {ov.get_version()} CPU LATENCY f32 threads 0 {os.path.realpath(artifact)}"
+    return f"{sha256[:16]}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+
+
+def _record(entry: Path) -> dict[str, tuple[str, int]]:
+    lines = (entry / "entry.sha256").read_text().splitlines()
+    return {name: (digest, int(size)) for digest, size, name in (line.split(" ", 2) for line in lines)}
+
+
+def _engine_files(entry: Path) -> list[Path]:
+    return sorted(p for p in entry.iterdir() if p.name != "entry.sha256")
+
+
+def _load(bundle_dir: Path, engine: str, precision: str, batch: np.ndarray) -> np.ndarray:
+    with Segmenter.load(bundle_dir, backend=f"{engine}:{precision}") as seg:
+        return seg.infer(batch)
+
+
+@pytest.mark.parametrize("engine", ["onnxruntime", "openvino"])
 @pytest.mark.parametrize("precision", ["fp32", "int8"])
-def test_onnxruntime_reuses_its_optimised_graph(precision, bundle_dir, batch, tmp_path):
-    ort = pytest.importorskip("onnxruntime")
+def test_second_load_reads_the_verified_entry(engine, precision, bundle_dir, batch, tmp_path):
+    pytest.importorskip(engine)
     entry = read_manifest(bundle_dir).artifact("onnx", precision)
-    plain = ort.InferenceSession(str(bundle_dir / entry.file), providers=["CPUExecutionProvider"])
-    expected = plain.run(None, {plain.get_inputs()[0].name: batch})[0]
-    with Segmenter.load(bundle_dir, backend=f"onnxruntime:{precision}") as seg:
-        first = seg.infer(batch)
-    files = sorted((tmp_path / "cache" / "onnxruntime").iterdir())
-    assert [f.name.split("-")[0] for f in files] == [entry.sha256[:16]] and files[0].suffix == ".onnx"
-    stamp = files[0].stat().st_mtime_ns
-    with Segmenter.load(bundle_dir, backend=f"onnxruntime:{precision}") as seg:
-        second = seg.infer(batch)
-    assert files[0].stat().st_mtime_ns == stamp  # read, not rewritten
-    np.testing.assert_array_equal(first, expected)
-    np.testing.assert_array_equal(second, expected)
+    expected = _plain_logits(engine, bundle_dir / entry.file, batch)
+    first = _load(bundle_dir, engine, precision, batch)
+    [folder] = (tmp_path / "cache" / engine).iterdir()  # no partial or stale folders left behind
+    assert folder.name == _expected_entry(engine, entry.sha256, bundle_dir / entry.file)
+    files = _engine_files(folder)
+    assert files and {p.name for p in files} == set(_record(folder))
+    for p in files:
+        assert _record(folder)[p.name] == (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_size)
+    stamps = [p.stat().st_mtime_ns for p in files]
+    second = _load(bundle_dir, engine, precision, batch)
+    assert [p.stat().st_mtime_ns for p in _engine_files(folder)] == stamps  # read, not rewritten
+    np.testing.assert_allclose(first, expected, rtol=0, atol=1e-5)
+    np.testing.assert_array_equal(second, first)
 
 
-def test_a_damaged_cached_graph_is_dropped_and_the_artifact_loads(bundle_dir, batch, tmp_path):
-    ort = pytest.importorskip("onnxruntime")
+def _flip_middle(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x5A  # same size, different bytes: only a hash notices
+    path.write_bytes(bytes(data))
+
+
+DAMAGE = {
+    "flipped byte": lambda entry: _flip_middle(_engine_files(entry)[0]),
+    "truncated": lambda entry: _engine_files(entry)[0].write_bytes(_engine_files(entry)[0].read_bytes()[:100]),
+    "no record": lambda entry: (entry / "entry.sha256").unlink(),
+    "unrecorded file": lambda entry: (entry / "extra.blob").write_bytes(b"\0" * 64),
+    "garbled record": lambda entry: (entry / "entry.sha256").write_text("not a record\n"),
+}
+
+
+@pytest.mark.parametrize("engine", ["onnxruntime", "openvino"])
+@pytest.mark.parametrize("damage", sorted(DAMAGE))
+def test_a_damaged_entry_is_rebuilt_never_trusted(engine, damage, bundle_dir, batch, tmp_path):
+    pytest.importorskip(engine)
     entry = read_manifest(bundle_dir).artifact("onnx", "fp32")
-    plain = ort.InferenceSession(str(bundle_dir / entry.file), providers=["CPUExecutionProvider"])
-    expected = plain.run(None, {plain.get_inputs()[0].name: batch})[0]
-    with Segmenter.load(bundle_dir, backend="onnxruntime:fp32") as seg:
-        seg.infer(batch)
-    [cached] = (tmp_path / "cache" / "onnxruntime").iterdir()
-    cached.write_bytes(cached.read_bytes()[:100])  # a disk that filled up mid-write
-    with Segmenter.load(bundle_dir, backend="onnxruntime:fp32") as seg:
-        np.testing.assert_array_equal(seg.infer(batch), expected)
-    assert not cached.exists() or cached.stat().st_size > 100
+    expected = _plain_logits(engine, bundle_dir / entry.file, batch)
+    _load(bundle_dir, engine, "fp32", batch)
+    [folder] = (tmp_path / "cache" / engine).iterdir()
+    good = {p.name for p in _engine_files(folder)}
+    DAMAGE[damage](folder)
+    np.testing.assert_allclose(_load(bundle_dir, engine, "fp32", batch), expected, rtol=0, atol=1e-5)
+    assert [p.name for p in (tmp_path / "cache" / engine).iterdir()] == [folder.name]
+    rebuilt = {p.name: p.read_bytes() for p in _engine_files(folder)}
+    assert set(rebuilt) == good == set(_record(folder))
+    for name, data in rebuilt.items():
+        assert _record(folder)[name] == (hashlib.sha256(data).hexdigest(), len(data))
 
 
-def test_openvino_keeps_one_blob_folder_per_artifact(bundle_dir, batch, tmp_path):
+def test_an_unwritable_cache_still_loads(bundle_dir, batch, tmp_path, monkeypatch):
+    pytest.importorskip("onnxruntime")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("the cache root cannot be a folder here\n")
+    monkeypatch.setenv("EDGESEG_CACHE_DIR", str(blocker))
+    entry = read_manifest(bundle_dir).artifact("onnx", "fp32")
+    expected = _plain_logits("onnxruntime", bundle_dir / entry.file, batch)
+    np.testing.assert_allclose(_load(bundle_dir, "onnxruntime", "fp32", batch), expected, rtol=0, atol=1e-5)
+    assert blocker.read_text().startswith("the cache root")
+
+
+def test_two_copies_of_a_bundle_keep_an_openvino_entry_each(bundle_dir, batch, tmp_path):
+    """OpenVINO names its blob after the model's path: each copy has its own entry, and using
+    one copy after the other rebuilds neither."""
     pytest.importorskip("openvino")
-    logits = []
-    for _ in range(2):
-        with Segmenter.load(bundle_dir, backend="openvino:fp32") as seg:
-            logits.append(seg.infer(batch))
-    folders = sorted(p.name for p in (tmp_path / "cache" / "openvino").iterdir())
-    assert folders == [_sha16(bundle_dir, "fp32")]
-    assert any(p.suffix == ".blob" for p in (tmp_path / "cache" / "openvino" / folders[0]).iterdir())
-    np.testing.assert_array_equal(logits[0], logits[1])
+    copies = [shutil.copytree(bundle_dir, tmp_path / name) for name in ("a", "b")]
+    results = [_load(copy, "openvino", "fp32", batch) for copy in copies]
+    root = tmp_path / "cache" / "openvino"
+    stamps = {p: p.stat().st_mtime_ns for p in root.rglob("*")}
+    assert len(list(root.iterdir())) == 2
+    results += [_load(copy, "openvino", "fp32", batch) for copy in copies]
+    assert {p: p.stat().st_mtime_ns for p in root.rglob("*")} == stamps
+    for logits in results[1:]:
+        np.testing.assert_array_equal(logits, results[0])

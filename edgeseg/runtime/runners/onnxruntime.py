@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import hashlib
-import os
 import platform
 from pathlib import Path
 
 import numpy as np
 
 from edgeseg.errors import BackendError, require
+from edgeseg.runtime.compiled_cache import CompiledModelCache
 from edgeseg.runtime.runners.base import ArtifactRunner
 
+OPTIMIZED_NAME = "model.onnx"
 _GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 
 
@@ -51,52 +51,42 @@ class OnnxRuntimeRunner(ArtifactRunner):
         missing = [p for p in wanted if p not in available]
         if missing:
             raise BackendError(f"onnxruntime: provider(s) {missing} not available here (available: {available})")
-        model, save = self._optimized_cache(ort, options, wanted)
-        try:
-            self._session = ort.InferenceSession(str(model), sess_options=options, providers=wanted)
-        except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
-            if model == self.path:
-                raise BackendError(f"onnxruntime could not load {self.path.name}: {str(exc).splitlines()[0]}") from None
-            # A damaged cached graph (a full disk, another user's file) must not stop the bundle:
-            # drop it and optimise the artifact itself again.
-            Path(model).unlink(missing_ok=True)
-            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-            try:
-                self._session = ort.InferenceSession(str(self.path), sess_options=options, providers=wanted)
-            except Exception as exc2:  # noqa: BLE001 - as above
-                raise BackendError(f"onnxruntime could not load {self.path.name}: {str(exc2).splitlines()[0]}") from None
-        if save is not None and save[0].is_file():
-            os.replace(*save)  # atomic: another process never reads half a file
+        self._session = self._cached_session(ort, options, wanted)
         self._providers = self._session.get_providers()
         self._input_name = self._session.get_inputs()[0].name
         self._output_name = self._session.get_outputs()[0].name
 
-    def _optimized_cache(self, ort, options, providers: list[str]) -> tuple[Path, tuple[Path, Path] | None]:
-        """The graph to load and, on a cache miss, (where ONNX Runtime saves its optimised graph,
-        where it goes once complete).
+    def _cached_session(self, ort, options, providers: list[str]):
+        """An InferenceSession, through the compiled-model cache on the CPU.
 
-        CPU sessions keep the optimised graph (their cold start is mostly graph optimisation)
-        in the edgeseg cache, keyed by the artifact's sha256, the onnxruntime version and the
-        CPU's feature flags (the graph holds CPU-specific layouts); a hit loads it unoptimised.
+        CPU sessions keep ONNX Runtime's optimised graph (their cold start is mostly graph
+        optimisation) as ``model.onnx`` of a cache entry keyed by the artifact's sha256, the
+        onnxruntime version and the CPU's feature flags (the graph holds CPU-specific layouts;
+        see edgeseg.runtime.compiled_cache); a verified hit loads it without optimising again.
         """
-        from edgeseg.runtime.selection import cache_path
+        def session(model: Path):
+            try:
+                return ort.InferenceSession(str(model), sess_options=options, providers=providers)
+            except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
+                raise BackendError(f"onnxruntime could not load {self.path.name}: {str(exc).splitlines()[0]}") from None
 
         if providers != ["CPUExecutionProvider"]:
-            return self.path, None
+            return session(self.path)
         flags = next((line for line in _cpuinfo() if line.startswith("flags")), platform.machine())
-        key = hashlib.sha256(f"{ort.__version__} {flags}".encode()).hexdigest()[:12]
-        cached = cache_path().parent / "onnxruntime" / f"{self.entry.sha256[:16]}-{key}.onnx"
-        if cached.is_file():
-            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-            return cached, None
-        try:
-            cached.parent.mkdir(parents=True, exist_ok=True)
-        except OSError:
-            return self.path, None  # no writable cache: optimise every time
-        partial = cached.parent / f"{cached.name}.{os.getpid()}.partial"
-        options.optimized_model_filepath = str(partial)
-        options.log_severity_level = 3  # its "hardware specific graph" warning is why the key has the CPU flags
-        return self.path, (partial, cached)
+        cache = CompiledModelCache("onnxruntime", self.entry.sha256, f"onnxruntime {ort.__version__} {flags}")
+
+        def build(folder: Path | None, hit: bool):
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            options.optimized_model_filepath = ""
+            if hit:
+                options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+                return session(folder / OPTIMIZED_NAME)
+            if folder is not None:
+                options.optimized_model_filepath = str(folder / OPTIMIZED_NAME)
+                options.log_severity_level = 3  # its "hardware specific graph" warning is why the key has the CPU flags
+            return session(self.path)
+
+        return cache.load(build)
 
     @property
     def device(self) -> str:

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
-import os
+from pathlib import Path
 
 import numpy as np
 
 from edgeseg.errors import BackendError, require
+from edgeseg.runtime.compiled_cache import CompiledModelCache
 from edgeseg.runtime.runners.base import ArtifactRunner
+
+
+def openvino_cache_key(version: str, device: str, threads: int, artifact: Path) -> str:
+    """The engine key of an OpenVINO cache entry; libedgeseg builds the same string, so the C
+    and the Python runtime share entries (same version, same compile settings). The artifact's
+    resolved path is in it because OpenVINO names its blob after the model's path: two copies
+    of a bundle get an entry each instead of adding blobs to one another's."""
+    return f"openvino {version} {device} LATENCY f32 threads {threads} {artifact.resolve()}"
 
 
 class OpenVinoRunner(ArtifactRunner):
@@ -31,20 +40,18 @@ class OpenVinoRunner(ArtifactRunner):
         if self.threads > 0:
             config["INFERENCE_NUM_THREADS"] = self.threads
         self._device = device
-        from edgeseg.runtime.selection import cache_path
+        key = openvino_cache_key(ov.get_version(), device, self.threads, self.path)
+        cache = CompiledModelCache("openvino", self.entry.sha256, key)
 
-        cache = cache_path().parent / "openvino" / self.entry.sha256[:16]
-        try:
-            cache.mkdir(parents=True, exist_ok=True)
-        except OSError:
-            cache = None  # a read-only home must not stop inference: compile every time instead
-        try:
+        def compile_model(folder, hit):
             core = ov.Core()
-            # One cache folder per artifact content, shared with libedgeseg; compiling from the
-            # path lets a cache hit skip reading and converting the ONNX graph.
-            if cache is not None and os.access(cache, os.W_OK):
-                core.set_property({"CACHE_DIR": str(cache)})
-            compiled = core.compile_model(str(self.path), device, config)
+            if folder is not None:
+                core.set_property({"CACHE_DIR": str(folder)})
+            # From the path: a cache hit then skips reading and converting the ONNX graph.
+            return core.compile_model(str(self.path), device, config)
+
+        try:
+            compiled = cache.load(compile_model)
         except Exception as exc:  # OpenVINO raises RuntimeError subclasses with long messages
             raise BackendError(f"openvino could not load {self.path.name}: {str(exc).strip().splitlines()[0]}") from None
         self._request = compiled.create_infer_request()

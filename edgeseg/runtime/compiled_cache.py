@@ -1,0 +1,150 @@
+"""Compiled-model cache entries: what an engine built from an artifact, kept only while verified.
+
+Compiling (OpenVINO) or optimising (ONNX Runtime) an ONNX artifact dominates a process's cold
+start, so both runners keep the engine's result in ``$EDGESEG_CACHE_DIR/ENGINE/NAME/`` (default
+``~/.cache/edgeseg``). ``NAME`` is ``SHA16-KEY12``: the first 16 hex digits of the artifact's
+sha256 (the hash the bundle manifest records and the runtime verifies) and 12 of the sha256 of
+the engine's key string (engine name, its version, and the settings that change what it
+builds), so a re-exported model, a new engine release or other settings never meet an old entry.
+
+An entry is a folder of the engine's files plus ``entry.sha256``, one ``HEX SIZE NAME`` line per
+file. It is built in a private ``.partial-*`` folder and published with one ``rename``, so no
+reader sees half of it; before it is used, every file's size and sha256 are checked against the
+record and no unrecorded file may be present. Anything else (a truncated or flipped blob, a
+missing record, a file the engine added later) makes the entry stale: it is moved aside,
+deleted and rebuilt, never loaded. libedgeseg (csrc/runtime/compiled_cache.c) reads and writes
+the same layout, so the C and the Python runtime share OpenVINO entries.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Callable, TypeVar
+
+from edgeseg.atomic import atomic_write_text
+
+log = logging.getLogger(__name__)
+
+RECORD = "entry.sha256"
+T = TypeVar("T")
+
+
+def cache_root() -> Path:
+    """``$EDGESEG_CACHE_DIR``, else ``$XDG_CACHE_HOME/edgeseg``, else ``~/.cache/edgeseg``."""
+    root = os.environ.get("EDGESEG_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "edgeseg")
+    return Path(root)
+
+
+def entry_name(artifact_sha256: str, engine_key: str) -> str:
+    """``SHA16-KEY12``: the folder name of the entry for one artifact and one engine key."""
+    return f"{artifact_sha256[:16]}-{hashlib.sha256(engine_key.encode()).hexdigest()[:12]}"
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _remove(folder: Path) -> None:
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+class CompiledModelCache:
+    """One entry of the cache: ``root/engine/entry_name(artifact_sha256, engine_key)``.
+
+    Args:
+        engine: the engine's folder under the root (``openvino``, ``onnxruntime``).
+        artifact_sha256: the artifact's sha256 from the manifest (already verified on load).
+        engine_key: engine name, version and build settings as one string.
+        root: the cache root; :func:`cache_root` by default.
+    """
+
+    def __init__(self, engine: str, artifact_sha256: str, engine_key: str, root: Path | None = None) -> None:
+        self.folder = (root or cache_root()) / engine
+        self.path = self.folder / entry_name(artifact_sha256, engine_key)
+
+    def verified(self) -> bool:
+        """True when the entry exists and every file matches its record, with nothing extra."""
+        try:
+            lines = (self.path / RECORD).read_text().splitlines()
+            recorded = {}
+            for line in lines:
+                digest, size, name = line.split(" ", 2)
+                recorded[name] = (digest, int(size))
+            present = {p.name for p in self.path.iterdir()} - {RECORD}
+            if not recorded or present != set(recorded):
+                return False
+            return all((self.path / name).stat().st_size == size and _file_sha256(self.path / name) == digest
+                       for name, (digest, size) in recorded.items())
+        except (OSError, ValueError):
+            return False
+
+    def discard(self) -> None:
+        """Move the entry aside (one rename, so no reader meets it half-deleted) and delete it."""
+        trash = self.folder / f".stale-{self.path.name}-{uuid.uuid4().hex[:8]}"
+        try:
+            os.rename(self.path, trash)
+        except OSError:
+            return  # already gone (or taken by another process)
+        _remove(trash)
+
+    def new_folder(self) -> Path | None:
+        """A private, empty folder for the engine to build into; None when the cache is not writable."""
+        partial = self.folder / f".partial-{self.path.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        try:
+            partial.mkdir(parents=True)
+        except OSError:
+            return None
+        return partial
+
+    def publish(self, partial: Path) -> bool:
+        """Record the files of ``partial`` and rename it into place; False (and ``partial`` gone)
+        when the engine wrote nothing or another process published first."""
+        try:
+            files = sorted(p for p in partial.iterdir() if p.is_file())
+            if not files:
+                _remove(partial)
+                return False
+            atomic_write_text(partial / RECORD, "".join(
+                f"{_file_sha256(p)} {p.stat().st_size} {p.name}\n" for p in files))
+            os.rename(partial, self.path)
+            return True
+        except OSError as exc:
+            log.debug("compiled-model cache entry %s not published: %s", self.path, exc)
+            _remove(partial)
+            return False
+
+    def load(self, build: Callable[[Path | None, bool], T]) -> T:
+        """``build(folder, hit)`` through the cache.
+
+        With a verified entry, ``build(entry, True)``; if that raises (the engine refuses files
+        whose hashes match, e.g. from another build of it), the entry is discarded. Otherwise
+        ``build(partial, False)`` into a new private folder that is then published, or
+        ``build(None, False)`` when the cache cannot be written or building into it failed.
+        """
+        if self.verified():
+            try:
+                return build(self.path, True)
+            except Exception as exc:  # noqa: BLE001 - engines raise their own types; rebuilt below
+                log.warning("compiled-model cache entry %s did not load (%s); rebuilding it", self.path, exc)
+        if self.path.exists():
+            self.discard()
+        partial = self.new_folder()
+        if partial is None:
+            return build(None, False)
+        try:
+            result = build(partial, False)
+        except Exception:  # noqa: BLE001 - e.g. a full disk while writing the cache: build without it
+            _remove(partial)
+            return build(None, False)
+        self.publish(partial)
+        return result

@@ -1,0 +1,72 @@
+"""The C program and the CMake snippet of docs/c-api.md, as a reader would paste them: they build
+against ``make sdk``'s output and give the Python runtime's mask for a 512x512 int16 slice."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgeseg.runtime import Segmenter
+
+ROOT = Path(__file__).resolve().parents[2]
+PAGE = ROOT / "docs" / "c-api.md"
+
+
+def _block(language: str) -> str:
+    blocks = re.findall(rf"^```{language}\n(.*?)^```$", PAGE.read_text(), flags=re.S | re.M)
+    assert len(blocks) == 1, f"docs/c-api.md should hold one ```{language} block, has {len(blocks)}"
+    return blocks[0]
+
+
+@pytest.fixture(scope="module")
+def slice_and_mask(bundle, dcmqi_hu) -> tuple[np.ndarray, np.ndarray]:
+    """The middle dcmqi slice (512x512, the size the docs' program reads) and Python's mask
+    with the backend the program's "auto" precision takes (INT8 on OpenVINO)."""
+    hu = np.ascontiguousarray(dcmqi_hu[1])
+    assert hu.shape == (512, 512)
+    with Segmenter.load(bundle, backend="openvino:int8") as seg:
+        return hu, seg.predict(hu)
+
+
+def test_the_c_program_is_twenty_lines_and_gives_pythons_mask(sdk, bundle, slice_and_mask, build_tools, tmp_path):
+    source = _block("c")
+    assert len(source.strip().splitlines()) <= 20
+    (tmp_path / "app.c").write_text(source)
+    exe = build_tools.compile(sdk, tmp_path / "app.c", tmp_path / "app")
+    hu, expected = slice_and_mask
+    hu.astype("<i2").tofile(tmp_path / "slice.raw")
+    result = subprocess.run([str(exe), str(bundle), str(tmp_path / "slice.raw")], capture_output=True, timeout=300)
+    assert result.returncode == 0, result.stderr.decode()
+    got = np.frombuffer(result.stdout, dtype=np.uint8).reshape(512, 512)
+    assert int(np.count_nonzero(got != expected)) == 0
+
+
+def test_the_c_program_reports_a_missing_bundle(sdk, build_tools, tmp_path):
+    (tmp_path / "app.c").write_text(_block("c"))
+    exe = build_tools.compile(sdk, tmp_path / "app.c", tmp_path / "app")
+    np.zeros((512, 512), "<i2").tofile(tmp_path / "slice.raw")
+    result = subprocess.run([str(exe), str(tmp_path / "nowhere"), str(tmp_path / "slice.raw")], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.startswith("error: ") and "nowhere" in result.stderr
+
+
+def test_the_cmake_snippet_builds_an_app(sdk, bundle, dcmqi_hu, slice_and_mask, run_raw, tmp_path):
+    if shutil.which("cmake") is None:
+        pytest.skip("cmake is not installed")
+    app = tmp_path / "app"
+    app.mkdir()
+    (app / "CMakeLists.txt").write_text(_block("cmake"))
+    shutil.copy(ROOT / "examples" / "cpp" / "segment.cpp", app / "main.cpp")
+    build = tmp_path / "build"
+    for cmd in (["cmake", "-S", str(app), "-B", str(build), f"-DCMAKE_PREFIX_PATH={sdk}"], ["cmake", "--build", str(build)]):
+        result = subprocess.run(cmd, capture_output=True, text=True)
+        assert result.returncode == 0, result.stdout + result.stderr
+    hu, expected = slice_and_mask
+    got = run_raw(build / "scanner_app", bundle, "int8", hu[None], tmp_path)
+    assert int(np.count_nonzero(got[0] != expected)) == 0

@@ -1,0 +1,95 @@
+"""The sdist and the wheel: built offline from a copy of the source tree (``python -m build
+--no-isolation``: sdist first, then the wheel from the unpacked sdist), the sdist carries what
+the C code is built from, the wheel ships libedgeseg with its headers and package files, and
+``edgeseg sdk --cflags --libs`` of the wheel installed in a fresh venv builds
+examples/c/segment_raw.c into a program that gives the Python runtime's masks."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tarfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgeseg.runtime import Segmenter
+
+ROOT = Path(__file__).resolve().parents[2]
+# What a build from a checkout must not pick up: local builds, caches, the venv.
+NOT_SOURCE = shutil.ignore_patterns(".git", ".venv", "build", "runs", "dist", "*.egg-info", "__pycache__", "*.so",
+                                    "*.o", ".pytest_cache", ".benchmarks", ".hypothesis", "_kernels.c")
+
+
+@pytest.fixture(scope="module")
+def dists(tmp_path_factory) -> dict[str, Path]:
+    """{"sdist": ..., "wheel": ...} built from a copy of the tree, never in the tree itself."""
+    pytest.importorskip("build")
+    pytest.importorskip("openvino")
+    if shutil.which("cc") is None or shutil.which("make") is None:
+        pytest.skip("no C toolchain")
+    tmp = tmp_path_factory.mktemp("dist")
+    src = shutil.copytree(ROOT, tmp / "src", ignore=NOT_SOURCE, symlinks=False)
+    out = tmp / "out"
+    result = subprocess.run([sys.executable, "-m", "build", "--no-isolation", "--outdir", str(out), str(src)],
+                            capture_output=True, text=True, timeout=1200)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    [sdist] = out.glob("edgeseg-*.tar.gz")
+    [wheel] = out.glob("edgeseg-*.whl")
+    return {"sdist": sdist, "wheel": wheel}
+
+
+def test_sdist_carries_the_c_sources_and_recipes(dists):
+    with tarfile.open(dists["sdist"]) as tar:
+        names = {name.split("/", 1)[1] for name in tar.getnames() if "/" in name}
+    csrc = {str(p.relative_to(ROOT)) for p in (ROOT / "csrc").rglob("*")
+            if p.is_file() and p.suffix in {".c", ".h", ".hpp", ".in", ".map"}}
+    assert csrc and csrc <= names
+    assert {"csrc/sdk/Makefile", "setup.py", "pyproject.toml", "edgeseg/kernels/_kernels.pyx",
+            "examples/c/segment_raw.c", "examples/cpp/segment.cpp"} <= names
+    if (ROOT / "recipes").is_dir():
+        recipes = {str(p.relative_to(ROOT)) for p in (ROOT / "recipes").rglob("*.toml")}
+        assert recipes <= names
+
+
+def test_wheel_ships_libedgeseg_headers_and_package_files(dists):
+    with zipfile.ZipFile(dists["wheel"]) as whl:
+        names = set(whl.namelist())
+    sdk = "edgeseg/libedgeseg/"
+    assert {f"{sdk}lib/libedgeseg.so", f"{sdk}include/edgeseg.h", f"{sdk}include/edgeseg.hpp",
+            f"{sdk}include/edgeseg_kernels.h", f"{sdk}lib/pkgconfig/edgeseg.pc",
+            f"{sdk}lib/cmake/edgeseg/edgeseg-config.cmake",
+            f"{sdk}lib/cmake/edgeseg/edgeseg-config-version.cmake"} <= names
+    assert any(n.startswith("edgeseg/kernels/_kernels") and n.endswith(".so") for n in names)
+
+
+def test_installed_wheel_builds_and_runs_the_c_example(dists, bundle, phantom_hu, run_raw, tmp_path, monkeypatch):
+    monkeypatch.delenv("EDGESEG_SDK", raising=False)
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    site = Path(subprocess.run([str(venv / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                               check=True, capture_output=True, text=True).stdout.strip())
+    # The dependencies (numpy, click, openvino) come from this environment's site-packages, as a
+    # plain path: its editable edgeseg (a .pth hook) must not shadow the installed wheel.
+    (site / "deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    install = subprocess.run([sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install",
+                              "--no-deps", "--no-index", str(dists["wheel"])], capture_output=True, text=True)
+    assert install.returncode == 0, install.stdout + install.stderr
+    env = {"PATH": f"{venv / 'bin'}:/usr/bin:/bin", "HOME": str(tmp_path)}
+    flags = subprocess.run([str(venv / "bin" / "edgeseg"), "sdk", "--cflags", "--libs"], capture_output=True,
+                           text=True, env=env, cwd=tmp_path)
+    assert flags.returncode == 0, flags.stderr
+    assert f"-I{site / 'edgeseg' / 'libedgeseg' / 'include'}" in flags.stdout.split()
+    exe = tmp_path / "segment_raw"
+    compiled = subprocess.run(["cc", "-std=c99", "-Wall", "-Werror", "-o", str(exe),
+                               str(ROOT / "examples" / "c" / "segment_raw.c"), *flags.stdout.split()],
+                              capture_output=True, text=True)
+    assert compiled.returncode == 0, compiled.stderr
+    with Segmenter.load(bundle, backend="openvino:int8") as seg:
+        expected = seg.predict_volume(phantom_hu)
+    got = run_raw(exe, bundle, "int8", phantom_hu, tmp_path)
+    assert int(np.count_nonzero(got != expected)) == 0
