@@ -39,5 +39,5 @@ def test_every_torch_free_module_imports_with_torch_blocked(tmp_path, python_wit
     assert first == "torch loaded: False"
     # The walk reached the modules that matter most (it is not vacuously empty).
     for name in ("edgeseg.runtime.segmenter", "edgeseg.runtime.runners.onnxruntime", "edgeseg.serve.app",
-                 "edgeseg.data.slice_set", "edgeseg.kernels.reference"):
+                 "edgeseg.data.slice_set", "edgeseg.data.store", "edgeseg.kernels.reference"):
         assert name in modules, modules

@@ -67,6 +67,13 @@ from edgeseg.train.config import LOSSES
               help="Train in this many processes on this machine (DistributedDataParallel, one per GPU on CUDA, "
                    "else gloo on the CPU cores): runs torchrun --standalone --nproc-per-node N -m edgeseg train.")
 @click.option("--sync-bn", is_flag=True, default=False, help="With several processes on CUDA, batch norm statistics over the global batch.")
+@click.option("--cache", default=None, type=click.Path(file_okay=False),
+              help="Folder for the slice store (the data pre-processed once, reused by later runs and other "
+                   "processes); default OUT/slice-store. A shared folder lets runs on the same data share it.")
+@click.option("--workers", default=-1, show_default="one per core but one, at most 4",
+              help="DataLoader worker processes reading and augmenting batches (0: in the training process).")
+@click.option("--foreground-share", default=1 / 3, show_default="1/3", type=float,
+              help="Share of each batch drawn from slices containing each class in turn; the rest is uniform.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def command(**opts) -> None:
     """Train a segmentation model (--model, default unet); writes OUT/best.pt, OUT/last.pt, metrics.csv/json and curves.png."""
@@ -86,6 +93,8 @@ def command(**opts) -> None:
     main_process = os.environ.get("RANK", "0") == "0"
     if main_process:
         check_output_folder(opts["out"], "--out")
+        if opts["cache"] is not None:
+            check_output_folder(opts["cache"], "slice store cache (--cache)")
     configure_logging()
     if not main_process:
         logging.getLogger("edgeseg").setLevel(logging.WARNING)
@@ -138,6 +147,8 @@ def config_from_options(opts: dict, recipe, ctx: click.Context):
         threads=opts["threads"], fit=opts["fit"], mask=opts["mask"], case_pattern=opts["case_pattern"],
         loss=opts["loss"], folds=opts["folds"], fold=opts["fold"],
         class_weights=_parse_weights(opts["class_weights"]), sync_bn=opts["sync_bn"],
+        cache=str(Path(opts["cache"]).resolve()) if opts["cache"] else None, workers=opts["workers"],
+        foreground_share=opts["foreground_share"],
     )
     if recipe is not None:
         given = {name for name in ctx.params if ctx.get_parameter_source(name) != ParameterSource.DEFAULT}

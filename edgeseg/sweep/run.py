@@ -82,6 +82,8 @@ def run_point(sweep: SweepConfig, point: Point, out: Path, progress: bool) -> di
 
     folder = out / "points" / point.id
     cfg = train_config(sweep, point, folder / "run")
+    # Points of a sweep share the data; those with the same spec share one slice store.
+    cfg.cache = cfg.cache or str(out / "slice-store")
     last = folder / "run" / "last.pt"
     start = time.perf_counter()
     trained = train(cfg, resume=last.is_file(), progress=progress)

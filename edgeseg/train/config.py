@@ -55,6 +55,9 @@ class TrainConfig:
     fold: int = 0
     recipe: dict[str, Any] | None = None
     sync_bn: bool = False
+    cache: str | None = None
+    workers: int = -1
+    foreground_share: float = 1 / 3
 
     def __post_init__(self) -> None:
         self.window = tuple(float(v) for v in self.window)
@@ -71,6 +74,8 @@ class TrainConfig:
             (self.amp in ("auto", "off", "bf16", "fp16"), f"amp must be auto, off, bf16 or fp16, got {self.amp!r}"),
             (len(self.labels) >= 1, "at least one foreground label is needed"),
             (0.0 <= self.augment_p <= 1.0, f"augmentation probability must be in [0, 1], got {self.augment_p}"),
+            (0.0 <= self.foreground_share <= 1.0, f"foreground share must be in [0, 1], got {self.foreground_share}"),
+            (self.workers >= -1, f"workers must be >= 0 (or -1 for a default from the cores), got {self.workers}"),
             (self.ema_epochs >= 0, f"EMA horizon must be >= 0 epochs (0 = off), got {self.ema_epochs}"),
             (self.loss in LOSSES, f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}"),
             (self.mask in ("auto", "binary", "labels"), f"mask must be auto, binary or labels, got {self.mask!r}"),

@@ -12,15 +12,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from edgeseg.data import open_dataset, split_cases
+from edgeseg.data import split_cases
 from edgeseg.data.folds import fold_split
+from edgeseg.data.store import StoreCases, open_slice_store
 from edgeseg.errors import CheckpointError, DataError
 from edgeseg.models import ModelConfig, build_model, count_parameters
 from edgeseg.spec import PreprocessSpec
 from edgeseg.train.augment import AugmentConfig, BatchAugmenter
 from edgeseg.models.checkpoint import read_checkpoint, save_checkpoint
 from edgeseg.train.config import TrainConfig, build_spec
-from edgeseg.data.slice_set import SliceSet
 from edgeseg.train import distributed
 from edgeseg.train.distributed import ProcessPlace, ShardedShuffle, TrainSampler
 from edgeseg.train.ema import WeightEMA, ema_decay
@@ -28,38 +28,50 @@ from edgeseg.train.losses import build_loss
 from edgeseg.train.precision import autocast_dtype
 from edgeseg.train.records import write_records
 from edgeseg.train.schedule import lr_at
+from edgeseg.train.streaming import EpochBatches, ForegroundBatchSampler, default_workers, make_train_loader
 from edgeseg.train.validate import choose_postprocess, validate, validation_voxel_ml
 
 log = logging.getLogger("edgeseg.train")
 
 
-def prepare(cfg: TrainConfig) -> dict[str, Any]:
-    """Load the data, split it by case, and pre-process the train and validation slices."""
-    label_values = sorted({v for values in cfg.labels.values() for v in values})
-    volumes = open_dataset(cfg.data, intensity=cfg.intensity, case_pattern=cfg.case_pattern, mask=cfg.mask,
-                           label_values=label_values)
-    ids = [v.case_id for v in volumes]
-    if len(set(ids)) != len(ids):
-        raise DataError(f"case ids repeat in {cfg.data}; each case must appear once")
-    if len(volumes) < 2:
-        raise DataError(f"{cfg.data} holds {len(volumes)} case(s); training needs at least 2 (train and validation)")
-    split = fold_split(ids, cfg.folds, cfg.fold, cfg.seed) if cfg.folds else split_cases(ids, cfg.fractions, cfg.seed)
+def prepare(cfg: TrainConfig, progress: bool = False) -> dict[str, Any]:
+    """Build or reuse the data's slice store, split it by case (or fold), and view the train and
+    validation cases (images read from the store on demand)."""
     spec = build_spec(cfg)
-    by_id = {v.case_id: v for v in volumes}
-    sets = {name: SliceSet.from_volumes([by_id[c] for c in split[name]], spec, cfg.labels) for name in ("train", "val")}
-    return {"split": split, "spec": spec, **sets, "val_voxel_ml": validation_voxel_ml([by_id[c] for c in split["val"]], spec)}
+    cache = cfg.cache or Path(cfg.out) / "slice-store"
+    label_values = sorted({v for values in cfg.labels.values() for v in values})
+    slice_options = {"case_pattern": cfg.case_pattern, "mask": cfg.mask, "label_values": label_values}
+    store = open_slice_store(cfg.data, cache, spec, cfg.labels, cfg.intensity, progress=progress,
+                             slice_options=slice_options)
+    ids = store.case_ids
+    if len(ids) < 2:
+        raise DataError(f"{cfg.data} holds {len(ids)} case(s); training needs at least 2 (train and validation)")
+    split = fold_split(ids, cfg.folds, cfg.fold, cfg.seed) if cfg.folds else split_cases(ids, cfg.fractions, cfg.seed)
+    sets = {name: StoreCases(store, split[name]) for name in ("train", "val")}
+    val_voxel_ml = validation_voxel_ml([store.geometry(c) for c in split["val"]], spec)
+    return {"split": split, "spec": spec, "store": store, **sets, "val_voxel_ml": val_voxel_ml}
 
 
-SamplerFactory = Callable[[SliceSet, ProcessPlace, TrainConfig], TrainSampler]
+SamplerFactory = Callable[[StoreCases, ProcessPlace, TrainConfig], TrainSampler]
 
 
-def shuffled_slices(train_set: SliceSet, place: ProcessPlace, cfg: TrainConfig) -> TrainSampler:
-    """The default sampler: every training slice once per epoch, shuffled, shared across processes."""
+def shuffled_slices(train_set: StoreCases, place: ProcessPlace, cfg: TrainConfig) -> TrainSampler:
+    """Every training slice once per epoch, shuffled, shared across processes."""
     return ShardedShuffle(len(train_set), cfg.batch_size, place.rank, place.world_size, cfg.seed)
 
 
+def foreground_batches(train_set: StoreCases, place: ProcessPlace, cfg: TrainConfig) -> TrainSampler:
+    """The default sampler: ``cfg.foreground_share`` of every batch from slices that hold each
+    class in turn, the rest uniform (train/streaming.py), as many steps as uniform shuffling
+    takes and the same number on every process."""
+    steps = ShardedShuffle(len(train_set), cfg.batch_size, place.rank, place.world_size, cfg.seed).steps_per_epoch
+    present = train_set.store.present[train_set.rows]
+    return ForegroundBatchSampler(np.arange(len(train_set)), present, cfg.batch_size, steps * place.world_size,
+                                  cfg.foreground_share, cfg.seed, place.rank, place.world_size)
+
+
 def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, on_epoch: Callable | None = None,
-          make_sampler: SamplerFactory = shuffled_slices) -> dict[str, Any]:
+          make_sampler: SamplerFactory = foreground_batches) -> dict[str, Any]:
     """Train a model as ``cfg`` says; writes best.pt, last.pt, metrics and curves under cfg.out.
 
     With ``resume``, training continues from ``cfg.out/last.pt`` (same model, spec and data),
@@ -83,7 +95,12 @@ def _train(cfg, resume, progress, on_epoch, make_sampler, place, device) -> dict
     model_config = ModelConfig(name=cfg.model, num_classes=len(cfg.labels) + 1, base=cfg.base, depth=cfg.depth)
     model = build_model(model_config)
     model.check_input_size(cfg.size, cfg.size)
-    data = prepare(cfg)
+    # Rank 0 builds (or checks) the slice store first; the other processes then only read it.
+    if place.distributed and not place.is_main:
+        distributed.barrier(place)
+    data = prepare(cfg, progress)
+    if place.distributed and place.is_main:
+        distributed.barrier(place)
     spec, train_set, val_set = data["spec"], data["train"], data["val"]
     model.to(device=device, memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -166,6 +183,10 @@ class _LoopState:
         self.amp_dtype = autocast_dtype(cfg.amp, device)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16 and device.type == "cuda")
         self.steps_per_epoch = sampler.steps_per_epoch
+        # Batches are read from the slice store and augmented in DataLoader workers.
+        self.batches = EpochBatches(sampler, train_set.rows, cfg.seed, place.rank)
+        workers = default_workers() if cfg.workers < 0 else cfg.workers
+        self.loader = make_train_loader(train_set.store, self.batches, self.augment, workers, device)
         self.total_steps = self.steps_per_epoch * cfg.epochs
         self.warmup = max(1, int(cfg.warmup_epochs * self.steps_per_epoch))
         self.ema = (WeightEMA(model, ema_decay(cfg.ema_epochs * self.steps_per_epoch))
@@ -185,13 +206,12 @@ class _LoopState:
         from tqdm import tqdm
 
         cfg, started = self.cfg, time.perf_counter()
-        gen = torch.Generator().manual_seed(distributed.augment_seed(cfg.seed, epoch, self.place.rank))
+        self.batches.set_epoch(epoch)
         self.replica.train()
         losses = []
-        batches = self.sampler.batches(epoch)
-        bar = tqdm(range(self.steps_per_epoch), desc=f"epoch {epoch}/{cfg.epochs}", leave=False, disable=not progress, unit="batch")
-        for i, idx in zip(bar, batches):
-            loss = self._step(idx, gen, (epoch - 1) * self.steps_per_epoch + i)
+        bar = tqdm(self.loader, desc=f"epoch {epoch}/{cfg.epochs}", leave=False, disable=not progress, unit="batch")
+        for i, (images, labels) in enumerate(bar):
+            loss = self._step(images, labels, (epoch - 1) * self.steps_per_epoch + i)
             losses.append(loss)
             bar.set_postfix(loss=f"{loss:.4f}")
         bar.close()
@@ -211,13 +231,9 @@ class _LoopState:
         }
         return row, val["pred"]
 
-    def _step(self, idx: np.ndarray, gen: torch.Generator, step: int) -> float:
-        images = torch.from_numpy(self.train_set.images[idx])
-        labels = torch.from_numpy(self.train_set.labels[idx]).long()
-        if self.augment is not None:
-            images, labels = self.augment(images, labels, gen)
-        images = images.to(self.device, memory_format=torch.channels_last)
-        labels = labels.to(self.device)
+    def _step(self, images: torch.Tensor, labels: torch.Tensor, step: int) -> float:
+        images = images.to(self.device, memory_format=torch.channels_last, non_blocking=True)
+        labels = labels.to(self.device, non_blocking=True)
         for group in self.optimizer.param_groups:
             group["lr"] = lr_at(step, self.total_steps, self.warmup, self.cfg.lr)
         with self.autocast():

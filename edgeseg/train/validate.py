@@ -90,12 +90,15 @@ def choose_postprocess(pred: np.ndarray, val_set: SliceSet, num_classes: int,
 def validation_voxel_ml(volumes: list, spec) -> list[float] | None:
     """One voxel's millilitres at the model's input size for each validation volume, for the
     3-D minimum-volume candidates; None where some case is a stack of unrelated slices (a slice
-    folder), whose spacing is a placeholder and whose slices do not form a volume."""
+    folder), whose spacing is a placeholder and whose slices do not form a volume. ``volumes``
+    are Volumes or anything with ``spacing``, ``shape`` (Z, Y, X) and ``contiguous`` (a slice
+    store's :class:`~edgeseg.data.store.CaseGeometry`)."""
     if not volumes or not all(getattr(v, "contiguous", False) for v in volumes):
         return None
     rows, cols = spec.size
-    return [float(v.spacing[0] * v.spacing[1] * v.hu.shape[1] / rows * v.spacing[2] * v.hu.shape[2] / cols) / 1000.0
-            for v in volumes]
+    shapes = [tuple(v.shape) if hasattr(v, "shape") else v.hu.shape for v in volumes]
+    return [float(v.spacing[0] * v.spacing[1] * shape[1] / rows * v.spacing[2] * shape[2] / cols) / 1000.0
+            for v, shape in zip(volumes, shapes)]
 
 
 def _better(option, labels, scores, c, best, best_dice):

@@ -16,7 +16,7 @@ import torch
 from edgeseg.models import ModelConfig, build_model
 from edgeseg.train import distributed
 from edgeseg.train.config import TrainConfig
-from edgeseg.train.loop import prepare, shuffled_slices, train
+from edgeseg.train.loop import foreground_batches, prepare, train
 from edgeseg.train.losses import DiceCELoss
 
 PHANTOM = "phantom:cases=5,seed=1,size=64,slices=10"
@@ -27,7 +27,8 @@ WRITE_EVENTS = {"os.rename": 1, "os.mkdir": 0, "os.remove": 0, "tempfile.mkstemp
 def config(out: Path, epochs: int) -> TrainConfig:
     """The run the test also starts from the command line (same values as its options)."""
     return TrainConfig(data=PHANTOM, out=str(out), size=64, base=4, depth=2, epochs=epochs, batch_size=8, lr=5e-3,
-                       window=(-200.0, 300.0), amp="off", fractions=(1.0 - 0.2 - 0.2, 0.2, 0.2), augment=False)
+                       window=(-200.0, 300.0), amp="off", fractions=(1.0 - 0.2 - 0.2, 0.2, 0.2), augment=False,
+                       foreground_share=0.0)
 
 
 def record_writes(writes: list) -> None:
@@ -48,7 +49,12 @@ def record_writes(writes: list) -> None:
 
 def gradient_of_one_step(cfg: TrainConfig, place, device, out: Path) -> None:
     """Rank r takes slices [8r, 8r+8) of the first 16 training slices; rank 0 saves the grads."""
+    # As in the loop: rank 0 builds the slice store, the other rank then only reads it.
+    if not place.is_main:
+        distributed.barrier(place)
     train_set = prepare(cfg)["train"]
+    if place.is_main:
+        distributed.barrier(place)
     torch.manual_seed(cfg.seed)
     model = build_model(ModelConfig(num_classes=2, base=cfg.base, depth=cfg.depth)).to(memory_format=torch.channels_last)
     replica = distributed.wrap_model(model, place, device, sync_bn=False)
@@ -86,7 +92,7 @@ def main(out: Path, epochs: int) -> None:
             shutil.copytree(out / "run", out / "after1")
 
     train(cfg, progress=False, on_epoch=snapshot_after_first_epoch,
-          make_sampler=lambda *args: RecordingSampler(shuffled_slices(*args), seen))
+          make_sampler=lambda *args: RecordingSampler(foreground_batches(*args), seen))
     (out / f"rank{place.rank}.json").write_text(json.dumps({"batches": seen, "writes": writes}))
 
 

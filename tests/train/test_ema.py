@@ -123,7 +123,7 @@ def test_saved_weights_are_the_validated_moving_average(ema_run):
     model, payload = load_model(Path(cfg.out) / "best.pt")
     val = data["val"]
     with torch.no_grad():
-        pred = model(torch.from_numpy(val.images)).argmax(1).numpy()
+        pred = model(torch.from_numpy(val.images[:])).argmax(1).numpy()
     row = result["history"][payload["epoch"] - 1]
     assert _per_case_dice_numpy(pred, val.labels, val.case_index) == pytest.approx(row["val_dice"], abs=1e-9)
 
