@@ -68,7 +68,7 @@ def python_without():
 # The test bundle: a tiny U-Net trained on phantom CT (so its masks are real) and exported by
 # edgeseg.export like any user's model. It is rebuilt when anything it is made from changes.
 # Six augmented cases: the runtime tests segment phantoms of other sizes and aspect ratios.
-BUNDLE_TRAINING = dict(data="phantom:cases=6,size=64,slices=16", size=64, base=8, depth=2, epochs=12, batch_size=8,
+BUNDLE_TRAINING = dict(data="phantom:cases=6,size=64,slices=16", size=64, base=8, depth=2, epochs=20, batch_size=8,
                        lr=5e-3, augment=True, seed=0)
 BUNDLE_CALIBRATION = "phantom:cases=3,size=64,slices=16,seed=5"
 _ROOT = Path(__file__).resolve().parents[1]

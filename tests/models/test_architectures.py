@@ -15,6 +15,7 @@ from edgeseg.spec import PreprocessSpec
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 NAMES = sorted(MODELS)
 TRAIN_DATA = "phantom:cases=4,size=64,slices=16"
+GATE_TRAIN_DATA = "phantom:cases=8,size=64,slices=16"
 CALIB_DATA = "phantom:cases=3,size=64,slices=16,seed=5"
 
 
@@ -82,12 +83,13 @@ def test_int8_export_passes_the_gate_on_phantom(name, tmp_path):
     from edgeseg.train.config import TrainConfig
     from edgeseg.train.loop import train
 
-    cfg = TrainConfig(data=TRAIN_DATA, out=str(tmp_path / "run"), model=name, size=64, base=8, depth=2, epochs=5,
-                      batch_size=4, lr=1e-2, augment=False, seed=0)
+    cfg = TrainConfig(data=GATE_TRAIN_DATA, out=str(tmp_path / "run"), model=name, size=64, base=8, depth=2,
+                      epochs=15, batch_size=8, lr=5e-3, augment=False, seed=0)
     result = train(cfg, progress=False)
-    # Five epochs learn the phantom partly (val Dice 0.4-0.9 by architecture): enough for the gate
-    # to compare real, non-empty masks rather than noise.
-    assert result["best"]["val_dice"] > 0.35
+    # A model that has learned the phantom (val Dice 0.96-0.98 by architecture). A half-trained
+    # one (val Dice 0.4-0.9 after five epochs) puts many pixels near its decision boundary, and
+    # whether INT8 moves 1% of its mask then depends on the batch order it happened to see.
+    assert result["best"]["val_dice"] > 0.9
     settings = ExportSettings(formats=("onnx",), int8=True, calib_slices=16, verify_slices=16, max_batch=2)
     bundle = export_bundle(tmp_path / "run" / "best.pt", tmp_path / "bundle", settings, calib=CALIB_DATA,
                            cache_dir=tmp_path / "cache", progress=False, echo=lambda text: None)
