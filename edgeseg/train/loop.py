@@ -95,20 +95,22 @@ def _train(cfg, resume, progress, on_epoch, make_sampler, place, device) -> dict
     model_config = ModelConfig(name=cfg.model, num_classes=len(cfg.labels) + 1, base=cfg.base, depth=cfg.depth)
     model = build_model(model_config)
     model.check_input_size(cfg.size, cfg.size)
+    spec = build_spec(cfg)
+    model.to(device=device, memory_format=torch.channels_last)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    history: list[dict[str, Any]] = []
+    start_epoch, best = 1, {"epoch": 0, "val_dice": -1.0}
+    # A checkpoint that cannot be resumed is refused before the data is read.
+    payload = _resume(out / "last.pt", model, optimizer, model_config, spec, device) if resume else None
+    if payload is not None:
+        start_epoch, history, best = int(payload["epoch"]) + 1, list(payload["history"]), dict(payload["best"])
     # Rank 0 builds (or checks) the slice store first; the other processes then only read it.
     if place.distributed and not place.is_main:
         distributed.barrier(place)
     data = prepare(cfg, progress)
     if place.distributed and place.is_main:
         distributed.barrier(place)
-    spec, train_set, val_set = data["spec"], data["train"], data["val"]
-    model.to(device=device, memory_format=torch.channels_last)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    history: list[dict[str, Any]] = []
-    start_epoch, best = 1, {"epoch": 0, "val_dice": -1.0}
-    payload = _resume(out / "last.pt", model, optimizer, model_config, spec, device) if resume else None
-    if payload is not None:
-        start_epoch, history, best = int(payload["epoch"]) + 1, list(payload["history"]), dict(payload["best"])
+    train_set, val_set = data["train"], data["val"]
     if place.is_main:
         out.mkdir(parents=True, exist_ok=True)
     sampler = make_sampler(train_set, place, cfg)
