@@ -168,6 +168,10 @@ def make_train_loader(store: SliceStore, sampler: ForegroundBatchSampler, augmen
         raise EdgesegError(f"--workers must be >= 0, got {workers}")
     return torch.utils.data.DataLoader(
         StoreBatches(store, augment), sampler=sampler, batch_size=None, num_workers=workers,
+        # Workers start from a clean forkserver process, never by forking this one: a process
+        # that already runs thread pools (OpenMP, an inference engine) can leave a forked child
+        # holding a lock no thread will release, and the loader then waits forever.
+        multiprocessing_context="forkserver" if workers > 0 else None,
         pin_memory=device.type == "cuda", persistent_workers=workers > 0,
         prefetch_factor=2 if workers > 0 else None,
     )
