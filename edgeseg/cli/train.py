@@ -50,7 +50,7 @@ from edgeseg.train.config import LOSSES
 @click.option("--amp", type=click.Choice(["auto", "off", "bf16", "fp16"]), default="auto", show_default=True,
               help="Mixed precision: auto = fp16 on CUDA, bf16 on CPUs with AMX, else float32.")
 @click.option("--threads", default=0, help="CPU threads for torch (0: torch's default).")
-@click.option("--recipe", default=None, help="Training defaults from a recipe: a name in recipes/ (e.g. covid-infection) "
+@click.option("--recipe", default=None, help="Training defaults from a recipe: a shipped name (covid-infection, liver-ct) "
                                              "or a TOML file; flags given here override it.")
 @click.option("--mask", type=click.Choice(["auto", "binary", "labels"]), default="auto", show_default=True,
               help="Slice folders: masks are binary 0/255, label maps (values are classes), or detected.")

@@ -1,4 +1,4 @@
-"""Recipes: named, versioned training defaults kept as TOML files in ``recipes/``.
+"""Recipes: named, versioned training defaults shipped as TOML files in ``edgeseg/recipes/``.
 
 A recipe fixes what a task needs (window, size, fit, labels, loss, class weights,
 augmentation, epochs, ...) so that ``edgeseg train --recipe covid-infection --data ...`` is a
@@ -21,13 +21,16 @@ from __future__ import annotations
 import hashlib
 import tomllib
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from edgeseg.errors import EdgesegError
 from edgeseg.train.config import parse_labels
 
-RECIPE_DIR = Path(__file__).resolve().parents[2] / "recipes"
+# The named recipes are package data (edgeseg/recipes/*.toml), so an installed wheel finds them
+# as a checkout does.
+RECIPE_FOLDER = "recipes"
 # Training keys a recipe may set, with the type each must have in TOML.
 RECIPE_KEYS: dict[str, tuple[type, ...]] = {
     "model": (str,), "base": (int,), "depth": (int,), "size": (int,), "window": (list,),
@@ -56,17 +59,27 @@ class Recipe:
         return {"name": self.name, "version": self.version, "sha256": self.sha256, "values": dict(self.values)}
 
 
+def recipe_dir() -> Path:
+    """The folder of the named recipes shipped in the package (``edgeseg/recipes/``)."""
+    return Path(str(resources.files("edgeseg").joinpath(RECIPE_FOLDER)))
+
+
+def recipe_names() -> list[str]:
+    """The names ``--recipe`` accepts besides a file path, sorted (``covid-infection``, ...)."""
+    folder = recipe_dir()
+    return sorted(p.stem for p in folder.glob("*.toml")) if folder.is_dir() else []
+
+
 def recipe_path(name_or_path: str) -> Path:
-    """An existing file path as given, else ``recipes/NAME.toml``; refuses an unknown name."""
+    """An existing file path as given, else the shipped recipe ``NAME``; refuses an unknown name."""
     path = Path(name_or_path)
     if path.is_file():
         return path
-    candidate = RECIPE_DIR / f"{name_or_path}.toml"
-    if "/" not in name_or_path and candidate.is_file():
-        return candidate
-    known = sorted(p.stem for p in RECIPE_DIR.glob("*.toml")) if RECIPE_DIR.is_dir() else []
+    known = recipe_names()
+    if name_or_path in known:
+        return recipe_dir() / f"{name_or_path}.toml"
     raise EdgesegError(f"recipe {name_or_path!r} is neither a file nor a known recipe "
-                       f"({', '.join(known) or 'none found in ' + str(RECIPE_DIR)})")
+                       f"({', '.join(known) or 'none found in ' + str(recipe_dir())})")
 
 
 def load_recipe(name_or_path: str) -> Recipe:

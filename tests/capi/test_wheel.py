@@ -1,11 +1,13 @@
 """The sdist and the wheel: built offline from a copy of the source tree (``python -m build
 --no-isolation``: sdist first, then the wheel from the unpacked sdist), the sdist carries what
-the C code is built from, the wheel ships libedgeseg with its headers and package files, and
-``edgeseg sdk --cflags --libs`` of the wheel installed in a fresh venv builds
-examples/c/segment_raw.c into a program that gives the Python runtime's masks."""
+the C code is built from, the wheel ships libedgeseg with its headers and package files and the
+named training recipes, ``edgeseg sdk --cflags --libs`` of the wheel installed in a fresh venv
+builds examples/c/segment_raw.c into a program that gives the Python runtime's masks, and that
+install resolves ``--recipe covid-infection`` from its own package data."""
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import subprocess
 import sys
@@ -43,6 +45,10 @@ def dists(tmp_path_factory) -> dict[str, Path]:
     return {"sdist": sdist, "wheel": wheel}
 
 
+def _shipped_recipes() -> set[str]:
+    return {str(p.relative_to(ROOT)) for p in (ROOT / "edgeseg" / "recipes").glob("*.toml")}
+
+
 def test_sdist_carries_the_c_sources_and_recipes(dists):
     with tarfile.open(dists["sdist"]) as tar:
         names = {name.split("/", 1)[1] for name in tar.getnames() if "/" in name}
@@ -51,9 +57,7 @@ def test_sdist_carries_the_c_sources_and_recipes(dists):
     assert csrc and csrc <= names
     assert {"csrc/sdk/Makefile", "setup.py", "pyproject.toml", "edgeseg/kernels/_kernels.pyx",
             "examples/c/segment_raw.c", "examples/cpp/segment.cpp"} <= names
-    if (ROOT / "recipes").is_dir():
-        recipes = {str(p.relative_to(ROOT)) for p in (ROOT / "recipes").rglob("*.toml")}
-        assert recipes <= names
+    assert {"edgeseg/recipes/covid-infection.toml", "edgeseg/recipes/liver-ct.toml"} <= _shipped_recipes() <= names
 
 
 def test_wheel_ships_libedgeseg_headers_and_package_files(dists):
@@ -65,11 +69,13 @@ def test_wheel_ships_libedgeseg_headers_and_package_files(dists):
             f"{sdk}lib/cmake/edgeseg/edgeseg-config.cmake",
             f"{sdk}lib/cmake/edgeseg/edgeseg-config-version.cmake"} <= names
     assert any(n.startswith("edgeseg/kernels/_kernels") and n.endswith(".so") for n in names)
+    assert {"edgeseg/recipes/covid-infection.toml", "edgeseg/recipes/liver-ct.toml"} <= _shipped_recipes() <= names
 
 
-def test_installed_wheel_builds_and_runs_the_c_example(dists, bundle, phantom_hu, run_raw, tmp_path, monkeypatch):
-    monkeypatch.delenv("EDGESEG_SDK", raising=False)
-    venv = tmp_path / "venv"
+@pytest.fixture(scope="module")
+def installed(dists, tmp_path_factory) -> tuple[Path, Path]:
+    """(venv, its site-packages): the wheel installed without dependencies in a fresh venv."""
+    venv = tmp_path_factory.mktemp("wheel-venv") / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     site = Path(subprocess.run([str(venv / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                                check=True, capture_output=True, text=True).stdout.strip())
@@ -79,6 +85,12 @@ def test_installed_wheel_builds_and_runs_the_c_example(dists, bundle, phantom_hu
     install = subprocess.run([sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install",
                               "--no-deps", "--no-index", str(dists["wheel"])], capture_output=True, text=True)
     assert install.returncode == 0, install.stdout + install.stderr
+    return venv, site
+
+
+def test_installed_wheel_builds_and_runs_the_c_example(installed, bundle, phantom_hu, run_raw, tmp_path, monkeypatch):
+    monkeypatch.delenv("EDGESEG_SDK", raising=False)
+    venv, site = installed
     env = {"PATH": f"{venv / 'bin'}:/usr/bin:/bin", "HOME": str(tmp_path)}
     flags = subprocess.run([str(venv / "bin" / "edgeseg"), "sdk", "--cflags", "--libs"], capture_output=True,
                            text=True, env=env, cwd=tmp_path)
@@ -93,3 +105,26 @@ def test_installed_wheel_builds_and_runs_the_c_example(dists, bundle, phantom_hu
         expected = seg.predict_volume(phantom_hu)
     got = run_raw(exe, bundle, "int8", phantom_hu, tmp_path)
     assert int(np.count_nonzero(got != expected)) == 0
+
+
+def test_installed_wheel_resolves_the_named_recipes(installed, tmp_path, assert_one_line_error):
+    venv, site = installed
+    env = {"PATH": f"{venv / 'bin'}:/usr/bin:/bin", "HOME": str(tmp_path)}
+    code = ("from edgeseg.train.recipes import load_recipe, recipe_names; r = load_recipe('covid-infection'); "
+            "print(r.path); print(r.sha256); print(','.join(recipe_names()))")
+    done = subprocess.run([str(venv / "bin" / "python"), "-c", code], capture_output=True, text=True, env=env,
+                          cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    path, sha256, names = done.stdout.split()
+    source = ROOT / "edgeseg" / "recipes" / "covid-infection.toml"
+    assert Path(path) == site / "edgeseg" / "recipes" / "covid-infection.toml"
+    assert sha256 == hashlib.sha256(source.read_bytes()).hexdigest()
+    assert names == "covid-infection,liver-ct"
+    edgeseg = str(venv / "bin" / "edgeseg")
+    # An unknown name lists the shipped recipes; a known one gets past the recipe to the data.
+    unknown = subprocess.run([edgeseg, "train", "--recipe", "no-such", "--out", tmp_path / "a"], capture_output=True,
+                             text=True, env=env, cwd=tmp_path)
+    assert_one_line_error(unknown, "'no-such' is neither a file nor a known recipe (covid-infection, liver-ct)")
+    known = subprocess.run([edgeseg, "train", "--recipe", "covid-infection", "--data", tmp_path / "missing",
+                            "--out", tmp_path / "b", "--quiet"], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert_one_line_error(known, f"data folder not found: {tmp_path / 'missing'}")

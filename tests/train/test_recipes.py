@@ -13,7 +13,9 @@ import pytest
 from edgeseg.errors import EdgesegError
 from edgeseg.spec import PreprocessSpec
 from edgeseg.train.config import TrainConfig, build_spec
-from edgeseg.train.recipes import RECIPE_DIR, load_recipe
+from edgeseg.train.recipes import load_recipe, recipe_dir, recipe_names
+
+PACKAGE = Path(__file__).resolve().parents[2] / "edgeseg"
 
 
 def edgeseg(*args):
@@ -44,10 +46,42 @@ lr = 0.01
 def test_shipped_recipes_parse_into_a_train_config(name):
     recipe = load_recipe(name)
     assert recipe.name == name and recipe.version >= 1
-    assert recipe.sha256 == hashlib.sha256((RECIPE_DIR / f"{name}.toml").read_bytes()).hexdigest()
+    assert recipe.sha256 == hashlib.sha256((PACKAGE / "recipes" / f"{name}.toml").read_bytes()).hexdigest()
     cfg = TrainConfig(**recipe.values)
     assert cfg.labels == recipe.values["labels"]
     assert build_spec(cfg).window == tuple(recipe.values["window"])
+
+
+# The sha256 of each shipped recipe's bytes at each version: checkpoints record it, so a recipe's
+# file may change only with a new version (and a new line here).
+SHIPPED = {
+    ("liver-ct", 1): "4c424b1bc00104e89d8ab0a44c55623f521fd9901aa1c038334d7e3ac876796e",
+    ("covid-infection", 1): "4762a7f588b4abd3fbc51c0a44882c006128ef0fe48f174ee8c524491417d341",
+}
+
+
+def test_shipped_recipes_are_package_data_with_the_bytes_of_their_version():
+    assert recipe_dir() == PACKAGE / "recipes"
+    assert recipe_names() == ["covid-infection", "liver-ct"]
+    for name in recipe_names():
+        recipe = load_recipe(name)
+        assert Path(recipe.path) == PACKAGE / "recipes" / f"{name}.toml"
+        assert SHIPPED.get((name, recipe.version)) == recipe.sha256, f"{name} changed without a new version"
+
+
+def test_a_recipe_resolves_by_name_from_any_folder_and_by_path(tmp_path):
+    code = ("from edgeseg.train.recipes import load_recipe; r = load_recipe('covid-infection'); "
+            "print(r.path); print(r.sha256)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == [str(PACKAGE / "recipes" / "covid-infection.toml"),
+                                   SHIPPED[("covid-infection", 1)]]
+    copy = tmp_path / "covid-infection.toml"
+    copy.write_bytes((PACKAGE / "recipes" / "covid-infection.toml").read_bytes())
+    assert load_recipe(str(copy)).sha256 == SHIPPED[("covid-infection", 1)]  # a path wins over a name
+    with pytest.raises(EdgesegError, match=r"'recipes/covid-infection' is neither a file nor a known recipe "
+                                           r"\(covid-infection, liver-ct\)"):
+        load_recipe("recipes/covid-infection")
 
 
 def test_covid_recipe_names_both_lesion_classes():
