@@ -24,19 +24,24 @@ def command() -> None:
 @click.option("--slices", default=32, show_default=True, type=click.IntRange(min=1), help="Slices per case.")
 @click.option("--kind", type=click.Choice(["abdomen", "chest"]), default="abdomen", show_default=True,
               help="abdomen: liver, spine, kidneys; chest: lung infection (ggo=1, consolidation=2).")
+@click.option("--format", "image_format", type=click.Choice(["nifti", "dicom"]), default="nifti", show_default=True,
+              help="Images as NIfTI (imagesTr/CASE.nii.gz) or as one DICOM CT series folder per case (CASE/); "
+                   "labels are NIfTI in labelsTr/ either way.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def synth(out: str, cases: int, seed: int, size: int, slices: int, kind: str, quiet: bool) -> None:
-    """Write a synthetic labelled CT phantom dataset (MSD layout: imagesTr/, labelsTr/)."""
+def synth(out: str, cases: int, seed: int, size: int, slices: int, kind: str, image_format: str, quiet: bool) -> None:
+    """Write a synthetic labelled CT phantom dataset (MSD layout: imagesTr/, labelsTr/; or DICOM series)."""
     from edgeseg.data.phantom import phantom_geometry, phantom_kind, write_phantom_dataset
 
     check_output_folder(out, "--out")
     configure_logging()
     shape, spacing = phantom_geometry(size, slices)
-    folder = write_phantom_dataset(out, cases, seed, shape=shape, spacing=spacing, progress=not quiet, kind=kind)
+    folder = write_phantom_dataset(out, cases, seed, shape=shape, spacing=spacing, progress=not quiet, kind=kind,
+                                   image_format=image_format)
     labels = " ".join(f"{name}={value}" for name, value in phantom_kind(kind)[1].items())
+    stored = " as DICOM CT series (one folder per case, labels in labelsTr/)" if image_format == "dicom" else ""
     click.echo(
         f"wrote {cases} {'chest ' if kind == 'chest' else ''}phantom cases of {'x'.join(map(str, shape))} voxels "
-        f"({spacing[0]:g} x {spacing[1]:g} x {spacing[2]:g} mm, seed {seed}, labels {labels}) to {folder}"
+        f"({spacing[0]:g} x {spacing[1]:g} x {spacing[2]:g} mm, seed {seed}, labels {labels}){stored} to {folder}"
     )
 
 

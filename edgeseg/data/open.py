@@ -23,6 +23,8 @@ from edgeseg.errors import DataError
 from edgeseg.limits import check_volume
 
 PHANTOM_DEFAULTS = {"cases": 8, "seed": 0, "size": 128, "slices": 32}
+# Beside DICOM series folders: NIfTI label maps named after them (labelsTr/CASE.nii.gz).
+SERIES_LABEL_FOLDER = "labelsTr"
 _PHANTOM_RE = re.compile(r"^(phantom|chest-phantom)(?::(.*))?$")
 
 
@@ -119,7 +121,8 @@ def open_dataset(
     (``"chest-phantom:..."`` for the chest phantom; generated in memory; an existing path of that name wins); a ``.nii`` / ``.nii.gz`` file;
     a slice folder (``images/`` + ``masks/``); a NIfTI dataset folder (``imagesTr/`` +
     ``labelsTr/``, ``images/`` + ``labels/``, or flat); a folder of DICOM files (one series);
-    or a folder whose subfolders each hold one DICOM series (case id = subfolder name).
+    or a folder whose subfolders each hold one DICOM series (case id = subfolder name), labelled
+    by DICOM SEGs or by NIfTI label maps ``labelsTr/CASE.nii.gz`` beside the series folders.
     DICOM SEG files become the labels of the series they reference: a SEG inside a series
     folder must reference that series; a SEG in the parent folder of series folders, or in a
     subfolder holding only SEGs, labels whichever of those series it references. At most one
@@ -228,7 +231,27 @@ def _read_dicom_tree(path: Path, one_volume: bool) -> list[tuple[Volume, DicomSe
             claimed[uid].append(seg)
     for (volume, refs), folder in zip(cases, series_folders):
         _label_with_segs(volume, refs, find_seg_files(folder) + claimed[refs.series_instance_uid])
+    _label_with_nifti_files(path, [volume for volume, _ in cases])
     return cases
+
+
+def _label_with_nifti_files(path: Path, volumes: list[Volume]) -> None:
+    """Give each series its NIfTI label map ``labelsTr/CASE.nii.gz`` (CASE: the series folder's
+    name), as ``edgeseg data synth --format dicom`` writes them; the grid must match the series."""
+    folder = path / SERIES_LABEL_FOLDER
+    if not folder.is_dir():
+        return
+    files = {name: p for p in sorted(folder.iterdir()) if p.is_file() and is_nifti_path(p)
+             for name in [p.name[: -len(".nii.gz")] if p.name.endswith(".nii.gz") else p.stem]}
+    by_case = {volume.case_id: volume for volume in volumes}
+    strays = sorted(set(files) - set(by_case))
+    if strays:
+        raise DataError(f"label {files[strays[0]]} has no series folder {path / strays[0]}")
+    for case_id, label_path in files.items():
+        volume = by_case[case_id]
+        if volume.label is not None:
+            raise DataError(f"{case_id} in {path} has a DICOM SEG and the label map {label_path}; keep one")
+        volume.label = read_label_file(label_path, volume)
 
 
 def _attach_label_file(volume: Volume, refs: DicomSeriesInfo | None, label_file: Path) -> None:

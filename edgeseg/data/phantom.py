@@ -225,6 +225,9 @@ def phantom_geometry(size: int, slices: int) -> tuple[tuple[int, int, int], tupl
 
 
 PHANTOM_KINDS = ("abdomen", "chest")
+# How a phantom dataset stores its images: NIfTI files in imagesTr/, or one DICOM CT series
+# folder per case; the labels are NIfTI in labelsTr/ either way.
+PHANTOM_FORMATS = ("nifti", "dicom")
 
 
 def phantom_kind(kind: str):
@@ -255,6 +258,18 @@ def _save_nifti(array_zyx: np.ndarray, affine: np.ndarray, path: Path) -> None:
     nib.save(image, path)
 
 
+def _save_image(volume: Volume, path: Path, image_format: str, description: str) -> None:
+    """The case's HU as an int16 NIfTI file, or as a DICOM CT series in the folder ``path``."""
+    if image_format == "nifti":
+        path.parent.mkdir(exist_ok=True)
+        _save_nifti(volume.hu.astype(np.int16), volume.affine, path)
+        return
+    from edgeseg.data.dicom_ct_writer import write_ct_series
+
+    path.mkdir()
+    write_ct_series(volume, path, description=description)
+
+
 def _check_replaceable(out: Path) -> None:
     """Only an empty folder or an earlier phantom dataset may be replaced."""
     if not out.exists():
@@ -279,13 +294,17 @@ def write_phantom_dataset(
     spacing: tuple[float, float, float] = DEFAULT_SPACING,
     progress: bool = False,
     kind: str = "abdomen",
+    image_format: str = "nifti",
 ) -> Path:
     """Write ``cases`` phantoms as an MSD-layout dataset and return its folder.
 
     ``kind`` is ``"abdomen"`` (:func:`synth_phantom`, labels :data:`PHANTOM_LABELS`) or
     ``"chest"`` (:func:`~edgeseg.data.chest_phantom.synth_chest_phantom`, labels
     :data:`~edgeseg.data.chest_phantom.CHEST_LABELS`). Layout: ``imagesTr/case_000.nii.gz`` (int16 HU), ``labelsTr/case_000.nii.gz`` (uint8) and
-    an MSD-style ``dataset.json``. The folder is built beside ``out`` and renamed into place,
+    an MSD-style ``dataset.json``. ``image_format="dicom"`` writes each case's images as a DICOM
+    CT series in ``case_000/`` instead (see :func:`~edgeseg.data.dicom_ct_writer.write_ct_series`),
+    the labels staying in ``labelsTr/``, where the DICOM-tree reader of ``open_dataset`` finds
+    them. The folder is built beside ``out`` and renamed into place,
     so readers never see half a dataset; an existing ``out`` is replaced only when it is empty
     or an earlier phantom dataset.
     """
@@ -297,13 +316,15 @@ def write_phantom_dataset(
     synth, labels, description = phantom_kind(kind)
     case_ids = phantom_case_ids(cases)
     shape, spacing = _validate(shape, spacing)
+    if image_format not in PHANTOM_FORMATS:
+        raise DataError(f"unknown phantom image format {image_format!r}; expected one of {', '.join(PHANTOM_FORMATS)}")
     _check_replaceable(out)
+    images = {"nifti": "./imagesTr/{}.nii.gz", "dicom": "./{}"}[image_format]
     with atomic_dir(out) as tmp:
-        (tmp / "imagesTr").mkdir()
         (tmp / "labelsTr").mkdir()
         for case_id in tqdm(case_ids, desc="writing phantom", unit="case", disable=not progress):
             volume = synth(case_id, seed, shape=shape, spacing=spacing)
-            _save_nifti(volume.hu.astype(np.int16), volume.affine, tmp / "imagesTr" / f"{case_id}.nii.gz")
+            _save_image(volume, tmp / images.format(case_id), image_format, f"edgeseg {kind} phantom {case_id}")
             _save_nifti(volume.label, volume.affine, tmp / "labelsTr" / f"{case_id}.nii.gz")
         manifest = {
             "name": PHANTOM_DATASET_NAME,
@@ -315,9 +336,10 @@ def write_phantom_dataset(
             "labels": {"0": "background", **{str(v): k for k, v in labels.items()}},
             "numTraining": len(case_ids),
             "numTest": 0,
-            "training": [{"image": f"./imagesTr/{c}.nii.gz", "label": f"./labelsTr/{c}.nii.gz"} for c in case_ids],
+            "training": [{"image": images.format(c), "label": f"./labelsTr/{c}.nii.gz"} for c in case_ids],
             "test": [],
-            "edgeseg": {"seed": int(seed), "shape": list(shape), "spacing": list(spacing), "kind": kind},
+            "edgeseg": {"seed": int(seed), "shape": list(shape), "spacing": list(spacing), "kind": kind,
+                        **({"format": "dicom"} if image_format == "dicom" else {})},
         }
         (tmp / "dataset.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return out
