@@ -121,6 +121,54 @@ def exported_bundle(request) -> Path:
     return bundle
 
 
+# The chest bundle: a small U-Net trained on the chest phantom's two lesion classes with the
+# infection recipe's loss (Dice + class-weighted cross-entropy), long enough to learn both, and
+# exported (ONNX FP32). Cached like the test bundle, under the sha256 of the same sources.
+CHEST_TRAINING = dict(data="chest-phantom:cases=8,size=96,slices=16,seed=0", size=96, base=8, depth=3, epochs=20,
+                      batch_size=8, lr=5e-3, augment=False, window=(-1000.0, 200.0),
+                      labels={"ggo": [1], "consolidation": [2]}, loss="dice-ce", class_weights=[0.5, 1.0, 2.0], seed=0)
+CHEST_VERIFY = "chest-phantom:cases=2,size=96,slices=16,seed=7"
+
+
+def _export_chest_bundle(out: Path) -> None:
+    import torch
+
+    from edgeseg.export.pipeline import export_bundle
+    from edgeseg.export.profiles import ExportSettings
+    from edgeseg.train.config import TrainConfig
+    from edgeseg.train.loop import train
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny convolutions: one thread beats contending for shared cores
+    try:
+        train(TrainConfig(out=str(out / "train"), **CHEST_TRAINING), progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    export_bundle(out / "train" / "best.pt", out / "bundle", ExportSettings(formats=("onnx",), max_batch=4,
+                                                                            verify_slices=16),
+                  verify_data=CHEST_VERIFY, progress=False, echo=lambda text: None)
+
+
+@pytest.fixture(scope="session")
+def chest_bundle_run(request) -> Path:
+    """A folder with ``train/`` (the chest-phantom run: best.pt, metrics.json; labels ggo=1,
+    consolidation=2, window -1000..200 HU, 96 x 96 input) and ``bundle/`` (its ONNX FP32 export),
+    cached in pytest's cache folder under the sha256 of its sources; read-only by convention."""
+    pytest.importorskip("torch")
+    from filelock import FileLock
+
+    root = Path(request.config.cache.mkdir("edgeseg-chest-bundle"))
+    key = hashlib.sha256((bundle_key() + repr((CHEST_TRAINING, CHEST_VERIFY))).encode()).hexdigest()[:24]
+    with FileLock(str(root.parent / "edgeseg-chest-bundle.lock")):
+        if not (root / key / "bundle" / "manifest.json").is_file():
+            for stale in root.iterdir():
+                shutil.rmtree(stale, ignore_errors=True)
+            staging = root / f"{key}.partial"
+            _export_chest_bundle(staging)
+            os.replace(staging, root / key)
+    return root / key
+
+
 @pytest.fixture(scope="session")
 def trained_checkpoint(exported_bundle) -> Path:
     """The checkpoint the test bundle was exported from (``edgeseg train`` of the tiny U-Net,

@@ -3,25 +3,22 @@
 A short run with the infection recipe's loss (Dice + class-weighted cross-entropy) on 96x96 chest
 phantoms must learn both classes: ground-glass patches (-600..-300 HU) and consolidations
 (-100..50 HU) inside air-like lungs. A model that predicts no lesion scores 0 for each class on
-the validation cases (Dice pooled over a case's slices), so the floor below is a real one.
+the validation cases (Dice pooled over a case's slices), so the floor below is a real one. The
+run is the suite's chest bundle (``chest_bundle_run`` in tests/conftest.py), which the DICOM SEG
+and slice-folder evaluation tests use too.
 """
 
-import pytest
+import json
 
 from edgeseg.data.chest_phantom import CHEST_LABELS
 
+from tests.conftest import CHEST_TRAINING
 
-@pytest.mark.usefixtures("one_torch_thread")
-def test_chest_phantom_trains_both_lesion_classes(tmp_path):
-    pytest.importorskip("torch")
-    from edgeseg.train.config import TrainConfig
-    from edgeseg.train.loop import train
 
-    labels = {name: [value] for name, value in CHEST_LABELS.items()}
-    assert list(labels) == ["ggo", "consolidation"]
-    cfg = TrainConfig(data="chest-phantom:cases=8,size=96,slices=16,seed=0", out=str(tmp_path / "run"), size=96,
-                      base=8, depth=3, epochs=20, batch_size=8, lr=5e-3, augment=False, window=(-1000.0, 200.0),
-                      labels=labels, loss="dice-ce", class_weights=[0.5, 1.0, 2.0], seed=0)
-    result = train(cfg, progress=False)
-    row = next(r for r in result["history"] if r["epoch"] == result["best"]["epoch"])
+def test_chest_phantom_trains_both_lesion_classes(chest_bundle_run):
+    assert list(CHEST_TRAINING["labels"]) == ["ggo", "consolidation"]
+    assert CHEST_TRAINING["labels"] == {name: [value] for name, value in CHEST_LABELS.items()}
+    metrics = json.loads((chest_bundle_run / "train" / "metrics.json").read_text())
+    assert [row["epoch"] for row in metrics["history"]] == list(range(1, CHEST_TRAINING["epochs"] + 1))
+    row = next(r for r in metrics["history"] if r["epoch"] == metrics["best"]["epoch"])
     assert row["val_dice_ggo"] > 0.2 and row["val_dice_consolidation"] > 0.2, row
