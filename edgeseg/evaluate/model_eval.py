@@ -83,7 +83,9 @@ def evaluate_checkpoint(
         raise DataError(f"--labels names {len(label_values)} classes, the model predicts {len(class_names) - 1} ({class_names[1:]})")
     post = chosen_postprocess(payload, len(class_names), keep_largest, volume_postprocess)
     segmenter = Segmenter.from_module(model, spec, dict(enumerate(class_names)), post, max_batch=EVAL_BATCH)
-    volumes, used_split = select_cases(open_dataset(data, intensity=intensity, label_file=label_file,
+    # A slice folder's mask value outside these classes is refused, as in training.
+    values = sorted({v for vals in label_values.values() for v in vals})
+    volumes, used_split = select_cases(open_dataset(data, intensity=intensity, label_file=label_file, label_values=values,
                                                     **recorded_slice_options(payload.get("train_config"))), payload, split)
     cases, overlays = [], []
     for vol in tqdm(volumes, desc="evaluate", unit="case", disable=not progress, leave=False):
