@@ -43,15 +43,26 @@ demo: build
 	@echo "demo outputs: $(DEMO)/ (best.pt, metrics.csv, curves.png, eval/, bundle/, predict/, bench.json, bench.png)"
 
 # The second task on the chest phantom: two lesion classes (ground-glass, consolidation), a
-# class-weighted loss, per-class evaluation, an INT8 bundle gated per class, a label-map NIfTI.
+# class-weighted loss, per-class evaluation, an INT8 bundle gated per class, a label-map NIfTI,
+# and the same case written as a DICOM CT series segmented into a two-segment DICOM SEG
+# (checked by dciodvfy where dicom3tools is installed).
 CHEST ?= runs/demo-chest
+CHEST_SEG := $(CHEST)/predict/case_008.seg.dcm
 demo-chest: build
 	$(EDGESEG) data synth --kind chest --out $(CHEST)/phantom --cases 12 --seed 0 --quiet
 	$(EDGESEG) train --data $(CHEST)/phantom --out $(CHEST) --labels ggo=1,consolidation=2 --window=-1000,200 --size 128 --base 16 --epochs 16 --batch-size 8 --lr 3e-3 --loss dice-ce --class-weights 0.5,1,2 --seed 0
 	$(EDGESEG) evaluate $(CHEST)/best.pt --data $(CHEST)/phantom --split test --out $(CHEST)/eval
 	$(EDGESEG) export $(CHEST)/best.pt --out $(CHEST)/bundle --int8 --calib $(CHEST)/phantom
 	$(EDGESEG) predict $(CHEST)/bundle $(CHEST)/phantom/imagesTr/case_008.nii.gz --out $(CHEST)/predict/case_008.nii.gz --overlay $(CHEST)/predict/case_008.png
-	@echo "chest demo outputs: $(CHEST)/ (best.pt, metrics.csv, curves.png, eval/, bundle/, predict/)"
+	@# the same phantom cases (seed 0) as DICOM CT series, one folder per case; case_008 to a DICOM SEG
+	$(EDGESEG) data synth --kind chest --format dicom --out $(CHEST)/phantom-dicom --cases 9 --seed 0 --quiet
+	$(EDGESEG) predict $(CHEST)/bundle $(CHEST)/phantom-dicom/case_008 --format dicom-seg --out $(CHEST_SEG)
+	@if command -v dciodvfy >/dev/null 2>&1; then \
+		dciodvfy $(CHEST_SEG) > $(CHEST_SEG).dciodvfy.txt 2>&1; \
+		if grep -q '^Error' $(CHEST_SEG).dciodvfy.txt; then cat $(CHEST_SEG).dciodvfy.txt; exit 1; fi; \
+		echo "dciodvfy: no errors in $(CHEST_SEG)"; \
+	else echo "dciodvfy not installed (Debian package dicom3tools): $(CHEST_SEG) not validated"; fi
+	@echo "chest demo outputs: $(CHEST)/ (best.pt, metrics.csv, curves.png, eval/, bundle/, phantom-dicom/, predict/)"
 
 # The sanitizer run is part of the suite: a memory error in the kernels fails CI.
 test: build test-layers test-c test-python asan
