@@ -162,3 +162,15 @@ def test_label_folders_that_do_not_match_the_series_are_refused(chest_dicom, tmp
     shutil.copy(other / "labelsTr" / "case_000.nii.gz", data / "labelsTr" / "case_001.nii.gz")
     with pytest.raises(DataError, match="case_001.nii.gz has shape"):
         open_dataset(data)
+    shutil.copy(chest_dicom / "labelsTr" / "case_001.nii.gz", data / "labelsTr" / "case_001.nii.gz")
+    assert len(open_dataset(data)) == 3
+    # A SEG beside a series that also has a NIfTI label: two label maps for one case, refused.
+    pytest.importorskip("highdicom")
+    from edgeseg.data.dicom import read_dicom_series_with_refs
+    from edgeseg.runtime.writers import write_dicom_seg
+
+    volume, refs = read_dicom_series_with_refs(data / "case_002")
+    label = synth_chest_phantom("case_002", 4, shape=SHAPE, spacing=SPACING).label
+    write_dicom_seg(label, volume, refs, {0: "background", 1: "ggo", 2: "consolidation"}, data / "case_002" / "seg.dcm")
+    with pytest.raises(DataError, match="case_002 in .* has a DICOM SEG and the label map .*case_002.nii.gz; keep one"):
+        open_dataset(data)
