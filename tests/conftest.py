@@ -1,5 +1,6 @@
 """Shared test set-up: nothing a test run writes may land in the working tree (the one
-exception is pytest's own cache folder, which keeps the exported test bundle between runs)."""
+exception is pytest's own cache folder, which keeps the exported test bundles, abdomen and chest,
+between runs)."""
 
 import hashlib
 import os
