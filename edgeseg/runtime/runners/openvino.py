@@ -2,9 +2,9 @@
 
 The runner needs only OpenVINO's runtime bindings (``openvino._pyopenvino``: Core, the compiled
 model, infer requests, tensors). ``import openvino`` also imports its model converter
-(``openvino.tools.ovc``, with argparse, multiprocessing, numpy.ma and telemetry), about a
-third of a cold start's import time, so :func:`openvino_bindings` loads the bindings' extension
-module from the installed package without running the package's ``__init__``. Nothing in
+(``openvino.tools.ovc``, with argparse, multiprocessing, numpy.ma and telemetry) and every
+opset module, none of which the runner uses, so :func:`openvino_bindings` loads the bindings'
+extension module from the installed package without running the package's ``__init__``. Nothing in
 ``sys.modules`` is replaced or blocked: a later ``import openvino`` runs in full and gets the
 very same binding module (an extension module is initialised once per process).
 """
