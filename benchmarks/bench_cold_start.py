@@ -23,6 +23,7 @@ are made by benchmarks/random_bundle.py (random weights; cold start does not dep
 from __future__ import annotations
 
 import argparse
+import compileall
 import json
 import os
 import statistics
@@ -90,6 +91,9 @@ def main() -> None:
     args = parser.parse_args()
     from edgeseg.data.phantom import synth_phantom
 
+    # Bytecode as an installed wheel has it (pip compiles it at install): without it every cold
+    # Python process would compile edgeseg's modules first (PYTHONDONTWRITEBYTECODE, read-only trees).
+    compileall.compile_dir(str(ROOT / "edgeseg"), quiet=1)
     rows = []
     with tempfile.TemporaryDirectory(prefix="cold-start-") as name:
         tmp = Path(name)

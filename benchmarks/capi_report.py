@@ -72,13 +72,13 @@ def make_bundles(tmp: Path) -> dict[str, Path]:
     return {name: random_bundle(tmp / name, classes=2, int8=True, **shape) for name, shape in shapes.items()}
 
 
-def timed_process(args: list[str], env: dict[str, str]) -> tuple[float, float, float]:
+def timed_process(args: list[str], env: dict[str, str], cwd: Path | None = None) -> tuple[float, float, float]:
     """(wall seconds from start to exit, CPU seconds, peak RSS in MiB) of one child process.
     CPU time (user + system, from wait4) hardly depends on how busy the machine is; wall time
     does. The child reports its own VmHWM: a child's ru_maxrss starts from the parent's size."""
     with tempfile.TemporaryFile(mode="w+") as err:  # a file, so stdout is the only pipe to drain
         start = time.perf_counter()
-        proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=err, text=True)
+        proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=err, text=True, cwd=cwd)
         out = proc.stdout.read()
         _, status, usage = os.wait4(proc.pid, 0)  # reaps it: Popen's own wait would lose the rusage
         wall = time.perf_counter() - start
@@ -182,6 +182,8 @@ def main() -> None:
     parser.add_argument("--cold", type=int, default=5)
     parser.add_argument("--threads", type=int, default=0, help="OpenVINO / ONNX Runtime threads (0: their default)")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--model-ratio-only", action="store_true",
+                        help="only the C process's end to end against the model alone (no Python, no cold starts)")
     args = parser.parse_args()
     from edgeseg.data.phantom import synth_phantom
 
@@ -199,6 +201,11 @@ def main() -> None:
         for label, bundle in bundles.items():
             for precision in ("int8", "fp32"):
                 c_alone_e2e, c_model = c_latency(exe, Path(bundle), precision, raw, args.runs, args.threads, env)
+                if args.model_ratio_only:
+                    rows.append({"bundle": label, "precision": precision, "c_process_e2e_ms": c_alone_e2e,
+                                 "c_model_ms": c_model, "ratio": c_alone_e2e / c_model, "load": os.getloadavg()[0]})
+                    print(json.dumps(rows[-1]), flush=True)
+                    continue
                 turns = interleaved_latency(lib, Path(bundle), precision, hu, args.runs, args.threads)
                 cold = cold_starts(exe, Path(bundle), precision, raw, args.cold, args.threads, tmp)
                 rows.append({"bundle": label, "precision": precision, **turns, "c_process_e2e_ms": c_alone_e2e,
@@ -207,8 +214,9 @@ def main() -> None:
                              **{f"cold_{k}_cpu_s": v[1] for k, v in cold.items()},
                              **{f"rss_{k}_mib": v[2] for k, v in cold.items()}})
                 print(json.dumps(rows[-1]), flush=True)
-    print_table(rows)
-    print_cpu_table(rows)
+    if not args.model_ratio_only:
+        print_table(rows)
+        print_cpu_table(rows)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2) + "\n")
 

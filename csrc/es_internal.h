@@ -29,6 +29,8 @@
 #define ES_INLINE static inline
 #endif
 
+#define ES_UP_MAX 8 /* the largest integer up-scaling factor with a fast path (64 -> 512) */
+
 /* Resampling weights of one axis, n_in -> n_out: output j reads source samples
  * first[j] .. first[j] + taps - 1 with weights w[j * taps + t] (zero-padded, so every output has
  * the same tap count and the inner loops have a fixed trip count). */
@@ -37,6 +39,11 @@ typedef struct {
     int taps;
     int stride; /* s > 0 when first[j] == first[0] + s * j for every j (integer down-scaling) */
     int up2;    /* 1 when n_out == 2 * n_in and first[j] == (j - 1) / 2 inside (2x up-scaling) */
+    /* upf = F in 3..ES_UP_MAX when n_out == F * n_in, first[j] == (j - F / 2) / F for the outputs
+     * j in [F / 2, F / 2 + F * (n_in - 1)) and their weights repeat with period F bit for bit:
+     * integer up-scaling, whose weights are then up_w0[k], up_w1[k] for j = F / 2 + F * i + k */
+    int upf;
+    float up_w0[ES_UP_MAX], up_w1[ES_UP_MAX];
     int32_t *first;
     float *wf;  /* float weights, for the fast paths */
     double *wd; /* the same weights in double, for the exact (oracle-order) paths */

@@ -35,7 +35,7 @@ static int bilinear_init(es_axis *ax) {
     for (ptrdiff_t j = 0; j < ax->n_out; ++j) {
         double x = ((double)j + 0.5) * scale - 0.5;
         x = x < 0.0 ? 0.0 : (x > (double)(n_in - 1) ? (double)(n_in - 1) : x);
-        ptrdiff_t i0 = (ptrdiff_t)floor(x);
+        ptrdiff_t i0 = (ptrdiff_t)x; /* floor: x >= 0 here, and no libm call per output */
         double w1 = x - (double)i0;
         double w0 = 1.0 - w1;
         if (taps == 1) {
@@ -81,6 +81,22 @@ static int area_init(es_axis *ax) {
     return ES_OK;
 }
 
+/* f when the interior of an n_in -> f * n_in bilinear table is f outputs per source pair whose
+ * weights repeat exactly (up_w0, up_w1 filled), else 0. */
+static int periodic_factor(es_axis *ax, int f) {
+    const ptrdiff_t h = f / 2, end = h + (ptrdiff_t)f * (ax->n_in - 1);
+    for (int k = 0; k < f; ++k) {
+        ax->up_w0[k] = ax->wf[2 * (h + k)];
+        ax->up_w1[k] = ax->wf[2 * (h + k) + 1];
+    }
+    for (ptrdiff_t j = h; j < end; ++j) {
+        const int k = (int)((j - h) % f);
+        if (ax->first[j] != (j - h) / f || ax->wf[2 * j] != ax->up_w0[k] || ax->wf[2 * j + 1] != ax->up_w1[k])
+            return 0;
+    }
+    return f;
+}
+
 int es_axis_init(es_axis *ax, ptrdiff_t n_in, ptrdiff_t n_out, es_interp interp) {
     ax->n_in = n_in;
     ax->n_out = n_out;
@@ -89,6 +105,7 @@ int es_axis_init(es_axis *ax, ptrdiff_t n_in, ptrdiff_t n_out, es_interp interp)
     ax->wd = NULL;
     ax->stride = 0;
     ax->up2 = 0;
+    ax->upf = 0;
     if (n_in < 1 || n_out < 1 || n_in > INT32_MAX) return ES_EINVAL;
     int rc;
     if (interp == ES_BILINEAR) rc = bilinear_init(ax);
@@ -109,7 +126,34 @@ int es_axis_init(es_axis *ax, ptrdiff_t n_in, ptrdiff_t n_out, es_interp interp)
         while (j < n_out - 1 && ax->first[j] == (j - 1) / 2) ++j;
         ax->up2 = j == n_out - 1;
     }
+    ax->upf = 0;
+    if (ax->taps == 2 && n_in >= 2 && n_out % n_in == 0 && n_out / n_in >= 3 && n_out / n_in <= ES_UP_MAX)
+        ax->upf = periodic_factor(ax, (int)(n_out / n_in));
     return ES_OK;
+}
+
+/* F outputs per source pair (a, b), the same expression as the table loop: a constant F and
+ * weights in registers let the compiler compute the F outputs as one vector. */
+#define UP_BLOCKS(F)                                                                               \
+    for (ptrdiff_t i = 0; i < n_in - 1; ++i) {                                                    \
+        const float a = in[i], b = in[i + 1];                                                      \
+        float *ES_RESTRICT o = out + h + (F) * i;                                                  \
+        for (int k = 0; k < (F); ++k) o[k] = w0[k] * a + w1[k] * b;                                \
+    }
+
+/* Integer up-scaling (ax->upf): the edge outputs through the table, the interior in blocks. */
+ES_WIDE static void up_row(const es_axis *ax, const float *ES_RESTRICT in, float *ES_RESTRICT out) {
+    const int f = ax->upf;
+    const ptrdiff_t n_in = ax->n_in, n_out = ax->n_out, h = f / 2, end = h + (ptrdiff_t)f * (n_in - 1);
+    const int32_t *first = ax->first;
+    const float *w = ax->wf, *w0 = ax->up_w0, *w1 = ax->up_w1;
+    for (ptrdiff_t j = 0; j < h; ++j) out[j] = w[2 * j] * in[first[j]] + w[2 * j + 1] * in[first[j] + 1];
+    switch (f) {
+    case 4: UP_BLOCKS(4) break;
+    case 8: UP_BLOCKS(8) break;
+    default: UP_BLOCKS(f) break;
+    }
+    for (ptrdiff_t j = end; j < n_out; ++j) out[j] = w[2 * j] * in[first[j]] + w[2 * j + 1] * in[first[j] + 1];
 }
 
 /* One row of n_in floats -> n_out resampled floats through the axis table. */
@@ -127,6 +171,8 @@ ES_WIDE void es_resize_row(const es_axis *ax, const float *ES_RESTRICT in, float
             out[2 * i + 2] = w[4 * i + 4] * a + w[4 * i + 5] * b;
         }
         out[n_out - 1] = w[2 * n_out - 2] * in[first[n_out - 1]] + w[2 * n_out - 1] * in[first[n_out - 1] + 1];
+    } else if (ax->upf) {
+        up_row(ax, in, out);
     } else if (ax->taps == 2 && ax->stride == 2) {
         /* 2x down-scaling (512 -> 256): a constant stride lets the loads vectorise. */
         const float *ES_RESTRICT q = in + first[0];

@@ -26,6 +26,8 @@ struct es_segmenter {
     ov_infer_request_t *request;
     float *input;   /* batch * rows * cols model input, reused by every call */
     int batch;      /* slices per inference in es_segment_volume */
+    ov_tensor_t *input_tensor; /* OpenVINO's view of `input` for `input_count` slices, set on the request */
+    int input_count;
     pthread_mutex_t lock;
 };
 
@@ -158,17 +160,37 @@ es_segmenter *es_open(const char *bundle_dir, const char *precision, int threads
     return es_open_cached(bundle_dir, precision, threads, cache, err);
 }
 
+/* Lend seg->input to the request as an `n`-slice tensor, unless it already holds that one: a
+ * run of slices (or of equal batches) sets it once, and OpenVINO reads the pre-processed input
+ * where the kernel wrote it. */
+static ov_status_e lend_input(es_segmenter *seg, int n) {
+    if (seg->input_tensor && seg->input_count == n) return OK;
+    const es_bundle *b = &seg->bundle;
+    int64_t dims[4] = {n, 1, b->rows, b->cols};
+    ov_shape_t shape = {0, NULL};
+    ov_tensor_t *tensor = NULL;
+    ov_status_e st = ov_shape_create(4, dims, &shape);
+    if (st == OK) st = ov_tensor_create_from_host_ptr(F32, shape, seg->input, &tensor);
+    if (st == OK) st = ov_infer_request_set_input_tensor_by_index(seg->request, 0, tensor);
+    if (shape.dims) ov_shape_free(&shape);
+    if (st != OK) {
+        if (tensor) ov_tensor_free(tensor);
+        return st;
+    }
+    if (seg->input_tensor) ov_tensor_free(seg->input_tensor);
+    seg->input_tensor = tensor;
+    seg->input_count = n;
+    return OK;
+}
+
 /* The model's logits for the `n` slices now in seg->input, post-processed into `labels`. */
 static int infer_and_postprocess(es_segmenter *seg, int n, int rows, int cols, uint8_t *labels, es_error *err) {
     const es_bundle *b = &seg->bundle;
-    int64_t dims[4] = {n, 1, b->rows, b->cols};
-    ov_shape_t shape = {0, NULL}, out_shape = {0, NULL};
-    ov_tensor_t *in = NULL, *out = NULL;
+    ov_shape_t out_shape = {0, NULL};
+    ov_tensor_t *out = NULL;
     ov_element_type_e type = F32; /* read back below; only used when every call succeeded */
     void *logits = NULL;
-    ov_status_e st = ov_shape_create(4, dims, &shape);
-    if (st == OK) st = ov_tensor_create_from_host_ptr(F32, shape, seg->input, &in);
-    if (st == OK) st = ov_infer_request_set_input_tensor_by_index(seg->request, 0, in);
+    ov_status_e st = lend_input(seg, n);
     if (st == OK) st = ov_infer_request_infer(seg->request);
     if (st == OK) st = ov_infer_request_get_output_tensor_by_index(seg->request, 0, &out);
     if (st == OK) st = ov_tensor_get_shape(out, &out_shape);
@@ -195,9 +217,7 @@ static int infer_and_postprocess(es_segmenter *seg, int n, int rows, int cols, u
             es_fail(err, rc, "component filter: %s", es_status_message(rc));
     }
     if (out) ov_tensor_free(out);
-    if (in) ov_tensor_free(in);
     if (out_shape.dims) ov_shape_free(&out_shape);
-    if (shape.dims) ov_shape_free(&shape);
     return rc;
 }
 
@@ -286,6 +306,7 @@ const char *es_artifact(const es_segmenter *seg) { return seg ? seg->bundle.arti
 void es_close(es_segmenter *seg) {
     if (!seg) return;
     ov_infer_request_free(seg->request);
+    if (seg->input_tensor) ov_tensor_free(seg->input_tensor);
     ov_compiled_model_free(seg->compiled);
     ov_core_free(seg->core);
     pthread_mutex_destroy(&seg->lock);

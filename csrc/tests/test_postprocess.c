@@ -6,6 +6,7 @@
 
 #include "check.h"
 #include "edgeseg_kernels.h"
+#include "es_internal.h"
 #include "oracle.h"
 
 typedef struct {
@@ -121,8 +122,12 @@ static void test_postprocess_against_oracle(void) {
     static const post_shape two[] = {
         {2, 2, 37, 53, 120, 91}, {1, 2, 64, 64, 512, 512}, {1, 2, 96, 80, 48, 33},
         {1, 2, 1, 9, 4, 20},     {3, 2, 40, 40, 40, 40},
+        /* integer up-scaling of the columns by 4 (the demo model's 128 -> 512), 3, 5, 6, 7 */
+        {1, 2, 128, 128, 512, 512}, {1, 2, 30, 33, 90, 99}, {2, 2, 21, 50, 64, 250}, {1, 2, 16, 40, 48, 240},
+        {1, 2, 24, 24, 168, 168},
     };
-    static const post_shape many[] = {{2, 3, 37, 53, 120, 91}, {1, 5, 30, 30, 64, 100}, {1, 1, 8, 8, 16, 16}};
+    static const post_shape many[] = {{2, 3, 37, 53, 120, 91}, {1, 5, 30, 30, 64, 100}, {1, 1, 8, 8, 16, 16},
+                                      {1, 3, 32, 32, 128, 128}, {1, 4, 20, 24, 60, 192}};
     for (size_t i = 0; i < sizeof two / sizeof two[0]; ++i) {
         check_post(&two[i], ES_RESIZE_LOGITS, 0, (unsigned)i, 1.0f);
         check_post(&two[i], ES_RESIZE_LABELS, 0, (unsigned)i, 1.0f);
@@ -165,7 +170,34 @@ static void test_resize_labels(void) {
     CHECK(es_resize_labels(NULL, 1, 1, 3, two, 1, 2, 1) == ES_EINVAL, "NULL source");
 }
 
+/* The integer up-scaling path is taken where the oracle comparisons above expect it, and gives
+ * every output of the table's own expression, w0 * in[first] + w1 * in[first + 1], bit for bit. */
+static void test_integer_upscaling_rows(void) {
+    static const struct { ptrdiff_t n_in; int want; } cases[] = {
+        {128, 4}, {64, 8}, {2, 4}, {33, 3}, {50, 5}, {40, 6}, {24, 7}, {17, 8}};
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; ++c) {
+        const ptrdiff_t n_in = cases[c].n_in, n_out = n_in * cases[c].want;
+        es_axis ax;
+        CHECK(es_axis_init(&ax, n_in, n_out, ES_BILINEAR) == ES_OK, "axis %td -> %td", n_in, n_out);
+        /* power-of-two factors have exact weights, so their interior is always periodic */
+        if ((cases[c].want & (cases[c].want - 1)) == 0)
+            CHECK(ax.upf == cases[c].want, "%td -> %td: upf %d", n_in, n_out, ax.upf);
+        float *in = malloc(sizeof(float) * (size_t)n_in), *out = malloc(sizeof(float) * (size_t)n_out);
+        for (ptrdiff_t i = 0; i < n_in; ++i) in[i] = (float)((i * 7919) % 1009) / 37.0f - 13.0f;
+        es_resize_row(&ax, in, out);
+        ptrdiff_t wrong = 0;
+        for (ptrdiff_t j = 0; j < n_out; ++j) {
+            const float want = ax.wf[2 * j] * in[ax.first[j]] + ax.wf[2 * j + 1] * in[ax.first[j] + 1];
+            wrong += memcmp(&want, &out[j], sizeof want) != 0;
+        }
+        CHECK(wrong == 0, "%td -> %td (upf %d): %td outputs differ from the table", n_in, n_out, ax.upf, wrong);
+        es_axis_free(&ax);
+        free(in), free(out);
+    }
+}
+
 void test_postprocess_all(void) {
+    test_integer_upscaling_rows();
     test_two_class_by_hand();
     test_float16_logits();
     test_postprocess_against_oracle();

@@ -21,12 +21,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import shutil
-import uuid
 from pathlib import Path
 from typing import Callable, TypeVar
-
-from edgeseg.atomic import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +51,8 @@ def _file_sha256(path: Path) -> str:
 
 
 def _remove(folder: Path) -> None:
+    import shutil  # here: a cache hit, the cold start that counts, removes nothing
+
     shutil.rmtree(folder, ignore_errors=True)
 
 
@@ -90,7 +88,7 @@ class CompiledModelCache:
 
     def discard(self) -> None:
         """Move the entry aside (one rename, so no reader meets it half-deleted) and delete it."""
-        trash = self.folder / f".stale-{self.path.name}-{uuid.uuid4().hex[:8]}"
+        trash = self.folder / f".stale-{self.path.name}-{os.urandom(4).hex()}"
         try:
             os.rename(self.path, trash)
         except OSError:
@@ -99,7 +97,7 @@ class CompiledModelCache:
 
     def new_folder(self) -> Path | None:
         """A private, empty folder for the engine to build into; None when the cache is not writable."""
-        partial = self.folder / f".partial-{self.path.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        partial = self.folder / f".partial-{self.path.name}-{os.getpid()}-{os.urandom(4).hex()}"
         try:
             partial.mkdir(parents=True)
         except OSError:
@@ -114,6 +112,8 @@ class CompiledModelCache:
             if not files:
                 _remove(partial)
                 return False
+            from edgeseg.atomic import atomic_write_text  # only when publishing a new entry
+
             atomic_write_text(partial / RECORD, "".join(
                 f"{_file_sha256(p)} {p.stat().st_size} {p.name}\n" for p in files))
             os.rename(partial, self.path)

@@ -18,8 +18,8 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -32,6 +32,9 @@ from edgeseg.runtime.runners.base import Runner
 from edgeseg.runtime.runners.remote import is_remote
 from edgeseg.runtime.selection import select_runner
 from edgeseg.spec import PreprocessSpec
+
+if TYPE_CHECKING:  # imported where used: a first slice needs no thread pool
+    from concurrent.futures import Future, ThreadPoolExecutor
 
 log = logging.getLogger(__name__)
 
@@ -201,6 +204,8 @@ class Segmenter:
         n = self._batch_size(batch_size)
         out = np.empty(arr.shape, dtype=np.uint8)
         starts = list(range(0, arr.shape[0], n))
+        from concurrent.futures import wait
+
         from tqdm import tqdm
 
         with self._lock, tqdm(total=arr.shape[0], unit="slice", desc="segmenting", disable=not progress,
@@ -271,6 +276,8 @@ class Segmenter:
         return self._buffers[which][:rows]
 
     def _pool(self) -> ThreadPoolExecutor:
+        from concurrent.futures import ThreadPoolExecutor
+
         if self._worker is None:
             self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edgeseg-preprocess")
         return self._worker

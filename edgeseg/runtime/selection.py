@@ -15,18 +15,18 @@ warning. What each runner loads, needs and prefers comes from its class (see
 from __future__ import annotations
 
 import hashlib
-import importlib.metadata
 import json
 import logging
 import os
 import platform
+import re
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from edgeseg.atomic import atomic_write_text
 from edgeseg.errors import BackendError, EdgesegError
 from edgeseg.runtime.manifest import MANIFEST_NAME, ArtifactEntry, Manifest
 from edgeseg.runtime.runners import Runner, runner_class, runners, runners_for
@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 
 PROBE_WARMUP, PROBE_RUNS = 2, 5
 CACHE_NAME = "backend-probe.json"
+KEY_DISTRIBUTIONS = ("onnxruntime", "onnxruntime-gpu", "openvino", "tensorrt", "torch")
 
 
 @dataclass(frozen=True)
@@ -181,14 +182,53 @@ def probe(bundle: Path, manifest: Manifest, available: list[Candidate], threads:
 def probe_key(bundle: Path, threads: int) -> str:
     """Cache key: the manifest's sha256, the host, the thread count and the backend versions."""
     manifest_sha = hashlib.sha256((bundle / MANIFEST_NAME).read_bytes()).hexdigest()[:16]
-    versions = []
-    for dist in ("onnxruntime", "onnxruntime-gpu", "openvino", "tensorrt", "torch"):
-        try:
-            versions.append(f"{dist}={importlib.metadata.version(dist)}")
-        except importlib.metadata.PackageNotFoundError:
-            versions.append(f"{dist}=absent")
-    host = f"{platform.node()}|{platform.machine()}|{os.cpu_count()}|{platform.processor()}"
+    found = installed_versions(KEY_DISTRIBUTIONS)
+    versions = [f"{dist}={found.get(dist, 'absent')}" for dist in KEY_DISTRIBUTIONS]
+    host = f"{platform.node()}|{platform.machine()}|{os.cpu_count()}|{cpu_model()}"
     return f"{manifest_sha}|{host}|threads={threads}|{','.join(versions)}"
+
+
+def cpu_model() -> str:
+    """The CPU's model name: the first ``model name`` of /proc/cpuinfo ("" where it has none,
+    as on ARM), else (no /proc) ``platform.processor()``. On Linux that would run ``uname -p``
+    in a child process, a few ms of every cold start, and mostly say only ``x86_64``."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+            for line in fh:  # stops at the first CPU's entry
+                if line.startswith("model name"):
+                    return line.partition(":")[2].strip()
+        return ""
+    except OSError:
+        return platform.processor()
+
+
+def _normalized(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def installed_versions(names: tuple[str, ...]) -> dict[str, str]:
+    """Distribution name -> installed version, for those of ``names`` installed (as wheels do:
+    a ``NAME-VERSION.dist-info`` folder on ``sys.path``; the first one wins, as for
+    ``importlib.metadata.version``). Read from the folder names: importlib.metadata itself
+    imports email, csv and zipfile, tens of ms of every cold start that reads the probe cache."""
+    wanted = {_normalized(n): n for n in names}
+    found: dict[str, str] = {}
+    for folder in sys.path:
+        try:
+            entries = os.scandir(folder or ".")
+        except OSError:  # a zip file, or a folder that is gone
+            continue
+        with entries:
+            for entry in entries:
+                stem, dot, ext = entry.name.rpartition(".")
+                if ext not in ("dist-info", "egg-info") or not dot:
+                    continue
+                name, _, version = stem.partition("-")
+                version = version.partition("-")[0]  # an egg-info's NAME-VERSION-pyX.Y
+                key = _normalized(name)
+                if key in wanted and wanted[key] not in found and version:
+                    found[wanted[key]] = version
+    return found
 
 
 def cache_path() -> Path:
@@ -208,6 +248,8 @@ def _read_cache() -> dict:
 
 
 def _write_cache(cache: dict) -> None:
+    from edgeseg.atomic import atomic_write_text  # only when probing: it imports tempfile, secrets
+
     try:
         atomic_write_text(cache_path(), json.dumps(cache, indent=1) + "\n")
     except OSError as exc:  # a read-only home must not stop inference

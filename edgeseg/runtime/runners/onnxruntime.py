@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import platform
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +15,22 @@ from edgeseg.runtime.runners.base import ArtifactRunner
 
 OPTIMIZED_NAME = "model.onnx"
 _GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+# The libraries those providers live in: onnxruntime builds them as separate shared libraries
+# next to its own (capi/libonnxruntime_providers_cuda.so, ..._tensorrt.so; .dll on Windows),
+# which onnxruntime-gpu ships and the CPU wheel does not.
+_GPU_PROVIDER_LIBRARIES = ("*onnxruntime_providers_cuda*", "*onnxruntime_providers_tensorrt*")
+
+
+def gpu_provider_library_installed() -> bool:
+    """Whether the installed onnxruntime package holds a CUDA or TensorRT provider library,
+    found by looking at its files, without importing it (an import costs tens of ms)."""
+    try:
+        spec = importlib.util.find_spec("onnxruntime")
+    except (ImportError, ValueError):
+        return False
+    folders = list(spec.submodule_search_locations or []) if spec is not None else []
+    return any(next((Path(folder) / "capi").glob(pattern), None) is not None
+               for folder in folders for pattern in _GPU_PROVIDER_LIBRARIES)
 
 
 def _cpuinfo() -> list[str]:
@@ -94,7 +112,16 @@ class OnnxRuntimeRunner(ArtifactRunner):
 
     @staticmethod
     def gpu_providers() -> list[str]:
-        """GPU execution providers this onnxruntime build offers (empty on CPU builds)."""
+        """GPU execution providers this onnxruntime build offers (empty on CPU builds).
+
+        A build without a CUDA or TensorRT provider library cannot offer one, so onnxruntime
+        is asked (and imported) only where such a library is installed or onnxruntime is
+        already imported: ``auto`` on a CPU-only install then never loads ONNX Runtime just to
+        learn that it has no GPU runner. Where the library is installed the answer is
+        onnxruntime's own ``get_available_providers()``, as before.
+        """
+        if "onnxruntime" not in sys.modules and not gpu_provider_library_installed():
+            return []
         import onnxruntime as ort
 
         return [p for p in _GPU_PROVIDERS if p in ort.get_available_providers()]

@@ -1,7 +1,20 @@
-"""OpenVINO runner: reads the bundle's ONNX artifacts directly and runs them on the CPU plugin."""
+"""OpenVINO runner: reads the bundle's ONNX artifacts directly and runs them on the CPU plugin.
+
+The runner needs only OpenVINO's runtime bindings (``openvino._pyopenvino``: Core, the compiled
+model, infer requests, tensors). ``import openvino`` also imports its model converter
+(``openvino.tools.ovc``, with argparse, multiprocessing, numpy.ma and telemetry) and every
+opset module, none of which the runner uses, so :func:`openvino_bindings` loads the bindings'
+extension module from the installed package without running the package's ``__init__``. Nothing in
+``sys.modules`` is replaced or blocked: a later ``import openvino`` runs in full and gets the
+very same binding module (an extension module is initialised once per process).
+"""
 
 from __future__ import annotations
 
+import importlib.machinery
+import importlib.util
+import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +22,40 @@ import numpy as np
 from edgeseg.errors import BackendError, require
 from edgeseg.runtime.compiled_cache import CompiledModelCache
 from edgeseg.runtime.runners.base import ArtifactRunner
+
+
+BINDINGS = "openvino._pyopenvino"
+
+
+def openvino_bindings():
+    """OpenVINO's runtime binding module, the one ``import openvino`` builds its API on.
+
+    Already imported (by the application or an earlier runner): that module. Otherwise its
+    extension file is loaded from the installed ``openvino`` package directly, under its own
+    name. Where that is not possible (no such file in this OpenVINO release, Windows, where the
+    package's ``__init__`` first adds its DLL folder to the search path) the package is
+    imported as usual. MissingDependencyError naming the extra when OpenVINO is not installed.
+    """
+    loaded = sys.modules.get(BINDINGS) or getattr(sys.modules.get("openvino"), "_pyopenvino", None)
+    if loaded is not None:
+        return loaded
+    try:
+        spec = importlib.util.find_spec("openvino")
+    except (ImportError, ValueError):
+        spec = None
+    folders = list(spec.submodule_search_locations or []) if spec is not None else []
+    files = [os.path.join(folder, "_pyopenvino" + suffix) for folder in folders
+             for suffix in importlib.machinery.EXTENSION_SUFFIXES]
+    path = next((f for f in files if os.path.isfile(f)), None)
+    if path is not None and sys.platform != "win32":
+        loader = importlib.machinery.ExtensionFileLoader(BINDINGS, path)
+        module = importlib.util.module_from_spec(importlib.util.spec_from_file_location(BINDINGS, path, loader=loader))
+        try:
+            loader.exec_module(module)
+            return module
+        except ImportError:
+            pass  # e.g. a library it links against is missing: let the package's import say so
+    return require("openvino", "openvino", "the OpenVINO backend")._pyopenvino
 
 
 def openvino_cache_key(version: str, device: str, threads: int, artifact: Path) -> str:
@@ -35,7 +82,7 @@ class OpenVinoRunner(ArtifactRunner):
 
     def __init__(self, *args, device: str = "CPU", **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        ov = require("openvino", "openvino", "the OpenVINO backend")
+        ov = openvino_bindings()
         config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
         if self.threads > 0:
             config["INFERENCE_NUM_THREADS"] = self.threads
@@ -55,13 +102,17 @@ class OpenVinoRunner(ArtifactRunner):
         except Exception as exc:  # OpenVINO raises RuntimeError subclasses with long messages
             raise BackendError(f"openvino could not load {self.path.name}: {str(exc).strip().splitlines()[0]}") from None
         self._request = compiled.create_infer_request()
+        self._tensor = ov.Tensor
 
     @property
     def device(self) -> str:
         return self._device.lower()
 
     def _infer(self, batch: np.ndarray) -> np.ndarray:
-        self._request.infer({0: batch})
+        # The batch (contiguous, float32, checked by Runner.infer) is lent to OpenVINO for this
+        # synchronous call instead of copied into the request's own tensor; the outputs it
+        # returns are views (share_outputs), read once below.
+        self._request.infer(self._tensor(batch, shared_memory=True), True, False)
         # The request owns its output buffer and overwrites it on the next call.
         return self._request.get_output_tensor(0).data.copy()
 

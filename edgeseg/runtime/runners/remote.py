@@ -9,7 +9,6 @@ Only the standard library is used.
 
 from __future__ import annotations
 
-import http.client
 import json
 import re
 import urllib.parse
@@ -58,7 +57,7 @@ class RemoteRunner(Runner):
         super().__init__(input_info, output_info, max_batch, threads, precision="server", artifact=url)
         self._scheme, self._host, self._port, self._prefix = parse_address(url)
         self._timeout = float(timeout)
-        self._connection: http.client.HTTPConnection | None = None
+        self._connection = None  # an http.client connection, opened on the first request
         self._check_metadata()
 
     @property
@@ -72,6 +71,10 @@ class RemoteRunner(Runner):
     def _request(self, method: str, path: str, body: bytes | None = None,
                  headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
         """One HTTP exchange on the kept-alive connection; (status, lower-cased headers, body)."""
+        # Imported here: every process that segments imports this module (the registry and
+        # Segmenter.load look for remote addresses), and http.client brings ssl and email.
+        import http.client
+
         lost = ""
         for _ in range(2):  # a server may close an idle kept-alive connection: reconnect once
             if self._connection is None:
