@@ -1,0 +1,183 @@
+"""Runtime and INT8 columns of k-fold cross-validation: each fold's ``last.pt`` exported to a
+bundle through the normal export and its parity gate, then scored through the runtime.
+
+Per fold, ``export_fold`` runs :func:`edgeseg.export.pipeline.export_bundle` with FP32 ONNX and
+a calibrated INT8 graph. The calibration data is the run's own training data, which the export
+reads without the checkpoint's held-out cases (its ``val`` and ``test`` split: in a fold both are
+the held-out group), and the gate runs on those held-out cases; so calibration never sees a slice
+the fold is scored on. When the gate refuses INT8 on every runner, no INT8 bundle exists: the
+refusal (each runner's worst-class drop and every class's) is recorded, and an FP32-only bundle
+is exported for the runtime FP32 column. ``score_fold_bundle`` then runs every (runner,
+precision) pair the gate accepted on the fold's held-out slices, with the per-slice Dice of the
+PyTorch column (:mod:`edgeseg.evaluate.cross_validation`). Both steps leave a file in the
+fold's export folder (``export.json``, ``runtime_scores.json``) and are read back, not redone,
+on the next run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from edgeseg.atomic import atomic_write_text
+from edgeseg.errors import DataError
+from edgeseg.evaluate.cross_validation import (NO_FILTERS, fold_record, held_out_volumes, score_volumes,
+                                               summarise_folds)
+
+log = logging.getLogger("edgeseg.cv")
+
+EXPORT_RECORD = "export.json"
+RUNTIME_SCORES = "runtime_scores.json"
+
+
+def export_folder(fold_dir: str | Path, settings) -> Path:
+    """The folder of one fold's export with ``settings``: named by what changes its outcome
+    (calibration method and slices, INT8 limit), so runs with other settings sit beside it."""
+    limit = settings.max_dice_drop["int8"]
+    return Path(fold_dir) / f"int8-{settings.calib_method}-{settings.calib_slices}-max{limit:g}"
+
+
+def export_fold(checkpoint: str | Path, folder: Path, settings, progress: bool = False,
+                echo: Callable[[str], None] = log.info) -> dict[str, Any]:
+    """Export a fold's ``checkpoint`` into ``folder`` (FP32 ONNX + INT8 calibrated on the fold's
+    training cases, through the parity gate on its held-out cases) and return the record written
+    to ``folder/export.json``; an existing record is returned as it is."""
+    from edgeseg.export.pipeline import export_bundle
+    from edgeseg.export.verify import ParityError
+    from edgeseg.models.checkpoint import read_checkpoint
+
+    record_path = folder / EXPORT_RECORD
+    if record_path.is_file():
+        return json.loads(record_path.read_text(encoding="utf-8"))
+    payload = read_checkpoint(checkpoint)
+    data = (payload.get("train_config") or {}).get("data")
+    if not data or not (payload.get("split") or {}).get("test"):
+        raise DataError(f"{checkpoint} records no training data or held-out cases; train it with --folds")
+    folder.mkdir(parents=True, exist_ok=True)
+    common = dict(calib=data, force=True, cache_dir=None, progress=progress, echo=echo)
+    try:
+        result = export_bundle(checkpoint, folder / "bundle", settings, **common)
+        bundle, report, calibration = "bundle", result["parity"], result["manifest"].calibration
+    except ParityError as exc:
+        if exc.report is None or any(not r["passed"] for r in exc.report["results"] if r["precision"] != "int8"):
+            raise  # only an INT8 refusal is a cross-validation result; anything else is an error
+        echo(f"INT8 refused by the gate ({exc}); exporting FP32 ONNX alone for the runtime FP32 column")
+        report, calibration = exc.report, exc.calibration
+        fp32_only = replace(settings, int8=False, formats=("onnx",))
+        export_bundle(checkpoint, folder / "bundle-fp32", fp32_only, **common)
+        bundle = "bundle-fp32"
+    record = {"checkpoint": str(checkpoint), "epoch": payload.get("epoch"), "split": payload.get("split"),
+              "settings": {"calib_method": settings.calib_method, "calib_slices": settings.calib_slices,
+                           "max_dice_drop_int8": settings.max_dice_drop["int8"],
+                           "verify_slices": settings.verify_slices, "max_batch": settings.max_batch},
+              "calibration_data": str(data), "calibration": calibration, "bundle": bundle,
+              "gate": gate_rows(report)}
+    atomic_write_text(record_path, json.dumps(record, indent=2) + "\n")
+    return record
+
+
+def gate_rows(report: dict) -> list[dict[str, Any]]:
+    """The gate's verdict per (runner, precision): passed, worst-class drop and each class's
+    drop (1 - agreement with the FP32 model's mask; None where a class was not judged)."""
+    rows = []
+    for r in report["results"]:
+        if not r.get("runner"):  # the FP16 half-precision emulation, not a runtime backend
+            continue
+        drops = {name: None if a is None else 1.0 - a for name, a in (r.get("class_dice") or {}).items()}
+        rows.append({"backend": f"{r['runner']}:{r['precision']}", "passed": bool(r["passed"]),
+                     "dice_drop": r["dice_drop"], "worst_class": r.get("worst_class"), "class_drop": drops,
+                     "limit": r["limit"], "slices": report["slices"]})
+    return rows
+
+
+def score_fold_bundle(checkpoint: str | Path, folder: Path, record: dict[str, Any], threads: int = 0,
+                      progress: bool = False, echo: Callable[[str], None] = log.info) -> dict[str, dict[str, Any]]:
+    """Per-slice Dice on the fold's held-out slices of every backend the gate accepted in the
+    fold's bundle ({"onnxruntime:int8": fold scores, ...}); kept in ``folder/runtime_scores.json``
+    and read from there when present."""
+    from edgeseg.models.checkpoint import read_checkpoint
+    from edgeseg.runtime.manifest import read_manifest, verify_artifacts
+    from edgeseg.runtime.selection import select_runner
+    from edgeseg.runtime.segmenter import Segmenter
+
+    scores_path = folder / RUNTIME_SCORES
+    if scores_path.is_file():
+        return json.loads(scores_path.read_text(encoding="utf-8"))
+    payload = read_checkpoint(checkpoint)
+    volumes = held_out_volumes(checkpoint, payload)
+    bundle = folder / record["bundle"]
+    manifest = read_manifest(bundle)
+    verify_artifacts(bundle, manifest)
+    accepted = [row["backend"] for row in record["gate"] if row["passed"]]
+    scores = {}
+    for backend in accepted:
+        echo(f"scoring {backend} on {len(volumes)} held-out case(s)")
+        runner = select_runner(bundle, manifest, backend, threads)
+        # The same post-processing as the PyTorch column (no component filter), not the manifest's.
+        with Segmenter(manifest.spec, manifest.labels, runner, NO_FILTERS, manifest.max_batch) as segmenter:
+            scores[backend] = fold_record(checkpoint, payload, score_volumes(segmenter, volumes, payload, progress))
+    atomic_write_text(scores_path, json.dumps(scores, indent=2) + "\n")
+    return scores
+
+
+def summarise_runtime(fp32_folds: list[dict], records: list[dict], runtime: list[dict[str, dict]]) -> dict[str, Any]:
+    """The runtime and INT8 part of cv.json: per backend, its fold summary over the folds where
+    the gate accepted it, and its Dice drop against the PyTorch FP32 column per fold and metric
+    (PyTorch minus backend; mean and sample std over those folds); per fold, the gate's verdicts.
+    A backend refused on a fold is missing from that fold's figures and listed in ``refused``."""
+    import numpy as np
+
+    metrics = ["binary", *fp32_folds[0]["classes"][1:]]
+    fp32_means = [{m: float(np.mean([s[m] for s in fold["slices"]])) for m in metrics} for fold in fp32_folds]
+    backends = sorted({row["backend"] for record in records for row in record["gate"]},
+                      key=lambda b: (b.split(":")[1] != "fp32", b))
+    out: dict[str, Any] = {}
+    for backend in backends:
+        folds = [(k, scores[backend]) for k, scores in enumerate(runtime) if backend in scores]
+        refused = [{"fold": fp32_folds[k]["fold"], **row} for k, record in enumerate(records)
+                   for row in record["gate"] if row["backend"] == backend and not row["passed"]]
+        entry: dict[str, Any] = {"folds": [fp32_folds[k]["fold"] for k, _ in folds], "refused": refused}
+        if folds:
+            summary = summarise_folds([fold for _, fold in folds])
+            drops = [{m: fp32_means[k][m] - row[m] for m in metrics} for (k, _), row in zip(folds, summary["per_fold"])]
+            entry.update(summary)
+            entry["dice_drop"] = {
+                "per_fold": [{"fold": fp32_folds[k]["fold"], **d} for (k, _), d in zip(folds, drops)],
+                "mean": {m: float(np.mean([d[m] for d in drops])) for m in metrics},
+                "std": {m: float(np.std([d[m] for d in drops], ddof=1)) if len(drops) > 1 else 0.0 for m in metrics}}
+        out[backend] = entry
+    gate = [{"fold": fold["fold"], "bundle": record["bundle"], "calibration_cases": (record.get("calibration") or {}).get("case_ids"),
+             "rows": record["gate"]} for fold, record in zip(fp32_folds, records)]
+    return {"settings": records[0]["settings"], "backends": out, "gate": gate}
+
+
+def format_runtime(summary: dict[str, Any], metrics: list[str], folds: int) -> str:
+    """cv.txt's runtime part: per backend mean +- std over the folds it was accepted on and its
+    drop against PyTorch FP32; then each fold's INT8 gate verdicts with every class's drop."""
+    lines = ["", "runtime (bundle) on the held-out slices: mean+-std over folds; drop = PyTorch FP32 minus backend"]
+    for backend, entry in summary["backends"].items():
+        if not entry["folds"]:
+            lines.append(f"{backend:<18} refused by the gate on every fold")
+            continue
+        figures = "  ".join(f"{m} {entry['mean'][m]:.4f}+-{entry['std'][m]:.4f}" for m in metrics)
+        drops = "  ".join(f"{m} {entry['dice_drop']['mean'][m]:+.4f}+-{entry['dice_drop']['std'][m]:.4f}" for m in metrics)
+        lines.append(f"{backend:<18} {len(entry['folds'])}/{folds} folds  {figures}")
+        lines.append(f"{'':<18} drop  {drops}")
+        if entry["refused"]:
+            lines.append(f"{'':<18} refused on fold(s) {', '.join(str(r['fold']) for r in entry['refused'])}")
+    lines.append("")
+    lines.append("INT8 parity gate per fold (drop = 1 - Dice against the FP32 model's mask, per class; limit "
+                 f"{summary['settings']['max_dice_drop_int8']:g})")
+    for fold in summary["gate"]:
+        for row in fold["rows"]:
+            if not row["backend"].endswith(":int8"):
+                continue
+            verdict = "accepted" if row["passed"] else "REFUSED"
+            classes = ", ".join(f"{name} {'-' if d is None else f'{d:.4f}'}" for name, d in row["class_drop"].items())
+            lines.append(f"fold {fold['fold']}  {row['backend']:<18} {verdict:<8} worst {row['worst_class']} "
+                         f"{row['dice_drop']:.4f}  ({classes})")
+    return "\n".join(lines)
