@@ -2,8 +2,8 @@
 
 Resumable: a fold whose ``last.pt`` already reached the epochs is only re-scored, a fold that
 stopped part-way continues from its ``last.pt``. Takes every ``edgeseg train`` option. With
-``--int8`` each fold is then exported and its bundle scored (``edgeseg.evaluate.cv_export``);
-exports and scores already written are read back.
+``--int8`` each fold is then exported (``edgeseg.export.fold_export``) and its bundle scored
+(``edgeseg.evaluate.cv_runtime``); exports and scores already written are read back.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def _run(**opts) -> None:
     from edgeseg.atomic import atomic_write_text, check_output_folder
     from edgeseg.cli.logs import configure_logging
     from edgeseg.evaluate.cross_validation import format_summary, score_fold, summarise_folds, write_fold_scores
-    from edgeseg.evaluate.cv_export import format_runtime
+    from edgeseg.evaluate.cv_runtime import format_runtime
     from edgeseg.models.checkpoint import read_checkpoint
     from edgeseg.train.loop import train
 
@@ -84,7 +84,8 @@ def _run(**opts) -> None:
     name = "cv"
     if missing:
         result["folds_missing"] = missing
-        table += f"\nONLY {len(scores)} of {len(missing) + len(scores)} folds: fold(s) {', '.join(map(str, missing))} not trained to {configs[0].epochs} epochs"
+        table += (f"\nONLY {len(scores)} of {len(missing) + len(scores)} folds: fold(s) {', '.join(map(str, missing))} "
+                  f"not trained to {configs[0].epochs} epochs")
         name = "cv-trained-only"
     atomic_write_text(root / f"{name}.json", json.dumps(result, indent=2) + "\n")
     atomic_write_text(root / f"{name}.txt", table + "\n")
@@ -94,7 +95,8 @@ def _run(**opts) -> None:
 def _export_and_score(configs: list, scores: list[dict], opts: dict) -> dict:
     """Export each fold's last.pt (FP32 ONNX + INT8, one fold at a time), score the bundle's
     accepted backends on the held-out slices; returns cv.json's ``runtime`` part."""
-    from edgeseg.evaluate.cv_export import export_fold, export_folder, score_fold_bundle, summarise_runtime
+    from edgeseg.evaluate.cv_runtime import score_fold_bundle, summarise_runtime
+    from edgeseg.export.fold_export import EXPORT_RECORD, export_fold, export_folder
     from edgeseg.export.profiles import ExportSettings
 
     settings = ExportSettings(formats=("onnx",), int8=True).override(
@@ -103,7 +105,7 @@ def _export_and_score(configs: list, scores: list[dict], opts: dict) -> dict:
     records, runtime = [], []
     for cfg in configs:
         folder = export_folder(cfg.out, settings)
-        done = (folder / "export.json").is_file()
+        done = (folder / EXPORT_RECORD).is_file()
         click.echo(f"fold {cfg.fold}: {'reading' if done else 'exporting'} {folder} (FP32 ONNX + INT8, "
                    f"{settings.calib_method} calibration on the fold's training cases, gate on its held-out cases)")
         echo = (lambda text: None) if opts["quiet"] else click.echo
