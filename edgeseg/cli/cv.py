@@ -1,7 +1,9 @@
 """``edgeseg cv``: k-fold cross-validation, one ``edgeseg train --folds K --fold k`` run per fold.
 
 Resumable: a fold whose ``last.pt`` already reached the epochs is only re-scored, a fold that
-stopped part-way continues from its ``last.pt``. Takes every ``edgeseg train`` option.
+stopped part-way continues from its ``last.pt``. Takes every ``edgeseg train`` option. With
+``--int8`` each fold is then exported (``edgeseg.export.fold_export``) and its bundle scored
+(``edgeseg.evaluate.cv_runtime``); exports and scores already written are read back.
 """
 
 from __future__ import annotations
@@ -14,15 +16,34 @@ import click
 from edgeseg.cli import train as train_cli
 from edgeseg.errors import EdgesegError, require
 
+INT8_OPTIONS = [
+    click.Option(["--int8/--no-int8"], default=False, show_default=True,
+                 help="After training, export each fold's last.pt (FP32 ONNX + INT8 calibrated on the fold's training "
+                      "cases, through the parity gate) and score the runtime FP32 and each INT8 backend the gate "
+                      "accepted on the fold's held-out cases."),
+    click.Option(["--trained-only"], is_flag=True,
+                 help="Train nothing: score (and export) only the folds whose last.pt reached --epochs and write "
+                      "OUT/cv-trained-only.json/.txt naming the folds left out (a run still training keeps its folds)."),
+    click.Option(["--calib-method"], type=click.Choice(["minmax", "entropy", "percentile"]), default="entropy",
+                 show_default=True, help="INT8 calibration method (as edgeseg export)."),
+    click.Option(["--calib-slices"], type=click.IntRange(min=1), default=64, show_default=True,
+                 help="Calibration slices drawn, stratified, from each fold's training cases."),
+    click.Option(["--max-dice-drop-int8"], type=click.FloatRange(0.0, 1.0), default=0.01, show_default=True,
+                 help="Largest 1 - Dice(INT8 mask, FP32 mask) the gate allows, per class (as edgeseg export)."),
+]
+
 
 def _run(**opts) -> None:
     require("torch", "train", "edgeseg cv")
     from edgeseg.atomic import atomic_write_text, check_output_folder
     from edgeseg.cli.logs import configure_logging
     from edgeseg.evaluate.cross_validation import format_summary, score_fold, summarise_folds, write_fold_scores
+    from edgeseg.evaluate.cv_runtime import format_runtime
     from edgeseg.models.checkpoint import read_checkpoint
     from edgeseg.train.loop import train
 
+    if opts["int8"]:
+        require("onnx", "export", "edgeseg cv --int8")
     if opts["folds"] < 2:
         raise EdgesegError(f"--folds must be >= 2 for cross-validation, got {opts['folds']}")
     recipe = None
@@ -35,28 +56,77 @@ def _run(**opts) -> None:
                                              click.get_current_context()) for k in range(opts["folds"])]
     check_output_folder(str(root), "--out")
     configure_logging()
-    scores = []
+    scores, missing = [], []
     for cfg in configs:
         last = Path(cfg.out) / "last.pt"
         done = int(read_checkpoint(last).get("epoch", 0)) if last.is_file() else 0
+        if done < cfg.epochs and opts["trained_only"]:
+            click.echo(f"fold {cfg.fold}: at epoch {done} of {cfg.epochs}; left out (--trained-only)")
+            missing.append(cfg.fold)
+            continue
         if done < cfg.epochs:
             click.echo(f"fold {cfg.fold}: training from epoch {done + 1} to {cfg.epochs}")
             train(cfg, resume=done > 0, progress=not opts["quiet"])
         fold_scores = score_fold(last)
         write_fold_scores(Path(cfg.out), fold_scores)
         scores.append(fold_scores)
+    if not scores:
+        raise EdgesegError(f"no fold of {root} is trained to {configs[0].epochs} epochs; nothing to score (--trained-only)")
+    configs = [cfg for cfg in configs if cfg.fold not in missing]
     summary = summarise_folds(scores)
     table = format_summary(summary)
-    atomic_write_text(root / "cv.json", json.dumps({"config": configs[0].to_dict(), **summary}, indent=2) + "\n")
-    atomic_write_text(root / "cv.txt", table + "\n")
+    result = {"config": configs[0].to_dict(), **summary}
+    if opts["int8"]:
+        runtime = _export_and_score(configs, scores, opts)
+        result["runtime"] = runtime
+        table = "FP32 (PyTorch)\n" + table + "\n" + format_runtime(runtime, summary["metrics"], len(configs))
+    # A partial result never takes the place of the full one.
+    name = "cv"
+    if missing:
+        result["folds_missing"] = missing
+        table += (f"\nONLY {len(scores)} of {len(missing) + len(scores)} folds: fold(s) {', '.join(map(str, missing))} "
+                  f"not trained to {configs[0].epochs} epochs")
+        name = "cv-trained-only"
+    atomic_write_text(root / f"{name}.json", json.dumps(result, indent=2) + "\n")
+    atomic_write_text(root / f"{name}.txt", table + "\n")
     click.echo(table)
+
+
+def _export_and_score(configs: list, scores: list[dict], opts: dict) -> dict:
+    """Export each fold's last.pt (FP32 ONNX + INT8, one fold at a time), score the bundle's
+    accepted backends on the held-out slices; returns cv.json's ``runtime`` part."""
+    from edgeseg.evaluate.cv_runtime import score_fold_bundle, summarise_runtime
+    from edgeseg.export.fold_export import EXPORT_RECORD, export_fold, export_folder
+    from edgeseg.export.profiles import ExportSettings
+
+    settings = ExportSettings(formats=("onnx",), int8=True).override(
+        calib_method=opts["calib_method"], calib_slices=opts["calib_slices"],
+        max_dice_drop={"int8": opts["max_dice_drop_int8"]})
+    records, runtime = [], []
+    for cfg in configs:
+        folder = export_folder(cfg.out, settings)
+        done = (folder / EXPORT_RECORD).is_file()
+        click.echo(f"fold {cfg.fold}: {'reading' if done else 'exporting'} {folder} (FP32 ONNX + INT8, "
+                   f"{settings.calib_method} calibration on the fold's training cases, gate on its held-out cases)")
+        echo = (lambda text: None) if opts["quiet"] else click.echo
+        record = export_fold(Path(cfg.out) / "last.pt", folder, settings, progress=not opts["quiet"], echo=echo)
+        for row in record["gate"]:
+            if row["backend"].endswith(":int8"):
+                verdict = "accepted" if row["passed"] else f"REFUSED (limit {row['limit']:g})"
+                click.echo(f"fold {cfg.fold}: {row['backend']} {verdict}, worst class {row['worst_class']} "
+                           f"drop {row['dice_drop']:.4f}")
+        records.append(record)
+        runtime.append(score_fold_bundle(Path(cfg.out) / "last.pt", folder, record, threads=opts["threads"],
+                                         echo=click.echo))
+    return summarise_runtime(scores, records, runtime)
 
 
 command = click.Command(
     "cv",
     callback=_run,
-    params=[p for p in train_cli.command.params if p.name not in ("fold", "resume", "nproc")],
+    params=[p for p in train_cli.command.params if p.name not in ("fold", "resume", "nproc")] + INT8_OPTIONS,
     help="k-fold cross-validation by case: train every fold (resumably) with the edgeseg train options, "
          "then score each fold's last.pt on its held-out cases (per-slice Dice: binary and per class) "
-         "and write OUT/cv.json and OUT/cv.txt (mean and spread over folds).",
+         "and write OUT/cv.json and OUT/cv.txt (mean and spread over folds); with --int8 also the runtime "
+         "FP32 and INT8 bundles' scores (OUT/foldK/int8-METHOD-SLICES-maxLIMIT).",
 )

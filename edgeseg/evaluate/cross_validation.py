@@ -22,6 +22,9 @@ from edgeseg.metrics import dice
 
 FOLD_SCORES = "cv_scores.json"
 EVAL_BATCH = 16
+# No component filter on any class: the checkpoint's recorded choice was made on the held-out
+# cases (they are the fold's validation cases), so using it would select on the test slices.
+NO_FILTERS = {"keep_largest": False}
 
 
 def per_slice_dice(pred: np.ndarray, truth: np.ndarray, class_names: list[str]) -> list[dict[str, float]]:
@@ -41,33 +44,59 @@ def per_slice_dice(pred: np.ndarray, truth: np.ndarray, class_names: list[str]) 
 def score_fold(checkpoint: str | Path, progress: bool = False) -> dict[str, Any]:
     """Per-slice Dice of ``checkpoint`` on its own held-out (``test``) cases, read from the data
     and with the settings recorded at training."""
-    from edgeseg.data import open_dataset
-    from edgeseg.data.slice_set import check_window, map_labels
     from edgeseg.models.checkpoint import checkpoint_spec, load_model
-    from edgeseg.data.open import recorded_slice_options
     from edgeseg.runtime.segmenter import Segmenter
 
     model, payload = load_model(checkpoint)
+    spec, class_names = checkpoint_spec(payload), list(payload["class_names"])
+    volumes = held_out_volumes(checkpoint, payload)
+    segmenter = Segmenter.from_module(model, spec, dict(enumerate(class_names)), NO_FILTERS, max_batch=EVAL_BATCH)
+    with segmenter:
+        slices = score_volumes(segmenter, volumes, payload, progress)
+    return fold_record(checkpoint, payload, slices)
+
+
+def held_out_volumes(checkpoint: str | Path, payload: dict[str, Any]) -> list:
+    """The held-out (``test``) cases of a fold's checkpoint ``payload``, read from its training
+    data as training read it (intensity, slice options, the label values it recorded)."""
+    from edgeseg.data import open_dataset
+    from edgeseg.data.open import recorded_slice_options
+
     cfg = payload.get("train_config") or {}
     held_out = set((payload.get("split") or {}).get("test") or [])
     if not held_out:
         raise DataError(f"{checkpoint} records no held-out cases; train it with --folds")
-    spec, class_names = checkpoint_spec(payload), list(payload["class_names"])
-    label_map = payload.get("label_values") or {n: [i] for i, n in enumerate(class_names) if i}
-    values = sorted({v for vals in label_map.values() for v in vals})
-    volumes = [v for v in open_dataset(cfg.get("data"), intensity=cfg.get("intensity"), label_values=values,
-                                       **recorded_slice_options(cfg)) if v.case_id in held_out]
-    segmenter = Segmenter.from_module(model, spec, dict(enumerate(class_names)), {"keep_largest": False},
-                                      max_batch=EVAL_BATCH)
+    values = sorted({v for vals in fold_label_map(payload).values() for v in vals})
+    return [v for v in open_dataset(cfg.get("data"), intensity=cfg.get("intensity"), label_values=values,
+                                    **recorded_slice_options(cfg)) if v.case_id in held_out]
+
+
+def fold_label_map(payload: dict[str, Any]) -> dict[str, list[int]]:
+    """Class name -> source label values, as the checkpoint recorded them."""
+    class_names = list(payload["class_names"])
+    return payload.get("label_values") or {n: [i] for i, n in enumerate(class_names) if i}
+
+
+def score_volumes(segmenter, volumes: list, payload: dict[str, Any], progress: bool = False) -> list[dict[str, Any]]:
+    """Segment each held-out volume with ``segmenter`` (any runner) and return one row per
+    slice: case, slice id and :func:`per_slice_dice` against the volume's labels."""
+    from edgeseg.data.slice_set import check_window, map_labels
+
+    class_names, label_map = list(payload["class_names"]), fold_label_map(payload)
     slices = []
-    with segmenter:
-        for volume in volumes:
-            check_window(volume, spec)
-            pred = segmenter.predict_volume(volume, batch_size=EVAL_BATCH, progress=progress)
-            rows = per_slice_dice(pred, map_labels(volume.label, label_map), class_names)
-            slices += [{"case_id": volume.case_id, "slice": sid, **row} for sid, row in zip(volume.slice_ids, rows)]
+    for volume in volumes:
+        check_window(volume, segmenter.spec)
+        pred = segmenter.predict_volume(volume, batch_size=min(EVAL_BATCH, segmenter.max_batch), progress=progress)
+        rows = per_slice_dice(pred, map_labels(volume.label, label_map), class_names)
+        slices += [{"case_id": volume.case_id, "slice": sid, **row} for sid, row in zip(volume.slice_ids, rows)]
+    return slices
+
+
+def fold_record(checkpoint: str | Path, payload: dict[str, Any], slices: list[dict[str, Any]]) -> dict[str, Any]:
+    """A fold's scores as :func:`summarise_folds` takes them."""
+    cfg = payload.get("train_config") or {}
     return {"checkpoint": str(checkpoint), "epoch": payload.get("epoch"), "fold": cfg.get("fold"),
-            "folds": cfg.get("folds"), "classes": class_names, "slices": slices}
+            "folds": cfg.get("folds"), "classes": list(payload["class_names"]), "slices": slices}
 
 
 def summarise_folds(folds: list[dict[str, Any]]) -> dict[str, Any]:

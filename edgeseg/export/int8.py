@@ -49,7 +49,8 @@ class CalibrationSet:
     Attributes:
         images: (N, 1, H, W) float32, pre-processed with the model's spec.
         data_hash: sha256 of the chosen source slices (case, index, raw values).
-        summary: counts with / without target and the mean-HU range covered.
+        summary: counts with / without target, the mean-HU range covered and the ids of the
+            cases the slices were drawn from (None for a pre-processed array).
     """
 
     images: np.ndarray
@@ -100,7 +101,8 @@ def load_calibration(source: str, spec: PreprocessSpec, count: int, label_values
     summary = {"slices": len(chosen), "cases": len({picks[i][0].case_id for i in chosen}),
                "with_target": sum(bool(f) for f in flags), "without_target": sum(f == () for f in flags),
                "unlabelled": sum(f is None for f in flags), "excluded_cases": len(exclude_cases),
-               "mean_hu_range": [min(keys[i][1] for i in chosen), max(keys[i][1] for i in chosen)]}
+               "mean_hu_range": [min(keys[i][1] for i in chosen), max(keys[i][1] for i in chosen)],
+               "case_ids": sorted({picks[i][0].case_id for i in chosen})}
     if any(f and max(f) > 1 for f in flags):  # several classes: how many slices show each
         summary["with_class"] = {str(c): sum(c in f for f in flags if f) for c in sorted({c for f in flags if f for c in f})}
     return CalibrationSet(images, digest.hexdigest(), summary)
@@ -154,7 +156,7 @@ def _load_array(path: Path, spec: PreprocessSpec, count: int) -> CalibrationSet:
     chosen = stratify_slices([(None, float(s.mean())) for s in images], count)
     images = np.ascontiguousarray(images[chosen], dtype=np.float32)
     summary = {"slices": len(chosen), "cases": None, "with_target": 0, "without_target": 0, "unlabelled": len(chosen),
-               "excluded_cases": 0, "mean_hu_range": None}
+               "excluded_cases": 0, "mean_hu_range": None, "case_ids": None}
     return CalibrationSet(images, hashlib.sha256(images.tobytes()).hexdigest(), summary)
 
 

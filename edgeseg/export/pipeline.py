@@ -91,7 +91,8 @@ def _export(checkpoint, out, settings: ExportSettings, calib, verify_data, force
         report["peak_rss_mb"] = round(process_peak_mb(), 1)
         echo(parity_table(report))
         if not report["passed"]:
-            raise ParityError(f"parity gate failed: {'; '.join(failures(report))}; no bundle written")
+            raise ParityError(f"parity gate failed: {'; '.join(failures(report))}; no bundle written",
+                              report=report, calibration=calibration)
         excluded = report.get("excluded", {})
         entries = [artifact_entry(folder, file, fmt, precision, fingerprint=fingerprint, extra=extra,
                                   excluded=excluded.get(file)) for fmt, precision, file, extra, fingerprint in made]
@@ -186,7 +187,7 @@ def _gate(folder: Path, model, made: list, verify_set, settings: ExportSettings,
                 row = compare_logits(reference, segmenter.logits(images), truth, precision,
                                      settings.max_dice_drop[precision], class_names)
                 rows.append((cls.name, {"key": entry.key, "file": file, "precision": precision,
-                                        "run_on": runner.run_on, **row}))
+                                        "runner": cls.name, "run_on": runner.run_on, **row}))
         if precision == "fp16":
             pick = half_check_slices(images, truth, settings.fp16_check, settings.fp16_check_slices)
             with stage("fp16-half-check"):

@@ -34,7 +34,17 @@ COLUMNS = ["artifact", "run on", "max |d|", "p99 |d|", "mask Dice", "dice drop",
 
 
 class ParityError(EdgesegError):
-    """An artifact differs from the FP32 model by more than its precision allows."""
+    """An artifact differs from the FP32 model by more than its precision allows.
+
+    ``report`` is the gate's full report (every row, as parity.json would hold it) and
+    ``calibration`` the INT8 calibration record, when there was one, so a caller can say what
+    was refused and on what data although no bundle was written.
+    """
+
+    def __init__(self, message: str, report: dict | None = None, calibration: dict | None = None) -> None:
+        super().__init__(message)
+        self.report = report
+        self.calibration = calibration
 
 
 @dataclass

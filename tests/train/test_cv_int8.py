@@ -1,0 +1,125 @@
+"""`edgeseg cv --int8` on a tiny chest-phantom cross-validation (2 folds): each fold's last.pt
+exported through the gate with calibration on its training cases only, the accepted INT8
+backends scored on the held-out slices (checked against the bundle run here and Dice in numpy),
+resumed without exporting again, and a gate refusal reported as such."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+pytest.importorskip("torch")
+pytest.importorskip("onnxruntime")
+
+DATA = "chest-phantom:cases=4,size=48,slices=8,seed=0"
+CLASSES = {"ggo": 1, "consolidation": 2}
+
+
+def _cv(out, limit: float, *extra, exit_code: int = 0) -> str:
+    from edgeseg.cli.main import cli
+
+    args = ["cv", "--data", DATA, "--out", out, "--folds", 2, "--labels", "ggo=1,consolidation=2", "--window=-1000,200",
+            "--size", 32, "--base", 8, "--depth", 2, "--epochs", 10, "--lr", 5e-3, "--no-augment", "--batch-size", 8,
+            "--amp", "off", "--threads", 1, "--quiet", "--int8", "--max-dice-drop-int8", limit, *extra]
+    result = CliRunner().invoke(cli, list(map(str, args)))
+    assert result.exit_code == exit_code, (result.output, result.exception)
+    return result.output
+
+
+def _numpy_dice(p: np.ndarray, t: np.ndarray) -> float:
+    total = int(p.sum()) + int(t.sum())
+    return 1.0 if total == 0 else 2.0 * int(np.logical_and(p, t).sum()) / total
+
+
+def _recompute(bundle, backend: str, held_out: list[str]) -> list[dict]:
+    """Per-slice Dice of the bundle run by the runtime Segmenter here, Dice counted in numpy."""
+    from edgeseg.data import open_dataset
+    from edgeseg.runtime.segmenter import Segmenter
+
+    rows = []
+    with Segmenter.load(bundle, backend=backend) as seg:
+        assert seg.runner.name == backend.split(":")[0] and seg.backend == backend
+        assert not seg.postprocess.classes   # no component filter: as the cv scores are taken
+        for volume in (v for v in open_dataset(DATA, label_values=[1, 2]) if v.case_id in held_out):
+            pred = seg.predict_volume(volume)
+            for k in range(volume.num_slices):
+                p, t = pred[k], volume.label[k]
+                rows.append({"case_id": volume.case_id, "binary": _numpy_dice(p > 0, t > 0),
+                             **{name: _numpy_dice(p == c, t == c) for name, c in CLASSES.items()}})
+    return rows
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_cv_int8_exports_scores_resumes_and_reports_a_refusal(tmp_path):
+    out = tmp_path / "cv"
+    first = _cv(out, 1.0)                              # a limit every INT8 graph passes: all backends scored
+    assert first.count("fold 0: exporting") == 1 and first.count("fold 1: exporting") == 1
+    result = json.loads((out / "cv.json").read_text())
+    backends = result["runtime"]["backends"]
+    assert "onnxruntime:fp32" in backends and "onnxruntime:int8" in backends
+    int8 = [b for b in backends if b.endswith(":int8")]
+    flipped = 0
+    for fold in (0, 1):
+        folder = out / f"fold{fold}" / "int8-entropy-64-max1"
+        split = json.loads((out / f"fold{fold}" / "split.json").read_text())
+        split = split.get("split", split)
+        held_out, train = set(split["test"]), set(split["train"])
+        manifest = json.loads((folder / "bundle" / "manifest.json").read_text())
+        # Calibration drew only the fold's training cases (all of them: 16 slices < 64 asked).
+        assert set(manifest["calibration"]["case_ids"]) == train and not train & held_out
+        assert manifest["calibration"]["excluded_cases"] == len(held_out)
+        runtime_scores = json.loads((folder / "runtime_scores.json").read_text())
+        for backend in int8:
+            expected = _recompute(folder / "bundle", backend, sorted(held_out))
+            got = runtime_scores[backend]["slices"]
+            assert [s["case_id"] for s in got] == [r["case_id"] for r in expected]
+            for metric in ("binary", *CLASSES):
+                np.testing.assert_allclose([s[metric] for s in got], [r[metric] for r in expected], atol=1e-12)
+                assert backends[backend]["per_fold"][fold][metric] == pytest.approx(np.mean([r[metric] for r in expected]))
+                fp32 = result["per_fold"][fold][metric]
+                assert backends[backend]["dice_drop"]["per_fold"][fold][metric] == pytest.approx(fp32 - np.mean([r[metric] for r in expected]))
+        flipped += sum(row["dice_drop"] > 0 for row in json.loads((folder / "export.json").read_text())["gate"]
+                       if row["backend"].endswith(":int8"))
+    assert flipped, "INT8 changed no pixel: the refusal below would not be tested"
+    stamps = {p: p.stat().st_mtime_ns for p in out.glob("fold*/int8-*/**/*") if p.is_file()}
+
+    again = _cv(out, 1.0)                              # resumed: read back, nothing trained or exported
+    assert "training from" not in again and "exporting" not in again and again.count("reading") == 2
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+    assert json.loads((out / "cv.json").read_text())["runtime"] == result["runtime"]
+
+    strict = _cv(out, 0.0)                             # no pixel may change: the gate refuses what flipped any
+    assert "training from" not in strict and "REFUSED (limit 0)" in strict
+    refused = json.loads((out / "cv.json").read_text())["runtime"]
+    for fold in refused["gate"]:
+        for row in fold["rows"]:
+            assert row["passed"] == (row["dice_drop"] <= 0.0), row
+    for backend in int8:
+        entry = refused["backends"][backend]
+        assert [r["fold"] for r in entry["refused"]] == [f for f in (0, 1) if f not in entry["folds"]]
+        assert all(r["dice_drop"] > 0 and not r["passed"] for r in entry["refused"])
+    assert sum(len(refused["backends"][b]["refused"]) for b in int8) == flipped
+    for fold in (0, 1):
+        folder = out / f"fold{fold}" / "int8-entropy-64-max0"
+        record = json.loads((folder / "export.json").read_text())
+        # A fold refused on every runner has no INT8 bundle; its FP32 ONNX is still scored.
+        if record["bundle"] == "bundle-fp32":
+            assert not (folder / "bundle").exists() and not (folder / "bundle-fp32" / "model.int8.onnx").exists()
+            assert set(record["calibration"]["case_ids"]) <= set(record["split"]["train"])
+        assert "onnxruntime:fp32" in json.loads((folder / "runtime_scores.json").read_text())
+
+    # --trained-only trains nothing: a fold short of --epochs is left out and named, and the
+    # partial figures go to their own file, never over cv.json.
+    full = (out / "cv.json").read_text()
+    (out / "fold1" / "last.pt").unlink()
+    partial = _cv(out, 1.0, "--trained-only")
+    assert "fold 1: at epoch 0 of 10; left out" in partial and "training from" not in partial
+    assert not (out / "fold1" / "last.pt").exists() and (out / "cv.json").read_text() == full
+    left = json.loads((out / "cv-trained-only.json").read_text())
+    assert left["folds_missing"] == [1] and [r["fold"] for r in left["per_fold"]] == [0]
+    assert left["runtime"]["backends"]["onnxruntime:int8"]["per_fold"] == result["runtime"]["backends"]["onnxruntime:int8"]["per_fold"][:1]
+    nothing = _cv(out, 1.0, "--trained-only", "--epochs", 11, exit_code=2)
+    assert "edgeseg: error: no fold" in nothing
