@@ -57,6 +57,7 @@ def test_shipped_recipes_parse_into_a_train_config(name):
 SHIPPED = {
     ("liver-ct", 1): "4c424b1bc00104e89d8ab0a44c55623f521fd9901aa1c038334d7e3ac876796e",
     ("covid-infection", 1): "4762a7f588b4abd3fbc51c0a44882c006128ef0fe48f174ee8c524491417d341",
+    ("covid-infection", 2): "1af9fb1acef0e6a17b84849342c5fae73c98dc9e752b734b6939b449bf0fd576",
 }
 
 
@@ -75,10 +76,12 @@ def test_a_recipe_resolves_by_name_from_any_folder_and_by_path(tmp_path):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == [str(PACKAGE / "recipes" / "covid-infection.toml"),
-                                   SHIPPED[("covid-infection", 1)]]
+                                   SHIPPED[("covid-infection", 2)]]
     copy = tmp_path / "covid-infection.toml"
-    copy.write_bytes((PACKAGE / "recipes" / "covid-infection.toml").read_bytes())
-    assert load_recipe(str(copy)).sha256 == SHIPPED[("covid-infection", 1)]  # a path wins over a name
+    changed = (PACKAGE / "recipes" / "covid-infection.toml").read_bytes().replace(b"epochs = 150", b"epochs = 7")
+    copy.write_bytes(changed)
+    from_path = load_recipe(str(copy))  # a file of a recipe's name wins over the shipped recipe
+    assert from_path.sha256 == hashlib.sha256(changed).hexdigest() and from_path.values["epochs"] == 7
     with pytest.raises(EdgesegError, match=r"'recipes/covid-infection' is neither a file nor a known recipe "
                                            r"\(covid-infection, liver-ct\)"):
         load_recipe("recipes/covid-infection")
