@@ -19,7 +19,7 @@ one torch thread each (PyTorch sets that in workers), on the cores the model lea
 2-core machine ``--threads 1`` leaves one core for the workers; with ``--threads 2`` they would
 take their time from the model's cores. Worker peak RSS is each worker's own ``VmHWM`` read from
 ``/proc`` before the loader shuts down (workers are children of the forkserver, not of the
-training process, so its ``RUSAGE_CHILDREN`` never sees them).
+training process, so its ``RUSAGE_CHILDREN`` does not count them).
 
 Generating a 512 x 512 x 64 phantom takes seconds, writing it as NIfTI more; only the first
 ``--unique`` volumes are generated; larger sets repeat them under new case names (hard links),
