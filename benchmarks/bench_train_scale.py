@@ -5,14 +5,26 @@ MSD-layout NIfTI data set) this measures, each in a fresh process:
 
 - the time to build the slice store (and the build's peak RSS);
 - the first STEPS training steps streamed from the store with 0, 1 and 2 DataLoader workers:
-  peak RSS of the training process (and of its workers) and steady-state steps/s;
-- the same steps on an in-memory tensor of the same, already augmented batches (the baseline:
-  what the model step alone costs);
+  peak RSS of the training process and of each worker, and steady-state steps/s;
+- the same steps on an in-memory list of the same, already read and augmented batches (the
+  baseline: what the model step alone costs);
+- what reading and augmenting one batch costs in one process, without the model (the loader's
+  work per step, which the workers must keep ahead of);
 - the store's size on disk.
 
-Generating a 512 x 512 x 64 phantom takes about 30 s on a 2-core machine, so only the first
+Fairness: every mode trains the same model from the same initial weights on the same batches
+(the report carries a digest of the batches and the last loss, which must agree between modes),
+and torch runs the model on ``--threads`` intra-op threads in every mode. DataLoader workers run
+one torch thread each (PyTorch sets that in workers), on the cores the model leaves free: on a
+2-core machine ``--threads 1`` leaves one core for the workers; with ``--threads 2`` they would
+take their time from the model's cores. Worker peak RSS is each worker's own ``VmHWM`` read from
+``/proc`` before the loader shuts down (workers are children of the forkserver, not of the
+training process, so its ``RUSAGE_CHILDREN`` does not count them).
+
+Generating a 512 x 512 x 64 phantom takes seconds, writing it as NIfTI more; only the first
 ``--unique`` volumes are generated; larger sets repeat them under new case names (hard links),
-which the store treats as separate cases exactly as it would different scans.
+which the store treats as separate cases exactly as it would different scans (each is read and
+pre-processed into its own arrays).
 
     nice -n 10 python benchmarks/bench_train_scale.py --counts 8,32,128 --work /tmp/edgeseg-scale
 """
@@ -58,9 +70,31 @@ def make_dataset(work: Path, count: int, unique: int, side: int, slices: int) ->
 
 
 def _peak_rss_mb() -> dict:
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    return {"peak_rss_mb": round(own, 1), "workers_peak_rss_mb": round(children, 1)}
+    """This process's peak RSS (``ru_maxrss``)."""
+    return {"peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+
+
+def _children_peak_rss_mb() -> dict:
+    """Peak RSS (``VmHWM``) of every live descendant of this process, largest first: the
+    DataLoader workers, and the helpers multiprocessing starts (forkserver, resource tracker)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from tree_rss import _status, descendants
+
+    found: dict[str, list[float]] = {"workers_peak_rss_mb": [], "helpers_peak_rss_mb": []}
+    for pid in descendants(os.getpid())[1:]:
+        status = _status(pid)
+        try:
+            command = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if status is not None:
+            # Workers are forked from the forkserver, so they share its command line; the
+            # forkserver itself (and the resource tracker) are this process's own children.
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            parent = int(stat[stat.rindex(")") + 2:].split()[1])
+            helper = b"resource_tracker" in command or (b"forkserver" in command and parent == os.getpid())
+            found["helpers_peak_rss_mb" if helper else "workers_peak_rss_mb"].append(round(status["VmHWM"] / 1024, 1))
+    return {k: sorted(v, reverse=True) for k, v in found.items()}
 
 
 def child_build(args) -> dict:
@@ -70,34 +104,56 @@ def child_build(args) -> dict:
     store = open_slice_store(args.data, args.cache, _spec(args), {"liver": [1]})
     seconds = time.perf_counter() - started
     size = sum(p.stat().st_size for p in store.path.iterdir())
-    return {"build_s": round(seconds, 1), "built": store.built, "store_gb": round(size / 1e9, 3),
+    return {"build_s": round(seconds, 1), "built": store.built, "store_gb": round(size / 1e9, 3), "store_bytes": size,
             "slices": len(store), **_peak_rss_mb()}
 
 
-def child_train(args) -> dict:
+def child_loader(args) -> dict:
+    """Seconds of one process's time to read and augment one batch (no model, no workers)."""
+    import torch
+
+    torch.set_num_threads(1)
+    loader = _loader(args, workers=0)
+    started, cpu = time.perf_counter(), time.process_time()
+    batches = sum(1 for _ in loader)
+    return {"read_augment_s_per_batch": round((time.perf_counter() - started) / batches, 4),
+            "read_augment_cpu_s_per_batch": round((time.process_time() - cpu) / batches, 4)}
+
+
+def _loader(args, workers: int):
     import numpy as np
     import torch
 
     from edgeseg.data.store import open_slice_store
-    from edgeseg.models import ModelConfig, build_model
     from edgeseg.train.augment import AugmentConfig, BatchAugmenter
-    from edgeseg.train.losses import DiceCELoss
     from edgeseg.train.streaming import ForegroundBatchSampler, make_train_loader
 
-    torch.manual_seed(0)
     spec = _spec(args)
     store = open_slice_store(args.data, args.cache, spec, {"liver": [1]})
     sampler = ForegroundBatchSampler(np.arange(len(store)), store.present,
                                      args.batch_size, args.steps, 1 / 3, seed=0)
     augment = BatchAugmenter(spec, AugmentConfig(p=0.25))
+    return make_train_loader(store, sampler, augment, workers, torch.device("cpu"))
+
+
+def child_train(args) -> dict:
+    import hashlib
+
+    import torch
+
+    from edgeseg.models import ModelConfig, build_model
+    from edgeseg.train.losses import DiceCELoss
+
+    # The same intra-op threads in every mode, so only the loading differs between them.
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
     model = build_model(ModelConfig(name="unet", num_classes=2, base=args.base, depth=args.depth))
     model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     loss_fn = DiceCELoss()
-    loader = make_train_loader(store, sampler, augment, 0 if args.mode == "memory" else args.workers,
-                               torch.device("cpu"))
+    loader = _loader(args, 0 if args.mode == "memory" else args.workers)
     batches = list(loader) if args.mode == "memory" else loader
-    times, cpu = [], []
+    times, cpu, digest = [], [], hashlib.sha1()
     for images, labels in batches:
         loss = loss_fn(model(images.contiguous(memory_format=torch.channels_last)), labels)
         optimizer.zero_grad(set_to_none=True)
@@ -105,19 +161,23 @@ def child_train(args) -> dict:
         optimizer.step()
         times.append(time.perf_counter())
         cpu.append(time.process_time())
-    del batches, loader  # joins the workers, so their peak RSS is counted below
+        digest.update(f"{float(images.sum()):.6e} {int(labels.sum())};".encode())
+    workers_mb = _children_peak_rss_mb()
+    del batches, loader  # ends the workers
     warm = args.warmup
     steps = len(times) - 1 - warm
     # CPU seconds of the training process per step: on a shared machine wall-clock steps/s
     # moves with the other load, while this shows what the loader adds to the training process.
     return {"steps_per_s": round(steps / (times[-1] - times[warm]), 3),
-            "main_cpu_s_per_step": round((cpu[-1] - cpu[warm]) / steps, 3), **_peak_rss_mb()}
+            "main_cpu_s_per_step": round((cpu[-1] - cpu[warm]) / steps, 3), "threads": torch.get_num_threads(),
+            "batches_digest": digest.hexdigest()[:12], "last_loss": round(float(loss.detach()), 6),
+            **_peak_rss_mb(), **workers_mb}
 
 
 def _run_child(args, role: str, **extra) -> dict:
     cmd = [sys.executable, __file__, "--child", role, *(f"--{k.replace('_', '-')}={v}" for k, v in extra.items()),
            f"--size={args.size}", f"--batch-size={args.batch_size}", f"--steps={args.steps}",
-           f"--base={args.base}", f"--depth={args.depth}", f"--warmup={args.warmup}"]
+           f"--base={args.base}", f"--depth={args.depth}", f"--warmup={args.warmup}", f"--threads={args.threads}"]
     done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
     if done.returncode != 0:
         raise SystemExit(f"{role} failed: {done.stderr[-2000:]}")
@@ -136,6 +196,8 @@ def main(argv=None) -> None:
     parser.add_argument("--warmup", type=int, default=5, help="steps left out of steps/s")
     parser.add_argument("--base", type=int, default=8, help="U-Net width")
     parser.add_argument("--depth", type=int, default=4)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch intra-op threads of the training process, the same in every mode")
     parser.add_argument("--workers", default="0,1,2")
     parser.add_argument("--work", default="/tmp/edgeseg-scale", help="folder for data sets and stores")
     parser.add_argument("--json", default=None, help="write the results here too")
@@ -147,7 +209,8 @@ def main(argv=None) -> None:
     if args.child:
         if args.child == "train":
             args.workers = int(args.workers)
-        print(json.dumps(child_build(args) if args.child == "build" else child_train(args)))
+        children = {"build": child_build, "train": child_train, "loader": child_loader}
+        print(json.dumps(children[args.child](args)))
         return
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -157,6 +220,7 @@ def main(argv=None) -> None:
         cache = work / f"store-cache-{count}"
         shutil.rmtree(cache, ignore_errors=True)
         row = {"volumes": count, **{f"build_{k}": v for k, v in _run_child(args, "build", data=data, cache=cache).items()}}
+        row["loader"] = _run_child(args, "loader", data=data, cache=cache)
         row["memory"] = _run_child(args, "train", data=data, cache=cache, mode="memory", workers=0)
         for workers in (int(w) for w in args.workers.split(",")):
             row[f"workers_{workers}"] = _run_child(args, "train", data=data, cache=cache, mode="stream", workers=workers)

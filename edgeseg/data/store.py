@@ -1,9 +1,13 @@
-"""The slice store: a data source pre-processed once into memory-mapped arrays on disk.
+"""The slice store: a data source pre-processed once into arrays on disk, read slice by slice.
 
 Training reads slices from here instead of holding every volume in memory. For each case the
 store holds ``<n>.images.npy`` ((Z, 1, h, w) float32 model input, from the C kernels) and
 ``<n>.labels.npy`` ((Z, h, w) uint8 class indices), plus ``index.npz`` (case and slice of every
-slice, and which classes each slice contains) and ``manifest.json``.
+slice, and which classes each slice contains) and ``manifest.json``. Slices are read by
+position (``os.preadv`` into the batch's own array), not through memory maps: every page a
+process touches through a map stays in its resident set, so one epoch over a memory-mapped
+store would grow each reader's RSS by the size of the store. Read this way the pages stay in
+the kernel's shared page cache, which every process and later runs share.
 
 A store lives in ``CACHE/store-<key>``, the key hashing the source string, the PreprocessSpec,
 the label mapping and the slice-folder intensity, so each spec of a source has its own store.
@@ -98,7 +102,7 @@ class CaseGeometry(NamedTuple):
 
 
 class SliceStore:
-    """A built store, opened read-only; arrays are memory-mapped on first use in each process.
+    """A built store, opened read-only; slices are read by position on demand (see the module docstring).
 
     Attributes:
         path: the store folder.
@@ -119,21 +123,50 @@ class SliceStore:
         self.present = index["present"]
         self.case_ids: list[str] = list(self.manifest["case_ids"])
         self.num_classes = int(self.present.shape[1])
-        self._arrays: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._layout: dict[Path, tuple[int, tuple[int, ...]]] = {}
 
     def __len__(self) -> int:
         return int(self.case_index.shape[0])
 
-    def __getstate__(self) -> dict:
-        # Memory maps are reopened in each DataLoader worker rather than pickled (which copies).
-        return {**self.__dict__, "_arrays": {}}
+    def _array_layout(self, path: Path, dtype: np.dtype) -> tuple[int, tuple[int, ...]]:
+        """Byte offset of the data and shape of a store ``.npy`` file (written by this module:
+        C order, ``dtype``), read from its header once per process."""
+        if path not in self._layout:
+            with open(path, "rb") as handle:
+                version = np.lib.format.read_magic(handle)
+                read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                               else np.lib.format.read_array_header_2_0)
+                shape, fortran, stored = read_header(handle)
+                if fortran or stored != dtype:
+                    raise DataError(f"slice store file {path} is not a C-order {dtype} array; delete the store to rebuild it")
+                self._layout[path] = (handle.tell(), tuple(shape))
+        return self._layout[path]
 
-    def case_arrays(self, case: int) -> tuple[np.ndarray, np.ndarray]:
-        """The (images, labels) memory maps of case number ``case``."""
-        if case not in self._arrays:
-            self._arrays[case] = (np.load(self.path / f"{case}.images.npy", mmap_mode="r"),
-                                  np.load(self.path / f"{case}.labels.npy", mmap_mode="r"))
-        return self._arrays[case]
+    def _read_slices(self, path: Path, slices: np.ndarray, targets: list[np.ndarray]) -> None:
+        """Read slice ``slices[k]`` (first-axis position) of the store file ``path`` into the
+        C-contiguous array ``targets[k]``, for every k."""
+        offset, shape = self._array_layout(path, targets[0].dtype)
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            for z, target in zip(slices, targets):
+                if not 0 <= z < shape[0]:
+                    raise DataError(f"slice {z} is outside {path} ({shape[0]} slices)")
+                view, at = memoryview(target).cast("B"), offset + int(z) * target.nbytes
+                while len(view):
+                    n = os.preadv(fd, [view], at)
+                    if n == 0:
+                        raise DataError(f"slice store file {path} is truncated; delete the store to rebuild it")
+                    view, at = view[n:], at + n
+        finally:
+            os.close(fd)
+
+    def case_labels(self, case: int) -> np.ndarray:
+        """(Z, h, w) uint8 class indices of case number ``case``, read whole."""
+        path = self.path / f"{case}.labels.npy"
+        _, shape = self._array_layout(path, np.dtype(np.uint8))
+        labels = np.empty(shape, np.uint8)
+        self._read_slices(path, np.arange(shape[0]), [labels])
+        return labels
 
     def take(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Images (B, 1, h, w) float32 and labels (B, h, w) uint8 of global slice numbers ``rows``."""
@@ -141,10 +174,12 @@ class SliceStore:
         h, w = self.manifest["size"]
         images = np.empty((len(rows), 1, h, w), np.float32)
         labels = np.empty((len(rows), h, w), np.uint8)
-        for k, row in enumerate(rows):
-            case_images, case_labels = self.case_arrays(int(self.case_index[row]))
-            images[k] = case_images[self.slice_index[row]]
-            labels[k] = case_labels[self.slice_index[row]]
+        cases = self.case_index[rows]
+        for case in np.unique(cases):
+            at = np.flatnonzero(cases == case)
+            slices = self.slice_index[rows[at]]
+            self._read_slices(self.path / f"{case}.images.npy", slices, [images[k] for k in at])
+            self._read_slices(self.path / f"{case}.labels.npy", slices, [labels[k] for k in at])
         return images, labels
 
     def geometry(self, case_id: str) -> CaseGeometry:
@@ -314,4 +349,4 @@ class StoreCases:
     @functools.cached_property
     def labels(self) -> np.ndarray:
         """(N, h, w) uint8 class indices, read on first use (training never needs them whole)."""
-        return np.concatenate([self.store.case_arrays(self.store.case_ids.index(c))[1] for c in self.case_ids])
+        return np.concatenate([self.store.case_labels(self.store.case_ids.index(c)) for c in self.case_ids])

@@ -74,6 +74,41 @@ def test_second_open_reuses_the_store_without_reading_sources(dataset, tmp_path)
         np.testing.assert_array_equal(got, want)
 
 
+def _rss_file_kib() -> int:
+    """File-backed resident memory of this process (/proc/self/status RssFile), in KiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("RssFile:"):
+            return int(line.split()[1])
+    pytest.skip("this kernel does not report RssFile")
+
+
+def test_reading_the_whole_store_does_not_grow_resident_memory(tmp_path):
+    # 24 cases of 16 slices at 128 x 128: 24 MiB of images, read once through in shuffled
+    # batches as an epoch does. Through memory maps every page read would stay resident.
+    spec = PreprocessSpec(window=(-200.0, 300.0), size=(128, 128))
+    store = open_slice_store("phantom:cases=24,seed=3,size=64,slices=16", tmp_path / "cache", spec, LABELS)
+    images_bytes = sum(p.stat().st_size for p in store.path.glob("*.images.npy"))
+    assert images_bytes > 24 * 2**20
+    order = np.random.default_rng(0).permutation(len(store))
+    store.take(order[:8])  # first use: headers read, code paths warm
+    before = _rss_file_kib()
+    total = 0
+    for start in range(0, len(order), 8):
+        images, labels = store.take(np.sort(order[start:start + 8]))
+        total += images.nbytes
+    assert total >= images_bytes - 8 * images[0].nbytes
+    assert (_rss_file_kib() - before) * 1024 < images_bytes / 8
+
+
+def test_truncated_store_file_is_a_data_error(dataset, tmp_path):
+    store = open_slice_store(str(dataset), tmp_path / "cache", SPEC, LABELS)
+    path = store.path / "1.images.npy"
+    os.truncate(path, path.stat().st_size - 100)
+    store.take(np.array([12]))  # the first slice of case 1 is whole
+    with pytest.raises(DataError, match="truncated"):
+        store.take(np.array([23]))
+
+
 def test_changing_the_spec_builds_another_store(dataset, tmp_path):
     first = open_slice_store(str(dataset), tmp_path / "cache", SPEC, LABELS)
     other = PreprocessSpec(window=(-100.0, 200.0), size=(16, 16))

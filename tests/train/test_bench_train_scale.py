@@ -1,0 +1,40 @@
+"""benchmarks/bench_train_scale.py: the scale table's modes do the same work, so their ratios mean
+what docs/results.md says (same batches, same model and threads, workers counted)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "benchmarks" / "bench_train_scale.py"
+
+
+def test_every_mode_trains_on_the_same_batches_with_the_same_threads(tmp_path):
+    report = tmp_path / "report.json"
+    work = tmp_path / "work"
+    cmd = [sys.executable, str(SCRIPT), "--counts", "3", "--unique", "2", "--side", "48", "--slices", "6",
+           "--size", "32", "--depth", "2", "--steps", "5", "--warmup", "1", "--workers", "0,1",
+           "--work", str(work), "--json", str(report)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (row,) = json.loads(report.read_text())
+    # Three cases, the third a link to the first (generated once), each its own case in the store.
+    cases = work / "cases-3-48-6" / "imagesTr"
+    assert os.path.samefile(cases / "case_002.nii.gz", cases / "case_000.nii.gz")
+    assert row["build_slices"] == 18
+    # 18 slices of 32 x 32: float32 images and uint8 labels, 5 bytes a pixel, plus .npy headers,
+    # the index and the manifest (a few KiB).
+    data_bytes = 18 * 32 * 32 * 5
+    assert data_bytes < row["build_store_bytes"] < data_bytes + 32 * 1024
+    modes = [row["memory"], row["workers_0"], row["workers_1"]]
+    # The in-memory baseline trains on exactly the streamed batches, from the same weights.
+    assert len({m["batches_digest"] for m in modes}) == 1
+    assert len({m["last_loss"] for m in modes}) == 1
+    assert [m["threads"] for m in modes] == [1, 1, 1]
+    assert row["workers_0"]["workers_peak_rss_mb"] == []
+    (worker_mb,) = row["workers_1"]["workers_peak_rss_mb"]
+    assert worker_mb > 20, "a worker is a Python process with numpy and torch loaded"
+    assert row["loader"]["read_augment_s_per_batch"] > 0
