@@ -3,8 +3,10 @@
 import csv
 import json
 import shlex
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -40,40 +42,53 @@ threads = 1
 """
 
 
-class Killed(Exception):
-    pass
+def _sweep_command(sweep_file, out):
+    return [sys.executable, "-m", "edgeseg.cli", "sweep", str(sweep_file), "--out", str(out), "--quiet"]
+
+
+def _kill_after_first_point(sweep_file, out, first, timeout_s=600.0):
+    """Start `edgeseg sweep`, SIGKILL it as soon as its first point's result is written."""
+    proc = subprocess.Popen(_sweep_command(sweep_file, out), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + timeout_s
+    try:
+        while not (first / "result.json").is_file():
+            assert proc.poll() is None, f"the sweep ended before it was killed: {proc.stderr.read().decode()}"
+            assert time.monotonic() < deadline, "the first point took too long"
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+        proc.stderr.close()
+    return proc.returncode
 
 
 def test_sweep_resumes_after_a_kill_and_writes_the_reports(tmp_path):
     from edgeseg.cli.train import command as train_command
-    from edgeseg.sweep.config import load_sweep
-    from edgeseg.sweep.run import run_sweep
 
     (tmp_path / "sweep.toml").write_text(SWEEP)
-    sweep = load_sweep(tmp_path / "sweep.toml")
     out = tmp_path / "out"
-
-    def kill(result):
-        raise Killed(result["id"])
-
-    with pytest.raises(Killed, match="unet-b4-d2-s64"):
-        run_sweep(sweep, out, after_point=kill)
     first = out / "points" / "unet-b4-d2-s64"
-    assert (first / "result.json").is_file() and not (out / "points" / "mobile_unet-b4-d2-s64").exists()
+    second = out / "points" / "mobile_unet-b4-d2-s64"
+
+    # A real kill of the command, the moment its first point is finished.
+    assert _kill_after_first_point(tmp_path / "sweep.toml", out, first) == -signal.SIGKILL
+    assert not (second / "result.json").exists()
     before = (first / "result.json").read_bytes()
     stamps = {p: p.stat().st_mtime_ns for p in (first / "run").iterdir()}
 
-    points = run_sweep(sweep, out)
+    proc = subprocess.run(_sweep_command(tmp_path / "sweep.toml", out), capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
     # Point 1 was read: its timings (which differ on every measurement) and run files are unchanged.
     assert (first / "result.json").read_bytes() == before
     assert {p: p.stat().st_mtime_ns for p in (first / "run").iterdir()} == stamps
+    points = json.loads((out / "sweep.json").read_text())["points"]
     assert [p["id"] for p in points] == ["unet-b4-d2-s64", "mobile_unet-b4-d2-s64"]
     for p in points:
         assert 0.0 <= p["dice_int8"] <= 1.0 and 0.0 <= p["dice_fp32"] <= 1.0
         assert len(p["dice_int8_per_case"]) == len(p["val_cases"]) >= 1
         assert p["latency_ms_p50"] > 0 and p["volume_slices_per_s"] > 0 and p["epochs"] == 3
         assert (out / "points" / p["id"] / "bundle" / "model.int8.onnx").is_file()
-    assert json.loads((out / "sweep.json").read_text())["points"] == points
 
     # The command on the finished folder reads every point and writes the reports.
     proc = subprocess.run([sys.executable, "-m", "edgeseg.cli", "sweep", str(tmp_path / "sweep.toml"), "--out", str(out),
