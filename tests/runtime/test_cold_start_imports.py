@@ -10,6 +10,7 @@ in the same process still works in full, on the same bindings.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -161,9 +162,7 @@ def test_installed_versions_match_importlib_metadata():
     names = (*KEY_DISTRIBUTIONS, "numpy", "Pillow", "onnx", "edgeseg", "no-such-distribution-here")
     expected = {}
     for name in names:
-        try:
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
             expected[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            pass
     assert installed_versions(names) == expected
     assert "numpy" in expected  # the comparison covered installed distributions

@@ -52,9 +52,10 @@ def openvino_bindings():
         module = importlib.util.module_from_spec(importlib.util.spec_from_file_location(BINDINGS, path, loader=loader))
         try:
             loader.exec_module(module)
+        except ImportError:  # e.g. a library it links against is missing: let the package's import say so
+            module = None
+        if module is not None:
             return module
-        except ImportError:
-            pass  # e.g. a library it links against is missing: let the package's import say so
     return require("openvino", "openvino", "the OpenVINO backend")._pyopenvino
 
 
