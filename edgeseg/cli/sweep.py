@@ -16,7 +16,10 @@ from edgeseg.errors import require
 def command(sweep_file, out, quiet) -> None:
     """Run SWEEP_FILE (TOML: [recipe], [grid], [export], [measure]): train each point resumably,
     export it to INT8 through the parity gate, measure validation Dice (FP32, INT8) and the auto
-    backend's end-to-end latency; write sweep.csv, results.json, pareto.png and commands.sh."""
+    backend's end-to-end latency; write sweep.csv, results.json, pareto.png and commands.sh.
+
+    Several processes may run the same SWEEP_FILE and --out at once (e.g. one per GPU with
+    CUDA_VISIBLE_DEVICES): each claims the points no other process holds."""
     require("torch", "train", "edgeseg sweep")
     from edgeseg.sweep.config import load_sweep
     from edgeseg.sweep.report import pareto_front, write_reports
@@ -25,11 +28,17 @@ def command(sweep_file, out, quiet) -> None:
     configure_logging()
     sweep = load_sweep(sweep_file)
     check_sweep_folder(sweep, out)
-    points = run_sweep(sweep, out, progress=not quiet)
+    points, elsewhere = run_sweep(sweep, out, progress=not quiet)
+    if not points:
+        click.echo(f"no point is finished yet; {', '.join(elsewhere)} running in another process")
+        return
     paths = write_reports(out, points)
     front = pareto_front(points)
     for r in points:
         click.echo(f"{r['id']:<32} {r['params'] / 1e6:6.2f} M  {r['gflop']:7.2f} GFLOP  Dice fp32 {r['dice_fp32']:.4f}  "
-                   f"int8 {r['dice_int8']:.4f}  {r['backend']:<16} {r['latency_ms_p50']:8.2f} ms  "
+                   f"int8 {'refused' if r['dice_int8'] is None else format(r['dice_int8'], '.4f')}  {r['backend']:<16} {r['latency_ms_p50']:8.2f} ms  "
                    f"{r['volume_slices_per_s']:7.1f} slices/s{'  *front' if r['id'] in front else ''}")
     click.echo(f"wrote {paths['csv']}, {paths['json']}, {paths['png']}, {paths['commands']}")
+    if elsewhere:
+        click.echo(f"not in these reports yet: {', '.join(elsewhere)}, running in another process; "
+                   "run this command again when it has finished to report every point")

@@ -11,17 +11,22 @@ from typing import Any
 from edgeseg.atomic import atomic_path, atomic_write_text
 
 COLUMNS = ("id", "model", "base", "depth", "size", "params", "gflop", "epochs", "best_epoch",
-           "train_seconds_all_epochs", "dice_fp32", "dice_int8", "backend", "latency_ms_p50", "model_ms_p50",
+           "train_seconds_all_epochs", "dice_fp32", "dice_int8", "int8_refused", "backend", "latency_ms_p50", "model_ms_p50",
            "volume_slices_per_s", "pareto")
 
 
-def pareto_front(points: list[dict[str, Any]], dice_key: str = "dice_int8", cost_key: str = "latency_ms_p50") -> set[str]:
+def deployed_dice(point: dict[str, Any]) -> float:
+    """The Dice of what the point's bundle ships: INT8, or FP32 where the gate refused INT8."""
+    return point["dice_int8"] if point.get("dice_int8") is not None else point["dice_fp32"]
+
+
+def pareto_front(points: list[dict[str, Any]], cost_key: str = "latency_ms_p50") -> set[str]:
     """Ids of the points no other point beats: none is at least as fast and as accurate, and better in one."""
     front = set()
     for p in points:
         dominated = any(
-            q[cost_key] <= p[cost_key] and q[dice_key] >= p[dice_key]
-            and (q[cost_key] < p[cost_key] or q[dice_key] > p[dice_key])
+            q[cost_key] <= p[cost_key] and deployed_dice(q) >= deployed_dice(p)
+            and (q[cost_key] < p[cost_key] or deployed_dice(q) > deployed_dice(p))
             for q in points if q is not p
         )
         if not dominated:
@@ -61,17 +66,17 @@ def plot_front(rows: list[dict[str, Any]], path: Path) -> None:
     models = sorted({r["model"] for r in rows})
     for i, model in enumerate(models):
         mine = [r for r in rows if r["model"] == model]
-        ax.scatter([r["latency_ms_p50"] for r in mine], [r["dice_int8"] for r in mine], label=model, color=f"C{i}", zorder=3)
+        ax.scatter([r["latency_ms_p50"] for r in mine], [deployed_dice(r) for r in mine], label=model, color=f"C{i}", zorder=3)
     front = sorted((r for r in rows if r["pareto"]), key=lambda r: r["latency_ms_p50"])
-    ax.plot([r["latency_ms_p50"] for r in front], [r["dice_int8"] for r in front], "k--", lw=1, zorder=2, label="Pareto front")
-    ax.scatter([r["latency_ms_p50"] for r in front], [r["dice_int8"] for r in front], s=160, facecolors="none",
+    ax.plot([r["latency_ms_p50"] for r in front], [deployed_dice(r) for r in front], "k--", lw=1, zorder=2, label="Pareto front")
+    ax.scatter([r["latency_ms_p50"] for r in front], [deployed_dice(r) for r in front], s=160, facecolors="none",
                edgecolors="k", zorder=4)
     for r in rows:
-        ax.annotate(f"b{r['base']} d{r['depth']} s{r['size']}", (r["latency_ms_p50"], r["dice_int8"]), fontsize=7,
+        ax.annotate(f"b{r['base']} d{r['depth']} s{r['size']}", (r["latency_ms_p50"], deployed_dice(r)), fontsize=7,
                     xytext=(4, 4), textcoords="offset points")
     size = rows[0]["slice_size"] if rows else 512
     ax.set_xlabel(f"end-to-end latency, auto backend, batch 1, {size}x{size} int16 slice (ms, p50)")
-    ax.set_ylabel("validation per-case Dice (INT8)")
+    ax.set_ylabel("validation per-case Dice (INT8; FP32 if INT8 refused)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()

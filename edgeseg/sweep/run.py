@@ -8,15 +8,20 @@ Layout under the sweep folder ``OUT``::
     points/ID/result.json   written last and atomically: a point with it is finished
 
 A finished point is read, never retrained; a killed sweep restarts at the first unfinished one,
-and a killed training continues from its last epoch.
+and a killed training continues from its last epoch. Several processes may run one sweep folder at
+once (one per GPU, or one per core group): each point is claimed with an ``flock`` on
+``points/ID/.lock``, and a process skips the points another one holds, so the processes share out
+the grid. ``sweep.json`` always lists every point finished on disk, whoever finished it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -43,34 +48,83 @@ def check_sweep_folder(sweep: SweepConfig, out: str | Path) -> Path:
             raise DataError(f"{record} is unreadable; remove it or choose another --out") from None
         if saved != json.loads(json.dumps(sweep.to_dict())):
             raise DataError(f"{out} holds a different sweep; choose another --out to run this one")
-    elif out.is_dir() and any(out.iterdir()):
+    elif out.is_dir() and any(not _sweep_starting(entry) for entry in out.iterdir()):
         raise DataError(f"sweep output {out} exists and is not a sweep folder; choose another --out")
     return out
 
 
+def _sweep_starting(entry: Path) -> bool:
+    """Entries another process starting this sweep may have made before its sweep.json is in place."""
+    return entry.name == "points" or entry.name.startswith(".sweep.json.")
+
+
 def run_sweep(sweep: SweepConfig, out: str | Path, progress: bool = False,
-              after_point: Callable[[dict], None] | None = None) -> list[dict[str, Any]]:
-    """Run every unfinished point of ``sweep`` under ``out``; returns all points' results in grid order."""
+              after_point: Callable[[dict], None] | None = None) -> tuple[list[dict[str, Any]], list[str]]:
+    """Run every unfinished point of ``sweep`` under ``out`` that no other process is running.
+
+    Returns the results of all finished points in grid order and the ids of the points another
+    process still holds (their results are read by whichever run comes last)."""
     out = check_sweep_folder(sweep, out)
     out.mkdir(parents=True, exist_ok=True)
-    _write_record(out, sweep, [])
-    results = []
+    _write_record(out, sweep)
+    held_elsewhere = []
     for point in sweep.points:
-        done = out / "points" / point.id / "result.json"
+        done = _result_path(out, point)
         if done.is_file():
             log.info("point %s finished before: read, not retrained", point.id)
-            results.append(json.loads(done.read_text()))
-        else:
-            results.append(run_point(sweep, point, out, progress))
-            atomic_write_text(done, json.dumps(results[-1], indent=2))
-        _write_record(out, sweep, results)
+            continue
+        with _claim(out, point) as claimed:
+            if not claimed:
+                log.info("point %s is being run by another process: left to it", point.id)
+                held_elsewhere.append(point.id)
+                continue
+            if done.is_file():  # finished by another process between the check and the claim
+                continue
+            result = run_point(sweep, point, out, progress)
+            atomic_write_text(done, json.dumps(result, indent=2))
+        _write_record(out, sweep)
         if after_point is not None:
-            after_point(results[-1])
+            after_point(result)
+    return finished_results(sweep, out), held_elsewhere
+
+
+def _result_path(out: Path, point: Point) -> Path:
+    return out / "points" / point.id / "result.json"
+
+
+@contextlib.contextmanager
+def _claim(out: Path, point: Point) -> Iterator[bool]:
+    """Hold ``points/ID/.lock`` without waiting; yields whether this process got it."""
+    lock = out / "points" / point.id / ".lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def finished_results(sweep: SweepConfig, out: Path) -> list[dict[str, Any]]:
+    """The results of the points finished on disk, in grid order."""
+    results = []
+    for point in sweep.points:
+        path = _result_path(out, point)
+        if path.is_file():
+            try:
+                results.append(json.loads(path.read_text()))
+            except (json.JSONDecodeError, OSError):
+                raise DataError(f"{path} is unreadable; remove it to run point {point.id} again") from None
     return results
 
 
-def _write_record(out: Path, sweep: SweepConfig, results: list[dict]) -> None:
-    atomic_write_text(out / "sweep.json", json.dumps({"config": sweep.to_dict(), "points": results}, indent=2))
+def _write_record(out: Path, sweep: SweepConfig) -> None:
+    atomic_write_text(out / "sweep.json", json.dumps({"config": sweep.to_dict(),
+                                                      "points": finished_results(sweep, out)}, indent=2))
 
 
 def run_point(sweep: SweepConfig, point: Point, out: Path, progress: bool) -> dict[str, Any]:
@@ -89,39 +143,50 @@ def run_point(sweep: SweepConfig, point: Point, out: Path, progress: bool) -> di
     trained = train(cfg, resume=last.is_file(), progress=progress)
     train_seconds = round(time.perf_counter() - start, 1)
     epochs_seconds = round(sum(float(r.get("seconds", 0.0)) for r in trained["history"]), 1)
-    bundle = _export(sweep, folder, progress)
+    bundle, int8_refused = _export(sweep, folder, progress)
     payload = read_checkpoint(folder / "run" / "best.pt")
     model = ModelConfig.from_dict(payload["model"])
     cost = describe(model, point.size)
-    dice = validation_dice(folder / "run" / "best.pt", bundle, cfg.data, cfg.intensity)
+    dice = validation_dice(folder / "run" / "best.pt", None if int8_refused else bundle, cfg.data, cfg.intensity)
     latency = measure_latency(bundle, sweep.measure)
     return {"id": point.id, **point.__dict__, "params": cost["params"], "gflop": round(cost["gflop"], 4),
             "epochs": cfg.epochs, "best_epoch": trained["best"]["epoch"], "train_val_dice": trained["best"]["val_dice"],
             "train_seconds_all_epochs": epochs_seconds, "train_seconds_this_run": train_seconds,
-            **dice, **latency, "commands": point_commands(sweep, point, folder)}
+            **dice, "int8_refused": int8_refused, **latency, "commands": point_commands(sweep, point, folder)}
 
 
-def _export(sweep: SweepConfig, folder: Path, progress: bool) -> Path:
+def _export(sweep: SweepConfig, folder: Path, progress: bool) -> tuple[Path, str | None]:
+    """The point's bundle and, when the gate refused INT8 on every runner, why: the point is then
+    exported in FP32 alone and measured as such, so a long training is never lost to the gate."""
     from edgeseg.export.pipeline import export_bundle
     from edgeseg.export.profiles import ExportSettings
+    from edgeseg.export.verify import ParityError
 
-    bundle = folder / "bundle"
+    bundle, refused_record = folder / "bundle", folder / "int8-refused.txt"
     if (bundle / "manifest.json").is_file():
-        return bundle
+        return bundle, (refused_record.read_text().strip() if refused_record.is_file() else None)
     opts = dict(sweep.export)
     calib = opts.pop("calib", sweep.recipe["data"])
     drop = opts.pop("max_dice_drop_int8", None)
     settings = ExportSettings(formats=("onnx",), int8=True).override(
         **opts, max_dice_drop={"fp16": None, "int8": drop})
-    export_bundle(folder / "run" / "best.pt", bundle, settings, calib=calib, force=True, progress=progress,
-                  intensity=sweep.recipe.get("intensity"), cache_dir=folder / "export-cache",
-                  echo=lambda text: log.info("%s", text))
-    return bundle
+    args = dict(force=True, progress=progress, intensity=sweep.recipe.get("intensity"),
+                cache_dir=folder / "export-cache", echo=lambda text: log.info("%s", text))
+    try:
+        export_bundle(folder / "run" / "best.pt", bundle, settings, calib=calib, **args)
+        return bundle, None
+    except ParityError as exc:
+        reason = str(exc)
+    log.warning("point %s: %s; exported in FP32 only", folder.name, reason)
+    export_bundle(folder / "run" / "best.pt", bundle, settings.override(int8=False), calib=calib, **args)
+    atomic_write_text(refused_record, reason + "\n")
+    return bundle, reason
 
 
-def validation_dice(checkpoint: Path, bundle: Path, data: str, intensity: str | None) -> dict[str, Any]:
+def validation_dice(checkpoint: Path, bundle: Path | None, data: str, intensity: str | None) -> dict[str, Any]:
     """Per-case foreground Dice on the run's validation cases: FP32 (the checkpoint through the
-    torch runner) and INT8 (the bundle's INT8 graph on ONNX Runtime), mean over cases."""
+    torch runner) and INT8 (the bundle's INT8 graph on ONNX Runtime; ``None`` without a bundle,
+    when the gate refused INT8), mean over cases."""
     from edgeseg.data import open_dataset
     from edgeseg.data.open import recorded_slice_options
     from edgeseg.data.slice_set import check_window, map_labels
@@ -136,8 +201,9 @@ def validation_dice(checkpoint: Path, bundle: Path, data: str, intensity: str | 
     post = PostprocessOptions.from_dict(payload.get("postprocess"), len(names))
     volumes, _ = select_cases(open_dataset(data, intensity=intensity, **recorded_slice_options(payload.get("train_config"))),
                               payload, "val")
-    segmenters = {"fp32": Segmenter.from_module(model, spec, dict(enumerate(names)), post, max_batch=8),
-                  "int8": Segmenter.load(bundle, backend="onnxruntime:int8")}
+    segmenters = {"fp32": Segmenter.from_module(model, spec, dict(enumerate(names)), post, max_batch=8)}
+    if bundle is not None:
+        segmenters["int8"] = Segmenter.load(bundle, backend="onnxruntime:int8")
     scores: dict[str, list[float]] = {k: [] for k in segmenters}
     for vol in volumes:
         check_window(vol, spec)
@@ -145,8 +211,9 @@ def validation_dice(checkpoint: Path, bundle: Path, data: str, intensity: str | 
         for key, seg in segmenters.items():
             pred = seg.predict_volume(vol)  # batches of at most the bundle's max_batch
             scores[key].append(float(np.mean([dice(pred == c, truth == c) for c in range(1, len(names))])))
+    scores.setdefault("int8", [])
     return {"val_cases": [v.case_id for v in volumes],
-            **{f"dice_{k}": round(float(np.mean(v)), 4) for k, v in scores.items()},
+            **{f"dice_{k}": round(float(np.mean(v)), 4) if v else None for k, v in scores.items()},
             **{f"dice_{k}_per_case": [round(x, 4) for x in v] for k, v in scores.items()}}
 
 

@@ -118,6 +118,10 @@ def test_pareto_front_by_brute_force():
            {"id": "e", "latency_ms_p50": 6, "dice_int8": 0.79}]
     # c is slower and worse than a; e is slower and worse than b; b and d tie and both stay.
     assert pareto_front(pts) == {"a", "b", "d"}
+    # A point whose INT8 the gate refused competes with its FP32 Dice (what its bundle ships).
+    refused = {"id": "f", "latency_ms_p50": 4, "dice_int8": None, "dice_fp32": 0.95}
+    assert pareto_front(pts + [refused]) == {"f"}
+    assert pareto_front(pts + [{**refused, "dice_fp32": 0.5}]) == {"a", "b", "d", "f"}
 
 
 @pytest.mark.parametrize("edit, fragment", [
@@ -149,3 +153,29 @@ def test_a_folder_of_another_sweep_is_refused(tmp_path):
     check_sweep_folder(load_sweep(tmp_path / "a.toml"), out)
     with pytest.raises(DataError, match="holds a different sweep"):
         check_sweep_folder(load_sweep(tmp_path / "b.toml"), out)
+
+
+def test_a_point_held_by_another_process_is_left_to_it(tmp_path):
+    """Two sweep processes share one folder: a point whose lock another process holds is skipped,
+    the rest runs, and a later run finishes the held point and reports every point."""
+    import fcntl
+
+    (tmp_path / "sweep.toml").write_text(SWEEP)
+    out = tmp_path / "out"
+    held, other = out / "points" / "unet-b4-d2-s64", out / "points" / "mobile_unet-b4-d2-s64"
+    held.mkdir(parents=True)
+    with open(held / ".lock", "a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # this test process plays the other sweep process
+        proc = subprocess.run(_sweep_command(tmp_path / "sweep.toml", out), capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert not (held / "run").exists() and (other / "result.json").is_file()
+    assert "not in these reports yet: unet-b4-d2-s64" in proc.stdout
+    assert [p["id"] for p in json.loads((out / "sweep.json").read_text())["points"]] == ["mobile_unet-b4-d2-s64"]
+    before = (other / "result.json").read_bytes()
+
+    proc = subprocess.run(_sweep_command(tmp_path / "sweep.toml", out), capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert (other / "result.json").read_bytes() == before and (held / "result.json").is_file()
+    assert "not in these reports yet" not in proc.stdout
+    rows = list(csv.DictReader((out / "sweep.csv").open()))
+    assert [r["id"] for r in rows] == ["unet-b4-d2-s64", "mobile_unet-b4-d2-s64"]
