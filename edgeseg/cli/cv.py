@@ -29,7 +29,10 @@ INT8_OPTIONS = [
     click.Option(["--calib-slices"], type=click.IntRange(min=1), default=64, show_default=True,
                  help="Calibration slices drawn, stratified, from each fold's training cases."),
     click.Option(["--max-dice-drop-int8"], type=click.FloatRange(0.0, 1.0), default=0.01, show_default=True,
-                 help="Largest 1 - Dice(INT8 mask, FP32 mask) the gate allows, per class (as edgeseg export)."),
+                 help="Largest drop of the worst class the gate allows (as edgeseg export)."),
+    click.Option(["--gate-metric"], type=click.Choice(["agreement", "truth"]), default="agreement", show_default=True,
+                 help="What the gate's drop is (as edgeseg export): 1 - Dice against the FP32 mask, or the fall of "
+                      "Dice against the held-out labels."),
 ]
 
 
@@ -101,7 +104,7 @@ def _export_and_score(configs: list, scores: list[dict], opts: dict) -> dict:
 
     settings = ExportSettings(formats=("onnx",), int8=True).override(
         calib_method=opts["calib_method"], calib_slices=opts["calib_slices"],
-        max_dice_drop={"int8": opts["max_dice_drop_int8"]})
+        max_dice_drop={"int8": opts["max_dice_drop_int8"]}, gate_metric=opts["gate_metric"])
     records, runtime = [], []
     for cfg in configs:
         folder = export_folder(cfg.out, settings)

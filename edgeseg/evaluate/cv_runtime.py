@@ -101,7 +101,9 @@ def format_runtime(summary: dict[str, Any], metrics: list[str], folds: int) -> s
         if entry["refused"]:
             lines.append(f"{'':<18} refused on fold(s) {', '.join(str(r['fold']) for r in entry['refused'])}")
     lines.append("")
-    lines.append("INT8 parity gate per fold (drop = 1 - Dice against the FP32 model's mask, per class; limit "
+    drop_is = ("FP32's Dice against the labels minus INT8's" if summary["settings"].get("gate_metric") == "truth"
+               else "1 - Dice against the FP32 model's mask")
+    lines.append(f"INT8 parity gate per fold (drop = {drop_is}, per class; limit "
                  f"{summary['settings']['max_dice_drop_int8']:g})")
     for fold in summary["gate"]:
         for row in fold["rows"]:
@@ -109,6 +111,9 @@ def format_runtime(summary: dict[str, Any], metrics: list[str], folds: int) -> s
                 continue
             verdict = "accepted" if row["passed"] else "REFUSED"
             classes = ", ".join(f"{name} {'-' if d is None else f'{d:.4f}'}" for name, d in row["class_drop"].items())
-            lines.append(f"fold {fold['fold']}  {row['backend']:<18} {verdict:<8} worst {row['worst_class']} "
-                         f"{row['dice_drop']:.4f}  ({classes})")
+            line = f"fold {fold['fold']}  {row['backend']:<18} {verdict:<8} worst {row['worst_class']} {row['dice_drop']:.4f}  ({classes})"
+            if row.get("gate_metric") == "truth" and row.get("agreement"):  # how far the masks moved, for the record
+                line += "  agreement with FP32: " + ", ".join(
+                    f"{name} {'-' if a is None else f'{a:.4f}'}" for name, a in row["agreement"].items())
+            lines.append(line)
     return "\n".join(lines)

@@ -32,7 +32,8 @@ def export_folder(fold_dir: str | Path, settings) -> Path:
     """The folder of one fold's export with ``settings``: named by what changes its outcome
     (calibration method and slices, INT8 limit), so runs with other settings sit beside it."""
     limit = settings.max_dice_drop["int8"]
-    return Path(fold_dir) / f"int8-{settings.calib_method}-{settings.calib_slices}-max{limit:g}"
+    metric = "" if settings.gate_metric == "agreement" else f"-{settings.gate_metric}"
+    return Path(fold_dir) / f"int8-{settings.calib_method}-{settings.calib_slices}-max{limit:g}{metric}"
 
 
 def export_fold(checkpoint: str | Path, folder: Path, settings, progress: bool = False,
@@ -66,7 +67,7 @@ def export_fold(checkpoint: str | Path, folder: Path, settings, progress: bool =
         bundle = "bundle-fp32"
     record = {"checkpoint": str(checkpoint), "epoch": payload.get("epoch"), "split": payload.get("split"),
               "settings": {"calib_method": settings.calib_method, "calib_slices": settings.calib_slices,
-                           "max_dice_drop_int8": settings.max_dice_drop["int8"],
+                           "max_dice_drop_int8": settings.max_dice_drop["int8"], "gate_metric": settings.gate_metric,
                            "verify_slices": settings.verify_slices, "max_batch": settings.max_batch},
               "calibration_data": str(data), "calibration": calibration, "bundle": bundle,
               "gate": gate_rows(report)}
@@ -81,8 +82,10 @@ def gate_rows(report: dict) -> list[dict[str, Any]]:
     for r in report["results"]:
         if not r.get("runner"):  # the FP16 half-precision emulation, not a runtime backend
             continue
-        drops = {name: None if a is None else 1.0 - a for name, a in (r.get("class_dice") or {}).items()}
+        drops = r.get("class_drop") or {name: None if a is None else 1.0 - a
+                                        for name, a in (r.get("class_dice") or {}).items()}
         rows.append({"backend": f"{r['runner']}:{r['precision']}", "passed": bool(r["passed"]),
                      "dice_drop": r["dice_drop"], "worst_class": r.get("worst_class"), "class_drop": drops,
-                     "limit": r["limit"], "slices": report["slices"]})
+                     "limit": r["limit"], "gate_metric": r.get("gate_metric", "agreement"),
+                     "agreement": r.get("class_dice"), "slices": report["slices"]})
     return rows

@@ -78,6 +78,8 @@ def _export(checkpoint, out, settings: ExportSettings, calib, verify_data, force
                                          slice_options=read_as.get("slice_options"))
     with stage("load-verify"):
         verify_set = load_verify_set(payload, spec, verify_data, settings.verify_slices, intensity)
+    if settings.gate_metric == "truth" and verify_set.truth is None:
+        raise DataError(f"--gate-metric truth needs labelled held-out slices; {verify_set.source} has no labels")
     with staged_bundle(target) as folder:
         made, calibration, notes = _write_artifacts(folder, model, spec, labels, settings, verify_set, calib_set,
                                                     cache_dir, progress)
@@ -185,7 +187,7 @@ def _gate(folder: Path, model, made: list, verify_set, settings: ExportSettings,
                 continue
             with stage(f"{entry.key}-{cls.name}"), Segmenter(spec, labels, runner) as segmenter:
                 row = compare_logits(reference, segmenter.logits(images), truth, precision,
-                                     settings.max_dice_drop[precision], class_names)
+                                     settings.max_dice_drop[precision], class_names, settings.gate_metric)
                 rows.append((cls.name, {"key": entry.key, "file": file, "precision": precision,
                                         "runner": cls.name, "run_on": runner.run_on, **row}))
         if precision == "fp16":
@@ -193,7 +195,7 @@ def _gate(folder: Path, model, made: list, verify_set, settings: ExportSettings,
             with stage("fp16-half-check"):
                 half = half_precision_logits(model, images[pick], batch)
             row = compare_logits(reference[pick], half, None if truth is None else truth[pick], precision,
-                                 settings.max_dice_drop[precision], class_names)
+                                 settings.max_dice_drop[precision], class_names, settings.gate_metric)
             subset = {} if len(pick) == len(images) else {"slices": int(len(pick))}
             rows.append((None, {"key": entry.key, "file": file, "precision": precision, "run_on": HALF_EMULATION,
                                 **row, **subset}))
@@ -206,6 +208,7 @@ def _gate(folder: Path, model, made: list, verify_set, settings: ExportSettings,
         results += [row for _, row in rows]
     report = {"reference": "pytorch-fp32-eager-cpu", "data": verify_set.source, "cases": verify_set.cases,
               "slices": int(len(images)), "labelled": truth is not None, "thresholds": settings.max_dice_drop,
+              "gate_metric": settings.gate_metric,
               "fp32_margin": 1e-4, "results": results, "passed": not dead}
     if excluded:
         report["excluded"] = excluded

@@ -17,6 +17,7 @@ from edgeseg.errors import DataError
 FORMATS = ("torchscript", "onnx")
 CALIB_METHODS = ("minmax", "entropy", "percentile")
 FP16_CHECKS = ("subset", "full")
+GATE_METRICS = ("agreement", "truth")
 PROFILE_DIR = Path(__file__).resolve().parents[2] / "export"
 
 
@@ -36,8 +37,13 @@ class ExportSettings:
         fp16_check: "subset" runs the real float16 check (torch half kernels, slow on CPUs) on
             ``fp16_check_slices`` stratified held-out slices, "full" on all of them.
         fp16_check_slices: slices of the "subset" float16 check.
-        max_dice_drop: per precision, the largest allowed 1 - Dice(artifact mask, FP32 mask);
-            FP32 formats must give identical masks.
+        max_dice_drop: per precision, the largest allowed drop of the worst class (see
+            ``gate_metric``); FP32 formats must give identical masks.
+        gate_metric: what a class's drop is. "agreement": 1 - Dice(artifact mask, FP32 mask),
+            needs no labels and bounds any change. "truth": Dice(FP32 mask, truth) -
+            Dice(artifact mask, truth) on the held-out slices' labels, the change in accuracy
+            itself; for lesion classes with soft borders, where INT8 moves many near-tied pixels
+            without making the mask worse. Needs labelled held-out data.
     """
 
     formats: tuple[str, ...] = FORMATS
@@ -51,6 +57,7 @@ class ExportSettings:
     fp16_check: str = "subset"
     fp16_check_slices: int = 8
     max_dice_drop: dict[str, float] = field(default_factory=lambda: {"fp32": 0.0, "fp16": 0.002, "int8": 0.01})
+    gate_metric: str = "agreement"
 
     def __post_init__(self) -> None:
         formats = tuple(self.formats)
@@ -62,6 +69,8 @@ class ExportSettings:
             raise DataError("FP16 and INT8 artifacts are ONNX graphs: add 'onnx' to the formats")
         if self.calib_method not in CALIB_METHODS:
             raise DataError(f"calibration method must be one of {list(CALIB_METHODS)}, got {self.calib_method!r}")
+        if self.gate_metric not in GATE_METRICS:
+            raise DataError(f"gate metric must be one of {list(GATE_METRICS)}, got {self.gate_metric!r}")
         if self.fp16_check not in FP16_CHECKS:
             raise DataError(f"fp16 check must be one of {list(FP16_CHECKS)}, got {self.fp16_check!r}")
         for name in ("calib_slices", "max_batch", "verify_slices", "fp16_check_slices"):

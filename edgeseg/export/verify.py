@@ -5,9 +5,10 @@ For each artifact (and, for FP16, also the model run in real float16, see
 difference, the agreement of the argmax masks per foreground class and Dice against ground
 truth where labels exist. A class's agreement is the Dice of the artifact's mask of that class
 against the FP32 model's, pooled over the held-out slices, which are drawn so that every class
-is on some of them (:func:`load_verify_set`). ``dice_drop`` is the worst class's
-1 - agreement, and that class is named (``worst_class``): a degraded rare class is not averaged
-away by a large one. Limits:
+is on some of them (:func:`load_verify_set`). ``dice_drop`` is the worst class's drop, and that
+class is named (``worst_class``): a degraded rare class is not averaged away by a large one. A
+class's drop is 1 - agreement by default; with the "truth" gate metric it is the fall of that
+class's Dice against the held-out labels (FP32's minus the artifact's). Limits:
 FP32 formats must give identical masks, except at pixels where the FP32 model itself is
 undecided (top-two logit margin below ``FP32_MARGIN``, i.e. float rounding decides the
 class); FP16 and INT8 must keep ``dice_drop`` within their threshold and all logits finite.
@@ -111,17 +112,32 @@ def class_agreement(mask: np.ndarray, ref_mask: np.ndarray, truth: np.ndarray | 
     return agreement
 
 
+def truth_drops(mask: np.ndarray, ref_mask: np.ndarray, truth: np.ndarray, num_classes: int) -> dict[int, float | None]:
+    """For each foreground class: Dice(FP32 mask, truth) - Dice(artifact mask, truth), pooled over
+    the held-out slices (positive: the artifact is less accurate); None where the truth has no
+    pixel of the class (a Dice against nothing says nothing about accuracy)."""
+    drops: dict[int, float | None] = {}
+    for c in range(1, int(num_classes)):
+        target = truth == c
+        drops[c] = dice(ref_mask == c, target) - dice(mask == c, target) if target.any() else None
+    return drops
+
+
 def compare_logits(reference: np.ndarray, logits: np.ndarray, truth: np.ndarray | None, precision: str,
-                   limit: float, class_names: list[str] | None = None) -> dict:
+                   limit: float, class_names: list[str] | None = None, metric: str = "agreement") -> dict:
     """The parity row of one artifact's ``logits`` against the FP32 ``reference`` logits.
 
     ``class_names`` (indexed by class, background first) name the classes in ``class_dice``
-    and ``worst_class``; by default they are the class numbers as text.
+    and ``worst_class``; by default they are the class numbers as text. ``metric`` says what a
+    class's drop is (``ExportSettings.gate_metric``): "agreement" (1 - Dice against the FP32
+    mask) or "truth" (the fall of Dice against ``truth``); ``class_drop`` holds it per class.
     """
     num_classes = reference.shape[1]
     names = list(class_names) if class_names is not None else [str(c) for c in range(num_classes)]
     if len(names) != num_classes:
         raise DataError(f"{len(names)} class names {names} for logits of {num_classes} classes")
+    if metric == "truth" and truth is None:
+        raise DataError("the truth gate metric needs labelled held-out slices; the verification data has no labels")
     finite = bool(np.isfinite(logits).all())
     big = float(np.finfo(np.float32).max)
     # Non-finite logits count as the largest float, so percentiles stay defined; finite says why.
@@ -132,12 +148,18 @@ def compare_logits(reference: np.ndarray, logits: np.ndarray, truth: np.ndarray 
     decided = (top2[:, 1] - top2[:, 0]) > FP32_MARGIN
     changed = mask != ref_mask
     per_class = class_agreement(mask, ref_mask, truth, num_classes)
-    judged = {c: a for c, a in per_class.items() if a is not None}
-    worst = min(judged, key=judged.get) if judged else None
-    agreement = judged[worst] if judged else 1.0
-    row = {"max_abs": float(diff.max()) if finite else float("inf"), "p99_abs": float(np.percentile(diff, 99)), "mask_dice": agreement,
-           "dice_drop": 1.0 - agreement, "limit": limit, "changed_pixels": int(changed.sum()),
+    if metric == "truth":
+        class_drop = truth_drops(mask, ref_mask, truth, num_classes)
+    else:
+        class_drop = {c: None if a is None else 1.0 - a for c, a in per_class.items()}
+    judged = {c: d for c, d in class_drop.items() if d is not None}
+    worst = max(judged, key=judged.get) if judged else None
+    drop = judged[worst] if judged else 0.0
+    row = {"max_abs": float(diff.max()) if finite else float("inf"), "p99_abs": float(np.percentile(diff, 99)),
+           "mask_dice": min((a for a in per_class.values() if a is not None), default=1.0),
+           "gate_metric": metric, "dice_drop": drop, "limit": limit, "changed_pixels": int(changed.sum()),
            "class_dice": {names[c]: a for c, a in per_class.items()},
+           "class_drop": {names[c]: d for c, d in class_drop.items()},
            "class_changed_decided_pixels": {names[c]: int((changed & decided & ((ref_mask == c) | (mask == c))).sum())
                                             for c in range(1, num_classes)},
            "worst_class": None if worst is None else names[worst],
@@ -147,7 +169,7 @@ def compare_logits(reference: np.ndarray, logits: np.ndarray, truth: np.ndarray 
     if precision == "fp32":
         row["passed"] = finite and row["changed_decided_pixels"] == 0
     else:
-        row["passed"] = finite and row["dice_drop"] <= limit + 1e-12
+        row["passed"] = finite and drop <= limit + 1e-12
     return row
 
 
@@ -204,11 +226,12 @@ def failures(report: dict) -> list[str]:
             if len(per_class) > 1:  # a changed pixel counts for the class it left and the one it joined
                 why += " (" + ", ".join(f"{name} {n}" for name, n in per_class.items()) + ")"
         else:
-            why = f"dice drop {r['dice_drop']:.4f} > {r['limit']}"
-            classes = r.get("class_dice") or {}
+            what = "Dice drop against truth" if r.get("gate_metric") == "truth" else "dice drop"
+            why = f"{what} {r['dice_drop']:.4f} > {r['limit']}"
+            classes = r.get("class_drop") or {n: None if a is None else 1.0 - a for n, a in (r.get("class_dice") or {}).items()}
             if len(classes) > 1:  # name the failing class, and what the others did
-                others = ", ".join(f"{name} {1.0 - a:.4f}" for name, a in classes.items()
-                                   if name != r["worst_class"] and a is not None)
+                others = ", ".join(f"{name} {d:.4f}" for name, d in classes.items()
+                                   if name != r["worst_class"] and d is not None)
                 why = f"class {r['worst_class']} {why}" + (f" (other classes' drops: {others})" if others else "")
         out.append(f"{r['key']} on {r['run_on']}: {why}")
     return out

@@ -151,3 +151,52 @@ def test_export_of_an_artifact_with_damaged_consolidation_logits_fails_naming_th
                       verify_data="chest-phantom:cases=2,size=32,slices=8", progress=False, echo=shown.append)
     assert not (tmp_path / "bundle").exists()
     assert "NO" in shown[0]
+
+
+def _logits_of(mask: np.ndarray) -> np.ndarray:
+    logits = np.zeros((len(mask), 3, *mask.shape[1:]), np.float32)
+    for c in range(3):
+        logits[:, c][mask == c] = 5.0
+    return logits
+
+
+def test_truth_metric_passes_an_artifact_as_accurate_as_fp32_that_the_agreement_metric_refuses(truth):
+    # FP32 and the artifact each miss a different, equally large set of ggo pixels:
+    # their masks disagree a lot, yet both are exactly as right against the labels.
+    ggo = np.flatnonzero(truth.ravel() == 1)
+    rng = np.random.default_rng(1)
+    picked = rng.permutation(ggo)[: 2 * (len(ggo) // 10)]
+    ref_mask, art_mask = truth.copy().ravel(), truth.copy().ravel()
+    ref_mask[picked[: len(picked) // 2]] = 0
+    art_mask[picked[len(picked) // 2:]] = 0
+    ref_mask, art_mask = ref_mask.reshape(truth.shape), art_mask.reshape(truth.shape)
+    reference, artifact = _logits_of(ref_mask), _logits_of(art_mask)
+
+    agreement = compare_logits(reference, artifact, truth, "int8", 0.01, NAMES)
+    assert not agreement["passed"] and agreement["worst_class"] == "ggo" and agreement["dice_drop"] > 0.05
+    row = compare_logits(reference, artifact, truth, "int8", 0.01, NAMES, metric="truth")
+    assert row["passed"] and row["gate_metric"] == "truth"
+    assert row["class_drop"]["ggo"] == pytest.approx(0.0, abs=1e-12)
+    assert row["class_dice"]["ggo"] == pytest.approx(agreement["class_dice"]["ggo"])  # agreement is still reported
+
+
+def test_truth_metric_drop_is_the_fall_of_dice_against_the_labels_and_names_the_class(truth):
+    reference = _confident_logits(truth)
+    damaged = reference.copy()
+    rng = np.random.default_rng(0)
+    damaged[:, 2] -= 6.0 * (rng.random(truth.shape) < 0.3)
+    row = compare_logits(reference, damaged, truth, "int8", 0.01, NAMES, metric="truth")
+    expected = _oracle_dice(reference.argmax(1) == 2, truth == 2) - _oracle_dice(damaged.argmax(1) == 2, truth == 2)
+    assert not row["passed"] and row["worst_class"] == "consolidation"
+    assert row["dice_drop"] == pytest.approx(expected, abs=1e-12) and expected > 0.1
+    assert row["class_drop"]["ggo"] == pytest.approx(0.0, abs=1e-12)
+    [why] = failures({"results": [{**row, "key": "onnx-int8", "run_on": "onnxruntime-cpu", "precision": "int8"}]})
+    assert why.startswith("onnx-int8 on onnxruntime-cpu: class consolidation Dice drop against truth")
+
+
+def test_truth_metric_without_labels_is_refused(truth):
+    from edgeseg.errors import DataError
+
+    reference = _confident_logits(truth)
+    with pytest.raises(DataError, match="truth gate metric needs labelled"):
+        compare_logits(reference, reference, None, "int8", 0.01, NAMES, metric="truth")
