@@ -179,3 +179,26 @@ def test_a_point_held_by_another_process_is_left_to_it(tmp_path):
     assert "not in these reports yet" not in proc.stdout
     rows = list(csv.DictReader((out / "sweep.csv").open()))
     assert [r["id"] for r in rows] == ["unet-b4-d2-s64", "mobile_unet-b4-d2-s64"]
+
+
+def test_a_point_whose_int8_the_gate_refuses_is_reported_in_fp32_with_the_reason(tmp_path):
+    """Calibrated on blank slices, the INT8 graph saturates on real ones and the gate refuses it;
+    the point is still finished, exported in FP32 and on the front with its FP32 Dice."""
+    import numpy as np
+
+    blank = tmp_path / "blank.npy"
+    np.save(blank, np.zeros((8, 1, 64, 64), np.float32))
+    text = SWEEP.replace('model = ["unet", "mobile_unet"]', 'model = ["unet"]').replace(
+        'calib = "phantom:cases=3,size=64,slices=16,seed=5"', f'calib = "{blank}"')
+    (tmp_path / "sweep.toml").write_text(text)
+    out = tmp_path / "out"
+    proc = subprocess.run(_sweep_command(tmp_path / "sweep.toml", out), capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    point = out / "points" / "unet-b4-d2-s64"
+    result = json.loads((point / "result.json").read_text())
+    assert result["dice_int8"] is None and "parity gate failed" in result["int8_refused"]
+    assert 0.0 < result["dice_fp32"] <= 1.0 and result["latency_ms_p50"] > 0
+    assert not (point / "bundle" / "model.int8.onnx").exists() and (point / "bundle" / "model.onnx").is_file()
+    assert "int8 refused" in proc.stdout and "*front" in proc.stdout
+    [row] = list(csv.DictReader((out / "sweep.csv").open()))
+    assert row["dice_int8"] == "" and "parity gate failed" in row["int8_refused"] and row["pareto"] == "True"
