@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import click
 
 from edgeseg.cli.logs import configure_logging
@@ -32,13 +34,20 @@ def command(sweep_file, out, quiet) -> None:
     if not points:
         click.echo(f"no point is finished yet; {', '.join(elsewhere)} running in another process")
         return
-    paths = write_reports(out, points)
+    paths = write_reports(out, points, sweep.choose)
     front = pareto_front(points)
     for r in points:
         click.echo(f"{r['id']:<32} {r['params'] / 1e6:6.2f} M  {r['gflop']:7.2f} GFLOP  Dice fp32 {r['dice_fp32']:.4f}  "
                    f"int8 {'refused' if r['dice_int8'] is None else format(r['dice_int8'], '.4f')}  {r['backend']:<16} {r['latency_ms_p50']:8.2f} ms  "
                    f"{r['volume_slices_per_s']:7.1f} slices/s{'  *front' if r['id'] in front else ''}")
-    click.echo(f"wrote {paths['csv']}, {paths['json']}, {paths['png']}, {paths['commands']}")
+    if "choice" in paths:
+        c = json.loads(paths["choice"].read_text())
+        click.echo(f"chosen: {c['chosen']} (fastest within {c['max_dice_loss']:g} Dice of {c['reference']}): "
+                   f"Dice {c['dice']:.4f} vs {c['reference_dice']:.4f}, {c['speedup_end_to_end']:.2f}x faster end to end, "
+                   f"{c['speedup_model']:.2f}x model alone, {c['gflop_ratio']:.2f}x fewer GFLOP")
+    elif sweep.choose:
+        click.echo(f"no choice yet: the reference point {sweep.choose['reference']} is not finished")
+    click.echo(f"wrote {', '.join(str(p) for p in paths.values())}")
     if elsewhere:
         click.echo(f"not in these reports yet: {', '.join(elsewhere)}, running in another process; "
                    "run this command again when it has finished to report every point")

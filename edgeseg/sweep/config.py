@@ -19,6 +19,10 @@ Example ``SWEEP.toml``::
     [measure]                     # latency of the auto backend on int16 slices
     slice_size = 512
 
+    [choose]                      # optional: the default-model rule applied to the results
+    reference = "unet-b8-d2-s64"  # the point to match
+    max_dice_loss = 0.005         # the fastest point within this much Dice of it is chosen
+
 Every key is checked before anything is written: an unknown key, architecture or value is one
 ``EdgesegError`` naming it.
 """
@@ -42,6 +46,7 @@ RECIPE_KEYS = {"data": str, "labels": str, "window": list, "intensity": str, "ep
 EXPORT_KEYS = {"calib": str, "calib_method": str, "calib_slices": int, "verify_slices": int, "max_batch": int,
                "max_dice_drop_int8": float}
 MEASURE_KEYS = {"slice_size": int, "batches": list, "runs": int, "warmup": int, "volume_slices": int, "threads": int}
+CHOOSE_KEYS = {"reference": str, "max_dice_loss": float}
 MEASURE_DEFAULTS = {"slice_size": 512, "batches": [1, 8], "runs": 20, "warmup": 3, "volume_slices": 32, "threads": 0}
 
 
@@ -67,8 +72,11 @@ class SweepConfig:
     points: list[Point]
     export: dict[str, Any] = field(default_factory=dict)
     measure: dict[str, Any] = field(default_factory=dict)
+    choose: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
+        """What makes the sweep's results: a folder holding another is refused. ``choose`` is not
+        in it, since it only reads the results: changing it never invalidates finished points."""
         return {"recipe": self.recipe, "grid": [p.__dict__ for p in self.points], "export": self.export,
                 "measure": self.measure}
 
@@ -109,6 +117,21 @@ def _grid(doc: dict, where: str) -> list[Point]:
     return points
 
 
+def _choose(doc: dict, points: list[Point], where: str) -> dict[str, Any]:
+    choose = _checked_table(doc, "choose", CHOOSE_KEYS, where)
+    if not choose:
+        return {}
+    if "reference" not in choose:
+        raise DataError(f"{where}: [choose] needs reference, the id of the point to match")
+    ids = [p.id for p in points]
+    if choose["reference"] not in ids:
+        raise DataError(f"{where}: [choose] reference {choose['reference']!r} is not a point of the grid; points: {ids}")
+    loss = float(choose.setdefault("max_dice_loss", 0.005))
+    if not 0.0 <= loss <= 1.0:
+        raise DataError(f"{where}: [choose] max_dice_loss must be in [0, 1], got {loss}")
+    return choose
+
+
 def load_sweep(path: str | Path) -> SweepConfig:
     """Parse and check a sweep file; raises DataError (one line) on any unknown or bad entry."""
     path = Path(path)
@@ -119,9 +142,9 @@ def load_sweep(path: str | Path) -> SweepConfig:
         raise DataError(f"sweep file not found: {path}") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError, OSError) as exc:
         raise DataError(f"{where} is not a readable TOML file ({str(exc).splitlines()[0]})") from None
-    unknown = sorted(set(doc) - {"recipe", "grid", "export", "measure"})
+    unknown = sorted(set(doc) - {"recipe", "grid", "export", "measure", "choose"})
     if unknown:
-        raise DataError(f"{where}: unknown section(s) {unknown}; known: ['export', 'grid', 'measure', 'recipe']")
+        raise DataError(f"{where}: unknown section(s) {unknown}; known: ['choose', 'export', 'grid', 'measure', 'recipe']")
     recipe = _checked_table(doc, "recipe", RECIPE_KEYS, where)
     if "data" not in recipe:
         raise DataError(f"{where}: [recipe] needs data")
@@ -129,7 +152,9 @@ def load_sweep(path: str | Path) -> SweepConfig:
     measure = {**MEASURE_DEFAULTS, **_checked_table(doc, "measure", MEASURE_KEYS, where)}
     if any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in measure["batches"]) or not measure["batches"]:
         raise DataError(f"{where}: [measure] batches must be positive integers, got {measure['batches']}")
-    sweep = SweepConfig(recipe=recipe, points=_grid(doc, where), export=export, measure=measure)
+    points = _grid(doc, where)
+    sweep = SweepConfig(recipe=recipe, points=points, export=export, measure=measure,
+                        choose=_choose(doc, points, where))
     for point in sweep.points:
         train_config(sweep, point, Path("."))  # the recipe's values are checked here, before any work
     return sweep

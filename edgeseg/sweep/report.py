@@ -34,8 +34,30 @@ def pareto_front(points: list[dict[str, Any]], cost_key: str = "latency_ms_p50")
     return front
 
 
-def write_reports(out: str | Path, points: list[dict[str, Any]]) -> dict[str, Path]:
-    """Write sweep.csv, results.json, commands.sh and pareto.png under ``out``; returns their paths."""
+def choose_default(points: list[dict[str, Any]], reference: str, max_dice_loss: float) -> dict[str, Any] | None:
+    """The fastest point (end-to-end latency of the auto backend) whose deployed Dice is at most
+    ``max_dice_loss`` below the ``reference`` point's, with its ratios against the reference;
+    None while the reference is not finished."""
+    by_id = {p["id"]: p for p in points}
+    ref = by_id.get(reference)
+    if ref is None:
+        return None
+    floor = deployed_dice(ref) - max_dice_loss
+    eligible = [p for p in points if deployed_dice(p) >= floor - 1e-12]
+    best = min(eligible, key=lambda p: (p["latency_ms_p50"], -deployed_dice(p)))  # the reference itself is eligible
+    return {"chosen": best["id"], "reference": reference, "max_dice_loss": max_dice_loss,
+            "dice": deployed_dice(best), "reference_dice": deployed_dice(ref),
+            "dice_difference": round(deployed_dice(best) - deployed_dice(ref), 4),
+            "speedup_end_to_end": round(ref["latency_ms_p50"] / best["latency_ms_p50"], 3),
+            "speedup_model": round(ref["model_ms_p50"] / best["model_ms_p50"], 3),
+            "gflop_ratio": round(ref["gflop"] / best["gflop"], 3),
+            "volume_throughput_ratio": round(best["volume_slices_per_s"] / ref["volume_slices_per_s"], 3),
+            "eligible": [p["id"] for p in eligible], "points_finished": len(points)}
+
+
+def write_reports(out: str | Path, points: list[dict[str, Any]], choose: dict[str, Any] | None = None) -> dict[str, Path]:
+    """Write sweep.csv, results.json, commands.sh and pareto.png under ``out`` and, with a
+    ``choose`` rule whose reference is finished, choice.json; returns the paths written."""
     out = Path(out)
     front = pareto_front(points)
     rows = [{**p, "pareto": p["id"] in front} for p in points]
@@ -51,11 +73,15 @@ def write_reports(out: str | Path, points: list[dict[str, Any]]) -> dict[str, Pa
     for p in rows:
         script += ["", f"# {p['id']}", *p["commands"]]
     atomic_write_text(paths["commands"], "\n".join(script) + "\n")
-    plot_front(rows, paths["png"])
+    choice = choose_default(points, choose["reference"], choose["max_dice_loss"]) if choose else None
+    if choice is not None:
+        paths["choice"] = out / "choice.json"
+        atomic_write_text(paths["choice"], json.dumps(choice, indent=2) + "\n")
+    plot_front(rows, paths["png"], choice)
     return paths
 
 
-def plot_front(rows: list[dict[str, Any]], path: Path) -> None:
+def plot_front(rows: list[dict[str, Any]], path: Path, choice: dict[str, Any] | None = None) -> None:
     """Scatter of INT8 validation Dice against end-to-end latency, the Pareto front joined and ringed."""
     import matplotlib
 
@@ -74,6 +100,12 @@ def plot_front(rows: list[dict[str, Any]], path: Path) -> None:
     for r in rows:
         ax.annotate(f"b{r['base']} d{r['depth']} s{r['size']}", (r["latency_ms_p50"], deployed_dice(r)), fontsize=7,
                     xytext=(4, 4), textcoords="offset points")
+    if choice is not None:  # the reference's Dice band, and the point chosen in it
+        floor = choice["reference_dice"] - choice["max_dice_loss"]
+        ax.axhline(floor, color="grey", lw=0.8, ls=":", label=f"reference Dice - {choice['max_dice_loss']:g}")
+        chosen = next(r for r in rows if r["id"] == choice["chosen"])
+        ax.scatter([chosen["latency_ms_p50"]], [deployed_dice(chosen)], marker="*", s=260, color="gold",
+                   edgecolors="k", zorder=5, label=f"chosen: {choice['chosen']}")
     size = rows[0]["slice_size"] if rows else 512
     ax.set_xlabel(f"end-to-end latency, auto backend, batch 1, {size}x{size} int16 slice (ms, p50)")
     ax.set_ylabel("validation per-case Dice (INT8; FP32 if INT8 refused)")

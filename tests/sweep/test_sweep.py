@@ -128,6 +128,10 @@ def test_pareto_front_by_brute_force():
     (("epochs = 3", "epochs = 3\nepoch = 4"), "unknown key 'epoch' in [recipe]"),
     (('"mobile_unet"]', '"segformer"]'), "unknown architecture(s) ['segformer']"),
     (("[measure]", "[measur]"), "unknown section(s) ['measur']"),
+    (("[measure]", '[choose]\nreference = "unet-b9-d2-s64"\n\n[measure]'),
+     "[choose] reference 'unet-b9-d2-s64' is not a point of the grid"),
+    (("[measure]", '[choose]\nreference = "unet-b4-d2-s64"\nmax_loss = 0.01\n\n[measure]'),
+     "unknown key 'max_loss' in [choose]"),
     (("size = [64]", "size = [66]"), "size 66 is not divisible by 2**depth = 4"),
     (("lr = 0.01", 'lr = "fast"'), "[recipe] lr must be a float"),
     (('"mobile_unet"]', '["mobile_unet"]]'), "[grid] model must list architecture names"),
@@ -190,6 +194,7 @@ def test_a_point_whose_int8_the_gate_refuses_is_reported_in_fp32_with_the_reason
     np.save(blank, np.zeros((8, 1, 64, 64), np.float32))
     text = SWEEP.replace('model = ["unet", "mobile_unet"]', 'model = ["unet"]').replace(
         'calib = "phantom:cases=3,size=64,slices=16,seed=5"', f'calib = "{blank}"')
+    text += '\n[choose]\nreference = "unet-b4-d2-s64"\n'
     (tmp_path / "sweep.toml").write_text(text)
     out = tmp_path / "out"
     proc = subprocess.run(_sweep_command(tmp_path / "sweep.toml", out), capture_output=True, text=True)
@@ -202,3 +207,38 @@ def test_a_point_whose_int8_the_gate_refuses_is_reported_in_fp32_with_the_reason
     assert "int8 refused" in proc.stdout and "*front" in proc.stdout
     [row] = list(csv.DictReader((out / "sweep.csv").open()))
     assert row["dice_int8"] == "" and "parity gate failed" in row["int8_refused"] and row["pareto"] == "True"
+    choice = json.loads((out / "choice.json").read_text())  # the only point is its own reference
+    assert choice["chosen"] == "unet-b4-d2-s64" and choice["speedup_end_to_end"] == 1.0
+    assert choice["dice"] == result["dice_fp32"] and "chosen: unet-b4-d2-s64" in proc.stdout
+
+
+def test_choose_default_is_the_fastest_point_within_the_dice_band_of_the_reference():
+    from edgeseg.sweep.report import choose_default
+
+    def pt(i, ms, d8, d32=0.9, gflop=1.0, model_ms=None, vol=100.0):
+        return {"id": i, "latency_ms_p50": ms, "model_ms_p50": model_ms or ms / 2, "dice_int8": d8, "dice_fp32": d32,
+                "gflop": gflop, "volume_slices_per_s": vol}
+
+    ref = pt("ref", 40.0, 0.930, gflop=24.0, model_ms=30.0, vol=50.0)
+    pts = [ref, pt("fast-bad", 5.0, 0.900), pt("mid", 16.0, 0.9252, gflop=6.0, model_ms=8.0, vol=150.0),
+           pt("slow-good", 30.0, 0.940), pt("refused", 10.0, None, d32=0.9249)]
+    choice = choose_default(pts, "ref", 0.005)
+    # By hand: Dice floor 0.925; "mid" (0.9252) is in, "refused" (FP32 0.9249) and "fast-bad" are out.
+    assert choice["chosen"] == "mid" and sorted(choice["eligible"]) == ["mid", "ref", "slow-good"]
+    assert choice["speedup_end_to_end"] == 2.5 and choice["speedup_model"] == 3.75 and choice["gflop_ratio"] == 4.0
+    assert choice["volume_throughput_ratio"] == 3.0 and choice["dice_difference"] == -0.0048
+    assert choose_default(pts, "ref", 0.0)["chosen"] == "slow-good"  # faster and better than the reference
+    assert choose_default(pts[:3], "ref", 0.0)["chosen"] == "ref"  # nothing faster is as good: the reference stays
+    assert choose_default(pts, "ref", 0.1)["chosen"] == "fast-bad"
+    assert choose_default(pts[1:], "ref", 0.005) is None  # the reference is not finished yet
+    # Brute force over random sweeps: no faster point is eligible, and the chosen one is.
+    import random
+
+    rng = random.Random(0)
+    for _ in range(200):
+        rand = [pt(f"p{k}", rng.uniform(1, 50), rng.choice([None, rng.uniform(0.8, 0.95)]), d32=rng.uniform(0.8, 0.95))
+                for k in range(6)]
+        got = choose_default(rand, "p0", 0.01)
+        value = {p["id"]: (p["dice_int8"] if p["dice_int8"] is not None else p["dice_fp32"]) for p in rand}
+        ok = [p for p in sorted(rand, key=lambda p: p["latency_ms_p50"]) if value[p["id"]] >= value["p0"] - 0.01]
+        assert got["chosen"] == ok[0]["id"]
