@@ -27,18 +27,21 @@ from edgeseg.cli.input_limits import input_limit_options
 @click.option("--batch-size", default=None, type=int, help="Slices per model call (default: the bundle's, at most 8).")
 @click.option("--overlay", default=None, type=click.Path(dir_okay=False),
               help="Also write one overlay PNG of the slice with the most foreground.")
-@click.option("--intensity", default="hu-clipped:0,255", show_default=True,
-              help="What PNG/JPG pixels mean: 'hu-clipped:LO,HI' or 'window:LO,HI'.")
+@click.option("--intensity", default=None,
+              help="What PNG/JPG pixels mean: 'hu-clipped:LO,HI' or 'window:LO,HI' [default: what the bundle's "
+                   "training slices meant, as its manifest records; else hu-clipped:0,255].")
 @click.option("--quiet", is_flag=True, help="No progress bar and no log lines.")
 def command(bundle, input_path, out, fmt, backend, threads, batch_size, overlay, intensity, quiet) -> None:
     """Segment INPUT with BUNDLE and write the label map to --out; prints a one-line summary."""
+    import logging
     import time
 
     import numpy as np
 
     from edgeseg.cli.logs import configure_logging
     from edgeseg.errors import DataError
-    from edgeseg.runtime.readers import read_input
+    from edgeseg.runtime.manifest import read_manifest
+    from edgeseg.runtime.readers import IMAGE_SUFFIXES, bundle_intensity, read_input
     from edgeseg.runtime.segmenter import Segmenter
     from edgeseg.runtime.writers import format_for, write_dicom_seg, write_nifti, write_npy, write_overlay, write_png
 
@@ -47,7 +50,12 @@ def command(bundle, input_path, out, fmt, backend, threads, batch_size, overlay,
         configure_logging()
     fmt = format_for(out, fmt)
     _check_outputs(out, fmt, overlay)
-    volume, refs = read_input(input_path, intensity=intensity)
+    if intensity is None and str(input_path).lower().endswith(IMAGE_SUFFIXES):
+        intensity, recorded = bundle_intensity(read_manifest(bundle).source)
+        if recorded:
+            logging.getLogger("edgeseg.predict").info(
+                "reading %s's pixels as %s, the intensity of the bundle's training slices", input_path, intensity)
+    volume, refs = read_input(input_path, **({"intensity": intensity} if intensity else {}))
     if fmt == "dicom-seg" and refs is None:
         raise DataError(f"--format dicom-seg needs a DICOM series folder as INPUT, got {input_path}")
     backends = backend.split(",") if "," in backend else backend

@@ -78,7 +78,10 @@ def build_manifest(payload: dict[str, Any], checkpoint: Path, checkpoint_sha256:
         source={"checkpoint": checkpoint.name, "sha256": checkpoint_sha256, "epoch": payload.get("epoch"),
                 "edgeseg_version": payload.get("edgeseg_version"),
                 # Checkpoints from before recipes carry none; their bundles simply omit it.
-                **({"recipe": payload["recipe"]} if payload.get("recipe") else {})},
+                **({"recipe": payload["recipe"]} if payload.get("recipe") else {}),
+                # What the training slices' image pixels meant, so predict reads PNG/JPG input alike.
+                **({"intensity": intensity} if (intensity := (payload.get("train_config") or {}).get("intensity"))
+                   else {})},
         edgeseg_version=__version__,
         created=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
     )

@@ -35,6 +35,16 @@ def input_kind(path: str | os.PathLike) -> str:
     raise DataError(f"cannot read {path}: expected a DICOM series folder, .nii/.nii.gz, .png/.jpg or .npy")
 
 
+def bundle_intensity(source: dict) -> tuple[str, bool]:
+    """What PNG/JPG pixels mean for a bundle with manifest ``source``: the intensity its training
+    slices were read with (``source["intensity"]``, or its recipe's), else the default
+    ``hu-clipped:0,255``; and whether the bundle said so."""
+    from edgeseg.data.slices import DEFAULT_INTENSITY
+
+    recorded = source.get("intensity") or ((source.get("recipe") or {}).get("values") or {}).get("intensity")
+    return (str(recorded), True) if recorded else (DEFAULT_INTENSITY, False)
+
+
 def read_input(path: str | os.PathLike, intensity: str = "hu-clipped:0,255"):
     """Read ``path`` as (Volume, DicomSeriesInfo or None).
 

@@ -123,3 +123,41 @@ def test_a_mask_value_outside_the_classes_is_refused_naming_value_and_file(slice
     assert_one_line_error(done, "3")
     assert "p1_03" in done.stderr
     assert not out.exists()
+
+
+def test_predict_reads_an_image_with_the_intensity_the_bundle_records(slice_folder, chest_bundle_run, tmp_path):
+    """A PNG slice is read as the bundle's training slices were (manifest ``source.intensity``),
+    unless --intensity says otherwise; a bundle that records none keeps the hu-clipped default."""
+    import shutil
+
+    from edgeseg.runtime import Segmenter
+
+    folder, written = slice_folder
+    png = folder / "images" / "p0_03.png"
+    bundle = shutil.copytree(chest_bundle_run / "bundle", tmp_path / "bundle")
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert "intensity" not in manifest["source"]  # trained on phantom volumes: nothing to record
+    window = f"window:{WINDOW[0]:g},{WINDOW[1]:g}"
+    manifest["source"]["intensity"] = window
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+
+    def predict(bundle_dir, name, *flags):
+        out = tmp_path / f"{name}.npy"  # the label map itself
+        done = edgeseg("predict", bundle_dir, png, "--out", out, "--backend", "onnxruntime:fp32", *flags)
+        assert done.returncode == 0, done.stderr
+        return np.load(out), done.stderr
+
+    recorded, log = predict(bundle, "recorded")
+    assert f"pixels as {window}, the intensity of the bundle's training slices" in log
+    explicit, _ = predict(chest_bundle_run / "bundle", "explicit", "--intensity", window)
+    default, _ = predict(chest_bundle_run / "bundle", "default")
+    clipped, _ = predict(chest_bundle_run / "bundle", "clipped", "--intensity", "hu-clipped:0,255")
+    assert np.array_equal(recorded, explicit) and np.array_equal(default, clipped)
+    # The oracle: the bundle on HU computed here from the PNG's pixels with the window.
+    pixels = written["p0"][0][3].astype(np.float32)
+    hu = np.float32(WINDOW[0]) + pixels / np.float32(255) * np.float32(WINDOW[1] - WINDOW[0])
+    with Segmenter.load(chest_bundle_run / "bundle", backend="onnxruntime:fp32") as segmenter:
+        expected = segmenter.predict_volume(Volume(hu=hu[None], spacing=(1.0, 1.0, 1.0),
+                                                   affine=default_affine((1.0, 1.0, 1.0)), case_id="p0"))[0]
+    assert expected.any() and not np.array_equal(recorded, default)  # the intensity matters on this slice
+    assert np.array_equal(recorded.reshape(expected.shape), expected)

@@ -150,6 +150,11 @@ def test_recipe_trains_with_overrides_and_is_recorded(tmp_path, lesion_slices):
     # A checkpoint from before recipes carries none, and its manifest has no recipe entry.
     del payload["recipe"]
     assert "recipe" not in build_manifest(payload, out / "last.pt", "0" * 64, spec, [], 1, None).source
+    # The training slices' intensity is recorded for predict to read image input alike; none, none.
+    payload["train_config"]["intensity"] = "window:-1100,300"
+    assert build_manifest(payload, out / "last.pt", "0" * 64, spec, [], 1, None).source["intensity"] == "window:-1100,300"
+    payload["train_config"]["intensity"] = None
+    assert "intensity" not in build_manifest(payload, out / "last.pt", "0" * 64, spec, [], 1, None).source
     assert torch.load(out / "last.pt", weights_only=True)["recipe"]["name"] == "tiny-lesions"
 
 
