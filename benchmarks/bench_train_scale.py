@@ -5,7 +5,9 @@ MSD-layout NIfTI data set) this measures, each in a fresh process:
 
 - the time to build the slice store (and the build's peak RSS);
 - the first STEPS training steps streamed from the store with 0, 1 and 2 DataLoader workers:
-  peak RSS of the training process and of each worker, and steady-state steps/s;
+  peak RSS of the training process and of each worker, steady-state steps/s, the training
+  process's CPU seconds per step, and the seconds per step it waited for its batch (zero when
+  the loader keeps ahead; with 0 workers, the reading and augmenting done in that wait);
 - the same steps on an in-memory list of the same, already read and augmented batches (the
   baseline: what the model step alone costs);
 - what reading and augmenting one batch costs in one process, without the model (the loader's
@@ -153,8 +155,16 @@ def child_train(args) -> dict:
     loss_fn = DiceCELoss()
     loader = _loader(args, 0 if args.mode == "memory" else args.workers)
     batches = list(loader) if args.mode == "memory" else loader
-    times, cpu, digest = [], [], hashlib.sha1()
-    for images, labels in batches:
+    times, cpu, waits, digest = [], [], [], hashlib.sha1()
+    batch_iter = iter(batches)
+    while True:
+        # Time blocked waiting for the next batch: zero when the loader keeps ahead of the step.
+        asked = time.perf_counter()
+        try:
+            images, labels = next(batch_iter)
+        except StopIteration:
+            break
+        waits.append(time.perf_counter() - asked)
         loss = loss_fn(model(images.contiguous(memory_format=torch.channels_last)), labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -170,6 +180,7 @@ def child_train(args) -> dict:
     # moves with the other load, while this shows what the loader adds to the training process.
     return {"steps_per_s": round(steps / (times[-1] - times[warm]), 3),
             "main_cpu_s_per_step": round((cpu[-1] - cpu[warm]) / steps, 3), "threads": torch.get_num_threads(),
+            "data_wait_s_per_step": round(sum(waits[warm + 1:]) / steps, 4),
             "batches_digest": digest.hexdigest()[:12], "last_loss": round(float(loss.detach()), 6),
             **_peak_rss_mb(), **workers_mb}
 
