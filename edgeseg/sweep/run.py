@@ -218,12 +218,22 @@ def validation_dice(checkpoint: Path, bundle: Path | None, data: str, intensity:
 
 
 def measure_latency(bundle: Path, measure: dict[str, Any]) -> dict[str, Any]:
-    """End-to-end latency of the auto backend on int16 slices (batch 1) and volume throughput."""
+    """End-to-end latency of the auto backend on int16 slices (batch 1) and volume throughput.
+
+    Measured in a fresh interpreter (``spawn``), as a deployment process would run it: one that
+    never imported torch nor trained, with no training threads or DataLoader processes left in
+    it. The runtime's backend probe there loads and releases each runner; releasing an
+    OpenVINO runner in the process that had just trained with DataLoader workers was followed
+    by a corrupted interpreter (a crash some seconds later), which a fresh process avoids."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
     from edgeseg.bench.runtime import bench_backend
 
-    result = bench_backend(bundle, "auto", batches=tuple(measure["batches"]), size=measure["slice_size"],
-                           runs=measure["runs"], warmup=measure["warmup"], volume_slices=measure["volume_slices"],
-                           threads=measure["threads"])
+    options = dict(batches=tuple(measure["batches"]), size=measure["slice_size"], runs=measure["runs"],
+                   warmup=measure["warmup"], volume_slices=measure["volume_slices"], threads=measure["threads"])
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        result = pool.submit(bench_backend, str(bundle), "auto", **options).result()
     one = result["batches"].get("1") or next(iter(result["batches"].values()))
     return {"backend": result["chosen"], "slice_size": measure["slice_size"],
             "latency_ms_p50": one["end_to_end"]["p50"], "model_ms_p50": one["inference"]["p50"],
