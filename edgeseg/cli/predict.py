@@ -39,7 +39,7 @@ def command(bundle, input_path, out, fmt, backend, threads, batch_size, overlay,
     import numpy as np
 
     from edgeseg.cli.logs import configure_logging
-    from edgeseg.errors import DataError
+    from edgeseg.errors import DataError, EdgesegError
     from edgeseg.runtime.manifest import read_manifest
     from edgeseg.runtime.readers import IMAGE_SUFFIXES, bundle_intensity, read_input
     from edgeseg.runtime.segmenter import Segmenter
@@ -51,7 +51,10 @@ def command(bundle, input_path, out, fmt, backend, threads, batch_size, overlay,
     fmt = format_for(out, fmt)
     _check_outputs(out, fmt, overlay)
     if intensity is None and str(input_path).lower().endswith(IMAGE_SUFFIXES):
-        intensity, recorded = bundle_intensity(read_manifest(bundle).source)
+        try:
+            intensity, recorded = bundle_intensity(read_manifest(bundle).source)
+        except EdgesegError:  # the input is checked first; loading the bundle then says what is wrong
+            intensity, recorded = None, False
         if recorded:
             logging.getLogger("edgeseg.predict").info(
                 "reading %s's pixels as %s, the intensity of the bundle's training slices", input_path, intensity)
