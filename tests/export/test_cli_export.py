@@ -91,3 +91,14 @@ def test_force_never_replaces_a_folder_that_is_not_a_bundle(checkpoint, tmp_path
     (out / "notes.txt").write_text("mine")
     assert_one_line_error(edgeseg("export", checkpoint, "--out", out, "--force"), "not a bundle")
     assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_truth_gate_metric_on_unlabelled_verification_data(checkpoint, tmp_path, assert_one_line_error):
+    # A phantom volume's image without its label file: nothing to judge Dice against.
+    done = edgeseg("data", "synth", "--out", tmp_path / "phantom", "--cases", 1, "--size", 64, "--slices", 4, "--quiet")
+    assert done.returncode == 0, done.stderr
+    image = tmp_path / "phantom" / "imagesTr" / "case_000.nii.gz"
+    proc = edgeseg("export", checkpoint, "--out", tmp_path / "b", "--formats", "onnx", "--verify-data", image,
+                   "--gate-metric", "truth")
+    assert_one_line_error(proc, "--gate-metric truth needs labelled held-out slices")
+    assert not (tmp_path / "b").exists()
