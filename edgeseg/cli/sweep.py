@@ -44,7 +44,9 @@ def command(sweep_file, out, quiet) -> None:
         c = json.loads(paths["choice"].read_text())
         click.echo(f"chosen: {c['chosen']} (fastest within {c['max_dice_loss']:g} Dice of {c['reference']}): "
                    f"Dice {c['dice']:.4f} vs {c['reference_dice']:.4f}, {c['speedup_end_to_end']:.2f}x faster end to end, "
-                   f"{c['speedup_model']:.2f}x model alone, {c['gflop_ratio']:.2f}x fewer GFLOP")
+                   f"{c['speedup_model']:.2f}x model alone, {c['gflop_ratio']:.2f}x fewer GFLOP"
+                   + ("" if len(points) == len(sweep.points) else
+                      f" (over the {len(points)} of {len(sweep.points)} points finished so far)"))
     elif sweep.choose:
         click.echo(f"no choice yet: the reference point {sweep.choose['reference']} is not finished")
     click.echo(f"wrote {', '.join(str(p) for p in paths.values())}")

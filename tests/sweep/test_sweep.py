@@ -246,12 +246,11 @@ def test_choose_default_is_the_fastest_point_within_the_dice_band_of_the_referen
 
 TWO_SWEEPS_IN_ONE_PROCESS = """
 import subprocess, sys
-from pathlib import Path
 from edgeseg.sweep.config import load_sweep
 from edgeseg.sweep.run import run_sweep
 
 class Killed(Exception):
-    pass
+    "Raised after the first point, as a kill would stop the sweep there."
 
 def kill(result):
     raise Killed(result["id"])
@@ -263,8 +262,9 @@ if __name__ == "__main__":
     sweep = load_sweep(sys.argv[1])
     try:
         run_sweep(sweep, sys.argv[2], after_point=kill)
-    except Killed:
-        pass
+        raise SystemExit("the first run_sweep was not stopped after its first point")
+    except Killed as stopped:
+        assert stopped.args == ("unet-b4-d2-s64",), stopped.args
     finished, elsewhere = run_sweep(sweep, sys.argv[2])
     assert [p["id"] for p in finished] == ["unet-b4-d2-s64", "mobile_unet-b4-d2-s64"] and not elsewhere
     # The corruption showed while the process waited, then collected and allocated.
