@@ -14,8 +14,11 @@ from edgeseg.errors import require
 @click.argument("sweep_file", type=click.Path(dir_okay=False))
 @click.option("--out", default="runs/sweep", show_default=True, type=click.Path(file_okay=False),
               help="Sweep folder; running again with the same sweep file continues it.")
+@click.option("--point", "points_only", multiple=True, metavar="ID",
+              help="Run only this point (repeatable; e.g. the long reference on the fastest machine); "
+                   "the reports still list every finished point.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def command(sweep_file, out, quiet) -> None:
+def command(sweep_file, out, points_only, quiet) -> None:
     """Run SWEEP_FILE (TOML: [recipe], [grid], [export], [measure]): train each point resumably,
     export it to INT8 through the parity gate, measure validation Dice (FP32, INT8) and the auto
     backend's end-to-end latency; write sweep.csv, results.json, pareto.png and commands.sh.
@@ -25,14 +28,15 @@ def command(sweep_file, out, quiet) -> None:
     require("torch", "train", "edgeseg sweep")
     from edgeseg.sweep.config import load_sweep
     from edgeseg.sweep.report import pareto_front, write_reports
-    from edgeseg.sweep.run import check_sweep_folder, run_sweep
+    from edgeseg.sweep.run import check_point_ids, check_sweep_folder, run_sweep
 
     configure_logging()
     sweep = load_sweep(sweep_file)
+    check_point_ids(sweep, points_only)
     check_sweep_folder(sweep, out)
-    points, elsewhere = run_sweep(sweep, out, progress=not quiet)
+    points, elsewhere = run_sweep(sweep, out, progress=not quiet, only=points_only)
     if not points:
-        click.echo(f"no point is finished yet; {', '.join(elsewhere)} running in another process")
+        click.echo("no point is finished yet" + (f"; {', '.join(elsewhere)} running in another process" if elsewhere else ""))
         return
     paths = write_reports(out, points, sweep.choose)
     front = pareto_front(points)

@@ -21,7 +21,7 @@ import fcntl
 import json
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -59,16 +59,21 @@ def _sweep_starting(entry: Path) -> bool:
 
 
 def run_sweep(sweep: SweepConfig, out: str | Path, progress: bool = False,
-              after_point: Callable[[dict], None] | None = None) -> tuple[list[dict[str, Any]], list[str]]:
-    """Run every unfinished point of ``sweep`` under ``out`` that no other process is running.
+              after_point: Callable[[dict], None] | None = None,
+              only: Sequence[str] = ()) -> tuple[list[dict[str, Any]], list[str]]:
+    """Run every unfinished point of ``sweep`` under ``out`` that no other process is running
+    (only the points whose ids are in ``only``, when it is given).
 
     Returns the results of all finished points in grid order and the ids of the points another
     process still holds (their results are read by whichever run comes last)."""
+    check_point_ids(sweep, only)
     out = check_sweep_folder(sweep, out)
     out.mkdir(parents=True, exist_ok=True)
     _write_record(out, sweep)
     held_elsewhere = []
     for point in sweep.points:
+        if only and point.id not in only:
+            continue
         done = _result_path(out, point)
         if done.is_file():
             log.info("point %s finished before: read, not retrained", point.id)
@@ -86,6 +91,15 @@ def run_sweep(sweep: SweepConfig, out: str | Path, progress: bool = False,
         if after_point is not None:
             after_point(result)
     return finished_results(sweep, out), held_elsewhere
+
+
+def check_point_ids(sweep: SweepConfig, ids: Sequence[str]) -> None:
+    """Every id names a point of the grid (checked before any work)."""
+    known = [p.id for p in sweep.points]
+    unknown = [i for i in ids if i not in known]
+    if unknown:
+        raise DataError(f"{', '.join(unknown)} {'is not a point' if len(unknown) == 1 else 'are not points'} "
+                        f"of this sweep; its points: {', '.join(known)}")
 
 
 def _result_path(out: Path, point: Point) -> Path:

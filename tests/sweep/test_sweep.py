@@ -185,6 +185,25 @@ def test_a_point_held_by_another_process_is_left_to_it(tmp_path):
     assert [r["id"] for r in rows] == ["unet-b4-d2-s64", "mobile_unet-b4-d2-s64"]
 
 
+def test_point_option_runs_only_the_named_points(tmp_path, assert_one_line_error):
+    """--point gives one process the named points (the long reference, say) and leaves the rest; a
+    later run without it finishes the others, and the reports then list every point."""
+    (tmp_path / "sweep.toml").write_text(SWEEP)
+    out = tmp_path / "out"
+    proc = subprocess.run(_sweep_command(tmp_path / "sweep.toml", out) + ["--point", "mobile_unet-b4-d2-s64"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert (out / "points" / "mobile_unet-b4-d2-s64" / "result.json").is_file()
+    assert not (out / "points" / "unet-b4-d2-s64").exists()
+    assert [r["id"] for r in csv.DictReader((out / "sweep.csv").open())] == ["mobile_unet-b4-d2-s64"]
+
+    proc = subprocess.run(_sweep_command(tmp_path / "sweep.toml", out) + ["--point", "unet-b8-d2-s64"],
+                          capture_output=True, text=True)
+    assert_one_line_error(proc, "unet-b8-d2-s64 is not a point of this sweep; its points: unet-b4-d2-s64, "
+                                "mobile_unet-b4-d2-s64")
+    assert not (out / "points" / "unet-b4-d2-s64").exists()
+
+
 def test_a_point_whose_int8_the_gate_refuses_is_reported_in_fp32_with_the_reason(tmp_path):
     """Calibrated on blank slices, the INT8 graph saturates on real ones and the gate refuses it;
     the point is still finished, exported in FP32 and on the front with its FP32 Dice."""
