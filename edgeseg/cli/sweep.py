@@ -17,8 +17,11 @@ from edgeseg.errors import require
 @click.option("--point", "points_only", multiple=True, metavar="ID",
               help="Run only this point (repeatable; e.g. the long reference on the fastest machine); "
                    "the reports still list every finished point.")
+@click.option("--remeasure", "rounds", type=click.IntRange(min=1), default=None, metavar="ROUNDS",
+              help="Train nothing: measure the latency of the finished points again, ROUNDS passes over "
+                   "them in turn, each keeping its median round (for the final table, on a quiet machine).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def command(sweep_file, out, points_only, quiet) -> None:
+def command(sweep_file, out, points_only, rounds, quiet) -> None:
     """Run SWEEP_FILE (TOML: [recipe], [grid], [export], [measure]): train each point resumably,
     export it to INT8 through the parity gate, measure validation Dice (FP32, INT8) and the auto
     backend's end-to-end latency; write sweep.csv, results.json, pareto.png and commands.sh.
@@ -28,13 +31,16 @@ def command(sweep_file, out, points_only, quiet) -> None:
     require("torch", "train", "edgeseg sweep")
     from edgeseg.sweep.config import load_sweep
     from edgeseg.sweep.report import pareto_front, write_reports
-    from edgeseg.sweep.run import check_point_ids, check_sweep_folder, run_sweep
+    from edgeseg.sweep.run import check_point_ids, check_sweep_folder, remeasure, run_sweep
 
     configure_logging()
     sweep = load_sweep(sweep_file)
     check_point_ids(sweep, points_only)
     check_sweep_folder(sweep, out)
-    points, elsewhere = run_sweep(sweep, out, progress=not quiet, only=points_only)
+    if rounds is None:
+        points, elsewhere = run_sweep(sweep, out, progress=not quiet, only=points_only)
+    else:
+        points, elsewhere = remeasure(sweep, out, rounds, only=points_only), []
     if not points:
         click.echo("no point is finished yet" + (f"; {', '.join(elsewhere)} running in another process" if elsewhere else ""))
         return

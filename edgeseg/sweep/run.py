@@ -102,6 +102,34 @@ def check_point_ids(sweep: SweepConfig, ids: Sequence[str]) -> None:
                         f"of this sweep; its points: {', '.join(known)}")
 
 
+def remeasure(sweep: SweepConfig, out: str | Path, rounds: int, only: Sequence[str] = ()) -> list[dict[str, Any]]:
+    """Measure the latency of the finished points again, training nothing: ``rounds`` passes over
+    the points in turn (so a change in the machine's load touches every point alike), each point
+    keeping the measurement of its median round: for a final table measured on a quiet machine,
+    after trainings that shared it. Returns the results of all finished points in grid order."""
+    if rounds < 1:
+        raise DataError(f"--remeasure needs at least 1 round, got {rounds}")
+    check_point_ids(sweep, only)
+    out = check_sweep_folder(sweep, out)
+    targets = [r for r in finished_results(sweep, out) if not only or r["id"] in only]
+    if not targets:
+        raise DataError(f"no finished point to measure again under {out}")
+    rounds_of: dict[str, list[dict[str, Any]]] = {r["id"]: [] for r in targets}
+    for i in range(rounds):
+        for r in targets:
+            rounds_of[r["id"]].append(measure_latency(out / "points" / r["id"] / "bundle", sweep.measure))
+            log.info("round %d/%d: %s %.2f ms", i + 1, rounds, r["id"], rounds_of[r["id"]][-1]["latency_ms_p50"])
+    for r in targets:
+        taken = sorted(rounds_of[r["id"]], key=lambda m: m["latency_ms_p50"])
+        median = taken[(len(taken) - 1) // 2]
+        path = _result_path(out, Point(r["model"], r["base"], r["depth"], r["size"]))
+        atomic_write_text(path, json.dumps({**r, **median, "latency_rounds_ms_p50": [
+            m["latency_ms_p50"] for m in rounds_of[r["id"]]], "latency_measured_at": time.strftime(
+            "%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, indent=2))
+    _write_record(out, sweep)
+    return finished_results(sweep, out)
+
+
 def _result_path(out: Path, point: Point) -> Path:
     return out / "points" / point.id / "result.json"
 

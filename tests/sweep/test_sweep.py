@@ -185,9 +185,9 @@ def test_a_point_held_by_another_process_is_left_to_it(tmp_path):
     assert [r["id"] for r in rows] == ["unet-b4-d2-s64", "mobile_unet-b4-d2-s64"]
 
 
-def test_point_option_runs_only_the_named_points(tmp_path, assert_one_line_error):
-    """--point gives one process the named points (the long reference, say) and leaves the rest; a
-    later run without it finishes the others, and the reports then list every point."""
+def test_point_option_runs_only_the_named_points_and_remeasure_trains_nothing(tmp_path, assert_one_line_error):
+    """--point gives one process the named points (the long reference, say) and leaves the rest;
+    --remeasure measures the finished points' latency again without training anything."""
     (tmp_path / "sweep.toml").write_text(SWEEP)
     out = tmp_path / "out"
     proc = subprocess.run(_sweep_command(tmp_path / "sweep.toml", out) + ["--point", "mobile_unet-b4-d2-s64"],
@@ -202,6 +202,25 @@ def test_point_option_runs_only_the_named_points(tmp_path, assert_one_line_error
     assert_one_line_error(proc, "unet-b8-d2-s64 is not a point of this sweep; its points: unet-b4-d2-s64, "
                                 "mobile_unet-b4-d2-s64")
     assert not (out / "points" / "unet-b4-d2-s64").exists()
+
+    # --remeasure trains nothing: only the finished point is measured again, three rounds, and
+    # keeps its median round; its Dice and run files stay as they were.
+    done = out / "points" / "mobile_unet-b4-d2-s64"
+    before = json.loads((done / "result.json").read_text())
+    stamps = {p: p.stat().st_mtime_ns for p in (done / "run").iterdir()}
+    proc = subprocess.run(_sweep_command(tmp_path / "sweep.toml", out) + ["--remeasure", "3"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    after = json.loads((done / "result.json").read_text())
+    rounds = after["latency_rounds_ms_p50"]
+    assert len(rounds) == 3 and after["latency_ms_p50"] == sorted(rounds)[1] > 0
+    measured = {"backend", "latency_ms_p50", "model_ms_p50", "volume_slices_per_s", "volume_batch"}
+    assert {k: v for k, v in after.items() if k in before and k not in measured} == \
+        {k: v for k, v in before.items() if k not in measured}
+    assert {p: p.stat().st_mtime_ns for p in (done / "run").iterdir()} == stamps
+    assert not (out / "points" / "unet-b4-d2-s64").exists()
+    [row] = list(csv.DictReader((out / "sweep.csv").open()))
+    assert float(row["latency_ms_p50"]) == after["latency_ms_p50"]
 
 
 def test_a_point_whose_int8_the_gate_refuses_is_reported_in_fp32_with_the_reason(tmp_path):
