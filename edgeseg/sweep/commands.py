@@ -11,9 +11,10 @@ from edgeseg.sweep.config import Point, SweepConfig
 TRAIN_FLAGS = {"data": "--data", "labels": "--labels", "intensity": "--intensity", "epochs": "--epochs",
                "batch_size": "--batch-size", "lr": "--lr", "weight_decay": "--weight-decay", "seed": "--seed",
                "val_fraction": "--val-fraction", "test_fraction": "--test-fraction", "augment_p": "--augment-p",
-               "ema_epochs": "--ema", "amp": "--amp", "threads": "--threads"}
+               "ema_epochs": "--ema", "amp": "--amp", "threads": "--threads", "recipe": "--recipe", "fit": "--fit",
+               "loss": "--loss", "mask": "--mask", "case_pattern": "--case-pattern", "folds": "--folds", "fold": "--fold"}
 EXPORT_FLAGS = {"calib_method": "--calib-method", "calib_slices": "--calib-slices", "verify_slices": "--verify-slices",
-                "max_batch": "--max-batch", "max_dice_drop_int8": "--max-dice-drop-int8"}
+                "max_batch": "--max-batch", "max_dice_drop_int8": "--max-dice-drop-int8", "gate_metric": "--gate-metric"}
 
 
 def point_commands(sweep: SweepConfig, point: Point, folder: Path) -> list[str]:
@@ -27,8 +28,9 @@ def point_commands(sweep: SweepConfig, point: Point, folder: Path) -> list[str]:
     for key, flag in TRAIN_FLAGS.items():
         if key in recipe:
             train += [flag, str(recipe[key])]
-    if "window" in recipe:
-        train += ["--window", ",".join(str(v) for v in recipe["window"])]
+    for key, flag in (("window", "--window"), ("class_weights", "--class-weights")):
+        if key in recipe:
+            train += [flag, ",".join(str(v) for v in recipe[key])]
     if recipe.get("augment") is False:
         train.append("--no-augment")
     export = ["edgeseg", "export", str(folder / "run" / "best.pt"), "--out", str(folder / "bundle"), "--formats", "onnx",

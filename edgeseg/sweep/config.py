@@ -35,16 +35,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgeseg.errors import DataError
+from edgeseg.errors import DataError, EdgesegError
 from edgeseg.models.registry import MODELS
 
 GRID_KEYS = ("model", "base", "depth", "size")
 RECIPE_KEYS = {"data": str, "labels": str, "window": list, "intensity": str, "epochs": int, "batch_size": int,
                "lr": float, "weight_decay": float, "warmup_epochs": float, "seed": int, "val_fraction": float,
                "test_fraction": float, "augment": bool, "augment_p": float, "ema_epochs": float, "amp": str,
-               "threads": int}
+               "threads": int, "recipe": str, "fit": str, "loss": str, "class_weights": list, "mask": str,
+               "case_pattern": str, "folds": int, "fold": int}
 EXPORT_KEYS = {"calib": str, "calib_method": str, "calib_slices": int, "verify_slices": int, "max_batch": int,
-               "max_dice_drop_int8": float}
+               "max_dice_drop_int8": float, "gate_metric": str}
 MEASURE_KEYS = {"slice_size": int, "batches": list, "runs": int, "warmup": int, "volume_slices": int, "threads": int}
 CHOOSE_KEYS = {"reference": str, "max_dice_loss": float}
 MEASURE_DEFAULTS = {"slice_size": 512, "batches": [1, 8], "runs": 20, "warmup": 3, "volume_slices": 32, "threads": 0}
@@ -73,12 +74,19 @@ class SweepConfig:
     export: dict[str, Any] = field(default_factory=dict)
     measure: dict[str, Any] = field(default_factory=dict)
     choose: dict[str, Any] = field(default_factory=dict)
+    # The training recipe named by [recipe] recipe (its record: name, version, sha256, values),
+    # read once when the sweep file is loaded; the sweep's own [recipe] keys override its values.
+    base_recipe: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """What makes the sweep's results: a folder holding another is refused. ``choose`` is not
-        in it, since it only reads the results: changing it never invalidates finished points."""
-        return {"recipe": self.recipe, "grid": [p.__dict__ for p in self.points], "export": self.export,
-                "measure": self.measure}
+        in it, since it only reads the results: changing it never invalidates finished points. A
+        named recipe is in it with its content hash, so editing the recipe file starts afresh."""
+        identity = {"recipe": self.recipe, "grid": [p.__dict__ for p in self.points], "export": self.export,
+                    "measure": self.measure}
+        if self.base_recipe is not None:
+            identity["base_recipe"] = self.base_recipe
+        return identity
 
 
 def _checked_table(doc: dict, section: str, allowed: dict[str, type], where: str) -> dict[str, Any]:
@@ -154,19 +162,56 @@ def load_sweep(path: str | Path) -> SweepConfig:
         raise DataError(f"{where}: [measure] batches must be positive integers, got {measure['batches']}")
     points = _grid(doc, where)
     sweep = SweepConfig(recipe=recipe, points=points, export=export, measure=measure,
-                        choose=_choose(doc, points, where))
+                        choose=_choose(doc, points, where), base_recipe=_base_recipe(recipe, where))
     for point in sweep.points:
         train_config(sweep, point, Path("."))  # the recipe's values are checked here, before any work
+    try:
+        export_settings(sweep)  # and the export's
+    except EdgesegError as exc:
+        raise DataError(f"{where}: [export] {exc}") from None
     return sweep
 
 
+def export_settings(sweep: SweepConfig):
+    """The ExportSettings every point is exported with (ONNX, INT8 through the gate) and the
+    calibration source (the training data unless [export] calib names another)."""
+    from edgeseg.export.profiles import ExportSettings
+
+    opts = dict(sweep.export)
+    calib = opts.pop("calib", sweep.recipe["data"])
+    drop = opts.pop("max_dice_drop_int8", None)
+    return ExportSettings(formats=("onnx",), int8=True).override(**opts, max_dice_drop={"fp16": None, "int8": drop}), calib
+
+
+def _base_recipe(recipe: dict[str, Any], where: str) -> dict[str, Any] | None:
+    """The record of the training recipe ``[recipe] recipe`` names (a shipped name or a file)."""
+    if "recipe" not in recipe:
+        return None
+    from edgeseg.train.recipes import load_recipe
+
+    try:
+        return load_recipe(recipe["recipe"]).record()
+    except EdgesegError as exc:
+        raise DataError(f"{where}: [recipe] recipe: {exc}") from None
+
+
 def train_config(sweep: SweepConfig, point: Point, out: Path):
-    """The TrainConfig of one point: the recipe with the point's architecture, width, depth and size."""
+    """The TrainConfig of one point: the named training recipe's values (if any), overridden by
+    the sweep's [recipe] keys, with the point's architecture, width, depth and size."""
     from edgeseg.train.config import TrainConfig, parse_labels
 
-    recipe = dict(sweep.recipe)
+    base = sweep.base_recipe["values"] if sweep.base_recipe else {}
+    recipe = {k: tuple(v) if k in ("window", "tversky") else v for k, v in base.items() if k not in GRID_KEYS}
+    recipe.update((k, v) for k, v in sweep.recipe.items() if k != "recipe")
+    if sweep.base_recipe:
+        recipe["recipe"] = sweep.base_recipe
+    if "class_weights" in sweep.recipe:
+        weights = sweep.recipe["class_weights"]
+        if not weights or any(isinstance(w, bool) or not isinstance(w, (int, float)) for w in weights):
+            raise DataError(f"[recipe] class_weights must be a list of numbers, got {weights}")
+        recipe["class_weights"] = [float(w) for w in weights]
     val, test = recipe.pop("val_fraction", 0.15), recipe.pop("test_fraction", 0.15)
-    if "labels" in recipe:
+    if isinstance(recipe.get("labels"), str):
         recipe["labels"] = parse_labels(recipe["labels"])
     if "window" in recipe:
         if len(recipe["window"]) != 2:

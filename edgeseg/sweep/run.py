@@ -29,7 +29,7 @@ import numpy as np
 
 from edgeseg.atomic import atomic_write_text
 from edgeseg.errors import DataError
-from edgeseg.sweep.config import Point, SweepConfig, train_config
+from edgeseg.sweep.config import Point, SweepConfig, export_settings, train_config
 from edgeseg.sweep.commands import point_commands
 
 log = logging.getLogger("edgeseg.sweep")
@@ -201,17 +201,12 @@ def _export(sweep: SweepConfig, folder: Path, progress: bool) -> tuple[Path, str
     """The point's bundle and, when the gate refused INT8 on every runner, why: the point is then
     exported in FP32 alone and measured as such, so a long training is never lost to the gate."""
     from edgeseg.export.pipeline import export_bundle
-    from edgeseg.export.profiles import ExportSettings
     from edgeseg.export.verify import ParityError
 
     bundle, refused_record = folder / "bundle", folder / "int8-refused.txt"
     if (bundle / "manifest.json").is_file():
         return bundle, (refused_record.read_text().strip() if refused_record.is_file() else None)
-    opts = dict(sweep.export)
-    calib = opts.pop("calib", sweep.recipe["data"])
-    drop = opts.pop("max_dice_drop_int8", None)
-    settings = ExportSettings(formats=("onnx",), int8=True).override(
-        **opts, max_dice_drop={"fp16": None, "int8": drop})
+    settings, calib = export_settings(sweep)
     args = dict(force=True, progress=progress, intensity=sweep.recipe.get("intensity"),
                 cache_dir=folder / "export-cache", echo=lambda text: log.info("%s", text))
     try:

@@ -135,6 +135,7 @@ def test_pareto_front_by_brute_force():
     (("size = [64]", "size = [66]"), "size 66 is not divisible by 2**depth = 4"),
     (("lr = 0.01", 'lr = "fast"'), "[recipe] lr must be a float"),
     (('"mobile_unet"]', '["mobile_unet"]]'), "[grid] model must list architecture names"),
+    (("max_batch = 2", 'max_batch = 2\ngate_metric = "labels"'), "[export] gate metric must be one of"),
 ])
 def test_bad_sweep_file_is_one_line_error_and_writes_nothing(tmp_path, edit, fragment, assert_one_line_error):
     (tmp_path / "sweep.toml").write_text(SWEEP.replace(*edit))
@@ -328,3 +329,51 @@ def test_two_sweeps_in_one_process_leave_the_interpreter_intact(tmp_path):
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, f"rc {proc.returncode}: {proc.stderr[-2000:]}"
     assert proc.stdout.startswith("ok 300000")
+
+
+def test_a_named_training_recipe_under_the_sweep_keys_and_the_grid(tmp_path, assert_one_line_error):
+    """[recipe] recipe = NAME starts each point from a training recipe (as `edgeseg train --recipe`);
+    the sweep's own keys override its values and the grid overrides its model, width, depth and
+    size; commands.sh's train line rebuilds the very TrainConfig the sweep trains; and editing the
+    recipe file changes the sweep's identity, so a folder trained with the old one is refused."""
+    import dataclasses
+
+    from edgeseg.cli.train import command as train_command, config_from_options
+    from edgeseg.errors import DataError
+    from edgeseg.sweep.commands import point_commands
+    from edgeseg.sweep.config import load_sweep, train_config
+    from edgeseg.sweep.run import check_sweep_folder
+
+    recipe = tmp_path / "task.toml"
+    recipe.write_text('name = "task"\nversion = 3\n[train]\nmodel = "unet"\nbase = 16\nfit = "pad"\nloss = "dice-ce"\n'
+                      'class_weights = [0.5, 2.0]\nepochs = 40\naugment_p = 0.4\nwindow = [-100, 300]\n')
+    text = SWEEP.replace("epochs = 3\n", f'recipe = "{recipe}"\nepochs = 3\nclass_weights = [0.25, 4]\n')
+    (tmp_path / "sweep.toml").write_text(text)
+    sweep = load_sweep(tmp_path / "sweep.toml")
+    point = sweep.points[1]  # mobile_unet-b4-d2-s64
+    cfg = train_config(sweep, point, tmp_path / "run")
+    assert (cfg.model, cfg.base, cfg.depth, cfg.size) == ("mobile_unet", 4, 2, 64)  # the grid
+    assert cfg.epochs == 3 and cfg.class_weights == [0.25, 4.0]  # the sweep's keys
+    assert cfg.fit == "pad" and cfg.augment_p == 0.4 and cfg.window == (-100.0, 300.0)  # the recipe's
+    assert cfg.recipe["name"] == "task" and cfg.recipe["version"] == 3
+
+    train_line = next(ln for ln in point_commands(sweep, point, tmp_path) if ln.startswith("edgeseg train"))
+    ctx = train_command.make_context("train", shlex.split(train_line)[2:])
+    with ctx:
+        from edgeseg.train.recipes import load_recipe
+
+        rebuilt = config_from_options(ctx.params, load_recipe(ctx.params["recipe"]), ctx)
+    assert dataclasses.asdict(rebuilt) == dataclasses.asdict(train_config(sweep, point, tmp_path / "run"))
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "sweep.json").write_text(json.dumps({"config": sweep.to_dict(), "points": []}))
+    check_sweep_folder(load_sweep(tmp_path / "sweep.toml"), out)
+    recipe.write_text(recipe.read_text().replace("augment_p = 0.4", "augment_p = 0.5"))
+    with pytest.raises(DataError, match="holds a different sweep"):
+        check_sweep_folder(load_sweep(tmp_path / "sweep.toml"), out)
+
+    (tmp_path / "bad.toml").write_text(SWEEP.replace("epochs = 3\n", 'recipe = "no-such-recipe"\nepochs = 3\n'))
+    proc = subprocess.run(_sweep_command(tmp_path / "bad.toml", tmp_path / "bad-out"), capture_output=True, text=True)
+    assert_one_line_error(proc, "[recipe] recipe: recipe 'no-such-recipe' is neither a file nor a known recipe")
+    assert not (tmp_path / "bad-out").exists()
