@@ -14,6 +14,11 @@ MSD-layout NIfTI data set) this measures, each in a fresh process:
   work per step, which the workers must keep ahead of);
 - the store's size on disk.
 
+With ``--repeats R`` the training modes run R rounds in turn (in-memory, then each worker count,
+then again), and each streamed mode's steps/s is divided by the in-memory run of its own round:
+the median of those paired ratios is robust to the machine's speed drifting between runs, which a
+single round's ratio is not (one round's ratios spread by about 15% on a shared VM).
+
 Fairness: every mode trains the same model from the same initial weights on the same batches
 (the report carries a digest of the batches and the last loss, which must agree between modes),
 and torch runs the model on ``--threads`` intra-op threads in every mode. DataLoader workers run
@@ -195,6 +200,29 @@ def _run_child(args, role: str, **extra) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def _interleaved_training(args, data, cache) -> dict:
+    """The training modes run in turn, ``--repeats`` rounds (in-memory, 0, 1, 2 workers, then again),
+    so that a drift in the machine's speed touches every mode alike. Each mode reports its median
+    round with every round's steps/s; each streamed mode also its steps/s against the in-memory
+    run of the same round (paired), the median of those ratios being the figure to quote."""
+    modes = {"memory": dict(mode="memory", workers=0)}
+    modes.update({f"workers_{w}": dict(mode="stream", workers=w) for w in (int(w) for w in args.workers.split(","))})
+    runs: dict[str, list[dict]] = {name: [] for name in modes}
+    for _ in range(args.repeats):
+        for name, extra in modes.items():
+            runs[name].append(_run_child(args, "train", data=data, cache=cache, **extra))
+    out = {}
+    for name, mine in runs.items():
+        speeds = [r["steps_per_s"] for r in mine]
+        median_run = sorted(mine, key=lambda r: r["steps_per_s"])[(len(mine) - 1) // 2]
+        out[name] = {**median_run, "steps_per_s_rounds": speeds}
+        if name != "memory":
+            ratios = [r["steps_per_s"] / m["steps_per_s"] for r, m in zip(mine, runs["memory"])]
+            out[name]["ratio_to_memory_rounds"] = [round(x, 4) for x in ratios]
+            out[name]["ratio_to_memory"] = round(sorted(ratios)[(len(ratios) - 1) // 2], 4)
+    return out
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--counts", default="8,32,128", help="data set sizes in volumes")
@@ -210,6 +238,8 @@ def main(argv=None) -> None:
     parser.add_argument("--threads", type=int, default=1,
                         help="torch intra-op threads of the training process, the same in every mode")
     parser.add_argument("--workers", default="0,1,2")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="rounds of the training modes, run in turn; each mode reports its median round")
     parser.add_argument("--work", default="/tmp/edgeseg-scale", help="folder for data sets and stores")
     parser.add_argument("--json", default=None, help="write the results here too")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
@@ -232,9 +262,7 @@ def main(argv=None) -> None:
         shutil.rmtree(cache, ignore_errors=True)
         row = {"volumes": count, **{f"build_{k}": v for k, v in _run_child(args, "build", data=data, cache=cache).items()}}
         row["loader"] = _run_child(args, "loader", data=data, cache=cache)
-        row["memory"] = _run_child(args, "train", data=data, cache=cache, mode="memory", workers=0)
-        for workers in (int(w) for w in args.workers.split(",")):
-            row[f"workers_{workers}"] = _run_child(args, "train", data=data, cache=cache, mode="stream", workers=workers)
+        row.update(_interleaved_training(args, data, cache))
         rows.append(row)
         print(json.dumps(row), flush=True)
         shutil.rmtree(cache, ignore_errors=True)

@@ -15,7 +15,7 @@ def test_every_mode_trains_on_the_same_batches_with_the_same_threads(tmp_path):
     report = tmp_path / "report.json"
     work = tmp_path / "work"
     cmd = [sys.executable, str(SCRIPT), "--counts", "3", "--unique", "2", "--side", "48", "--slices", "6",
-           "--size", "32", "--depth", "2", "--steps", "5", "--warmup", "1", "--workers", "0,1",
+           "--size", "32", "--depth", "2", "--steps", "5", "--warmup", "1", "--workers", "0,1", "--repeats", "3",
            "--work", str(work), "--json", str(report)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900,
                           env={**os.environ, "PYTHONPATH": str(ROOT)})
@@ -41,3 +41,12 @@ def test_every_mode_trains_on_the_same_batches_with_the_same_threads(tmp_path):
     # The wait for each batch is timed: an in-memory list never makes a step wait.
     assert all(m["data_wait_s_per_step"] >= 0 for m in modes)
     assert row["memory"]["data_wait_s_per_step"] < 1e-3
+    # Three interleaved rounds: each mode keeps its median round, and each streamed mode's ratio
+    # is the median of its steps/s over the in-memory run of the same round.
+    for name in ("memory", "workers_0", "workers_1"):
+        rounds = row[name]["steps_per_s_rounds"]
+        assert len(rounds) == 3 and row[name]["steps_per_s"] == sorted(rounds)[1]
+    for name in ("workers_0", "workers_1"):
+        paired = [w / m for w, m in zip(row[name]["steps_per_s_rounds"], row["memory"]["steps_per_s_rounds"])]
+        assert row[name]["ratio_to_memory_rounds"] == [round(x, 4) for x in paired]
+        assert row[name]["ratio_to_memory"] == round(sorted(paired)[1], 4)
