@@ -35,15 +35,17 @@ def pareto_front(points: list[dict[str, Any]], cost_key: str = "latency_ms_p50")
 
 
 def choose_default(points: list[dict[str, Any]], reference: str, max_dice_loss: float) -> dict[str, Any] | None:
-    """The fastest point (end-to-end latency of the auto backend) whose deployed Dice is at most
-    ``max_dice_loss`` below the ``reference`` point's, with its ratios against the reference;
-    None while the reference is not finished."""
+    """The fastest point (end-to-end latency of the auto backend) whose Dice is at most
+    ``max_dice_loss`` below the ``reference`` point's both as deployed and in FP32, with its ratios
+    against the reference; None while the reference is not finished. Asking the FP32 model too
+    keeps a point whose INT8 graph happened to score above its own FP32 model on a few
+    validation slices (quantisation noise) from being chosen on that luck."""
     by_id = {p["id"]: p for p in points}
     ref = by_id.get(reference)
     if ref is None:
         return None
-    floor = deployed_dice(ref) - max_dice_loss
-    eligible = [p for p in points if deployed_dice(p) >= floor - 1e-12]
+    floor, floor_fp32 = deployed_dice(ref) - max_dice_loss, ref["dice_fp32"] - max_dice_loss
+    eligible = [p for p in points if deployed_dice(p) >= floor - 1e-12 and p["dice_fp32"] >= floor_fp32 - 1e-12]
     best = min(eligible, key=lambda p: (p["latency_ms_p50"], -deployed_dice(p)))  # the reference itself is eligible
     return {"chosen": best["id"], "reference": reference, "max_dice_loss": max_dice_loss,
             "dice": deployed_dice(best), "reference_dice": deployed_dice(ref),

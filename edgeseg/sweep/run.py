@@ -123,9 +123,10 @@ def remeasure(sweep: SweepConfig, out: str | Path, rounds: int, only: Sequence[s
         taken = sorted(rounds_of[r["id"]], key=lambda m: m["latency_ms_p50"])
         median = taken[(len(taken) - 1) // 2]
         path = _result_path(out, Point(r["model"], r["base"], r["depth"], r["size"]))
-        atomic_write_text(path, json.dumps({**r, **median, "latency_rounds_ms_p50": [
-            m["latency_ms_p50"] for m in rounds_of[r["id"]]], "latency_measured_at": time.strftime(
-            "%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, indent=2))
+        atomic_write_text(path, json.dumps({
+            **r, **median, "latency_rounds_ms_p50": [m["latency_ms_p50"] for m in rounds_of[r["id"]]],
+            "latency_rounds_backend": [m["backend"] for m in rounds_of[r["id"]]],
+            "latency_measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, indent=2))
     _write_record(out, sweep)
     return finished_results(sweep, out)
 

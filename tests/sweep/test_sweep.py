@@ -215,6 +215,7 @@ def test_point_option_runs_only_the_named_points_and_remeasure_trains_nothing(tm
     after = json.loads((done / "result.json").read_text())
     rounds = after["latency_rounds_ms_p50"]
     assert len(rounds) == 3 and after["latency_ms_p50"] == sorted(rounds)[1] > 0
+    assert after["backend"] == after["latency_rounds_backend"][rounds.index(after["latency_ms_p50"])]
     measured = {"backend", "latency_ms_p50", "model_ms_p50", "volume_slices_per_s", "volume_batch"}
     assert {k: v for k, v in after.items() if k in before and k not in measured} == \
         {k: v for k, v in before.items() if k not in measured}
@@ -270,6 +271,11 @@ def test_choose_default_is_the_fastest_point_within_the_dice_band_of_the_referen
     assert choose_default(pts[:3], "ref", 0.0)["chosen"] == "ref"  # nothing faster is as good: the reference stays
     assert choose_default(pts, "ref", 0.1)["chosen"] == "fast-bad"
     assert choose_default(pts[1:], "ref", 0.005) is None  # the reference is not finished yet
+    # A point whose INT8 graph scores above its own FP32 model (quantisation noise on few slices)
+    # is not chosen on that: its FP32 Dice must be in the band of the reference's FP32 Dice too.
+    lucky = pt("lucky", 3.0, 0.945, d32=0.85)
+    assert choose_default(pts + [lucky], "ref", 0.005)["chosen"] == "mid"
+    assert choose_default(pts + [{**lucky, "dice_fp32": 0.896}], "ref", 0.005)["chosen"] == "lucky"
     # Brute force over random sweeps: no faster point is eligible, and the chosen one is.
     import random
 
@@ -279,7 +285,8 @@ def test_choose_default_is_the_fastest_point_within_the_dice_band_of_the_referen
                 for k in range(6)]
         got = choose_default(rand, "p0", 0.01)
         value = {p["id"]: (p["dice_int8"] if p["dice_int8"] is not None else p["dice_fp32"]) for p in rand}
-        ok = [p for p in sorted(rand, key=lambda p: p["latency_ms_p50"]) if value[p["id"]] >= value["p0"] - 0.01]
+        ok = [p for p in sorted(rand, key=lambda p: p["latency_ms_p50"])
+              if value[p["id"]] >= value["p0"] - 0.01 and p["dice_fp32"] >= rand[0]["dice_fp32"] - 0.01]
         assert got["chosen"] == ok[0]["id"]
 
 
