@@ -81,11 +81,14 @@ class SweepConfig:
     def to_dict(self) -> dict[str, Any]:
         """What makes the sweep's results: a folder holding another is refused. ``choose`` is not
         in it, since it only reads the results: changing it never invalidates finished points. A
-        named recipe is in it with its content hash, so editing the recipe file starts afresh."""
+        named recipe is in it by name and the values the points train with (all but the grid's,
+        which the grid overrides), so a recipe edit that changes training starts afresh while a
+        new version that only changes the recipe's own model leaves the sweep as it was."""
         identity = {"recipe": self.recipe, "grid": [p.__dict__ for p in self.points], "export": self.export,
                     "measure": self.measure}
         if self.base_recipe is not None:
-            identity["base_recipe"] = self.base_recipe
+            identity["base_recipe"] = {"name": self.base_recipe["name"], "values": {
+                k: v for k, v in self.base_recipe["values"].items() if k not in GRID_KEYS}}
         return identity
 
 

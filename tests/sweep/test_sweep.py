@@ -341,8 +341,8 @@ def test_two_sweeps_in_one_process_leave_the_interpreter_intact(tmp_path):
 def test_a_named_training_recipe_under_the_sweep_keys_and_the_grid(tmp_path, assert_one_line_error):
     """[recipe] recipe = NAME starts each point from a training recipe (as `edgeseg train --recipe`);
     the sweep's own keys override its values and the grid overrides its model, width, depth and
-    size; commands.sh's train line rebuilds the very TrainConfig the sweep trains; and editing the
-    recipe file changes the sweep's identity, so a folder trained with the old one is refused."""
+    size; commands.sh's train line rebuilds the very TrainConfig the sweep trains; and a recipe edit
+    that changes how the points train changes the sweep's identity, so such a folder is refused."""
     import dataclasses
 
     from edgeseg.cli.train import command as train_command, config_from_options
@@ -375,6 +375,9 @@ def test_a_named_training_recipe_under_the_sweep_keys_and_the_grid(tmp_path, ass
     out = tmp_path / "out"
     out.mkdir()
     (out / "sweep.json").write_text(json.dumps({"config": sweep.to_dict(), "points": []}))
+    check_sweep_folder(load_sweep(tmp_path / "sweep.toml"), out)
+    # A new version that changes only what the grid overrides keeps the folder; a training value does not.
+    recipe.write_text(recipe.read_text().replace("version = 3", "version = 4").replace("base = 16", "base = 32"))
     check_sweep_folder(load_sweep(tmp_path / "sweep.toml"), out)
     recipe.write_text(recipe.read_text().replace("augment_p = 0.4", "augment_p = 0.5"))
     with pytest.raises(DataError, match="holds a different sweep"):
