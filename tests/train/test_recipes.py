@@ -58,6 +58,7 @@ SHIPPED = {
     ("liver-ct", 1): "4c424b1bc00104e89d8ab0a44c55623f521fd9901aa1c038334d7e3ac876796e",
     ("covid-infection", 1): "4762a7f588b4abd3fbc51c0a44882c006128ef0fe48f174ee8c524491417d341",
     ("covid-infection", 2): "1af9fb1acef0e6a17b84849342c5fae73c98dc9e752b734b6939b449bf0fd576",
+    ("covid-infection", 3): "0fdcf9bb8d9ad3399a77b33ee53bb100fbcefdee4c2ee146423dab25f2da8e60",
 }
 
 
@@ -76,7 +77,7 @@ def test_a_recipe_resolves_by_name_from_any_folder_and_by_path(tmp_path):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == [str(PACKAGE / "recipes" / "covid-infection.toml"),
-                                   SHIPPED[("covid-infection", 2)]]
+                                   SHIPPED[("covid-infection", 3)]]
     copy = tmp_path / "covid-infection.toml"
     changed = (PACKAGE / "recipes" / "covid-infection.toml").read_bytes().replace(b"epochs = 150", b"epochs = 7")
     copy.write_bytes(changed)
