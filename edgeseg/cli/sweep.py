@@ -31,11 +31,10 @@ def command(sweep_file, out, points_only, rounds, quiet) -> None:
     require("torch", "train", "edgeseg sweep")
     from edgeseg.sweep.config import load_sweep
     from edgeseg.sweep.report import pareto_front, write_reports
-    from edgeseg.sweep.run import check_point_ids, check_sweep_folder, remeasure, run_sweep
+    from edgeseg.sweep.run import check_sweep_folder, remeasure, run_sweep
 
     configure_logging()
     sweep = load_sweep(sweep_file)
-    check_point_ids(sweep, points_only)
     check_sweep_folder(sweep, out)
     if rounds is None:
         points, elsewhere = run_sweep(sweep, out, progress=not quiet, only=points_only)

@@ -122,8 +122,7 @@ def remeasure(sweep: SweepConfig, out: str | Path, rounds: int, only: Sequence[s
     for r in targets:
         taken = sorted(rounds_of[r["id"]], key=lambda m: m["latency_ms_p50"])
         median = taken[(len(taken) - 1) // 2]
-        path = _result_path(out, Point(r["model"], r["base"], r["depth"], r["size"]))
-        atomic_write_text(path, json.dumps({
+        atomic_write_text(out / "points" / r["id"] / "result.json", json.dumps({
             **r, **median, "latency_rounds_ms_p50": [m["latency_ms_p50"] for m in rounds_of[r["id"]]],
             "latency_rounds_backend": [m["backend"] for m in rounds_of[r["id"]]],
             "latency_measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, indent=2))
