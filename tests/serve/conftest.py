@@ -32,6 +32,7 @@ class RunningServer:
     def __init__(self, app) -> None:
         import uvicorn
 
+        self.app = app
         self.port = _free_port()
         self.url = f"127.0.0.1:{self.port}"
         self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="error"))

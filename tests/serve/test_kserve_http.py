@@ -10,6 +10,7 @@ import io
 import json
 import re
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -146,19 +147,43 @@ def test_binary_body_with_wrong_size_is_400(server):
 
 
 def test_full_queue_answers_503(server_factory):
-    import time
+    """One request in the model, one in the queue of one place: the third is refused at once.
 
-    slow = server_factory(max_batch=1, queue_size=1)
-    # occupy the single worker and the single queue place, then one more request must be refused
+    The model call waits on a gate the test opens, so which request is where does not depend on
+    how fast this machine runs the model; the batcher, the queue and the HTTP layer are the real ones.
+    """
     from concurrent.futures import ThreadPoolExecutor
 
+    slow = server_factory(max_batch=1, queue_size=1)
+    batcher = slow.app.state.models["edgeseg"].batcher
+    real_infer, entered, release = batcher._infer, threading.Event(), threading.Event()
+
+    def gated(batch):
+        entered.set()
+        assert release.wait(30), "the test never opened the gate"
+        return real_infer(batch)
+
+    batcher._infer = gated
     x = _infer_body(_batch(1))
-    with ThreadPoolExecutor(8) as pool:
-        futures = [pool.submit(_request, slow.url, "POST", "/v2/models/edgeseg/infer", x) for _ in range(24)]
-        codes = [f.result()[0] for f in futures]
-    assert set(codes) <= {200, 503}
-    assert 503 in codes and 200 in codes
-    time.sleep(0.1)
+
+    def post():
+        return _request(slow.url, "POST", "/v2/models/edgeseg/infer", x)
+
+    with ThreadPoolExecutor(2) as pool:
+        try:
+            in_model = pool.submit(post)
+            assert entered.wait(30), "the first request never reached the model"
+            queued = pool.submit(post)
+            deadline = time.monotonic() + 30
+            while batcher.depth < 1:  # the second request holds the only queue place
+                assert time.monotonic() < deadline, "the second request never reached the queue"
+                time.sleep(0.005)
+            status, _, data = post()
+            assert status == 503, (status, data)
+            assert "queue is full" in json.loads(data)["error"]
+        finally:
+            release.set()
+        assert in_model.result()[0] == 200 and queued.result()[0] == 200
     assert _request(slow.url, "POST", "/v2/models/edgeseg/infer", x)[0] == 200
 
 
