@@ -79,6 +79,9 @@ def _run(**opts) -> None:
     summary = summarise_folds(scores)
     table = format_summary(summary)
     result = {"config": configs[0].to_dict(), **summary}
+    if len(scores) > 1:
+        result["postprocess_crossfit"], text = _crossfit(configs, scores)
+        table += "\n\n" + text
     if opts["int8"]:
         runtime = _export_and_score(configs, scores, opts)
         result["runtime"] = runtime
@@ -93,6 +96,23 @@ def _run(**opts) -> None:
     atomic_write_text(root / f"{name}.json", json.dumps(result, indent=2) + "\n")
     atomic_write_text(root / f"{name}.txt", table + "\n")
     click.echo(table)
+
+
+def _crossfit(configs: list, scores: list[dict]) -> tuple[dict, str]:
+    """Score each fold again with the component filters chosen on the other folds; returns
+    cv.json's ``postprocess_crossfit`` part and its table."""
+    from edgeseg.evaluate.cross_validation import (crossfit_postprocess, describe_postprocess, format_summary,
+                                                   score_fold, summarise_folds)
+
+    choices = crossfit_postprocess(scores)
+    names = scores[0]["classes"]
+    filtered = [score_fold(Path(cfg.out) / "last.pt", postprocess=choice) for cfg, choice in zip(configs, choices)]
+    summary = summarise_folds(filtered)
+    lines = ["FP32 with per-slice component filters chosen, per class, on the other folds' held-out slices "
+             "(cross-fitted; no slice takes part in the choice it is scored under)"]
+    lines += [f"fold {cfg.fold}: {describe_postprocess(choice, names)}" for cfg, choice in zip(configs, choices)]
+    record = {"choices": [{"fold": cfg.fold, "postprocess": choice} for cfg, choice in zip(configs, choices)], **summary}
+    return record, "\n".join(lines) + "\n" + format_summary(summary)
 
 
 def _export_and_score(configs: list, scores: list[dict], opts: dict) -> dict:

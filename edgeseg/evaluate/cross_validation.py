@@ -6,6 +6,15 @@ trained on, at every slice's own resolution through the runtime's Segmenter, so 
 made on the held-out cases. Per slice, Dice is taken for the binary mask (any class > 0) and for
 each class; a class absent from both the truth and the prediction of a slice scores 1 there, as
 :func:`edgeseg.metrics.dice` defines it.
+
+Training chooses per-class component filters on its validation cases (``choose_postprocess``),
+and in a fold those are the held-out cases, so the plain figures use no filter. What the filters
+are worth is estimated by cross-fitting: every per-slice candidate (``SLICE_CANDIDATES``) is
+scored per class on each fold's unfiltered predictions, and fold k is scored again with, for
+each class, the candidate that does best over the *other* folds' held-out slices
+(:func:`crossfit_postprocess`). No slice takes part in the choice it is scored under. nnU-Net
+chooses its post-processing on the pooled cross-validation predictions and reports them; this
+is the same choice without that selection bias.
 """
 
 from __future__ import annotations
@@ -19,6 +28,7 @@ import numpy as np
 from edgeseg.atomic import atomic_write_text
 from edgeseg.errors import DataError
 from edgeseg.metrics import dice
+from edgeseg.runtime.postprocess_options import SLICE_CANDIDATES, ClassPostprocess, PostprocessOptions
 
 FOLD_SCORES = "cv_scores.json"
 EVAL_BATCH = 16
@@ -41,18 +51,25 @@ def per_slice_dice(pred: np.ndarray, truth: np.ndarray, class_names: list[str]) 
     return rows
 
 
-def score_fold(checkpoint: str | Path, progress: bool = False) -> dict[str, Any]:
+def score_fold(checkpoint: str | Path, progress: bool = False, postprocess: dict | None = None) -> dict[str, Any]:
     """Per-slice Dice of ``checkpoint`` on its own held-out (``test``) cases, read from the data
-    and with the settings recorded at training."""
+    and with the settings recorded at training.
+
+    Without ``postprocess`` no component filter runs, and each slice row also holds
+    ``candidates``: per foreground class, its Dice under each of ``SLICE_CANDIDATES`` in order.
+    With ``postprocess`` (a checkpoint's or manifest's ``postprocess``) the Segmenter applies it,
+    as a bundle would.
+    """
     from edgeseg.models.checkpoint import checkpoint_spec, load_model
     from edgeseg.runtime.segmenter import Segmenter
 
     model, payload = load_model(checkpoint)
     spec, class_names = checkpoint_spec(payload), list(payload["class_names"])
     volumes = held_out_volumes(checkpoint, payload)
-    segmenter = Segmenter.from_module(model, spec, dict(enumerate(class_names)), NO_FILTERS, max_batch=EVAL_BATCH)
+    options = NO_FILTERS if postprocess is None else postprocess
+    segmenter = Segmenter.from_module(model, spec, dict(enumerate(class_names)), options, max_batch=EVAL_BATCH)
     with segmenter:
-        slices = score_volumes(segmenter, volumes, payload, progress)
+        slices = score_volumes(segmenter, volumes, payload, progress, candidates=postprocess is None)
     return fold_record(checkpoint, payload, slices)
 
 
@@ -77,9 +94,11 @@ def fold_label_map(payload: dict[str, Any]) -> dict[str, list[int]]:
     return payload.get("label_values") or {n: [i] for i, n in enumerate(class_names) if i}
 
 
-def score_volumes(segmenter, volumes: list, payload: dict[str, Any], progress: bool = False) -> list[dict[str, Any]]:
+def score_volumes(segmenter, volumes: list, payload: dict[str, Any], progress: bool = False,
+                  candidates: bool = False) -> list[dict[str, Any]]:
     """Segment each held-out volume with ``segmenter`` (any runner) and return one row per
-    slice: case, slice id and :func:`per_slice_dice` against the volume's labels."""
+    slice: case, slice id and :func:`per_slice_dice` against the volume's labels; with
+    ``candidates``, also :func:`candidate_dice` of the segmenter's output."""
     from edgeseg.data.slice_set import check_window, map_labels
 
     class_names, label_map = list(payload["class_names"]), fold_label_map(payload)
@@ -87,9 +106,68 @@ def score_volumes(segmenter, volumes: list, payload: dict[str, Any], progress: b
     for volume in volumes:
         check_window(volume, segmenter.spec)
         pred = segmenter.predict_volume(volume, batch_size=min(EVAL_BATCH, segmenter.max_batch), progress=progress)
-        rows = per_slice_dice(pred, map_labels(volume.label, label_map), class_names)
+        truth = map_labels(volume.label, label_map)
+        rows = per_slice_dice(pred, truth, class_names)
+        if candidates:
+            for row, scores in zip(rows, candidate_dice(pred, truth, class_names, segmenter.spec.size)):
+                row["candidates"] = scores
         slices += [{"case_id": volume.case_id, "slice": sid, **row} for sid, row in zip(volume.slice_ids, rows)]
     return slices
+
+
+def candidate_dice(pred: np.ndarray, truth: np.ndarray, class_names: list[str],
+                   model_size: tuple[int, int]) -> list[dict[str, list[float]]]:
+    """For each slice of unfiltered (Z, Y, X) labels ``pred``: per foreground class (by name),
+    its Dice against ``truth`` after each of ``SLICE_CANDIDATES`` in turn, the filters scaled
+    from ``model_size`` to the slice's size as the runtime scales them."""
+    from edgeseg.kernels import filter_components
+
+    pred = np.ascontiguousarray(pred, dtype=np.uint8)
+    out: list[dict[str, list[float]]] = [{} for _ in range(len(pred))]
+    for c, name in enumerate(class_names):
+        if c == 0:
+            continue
+        for keep, pixels in SLICE_CANDIDATES:
+            options = PostprocessOptions(classes={c: ClassPostprocess(keep_largest=keep, min_pixels=pixels)})
+            rules = options.slice_rules(pred.shape[-2:], model_size)
+            filtered = filter_components(pred, rules) if rules else pred
+            for z, row in enumerate(out):
+                row.setdefault(name, []).append(dice(filtered[z] == c, truth[z] == c))
+    return out
+
+
+def crossfit_postprocess(folds: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """For each fold of ``folds`` (scored by :func:`score_fold` without ``postprocess``), the
+    per-class filters chosen on the *other* folds: per class, the candidate of
+    ``SLICE_CANDIDATES`` with the highest mean Dice over all the other folds' held-out slices
+    (ties keep the earlier, lighter one). Returns one ``postprocess`` dict per fold."""
+    if len(folds) < 2:
+        raise DataError("a cross-fitted choice needs at least two scored folds")
+    names = list(folds[0]["classes"][1:])
+    choices = []
+    for k in range(len(folds)):
+        others = [s for j, fold in enumerate(folds) if j != k for s in fold["slices"]]
+        chosen = {}
+        for c, name in enumerate(names, start=1):
+            means = [float(np.mean([s["candidates"][name][i] for s in others])) for i in range(len(SLICE_CANDIDATES))]
+            best = max(range(len(means)), key=lambda i: (means[i], -i))
+            if best:
+                keep, pixels = SLICE_CANDIDATES[best]
+                chosen[c] = ClassPostprocess(keep_largest=keep, min_pixels=pixels)
+        choices.append(PostprocessOptions(classes=chosen).to_dict())
+    return choices
+
+
+def describe_postprocess(options: dict[str, Any], class_names: list[str]) -> str:
+    """One line naming each filtered class's filter, or 'no filter'."""
+    parts = []
+    for c, name in enumerate(class_names):
+        rule = options.get("classes", {}).get(str(c)) if c else None
+        if rule:
+            what = ["largest component"] if rule["keep_largest"] else []
+            what += [f"components >= {rule['min_pixels']} px at model size"] if rule["min_pixels"] else []
+            parts.append(f"{name}: {', '.join(what)}")
+    return "; ".join(parts) or "no filter"
 
 
 def fold_record(checkpoint: str | Path, payload: dict[str, Any], slices: list[dict[str, Any]]) -> dict[str, Any]:

@@ -32,6 +32,11 @@ from edgeseg.kernels import ComponentRule
 
 RESIZE_MODES = ("logits", "labels")
 CLASS_KEYS = ("keep_largest", "min_pixels", "keep_largest_3d", "min_ml")
+# Per-slice filters (keep_largest, min_pixels) that validation tries for each class, least
+# filtering first so that a tie keeps the simpler choice. min_pixels counts pixels at the
+# model's input size. Training's choice (edgeseg.train.validate) and cross-validation's
+# cross-fitted choice (edgeseg.evaluate.cross_validation) both read this list.
+SLICE_CANDIDATES = ((False, 0), (True, 0), (False, 4), (False, 16), (False, 64), (False, 256))
 
 
 @dataclass(frozen=True)

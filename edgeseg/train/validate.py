@@ -10,6 +10,7 @@ import torch
 
 from edgeseg.data.slice_set import SliceSet
 from edgeseg.metrics import per_case_dice
+from edgeseg.runtime.postprocess_options import SLICE_CANDIDATES
 
 
 @torch.no_grad()
@@ -42,9 +43,6 @@ def validate(model, val_set: SliceSet, num_classes: int, device, autocast: Calla
     return {"loss": loss, "dice": float(np.mean(per_class)), "per_class": per_class, "pred": pred}
 
 
-# Candidates tried on validation, least filtering first so that a tie keeps the simpler choice.
-# min_pixels counts pixels at the model's input size (what validation predicts at).
-SLICE_CANDIDATES = [(False, 0), (True, 0), (False, 4), (False, 16), (False, 64), (False, 256)]
 VOLUME_CANDIDATES_ML = (0.1, 1.0, 10.0)
 
 

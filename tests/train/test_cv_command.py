@@ -7,6 +7,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 
 def test_cv_command_runs_every_fold_then_resumes_without_training(tmp_path, lesion_slices):
     data = lesion_slices(6, seed=2)
@@ -23,7 +25,24 @@ def test_cv_command_runs_every_fold_then_resumes_without_training(tmp_path, lesi
     scored = sorted(s["case_id"] for k in range(3)
                     for s in json.loads((out / f"fold{k}" / "cv_scores.json").read_text())["slices"])
     assert scored == [f"{i:03d}" for i in range(6)]          # every slice tested exactly once
+    _check_crossfit(out, result)
     again = subprocess.run(list(map(str, args)), capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr
     assert "training from" not in again.stdout
     assert json.loads((out / "cv.json").read_text())["mean"] == result["mean"]
+
+
+def _check_crossfit(out, result):
+    """Each fold scored again through the Segmenter with its cross-fitted filters gives, per class,
+    the Dice its unfiltered predictions gave under the same candidate (cv_scores.json)."""
+    from edgeseg.runtime.postprocess_options import SLICE_CANDIDATES
+
+    crossfit = result["postprocess_crossfit"]
+    assert [c["fold"] for c in crossfit["choices"]] == [0, 1, 2] and crossfit["slices"] == 6
+    for choice, row in zip(crossfit["choices"], crossfit["per_fold"]):
+        slices = json.loads((out / f"fold{choice['fold']}" / "cv_scores.json").read_text())["slices"]
+        for c, name in ((1, "faint"), (2, "bright")):
+            rule = choice["postprocess"]["classes"].get(str(c))
+            index = SLICE_CANDIDATES.index((rule["keep_largest"], rule["min_pixels"])) if rule else 0
+            assert row[name] == pytest.approx(sum(s["candidates"][name][index] for s in slices) / len(slices))
+    assert "cross-fitted" in (out / "cv.txt").read_text()
