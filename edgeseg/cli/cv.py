@@ -79,13 +79,18 @@ def _run(**opts) -> None:
     summary = summarise_folds(scores)
     table = format_summary(summary)
     result = {"config": configs[0].to_dict(), **summary}
-    if len(scores) > 1:
-        result["postprocess_crossfit"], text = _crossfit(configs, scores)
+    crossfit = _crossfit(configs, scores) if len(scores) > 1 else None
+    if crossfit is not None:
+        result["postprocess_crossfit"], text = crossfit["record"], crossfit["text"]
         table += "\n\n" + text
     if opts["int8"]:
-        runtime = _export_and_score(configs, scores, opts)
+        runtime, runtime_crossfit = _export_and_score(configs, scores, opts, crossfit)
         result["runtime"] = runtime
         table = "FP32 (PyTorch)\n" + table + "\n" + format_runtime(runtime, summary["metrics"], len(configs))
+        if runtime_crossfit is not None:
+            result["postprocess_crossfit"]["runtime"] = runtime_crossfit
+            table += "\n" + format_runtime(runtime_crossfit, summary["metrics"], len(configs), gate=False,
+                                           title="runtime (bundle) with the cross-fitted filters")
     # A partial result never takes the place of the full one.
     name = "cv"
     if missing:
@@ -98,9 +103,9 @@ def _run(**opts) -> None:
     click.echo(table)
 
 
-def _crossfit(configs: list, scores: list[dict]) -> tuple[dict, str]:
-    """Score each fold again with the component filters chosen on the other folds; returns
-    cv.json's ``postprocess_crossfit`` part and its table."""
+def _crossfit(configs: list, scores: list[dict]) -> dict:
+    """Score each fold again with the component filters chosen on the other folds: the choices,
+    the fold scores, cv.json's ``postprocess_crossfit`` part and its table."""
     from edgeseg.evaluate.cross_validation import (crossfit_postprocess, describe_postprocess, format_summary,
                                                    score_fold, summarise_folds)
 
@@ -112,12 +117,15 @@ def _crossfit(configs: list, scores: list[dict]) -> tuple[dict, str]:
              "(cross-fitted; no slice takes part in the choice it is scored under)"]
     lines += [f"fold {cfg.fold}: {describe_postprocess(choice, names)}" for cfg, choice in zip(configs, choices)]
     record = {"choices": [{"fold": cfg.fold, "postprocess": choice} for cfg, choice in zip(configs, choices)], **summary}
-    return record, "\n".join(lines) + "\n" + format_summary(summary)
+    return {"choices": choices, "scores": filtered, "record": record,
+            "text": "\n".join(lines) + "\n" + format_summary(summary)}
 
 
-def _export_and_score(configs: list, scores: list[dict], opts: dict) -> dict:
+def _export_and_score(configs: list, scores: list[dict], opts: dict, crossfit: dict | None) -> tuple[dict, dict | None]:
     """Export each fold's last.pt (FP32 ONNX + INT8, one fold at a time), score the bundle's
-    accepted backends on the held-out slices; returns cv.json's ``runtime`` part."""
+    accepted backends on the held-out slices, without filters and, given ``crossfit``, with
+    each fold's cross-fitted filters; returns cv.json's ``runtime`` part and its cross-fitted
+    counterpart (None without ``crossfit``)."""
     from edgeseg.evaluate.cv_runtime import score_fold_bundle, summarise_runtime
     from edgeseg.export.fold_export import EXPORT_RECORD, export_fold, export_folder
     from edgeseg.export.profiles import ExportSettings
@@ -125,7 +133,7 @@ def _export_and_score(configs: list, scores: list[dict], opts: dict) -> dict:
     settings = ExportSettings(formats=("onnx",), int8=True).override(
         calib_method=opts["calib_method"], calib_slices=opts["calib_slices"],
         max_dice_drop={"int8": opts["max_dice_drop_int8"]}, gate_metric=opts["gate_metric"])
-    records, runtime = [], []
+    records, runtime, runtime_crossfit = [], [], []
     for cfg in configs:
         folder = export_folder(cfg.out, settings)
         done = (folder / EXPORT_RECORD).is_file()
@@ -141,7 +149,13 @@ def _export_and_score(configs: list, scores: list[dict], opts: dict) -> dict:
         records.append(record)
         runtime.append(score_fold_bundle(Path(cfg.out) / "last.pt", folder, record, threads=opts["threads"],
                                          echo=click.echo))
-    return summarise_runtime(scores, records, runtime)
+        if crossfit is not None:
+            choice = crossfit["choices"][len(records) - 1]
+            runtime_crossfit.append(score_fold_bundle(Path(cfg.out) / "last.pt", folder, record, threads=opts["threads"],
+                                                      echo=click.echo, postprocess=choice))
+    if crossfit is None:
+        return summarise_runtime(scores, records, runtime), None
+    return summarise_runtime(scores, records, runtime), summarise_runtime(crossfit["scores"], records, runtime_crossfit)
 
 
 command = click.Command(

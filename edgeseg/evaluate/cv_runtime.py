@@ -4,8 +4,10 @@
 ``score_fold_bundle`` runs every (runner, precision) pair the export gate accepted on the fold's
 held-out slices, with the per-slice Dice of the PyTorch column
 (:mod:`edgeseg.evaluate.cross_validation`), and keeps the scores in ``runtime_scores.json``
-beside the fold's export record, read back, not redone, on the next run. ``summarise_runtime``
-and ``format_runtime`` make cv.json's and cv.txt's runtime part.
+beside the fold's export record, read back, not redone, on the next run. With the fold's
+cross-fitted component filters (``postprocess``) it scores the same backends again with them,
+kept in ``runtime_scores_crossfit.json`` with the filters they were scored under.
+``summarise_runtime`` and ``format_runtime`` make cv.json's and cv.txt's runtime part.
 """
 
 from __future__ import annotations
@@ -23,21 +25,29 @@ from edgeseg.evaluate.cross_validation import (NO_FILTERS, fold_record, held_out
 log = logging.getLogger("edgeseg.cv")
 
 RUNTIME_SCORES = "runtime_scores.json"
+RUNTIME_SCORES_CROSSFIT = "runtime_scores_crossfit.json"
 
 
 def score_fold_bundle(checkpoint: str | Path, folder: Path, record: dict[str, Any], threads: int = 0,
-                      progress: bool = False, echo: Callable[[str], None] = log.info) -> dict[str, dict[str, Any]]:
+                      progress: bool = False, echo: Callable[[str], None] = log.info,
+                      postprocess: dict | None = None) -> dict[str, dict[str, Any]]:
     """Per-slice Dice on the fold's held-out slices of every backend the gate accepted in the
     fold's bundle ({"onnxruntime:int8": fold scores, ...}); kept in ``folder/runtime_scores.json``
-    and read from there when present."""
+    and read from there when present. With ``postprocess`` (cross-fitted filters) the
+    Segmenter applies it, and the scores are kept in ``runtime_scores_crossfit.json``, read
+    back only when they were scored under the same filters."""
     from edgeseg.models.checkpoint import read_checkpoint
     from edgeseg.runtime.manifest import read_manifest, verify_artifacts
     from edgeseg.runtime.selection import select_runner
     from edgeseg.runtime.segmenter import Segmenter
 
-    scores_path = folder / RUNTIME_SCORES
+    scores_path = folder / (RUNTIME_SCORES if postprocess is None else RUNTIME_SCORES_CROSSFIT)
     if scores_path.is_file():
-        return json.loads(scores_path.read_text(encoding="utf-8"))
+        kept = json.loads(scores_path.read_text(encoding="utf-8"))
+        if postprocess is None:
+            return kept
+        if kept.get("postprocess") == postprocess:
+            return kept["scores"]
     payload = read_checkpoint(checkpoint)
     volumes = held_out_volumes(checkpoint, payload)
     bundle = folder / record["bundle"]
@@ -48,10 +58,12 @@ def score_fold_bundle(checkpoint: str | Path, folder: Path, record: dict[str, An
     for backend in accepted:
         echo(f"scoring {backend} on {len(volumes)} held-out case(s)")
         runner = select_runner(bundle, manifest, backend, threads)
-        # The same post-processing as the PyTorch column (no component filter), not the manifest's.
-        with Segmenter(manifest.spec, manifest.labels, runner, NO_FILTERS, manifest.max_batch) as segmenter:
+        # The same post-processing as the PyTorch column, not the manifest's (chosen on these slices).
+        options = NO_FILTERS if postprocess is None else postprocess
+        with Segmenter(manifest.spec, manifest.labels, runner, options, manifest.max_batch) as segmenter:
             scores[backend] = fold_record(checkpoint, payload, score_volumes(segmenter, volumes, payload, progress))
-    atomic_write_text(scores_path, json.dumps(scores, indent=2) + "\n")
+    kept = scores if postprocess is None else {"postprocess": postprocess, "scores": scores}
+    atomic_write_text(scores_path, json.dumps(kept, indent=2) + "\n")
     return scores
 
 
@@ -86,10 +98,12 @@ def summarise_runtime(fp32_folds: list[dict], records: list[dict], runtime: list
     return {"settings": records[0]["settings"], "backends": out, "gate": gate}
 
 
-def format_runtime(summary: dict[str, Any], metrics: list[str], folds: int) -> str:
+def format_runtime(summary: dict[str, Any], metrics: list[str], folds: int, gate: bool = True,
+                   title: str = "runtime (bundle) on the held-out slices") -> str:
     """cv.txt's runtime part: per backend mean +- std over the folds it was accepted on and its
-    drop against PyTorch FP32; then each fold's INT8 gate verdicts with every class's drop."""
-    lines = ["", "runtime (bundle) on the held-out slices: mean+-std over folds; drop = PyTorch FP32 minus backend"]
+    drop against PyTorch FP32; then, with ``gate``, each fold's INT8 gate verdicts with every
+    class's drop."""
+    lines = ["", f"{title}: mean+-std over folds; drop = PyTorch FP32 minus backend"]
     for backend, entry in summary["backends"].items():
         if not entry["folds"]:
             lines.append(f"{backend:<18} refused by the gate on every fold")
@@ -100,6 +114,8 @@ def format_runtime(summary: dict[str, Any], metrics: list[str], folds: int) -> s
         lines.append(f"{'':<18} drop  {drops}")
         if entry["refused"]:
             lines.append(f"{'':<18} refused on fold(s) {', '.join(str(r['fold']) for r in entry['refused'])}")
+    if not gate:
+        return "\n".join(lines)
     lines.append("")
     drop_is = ("FP32's Dice against the labels minus INT8's" if summary["settings"].get("gate_metric") == "truth"
                else "1 - Dice against the FP32 model's mask")

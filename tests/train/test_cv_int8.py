@@ -34,8 +34,27 @@ def _numpy_dice(p: np.ndarray, t: np.ndarray) -> float:
     return 1.0 if total == 0 else 2.0 * int(np.logical_and(p, t).sum()) / total
 
 
-def _recompute(bundle, backend: str, held_out: list[str]) -> list[dict]:
-    """Per-slice Dice of the bundle run by the runtime Segmenter here, Dice counted in numpy."""
+def _scipy_filter(labels: np.ndarray, postprocess: dict, model_size: tuple[int, int]) -> np.ndarray:
+    """The cross-fitted per-slice filters on one slice's labels, from scipy's 8-connected labels,
+    min_pixels scaled by the area ratio to the slice's size."""
+    from scipy import ndimage
+
+    out = labels.copy()
+    ratio = labels.size / (model_size[0] * model_size[1])
+    for c, rule in postprocess.get("classes", {}).items():
+        comp, n = ndimage.label(labels == int(c), structure=np.ones((3, 3)))
+        sizes = np.bincount(comp.ravel(), minlength=n + 1)
+        keep = sizes >= (int(np.ceil(rule["min_pixels"] * ratio - 1e-9)) if rule["min_pixels"] else 0)
+        if rule["keep_largest"] and n:
+            keep &= np.arange(n + 1) == 1 + int(np.argmax(sizes[1:]))
+        keep[0] = True
+        out[(comp > 0) & ~keep[comp]] = 0
+    return out
+
+
+def _recompute(bundle, backend: str, held_out: list[str], postprocess: dict | None = None) -> list[dict]:
+    """Per-slice Dice of the bundle run by the runtime Segmenter here (no filter; then, given
+    ``postprocess``, filtered with scipy), Dice counted in numpy."""
     from edgeseg.data import open_dataset
     from edgeseg.runtime.segmenter import Segmenter
 
@@ -47,6 +66,8 @@ def _recompute(bundle, backend: str, held_out: list[str]) -> list[dict]:
             pred = seg.predict_volume(volume)
             for k in range(volume.num_slices):
                 p, t = pred[k], volume.label[k]
+                if postprocess is not None:
+                    p = _scipy_filter(p, postprocess, seg.spec.size)
                 rows.append({"case_id": volume.case_id, "binary": _numpy_dice(p > 0, t > 0),
                              **{name: _numpy_dice(p == c, t == c) for name, c in CLASSES.items()}})
     return rows
@@ -61,7 +82,7 @@ def test_cv_int8_exports_scores_resumes_and_reports_a_refusal(tmp_path):
     backends = result["runtime"]["backends"]
     assert "onnxruntime:fp32" in backends and "onnxruntime:int8" in backends
     int8 = [b for b in backends if b.endswith(":int8")]
-    flipped = 0
+    flipped = filters = 0
     for fold in (0, 1):
         folder = out / f"fold{fold}" / "int8-entropy-64-max1"
         split = json.loads((out / f"fold{fold}" / "split.json").read_text())
@@ -81,15 +102,36 @@ def test_cv_int8_exports_scores_resumes_and_reports_a_refusal(tmp_path):
                 assert backends[backend]["per_fold"][fold][metric] == pytest.approx(np.mean([r[metric] for r in expected]))
                 fp32 = result["per_fold"][fold][metric]
                 assert backends[backend]["dice_drop"]["per_fold"][fold][metric] == pytest.approx(fp32 - np.mean([r[metric] for r in expected]))
+        # The same backends again with the fold's cross-fitted filters, against scipy's filter.
+        choice = result["postprocess_crossfit"]["choices"][fold]
+        assert choice["fold"] == fold
+        kept = json.loads((folder / "runtime_scores_crossfit.json").read_text())
+        assert kept["postprocess"] == choice["postprocess"]
+        crossfit = result["postprocess_crossfit"]["runtime"]["backends"]
+        for backend in int8:
+            expected = _recompute(folder / "bundle", backend, sorted(held_out), choice["postprocess"])
+            for metric in ("binary", *CLASSES):
+                np.testing.assert_allclose([s[metric] for s in kept["scores"][backend]["slices"]],
+                                           [r[metric] for r in expected], atol=1e-12)
+                assert crossfit[backend]["per_fold"][fold][metric] == pytest.approx(np.mean([r[metric] for r in expected]))
+        filters += len(choice["postprocess"]["classes"])
         flipped += sum(row["dice_drop"] > 0 for row in json.loads((folder / "export.json").read_text())["gate"]
                        if row["backend"].endswith(":int8"))
     assert flipped, "INT8 changed no pixel: the refusal below would not be tested"
+    assert filters, "no fold chose a filter: the cross-fitted runtime scores above would not be tested"
     stamps = {p: p.stat().st_mtime_ns for p in out.glob("fold*/int8-*/**/*") if p.is_file()}
 
     again = _cv(out, 1.0)                              # resumed: read back, nothing trained or exported
     assert "training from" not in again and "exporting" not in again and again.count("reading") == 2
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
     assert json.loads((out / "cv.json").read_text())["runtime"] == result["runtime"]
+    # Scores kept under other filters than the fold's choice are not reused: scored again.
+    kept_path = out / "fold0" / "int8-entropy-64-max1" / "runtime_scores_crossfit.json"
+    kept = json.loads(kept_path.read_text())
+    kept_path.write_text(json.dumps({"postprocess": {"resize": "logits", "classes": {}}, "scores": {}}))
+    _cv(out, 1.0)
+    assert json.loads(kept_path.read_text()) == kept
+    assert json.loads((out / "cv.json").read_text())["postprocess_crossfit"] == result["postprocess_crossfit"]
 
     strict = _cv(out, 0.0)                             # no pixel may change: the gate refuses what flipped any
     assert "training from" not in strict and "REFUSED (limit 0)" in strict
