@@ -68,7 +68,7 @@ void es_lcc_slice(uint8_t *lab, ptrdiff_t rows, ptrdiff_t cols, int num_classes,
         const es_component_rule *rule = &rules[lab[start[r]]];
         const int keep = (!rule->keep_largest || root == best[lab[start[r]]]) &&
                          (int64_t)count[root] >= rule->min_size;
-        if (!keep) memset(lab + start[r], 0, (size_t)len[r]);
+        if (!keep) memset(lab + start[r], rule->removed_to, (size_t)len[r]);
     }
 }
 
@@ -98,6 +98,8 @@ int es_filter_components(uint8_t *labels, ptrdiff_t count, ptrdiff_t rows, ptrdi
         num_classes > 256)
         return ES_EINVAL;
     if (rows * cols > INT32_MAX / 2) return ES_EINVAL;
+    for (int c = 1; c < num_classes; ++c)
+        if (rules[c].removed_to < 0 || rules[c].removed_to > 255) return ES_EINVAL;
     if (count == 0 || num_classes < 2) return ES_OK;
     lcc_plan p;
     p.labels = labels;
@@ -123,6 +125,7 @@ int es_largest_component(uint8_t *labels, ptrdiff_t count, ptrdiff_t rows, ptrdi
     for (int c = 0; c < 256; ++c) {
         rules[c].keep_largest = 1;
         rules[c].min_size = 0;
+        rules[c].removed_to = 0;
     }
     return es_filter_components(labels, count, rows, cols, num_classes, rules, num_threads);
 }

@@ -101,7 +101,7 @@ static int clear_dropped(const void *ctx, void *scratch, const es_band *b) {
         const ptrdiff_t r = b->slice * p->rows + y;
         uint8_t *row = p->labels + r * p->cols;
         for (int64_t k = p->row_first[r]; k < p->row_first[r + 1]; ++k)
-            if (!p->keep[p->parent[k]]) memset(row + p->x0[k], 0, (size_t)p->len[k]);
+            if (!p->keep[p->parent[k]]) memset(row + p->x0[k], p->rules[p->cls[k]].removed_to, (size_t)p->len[k]);
     }
     return ES_OK;
 }
@@ -189,6 +189,8 @@ int es_filter_components_3d(uint8_t *labels, ptrdiff_t depth, ptrdiff_t rows, pt
         num_classes > 256)
         return ES_EINVAL;
     if (depth > 0 && rows * cols > INT32_MAX / depth) return ES_EINVAL;
+    for (int c = 1; c < num_classes; ++c)
+        if (rules[c].removed_to < 0 || rules[c].removed_to > 255) return ES_EINVAL;
     vol_plan p;
     memset(&p, 0, sizeof p);
     int any = 0;

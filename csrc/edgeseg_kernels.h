@@ -113,14 +113,19 @@ int es_largest_component(uint8_t *labels, ptrdiff_t count, ptrdiff_t rows, ptrdi
                          int num_classes, int num_threads);
 
 /* What survives of one class's connected components. A component is kept when it is the class's
- * largest (or keep_largest is 0) and holds at least min_size pixels (voxels in 3-D). */
+ * largest (or keep_largest is 0) and holds at least min_size pixels (voxels in 3-D); a removed
+ * component's pixels take the class removed_to (0, background, in a zero-initialised rule).
+ * Components are found on the labels as they came in, so a pixel given to another class by one
+ * rule never joins that class's components in the same call. */
 typedef struct {
     int keep_largest; /* nonzero: only the largest component (equal sizes: the first in raster order) */
     int64_t min_size; /* components of fewer pixels / voxels are removed; <= 1 removes none */
+    int removed_to;   /* the label removed pixels take, 0..255 */
 } es_component_rule;
 
 /* In place on contiguous (count, rows, cols) labels, per slice and 8-connected: class c in
- * 1..num_classes-1 follows rules[c] (rules[0] is not read). Pixels of other classes are left. */
+ * 1..num_classes-1 follows rules[c] (rules[0] is not read). Pixels of other classes are left.
+ * A removed_to outside 0..255 in rules[1..num_classes-1] gives ES_EINVAL. */
 int es_filter_components(uint8_t *labels, ptrdiff_t count, ptrdiff_t rows, ptrdiff_t cols,
                          int num_classes, const es_component_rule *rules, int num_threads);
 

@@ -33,6 +33,7 @@ typedef struct {
     unsigned char slice_keep[ES_MAX_CLASSES], volume_keep[ES_MAX_CLASSES];
     long long min_pixels[ES_MAX_CLASSES];
     double min_ml[ES_MAX_CLASSES];
+    int removed_to[ES_MAX_CLASSES]; /* the class a filter's removed pixels take (0: background) */
 } es_bundle;
 
 struct cJSON;

@@ -19,7 +19,7 @@ static int is_class_key(const char *key, int num_classes) {
 }
 
 static int parse_class(const cJSON *opts, int c, es_bundle *b, const char *dir, es_error *err) {
-    static const char *const known[] = {"keep_largest", "min_pixels", "keep_largest_3d", "min_ml", NULL};
+    static const char *const known[] = {"keep_largest", "min_pixels", "keep_largest_3d", "min_ml", "removed_to", NULL};
     if (!cJSON_IsObject(opts)) return es_fail(err, ES_EBUNDLE, "bundle %s: postprocess.classes[\"%d\"] must be an object", dir, c);
     for (const cJSON *item = opts->child; item; item = item->next) {
         int ok = 0;
@@ -30,6 +30,7 @@ static int parse_class(const cJSON *opts, int c, es_bundle *b, const char *dir, 
     const cJSON *keep3d = cJSON_GetObjectItemCaseSensitive(opts, "keep_largest_3d");
     const cJSON *pixels = cJSON_GetObjectItemCaseSensitive(opts, "min_pixels");
     const cJSON *ml = cJSON_GetObjectItemCaseSensitive(opts, "min_ml");
+    const cJSON *to = cJSON_GetObjectItemCaseSensitive(opts, "removed_to");
     if ((keep && !cJSON_IsBool(keep)) || (keep3d && !cJSON_IsBool(keep3d)))
         return es_fail(err, ES_EBUNDLE, "bundle %s: postprocess.classes[\"%d\"] keep_largest options must be true or false", dir, c);
     if (pixels && !(cJSON_IsNumber(pixels) && pixels->valuedouble >= 0 && pixels->valuedouble <= 1e15 &&
@@ -37,10 +38,15 @@ static int parse_class(const cJSON *opts, int c, es_bundle *b, const char *dir, 
         return es_fail(err, ES_EBUNDLE, "bundle %s: postprocess.classes[\"%d\"].min_pixels must be an integer >= 0", dir, c);
     if (ml && !(cJSON_IsNumber(ml) && isfinite(ml->valuedouble) && ml->valuedouble >= 0))
         return es_fail(err, ES_EBUNDLE, "bundle %s: postprocess.classes[\"%d\"].min_ml must be a number >= 0", dir, c);
+    if (to && !(cJSON_IsNumber(to) && to->valuedouble >= 0 && to->valuedouble < b->num_classes &&
+                to->valuedouble == floor(to->valuedouble) && (int)to->valuedouble != c))
+        return es_fail(err, ES_EBUNDLE, "bundle %s: postprocess.classes[\"%d\"].removed_to must be another class "
+                       "number in 0..%d", dir, c, b->num_classes - 1);
     b->slice_keep[c] = keep && cJSON_IsTrue(keep);
     b->min_pixels[c] = pixels ? (long long)pixels->valuedouble : 0;
     b->volume_keep[c] = keep3d && cJSON_IsTrue(keep3d);
     b->min_ml[c] = ml ? ml->valuedouble : 0.0;
+    b->removed_to[c] = to ? (int)to->valuedouble : 0;
     return ES_OK;
 }
 
@@ -74,6 +80,7 @@ void es_slice_rules(const es_bundle *b, int rows, int cols, es_component_rule *r
         rules[c].keep_largest = c > 0 && c < b->num_classes && b->slice_keep[c];
         rules[c].min_size = c > 0 && c < b->num_classes && b->min_pixels[c] > 0
                                 ? (int64_t)ceil((double)b->min_pixels[c] * ratio - 1e-9) : 0;
+        rules[c].removed_to = c > 0 && c < b->num_classes ? b->removed_to[c] : 0;
         *any |= rules[c].keep_largest || rules[c].min_size > 1;
     }
 }
@@ -83,6 +90,7 @@ int es_volume_rules(const es_bundle *b, const double *spacing, es_component_rule
     for (int c = 0; c < ES_MAX_CLASSES; ++c) {
         rules[c].keep_largest = c > 0 && c < b->num_classes && b->volume_keep[c];
         rules[c].min_size = 0;
+        rules[c].removed_to = c > 0 && c < b->num_classes ? b->removed_to[c] : 0;
         if (c > 0 && c < b->num_classes && b->min_ml[c] > 0) {
             if (!spacing)
                 return es_fail(err, ES_EINVAL, "class %d removes 3-D components under %g mL, which needs the voxel spacing "

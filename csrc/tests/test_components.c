@@ -61,7 +61,7 @@ static int oracle_filter(uint8_t *lab, ptrdiff_t depth, ptrdiff_t rows, ptrdiff_
         const es_component_rule *r = &rules[cls[k]];
         const int32_t b = best[256 * (conn3d ? 0 : s / plane) + cls[k]];
         if (!r->keep_largest && r->min_size <= 1) continue;
-        if ((r->keep_largest && b != k) || (int64_t)size[k] < r->min_size) lab[s] = 0;
+        if ((r->keep_largest && b != k) || (int64_t)size[k] < r->min_size) lab[s] = (uint8_t)r->removed_to;
     }
     free(comp), free(queue), free(size), free(cls), free(best);
     return 1;
@@ -76,10 +76,16 @@ static void random_labels(uint8_t *lab, ptrdiff_t n, int classes, unsigned fill,
     }
 }
 
-static void test_case(ptrdiff_t depth, ptrdiff_t rows, ptrdiff_t cols, unsigned fill, unsigned seed) {
+static void test_case(ptrdiff_t depth, ptrdiff_t rows, ptrdiff_t cols, unsigned fill, unsigned seed,
+                      int give_away) {
     enum { CLASSES = 4 };
     const ptrdiff_t n = depth * rows * cols;
-    es_component_rule rules[CLASSES] = {{0, 0}, {1, 0}, {0, 3}, {1, 2}};
+    es_component_rule rules[CLASSES] = {{0, 0, 0}, {1, 0, 0}, {0, 3, 0}, {1, 2, 0}};
+    if (give_away) { /* removed pixels go to another class: 1 -> 2, 2 -> 1, 3 -> 1 */
+        rules[1].removed_to = 2;
+        rules[2].removed_to = 1;
+        rules[3].removed_to = 1;
+    }
     uint8_t *src = malloc((size_t)n), *want = malloc((size_t)n), *one = malloc((size_t)n),
             *many = malloc((size_t)n);
     random_labels(src, n, CLASSES, fill, &seed);
@@ -95,8 +101,8 @@ static void test_case(ptrdiff_t depth, ptrdiff_t rows, ptrdiff_t cols, unsigned 
             CHECK(es_filter_components(one, depth, rows, cols, CLASSES, rules, 1) == ES_OK, "status");
             CHECK(es_filter_components(many, depth, rows, cols, CLASSES, rules, 4) == ES_OK, "status");
         }
-        CHECK(memcmp(one, want, (size_t)n) == 0, "%s %tdx%tdx%td fill %u differs from the oracle",
-              conn3d ? "3-D" : "2-D", depth, rows, cols, fill);
+        CHECK(memcmp(one, want, (size_t)n) == 0, "%s %tdx%tdx%td fill %u removed_to %d differs from the oracle",
+              conn3d ? "3-D" : "2-D", depth, rows, cols, fill, give_away);
         CHECK(memcmp(many, one, (size_t)n) == 0, "%s: 4 threads differ from 1", conn3d ? "3-D" : "2-D");
     }
     free(src), free(want), free(one), free(many);
@@ -104,7 +110,7 @@ static void test_case(ptrdiff_t depth, ptrdiff_t rows, ptrdiff_t cols, unsigned 
 
 static void test_bad_arguments(void) {
     uint8_t lab[8] = {0};
-    es_component_rule rules[2] = {{0, 0}, {1, 0}};
+    es_component_rule rules[2] = {{0, 0, 0}, {1, 0, 0}};
     CHECK(es_filter_components_3d(NULL, 1, 2, 4, 2, rules, 1) == ES_EINVAL, "NULL labels");
     CHECK(es_filter_components_3d(lab, 1, 2, 4, 2, NULL, 1) == ES_EINVAL, "NULL rules");
     CHECK(es_filter_components_3d(lab, 1, 0, 4, 2, rules, 1) == ES_EINVAL, "rows 0");
@@ -112,16 +118,22 @@ static void test_bad_arguments(void) {
     CHECK(es_filter_components_3d(lab, (ptrdiff_t)1 << 20, 1 << 12, 1 << 12, 2, rules, 1) == ES_EINVAL,
           "too many voxels");
     CHECK(es_filter_components_3d(lab, 0, 2, 4, 2, rules, 1) == ES_OK, "empty volume");
+    es_component_rule bad[2] = {{0, 0, 0}, {1, 0, 256}};
+    CHECK(es_filter_components_3d(lab, 1, 2, 4, 2, bad, 1) == ES_EINVAL, "removed_to 256 (3-D)");
+    CHECK(es_filter_components(lab, 1, 2, 4, 2, bad, 1) == ES_EINVAL, "removed_to 256 (2-D)");
+    bad[1].removed_to = -1;
+    CHECK(es_filter_components(lab, 1, 2, 4, 2, bad, 1) == ES_EINVAL, "removed_to -1");
 }
 
 void test_components_all(void) {
     const unsigned fills[] = {50, 300, 500, 700};
     unsigned seed = 11;
-    for (int i = 0; i < 4; ++i) {
-        test_case(1, 37, 41, fills[i], seed++);
-        test_case(9, 23, 19, fills[i], seed++);
-        test_case(17, 8, 64, fills[i], seed++);
-        test_case(5, 1, 70, fills[i], seed++);
-    }
+    for (int give_away = 0; give_away <= 1; ++give_away)
+        for (int i = 0; i < 4; ++i) {
+            test_case(1, 37, 41, fills[i], seed++, give_away);
+            test_case(9, 23, 19, fills[i], seed++, give_away);
+            test_case(17, 8, 64, fills[i], seed++, give_away);
+            test_case(5, 1, 70, fills[i], seed++, give_away);
+        }
     test_bad_arguments();
 }

@@ -12,7 +12,9 @@ and in a fold those are the held-out cases, so the plain figures use no filter. 
 are worth is estimated by cross-fitting: every per-slice candidate (``SLICE_CANDIDATES``) is
 scored per class on each fold's unfiltered predictions, and fold k is scored again with, for
 each class, the candidate that does best over the *other* folds' held-out slices
-(:func:`crossfit_postprocess`). No slice takes part in the choice it is scored under. nnU-Net
+(:func:`crossfit_postprocess`), and the removed pixels given to the other class that gains most
+from them there (``removed_to``), if one gains. No slice takes part in the choice it is scored
+under. nnU-Net
 chooses its post-processing on the pooled cross-validation predictions and reports them; this
 is the same choice without that selection bias.
 """
@@ -56,7 +58,7 @@ def score_fold(checkpoint: str | Path, progress: bool = False, postprocess: dict
     and with the settings recorded at training.
 
     Without ``postprocess`` no component filter runs, and each slice row also holds
-    ``candidates``: per foreground class, its Dice under each of ``SLICE_CANDIDATES`` in order.
+    :func:`candidate_dice`'s ``candidates`` and ``candidates_given``.
     With ``postprocess`` (a checkpoint's or manifest's ``postprocess``) the Segmenter applies it,
     as a bundle would.
     """
@@ -110,29 +112,39 @@ def score_volumes(segmenter, volumes: list, payload: dict[str, Any], progress: b
         rows = per_slice_dice(pred, truth, class_names)
         if candidates:
             for row, scores in zip(rows, candidate_dice(pred, truth, class_names, segmenter.spec.size)):
-                row["candidates"] = scores
+                row.update(scores)
         slices += [{"case_id": volume.case_id, "slice": sid, **row} for sid, row in zip(volume.slice_ids, rows)]
     return slices
 
 
 def candidate_dice(pred: np.ndarray, truth: np.ndarray, class_names: list[str],
-                   model_size: tuple[int, int]) -> list[dict[str, list[float]]]:
-    """For each slice of unfiltered (Z, Y, X) labels ``pred``: per foreground class (by name),
-    its Dice against ``truth`` after each of ``SLICE_CANDIDATES`` in turn, the filters scaled
-    from ``model_size`` to the slice's size as the runtime scales them."""
+                   model_size: tuple[int, int]) -> list[dict[str, Any]]:
+    """For each slice of unfiltered (Z, Y, X) labels ``pred``, two entries of its row:
+    ``candidates``, per foreground class (by name), its Dice against ``truth`` after each of
+    ``SLICE_CANDIDATES`` in turn, the filters scaled from ``model_size`` to the slice's size as
+    the runtime scales them; and ``candidates_given``, per class and per other foreground class,
+    the other class's Dice when the pixels each candidate removes are given to it
+    (``removed_to``; the other class itself unfiltered)."""
     from edgeseg.kernels import filter_components
 
     pred = np.ascontiguousarray(pred, dtype=np.uint8)
-    out: list[dict[str, list[float]]] = [{} for _ in range(len(pred))]
+    out: list[dict[str, Any]] = [{"candidates": {}, "candidates_given": {}} for _ in range(len(pred))]
     for c, name in enumerate(class_names):
         if c == 0:
             continue
         for keep, pixels in SLICE_CANDIDATES:
-            options = PostprocessOptions(classes={c: ClassPostprocess(keep_largest=keep, min_pixels=pixels)})
-            rules = options.slice_rules(pred.shape[-2:], model_size)
-            filtered = filter_components(pred, rules) if rules else pred
-            for z, row in enumerate(out):
-                row.setdefault(name, []).append(dice(filtered[z] == c, truth[z] == c))
+            for to, to_name in enumerate(class_names):
+                if to == c:
+                    continue
+                option = ClassPostprocess(keep_largest=keep, min_pixels=pixels, removed_to=to)
+                rules = PostprocessOptions(classes={c: option}).slice_rules(pred.shape[-2:], model_size)
+                filtered = filter_components(pred, rules) if rules else pred
+                for z, row in enumerate(out):
+                    if to == 0:  # the class's own Dice does not depend on where its removed pixels go
+                        row["candidates"].setdefault(name, []).append(dice(filtered[z] == c, truth[z] == c))
+                    else:
+                        given = row["candidates_given"].setdefault(name, {}).setdefault(to_name, [])
+                        given.append(dice(filtered[z] == to, truth[z] == to))
     return out
 
 
@@ -140,20 +152,31 @@ def crossfit_postprocess(folds: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """For each fold of ``folds`` (scored by :func:`score_fold` without ``postprocess``), the
     per-class filters chosen on the *other* folds: per class, the candidate of
     ``SLICE_CANDIDATES`` with the highest mean Dice over all the other folds' held-out slices
-    (ties keep the earlier, lighter one). Returns one ``postprocess`` dict per fold."""
+    (ties keep the earlier, lighter one); then, where a class is filtered, the other foreground
+    class whose mean Dice there gains most from the removed pixels (``removed_to``), if one
+    gains at all. Returns one ``postprocess`` dict per fold."""
     if len(folds) < 2:
         raise DataError("a cross-fitted choice needs at least two scored folds")
     names = list(folds[0]["classes"][1:])
     choices = []
     for k in range(len(folds)):
         others = [s for j, fold in enumerate(folds) if j != k for s in fold["slices"]]
+
+        def mean(values) -> float:
+            return float(np.mean(list(values)))
+
         chosen = {}
         for c, name in enumerate(names, start=1):
-            means = [float(np.mean([s["candidates"][name][i] for s in others])) for i in range(len(SLICE_CANDIDATES))]
+            means = [mean(s["candidates"][name][i] for s in others) for i in range(len(SLICE_CANDIDATES))]
             best = max(range(len(means)), key=lambda i: (means[i], -i))
-            if best:
-                keep, pixels = SLICE_CANDIDATES[best]
-                chosen[c] = ClassPostprocess(keep_largest=keep, min_pixels=pixels)
+            if not best:
+                continue
+            keep, pixels = SLICE_CANDIDATES[best]
+            gains = {d: mean(s["candidates_given"][name][other][best] - s["candidates"][other][0] for s in others)
+                     for d, other in enumerate(names, start=1) if d != c}
+            to = max(sorted(gains), key=lambda d: gains[d], default=0)
+            chosen[c] = ClassPostprocess(keep_largest=keep, min_pixels=pixels,
+                                         removed_to=to if to and gains[to] > 0 else 0)
         choices.append(PostprocessOptions(classes=chosen).to_dict())
     return choices
 
@@ -166,6 +189,8 @@ def describe_postprocess(options: dict[str, Any], class_names: list[str]) -> str
         if rule:
             what = ["largest component"] if rule["keep_largest"] else []
             what += [f"components >= {rule['min_pixels']} px at model size"] if rule["min_pixels"] else []
+            to = rule.get("removed_to", 0)
+            what += [f"the rest given to {class_names[to]}"] if to else []
             parts.append(f"{name}: {', '.join(what)}")
     return "; ".join(parts) or "no filter"
 

@@ -55,6 +55,7 @@ cdef extern from "edgeseg_kernels.h":
     ctypedef struct es_component_rule:
         int keep_largest
         int64_t min_size
+        int removed_to
 
     int es_filter_components(uint8_t *labels, Py_ssize_t count, Py_ssize_t rows, Py_ssize_t cols,
                              int num_classes, const es_component_rule *rules,
@@ -167,15 +168,17 @@ def largest_component(uint8_t[:, :, ::1] labels, int num_classes, int num_thread
 
 
 def filter_components(uint8_t[:, :, ::1] labels, const uint8_t[::1] keep_largest,
-                      const int64_t[::1] min_size, bint volume, int num_threads):
+                      const int64_t[::1] min_size, const uint8_t[::1] removed_to, bint volume, int num_threads):
     """In place: class c keeps its largest component if keep_largest[c], and components of at
-    least min_size[c] pixels; per slice (8-connected), or over the volume (6-connected)."""
+    least min_size[c] pixels; removed pixels take removed_to[c]; per slice (8-connected), or
+    over the volume (6-connected)."""
     cdef es_component_rule rules[256]
     cdef int num_classes = keep_largest.shape[0]
     cdef int c, rc
     for c in range(num_classes):
         rules[c].keep_largest = keep_largest[c]
         rules[c].min_size = min_size[c]
+        rules[c].removed_to = removed_to[c]
     with nogil:
         if volume:
             rc = es_filter_components_3d(&labels[0, 0, 0], labels.shape[0], labels.shape[1],

@@ -1,5 +1,6 @@
 """Validated component filters: per class, the largest connected component and/or components of
-a minimum size, per slice (8-connected) or over a whole volume (6-connected)."""
+a minimum size, per slice (8-connected) or over a whole volume (6-connected); what a class's
+filter removes becomes background or another class."""
 
 from __future__ import annotations
 
@@ -20,10 +21,14 @@ MAX_VOXELS = 2**31 - 1  # run indices are int32 in the C kernel
 
 class ComponentRule(NamedTuple):
     """What survives of one class's components: its largest only (``keep_largest``; equal sizes
-    keep the first in raster order) and/or those of at least ``min_size`` pixels or voxels."""
+    keep the first in raster order) and/or those of at least ``min_size`` pixels or voxels. The
+    pixels of a removed component take the label ``removed_to`` (0: background); components are
+    found on the labels as given, so pixels one rule gives to a class never join that class's
+    components in the same call."""
 
     keep_largest: bool = False
     min_size: int = 0
+    removed_to: int = 0
 
 
 def filter_components(labels: np.ndarray, rules: Mapping[int, ComponentRule], *, volume: bool = False,
@@ -54,9 +59,10 @@ def filter_components(labels: np.ndarray, rules: Mapping[int, ComponentRule], *,
     num_classes = max(checked) + 1
     keep = np.zeros(num_classes, dtype=np.uint8)
     min_size = np.zeros(num_classes, dtype=np.int64)
+    removed_to = np.zeros(num_classes, dtype=np.uint8)
     for cls, rule in checked.items():
-        keep[cls], min_size[cls] = rule.keep_largest, rule.min_size
-    rc = _kernels.filter_components(stack, keep, min_size, volume, resolve_threads(num_threads))
+        keep[cls], min_size[cls], removed_to[cls] = rule.keep_largest, rule.min_size, rule.removed_to
+    rc = _kernels.filter_components(stack, keep, min_size, removed_to, volume, resolve_threads(num_threads))
     raise_for_status(rc, "filter_components")
     return out
 
@@ -73,5 +79,8 @@ def _checked_rules(rules: Mapping[int, ComponentRule]) -> dict[int, ComponentRul
         size = rule.min_size
         if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 0:
             raise DataError(f"min_size of class {cls} must be an integer >= 0, got {size!r}")
-        checked[int(cls)] = ComponentRule(bool(rule.keep_largest), int(size))
+        to = rule.removed_to
+        if isinstance(to, bool) or not isinstance(to, (int, np.integer)) or not 0 <= to < MAX_CLASSES or to == cls:
+            raise DataError(f"removed_to of class {cls} must be another label in [0, {MAX_CLASSES - 1}], got {to!r}")
+        checked[int(cls)] = ComponentRule(bool(rule.keep_largest), int(size), int(to))
     return checked

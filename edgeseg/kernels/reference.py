@@ -189,22 +189,24 @@ def filter_components(labels: np.ndarray, rules: dict, *, volume: bool = False) 
     (``rules[c].keep_largest``, ``rules[c].min_size``) keeps, per slice of a (N, H, W) stack and
     8-connected, or over the whole (Z, Y, X) volume and 6-connected with ``volume=True``, its
     largest component (equal sizes: the lowest scipy label, i.e. the first in raster order) and
-    components of at least ``min_size`` pixels / voxels."""
+    components of at least ``min_size`` pixels / voxels; removed pixels take ``rules[c].removed_to``.
+    Every class's components are found on the labels as given, before any pixel changes."""
     from scipy import ndimage
 
     out = np.array(labels, dtype=np.uint8, order="C", copy=True)
     structure = ndimage.generate_binary_structure(3 if volume else 2, 1 if volume else 2)
     blocks = [out] if volume else list(out.reshape(-1, *out.shape[-2:]))
     for block in blocks:
+        given = block.copy()
         for cls, rule in rules.items():
             if cls == 0 or not (rule.keep_largest or rule.min_size > 1):
                 continue
-            comp, count = ndimage.label(block == cls, structure=structure)
+            comp, count = ndimage.label(given == cls, structure=structure)
             if count == 0:
                 continue
             sizes = np.bincount(comp.ravel())[1:]
             keep = sizes >= rule.min_size
             if rule.keep_largest:
                 keep &= np.arange(count) == int(np.argmax(sizes))
-            block[(comp > 0) & ~np.concatenate([[True], keep])[comp]] = 0
+            block[(comp > 0) & ~np.concatenate([[True], keep])[comp]] = rule.removed_to
     return out

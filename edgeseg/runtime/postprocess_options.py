@@ -14,6 +14,9 @@ size, so the same number means the same anatomy at any input resolution. Over a 
 6-connected, ``predict_volume`` only): ``keep_largest_3d`` keeps the class's largest component
 of the volume, ``min_ml`` removes components of less than that many millilitres (voxel volume
 from the volume's spacing). A class absent from ``classes`` is left as the network predicted it.
+``removed_to`` (written only when not 0) is the class that the pixels a class's filters remove
+take instead of background: for lesion sub-classes (ground-glass, consolidation), a small island
+of one is better given to the other than taken out of the lesion mask.
 
 Older manifests and checkpoints hold ``{"keep_largest": true|false}`` (one flag for every
 class); :meth:`PostprocessOptions.from_dict` turns that into the same flag for each foreground
@@ -31,7 +34,7 @@ from edgeseg.errors import DataError
 from edgeseg.kernels import ComponentRule
 
 RESIZE_MODES = ("logits", "labels")
-CLASS_KEYS = ("keep_largest", "min_pixels", "keep_largest_3d", "min_ml")
+CLASS_KEYS = ("keep_largest", "min_pixels", "keep_largest_3d", "min_ml", "removed_to")
 # Per-slice filters (keep_largest, min_pixels) that validation tries for each class, least
 # filtering first so that a tie keeps the simpler choice. min_pixels counts pixels at the
 # model's input size. Training's choice (edgeseg.train.validate) and cross-validation's
@@ -47,6 +50,7 @@ class ClassPostprocess:
     min_pixels: int = 0
     keep_largest_3d: bool = False
     min_ml: float = 0.0
+    removed_to: int = 0
 
     @property
     def filters_slices(self) -> bool:
@@ -57,8 +61,10 @@ class ClassPostprocess:
         return self.keep_largest_3d or self.min_ml > 0
 
     def to_dict(self) -> dict[str, Any]:
-        return {"keep_largest": self.keep_largest, "min_pixels": self.min_pixels,
-                "keep_largest_3d": self.keep_largest_3d, "min_ml": self.min_ml}
+        out = {"keep_largest": self.keep_largest, "min_pixels": self.min_pixels,
+               "keep_largest_3d": self.keep_largest_3d, "min_ml": self.min_ml}
+        # only where used, so that manifests without it read as before in every runtime
+        return {**out, "removed_to": self.removed_to} if self.removed_to else out
 
 
 @dataclass(frozen=True)
@@ -88,7 +94,7 @@ class PostprocessOptions:
         entries = raw["classes"]
         if not isinstance(entries, Mapping):
             raise DataError(f"postprocess.classes must map class numbers to options, got {entries!r}")
-        return cls(resize, {_class_number(k, num_classes): _class_options(k, v) for k, v in entries.items()})
+        return cls(resize, {_class_number(k, num_classes): _class_options(k, v, num_classes) for k, v in entries.items()})
 
     def to_dict(self) -> dict[str, Any]:
         """The manifest / checkpoint layout (JSON-compatible, class numbers as strings)."""
@@ -99,7 +105,8 @@ class PostprocessOptions:
         """Per-slice component rules at ``out_size``: ``min_pixels`` counts pixels at
         ``model_size`` and is scaled by the area ratio (rounded up)."""
         ratio = (out_size[0] * out_size[1]) / (model_size[0] * model_size[1])
-        return {c: ComponentRule(o.keep_largest, math.ceil(o.min_pixels * ratio - 1e-9) if o.min_pixels else 0)
+        return {c: ComponentRule(o.keep_largest, math.ceil(o.min_pixels * ratio - 1e-9) if o.min_pixels else 0,
+                                 o.removed_to)
                 for c, o in self.classes.items() if o.filters_slices}
 
     def volume_rules(self, spacing: tuple[float, float, float] | None) -> dict[int, ComponentRule]:
@@ -116,7 +123,7 @@ class PostprocessOptions:
                                     "volume's voxel spacing; pass a Volume or spacing=(z, y, x) in mm")
                 voxel_ml = math.prod(float(s) for s in spacing) / 1000.0
                 voxels = math.ceil(o.min_ml / voxel_ml - 1e-9)
-            rules[c] = ComponentRule(o.keep_largest_3d, voxels)
+            rules[c] = ComponentRule(o.keep_largest_3d, voxels, o.removed_to)
         return rules
 
     @property
@@ -140,7 +147,7 @@ def _class_number(key: Any, num_classes: int) -> int:
     return cls
 
 
-def _class_options(key: Any, value: Any) -> ClassPostprocess:
+def _class_options(key: Any, value: Any, num_classes: int) -> ClassPostprocess:
     if not isinstance(value, Mapping):
         raise DataError(f"postprocess.classes[{key!r}] must be an object, got {value!r}")
     unknown = sorted(set(value) - set(CLASS_KEYS))
@@ -155,4 +162,8 @@ def _class_options(key: Any, value: Any) -> ClassPostprocess:
         raise DataError(f"postprocess.classes[{key!r}].min_pixels must be an integer >= 0, got {pixels!r}")
     if isinstance(ml, bool) or not isinstance(ml, (int, float)) or not math.isfinite(ml) or ml < 0:
         raise DataError(f"postprocess.classes[{key!r}].min_ml must be a number >= 0, got {ml!r}")
-    return ClassPostprocess(opts["keep_largest"], pixels, opts["keep_largest_3d"], float(ml))
+    to = opts.get("removed_to", 0)
+    if isinstance(to, bool) or not isinstance(to, int) or not 0 <= to < num_classes or str(to) == str(key).strip():
+        raise DataError(f"postprocess.classes[{key!r}].removed_to must be another class number in "
+                        f"0..{num_classes - 1}, got {to!r}")
+    return ClassPostprocess(opts["keep_largest"], pixels, opts["keep_largest_3d"], float(ml), to)

@@ -79,6 +79,7 @@ def choose_postprocess(pred: np.ndarray, val_set: SliceSet, num_classes: int,
             best, best_dice = _better(option, _filtered(pred, c, option, cases, voxel_ml), scores, c, best, best_dice)
         if best != ClassPostprocess():
             chosen[c] = best
+    chosen = _choose_removed_to(pred, chosen, num_classes, lambda labels: float(np.mean(scores(labels))), cases, voxel_ml)
     options = PostprocessOptions(classes=chosen).to_dict()
     final = scores(_apply(pred, options, num_classes, cases, voxel_ml))
     return {**options, "val_dice": float(np.mean(plain)), "val_dice_post": float(np.mean(final)),
@@ -97,6 +98,29 @@ def validation_voxel_ml(volumes: list, spec) -> list[float] | None:
     shapes = [tuple(v.shape) if hasattr(v, "shape") else v.hu.shape for v in volumes]
     return [float(v.spacing[0] * v.spacing[1] * shape[1] / rows * v.spacing[2] * shape[2] / cols) / 1000.0
             for v, shape in zip(volumes, shapes)]
+
+
+def _choose_removed_to(pred: np.ndarray, chosen: dict, num_classes: int, mean_dice: Callable, cases, voxel_ml) -> dict:
+    """Per filtered class, give the pixels its filters remove to the other foreground class that
+    raises the mean Dice over classes, if one does (else they stay background). The filters
+    themselves were chosen on their own class's Dice, which ``removed_to`` does not change."""
+    from dataclasses import replace
+
+    from edgeseg.runtime.postprocess_options import PostprocessOptions
+
+    def value(options: dict) -> float:
+        return mean_dice(_apply(pred, PostprocessOptions(classes=options).to_dict(), num_classes, cases, voxel_ml))
+
+    best_value = value(chosen) if chosen else 0.0
+    for c in sorted(chosen):
+        for d in range(1, num_classes):
+            if d == c:
+                continue
+            trial = {**chosen, c: replace(chosen[c], removed_to=d)}
+            trial_value = value(trial)
+            if trial_value > best_value:
+                chosen, best_value = trial, trial_value
+    return chosen
 
 
 def _better(option, labels, scores, c, best, best_dice):

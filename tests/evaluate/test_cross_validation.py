@@ -74,23 +74,32 @@ def test_candidate_dice_matches_scipy_filters_scaled_to_the_slice_size():
     rows = candidate_dice(pred, truth, names, model_size)
     ratio = (40 * 48) / (20 * 12)
     for z, row in enumerate(rows):
-        for c, name in ((1, "ggo"), (2, "consolidation")):
-            assert len(row[name]) == len(SLICE_CANDIDATES)
-            for (keep, pixels), got in zip(SLICE_CANDIDATES, row[name]):
-                want_mask = _scipy_filter(pred[z] == c, keep, int(np.ceil(pixels * ratio)) if pixels else 0)
-                assert got == pytest.approx(_brute_dice(want_mask, truth[z] == c)), (z, name, keep, pixels)
+        for (c, name), (d, other) in (((1, "ggo"), (2, "consolidation")), ((2, "consolidation"), (1, "ggo"))):
+            assert len(row["candidates"][name]) == len(SLICE_CANDIDATES)
+            for i, (keep, pixels) in enumerate(SLICE_CANDIDATES):
+                kept = _scipy_filter(pred[z] == c, keep, int(np.ceil(pixels * ratio)) if pixels else 0)
+                got = row["candidates"][name][i]
+                assert got == pytest.approx(_brute_dice(kept, truth[z] == c)), (z, name, keep, pixels)
+                # what the filter removed, given to the other class (itself unfiltered)
+                receiving = (pred[z] == d) | ((pred[z] == c) & ~kept)
+                got = row["candidates_given"][name][other][i]
+                assert got == pytest.approx(_brute_dice(receiving, truth[z] == d)), (z, name, keep, pixels)
     # the candidates differ on these slices, so a filter that did nothing would be caught
-    assert len({round(v, 6) for row in rows for v in row["consolidation"]}) > 3
+    assert len({round(v, 6) for row in rows for v in row["candidates"]["consolidation"]}) > 3
+    assert len({round(v, 6) for row in rows for v in row["candidates_given"]["consolidation"]["ggo"]}) > 3
 
 
-def _brute_crossfit(folds: list[dict], k: int, name: str) -> int:
+def _brute_crossfit(folds: list[dict], k: int, name: str, other: str) -> tuple[int, bool]:
+    """The candidate with the best mean on the other folds (first on ties), and whether giving
+    its removed pixels to ``other`` raises other's mean there."""
+    others = [s for j, f in enumerate(folds) if j != k for s in f["slices"]]
     best, best_mean = 0, -1.0
     for i in range(len(SLICE_CANDIDATES)):
-        values = [s["candidates"][name][i] for j, f in enumerate(folds) if j != k for s in f["slices"]]
-        mean = sum(values) / len(values)
+        mean = sum(s["candidates"][name][i] for s in others) / len(others)
         if mean > best_mean + 1e-12:
             best, best_mean = i, mean
-    return best
+    gain = sum(s["candidates_given"][name][other][best] - s["candidates"][other][0] for s in others) / len(others)
+    return best, gain > 0
 
 
 def test_crossfit_choice_is_the_best_on_the_other_folds_and_ignores_the_fold_itself():
@@ -98,26 +107,33 @@ def test_crossfit_choice_is_the_best_on_the_other_folds_and_ignores_the_fold_its
     names = ["ggo", "consolidation"]
     folds = []
     for k, n in enumerate((4, 3, 5, 2)):
-        slices = [{"candidates": {name: [float(v) for v in rng.random(len(SLICE_CANDIDATES))] for name in names}}
+        slices = [{"candidates": {name: [float(v) for v in rng.random(len(SLICE_CANDIDATES))] for name in names},
+                   "candidates_given": {name: {other: [float(v) for v in rng.random(len(SLICE_CANDIDATES))]
+                                               for other in names if other != name} for name in names}}
                   for _ in range(n)]
         folds.append({"fold": k, "classes": ["background", *names], "slices": slices})
     choices = crossfit_postprocess(folds)
+    given = 0
     for k, choice in enumerate(choices):
         for c, name in enumerate(names, start=1):
-            want = _brute_crossfit(folds, k, name)
+            want, give = _brute_crossfit(folds, k, name, names[2 - c])
             got = choice["classes"].get(str(c))
             if want == 0:
                 assert got is None
             else:
                 keep, pixels = SLICE_CANDIDATES[want]
                 assert (got["keep_largest"], got["min_pixels"]) == (keep, pixels)
+                assert got.get("removed_to", 0) == (3 - c if give else 0)
+                given += give
+    assert 0 < given < sum(len(c["classes"]) for c in choices)  # both outcomes of the removed_to choice occur
     # fold 0's own scores do not enter its choice: make its best candidate perfect and look again
     for s in folds[0]["slices"]:
         s["candidates"]["ggo"] = [0.0] * (len(SLICE_CANDIDATES) - 1) + [1.0]
     assert crossfit_postprocess(folds)[0] == choices[0]
     # a tie keeps the lighter, earlier candidate: no filter
     tied = [{"fold": k, "classes": ["background", "ggo"],
-             "slices": [{"candidates": {"ggo": [0.5] * len(SLICE_CANDIDATES)}}]} for k in range(2)]
+             "slices": [{"candidates": {"ggo": [0.5] * len(SLICE_CANDIDATES)}, "candidates_given": {}}]}
+            for k in range(2)]
     assert all(choice["classes"] == {} for choice in crossfit_postprocess(tied))
 
 
@@ -156,12 +172,16 @@ def test_the_runtime_with_a_candidate_filter_scores_what_the_candidate_scored():
     with Segmenter.from_module(Levels().eval(), spec, dict(enumerate(names)), {"keep_largest": False}) as plain:
         rows = score_volumes(plain, [volume], payload, candidates=True)
     seen = set()
-    for c, name in ((1, "ggo"), (2, "consolidation")):
+    for (c, name), other in (((1, "ggo"), "consolidation"), ((2, "consolidation"), "ggo")):
         for i, (keep, pixels) in enumerate(SLICE_CANDIDATES):
-            options = PostprocessOptions(classes={c: ClassPostprocess(keep_largest=keep, min_pixels=pixels)}).to_dict()
-            with Segmenter.from_module(Levels().eval(), spec, dict(enumerate(names)), options) as filtered:
-                got = score_volumes(filtered, [volume], payload)
-            for row, want in zip(got, rows):
-                assert row[name] == pytest.approx(want["candidates"][name][i]), (name, keep, pixels)
-                seen.add(round(row[name], 6))
+            for to in (0, 3 - c):
+                option = ClassPostprocess(keep_largest=keep, min_pixels=pixels, removed_to=to)
+                options = PostprocessOptions(classes={c: option}).to_dict()
+                with Segmenter.from_module(Levels().eval(), spec, dict(enumerate(names)), options) as filtered:
+                    got = score_volumes(filtered, [volume], payload)
+                for row, want in zip(got, rows):
+                    assert row[name] == pytest.approx(want["candidates"][name][i]), (name, keep, pixels)
+                    if to:
+                        assert row[other] == pytest.approx(want["candidates_given"][name][other][i]), (name, i)
+                    seen.add(round(row[name], 6))
     assert len(seen) > 6  # the filters changed the scores: a filter that did nothing would be caught

@@ -9,6 +9,8 @@ from edgeseg.errors import DataError
 from edgeseg.kernels import ComponentRule, filter_components
 
 RULES = {1: ComponentRule(keep_largest=True), 2: ComponentRule(min_size=4), 3: ComponentRule(True, 6)}
+# the same filters with the removed pixels given to another class (9: a label outside the rules)
+GIVING = {1: ComponentRule(True, 0, 2), 2: ComponentRule(min_size=4, removed_to=1), 3: ComponentRule(True, 6, 9)}
 
 
 def _random(shape, fill, seed, classes=4):
@@ -67,13 +69,14 @@ VOLUMES = {
 }
 
 
+@pytest.mark.parametrize("rules", [RULES, GIVING], ids=["to-background", "to-another-class"])
 @pytest.mark.parametrize("volume", [False, True], ids=["2d", "3d"])
 @pytest.mark.parametrize("name", sorted(VOLUMES))
-def test_filter_matches_scipy(name, volume):
+def test_filter_matches_scipy(name, volume, rules):
     lab = VOLUMES[name]
-    want = filter_components(lab, RULES, volume=volume, reference=True)
+    want = filter_components(lab, rules, volume=volume, reference=True)
     for threads in (1, 3):
-        got = filter_components(lab, RULES, volume=volume, num_threads=threads)
+        got = filter_components(lab, rules, volume=volume, num_threads=threads)
         np.testing.assert_array_equal(got, want, err_msg=f"{name} with {threads} threads")
 
 
@@ -122,7 +125,38 @@ def test_classes_without_rules_are_untouched():
     (np.zeros((2, 3, 3), np.uint8), {1: (True, 0)}, "ComponentRule"),
     (np.zeros((2, 3, 3), np.uint8), {256: ComponentRule(True)}, "classes"),
     (np.zeros((2, 3, 3), np.uint8), {1: ComponentRule(False, -1)}, "min_size"),
+    (np.zeros((2, 3, 3), np.uint8), {1: ComponentRule(True, 0, 1)}, "removed_to of class 1"),
+    (np.zeros((2, 3, 3), np.uint8), {1: ComponentRule(True, 0, 256)}, "removed_to"),
+    (np.zeros((2, 3, 3), np.uint8), {1: ComponentRule(True, 0, True)}, "removed_to"),
 ])
 def test_bad_input_is_refused(labels, rules, match):
     with pytest.raises(DataError, match=match):
         filter_components(labels, rules, volume=True)
+
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_random_rules_giving_pixels_away_match_scipy(seed):
+    rng = np.random.default_rng(200 + seed)
+    lab = _random(tuple(int(v) for v in rng.integers(1, 24, 3)), float(rng.random()), seed)
+    rules = {c: ComponentRule(bool(rng.integers(2)), int(rng.integers(0, 12)),
+                              int(rng.choice([t for t in (0, 1, 2, 3, 9) if t != c]))) for c in range(1, 4)}
+    for volume in (False, True):
+        np.testing.assert_array_equal(filter_components(lab, rules, volume=volume, num_threads=2),
+                                      filter_components(lab, rules, volume=volume, reference=True))
+
+
+@pytest.mark.parametrize("volume", [False, True], ids=["2d", "3d"])
+def test_given_pixels_never_join_the_receiving_class_in_the_same_call(volume):
+    """Two touching 2-pixel islands of classes 1 and 2, each removed (under 3 pixels) to the
+    other: they swap. Had the first given its pixels before the second was labelled, class 2
+    would hold one 4-pixel component there and keep it."""
+    lab = np.zeros((1, 6, 8), dtype=np.uint8)
+    lab[0, 1, 1:3] = 1
+    lab[0, 1, 3:5] = 2
+    lab[0, 4, 0:6] = 1                           # a large class-1 component, kept
+    rules = {1: ComponentRule(min_size=3, removed_to=2), 2: ComponentRule(min_size=3, removed_to=1)}
+    want = lab.copy()
+    want[0, 1, 1:3], want[0, 1, 3:5] = 2, 1
+    for reference in (False, True):
+        np.testing.assert_array_equal(filter_components(lab, rules, volume=volume, reference=reference), want)

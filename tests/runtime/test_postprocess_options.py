@@ -58,6 +58,9 @@ def test_old_manifest_segments_as_its_new_form(bundle_copy, tmp_path):
     ({"classes": {"1": {"min_ml": float("nan")}}}, "min_ml"),
     ({"classes": {"1": {"keep_largest_3d": 1}}}, "keep_largest_3d"),
     ({"resize": "nearest"}, "resize"),
+    ({"classes": {"1": {"keep_largest": True, "removed_to": 1}}}, "removed_to must be another class number in 0..1"),
+    ({"classes": {"1": {"keep_largest": True, "removed_to": 2}}}, "removed_to"),
+    ({"classes": {"1": {"keep_largest": True, "removed_to": True}}}, "removed_to"),
 ])
 def test_bad_options_refuse_the_bundle(bundle_copy, post, match):
     _with_postprocess(bundle_copy, post)
@@ -92,3 +95,12 @@ def test_predict_volume_applies_3d_filters_with_the_volume_spacing(bundle_copy):
     want = filter_components(raw, {1: ComponentRule(True, 50)}, volume=True, reference=True)
     np.testing.assert_array_equal(got, want)
     assert (raw == 1).any() and (got == 1).any()
+
+
+def test_removed_to_is_written_only_where_used_and_reaches_the_rules():
+    three = PostprocessOptions(classes={1: ClassPostprocess(min_pixels=4), 2: ClassPostprocess(True, 8, False, 0.5, 1)})
+    raw = three.to_dict()
+    assert "removed_to" not in raw["classes"]["1"] and raw["classes"]["2"]["removed_to"] == 1
+    assert PostprocessOptions.from_dict(raw, 3) == three
+    assert three.slice_rules((64, 64), (32, 32)) == {1: ComponentRule(False, 16, 0), 2: ComponentRule(True, 32, 1)}
+    assert three.volume_rules((1.0, 1.0, 1.0))[2] == ComponentRule(False, 500, 1)

@@ -36,7 +36,7 @@ def _numpy_dice(p: np.ndarray, t: np.ndarray) -> float:
 
 def _scipy_filter(labels: np.ndarray, postprocess: dict, model_size: tuple[int, int]) -> np.ndarray:
     """The cross-fitted per-slice filters on one slice's labels, from scipy's 8-connected labels,
-    min_pixels scaled by the area ratio to the slice's size."""
+    min_pixels scaled by the area ratio to the slice's size, removed pixels given to removed_to."""
     from scipy import ndimage
 
     out = labels.copy()
@@ -48,7 +48,7 @@ def _scipy_filter(labels: np.ndarray, postprocess: dict, model_size: tuple[int, 
         if rule["keep_largest"] and n:
             keep &= np.arange(n + 1) == 1 + int(np.argmax(sizes[1:]))
         keep[0] = True
-        out[(comp > 0) & ~keep[comp]] = 0
+        out[(comp > 0) & ~keep[comp]] = rule.get("removed_to", 0)  # components found on the labels as given
     return out
 
 

@@ -90,3 +90,23 @@ def test_voxel_ml_at_model_size_and_none_for_slice_folders():
     # a model voxel covers 2 x 1.5 source voxels in-plane: 2.5 mm x 3 mm x 2.25 mm
     assert validation_voxel_ml([vol], spec) == [2.5 * 3.0 * 2.25 / 1000]
     assert validation_voxel_ml([vol, replace(vol, contiguous=False)], spec) is None
+
+
+def test_removed_islands_go_to_the_class_that_gains_them():
+    """A consolidation island inside ground-glass: the filter removes it and gives it to class 1,
+    which raises class 1's Dice; an island on background stays removed to background."""
+    truth = np.zeros((1, 32, 32), np.uint8)
+    truth[0, 2:14, 2:14] = 1
+    truth[0, 18:30, 18:30] = 2
+    pred = truth.copy()
+    pred[0, 5:7, 5:7] = 2  # class 2 predicted inside class 1
+    choice = choose_postprocess(pred, val_set(truth), 3)
+    assert chosen(choice, 3) == {2: ClassPostprocess(keep_largest=True, removed_to=1)}
+    assert choice["val_dice_post"] == 1.0
+    assert choice["classes"]["2"]["removed_to"] == 1
+    # The same island on background: giving it to class 1 would add a false positive there.
+    pred = truth.copy()
+    pred[0, 0:2, 30:32] = 2
+    choice = choose_postprocess(pred, val_set(truth), 3)
+    assert chosen(choice, 3) == {2: ClassPostprocess(keep_largest=True)}
+    assert "removed_to" not in choice["classes"]["2"] and choice["val_dice_post"] == 1.0
