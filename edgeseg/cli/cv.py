@@ -134,7 +134,7 @@ def _export_and_score(configs: list, scores: list[dict], opts: dict, crossfit: d
         calib_method=opts["calib_method"], calib_slices=opts["calib_slices"],
         max_dice_drop={"int8": opts["max_dice_drop_int8"]}, gate_metric=opts["gate_metric"])
     records, runtime, runtime_crossfit = [], [], []
-    for cfg in configs:
+    for k, cfg in enumerate(configs):
         folder = export_folder(cfg.out, settings)
         done = (folder / EXPORT_RECORD).is_file()
         click.echo(f"fold {cfg.fold}: {'reading' if done else 'exporting'} {folder} (FP32 ONNX + INT8, "
@@ -150,9 +150,8 @@ def _export_and_score(configs: list, scores: list[dict], opts: dict, crossfit: d
         runtime.append(score_fold_bundle(Path(cfg.out) / "last.pt", folder, record, threads=opts["threads"],
                                          echo=click.echo))
         if crossfit is not None:
-            choice = crossfit["choices"][len(records) - 1]
             runtime_crossfit.append(score_fold_bundle(Path(cfg.out) / "last.pt", folder, record, threads=opts["threads"],
-                                                      echo=click.echo, postprocess=choice))
+                                                      echo=click.echo, postprocess=crossfit["choices"][k]))
     if crossfit is None:
         return summarise_runtime(scores, records, runtime), None
     return summarise_runtime(scores, records, runtime), summarise_runtime(crossfit["scores"], records, runtime_crossfit)

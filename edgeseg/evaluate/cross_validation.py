@@ -14,9 +14,8 @@ scored per class on each fold's unfiltered predictions, and fold k is scored aga
 each class, the candidate that does best over the *other* folds' held-out slices
 (:func:`crossfit_postprocess`), and the removed pixels given to the other class that gains most
 from them there (``removed_to``), if one gains. No slice takes part in the choice it is scored
-under. nnU-Net
-chooses its post-processing on the pooled cross-validation predictions and reports them; this
-is the same choice without that selection bias.
+under. nnU-Net chooses its post-processing on the pooled cross-validation predictions and
+reports them; this is the same choice without that selection bias.
 """
 
 from __future__ import annotations
@@ -159,12 +158,12 @@ def crossfit_postprocess(folds: list[dict[str, Any]]) -> list[dict[str, Any]]:
         raise DataError("a cross-fitted choice needs at least two scored folds")
     names = list(folds[0]["classes"][1:])
     choices = []
+
+    def mean(values) -> float:
+        return float(np.mean(list(values)))
+
     for k in range(len(folds)):
         others = [s for j, fold in enumerate(folds) if j != k for s in fold["slices"]]
-
-        def mean(values) -> float:
-            return float(np.mean(list(values)))
-
         chosen = {}
         for c, name in enumerate(names, start=1):
             means = [mean(s["candidates"][name][i] for s in others) for i in range(len(SLICE_CANDIDATES))]
