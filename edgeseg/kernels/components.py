@@ -80,7 +80,7 @@ def _checked_rules(rules: Mapping[int, ComponentRule]) -> dict[int, ComponentRul
         if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 0:
             raise DataError(f"min_size of class {cls} must be an integer >= 0, got {size!r}")
         to = rule.removed_to
-        if isinstance(to, bool) or not isinstance(to, (int, np.integer)) or not 0 <= to < MAX_CLASSES or to == cls:
+        if isinstance(to, bool) or not isinstance(to, (int, np.integer)) or not 0 <= to < MAX_CLASSES or (to == cls and cls):
             raise DataError(f"removed_to of class {cls} must be another label in [0, {MAX_CLASSES - 1}], got {to!r}")
         checked[int(cls)] = ComponentRule(bool(rule.keep_largest), int(size), int(to))
     return checked

@@ -160,3 +160,9 @@ def test_given_pixels_never_join_the_receiving_class_in_the_same_call(volume):
     want[0, 1, 1:3], want[0, 1, 3:5] = 2, 1
     for reference in (False, True):
         np.testing.assert_array_equal(filter_components(lab, rules, volume=volume, reference=reference), want)
+
+
+def test_a_rule_for_background_is_ignored():
+    lab = VOLUMES["random-half"]
+    rules = {0: ComponentRule(), 1: ComponentRule(keep_largest=True)}
+    np.testing.assert_array_equal(filter_components(lab, rules), filter_components(lab, {1: rules[1]}))
