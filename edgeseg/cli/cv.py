@@ -33,6 +33,8 @@ INT8_OPTIONS = [
     click.Option(["--gate-metric"], type=click.Choice(["agreement", "truth"]), default="agreement", show_default=True,
                  help="What the gate's drop is (as edgeseg export): 1 - Dice against the FP32 mask, or the fall of "
                       "Dice against the held-out labels."),
+    click.Option(["--int8-scheme"], type=click.Choice(["cpu", "tensorrt"]), default="cpu", show_default=True,
+                 help="How the INT8 graph quantises activations (as edgeseg export)."),
 ]
 
 
@@ -132,7 +134,8 @@ def _export_and_score(configs: list, scores: list[dict], opts: dict, crossfit: d
 
     settings = ExportSettings(formats=("onnx",), int8=True).override(
         calib_method=opts["calib_method"], calib_slices=opts["calib_slices"],
-        max_dice_drop={"int8": opts["max_dice_drop_int8"]}, gate_metric=opts["gate_metric"])
+        max_dice_drop={"int8": opts["max_dice_drop_int8"]}, gate_metric=opts["gate_metric"],
+        int8_scheme=opts["int8_scheme"])
     records, runtime, runtime_crossfit = [], [], []
     for k, cfg in enumerate(configs):
         folder = export_folder(cfg.out, settings)

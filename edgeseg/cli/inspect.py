@@ -44,7 +44,9 @@ def describe_bundle(bundle: str) -> tuple[str, list[str]]:
     if manifest.calibration:
         c = manifest.calibration
         by_class = "".join(f", {manifest.labels.get(int(k), k)} {n}" for k, n in (c.get("with_class") or {}).items())
-        lines += ["", f"INT8 calibration: {c.get('method')}, {c.get('slices')} slices ({c.get('with_target')} with target{by_class}, "
+        # Bundles from before the INT8 schemes hold TensorRT's signed form and record no scheme.
+        scheme = c.get("scheme") or "tensorrt (recorded before schemes)"
+        lines += ["", f"INT8 calibration: {c.get('method')}, {scheme} scheme, {c.get('slices')} slices ({c.get('with_target')} with target{by_class}, "
                       f"{c.get('without_target')} without), data {str(c.get('data_hash'))[:12]}, spec {c.get('spec_hash')}"]
     parity_path = Path(bundle) / PARITY_NAME
     if parity_path.is_file():

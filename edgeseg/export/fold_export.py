@@ -30,10 +30,13 @@ EXPORT_RECORD = "export.json"
 
 def export_folder(fold_dir: str | Path, settings) -> Path:
     """The folder of one fold's export with ``settings``: named by what changes its outcome
-    (calibration method and slices, INT8 limit), so runs with other settings sit beside it."""
+    (calibration method and slices, INT8 limit, gate metric, INT8 scheme), so runs with other
+    settings sit beside it. Folders from before the INT8 schemes hold the ``tensorrt`` scheme
+    (the only one then) and keep their names."""
     limit = settings.max_dice_drop["int8"]
     metric = "" if settings.gate_metric == "agreement" else f"-{settings.gate_metric}"
-    return Path(fold_dir) / f"int8-{settings.calib_method}-{settings.calib_slices}-max{limit:g}{metric}"
+    scheme = "" if settings.int8_activations == "tensorrt" else f"-{settings.int8_activations}"
+    return Path(fold_dir) / f"int8-{settings.calib_method}-{settings.calib_slices}-max{limit:g}{metric}{scheme}"
 
 
 def export_fold(checkpoint: str | Path, folder: Path, settings, progress: bool = False,
@@ -68,7 +71,7 @@ def export_fold(checkpoint: str | Path, folder: Path, settings, progress: bool =
     record = {"checkpoint": str(checkpoint), "epoch": payload.get("epoch"), "split": payload.get("split"),
               "settings": {"calib_method": settings.calib_method, "calib_slices": settings.calib_slices,
                            "max_dice_drop_int8": settings.max_dice_drop["int8"], "gate_metric": settings.gate_metric,
-                           "verify_slices": settings.verify_slices, "max_batch": settings.max_batch},
+                           "int8_scheme": settings.int8_activations, "verify_slices": settings.verify_slices, "max_batch": settings.max_batch},
               "calibration_data": str(data), "calibration": calibration, "bundle": bundle,
               "gate": gate_rows(report)}
     atomic_write_text(record_path, json.dumps(record, indent=2) + "\n")

@@ -1,16 +1,30 @@
 """INT8 artifact: explicit (Q/DQ) quantisation calibrated on real, stratified CT slices.
 
-Settings are those TensorRT takes for explicit quantisation, so the same file runs on ONNX
-Runtime CPU and on TensorRT 10/11: QDQ format, signed INT8 for weights and activations, zero
-points of 0 (symmetric), per-channel weight scales, biases left in float (TensorRT fuses them;
-it has no INT32 dequantisation for them). Calibration slices are drawn equally from each
-combination of classes present (when labels exist: for one class, half with and half without
-the target; for several, every class is represented) and, within each group, evenly across
-the range of mean windowed HU, so both empty slices and dense organ or lesion slices set the
-activation ranges.
+Two schemes, one per kind of target (``SCHEMES``); both use the QDQ format, signed symmetric
+per-channel weights and biases left in float (TensorRT fuses them; it has no INT32
+dequantisation for them). They differ in the activations:
+
+* ``cpu``: unsigned 8-bit activations with a zero point from the calibrated range, and weights
+  in 7 bits (-64..64, ONNX Runtime's ``reduce_range``). x86 CPU kernels multiply u8 activations
+  by s8 weights; on CPUs without VNNI the instruction that does it (``vpmaddubsw``) adds pairs of
+  products into 16 bits with saturation. With 7-bit weights a pair is at most 2 * 255 * 64 =
+  32640 < 32767, so it never saturates: the graph computes the same integers on every x86 CPU,
+  and the gate's verdict on the export machine holds on the deployment machine.
+* ``tensorrt``: signed activations with zero points 0 and 8-bit weights, the form TensorRT takes
+  for explicit quantisation (GPUs do not saturate). CPU kernels shift signed activations by 128
+  into u8, so post-ReLU values land in 128..255 and the 16-bit pair sums saturate on CPUs
+  without VNNI: measured on an AVX2-only CPU, phantom models' INT8 agreement drop reached
+  0.06-0.30 on ONNX Runtime and 0.06-0.33 on OpenVINO with this scheme. The gate measures each
+  runner on the export machine, so such a runner is left out of ``auto`` there; a CPU with VNNI
+  passing it says nothing about one without.
+
+Calibration slices are drawn equally from each combination of classes present (when labels
+exist: for one class, half with and half without the target; for several, every class is
+represented) and, within each group, evenly across the range of mean windowed HU, so both
+empty slices and dense organ or lesion slices set the activation ranges.
 
 Quantised graphs are cached under a key made of the FP32 graph's sha256, the calibration data
-hash, the spec hash, the method and the settings: change any of them and the cache misses.
+hash, the spec hash, the method and the scheme's settings: change any of them and the cache misses.
 """
 
 from __future__ import annotations
@@ -37,8 +51,10 @@ from edgeseg.spec import PreprocessSpec
 log = logging.getLogger("edgeseg.export")
 
 METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
-SETTINGS = {"quant_format": "QDQ", "activation_type": "QInt8", "weight_type": "QInt8", "per_channel": True,
-            "ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False}
+_COMMON = {"quant_format": "QDQ", "weight_type": "QInt8", "per_channel": True, "WeightSymmetric": True,
+           "QuantizeBias": False}
+SCHEMES = {"cpu": {**_COMMON, "activation_type": "QUInt8", "ActivationSymmetric": False, "reduce_range": True},
+           "tensorrt": {**_COMMON, "activation_type": "QInt8", "ActivationSymmetric": True, "reduce_range": False}}
 READ_BATCH = 8
 
 
@@ -202,28 +218,33 @@ def _takes_calibration_cache(quantize_static) -> bool:
     return "calibration_cache_path" in inspect.signature(quantize_static).parameters
 
 
-def cache_key(model_hash: str, data_hash: str, spec_hash: str, method: str) -> str:
-    """Hex key of a quantised graph: any change of model, data, spec, method or settings changes it."""
+def cache_key(model_hash: str, data_hash: str, spec_hash: str, method: str, scheme: str = "cpu") -> str:
+    """Hex key of a quantised graph: any change of model, data, spec, method or scheme changes it."""
     text = json.dumps({"model": model_hash, "data": data_hash, "spec": spec_hash, "method": method,
-                       "settings": SETTINGS}, sort_keys=True)
+                       "settings": SCHEMES[scheme]}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
 def quantize_int8(fp32_onnx: str | Path, dst: str | Path, calib: CalibrationSet, spec: PreprocessSpec,
-                  method: str, cache_dir: str | Path | None, input_name: str = "image", progress: bool = True) -> dict:
-    """Quantise ``fp32_onnx`` to a Q/DQ INT8 graph at ``dst``; returns the calibration record.
+                  method: str, cache_dir: str | Path | None, input_name: str = "image", progress: bool = True,
+                  scheme: str = "cpu") -> dict:
+    """Quantise ``fp32_onnx`` to a Q/DQ INT8 graph at ``dst`` with ``scheme`` (see ``SCHEMES``);
+    returns the calibration record.
 
     With ``cache_dir`` a graph quantised before from the same model, data, spec and method is
     copied instead of recalibrating; the record says whether the cache was used.
     """
     if method not in METHODS:
         raise DataError(f"calibration method must be one of {sorted(METHODS)}, got {method!r}")
+    if scheme not in SCHEMES:
+        raise DataError(f"INT8 scheme must be one of {sorted(SCHEMES)}, got {scheme!r}")
+    settings = SCHEMES[scheme]
     require("onnx", "export", "INT8 quantisation")
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     record = {"method": method, **calib.summary, "data_hash": calib.data_hash, "spec_hash": spec.hash,
-              "model_hash": sha256_file(fp32_onnx), "settings": SETTINGS}
-    key = cache_key(record["model_hash"], calib.data_hash, spec.hash, method)
+              "model_hash": sha256_file(fp32_onnx), "scheme": scheme, "settings": settings}
+    key = cache_key(record["model_hash"], calib.data_hash, spec.hash, method, scheme)
     cached = Path(cache_dir) / f"int8-{key}.onnx" if cache_dir else None
     if cached is not None and cached.is_file():
         shutil.copyfile(cached, dst)
@@ -231,9 +252,11 @@ def quantize_int8(fp32_onnx: str | Path, dst: str | Path, calib: CalibrationSet,
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     prepared = Path(dst).with_suffix(".prep.onnx")
-    options = dict(quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QInt8,
-                   weight_type=QuantType.QInt8, calibrate_method=getattr(CalibrationMethod, METHODS[method]),
-                   extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False})
+    options = dict(quant_format=getattr(QuantFormat, settings["quant_format"]), per_channel=settings["per_channel"],
+                   activation_type=getattr(QuantType, settings["activation_type"]),
+                   weight_type=getattr(QuantType, settings["weight_type"]),
+                   calibrate_method=getattr(CalibrationMethod, METHODS[method]), reduce_range=settings["reduce_range"],
+                   extra_options={k: settings[k] for k in ("ActivationSymmetric", "WeightSymmetric", "QuantizeBias")})
     # ONNX Runtime prints its histogram progress to stdout; our bar replaces it.
     with contextlib.redirect_stdout(io.StringIO()), tempfile.TemporaryDirectory(prefix="edgeseg-int8-") as tmp:
         # Shape inference and basic (standard-op) optimisation first, as ONNX Runtime advises:

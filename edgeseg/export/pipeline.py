@@ -140,9 +140,11 @@ def _write_artifacts(folder: Path, model, spec, labels, settings: ExportSettings
         dst = folder / FILES["onnx", "int8"]
         with stage("int8-calibrate"):
             calibration = quantize_int8(onnx_fp32, dst, calib_set, spec, settings.calib_method, cache_dir,
-                                        progress=progress)
-        made.append(("onnx", "int8", dst.name, {"calibration_method": settings.calib_method}))
-        notes.append(f"INT8 calibration: {calibration['slices']} slices, {settings.calib_method}, cache {calibration['cache']}")
+                                        progress=progress, scheme=settings.int8_activations)
+        made.append(("onnx", "int8", dst.name, {"calibration_method": settings.calib_method,
+                                                "int8_scheme": settings.int8_activations}))
+        notes.append(f"INT8 calibration: {calibration['slices']} slices, {settings.calib_method}, "
+                     f"{settings.int8_activations} scheme, cache {calibration['cache']}")
     import onnx
 
     for fmt, _, file, _ in made:  # converters may drop metadata_props; every ONNX file carries spec and labels

@@ -18,6 +18,7 @@ FORMATS = ("torchscript", "onnx")
 CALIB_METHODS = ("minmax", "entropy", "percentile")
 FP16_CHECKS = ("subset", "full")
 GATE_METRICS = ("agreement", "truth")
+INT8_SCHEMES = ("cpu", "tensorrt")
 PROFILE_DIR = Path(__file__).resolve().parents[2] / "export"
 
 
@@ -44,6 +45,13 @@ class ExportSettings:
             Dice(artifact mask, truth) on the held-out slices' labels, the change in accuracy
             itself; for lesion classes with soft borders, where INT8 moves many near-tied pixels
             without making the mask worse. Needs labelled held-out data.
+        int8_scheme: how the INT8 graph quantises activations (weights are always signed,
+            symmetric, per channel). "cpu": unsigned 8-bit with a zero point from the calibrated
+            range, the form ONNX Runtime and OpenVINO run exactly on every x86 CPU. "tensorrt":
+            signed with zero points 0, the only form TensorRT takes; x86 CPUs without VNNI shift
+            signed activations by 128 into a u8 x s8 instruction whose 16-bit pair sums saturate,
+            so this graph can lose accuracy on them (the gate then keeps it out of ``auto`` there).
+            None: "tensorrt" when ``trt`` is set, else "cpu".
     """
 
     formats: tuple[str, ...] = FORMATS
@@ -58,6 +66,12 @@ class ExportSettings:
     fp16_check_slices: int = 8
     max_dice_drop: dict[str, float] = field(default_factory=lambda: {"fp32": 0.0, "fp16": 0.002, "int8": 0.01})
     gate_metric: str = "agreement"
+    int8_scheme: str | None = None
+
+    @property
+    def int8_activations(self) -> str:
+        """The INT8 scheme this export uses: ``int8_scheme``, or the default for ``trt``."""
+        return self.int8_scheme or ("tensorrt" if self.trt else "cpu")
 
     def __post_init__(self) -> None:
         formats = tuple(self.formats)
@@ -71,6 +85,11 @@ class ExportSettings:
             raise DataError(f"calibration method must be one of {list(CALIB_METHODS)}, got {self.calib_method!r}")
         if self.gate_metric not in GATE_METRICS:
             raise DataError(f"gate metric must be one of {list(GATE_METRICS)}, got {self.gate_metric!r}")
+        if self.int8_scheme is not None and self.int8_scheme not in INT8_SCHEMES:
+            raise DataError(f"INT8 scheme must be one of {list(INT8_SCHEMES)}, got {self.int8_scheme!r}")
+        if self.trt and self.int8 and self.int8_scheme == "cpu":
+            raise DataError("a TensorRT INT8 engine needs signed activations with zero points 0: "
+                            "use --int8-scheme tensorrt (the default with --trt)")
         if self.fp16_check not in FP16_CHECKS:
             raise DataError(f"fp16 check must be one of {list(FP16_CHECKS)}, got {self.fp16_check!r}")
         for name in ("calib_slices", "max_batch", "verify_slices", "fp16_check_slices"):

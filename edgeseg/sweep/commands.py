@@ -14,7 +14,8 @@ TRAIN_FLAGS = {"data": "--data", "labels": "--labels", "intensity": "--intensity
                "ema_epochs": "--ema", "amp": "--amp", "threads": "--threads", "recipe": "--recipe", "fit": "--fit",
                "loss": "--loss", "mask": "--mask", "case_pattern": "--case-pattern", "folds": "--folds", "fold": "--fold"}
 EXPORT_FLAGS = {"calib_method": "--calib-method", "calib_slices": "--calib-slices", "verify_slices": "--verify-slices",
-                "max_batch": "--max-batch", "max_dice_drop_int8": "--max-dice-drop-int8", "gate_metric": "--gate-metric"}
+                "max_batch": "--max-batch", "max_dice_drop_int8": "--max-dice-drop-int8", "gate_metric": "--gate-metric",
+                "int8_scheme": "--int8-scheme"}
 
 
 def point_commands(sweep: SweepConfig, point: Point, folder: Path) -> list[str]:

@@ -45,7 +45,8 @@ RECIPE_KEYS = {"data": str, "labels": str, "window": list, "intensity": str, "ep
                "threads": int, "recipe": str, "fit": str, "loss": str, "class_weights": list, "mask": str,
                "case_pattern": str, "folds": int, "fold": int}
 EXPORT_KEYS = {"calib": str, "calib_method": str, "calib_slices": int, "verify_slices": int, "max_batch": int,
-               "max_dice_drop_int8": float, "gate_metric": str}
+               "max_dice_drop_int8": float, "gate_metric": str,
+               "int8_scheme": str}
 MEASURE_KEYS = {"slice_size": int, "batches": list, "runs": int, "warmup": int, "volume_slices": int, "threads": int}
 CHOOSE_KEYS = {"reference": str, "max_dice_loss": float}
 MEASURE_DEFAULTS = {"slice_size": 512, "batches": [1, 8], "runs": 20, "warmup": 3, "volume_slices": 32, "threads": 0}

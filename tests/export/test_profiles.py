@@ -32,3 +32,15 @@ def test_bad_profiles_are_named(tmp_path):
         load_profile("no-such-target")
     with pytest.raises(DataError, match="add 'onnx'"):
         ExportSettings(formats=("torchscript",), int8=True)
+
+
+def test_int8_scheme_follows_the_target_and_refuses_cpu_graphs_for_tensorrt():
+    assert ExportSettings(int8=True).int8_activations == "cpu"
+    assert load_profile("cpu-int8").int8_activations == "cpu"
+    assert load_profile("edge-int8").int8_activations == "tensorrt"  # trt = true: TensorRT's signed form
+    assert load_profile("edge-int8").override(trt=False).int8_activations == "cpu"
+    assert ExportSettings(int8=True, int8_scheme="tensorrt").int8_activations == "tensorrt"
+    with pytest.raises(DataError, match="TensorRT INT8 engine needs signed activations"):
+        ExportSettings(int8=True, trt=True, int8_scheme="cpu")
+    with pytest.raises(DataError, match=r"INT8 scheme must be one of \['cpu', 'tensorrt'\]"):
+        ExportSettings(int8=True, int8_scheme="u8")

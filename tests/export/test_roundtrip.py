@@ -71,17 +71,58 @@ def test_fp16_graph_is_half_inside_float_outside(bundle, slices, reference):
     assert masks_dice(out, reference) >= 0.998
 
 
-def test_int8_graph_is_symmetric_per_channel_qdq_and_runs_on_cpu(bundle, slices, reference):
+def _qdq_zero_points(graph) -> tuple[list[np.ndarray], ...]:
+    """(weight zero points, activation zero points, weight scales, quantised weights) of a Q/DQ
+    graph: a weight is a 4-D initializer that a DequantizeLinear reads directly."""
     from onnx import numpy_helper
 
-    graph = onnx.load(str(bundle["bundle"] / "model.int8.onnx")).graph
-    ops = {n.op_type for n in graph.node}
-    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
     inits = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
-    zero_points = [inits[n.input[2]] for n in graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear") and len(n.input) > 2]
-    assert zero_points and all(z.dtype == np.int8 and not z.any() for z in zero_points)  # symmetric, signed
-    weight_scales = [inits[n.input[1]] for n in graph.node if n.op_type == "DequantizeLinear" and inits.get(n.input[0]) is not None
-                     and inits[n.input[0]].ndim == 4]
-    assert weight_scales and all(s.size > 1 for s in weight_scales)  # one scale per output channel
+    weights, activations, scales = [], [], []
+    values = []
+    for n in graph.node:
+        if n.op_type not in ("QuantizeLinear", "DequantizeLinear") or len(n.input) < 3:
+            continue
+        source = inits.get(n.input[0])
+        if n.op_type == "DequantizeLinear" and source is not None and source.ndim == 4:
+            weights.append(inits[n.input[2]])
+            scales.append(inits[n.input[1]])
+            values.append(source)
+        else:
+            activations.append(inits[n.input[2]])
+    return weights, activations, scales, values
+
+
+def test_int8_graph_is_the_cpu_scheme_and_runs_on_cpu(bundle, slices, reference):
+    """The default scheme: signed symmetric per-channel 7-bit weights, unsigned activations with
+    zero points (u8 x s8 pair sums then stay under 2**15: no saturation on CPUs lacking VNNI)."""
+    graph = onnx.load(str(bundle["bundle"] / "model.int8.onnx")).graph
+    assert {"QuantizeLinear", "DequantizeLinear"} <= {n.op_type for n in graph.node}
+    weights, activations, scales, values = _qdq_zero_points(graph)
+    largest = max(int(np.abs(v.astype(np.int32)).max()) for v in values)
+    assert largest == 64 and 2 * 255 * largest < 2**15 - 1  # 7 bits, all of them used
+    assert weights and all(z.dtype == np.int8 and not z.any() for z in weights)  # symmetric, signed
+    assert scales and all(s.size > 1 for s in scales)  # one scale per output channel
+    assert activations and all(z.dtype == np.uint8 for z in activations)
+    assert any(z.any() for z in activations)  # the input's range is not symmetric about 0: a real zero point
+    assert read_manifest(bundle["bundle"]).artifact("onnx", "int8").extra["int8_scheme"] == "cpu"
     out = run_with_runtime(bundle["bundle"], "onnx", "int8", slices)
     assert masks_dice(out, reference) >= 0.98
+
+
+def test_tensorrt_scheme_is_signed_with_zero_points_0_everywhere(bundle, checkpoint, slices, tmp_path):
+    """What TensorRT takes for explicit quantisation: every zero point int8 and 0, weights per channel."""
+    from edgeseg.export.int8 import CalibrationSet, quantize_int8
+    from edgeseg.models.checkpoint import checkpoint_spec, read_checkpoint
+
+    spec = checkpoint_spec(read_checkpoint(checkpoint))
+    calib = CalibrationSet(images=slices, data_hash="0" * 64, summary={"slices": len(slices)})
+    record = quantize_int8(bundle["bundle"] / "model.onnx", tmp_path / "trt.onnx", calib, spec, "minmax",
+                           tmp_path / "cache", progress=False, scheme="tensorrt")
+    weights, activations, scales, values = _qdq_zero_points(onnx.load(str(tmp_path / "trt.onnx")).graph)
+    assert weights and activations and all(s.size > 1 for s in scales)
+    assert max(int(np.abs(v.astype(np.int32)).max()) for v in values) == 127  # 8-bit weights
+    assert all(z.dtype == np.int8 and not z.any() for z in weights + activations)
+    assert record["scheme"] == "tensorrt" and record["settings"]["activation_type"] == "QInt8"
+    again = quantize_int8(bundle["bundle"] / "model.onnx", tmp_path / "cpu.onnx", calib, spec, "minmax",
+                          tmp_path / "cache", progress=False, scheme="cpu")
+    assert again["cache"] == "miss" and again["cache_key"] != record["cache_key"]  # the scheme is part of the key

@@ -84,7 +84,12 @@ def test_signed_histograms_equal_brute_force_numpy(prepared, images):
         assert np.array_equal(hist, want) and np.array_equal(edges, want_edges) and hist.sum() == values.size, name
 
 
-def test_quantised_graph_equals_onnxruntime_all_at_once(bundle, images, tmp_path):
+# Each scheme's quantize_static options, written out here as the oracle (edgeseg.export.int8.SCHEMES).
+ORACLE_OPTIONS = {"cpu": ("QUInt8", False, True), "tensorrt": ("QInt8", True, False)}
+
+
+@pytest.mark.parametrize("scheme", sorted(ORACLE_OPTIONS))
+def test_quantised_graph_equals_onnxruntime_all_at_once(bundle, images, tmp_path, scheme):
     """The INT8 graph from streamed ranges is the one quantize_static makes on its own."""
     import onnx
     from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
@@ -94,7 +99,8 @@ def test_quantised_graph_equals_onnxruntime_all_at_once(bundle, images, tmp_path
     shutil.copyfile(bundle["bundle"] / "model.onnx", fp32)
     calib = CalibrationSet(images, "test", {"slices": len(images)})
     quantize_int8(fp32, tmp_path / "streamed.onnx", calib, PreprocessSpec(window=(0.0, 255.0), size=(64, 64)),
-                  "entropy", None, progress=False)
+                  "entropy", None, progress=False, scheme=scheme)
+    activation_type, symmetric, reduce_range = ORACLE_OPTIONS[scheme]
 
     class Reader(CalibrationDataReader):
         def __init__(self):
@@ -105,9 +111,9 @@ def test_quantised_graph_equals_onnxruntime_all_at_once(bundle, images, tmp_path
 
     quant_pre_process(str(fp32), str(tmp_path / "prep.onnx"))
     quantize_static(str(tmp_path / "prep.onnx"), str(tmp_path / "oracle.onnx"), Reader(), quant_format=QuantFormat.QDQ,
-                    per_channel=True, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-                    calibrate_method=CalibrationMethod.Entropy,
-                    extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False})
+                    per_channel=True, activation_type=getattr(QuantType, activation_type), weight_type=QuantType.QInt8,
+                    calibrate_method=CalibrationMethod.Entropy, reduce_range=reduce_range,
+                    extra_options={"ActivationSymmetric": symmetric, "WeightSymmetric": True, "QuantizeBias": False})
     got, want = (onnx.load(str(tmp_path / f)).graph for f in ("streamed.onnx", "oracle.onnx"))
     got_init = {t.name: onnx.numpy_helper.to_array(t) for t in got.initializer}
     want_init = {t.name: onnx.numpy_helper.to_array(t) for t in want.initializer}

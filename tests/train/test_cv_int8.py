@@ -84,7 +84,7 @@ def test_cv_int8_exports_scores_resumes_and_reports_a_refusal(tmp_path):
     int8 = [b for b in backends if b.endswith(":int8")]
     flipped = filters = 0
     for fold in (0, 1):
-        folder = out / f"fold{fold}" / "int8-entropy-64-max1"
+        folder = out / f"fold{fold}" / "int8-entropy-64-max1-cpu"
         split = json.loads((out / f"fold{fold}" / "split.json").read_text())
         split = split.get("split", split)
         held_out, train = set(split["test"]), set(split["train"])
@@ -126,7 +126,7 @@ def test_cv_int8_exports_scores_resumes_and_reports_a_refusal(tmp_path):
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
     assert json.loads((out / "cv.json").read_text())["runtime"] == result["runtime"]
     # Scores kept under other filters than the fold's choice are not reused: scored again.
-    kept_path = out / "fold0" / "int8-entropy-64-max1" / "runtime_scores_crossfit.json"
+    kept_path = out / "fold0" / "int8-entropy-64-max1-cpu" / "runtime_scores_crossfit.json"
     kept = json.loads(kept_path.read_text())
     kept_path.write_text(json.dumps({"postprocess": {"resize": "logits", "classes": {}}, "scores": {}}))
     _cv(out, 1.0)
@@ -145,7 +145,7 @@ def test_cv_int8_exports_scores_resumes_and_reports_a_refusal(tmp_path):
         assert all(r["dice_drop"] > 0 and not r["passed"] for r in entry["refused"])
     assert sum(len(refused["backends"][b]["refused"]) for b in int8) == flipped
     for fold in (0, 1):
-        folder = out / f"fold{fold}" / "int8-entropy-64-max0"
+        folder = out / f"fold{fold}" / "int8-entropy-64-max0-cpu"
         record = json.loads((folder / "export.json").read_text())
         # A fold refused on every runner has no INT8 bundle; its FP32 ONNX is still scored.
         if record["bundle"] == "bundle-fp32":
