@@ -15,6 +15,8 @@ def describe_bundle(bundle: str) -> tuple[str, list[str]]:
     from edgeseg.report.output import format_table
     from edgeseg.export.verify import parity_table
     from edgeseg.runtime.manifest import PARITY_NAME, read_manifest, verify_artifacts
+    from edgeseg.runtime.runners import runners_for
+    from edgeseg.runtime.selection import skip_reasons
 
     manifest = read_manifest(bundle)
     lines = [f"bundle {bundle}  (schema {manifest.schema}, edgeseg {manifest.edgeseg_version}, created {manifest.created})",
@@ -36,7 +38,11 @@ def describe_bundle(bundle: str) -> tuple[str, list[str]]:
             check = "FAILED: " + str(exc).split(": ", 1)[-1]
             failed.append(f"{entry.key}: {str(exc).split(': ', 1)[-1]}")
         fingerprint = ", ".join(f"{k}={v}" for k, v in (entry.fingerprint or {}).items()) or "-"
-        skipped = "; ".join(f"{name} ({why})" for name, why in sorted(entry.excluded.items())) or "-"
+        skips = dict(entry.excluded)
+        for cls in runners_for(entry.format):
+            if cls.name not in skips and skip_reasons(entry, cls.name):
+                skips[cls.name] = f"on this machine: {skip_reasons(entry, cls.name)}"
+        skipped = "; ".join(f"{name} ({why})" for name, why in sorted(skips.items())) or "-"
         rows.append({"artifact": entry.key, "file": entry.file, "bytes": entry.bytes, "sha256": entry.sha256[:12],
                      "hash check": check, "fingerprint": fingerprint, "auto skips (failed the gate)": skipped})
     lines += ["", format_table(rows, ["artifact", "file", "bytes", "sha256", "hash check", "fingerprint",

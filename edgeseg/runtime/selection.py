@@ -8,7 +8,10 @@ skips measuring and takes the first loadable candidate in the runners' ``prefere
 that cannot load here (a TensorRT engine built for another GPU) is logged as a warning and
 the next candidate is tried. A runner the export gate failed on an artifact (the manifest's
 ``excluded``) is never picked by ``auto`` for it; naming it explicitly still loads it, with a
-warning. What each runner loads, needs and prefers comes from its class (see
+warning. On an x86 CPU without VNNI, ``auto`` also skips CPU runners on an INT8 graph of the
+``tensorrt`` scheme (signed activations; every bundle from before the INT8 schemes): their
+u8 x s8 pair sums saturate there, and the gate that passed them ran on the export machine
+(see ``edgeseg.export.int8``). What each runner loads, needs and prefers comes from its class (see
 ``edgeseg.runtime.runners``); ``http://HOST:PORT/models/NAME`` selects the remote runner.
 """
 
@@ -61,12 +64,55 @@ def parse_backend(text: str) -> tuple[str, str | None]:
     return name, precision or None
 
 
+X86_MACHINES = ("x86_64", "amd64", "i386", "i686", "x86")
+# Instructions that add u8 x s8 products in 32 bits (no 16-bit saturation).
+VNNI_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
+
+
+def cpu_flags() -> frozenset[str] | None:
+    """The first CPU's feature flags from /proc/cpuinfo; None where there is no such file."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    return frozenset(line.partition(":")[2].split())
+        return frozenset()
+    except OSError:
+        return None
+
+
+def int8_saturation_risk(entry: ArtifactEntry) -> str | None:
+    """Why a CPU runner on ``entry`` would compute wrong sums on this machine, or None: an ONNX
+    INT8 graph not of the ``cpu`` scheme, on an x86 CPU whose flags show no VNNI. Unknown flags
+    (no /proc/cpuinfo) are not a risk."""
+    if entry.format != "onnx" or entry.precision != "int8" or entry.extra.get("int8_scheme") == "cpu":
+        return None
+    if platform.machine().lower() not in X86_MACHINES:
+        return None
+    flags = cpu_flags()
+    if not flags or flags & VNNI_FLAGS:
+        return None
+    scheme = entry.extra.get("int8_scheme", "tensorrt, recorded before schemes")
+    return (f"INT8 graph of the {scheme} scheme: its signed activations saturate u8 x s8 sums on this CPU "
+            f"(no VNNI); re-export with --int8-scheme cpu")
+
+
+def skip_reasons(entry: ArtifactEntry, runner: str) -> str | None:
+    """Why ``auto`` never picks ``runner`` on ``entry`` here: the export gate's verdict, or the
+    INT8 saturation risk of this CPU for a CPU runner; None when it may."""
+    if runner in entry.excluded:
+        return entry.excluded[runner]
+    if runner_class(runner).device_kind == "cpu":
+        return int8_saturation_risk(entry)
+    return None
+
+
 def candidates(manifest: Manifest, installed_only: bool = True, gated_only: bool = False) -> list[Candidate]:
     """Every (runner, artifact) pair of the bundle, in the runners' preference order: only those
-    whose library is installed (``installed_only``), and not those the export gate excluded
-    (``gated_only``)."""
+    whose library is installed (``installed_only``), and not those ``auto`` must skip here
+    (``gated_only``: the export gate excluded them, or the CPU saturates on their INT8 graph)."""
     found = [Candidate(cls.name, entry) for entry in manifest.artifacts for cls in runners_for(entry.format)
-             if (not installed_only or cls.available()) and not (gated_only and cls.name in entry.excluded)]
+             if (not installed_only or cls.available()) and not (gated_only and skip_reasons(entry, cls.name))]
     last = 1 + max((rank for cls in runners().values() for rank in cls.preference.values()), default=0)
     return sorted(found, key=lambda c: runner_class(c.runner).preference.get(c.entry.precision, last))
 
@@ -102,6 +148,9 @@ def select_runner(bundle: Path, manifest: Manifest, backend: str | list[str] = "
             if match.runner in match.entry.excluded:
                 log.warning("backend %s failed the export gate on %s (%s); auto never picks it",
                             match.label, match.entry.file, match.entry.excluded[match.runner])
+            elif skip_reasons(match.entry, match.runner):
+                log.warning("backend %s on %s: %s; auto never picks it here", match.label, match.entry.file,
+                            skip_reasons(match.entry, match.runner))
         order.extend(matches)
     return _first_loadable(bundle, manifest, order, threads, strict=len(wanted) == 1)
 

@@ -77,3 +77,64 @@ def test_a_segmenter_from_spec_labels_and_runner_equals_the_loaded_one(bundle_di
         assert bare.bundle is None and bare.max_batch == 4
         np.testing.assert_array_equal(bare.predict_volume(volume), loaded.predict_volume(volume))
         assert (bare.predict_volume(volume) == 1).any()
+
+
+def _set_int8_scheme(bundle, scheme: str | None) -> None:
+    """Rewrite the INT8 artifact's recorded scheme; None: a bundle from before the schemes."""
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    for entry in manifest["artifacts"]:
+        if entry["precision"] == "int8":
+            entry["extra"].pop("int8_scheme", None)
+            if scheme is not None:
+                entry["extra"]["int8_scheme"] = scheme
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+
+
+def _fake_cpu(monkeypatch, machine: str, flags: set[str] | None) -> None:
+    from edgeseg.runtime import selection
+
+    monkeypatch.setattr(selection.platform, "machine", lambda: machine)
+    monkeypatch.setattr(selection, "cpu_flags", lambda: None if flags is None else frozenset(flags))
+
+
+def _int8_labels(bundle) -> set[str]:
+    return {c.label for c in candidates(read_manifest(bundle), gated_only=True) if c.entry.precision == "int8"}
+
+
+@pytest.mark.parametrize("scheme", [None, "tensorrt"])
+def test_auto_skips_a_signed_int8_graph_on_an_x86_cpu_without_vnni(bundle_copy, monkeypatch, caplog, scheme):
+    from edgeseg.cli.inspect import describe_bundle
+
+    monkeypatch.setenv("EDGESEG_BACKEND_PROBE", "0")
+    assert "onnxruntime:int8" in _int8_labels(bundle_copy)  # the test bundle: cpu scheme
+    _set_int8_scheme(bundle_copy, scheme)
+    _fake_cpu(monkeypatch, "x86_64", {"sse2", "avx2", "fma"})
+    assert _int8_labels(bundle_copy) == set()
+    with Segmenter.load(bundle_copy) as seg:
+        assert not seg.backend.endswith(":int8")
+    with caplog.at_level(logging.WARNING, logger="edgeseg"), Segmenter.load(bundle_copy, backend="onnxruntime:int8") as seg:
+        assert seg.backend == "onnxruntime:int8"  # asked for by name: loaded, with the reason
+    assert "saturate u8 x s8 sums on this CPU (no VNNI); re-export with --int8-scheme cpu" in caplog.text
+    row = next(line for line in describe_bundle(str(bundle_copy))[0].splitlines() if line.startswith("onnx-int8"))
+    assert "onnxruntime (on this machine: INT8 graph of the" in row
+    for machine, flags in [("x86_64", {"avx2", "avx512_vnni"}), ("x86_64", {"avx2", "avx_vnni"}),
+                           ("aarch64", {"asimd"}), ("x86_64", None)]:  # VNNI, ARM, or flags unknown: no risk
+        _fake_cpu(monkeypatch, machine, flags)
+        assert "onnxruntime:int8" in _int8_labels(bundle_copy), (machine, flags)
+
+
+def test_a_cpu_scheme_graph_runs_everywhere(bundle_copy, monkeypatch):
+    _set_int8_scheme(bundle_copy, "cpu")
+    _fake_cpu(monkeypatch, "x86_64", {"sse2", "avx2"})
+    assert {"onnxruntime:int8"} <= _int8_labels(bundle_copy)
+
+
+def test_cpu_flags_are_read_from_proc_cpuinfo():
+    import platform
+    from pathlib import Path
+
+    from edgeseg.runtime.selection import cpu_flags
+
+    if not Path("/proc/cpuinfo").is_file() or platform.machine() != "x86_64":
+        pytest.skip("needs Linux /proc/cpuinfo on x86_64")
+    assert {"sse2", "sse4_2"} <= cpu_flags()  # in every x86-64 CPU that runs these wheels
