@@ -11,7 +11,7 @@ from typing import Any
 from edgeseg.atomic import atomic_path, atomic_write_text
 
 COLUMNS = ("id", "model", "base", "depth", "size", "params", "gflop", "epochs", "best_epoch",
-           "train_seconds_all_epochs", "dice_fp32", "dice_int8", "int8_refused", "backend", "latency_ms_p50", "model_ms_p50",
+           "train_seconds_all_epochs", "dice_fp32", "dice_int8", "int8_refused", "int8_scheme", "backend", "latency_ms_p50", "model_ms_p50",
            "volume_slices_per_s", "pareto")
 
 

@@ -194,7 +194,17 @@ def run_point(sweep: SweepConfig, point: Point, out: Path, progress: bool) -> di
     return {"id": point.id, **point.__dict__, "params": cost["params"], "gflop": round(cost["gflop"], 4),
             "epochs": cfg.epochs, "best_epoch": trained["best"]["epoch"], "train_val_dice": trained["best"]["val_dice"],
             "train_seconds_all_epochs": epochs_seconds, "train_seconds_this_run": train_seconds,
-            **dice, "int8_refused": int8_refused, **latency, "commands": point_commands(sweep, point, folder)}
+            **dice, "int8_refused": int8_refused, "int8_scheme": None if int8_refused else _int8_scheme(bundle),
+            **latency, "commands": point_commands(sweep, point, folder)}
+
+
+def _int8_scheme(bundle: Path) -> str | None:
+    """The INT8 scheme of the bundle's INT8 graph, ``tensorrt`` for one exported before the
+    schemes (the only form then), None without an INT8 graph."""
+    from edgeseg.runtime.manifest import read_manifest
+
+    entries = [a for a in read_manifest(bundle).artifacts if a.precision == "int8"]
+    return entries[0].extra.get("int8_scheme", "tensorrt") if entries else None
 
 
 def _export(sweep: SweepConfig, folder: Path, progress: bool) -> tuple[Path, str | None]:

@@ -89,6 +89,7 @@ def test_sweep_resumes_after_a_kill_and_writes_the_reports(tmp_path):
         assert len(p["dice_int8_per_case"]) == len(p["val_cases"]) >= 1
         assert p["latency_ms_p50"] > 0 and p["volume_slices_per_s"] > 0 and p["epochs"] == 3
         assert (out / "points" / p["id"] / "bundle" / "model.int8.onnx").is_file()
+        assert p["int8_scheme"] == "cpu"  # the default scheme, read from the point's bundle
 
     # The command on the finished folder reads every point and writes the reports.
     proc = subprocess.run([sys.executable, "-m", "edgeseg.cli", "sweep", str(tmp_path / "sweep.toml"), "--out", str(out),
@@ -98,7 +99,7 @@ def test_sweep_resumes_after_a_kill_and_writes_the_reports(tmp_path):
     paths = {k: out / name for k, name in [("csv", "sweep.csv"), ("png", "pareto.png"), ("commands", "commands.sh")]}
     rows = list(csv.DictReader(paths["csv"].open()))
     assert [r["id"] for r in rows] == [p["id"] for p in points]
-    assert any(r["pareto"] == "True" for r in rows)
+    assert any(r["pareto"] == "True" for r in rows) and {r["int8_scheme"] for r in rows} == {"cpu"}
     from PIL import Image
 
     with Image.open(paths["png"]) as image:
@@ -247,6 +248,7 @@ def test_a_point_whose_int8_the_gate_refuses_is_reported_in_fp32_with_the_reason
     assert "int8 refused" in proc.stdout and "*front" in proc.stdout
     [row] = list(csv.DictReader((out / "sweep.csv").open()))
     assert row["dice_int8"] == "" and "parity gate failed" in row["int8_refused"] and row["pareto"] == "True"
+    assert result["int8_scheme"] is None and row["int8_scheme"] == ""
     choice = json.loads((out / "choice.json").read_text())  # the only point is its own reference
     assert choice["chosen"] == "unet-b4-d2-s64" and choice["speedup_end_to_end"] == 1.0
     assert choice["dice"] == result["dice_fp32"] and "chosen: unet-b4-d2-s64" in proc.stdout
