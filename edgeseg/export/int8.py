@@ -231,7 +231,7 @@ def quantize_int8(fp32_onnx: str | Path, dst: str | Path, calib: CalibrationSet,
     """Quantise ``fp32_onnx`` to a Q/DQ INT8 graph at ``dst`` with ``scheme`` (see ``SCHEMES``);
     returns the calibration record.
 
-    With ``cache_dir`` a graph quantised before from the same model, data, spec and method is
+    With ``cache_dir`` a graph quantised before from the same model, data, spec, method and scheme is
     copied instead of recalibrating; the record says whether the cache was used.
     """
     if method not in METHODS:
