@@ -5,7 +5,8 @@ header plus binary tensor bytes with ``Inference-Header-Content-Length``). A 2xx
 success, another 4xx a clean error; a 5xx answer counts as a traceback (the server failed on
 the input), a refused or reset connection as a crash (the server is restarted), no answer
 within the time limit as a hang. The server runs under ``RLIMIT_AS``; a ``MemoryError`` in its
-log counts as over memory.
+log counts as over memory. The server's log is kept (next to the saved failing cases) only
+when a case failed.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import json
 import os
 import random
 import resource
+import shutil
 import socket
 import subprocess
 import sys
@@ -164,5 +166,9 @@ def run_server_format(name: str, bundle: Path, count: int, seed: int, findings: 
                     (case / "answer").write_bytes(f"{status}\n".encode() + answer[:4000])
     finally:
         server.stop()
+        if tally.failures and findings is not None:
+            findings.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(log, findings / f"{name}-{seed}-server.log")
+        log.unlink(missing_ok=True)
     tally.seconds = time.perf_counter() - began
     return tally

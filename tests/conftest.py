@@ -13,11 +13,27 @@ from pathlib import Path
 
 import pytest
 
+# Folders this process made for the run (not those a parent, e.g. the xdist controller, made and
+# passed down in the environment); removed when the run ends.
+_RUN_FOLDERS: list[str] = []
+
+
+def _run_folder(variable: str, prefix: str) -> None:
+    if variable not in os.environ:
+        os.environ[variable] = tempfile.mkdtemp(prefix=prefix)
+        _RUN_FOLDERS.append(os.environ[variable])
+
+
 # hypothesis keeps an example database and a constants cache in ./.hypothesis by default.
-os.environ.setdefault("HYPOTHESIS_STORAGE_DIRECTORY", tempfile.mkdtemp(prefix="edgeseg-hypothesis-"))
+_run_folder("HYPOTHESIS_STORAGE_DIRECTORY", "edgeseg-hypothesis-")
 # The backend probe and the compiled-model caches go to ~/.cache/edgeseg by default; a test run
 # keeps its own (tests that check the caches point EDGESEG_CACHE_DIR at their tmp_path).
-os.environ.setdefault("EDGESEG_CACHE_DIR", tempfile.mkdtemp(prefix="edgeseg-cache-"))
+_run_folder("EDGESEG_CACHE_DIR", "edgeseg-cache-")
+
+
+def pytest_unconfigure(config):
+    for folder in _RUN_FOLDERS:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def check_one_line_error(proc, fragment: str) -> None:

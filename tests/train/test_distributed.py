@@ -29,12 +29,13 @@ sys.path.insert(0, str(Path(__file__).parent))
 import ddp_worker  # noqa: E402
 
 
-def _env() -> dict:
-    return {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+def _env(tmp: Path) -> dict:
+    # torchrun leaves a torchelastic_* log folder in the temporary folder; keep it in the test's.
+    return {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "TMPDIR": str(tmp)}
 
 
 def _run(args: list[str], cwd: Path) -> None:
-    done = subprocess.run(args, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=600)
+    done = subprocess.run(args, cwd=cwd, env=_env(cwd), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
 
 
@@ -161,7 +162,7 @@ def test_more_processes_than_cores_is_refused():
 
 def test_nproc_larger_than_the_machine_is_one_line_error(tmp_path):
     done = subprocess.run([sys.executable, "-m", "edgeseg", "train", "--nproc", "9999", "--out", str(tmp_path / "r")],
-                          cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=120)
+                          cwd=tmp_path, env=_env(tmp_path), capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [done.stderr.strip()]
     assert done.stderr.startswith("edgeseg: error: --nproc 9999 is more than the")
