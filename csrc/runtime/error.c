@@ -15,6 +15,9 @@ int es_fail(es_error *err, int code, const char *fmt, ...) {
         err->code = code;
         vsnprintf(err->message, sizeof err->message, fmt, args);
         va_end(args);
+        /* one line, whatever a manifest string or a library message brought in */
+        for (char *c = err->message; *c; c++)
+            if ((unsigned char)*c < 0x20) *c = ' ';
     }
     return code;
 }

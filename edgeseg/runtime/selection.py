@@ -173,6 +173,10 @@ def _first_loadable(bundle: Path, manifest: Manifest, order: list[Candidate], th
 
 def _auto(bundle: Path, manifest: Manifest, available: list[Candidate], threads: int) -> Runner:
     if not available:
+        skipped = [f"{c.label}: {skip_reasons(c.entry, c.runner)}" for c in candidates(manifest)]
+        if skipped:
+            raise BackendError(f"auto may run none of this bundle's artifacts here ({'; '.join(skipped)}); "
+                               "name a backend to run one anyway")
         raise BackendError("no installed backend can run this bundle's artifacts (pip install 'edgeseg[runtime]')")
     if os.environ.get("EDGESEG_BACKEND_PROBE", "1") == "0":
         return _first_loadable(bundle, manifest, available, threads, strict=False)

@@ -45,6 +45,24 @@ def test_auto_never_picks_a_runner_the_gate_failed(bundle_copy, monkeypatch, cap
     assert f"failed the export gate on {first.entry.file} (dice drop 0.0062 > 0.005)" in caplog.text
 
 
+def test_auto_with_every_runner_skipped_names_each_reason(bundle_copy, monkeypatch):
+    from edgeseg.errors import BackendError
+
+    monkeypatch.setenv("EDGESEG_BACKEND_PROBE", "0")
+    everything = candidates(read_manifest(bundle_copy))
+    assert len(everything) >= 2
+    for c in everything:
+        _exclude(bundle_copy, c.entry.file, c.runner, f"refused {c.label}")
+    with pytest.raises(BackendError) as caught:
+        Segmenter.load(bundle_copy)
+    message = str(caught.value)
+    assert message.startswith("auto may run none of this bundle's artifacts here")
+    for c in everything:
+        assert f"{c.label}: refused {c.label}" in message
+    with Segmenter.load(bundle_copy, backend=everything[0].label) as seg:  # by name it still loads
+        assert seg.backend == everything[0].label
+
+
 def test_inspect_shows_why_auto_skips_a_runner(bundle_copy):
     from edgeseg.cli.inspect import describe_bundle
 
