@@ -94,15 +94,32 @@ def _run(**opts) -> None:
             table += "\n" + format_runtime(runtime_crossfit, summary["metrics"], len(configs), gate=False,
                                            title="runtime (bundle) with the cross-fitted filters")
     # A partial result never takes the place of the full one.
-    name = "cv"
+    names = ["cv"]
     if missing:
         result["folds_missing"] = missing
         table += (f"\nONLY {len(scores)} of {len(missing) + len(scores)} folds: fold(s) {', '.join(map(str, missing))} "
                   f"not trained to {configs[0].epochs} epochs")
-        name = "cv-trained-only"
-    atomic_write_text(root / f"{name}.json", json.dumps(result, indent=2) + "\n")
-    atomic_write_text(root / f"{name}.txt", table + "\n")
+        names = ["cv-trained-only"]
+    if opts["int8"]:
+        # cv.json holds the latest run; a copy named by the export settings is never overwritten by
+        # a run with other settings (e.g. --gate-metric truth after the default).
+        from edgeseg.export.fold_export import export_folder
+
+        names.append(f"{names[0]}-{export_folder('', _export_settings(opts)).name}")
+    for name in names:
+        atomic_write_text(root / f"{name}.json", json.dumps(result, indent=2) + "\n")
+        atomic_write_text(root / f"{name}.txt", table + "\n")
     click.echo(table)
+
+
+def _export_settings(opts: dict):
+    """The export settings of ``edgeseg cv --int8`` with these options."""
+    from edgeseg.export.profiles import ExportSettings
+
+    return ExportSettings(formats=("onnx",), int8=True).override(
+        calib_method=opts["calib_method"], calib_slices=opts["calib_slices"],
+        max_dice_drop={"int8": opts["max_dice_drop_int8"]}, gate_metric=opts["gate_metric"],
+        int8_scheme=opts["int8_scheme"])
 
 
 def _crossfit(configs: list, scores: list[dict]) -> dict:
@@ -130,12 +147,8 @@ def _export_and_score(configs: list, scores: list[dict], opts: dict, crossfit: d
     counterpart (None without ``crossfit``)."""
     from edgeseg.evaluate.cv_runtime import score_fold_bundle, summarise_runtime
     from edgeseg.export.fold_export import EXPORT_RECORD, export_fold, export_folder
-    from edgeseg.export.profiles import ExportSettings
 
-    settings = ExportSettings(formats=("onnx",), int8=True).override(
-        calib_method=opts["calib_method"], calib_slices=opts["calib_slices"],
-        max_dice_drop={"int8": opts["max_dice_drop_int8"]}, gate_metric=opts["gate_metric"],
-        int8_scheme=opts["int8_scheme"])
+    settings = _export_settings(opts)
     records, runtime, runtime_crossfit = [], [], []
     for k, cfg in enumerate(configs):
         folder = export_folder(cfg.out, settings)
@@ -167,5 +180,6 @@ command = click.Command(
     help="k-fold cross-validation by case: train every fold (resumably) with the edgeseg train options, "
          "then score each fold's last.pt on its held-out cases (per-slice Dice: binary and per class) "
          "and write OUT/cv.json and OUT/cv.txt (mean and spread over folds); with --int8 also the runtime "
-         "FP32 and INT8 bundles' scores (OUT/foldK/int8-METHOD-SLICES-maxLIMIT).",
+         "FP32 and INT8 bundles' scores (OUT/foldK/int8-METHOD-SLICES-maxLIMIT), and a copy of both files "
+         "named by those settings (OUT/cv-int8-....json/.txt) that a run with other settings leaves alone.",
 )

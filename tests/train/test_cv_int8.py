@@ -133,8 +133,13 @@ def test_cv_int8_exports_scores_resumes_and_reports_a_refusal(tmp_path):
     assert json.loads(kept_path.read_text()) == kept
     assert json.loads((out / "cv.json").read_text())["postprocess_crossfit"] == result["postprocess_crossfit"]
 
+    # Each export setting keeps its own copy of cv.json/cv.txt; cv.json is the latest run's.
+    lenient = {ext: (out / f"cv-int8-entropy-64-max1-cpu.{ext}").read_text() for ext in ("json", "txt")}
+    assert lenient == {ext: (out / f"cv.{ext}").read_text() for ext in ("json", "txt")}
     strict = _cv(out, 0.0)                             # no pixel may change: the gate refuses what flipped any
     assert "training from" not in strict and "REFUSED (limit 0)" in strict
+    assert {ext: (out / f"cv-int8-entropy-64-max1-cpu.{ext}").read_text() for ext in ("json", "txt")} == lenient
+    assert (out / "cv-int8-entropy-64-max0-cpu.json").read_text() == (out / "cv.json").read_text() != lenient["json"]
     refused = json.loads((out / "cv.json").read_text())["runtime"]
     for fold in refused["gate"]:
         for row in fold["rows"]:
@@ -161,6 +166,7 @@ def test_cv_int8_exports_scores_resumes_and_reports_a_refusal(tmp_path):
     assert "fold 1: at epoch 0 of 10; left out" in partial and "training from" not in partial
     assert not (out / "fold1" / "last.pt").exists() and (out / "cv.json").read_text() == full
     left = json.loads((out / "cv-trained-only.json").read_text())
+    assert json.loads((out / "cv-trained-only-int8-entropy-64-max1-cpu.json").read_text()) == left
     assert left["folds_missing"] == [1] and [r["fold"] for r in left["per_fold"]] == [0]
     assert left["runtime"]["backends"]["onnxruntime:int8"]["per_fold"] == result["runtime"]["backends"]["onnxruntime:int8"]["per_fold"][:1]
     nothing = _cv(out, 1.0, "--trained-only", "--epochs", 11, exit_code=2)
