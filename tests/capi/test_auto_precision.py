@@ -54,23 +54,16 @@ def _opened(run_checks, bundle, precision):
     return next(line.split("\t")[1] for line in lines if line.startswith("artifact\t"))
 
 
-def test_a_gate_exclusion_for_openvino_is_skipped_by_auto_only(bundle, tmp_path, run_checks):
+@pytest.mark.parametrize("runner, auto", [("openvino", "int8-skipped"), ("onnxruntime", "int8")])
+def test_only_a_gate_exclusion_for_openvino_is_skipped_by_auto(runner, auto, bundle, tmp_path, run_checks):
     def exclude_int8(entry):
         if entry["precision"] == "int8":
-            entry["excluded"] = {"openvino": "dice drop 0.0123 > 0.01"}
+            entry["excluded"] = {runner: "dice drop 0.0123 > 0.01"}
     copy = _edited(bundle, tmp_path, exclude_int8)
-    assert _opened(run_checks, copy, "auto") == "onnx-fp32"
-    assert _python_auto_choice(copy) == "fp32"
-    assert _opened(run_checks, copy, "int8") == "onnx-int8"
-
-
-def test_an_exclusion_of_another_runner_does_not_matter(bundle, tmp_path, run_checks):
-    def exclude_ort(entry):
-        if entry["precision"] == "int8":
-            entry["excluded"] = {"onnxruntime": "dice drop 0.0123 > 0.01"}
-    copy = _edited(bundle, tmp_path, exclude_ort)
-    assert _opened(run_checks, copy, "auto") == "onnx-int8"
-    assert _python_auto_choice(copy) == "int8"
+    expected = "fp32" if auto == "int8-skipped" else "int8"
+    assert _opened(run_checks, copy, "auto") == f"onnx-{expected}"
+    assert _python_auto_choice(copy) == expected
+    assert _opened(run_checks, copy, "int8") == "onnx-int8"  # by precision it still opens
 
 
 @pytest.mark.parametrize("scheme", ["tensorrt", None], ids=["tensorrt-scheme", "before-schemes"])
