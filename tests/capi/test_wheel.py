@@ -72,6 +72,21 @@ def test_wheel_ships_libedgeseg_headers_and_package_files(dists):
     assert {"edgeseg/recipes/covid-infection.toml", "edgeseg/recipes/liver-ct.toml"} <= _shipped_recipes() <= names
 
 
+def test_both_carry_the_licence_as_an_spdx_expression_and_its_text(dists):
+    text = (ROOT / "LICENSE").read_text()
+    assert "Apache License" in text and "Version 2.0, January 2004" in text
+    with tarfile.open(dists["sdist"]) as tar:
+        member = next(m for m in tar.getmembers() if m.name.split("/", 1)[-1] == "LICENSE")
+        assert tar.extractfile(member).read().decode() == text
+        pkg_info = tar.extractfile(next(m for m in tar.getmembers() if m.name.endswith("/PKG-INFO"))).read().decode()
+    with zipfile.ZipFile(dists["wheel"]) as whl:
+        metadata = whl.read(next(n for n in whl.namelist() if n.endswith(".dist-info/METADATA"))).decode()
+        licence = next(n for n in whl.namelist() if n.endswith(".dist-info/licenses/LICENSE"))
+        assert whl.read(licence).decode() == text
+    for meta in (pkg_info, metadata):
+        assert "License-Expression: Apache-2.0" in meta.splitlines() and "License-File: LICENSE" in meta.splitlines()
+
+
 @pytest.fixture(scope="module")
 def installed(dists, tmp_path_factory) -> tuple[Path, Path]:
     """(venv, its site-packages): the wheel installed without dependencies in a fresh venv."""
