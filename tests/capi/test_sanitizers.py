@@ -9,7 +9,9 @@ helper with a flag the sanitizer runtime refuses.
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -60,3 +62,19 @@ def test_bad_bundles_are_clean(asan_checks, bundle, tmp_path):
         result = run_sanitized(asan_checks, "open", target)
         assert result.returncode == 0, result.stderr[-4000:]
         assert result.stdout.startswith("16\t")
+
+
+@pytest.mark.parametrize("excluded", [False, True], ids=["signed-int8", "every-artifact-excluded"])
+def test_auto_precision_skips_are_clean(excluded, asan_checks, bundle, tmp_path):
+    """The CPU-flag reading and the skip message of es_open's auto (test_auto_precision.py)."""
+    copy = shutil.copytree(bundle, tmp_path / "bundle")
+    manifest = json.loads((copy / "manifest.json").read_text())
+    for entry in manifest["artifacts"]:
+        entry.setdefault("extra", {})["int8_scheme"] = "tensorrt"
+        if excluded:
+            entry["excluded"] = {"openvino": "x" * 400}  # longer than a reason's share of the message
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    result = run_sanitized(asan_checks, "open", copy, "auto")
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "Sanitizer" not in result.stderr
+    assert result.stdout.startswith("16\t" if excluded else "0\t")
