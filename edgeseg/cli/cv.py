@@ -103,9 +103,9 @@ def _run(**opts) -> None:
     if opts["int8"]:
         # cv.json holds the latest run; a copy named by the export settings is never overwritten by
         # a run with other settings (e.g. --gate-metric truth after the default).
-        from edgeseg.export.fold_export import export_folder
+        from edgeseg.export.fold_export import export_name
 
-        names.append(f"{names[0]}-{export_folder('', _export_settings(opts)).name}")
+        names.append(f"{names[0]}-{export_name(_export_settings(opts))}")
     for name in names:
         atomic_write_text(root / f"{name}.json", json.dumps(result, indent=2) + "\n")
         atomic_write_text(root / f"{name}.txt", table + "\n")

@@ -28,15 +28,20 @@ log = logging.getLogger("edgeseg.export")
 EXPORT_RECORD = "export.json"
 
 
-def export_folder(fold_dir: str | Path, settings) -> Path:
-    """The folder of one fold's export with ``settings``: named by what changes its outcome
-    (calibration method and slices, INT8 limit, gate metric, INT8 scheme), so runs with other
-    settings sit beside it. Folders from before the INT8 schemes hold the ``tensorrt`` scheme
-    (the only one then) and keep their names."""
+def export_name(settings) -> str:
+    """The name of a fold's export with ``settings``: what changes its outcome (calibration method
+    and slices, INT8 limit, gate metric, INT8 scheme), so runs with other settings sit beside it.
+    Folders from before the INT8 schemes hold the ``tensorrt`` scheme (the only one then) and keep
+    their names."""
     limit = settings.max_dice_drop["int8"]
     metric = "" if settings.gate_metric == "agreement" else f"-{settings.gate_metric}"
     scheme = "" if settings.int8_activations == "tensorrt" else f"-{settings.int8_activations}"
-    return Path(fold_dir) / f"int8-{settings.calib_method}-{settings.calib_slices}-max{limit:g}{metric}{scheme}"
+    return f"int8-{settings.calib_method}-{settings.calib_slices}-max{limit:g}{metric}{scheme}"
+
+
+def export_folder(fold_dir: str | Path, settings) -> Path:
+    """The folder of one fold's export with ``settings`` (named by ``export_name``)."""
+    return Path(fold_dir) / export_name(settings)
 
 
 def export_fold(checkpoint: str | Path, folder: Path, settings, progress: bool = False,
