@@ -23,6 +23,7 @@ written.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import re
 import shutil
 import sysconfig
@@ -36,6 +37,8 @@ TRITON_TYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "int64": "TYPE_I
 # A model name is a directory name Triton and URLs take as is; the suffixes keep it under 100.
 MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,79}")
 PIPELINE_SUFFIX = "-pipeline"  # as edgeseg.serve.model_inputs.PIPELINE_SUFFIX (serve sits above export)
+
+log = logging.getLogger(__name__)
 
 MODEL_PY = '''"""Triton Python-backend model written by `edgeseg triton`; see edgeseg.serve.triton_python."""
 
@@ -156,6 +159,28 @@ def _write_python_model(tmp: Path, name: str, config: str, bundle: Path, manifes
     (version / "bundle" / "manifest.json").write_text(dataclasses.replace(manifest, artifacts=(onnx,)).to_json())
 
 
+def serving_warnings(entry, name: str, kind: str, backend: str) -> list[str]:
+    """Why ``auto`` would not run ``entry`` the way the repository's models do: the export gate's
+    verdict on each runner they use (Triton's ONNX Runtime backend on a GPU for the network of a
+    ``KIND_GPU`` repository, edgeseg's ``backend`` for the Python-backend models), and, for a CPU
+    runner, the INT8 saturation risk of this machine's CPU (the Triton host's may differ). Naming a
+    precision serves it anyway, as naming a backend does in the runtime; these say what it costs."""
+    from edgeseg.runtime.selection import int8_saturation_risk, parse_backend, runner_class
+
+    runner, _ = parse_backend(backend)
+    network = "onnxruntime-gpu" if kind == "KIND_GPU" else runner
+    uses = {network: [name]}
+    uses.setdefault(runner, []).append(name + PIPELINE_SUFFIX)
+    warnings = []
+    for used, models in uses.items():
+        served = f"{' and '.join(models)} run{'s' if len(models) == 1 else ''} {entry.file} on {used}"
+        if used in entry.excluded:
+            warnings.append(f"{served}, which the export gate excluded ({entry.excluded[used]}); auto never picks it")
+        elif runner_class(used).device_kind == "cpu" and int8_saturation_risk(entry):
+            warnings.append(f"{served}: {int8_saturation_risk(entry)} (this machine's CPU; check the Triton host's)")
+    return warnings
+
+
 def write_triton_repo(bundle: str | Path, repo: str | Path, *, name: str = "edgeseg", precision: str = "fp32",
                       max_batch: int | None = None, kind: str = "KIND_GPU", instances: int = 1,
                       max_delay_us: int = 2000, force: bool = False, backend: str = "onnxruntime",
@@ -180,6 +205,8 @@ def write_triton_repo(bundle: str | Path, repo: str | Path, *, name: str = "edge
     if onnx is None:
         have = sorted(a.key for a in manifest.artifacts)
         raise BundleError(f"bundle {bundle} has no onnx-{precision} artifact (it has {have})")
+    for warning in serving_warnings(onnx, name, kind, backend):
+        log.warning("%s", warning)
     runtime = f"{backend}:{precision}"
     paths = python_paths() if paths is None else list(paths)
     engines = {a.fingerprint["compute_capability"]: a for a in manifest.artifacts

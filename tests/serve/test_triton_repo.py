@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import platform
 import shutil
+import subprocess
+import sys
 
 import pytest
 from click.testing import CliRunner
@@ -120,3 +124,85 @@ def test_existing_repository_needs_force_and_tampered_bundle_is_refused(serve_bu
     assert result.exit_code != 0
     assert "model.onnx" in result.output
     assert not (tmp_path / "other").exists()
+
+
+def _int8_excluded_bundle(serve_bundle, tmp_path, excluded):
+    bundle = tmp_path / "bundle"
+    shutil.copytree(serve_bundle, bundle)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    for entry in manifest["artifacts"]:
+        if entry["precision"] == "int8":
+            entry["excluded"] = excluded
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    return bundle
+
+
+@pytest.mark.parametrize("kind,excluded,expected", [
+    ("KIND_CPU", {"onnxruntime": "dice drop 0.0123 > 0.01"},
+     "edgeseg and edgeseg-pipeline run model.int8.onnx on onnxruntime, which the export gate excluded "
+     "(dice drop 0.0123 > 0.01); auto never picks it"),
+    ("KIND_GPU", {"onnxruntime-gpu": "agreement 0.97 < 0.99"},
+     "edgeseg runs model.int8.onnx on onnxruntime-gpu, which the export gate excluded (agreement 0.97 < 0.99); "
+     "auto never picks it"),
+    ("KIND_GPU", {"onnxruntime": "dice drop 0.02 > 0.01"},
+     "edgeseg-pipeline runs model.int8.onnx on onnxruntime, which the export gate excluded (dice drop 0.02 > 0.01); "
+     "auto never picks it"),
+])
+def test_a_repository_serving_a_runner_the_gate_excluded_says_so(serve_bundle, tmp_path, kind, excluded, expected):
+    """--precision int8 names the graph, so the repository is written, as a named backend loads in
+    the runtime; but the user is told, on one line per runner, what the export gate found."""
+    bundle = _int8_excluded_bundle(serve_bundle, tmp_path, excluded)
+    done = subprocess.run([sys.executable, "-m", "edgeseg.cli", "triton", str(bundle), str(tmp_path / "r"),
+                           "--precision", "int8", "--kind", kind], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert [line for line in done.stderr.splitlines() if "export gate" in line] == [expected]
+    assert (tmp_path / "r" / "edgeseg-pipeline" / "1" / "bundle" / "model.int8.onnx").is_file()
+    # The FP32 graph the gate accepted gets no such line.
+    fp32 = subprocess.run([sys.executable, "-m", "edgeseg.cli", "triton", str(bundle), str(tmp_path / "f"),
+                           "--kind", kind], capture_output=True, text=True, timeout=300)
+    assert fp32.returncode == 0 and "export gate" not in fp32.stderr, fp32.stderr
+
+
+class _Lines(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.lines = []
+
+    def emit(self, record):
+        self.lines.append(record.getMessage())
+
+
+def test_a_tensorrt_scheme_int8_graph_on_the_cpu_warns_where_the_cpu_lacks_vnni(serve_bundle, tmp_path):
+    from edgeseg.export.triton import log, write_triton_repo
+    from edgeseg.runtime.selection import VNNI_FLAGS, X86_MACHINES, cpu_flags
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(serve_bundle, bundle)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    for entry in manifest["artifacts"]:
+        if entry["precision"] == "int8":
+            entry.setdefault("extra", {})["int8_scheme"] = "tensorrt"
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    handler = _Lines()  # on the module's logger itself: the CLI's logging set-up stops propagation
+    log.addHandler(handler)
+    try:
+        write_triton_repo(bundle, tmp_path / "r", precision="int8", kind="KIND_CPU")
+    finally:
+        log.removeHandler(handler)
+    flags = cpu_flags()
+    at_risk = platform.machine().lower() in X86_MACHINES and bool(flags) and not flags & VNNI_FLAGS
+    lines = handler.lines
+    if at_risk:
+        assert lines == ["edgeseg and edgeseg-pipeline run model.int8.onnx on onnxruntime: INT8 graph of the tensorrt "
+                         "scheme: its signed activations saturate u8 x s8 sums on this CPU (no VNNI); re-export with "
+                         "--int8-scheme cpu (this machine's CPU; check the Triton host's)"]
+    else:
+        assert lines == []
+
+
+def test_an_unknown_backend_is_refused_before_anything_is_written(serve_bundle, tmp_path):
+    result = CliRunner().invoke(cli, ["triton", str(serve_bundle), str(tmp_path / "r"), "--kind", "KIND_CPU",
+                                      "--backend", "tflite"])
+    assert result.exit_code != 0
+    assert "unknown backend 'tflite'" in result.output and len(result.output.strip().splitlines()) == 1
+    assert not (tmp_path / "r").exists()
