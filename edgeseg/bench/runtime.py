@@ -94,15 +94,18 @@ def _decode(data: bytes) -> np.ndarray:
 
 
 def bench_backend(bundle: str | Path, backend: str, *, batches: tuple[int, ...] = (1, 8), size: int = 512,
-                  runs: int = 30, warmup: int = 5, volume_slices: int = 32, threads: int = 0) -> dict:
-    """All stage timings and the volume throughput of one backend (see the module docstring)."""
-    with Segmenter.load(bundle, backend=backend, threads=threads) as seg:
+                  runs: int = 30, warmup: int = 5, volume_slices: int = 32, threads: int = 0,
+                  tta: str = "none") -> dict:
+    """All stage timings and the volume throughput of one backend (see the module docstring).
+    With test-time mirroring ``tta``, end to end and the volume's pipelined throughput include
+    its extra network passes; ``inference`` and ``model-only`` stay one pass."""
+    with Segmenter.load(bundle, backend=backend, threads=threads, tta=tta) as seg:
         spec, n_max = seg.spec, seg.manifest.max_batch
         batches = tuple(b for b in batches if b <= n_max) or (1,)
         hu = ct_slices(max(max(batches), volume_slices), size)
         png = _png16(hu[0])
         result = {"backend": backend, "chosen": seg.backend, "device": seg.runner.device,
-                  "artifact": seg.runner.artifact, "size": size, "batches": {}}
+                  "artifact": seg.runner.artifact, "size": size, "tta": tta, "batches": {}}
         for b in batches:
             batch_in = preprocess(hu[:b], spec)
             logits = seg.infer(batch_in)
@@ -165,6 +168,7 @@ def format_table(results: list[dict]) -> str:
             lines.append(f"{r['backend']:<24} error: {r['error']}")
             continue
         name = r["backend"] if r["backend"] == r["chosen"] else f"{r['backend']}->{r['chosen']}"
+        name += f" tta {r['tta']}" if r.get("tta", "none") != "none" else ""
         for b, stages in r["batches"].items():
             for stage in STAGES:
                 lines.append(f"{name:<24} {b:>5} {stage:<12} " + " ".join(f"{stages[stage][n]:>8.2f}" for n, _ in PERCENTILES))

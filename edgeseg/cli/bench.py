@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from edgeseg.cli.tta_option import tta_option
+
 
 @click.command("bench")
 @click.argument("bundle", type=click.Path(file_okay=False))
@@ -17,7 +19,8 @@ import click
 @click.option("--json", "json_out", default=None, type=click.Path(dir_okay=False), help="Write the results as JSON.")
 @click.option("--png", "png_out", default=None, type=click.Path(dir_okay=False), help="Write a latency plot PNG.")
 @click.option("--no-cold-start", is_flag=True, help="Skip the fresh-process cold-start measurement.")
-def command(bundle, backends, batch, size, runs, warmup, threads, json_out, png_out, no_cold_start) -> None:
+@tta_option
+def command(bundle, backends, batch, size, runs, warmup, threads, json_out, png_out, no_cold_start, tta) -> None:
     """Benchmark BUNDLE on this machine: one table for all backends, measured in one run."""
     from tqdm import tqdm
 
@@ -39,7 +42,8 @@ def command(bundle, backends, batch, size, runs, warmup, threads, json_out, png_
     results = []
     for label in tqdm(backend_labels(bundle, list(backends)), desc="benchmarking", unit="backend", leave=False):
         try:
-            result = bench_backend(bundle, label, batches=batches, size=size, runs=runs, warmup=warmup, threads=threads)
+            result = bench_backend(bundle, label, batches=batches, size=size, runs=runs, warmup=warmup, threads=threads,
+                                   tta=tta)
         except EdgesegError as exc:
             results.append({"backend": label, "error": str(exc)})
             continue

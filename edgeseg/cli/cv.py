@@ -14,6 +14,7 @@ from pathlib import Path
 import click
 
 from edgeseg.cli import train as train_cli
+from edgeseg.cli.tta_option import tta_parameter
 from edgeseg.errors import EdgesegError, require
 
 INT8_OPTIONS = [
@@ -42,7 +43,8 @@ def _run(**opts) -> None:
     require("torch", "train", "edgeseg cv")
     from edgeseg.atomic import atomic_write_text, check_output_folder
     from edgeseg.cli.logs import configure_logging
-    from edgeseg.evaluate.cross_validation import format_summary, score_fold, summarise_folds, write_fold_scores
+    from edgeseg.evaluate.cross_validation import (format_summary, score_fold, summarise_folds, tta_suffix,
+                                                   write_fold_scores)
     from edgeseg.evaluate.cv_runtime import format_runtime
     from edgeseg.models.checkpoint import read_checkpoint
     from edgeseg.train.loop import train
@@ -61,7 +63,7 @@ def _run(**opts) -> None:
                                              click.get_current_context()) for k in range(opts["folds"])]
     check_output_folder(str(root), "--out")
     configure_logging()
-    scores, missing = [], []
+    scores, missing, tta = [], [], opts["tta"]
     for cfg in configs:
         last = Path(cfg.out) / "last.pt"
         done = int(read_checkpoint(last).get("epoch", 0)) if last.is_file() else 0
@@ -72,16 +74,18 @@ def _run(**opts) -> None:
         if done < cfg.epochs:
             click.echo(f"fold {cfg.fold}: training from epoch {done + 1} to {cfg.epochs}")
             train(cfg, resume=done > 0, progress=not opts["quiet"])
-        fold_scores = score_fold(last)
-        write_fold_scores(Path(cfg.out), fold_scores)
+        fold_scores = score_fold(last, tta=tta)
+        write_fold_scores(Path(cfg.out), fold_scores, tta)
         scores.append(fold_scores)
     if not scores:
         raise EdgesegError(f"no fold of {root} is trained to {configs[0].epochs} epochs; nothing to score (--trained-only)")
     configs = [cfg for cfg in configs if cfg.fold not in missing]
     summary = summarise_folds(scores)
     table = format_summary(summary)
-    result = {"config": configs[0].to_dict(), **summary}
-    crossfit = _crossfit(configs, scores) if len(scores) > 1 else None
+    result = {"config": configs[0].to_dict(), "tta": tta, **summary}
+    if tta != "none":
+        table = f"test-time mirroring: {tta}\n" + table
+    crossfit = _crossfit(configs, scores, tta) if len(scores) > 1 else None
     if crossfit is not None:
         result["postprocess_crossfit"], text = crossfit["record"], crossfit["text"]
         table += "\n\n" + text
@@ -100,12 +104,14 @@ def _run(**opts) -> None:
         table += (f"\nONLY {len(scores)} of {len(missing) + len(scores)} folds: fold(s) {', '.join(map(str, missing))} "
                   f"not trained to {configs[0].epochs} epochs")
         names = ["cv-trained-only"]
+    # cv.json holds the latest run; a copy named by the export settings and the mirroring is never
+    # overwritten by a run with other settings (e.g. --gate-metric truth after the default).
     if opts["int8"]:
-        # cv.json holds the latest run; a copy named by the export settings is never overwritten by
-        # a run with other settings (e.g. --gate-metric truth after the default).
         from edgeseg.export.fold_export import export_name
 
-        names.append(f"{names[0]}-{export_name(_export_settings(opts))}")
+        names.append(f"{names[0]}-{export_name(_export_settings(opts))}{tta_suffix(tta)}")
+    elif tta != "none":
+        names.append(f"{names[0]}{tta_suffix(tta)}")
     for name in names:
         atomic_write_text(root / f"{name}.json", json.dumps(result, indent=2) + "\n")
         atomic_write_text(root / f"{name}.txt", table + "\n")
@@ -122,7 +128,7 @@ def _export_settings(opts: dict):
         int8_scheme=opts["int8_scheme"])
 
 
-def _crossfit(configs: list, scores: list[dict]) -> dict:
+def _crossfit(configs: list, scores: list[dict], tta: str) -> dict:
     """Score each fold again with the component filters chosen on the other folds: the choices,
     the fold scores, cv.json's ``postprocess_crossfit`` part and its table."""
     from edgeseg.evaluate.cross_validation import (crossfit_postprocess, describe_postprocess, format_summary,
@@ -130,7 +136,7 @@ def _crossfit(configs: list, scores: list[dict]) -> dict:
 
     choices = crossfit_postprocess(scores)
     names = scores[0]["classes"]
-    filtered = [score_fold(Path(cfg.out) / "last.pt", postprocess=choice) for cfg, choice in zip(configs, choices)]
+    filtered = [score_fold(Path(cfg.out) / "last.pt", postprocess=choice, tta=tta) for cfg, choice in zip(configs, choices)]
     summary = summarise_folds(filtered)
     lines = ["FP32 with per-slice component filters chosen, per class, on the other folds' held-out slices "
              "(cross-fitted; no slice takes part in the choice it is scored under)"]
@@ -164,10 +170,11 @@ def _export_and_score(configs: list, scores: list[dict], opts: dict, crossfit: d
                            f"drop {row['dice_drop']:.4f}")
         records.append(record)
         runtime.append(score_fold_bundle(Path(cfg.out) / "last.pt", folder, record, threads=opts["threads"],
-                                         echo=click.echo))
+                                         echo=click.echo, tta=opts["tta"]))
         if crossfit is not None:
             runtime_crossfit.append(score_fold_bundle(Path(cfg.out) / "last.pt", folder, record, threads=opts["threads"],
-                                                      echo=click.echo, postprocess=crossfit["choices"][k]))
+                                                      echo=click.echo, postprocess=crossfit["choices"][k],
+                                                      tta=opts["tta"]))
     if crossfit is None:
         return summarise_runtime(scores, records, runtime), None
     return summarise_runtime(scores, records, runtime), summarise_runtime(crossfit["scores"], records, runtime_crossfit)
@@ -176,10 +183,12 @@ def _export_and_score(configs: list, scores: list[dict], opts: dict, crossfit: d
 command = click.Command(
     "cv",
     callback=_run,
-    params=[p for p in train_cli.command.params if p.name not in ("fold", "resume", "nproc")] + INT8_OPTIONS,
+    params=[p for p in train_cli.command.params if p.name not in ("fold", "resume", "nproc")] + INT8_OPTIONS
+    + [tta_parameter()],
     help="k-fold cross-validation by case: train every fold (resumably) with the edgeseg train options, "
          "then score each fold's last.pt on its held-out cases (per-slice Dice: binary and per class) "
          "and write OUT/cv.json and OUT/cv.txt (mean and spread over folds); with --int8 also the runtime "
          "FP32 and INT8 bundles' scores (OUT/foldK/int8-METHOD-SLICES-maxLIMIT), and a copy of both files "
-         "named by those settings (OUT/cv-int8-....json/.txt) that a run with other settings leaves alone.",
+         "named by those settings (OUT/cv-int8-....json/.txt) that a run with other settings leaves alone; "
+         "--tta scores with test-time mirroring (files named ...-tta-MODE).",
 )

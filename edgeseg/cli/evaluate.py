@@ -7,6 +7,7 @@ import click
 from edgeseg.atomic import check_output_folder
 from edgeseg.cli.input_limits import input_limit_options
 from edgeseg.cli.logs import configure_logging
+from edgeseg.cli.tta_option import tta_option
 from edgeseg.errors import require
 
 
@@ -27,9 +28,10 @@ from edgeseg.errors import require
 @click.option("--intensity", default=None, help="What slice-folder pixels mean: 'hu-clipped:0,255' or 'window:LO,HI'.")
 @click.option("--out", default=None, type=click.Path(file_okay=False), help="Folder for eval.json, the table and overlay PNGs.")
 @click.option("--worst", default=4, show_default=True, help="Overlay PNGs for this many worst cases.")
+@tta_option
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def command(checkpoint, data, split, labels, label_file, keep_largest, volume_postprocess, intensity, out, worst,
-            quiet) -> None:
+            tta, quiet) -> None:
     """Evaluate CHECKPOINT per case and per class; prints a table, writes JSON and overlays."""
     require("torch", "train", "edgeseg evaluate")
     from edgeseg.evaluate.model_eval import evaluate_checkpoint
@@ -41,6 +43,6 @@ def command(checkpoint, data, split, labels, label_file, keep_largest, volume_po
     result = evaluate_checkpoint(
         checkpoint, data, split=split, labels=parse_labels(labels) if labels else None,
         intensity=intensity, label_file=label_file, keep_largest=keep_largest,
-        volume_postprocess=volume_postprocess, out=out, worst=worst, progress=not quiet,
+        volume_postprocess=volume_postprocess, out=out, worst=worst, progress=not quiet, tta=tta,
     )
     click.echo(result["table"])

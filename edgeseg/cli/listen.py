@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from edgeseg.cli.tta_option import tta_option
+
 
 @click.command("listen")
 @click.argument("bundle", type=click.Path(file_okay=False))
@@ -20,7 +22,8 @@ import click
               help="Seconds without a new image after which a series counts as complete.")
 @click.option("--backend", default="auto", show_default=True, help="Runtime backend, as for edgeseg predict.")
 @click.option("--threads", default=0, show_default=True, help="CPU threads for the backend (0: its default).")
-def command(bundle, ae_title, any_ae, allow_calling, host, port, out, forward, idle, backend, threads) -> None:
+@tta_option
+def command(bundle, ae_title, any_ae, allow_calling, host, port, out, forward, idle, backend, threads, tta) -> None:
     """Accept CT images by C-STORE, segment each complete series, write/forward its DICOM SEG."""
     import contextlib
     import signal
@@ -35,7 +38,8 @@ def command(bundle, ae_title, any_ae, allow_calling, host, port, out, forward, i
         check_output_folder(out, "--out")
     configure_logging()
     peer = Peer.parse(forward) if forward else None
-    segmenter = Segmenter.load(bundle, backend=backend.split(",") if "," in backend else backend, threads=threads)
+    segmenter = Segmenter.load(bundle, backend=backend.split(",") if "," in backend else backend, threads=threads,
+                               tta=tta)
 
     def interrupt(signum, frame):  # SIGTERM (a service manager's stop) ends the node as Ctrl-C does
         raise KeyboardInterrupt

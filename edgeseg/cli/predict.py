@@ -9,6 +9,7 @@ from __future__ import annotations
 import click
 
 from edgeseg.cli.input_limits import input_limit_options
+from edgeseg.cli.tta_option import tta_option
 
 
 @click.command("predict")
@@ -30,8 +31,9 @@ from edgeseg.cli.input_limits import input_limit_options
 @click.option("--intensity", default=None,
               help="What PNG/JPG pixels mean: 'hu-clipped:LO,HI' or 'window:LO,HI' [default: what the bundle's "
                    "training slices meant, as its manifest records; else hu-clipped:0,255].")
+@tta_option
 @click.option("--quiet", is_flag=True, help="No progress bar and no log lines.")
-def command(bundle, input_path, out, fmt, backend, threads, batch_size, overlay, intensity, quiet) -> None:
+def command(bundle, input_path, out, fmt, backend, threads, batch_size, overlay, intensity, tta, quiet) -> None:
     """Segment INPUT with BUNDLE and write the label map to --out; prints a one-line summary."""
     import logging
     import time
@@ -62,7 +64,7 @@ def command(bundle, input_path, out, fmt, backend, threads, batch_size, overlay,
     if fmt == "dicom-seg" and refs is None:
         raise DataError(f"--format dicom-seg needs a DICOM series folder as INPUT, got {input_path}")
     backends = backend.split(",") if "," in backend else backend
-    with Segmenter.load(bundle, backend=backends, threads=threads) as segmenter:
+    with Segmenter.load(bundle, backend=backends, threads=threads, tta=tta) as segmenter:
         labels = segmenter.predict_volume(volume, batch_size=batch_size, progress=not quiet)
         names = segmenter.labels
         used = f"{segmenter.backend} ({segmenter.runner.device})"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from edgeseg.cli.input_limits import input_limit_options
+from edgeseg.cli.tta_option import tta_option
 
 
 @click.command("serve")
@@ -25,8 +26,9 @@ from edgeseg.cli.input_limits import input_limit_options
               help="Largest slice side the pipeline model takes, in pixels.")
 @click.option("--timeout", default=30.0, show_default=True, type=click.FloatRange(0.1, 3600),
               help="Seconds a request may wait for its result; then 504.")
+@tta_option
 def command(bundle, host, port, backend, threads, model_name, max_batch, queue_size, max_body_mb, max_side,
-            timeout) -> None:
+            timeout, tta) -> None:
     """Serve BUNDLE over HTTP: /v2 (KServe v2, tritonclient-compatible) with models NAME (the
     network, pre-processed tensor in, logits out) and NAME-pipeline (HU in, labels out),
     /v1/segment, /metrics."""
@@ -41,7 +43,8 @@ def command(bundle, host, port, backend, threads, model_name, max_batch, queue_s
     check_model_name(model_name)  # it names URL paths, as in a Triton repository
     uvicorn = require("uvicorn", "serve", "edgeseg serve")
     _check_port(host, port)
-    segmenter = Segmenter.load(bundle, backend=backend.split(",") if "," in backend else backend, threads=threads)
+    segmenter = Segmenter.load(bundle, backend=backend.split(",") if "," in backend else backend, threads=threads,
+                               tta=tta)
     config = ServeConfig(model_name=model_name, max_batch=max_batch, queue_size=queue_size,
                          max_body_bytes=max_body_mb << 20, timeout_s=timeout, max_side=max_side)
     app = create_app(segmenter, config)

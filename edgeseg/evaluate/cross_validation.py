@@ -52,14 +52,15 @@ def per_slice_dice(pred: np.ndarray, truth: np.ndarray, class_names: list[str]) 
     return rows
 
 
-def score_fold(checkpoint: str | Path, progress: bool = False, postprocess: dict | None = None) -> dict[str, Any]:
+def score_fold(checkpoint: str | Path, progress: bool = False, postprocess: dict | None = None,
+               tta: str = "none") -> dict[str, Any]:
     """Per-slice Dice of ``checkpoint`` on its own held-out (``test``) cases, read from the data
     and with the settings recorded at training.
 
     Without ``postprocess`` no component filter runs, and each slice row also holds
     :func:`candidate_dice`'s ``candidates`` and ``candidates_given``.
     With ``postprocess`` (a checkpoint's or manifest's ``postprocess``) the Segmenter applies it,
-    as a bundle would.
+    as a bundle would. ``tta`` mirrors at prediction (``edgeseg.runtime.tta``).
     """
     from edgeseg.models.checkpoint import checkpoint_spec, load_model
     from edgeseg.runtime.segmenter import Segmenter
@@ -68,7 +69,8 @@ def score_fold(checkpoint: str | Path, progress: bool = False, postprocess: dict
     spec, class_names = checkpoint_spec(payload), list(payload["class_names"])
     volumes = held_out_volumes(checkpoint, payload)
     options = NO_FILTERS if postprocess is None else postprocess
-    segmenter = Segmenter.from_module(model, spec, dict(enumerate(class_names)), options, max_batch=EVAL_BATCH)
+    segmenter = Segmenter.from_module(model, spec, dict(enumerate(class_names)), options, max_batch=EVAL_BATCH,
+                                      tta=tta)
     with segmenter:
         slices = score_volumes(segmenter, volumes, payload, progress, candidates=postprocess is None)
     return fold_record(checkpoint, payload, slices)
@@ -234,6 +236,13 @@ def format_summary(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_fold_scores(folder: Path, scores: dict[str, Any]) -> None:
-    """Keep a fold's per-slice scores next to its checkpoints (atomically)."""
-    atomic_write_text(folder / FOLD_SCORES, json.dumps(scores, indent=2) + "\n")
+def tta_suffix(tta: str) -> str:
+    """What a file name of scores under test-time mirroring ``tta`` adds: '' for none."""
+    return "" if tta == "none" else f"-tta-{tta}"
+
+
+def write_fold_scores(folder: Path, scores: dict[str, Any], tta: str = "none") -> None:
+    """Keep a fold's per-slice scores next to its checkpoints (atomically): ``cv_scores.json``,
+    ``cv_scores-tta-MODE.json`` under test-time mirroring."""
+    name = FOLD_SCORES.replace(".json", tta_suffix(tta) + ".json")
+    atomic_write_text(folder / name, json.dumps(scores, indent=2) + "\n")

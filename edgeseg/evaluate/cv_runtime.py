@@ -20,7 +20,7 @@ from typing import Any
 
 from edgeseg.atomic import atomic_write_text
 from edgeseg.evaluate.cross_validation import (NO_FILTERS, fold_record, held_out_volumes, score_volumes,
-                                               summarise_folds)
+                                               summarise_folds, tta_suffix)
 
 log = logging.getLogger("edgeseg.cv")
 
@@ -30,18 +30,20 @@ RUNTIME_SCORES_CROSSFIT = "runtime_scores_crossfit.json"
 
 def score_fold_bundle(checkpoint: str | Path, folder: Path, record: dict[str, Any], threads: int = 0,
                       progress: bool = False, echo: Callable[[str], None] = log.info,
-                      postprocess: dict | None = None) -> dict[str, dict[str, Any]]:
+                      postprocess: dict | None = None, tta: str = "none") -> dict[str, dict[str, Any]]:
     """Per-slice Dice on the fold's held-out slices of every backend the gate accepted in the
     fold's bundle ({"onnxruntime:int8": fold scores, ...}); kept in ``folder/runtime_scores.json``
     and read from there when present. With ``postprocess`` (cross-fitted filters) the
     Segmenter applies it, and the scores are kept in ``runtime_scores_crossfit.json``, read
-    back only when they were scored under the same filters."""
+    back only when they were scored under the same filters. Under test-time mirroring ``tta``
+    the files are ``runtime_scores[_crossfit]-tta-MODE.json``."""
     from edgeseg.models.checkpoint import read_checkpoint
     from edgeseg.runtime.manifest import read_manifest, verify_artifacts
     from edgeseg.runtime.selection import select_runner
     from edgeseg.runtime.segmenter import Segmenter
 
-    scores_path = folder / (RUNTIME_SCORES if postprocess is None else RUNTIME_SCORES_CROSSFIT)
+    name = RUNTIME_SCORES if postprocess is None else RUNTIME_SCORES_CROSSFIT
+    scores_path = folder / name.replace(".json", tta_suffix(tta) + ".json")
     if scores_path.is_file():
         kept = json.loads(scores_path.read_text(encoding="utf-8"))
         if postprocess is None:
@@ -60,7 +62,7 @@ def score_fold_bundle(checkpoint: str | Path, folder: Path, record: dict[str, An
         runner = select_runner(bundle, manifest, backend, threads)
         # The same post-processing as the PyTorch column, not the manifest's (chosen on these slices).
         options = NO_FILTERS if postprocess is None else postprocess
-        with Segmenter(manifest.spec, manifest.labels, runner, options, manifest.max_batch) as segmenter:
+        with Segmenter(manifest.spec, manifest.labels, runner, options, manifest.max_batch, tta=tta) as segmenter:
             scores[backend] = fold_record(checkpoint, payload, score_volumes(segmenter, volumes, payload, progress))
     kept = scores if postprocess is None else {"postprocess": postprocess, "scores": scores}
     atomic_write_text(scores_path, json.dumps(kept, indent=2) + "\n")

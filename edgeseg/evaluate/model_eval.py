@@ -54,6 +54,7 @@ def evaluate_checkpoint(
     out: str | Path | None = None,
     worst: int = 4,
     progress: bool = True,
+    tta: str = "none",
 ) -> dict[str, Any]:
     """Dice, IoU and HD95 per case and class for ``checkpoint`` on ``data``.
 
@@ -66,6 +67,7 @@ def evaluate_checkpoint(
     of every class / none; ``volume_postprocess`` False drops its 3-D part, True gives every
     class without a recorded 3-D choice its largest 3-D component. False-positive
     slices (a class predicted on a slice that holds none of it) are counted per case and class.
+    ``tta`` mirrors at prediction (``edgeseg.runtime.tta``), recorded in the result.
     With ``out``: eval.json, eval.txt and worst_cases.png (contours on the CT, one colour per
     class when there are several; cases ranked by their mean class Dice) are written.
     """
@@ -82,7 +84,7 @@ def evaluate_checkpoint(
     if len(label_values) != len(class_names) - 1:
         raise DataError(f"--labels names {len(label_values)} classes, the model predicts {len(class_names) - 1} ({class_names[1:]})")
     post = chosen_postprocess(payload, len(class_names), keep_largest, volume_postprocess)
-    segmenter = Segmenter.from_module(model, spec, dict(enumerate(class_names)), post, max_batch=EVAL_BATCH)
+    segmenter = Segmenter.from_module(model, spec, dict(enumerate(class_names)), post, max_batch=EVAL_BATCH, tta=tta)
     # A slice folder's mask value outside these classes is refused, as in training.
     values = sorted({v for vals in label_values.values() for v in vals})
     volumes, used_split = select_cases(open_dataset(data, intensity=intensity, label_file=label_file, label_values=values,
@@ -110,7 +112,7 @@ def evaluate_checkpoint(
     summary = summarise([c["metrics"] for c in cases])
     result = {
         "checkpoint": str(checkpoint), "data": str(data), "split": used_split, "spec_hash": spec.hash,
-        "postprocess": post.to_dict(), "classes": class_names, "cases": cases, "summary": summary,
+        "postprocess": post.to_dict(), "tta": tta, "classes": class_names, "cases": cases, "summary": summary,
         "false_positive_slices": {name: sum(c["false_positive_slices"][name] for c in cases) for name in class_names[1:]},
         "slices_without_class": {name: sum(c["slices_without_class"][name] for c in cases) for name in class_names[1:]},
         "slice_dice_mean": float(np.mean([c["slice_dice_mean"] for c in cases])),
@@ -119,6 +121,8 @@ def evaluate_checkpoint(
         result["slice_dice_by_class"] = {name: float(np.mean([c["slice_dice_by_class"][name] for c in cases]))
                                          for name in class_names[1:]}
     result["table"] = _table(cases, class_names, summary, result) + "\n" + _fp_line(result)
+    if tta != "none":
+        result["table"] += f"\ntest-time mirroring: {tta}"
     if out is not None:
         _write(Path(out), result, overlays, worst)
     log.info("evaluated %d cases (%s split)", len(cases), used_split)

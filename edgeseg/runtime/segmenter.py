@@ -31,6 +31,7 @@ from edgeseg.runtime.postprocess_options import PostprocessOptions
 from edgeseg.runtime.runners.base import Runner
 from edgeseg.runtime.runners.remote import is_remote
 from edgeseg.runtime.selection import select_runner
+from edgeseg.runtime.tta import check_tta, mirrored_logits
 from edgeseg.spec import PreprocessSpec
 
 if TYPE_CHECKING:  # imported where used: a first slice needs no thread pool
@@ -65,6 +66,8 @@ class Segmenter:
         max_batch: the most slices per runner call (default: the runner's limit).
         resize_input: False refuses slices of another size than the spec's instead of resizing.
         bundle, manifest: the bundle folder and its manifest, when loaded from one.
+        tta: test-time mirroring of ``predict`` and ``predict_volume`` (``none``, ``flip``,
+            ``mirror``; see ``edgeseg.runtime.tta``); ``infer`` and ``logits`` stay one pass.
 
     Example:
         >>> seg = Segmenter.load("runs/demo/bundle")          # doctest: +SKIP
@@ -74,8 +77,9 @@ class Segmenter:
     def __init__(self, spec: PreprocessSpec, labels: dict[int, str], runner: Runner,
                  postprocess: dict | PostprocessOptions | None = None,
                  max_batch: int | None = None, *, resize_input: bool = True, bundle: str | Path | None = None,
-                 manifest: Manifest | None = None) -> None:
+                 manifest: Manifest | None = None, tta: str = "none") -> None:
         self.spec = spec
+        self.tta = check_tta(tta)
         self.labels = dict(labels)
         self.runner = runner
         self.max_batch = runner.max_batch if max_batch is None else int(max_batch)
@@ -100,14 +104,16 @@ class Segmenter:
         self.overlap = runner.device != "cpu" or 0 < runner.threads < usable_cores()
 
     @classmethod
-    def load(cls, bundle: str | Path, backend: str | list[str] = "auto", threads: int = 0) -> "Segmenter":
+    def load(cls, bundle: str | Path, backend: str | list[str] = "auto", threads: int = 0,
+             tta: str = "none") -> "Segmenter":
         """Read and verify ``bundle`` (manifest schema, every artifact's size and sha256), then
         load a runner: ``backend`` is ``"auto"`` (fastest measured here among the runners the
         export gate passed, cached), a name such as ``"openvino"``, ``"name:precision"`` such as
         ``"onnxruntime:int8"``, a list tried in order, or a KServe v2 model address
         ``"http://HOST:PORT/models/NAME"`` (the network runs there; the bundle still gives the
         spec, labels and post-processing). ``threads`` caps the backend's CPU threads (0: its
-        default)."""
+        default); ``tta`` mirrors at prediction (see the class)."""
+        check_tta(tta)  # before any loading
         folder = Path(bundle)
         manifest = read_manifest(folder)
         if not (isinstance(backend, str) and is_remote(backend)):  # a remote model leaves the files unused
@@ -126,17 +132,17 @@ class Segmenter:
         runner = select_runner(folder, manifest, backend, threads)
         log.info("loaded %s with %s", folder, runner.describe())
         return cls(manifest.spec, manifest.labels, runner, options, manifest.max_batch,
-                   resize_input=manifest.resize_input, bundle=folder, manifest=manifest)
+                   resize_input=manifest.resize_input, bundle=folder, manifest=manifest, tta=tta)
 
     @classmethod
     def from_module(cls, module, spec: PreprocessSpec, labels: dict[int, str], postprocess: dict | None = None,
-                    max_batch: int = DEFAULT_BATCH, threads: int = 0) -> "Segmenter":
+                    max_batch: int = DEFAULT_BATCH, threads: int = 0, tta: str = "none") -> "Segmenter":
         """A Segmenter running an in-memory torch ``module`` (needs torch): how evaluation and
         the export gate run the trained model through the deployed pre- and post-processing."""
         from edgeseg.runtime.runners.torch_module import TorchModuleRunner
 
         inputs, outputs = network_tensors(spec, len(labels))
-        return cls(spec, labels, TorchModuleRunner(module, inputs, outputs, max_batch, threads), postprocess)
+        return cls(spec, labels, TorchModuleRunner(module, inputs, outputs, max_batch, threads), postprocess, tta=tta)
 
     @property
     def backend(self) -> str:
@@ -162,7 +168,7 @@ class Segmenter:
         hu = checked_hu(slice_hu, self.spec, ndim=2, resize=self.resize_input, what="slice")
         with self._lock:
             batch = preprocess(hu, self.spec, out=self._input_buffer(0, 1), num_threads=KERNEL_THREADS)
-            logits = self.runner.infer(batch)
+            logits = self._network(batch)
         return self._postprocess(logits, hu.shape)[0]
 
     def predict_volume(self, volume, *, batch_size: int | None = None, progress: bool = False,
@@ -222,7 +228,7 @@ class Segmenter:
 
             if not self.overlap:
                 for index, start in enumerate(starts):
-                    bar.update(finish(start, self.runner.infer(prepare(index))))
+                    bar.update(finish(start, self._network(prepare(index))))
                 return out
             worker = self._pool()
 
@@ -235,7 +241,7 @@ class Segmenter:
                     batch = pending.result()
                     if index + 1 < len(starts):
                         pending = worker.submit(prepare, index + 1)
-                    finishing.append(worker.submit(finish, start, self.runner.infer(batch)))
+                    finishing.append(worker.submit(finish, start, self._network(batch)))
                     while finishing and finishing[0].done():
                         bar.update(finishing.pop(0).result())
                 for future in finishing:
@@ -244,6 +250,10 @@ class Segmenter:
                 # After an error, let queued work finish before another call reuses the buffers.
                 wait([pending, *finishing])
         return out
+
+    def _network(self, batch: np.ndarray) -> np.ndarray:
+        """The runner on a pre-processed batch, mirrored as ``tta`` says."""
+        return mirrored_logits(self.runner.infer, batch, self.tta)
 
     def _postprocess(self, logits: np.ndarray, size: tuple[int, ...], out: np.ndarray | None = None) -> np.ndarray:
         """Labels at ``size`` (the spec's fit undone) and the per-slice component filters of every class."""
@@ -297,4 +307,5 @@ class Segmenter:
 
     def describe(self) -> dict[str, str]:
         """Bundle, backend, precision and device, for logs and summaries."""
-        return {"bundle": "-" if self.bundle is None else str(self.bundle), **self.runner.describe()}
+        described = {"bundle": "-" if self.bundle is None else str(self.bundle), **self.runner.describe()}
+        return described if self.tta == "none" else {**described, "tta": self.tta}

@@ -164,7 +164,8 @@ class PipelineModel(ServedModel):
                 "outputs": [{"name": "labels", "datatype": "UINT8", "shape": [-1, -1, -1]}],
                 "parameters": {**class_parameters(self.segmenter.labels), "input_datatypes": list(PIPELINE_DATATYPES),
                                "input_shapes": ["[H, W]", "[N, H, W]"], "max_slices": self.max_batch,
-                               "max_side": self.max_side, "window": list(self.segmenter.spec.window)}}
+                               "max_side": self.max_side, "window": list(self.segmenter.spec.window),
+                               "tta": self.segmenter.tta}}
 
     def _check(self, hu: np.ndarray) -> np.ndarray:
         stack = check_pipeline_input(hu, self.segmenter, self.network_name, self.max_batch, self.max_side)

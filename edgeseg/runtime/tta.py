@@ -1,0 +1,55 @@
+"""Test-time mirroring: the network runs on flipped copies of each batch, and the class
+probabilities, flipped back, are averaged (nnU-Net predicts this way by default).
+
+Modes (``--tta``): ``none`` (one pass), ``flip`` (the slice and its left-right mirror, 2 passes)
+and ``mirror`` (also the up-down mirror and both, 4 passes). A model trained with flip
+augmentation (edgeseg's default) gives similar but not identical logits on a mirrored slice;
+averaging the four views smooths the borders of uncertain regions. It multiplies the network's
+time by the number of passes and leaves pre- and post-processing as they are. It is a choice of
+the process that predicts, not of the bundle: the export gate and ``Segmenter.logits`` always
+see one pass, and the C API has no mirroring.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from edgeseg.errors import DataError
+
+# mode -> the axes of an NCHW batch each pass flips (() is the slice as it is)
+TTA_MODES: dict[str, tuple[tuple[int, ...], ...]] = {
+    "none": ((),),
+    "flip": ((), (3,)),
+    "mirror": ((), (3,), (2,), (2, 3)),
+}
+
+
+def check_tta(mode: str) -> str:
+    """``mode`` if it is a test-time mirroring mode, else a one-line DataError."""
+    if not isinstance(mode, str) or mode not in TTA_MODES:
+        raise DataError(f"test-time augmentation must be one of {', '.join(TTA_MODES)}, got {mode!r}")
+    return mode
+
+
+def mirrored_logits(infer: Callable[[np.ndarray], np.ndarray], batch: np.ndarray, mode: str) -> np.ndarray:
+    """``infer(batch)`` for ``none``; otherwise the log of the class probabilities (softmax over
+    axis 1) averaged over the passes of ``mode``, float32, NCHW like the logits: the argmax and
+    any later resize treat it as logits."""
+    passes = TTA_MODES[check_tta(mode)]
+    if len(passes) == 1:
+        return infer(batch)
+    total: np.ndarray | None = None
+    for axes in passes:
+        view = np.ascontiguousarray(np.flip(batch, axes)) if axes else batch
+        logits = np.asarray(infer(view), dtype=np.float32)  # used before the next call: runners may reuse it
+        if logits.ndim != 4 or logits.shape[1] < 2:
+            raise DataError(f"test-time mirroring needs (N, K>=2, H, W) logits, got shape {list(logits.shape)}")
+        if axes:
+            logits = np.flip(logits, axes)
+        shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+        probs = shifted / shifted.sum(axis=1, keepdims=True)
+        total = probs if total is None else total + probs
+    mean = total / len(passes)
+    return np.log(np.maximum(mean, np.finfo(np.float32).tiny), dtype=np.float32)
