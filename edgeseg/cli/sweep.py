@@ -20,8 +20,11 @@ from edgeseg.errors import require
 @click.option("--remeasure", "rounds", type=click.IntRange(min=1), default=None, metavar="ROUNDS",
               help="Train nothing: measure the latency of the finished points again, ROUNDS passes over "
                    "them in turn, each keeping its median round (for the final table, on a quiet machine).")
+@click.option("--status", is_flag=True,
+              help="Train nothing: say where each point stands (finished, running in another process, stopped "
+                   "part-way, not started), its epochs, best validation Dice so far and recent time per epoch.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def command(sweep_file, out, points_only, rounds, quiet) -> None:
+def command(sweep_file, out, points_only, rounds, status, quiet) -> None:
     """Run SWEEP_FILE (TOML: [recipe], [grid], [export], [measure]): train each point resumably,
     export it to INT8 through the parity gate, measure validation Dice (FP32, INT8) and the auto
     backend's end-to-end latency; write sweep.csv, results.json, pareto.png and commands.sh.
@@ -35,6 +38,11 @@ def command(sweep_file, out, points_only, rounds, quiet) -> None:
 
     configure_logging()
     sweep = load_sweep(sweep_file)
+    if status:
+        if rounds is not None:
+            raise click.UsageError("--status and --remeasure do not go together")
+        _print_status(sweep, out)
+        return
     check_sweep_folder(sweep, out)
     if rounds is None:
         points, elsewhere = run_sweep(sweep, out, progress=not quiet, only=points_only)
@@ -62,3 +70,19 @@ def command(sweep_file, out, points_only, rounds, quiet) -> None:
     if elsewhere:
         click.echo(f"not in these reports yet: {', '.join(elsewhere)}, running in another process; "
                    "run this command again when it has finished to report every point")
+
+
+def _print_status(sweep, out) -> None:
+    from edgeseg.sweep.run import sweep_status
+
+    for row in sweep_status(sweep, out):
+        line = f"{row['id']:<32} {row['state']:<12} epoch {row['epoch']:>4}/{row['epochs']}"
+        if "best_val_dice" in row:
+            line += f"  best val Dice {row['best_val_dice']:.4f}"
+        if row["state"] == "finished":
+            r = row["result"]
+            line += f"  Dice fp32 {r['dice_fp32']:.4f}  {r['backend']} {r['latency_ms_p50']:.2f} ms"
+        elif "seconds_per_epoch" in row:
+            left = (row["epochs"] - row["epoch"]) * row["seconds_per_epoch"] / 3600
+            line += f"  {row['seconds_per_epoch']:.0f} s/epoch lately, about {left:.1f} h of training left at that pace"
+        click.echo(line)

@@ -130,6 +130,55 @@ def remeasure(sweep: SweepConfig, out: str | Path, rounds: int, only: Sequence[s
     return finished_results(sweep, out)
 
 
+def sweep_status(sweep: SweepConfig, out: str | Path) -> list[dict[str, Any]]:
+    """Where each point of the sweep under ``out`` stands, reading only: ``finished`` (with its
+    result), ``running`` (another process holds its lock), ``stopped`` (trained part-way, no one
+    running it) or ``not started``; with the epochs done, the best validation Dice so far and the
+    recent seconds per epoch (the mean of the last 5) from the run's metrics.json."""
+    out = Path(out)
+    if not (out / "sweep.json").is_file():
+        raise DataError(f"{out} holds no sweep (no sweep.json); run the sweep first")
+    out = check_sweep_folder(sweep, out)
+    rows, finished = [], {r["id"]: r for r in finished_results(sweep, out)}
+    for point in sweep.points:
+        row: dict[str, Any] = {"id": point.id, "epochs": sweep.recipe["epochs"], "epoch": 0}
+        history = _history(out / "points" / point.id / "run" / "metrics.json")
+        if history:
+            recent = [float(h.get("seconds", 0.0)) for h in history[-5:]]
+            row.update(epoch=int(history[-1]["epoch"]), best_val_dice=max(float(h["val_dice"]) for h in history),
+                       seconds_per_epoch=round(sum(recent) / len(recent), 1))
+        if point.id in finished:
+            row.update(state="finished", result=finished[point.id])
+        elif _held(out / "points" / point.id / ".lock"):
+            row["state"] = "running"
+        else:
+            row["state"] = "stopped" if history else "not started"
+        rows.append(row)
+    return rows
+
+
+def _history(metrics: Path) -> list[dict[str, Any]]:
+    try:
+        return list(json.loads(metrics.read_text()).get("history") or [])
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return []
+
+
+def _held(lock: Path) -> bool:
+    """Whether another process holds ``lock`` (an flock taken by :func:`_claim`); never creates it."""
+    try:
+        handle = open(lock, "rb")
+    except OSError:
+        return False
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        return False
+
+
 def _result_path(out: Path, point: Point) -> Path:
     return out / "points" / point.id / "result.json"
 

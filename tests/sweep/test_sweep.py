@@ -389,3 +389,49 @@ def test_a_named_training_recipe_under_the_sweep_keys_and_the_grid(tmp_path, ass
     proc = subprocess.run(_sweep_command(tmp_path / "bad.toml", tmp_path / "bad-out"), capture_output=True, text=True)
     assert_one_line_error(proc, "[recipe] recipe: recipe 'no-such-recipe' is neither a file nor a known recipe")
     assert not (tmp_path / "bad-out").exists()
+
+
+def test_status_says_where_each_point_stands_and_writes_nothing(tmp_path, assert_one_line_error):
+    """--status reads the sweep folder only: a finished point with its result, a point trained
+    part-way (stopped, then running while another process holds its lock) with the epochs and
+    Dice of its metrics.json, and a point not started; it creates no file."""
+    import fcntl
+
+    from edgeseg.sweep.config import load_sweep, train_config
+    from edgeseg.train.loop import train
+
+    (tmp_path / "sweep.toml").write_text(SWEEP)
+    out = tmp_path / "out"
+    status = _sweep_command(tmp_path / "sweep.toml", out) + ["--status"]
+    assert_one_line_error(subprocess.run(status, capture_output=True, text=True), f"{out} holds no sweep")
+    proc = subprocess.run(_sweep_command(tmp_path / "sweep.toml", out) + ["--point", "mobile_unet-b4-d2-s64"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    listing = sorted(p.relative_to(out) for p in out.rglob("*"))
+    proc = subprocess.run(status, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads((out / "points" / "mobile_unet-b4-d2-s64" / "result.json").read_text())
+    lines = proc.stdout.splitlines()
+    assert lines[0].split()[:4] == ["unet-b4-d2-s64", "not", "started", "epoch"] and "0/3" in lines[0]
+    assert lines[1].split()[:4] == ["mobile_unet-b4-d2-s64", "finished", "epoch", "3/3"]
+    assert f"Dice fp32 {result['dice_fp32']:.4f}" in lines[1] and f"{result['latency_ms_p50']:.2f} ms" in lines[1]
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == listing  # nothing written
+
+    # The unet point trained for 1 of its 3 epochs, as a killed sweep leaves it.
+    sweep = load_sweep(tmp_path / "sweep.toml")
+    folder = out / "points" / "unet-b4-d2-s64"
+    cfg = train_config(sweep, sweep.points[0], folder / "run")
+    cfg.epochs = 1
+    train(cfg, progress=False)
+    [epoch] = json.loads((folder / "run" / "metrics.json").read_text())["history"]
+    proc = subprocess.run(status, capture_output=True, text=True)
+    first = proc.stdout.splitlines()[0]
+    assert first.split()[:4] == ["unet-b4-d2-s64", "stopped", "epoch", "1/3"], first
+    assert f"best val Dice {epoch['val_dice']:.4f}" in first and f"{epoch['seconds']:.0f} s/epoch lately" in first
+    assert f"about {2 * epoch['seconds'] / 3600:.1f} h of training left" in first
+    with open(folder / ".lock", "a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # this test process plays the sweep process running it
+        proc = subprocess.run(status, capture_output=True, text=True)
+    assert proc.stdout.splitlines()[0].split()[:2] == ["unet-b4-d2-s64", "running"]
+    proc = subprocess.run(status + ["--remeasure", "2"], capture_output=True, text=True)
+    assert proc.returncode == 2 and "--status and --remeasure do not go together" in proc.stderr
