@@ -15,7 +15,7 @@ from edgeseg.errors import require
 @click.option("--out", default="runs/sweep", show_default=True, type=click.Path(file_okay=False),
               help="Sweep folder; running again with the same sweep file continues it.")
 @click.option("--point", "points_only", multiple=True, metavar="ID",
-              help="Run only this point (repeatable; e.g. the long reference on the fastest machine); "
+              help="Run only this point (repeatable, run in the order given; e.g. the long reference on the fastest machine); "
                    "the reports still list every finished point.")
 @click.option("--remeasure", "rounds", type=click.IntRange(min=1), default=None, metavar="ROUNDS",
               help="Train nothing: measure the latency of the finished points again, ROUNDS passes over "

@@ -61,8 +61,9 @@ def _sweep_starting(entry: Path) -> bool:
 def run_sweep(sweep: SweepConfig, out: str | Path, progress: bool = False,
               after_point: Callable[[dict], None] | None = None,
               only: Sequence[str] = ()) -> tuple[list[dict[str, Any]], list[str]]:
-    """Run every unfinished point of ``sweep`` under ``out`` that no other process is running
-    (only the points whose ids are in ``only``, when it is given).
+    """Run every unfinished point of ``sweep`` under ``out`` that no other process is running,
+    in grid order (only the points whose ids are in ``only``, in the order given there, when it
+    is given).
 
     Returns the results of all finished points in grid order and the ids of the points another
     process still holds (their results are read by whichever run comes last)."""
@@ -71,9 +72,9 @@ def run_sweep(sweep: SweepConfig, out: str | Path, progress: bool = False,
     out.mkdir(parents=True, exist_ok=True)
     _write_record(out, sweep)
     held_elsewhere = []
-    for point in sweep.points:
-        if only and point.id not in only:
-            continue
+    order = [p for p in sweep.points if p.id in only] if only else list(sweep.points)
+    order.sort(key=lambda p: list(only).index(p.id) if only else 0)
+    for point in order:
         done = _result_path(out, point)
         if done.is_file():
             log.info("point %s finished before: read, not retrained", point.id)

@@ -435,3 +435,25 @@ def test_status_says_where_each_point_stands_and_writes_nothing(tmp_path, assert
     assert proc.stdout.splitlines()[0].split()[:2] == ["unet-b4-d2-s64", "running"]
     proc = subprocess.run(status + ["--remeasure", "2"], capture_output=True, text=True)
     assert proc.returncode == 2 and "--status and --remeasure do not go together" in proc.stderr
+
+
+def test_points_run_in_the_order_given_with_point(tmp_path, monkeypatch):
+    """--point A --point B runs A first even where the grid lists B first (a long reference can
+    lead a process's list); without --point the grid's order holds."""
+    from edgeseg.sweep import run as sweep_run
+    from edgeseg.sweep.config import load_sweep
+
+    (tmp_path / "sweep.toml").write_text(SWEEP)
+    sweep = load_sweep(tmp_path / "sweep.toml")
+    ran = []
+
+    def fake_point(sweep, point, out, progress):  # the scheduler is under test, not training
+        ran.append(point.id)
+        return {"id": point.id}
+
+    monkeypatch.setattr(sweep_run, "run_point", fake_point)
+    sweep_run.run_sweep(sweep, tmp_path / "given", only=["mobile_unet-b4-d2-s64", "unet-b4-d2-s64"])
+    assert ran == ["mobile_unet-b4-d2-s64", "unet-b4-d2-s64"]
+    ran.clear()
+    sweep_run.run_sweep(sweep, tmp_path / "grid")
+    assert ran == ["unet-b4-d2-s64", "mobile_unet-b4-d2-s64"]
