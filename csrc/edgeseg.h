@@ -91,6 +91,13 @@ ES_API int es_segment_volume_spaced(es_segmenter *seg, const void *hu, es_dtype 
                                     int cols, ptrdiff_t row_stride, ptrdiff_t slice_stride,
                                     const double spacing[3], uint8_t *labels, es_error *err);
 
+/* Test-time mirroring of the segment calls, as the Python runtime's Segmenter(tta=...): "none"
+ * (the default, one network pass), "flip" (also the left-right mirror: 2 passes) or "mirror"
+ * (left-right, up-down and both: 4 passes); the class probabilities (softmax) of the passes,
+ * mirrored back, are averaged and their log post-processed as logits. ES_EINVAL for another
+ * mode; the segmenter keeps its mode then. */
+ES_API int es_set_tta(es_segmenter *seg, const char *mode, es_error *err);
+
 /* Class names indexed by class number (a class the manifest leaves unnamed is ""); `count`
  * receives the number of classes. Owned by the segmenter. */
 ES_API const char *const *es_labels(const es_segmenter *seg, int *count);

@@ -101,6 +101,12 @@ class Segmenter {
         return labels;
     }
 
+    // Test-time mirroring of the segment calls: "none", "flip" or "mirror" (es_set_tta).
+    void set_tta(const std::string &mode) {
+        es_error err{};
+        detail::check(es_set_tta(seg_, mode.c_str(), &err), err);
+    }
+
     // Class names by class number.
     std::vector<std::string> labels() const {
         int count = 0;

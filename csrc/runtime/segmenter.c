@@ -13,6 +13,7 @@
 
 #include "es_compiled_cache.h"
 #include "es_hu_checks.h"
+#include "es_mirror.h"
 #include "es_runtime.h"
 
 /* The kernels run on one thread, as in the Python runtime: more OpenMP workers keep spinning
@@ -28,6 +29,8 @@ struct es_segmenter {
     int batch;      /* slices per inference in es_segment_volume */
     ov_tensor_t *input_tensor; /* OpenVINO's view of `input` for `input_count` slices, set on the request */
     int input_count;
+    int mirrors;    /* network passes per batch: 1 (none), 2 (flip) or 4 (mirror) */
+    float *original; /* the pre-processed batch while its mirrors take seg->input's place */
     pthread_mutex_t lock;
 };
 
@@ -136,6 +139,7 @@ es_segmenter *es_open_cached(const char *bundle_dir, const char *precision, int 
         seg->batch = b->max_batch < ES_MAX_BATCH_CALL ? b->max_batch : ES_MAX_BATCH_CALL;
         seg->input = malloc((size_t)seg->batch * (size_t)b->rows * (size_t)b->cols * sizeof(float));
         if (!seg->input) rc = es_fail(err, ES_ENOMEM, "no memory for a %d x %d x %d input batch", seg->batch, b->rows, b->cols);
+        seg->mirrors = 1;
     }
     if (rc == ES_OK) {
         rc = compile_model(seg, bundle_dir, threads, cache_dir, err);
@@ -147,6 +151,7 @@ es_segmenter *es_open_cached(const char *bundle_dir, const char *precision, int 
         if (seg->core) ov_core_free(seg->core);
         es_bundle_free(&seg->bundle);
         free(seg->input);
+        free(seg->original);
         free(seg);
         return NULL;
     }
@@ -183,29 +188,73 @@ static ov_status_e lend_input(es_segmenter *seg, int n) {
     return OK;
 }
 
-/* The model's logits for the `n` slices now in seg->input, post-processed into `labels`. */
-static int infer_and_postprocess(es_segmenter *seg, int n, int rows, int cols, uint8_t *labels, es_error *err) {
+/* One network pass over the `n` slices now in seg->input: `*out` (freed by the caller) holds the
+ * (n, classes, h, w) float32 logits at `*logits`, its dims in `dims`. */
+static int run_model(es_segmenter *seg, int n, ov_tensor_t **out, float **logits, int64_t dims[4], es_error *err) {
     const es_bundle *b = &seg->bundle;
-    ov_shape_t out_shape = {0, NULL};
-    ov_tensor_t *out = NULL;
+    ov_shape_t shape = {0, NULL};
     ov_element_type_e type = F32; /* read back below; only used when every call succeeded */
-    void *logits = NULL;
+    void *data = NULL;
     ov_status_e st = lend_input(seg, n);
     if (st == OK) st = ov_infer_request_infer(seg->request);
-    if (st == OK) st = ov_infer_request_get_output_tensor_by_index(seg->request, 0, &out);
-    if (st == OK) st = ov_tensor_get_shape(out, &out_shape);
-    if (st == OK) st = ov_tensor_get_element_type(out, &type);
-    if (st == OK) st = ov_tensor_data(out, &logits);
+    if (st == OK) st = ov_infer_request_get_output_tensor_by_index(seg->request, 0, out);
+    if (st == OK) st = ov_tensor_get_shape(*out, &shape);
+    if (st == OK) st = ov_tensor_get_element_type(*out, &type);
+    if (st == OK) st = ov_tensor_data(*out, &data);
     int rc = st == OK ? ES_OK : fail_backend(err, "run", b->artifact_file, st);
-    if (rc == ES_OK && (out_shape.rank != 4 || out_shape.dims[0] != n || out_shape.dims[1] < 1 ||
-                        out_shape.dims[1] > ES_MAX_CLASSES || type != F32))
+    if (rc == ES_OK && (shape.rank != 4 || shape.dims[0] != n || shape.dims[1] < 1 || shape.dims[1] > ES_MAX_CLASSES ||
+                        type != F32))
         rc = es_fail(err, ES_EBACKEND, "%s: output is not (%d, classes <= %d, h, w) float32 logits", b->artifact_file, n,
                      ES_MAX_CLASSES);
     if (rc == ES_OK) {
-        rc = es_postprocess_fit(logits, ES_FLOAT32, n, (ptrdiff_t)out_shape.dims[1], (ptrdiff_t)out_shape.dims[2],
-                                (ptrdiff_t)out_shape.dims[3], labels, rows, cols,
-                                b->resize_labels ? ES_RESIZE_LABELS : ES_RESIZE_LOGITS, b->pad ? ES_FIT_PAD : ES_FIT_STRETCH,
-                                0, KERNEL_THREADS);
+        for (int i = 0; i < 4; i++) dims[i] = shape.dims[i];
+        *logits = data;
+    }
+    if (shape.dims) ov_shape_free(&shape);
+    return rc;
+}
+
+/* seg->mirrors passes over the `n` pre-processed slices, each reading them mirrored; `*mean`
+ * (the caller frees it) receives the log of their mean softmax (es_mirror.h), `dims` its shape. */
+static int run_mirrored(es_segmenter *seg, int n, float **mean, int64_t dims[4], es_error *err) {
+    const es_bundle *b = &seg->bundle;
+    size_t count = (size_t)n * (size_t)b->rows * (size_t)b->cols;
+    memcpy(seg->original, seg->input, count * sizeof(float));
+    float *sum = NULL;
+    int rc = ES_OK;
+    for (int pass = 0; pass < seg->mirrors && rc == ES_OK; pass++) {
+        es_mirror_planes(seg->input, seg->original, n, b->rows, b->cols, pass);
+        ov_tensor_t *out = NULL;
+        float *logits = NULL;
+        rc = run_model(seg, n, &out, &logits, dims, err);
+        if (rc == ES_OK && !sum && !(sum = malloc((size_t)n * (size_t)(dims[1] * dims[2] * dims[3]) * sizeof(float))))
+            rc = es_fail(err, ES_ENOMEM, "no memory for the mirrored probabilities of %d slice(s)", n);
+        if (rc == ES_OK) es_mirror_accumulate(sum, logits, n, dims[1], dims[2], dims[3], pass);
+        if (out) ov_tensor_free(out);
+    }
+    memcpy(seg->input, seg->original, count * sizeof(float)); /* as the caller left it */
+    if (rc == ES_OK) {
+        es_mirror_finish(sum, (size_t)n * (size_t)(dims[1] * dims[2] * dims[3]), seg->mirrors);
+        *mean = sum;
+    } else {
+        free(sum);
+    }
+    return rc;
+}
+
+/* The model's logits for the `n` slices now in seg->input (mirrored as seg->mirrors says),
+ * post-processed into `labels`. */
+static int infer_and_postprocess(es_segmenter *seg, int n, int rows, int cols, uint8_t *labels, es_error *err) {
+    const es_bundle *b = &seg->bundle;
+    ov_tensor_t *out = NULL;
+    float *logits = NULL, *mean = NULL;
+    int64_t dims[4] = {0, 0, 0, 0};
+    int rc = seg->mirrors > 1 ? run_mirrored(seg, n, &mean, dims, err) : run_model(seg, n, &out, &logits, dims, err);
+    if (mean) logits = mean;
+    if (rc == ES_OK) {
+        rc = es_postprocess_fit(logits, ES_FLOAT32, n, (ptrdiff_t)dims[1], (ptrdiff_t)dims[2], (ptrdiff_t)dims[3],
+                                labels, rows, cols, b->resize_labels ? ES_RESIZE_LABELS : ES_RESIZE_LOGITS,
+                                b->pad ? ES_FIT_PAD : ES_FIT_STRETCH, 0, KERNEL_THREADS);
         if (rc == ES_ENONFINITE) es_fail(err, rc, "%s: the model's logits hold NaN or inf", b->artifact_file);
         else if (rc) es_fail(err, rc, "postprocess: %s", es_status_message(rc));
     }
@@ -217,7 +266,7 @@ static int infer_and_postprocess(es_segmenter *seg, int n, int rows, int cols, u
             es_fail(err, rc, "component filter: %s", es_status_message(rc));
     }
     if (out) ov_tensor_free(out);
-    if (out_shape.dims) ov_shape_free(&out_shape);
+    free(mean);
     return rc;
 }
 
@@ -294,6 +343,28 @@ int es_segment_volume_spaced(es_segmenter *seg, const void *hu, es_dtype dtype, 
     return segment(seg, hu, dtype, &in, spacing, labels, err);
 }
 
+int es_set_tta(es_segmenter *seg, const char *mode, es_error *err) {
+    if (!seg) return es_fail(err, ES_EINVAL, "segmenter is NULL");
+    static const char *const names[] = {"none", "flip", "mirror"};
+    static const int passes[] = {1, 2, 4};
+    int chosen = 0;
+    for (int i = 0; i < 3 && !chosen; i++)
+        if (mode && !strcmp(mode, names[i])) chosen = passes[i];
+    if (!chosen)
+        return es_fail(err, ES_EINVAL, "test-time augmentation must be one of none, flip, mirror, got %s%s%s",
+                       mode ? "'" : "", mode ? mode : "NULL", mode ? "'" : "");
+    pthread_mutex_lock(&seg->lock);
+    int rc = ES_OK;
+    if (chosen > 1 && !seg->original) {
+        const es_bundle *b = &seg->bundle;
+        seg->original = malloc((size_t)seg->batch * (size_t)b->rows * (size_t)b->cols * sizeof(float));
+        if (!seg->original) rc = es_fail(err, ES_ENOMEM, "no memory for a %d x %d x %d mirrored batch", seg->batch, b->rows, b->cols);
+    }
+    if (rc == ES_OK) seg->mirrors = chosen;
+    pthread_mutex_unlock(&seg->lock);
+    return rc ? rc : es_succeed(err);
+}
+
 const char *const *es_labels(const es_segmenter *seg, int *count) {
     if (count) *count = seg ? seg->bundle.num_classes : 0;
     return seg ? (const char *const *)seg->bundle.labels : NULL;
@@ -312,5 +383,6 @@ void es_close(es_segmenter *seg) {
     pthread_mutex_destroy(&seg->lock);
     es_bundle_free(&seg->bundle);
     free(seg->input);
+    free(seg->original);
     free(seg);
 }

@@ -7,7 +7,7 @@ augmentation (edgeseg's default) gives similar but not identical logits on a mir
 averaging the four views smooths the borders of uncertain regions. It multiplies the network's
 time by the number of passes and leaves pre- and post-processing as they are. It is a choice of
 the process that predicts, not of the bundle: the export gate and ``Segmenter.logits`` always
-see one pass, and the C API has no mirroring.
+see one pass. The C API's ``es_set_tta`` (csrc/runtime/mirror.c) does the same float32 steps.
 """
 
 from __future__ import annotations

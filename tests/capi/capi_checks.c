@@ -13,6 +13,9 @@
  *   capi_checks slices BUNDLE PRECISION SLICES ROWS COLS IN.raw OUT.raw
  *                                           es_segment_slice per slice of raw int16, each slice
  *                                           laid out with 3 padding elements after every row
+ *   capi_checks tta MODE BUNDLE PRECISION SLICES ROWS COLS IN.raw OUT.raw
+ *                                           es_set_tta(MODE), then es_segment_volume of raw int16
+ *                                           and es_segment_slice of its first slice (must agree)
  */
 #ifdef ES_DLOPEN_SHIM
 #define _GNU_SOURCE /* RTLD_NEXT, RTLD_DEEPBIND */
@@ -111,6 +114,14 @@ static int call_case(es_segmenter *seg, const char *which, es_error *err) {
     if (!strcmp(which, "beyond-hu")) {
         f[3] = 1e6f;
         return es_segment_slice(seg, f, ES_FLOAT32, ROWS, COLS, COLS, labels, err);
+    }
+    if (!strcmp(which, "tta-unknown")) return es_set_tta(seg, "rot90", err);
+    if (!strcmp(which, "tta-null-mode")) return es_set_tta(seg, NULL, err);
+    if (!strcmp(which, "tta-null-segmenter")) return es_set_tta(NULL, "flip", err);
+    if (!strcmp(which, "tta-kept")) { /* a refused mode leaves the segmenter as it was: still mirroring */
+        int rc = es_set_tta(seg, "mirror", err);
+        if (rc == ES_OK && es_set_tta(seg, "sideways", err) != ES_EINVAL) return -1;
+        return rc ? rc : es_segment_volume(seg, s, ES_INT16, 2, ROWS, COLS, COLS, ROWS * COLS, labels, err);
     }
     fprintf(stderr, "capi_checks: unknown case %s\n", which);
     exit(64);
@@ -213,6 +224,40 @@ static int slices_case(char **argv) {
     return report(rc, &err);
 }
 
+/* es_set_tta(argv[2]) on BUNDLE, then the whole volume, then its first slice alone. */
+static int tta_case(char **argv) {
+    int slices = atoi(argv[5]), rows = atoi(argv[6]), cols = atoi(argv[7]);
+    size_t plane = (size_t)rows * cols, count = (size_t)slices * plane;
+    int16_t *hu = malloc(count * sizeof *hu);
+    uint8_t *labels = malloc(count), *first = malloc(plane);
+    es_error err = {0, ""};
+    FILE *in = fopen(argv[8], "rb");
+    if (!hu || !labels || !first || !in || fread(hu, sizeof *hu, count, in) != count) {
+        fprintf(stderr, "capi_checks: cannot read %s\n", argv[8]);
+        return 65;
+    }
+    fclose(in);
+    es_segmenter *seg = es_open(argv[3], argv[4], 0, &err);
+    int rc = seg ? es_set_tta(seg, argv[2], &err) : err.code;
+    if (rc == ES_OK)
+        rc = es_segment_volume(seg, hu, ES_INT16, slices, rows, cols, cols, (ptrdiff_t)plane, labels, &err);
+    if (rc == ES_OK) rc = es_segment_slice(seg, hu, ES_INT16, rows, cols, cols, first, &err);
+    es_close(seg);
+    if (rc == ES_OK && memcmp(first, labels, plane) != 0) {
+        printf("-1\tthe first slice alone differs from the volume's\n");
+        return 0;
+    }
+    FILE *out = rc == ES_OK ? fopen(argv[9], "wb") : NULL;
+    if (out) {
+        fwrite(labels, 1, count, out);
+        fclose(out);
+    }
+    free(hu);
+    free(labels);
+    free(first);
+    return report(rc, &err);
+}
+
 int main(int argc, char **argv) {
     es_error err = {0, ""};
     if (argc >= 3 && !strcmp(argv[1], "open")) return open_case(argv[2], argc > 3 ? argv[3] : NULL);
@@ -234,6 +279,7 @@ int main(int argc, char **argv) {
         return report(rc, &err);
     }
     if (argc == 9 && !strcmp(argv[1], "slices")) return slices_case(argv);
+    if (argc == 10 && !strcmp(argv[1], "tta")) return tta_case(argv);
     if (argc == 4 && !strcmp(argv[1], "threads")) return threads_case(argv[2], atoi(argv[3]));
     if (argc == 4 && !strcmp(argv[1], "cycles")) return cycles_case(argv[2], atoi(argv[3]));
     fprintf(stderr, "usage: see the comment at the top of capi_checks.c\n");

@@ -78,3 +78,21 @@ def test_auto_precision_skips_are_clean(excluded, asan_checks, bundle, tmp_path)
     assert result.returncode == 0, result.stderr[-4000:]
     assert "Sanitizer" not in result.stderr
     assert result.stdout.startswith("16\t" if excluded else "0\t")
+
+
+@pytest.mark.parametrize("case", ["tta-kept", "tta-unknown", "tta-null-mode"])
+def test_mirroring_calls_are_clean(case, asan_checks, bundle):
+    result = run_sanitized(asan_checks, "call", bundle, case)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "Sanitizer" not in result.stderr
+
+
+def test_a_mirrored_volume_is_clean(asan_checks, bundle, phantom_hu, tmp_path):
+    """es_set_tta("mirror") over a volume of more slices than a batch, then a slice alone."""
+    import numpy as np
+
+    src, volume = tmp_path / "hu.raw", np.concatenate([phantom_hu, phantom_hu])  # 12 slices: a batch of 8, then 4
+    volume.astype("<i2").tofile(src)
+    result = run_sanitized(asan_checks, "tta", "mirror", bundle, "int8", *volume.shape, src, tmp_path / "out.raw")
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "Sanitizer" not in result.stderr and result.stdout.startswith("0\t")

@@ -1,0 +1,21 @@
+/* Private to libedgeseg: the arithmetic of test-time mirroring (es_set_tta), the float32 steps
+ * of edgeseg/runtime/tta.py's mirrored_logits. A pass is 0..3: bit 0 mirrors the columns, bit 1
+ * the rows, the order of that module's passes ((), (3,), (2,), (2, 3)). */
+#ifndef ES_MIRROR_H
+#define ES_MIRROR_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* dst = src, each of the `n` (rows, cols) planes mirrored as `pass` says. */
+void es_mirror_planes(float *dst, const float *src, int64_t n, int64_t rows, int64_t cols, int pass);
+
+/* Softmax over the `k` classes of (n, k, h, w) `logits` of a pass, mirrored back as `pass` says,
+ * stored into `sum` (pass 0) or added to it (later passes), in pass order. */
+void es_mirror_accumulate(float *sum, const float *logits, int64_t n, int64_t k, int64_t h, int64_t w, int pass);
+
+/* sum[j] = log(max(sum[j] / passes, FLT_MIN)) for the `count` values: log-probabilities the
+ * post-processing takes as logits. */
+void es_mirror_finish(float *sum, size_t count, int passes);
+
+#endif
