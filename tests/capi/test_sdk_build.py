@@ -75,3 +75,33 @@ def test_edgeseg_sdk_without_a_build_is_one_line_error(tmp_path, monkeypatch):
     result = CliRunner().invoke(cli, ["sdk", "--libs"])
     assert result.exit_code == 2
     assert result.output.startswith("edgeseg: error: libedgeseg is not built") and result.output.count("\n") == 1
+
+
+def _declared_functions() -> set[str]:
+    """The es_* functions the two public headers declare (each declaration starts a line)."""
+    import re
+
+    names = set()
+    for header in ("edgeseg.h", "edgeseg_kernels.h"):
+        for line in (ROOT / "csrc" / header).read_text().splitlines():
+            if line.startswith(("typedef", " ", "/", "#", "}")):
+                continue
+            match = re.match(r"^(?:ES_API\s+)?[\w\s\*]+?\b(es_[a-z0-9_]+)\s*\(", line)
+            if match:
+                names.add(match.group(1))
+    return names
+
+
+def test_the_library_exports_exactly_what_the_headers_declare(sdk):
+    """libedgeseg.map lists the exported symbols by hand: a function added to a header but not
+    to the map would link in the tests' own build and fail in an application's."""
+    nm = shutil.which("nm")
+    if nm is None:
+        pytest.skip("nm (binutils) is not installed")
+    listing = subprocess.run([nm, "-D", "--defined-only", str(sdk / "lib" / "libedgeseg.so")], capture_output=True,
+                             text=True, check=True).stdout
+    exported = {line.split()[-1].split("@")[0] for line in listing.splitlines() if line.split()[-1].startswith("es_")}
+    declared = _declared_functions()
+    assert {"es_open", "es_set_tta", "es_labels", "es_preprocess", "es_status_message"} <= declared
+    assert exported == declared, f"declared, not exported: {sorted(declared - exported)}; " \
+                                 f"exported, not declared: {sorted(exported - declared)}"
