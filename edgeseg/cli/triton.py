@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from edgeseg.cli.tta_option import tta_option
+
 
 @click.command("triton")
 @click.argument("bundle", type=click.Path(file_okay=False))
@@ -20,7 +22,8 @@ import click
 @click.option("--backend", default="onnxruntime", show_default=True,
               help="edgeseg runtime backend of the Python-backend models (the pipeline; the network with KIND_CPU).")
 @click.option("--force", is_flag=True, help="Replace an existing repository folder.")
-def command(bundle, repo, name, precision, max_batch, kind, instances, backend, force) -> None:
+@tta_option
+def command(bundle, repo, name, precision, max_batch, kind, instances, backend, force, tta) -> None:
     """Write REPO/<name> (the network), REPO/<name>-pipeline (HU in, labels out) and, for
     TensorRT engines on KIND_GPU, REPO/<name>-trt."""
     from edgeseg.atomic import check_output_folder
@@ -31,6 +34,6 @@ def command(bundle, repo, name, precision, max_batch, kind, instances, backend, 
     configure_logging()
 
     models = write_triton_repo(bundle, repo, name=name, precision=precision, max_batch=max_batch, kind=kind,
-                               instances=instances, backend=backend, force=force)
+                               instances=instances, backend=backend, force=force, tta=tta)
     for folder in models:
         click.echo(f"wrote {folder}/config.pbtxt")

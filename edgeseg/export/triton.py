@@ -115,8 +115,9 @@ def model_config(manifest: Manifest, name: str, platform: str, max_batch: int, k
 
 
 def python_model_config(manifest: Manifest, name: str, role: str, max_batch: int, kind: str, instances: int,
-                        max_delay_us: int, backend: str) -> str:
-    """The ``config.pbtxt`` text of a Python-backend model: the network or the pipeline."""
+                        max_delay_us: int, backend: str, tta: str = "none") -> str:
+    """The ``config.pbtxt`` text of a Python-backend model: the network or the pipeline (which
+    mirrors as ``tta`` says; the network is always one pass)."""
     if role == "network":
         io = _io(manifest, max_batch)
     else:  # [N, H, W] HU: N is Triton's batch axis when batching, else an explicit -1
@@ -124,6 +125,8 @@ def python_model_config(manifest: Manifest, name: str, role: str, max_batch: int
         io = ["input [", _tensor("hu", "TYPE_INT16", [*extra, -1, -1]), "]",
               "output [", _tensor("labels", "TYPE_UINT8", [*extra, -1, -1]), "]"]
     params = {"edgeseg_role": role, "edgeseg_backend": backend, "edgeseg_max_slices": str(max_batch or manifest.max_batch)}
+    if role == "pipeline" and tta != "none":
+        params["edgeseg_tta"] = tta
     lines = [f'name: "{name}"', 'backend: "python"', f"max_batch_size: {max_batch}", *io,
              *_scheduling(max_batch, kind, instances, max_delay_us), *_parameters(params)]
     return "\n".join(lines) + "\n"
@@ -184,14 +187,18 @@ def serving_warnings(entry, name: str, kind: str, backend: str) -> list[str]:
 def write_triton_repo(bundle: str | Path, repo: str | Path, *, name: str = "edgeseg", precision: str = "fp32",
                       max_batch: int | None = None, kind: str = "KIND_GPU", instances: int = 1,
                       max_delay_us: int = 2000, force: bool = False, backend: str = "onnxruntime",
-                      paths: list[str] | None = None) -> list[Path]:
+                      paths: list[str] | None = None, tta: str = "none") -> list[Path]:
     """Write the Triton repository for ``bundle`` to ``repo`` atomically; return the model folders.
 
     ``backend`` is the edgeseg runtime backend the Python-backend models run the network with
     (its precision is ``precision``); ``paths`` go on the models' ``sys.path`` (default: where
-    this edgeseg and its dependencies are installed)."""
+    this edgeseg and its dependencies are installed); ``tta`` is the pipeline's test-time
+    mirroring (edgeseg.runtime.tta)."""
+    from edgeseg.runtime.tta import check_tta
+
     bundle, repo = Path(bundle), Path(repo)
     check_model_name(name)
+    check_tta(tta)
     if kind not in ("KIND_GPU", "KIND_CPU"):
         raise DataError(f"instance kind must be KIND_GPU or KIND_CPU, got {kind!r}")
     if isinstance(instances, bool) or not isinstance(instances, int) or instances < 1:
@@ -224,7 +231,7 @@ def write_triton_repo(bundle: str | Path, repo: str | Path, *, name: str = "edge
             shutil.copyfile(bundle / onnx.file, tmp / name / "1" / "model.onnx")
         models.append(repo / name)
         pipeline = name + PIPELINE_SUFFIX
-        text = python_model_config(manifest, pipeline, "pipeline", batch, kind, instances, max_delay_us, runtime)
+        text = python_model_config(manifest, pipeline, "pipeline", batch, kind, instances, max_delay_us, runtime, tta)
         _write_python_model(tmp, pipeline, text, bundle, manifest, onnx, paths)
         models.append(repo / pipeline)
         if engines and kind == "KIND_GPU":  # TensorRT needs a GPU: a CPU repository must load without it

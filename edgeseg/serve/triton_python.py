@@ -72,7 +72,8 @@ class TritonPythonModel:
         folder = Path(args["model_repository"]) / args["model_version"] / "bundle"
         backend = params.get("edgeseg_backend", "onnxruntime:fp32")
         self.segmenter = Segmenter.load(folder, backend=backend.split(",") if "," in backend else backend,
-                                        threads=int(params.get("edgeseg_threads", "0")))
+                                        threads=int(params.get("edgeseg_threads", "0")),
+                                        tta=params.get("edgeseg_tta", "none") if self.role == "pipeline" else "none")
 
     def execute(self, requests: list) -> list:
         """One response per request, in order; a request the model cannot take gets an error."""

@@ -206,3 +206,15 @@ def test_an_unknown_backend_is_refused_before_anything_is_written(serve_bundle, 
     assert result.exit_code != 0
     assert "unknown backend 'tflite'" in result.output and len(result.output.strip().splitlines()) == 1
     assert not (tmp_path / "r").exists()
+
+
+def test_mirroring_is_a_parameter_of_the_pipeline_alone(serve_bundle, tmp_path):
+    result = CliRunner().invoke(cli, ["triton", str(serve_bundle), str(tmp_path / "r"), "--kind", "KIND_CPU",
+                                      "--tta", "flip"])
+    assert result.exit_code == 0, result.output
+    pipeline = _parse(tmp_path / "r" / "edgeseg-pipeline" / "config.pbtxt")
+    network = _parse(tmp_path / "r" / "edgeseg" / "config.pbtxt")
+    assert pipeline.parameters["edgeseg_tta"].string_value == "flip"
+    assert "edgeseg_tta" not in network.parameters
+    plain = CliRunner().invoke(cli, ["triton", str(serve_bundle), str(tmp_path / "p"), "--kind", "KIND_CPU"])
+    assert plain.exit_code == 0 and "edgeseg_tta" not in _parse(tmp_path / "p" / "edgeseg-pipeline" / "config.pbtxt").parameters

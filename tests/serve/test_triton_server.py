@@ -108,3 +108,33 @@ def test_triton_models_refuse_what_edgeseg_serve_refuses(triton, series_hu):
         client.infer("edgeseg", [tensor])
     index = {m["name"]: m["state"] for m in client.get_model_repository_index()}
     assert index == {"edgeseg": "READY", "edgeseg-pipeline": "READY"}
+
+
+def test_a_mirroring_pipeline_on_triton_equals_mirrored_predict(serve_bundle, series_hu, tmp_path):
+    """`edgeseg triton --tta mirror`: the pipeline model averages the four mirrors as `edgeseg
+    predict --tta mirror` does (its labels differ from one pass somewhere, or the check is void),
+    while the network model stays one pass."""
+    from edgeseg.serve.triton_launch import TritonServer
+
+    repo = tmp_path / "repo"
+    result = CliRunner().invoke(cli, ["triton", str(serve_bundle), str(repo), "--kind", "KIND_CPU", "--max-batch",
+                                      str(MAX_SLICES), "--tta", "mirror"])
+    assert result.exit_code == 0, result.output
+    expected = {}
+    for mode in ("none", "mirror"):
+        out = tmp_path / f"labels-{mode}.npy"
+        done = CliRunner().invoke(cli, ["predict", str(serve_bundle), str(SERIES), "--out", str(out), "--backend",
+                                        "onnxruntime:fp32", "--tta", mode, "--quiet"])
+        assert done.exit_code == 0, done.output
+        expected[mode] = np.load(out)
+    assert np.count_nonzero(expected["none"] != expected["mirror"]) > 0
+    server = TritonServer(repo, start_timeout=240, workdir=tmp_path / "server")
+    server.start()
+    try:
+        on_triton = segment_with_tritonclient(server.url, series_hu)
+        client = tritonclient_http.InferenceServerClient(url=server.url)
+        config = client.get_model_config("edgeseg")
+    finally:
+        server.stop()
+    assert np.count_nonzero(on_triton != expected["mirror"]) == 0
+    assert "edgeseg_tta" not in config.get("parameters", {})
