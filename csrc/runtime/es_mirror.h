@@ -15,7 +15,8 @@ void es_mirror_planes(float *dst, const float *src, int64_t n, int64_t rows, int
 void es_mirror_accumulate(float *sum, const float *logits, int64_t n, int64_t k, int64_t h, int64_t w, int pass);
 
 /* sum[j] = log(max(sum[j] / passes, FLT_MIN)) for the `count` values: log-probabilities the
- * post-processing takes as logits. */
+ * post-processing takes as logits. A NaN (from NaN or infinite logits) stays NaN, as numpy's
+ * maximum keeps it, so the post-processing refuses the batch in both runtimes. */
 void es_mirror_finish(float *sum, size_t count, int passes);
 
 #endif

@@ -40,6 +40,6 @@ void es_mirror_accumulate(float *sum, const float *logits, int64_t n, int64_t k,
 void es_mirror_finish(float *sum, size_t count, int passes) {
     for (size_t j = 0; j < count; j++) {
         float m = sum[j] / (float)passes;
-        sum[j] = logf(m > FLT_MIN ? m : FLT_MIN);
+        sum[j] = isnan(m) ? m : logf(m > FLT_MIN ? m : FLT_MIN); /* NaN stays NaN: post-processing refuses it */
     }
 }

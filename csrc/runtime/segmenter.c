@@ -227,6 +227,9 @@ static int run_mirrored(es_segmenter *seg, int n, float **mean, int64_t dims[4],
         ov_tensor_t *out = NULL;
         float *logits = NULL;
         rc = run_model(seg, n, &out, &logits, dims, err);
+        if (rc == ES_OK && dims[1] < 2)
+            rc = es_fail(err, ES_EBACKEND, "test-time mirroring needs (N, K>=2, H, W) logits, got %lld class(es)",
+                         (long long)dims[1]);
         if (rc == ES_OK && !sum && !(sum = malloc((size_t)n * (size_t)(dims[1] * dims[2] * dims[3]) * sizeof(float))))
             rc = es_fail(err, ES_ENOMEM, "no memory for the mirrored probabilities of %d slice(s)", n);
         if (rc == ES_OK) es_mirror_accumulate(sum, logits, n, dims[1], dims[2], dims[3], pass);

@@ -20,5 +20,6 @@ void test_postprocess_all(void);
 void test_bands_all(void);
 void test_components_all(void);
 void test_fit_all(void);
+void test_mirror_all(void);
 
 #endif

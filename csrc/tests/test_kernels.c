@@ -150,6 +150,7 @@ int main(void) {
     test_bands_all();
     test_components_all();
     test_fit_all();
+    test_mirror_all();
     if (failures) {
         fprintf(stderr, "%d check(s) failed\n", failures);
         return 1;

@@ -143,16 +143,17 @@ _COLD_START = textwrap.dedent("""
     import sys, time, resource
     import numpy as np
     from edgeseg.runtime import Segmenter
-    seg = Segmenter.load(sys.argv[1], backend=sys.argv[2], threads=int(sys.argv[3]))
+    seg = Segmenter.load(sys.argv[1], backend=sys.argv[2], threads=int(sys.argv[3]), tta=sys.argv[5])
     seg.predict(np.full((int(sys.argv[4]), int(sys.argv[4])), -1000, np.int16))
     print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 """)
 
 
-def cold_start(bundle: str | Path, backend: str, size: int = 512, threads: int = 0) -> dict:
-    """Wall time from starting a Python process to its first segmented slice, and its peak RSS."""
+def cold_start(bundle: str | Path, backend: str, size: int = 512, threads: int = 0, tta: str = "none") -> dict:
+    """Wall time from starting a Python process to its first segmented slice (mirrored as
+    ``tta`` says), and its peak RSS."""
     start = time.perf_counter()
-    done = subprocess.run([sys.executable, "-c", _COLD_START, str(bundle), backend, str(threads), str(size)],
+    done = subprocess.run([sys.executable, "-c", _COLD_START, str(bundle), backend, str(threads), str(size), tta],
                           capture_output=True, text=True, env=dict(os.environ))
     seconds = time.perf_counter() - start
     if done.returncode != 0:

@@ -48,7 +48,7 @@ def command(bundle, backends, batch, size, runs, warmup, threads, json_out, png_
             results.append({"backend": label, "error": str(exc)})
             continue
         if not no_cold_start:
-            result["cold_start"] = cold_start(bundle, label, size=size, threads=threads)
+            result["cold_start"] = cold_start(bundle, label, size=size, threads=threads, tta=tta)
         results.append(result)
     click.echo(format_table(results))
     if json_out:

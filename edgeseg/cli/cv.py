@@ -104,14 +104,15 @@ def _run(**opts) -> None:
         table += (f"\nONLY {len(scores)} of {len(missing) + len(scores)} folds: fold(s) {', '.join(map(str, missing))} "
                   f"not trained to {configs[0].epochs} epochs")
         names = ["cv-trained-only"]
-    # cv.json holds the latest run; a copy named by the export settings and the mirroring is never
-    # overwritten by a run with other settings (e.g. --gate-metric truth after the default).
+    # cv.json holds the latest run without mirroring (a --tta run writes cv-tta-MODE.json instead);
+    # a copy named by the export settings is never overwritten by a run with other settings (e.g.
+    # --gate-metric truth after the default).
+    base = names[0]
+    names = [base + tta_suffix(tta)]
     if opts["int8"]:
         from edgeseg.export.fold_export import export_name
 
-        names.append(f"{names[0]}-{export_name(_export_settings(opts))}{tta_suffix(tta)}")
-    elif tta != "none":
-        names.append(f"{names[0]}{tta_suffix(tta)}")
+        names.append(f"{base}-{export_name(_export_settings(opts))}{tta_suffix(tta)}")
     for name in names:
         atomic_write_text(root / f"{name}.json", json.dumps(result, indent=2) + "\n")
         atomic_write_text(root / f"{name}.txt", table + "\n")
@@ -190,5 +191,5 @@ command = click.Command(
          "and write OUT/cv.json and OUT/cv.txt (mean and spread over folds); with --int8 also the runtime "
          "FP32 and INT8 bundles' scores (OUT/foldK/int8-METHOD-SLICES-maxLIMIT), and a copy of both files "
          "named by those settings (OUT/cv-int8-....json/.txt) that a run with other settings leaves alone; "
-         "--tta scores with test-time mirroring (files named ...-tta-MODE).",
+         "--tta scores with test-time mirroring into files named ...-tta-MODE, leaving cv.json as it was.",
 )

@@ -41,7 +41,7 @@ def command(sweep_file, out, points_only, rounds, status, quiet) -> None:
     if status:
         if rounds is not None:
             raise click.UsageError("--status and --remeasure do not go together")
-        _print_status(sweep, out)
+        _print_status(sweep, out, points_only)
         return
     check_sweep_folder(sweep, out)
     if rounds is None:
@@ -72,10 +72,10 @@ def command(sweep_file, out, points_only, rounds, status, quiet) -> None:
                    "run this command again when it has finished to report every point")
 
 
-def _print_status(sweep, out) -> None:
+def _print_status(sweep, out, only) -> None:
     from edgeseg.sweep.run import sweep_status
 
-    for row in sweep_status(sweep, out):
+    for row in sweep_status(sweep, out, only):
         line = f"{row['id']:<32} {row['state']:<12} epoch {row['epoch']:>4}/{row['epochs']}"
         if "best_val_dice" in row:
             line += f"  best val Dice {row['best_val_dice']:.4f}"

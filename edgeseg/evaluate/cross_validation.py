@@ -73,7 +73,7 @@ def score_fold(checkpoint: str | Path, progress: bool = False, postprocess: dict
                                       tta=tta)
     with segmenter:
         slices = score_volumes(segmenter, volumes, payload, progress, candidates=postprocess is None)
-    return fold_record(checkpoint, payload, slices)
+    return {**fold_record(checkpoint, payload, slices), "tta": segmenter.tta}
 
 
 def held_out_volumes(checkpoint: str | Path, payload: dict[str, Any]) -> list:

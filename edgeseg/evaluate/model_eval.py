@@ -112,7 +112,7 @@ def evaluate_checkpoint(
     summary = summarise([c["metrics"] for c in cases])
     result = {
         "checkpoint": str(checkpoint), "data": str(data), "split": used_split, "spec_hash": spec.hash,
-        "postprocess": post.to_dict(), "tta": tta, "classes": class_names, "cases": cases, "summary": summary,
+        "postprocess": post.to_dict(), "tta": segmenter.tta, "classes": class_names, "cases": cases, "summary": summary,
         "false_positive_slices": {name: sum(c["false_positive_slices"][name] for c in cases) for name in class_names[1:]},
         "slices_without_class": {name: sum(c["slices_without_class"][name] for c in cases) for name in class_names[1:]},
         "slice_dice_mean": float(np.mean([c["slice_dice_mean"] for c in cases])),

@@ -162,15 +162,29 @@ def _write_python_model(tmp: Path, name: str, config: str, bundle: Path, manifes
     (version / "bundle" / "manifest.json").write_text(dataclasses.replace(manifest, artifacts=(onnx,)).to_json())
 
 
+def check_repo_backend(backend: str) -> str:
+    """``backend`` if it names one runner the Python-backend models can load (its precision is
+    --precision's), else a one-line DataError."""
+    from edgeseg.runtime.selection import parse_backend
+
+    if not isinstance(backend, str) or backend.strip() in ("", "auto") or "://" in backend or "," in backend:
+        raise DataError(f"--backend must name one runner (onnxruntime, openvino, ...) for the repository's "
+                        f"Python-backend models, got {backend!r}")
+    runner, precision = parse_backend(backend)
+    if precision is not None:
+        raise DataError(f"--backend {backend!r}: give the runner alone; the precision is --precision's")
+    return runner
+
+
 def serving_warnings(entry, name: str, kind: str, backend: str) -> list[str]:
     """Why ``auto`` would not run ``entry`` the way the repository's models do: the export gate's
     verdict on each runner they use (Triton's ONNX Runtime backend on a GPU for the network of a
     ``KIND_GPU`` repository, edgeseg's ``backend`` for the Python-backend models), and, for a CPU
     runner, the INT8 saturation risk of this machine's CPU (the Triton host's may differ). Naming a
     precision serves it anyway, as naming a backend does in the runtime; these say what it costs."""
-    from edgeseg.runtime.selection import int8_saturation_risk, parse_backend, runner_class
+    from edgeseg.runtime.selection import int8_saturation_risk, runner_class
 
-    runner, _ = parse_backend(backend)
+    runner = check_repo_backend(backend)
     network = "onnxruntime-gpu" if kind == "KIND_GPU" else runner
     uses = {network: [name]}
     uses.setdefault(runner, []).append(name + PIPELINE_SUFFIX)
@@ -199,6 +213,7 @@ def write_triton_repo(bundle: str | Path, repo: str | Path, *, name: str = "edge
     bundle, repo = Path(bundle), Path(repo)
     check_model_name(name)
     check_tta(tta)
+    check_repo_backend(backend)
     if kind not in ("KIND_GPU", "KIND_CPU"):
         raise DataError(f"instance kind must be KIND_GPU or KIND_CPU, got {kind!r}")
     if isinstance(instances, bool) or not isinstance(instances, int) or instances < 1:

@@ -48,8 +48,9 @@ def mirrored_logits(infer: Callable[[np.ndarray], np.ndarray], batch: np.ndarray
             raise DataError(f"test-time mirroring needs (N, K>=2, H, W) logits, got shape {list(logits.shape)}")
         if axes:
             logits = np.flip(logits, axes)
-        shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-        probs = shifted / shifted.sum(axis=1, keepdims=True)
+        with np.errstate(invalid="ignore"):  # inf - inf: the NaN that post-processing refuses
+            shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+            probs = shifted / shifted.sum(axis=1, keepdims=True)
         total = probs if total is None else total + probs
     mean = total / len(passes)
     return np.log(np.maximum(mean, np.finfo(np.float32).tiny), dtype=np.float32)

@@ -20,6 +20,7 @@ import contextlib
 import fcntl
 import json
 import logging
+import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -131,18 +132,24 @@ def remeasure(sweep: SweepConfig, out: str | Path, rounds: int, only: Sequence[s
     return finished_results(sweep, out)
 
 
-def sweep_status(sweep: SweepConfig, out: str | Path) -> list[dict[str, Any]]:
+def sweep_status(sweep: SweepConfig, out: str | Path, only: Sequence[str] = ()) -> list[dict[str, Any]]:
     """Where each point of the sweep under ``out`` stands, reading only: ``finished`` (with its
     result), ``running`` (another process holds its lock), ``stopped`` (trained part-way, no one
     running it) or ``not started``; with the epochs done, the best validation Dice so far and the
-    recent seconds per epoch (the mean of the last 5) from the run's metrics.json."""
+    recent seconds per epoch (the mean of the last 5) from the run's metrics.json; only the
+    points named in ``only``, when it is given."""
+    check_point_ids(sweep, only)
     out = Path(out)
     if not (out / "sweep.json").is_file():
         raise DataError(f"{out} holds no sweep (no sweep.json); run the sweep first")
     out = check_sweep_folder(sweep, out)
     rows, finished = [], {r["id"]: r for r in finished_results(sweep, out)}
     for point in sweep.points:
-        row: dict[str, Any] = {"id": point.id, "epochs": sweep.recipe["epochs"], "epoch": 0}
+        if only and point.id not in only:
+            continue
+        # The epochs the point trains for: the sweep's [recipe], else its named recipe's, else the default.
+        epochs = train_config(sweep, point, out / "points" / point.id / "run").epochs
+        row: dict[str, Any] = {"id": point.id, "epochs": epochs, "epoch": 0}
         history = _history(out / "points" / point.id / "run" / "metrics.json")
         if history:
             recent = [float(h.get("seconds", 0.0)) for h in history[-5:]]
@@ -166,7 +173,19 @@ def _history(metrics: Path) -> list[dict[str, Any]]:
 
 
 def _held(lock: Path) -> bool:
-    """Whether another process holds ``lock`` (an flock taken by :func:`_claim`); never creates it."""
+    """Whether a process holds ``lock`` (an flock taken by :func:`_claim`), never taking it:
+    from /proc/locks on Linux (a probe with the lock itself would, for its moment, make a sweep
+    process claiming the point skip it). Elsewhere, a non-blocking probe. Never creates the file."""
+    try:
+        inode = os.stat(lock).st_ino
+    except OSError:
+        return False
+    try:
+        with open("/proc/locks", encoding="ascii", errors="replace") as table:
+            return any(len(f) > 5 and f[1] == "FLOCK" and f[5].rsplit(":", 1)[-1] == str(inode)
+                       for f in (line.split() for line in table))
+    except OSError:
+        pass
     try:
         handle = open(lock, "rb")
     except OSError:

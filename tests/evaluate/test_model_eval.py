@@ -83,25 +83,33 @@ def test_split_auto_uses_recorded_test_cases(checkpoint):
     assert math.isnan(hd) or hd >= 0
 
 
-def test_mirroring_is_recorded_and_scores_the_mirrored_labels(checkpoint, tmp_path):
-    """evaluate --tta mirror scores what a mirrored Segmenter predicts (per-slice Dice against a
-    numpy count), records the mode in eval.json and says it in eval.txt."""
+def test_mirroring_is_recorded_and_scores_the_mirrored_labels(checkpoint, tmp_path, monkeypatch):
+    """evaluate --tta mirror runs four network passes per batch where one pass runs one, scores
+    what a mirrored Segmenter predicts (pooled Dice per case against a numpy count), records the
+    mode in eval.json and says it in eval.txt."""
     import json
 
     from edgeseg.data import open_dataset
+    from edgeseg.runtime.runners.torch_module import TorchModuleRunner
     from edgeseg.runtime.segmenter import Segmenter
 
-    data = str(DATA / "dcmqi_ct_liver")
-    result = evaluate_checkpoint(checkpoint, data, split="all", out=tmp_path, progress=False, tta="mirror")
+    calls = []
+    original = TorchModuleRunner._infer
+    monkeypatch.setattr(TorchModuleRunner, "_infer", lambda self, batch: calls.append(len(batch)) or original(self, batch))
+    data = str(DATA / "msd_liver_slices")
+    plain = evaluate_checkpoint(checkpoint, data, split="test", progress=False)
+    one_pass, calls[:] = list(calls), []
+    result = evaluate_checkpoint(checkpoint, data, split="test", out=tmp_path, progress=False, tta="mirror")
+    assert calls == [n for n in one_pass for _ in range(4)] and plain["tta"] == "none"
     assert json.loads((tmp_path / "eval.json").read_text())["tta"] == "mirror"
     assert "test-time mirroring: mirror" in (tmp_path / "eval.txt").read_text()
     model, payload = load_model(checkpoint)
-    [volume] = open_dataset(data)
+    volumes = {v.case_id: v for v in open_dataset(data)}
     with Segmenter.from_module(model, checkpoint_spec(payload), dict(enumerate(payload["class_names"])),
-                               payload.get("postprocess"), tta="mirror") as segmenter:
-        labels = segmenter.predict_volume(volume)
-    truth = volume.label == 1
-    pred = labels == 1
-    want = 2 * (pred & truth).sum() / (pred.sum() + truth.sum()) if pred.sum() + truth.sum() else 1.0
-    assert result["cases"][0]["metrics"]["liver"]["dice"] == pytest.approx(want, abs=1e-6)
-    assert evaluate_checkpoint(checkpoint, data, split="all", progress=False)["tta"] == "none"
+                               payload.get("postprocess"), tta="mirror") as mirrored:
+        for case in result["cases"]:
+            volume = volumes[case["case_id"]]
+            pred, truth = mirrored.predict_volume(volume) == 1, volume.label == 1
+            total = pred.sum() + truth.sum()
+            want = 2 * (pred & truth).sum() / total if total else 1.0
+            assert case["metrics"]["liver"]["dice"] == pytest.approx(want, abs=1e-6)

@@ -68,3 +68,22 @@ def test_stages_are_timed_in_turns_so_their_ratio_cancels_drift():
     assert calls == ["a", "b"] * 4
     assert {k: len(v) for k, v in samples.items()} == {"a": 3, "b": 3}
     assert all(t >= 0 for v in samples.values() for t in v)
+
+
+def test_bench_with_mirroring_says_so_and_mirrors_the_end_to_end_stage(bundle_dir, tmp_path, monkeypatch):
+    """--tta flip: the JSON and the table name the mode; the end-to-end stage and the cold start
+    run the flipped passes while the inference stage stays one pass (counted, not timed)."""
+    from edgeseg.runtime.segmenter import Segmenter
+
+    modes = []
+    original = Segmenter._network
+    monkeypatch.setattr(Segmenter, "_network", lambda self, batch: modes.append(self.tta) or original(self, batch))
+    out_json = tmp_path / "bench.json"
+    result = CliRunner().invoke(cli, ["bench", str(bundle_dir), "--backend", "onnxruntime:fp32", "--batch", "1",
+                                      "--size", "96", "--runs", "2", "--warmup", "0", "--threads", "1", "--tta", "flip",
+                                      "--json", str(out_json)])
+    assert result.exit_code == 0, result.output
+    [r] = json.loads(out_json.read_text())
+    assert r["tta"] == "flip" and "onnxruntime:fp32 tta flip" in result.output
+    assert modes and set(modes) == {"flip"}
+    assert 0 < r["cold_start"]["seconds"] < 60

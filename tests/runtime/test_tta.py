@@ -140,3 +140,33 @@ def test_an_unknown_mode_is_refused_before_loading(tmp_path):
                           timeout=120)
     assert done.returncode == 2 and "'rot90' is not one of 'none', 'flip', 'mirror'" in done.stderr
     assert not (tmp_path / "y.npy").exists()
+
+
+def test_nonfinite_logits_stay_nonfinite_and_prediction_refuses_them():
+    """NaN or inf logits come out NaN (as in the C API), so post-processing refuses the batch
+    instead of labelling it background."""
+    from edgeseg.runtime.manifest import network_tensors
+    from edgeseg.runtime.runners.base import Runner
+    from edgeseg.spec import PreprocessSpec
+
+    for bad in (np.nan, np.inf):
+        def net(b, bad=bad):
+            out = np.zeros((len(b), 2, 8, 8), np.float32)
+            out[:, 1, 3, 4] = bad
+            return out
+
+        got = mirrored_logits(net, np.zeros((1, 1, 8, 8), np.float32), "mirror")
+        assert np.isnan(got[0, :, 3, 4]).all()      # (and at its mirrors, where the other passes put it)
+        assert np.isfinite(got[0, :, 0, 0]).all()
+
+    class NaNRunner(Runner):
+        name = "nan-test"
+
+        def _infer(self, batch):
+            return net(batch)
+
+    spec = PreprocessSpec(window=(-100, 200), size=(8, 8))
+    inputs, outputs = network_tensors(spec, 2)
+    with Segmenter(spec, {0: "background", 1: "x"}, NaNRunner(inputs, outputs, 2), tta="flip") as seg:
+        with pytest.raises(DataError, match="NaN or inf"):
+            seg.predict(np.full((8, 8), 40, np.int16))

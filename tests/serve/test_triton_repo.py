@@ -200,11 +200,20 @@ def test_a_tensorrt_scheme_int8_graph_on_the_cpu_warns_where_the_cpu_lacks_vnni(
         assert lines == []
 
 
-def test_an_unknown_backend_is_refused_before_anything_is_written(serve_bundle, tmp_path):
+@pytest.mark.parametrize("backend, message", [
+    ("tflite", "unknown backend 'tflite'"),
+    ("auto", "--backend must name one runner (onnxruntime, openvino, ...) for the repository's Python-backend "
+             "models, got 'auto'"),
+    ("http://127.0.0.1:8000/models/x", "--backend must name one runner"),
+    ("onnxruntime,openvino", "--backend must name one runner"),
+    ("onnxruntime:int8", "--backend 'onnxruntime:int8': give the runner alone; the precision is --precision's"),
+])
+def test_a_backend_the_repository_cannot_use_is_refused_before_anything_is_written(serve_bundle, tmp_path, backend,
+                                                                                    message):
     result = CliRunner().invoke(cli, ["triton", str(serve_bundle), str(tmp_path / "r"), "--kind", "KIND_CPU",
-                                      "--backend", "tflite"])
+                                      "--backend", backend])
     assert result.exit_code != 0
-    assert "unknown backend 'tflite'" in result.output and len(result.output.strip().splitlines()) == 1
+    assert message in result.output and len(result.output.strip().splitlines()) == 1, result.output
     assert not (tmp_path / "r").exists()
 
 

@@ -457,3 +457,22 @@ def test_points_run_in_the_order_given_with_point(tmp_path, monkeypatch):
     ran.clear()
     sweep_run.run_sweep(sweep, tmp_path / "grid")
     assert ran == ["unet-b4-d2-s64", "mobile_unet-b4-d2-s64"]
+
+
+def test_status_takes_the_epochs_from_a_named_recipe(tmp_path):
+    """A sweep whose [recipe] leaves epochs to the named training recipe reports the recipe's."""
+    from edgeseg.sweep.config import load_sweep
+    from edgeseg.sweep.run import sweep_status
+
+    recipe = tmp_path / "task.toml"
+    recipe.write_text('name = "task"\nversion = 1\n[train]\nepochs = 40\n')
+    (tmp_path / "sweep.toml").write_text(SWEEP.replace("epochs = 3\n", f'recipe = "{recipe}"\n'))
+    sweep = load_sweep(tmp_path / "sweep.toml")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "sweep.json").write_text(json.dumps({"config": sweep.to_dict(), "points": []}))
+    rows = sweep_status(sweep, out)
+    assert [(r["id"], r["epochs"], r["state"]) for r in rows] == [("unet-b4-d2-s64", 40, "not started"),
+                                                                  ("mobile_unet-b4-d2-s64", 40, "not started")]
+    assert [r["id"] for r in sweep_status(sweep, out, only=["mobile_unet-b4-d2-s64"])] == ["mobile_unet-b4-d2-s64"]
+    assert sorted(p.name for p in out.iterdir()) == ["sweep.json"]

@@ -36,16 +36,21 @@ def test_cv_command_runs_every_fold_then_resumes_without_training(tmp_path, lesi
 def _check_tta_run(args, out, plain):
     """--tta flip re-scores without training, records the mode, and keeps the plain scores."""
     kept = {k: (out / f"fold{k}" / "cv_scores.json").read_bytes() for k in range(3)}
+    summary = {name: (out / name).read_bytes() for name in ("cv.json", "cv.txt")}
     flipped = subprocess.run(list(map(str, args + ["--tta", "flip"])), capture_output=True, text=True, timeout=600)
     assert flipped.returncode == 0, flipped.stderr
     assert "training from" not in flipped.stdout and "test-time mirroring: flip" in flipped.stdout
-    latest, copy = json.loads((out / "cv.json").read_text()), json.loads((out / "cv-tta-flip.json").read_text())
-    assert latest == copy and latest["tta"] == "flip" and plain["tta"] == "none"
-    assert (out / "cv-tta-flip.txt").read_text() == (out / "cv.txt").read_text()
+    copy = json.loads((out / "cv-tta-flip.json").read_text())
+    assert copy["tta"] == "flip" and plain["tta"] == "none" and (out / "cv-tta-flip.txt").is_file()
+    assert {name: (out / name).read_bytes() for name in summary} == summary  # the plain run's files stay
     for k in range(3):
         assert (out / f"fold{k}" / "cv_scores.json").read_bytes() == kept[k]
         scores = json.loads((out / f"fold{k}" / "cv_scores-tta-flip.json").read_text())
-        assert [s["case_id"] for s in scores["slices"]] == [s["case_id"] for s in json.loads(kept[k])["slices"]]
+        before = json.loads(kept[k])
+        # The segmenter that scored the fold recorded its mode (what mirroring changes is
+        # tests/runtime/test_tta.py's to check; this one-epoch model may not show it).
+        assert (scores["tta"], before["tta"]) == ("flip", "none")
+        assert [s["case_id"] for s in scores["slices"]] == [s["case_id"] for s in before["slices"]]
 
 
 def _check_crossfit(out, result):
