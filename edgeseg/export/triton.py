@@ -191,10 +191,11 @@ def serving_warnings(entry, name: str, kind: str, backend: str) -> list[str]:
     warnings = []
     for used, models in uses.items():
         served = f"{' and '.join(models)} run{'s' if len(models) == 1 else ''} {entry.file} on {used}"
+        risk = int8_saturation_risk(entry) if runner_class(used).device_kind == "cpu" else None
         if used in entry.excluded:
             warnings.append(f"{served}, which the export gate excluded ({entry.excluded[used]}); auto never picks it")
-        elif runner_class(used).device_kind == "cpu" and int8_saturation_risk(entry):
-            warnings.append(f"{served}: {int8_saturation_risk(entry)} (this machine's CPU; check the Triton host's)")
+        elif risk:
+            warnings.append(f"{served}: {risk} (this machine's CPU; check the Triton host's)")
     return warnings
 
 

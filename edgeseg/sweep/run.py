@@ -73,8 +73,8 @@ def run_sweep(sweep: SweepConfig, out: str | Path, progress: bool = False,
     out.mkdir(parents=True, exist_ok=True)
     _write_record(out, sweep)
     held_elsewhere = []
-    order = [p for p in sweep.points if p.id in only] if only else list(sweep.points)
-    order.sort(key=lambda p: list(only).index(p.id) if only else 0)
+    by_id = {p.id: p for p in sweep.points}
+    order = [by_id[i] for i in dict.fromkeys(only)] if only else list(sweep.points)
     for point in order:
         done = _result_path(out, point)
         if done.is_file():
@@ -173,30 +173,16 @@ def _history(metrics: Path) -> list[dict[str, Any]]:
 
 
 def _held(lock: Path) -> bool:
-    """Whether a process holds ``lock`` (an flock taken by :func:`_claim`), never taking it:
-    from /proc/locks on Linux (a probe with the lock itself would, for its moment, make a sweep
-    process claiming the point skip it). Elsewhere, a non-blocking probe. Never creates the file."""
+    """Whether a process holds ``lock`` (the flock :func:`_claim` takes), read from /proc/locks
+    without taking it: a probe with the lock itself would, for its moment, make a sweep process
+    claiming the point skip it. Never creates the file."""
     try:
-        inode = os.stat(lock).st_ino
-    except OSError:
-        return False
-    try:
+        inode = str(os.stat(lock).st_ino)
         with open("/proc/locks", encoding="ascii", errors="replace") as table:
-            return any(len(f) > 5 and f[1] == "FLOCK" and f[5].rsplit(":", 1)[-1] == str(inode)
-                       for f in (line.split() for line in table))
-    except OSError:
-        pass
-    try:
-        handle = open(lock, "rb")
-    except OSError:
+            rows = [line.split() for line in table]
+    except OSError:  # no lock file: nobody claimed the point; no /proc: not Linux, which edgeseg needs
         return False
-    with handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        fcntl.flock(handle, fcntl.LOCK_UN)
-        return False
+    return any(len(f) > 5 and f[1] == "FLOCK" and f[5].rsplit(":", 1)[-1] == inode for f in rows)
 
 
 def _result_path(out: Path, point: Point) -> Path:

@@ -190,19 +190,36 @@ static int threads_case(const char *bundle, int n) {
     return 0;
 }
 
+/* `count` int16 values from the raw file `path` (malloc'd), or NULL after saying why on stderr. */
+static int16_t *read_raw(const char *path, size_t count) {
+    int16_t *hu = malloc(count * sizeof *hu);
+    FILE *in = fopen(path, "rb");
+    int ok = hu && in && fread(hu, sizeof *hu, count, in) == count;
+    if (in) fclose(in);
+    if (ok) return hu;
+    fprintf(stderr, "capi_checks: cannot read %s\n", path);
+    free(hu);
+    return NULL;
+}
+
+/* Write `count` labels to `path` when `rc` is ES_OK, then report `rc`. */
+static int write_labels(int rc, const char *path, const uint8_t *labels, size_t count, const es_error *err) {
+    FILE *out = rc == ES_OK ? fopen(path, "wb") : NULL;
+    if (out) {
+        fwrite(labels, 1, count, out);
+        fclose(out);
+    }
+    return report(rc, err);
+}
+
 /* Slice by slice through es_segment_slice, from a row-padded copy (row_stride = cols + 3). */
 static int slices_case(char **argv) {
     int slices = atoi(argv[4]), rows = atoi(argv[5]), cols = atoi(argv[6]);
     size_t plane = (size_t)rows * cols, stride = (size_t)cols + 3, count = (size_t)slices * plane;
-    int16_t *hu = malloc(count * sizeof *hu), *padded = malloc((size_t)rows * stride * sizeof *padded);
+    int16_t *hu = read_raw(argv[7], count), *padded = malloc((size_t)rows * stride * sizeof *padded);
     uint8_t *labels = malloc(count);
     es_error err = {0, ""};
-    FILE *in = fopen(argv[7], "rb");
-    if (!hu || !padded || !labels || !in || fread(hu, sizeof *hu, count, in) != count) {
-        fprintf(stderr, "capi_checks: cannot read %s\n", argv[7]);
-        return 65;
-    }
-    fclose(in);
+    if (!hu || !padded || !labels) return 65;
     es_segmenter *seg = es_open(argv[2], argv[3], 0, &err);
     int rc = seg ? ES_OK : err.code;
     for (int z = 0; z < slices && rc == ES_OK; z++) {
@@ -213,30 +230,21 @@ static int slices_case(char **argv) {
         rc = es_segment_slice(seg, padded, ES_INT16, rows, cols, (ptrdiff_t)stride, labels + z * plane, &err);
     }
     es_close(seg);
-    FILE *out = rc == ES_OK ? fopen(argv[8], "wb") : NULL;
-    if (out) {
-        fwrite(labels, 1, count, out);
-        fclose(out);
-    }
+    rc = write_labels(rc, argv[8], labels, count, &err);
     free(hu);
     free(padded);
     free(labels);
-    return report(rc, &err);
+    return rc;
 }
 
 /* es_set_tta(argv[2]) on BUNDLE, then the whole volume, then its first slice alone. */
 static int tta_case(char **argv) {
     int slices = atoi(argv[5]), rows = atoi(argv[6]), cols = atoi(argv[7]);
     size_t plane = (size_t)rows * cols, count = (size_t)slices * plane;
-    int16_t *hu = malloc(count * sizeof *hu);
+    int16_t *hu = read_raw(argv[8], count);
     uint8_t *labels = malloc(count), *first = malloc(plane);
     es_error err = {0, ""};
-    FILE *in = fopen(argv[8], "rb");
-    if (!hu || !labels || !first || !in || fread(hu, sizeof *hu, count, in) != count) {
-        fprintf(stderr, "capi_checks: cannot read %s\n", argv[8]);
-        return 65;
-    }
-    fclose(in);
+    if (!hu || !labels || !first) return 65;
     es_segmenter *seg = es_open(argv[3], argv[4], 0, &err);
     int rc = seg ? es_set_tta(seg, argv[2], &err) : err.code;
     if (rc == ES_OK)
@@ -244,18 +252,14 @@ static int tta_case(char **argv) {
     if (rc == ES_OK) rc = es_segment_slice(seg, hu, ES_INT16, rows, cols, cols, first, &err);
     es_close(seg);
     if (rc == ES_OK && memcmp(first, labels, plane) != 0) {
-        printf("-1\tthe first slice alone differs from the volume's\n");
-        return 0;
+        rc = -1;
+        snprintf(err.message, sizeof err.message, "the first slice alone differs from the volume's");
     }
-    FILE *out = rc == ES_OK ? fopen(argv[9], "wb") : NULL;
-    if (out) {
-        fwrite(labels, 1, count, out);
-        fclose(out);
-    }
+    rc = write_labels(rc, argv[9], labels, count, &err);
     free(hu);
     free(labels);
     free(first);
-    return report(rc, &err);
+    return rc;
 }
 
 int main(int argc, char **argv) {
