@@ -8,6 +8,8 @@
  *   capi_checks open-no-err BUNDLE          es_open with err == NULL (must not crash)
  *   capi_checks call BUNDLE CASE            es_open, then one bad (or "good") segment call
  *   capi_checks cycles BUNDLE N             N x (open, segment a volume, close): for leak checks
+ *   capi_checks leak BUNDLE                 open, segment, close, then lose 64 bytes of its own:
+ *                                           the leak check (with its suppressions) must report it
  *   capi_checks threads BUNDLE N            N threads share one segmenter, each segmenting a
  *                                           slice 5 times; every mask must equal a lone call's
  *   capi_checks slices BUNDLE PRECISION SLICES ROWS COLS IN.raw OUT.raw
@@ -286,6 +288,14 @@ int main(int argc, char **argv) {
     if (argc == 10 && !strcmp(argv[1], "tta")) return tta_case(argv);
     if (argc == 4 && !strcmp(argv[1], "threads")) return threads_case(argv[2], atoi(argv[3]));
     if (argc == 4 && !strcmp(argv[1], "cycles")) return cycles_case(argv[2], atoi(argv[3]));
+    if (argc == 3 && !strcmp(argv[1], "leak")) {
+        static void *volatile lost;
+        int rc = cycles_case(argv[2], 1);
+        lost = malloc(64);
+        memset(lost, 1, 64);
+        lost = NULL;
+        return rc;
+    }
     fprintf(stderr, "usage: see the comment at the top of capi_checks.c\n");
     return 64;
 }

@@ -2,9 +2,12 @@
 
 The library and the driver are built with ``-fsanitize=address,undefined`` (baseline code only,
 as csrc/tests does); any memory error, undefined behaviour or leak makes the driver exit
-non-zero; no leak report is suppressed. OpenVINO itself is not instrumented. The driver's
-sanitizer build carries a dlopen shim (ES_DLOPEN_SHIM, see capi_checks.c) because TBB loads a
-helper with a flag the sanitizer runtime refuses.
+non-zero. One leak report is suppressed (lsan.supp): the 40-byte observer proxy that TBB,
+inside OpenVINO, can leave behind when its worker threads and process exit race (oneTBB fixed
+the related shutdown race in PR 1410); a test shows the suppression hides no leak of ours.
+OpenVINO itself is not instrumented. The driver's sanitizer build carries a dlopen shim
+(ES_DLOPEN_SHIM, see capi_checks.c) because TBB loads a helper with a flag the sanitizer
+runtime refuses.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ def asan_checks(tmp_path_factory, build_tools) -> Path:
 def run_sanitized(program: Path, *args) -> subprocess.CompletedProcess:
     env = {**os.environ,
            "ASAN_OPTIONS": "detect_leaks=1:exitcode=23",
+           "LSAN_OPTIONS": f"suppressions={HERE / 'lsan.supp'}:print_suppressions=0",
            "UBSAN_OPTIONS": "halt_on_error=1:print_stacktrace=1"}
     return subprocess.run([str(program), *map(str, args)], capture_output=True, text=True, env=env, timeout=600)
 
@@ -40,6 +44,15 @@ def test_open_segment_close_cycles_are_clean(asan_checks, bundle):
     assert result.returncode == 0, result.stderr[-4000:]
     assert "Sanitizer" not in result.stderr
     assert result.stdout.startswith("0\tcycles done")
+
+
+def test_a_leak_of_ours_is_still_reported(asan_checks, bundle):
+    """The suppression file names TBB's frame only: 64 bytes the driver loses after a full
+    open/segment/close are reported, so the clean runs above are not clean by suppression."""
+    result = run_sanitized(asan_checks, "leak", bundle)
+    assert result.returncode == 23, result.stderr[-4000:]
+    assert "LeakSanitizer: detected memory leaks" in result.stderr
+    assert "64 byte(s) leaked in 1 allocation(s)" in result.stderr
 
 
 def test_threads_sharing_a_segmenter_are_clean(asan_checks, bundle):

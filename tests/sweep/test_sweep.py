@@ -397,9 +397,6 @@ def test_status_says_where_each_point_stands_and_writes_nothing(tmp_path, assert
     Dice of its metrics.json, and a point not started; it creates no file."""
     import fcntl
 
-    from edgeseg.sweep.config import load_sweep, train_config
-    from edgeseg.train.loop import train
-
     (tmp_path / "sweep.toml").write_text(SWEEP)
     out = tmp_path / "out"
     status = _sweep_command(tmp_path / "sweep.toml", out) + ["--status"]
@@ -417,12 +414,21 @@ def test_status_says_where_each_point_stands_and_writes_nothing(tmp_path, assert
     assert f"Dice fp32 {result['dice_fp32']:.4f}" in lines[1] and f"{result['latency_ms_p50']:.2f} ms" in lines[1]
     assert sorted(p.relative_to(out) for p in out.rglob("*")) == listing  # nothing written
 
-    # The unet point trained for 1 of its 3 epochs, as a killed sweep leaves it.
-    sweep = load_sweep(tmp_path / "sweep.toml")
+    # The unet point trained for 1 of its 3 epochs, as a killed sweep leaves it. Trained in a
+    # child process: training with DataLoader workers inside a test worker that has already
+    # loaded and released inference engines has crashed that worker (see measure_latency).
     folder = out / "points" / "unet-b4-d2-s64"
-    cfg = train_config(sweep, sweep.points[0], folder / "run")
-    cfg.epochs = 1
-    train(cfg, progress=False)
+    script = ("import sys\n"
+              "from pathlib import Path\n"
+              "from edgeseg.sweep.config import load_sweep, train_config\n"
+              "from edgeseg.train.loop import train\n"
+              "sweep = load_sweep(sys.argv[1])\n"
+              "cfg = train_config(sweep, sweep.points[0], Path(sys.argv[2]))\n"
+              "cfg.epochs = 1\n"
+              "train(cfg, progress=False)\n")
+    proc = subprocess.run([sys.executable, "-c", script, str(tmp_path / "sweep.toml"), str(folder / "run")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
     [epoch] = json.loads((folder / "run" / "metrics.json").read_text())["history"]
     proc = subprocess.run(status, capture_output=True, text=True)
     first = proc.stdout.splitlines()[0]
