@@ -1,8 +1,9 @@
 """Training step cost: edgeseg's step against a plain PyTorch loop on the same model, batch and loss.
 
-edgeseg's step is the training loop's own (``edgeseg.train.loop``): sampling from the slice set,
-augmentation, the learning-rate schedule, Dice + cross-entropy, AdamW, mixed-precision
-bookkeeping. The plain loop is what a user would write: slices already in one float32 tensor,
+edgeseg's step is the training loop's own (``edgeseg.train.loop``): the foreground-aware
+sampler, reading the batch from the slice store, augmentation (in this process: the loader runs
+without workers, so process CPU time holds all of it), the learning-rate schedule, Dice +
+cross-entropy, AdamW, mixed-precision bookkeeping. The plain loop is what a user would write: slices already in one float32 tensor,
 random left-right and up-down flips, the same loss and optimiser, ``loss.backward()`` and
 ``step()``, once in PyTorch's default memory format and once channels-last as edgeseg trains
 (on the CPU the two differ more than any bookkeeping does). All train the same architecture
@@ -20,27 +21,54 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from edgeseg.models import ModelConfig, build_model
 from edgeseg.train.config import TrainConfig
-from edgeseg.train.distributed import ProcessPlace, ShardedShuffle
-from edgeseg.train.loop import _LoopState, prepare
+from edgeseg.train.distributed import ProcessPlace
+from edgeseg.train.loop import _LoopState, foreground_batches, prepare
 from edgeseg.train.losses import DiceCELoss
 
 
 def edgeseg_state(cfg: TrainConfig, data: dict) -> _LoopState:
-    """The training loop's state for ``cfg``, model initialised from ``cfg.seed``."""
+    """The training loop's state for ``cfg`` (its default sampler, no loader workers), model
+    initialised from ``cfg.seed``."""
     torch.manual_seed(cfg.seed)
     model_config = ModelConfig(name=cfg.model, num_classes=2, base=cfg.base, depth=cfg.depth)
     model = build_model(model_config).to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sampler = ShardedShuffle(len(data["train"]), cfg.batch_size, seed=cfg.seed)
+    place = ProcessPlace()
+    sampler = foreground_batches(data["train"], place, cfg)
     return _LoopState(cfg, model, model_config, data["spec"], optimizer, torch.device("cpu"), data["train"],
-                      data["val"], data["split"], None, sampler, ProcessPlace())
+                      data["val"], data["split"], None, sampler, place)
+
+
+def loader_batches(state: _LoopState):
+    """The (images, labels) batches edgeseg's loop trains on, epoch after epoch."""
+    for epoch in range(1, 10**6):
+        state.batches.set_epoch(epoch)
+        yield from state.loader
+
+
+def planned_rows(state: _LoopState, count: int):
+    """The store rows of the loop's first ``count`` batches."""
+    for epoch in range(1, 10**6):
+        state.batches.set_epoch(epoch)
+        for _, rows in state.batches:
+            if count == 0:
+                return
+            count -= 1
+            yield rows
+
+
+def in_memory(train_set) -> tuple[np.ndarray, np.ndarray]:
+    """Every training slice read from the store into one float32 array, with its labels."""
+    return train_set.store.take(train_set.rows)
 
 
 class PlainLoop:
@@ -56,8 +84,8 @@ class PlainLoop:
         self.format = torch.channels_last if channels_last else torch.contiguous_format
         self.model.to(memory_format=self.format)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        self.images = torch.from_numpy(data["train"].images)
-        self.labels = torch.from_numpy(data["train"].labels).long()
+        images, labels = in_memory(data["train"])
+        self.images, self.labels = torch.from_numpy(images), torch.from_numpy(labels).long()
         self.loss_fn = DiceCELoss()
         self.batch = cfg.batch_size
         self.gen = torch.Generator().manual_seed(cfg.seed)
@@ -80,19 +108,20 @@ class PlainLoop:
 def edgeseg_steps(state: _LoopState, batches, count: int, first_step: int) -> None:
     state.replica.train()
     for i in range(count):
-        state._step(next(batches), state.gen, first_step + i)
+        images, labels = next(batches)
+        state._step(images, labels, first_step + i)
 
 
 def measure(args: argparse.Namespace) -> dict[str, list[float]]:
     """Median seconds per step of each loop, over ``rounds`` alternating rounds of ``steps``."""
     cfg = TrainConfig(data=f"phantom:cases=4,seed=0,size={args.size},slices={args.slices}", out="unused",
                       size=args.size, base=args.base, depth=args.depth, batch_size=args.batch,
-                      epochs=1000, amp=args.amp, fractions=(0.5, 0.25, 0.25), seed=0)
+                      epochs=1000, amp=args.amp, fractions=(0.5, 0.25, 0.25), seed=0, workers=0,
+                      cache=str(args.cache))
     data = prepare(cfg)
     state = edgeseg_state(cfg, data)
     plains = {"plain": PlainLoop(cfg, data), "plain-cl": PlainLoop(cfg, data, channels_last=True)}
-    state.gen = torch.Generator().manual_seed(1)
-    batches = (idx for epoch in range(1, 10**6) for idx in state.sampler.batches(epoch))
+    batches = loader_batches(state)
     edgeseg_steps(state, batches, 1, 0)  # first steps allocate; not timed
     for plain in plains.values():
         plain.step()
@@ -118,13 +147,14 @@ def parts(args: argparse.Namespace) -> dict[str, float]:
     """CPU milliseconds of the parts of edgeseg's step around the model, per step."""
     cfg = TrainConfig(data=f"phantom:cases=4,seed=0,size={args.size},slices={args.slices}", out="unused",
                       size=args.size, base=args.base, depth=args.depth, batch_size=args.batch, epochs=1000, seed=0,
-                      fractions=(0.5, 0.25, 0.25))
+                      fractions=(0.5, 0.25, 0.25), workers=0, cache=str(args.cache))
     state = edgeseg_state(cfg, prepare(cfg))
-    gen, train_set, reps = torch.Generator().manual_seed(1), state.train_set, 50
-    batches = [idx for epoch in range(1, 4) for idx in state.sampler.batches(epoch)][:reps]
+    gen, store, reps = torch.Generator().manual_seed(1), state.train_set.store, 50
+    plans = list(planned_rows(state, reps))
 
-    def sample(idx):
-        return torch.from_numpy(train_set.images[idx]), torch.from_numpy(train_set.labels[idx]).long()
+    def sample(rows):
+        images, labels = store.take(rows)
+        return torch.from_numpy(images), torch.from_numpy(labels).long()
 
     out = {}
     for name, work in (("sampling", lambda idx: sample(idx)),
@@ -133,7 +163,7 @@ def parts(args: argparse.Namespace) -> dict[str, float]:
                         lambda idx: state.augment(*sample(idx), gen)[0].contiguous(memory_format=torch.channels_last))):
         started = time.process_time()
         for i in range(reps):
-            work(batches[i % len(batches)])
+            work(plans[i % len(plans)])
         out[name] = (time.process_time() - started) / reps * 1000
     return out
 
@@ -172,7 +202,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--parts", action="store_true",
                         help="only measure the CPU milliseconds of sampling and augmentation per step")
     parser.add_argument("--profile", action="store_true", help="also print torch.profiler tables")
+    parser.add_argument("--cache", type=Path, default=None,
+                        help="slice-store folder (default: a temporary one, removed at the end)")
     args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="edgeseg-bench-step-") as tmp:
+        args.cache = args.cache or Path(tmp) / "slice-store"
+        return run(args)
+
+
+def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.parts:
