@@ -11,7 +11,7 @@ and prints
    two runtimes part is visible (both run the same quantised graph: they should agree within
    a step or two of rounding).
 
-Usage: python benchmarks/int8_divergence.py OUT/fold0/int8-entropy-64-max1 [--slices 4]
+Usage: python benchmarks/int8_divergence.py OUT/fold0/int8-entropy-64-max1-cpu [--slices 4]
 """
 
 from __future__ import annotations
