@@ -31,21 +31,25 @@ import torch
 from edgeseg.models import ModelConfig, build_model
 from edgeseg.train.config import TrainConfig
 from edgeseg.train.distributed import ProcessPlace
-from edgeseg.train.loop import _LoopState, foreground_batches, prepare
+from edgeseg.train.loop import _LoopState, _memory_format, foreground_batches, prepare
+from edgeseg.train.memory_format import torch_format
 from edgeseg.train.losses import DiceCELoss
 
 
 def edgeseg_state(cfg: TrainConfig, data: dict) -> _LoopState:
-    """The training loop's state for ``cfg`` (its default sampler, no loader workers), model
-    initialised from ``cfg.seed``."""
+    """The training loop's state for ``cfg`` (its default sampler, no loader workers, the memory
+    format ``--memory-format`` gives: with auto, the loop's own probe), model initialised from
+    ``cfg.seed``."""
     torch.manual_seed(cfg.seed)
     model_config = ModelConfig(name=cfg.model, num_classes=2, base=cfg.base, depth=cfg.depth)
-    model = build_model(model_config).to(memory_format=torch.channels_last)
+    model = build_model(model_config)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     place = ProcessPlace()
     sampler = foreground_batches(data["train"], place, cfg)
+    chosen = _memory_format(cfg, model, model_config, torch.device("cpu"), place)["chosen"]
+    model.to(memory_format=torch_format(chosen))
     return _LoopState(cfg, model, model_config, data["spec"], optimizer, torch.device("cpu"), data["train"],
-                      data["val"], data["split"], None, sampler, place)
+                      data["val"], data["split"], None, sampler, place, chosen)
 
 
 def loader_batches(state: _LoopState):
@@ -112,12 +116,13 @@ def edgeseg_steps(state: _LoopState, batches, count: int, first_step: int) -> No
         state._step(images, labels, first_step + i)
 
 
-def measure(args: argparse.Namespace) -> dict[str, list[float]]:
-    """Median seconds per step of each loop, over ``rounds`` alternating rounds of ``steps``."""
+def measure(args: argparse.Namespace) -> tuple[dict[str, list[float]], str]:
+    """Seconds per step of each loop in ``rounds`` alternating rounds of ``steps``, and the
+    memory format edgeseg's loop trained in."""
     cfg = TrainConfig(data=f"phantom:cases=4,seed=0,size={args.size},slices={args.slices}", out="unused",
                       size=args.size, base=args.base, depth=args.depth, batch_size=args.batch,
                       epochs=1000, amp=args.amp, fractions=(0.5, 0.25, 0.25), seed=0, workers=0,
-                      cache=str(args.cache))
+                      cache=str(args.cache), memory_format=args.memory_format)
     data = prepare(cfg)
     state = edgeseg_state(cfg, data)
     plains = {"plain": PlainLoop(cfg, data), "plain-cl": PlainLoop(cfg, data, channels_last=True)}
@@ -140,14 +145,15 @@ def measure(args: argparse.Namespace) -> dict[str, list[float]]:
         print("round: " + ", ".join(f"{k} {v[-1]:.3f} s/step" for k, v in times.items()), flush=True)
     if args.profile:
         profile(state, batches, plains["plain-cl"], done)
-    return times
+    return times, "channels-last" if state.memory_format == torch.channels_last else "contiguous"
 
 
 def parts(args: argparse.Namespace) -> dict[str, float]:
     """CPU milliseconds of the parts of edgeseg's step around the model, per step."""
     cfg = TrainConfig(data=f"phantom:cases=4,seed=0,size={args.size},slices={args.slices}", out="unused",
                       size=args.size, base=args.base, depth=args.depth, batch_size=args.batch, epochs=1000, seed=0,
-                      fractions=(0.5, 0.25, 0.25), workers=0, cache=str(args.cache))
+                      fractions=(0.5, 0.25, 0.25), workers=0, cache=str(args.cache),
+                      memory_format="channels-last")  # not probed: only the steps around the model are timed
     state = edgeseg_state(cfg, prepare(cfg))
     gen, store, reps = torch.Generator().manual_seed(1), state.train_set.store, 50
     plans = list(planned_rows(state, reps))
@@ -202,6 +208,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--parts", action="store_true",
                         help="only measure the CPU milliseconds of sampling and augmentation per step")
     parser.add_argument("--profile", action="store_true", help="also print torch.profiler tables")
+    parser.add_argument("--memory-format", default="auto", choices=["auto", "channels-last", "contiguous"],
+                        help="edgeseg's loop's layout (auto: its probe decides, as in edgeseg train)")
     parser.add_argument("--cache", type=Path, default=None,
                         help="slice-store folder (default: a temporary one, removed at the end)")
     args = parser.parse_args(argv)
@@ -217,11 +225,11 @@ def run(args: argparse.Namespace) -> int:
         for name, ms in parts(args).items():
             print(f"{name}: {ms:.2f} CPU ms/step ({torch.get_num_threads()} threads)")
         return 0
-    times = measure(args)
+    times, edgeseg_format = measure(args)
     med = {name: statistics.median(values) for name, values in times.items()}
     print(f"size {args.size}, batch {args.batch}, base {args.base}, depth {args.depth}, "
           f"{torch.get_num_threads()} threads, {args.rounds} rounds of {args.steps} steps, "
-          f"{'CPU' if args.cpu_time else 'wall'} seconds")
+          f"{'CPU' if args.cpu_time else 'wall'} seconds; edgeseg's loop {edgeseg_format}")
     for name, values in times.items():
         print(f"{name:8s} median {med[name]:.3f} s/step  rounds {' '.join(f'{v:.3f}' for v in values)}")
     print(f"ratio edgeseg / plain: {med['edgeseg'] / med['plain']:.3f}  "

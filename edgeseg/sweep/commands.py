@@ -12,7 +12,8 @@ TRAIN_FLAGS = {"data": "--data", "labels": "--labels", "intensity": "--intensity
                "batch_size": "--batch-size", "lr": "--lr", "weight_decay": "--weight-decay", "seed": "--seed",
                "val_fraction": "--val-fraction", "test_fraction": "--test-fraction", "augment_p": "--augment-p",
                "ema_epochs": "--ema", "amp": "--amp", "threads": "--threads", "recipe": "--recipe", "fit": "--fit",
-               "loss": "--loss", "mask": "--mask", "case_pattern": "--case-pattern", "folds": "--folds", "fold": "--fold"}
+               "loss": "--loss", "mask": "--mask", "case_pattern": "--case-pattern", "folds": "--folds", "fold": "--fold",
+               "memory_format": "--memory-format"}
 EXPORT_FLAGS = {"calib_method": "--calib-method", "calib_slices": "--calib-slices", "verify_slices": "--verify-slices",
                 "max_batch": "--max-batch", "max_dice_drop_int8": "--max-dice-drop-int8", "gate_metric": "--gate-metric",
                 "int8_scheme": "--int8-scheme"}

@@ -58,6 +58,7 @@ class TrainConfig:
     cache: str | None = None
     workers: int = -1
     foreground_share: float = 1 / 3
+    memory_format: str = "auto"
 
     def __post_init__(self) -> None:
         self.window = tuple(float(v) for v in self.window)
@@ -72,6 +73,8 @@ class TrainConfig:
             (self.size >= 1, f"size must be >= 1, got {self.size}"),
             (self.fit in ("stretch", "pad"), f"fit must be stretch or pad, got {self.fit!r}"),
             (self.amp in ("auto", "off", "bf16", "fp16"), f"amp must be auto, off, bf16 or fp16, got {self.amp!r}"),
+            (self.memory_format in ("auto", "channels-last", "contiguous"),
+             f"memory format must be auto, channels-last or contiguous, got {self.memory_format!r}"),
             (len(self.labels) >= 1, "at least one foreground label is needed"),
             (0.0 <= self.augment_p <= 1.0, f"augmentation probability must be in [0, 1], got {self.augment_p}"),
             (0.0 <= self.foreground_share <= 1.0, f"foreground share must be in [0, 1], got {self.foreground_share}"),

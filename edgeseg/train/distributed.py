@@ -157,6 +157,15 @@ def barrier(place: ProcessPlace) -> None:
         torch.distributed.barrier()
 
 
+def from_rank0(value: int, place: ProcessPlace, device: torch.device) -> int:
+    """Rank 0's ``value`` on every process (a choice rank 0 alone measured)."""
+    if not place.distributed:
+        return value
+    held = torch.tensor([value], dtype=torch.int64, device=device)
+    torch.distributed.broadcast(held, src=0)
+    return int(held.item())
+
+
 def augment_seed(seed: int, epoch: int, rank: int) -> int:
     """The seed of one process's augmentation stream in one epoch.
 

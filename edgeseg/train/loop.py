@@ -25,6 +25,7 @@ from edgeseg.train import distributed
 from edgeseg.train.distributed import ProcessPlace, ShardedShuffle, TrainSampler
 from edgeseg.train.ema import WeightEMA, ema_decay
 from edgeseg.train.losses import build_loss
+from edgeseg.train.memory_format import MEMORY_FORMATS, probe_memory_format, torch_format
 from edgeseg.train.precision import autocast_dtype
 from edgeseg.train.records import write_records
 from edgeseg.train.schedule import lr_at
@@ -96,7 +97,7 @@ def _train(cfg, resume, progress, on_epoch, make_sampler, place, device) -> dict
     model = build_model(model_config)
     model.check_input_size(cfg.size, cfg.size)
     spec = build_spec(cfg)
-    model.to(device=device, memory_format=torch.channels_last)
+    model.to(device=device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     history: list[dict[str, Any]] = []
     start_epoch, best = 1, {"epoch": 0, "val_dice": -1.0}
@@ -114,17 +115,20 @@ def _train(cfg, resume, progress, on_epoch, make_sampler, place, device) -> dict
     if place.is_main:
         out.mkdir(parents=True, exist_ok=True)
     sampler = make_sampler(train_set, place, cfg)
+    memory_format = _memory_format(cfg, model, model_config, device, place)
+    model.to(memory_format=torch_format(memory_format["chosen"]))
     state = _LoopState(cfg, model, model_config, spec, optimizer, device, train_set, val_set, data["split"], out,
-                       sampler, place)
+                       sampler, place, memory_format["chosen"])
     if payload is not None and state.ema is not None:
         # The EMA weights are the checkpoint's state_dict; without a saved update count (a
         # checkpoint trained without EMA) the average starts afresh from the current weights.
         state.ema.load_state_dict(payload["state_dict"], int(payload.get("ema_updates", 0)))
     log.info(
         "training %s (%d parameters) on %d slices / %d cases, validating on %d slices / %d cases, device %s, amp %s, "
-        "%d process(es) of %d slices per step",
+        "%d process(es) of %d slices per step, memory format %s",
         cfg.model, count_parameters(model), len(train_set), len(train_set.case_ids), len(val_set),
         len(val_set.case_ids), device, state.amp_dtype or "off", place.world_size, cfg.batch_size,
+        memory_format["chosen"],
     )
     for epoch in range(start_epoch, cfg.epochs + 1):
         row, pred = state.run_epoch(epoch, progress)
@@ -138,7 +142,8 @@ def _train(cfg, resume, progress, on_epoch, make_sampler, place, device) -> dict
             best = {"epoch": epoch, "val_dice": row["val_dice"], "postprocess": post}
             state.save(out / "best.pt", epoch, history, best, with_optimizer=False, postprocess=post)
         state.save(out / "last.pt", epoch, history, best, with_optimizer=True)
-        write_records(out, cfg, spec, model_config, count_parameters(model), history, best, data["split"])
+        write_records(out, cfg, spec, model_config, count_parameters(model), history, best, data["split"],
+                      memory_format=memory_format)
         log.info(
             "epoch %d/%d  train loss %.4f  val loss %.4f  val Dice %.4f%s  (%.0f s)",
             epoch, cfg.epochs, row["train_loss"], row["val_loss"], row["val_dice"], "  *best" if improved else "", row["seconds"],
@@ -147,6 +152,24 @@ def _train(cfg, resume, progress, on_epoch, make_sampler, place, device) -> dict
             on_epoch(row)
         distributed.barrier(place)
     return {"best": best, "history": history, "out": str(out), "split": data["split"]}
+
+
+def _memory_format(cfg: TrainConfig, model, model_config: ModelConfig, device, place: ProcessPlace) -> dict[str, Any]:
+    """The memory format to train in: ``cfg.memory_format``, or with "auto" rank 0's probe
+    (train/memory_format.py), the same on every process; with what the probe measured."""
+    if cfg.memory_format != "auto":
+        return {"requested": cfg.memory_format, "chosen": cfg.memory_format}
+    chosen, measured = "channels-last", {}
+    if place.is_main:
+        chosen, measured = probe_memory_format(model, cfg.batch_size, cfg.size, model_config.num_classes, device,
+                                               autocast_dtype(cfg.amp, device))
+        if "seconds_per_pass" in measured:
+            log.info("memory format probe (s per forward + backward): %s; training %s", "; ".join(
+                f"{name} {' '.join(f'{t:.2f}' for t in times)}" for name, times in measured["seconds_per_pass"].items()),
+                chosen)
+    concrete = MEMORY_FORMATS[1:]
+    chosen = concrete[distributed.from_rank0(concrete.index(chosen), place, device)]
+    return {"requested": "auto", "chosen": chosen, **measured}
 
 
 def _resume(path: Path, model, optimizer, model_config: ModelConfig, spec: PreprocessSpec, device) -> dict[str, Any]:
@@ -171,8 +194,9 @@ class _LoopState:
     """What one epoch needs; keeps ``train`` short."""
 
     def __init__(self, cfg, model, model_config, spec, optimizer, device, train_set, val_set, split, out,
-                 sampler: TrainSampler, place: ProcessPlace) -> None:
+                 sampler: TrainSampler, place: ProcessPlace, memory_format: str = "channels-last") -> None:
         self.cfg, self.model, self.model_config, self.spec = cfg, model, model_config, spec
+        self.memory_format = torch_format(memory_format)
         self.optimizer, self.device, self.train_set, self.val_set = optimizer, device, train_set, val_set
         self.split, self.out, self.sampler, self.place = split, out, sampler, place
         # The replica that trains (DDP in several processes); ``model`` shares its weights and
@@ -221,7 +245,8 @@ class _LoopState:
         if not self.place.is_main:
             return {"epoch": epoch, "train_loss": train_loss}, None
         classes = cfg.class_names
-        val = validate(self.eval_model, self.val_set, len(classes), self.device, self.autocast, self.val_loss_fn)
+        val = validate(self.eval_model, self.val_set, len(classes), self.device, self.autocast, self.val_loss_fn,
+                       self.memory_format)
         row = {
             "epoch": epoch,
             "train_loss": train_loss,
@@ -234,7 +259,7 @@ class _LoopState:
         return row, val["pred"]
 
     def _step(self, images: torch.Tensor, labels: torch.Tensor, step: int) -> float:
-        images = images.to(self.device, memory_format=torch.channels_last, non_blocking=True)
+        images = images.to(self.device, memory_format=self.memory_format, non_blocking=True)
         labels = labels.to(self.device, non_blocking=True)
         for group in self.optimizer.param_groups:
             group["lr"] = lr_at(step, self.total_steps, self.warmup, self.cfg.lr)

@@ -21,6 +21,7 @@ def write_records(
     history: list[dict[str, Any]],
     best: dict[str, Any],
     split: dict[str, list[str]],
+    memory_format: dict[str, Any] | None = None,
 ) -> None:
     """Rewrite the run's metrics files and training-curve plot (each atomically)."""
     columns = list(history[0].keys()) if history else []
@@ -35,6 +36,7 @@ def write_records(
             "history": history,
             "best": best,
             "split": split,
+            **({"memory_format": memory_format} if memory_format is not None else {}),
         },
     )
     write_json(out / "split.json", {"seed": cfg.seed, "fractions": list(cfg.fractions), **split})

@@ -14,12 +14,13 @@ from edgeseg.runtime.postprocess_options import SLICE_CANDIDATES
 
 
 @torch.no_grad()
-def predict_labels(model, images: np.ndarray, device, autocast: Callable, batch_size: int = 16, loss_fn=None, labels=None):
+def predict_labels(model, images: np.ndarray, device, autocast: Callable, batch_size: int = 16, loss_fn=None, labels=None,
+                   memory_format: torch.memory_format = torch.channels_last):
     """Argmax labels (N, h, w) for pre-processed images, and the mean loss when labels are given."""
     model.eval()
     preds, losses = [], []
     for start in range(0, len(images), batch_size):
-        x = torch.from_numpy(images[start : start + batch_size]).to(device, memory_format=torch.channels_last)
+        x = torch.from_numpy(images[start : start + batch_size]).to(device, memory_format=memory_format)
         with autocast():
             logits = model(x)
         logits = logits.float()
@@ -31,14 +32,16 @@ def predict_labels(model, images: np.ndarray, device, autocast: Callable, batch_
     return np.concatenate(preds), mean_loss
 
 
-def validate(model, val_set: SliceSet, num_classes: int, device, autocast: Callable, loss_fn) -> dict[str, Any]:
+def validate(model, val_set: SliceSet, num_classes: int, device, autocast: Callable, loss_fn,
+             memory_format: torch.memory_format = torch.channels_last) -> dict[str, Any]:
     """Loss and Dice on the validation slices.
 
     Dice is pooled over each case's slices, then averaged over cases ("Dice per case", as LiTS
     reports it), per foreground class; ``dice`` is the mean over classes. ``pred`` holds the
     argmax labels so callers can score post-processing choices on them.
     """
-    pred, loss = predict_labels(model, val_set.images, device, autocast, loss_fn=loss_fn, labels=val_set.labels)
+    pred, loss = predict_labels(model, val_set.images, device, autocast, loss_fn=loss_fn, labels=val_set.labels,
+                                memory_format=memory_format)
     per_class = per_case_dice(pred, val_set.labels, val_set.case_index, num_classes)
     return {"loss": loss, "dice": float(np.mean(per_class)), "per_class": per_class, "pred": pred}
 
