@@ -255,6 +255,19 @@ def cpu_model() -> str:
         return platform.processor()
 
 
+# CPU features that change how fast a bundle runs here (vector width, INT8 and bf16 dot products).
+SPEED_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
+
+
+def machine_signature() -> str:
+    """What a latency figure depends on besides load: CPU model, logical CPUs and the speed-relevant
+    instruction sets, e.g. ``AMD EPYC | 2 cpus | avx2``. Figures with different signatures are not
+    comparable (the same model name can hide different generations; the flags tell them apart)."""
+    flags = cpu_flags() or frozenset()
+    isa = ",".join(f for f in SPEED_FLAGS if f in flags) or "-"
+    return f"{cpu_model() or platform.machine()} | {os.cpu_count()} cpus | {isa}"
+
+
 def _normalized(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 

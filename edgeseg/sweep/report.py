@@ -12,7 +12,14 @@ from edgeseg.atomic import atomic_path, atomic_write_text
 
 COLUMNS = ("id", "model", "base", "depth", "size", "params", "gflop", "epochs", "best_epoch",
            "train_seconds_all_epochs", "dice_fp32", "dice_int8", "int8_refused", "int8_scheme", "backend", "latency_ms_p50", "model_ms_p50",
-           "volume_slices_per_s", "pareto")
+           "volume_slices_per_s", "machine", "pareto")
+NOT_RECORDED = "not recorded"
+
+
+def latency_machines(points: list[dict[str, Any]]) -> list[str]:
+    """The machines the points' latencies were measured on (``not recorded`` for results written
+    before the machine was recorded), in order of first appearance."""
+    return list(dict.fromkeys(p.get("machine", NOT_RECORDED) for p in points))
 
 
 def deployed_dice(point: dict[str, Any]) -> float:
@@ -59,10 +66,15 @@ def choose_default(points: list[dict[str, Any]], reference: str, max_dice_loss: 
 
 def write_reports(out: str | Path, points: list[dict[str, Any]], choose: dict[str, Any] | None = None) -> dict[str, Path]:
     """Write sweep.csv, results.json, commands.sh and pareto.png under ``out`` and, with a
-    ``choose`` rule whose reference is finished, choice.json; returns the paths written."""
+    ``choose`` rule whose reference is finished, choice.json; returns the paths written.
+
+    Latencies measured on different machines (sessions on other CPUs) are not compared: then
+    no choice is made (a choice.json from before is removed) and the plot says so; ``edgeseg
+    sweep --remeasure`` on one machine measures every point again."""
     out = Path(out)
     front = pareto_front(points)
-    rows = [{**p, "pareto": p["id"] in front} for p in points]
+    machines = latency_machines(points)
+    rows = [{**p, "machine": p.get("machine", NOT_RECORDED), "pareto": p["id"] in front} for p in points]
     text = io.StringIO()
     writer = csv.DictWriter(text, fieldnames=COLUMNS, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
@@ -75,15 +87,20 @@ def write_reports(out: str | Path, points: list[dict[str, Any]], choose: dict[st
     for p in rows:
         script += ["", f"# {p['id']}", *p["commands"]]
     atomic_write_text(paths["commands"], "\n".join(script) + "\n")
-    choice = choose_default(points, choose["reference"], choose["max_dice_loss"]) if choose else None
+    choice = None
+    if choose and len(machines) == 1:
+        choice = choose_default(points, choose["reference"], choose["max_dice_loss"])
     if choice is not None:
         paths["choice"] = out / "choice.json"
-        atomic_write_text(paths["choice"], json.dumps(choice, indent=2) + "\n")
-    plot_front(rows, paths["png"], choice)
+        atomic_write_text(paths["choice"], json.dumps({**choice, "machine": machines[0]}, indent=2) + "\n")
+    elif len(machines) > 1:
+        (out / "choice.json").unlink(missing_ok=True)
+    plot_front(rows, paths["png"], choice, machines)
     return paths
 
 
-def plot_front(rows: list[dict[str, Any]], path: Path, choice: dict[str, Any] | None = None) -> None:
+def plot_front(rows: list[dict[str, Any]], path: Path, choice: dict[str, Any] | None = None,
+               machines: list[str] | None = None) -> None:
     """Scatter of INT8 validation Dice against end-to-end latency, the Pareto front joined and ringed."""
     import matplotlib
 
@@ -111,6 +128,11 @@ def plot_front(rows: list[dict[str, Any]], path: Path, choice: dict[str, Any] | 
     size = rows[0]["slice_size"] if rows else 512
     ax.set_xlabel(f"end-to-end latency, auto backend, batch 1, {size}x{size} int16 slice (ms, p50)")
     ax.set_ylabel("validation per-case Dice (INT8; FP32 if INT8 refused)")
+    if machines and len(machines) > 1:
+        ax.set_title(f"latencies from {len(machines)} different machines: not comparable "
+                     "(edgeseg sweep --remeasure on one)", fontsize=9, color="firebrick")
+    elif machines:
+        ax.set_title(f"latency measured on: {machines[0]}", fontsize=8)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()

@@ -2,11 +2,13 @@
 
 import csv
 import json
+import os
 import shlex
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -65,6 +67,7 @@ def _kill_after_first_point(sweep_file, out, first, timeout_s=600.0):
 
 def test_sweep_resumes_after_a_kill_and_writes_the_reports(tmp_path):
     from edgeseg.cli.train import command as train_command
+    from edgeseg.runtime.selection import machine_signature
 
     (tmp_path / "sweep.toml").write_text(SWEEP)
     out = tmp_path / "out"
@@ -90,6 +93,7 @@ def test_sweep_resumes_after_a_kill_and_writes_the_reports(tmp_path):
         assert p["latency_ms_p50"] > 0 and p["volume_slices_per_s"] > 0 and p["epochs"] == 3
         assert (out / "points" / p["id"] / "bundle" / "model.int8.onnx").is_file()
         assert p["int8_scheme"] == "cpu"  # the default scheme, read from the point's bundle
+        assert p["machine"] == machine_signature()  # measured here
 
     # The command on the finished folder reads every point and writes the reports.
     proc = subprocess.run([sys.executable, "-m", "edgeseg.cli", "sweep", str(tmp_path / "sweep.toml"), "--out", str(out),
@@ -100,6 +104,7 @@ def test_sweep_resumes_after_a_kill_and_writes_the_reports(tmp_path):
     rows = list(csv.DictReader(paths["csv"].open()))
     assert [r["id"] for r in rows] == [p["id"] for p in points]
     assert any(r["pareto"] == "True" for r in rows) and {r["int8_scheme"] for r in rows} == {"cpu"}
+    assert {r["machine"] for r in rows} == {machine_signature()}
     from PIL import Image
 
     with Image.open(paths["png"]) as image:
@@ -252,6 +257,43 @@ def test_a_point_whose_int8_the_gate_refuses_is_reported_in_fp32_with_the_reason
     choice = json.loads((out / "choice.json").read_text())  # the only point is its own reference
     assert choice["chosen"] == "unet-b4-d2-s64" and choice["speedup_end_to_end"] == 1.0
     assert choice["dice"] == result["dice_fp32"] and "chosen: unet-b4-d2-s64" in proc.stdout
+
+
+def test_latencies_from_different_machines_are_not_compared(tmp_path):
+    """Points measured on two CPUs (sweeps resumed on other machines): no choice.json (one from
+    before is removed), the CSV says where each was measured; measured on one machine again,
+    the choice is made and names the machine."""
+    from edgeseg.sweep.report import NOT_RECORDED, write_reports
+
+    def pt(i, ms, dice, machine):
+        return {"id": i, "model": "unet", "base": 4, "depth": 2, "size": 64, "params": 1, "gflop": 1.0,
+                "latency_ms_p50": ms, "model_ms_p50": ms, "dice_int8": dice, "dice_fp32": dice,
+                "volume_slices_per_s": 1000 / ms, "slice_size": 512, "commands": ["edgeseg train"], "machine": machine}
+
+    choose = {"reference": "ref", "max_dice_loss": 0.005}
+    a, b = "Xeon | 2 cpus | avx2,avx512f,avx512_vnni", "AMD EPYC | 2 cpus | avx2"
+    (tmp_path / "choice.json").write_text("{}")
+    points = [pt("ref", 40.0, 0.93, a), pt("small", 80.0, 0.93, b)]
+    paths = write_reports(tmp_path, points, choose)
+    assert "choice" not in paths and not (tmp_path / "choice.json").exists()
+    assert [r["machine"] for r in csv.DictReader((tmp_path / "sweep.csv").open())] == [a, b]
+    old = {k: v for k, v in pt("old", 10.0, 0.93, a).items() if k != "machine"}  # written before machines were recorded
+    assert "choice" not in write_reports(tmp_path, [points[0], old], choose)
+    assert [r["machine"] for r in csv.DictReader((tmp_path / "sweep.csv").open())] == [a, NOT_RECORDED]
+    paths = write_reports(tmp_path, [points[0], {**points[1], "machine": a, "latency_ms_p50": 8.0}], choose)
+    choice = json.loads(paths["choice"].read_text())
+    assert choice["chosen"] == "small" and choice["machine"] == a and choice["speedup_end_to_end"] == 5.0
+
+
+def test_machine_signature_names_the_cpu_its_count_and_speed_flags():
+    from edgeseg.runtime.selection import SPEED_FLAGS, machine_signature
+
+    info = Path("/proc/cpuinfo").read_text()
+    model = next(line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name"))
+    flags = next(line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags"))
+    name, cpus, isa = machine_signature().split(" | ")
+    assert name == model and cpus == f"{os.cpu_count()} cpus"
+    assert isa.split(",") == [f for f in SPEED_FLAGS if f in flags] or (isa == "-" and not set(SPEED_FLAGS) & set(flags))
 
 
 def test_choose_default_is_the_fastest_point_within_the_dice_band_of_the_reference():
