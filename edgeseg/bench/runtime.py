@@ -31,7 +31,7 @@ from edgeseg.errors import require
 from edgeseg.kernels import postprocess, preprocess
 from edgeseg.runtime.manifest import read_manifest
 from edgeseg.runtime.segmenter import KERNEL_THREADS, Segmenter
-from edgeseg.runtime.selection import candidates
+from edgeseg.runtime.selection import candidates, machine_signature
 
 STAGES = ("decode", "preprocess", "inference", "postprocess", "end_to_end")
 PERCENTILES = (("min", 0), ("p50", 50), ("p90", 90), ("p99", 99), ("max", 100))
@@ -105,7 +105,8 @@ def bench_backend(bundle: str | Path, backend: str, *, batches: tuple[int, ...] 
         hu = ct_slices(max(max(batches), volume_slices), size)
         png = _png16(hu[0])
         result = {"backend": backend, "chosen": seg.backend, "device": seg.runner.device,
-                  "artifact": seg.runner.artifact, "size": size, "tta": tta, "batches": {}}
+                  "artifact": seg.runner.artifact, "size": size, "tta": tta, "machine": machine_signature(),
+                  "batches": {}}
         for b in batches:
             batch_in = preprocess(hu[:b], spec)
             logits = seg.infer(batch_in)
@@ -187,6 +188,9 @@ def format_table(results: list[dict]) -> str:
                      f"{v['ratio']:>6.2f} {c.get('seconds', float('nan')):>13.2f} {c.get('peak_rss_mb', float('nan')):>12.0f}")
     if any(r.get("device", "cpu") != "cpu" for r in results):
         lines.append("GPU inference times include the host-to-device and device-to-host copies.")
+    machines = list(dict.fromkeys(r["machine"] for r in results if "machine" in r))
+    if machines:
+        lines.append(f"measured on: {'; '.join(machines)}")
     return "\n".join(lines)
 
 

@@ -331,13 +331,12 @@ def measure_latency(bundle: Path, measure: dict[str, Any]) -> dict[str, Any]:
     from concurrent.futures import ProcessPoolExecutor
 
     from edgeseg.bench.runtime import bench_backend
-    from edgeseg.runtime.selection import machine_signature
 
     options = dict(batches=tuple(measure["batches"]), size=measure["slice_size"], runs=measure["runs"],
                    warmup=measure["warmup"], volume_slices=measure["volume_slices"], threads=measure["threads"])
     with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
         result = pool.submit(bench_backend, str(bundle), "auto", **options).result()
     one = result["batches"].get("1") or next(iter(result["batches"].values()))
-    return {"backend": result["chosen"], "machine": machine_signature(), "slice_size": measure["slice_size"],
+    return {"backend": result["chosen"], "machine": result["machine"], "slice_size": measure["slice_size"],
             "latency_ms_p50": one["end_to_end"]["p50"], "model_ms_p50": one["inference"]["p50"],
             "volume_slices_per_s": result["volume"]["pipelined_slices_per_s"], "volume_batch": result["volume"]["batch"]}
