@@ -2,7 +2,6 @@
 
 import csv
 import json
-import os
 import shlex
 import signal
 import subprocess
@@ -13,35 +12,7 @@ from pathlib import Path
 import pytest
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-SWEEP = """
-[recipe]
-data = "phantom:cases=4,size=64,slices=16"
-epochs = 3
-batch_size = 4
-lr = 0.01
-augment = false
-
-[grid]
-model = ["unet", "mobile_unet"]
-base = [4]
-depth = [2]
-size = [64]
-
-[export]
-calib = "phantom:cases=3,size=64,slices=16,seed=5"
-calib_slices = 8
-verify_slices = 8
-max_batch = 2
-max_dice_drop_int8 = 0.05
-
-[measure]
-slice_size = 128
-batches = [1, 2]
-runs = 2
-warmup = 1
-volume_slices = 4
-threads = 1
-"""
+SWEEP = (Path(__file__).parent / "tiny_sweep.toml").read_text()
 
 
 def _sweep_command(sweep_file, out):
@@ -114,20 +85,6 @@ def test_sweep_resumes_after_a_kill_and_writes_the_reports(tmp_path):
     train_args = shlex.split(commands[0])
     ctx = train_command.make_context("train", train_args[2:])  # every flag is one `edgeseg train` takes
     assert ctx.params["model"] == "unet" and ctx.params["epochs"] == 3 and ctx.params["no_augment"]
-
-
-def test_pareto_front_by_brute_force():
-    from edgeseg.sweep.report import pareto_front
-
-    pts = [{"id": "a", "latency_ms_p50": 10, "dice_int8": 0.90}, {"id": "b", "latency_ms_p50": 5, "dice_int8": 0.80},
-           {"id": "c", "latency_ms_p50": 12, "dice_int8": 0.85}, {"id": "d", "latency_ms_p50": 5, "dice_int8": 0.80},
-           {"id": "e", "latency_ms_p50": 6, "dice_int8": 0.79}]
-    # c is slower and worse than a; e is slower and worse than b; b and d tie and both stay.
-    assert pareto_front(pts) == {"a", "b", "d"}
-    # A point whose INT8 the gate refused competes with its FP32 Dice (what its bundle ships).
-    refused = {"id": "f", "latency_ms_p50": 4, "dice_int8": None, "dice_fp32": 0.95}
-    assert pareto_front(pts + [refused]) == {"f"}
-    assert pareto_front(pts + [{**refused, "dice_fp32": 0.5}]) == {"a", "b", "d", "f"}
 
 
 @pytest.mark.parametrize("edit, fragment", [
@@ -259,81 +216,6 @@ def test_a_point_whose_int8_the_gate_refuses_is_reported_in_fp32_with_the_reason
     assert choice["dice"] == result["dice_fp32"] and "chosen: unet-b4-d2-s64" in proc.stdout
 
 
-def test_latencies_from_different_machines_are_not_compared(tmp_path):
-    """Points measured on two CPUs (sweeps resumed on other machines): no choice.json (one from
-    before is removed), the CSV says where each was measured; measured on one machine again,
-    the choice is made and names the machine."""
-    from edgeseg.sweep.report import NOT_RECORDED, write_reports
-
-    def pt(i, ms, dice, machine):
-        return {"id": i, "model": "unet", "base": 4, "depth": 2, "size": 64, "params": 1, "gflop": 1.0,
-                "latency_ms_p50": ms, "model_ms_p50": ms, "dice_int8": dice, "dice_fp32": dice,
-                "volume_slices_per_s": 1000 / ms, "slice_size": 512, "commands": ["edgeseg train"], "machine": machine}
-
-    choose = {"reference": "ref", "max_dice_loss": 0.005}
-    a, b = "Xeon | 2 cpus | avx2,avx512f,avx512_vnni", "AMD EPYC | 2 cpus | avx2"
-    (tmp_path / "choice.json").write_text("{}")
-    points = [pt("ref", 40.0, 0.93, a), pt("small", 80.0, 0.93, b)]
-    paths = write_reports(tmp_path, points, choose)
-    assert "choice" not in paths and not (tmp_path / "choice.json").exists()
-    assert [r["machine"] for r in csv.DictReader((tmp_path / "sweep.csv").open())] == [a, b]
-    old = {k: v for k, v in pt("old", 10.0, 0.93, a).items() if k != "machine"}  # written before machines were recorded
-    assert "choice" not in write_reports(tmp_path, [points[0], old], choose)
-    assert [r["machine"] for r in csv.DictReader((tmp_path / "sweep.csv").open())] == [a, NOT_RECORDED]
-    paths = write_reports(tmp_path, [points[0], {**points[1], "machine": a, "latency_ms_p50": 8.0}], choose)
-    choice = json.loads(paths["choice"].read_text())
-    assert choice["chosen"] == "small" and choice["machine"] == a and choice["speedup_end_to_end"] == 5.0
-
-
-def test_machine_signature_names_the_cpu_its_count_and_speed_flags():
-    from edgeseg.runtime.selection import SPEED_FLAGS, machine_signature
-
-    info = Path("/proc/cpuinfo").read_text()
-    model = next(line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name"))
-    flags = next(line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags"))
-    name, cpus, isa = machine_signature().split(" | ")
-    assert name == model and cpus == f"{os.cpu_count()} cpus"
-    assert isa.split(",") == [f for f in SPEED_FLAGS if f in flags] or (isa == "-" and not set(SPEED_FLAGS) & set(flags))
-
-
-def test_choose_default_is_the_fastest_point_within_the_dice_band_of_the_reference():
-    from edgeseg.sweep.report import choose_default
-
-    def pt(i, ms, d8, d32=0.9, gflop=1.0, model_ms=None, vol=100.0):
-        return {"id": i, "latency_ms_p50": ms, "model_ms_p50": model_ms or ms / 2, "dice_int8": d8, "dice_fp32": d32,
-                "gflop": gflop, "volume_slices_per_s": vol}
-
-    ref = pt("ref", 40.0, 0.930, gflop=24.0, model_ms=30.0, vol=50.0)
-    pts = [ref, pt("fast-bad", 5.0, 0.900), pt("mid", 16.0, 0.9252, gflop=6.0, model_ms=8.0, vol=150.0),
-           pt("slow-good", 30.0, 0.940), pt("refused", 10.0, None, d32=0.9249)]
-    choice = choose_default(pts, "ref", 0.005)
-    # By hand: Dice floor 0.925; "mid" (0.9252) is in, "refused" (FP32 0.9249) and "fast-bad" are out.
-    assert choice["chosen"] == "mid" and sorted(choice["eligible"]) == ["mid", "ref", "slow-good"]
-    assert choice["speedup_end_to_end"] == 2.5 and choice["speedup_model"] == 3.75 and choice["gflop_ratio"] == 4.0
-    assert choice["volume_throughput_ratio"] == 3.0 and choice["dice_difference"] == -0.0048
-    assert choose_default(pts, "ref", 0.0)["chosen"] == "slow-good"  # faster and better than the reference
-    assert choose_default(pts[:3], "ref", 0.0)["chosen"] == "ref"  # nothing faster is as good: the reference stays
-    assert choose_default(pts, "ref", 0.1)["chosen"] == "fast-bad"
-    assert choose_default(pts[1:], "ref", 0.005) is None  # the reference is not finished yet
-    # A point whose INT8 graph scores above its own FP32 model (quantisation noise on few slices)
-    # is not chosen on that: its FP32 Dice must be in the band of the reference's FP32 Dice too.
-    lucky = pt("lucky", 3.0, 0.945, d32=0.85)
-    assert choose_default(pts + [lucky], "ref", 0.005)["chosen"] == "mid"
-    assert choose_default(pts + [{**lucky, "dice_fp32": 0.896}], "ref", 0.005)["chosen"] == "lucky"
-    # Brute force over random sweeps: no faster point is eligible, and the chosen one is.
-    import random
-
-    rng = random.Random(0)
-    for _ in range(200):
-        rand = [pt(f"p{k}", rng.uniform(1, 50), rng.choice([None, rng.uniform(0.8, 0.95)]), d32=rng.uniform(0.8, 0.95))
-                for k in range(6)]
-        got = choose_default(rand, "p0", 0.01)
-        value = {p["id"]: (p["dice_int8"] if p["dice_int8"] is not None else p["dice_fp32"]) for p in rand}
-        ok = [p for p in sorted(rand, key=lambda p: p["latency_ms_p50"])
-              if value[p["id"]] >= value["p0"] - 0.01 and p["dice_fp32"] >= rand[0]["dice_fp32"] - 0.01]
-        assert got["chosen"] == ok[0]["id"]
-
-
 TWO_SWEEPS_IN_ONE_PROCESS = """
 import subprocess, sys
 from edgeseg.sweep.config import load_sweep
@@ -431,96 +313,3 @@ def test_a_named_training_recipe_under_the_sweep_keys_and_the_grid(tmp_path, ass
     proc = subprocess.run(_sweep_command(tmp_path / "bad.toml", tmp_path / "bad-out"), capture_output=True, text=True)
     assert_one_line_error(proc, "[recipe] recipe: recipe 'no-such-recipe' is neither a file nor a known recipe")
     assert not (tmp_path / "bad-out").exists()
-
-
-def test_status_says_where_each_point_stands_and_writes_nothing(tmp_path, assert_one_line_error):
-    """--status reads the sweep folder only: a finished point with its result, a point trained
-    part-way (stopped, then running while another process holds its lock) with the epochs and
-    Dice of its metrics.json, and a point not started; it creates no file."""
-    import fcntl
-
-    (tmp_path / "sweep.toml").write_text(SWEEP)
-    out = tmp_path / "out"
-    status = _sweep_command(tmp_path / "sweep.toml", out) + ["--status"]
-    assert_one_line_error(subprocess.run(status, capture_output=True, text=True), f"{out} holds no sweep")
-    proc = subprocess.run(_sweep_command(tmp_path / "sweep.toml", out) + ["--point", "mobile_unet-b4-d2-s64"],
-                          capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
-    listing = sorted(p.relative_to(out) for p in out.rglob("*"))
-    proc = subprocess.run(status, capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
-    result = json.loads((out / "points" / "mobile_unet-b4-d2-s64" / "result.json").read_text())
-    lines = proc.stdout.splitlines()
-    assert lines[0].split()[:4] == ["unet-b4-d2-s64", "not", "started", "epoch"] and "0/3" in lines[0]
-    assert lines[1].split()[:4] == ["mobile_unet-b4-d2-s64", "finished", "epoch", "3/3"]
-    assert f"Dice fp32 {result['dice_fp32']:.4f}" in lines[1] and f"{result['latency_ms_p50']:.2f} ms" in lines[1]
-    assert sorted(p.relative_to(out) for p in out.rglob("*")) == listing  # nothing written
-
-    # The unet point trained for 1 of its 3 epochs, as a killed sweep leaves it. Trained in a
-    # child process: training with DataLoader workers inside a test worker that has already
-    # loaded and released inference engines has crashed that worker (see measure_latency).
-    folder = out / "points" / "unet-b4-d2-s64"
-    script = ("import sys\n"
-              "from pathlib import Path\n"
-              "from edgeseg.sweep.config import load_sweep, train_config\n"
-              "from edgeseg.train.loop import train\n"
-              "sweep = load_sweep(sys.argv[1])\n"
-              "cfg = train_config(sweep, sweep.points[0], Path(sys.argv[2]))\n"
-              "cfg.epochs = 1\n"
-              "train(cfg, progress=False)\n")
-    proc = subprocess.run([sys.executable, "-c", script, str(tmp_path / "sweep.toml"), str(folder / "run")],
-                          capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
-    [epoch] = json.loads((folder / "run" / "metrics.json").read_text())["history"]
-    proc = subprocess.run(status, capture_output=True, text=True)
-    first = proc.stdout.splitlines()[0]
-    assert first.split()[:4] == ["unet-b4-d2-s64", "stopped", "epoch", "1/3"], first
-    assert f"best val Dice {epoch['val_dice']:.4f}" in first and f"{epoch['seconds']:.0f} s/epoch lately" in first
-    assert f"about {2 * epoch['seconds'] / 3600:.1f} h of training left" in first
-    with open(folder / ".lock", "a+") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # this test process plays the sweep process running it
-        proc = subprocess.run(status, capture_output=True, text=True)
-    assert proc.stdout.splitlines()[0].split()[:2] == ["unet-b4-d2-s64", "running"]
-    proc = subprocess.run(status + ["--remeasure", "2"], capture_output=True, text=True)
-    assert proc.returncode == 2 and "--status and --remeasure do not go together" in proc.stderr
-
-
-def test_points_run_in_the_order_given_with_point(tmp_path, monkeypatch):
-    """--point A --point B runs A first even where the grid lists B first (a long reference can
-    lead a process's list); without --point the grid's order holds."""
-    from edgeseg.sweep import run as sweep_run
-    from edgeseg.sweep.config import load_sweep
-
-    (tmp_path / "sweep.toml").write_text(SWEEP)
-    sweep = load_sweep(tmp_path / "sweep.toml")
-    ran = []
-
-    def fake_point(sweep, point, out, progress):  # the scheduler is under test, not training
-        ran.append(point.id)
-        return {"id": point.id}
-
-    monkeypatch.setattr(sweep_run, "run_point", fake_point)
-    sweep_run.run_sweep(sweep, tmp_path / "given", only=["mobile_unet-b4-d2-s64", "unet-b4-d2-s64"])
-    assert ran == ["mobile_unet-b4-d2-s64", "unet-b4-d2-s64"]
-    ran.clear()
-    sweep_run.run_sweep(sweep, tmp_path / "grid")
-    assert ran == ["unet-b4-d2-s64", "mobile_unet-b4-d2-s64"]
-
-
-def test_status_takes_the_epochs_from_a_named_recipe(tmp_path):
-    """A sweep whose [recipe] leaves epochs to the named training recipe reports the recipe's."""
-    from edgeseg.sweep.config import load_sweep
-    from edgeseg.sweep.run import sweep_status
-
-    recipe = tmp_path / "task.toml"
-    recipe.write_text('name = "task"\nversion = 1\n[train]\nepochs = 40\n')
-    (tmp_path / "sweep.toml").write_text(SWEEP.replace("epochs = 3\n", f'recipe = "{recipe}"\n'))
-    sweep = load_sweep(tmp_path / "sweep.toml")
-    out = tmp_path / "out"
-    out.mkdir()
-    (out / "sweep.json").write_text(json.dumps({"config": sweep.to_dict(), "points": []}))
-    rows = sweep_status(sweep, out)
-    assert [(r["id"], r["epochs"], r["state"]) for r in rows] == [("unet-b4-d2-s64", 40, "not started"),
-                                                                  ("mobile_unet-b4-d2-s64", 40, "not started")]
-    assert [r["id"] for r in sweep_status(sweep, out, only=["mobile_unet-b4-d2-s64"])] == ["mobile_unet-b4-d2-s64"]
-    assert sorted(p.name for p in out.iterdir()) == ["sweep.json"]

@@ -1,0 +1,95 @@
+"""The sweep's reports without training: the Pareto front and the default-model rule against
+brute force, and latencies compared only when measured on one machine."""
+
+import csv
+import json
+import os
+from pathlib import Path
+
+def test_pareto_front_by_brute_force():
+    from edgeseg.sweep.report import pareto_front
+
+    pts = [{"id": "a", "latency_ms_p50": 10, "dice_int8": 0.90}, {"id": "b", "latency_ms_p50": 5, "dice_int8": 0.80},
+           {"id": "c", "latency_ms_p50": 12, "dice_int8": 0.85}, {"id": "d", "latency_ms_p50": 5, "dice_int8": 0.80},
+           {"id": "e", "latency_ms_p50": 6, "dice_int8": 0.79}]
+    # c is slower and worse than a; e is slower and worse than b; b and d tie and both stay.
+    assert pareto_front(pts) == {"a", "b", "d"}
+    # A point whose INT8 the gate refused competes with its FP32 Dice (what its bundle ships).
+    refused = {"id": "f", "latency_ms_p50": 4, "dice_int8": None, "dice_fp32": 0.95}
+    assert pareto_front(pts + [refused]) == {"f"}
+    assert pareto_front(pts + [{**refused, "dice_fp32": 0.5}]) == {"a", "b", "d", "f"}
+
+
+def test_latencies_from_different_machines_are_not_compared(tmp_path):
+    """Points measured on two CPUs (sweeps resumed on other machines): no choice.json (one from
+    before is removed), the CSV says where each was measured; measured on one machine again,
+    the choice is made and names the machine."""
+    from edgeseg.sweep.report import NOT_RECORDED, write_reports
+
+    def pt(i, ms, dice, machine):
+        return {"id": i, "model": "unet", "base": 4, "depth": 2, "size": 64, "params": 1, "gflop": 1.0,
+                "latency_ms_p50": ms, "model_ms_p50": ms, "dice_int8": dice, "dice_fp32": dice,
+                "volume_slices_per_s": 1000 / ms, "slice_size": 512, "commands": ["edgeseg train"], "machine": machine}
+
+    choose = {"reference": "ref", "max_dice_loss": 0.005}
+    a, b = "Xeon | 2 cpus | avx2,avx512f,avx512_vnni", "AMD EPYC | 2 cpus | avx2"
+    (tmp_path / "choice.json").write_text("{}")
+    points = [pt("ref", 40.0, 0.93, a), pt("small", 80.0, 0.93, b)]
+    paths = write_reports(tmp_path, points, choose)
+    assert "choice" not in paths and not (tmp_path / "choice.json").exists()
+    assert [r["machine"] for r in csv.DictReader((tmp_path / "sweep.csv").open())] == [a, b]
+    old = {k: v for k, v in pt("old", 10.0, 0.93, a).items() if k != "machine"}  # written before machines were recorded
+    assert "choice" not in write_reports(tmp_path, [points[0], old], choose)
+    assert [r["machine"] for r in csv.DictReader((tmp_path / "sweep.csv").open())] == [a, NOT_RECORDED]
+    paths = write_reports(tmp_path, [points[0], {**points[1], "machine": a, "latency_ms_p50": 8.0}], choose)
+    choice = json.loads(paths["choice"].read_text())
+    assert choice["chosen"] == "small" and choice["machine"] == a and choice["speedup_end_to_end"] == 5.0
+
+
+def test_machine_signature_names_the_cpu_its_count_and_speed_flags():
+    from edgeseg.runtime.selection import SPEED_FLAGS, machine_signature
+
+    info = Path("/proc/cpuinfo").read_text()
+    model = next(line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name"))
+    flags = next(line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags"))
+    name, cpus, isa = machine_signature().split(" | ")
+    assert name == model and cpus == f"{os.cpu_count()} cpus"
+    assert isa.split(",") == [f for f in SPEED_FLAGS if f in flags] or (isa == "-" and not set(SPEED_FLAGS) & set(flags))
+
+
+def test_choose_default_is_the_fastest_point_within_the_dice_band_of_the_reference():
+    from edgeseg.sweep.report import choose_default
+
+    def pt(i, ms, d8, d32=0.9, gflop=1.0, model_ms=None, vol=100.0):
+        return {"id": i, "latency_ms_p50": ms, "model_ms_p50": model_ms or ms / 2, "dice_int8": d8, "dice_fp32": d32,
+                "gflop": gflop, "volume_slices_per_s": vol}
+
+    ref = pt("ref", 40.0, 0.930, gflop=24.0, model_ms=30.0, vol=50.0)
+    pts = [ref, pt("fast-bad", 5.0, 0.900), pt("mid", 16.0, 0.9252, gflop=6.0, model_ms=8.0, vol=150.0),
+           pt("slow-good", 30.0, 0.940), pt("refused", 10.0, None, d32=0.9249)]
+    choice = choose_default(pts, "ref", 0.005)
+    # By hand: Dice floor 0.925; "mid" (0.9252) is in, "refused" (FP32 0.9249) and "fast-bad" are out.
+    assert choice["chosen"] == "mid" and sorted(choice["eligible"]) == ["mid", "ref", "slow-good"]
+    assert choice["speedup_end_to_end"] == 2.5 and choice["speedup_model"] == 3.75 and choice["gflop_ratio"] == 4.0
+    assert choice["volume_throughput_ratio"] == 3.0 and choice["dice_difference"] == -0.0048
+    assert choose_default(pts, "ref", 0.0)["chosen"] == "slow-good"  # faster and better than the reference
+    assert choose_default(pts[:3], "ref", 0.0)["chosen"] == "ref"  # nothing faster is as good: the reference stays
+    assert choose_default(pts, "ref", 0.1)["chosen"] == "fast-bad"
+    assert choose_default(pts[1:], "ref", 0.005) is None  # the reference is not finished yet
+    # A point whose INT8 graph scores above its own FP32 model (quantisation noise on few slices)
+    # is not chosen on that: its FP32 Dice must be in the band of the reference's FP32 Dice too.
+    lucky = pt("lucky", 3.0, 0.945, d32=0.85)
+    assert choose_default(pts + [lucky], "ref", 0.005)["chosen"] == "mid"
+    assert choose_default(pts + [{**lucky, "dice_fp32": 0.896}], "ref", 0.005)["chosen"] == "lucky"
+    # Brute force over random sweeps: no faster point is eligible, and the chosen one is.
+    import random
+
+    rng = random.Random(0)
+    for _ in range(200):
+        rand = [pt(f"p{k}", rng.uniform(1, 50), rng.choice([None, rng.uniform(0.8, 0.95)]), d32=rng.uniform(0.8, 0.95))
+                for k in range(6)]
+        got = choose_default(rand, "p0", 0.01)
+        value = {p["id"]: (p["dice_int8"] if p["dice_int8"] is not None else p["dice_fp32"]) for p in rand}
+        ok = [p for p in sorted(rand, key=lambda p: p["latency_ms_p50"])
+              if value[p["id"]] >= value["p0"] - 0.01 and p["dice_fp32"] >= rand[0]["dice_fp32"] - 0.01]
+        assert got["chosen"] == ok[0]["id"]
