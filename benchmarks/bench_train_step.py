@@ -3,13 +3,13 @@
 edgeseg's step is the training loop's own (``edgeseg.train.loop``): the foreground-aware
 sampler, reading the batch from the slice store, augmentation (in this process: the loader runs
 without workers, so process CPU time holds all of it), the learning-rate schedule, Dice +
-cross-entropy, AdamW, mixed-precision bookkeeping. The plain loop is what a user would write: slices already in one float32 tensor,
-random left-right and up-down flips, the same loss and optimiser, ``loss.backward()`` and
-``step()``, once in PyTorch's default memory format and once channels-last as edgeseg trains
-(on the CPU the two differ more than any bookkeeping does). All train the same architecture
-from the same initial weights on the same phantom slices, in one process, in alternating rounds
-of steps so that load on the machine hits them alike; the ratios of the median step times are
-the figures (1.0 = no overhead).
+cross-entropy, AdamW, mixed-precision bookkeeping, in the memory format the loop chooses. The
+plain loop is what a user would write: slices already in one float32 tensor, random left-right
+and up-down flips, the same loss and optimiser, ``loss.backward()`` and ``step()``, once in
+PyTorch's default memory format and once channels-last (on the CPU the two differ more than
+any bookkeeping does). All train the same architecture from the same initial weights on the
+same phantom slices, in one process, in alternating rounds of steps so that load on the
+machine hits them alike; the ratios of the median step times are the figures (1.0 = no overhead).
 
     python benchmarks/bench_train_step.py --size 256 --batch 8 --steps 2 --rounds 3 --threads 1 --cpu-time
     python benchmarks/bench_train_step.py --profile    # where the time goes, per step kind
@@ -31,8 +31,9 @@ import torch
 from edgeseg.models import ModelConfig, build_model
 from edgeseg.train.config import TrainConfig
 from edgeseg.train.distributed import ProcessPlace
-from edgeseg.train.loop import _LoopState, _memory_format, foreground_batches, prepare
-from edgeseg.train.memory_format import torch_format
+from edgeseg.train.config import MEMORY_FORMATS
+from edgeseg.train.loop import _LoopState, foreground_batches, memory_format_for, prepare
+from edgeseg.train.memory_format import to_memory_format
 from edgeseg.train.losses import DiceCELoss
 
 
@@ -46,10 +47,10 @@ def edgeseg_state(cfg: TrainConfig, data: dict) -> _LoopState:
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     place = ProcessPlace()
     sampler = foreground_batches(data["train"], place, cfg)
-    chosen = _memory_format(cfg, model, model_config, torch.device("cpu"), place)["chosen"]
-    model.to(memory_format=torch_format(chosen))
+    layout = memory_format_for(cfg, model, model_config, torch.device("cpu"), place)
+    to_memory_format(model, optimizer, layout["chosen"])
     return _LoopState(cfg, model, model_config, data["spec"], optimizer, torch.device("cpu"), data["train"],
-                      data["val"], data["split"], None, sampler, place, chosen)
+                      data["val"], data["split"], None, sampler, place, layout)
 
 
 def loader_batches(state: _LoopState):
@@ -145,7 +146,7 @@ def measure(args: argparse.Namespace) -> tuple[dict[str, list[float]], str]:
         print("round: " + ", ".join(f"{k} {v[-1]:.3f} s/step" for k, v in times.items()), flush=True)
     if args.profile:
         profile(state, batches, plains["plain-cl"], done)
-    return times, "channels-last" if state.memory_format == torch.channels_last else "contiguous"
+    return times, state.layout["chosen"]
 
 
 def parts(args: argparse.Namespace) -> dict[str, float]:
@@ -208,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--parts", action="store_true",
                         help="only measure the CPU milliseconds of sampling and augmentation per step")
     parser.add_argument("--profile", action="store_true", help="also print torch.profiler tables")
-    parser.add_argument("--memory-format", default="auto", choices=["auto", "channels-last", "contiguous"],
+    parser.add_argument("--memory-format", default="auto", choices=MEMORY_FORMATS,
                         help="edgeseg's loop's layout (auto: its probe decides, as in edgeseg train)")
     parser.add_argument("--cache", type=Path, default=None,
                         help="slice-store folder (default: a temporary one, removed at the end)")

@@ -33,7 +33,7 @@ def command(sweep_file, out, points_only, rounds, status, quiet) -> None:
     CUDA_VISIBLE_DEVICES): each claims the points no other process holds."""
     require("torch", "train", "edgeseg sweep")
     from edgeseg.sweep.config import load_sweep
-    from edgeseg.sweep.report import latency_machines, pareto_front, write_reports
+    from edgeseg.sweep.report import NOT_RECORDED, latency_machines, pareto_front, write_reports
     from edgeseg.sweep.run import check_sweep_folder, remeasure, run_sweep
 
     configure_logging()
@@ -64,9 +64,9 @@ def command(sweep_file, out, points_only, rounds, status, quiet) -> None:
                    f"{c['speedup_model']:.2f}x model alone, {c['gflop_ratio']:.2f}x fewer GFLOP"
                    + ("" if len(points) == len(sweep.points) else
                       f" (over the {len(points)} of {len(sweep.points)} points finished so far)"))
-    elif sweep.choose and len(latency_machines(points)) > 1:
-        click.echo(f"no choice: the latencies were measured on {len(latency_machines(points))} different machines "
-                   f"({'; '.join(latency_machines(points))}); run this command with --remeasure N on one machine")
+    elif sweep.choose and (len(machines := latency_machines(points)) > 1 or NOT_RECORDED in machines):
+        click.echo(f"no choice: the latencies were not all measured on one recorded machine ({'; '.join(machines)}); "
+                   "run this command with --remeasure N on one machine")
     elif sweep.choose:
         click.echo(f"no choice yet: the reference point {sweep.choose['reference']} is not finished")
     click.echo(f"wrote {', '.join(str(p) for p in paths.values())}")

@@ -70,11 +70,12 @@ VNNI_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
 
 
 def cpu_flags() -> frozenset[str] | None:
-    """The first CPU's feature flags from /proc/cpuinfo; None where there is no such file."""
+    """The first CPU's feature flags from /proc/cpuinfo (``flags`` on x86, ``Features`` on Arm);
+    None where there is no such file."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
             for line in fh:
-                if line.startswith("flags"):
+                if line.startswith(("flags", "Features")):
                     return frozenset(line.partition(":")[2].split())
         return frozenset()
     except OSError:
@@ -255,8 +256,10 @@ def cpu_model() -> str:
         return platform.processor()
 
 
-# CPU features that change how fast a bundle runs here (vector width, INT8 and bf16 dot products).
-SPEED_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
+# CPU features that change how fast a bundle runs here (vector width, INT8 and bf16 dot products):
+# x86 flags, and the Arm ones of /proc/cpuinfo's Features line (asimddp: INT8 dot products).
+SPEED_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8",
+               "asimd", "asimddp", "sve", "i8mm", "bf16")
 
 
 def machine_signature() -> str:
@@ -265,7 +268,11 @@ def machine_signature() -> str:
     comparable (the same model name can hide different generations; the flags tell them apart)."""
     flags = cpu_flags() or frozenset()
     isa = ",".join(f for f in SPEED_FLAGS if f in flags) or "-"
-    return f"{cpu_model() or platform.machine()} | {os.cpu_count()} cpus | {isa}"
+    try:
+        cpus = len(os.sched_getaffinity(0))  # the CPUs this process may run on (taskset, containers)
+    except (AttributeError, OSError):
+        cpus = os.cpu_count()
+    return f"{cpu_model() or platform.machine()} | {cpus} cpus | {isa}"
 
 
 def _normalized(name: str) -> str:

@@ -68,9 +68,10 @@ def write_reports(out: str | Path, points: list[dict[str, Any]], choose: dict[st
     """Write sweep.csv, results.json, commands.sh and pareto.png under ``out`` and, with a
     ``choose`` rule whose reference is finished, choice.json; returns the paths written.
 
-    Latencies measured on different machines (sessions on other CPUs) are not compared: then
-    no choice is made (a choice.json from before is removed) and the plot says so; ``edgeseg
-    sweep --remeasure`` on one machine measures every point again."""
+    Latencies measured on different machines (sessions on other CPUs), or on a machine not
+    recorded (results written before it was), are not compared: then no choice is made (a
+    choice.json from before is removed) and the plot says so; ``edgeseg sweep --remeasure`` on
+    one machine measures every point again."""
     out = Path(out)
     front = pareto_front(points)
     machines = latency_machines(points)
@@ -88,12 +89,12 @@ def write_reports(out: str | Path, points: list[dict[str, Any]], choose: dict[st
         script += ["", f"# {p['id']}", *p["commands"]]
     atomic_write_text(paths["commands"], "\n".join(script) + "\n")
     choice = None
-    if choose and len(machines) == 1:
+    if choose and len(machines) == 1 and machines[0] != NOT_RECORDED:
         choice = choose_default(points, choose["reference"], choose["max_dice_loss"])
     if choice is not None:
         paths["choice"] = out / "choice.json"
         atomic_write_text(paths["choice"], json.dumps({**choice, "machine": machines[0]}, indent=2) + "\n")
-    elif len(machines) > 1:
+    elif len(machines) > 1 or NOT_RECORDED in machines:
         (out / "choice.json").unlink(missing_ok=True)
     plot_front(rows, paths["png"], choice, machines)
     return paths
@@ -128,8 +129,8 @@ def plot_front(rows: list[dict[str, Any]], path: Path, choice: dict[str, Any] | 
     size = rows[0]["slice_size"] if rows else 512
     ax.set_xlabel(f"end-to-end latency, auto backend, batch 1, {size}x{size} int16 slice (ms, p50)")
     ax.set_ylabel("validation per-case Dice (INT8; FP32 if INT8 refused)")
-    if machines and len(machines) > 1:
-        ax.set_title(f"latencies from {len(machines)} different machines: not comparable "
+    if machines and (len(machines) > 1 or NOT_RECORDED in machines):
+        ax.set_title(f"latencies from {len(machines)} machine(s), not all recorded or not one: not comparable "
                      "(edgeseg sweep --remeasure on one)", fontsize=9, color="firebrick")
     elif machines:
         ax.set_title(f"latency measured on: {machines[0]}", fontsize=8)

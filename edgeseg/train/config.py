@@ -10,6 +10,8 @@ from edgeseg.spec import PreprocessSpec
 
 # Region term (Dice or Tversky) - pixel term (cross-entropy or focal); see edgeseg.train.losses.
 LOSSES = ("dice-ce", "dice-focal", "tversky-ce", "tversky-focal")
+# Training's layout of weights and batches (train/memory_format.py); "auto" first.
+MEMORY_FORMATS = ("auto", "channels-last", "contiguous")
 
 
 @dataclass
@@ -73,8 +75,8 @@ class TrainConfig:
             (self.size >= 1, f"size must be >= 1, got {self.size}"),
             (self.fit in ("stretch", "pad"), f"fit must be stretch or pad, got {self.fit!r}"),
             (self.amp in ("auto", "off", "bf16", "fp16"), f"amp must be auto, off, bf16 or fp16, got {self.amp!r}"),
-            (self.memory_format in ("auto", "channels-last", "contiguous"),
-             f"memory format must be auto, channels-last or contiguous, got {self.memory_format!r}"),
+            (self.memory_format in MEMORY_FORMATS,
+             f"memory format must be {', '.join(MEMORY_FORMATS[:-1])} or {MEMORY_FORMATS[-1]}, got {self.memory_format!r}"),
             (len(self.labels) >= 1, "at least one foreground label is needed"),
             (0.0 <= self.augment_p <= 1.0, f"augmentation probability must be in [0, 1], got {self.augment_p}"),
             (0.0 <= self.foreground_share <= 1.0, f"foreground share must be in [0, 1], got {self.foreground_share}"),

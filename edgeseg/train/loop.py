@@ -20,12 +20,12 @@ from edgeseg.models import ModelConfig, build_model, count_parameters
 from edgeseg.spec import PreprocessSpec
 from edgeseg.train.augment import AugmentConfig, BatchAugmenter
 from edgeseg.models.checkpoint import read_checkpoint, save_checkpoint
-from edgeseg.train.config import TrainConfig, build_spec
+from edgeseg.train.config import MEMORY_FORMATS, TrainConfig, build_spec
 from edgeseg.train import distributed
 from edgeseg.train.distributed import ProcessPlace, ShardedShuffle, TrainSampler
 from edgeseg.train.ema import WeightEMA, ema_decay
 from edgeseg.train.losses import build_loss
-from edgeseg.train.memory_format import MEMORY_FORMATS, probe_memory_format, torch_format
+from edgeseg.train.memory_format import choose_memory_format, to_memory_format, torch_format
 from edgeseg.train.precision import autocast_dtype
 from edgeseg.train.records import write_records
 from edgeseg.train.schedule import lr_at
@@ -115,10 +115,10 @@ def _train(cfg, resume, progress, on_epoch, make_sampler, place, device) -> dict
     if place.is_main:
         out.mkdir(parents=True, exist_ok=True)
     sampler = make_sampler(train_set, place, cfg)
-    memory_format = _memory_format(cfg, model, model_config, device, place)
-    model.to(memory_format=torch_format(memory_format["chosen"]))
+    layout = memory_format_for(cfg, model, model_config, device, place, payload)
+    to_memory_format(model, optimizer, layout["chosen"])
     state = _LoopState(cfg, model, model_config, spec, optimizer, device, train_set, val_set, data["split"], out,
-                       sampler, place, memory_format["chosen"])
+                       sampler, place, layout)
     if payload is not None and state.ema is not None:
         # The EMA weights are the checkpoint's state_dict; without a saved update count (a
         # checkpoint trained without EMA) the average starts afresh from the current weights.
@@ -128,7 +128,7 @@ def _train(cfg, resume, progress, on_epoch, make_sampler, place, device) -> dict
         "%d process(es) of %d slices per step, memory format %s",
         cfg.model, count_parameters(model), len(train_set), len(train_set.case_ids), len(val_set),
         len(val_set.case_ids), device, state.amp_dtype or "off", place.world_size, cfg.batch_size,
-        memory_format["chosen"],
+        layout["chosen"],
     )
     for epoch in range(start_epoch, cfg.epochs + 1):
         row, pred = state.run_epoch(epoch, progress)
@@ -143,7 +143,7 @@ def _train(cfg, resume, progress, on_epoch, make_sampler, place, device) -> dict
             state.save(out / "best.pt", epoch, history, best, with_optimizer=False, postprocess=post)
         state.save(out / "last.pt", epoch, history, best, with_optimizer=True)
         write_records(out, cfg, spec, model_config, count_parameters(model), history, best, data["split"],
-                      memory_format=memory_format)
+                      memory_format=layout)
         log.info(
             "epoch %d/%d  train loss %.4f  val loss %.4f  val Dice %.4f%s  (%.0f s)",
             epoch, cfg.epochs, row["train_loss"], row["val_loss"], row["val_dice"], "  *best" if improved else "", row["seconds"],
@@ -154,22 +154,25 @@ def _train(cfg, resume, progress, on_epoch, make_sampler, place, device) -> dict
     return {"best": best, "history": history, "out": str(out), "split": data["split"]}
 
 
-def _memory_format(cfg: TrainConfig, model, model_config: ModelConfig, device, place: ProcessPlace) -> dict[str, Any]:
-    """The memory format to train in: ``cfg.memory_format``, or with "auto" rank 0's probe
-    (train/memory_format.py), the same on every process; with what the probe measured."""
-    if cfg.memory_format != "auto":
-        return {"requested": cfg.memory_format, "chosen": cfg.memory_format}
-    chosen, measured = "channels-last", {}
+def memory_format_for(cfg: TrainConfig, model, model_config: ModelConfig, device, place: ProcessPlace,
+                      payload: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The memory format to train in (train/memory_format.py), decided by rank 0 and the same on
+    every process: ``cfg.memory_format``, or with "auto" the resumed checkpoint's when it was
+    trained on this machine, else rank 0's probe. The record names the machine, for a resume."""
+    from edgeseg.runtime.selection import machine_signature
+
+    machine, record = machine_signature(), {"requested": cfg.memory_format, "chosen": "channels-last"}
     if place.is_main:
-        chosen, measured = probe_memory_format(model, cfg.batch_size, cfg.size, model_config.num_classes, device,
-                                               autocast_dtype(cfg.amp, device))
-        if "seconds_per_pass" in measured:
+        record = choose_memory_format(cfg.memory_format, model, cfg.batch_size, cfg.size, model_config.num_classes,
+                                      device, autocast_dtype(cfg.amp, device),
+                                      kept=(payload or {}).get("memory_format"), machine=machine)
+        if "seconds_per_pass" in record:
             log.info("memory format probe (s per forward + backward): %s; training %s", "; ".join(
-                f"{name} {' '.join(f'{t:.2f}' for t in times)}" for name, times in measured["seconds_per_pass"].items()),
-                chosen)
+                f"{name} {' '.join(f'{t:.2f}' for t in times)}" for name, times in record["seconds_per_pass"].items()),
+                record["chosen"])
     concrete = MEMORY_FORMATS[1:]
-    chosen = concrete[distributed.from_rank0(concrete.index(chosen), place, device)]
-    return {"requested": "auto", "chosen": chosen, **measured}
+    record["chosen"] = concrete[distributed.from_rank0(concrete.index(record["chosen"]), place, device)]
+    return {**record, "machine": machine}
 
 
 def _resume(path: Path, model, optimizer, model_config: ModelConfig, spec: PreprocessSpec, device) -> dict[str, Any]:
@@ -194,9 +197,11 @@ class _LoopState:
     """What one epoch needs; keeps ``train`` short."""
 
     def __init__(self, cfg, model, model_config, spec, optimizer, device, train_set, val_set, split, out,
-                 sampler: TrainSampler, place: ProcessPlace, memory_format: str = "channels-last") -> None:
+                 sampler: TrainSampler, place: ProcessPlace, layout: dict[str, Any] | None = None) -> None:
         self.cfg, self.model, self.model_config, self.spec = cfg, model, model_config, spec
-        self.memory_format = torch_format(memory_format)
+        # The memory format record (memory_format_for) and its torch format.
+        self.layout = layout or {"requested": "channels-last", "chosen": "channels-last"}
+        self.memory_format = torch_format(self.layout["chosen"])
         self.optimizer, self.device, self.train_set, self.val_set = optimizer, device, train_set, val_set
         self.split, self.out, self.sampler, self.place = split, out, sampler, place
         # The replica that trains (DDP in several processes); ``model`` shares its weights and
@@ -284,6 +289,7 @@ class _LoopState:
             "split": self.split,
             "label_values": self.cfg.labels,
             "recipe": self.cfg.recipe,
+            "memory_format": self.layout,
         }
         if with_optimizer:
             extra["optimizer"] = self.optimizer.state_dict()

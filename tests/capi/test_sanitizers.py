@@ -3,8 +3,8 @@
 The library and the driver are built with ``-fsanitize=address,undefined`` (baseline code only,
 as csrc/tests does); any memory error, undefined behaviour or leak makes the driver exit
 non-zero. One leak report is suppressed (lsan.supp): the 40-byte observer proxy that TBB,
-inside OpenVINO, can leave behind when its worker threads and process exit race (oneTBB fixed
-the related shutdown race in PR 1410); a test shows the suppression hides no leak of ours.
+inside OpenVINO, can leave behind when its worker threads and process exit race (see oneTBB
+PR 1410 on observer proxies at shutdown); a test shows the suppression hides no leak of ours.
 OpenVINO itself is not instrumented. The driver's sanitizer build carries a dlopen shim
 (ES_DLOPEN_SHIM, see capi_checks.c) because TBB loads a helper with a flag the sanitizer
 runtime refuses.

@@ -6,6 +6,8 @@ import json
 import os
 from pathlib import Path
 
+import pytest
+
 def test_pareto_front_by_brute_force():
     from edgeseg.sweep.report import pareto_front
 
@@ -41,6 +43,8 @@ def test_latencies_from_different_machines_are_not_compared(tmp_path):
     old = {k: v for k, v in pt("old", 10.0, 0.93, a).items() if k != "machine"}  # written before machines were recorded
     assert "choice" not in write_reports(tmp_path, [points[0], old], choose)
     assert [r["machine"] for r in csv.DictReader((tmp_path / "sweep.csv").open())] == [a, NOT_RECORDED]
+    unknown = {k: v for k, v in points[0].items() if k != "machine"}
+    assert "choice" not in write_reports(tmp_path, [unknown, old], choose)  # one bucket, but not a machine
     paths = write_reports(tmp_path, [points[0], {**points[1], "machine": a, "latency_ms_p50": 8.0}], choose)
     choice = json.loads(paths["choice"].read_text())
     assert choice["chosen"] == "small" and choice["machine"] == a and choice["speedup_end_to_end"] == 5.0
@@ -49,11 +53,13 @@ def test_latencies_from_different_machines_are_not_compared(tmp_path):
 def test_machine_signature_names_the_cpu_its_count_and_speed_flags():
     from edgeseg.runtime.selection import SPEED_FLAGS, machine_signature
 
-    info = Path("/proc/cpuinfo").read_text()
-    model = next(line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name"))
-    flags = next(line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags"))
+    info = Path("/proc/cpuinfo").read_text().splitlines()
+    model = next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), None)
+    flags = next((line.split(":", 1)[1].split() for line in info if line.startswith(("flags", "Features"))), [])
+    if model is None:
+        pytest.skip("this /proc/cpuinfo names no CPU model (Arm): the signature falls back to the machine type")
     name, cpus, isa = machine_signature().split(" | ")
-    assert name == model and cpus == f"{os.cpu_count()} cpus"
+    assert name == model and cpus == f"{len(os.sched_getaffinity(0))} cpus"
     assert isa.split(",") == [f for f in SPEED_FLAGS if f in flags] or (isa == "-" and not set(SPEED_FLAGS) & set(flags))
 
 

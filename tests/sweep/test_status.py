@@ -51,7 +51,7 @@ def test_status_says_where_each_point_stands_and_writes_nothing(tmp_path, assert
               "cfg.epochs = 1\n"
               "train(cfg, progress=False)\n")
     proc = subprocess.run([sys.executable, "-c", script, str(tmp_path / "sweep.toml"), str(folder / "run")],
-                          capture_output=True, text=True)
+                          capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     [epoch] = json.loads((folder / "run" / "metrics.json").read_text())["history"]
     proc = subprocess.run(status, capture_output=True, text=True)

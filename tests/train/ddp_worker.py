@@ -28,7 +28,7 @@ def config(out: Path, epochs: int) -> TrainConfig:
     """The run the test also starts from the command line (same values as its options)."""
     return TrainConfig(data=PHANTOM, out=str(out), size=64, base=4, depth=2, epochs=epochs, batch_size=8, lr=5e-3,
                        window=(-200.0, 300.0), amp="off", fractions=(1.0 - 0.2 - 0.2, 0.2, 0.2), augment=False,
-                       foreground_share=0.0)
+                       foreground_share=0.0, memory_format="channels-last")
 
 
 def record_writes(writes: list) -> None:

@@ -48,13 +48,12 @@ def test_it_runs_and_reports_the_medians_it_printed_per_round(tmp_path):
 
 def test_the_loops_start_alike_on_the_same_slices(tmp_path):
     bench = _module()
-    args = bench.argparse.Namespace(size=32, base=4, depth=2, batch=4, slices=6, amp="off", cache=tmp_path / "store")
     from edgeseg.train.config import TrainConfig
     from edgeseg.train.loop import prepare
 
-    cfg = TrainConfig(data=f"phantom:cases=4,seed=0,size=32,slices=6", out=str(tmp_path / "unused"), size=32, base=4,
+    cfg = TrainConfig(data="phantom:cases=4,seed=0,size=32,slices=6", out=str(tmp_path / "unused"), size=32, base=4,
                       depth=2, batch_size=4, epochs=1000, amp="off", fractions=(0.5, 0.25, 0.25), seed=0, workers=0,
-                      cache=str(args.cache))
+                      cache=str(tmp_path / "store"))
     data = prepare(cfg)
     state = bench.edgeseg_state(cfg, data)
     plain = bench.PlainLoop(cfg, data)

@@ -134,7 +134,7 @@ def test_resumed_two_process_run_continues_the_history_exactly(two_processes):
     out, _ = two_processes
     args = ["--data", ddp_worker.PHANTOM, "--out", str(out / "after1"), "--size", "64", "--base", "4", "--depth", "2",
             "--epochs", "2", "--batch-size", "8", "--lr", "0.005", "--window=-200,300", "--amp", "off",
-            "--val-fraction", "0.2", "--test-fraction", "0.2", "--no-augment", "--foreground-share", "0", "--quiet",
+            "--val-fraction", "0.2", "--test-fraction", "0.2", "--no-augment", "--foreground-share", "0", "--memory-format", "channels-last", "--quiet",
             "--resume", "--nproc", "2"]
     _run([sys.executable, "-m", "edgeseg", "train", *args], out)
     resumed = json.loads((out / "after1" / "metrics.json").read_text())["history"]

@@ -14,6 +14,9 @@ from edgeseg.models import ModelConfig, build_model
 from edgeseg.models.checkpoint import read_checkpoint
 from edgeseg.train.config import TrainConfig
 from edgeseg.train.loop import train
+from edgeseg.errors import EdgesegError
+from edgeseg.runtime.selection import machine_signature
+from edgeseg.train import memory_format
 from edgeseg.train.memory_format import MARGIN, pick_format, probe_memory_format
 
 PHANTOM = "phantom:cases=5,seed=1,size=64,slices=10"
@@ -45,13 +48,16 @@ def test_the_probe_times_both_formats_and_leaves_model_and_rng_alone():
     chosen, measured = probe_memory_format(model, 4, 32, 3, torch.device("cpu"), min_step_s=0.0, rounds=3)
     times = measured["seconds_per_pass"]
     assert sorted(times) == ["channels-last", "contiguous"]
-    assert all(len(v) == 3 and min(v) > 0 for v in times.values())
+    # Channels-last's two warm passes are its gauge and count; then three alternating rounds.
+    assert len(times["channels-last"]) == 5 and len(times["contiguous"]) == 3
+    assert all(min(v) > 0 for v in times.values())
     assert chosen == pick_format(times)
     assert torch.equal(torch.get_rng_state(), rng)
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)  # batch-norm statistics included
     assert all(p.grad is None for p in model.parameters())
-    assert next(model.parameters()).is_contiguous()  # the model's own layout is untouched
+    wide = next(w for w in model.parameters() if w.ndim == 4 and w.shape[1] > 1 and w.shape[2] > 1)
+    assert wide.is_contiguous() and not wide.is_contiguous(memory_format=torch.channels_last)  # untouched
 
     chosen, measured = probe_memory_format(model, 4, 32, 3, torch.device("cpu"), min_step_s=1e6)
     assert chosen == "channels-last" and "not probed" in measured["reason"]
@@ -71,13 +77,14 @@ def test_an_explicit_format_is_what_trains_and_learns_the_same(tmp_path):
         assert weight.is_contiguous(memory_format=layout) and not weight.is_contiguous(
             memory_format=torch.channels_last if layout == torch.contiguous_format else torch.contiguous_format)
         record = json.loads((Path(cfg.out) / "metrics.json").read_text())["memory_format"]
-        assert record == {"requested": name, "chosen": name}
+        assert record == {"requested": name, "chosen": name, "machine": machine_signature()}
     # Same seed, same batches: the layouts differ in float rounding only.
     a, b = results["contiguous"][0], results["channels-last"][0]
     assert abs(a["train_loss"] - b["train_loss"]) < 1e-3 and abs(a["val_dice"] - b["val_dice"]) < 0.02
 
 
-def test_auto_keeps_channels_last_where_a_step_is_too_short_to_probe(tmp_path):
+def test_auto_keeps_channels_last_where_a_step_is_too_short_to_probe(tmp_path, monkeypatch):
+    monkeypatch.setattr(memory_format, "MIN_PROBED_STEP_S", 1e6)  # no pass is that long: not timing-dependent
     cfg = tiny(tmp_path)
     train(cfg, progress=False)
     record = json.loads((Path(cfg.out) / "metrics.json").read_text())["memory_format"]
@@ -91,5 +98,47 @@ def test_an_unknown_format_is_a_one_line_error(tmp_path):
                            "--memory-format", "nhwc"], capture_output=True, text=True)
     assert proc.returncode == 2 and "'nhwc' is not one of 'auto', 'channels-last', 'contiguous'" in proc.stderr
     assert not (tmp_path / "r").exists()
-    with pytest.raises(Exception, match="memory format must be auto, channels-last or contiguous"):
+    with pytest.raises(EdgesegError, match="memory format must be auto, channels-last or contiguous"):
         tiny(tmp_path, memory_format="nhwc")
+
+
+def test_auto_chooses_per_machine_and_a_resume_on_the_same_machine_keeps_the_choice(tmp_path, monkeypatch):
+    """The probe's choice (here contiguous: the probe answers so, as it does on an AVX2 CPU) is
+    what trains and is recorded with the machine; resumed on the same machine the run keeps it
+    without probing again; on another machine it probes again and moves the weights and Adam's
+    averages to the new layout."""
+    calls = []
+
+    def probe(model, *args, **kwargs):
+        calls.append(args)
+        return answer[0], {"seconds_per_pass": {"channels-last": [2.0], "contiguous": [1.0]}}
+
+    answer = ["contiguous"]
+    monkeypatch.setattr(memory_format, "probe_memory_format", probe)
+    cfg = tiny(tmp_path, epochs=1)
+    train(cfg, progress=False)
+    run = Path(cfg.out)
+    record = json.loads((run / "metrics.json").read_text())["memory_format"]
+    assert record["chosen"] == "contiguous" and record["machine"] and len(calls) == 1
+    assert _conv_weight(run / "last.pt").is_contiguous()
+    assert read_checkpoint(run / "last.pt")["memory_format"]["chosen"] == "contiguous"
+
+    cfg.epochs = 2
+    train(cfg, resume=True, progress=False)
+    record = json.loads((run / "metrics.json").read_text())["memory_format"]
+    assert len(calls) == 1 and record["chosen"] == "contiguous" and "kept from the checkpoint" in record["reason"]
+
+    # Another machine: a checkpoint that names a different one is probed again.
+    payload = torch.load(run / "last.pt", weights_only=True)
+    payload["memory_format"]["machine"] = "another CPU | 64 cpus | avx512f"
+    torch.save(payload, run / "last.pt")
+    answer[0] = "channels-last"
+    cfg.epochs = 3
+    train(cfg, resume=True, progress=False)
+    assert len(calls) == 2
+    last = read_checkpoint(run / "last.pt")
+    assert last["memory_format"]["chosen"] == "channels-last"
+    assert _conv_weight(run / "last.pt").is_contiguous(memory_format=torch.channels_last)
+    averages = [v for state in last["optimizer"]["state"].values() for v in state.values()
+                if isinstance(v, torch.Tensor) and v.ndim == 4 and v.shape[1] > 1 and v.shape[2] > 1]
+    assert averages and all(v.is_contiguous(memory_format=torch.channels_last) for v in averages)
