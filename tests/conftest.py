@@ -227,3 +227,16 @@ def pad_bundle(tmp_path_factory) -> Path:
     export_bundle(root / "train" / "best.pt", root / "bundle", settings, verify_data="phantom:cases=2,size=64,slices=4",
                   progress=False, echo=lambda text: None)
     return root / "bundle"
+
+
+@pytest.fixture(autouse=True)
+def no_memory_format_probe(monkeypatch):
+    """Training in this process keeps channels-last under --memory-format auto: a test model's
+    pass takes milliseconds, and on a loaded machine a rare slow one could make the probe choose
+    by noise, so two runs a test compares could train in different layouts. The probe itself is
+    tested with explicit thresholds (tests/train/test_memory_format.py)."""
+    try:
+        from edgeseg.train import memory_format
+    except ImportError:  # torch-free test environments
+        return
+    monkeypatch.setattr(memory_format, "MIN_PROBED_STEP_S", float("inf"))
