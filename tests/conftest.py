@@ -229,14 +229,27 @@ def pad_bundle(tmp_path_factory) -> Path:
     return root / "bundle"
 
 
-@pytest.fixture(autouse=True)
-def no_memory_format_probe(monkeypatch):
-    """Training in this process keeps channels-last under --memory-format auto: a test model's
-    pass takes milliseconds, and on a loaded machine a rare slow one could make the probe choose
-    by noise, so two runs a test compares could train in different layouts. The probe itself is
-    tested with explicit thresholds (tests/train/test_memory_format.py)."""
+@pytest.fixture(scope="session", autouse=True)
+def in_process_training_defaults():
+    """Two defaults of training inside the test processes (session-wide, so the session's bundle
+    fixtures see them too; a test that names a value keeps it, and trainings in child processes
+    are untouched):
+
+    - no DataLoader worker processes: twice a test worker that had trained in-process with a
+      loader worker and then run engines and child processes died ("node down"), in different
+      tests; the loader workers are tested on their own (tests/train/test_streaming.py) and in
+      child processes (sweeps, torchrun, the CLI);
+    - channels-last under --memory-format auto without a probe: a test model's pass takes
+      milliseconds, and on a loaded machine a slow one could make the probe choose by noise, so
+      two runs a test compares could train in different layouts. The probe is tested with
+      explicit thresholds (tests/train/test_memory_format.py).
+    """
     try:
-        from edgeseg.train import memory_format
+        from edgeseg.train import loop, memory_format
     except ImportError:  # torch-free test environments
+        yield
         return
-    monkeypatch.setattr(memory_format, "MIN_PROBED_STEP_S", float("inf"))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(loop, "default_workers", lambda: 0)
+        patch.setattr(memory_format, "MIN_PROBED_STEP_S", float("inf"))
+        yield
