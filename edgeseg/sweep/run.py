@@ -154,7 +154,7 @@ def sweep_status(sweep: SweepConfig, out: str | Path, only: Sequence[str] = ()) 
         if history:
             recent = [float(h.get("seconds", 0.0)) for h in history[-5:]]
             row.update(epoch=int(history[-1]["epoch"]), best_val_dice=max(float(h["val_dice"]) for h in history),
-                       seconds_per_epoch=round(sum(recent) / len(recent), 1))
+                       seconds_per_epoch=sum(recent) / len(recent))
         if point.id in finished:
             row.update(state="finished", result=finished[point.id])
         elif _held(out / "points" / point.id / ".lock"):
