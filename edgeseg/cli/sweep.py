@@ -33,7 +33,7 @@ def command(sweep_file, out, points_only, rounds, status, quiet) -> None:
     CUDA_VISIBLE_DEVICES): each claims the points no other process holds."""
     require("torch", "train", "edgeseg sweep")
     from edgeseg.sweep.config import load_sweep
-    from edgeseg.sweep.report import NOT_RECORDED, latency_machines, pareto_front, write_reports
+    from edgeseg.sweep.report import latency_machines, one_machine, pareto_front, write_reports
     from edgeseg.sweep.run import check_sweep_folder, remeasure, run_sweep
 
     configure_logging()
@@ -64,7 +64,7 @@ def command(sweep_file, out, points_only, rounds, status, quiet) -> None:
                    f"{c['speedup_model']:.2f}x model alone, {c['gflop_ratio']:.2f}x fewer GFLOP"
                    + ("" if len(points) == len(sweep.points) else
                       f" (over the {len(points)} of {len(sweep.points)} points finished so far)"))
-    elif sweep.choose and (len(machines := latency_machines(points)) > 1 or NOT_RECORDED in machines):
+    elif sweep.choose and not one_machine(machines := latency_machines(points)):
         click.echo(f"no choice: the latencies were not all measured on one recorded machine ({'; '.join(machines)}); "
                    "run this command with --remeasure N on one machine")
     elif sweep.choose:

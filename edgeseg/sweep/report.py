@@ -22,6 +22,11 @@ def latency_machines(points: list[dict[str, Any]]) -> list[str]:
     return list(dict.fromkeys(p.get("machine", NOT_RECORDED) for p in points))
 
 
+def one_machine(machines: list[str]) -> bool:
+    """True when every latency was measured on the same recorded machine (comparable)."""
+    return len(machines) == 1 and machines[0] != NOT_RECORDED
+
+
 def deployed_dice(point: dict[str, Any]) -> float:
     """The Dice of what the point's bundle ships: INT8, or FP32 where the gate refused INT8."""
     return point["dice_int8"] if point.get("dice_int8") is not None else point["dice_fp32"]
@@ -89,12 +94,12 @@ def write_reports(out: str | Path, points: list[dict[str, Any]], choose: dict[st
         script += ["", f"# {p['id']}", *p["commands"]]
     atomic_write_text(paths["commands"], "\n".join(script) + "\n")
     choice = None
-    if choose and len(machines) == 1 and machines[0] != NOT_RECORDED:
+    if choose and one_machine(machines):
         choice = choose_default(points, choose["reference"], choose["max_dice_loss"])
     if choice is not None:
         paths["choice"] = out / "choice.json"
         atomic_write_text(paths["choice"], json.dumps({**choice, "machine": machines[0]}, indent=2) + "\n")
-    elif len(machines) > 1 or NOT_RECORDED in machines:
+    elif not one_machine(machines):
         (out / "choice.json").unlink(missing_ok=True)
     plot_front(rows, paths["png"], choice, machines)
     return paths
@@ -129,7 +134,7 @@ def plot_front(rows: list[dict[str, Any]], path: Path, choice: dict[str, Any] | 
     size = rows[0]["slice_size"] if rows else 512
     ax.set_xlabel(f"end-to-end latency, auto backend, batch 1, {size}x{size} int16 slice (ms, p50)")
     ax.set_ylabel("validation per-case Dice (INT8; FP32 if INT8 refused)")
-    if machines and (len(machines) > 1 or NOT_RECORDED in machines):
+    if machines and not one_machine(machines):
         ax.set_title(f"latencies from {len(machines)} machine(s), not all recorded or not one: not comparable "
                      "(edgeseg sweep --remeasure on one)", fontsize=9, color="firebrick")
     elif machines:
