@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -138,7 +139,7 @@ def plot_front(rows: list[dict[str, Any]], path: Path, choice: dict[str, Any] | 
         ax.set_title(f"latencies from {len(machines)} machine(s), not all recorded or not one: not comparable "
                      "(edgeseg sweep --remeasure on one)", fontsize=9, color="firebrick")
     elif machines:
-        ax.set_title(f"latency measured on: {machines[0]}", fontsize=8)
+        ax.set_title(textwrap.fill(f"latency measured on: {machines[0]}", 100), fontsize=8)  # a long flag list wraps
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
