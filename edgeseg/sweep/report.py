@@ -140,6 +140,7 @@ def plot_front(rows: list[dict[str, Any]], path: Path, choice: dict[str, Any] | 
                      "(edgeseg sweep --remeasure on one)", fontsize=9, color="firebrick")
     elif machines:
         ax.set_title(textwrap.fill(f"latency measured on: {machines[0]}", 100), fontsize=8)  # a long flag list wraps
+    ax.margins(x=0.12)  # room for the point labels, written to the right of each point
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
