@@ -100,7 +100,8 @@ _BUNDLE_SOURCES = ("edgeseg/*.py", "edgeseg/data/**/*.py", "edgeseg/kernels/**/*
 
 def bundle_key() -> str:
     """sha256 over the test bundle's settings and every source file it depends on."""
-    digest = hashlib.sha256(repr((BUNDLE_TRAINING, BUNDLE_CALIBRATION)).encode())
+    # the last item: trained in float32 on every CPU (in_process_training_defaults), not bf16 where AMX is
+    digest = hashlib.sha256(repr((BUNDLE_TRAINING, BUNDLE_CALIBRATION, "float32")).encode())
     files = sorted({path for pattern in _BUNDLE_SOURCES for path in _ROOT.glob(pattern) if path.is_file()})
     for path in files:
         digest.update(str(path.relative_to(_ROOT)).encode() + b"\0" + path.read_bytes())
@@ -242,14 +243,18 @@ def in_process_training_defaults():
     - channels-last under --memory-format auto without a probe: a test model's pass takes
       milliseconds, and on a loaded machine a slow one could make the probe choose by noise, so
       two runs a test compares could train in different layouts. The probe is tested with
-      explicit thresholds (tests/train/test_memory_format.py).
+      explicit thresholds (tests/train/test_memory_format.py);
+    - float32 under --amp auto on every CPU: auto picks bf16 autocast where the CPU has AMX, and the
+      tiny test models trained that way differ from those of other CPUs (a fixture model found no
+      foreground on a small phantom there); bf16 itself is tested with --amp bf16.
     """
     try:
-        from edgeseg.train import loop, memory_format
+        from edgeseg.train import loop, memory_format, precision
     except ImportError:  # torch-free test environments
         yield
         return
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(loop, "default_workers", lambda: 0)
         patch.setattr(memory_format, "MIN_PROBED_STEP_S", float("inf"))
+        patch.setattr(precision, "cpu_has_bf16", lambda cpuinfo=None: False)
         yield
