@@ -33,7 +33,8 @@ def command(sweep_file, out, points_only, rounds, status, quiet) -> None:
     CUDA_VISIBLE_DEVICES): each claims the points no other process holds."""
     require("torch", "train", "edgeseg sweep")
     from edgeseg.sweep.config import load_sweep
-    from edgeseg.sweep.report import latency_machines, one_machine, pareto_front, write_reports
+    from edgeseg.sweep.report import (latency_machines, no_choice_reason, one_machine, pareto_front, variant_rows,
+                                      write_reports)
     from edgeseg.sweep.run import check_sweep_folder, remeasure, run_sweep
 
     configure_logging()
@@ -52,14 +53,23 @@ def command(sweep_file, out, points_only, rounds, status, quiet) -> None:
         click.echo("no point is finished yet" + (f"; {', '.join(elsewhere)} running in another process" if elsewhere else ""))
         return
     paths = write_reports(out, points, sweep.choose)
-    front = pareto_front(points)
+    variants = variant_rows(points)
+    front = pareto_front(variants)
     for r in points:
-        click.echo(f"{r['id']:<32} {r['params'] / 1e6:6.2f} M  {r['gflop']:7.2f} GFLOP  Dice fp32 {r['dice_fp32']:.4f}  "
+        click.echo(f"{r['id']:<38} {r['params'] / 1e6:6.2f} M  {r['gflop']:7.2f} GFLOP  Dice fp32 {r['dice_fp32']:.4f}  "
                    f"int8 {'refused' if r['dice_int8'] is None else format(r['dice_int8'], '.4f')}  {r['backend']:<16} {r['latency_ms_p50']:8.2f} ms  "
-                   f"{r['volume_slices_per_s']:7.1f} slices/s{'  *front' if r['id'] in front else ''}")
+                   f"{r['volume_slices_per_s']:7.1f} slices/s{'  *front' if r.get('variant', r['id']) in front else ''}")
+    if any(v["runs"] > 1 for v in variants):
+        click.echo("variants (mean over their runs; sd and range of the deployed Dice):")
+        for v in variants:
+            sd = "" if v["dice_deployed_sd"] is None else f" sd {v['dice_deployed_sd']:.4f}"
+            click.echo(f"{v['id']:<38} {v['runs']} run(s)  Dice fp32 {v['dice_fp32']:.4f}  deployed {v['dice_deployed']:.4f}{sd} "
+                       f"({v['dice_deployed_min']:.4f}-{v['dice_deployed_max']:.4f})  {v['latency_ms_p50']:8.2f} ms"
+                       f"{'  *front' if v['id'] in front else ''}")
     if "choice" in paths:
         c = json.loads(paths["choice"].read_text())
-        click.echo(f"chosen: {c['chosen']} (fastest within {c['max_dice_loss']:g} Dice of {c['reference']}): "
+        click.echo(f"chosen: {c['chosen']} (fastest within {c['max_dice_loss']:g} mean Dice of {c['reference']}, "
+                   f"{c['runs']} and {c['reference_runs']} run(s)): "
                    f"Dice {c['dice']:.4f} vs {c['reference_dice']:.4f}, {c['speedup_end_to_end']:.2f}x faster end to end, "
                    f"{c['speedup_model']:.2f}x model alone, {c['gflop_ratio']:.2f}x fewer GFLOP"
                    + ("" if len(points) == len(sweep.points) else
@@ -68,7 +78,7 @@ def command(sweep_file, out, points_only, rounds, status, quiet) -> None:
         click.echo(f"no choice: the latencies were not all measured on one recorded machine ({'; '.join(machines)}); "
                    "run this command with --remeasure N on one machine")
     elif sweep.choose:
-        click.echo(f"no choice yet: the reference point {sweep.choose['reference']} is not finished")
+        click.echo(f"no choice yet: {no_choice_reason(variants, sweep.choose)}")
     click.echo(f"wrote {', '.join(str(p) for p in paths.values())}")
     if elsewhere:
         click.echo(f"not in these reports yet: {', '.join(elsewhere)}, running in another process; "
@@ -79,7 +89,7 @@ def _print_status(sweep, out, only) -> None:
     from edgeseg.sweep.run import sweep_status
 
     for row in sweep_status(sweep, out, only):
-        line = f"{row['id']:<32} {row['state']:<12} epoch {row['epoch']:>4}/{row['epochs']}"
+        line = f"{row['id']:<38} {row['state']:<12} epoch {row['epoch']:>4}/{row['epochs']}"
         if "best_val_dice" in row:
             line += f"  best val Dice {row['best_val_dice']:.4f}"
         if row["state"] == "finished":

@@ -24,7 +24,9 @@ def point_commands(sweep: SweepConfig, point: Point, folder: Path) -> list[str]:
 
     ``warmup_epochs`` has no `edgeseg train` flag; a recipe that sets it is noted in a comment.
     """
-    recipe = sweep.recipe
+    recipe = dict(sweep.recipe)
+    if point.seed is not None:  # a repeat of the variant with the grid's seed
+        recipe["seed"] = point.seed
     train = ["edgeseg", "train", "--model", point.model, "--base", str(point.base), "--depth", str(point.depth),
              "--size", str(point.size), "--out", str(folder / "run")]
     for key, flag in TRAIN_FLAGS.items():

@@ -12,6 +12,7 @@ Example ``SWEEP.toml``::
     base = [8]
     depth = [2]
     size = [64]
+    seed = [0, 1, 2]              # optional: repeats of every variant with these training seeds
 
     [export]                      # INT8 export through the normal gate
     calib = "phantom:cases=3,size=64,slices=16,seed=5"
@@ -20,8 +21,16 @@ Example ``SWEEP.toml``::
     slice_size = 512
 
     [choose]                      # optional: the default-model rule applied to the results
-    reference = "unet-b8-d2-s64"  # the point to match
-    max_dice_loss = 0.005         # the fastest point within this much Dice of it is chosen
+    reference = "unet-b8-d2-s64"  # the variant to match
+    max_dice_loss = 0.005         # the fastest variant within this much mean Dice of it is chosen
+    min_runs = 3                  # finished seeds a variant needs to take part (default: all of them)
+
+A point is one training run. Its id names the variant (``unet-b8-d2-s64``) and, for a seed of
+``[grid] seed`` other than the recipe's own (``[recipe] seed``, else the named recipe's, else
+0), the seed (``unet-b8-d2-s64-seed1``): so a sweep that gains seeds, or any other grid value,
+keeps the runs it finished. The reports and the rule take a variant's runs together (mean Dice
+over its seeds, with their spread): the difference between two seeds of one variant is often
+larger than the margin the rule decides on.
 
 Every key is checked before anything is written: an unknown key, architecture or value is one
 ``EdgesegError`` naming it.
@@ -29,6 +38,7 @@ Every key is checked before anything is written: an unknown key, architecture or
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import tomllib
 from dataclasses import dataclass, field
@@ -38,7 +48,7 @@ from typing import Any
 from edgeseg.errors import DataError, EdgesegError
 from edgeseg.models.registry import MODELS
 
-GRID_KEYS = ("model", "base", "depth", "size")
+GRID_KEYS = ("model", "base", "depth", "size")  # every grid names these; ``seed`` is optional
 RECIPE_KEYS = {"data": str, "labels": str, "window": list, "intensity": str, "epochs": int, "batch_size": int,
                "lr": float, "weight_decay": float, "warmup_epochs": float, "seed": int, "val_fraction": float,
                "test_fraction": float, "augment": bool, "augment_p": float, "ema_epochs": float, "amp": str,
@@ -48,7 +58,7 @@ EXPORT_KEYS = {"calib": str, "calib_method": str, "calib_slices": int, "verify_s
                "max_dice_drop_int8": float, "gate_metric": str,
                "int8_scheme": str}
 MEASURE_KEYS = {"slice_size": int, "batches": list, "runs": int, "warmup": int, "volume_slices": int, "threads": int}
-CHOOSE_KEYS = {"reference": str, "max_dice_loss": float}
+CHOOSE_KEYS = {"reference": str, "max_dice_loss": float, "min_runs": int}
 MEASURE_DEFAULTS = {"slice_size": 512, "batches": [1, 8], "runs": 20, "warmup": 3, "volume_slices": 32, "threads": 0}
 
 
@@ -60,10 +70,16 @@ class Point:
     base: int
     depth: int
     size: int
+    seed: int | None = None  # None: the recipe's seed
+
+    @property
+    def variant(self) -> str:
+        """The architecture, width, depth and size: what the reports and the rule compare."""
+        return f"{self.model}-b{self.base}-d{self.depth}-s{self.size}"
 
     @property
     def id(self) -> str:
-        return f"{self.model}-b{self.base}-d{self.depth}-s{self.size}"
+        return self.variant if self.seed is None else f"{self.variant}-seed{self.seed}"
 
 
 @dataclass(frozen=True)
@@ -80,17 +96,30 @@ class SweepConfig:
     base_recipe: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """What makes the sweep's results: a folder holding another is refused. ``choose`` is not
-        in it, since it only reads the results: changing it never invalidates finished points. A
-        named recipe is in it by name and the values the points train with (all but the grid's,
-        which the grid overrides), so a recipe edit that changes training starts afresh while a
-        new version that only changes the recipe's own model leaves the sweep as it was."""
+        """What makes the sweep's results: a folder holding another is refused (see
+        :func:`identity`). ``choose`` is not in it, since it only reads the results: changing it
+        never invalidates finished points. A named recipe is in it by name and the values the
+        points train with (all but the grid's, which the grid overrides), so a recipe edit that
+        changes training starts afresh while a new version that only changes the recipe's own
+        model leaves the sweep as it was."""
         identity = {"recipe": self.recipe, "grid": [p.__dict__ for p in self.points], "export": self.export,
                     "measure": self.measure}
         if self.base_recipe is not None:
             identity["base_recipe"] = {"name": self.base_recipe["name"], "values": {
                 k: v for k, v in self.base_recipe["values"].items() if k not in GRID_KEYS}}
         return identity
+
+    @property
+    def seeds(self) -> int:
+        """How many seeds the grid runs of each variant."""
+        return len({p.seed for p in self.points if p.variant == self.points[0].variant})
+
+
+def identity(config: dict[str, Any]) -> dict[str, Any]:
+    """The part of a sweep's recorded ``to_dict`` that its finished points depend on: all but the
+    grid. A point's id says everything the grid sets for it, so a grid that grows (another width,
+    more seeds) or shrinks keeps the points it shares with the old one."""
+    return {k: v for k, v in config.items() if k != "grid"}
 
 
 def _checked_table(doc: dict, section: str, allowed: dict[str, type], where: str) -> dict[str, Any]:
@@ -107,8 +136,8 @@ def _checked_table(doc: dict, section: str, allowed: dict[str, type], where: str
     return dict(table)
 
 
-def _grid(doc: dict, where: str) -> list[Point]:
-    grid = _checked_table(doc, "grid", dict.fromkeys(GRID_KEYS, list), where)
+def _grid(doc: dict, where: str, recipe_seed: int) -> list[Point]:
+    grid = _checked_table(doc, "grid", dict.fromkeys((*GRID_KEYS, "seed"), list), where)
     missing = [k for k in GRID_KEYS if not grid.get(k)]
     if missing:
         raise DataError(f"{where}: [grid] needs non-empty lists for {missing}")
@@ -120,7 +149,13 @@ def _grid(doc: dict, where: str) -> list[Point]:
     for key in ("base", "depth", "size"):
         if any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in grid[key]):
             raise DataError(f"{where}: [grid] {key} must be positive integers, got {grid[key]}")
-    points = [Point(*combo) for combo in itertools.product(*(grid[k] for k in GRID_KEYS))]
+    seeds = grid.get("seed", [recipe_seed])
+    if not seeds or any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in seeds):
+        raise DataError(f"{where}: [grid] seed must list non-negative integers, got {seeds}")
+    # Seed-major: every variant's first run comes before any variant's repeat, so a sweep stopped
+    # part-way has one run of each variant rather than every run of a few.
+    points = [Point(*combo, seed=None if seed == recipe_seed else seed)
+              for seed in seeds for combo in itertools.product(*(grid[k] for k in GRID_KEYS))]
     for p in points:
         if p.size % 2**p.depth:
             raise DataError(f"{where}: point {p.id}: size {p.size} is not divisible by 2**depth = {2**p.depth}")
@@ -129,18 +164,21 @@ def _grid(doc: dict, where: str) -> list[Point]:
     return points
 
 
-def _choose(doc: dict, points: list[Point], where: str) -> dict[str, Any]:
+def _choose(doc: dict, points: list[Point], where: str, seeds: int) -> dict[str, Any]:
     choose = _checked_table(doc, "choose", CHOOSE_KEYS, where)
     if not choose:
         return {}
     if "reference" not in choose:
         raise DataError(f"{where}: [choose] needs reference, the id of the point to match")
-    ids = [p.id for p in points]
+    ids = list(dict.fromkeys(p.variant for p in points))
     if choose["reference"] not in ids:
-        raise DataError(f"{where}: [choose] reference {choose['reference']!r} is not a point of the grid; points: {ids}")
+        raise DataError(f"{where}: [choose] reference {choose['reference']!r} is not a variant of the grid; variants: {ids}")
     loss = float(choose.setdefault("max_dice_loss", 0.005))
     if not 0.0 <= loss <= 1.0:
         raise DataError(f"{where}: [choose] max_dice_loss must be in [0, 1], got {loss}")
+    runs = choose.setdefault("min_runs", seeds)
+    if not 1 <= runs <= seeds:
+        raise DataError(f"{where}: [choose] min_runs must be between 1 and the grid's {seeds} seed(s), got {runs}")
     return choose
 
 
@@ -164,9 +202,10 @@ def load_sweep(path: str | Path) -> SweepConfig:
     measure = {**MEASURE_DEFAULTS, **_checked_table(doc, "measure", MEASURE_KEYS, where)}
     if any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in measure["batches"]) or not measure["batches"]:
         raise DataError(f"{where}: [measure] batches must be positive integers, got {measure['batches']}")
-    points = _grid(doc, where)
-    sweep = SweepConfig(recipe=recipe, points=points, export=export, measure=measure,
-                        choose=_choose(doc, points, where), base_recipe=_base_recipe(recipe, where))
+    base_recipe = _base_recipe(recipe, where)
+    points = _grid(doc, where, _recipe_seed(recipe, base_recipe))
+    sweep = SweepConfig(recipe=recipe, points=points, export=export, measure=measure, base_recipe=base_recipe)
+    sweep = dataclasses.replace(sweep, choose=_choose(doc, points, where, sweep.seeds))
     for point in sweep.points:
         train_config(sweep, point, Path("."))  # the recipe's values are checked here, before any work
     try:
@@ -185,6 +224,15 @@ def export_settings(sweep: SweepConfig):
     calib = opts.pop("calib", sweep.recipe["data"])
     drop = opts.pop("max_dice_drop_int8", None)
     return ExportSettings(formats=("onnx",), int8=True).override(**opts, max_dice_drop={"fp16": None, "int8": drop}), calib
+
+
+def _recipe_seed(recipe: dict[str, Any], base_recipe: dict[str, Any] | None) -> int:
+    """The seed a point trains with unless the grid gives it another."""
+    from edgeseg.train.config import TrainConfig
+
+    default = next(f.default for f in dataclasses.fields(TrainConfig) if f.name == "seed")
+    seed = recipe.get("seed", (base_recipe or {}).get("values", {}).get("seed", default))
+    return int(seed)
 
 
 def _base_recipe(recipe: dict[str, Any], where: str) -> dict[str, Any] | None:
@@ -221,5 +269,7 @@ def train_config(sweep: SweepConfig, point: Point, out: Path):
         if len(recipe["window"]) != 2:
             raise DataError(f"[recipe] window must be [LO, HI], got {recipe['window']}")
         recipe["window"] = tuple(recipe["window"])
+    if point.seed is not None:
+        recipe["seed"] = point.seed
     return TrainConfig(**recipe, fractions=(1.0 - val - test, val, test), model=point.model, base=point.base,
                        depth=point.depth, size=point.size, out=str(out))

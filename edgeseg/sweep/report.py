@@ -1,4 +1,8 @@
-"""Sweep outputs: the table (CSV and JSON), the Pareto front, the Dice-vs-latency plot, commands."""
+"""Sweep outputs: the table (CSV and JSON), the Pareto front, the Dice-vs-latency plot, commands.
+
+A point is one training run; a variant (architecture, width, depth, size) has one run per seed of
+the grid. The front and the default-model rule compare variants: the mean Dice over their runs
+and the median latency (which does not depend on the weights)."""
 
 from __future__ import annotations
 
@@ -11,9 +15,12 @@ from typing import Any
 
 from edgeseg.atomic import atomic_path, atomic_write_text
 
-COLUMNS = ("id", "model", "base", "depth", "size", "params", "gflop", "epochs", "best_epoch",
+COLUMNS = ("id", "variant", "seed", "model", "base", "depth", "size", "params", "gflop", "epochs", "best_epoch",
            "train_seconds_all_epochs", "dice_fp32", "dice_int8", "int8_refused", "int8_scheme", "backend", "latency_ms_p50", "model_ms_p50",
            "volume_slices_per_s", "machine", "pareto")
+VARIANT_COLUMNS = ("id", "model", "base", "depth", "size", "params", "gflop", "runs", "seeds", "dice_fp32",
+                   "dice_fp32_sd", "dice_int8", "dice_deployed", "dice_deployed_sd", "dice_deployed_min",
+                   "dice_deployed_max", "latency_ms_p50", "model_ms_p50", "volume_slices_per_s", "pareto")
 NOT_RECORDED = "not recorded"
 
 
@@ -29,8 +36,55 @@ def one_machine(machines: list[str]) -> bool:
 
 
 def deployed_dice(point: dict[str, Any]) -> float:
-    """The Dice of what the point's bundle ships: INT8, or FP32 where the gate refused INT8."""
+    """The Dice of what the point's bundle ships: INT8, or FP32 where the gate refused INT8 (for
+    a variant, the mean of its runs' values)."""
+    if "dice_deployed" in point:
+        return point["dice_deployed"]
     return point["dice_int8"] if point.get("dice_int8") is not None else point["dice_fp32"]
+
+
+def _spread(values: list[float]) -> dict[str, float | None]:
+    """Mean, sample standard deviation (None for one value), min and max, rounded to 4 places."""
+    n = len(values)
+    mean = sum(values) / n
+    sd = (sum((v - mean) ** 2 for v in values) / (n - 1)) ** 0.5 if n > 1 else None
+    return {"mean": round(mean, 4), "sd": None if sd is None else round(sd, 4),
+            "min": round(min(values), 4), "max": round(max(values), 4)}
+
+
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+
+def variant_rows(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per variant, in order of first appearance: its runs taken together (mean Dice and
+    spread over the seeds, median latency). A result written before variants were recorded is
+    its own variant (its id)."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for p in points:
+        groups.setdefault(p.get("variant", p["id"]), []).append(p)
+    rows = []
+    for variant, runs in groups.items():
+        first = runs[0]
+        deployed, fp32 = _spread([deployed_dice(r) for r in runs]), _spread([r["dice_fp32"] for r in runs])
+        int8 = [r.get("dice_int8") for r in runs]
+        row = {k: first[k] for k in ("model", "base", "depth", "size", "params", "gflop", "slice_size", "backend")
+               if k in first}
+        machines = latency_machines(runs)
+        row.update(id=variant, runs=len(runs), run_ids=[r["id"] for r in runs], seeds=[r.get("seed") for r in runs],
+                   dice_fp32=fp32["mean"], dice_fp32_sd=fp32["sd"],
+                   dice_int8=None if None in int8 else _spread(int8)["mean"],
+                   dice_deployed=deployed["mean"], dice_deployed_sd=deployed["sd"],
+                   dice_deployed_min=deployed["min"], dice_deployed_max=deployed["max"],
+                   runs_dice_deployed=[deployed_dice(r) for r in runs],
+                   latency_ms_p50=_median([r["latency_ms_p50"] for r in runs]),
+                   model_ms_p50=_median([r["model_ms_p50"] for r in runs]),
+                   volume_slices_per_s=_median([r["volume_slices_per_s"] for r in runs]),
+                   machine=machines[0] if len(machines) == 1 else NOT_RECORDED)
+        rows.append(row)
+    return rows
 
 
 def pareto_front(points: list[dict[str, Any]], cost_key: str = "latency_ms_p50") -> set[str]:
@@ -47,18 +101,23 @@ def pareto_front(points: list[dict[str, Any]], cost_key: str = "latency_ms_p50")
     return front
 
 
-def choose_default(points: list[dict[str, Any]], reference: str, max_dice_loss: float) -> dict[str, Any] | None:
-    """The fastest point (end-to-end latency of the auto backend) whose Dice is at most
-    ``max_dice_loss`` below the ``reference`` point's both as deployed and in FP32, with its ratios
-    against the reference; None while the reference is not finished. Asking the FP32 model too
-    keeps a point whose INT8 graph happened to score above its own FP32 model on a few
-    validation slices (quantisation noise) from being chosen on that luck."""
+def choose_default(points: list[dict[str, Any]], reference: str, max_dice_loss: float,
+                   min_runs: int = 1) -> dict[str, Any] | None:
+    """The fastest variant (end-to-end latency of the auto backend) whose Dice is at most
+    ``max_dice_loss`` below the ``reference`` variant's both as deployed and in FP32, with its
+    ratios against the reference; None while the reference has fewer than ``min_runs`` finished
+    runs. ``points`` are variant rows (:func:`variant_rows`: Dice is the mean over a variant's
+    seeds), or single runs; a variant with fewer than ``min_runs`` runs takes no part, so one
+    lucky seed is not chosen. Asking the FP32 model too keeps a point whose INT8 graph happened
+    to score above its own FP32 model on a few validation slices (quantisation noise) from being
+    chosen on that luck."""
     by_id = {p["id"]: p for p in points}
     ref = by_id.get(reference)
-    if ref is None:
+    if ref is None or ref.get("runs", 1) < min_runs:
         return None
     floor, floor_fp32 = deployed_dice(ref) - max_dice_loss, ref["dice_fp32"] - max_dice_loss
-    eligible = [p for p in points if deployed_dice(p) >= floor - 1e-12 and p["dice_fp32"] >= floor_fp32 - 1e-12]
+    eligible = [p for p in points if deployed_dice(p) >= floor - 1e-12 and p["dice_fp32"] >= floor_fp32 - 1e-12
+                and p.get("runs", 1) >= min_runs]
     best = min(eligible, key=lambda p: (p["latency_ms_p50"], -deployed_dice(p)))  # the reference itself is eligible
     return {"chosen": best["id"], "reference": reference, "max_dice_loss": max_dice_loss,
             "dice": deployed_dice(best), "reference_dice": deployed_dice(ref),
@@ -67,28 +126,48 @@ def choose_default(points: list[dict[str, Any]], reference: str, max_dice_loss: 
             "speedup_model": round(ref["model_ms_p50"] / best["model_ms_p50"], 3),
             "gflop_ratio": round(ref["gflop"] / best["gflop"], 3),
             "volume_throughput_ratio": round(best["volume_slices_per_s"] / ref["volume_slices_per_s"], 3),
-            "eligible": [p["id"] for p in eligible], "points_finished": len(points)}
+            "runs": best.get("runs", 1), "reference_runs": ref.get("runs", 1), "min_runs": min_runs,
+            "dice_sd": best.get("dice_deployed_sd"), "reference_dice_sd": ref.get("dice_deployed_sd"),
+            "eligible": [p["id"] for p in eligible], "points_finished": len(points),
+            "too_few_runs": [p["id"] for p in points if p.get("runs", 1) < min_runs]}
+
+
+def no_choice_reason(variants: list[dict[str, Any]], choose: dict[str, Any]) -> str:
+    """Why the rule cannot choose yet (the reference unfinished, or short of runs)."""
+    ref = next((v for v in variants if v["id"] == choose["reference"]), None)
+    if ref is None:
+        return f"the reference {choose['reference']} has no finished run"
+    return f"the reference {choose['reference']} has {ref['runs']} of the {choose.get('min_runs', 1)} finished runs the rule needs"
 
 
 def write_reports(out: str | Path, points: list[dict[str, Any]], choose: dict[str, Any] | None = None) -> dict[str, Path]:
-    """Write sweep.csv, results.json, commands.sh and pareto.png under ``out`` and, with a
-    ``choose`` rule whose reference is finished, choice.json; returns the paths written.
+    """Write sweep.csv and results.json (one row per run), variants.csv (one per variant, its runs
+    together), commands.sh and pareto.png under ``out`` and, with a ``choose`` rule whose reference
+    has its runs, choice.json (else one from before is removed); returns the paths written.
 
     Latencies measured on different machines (sessions on other CPUs), or on a machine not
     recorded (results written before it was), are not compared: then no choice is made (a
     choice.json from before is removed) and the plot says so; ``edgeseg sweep --remeasure`` on
     one machine measures every point again."""
     out = Path(out)
-    front = pareto_front(points)
+    variants = variant_rows(points)
+    front = pareto_front(variants)
     machines = latency_machines(points)
-    rows = [{**p, "machine": p.get("machine", NOT_RECORDED), "pareto": p["id"] in front} for p in points]
+    rows = [{**p, "machine": p.get("machine", NOT_RECORDED), "pareto": p.get("variant", p["id"]) in front}
+            for p in points]
+    variants = [{**v, "pareto": v["id"] in front} for v in variants]
     text = io.StringIO()
     writer = csv.DictWriter(text, fieldnames=COLUMNS, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
     paths = {"csv": out / "sweep.csv", "json": out / "results.json", "commands": out / "commands.sh",
-             "png": out / "pareto.png"}
+             "png": out / "pareto.png", "variants": out / "variants.csv"}
     atomic_write_text(paths["csv"], text.getvalue())
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=VARIANT_COLUMNS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows({**v, "seeds": " ".join("-" if x is None else str(x) for x in v["seeds"])} for v in variants)
+    atomic_write_text(paths["variants"], text.getvalue())
     atomic_write_text(paths["json"], json.dumps(rows, indent=2))
     script = ["#!/bin/sh", "# The commands that reproduce each sweep point.", "set -e"]
     for p in rows:
@@ -96,19 +175,21 @@ def write_reports(out: str | Path, points: list[dict[str, Any]], choose: dict[st
     atomic_write_text(paths["commands"], "\n".join(script) + "\n")
     choice = None
     if choose and one_machine(machines):
-        choice = choose_default(points, choose["reference"], choose["max_dice_loss"])
+        choice = choose_default(variants, choose["reference"], choose["max_dice_loss"], choose.get("min_runs", 1))
     if choice is not None:
         paths["choice"] = out / "choice.json"
         atomic_write_text(paths["choice"], json.dumps({**choice, "machine": machines[0]}, indent=2) + "\n")
-    elif not one_machine(machines):
+    else:  # one from before (the reference since short of runs, or measured elsewhere) would mislead
         (out / "choice.json").unlink(missing_ok=True)
-    plot_front(rows, paths["png"], choice, machines)
+    plot_front(variants, paths["png"], choice, machines)
     return paths
 
 
 def plot_front(rows: list[dict[str, Any]], path: Path, choice: dict[str, Any] | None = None,
                machines: list[str] | None = None) -> None:
-    """Scatter of INT8 validation Dice against end-to-end latency, the Pareto front joined and ringed."""
+    """Scatter of INT8 validation Dice against end-to-end latency, the Pareto front joined and
+    ringed; ``rows`` are variants (or single runs): a variant of several runs shows them as small
+    dots and their range as a bar."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -119,12 +200,16 @@ def plot_front(rows: list[dict[str, Any]], path: Path, choice: dict[str, Any] | 
     for i, model in enumerate(models):
         mine = [r for r in rows if r["model"] == model]
         ax.scatter([r["latency_ms_p50"] for r in mine], [deployed_dice(r) for r in mine], label=model, color=f"C{i}", zorder=3)
+        for r in (r for r in mine if r.get("runs", 1) > 1):
+            ax.vlines(r["latency_ms_p50"], r["dice_deployed_min"], r["dice_deployed_max"], color=f"C{i}", lw=1.5, zorder=3)
+            ax.scatter([r["latency_ms_p50"]] * r["runs"], r["runs_dice_deployed"], s=10, color=f"C{i}", alpha=0.5, zorder=3)
     front = sorted((r for r in rows if r["pareto"]), key=lambda r: r["latency_ms_p50"])
     ax.plot([r["latency_ms_p50"] for r in front], [deployed_dice(r) for r in front], "k--", lw=1, zorder=2, label="Pareto front")
     ax.scatter([r["latency_ms_p50"] for r in front], [deployed_dice(r) for r in front], s=160, facecolors="none",
                edgecolors="k", zorder=4)
     for r in rows:
-        ax.annotate(f"b{r['base']} d{r['depth']} s{r['size']}", (r["latency_ms_p50"], deployed_dice(r)), fontsize=7,
+        label = f"b{r['base']} d{r['depth']} s{r['size']}" + (f" ({r['runs']} seeds)" if r.get("runs", 1) > 1 else "")
+        ax.annotate(label, (r["latency_ms_p50"], deployed_dice(r)), fontsize=7,
                     xytext=(4, 4), textcoords="offset points")
     if choice is not None:  # the reference's Dice band, and the point chosen in it
         floor = choice["reference_dice"] - choice["max_dice_loss"]
@@ -134,7 +219,8 @@ def plot_front(rows: list[dict[str, Any]], path: Path, choice: dict[str, Any] | 
                    edgecolors="k", zorder=5, label=f"chosen: {choice['chosen']}")
     size = rows[0]["slice_size"] if rows else 512
     ax.set_xlabel(f"end-to-end latency, auto backend, batch 1, {size}x{size} int16 slice (ms, p50)")
-    ax.set_ylabel("validation per-case Dice (INT8; FP32 if INT8 refused)")
+    several = any(r.get("runs", 1) > 1 for r in rows)
+    ax.set_ylabel("validation per-case Dice (INT8; FP32 if INT8 refused)" + ("\nmean over seeds, bar: range" if several else ""))
     if machines and not one_machine(machines):
         ax.set_title(f"latencies from {len(machines)} machine(s), not all recorded or not one: not comparable "
                      "(edgeseg sweep --remeasure on one)", fontsize=9, color="firebrick")

@@ -8,7 +8,8 @@ Layout under the sweep folder ``OUT``::
     points/ID/result.json   written last and atomically: a point with it is finished
 
 A finished point is read, never retrained; a killed sweep restarts at the first unfinished one,
-and a killed training continues from its last epoch. Several processes may run one sweep folder at
+and a killed training continues from its last epoch. The folder stays this sweep's when its grid
+changes (points are named by what the grid sets), not when its recipe, export or measurement does. Several processes may run one sweep folder at
 once (one per GPU, or one per core group): each point is claimed with an ``flock`` on
 ``points/ID/.lock``, and a process skips the points another one holds, so the processes share out
 the grid. ``sweep.json`` always lists every point finished on disk, whoever finished it.
@@ -30,7 +31,7 @@ import numpy as np
 
 from edgeseg.atomic import atomic_write_text
 from edgeseg.errors import DataError
-from edgeseg.sweep.config import Point, SweepConfig, export_settings, train_config
+from edgeseg.sweep.config import Point, SweepConfig, export_settings, identity, train_config
 from edgeseg.sweep.commands import point_commands
 
 log = logging.getLogger("edgeseg.sweep")
@@ -47,7 +48,7 @@ def check_sweep_folder(sweep: SweepConfig, out: str | Path) -> Path:
             saved = json.loads(record.read_text())["config"]
         except (json.JSONDecodeError, KeyError, OSError):
             raise DataError(f"{record} is unreadable; remove it or choose another --out") from None
-        if saved != json.loads(json.dumps(sweep.to_dict())):
+        if identity(saved) != identity(json.loads(json.dumps(sweep.to_dict()))):
             raise DataError(f"{out} holds a different sweep; choose another --out to run this one")
     elif out.is_dir() and any(not _sweep_starting(entry) for entry in out.iterdir()):
         raise DataError(f"sweep output {out} exists and is not a sweep folder; choose another --out")
@@ -246,7 +247,7 @@ def run_point(sweep: SweepConfig, point: Point, out: Path, progress: bool) -> di
     cost = describe(model, point.size)
     dice = validation_dice(folder / "run" / "best.pt", None if int8_refused else bundle, cfg.data, cfg.intensity)
     latency = measure_latency(bundle, sweep.measure)
-    return {"id": point.id, **point.__dict__, "params": cost["params"], "gflop": round(cost["gflop"], 4),
+    return {"id": point.id, **point.__dict__, "variant": point.variant, "seed": cfg.seed, "params": cost["params"], "gflop": round(cost["gflop"], 4),
             "epochs": cfg.epochs, "best_epoch": trained["best"]["epoch"], "train_val_dice": trained["best"]["val_dice"],
             "train_seconds_all_epochs": epochs_seconds, "train_seconds_this_run": train_seconds,
             **dice, "int8_refused": int8_refused, "int8_scheme": None if int8_refused else _int8_scheme(bundle),

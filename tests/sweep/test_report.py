@@ -99,3 +99,77 @@ def test_choose_default_is_the_fastest_point_within_the_dice_band_of_the_referen
         ok = [p for p in sorted(rand, key=lambda p: p["latency_ms_p50"])
               if value[p["id"]] >= value["p0"] - 0.01 and p["dice_fp32"] >= rand[0]["dice_fp32"] - 0.01]
         assert got["chosen"] == ok[0]["id"]
+
+
+def _run(i, variant, seed, ms, d8, d32, machine="m"):
+    return {"id": i, "variant": variant, "seed": seed, "model": "unet", "base": 4, "depth": 2, "size": 64, "params": 1,
+            "gflop": 1.0, "latency_ms_p50": ms, "model_ms_p50": ms / 2, "dice_int8": d8, "dice_fp32": d32,
+            "volume_slices_per_s": 1000 / ms, "slice_size": 512, "commands": ["edgeseg train"], "machine": machine}
+
+
+def test_variants_take_their_runs_together_against_the_statistics_module():
+    """A variant's row: mean and sample sd of its runs' deployed and FP32 Dice, their range, the
+    median latency; checked against Python's statistics module on random sweeps."""
+    import random
+    import statistics
+
+    from edgeseg.sweep.report import variant_rows
+
+    rng = random.Random(1)
+    for _ in range(100):
+        runs = [_run(f"v{k % 3}-r{k}", f"v{k % 3}", k // 3, rng.uniform(1, 40), rng.choice([None, rng.uniform(0.7, 0.95)]),
+                     rng.uniform(0.7, 0.95)) for k in range(rng.randint(1, 9))]
+        rows = {v["id"]: v for v in variant_rows(runs)}
+        assert list(rows) == list(dict.fromkeys(r["variant"] for r in runs))  # order of first appearance
+        for vid, row in rows.items():
+            mine = [r for r in runs if r["variant"] == vid]
+            deployed = [r["dice_int8"] if r["dice_int8"] is not None else r["dice_fp32"] for r in mine]
+            assert row["runs"] == len(mine) and row["run_ids"] == [r["id"] for r in mine]
+            assert row["dice_deployed"] == pytest.approx(statistics.mean(deployed), abs=5e-5)
+            assert row["dice_fp32"] == pytest.approx(statistics.mean(r["dice_fp32"] for r in mine), abs=5e-5)
+            if len(mine) > 1:
+                assert row["dice_deployed_sd"] == pytest.approx(statistics.stdev(deployed), abs=5e-5)
+            else:
+                assert row["dice_deployed_sd"] is None
+            assert (row["dice_deployed_min"], row["dice_deployed_max"]) == (round(min(deployed), 4), round(max(deployed), 4))
+            assert row["latency_ms_p50"] == statistics.median(r["latency_ms_p50"] for r in mine)
+            assert row["dice_int8"] is None if any(r["dice_int8"] is None for r in mine) else \
+                row["dice_int8"] == pytest.approx(statistics.mean(r["dice_int8"] for r in mine), abs=5e-5)
+    # A result written before variants were recorded is its own variant.
+    old = {k: v for k, v in _run("old-id", "x", None, 5.0, 0.9, 0.9).items() if k not in ("variant", "seed")}
+    assert [v["id"] for v in variant_rows([old])] == ["old-id"]
+
+
+def test_the_rule_compares_variant_means_and_needs_min_runs(tmp_path):
+    """By hand: the reference's three runs average 0.930; "steady" (three runs, mean 0.926) is in
+    the 0.005 band; "lucky" is faster and its one run scores 0.95, but with min_runs 3 it takes no
+    part; a reference short of runs means no choice, and a choice.json from before is removed."""
+    from edgeseg.sweep.report import choose_default, no_choice_reason, variant_rows, write_reports
+
+    runs = [_run("ref", "ref", 0, 40.0, 0.925, 0.93), _run("ref-s1", "ref", 1, 42.0, 0.935, 0.93),
+            _run("ref-s2", "ref", 2, 41.0, 0.930, 0.93),
+            _run("steady", "steady", 0, 10.0, 0.920, 0.93), _run("steady-s1", "steady", 1, 12.0, 0.930, 0.93),
+            _run("steady-s2", "steady", 2, 11.0, 0.928, 0.93),
+            _run("lucky", "lucky", 0, 5.0, 0.95, 0.95)]
+    variants = variant_rows(runs)
+    choice = choose_default(variants, "ref", 0.005, min_runs=3)
+    assert choice["chosen"] == "steady" and choice["runs"] == 3 and choice["reference_runs"] == 3
+    assert choice["dice"] == 0.926 and choice["reference_dice"] == 0.93 and choice["dice_difference"] == -0.004
+    assert choice["speedup_end_to_end"] == round(41.0 / 11.0, 3) and choice["too_few_runs"] == ["lucky"]
+    assert choice["dice_sd"] == pytest.approx(0.00529, abs=1e-5)
+    assert choose_default(variants, "ref", 0.005, min_runs=1)["chosen"] == "lucky"
+    assert choose_default(variants, "ref", 0.003, min_runs=3)["chosen"] == "ref"  # 0.926 is out of a 0.003 band
+
+    short = [r for r in runs if r["id"] != "ref-s2"]
+    assert choose_default(variant_rows(short), "ref", 0.005, min_runs=3) is None
+    choose = {"reference": "ref", "max_dice_loss": 0.005, "min_runs": 3}
+    assert no_choice_reason(variant_rows(short), choose) == "the reference ref has 2 of the 3 finished runs the rule needs"
+    assert no_choice_reason(variant_rows(short[3:]), choose) == "the reference ref has no finished run"
+    assert "choice" in write_reports(tmp_path, runs, choose)
+    paths = write_reports(tmp_path, short, choose)
+    assert "choice" not in paths and not (tmp_path / "choice.json").exists()
+    rows = list(csv.DictReader(paths["variants"].open()))
+    assert [(r["id"], r["runs"], r["seeds"], r["pareto"]) for r in rows] == [
+        ("ref", "2", "0 1", "False"), ("steady", "3", "0 1 2", "False"), ("lucky", "1", "0", "True")]
+    # The front is of variants (lucky, faster and better, dominates both); each run carries its variant's mark.
+    assert [r["pareto"] for r in csv.DictReader(paths["csv"].open())] == ["False"] * 5 + ["True"]

@@ -92,7 +92,14 @@ def test_sweep_resumes_after_a_kill_and_writes_the_reports(tmp_path):
     (('"mobile_unet"]', '"segformer"]'), "unknown architecture(s) ['segformer']"),
     (("[measure]", "[measur]"), "unknown section(s) ['measur']"),
     (("[measure]", '[choose]\nreference = "unet-b9-d2-s64"\n\n[measure]'),
-     "[choose] reference 'unet-b9-d2-s64' is not a point of the grid"),
+     "[choose] reference 'unet-b9-d2-s64' is not a variant of the grid"),
+    (("[measure]", '[choose]\nreference = "unet-b4-d2-s64-seed1"\n\n[measure]'),
+     "[choose] reference 'unet-b4-d2-s64-seed1' is not a variant of the grid"),
+    (("[measure]", '[choose]\nreference = "unet-b4-d2-s64"\nmin_runs = 2\n\n[measure]'),
+     "[choose] min_runs must be between 1 and the grid's 1 seed(s), got 2"),
+    (("size = [64]", "size = [64]\nseed = [0, -1]"), "[grid] seed must list non-negative integers, got [0, -1]"),
+    (("size = [64]", "size = [64]\nseed = []"), "[grid] seed must list non-negative integers, got []"),
+    (("size = [64]", "size = [64]\nseed = [1, 1]"), "[grid] lists a value twice"),
     (("[measure]", '[choose]\nreference = "unet-b4-d2-s64"\nmax_loss = 0.01\n\n[measure]'),
      "unknown key 'max_loss' in [choose]"),
     (("size = [64]", "size = [66]"), "size 66 is not divisible by 2**depth = 4"),
@@ -121,6 +128,44 @@ def test_a_folder_of_another_sweep_is_refused(tmp_path):
     check_sweep_folder(load_sweep(tmp_path / "a.toml"), out)
     with pytest.raises(DataError, match="holds a different sweep"):
         check_sweep_folder(load_sweep(tmp_path / "b.toml"), out)
+    # A grid that grows (another width, more seeds) keeps the folder: its points are named by what the grid sets.
+    (tmp_path / "c.toml").write_text(SWEEP.replace("base = [4]", "base = [4, 8]").replace("size = [64]", "size = [64]\nseed = [0, 1]"))
+    check_sweep_folder(load_sweep(tmp_path / "c.toml"), out)
+    (tmp_path / "d.toml").write_text(SWEEP.replace("size = [64]", "size = [64]\nseed = [0, 1]").replace("epochs = 3", "epochs = 4"))
+    with pytest.raises(DataError, match="holds a different sweep"):
+        check_sweep_folder(load_sweep(tmp_path / "d.toml"), out)
+
+
+def test_seeds_repeat_every_variant_and_the_recipe_seed_keeps_the_plain_id(tmp_path):
+    """[grid] seed repeats each variant with those training seeds, seed-major (every variant's
+    first run before any repeat); the recipe's seed keeps the id without a suffix (so a sweep
+    that gains seeds keeps its runs); each point trains with its seed and its commands.sh train
+    line rebuilds that TrainConfig."""
+    import dataclasses
+
+    from edgeseg.cli.train import command as train_command, config_from_options
+    from edgeseg.sweep.commands import point_commands
+    from edgeseg.sweep.config import load_sweep, train_config
+
+    (tmp_path / "s.toml").write_text(SWEEP.replace("lr = 0.01", "lr = 0.01\nseed = 7").replace(
+        "size = [64]", "size = [64]\nseed = [7, 2]"))
+    sweep = load_sweep(tmp_path / "s.toml")
+    assert [p.id for p in sweep.points] == ["unet-b4-d2-s64", "mobile_unet-b4-d2-s64",
+                                            "unet-b4-d2-s64-seed2", "mobile_unet-b4-d2-s64-seed2"]
+    assert [p.variant for p in sweep.points] == ["unet-b4-d2-s64", "mobile_unet-b4-d2-s64"] * 2
+    assert [train_config(sweep, p, tmp_path).seed for p in sweep.points] == [7, 7, 2, 2]
+    assert sweep.seeds == 2 and sweep.choose == {}
+    for point in (sweep.points[0], sweep.points[3]):
+        line = next(ln for ln in point_commands(sweep, point, tmp_path) if ln.startswith("edgeseg train"))
+        ctx = train_command.make_context("train", shlex.split(line)[2:])
+        with ctx:
+            rebuilt = config_from_options(ctx.params, None, ctx)
+        assert dataclasses.asdict(rebuilt) == dataclasses.asdict(train_config(sweep, point, tmp_path / "run"))
+    # Without [recipe] seed the recipe's seed is TrainConfig's, 0; a grid without 0 suffixes every id.
+    (tmp_path / "t.toml").write_text(SWEEP.replace("size = [64]", "size = [64]\nseed = [0, 1]"))
+    assert [p.id for p in load_sweep(tmp_path / "t.toml").points][1:3] == ["mobile_unet-b4-d2-s64", "unet-b4-d2-s64-seed1"]
+    (tmp_path / "u.toml").write_text(SWEEP.replace("size = [64]", "size = [64]\nseed = [3]"))
+    assert [p.id for p in load_sweep(tmp_path / "u.toml").points] == ["unet-b4-d2-s64-seed3", "mobile_unet-b4-d2-s64-seed3"]
 
 
 def test_a_point_held_by_another_process_is_left_to_it(tmp_path):
@@ -186,6 +231,29 @@ def test_point_option_runs_only_the_named_points_and_remeasure_trains_nothing(tm
     assert not (out / "points" / "unet-b4-d2-s64").exists()
     [row] = list(csv.DictReader((out / "sweep.csv").open()))
     assert float(row["latency_ms_p50"]) == after["latency_ms_p50"]
+
+    # The grid gains a seed and a rule: the folder is kept, the finished point is read, only the
+    # named repeat trains (with its own seed); the reports take the variant's two runs together
+    # and the rule, needing both seeds, chooses among variants that have them.
+    grown = SWEEP.replace("size = [64]", "size = [64]\nseed = [0, 1]") + '\n[choose]\nreference = "mobile_unet-b4-d2-s64"\n'
+    (tmp_path / "sweep.toml").write_text(grown)
+    before = (done / "result.json").read_bytes()
+    proc = subprocess.run(_sweep_command(tmp_path / "sweep.toml", out) + ["--point", "mobile_unet-b4-d2-s64-seed1"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert (done / "result.json").read_bytes() == before and not (out / "points" / "unet-b4-d2-s64").exists()
+    repeat = json.loads((out / "points" / "mobile_unet-b4-d2-s64-seed1" / "result.json").read_text())
+    assert repeat["seed"] == 1 and repeat["variant"] == "mobile_unet-b4-d2-s64"
+    assert json.loads((out / "points" / "mobile_unet-b4-d2-s64-seed1" / "run" / "split.json").read_text())["seed"] == 1
+    [variant] = list(csv.DictReader((out / "variants.csv").open()))
+    runs = [after, repeat]
+    assert variant["id"] == "mobile_unet-b4-d2-s64" and variant["runs"] == "2" and variant["seeds"] == "0 1"
+    assert float(variant["dice_fp32"]) == pytest.approx(sum(r["dice_fp32"] for r in runs) / 2, abs=5e-5)
+    assert float(variant["latency_ms_p50"]) == pytest.approx((after["latency_ms_p50"] + repeat["latency_ms_p50"]) / 2)
+    assert "variants (mean over their runs" in proc.stdout and "2 run(s)" in proc.stdout
+    choice = json.loads((out / "choice.json").read_text())
+    assert choice["chosen"] == "mobile_unet-b4-d2-s64" and choice["runs"] == 2 and choice["min_runs"] == 2
+    assert "--seed 1" in (out / "commands.sh").read_text()
 
 
 def test_a_point_whose_int8_the_gate_refuses_is_reported_in_fp32_with_the_reason(tmp_path):
