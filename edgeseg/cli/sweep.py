@@ -65,7 +65,8 @@ def command(sweep_file, out, points_only, rounds, status, quiet) -> None:
             sd = "" if v["dice_deployed_sd"] is None else f" sd {v['dice_deployed_sd']:.4f}"
             click.echo(f"{v['id']:<38} {v['runs']} run(s)  Dice fp32 {v['dice_fp32']:.4f}  deployed {v['dice_deployed']:.4f}{sd} "
                        f"({v['dice_deployed_min']:.4f}-{v['dice_deployed_max']:.4f})  {v['latency_ms_p50']:8.2f} ms"
-                       f"{'  *front' if v['id'] in front else ''}")
+                       + (f"  INT8 refused in {v['int8_refused_runs']}" if v["int8_refused_runs"] else "")
+                       + ("  *front" if v["id"] in front else ""))
     if "choice" in paths:
         c = json.loads(paths["choice"].read_text())
         click.echo(f"chosen: {c['chosen']} (fastest within {c['max_dice_loss']:g} mean Dice of {c['reference']}, "

@@ -20,7 +20,7 @@ COLUMNS = ("id", "variant", "seed", "model", "base", "depth", "size", "params", 
            "volume_slices_per_s", "machine", "pareto")
 VARIANT_COLUMNS = ("id", "model", "base", "depth", "size", "params", "gflop", "runs", "seeds", "dice_fp32",
                    "dice_fp32_sd", "dice_int8", "dice_deployed", "dice_deployed_sd", "dice_deployed_min",
-                   "dice_deployed_max", "latency_ms_p50", "model_ms_p50", "volume_slices_per_s", "pareto")
+                   "dice_deployed_max", "int8_refused_runs", "latency_ms_p50", "model_ms_p50", "volume_slices_per_s", "pareto")
 NOT_RECORDED = "not recorded"
 
 
@@ -55,7 +55,7 @@ def _spread(values: list[float]) -> dict[str, float | None]:
 def _median(values: list[float]) -> float:
     ordered = sorted(values)
     mid = len(ordered) // 2
-    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+    return round(ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2, 4)
 
 
 def variant_rows(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -79,6 +79,8 @@ def variant_rows(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
                    dice_deployed=deployed["mean"], dice_deployed_sd=deployed["sd"],
                    dice_deployed_min=deployed["min"], dice_deployed_max=deployed["max"],
                    runs_dice_deployed=[deployed_dice(r) for r in runs],
+                   # runs whose INT8 graph the gate refused: they ship (and were timed) in FP32
+                   int8_refused_runs=sum(r.get("dice_int8") is None for r in runs),
                    latency_ms_p50=_median([r["latency_ms_p50"] for r in runs]),
                    model_ms_p50=_median([r["model_ms_p50"] for r in runs]),
                    volume_slices_per_s=_median([r["volume_slices_per_s"] for r in runs]),

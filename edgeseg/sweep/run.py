@@ -214,9 +214,13 @@ def finished_results(sweep: SweepConfig, out: Path) -> list[dict[str, Any]]:
         path = _result_path(out, point)
         if path.is_file():
             try:
-                results.append(json.loads(path.read_text()))
+                result = json.loads(path.read_text())
             except (json.JSONDecodeError, OSError):
                 raise DataError(f"{path} is unreadable; remove it to run point {point.id} again") from None
+            # Results written before seeds were a grid axis name neither: the point says both.
+            result.setdefault("variant", point.variant)
+            result.setdefault("seed", train_config(sweep, point, path.parent / "run").seed)
+            results.append(result)
     return results
 
 

@@ -132,7 +132,8 @@ def test_variants_take_their_runs_together_against_the_statistics_module():
             else:
                 assert row["dice_deployed_sd"] is None
             assert (row["dice_deployed_min"], row["dice_deployed_max"]) == (round(min(deployed), 4), round(max(deployed), 4))
-            assert row["latency_ms_p50"] == statistics.median(r["latency_ms_p50"] for r in mine)
+            assert row["latency_ms_p50"] == pytest.approx(statistics.median(r["latency_ms_p50"] for r in mine), abs=5e-5)
+            assert row["int8_refused_runs"] == sum(r["dice_int8"] is None for r in mine)
             assert row["dice_int8"] is None if any(r["dice_int8"] is None for r in mine) else \
                 row["dice_int8"] == pytest.approx(statistics.mean(r["dice_int8"] for r in mine), abs=5e-5)
     # A result written before variants were recorded is its own variant.

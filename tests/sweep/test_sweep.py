@@ -381,3 +381,19 @@ def test_a_named_training_recipe_under_the_sweep_keys_and_the_grid(tmp_path, ass
     proc = subprocess.run(_sweep_command(tmp_path / "bad.toml", tmp_path / "bad-out"), capture_output=True, text=True)
     assert_one_line_error(proc, "[recipe] recipe: recipe 'no-such-recipe' is neither a file nor a known recipe")
     assert not (tmp_path / "bad-out").exists()
+
+
+def test_results_from_before_seeds_are_read_with_the_seed_and_variant_of_their_point(tmp_path):
+    """A result.json written before seeds were a grid axis has neither key: reading it fills them
+    in from its point (the recipe's seed for a plain id, the grid's for a suffixed one)."""
+    from edgeseg.sweep.config import load_sweep
+    from edgeseg.sweep.run import finished_results
+
+    (tmp_path / "s.toml").write_text(SWEEP.replace("lr = 0.01", "lr = 0.01\nseed = 4").replace(
+        "size = [64]", "size = [64]\nseed = [4, 9]"))
+    sweep = load_sweep(tmp_path / "s.toml")
+    for pid in ("mobile_unet-b4-d2-s64", "unet-b4-d2-s64-seed9"):
+        (tmp_path / "points" / pid).mkdir(parents=True)
+        (tmp_path / "points" / pid / "result.json").write_text(json.dumps({"id": pid, "dice_fp32": 0.5}))
+    got = [(r["id"], r["variant"], r["seed"]) for r in finished_results(sweep, tmp_path)]
+    assert got == [("mobile_unet-b4-d2-s64", "mobile_unet-b4-d2-s64", 4), ("unet-b4-d2-s64-seed9", "unet-b4-d2-s64", 9)]
