@@ -109,11 +109,6 @@ class SweepConfig:
                 k: v for k, v in self.base_recipe["values"].items() if k not in GRID_KEYS}}
         return identity
 
-    @property
-    def seeds(self) -> int:
-        """How many seeds the grid runs of each variant."""
-        return len({p.seed for p in self.points if p.variant == self.points[0].variant})
-
 
 def identity(config: dict[str, Any]) -> dict[str, Any]:
     """The part of a sweep's recorded ``to_dict`` that its finished points depend on: all but the
@@ -204,8 +199,8 @@ def load_sweep(path: str | Path) -> SweepConfig:
         raise DataError(f"{where}: [measure] batches must be positive integers, got {measure['batches']}")
     base_recipe = _base_recipe(recipe, where)
     points = _grid(doc, where, _recipe_seed(recipe, base_recipe))
-    sweep = SweepConfig(recipe=recipe, points=points, export=export, measure=measure, base_recipe=base_recipe)
-    sweep = dataclasses.replace(sweep, choose=_choose(doc, points, where, sweep.seeds))
+    sweep = SweepConfig(recipe=recipe, points=points, export=export, measure=measure, base_recipe=base_recipe,
+                        choose=_choose(doc, points, where, seeds=len({p.seed for p in points})))  # each variant runs every seed
     for point in sweep.points:
         train_config(sweep, point, Path("."))  # the recipe's values are checked here, before any work
     try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import statistics
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -45,17 +46,9 @@ def deployed_dice(point: dict[str, Any]) -> float:
 
 def _spread(values: list[float]) -> dict[str, float | None]:
     """Mean, sample standard deviation (None for one value), min and max, rounded to 4 places."""
-    n = len(values)
-    mean = sum(values) / n
-    sd = (sum((v - mean) ** 2 for v in values) / (n - 1)) ** 0.5 if n > 1 else None
-    return {"mean": round(mean, 4), "sd": None if sd is None else round(sd, 4),
+    sd = statistics.stdev(values) if len(values) > 1 else None
+    return {"mean": round(statistics.fmean(values), 4), "sd": None if sd is None else round(sd, 4),
             "min": round(min(values), 4), "max": round(max(values), 4)}
-
-
-def _median(values: list[float]) -> float:
-    ordered = sorted(values)
-    mid = len(ordered) // 2
-    return round(ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2, 4)
 
 
 def variant_rows(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -70,9 +63,7 @@ def variant_rows(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
         first = runs[0]
         deployed, fp32 = _spread([deployed_dice(r) for r in runs]), _spread([r["dice_fp32"] for r in runs])
         int8 = [r.get("dice_int8") for r in runs]
-        row = {k: first[k] for k in ("model", "base", "depth", "size", "params", "gflop", "slice_size", "backend")
-               if k in first}
-        machines = latency_machines(runs)
+        row = {k: first[k] for k in ("model", "base", "depth", "size", "params", "gflop", "slice_size") if k in first}
         row.update(id=variant, runs=len(runs), run_ids=[r["id"] for r in runs], seeds=[r.get("seed") for r in runs],
                    dice_fp32=fp32["mean"], dice_fp32_sd=fp32["sd"],
                    dice_int8=None if None in int8 else _spread(int8)["mean"],
@@ -81,10 +72,9 @@ def variant_rows(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
                    runs_dice_deployed=[deployed_dice(r) for r in runs],
                    # runs whose INT8 graph the gate refused: they ship (and were timed) in FP32
                    int8_refused_runs=sum(r.get("dice_int8") is None for r in runs),
-                   latency_ms_p50=_median([r["latency_ms_p50"] for r in runs]),
-                   model_ms_p50=_median([r["model_ms_p50"] for r in runs]),
-                   volume_slices_per_s=_median([r["volume_slices_per_s"] for r in runs]),
-                   machine=machines[0] if len(machines) == 1 else NOT_RECORDED)
+                   latency_ms_p50=round(statistics.median(r["latency_ms_p50"] for r in runs), 4),
+                   model_ms_p50=round(statistics.median(r["model_ms_p50"] for r in runs), 4),
+                   volume_slices_per_s=round(statistics.median(r["volume_slices_per_s"] for r in runs), 4))
         rows.append(row)
     return rows
 

@@ -219,7 +219,8 @@ def finished_results(sweep: SweepConfig, out: Path) -> list[dict[str, Any]]:
                 raise DataError(f"{path} is unreadable; remove it to run point {point.id} again") from None
             # Results written before seeds were a grid axis name neither: the point says both.
             result.setdefault("variant", point.variant)
-            result.setdefault("seed", train_config(sweep, point, path.parent / "run").seed)
+            if "seed" not in result:
+                result["seed"] = train_config(sweep, point, path.parent / "run").seed
             results.append(result)
     return results
 
