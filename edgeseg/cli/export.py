@@ -43,6 +43,9 @@ def _cache_default() -> Path:
 @click.option("--int8-scheme", type=click.Choice(["cpu", "tensorrt"]), default=None,
               help="INT8 activations: unsigned with a zero point for ONNX Runtime / OpenVINO on any x86 CPU (cpu, the "
                    "default), or signed with zero points 0 as TensorRT needs (tensorrt, the default with --trt).")
+@click.option("--structure-px", type=int, default=None,
+              help="Smallest structure (pixels at model resolution) an FP16/INT8 artifact may not erase or invent on a "
+                   "held-out slice, after the bundle's component filters (default 16; 0: no such check).")
 @click.option("--intensity", default=None, help="What slice-folder pixels mean for --calib / --verify-data: 'hu-clipped:0,255' or 'window:LO,HI'.")
 @click.option("--cache-dir", type=click.Path(file_okay=False), default=None, help="Cache for INT8 graphs and the TensorRT timing cache [default: ~/.cache/edgeseg/export].")
 @click.option("--triton", "triton_repo", default=None, type=click.Path(file_okay=False),
@@ -50,7 +53,7 @@ def _cache_default() -> Path:
 @click.option("--force", is_flag=True, help="Replace an existing bundle at --out (and --triton repository).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def command(checkpoint, out, profile, formats, fp16, int8, calib, calib_method, calib_slices, trt, max_batch,
-            verify_data, verify_slices, fp16_check, fp16_check_slices, max_dice_drop_fp16, max_dice_drop_int8, gate_metric, int8_scheme, intensity, cache_dir, triton_repo, force, quiet) -> None:
+            verify_data, verify_slices, fp16_check, fp16_check_slices, max_dice_drop_fp16, max_dice_drop_int8, gate_metric, int8_scheme, structure_px, intensity, cache_dir, triton_repo, force, quiet) -> None:
     """Export CHECKPOINT to a bundle: TorchScript, ONNX FP32 (+ FP16, INT8, TensorRT), each
     checked against the FP32 model on held-out slices before the bundle is written."""
     require("torch", "train", "edgeseg export")
@@ -68,7 +71,7 @@ def command(checkpoint, out, profile, formats, fp16, int8, calib, calib_method, 
         formats=tuple(f.strip() for f in formats.split(",") if f.strip()) if formats else None,
         fp16=fp16, int8=int8, trt=trt, calib_method=calib_method, calib_slices=calib_slices, max_batch=max_batch,
         verify_slices=verify_slices, fp16_check=fp16_check, fp16_check_slices=fp16_check_slices, max_dice_drop={"fp16": max_dice_drop_fp16, "int8": max_dice_drop_int8},
-        gate_metric=gate_metric, int8_scheme=int8_scheme,
+        gate_metric=gate_metric, int8_scheme=int8_scheme, structure_px=structure_px,
     )
     result = export_bundle(checkpoint, out, settings, calib=calib, verify_data=verify_data, force=force,
                            cache_dir=cache_dir or _cache_default(), intensity=intensity, progress=not quiet,

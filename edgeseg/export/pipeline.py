@@ -22,6 +22,7 @@ from edgeseg.export.profiles import ExportSettings
 from edgeseg.export.stages import process_peak_mb, record_stages, stage
 from edgeseg.export.verify import ParityError, failures, parity_table
 from edgeseg.runtime.manifest import network_tensors
+from edgeseg.runtime.postprocess_options import PostprocessOptions
 
 log = logging.getLogger("edgeseg.export")
 
@@ -88,7 +89,8 @@ def _export(checkpoint, out, settings: ExportSettings, calib, verify_data, force
             with stage("tensorrt"):
                 made += _tensorrt(folder, settings, spec, cache_dir, echo)
         with stage("gate"):
-            report = _gate(folder, model, made, verify_set, settings, spec, labels, progress)
+            post = PostprocessOptions.from_dict(payload.get("postprocess"), len(labels))
+            report = _gate(folder, model, made, verify_set, settings, spec, labels, post, progress)
         report["stages"] = stages
         report["peak_rss_mb"] = round(process_peak_mb(), 1)
         echo(parity_table(report))
@@ -156,9 +158,10 @@ def _write_artifacts(folder: Path, model, spec, labels, settings: ExportSettings
 
 
 def _gate(folder: Path, model, made: list, verify_set, settings: ExportSettings, spec, labels,
-          progress: bool) -> dict:
+          post: PostprocessOptions, progress: bool) -> dict:
     """Score every artifact, on every runner ``auto`` may pick for it here, against the model
-    itself, all through the runtime's Segmenter (and the FP16 half-precision emulation).
+    itself, all through the runtime's Segmenter (and the FP16 half-precision emulation). Masks
+    are compared after the bundle's per-slice component filters (``post``), as deployed.
 
     A runner whose row fails is excluded from ``auto`` for that artifact (``report["excluded"]``:
     file -> runner -> reason); the report passes while every artifact passes on some runner.
@@ -173,6 +176,8 @@ def _gate(folder: Path, model, made: list, verify_set, settings: ExportSettings,
 
     images, truth, batch = verify_set.images, verify_set.truth, settings.max_batch
     class_names = [labels[c] for c in sorted(labels)]
+    rules = post.slice_rules(spec.size, spec.size)
+    gate = {"rules": rules, "structure_px": settings.structure_px}
     with stage("reference"), Segmenter.from_module(model, spec, labels, max_batch=batch) as segmenter:
         reference = segmenter.logits(images)
     inputs, outputs = network_tensors(spec, len(labels))
@@ -189,7 +194,8 @@ def _gate(folder: Path, model, made: list, verify_set, settings: ExportSettings,
                 continue
             with stage(f"{entry.key}-{cls.name}"), Segmenter(spec, labels, runner) as segmenter:
                 row = compare_logits(reference, segmenter.logits(images), truth, precision,
-                                     settings.max_dice_drop[precision], class_names, settings.gate_metric)
+                                     settings.max_dice_drop[precision], class_names, settings.gate_metric,
+                                     slice_cases=verify_set.slice_cases, **gate)
                 rows.append((cls.name, {"key": entry.key, "file": file, "precision": precision,
                                         "runner": cls.name, "run_on": runner.run_on, **row}))
         if precision == "fp16":
@@ -197,7 +203,10 @@ def _gate(folder: Path, model, made: list, verify_set, settings: ExportSettings,
             with stage("fp16-half-check"):
                 half = half_precision_logits(model, images[pick], batch)
             row = compare_logits(reference[pick], half, None if truth is None else truth[pick], precision,
-                                 settings.max_dice_drop[precision], class_names, settings.gate_metric)
+                                 settings.max_dice_drop[precision], class_names, settings.gate_metric,
+                                 slice_cases=[verify_set.slice_cases[i] for i in pick], **gate)
+            for found in row["lost_structures"]:  # numbered as slices of the whole held-out set
+                found["slice"] = int(pick[found["slice"]])
             subset = {} if len(pick) == len(images) else {"slices": int(len(pick))}
             rows.append((None, {"key": entry.key, "file": file, "precision": precision, "run_on": HALF_EMULATION,
                                 **row, **subset}))
@@ -210,7 +219,8 @@ def _gate(folder: Path, model, made: list, verify_set, settings: ExportSettings,
         results += [row for _, row in rows]
     report = {"reference": "pytorch-fp32-eager-cpu", "data": verify_set.source, "cases": verify_set.cases,
               "slices": int(len(images)), "labelled": truth is not None, "thresholds": settings.max_dice_drop,
-              "gate_metric": settings.gate_metric,
+              "gate_metric": settings.gate_metric, "structure_px": settings.structure_px,
+              "postprocess": post.to_dict(),
               "fp32_margin": 1e-4, "results": results, "passed": not dead}
     if excluded:
         report["excluded"] = excluded

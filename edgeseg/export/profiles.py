@@ -19,6 +19,7 @@ CALIB_METHODS = ("minmax", "entropy", "percentile")
 FP16_CHECKS = ("subset", "full")
 GATE_METRICS = ("agreement", "truth")
 INT8_SCHEMES = ("cpu", "tensorrt")
+STRUCTURE_PX = 16
 PROFILE_DIR = Path(__file__).resolve().parents[2] / "export"
 
 
@@ -52,6 +53,10 @@ class ExportSettings:
             signed activations by 128 into a u8 x s8 instruction whose 16-bit pair sums saturate,
             so this graph can lose accuracy on them (the gate then keeps it out of ``auto`` there).
             None: "tensorrt" when ``trt`` is set, else "cpu".
+        structure_px: the smallest structure, in pixels at model resolution, that an FP16 or
+            INT8 artifact may not erase or invent on a held-out slice (after the bundle's
+            component filters, see ``edgeseg.export.verify.lost_structures``); 0 turns the
+            check off.
     """
 
     formats: tuple[str, ...] = FORMATS
@@ -67,6 +72,7 @@ class ExportSettings:
     max_dice_drop: dict[str, float] = field(default_factory=lambda: {"fp32": 0.0, "fp16": 0.002, "int8": 0.01})
     gate_metric: str = "agreement"
     int8_scheme: str | None = None
+    structure_px: int = STRUCTURE_PX
 
     @property
     def int8_activations(self) -> str:
@@ -92,6 +98,8 @@ class ExportSettings:
                             "use --int8-scheme tensorrt (the default with --trt)")
         if self.fp16_check not in FP16_CHECKS:
             raise DataError(f"fp16 check must be one of {list(FP16_CHECKS)}, got {self.fp16_check!r}")
+        if isinstance(self.structure_px, bool) or not isinstance(self.structure_px, int) or self.structure_px < 0:
+            raise DataError(f"structure-px must be an integer >= 0, got {self.structure_px!r}")
         for name in ("calib_slices", "max_batch", "verify_slices", "fp16_check_slices"):
             if int(getattr(self, name)) < 1:
                 raise DataError(f"{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")

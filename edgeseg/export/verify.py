@@ -8,16 +8,22 @@ against the FP32 model's, pooled over the held-out slices, which are drawn so th
 is on some of them (:func:`load_verify_set`). ``dice_drop`` is the worst class's drop, and that
 class is named (``worst_class``): a degraded rare class is not averaged away by a large one. A
 class's drop is 1 - agreement by default; with the "truth" gate metric it is the fall of that
-class's Dice against the held-out labels (FP32's minus the artifact's). Limits:
-FP32 formats must give identical masks, except at pixels where the FP32 model itself is
-undecided (top-two logit margin below ``FP32_MARGIN``, i.e. float rounding decides the
-class); FP16 and INT8 must keep ``dice_drop`` within their threshold and all logits finite.
+class's Dice against the held-out labels (FP32's minus the artifact's).
+
+The masks compared are the deployed ones: argmax, then the bundle's per-slice component
+filters (keep-largest, minimum size), on both sides. A pooled Dice barely moves when a small
+structure disappears, so the gate also looks slice by slice (:func:`lost_structures`): an
+artifact must neither erase a structure of at least ``structure_px`` pixels that the FP32 model
+finds, nor invent one where it finds none. Limits: FP32 formats must give identical masks,
+except at pixels where the FP32 model itself is undecided (top-two logit margin below
+``FP32_MARGIN``, i.e. float rounding decides the class); FP16 and INT8 must keep ``dice_drop``
+within their threshold, lose no structure and keep all logits finite.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +32,8 @@ import numpy as np
 from edgeseg.data import open_dataset
 from edgeseg.data.open import parse_phantom_spec, recorded_slice_options
 from edgeseg.errors import DataError, EdgesegError
+from edgeseg.export.profiles import STRUCTURE_PX
+from edgeseg.kernels.components import ComponentRule, filter_components
 from edgeseg.metrics import dice, mean_class_dice
 from edgeseg.report.output import format_table
 from edgeseg.spec import PreprocessSpec
@@ -50,12 +58,14 @@ class ParityError(EdgesegError):
 
 @dataclass
 class VerifySet:
-    """Held-out model-input slices with their labels at model resolution (None if unlabelled)."""
+    """Held-out model-input slices with their labels at model resolution (None if unlabelled);
+    ``slice_cases`` names the case of each slice."""
 
     images: np.ndarray
     truth: np.ndarray | None
     source: str
     cases: list[str]
+    slice_cases: list[str]
 
 
 def load_verify_set(payload: dict, spec: PreprocessSpec, data: str | None, count: int,
@@ -89,13 +99,16 @@ def load_verify_set(payload: dict, spec: PreprocessSpec, data: str | None, count
     if all(v.label is not None for v in volumes):
         slices = SliceSet.from_volumes(volumes, spec, label_values)
         images, truth = slices.images, slices.labels
+        owner = [slices.case_ids[i] for i in slices.case_index]
     else:
         for vol in volumes:
             check_window(vol, spec)
         images, truth = np.concatenate([preprocess_stack(v.hu, spec) for v in volumes]), None
+        owner = [v.case_id for v in volumes for _ in range(v.hu.shape[0])]
     keys = [(None if truth is None else classes_present(truth[i]), float(images[i].mean())) for i in range(len(images))]
     chosen = stratify_slices(keys, count)
-    return VerifySet(images[chosen], None if truth is None else truth[chosen], str(data), [v.case_id for v in volumes])
+    return VerifySet(images[chosen], None if truth is None else truth[chosen], str(data), [v.case_id for v in volumes],
+                     [owner[i] for i in chosen])
 
 
 def class_agreement(mask: np.ndarray, ref_mask: np.ndarray, truth: np.ndarray | None,
@@ -123,14 +136,51 @@ def truth_drops(mask: np.ndarray, ref_mask: np.ndarray, truth: np.ndarray, num_c
     return drops
 
 
+def lost_structures(mask: np.ndarray, ref_mask: np.ndarray, truth: np.ndarray | None, num_classes: int,
+                    min_pixels: int, metric: str = "agreement", class_names: Sequence[str] | None = None,
+                    slice_cases: Sequence[str] | None = None) -> list[dict]:
+    """Structures an artifact erases or invents, slice by slice and class by class (N, H, W masks).
+
+    On slice i, class c is "erased" when the FP32 mask ``ref_mask`` has at least ``min_pixels``
+    pixels of c and the artifact's ``mask`` shares none of them, and "invented" when the
+    artifact has at least ``min_pixels`` pixels of c and FP32 none of those. With the "truth"
+    metric only changes in accuracy count: an erased structure must have met the labels and an
+    invented one must miss them. ``min_pixels`` 0 turns the check off. One dict per finding:
+    slice, case (from ``slice_cases``), class name, kind and both pixel counts.
+    """
+    if min_pixels <= 0:
+        return []
+    names = list(class_names) if class_names is not None else [str(c) for c in range(num_classes)]
+    found = []
+    for c in range(1, int(num_classes)):
+        ref, art = ref_mask == c, mask == c
+        ref_px, art_px = ref.sum(axis=(1, 2)), art.sum(axis=(1, 2))
+        shared = (ref & art).any(axis=(1, 2))
+        erased, invented = (ref_px >= min_pixels) & ~shared, (art_px >= min_pixels) & ~shared
+        if metric == "truth" and truth is not None:
+            target = truth == c
+            erased &= (ref & target).any(axis=(1, 2))
+            invented &= ~(art & target).any(axis=(1, 2))
+        for kind, where in (("erased", erased), ("invented", invented)):
+            found += [{"slice": int(i), "case": None if slice_cases is None else str(slice_cases[i]),
+                       "class": names[c], "kind": kind, "fp32_px": int(ref_px[i]), "artifact_px": int(art_px[i])}
+                      for i in np.flatnonzero(where)]
+    return sorted(found, key=lambda f: (f["slice"], f["class"], f["kind"]))
+
+
 def compare_logits(reference: np.ndarray, logits: np.ndarray, truth: np.ndarray | None, precision: str,
-                   limit: float, class_names: list[str] | None = None, metric: str = "agreement") -> dict:
+                   limit: float, class_names: list[str] | None = None, metric: str = "agreement", *,
+                   rules: Mapping[int, ComponentRule] | None = None, structure_px: int = STRUCTURE_PX,
+                   slice_cases: Sequence[str] | None = None) -> dict:
     """The parity row of one artifact's ``logits`` against the FP32 ``reference`` logits.
 
     ``class_names`` (indexed by class, background first) name the classes in ``class_dice``
     and ``worst_class``; by default they are the class numbers as text. ``metric`` says what a
     class's drop is (``ExportSettings.gate_metric``): "agreement" (1 - Dice against the FP32
     mask) or "truth" (the fall of Dice against ``truth``); ``class_drop`` holds it per class.
+    ``rules`` are the bundle's per-slice component filters at model resolution, applied to both
+    masks before anything is compared; ``structure_px`` and ``slice_cases`` feed
+    :func:`lost_structures` (``lost_structures`` in the row).
     """
     num_classes = reference.shape[1]
     names = list(class_names) if class_names is not None else [str(c) for c in range(num_classes)]
@@ -143,7 +193,9 @@ def compare_logits(reference: np.ndarray, logits: np.ndarray, truth: np.ndarray 
     # Non-finite logits count as the largest float, so percentiles stay defined; finite says why.
     clean = np.nan_to_num(logits.astype(np.float64), nan=big, posinf=big, neginf=-big)
     diff = np.abs(clean - reference)
-    ref_mask, mask = reference.argmax(axis=1), clean.argmax(axis=1)
+    ref_mask, mask = reference.argmax(axis=1).astype(np.uint8), clean.argmax(axis=1).astype(np.uint8)
+    if rules:  # what the runtime delivers: the same component filters on both sides
+        ref_mask, mask = filter_components(ref_mask, rules), filter_components(mask, rules)
     top2 = np.sort(reference, axis=1)[:, -2:]
     decided = (top2[:, 1] - top2[:, 0]) > FP32_MARGIN
     changed = mask != ref_mask
@@ -152,6 +204,7 @@ def compare_logits(reference: np.ndarray, logits: np.ndarray, truth: np.ndarray 
         class_drop = truth_drops(mask, ref_mask, truth, num_classes)
     else:
         class_drop = {c: None if a is None else 1.0 - a for c, a in per_class.items()}
+    lost = lost_structures(mask, ref_mask, truth, num_classes, structure_px, metric, names, slice_cases)
     judged = {c: d for c, d in class_drop.items() if d is not None}
     worst = max(judged, key=judged.get) if judged else None
     drop = judged[worst] if judged else 0.0
@@ -164,12 +217,13 @@ def compare_logits(reference: np.ndarray, logits: np.ndarray, truth: np.ndarray 
                                             for c in range(1, num_classes)},
            "worst_class": None if worst is None else names[worst],
            "changed_decided_pixels": int((changed & decided).sum()), "finite": finite,
+           "structure_px": int(structure_px), "lost_structures": lost,
            "dice_gt": None if truth is None else mean_class_dice(mask, truth, num_classes),
            "dice_gt_fp32": None if truth is None else mean_class_dice(ref_mask, truth, num_classes)}
     if precision == "fp32":
         row["passed"] = finite and row["changed_decided_pixels"] == 0
     else:
-        row["passed"] = finite and drop <= limit + 1e-12
+        row["passed"] = finite and drop <= limit + 1e-12 and not lost
     return row
 
 
@@ -197,6 +251,9 @@ def parity_table(report: dict) -> str:
     # One class: the worst class is that class, and the table stays as it always was.
     columns = COLUMNS[:6] + ["worst class"] + COLUMNS[6:] if several else COLUMNS
     text = format_table(rows, columns)
+    for r in report["results"]:
+        if r.get("lost_structures"):
+            text += f"\nstructures lost by {r['key']} on {r['run_on']}: {describe_lost(r['lost_structures'])}"
     for file, reasons in sorted((report.get("excluded") or {}).items()):
         for runner, why in sorted(reasons.items()):
             text += f"\nexcluded from auto: {runner} on {file} ({why})"
@@ -226,12 +283,31 @@ def failures(report: dict) -> list[str]:
             if len(per_class) > 1:  # a changed pixel counts for the class it left and the one it joined
                 why += " (" + ", ".join(f"{name} {n}" for name, n in per_class.items()) + ")"
         else:
-            what = "Dice drop against truth" if r.get("gate_metric") == "truth" else "dice drop"
-            why = f"{what} {r['dice_drop']:.4f} > {r['limit']}"
-            classes = r.get("class_drop") or {n: None if a is None else 1.0 - a for n, a in (r.get("class_dice") or {}).items()}
-            if len(classes) > 1:  # name the failing class, and what the others did
-                others = ", ".join(f"{name} {d:.4f}" for name, d in classes.items()
-                                   if name != r["worst_class"] and d is not None)
-                why = f"class {r['worst_class']} {why}" + (f" (other classes' drops: {others})" if others else "")
+            reasons = []
+            if r["dice_drop"] > r["limit"] + 1e-12:
+                what = "Dice drop against truth" if r.get("gate_metric") == "truth" else "dice drop"
+                reason = f"{what} {r['dice_drop']:.4f} > {r['limit']}"
+                classes = r.get("class_drop") or {n: None if a is None else 1.0 - a
+                                                  for n, a in (r.get("class_dice") or {}).items()}
+                if len(classes) > 1:  # name the failing class, and what the others did
+                    others = ", ".join(f"{name} {d:.4f}" for name, d in classes.items()
+                                       if name != r["worst_class"] and d is not None)
+                    reason = f"class {r['worst_class']} {reason}" + (f" (other classes' drops: {others})" if others else "")
+                reasons.append(reason)
+            if r.get("lost_structures"):
+                reasons.append(describe_lost(r["lost_structures"]))
+            why = "; ".join(reasons)
         out.append(f"{r['key']} on {r['run_on']}: {why}")
     return out
+
+
+def describe_lost(lost: list[dict], shown: int = 3) -> str:
+    """One phrase for :func:`lost_structures` findings, e.g. ``erased liver on slice 7 (case
+    10070, FP32 67 px, artifact 0 px)``: the first ``shown`` of them and a count of the rest."""
+    parts = []
+    for f in lost[:shown]:
+        case = f"case {f['case']}, " if f.get("case") else ""
+        parts.append(f"{f['kind']} {f['class']} on slice {f['slice']} ({case}FP32 {f['fp32_px']} px, "
+                     f"artifact {f['artifact_px']} px)")
+    more = f" and {len(lost) - shown} more" if len(lost) > shown else ""
+    return ", ".join(parts) + more

@@ -16,7 +16,7 @@ TRAIN_FLAGS = {"data": "--data", "labels": "--labels", "intensity": "--intensity
                "memory_format": "--memory-format"}
 EXPORT_FLAGS = {"calib_method": "--calib-method", "calib_slices": "--calib-slices", "verify_slices": "--verify-slices",
                 "max_batch": "--max-batch", "max_dice_drop_int8": "--max-dice-drop-int8", "gate_metric": "--gate-metric",
-                "int8_scheme": "--int8-scheme"}
+                "int8_scheme": "--int8-scheme", "structure_px": "--structure-px"}
 
 
 def point_commands(sweep: SweepConfig, point: Point, folder: Path) -> list[str]:

@@ -56,7 +56,7 @@ RECIPE_KEYS = {"data": str, "labels": str, "window": list, "intensity": str, "ep
                "case_pattern": str, "folds": int, "fold": int, "memory_format": str}
 EXPORT_KEYS = {"calib": str, "calib_method": str, "calib_slices": int, "verify_slices": int, "max_batch": int,
                "max_dice_drop_int8": float, "gate_metric": str,
-               "int8_scheme": str}
+               "int8_scheme": str, "structure_px": int}
 MEASURE_KEYS = {"slice_size": int, "batches": list, "runs": int, "warmup": int, "volume_slices": int, "threads": int}
 CHOOSE_KEYS = {"reference": str, "max_dice_loss": float, "min_runs": int}
 MEASURE_DEFAULTS = {"slice_size": 512, "batches": [1, 8], "runs": 20, "warmup": 3, "volume_slices": 32, "threads": 0}

@@ -102,3 +102,9 @@ def test_truth_gate_metric_on_unlabelled_verification_data(checkpoint, tmp_path,
                    "--gate-metric", "truth")
     assert_one_line_error(proc, "--gate-metric truth needs labelled held-out slices")
     assert not (tmp_path / "b").exists()
+
+
+def test_negative_structure_size(checkpoint, tmp_path, assert_one_line_error):
+    proc = edgeseg("export", checkpoint, "--out", tmp_path / "b", "--formats", "onnx", "--structure-px", "-1")
+    assert_one_line_error(proc, "structure-px must be an integer >= 0, got -1")
+    assert not (tmp_path / "b").exists()

@@ -1,0 +1,202 @@
+"""The gate compares deployed masks (after the bundle's component filters) and refuses an
+artifact that erases or invents a whole structure on a held-out slice, which a pooled Dice hides."""
+
+import itertools
+
+import numpy as np
+import pytest
+
+from edgeseg.errors import DataError
+from edgeseg.export.profiles import ExportSettings
+from edgeseg.export.verify import compare_logits, failures, lost_structures
+from edgeseg.kernels.components import ComponentRule
+
+NAMES = ["background", "liver"]
+
+
+def _rectangles(rng, shape, count, classes=(1, 2)) -> np.ndarray:
+    labels = np.zeros(shape, np.uint8)
+    for i in range(shape[0]):
+        for c in classes:
+            for _ in range(rng.integers(0, count + 1)):
+                h, w = rng.integers(1, 10, size=2)
+                y, x = rng.integers(0, shape[1] - h), rng.integers(0, shape[2] - w)
+                labels[i, y:y + h, x:x + w] = c
+    return labels
+
+
+def _damaged(rng, ref: np.ndarray) -> np.ndarray:
+    """Per slice and class: kept, eroded, erased or moved to the far corner."""
+    out = ref.copy()
+    for i, c in itertools.product(range(len(ref)), (1, 2)):
+        where = ref[i] == c
+        action = rng.integers(0, 4)
+        if action == 1:  # erode: drop the first row of the class
+            rows = np.flatnonzero(where.any(axis=1))
+            if rows.size:
+                out[i, rows[0]][where[rows[0]]] = 0
+        elif action == 2:
+            out[i][where] = 0
+        elif action == 3:
+            out[i][where] = 0
+            out[i] = np.where(np.roll(where, (ref.shape[1] // 2, ref.shape[2] // 2), axis=(0, 1)) & (out[i] == 0), c, out[i])
+    return out
+
+
+def _oracle(mask, ref, truth, min_px, metric) -> set:
+    """Pixel sets, one slice and class at a time."""
+    found = set()
+    for i, c in itertools.product(range(len(ref)), (1, 2)):
+        r = {(y, x) for y, x in zip(*np.nonzero(ref[i] == c))}
+        a = {(y, x) for y, x in zip(*np.nonzero(mask[i] == c))}
+        t = {(y, x) for y, x in zip(*np.nonzero(truth[i] == c))}
+        if min_px <= 0 or r & a:
+            continue
+        if len(r) >= min_px and (metric == "agreement" or r & t):
+            found.add((i, c, "erased", len(r), len(a)))
+        if len(a) >= min_px and (metric == "agreement" or not a & t):
+            found.add((i, c, "invented", len(r), len(a)))
+    return found
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_lost_structures_equal_a_pixel_set_oracle(seed):
+    rng = np.random.default_rng(seed)
+    ref = _rectangles(rng, (10, 40, 40), 2)
+    mask, truth = _damaged(rng, ref), _damaged(rng, ref)
+    names = ["bg", "a", "b"]
+    for min_px, metric in itertools.product((0, 1, 16, 40), ("agreement", "truth")):
+        got = lost_structures(mask, ref, truth, 3, min_px, metric, names, [f"case{i // 4}" for i in range(10)])
+        expected = _oracle(mask, ref, truth, min_px, metric)
+        assert {(f["slice"], names.index(f["class"]), f["kind"], f["fp32_px"], f["artifact_px"]) for f in got} == expected
+        assert all(f["case"] == f"case{f['slice'] // 4}" for f in got)
+        if min_px == 1 and metric == "agreement":
+            assert {f["kind"] for f in got} == {"erased", "invented"}  # the data exercises both
+
+
+def _logits(labels: np.ndarray) -> np.ndarray:
+    logits = np.zeros((len(labels), 2, *labels.shape[1:]), np.float32)
+    logits[:, 1] = np.where(labels == 1, 3.0, -3.0)
+    return logits
+
+
+def _liver_slices() -> tuple[np.ndarray, np.ndarray]:
+    """Three slices with a 40x40 liver and a fourth with a 67-pixel one, which the artifact
+    shrinks to 60 pixels (a row of 7 lost): the run that showed the problem on real data."""
+    ref = np.zeros((4, 64, 64), np.uint8)
+    ref[:3, 10:50, 10:50] = 1
+    ref[3, 20:29, 20:27] = 1          # 63 pixels ...
+    ref[3, 29, 20:24] = 1             # ... + 4 = 67
+    art = ref.copy()
+    art[3, 20, 20:27] = 0             # 60 left, all inside FP32's
+    assert (ref[3] == 1).sum() == 67 and (art[3] == 1).sum() == 60
+    return ref, art
+
+
+def test_a_structure_the_component_filter_drops_only_for_the_artifact_fails_the_gate():
+    ref, art = _liver_slices()
+    cases = ["10019", "10019", "10022", "10070"]
+    rules = {1: ComponentRule(min_size=64)}
+    raw = compare_logits(_logits(ref), _logits(art), None, "int8", 0.01, NAMES, slice_cases=cases)
+    assert raw["passed"] and raw["lost_structures"] == []
+    assert raw["class_dice"]["liver"] == pytest.approx(2 * (4800 + 60) / (4800 + 67 + 4800 + 60))
+    row = compare_logits(_logits(ref), _logits(art), None, "int8", 0.01, NAMES, rules=rules, slice_cases=cases)
+    # Pooled over the slices the drop stays inside the limit; slice 3 alone refuses the artifact.
+    assert row["class_dice"]["liver"] == pytest.approx(2 * 4800 / (4800 + 67 + 4800))
+    assert row["dice_drop"] < 0.01 and not row["passed"]
+    assert row["lost_structures"] == [{"slice": 3, "case": "10070", "class": "liver", "kind": "erased",
+                                       "fp32_px": 67, "artifact_px": 0}]
+    [why] = failures({"results": [{**row, "key": "onnx-int8", "run_on": "openvino-cpu", "precision": "int8"}]})
+    assert why == "onnx-int8 on openvino-cpu: erased liver on slice 3 (case 10070, FP32 67 px, artifact 0 px)"
+    off = compare_logits(_logits(ref), _logits(art), None, "int8", 0.01, NAMES, rules=rules, structure_px=0)
+    assert off["passed"] and off["structure_px"] == 0
+
+
+def test_an_invented_structure_fails_and_one_below_the_size_passes():
+    ref, _ = _liver_slices()
+    ref[3] = 0
+    art = ref.copy()
+    art[3, 5:9, 5:9] = 1  # 16 pixels where FP32 has nothing
+    row = compare_logits(_logits(ref), _logits(art), None, "fp16", 0.002, NAMES, structure_px=16)
+    assert [(f["kind"], f["fp32_px"], f["artifact_px"]) for f in row["lost_structures"]] == [("invented", 0, 16)]
+    assert row["dice_drop"] < 0.002 and not row["passed"]
+    assert compare_logits(_logits(ref), _logits(art), None, "fp16", 0.002, NAMES, structure_px=17)["passed"]
+
+
+def test_with_the_truth_metric_only_a_loss_of_accuracy_counts():
+    ref, _ = _liver_slices()
+    art = ref.copy()
+    art[3] = 0  # the artifact erases slice 3's structure
+    truth = ref.copy()
+    false_positive = compare_logits(_logits(ref), _logits(art), np.where(np.arange(4)[:, None, None] == 3, 0, truth),
+                                    "int8", 0.01, NAMES, "truth")
+    assert false_positive["lost_structures"] == [] and false_positive["passed"]  # FP32 was wrong there
+    real = compare_logits(_logits(ref), _logits(art), truth, "int8", 0.01, NAMES, "truth")
+    assert [f["kind"] for f in real["lost_structures"]] == ["erased"] and not real["passed"]
+
+
+def test_fp32_rows_are_judged_by_identity_alone():
+    ref, art = _liver_slices()
+    row = compare_logits(_logits(ref), _logits(art), None, "fp32", 0.0, NAMES, rules={1: ComponentRule(min_size=64)})
+    assert not row["passed"]
+    [why] = failures({"results": [{**row, "key": "onnx-fp32", "run_on": "onnxruntime-cpu", "precision": "fp32"}]})
+    assert why == "onnx-fp32 on onnxruntime-cpu: 67 mask pixels differ from FP32"
+
+
+@pytest.mark.parametrize("value", [-1, True, 2.5, "16"])
+def test_structure_px_must_be_a_non_negative_integer(value):
+    with pytest.raises(DataError, match="structure-px must be an integer >= 0"):
+        ExportSettings(structure_px=value)
+
+
+def _openvino_erases_every_structure(monkeypatch):
+    """OpenVINO's real logits with the foreground channel pushed far below background."""
+    from edgeseg.runtime.runners.openvino import OpenVinoRunner
+
+    honest = OpenVinoRunner._infer
+
+    def erasing(self, batch):
+        logits = np.array(honest(self, batch), copy=True)
+        logits[:, 1:] = logits[:, :1] - 100.0
+        return logits
+
+    monkeypatch.setattr(OpenVinoRunner, "_infer", erasing)
+
+
+def _with_postprocess(checkpoint, path, postprocess):
+    import torch
+
+    payload = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    payload["postprocess"] = postprocess
+    torch.save(payload, path)
+    return path
+
+
+def test_the_export_gate_refuses_a_runner_that_erases_structures_and_filters_as_deployed(checkpoint, tmp_path, monkeypatch):
+    pytest.importorskip("openvino")
+    from edgeseg.export.pipeline import export_bundle
+    from edgeseg.runtime.manifest import read_manifest
+    from tests.export.conftest import CALIB_DATA
+
+    _openvino_erases_every_structure(monkeypatch)
+    # A limit of 1 leaves the slice-by-slice check as the only thing that can refuse INT8.
+    settings = ExportSettings(formats=("onnx",), int8=True, calib_slices=16, max_batch=4).override(
+        max_dice_drop={"int8": 1.0})
+    args = {"calib": CALIB_DATA, "cache_dir": tmp_path / "cache", "progress": False, "echo": lambda text: None}
+    result = export_bundle(checkpoint, tmp_path / "b", settings, **args)
+    excluded = {e.file: e.excluded for e in read_manifest(tmp_path / "b").artifacts}
+    why = excluded["model.int8.onnx"]["openvino"]
+    assert why.startswith("erased ") and "(case " in why and ", artifact 0 px)" in why
+    rows = {(r["key"], r["run_on"]): r for r in result["parity"]["results"]}
+    assert rows["onnx-int8", "onnxruntime-cpu"]["passed"] and rows["onnx-int8", "onnxruntime-cpu"]["lost_structures"] == []
+    lost = rows["onnx-int8", "openvino-cpu"]["lost_structures"]
+    assert lost and {f["kind"] for f in lost} == {"erased"} and all(f["fp32_px"] >= 16 for f in lost)
+    assert result["parity"]["structure_px"] == 16
+    # A component filter that removes everything of the class leaves nothing to erase, in the
+    # FP32 masks as in the artifact's: the gate judges the masks the bundle delivers.
+    filtered = _with_postprocess(checkpoint, tmp_path / "filtered.pt",
+                                 {"resize": "logits", "classes": {"1": {"min_pixels": 1 << 20}}})
+    result = export_bundle(filtered, tmp_path / "f", settings, **args)
+    assert all(not e.excluded for e in read_manifest(tmp_path / "f").artifacts)
+    assert result["parity"]["postprocess"]["classes"]["1"]["min_pixels"] == 1 << 20
+    assert all(r["lost_structures"] == [] and r["changed_pixels"] == 0 for r in result["parity"]["results"])
