@@ -7,7 +7,7 @@ import json
 import click
 
 from edgeseg.cli.logs import configure_logging
-from edgeseg.errors import require
+from edgeseg.errors import DataError, require
 
 
 @click.command("sweep")
@@ -20,11 +20,14 @@ from edgeseg.errors import require
 @click.option("--remeasure", "rounds", type=click.IntRange(min=1), default=None, metavar="ROUNDS",
               help="Train nothing: measure the latency of the finished points again, ROUNDS passes over "
                    "them in turn, each keeping its median round (for the final table, on a quiet machine).")
+@click.option("--regate", is_flag=True,
+              help="Train nothing: export again the finished points whose bundle passed an older parity gate, "
+                   "then measure their Dice and latency again (the reports compare only runs of one gate).")
 @click.option("--status", is_flag=True,
               help="Train nothing: say where each point stands (finished, running in another process, stopped "
                    "part-way, not started), its epochs, best validation Dice so far and recent time per epoch.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def command(sweep_file, out, points_only, rounds, status, quiet) -> None:
+def command(sweep_file, out, points_only, rounds, regate, status, quiet) -> None:
     """Run SWEEP_FILE (TOML: [recipe], [grid], [export], [measure]): train each point resumably,
     export it to INT8 through the parity gate, measure validation Dice (FP32, INT8) and the auto
     backend's end-to-end latency; write sweep.csv, results.json, pareto.png and commands.sh.
@@ -33,19 +36,24 @@ def command(sweep_file, out, points_only, rounds, status, quiet) -> None:
     CUDA_VISIBLE_DEVICES): each claims the points no other process holds."""
     require("torch", "train", "edgeseg sweep")
     from edgeseg.sweep.config import load_sweep
-    from edgeseg.sweep.report import (latency_machines, no_choice_reason, one_machine, pareto_front, variant_rows,
-                                      write_reports)
-    from edgeseg.sweep.run import check_sweep_folder, remeasure, run_sweep
+    from edgeseg.sweep.report import (latency_machines, no_choice_reason, one_machine, pareto_front, result_gates,
+                                      variant_rows, write_reports)
+    from edgeseg.sweep.run import check_sweep_folder, regate as regate_points, remeasure, run_sweep
 
     configure_logging()
     sweep = load_sweep(sweep_file)
+    if sum((status, regate, rounds is not None)) > 1:
+        raise DataError("--status, --regate and --remeasure do not go together: give one")
     if status:
-        if rounds is not None:
-            raise click.UsageError("--status and --remeasure do not go together")
         _print_status(sweep, out, points_only)
         return
     check_sweep_folder(sweep, out)
-    if rounds is None:
+    if regate:
+        points, redone = regate_points(sweep, out, only=points_only)
+        click.echo(f"exported again through today's gate: {', '.join(redone)}" if redone else
+                   "every finished point passed today's gate already; nothing exported again")
+        elsewhere = []
+    elif rounds is None:
         points, elsewhere = run_sweep(sweep, out, progress=not quiet, only=points_only)
     else:
         points, elsewhere = remeasure(sweep, out, rounds, only=points_only), []
@@ -75,6 +83,10 @@ def command(sweep_file, out, points_only, rounds, status, quiet) -> None:
                    f"{c['speedup_model']:.2f}x model alone, {c['gflop_ratio']:.2f}x fewer GFLOP"
                    + ("" if len(points) == len(sweep.points) else
                       f" (over the {len(points)} of {len(sweep.points)} points finished so far)"))
+    elif sweep.choose and len(gates := result_gates(points)) > 1:
+        counts = ", ".join(f"{g} on {sum(p.get('gate', 'v1') == g for p in points)}" for g in gates)
+        click.echo(f"no choice: the runs' bundles passed different parity gates ({counts}); "
+                   "run this command with --regate to export the older ones again")
     elif sweep.choose and not one_machine(machines := latency_machines(points)):
         click.echo(f"no choice: the latencies were not all measured on one recorded machine ({'; '.join(machines)}); "
                    "run this command with --remeasure N on one machine")

@@ -169,7 +169,7 @@ def _gate(folder: Path, model, made: list, verify_set, settings: ExportSettings,
     from tqdm import tqdm
 
     from edgeseg.export.fp16 import HALF_EMULATION, ORT_EMULATION, half_check_slices, half_precision_logits
-    from edgeseg.export.verify import compare_logits, measure_latency
+    from edgeseg.export.verify import GATE_VERSION, compare_logits, measure_latency
     from edgeseg.runtime.runners import runners_for
     from edgeseg.runtime.runners.onnxruntime import OnnxRuntimeRunner
     from edgeseg.runtime.segmenter import Segmenter
@@ -205,7 +205,7 @@ def _gate(folder: Path, model, made: list, verify_set, settings: ExportSettings,
             row = compare_logits(reference[pick], half, None if truth is None else truth[pick], precision,
                                  settings.max_dice_drop[precision], class_names, settings.gate_metric,
                                  slice_cases=[verify_set.slice_cases[i] for i in pick], **gate)
-            for found in row["lost_structures"]:  # numbered as slices of the whole held-out set
+            for found in row["structure_changes"]:  # numbered as slices of the whole held-out set
                 found["slice"] = int(pick[found["slice"]])
             subset = {} if len(pick) == len(images) else {"slices": int(len(pick))}
             rows.append((None, {"key": entry.key, "file": file, "precision": precision, "run_on": HALF_EMULATION,
@@ -219,7 +219,7 @@ def _gate(folder: Path, model, made: list, verify_set, settings: ExportSettings,
         results += [row for _, row in rows]
     report = {"reference": "pytorch-fp32-eager-cpu", "data": verify_set.source, "cases": verify_set.cases,
               "slices": int(len(images)), "labelled": truth is not None, "thresholds": settings.max_dice_drop,
-              "gate_metric": settings.gate_metric, "structure_px": settings.structure_px,
+              "gate_version": GATE_VERSION, "gate_metric": settings.gate_metric, "structure_px": settings.structure_px,
               "postprocess": post.to_dict(),
               "fp32_margin": 1e-4, "results": results, "passed": not dead}
     if excluded:

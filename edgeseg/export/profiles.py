@@ -54,8 +54,8 @@ class ExportSettings:
             so this graph can lose accuracy on them (the gate then keeps it out of ``auto`` there).
             None: "tensorrt" when ``trt`` is set, else "cpu".
         structure_px: the smallest structure, in pixels at model resolution, that an FP16 or
-            INT8 artifact may not erase or invent on a held-out slice (after the bundle's
-            component filters, see ``edgeseg.export.verify.lost_structures``); 0 turns the
+            INT8 artifact may not take off or put on a held-out slice (after the bundle's
+            component filters, see ``edgeseg.export.verify.structure_changes``); 0 turns the
             check off.
     """
 

@@ -12,9 +12,9 @@ class's Dice against the held-out labels (FP32's minus the artifact's).
 
 The masks compared are the deployed ones: argmax, then the bundle's per-slice component
 filters (keep-largest, minimum size), on both sides. A pooled Dice barely moves when a small
-structure disappears, so the gate also looks slice by slice (:func:`lost_structures`): an
-artifact must neither erase a structure of at least ``structure_px`` pixels that the FP32 model
-finds, nor invent one where it finds none. Limits: FP32 formats must give identical masks,
+structure disappears, so the gate also looks slice by slice (:func:`structure_changes`): an
+artifact must not take a class of at least ``structure_px`` pixels off a slice where the FP32
+model finds it, nor put one on a slice where it does not. Limits: FP32 formats must give identical masks,
 except at pixels where the FP32 model itself is undecided (top-two logit margin below
 ``FP32_MARGIN``, i.e. float rounding decides the class); FP16 and INT8 must keep ``dice_drop``
 within their threshold, lose no structure and keep all logits finite.
@@ -39,6 +39,9 @@ from edgeseg.report.output import format_table
 from edgeseg.spec import PreprocessSpec
 
 FP32_MARGIN = 1e-4
+# What the gate compares. 1: the network's argmax masks, pooled per class. 2: the masks after the
+# bundle's per-slice component filters, with the slice-by-slice structure check.
+GATE_VERSION = 2
 COLUMNS = ["artifact", "run on", "max |d|", "p99 |d|", "mask Dice", "dice drop", "limit", "Dice GT", "Dice GT fp32", "pass"]
 
 
@@ -136,17 +139,20 @@ def truth_drops(mask: np.ndarray, ref_mask: np.ndarray, truth: np.ndarray, num_c
     return drops
 
 
-def lost_structures(mask: np.ndarray, ref_mask: np.ndarray, truth: np.ndarray | None, num_classes: int,
-                    min_pixels: int, metric: str = "agreement", class_names: Sequence[str] | None = None,
-                    slice_cases: Sequence[str] | None = None) -> list[dict]:
-    """Structures an artifact erases or invents, slice by slice and class by class (N, H, W masks).
+def structure_changes(mask: np.ndarray, ref_mask: np.ndarray, truth: np.ndarray | None, num_classes: int,
+                      min_pixels: int, metric: str = "agreement", class_names: Sequence[str] | None = None,
+                      slice_cases: Sequence[str] | None = None) -> list[dict]:
+    """Where an artifact changes whether a class is on a slice (N, H, W masks), class by class.
 
-    On slice i, class c is "erased" when the FP32 mask ``ref_mask`` has at least ``min_pixels``
-    pixels of c and the artifact's ``mask`` shares none of them, and "invented" when the
-    artifact has at least ``min_pixels`` pixels of c and FP32 none of those. With the "truth"
-    metric only changes in accuracy count: an erased structure must have met the labels and an
-    invented one must miss them. ``min_pixels`` 0 turns the check off. One dict per finding:
-    slice, case (from ``slice_cases``), class name, kind and both pixel counts.
+    On slice i, for class c, with "shared" meaning the FP32 mask ``ref_mask`` and the artifact's
+    ``mask`` have a pixel of c in common: "erased" when FP32 has at least ``min_pixels`` pixels
+    of c, nothing is shared and the artifact has fewer than ``min_pixels`` (the class left the
+    slice); "invented" the other way round (the class came onto it); "moved" when both have at
+    least ``min_pixels`` and share nothing (e.g. keep-largest kept another of two near-equal
+    components). With the "truth" metric only changes in accuracy count as erased or invented:
+    an erased structure must have met the labels and an invented one must miss them.
+    ``min_pixels`` 0 turns the check off. One dict per change: slice, case (from
+    ``slice_cases``), class name, kind and both pixel counts.
     """
     if min_pixels <= 0:
         return []
@@ -155,17 +161,23 @@ def lost_structures(mask: np.ndarray, ref_mask: np.ndarray, truth: np.ndarray | 
     for c in range(1, int(num_classes)):
         ref, art = ref_mask == c, mask == c
         ref_px, art_px = ref.sum(axis=(1, 2)), art.sum(axis=(1, 2))
-        shared = (ref & art).any(axis=(1, 2))
-        erased, invented = (ref_px >= min_pixels) & ~shared, (art_px >= min_pixels) & ~shared
+        apart = ~(ref & art).any(axis=(1, 2))
+        ref_on, art_on = ref_px >= min_pixels, art_px >= min_pixels
+        erased, invented, moved = apart & ref_on & ~art_on, apart & art_on & ~ref_on, apart & ref_on & art_on
         if metric == "truth" and truth is not None:
             target = truth == c
             erased &= (ref & target).any(axis=(1, 2))
             invented &= ~(art & target).any(axis=(1, 2))
-        for kind, where in (("erased", erased), ("invented", invented)):
+        for kind, where in (("erased", erased), ("invented", invented), ("moved", moved)):
             found += [{"slice": int(i), "case": None if slice_cases is None else str(slice_cases[i]),
                        "class": names[c], "kind": kind, "fp32_px": int(ref_px[i]), "artifact_px": int(art_px[i])}
                       for i in np.flatnonzero(where)]
     return sorted(found, key=lambda f: (f["slice"], f["class"], f["kind"]))
+
+
+def failing_changes(changes: list[dict]) -> list[dict]:
+    """The structure changes that fail the gate: a class erased from or invented on a slice."""
+    return [f for f in changes if f["kind"] in ("erased", "invented")]
 
 
 def compare_logits(reference: np.ndarray, logits: np.ndarray, truth: np.ndarray | None, precision: str,
@@ -180,7 +192,7 @@ def compare_logits(reference: np.ndarray, logits: np.ndarray, truth: np.ndarray 
     mask) or "truth" (the fall of Dice against ``truth``); ``class_drop`` holds it per class.
     ``rules`` are the bundle's per-slice component filters at model resolution, applied to both
     masks before anything is compared; ``structure_px`` and ``slice_cases`` feed
-    :func:`lost_structures` (``lost_structures`` in the row).
+    :func:`structure_changes` (``structure_changes`` in the row; erased or invented ones fail).
     """
     num_classes = reference.shape[1]
     names = list(class_names) if class_names is not None else [str(c) for c in range(num_classes)]
@@ -204,7 +216,7 @@ def compare_logits(reference: np.ndarray, logits: np.ndarray, truth: np.ndarray 
         class_drop = truth_drops(mask, ref_mask, truth, num_classes)
     else:
         class_drop = {c: None if a is None else 1.0 - a for c, a in per_class.items()}
-    lost = lost_structures(mask, ref_mask, truth, num_classes, structure_px, metric, names, slice_cases)
+    changes = structure_changes(mask, ref_mask, truth, num_classes, structure_px, metric, names, slice_cases)
     judged = {c: d for c, d in class_drop.items() if d is not None}
     worst = max(judged, key=judged.get) if judged else None
     drop = judged[worst] if judged else 0.0
@@ -217,13 +229,13 @@ def compare_logits(reference: np.ndarray, logits: np.ndarray, truth: np.ndarray 
                                             for c in range(1, num_classes)},
            "worst_class": None if worst is None else names[worst],
            "changed_decided_pixels": int((changed & decided).sum()), "finite": finite,
-           "structure_px": int(structure_px), "lost_structures": lost,
+           "structure_px": int(structure_px), "structure_changes": changes,
            "dice_gt": None if truth is None else mean_class_dice(mask, truth, num_classes),
            "dice_gt_fp32": None if truth is None else mean_class_dice(ref_mask, truth, num_classes)}
     if precision == "fp32":
         row["passed"] = finite and row["changed_decided_pixels"] == 0
     else:
-        row["passed"] = finite and drop <= limit + 1e-12 and not lost
+        row["passed"] = finite and drop <= limit + 1e-12 and not failing_changes(changes)
     return row
 
 
@@ -252,8 +264,8 @@ def parity_table(report: dict) -> str:
     columns = COLUMNS[:6] + ["worst class"] + COLUMNS[6:] if several else COLUMNS
     text = format_table(rows, columns)
     for r in report["results"]:
-        if r.get("lost_structures"):
-            text += f"\nstructures lost by {r['key']} on {r['run_on']}: {describe_lost(r['lost_structures'])}"
+        if r.get("structure_changes"):
+            text += f"\nstructures changed by {r['key']} on {r['run_on']}: {describe_structures(r['structure_changes'])}"
     for file, reasons in sorted((report.get("excluded") or {}).items()):
         for runner, why in sorted(reasons.items()):
             text += f"\nexcluded from auto: {runner} on {file} ({why})"
@@ -294,20 +306,28 @@ def failures(report: dict) -> list[str]:
                                        if name != r["worst_class"] and d is not None)
                     reason = f"class {r['worst_class']} {reason}" + (f" (other classes' drops: {others})" if others else "")
                 reasons.append(reason)
-            if r.get("lost_structures"):
-                reasons.append(describe_lost(r["lost_structures"]))
+            if failing_changes(r.get("structure_changes") or []):
+                reasons.append(describe_structures(failing_changes(r["structure_changes"])))
             why = "; ".join(reasons)
         out.append(f"{r['key']} on {r['run_on']}: {why}")
     return out
 
 
-def describe_lost(lost: list[dict], shown: int = 3) -> str:
-    """One phrase for :func:`lost_structures` findings, e.g. ``erased liver on slice 7 (case
-    10070, FP32 67 px, artifact 0 px)``: the first ``shown`` of them and a count of the rest."""
+def gate_label(version: int | None, structure_px: int | None) -> str:
+    """A short name of the gate a bundle passed, e.g. ``v2 (16 px)``; ``v1`` for one exported
+    before the gate compared deployed masks (its parity.json names no version)."""
+    if not version or version < 2:
+        return "v1"
+    return f"v{version} ({structure_px} px)"
+
+
+def describe_structures(changes: list[dict], shown: int = 3) -> str:
+    """One phrase for :func:`structure_changes`, e.g. ``erased liver on slice 7 (case 10070,
+    FP32 67 px, artifact 0 px)``: the first ``shown`` of them and a count of the rest."""
     parts = []
-    for f in lost[:shown]:
+    for f in changes[:shown]:
         case = f"case {f['case']}, " if f.get("case") else ""
         parts.append(f"{f['kind']} {f['class']} on slice {f['slice']} ({case}FP32 {f['fp32_px']} px, "
                      f"artifact {f['artifact_px']} px)")
-    more = f" and {len(lost) - shown} more" if len(lost) > shown else ""
+    more = f" and {len(changes) - shown} more" if len(changes) > shown else ""
     return ", ".join(parts) + more

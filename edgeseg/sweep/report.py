@@ -17,7 +17,7 @@ from typing import Any
 from edgeseg.atomic import atomic_path, atomic_write_text
 
 COLUMNS = ("id", "variant", "seed", "model", "base", "depth", "size", "params", "gflop", "epochs", "best_epoch",
-           "train_seconds_all_epochs", "dice_fp32", "dice_int8", "int8_refused", "int8_scheme", "backend", "latency_ms_p50", "model_ms_p50",
+           "train_seconds_all_epochs", "dice_fp32", "dice_int8", "int8_refused", "int8_scheme", "gate", "backend", "latency_ms_p50", "model_ms_p50",
            "volume_slices_per_s", "machine", "pareto")
 VARIANT_COLUMNS = ("id", "model", "base", "depth", "size", "params", "gflop", "runs", "seeds", "dice_fp32",
                    "dice_fp32_sd", "dice_int8", "dice_deployed", "dice_deployed_sd", "dice_deployed_min",
@@ -34,6 +34,12 @@ def latency_machines(points: list[dict[str, Any]]) -> list[str]:
 def one_machine(machines: list[str]) -> bool:
     """True when every latency was measured on the same recorded machine (comparable)."""
     return len(machines) == 1 and machines[0] != NOT_RECORDED
+
+
+def result_gates(points: list[dict[str, Any]]) -> list[str]:
+    """The parity gates the points' bundles passed (``v1`` for results written before the gate
+    was recorded), in order of first appearance: what a point deploys, INT8 or FP32, depends on it."""
+    return list(dict.fromkeys(p.get("gate", "v1") for p in points))
 
 
 def deployed_dice(point: dict[str, Any]) -> float:
@@ -140,13 +146,14 @@ def write_reports(out: str | Path, points: list[dict[str, Any]], choose: dict[st
     Latencies measured on different machines (sessions on other CPUs), or on a machine not
     recorded (results written before it was), are not compared: then no choice is made (a
     choice.json from before is removed) and the plot says so; ``edgeseg sweep --remeasure`` on
-    one machine measures every point again."""
+    one machine measures every point again. Nor are runs whose bundles passed different parity
+    gates (:func:`result_gates`; ``edgeseg sweep --regate`` exports them again)."""
     out = Path(out)
     variants = variant_rows(points)
     front = pareto_front(variants)
     machines = latency_machines(points)
-    rows = [{**p, "machine": p.get("machine", NOT_RECORDED), "pareto": p.get("variant", p["id"]) in front}
-            for p in points]
+    rows = [{**p, "machine": p.get("machine", NOT_RECORDED), "gate": p.get("gate", "v1"),
+             "pareto": p.get("variant", p["id"]) in front} for p in points]
     variants = [{**v, "pareto": v["id"] in front} for v in variants]
     text = io.StringIO()
     writer = csv.DictWriter(text, fieldnames=COLUMNS, extrasaction="ignore", lineterminator="\n")
@@ -166,7 +173,7 @@ def write_reports(out: str | Path, points: list[dict[str, Any]], choose: dict[st
         script += ["", f"# {p['id']}", *p["commands"]]
     atomic_write_text(paths["commands"], "\n".join(script) + "\n")
     choice = None
-    if choose and one_machine(machines):
+    if choose and one_machine(machines) and len(result_gates(points)) == 1:
         choice = choose_default(variants, choose["reference"], choose["max_dice_loss"], choose.get("min_runs", 1))
     if choice is not None:
         paths["choice"] = out / "choice.json"

@@ -221,6 +221,11 @@ def finished_results(sweep: SweepConfig, out: Path) -> list[dict[str, Any]]:
             result.setdefault("variant", point.variant)
             if "seed" not in result:
                 result["seed"] = train_config(sweep, point, path.parent / "run").seed
+            if "gate" not in result:  # nor the gate its bundle passed: its parity.json does
+                try:
+                    result["gate"] = bundle_gate(path.parent / "bundle")
+                except DataError:
+                    result["gate"] = "v1"
             results.append(result)
     return results
 
@@ -256,7 +261,59 @@ def run_point(sweep: SweepConfig, point: Point, out: Path, progress: bool) -> di
             "epochs": cfg.epochs, "best_epoch": trained["best"]["epoch"], "train_val_dice": trained["best"]["val_dice"],
             "train_seconds_all_epochs": epochs_seconds, "train_seconds_this_run": train_seconds,
             **dice, "int8_refused": int8_refused, "int8_scheme": None if int8_refused else _int8_scheme(bundle),
-            **latency, "commands": point_commands(sweep, point, folder)}
+            "gate": bundle_gate(bundle), **latency, "commands": point_commands(sweep, point, folder)}
+
+
+def bundle_gate(bundle: Path) -> str:
+    """The parity gate the bundle passed (``edgeseg.export.verify.gate_label``), from its parity.json."""
+    from edgeseg.export.verify import gate_label
+
+    try:
+        parity = json.loads((bundle / "parity.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        raise DataError(f"{bundle / 'parity.json'} is missing or unreadable; remove the point's result.json "
+                        f"and bundle to export it again") from None
+    return gate_label(parity.get("gate_version"), parity.get("structure_px"))
+
+
+def current_gate(sweep: SweepConfig) -> str:
+    """The gate this version of edgeseg applies to the sweep's exports."""
+    from edgeseg.export.verify import GATE_VERSION, gate_label
+
+    return gate_label(GATE_VERSION, export_settings(sweep)[0].structure_px)
+
+
+def regate(sweep: SweepConfig, out: str | Path, only: Sequence[str] = ()) -> tuple[list[dict[str, Any]], list[str]]:
+    """Export again, through today's gate, the finished points whose bundle passed another one
+    (``gate`` in the result; results from before it was recorded count as ``v1``), training
+    nothing: each gets a new bundle (INT8 again if the gate now passes it, FP32 alone if it now
+    refuses it), its validation Dice and latency measured again; the training record is kept.
+    Returns all finished results in grid order and the ids of the points exported again."""
+    check_point_ids(sweep, only)
+    out = check_sweep_folder(sweep, out)
+    target = current_gate(sweep)
+    redone = []
+    for result in finished_results(sweep, out):
+        if (only and result["id"] not in only) or result.get("gate", "v1") == target:
+            continue
+        point = next(p for p in sweep.points if p.id == result["id"])
+        folder = out / "points" / point.id
+        with _claim(out, point) as claimed:
+            if not claimed:
+                raise DataError(f"point {point.id} is held by another process; run --regate when it has finished")
+            log.info("point %s passed gate %s: exporting it again through %s", point.id, result.get("gate", "v1"), target)
+            bundle, int8_refused = _export(sweep, folder, progress=False, again=True)
+            cfg = train_config(sweep, point, folder / "run")
+            dice = validation_dice(folder / "run" / "best.pt", None if int8_refused else bundle, cfg.data, cfg.intensity)
+            latency = measure_latency(bundle, sweep.measure)
+            stale = ("latency_rounds_ms_p50", "latency_rounds_backend", "latency_measured_at")
+            atomic_write_text(_result_path(out, point), json.dumps({
+                **{k: v for k, v in result.items() if k not in stale}, **dice, "int8_refused": int8_refused,
+                "int8_scheme": None if int8_refused else _int8_scheme(bundle), "gate": bundle_gate(bundle),
+                "gate_before": result.get("gate", "v1"), **latency}, indent=2))
+        redone.append(point.id)
+    _write_record(out, sweep)
+    return finished_results(sweep, out), redone
 
 
 def _int8_scheme(bundle: Path) -> str | None:
@@ -268,20 +325,22 @@ def _int8_scheme(bundle: Path) -> str | None:
     return entries[0].extra.get("int8_scheme", "tensorrt") if entries else None
 
 
-def _export(sweep: SweepConfig, folder: Path, progress: bool) -> tuple[Path, str | None]:
+def _export(sweep: SweepConfig, folder: Path, progress: bool, again: bool = False) -> tuple[Path, str | None]:
     """The point's bundle and, when the gate refused INT8 on every runner, why: the point is then
-    exported in FP32 alone and measured as such, so a long training is never lost to the gate."""
+    exported in FP32 alone and measured as such, so a long training is never lost to the gate.
+    An existing bundle is kept unless ``again`` (then it is replaced only once the new one passed)."""
     from edgeseg.export.pipeline import export_bundle
     from edgeseg.export.verify import ParityError
 
     bundle, refused_record = folder / "bundle", folder / "int8-refused.txt"
-    if (bundle / "manifest.json").is_file():
+    if (bundle / "manifest.json").is_file() and not again:
         return bundle, (refused_record.read_text().strip() if refused_record.is_file() else None)
     settings, calib = export_settings(sweep)
     args = dict(force=True, progress=progress, intensity=sweep.recipe.get("intensity"),
                 cache_dir=folder / "export-cache", echo=lambda text: log.info("%s", text))
     try:
         export_bundle(folder / "run" / "best.pt", bundle, settings, calib=calib, **args)
+        refused_record.unlink(missing_ok=True)
         return bundle, None
     except ParityError as exc:
         reason = str(exc)

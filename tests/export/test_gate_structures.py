@@ -8,7 +8,7 @@ import pytest
 
 from edgeseg.errors import DataError
 from edgeseg.export.profiles import ExportSettings
-from edgeseg.export.verify import compare_logits, failures, lost_structures
+from edgeseg.export.verify import compare_logits, failures, structure_changes
 from edgeseg.kernels.components import ComponentRule
 
 NAMES = ["background", "liver"]
@@ -26,12 +26,16 @@ def _rectangles(rng, shape, count, classes=(1, 2)) -> np.ndarray:
 
 
 def _damaged(rng, ref: np.ndarray) -> np.ndarray:
-    """Per slice and class: kept, eroded, erased or moved to the far corner."""
+    """Per slice and class: kept, eroded, erased, moved to the far corner, or a new rectangle added."""
     out = ref.copy()
     for i, c in itertools.product(range(len(ref)), (1, 2)):
         where = ref[i] == c
-        action = rng.integers(0, 4)
-        if action == 1:  # erode: drop the first row of the class
+        action = rng.integers(0, 5)
+        if action == 4:
+            y, x = rng.integers(0, ref.shape[1] - 8, size=2)
+            block = out[i, y:y + 8, x:x + 8]
+            block[block == 0] = c
+        elif action == 1:  # erode: drop the first row of the class
             rows = np.flatnonzero(where.any(axis=1))
             if rows.size:
                 out[i, rows[0]][where[rows[0]]] = 0
@@ -52,26 +56,29 @@ def _oracle(mask, ref, truth, min_px, metric) -> set:
         t = {(y, x) for y, x in zip(*np.nonzero(truth[i] == c))}
         if min_px <= 0 or r & a:
             continue
-        if len(r) >= min_px and (metric == "agreement" or r & t):
+        big_r, big_a = len(r) >= min_px, len(a) >= min_px
+        if big_r and big_a:
+            found.add((i, c, "moved", len(r), len(a)))
+        elif big_r and (metric == "agreement" or r & t):
             found.add((i, c, "erased", len(r), len(a)))
-        if len(a) >= min_px and (metric == "agreement" or not a & t):
+        elif big_a and (metric == "agreement" or not a & t):
             found.add((i, c, "invented", len(r), len(a)))
     return found
 
 
-@pytest.mark.parametrize("seed", range(6))
-def test_lost_structures_equal_a_pixel_set_oracle(seed):
-    rng = np.random.default_rng(seed)
-    ref = _rectangles(rng, (10, 40, 40), 2)
-    mask, truth = _damaged(rng, ref), _damaged(rng, ref)
-    names = ["bg", "a", "b"]
-    for min_px, metric in itertools.product((0, 1, 16, 40), ("agreement", "truth")):
-        got = lost_structures(mask, ref, truth, 3, min_px, metric, names, [f"case{i // 4}" for i in range(10)])
-        expected = _oracle(mask, ref, truth, min_px, metric)
-        assert {(f["slice"], names.index(f["class"]), f["kind"], f["fp32_px"], f["artifact_px"]) for f in got} == expected
-        assert all(f["case"] == f"case{f['slice'] // 4}" for f in got)
-        if min_px == 1 and metric == "agreement":
-            assert {f["kind"] for f in got} == {"erased", "invented"}  # the data exercises both
+def test_structure_changes_equal_a_pixel_set_oracle():
+    names, kinds = ["bg", "a", "b"], set()
+    for seed in range(8):
+        rng = np.random.default_rng(seed)
+        ref = _rectangles(rng, (10, 40, 40), 2)
+        mask, truth = _damaged(rng, ref), _damaged(rng, ref)
+        for min_px, metric in itertools.product((0, 1, 16, 40), ("agreement", "truth")):
+            got = structure_changes(mask, ref, truth, 3, min_px, metric, names, [f"case{i // 4}" for i in range(10)])
+            expected = _oracle(mask, ref, truth, min_px, metric)
+            assert {(f["slice"], names.index(f["class"]), f["kind"], f["fp32_px"], f["artifact_px"]) for f in got} == expected
+            assert all(f["case"] == f"case{f['slice'] // 4}" for f in got)
+            kinds |= {(f["kind"], metric) for f in got}
+    assert kinds == {(k, m) for k in ("erased", "invented", "moved") for m in ("agreement", "truth")}  # each exercised
 
 
 def _logits(labels: np.ndarray) -> np.ndarray:
@@ -98,13 +105,13 @@ def test_a_structure_the_component_filter_drops_only_for_the_artifact_fails_the_
     cases = ["10019", "10019", "10022", "10070"]
     rules = {1: ComponentRule(min_size=64)}
     raw = compare_logits(_logits(ref), _logits(art), None, "int8", 0.01, NAMES, slice_cases=cases)
-    assert raw["passed"] and raw["lost_structures"] == []
+    assert raw["passed"] and raw["structure_changes"] == []
     assert raw["class_dice"]["liver"] == pytest.approx(2 * (4800 + 60) / (4800 + 67 + 4800 + 60))
     row = compare_logits(_logits(ref), _logits(art), None, "int8", 0.01, NAMES, rules=rules, slice_cases=cases)
     # Pooled over the slices the drop stays inside the limit; slice 3 alone refuses the artifact.
     assert row["class_dice"]["liver"] == pytest.approx(2 * 4800 / (4800 + 67 + 4800))
     assert row["dice_drop"] < 0.01 and not row["passed"]
-    assert row["lost_structures"] == [{"slice": 3, "case": "10070", "class": "liver", "kind": "erased",
+    assert row["structure_changes"] == [{"slice": 3, "case": "10070", "class": "liver", "kind": "erased",
                                        "fp32_px": 67, "artifact_px": 0}]
     [why] = failures({"results": [{**row, "key": "onnx-int8", "run_on": "openvino-cpu", "precision": "int8"}]})
     assert why == "onnx-int8 on openvino-cpu: erased liver on slice 3 (case 10070, FP32 67 px, artifact 0 px)"
@@ -118,9 +125,26 @@ def test_an_invented_structure_fails_and_one_below_the_size_passes():
     art = ref.copy()
     art[3, 5:9, 5:9] = 1  # 16 pixels where FP32 has nothing
     row = compare_logits(_logits(ref), _logits(art), None, "fp16", 0.002, NAMES, structure_px=16)
-    assert [(f["kind"], f["fp32_px"], f["artifact_px"]) for f in row["lost_structures"]] == [("invented", 0, 16)]
+    assert [(f["kind"], f["fp32_px"], f["artifact_px"]) for f in row["structure_changes"]] == [("invented", 0, 16)]
     assert row["dice_drop"] < 0.002 and not row["passed"]
     assert compare_logits(_logits(ref), _logits(art), None, "fp16", 0.002, NAMES, structure_px=17)["passed"]
+
+
+def test_keep_largest_choosing_the_other_of_two_near_equal_components_is_reported_not_refused():
+    from edgeseg.export.verify import parity_table
+
+    ref = np.zeros((3, 64, 64), np.uint8)
+    ref[:2, 10:50, 10:50] = 1
+    ref[2, 5:11, 5:10] = 1    # 30 pixels ...
+    ref[2, 40:47, 40:44] = 1  # ... and 28 pixels: FP32 keeps the first
+    art = ref.copy()
+    art[2, 5, 5:8] = 0        # 27 left: the artifact keeps the second
+    rules = {1: ComponentRule(keep_largest=True)}
+    row = compare_logits(_logits(ref), _logits(art), None, "int8", 0.01, NAMES, rules=rules)
+    assert [(f["kind"], f["fp32_px"], f["artifact_px"]) for f in row["structure_changes"]] == [("moved", 30, 28)]
+    assert row["passed"]
+    text = parity_table({"results": [{**row, "key": "onnx-int8", "run_on": "openvino-cpu", "precision": "int8"}]})
+    assert "structures changed by onnx-int8 on openvino-cpu: moved liver on slice 2 (FP32 30 px, artifact 28 px)" in text
 
 
 def test_with_the_truth_metric_only_a_loss_of_accuracy_counts():
@@ -130,9 +154,9 @@ def test_with_the_truth_metric_only_a_loss_of_accuracy_counts():
     truth = ref.copy()
     false_positive = compare_logits(_logits(ref), _logits(art), np.where(np.arange(4)[:, None, None] == 3, 0, truth),
                                     "int8", 0.01, NAMES, "truth")
-    assert false_positive["lost_structures"] == [] and false_positive["passed"]  # FP32 was wrong there
+    assert false_positive["structure_changes"] == [] and false_positive["passed"]  # FP32 was wrong there
     real = compare_logits(_logits(ref), _logits(art), truth, "int8", 0.01, NAMES, "truth")
-    assert [f["kind"] for f in real["lost_structures"]] == ["erased"] and not real["passed"]
+    assert [f["kind"] for f in real["structure_changes"]] == ["erased"] and not real["passed"]
 
 
 def test_fp32_rows_are_judged_by_identity_alone():
@@ -188,8 +212,8 @@ def test_the_export_gate_refuses_a_runner_that_erases_structures_and_filters_as_
     why = excluded["model.int8.onnx"]["openvino"]
     assert why.startswith("erased ") and "(case " in why and ", artifact 0 px)" in why
     rows = {(r["key"], r["run_on"]): r for r in result["parity"]["results"]}
-    assert rows["onnx-int8", "onnxruntime-cpu"]["passed"] and rows["onnx-int8", "onnxruntime-cpu"]["lost_structures"] == []
-    lost = rows["onnx-int8", "openvino-cpu"]["lost_structures"]
+    assert rows["onnx-int8", "onnxruntime-cpu"]["passed"] and rows["onnx-int8", "onnxruntime-cpu"]["structure_changes"] == []
+    lost = rows["onnx-int8", "openvino-cpu"]["structure_changes"]
     assert lost and {f["kind"] for f in lost} == {"erased"} and all(f["fp32_px"] >= 16 for f in lost)
     assert result["parity"]["structure_px"] == 16
     # A component filter that removes everything of the class leaves nothing to erase, in the
@@ -199,4 +223,11 @@ def test_the_export_gate_refuses_a_runner_that_erases_structures_and_filters_as_
     result = export_bundle(filtered, tmp_path / "f", settings, **args)
     assert all(not e.excluded for e in read_manifest(tmp_path / "f").artifacts)
     assert result["parity"]["postprocess"]["classes"]["1"]["min_pixels"] == 1 << 20
-    assert all(r["lost_structures"] == [] and r["changed_pixels"] == 0 for r in result["parity"]["results"])
+    assert all(r["structure_changes"] == [] and r["changed_pixels"] == 0 for r in result["parity"]["results"])
+
+
+def test_gate_labels_name_the_version_and_structure_size():
+    from edgeseg.export.verify import gate_label
+
+    assert gate_label(None, None) == gate_label(None, 16) == "v1"  # parity.json from before the gate had versions
+    assert gate_label(2, 0) == "v2 (0 px)"
