@@ -38,7 +38,8 @@ def command(sweep_file, out, points_only, rounds, regate, status, quiet) -> None
     from edgeseg.sweep.config import load_sweep
     from edgeseg.sweep.report import (latency_machines, no_choice_reason, one_machine, pareto_front, result_gates,
                                       variant_rows, write_reports)
-    from edgeseg.sweep.run import check_sweep_folder, regate as regate_points, remeasure, run_sweep
+    from edgeseg.sweep.redo import regate as regate_points, remeasure
+    from edgeseg.sweep.run import check_sweep_folder, run_sweep
 
     configure_logging()
     sweep = load_sweep(sweep_file)

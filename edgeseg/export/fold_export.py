@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -48,14 +49,18 @@ def export_fold(checkpoint: str | Path, folder: Path, settings, progress: bool =
                 echo: Callable[[str], None] = log.info) -> dict[str, Any]:
     """Export a fold's ``checkpoint`` into ``folder`` (FP32 ONNX + INT8 calibrated on the fold's
     training cases, through the parity gate on its held-out cases) and return the record written
-    to ``folder/export.json``; an existing record is returned as it is."""
+    to ``folder/export.json``; an existing record is returned as it is when today's parity gate
+    (version and ``structure_px``) made it, else the fold is exported again."""
     from edgeseg.export.pipeline import export_bundle
-    from edgeseg.export.verify import ParityError
+    from edgeseg.export.verify import GATE_VERSION, ParityError
     from edgeseg.models.checkpoint import read_checkpoint
 
     record_path = folder / EXPORT_RECORD
-    if record_path.is_file():
+    if export_is_current(folder, settings):
         return json.loads(record_path.read_text(encoding="utf-8"))
+    if record_path.is_file():  # made under an older gate: its bundles go, the new export replaces the record
+        for stale in ("bundle", "bundle-fp32"):
+            shutil.rmtree(folder / stale, ignore_errors=True)
     payload = read_checkpoint(checkpoint)
     data = (payload.get("train_config") or {}).get("data")
     if not data or not (payload.get("split") or {}).get("test"):
@@ -78,9 +83,26 @@ def export_fold(checkpoint: str | Path, folder: Path, settings, progress: bool =
                            "max_dice_drop_int8": settings.max_dice_drop["int8"], "gate_metric": settings.gate_metric,
                            "int8_scheme": settings.int8_activations, "verify_slices": settings.verify_slices, "max_batch": settings.max_batch},
               "calibration_data": str(data), "calibration": calibration, "bundle": bundle,
-              "gate": gate_rows(report)}
+              "gate_version": GATE_VERSION, "structure_px": settings.structure_px, "gate": gate_rows(report)}
     atomic_write_text(record_path, json.dumps(record, indent=2) + "\n")
     return record
+
+
+def export_is_current(folder: Path, settings) -> bool:
+    """Whether ``folder`` holds an export record made under today's parity gate for ``settings``."""
+    from edgeseg.export.verify import GATE_VERSION, gate_label
+
+    path = folder / EXPORT_RECORD
+    if not path.is_file():
+        return False
+    return record_gate(json.loads(path.read_text(encoding="utf-8"))) == gate_label(GATE_VERSION, settings.structure_px)
+
+
+def record_gate(record: dict) -> str:
+    """The parity gate a fold's export record was made under (``v1``: before gates had versions)."""
+    from edgeseg.export.verify import gate_label
+
+    return gate_label(record.get("gate_version"), record.get("structure_px"))
 
 
 def gate_rows(report: dict) -> list[dict[str, Any]]:
@@ -95,5 +117,6 @@ def gate_rows(report: dict) -> list[dict[str, Any]]:
         rows.append({"backend": f"{r['runner']}:{r['precision']}", "passed": bool(r["passed"]),
                      "dice_drop": r["dice_drop"], "worst_class": r.get("worst_class"), "class_drop": drops,
                      "limit": r["limit"], "gate_metric": r.get("gate_metric", "agreement"),
-                     "agreement": r.get("class_dice"), "slices": report["slices"]})
+                     "agreement": r.get("class_dice"), "structure_changes": r.get("structure_changes", []),
+                     "slices": report["slices"]})
     return rows

@@ -13,6 +13,7 @@ changes (points are named by what the grid sets), not when its recipe, export or
 once (one per GPU, or one per core group): each point is claimed with an ``flock`` on
 ``points/ID/.lock``, and a process skips the points another one holds, so the processes share out
 the grid. ``sweep.json`` always lists every point finished on disk, whoever finished it.
+Measuring or exporting finished points again is :mod:`edgeseg.sweep.redo`.
 """
 
 from __future__ import annotations
@@ -103,34 +104,6 @@ def check_point_ids(sweep: SweepConfig, ids: Sequence[str]) -> None:
     if unknown:
         raise DataError(f"{', '.join(unknown)} {'is not a point' if len(unknown) == 1 else 'are not points'} "
                         f"of this sweep; its points: {', '.join(known)}")
-
-
-def remeasure(sweep: SweepConfig, out: str | Path, rounds: int, only: Sequence[str] = ()) -> list[dict[str, Any]]:
-    """Measure the latency of the finished points again, training nothing: ``rounds`` passes over
-    the points in turn (so a change in the machine's load touches every point alike), each point
-    keeping the measurement of its median round: for a final table measured on a quiet machine,
-    after trainings that shared it. Returns the results of all finished points in grid order."""
-    if rounds < 1:
-        raise DataError(f"--remeasure needs at least 1 round, got {rounds}")
-    check_point_ids(sweep, only)
-    out = check_sweep_folder(sweep, out)
-    targets = [r for r in finished_results(sweep, out) if not only or r["id"] in only]
-    if not targets:
-        raise DataError(f"no finished point to measure again under {out}")
-    rounds_of: dict[str, list[dict[str, Any]]] = {r["id"]: [] for r in targets}
-    for i in range(rounds):
-        for r in targets:
-            rounds_of[r["id"]].append(measure_latency(out / "points" / r["id"] / "bundle", sweep.measure))
-            log.info("round %d/%d: %s %.2f ms", i + 1, rounds, r["id"], rounds_of[r["id"]][-1]["latency_ms_p50"])
-    for r in targets:
-        taken = sorted(rounds_of[r["id"]], key=lambda m: m["latency_ms_p50"])
-        median = taken[(len(taken) - 1) // 2]
-        atomic_write_text(out / "points" / r["id"] / "result.json", json.dumps({
-            **r, **median, "latency_rounds_ms_p50": [m["latency_ms_p50"] for m in rounds_of[r["id"]]],
-            "latency_rounds_backend": [m["backend"] for m in rounds_of[r["id"]]],
-            "latency_measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, indent=2))
-    _write_record(out, sweep)
-    return finished_results(sweep, out)
 
 
 def sweep_status(sweep: SweepConfig, out: str | Path, only: Sequence[str] = ()) -> list[dict[str, Any]]:
@@ -274,46 +247,6 @@ def bundle_gate(bundle: Path) -> str:
         raise DataError(f"{bundle / 'parity.json'} is missing or unreadable; remove the point's result.json "
                         f"and bundle to export it again") from None
     return gate_label(parity.get("gate_version"), parity.get("structure_px"))
-
-
-def current_gate(sweep: SweepConfig) -> str:
-    """The gate this version of edgeseg applies to the sweep's exports."""
-    from edgeseg.export.verify import GATE_VERSION, gate_label
-
-    return gate_label(GATE_VERSION, export_settings(sweep)[0].structure_px)
-
-
-def regate(sweep: SweepConfig, out: str | Path, only: Sequence[str] = ()) -> tuple[list[dict[str, Any]], list[str]]:
-    """Export again, through today's gate, the finished points whose bundle passed another one
-    (``gate`` in the result; results from before it was recorded count as ``v1``), training
-    nothing: each gets a new bundle (INT8 again if the gate now passes it, FP32 alone if it now
-    refuses it), its validation Dice and latency measured again; the training record is kept.
-    Returns all finished results in grid order and the ids of the points exported again."""
-    check_point_ids(sweep, only)
-    out = check_sweep_folder(sweep, out)
-    target = current_gate(sweep)
-    redone = []
-    for result in finished_results(sweep, out):
-        if (only and result["id"] not in only) or result.get("gate", "v1") == target:
-            continue
-        point = next(p for p in sweep.points if p.id == result["id"])
-        folder = out / "points" / point.id
-        with _claim(out, point) as claimed:
-            if not claimed:
-                raise DataError(f"point {point.id} is held by another process; run --regate when it has finished")
-            log.info("point %s passed gate %s: exporting it again through %s", point.id, result.get("gate", "v1"), target)
-            bundle, int8_refused = _export(sweep, folder, progress=False, again=True)
-            cfg = train_config(sweep, point, folder / "run")
-            dice = validation_dice(folder / "run" / "best.pt", None if int8_refused else bundle, cfg.data, cfg.intensity)
-            latency = measure_latency(bundle, sweep.measure)
-            stale = ("latency_rounds_ms_p50", "latency_rounds_backend", "latency_measured_at")
-            atomic_write_text(_result_path(out, point), json.dumps({
-                **{k: v for k, v in result.items() if k not in stale}, **dice, "int8_refused": int8_refused,
-                "int8_scheme": None if int8_refused else _int8_scheme(bundle), "gate": bundle_gate(bundle),
-                "gate_before": result.get("gate", "v1"), **latency}, indent=2))
-        redone.append(point.id)
-    _write_record(out, sweep)
-    return finished_results(sweep, out), redone
 
 
 def _int8_scheme(bundle: Path) -> str | None:

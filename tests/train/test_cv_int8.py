@@ -125,6 +125,18 @@ def test_cv_int8_exports_scores_resumes_and_reports_a_refusal(tmp_path):
     assert "training from" not in again and "exporting" not in again and again.count("reading") == 2
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
     assert json.loads((out / "cv.json").read_text())["runtime"] == result["runtime"]
+    # An export made under an older parity gate (a record from before gates had versions) is
+    # exported again through today's; the other fold is read.
+    old = out / "fold1" / "int8-entropy-64-max1-cpu" / "export.json"
+    record = json.loads(old.read_text())
+    assert record["gate_version"] == 2 and record["structure_px"] == 16
+    old.write_text(json.dumps({k: v for k, v in record.items() if k not in ("gate_version", "structure_px")}))
+    regated = _cv(out, 1.0)
+    assert "fold 1: exporting" in regated and "was exported under parity gate v1, not today's" in regated
+    assert "fold 0: reading" in regated and "training from" not in regated
+    assert json.loads(old.read_text())["gate"] == record["gate"]
+    assert json.loads((out / "cv.json").read_text())["runtime"] == result["runtime"]
+    stamps = {p: p.stat().st_mtime_ns for p in out.glob("fold*/int8-*/**/*") if p.is_file()}
     # Scores kept under other filters than the fold's choice are not reused: scored again.
     kept_path = out / "fold0" / "int8-entropy-64-max1-cpu" / "runtime_scores_crossfit.json"
     kept = json.loads(kept_path.read_text())
