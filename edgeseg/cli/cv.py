@@ -153,7 +153,8 @@ def _export_and_score(configs: list, scores: list[dict], opts: dict, crossfit: d
     each fold's cross-fitted filters; returns cv.json's ``runtime`` part and its cross-fitted
     counterpart (None without ``crossfit``)."""
     from edgeseg.evaluate.cv_runtime import score_fold_bundle, summarise_runtime
-    from edgeseg.export.fold_export import EXPORT_RECORD, export_fold, export_folder, export_is_current, record_gate
+    from edgeseg.export.fold_export import (EXPORT_RECORD, export_fold, export_folder, export_is_current, read_record,
+                                            record_gate)
     from edgeseg.export.verify import describe_structures, failing_changes
 
     settings = _export_settings(opts)
@@ -163,7 +164,7 @@ def _export_and_score(configs: list, scores: list[dict], opts: dict, crossfit: d
         done, record_path = export_is_current(folder, settings), folder / EXPORT_RECORD
         if not done and record_path.is_file():
             click.echo(f"fold {cfg.fold}: {folder} was exported under parity gate "
-                       f"{record_gate(json.loads(record_path.read_text(encoding='utf-8')))}, not today's")
+                       f"{record_gate(read_record(record_path))}, not today's")
         click.echo(f"fold {cfg.fold}: {'reading' if done else 'exporting'} {folder} (FP32 ONNX + INT8, "
                    f"{settings.calib_method} calibration on the fold's training cases, gate on its held-out cases)")
         echo = (lambda text: None) if opts["quiet"] else click.echo

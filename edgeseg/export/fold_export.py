@@ -57,10 +57,9 @@ def export_fold(checkpoint: str | Path, folder: Path, settings, progress: bool =
 
     record_path = folder / EXPORT_RECORD
     if export_is_current(folder, settings):
-        return json.loads(record_path.read_text(encoding="utf-8"))
-    if record_path.is_file():  # made under an older gate: its bundles go, the new export replaces the record
-        for stale in ("bundle", "bundle-fp32"):
-            shutil.rmtree(folder / stale, ignore_errors=True)
+        return read_record(record_path)
+    if record_path.is_file():  # made under an older gate: the record, its bundles and their scores go
+        shutil.rmtree(folder)
     payload = read_checkpoint(checkpoint)
     data = (payload.get("train_config") or {}).get("data")
     if not data or not (payload.get("split") or {}).get("test"):
@@ -95,7 +94,18 @@ def export_is_current(folder: Path, settings) -> bool:
     path = folder / EXPORT_RECORD
     if not path.is_file():
         return False
-    return record_gate(json.loads(path.read_text(encoding="utf-8"))) == gate_label(GATE_VERSION, settings.structure_px)
+    return record_gate(read_record(path)) == gate_label(GATE_VERSION, settings.structure_px)
+
+
+def read_record(path: Path) -> dict[str, Any]:
+    """A fold's export record; an unreadable one is a DataError that says to remove it."""
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataError(f"{path} is unreadable ({exc}); remove it to export the fold again") from None
+    if not isinstance(record, dict):
+        raise DataError(f"{path} is not an export record; remove it to export the fold again")
+    return record
 
 
 def record_gate(record: dict) -> str:

@@ -177,7 +177,8 @@ def _gate(folder: Path, model, made: list, verify_set, settings: ExportSettings,
     images, truth, batch = verify_set.images, verify_set.truth, settings.max_batch
     class_names = [labels[c] for c in sorted(labels)]
     rules = post.slice_rules(spec.size, spec.size)
-    gate = {"rules": rules, "structure_px": settings.structure_px}
+    gate = {"rules": rules, "structure_px": settings.structure_px,
+            "volume_filtered": {c for c, o in post.classes.items() if o.filters_volume}}
     with stage("reference"), Segmenter.from_module(model, spec, labels, max_batch=batch) as segmenter:
         reference = segmenter.logits(images)
     inputs, outputs = network_tensors(spec, len(labels))
@@ -195,7 +196,8 @@ def _gate(folder: Path, model, made: list, verify_set, settings: ExportSettings,
             with stage(f"{entry.key}-{cls.name}"), Segmenter(spec, labels, runner) as segmenter:
                 row = compare_logits(reference, segmenter.logits(images), truth, precision,
                                      settings.max_dice_drop[precision], class_names, settings.gate_metric,
-                                     slice_cases=verify_set.slice_cases, **gate)
+                                     slice_cases=verify_set.slice_cases, case_slices=verify_set.case_slices,
+                                     **gate)
                 rows.append((cls.name, {"key": entry.key, "file": file, "precision": precision,
                                         "runner": cls.name, "run_on": runner.run_on, **row}))
         if precision == "fp16":
@@ -204,7 +206,8 @@ def _gate(folder: Path, model, made: list, verify_set, settings: ExportSettings,
                 half = half_precision_logits(model, images[pick], batch)
             row = compare_logits(reference[pick], half, None if truth is None else truth[pick], precision,
                                  settings.max_dice_drop[precision], class_names, settings.gate_metric,
-                                 slice_cases=[verify_set.slice_cases[i] for i in pick], **gate)
+                                 slice_cases=[verify_set.slice_cases[i] for i in pick],
+                                 case_slices=[verify_set.case_slices[i] for i in pick], **gate)
             for found in row["structure_changes"]:  # numbered as slices of the whole held-out set
                 found["slice"] = int(pick[found["slice"]])
             subset = {} if len(pick) == len(images) else {"slices": int(len(pick))}

@@ -23,7 +23,7 @@ within their threshold, lose no structure and keep all logits finite.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,13 +62,15 @@ class ParityError(EdgesegError):
 @dataclass
 class VerifySet:
     """Held-out model-input slices with their labels at model resolution (None if unlabelled);
-    ``slice_cases`` names the case of each slice."""
+    ``slice_cases`` names the case of each slice and ``case_slices`` its slice number in that
+    case (0-based, in the order the case's volume holds them)."""
 
     images: np.ndarray
     truth: np.ndarray | None
     source: str
     cases: list[str]
     slice_cases: list[str]
+    case_slices: list[int]
 
 
 def load_verify_set(payload: dict, spec: PreprocessSpec, data: str | None, count: int,
@@ -110,8 +112,13 @@ def load_verify_set(payload: dict, spec: PreprocessSpec, data: str | None, count
         owner = [v.case_id for v in volumes for _ in range(v.hu.shape[0])]
     keys = [(None if truth is None else classes_present(truth[i]), float(images[i].mean())) for i in range(len(images))]
     chosen = stratify_slices(keys, count)
+    seen: dict[str, int] = {}
+    number = []
+    for case in owner:  # each slice's number in its case
+        number.append(seen.get(case, 0))
+        seen[case] = number[-1] + 1
     return VerifySet(images[chosen], None if truth is None else truth[chosen], str(data), [v.case_id for v in volumes],
-                     [owner[i] for i in chosen])
+                     [owner[i] for i in chosen], [number[i] for i in chosen])
 
 
 def class_agreement(mask: np.ndarray, ref_mask: np.ndarray, truth: np.ndarray | None,
@@ -141,18 +148,25 @@ def truth_drops(mask: np.ndarray, ref_mask: np.ndarray, truth: np.ndarray, num_c
 
 def structure_changes(mask: np.ndarray, ref_mask: np.ndarray, truth: np.ndarray | None, num_classes: int,
                       min_pixels: int, metric: str = "agreement", class_names: Sequence[str] | None = None,
-                      slice_cases: Sequence[str] | None = None) -> list[dict]:
+                      slice_cases: Sequence[str] | None = None, case_slices: Sequence[int] | None = None,
+                      keep_largest: Collection[int] = (), volume_filtered: Collection[int] = ()) -> list[dict]:
     """Where an artifact changes whether a class is on a slice (N, H, W masks), class by class.
 
     On slice i, for class c, with "shared" meaning the FP32 mask ``ref_mask`` and the artifact's
     ``mask`` have a pixel of c in common: "erased" when FP32 has at least ``min_pixels`` pixels
     of c, nothing is shared and the artifact has fewer than ``min_pixels`` (the class left the
     slice); "invented" the other way round (the class came onto it); "moved" when both have at
-    least ``min_pixels`` and share nothing (e.g. keep-largest kept another of two near-equal
-    components). With the "truth" metric only changes in accuracy count as erased or invented:
-    an erased structure must have met the labels and an invented one must miss them.
-    ``min_pixels`` 0 turns the check off. One dict per change: slice, case (from
-    ``slice_cases``), class name, kind and both pixel counts.
+    least ``min_pixels`` and share nothing. With the "truth" metric only changes in accuracy
+    count as erased or invented: an erased structure must have met the labels and an invented
+    one must miss them. ``min_pixels`` 0 turns the check off.
+
+    Each change says whether it ``fails`` the gate: erased and invented ones do, and moved ones
+    too, except for a class in ``keep_largest`` (its per-slice filter keeps one component, and
+    the other of two near-equal ones is a tie of that filter, which the pooled Dice weighs). No
+    change of a class in ``volume_filtered`` fails: its 3-D filters, which the gate's separate
+    slices cannot apply, may remove what it sees. One dict per change: slice (in the held-out
+    set), case and slice number in the case (from ``slice_cases``, ``case_slices``), class name,
+    kind, both pixel counts and ``fails``.
     """
     if min_pixels <= 0:
         return []
@@ -169,21 +183,24 @@ def structure_changes(mask: np.ndarray, ref_mask: np.ndarray, truth: np.ndarray 
             erased &= (ref & target).any(axis=(1, 2))
             invented &= ~(art & target).any(axis=(1, 2))
         for kind, where in (("erased", erased), ("invented", invented), ("moved", moved)):
+            fails = c not in volume_filtered and (kind != "moved" or c not in keep_largest)
             found += [{"slice": int(i), "case": None if slice_cases is None else str(slice_cases[i]),
-                       "class": names[c], "kind": kind, "fp32_px": int(ref_px[i]), "artifact_px": int(art_px[i])}
-                      for i in np.flatnonzero(where)]
+                       "case_slice": None if case_slices is None else int(case_slices[i]),
+                       "class": names[c], "kind": kind, "fp32_px": int(ref_px[i]), "artifact_px": int(art_px[i]),
+                       "fails": fails} for i in np.flatnonzero(where)]
     return sorted(found, key=lambda f: (f["slice"], f["class"], f["kind"]))
 
 
 def failing_changes(changes: list[dict]) -> list[dict]:
-    """The structure changes that fail the gate: a class erased from or invented on a slice."""
-    return [f for f in changes if f["kind"] in ("erased", "invented")]
+    """The structure changes that fail the gate (see :func:`structure_changes`)."""
+    return [f for f in changes if f.get("fails", f["kind"] != "moved")]
 
 
 def compare_logits(reference: np.ndarray, logits: np.ndarray, truth: np.ndarray | None, precision: str,
                    limit: float, class_names: list[str] | None = None, metric: str = "agreement", *,
                    rules: Mapping[int, ComponentRule] | None = None, structure_px: int = STRUCTURE_PX,
-                   slice_cases: Sequence[str] | None = None) -> dict:
+                   slice_cases: Sequence[str] | None = None, case_slices: Sequence[int] | None = None,
+                   volume_filtered: Collection[int] = ()) -> dict:
     """The parity row of one artifact's ``logits`` against the FP32 ``reference`` logits.
 
     ``class_names`` (indexed by class, background first) name the classes in ``class_dice``
@@ -191,8 +208,10 @@ def compare_logits(reference: np.ndarray, logits: np.ndarray, truth: np.ndarray 
     class's drop is (``ExportSettings.gate_metric``): "agreement" (1 - Dice against the FP32
     mask) or "truth" (the fall of Dice against ``truth``); ``class_drop`` holds it per class.
     ``rules`` are the bundle's per-slice component filters at model resolution, applied to both
-    masks before anything is compared; ``structure_px`` and ``slice_cases`` feed
-    :func:`structure_changes` (``structure_changes`` in the row; erased or invented ones fail).
+    masks before Dice and structures are compared; FP32 identity is judged on the network's
+    masks, where the undecided pixels are known (one of them can tip a filter over a whole
+    component). ``structure_px``, ``slice_cases``, ``case_slices`` and ``volume_filtered``
+    (classes with 3-D filters) feed :func:`structure_changes` (``structure_changes`` in the row).
     """
     num_classes = reference.shape[1]
     names = list(class_names) if class_names is not None else [str(c) for c in range(num_classes)]
@@ -206,17 +225,20 @@ def compare_logits(reference: np.ndarray, logits: np.ndarray, truth: np.ndarray 
     clean = np.nan_to_num(logits.astype(np.float64), nan=big, posinf=big, neginf=-big)
     diff = np.abs(clean - reference)
     ref_mask, mask = reference.argmax(axis=1).astype(np.uint8), clean.argmax(axis=1).astype(np.uint8)
-    if rules:  # what the runtime delivers: the same component filters on both sides
-        ref_mask, mask = filter_components(ref_mask, rules), filter_components(mask, rules)
     top2 = np.sort(reference, axis=1)[:, -2:]
     decided = (top2[:, 1] - top2[:, 0]) > FP32_MARGIN
+    raw_ref, raw_mask = ref_mask, mask
+    raw_changed = raw_mask != raw_ref
+    if rules:  # what the runtime delivers: the same component filters on both sides
+        ref_mask, mask = filter_components(ref_mask, rules), filter_components(mask, rules)
     changed = mask != ref_mask
     per_class = class_agreement(mask, ref_mask, truth, num_classes)
     if metric == "truth":
         class_drop = truth_drops(mask, ref_mask, truth, num_classes)
     else:
         class_drop = {c: None if a is None else 1.0 - a for c, a in per_class.items()}
-    changes = structure_changes(mask, ref_mask, truth, num_classes, structure_px, metric, names, slice_cases)
+    changes = structure_changes(mask, ref_mask, truth, num_classes, structure_px, metric, names, slice_cases,
+                                case_slices, {c for c, r in (rules or {}).items() if r.keep_largest}, volume_filtered)
     judged = {c: d for c, d in class_drop.items() if d is not None}
     worst = max(judged, key=judged.get) if judged else None
     drop = judged[worst] if judged else 0.0
@@ -225,10 +247,10 @@ def compare_logits(reference: np.ndarray, logits: np.ndarray, truth: np.ndarray 
            "gate_metric": metric, "dice_drop": drop, "limit": limit, "changed_pixels": int(changed.sum()),
            "class_dice": {names[c]: a for c, a in per_class.items()},
            "class_drop": {names[c]: d for c, d in class_drop.items()},
-           "class_changed_decided_pixels": {names[c]: int((changed & decided & ((ref_mask == c) | (mask == c))).sum())
+           "class_changed_decided_pixels": {names[c]: int((raw_changed & decided & ((raw_ref == c) | (raw_mask == c))).sum())
                                             for c in range(1, num_classes)},
            "worst_class": None if worst is None else names[worst],
-           "changed_decided_pixels": int((changed & decided).sum()), "finite": finite,
+           "changed_decided_pixels": int((raw_changed & decided).sum()), "finite": finite,
            "structure_px": int(structure_px), "structure_changes": changes,
            "dice_gt": None if truth is None else mean_class_dice(mask, truth, num_classes),
            "dice_gt_fp32": None if truth is None else mean_class_dice(ref_mask, truth, num_classes)}
@@ -306,8 +328,9 @@ def failures(report: dict) -> list[str]:
                                        if name != r["worst_class"] and d is not None)
                     reason = f"class {r['worst_class']} {reason}" + (f" (other classes' drops: {others})" if others else "")
                 reasons.append(reason)
-            if failing_changes(r.get("structure_changes") or []):
-                reasons.append(describe_structures(failing_changes(r["structure_changes"])))
+            lost = failing_changes(r.get("structure_changes") or [])
+            if lost:
+                reasons.append(describe_structures(lost))
             why = "; ".join(reasons)
         out.append(f"{r['key']} on {r['run_on']}: {why}")
     return out
@@ -316,7 +339,7 @@ def failures(report: dict) -> list[str]:
 def gate_label(version: int | None, structure_px: int | None) -> str:
     """A short name of the gate a bundle passed, e.g. ``v2 (16 px)``; ``v1`` for one exported
     before the gate compared deployed masks (its parity.json names no version)."""
-    if not version or version < 2:
+    if not isinstance(version, int) or isinstance(version, bool) or version < 2:
         return "v1"
     return f"v{version} ({structure_px} px)"
 
@@ -326,7 +349,8 @@ def describe_structures(changes: list[dict], shown: int = 3) -> str:
     FP32 67 px, artifact 0 px)``: the first ``shown`` of them and a count of the rest."""
     parts = []
     for f in changes[:shown]:
-        case = f"case {f['case']}, " if f.get("case") else ""
+        case = "" if not f.get("case") else (f"case {f['case']}" + ("" if f.get("case_slice") is None
+                                                                    else f" slice {f['case_slice']}") + ", ")
         parts.append(f"{f['kind']} {f['class']} on slice {f['slice']} ({case}FP32 {f['fp32_px']} px, "
                      f"artifact {f['artifact_px']} px)")
     more = f" and {len(changes) - shown} more" if len(changes) > shown else ""

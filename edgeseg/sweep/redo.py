@@ -17,6 +17,7 @@ from edgeseg.sweep.run import (_claim, _export, _int8_scheme, _result_path, _wri
                                check_sweep_folder, finished_results, measure_latency, validation_dice)
 
 log = logging.getLogger("edgeseg.sweep")
+INTERRUPTED = ", export again interrupted"  # marks a result whose bundle --regate was replacing
 
 
 def remeasure(sweep: SweepConfig, out: str | Path, rounds: int, only: Sequence[str] = ()) -> list[dict[str, Any]]:
@@ -59,29 +60,44 @@ def regate(sweep: SweepConfig, out: str | Path, only: Sequence[str] = ()) -> tup
     (``gate`` in the result; results from before it was recorded count as ``v1``), training
     nothing: each gets a new bundle (INT8 again if the gate now passes it, FP32 alone if it now
     refuses it), its validation Dice and latency measured again; the training record is kept.
-    Returns all finished results in grid order and the ids of the points exported again."""
+    Before a point's bundle is replaced its result is marked as being exported again, so a
+    process killed part-way leaves a result that the reports do not compare and that the next
+    ``--regate`` redoes. Points held by another process are left and named in a DataError
+    after the others are done. Returns all finished results in grid order and the ids of the
+    points exported again."""
     check_point_ids(sweep, only)
     out = check_sweep_folder(sweep, out)
+    finished = {r["id"]: r for r in finished_results(sweep, out)}
+    unfinished = [i for i in only if i not in finished]
+    if unfinished:
+        raise DataError(f"{', '.join(unfinished)} {'is' if len(unfinished) == 1 else 'are'} not finished: "
+                        f"--regate exports finished points again")
     target = current_gate(sweep)
-    redone = []
-    for result in finished_results(sweep, out):
-        if (only and result["id"] not in only) or result.get("gate", "v1") == target:
+    redone, held = [], []
+    for result in finished.values():
+        if (only and result["id"] not in only) or result["gate"] == target:
             continue
         point = next(p for p in sweep.points if p.id == result["id"])
-        folder = out / "points" / point.id
+        folder, path = out / "points" / point.id, _result_path(out, point)
         with _claim(out, point) as claimed:
             if not claimed:
-                raise DataError(f"point {point.id} is held by another process; run --regate when it has finished")
-            log.info("point %s passed gate %s: exporting it again through %s", point.id, result.get("gate", "v1"), target)
+                held.append(point.id)
+                continue
+            before = result["gate"].removesuffix(INTERRUPTED)
+            log.info("point %s passed gate %s: exporting it again through %s", point.id, before, target)
+            atomic_write_text(path, json.dumps({**result, "gate": before + INTERRUPTED}, indent=2))
             bundle, int8_refused = _export(sweep, folder, progress=False, again=True)
             cfg = train_config(sweep, point, folder / "run")
             dice = validation_dice(folder / "run" / "best.pt", None if int8_refused else bundle, cfg.data, cfg.intensity)
             latency = measure_latency(bundle, sweep.measure)
             stale = ("latency_rounds_ms_p50", "latency_rounds_backend", "latency_measured_at")
-            atomic_write_text(_result_path(out, point), json.dumps({
+            atomic_write_text(path, json.dumps({
                 **{k: v for k, v in result.items() if k not in stale}, **dice, "int8_refused": int8_refused,
                 "int8_scheme": None if int8_refused else _int8_scheme(bundle), "gate": bundle_gate(bundle),
-                "gate_before": result.get("gate", "v1"), **latency}, indent=2))
+                "gate_before": before, **latency}, indent=2))
         redone.append(point.id)
     _write_record(out, sweep)
+    if held:
+        raise DataError(f"{', '.join(held)} {'is' if len(held) == 1 else 'are'} held by another process; "
+                        f"run --regate again when it has finished")
     return finished_results(sweep, out), redone

@@ -285,8 +285,9 @@ def _export(sweep: SweepConfig, folder: Path, progress: bool, again: bool = Fals
 
 def validation_dice(checkpoint: Path, bundle: Path | None, data: str, intensity: str | None) -> dict[str, Any]:
     """Per-case foreground Dice on the run's validation cases: FP32 (the checkpoint through the
-    torch runner) and INT8 (the bundle's INT8 graph on ONNX Runtime; ``None`` without a bundle,
-    when the gate refused INT8), mean over cases."""
+    torch runner) and INT8 (the bundle's INT8 graph on ONNX Runtime, or on OpenVINO where the
+    gate kept ONNX Runtime out of ``auto`` for it, ``dice_int8_backend``; ``None`` without a
+    bundle, when the gate refused INT8), mean over cases."""
     from edgeseg.data import open_dataset
     from edgeseg.data.open import recorded_slice_options
     from edgeseg.data.slice_set import check_window, map_labels
@@ -302,8 +303,9 @@ def validation_dice(checkpoint: Path, bundle: Path | None, data: str, intensity:
     volumes, _ = select_cases(open_dataset(data, intensity=intensity, **recorded_slice_options(payload.get("train_config"))),
                               payload, "val")
     segmenters = {"fp32": Segmenter.from_module(model, spec, dict(enumerate(names)), post, max_batch=8)}
-    if bundle is not None:
-        segmenters["int8"] = Segmenter.load(bundle, backend="onnxruntime:int8")
+    int8_backend = None if bundle is None else _int8_backend(bundle)
+    if int8_backend is not None:
+        segmenters["int8"] = Segmenter.load(bundle, backend=int8_backend)
     scores: dict[str, list[float]] = {k: [] for k in segmenters}
     for vol in volumes:
         check_window(vol, spec)
@@ -312,9 +314,20 @@ def validation_dice(checkpoint: Path, bundle: Path | None, data: str, intensity:
             pred = seg.predict_volume(vol)  # batches of at most the bundle's max_batch
             scores[key].append(float(np.mean([dice(pred == c, truth == c) for c in range(1, len(names))])))
     scores.setdefault("int8", [])
-    return {"val_cases": [v.case_id for v in volumes],
+    return {"val_cases": [v.case_id for v in volumes], "dice_int8_backend": int8_backend,
             **{f"dice_{k}": round(float(np.mean(v)), 4) if v else None for k, v in scores.items()},
             **{f"dice_{k}_per_case": [round(x, 4) for x in v] for k, v in scores.items()}}
+
+
+def _int8_backend(bundle: Path) -> str | None:
+    """The runner the sweep scores the bundle's INT8 graph on: ONNX Runtime unless the gate
+    excluded it for that graph, then OpenVINO; None when the gate excluded both."""
+    from edgeseg.runtime.manifest import read_manifest
+
+    entry = next((a for a in read_manifest(bundle).artifacts if a.precision == "int8"), None)
+    if entry is None:
+        return None
+    return next((f"{r}:int8" for r in ("onnxruntime", "openvino") if r not in entry.excluded), None)
 
 
 def measure_latency(bundle: Path, measure: dict[str, Any]) -> dict[str, Any]:

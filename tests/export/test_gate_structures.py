@@ -111,8 +111,8 @@ def test_a_structure_the_component_filter_drops_only_for_the_artifact_fails_the_
     # Pooled over the slices the drop stays inside the limit; slice 3 alone refuses the artifact.
     assert row["class_dice"]["liver"] == pytest.approx(2 * 4800 / (4800 + 67 + 4800))
     assert row["dice_drop"] < 0.01 and not row["passed"]
-    assert row["structure_changes"] == [{"slice": 3, "case": "10070", "class": "liver", "kind": "erased",
-                                       "fp32_px": 67, "artifact_px": 0}]
+    assert row["structure_changes"] == [{"slice": 3, "case": "10070", "case_slice": None, "class": "liver",
+                                       "kind": "erased", "fp32_px": 67, "artifact_px": 0, "fails": True}]
     [why] = failures({"results": [{**row, "key": "onnx-int8", "run_on": "openvino-cpu", "precision": "int8"}]})
     assert why == "onnx-int8 on openvino-cpu: erased liver on slice 3 (case 10070, FP32 67 px, artifact 0 px)"
     off = compare_logits(_logits(ref), _logits(art), None, "int8", 0.01, NAMES, rules=rules, structure_px=0)
@@ -145,6 +145,19 @@ def test_keep_largest_choosing_the_other_of_two_near_equal_components_is_reporte
     assert row["passed"]
     text = parity_table({"results": [{**row, "key": "onnx-int8", "run_on": "openvino-cpu", "precision": "int8"}]})
     assert "structures changed by onnx-int8 on openvino-cpu: moved liver on slice 2 (FP32 30 px, artifact 28 px)" in text
+    # Without keep-largest the same masks mean FP32's structure gone and another one in its
+    # place: that fails, as does anything the filters leave disjoint.
+    ref_only, art_only = ref.copy(), ref.copy()
+    ref_only[2, 40:47, 40:44] = 0                 # FP32: the first component (30 px) ...
+    art_only[2, 5:11, 5:10] = 0                   # ... the artifact: the second (28 px)
+    ref_only, art_only = _logits(ref_only), _logits(art_only)
+    row = compare_logits(ref_only, art_only, None, "int8", 0.01, NAMES, rules={1: ComponentRule(min_size=16)})
+    assert [(f["kind"], f["fails"]) for f in row["structure_changes"]] == [("moved", True)] and not row["passed"]
+    # A class with 3-D filters is filtered by volume in deployment, which separate slices cannot
+    # show: its changes are reported and never fail.
+    row = compare_logits(ref_only, art_only, None, "int8", 0.01, NAMES, rules={1: ComponentRule(min_size=16)},
+                         volume_filtered={1})
+    assert [(f["kind"], f["fails"]) for f in row["structure_changes"]] == [("moved", False)]
 
 
 def test_with_the_truth_metric_only_a_loss_of_accuracy_counts():
@@ -159,12 +172,24 @@ def test_with_the_truth_metric_only_a_loss_of_accuracy_counts():
     assert [f["kind"] for f in real["structure_changes"]] == ["erased"] and not real["passed"]
 
 
-def test_fp32_rows_are_judged_by_identity_alone():
+def test_fp32_rows_are_judged_by_identity_of_the_network_masks():
     ref, art = _liver_slices()
-    row = compare_logits(_logits(ref), _logits(art), None, "fp32", 0.0, NAMES, rules={1: ComponentRule(min_size=64)})
-    assert not row["passed"]
+    rules = {1: ComponentRule(min_size=64)}
+    row = compare_logits(_logits(ref), _logits(art), None, "fp32", 0.0, NAMES, rules=rules)
+    assert not row["passed"] and row["changed_pixels"] == 67  # deployed: the filter drops all 67
     [why] = failures({"results": [{**row, "key": "onnx-fp32", "run_on": "onnxruntime-cpu", "precision": "fp32"}]})
-    assert why == "onnx-fp32 on onnxruntime-cpu: 67 mask pixels differ from FP32"
+    assert why == "onnx-fp32 on onnxruntime-cpu: 7 mask pixels differ from FP32"  # decided pixels of the network
+    # One pixel that float rounding decides tips the filter over the whole 64-pixel component:
+    # the FP32 artifact is as right as the model, and passes.
+    ref = np.zeros((1, 64, 64), np.uint8)
+    ref[0, 10:18, 10:18] = 1                      # 64 pixels: kept
+    reference = _logits(ref)
+    reference[0, 1, 10, 10] = 1e-5                # its corner barely leads background (0 < 1e-5 < margin)
+    reference[0, 0, 10, 10] = 0.0
+    artifact = reference.copy()
+    artifact[0, 1, 10, 10] = -1e-5                # the artifact rounds the other way: 63 pixels, removed
+    row = compare_logits(reference, artifact, None, "fp32", 0.0, NAMES, rules=rules)
+    assert row["changed_pixels"] == 64 and row["changed_decided_pixels"] == 0 and row["passed"]
 
 
 @pytest.mark.parametrize("value", [-1, True, 2.5, "16"])
@@ -217,11 +242,14 @@ def test_the_export_gate_refuses_a_runner_that_erases_structures_and_filters_as_
     assert lost and {f["kind"] for f in lost} == {"erased"} and all(f["fp32_px"] >= 16 for f in lost)
     assert result["parity"]["structure_px"] == 16
     # A component filter that removes everything of the class leaves nothing to erase, in the
-    # FP32 masks as in the artifact's: the gate judges the masks the bundle delivers.
+    # FP32 masks as in the artifact's: INT8 is judged on the masks the bundle delivers. FP32
+    # identity is still judged on the network's masks, which OpenVINO's erasure changes.
     filtered = _with_postprocess(checkpoint, tmp_path / "filtered.pt",
                                  {"resize": "logits", "classes": {"1": {"min_pixels": 1 << 20}}})
     result = export_bundle(filtered, tmp_path / "f", settings, **args)
-    assert all(not e.excluded for e in read_manifest(tmp_path / "f").artifacts)
+    excluded = {e.file: e.excluded for e in read_manifest(tmp_path / "f").artifacts}
+    assert excluded["model.int8.onnx"] == {} and set(excluded["model.onnx"]) == {"openvino"}
+    assert "mask pixels differ from FP32" in excluded["model.onnx"]["openvino"]
     assert result["parity"]["postprocess"]["classes"]["1"]["min_pixels"] == 1 << 20
     assert all(r["structure_changes"] == [] and r["changed_pixels"] == 0 for r in result["parity"]["results"])
 
@@ -231,3 +259,21 @@ def test_gate_labels_name_the_version_and_structure_size():
 
     assert gate_label(None, None) == gate_label(None, 16) == "v1"  # parity.json from before the gate had versions
     assert gate_label(2, 0) == "v2 (0 px)"
+
+
+def test_each_held_out_slice_is_named_by_its_case_and_its_number_there(eager):
+    from edgeseg.data import open_dataset
+    from edgeseg.data.open import recorded_slice_options
+    from edgeseg.data.slice_set import preprocess_stack
+    from edgeseg.export.verify import load_verify_set
+    from edgeseg.models.checkpoint import checkpoint_spec
+
+    _, payload = eager
+    spec = checkpoint_spec(payload)
+    held_out = load_verify_set(payload, spec, None, 12)
+    config = payload["train_config"]
+    volumes = {v.case_id: v for v in open_dataset(config["data"], intensity=config.get("intensity"),
+                                                   **recorded_slice_options(config))}
+    assert len(set(held_out.case_slices)) > 1  # several slices, so a wrong number would show
+    for image, case, number in zip(held_out.images, held_out.slice_cases, held_out.case_slices):
+        np.testing.assert_array_equal(image, preprocess_stack(volumes[case].hu[number:number + 1], spec)[0])

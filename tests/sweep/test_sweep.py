@@ -443,6 +443,11 @@ def test_regate_exports_again_only_the_points_an_older_gate_passed(tmp_path, ass
 
     proc = subprocess.run(_sweep_command(tmp_path / "sweep.toml", out) + ["--regate"], capture_output=True, text=True)
     assert proc.returncode == 0 and "nothing exported again" in proc.stdout
+    # A --regate killed while it replaced a bundle leaves its mark, which the next one redoes.
+    (old / "result.json").write_text(json.dumps({**after, "gate": "v1, export again interrupted"}))
+    proc = subprocess.run(_sweep_command(tmp_path / "sweep.toml", out) + ["--regate"], capture_output=True, text=True)
+    assert "exported again through today's gate: mobile_unet-b4-d2-s64" in proc.stdout
+    assert json.loads((old / "result.json").read_text())["gate_before"] == "v1"
     proc = subprocess.run(_sweep_command(tmp_path / "sweep.toml", out) + ["--regate", "--remeasure", "2"],
                           capture_output=True, text=True)
     assert_one_line_error(proc, "--status, --regate and --remeasure do not go together: give one")

@@ -126,8 +126,9 @@ def test_cv_int8_exports_scores_resumes_and_reports_a_refusal(tmp_path):
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
     assert json.loads((out / "cv.json").read_text())["runtime"] == result["runtime"]
     # An export made under an older parity gate (a record from before gates had versions) is
-    # exported again through today's; the other fold is read.
+    # exported again through today's and scored again; the other fold is read.
     old = out / "fold1" / "int8-entropy-64-max1-cpu" / "export.json"
+    (old.parent / "runtime_scores.json").write_text("{}")  # what the older bundle scored: must not be read
     record = json.loads(old.read_text())
     assert record["gate_version"] == 2 and record["structure_px"] == 16
     old.write_text(json.dumps({k: v for k, v in record.items() if k not in ("gate_version", "structure_px")}))
@@ -136,7 +137,9 @@ def test_cv_int8_exports_scores_resumes_and_reports_a_refusal(tmp_path):
     assert "fold 0: reading" in regated and "training from" not in regated
     assert json.loads(old.read_text())["gate"] == record["gate"]
     assert json.loads((out / "cv.json").read_text())["runtime"] == result["runtime"]
-    stamps = {p: p.stat().st_mtime_ns for p in out.glob("fold*/int8-*/**/*") if p.is_file()}
+    assert json.loads((old.parent / "runtime_scores.json").read_text()) != {}
+    assert {p: p.stat().st_mtime_ns for p in stamps if "fold0" in str(p)} == \
+        {p: t for p, t in stamps.items() if "fold0" in str(p)}
     # Scores kept under other filters than the fold's choice are not reused: scored again.
     kept_path = out / "fold0" / "int8-entropy-64-max1-cpu" / "runtime_scores_crossfit.json"
     kept = json.loads(kept_path.read_text())
