@@ -277,3 +277,40 @@ def test_each_held_out_slice_is_named_by_its_case_and_its_number_there(eager):
     assert len(set(held_out.case_slices)) > 1  # several slices, so a wrong number would show
     for image, case, number in zip(held_out.images, held_out.slice_cases, held_out.case_slices):
         np.testing.assert_array_equal(image, preprocess_stack(volumes[case].hu[number:number + 1], spec)[0])
+
+
+def test_the_float16_check_on_a_subset_names_slices_of_the_whole_held_out_set(checkpoint, tmp_path, monkeypatch):
+    """The real-float16 check runs on a subset of the held-out slices; a structure it erases is
+    reported with the slice's number in the whole set, the one the other rows use."""
+    import torch
+
+    import edgeseg.export.fp16 as fp16
+    from edgeseg.export.pipeline import export_bundle
+    from edgeseg.export.verify import ParityError, load_verify_set
+    from edgeseg.models.checkpoint import checkpoint_spec, load_model
+
+    erased = []
+
+    def erasing_half(model, images, batch_size):
+        with torch.no_grad():
+            logits = model(torch.from_numpy(np.ascontiguousarray(images))).numpy()
+        area = (logits.argmax(axis=1) == 1).sum(axis=(1, 2))
+        k = int(area.argmax())  # the subset's slice with the most foreground loses all of it
+        logits[k, 1] = logits[k, 0] - 100.0
+        erased.append((k, images[k].copy()))
+        return logits
+
+    monkeypatch.setattr(fp16, "half_precision_logits", erasing_half)
+    settings = ExportSettings(formats=("onnx",), fp16=True, fp16_check_slices=4, verify_slices=12)
+    with pytest.raises(ParityError) as failed:
+        export_bundle(checkpoint, tmp_path / "b", settings, progress=False, echo=lambda text: None)
+    [row] = [r for r in failed.value.report["results"] if r["run_on"] == fp16.HALF_EMULATION]
+    assert row["slices"] == 4
+    [change] = row["structure_changes"]
+    _, payload = load_model(checkpoint)
+    held_out = load_verify_set(payload, checkpoint_spec(payload), None, 12)
+    [(position, image)] = erased
+    [index] = [i for i, held in enumerate(held_out.images) if np.array_equal(held, image)]
+    assert index != position  # numbered in the subset, the slice would be another one
+    assert change["kind"] == "erased" and change["slice"] == index
+    assert change["case"] == held_out.slice_cases[index] and change["case_slice"] == held_out.case_slices[index]
