@@ -13,7 +13,7 @@ def describe_bundle(bundle: str) -> tuple[str, list[str]]:
     check), calibration record and parity table; and the checks that failed (empty when none)."""
     from edgeseg.errors import BundleError
     from edgeseg.report.output import format_table
-    from edgeseg.export.verify import parity_table
+    from edgeseg.export.verify import gate_label, parity_table
     from edgeseg.runtime.manifest import PARITY_NAME, read_manifest, verify_artifacts
     from edgeseg.runtime.runners import runners_for
     from edgeseg.runtime.selection import skip_reasons
@@ -62,8 +62,9 @@ def describe_bundle(bundle: str) -> tuple[str, list[str]]:
         except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
             raise BundleError(f"{parity_path}: not a readable parity report ({' '.join(str(exc).split())})") from None
         if table is not None:
-            lines += ["", f"parity vs {parity.get('reference')} on {parity.get('slices')} slices of {parity.get('data')}:",
-                      table]
+            gate = gate_label(parity.get("gate_version"), parity.get("structure_px"))
+            lines += ["", f"parity vs {parity.get('reference')} on {parity.get('slices')} slices of {parity.get('data')} "
+                          f"(gate {gate}):", table]
             if parity.get("passed") is False:
                 failed.append("the parity report records a failed gate")
     return "\n".join(lines), failed

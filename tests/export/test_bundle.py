@@ -71,7 +71,8 @@ def test_inspect_prints_artifacts_hash_checks_and_parity(bundle):
 
     result = CliRunner().invoke(cli, ["inspect", str(bundle["bundle"])])
     assert result.exit_code == 0, result.output
-    for text in ("model.int8.onnx", "onnx-fp16", "torch-float16-cpu", "int8/fp32", "0=background", "entropy, cpu scheme, 32 slices"):
+    for text in ("model.int8.onnx", "onnx-fp16", "torch-float16-cpu", "int8/fp32", "0=background", "entropy, cpu scheme, 32 slices",
+                 "(gate v2 (16 px)):"):
         assert text in result.output
     assert result.output.count(" ok ") + result.output.count(" ok\n") >= 4
 
