@@ -84,6 +84,11 @@ def command(sweep_file, out, points_only, rounds, regate, status, quiet) -> None
                    f"{c['speedup_model']:.2f}x model alone, {c['gflop_ratio']:.2f}x fewer GFLOP"
                    + ("" if len(points) == len(sweep.points) else
                       f" (over the {len(points)} of {len(sweep.points)} points finished so far)"))
+        if c.get("faster_missed"):
+            m = c["faster_missed"][0]
+            click.echo(f"closest faster miss: {m['id']}, {m['speedup_end_to_end']:.2f}x faster end to end, mean Dice "
+                       f"{m['dice_difference']:+.4f} deployed / {m['dice_fp32_difference']:+.4f} FP32 against "
+                       f"{c['reference']} (margin {c['max_dice_loss']:g})")
     elif sweep.choose and len(gates := result_gates(points)) > 1:
         counts = ", ".join(f"{g} on {sum(p.get('gate', 'v1') == g for p in points)}" for g in gates)
         click.echo(f"no choice: the runs' bundles passed different parity gates ({counts}); "

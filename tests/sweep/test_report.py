@@ -79,7 +79,18 @@ def test_choose_default_is_the_fastest_point_within_the_dice_band_of_the_referen
     assert choice["speedup_end_to_end"] == 2.5 and choice["speedup_model"] == 3.75 and choice["gflop_ratio"] == 4.0
     assert choice["volume_throughput_ratio"] == 3.0 and choice["dice_difference"] == -0.0048
     assert choose_default(pts, "ref", 0.0)["chosen"] == "slow-good"  # faster and better than the reference
-    assert choose_default(pts[:3], "ref", 0.0)["chosen"] == "ref"  # nothing faster is as good: the reference stays
+    kept = choose_default(pts[:3], "ref", 0.0)
+    assert kept["chosen"] == "ref"  # nothing faster is as good: the reference stays
+    # The faster misses, closest first, by hand: mid 0.9252 - 0.930 = -0.0048 at 40/16 = 2.5x;
+    # fast-bad 0.900 - 0.930 = -0.030 at 8x; their FP32 equals the reference's (0.9).
+    assert kept["faster_missed"] == [
+        {"id": "mid", "dice_difference": -0.0048, "dice_fp32_difference": 0.0, "speedup_end_to_end": 2.5},
+        {"id": "fast-bad", "dice_difference": -0.03, "dice_fp32_difference": 0.0, "speedup_end_to_end": 8.0}]
+    # Faster than "mid" (16 ms): "refused" (FP32 deployed, 0.9249 - 0.930 = -0.0051; FP32 0.9249 - 0.9
+    # = +0.0249; 4x) misses by less than fast-bad, so it comes first.
+    assert choice["faster_missed"] == [
+        {"id": "refused", "dice_difference": -0.0051, "dice_fp32_difference": 0.0249, "speedup_end_to_end": 4.0},
+        {"id": "fast-bad", "dice_difference": -0.03, "dice_fp32_difference": 0.0, "speedup_end_to_end": 8.0}]
     assert choose_default(pts, "ref", 0.1)["chosen"] == "fast-bad"
     assert choose_default(pts[1:], "ref", 0.005) is None  # the reference is not finished yet
     # A point whose INT8 graph scores above its own FP32 model (quantisation noise on few slices)

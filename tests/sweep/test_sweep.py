@@ -86,6 +86,22 @@ def test_sweep_resumes_after_a_kill_and_writes_the_reports(tmp_path):
     ctx = train_command.make_context("train", train_args[2:])  # every flag is one `edgeseg train` takes
     assert ctx.params["model"] == "unet" and ctx.params["epochs"] == 3 and ctx.params["no_augment"]
 
+    # A rule that keeps the reference names the closest faster variant that missed it. The
+    # mobile point is made 4x faster and 0.1 worse (deployed and FP32) than the reference.
+    ref = json.loads((first / "result.json").read_text())
+    fast = json.loads((second / "result.json").read_text())
+    fast.update(latency_ms_p50=ref["latency_ms_p50"] / 4, dice_int8=ref["dice_int8"] - 0.1,
+                dice_fp32=ref["dice_fp32"] - 0.1, machine=ref["machine"])
+    (second / "result.json").write_text(json.dumps(fast))
+    (tmp_path / "choose.toml").write_text(SWEEP + '\n[choose]\nreference = "unet-b4-d2-s64"\nmax_dice_loss = 0.05\n')
+    proc = subprocess.run(_sweep_command(tmp_path / "choose.toml", out), capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "chosen: unet-b4-d2-s64 (" in proc.stdout
+    assert ("closest faster miss: mobile_unet-b4-d2-s64, 4.00x faster end to end, mean Dice -0.1000 deployed / "
+            "-0.1000 FP32 against unet-b4-d2-s64 (margin 0.05)") in proc.stdout
+    missed = json.loads((out / "choice.json").read_text())["faster_missed"]
+    assert [m["id"] for m in missed] == ["mobile_unet-b4-d2-s64"] and missed[0]["speedup_end_to_end"] == 4.0
+
 
 @pytest.mark.parametrize("edit, fragment", [
     (("epochs = 3", "epochs = 3\nepoch = 4"), "unknown key 'epoch' in [recipe]"),
