@@ -117,17 +117,19 @@ def choose_default(points: list[dict[str, Any]], reference: str, max_dice_loss: 
     eligible = [p for p in points if deployed_dice(p) >= floor - 1e-12 and p["dice_fp32"] >= floor_fp32 - 1e-12
                 and p.get("runs", 1) >= min_runs]
     best = min(eligible, key=lambda p: (p["latency_ms_p50"], -deployed_dice(p)))  # the reference itself is eligible
+
+    def against_ref(p: dict[str, Any]) -> dict[str, Any]:
+        return {"dice_difference": round(deployed_dice(p) - deployed_dice(ref), 4),
+                "dice_fp32_difference": round(p["dice_fp32"] - ref["dice_fp32"], 4),
+                "speedup_end_to_end": round(ref["latency_ms_p50"] / p["latency_ms_p50"], 3)}
+
     # The variants faster than the choice that missed the band, closest miss first: what a
     # looser margin or more runs would have to change.
-    missed = sorted(({"id": p["id"], "dice_difference": round(deployed_dice(p) - deployed_dice(ref), 4),
-                      "dice_fp32_difference": round(p["dice_fp32"] - ref["dice_fp32"], 4),
-                      "speedup_end_to_end": round(ref["latency_ms_p50"] / p["latency_ms_p50"], 3)}
-                     for p in points if p.get("runs", 1) >= min_runs and p["latency_ms_p50"] < best["latency_ms_p50"]),
+    missed = sorted(({"id": p["id"], **against_ref(p)} for p in points
+                     if p.get("runs", 1) >= min_runs and p["latency_ms_p50"] < best["latency_ms_p50"]),
                     key=lambda m: (-min(m["dice_difference"], m["dice_fp32_difference"]), m["id"]))
     return {"chosen": best["id"], "reference": reference, "max_dice_loss": max_dice_loss,
-            "dice": deployed_dice(best), "reference_dice": deployed_dice(ref),
-            "dice_difference": round(deployed_dice(best) - deployed_dice(ref), 4),
-            "speedup_end_to_end": round(ref["latency_ms_p50"] / best["latency_ms_p50"], 3),
+            "dice": deployed_dice(best), "reference_dice": deployed_dice(ref), **against_ref(best),
             "speedup_model": round(ref["model_ms_p50"] / best["model_ms_p50"], 3),
             "gflop_ratio": round(ref["gflop"] / best["gflop"], 3),
             "volume_throughput_ratio": round(best["volume_slices_per_s"] / ref["volume_slices_per_s"], 3),
