@@ -74,3 +74,25 @@ def test_depthwise_conv_block_equals_a_per_channel_scipy_correlation():
     w = block[0].weight.detach().numpy()
     expected = [np.maximum(correlate2d(x[0, c].numpy(), w[c, 0], mode="same"), 0) for c in range(3)]
     np.testing.assert_allclose(out, np.stack(expected), rtol=1e-4, atol=1e-5)
+
+
+def test_strided_depthwise_block_trains_in_float32_under_cpu_bf16_autocast():
+    from edgeseg.models.blocks import ConvBNReLU
+
+    torch.manual_seed(0)
+    strided = ConvBNReLU(4, 4, stride=2, groups=4).train()
+    plain = ConvBNReLU(4, 4, stride=1, groups=4).train()
+    x = torch.randn(2, 4, 8, 8).bfloat16()
+    # Reference: the same block in float32 without autocast, on the same (bf16-valued) input.
+    reference = strided(x.float())
+    reference.square().sum().backward()
+    grad_reference = strided[0].weight.grad.clone()
+    strided.zero_grad()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = strided(x)
+        assert plain(x.float()).dtype == torch.bfloat16  # only the strided depthwise block leaves bf16
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, reference, rtol=0, atol=0)
+    out.square().sum().backward()
+    assert strided[0].weight.grad.dtype == torch.float32
+    torch.testing.assert_close(strided[0].weight.grad, grad_reference, rtol=1e-6, atol=1e-6)
