@@ -24,13 +24,15 @@ from edgeseg.models.blocks import ConvBNReLU
 from edgeseg.train.losses import DiceCELoss
 
 
-def set_strided_depthwise_float32(model: torch.nn.Module, on: bool) -> int:
-    """Switch every strided depthwise block between float32 and bf16; returns how many there are."""
-    blocks = [m for m in model.modules() if isinstance(m, ConvBNReLU) and m[0].stride[0] > 1
-              and m[0].groups > 1 and m[0].groups == m[0].in_channels == m[0].out_channels]
+def strided_depthwise_blocks(model: torch.nn.Module) -> list[ConvBNReLU]:
+    """The blocks the model itself runs in float32 under CPU autocast (read before any switch)."""
+    return [m for m in model.modules() if isinstance(m, ConvBNReLU) and m.float32_under_cpu_autocast]
+
+
+def set_float32(blocks: list[ConvBNReLU], on: bool) -> None:
+    """Switch those blocks between float32 and bf16 under autocast."""
     for block in blocks:
         block.float32_under_cpu_autocast = on
-    return len(blocks)
 
 
 def step_seconds(model, optimizer, loss_fn, x, y, steps: int) -> float:
@@ -74,7 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(0)
     model = build_model(ModelConfig(name=args.model, num_classes=2, base=args.base, depth=4)).train()
     model = model.to(memory_format=torch.channels_last)
-    count = set_strided_depthwise_float32(model, True)
+    blocks = strided_depthwise_blocks(model)
+    count = len(blocks)
     if not count:
         print(f"{args.model} has no strided depthwise blocks: nothing to compare", file=sys.stderr)
         return 2
@@ -84,11 +87,11 @@ def main(argv: list[str] | None = None) -> int:
     y = (torch.rand(args.batch, args.size, args.size) > 0.7).long()
     times: dict[str, list[float]] = {"float32": [], "bf16": []}
     for mode in times:  # warm-up, untimed
-        set_strided_depthwise_float32(model, mode == "float32")
+        set_float32(blocks, mode == "float32")
         step_seconds(model, optimizer, loss_fn, x, y, 1)
     for _ in range(args.rounds):
         for mode in times:
-            set_strided_depthwise_float32(model, mode == "float32")
+            set_float32(blocks, mode == "float32")
             times[mode].append(step_seconds(model, optimizer, loss_fn, x, y, args.steps))
         print("round: " + ", ".join(f"{k} {v[-1]:.3f} s/step" for k, v in times.items()), flush=True)
     med = {k: statistics.median(v) for k, v in times.items()}

@@ -17,8 +17,8 @@ class ConvBNReLU(nn.Sequential):
 
     A strided depthwise block runs in float32 when CPU bfloat16 autocast is on (training on a CPU
     with AMX): oneDNN's bfloat16 backward of a stride-2 depthwise convolution is several times
-    slower than its float32 one (8x64x128x128, channels-last: about 87 ms against 19 ms for
-    forward and backward), while every other convolution gains from bfloat16. Inference, tracing
+    slower than its float32 one (8x64x128x128, channels-last, two threads: 50.6 ms against
+    15.0 ms for forward and backward; benchmarks/bench_depthwise_bf16.py), while every other convolution gains from bfloat16. Inference, tracing
     and export never run under autocast, so the exported graph is the same.
     """
 
