@@ -2,7 +2,8 @@
 
 One torchrun run (tests/train/ddp_worker.py) takes one DDP gradient and then trains two epochs
 of one step each; ``edgeseg train --nproc 2 --resume`` then re-trains the second epoch from the
-copy of the run taken after the first. The references are plain single-process PyTorch on the
+copy of the run taken after the first, and the same copy, and a one-process run, are resumed
+with the other number of processes. The references are plain single-process PyTorch on the
 union of the two processes' batches. Batch norm: each process normalises its own 8 slices (there
 is no SyncBatchNorm on the CPU), so the reference runs the model on each process's slices
 separately, as that is the only difference a union-batch forward would have, and joins the
@@ -10,7 +11,9 @@ logits before the loss. Running statistics are not compared: DDP keeps rank 0's.
 """
 
 import json
+import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -44,6 +47,8 @@ def two_processes(tmp_path_factory):
     out = tmp_path_factory.mktemp("ddp")
     _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
           str(Path(ddp_worker.__file__)), str(out), "2"], out)
+    # Resuming tests each start from their own copy of the run as it was after epoch 1.
+    shutil.copytree(out / "after1", out / "after1-pristine")
     ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
     return out, ranks
 
@@ -130,18 +135,75 @@ def test_only_rank_0_writes_the_run(two_processes):
     assert [row["epoch"] for row in history] == [1, 2]
 
 
+def _train_args(out: Path, epochs: int, *extra: str) -> list[str]:
+    """``edgeseg train`` with the options of ddp_worker.config."""
+    return [sys.executable, "-m", "edgeseg", "train", "--data", ddp_worker.PHANTOM, "--out", str(out), "--size", "64",
+            "--base", "4", "--depth", "2", "--epochs", str(epochs), "--batch-size", "8", "--lr", "0.005",
+            "--window=-200,300", "--amp", "off", "--val-fraction", "0.2", "--test-fraction", "0.2", "--no-augment",
+            "--foreground-share", "0", "--memory-format", "channels-last", "--quiet", *extra]
+
+
+def _after_first_epoch(out: Path, name: str) -> Path:
+    return Path(shutil.copytree(out / "after1-pristine", out / name))
+
+
+def _adam_steps(run: Path) -> int:
+    steps = {int(s["step"]) for s in read_checkpoint(run / "last.pt")["optimizer"]["state"].values()}
+    assert len(steps) == 1, steps
+    return steps.pop()
+
+
+def _lr(step: int, total: int, warmup: int, peak: float = 0.005) -> float:
+    """The loop's schedule written out: linear warm-up, then cosine decay to 1 % of the peak."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    return peak * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup)))))
+
+
+# The phantom's 30 training slices in batches of 8 per process: one process takes 4 steps an
+# epoch (8, 8, 8, 6), two processes 1 (16 slices; 14 left over).
+STEPS_ONE, STEPS_TWO = 4, 1
+
+
 def test_resumed_two_process_run_continues_the_history_exactly(two_processes):
     out, _ = two_processes
-    args = ["--data", ddp_worker.PHANTOM, "--out", str(out / "after1"), "--size", "64", "--base", "4", "--depth", "2",
-            "--epochs", "2", "--batch-size", "8", "--lr", "0.005", "--window=-200,300", "--amp", "off",
-            "--val-fraction", "0.2", "--test-fraction", "0.2", "--no-augment", "--foreground-share", "0", "--memory-format", "channels-last", "--quiet",
-            "--resume", "--nproc", "2"]
-    _run([sys.executable, "-m", "edgeseg", "train", *args], out)
-    resumed = json.loads((out / "after1" / "metrics.json").read_text())["history"]
+    run = _after_first_epoch(out, "resume-2-of-2")
+    _run(_train_args(run, 2, "--resume", "--nproc", "2"), out)
+    resumed = json.loads((run / "metrics.json").read_text())["history"]
     straight = json.loads((out / "run" / "metrics.json").read_text())["history"]
     assert resumed[0] == straight[0]
     for key in ("train_loss", "val_loss", "val_dice", "lr"):
         assert resumed[1][key] == pytest.approx(straight[1][key], rel=1e-6, abs=1e-7), key
+
+
+def test_two_process_run_resumes_in_one_process(two_processes):
+    """``--resume`` with another N: the optimiser state carries on and the schedule follows the
+    new steps per epoch."""
+    out, _ = two_processes
+    run = _after_first_epoch(out, "resume-1-of-2")
+    assert _adam_steps(run) == STEPS_TWO
+    _run(_train_args(run, 2, "--resume"), out)
+    resumed = json.loads((run / "metrics.json").read_text())["history"]
+    straight = json.loads((out / "run" / "metrics.json").read_text())["history"]
+    assert [row["epoch"] for row in resumed] == [1, 2] and resumed[0] == straight[0]
+    assert _adam_steps(run) == STEPS_TWO + STEPS_ONE
+    last = 2 * STEPS_ONE - 1
+    assert resumed[1]["lr"] == pytest.approx(_lr(last, 2 * STEPS_ONE, STEPS_ONE))
+    assert resumed[1]["lr"] != pytest.approx(straight[1]["lr"])
+    assert math.isfinite(resumed[1]["train_loss"]) and resumed[1]["train_loss"] != straight[1]["train_loss"]
+
+
+def test_one_process_run_resumes_in_two_processes(two_processes):
+    out, _ = two_processes
+    run = out / "resume-2-of-1"
+    _run(_train_args(run, 1), out)
+    first = json.loads((run / "metrics.json").read_text())["history"]
+    assert _adam_steps(run) == STEPS_ONE
+    _run(_train_args(run, 2, "--resume", "--nproc", "2"), out)
+    resumed = json.loads((run / "metrics.json").read_text())["history"]
+    assert [row["epoch"] for row in resumed] == [1, 2] and resumed[0] == first[0]
+    assert _adam_steps(run) == STEPS_ONE + STEPS_TWO
+    assert resumed[1]["lr"] == pytest.approx(_lr(2 * STEPS_TWO - 1, 2 * STEPS_TWO, STEPS_TWO))
 
 
 def test_sharded_shuffle_covers_an_epoch_once_across_processes():
