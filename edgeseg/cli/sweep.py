@@ -88,7 +88,9 @@ def command(sweep_file, out, points_only, rounds, regate, status, quiet) -> None
             m = c["faster_missed"][0]
             click.echo(f"closest faster miss: {m['id']}, {m['speedup_end_to_end']:.2f}x faster end to end, mean Dice "
                        f"{m['dice_difference']:+.4f} deployed / {m['dice_fp32_difference']:+.4f} FP32 against "
-                       f"{c['reference']} (margin {c['max_dice_loss']:g})")
+                       f"{c['reference']} (margin {c['max_dice_loss']:g})" + _paired_text(m.get("paired")))
+        if c.get("paired"):
+            click.echo(f"chosen against {c['reference']}:{_paired_text(c['paired'])[1:]}")
     elif sweep.choose and len(gates := result_gates(points)) > 1:
         counts = ", ".join(f"{g} on {sum(p.get('gate', 'v1') == g for p in points)}" for g in gates)
         click.echo(f"no choice: the runs' bundles passed different parity gates ({counts}); "
@@ -102,6 +104,20 @@ def command(sweep_file, out, points_only, rounds, regate, status, quiet) -> None
     if elsewhere:
         click.echo(f"not in these reports yet: {', '.join(elsewhere)}, running in another process; "
                    "run this command again when it has finished to report every point")
+
+
+def _paired_text(paired) -> str:
+    """'; paired over N seeds: ...' for a faster miss or the choice (report.paired_gap), else ''."""
+    if not paired:
+        return ""
+    text = f"; paired over {paired['seeds']} seed(s): mean gap {paired['gap_mean']:+.4f}"
+    if paired["gap_ci95"]:
+        text += f", 95% interval [{paired['gap_ci95'][0]:+.4f}, {paired['gap_ci95'][1]:+.4f}]"
+    if "case_pairs" in paired:
+        text += f"; over {paired['case_pairs']} case pairs median {paired['case_gap_median']:+.4f}"
+        if paired["case_wilcoxon_p"] is not None:
+            text += f" (Wilcoxon p {paired['case_wilcoxon_p']:.3f})"
+    return text
 
 
 def _print_status(sweep, out, only) -> None:

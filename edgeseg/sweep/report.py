@@ -50,6 +50,37 @@ def deployed_dice(point: dict[str, Any]) -> float:
     return point["dice_int8"] if point.get("dice_int8") is not None else point["dice_fp32"]
 
 
+def _deployed_per_case(run: dict[str, Any]) -> list[float] | None:
+    return run.get("dice_int8_per_case") if run.get("dice_int8") is not None else run.get("dice_fp32_per_case")
+
+
+def paired_gap(candidate: dict[str, Any], reference: dict[str, Any]) -> dict[str, Any] | None:
+    """How sure a variant's Dice difference from the reference is, from their runs taken in
+    pairs: a run of each with the same seed validates on the same cases (the split follows the
+    seed). Over the seed pairs: the mean of the per-seed differences of mean deployed Dice and its
+    two-sided 95 % Student-t interval (None under two pairs). Over the case pairs of those seeds:
+    the median per-case difference and the Wilcoxon signed-rank p-value (None where no case
+    differs). None when the two share no seed (or the rows carry no runs)."""
+    ref = {r["seed"]: r for r in reference.get("runs_detail", [])}
+    pairs = [(c, ref[c["seed"]]) for c in candidate.get("runs_detail", [])
+             if c["seed"] in ref and c["val_cases"] == ref[c["seed"]]["val_cases"]]
+    if not pairs:
+        return None
+    from scipy import stats
+
+    gaps = [c["dice"] - r["dice"] for c, r in pairs]
+    mean, n = statistics.fmean(gaps), len(gaps)
+    out: dict[str, Any] = {"seeds": n, "gap_mean": round(mean, 4), "gap_ci95": None}
+    if n > 1:
+        half = float(stats.t.ppf(0.975, n - 1)) * statistics.stdev(gaps) / n**0.5
+        out["gap_ci95"] = [round(mean - half, 4), round(mean + half, 4)]
+    cases = [a - b for c, r in pairs if c["per_case"] and r["per_case"] for a, b in zip(c["per_case"], r["per_case"])]
+    if cases:
+        out.update(case_pairs=len(cases), case_gap_median=round(statistics.median(cases), 4),
+                   case_wilcoxon_p=round(float(stats.wilcoxon(cases).pvalue), 4) if any(cases) else None)
+    return out
+
+
 def _spread(values: list[float]) -> dict[str, float | None]:
     """Mean, sample standard deviation (None for one value), min and max, rounded to 4 places."""
     sd = statistics.stdev(values) if len(values) > 1 else None
@@ -76,6 +107,9 @@ def variant_rows(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
                    dice_deployed=deployed["mean"], dice_deployed_sd=deployed["sd"],
                    dice_deployed_min=deployed["min"], dice_deployed_max=deployed["max"],
                    runs_dice_deployed=[deployed_dice(r) for r in runs],
+                   # for paired_gap: each run's seed, validation cases and deployed Dice, per case too
+                   runs_detail=[{"seed": r.get("seed"), "val_cases": r.get("val_cases"), "dice": deployed_dice(r),
+                                 "per_case": _deployed_per_case(r)} for r in runs],
                    # runs whose INT8 graph the gate refused: they ship (and were timed) in FP32
                    int8_refused_runs=sum(r.get("dice_int8") is None for r in runs),
                    latency_ms_p50=round(statistics.median(r["latency_ms_p50"] for r in runs), 4),
@@ -119,9 +153,11 @@ def choose_default(points: list[dict[str, Any]], reference: str, max_dice_loss: 
     best = min(eligible, key=lambda p: (p["latency_ms_p50"], -deployed_dice(p)))  # the reference itself is eligible
 
     def against_ref(p: dict[str, Any]) -> dict[str, Any]:
-        return {"dice_difference": round(deployed_dice(p) - deployed_dice(ref), 4),
+        diff = {"dice_difference": round(deployed_dice(p) - deployed_dice(ref), 4),
                 "dice_fp32_difference": round(p["dice_fp32"] - ref["dice_fp32"], 4),
                 "speedup_end_to_end": round(ref["latency_ms_p50"] / p["latency_ms_p50"], 3)}
+        paired = paired_gap(p, ref) if p is not ref else None
+        return {**diff, "paired": paired} if paired else diff
 
     # The variants faster than the choice that missed the band, closest miss first: what a
     # looser margin or more runs would have to change.

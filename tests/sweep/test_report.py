@@ -186,3 +186,62 @@ def test_the_rule_compares_variant_means_and_needs_min_runs(tmp_path):
         ("ref", "2", "0 1", "False"), ("steady", "3", "0 1 2", "False"), ("lucky", "1", "0", "True")]
     # The front is of variants (lucky, faster and better, dominates both); each run carries its variant's mark.
     assert [r["pareto"] for r in csv.DictReader(paths["csv"].open())] == ["False"] * 5 + ["True"]
+
+
+def _exact_wilcoxon_p(diffs) -> float:
+    """Two-sided exact signed-rank p by enumerating every sign pattern (distinct, non-zero |d|)."""
+    import itertools
+
+    ranks = {abs(d): k + 1 for k, d in enumerate(sorted(diffs, key=abs))}
+    w_plus = sum(ranks[abs(d)] for d in diffs if d > 0)
+    total = len(diffs) * (len(diffs) + 1) // 2
+    low = min(w_plus, total - w_plus)
+    patterns = list(itertools.product((0, 1), repeat=len(diffs)))
+    as_low = sum(sum(r for r, s in zip(range(1, len(diffs) + 1), signs) if s) <= low for signs in patterns)
+    return min(1.0, 2 * as_low / len(patterns))
+
+
+def test_paired_gap_of_each_faster_miss_against_scipy_and_brute_force():
+    """Runs pair by seed when they validated on the same cases; the per-seed gaps' 95 % interval
+    is scipy's paired t-test interval, the case pairs' median and exact Wilcoxon p are computed
+    here by brute force. A seed the reference lacks, or whose split differs, is left out."""
+    import random
+
+    import numpy as np
+    from scipy import stats
+
+    from edgeseg.sweep.report import choose_default, variant_rows
+
+    rng = random.Random(7)
+    cases = {s: [f"c{s}{k}" for k in range(3)] for s in range(4)}
+
+    def run(i, variant, seed, ms, per_case, split=None):
+        return {**_run(i, variant, seed, ms, float(np.mean(per_case)), float(np.mean(per_case))),
+                "val_cases": split or cases[seed], "dice_int8_per_case": per_case,
+                "dice_fp32_per_case": per_case}
+
+    ref_cases = {s: [round(rng.uniform(0.85, 0.97), 4) for _ in range(3)] for s in range(3)}
+    fast_cases = {s: [round(v + rng.uniform(-0.05, 0.03), 4) for v in ref_cases[s]] for s in range(3)}
+    runs = [run(f"ref-s{s}", "ref", s, 40.0, ref_cases[s]) for s in range(3)]
+    runs += [run(f"fast-s{s}", "fast", s, 10.0, fast_cases[s]) for s in range(3)]
+    runs += [run("fast-s3", "fast", 3, 10.0, [0.5, 0.5, 0.5]),  # no reference run of seed 3
+             run("other-s0", "other", 0, 20.0, [0.1, 0.1, 0.1], split=["x", "y", "z"]),  # another split
+             run("other-s1", "other", 1, 20.0, [0.1, 0.1, 0.1], split=["x", "y", "z"])]
+    choice = choose_default(variant_rows(runs), "ref", 0.005)
+    assert choice["chosen"] == "ref"
+    missed = {m["id"]: m for m in choice["faster_missed"]}
+    assert "paired" not in missed["other"]
+    paired = missed["fast"]["paired"]
+    ref_mean = [np.mean(ref_cases[s]) for s in range(3)]
+    fast_mean = [np.mean(fast_cases[s]) for s in range(3)]
+    ci = stats.ttest_rel(fast_mean, ref_mean).confidence_interval(0.95)
+    assert paired["seeds"] == 3
+    assert paired["gap_mean"] == pytest.approx(np.mean(np.subtract(fast_mean, ref_mean)), abs=6e-5)
+    assert paired["gap_ci95"] == pytest.approx([ci.low, ci.high], abs=6e-5)
+    diffs = [a - b for s in range(3) for a, b in zip(fast_cases[s], ref_cases[s])]
+    assert paired["case_pairs"] == 9 and paired["case_gap_median"] == pytest.approx(np.median(diffs), abs=6e-5)
+    assert paired["case_wilcoxon_p"] == pytest.approx(_exact_wilcoxon_p(diffs), abs=6e-5)
+    # One seed pair: no interval, the mean gap alone.
+    one = choose_default(variant_rows([runs[0], runs[3]]), "ref", 0.005)["faster_missed"][0]["paired"]
+    assert one["seeds"] == 1 and one["gap_ci95"] is None
+    assert one["gap_mean"] == pytest.approx(fast_mean[0] - ref_mean[0], abs=6e-5)

@@ -99,9 +99,12 @@ def test_sweep_resumes_after_a_kill_and_writes_the_reports(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "chosen: unet-b4-d2-s64 (" in proc.stdout
     assert ("closest faster miss: mobile_unet-b4-d2-s64, 4.00x faster end to end, mean Dice -0.1000 deployed / "
-            "-0.1000 FP32 against unet-b4-d2-s64 (margin 0.05)") in proc.stdout
+            "-0.1000 FP32 against unet-b4-d2-s64 (margin 0.05); paired over 1 seed(s): mean gap -0.1000; over ") in proc.stdout
     missed = json.loads((out / "choice.json").read_text())["faster_missed"]
     assert [m["id"] for m in missed] == ["mobile_unet-b4-d2-s64"] and missed[0]["speedup_end_to_end"] == 4.0
+    # Both points are seed 0, so they validated on the same cases: one seed pair, no interval.
+    assert missed[0]["paired"]["seeds"] == 1 and missed[0]["paired"]["gap_ci95"] is None
+    assert missed[0]["paired"]["case_pairs"] == len(ref["val_cases"])
 
 
 @pytest.mark.parametrize("edit, fragment", [
