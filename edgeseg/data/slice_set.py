@@ -63,6 +63,10 @@ class SliceSet:
     def __len__(self) -> int:
         return int(self.images.shape[0])
 
+    def case_labels(self, k: int) -> np.ndarray:
+        """(Z, h, w) labels of case number ``k`` (``case_index == k``), in slice order."""
+        return self.labels[self.case_index == k]
+
     @classmethod
     def from_volumes(cls, volumes: list[Volume], spec: PreprocessSpec, labels: dict[str, list[int]]) -> "SliceSet":
         """Pre-process every slice of ``volumes``; cases without a label map are refused."""

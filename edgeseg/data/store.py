@@ -331,9 +331,9 @@ class _StoreRows:
 class StoreCases:
     """The slices of some cases of a store, shaped like :class:`~edgeseg.data.slice_set.SliceSet`.
 
-    ``images`` are read from the store on demand; ``labels`` (uint8, a quarter of the images'
-    size) are held in memory because per-case Dice reads them whole. ``rows`` are the global
-    slice numbers, for the training sampler.
+    ``images`` are read from the store on demand and ``case_labels(k)`` one case at a time, so
+    validation holds one case whatever the number of cases; ``labels`` (all of them, uint8) are
+    read whole on first use. ``rows`` are the global slice numbers, for the training sampler.
     """
 
     def __init__(self, store: SliceStore, case_ids: list[str]) -> None:
@@ -345,6 +345,10 @@ class StoreCases:
 
     def __len__(self) -> int:
         return len(self.rows)
+
+    def case_labels(self, k: int) -> np.ndarray:
+        """(Z, h, w) uint8 class indices of this set's case number ``k``, read from the store."""
+        return self.store.case_labels(self.store.case_ids.index(self.case_ids[k]))
 
     @functools.cached_property
     def labels(self) -> np.ndarray:

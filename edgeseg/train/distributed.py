@@ -166,16 +166,6 @@ def from_rank0(value: int, place: ProcessPlace, device: torch.device) -> int:
     return int(held.item())
 
 
-def augment_seed(seed: int, epoch: int, rank: int) -> int:
-    """The seed of one process's augmentation stream in one epoch.
-
-    ``seed*100_003 + epoch + (rank + 1) * 1_000_003``: apart from the sample order's seed
-    (``seed*100_003 + epoch``, shared by all processes), different on every rank so ranks draw
-    different transforms, and the same again when a run resumes at that epoch.
-    """
-    return seed * 100_003 + epoch + (rank + 1) * 1_000_003
-
-
 class TrainSampler(Protocol):
     """What the loop asks of a sampler: steps per epoch and this process's batches of an epoch.
 

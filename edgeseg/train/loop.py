@@ -30,7 +30,7 @@ from edgeseg.train.precision import autocast_dtype
 from edgeseg.train.records import write_records
 from edgeseg.train.schedule import lr_at
 from edgeseg.train.streaming import EpochBatches, ForegroundBatchSampler, default_workers, make_train_loader
-from edgeseg.train.validate import choose_postprocess, validate, validation_voxel_ml
+from edgeseg.train.validate import CasePredictions, choose_postprocess, validate, validation_voxel_ml
 
 log = logging.getLogger("edgeseg.train")
 
@@ -130,6 +130,18 @@ def _train(cfg, resume, progress, on_epoch, make_sampler, place, device) -> dict
         len(val_set.case_ids), device, state.amp_dtype or "off", place.world_size, cfg.batch_size,
         layout["chosen"],
     )
+    try:
+        best = _epochs(state, start_epoch, history, best, data, progress, on_epoch)
+    finally:
+        state.val_predictions.remove()
+    return {"best": best, "history": history, "out": str(out), "split": data["split"]}
+
+
+def _epochs(state: "_LoopState", start_epoch: int, history: list, best: dict, data: dict, progress: bool,
+            on_epoch: Callable | None) -> dict[str, Any]:
+    """Train and validate epochs ``start_epoch..cfg.epochs``; rank 0 appends to ``history`` and
+    writes the checkpoints and records. Returns the best epoch's record."""
+    cfg, place, out, val_set, model_config = state.cfg, state.place, state.out, state.val_set, state.model_config
     for epoch in range(start_epoch, cfg.epochs + 1):
         row, pred = state.run_epoch(epoch, progress)
         if not place.is_main:
@@ -142,8 +154,8 @@ def _train(cfg, resume, progress, on_epoch, make_sampler, place, device) -> dict
             best = {"epoch": epoch, "val_dice": row["val_dice"], "postprocess": post}
             state.save(out / "best.pt", epoch, history, best, with_optimizer=False, postprocess=post)
         state.save(out / "last.pt", epoch, history, best, with_optimizer=True)
-        write_records(out, cfg, spec, model_config, count_parameters(model), history, best, data["split"],
-                      memory_format=layout)
+        write_records(out, cfg, state.spec, model_config, count_parameters(state.model), history, best, data["split"],
+                      memory_format=state.layout)
         log.info(
             "epoch %d/%d  train loss %.4f  val loss %.4f  val Dice %.4f%s  (%.0f s)",
             epoch, cfg.epochs, row["train_loss"], row["val_loss"], row["val_dice"], "  *best" if improved else "", row["seconds"],
@@ -151,7 +163,7 @@ def _train(cfg, resume, progress, on_epoch, make_sampler, place, device) -> dict
         if on_epoch is not None:
             on_epoch(row)
         distributed.barrier(place)
-    return {"best": best, "history": history, "out": str(out), "split": data["split"]}
+    return best
 
 
 def memory_format_for(cfg: TrainConfig, model, model_config: ModelConfig, device, place: ProcessPlace,
@@ -222,6 +234,9 @@ class _LoopState:
         self.warmup = max(1, int(cfg.warmup_epochs * self.steps_per_epoch))
         self.ema = (WeightEMA(model, ema_decay(cfg.ema_epochs * self.steps_per_epoch))
                     if cfg.ema_epochs > 0 else None)
+        # The epoch's validation predictions, one file per case, until the post-processing choice
+        # has read them: validation memory stays one case whatever the number of cases.
+        self.val_predictions = CasePredictions(None if out is None else Path(out) / ".validation")
 
     @property
     def eval_model(self):
@@ -251,7 +266,7 @@ class _LoopState:
             return {"epoch": epoch, "train_loss": train_loss}, None
         classes = cfg.class_names
         val = validate(self.eval_model, self.val_set, len(classes), self.device, self.autocast, self.val_loss_fn,
-                       self.memory_format)
+                       self.memory_format, keep=self.val_predictions)
         row = {
             "epoch": epoch,
             "train_loss": train_loss,

@@ -1,20 +1,68 @@
-"""Validation during training: loss and per-case Dice at model resolution."""
+"""Validation during training: loss and per-case Dice at model resolution, one case at a time."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import shutil
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from edgeseg.data.slice_set import SliceSet
-from edgeseg.metrics import per_case_dice
+from edgeseg.metrics import dice
 from edgeseg.runtime.postprocess_options import SLICE_CANDIDATES
 
 
+class CasePredictions:
+    """Argmax labels of the validation cases, kept one array per case: in memory, or with a
+    ``folder``, one ``.npy`` file per case there, so that validation and the post-processing
+    choice hold one case at a time however many slices the validation cases have."""
+
+    def __init__(self, folder: str | Path | None = None) -> None:
+        self.folder = None if folder is None else Path(folder)
+        self._held: dict[int, np.ndarray] = {}
+
+    @classmethod
+    def split(cls, pred: np.ndarray, case_index: np.ndarray) -> "CasePredictions":
+        """Labels of a whole validation set (N, h, w), cut by ``case_index``."""
+        held = cls()
+        for k in np.unique(case_index):
+            held.put(int(k), pred[case_index == k])
+        return held
+
+    def put(self, k: int, labels: np.ndarray) -> None:
+        if self.folder is None:
+            self._held[k] = labels
+        else:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            np.save(self.folder / f"{k}.npy", labels)
+
+    def get(self, k: int) -> np.ndarray:
+        return self._held[k] if self.folder is None else np.load(self.folder / f"{k}.npy")
+
+    def remove(self) -> None:
+        """Delete the folder's files (scratch: they only serve the epoch that wrote them)."""
+        self._held.clear()
+        if self.folder is not None:
+            shutil.rmtree(self.folder, ignore_errors=True)
+
+
+class _Rows:
+    """``images[rows]`` read batch by batch (``len`` and slicing, which predict_labels needs)."""
+
+    def __init__(self, images, rows: np.ndarray) -> None:
+        self.images, self.rows = images, rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, item: slice) -> np.ndarray:
+        return self.images[self.rows[item]]
+
+
 @torch.no_grad()
-def predict_labels(model, images: np.ndarray, device, autocast: Callable, batch_size: int = 16, loss_fn=None, labels=None,
+def predict_labels(model, images, device, autocast: Callable, batch_size: int = 16, loss_fn=None, labels=None,
                    memory_format: torch.memory_format = torch.channels_last):
     """Argmax labels (N, h, w) for pre-processed images, and the mean loss when labels are given."""
     model.eval()
@@ -32,24 +80,47 @@ def predict_labels(model, images: np.ndarray, device, autocast: Callable, batch_
     return np.concatenate(preds), mean_loss
 
 
-def validate(model, val_set: SliceSet, num_classes: int, device, autocast: Callable, loss_fn,
-             memory_format: torch.memory_format = torch.channels_last) -> dict[str, Any]:
-    """Loss and Dice on the validation slices.
+def _case_numbers(val_set) -> list[int]:
+    return [int(k) for k in np.unique(val_set.case_index)]
 
+
+def validate(model, val_set, num_classes: int, device, autocast: Callable, loss_fn,
+             memory_format: torch.memory_format = torch.channels_last,
+             keep: CasePredictions | None = None) -> dict[str, Any]:
+    """Loss and Dice on the validation slices, streamed case by case.
+
+    Each case's images are read in batches and its labels whole (``val_set.case_labels``), and
+    its predictions go to ``keep`` (in memory unless it has a folder), so memory holds one case.
     Dice is pooled over each case's slices, then averaged over cases ("Dice per case", as LiTS
-    reports it), per foreground class; ``dice`` is the mean over classes. ``pred`` holds the
-    argmax labels so callers can score post-processing choices on them.
+    reports it), per foreground class; ``dice`` is the mean over classes; ``loss`` the mean over
+    slices of each batch's loss (batches do not cross cases). ``pred`` is ``keep``, for
+    :func:`choose_postprocess`.
     """
-    pred, loss = predict_labels(model, val_set.images, device, autocast, loss_fn=loss_fn, labels=val_set.labels,
-                                memory_format=memory_format)
-    per_class = per_case_dice(pred, val_set.labels, val_set.case_index, num_classes)
-    return {"loss": loss, "dice": float(np.mean(per_class)), "per_class": per_class, "pred": pred}
+    keep = CasePredictions() if keep is None else keep
+    per_case, loss_sum, slices = [], 0.0, 0
+    for k in _case_numbers(val_set):
+        rows = np.flatnonzero(val_set.case_index == k)
+        truth = val_set.case_labels(k)
+        pred, loss = predict_labels(model, _Rows(val_set.images, rows), device, autocast, loss_fn=loss_fn,
+                                    labels=truth, memory_format=memory_format)
+        per_case.append(_dice_per_class(pred, truth, num_classes))
+        loss_sum, slices = loss_sum + loss * len(rows), slices + len(rows)
+        keep.put(k, pred)
+    per_class = [float(v) for v in np.mean(per_case, axis=0)]
+    return {"loss": loss_sum / slices, "dice": float(np.mean(per_class)), "per_class": per_class, "pred": keep}
+
+
+def _dice_per_class(pred: np.ndarray, truth: np.ndarray, num_classes: int) -> list[float]:
+    return [dice(pred == c, truth == c) for c in range(1, num_classes)]
 
 
 VOLUME_CANDIDATES_ML = (0.1, 1.0, 10.0)
 
+# One candidate set of filters: (PostprocessOptions dict, the number of classes it is read with).
+_Options = tuple[dict[str, Any], int]
 
-def choose_postprocess(pred: np.ndarray, val_set: SliceSet, num_classes: int,
+
+def choose_postprocess(pred: CasePredictions | np.ndarray, val_set, num_classes: int,
                        voxel_ml: list[float] | None = None) -> dict[str, Any]:
     """Per class, the component filters that raise validation Dice (pooled per case), as a
     checkpoint's ``postprocess`` (see ``edgeseg.runtime.postprocess_options``).
@@ -60,33 +131,58 @@ def choose_postprocess(pred: np.ndarray, val_set: SliceSet, num_classes: int,
     3-D filters over each validation case's slices taken as one volume (largest 3-D component,
     and with ``voxel_ml``, one voxel's mL at model resolution per case, a minimum volume). A
     filter touches only its class's pixels, so each class is chosen on its own Dice.
+
+    ``pred`` holds the predictions per case (:func:`validate`'s), or all of them (N, h, w) in
+    ``val_set``'s slice order. Each pass reads one case at a time and scores every candidate of
+    that pass on it.
     """
     from edgeseg.runtime.postprocess_options import ClassPostprocess, PostprocessOptions
 
-    def scores(labels: np.ndarray) -> list[float]:
-        return per_case_dice(labels, val_set.labels, val_set.case_index, num_classes)
+    preds = pred if isinstance(pred, CasePredictions) else CasePredictions.split(np.asarray(pred), val_set.case_index)
+    cases = _case_numbers(val_set)
 
-    plain = scores(pred)
-    cases = [np.flatnonzero(val_set.case_index == i) for i in np.unique(val_set.case_index)]
-    chosen: dict[int, ClassPostprocess] = {}
-    for c in range(1, num_classes):
-        best, best_dice = ClassPostprocess(), plain[c - 1]
-        for keep, pixels in SLICE_CANDIDATES[1:]:
-            option = ClassPostprocess(keep_largest=keep, min_pixels=pixels)
-            best, best_dice = _better(option, _filtered(pred, c, option, cases, voxel_ml), scores, c, best, best_dice)
-        sliced = best
-        volume_options = [(True, 0.0)] + [(k, ml) for ml in (VOLUME_CANDIDATES_ML if voxel_ml else ())
-                                          for k in (False, True)]
-        for keep3d, ml in volume_options:
-            option = ClassPostprocess(sliced.keep_largest, sliced.min_pixels, keep3d, ml)
-            best, best_dice = _better(option, _filtered(pred, c, option, cases, voxel_ml), scores, c, best, best_dice)
-        if best != ClassPostprocess():
-            chosen[c] = best
-    chosen = _choose_removed_to(pred, chosen, num_classes, lambda labels: float(np.mean(scores(labels))), cases, voxel_ml)
+    def scores(candidates: Sequence[_Options]) -> list[list[float]]:
+        return _scores(preds, val_set, cases, candidates, num_classes, voxel_ml)
+
+    def one(c: int, option: ClassPostprocess) -> _Options:
+        return PostprocessOptions(classes={c: option}).to_dict(), c + 1
+
+    foreground = range(1, num_classes)
+    plain = scores([({}, num_classes)])[0]
+    best = {c: (ClassPostprocess(), plain[c - 1]) for c in foreground}
+    sliced = [(c, ClassPostprocess(keep_largest=keep, min_pixels=pixels))
+              for c in foreground for keep, pixels in SLICE_CANDIDATES[1:]]
+    _keep_better(best, sliced, scores([one(c, o) for c, o in sliced]))
+    volume_options = [(True, 0.0)] + [(k, ml) for ml in (VOLUME_CANDIDATES_ML if voxel_ml else ()) for k in (False, True)]
+    volume = [(c, ClassPostprocess(best[c][0].keep_largest, best[c][0].min_pixels, keep3d, ml))
+              for c in foreground for keep3d, ml in volume_options]
+    _keep_better(best, volume, scores([one(c, o) for c, o in volume]))
+    chosen = {c: option for c, (option, _) in best.items() if option != ClassPostprocess()}
+    chosen = _choose_removed_to(chosen, num_classes, lambda options: float(np.mean(scores([options])[0])))
     options = PostprocessOptions(classes=chosen).to_dict()
-    final = scores(_apply(pred, options, num_classes, cases, voxel_ml))
+    final = scores([(options, num_classes)])[0]
     return {**options, "val_dice": float(np.mean(plain)), "val_dice_post": float(np.mean(final)),
             "val_dice_per_class": plain, "val_dice_post_per_class": final}
+
+
+def _keep_better(best: dict, candidates: list, values: list[list[float]]) -> None:
+    """In candidate order, a class's candidate replaces its best when its Dice is higher."""
+    for (c, option), value in zip(candidates, values):
+        if value[c - 1] > best[c][1]:
+            best[c] = (option, value[c - 1])
+
+
+def _scores(preds: CasePredictions, val_set, cases: list[int], candidates: Sequence[_Options], num_classes: int,
+            voxel_ml) -> list[list[float]]:
+    """For each candidate, per foreground class, Dice pooled per case averaged over the cases;
+    one pass over the cases, each read once."""
+    totals = np.zeros((len(candidates), num_classes - 1))
+    for i, k in enumerate(cases):
+        pred, truth = preds.get(k), val_set.case_labels(k)
+        spacing = None if voxel_ml is None else (voxel_ml[i] * 1000.0, 1.0, 1.0)  # only the product counts
+        for j, (options, read_with) in enumerate(candidates):
+            totals[j] += _dice_per_class(_apply(pred, options, read_with, spacing), truth, num_classes)
+    return (totals / len(cases)).tolist()
 
 
 def validation_voxel_ml(volumes: list, spec) -> list[float] | None:
@@ -103,7 +199,7 @@ def validation_voxel_ml(volumes: list, spec) -> list[float] | None:
             for v, shape in zip(volumes, shapes)]
 
 
-def _choose_removed_to(pred: np.ndarray, chosen: dict, num_classes: int, mean_dice: Callable, cases, voxel_ml) -> dict:
+def _choose_removed_to(chosen: dict, num_classes: int, value_of: Callable[[_Options], float]) -> dict:
     """Per filtered class, give the pixels its filters remove to the other foreground class that
     raises the mean Dice over classes, if one does (else they stay background). The filters
     themselves were chosen on their own class's Dice, which ``removed_to`` does not change."""
@@ -112,7 +208,7 @@ def _choose_removed_to(pred: np.ndarray, chosen: dict, num_classes: int, mean_di
     from edgeseg.runtime.postprocess_options import PostprocessOptions
 
     def value(options: dict) -> float:
-        return mean_dice(_apply(pred, PostprocessOptions(classes=options).to_dict(), num_classes, cases, voxel_ml))
+        return value_of((PostprocessOptions(classes=options).to_dict(), num_classes))
 
     best_value = value(chosen) if chosen else 0.0
     for c in sorted(chosen):
@@ -126,28 +222,15 @@ def _choose_removed_to(pred: np.ndarray, chosen: dict, num_classes: int, mean_di
     return chosen
 
 
-def _better(option, labels, scores, c, best, best_dice):
-    """(option, its Dice of class c) when that beats ``best_dice``, else (best, best_dice)."""
-    value = scores(labels)[c - 1]
-    return (option, value) if value > best_dice else (best, best_dice)
-
-
-def _filtered(pred: np.ndarray, c: int, option, cases: list[np.ndarray], voxel_ml) -> np.ndarray:
-    from edgeseg.runtime.postprocess_options import PostprocessOptions
-
-    return _apply(pred, PostprocessOptions(classes={c: option}).to_dict(), c + 1, cases, voxel_ml)
-
-
-def _apply(pred: np.ndarray, options: dict, num_classes: int, cases: list[np.ndarray], voxel_ml) -> np.ndarray:
-    """``options`` on model-resolution predictions: per slice, then per case as one volume."""
+def _apply(pred: np.ndarray, options: dict, num_classes: int, spacing) -> np.ndarray:
+    """``options`` on one case's model-resolution predictions: per slice, then as one volume."""
     from edgeseg.kernels import filter_components
     from edgeseg.runtime.postprocess_options import PostprocessOptions
 
     parsed = PostprocessOptions.from_dict(options, num_classes)
     size = pred.shape[-2:]
-    out = filter_components(pred, parsed.slice_rules(size, size)) if parsed.slice_rules(size, size) else pred.copy()
+    rules = parsed.slice_rules(size, size)
+    out = filter_components(pred, rules) if rules else pred.copy()
     if parsed.filters_volume:
-        for i, rows in enumerate(cases):
-            spacing = None if voxel_ml is None else (voxel_ml[i] * 1000.0, 1.0, 1.0)  # only the product counts
-            out[rows] = filter_components(out[rows], parsed.volume_rules(spacing), volume=True)
+        out = filter_components(out, parsed.volume_rules(spacing), volume=True)
     return out

@@ -161,7 +161,7 @@ def _lr(step: int, total: int, warmup: int, peak: float = 0.005) -> float:
 
 
 # The phantom's 30 training slices in batches of 8 per process: one process takes 4 steps an
-# epoch (8, 8, 8, 6), two processes 1 (16 slices; 14 left over).
+# epoch (ceil(30 / 8)), two processes 1 (floor(30 / 16)).
 STEPS_ONE, STEPS_TWO = 4, 1
 
 

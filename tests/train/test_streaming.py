@@ -31,9 +31,15 @@ def test_each_batch_draws_its_share_from_every_class(store):
     assert (~_holds(store, rows, 1)).sum() >= 16 and (~_holds(store, rows, 2)).sum() >= 16, \
         "the phantom must have many liver-free and kidney-free slices"
     sampler = ForegroundBatchSampler(rows, store.present, batch_size=6, steps=30, foreground_share=1 / 3, seed=0)
+    drawn = []
     for _, batch in sampler:
         assert len(batch) == 6
         assert _holds(store, batch, 1).sum() >= 1 and _holds(store, batch, 2).sum() >= 1
+        drawn.extend(batch)
+    # The uniform two thirds reach the slices with no foreground at all, as the default trains.
+    background = ~(_holds(store, drawn, 1) | _holds(store, drawn, 2))
+    free = ~(_holds(store, rows, 1) | _holds(store, rows, 2))
+    assert free.sum() > 0 and background.sum() > 0.5 * free.mean() * (4 / 6) * len(drawn)
     # Batches of two, all foreground: one slot per class, so every batch holds both classes
     # (uniform pairs would miss one class in about a third of the batches).
     pairs = ForegroundBatchSampler(rows, store.present, batch_size=2, steps=40, foreground_share=1.0, seed=1)

@@ -37,6 +37,7 @@ def test_short_run_lowers_the_loss_and_writes_its_records(trained):
     run = Path(cfg.out)
     for name in ("best.pt", "last.pt", "metrics.csv", "metrics.json", "curves.png", "split.json"):
         assert (run / name).is_file(), name
+    assert not (run / ".validation").exists()  # the epochs' validation predictions are scratch
     metrics = json.loads((run / "metrics.json").read_text())
     assert len(metrics["history"]) == 4 and metrics["config"]["base"] == 4
     assert (run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
