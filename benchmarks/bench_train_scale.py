@@ -26,7 +26,8 @@ one torch thread each (PyTorch sets that in workers), on the cores the model lea
 2-core machine ``--threads 1`` leaves one core for the workers; with ``--threads 2`` they would
 take their time from the model's cores. Worker peak RSS is each worker's own ``VmHWM`` read from
 ``/proc`` before the loader shuts down (workers are children of the forkserver, not of the
-training process, so its ``RUSAGE_CHILDREN`` does not count them).
+training process, so its ``RUSAGE_CHILDREN`` does not count them); the training process's own
+peak is its ``VmHWM`` too (see ``_peak_rss_mb``).
 
 Generating a 512 x 512 x 64 phantom takes seconds, writing it as NIfTI more; only the first
 ``--unique`` volumes are generated; larger sets repeat them under new case names (hard links),
@@ -77,7 +78,16 @@ def make_dataset(work: Path, count: int, unique: int, side: int, slices: int) ->
 
 
 def _peak_rss_mb() -> dict:
-    """This process's peak RSS (``ru_maxrss``)."""
+    """This process's own peak RSS: ``VmHWM`` from /proc/self/status. Not ``ru_maxrss``: Linux
+    carries a parent's high-water mark into a child it starts (fork, then exec), so every child
+    of a parent that once held more (this script generating phantoms) would report at least the
+    parent's peak. ``ru_maxrss`` only where /proc has no status (not Linux)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return {"peak_rss_mb": round(int(line.split()[1]) / 1024, 1)}
+    except OSError:
+        pass
     return {"peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
 
 

@@ -50,3 +50,29 @@ def test_every_mode_trains_on_the_same_batches_with_the_same_threads(tmp_path):
         paired = [w / m for w, m in zip(row[name]["steps_per_s_rounds"], row["memory"]["steps_per_s_rounds"])]
         assert row[name]["ratio_to_memory_rounds"] == [round(x, 4) for x in paired]
         assert row[name]["ratio_to_memory"] == round(sorted(paired)[1], 4)
+
+
+def test_a_child_reports_its_own_peak_not_its_parents(tmp_path):
+    """Linux hands a parent's RSS high-water mark to a child it starts (``ru_maxrss`` across fork
+    and exec), so the benchmark reads each process's own ``VmHWM``: a child of a parent that
+    held 400 MiB reports its own few tens of MiB."""
+    if not Path("/proc/self/status").is_file():
+        import pytest
+
+        pytest.skip("no /proc/self/status here: the benchmark falls back to ru_maxrss")
+    parent = f"""
+import json, resource, subprocess, sys
+import numpy as np
+big = np.ones(400 * 2**20 // 8)
+big[:] = 2.0
+del big
+child = ("import json, resource, sys; sys.path.insert(0, {str(SCRIPT.parent)!r}); import bench_train_scale as b; "
+         "print(json.dumps({{**b._peak_rss_mb(), 'ru_maxrss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}}))")
+done = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, check=True)
+print(json.dumps({{"parent_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, **json.loads(done.stdout)}}))
+"""
+    done = subprocess.run([sys.executable, "-c", parent], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    got = json.loads(done.stdout)
+    assert got["parent_mb"] > 400
+    assert got["peak_rss_mb"] < 100, got  # the child's own peak: an interpreter and json
