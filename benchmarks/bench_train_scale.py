@@ -78,10 +78,10 @@ def make_dataset(work: Path, count: int, unique: int, side: int, slices: int) ->
 
 
 def _peak_rss_mb() -> dict:
-    """This process's own peak RSS: ``VmHWM`` from /proc/self/status. Not ``ru_maxrss``: Linux
-    carries a parent's high-water mark into a child it starts (fork, then exec), so every child
-    of a parent that once held more (this script generating phantoms) would report at least the
-    parent's peak. ``ru_maxrss`` only where /proc has no status (not Linux)."""
+    """This process's own peak RSS: ``VmHWM`` from /proc/self/status. Not ``ru_maxrss``: on
+    Linux a child that subprocess starts keeps the parent's high-water mark in it after exec, so
+    every child of a parent that once held more (this script generating phantoms) would report at
+    least the parent's peak. ``ru_maxrss`` only where /proc has no status (not Linux)."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
             if line.startswith("VmHWM:"):

@@ -116,7 +116,7 @@ def _paired_text(paired) -> str:
     if "case_pairs" in paired:
         text += f"; over {paired['case_pairs']} case pairs median {paired['case_gap_median']:+.4f}"
         if paired["case_wilcoxon_p"] is not None:
-            text += f" (Wilcoxon p {paired['case_wilcoxon_p']:.3f})"
+            text += f" (Wilcoxon p {paired['case_wilcoxon_p']:.3f}, cases taken as independent)"
     return text
 
 

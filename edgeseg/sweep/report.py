@@ -60,10 +60,20 @@ def paired_gap(candidate: dict[str, Any], reference: dict[str, Any]) -> dict[str
     seed). Over the seed pairs: the mean of the per-seed differences of mean deployed Dice and its
     two-sided 95 % Student-t interval (None under two pairs). Over the case pairs of those seeds:
     the median per-case difference and the Wilcoxon signed-rank p-value (None where no case
-    differs). None when the two share no seed (or the rows carry no runs)."""
-    ref = {r["seed"]: r for r in reference.get("runs_detail", [])}
-    pairs = [(c, ref[c["seed"]]) for c in candidate.get("runs_detail", [])
-             if c["seed"] in ref and c["val_cases"] == ref[c["seed"]]["val_cases"]]
+    differs). None when the two share no seed (or the rows carry no runs). Runs that record no
+    seed or no validation cases (written before either was recorded) take no part, and a seed
+    counts once on each side."""
+
+    def by_seed(row: dict[str, Any]) -> dict[Any, dict[str, Any]]:
+        runs: dict[Any, dict[str, Any]] = {}
+        for r in row.get("runs_detail", []):
+            if r["seed"] is not None and r["val_cases"] is not None:
+                runs.setdefault(r["seed"], r)
+        return runs
+
+    ref = by_seed(reference)
+    pairs = [(c, ref[seed]) for seed, c in by_seed(candidate).items()
+             if seed in ref and c["val_cases"] == ref[seed]["val_cases"]]
     if not pairs:
         return None
     from scipy import stats

@@ -235,8 +235,11 @@ class _LoopState:
         self.ema = (WeightEMA(model, ema_decay(cfg.ema_epochs * self.steps_per_epoch))
                     if cfg.ema_epochs > 0 else None)
         # The epoch's validation predictions, one file per case, until the post-processing choice
-        # has read them: validation memory stays one case whatever the number of cases.
-        self.val_predictions = CasePredictions(None if out is None else Path(out) / ".validation")
+        # has read them: validation memory stays one case whatever the number of cases. Only
+        # rank 0 validates, so only rank 0 has the folder (a killed run's leftover is cleared).
+        folder = Path(out) / ".validation" if out is not None and place.is_main else None
+        self.val_predictions = CasePredictions(folder)
+        self.val_predictions.remove()
 
     @property
     def eval_model(self):

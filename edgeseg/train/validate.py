@@ -44,7 +44,7 @@ class CasePredictions:
     def remove(self) -> None:
         """Delete the folder's files (scratch: they only serve the epoch that wrote them)."""
         self._held.clear()
-        if self.folder is not None:
+        if self.folder is not None and self.folder.exists():
             shutil.rmtree(self.folder, ignore_errors=True)
 
 

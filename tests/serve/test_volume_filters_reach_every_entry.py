@@ -1,8 +1,10 @@
 """The bundle's 3-D post-processing reaches every volume entry point, not only
 ``Segmenter.predict_volume``: ``edgeseg predict`` on a NIfTI volume and on a DICOM series, and
 the DICOM node. The bundle keeps the largest 3-D liver component of at least 50 voxels; on this
-phantom that removes voxels the network predicts, and each output must equal the raw prediction
-filtered by scipy (``filter_components(reference=True)``)."""
+phantom that removes voxels the network predicts. The NIfTI output must equal the raw
+prediction filtered by scipy (``filter_components(reference=True)``) voxel for voxel; a DICOM
+SEG must hold as many segmented voxels as that filtered prediction (its frames are not mapped
+back to positions here)."""
 
 from __future__ import annotations
 

@@ -241,6 +241,11 @@ def test_paired_gap_of_each_faster_miss_against_scipy_and_brute_force():
     diffs = [a - b for s in range(3) for a, b in zip(fast_cases[s], ref_cases[s])]
     assert paired["case_pairs"] == 9 and paired["case_gap_median"] == pytest.approx(np.median(diffs), abs=6e-5)
     assert paired["case_wilcoxon_p"] == pytest.approx(_exact_wilcoxon_p(diffs), abs=6e-5)
+    # Runs that recorded no seed or no validation cases (older results) are not paired.
+    old = [{**r, "seed": None} for r in runs[:6]]
+    assert "paired" not in choose_default(variant_rows(old), "ref", 0.005)["faster_missed"][0]
+    unrecorded = [{k: v for k, v in r.items() if k != "val_cases"} for r in runs[:6]]
+    assert "paired" not in choose_default(variant_rows(unrecorded), "ref", 0.005)["faster_missed"][0]
     # One seed pair: no interval, the mean gap alone.
     one = choose_default(variant_rows([runs[0], runs[3]]), "ref", 0.005)["faster_missed"][0]["paired"]
     assert one["seeds"] == 1 and one["gap_ci95"] is None

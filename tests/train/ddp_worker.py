@@ -21,7 +21,10 @@ from edgeseg.train.losses import DiceCELoss
 
 PHANTOM = "phantom:cases=5,seed=1,size=64,slices=10"
 # The audit events that create, replace or remove a file, and which argument is its path.
-WRITE_EVENTS = {"os.rename": 1, "os.mkdir": 0, "os.remove": 0, "tempfile.mkstemp": 0, "shutil.copytree": 1}
+WRITE_EVENTS = {"os.rename": 1, "os.mkdir": 0, "os.remove": 0, "os.rmdir": 0, "tempfile.mkstemp": 0,
+                "shutil.copytree": 1, "shutil.rmtree": 0}
+# The events whose path may be relative to a directory descriptor, and that argument's place.
+DIR_FD = {"os.remove": 1, "os.rmdir": 1, "os.mkdir": 2}
 
 
 def config(out: Path, epochs: int) -> TrainConfig:
@@ -41,6 +44,10 @@ def record_writes(writes: list) -> None:
                 path = args[0]
         elif event in WRITE_EVENTS:
             path = args[WRITE_EVENTS[event]]
+            fd = args[DIR_FD[event]] if event in DIR_FD and len(args) > DIR_FD[event] else None
+            if isinstance(fd, int) and fd >= 0 and isinstance(path, (str, os.PathLike)):
+                # shutil.rmtree removes entries by name relative to the folder it opened
+                path = os.path.join(os.readlink(f"/proc/self/fd/{fd}"), path)
         if isinstance(path, (str, os.PathLike)):
             writes.append(os.path.abspath(path))
 

@@ -53,9 +53,9 @@ def test_every_mode_trains_on_the_same_batches_with_the_same_threads(tmp_path):
 
 
 def test_a_child_reports_its_own_peak_not_its_parents(tmp_path):
-    """Linux hands a parent's RSS high-water mark to a child it starts (``ru_maxrss`` across fork
-    and exec), so the benchmark reads each process's own ``VmHWM``: a child of a parent that
-    held 400 MiB reports its own few tens of MiB."""
+    """Linux hands a parent's RSS high-water mark to a child that Python's subprocess starts (the
+    child's ``ru_maxrss`` after exec includes it), so the benchmark reads each process's own
+    ``VmHWM``: a child of a parent that held 400 MiB reports its own few tens of MiB."""
     if not Path("/proc/self/status").is_file():
         import pytest
 
@@ -75,4 +75,8 @@ print(json.dumps({{"parent_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxr
     assert done.returncode == 0, done.stderr[-2000:]
     got = json.loads(done.stdout)
     assert got["parent_mb"] > 400
+    if got["ru_maxrss_mb"] < 400:
+        import pytest
+
+        pytest.skip(f"here a child's ru_maxrss ({got['ru_maxrss_mb']:.0f} MB) does not carry the parent's peak")
     assert got["peak_rss_mb"] < 100, got  # the child's own peak: an interpreter and json

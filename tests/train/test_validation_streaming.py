@@ -5,6 +5,7 @@ computation (``metrics.per_case_dice`` on every slice at once)."""
 import contextlib
 
 import numpy as np
+import pytest
 import torch
 
 from edgeseg.data.slice_set import SliceSet
@@ -45,7 +46,7 @@ class OneCaseAtATime:
 
 def _data(seed=0):
     rng = np.random.default_rng(seed)
-    case_index = np.repeat(np.arange(4, dtype=np.int32), [5, 23, 1, 9])  # 23: two batches of 16 and a short one
+    case_index = np.repeat(np.arange(4, dtype=np.int32), [5, 23, 1, 9])  # 23: a batch of 16, then one of 7
     images = rng.normal(size=(len(case_index), 1, 16, 16)).astype(np.float32)
     labels = np.zeros((len(case_index), 16, 16), np.uint8)
     labels[:, 4:12, 4:12] = 1
@@ -91,3 +92,94 @@ def test_validation_reads_one_case_at_a_time_and_equals_the_whole_set(tmp_path):
     assert from_files == choose_postprocess(whole, SliceSet(images, labels, case_index, streamed.case_ids), CLASSES)
     keep.remove()
     assert not (tmp_path / "val").exists()
+
+
+def _whole_array_choice(pred, truth, case_index, num_classes, voxel_ml):
+    """The choice as it was made before validation streamed (4ca85bb), on whole arrays: every
+    candidate scored by ``per_case_dice`` over all slices, 3-D filters per case by row index."""
+    from dataclasses import replace
+
+    from edgeseg.kernels import filter_components
+    from edgeseg.runtime.postprocess_options import SLICE_CANDIDATES, ClassPostprocess, PostprocessOptions
+    from edgeseg.train.validate import VOLUME_CANDIDATES_ML
+
+    cases = [np.flatnonzero(case_index == i) for i in np.unique(case_index)]
+
+    def apply(options, n):
+        parsed = PostprocessOptions.from_dict(options, n)
+        rules = parsed.slice_rules(pred.shape[-2:], pred.shape[-2:])
+        out = filter_components(pred, rules) if rules else pred.copy()
+        if parsed.filters_volume:
+            for i, rows in enumerate(cases):
+                spacing = None if voxel_ml is None else (voxel_ml[i] * 1000.0, 1.0, 1.0)
+                out[rows] = filter_components(out[rows], parsed.volume_rules(spacing), volume=True)
+        return out
+
+    def scores(labels):
+        return per_case_dice(labels, truth, case_index, num_classes)
+
+    def one(c, option):
+        return scores(apply(PostprocessOptions(classes={c: option}).to_dict(), c + 1))[c - 1]
+
+    plain, chosen = scores(pred), {}
+    for c in range(1, num_classes):
+        best, best_dice = ClassPostprocess(), plain[c - 1]
+        for keep, pixels in SLICE_CANDIDATES[1:]:
+            option = ClassPostprocess(keep_largest=keep, min_pixels=pixels)
+            if (value := one(c, option)) > best_dice:
+                best, best_dice = option, value
+        sliced = best
+        for keep3d, ml in [(True, 0.0)] + [(k, ml) for ml in (VOLUME_CANDIDATES_ML if voxel_ml else ()) for k in (False, True)]:
+            option = ClassPostprocess(sliced.keep_largest, sliced.min_pixels, keep3d, ml)
+            if (value := one(c, option)) > best_dice:
+                best, best_dice = option, value
+        if best != ClassPostprocess():
+            chosen[c] = best
+
+    def mean_of(options):
+        return float(np.mean(scores(apply(PostprocessOptions(classes=options).to_dict(), num_classes))))
+
+    best_value = mean_of(chosen) if chosen else 0.0
+    for c in sorted(chosen):
+        for d in range(1, num_classes):
+            if d != c and (value := mean_of(trial := {**chosen, c: replace(chosen[c], removed_to=d)})) > best_value:
+                chosen, best_value = trial, value
+    options = PostprocessOptions(classes=chosen).to_dict()
+    final = scores(apply(options, num_classes))
+    return {**options, "val_dice": float(np.mean(plain)), "val_dice_post": float(np.mean(final)),
+            "val_dice_per_class": plain, "val_dice_post_per_class": final}
+
+
+def test_streamed_choice_equals_the_whole_array_choice_with_3d_candidates(tmp_path):
+    """Nine cases of noisy predictions (islands, holes, stray slices), with a voxel volume per
+    case so the minimum-volume candidates run: the choice from per-case files equals the
+    whole-array computation it replaced, over several random draws."""
+    rng = np.random.default_rng(3)
+    for draw in range(4):
+        sizes = rng.integers(2, 7, size=9)
+        case_index = np.repeat(np.arange(9, dtype=np.int32), sizes)
+        truth = np.zeros((len(case_index), 24, 24), np.uint8)
+        truth[:, 4:16, 4:16] = 1
+        truth[:, 17:22, 14:21] = 2  # class 2 is two blobs, so keeping its largest 3-D part loses one
+        truth[:, 1:4, 18:23] = 2
+        pred = truth.copy()
+        for z in range(len(pred)):
+            for _ in range(rng.integers(0, 4)):  # one-slice islands of either class, up to 49 px
+                y, x, h = rng.integers(0, 20), rng.integers(0, 20), rng.integers(1, 8)
+                pred[z, y:y + h, x:x + h] = rng.integers(1, 3)
+            if rng.random() < 0.3:
+                pred[z, 6:10, 6:10] = 0
+        # One voxel's mL per case over two decades, so a minimum volume in mL is a different
+        # number of voxels in every case (0.1 mL: 1 to 100 voxels).
+        voxel_ml = [float(v) for v in 10 ** rng.uniform(-3, -1, size=9)]
+        images = np.zeros((len(case_index), 1, 24, 24), np.float32)
+        keep = CasePredictions(tmp_path / f"draw{draw}")
+        for k in range(9):
+            keep.put(k, pred[case_index == k])
+        streamed = OneCaseAtATime(images, truth, case_index)
+        got = choose_postprocess(keep, streamed, CLASSES, voxel_ml)
+        want = _whole_array_choice(pred, truth, case_index, CLASSES, voxel_ml)
+        assert got["classes"] == want["classes"], draw
+        for key in ("val_dice", "val_dice_post"):
+            assert got[key] == pytest.approx(want[key], abs=1e-12)
+        np.testing.assert_allclose(got["val_dice_post_per_class"], want["val_dice_post_per_class"], atol=1e-12)
