@@ -26,6 +26,22 @@ def free_port():
     return _free_port
 
 
+def _wait_port(port: int, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on {port}")
+
+
+@pytest.fixture
+def wait_port():
+    """A function waiting (up to ``timeout`` s) until something listens on a 127.0.0.1 port."""
+    return _wait_port
+
+
 class RunningServer:
     """uvicorn serving an app in a background thread, stopped at teardown."""
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -21,16 +20,6 @@ SERIES = Path(__file__).parents[1] / "data" / "dcmqi_ct_liver" / "ct-3slice"
 IDLE = 1.5
 
 
-def _wait_port(port: int, timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on {port}")
-
-
 def _wait_for(predicate, timeout: float = 30) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -41,21 +30,21 @@ def _wait_for(predicate, timeout: float = 30) -> bool:
 
 
 @pytest.fixture
-def storescp(tmp_path, free_port):
+def storescp(tmp_path, free_port, wait_port):
     """A dcmtk storescp that stores what it receives under tmp_path/received."""
     received = tmp_path / "received"
     received.mkdir()
     port = free_port()
     proc = subprocess.Popen(["storescp", "-aet", "ARCHIVE", "-od", str(received), str(port)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    _wait_port(port)
+    wait_port(port)
     yield Peer("127.0.0.1", port, "ARCHIVE"), received
     proc.terminate()
     proc.wait(timeout=10)
 
 
 @pytest.fixture
-def node(serve_bundle, tmp_path, storescp, free_port):
+def node(serve_bundle, tmp_path, storescp, free_port, wait_port):
     from edgeseg.runtime.segmenter import Segmenter
 
     peer, _ = storescp
@@ -63,7 +52,7 @@ def node(serve_bundle, tmp_path, storescp, free_port):
     dicom_node = DicomNode(segmenter, ae_title="EDGESEG", port=free_port(), out=tmp_path / "out", forward=peer,
                            idle=IDLE, work=tmp_path / "work")
     dicom_node.start()
-    _wait_port(dicom_node.port)
+    wait_port(dicom_node.port)
     yield dicom_node
     dicom_node.stop()
     segmenter.close()
@@ -157,14 +146,14 @@ def test_wrong_called_ae_title_is_rejected(node):
 
 
 @pytest.fixture
-def open_node(serve_bundle, tmp_path, free_port):
+def open_node(serve_bundle, tmp_path, free_port, wait_port):
     from edgeseg.runtime.segmenter import Segmenter
 
     segmenter = Segmenter.load(serve_bundle, backend="onnxruntime:fp32")
     dicom_node = DicomNode(segmenter, ae_title="EDGESEG", port=free_port(), out=tmp_path / "out", idle=60,
                            work=tmp_path / "work", any_ae=True, calling_aets=["SCANNER1", "SCANNER2"])
     dicom_node.start()
-    _wait_port(dicom_node.port)
+    wait_port(dicom_node.port)
     yield dicom_node
     dicom_node.stop()
     segmenter.close()
@@ -192,7 +181,7 @@ def test_bad_ae_titles_are_refused(title):
 
 
 @pytest.mark.parametrize("signum", ["SIGTERM", "SIGINT"])
-def test_listen_removes_its_work_folder_on_signal(serve_bundle, tmp_path, free_port, signum):
+def test_listen_removes_its_work_folder_on_signal(serve_bundle, tmp_path, free_port, wait_port, signum):
     import os
     import signal
     import sys
@@ -203,7 +192,7 @@ def test_listen_removes_its_work_folder_on_signal(serve_bundle, tmp_path, free_p
                              "--out", str(tmp_path / "out"), "--idle", "600", "--backend", "onnxruntime:fp32"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
-        _wait_port(port, timeout=60)
+        wait_port(port, timeout=60)
         stored = _storescu(port, sorted(SERIES.glob("*.dcm"))[:2])
         assert stored.returncode == 0, stored.stderr
         work = list(tmp_path.glob("edgeseg-listen-*"))

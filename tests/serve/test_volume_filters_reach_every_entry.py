@@ -75,18 +75,6 @@ def test_predict_on_nifti_applies_the_3d_filter(case, tmp_path):
     np.testing.assert_array_equal(labels, wants["nifti"])
 
 
-def _wait_port(port: int, timeout: float = 10) -> None:
-    import socket
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on {port}")
-
-
 def _seg_voxels(path: Path) -> int:
     seg = pydicom.dcmread(path)
     return int(np.asarray(seg.pixel_array, dtype=np.int64).sum())
@@ -99,7 +87,7 @@ def test_predict_on_a_dicom_series_applies_the_3d_filter(case, tmp_path):
 
 
 @pytest.mark.skipif(not DCMTK, reason="dcmtk (storescu, storescp) is not installed: apt-get install dcmtk")
-def test_the_dicom_node_applies_the_3d_filter(case, tmp_path, free_port):
+def test_the_dicom_node_applies_the_3d_filter(case, tmp_path, free_port, wait_port):
     from edgeseg.serve.dicom_node import DicomNode
 
     bundle, _, series, wants = case
@@ -108,7 +96,7 @@ def test_the_dicom_node_applies_the_3d_filter(case, tmp_path, free_port):
                          work=tmp_path / "work")
         node.start()
         try:
-            _wait_port(node.port)
+            wait_port(node.port)
             done = subprocess.run(["storescu", "-aec", "EDGESEG", "127.0.0.1", str(node.port),
                                    *map(str, sorted(series.glob("*.dcm")))], capture_output=True, text=True, timeout=60)
             assert done.returncode == 0, done.stderr
