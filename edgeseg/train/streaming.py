@@ -17,7 +17,10 @@ through permutations too and repeat only where a class has fewer slices than its
 
 from __future__ import annotations
 
+import functools
 import os
+import threading
+import time
 
 from collections.abc import Iterator
 
@@ -174,4 +177,37 @@ def make_train_loader(store: SliceStore, sampler: ForegroundBatchSampler, augmen
         multiprocessing_context="forkserver" if workers > 0 else None,
         pin_memory=device.type == "cuda", persistent_workers=workers > 0,
         prefetch_factor=2 if workers > 0 else None,
+        worker_init_fn=functools.partial(end_with, os.getpid()) if workers > 0 else None,
     )
+
+
+def end_with(training_pid: int, worker_id: int = 0) -> None:
+    """DataLoader ``worker_init_fn``: the worker ends itself once the training process is gone.
+
+    PyTorch's own worker watchdog compares ``os.getppid()`` with the parent the worker started
+    under, which is the forkserver here, not the training process: a training killed with
+    SIGKILL would leave its workers (and the forkserver above them) running for good."""
+    threading.Thread(target=_watch, args=(training_pid,), daemon=True, name="edgeseg-training-watch").start()
+
+
+def _watch(pid: int, every: float = 0.5) -> None:
+    while _alive(pid):
+        time.sleep(every)
+    os._exit(0)
+
+
+def _alive(pid: int) -> bool:
+    """True while ``pid`` runs (on Linux a zombie, killed but not yet reaped, counts as gone)."""
+    if os.path.exists("/proc/self/stat"):
+        try:
+            with open(f"/proc/{pid}/stat") as stat:
+                return stat.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+        except OSError:
+            return False
+    try:  # no /proc: signal 0 only says whether the pid exists
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -117,3 +119,53 @@ def test_train_refuses_bad_streaming_options_in_one_line(option, value, fragment
     proc = subprocess.run([sys.executable, "-m", "edgeseg.cli", "train", "--out", str(tmp_path / "run"), option, value],
                           capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(root)}, timeout=120)
     assert_one_line_error(proc, fragment)
+
+
+def _marked(mark: bytes) -> list[int]:
+    """The processes whose environment holds ``mark`` (a training and everything it started)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/environ", "rb") as env:
+                    if mark in env.read().split(b"\0"):
+                        found.append(int(entry))
+            except OSError:
+                pass
+    return found
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/environ"), reason="needs Linux /proc to find the processes")
+def test_a_killed_training_leaves_no_worker_behind(tmp_path):
+    """SIGKILL on a training with a loader worker: the worker (started through the forkserver, so
+    PyTorch's parent watchdog cannot see the training end) and the forkserver end within seconds."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    import uuid
+
+    mark = f"EDGESEG_TEST_MARK={uuid.uuid4().hex}".encode()
+    key, value = mark.decode().split("=")
+    proc = subprocess.Popen([sys.executable, "-m", "edgeseg", "train", "--data", "phantom:cases=4,seed=1,size=64,slices=8",
+                             "--out", str(tmp_path / "run"), "--size", "64", "--base", "4", "--depth", "2", "--epochs", "500",
+                             "--window=-200,300", "--workers", "1", "--quiet"],
+                            env={**os.environ, key: value, "OMP_NUM_THREADS": "1"}, cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while len(_marked(mark)) < 3 and time.monotonic() < deadline:  # training, forkserver, worker
+            assert proc.poll() is None, "the training ended before its worker started"
+            time.sleep(0.2)
+        started = _marked(mark)
+        assert len(started) >= 3, started
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    deadline = time.monotonic() + 20
+    while _marked(mark) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    left = _marked(mark)
+    for pid in left:  # do not leave them to the next test
+        os.kill(pid, signal.SIGKILL)
+    assert left == [], f"still running after the training was killed: {left}"
