@@ -87,9 +87,17 @@ def exchange_paths(a: str | os.PathLike, b: str | os.PathLike) -> bool:
     raise OSError(code, os.strerror(code), str(a))
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """True while ``pid`` runs. On Linux a zombie (ended, not yet reaped by its parent) counts
+    as gone; elsewhere signal 0 says only whether the pid exists."""
     if pid == os.getpid():
         return True
+    if os.path.exists("/proc/self/stat"):
+        try:
+            with open(f"/proc/{pid}/stat") as stat:
+                return stat.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+        except OSError:
+            return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -107,7 +115,7 @@ def clean_leftovers(target: str | os.PathLike) -> None:
         return
     for item in sorted(target.parent.iterdir()):
         match = _LEFTOVER.match(item.name)
-        if match is None or match["name"] != target.name or _alive(int(match["pid"])):
+        if match is None or match["name"] != target.name or process_alive(int(match["pid"])):
             continue
         if match["kind"] == "previous" and not os.path.lexists(target):
             os.rename(item, target)

@@ -27,6 +27,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
+from edgeseg.atomic import process_alive
 from edgeseg.data.store import SliceStore
 from edgeseg.errors import EdgesegError
 
@@ -191,23 +192,6 @@ def end_with(training_pid: int, worker_id: int = 0) -> None:
 
 
 def _watch(pid: int, every: float = 0.5) -> None:
-    while _alive(pid):
+    while process_alive(pid):
         time.sleep(every)
     os._exit(0)
-
-
-def _alive(pid: int) -> bool:
-    """True while ``pid`` runs (on Linux a zombie, killed but not yet reaped, counts as gone)."""
-    if os.path.exists("/proc/self/stat"):
-        try:
-            with open(f"/proc/{pid}/stat") as stat:
-                return stat.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-        except OSError:
-            return False
-    try:  # no /proc: signal 0 only says whether the pid exists
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
