@@ -82,13 +82,11 @@ def _peak_rss_mb() -> dict:
     Linux a child that subprocess starts keeps the parent's high-water mark in it after exec, so
     every child of a parent that once held more (this script generating phantoms) would report at
     least the parent's peak. ``ru_maxrss`` only where /proc has no status (not Linux)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return {"peak_rss_mb": round(int(line.split()[1]) / 1024, 1)}
-    except OSError:
-        pass
-    return {"peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+    status = Path("/proc/self/status")
+    lines = status.read_text().splitlines() if status.is_file() else []
+    hwm = [int(line.split()[1]) for line in lines if line.startswith("VmHWM:")]
+    kib = hwm[0] if hwm else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {"peak_rss_mb": round(kib / 1024, 1)}
 
 
 def _children_peak_rss_mb() -> dict:

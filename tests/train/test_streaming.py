@@ -124,14 +124,14 @@ def test_train_refuses_bad_streaming_options_in_one_line(option, value, fragment
 def _marked(mark: bytes) -> list[int]:
     """The processes whose environment holds ``mark`` (a training and everything it started)."""
     found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/environ", "rb") as env:
-                    if mark in env.read().split(b"\0"):
-                        found.append(int(entry))
-            except OSError:
-                pass
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as env:
+                environment = env.read().split(b"\0")
+        except OSError:  # the process ended while we looked
+            continue
+        if mark in environment:
+            found.append(int(entry))
     return found
 
 
