@@ -23,11 +23,14 @@ from edgeseg.errors import DataError, require
 @click.option("--regate", is_flag=True,
               help="Train nothing: export again the finished points whose bundle passed an older parity gate, "
                    "then measure their Dice and latency again (the reports compare only runs of one gate).")
+@click.option("--rescore", is_flag=True,
+              help="Train and export nothing: score the finished points' INT8 validation Dice again on every runner "
+                   "here that may run it; the deployed Dice becomes that of the runner auto picked.")
 @click.option("--status", is_flag=True,
               help="Train nothing: say where each point stands (finished, running in another process, stopped "
                    "part-way, not started), its epochs, best validation Dice so far and recent time per epoch.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def command(sweep_file, out, points_only, rounds, regate, status, quiet) -> None:
+def command(sweep_file, out, points_only, rounds, regate, rescore, status, quiet) -> None:
     """Run SWEEP_FILE (TOML: [recipe], [grid], [export], [measure]): train each point resumably,
     export it to INT8 through the parity gate, measure validation Dice (FP32, INT8) and the auto
     backend's end-to-end latency; write sweep.csv, results.json, pareto.png and commands.sh.
@@ -36,15 +39,15 @@ def command(sweep_file, out, points_only, rounds, regate, status, quiet) -> None
     CUDA_VISIBLE_DEVICES): each claims the points no other process holds."""
     require("torch", "train", "edgeseg sweep")
     from edgeseg.sweep.config import load_sweep
-    from edgeseg.sweep.report import (latency_machines, no_choice_reason, one_machine, pareto_front, result_gates,
-                                      variant_rows, write_reports)
-    from edgeseg.sweep.redo import regate as regate_points, remeasure
+    from edgeseg.sweep.report import (int8_scorings, latency_machines, no_choice_reason, one_machine, pareto_front,
+                                      result_gates, variant_rows, write_reports)
+    from edgeseg.sweep.redo import regate as regate_points, remeasure, rescore as rescore_points
     from edgeseg.sweep.run import check_sweep_folder, run_sweep
 
     configure_logging()
     sweep = load_sweep(sweep_file)
-    if sum((status, regate, rounds is not None)) > 1:
-        raise DataError("--status, --regate and --remeasure do not go together: give one")
+    if sum((status, regate, rescore, rounds is not None)) > 1:
+        raise DataError("--status, --regate, --rescore and --remeasure do not go together: give one")
     if status:
         _print_status(sweep, out, points_only)
         return
@@ -53,6 +56,11 @@ def command(sweep_file, out, points_only, rounds, regate, status, quiet) -> None
         points, redone = regate_points(sweep, out, only=points_only)
         click.echo(f"exported again through today's gate: {', '.join(redone)}" if redone else
                    "every finished point passed today's gate already; nothing exported again")
+        elsewhere = []
+    elif rescore:
+        points, redone = rescore_points(sweep, out, only=points_only)
+        click.echo(f"scored again on every INT8 runner here: {', '.join(redone)}" if redone else
+                   "no finished point has an INT8 graph to score")
         elsewhere = []
     elif rounds is None:
         points, elsewhere = run_sweep(sweep, out, progress=not quiet, only=points_only)
@@ -66,7 +74,7 @@ def command(sweep_file, out, points_only, rounds, regate, status, quiet) -> None
     front = pareto_front(variants)
     for r in points:
         click.echo(f"{r['id']:<38} {r['params'] / 1e6:6.2f} M  {r['gflop']:7.2f} GFLOP  Dice fp32 {r['dice_fp32']:.4f}  "
-                   f"int8 {'refused' if r['dice_int8'] is None else format(r['dice_int8'], '.4f')}  {r['backend']:<16} {r['latency_ms_p50']:8.2f} ms  "
+                   f"int8 {'refused' if r['dice_int8'] is None else format(r['dice_int8'], '.4f')}{_other_runners(r)}  {r['backend']:<16} {r['latency_ms_p50']:8.2f} ms  "
                    f"{r['volume_slices_per_s']:7.1f} slices/s{'  *front' if r.get('variant', r['id']) in front else ''}")
     if any(v["runs"] > 1 for v in variants):
         click.echo("variants (mean over their runs; sd and range of the deployed Dice):")
@@ -95,6 +103,11 @@ def command(sweep_file, out, points_only, rounds, regate, status, quiet) -> None
         counts = ", ".join(f"{g} on {sum(p.get('gate', 'v1') == g for p in points)}" for g in gates)
         click.echo(f"no choice: the runs' bundles passed different parity gates ({counts}); "
                    "run this command with --regate to export the older ones again")
+    elif sweep.choose and len(int8_scorings(points)) > 1:
+        scored = [p for p in points if p.get("dice_int8") is not None]
+        every = sum("dice_int8_runners" in p for p in scored)
+        click.echo(f"no choice: the runs' INT8 Dice was scored on different runners (every runner on {every}, "
+                   f"ONNX Runtime alone on {len(scored) - every}); run this command with --rescore to score the older ones")
     elif sweep.choose and not one_machine(machines := latency_machines(points)):
         click.echo(f"no choice: the latencies were not all measured on one recorded machine ({'; '.join(machines)}); "
                    "run this command with --remeasure N on one machine")
@@ -104,6 +117,12 @@ def command(sweep_file, out, points_only, rounds, regate, status, quiet) -> None
     if elsewhere:
         click.echo(f"not in these reports yet: {', '.join(elsewhere)}, running in another process; "
                    "run this command again when it has finished to report every point")
+
+
+def _other_runners(r) -> str:
+    """' (onnxruntime:int8 0.9024)': the INT8 Dice on the runners other than the deployed one."""
+    others = {k: v for k, v in (r.get("dice_int8_runners") or {}).items() if k != r.get("dice_int8_backend")}
+    return f" ({', '.join(f'{k} {v:.4f}' for k, v in others.items())})" if others else ""
 
 
 def _paired_text(paired) -> str:

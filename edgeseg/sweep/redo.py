@@ -1,5 +1,6 @@
-"""Redo part of a finished sweep, training nothing: measure latency again (``--remeasure``) and
-export again through today's parity gate (``--regate``)."""
+"""Redo part of a finished sweep, training nothing: measure latency again (``--remeasure``),
+export again through today's parity gate (``--regate``) and score the validation Dice again on
+every INT8 runner here (``--rescore``)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ from edgeseg.atomic import atomic_write_text
 from edgeseg.errors import DataError
 from edgeseg.sweep.config import SweepConfig, export_settings, train_config
 from edgeseg.sweep.run import (_claim, _export, _int8_scheme, _result_path, _write_record, bundle_gate, check_point_ids,
-                               check_sweep_folder, finished_results, measure_latency, validation_dice)
+                               check_sweep_folder, finished_results, measure_latency, score_point)
+from edgeseg.sweep.scoring import deployed_int8
 
 log = logging.getLogger("edgeseg.sweep")
 INTERRUPTED = ", export again interrupted"  # marks a result whose bundle --regate was replacing
@@ -40,8 +42,11 @@ def remeasure(sweep: SweepConfig, out: str | Path, rounds: int, only: Sequence[s
     for r in targets:
         taken = sorted(rounds_of[r["id"]], key=lambda m: m["latency_ms_p50"])
         median = taken[(len(taken) - 1) // 2]
+        # the deployed INT8 Dice follows the runner auto picked in the round kept (results
+        # scored before every runner was are left as they are: --rescore scores them)
+        deployed = deployed_int8(r, median["backend"]) if "dice_int8_runners" in r else {}
         atomic_write_text(out / "points" / r["id"] / "result.json", json.dumps({
-            **r, **median, "latency_rounds_ms_p50": [m["latency_ms_p50"] for m in rounds_of[r["id"]]],
+            **r, **median, **deployed, "latency_rounds_ms_p50": [m["latency_ms_p50"] for m in rounds_of[r["id"]]],
             "latency_rounds_backend": [m["backend"] for m in rounds_of[r["id"]]],
             "latency_measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, indent=2))
     _write_record(out, sweep)
@@ -65,13 +70,7 @@ def regate(sweep: SweepConfig, out: str | Path, only: Sequence[str] = ()) -> tup
     ``--regate`` redoes. Points held by another process are left and named in a DataError
     after the others are done. Returns all finished results in grid order and the ids of the
     points exported again."""
-    check_point_ids(sweep, only)
-    out = check_sweep_folder(sweep, out)
-    finished = {r["id"]: r for r in finished_results(sweep, out)}
-    unfinished = [i for i in only if i not in finished]
-    if unfinished:
-        raise DataError(f"{', '.join(unfinished)} {'is' if len(unfinished) == 1 else 'are'} not finished: "
-                        f"--regate exports finished points again")
+    out, finished = _finished(sweep, out, only, "--regate exports finished points again")
     target = current_gate(sweep)
     redone, held = [], []
     for result in finished.values():
@@ -88,16 +87,66 @@ def regate(sweep: SweepConfig, out: str | Path, only: Sequence[str] = ()) -> tup
             atomic_write_text(path, json.dumps({**result, "gate": before + INTERRUPTED}, indent=2))
             bundle, int8_refused = _export(sweep, folder, progress=False, again=True)
             cfg = train_config(sweep, point, folder / "run")
-            dice = validation_dice(folder / "run" / "best.pt", None if int8_refused else bundle, cfg.data, cfg.intensity)
             latency = measure_latency(bundle, sweep.measure)
+            dice = score_point(folder, None if int8_refused else bundle, cfg.data, cfg.intensity, latency["backend"])
             stale = ("latency_rounds_ms_p50", "latency_rounds_backend", "latency_measured_at")
             atomic_write_text(path, json.dumps({
                 **{k: v for k, v in result.items() if k not in stale}, **dice, "int8_refused": int8_refused,
                 "int8_scheme": None if int8_refused else _int8_scheme(bundle), "gate": bundle_gate(bundle),
                 "gate_before": before, **latency}, indent=2))
         redone.append(point.id)
+    _finish(out, sweep, held, "--regate")
+    return finished_results(sweep, out), redone
+
+
+def rescore(sweep: SweepConfig, out: str | Path, only: Sequence[str] = ()) -> tuple[list[dict[str, Any]], list[str]]:
+    """Score the INT8 validation Dice of the finished points again on every runner here that may
+    run their INT8 graph (``edgeseg.sweep.scoring``), training, exporting and measuring nothing:
+    the deployed INT8 Dice becomes that of the runner ``auto`` picked when the point's latency
+    was measured. The FP32 Dice is kept (the same checkpoint through the same torch runner).
+    Points whose INT8 graph the gate refused are left as they are. Each result is replaced
+    atomically once its point is scored; points held by another process are named in a
+    DataError after the others are done. Returns all finished results in grid order and the
+    ids of the points scored again."""
+    out, finished = _finished(sweep, out, only, "--rescore scores finished points again")
+    redone, held = [], []
+    for result in finished.values():
+        if (only and result["id"] not in only) or result.get("int8_refused"):
+            continue
+        point = next(p for p in sweep.points if p.id == result["id"])
+        folder = out / "points" / point.id
+        with _claim(out, point) as claimed:
+            if not claimed:
+                held.append(point.id)
+                continue
+            cfg = train_config(sweep, point, folder / "run")
+            dice = score_point(folder, folder / "bundle", cfg.data, cfg.intensity, result["backend"], fp32=False)
+            if dice["val_cases"] != result["val_cases"]:
+                raise DataError(f"point {point.id}: its validation cases are not the ones it was scored on "
+                                f"({len(dice['val_cases'])} against {len(result['val_cases'])}); has the data changed?")
+            log.info("point %s: INT8 Dice %s (deployed: %s)", point.id,
+                     ", ".join(f"{k} {v:.4f}" for k, v in dice["dice_int8_runners"].items()), dice["dice_int8_backend"])
+            atomic_write_text(_result_path(out, point), json.dumps({**result, **dice}, indent=2))
+        redone.append(point.id)
+    _finish(out, sweep, held, "--rescore")
+    return finished_results(sweep, out), redone
+
+
+def _finished(sweep: SweepConfig, out: str | Path, only: Sequence[str], what: str) -> tuple[Path, dict[str, dict[str, Any]]]:
+    """The checked sweep folder and its finished results by id; a DataError ending in ``what``
+    when a point named with --point is not finished."""
+    check_point_ids(sweep, only)
+    out = check_sweep_folder(sweep, out)
+    finished = {r["id"]: r for r in finished_results(sweep, out)}
+    unfinished = [i for i in only if i not in finished]
+    if unfinished:
+        raise DataError(f"{', '.join(unfinished)} {'is' if len(unfinished) == 1 else 'are'} not finished: {what}")
+    return out, finished
+
+
+def _finish(out: Path, sweep: SweepConfig, held: list[str], flag: str) -> None:
+    """Write sweep.json; a DataError naming the points another process held."""
     _write_record(out, sweep)
     if held:
         raise DataError(f"{', '.join(held)} {'is' if len(held) == 1 else 'are'} held by another process; "
-                        f"run --regate again when it has finished")
-    return finished_results(sweep, out), redone
+                        f"run {flag} again when it has finished")

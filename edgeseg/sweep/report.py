@@ -17,7 +17,7 @@ from typing import Any
 from edgeseg.atomic import atomic_path, atomic_write_text
 
 COLUMNS = ("id", "variant", "seed", "model", "base", "depth", "size", "params", "gflop", "epochs", "best_epoch",
-           "train_seconds_all_epochs", "dice_fp32", "dice_int8", "int8_refused", "int8_scheme", "gate", "backend", "latency_ms_p50", "model_ms_p50",
+           "train_seconds_all_epochs", "dice_fp32", "dice_int8", "dice_int8_backend", "dice_int8_runners", "int8_refused", "int8_scheme", "gate", "backend", "latency_ms_p50", "model_ms_p50",
            "volume_slices_per_s", "machine", "pareto")
 VARIANT_COLUMNS = ("id", "model", "base", "depth", "size", "params", "gflop", "runs", "seeds", "dice_fp32",
                    "dice_fp32_sd", "dice_int8", "dice_deployed", "dice_deployed_sd", "dice_deployed_min",
@@ -42,16 +42,32 @@ def result_gates(points: list[dict[str, Any]]) -> list[str]:
     return list(dict.fromkeys(p.get("gate", "v1") for p in points))
 
 
+def int8_scorings(points: list[dict[str, Any]]) -> list[str]:
+    """Where the points' INT8 Dice was scored, in order of first appearance: ``every runner``
+    (each INT8 runner here, the deployed one being the runner ``auto`` picked) or
+    ``onnxruntime`` (results written before that; ``edgeseg sweep --rescore`` scores them again).
+    Points of the two are not compared: one runner's INT8 masks differ from another's."""
+    return list(dict.fromkeys("every runner" if "dice_int8_runners" in p else "onnxruntime"
+                              for p in points if p.get("dice_int8") is not None))
+
+
+def _runs_int8(point: dict[str, Any]) -> bool:
+    """Whether the point deploys its INT8 graph: it has one, and the runner ``auto`` picked when
+    its latency was measured (``backend``, ``name:precision``) runs INT8 (or is not recorded)."""
+    return point.get("dice_int8") is not None and str(point.get("backend") or ":int8").endswith(":int8")
+
+
 def deployed_dice(point: dict[str, Any]) -> float:
-    """The Dice of what the point's bundle ships: INT8, or FP32 where the gate refused INT8 (for
-    a variant, the mean of its runs' values)."""
+    """The Dice of what the point's bundle ships: INT8 on the runner ``auto`` picks, or FP32
+    where the gate refused INT8 or ``auto`` picked an FP32 runner (for a variant, the mean of its
+    runs' values)."""
     if "dice_deployed" in point:
         return point["dice_deployed"]
-    return point["dice_int8"] if point.get("dice_int8") is not None else point["dice_fp32"]
+    return point["dice_int8"] if _runs_int8(point) else point["dice_fp32"]
 
 
 def _deployed_per_case(run: dict[str, Any]) -> list[float] | None:
-    return run.get("dice_int8_per_case") if run.get("dice_int8") is not None else run.get("dice_fp32_per_case")
+    return run.get("dice_int8_per_case") if _runs_int8(run) else run.get("dice_fp32_per_case")
 
 
 def paired_gap(candidate: dict[str, Any], reference: dict[str, Any]) -> dict[str, Any] | None:
@@ -202,7 +218,8 @@ def write_reports(out: str | Path, points: list[dict[str, Any]], choose: dict[st
     recorded (results written before it was), are not compared: then no choice is made (a
     choice.json from before is removed) and the plot says so; ``edgeseg sweep --remeasure`` on
     one machine measures every point again. Nor are runs whose bundles passed different parity
-    gates (:func:`result_gates`; ``edgeseg sweep --regate`` exports them again)."""
+    gates (:func:`result_gates`; ``edgeseg sweep --regate`` exports them again), nor runs whose
+    INT8 Dice was scored on different runners (:func:`int8_scorings`; ``--rescore``)."""
     out = Path(out)
     variants = variant_rows(points)
     front = pareto_front(variants)
@@ -213,7 +230,8 @@ def write_reports(out: str | Path, points: list[dict[str, Any]], choose: dict[st
     text = io.StringIO()
     writer = csv.DictWriter(text, fieldnames=COLUMNS, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
-    writer.writerows(rows)
+    writer.writerows({**r, "dice_int8_runners": " ".join(f"{k}={v}" for k, v in (r.get("dice_int8_runners") or {}).items())}
+                     for r in rows)
     paths = {"csv": out / "sweep.csv", "json": out / "results.json", "commands": out / "commands.sh",
              "png": out / "pareto.png", "variants": out / "variants.csv"}
     atomic_write_text(paths["csv"], text.getvalue())
@@ -228,7 +246,7 @@ def write_reports(out: str | Path, points: list[dict[str, Any]], choose: dict[st
         script += ["", f"# {p['id']}", *p["commands"]]
     atomic_write_text(paths["commands"], "\n".join(script) + "\n")
     choice = None
-    if choose and one_machine(machines) and len(result_gates(points)) == 1:
+    if choose and one_machine(machines) and len(result_gates(points)) == 1 and len(int8_scorings(points)) <= 1:
         choice = choose_default(variants, choose["reference"], choose["max_dice_loss"], choose.get("min_runs", 1))
     if choice is not None:
         paths["choice"] = out / "choice.json"
@@ -274,7 +292,7 @@ def plot_front(rows: list[dict[str, Any]], path: Path, choice: dict[str, Any] | 
     size = rows[0]["slice_size"] if rows else 512
     ax.set_xlabel(f"end-to-end latency, auto backend, batch 1, {size}x{size} int16 slice (ms, p50)")
     several = any(r.get("runs", 1) > 1 for r in rows)
-    ax.set_ylabel("validation per-case Dice (INT8; FP32 if INT8 refused)" + ("\nmean over seeds, bar: range" if several else ""))
+    ax.set_ylabel("validation per-case Dice as deployed" + ("\n(mean over seeds, bar: range)" if several else ""))
     if machines and not one_machine(machines):
         ax.set_title(f"latencies from {len(machines)} machine(s), not all recorded or not one: not comparable "
                      "(edgeseg sweep --remeasure on one)", fontsize=9, color="firebrick")

@@ -28,8 +28,6 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from edgeseg.atomic import atomic_write_text
 from edgeseg.errors import DataError
 from edgeseg.sweep.config import Point, SweepConfig, export_settings, identity, train_config
@@ -228,8 +226,8 @@ def run_point(sweep: SweepConfig, point: Point, out: Path, progress: bool) -> di
     payload = read_checkpoint(folder / "run" / "best.pt")
     model = ModelConfig.from_dict(payload["model"])
     cost = describe(model, point.size)
-    dice = validation_dice(folder / "run" / "best.pt", None if int8_refused else bundle, cfg.data, cfg.intensity)
     latency = measure_latency(bundle, sweep.measure)
+    dice = score_point(folder, None if int8_refused else bundle, cfg.data, cfg.intensity, latency["backend"])
     return {"id": point.id, **point.__dict__, "variant": point.variant, "seed": cfg.seed, "params": cost["params"], "gflop": round(cost["gflop"], 4),
             "epochs": cfg.epochs, "best_epoch": trained["best"]["epoch"], "train_val_dice": trained["best"]["val_dice"],
             "train_seconds_all_epochs": epochs_seconds, "train_seconds_this_run": train_seconds,
@@ -283,53 +281,6 @@ def _export(sweep: SweepConfig, folder: Path, progress: bool, again: bool = Fals
     return bundle, reason
 
 
-def validation_dice(checkpoint: Path, bundle: Path | None, data: str, intensity: str | None) -> dict[str, Any]:
-    """Per-case foreground Dice on the run's validation cases: FP32 (the checkpoint through the
-    torch runner) and INT8 (the bundle's INT8 graph on ONNX Runtime, or on OpenVINO where the
-    gate kept ONNX Runtime out of ``auto`` for it, ``dice_int8_backend``; ``None`` without a
-    bundle, when the gate refused INT8), mean over cases."""
-    from edgeseg.data import open_dataset
-    from edgeseg.data.open import recorded_slice_options
-    from edgeseg.data.slice_set import check_window, map_labels
-    from edgeseg.evaluate.model_eval import select_cases
-    from edgeseg.metrics import dice
-    from edgeseg.models.checkpoint import checkpoint_spec, load_model
-    from edgeseg.runtime.postprocess_options import PostprocessOptions
-    from edgeseg.runtime.segmenter import Segmenter
-
-    model, payload = load_model(checkpoint)
-    spec, names = checkpoint_spec(payload), list(payload["class_names"])
-    post = PostprocessOptions.from_dict(payload.get("postprocess"), len(names))
-    volumes, _ = select_cases(open_dataset(data, intensity=intensity, **recorded_slice_options(payload.get("train_config"))),
-                              payload, "val")
-    segmenters = {"fp32": Segmenter.from_module(model, spec, dict(enumerate(names)), post, max_batch=8)}
-    int8_backend = None if bundle is None else _int8_backend(bundle)
-    if int8_backend is not None:
-        segmenters["int8"] = Segmenter.load(bundle, backend=int8_backend)
-    scores: dict[str, list[float]] = {k: [] for k in segmenters}
-    for vol in volumes:
-        check_window(vol, spec)
-        truth = map_labels(vol.label, payload["label_values"])
-        for key, seg in segmenters.items():
-            pred = seg.predict_volume(vol)  # batches of at most the bundle's max_batch
-            scores[key].append(float(np.mean([dice(pred == c, truth == c) for c in range(1, len(names))])))
-    scores.setdefault("int8", [])
-    return {"val_cases": [v.case_id for v in volumes], "dice_int8_backend": int8_backend,
-            **{f"dice_{k}": round(float(np.mean(v)), 4) if v else None for k, v in scores.items()},
-            **{f"dice_{k}_per_case": [round(x, 4) for x in v] for k, v in scores.items()}}
-
-
-def _int8_backend(bundle: Path) -> str | None:
-    """The runner the sweep scores the bundle's INT8 graph on: ONNX Runtime unless the gate
-    excluded it for that graph, then OpenVINO; None when the gate excluded both."""
-    from edgeseg.runtime.manifest import read_manifest
-
-    entry = next((a for a in read_manifest(bundle).artifacts if a.precision == "int8"), None)
-    if entry is None:
-        return None
-    return next((f"{r}:int8" for r in ("onnxruntime", "openvino") if r not in entry.excluded), None)
-
-
 def measure_latency(bundle: Path, measure: dict[str, Any]) -> dict[str, Any]:
     """End-to-end latency of the auto backend on int16 slices (batch 1) and volume throughput.
 
@@ -338,16 +289,30 @@ def measure_latency(bundle: Path, measure: dict[str, Any]) -> dict[str, Any]:
     it. The runtime's backend probe there loads and releases each runner; releasing an
     OpenVINO runner in the process that had just trained with DataLoader workers was followed
     by a corrupted interpreter (a crash some seconds later), which a fresh process avoids."""
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
     from edgeseg.bench.runtime import bench_backend
 
     options = dict(batches=tuple(measure["batches"]), size=measure["slice_size"], runs=measure["runs"],
                    warmup=measure["warmup"], volume_slices=measure["volume_slices"], threads=measure["threads"])
-    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        result = pool.submit(bench_backend, str(bundle), "auto", **options).result()
+    result = in_fresh_process(bench_backend, str(bundle), "auto", **options)
     one = result["batches"].get("1") or next(iter(result["batches"].values()))
     return {"backend": result["chosen"], "machine": result["machine"], "slice_size": measure["slice_size"],
             "latency_ms_p50": one["end_to_end"]["p50"], "model_ms_p50": one["inference"]["p50"],
             "volume_slices_per_s": result["volume"]["pipelined_slices_per_s"], "volume_batch": result["volume"]["batch"]}
+
+
+def score_point(folder: Path, bundle: Path | None, data: str, intensity: str | None, deployed: str | None,
+                fp32: bool = True) -> dict[str, Any]:
+    """``edgeseg.sweep.scoring.validation_dice`` of the point's best checkpoint, in a fresh
+    interpreter like ``measure_latency`` (it loads and releases OpenVINO runners)."""
+    from edgeseg.sweep.scoring import validation_dice
+
+    return in_fresh_process(validation_dice, folder / "run" / "best.pt", bundle, data, intensity, deployed, fp32)
+
+
+def in_fresh_process(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """``fn(*args, **kwargs)`` run in a new interpreter (``spawn``); its result or its exception."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(fn, *args, **kwargs).result()

@@ -250,3 +250,34 @@ def test_paired_gap_of_each_faster_miss_against_scipy_and_brute_force():
     one = choose_default(variant_rows([runs[0], runs[3]]), "ref", 0.005)["faster_missed"][0]["paired"]
     assert one["seeds"] == 1 and one["gap_ci95"] is None
     assert one["gap_mean"] == pytest.approx(fast_mean[0] - ref_mean[0], abs=6e-5)
+
+
+def test_the_deployed_dice_is_that_of_the_runner_auto_picked_and_scorings_are_not_mixed(tmp_path):
+    """INT8 on an INT8 runner, FP32 on an FP32 one; points whose INT8 Dice was scored on ONNX
+    Runtime alone (older results) are not compared with points scored on every runner."""
+    from edgeseg.sweep.report import deployed_dice, int8_scorings, pareto_front, write_reports
+
+    int8 = {"id": "a", "latency_ms_p50": 5, "dice_int8": 0.80, "dice_fp32": 0.90, "backend": "openvino:int8"}
+    assert deployed_dice(int8) == 0.80
+    assert deployed_dice({**int8, "backend": "onnxruntime:fp32"}) == 0.90
+    assert deployed_dice({k: v for k, v in int8.items() if k != "backend"}) == 0.80  # not recorded: the INT8 graph
+    assert deployed_dice({**int8, "dice_int8": None}) == 0.90  # the gate refused INT8
+    slower = {"id": "b", "latency_ms_p50": 6, "dice_int8": 0.85, "dice_fp32": 0.85, "backend": "openvino:int8"}
+    assert pareto_front([int8, slower]) == {"a", "b"}
+    assert pareto_front([{**int8, "backend": "onnxruntime:fp32"}, slower]) == {"a"}
+
+    def pt(i, ms, dice, runners):
+        p = {"id": i, "model": "unet", "base": 4, "depth": 2, "size": 64, "params": 1, "gflop": 1.0, "backend": "openvino:int8",
+             "latency_ms_p50": ms, "model_ms_p50": ms, "dice_int8": dice, "dice_fp32": dice, "machine": "m",
+             "volume_slices_per_s": 1000 / ms, "slice_size": 512, "commands": ["edgeseg train"]}
+        return {**p, "dice_int8_runners": {"openvino:int8": dice}, "dice_int8_backend": "openvino:int8"} if runners else p
+
+    choose = {"reference": "ref", "max_dice_loss": 0.005}
+    mixed = [pt("ref", 40.0, 0.93, True), pt("small", 8.0, 0.93, False)]
+    assert int8_scorings(mixed) == ["every runner", "onnxruntime"]
+    (tmp_path / "choice.json").write_text("{}")
+    assert "choice" not in write_reports(tmp_path, mixed, choose) and not (tmp_path / "choice.json").exists()
+    refused = {**pt("small", 8.0, 0.93, False), "dice_int8": None}  # no INT8 Dice: nothing to mix
+    assert int8_scorings([mixed[0], refused]) == ["every runner"]
+    paths = write_reports(tmp_path, [mixed[0], pt("small", 8.0, 0.93, True)], choose)
+    assert json.loads(paths["choice"].read_text())["chosen"] == "small"

@@ -64,7 +64,7 @@ def test_status_says_where_each_point_stands_and_writes_nothing(tmp_path, assert
         proc = subprocess.run(status, capture_output=True, text=True)
     assert proc.stdout.splitlines()[0].split()[:2] == ["unet-b4-d2-s64", "running"]
     proc = subprocess.run(status + ["--remeasure", "2"], capture_output=True, text=True)
-    assert_one_line_error(proc, "--status, --regate and --remeasure do not go together: give one")
+    assert_one_line_error(proc, "--status, --regate, --rescore and --remeasure do not go together: give one")
 
 
 def test_points_run_in_the_order_given_with_point(tmp_path, monkeypatch):

@@ -470,4 +470,4 @@ def test_regate_exports_again_only_the_points_an_older_gate_passed(tmp_path, ass
     assert json.loads((old / "result.json").read_text())["gate_before"] == "v1"
     proc = subprocess.run(_sweep_command(tmp_path / "sweep.toml", out) + ["--regate", "--remeasure", "2"],
                           capture_output=True, text=True)
-    assert_one_line_error(proc, "--status, --regate and --remeasure do not go together: give one")
+    assert_one_line_error(proc, "--status, --regate, --rescore and --remeasure do not go together: give one")
