@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
 import warnings
 
 import click
@@ -11,10 +13,24 @@ from edgeseg import __version__
 from edgeseg.errors import EdgesegError
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, a service manager's or a batch system's stop) raised in the main thread:
+    a KeyboardInterrupt, so that what cleans up after Ctrl-C (DataLoader workers, child
+    processes, progress bars, partial files) runs for it too."""
+
+
+def _terminate(signum, frame):
+    raise Terminated
+
+
 class EdgesegGroup(click.Group):
-    """Turns an EdgesegError into one line on stderr and exit status 2, never a traceback."""
+    """Turns an EdgesegError into one line on stderr and exit status 2, never a traceback; Ctrl-C
+    and SIGTERM stop a command cleanly with one line and 130 / 143 (commands that serve install
+    their own handlers)."""
 
     def invoke(self, ctx: click.Context):
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, _terminate)
         # Libraries warn about the inputs they parse (pydicom, nibabel, Pillow); those warnings
         # are held back: after an error only edgeseg's line is printed, after success each
         # distinct warning is printed as one line, never as Python's two-line warning format.
@@ -25,6 +41,9 @@ class EdgesegGroup(click.Group):
                 # One line, whatever the message quotes (a library's multi-line text, a matrix).
                 click.echo(f"edgeseg: error: {' '.join(str(exc).split())}", err=True)
                 sys.exit(2)
+            except Terminated:
+                click.echo("edgeseg: stopped (SIGTERM)", err=True)
+                sys.exit(128 + signal.SIGTERM)
             except KeyboardInterrupt:
                 click.echo("edgeseg: interrupted", err=True)
                 sys.exit(130)

@@ -310,9 +310,17 @@ def score_point(folder: Path, bundle: Path | None, data: str, intensity: str | N
 
 
 def in_fresh_process(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """``fn(*args, **kwargs)`` run in a new interpreter (``spawn``); its result or its exception."""
+    """``fn(*args, **kwargs)`` run in a new interpreter (``spawn``); its result or its exception.
+    Interrupted (Ctrl-C, SIGTERM), the new interpreter is stopped rather than waited for."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+    pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+    try:
         return pool.submit(fn, *args, **kwargs).result()
+    except BaseException:
+        for proc in list((getattr(pool, "_processes", None) or {}).values()):  # no public way before Python 3.14
+            proc.terminate()
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
