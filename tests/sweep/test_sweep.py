@@ -276,34 +276,6 @@ def test_point_option_runs_only_the_named_points_and_remeasure_trains_nothing(tm
     assert "--seed 1" in (out / "commands.sh").read_text()
 
 
-def test_a_point_whose_int8_the_gate_refuses_is_reported_in_fp32_with_the_reason(tmp_path):
-    """Calibrated on blank slices, the INT8 graph saturates on real ones and the gate refuses it;
-    the point is still finished, exported in FP32 and on the front with its FP32 Dice."""
-    import numpy as np
-
-    blank = tmp_path / "blank.npy"
-    np.save(blank, np.zeros((8, 1, 64, 64), np.float32))
-    text = SWEEP.replace('model = ["unet", "mobile_unet"]', 'model = ["unet"]').replace(
-        'calib = "phantom:cases=3,size=64,slices=16,seed=5"', f'calib = "{blank}"')
-    text += '\n[choose]\nreference = "unet-b4-d2-s64"\n'
-    (tmp_path / "sweep.toml").write_text(text)
-    out = tmp_path / "out"
-    proc = subprocess.run(_sweep_command(tmp_path / "sweep.toml", out), capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
-    point = out / "points" / "unet-b4-d2-s64"
-    result = json.loads((point / "result.json").read_text())
-    assert result["dice_int8"] is None and "parity gate failed" in result["int8_refused"]
-    assert 0.0 < result["dice_fp32"] <= 1.0 and result["latency_ms_p50"] > 0
-    assert not (point / "bundle" / "model.int8.onnx").exists() and (point / "bundle" / "model.onnx").is_file()
-    assert "int8 refused" in proc.stdout and "*front" in proc.stdout
-    [row] = list(csv.DictReader((out / "sweep.csv").open()))
-    assert row["dice_int8"] == "" and "parity gate failed" in row["int8_refused"] and row["pareto"] == "True"
-    assert result["int8_scheme"] is None and row["int8_scheme"] == ""
-    choice = json.loads((out / "choice.json").read_text())  # the only point is its own reference
-    assert choice["chosen"] == "unet-b4-d2-s64" and choice["speedup_end_to_end"] == 1.0
-    assert choice["dice"] == result["dice_fp32"] and "chosen: unet-b4-d2-s64" in proc.stdout
-
-
 TWO_SWEEPS_IN_ONE_PROCESS = """
 import subprocess, sys
 from edgeseg.sweep.config import load_sweep
@@ -417,57 +389,3 @@ def test_results_from_before_seeds_are_read_with_the_seed_and_variant_of_their_p
         (tmp_path / "points" / pid / "result.json").write_text(json.dumps({"id": pid, "dice_fp32": 0.5}))
     got = [(r["id"], r["variant"], r["seed"]) for r in finished_results(sweep, tmp_path)]
     assert got == [("mobile_unet-b4-d2-s64", "mobile_unet-b4-d2-s64", 4), ("unet-b4-d2-s64-seed9", "unet-b4-d2-s64", 9)]
-
-
-def test_regate_exports_again_only_the_points_an_older_gate_passed(tmp_path, assert_one_line_error):
-    """Runs whose bundles passed different parity gates are not compared (no choice); --regate
-    exports the older ones again through today's gate, training nothing, and then the rule chooses."""
-    (tmp_path / "sweep.toml").write_text(SWEEP + '\n[choose]\nreference = "unet-b4-d2-s64"\n')
-    out = tmp_path / "out"
-    proc = subprocess.run(_sweep_command(tmp_path / "sweep.toml", out), capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
-    old = out / "points" / "mobile_unet-b4-d2-s64"
-    today = json.loads((old / "result.json").read_text())["gate"]
-    assert today == "v2 (16 px)" and (out / "choice.json").is_file()
-    # A result written before the gate was recorded: its bundle's parity.json says which it passed.
-    result = json.loads((old / "result.json").read_text())
-    del result["gate"]
-    (old / "result.json").write_text(json.dumps(result))
-    proc = subprocess.run(_sweep_command(tmp_path / "sweep.toml", out), capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
-    assert [r["gate"] for r in csv.DictReader((out / "sweep.csv").open())] == [today, today]
-    # ... and a bundle from before the gate had versions.
-    parity = json.loads((old / "bundle" / "parity.json").read_text())
-    for key in ("gate_version", "structure_px"):
-        del parity[key]
-    (old / "bundle" / "parity.json").write_text(json.dumps(parity))
-    stamps = {p: p.stat().st_mtime_ns for p in (old / "run").iterdir()}
-
-    proc = subprocess.run(_sweep_command(tmp_path / "sweep.toml", out), capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
-    assert "no choice: the runs' bundles passed different parity gates (v2 (16 px) on 1, v1 on 1)" in proc.stdout
-    assert not (out / "choice.json").exists()
-    assert {r["id"]: r["gate"] for r in csv.DictReader((out / "sweep.csv").open())} == \
-        {"unet-b4-d2-s64": today, "mobile_unet-b4-d2-s64": "v1"}
-
-    proc = subprocess.run(_sweep_command(tmp_path / "sweep.toml", out) + ["--regate"], capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
-    assert "exported again through today's gate: mobile_unet-b4-d2-s64" in proc.stdout
-    after = json.loads((old / "result.json").read_text())
-    assert after["gate"] == today and after["gate_before"] == "v1"
-    assert json.loads((old / "bundle" / "parity.json").read_text())["gate_version"] == 2
-    trained = ("best_epoch", "train_val_dice", "train_seconds_all_epochs", "train_seconds_this_run", "epochs", "dice_fp32")
-    assert {k: after[k] for k in trained} == {k: result[k] for k in trained}
-    assert {p: p.stat().st_mtime_ns for p in (old / "run").iterdir()} == stamps  # nothing trained
-    assert json.loads((out / "choice.json").read_text())["reference"] == "unet-b4-d2-s64"
-
-    proc = subprocess.run(_sweep_command(tmp_path / "sweep.toml", out) + ["--regate"], capture_output=True, text=True)
-    assert proc.returncode == 0 and "nothing exported again" in proc.stdout
-    # A --regate killed while it replaced a bundle leaves its mark, which the next one redoes.
-    (old / "result.json").write_text(json.dumps({**after, "gate": "v1, export again interrupted"}))
-    proc = subprocess.run(_sweep_command(tmp_path / "sweep.toml", out) + ["--regate"], capture_output=True, text=True)
-    assert "exported again through today's gate: mobile_unet-b4-d2-s64" in proc.stdout
-    assert json.loads((old / "result.json").read_text())["gate_before"] == "v1"
-    proc = subprocess.run(_sweep_command(tmp_path / "sweep.toml", out) + ["--regate", "--remeasure", "2"],
-                          capture_output=True, text=True)
-    assert_one_line_error(proc, "--status, --regate, --rescore and --remeasure do not go together: give one")

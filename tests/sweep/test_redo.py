@@ -1,0 +1,202 @@
+"""Redoing part of a finished sweep, and where its INT8 Dice is scored: on every INT8 runner here,
+the deployed one being the runner the auto backend picked when its latency was measured;
+--rescore scores older results again, --remeasure follows a change of the picked runner, and
+--regate exports again the points an older parity gate passed."""
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+SWEEP = (Path(__file__).parent / "tiny_sweep.toml").read_text()
+POINT = "mobile_unet-b4-d2-s64"
+
+
+def _command(sweep_file, out):
+    return [sys.executable, "-m", "edgeseg.cli", "sweep", str(sweep_file), "--out", str(out), "--quiet"]
+
+
+def _sweep(sweep_file, out, *extra):
+    return subprocess.run(_command(sweep_file, out) + list(extra), capture_output=True, text=True)
+
+
+def _oracle_dice(bundle: Path, backend: str, cases: list[str], data: str, label_values) -> list[float]:
+    """Per-case Dice of the bundle run on ``backend``, counted here with numpy."""
+    from edgeseg.data import open_dataset
+    from edgeseg.data.slice_set import map_labels
+    from edgeseg.runtime.segmenter import Segmenter
+
+    volumes = {v.case_id: v for v in open_dataset(data)}
+    seg, scores = Segmenter.load(bundle, backend=backend), []
+    for case in cases:
+        pred, truth = seg.predict_volume(volumes[case]) == 1, map_labels(volumes[case].label, label_values) == 1
+        total = int(pred.sum()) + int(truth.sum())
+        scores.append(1.0 if total == 0 else 2.0 * int((pred & truth).sum()) / total)
+    return scores
+
+
+def test_int8_dice_on_every_runner_the_deployed_one_autos_and_rescore(tmp_path):
+    from edgeseg.models.checkpoint import read_checkpoint
+
+    (tmp_path / "sweep.toml").write_text(SWEEP)
+    out = tmp_path / "out"
+    proc = _sweep(tmp_path / "sweep.toml", out, "--point", POINT)
+    assert proc.returncode == 0, proc.stderr
+    folder = out / "points" / POINT
+    result = json.loads((folder / "result.json").read_text())
+    runners = result["dice_int8_runners"]
+    # both CPU runners of the INT8 ONNX graph, each scored over the same validation cases
+    assert set(runners) == {"onnxruntime:int8", "openvino:int8"}
+    label_values = read_checkpoint(folder / "run" / "best.pt")["label_values"]
+    for backend in runners:
+        expected = _oracle_dice(folder / "bundle", backend, result["val_cases"], "phantom:cases=4,size=64,slices=16",
+                                label_values)
+        assert result["dice_int8_runners_per_case"][backend] == pytest.approx(expected, abs=5e-5)
+        assert runners[backend] == pytest.approx(np.mean(expected), abs=5e-5)
+    # the deployed INT8 Dice is that of the runner auto picked, or, where auto picked an FP32
+    # runner (a tiny model on one thread may be faster so), the first runner's, named
+    deployed = result["backend"] if result["backend"] in runners else next(iter(runners))
+    assert result["dice_int8_backend"] == deployed
+    assert result["dice_int8"] == runners[deployed]
+    assert result["dice_int8_per_case"] == result["dice_int8_runners_per_case"][deployed]
+    rows = (out / "sweep.csv").read_text().splitlines()
+    header, row = rows[0].split(","), rows[1].split(",")
+    assert row[header.index("dice_int8_backend")] == deployed
+    assert row[header.index("dice_int8_runners")] == " ".join(f"{k}={v}" for k, v in runners.items())
+
+    # A result from before every runner was scored (ONNX Runtime alone, here a made-up value):
+    # --rescore scores it again, keeps its FP32 Dice (a sentinel: not recomputed) and trains and
+    # exports nothing.
+    legacy = {k: v for k, v in result.items() if not k.startswith("dice_int8_")}
+    legacy.update(dice_int8=0.123, dice_int8_per_case=[0.123] * len(result["val_cases"]), dice_fp32=0.5)
+    (folder / "result.json").write_text(json.dumps(legacy))
+    stamps = {p: p.stat().st_mtime_ns for p in [*(folder / "run").iterdir(), *(folder / "bundle").iterdir()]}
+    proc = _sweep(tmp_path / "sweep.toml", out, "--rescore")
+    assert proc.returncode == 0, proc.stderr
+    assert f"scored again on every INT8 runner here: {POINT}" in proc.stdout
+    again = json.loads((folder / "result.json").read_text())
+    assert again["dice_int8_runners"] == runners and again["dice_int8"] == result["dice_int8"]
+    assert again["dice_int8_backend"] == deployed and again["dice_fp32"] == 0.5
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+
+    # --remeasure: the deployed INT8 Dice follows the runner auto picks in the round kept.
+    marked = {**again, "dice_int8_runners": {"onnxruntime:int8": 0.11, "openvino:int8": 0.22},
+              "dice_int8_runners_per_case": {"onnxruntime:int8": [0.11], "openvino:int8": [0.22]}}
+    (folder / "result.json").write_text(json.dumps(marked))
+    proc = _sweep(tmp_path / "sweep.toml", out, "--remeasure", "1")
+    assert proc.returncode == 0, proc.stderr
+    measured = json.loads((folder / "result.json").read_text())
+    picked = measured["backend"] if measured["backend"] in marked["dice_int8_runners"] else "onnxruntime:int8"
+    assert measured["dice_int8_backend"] == picked
+    assert measured["dice_int8"] == marked["dice_int8_runners"][picked]
+
+
+def test_rescore_refuses_unfinished_points_and_another_flag(tmp_path, assert_one_line_error):
+    (tmp_path / "sweep.toml").write_text(SWEEP)
+    out = tmp_path / "out"
+    out.mkdir()
+    proc = _sweep(tmp_path / "sweep.toml", out, "--rescore", "--point", POINT)
+    assert_one_line_error(proc, f"{POINT} is not finished: --rescore scores finished points again")
+    proc = _sweep(tmp_path / "sweep.toml", out, "--rescore", "--regate")
+    assert_one_line_error(proc, "--status, --regate, --rescore and --remeasure do not go together: give one")
+
+
+def test_regate_exports_again_only_the_points_an_older_gate_passed(tmp_path, assert_one_line_error):
+    """Runs whose bundles passed different parity gates are not compared (no choice); --regate
+    exports the older ones again through today's gate, training nothing, and then the rule chooses."""
+    (tmp_path / "sweep.toml").write_text(SWEEP + '\n[choose]\nreference = "unet-b4-d2-s64"\n')
+    out = tmp_path / "out"
+    proc = subprocess.run(_command(tmp_path / "sweep.toml", out), capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    old = out / "points" / "mobile_unet-b4-d2-s64"
+    today = json.loads((old / "result.json").read_text())["gate"]
+    assert today == "v2 (16 px)" and (out / "choice.json").is_file()
+    # A result written before the gate was recorded: its bundle's parity.json says which it passed.
+    result = json.loads((old / "result.json").read_text())
+    del result["gate"]
+    (old / "result.json").write_text(json.dumps(result))
+    proc = subprocess.run(_command(tmp_path / "sweep.toml", out), capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert [r["gate"] for r in csv.DictReader((out / "sweep.csv").open())] == [today, today]
+    # ... and a bundle from before the gate had versions.
+    parity = json.loads((old / "bundle" / "parity.json").read_text())
+    for key in ("gate_version", "structure_px"):
+        del parity[key]
+    (old / "bundle" / "parity.json").write_text(json.dumps(parity))
+    stamps = {p: p.stat().st_mtime_ns for p in (old / "run").iterdir()}
+
+    proc = subprocess.run(_command(tmp_path / "sweep.toml", out), capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "no choice: the runs' bundles passed different parity gates (v2 (16 px) on 1, v1 on 1)" in proc.stdout
+    assert not (out / "choice.json").exists()
+    assert {r["id"]: r["gate"] for r in csv.DictReader((out / "sweep.csv").open())} == \
+        {"unet-b4-d2-s64": today, "mobile_unet-b4-d2-s64": "v1"}
+
+    proc = subprocess.run(_command(tmp_path / "sweep.toml", out) + ["--regate"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "exported again through today's gate: mobile_unet-b4-d2-s64" in proc.stdout
+    after = json.loads((old / "result.json").read_text())
+    assert after["gate"] == today and after["gate_before"] == "v1"
+    assert json.loads((old / "bundle" / "parity.json").read_text())["gate_version"] == 2
+    trained = ("best_epoch", "train_val_dice", "train_seconds_all_epochs", "train_seconds_this_run", "epochs", "dice_fp32")
+    assert {k: after[k] for k in trained} == {k: result[k] for k in trained}
+    assert {p: p.stat().st_mtime_ns for p in (old / "run").iterdir()} == stamps  # nothing trained
+    assert json.loads((out / "choice.json").read_text())["reference"] == "unet-b4-d2-s64"
+
+    proc = subprocess.run(_command(tmp_path / "sweep.toml", out) + ["--regate"], capture_output=True, text=True)
+    assert proc.returncode == 0 and "nothing exported again" in proc.stdout
+    # A --regate killed while it replaced a bundle leaves its mark, which the next one redoes.
+    (old / "result.json").write_text(json.dumps({**after, "gate": "v1, export again interrupted"}))
+    proc = subprocess.run(_command(tmp_path / "sweep.toml", out) + ["--regate"], capture_output=True, text=True)
+    assert "exported again through today's gate: mobile_unet-b4-d2-s64" in proc.stdout
+    assert json.loads((old / "result.json").read_text())["gate_before"] == "v1"
+    proc = subprocess.run(_command(tmp_path / "sweep.toml", out) + ["--regate", "--remeasure", "2"],
+                          capture_output=True, text=True)
+    assert_one_line_error(proc, "--status, --regate, --rescore and --remeasure do not go together: give one")
+
+    # A point whose INT8 Dice was scored on ONNX Runtime alone (a result from before every runner
+    # was) is not compared with one scored on every runner; --rescore scores it again.
+    legacy = {k: v for k, v in after.items() if k not in ("dice_int8_runners", "dice_int8_runners_per_case", "dice_int8_backend")}
+    (old / "result.json").write_text(json.dumps(legacy))
+    proc = subprocess.run(_command(tmp_path / "sweep.toml", out), capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert ("no choice: the runs' INT8 Dice was scored on different runners (every runner on 1, ONNX Runtime alone "
+            "on 1); run this command with --rescore") in proc.stdout and not (out / "choice.json").exists()
+    proc = subprocess.run(_command(tmp_path / "sweep.toml", out) + ["--rescore", "--point", "mobile_unet-b4-d2-s64"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0 and "scored again on every INT8 runner here: mobile_unet-b4-d2-s64" in proc.stdout
+    assert json.loads((old / "result.json").read_text())["dice_int8_runners"] == after["dice_int8_runners"]
+    assert (out / "choice.json").is_file()
+
+
+def test_a_point_whose_int8_the_gate_refuses_is_reported_in_fp32_with_the_reason(tmp_path):
+    """Calibrated on blank slices, the INT8 graph saturates on real ones and the gate refuses it;
+    the point is still finished, exported in FP32 and on the front with its FP32 Dice."""
+    import numpy as np
+
+    blank = tmp_path / "blank.npy"
+    np.save(blank, np.zeros((8, 1, 64, 64), np.float32))
+    text = SWEEP.replace('model = ["unet", "mobile_unet"]', 'model = ["unet"]').replace(
+        'calib = "phantom:cases=3,size=64,slices=16,seed=5"', f'calib = "{blank}"')
+    text += '\n[choose]\nreference = "unet-b4-d2-s64"\n'
+    (tmp_path / "sweep.toml").write_text(text)
+    out = tmp_path / "out"
+    proc = subprocess.run(_command(tmp_path / "sweep.toml", out), capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    point = out / "points" / "unet-b4-d2-s64"
+    result = json.loads((point / "result.json").read_text())
+    assert result["dice_int8"] is None and "parity gate failed" in result["int8_refused"]
+    assert 0.0 < result["dice_fp32"] <= 1.0 and result["latency_ms_p50"] > 0
+    assert not (point / "bundle" / "model.int8.onnx").exists() and (point / "bundle" / "model.onnx").is_file()
+    assert "int8 refused" in proc.stdout and "*front" in proc.stdout
+    [row] = list(csv.DictReader((out / "sweep.csv").open()))
+    assert row["dice_int8"] == "" and "parity gate failed" in row["int8_refused"] and row["pareto"] == "True"
+    assert result["int8_scheme"] is None and row["int8_scheme"] == ""
+    choice = json.loads((out / "choice.json").read_text())  # the only point is its own reference
+    assert choice["chosen"] == "unet-b4-d2-s64" and choice["speedup_end_to_end"] == 1.0
+    assert choice["dice"] == result["dice_fp32"] and "chosen: unet-b4-d2-s64" in proc.stdout
