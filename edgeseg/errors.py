@@ -37,6 +37,10 @@ class MissingDependencyError(EdgesegError):
         )
         self.package = package
         self.extra = extra
+        self.purpose = purpose
+
+    def __reduce__(self):  # rebuilt from its three arguments (an error raised in a child process)
+        return type(self), (self.package, self.extra, self.purpose)
 
 
 def require(module: str, extra: str, purpose: str):

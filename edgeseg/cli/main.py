@@ -29,8 +29,15 @@ class EdgesegGroup(click.Group):
     their own handlers)."""
 
     def invoke(self, ctx: click.Context):
-        if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGTERM, _terminate)
+        main = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGTERM, _terminate) if main else None
+        try:
+            return self._invoke(ctx)
+        finally:  # a host process that called the CLI in-process (a script, a test) gets its own back
+            if main:
+                signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+
+    def _invoke(self, ctx: click.Context):
         # Libraries warn about the inputs they parse (pydicom, nibabel, Pillow); those warnings
         # are held back: after an error only edgeseg's line is printed, after success each
         # distinct warning is printed as one line, never as Python's two-line warning format.

@@ -39,8 +39,8 @@ def command(sweep_file, out, points_only, rounds, regate, rescore, status, quiet
     CUDA_VISIBLE_DEVICES): each claims the points no other process holds."""
     require("torch", "train", "edgeseg sweep")
     from edgeseg.sweep.config import load_sweep
-    from edgeseg.sweep.report import (int8_scorings, latency_machines, no_choice_reason, one_machine, pareto_front,
-                                      result_gates, variant_rows, write_reports)
+    from edgeseg.sweep.report import (comparable_scorings, int8_scorings, latency_machines, no_choice_reason,
+                                      one_machine, pareto_front, result_gates, variant_rows, write_reports)
     from edgeseg.sweep.redo import regate as regate_points, remeasure, rescore as rescore_points
     from edgeseg.sweep.run import check_sweep_folder, run_sweep
 
@@ -103,11 +103,10 @@ def command(sweep_file, out, points_only, rounds, regate, rescore, status, quiet
         counts = ", ".join(f"{g} on {sum(p.get('gate', 'v1') == g for p in points)}" for g in gates)
         click.echo(f"no choice: the runs' bundles passed different parity gates ({counts}); "
                    "run this command with --regate to export the older ones again")
-    elif sweep.choose and len(int8_scorings(points)) > 1:
-        scored = [p for p in points if p.get("dice_int8") is not None]
-        every = sum("dice_int8_runners" in p for p in scored)
-        click.echo(f"no choice: the runs' INT8 Dice was scored on different runners (every runner on {every}, "
-                   f"ONNX Runtime alone on {len(scored) - every}); run this command with --rescore to score the older ones")
+    elif sweep.choose and not comparable_scorings(points):
+        counts = ", ".join(f"{kind} on {n}" for kind, n in int8_scorings(points).items())
+        click.echo(f"no choice: the runs' INT8 Dice was not all scored alike ({counts}); "
+                   "run this command with --rescore to score them on every runner here")
     elif sweep.choose and not one_machine(machines := latency_machines(points)):
         click.echo(f"no choice: the latencies were not all measured on one recorded machine ({'; '.join(machines)}); "
                    "run this command with --remeasure N on one machine")

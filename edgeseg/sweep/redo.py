@@ -82,6 +82,9 @@ def regate(sweep: SweepConfig, out: str | Path, only: Sequence[str] = ()) -> tup
             if not claimed:
                 held.append(point.id)
                 continue
+            result = {**result, **json.loads(path.read_text())}  # as it is now that the point is ours
+            if result["gate"] == target:
+                continue
             before = result["gate"].removesuffix(INTERRUPTED)
             log.info("point %s passed gate %s: exporting it again through %s", point.id, before, target)
             atomic_write_text(path, json.dumps({**result, "gate": before + INTERRUPTED}, indent=2))
@@ -109,25 +112,35 @@ def rescore(sweep: SweepConfig, out: str | Path, only: Sequence[str] = ()) -> tu
     DataError after the others are done. Returns all finished results in grid order and the
     ids of the points scored again."""
     out, finished = _finished(sweep, out, only, "--rescore scores finished points again")
-    redone, held = [], []
+    redone, held, interrupted = [], [], []
     for result in finished.values():
-        if (only and result["id"] not in only) or result.get("int8_refused"):
+        if only and result["id"] not in only:
             continue
         point = next(p for p in sweep.points if p.id == result["id"])
-        folder = out / "points" / point.id
+        folder, path = out / "points" / point.id, _result_path(out, point)
         with _claim(out, point) as claimed:
             if not claimed:
                 held.append(point.id)
                 continue
+            result = {**result, **json.loads(path.read_text())}  # as it is now that the point is ours
+            if result.get("int8_refused"):
+                continue
+            if str(result.get("gate", "")).endswith(INTERRUPTED):  # its bundle may be half replaced
+                interrupted.append(point.id)
+                continue
             cfg = train_config(sweep, point, folder / "run")
             dice = score_point(folder, folder / "bundle", cfg.data, cfg.intensity, result["backend"], fp32=False)
-            if dice["val_cases"] != result["val_cases"]:
+            if result.get("val_cases") is not None and dice["val_cases"] != result["val_cases"]:
+                changed = sorted(set(dice["val_cases"]) ^ set(result["val_cases"]))
                 raise DataError(f"point {point.id}: its validation cases are not the ones it was scored on "
-                                f"({len(dice['val_cases'])} against {len(result['val_cases'])}); has the data changed?")
+                                f"(differing: {', '.join(changed[:5]) or 'their order'}); has the data changed?")
             log.info("point %s: INT8 Dice %s (deployed: %s)", point.id,
                      ", ".join(f"{k} {v:.4f}" for k, v in dice["dice_int8_runners"].items()), dice["dice_int8_backend"])
-            atomic_write_text(_result_path(out, point), json.dumps({**result, **dice}, indent=2))
+            atomic_write_text(path, json.dumps({**result, **dice}, indent=2))
         redone.append(point.id)
+    if interrupted:
+        log.warning("%s: a --regate was interrupted while replacing the bundle; run --regate first",
+                    ", ".join(interrupted))
     _finish(out, sweep, held, "--rescore")
     return finished_results(sweep, out), redone
 

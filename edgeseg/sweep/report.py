@@ -42,13 +42,38 @@ def result_gates(points: list[dict[str, Any]]) -> list[str]:
     return list(dict.fromkeys(p.get("gate", "v1") for p in points))
 
 
-def int8_scorings(points: list[dict[str, Any]]) -> list[str]:
-    """Where the points' INT8 Dice was scored, in order of first appearance: ``every runner``
-    (each INT8 runner here, the deployed one being the runner ``auto`` picked) or
-    ``onnxruntime`` (results written before that; ``edgeseg sweep --rescore`` scores them again).
-    Points of the two are not compared: one runner's INT8 masks differ from another's."""
-    return list(dict.fromkeys("every runner" if "dice_int8_runners" in p else "onnxruntime"
-                              for p in points if p.get("dice_int8") is not None))
+EVERY_RUNNER, ONE_RUNNER, NOT_AUTOS = "every runner", "one runner (older results)", "not the runner auto picked"
+
+
+def int8_scoring(point: dict[str, Any]) -> str | None:
+    """Where the point's INT8 Dice was scored (None without one): ``EVERY_RUNNER`` (each INT8
+    runner here, the deployed one being the runner ``auto`` picked), ``ONE_RUNNER`` (results
+    written before that) or ``NOT_AUTOS`` (``auto`` picked an INT8 runner that could not be
+    scored here, e.g. after ``--remeasure`` on another machine)."""
+    if point.get("dice_int8") is None:
+        return None
+    if "dice_int8_runners" not in point:
+        return ONE_RUNNER
+    backend = str(point.get("backend") or "")
+    return NOT_AUTOS if backend.endswith(":int8") and backend != point.get("dice_int8_backend") else EVERY_RUNNER
+
+
+def int8_scorings(points: list[dict[str, Any]]) -> dict[str, int]:
+    """How many points' INT8 Dice was scored each way (:func:`int8_scoring`), in order of first
+    appearance. The rule compares points only when that is ``EVERY_RUNNER`` for all of them (or
+    ``ONE_RUNNER`` for all, a sweep written before): one runner's INT8 masks differ from
+    another's; ``edgeseg sweep --rescore`` scores the others again."""
+    counts: dict[str, int] = {}
+    for p in points:
+        if (kind := int8_scoring(p)) is not None:
+            counts[kind] = counts.get(kind, 0) + 1
+    return counts
+
+
+def comparable_scorings(points: list[dict[str, Any]]) -> bool:
+    """Whether the points' INT8 Dice can be compared (:func:`int8_scorings`)."""
+    kinds = set(int8_scorings(points))
+    return kinds <= {EVERY_RUNNER} or kinds == {ONE_RUNNER}
 
 
 def _runs_int8(point: dict[str, Any]) -> bool:
@@ -246,7 +271,7 @@ def write_reports(out: str | Path, points: list[dict[str, Any]], choose: dict[st
         script += ["", f"# {p['id']}", *p["commands"]]
     atomic_write_text(paths["commands"], "\n".join(script) + "\n")
     choice = None
-    if choose and one_machine(machines) and len(result_gates(points)) == 1 and len(int8_scorings(points)) <= 1:
+    if choose and one_machine(machines) and len(result_gates(points)) == 1 and comparable_scorings(points):
         choice = choose_default(variants, choose["reference"], choose["max_dice_loss"], choose.get("min_runs", 1))
     if choice is not None:
         paths["choice"] = out / "choice.json"

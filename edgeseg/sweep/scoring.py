@@ -22,8 +22,9 @@ log = logging.getLogger("edgeseg.sweep")
 def int8_runners(bundle: Path, deployed: str | None = None) -> list[str]:
     """``name:int8`` of each runner that may run one of the bundle's INT8 artifacts here: a CPU
     runner whose library is installed and that the gate did not exclude for it, and ``deployed``
-    (the runner ``auto`` picked, which may be a GPU one) when it is an INT8 one; ``deployed``
-    first. Empty when the bundle has no INT8 artifact."""
+    (the runner ``auto`` picked, which may be a GPU one) when it is an INT8 one that can run here
+    (a result measured on another machine may name one that cannot); ``deployed`` first. Empty
+    when the bundle has no INT8 artifact."""
     from edgeseg.runtime.manifest import read_manifest
     from edgeseg.runtime.runners import runners_for
 
@@ -32,11 +33,21 @@ def int8_runners(bundle: Path, deployed: str | None = None) -> list[str]:
         names += [f"{cls.name}:int8" for cls in runners_for(entry.format)
                   if "int8" in cls.precisions and cls.device_kind == "cpu" and cls.name not in entry.excluded
                   and cls.available()]
-    if not names and deployed is None:
-        return []
-    if deployed is not None and deployed.endswith(":int8"):
+    if deployed is not None and deployed.endswith(":int8") and _available(deployed.split(":")[0]):
         names = [deployed] + [n for n in names if n != deployed]
     return list(dict.fromkeys(names))
+
+
+def _available(runner: str) -> bool:
+    """Whether the named runner can run here (its library is installed); False for an unknown name
+    (a result from another version) or a GPU runner's library on a machine without the device."""
+    from edgeseg.errors import EdgesegError
+    from edgeseg.runtime.runners import runner_class
+
+    try:
+        return runner_class(runner).available()
+    except EdgesegError:
+        return False
 
 
 def validation_dice(checkpoint: Path, bundle: Path | None, data: str, intensity: str | None,
@@ -48,6 +59,7 @@ def validation_dice(checkpoint: Path, bundle: Path | None, data: str, intensity:
     ``deployed_int8`` for ``deployed``."""
     from edgeseg.data import open_dataset
     from edgeseg.data.open import recorded_slice_options
+    from edgeseg.errors import BackendError
     from edgeseg.data.slice_set import check_window, map_labels
     from edgeseg.evaluate.model_eval import select_cases
     from edgeseg.metrics import dice
@@ -62,7 +74,14 @@ def validation_dice(checkpoint: Path, bundle: Path | None, data: str, intensity:
                               payload, "val")
     segmenters = {"fp32": Segmenter.from_module(model, spec, dict(enumerate(names)), post, max_batch=8)} if fp32 else {}
     for backend in ([] if bundle is None else int8_runners(bundle, deployed)):
-        segmenters[backend] = Segmenter.load(bundle, backend=backend)
+        try:
+            segmenters[backend] = Segmenter.load(bundle, backend=backend)
+        except BackendError as exc:
+            if backend != deployed:
+                raise
+            # e.g. a GPU runner whose library is here but not its device: the point then says
+            # that its INT8 Dice is not of the runner auto picked (report.int8_scoring)
+            log.warning("cannot score the INT8 graph on %s here: %s", backend, exc)
     scores: dict[str, list[float]] = {k: [] for k in segmenters}
     for vol in volumes:
         check_window(vol, spec)

@@ -25,6 +25,16 @@ def _children(pid: int) -> set[int]:
     return found
 
 
+def _descendants(pid: int) -> set[int]:
+    """Every process below ``pid`` (DataLoader workers are started by a forkserver, a child)."""
+    found, todo = set(), [pid]
+    while todo:
+        kids = _children(todo.pop()) - found
+        found |= kids
+        todo.extend(kids)
+    return found
+
+
 def _alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
@@ -53,8 +63,9 @@ def test_sigterm_stops_training_with_workers_cleanly(tmp_path):
     try:
         _wait_for(lambda: (out / "last.pt").is_file() or proc.poll() is not None, 120, "no epoch finished")
         assert proc.poll() is None, proc.stderr.read()
-        _wait_for(lambda: len(_children(proc.pid)) >= 2, 30, "the DataLoader workers did not start")
-        workers = _children(proc.pid)
+        # the resource tracker, the forkserver and the two workers it forked
+        _wait_for(lambda: len(_descendants(proc.pid)) >= 4, 30, "the DataLoader workers did not start")
+        workers = _descendants(proc.pid)
         proc.send_signal(signal.SIGTERM)
         _, stderr = proc.communicate(timeout=60)
     finally:

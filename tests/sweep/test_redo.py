@@ -95,6 +95,19 @@ def test_int8_dice_on_every_runner_the_deployed_one_autos_and_rescore(tmp_path):
     assert measured["dice_int8_backend"] == picked
     assert measured["dice_int8"] == marked["dice_int8_runners"][picked]
 
+    # A result whose latency was measured where auto picked a runner that cannot run here (a
+    # TensorRT engine on a GPU machine), written before the validation cases were recorded:
+    # --rescore scores the runners that can, and the result says its Dice is not auto's runner's.
+    from edgeseg.sweep.report import NOT_AUTOS, int8_scoring
+
+    elsewhere = {k: v for k, v in legacy.items() if k != "val_cases"}
+    (folder / "result.json").write_text(json.dumps({**elsewhere, "backend": "tensorrt:int8"}))
+    proc = _sweep(tmp_path / "sweep.toml", out, "--rescore")
+    assert proc.returncode == 0, proc.stderr
+    scored = json.loads((folder / "result.json").read_text())
+    assert scored["dice_int8_runners"] == runners and scored["dice_int8_backend"] == "onnxruntime:int8"  # the first here
+    assert int8_scoring(scored) == NOT_AUTOS
+
 
 def test_rescore_refuses_unfinished_points_and_another_flag(tmp_path, assert_one_line_error):
     (tmp_path / "sweep.toml").write_text(SWEEP)
@@ -165,7 +178,7 @@ def test_regate_exports_again_only_the_points_an_older_gate_passed(tmp_path, ass
     (old / "result.json").write_text(json.dumps(legacy))
     proc = subprocess.run(_command(tmp_path / "sweep.toml", out), capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
-    assert ("no choice: the runs' INT8 Dice was scored on different runners (every runner on 1, ONNX Runtime alone "
+    assert ("no choice: the runs' INT8 Dice was not all scored alike (every runner on 1, one runner (older results) "
             "on 1); run this command with --rescore") in proc.stdout and not (out / "choice.json").exists()
     proc = subprocess.run(_command(tmp_path / "sweep.toml", out) + ["--rescore", "--point", "mobile_unet-b4-d2-s64"],
                           capture_output=True, text=True)
@@ -200,3 +213,32 @@ def test_a_point_whose_int8_the_gate_refuses_is_reported_in_fp32_with_the_reason
     choice = json.loads((out / "choice.json").read_text())  # the only point is its own reference
     assert choice["chosen"] == "unet-b4-d2-s64" and choice["speedup_end_to_end"] == 1.0
     assert choice["dice"] == result["dice_fp32"] and "chosen: unet-b4-d2-s64" in proc.stdout
+
+
+RAISE_IN_CHILD = """
+import sys
+from edgeseg.errors import DataError, MissingDependencyError, require
+from edgeseg.sweep.run import in_fresh_process
+
+def data_error():
+    raise DataError("the data is gone")
+
+if __name__ == "__main__":
+    for fn, args, expected in ((data_error, (), DataError), (require, ("no_such_module_x", "io", "reading it"),
+                                                              MissingDependencyError)):
+        try:
+            in_fresh_process(fn, *args)
+        except expected as exc:
+            print(type(exc).__name__, exc)
+"""
+
+
+def test_errors_raised_in_the_fresh_interpreter_reach_the_caller_as_themselves(tmp_path):
+    """A point is scored and measured in a spawned interpreter: its errors (edgeseg's, which the
+    CLI prints as one line) must come back as they were raised, not as a broken process pool."""
+    (tmp_path / "child.py").write_text(RAISE_IN_CHILD)
+    proc = subprocess.run([sys.executable, str(tmp_path / "child.py")], capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == [
+        "DataError the data is gone",
+        "MissingDependencyError reading it needs the 'no_such_module_x' package: pip install 'edgeseg[io]'"]

@@ -255,7 +255,8 @@ def test_paired_gap_of_each_faster_miss_against_scipy_and_brute_force():
 def test_the_deployed_dice_is_that_of_the_runner_auto_picked_and_scorings_are_not_mixed(tmp_path):
     """INT8 on an INT8 runner, FP32 on an FP32 one; points whose INT8 Dice was scored on ONNX
     Runtime alone (older results) are not compared with points scored on every runner."""
-    from edgeseg.sweep.report import deployed_dice, int8_scorings, pareto_front, write_reports
+    from edgeseg.sweep.report import (EVERY_RUNNER, NOT_AUTOS, ONE_RUNNER, deployed_dice, int8_scoring, int8_scorings,
+                                      pareto_front, write_reports)
 
     int8 = {"id": "a", "latency_ms_p50": 5, "dice_int8": 0.80, "dice_fp32": 0.90, "backend": "openvino:int8"}
     assert deployed_dice(int8) == 0.80
@@ -274,10 +275,15 @@ def test_the_deployed_dice_is_that_of_the_runner_auto_picked_and_scorings_are_no
 
     choose = {"reference": "ref", "max_dice_loss": 0.005}
     mixed = [pt("ref", 40.0, 0.93, True), pt("small", 8.0, 0.93, False)]
-    assert int8_scorings(mixed) == ["every runner", "onnxruntime"]
+    assert int8_scorings(mixed) == {EVERY_RUNNER: 1, ONE_RUNNER: 1}
     (tmp_path / "choice.json").write_text("{}")
     assert "choice" not in write_reports(tmp_path, mixed, choose) and not (tmp_path / "choice.json").exists()
+    assert "choice" in write_reports(tmp_path, [pt("ref", 40.0, 0.93, False), mixed[1]], choose)  # all older: alike
     refused = {**pt("small", 8.0, 0.93, False), "dice_int8": None}  # no INT8 Dice: nothing to mix
-    assert int8_scorings([mixed[0], refused]) == ["every runner"]
+    assert int8_scorings([mixed[0], refused]) == {EVERY_RUNNER: 1}
+    # auto picked an INT8 runner that was not scored (measured again elsewhere): not compared either
+    elsewhere = {**pt("small", 8.0, 0.93, True), "backend": "tensorrt:int8"}
+    assert int8_scoring(elsewhere) == NOT_AUTOS and "choice" not in write_reports(tmp_path, [mixed[0], elsewhere], choose)
+    assert int8_scoring({**elsewhere, "backend": "openvino:fp32"}) == EVERY_RUNNER  # FP32 deployed: its FP32 Dice
     paths = write_reports(tmp_path, [mixed[0], pt("small", 8.0, 0.93, True)], choose)
     assert json.loads(paths["choice"].read_text())["chosen"] == "small"
