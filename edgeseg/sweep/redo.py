@@ -4,10 +4,11 @@ every INT8 runner here (``--rescore``)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -76,13 +77,10 @@ def regate(sweep: SweepConfig, out: str | Path, only: Sequence[str] = ()) -> tup
     for result in finished.values():
         if (only and result["id"] not in only) or result["gate"] == target:
             continue
-        point = next(p for p in sweep.points if p.id == result["id"])
-        folder, path = out / "points" / point.id, _result_path(out, point)
-        with _claim(out, point) as claimed:
-            if not claimed:
-                held.append(point.id)
+        with _locked(sweep, out, result, held) as locked:
+            if locked is None:
                 continue
-            result = {**result, **json.loads(path.read_text())}  # as it is now that the point is ours
+            point, folder, path, result = locked
             if result["gate"] == target:
                 continue
             before = result["gate"].removesuffix(INTERRUPTED)
@@ -116,13 +114,10 @@ def rescore(sweep: SweepConfig, out: str | Path, only: Sequence[str] = ()) -> tu
     for result in finished.values():
         if only and result["id"] not in only:
             continue
-        point = next(p for p in sweep.points if p.id == result["id"])
-        folder, path = out / "points" / point.id, _result_path(out, point)
-        with _claim(out, point) as claimed:
-            if not claimed:
-                held.append(point.id)
+        with _locked(sweep, out, result, held) as locked:
+            if locked is None:
                 continue
-            result = {**result, **json.loads(path.read_text())}  # as it is now that the point is ours
+            point, folder, path, result = locked
             if result.get("int8_refused"):
                 continue
             if str(result.get("gate", "")).endswith(INTERRUPTED):  # its bundle may be half replaced
@@ -163,3 +158,19 @@ def _finish(out: Path, sweep: SweepConfig, held: list[str], flag: str) -> None:
     if held:
         raise DataError(f"{', '.join(held)} {'is' if len(held) == 1 else 'are'} held by another process; "
                         f"run {flag} again when it has finished")
+
+
+@contextlib.contextmanager
+def _locked(sweep: SweepConfig, out: Path, listed: dict[str, Any], held: list[str]) -> Iterator[tuple | None]:
+    """While this process holds the point of ``listed`` (a result as ``finished_results`` read
+    it): the point, its folder, its result path and its result as it is on disk now (another
+    process may have rewritten it since), with what ``finished_results`` filled in for older
+    results kept; ``None``, with the point added to ``held``, when another process holds it."""
+    point = next(p for p in sweep.points if p.id == listed["id"])
+    path = _result_path(out, point)
+    with _claim(out, point) as claimed:
+        if not claimed:
+            held.append(point.id)
+            yield None
+            return
+        yield point, out / "points" / point.id, path, {**listed, **json.loads(path.read_text())}
