@@ -4,23 +4,13 @@ from __future__ import annotations
 
 import signal
 import sys
-import threading
 import warnings
 
 import click
 
 from edgeseg import __version__
 from edgeseg.errors import EdgesegError
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (``kill``, a service manager's or a batch system's stop) raised in the main thread:
-    a KeyboardInterrupt, so that what cleans up after Ctrl-C (DataLoader workers, child
-    processes, progress bars, partial files) runs for it too."""
-
-
-def _terminate(signum, frame):
-    raise Terminated
+from edgeseg.stopping import Terminated, received, sigterm_stops
 
 
 class EdgesegGroup(click.Group):
@@ -29,13 +19,8 @@ class EdgesegGroup(click.Group):
     their own handlers)."""
 
     def invoke(self, ctx: click.Context):
-        main = threading.current_thread() is threading.main_thread()
-        previous = signal.signal(signal.SIGTERM, _terminate) if main else None
-        try:
+        with sigterm_stops():
             return self._invoke(ctx)
-        finally:  # a host process that called the CLI in-process (a script, a test) gets its own back
-            if main:
-                signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
     def _invoke(self, ctx: click.Context):
         # Libraries warn about the inputs they parse (pydicom, nibabel, Pillow); those warnings
@@ -44,17 +29,25 @@ class EdgesegGroup(click.Group):
         with warnings.catch_warnings(record=True) as caught:
             try:
                 result = super().invoke(ctx)
-            except EdgesegError as exc:
-                # One line, whatever the message quotes (a library's multi-line text, a matrix).
-                click.echo(f"edgeseg: error: {' '.join(str(exc).split())}", err=True)
-                sys.exit(2)
             except Terminated:
-                click.echo("edgeseg: stopped (SIGTERM)", err=True)
-                sys.exit(128 + signal.SIGTERM)
+                stopped = True
+            except Exception as exc:
+                if not received():  # else the stop landed in a library, which reported it as its own error
+                    if not isinstance(exc, EdgesegError):
+                        raise
+                    # One line, whatever the message quotes (a library's multi-line text, a matrix).
+                    click.echo(f"edgeseg: error: {' '.join(str(exc).split())}", err=True)
+                    sys.exit(2)
+                stopped = True
             except KeyboardInterrupt:
                 click.echo("edgeseg: interrupted", err=True)
                 sys.exit(130)
+            else:
+                stopped = False
             held = list(caught)
+        if stopped:  # out of the except block: the interrupted command's frames are released first
+            click.echo("edgeseg: stopped (SIGTERM)", err=True)
+            sys.exit(128 + signal.SIGTERM)
         for text in dict.fromkeys(f"{w.category.__name__}: {' '.join(str(w.message).split())}" for w in held):
             click.echo(f"edgeseg: warning: {text}", err=True)
         return result

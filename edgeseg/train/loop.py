@@ -18,6 +18,7 @@ from edgeseg.data.store import StoreCases, open_slice_store
 from edgeseg.errors import CheckpointError, DataError
 from edgeseg.models import ModelConfig, build_model, count_parameters
 from edgeseg.spec import PreprocessSpec
+from edgeseg.stopping import check_stop, stop_at_checkpoints
 from edgeseg.train.augment import AugmentConfig, BatchAugmenter
 from edgeseg.models.checkpoint import read_checkpoint, save_checkpoint
 from edgeseg.train.config import MEMORY_FORMATS, TrainConfig, build_spec
@@ -142,28 +143,30 @@ def _epochs(state: "_LoopState", start_epoch: int, history: list, best: dict, da
     """Train and validate epochs ``start_epoch..cfg.epochs``; rank 0 appends to ``history`` and
     writes the checkpoints and records. Returns the best epoch's record."""
     cfg, place, out, val_set, model_config = state.cfg, state.place, state.out, state.val_set, state.model_config
-    for epoch in range(start_epoch, cfg.epochs + 1):
-        row, pred = state.run_epoch(epoch, progress)
-        if not place.is_main:
+    with stop_at_checkpoints():  # a SIGTERM stops between batches, never inside a step, a save or a plot
+        for epoch in range(start_epoch, cfg.epochs + 1):
+            check_stop()
+            row, pred = state.run_epoch(epoch, progress)
+            if not place.is_main:
+                distributed.barrier(place)
+                continue
+            history.append(row)
+            improved = row["val_dice"] > best["val_dice"]
+            if improved:
+                post = choose_postprocess(pred, val_set, model_config.num_classes, data.get("val_voxel_ml"))
+                best = {"epoch": epoch, "val_dice": row["val_dice"], "postprocess": post}
+                state.save(out / "best.pt", epoch, history, best, with_optimizer=False, postprocess=post)
+            state.save(out / "last.pt", epoch, history, best, with_optimizer=True)
+            write_records(out, cfg, state.spec, model_config, count_parameters(state.model), history, best, data["split"],
+                          memory_format=state.layout)
+            log.info(
+                "epoch %d/%d  train loss %.4f  val loss %.4f  val Dice %.4f%s  (%.0f s)",
+                epoch, cfg.epochs, row["train_loss"], row["val_loss"], row["val_dice"], "  *best" if improved else "", row["seconds"],
+            )
+            if on_epoch is not None:
+                on_epoch(row)
             distributed.barrier(place)
-            continue
-        history.append(row)
-        improved = row["val_dice"] > best["val_dice"]
-        if improved:
-            post = choose_postprocess(pred, val_set, model_config.num_classes, data.get("val_voxel_ml"))
-            best = {"epoch": epoch, "val_dice": row["val_dice"], "postprocess": post}
-            state.save(out / "best.pt", epoch, history, best, with_optimizer=False, postprocess=post)
-        state.save(out / "last.pt", epoch, history, best, with_optimizer=True)
-        write_records(out, cfg, state.spec, model_config, count_parameters(state.model), history, best, data["split"],
-                      memory_format=state.layout)
-        log.info(
-            "epoch %d/%d  train loss %.4f  val loss %.4f  val Dice %.4f%s  (%.0f s)",
-            epoch, cfg.epochs, row["train_loss"], row["val_loss"], row["val_dice"], "  *best" if improved else "", row["seconds"],
-        )
-        if on_epoch is not None:
-            on_epoch(row)
-        distributed.barrier(place)
-    return best
+        return best
 
 
 def memory_format_for(cfg: TrainConfig, model, model_config: ModelConfig, device, place: ProcessPlace,
@@ -260,6 +263,7 @@ class _LoopState:
         losses = []
         bar = tqdm(self.loader, desc=f"epoch {epoch}/{cfg.epochs}", leave=False, disable=not progress, unit="batch")
         for i, (images, labels) in enumerate(bar):
+            check_stop()
             loss = self._step(images, labels, (epoch - 1) * self.steps_per_epoch + i)
             losses.append(loss)
             bar.set_postfix(loss=f"{loss:.4f}")

@@ -81,13 +81,12 @@ def test_sigterm_stops_training_with_workers_cleanly(tmp_path):
 
 SLOW_CHILD = """
 import sys, time
-from edgeseg.cli.main import Terminated, _terminate
+from edgeseg.stopping import Terminated, sigterm_stops
 from edgeseg.sweep.run import in_fresh_process
-import signal
 
-signal.signal(signal.SIGTERM, _terminate)
 try:
-    in_fresh_process(time.sleep, 120)
+    with sigterm_stops():
+        in_fresh_process(time.sleep, 120)
 except Terminated:
     print("terminated", flush=True)
     sys.exit(143)
@@ -110,3 +109,34 @@ def test_an_interrupted_fresh_interpreter_is_stopped_not_waited_for(tmp_path):
         proc.wait()
     assert proc.returncode == 143 and stdout.strip() == "terminated", stderr
     _wait_for(lambda: not any(_alive(p) for p in children), 10, f"left behind: {children}")
+
+
+def test_a_loop_takes_the_stop_at_its_own_checkpoints_and_the_handler_is_restored():
+    """Inside stop_at_checkpoints a SIGTERM is only recorded (a library call it lands in runs on);
+    check_stop raises it, and so does leaving the block with one recorded. Outside, it raises at
+    once. The previous handler is back after sigterm_stops."""
+    from edgeseg.stopping import Terminated, check_stop, received, sigterm_stops, stop_at_checkpoints
+
+    def sigterm():
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.05)  # the handler runs between bytecodes, at the latest here
+
+    before = signal.getsignal(signal.SIGTERM)
+    with sigterm_stops():
+        assert not received()
+        steps = []
+        with pytest.raises(Terminated):
+            with stop_at_checkpoints():
+                for step in range(5):
+                    check_stop()
+                    steps.append(step)
+                    if step == 2:
+                        sigterm()
+                        steps.append("ran on")  # not interrupted inside the step
+        assert steps == [0, 1, 2, "ran on"] and received()
+        with pytest.raises(Terminated):  # recorded on the last step: leaving the block stops
+            with stop_at_checkpoints():
+                sigterm()
+        with pytest.raises(Terminated):  # no checkpoints: at once
+            sigterm()
+    assert signal.getsignal(signal.SIGTERM) == before

@@ -1,0 +1,71 @@
+"""SIGTERM (``kill``, a batch system's or a service manager's stop) stops a command as Ctrl-C does.
+
+The handler raises :class:`Terminated`, a KeyboardInterrupt, in the main thread, so what cleans
+up after Ctrl-C (DataLoader workers, child interpreters, partial files) runs for it too. A
+signal can land anywhere, also inside a library's import or a C extension, which may turn it
+into another error or leave half-made state; loops that spend their time in such code (the
+training loop) therefore take the stop at their own safe points: inside
+:func:`stop_at_checkpoints` the handler only records it and :func:`check_stop` raises it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+from collections.abc import Iterator
+
+
+class Terminated(KeyboardInterrupt):
+    """The process was asked to stop (SIGTERM)."""
+
+
+_state = {"defer": 0, "pending": False, "received": False}
+
+
+def _handler(signum, frame) -> None:
+    _state["received"] = True
+    if _state["defer"]:
+        _state["pending"] = True
+    else:
+        raise Terminated
+
+
+def received() -> bool:
+    """Whether a SIGTERM arrived while :func:`sigterm_stops` was in force (an error raised after
+    it may be the stop landing inside a library)."""
+    return _state["received"]
+
+
+@contextlib.contextmanager
+def sigterm_stops() -> Iterator[None]:
+    """SIGTERM stops the block (main thread only; elsewhere nothing changes); the previous
+    handler is restored after it."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    _state.update(defer=0, pending=False, received=False)
+    previous = signal.signal(signal.SIGTERM, _handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+
+
+@contextlib.contextmanager
+def stop_at_checkpoints() -> Iterator[None]:
+    """Within the block a SIGTERM is only recorded; :func:`check_stop` raises it, and so does
+    leaving the block normally with one recorded."""
+    _state["defer"] += 1
+    try:
+        yield
+    finally:
+        _state["defer"] -= 1
+    check_stop()
+
+
+def check_stop() -> None:
+    """Raise :class:`Terminated` if a SIGTERM was recorded and not yet acted on."""
+    if _state["pending"]:
+        _state["pending"] = False
+        raise Terminated
