@@ -39,8 +39,9 @@ def int8_runners(bundle: Path, deployed: str | None = None) -> list[str]:
 
 
 def _available(runner: str) -> bool:
-    """Whether the named runner can run here (its library is installed); False for an unknown name
-    (a result from another version) or a GPU runner's library on a machine without the device."""
+    """Whether the named runner's library is installed here; False for an unknown name (a result
+    from another version). A GPU runner whose library is here but not its device passes this and
+    is caught when it fails to load (``validation_dice``)."""
     from edgeseg.errors import EdgesegError
     from edgeseg.runtime.runners import runner_class
 
@@ -59,8 +60,8 @@ def validation_dice(checkpoint: Path, bundle: Path | None, data: str, intensity:
     ``deployed_int8`` for ``deployed``."""
     from edgeseg.data import open_dataset
     from edgeseg.data.open import recorded_slice_options
-    from edgeseg.errors import BackendError
     from edgeseg.data.slice_set import check_window, map_labels
+    from edgeseg.errors import BackendError
     from edgeseg.evaluate.model_eval import select_cases
     from edgeseg.metrics import dice
     from edgeseg.models.checkpoint import checkpoint_spec, load_model
