@@ -16,7 +16,7 @@ from edgeseg.atomic import atomic_write_text
 from edgeseg.errors import DataError
 from edgeseg.sweep.config import SweepConfig, export_settings, train_config
 from edgeseg.sweep.run import (_claim, _export, _int8_scheme, _result_path, _write_record, bundle_gate, check_point_ids,
-                               check_sweep_folder, finished_results, measure_latency, score_point)
+                               existing_sweep_folder, finished_results, measure_latency, score_point)
 from edgeseg.sweep.scoring import deployed_int8
 
 log = logging.getLogger("edgeseg.sweep")
@@ -31,7 +31,7 @@ def remeasure(sweep: SweepConfig, out: str | Path, rounds: int, only: Sequence[s
     if rounds < 1:
         raise DataError(f"--remeasure needs at least 1 round, got {rounds}")
     check_point_ids(sweep, only)
-    out = check_sweep_folder(sweep, out)
+    out = existing_sweep_folder(sweep, out)
     targets = [r for r in finished_results(sweep, out) if not only or r["id"] in only]
     if not targets:
         raise DataError(f"no finished point to measure again under {out}")
@@ -144,7 +144,7 @@ def _finished(sweep: SweepConfig, out: str | Path, only: Sequence[str], what: st
     """The checked sweep folder and its finished results by id; a DataError ending in ``what``
     when a point named with --point is not finished."""
     check_point_ids(sweep, only)
-    out = check_sweep_folder(sweep, out)
+    out = existing_sweep_folder(sweep, out)
     finished = {r["id"]: r for r in finished_results(sweep, out)}
     unfinished = [i for i in only if i not in finished]
     if unfinished:

@@ -54,6 +54,14 @@ def check_sweep_folder(sweep: SweepConfig, out: str | Path) -> Path:
     return out
 
 
+def existing_sweep_folder(sweep: SweepConfig, out: str | Path) -> Path:
+    """``check_sweep_folder`` for the modes that only read or redo a sweep: the folder must hold
+    this sweep already (they never start one)."""
+    if not (Path(out) / "sweep.json").is_file():
+        raise DataError(f"{out} holds no sweep (no sweep.json); run the sweep first")
+    return check_sweep_folder(sweep, out)
+
+
 def _sweep_starting(entry: Path) -> bool:
     """Entries another process starting this sweep may have made before its sweep.json is in place."""
     return entry.name == "points" or entry.name.startswith(".sweep.json.")
@@ -111,10 +119,7 @@ def sweep_status(sweep: SweepConfig, out: str | Path, only: Sequence[str] = ()) 
     recent seconds per epoch (the mean of the last 5) from the run's metrics.json; only the
     points named in ``only``, when it is given."""
     check_point_ids(sweep, only)
-    out = Path(out)
-    if not (out / "sweep.json").is_file():
-        raise DataError(f"{out} holds no sweep (no sweep.json); run the sweep first")
-    out = check_sweep_folder(sweep, out)
+    out = existing_sweep_folder(sweep, out)
     rows, finished = [], {r["id"]: r for r in finished_results(sweep, out)}
     for point in sweep.points:
         if only and point.id not in only:
