@@ -39,8 +39,9 @@ def command(sweep_file, out, points_only, rounds, regate, rescore, status, quiet
     CUDA_VISIBLE_DEVICES): each claims the points no other process holds."""
     require("torch", "train", "edgeseg sweep")
     from edgeseg.sweep.config import load_sweep
-    from edgeseg.sweep.report import (comparable_scorings, int8_scorings, latency_machines, no_choice_reason,
-                                      one_machine, pareto_front, result_gates, variant_rows, write_reports)
+    from edgeseg.sweep.report import (NOT_AUTOS, comparable_scorings, int8_scoring, int8_scorings, latency_machines,
+                                      no_choice_reason, one_machine, pareto_front, result_gates, variant_rows,
+                                      write_reports)
     from edgeseg.sweep.redo import regate as regate_points, remeasure, rescore as rescore_points
     from edgeseg.sweep.run import check_sweep_folder, run_sweep
 
@@ -60,7 +61,7 @@ def command(sweep_file, out, points_only, rounds, regate, rescore, status, quiet
     elif rescore:
         points, redone = rescore_points(sweep, out, only=points_only)
         click.echo(f"scored again on every INT8 runner here: {', '.join(redone)}" if redone else
-                   "no finished point has an INT8 graph to score")
+                   "no finished point was scored again (none has an INT8 graph that can be scored here)")
         elsewhere = []
     elif rounds is None:
         points, elsewhere = run_sweep(sweep, out, progress=not quiet, only=points_only)
@@ -74,7 +75,7 @@ def command(sweep_file, out, points_only, rounds, regate, rescore, status, quiet
     front = pareto_front(variants)
     for r in points:
         click.echo(f"{r['id']:<38} {r['params'] / 1e6:6.2f} M  {r['gflop']:7.2f} GFLOP  Dice fp32 {r['dice_fp32']:.4f}  "
-                   f"int8 {'refused' if r['dice_int8'] is None else format(r['dice_int8'], '.4f')}{_other_runners(r)}  {r['backend']:<16} {r['latency_ms_p50']:8.2f} ms  "
+                   f"int8 {_int8_text(r)}{_other_runners(r)}  {r['backend']:<16} {r['latency_ms_p50']:8.2f} ms  "
                    f"{r['volume_slices_per_s']:7.1f} slices/s{'  *front' if r.get('variant', r['id']) in front else ''}")
     if any(v["runs"] > 1 for v in variants):
         click.echo("variants (mean over their runs; sd and range of the deployed Dice):")
@@ -105,8 +106,11 @@ def command(sweep_file, out, points_only, rounds, regate, rescore, status, quiet
                    "run this command with --regate to export the older ones again")
     elif sweep.choose and not comparable_scorings(points):
         counts = ", ".join(f"{kind} on {n}" for kind, n in int8_scorings(points).items())
+        # a runner auto picked that could not be scored where --rescore ran: it is needed there
+        unscored = sorted({p["backend"] for p in points if int8_scoring(p) == NOT_AUTOS})
+        where = f" on a machine where {', '.join(unscored)} can run" if unscored else " to score them on every runner here"
         click.echo(f"no choice: the runs' INT8 Dice was not all scored alike ({counts}); "
-                   "run this command with --rescore to score them on every runner here")
+                   f"run this command with --rescore{where}")
     elif sweep.choose and not one_machine(machines := latency_machines(points)):
         click.echo(f"no choice: the latencies were not all measured on one recorded machine ({'; '.join(machines)}); "
                    "run this command with --remeasure N on one machine")
@@ -116,6 +120,13 @@ def command(sweep_file, out, points_only, rounds, regate, rescore, status, quiet
     if elsewhere:
         click.echo(f"not in these reports yet: {', '.join(elsewhere)}, running in another process; "
                    "run this command again when it has finished to report every point")
+
+
+def _int8_text(r) -> str:
+    """The deployed INT8 Dice, or why there is none: the gate refused the graph, or no runner scored it."""
+    if r["dice_int8"] is not None:
+        return format(r["dice_int8"], ".4f")
+    return "refused" if r.get("int8_refused", True) else "not scored"
 
 
 def _other_runners(r) -> str:

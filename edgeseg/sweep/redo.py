@@ -27,7 +27,11 @@ def remeasure(sweep: SweepConfig, out: str | Path, rounds: int, only: Sequence[s
     """Measure the latency of the finished points again, training nothing: ``rounds`` passes over
     the points in turn (so a change in the machine's load touches every point alike), each point
     keeping the measurement of its median round: for a final table measured on a quiet machine,
-    after trainings that shared it. Returns the results of all finished points in grid order."""
+    after trainings that shared it. The points are held for the whole measurement, and each result
+    is read again under that hold, so a --rescore or --regate of another process is neither lost
+    nor measured half-way; points another process holds are named in a DataError after the
+    others are written, and so are points whose --regate was interrupted (their bundle may be
+    half replaced). Returns the results of all finished points in grid order."""
     if rounds < 1:
         raise DataError(f"--remeasure needs at least 1 round, got {rounds}")
     check_point_ids(sweep, only)
@@ -35,22 +39,35 @@ def remeasure(sweep: SweepConfig, out: str | Path, rounds: int, only: Sequence[s
     targets = [r for r in finished_results(sweep, out) if not only or r["id"] in only]
     if not targets:
         raise DataError(f"no finished point to measure again under {out}")
-    rounds_of: dict[str, list[dict[str, Any]]] = {r["id"]: [] for r in targets}
-    for i in range(rounds):
+    held: list[str] = []
+    interrupted: list[str] = []
+    with contextlib.ExitStack() as stack:
+        mine: list[tuple[Path, dict[str, Any]]] = []
         for r in targets:
-            rounds_of[r["id"]].append(measure_latency(out / "points" / r["id"] / "bundle", sweep.measure))
-            log.info("round %d/%d: %s %.2f ms", i + 1, rounds, r["id"], rounds_of[r["id"]][-1]["latency_ms_p50"])
-    for r in targets:
-        taken = sorted(rounds_of[r["id"]], key=lambda m: m["latency_ms_p50"])
-        median = taken[(len(taken) - 1) // 2]
-        # the deployed INT8 Dice follows the runner auto picked in the round kept (results
-        # scored before every runner was are left as they are: --rescore scores them)
-        deployed = deployed_int8(r, median["backend"]) if "dice_int8_runners" in r else {}
-        atomic_write_text(out / "points" / r["id"] / "result.json", json.dumps({
-            **r, **median, **deployed, "latency_rounds_ms_p50": [m["latency_ms_p50"] for m in rounds_of[r["id"]]],
-            "latency_rounds_backend": [m["backend"] for m in rounds_of[r["id"]]],
-            "latency_measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, indent=2))
-    _write_record(out, sweep)
+            locked = stack.enter_context(_locked(sweep, out, r, held))
+            if locked is None:
+                continue
+            _, _, path, current = locked
+            if str(current.get("gate", "")).endswith(INTERRUPTED):
+                interrupted.append(current["id"])
+                continue
+            mine.append((path, current))
+        rounds_of: dict[str, list[dict[str, Any]]] = {r["id"]: [] for _, r in mine}
+        for i in range(rounds):
+            for path, r in mine:
+                rounds_of[r["id"]].append(measure_latency(path.parent / "bundle", sweep.measure))
+                log.info("round %d/%d: %s %.2f ms", i + 1, rounds, r["id"], rounds_of[r["id"]][-1]["latency_ms_p50"])
+        for path, r in mine:
+            taken = sorted(rounds_of[r["id"]], key=lambda m: m["latency_ms_p50"])
+            median = taken[(len(taken) - 1) // 2]
+            # the deployed INT8 Dice follows the runner auto picked in the round kept (results
+            # scored before every runner was are left as they are: --rescore scores them)
+            deployed = deployed_int8(r, median["backend"]) if "dice_int8_runners" in r else {}
+            atomic_write_text(path, json.dumps({
+                **r, **median, **deployed, "latency_rounds_ms_p50": [m["latency_ms_p50"] for m in rounds_of[r["id"]]],
+                "latency_rounds_backend": [m["backend"] for m in rounds_of[r["id"]]],
+                "latency_measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, indent=2))
+    _finish(out, sweep, held, "--remeasure", _interrupted_text(interrupted))
     return finished_results(sweep, out)
 
 
@@ -110,33 +127,44 @@ def rescore(sweep: SweepConfig, out: str | Path, only: Sequence[str] = ()) -> tu
     DataError after the others are done. Returns all finished results in grid order and the
     ids of the points scored again."""
     out, finished = _finished(sweep, out, only, "--rescore scores finished points again")
-    redone, held, interrupted = [], [], []
-    for result in finished.values():
-        if only and result["id"] not in only:
-            continue
-        with _locked(sweep, out, result, held) as locked:
-            if locked is None:
+    redone, held, interrupted, unscorable = [], [], [], []
+    try:
+        for result in finished.values():
+            if only and result["id"] not in only:
                 continue
-            point, folder, path, result = locked
-            if result.get("int8_refused"):
-                continue
-            if str(result.get("gate", "")).endswith(INTERRUPTED):  # its bundle may be half replaced
-                interrupted.append(point.id)
-                continue
-            cfg = train_config(sweep, point, folder / "run")
-            dice = score_point(folder, folder / "bundle", cfg.data, cfg.intensity, result["backend"], fp32=False)
-            if result.get("val_cases") is not None and dice["val_cases"] != result["val_cases"]:
-                changed = sorted(set(dice["val_cases"]) ^ set(result["val_cases"]))
-                raise DataError(f"point {point.id}: its validation cases are not the ones it was scored on "
-                                f"(differing: {', '.join(changed[:5]) or 'their order'}); has the data changed?")
-            log.info("point %s: INT8 Dice %s (deployed: %s)", point.id,
-                     ", ".join(f"{k} {v:.4f}" for k, v in dice["dice_int8_runners"].items()), dice["dice_int8_backend"])
-            atomic_write_text(path, json.dumps({**result, **dice}, indent=2))
-        redone.append(point.id)
-    if interrupted:
-        log.warning("%s: a --regate was interrupted while replacing the bundle; run --regate first",
-                    ", ".join(interrupted))
-    _finish(out, sweep, held, "--rescore")
+            with _locked(sweep, out, result, held) as locked:
+                if locked is None:
+                    continue
+                point, folder, path, result = locked
+                if result.get("int8_refused"):
+                    continue
+                if str(result.get("gate", "")).endswith(INTERRUPTED):  # its bundle may be half replaced
+                    interrupted.append(point.id)
+                    continue
+                cfg = train_config(sweep, point, folder / "run")
+                dice = score_point(folder, folder / "bundle", cfg.data, cfg.intensity, result["backend"], fp32=False)
+                if result.get("val_cases") is not None and dice["val_cases"] != result["val_cases"]:
+                    changed = sorted(set(dice["val_cases"]) ^ set(result["val_cases"]))
+                    raise DataError(f"point {point.id}: its validation cases are not the ones it was scored on "
+                                    f"(differing: {', '.join(changed[:5]) or 'their order'}); has the data changed?")
+                backend = str(result.get("backend") or "")
+                if backend.endswith(":int8") and backend not in dice["dice_int8_runners"]:
+                    # what the point ships cannot be scored here: its result stays as it was
+                    unscorable.append(f"{point.id} ({backend})")
+                    continue
+                log.info("point %s: INT8 Dice %s (deployed: %s)", point.id,
+                         ", ".join(f"{k} {v:.4f}" for k, v in dice["dice_int8_runners"].items()), dice["dice_int8_backend"])
+                atomic_write_text(path, json.dumps({**result, **dice}, indent=2))
+            redone.append(point.id)
+    except DataError:
+        _write_record(out, sweep)  # sweep.json follows the results rescored before the stop
+        raise
+    problems = _interrupted_text(interrupted)
+    if unscorable:
+        problems.append(f"{', '.join(unscorable)}: auto deploys a runner that cannot run here, so "
+                        f"{'its result was left as it was' if len(unscorable) == 1 else 'their results were left as they were'}"
+                        "; run --rescore where it runs")
+    _finish(out, sweep, held, "--rescore", problems)
     return finished_results(sweep, out), redone
 
 
@@ -152,12 +180,24 @@ def _finished(sweep: SweepConfig, out: str | Path, only: Sequence[str], what: st
     return out, finished
 
 
-def _finish(out: Path, sweep: SweepConfig, held: list[str], flag: str) -> None:
-    """Write sweep.json; a DataError naming the points another process held."""
+def _interrupted_text(interrupted: list[str]) -> list[str]:
+    """The sentence naming the points left because a --regate was interrupted replacing their bundle."""
+    if not interrupted:
+        return []
+    return [f"{', '.join(interrupted)}: a --regate was interrupted while replacing "
+            f"{'its bundle' if len(interrupted) == 1 else 'their bundles'}; run --regate first"]
+
+
+def _finish(out: Path, sweep: SweepConfig, held: list[str], flag: str, problems: Sequence[str] = ()) -> None:
+    """Write sweep.json; a DataError naming the points another process held and the other
+    ``problems`` (each a sentence), when there are any."""
     _write_record(out, sweep)
+    problems = list(problems)
     if held:
-        raise DataError(f"{', '.join(held)} {'is' if len(held) == 1 else 'are'} held by another process; "
+        problems.append(f"{', '.join(held)} {'is' if len(held) == 1 else 'are'} held by another process; "
                         f"run {flag} again when it has finished")
+    if problems:
+        raise DataError("; ".join(problems))
 
 
 @contextlib.contextmanager

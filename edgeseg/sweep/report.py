@@ -46,16 +46,20 @@ EVERY_RUNNER, ONE_RUNNER, NOT_AUTOS = "every runner", "one runner (older results
 
 
 def int8_scoring(point: dict[str, Any]) -> str | None:
-    """Where the point's INT8 Dice was scored (None without one): ``EVERY_RUNNER`` (each INT8
-    runner here, the deployed one being the runner ``auto`` picked), ``ONE_RUNNER`` (results
-    written before that) or ``NOT_AUTOS`` (``auto`` picked an INT8 runner that could not be
-    scored here, e.g. after ``--remeasure`` on another machine)."""
-    if point.get("dice_int8") is None:
+    """Where the INT8 Dice the point deploys was scored: ``EVERY_RUNNER`` (each INT8 runner here,
+    the deployed one being the runner ``auto`` picked), ``ONE_RUNNER`` (results written before
+    that) or ``NOT_AUTOS`` (``auto`` picked an INT8 runner whose Dice was not scored, e.g. one
+    that cannot run where the point was scored); None when the point deploys no INT8 graph (the
+    gate refused it, or ``auto`` picked an FP32 runner: its FP32 Dice is what counts)."""
+    backend = str(point.get("backend") or "")
+    if point.get("int8_refused") or (backend and not backend.endswith(":int8")):
         return None
+    if point.get("dice_int8") is None:
+        # an INT8 graph that auto runs but that no runner scored: not the FP32 Dice's to stand in
+        return NOT_AUTOS if "dice_int8_runners" in point and backend else None
     if "dice_int8_runners" not in point:
         return ONE_RUNNER
-    backend = str(point.get("backend") or "")
-    return NOT_AUTOS if backend.endswith(":int8") and backend != point.get("dice_int8_backend") else EVERY_RUNNER
+    return NOT_AUTOS if backend and backend != point.get("dice_int8_backend") else EVERY_RUNNER
 
 
 def int8_scorings(points: list[dict[str, Any]]) -> dict[str, int]:
@@ -162,7 +166,7 @@ def variant_rows(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
                    runs_detail=[{"seed": r.get("seed"), "val_cases": r.get("val_cases"), "dice": deployed_dice(r),
                                  "per_case": _deployed_per_case(r)} for r in runs],
                    # runs whose INT8 graph the gate refused: they ship (and were timed) in FP32
-                   int8_refused_runs=sum(r.get("dice_int8") is None for r in runs),
+                   int8_refused_runs=sum(bool(r.get("int8_refused", r.get("dice_int8") is None)) for r in runs),
                    latency_ms_p50=round(statistics.median(r["latency_ms_p50"] for r in runs), 4),
                    model_ms_p50=round(statistics.median(r["model_ms_p50"] for r in runs), 4),
                    volume_slices_per_s=round(statistics.median(r["volume_slices_per_s"] for r in runs), 4))

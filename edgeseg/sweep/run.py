@@ -233,6 +233,9 @@ def run_point(sweep: SweepConfig, point: Point, out: Path, progress: bool) -> di
     cost = describe(model, point.size)
     latency = measure_latency(bundle, sweep.measure)
     dice = score_point(folder, None if int8_refused else bundle, cfg.data, cfg.intensity, latency["backend"])
+    if not int8_refused and latency["backend"].endswith(":int8") and dice["dice_int8_backend"] != latency["backend"]:
+        log.warning("point %s: the INT8 Dice of %s, which auto picked, could not be scored here; the point is not "
+                    "compared until it is (edgeseg sweep --rescore where it runs)", point.id, latency["backend"])
     return {"id": point.id, **point.__dict__, "variant": point.variant, "seed": cfg.seed, "params": cost["params"], "gflop": round(cost["gflop"], 4),
             "epochs": cfg.epochs, "best_epoch": trained["best"]["epoch"], "train_val_dice": trained["best"]["val_dice"],
             "train_seconds_all_epochs": epochs_seconds, "train_seconds_this_run": train_seconds,

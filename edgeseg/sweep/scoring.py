@@ -57,11 +57,14 @@ def validation_dice(checkpoint: Path, bundle: Path | None, data: str, intensity:
     checkpoint through the torch runner; left out when ``fp32`` is false) and INT8 on each of
     ``int8_runners(bundle, deployed)`` (none without a bundle, when the gate refused INT8), as
     ``dice_int8_runners`` and ``dice_int8_runners_per_case``, plus the deployed INT8 fields of
-    ``deployed_int8`` for ``deployed``."""
+    ``deployed_int8`` for ``deployed``. A runner that fails to load or to run here is left out and
+    named with its error in ``dice_int8_unscored``; a failure of the torch runner, or of
+    ``deployed`` while predicting, is raised (it is what the point ships). A run without
+    validation cases is a DataError."""
     from edgeseg.data import open_dataset
     from edgeseg.data.open import recorded_slice_options
     from edgeseg.data.slice_set import check_window, map_labels
-    from edgeseg.errors import BackendError
+    from edgeseg.errors import BackendError, DataError
     from edgeseg.evaluate.model_eval import select_cases
     from edgeseg.metrics import dice
     from edgeseg.models.checkpoint import checkpoint_spec, load_model
@@ -74,26 +77,38 @@ def validation_dice(checkpoint: Path, bundle: Path | None, data: str, intensity:
     volumes, _ = select_cases(open_dataset(data, intensity=intensity, **recorded_slice_options(payload.get("train_config"))),
                               payload, "val")
     segmenters = {"fp32": Segmenter.from_module(model, spec, dict(enumerate(names)), post, max_batch=8)} if fp32 else {}
+    unscored: dict[str, str] = {}
     for backend in ([] if bundle is None else int8_runners(bundle, deployed)):
         try:
             segmenters[backend] = Segmenter.load(bundle, backend=backend)
         except BackendError as exc:
-            if backend != deployed:
-                raise
-            # e.g. a GPU runner whose library is here but not its device: the point then says
-            # that its INT8 Dice is not of the runner auto picked (report.int8_scoring)
+            # e.g. a GPU runner whose library is here but not its device, or a runtime that
+            # cannot compile the graph on this CPU: the point says so (dice_int8_unscored), and
+            # when it is the runner auto picked, that its INT8 Dice is not auto's (report.int8_scoring)
             log.warning("cannot score the INT8 graph on %s here: %s", backend, exc)
+            unscored[backend] = str(exc)
+    if not volumes:
+        raise DataError(f"{checkpoint}: the run has no validation case to score")
     scores: dict[str, list[float]] = {k: [] for k in segmenters}
     for vol in volumes:
         check_window(vol, spec)
         truth = map_labels(vol.label, payload["label_values"])
-        for key, seg in segmenters.items():
-            pred = seg.predict_volume(vol)  # batches of at most the bundle's max_batch
+        for key, seg in list(segmenters.items()):
+            try:
+                pred = seg.predict_volume(vol)  # batches of at most the bundle's max_batch
+            except BackendError as exc:
+                if key == "fp32" or key == deployed:
+                    raise
+                log.warning("cannot score the INT8 graph on %s here: %s", key, exc)
+                unscored[key] = str(exc)
+                del segmenters[key], scores[key]
+                continue
             scores[key].append(float(np.mean([dice(pred == c, truth == c) for c in range(1, len(names))])))
     runners = {k: v for k, v in scores.items() if k != "fp32"}
     result: dict[str, Any] = {"val_cases": [v.case_id for v in volumes],
                               "dice_int8_runners": {k: round(float(np.mean(v)), 4) for k, v in runners.items()},
-                              "dice_int8_runners_per_case": {k: [round(x, 4) for x in v] for k, v in runners.items()}}
+                              "dice_int8_runners_per_case": {k: [round(x, 4) for x in v] for k, v in runners.items()},
+                              "dice_int8_unscored": unscored}
     if fp32:
         result.update(dice_fp32=round(float(np.mean(scores["fp32"])), 4),
                       dice_fp32_per_case=[round(x, 4) for x in scores["fp32"]])
@@ -110,7 +125,5 @@ def deployed_int8(result: dict[str, Any], deployed: str | None) -> dict[str, Any
     if not runners:
         return {"dice_int8": None, "dice_int8_per_case": [], "dice_int8_backend": None}
     name = deployed if deployed in runners else next(iter(runners))
-    if deployed is not None and deployed.endswith(":int8") and name != deployed:
-        log.warning("the INT8 Dice of %s was not scored; reporting %s's", deployed, name)
     return {"dice_int8": runners[name], "dice_int8_per_case": result["dice_int8_runners_per_case"][name],
             "dice_int8_backend": name}

@@ -40,7 +40,7 @@ def _oracle_dice(bundle: Path, backend: str, cases: list[str], data: str, label_
     return scores
 
 
-def test_int8_dice_on_every_runner_the_deployed_one_autos_and_rescore(tmp_path):
+def test_int8_dice_on_every_runner_the_deployed_one_autos_and_rescore(tmp_path, assert_one_line_error):
     from edgeseg.models.checkpoint import read_checkpoint
 
     (tmp_path / "sweep.toml").write_text(SWEEP)
@@ -95,18 +95,101 @@ def test_int8_dice_on_every_runner_the_deployed_one_autos_and_rescore(tmp_path):
     assert measured["dice_int8_backend"] == picked
     assert measured["dice_int8"] == marked["dice_int8_runners"][picked]
 
-    # A result whose latency was measured where auto picked a runner that cannot run here (a
-    # TensorRT engine on a GPU machine), written before the validation cases were recorded:
-    # --rescore scores the runners that can, and the result says its Dice is not auto's runner's.
-    from edgeseg.sweep.report import NOT_AUTOS, int8_scoring
+    # A point held by another process (a sweep, --rescore or --regate running on it): --remeasure
+    # measures and writes nothing for it and says so.
+    import fcntl
 
-    elsewhere = {k: v for k, v in legacy.items() if k != "val_cases"}
-    (folder / "result.json").write_text(json.dumps({**elsewhere, "backend": "tensorrt:int8"}))
+    before = (folder / "result.json").read_bytes()
+    with open(folder / ".lock", "a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        proc = _sweep(tmp_path / "sweep.toml", out, "--remeasure", "1")
+    assert_one_line_error(proc, f"{POINT} is held by another process; run --remeasure again when it has finished")
+    assert (folder / "result.json").read_bytes() == before
+
+    # A result whose latency was measured where auto picked a runner that cannot run here (a
+    # TensorRT engine on a GPU machine): --rescore cannot score what the point ships, so the
+    # result stays as it was, and the command says so and fails.
+    elsewhere = {**measured, "backend": "tensorrt:int8"}
+    (folder / "result.json").write_text(json.dumps(elsewhere))
+    before = (folder / "result.json").read_bytes()
     proc = _sweep(tmp_path / "sweep.toml", out, "--rescore")
+    assert_one_line_error(proc, f"{POINT} (tensorrt:int8): auto deploys a runner that cannot run here, so its result "
+                                "was left as it was; run --rescore where it runs")
+    assert (folder / "result.json").read_bytes() == before
+
+
+def test_a_runner_that_fails_here_is_named_and_left_out_unless_it_is_the_deployed_one(tmp_path, monkeypatch):
+    """Scoring a point: an INT8 runner other than the deployed one that fails (e.g. a runtime that
+    cannot compile the graph on this CPU) is named with its error, the others are scored; a
+    failure of the deployed runner is raised, since that is what the point ships."""
+    from edgeseg.errors import BackendError
+    from edgeseg.runtime.segmenter import Segmenter
+    from edgeseg.sweep.scoring import validation_dice
+
+    (tmp_path / "sweep.toml").write_text(SWEEP)
+    proc = _sweep(tmp_path / "sweep.toml", tmp_path / "out", "--point", POINT)
     assert proc.returncode == 0, proc.stderr
-    scored = json.loads((folder / "result.json").read_text())
-    assert scored["dice_int8_runners"] == runners and scored["dice_int8_backend"] == "onnxruntime:int8"  # the first here
-    assert int8_scoring(scored) == NOT_AUTOS
+    folder = tmp_path / "out" / "points" / POINT
+    result = json.loads((folder / "result.json").read_text())
+    real_load = Segmenter.load
+
+    def load(bundle, backend="auto", **kwargs):
+        seg = real_load(bundle, backend=backend, **kwargs)
+        if backend == "openvino:int8":
+            def broken(*args, **kw):
+                raise BackendError("openvino:int8: cannot compile the graph here")
+            seg.predict_volume = broken
+        return seg
+
+    monkeypatch.setattr(Segmenter, "load", staticmethod(load))
+    args = (folder / "run" / "best.pt", folder / "bundle", "phantom:cases=4,size=64,slices=16", None)
+    scored = validation_dice(*args, deployed="onnxruntime:int8", fp32=False)
+    assert scored["dice_int8_runners"] == {"onnxruntime:int8": result["dice_int8_runners"]["onnxruntime:int8"]}
+    assert scored["dice_int8_unscored"] == {"openvino:int8": "openvino:int8: cannot compile the graph here"}
+    assert scored["dice_int8_backend"] == "onnxruntime:int8"
+    with pytest.raises(BackendError, match="cannot compile the graph here"):
+        validation_dice(*args, deployed="openvino:int8", fp32=False)
+
+
+def test_the_deployed_int8_dice_is_the_picked_runners_wherever_it_stands():
+    """deployed_int8 takes the runner auto picked, also when it is not the first scored; where auto
+    picked an FP32 runner or one not scored, the first runner's, named."""
+    from edgeseg.sweep.scoring import deployed_int8
+
+    scored = {"dice_int8_runners": {"onnxruntime:int8": 0.11, "openvino:int8": 0.22},
+              "dice_int8_runners_per_case": {"onnxruntime:int8": [0.1, 0.12], "openvino:int8": [0.2, 0.24]}}
+    assert deployed_int8(scored, "openvino:int8") == {"dice_int8": 0.22, "dice_int8_per_case": [0.2, 0.24],
+                                                      "dice_int8_backend": "openvino:int8"}
+    assert deployed_int8(scored, "onnxruntime:int8")["dice_int8"] == 0.11
+    for other in ("openvino:fp32", "tensorrt:int8", None):
+        assert deployed_int8(scored, other) == {"dice_int8": 0.11, "dice_int8_per_case": [0.1, 0.12],
+                                                "dice_int8_backend": "onnxruntime:int8"}
+    assert deployed_int8({"dice_int8_runners": {}}, "openvino:int8")["dice_int8"] is None
+
+
+def test_which_int8_dice_a_point_deploys_and_whether_points_compare():
+    """int8_scoring: no INT8 Dice counts where the gate refused the graph or auto picked an FP32
+    runner; an INT8 graph auto runs but no runner scored is not the FP32 Dice's to stand in for."""
+    from edgeseg.sweep.report import (EVERY_RUNNER, NOT_AUTOS, ONE_RUNNER, comparable_scorings, deployed_dice,
+                                      int8_scoring)
+
+    every = {"backend": "openvino:int8", "dice_fp32": 0.9, "dice_int8": 0.8, "dice_int8_backend": "openvino:int8",
+             "dice_int8_runners": {"openvino:int8": 0.8}, "int8_refused": None}
+    assert int8_scoring(every) == EVERY_RUNNER and deployed_dice(every) == 0.8
+    older = {k: v for k, v in every.items() if not k.startswith("dice_int8_")}
+    assert int8_scoring(older) == ONE_RUNNER
+    # an older result whose auto picked an FP32 runner deploys its FP32 Dice: nothing to score again
+    older_fp32 = {**older, "backend": "openvino:fp32"}
+    assert int8_scoring(older_fp32) is None and deployed_dice(older_fp32) == 0.9
+    assert comparable_scorings([every, older_fp32])
+    refused = {**every, "dice_int8": None, "dice_int8_runners": {}, "int8_refused": "parity gate failed",
+               "backend": "openvino:fp32"}
+    assert int8_scoring(refused) is None and comparable_scorings([every, refused])
+    # auto runs the INT8 graph, but no runner could score it where it was scored
+    unscored = {**every, "dice_int8": None, "dice_int8_backend": None, "dice_int8_runners": {}}
+    assert int8_scoring(unscored) == NOT_AUTOS and not comparable_scorings([every, unscored])
+    elsewhere = {**every, "backend": "tensorrt:int8"}
+    assert int8_scoring(elsewhere) == NOT_AUTOS and not comparable_scorings([every, elsewhere])
 
 
 @pytest.mark.parametrize("mode", [["--rescore"], ["--regate"], ["--remeasure", "1"]])
@@ -186,9 +269,17 @@ def test_regate_exports_again_only_the_points_an_older_gate_passed(tmp_path, ass
                           capture_output=True, text=True)
     assert_one_line_error(proc, "--status, --regate, --rescore and --remeasure do not go together: give one")
 
-    # A point whose INT8 Dice was scored on ONNX Runtime alone (a result from before every runner
-    # was) is not compared with one scored on every runner; --rescore scores it again.
+    # A point deploying its INT8 graph whose INT8 Dice was scored on ONNX Runtime alone (a result
+    # from before every runner was) is not compared with one scored on every runner; --rescore
+    # scores it again. (Where auto picked an FP32 runner the FP32 Dice counts, so such a result
+    # would compare: both points are made to deploy INT8 here, whatever auto picked for them.)
     legacy = {k: v for k, v in after.items() if k not in ("dice_int8_runners", "dice_int8_runners_per_case", "dice_int8_backend")}
+    legacy["backend"] = next(iter(after["dice_int8_runners"]))
+    ref = json.loads((out / "points" / "unet-b4-d2-s64" / "result.json").read_text())
+    first = next(iter(ref["dice_int8_runners"]))
+    (out / "points" / "unet-b4-d2-s64" / "result.json").write_text(json.dumps(
+        {**ref, "backend": first, "dice_int8_backend": first, "dice_int8": ref["dice_int8_runners"][first],
+         "dice_int8_per_case": ref["dice_int8_runners_per_case"][first]}))
     (old / "result.json").write_text(json.dumps(legacy))
     proc = subprocess.run(_command(tmp_path / "sweep.toml", out), capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
