@@ -64,8 +64,15 @@ def stop_at_checkpoints() -> Iterator[None]:
     check_stop()
 
 
-def check_stop() -> None:
-    """Raise :class:`Terminated` if a SIGTERM was recorded and not yet acted on."""
-    if _state["pending"]:
+def stop_pending() -> bool:
+    """Whether a SIGTERM was recorded and not yet acted on (:func:`check_stop` would raise it)."""
+    return _state["pending"]
+
+
+def check_stop(elsewhere: bool = False) -> None:
+    """Raise :class:`Terminated` if a SIGTERM was recorded and not yet acted on, or when
+    ``elsewhere`` says that another process of the same job took one (the processes of a
+    distributed training stop together, at the same step: ``train.distributed.check_stop_together``)."""
+    if _state["pending"] or elsewhere:
         _state["pending"] = False
         raise Terminated

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from edgeseg.errors import EdgesegError
+from edgeseg.stopping import check_stop, stop_pending
 
 # A rank that dies leaves the others waiting in a collective; give up after this long.
 _TIMEOUT = datetime.timedelta(minutes=30)
@@ -149,6 +150,20 @@ def mean_over_processes(value: float, device: torch.device) -> float:
     t = torch.tensor([value], dtype=torch.float64, device=device)
     torch.distributed.all_reduce(t)
     return float(t.item()) / torch.distributed.get_world_size()
+
+
+def check_stop_together(place: ProcessPlace, device: torch.device) -> None:
+    """``stopping.check_stop`` for all processes at once: each says whether it holds a SIGTERM,
+    and all stop (raise ``Terminated``) when any does. torchrun sends SIGTERM to each process in
+    turn, so one may see it a step before another; a process that stopped alone would leave the
+    others waiting in the next step's gradient all-reduce (for NCCL's whole timeout). Every
+    process calls this at the same points of the loop; in one process it is ``check_stop``."""
+    if not place.distributed:
+        check_stop()
+        return
+    flag = torch.tensor([1 if stop_pending() else 0], dtype=torch.int32, device=device)
+    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+    check_stop(elsewhere=bool(flag.item()))
 
 
 def barrier(place: ProcessPlace) -> None:

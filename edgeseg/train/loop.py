@@ -18,7 +18,7 @@ from edgeseg.data.store import StoreCases, open_slice_store
 from edgeseg.errors import CheckpointError, DataError
 from edgeseg.models import ModelConfig, build_model, count_parameters
 from edgeseg.spec import PreprocessSpec
-from edgeseg.stopping import check_stop, stop_at_checkpoints
+from edgeseg.stopping import stop_at_checkpoints
 from edgeseg.train.augment import AugmentConfig, BatchAugmenter
 from edgeseg.models.checkpoint import read_checkpoint, save_checkpoint
 from edgeseg.train.config import MEMORY_FORMATS, TrainConfig, build_spec
@@ -145,7 +145,7 @@ def _epochs(state: "_LoopState", start_epoch: int, history: list, best: dict, da
     cfg, place, out, val_set, model_config = state.cfg, state.place, state.out, state.val_set, state.model_config
     with stop_at_checkpoints():  # a SIGTERM stops between batches, never inside a step, a save or a plot
         for epoch in range(start_epoch, cfg.epochs + 1):
-            check_stop()
+            distributed.check_stop_together(place, state.device)
             row, pred = state.run_epoch(epoch, progress)
             if not place.is_main:
                 distributed.barrier(place)
@@ -263,7 +263,7 @@ class _LoopState:
         losses = []
         bar = tqdm(self.loader, desc=f"epoch {epoch}/{cfg.epochs}", leave=False, disable=not progress, unit="batch")
         for i, (images, labels) in enumerate(bar):
-            check_stop()
+            distributed.check_stop_together(self.place, self.device)
             loss = self._step(images, labels, (epoch - 1) * self.steps_per_epoch + i)
             losses.append(loss)
             bar.set_postfix(loss=f"{loss:.4f}")

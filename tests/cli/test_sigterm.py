@@ -140,3 +140,78 @@ def test_a_loop_takes_the_stop_at_its_own_checkpoints_and_the_handler_is_restore
         with pytest.raises(Terminated):  # no checkpoints: at once
             sigterm()
     assert signal.getsignal(signal.SIGTERM) == before
+
+
+def _training_in_two_processes(out: Path) -> subprocess.Popen:
+    """`edgeseg train --nproc 2` (torchrun, gloo) on a tiny phantom for far more epochs than it will run."""
+    return subprocess.Popen([sys.executable, "-m", "edgeseg.cli", "train", "--nproc", "2",
+                             "--data", "phantom:cases=4,size=64,slices=16", "--size", "64", "--base", "4", "--depth", "2",
+                             "--epochs", "100000", "--out", str(out), "--quiet"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def _rank_pids(top: int) -> dict[int, int]:
+    """The training processes below ``top`` by rank (from the RANK torchrun puts in their environment)."""
+    ranks = {}
+    for pid in _descendants(top):
+        try:
+            env = dict(v.split("=", 1) for v in Path(f"/proc/{pid}/environ").read_text().split("\0") if "=" in v)
+            cmdline = Path(f"/proc/{pid}/cmdline").read_text()
+        except OSError:
+            continue
+        if "RANK" in env and "edgeseg\0train" in cmdline:
+            ranks[int(env["RANK"])] = pid
+    return ranks
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="reads child processes from /proc")
+def test_sigterm_stops_a_training_in_two_processes_and_leaves_none_running(tmp_path):
+    """SIGTERM to `edgeseg train --nproc 2` reaches torchrun's training processes through torchrun
+    (killing torchrun at once would leave them training, orphaned): every process stops, the run
+    ends with one line and 143, no traceback (torchrun's own included), last.pt whole."""
+    import torch
+
+    out = tmp_path / "run"
+    proc = _training_in_two_processes(out)
+    try:
+        _wait_for(lambda: (out / "last.pt").is_file() or proc.poll() is not None, 120, "no epoch finished")
+        assert proc.poll() is None, proc.stderr.read()
+        _wait_for(lambda: len(_rank_pids(proc.pid)) == 2, 30, "the two training processes are not running")
+        below = _descendants(proc.pid)
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=90)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == 143, stderr
+    assert stderr.strip().splitlines()[-1] == "edgeseg: stopped (SIGTERM)"
+    assert "Traceback" not in stderr and "error" not in stderr.lower(), stderr
+    _wait_for(lambda: not any(_alive(p) for p in below), 10, f"left behind: {below}")
+    assert torch.load(out / "last.pt", map_location="cpu", weights_only=False)["epoch"] >= 1
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="reads child processes from /proc")
+def test_a_sigterm_to_one_training_process_stops_all_of_them_at_the_same_step(tmp_path):
+    """torchrun passes a SIGTERM to its processes one after another; here only rank 1 gets one.
+    The processes agree at each step whether any holds a stop, so rank 0 stops with it, cleanly,
+    instead of waiting in the next gradient all-reduce for a peer that has gone."""
+    out = tmp_path / "run"
+    proc = _training_in_two_processes(out)
+    try:
+        _wait_for(lambda: (out / "last.pt").is_file() or proc.poll() is not None, 120, "no epoch finished")
+        assert proc.poll() is None, proc.stderr.read()
+        _wait_for(lambda: len(_rank_pids(proc.pid)) == 2, 30, "the two training processes are not running")
+        ranks = _rank_pids(proc.pid)
+        os.kill(ranks[1], signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=90)
+    finally:
+        proc.kill()
+        proc.wait()
+    # both ranks took the stop (rank 0 from rank 1's), neither ran into a failed collective, and
+    # the run ends as stopped, not as torchrun's failure report
+    assert proc.returncode == 143, stderr
+    assert stderr.splitlines().count("edgeseg: stopped (SIGTERM)") == 3, stderr  # two ranks and the command
+    assert stderr.strip().splitlines()[-1] == "edgeseg: stopped (SIGTERM)"
+    assert "Traceback" not in stderr and "gloo" not in stderr.lower() and "connection" not in stderr.lower(), stderr
+    assert not any(_alive(p) for p in ranks.values())
