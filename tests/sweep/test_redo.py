@@ -40,7 +40,36 @@ def _oracle_dice(bundle: Path, backend: str, cases: list[str], data: str, label_
     return scores
 
 
-def test_int8_dice_on_every_runner_the_deployed_one_autos_and_rescore(tmp_path, assert_one_line_error):
+def _check_a_failing_runner(folder: Path, result: dict, monkeypatch) -> None:
+    """Scoring a point: an INT8 runner other than the deployed one that fails (e.g. a runtime that
+    cannot compile the graph on this CPU) is named with its error and the others are scored; a
+    failure of the deployed runner is raised, since that is what the point ships."""
+    from edgeseg.errors import BackendError
+    from edgeseg.runtime.segmenter import Segmenter
+    from edgeseg.sweep.scoring import validation_dice
+
+    real_load = Segmenter.load
+
+    def load(bundle, backend="auto", **kwargs):
+        seg = real_load(bundle, backend=backend, **kwargs)
+        if backend == "openvino:int8":
+            def broken(*args, **kw):
+                raise BackendError("openvino:int8: cannot compile the graph here")
+            seg.predict_volume = broken
+        return seg
+
+    with monkeypatch.context() as patched:
+        patched.setattr(Segmenter, "load", staticmethod(load))
+        args = (folder / "run" / "best.pt", folder / "bundle", "phantom:cases=4,size=64,slices=16", None)
+        scored = validation_dice(*args, deployed="onnxruntime:int8", fp32=False)
+        assert scored["dice_int8_runners"] == {"onnxruntime:int8": result["dice_int8_runners"]["onnxruntime:int8"]}
+        assert scored["dice_int8_unscored"] == {"openvino:int8": "openvino:int8: cannot compile the graph here"}
+        assert scored["dice_int8_backend"] == "onnxruntime:int8"
+        with pytest.raises(BackendError, match="cannot compile the graph here"):
+            validation_dice(*args, deployed="openvino:int8", fp32=False)
+
+
+def test_int8_dice_on_every_runner_the_deployed_one_autos_and_rescore(tmp_path, assert_one_line_error, monkeypatch):
     from edgeseg.models.checkpoint import read_checkpoint
 
     (tmp_path / "sweep.toml").write_text(SWEEP)
@@ -68,6 +97,7 @@ def test_int8_dice_on_every_runner_the_deployed_one_autos_and_rescore(tmp_path, 
     header, row = rows[0].split(","), rows[1].split(",")
     assert row[header.index("dice_int8_backend")] == deployed
     assert row[header.index("dice_int8_runners")] == " ".join(f"{k}={v}" for k, v in runners.items())
+    _check_a_failing_runner(folder, result, monkeypatch)
 
     # A result from before every runner was scored (ONNX Runtime alone, here a made-up value):
     # --rescore scores it again, keeps its FP32 Dice (a sentinel: not recomputed) and trains and
@@ -116,39 +146,6 @@ def test_int8_dice_on_every_runner_the_deployed_one_autos_and_rescore(tmp_path, 
     assert_one_line_error(proc, f"{POINT} (tensorrt:int8): auto deploys a runner that cannot run here, so its result "
                                 "was left as it was; run --rescore where it runs")
     assert (folder / "result.json").read_bytes() == before
-
-
-def test_a_runner_that_fails_here_is_named_and_left_out_unless_it_is_the_deployed_one(tmp_path, monkeypatch):
-    """Scoring a point: an INT8 runner other than the deployed one that fails (e.g. a runtime that
-    cannot compile the graph on this CPU) is named with its error, the others are scored; a
-    failure of the deployed runner is raised, since that is what the point ships."""
-    from edgeseg.errors import BackendError
-    from edgeseg.runtime.segmenter import Segmenter
-    from edgeseg.sweep.scoring import validation_dice
-
-    (tmp_path / "sweep.toml").write_text(SWEEP)
-    proc = _sweep(tmp_path / "sweep.toml", tmp_path / "out", "--point", POINT)
-    assert proc.returncode == 0, proc.stderr
-    folder = tmp_path / "out" / "points" / POINT
-    result = json.loads((folder / "result.json").read_text())
-    real_load = Segmenter.load
-
-    def load(bundle, backend="auto", **kwargs):
-        seg = real_load(bundle, backend=backend, **kwargs)
-        if backend == "openvino:int8":
-            def broken(*args, **kw):
-                raise BackendError("openvino:int8: cannot compile the graph here")
-            seg.predict_volume = broken
-        return seg
-
-    monkeypatch.setattr(Segmenter, "load", staticmethod(load))
-    args = (folder / "run" / "best.pt", folder / "bundle", "phantom:cases=4,size=64,slices=16", None)
-    scored = validation_dice(*args, deployed="onnxruntime:int8", fp32=False)
-    assert scored["dice_int8_runners"] == {"onnxruntime:int8": result["dice_int8_runners"]["onnxruntime:int8"]}
-    assert scored["dice_int8_unscored"] == {"openvino:int8": "openvino:int8: cannot compile the graph here"}
-    assert scored["dice_int8_backend"] == "onnxruntime:int8"
-    with pytest.raises(BackendError, match="cannot compile the graph here"):
-        validation_dice(*args, deployed="openvino:int8", fp32=False)
 
 
 def test_the_deployed_int8_dice_is_the_picked_runners_wherever_it_stands():
