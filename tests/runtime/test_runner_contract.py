@@ -76,6 +76,20 @@ def test_runner_matches_reference_at_batch_1_and_n(bundle_dir, slices, reference
 
 
 @pytest.mark.parametrize(("runner", "precision"), PAIRS, ids=[f"{r}-{p}" for r, p in PAIRS])
+def test_runner_takes_a_read_only_batch(bundle_dir, slices, reference, runner, precision):
+    """A batch in memory the runner may not write (a request body read with np.frombuffer, as the
+    server does, or a read-only memory map) gives the same logits as a writeable copy."""
+    import warnings
+
+    frozen = np.frombuffer(slices.tobytes(), dtype=slices.dtype).reshape(slices.shape)
+    assert not frozen.flags.writeable
+    with _load(bundle_dir, runner, precision) as model, warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch warns when it is lent memory it may not write
+        np.testing.assert_array_equal(model.infer(frozen[:1]), model.infer(slices[:1].copy()))
+        np.testing.assert_array_equal(model.infer(frozen), model.infer(slices.copy()))
+
+
+@pytest.mark.parametrize(("runner", "precision"), PAIRS, ids=[f"{r}-{p}" for r, p in PAIRS])
 def test_runner_rejects_what_the_artifact_cannot_take(bundle_dir, slices, runner, precision):
     with _load(bundle_dir, runner, precision) as model:
         with pytest.raises(DataError, match="dtype must be float32"):

@@ -73,8 +73,8 @@ def server_factory(serve_bundle):
 
     started: list[RunningServer] = []
 
-    def start(**limits) -> RunningServer:
-        segmenter = Segmenter.load(serve_bundle, backend="onnxruntime:fp32")
+    def start(backend: str = "onnxruntime:fp32", **limits) -> RunningServer:
+        segmenter = Segmenter.load(serve_bundle, backend=backend)
         server = RunningServer(create_app(segmenter, ServeConfig(**limits)))
         started.append(server)
         return server

@@ -58,6 +58,29 @@ def test_tritonclient_infer_matches_onnxruntime(server, oracle, binary):
     assert result.get_response()["id"] == "r1"
 
 
+@pytest.mark.parametrize("backend", ["openvino:fp32", "openvino:int8", "torchscript:fp32"])
+def test_every_cpu_runner_serves_binary_requests(server_factory, serve_bundle, backend):
+    """The server reads a binary tensor with np.frombuffer, which is read-only: every runner must
+    take it (OpenVINO refused to lend such memory, and each request alone in its batch failed
+    with HTTP 500). Logits equal those of the same runner in this process."""
+    from edgeseg.runtime.runners import runner_class
+    from edgeseg.runtime.segmenter import Segmenter
+
+    cls = runner_class(backend.split(":")[0])
+    if not cls.available():
+        pytest.skip(f"{cls.name} is not installed ({cls.library} missing: pip install 'edgeseg[{cls.extra}]')")
+    server = server_factory(backend=backend, max_batch=4, max_body_bytes=4 << 20)
+    client = tritonclient_http.InferenceServerClient(url=server.url)
+    with Segmenter.load(serve_bundle, backend=backend) as local:
+        for n in (1, 3):
+            x = _batch(n, seed=n)
+            inp = tritonclient_http.InferInput("image", list(x.shape), "FP32")
+            inp.set_data_from_numpy(x, binary_data=True)
+            out = tritonclient_http.InferRequestedOutput("logits", binary_data=True)
+            logits = client.infer("edgeseg", [inp], outputs=[out]).as_numpy("logits")
+            np.testing.assert_allclose(logits, local.runner.infer(x), rtol=1e-5, atol=1e-5)
+
+
 def test_concurrent_requests_each_get_their_own_rows(server, oracle):
     client_inputs = [_batch(1 + k % 3, seed=k) for k in range(12)]
     results: dict[int, np.ndarray] = {}

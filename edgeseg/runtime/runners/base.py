@@ -145,3 +145,10 @@ class ArtifactRunner(Runner):
         super().__init__(input_info, output_info, max_batch, threads, precision=entry.precision, artifact=entry.file)
         self.path = Path(path)
         self.entry = entry
+
+
+def writeable(batch: np.ndarray) -> np.ndarray:
+    """``batch``, copied when it is read-only, for a library that takes numpy memory as its own to
+    write (torch warns that writing it is undefined): a read-only batch, such as a request body
+    the server read with np.frombuffer, is copied rather than lent."""
+    return batch if batch.flags.writeable else batch.copy()

@@ -112,8 +112,10 @@ class OpenVinoRunner(ArtifactRunner):
     def _infer(self, batch: np.ndarray) -> np.ndarray:
         # The batch (contiguous, float32, checked by Runner.infer) is lent to OpenVINO for this
         # synchronous call instead of copied into the request's own tensor; the outputs it
-        # returns are views (share_outputs), read once below.
-        self._request.infer(self._tensor(batch, shared_memory=True), True, False)
+        # returns are views (share_outputs), read once below. OpenVINO lends only memory it may
+        # write: a read-only batch (a request body the server read with np.frombuffer, a
+        # read-only memory map) is copied instead of refused.
+        self._request.infer(self._tensor(batch, shared_memory=bool(batch.flags.writeable)), True, False)
         # The request owns its output buffer and overwrites it on the next call.
         return self._request.get_output_tensor(0).data.copy()
 

@@ -7,7 +7,7 @@ import numpy as np
 
 from edgeseg.errors import require
 from edgeseg.runtime.manifest import TensorInfo
-from edgeseg.runtime.runners.base import Runner
+from edgeseg.runtime.runners.base import Runner, writeable
 
 
 class TorchModuleRunner(Runner):
@@ -40,7 +40,8 @@ class TorchModuleRunner(Runner):
     def _infer(self, batch: np.ndarray) -> np.ndarray:
         torch = self._torch
         with torch.inference_mode():
-            return self._module(torch.from_numpy(batch).to(self._device)).float().cpu().numpy()
+            return self._module(torch.from_numpy(writeable(batch)).to(self._device)).float().cpu().numpy()
 
     def close(self) -> None:
         self._module = None
+

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from edgeseg.errors import BackendError, require
-from edgeseg.runtime.runners.base import ArtifactRunner
+from edgeseg.runtime.runners.base import ArtifactRunner, writeable
 
 
 class TorchScriptRunner(ArtifactRunner):
@@ -32,7 +32,7 @@ class TorchScriptRunner(ArtifactRunner):
 
     def _infer(self, batch: np.ndarray) -> np.ndarray:
         with self._torch.inference_mode():
-            return self._module(self._torch.from_numpy(batch)).float().numpy()
+            return self._module(self._torch.from_numpy(writeable(batch))).float().numpy()
 
     def close(self) -> None:
         self._module = None
