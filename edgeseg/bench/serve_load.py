@@ -95,14 +95,18 @@ def run_load(url: str, manifest, *, clients: int = 16, seconds: float = 60.0, ba
     latencies: list[list[float]] = [[] for _ in range(clients)]
     errors: list[str] = []
     stop = threading.Event()
+    # daemon threads, stopped in every case: an interrupted load test must not keep its clients
+    # (and so the server's connections, which hold up the server's shutdown) alive
     threads = [threading.Thread(target=_client, args=(host, int(port), f"/v2/models/{model}/infer", body, headers,
-                                                      expect, stop, latencies[i], errors))
+                                                      expect, stop, latencies[i], errors), daemon=True)
                for i in range(clients)]
     start = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    time.sleep(seconds)
-    stop.set()
+    try:
+        for thread in threads:
+            thread.start()
+        time.sleep(seconds)
+    finally:
+        stop.set()
     for thread in threads:
         thread.join()
     wall = time.perf_counter() - start
@@ -175,7 +179,11 @@ def edgeseg_server(bundle, name: str, max_batch: int, backend: str, threads: int
         yield f"127.0.0.1:{port}", server.pid, f"edgeseg serve, {platform.removeprefix('edgeseg_') or backend}"
     finally:
         server.terminate()
-        server.wait(timeout=30)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
 
 
 @contextlib.contextmanager

@@ -80,6 +80,7 @@ def serve_command(bundle, clients, seconds, warmup, batch, max_batch, backend, t
 
     from edgeseg.atomic import atomic_write_text, check_output_file
     from edgeseg.bench.serve_load import load_test
+    from edgeseg.errors import DataError
     from edgeseg.export.triton import check_model_name
 
     if json_out:
@@ -96,3 +97,5 @@ def serve_command(bundle, clients, seconds, warmup, batch, max_batch, backend, t
         click.echo(f"  error: {line}")
     if json_out:
         atomic_write_text(json_out, json.dumps(r, indent=2) + "\n")
+    if r["errors"]:  # the figures above are of a server that failed requests: not a result to keep
+        raise DataError(f"{r['errors']} request(s) failed during the load test (first: {r['first_errors'][0]})")

@@ -44,3 +44,58 @@ def test_triton_load_needs_an_explicit_backend(serve_bundle):
     result = CliRunner().invoke(cli, ["bench-serve", str(serve_bundle), "--triton", "--seconds", "1"])
     assert result.exit_code == 2
     assert "--triton needs --backend NAME:PRECISION" in result.output
+
+
+def test_a_load_test_whose_requests_fail_ends_with_one_line_and_the_report(serve_bundle, tmp_path,
+                                                                           assert_one_line_error):
+    """Figures of a server that refused the requests are no result: the report is written for a
+    look, and the command fails with one line naming the first error. (Each request here holds 8
+    slices, the server takes at most 4.)"""
+    import subprocess
+    import sys
+
+    out = tmp_path / "load.json"
+    proc = subprocess.run([sys.executable, "-m", "edgeseg.cli", "bench-serve", str(serve_bundle), "--clients", "2",
+                           "--seconds", "1", "--warmup", "0.5", "--batch", "8", "--max-batch", "4",
+                           "--backend", "onnxruntime:fp32", "--json", str(out)], capture_output=True, text=True)
+    assert_one_line_error(proc, "request(s) failed during the load test (first: HTTP 400")
+    assert "a request holds at most 4 slices (--max-batch), got 8" in proc.stderr
+    report = json.loads(out.read_text())
+    assert report["errors"] > 0 and report["requests"] == 0
+
+
+def test_sigterm_stops_a_load_test_and_its_server(serve_bundle, tmp_path):
+    """Stopped mid-load, bench-serve stops its clients (else their open connections hold up the
+    server's shutdown and keep bench-serve itself alive) and its server, and exits 143."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    proc = subprocess.Popen([sys.executable, "-m", "edgeseg.cli", "bench-serve", str(serve_bundle), "--clients", "8",
+                             "--seconds", "120", "--warmup", "0", "--backend", "onnxruntime:fp32"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        children: list[int] = []
+        while not children:  # the server, once it is started
+            assert time.monotonic() < deadline and proc.poll() is None, "no server started"
+            children = [int(c) for t in Path(f"/proc/{proc.pid}/task").iterdir()
+                        for c in (t / "children").read_text().split()]
+            time.sleep(0.1)
+        time.sleep(8)  # started, ready and under load
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=45)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == 143, stderr
+    assert stderr.strip().splitlines()[-1] == "edgeseg: stopped (SIGTERM)"
+    for pid in children:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            continue
+        assert Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z", f"server {pid} left running"
