@@ -20,15 +20,22 @@ def _edgeseg(*args, cwd) -> subprocess.CompletedProcess:
                           cwd=cwd, timeout=300)
 
 
-@pytest.fixture(scope="module")
-def served(serve_bundle, tmp_path_factory):
-    """``edgeseg serve BUNDLE`` as its own process (ONNX Runtime FP32), stopped at teardown."""
+@pytest.fixture(scope="module", params=["onnxruntime:fp32", "openvino:fp32"])
+def served(request, serve_bundle, tmp_path_factory):
+    """``edgeseg serve BUNDLE`` as its own process on each CPU runtime, stopped at teardown; its
+    URL. (The remote runner sends binary tensors, which the server reads without copying: on
+    OpenVINO that once failed every request.)"""
     pytest.importorskip("fastapi")
+    from edgeseg.runtime.runners import runner_class
+
+    cls = runner_class(request.param.split(":")[0])
+    if not cls.available():
+        pytest.skip(f"{cls.name} is not installed ({cls.library} missing: pip install 'edgeseg[{cls.extra}]')")
     port = _free_port()
     log = tmp_path_factory.mktemp("serve") / "serve.log"
     with open(log, "w") as out:
         proc = subprocess.Popen([sys.executable, "-m", "edgeseg.cli", "serve", str(serve_bundle), "--port", str(port),
-                                 "--backend", "onnxruntime:fp32", "--model-name", "liver"], stdout=out, stderr=out)
+                                 "--backend", request.param, "--model-name", "liver"], stdout=out, stderr=out)
     try:
         deadline = time.monotonic() + 120
         while True:
@@ -59,8 +66,10 @@ def test_remote_predict_equals_local_predict_on_a_dicom_series(served, serve_bun
     remote = _edgeseg("predict", serve_bundle, SERIES, "--out", "remote.npy", "--backend", served, "--quiet", cwd=tmp_path)
     assert remote.returncode == 0, remote.stderr
     assert "backend remote:server (127.0.0.1:" in remote.stdout
-    local = _edgeseg("predict", serve_bundle, SERIES, "--out", "local.npy", "--backend", "onnxruntime:fp32", "--quiet",
-                     cwd=tmp_path)
+    # the same runtime here as behind the server (the two runtimes' float sums differ in the last bits)
+    backend = json.loads(urllib.request.urlopen(served.replace("/models/", "/v2/models/"), timeout=10).read())["platform"]
+    local = _edgeseg("predict", serve_bundle, SERIES, "--out", "local.npy", "--backend",
+                     backend.removeprefix("edgeseg_"), "--quiet", cwd=tmp_path)
     assert local.returncode == 0, local.stderr
     a, b = np.load(tmp_path / "remote.npy"), np.load(tmp_path / "local.npy")
     assert a.shape == b.shape == (3, 512, 512)
