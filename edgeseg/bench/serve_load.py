@@ -148,11 +148,12 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _wait_ready(port: int, process: subprocess.Popen, timeout: float = 60) -> None:
+def _wait_ready(port: int, process: subprocess.Popen, log, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while True:
         if process.poll() is not None:
-            raise DataError(f"edgeseg serve exited: {process.stderr.read().strip().splitlines()[-1:]}")
+            log.seek(0)
+            raise DataError(f"edgeseg serve exited: {log.read().strip().splitlines()[-1:]}")
         with contextlib.suppress(OSError):  # not listening yet: ask again below
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
             conn.request("GET", "/v2/health/ready")
@@ -165,25 +166,28 @@ def _wait_ready(port: int, process: subprocess.Popen, timeout: float = 60) -> No
 
 @contextlib.contextmanager
 def edgeseg_server(bundle, name: str, max_batch: int, backend: str, threads: int, queue: int):
-    """A real ``edgeseg serve`` process; yields (url, pid, backend it runs)."""
+    """A real ``edgeseg serve`` process; yields (url, pid, backend it runs). Its messages go to a
+    temporary file, not a pipe: nobody reads a pipe during the load, and a server that filled one
+    (64 KB of logged errors) would stop, blocked on its next write."""
     port = _free_port()
     cmd = [sys.executable, "-m", "edgeseg.cli", "serve", str(bundle), "--port", str(port), "--backend", backend,
            "--threads", str(threads), "--max-batch", str(max_batch), "--queue-size", str(queue), "--model-name", name]
-    server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                              env=dict(os.environ, PYTHONUNBUFFERED="1"))
-    try:
-        _wait_ready(port, server)
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-        conn.request("GET", f"/v2/models/{name}")
-        platform = json.loads(conn.getresponse().read()).get("platform", "")
-        yield f"127.0.0.1:{port}", server.pid, f"edgeseg serve, {platform.removeprefix('edgeseg_') or backend}"
-    finally:
-        server.terminate()
+    with tempfile.TemporaryFile(mode="w+") as log:
+        server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log, text=True,
+                                  env=dict(os.environ, PYTHONUNBUFFERED="1"))
         try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+            _wait_ready(port, server, log)
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            conn.request("GET", f"/v2/models/{name}")
+            platform = json.loads(conn.getresponse().read()).get("platform", "")
+            yield f"127.0.0.1:{port}", server.pid, f"edgeseg serve, {platform.removeprefix('edgeseg_') or backend}"
+        finally:
+            server.terminate()
+            try:
+                server.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait()
 
 
 @contextlib.contextmanager
