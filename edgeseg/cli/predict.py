@@ -26,14 +26,19 @@ from edgeseg.cli.tta_option import tta_option
                    "network there.")
 @click.option("--threads", default=0, show_default=True, help="CPU threads for the backend (0: its default).")
 @click.option("--batch-size", default=None, type=int, help="Slices per model call (default: the bundle's, at most 8).")
-@click.option("--overlay", default=None, type=click.Path(dir_okay=False),
+@click.option("--overlay", default=None, type=click.Path(),
               help="Also write one overlay PNG of the slice with the most foreground.")
+@click.option("--spacing", default=None, metavar="Z,Y,X",
+              help="Voxel size in mm of an INPUT that carries none (.npy, PNG/JPG): needed where the bundle "
+                   "removes 3-D components by volume (mL), and written to a NIfTI output. DICOM and NIfTI "
+                   "inputs carry their own.")
 @click.option("--intensity", default=None,
               help="What PNG/JPG pixels mean: 'hu-clipped:LO,HI' or 'window:LO,HI' [default: what the bundle's "
                    "training slices meant, as its manifest records; else hu-clipped:0,255].")
 @tta_option
 @click.option("--quiet", is_flag=True, help="No progress bar and no log lines.")
-def command(bundle, input_path, out, fmt, backend, threads, batch_size, overlay, intensity, tta, quiet) -> None:
+def command(bundle, input_path, out, fmt, backend, threads, batch_size, overlay, spacing, intensity, tta,
+            quiet) -> None:
     """Segment INPUT with BUNDLE and write the label map to --out; prints a one-line summary."""
     import logging
     import time
@@ -43,7 +48,7 @@ def command(bundle, input_path, out, fmt, backend, threads, batch_size, overlay,
     from edgeseg.cli.logs import configure_logging
     from edgeseg.errors import DataError, EdgesegError
     from edgeseg.runtime.manifest import read_manifest
-    from edgeseg.runtime.readers import IMAGE_SUFFIXES, bundle_intensity, read_input
+    from edgeseg.runtime.readers import IMAGE_SUFFIXES, bundle_intensity, input_kind, read_input
     from edgeseg.runtime.segmenter import Segmenter
     from edgeseg.runtime.writers import format_for, write_dicom_seg, write_nifti, write_npy, write_overlay, write_png
 
@@ -51,7 +56,11 @@ def command(bundle, input_path, out, fmt, backend, threads, batch_size, overlay,
     if not quiet:
         configure_logging()
     fmt = format_for(out, fmt)
-    _check_outputs(out, fmt, overlay)
+    _check_outputs(input_path, out, fmt, overlay)
+    kind = input_kind(input_path)
+    if spacing is not None and kind in ("dicom", "nifti"):
+        raise DataError(f"--spacing is for inputs without geometry (.npy, PNG/JPG); {input_path} carries its own")
+    spacing = _parse_spacing(spacing)
     if intensity is None and str(input_path).lower().endswith(IMAGE_SUFFIXES):
         try:
             intensity, recorded = bundle_intensity(read_manifest(bundle).source)
@@ -61,10 +70,20 @@ def command(bundle, input_path, out, fmt, backend, threads, batch_size, overlay,
             logging.getLogger("edgeseg.predict").info(
                 "reading %s's pixels as %s, the intensity of the bundle's training slices", input_path, intensity)
     volume, refs = read_input(input_path, **({"intensity": intensity} if intensity else {}))
+    if spacing is not None:
+        from dataclasses import replace
+
+        from edgeseg.data.volume import default_affine
+
+        volume = replace(volume, spacing=spacing, affine=default_affine(spacing))
     if fmt == "dicom-seg" and refs is None:
         raise DataError(f"--format dicom-seg needs a DICOM series folder as INPUT, got {input_path}")
     backends = backend.split(",") if "," in backend else backend
     with Segmenter.load(bundle, backend=backends, threads=threads, tta=tta) as segmenter:
+        if spacing is None and kind in ("npy", "image") and segmenter.postprocess.needs_spacing:
+            # the unit spacing such inputs are read with would turn the mL into a wrong voxel count
+            raise DataError(f"{input_path} carries no voxel spacing, and the bundle removes 3-D components by "
+                            "volume (mL): give --spacing Z,Y,X in mm")
         labels = segmenter.predict_volume(volume, batch_size=batch_size, progress=not quiet)
         names = segmenter.labels
         used = f"{segmenter.backend} ({segmenter.runner.device})"
@@ -84,8 +103,26 @@ def command(bundle, input_path, out, fmt, backend, threads, batch_size, overlay,
                f"voxels {voxels} -> {out}")
 
 
-def _check_outputs(out: str, fmt: str, overlay: str | None) -> None:
-    """Refuse outputs that cannot be written before reading or segmenting anything.
+def _parse_spacing(text: str | None) -> tuple[float, float, float] | None:
+    """--spacing Z,Y,X (mm, each finite and > 0), or None."""
+    import math
+
+    from edgeseg.errors import DataError
+
+    if text is None:
+        return None
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 3 or not all(math.isfinite(v) and v > 0 for v in values):
+        raise DataError(f"--spacing must be three positive sizes in mm, Z,Y,X (e.g. 2.5,0.7,0.7), got {text!r}")
+    return values
+
+
+def _check_outputs(input_path: str, out: str, fmt: str, overlay: str | None) -> None:
+    """Refuse outputs that cannot be written, or that would overwrite the input or each other,
+    before reading or segmenting anything.
 
     PNG output of a volume is a folder of slices, written whole: an existing folder is
     replaced only when it holds nothing but PNG files (an earlier prediction).
@@ -96,6 +133,12 @@ def _check_outputs(out: str, fmt: str, overlay: str | None) -> None:
     from edgeseg.errors import DataError
 
     target = Path(out)
+    source = Path(input_path)
+    _check_apart(source, target, "--out", replaced_whole=fmt == "png" and target.is_dir())
+    if overlay:
+        _check_apart(source, Path(overlay), "--overlay")
+        if _same(Path(overlay), target) or (fmt == "png" and _inside(Path(overlay), target)):
+            raise DataError(f"--overlay {overlay} is where --out writes; name another file")
     if fmt == "png" and target.is_dir():
         others = [p.name for p in target.iterdir() if not p.name.lower().endswith(".png")]
         if others:
@@ -106,3 +149,31 @@ def _check_outputs(out: str, fmt: str, overlay: str | None) -> None:
         check_output_file(target, "--out")
     if overlay:
         check_output_file(overlay, "--overlay")
+
+
+def _check_apart(source, target, option: str, replaced_whole: bool = False) -> None:
+    """DataError when writing ``target`` would overwrite INPUT: the same file (also through a
+    link), a file inside an INPUT series folder, or (``replaced_whole``: a folder written whole)
+    a folder holding INPUT."""
+    from edgeseg.errors import DataError
+
+    if _same(target, source):
+        raise DataError(f"{option} {target} is INPUT itself; name another file")
+    if source.is_dir() and _inside(target, source):
+        raise DataError(f"{option} {target} is inside the INPUT folder {source}; write outside the series")
+    if replaced_whole and _inside(source, target):
+        raise DataError(f"{option} {target} holds INPUT {source} and would be replaced whole; name a new folder")
+
+
+def _same(a, b) -> bool:
+    import os
+
+    if a.exists() and b.exists():
+        return os.path.samefile(a, b)
+    return a.resolve() == b.resolve()
+
+
+def _inside(path, folder) -> bool:
+    """Whether ``path`` is ``folder`` or lies below it (links resolved)."""
+    path, folder = path.resolve(), folder.resolve()
+    return path == folder or folder in path.parents

@@ -1,0 +1,110 @@
+"""``edgeseg predict`` never writes over its input, and asks for the spacing an input without
+geometry lacks where the bundle's filters need it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from edgeseg.cli.main import cli
+
+DATA = Path(__file__).resolve().parents[1] / "data"
+SERIES = DATA / "dcmqi_ct_liver" / "ct-3slice"
+NIFTI = DATA / "totalseg_example_ct" / "example_ct_sm.nii.gz"
+
+
+def predict(*args) -> object:
+    return CliRunner().invoke(cli, ["predict", *map(str, args), "--backend", "onnxruntime:fp32", "--quiet"])
+
+
+def _refused(result, message: str) -> None:
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("edgeseg: error:") and message in lines[0], result.output
+
+
+def _digest(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def test_outputs_that_would_overwrite_the_input_are_refused_before_any_work(bundle_dir, tmp_path):
+    volume = tmp_path / "ct.nii.gz"
+    shutil.copy(NIFTI, volume)
+    series = Path(shutil.copytree(SERIES, tmp_path / "series"))
+    before, series_before = volume.read_bytes(), _digest(series)
+    first = sorted(series.iterdir())[0]
+
+    _refused(predict(bundle_dir, volume, "--out", volume), f"--out {volume} is INPUT itself")
+    _refused(predict(bundle_dir, volume, "--out", tmp_path / "." / "ct.nii.gz"), "is INPUT itself")  # another spelling
+    link = tmp_path / "link.nii.gz"
+    link.symlink_to(volume)
+    _refused(predict(bundle_dir, link, "--out", volume), "is INPUT itself")
+    _refused(predict(bundle_dir, series, "--out", first, "--format", "dicom-seg"), "is inside the INPUT folder")
+    _refused(predict(bundle_dir, series, "--out", series / "seg.dcm"), "is inside the INPUT folder")
+    _refused(predict(bundle_dir, volume, "--out", tmp_path / "o.nii.gz", "--overlay", volume), "--overlay")
+    _refused(predict(bundle_dir, volume, "--out", tmp_path / "o.nii.gz", "--overlay", tmp_path / "o.nii.gz"),
+             "is where --out writes")
+    _refused(predict(bundle_dir, volume, "--out", tmp_path / "o.nii.gz", "--overlay", tmp_path), "is an existing folder")
+    # a PNG slice inside a folder of PNGs that --out (PNG output of a volume, written whole) would replace
+    slices = tmp_path / "slices"
+    slices.mkdir()
+    from PIL import Image
+
+    Image.fromarray(np.full((64, 64), 100, np.uint8)).save(slices / "a.png")
+    _refused(predict(bundle_dir, slices / "a.png", "--out", slices, "--format", "png"), "would be replaced whole")
+    assert volume.read_bytes() == before and _digest(series) == series_before and (slices / "a.png").is_file()
+    assert not (tmp_path / "o.nii.gz").exists()
+
+    done = predict(bundle_dir, series, "--out", tmp_path / "seg.dcm")  # beside the series: fine
+    assert done.exit_code == 0, done.output
+
+
+def _with_min_ml(bundle_dir: Path, tmp_path: Path, ml: float) -> Path:
+    """A copy of the bundle that drops liver components under ``ml`` in 3-D."""
+    copy = Path(shutil.copytree(bundle_dir, tmp_path / "bundle-ml"))
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["postprocess"] = {**(manifest.get("postprocess") or {}), "classes": {
+        "1": {"keep_largest": False, "min_pixels": 0, "keep_largest_3d": False, "min_ml": ml}}}
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    return copy
+
+
+def test_an_input_without_spacing_needs_spacing_where_the_bundle_filters_by_volume(bundle_dir, tmp_path):
+    from edgeseg.data.dicom import read_dicom_series_with_refs
+    from edgeseg.data.nifti import read_nifti
+
+    volume, _ = read_dicom_series_with_refs(SERIES)
+    # The model finds one liver component on the series, of 7420 voxels: 4.9 mL at the series'
+    # spacing, 7.4 mL at the unit spacing an array is read with; a 6 mL filter tells them apart.
+    bundle = _with_min_ml(bundle_dir, tmp_path, 6.0)
+    array = tmp_path / "ct.npy"
+    np.save(array, volume.hu.astype(np.float32))
+    out = tmp_path / "labels.npy"
+    _refused(predict(bundle, array, "--out", out), "carries no voxel spacing")
+    assert not out.exists()
+    _refused(predict(bundle, array, "--out", out, "--spacing", "1,0,1"), "--spacing must be three positive sizes")
+    _refused(predict(bundle, NIFTI, "--out", out, "--spacing", "1,1,1"), "carries its own")
+
+    # with the series' own spacing the array gives the series' labels, voxel for voxel
+    spacing = ",".join(repr(float(s)) for s in volume.spacing)
+    done = predict(bundle, array, "--out", out, "--spacing", spacing)
+    assert done.exit_code == 0, done.output
+    reference = tmp_path / "reference.npy"
+    done = predict(bundle, SERIES, "--out", reference)
+    assert done.exit_code == 0, done.output
+    assert np.array_equal(np.load(out), np.load(reference))
+    # unit spacing keeps the component the series' spacing removes: the check is not moot
+    unit = tmp_path / "unit.npy"
+    done = predict(bundle, array, "--out", unit, "--spacing", "1,1,1")
+    assert done.exit_code == 0, done.output
+    assert np.load(unit).any() and not np.load(reference).any()
+    # the NIfTI written from the array carries the spacing given
+    nifti_out = tmp_path / "labels.nii.gz"
+    done = predict(bundle, array, "--out", nifti_out, "--spacing", spacing)
+    assert done.exit_code == 0, done.output
+    assert read_nifti(nifti_out).spacing == pytest.approx(volume.spacing)
