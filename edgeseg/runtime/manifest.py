@@ -42,6 +42,7 @@ SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 PARITY_NAME = "parity.json"
 INPUT_NAME, OUTPUT_NAME = "image", "logits"
+MAX_CLASS = 255  # labels are uint8
 DTYPES = ("float32", "float16", "int64", "uint8")
 
 
@@ -56,10 +57,9 @@ class TensorInfo:
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
             raise BundleError(f"tensor name must be a non-empty string, got {self.name!r}")
-        try:
-            shape = tuple(int(n) for n in self.shape)
-        except (TypeError, ValueError):
-            raise BundleError(f"tensor {self.name!r}: shape must be a list of integers, got {self.shape!r}") from None
+        if not isinstance(self.shape, (tuple, list)) or not all(_is_int(n) for n in self.shape):
+            raise BundleError(f"tensor {self.name!r}: shape must be a list of integers, got {self.shape!r}")
+        shape = tuple(self.shape)
         if any(n < -1 or n == 0 for n in shape):
             raise BundleError(f"tensor {self.name!r}: shape {list(shape)} has a size below 1 (use -1 for dynamic)")
         if self.dtype not in DTYPES:
@@ -73,6 +73,8 @@ class TensorInfo:
     def from_dict(cls, data: Any) -> "TensorInfo":
         if not isinstance(data, dict) or not {"name", "shape"} <= set(data):
             raise BundleError(f"a tensor entry needs 'name' and 'shape', got {data!r}")
+        if not isinstance(data["shape"], list):
+            raise BundleError(f"tensor {data['name']!r}: shape must be a list of integers, got {data['shape']!r}")
         return cls(name=data["name"], shape=tuple(data["shape"]), dtype=data.get("dtype", "float32"))
 
 
@@ -129,8 +131,10 @@ class ArtifactEntry:
         if not isinstance(data, dict) or not needed <= set(data):
             missing = sorted(needed - set(data)) if isinstance(data, dict) else sorted(needed)
             raise BundleError(f"artifact entry lacks {missing}")
+        if not _is_int(data["bytes"]) or data["bytes"] < 0:
+            raise BundleError(f"artifact {data['file']!r}: bytes must be a whole number, got {data['bytes']!r}")
         return cls(file=data["file"], format=data["format"], precision=data["precision"],
-                   sha256=data["sha256"], bytes=int(data["bytes"]), fingerprint=data.get("fingerprint"),
+                   sha256=data["sha256"], bytes=data["bytes"], fingerprint=data.get("fingerprint"),
                    extra=dict(data.get("extra") or {}), excluded=data.get("excluded") or {})
 
 
@@ -165,6 +169,13 @@ class Manifest:
             raise BundleError(f"max_batch must be >= 1, got {self.max_batch}")
         if 0 not in self.labels:
             raise BundleError(f"labels must name class 0 (background), got {self.labels}")
+        # the network's tensors as network_tensors writes them: what the runtime feeds and reads
+        rows, cols = self.spec.size
+        for tensor, channels, what in ((self.inputs[0], 1, "1 channel"),
+                                       (self.outputs[0], self.num_classes, f"{self.num_classes} classes (labels)")):
+            if len(tensor.shape) != 4 or tuple(tensor.shape[1:]) != (channels, rows, cols):
+                raise BundleError(f"tensor {tensor.name!r} has shape {list(tensor.shape)}; the spec and labels say "
+                                  f"[-1, {channels}, {rows}, {cols}] ({what} of {rows}x{cols})")
 
     @property
     def num_classes(self) -> int:
@@ -203,7 +214,7 @@ class Manifest:
         if not isinstance(data, dict):
             raise BundleError(f"manifest must be a JSON object, got {type(data).__name__}")
         schema = data.get("schema")
-        if not isinstance(schema, int):
+        if not _is_int(schema):
             raise BundleError(f"manifest has no integer 'schema' field (got {schema!r})")
         if schema > SCHEMA_VERSION:
             raise BundleError(f"manifest schema {schema} is newer than this edgeseg reads ({SCHEMA_VERSION}); upgrade edgeseg")
@@ -216,10 +227,15 @@ class Manifest:
             spec = PreprocessSpec.from_dict(data["spec"])
         except SpecError as exc:
             raise BundleError(f"manifest spec: {exc}") from None
-        try:
-            labels = {int(k): str(v) for k, v in dict(data["labels"]).items()}
-        except (TypeError, ValueError):
-            raise BundleError(f"manifest labels must map class numbers to names, got {data['labels']!r}") from None
+        raw = data["labels"]
+        if (not isinstance(raw, dict) or not all(isinstance(k, str) and k.isascii() and k.isdigit() for k in raw)
+                or not all(isinstance(v, str) for v in raw.values())):
+            raise BundleError(f"manifest labels must map class numbers to names, got {raw!r}"[:300])
+        labels = {int(k): v for k, v in raw.items()}
+        if len(labels) != len(raw):  # "1" and "01"
+            raise BundleError(f"manifest labels name a class twice: {sorted(raw)}")
+        if max(labels, default=0) > MAX_CLASS:
+            raise BundleError(f"manifest labels: class {max(labels)} does not fit uint8 labels (at most {MAX_CLASS + 1} classes)")
         try:
             return cls._build(data, spec, labels, schema)
         except (TypeError, ValueError, KeyError, AttributeError, OverflowError) as exc:
@@ -236,14 +252,31 @@ class Manifest:
             artifacts=tuple(ArtifactEntry.from_dict(a) for a in data["artifacts"]),
             model=dict(data.get("model") or {}),
             postprocess=dict(data.get("postprocess") or {}),
-            max_batch=int(data.get("max_batch", 1)),
-            resize_input=bool(data.get("resize_input", True)),
+            max_batch=_whole(data.get("max_batch", 1), "max_batch"),
+            resize_input=_flag(data.get("resize_input", True), "resize_input"),
             calibration=data.get("calibration"),
             source=dict(data.get("source") or {}),
             edgeseg_version=str(data.get("edgeseg_version", "")),
             created=str(data.get("created", "")),
             schema=schema,
         )
+
+
+def _is_int(value: Any) -> bool:
+    """A JSON integer (not a bool, not 2.0, not "2")."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _whole(value: Any, key: str) -> int:
+    if not _is_int(value):
+        raise BundleError(f"manifest {key} must be a whole number, got {value!r}")
+    return value
+
+
+def _flag(value: Any, key: str) -> bool:
+    if not isinstance(value, bool):
+        raise BundleError(f"manifest {key} must be true or false, got {value!r}")
+    return value
 
 
 def network_tensors(spec: PreprocessSpec, num_classes: int) -> tuple[TensorInfo, TensorInfo]:
@@ -270,7 +303,7 @@ def read_manifest(bundle: str | Path) -> Manifest:
     if not path.is_file():
         raise BundleError(f"bundle {folder} has no {MANIFEST_NAME}")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8-sig"))  # a leading BOM is read past, as in C
     except RecursionError:  # '[[[[...' nests deeper than the parser recurses
         raise BundleError(f"{path} is not a readable manifest: JSON nested too deeply") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:

@@ -20,7 +20,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from edgeseg.errors import DataError
+from edgeseg.errors import BackendError, DataError, EdgesegError
 from edgeseg.runtime.manifest import ArtifactEntry, TensorInfo
 
 
@@ -90,11 +90,27 @@ class Runner(abc.ABC):
         return np.dtype(self.input_info.dtype)
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
-        """Validate ``batch`` (N, C, H, W) and return the model's logits as float32 (N, K, H, W)."""
+        """Validate ``batch`` (N, C, H, W) and return the model's logits as float32 (N, K, H, W).
+
+        An error the engine raises while running is a BackendError naming the runner and what it
+        runs (the engine's whole message on one line); logits of another shape than the output
+        tensor the bundle declares (other classes, another size: a graph that does not match its
+        manifest) are a BackendError too, never labels the bundle does not name."""
         self.check_batch(batch)
         with self._lock:
-            out = self._infer(np.ascontiguousarray(batch))
-        return np.asarray(out, dtype=np.float32)
+            try:
+                out = self._infer(np.ascontiguousarray(batch))
+            except (EdgesegError, MemoryError):
+                raise
+            except Exception as exc:  # noqa: BLE001 - each engine raises its own types
+                raise BackendError(f"{self.name} could not run {self.artifact}: {engine_message(exc)}") from None
+        out = np.asarray(out, dtype=np.float32)
+        expected = (batch.shape[0], *self.output_info.shape[1:])
+        if out.shape != expected and not (len(out.shape) == len(expected) and all(
+                w == -1 or g == w for g, w in zip(out.shape, expected))):
+            raise BackendError(f"{self.name}: {self.artifact} returned logits of shape {list(out.shape)}; the bundle "
+                               f"declares {list(expected)} (a model that does not match its manifest)")
+        return out
 
     def check_batch(self, batch: np.ndarray) -> None:
         """DataError naming the first way ``batch`` differs from what the model takes."""
@@ -152,3 +168,14 @@ def writeable(batch: np.ndarray) -> np.ndarray:
     write (torch warns that writing it is undefined): a read-only batch, such as a request body
     the server read with np.frombuffer, is copied rather than lent."""
     return batch if batch.flags.writeable else batch.copy()
+
+
+def engine_message(exc: BaseException, limit: int = 400) -> str:
+    """An engine's error as one line: its lines joined, without OpenVINO's 'Exception from
+    FILE:LINE:' location lines (the cause comes after them), cut at ``limit`` characters."""
+    import re
+
+    lines = [ln.strip() for ln in str(exc).splitlines()]
+    kept = [ln for ln in lines if ln and not re.fullmatch(r"Exception from \S+:\d+:?", ln)]
+    text = " ".join(kept) or type(exc).__name__
+    return text if len(text) <= limit else text[:limit - 3] + "..."

@@ -11,7 +11,7 @@ import numpy as np
 
 from edgeseg.errors import BackendError, require
 from edgeseg.runtime.compiled_cache import CompiledModelCache
-from edgeseg.runtime.runners.base import ArtifactRunner
+from edgeseg.runtime.runners.base import ArtifactRunner, engine_message
 
 OPTIMIZED_NAME = "model.onnx"
 _GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
@@ -86,7 +86,7 @@ class OnnxRuntimeRunner(ArtifactRunner):
             try:
                 return ort.InferenceSession(str(model), sess_options=options, providers=providers)
             except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
-                raise BackendError(f"onnxruntime could not load {self.path.name}: {str(exc).splitlines()[0]}") from None
+                raise BackendError(f"onnxruntime could not load {self.path.name}: {engine_message(exc)}") from None
 
         if providers != ["CPUExecutionProvider"]:
             return session(self.path)

@@ -21,7 +21,7 @@ import numpy as np
 
 from edgeseg.errors import BackendError, require
 from edgeseg.runtime.compiled_cache import CompiledModelCache
-from edgeseg.runtime.runners.base import ArtifactRunner
+from edgeseg.runtime.runners.base import ArtifactRunner, engine_message
 
 
 BINDINGS = "openvino._pyopenvino"
@@ -101,7 +101,7 @@ class OpenVinoRunner(ArtifactRunner):
         try:
             compiled = cache.load(compile_model)
         except Exception as exc:  # OpenVINO raises RuntimeError subclasses with long messages
-            raise BackendError(f"openvino could not load {self.path.name}: {str(exc).strip().splitlines()[0]}") from None
+            raise BackendError(f"openvino could not load {self.path.name}: {engine_message(exc)}") from None
         self._request = compiled.create_infer_request()
         self._tensor = ov.Tensor
 

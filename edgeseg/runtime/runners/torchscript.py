@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from edgeseg.errors import BackendError, require
-from edgeseg.runtime.runners.base import ArtifactRunner, writeable
+from edgeseg.runtime.runners.base import ArtifactRunner, engine_message, writeable
 
 
 class TorchScriptRunner(ArtifactRunner):
@@ -28,7 +28,7 @@ class TorchScriptRunner(ArtifactRunner):
         try:
             self._module = self._torch.jit.load(str(self.path), map_location="cpu").eval()
         except Exception as exc:  # torch.jit raises RuntimeError with C++ traces
-            raise BackendError(f"torchscript could not load {self.path.name}: {str(exc).strip().splitlines()[0]}") from None
+            raise BackendError(f"torchscript could not load {self.path.name}: {engine_message(exc)}") from None
 
     def _infer(self, batch: np.ndarray) -> np.ndarray:
         with self._torch.inference_mode():
