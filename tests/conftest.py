@@ -258,3 +258,43 @@ def in_process_training_defaults():
         patch.setattr(memory_format, "MIN_PROBED_STEP_S", float("inf"))
         patch.setattr(precision, "cpu_has_bf16", lambda cpuinfo=None: False)
         yield
+
+
+def _conv_graph(classes: int, stride: int, batch, size: int) -> bytes:
+    """An ONNX graph image [batch, 1, size, size] -> 1x1 convolution -> logits
+    [batch, classes, size/stride, size/stride] (``batch`` a number, or a name for a dynamic one)."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper
+
+    out = size // stride
+    weights = helper.make_tensor("w", TensorProto.FLOAT, [classes, 1, 1, 1], list(np.linspace(-1, 1, classes)))
+    node = helper.make_node("Conv", ["image", "w"], ["logits"], strides=[stride, stride])
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("image", TensorProto.FLOAT, [batch, 1, size, size])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [batch, classes, out, out])],
+                              initializer=[weights])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
+@pytest.fixture
+def swap_graph():
+    """``swap_graph(bundle, classes, stride, batch, precision)``: put a 1x1-convolution ONNX graph
+    that gives ``classes`` channels at 1/``stride`` of the spec size (batch fixed when ``batch`` is
+    a number) in place of the bundle's ONNX graph of ``precision``, with its hash and size
+    recorded, keeping only that artifact: a bundle whose graph does not do what its manifest
+    says, and nothing else wrong."""
+    import json
+
+    def swap(bundle, classes: int, stride: int = 1, batch="N", precision: str = "fp32") -> None:
+        manifest = json.loads((bundle / "manifest.json").read_text())
+        entry = next(a for a in manifest["artifacts"] if a["format"] == "onnx" and a["precision"] == precision)
+        graph = _conv_graph(classes, stride, batch, manifest["spec"]["size"][0])
+        (bundle / entry["file"]).write_bytes(graph)
+        entry.update(sha256=hashlib.sha256(graph).hexdigest(), bytes=len(graph))
+        manifest["artifacts"] = [entry]
+        (bundle / "manifest.json").write_text(json.dumps(manifest))
+
+    return swap

@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "cJSON.h"
 #include "es_runtime.h"
@@ -12,6 +13,11 @@
 #define MANIFEST_MAX_BYTES (64L << 20) /* a manifest is a few kB; refuse to slurp anything huge */
 
 static char *read_text(const char *path, const char *dir, es_error *err) {
+    struct stat st;
+    if (stat(path, &st) == 0 && !S_ISREG(st.st_mode)) { /* fopen of a FIFO would wait for a writer forever */
+        es_fail(err, ES_EBUNDLE, "%s: not a regular file of at most %ld bytes", path, MANIFEST_MAX_BYTES);
+        return NULL;
+    }
     FILE *fh = fopen(path, "rb");
     if (!fh) {
         es_fail(err, ES_EBUNDLE, "bundle %s has no readable manifest.json (%s)", dir, strerror(errno));
@@ -335,6 +341,9 @@ static int parse_manifest(const cJSON *root, const char *precision, es_bundle *b
     if (in_rank != 4 || in_shape[1] != 1 || in_shape[2] != b->rows || in_shape[3] != b->cols)
         return es_fail(err, ES_EBUNDLE, "bundle %s: input shape does not match the spec size [%d, %d] (expected [-1, 1, %d, %d])",
                        dir, b->rows, b->cols, b->rows, b->cols);
+    if (out_rank != 4 || out_shape[1] != b->num_classes || out_shape[2] != b->rows || out_shape[3] != b->cols)
+        return es_fail(err, ES_EBUNDLE, "bundle %s: output shape does not match the spec and labels (expected [-1, %d, %d, %d])",
+                       dir, b->num_classes, b->rows, b->cols);
     return ES_OK;
 }
 

@@ -35,12 +35,31 @@ struct es_segmenter {
 };
 
 /* es_fail with OpenVINO's own last message appended (its first line). */
+/* OpenVINO's last message as one line: its lines joined by spaces, without the
+ * "Exception from FILE:LINE:" location lines that come before the cause. */
+static void one_line(const char *detail, char *line, size_t size) {
+    size_t used = 0;
+    line[0] = '\0';
+    for (const char *at = detail; *at && used + 1 < size;) {
+        size_t len = strcspn(at, "\n");
+        while (len && (at[len - 1] == '\r' || at[len - 1] == ' ')) len--;
+        while (len && *at == ' ') at++, len--;
+        int location = len > 15 && strncmp(at, "Exception from ", 15) == 0 && at[len - 1] == ':';
+        if (len && !location) {
+            int wrote = snprintf(line + used, size - used, "%s%.*s", used ? " " : "", (int)len, at);
+            used = wrote < 0 ? size : used + (size_t)wrote;
+        }
+        at += strcspn(at, "\n");
+        if (*at) at++;
+    }
+    if (used >= size && size > 4) strcpy(line + size - 4, "...");
+}
+
 static int fail_backend(es_error *err, const char *what, const char *file, ov_status_e status) {
     const char *detail = ov_get_last_err_msg();
-    char line[256] = "";
+    char line[400] = "";
     if (detail) {
-        snprintf(line, sizeof line, "%s", detail);
-        line[strcspn(line, "\n")] = '\0';
+        one_line(detail, line, sizeof line);
         ov_free(detail);
     }
     return es_fail(err, ES_EBACKEND, "openvino could not %s %s: %s%s%s", what, file, ov_get_error_info(status),
@@ -202,10 +221,12 @@ static int run_model(es_segmenter *seg, int n, ov_tensor_t **out, float **logits
     if (st == OK) st = ov_tensor_get_element_type(*out, &type);
     if (st == OK) st = ov_tensor_data(*out, &data);
     int rc = st == OK ? ES_OK : fail_backend(err, "run", b->artifact_file, st);
-    if (rc == ES_OK && (shape.rank != 4 || shape.dims[0] != n || shape.dims[1] < 1 || shape.dims[1] > ES_MAX_CLASSES ||
-                        type != F32))
-        rc = es_fail(err, ES_EBACKEND, "%s: output is not (%d, classes <= %d, h, w) float32 logits", b->artifact_file, n,
-                     ES_MAX_CLASSES);
+    /* the manifest's output tensor: a graph that gives other classes or another size does not
+     * match its bundle, and its labels would name classes es_labels does not */
+    if (rc == ES_OK && (shape.rank != 4 || shape.dims[0] != n || shape.dims[1] != b->num_classes ||
+                        shape.dims[2] != b->rows || shape.dims[3] != b->cols || type != F32))
+        rc = es_fail(err, ES_EBACKEND, "%s: output is not (%d, %d, %d, %d) float32 logits, as the bundle declares "
+                     "(a model that does not match its manifest)", b->artifact_file, n, b->num_classes, b->rows, b->cols);
     if (rc == ES_OK) {
         for (int i = 0; i < 4; i++) dims[i] = shape.dims[i];
         *logits = data;

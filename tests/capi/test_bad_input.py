@@ -86,8 +86,10 @@ def _edited_bundle(bundle, tmp_path, edit):
     (lambda m: m["labels"].pop("0"), ["class 0"]),
     (lambda m: m["postprocess"].update(resize="cubic"), ["postprocess.resize"]),
     (lambda m: [a.update(file="../model.onnx") for a in m["artifacts"]], ["plain file name"]),
+    (lambda m: m["outputs"][0].update(shape=[-1, 5, *m["outputs"][0]["shape"][2:]]), ["output shape", "spec and labels"]),
+    (lambda m: m["labels"].pop("1"), ["output shape", "spec and labels"]),
 ], ids=["future-schema", "no-labels", "inverted-window", "unknown-spec-field", "spec-size-mismatch",
-        "no-background", "bad-resize-mode", "path-escape"])
+        "no-background", "bad-resize-mode", "path-escape", "output-classes", "labels-fewer-than-outputs"])
 def test_invalid_manifest(edit, words, bundle, tmp_path, run_checks):
     code, message, _ = run_checks("open", _edited_bundle(bundle, tmp_path, edit))
     assert code == ES_EBUNDLE
@@ -168,6 +170,31 @@ def test_model_openvino_cannot_read(bundle, tmp_path, run_checks):
     (copy / "manifest.json").write_text(json.dumps(manifest))
     code, message, _ = run_checks("open", copy, "fp32")
     assert code == 17 and message.startswith(f"openvino could not load {entry['file']}")
+
+
+def test_a_graph_that_does_not_match_its_manifest_is_a_backend_status(bundle, tmp_path, swap_graph, run_checks):
+    """The graph gives 5 classes (or half the size) where the manifest says 2: a status, never
+    labels that es_labels does not name. OpenVINO's message keeps its cause, on one line."""
+    for classes, stride in ((5, 1), (2, 2)):
+        copy = shutil.copytree(bundle, tmp_path / f"bundle-{classes}-{stride}")
+        swap_graph(copy, classes, stride, precision="int8")  # what the "call" cases open
+        code, message, _ = run_checks("call", copy, "good")
+        assert code == 17 and "does not match its manifest" in message, message
+    fixed = shutil.copytree(bundle, tmp_path / "bundle-batch-1")
+    swap_graph(fixed, 2, 1, 1, precision="int8")  # a batch of 1 only: a call of several slices fails inside OpenVINO
+    code, message, _ = run_checks("call", fixed, "good-volume")
+    assert code == 17 and message.startswith("openvino could not run") and "\n" not in message, message
+    assert "Exception from" not in message and len(message.split(": ", 2)[-1]) > 20, message
+
+
+def test_a_manifest_that_is_not_a_regular_file_is_refused_without_waiting(bundle, tmp_path, run_checks):
+    import os
+
+    copy = shutil.copytree(bundle, tmp_path / "bundle")
+    (copy / "manifest.json").unlink()
+    os.mkfifo(copy / "manifest.json")  # opening it for reading would wait for a writer forever
+    code, message, _ = run_checks("open", copy)
+    assert code == ES_EBUNDLE and "not a regular file" in message
 
 
 def test_threads_sharing_a_segmenter_get_the_lone_call_mask(bundle, run_checks):

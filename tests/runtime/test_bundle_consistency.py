@@ -6,14 +6,13 @@ never labels the bundle does not name or an engine's traceback."""
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from edgeseg.errors import BackendError, BundleError
-from edgeseg.runtime.manifest import read_manifest, sha256_file
+from edgeseg.runtime.manifest import read_manifest
 
 
 def _edit(bundle: Path, **changes) -> None:
@@ -61,42 +60,14 @@ def test_a_manifest_with_a_byte_order_mark_is_read_as_the_c_runtime_reads_it(bun
     assert read_manifest(bundle_copy).to_dict()["labels"] == json.loads(text)["labels"]
 
 
-def _swap_graph(bundle: Path, graph_bytes: bytes) -> None:
-    """Put another FP32 ONNX graph in place of the bundle's (hash and size recorded, so only the
-    graph's behaviour differs), keeping only that artifact."""
-    (bundle / "model.onnx").write_bytes(graph_bytes)
-    manifest = json.loads((bundle / "manifest.json").read_text())
-    entry = next(a for a in manifest["artifacts"] if a["format"] == "onnx" and a["precision"] == "fp32")
-    entry.update(sha256=sha256_file(bundle / "model.onnx"), bytes=(bundle / "model.onnx").stat().st_size)
-    manifest["artifacts"] = [entry]
-    (bundle / "manifest.json").write_text(json.dumps(manifest))
-
-
-def _conv_graph(classes: int, stride: int, batch: int | str, size: int) -> bytes:
-    """image [batch, 1, size, size] -> 1x1 convolution -> logits [batch, classes, size/stride, size/stride]."""
-    import onnx
-    from onnx import TensorProto, helper
-
-    out = size // stride
-    weights = helper.make_tensor("w", TensorProto.FLOAT, [classes, 1, 1, 1], list(np.linspace(-1, 1, classes)))
-    node = helper.make_node("Conv", ["image", "w"], ["logits"], strides=[stride, stride])
-    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("image", TensorProto.FLOAT, [batch, 1, size, size])],
-                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [batch, classes, out, out])],
-                              initializer=[weights])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    return model.SerializeToString()
-
-
 @pytest.mark.parametrize("backend", ["onnxruntime:fp32", "openvino:fp32"])
 @pytest.mark.parametrize(("classes", "stride", "batch", "message"), [
     (5, 1, "N", "returned logits of shape [2, 5,"),      # more classes than the labels name
     (2, 2, "N", "returned logits of shape [2, 2, 32, 32]"),  # half the size
     (2, 1, 1, "could not run model.onnx"),               # a fixed batch of 1, the manifest says up to 8
 ])
-def test_a_graph_that_does_not_match_its_manifest_is_a_backend_error(bundle_copy, backend, classes, stride, batch,
-                                                                     message):
+def test_a_graph_that_does_not_match_its_manifest_is_a_backend_error(bundle_copy, swap_graph, backend, classes, stride,
+                                                                     batch, message):
     from edgeseg.runtime.runners import runner_class
     from edgeseg.runtime.segmenter import Segmenter
 
@@ -104,7 +75,7 @@ def test_a_graph_that_does_not_match_its_manifest_is_a_backend_error(bundle_copy
     if not cls.available():
         pytest.skip(f"{cls.name} is not installed")
     size = read_manifest(bundle_copy).spec.size[0]
-    _swap_graph(bundle_copy, _conv_graph(classes, stride, batch, size))
+    swap_graph(bundle_copy, classes, stride, batch)
     hu = np.full((2, size, size), 40.0, np.float32)
     try:
         with Segmenter.load(bundle_copy, backend=backend) as seg:
