@@ -140,3 +140,26 @@ def test_a_new_target_is_one_rename(tmp_path):
     with atomic_dir(tmp_path / "new" / "bundle", on_step=steps.append) as staging:
         write_folder(staging, NEW)
     assert steps == ["rename"] and contents(tmp_path / "new" / "bundle") == NEW
+
+
+def test_atomic_files_get_the_umask_mode_or_keep_the_mode_they_replace(tmp_path):
+    """A temporary file is made 0600; what lands is readable as any new file is (the umask), or
+    keeps the mode of the file it replaces."""
+    import stat as st
+
+    from edgeseg.atomic import atomic_write_text
+
+    previous = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "new.json", "{}")
+        assert st.S_IMODE((tmp_path / "new.json").stat().st_mode) == 0o644
+        os.umask(0o027)
+        atomic_write_text(tmp_path / "group.json", "{}")
+        assert st.S_IMODE((tmp_path / "group.json").stat().st_mode) == 0o640
+        (tmp_path / "kept.json").write_text("old")
+        (tmp_path / "kept.json").chmod(0o604)
+        atomic_write_text(tmp_path / "kept.json", "new")
+        assert st.S_IMODE((tmp_path / "kept.json").stat().st_mode) == 0o604
+        assert (tmp_path / "kept.json").read_text() == "new"
+    finally:
+        os.umask(previous)
