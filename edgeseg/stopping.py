@@ -25,9 +25,10 @@ _state = {"defer": 0, "pending": False, "received": False}
 
 def _handler(signum, frame) -> None:
     _state["received"] = True
-    if _state["defer"]:
-        _state["pending"] = True
-    else:
+    # recorded in either case: a Terminated raised where Python ignores exceptions (a __del__,
+    # a callback) is lost, and the next check_stop then raises it again
+    _state["pending"] = True
+    if not _state["defer"]:
         raise Terminated
 
 
@@ -50,6 +51,7 @@ def sigterm_stops() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+        _state["pending"] = False  # a stop not taken inside the block must not stop later code
 
 
 @contextlib.contextmanager

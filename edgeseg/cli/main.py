@@ -43,7 +43,9 @@ class EdgesegGroup(click.Group):
                 click.echo("edgeseg: interrupted", err=True)
                 sys.exit(130)
             else:
-                stopped = False
+                # a SIGTERM whose Terminated was swallowed (raised inside a __del__, or caught by
+                # a library such as uvicorn, which treats it as its Ctrl-C): still a stop
+                stopped = received()
             held = list(caught)
         if stopped:  # out of the except block: the interrupted command's frames are released first
             click.echo("edgeseg: stopped (SIGTERM)", err=True)

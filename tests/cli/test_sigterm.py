@@ -140,6 +140,7 @@ def test_a_loop_takes_the_stop_at_its_own_checkpoints_and_the_handler_is_restore
         with pytest.raises(Terminated):  # no checkpoints: at once
             sigterm()
     assert signal.getsignal(signal.SIGTERM) == before
+    check_stop()  # nothing left pending: later code in this process (a training) is not stopped by it
 
 
 def _training_in_two_processes(out: Path) -> subprocess.Popen:
@@ -215,3 +216,30 @@ def test_a_sigterm_to_one_training_process_stops_all_of_them_at_the_same_step(tm
     assert stderr.strip().splitlines()[-1] == "edgeseg: stopped (SIGTERM)"
     assert "Traceback" not in stderr and "gloo" not in stderr.lower() and "connection" not in stderr.lower(), stderr
     assert not any(_alive(p) for p in ranks.values())
+
+
+SWALLOWED = """
+import os, signal, sys
+from edgeseg.stopping import Terminated, check_stop, sigterm_stops
+
+class Slow:
+    def __del__(self):
+        os.kill(os.getpid(), signal.SIGTERM)
+        sum(range(1000))  # the handler runs here, inside __del__, where Python ignores what it raises
+
+with sigterm_stops():
+    Slow()
+    print("ran on", flush=True)
+    try:
+        check_stop()
+    except Terminated:
+        print("stopped at the next check", flush=True)
+        sys.exit(143)
+"""
+
+
+def test_a_stop_raised_where_python_ignores_it_is_taken_at_the_next_check(tmp_path):
+    proc = subprocess.run([sys.executable, "-c", SWALLOWED], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 143, proc.stderr
+    assert proc.stdout.splitlines() == ["ran on", "stopped at the next check"]
+    assert "Terminated" in proc.stderr  # Python's "Exception ignored in ... __del__"
