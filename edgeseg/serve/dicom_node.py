@@ -14,6 +14,7 @@ come from one of them (else "calling AE title not recognised").
 from __future__ import annotations
 
 import logging
+import os
 import re
 import shutil
 import tempfile
@@ -105,6 +106,7 @@ class DicomNode:
         self.work = Path(work) if work is not None else Path(tempfile.mkdtemp(prefix="edgeseg-listen-"))
         self.stats = NodeStats()
         self._series: dict[str, _Series] = {}
+        self._taken = 0  # series folders moved aside to be segmented, for unique names
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._server = None
@@ -165,36 +167,54 @@ class DicomNode:
         self.stats.received += 1
         return STATUS_SUCCESS
 
-    def _due(self) -> list[tuple[str, _Series]]:
+    def _due(self, everything: bool = False) -> list[tuple[str, _Series]]:
+        """The series no image has reached for ``idle`` seconds (``everything``: all), taken
+        out of the waiting list with their folder moved aside under the lock: an image of the same
+        series arriving while one is segmented starts a new folder instead of landing in (and
+        being removed with) the one being read."""
         now = time.monotonic()
         with self._lock:
-            due = [(uid, s) for uid, s in self._series.items() if now - s.last >= self.idle]
-            for uid, _ in due:
+            due = [(uid, s) for uid, s in self._series.items() if everything or now - s.last >= self.idle]
+            for uid, series in due:
                 del self._series[uid]
+                self._taken += 1
+                taken = series.folder.with_name(f"{series.folder.name}.taken-{self._taken}")
+                os.rename(series.folder, taken)
+                series.folder = taken
         return due
 
     def _watch(self) -> None:
         while not self._stop.wait(0.1):
-            for uid, series in self._due():
-                try:
-                    self.process(uid, series.folder)
-                except EdgesegError as exc:
-                    self.stats.failed.append(uid)
-                    log.error("series %s (%d images) not segmented: %s", uid, series.count, exc)
-                except Exception as exc:  # keep serving the next series whatever one series does
-                    self.stats.failed.append(uid)
-                    log.exception("series %s failed: %s", uid, exc)
-                finally:
-                    shutil.rmtree(series.folder, ignore_errors=True)
+            self._segment(self._due())
+        # stopping: the images received and acknowledged are segmented, not dropped with the work folder
+        waiting = self._due(everything=True)
+        if waiting:
+            log.info("stopping: segmenting the %d series received and not yet segmented", len(waiting))
+        self._segment(waiting)
+
+    def _segment(self, due: list[tuple[str, _Series]]) -> None:
+        for uid, series in due:
+            try:
+                self.process(uid, series.folder)
+            except EdgesegError as exc:
+                self.stats.failed.append(uid)
+                log.error("series %s (%d images) not segmented: %s", uid, series.count, exc)
+            except Exception as exc:  # keep serving the next series whatever one series does
+                self.stats.failed.append(uid)
+                log.exception("series %s failed: %s", uid, exc)
+            finally:
+                shutil.rmtree(series.folder, ignore_errors=True)
 
     def process(self, series_uid: str, folder: Path) -> Path:
-        """Segment the series in ``folder``; write and/or forward its SEG; return the SEG path."""
+        """Segment the series in ``folder``; write and/or forward its SEG; return the SEG path.
+        A series segmented before (its images came in two parts, or it was sent again) gets a new
+        SEG beside the earlier one, ``UID-2.seg.dcm`` and so on, never written over it."""
         from edgeseg.data.dicom import read_dicom_series_with_refs
         from edgeseg.runtime.writers import write_dicom_seg
 
         volume, refs = read_dicom_series_with_refs(folder)
         labels = self.segmenter.predict_volume(volume)
-        target = (self.out or folder.parent) / f"{series_uid}.seg.dcm"
+        target = self._seg_path(series_uid, self.out or self.work)
         write_dicom_seg(labels, volume, refs, self.segmenter.labels, target)
         self.stats.segmented.append(series_uid)
         log.info("series %s: %d slices segmented -> %s", series_uid, volume.num_slices, target)
@@ -204,6 +224,16 @@ class DicomNode:
             finally:
                 if self.out is None:
                     target.unlink(missing_ok=True)
+        return target
+
+    def _seg_path(self, series_uid: str, folder: Path) -> Path:
+        target, n = folder / f"{series_uid}.seg.dcm", 1
+        while target.exists():
+            n += 1
+            target = folder / f"{series_uid}-{n}.seg.dcm"
+        if n > 1:
+            log.warning("series %s was segmented before: this SEG (of the images received since) is %s",
+                        series_uid, target.name)
         return target
 
     def _send(self, path: Path) -> None:
@@ -226,11 +256,15 @@ class DicomNode:
         log.info("forwarded %s to %s@%s:%d", path.name, peer.ae_title, peer.host, peer.port)
 
     def stop(self) -> None:
-        """Stop listening and the worker; remove the work folder if the node made it."""
-        self._stop.set()
+        """Stop listening (open associations are aborted: an idle peer must not hold up the stop,
+        and an image it was sending was not acknowledged); segment the series received and not
+        yet segmented; remove the work folder if the node made it."""
         if self._server is not None:
+            for assoc in list(getattr(self._server, "active_associations", [])):
+                assoc.abort()
             self._server.shutdown()
+        self._stop.set()
         if self._worker.is_alive():
-            self._worker.join(timeout=30)
+            self._worker.join()
         if self._own_work:
             shutil.rmtree(self.work, ignore_errors=True)

@@ -206,3 +206,74 @@ def test_listen_removes_its_work_folder_on_signal(serve_bundle, tmp_path, free_p
     assert proc.returncode == 0, err
     assert not list(tmp_path.glob("edgeseg-listen-*"))
     assert "Traceback" not in err
+    # the two images were acknowledged: the stop segments them rather than dropping them
+    [seg] = (tmp_path / "out").glob("*.seg.dcm")
+    referenced = pydicom.dcmread(seg).ReferencedSeriesSequence[0].ReferencedInstanceSequence
+    assert len(referenced) == 2 and "segmenting the 1 series received and not yet segmented" in err
+
+
+class _HeldSegmenter:
+    """A real Segmenter whose first predict_volume waits until the test lets it go, so that images
+    can arrive while a series is being segmented."""
+
+    def __init__(self, segmenter) -> None:
+        import threading
+
+        self._segmenter, self.started, self.go = segmenter, threading.Event(), threading.Event()
+        self.labels = segmenter.labels
+
+    def predict_volume(self, volume):
+        self.started.set()
+        assert self.go.wait(60)
+        return self._segmenter.predict_volume(volume)
+
+
+def test_images_arriving_while_their_series_is_segmented_are_kept(serve_bundle, tmp_path, free_port, wait_port):
+    """The third image of a series comes while its first two are segmented: it is neither written
+    into the folder being read nor removed with it, and gets its own SEG beside the first."""
+    from edgeseg.runtime.segmenter import Segmenter
+
+    files = sorted(SERIES.glob("*.dcm"))
+    with Segmenter.load(serve_bundle, backend="onnxruntime:fp32") as real:
+        held = _HeldSegmenter(real)
+        node = DicomNode(held, port=free_port(), out=tmp_path / "out", idle=0.5, work=tmp_path / "work")
+        node.start()
+        try:
+            wait_port(node.port)
+            assert _storescu(node.port, files[:2]).returncode == 0
+            assert held.started.wait(30)
+            assert _storescu(node.port, files[2:]).returncode == 0  # acknowledged mid-segmentation
+            held.go.set()
+            assert _wait_for(lambda: len(node.stats.segmented) == 2), node.stats
+        finally:
+            node.stop()
+    uid = pydicom.dcmread(files[0]).SeriesInstanceUID
+    segs = {p.name: p for p in (tmp_path / "out").iterdir()}
+    assert sorted(segs) == [f"{uid}-2.seg.dcm", f"{uid}.seg.dcm"]
+    covered = [{i.ReferencedSOPInstanceUID for i in pydicom.dcmread(segs[name]).ReferencedSeriesSequence[0]
+                .ReferencedInstanceSequence} for name in (f"{uid}.seg.dcm", f"{uid}-2.seg.dcm")]
+    sops = [pydicom.dcmread(f).SOPInstanceUID for f in files]
+    assert covered == [set(sops[:2]), {sops[2]}]  # every acknowledged image is in a SEG
+    assert node.stats.failed == []
+
+
+def test_an_idle_association_does_not_hold_up_the_stop(serve_bundle, tmp_path, free_port, wait_port):
+    """A peer that keeps an association open and sends nothing: stop() aborts it rather than
+    waiting for the network timeout (a service manager would kill the node first)."""
+    import pynetdicom
+
+    from edgeseg.runtime.segmenter import Segmenter
+
+    with Segmenter.load(serve_bundle, backend="onnxruntime:fp32") as segmenter:
+        node = DicomNode(segmenter, port=free_port(), out=tmp_path / "out", idle=0.5, work=tmp_path / "work")
+        node.start()
+        wait_port(node.port)
+        peer = pynetdicom.AE(ae_title="IDLE")
+        peer.add_requested_context(pynetdicom.sop_class.Verification)
+        assoc = peer.associate("127.0.0.1", node.port, ae_title="EDGESEG")
+        assert assoc.is_established
+        started = time.monotonic()
+        node.stop()
+        stopped_after = time.monotonic() - started
+    assert stopped_after < 20, f"stop waited {stopped_after:.0f} s for an idle association"
+    assert _wait_for(lambda: not assoc.is_established, 10)
