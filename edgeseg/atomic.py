@@ -149,16 +149,26 @@ def _sibling(target: Path, kind: str) -> Path:
     return target.parent / f".{target.name}.{kind}-{os.getpid()}-{secrets.token_hex(4)}"
 
 
-def replace_dir(new: Path, target: Path, on_step: Callable[[str], None] | None = None) -> None:
+def replace_dir(new: Path, target: Path, on_step: Callable[[str], None] | None = None, replace: bool = True) -> None:
     """Put the folder ``new`` at ``target``, replacing a folder there, as the module describes.
 
+    ``replace=False``: ``target`` must not exist when ``new`` lands (FileExistsError otherwise,
+    with ``new`` left in place): a plain rename, which POSIX refuses onto a non-empty folder, so
+    two writers that both found ``target`` absent cannot both land.
     ``on_step`` is called with each step's name just before it ("rename", "exchange",
     "remove-old", "move-old-aside", "rename-new"), so tests can stop the process at each.
     """
     step = on_step or (lambda name: None)
-    if not os.path.lexists(target):
+    if not os.path.lexists(target) or not replace:
+        if os.path.lexists(target) and not (os.path.isdir(target) and not os.listdir(target)):
+            raise FileExistsError(errno.EEXIST, "appeared while it was being written", str(target))
         step("rename")
-        os.rename(new, target)
+        try:
+            os.rename(new, target)
+        except OSError as exc:
+            if exc.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR):
+                raise FileExistsError(errno.EEXIST, "appeared while it was being written", str(target)) from None
+            raise
         return
     step("exchange")
     if exchange_paths(new, target):
@@ -181,9 +191,11 @@ def replace_dir(new: Path, target: Path, on_step: Callable[[str], None] | None =
 
 
 @contextlib.contextmanager
-def atomic_dir(path: str | os.PathLike, on_step: Callable[[str], None] | None = None) -> Iterator[Path]:
+def atomic_dir(path: str | os.PathLike, on_step: Callable[[str], None] | None = None,
+               replace: bool = True) -> Iterator[Path]:
     """Yield a staging folder beside ``path``; on success it replaces ``path`` whole (see
-    :func:`replace_dir`), on failure it is removed and ``path`` is left as it was."""
+    :func:`replace_dir`; ``replace=False``: only if ``path`` is still absent, FileExistsError
+    otherwise), on failure it is removed and ``path`` is left as it was."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     clean_leftovers(target)
@@ -191,7 +203,7 @@ def atomic_dir(path: str | os.PathLike, on_step: Callable[[str], None] | None = 
     tmp.mkdir()
     try:
         yield tmp
-        replace_dir(tmp, target, on_step)
+        replace_dir(tmp, target, on_step, replace)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

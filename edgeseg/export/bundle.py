@@ -41,11 +41,16 @@ def check_output(out: str | Path, force: bool) -> Path:
 
 
 @contextlib.contextmanager
-def staged_bundle(out: str | Path) -> Iterator[Path]:
-    """A temporary folder that replaces ``out`` whole when the block succeeds, and vanishes if not."""
+def staged_bundle(out: str | Path, replace: bool = True) -> Iterator[Path]:
+    """A temporary folder that replaces ``out`` whole when the block succeeds, and vanishes if not.
+    ``replace=False`` (no --force): it lands only where ``out`` is still absent, so of two exports
+    started to one new folder the second to finish is refused rather than replacing the first."""
     try:
-        with atomic_dir(out) as tmp:
+        with atomic_dir(out, replace=replace) as tmp:
             yield tmp
+    except FileExistsError:
+        raise DataError(f"output {out} appeared while this export ran (another export to it?); "
+                        "pass --force to replace it") from None
     except OSError as exc:
         raise DataError(f"cannot write the bundle {out}: {exc.strerror or exc}") from None
 

@@ -81,7 +81,7 @@ def _export(checkpoint, out, settings: ExportSettings, calib, verify_data, force
         verify_set = load_verify_set(payload, spec, verify_data, settings.verify_slices, intensity)
     if settings.gate_metric == "truth" and verify_set.truth is None:
         raise DataError(f"--gate-metric truth needs labelled held-out slices; {verify_set.source} has no labels")
-    with staged_bundle(target) as folder:
+    with staged_bundle(target, replace=force) as folder:
         made, calibration, notes = _write_artifacts(folder, model, spec, labels, settings, verify_set, calib_set,
                                                     cache_dir, progress)
         made = [(*item, None) for item in made]

@@ -100,3 +100,25 @@ def test_missing_training_data_names_it_and_the_way_out(tmp_path, monkeypatch):
     payload = {"train_config": {"data": "runs/data/slices"}, "split": {"val": ["10001"]}, "class_names": ["bg", "liver"]}
     with pytest.raises(DataError, match=r"training data runs/data/slices is not found .*pass --verify-data"):
         load_verify_set(payload, PreprocessSpec(size=(32, 32)), None, 2)
+
+
+def test_an_export_without_force_never_replaces_a_bundle_that_appeared_while_it_ran(checkpoint, tmp_path):
+    """Two exports started to one new folder both find it absent; the second to finish must not
+    replace the first's bundle (only --force replaces). The other export is played here by the
+    echo callback, which lands a bundle at --out while this one runs."""
+    from edgeseg.errors import DataError
+    from edgeseg.export.pipeline import export_bundle
+    from edgeseg.export.profiles import ExportSettings
+
+    out = tmp_path / "bundle"
+    settings = ExportSettings(formats=("onnx",), fp16=False, int8=False, verify_slices=4, max_batch=2)
+
+    def other_export_lands(text: str) -> None:
+        if not out.exists():
+            out.mkdir()
+            (out / "manifest.json").write_text('{"the other export": true}')
+
+    with pytest.raises(DataError, match="appeared while this export ran"):
+        export_bundle(checkpoint, out, settings, cache_dir=tmp_path / "cache", progress=False, echo=other_export_lands)
+    assert (out / "manifest.json").read_text() == '{"the other export": true}'
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".bundle")) == []  # no staging left
