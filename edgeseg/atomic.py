@@ -247,3 +247,40 @@ def check_output_folder(path: str | os.PathLike, what: str = "output folder", st
         raise DataError(f"{what} {target} exists and is not a folder")
     _probe(target / ".edgeseg" if target.is_dir() and not staged else target, what)
     return target
+
+
+@contextlib.contextmanager
+def folder_lock(folder: str | os.PathLike, name: str, busy: str) -> Iterator[None]:
+    """Hold ``folder/name`` locked (``flock``) for the block, so two processes never work in one
+    folder at once; DataError ``busy`` when another process holds it. A folder this made, holding
+    nothing but the lock when the block ends (the work failed before writing), is removed again."""
+    target = Path(folder)
+    made, above = [], target
+    while not above.exists() and above != above.parent:  # the folders this makes, deepest first
+        made.append(above)
+        above = above.parent
+    target.mkdir(parents=True, exist_ok=True)
+    lock = target / name
+    try:
+        import fcntl
+    except ImportError:  # no flock here (not POSIX): no guard
+        yield
+        return
+    try:
+        with open(lock, "a+") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise DataError(busy) from None
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+    finally:
+        if made and [p.name for p in target.iterdir()] == [name]:
+            shutil.rmtree(target, ignore_errors=True)
+            for parent in made[1:]:
+                try:
+                    parent.rmdir()
+                except OSError:  # something else was put there meanwhile
+                    break

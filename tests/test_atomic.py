@@ -163,3 +163,19 @@ def test_atomic_files_get_the_umask_mode_or_keep_the_mode_they_replace(tmp_path)
         assert (tmp_path / "kept.json").read_text() == "new"
     finally:
         os.umask(previous)
+
+
+def test_a_folder_lock_leaves_no_folder_behind_when_nothing_was_written(tmp_path):
+    from edgeseg.atomic import folder_lock
+
+    with pytest.raises(ValueError):
+        with folder_lock(tmp_path / "a" / "run", ".lock", "busy"):
+            raise ValueError("the work failed before writing")
+    assert not (tmp_path / "a").exists()  # the folders it made, the lock file with them
+    with folder_lock(tmp_path / "b" / "run", ".lock", "busy"):
+        (tmp_path / "b" / "run" / "last.pt").write_bytes(b"x")
+    assert sorted(p.name for p in (tmp_path / "b" / "run").iterdir()) == [".lock", "last.pt"]
+    (tmp_path / "c").mkdir()
+    with folder_lock(tmp_path / "c", ".lock", "busy"):
+        pass
+    assert (tmp_path / "c").is_dir()  # a folder it did not make stays

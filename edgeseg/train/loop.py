@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from edgeseg.atomic import folder_lock
 from edgeseg.data import split_cases
 from edgeseg.data.folds import fold_split
 from edgeseg.data.store import StoreCases, open_slice_store
@@ -83,8 +84,12 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, on_epoc
     """
     place = distributed.place_from_env()
     device = distributed.start(place, cfg.sync_bn)
+    # one training per run folder: a second one (train, cv or sweep) would write over its checkpoints
+    busy = (f"{cfg.out} is being trained by another process; wait for it to finish, or give another --out")
+    guard = folder_lock(cfg.out, ".training.lock", busy) if place.is_main else contextlib.nullcontext()
     try:
-        return _train(cfg, resume, progress and place.is_main, on_epoch, make_sampler, place, device)
+        with guard:
+            return _train(cfg, resume, progress and place.is_main, on_epoch, make_sampler, place, device)
     finally:
         distributed.stop(place)
 

@@ -243,3 +243,31 @@ def test_a_stop_raised_where_python_ignores_it_is_taken_at_the_next_check(tmp_pa
     assert proc.returncode == 143, proc.stderr
     assert proc.stdout.splitlines() == ["ran on", "stopped at the next check"]
     assert "Terminated" in proc.stderr  # Python's "Exception ignored in ... __del__"
+
+
+def test_a_second_training_into_a_run_folder_in_use_is_refused(tmp_path, assert_one_line_error):
+    """Two trainings in one folder would write over each other's checkpoints (the first would
+    report its best epoch over the second's best.pt): the second is refused while the first runs,
+    and the first finishes with its own checkpoints."""
+    import torch
+
+    out = tmp_path / "run"
+    args = ["--data", "phantom:cases=4,size=64,slices=16", "--size", "64", "--depth", "2", "--out", str(out), "--quiet"]
+    first = subprocess.Popen([sys.executable, "-m", "edgeseg.cli", "train", *args, "--base", "4", "--epochs", "40"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        _wait_for(lambda: (out / "last.pt").is_file() or first.poll() is not None, 120, "no epoch finished")
+        assert first.poll() is None, first.stderr.read()
+        before = (out / "last.pt").stat().st_mtime_ns
+        for extra in ([], ["--resume"]):
+            second = subprocess.run([sys.executable, "-m", "edgeseg.cli", "train", *args, "--base", "8", "--epochs", "2",
+                                     *extra], capture_output=True, text=True, timeout=120)
+            assert_one_line_error(second, f"{out} is being trained by another process")
+        first.communicate(timeout=300)
+    finally:
+        first.kill()
+        first.wait()
+    assert first.returncode == 0
+    payload = torch.load(out / "last.pt", map_location="cpu", weights_only=False)
+    assert payload["epoch"] == 40 and payload["model"]["base"] == 4 and (out / "last.pt").stat().st_mtime_ns >= before
