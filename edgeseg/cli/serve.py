@@ -50,7 +50,10 @@ def command(bundle, host, port, backend, threads, model_name, max_batch, queue_s
     app = create_app(segmenter, config)
     click.echo(f"serving {bundle} as {model_name!r} and {model_name + '-pipeline'!r} on http://{host}:{port} (backend {segmenter.backend})")
     try:
-        uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+        # a stop lets requests in flight finish (each has --timeout), then closes what is left: a
+        # client that stalls mid-body or holds a connection must not keep the server up
+        uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False,
+                    timeout_graceful_shutdown=timeout + 5)
     finally:
         for model in app.state.models.values():
             model.close()
