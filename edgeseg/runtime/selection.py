@@ -132,7 +132,8 @@ def select_runner(bundle: Path, manifest: Manifest, backend: str | list[str] = "
     if not wanted:
         raise BackendError("backend list is empty")
     if len(wanted) == 1 and is_remote(wanted[0]):
-        return RemoteRunner(wanted[0], manifest.inputs[0], manifest.outputs[0], manifest.max_batch, threads)
+        return RemoteRunner(wanted[0], manifest.inputs[0], manifest.outputs[0], manifest.max_batch, threads,
+                            artifacts=tuple(a.sha256 for a in manifest.artifacts), labels=manifest.labels)
     available = candidates(manifest, gated_only=True)
     if wanted == ["auto"]:
         return _auto(bundle, manifest, available, threads)

@@ -24,7 +24,8 @@ def remote_segmenter(url: str, bundle: str | Path | Manifest, timeout: float = 6
     (a bundle folder or its parsed manifest) gives the spec, labels and post-processing."""
     if not isinstance(bundle, Manifest):
         return Segmenter.load(bundle, backend=url)
-    runner = RemoteRunner(url, bundle.inputs[0], bundle.outputs[0], bundle.max_batch, timeout=timeout)
+    runner = RemoteRunner(url, bundle.inputs[0], bundle.outputs[0], bundle.max_batch, timeout=timeout,
+                          artifacts=tuple(a.sha256 for a in bundle.artifacts), labels=bundle.labels)
     return Segmenter(bundle.spec, bundle.labels, runner, bundle.postprocess, bundle.max_batch,
                      resize_input=bundle.resize_input, manifest=bundle)
 

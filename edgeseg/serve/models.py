@@ -138,9 +138,12 @@ class NetworkModel(ServedModel):
         def tensor(info) -> dict:
             return {"name": info.name, "datatype": NUMPY_TO_DATATYPE[np.dtype(info.dtype)], "shape": list(info.shape)}
 
+        entry = getattr(self.segmenter.runner, "entry", None)
+        # what a remote client checks against its bundle: the model file run, the batch limit
+        identity = {"artifact_sha256": entry.sha256} if entry is not None else {}
         return {"name": self.name, "versions": ["1"], "platform": self.platform,
                 "inputs": [tensor(self.in_info)], "outputs": [tensor(self.out_info)],
-                "parameters": class_parameters(self.segmenter.labels)}
+                "parameters": {**class_parameters(self.segmenter.labels), **identity, "max_batch": self.max_batch}}
 
     def _check(self, batch: np.ndarray) -> np.ndarray:
         return check_network_input(batch, self.segmenter, self.name, self.max_batch)

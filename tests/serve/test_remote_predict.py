@@ -24,7 +24,8 @@ def _edgeseg(*args, cwd) -> subprocess.CompletedProcess:
 def served(request, serve_bundle, tmp_path_factory):
     """``edgeseg serve BUNDLE`` as its own process on each CPU runtime, stopped at teardown; its
     URL. (The remote runner sends binary tensors, which the server reads without copying: on
-    OpenVINO that once failed every request.)"""
+    OpenVINO that once failed every request.) It takes 2 slices per request, fewer than the
+    bundle's batch: the remote runner splits its batches to fit."""
     pytest.importorskip("fastapi")
     from edgeseg.runtime.runners import runner_class
 
@@ -35,7 +36,8 @@ def served(request, serve_bundle, tmp_path_factory):
     log = tmp_path_factory.mktemp("serve") / "serve.log"
     with open(log, "w") as out:
         proc = subprocess.Popen([sys.executable, "-m", "edgeseg.cli", "serve", str(serve_bundle), "--port", str(port),
-                                 "--backend", request.param, "--model-name", "liver"], stdout=out, stderr=out)
+                                 "--backend", request.param, "--model-name", "liver", "--max-batch", "2"],
+                                stdout=out, stderr=out)
     try:
         deadline = time.monotonic() + 120
         while True:
@@ -75,6 +77,28 @@ def test_remote_predict_equals_local_predict_on_a_dicom_series(served, serve_bun
     assert a.shape == b.shape == (3, 512, 512)
     assert int(np.count_nonzero(a != b)) == 0
     assert len(np.unique(b)) > 1, "the model finds nothing on the series: the comparison would be vacuous"
+
+
+def test_remote_predict_refuses_a_server_running_another_model(served, serve_bundle, tmp_path, assert_one_line_error):
+    """Same tensors, another model: a bundle whose artifacts are not the one the server runs (as
+    if exported from another checkpoint), or whose classes are named otherwise, is refused rather
+    than given the server's masks under its own names."""
+    import shutil
+
+    other = Path(shutil.copytree(serve_bundle, tmp_path / "other"))
+    manifest = json.loads((other / "manifest.json").read_text())
+    for entry in manifest["artifacts"]:
+        entry["sha256"] = "0" * 64  # unused by a remote predict: the network runs on the server
+    (other / "manifest.json").write_text(json.dumps(manifest))
+    done = _edgeseg("predict", other, SERIES, "--out", "x.npy", "--backend", served, "--quiet", cwd=tmp_path)
+    assert_one_line_error(done, "runs another model (artifact sha256")
+    renamed = Path(shutil.copytree(serve_bundle, tmp_path / "renamed"))
+    manifest = json.loads((renamed / "manifest.json").read_text())
+    manifest["labels"] = {"0": "background", "1": "spleen"}
+    (renamed / "manifest.json").write_text(json.dumps(manifest))
+    done = _edgeseg("predict", renamed, SERIES, "--out", "x.npy", "--backend", served, "--quiet", cwd=tmp_path)
+    assert_one_line_error(done, "names its classes")
+    assert not (tmp_path / "x.npy").exists()
 
 
 def test_remote_runner_checks_the_served_model_against_the_bundle(served, serve_bundle, tmp_path):

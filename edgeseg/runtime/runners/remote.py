@@ -48,16 +48,23 @@ class RemoteRunner(Runner):
         input_info, output_info, max_batch: the bundle's tensors and batch limit; the server's
             model metadata must agree with them, or loading fails with BackendError.
         timeout: seconds to wait for one response.
+        artifacts, labels: the bundle's artifact sha256s and classes. Where the server says which
+            model file it runs and what its classes are (``edgeseg serve`` does, in the model's
+            metadata parameters), they must be the bundle's: a server running another model with
+            the same tensors would otherwise give its masks under this bundle's names. Its batch
+            limit (``max_batch``) splits larger batches into several requests.
     """
 
     name = "remote"
 
     def __init__(self, url: str, input_info: TensorInfo, output_info: TensorInfo, max_batch: int, threads: int = 0,
-                 timeout: float = 60.0) -> None:
+                 timeout: float = 60.0, artifacts: tuple[str, ...] = (), labels: dict[int, str] | None = None) -> None:
         super().__init__(input_info, output_info, max_batch, threads, precision="server", artifact=url)
         self._scheme, self._host, self._port, self._prefix = parse_address(url)
         self._timeout = float(timeout)
         self._connection = None  # an http.client connection, opened on the first request
+        self._artifacts, self._labels = tuple(artifacts), labels
+        self._server_batch = 0  # the server's batch limit, where it says one (0: none said)
         self._check_metadata()
 
     @property
@@ -110,8 +117,30 @@ class RemoteRunner(Runner):
             if name != info.name or datatype not in wanted or list(dims) != list(info.shape[1:]):
                 raise BackendError(f"remote {self.device}{self._prefix} serves {name} {datatype} {shape}; "
                                    f"the bundle needs {info.name} float {list(info.shape)}")
+        self._check_identity(meta.get("parameters"))
+
+    def _check_identity(self, parameters) -> None:
+        """The server's model is the bundle's, where its metadata says which it is."""
+        where = f"remote {self.device}{self._prefix}"
+        if not isinstance(parameters, dict):
+            return
+        served = parameters.get("artifact_sha256")
+        if self._artifacts and isinstance(served, str) and served not in self._artifacts:
+            raise BackendError(f"{where} runs another model (artifact sha256 {served[:12]}...) than this bundle "
+                               "holds; give the bundle the server serves")
+        labels = parameters.get("labels")
+        if self._labels is not None and isinstance(labels, dict):
+            wanted = {str(k): v for k, v in sorted(self._labels.items())}
+            if labels != wanted:
+                raise BackendError(f"{where} names its classes {labels}; the bundle names them {wanted}")
+        limit = parameters.get("max_batch")
+        if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0:
+            self._server_batch = limit
 
     def _infer(self, batch: np.ndarray) -> np.ndarray:
+        step = self._server_batch or len(batch)
+        if len(batch) > step:  # more slices than the server takes in one request
+            return np.concatenate([self._infer(batch[i:i + step]) for i in range(0, len(batch), step)])
         raw = batch.astype("<f4", copy=False).tobytes()
         header = json.dumps({
             "inputs": [{"name": self.input_info.name, "shape": list(batch.shape), "datatype": "FP32",
