@@ -12,6 +12,7 @@ keeps serving.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import tempfile
 import threading
@@ -258,7 +259,9 @@ def _triton_config(model: ServedModel) -> dict:
               "output": [tensor(t, batched) for t in meta["outputs"]],
               "dynamic_batching": {"max_queue_delay_microseconds": int(model.batcher.max_delay * 1e6)}}
     if "parameters" in meta:
-        config["parameters"] = {key: {"string_value": str(value)} for key, value in meta["parameters"].items()}
+        # Triton's parameters are strings: text as it is, anything else as JSON (not Python's repr)
+        config["parameters"] = {key: {"string_value": value if isinstance(value, str) else json.dumps(value)}
+                                for key, value in meta["parameters"].items()}
     return config
 
 

@@ -213,6 +213,10 @@ def test_config_index_and_statistics_for_tritonclient(server, serve_bundle):
     manifest = read_manifest(serve_bundle)
     assert config["input"] == [{"name": "image", "data_type": "TYPE_FP32", "dims": list(manifest.inputs[0].shape[1:])}]
     assert config["max_batch_size"] == 4
+    # Triton's parameters are strings; structured ones are JSON a client can read back
+    params = {k: v["string_value"] for k, v in config["parameters"].items()}
+    assert json.loads(params["labels"]) == {str(k): v for k, v in sorted(manifest.labels.items())}
+    assert json.loads(params["max_batch"]) == 4
     assert client.get_model_config("edgeseg-pipeline")["output"][0]["data_type"] == "TYPE_UINT8"
     index = client.get_model_repository_index()
     assert index == [{"name": "edgeseg", "version": "1", "state": "READY"},
