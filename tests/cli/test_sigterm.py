@@ -2,6 +2,7 @@
 line, exit status 143, no Python warnings about leaked semaphores, no process left behind, and
 the training's checkpoint intact."""
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -143,13 +144,23 @@ def test_a_loop_takes_the_stop_at_its_own_checkpoints_and_the_handler_is_restore
     check_stop()  # nothing left pending: later code in this process (a training) is not stopped by it
 
 
-def _training_in_two_processes(out: Path) -> subprocess.Popen:
-    """`edgeseg train --nproc 2` (torchrun, gloo) on a tiny phantom for far more epochs than it will run."""
-    return subprocess.Popen([sys.executable, "-m", "edgeseg.cli", "train", "--nproc", "2",
+@contextlib.contextmanager
+def _two_process_training(out: Path):
+    """`edgeseg train --nproc 2` (torchrun, gloo) on a tiny phantom for far more epochs than it will
+    run, yielded once an epoch is written and both training processes run; killed at the end."""
+    proc = subprocess.Popen([sys.executable, "-m", "edgeseg.cli", "train", "--nproc", "2",
                              "--data", "phantom:cases=4,size=64,slices=16", "--size", "64", "--base", "4", "--depth", "2",
                              "--epochs", "100000", "--out", str(out), "--quiet"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        _wait_for(lambda: (out / "last.pt").is_file() or proc.poll() is not None, 120, "no epoch finished")
+        assert proc.poll() is None, proc.stderr.read()
+        _wait_for(lambda: len(_rank_pids(proc.pid)) == 2, 30, "the two training processes are not running")
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 def _rank_pids(top: int) -> dict[int, int]:
@@ -174,17 +185,10 @@ def test_sigterm_stops_a_training_in_two_processes_and_leaves_none_running(tmp_p
     import torch
 
     out = tmp_path / "run"
-    proc = _training_in_two_processes(out)
-    try:
-        _wait_for(lambda: (out / "last.pt").is_file() or proc.poll() is not None, 120, "no epoch finished")
-        assert proc.poll() is None, proc.stderr.read()
-        _wait_for(lambda: len(_rank_pids(proc.pid)) == 2, 30, "the two training processes are not running")
+    with _two_process_training(out) as proc:
         below = _descendants(proc.pid)
         proc.send_signal(signal.SIGTERM)
         _, stderr = proc.communicate(timeout=90)
-    finally:
-        proc.kill()
-        proc.wait()
     assert proc.returncode == 143, stderr
     assert stderr.strip().splitlines()[-1] == "edgeseg: stopped (SIGTERM)"
     assert "Traceback" not in stderr and "error" not in stderr.lower(), stderr
@@ -198,17 +202,10 @@ def test_a_sigterm_to_one_training_process_stops_all_of_them_at_the_same_step(tm
     The processes agree at each step whether any holds a stop, so rank 0 stops with it, cleanly,
     instead of waiting in the next gradient all-reduce for a peer that has gone."""
     out = tmp_path / "run"
-    proc = _training_in_two_processes(out)
-    try:
-        _wait_for(lambda: (out / "last.pt").is_file() or proc.poll() is not None, 120, "no epoch finished")
-        assert proc.poll() is None, proc.stderr.read()
-        _wait_for(lambda: len(_rank_pids(proc.pid)) == 2, 30, "the two training processes are not running")
+    with _two_process_training(out) as proc:
         ranks = _rank_pids(proc.pid)
         os.kill(ranks[1], signal.SIGTERM)
         _, stderr = proc.communicate(timeout=90)
-    finally:
-        proc.kill()
-        proc.wait()
     # both ranks took the stop (rank 0 from rank 1's), neither ran into a failed collective, and
     # the run ends as stopped, not as torchrun's failure report
     assert proc.returncode == 143, stderr

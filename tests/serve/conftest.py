@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
+import subprocess
+import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -87,3 +91,34 @@ def server_factory(serve_bundle):
 @pytest.fixture(scope="module")
 def server(server_factory) -> RunningServer:
     return server_factory(max_batch=4, max_body_bytes=4 << 20)
+
+
+@contextlib.contextmanager
+def _serve_process(bundle, *options: str, stderr=subprocess.PIPE):
+    """`edgeseg serve BUNDLE OPTIONS` as its own process on a free port, yielded (process, port)
+    once /v2/health/ready answers 200; killed at the end if still running."""
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "edgeseg.cli", "serve", str(bundle), "--port", str(port), *options],
+                            stdout=subprocess.DEVNULL, stderr=stderr, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/health/ready", timeout=2) as reply:
+                    if reply.status == 200:
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"edgeseg serve did not start (exit status {proc.poll()})")
+            time.sleep(0.2)
+        yield proc, port
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.fixture(scope="session")
+def serve_process():
+    """The context manager above: ``with serve_process(bundle, "--backend", ...) as (proc, port)``."""
+    return _serve_process

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -21,7 +20,7 @@ def _edgeseg(*args, cwd) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module", params=["onnxruntime:fp32", "openvino:fp32"])
-def served(request, serve_bundle, tmp_path_factory):
+def served(request, serve_bundle, serve_process, tmp_path_factory):
     """``edgeseg serve BUNDLE`` as its own process on each CPU runtime, stopped at teardown; its
     URL. (The remote runner sends binary tensors, which the server reads without copying: on
     OpenVINO that once failed every request.) It takes 2 slices per request, fewer than the
@@ -32,36 +31,10 @@ def served(request, serve_bundle, tmp_path_factory):
     cls = runner_class(request.param.split(":")[0])
     if not cls.available():
         pytest.skip(f"{cls.name} is not installed ({cls.library} missing: pip install 'edgeseg[{cls.extra}]')")
-    port = _free_port()
     log = tmp_path_factory.mktemp("serve") / "serve.log"
-    with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "edgeseg.cli", "serve", str(serve_bundle), "--port", str(port),
-                                 "--backend", request.param, "--model-name", "liver", "--max-batch", "2"],
-                                stdout=out, stderr=out)
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/health/ready", timeout=2) as reply:
-                    if reply.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"edgeseg serve did not start: {log.read_text()}")
-            time.sleep(0.2)
+    with open(log, "w") as out, serve_process(serve_bundle, "--backend", request.param, "--model-name", "liver",
+                                               "--max-batch", "2", stderr=out) as (_, port):
         yield f"http://127.0.0.1:{port}/models/liver"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_remote_predict_equals_local_predict_on_a_dicom_series(served, serve_bundle, tmp_path):
