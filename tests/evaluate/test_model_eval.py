@@ -113,3 +113,28 @@ def test_mirroring_is_recorded_and_scores_the_mirrored_labels(checkpoint, tmp_pa
             total = pred.sum() + truth.sum()
             want = 2 * (pred & truth).sum() / total if total else 1.0
             assert case["metrics"]["liver"]["dice"] == pytest.approx(want, abs=1e-6)
+
+
+def test_an_evaluation_writes_its_files_as_one_set(checkpoint, tmp_path, monkeypatch):
+    """eval.json, eval.txt and worst_cases.png land together: an evaluation that fails while
+    writing them leaves the earlier run's set whole, and a run without an overlay removes the
+    earlier overlay instead of leaving it beside its own table."""
+    import edgeseg.evaluate.model_eval as model_eval
+
+    data = str(DATA / "dcmqi_ct_liver")
+    evaluate_checkpoint(checkpoint, data, split="all", out=tmp_path, progress=False)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    assert sorted(before) == ["eval.json", "eval.txt", "worst_cases.png"]
+
+    def broken_overlay(path, *args, **kwargs):
+        path.write_bytes(b"half a png")
+        raise OSError("disk full")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(model_eval, "save_overlay_grid", broken_overlay)
+        with pytest.raises(OSError, match="disk full"):
+            evaluate_checkpoint(checkpoint, data, split="all", out=tmp_path, progress=False, volume_postprocess=False)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # nothing replaced, no temporary left
+
+    evaluate_checkpoint(checkpoint, data, split="all", out=tmp_path, progress=False, worst=0)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["eval.json", "eval.txt"]
