@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgeseg import __version__
-from edgeseg.errors import EdgesegError, require
+from edgeseg.errors import BackendError, EdgesegError, require
 from edgeseg.serve.batcher import QueueFull
 from edgeseg.serve.encoding import BodyError, decode_body
 from edgeseg.serve.metrics import ServerMetrics
@@ -206,6 +206,9 @@ def _install_error_handlers(app) -> None:
 
     @app.exception_handler(EdgesegError)
     async def edgeseg_error(request, exc: EdgesegError):
+        if isinstance(exc, BackendError):  # the served model failed, not the request: the server's fault
+            log.error("request %s %s: %s", request.method, request.url.path, exc)
+            return JSONResponse({"error": str(exc)}, status_code=500)
         return JSONResponse({"error": str(exc)}, status_code=400)
 
     @app.exception_handler(StarletteHTTPException)

@@ -280,3 +280,25 @@ def test_serve_on_a_busy_port_is_one_line(serve_bundle, server):
                            "--port", port], capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [f"edgeseg: error: cannot listen on {host}:{port}: Address already in use"]
+
+
+
+def test_a_model_that_fails_on_the_server_is_a_500_not_the_clients_fault(serve_bundle, serve_process, swap_graph,
+                                                                          tmp_path):
+    """A request the model cannot run (here the served graph gives 5 classes where its manifest
+    declares 2) is the server's failure: 500 with the runtime's one-line reason, and the server
+    keeps serving; a bad request stays a 400."""
+    import shutil
+
+    bundle = shutil.copytree(serve_bundle, tmp_path / "bundle")
+    swap_graph(bundle, 5)
+    with serve_process(bundle, "--backend", "onnxruntime:fp32") as (_, port):
+        url = f"127.0.0.1:{port}"
+        x = _batch(1)
+        header = json.dumps({"inputs": [{"name": "image", "shape": list(x.shape), "datatype": "FP32",
+                                         "data": x.ravel().tolist()}]}).encode()
+        status, _, data = _request(url, "POST", "/v2/models/edgeseg/infer", header)
+        assert status == 500 and "does not match its manifest" in json.loads(data)["error"]
+        status, _, _ = _request(url, "POST", "/v2/models/edgeseg/infer", b"{not json")
+        assert status == 400
+        assert _request(url, "GET", "/v2/health/ready")[0] == 200
