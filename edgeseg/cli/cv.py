@@ -47,6 +47,7 @@ def _run(**opts) -> None:
                                                    write_fold_scores)
     from edgeseg.evaluate.cv_runtime import format_runtime
     from edgeseg.models.checkpoint import read_checkpoint
+    from edgeseg.train.config import config_differences
     from edgeseg.train.loop import train
 
     if opts["int8"]:
@@ -66,7 +67,14 @@ def _run(**opts) -> None:
     scores, missing, tta = [], [], opts["tta"]
     for cfg in configs:
         last = Path(cfg.out) / "last.pt"
-        done = int(read_checkpoint(last).get("epoch", 0)) if last.is_file() else 0
+        payload = read_checkpoint(last) if last.is_file() else {}
+        # a fold trained with other settings (or another fold count: another split) is not this
+        # cross-validation's, and re-scoring it would report it under these settings
+        changed = config_differences(payload.get("train_config"), cfg)
+        if changed:
+            raise EdgesegError(f"{cfg.out} holds a fold trained with other settings ({'; '.join(changed[:4])}); "
+                               "give another --out, or the settings it was trained with")
+        done = int(payload.get("epoch", 0))
         if done < cfg.epochs and opts["trained_only"]:
             click.echo(f"fold {cfg.fold}: at epoch {done} of {cfg.epochs}; left out (--trained-only)")
             missing.append(cfg.fold)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
 from edgeseg.errors import EdgesegError
@@ -68,10 +70,31 @@ class TrainConfig:
         self.tversky = tuple(float(v) for v in self.tversky)
         if self.class_weights is not None:
             self.class_weights = [float(v) for v in self.class_weights]
+        weights = self.class_weights or []
+        values = [v for vs in self.labels.values() for v in vs]
+        shared = sorted({v for v in values if values.count(v) > 1})
         checks = [
             (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
             (self.batch_size >= 1, f"batch size must be >= 1, got {self.batch_size}"),
-            (self.lr > 0, f"learning rate must be > 0, got {self.lr}"),
+            (math.isfinite(self.lr) and self.lr > 0, f"learning rate must be a finite number > 0, got {self.lr}"),
+            (math.isfinite(self.weight_decay) and self.weight_decay >= 0,
+             f"weight decay must be a finite number >= 0, got {self.weight_decay}"),
+            (math.isfinite(self.warmup_epochs) and self.warmup_epochs >= 0,
+             f"warmup must be a finite number of epochs >= 0, got {self.warmup_epochs}"),
+            (self.seed >= 0, f"seed must be >= 0, got {self.seed}"),
+            (self.threads >= 0, f"threads must be >= 0 (0: torch's default), got {self.threads}"),
+            (all(math.isfinite(f) and 0 <= f <= 1 for f in self.fractions) and self.fractions[0] > 0
+             and abs(sum(self.fractions) - 1) < 1e-6,
+             f"train/validation/test fractions must each be in [0, 1], sum to 1 and leave cases to train on, "
+             f"got {list(self.fractions)}"),
+            (all(math.isfinite(w) and w >= 0 for w in weights) and (not weights or sum(weights[1:]) > 0),
+             f"class weights must be finite, >= 0, and not 0 for every foreground class, got {self.class_weights}"),
+            (math.isfinite(self.focal_gamma) and self.focal_gamma >= 0,
+             f"focal gamma must be a finite number >= 0, got {self.focal_gamma}"),
+            (all(math.isfinite(t) and t >= 0 for t in self.tversky) and sum(self.tversky) > 0,
+             f"Tversky alpha and beta must be finite, >= 0 and not both 0, got {list(self.tversky)}"),
+            (not shared, f"source label value(s) {shared} are given to more than one class in the labels "
+                         f"{self.labels}; each value belongs to one class"),
             (self.size >= 1, f"size must be >= 1, got {self.size}"),
             (self.fit in ("stretch", "pad"), f"fit must be stretch or pad, got {self.fit!r}"),
             (self.amp in ("auto", "off", "bf16", "fp16"), f"amp must be auto, off, bf16 or fp16, got {self.amp!r}"),
@@ -82,6 +105,7 @@ class TrainConfig:
             (0.0 <= self.foreground_share <= 1.0, f"foreground share must be in [0, 1], got {self.foreground_share}"),
             (self.workers >= -1, f"workers must be >= 0 (or -1 for a default from the cores), got {self.workers}"),
             (self.ema_epochs >= 0, f"EMA horizon must be >= 0 epochs (0 = off), got {self.ema_epochs}"),
+            (math.isfinite(self.ema_epochs), f"EMA horizon must be a finite number of epochs, got {self.ema_epochs}"),
             (self.loss in LOSSES, f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}"),
             (self.mask in ("auto", "binary", "labels"), f"mask must be auto, binary or labels, got {self.mask!r}"),
             (self.folds == 0 or self.folds >= 2, f"folds must be 0 (no cross-validation) or >= 2, got {self.folds}"),
@@ -109,6 +133,33 @@ class TrainConfig:
     def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
+
+
+# What selects a run's data and split: a resumed run must keep them (another split would mix
+# validation cases into training and report the mixed result as the run's).
+DATA_KEYS = ("data", "labels", "seed", "fractions", "folds", "fold", "intensity", "mask", "case_pattern")
+# What may differ between a run and the same run continued elsewhere (machine, paths, length).
+RUN_KEYS = ("epochs", "out", "cache", "workers", "threads", "amp", "memory_format", "recipe", "sync_bn")
+
+
+def config_differences(recorded: dict[str, Any] | None, cfg: TrainConfig, keys: tuple[str, ...] | None = None) -> list[str]:
+    """``"key: recorded -> now"`` for each of ``keys`` (default: every field but ``RUN_KEYS``)
+    where the config a run recorded differs from ``cfg``. Data paths compare resolved; a field
+    the record lacks (a run from an older version) is not compared."""
+    now = cfg.to_dict()
+    keys = keys or tuple(k for k in now if k not in RUN_KEYS)
+    found = []
+    for key in keys:
+        if not recorded or key not in recorded:
+            continue
+        old, new = recorded[key], now[key]
+        if key == "data" and isinstance(old, str) and isinstance(new, str) and Path(old).exists() and Path(new).exists():
+            old, new = str(Path(old).resolve()), str(Path(new).resolve())
+        if isinstance(old, (list, tuple)) and isinstance(new, (list, tuple)):
+            old, new = list(old), list(new)
+        if old != new:
+            found.append(f"{key}: {old!r} -> {new!r}")
+    return found
 
 
 def build_spec(cfg: TrainConfig) -> PreprocessSpec:

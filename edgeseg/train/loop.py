@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -16,13 +17,13 @@ from edgeseg.atomic import folder_lock
 from edgeseg.data import split_cases
 from edgeseg.data.folds import fold_split
 from edgeseg.data.store import StoreCases, open_slice_store
-from edgeseg.errors import CheckpointError, DataError
+from edgeseg.errors import CheckpointError, DataError, EdgesegError
 from edgeseg.models import ModelConfig, build_model, count_parameters
 from edgeseg.spec import PreprocessSpec
 from edgeseg.stopping import stop_at_checkpoints
 from edgeseg.train.augment import AugmentConfig, BatchAugmenter
 from edgeseg.models.checkpoint import read_checkpoint, save_checkpoint
-from edgeseg.train.config import MEMORY_FORMATS, TrainConfig, build_spec
+from edgeseg.train.config import DATA_KEYS, MEMORY_FORMATS, TrainConfig, build_spec, config_differences
 from edgeseg.train import distributed
 from edgeseg.train.distributed import ProcessPlace, ShardedShuffle, TrainSampler
 from edgeseg.train.ema import WeightEMA, ema_decay
@@ -87,9 +88,16 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, on_epoc
     # one training per run folder: a second one (train, cv or sweep) would write over its checkpoints
     busy = (f"{cfg.out} is being trained by another process; wait for it to finish, or give another --out")
     guard = folder_lock(cfg.out, ".training.lock", busy) if place.is_main else contextlib.nullcontext()
+    made = not Path(cfg.out).exists()
     try:
         with guard:
             return _train(cfg, resume, progress and place.is_main, on_epoch, make_sampler, place, device)
+    except EdgesegError:
+        # refused before its first epoch (settings the data cannot train): the folder this call
+        # made (its slice store at most) goes, as for any bad input
+        if made and place.is_main and not (Path(cfg.out) / "last.pt").exists():
+            shutil.rmtree(cfg.out, ignore_errors=True)
+        raise
     finally:
         distributed.stop(place)
 
@@ -108,7 +116,7 @@ def _train(cfg, resume, progress, on_epoch, make_sampler, place, device) -> dict
     history: list[dict[str, Any]] = []
     start_epoch, best = 1, {"epoch": 0, "val_dice": -1.0}
     # A checkpoint that cannot be resumed is refused before the data is read.
-    payload = _resume(out / "last.pt", model, optimizer, model_config, spec, device) if resume else None
+    payload = _resume(out / "last.pt", model, optimizer, model_config, spec, device, cfg) if resume else None
     if payload is not None:
         start_epoch, history, best = int(payload["epoch"]) + 1, list(payload["history"]), dict(payload["best"])
     # Rank 0 builds (or checks) the slice store first; the other processes then only read it.
@@ -118,6 +126,14 @@ def _train(cfg, resume, progress, on_epoch, make_sampler, place, device) -> dict
     if place.distributed and place.is_main:
         distributed.barrier(place)
     train_set, val_set = data["train"], data["val"]
+    # a class no training slice holds (a --labels value the data does not use) trains on empty
+    # targets, and its validation Dice of empty against empty reads as a perfect 1.0
+    held = train_set.store.present[train_set.rows].any(axis=0)
+    absent = [f"{name} (value {'+'.join(map(str, cfg.labels[name]))})" for k, name in enumerate(cfg.labels, start=1)
+              if not held[k]]
+    if absent:
+        raise DataError(f"no training slice of {cfg.data} holds {', '.join(absent)}; check --labels against the "
+                        "label values the data uses (edgeseg data info)")
     if place.is_main:
         out.mkdir(parents=True, exist_ok=True)
     sampler = make_sampler(train_set, place, cfg)
@@ -195,9 +211,14 @@ def memory_format_for(cfg: TrainConfig, model, model_config: ModelConfig, device
     return {**record, "machine": machine}
 
 
-def _resume(path: Path, model, optimizer, model_config: ModelConfig, spec: PreprocessSpec, device) -> dict[str, Any]:
+def _resume(path: Path, model, optimizer, model_config: ModelConfig, spec: PreprocessSpec, device,
+            cfg: TrainConfig) -> dict[str, Any]:
     """Check ``path`` fits this run, load its training weights and optimiser state; returns it."""
     payload = read_checkpoint(path)
+    changed = config_differences(payload.get("train_config"), cfg, DATA_KEYS)
+    if changed:
+        raise CheckpointError(f"cannot resume {path} on other data or another split ({'; '.join(changed)}); "
+                              "train into another --out")
     saved = ModelConfig.from_dict(payload["model"])
     if saved != model_config:
         raise CheckpointError(f"cannot resume {path}: it is from a different model config ({', '.join(saved.differences(model_config))})")

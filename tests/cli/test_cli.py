@@ -139,3 +139,73 @@ def test_train_option_defaults_are_the_config_defaults():
     shared = sorted(set(config) & set(options) - {"data", "out", "window", "labels", "intensity"})
     assert {"lr", "augment_p", "ema_epochs", "epochs", "batch_size", "weight_decay", "seed"} <= set(shared)
     assert {k: options[k] for k in shared} == {k: config[k] for k in shared}
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--lr", "inf"], "learning rate must be a finite number > 0, got inf"),
+    (["--weight-decay", "nan"], "weight decay must be a finite number >= 0, got nan"),
+    (["--weight-decay", "-5"], "weight decay must be a finite number >= 0, got -5.0"),
+    (["--threads", "-2"], "threads must be >= 0"),
+    (["--ema", "inf"], "EMA horizon must be a finite number of epochs, got inf"),
+    (["--seed", "-1"], "seed must be >= 0"),
+    (["--val-fraction", "1.5"], "fractions must each be in [0, 1]"),
+    (["--class-weights", "0,0"], "class weights must be finite, >= 0, and not 0 for every foreground class"),
+    (["--class-weights", "nan,1"], "class weights must be finite"),
+    (["--labels", "liver=1,kidney=1"], "source label value(s) [1] are given to more than one class"),
+    (["--labels", "liver=9"], "holds liver (value 9); check --labels against the label values the data uses"),
+])
+def test_training_settings_that_cannot_train_are_refused_before_anything_is_written(tmp_path, assert_one_line_error,
+                                                                                    args, message):
+    """Each of these trained before, to NaN losses or (a label value the data does not use) to a
+    'perfect' validation Dice of empty against empty, and exited 0; or it ended in torch's traceback."""
+    proc = run("train", "--data", "phantom:cases=4,size=64,slices=16", "--size", "64", "--base", "4", "--depth", "2",
+               "--epochs", "1", "--quiet", *args, "--out", tmp_path / "r")
+    if "liver=9" in args:  # known only once the data is read: the slice store's log line comes first
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr
+        assert proc.stderr.strip().splitlines()[-1].startswith("edgeseg: error:") and message in proc.stderr
+    else:
+        assert_one_line_error(proc, message)
+    assert not (tmp_path / "r").exists()  # nor the slice store the data check built
+
+
+def test_resume_and_cv_refuse_a_run_trained_on_other_settings(tmp_path, assert_one_line_error):
+    """A resumed run on another split would train on its own validation cases; a cv folder re-run
+    with other settings would re-score its folds and report them under the new settings."""
+    tiny = ["--data", "phantom:cases=4,size=64,slices=16", "--size", "64", "--base", "4", "--depth", "2", "--epochs", "1",
+            "--quiet"]
+    assert run("train", *tiny, "--out", tmp_path / "r").returncode == 0
+    before = (tmp_path / "r" / "last.pt").read_bytes()
+    proc = run("train", *tiny, "--seed", "5", "--epochs", "2", "--resume", "--out", tmp_path / "r")
+    assert_one_line_error(proc, "on other data or another split (seed: 0 -> 5)")
+    assert (tmp_path / "r" / "last.pt").read_bytes() == before
+    proc = run("train", *tiny, "--epochs", "2", "--resume", "--out", tmp_path / "r")  # the same run, longer: fine
+    assert proc.returncode == 0, proc.stderr
+
+    cv = ["cv", *tiny, "--folds", "2", "--threads", "1"]
+    assert run(*cv, "--out", tmp_path / "cv").returncode == 0
+    for other, change in ((["--base", "8"], "base: 4 -> 8"), (["--folds", "3"], "folds: 2 -> 3")):
+        proc = run(*_replace(cv, other), "--out", tmp_path / "cv")
+        assert_one_line_error(proc, f"holds a fold trained with other settings ({change}")
+
+
+def _replace(args: list, options: list) -> list:
+    """``args`` with each option of ``options`` (name, value pairs) set to the value given."""
+    out = list(args)
+    for name, value in zip(options[::2], options[1::2]):
+        if name in out:
+            out[out.index(name) + 1] = value
+        else:
+            out += [name, value]
+    return out
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["data", "synth", "--cases", "0", "--out", "x"], "Invalid value for '--cases': 0 is not in the range x>=1; see '"),
+    (["nosuch"], "No such command 'nosuch'; see '"),
+    (["train", "--bogus"], "No such option '--bogus'"),
+    (["predict"], "Missing argument 'BUNDLE'; see '"),
+])
+def test_a_bad_option_or_argument_is_one_line_too(tmp_path, assert_one_line_error, args, message):
+    proc = run(*args, cwd=tmp_path)
+    assert_one_line_error(proc, message)
+    assert proc.stderr.rstrip().endswith(" -h'") and not (tmp_path / "x").exists()
