@@ -31,6 +31,10 @@ class EdgesegGroup(click.Group):
                 result = super().invoke(ctx)
             except Terminated:
                 stopped = True
+            except click.UsageError as exc:  # a bad option or argument: one line too, as any bad input
+                where = f"; see '{exc.ctx.command_path} -h'" if exc.ctx is not None else ""
+                click.echo(f"edgeseg: error: {' '.join(exc.format_message().split()).removesuffix('.')}{where}", err=True)
+                sys.exit(2)
             except Exception as exc:
                 if not received():  # else the stop landed in a library, which reported it as its own error
                     if not isinstance(exc, EdgesegError):
