@@ -35,9 +35,10 @@ def command(bundle, backends, batch, size, runs, warmup, threads, json_out, png_
         raise DataError(f"--batch must be comma-separated integers, got {batch!r}") from None
     if not batches or min(batches) < 1 or size < 8 or runs < 1 or warmup < 0:
         raise DataError(f"need batch sizes >= 1, --size >= 8, --runs >= 1, --warmup >= 0; got {batch!r}, {size}, {runs}, {warmup}")
-    for path, what in ((json_out, "--json"), (png_out, "--png")):
-        if path:
-            check_output_file(path, what)
+    outputs = [(path, what) for path, what in ((json_out, "--json"), (png_out, "--png")) if path]
+    for path, what in outputs:
+        check_output_file(path, what)
+    _check_outputs_apart(bundle, outputs)
     verify_artifacts(bundle, read_manifest(bundle))
     results = []
     for label in tqdm(backend_labels(bundle, list(backends)), desc="benchmarking", unit="backend", leave=False):
@@ -51,10 +52,31 @@ def command(bundle, backends, batch, size, runs, warmup, threads, json_out, png_
             result["cold_start"] = cold_start(bundle, label, size=size, threads=threads, tta=tta)
         results.append(result)
     click.echo(format_table(results))
+    failed = [r for r in results if "error" in r]
+    if failed and len(failed) == len(results):  # a table of errors only: nothing measured, nothing to keep
+        raise DataError(f"every measurement failed (first: {failed[0]['backend']}: {failed[0]['error']})")
     if json_out:
         write_json(results, json_out)
     if png_out:
         plot_latency(results, png_out)
+
+
+def _check_outputs_apart(bundle, outputs: list[tuple[str, str]]) -> None:
+    """DataError for a --json/--png inside the bundle measured (it would overwrite a file the
+    run reads, or add one to the bundle) or two of them naming one file (one would be lost)."""
+    from pathlib import Path
+
+    from edgeseg.errors import DataError
+
+    folder = Path(bundle).resolve()
+    seen = {}
+    for path, what in outputs:
+        where = Path(path).parent.resolve() / Path(path).name  # the file is renamed into place: its folder counts
+        if where == folder or folder in where.parents:
+            raise DataError(f"{what} {path} is inside the bundle {bundle}; write it outside the bundle")
+        if where in seen:
+            raise DataError(f"{what} {path} is the file {seen[where]} writes too; name another file")
+        seen[where] = what
 
 
 @click.command("bench-serve")

@@ -10,7 +10,7 @@ import click
 from edgeseg.atomic import check_output_folder
 from edgeseg.cli.input_limits import input_limit_options
 from edgeseg.cli.logs import configure_logging
-from edgeseg.errors import DataError, require
+from edgeseg.errors import require
 
 
 def _cache_default() -> Path:
@@ -62,9 +62,11 @@ def command(checkpoint, out, profile, formats, fp16, int8, calib, calib_method, 
     from edgeseg.export.profiles import ExportSettings, load_profile
 
     configure_logging()
-    if triton_repo and Path(triton_repo).exists() and not force:
-        raise DataError(f"--triton {triton_repo} exists; pass --force to replace it")
     if triton_repo:
+        from edgeseg.export.triton import check_repo_output
+
+        check_repo_output(triton_repo, force, out, "--triton",
+                          keep=(("the checkpoint's folder", Path(checkpoint).resolve().parent),))
         check_output_folder(triton_repo, "--triton", staged=True)
     settings = load_profile(profile) if profile else ExportSettings()
     settings = settings.override(

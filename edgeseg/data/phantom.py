@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -270,8 +271,29 @@ def _save_image(volume: Volume, path: Path, image_format: str, description: str)
     write_ct_series(volume, path, description=description)
 
 
+# What write_phantom_dataset puts in its folder: a folder holding anything else is not only a phantom.
+_SYNTH_FILES = {"imagesTr": re.compile(r"case_\d{3,}\.nii\.gz"), "labelsTr": re.compile(r"case_\d{3,}\.nii\.gz")}
+_SYNTH_CASE = re.compile(r"case_\d{3,}")
+_SYNTH_SLICE = re.compile(r"IM\d{4,}\.dcm")
+
+
+def _foreign_entry(out: Path) -> str | None:
+    """The first entry of ``out`` (relative) that ``edgeseg data synth`` does not write, or None."""
+    for item in sorted(out.iterdir()):
+        if item.name == "dataset.json" and item.is_file() and not item.is_symlink():
+            continue
+        pattern = _SYNTH_FILES.get(item.name) or (_SYNTH_SLICE if _SYNTH_CASE.fullmatch(item.name) else None)
+        if pattern is None or item.is_symlink() or not item.is_dir():
+            return item.name
+        for inner in sorted(item.iterdir()):
+            if not pattern.fullmatch(inner.name) or inner.is_symlink() or not inner.is_file():
+                return f"{item.name}/{inner.name}"
+    return None
+
+
 def _check_replaceable(out: Path) -> None:
-    """Only an empty folder or an earlier phantom dataset may be replaced."""
+    """Only an empty folder or an earlier phantom dataset holding nothing else may be replaced:
+    the whole folder goes, so a run or notes kept in it would go with it."""
     if not out.exists():
         return
     if not out.is_dir():
@@ -284,6 +306,10 @@ def _check_replaceable(out: Path) -> None:
         name = None
     if name != PHANTOM_DATASET_NAME:
         raise DataError(f"output folder {out} is not empty and not a phantom dataset; refusing to replace it")
+    foreign = _foreign_entry(out)
+    if foreign is not None:
+        raise DataError(f"output folder {out} holds {foreign}, which `edgeseg data synth` does not write; "
+                        "refusing to replace it (move it out, or name another --out)")
 
 
 def write_phantom_dataset(
@@ -306,7 +332,7 @@ def write_phantom_dataset(
     the labels staying in ``labelsTr/``, where the DICOM-tree reader of ``open_dataset`` finds
     them. The folder is built beside ``out`` and renamed into place,
     so readers never see half a dataset; an existing ``out`` is replaced only when it is empty
-    or an earlier phantom dataset.
+    or an earlier phantom dataset holding nothing this does not write.
     """
     from tqdm import tqdm
 

@@ -17,7 +17,8 @@ pre-processing, the network, C post-processing, exactly as ``edgeseg predict`` a
 edgeseg on ``sys.path``, see ``edgeseg.serve.triton_python``) and ``1/bundle/`` (the manifest
 and the one ONNX artifact). Every config is parsed with the ``ModelConfig`` protobuf shipped by
 tritonclient before the repository is moved into place; flags are checked before anything is
-written.
+written. ``--force`` replaces only a folder of model folders, never one that is, holds or lies
+in the bundle.
 """
 
 from __future__ import annotations
@@ -199,6 +200,50 @@ def serving_warnings(entry, name: str, kind: str, backend: str) -> list[str]:
     return warnings
 
 
+def _overlap(a: Path, b: Path) -> bool:
+    """Whether ``a`` is ``b`` or lies below it."""
+    return a == b or b in a.parents
+
+
+def _not_a_model(repo: Path) -> str | None:
+    """The first entry of ``repo`` that is not a model folder as written here (``config.pbtxt``
+    and numbered version folders), or None: a folder of other things is not a repository."""
+    for model in sorted(repo.iterdir()):
+        if model.is_symlink() or not model.is_dir() or not (model / "config.pbtxt").is_file():
+            return model.name
+        for item in sorted(model.iterdir()):
+            if item.is_symlink() or not ((item.is_dir() and item.name.isdigit()) or item.name == "config.pbtxt"):
+                return f"{model.name}/{item.name}"
+    return None
+
+
+def check_repo_output(repo: str | Path, force: bool, bundle: str | Path, what: str = "REPO",
+                      keep: tuple[tuple[str, str | Path], ...] = ()) -> Path:
+    """Refuse, before any work, a repository folder whose writing would destroy something: one
+    that is, holds or lies in ``bundle``, holds a ``keep`` folder (``(what, path)``), exists
+    without ``force``, or is not a Triton repository (``--force`` replaces it whole)."""
+    repo = Path(repo)
+    where, source = repo.resolve(), Path(bundle).resolve()
+    if _overlap(where, source) or _overlap(source, where):
+        relation = "is" if where == source else "holds" if _overlap(source, where) else "lies inside"
+        raise DataError(f"{what} {repo} {relation} the bundle {bundle}; name a folder apart from it")
+    for name, folder in keep:
+        if _overlap(Path(folder).resolve(), where):
+            raise DataError(f"{what} {repo} {'is' if Path(folder).resolve() == where else 'holds'} {name} {folder}; "
+                            "name a folder apart from it")
+    if not repo.exists():
+        return repo
+    if not force:
+        raise DataError(f"{what} {repo} exists; pass --force to replace it")
+    if not repo.is_dir():
+        raise DataError(f"{what} {repo} exists and is not a folder")
+    foreign = _not_a_model(repo)
+    if foreign is not None:
+        raise DataError(f"{what} {repo} is not a Triton model repository: it holds {foreign}, not a model folder "
+                        "(config.pbtxt and version folders); refusing to replace it")
+    return repo
+
+
 def write_triton_repo(bundle: str | Path, repo: str | Path, *, name: str = "edgeseg", precision: str = "fp32",
                       max_batch: int | None = None, kind: str = "KIND_GPU", instances: int = 1,
                       max_delay_us: int = 2000, force: bool = False, backend: str = "onnxruntime",
@@ -219,8 +264,7 @@ def write_triton_repo(bundle: str | Path, repo: str | Path, *, name: str = "edge
         raise DataError(f"instance kind must be KIND_GPU or KIND_CPU, got {kind!r}")
     if isinstance(instances, bool) or not isinstance(instances, int) or instances < 1:
         raise DataError(f"--instances must be an integer >= 1, got {instances!r}")
-    if repo.exists() and not force:
-        raise DataError(f"{repo} exists; pass --force to replace it")
+    check_repo_output(repo, force, bundle)
     manifest = read_manifest(bundle)
     batch = check_max_batch(max_batch, manifest)
     verify_artifacts(bundle, manifest)

@@ -112,3 +112,31 @@ def test_rewriting_replaces_an_earlier_phantom_but_not_other_folders(tmp_path):
     with pytest.raises(DataError, match="not empty and not a phantom dataset"):
         write_phantom_dataset(tmp_path / "mine", cases=2, seed=0, shape=SMALL)
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+
+
+def test_a_phantom_folder_holding_anything_else_is_not_replaced(tmp_path):
+    """A run pointed at a phantom folder puts checkpoints beside it; synth replaces the folder
+    whole, so it refuses, naming what it did not write, and the folder is left as it was."""
+    from click.testing import CliRunner
+
+    from edgeseg.cli.main import cli
+
+    out = tmp_path / "phantom"
+    write_phantom_dataset(out, cases=2, seed=0, shape=SMALL, image_format="dicom")
+    write_phantom_dataset(out, cases=1, seed=0, shape=SMALL)  # synth's own folders alone: replaced
+    assert sorted(p.name for p in out.iterdir()) == ["dataset.json", "imagesTr", "labelsTr"]
+    (out / "best.pt").write_bytes(b"weights")
+    (out / "slice-store").mkdir()
+    (out / "labelsTr" / "notes.txt").write_text("mine")
+    before = sorted(str(p.relative_to(out)) for p in out.rglob("*"))
+    result = CliRunner().invoke(cli, ["data", "synth", "--out", str(out), "--cases", "1", "--size", "32",
+                                      "--slices", "6", "--quiet"])
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith("edgeseg: error: ") and len(result.output.strip().splitlines()) == 1
+    assert "holds best.pt, which `edgeseg data synth` does not write" in result.output
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == before
+    (out / "best.pt").unlink()
+    (out / "slice-store").rmdir()
+    with pytest.raises(DataError, match="holds labelsTr/notes.txt"):
+        write_phantom_dataset(out, cases=1, seed=0, shape=SMALL)
+    assert (out / "labelsTr" / "notes.txt").read_text() == "mine"

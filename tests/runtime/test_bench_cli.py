@@ -91,3 +91,30 @@ def test_bench_with_mirroring_says_so_and_mirrors_the_end_to_end_stage(bundle_di
     assert r["tta"] == "flip" and "onnxruntime:fp32 tta flip" in result.output
     assert modes and set(modes) == {"flip"}
     assert 0 < r["cold_start"]["seconds"] < 60
+
+
+def test_bench_refuses_outputs_in_the_bundle_or_on_one_file_before_measuring(bundle_copy, tmp_path):
+    manifest = (bundle_copy / "manifest.json").read_bytes()
+    cases = [(["--json", str(bundle_copy / "manifest.json")], "is inside the bundle"),
+             (["--png", str(bundle_copy / "model.onnx")], "is inside the bundle"),
+             (["--json", str(bundle_copy / "new.json")], "is inside the bundle"),
+             (["--png", str(tmp_path / "x"), "--json", str(tmp_path / "." / "x")], "is the file --json writes too")]
+    for args, message in cases:
+        result = CliRunner().invoke(cli, ["bench", str(bundle_copy), "--backend", "onnxruntime:fp32", "--size", "16",
+                                          "--runs", "1", "--warmup", "0", "--no-cold-start", *args])
+        assert result.exit_code == 2, result.output
+        assert result.output.startswith("edgeseg: error: ") and message in result.output, result.output
+        assert len(result.output.strip().splitlines()) == 1  # no table: nothing was measured
+    assert (bundle_copy / "manifest.json").read_bytes() == manifest
+    assert not (bundle_copy / "new.json").exists() and not (tmp_path / "x").exists()
+
+
+def test_bench_fails_when_every_measurement_failed(bundle_dir, tmp_path):
+    out_json = tmp_path / "bench.json"
+    result = CliRunner().invoke(cli, ["bench", str(bundle_dir), "--backend", "bogus", "--backend", "nonesuch",
+                                      "--size", "16", "--runs", "1", "--warmup", "0", "--json", str(out_json)])
+    assert result.exit_code == 2, result.output
+    table, error = result.output.replace("\r", "").strip().rsplit("\n", 1)
+    assert "bogus" in table and "nonesuch" in table
+    assert error.startswith("edgeseg: error: every measurement failed (first: bogus: ")
+    assert not out_json.exists()
