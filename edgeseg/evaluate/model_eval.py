@@ -25,12 +25,20 @@ log = logging.getLogger("edgeseg.evaluate")
 EVAL_BATCH = 16
 
 
-def select_cases(volumes: list[Volume], payload: dict[str, Any], split: str) -> tuple[list[Volume], str]:
-    """The volumes of ``split``; "auto" takes the recorded test (else val) cases if present."""
+def select_cases(volumes: list[Volume], payload: dict[str, Any], split: str,
+                 data: str | None = None) -> tuple[list[Volume], str]:
+    """The volumes of ``split``; "auto" takes the recorded test (else val) cases if present, and
+    only on the training data (``data``, when given, is the data these volumes were read from:
+    on other data, same-named cases, such as every phantom's ``case_000``, are other cases, so
+    "auto" takes them all)."""
     if split == "all":
         return volumes, "all"
     recorded = payload.get("split") or {}
     ids = {v.case_id for v in volumes}
+    trained_on = (payload.get("train_config") or {}).get("data")
+    if split == "auto" and data is not None and trained_on is not None and not same_data(trained_on, data):
+        log.info("%s is not the data the checkpoint was trained on (%s): evaluating every case", data, trained_on)
+        return volumes, "all"
     if split == "auto":
         for name in ("test", "val"):
             chosen = [c for c in recorded.get(name, []) if c in ids]
@@ -42,6 +50,16 @@ def select_cases(volumes: list[Volume], payload: dict[str, Any], split: str) -> 
     if not chosen:
         raise DataError(f"none of the checkpoint's {split} cases are in this data; use --split all")
     return chosen, split
+
+
+def same_data(a: str, b: str) -> bool:
+    """Whether two data arguments name the same data: the same text, or paths to one folder or file."""
+    if a == b:
+        return True
+    try:
+        return Path(a).exists() and Path(b).exists() and Path(a).resolve() == Path(b).resolve()
+    except OSError:
+        return False
 
 
 def evaluate_checkpoint(
@@ -90,7 +108,8 @@ def evaluate_checkpoint(
     # A slice folder's mask value outside these classes is refused, as in training.
     values = sorted({v for vals in label_values.values() for v in vals})
     volumes, used_split = select_cases(open_dataset(data, intensity=intensity, label_file=label_file, label_values=values,
-                                                    **recorded_slice_options(payload.get("train_config"))), payload, split)
+                                                    **recorded_slice_options(payload.get("train_config"))), payload, split,
+                                      data=str(data))
     cases, overlays = [], []
     for vol in tqdm(volumes, desc="evaluate", unit="case", disable=not progress, leave=False):
         if vol.label is None:

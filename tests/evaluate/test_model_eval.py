@@ -138,3 +138,15 @@ def test_an_evaluation_writes_its_files_as_one_set(checkpoint, tmp_path, monkeyp
 
     evaluate_checkpoint(checkpoint, data, split="all", out=tmp_path, progress=False, worst=0)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["eval.json", "eval.txt"]
+
+
+def test_split_auto_on_other_data_evaluates_every_case(tmp_path):
+    """Every phantom names its cases case_000, case_001, ...: on another phantom than the one the
+    model was trained on, the recorded test cases' names are other cases, so auto takes them all."""
+    out = tmp_path / "run"
+    train(TrainConfig(data="phantom:cases=4,size=64,slices=8", out=str(out), size=64, base=4, depth=2, epochs=1,
+                      batch_size=4, amp="off"), progress=False)
+    same = evaluate_checkpoint(out / "best.pt", "phantom:cases=4,size=64,slices=8", progress=False)
+    assert same["split"] == "test" and len(same["cases"]) < 4
+    other = evaluate_checkpoint(out / "best.pt", "phantom:cases=3,size=64,slices=4,seed=7", progress=False)
+    assert other["split"] == "all" and sorted(c["case_id"] for c in other["cases"]) == ["case_000", "case_001", "case_002"]
