@@ -159,7 +159,30 @@ def config_from_options(opts: dict, recipe, ctx: click.Context):
         given |= {"augment"} if "no_augment" in given else set()
         values.update({key: value for key, value in recipe.values.items() if key not in given})
         values["recipe"] = recipe.record()
+        # what a recipe says about slice folders (how to read their pixels, masks, names) does
+        # not apply to volumes: a liver recipe made for the MSD slices trains on NIfTI too
+        unused = [k for k in ("intensity", "case_pattern", "mask") if k in recipe.values and k not in given]
+        if unused and not _is_slice_folder(data):
+            defaults = {"intensity": None, "case_pattern": None, "mask": "auto"}
+            values.update({k: defaults[k] for k in unused})
+            logging.getLogger("edgeseg.train").info("recipe %s: %s apply to slice folders only; not used on %s",
+                                                    recipe.name, ", ".join(unused), data)
     return TrainConfig(**values)
+
+
+def _is_slice_folder(data: str) -> bool:
+    """Whether ``data`` is a folder of image slices (a phantom spec, a NIfTI file or a DICOM or
+    NIfTI dataset is not; an unreadable one counts as slices, for open_dataset to report)."""
+    from edgeseg.data.open import detect_layout
+    from edgeseg.errors import EdgesegError
+
+    path = Path(data)
+    if not path.is_dir():
+        return False
+    try:
+        return detect_layout(path) == "slices"
+    except EdgesegError:
+        return True
 
 
 def _parse_weights(text: str | None) -> list[float] | None:

@@ -197,3 +197,21 @@ def test_the_defaults_of_edgeseg_train_are_the_liver_recipe():
         got = list(getattr(cfg, key)) if key == "window" else getattr(cfg, key)
         assert got == expected, f"TrainConfig.{key} defaults to {got!r}, liver-ct to {value!r}"
     assert (cli["intensity"], cli["mask"], cfg.intensity, cfg.mask) == (None, "auto", None, "auto")
+
+
+def test_a_recipe_for_slice_folders_trains_on_volumes_too(tmp_path, assert_one_line_error):
+    """liver-ct says how to read the MSD slices' pixels (intensity): on NIfTI volumes that does not
+    apply and is left out, where it refused every NIfTI or DICOM source; an intensity given on the
+    command line for volumes is still refused."""
+    from edgeseg.models.checkpoint import read_checkpoint
+
+    data = tmp_path / "phantom"
+    assert edgeseg("data", "synth", "--out", data, "--cases", "4", "--size", "64", "--slices", "8",
+                   "--quiet").returncode == 0
+    tiny = ["--data", data, "--size", "64", "--base", "4", "--depth", "2", "--epochs", "1", "--quiet"]
+    done = edgeseg("train", "--recipe", "liver-ct", *tiny, "--out", tmp_path / "run")
+    assert done.returncode == 0, done.stderr
+    recorded = read_checkpoint(tmp_path / "run" / "last.pt")["train_config"]
+    assert recorded["intensity"] is None and recorded["recipe"]["name"] == "liver-ct"
+    assert_one_line_error(edgeseg("train", "--recipe", "liver-ct", *tiny, "--intensity", "hu-clipped:0,255",
+                                  "--out", tmp_path / "run2"), "apply to slice folders only")
