@@ -3,7 +3,8 @@
 FLOPs are counted by ``torch.utils.flop_counter.FlopCounterMode`` on one forward pass of a
 (1, in_channels, size, size) input: 2 per multiply-add of every convolution, transposed
 convolution and matrix product (the layers that hold >99% of the work); batch norm, ReLU,
-additions and bilinear resizing are not counted.
+additions and bilinear resizing are not counted. The pass runs on torch's ``meta`` device:
+shapes only, no memory, so any size can be described.
 """
 
 from __future__ import annotations
@@ -14,20 +15,49 @@ from edgeseg.models.registry import ModelConfig, build_model, count_parameters
 
 
 def count_flops(model, in_channels: int, height: int, width: int) -> int:
-    """FLOPs (2 x multiply-adds) of one forward pass of ``model`` on one (height, width) slice."""
+    """FLOPs (2 x multiply-adds) of one forward pass of ``model`` on one (height, width) slice,
+    on the device the model's weights are on (``meta``: counted without computing)."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
     model.eval()
     counter = FlopCounterMode(display=False)
+    device = next(model.parameters()).device
     with torch.no_grad(), counter:
-        model(torch.zeros(1, in_channels, height, width))
+        model(torch.zeros(1, in_channels, height, width, device=device))
     return int(counter.get_total_flops())
+
+
+def _meta_model(config: ModelConfig):
+    """The model ``config`` builds, with shapes but no weights in memory."""
+    import torch
+
+    with torch.device("meta"):
+        return build_model(config)
 
 
 def describe(config: ModelConfig, size: int) -> dict[str, Any]:
     """Name, parameter count and GFLOP per ``size`` x ``size`` slice of the model ``config`` builds."""
-    model = build_model(config)
+    model = _meta_model(config)
     model.check_input_size(size, size)
     flops = count_flops(model, config.in_channels, size, size)
     return {**config.to_dict(), "size": size, "params": count_parameters(model), "gflop": flops / 1e9}
+
+
+def check_trainable_here(config: ModelConfig) -> None:
+    """EdgesegError when training the model ``config`` builds needs more memory than this machine
+    has: its weights, their gradients and Adam's two moments, 16 bytes a parameter, before any
+    activation (torch would fail in its allocator, or the system would start killing)."""
+    import os
+
+    from edgeseg.errors import EdgesegError
+
+    params = count_parameters(_meta_model(config))
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return
+    if params * 16 > memory:
+        raise EdgesegError(f"{config.name} base {config.base}, depth {config.depth} has {params:,} parameters: "
+                           f"training it needs {params * 16 / 2**30:.0f} GiB for weights, gradients and optimiser "
+                           f"state alone, more than this machine's {memory / 2**30:.0f} GiB")

@@ -19,6 +19,7 @@ from edgeseg.data.folds import fold_split
 from edgeseg.data.store import StoreCases, open_slice_store
 from edgeseg.errors import CheckpointError, DataError, EdgesegError
 from edgeseg.models import ModelConfig, build_model, count_parameters
+from edgeseg.models.complexity import check_trainable_here
 from edgeseg.spec import PreprocessSpec
 from edgeseg.stopping import stop_at_checkpoints
 from edgeseg.train.augment import AugmentConfig, BatchAugmenter
@@ -108,6 +109,7 @@ def _train(cfg, resume, progress, on_epoch, make_sampler, place, device) -> dict
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     model_config = ModelConfig(name=cfg.model, num_classes=len(cfg.labels) + 1, base=cfg.base, depth=cfg.depth)
+    check_trainable_here(model_config)
     model = build_model(model_config)
     model.check_input_size(cfg.size, cfg.size)
     spec = build_spec(cfg)

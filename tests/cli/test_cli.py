@@ -209,3 +209,18 @@ def test_a_bad_option_or_argument_is_one_line_too(tmp_path, assert_one_line_erro
     proc = run(*args, cwd=tmp_path)
     assert_one_line_error(proc, message)
     assert proc.stderr.rstrip().endswith(" -h'") and not (tmp_path / "x").exists()
+
+
+def test_a_model_too_large_for_the_machine_is_refused_and_models_describes_any_size(tmp_path, assert_one_line_error):
+    """Counting a model's cost needs no memory (torch's meta device); training one whose weights,
+    gradients and optimiser state alone exceed the machine's memory is refused before it is built
+    (torch's allocator failed with a traceback)."""
+    proc = run("train", "--data", "phantom:cases=4,size=64,slices=8", "--size", "64", "--depth", "2", "--base", "100000",
+               "--epochs", "1", "--quiet", "--out", tmp_path / "r")
+    assert_one_line_error(proc, "unet base 100000, depth 2 has 4,540,005,400,002 parameters")
+    assert not (tmp_path / "r").exists()
+    proc = run("models", "--size", "100000")
+    assert proc.returncode == 0, proc.stderr
+    unet = next(line for line in proc.stdout.splitlines() if line.startswith("unet "))
+    # GFLOP grow with the pixels: 24.07 at 256 x 256 (results.md), so x (100000/256)^2 here
+    assert float(unet.split()[2]) == pytest.approx(24.0711 * (100000 / 256) ** 2, rel=1e-3)
