@@ -30,7 +30,7 @@ def command(bundle, backends, batch, size, runs, warmup, threads, json_out, png_
     from edgeseg.runtime.manifest import read_manifest, verify_artifacts
 
     try:
-        batches = tuple(sorted({int(b) for b in batch.split(",") if b.strip()}))
+        batches = tuple(sorted({int(b) for b in batch.split(",")}))
     except ValueError:
         raise DataError(f"--batch must be comma-separated integers, got {batch!r}") from None
     if not batches or min(batches) < 1 or size < 8 or runs < 1 or warmup < 0:
@@ -39,7 +39,16 @@ def command(bundle, backends, batch, size, runs, warmup, threads, json_out, png_
     for path, what in outputs:
         check_output_file(path, what)
     _check_outputs_apart(bundle, outputs)
-    verify_artifacts(bundle, read_manifest(bundle))
+    manifest = read_manifest(bundle)
+    verify_artifacts(bundle, manifest)
+    above = [b for b in batches if b > manifest.max_batch]
+    if above:
+        source = click.get_current_context().get_parameter_source("batch")
+        if source != click.core.ParameterSource.DEFAULT:  # asked for: measuring another batch would answer another question
+            raise DataError(f"--batch {above[0]} is above the bundle's max batch {manifest.max_batch}")
+        click.echo(f"batch {', '.join(map(str, above))}: above the bundle's max batch {manifest.max_batch}, not measured")
+    if threads < 0:
+        raise DataError(f"--threads must be >= 0 (0: the backends' default), got {threads}")
     results = []
     for label in tqdm(backend_labels(bundle, list(backends)), desc="benchmarking", unit="backend", leave=False):
         try:

@@ -27,7 +27,8 @@ from edgeseg.errors import require
                    "(default: as chosen on validation at training).")
 @click.option("--intensity", default=None, help="What slice-folder pixels mean: 'hu-clipped:0,255' or 'window:LO,HI'.")
 @click.option("--out", default=None, type=click.Path(file_okay=False), help="Folder for eval.json, the table and overlay PNGs.")
-@click.option("--worst", default=4, show_default=True, help="Overlay PNGs for this many worst cases.")
+@click.option("--worst", default=4, show_default=True, type=click.IntRange(min=0),
+              help="Overlay PNGs for this many worst cases.")
 @tta_option
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def command(checkpoint, data, split, labels, label_file, keep_largest, volume_postprocess, intensity, out, worst,

@@ -8,10 +8,12 @@ from edgeseg.errors import require
 
 
 @click.command("models")
-@click.option("--size", default=256, show_default=True, help="Input side in pixels the GFLOP are counted at.")
-@click.option("--base", default=32, show_default=True, help="Width of the first level.")
-@click.option("--depth", default=4, show_default=True, help="Number of down-sampling steps.")
-@click.option("--classes", default=2, show_default=True, help="Output classes, background included.")
+@click.option("--size", default=256, show_default=True, type=click.IntRange(min=1),
+              help="Input side in pixels the GFLOP are counted at.")
+@click.option("--base", default=32, show_default=True, type=click.IntRange(min=1), help="Width of the first level.")
+@click.option("--depth", default=4, show_default=True, type=click.IntRange(min=1), help="Number of down-sampling steps.")
+@click.option("--classes", default=2, show_default=True, type=click.IntRange(min=2),
+              help="Output classes, background included.")
 def command(size, base, depth, classes) -> None:
     """List the architectures `edgeseg train --model` accepts: parameters and GFLOP per slice
     (2 x multiply-adds of convolutions, counted by torch.utils.flop_counter)."""

@@ -39,9 +39,13 @@ def parse_phantom_spec(text: str) -> dict[str, int | str] | None:
     if match is None:
         return None
     options: dict = dict(PHANTOM_DEFAULTS)
+    given: set[str] = set()
     for item in filter(None, (part.strip() for part in (match.group(2) or "").split(","))):
         key, sep, value = item.partition("=")
         key = key.strip()
+        if key in given:
+            raise DataError(f"phantom option {key} is given twice in {text!r}")
+        given.add(key)
         if not sep or key not in PHANTOM_DEFAULTS:
             raise DataError(
                 f"bad phantom option {item!r} in {text!r}; expected name=value with names "

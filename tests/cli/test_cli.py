@@ -224,3 +224,19 @@ def test_a_model_too_large_for_the_machine_is_refused_and_models_describes_any_s
     unet = next(line for line in proc.stdout.splitlines() if line.startswith("unet "))
     # GFLOP grow with the pixels: 24.07 at 256 x 256 (results.md), so x (100000/256)^2 here
     assert float(unet.split()[2]) == pytest.approx(24.0711 * (100000 / 256) ** 2, rel=1e-3)
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["bench", "{bundle}", "--batch", "64", "--no-cold-start"], "--batch 64 is above the bundle's max batch"),
+    (["bench", "{bundle}", "--batch", "1,,2", "--no-cold-start"], "--batch must be comma-separated integers"),
+    (["bench", "{bundle}", "--threads", "-1", "--no-cold-start"], "--threads must be >= 0"),
+    (["data", "info", "phantom:cases=2,cases=3"], "phantom option cases is given twice"),
+    (["evaluate", "x.pt", "--worst", "-3"], "Invalid value for '--worst'"),
+    (["models", "--size", "-64"], "Invalid value for '--size'"),
+])
+def test_options_that_would_measure_or_read_something_else_are_refused(exported_bundle, tmp_path, assert_one_line_error,
+                                                                       args, message):
+    """Each was taken before: a batch above the bundle's maximum measured batch 1 only, an empty
+    batch item or a negative thread count were accepted, the last of two phantom options won."""
+    proc = run(*[str(exported_bundle) if a == "{bundle}" else a for a in args], cwd=tmp_path)
+    assert_one_line_error(proc, message)
