@@ -54,6 +54,12 @@ def _run(**opts) -> None:
         require("onnx", "export", "edgeseg cv --int8")
     if opts["folds"] < 2:
         raise EdgesegError(f"--folds must be >= 2 for cross-validation, got {opts['folds']}")
+    ctx = click.get_current_context()
+    given = [f"--{name.replace('_', '-')}" for name in ("val_fraction", "test_fraction")
+             if ctx.get_parameter_source(name) != click.core.ParameterSource.DEFAULT]
+    if given:
+        raise EdgesegError(f"{' and '.join(given)} {'does' if len(given) == 1 else 'do'} not apply to cv: each fold "
+                           "holds out its own group of cases")
     recipe = None
     if opts["recipe"] is not None:
         from edgeseg.train.recipes import load_recipe

@@ -233,6 +233,8 @@ def test_a_model_too_large_for_the_machine_is_refused_and_models_describes_any_s
     (["data", "info", "phantom:cases=2,cases=3"], "phantom option cases is given twice"),
     (["evaluate", "x.pt", "--worst", "-3"], "Invalid value for '--worst'"),
     (["models", "--size", "-64"], "Invalid value for '--size'"),
+    (["cv", "--data", "phantom:cases=4,size=64,slices=8", "--folds", "2", "--val-fraction", "0.3", "--out", "cv"],
+     "--val-fraction does not apply to cv"),
 ])
 def test_options_that_would_measure_or_read_something_else_are_refused(exported_bundle, tmp_path, assert_one_line_error,
                                                                        args, message):
