@@ -55,13 +55,17 @@ def describe_bundle(bundle: str) -> tuple[str, list[str]]:
         lines += ["", f"INT8 calibration: {c.get('method')}, {scheme} scheme, {c.get('slices')} slices ({c.get('with_target')} with target{by_class}, "
                       f"{c.get('without_target')} without), data {str(c.get('data_hash'))[:12]}, spec {c.get('spec_hash')}"]
     parity_path = Path(bundle) / PARITY_NAME
-    if parity_path.is_file():
+    if not parity_path.is_file():  # every export writes it: without it nothing says the artifacts were checked
+        failed.append(f"{PARITY_NAME} is missing: nothing records that the artifacts passed the parity gate")
+    else:
         try:
             parity = json.loads(parity_path.read_text(encoding="utf-8"))
             table = parity_table(parity) if isinstance(parity, dict) and "results" in parity else None
         except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
             raise BundleError(f"{parity_path}: not a readable parity report ({' '.join(str(exc).split())})") from None
-        if table is not None:
+        if table is None:
+            failed.append(f"{PARITY_NAME} holds no parity results")
+        else:
             gate = gate_label(parity.get("gate_version"), parity.get("structure_px"))
             lines += ["", f"parity vs {parity.get('reference')} on {parity.get('slices')} slices of {parity.get('data')} "
                           f"(gate {gate}):", table]

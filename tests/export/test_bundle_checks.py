@@ -40,6 +40,19 @@ def test_inspect_exits_2_when_every_model_is_missing(bundle, tmp_path, assert_on
         assert f"{entry.key}: artifact {entry.file}" in proc.stderr
 
 
+@pytest.mark.parametrize("parity", [None, "[]"])
+def test_inspect_exits_2_when_nothing_records_the_gate(bundle, tmp_path, assert_one_line_error, parity):
+    """Every export writes parity.json; a bundle without it (or with an empty one) was listed as
+    fine, though nothing says its artifacts were ever checked against the trained model."""
+    copy = shutil.copytree(bundle["bundle"], tmp_path / "bundle")
+    if parity is None:
+        (copy / "parity.json").unlink()
+    else:
+        (copy / "parity.json").write_text(parity)
+    proc = edgeseg("inspect", copy)
+    assert_one_line_error(proc, "parity.json is missing" if parity is None else "parity.json holds no parity results")
+
+
 def test_inspect_of_an_intact_bundle_exits_0(bundle):
     proc = edgeseg("inspect", bundle["bundle"])
     assert proc.returncode == 0, proc.stderr
