@@ -94,7 +94,9 @@ def command(bundle, input_path, out, fmt, backend, threads, batch_size, overlay,
     elif fmt == "png":
         write_png(labels, volume, out)
     else:
-        write_npy(labels, out)
+        # an (H, W) array in gives an (H, W) label map out, as a slice does through the API
+        flat = kind == "npy" and np.load(input_path, mmap_mode="r", allow_pickle=False).ndim == 2
+        write_npy(labels[0] if flat else labels, out)
     if overlay:
         write_overlay(labels, volume, overlay)
     counts = np.bincount(labels.ravel(), minlength=max(names) + 1)

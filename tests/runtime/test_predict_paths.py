@@ -108,3 +108,17 @@ def test_an_input_without_spacing_needs_spacing_where_the_bundle_filters_by_volu
     done = predict(bundle, array, "--out", nifti_out, "--spacing", spacing)
     assert done.exit_code == 0, done.output
     assert read_nifti(nifti_out).spacing == pytest.approx(volume.spacing)
+
+
+def test_a_two_dimensional_array_gives_a_two_dimensional_label_map(bundle_dir, tmp_path):
+    from edgeseg.data.dicom import read_dicom_series_with_refs
+
+    volume, _ = read_dicom_series_with_refs(SERIES)
+    np.save(tmp_path / "slice.npy", volume.hu[1].astype(np.float32))
+    np.save(tmp_path / "stack.npy", volume.hu[1:2].astype(np.float32))
+    for name in ("slice", "stack"):
+        done = predict(bundle_dir, tmp_path / f"{name}.npy", "--out", tmp_path / f"{name}-labels.npy")
+        assert done.exit_code == 0, done.output
+    flat, stack = np.load(tmp_path / "slice-labels.npy"), np.load(tmp_path / "stack-labels.npy")
+    assert flat.shape == volume.hu.shape[1:] and stack.shape == (1, *volume.hu.shape[1:])
+    assert np.array_equal(flat, stack[0]) and flat.any()
