@@ -250,37 +250,47 @@ def check_output_folder(path: str | os.PathLike, what: str = "output folder", st
 
 
 @contextlib.contextmanager
-def folder_lock(folder: str | os.PathLike, name: str, busy: str) -> Iterator[None]:
+def folder_lock(folder: str | os.PathLike, name: str, busy: str,
+                discard_on: type[BaseException] | tuple[type[BaseException], ...] = (),
+                keep: str | None = None) -> Iterator[None]:
     """Hold ``folder/name`` locked (``flock``) for the block, so two processes never work in one
-    folder at once; DataError ``busy`` when another process holds it. A folder this made, holding
-    nothing but the lock when the block ends (the work failed before writing), is removed again."""
+    folder at once; DataError ``busy`` when another process holds it (and then nothing is touched:
+    the folder is the other process's). A folder this made is removed again, while the lock is
+    still held, when it holds nothing but the lock as the block ends (the work failed before
+    writing), or when the block raises ``discard_on`` and the folder holds no ``keep`` file."""
     target = Path(folder)
     made, above = [], target
     while not above.exists() and above != above.parent:  # the folders this makes, deepest first
         made.append(above)
         above = above.parent
     target.mkdir(parents=True, exist_ok=True)
-    lock = target / name
     try:
         import fcntl
     except ImportError:  # no flock here (not POSIX): no guard
         yield
         return
-    try:
-        with open(lock, "a+") as handle:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise DataError(busy) from None
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
-    finally:
-        if made and [p.name for p in target.iterdir()] == [name]:
-            shutil.rmtree(target, ignore_errors=True)
-            for parent in made[1:]:
-                try:
-                    parent.rmdir()
-                except OSError:  # something else was put there meanwhile
-                    break
+    with open(target / name, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise DataError(busy) from None
+        try:
+            yield
+        except discard_on:
+            if made and not (keep and (target / keep).exists()):
+                _remove_made(made)
+            raise
+        finally:
+            if made and target.is_dir() and [p.name for p in target.iterdir()] == [name]:
+                _remove_made(made)
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _remove_made(made: list[Path]) -> None:
+    """Remove the folder ``made[0]`` and those above it this process made, as far as they are empty."""
+    shutil.rmtree(made[0], ignore_errors=True)
+    for parent in made[1:]:
+        try:
+            parent.rmdir()
+        except OSError:  # something else was put there meanwhile
+            break

@@ -179,3 +179,31 @@ def test_a_folder_lock_leaves_no_folder_behind_when_nothing_was_written(tmp_path
     with folder_lock(tmp_path / "c", ".lock", "busy"):
         pass
     assert (tmp_path / "c").is_dir()  # a folder it did not make stays
+
+
+def test_a_process_refused_by_the_folder_lock_touches_nothing(tmp_path):
+    """A second process that finds the folder in use fails with the busy error and removes nothing,
+    even when it saw the folder absent (it was made meanwhile) and the first holds only its lock."""
+    import subprocess
+    import sys
+
+    from edgeseg.atomic import folder_lock
+    from edgeseg.errors import DataError
+
+    target = tmp_path / "run"
+    second = ("import sys; from edgeseg.atomic import folder_lock\n"
+              "try:\n    with folder_lock(sys.argv[1], '.lock', 'busy', discard_on=Exception):\n        pass\n"
+              "except Exception as exc:\n    print(exc)\n")
+    with folder_lock(target, ".lock", "busy"):
+        done = subprocess.run([sys.executable, "-c", second, str(target)], capture_output=True, text=True, timeout=60)
+        assert done.stdout.strip() == "busy" and (target / ".lock").is_file()
+    with pytest.raises(DataError):  # the work fails: the folder this made goes with it, lock and all
+        with folder_lock(tmp_path / "new", ".lock", "busy", discard_on=DataError, keep="last.pt"):
+            (tmp_path / "new" / "slice-store").mkdir()
+            raise DataError("the data cannot train")
+    assert not (tmp_path / "new").exists()
+    with pytest.raises(DataError):  # ... unless it holds what is worth keeping
+        with folder_lock(tmp_path / "kept", ".lock", "busy", discard_on=DataError, keep="last.pt"):
+            (tmp_path / "kept" / "last.pt").write_bytes(b"x")
+            raise DataError("stopped later")
+    assert (tmp_path / "kept" / "last.pt").is_file()

@@ -28,6 +28,27 @@ SERIES_LABEL_FOLDER = "labelsTr"
 _PHANTOM_RE = re.compile(r"^(phantom|chest-phantom)(?::(.*))?$")
 
 
+def same_data(a: str, b: str) -> bool | None:
+    """Whether two data arguments name the same data: True or False where that can be told (the
+    same text; two phantom specs with the same options, ``phantom`` and ``phantom:cases=8`` alike;
+    two existing paths to one folder or file); None where it cannot (a path that no longer exists,
+    or two paths that differ: data moved or copied elsewhere, whose cases then decide)."""
+    if a == b:
+        return True
+    try:
+        specs = parse_phantom_spec(a), parse_phantom_spec(b)
+    except DataError:
+        return False
+    if specs[0] is not None or specs[1] is not None:
+        return specs[0] == specs[1]
+    try:
+        if Path(a).exists() and Path(b).exists() and Path(a).resolve() == Path(b).resolve():
+            return True
+    except OSError:
+        pass
+    return None
+
+
 def parse_phantom_spec(text: str) -> dict[str, int | str] | None:
     """``"phantom"`` or ``"phantom:cases=8,seed=0,size=128,slices=32"`` -> its options, else None.
 

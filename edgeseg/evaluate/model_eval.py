@@ -13,7 +13,7 @@ import numpy as np
 from edgeseg.atomic import atomic_path, atomic_write_text
 from edgeseg.stopping import stop_at_checkpoints
 from edgeseg.data import open_dataset
-from edgeseg.data.open import recorded_slice_options
+from edgeseg.data.open import recorded_slice_options, same_data
 from edgeseg.data.volume import Volume
 from edgeseg.errors import DataError
 from edgeseg.metrics import class_metrics, false_positive_slices, mean_slice_dice, summarise
@@ -36,8 +36,8 @@ def select_cases(volumes: list[Volume], payload: dict[str, Any], split: str,
     recorded = payload.get("split") or {}
     ids = {v.case_id for v in volumes}
     trained_on = (payload.get("train_config") or {}).get("data")
-    if split == "auto" and data is not None and trained_on is not None and not same_data(trained_on, data):
-        log.info("%s is not the data the checkpoint was trained on (%s): evaluating every case", data, trained_on)
+    if split == "auto" and data is not None and trained_on is not None and same_data(trained_on, data) is False:
+        log.warning("%s is not the data the checkpoint was trained on (%s): evaluating every case", data, trained_on)
         return volumes, "all"
     if split == "auto":
         for name in ("test", "val"):
@@ -50,16 +50,6 @@ def select_cases(volumes: list[Volume], payload: dict[str, Any], split: str,
     if not chosen:
         raise DataError(f"none of the checkpoint's {split} cases are in this data; use --split all")
     return chosen, split
-
-
-def same_data(a: str, b: str) -> bool:
-    """Whether two data arguments name the same data: the same text, or paths to one folder or file."""
-    if a == b:
-        return True
-    try:
-        return Path(a).exists() and Path(b).exists() and Path(a).resolve() == Path(b).resolve()
-    except OSError:
-        return False
 
 
 def evaluate_checkpoint(

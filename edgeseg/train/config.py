@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
 from typing import Any
 
 from edgeseg.errors import EdgesegError
@@ -144,8 +143,10 @@ RUN_KEYS = ("epochs", "out", "cache", "workers", "threads", "amp", "memory_forma
 
 def config_differences(recorded: dict[str, Any] | None, cfg: TrainConfig, keys: tuple[str, ...] | None = None) -> list[str]:
     """``"key: recorded -> now"`` for each of ``keys`` (default: every field but ``RUN_KEYS``)
-    where the config a run recorded differs from ``cfg``. Data paths compare resolved; a field
-    the record lacks (a run from an older version) is not compared."""
+    where the config a run recorded differs from ``cfg``. ``data`` counts as different only where
+    ``data.open.same_data`` can tell (a path moved elsewhere may be the same data: the split's
+    cases are compared once read); a field the record lacks (a run from an older version) is not
+    compared."""
     now = cfg.to_dict()
     keys = keys or tuple(k for k in now if k not in RUN_KEYS)
     found = []
@@ -153,8 +154,11 @@ def config_differences(recorded: dict[str, Any] | None, cfg: TrainConfig, keys: 
         if not recorded or key not in recorded:
             continue
         old, new = recorded[key], now[key]
-        if key == "data" and isinstance(old, str) and isinstance(new, str) and Path(old).exists() and Path(new).exists():
-            old, new = str(Path(old).resolve()), str(Path(new).resolve())
+        if key == "data" and isinstance(old, str) and isinstance(new, str):
+            from edgeseg.data.open import same_data
+
+            if same_data(old, new) is not False:  # the same, or moved: the split's cases decide (loop._train)
+                continue
         if isinstance(old, (list, tuple)) and isinstance(new, (list, tuple)):
             old, new = list(old), list(new)
         if old != new:

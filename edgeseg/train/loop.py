@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -88,17 +87,13 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, on_epoc
     device = distributed.start(place, cfg.sync_bn)
     # one training per run folder: a second one (train, cv or sweep) would write over its checkpoints
     busy = (f"{cfg.out} is being trained by another process; wait for it to finish, or give another --out")
-    guard = folder_lock(cfg.out, ".training.lock", busy) if place.is_main else contextlib.nullcontext()
-    made = not Path(cfg.out).exists()
+    # refused before its first epoch (settings the data cannot train), the folder this call made
+    # (its slice store at most) goes, as for any bad input
+    guard = (folder_lock(cfg.out, ".training.lock", busy, discard_on=EdgesegError, keep="last.pt")
+             if place.is_main else contextlib.nullcontext())
     try:
         with guard:
             return _train(cfg, resume, progress and place.is_main, on_epoch, make_sampler, place, device)
-    except EdgesegError:
-        # refused before its first epoch (settings the data cannot train): the folder this call
-        # made (its slice store at most) goes, as for any bad input
-        if made and place.is_main and not (Path(cfg.out) / "last.pt").exists():
-            shutil.rmtree(cfg.out, ignore_errors=True)
-        raise
     finally:
         distributed.stop(place)
 
@@ -127,6 +122,9 @@ def _train(cfg, resume, progress, on_epoch, make_sampler, place, device) -> dict
     data = prepare(cfg, progress)
     if place.distributed and place.is_main:
         distributed.barrier(place)
+    if payload is not None and payload.get("split") and _split_cases(payload["split"]) != _split_cases(data["split"]):
+        raise CheckpointError(f"cannot resume {out / 'last.pt'}: {cfg.data} splits into other cases than the run was "
+                              "trained on (other data, or data changed); train into another --out")
     train_set, val_set = data["train"], data["val"]
     # a class no training slice holds (a --labels value the data does not use) trains on empty
     # targets, and its validation Dice of empty against empty reads as a perfect 1.0
@@ -211,6 +209,10 @@ def memory_format_for(cfg: TrainConfig, model, model_config: ModelConfig, device
     concrete = MEMORY_FORMATS[1:]
     record["chosen"] = concrete[distributed.from_rank0(concrete.index(record["chosen"]), place, device)]
     return {**record, "machine": machine}
+
+
+def _split_cases(split: dict[str, Any]) -> dict[str, list[str]]:
+    return {name: sorted(map(str, split.get(name) or [])) for name in ("train", "val", "test")}
 
 
 def _resume(path: Path, model, optimizer, model_config: ModelConfig, spec: PreprocessSpec, device,

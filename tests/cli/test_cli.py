@@ -242,3 +242,26 @@ def test_options_that_would_measure_or_read_something_else_are_refused(exported_
     batch item or a negative thread count were accepted, the last of two phantom options won."""
     proc = run(*[str(exported_bundle) if a == "{bundle}" else a for a in args], cwd=tmp_path)
     assert_one_line_error(proc, message)
+
+
+def test_a_run_resumes_on_its_data_moved_elsewhere_but_not_on_other_cases(tmp_path, assert_one_line_error):
+    """A batch job that copies its data to a new scratch folder each time resumes (the cases are
+    the run's); a folder of other cases is refused."""
+    import shutil
+
+    first = tmp_path / "scratch1" / "data"
+    assert run("data", "synth", "--out", first, "--cases", "4", "--size", "64", "--slices", "8", "--quiet").returncode == 0
+    tiny = ["--size", "64", "--base", "4", "--depth", "2", "--quiet", "--out", tmp_path / "r"]
+    assert run("train", "--data", first, "--epochs", "1", *tiny).returncode == 0
+    moved = tmp_path / "scratch2" / "data"
+    shutil.copytree(first, moved)
+    shutil.rmtree(tmp_path / "scratch1")
+    done = run("train", "--data", moved, "--epochs", "2", "--resume", *tiny)
+    assert done.returncode == 0, done.stderr
+    other = tmp_path / "other"
+    assert run("data", "synth", "--out", other, "--cases", "6", "--size", "64", "--slices", "8", "--quiet").returncode == 0
+    refused = run("train", "--data", other, "--epochs", "3", "--resume", *tiny)
+    # known once the data is read: the slice store's log line comes first
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    last = refused.stderr.strip().splitlines()[-1]
+    assert last.startswith("edgeseg: error:") and "splits into other cases than the run was trained on" in last
