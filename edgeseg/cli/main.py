@@ -32,6 +32,8 @@ class EdgesegGroup(click.Group):
             except Terminated:
                 stopped = True
             except click.UsageError as exc:  # a bad option or argument: one line too, as any bad input
+                if type(exc).__name__ == "NoArgsIsHelpError":  # a group called bare: its help, as click prints it
+                    raise
                 where = f"; see '{exc.ctx.command_path} -h'" if exc.ctx is not None else ""
                 click.echo(f"edgeseg: error: {' '.join(exc.format_message().split()).removesuffix('.')}{where}", err=True)
                 sys.exit(2)

@@ -265,3 +265,9 @@ def test_a_run_resumes_on_its_data_moved_elsewhere_but_not_on_other_cases(tmp_pa
     assert refused.returncode == 2 and "Traceback" not in refused.stderr
     last = refused.stderr.strip().splitlines()[-1]
     assert last.startswith("edgeseg: error:") and "splits into other cases than the run was trained on" in last
+
+
+def test_a_command_group_called_bare_prints_its_help():
+    proc = run("data")
+    out = proc.stdout + proc.stderr
+    assert "Usage:" in out and "Commands:" in out and "synth" in out and "edgeseg: error" not in out
