@@ -59,9 +59,14 @@ def command(bundle, ae_title, any_ae, allow_calling, host, port, out, forward, i
             while True:
                 time.sleep(1)
     finally:
-        # a second signal during clean-up must not leave the work folder behind
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        # the stop segments what was received; a second signal cuts that short (the series left
+        # are logged) but never leaves the work folder behind
+        def abandon(signum, frame):
+            if node is not None:
+                node.abandon()
+
+        signal.signal(signal.SIGTERM, abandon)
+        signal.signal(signal.SIGINT, abandon)
         if node is not None:
             node.stop()  # removes the folder of received images
         segmenter.close()

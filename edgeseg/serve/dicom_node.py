@@ -17,6 +17,7 @@ import logging
 import os
 import re
 import shutil
+import socketserver
 import tempfile
 import threading
 import time
@@ -109,6 +110,7 @@ class DicomNode:
         self._taken = 0  # series folders moved aside to be segmented, for unique names
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self._abandon = threading.Event()
         self._server = None
         self._worker = threading.Thread(target=self._watch, name="edgeseg-listen", daemon=True)
 
@@ -185,7 +187,10 @@ class DicomNode:
 
     def _watch(self) -> None:
         while not self._stop.wait(0.1):
-            self._segment(self._due())
+            try:
+                self._segment(self._due())
+            except Exception:  # the worker must outlive any one failure (a rename refused, ...)
+                log.exception("the segmenting worker hit an error; it goes on")
         # stopping: the images received and acknowledged are segmented, not dropped with the work folder
         waiting = self._due(everything=True)
         if waiting:
@@ -194,6 +199,11 @@ class DicomNode:
 
     def _segment(self, due: list[tuple[str, _Series]]) -> None:
         for uid, series in due:
+            if self._abandon.is_set():  # a second Ctrl-C / SIGTERM during the stop: segment no more
+                self.stats.failed.append(uid)
+                log.error("series %s (%d images) not segmented: the stop was forced", uid, series.count)
+                shutil.rmtree(series.folder, ignore_errors=True)
+                continue
             try:
                 self.process(uid, series.folder)
             except EdgesegError as exc:
@@ -255,14 +265,20 @@ class DicomNode:
         self.stats.forwarded.append(path.name)
         log.info("forwarded %s to %s@%s:%d", path.name, peer.ae_title, peer.host, peer.port)
 
+    def abandon(self) -> None:
+        """Segment no more series during a stop (a second interrupt): those left are logged as not
+        segmented, and their images go with the work folder."""
+        self._abandon.set()
+
     def stop(self) -> None:
         """Stop listening (open associations are aborted: an idle peer must not hold up the stop,
         and an image it was sending was not acknowledged); segment the series received and not
         yet segmented; remove the work folder if the node made it."""
         if self._server is not None:
+            socketserver.BaseServer.shutdown(self._server)  # no new association from here on
             for assoc in list(getattr(self._server, "active_associations", [])):
                 assoc.abort()
-            self._server.shutdown()
+            self._server.shutdown()  # closes the socket and waits for the association threads
         self._stop.set()
         if self._worker.is_alive():
             self._worker.join()

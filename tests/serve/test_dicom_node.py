@@ -277,3 +277,38 @@ def test_an_idle_association_does_not_hold_up_the_stop(serve_bundle, tmp_path, f
         stopped_after = time.monotonic() - started
     assert stopped_after < 20, f"stop waited {stopped_after:.0f} s for an idle association"
     assert _wait_for(lambda: not assoc.is_established, 10)
+
+
+def test_a_forced_stop_segments_no_more_series_and_says_which(serve_bundle, tmp_path, free_port, wait_port):
+    """A stop segments the series waiting; a second interrupt (abandon) lets the one in progress
+    finish and leaves the others, each logged as not segmented, instead of holding the stop up."""
+    import threading
+
+    from edgeseg.runtime.segmenter import Segmenter
+
+    files = sorted(SERIES.glob("*.dcm"))
+    other = tmp_path / "other"
+    other.mkdir()
+    for path in files:  # the same images as a second series
+        ds = pydicom.dcmread(path)
+        ds.SeriesInstanceUID = ds.SeriesInstanceUID + ".2"
+        ds.SOPInstanceUID = ds.SOPInstanceUID + ".2"
+        ds.save_as(other / path.name)
+    with Segmenter.load(serve_bundle, backend="onnxruntime:fp32") as real:
+        held = _HeldSegmenter(real)
+        node = DicomNode(held, port=free_port(), out=tmp_path / "out", idle=600, work=tmp_path / "work")
+        node.start()
+        wait_port(node.port)
+        assert _storescu(node.port, files).returncode == 0
+        assert _storescu(node.port, sorted(other.iterdir())).returncode == 0
+        stopping = threading.Thread(target=node.stop)
+        stopping.start()
+        assert held.started.wait(30)  # the stop is segmenting the first series
+        node.abandon()
+        held.go.set()
+        stopping.join(60)
+        assert not stopping.is_alive()
+    assert len(node.stats.segmented) == 1 and len(node.stats.failed) == 1
+    assert set(node.stats.segmented + node.stats.failed) == {pydicom.dcmread(files[0]).SeriesInstanceUID,
+                                                            pydicom.dcmread(files[0]).SeriesInstanceUID + ".2"}
+    assert len(list((tmp_path / "out").glob("*.seg.dcm"))) == 1
