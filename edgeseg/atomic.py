@@ -54,7 +54,7 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
         # the umask gives any other new file (a bundle or a SEG is read by other users: Triton,
         # a PACS forwarder)
         try:
-            mode = stat.S_IMODE(os.stat(target).st_mode)
+            mode = stat.S_IMODE(os.stat(target).st_mode) & 0o777
         except OSError:
             mode = 0o666 & ~_umask()
         os.chmod(tmp_path, mode)
@@ -65,7 +65,8 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
 
 
 def _umask() -> int:
-    """This process's umask, read without changing it where Linux tells it (/proc/self/status)."""
+    """This process's umask, read without changing it where Linux tells it (/proc/self/status; a
+    few microseconds beside the write it serves, and a umask changed meanwhile is followed)."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
             if line.startswith("Umask:"):
@@ -149,6 +150,10 @@ def _sibling(target: Path, kind: str) -> Path:
     return target.parent / f".{target.name}.{kind}-{os.getpid()}-{secrets.token_hex(4)}"
 
 
+class TargetAppeared(FileExistsError):
+    """A folder to land without replacing (``replace_dir(replace=False)``) exists by then."""
+
+
 def replace_dir(new: Path, target: Path, on_step: Callable[[str], None] | None = None, replace: bool = True) -> None:
     """Put the folder ``new`` at ``target``, replacing a folder there, as the module describes.
 
@@ -161,13 +166,13 @@ def replace_dir(new: Path, target: Path, on_step: Callable[[str], None] | None =
     step = on_step or (lambda name: None)
     if not os.path.lexists(target) or not replace:
         if os.path.lexists(target) and not (os.path.isdir(target) and not os.listdir(target)):
-            raise FileExistsError(errno.EEXIST, "appeared while it was being written", str(target))
+            raise TargetAppeared(errno.EEXIST, "appeared while it was being written", str(target))
         step("rename")
         try:
             os.rename(new, target)
         except OSError as exc:
             if exc.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR):
-                raise FileExistsError(errno.EEXIST, "appeared while it was being written", str(target)) from None
+                raise TargetAppeared(errno.EEXIST, "appeared while it was being written", str(target)) from None
             raise
         return
     step("exchange")

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeseg import __version__
-from edgeseg.atomic import atomic_dir, atomic_write_text, check_output_folder
+from edgeseg.atomic import TargetAppeared, atomic_dir, atomic_write_text, check_output_folder
 from edgeseg.errors import DataError
 from edgeseg.runtime.manifest import (MANIFEST_NAME, PARITY_NAME, ArtifactEntry, Manifest, TensorInfo,
                                       sha256_file)
@@ -48,7 +48,7 @@ def staged_bundle(out: str | Path, replace: bool = True) -> Iterator[Path]:
     try:
         with atomic_dir(out, replace=replace) as tmp:
             yield tmp
-    except FileExistsError:
+    except TargetAppeared:
         raise DataError(f"output {out} appeared while this export ran (another export to it?); "
                         "pass --force to replace it") from None
     except OSError as exc:

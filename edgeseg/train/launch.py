@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -40,7 +41,9 @@ def launch(nproc: int, train_args: Sequence[str]) -> None:
     # torchrun would otherwise set one thread per process and say so; give each process its
     # share of the cores instead.
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
-    run = subprocess.Popen(torchrun_command(nproc, train_args), env=env)
+    # its own process group, so that a kill reaches its training processes too (killing torchrun
+    # alone leaves them running); a stop reaches them through torchrun (_stop)
+    run = subprocess.Popen(torchrun_command(nproc, train_args), env=env, start_new_session=True)
     try:
         code = run.wait()
     except BaseException:
@@ -62,8 +65,9 @@ def _stop(run: subprocess.Popen, grace_s: float = STOP_GRACE_S) -> None:
         if run.poll() is None:
             run.send_signal(signal.SIGTERM)
         run.wait(timeout=grace_s)
-    except BaseException:  # the grace ran out, or a second Ctrl-C
-        run.kill()
+    except BaseException:  # the grace ran out, or a second Ctrl-C: the whole group goes
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(run.pid, signal.SIGKILL)
         run.wait()
 
 
