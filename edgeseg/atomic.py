@@ -67,12 +67,10 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
 def _umask() -> int:
     """This process's umask, read without changing it where Linux tells it (/proc/self/status; a
     few microseconds beside the write it serves, and a umask changed meanwhile is followed)."""
-    try:
+    with contextlib.suppress(OSError, ValueError, IndexError):
         for line in Path("/proc/self/status").read_text().splitlines():
             if line.startswith("Umask:"):
                 return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
     mask = os.umask(0o022)  # elsewhere: read by setting it, and set it back at once
     os.umask(mask)
     return mask

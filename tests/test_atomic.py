@@ -177,7 +177,7 @@ def test_a_folder_lock_leaves_no_folder_behind_when_nothing_was_written(tmp_path
     assert sorted(p.name for p in (tmp_path / "b" / "run").iterdir()) == [".lock", "last.pt"]
     (tmp_path / "c").mkdir()
     with folder_lock(tmp_path / "c", ".lock", "busy"):
-        pass
+        assert (tmp_path / "c" / ".lock").is_file()
     assert (tmp_path / "c").is_dir()  # a folder it did not make stays
 
 

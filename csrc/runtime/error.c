@@ -1,6 +1,7 @@
 /* Status reporting of libedgeseg: codes, one-line messages, version. */
 #include <stdarg.h>
 #include <stdio.h>
+#include <string.h>
 
 #include "es_runtime.h"
 
@@ -39,4 +40,22 @@ const char *es_code_message(int code) {
     case ES_EDATA: return "input is not CT HU this bundle can segment";
     default: return es_status_message(code);
     }
+}
+
+void es_one_line(const char *detail, char *line, size_t size) {
+    size_t used = 0;
+    line[0] = '\0';
+    for (const char *at = detail; *at && used + 1 < size;) {
+        size_t len = strcspn(at, "\n");
+        while (len && (at[len - 1] == '\r' || at[len - 1] == ' ')) len--;
+        while (len && *at == ' ') at++, len--;
+        int location = len > 15 && strncmp(at, "Exception from ", 15) == 0 && at[len - 1] == ':';
+        if (len && !location) {
+            int wrote = snprintf(line + used, size - used, "%s%.*s", used ? " " : "", (int)len, at);
+            used = wrote < 0 ? size : used + (size_t)wrote;
+        }
+        at += strcspn(at, "\n");
+        if (*at) at++;
+    }
+    if (used >= size && size > 4) strcpy(line + size - 4, "...");
 }

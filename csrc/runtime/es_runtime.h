@@ -60,6 +60,10 @@ void es_bundle_free(es_bundle *bundle);
 /* Hex sha256 of the rest of `fh` into hex[65] (OpenSSL's libcrypto); 0 on success. */
 int es_sha256_file(FILE *fh, char hex[65]);
 
+/* A library's multi-line message as one line in line[size]: its lines joined by spaces, without
+ * OpenVINO's "Exception from FILE:LINE:" location lines (the cause comes after them). */
+void es_one_line(const char *detail, char *line, size_t size);
+
 /* Fill `err` (if not NULL) with `code` and a printf-formatted message; returns `code`. */
 int es_fail(es_error *err, int code, const char *fmt, ...)
 #if defined(__GNUC__)

@@ -34,32 +34,12 @@ struct es_segmenter {
     pthread_mutex_t lock;
 };
 
-/* es_fail with OpenVINO's own last message appended (its first line). */
-/* OpenVINO's last message as one line: its lines joined by spaces, without the
- * "Exception from FILE:LINE:" location lines that come before the cause. */
-static void one_line(const char *detail, char *line, size_t size) {
-    size_t used = 0;
-    line[0] = '\0';
-    for (const char *at = detail; *at && used + 1 < size;) {
-        size_t len = strcspn(at, "\n");
-        while (len && (at[len - 1] == '\r' || at[len - 1] == ' ')) len--;
-        while (len && *at == ' ') at++, len--;
-        int location = len > 15 && strncmp(at, "Exception from ", 15) == 0 && at[len - 1] == ':';
-        if (len && !location) {
-            int wrote = snprintf(line + used, size - used, "%s%.*s", used ? " " : "", (int)len, at);
-            used = wrote < 0 ? size : used + (size_t)wrote;
-        }
-        at += strcspn(at, "\n");
-        if (*at) at++;
-    }
-    if (used >= size && size > 4) strcpy(line + size - 4, "...");
-}
-
+/* es_fail with OpenVINO's own last message appended, on one line (es_one_line). */
 static int fail_backend(es_error *err, const char *what, const char *file, ov_status_e status) {
     const char *detail = ov_get_last_err_msg();
     char line[400] = "";
     if (detail) {
-        one_line(detail, line, sizeof line);
+        es_one_line(detail, line, sizeof line);
         ov_free(detail);
     }
     return es_fail(err, ES_EBACKEND, "openvino could not %s %s: %s%s%s", what, file, ov_get_error_info(status),

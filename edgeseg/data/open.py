@@ -7,6 +7,7 @@ label maps, never series: they attach to the CT series they reference.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterable
 import re
@@ -41,11 +42,9 @@ def same_data(a: str, b: str) -> bool | None:
         return False
     if specs[0] is not None or specs[1] is not None:
         return specs[0] == specs[1]
-    try:
+    with contextlib.suppress(OSError):
         if Path(a).exists() and Path(b).exists() and Path(a).resolve() == Path(b).resolve():
             return True
-    except OSError:
-        pass
     return None
 
 

@@ -103,12 +103,10 @@ def _serve_process(bundle, *options: str, stderr=subprocess.PIPE):
     try:
         deadline = time.monotonic() + 120
         while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/health/ready", timeout=2) as reply:
-                    if reply.status == 200:
-                        break
-            except OSError:
-                pass
+            with contextlib.suppress(OSError), urllib.request.urlopen(
+                    f"http://127.0.0.1:{port}/v2/health/ready", timeout=2) as reply:
+                if reply.status == 200:
+                    break
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"edgeseg serve did not start (exit status {proc.poll()})")
             time.sleep(0.2)
