@@ -212,6 +212,13 @@ def atomic_dir(path: str | os.PathLike, on_step: Callable[[str], None] | None = 
         raise
 
 
+def within(path: str | os.PathLike, folder: str | os.PathLike) -> bool:
+    """Whether ``path`` is ``folder`` or lies below it, links resolved: where writing ``path``
+    would write into (or over) ``folder``."""
+    path, folder = Path(path).resolve(), Path(folder).resolve()
+    return path == folder or folder in path.parents
+
+
 def _probe(target: Path, what: str) -> None:
     """Create and remove a file in the nearest existing folder above ``target``: the only check
     that answers for root, read-only mounts and pseudo filesystems such as /proc alike."""

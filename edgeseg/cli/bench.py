@@ -75,13 +75,13 @@ def _check_outputs_apart(bundle, outputs: list[tuple[str, str]]) -> None:
     run reads, or add one to the bundle) or two of them naming one file (one would be lost)."""
     from pathlib import Path
 
+    from edgeseg.atomic import within
     from edgeseg.errors import DataError
 
-    folder = Path(bundle).resolve()
     seen = {}
     for path, what in outputs:
         where = Path(path).parent.resolve() / Path(path).name  # the file is renamed into place: its folder counts
-        if where == folder or folder in where.parents:
+        if within(where, bundle):
             raise DataError(f"{what} {path} is inside the bundle {bundle}; write it outside the bundle")
         if where in seen:
             raise DataError(f"{what} {path} is the file {seen[where]} writes too; name another file")

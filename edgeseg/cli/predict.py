@@ -131,7 +131,7 @@ def _check_outputs(input_path: str, out: str, fmt: str, overlay: str | None) -> 
     """
     from pathlib import Path
 
-    from edgeseg.atomic import check_output_file, check_output_folder
+    from edgeseg.atomic import check_output_file, check_output_folder, within
     from edgeseg.errors import DataError
 
     target = Path(out)
@@ -139,7 +139,7 @@ def _check_outputs(input_path: str, out: str, fmt: str, overlay: str | None) -> 
     _check_apart(source, target, "--out", replaced_whole=fmt == "png" and target.is_dir())
     if overlay:
         _check_apart(source, Path(overlay), "--overlay")
-        if _same(Path(overlay), target) or (fmt == "png" and _inside(Path(overlay), target)):
+        if _same(Path(overlay), target) or (fmt == "png" and within(Path(overlay), target)):
             raise DataError(f"--overlay {overlay} is where --out writes; name another file")
     if fmt == "png" and target.is_dir():
         others = [p.name for p in target.iterdir() if not p.name.lower().endswith(".png")]
@@ -157,13 +157,14 @@ def _check_apart(source, target, option: str, replaced_whole: bool = False) -> N
     """DataError when writing ``target`` would overwrite INPUT: the same file (also through a
     link), a file inside an INPUT series folder, or (``replaced_whole``: a folder written whole)
     a folder holding INPUT."""
+    from edgeseg.atomic import within
     from edgeseg.errors import DataError
 
     if _same(target, source):
         raise DataError(f"{option} {target} is INPUT itself; name another file")
-    if source.is_dir() and _inside(target, source):
+    if source.is_dir() and within(target, source):
         raise DataError(f"{option} {target} is inside the INPUT folder {source}; write outside the series")
-    if replaced_whole and _inside(source, target):
+    if replaced_whole and within(source, target):
         raise DataError(f"{option} {target} holds INPUT {source} and would be replaced whole; name a new folder")
 
 
@@ -173,9 +174,3 @@ def _same(a, b) -> bool:
     if a.exists() and b.exists():
         return os.path.samefile(a, b)
     return a.resolve() == b.resolve()
-
-
-def _inside(path, folder) -> bool:
-    """Whether ``path`` is ``folder`` or lies below it (links resolved)."""
-    path, folder = path.resolve(), folder.resolve()
-    return path == folder or folder in path.parents

@@ -30,7 +30,7 @@ import shutil
 import sysconfig
 from pathlib import Path
 
-from edgeseg.atomic import atomic_dir
+from edgeseg.atomic import atomic_dir, within
 from edgeseg.errors import BundleError, DataError, require
 from edgeseg.runtime.manifest import Manifest, read_manifest, verify_artifacts
 
@@ -200,11 +200,6 @@ def serving_warnings(entry, name: str, kind: str, backend: str) -> list[str]:
     return warnings
 
 
-def _overlap(a: Path, b: Path) -> bool:
-    """Whether ``a`` is ``b`` or lies below it."""
-    return a == b or b in a.parents
-
-
 def _not_a_model(repo: Path) -> str | None:
     """The first entry of ``repo`` that is not a model folder as written here (``config.pbtxt``
     and numbered version folders), or None: a folder of other things is not a repository."""
@@ -224,11 +219,11 @@ def check_repo_output(repo: str | Path, force: bool, bundle: str | Path, what: s
     without ``force``, or is not a Triton repository (``--force`` replaces it whole)."""
     repo = Path(repo)
     where, source = repo.resolve(), Path(bundle).resolve()
-    if _overlap(where, source) or _overlap(source, where):
-        relation = "is" if where == source else "holds" if _overlap(source, where) else "lies inside"
+    if within(where, source) or within(source, where):
+        relation = "is" if where == source else "holds" if within(source, where) else "lies inside"
         raise DataError(f"{what} {repo} {relation} the bundle {bundle}; name a folder apart from it")
     for name, folder in keep:
-        if _overlap(Path(folder).resolve(), where):
+        if within(folder, where):
             raise DataError(f"{what} {repo} {'is' if Path(folder).resolve() == where else 'holds'} {name} {folder}; "
                             "name a folder apart from it")
     if not repo.exists():
