@@ -88,11 +88,14 @@ def test_sweep_resumes_after_a_kill_and_writes_the_reports(tmp_path):
 
     # A rule that keeps the reference names the closest faster variant that missed it. The
     # mobile point is made 4x faster (latencies that stay exact when reports round them) and 0.1
-    # worse, deployed and FP32, than the reference.
+    # worse, deployed and FP32, than the reference. It is given the reference's runner too: which
+    # runner auto picked for each point (an INT8 or an FP32 one, so which Dice is deployed) follows
+    # the latencies measured on this machine.
     ref = json.loads((first / "result.json").read_text())
     (first / "result.json").write_text(json.dumps({**ref, "latency_ms_p50": 8.0}))
     fast = json.loads((second / "result.json").read_text())
-    fast.update(latency_ms_p50=2.0, dice_int8=ref["dice_int8"] - 0.1, dice_fp32=ref["dice_fp32"] - 0.1)
+    fast.update(latency_ms_p50=2.0, dice_int8=ref["dice_int8"] - 0.1, dice_fp32=ref["dice_fp32"] - 0.1,
+                backend=ref["backend"], dice_int8_backend=ref.get("dice_int8_backend"))
     (second / "result.json").write_text(json.dumps(fast))
     (tmp_path / "choose.toml").write_text(SWEEP + '\n[choose]\nreference = "unet-b4-d2-s64"\nmax_dice_loss = 0.05\n')
     proc = subprocess.run(_sweep_command(tmp_path / "choose.toml", out), capture_output=True, text=True)
