@@ -85,12 +85,16 @@ def python_without():
 # The test bundle: a tiny U-Net trained on phantom CT (so its masks are real) and exported by
 # edgeseg.export like any user's model. It is rebuilt when anything it is made from changes.
 # Six augmented cases: the runtime tests segment phantoms of other sizes and aspect ratios.
-# Seed 1: with the default (cpu) INT8 scheme seed 0's model misses the INT8 gate by 0.001
-# (drops 0.0109 / 0.0105 on ONNX Runtime / OpenVINO; seed 1: 0.0015 / 0.0017). That scheme never
-# saturates, so the verdict does not depend on the CPU the suite runs on.
+# The runtime, serving and C API tests need its INT8 graph to pass the gate on every CPU runner.
+# The INT8 arithmetic of the default (cpu) scheme is the same on every CPU, but the trained
+# weights are not (torch's float kernels differ with the instruction set), and this tiny model's
+# INT8 drop moves with them: 0.0015 to 0.0109 over seeds and sources here, against the default
+# limit of 0.01. Its INT8 limit is 0.05, so the gate's verdict on it does not turn on the CPU
+# (tests/export checks the gate itself at the default limits).
 BUNDLE_TRAINING = dict(data="phantom:cases=6,size=64,slices=16", size=64, base=8, depth=2, epochs=20, batch_size=8,
                        lr=5e-3, augment=True, seed=1)
 BUNDLE_CALIBRATION = "phantom:cases=3,size=64,slices=16,seed=5"
+BUNDLE_EXPORT = dict(int8=True, calib_slices=32, max_batch=8, max_dice_drop={"int8": 0.05})
 _ROOT = Path(__file__).resolve().parents[1]
 # What the bundle is made from: the code of every layer up to export, and the C kernels.
 _BUNDLE_SOURCES = ("edgeseg/*.py", "edgeseg/data/**/*.py", "edgeseg/kernels/**/*.py", "edgeseg/kernels/*.pyx",
@@ -101,7 +105,7 @@ _BUNDLE_SOURCES = ("edgeseg/*.py", "edgeseg/data/**/*.py", "edgeseg/kernels/**/*
 def bundle_key() -> str:
     """sha256 over the test bundle's settings and every source file it depends on."""
     # the last item: trained in float32 on every CPU (in_process_training_defaults), not bf16 where AMX is
-    digest = hashlib.sha256(repr((BUNDLE_TRAINING, BUNDLE_CALIBRATION, "float32")).encode())
+    digest = hashlib.sha256(repr((BUNDLE_TRAINING, BUNDLE_CALIBRATION, BUNDLE_EXPORT, "float32")).encode())
     files = sorted({path for pattern in _BUNDLE_SOURCES for path in _ROOT.glob(pattern) if path.is_file()})
     for path in files:
         digest.update(str(path.relative_to(_ROOT)).encode() + b"\0" + path.read_bytes())
@@ -115,7 +119,7 @@ def _export_test_bundle(out: Path) -> None:
     from edgeseg.train.loop import train
 
     train(TrainConfig(out=str(out / "train"), **BUNDLE_TRAINING), progress=False)
-    settings = ExportSettings(int8=True, calib_slices=32, max_batch=8)
+    settings = ExportSettings(**BUNDLE_EXPORT)
     export_bundle(out / "train" / "best.pt", out / "bundle", settings, calib=BUNDLE_CALIBRATION,
                   cache_dir=out / "cache", progress=False, echo=lambda text: None)
 

@@ -67,6 +67,8 @@ from edgeseg.train.config import LOSSES, MEMORY_FORMATS
               help="k-fold cross-validation by case (0: the --val/--test-fraction split).")
 @click.option("--fold", default=0, show_default=True, type=click.IntRange(min=0), help="Which fold to hold out (0-based).")
 @click.option("--resume", is_flag=True, help="Continue from OUT/last.pt (written by any number of processes).")
+@click.option("--overwrite", is_flag=True,
+              help="Train again from epoch 1 into an OUT that holds a training (refused without it or --resume).")
 @click.option("--nproc", default=1, show_default=True, type=int,
               help="Train in this many processes on this machine (DistributedDataParallel, one per GPU on CUDA, "
                    "else gloo on the CPU cores): runs torchrun --standalone --nproc-per-node N -m edgeseg train.")
@@ -82,7 +84,7 @@ from edgeseg.train.config import LOSSES, MEMORY_FORMATS
 def command(**opts) -> None:
     """Train a segmentation model (--model, default unet); writes OUT/best.pt, OUT/last.pt, metrics.csv/json and curves.png."""
     require("torch", "train", "edgeseg train")
-    from edgeseg.train.loop import train
+    from edgeseg.train.loop import check_start, train
 
     recipe = None
     if opts["recipe"] is not None:
@@ -97,6 +99,7 @@ def command(**opts) -> None:
     main_process = os.environ.get("RANK", "0") == "0"
     if main_process:
         check_output_folder(opts["out"], "--out")
+        check_start(opts["out"], opts["resume"], opts["overwrite"])
         if opts["cache"] is not None:
             check_output_folder(opts["cache"], "slice store cache (--cache)")
     configure_logging()
@@ -107,7 +110,7 @@ def command(**opts) -> None:
 
         launch(opts["nproc"], _repeat_options(ctx, skip={"nproc"}))
         return
-    result = train(cfg, resume=opts["resume"], progress=not opts["quiet"])
+    result = train(cfg, resume=opts["resume"], progress=not opts["quiet"], overwrite=opts["overwrite"])
     if not main_process:
         return
     best = result["best"]

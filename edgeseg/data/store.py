@@ -111,11 +111,12 @@ class SliceStore:
         slice_index: (N,) int32 slice number of every slice within its case.
         present: (N, C) bool, whether class c occurs in the slice (class 0 is background).
         built: True when this call built the store, False when it reused one.
+        build_seconds: how long this call took to build it (None when it reused one).
     """
 
-    def __init__(self, path: Path, built: bool = False) -> None:
+    def __init__(self, path: Path, built: bool = False, build_seconds: float | None = None) -> None:
         self.path = Path(path)
-        self.built = built
+        self.built, self.build_seconds = built, build_seconds
         self.manifest = json.loads((self.path / "manifest.json").read_text())
         index = np.load(self.path / "index.npz")
         self.case_index = index["case_index"]
@@ -127,6 +128,13 @@ class SliceStore:
 
     def __len__(self) -> int:
         return int(self.case_index.shape[0])
+
+    def describe(self) -> str:
+        """'built slice store PATH in S s' or 'using slice store PATH (...)': for the log, once the
+        caller has checked what it reads from the store (a refusal is then the only line)."""
+        if self.built:
+            return f"built slice store {self.path} in {self.build_seconds or 0.0:.1f} s"
+        return f"using slice store {self.path} (built before for this source and spec)"
 
     def _array_layout(self, path: Path, dtype: np.dtype) -> tuple[int, tuple[int, ...]]:
         """Byte offset of the data and shape of a store ``.npy`` file (written by this module:
@@ -238,6 +246,7 @@ def open_slice_store(source: str, cache: str | os.PathLike, spec: PreprocessSpec
     An unwritable ``cache`` is refused before any data is read; a store that no longer matches
     its source, spec or edgeseg version is rebuilt (see the module docstring). ``slice_options``
     (``case_pattern``, ``mask``, ``label_values``) are passed to ``open_dataset`` for slice folders.
+    Whether it was built or reused is the caller's to log (:meth:`SliceStore.describe`).
     """
     slice_options = {k: v for k, v in (slice_options or {}).items() if v is not None}
     groups = case_groups(source, intensity, slice_options)
@@ -245,7 +254,6 @@ def open_slice_store(source: str, cache: str | os.PathLike, spec: PreprocessSpec
     target = Path(cache) / f"store-{store_key(source, spec, labels, intensity, slice_options)}"
     if _trusted(target, record):
         # Reading a built store writes nothing, so a read-only shared cache serves it.
-        log.info("using slice store %s (built before for this source and spec)", target)
         return SliceStore(target)
     cache = check_output_folder(cache, "slice store cache (--cache)")
     created = [folder for folder in (cache, *cache.parents) if not folder.exists()]
@@ -258,11 +266,11 @@ def open_slice_store(source: str, cache: str | os.PathLike, spec: PreprocessSpec
             started = time.monotonic()
             with atomic_dir(target) as staging:
                 _build(staging, groups, spec, labels, record, progress)
-            log.info("built slice store %s in %.1f s", target, time.monotonic() - started)
+            seconds = time.monotonic() - started
     except BaseException:
         _undo_folders(lock, created)
         raise
-    return SliceStore(target, built=True)
+    return SliceStore(target, built=True, build_seconds=seconds)
 
 
 def _undo_folders(lock: Path, created: list[Path]) -> None:

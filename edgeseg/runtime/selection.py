@@ -196,8 +196,8 @@ def _auto(bundle: Path, manifest: Manifest, available: list[Candidate], threads:
     timings, best, runner = probe(bundle, manifest, available, threads)
     if best is None or runner is None:
         raise BackendError(f"no backend could load this bundle: {timings}")
-    cache[key] = {"choice": best.label, "p50_ms": timings, "measured": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    _write_cache(cache)
+    _write_cache(key, {"choice": best.label, "p50_ms": timings,
+                       "measured": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
     summary = ", ".join(f"{k} {v:.1f} ms" if isinstance(v, float) else f"{k} {v}" for k, v in timings.items())
     log.info("backend auto -> %s (probe at batch 1: %s)", best.label, summary)
     return runner
@@ -321,10 +321,21 @@ def _read_cache() -> dict:
     return data if isinstance(data, dict) else {}
 
 
-def _write_cache(cache: dict) -> None:
+def _write_cache(key: str, entry: dict) -> None:
+    """Record one probe: the cache is read again and written whole under a lock, so processes
+    probing other bundles at the same time (a sweep's points, parallel tests) keep each other's
+    entries rather than the last writer's copy alone."""
+    import fcntl
+
     from edgeseg.atomic import atomic_write_text  # only when probing: it imports tempfile, secrets
 
+    path = cache_path()
     try:
-        atomic_write_text(cache_path(), json.dumps(cache, indent=1) + "\n")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path.with_name(path.name + ".lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            cache = _read_cache()
+            cache[key] = entry
+            atomic_write_text(path, json.dumps(cache, indent=1) + "\n")
     except OSError as exc:  # a read-only home must not stop inference
-        log.warning("cannot write the backend probe cache %s: %s", cache_path(), exc)
+        log.warning("cannot write the backend probe cache %s: %s", path, exc)

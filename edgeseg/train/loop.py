@@ -74,14 +74,27 @@ def foreground_batches(train_set: StoreCases, place: ProcessPlace, cfg: TrainCon
                                   cfg.foreground_share, cfg.seed, place.rank, place.world_size)
 
 
+def check_start(out: str | Path, resume: bool, overwrite: bool) -> None:
+    """Refuse to start a training over one ``out`` already holds (its last.pt) unless asked to:
+    ``resume`` continues it, ``overwrite`` trains again from epoch 1 (its checkpoints go once the
+    data is read and checked)."""
+    last = Path(out) / "last.pt"
+    if resume and overwrite:
+        raise EdgesegError("--resume continues the training in --out and --overwrite starts it again; give one")
+    if not resume and not overwrite and last.is_file():
+        raise EdgesegError(f"{out} already holds a training ({last.name}); --resume continues it, --overwrite "
+                           "trains again from epoch 1, or give another --out")
+
+
 def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, on_epoch: Callable | None = None,
-          make_sampler: SamplerFactory = foreground_batches) -> dict[str, Any]:
+          make_sampler: SamplerFactory = foreground_batches, overwrite: bool = False) -> dict[str, Any]:
     """Train a model as ``cfg`` says; writes best.pt, last.pt, metrics and curves under cfg.out.
 
     With ``resume``, training continues from ``cfg.out/last.pt`` (same model, spec and data),
-    restoring weights, optimiser state, history and the epoch counter. Started by torchrun,
-    each process trains a DDP replica on its share of every batch (``make_sampler`` gives each
-    its share); rank 0 alone validates and writes, and only its result holds the history.
+    restoring weights, optimiser state, history and the epoch counter. A folder holding a
+    training is refused without ``resume`` or ``overwrite`` (:func:`check_start`). Started by
+    torchrun, each process trains a DDP replica on its share of every batch (``make_sampler``
+    gives each its share); rank 0 alone validates and writes, and only its result holds the history.
     """
     place = distributed.place_from_env()
     device = distributed.start(place, cfg.sync_bn)
@@ -93,6 +106,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, on_epoc
              if place.is_main else contextlib.nullcontext())
     try:
         with guard:
+            if place.is_main:  # under the lock: another process may be writing the folder's last.pt
+                check_start(cfg.out, resume, overwrite)
             return _train(cfg, resume, progress and place.is_main, on_epoch, make_sampler, place, device)
     finally:
         distributed.stop(place)
@@ -134,8 +149,13 @@ def _train(cfg, resume, progress, on_epoch, make_sampler, place, device) -> dict
     if absent:
         raise DataError(f"no training slice of {cfg.data} holds {', '.join(absent)}; check --labels against the "
                         "label values the data uses (edgeseg data info)")
+    if place.is_main:  # after the checks above: a refused training prints its error alone
+        log.info("%s", data["store"].describe())
     if place.is_main:
         out.mkdir(parents=True, exist_ok=True)
+        if not resume:  # what check_start let through is trained again: the last run's checkpoints go
+            for name in ("last.pt", "best.pt"):
+                (out / name).unlink(missing_ok=True)
     sampler = make_sampler(train_set, place, cfg)
     layout = memory_format_for(cfg, model, model_config, device, place, payload)
     to_memory_format(model, optimizer, layout["chosen"])

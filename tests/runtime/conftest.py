@@ -24,3 +24,13 @@ def bundle_copy(bundle_dir, tmp_path) -> Path:
 def _probe_cache(tmp_path, monkeypatch):
     """Keep the backend probe cache out of the user's home."""
     monkeypatch.setenv("EDGESEG_CACHE_DIR", str(tmp_path / "cache"))
+
+
+@pytest.fixture
+def cpu_only():
+    """For tests of what auto picks among the CPU runners: skipped where onnxruntime has a GPU
+    provider library, since auto then asks ONNX Runtime for its GPU runner first."""
+    from edgeseg.runtime.runners.onnxruntime import gpu_provider_library_installed
+
+    if gpu_provider_library_installed():
+        pytest.skip("onnxruntime here has a GPU provider library: auto asks ONNX Runtime for its GPU runner")

@@ -52,12 +52,6 @@ def _first_mask(bundle: Path, tmp_path: Path, **env: str) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-@pytest.fixture
-def cpu_only():
-    if gpu_provider_library_installed():
-        pytest.skip("onnxruntime here has a GPU provider library: auto asks ONNX Runtime for its GPU runner")
-
-
 def _assert_openvino_only(result: dict, backend: str) -> None:
     assert result["backend"] == backend and result["shape"] == [70, 50]
     imported = set(result["modules"])

@@ -116,7 +116,7 @@ def test_auto_probes_once_logs_its_choice_and_caches_it(bundle_dir, caplog):
     assert f"backend auto -> {choice} (cached probe)" in caplog.text
 
 
-def test_auto_without_probe_takes_the_preference_order(bundle_dir, monkeypatch):
+def test_auto_without_probe_takes_the_preference_order(bundle_dir, monkeypatch, cpu_only):
     monkeypatch.setenv("EDGESEG_BACKEND_PROBE", "0")
     with Segmenter.load(bundle_dir) as seg:
         assert seg.runner.precision == "int8"

@@ -16,6 +16,7 @@ from edgeseg.errors import BundleError
 from edgeseg.runtime import Segmenter
 from edgeseg.runtime.manifest import read_manifest
 from edgeseg.runtime.runners.onnxruntime import OnnxRuntimeRunner
+from edgeseg.runtime.runners import runner_class
 from edgeseg.runtime.selection import candidates
 
 
@@ -116,7 +117,9 @@ def _fake_cpu(monkeypatch, machine: str, flags: set[str] | None) -> None:
 
 
 def _int8_labels(bundle) -> set[str]:
-    return {c.label for c in candidates(read_manifest(bundle), gated_only=True) if c.entry.precision == "int8"}
+    """The INT8 CPU runners auto may pick (the VNNI question is the CPU's; a GPU runner is not asked it)."""
+    return {c.label for c in candidates(read_manifest(bundle), gated_only=True)
+            if c.entry.precision == "int8" and runner_class(c.runner).device_kind == "cpu"}
 
 
 @pytest.mark.parametrize("scheme", [None, "tensorrt"])
@@ -156,3 +159,30 @@ def test_cpu_flags_are_read_from_proc_cpuinfo():
     if not Path("/proc/cpuinfo").is_file() or platform.machine() != "x86_64":
         pytest.skip("needs Linux /proc/cpuinfo on x86_64")
     assert {"sse2", "sse4_2"} <= cpu_flags()  # in every x86-64 CPU that runs these wheels
+
+
+def _record_probes(start: int) -> None:
+    from edgeseg.runtime.selection import _write_cache
+
+    for k in range(start, start + 25):
+        _write_cache(f"bundle-{k}", {"choice": "onnxruntime:fp32", "p50_ms": {"onnxruntime:fp32": float(k)}})
+
+
+def test_processes_probing_at_once_keep_each_others_cache_entries(tmp_path, monkeypatch):
+    """Sweep points and parallel test workers probe other bundles at the same time: each probe
+    is added to the cache, not written over the others' by a copy read before them."""
+    import multiprocessing
+
+    from edgeseg.runtime.selection import cache_path
+
+    monkeypatch.setenv("EDGESEG_CACHE_DIR", str(tmp_path / "cache"))
+    ctx = multiprocessing.get_context("spawn")
+    workers = [ctx.Process(target=_record_probes, args=(start,)) for start in range(0, 100, 25)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(120)
+        assert w.exitcode == 0
+    cache = json.loads(cache_path().read_text())
+    assert sorted(cache) == sorted(f"bundle-{k}" for k in range(100))
+    assert all(cache[f"bundle-{k}"]["p50_ms"]["onnxruntime:fp32"] == k for k in range(100))

@@ -38,9 +38,10 @@ def test_every_mode_trains_on_the_same_batches_with_the_same_threads(tmp_path):
     (worker_mb,) = row["workers_1"]["workers_peak_rss_mb"]
     assert worker_mb > 20, "a worker is a Python process with numpy and torch loaded"
     assert row["loader"]["read_augment_s_per_batch"] > 0
-    # The wait for each batch is timed: an in-memory list never makes a step wait.
+    # The wait for each batch is timed: an in-memory list never makes a step wait (microseconds;
+    # the bound leaves room for the process being descheduled in a 5-step average on a busy machine).
     assert all(m["data_wait_s_per_step"] >= 0 for m in modes)
-    assert row["memory"]["data_wait_s_per_step"] < 1e-3
+    assert row["memory"]["data_wait_s_per_step"] < 0.05
     # Three interleaved rounds: each mode keeps its median round, and each streamed mode's ratio
     # is the median of its steps/s over the in-memory run of the same round.
     for name in ("memory", "workers_0", "workers_1"):
