@@ -65,6 +65,8 @@ def _run(**opts) -> None:
         from edgeseg.train.recipes import load_recipe
 
         recipe = load_recipe(opts["recipe"])
+    if opts["int8"]:
+        _export_settings(opts)  # its settings refused now, not after every fold has trained
     root = Path(opts["out"])
     configs = [train_cli.config_from_options({**opts, "fold": k, "out": str(root / f"fold{k}")}, recipe,
                                              click.get_current_context()) for k in range(opts["folds"])]
@@ -81,6 +83,9 @@ def _run(**opts) -> None:
             raise EdgesegError(f"{cfg.out} holds a fold trained with other settings ({'; '.join(changed[:4])}); "
                                "give another --out, or the settings it was trained with")
         done = int(payload.get("epoch", 0))
+        if done > cfg.epochs:  # scoring it would report a longer training under these settings
+            raise EdgesegError(f"{cfg.out} holds a fold trained to {done} epochs, more than --epochs {cfg.epochs}; "
+                               f"give --epochs {done} or more, or another --out")
         if done < cfg.epochs and opts["trained_only"]:
             click.echo(f"fold {cfg.fold}: at epoch {done} of {cfg.epochs}; left out (--trained-only)")
             missing.append(cfg.fold)

@@ -84,7 +84,7 @@ from edgeseg.train.config import LOSSES, MEMORY_FORMATS
 def command(**opts) -> None:
     """Train a segmentation model (--model, default unet); writes OUT/best.pt, OUT/last.pt, metrics.csv/json and curves.png."""
     require("torch", "train", "edgeseg train")
-    from edgeseg.train.loop import check_start, train
+    from edgeseg.train.loop import check_start_locked, train
 
     recipe = None
     if opts["recipe"] is not None:
@@ -99,7 +99,8 @@ def command(**opts) -> None:
     main_process = os.environ.get("RANK", "0") == "0"
     if main_process:
         check_output_folder(opts["out"], "--out")
-        check_start(opts["out"], opts["resume"], opts["overwrite"])
+        if opts["nproc"] != 1:  # refused here, before torchrun starts (a single process checks in train)
+            check_start_locked(opts["out"], opts["resume"], opts["overwrite"])
         if opts["cache"] is not None:
             check_output_folder(opts["cache"], "slice store cache (--cache)")
     configure_logging()

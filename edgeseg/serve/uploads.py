@@ -8,9 +8,10 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeseg.errors import DataError, require
+from edgeseg.errors import DataError, EdgesegError, require
 
 OUTPUTS = {"npy": "application/octet-stream", "png": "image/png", "nifti": "application/gzip"}
+SUFFIXES = {"jpeg": "jpg", "nifti": "nii.gz"}  # the upload's file name suffix where it is not the format's name
 
 
 def sniff(body: bytes) -> str:
@@ -35,7 +36,16 @@ def sniff(body: bytes) -> str:
 
 
 def segment_upload(segmenter, body: bytes, fmt: str, tmp: Path) -> tuple[bytes, str]:
-    """Segment the uploaded file and return (mask bytes in ``fmt``, media type)."""
+    """Segment the uploaded file and return (mask bytes in ``fmt``, media type). An error names
+    the upload (``upload.nii.gz: ...``), never the server's temporary folder."""
+    try:
+        return _segment_upload(segmenter, body, fmt, tmp)
+    except EdgesegError as exc:
+        exc.args = (str(exc).replace(f"{tmp}/", "").replace(str(tmp), "the upload"),)
+        raise
+
+
+def _segment_upload(segmenter, body: bytes, fmt: str, tmp: Path) -> tuple[bytes, str]:
     from edgeseg.runtime.readers import read_input
     from edgeseg.runtime.writers import write_nifti, write_npy
 
@@ -45,12 +55,12 @@ def segment_upload(segmenter, body: bytes, fmt: str, tmp: Path) -> tuple[bytes, 
         raise DataError("upload is empty")
     kind = sniff(body)
     if kind == "dicom":
-        (tmp / "series").mkdir()
-        source = tmp / "series" / "slice.dcm"
+        (tmp / "upload").mkdir()
+        source = tmp / "upload" / "upload.dcm"
     else:
-        source = tmp / {"npy": "in.npy", "png": "in.png", "jpeg": "in.jpg", "nifti": "in.nii.gz"}[kind]
+        source = tmp / f"upload.{SUFFIXES.get(kind, kind)}"
     if kind == "nifti" and body[:2] != b"\x1f\x8b":
-        source = tmp / "in.nii"
+        source = tmp / "upload.nii"
     source.write_bytes(body)
     volume, _ = read_input(source.parent if kind == "dicom" else source)
     labels = segmenter.predict_volume(volume)

@@ -86,6 +86,17 @@ def check_start(out: str | Path, resume: bool, overwrite: bool) -> None:
                            "trains again from epoch 1, or give another --out")
 
 
+def _busy_message(out: str | Path) -> str:
+    return f"{out} is being trained by another process; wait for it to finish, or give another --out"
+
+
+def check_start_locked(out: str | Path, resume: bool, overwrite: bool) -> None:
+    """:func:`check_start` while holding the folder's training lock (so a folder another process
+    is training is refused as busy, not as one holding a training)."""
+    with folder_lock(out, ".training.lock", _busy_message(out)):
+        check_start(out, resume, overwrite)
+
+
 def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, on_epoch: Callable | None = None,
           make_sampler: SamplerFactory = foreground_batches, overwrite: bool = False) -> dict[str, Any]:
     """Train a model as ``cfg`` says; writes best.pt, last.pt, metrics and curves under cfg.out.
@@ -99,7 +110,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, on_epoc
     place = distributed.place_from_env()
     device = distributed.start(place, cfg.sync_bn)
     # one training per run folder: a second one (train, cv or sweep) would write over its checkpoints
-    busy = (f"{cfg.out} is being trained by another process; wait for it to finish, or give another --out")
+    busy = _busy_message(cfg.out)
     # refused before its first epoch (settings the data cannot train), the folder this call made
     # (its slice store at most) goes, as for any bad input
     guard = (folder_lock(cfg.out, ".training.lock", busy, discard_on=EdgesegError, keep="last.pt")
@@ -149,6 +160,9 @@ def _train(cfg, resume, progress, on_epoch, make_sampler, place, device) -> dict
     if absent:
         raise DataError(f"no training slice of {cfg.data} holds {', '.join(absent)}; check --labels against the "
                         "label values the data uses (edgeseg data info)")
+    if cfg.batch_size > len(train_set):  # a batch would hold every slice several times (and its memory)
+        raise DataError(f"--batch-size {cfg.batch_size} is larger than the {len(train_set)} training slices of "
+                        f"{cfg.data}; give at most {len(train_set)}")
     if place.is_main:  # after the checks above: a refused training prints its error alone
         log.info("%s", data["store"].describe())
     if place.is_main:

@@ -39,5 +39,7 @@ def write_records(
             **({"memory_format": memory_format} if memory_format is not None else {}),
         },
     )
-    write_json(out / "split.json", {"seed": cfg.seed, "fractions": list(cfg.fractions), **split})
+    # a k-fold split is made by its fold count and fold, not by the fractions
+    how = {"folds": cfg.folds, "fold": cfg.fold} if cfg.folds else {"fractions": list(cfg.fractions)}
+    write_json(out / "split.json", {"seed": cfg.seed, **how, **split})
     plot_training_curves(out / "curves.png", history)

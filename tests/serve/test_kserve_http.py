@@ -257,6 +257,24 @@ def test_upload_garbage_is_400(server):
     assert "not a DICOM file" in json.loads(data)["error"]
 
 
+def test_a_bad_upload_is_named_as_the_upload_not_by_the_servers_temporary_path(server):
+    import gzip
+
+    nifti = np.zeros(348 + 4, np.uint8)  # a NIfTI-1 header claiming 64x64x4 int16 voxels, and no voxels
+    nifti[:4] = np.frombuffer(np.int32(348).tobytes(), np.uint8)
+    nifti[40:56] = np.frombuffer(np.array([3, 64, 64, 4, 1, 1, 1, 1], "<i2").tobytes(), np.uint8)
+    nifti[70:72] = np.frombuffer(np.array([4], "<i2").tobytes(), np.uint8)  # datatype int16
+    nifti[72:74] = np.frombuffer(np.array([16], "<i2").tobytes(), np.uint8)  # bitpix
+    nifti[76:108] = np.frombuffer(np.ones(8, "<f4").tobytes(), np.uint8)  # pixdim
+    nifti[108:112] = np.frombuffer(np.float32(352).tobytes(), np.uint8)  # vox_offset
+    nifti[344:348] = np.frombuffer(b"n+1\0", np.uint8)
+    for body in (nifti.tobytes(), gzip.compress(nifti.tobytes())):
+        status, _, data = _request(server.url, "POST", "/v1/segment", body)
+        error = json.loads(data)["error"]
+        assert status == 400 and "image upload.nii" in error and "32768 bytes" in error, error
+        assert "edgeseg-upload-" not in error and "/tmp" not in error, error
+
+
 def test_remote_client_gives_the_local_segmentation(server, serve_bundle):
     from edgeseg.runtime.manifest import read_manifest
     from edgeseg.runtime.segmenter import Segmenter

@@ -86,6 +86,8 @@ def test_cv_int8_exports_scores_resumes_and_reports_a_refusal(tmp_path):
     for fold in (0, 1):
         folder = out / f"fold{fold}" / "int8-entropy-64-max1-cpu"
         split = json.loads((out / f"fold{fold}" / "split.json").read_text())
+        # a fold's split is made by the fold count and fold, which it records (not the fractions)
+        assert (split["folds"], split["fold"]) == (2, fold) and "fractions" not in split
         split = split.get("split", split)
         held_out, train = set(split["test"]), set(split["train"])
         manifest = json.loads((folder / "bundle" / "manifest.json").read_text())
