@@ -71,6 +71,7 @@ def _run(**opts) -> None:
     configs = [train_cli.config_from_options({**opts, "fold": k, "out": str(root / f"fold{k}")}, recipe,
                                              click.get_current_context()) for k in range(opts["folds"])]
     check_output_folder(str(root), "--out")
+    train_cli.check_out_beside_data(str(root), configs[0].data)
     configure_logging()
     scores, missing, tta = [], [], opts["tta"]
     for cfg in configs:

@@ -99,6 +99,7 @@ def command(**opts) -> None:
     main_process = os.environ.get("RANK", "0") == "0"
     if main_process:
         check_output_folder(opts["out"], "--out")
+        check_out_beside_data(opts["out"], cfg.data)
         if opts["nproc"] != 1:  # refused here, before torchrun starts (a single process checks in train)
             check_start_locked(opts["out"], opts["resume"], opts["overwrite"])
         if opts["cache"] is not None:
@@ -116,6 +117,16 @@ def command(**opts) -> None:
         return
     best = result["best"]
     click.echo(f"best val Dice {best['val_dice']:.4f} at epoch {best['epoch']}; checkpoint {result['out']}/best.pt")
+
+
+def check_out_beside_data(out: str, data: str | None) -> None:
+    """Refuse a run folder inside the data folder: its checkpoints and slice store would become
+    files of the data set (which a slice folder or a NIfTI data set then reads as cases)."""
+    from edgeseg.atomic import within
+
+    if data and os.path.isdir(data) and within(out, data):
+        raise EdgesegError(f"--out {out} lies inside the data folder {data}; the run would write into the data, "
+                           "give an --out outside it")
 
 
 def _repeat_options(ctx: click.Context, skip: set[str]) -> list[str]:

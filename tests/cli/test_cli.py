@@ -221,6 +221,18 @@ def test_a_run_folder_holding_a_training_is_refused_without_resume_or_overwrite(
         assert payload["train_config"]["seed"] == 5 and payload["epoch"] == 1 and len(payload["history"]) == 1
 
 
+def test_a_run_folder_inside_the_data_folder_is_refused(tmp_path, assert_one_line_error):
+    """The run's checkpoints and slice store would become files of the data set."""
+    data = tmp_path / "data"
+    assert run("data", "synth", "--out", data, "--cases", "4", "--size", "32", "--slices", "4", "--quiet").returncode == 0
+    files = sorted(p.relative_to(data) for p in data.rglob("*"))
+    tiny = ["--data", data, "--size", "32", "--base", "4", "--depth", "2", "--epochs", "1", "--quiet"]
+    for command in (["train"], ["cv", "--folds", "2"]):
+        proc = run(*command, *tiny, "--out", data / "run")
+        assert_one_line_error(proc, f"--out {data / 'run'} lies inside the data folder {data}")
+    assert sorted(p.relative_to(data) for p in data.rglob("*")) == files
+
+
 def _replace(args: list, options: list) -> list:
     """``args`` with each option of ``options`` (name, value pairs) set to the value given."""
     out = list(args)
