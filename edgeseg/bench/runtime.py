@@ -27,14 +27,16 @@ from pathlib import Path
 import numpy as np
 
 from edgeseg.data.phantom import synth_phantom
-from edgeseg.errors import require
+from edgeseg.errors import BackendError, require
 from edgeseg.kernels import postprocess, preprocess
 from edgeseg.runtime.manifest import read_manifest
 from edgeseg.runtime.segmenter import KERNEL_THREADS, Segmenter
-from edgeseg.runtime.selection import candidates, machine_signature
+from edgeseg.runtime.runners.remote import is_remote
+from edgeseg.runtime.selection import candidates, machine_signature, parse_backend
 
 STAGES = ("decode", "preprocess", "inference", "postprocess", "end_to_end")
 PERCENTILES = (("min", 0), ("p50", 50), ("p90", 90), ("p99", 99), ("max", 100))
+VOLUME_SLICES = 32  # the volume whose pipelined throughput is measured
 
 
 def latency_stats(samples_s: list[float]) -> dict[str, float]:
@@ -43,9 +45,21 @@ def latency_stats(samples_s: list[float]) -> dict[str, float]:
     return {name: round(float(np.percentile(ms, q)), 3) for name, q in PERCENTILES}
 
 
+def phantom_shape(count: int, size: int) -> tuple[int, int, int]:
+    """The shape of the phantom volume :func:`ct_slices` draws ``count`` slices from."""
+    return max(count + count // 2, 8), size, size
+
+
+def input_shape(batches: tuple[int, ...], max_batch: int, size: int, volume_slices: int = VOLUME_SLICES) -> tuple[int, int, int]:
+    """The phantom volume :func:`bench_backend` synthesises for ``batches`` (those up to the
+    bundle's ``max_batch``) at ``size``: checked against the input limits before anything runs."""
+    measured = tuple(b for b in batches if b <= max_batch) or (1,)
+    return phantom_shape(max(max(measured), volume_slices), size)
+
+
 def ct_slices(count: int, size: int, seed: int = 0) -> np.ndarray:
     """``count`` int16 (size, size) slices of the phantom's liver region, middle slice first."""
-    depth = max(count + count // 2, 8)
+    depth = phantom_shape(count, size)[0]
     volume = synth_phantom("bench", seed, shape=(depth, size, size))
     middle = depth // 2
     order = sorted(range(depth), key=lambda z: (abs(z - middle), z))[:count]
@@ -72,9 +86,22 @@ def time_interleaved(fns: dict[str, Callable[[], object]], runs: int, warmup: in
 
 
 def backend_labels(bundle: str | Path, wanted: list[str]) -> list[str]:
-    """``all`` -> auto plus every installed ``runner:precision`` of the bundle; else ``wanted``."""
+    """``all`` -> auto plus every installed ``runner:precision`` of the bundle; else ``wanted``,
+    each checked first: BackendError for a name no runner has (listing those that exist), or one
+    the bundle has no artifact for (listing what it offers)."""
+    manifest = read_manifest(bundle)
     if wanted == ["all"]:
-        return ["auto", *[c.label for c in candidates(read_manifest(bundle))]]
+        return ["auto", *[c.label for c in candidates(manifest)]]
+    if "all" in wanted:
+        raise BackendError("--backend all measures every backend; it cannot be combined with other --backend names")
+    offered = candidates(manifest, installed_only=False)
+    for text in wanted:
+        if text == "auto" or is_remote(text):
+            continue
+        name, precision = parse_backend(text)
+        if not any(c.runner == name and precision in (None, c.entry.precision) for c in offered):
+            raise BackendError(f"backend {text!r} has no artifact in this bundle; it offers "
+                               f"{', '.join(sorted({c.label for c in offered}))}")
     return list(wanted)
 
 
@@ -94,7 +121,7 @@ def _decode(data: bytes) -> np.ndarray:
 
 
 def bench_backend(bundle: str | Path, backend: str, *, batches: tuple[int, ...] = (1, 8), size: int = 512,
-                  runs: int = 30, warmup: int = 5, volume_slices: int = 32, threads: int = 0,
+                  runs: int = 30, warmup: int = 5, volume_slices: int = VOLUME_SLICES, threads: int = 0,
                   tta: str = "none") -> dict:
     """All stage timings and the volume throughput of one backend (see the module docstring).
     With test-time mirroring ``tta``, end to end and the volume's pipelined throughput include
@@ -140,26 +167,34 @@ def _volume_throughput(seg: Segmenter, volume: np.ndarray, batch: int, repeats: 
             "ratio": round(model_only / pipelined, 3)}
 
 
+# The child's own peak is its VmHWM: on Linux a process that subprocess starts keeps its parent's
+# RSS high-water mark in ru_maxrss after exec (the bench process, which has loaded every backend,
+# would be measured instead). ru_maxrss only where /proc has no status (not Linux; bytes on macOS).
 _COLD_START = textwrap.dedent("""
-    import sys, time, resource
+    import sys, resource
+    from pathlib import Path
     import numpy as np
     from edgeseg.runtime import Segmenter
     seg = Segmenter.load(sys.argv[1], backend=sys.argv[2], threads=int(sys.argv[3]), tta=sys.argv[5])
     seg.predict(np.full((int(sys.argv[4]), int(sys.argv[4])), -1000, np.int16))
-    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+    status = Path("/proc/self/status")
+    hwm = [int(ln.split()[1]) for ln in (status.read_text().splitlines() if status.is_file() else []) if ln.startswith("VmHWM:")]
+    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1024 if sys.platform == "darwin" else 1)
+    print("VmHWM" if hwm else "ru_maxrss", hwm[0] if hwm else int(maxrss))
 """)
 
 
 def cold_start(bundle: str | Path, backend: str, size: int = 512, threads: int = 0, tta: str = "none") -> dict:
     """Wall time from starting a Python process to its first segmented slice (mirrored as
-    ``tta`` says), and its peak RSS."""
+    ``tta`` says), and that process's own peak RSS (``peak_rss_source``: where it was read)."""
     start = time.perf_counter()
     done = subprocess.run([sys.executable, "-c", _COLD_START, str(bundle), backend, str(threads), str(size), tta],
                           capture_output=True, text=True, env=dict(os.environ))
     seconds = time.perf_counter() - start
     if done.returncode != 0:
         return {"error": (done.stderr.strip().splitlines() or ["failed"])[-1]}
-    return {"seconds": round(seconds, 3), "peak_rss_mb": round(int(done.stdout.split()[-1]) / 1024, 1)}
+    source, kib = done.stdout.split()[-2:]
+    return {"seconds": round(seconds, 3), "peak_rss_mb": round(int(kib) / 1024, 1), "peak_rss_source": source}
 
 
 def format_table(results: list[dict]) -> str:
@@ -180,12 +215,21 @@ def format_table(results: list[dict]) -> str:
                              f"ratio of p50s {ratio['of_p50s']:.3f})")
     lines.append("")
     lines.append(f"{'backend':<24} {'volume slices/s':>16} {'model-only':>11} {'ratio':>6} {'cold start s':>13} {'peak RSS MB':>12}")
+    failed_starts = []
     for r in results:
         if "error" in r:
             continue
-        v, c = r["volume"], r.get("cold_start", {})
+        v, c = r["volume"], r.get("cold_start")
+        if c is None:  # --no-cold-start: not measured
+            cold = f"{'-':>13} {'-':>12}"
+        elif "error" in c:
+            cold = f"{'failed':>13} {'-':>12}"
+            failed_starts.append(f"cold start of {r['backend']} failed: {c['error']}")
+        else:
+            cold = f"{c['seconds']:>13.2f} {c['peak_rss_mb']:>12.0f}"
         lines.append(f"{r['backend']:<24} {v['pipelined_slices_per_s']:>16.1f} {v['model_only_slices_per_s']:>11.1f} "
-                     f"{v['ratio']:>6.2f} {c.get('seconds', float('nan')):>13.2f} {c.get('peak_rss_mb', float('nan')):>12.0f}")
+                     f"{v['ratio']:>6.2f} {cold}")
+    lines += failed_starts
     if any(r.get("device", "cpu") != "cpu" for r in results):
         lines.append("GPU inference times include the host-to-device and device-to-host copies.")
     machines = list(dict.fromkeys(r["machine"] for r in results if "machine" in r))

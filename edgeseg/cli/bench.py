@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import click
 
+from edgeseg.cli.input_limits import input_limit_options
 from edgeseg.cli.tta_option import tta_option
 
 
 @click.command("bench")
+@input_limit_options
 @click.argument("bundle", type=click.Path(file_okay=False))
 @click.option("--backend", "backends", multiple=True, default=["all"], show_default=True,
               help="'all' (auto plus every installed backend and precision), or names such as openvino:int8; repeatable.")
@@ -25,8 +27,10 @@ def command(bundle, backends, batch, size, runs, warmup, threads, json_out, png_
     from tqdm import tqdm
 
     from edgeseg.atomic import check_output_file
-    from edgeseg.bench.runtime import backend_labels, bench_backend, cold_start, format_table, plot_latency, write_json
+    from edgeseg.bench.runtime import (backend_labels, bench_backend, cold_start, format_table, input_shape,
+                                       plot_latency, write_json)
     from edgeseg.errors import DataError, EdgesegError
+    from edgeseg.limits import check_volume
     from edgeseg.runtime.manifest import read_manifest, verify_artifacts
 
     try:
@@ -41,6 +45,8 @@ def command(bundle, backends, batch, size, runs, warmup, threads, json_out, png_
     _check_outputs_apart(bundle, outputs)
     manifest = read_manifest(bundle)
     verify_artifacts(bundle, manifest)
+    labels = backend_labels(bundle, list(backends))  # an unknown or absent backend: refused before any table
+    check_volume(input_shape(batches, manifest.max_batch, size), f"--size {size}")
     above = [b for b in batches if b > manifest.max_batch]
     if above:
         source = click.get_current_context().get_parameter_source("batch")
@@ -50,7 +56,7 @@ def command(bundle, backends, batch, size, runs, warmup, threads, json_out, png_
     if threads < 0:
         raise DataError(f"--threads must be >= 0 (0: the backends' default), got {threads}")
     results = []
-    for label in tqdm(backend_labels(bundle, list(backends)), desc="benchmarking", unit="backend", leave=False):
+    for label in tqdm(labels, desc="benchmarking", unit="backend", leave=False):
         try:
             result = bench_backend(bundle, label, batches=batches, size=size, runs=runs, warmup=warmup, threads=threads,
                                    tta=tta)

@@ -10,8 +10,13 @@ import click
 
 def describe_bundle(bundle: str) -> tuple[str, list[str]]:
     """The text ``edgeseg inspect`` prints: model, spec, tensors, artifacts (with a fresh hash
-    check), calibration record and parity table; and the checks that failed (empty when none)."""
+    check), calibration record and parity table; and the checks that failed (empty when none):
+    besides the hashes, that parity.json is this bundle's and its verdicts follow from its numbers
+    (:mod:`edgeseg.export.audit`), and that the manifest's spec and labels are those the artifacts
+    embed (:mod:`edgeseg.export.embedded`)."""
     from edgeseg.errors import BundleError
+    from edgeseg.export.audit import parity_checks
+    from edgeseg.export.embedded import embedded_checks
     from edgeseg.report.output import format_table
     from edgeseg.export.verify import gate_label, parity_table
     from edgeseg.runtime.manifest import PARITY_NAME, read_manifest, verify_artifacts
@@ -71,6 +76,12 @@ def describe_bundle(bundle: str) -> tuple[str, list[str]]:
                           f"(gate {gate}):", table]
             if parity.get("passed") is False:
                 failed.append("the parity report records a failed gate")
+            notes, problems = parity_checks(parity, manifest)
+            lines += [f"note: {note}" for note in notes]
+            failed += problems
+    notes, problems = embedded_checks(bundle, manifest)
+    lines += [f"note: {note}" for note in notes]
+    failed += problems
     return "\n".join(lines), failed
 
 

@@ -17,6 +17,8 @@ from edgeseg.spec import PreprocessSpec
 log = logging.getLogger("edgeseg.export")
 
 OPSET = 17
+# The keys of the graph's metadata_props that carry the spec (canonical JSON) and the labels.
+SPEC_KEY, LABELS_KEY = "edgeseg_spec", "edgeseg_labels"
 
 
 def export_onnx(model, example, spec: PreprocessSpec, labels: dict[int, str], path: str | Path) -> dict:
@@ -52,8 +54,8 @@ def export_onnx(model, example, spec: PreprocessSpec, labels: dict[int, str], pa
 
 def set_metadata(graph, spec: PreprocessSpec, labels: dict[int, str]) -> None:
     """Store spec JSON, labels and edgeseg version in the graph's ``metadata_props``."""
-    values = {"edgeseg_spec": spec.to_json(),
-              "edgeseg_labels": json.dumps({str(k): v for k, v in sorted(labels.items())}),
+    values = {SPEC_KEY: spec.to_json(),
+              LABELS_KEY: json.dumps({str(k): v for k, v in sorted(labels.items())}),
               "edgeseg_version": __version__}
     keep = [p for p in graph.metadata_props if p.key not in values]
     del graph.metadata_props[:]
@@ -67,7 +69,7 @@ def read_metadata(path: str | Path) -> tuple[PreprocessSpec, dict[int, str]]:
     """The spec and labels stored in an ONNX artifact's ``metadata_props``."""
     onnx = require("onnx", "export", "reading ONNX metadata")
     props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
-    return PreprocessSpec.from_json(props["edgeseg_spec"]), {int(k): v for k, v in json.loads(props["edgeseg_labels"]).items()}
+    return PreprocessSpec.from_json(props[SPEC_KEY]), {int(k): v for k, v in json.loads(props[LABELS_KEY]).items()}
 
 
 def run_onnx(path: str | Path, batch: np.ndarray, threads: int = 0) -> np.ndarray:

@@ -198,7 +198,7 @@ def _gate(folder: Path, model, made: list, verify_set, settings: ExportSettings,
                                      settings.max_dice_drop[precision], class_names, settings.gate_metric,
                                      slice_cases=verify_set.slice_cases, case_slices=verify_set.case_slices,
                                      **gate)
-                rows.append((cls.name, {"key": entry.key, "file": file, "precision": precision,
+                rows.append((cls.name, {"key": entry.key, "file": file, "sha256": entry.sha256, "precision": precision,
                                         "runner": cls.name, "run_on": runner.run_on, **row}))
         if precision == "fp16":
             pick = half_check_slices(images, truth, settings.fp16_check, settings.fp16_check_slices)
@@ -211,8 +211,8 @@ def _gate(folder: Path, model, made: list, verify_set, settings: ExportSettings,
             for found in row["structure_changes"]:  # numbered as slices of the whole held-out set
                 found["slice"] = int(pick[found["slice"]])
             subset = {} if len(pick) == len(images) else {"slices": int(len(pick))}
-            rows.append((None, {"key": entry.key, "file": file, "precision": precision, "run_on": HALF_EMULATION,
-                                **row, **subset}))
+            rows.append((None, {"key": entry.key, "file": file, "sha256": entry.sha256, "precision": precision,
+                                "run_on": HALF_EMULATION, **row, **subset}))
         for name, row in rows:
             if name is not None and not row["passed"]:
                 excluded.setdefault(file, {})[name] = failures({"results": [row]})[0].split(": ", 1)[1]

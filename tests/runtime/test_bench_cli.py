@@ -109,12 +109,72 @@ def test_bench_refuses_outputs_in_the_bundle_or_on_one_file_before_measuring(bun
     assert not (bundle_copy / "new.json").exists() and not (tmp_path / "x").exists()
 
 
-def test_bench_fails_when_every_measurement_failed(bundle_dir, tmp_path):
+def test_bench_fails_when_every_measurement_failed(bundle_dir, tmp_path, monkeypatch):
+    """Backends the bundle offers that fail on this machine (played by a bench_backend that
+    raises): the table names each, and the run ends with one error line and no JSON."""
+    from edgeseg.bench import runtime
+    from edgeseg.errors import BackendError
+
+    def fails(bundle, label, **kwargs):
+        raise BackendError(f"{label} does not load here")
+
+    monkeypatch.setattr(runtime, "bench_backend", fails)
     out_json = tmp_path / "bench.json"
-    result = CliRunner().invoke(cli, ["bench", str(bundle_dir), "--backend", "bogus", "--backend", "nonesuch",
-                                      "--size", "16", "--runs", "1", "--warmup", "0", "--json", str(out_json)])
+    result = CliRunner().invoke(cli, ["bench", str(bundle_dir), "--backend", "onnxruntime:fp32", "--backend",
+                                      "onnxruntime:int8", "--size", "16", "--runs", "1", "--warmup", "0",
+                                      "--json", str(out_json)])
     assert result.exit_code == 2, result.output
     table, error = result.output.replace("\r", "").strip().rsplit("\n", 1)
-    assert "bogus" in table and "nonesuch" in table
-    assert error.startswith("edgeseg: error: every measurement failed (first: bogus: ")
+    assert "onnxruntime:fp32 does not load here" in table and "onnxruntime:int8 does not load here" in table
+    assert error.startswith("edgeseg: error: every measurement failed (first: onnxruntime:fp32: ")
     assert not out_json.exists()
+
+
+def _bench(*args):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "edgeseg.cli", "bench", *map(str, args)], capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_an_unknown_backend_is_refused_before_anything_is_measured(bundle_dir, assert_one_line_error):
+    from edgeseg.runtime.manifest import read_manifest
+    from edgeseg.runtime.runners import runners
+    from edgeseg.runtime.selection import candidates
+
+    done = _bench(bundle_dir, "--backend", "bogus", "--backend", "onnxruntime:fp32", "--size", "64", "--runs", "1",
+                  "--warmup", "0", "--batch", "1", "--no-cold-start")
+    assert_one_line_error(done, "unknown backend 'bogus'; known: auto, ")
+    assert done.stdout == ""  # no table with the error buried in it
+    for name, cls in runners().items():  # every backend that loads an artifact is listed
+        if cls.format is not None:
+            assert name in done.stderr
+    absent = _bench(bundle_dir, "--backend", "onnxruntime:fp16", "--size", "64")
+    offered = sorted({f"{c.runner}:{c.entry.precision}" for c in candidates(read_manifest(bundle_dir), installed_only=False)})
+    assert_one_line_error(absent, f"backend 'onnxruntime:fp16' has no artifact in this bundle; it offers {', '.join(offered)}")
+    assert absent.stdout == ""
+
+
+def test_without_cold_start_its_columns_say_not_measured(bundle_dir, tmp_path):
+    out_json = tmp_path / "bench.json"
+    result = CliRunner().invoke(cli, ["bench", str(bundle_dir), "--backend", "onnxruntime:fp32", "--batch", "1",
+                                      "--size", "64", "--runs", "1", "--warmup", "0", "--threads", "1",
+                                      "--no-cold-start", "--json", str(out_json)])
+    assert result.exit_code == 0, result.output
+    [r] = json.loads(out_json.read_text())
+    assert "cold_start" not in r
+    [row] = [line for line in result.output.splitlines() if line.startswith("onnxruntime:fp32") and "e2e" not in line
+             and len(line.split()) == 6]
+    assert row.split()[-2:] == ["-", "-"] and "nan" not in result.output.lower()
+
+
+def test_an_oversized_size_is_refused_before_any_table(bundle_dir, assert_one_line_error):
+    from edgeseg.limits import DEFAULT_MAX_PIXELS
+
+    size = 5000
+    assert size * size > DEFAULT_MAX_PIXELS
+    done = _bench(bundle_dir, "--backend", "onnxruntime:fp32", "--size", size, "--batch", "1")
+    assert_one_line_error(done, f"--size {size}: a slice of {size}x{size} = {size * size} pixels is over the limit of "
+                                f"{DEFAULT_MAX_PIXELS}")
+    assert done.stdout == ""  # not even the table's header

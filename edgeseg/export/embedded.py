@@ -1,0 +1,143 @@
+"""The spec and labels a bundle's artifacts carry inside them, against the manifest's.
+
+The export writes the spec (canonical JSON) and the labels into every artifact that can hold
+them: an ONNX graph's ``metadata_props`` (:func:`edgeseg.export.onnx_export.set_metadata`) and a
+TorchScript archive's extra files (:mod:`edgeseg.export.torchscript`); the INT8 calibration
+record keeps the spec's hash. The manifest's sha256 entries cover the artifacts, not the
+manifest itself, so an edited ``spec`` or ``labels`` in ``manifest.json`` passes the hash check;
+``edgeseg inspect`` compares them with what the artifacts embed (:func:`embedded_checks`). The
+runtime does not: loading a bundle parses no graph.
+
+Both readers need neither onnx nor torch: an ONNX file is a protobuf ``ModelProto`` whose
+field 14 holds the metadata entries (key 1, value 2), and a TorchScript file is a zip archive.
+"""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+
+from edgeseg.errors import SpecError
+from edgeseg.export.onnx_export import LABELS_KEY, SPEC_KEY
+from edgeseg.export.torchscript import LABELS_FILE, SPEC_FILE
+from edgeseg.runtime.manifest import Manifest
+from edgeseg.spec import PreprocessSpec
+
+METADATA_PROPS = 14  # ModelProto.metadata_props (onnx.proto)
+
+
+def _varint(data: memoryview, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if pos >= len(data) or shift > 63:
+            raise ValueError("a truncated or overlong varint")
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, pos
+        shift += 7
+
+
+def _fields(data: memoryview):
+    """(field number, value) of each field of a protobuf message; length-delimited values as views."""
+    pos = 0
+    while pos < len(data):
+        key, pos = _varint(data, pos)
+        number, wire = key >> 3, key & 7
+        if wire == 0:
+            value, pos = _varint(data, pos)
+        elif wire in (1, 5):
+            width = 8 if wire == 1 else 4
+            value, pos = data[pos:pos + width], pos + width
+        elif wire == 2:
+            length, pos = _varint(data, pos)
+            value, pos = data[pos:pos + length], pos + length
+        else:
+            raise ValueError(f"wire type {wire} in field {number}")
+        if pos > len(data):
+            raise ValueError(f"field {number} runs past the end of the file")
+        yield number, value
+
+
+def onnx_metadata(path: str | Path) -> dict[str, str]:
+    """An ONNX file's ``metadata_props`` as a dict, read without onnx; ValueError for a file that
+    is not a protobuf message."""
+    data = memoryview(Path(path).read_bytes())
+    props = {}
+    for number, value in _fields(data):
+        if number == METADATA_PROPS and isinstance(value, memoryview):
+            entry = {n: bytes(v).decode("utf-8") for n, v in _fields(value) if n in (1, 2)}
+            props[entry.get(1, "")] = entry.get(2, "")
+    return props
+
+
+def torchscript_extra(path: str | Path) -> dict[str, str]:
+    """The extra files of a TorchScript archive (``<name>/extra/<file>``) as text, read without torch."""
+    with zipfile.ZipFile(path) as archive:
+        return {Path(n).name: archive.read(n).decode("utf-8") for n in archive.namelist()
+                if n.count("/") == 2 and n.split("/")[1] == "extra"}
+
+
+def embedded(path: Path, fmt: str) -> tuple[str, str] | None:
+    """(spec JSON, labels JSON) embedded in an artifact of format ``fmt``; None for a format that
+    embeds none (TensorRT engines); KeyError where an artifact lacks them."""
+    if fmt == "onnx":
+        props = onnx_metadata(path)
+        return props[SPEC_KEY], props[LABELS_KEY]
+    if fmt == "torchscript":
+        extra = torchscript_extra(path)
+        return extra[SPEC_FILE], extra[LABELS_FILE]
+    return None
+
+
+def embedded_checks(bundle: str | Path, manifest: Manifest) -> tuple[list[str], list[str]]:
+    """(notes, problems): each artifact's embedded spec and labels and the calibration record's
+    spec hash against the manifest's. Missing or unreadable artifacts are left to the hash check."""
+    notes, problems = [], []
+    for entry in manifest.artifacts:
+        path = Path(bundle) / entry.file
+        if not path.is_file():
+            continue
+        try:
+            found = embedded(path, entry.format)
+        except KeyError:
+            notes.append(f"{entry.file} embeds no spec and labels: not compared with the manifest")
+            continue
+        except (OSError, ValueError, zipfile.BadZipFile, UnicodeDecodeError) as exc:
+            problems.append(f"{entry.file}: its embedded spec and labels cannot be read ({' '.join(str(exc).split())})")
+            continue
+        if found is None:
+            notes.append(f"{entry.file} ({entry.format}) embeds no spec: not compared with the manifest")
+            continue
+        problems += _compare(entry.file, manifest, *found)
+    recorded = (manifest.calibration or {}).get("spec_hash")
+    if recorded is not None and recorded != manifest.spec.hash:
+        problems.append(f"the INT8 calibration record is for spec {recorded}, the manifest's spec is {manifest.spec.hash}")
+    return notes, problems
+
+
+def _compare(file: str, manifest: Manifest, spec_json: str, labels_json: str) -> list[str]:
+    """The differences between an artifact's embedded spec and labels and the manifest's."""
+    problems = []
+    try:
+        spec = PreprocessSpec.from_json(spec_json)
+        if spec.to_json() != manifest.spec.to_json():
+            ours, theirs = manifest.spec.to_dict(), spec.to_dict()
+            fields = ", ".join(f"{k} {theirs.get(k)} (manifest {ours.get(k)})" for k in sorted(set(ours) | set(theirs))
+                               if ours.get(k) != theirs.get(k))
+            problems.append(f"manifest spec differs from the spec {file} embeds: {fields}")
+    except (SpecError, ValueError, TypeError) as exc:
+        problems.append(f"{file}: its embedded spec is not readable ({exc})")
+    try:
+        labels = {int(k): v for k, v in json.loads(labels_json).items()}
+    except (ValueError, TypeError, AttributeError):
+        return [*problems, f"{file}: its embedded labels are not readable"]
+    if labels != manifest.labels:
+        problems.append(f"manifest labels {_text(manifest.labels)} differ from the labels {file} embeds: {_text(labels)}")
+    return problems
+
+
+def _text(labels: dict[int, str]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in sorted(labels.items()))
