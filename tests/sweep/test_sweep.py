@@ -88,9 +88,8 @@ def test_sweep_resumes_after_a_kill_and_writes_the_reports(tmp_path):
 
     # A rule that keeps the reference names the closest faster variant that missed it. The
     # mobile point is made 4x faster (latencies that stay exact when reports round them) and 0.1
-    # worse, deployed and FP32, than the reference. It is given the reference's runner too: which
-    # runner auto picked for each point (an INT8 or an FP32 one, so which Dice is deployed) follows
-    # the latencies measured on this machine.
+    # worse, deployed and FP32, than the reference, on the reference's runner (which runner auto
+    # picked, so which Dice is deployed, follows the latencies measured on the machine).
     ref = json.loads((first / "result.json").read_text())
     (first / "result.json").write_text(json.dumps({**ref, "latency_ms_p50": 8.0}))
     fast = json.loads((second / "result.json").read_text())
@@ -247,8 +246,7 @@ def test_point_option_runs_only_the_named_points_and_remeasure_trains_nothing(tm
     rounds = after["latency_rounds_ms_p50"]
     assert len(rounds) == 3 and after["latency_ms_p50"] == sorted(rounds)[1] > 0
     assert after["backend"] == after["latency_rounds_backend"][rounds.index(after["latency_ms_p50"])]
-    # the deployed INT8 Dice follows the runner auto picked in the round kept, which may differ
-    # from the first measurement's (the runners can be within noise of each other)
+    # the deployed INT8 Dice follows the runner auto picked in the round kept (runners within noise)
     measured = {"backend", "latency_ms_p50", "model_ms_p50", "volume_slices_per_s", "volume_batch",
                 "dice_int8", "dice_int8_per_case", "dice_int8_backend"}
     assert {k: v for k, v in after.items() if k in before and k not in measured} == \
