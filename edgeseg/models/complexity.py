@@ -44,10 +44,35 @@ def describe(config: ModelConfig, size: int) -> dict[str, Any]:
     return {**config.to_dict(), "size": size, "params": count_parameters(model), "gflop": flops / 1e9}
 
 
-def check_trainable_here(config: ModelConfig) -> None:
+def activation_bytes(config: ModelConfig, size: int) -> int:
+    """Bytes of the float32 activations one (size x size) slice leaves for the backward pass: the
+    outputs of every leaf layer of one training-mode forward pass, counted on the meta device."""
+    import torch
+
+    model = _meta_model(config)
+    model.train()
+    total = 0
+
+    def add(module, inputs, output) -> None:
+        nonlocal total
+        for t in output if isinstance(output, (tuple, list)) else (output,):
+            if isinstance(t, torch.Tensor):
+                total += t.numel() * 4
+
+    hooks = [m.register_forward_hook(add) for m in model.modules() if not list(m.children())]
+    try:
+        model(torch.zeros(1, config.in_channels, size, size, device="meta"))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return total
+
+
+def check_trainable_here(config: ModelConfig, size: int | None = None, batch: int | None = None) -> None:
     """EdgesegError when training the model ``config`` builds needs more memory than this machine
-    has: its weights, their gradients and Adam's two moments, 16 bytes a parameter, before any
-    activation (torch would fail in its allocator, or the system would start killing)."""
+    has: its weights, their gradients and Adam's two moments, 16 bytes a parameter, and with
+    ``size`` and ``batch`` a batch's activations (:func:`activation_bytes`; torch would fail in
+    its allocator, or the system would start killing)."""
     import os
 
     from edgeseg.errors import EdgesegError
@@ -61,3 +86,10 @@ def check_trainable_here(config: ModelConfig) -> None:
         raise EdgesegError(f"{config.name} base {config.base}, depth {config.depth} has {params:,} parameters: "
                            f"training it needs {params * 16 / 2**30:.0f} GiB for weights, gradients and optimiser "
                            f"state alone, more than this machine's {memory / 2**30:.0f} GiB")
+    if size is None or batch is None:
+        return
+    per_slice = activation_bytes(config, size)
+    if params * 16 + batch * per_slice > memory:
+        raise EdgesegError(f"--batch-size {batch} at {size}x{size}: {config.name} base {config.base} keeps about "
+                           f"{per_slice / 2**20:.0f} MiB of activations a slice, {batch * per_slice / 2**30:.1f} GiB a "
+                           f"batch, more than this machine's {memory / 2**30:.0f} GiB; give a smaller --batch-size")

@@ -130,7 +130,7 @@ def _train(cfg, resume, progress, on_epoch, make_sampler, place, device) -> dict
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     model_config = ModelConfig(name=cfg.model, num_classes=len(cfg.labels) + 1, base=cfg.base, depth=cfg.depth)
-    check_trainable_here(model_config)
+    check_trainable_here(model_config, cfg.size, cfg.batch_size)
     model = build_model(model_config)
     model.check_input_size(cfg.size, cfg.size)
     spec = build_spec(cfg)
@@ -160,9 +160,6 @@ def _train(cfg, resume, progress, on_epoch, make_sampler, place, device) -> dict
     if absent:
         raise DataError(f"no training slice of {cfg.data} holds {', '.join(absent)}; check --labels against the "
                         "label values the data uses (edgeseg data info)")
-    if cfg.batch_size > len(train_set):  # a batch would hold every slice several times (and its memory)
-        raise DataError(f"--batch-size {cfg.batch_size} is larger than the {len(train_set)} training slices of "
-                        f"{cfg.data}; give at most {len(train_set)}")
     if place.is_main:  # after the checks above: a refused training prints its error alone
         log.info("%s", data["store"].describe())
     if place.is_main:

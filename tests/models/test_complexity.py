@@ -74,3 +74,26 @@ def test_train_selects_an_architecture_by_model_or_arch():
 
     assert command.make_context("train", ["--arch", "mobile_unet"]).params["model"] == "mobile_unet"
     assert command.make_context("train", ["--model", "strided_resunet"]).params["model"] == "strided_resunet"
+
+
+@pytest.mark.parametrize("name, base, depth, size", [("unet", 4, 2, 64), ("unet", 16, 3, 128), ("mobile_unet", 8, 3, 96)])
+def test_activation_estimate_is_close_to_what_autograd_saves(name, base, depth, size):
+    """The estimate against an oracle: the bytes of every tensor autograd keeps for the backward
+    pass of a real training-mode forward pass (storages counted once)."""
+    import torch
+
+    from edgeseg.models.complexity import activation_bytes
+    from edgeseg.models.registry import ModelConfig, build_model
+
+    config = ModelConfig(name=name, num_classes=3, base=base, depth=depth)
+    model = build_model(config).train()
+    saved = {}
+
+    def pack(t):
+        saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(torch.randn(1, 1, size, size))
+    ratio = activation_bytes(config, size) / sum(saved.values())
+    assert 1.0 <= ratio < 1.6, ratio  # the leaf outputs: never under what is kept, at most about half over
