@@ -242,8 +242,9 @@ def in_process_training_defaults():
 
     - no DataLoader worker processes: twice a test worker that had trained in-process with a
       loader worker and then run engines and child processes died ("node down"), in different
-      tests; the loader workers are tested on their own (tests/train/test_streaming.py) and in
-      child processes (sweeps, torchrun, the CLI);
+      tests; the loader workers are tested in child processes alone (tests/train/test_streaming.py,
+      sweeps, torchrun, the CLI: the one test that still started them in a test worker was where
+      the last such death came);
     - channels-last under --memory-format auto without a probe: a test model's pass takes
       milliseconds, and on a loaded machine a slow one could make the probe choose by noise, so
       two runs a test compares could train in different layouts. The probe is tested with

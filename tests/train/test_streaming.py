@@ -90,21 +90,46 @@ def test_bad_sampler_arguments_are_refused(store):
         ForegroundBatchSampler(np.arange(4), store.present, 2, 2, rank=2, world_size=2)
 
 
+WORKERS_CHECK = """
+import sys
+
+import numpy as np
+import torch
+
+from edgeseg.data.store import StoreCases, open_slice_store
+from edgeseg.train.augment import AugmentConfig, BatchAugmenter
+from edgeseg.train.streaming import ForegroundBatchSampler, make_train_loader
+from tests.train.test_streaming import LABELS, SPEC
+
+store = open_slice_store("phantom:cases=4,seed=1,size=48,slices=16", sys.argv[1], SPEC, LABELS)
+rows = StoreCases(store, store.case_ids).rows
+augment = BatchAugmenter(SPEC, AugmentConfig(p=0.9))
+batches = {}
+for workers in (0, 2):
+    sampler = ForegroundBatchSampler(rows, store.present, 4, 5, seed=3)
+    sampler.set_epoch(2)
+    batches[workers] = list(make_train_loader(store, sampler, augment, workers, torch.device("cpu")))
+assert len(batches[0]) == 5
+for (x0, y0), (x2, y2) in zip(batches[0], batches[2]):
+    torch.testing.assert_close(x0, x2, rtol=0, atol=0)
+    assert torch.equal(y0, y2)
+plain, _ = store.take(next(iter(sampler))[1])
+assert not np.allclose(batches[0][0][0].numpy(), plain), "augmentation ran on the batch"
+print("same batches")
+"""
+
+
 def test_workers_give_the_same_augmented_batches_as_the_main_process(store):
-    rows = StoreCases(store, store.case_ids).rows
-    augment = BatchAugmenter(SPEC, AugmentConfig(p=0.9))
-    batches = {}
-    for workers in (0, 2):
-        sampler = ForegroundBatchSampler(rows, store.present, 4, 5, seed=3)
-        sampler.set_epoch(2)
-        loader = make_train_loader(store, sampler, augment, workers, torch.device("cpu"))
-        batches[workers] = list(loader)
-    assert len(batches[0]) == 5
-    for (x0, y0), (x2, y2) in zip(batches[0], batches[2]):
-        torch.testing.assert_close(x0, x2, rtol=0, atol=0)
-        assert torch.equal(y0, y2)
-    plain, _ = store.take(next(iter(sampler))[1])
-    assert not np.allclose(batches[0][0][0].numpy(), plain), "augmentation ran on the batch"
+    """Run in a fresh interpreter: DataLoader worker processes (persistent, from a forkserver) and
+    torch's SIGCHLD handler then end with that interpreter, not somewhere in the test process."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.run([sys.executable, "-c", WORKERS_CHECK, str(store.path.parent)], capture_output=True, text=True,
+                          cwd=root, env={**os.environ, "PYTHONPATH": str(root)}, timeout=300)
+    assert proc.returncode == 0 and "same batches" in proc.stdout, proc.stderr
 
 
 @pytest.mark.parametrize("option, value, fragment", [("--workers", "-2", "workers must be >= 0"),
