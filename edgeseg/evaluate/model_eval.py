@@ -90,9 +90,7 @@ def evaluate_checkpoint(
     model, payload = load_model(checkpoint)
     spec = checkpoint_spec(payload)
     class_names = list(payload["class_names"])
-    label_values = labels or payload.get("label_values") or {n: [i] for i, n in enumerate(class_names) if i}
-    if len(label_values) != len(class_names) - 1:
-        raise DataError(f"--labels names {len(label_values)} classes, the model predicts {len(class_names) - 1} ({class_names[1:]})")
+    label_values = class_label_values(labels, payload)
     post = chosen_postprocess(payload, len(class_names), keep_largest, volume_postprocess)
     segmenter = Segmenter.from_module(model, spec, dict(enumerate(class_names)), post, max_batch=EVAL_BATCH, tta=tta)
     # A slice folder's mask value outside these classes is refused, as in training.
@@ -138,6 +136,24 @@ def evaluate_checkpoint(
         _write(Path(out), result, overlays, worst)
     log.info("evaluated %d cases (%s split)", len(cases), used_split)
     return result
+
+
+def class_label_values(labels: dict[str, list[int]] | None, payload: dict[str, Any]) -> dict[str, list[int]]:
+    """The source label values of each of the checkpoint's classes, in class order: ``labels``
+    (the values of another source) matched to the recorded class names by name, whatever their
+    order; without ``labels``, the values recorded at training. A name the model does not have,
+    or a class ``labels`` leaves out, is a DataError."""
+    names = list(payload["class_names"])[1:]
+    if not labels:
+        return payload.get("label_values") or {name: [index] for index, name in enumerate(names, start=1)}
+    classes = ", ".join(names)
+    unknown = [name for name in labels if name not in names]
+    if unknown:
+        raise DataError(f"--labels names {', '.join(unknown)}, which the model does not predict; its classes are {classes}")
+    missing = [name for name in names if name not in labels]
+    if missing:
+        raise DataError(f"--labels gives no values for {', '.join(missing)}; name every class of the model ({classes})")
+    return {name: list(labels[name]) for name in names}
 
 
 def chosen_postprocess(payload: dict[str, Any], num_classes: int, keep_largest: bool | None,

@@ -1,0 +1,58 @@
+"""What evaluate is given: --labels matched to the model's classes by name, a split of the run's
+cases only on the run's data, an --out outside the data, a non-empty data source."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from edgeseg.data import open_dataset
+from edgeseg.evaluate.model_eval import evaluate_checkpoint
+from edgeseg.train.config import TrainConfig
+from edgeseg.train.loop import train
+
+TRAINED_ON = "phantom:cases=4,size=64,slices=16"
+OTHER_DATA = "phantom:cases=4,size=64,slices=16,seed=5"
+
+
+def edgeseg(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "edgeseg.cli", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A liver (1) and spine (2) model trained on TRAINED_ON."""
+    out = tmp_path_factory.mktemp("liver-spine")
+    train(TrainConfig(data=TRAINED_ON, out=str(out), labels={"liver": [1], "spine": [2]}, size=64, base=4, depth=2,
+                      epochs=1, batch_size=8, amp="off"), progress=False)
+    return out / "best.pt"
+
+
+def test_labels_are_matched_to_the_classes_by_name_whatever_their_order(checkpoint):
+    """--labels spine=2,liver=1 scores liver against the source's 1 and spine against its 2, as the
+    model's own classes are (by position, liver would be scored against the spine)."""
+    volumes = {v.case_id: v for v in open_dataset(TRAINED_ON)}
+    result = evaluate_checkpoint(checkpoint, TRAINED_ON, split="all", labels={"spine": [2], "liver": [1]},
+                                 progress=False)
+    assert result["classes"] == ["background", "liver", "spine"]
+    for case in result["cases"]:
+        label = volumes[case["case_id"]].label
+        assert case["metrics"]["liver"]["truth_voxels"] == int((label == 1).sum()) > 0
+        assert case["metrics"]["spine"]["truth_voxels"] == int((label == 2).sum()) > 0
+    as_trained = evaluate_checkpoint(checkpoint, TRAINED_ON, split="all", progress=False)
+    assert [c["metrics"] for c in as_trained["cases"]] == [c["metrics"] for c in result["cases"]]
+
+
+@pytest.mark.parametrize("labels, message", [
+    ("spleen=1,spine=2", "--labels names spleen, which the model does not predict; its classes are liver, spine"),
+    ("liver=1", "--labels gives no values for spine"),
+])
+def test_labels_naming_another_class_or_leaving_one_out_are_refused(checkpoint, tmp_path, labels, message,
+                                                                      assert_one_line_error):
+    proc = edgeseg("evaluate", checkpoint, "--data", TRAINED_ON, "--labels", labels, "--out", tmp_path / "eval",
+                   "--quiet")
+    assert_one_line_error(proc, message)
+    assert not (tmp_path / "eval").exists()
