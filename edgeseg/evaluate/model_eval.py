@@ -30,13 +30,17 @@ def select_cases(volumes: list[Volume], payload: dict[str, Any], split: str,
     """The volumes of ``split``; "auto" takes the recorded test (else val) cases if present, and
     only on the training data (``data``, when given, is the data these volumes were read from:
     on other data, same-named cases, such as every phantom's ``case_000``, are other cases, so
-    "auto" takes them all)."""
+    "auto" takes them all, and "train", "val" or "test" is a DataError)."""
     if split == "all":
         return volumes, "all"
     recorded = payload.get("split") or {}
     ids = {v.case_id for v in volumes}
     trained_on = (payload.get("train_config") or {}).get("data")
-    if split == "auto" and data is not None and trained_on is not None and same_data(trained_on, data) is False:
+    if data is not None and trained_on is not None and same_data(trained_on, data) is False:
+        if split != "auto":
+            raise DataError(f"--split {split} takes the run's {split} cases, and {data} is other data than the run "
+                            f"was trained on ({trained_on}): its cases of the same names are other cases; "
+                            f"use --split all (or auto)")
         log.warning("%s is not the data the checkpoint was trained on (%s): evaluating every case", data, trained_on)
         return volumes, "all"
     if split == "auto":

@@ -56,3 +56,16 @@ def test_labels_naming_another_class_or_leaving_one_out_are_refused(checkpoint, 
                    "--quiet")
     assert_one_line_error(proc, message)
     assert not (tmp_path / "eval").exists()
+
+
+@pytest.mark.parametrize("split", ["test", "val", "train"])
+def test_a_split_of_the_run_is_refused_on_other_data(checkpoint, tmp_path, split, assert_one_line_error):
+    """Every phantom names its cases case_000, case_001, ...: on another phantom the run's test
+    cases' names are other cases, so an explicit split is refused (auto and all take them all)."""
+    proc = edgeseg("evaluate", checkpoint, "--data", OTHER_DATA, "--split", split, "--out", tmp_path / "eval", "--quiet")
+    assert_one_line_error(proc, f"--split {split} takes the run's {split} cases, and {OTHER_DATA} is other data")
+    assert "use --split all (or auto)" in proc.stderr and not (tmp_path / "eval").exists()
+    assert evaluate_checkpoint(checkpoint, OTHER_DATA, split="auto", progress=False)["split"] == "all"
+    run_split = json.loads((checkpoint.parent / "split.json").read_text())
+    same = evaluate_checkpoint(checkpoint, TRAINED_ON, split=split, progress=False)
+    assert sorted(c["case_id"] for c in same["cases"]) == sorted(run_split[split])
