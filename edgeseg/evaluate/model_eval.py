@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from edgeseg.atomic import atomic_path, atomic_write_text
+from edgeseg.atomic import atomic_path, atomic_write_text, within
 from edgeseg.stopping import stop_at_checkpoints
 from edgeseg.data import open_dataset
 from edgeseg.data.open import recorded_slice_options, same_data
@@ -91,6 +91,8 @@ def evaluate_checkpoint(
     from edgeseg.models.checkpoint import checkpoint_spec, load_model
     from edgeseg.runtime.segmenter import Segmenter
 
+    if out is not None:
+        _check_out_apart(Path(out), data)
     model, payload = load_model(checkpoint)
     spec = checkpoint_spec(payload)
     class_names = list(payload["class_names"])
@@ -140,6 +142,14 @@ def evaluate_checkpoint(
         _write(Path(out), result, overlays, worst)
     log.info("evaluated %d cases (%s split)", len(cases), used_split)
     return result
+
+
+def _check_out_apart(out: Path, data: str) -> None:
+    """DataError for an ``out`` inside (or at) the data folder evaluated: the files written there
+    would become part of the data (an overlay PNG among a slice folder's images, say)."""
+    source = Path(data)
+    if data and source.is_dir() and within(out, source):
+        raise DataError(f"--out {out} is inside the data folder {source}; write the evaluation outside the data")
 
 
 def class_label_values(labels: dict[str, list[int]] | None, payload: dict[str, Any]) -> dict[str, list[int]]:

@@ -69,3 +69,18 @@ def test_a_split_of_the_run_is_refused_on_other_data(checkpoint, tmp_path, split
     run_split = json.loads((checkpoint.parent / "split.json").read_text())
     same = evaluate_checkpoint(checkpoint, TRAINED_ON, split=split, progress=False)
     assert sorted(c["case_id"] for c in same["cases"]) == sorted(run_split[split])
+
+
+@pytest.mark.parametrize("where", ["eval", "."])
+def test_an_out_inside_the_data_folder_is_refused_and_the_data_left_as_it_was(checkpoint, tmp_path, where,
+                                                                                assert_one_line_error):
+    data = tmp_path / "phantom"
+    synth = edgeseg("data", "synth", "--out", data, "--cases", 2, "--size", 64, "--slices", 8, "--quiet")
+    assert synth.returncode == 0, synth.stderr
+    before = sorted(p.relative_to(data) for p in data.rglob("*"))
+    proc = edgeseg("evaluate", checkpoint, "--data", data, "--split", "all", "--out", data / where, "--quiet")
+    assert_one_line_error(proc, f"is inside the data folder {data}; write the evaluation outside the data")
+    assert sorted(p.relative_to(data) for p in data.rglob("*")) == before
+    ok = edgeseg("evaluate", checkpoint, "--data", data, "--split", "all", "--out", tmp_path / "eval", "--quiet")
+    assert ok.returncode == 0, ok.stderr
+    assert (tmp_path / "eval" / "worst_cases.png").is_file()
