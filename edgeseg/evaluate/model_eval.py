@@ -13,7 +13,7 @@ import numpy as np
 from edgeseg.atomic import atomic_path, atomic_write_text, within
 from edgeseg.stopping import stop_at_checkpoints
 from edgeseg.data import open_dataset
-from edgeseg.data.open import recorded_slice_options, same_data
+from edgeseg.data.open import check_source, recorded_slice_options, same_data
 from edgeseg.data.volume import Volume
 from edgeseg.errors import DataError
 from edgeseg.metrics import class_metrics, false_positive_slices, mean_slice_dice, summarise
@@ -91,6 +91,7 @@ def evaluate_checkpoint(
     from edgeseg.models.checkpoint import checkpoint_spec, load_model
     from edgeseg.runtime.segmenter import Segmenter
 
+    check_source(data, "--data")
     if out is not None:
         _check_out_apart(Path(out), data)
     model, payload = load_model(checkpoint)
@@ -148,7 +149,7 @@ def _check_out_apart(out: Path, data: str) -> None:
     """DataError for an ``out`` inside (or at) the data folder evaluated: the files written there
     would become part of the data (an overlay PNG among a slice folder's images, say)."""
     source = Path(data)
-    if data and source.is_dir() and within(out, source):
+    if source.is_dir() and within(out, source):
         raise DataError(f"--out {out} is inside the data folder {source}; write the evaluation outside the data")
 
 
