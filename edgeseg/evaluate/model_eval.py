@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from dataclasses import replace
 from pathlib import Path
@@ -10,8 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from edgeseg.atomic import atomic_path, atomic_write_text, within
-from edgeseg.stopping import stop_at_checkpoints
+from edgeseg.atomic import atomic_files, atomic_write_text, within
 from edgeseg.data import open_dataset
 from edgeseg.data.open import check_source, recorded_slice_options, same_data
 from edgeseg.data.volume import Volume
@@ -227,19 +225,16 @@ def _table(cases: list[dict], class_names: list[str], summary: dict, result: dic
 
 
 def _write(out: Path, result: dict, overlays: list, worst: int) -> None:
-    """eval.json, eval.txt and worst_cases.png as one set: each is written under a temporary name,
-    then all are renamed into place together (a SIGTERM waits for that), so a stopped evaluation
-    never leaves its files beside an earlier run's; an earlier overlay this run does not make is
-    removed."""
+    """eval.json, eval.txt and worst_cases.png as one set (``atomic.atomic_files``), so a stopped
+    or failed evaluation never leaves its files beside an earlier run's; an earlier overlay this
+    run does not make is removed."""
     chosen = [item for _, item in sorted(overlays, key=lambda pair: pair[0])[: max(0, worst)]]
-    with stop_at_checkpoints(), contextlib.ExitStack() as stack:
-        staged = {name: stack.enter_context(atomic_path(out / name)) for name in ("eval.json", "eval.txt")}
+    names = ["eval.json", "eval.txt"] + (["worst_cases.png"] if chosen else [])
+    with atomic_files(out, names, drop=[] if chosen else ["worst_cases.png"]) as staged:
         write_json(staged["eval.json"], {k: v for k, v in result.items() if k != "table"})
         atomic_write_text(staged["eval.txt"], result["table"] + "\n")
         if chosen:
             several = bool(chosen[0].class_names)
             title = ("worst cases: truth (solid) vs prediction (dashed)" if several
                      else "worst cases: truth (green) vs prediction (red)")
-            save_overlay_grid(stack.enter_context(atomic_path(out / "worst_cases.png")), chosen, title=title)
-        else:
-            (out / "worst_cases.png").unlink(missing_ok=True)
+            save_overlay_grid(staged["worst_cases.png"], chosen, title=title)
