@@ -52,9 +52,22 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
         yield tmp_path
         os.chmod(tmp_path, _new_mode(target))
         os.replace(tmp_path, target)
-    except BaseException:
+    except BaseException as exc:
         tmp_path.unlink(missing_ok=True)
+        name_failure(exc, target)
         raise
+
+
+def name_failure(exc: BaseException, path: str | os.PathLike, temporaries: dict | None = None) -> None:
+    """Give an OS error that names no file (a failed ``write()``, a full disk at ``close()``) the
+    ``path`` being written, and one that names a temporary in ``temporaries`` (temporary path ->
+    the file it becomes) that file, so the error says what could not be written."""
+    if not isinstance(exc, OSError) or exc.errno is None:
+        return
+    if exc.filename is None:
+        exc.filename = os.fspath(path)
+    elif temporaries and str(exc.filename) in temporaries:
+        exc.filename = temporaries[str(exc.filename)]
 
 
 def _new_mode(target: Path) -> int:
@@ -99,9 +112,10 @@ def atomic_files(folder: str | os.PathLike, names: Sequence[str], drop: Sequence
                 os.replace(tmp, target / name)
             for name in drop:
                 (target / name).unlink(missing_ok=True)
-    except BaseException:
+    except BaseException as exc:
         for tmp in staged.values():
             tmp.unlink(missing_ok=True)
+        name_failure(exc, target, {str(tmp): str(target / name) for name, tmp in staged.items()})
         for folder_made in made:  # as far as they are empty: another writer may have landed its set
             try:
                 folder_made.rmdir()
@@ -271,8 +285,9 @@ def atomic_dir(path: str | os.PathLike, on_step: Callable[[str], None] | None = 
     try:
         yield tmp
         replace_dir(tmp, target, on_step, replace)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        name_failure(exc, target)
         raise
 
 
