@@ -47,6 +47,19 @@ def test_non_ct_dicom(tmp_path, assert_one_line_error):
     assert_one_line_error(edgeseg("data", "info", series, "--quiet"), "not CT")
 
 
+def test_one_mr_file_in_a_ct_series(tmp_path, assert_one_line_error):
+    """The modality is checked on every file, not only on the first one read."""
+    import pydicom
+
+    series = tmp_path / "mixed"
+    shutil.copytree(DATA / "dcmqi_ct_liver" / "ct-3slice", series)
+    victim = series / "02.dcm"
+    ds = pydicom.dcmread(victim)
+    ds.Modality = "MR"
+    ds.save_as(victim)
+    assert_one_line_error(edgeseg("data", "info", series, "--quiet"), f"in {series}: 02.dcm is MR, not CT")
+
+
 def test_truncated_dicom(tmp_path, assert_one_line_error):
     series = tmp_path / "cut"
     shutil.copytree(DATA / "dcmqi_ct_liver" / "ct-3slice", series)
