@@ -26,7 +26,7 @@ import secrets
 import shutil
 import stat
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from edgeseg.errors import DataError
@@ -50,18 +50,96 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
-        # mkstemp makes the file 0600; the file it replaces keeps its mode, a new one gets what
-        # the umask gives any other new file (a bundle or a SEG is read by other users: Triton,
-        # a PACS forwarder)
-        try:
-            mode = stat.S_IMODE(os.stat(target).st_mode) & 0o777
-        except OSError:
-            mode = 0o666 & ~_umask()
-        os.chmod(tmp_path, mode)
+        os.chmod(tmp_path, _new_mode(target))
         os.replace(tmp_path, target)
-    except BaseException:
+    except BaseException as exc:
         tmp_path.unlink(missing_ok=True)
+        name_failure(exc, target)
         raise
+
+
+def name_failure(exc: BaseException, path: str | os.PathLike, temporaries: dict | None = None) -> None:
+    """Give an OS error that names no file (a failed ``write()``, a full disk at ``close()``) the
+    ``path`` being written, and one that names a temporary in ``temporaries`` (temporary path ->
+    the file it becomes) that file, so the error says what could not be written."""
+    if not isinstance(exc, OSError) or exc.errno is None:
+        return
+    if exc.filename is None:
+        exc.filename = os.fspath(path)
+    elif temporaries and str(exc.filename) in temporaries:
+        exc.filename = temporaries[str(exc.filename)]
+
+
+def _new_mode(target: Path) -> int:
+    """The mode a file renamed onto ``target`` gets: mkstemp makes the file 0600; the file it
+    replaces keeps its mode, a new one gets what the umask gives any other new file (a bundle or
+    a SEG is read by other users: Triton, a PACS forwarder)."""
+    try:
+        return stat.S_IMODE(os.stat(target).st_mode) & 0o777
+    except OSError:
+        return 0o666 & ~_umask()
+
+
+@contextlib.contextmanager
+def atomic_files(folder: str | os.PathLike, names: Sequence[str], drop: Sequence[str] = ()) -> Iterator[dict[str, Path]]:
+    """Write the files ``names`` of ``folder`` as one set (a table and its JSON and plot, say).
+
+    Yields ``{name: temporary path}``, each beside its file; when the block ends without error,
+    all are renamed into place together, and the files ``drop`` (an earlier set's that this set
+    lacks) are removed, with a SIGTERM held back meanwhile and under an exclusive lock on the
+    folder, so that concurrent writers' files never mix: the folder holds one writer's whole
+    set. On any exception the temporaries are removed, the files there are left as they were,
+    and a folder this made is removed again.
+    """
+    from edgeseg.stopping import stop_at_checkpoints
+
+    target = Path(folder)
+    made, above = [], target
+    while not above.exists() and above != above.parent:  # the folders this makes, deepest first
+        made.append(above)
+        above = above.parent
+    target.mkdir(parents=True, exist_ok=True)
+    staged: dict[str, Path] = {}
+    try:
+        for name in names:
+            fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix="".join(Path(name).suffixes), dir=target)
+            os.close(fd)
+            staged[name] = Path(tmp)
+        yield staged
+        with stop_at_checkpoints(), _folder_locked(target):
+            for name, tmp in staged.items():
+                os.chmod(tmp, _new_mode(target / name))
+                os.replace(tmp, target / name)
+            for name in drop:
+                (target / name).unlink(missing_ok=True)
+    except BaseException as exc:
+        for tmp in staged.values():
+            tmp.unlink(missing_ok=True)
+        name_failure(exc, target, {str(tmp): str(target / name) for name, tmp in staged.items()})
+        for folder_made in made:  # as far as they are empty: another writer may have landed its set
+            try:
+                folder_made.rmdir()
+            except OSError:
+                break
+        raise
+
+
+@contextlib.contextmanager
+def _folder_locked(folder: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``folder`` itself (no lock file is left in it), waiting for
+    another holder; no lock where the OS or the filesystem has none."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        with contextlib.suppress(OSError):  # e.g. ENOLCK on a filesystem without locks
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def _umask() -> int:
@@ -207,8 +285,9 @@ def atomic_dir(path: str | os.PathLike, on_step: Callable[[str], None] | None = 
     try:
         yield tmp
         replace_dir(tmp, target, on_step, replace)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        name_failure(exc, target)
         raise
 
 

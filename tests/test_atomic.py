@@ -207,3 +207,47 @@ def test_a_process_refused_by_the_folder_lock_touches_nothing(tmp_path):
             (tmp_path / "kept" / "last.pt").write_bytes(b"x")
             raise DataError("stopped later")
     assert (tmp_path / "kept" / "last.pt").is_file()
+
+
+def test_a_file_set_is_renamed_into_place_together_under_the_folder_lock(tmp_path, monkeypatch):
+    """atomic_files: nothing of the set is visible until the block ends; the renames run while
+    the folder is locked (a concurrent writer's renames wait, so sets never mix); a dropped file
+    goes in the same step."""
+    import fcntl
+
+    out = tmp_path / "out"
+    write_folder(out, {"b.txt": "old b", "c.png": "old plot"})
+    renamed, original = [], os.replace
+
+    def replace(src, dst):
+        fd = os.open(out, os.O_RDONLY)
+        try:
+            with pytest.raises(BlockingIOError):
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        finally:
+            os.close(fd)
+        renamed.append(Path(dst).name)
+        original(src, dst)
+
+    monkeypatch.setattr(atomic.os, "replace", replace)
+    with atomic.atomic_files(out, ["a.json", "b.txt"], drop=["c.png"]) as staged:
+        for name, path in staged.items():
+            path.write_text(f"new {name}")
+        assert contents(out) == {"b.txt": "old b", "c.png": "old plot", **{p.name: f"new {n}" for n, p in staged.items()}}
+    assert renamed == ["a.json", "b.txt"]
+    assert contents(out) == {"a.json": "new a.json", "b.txt": "new b.txt"}
+
+
+def test_a_failed_file_set_leaves_the_earlier_set_and_no_folder_it_made(tmp_path):
+    out = tmp_path / "out"
+    write_folder(out, {"a.json": "old a", "b.txt": "old b"})
+    with pytest.raises(OSError, match="disk full"):
+        with atomic.atomic_files(out, ["a.json", "b.txt"]) as staged:
+            staged["a.json"].write_text("new a")
+            raise OSError(28, "disk full")
+    assert contents(out) == {"a.json": "old a", "b.txt": "old b"}
+    fresh = tmp_path / "new" / "deeper"
+    with pytest.raises(OSError, match="disk full"):
+        with atomic.atomic_files(fresh, ["a.json"]):
+            raise OSError(28, "disk full")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]

@@ -6,9 +6,12 @@ from pathlib import Path
 
 import click
 
-from edgeseg.atomic import check_output_folder
+from edgeseg.atomic import atomic_files, check_output_folder
+from edgeseg.errors import DataError
 from edgeseg.evaluate.compare import compare_runs, load_run, plot_comparison
 from edgeseg.report.output import format_table, write_csv, write_json
+
+FILES = ("compare.csv", "compare.json", "compare.png")
 
 
 @click.command("compare")
@@ -28,13 +31,27 @@ def command(runs: tuple[Path, ...], out_dir: Path | None) -> None:
     between the runs, the best epoch and validation Dice, the training time, and evaluation
     Dice / HD95 means where available.
     """
+    _check_distinct(runs)
     if out_dir is not None:
         check_output_folder(out_dir, "--out")
     loaded = [load_run(path) for path in runs]
     rows, columns = compare_runs(loaded)
     click.echo(format_table(rows, columns))
     if out_dir is not None:
-        write_csv(out_dir / "compare.csv", rows, columns)
-        write_json(out_dir / "compare.json", {"columns": columns, "rows": rows})
-        plot_comparison(out_dir / "compare.png", loaded)
-        click.echo(f"wrote compare.csv, compare.json, compare.png to {out_dir}", err=True)
+        # one set: a failed or concurrent compare never leaves one run's table beside another's plot
+        with atomic_files(out_dir, FILES) as staged:
+            write_csv(staged["compare.csv"], rows, columns)
+            write_json(staged["compare.json"], {"columns": columns, "rows": rows})
+            plot_comparison(staged["compare.png"], loaded)
+        click.echo(f"wrote {', '.join(FILES)} to {out_dir}", err=True)
+
+
+def _check_distinct(runs: tuple[Path, ...]) -> None:
+    """DataError for a run folder given twice (also under another name or through a link)."""
+    seen: dict[Path, Path] = {}
+    for run in runs:
+        resolved = run.resolve()
+        if resolved in seen:
+            also = "" if seen[resolved] == run else f" (as {seen[resolved]})"
+            raise DataError(f"the run folder {run} is given twice{also}; name each run once")
+        seen[resolved] = run

@@ -95,14 +95,14 @@ def info(source: str, intensity: str | None, mask_threshold: int, case_pattern: 
     """Describe SOURCE (a folder, a NIfTI file, or a phantom spec) case by case."""
     from pathlib import Path
 
-    from edgeseg.data.open import detect_layout, open_dataset
+    from edgeseg.data.open import check_source, detect_layout, open_dataset
     from edgeseg.data.slice_masks import describe_mask_values
     from edgeseg.data.slices import DEFAULT_CASE_PATTERN, DEFAULT_INTENSITY, read_slice_folder_with_kind
     from edgeseg.train.config import parse_labels
 
     configure_logging()
     values = sorted({v for vals in parse_labels(labels).values() for v in vals}) if labels else None
-    path = Path(source)
+    path = Path(check_source(source, "SOURCE"))
     if path.is_dir() and label_file is None and detect_layout(path) == "slices":
         volumes, kind = read_slice_folder_with_kind(
             path, intensity or DEFAULT_INTENSITY, mask_threshold, case_pattern or DEFAULT_CASE_PATTERN,

@@ -17,7 +17,8 @@ from edgeseg.errors import require
 @click.option("--data", required=True, help="Labelled data in any format 'edgeseg train --data' accepts.")
 @click.option("--split", type=click.Choice(["auto", "train", "val", "test", "all"]), default="auto", show_default=True,
               help="Which cases: the checkpoint's recorded split (auto: test, else val, when the data is the training data) or all.")
-@click.option("--labels", default=None, help="Source label values per class, e.g. 'liver=5' (default: as trained).")
+@click.option("--labels", default=None,
+              help="Source label values of each of the model's classes, by class name, e.g. 'liver=5' (default: as trained).")
 @click.option("--label-file", default=None, type=click.Path(dir_okay=False),
               help="Label map for a single-volume --data: NIfTI, NRRD or DICOM SEG.")
 @click.option("--keep-largest/--no-keep-largest", default=None,

@@ -13,8 +13,17 @@ from edgeseg.errors import EdgesegError
 from edgeseg.stopping import Terminated, received, sigterm_stops
 
 
+def os_error_text(exc: OSError) -> str:
+    """An operating-system failure (a full disk, a file too large, a folder not writable) as
+    ``STRERROR: PATH``; the path is left out where the library that failed did not give it."""
+    text = exc.strerror or str(exc) or type(exc).__name__
+    paths = [str(p) for p in (exc.filename, exc.filename2) if p is not None]
+    return f"{text}: {' -> '.join(paths)}" if paths else text
+
+
 class EdgesegGroup(click.Group):
-    """Turns an EdgesegError into one line on stderr and exit status 2, never a traceback; Ctrl-C
+    """Turns an EdgesegError, or an OSError (the disk or the OS failed a read or a write:
+    ``os_error_text``), into one line on stderr and exit status 2, never a traceback; Ctrl-C
     and SIGTERM stop a command cleanly with one line and 130 / 143 (commands that serve install
     their own handlers)."""
 
@@ -39,10 +48,11 @@ class EdgesegGroup(click.Group):
                 sys.exit(2)
             except Exception as exc:
                 if not received():  # else the stop landed in a library, which reported it as its own error
-                    if not isinstance(exc, EdgesegError):
+                    if not isinstance(exc, (EdgesegError, OSError)):
                         raise
                     # One line, whatever the message quotes (a library's multi-line text, a matrix).
-                    click.echo(f"edgeseg: error: {' '.join(str(exc).split())}", err=True)
+                    text = os_error_text(exc) if isinstance(exc, OSError) else str(exc)
+                    click.echo(f"edgeseg: error: {' '.join(text.split())}", err=True)
                     sys.exit(2)
                 stopped = True
             except KeyboardInterrupt:

@@ -48,7 +48,7 @@ def command(bundle, input_path, out, fmt, backend, threads, batch_size, overlay,
     from edgeseg.cli.logs import configure_logging
     from edgeseg.errors import DataError, EdgesegError
     from edgeseg.runtime.manifest import read_manifest
-    from edgeseg.runtime.readers import IMAGE_SUFFIXES, bundle_intensity, input_kind, read_input
+    from edgeseg.runtime.readers import IMAGE_SUFFIXES, bundle_intensity, check_input_path, input_kind, read_input
     from edgeseg.runtime.segmenter import Segmenter
     from edgeseg.runtime.writers import format_for, write_dicom_seg, write_nifti, write_npy, write_overlay, write_png
 
@@ -56,6 +56,7 @@ def command(bundle, input_path, out, fmt, backend, threads, batch_size, overlay,
     if not quiet:
         configure_logging()
     fmt = format_for(out, fmt)
+    check_input_path(input_path)
     _check_outputs(input_path, out, fmt, overlay)
     kind = input_kind(input_path)
     if spacing is not None and kind in ("dicom", "nifti"):

@@ -155,8 +155,11 @@ def config_from_options(opts: dict, recipe, ctx: click.Context):
     from edgeseg.train.config import TrainConfig, parse_labels, parse_pair
 
     test, val = opts["test_fraction"], opts["val_fraction"]
+    from edgeseg.data.open import check_source
+
     # An existing path is recorded absolute, so export and evaluate find the data from any folder.
-    data = str(Path(opts["data"]).resolve()) if Path(opts["data"]).exists() else opts["data"]
+    data = check_source(opts["data"], "--data")
+    data = str(Path(data).resolve()) if Path(data).exists() else data
     values = dict(
         data=data, out=opts["out"], model=opts["model"], base=opts["base"], depth=opts["depth"],
         size=opts["size"], window=parse_pair(opts["window"], "--window"), labels=parse_labels(opts["labels"]),

@@ -299,15 +299,16 @@ def read_dicom_series_with_refs(
     """Read one CT series from a folder of DICOM files; also return its source references.
 
     Non-DICOM files, DICOMDIR, pixel-less objects (SR, KO, ...) and DICOM SEG label maps
-    are skipped. A folder with several series needs ``series_uid``. The modality must be CT.
+    are skipped. A folder with several series needs ``series_uid``. The modality of every file must be CT.
     HU = stored value x RescaleSlope + RescaleIntercept. ``case_id`` defaults to the folder
     name; ``slice_ids`` are the file names of the slices in the Volume's z order.
     """
     folder = Path(folder)
     uid, members = _pick_series(folder, _scan_folder(folder), series_uid)
-    modality = str(members[0][1].get("Modality", "unknown"))
-    if modality != "CT":
-        raise DataError(f"series {uid} in {folder} is {modality}, not CT")
+    for path, dataset in members:  # every file: one MR slice in a CT series is not CT either
+        modality = str(dataset.get("Modality", "unknown"))
+        if modality != "CT":
+            raise DataError(f"series {uid} in {folder}: {path.name} is {modality}, not CT")
     _check_slice_tags(members)
     row_cosine, column_cosine = _orientation(members)
     normal = np.cross(row_cosine, column_cosine)
@@ -338,7 +339,7 @@ def read_dicom_series_with_refs(
         spacing=spacing_from_affine(lps_affine),
         affine=lps_affine,
         case_id=case_id if case_id is not None else folder.name,
-        modality=modality,
+        modality="CT",
         source=str(folder),
         slice_ids=slice_ids,
     )

@@ -29,6 +29,15 @@ SERIES_LABEL_FOLDER = "labelsTr"
 _PHANTOM_RE = re.compile(r"^(phantom|chest-phantom)(?::(.*))?$")
 
 
+def check_source(source: str | os.PathLike, what: str = "the data source") -> str:
+    """``source`` as text; DataError when it is blank: an empty path would be read as the current
+    folder (``Path("")`` is ``.``), which nobody means by an empty argument."""
+    text = os.fspath(source)
+    if not text.strip():
+        raise DataError(f"{what} is empty ({text!r}); name a data folder, a NIfTI file or a phantom such as 'phantom'")
+    return text
+
+
 def same_data(a: str, b: str) -> bool | None:
     """Whether two data arguments name the same data: True or False where that can be told (the
     same text; two phantom specs with the same options, ``phantom`` and ``phantom:cases=8`` alike;
@@ -156,7 +165,7 @@ def open_dataset(
     ``case_pattern``, ``mask`` and ``label_values`` apply to slice folders only (see
     :func:`~edgeseg.data.slices.read_slice_folder`); ``progress`` shows a bar on stderr.
     """
-    text = os.fspath(source)
+    text = check_source(source)
     path = Path(text)
     if not path.exists():
         options = parse_phantom_spec(text)

@@ -96,9 +96,9 @@ def case_groups(source: str | os.PathLike, intensity: str | None = None,
     """
     slice_options = slice_options or {}
     from edgeseg.data.nifti import is_nifti_path, read_nifti
-    from edgeseg.data.open import detect_layout, open_dataset, parse_phantom_spec
+    from edgeseg.data.open import check_source, detect_layout, open_dataset, parse_phantom_spec
 
-    text = os.fspath(source)
+    text = check_source(source)
     path = Path(text)
     if not path.exists():
         options = parse_phantom_spec(text)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from dataclasses import replace
 from pathlib import Path
@@ -10,10 +9,9 @@ from typing import Any
 
 import numpy as np
 
-from edgeseg.atomic import atomic_path, atomic_write_text
-from edgeseg.stopping import stop_at_checkpoints
+from edgeseg.atomic import atomic_files, atomic_write_text, within
 from edgeseg.data import open_dataset
-from edgeseg.data.open import recorded_slice_options, same_data
+from edgeseg.data.open import check_source, recorded_slice_options, same_data
 from edgeseg.data.volume import Volume
 from edgeseg.errors import DataError
 from edgeseg.metrics import class_metrics, false_positive_slices, mean_slice_dice, summarise
@@ -30,13 +28,17 @@ def select_cases(volumes: list[Volume], payload: dict[str, Any], split: str,
     """The volumes of ``split``; "auto" takes the recorded test (else val) cases if present, and
     only on the training data (``data``, when given, is the data these volumes were read from:
     on other data, same-named cases, such as every phantom's ``case_000``, are other cases, so
-    "auto" takes them all)."""
+    "auto" takes them all, and "train", "val" or "test" is a DataError)."""
     if split == "all":
         return volumes, "all"
     recorded = payload.get("split") or {}
     ids = {v.case_id for v in volumes}
     trained_on = (payload.get("train_config") or {}).get("data")
-    if split == "auto" and data is not None and trained_on is not None and same_data(trained_on, data) is False:
+    if data is not None and trained_on is not None and same_data(trained_on, data) is False:
+        if split != "auto":
+            raise DataError(f"--split {split} takes the run's {split} cases, and {data} is other data than the run "
+                            f"was trained on ({trained_on}): its cases of the same names are other cases; "
+                            f"use --split all (or auto)")
         log.warning("%s is not the data the checkpoint was trained on (%s): evaluating every case", data, trained_on)
         return volumes, "all"
     if split == "auto":
@@ -87,12 +89,13 @@ def evaluate_checkpoint(
     from edgeseg.models.checkpoint import checkpoint_spec, load_model
     from edgeseg.runtime.segmenter import Segmenter
 
+    check_source(data, "--data")
+    if out is not None:
+        _check_out_apart(Path(out), data)
     model, payload = load_model(checkpoint)
     spec = checkpoint_spec(payload)
     class_names = list(payload["class_names"])
-    label_values = labels or payload.get("label_values") or {n: [i] for i, n in enumerate(class_names) if i}
-    if len(label_values) != len(class_names) - 1:
-        raise DataError(f"--labels names {len(label_values)} classes, the model predicts {len(class_names) - 1} ({class_names[1:]})")
+    label_values = class_label_values(labels, payload)
     post = chosen_postprocess(payload, len(class_names), keep_largest, volume_postprocess)
     segmenter = Segmenter.from_module(model, spec, dict(enumerate(class_names)), post, max_batch=EVAL_BATCH, tta=tta)
     # A slice folder's mask value outside these classes is refused, as in training.
@@ -138,6 +141,32 @@ def evaluate_checkpoint(
         _write(Path(out), result, overlays, worst)
     log.info("evaluated %d cases (%s split)", len(cases), used_split)
     return result
+
+
+def _check_out_apart(out: Path, data: str) -> None:
+    """DataError for an ``out`` inside (or at) the data folder evaluated: the files written there
+    would become part of the data (an overlay PNG among a slice folder's images, say)."""
+    source = Path(data)
+    if source.is_dir() and within(out, source):
+        raise DataError(f"--out {out} is inside the data folder {source}; write the evaluation outside the data")
+
+
+def class_label_values(labels: dict[str, list[int]] | None, payload: dict[str, Any]) -> dict[str, list[int]]:
+    """The source label values of each of the checkpoint's classes, in class order: ``labels``
+    (the values of another source) matched to the recorded class names by name, whatever their
+    order; without ``labels``, the values recorded at training. A name the model does not have,
+    or a class ``labels`` leaves out, is a DataError."""
+    names = list(payload["class_names"])[1:]
+    if not labels:
+        return payload.get("label_values") or {name: [index] for index, name in enumerate(names, start=1)}
+    classes = ", ".join(names)
+    unknown = [name for name in labels if name not in names]
+    if unknown:
+        raise DataError(f"--labels names {', '.join(unknown)}, which the model does not predict; its classes are {classes}")
+    missing = [name for name in names if name not in labels]
+    if missing:
+        raise DataError(f"--labels gives no values for {', '.join(missing)}; name every class of the model ({classes})")
+    return {name: list(labels[name]) for name in names}
 
 
 def chosen_postprocess(payload: dict[str, Any], num_classes: int, keep_largest: bool | None,
@@ -196,19 +225,16 @@ def _table(cases: list[dict], class_names: list[str], summary: dict, result: dic
 
 
 def _write(out: Path, result: dict, overlays: list, worst: int) -> None:
-    """eval.json, eval.txt and worst_cases.png as one set: each is written under a temporary name,
-    then all are renamed into place together (a SIGTERM waits for that), so a stopped evaluation
-    never leaves its files beside an earlier run's; an earlier overlay this run does not make is
-    removed."""
+    """eval.json, eval.txt and worst_cases.png as one set (``atomic.atomic_files``), so a stopped
+    or failed evaluation never leaves its files beside an earlier run's; an earlier overlay this
+    run does not make is removed."""
     chosen = [item for _, item in sorted(overlays, key=lambda pair: pair[0])[: max(0, worst)]]
-    with stop_at_checkpoints(), contextlib.ExitStack() as stack:
-        staged = {name: stack.enter_context(atomic_path(out / name)) for name in ("eval.json", "eval.txt")}
+    names = ["eval.json", "eval.txt"] + (["worst_cases.png"] if chosen else [])
+    with atomic_files(out, names, drop=[] if chosen else ["worst_cases.png"]) as staged:
         write_json(staged["eval.json"], {k: v for k, v in result.items() if k != "table"})
         atomic_write_text(staged["eval.txt"], result["table"] + "\n")
         if chosen:
             several = bool(chosen[0].class_names)
             title = ("worst cases: truth (solid) vs prediction (dashed)" if several
                      else "worst cases: truth (green) vs prediction (red)")
-            save_overlay_grid(stack.enter_context(atomic_path(out / "worst_cases.png")), chosen, title=title)
-        else:
-            (out / "worst_cases.png").unlink(missing_ok=True)
+            save_overlay_grid(staged["worst_cases.png"], chosen, title=title)

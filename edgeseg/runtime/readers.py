@@ -18,9 +18,18 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
 
+def check_input_path(path: str | os.PathLike) -> str:
+    """``path`` as text; DataError when it is blank (``Path("")`` is the current folder, which an
+    empty argument never means)."""
+    text = os.fspath(path)
+    if not text.strip():
+        raise DataError(f"INPUT is empty ({text!r}); name a DICOM series folder or a .nii/.nii.gz, .png/.jpg or .npy file")
+    return text
+
+
 def input_kind(path: str | os.PathLike) -> str:
     """``dicom``, ``nifti``, ``image`` or ``npy`` for an input path; DataError otherwise."""
-    path = Path(path)
+    path = Path(check_input_path(path))
     name = path.name.lower()
     if path.is_dir():
         return "dicom"
@@ -52,8 +61,8 @@ def read_input(path: str | os.PathLike, intensity: str = "hu-clipped:0,255"):
     by default the pixel is the HU value clipped to [0, 255]. NPY files hold HU as (H, W) or
     (Z, H, W) in the LPS display layout, with unit spacing.
     """
-    path = Path(path)
     kind = input_kind(path)
+    path = Path(path)
     if kind == "dicom":
         from edgeseg.data.dicom import read_dicom_series_with_refs
 

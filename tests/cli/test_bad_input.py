@@ -47,6 +47,19 @@ def test_non_ct_dicom(tmp_path, assert_one_line_error):
     assert_one_line_error(edgeseg("data", "info", series, "--quiet"), "not CT")
 
 
+def test_one_mr_file_in_a_ct_series(tmp_path, assert_one_line_error):
+    """The modality is checked on every file, not only on the first one read."""
+    import pydicom
+
+    series = tmp_path / "mixed"
+    shutil.copytree(DATA / "dcmqi_ct_liver" / "ct-3slice", series)
+    victim = series / "02.dcm"
+    ds = pydicom.dcmread(victim)
+    ds.Modality = "MR"
+    ds.save_as(victim)
+    assert_one_line_error(edgeseg("data", "info", series, "--quiet"), f"in {series}: 02.dcm is MR, not CT")
+
+
 def test_truncated_dicom(tmp_path, assert_one_line_error):
     series = tmp_path / "cut"
     shutil.copytree(DATA / "dcmqi_ct_liver" / "ct-3slice", series)
@@ -80,3 +93,26 @@ def test_label_file_of_another_shape_is_refused(assert_one_line_error):
     proc = edgeseg("data", "info", DATA / "dcmqi_ct_liver" / "ct-3slice", "--label-file",
                    DATA / "totalseg_example_ct" / "example_seg.nii.gz", "--quiet")
     assert_one_line_error(proc, "example_seg.nii.gz")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["data", "info", "", "--quiet"], "SOURCE is empty ('')"),
+    (["data", "info", " ", "--quiet"], "SOURCE is empty (' ')"),
+    (["evaluate", "run/best.pt", "--data", "", "--quiet"], "--data is empty ('')"),
+    (["train", "--data", "", "--out", "run2", "--size", 64, "--base", 4, "--depth", 2, "--epochs", 1, "--quiet"],
+     "--data is empty ('')"),
+    (["predict", "bundle", "", "--out", "mask.nii.gz"], "INPUT is empty ('')"),
+])
+def test_an_empty_data_source_is_refused_not_read_as_the_current_folder(tmp_path, args, message,
+                                                                        assert_one_line_error):
+    """Run inside a phantom dataset folder: an empty argument, read as '.', would be that data."""
+    data = tmp_path / "phantom"
+    assert edgeseg("data", "synth", "--out", data, "--cases", 2, "--size", 64, "--slices", 4, "--quiet").returncode == 0
+    (data / "bundle").mkdir()
+    (data / "run").mkdir()
+    (data / "run" / "best.pt").write_bytes(b"not read")
+    before = sorted(p.relative_to(data) for p in data.rglob("*"))
+    proc = subprocess.run([sys.executable, "-m", "edgeseg.cli", *map(str, args)], capture_output=True, text=True,
+                          timeout=300, cwd=data)
+    assert_one_line_error(proc, message)
+    assert sorted(p.relative_to(data) for p in data.rglob("*")) == before

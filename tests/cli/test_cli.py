@@ -53,9 +53,12 @@ def test_evaluate_writes_table_json_and_overlay(run_dir):
 
 
 def test_compare_two_runs(run_dir, tmp_path):
-    proc = run("compare", run_dir / "run", run_dir / "run", "--out", tmp_path)
+    import shutil
+
+    shutil.copytree(run_dir / "run", tmp_path / "copy")
+    proc = run("compare", run_dir / "run", tmp_path / "copy", "--out", tmp_path / "out")
     assert proc.returncode == 0, proc.stderr
-    assert (tmp_path / "compare.png").is_file() and (tmp_path / "compare.csv").is_file()
+    assert (tmp_path / "out" / "compare.png").is_file() and (tmp_path / "out" / "compare.csv").is_file()
 
 
 def test_missing_data_folder(tmp_path, assert_one_line_error):

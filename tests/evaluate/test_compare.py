@@ -136,3 +136,39 @@ def test_output_folder_and_threads_are_not_hyperparameters():
         {"name": "b", "config": {"out": "runs/b", "threads": 2, "lr": 0.002}, "history": [], "best": {}, "eval": None},
     ]
     assert differing_hyperparameters(runs) == ["lr"]
+
+
+def test_cli_writes_its_three_files_as_one_set(runs, tmp_path, monkeypatch):
+    """A compare that fails while writing (a full disk at the plot) leaves the earlier set whole,
+    no temporary beside it, and no folder where there was none."""
+    import edgeseg.cli.compare as compare_cli
+
+    out = tmp_path / "comparison"
+    assert CliRunner().invoke(command, [str(runs[0]), str(runs[1]), "--out", str(out)]).exit_code == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert sorted(before) == ["compare.csv", "compare.json", "compare.png"]
+
+    def full_disk(path, loaded):
+        path.write_bytes(b"half a png")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(compare_cli, "plot_comparison", full_disk)
+    for args in ([str(runs[1]), str(runs[0])], [str(runs[1])]):  # other rows and columns than the set there
+        result = CliRunner().invoke(command, [*args, "--out", str(out)])
+        assert isinstance(result.exception, OSError)
+        assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    fresh = tmp_path / "fresh"
+    assert isinstance(CliRunner().invoke(command, [str(runs[0]), "--out", str(fresh)]).exception, OSError)
+    assert not fresh.exists()
+
+
+def test_the_same_run_given_twice_is_refused(runs, tmp_path, assert_one_line_error):
+    import subprocess
+    import sys
+
+    (tmp_path / "link").symlink_to(runs[0])
+    for twice, also in (([runs[0], runs[1], runs[0]], ""), ([runs[0], tmp_path / "link"], f" (as {runs[0]})")):
+        proc = subprocess.run([sys.executable, "-m", "edgeseg.cli", "compare", *map(str, twice), "--out",
+                               str(tmp_path / "out")], capture_output=True, text=True, timeout=120)
+        assert_one_line_error(proc, f"the run folder {twice[-1]} is given twice{also}; name each run once")
+        assert not (tmp_path / "out").exists()
