@@ -41,6 +41,19 @@ struct cJSON;
 /* Read manifest "postprocess" (either layout) into the bundle's per-class options. */
 int es_parse_postprocess(const struct cJSON *post, es_bundle *b, const char *dir, es_error *err);
 
+/* component_rules.c: the parsed options as the kernels' component rules. */
+
+/* A component filter's size for the kernels: ceil(x - 1e-9) pixels or voxels; a size beyond
+ * int64 (+inf included) is ES_FILTER_SIZE_ABOVE_ALL, more than any slice or volume holds, so the
+ * filter removes every component as it says (never an undefined or wrapped conversion). */
+#define ES_FILTER_SIZE_ABOVE_ALL INT64_MAX
+int64_t es_filter_size(double x);
+
+/* The voxel volume in mL of `spacing` (z, y, x mm); 0 when a size is not finite and > 0 or the
+ * volume is not a positive, finite, normal number (then es_bad_spacing says so). */
+double es_voxel_ml(const double spacing[3]);
+int es_bad_spacing(const double spacing[3], es_error *err);
+
 /* The per-slice rules at an output of rows x cols (min_pixels scaled from the model's size);
  * *any is 1 when some class filters. */
 void es_slice_rules(const es_bundle *b, int rows, int cols, es_component_rule *rules, int *any);
