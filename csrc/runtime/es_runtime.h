@@ -61,6 +61,16 @@ void es_slice_rules(const es_bundle *b, int rows, int cols, es_component_rule *r
 /* The volume rules with `spacing` (z, y, x mm; NULL: unknown, an error where a class needs it). */
 int es_volume_rules(const es_bundle *b, const double *spacing, es_component_rule *rules, int *any, es_error *err);
 
+/* manifest_text.c: BUNDLE/manifest.json's text (malloc'd), or NULL with `err` set where it is not
+ * a regular file of at most 64 MiB, holds a NUL byte or is not strict UTF-8. */
+char *es_manifest_text(const char *path, const char *dir, es_error *err);
+
+/* Where the JSON text `json` (which cJSON parsed) has what Python's reader refuses or a C string
+ * cannot carry: a raw control character in a string, a \u0000 escape, a number beyond JSON's
+ * grammar (01, 1.); its offset, *kind being which, or -1. */
+enum { ES_FLAW_CONTROL = 1, ES_FLAW_NUL, ES_FLAW_NUMBER };
+long es_manifest_text_flaw(const char *json, int *kind);
+
 /* Read BUNDLE/manifest.json, check it and choose the ONNX artifact of `precision` (NULL/"auto":
  * int8, fp32, fp16 in that order). ES_OK or an error in `err`. */
 int es_bundle_read(const char *dir, const char *precision, es_bundle *bundle, es_error *err);
