@@ -35,7 +35,7 @@ static int parse_class(const cJSON *opts, int c, es_bundle *b, const char *dir, 
         return es_fail(err, ES_EBUNDLE, "bundle %s: postprocess.classes[\"%d\"] keep_largest options must be true or false", dir, c);
     if (pixels && !(cJSON_IsNumber(pixels) && pixels->valuedouble >= 0 && pixels->valuedouble <= 1e15 &&
                     pixels->valuedouble == floor(pixels->valuedouble)))
-        return es_fail(err, ES_EBUNDLE, "bundle %s: postprocess.classes[\"%d\"].min_pixels must be an integer >= 0", dir, c);
+        return es_fail(err, ES_EBUNDLE, "bundle %s: postprocess.classes[\"%d\"].min_pixels must be an integer from 0 to 10^15", dir, c);
     if (ml && !(cJSON_IsNumber(ml) && isfinite(ml->valuedouble) && ml->valuedouble >= 0))
         return es_fail(err, ES_EBUNDLE, "bundle %s: postprocess.classes[\"%d\"].min_ml must be a number >= 0", dir, c);
     if (to && !(cJSON_IsNumber(to) && to->valuedouble >= 0 && to->valuedouble < b->num_classes &&

@@ -44,6 +44,9 @@ SLICE_CANDIDATES = ((False, 0), (True, 0), (False, 4), (False, 16), (False, 64),
 # A filter size beyond int64 (the kernels' type) becomes this: more than any slice or volume
 # holds, so the filter removes every component, as it says (libedgeseg's ES_FILTER_SIZE_ABOVE_ALL).
 FILTER_SIZE_ABOVE_ALL = 2**63 - 1
+# The largest min_pixels a manifest may hold, in both runtimes (libedgeseg reads JSON numbers as
+# doubles, exact to 2^53; far more pixels than any slice holds).
+MAX_MIN_PIXELS = 10**15
 
 
 @dataclass(frozen=True)
@@ -182,8 +185,8 @@ def _class_options(key: Any, value: Any, num_classes: int) -> ClassPostprocess:
         if not isinstance(opts[name], bool):
             raise DataError(f"postprocess.classes[{key!r}].{name} must be true or false, got {opts[name]!r}")
     pixels, ml = opts["min_pixels"], opts["min_ml"]
-    if isinstance(pixels, bool) or not isinstance(pixels, int) or pixels < 0:
-        raise DataError(f"postprocess.classes[{key!r}].min_pixels must be an integer >= 0, got {pixels!r}")
+    if isinstance(pixels, bool) or not isinstance(pixels, int) or not 0 <= pixels <= MAX_MIN_PIXELS:
+        raise DataError(f"postprocess.classes[{key!r}].min_pixels must be an integer from 0 to 10^15, got {pixels!r}")
     if isinstance(ml, bool) or not isinstance(ml, (int, float)) or not math.isfinite(ml) or ml < 0:
         raise DataError(f"postprocess.classes[{key!r}].min_ml must be a number >= 0, got {ml!r}")
     to = opts.get("removed_to", 0)

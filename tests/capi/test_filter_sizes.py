@@ -85,3 +85,22 @@ def test_a_spacing_passed_in_is_checked_where_no_class_needs_it(bundle, phantom_
     with Segmenter.load(bundle, backend="openvino:fp32") as seg, pytest.raises(DataError) as caught:
         seg.predict_volume(phantom_hu, spacing=spacing)
     assert code == ES_EINVAL and message == str(caught.value)
+
+
+@pytest.mark.parametrize(("min_pixels", "accepted"), [(10**15, True), (10**15 + 1, False)])
+def test_both_runtimes_take_min_pixels_up_to_the_same_limit(min_pixels, accepted, bundle, tmp_path, run_checks):
+    from edgeseg.errors import BundleError
+
+    copy = shutil.copytree(bundle, tmp_path / "bundle")
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["postprocess"] = {"resize": "logits", "classes": {"1": {"min_pixels": min_pixels}}}
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    code, message, _ = run_checks("open", copy, "fp32")
+    try:
+        Segmenter.load(copy, backend="openvino:fp32").close()
+        python = ""
+    except BundleError as exc:
+        python = str(exc)
+    assert (code == ES_OK, python == "") == (accepted, accepted), (message, python)
+    if not accepted:
+        assert "min_pixels must be an integer from 0 to 10^15" in message and "10^15" in python
