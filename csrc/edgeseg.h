@@ -47,7 +47,8 @@ typedef struct {
     char message[ES_MESSAGE_SIZE]; /* one line, NUL-terminated; "" on success */
 } es_error;
 
-/* Largest slice side (rows or cols) accepted, the PreprocessSpec's limit. */
+/* Largest slice side (rows or cols) accepted, the PreprocessSpec's limit; the Python runtime's
+ * edgeseg.runtime.input_checks.MAX_SIDE. */
 #define ES_MAX_SIDE 8192
 /* Smallest slice side: a resize needs at least two samples per axis. */
 #define ES_MIN_SIDE 2

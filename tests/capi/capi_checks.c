@@ -101,6 +101,8 @@ static int call_case(es_segmenter *seg, const char *which, es_error *err) {
     if (!strcmp(which, "one-row")) return es_segment_slice(seg, s, ES_INT16, 1, COLS, COLS, labels, err);
     /* Sizes are refused before any pixel is read, so the small buffer is never overrun. */
     if (!strcmp(which, "too-large")) return es_segment_slice(seg, s, ES_INT16, ES_MAX_SIDE + 1, COLS, COLS, labels, err);
+    if (!strcmp(which, "too-wide"))
+        return es_segment_slice(seg, s, ES_INT16, ROWS, ES_MAX_SIDE + 1, ES_MAX_SIDE + 1, labels, err);
     if (!strcmp(which, "bad-dtype")) return es_segment_slice(seg, s, (es_dtype)42, ROWS, COLS, COLS, labels, err);
     if (!strcmp(which, "float16-dtype")) return es_segment_slice(seg, s, ES_FLOAT16, ROWS, COLS, COLS, labels, err);
     if (!strcmp(which, "short-stride")) return es_segment_slice(seg, s, ES_INT16, ROWS, COLS, COLS - 1, labels, err);

@@ -207,3 +207,34 @@ def test_unusable_cache_folder_still_opens(bundle, tmp_path, monkeypatch, run_ch
     monkeypatch.setenv("EDGESEG_CACHE_DIR", str(tmp_path / "a-file" / "cache"))
     code, message, _ = run_checks("call", bundle, "good")
     assert (code, message) == (ES_OK, "")
+
+
+def test_both_runtimes_take_slices_up_to_the_same_side(bundle, programs, run_raw, run_checks, tmp_path):
+    """ES_MAX_SIDE (edgeseg.h) is input_checks.MAX_SIDE: 8193 rows or columns are refused by both
+    with the same words, 8192 by 64 is segmented by both to the same mask."""
+    import re
+    from pathlib import Path
+
+    import numpy as np
+
+    from edgeseg.errors import DataError
+    from edgeseg.runtime import Segmenter
+    from edgeseg.runtime.input_checks import MAX_SIDE
+
+    header = (Path(__file__).resolve().parents[2] / "csrc" / "edgeseg.h").read_text()
+    assert re.search(r"#define ES_MAX_SIDE (\d+)", header).group(1) == str(MAX_SIDE) == "8192"
+    with Segmenter.load(bundle, backend="openvino:fp32") as seg:
+        for case, shape in (("too-large", (8193, 80)), ("too-wide", (96, 8193))):
+            code, message, _ = run_checks("call", bundle, case)
+            with pytest.raises(DataError) as caught:
+                seg.predict(np.zeros(shape, np.int16))
+            assert code == ES_EDATA and message.startswith(str(caught.value)), (message, str(caught.value))
+            assert f"{shape[0]} x {shape[1]}" in message and "limit of 8192" in message
+        with pytest.raises(DataError, match="limit of 8192"):
+            seg.predict_volume(np.zeros((2, 64, 8193), np.int16))
+        hu = np.full((1, 8192, 64), -1000, np.int16)
+        hu[0, 3000:5000, 16:48] = 60  # soft tissue in air: a mask that is not all background
+        expected = seg.predict(hu[0])
+        assert expected.any()
+    got = run_raw(programs["checks"], bundle, "fp32", hu, tmp_path, mode="slices")
+    assert int(np.count_nonzero(got[0] != expected)) == 0
