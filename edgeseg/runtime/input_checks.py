@@ -46,8 +46,9 @@ def checked_hu(images: np.ndarray, spec: PreprocessSpec, *, ndim: int, resize: b
                         "columns")
     spec.fit_box(*arr.shape[-2:])  # fit=pad: a slice too thin to pad is refused, naming its shape
     if not resize and tuple(arr.shape[-2:]) != spec.size:
-        raise DataError(f"{what} slices are {arr.shape[-2]}x{arr.shape[-1]} but this bundle takes "
-                        f"{spec.size[0]}x{spec.size[1]} only (it was exported without resizing)")
+        size = f"{'slices are' if ndim == 3 else 'is'} {arr.shape[-2]}x{arr.shape[-1]}"
+        raise DataError(f"{what} {size} but this bundle takes {spec.size[0]}x{spec.size[1]} only "
+                        "(it was exported without resizing)")
     if arr.dtype.kind == "f":
         finite = np.isfinite(arr)
         if not finite.all():

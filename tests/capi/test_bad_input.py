@@ -238,3 +238,21 @@ def test_both_runtimes_take_slices_up_to_the_same_side(bundle, programs, run_raw
         assert expected.any()
     got = run_raw(programs["checks"], bundle, "fp32", hu, tmp_path, mode="slices")
     assert int(np.count_nonzero(got[0] != expected)) == 0
+
+
+def test_a_slice_of_another_size_is_refused_in_the_same_words_where_the_bundle_never_resizes(bundle, tmp_path,
+                                                                                              run_checks):
+    import numpy as np
+
+    from edgeseg.errors import DataError
+    from edgeseg.runtime import Segmenter
+
+    copy = _edited_bundle(bundle, tmp_path, lambda m: m.update(resize_input=False))
+    with Segmenter.load(copy, backend="openvino:int8") as seg:
+        for case, hu, words in (("good", np.zeros((96, 80), np.int16), "slice is 96x80"),
+                                ("good-volume", np.zeros((2, 96, 80), np.int16), "volume slices are 96x80")):
+            code, message, _ = run_checks("call", copy, case)
+            with pytest.raises(DataError) as caught:
+                seg.predict(hu) if hu.ndim == 2 else seg.predict_volume(hu)
+            assert code == ES_EDATA and message == str(caught.value), (message, str(caught.value))
+            assert message == f"{words} but this bundle takes 64x64 only (it was exported without resizing)"
