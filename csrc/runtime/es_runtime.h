@@ -80,6 +80,12 @@ int es_bundle_verify(const char *dir, const es_bundle *bundle, es_error *err);
 
 void es_bundle_free(es_bundle *bundle);
 
+/* Where the file `fh` of `size` bytes stops being an ONNX ModelProto in protobuf's wire form
+ * (top-level fields of ModelProto's numbers and wire types up to its end, ir_version and graph
+ * among them), or -1 where it is one. OpenVINO tries its other frontends on a file its ONNX
+ * frontend refuses, and some of them print to stderr: such a file is refused before. */
+long es_onnx_form_flaw(FILE *fh, long long size);
+
 /* Hex sha256 of the rest of `fh` into hex[65] (OpenSSL's libcrypto); 0 on success. */
 int es_sha256_file(FILE *fh, char hex[65]);
 

@@ -157,19 +157,31 @@ def test_good_calls_succeed(case, bundle, run_checks):
     assert (got, message) == (ES_OK, "")
 
 
-def test_model_openvino_cannot_read(bundle, tmp_path, run_checks):
-    """A file whose manifest hash matches but which is no ONNX graph: OpenVINO's refusal, as a status."""
+@pytest.mark.parametrize("kind", ["junk", "truncated", "with-a-tail", "malformed-inside"])
+def test_model_openvino_cannot_read(kind, bundle, tmp_path, programs):
+    """A file whose manifest hash matches but which is no ONNX graph: a backend status with one
+    line. A file that is not an ONNX ModelProto at its top level never reaches OpenVINO, whose
+    other frontends would print to stderr trying it; one malformed only inside reaches it and
+    is refused by it (docs/c-api.md says what it may print then)."""
     import hashlib
+    import subprocess
 
     copy = shutil.copytree(bundle, tmp_path / "bundle")
     manifest = json.loads((copy / "manifest.json").read_text())
     entry = next(a for a in manifest["artifacts"] if a["format"] == "onnx" and a["precision"] == "fp32")
-    junk = b"not an onnx graph\n" * 64
+    real = (copy / entry["file"]).read_bytes()
+    junk = {"junk": b"not an onnx graph\n" * 64, "truncated": real[: len(real) // 2], "with-a-tail": real + b"garbage",
+            # ir_version 7, then a graph (field 7) of five bytes that are no GraphProto
+            "malformed-inside": b"\x08\x07\x3a\x05hello"}[kind]
     (copy / entry["file"]).write_bytes(junk)
     entry.update(bytes=len(junk), sha256=hashlib.sha256(junk).hexdigest())
     (copy / "manifest.json").write_text(json.dumps(manifest))
-    code, message, _ = run_checks("open", copy, "fp32")
-    assert code == 17 and message.startswith(f"openvino could not load {entry['file']}")
+    result = subprocess.run([str(programs["checks"]), "open", str(copy), "fp32"], capture_output=True, text=True,
+                            timeout=300)
+    code, message = result.stdout.splitlines()[0].split("\t", 1)
+    assert int(code) == 17 and message.startswith(f"openvino could not load {entry['file']}"), message
+    if kind != "malformed-inside":
+        assert "not an ONNX model" in message and result.stderr == "", result.stderr[-2000:]
 
 
 def test_a_graph_that_does_not_match_its_manifest_is_a_backend_status(bundle, tmp_path, swap_graph, run_checks):
