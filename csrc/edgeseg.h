@@ -9,7 +9,10 @@
  * the Python runtime's, voxel for voxel, for the same artifact.
  *
  * Errors: every call that can fail returns an es_code (ES_OK = 0) and, when `err` is not NULL,
- * fills it with the code and one line naming the problem. Nothing aborts, nothing prints.
+ * fills it with the code and one line naming the problem. libedgeseg never aborts or prints;
+ * OpenVINO, in the same process, may print to stderr when its ONNX frontend refuses the artifact
+ * (it tries its other frontends), and an AddressSanitizer build dies in es_open unless dlopen drops
+ * RTLD_DEEPBIND (TBB loads libtbbbind with it): docs/c-api.md has both and the workaround.
  *
  * Threads: an es_segmenter may be shared by threads; its segment calls take turns (one input
  * buffer and one OpenVINO infer request per segmenter). Open one segmenter per thread to run
@@ -47,7 +50,8 @@ typedef struct {
     char message[ES_MESSAGE_SIZE]; /* one line, NUL-terminated; "" on success */
 } es_error;
 
-/* Largest slice side (rows or cols) accepted, the PreprocessSpec's limit. */
+/* Largest slice side (rows or cols) accepted, the PreprocessSpec's limit; the Python runtime's
+ * edgeseg.runtime.input_checks.MAX_SIDE. */
 #define ES_MAX_SIDE 8192
 /* Smallest slice side: a resize needs at least two samples per axis. */
 #define ES_MIN_SIDE 2

@@ -41,12 +41,35 @@ struct cJSON;
 /* Read manifest "postprocess" (either layout) into the bundle's per-class options. */
 int es_parse_postprocess(const struct cJSON *post, es_bundle *b, const char *dir, es_error *err);
 
+/* component_rules.c: the parsed options as the kernels' component rules. */
+
+/* A component filter's size for the kernels: ceil(x - 1e-9) pixels or voxels; a size beyond
+ * int64 (+inf included) is ES_FILTER_SIZE_ABOVE_ALL, more than any slice or volume holds, so the
+ * filter removes every component as it says (never an undefined or wrapped conversion). */
+#define ES_FILTER_SIZE_ABOVE_ALL INT64_MAX
+int64_t es_filter_size(double x);
+
+/* The voxel volume in mL of `spacing` (z, y, x mm); 0 when a size is not finite and > 0 or the
+ * volume is not a positive, finite, normal number (then es_bad_spacing says so). */
+double es_voxel_ml(const double spacing[3]);
+int es_bad_spacing(const double spacing[3], es_error *err);
+
 /* The per-slice rules at an output of rows x cols (min_pixels scaled from the model's size);
  * *any is 1 when some class filters. */
 void es_slice_rules(const es_bundle *b, int rows, int cols, es_component_rule *rules, int *any);
 
 /* The volume rules with `spacing` (z, y, x mm; NULL: unknown, an error where a class needs it). */
 int es_volume_rules(const es_bundle *b, const double *spacing, es_component_rule *rules, int *any, es_error *err);
+
+/* manifest_text.c: BUNDLE/manifest.json's text (malloc'd), or NULL with `err` set where it is not
+ * a regular file of at most 64 MiB, holds a NUL byte or is not strict UTF-8. */
+char *es_manifest_text(const char *path, const char *dir, es_error *err);
+
+/* Where the JSON text `json` (which cJSON parsed) has what Python's reader refuses or a C string
+ * cannot carry: a raw control character in a string, a \u0000 escape, a number beyond JSON's
+ * grammar (01, 1.); its offset, *kind being which, or -1. */
+enum { ES_FLAW_CONTROL = 1, ES_FLAW_NUL, ES_FLAW_NUMBER };
+long es_manifest_text_flaw(const char *json, int *kind);
 
 /* Read BUNDLE/manifest.json, check it and choose the ONNX artifact of `precision` (NULL/"auto":
  * int8, fp32, fp16 in that order). ES_OK or an error in `err`. */
@@ -56,6 +79,12 @@ int es_bundle_read(const char *dir, const char *precision, es_bundle *bundle, es
 int es_bundle_verify(const char *dir, const es_bundle *bundle, es_error *err);
 
 void es_bundle_free(es_bundle *bundle);
+
+/* Where the file `fh` of `size` bytes stops being an ONNX ModelProto in protobuf's wire form
+ * (top-level fields of ModelProto's numbers and wire types up to its end, ir_version and graph
+ * among them), or -1 where it is one. OpenVINO tries its other frontends on a file its ONNX
+ * frontend refuses, and some of them print to stderr: such a file is refused before. */
+long es_onnx_form_flaw(FILE *fh, long long size);
 
 /* Hex sha256 of the rest of `fh` into hex[65] (OpenSSL's libcrypto); 0 on success. */
 int es_sha256_file(FILE *fh, char hex[65]);

@@ -22,8 +22,8 @@ static int check_layout(const es_bundle *b, const es_hu_layout *in, const char *
         return es_fail(err, ES_EDATA, "%s of %d x %d is larger than the limit of %d rows and columns (ES_MAX_SIDE)", what,
                        in->rows, in->cols, ES_MAX_SIDE);
     if (!b->resize_input && (in->rows != b->rows || in->cols != b->cols))
-        return es_fail(err, ES_EDATA, "%s slices are %dx%d but this bundle takes %dx%d only (it was exported without resizing)",
-                       what, in->rows, in->cols, b->rows, b->cols);
+        return es_fail(err, ES_EDATA, "%s %s %dx%d but this bundle takes %dx%d only (it was exported without resizing)",
+                       what, *what == 'v' ? "slices are" : "is", in->rows, in->cols, b->rows, b->cols);
     es_fit_box box;
     if (b->pad && es_fit_geometry(in->rows, in->cols, b->rows, b->cols, ES_FIT_PAD, &box) != ES_OK) {
         const double scale = fmin((double)b->rows / in->rows, (double)b->cols / in->cols);

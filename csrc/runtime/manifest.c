@@ -1,45 +1,12 @@
 /* manifest.json -> es_bundle, with the checks of edgeseg/runtime/manifest.py and spec.py and
  * those Segmenter.load adds (float32 input whose shape matches the spec). */
-#include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 
 #include "cJSON.h"
 #include "es_runtime.h"
-
-#define MANIFEST_MAX_BYTES (64L << 20) /* a manifest is a few kB; refuse to slurp anything huge */
-
-static char *read_text(const char *path, const char *dir, es_error *err) {
-    struct stat st;
-    if (stat(path, &st) == 0 && !S_ISREG(st.st_mode)) { /* fopen of a FIFO would wait for a writer forever */
-        es_fail(err, ES_EBUNDLE, "%s: not a regular file of at most %ld bytes", path, MANIFEST_MAX_BYTES);
-        return NULL;
-    }
-    FILE *fh = fopen(path, "rb");
-    if (!fh) {
-        es_fail(err, ES_EBUNDLE, "bundle %s has no readable manifest.json (%s)", dir, strerror(errno));
-        return NULL;
-    }
-    char *text = NULL;
-    long size = -1;
-    if (fseek(fh, 0, SEEK_END) == 0) size = ftell(fh);
-    if (size < 0 || size > MANIFEST_MAX_BYTES || fseek(fh, 0, SEEK_SET) != 0) {
-        es_fail(err, ES_EBUNDLE, "%s: not a regular file of at most %ld bytes", path, MANIFEST_MAX_BYTES);
-    } else if (!(text = malloc((size_t)size + 1))) {
-        es_fail(err, ES_ENOMEM, "%s: no memory for %ld bytes", path, size);
-    } else if (fread(text, 1, (size_t)size, fh) != (size_t)size) {
-        es_fail(err, ES_EBUNDLE, "%s: read failed", path);
-        free(text);
-        text = NULL;
-    } else {
-        text[size] = '\0';
-    }
-    fclose(fh);
-    return text;
-}
 
 static int is_whole(const cJSON *item) {
     return cJSON_IsNumber(item) && isfinite(item->valuedouble) && floor(item->valuedouble) == item->valuedouble &&
@@ -123,25 +90,38 @@ static int parse_spec(const cJSON *spec, es_bundle *b, const char *dir, es_error
     return b->spec_json ? ES_OK : es_fail(err, ES_ENOMEM, "bundle %s: no memory for the spec", dir);
 }
 
+/* A labels key as Python reads it (ASCII digits only: no sign, no space); -1 if it is not one. */
+static long class_number(const char *key) {
+    long k = 0;
+    for (const char *d = key; *d; d++) {
+        if (*d < '0' || *d > '9') return -1;
+        if (k < ES_MAX_CLASSES) k = k * 10 + (*d - '0'); /* beyond that only "too large" matters */
+    }
+    return *key ? k : -1;
+}
+
 static int parse_labels(const cJSON *labels, es_bundle *b, const char *dir, es_error *err) {
+    const char *seen[ES_MAX_CLASSES] = {NULL};
     if (!cJSON_IsObject(labels)) return es_fail(err, ES_EBUNDLE, "bundle %s: manifest labels must map class numbers to names", dir);
-    int top = -1, has_zero = 0;
+    int top = -1;
     for (const cJSON *l = labels->child; l; l = l->next) {
-        char *end = NULL;
-        long k = strtol(l->string, &end, 10);
-        if (end == l->string || *end != '\0' || k < 0 || !cJSON_IsString(l))
+        long k = class_number(l->string);
+        if (k < 0 || !cJSON_IsString(l))
             return es_fail(err, ES_EBUNDLE, "bundle %s: manifest labels must map class numbers to names, got key '%s'", dir, l->string);
         if (k >= ES_MAX_CLASSES)
-            return es_fail(err, ES_EBUNDLE, "bundle %s: class %ld does not fit uint8 labels (at most %d classes)", dir, k, ES_MAX_CLASSES);
+            return es_fail(err, ES_EBUNDLE, "bundle %s: manifest labels: class %s does not fit uint8 labels (at most %d classes)",
+                           dir, l->string, ES_MAX_CLASSES);
+        if (seen[k] && strcmp(seen[k], l->string) != 0) /* "1" and "01"; the same key twice: the last, as in Python */
+            return es_fail(err, ES_EBUNDLE, "bundle %s: manifest labels name a class twice: '%s' and '%s'", dir, seen[k], l->string);
+        seen[k] = l->string;
         if (k > top) top = (int)k;
-        has_zero |= k == 0;
     }
-    if (!has_zero) return es_fail(err, ES_EBUNDLE, "bundle %s: labels must name class 0 (background)", dir);
+    if (!seen[0]) return es_fail(err, ES_EBUNDLE, "bundle %s: labels must name class 0 (background)", dir);
     b->num_classes = top + 1;
     if (!(b->labels = calloc((size_t)b->num_classes, sizeof *b->labels)))
         return es_fail(err, ES_ENOMEM, "bundle %s: no memory for labels", dir);
     for (const cJSON *l = labels->child; l; l = l->next) {
-        long k = strtol(l->string, NULL, 10);
+        long k = class_number(l->string);
         free(b->labels[k]);
         if (!(b->labels[k] = strdup(l->valuestring))) return es_fail(err, ES_ENOMEM, "bundle %s: no memory for labels", dir);
     }
@@ -354,13 +334,21 @@ int es_bundle_read(const char *dir, const char *precision, es_bundle *b, es_erro
     char *path = malloc(n);
     if (!path) return es_fail(err, ES_ENOMEM, "no memory for a path");
     snprintf(path, n, "%s/manifest.json", dir);
-    char *text = read_text(path, dir, err);
+    char *text = es_manifest_text(path, dir, err);
     int rc = text ? ES_OK : err ? err->code : ES_EBUNDLE;
     if (text) {
         const char *end = text; /* ParseWithOpts reports where parsing stopped without a global */
         cJSON *root = cJSON_ParseWithOpts(text, &end, 1); /* 1: trailing bytes are an error, as in Python */
-        rc = root ? parse_manifest(root, precision, b, path, dir, err)
-                  : es_fail(err, ES_EBUNDLE, "%s: not readable JSON (error near byte %ld)", path, (long)(end - text));
+        int flaw = 0;
+        long at = root ? es_manifest_text_flaw(text, &flaw) : -1;
+        if (!root) rc = es_fail(err, ES_EBUNDLE, "%s: not readable JSON (error near byte %ld)", path, (long)(end - text));
+        else if (flaw == ES_FLAW_NUL) /* a C string ends there: a file name would lose its tail */
+            rc = es_fail(err, ES_EBUNDLE, "%s: a manifest string holds a NUL character (\\u0000) at byte %ld", path, at);
+        else if (flaw == ES_FLAW_CONTROL)
+            rc = es_fail(err, ES_EBUNDLE, "%s: not readable JSON (a control character in a string at byte %ld)", path, at);
+        else if (flaw == ES_FLAW_NUMBER)
+            rc = es_fail(err, ES_EBUNDLE, "%s: not readable JSON (a malformed number at byte %ld)", path, at);
+        else rc = parse_manifest(root, precision, b, path, dir, err);
         cJSON_Delete(root);
         free(text);
     }

@@ -35,7 +35,7 @@ static int parse_class(const cJSON *opts, int c, es_bundle *b, const char *dir, 
         return es_fail(err, ES_EBUNDLE, "bundle %s: postprocess.classes[\"%d\"] keep_largest options must be true or false", dir, c);
     if (pixels && !(cJSON_IsNumber(pixels) && pixels->valuedouble >= 0 && pixels->valuedouble <= 1e15 &&
                     pixels->valuedouble == floor(pixels->valuedouble)))
-        return es_fail(err, ES_EBUNDLE, "bundle %s: postprocess.classes[\"%d\"].min_pixels must be an integer >= 0", dir, c);
+        return es_fail(err, ES_EBUNDLE, "bundle %s: postprocess.classes[\"%d\"].min_pixels must be an integer from 0 to 10^15", dir, c);
     if (ml && !(cJSON_IsNumber(ml) && isfinite(ml->valuedouble) && ml->valuedouble >= 0))
         return es_fail(err, ES_EBUNDLE, "bundle %s: postprocess.classes[\"%d\"].min_ml must be a number >= 0", dir, c);
     if (to && !(cJSON_IsNumber(to) && to->valuedouble >= 0 && to->valuedouble < b->num_classes &&
@@ -68,37 +68,6 @@ int es_parse_postprocess(const cJSON *post, es_bundle *b, const char *dir, es_er
         if (c < 0) return es_fail(err, ES_EBUNDLE, "bundle %s: postprocess.classes key is not a foreground class", dir);
         int rc = parse_class(item, c, b, dir, err);
         if (rc) return rc;
-    }
-    return ES_OK;
-}
-
-void es_slice_rules(const es_bundle *b, int rows, int cols, es_component_rule *rules, int *any) {
-    const double ratio = ((double)rows * (double)cols) / ((double)b->rows * (double)b->cols);
-    *any = 0;
-    for (int c = 0; c < ES_MAX_CLASSES; ++c) {
-        /* min_pixels counts pixels at the model's size: scaled by the area ratio, rounded up */
-        rules[c].keep_largest = c > 0 && c < b->num_classes && b->slice_keep[c];
-        rules[c].min_size = c > 0 && c < b->num_classes && b->min_pixels[c] > 0
-                                ? (int64_t)ceil((double)b->min_pixels[c] * ratio - 1e-9) : 0;
-        rules[c].removed_to = c > 0 && c < b->num_classes ? b->removed_to[c] : 0;
-        *any |= rules[c].keep_largest || rules[c].min_size > 1;
-    }
-}
-
-int es_volume_rules(const es_bundle *b, const double *spacing, es_component_rule *rules, int *any, es_error *err) {
-    *any = 0;
-    for (int c = 0; c < ES_MAX_CLASSES; ++c) {
-        rules[c].keep_largest = c > 0 && c < b->num_classes && b->volume_keep[c];
-        rules[c].min_size = 0;
-        rules[c].removed_to = c > 0 && c < b->num_classes ? b->removed_to[c] : 0;
-        if (c > 0 && c < b->num_classes && b->min_ml[c] > 0) {
-            if (!spacing)
-                return es_fail(err, ES_EINVAL, "class %d removes 3-D components under %g mL, which needs the voxel spacing "
-                               "(es_segment_volume_spaced)", c, b->min_ml[c]);
-            const double voxel_ml = spacing[0] * spacing[1] * spacing[2] / 1000.0;
-            rules[c].min_size = (int64_t)ceil(b->min_ml[c] / voxel_ml - 1e-9);
-        }
-        *any |= rules[c].keep_largest || rules[c].min_size > 1;
     }
     return ES_OK;
 }

@@ -304,8 +304,7 @@ static int segment(es_segmenter *seg, const void *hu, es_dtype dtype, const es_h
     if (!seg) return es_fail(err, ES_EINVAL, "segmenter is NULL");
     int rc = es_check_hu(&seg->bundle, hu, dtype, in, labels, err);
     if (rc) return rc;
-    if (spacing && !(spacing[0] > 0 && spacing[1] > 0 && spacing[2] > 0 && isfinite(spacing[0] * spacing[1] * spacing[2])))
-        return es_fail(err, ES_EINVAL, "spacing must be three finite voxel sizes > 0 in mm");
+    if (spacing && es_voxel_ml(spacing) == 0.0) return es_bad_spacing(spacing, err);
     if (in->volume) { /* refuse a missing spacing before any work */
         es_component_rule rules[ES_MAX_CLASSES];
         int any;

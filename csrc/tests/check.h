@@ -21,5 +21,6 @@ void test_bands_all(void);
 void test_components_all(void);
 void test_fit_all(void);
 void test_mirror_all(void);
+void test_component_rules_all(void);
 
 #endif

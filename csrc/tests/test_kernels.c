@@ -151,6 +151,7 @@ int main(void) {
     test_components_all();
     test_fit_all();
     test_mirror_all();
+    test_component_rules_all();
     if (failures) {
         fprintf(stderr, "%d check(s) failed\n", failures);
         return 1;

@@ -1,9 +1,10 @@
 """Checks of what the runtime is asked to segment, against the bundle's PreprocessSpec.
 
 Everything the model could silently get wrong is refused here with a one-line ``DataError``:
-a non-numeric or complex dtype, a wrong rank, a slice too small to resize or of the wrong size
-when the bundle forbids resizing, NaN or inf, values no CT scanner stores, images that were
-already normalised (not HU), and series of another modality.
+a non-numeric or complex dtype, a wrong rank, a slice too small to resize, larger than
+``MAX_SIDE`` (as libedgeseg refuses it) or of the wrong size when the bundle forbids resizing,
+NaN or inf, values no CT scanner stores, images that were already normalised (not HU), and
+series of another modality.
 """
 
 from __future__ import annotations
@@ -11,13 +12,16 @@ from __future__ import annotations
 import numpy as np
 
 from edgeseg.errors import DataError
-from edgeseg.spec import PreprocessSpec
+from edgeseg.spec import MAX_SIZE, PreprocessSpec
 
 # Stored CT values: padding goes down to -3024 HU on some scanners, extended-range metal to
 # about 30k; anything beyond int16 / uint16 is not a CT value.
 HU_LIMITS = (-32768.0, 65535.0)
 KERNEL_DTYPES = (np.dtype(np.int16), np.dtype(np.uint16), np.dtype(np.uint8), np.dtype(np.float32))
 MIN_SIDE = 2
+# The largest slice side (rows or columns) either runtime takes: libedgeseg's ES_MAX_SIDE
+# (csrc/edgeseg.h), the PreprocessSpec's size limit.
+MAX_SIDE = MAX_SIZE
 
 
 def checked_hu(images: np.ndarray, spec: PreprocessSpec, *, ndim: int, resize: bool = True,
@@ -37,10 +41,14 @@ def checked_hu(images: np.ndarray, spec: PreprocessSpec, *, ndim: int, resize: b
         raise DataError(f"{what} must be {layout}, got shape {list(arr.shape)}")
     if min(arr.shape) < 1 or min(arr.shape[-2:]) < MIN_SIDE:
         raise DataError(f"{what} of shape {list(arr.shape)} is too small; slices need at least {MIN_SIDE} rows and columns")
+    if max(arr.shape[-2:]) > MAX_SIDE:
+        raise DataError(f"{what} of {arr.shape[-2]} x {arr.shape[-1]} is larger than the limit of {MAX_SIDE} rows and "
+                        "columns")
     spec.fit_box(*arr.shape[-2:])  # fit=pad: a slice too thin to pad is refused, naming its shape
     if not resize and tuple(arr.shape[-2:]) != spec.size:
-        raise DataError(f"{what} slices are {arr.shape[-2]}x{arr.shape[-1]} but this bundle takes "
-                        f"{spec.size[0]}x{spec.size[1]} only (it was exported without resizing)")
+        size = f"{'slices are' if ndim == 3 else 'is'} {arr.shape[-2]}x{arr.shape[-1]}"
+        raise DataError(f"{what} {size} but this bundle takes {spec.size[0]}x{spec.size[1]} only "
+                        "(it was exported without resizing)")
     if arr.dtype.kind == "f":
         finite = np.isfinite(arr)
         if not finite.all():

@@ -308,7 +308,28 @@ def read_manifest(bundle: str | Path) -> Manifest:
         raise BundleError(f"{path} is not a readable manifest: JSON nested too deeply") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BundleError(f"{path}: not readable JSON ({exc})") from None
+    _check_strings(data, path)
     return Manifest.from_dict(data)
+
+
+def _check_strings(data: Any, path: Path) -> None:
+    """Refuse a manifest string (key or value) that the C runtime cannot read as this one does:
+    a NUL character ends a C string (``"model.onnx\\u0000x"`` would name model.onnx there), and an
+    unpaired surrogate (``"\\ud800"``) is no Unicode text, which its JSON parser refuses."""
+    stack = [data]
+    while stack:
+        item = stack.pop()
+        texts = [*item.keys(), *item.values()] if isinstance(item, dict) else item if isinstance(item, list) else [item]
+        for text in texts:
+            if isinstance(text, (dict, list)):
+                stack.append(text)
+            elif isinstance(text, str) and "\0" in text:
+                raise BundleError(f"{path}: a manifest string holds a NUL character (\\u0000): {text[:80]!r}")
+            elif isinstance(text, str) and not text.isascii():
+                try:
+                    text.encode("utf-8")
+                except UnicodeEncodeError:
+                    raise BundleError(f"{path}: not readable JSON (a string holds an unpaired surrogate: {text[:80]!r})") from None
 
 
 def verify_artifacts(bundle: str | Path, manifest: Manifest, only: list[ArtifactEntry] | None = None) -> None:

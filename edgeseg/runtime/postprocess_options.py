@@ -26,6 +26,7 @@ class, and is the only place that reads either layout.
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,6 +41,12 @@ CLASS_KEYS = ("keep_largest", "min_pixels", "keep_largest_3d", "min_ml", "remove
 # model's input size. Training's choice (edgeseg.train.validate) and cross-validation's
 # cross-fitted choice (edgeseg.evaluate.cross_validation) both read this list.
 SLICE_CANDIDATES = ((False, 0), (True, 0), (False, 4), (False, 16), (False, 64), (False, 256))
+# A filter size beyond int64 (the kernels' type) becomes this: more than any slice or volume
+# holds, so the filter removes every component, as it says (libedgeseg's ES_FILTER_SIZE_ABOVE_ALL).
+FILTER_SIZE_ABOVE_ALL = 2**63 - 1
+# The largest min_pixels a manifest may hold, in both runtimes (libedgeseg reads JSON numbers as
+# doubles, exact to 2^53; far more pixels than any slice holds).
+MAX_MIN_PIXELS = 10**15
 
 
 @dataclass(frozen=True)
@@ -105,8 +112,7 @@ class PostprocessOptions:
         """Per-slice component rules at ``out_size``: ``min_pixels`` counts pixels at
         ``model_size`` and is scaled by the area ratio (rounded up)."""
         ratio = (out_size[0] * out_size[1]) / (model_size[0] * model_size[1])
-        return {c: ComponentRule(o.keep_largest, math.ceil(o.min_pixels * ratio - 1e-9) if o.min_pixels else 0,
-                                 o.removed_to)
+        return {c: ComponentRule(o.keep_largest, filter_size(o.min_pixels * ratio) if o.min_pixels else 0, o.removed_to)
                 for c, o in self.classes.items() if o.filters_slices}
 
     def volume_rules(self, spacing: tuple[float, float, float] | None) -> dict[int, ComponentRule]:
@@ -121,8 +127,7 @@ class PostprocessOptions:
                 if spacing is None:
                     raise DataError(f"class {c} removes 3-D components under {o.min_ml:g} mL, which needs the "
                                     "volume's voxel spacing; pass a Volume or spacing=(z, y, x) in mm")
-                voxel_ml = math.prod(float(s) for s in spacing) / 1000.0
-                voxels = math.ceil(o.min_ml / voxel_ml - 1e-9)
+                voxels = filter_size(o.min_ml / voxel_ml(spacing))
             rules[c] = ComponentRule(o.keep_largest_3d, voxels, o.removed_to)
         return rules
 
@@ -135,6 +140,28 @@ class PostprocessOptions:
     def needs_spacing(self) -> bool:
         """True when some class removes 3-D components by volume in mL."""
         return any(o.min_ml > 0 for o in self.classes.values())
+
+
+def filter_size(x: float) -> int:
+    """``ceil(x - 1e-9)`` as a component filter's size in pixels or voxels, or
+    ``FILTER_SIZE_ABOVE_ALL`` where that does not fit int64 (+inf included)."""
+    size = x - 1e-9
+    return FILTER_SIZE_ABOVE_ALL if size >= 2.0**63 else math.ceil(size)
+
+
+def voxel_ml(spacing: Any) -> float:
+    """The voxel volume in mL of ``spacing`` ((z, y, x) in mm), or ``DataError`` where a size is
+    not finite and > 0 or the volume is not a positive, finite, normal number (1e-200 mm each)."""
+    try:
+        sizes = tuple(float(s) for s in spacing)
+    except (TypeError, ValueError):
+        sizes = ()
+    ml = math.prod(sizes) / 1000.0 if len(sizes) == 3 else math.nan
+    if not (all(math.isfinite(s) and s > 0 for s in sizes) and math.isfinite(ml) and ml >= sys.float_info.min):
+        shown = " x ".join(f"{s:g}" for s in sizes) + " (z, y, x)" if len(sizes) == 3 else repr(spacing)
+        raise DataError(f"spacing must be three finite voxel sizes > 0 in mm whose voxel volume is a normal number, "
+                        f"got {shown}")
+    return ml
 
 
 def _class_number(key: Any, num_classes: int) -> int:
@@ -158,8 +185,8 @@ def _class_options(key: Any, value: Any, num_classes: int) -> ClassPostprocess:
         if not isinstance(opts[name], bool):
             raise DataError(f"postprocess.classes[{key!r}].{name} must be true or false, got {opts[name]!r}")
     pixels, ml = opts["min_pixels"], opts["min_ml"]
-    if isinstance(pixels, bool) or not isinstance(pixels, int) or pixels < 0:
-        raise DataError(f"postprocess.classes[{key!r}].min_pixels must be an integer >= 0, got {pixels!r}")
+    if isinstance(pixels, bool) or not isinstance(pixels, int) or not 0 <= pixels <= MAX_MIN_PIXELS:
+        raise DataError(f"postprocess.classes[{key!r}].min_pixels must be an integer from 0 to 10^15, got {pixels!r}")
     if isinstance(ml, bool) or not isinstance(ml, (int, float)) or not math.isfinite(ml) or ml < 0:
         raise DataError(f"postprocess.classes[{key!r}].min_ml must be a number >= 0, got {ml!r}")
     to = opts.get("removed_to", 0)

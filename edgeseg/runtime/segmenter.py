@@ -27,7 +27,7 @@ from edgeseg.errors import BundleError, DataError
 from edgeseg.kernels import filter_components, postprocess, preprocess
 from edgeseg.runtime.input_checks import checked_hu
 from edgeseg.runtime.manifest import Manifest, network_tensors, read_manifest, verify_artifacts
-from edgeseg.runtime.postprocess_options import PostprocessOptions
+from edgeseg.runtime.postprocess_options import PostprocessOptions, voxel_ml
 from edgeseg.runtime.runners.base import Runner
 from edgeseg.runtime.runners.remote import is_remote
 from edgeseg.runtime.selection import select_runner
@@ -183,6 +183,7 @@ class Segmenter:
         a class that removes 3-D components by mL needs one. ``volume_filters=False`` skips the
         3-D filters, for stacks that are not one volume (see :meth:`filter_volume`).
         """
+        given = spacing
         if isinstance(volume, np.ndarray):
             hu, modality, what = volume, None, "volume"
         else:
@@ -192,6 +193,8 @@ class Segmenter:
                 raise DataError(f"predict_volume takes a Volume or a numpy array, got {type(volume).__name__}")
             spacing = getattr(volume, "spacing", None) if spacing is None else spacing
         arr = checked_hu(hu, self.spec, ndim=3, resize=self.resize_input, modality=modality, what=what)
+        if given is not None:
+            voxel_ml(given)  # a spacing passed in is checked as es_segment_volume_spaced checks it
         if volume_filters and self.postprocess.needs_spacing:
             self.postprocess.volume_rules(spacing)  # refuse a missing spacing before any work
         labels = self._segment_slices(arr, batch_size, progress)

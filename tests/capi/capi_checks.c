@@ -18,6 +18,9 @@
  *   capi_checks tta MODE BUNDLE PRECISION SLICES ROWS COLS IN.raw OUT.raw
  *                                           es_set_tta(MODE), then es_segment_volume of raw int16
  *                                           and es_segment_slice of its first slice (must agree)
+ *   capi_checks spaced Z Y X BUNDLE PRECISION SLICES ROWS COLS IN.raw OUT.raw
+ *                                           es_segment_volume_spaced of raw int16 with the voxel
+ *                                           spacing (Z, Y, X) mm (strtod: "1e-200" is read as such)
  */
 #ifdef ES_DLOPEN_SHIM
 #define _GNU_SOURCE /* RTLD_NEXT, RTLD_DEEPBIND */
@@ -98,6 +101,8 @@ static int call_case(es_segmenter *seg, const char *which, es_error *err) {
     if (!strcmp(which, "one-row")) return es_segment_slice(seg, s, ES_INT16, 1, COLS, COLS, labels, err);
     /* Sizes are refused before any pixel is read, so the small buffer is never overrun. */
     if (!strcmp(which, "too-large")) return es_segment_slice(seg, s, ES_INT16, ES_MAX_SIDE + 1, COLS, COLS, labels, err);
+    if (!strcmp(which, "too-wide"))
+        return es_segment_slice(seg, s, ES_INT16, ROWS, ES_MAX_SIDE + 1, ES_MAX_SIDE + 1, labels, err);
     if (!strcmp(which, "bad-dtype")) return es_segment_slice(seg, s, (es_dtype)42, ROWS, COLS, COLS, labels, err);
     if (!strcmp(which, "float16-dtype")) return es_segment_slice(seg, s, ES_FLOAT16, ROWS, COLS, COLS, labels, err);
     if (!strcmp(which, "short-stride")) return es_segment_slice(seg, s, ES_INT16, ROWS, COLS, COLS - 1, labels, err);
@@ -264,6 +269,26 @@ static int tta_case(char **argv) {
     return rc;
 }
 
+/* es_segment_volume_spaced with spacing argv[2..4] on BUNDLE argv[5]. */
+static int spaced_case(char **argv) {
+    const double spacing[3] = {strtod(argv[2], NULL), strtod(argv[3], NULL), strtod(argv[4], NULL)};
+    int slices = atoi(argv[7]), rows = atoi(argv[8]), cols = atoi(argv[9]);
+    size_t plane = (size_t)rows * cols, count = (size_t)slices * plane;
+    int16_t *hu = read_raw(argv[10], count);
+    uint8_t *labels = malloc(count);
+    es_error err = {0, ""};
+    if (!hu || !labels) return 65;
+    es_segmenter *seg = es_open(argv[5], argv[6], 0, &err);
+    int rc = seg ? es_segment_volume_spaced(seg, hu, ES_INT16, slices, rows, cols, cols, (ptrdiff_t)plane, spacing,
+                                            labels, &err)
+                 : err.code;
+    es_close(seg);
+    rc = write_labels(rc, argv[11], labels, count, &err);
+    free(hu);
+    free(labels);
+    return rc;
+}
+
 int main(int argc, char **argv) {
     es_error err = {0, ""};
     if (argc >= 3 && !strcmp(argv[1], "open")) return open_case(argv[2], argc > 3 ? argv[3] : NULL);
@@ -286,6 +311,7 @@ int main(int argc, char **argv) {
     }
     if (argc == 9 && !strcmp(argv[1], "slices")) return slices_case(argv);
     if (argc == 10 && !strcmp(argv[1], "tta")) return tta_case(argv);
+    if (argc == 12 && !strcmp(argv[1], "spaced")) return spaced_case(argv);
     if (argc == 4 && !strcmp(argv[1], "threads")) return threads_case(argv[2], atoi(argv[3]));
     if (argc == 4 && !strcmp(argv[1], "cycles")) return cycles_case(argv[2], atoi(argv[3]));
     if (argc == 3 && !strcmp(argv[1], "leak")) {

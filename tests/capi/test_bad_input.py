@@ -157,19 +157,31 @@ def test_good_calls_succeed(case, bundle, run_checks):
     assert (got, message) == (ES_OK, "")
 
 
-def test_model_openvino_cannot_read(bundle, tmp_path, run_checks):
-    """A file whose manifest hash matches but which is no ONNX graph: OpenVINO's refusal, as a status."""
+@pytest.mark.parametrize("kind", ["junk", "truncated", "with-a-tail", "malformed-inside"])
+def test_model_openvino_cannot_read(kind, bundle, tmp_path, programs):
+    """A file whose manifest hash matches but which is no ONNX graph: a backend status with one
+    line. A file that is not an ONNX ModelProto at its top level never reaches OpenVINO, whose
+    other frontends would print to stderr trying it; one malformed only inside reaches it and
+    is refused by it (docs/c-api.md says what it may print then)."""
     import hashlib
+    import subprocess
 
     copy = shutil.copytree(bundle, tmp_path / "bundle")
     manifest = json.loads((copy / "manifest.json").read_text())
     entry = next(a for a in manifest["artifacts"] if a["format"] == "onnx" and a["precision"] == "fp32")
-    junk = b"not an onnx graph\n" * 64
+    real = (copy / entry["file"]).read_bytes()
+    junk = {"junk": b"not an onnx graph\n" * 64, "truncated": real[: len(real) // 2], "with-a-tail": real + b"garbage",
+            # ir_version 7, then a graph (field 7) of five bytes that are no GraphProto
+            "malformed-inside": b"\x08\x07\x3a\x05hello"}[kind]
     (copy / entry["file"]).write_bytes(junk)
     entry.update(bytes=len(junk), sha256=hashlib.sha256(junk).hexdigest())
     (copy / "manifest.json").write_text(json.dumps(manifest))
-    code, message, _ = run_checks("open", copy, "fp32")
-    assert code == 17 and message.startswith(f"openvino could not load {entry['file']}")
+    result = subprocess.run([str(programs["checks"]), "open", str(copy), "fp32"], capture_output=True, text=True,
+                            timeout=300)
+    code, message = result.stdout.splitlines()[0].split("\t", 1)
+    assert int(code) == 17 and message.startswith(f"openvino could not load {entry['file']}"), message
+    if kind != "malformed-inside":
+        assert "not an ONNX model" in message and result.stderr == "", result.stderr[-2000:]
 
 
 def test_a_graph_that_does_not_match_its_manifest_is_a_backend_status(bundle, tmp_path, swap_graph, run_checks):
@@ -207,3 +219,52 @@ def test_unusable_cache_folder_still_opens(bundle, tmp_path, monkeypatch, run_ch
     monkeypatch.setenv("EDGESEG_CACHE_DIR", str(tmp_path / "a-file" / "cache"))
     code, message, _ = run_checks("call", bundle, "good")
     assert (code, message) == (ES_OK, "")
+
+
+def test_both_runtimes_take_slices_up_to_the_same_side(bundle, programs, run_raw, run_checks, tmp_path):
+    """ES_MAX_SIDE (edgeseg.h) is input_checks.MAX_SIDE: 8193 rows or columns are refused by both
+    with the same words, 8192 by 64 is segmented by both to the same mask."""
+    import re
+    from pathlib import Path
+
+    import numpy as np
+
+    from edgeseg.errors import DataError
+    from edgeseg.runtime import Segmenter
+    from edgeseg.runtime.input_checks import MAX_SIDE
+
+    header = (Path(__file__).resolve().parents[2] / "csrc" / "edgeseg.h").read_text()
+    assert re.search(r"#define ES_MAX_SIDE (\d+)", header).group(1) == str(MAX_SIDE) == "8192"
+    with Segmenter.load(bundle, backend="openvino:fp32") as seg:
+        for case, shape in (("too-large", (8193, 80)), ("too-wide", (96, 8193))):
+            code, message, _ = run_checks("call", bundle, case)
+            with pytest.raises(DataError) as caught:
+                seg.predict(np.zeros(shape, np.int16))
+            assert code == ES_EDATA and message.startswith(str(caught.value)), (message, str(caught.value))
+            assert f"{shape[0]} x {shape[1]}" in message and "limit of 8192" in message
+        with pytest.raises(DataError, match="limit of 8192"):
+            seg.predict_volume(np.zeros((2, 64, 8193), np.int16))
+        hu = np.full((1, 8192, 64), -1000, np.int16)
+        hu[0, 3000:5000, 16:48] = 60  # soft tissue in air: a mask that is not all background
+        expected = seg.predict(hu[0])
+        assert expected.any()
+    got = run_raw(programs["checks"], bundle, "fp32", hu, tmp_path, mode="slices")
+    assert int(np.count_nonzero(got[0] != expected)) == 0
+
+
+def test_a_slice_of_another_size_is_refused_in_the_same_words_where_the_bundle_never_resizes(bundle, tmp_path,
+                                                                                              run_checks):
+    import numpy as np
+
+    from edgeseg.errors import DataError
+    from edgeseg.runtime import Segmenter
+
+    copy = _edited_bundle(bundle, tmp_path, lambda m: m.update(resize_input=False))
+    with Segmenter.load(copy, backend="openvino:int8") as seg:
+        for case, hu, words in (("good", np.zeros((96, 80), np.int16), "slice is 96x80"),
+                                ("good-volume", np.zeros((2, 96, 80), np.int16), "volume slices are 96x80")):
+            code, message, _ = run_checks("call", copy, case)
+            with pytest.raises(DataError) as caught:
+                seg.predict(hu) if hu.ndim == 2 else seg.predict_volume(hu)
+            assert code == ES_EDATA and message == str(caught.value), (message, str(caught.value))
+            assert message == f"{words} but this bundle takes 64x64 only (it was exported without resizing)"

@@ -105,3 +105,19 @@ def test_the_library_exports_exactly_what_the_headers_declare(sdk):
     assert {"es_open", "es_set_tta", "es_labels", "es_preprocess", "es_status_message"} <= declared
     assert exported == declared, f"declared, not exported: {sorted(declared - exported)}; " \
                                  f"exported, not declared: {sorted(exported - declared)}"
+
+
+def test_the_sanitizer_build_goes_where_out_says(tmp_path):
+    """``make -C csrc/sdk asan OUT=DIR`` builds into DIR, as the other targets do; without OUT into
+    build/sdk-asan (a dry run of every step: -n -B)."""
+    import sys
+
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    default, out = ROOT / "build" / "sdk-asan", tmp_path / "asan-sdk"
+    for extra, where, not_there in (([f"OUT={out}"], out, default), ([], default, out)):
+        plan = subprocess.run(["make", "-n", "-B", "-C", str(ROOT / "csrc" / "sdk"), "asan", f"PY={sys.executable}", *extra],
+                              capture_output=True, text=True)
+        assert plan.returncode == 0, plan.stderr
+        assert f"-o {where}/lib/libedgeseg.so" in plan.stdout and "-fsanitize=address" in plan.stdout, plan.stdout
+        assert str(not_there) not in plan.stdout

@@ -31,6 +31,10 @@ def _edit(bundle: Path, **changes) -> None:
     ({"labels": {"0": "background", "1": 7}}, "labels must map class numbers to names"),
     ({"labels": {"0": "background", "1": "liver", "01": "again"}}, "name a class twice"),
     ({"labels": {"0": "background", "300": "liver"}}, "does not fit uint8 labels"),
+    # what no C string carries, and what is no Unicode text: libedgeseg refuses both too
+    ({"labels": {"0": "background", "1": "liv\0er"}}, "holds a NUL character"),
+    ({"labels": {"0": "background", "1": "liv\ud800er"}}, "unpaired surrogate"),
+    ({"source": {"note\0": 1}}, "holds a NUL character"),
     # the labels name one class fewer than the network's output channels
     ({"labels": {"0": "background"}}, "the spec and labels say [-1, 1,"),
 ])

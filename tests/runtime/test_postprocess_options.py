@@ -104,3 +104,29 @@ def test_removed_to_is_written_only_where_used_and_reaches_the_rules():
     assert PostprocessOptions.from_dict(raw, 3) == three
     assert three.slice_rules((64, 64), (32, 32)) == {1: ComponentRule(False, 16, 0), 2: ComponentRule(True, 32, 1)}
     assert three.volume_rules((1.0, 1.0, 1.0))[2] == ComponentRule(False, 500, 1)
+
+
+def test_a_filter_size_beyond_int64_removes_every_component():
+    """1e15 model pixels at 8192x8192 (16384 output pixels each) and 1 mL of 1e-6 mm voxels (1e21
+    of them) do not fit int64: the filter must still remove every component, never switch off."""
+    huge = PostprocessOptions(classes={1: ClassPostprocess(min_pixels=10**15, min_ml=1.0)})
+    slice_rule = huge.slice_rules((8192, 8192), (64, 64))[1]
+    volume_rule = huge.volume_rules((1e-6, 1e-6, 1e-6))[1]
+    assert slice_rule.min_size > 8192 * 8192 and volume_rule.min_size >= 2**62
+    labels = np.zeros((3, 40, 40), np.uint8)
+    labels[:, 5:35, 5:35] = 1  # one component of 2700 voxels, 900 pixels per slice
+    assert not filter_components(labels, {1: slice_rule}).any()
+    assert not filter_components(labels, {1: volume_rule}, volume=True).any()
+    # the largest filter size that fits int64 is kept as it is
+    assert huge.volume_rules((1e-5, 1e-5, 1e-5))[1].min_size < 2**63
+
+
+@pytest.mark.parametrize("spacing", [(1e-200, 1e-200, 1e-200), (1e-102, 1e-102, 1e-102), (1e300, 1e300, 1.0),
+                                     (-1.0, -1.0, 1.0), (0.0, 1.0, 1.0), (1.0, 1.0)])
+def test_a_spacing_whose_voxel_volume_is_not_a_normal_number_is_refused(spacing):
+    post = PostprocessOptions(classes={1: ClassPostprocess(min_ml=1.0)})
+    with pytest.raises(DataError, match="whose voxel volume is a normal number") as caught:
+        post.volume_rules(spacing)
+    assert "\n" not in str(caught.value)
+    # (1e-100)^3 / 1000 = 1e-303 mL is small but a normal number
+    assert post.volume_rules((1e-100, 1e-100, 1e-100))[1].min_size > 8192**3

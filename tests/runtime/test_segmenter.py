@@ -154,6 +154,7 @@ def test_engine_fingerprint_mismatch_is_explained():
     (np.linspace(0, 1, 64 * 64, dtype=np.float32).reshape(64, 64), "looks normalised"),
     (np.full((64, 64), 1e6, np.float32), "CT stores HU"),
     (np.zeros((1, 64), np.int16), "too small"),
+    (np.zeros((8193, 64), np.int16), "8193 x 64 is larger than the limit of 8192 rows and columns"),
 ])
 def test_bad_slices_are_refused(fp32, hu, message):
     with pytest.raises(DataError, match=message):

@@ -1,0 +1,90 @@
+"""libedgeseg reads manifest.json as strictly as the Python runtime: what one refuses the other
+refuses (ES_EBUNDLE / BundleError, one line), and where both accept they read the same labels.
+The cases are the bytes a hand-edited or hostile manifest may hold: label keys strtol would take
+(" 1", "+1", "01" beside "1"), a NUL escape that a C string would cut at, a NUL byte after the
+JSON, text that is not UTF-8 (an invalid byte, an overlong form, an encoded surrogate), raw control
+characters in a string, numbers beyond JSON's grammar."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from edgeseg.errors import BundleError
+from edgeseg.runtime.manifest import read_manifest
+
+ES_OK, ES_EBUNDLE = 0, 16
+PLACE = '"@LABELS@"'
+
+
+def _bundle_with(bundle, tmp_path, labels: bytes, *, text=lambda t: t, tail: bytes = b"") -> object:
+    """A copy of ``bundle`` whose manifest's labels are the raw JSON ``labels``; ``text`` edits
+    the rest of the manifest's text, ``tail`` is appended after the JSON."""
+    copy = shutil.copytree(bundle, tmp_path / "bundle")
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["labels"] = "@LABELS@"
+    raw = text(json.dumps(manifest, indent=1)).encode()
+    assert raw.count(PLACE.encode()) == 1
+    (copy / "manifest.json").write_bytes(raw.replace(PLACE.encode(), labels) + tail)
+    return copy
+
+
+def _once(old: str, new: str):
+    """An edit of the manifest's text that replaces ``old``, which must be there."""
+    def edit(text: str) -> str:
+        assert old in text, old
+        return text.replace(old, new, 1)
+    return edit
+
+
+REFUSED = {
+    "key-with-space": (b'{"0": "background", " 1": "liver"}', {}, "labels must map class numbers to names"),
+    "key-with-plus": (b'{"0": "background", "+1": "liver"}', {}, "labels must map class numbers to names"),
+    "key-1-and-01": (b'{"0": "background", "1": "liver", "01": "again"}', {}, "name a class twice"),
+    "file-with-nul": (b'{"0": "background", "1": "liver"}',
+                      {"text": _once('"model.onnx"', '"model.onnx\\u0000evil"')}, "NUL character"),
+    "label-with-nul": (b'{"0": "background", "1": "liv\\u0000er"}', {}, "NUL character"),
+    "nul-byte-after-json": (b'{"0": "background", "1": "liver"}', {"tail": b"\0garbage"}, "not readable JSON"),
+    "invalid-utf8": (b'{"0": "background", "1": "liv\xffer"}', {}, "not readable JSON"),
+    "overlong-utf8": (b'{"0": "background", "1": "liv\xc0\xafer"}', {}, "not readable JSON"),
+    "encoded-surrogate": (b'{"0": "background", "1": "liv\xed\xa0\x80er"}', {}, "not readable JSON"),
+    "escaped-lone-surrogate": (b'{"0": "background", "1": "liv\\ud800er"}', {}, "not readable JSON"),
+    "raw-tab-in-string": (b'{"0": "background", "1": "liv\ter"}', {}, "not readable JSON"),
+    "leading-zero-number": (b'{"0": "background", "1": "liver"}',
+                            {"text": _once('"max_batch": 8', '"max_batch": 08')}, "not readable JSON"),
+    "number-ending-in-dot": (b'{"0": "background", "1": "liver"}',
+                             {"text": _once('"max_batch": 8', '"max_batch": 8.')}, "not readable JSON"),
+}
+
+
+@pytest.mark.parametrize("case", list(REFUSED))
+def test_c_refuses_what_python_refuses(case, bundle, tmp_path, run_checks):
+    labels, options, words = REFUSED[case]
+    copy = _bundle_with(bundle, tmp_path, labels, **options)
+    with pytest.raises(BundleError) as caught:
+        read_manifest(copy)
+    code, message, _ = run_checks("open", copy, "fp32")
+    assert code == ES_EBUNDLE, message
+    assert words in message and words in str(caught.value), (message, str(caught.value))
+    assert "\n" not in str(caught.value)
+
+
+ACCEPTED = {
+    "utf8-name": ('{"0": "background", "1": "Leber ü ✓"}'.encode(), "Leber ü ✓"),
+    "escaped-name": (b'{"0": "background", "1": "Leber \\u00fc \\ud83d\\ude00"}', "Leber ü \U0001F600"),
+    "backslash-then-u0000": (b'{"0": "background", "1": "a\\\\u0000"}', "a\\u0000"),
+    "same-key-twice": (b'{"0": "background", "1": "first", "1": "liver"}', "liver"),  # the last, as JSON readers do
+    "leading-zero-key": (b'{"0": "background", "0001": "liver"}', "liver"),
+}
+
+
+@pytest.mark.parametrize("case", list(ACCEPTED))
+def test_where_both_accept_they_read_the_same_labels(case, bundle, tmp_path, run_checks):
+    labels, name = ACCEPTED[case]
+    copy = _bundle_with(bundle, tmp_path, labels)
+    assert read_manifest(copy).labels == {0: "background", 1: name}
+    code, message, lines = run_checks("open", copy, "fp32")
+    assert (code, message) == (ES_OK, "opened")
+    assert [line.split("\t")[1:] for line in lines if line.startswith("label\t")] == [["0", "background"], ["1", name]]
