@@ -303,13 +303,18 @@ def read_manifest(bundle: str | Path) -> Manifest:
     if not path.is_file():
         raise BundleError(f"bundle {folder} has no {MANIFEST_NAME}")
     try:
-        data = json.loads(path.read_text(encoding="utf-8-sig"))  # a leading BOM is read past, as in C
+        # a leading BOM is read past, as in C; NaN and Infinity are not JSON, and C refuses them
+        data = json.loads(path.read_text(encoding="utf-8-sig"), parse_constant=_not_json)
     except RecursionError:  # '[[[[...' nests deeper than the parser recurses
         raise BundleError(f"{path} is not a readable manifest: JSON nested too deeply") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError) as exc:  # ValueError: JSONDecodeError, UnicodeDecodeError, _not_json
         raise BundleError(f"{path}: not readable JSON ({exc})") from None
     _check_strings(data, path)
     return Manifest.from_dict(data)
+
+
+def _not_json(name: str) -> None:
+    raise ValueError(f"{name} is not a JSON number")
 
 
 def _check_strings(data: Any, path: Path) -> None:

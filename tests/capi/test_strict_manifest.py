@@ -56,6 +56,12 @@ REFUSED = {
                             {"text": _once('"max_batch": 8', '"max_batch": 08')}, "not readable JSON"),
     "number-ending-in-dot": (b'{"0": "background", "1": "liver"}',
                              {"text": _once('"max_batch": 8', '"max_batch": 8.')}, "not readable JSON"),
+    # Python's json module reads these words as floats; they are not JSON
+    "nan-in-calibration": (b'{"0": "background", "1": "liver"}',
+                           {"text": _once('"calibration": {', '"calibration": {"x": NaN, ')}, "not readable JSON"),
+    "infinity-in-calibration": (b'{"0": "background", "1": "liver"}',
+                                {"text": _once('"calibration": {', '"calibration": {"x": -Infinity, ')},
+                                "not readable JSON"),
 }
 
 
