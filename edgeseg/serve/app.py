@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import tempfile
 import threading
 import time
@@ -94,7 +95,11 @@ def create_app(segmenter, config: ServeConfig = ServeConfig()):
     async def count(request, call_next):
         start = time.perf_counter()
         endpoint = _endpoint_label(request.url.path)
-        response = await call_next(request)
+        try:
+            response = await call_next(request)
+        except Exception as exc:  # no handler answered: a 500, counted here and logged once
+            log.error("request %s %s failed", request.method, request.url.path, exc_info=exc)
+            response = _internal_error(exc)
         metrics.requests.labels(endpoint, str(response.status_code)).inc()
         metrics.latency.labels(endpoint).observe(time.perf_counter() - start)
         return response
@@ -230,8 +235,15 @@ def _install_error_handlers(app) -> None:
 
     @app.exception_handler(Exception)
     async def internal_error(request, exc: Exception):
-        log.exception("request %s %s failed", request.method, request.url.path)
-        return JSONResponse({"error": f"internal error: {type(exc).__name__}: {exc}"[:500]}, status_code=500)
+        # reached only by a failure outside the counting middleware (which answers the others);
+        # Starlette re-raises it after this answer and uvicorn logs it, so it is not logged here
+        return _internal_error(exc)
+
+
+def _internal_error(exc: Exception):
+    from fastapi.responses import JSONResponse
+
+    return JSONResponse({"error": f"internal error: {type(exc).__name__}: {exc}"[:500]}, status_code=500)
 
 
 async def _run(model: ServedModel, array, timeout_s: float):
@@ -268,12 +280,15 @@ def _triton_config(model: ServedModel) -> dict:
     return config
 
 
+_MODEL_ROUTE = re.compile(r"/v2/models/[^/]+(?:/versions/[^/]+)?(?:/(infer|ready|config|stats))?")
+
+
 def _endpoint_label(path: str) -> str:
-    """A bounded label set for metrics: the route shape, never the raw path."""
-    for suffix in ("infer", "ready", "config", "stats"):
-        if path.startswith("/v2/models/") and path.endswith("/" + suffix):
-            return f"model_{suffix}"
-    if path.startswith("/v2/models/"):
-        return "model_metadata"
+    """A bounded label set for metrics: the route shape, never the raw path; ``other`` for a
+    path no route serves."""
+    if path == "/v2/models/stats":
+        return "model_stats"
+    if (match := _MODEL_ROUTE.fullmatch(path)) is not None:
+        return f"model_{match.group(1) or 'metadata'}"
     return {"/v2": "server_metadata", "/v2/health/live": "live", "/v2/health/ready": "ready",
             "/v1/segment": "segment", "/metrics": "metrics"}.get(path, "other")
