@@ -160,23 +160,32 @@ def create_app(segmenter, config: ServeConfig = ServeConfig()):
     async def infer(name: str, request: Request, version: str | None = None):
         model = model_for(name, version)
         body = await read_body(request)
+        start = time.perf_counter_ns()
         try:
             decoded = decode_request(body, request.headers.get(HEADER_LENGTH))
         except ProtocolError as exc:
             raise HttpError(400, str(exc)) from None
         if decoded.outputs is not None and set(decoded.outputs) - {model.output_name}:
             raise HttpError(400, f"model {name!r} has one output {model.output_name!r}, asked for {decoded.outputs}")
-        start = time.perf_counter()
         ok = False
         try:
             array = model.checked(decoded.inputs)  # a DataError naming the problem becomes a 400
             request_shape = decoded.inputs[model.input_name].shape
-            result = await _run(model, array, config.timeout_s)
+            queued = time.perf_counter_ns()
+            result, ticket = await _run(model, array, config.timeout_s)
+            answered = time.perf_counter_ns()
+            payload, headers = encode_response(model.name, "1", decoded,
+                                               {model.output_name: model.output(request_shape, result)},
+                                               model.response_parameters())
             ok = True
         finally:
-            model.stats.record(ok, time.perf_counter() - start, int(array.shape[0]) if ok else 0)
-        payload, headers = encode_response(model.name, "1", decoded, {model.output_name: model.output(request_shape, result)},
-                                           model.response_parameters())
+            end = time.perf_counter_ns()
+            if ok:
+                model.stats.record_success(end - start, int(array.shape[0]), queue=ticket.queue_ns,
+                                           compute_input=queued - start, compute_infer=ticket.infer_ns,
+                                           compute_output=end - answered)
+            else:
+                model.stats.record_failure(end - start)
         return Response(content=payload, headers=headers, media_type=headers["content-type"])
 
     @app.post("/v1/segment")
@@ -247,13 +256,14 @@ def _internal_error(exc: Exception):
 
 
 async def _run(model: ServedModel, array, timeout_s: float):
-    """Queue ``array`` on the model's batcher and wait for its rows of the result."""
+    """Queue ``array`` on the model's batcher and wait for its rows of the result: (rows, the
+    batcher's Ticket, which says how long the request queued and its model call took)."""
     try:
         future = model.batcher.submit(array)
     except QueueFull as exc:
         raise HttpError(503, f"server busy: {exc}; retry later") from None
     try:
-        return await asyncio.wait_for(asyncio.wrap_future(future), timeout=timeout_s)
+        return await asyncio.wait_for(asyncio.wrap_future(future), timeout=timeout_s), future
     except asyncio.TimeoutError:
         future.cancel()
         raise HttpError(504, f"inference did not finish within {timeout_s} s") from None
