@@ -18,6 +18,7 @@ import re
 import tempfile
 import threading
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +30,7 @@ from edgeseg.serve.metrics import ServerMetrics
 from edgeseg.serve.model_inputs import DEFAULT_MAX_SIDE
 from edgeseg.serve.models import ServedModel, served_models
 from edgeseg.serve.protocol import HEADER_LENGTH, ProtocolError, decode_request, encode_response
-from edgeseg.serve.uploads import segment_upload
+from edgeseg.serve.uploads import ModelQueue, read_upload, write_mask
 
 # This module is imported only to serve, so the missing-extra message is the right failure here.
 fastapi = require("fastapi", "serve", "edgeseg serve")
@@ -64,10 +65,12 @@ def create_app(segmenter, config: ServeConfig = ServeConfig()):
     from starlette.concurrency import run_in_threadpool
 
     model_lock = threading.Lock()
-    metrics = ServerMetrics(lambda: sum(m.batcher.depth for m in models.values()))  # read at scrape time
+    # read at scrape time: requests queued for either model and uploads waiting for it
+    metrics = ServerMetrics(lambda: sum(m.batcher.depth for m in models.values()) + uploads.depth)
     models = served_models(segmenter, config, metrics.batch_size.observe, model_lock)
+    uploads = ModelQueue(model_lock, config.queue_size)
     app = fastapi.FastAPI(title="edgeseg", version=__version__, docs_url=None, redoc_url=None)
-    app.state.models = models
+    app.state.models, app.state.uploads = models, uploads
 
     def model_for(name: str, version: str | None = None) -> ServedModel:
         if name not in models:
@@ -172,7 +175,8 @@ def create_app(segmenter, config: ServeConfig = ServeConfig()):
             array = model.checked(decoded.inputs)  # a DataError naming the problem becomes a 400
             request_shape = decoded.inputs[model.input_name].shape
             queued = time.perf_counter_ns()
-            result, ticket = await _run(model, array, config.timeout_s)
+            ticket = _submit(model.batcher.submit, array)
+            result = await _result(ticket, config.timeout_s)
             answered = time.perf_counter_ns()
             payload, headers = encode_response(model.name, "1", decoded,
                                                {model.output_name: model.output(request_shape, result)},
@@ -191,13 +195,12 @@ def create_app(segmenter, config: ServeConfig = ServeConfig()):
     @app.post("/v1/segment")
     async def segment(request: Request, format: str = "npy"):
         body = await read_body(request)
-
-        def run(tmp: Path):
-            with model_lock:
-                return segment_upload(segmenter, body, format, tmp)
-
         with tempfile.TemporaryDirectory(prefix="edgeseg-upload-") as tmp:
-            payload, media = await run_in_threadpool(run, Path(tmp))
+            # only the model call holds the model: reading and writing the files do not
+            volume = await run_in_threadpool(read_upload, body, format, Path(tmp))
+            labels = await _result(_submit(uploads.submit, lambda: segmenter.predict_volume(volume)),
+                                   config.timeout_s)
+            payload, media = await run_in_threadpool(write_mask, labels, volume, format, Path(tmp))
         return Response(content=payload, media_type=media)
 
     @app.get("/metrics")
@@ -255,15 +258,19 @@ def _internal_error(exc: Exception):
     return JSONResponse({"error": f"internal error: {type(exc).__name__}: {exc}"[:500]}, status_code=500)
 
 
-async def _run(model: ServedModel, array, timeout_s: float):
-    """Queue ``array`` on the model's batcher and wait for its rows of the result: (rows, the
-    batcher's Ticket, which says how long the request queued and its model call took)."""
+def _submit(submit, *args) -> Future:
+    """``submit(*args)`` to a queue for the model; 503 when the queue is full."""
     try:
-        future = model.batcher.submit(array)
+        return submit(*args)
     except QueueFull as exc:
         raise HttpError(503, f"server busy: {exc}; retry later") from None
+
+
+async def _result(future: Future, timeout_s: float):
+    """The result of a call queued for the model; 504 (and the call cancelled, where it has not
+    started) when it is not done within ``timeout_s`` of being queued."""
     try:
-        return await asyncio.wait_for(asyncio.wrap_future(future), timeout=timeout_s), future
+        return await asyncio.wait_for(asyncio.wrap_future(future), timeout=timeout_s)
     except asyncio.TimeoutError:
         future.cancel()
         raise HttpError(504, f"inference did not finish within {timeout_s} s") from None
