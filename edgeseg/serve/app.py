@@ -14,9 +14,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import tempfile
 import threading
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +30,7 @@ from edgeseg.serve.metrics import ServerMetrics
 from edgeseg.serve.model_inputs import DEFAULT_MAX_SIDE
 from edgeseg.serve.models import ServedModel, served_models
 from edgeseg.serve.protocol import HEADER_LENGTH, ProtocolError, decode_request, encode_response
-from edgeseg.serve.uploads import segment_upload
+from edgeseg.serve.uploads import ModelQueue, read_upload, write_mask
 
 # This module is imported only to serve, so the missing-extra message is the right failure here.
 fastapi = require("fastapi", "serve", "edgeseg serve")
@@ -63,10 +65,12 @@ def create_app(segmenter, config: ServeConfig = ServeConfig()):
     from starlette.concurrency import run_in_threadpool
 
     model_lock = threading.Lock()
-    metrics = ServerMetrics(lambda: sum(m.batcher.depth for m in models.values()))  # read at scrape time
+    # read at scrape time: requests queued for either model and uploads waiting for it
+    metrics = ServerMetrics(lambda: sum(m.batcher.depth for m in models.values()) + uploads.depth)
     models = served_models(segmenter, config, metrics.batch_size.observe, model_lock)
+    uploads = ModelQueue(model_lock, config.queue_size)
     app = fastapi.FastAPI(title="edgeseg", version=__version__, docs_url=None, redoc_url=None)
-    app.state.models = models
+    app.state.models, app.state.uploads = models, uploads
 
     def model_for(name: str, version: str | None = None) -> ServedModel:
         if name not in models:
@@ -94,7 +98,11 @@ def create_app(segmenter, config: ServeConfig = ServeConfig()):
     async def count(request, call_next):
         start = time.perf_counter()
         endpoint = _endpoint_label(request.url.path)
-        response = await call_next(request)
+        try:
+            response = await call_next(request)
+        except Exception as exc:  # no handler answered: a 500, counted here and logged once
+            log.error("request %s %s failed", request.method, request.url.path, exc_info=exc)
+            response = _internal_error(exc)
         metrics.requests.labels(endpoint, str(response.status_code)).inc()
         metrics.latency.labels(endpoint).observe(time.perf_counter() - start)
         return response
@@ -155,35 +163,44 @@ def create_app(segmenter, config: ServeConfig = ServeConfig()):
     async def infer(name: str, request: Request, version: str | None = None):
         model = model_for(name, version)
         body = await read_body(request)
+        start = time.perf_counter_ns()
         try:
             decoded = decode_request(body, request.headers.get(HEADER_LENGTH))
         except ProtocolError as exc:
             raise HttpError(400, str(exc)) from None
         if decoded.outputs is not None and set(decoded.outputs) - {model.output_name}:
             raise HttpError(400, f"model {name!r} has one output {model.output_name!r}, asked for {decoded.outputs}")
-        start = time.perf_counter()
         ok = False
         try:
             array = model.checked(decoded.inputs)  # a DataError naming the problem becomes a 400
             request_shape = decoded.inputs[model.input_name].shape
-            result = await _run(model, array, config.timeout_s)
+            queued = time.perf_counter_ns()
+            ticket = _submit(model.batcher.submit, array)
+            result = await _result(ticket, config.timeout_s)
+            answered = time.perf_counter_ns()
+            payload, headers = encode_response(model.name, "1", decoded,
+                                               {model.output_name: model.output(request_shape, result)},
+                                               model.response_parameters())
             ok = True
         finally:
-            model.stats.record(ok, time.perf_counter() - start, int(array.shape[0]) if ok else 0)
-        payload, headers = encode_response(model.name, "1", decoded, {model.output_name: model.output(request_shape, result)},
-                                           model.response_parameters())
+            end = time.perf_counter_ns()
+            if ok:
+                model.stats.record_success(end - start, int(array.shape[0]), queue=ticket.queue_ns,
+                                           compute_input=queued - start, compute_infer=ticket.infer_ns,
+                                           compute_output=end - answered)
+            else:
+                model.stats.record_failure(end - start)
         return Response(content=payload, headers=headers, media_type=headers["content-type"])
 
     @app.post("/v1/segment")
     async def segment(request: Request, format: str = "npy"):
         body = await read_body(request)
-
-        def run(tmp: Path):
-            with model_lock:
-                return segment_upload(segmenter, body, format, tmp)
-
         with tempfile.TemporaryDirectory(prefix="edgeseg-upload-") as tmp:
-            payload, media = await run_in_threadpool(run, Path(tmp))
+            # only the model call holds the model: reading and writing the files do not
+            volume = await run_in_threadpool(read_upload, body, format, Path(tmp))
+            labels = await _result(_submit(uploads.submit, lambda: segmenter.predict_volume(volume)),
+                                   config.timeout_s)
+            payload, media = await run_in_threadpool(write_mask, labels, volume, format, Path(tmp))
         return Response(content=payload, media_type=media)
 
     @app.get("/metrics")
@@ -230,16 +247,28 @@ def _install_error_handlers(app) -> None:
 
     @app.exception_handler(Exception)
     async def internal_error(request, exc: Exception):
-        log.exception("request %s %s failed", request.method, request.url.path)
-        return JSONResponse({"error": f"internal error: {type(exc).__name__}: {exc}"[:500]}, status_code=500)
+        # reached only by a failure outside the counting middleware (which answers the others);
+        # Starlette re-raises it after this answer and uvicorn logs it, so it is not logged here
+        return _internal_error(exc)
 
 
-async def _run(model: ServedModel, array, timeout_s: float):
-    """Queue ``array`` on the model's batcher and wait for its rows of the result."""
+def _internal_error(exc: Exception):
+    from fastapi.responses import JSONResponse
+
+    return JSONResponse({"error": f"internal error: {type(exc).__name__}: {exc}"[:500]}, status_code=500)
+
+
+def _submit(submit, *args) -> Future:
+    """``submit(*args)`` to a queue for the model; 503 when the queue is full."""
     try:
-        future = model.batcher.submit(array)
+        return submit(*args)
     except QueueFull as exc:
         raise HttpError(503, f"server busy: {exc}; retry later") from None
+
+
+async def _result(future: Future, timeout_s: float):
+    """The result of a call queued for the model; 504 (and the call cancelled, where it has not
+    started) when it is not done within ``timeout_s`` of being queued."""
     try:
         return await asyncio.wait_for(asyncio.wrap_future(future), timeout=timeout_s)
     except asyncio.TimeoutError:
@@ -268,12 +297,15 @@ def _triton_config(model: ServedModel) -> dict:
     return config
 
 
+_MODEL_ROUTE = re.compile(r"/v2/models/[^/]+(?:/versions/[^/]+)?(?:/(infer|ready|config|stats))?")
+
+
 def _endpoint_label(path: str) -> str:
-    """A bounded label set for metrics: the route shape, never the raw path."""
-    for suffix in ("infer", "ready", "config", "stats"):
-        if path.startswith("/v2/models/") and path.endswith("/" + suffix):
-            return f"model_{suffix}"
-    if path.startswith("/v2/models/"):
-        return "model_metadata"
+    """A bounded label set for metrics: the route shape, never the raw path; ``other`` for a
+    path no route serves."""
+    if path == "/v2/models/stats":
+        return "model_stats"
+    if (match := _MODEL_ROUTE.fullmatch(path)) is not None:
+        return f"model_{match.group(1) or 'metadata'}"
     return {"/v2": "server_metadata", "/v2/health/live": "live", "/v2/health/ready": "ready",
             "/v1/segment": "segment", "/metrics": "metrics"}.get(path, "other")

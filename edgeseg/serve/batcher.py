@@ -6,10 +6,16 @@ whatever else arrives within ``max_delay`` seconds up to ``max_batch`` slices, r
 once on the concatenated batch and hands each caller its own rows. Where requests may differ
 in slice size (the pipeline model), ``key`` groups them: only requests with the first one's key
 join its batch; the next one with another key starts the following batch.
+
+Each batch is timed as Triton's statistics count it: how long each request waited before its
+batch started (``Ticket.queue_ns``, waiting for the model lock included), assembling the batch
+(compute_input), the model call (compute_infer) and splitting the result into each request's
+rows (compute_output).
 """
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 import time
@@ -24,10 +30,29 @@ class QueueFull(RuntimeError):
     """The request queue is full; the server answers 503."""
 
 
+class Ticket(Future):
+    """The Future of one request's rows; once it is done, ``queue_ns`` says how long the request
+    waited before its batch started and ``infer_ns`` how long that batch's model call took."""
+
+    queue_ns = 0
+    infer_ns = 0
+
+
+@dataclass(frozen=True)
+class BatchTiming:
+    """One model call: its slices and the nanoseconds of its three phases."""
+
+    size: int
+    input_ns: int
+    infer_ns: int
+    output_ns: int
+
+
 @dataclass
 class _Pending:
     batch: np.ndarray
-    future: Future = field(default_factory=Future)
+    future: Ticket = field(default_factory=Ticket)
+    queued_ns: int = field(default_factory=time.perf_counter_ns)
 
 
 class MicroBatcher:
@@ -38,13 +63,14 @@ class MicroBatcher:
         max_batch: most slices in one model call.
         queue_size: most requests waiting; beyond it ``submit`` raises QueueFull.
         max_delay: seconds the worker waits for more requests to fill a batch.
-        on_batch: called with the size of every batch run (for metrics).
+        on_batch: called with the BatchTiming of every batch run (for statistics and metrics).
         key: requests join one batch only where ``key(batch)`` is equal (default: all may).
+        lock: held while a batch is assembled and run (one model call at a time across batchers).
     """
 
     def __init__(self, infer: Callable[[np.ndarray], np.ndarray], max_batch: int, queue_size: int = 64,
-                 max_delay: float = 0.002, on_batch: Callable[[int], None] | None = None,
-                 key: Callable[[np.ndarray], object] | None = None) -> None:
+                 max_delay: float = 0.002, on_batch: Callable[[BatchTiming], None] | None = None,
+                 key: Callable[[np.ndarray], object] | None = None, lock: threading.Lock | None = None) -> None:
         self._infer = infer
         self.max_batch = int(max_batch)
         self.max_delay = float(max_delay)
@@ -52,6 +78,7 @@ class MicroBatcher:
         self._carry: _Pending | None = None
         self._on_batch = on_batch
         self._key = key
+        self._lock = lock if lock is not None else contextlib.nullcontext()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="edgeseg-batcher", daemon=True)
         self._thread.start()
@@ -61,7 +88,7 @@ class MicroBatcher:
         """Requests waiting now."""
         return self._queue.qsize() + (self._carry is not None)
 
-    def submit(self, batch: np.ndarray) -> Future:
+    def submit(self, batch: np.ndarray) -> Ticket:
         """Queue ``batch`` (at most ``max_batch`` slices); QueueFull when the queue is full."""
         if not 1 <= batch.shape[0] <= self.max_batch:
             raise ValueError(f"a request holds 1..{self.max_batch} slices, got {batch.shape[0]}")
@@ -108,19 +135,26 @@ class MicroBatcher:
             if not items:
                 continue
             try:
-                batch = items[0].batch if len(items) == 1 else np.concatenate([i.batch for i in items])
-                logits = self._infer(batch)
+                with self._lock:  # waiting for the lock is queueing: the batch starts with it
+                    started = time.perf_counter_ns()
+                    batch = items[0].batch if len(items) == 1 else np.concatenate([i.batch for i in items])
+                    assembled = time.perf_counter_ns()
+                    logits = self._infer(batch)
+                    inferred = time.perf_counter_ns()
+                bounds = np.cumsum([0] + [item.batch.shape[0] for item in items])
+                rows = [logits[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+                timing = BatchTiming(batch.shape[0], assembled - started, inferred - assembled,
+                                     time.perf_counter_ns() - inferred)
+                if self._on_batch is not None:  # before any caller hears: its statistics include this batch
+                    self._on_batch(timing)
             except BaseException as exc:  # every caller must hear about the failure
                 for item in items:
                     item.future.set_exception(exc)
                 continue
-            if self._on_batch is not None:
-                self._on_batch(batch.shape[0])
-            start = 0
-            for item in items:
-                n = item.batch.shape[0]
-                item.future.set_result(logits[start:start + n])
-                start += n
+            for item, part in zip(items, rows):
+                item.future.queue_ns = started - item.queued_ns
+                item.future.infer_ns = timing.infer_ns
+                item.future.set_result(part)
 
     def close(self) -> None:
         """Stop the worker after the batch in flight."""

@@ -78,7 +78,7 @@ def check_pipeline_input(hu: np.ndarray, segmenter, network_name: str, max_batch
     if max(stack.shape[1:]) > max_side:
         raise ModelInputError(f"slices of {stack.shape[1]}x{stack.shape[2]} exceed the server's limit of "
                               f"{max_side} pixels a side")
-    if hu.dtype == np.float32:
+    if hu.dtype == np.float32 and stack.size:  # an empty stack is refused as too small below
         _check_fp32_hu(stack, segmenter.spec, network_name)
     try:
         stack = checked_hu(stack, segmenter.spec, ndim=3, resize=segmenter.manifest.resize_input, what="input 'hu'")

@@ -14,48 +14,79 @@ from __future__ import annotations
 import abc
 import threading
 import time
-from dataclasses import dataclass
 
 import numpy as np
 
-from edgeseg.serve.batcher import MicroBatcher
+from edgeseg.serve.batcher import BatchTiming, MicroBatcher
 from edgeseg.serve.model_inputs import (PIPELINE_DATATYPES, PIPELINE_SUFFIX, ModelInputError, check_network_input,
                                         check_pipeline_input)
 from edgeseg.serve.protocol import NUMPY_TO_DATATYPE
 
 
-@dataclass
+REQUEST_PHASES = ("queue", "compute_input", "compute_infer", "compute_output")
+BATCH_PHASES = ("compute_input", "compute_infer", "compute_output")
+
+
 class InferenceStats:
-    """Counts and nanoseconds in Triton's statistics layout (successes, failures, model calls)."""
+    """Counts and nanoseconds in the layout of Triton's statistics extension.
 
-    success_count: int = 0
-    success_ns: int = 0
-    fail_count: int = 0
-    fail_ns: int = 0
-    inference_count: int = 0
-    execution_count: int = 0
-    compute_ns: int = 0
-    last_inference_ms: int = 0
+    Per successful request: ``success`` (decoding the request to its encoded response), ``queue``
+    (waiting in the micro-batcher, and for the model lock, until its batch starts),
+    ``compute_input`` (decoding the request and checking its input), ``compute_infer`` (the model
+    call of its batch) and ``compute_output`` (post-processing and encoding the response); per
+    failed request ``fail``. Per batch size run: its model calls' ``compute_input`` (assembling
+    the batch), ``compute_infer`` and ``compute_output`` (splitting the result by request).
+    There is no response cache: ``cache_hit`` and ``cache_miss`` stay 0.
+    """
 
-    def record(self, ok: bool, seconds: float, slices: int) -> None:
-        """Count one finished request."""
-        ns = int(seconds * 1e9)
-        if ok:
-            self.success_count += 1
-            self.success_ns += ns
+    def __init__(self) -> None:
+        self._lock = threading.Lock()  # requests record on the event loop, batches on the batcher's thread
+        self._requests = {key: [0, 0] for key in ("success", "fail", *REQUEST_PHASES)}
+        self._batches: dict[int, dict[str, list[int]]] = {}
+        self.inference_count = 0
+        self.execution_count = 0
+        self.last_inference_ms = 0
+
+    def record_success(self, ns: int, slices: int, **phases: int) -> None:
+        """Count one answered request: its total and each of REQUEST_PHASES, in nanoseconds."""
+        with self._lock:
+            for key, value in (("success", ns), *((phase, phases[phase]) for phase in REQUEST_PHASES)):
+                self._requests[key][0] += 1
+                self._requests[key][1] += int(value)
             self.inference_count += slices
-        else:
-            self.fail_count += 1
-            self.fail_ns += ns
-        self.last_inference_ms = int(time.time() * 1000)
+            self.last_inference_ms = int(time.time() * 1000)
+
+    def record_failure(self, ns: int) -> None:
+        """Count one request that failed after it was decoded."""
+        with self._lock:
+            self._requests["fail"][0] += 1
+            self._requests["fail"][1] += int(ns)
+            self.last_inference_ms = int(time.time() * 1000)
+
+    def record_batch(self, timing: BatchTiming) -> None:
+        """Count one model call."""
+        with self._lock:
+            entry = self._batches.setdefault(timing.size, {phase: [0, 0] for phase in BATCH_PHASES})
+            for phase, ns in zip(BATCH_PHASES, (timing.input_ns, timing.infer_ns, timing.output_ns)):
+                entry[phase][0] += 1
+                entry[phase][1] += ns
+            self.execution_count += 1
 
     def to_dict(self, name: str) -> dict:
-        """One entry of ``model_stats`` as tritonclient's ``get_inference_statistics`` reads it."""
-        return {"name": name, "version": "1", "last_inference": self.last_inference_ms,
-                "inference_count": self.inference_count, "execution_count": self.execution_count,
-                "inference_stats": {"success": {"count": self.success_count, "ns": self.success_ns},
-                                    "fail": {"count": self.fail_count, "ns": self.fail_ns},
-                                    "compute_infer": {"count": self.execution_count, "ns": self.compute_ns}}}
+        """One entry of ``model_stats`` as tritonclient's ``get_inference_statistics`` (and
+        perf_analyzer) reads it."""
+
+        def duration(pair: list[int]) -> dict:
+            return {"count": pair[0], "ns": pair[1]}
+
+        with self._lock:
+            stats = {key: duration(pair) for key, pair in self._requests.items()}
+            stats.update(cache_hit=duration([0, 0]), cache_miss=duration([0, 0]))
+            batches = [{"batch_size": size, **{phase: duration(entry[phase]) for phase in BATCH_PHASES}}
+                       for size, entry in sorted(self._batches.items())]
+            return {"name": name, "version": "1", "last_inference": self.last_inference_ms,
+                    "inference_count": self.inference_count, "execution_count": self.execution_count,
+                    "inference_stats": stats, "batch_stats": batches}
 
 
 def class_parameters(labels: dict[int, str]) -> dict:
@@ -81,16 +112,14 @@ class ServedModel(abc.ABC):
         self.max_batch = max_batch
         self.stats = InferenceStats()
 
-        def timed(batch: np.ndarray) -> np.ndarray:
-            with lock:  # one model call at a time: runners (OpenVINO's request) are not reentrant
-                start = time.perf_counter()
-                result = infer(batch)
-                self.stats.compute_ns += int((time.perf_counter() - start) * 1e9)
-                self.stats.execution_count += 1
-            return result
+        def ran(timing: BatchTiming) -> None:
+            self.stats.record_batch(timing)
+            if on_batch is not None:
+                on_batch(timing.size)
 
-        self.batcher = MicroBatcher(timed, max_batch=max_batch, queue_size=queue_size, max_delay=max_delay,
-                                    on_batch=on_batch, key=key)
+        # ``lock``: one model call at a time, as runners (OpenVINO's request) are not reentrant
+        self.batcher = MicroBatcher(infer, max_batch=max_batch, queue_size=queue_size, max_delay=max_delay,
+                                    on_batch=ran, key=key, lock=lock)
 
     @abc.abstractmethod
     def metadata(self) -> dict:

@@ -3,8 +3,12 @@
 A request body is JSON, or JSON followed by raw tensor bytes when the
 ``Inference-Header-Content-Length`` header gives the JSON's length; an input whose
 ``parameters.binary_data_size`` is set takes its bytes from that tail, in input order.
-Outputs are returned as binary when the request asks for it per output
-(``parameters.binary_data``) or for all (``parameters.binary_data_output``).
+Outputs are returned as binary when the request asks for it for all
+(``parameters.binary_data_output``) unless an output says otherwise (its own
+``parameters.binary_data``, which overrides it either way). Parameters of the wrong JSON type
+(``"false"`` for a boolean) and the extensions this server does not implement
+(``shared_memory_region``, ``classification``) are refused, not coerced or ignored; so are JSON
+data of the wrong kind (strings, or fractions for an integer tensor) and duplicate names.
 """
 
 from __future__ import annotations
@@ -32,13 +36,19 @@ class ProtocolError(ValueError):
 
 @dataclass
 class InferRequest:
-    """A decoded request: its id, input arrays by name, and which outputs to send as binary."""
+    """A decoded request: its id, input arrays by name, and which outputs to send as binary
+    (``binary_outputs``: what each output asked for itself; the others follow ``binary_all``)."""
 
     id: str | None
     inputs: dict[str, np.ndarray]
     outputs: list[str] | None
-    binary_outputs: set[str]
+    binary_outputs: dict[str, bool]
     binary_all: bool
+
+    def binary(self, name: str) -> bool:
+        """Whether output ``name`` is sent as binary: its own ``binary_data`` overrides the
+        request's ``binary_data_output``."""
+        return self.binary_outputs.get(name, self.binary_all)
 
 
 def _json_part(body: bytes, header_length: str | None) -> tuple[dict, bytes]:
@@ -94,6 +104,59 @@ def _dtype(entry: dict, name: str) -> np.dtype:
     return np.dtype(DATATYPES[datatype]).newbyteorder("<")
 
 
+def _parameters(holder: dict, what: str) -> dict:
+    """``holder``'s parameters (an object), refusing the shared memory extension."""
+    params = holder.get("parameters")
+    if params is None:
+        return {}
+    if not isinstance(params, dict):
+        raise ProtocolError(f"{what}: 'parameters' must be an object, got {params!r}"[:300])
+    if "shared_memory_region" in params:
+        raise ProtocolError(f"{what}: the shared memory extension (shared_memory_region) is not supported; "
+                            "send the tensor in the request body")
+    return params
+
+
+def _flag(params: dict, key: str, what: str) -> bool | None:
+    """A boolean parameter (None where absent); ``"false"`` or ``0`` is refused, never coerced."""
+    value = params.get(key)
+    if value is not None and not isinstance(value, bool):
+        raise ProtocolError(f"{what}: parameter {key!r} must be true or false, got {value!r}"[:300])
+    return value
+
+
+def _json_data(data, dtype: np.dtype, datatype: str, name: str) -> np.ndarray:
+    """JSON ``data`` (flat or nested) as ``dtype``, refusing values of another kind (strings,
+    booleans for numbers, fractions for integers) and values out of the type's range instead
+    of converting them."""
+    refused = ProtocolError(f"input {name!r}: data is not a list of {datatype} values")
+    try:
+        raw = np.asarray(data)
+    except (TypeError, ValueError, OverflowError):  # ragged nesting
+        raise refused from None
+    if raw.size == 0:
+        return raw.astype(dtype)
+    kind = raw.dtype.kind
+    if kind in "USO":
+        kinds = "strings" if kind in "US" else "values that are not numbers"
+        raise ProtocolError(f"input {name!r}: data holds {kinds}, not {datatype} values")
+    wanted = "b" if dtype.kind == "b" else "iu" if dtype.kind in "iu" else "iuf"
+    if kind not in wanted:
+        kinds = {"b": "booleans", "f": "fractions"}.get(kind, str(raw.dtype))
+        raise ProtocolError(f"input {name!r}: data holds {kinds}, not {datatype} values")
+    if dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        if raw.min() < info.min or raw.max() > info.max:
+            raise ProtocolError(f"input {name!r}: a value lies outside the range of {datatype} "
+                                f"({info.min}..{info.max})")
+        return raw.astype(dtype)
+    with np.errstate(over="ignore"):  # an overflow is refused just below
+        array = raw.astype(dtype)
+    if dtype.kind == "f" and np.any(np.isinf(array) & np.isfinite(raw)):
+        raise ProtocolError(f"input {name!r}: a value lies outside the range of {datatype}")
+    return array
+
+
 def decode_request(body: bytes, header_length: str | None) -> InferRequest:
     """Parse an infer request body into arrays; ProtocolError for anything malformed."""
     doc, tail = _json_part(body, header_length)
@@ -106,9 +169,12 @@ def decode_request(body: bytes, header_length: str | None) -> InferRequest:
         if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
             raise ProtocolError("each input needs a 'name'")
         name = entry["name"]
+        if name in inputs:
+            raise ProtocolError(f"input {name!r} is given twice")
         dtype = _dtype(entry, name)
-        params = entry.get("parameters") or {}
-        size = params.get("binary_data_size") if isinstance(params, dict) else None
+        size = _parameters(entry, f"input {name!r}").get("binary_data_size")
+        if isinstance(size, bool):
+            raise ProtocolError(f"input {name!r}: binary_data_size must be a number of bytes, got {size!r}")
         # binary: the declared size is checked against the shape first (the clearer message)
         shape = _shape(entry, name, len(body) if size is None else max(len(body), _declared_count(entry)))
         count = math.prod(shape)
@@ -124,11 +190,7 @@ def decode_request(body: bytes, header_length: str | None) -> InferRequest:
             data = entry.get("data")
             if data is None:
                 raise ProtocolError(f"input {name!r} has neither 'data' nor binary_data_size")
-            try:
-                array = np.asarray(data, dtype=dtype)
-            except (TypeError, ValueError, OverflowError):
-                raise ProtocolError(f"input {name!r}: data is not a list of {entry['datatype']} values "
-                                    f"(or one is out of its range)") from None
+            array = _json_data(data, dtype, entry["datatype"], name)
             if array.size != count:
                 raise ProtocolError(f"input {name!r}: {array.size} values do not fill shape {list(shape)}")
             array = array.reshape(shape)
@@ -136,16 +198,21 @@ def decode_request(body: bytes, header_length: str | None) -> InferRequest:
     if offset != len(tail):
         raise ProtocolError(f"body has {len(tail) - offset} binary bytes that no input claims")
     wanted = doc.get("outputs")
-    names, binary = None, set()
+    names, binary = None, {}
     if wanted is not None:
         if not isinstance(wanted, list) or not all(isinstance(o, dict) and isinstance(o.get("name"), str) for o in wanted):
             raise ProtocolError("'outputs' must be a list of objects with a 'name'")
         names = [o["name"] for o in wanted]
-        if not all(isinstance(o.get("parameters") or {}, dict) for o in wanted):
-            raise ProtocolError("an output's 'parameters' must be an object")
-        binary = {o["name"] for o in wanted if (o.get("parameters") or {}).get("binary_data")}
-    params = doc.get("parameters") or {}
-    binary_all = bool(params.get("binary_data_output")) if isinstance(params, dict) else False
+        for output in wanted:
+            what = f"output {output['name']!r}"
+            if output["name"] in binary:
+                raise ProtocolError(f"{what} is asked for twice")
+            params = _parameters(output, what)
+            if "classification" in params:
+                raise ProtocolError(f"{what}: the classification extension is not supported; ask for the tensor")
+            binary[output["name"]] = _flag(params, "binary_data", what)
+        binary = {name: flag for name, flag in binary.items() if flag is not None}
+    binary_all = bool(_flag(_parameters(doc, "request"), "binary_data_output", "request"))
     request_id = doc.get("id")
     return InferRequest(id=str(request_id) if request_id is not None else None, inputs=inputs, outputs=names,
                         binary_outputs=binary, binary_all=binary_all)
@@ -164,7 +231,7 @@ def encode_response(model: str, version: str, request: InferRequest, outputs: di
     for name, array in outputs.items():
         array = np.ascontiguousarray(array)
         entry = {"name": name, "datatype": NUMPY_TO_DATATYPE[array.dtype], "shape": list(array.shape)}
-        if request.binary_all or name in request.binary_outputs:
+        if request.binary(name):
             raw = array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
             entry["parameters"] = {"binary_data_size": len(raw)}
             blobs.append(raw)

@@ -1,14 +1,25 @@
-"""``/v1/segment``: a whole file in, its mask out, with the format told by the file's own bytes."""
+"""``/v1/segment``: a whole file in, its mask out, with the format told by the file's own bytes.
+
+An upload is read (``read_upload``), segmented, and its mask written (``write_mask``) as three
+steps, so that the server holds the model only for the middle one: reading a large compressed
+volume or writing its mask must not keep other requests from the model. ``ModelQueue`` is the
+bounded wait for the model of the middle step.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import io
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
 from pathlib import Path
 
 import numpy as np
 
 from edgeseg.errors import DataError, EdgesegError, require
+from edgeseg.serve.batcher import QueueFull
 
 OUTPUTS = {"npy": "application/octet-stream", "png": "image/png", "nifti": "application/gzip"}
 SUFFIXES = {"jpeg": "jpg", "nifti": "nii.gz"}  # the upload's file name suffix where it is not the format's name
@@ -35,19 +46,66 @@ def sniff(body: bytes) -> str:
     raise DataError("upload is not a DICOM file, NIfTI volume, PNG/JPG image or NPY array")
 
 
-def segment_upload(segmenter, body: bytes, fmt: str, tmp: Path) -> tuple[bytes, str]:
-    """Segment the uploaded file and return (mask bytes in ``fmt``, media type). An error names
-    the upload (``upload.nii.gz: ...``), never the server's temporary folder."""
+class ModelQueue:
+    """Calls waiting for the model lock, at most ``size`` of them: beyond that ``submit`` raises
+    QueueFull, as the micro-batcher's queue does. Each call runs on a thread of its own once it
+    holds the lock, unless its caller has given up (cancelled its Future) while it waited."""
+
+    def __init__(self, lock: threading.Lock, size: int) -> None:
+        self._lock = lock
+        self.size = int(size)
+        self._waiting = 0
+        self._count = threading.Lock()
+
+    @property
+    def depth(self) -> int:
+        """Calls waiting for the model now."""
+        return self._waiting
+
+    def submit(self, call: Callable[[], object]) -> Future:
+        """A Future of ``call()``, run under the model lock; QueueFull when ``size`` calls wait."""
+        with self._count:
+            if self._waiting >= self.size:
+                raise QueueFull(f"upload queue is full ({self.size} waiting)")
+            self._waiting += 1
+        future: Future = Future()
+
+        def run() -> None:
+            with self._lock:
+                with self._count:
+                    self._waiting -= 1
+                if not future.set_running_or_notify_cancel():  # timed out while waiting
+                    return
+                try:
+                    result = call()
+                except BaseException as exc:  # the caller hears of every failure
+                    future.set_exception(exc)
+                else:
+                    future.set_result(result)
+
+        threading.Thread(target=run, name="edgeseg-upload", daemon=True).start()
+        return future
+
+
+@contextlib.contextmanager
+def _named_as_upload(tmp: Path):
+    """An error names the upload (``upload.nii.gz: ...``), never the server's temporary folder."""
     try:
-        return _segment_upload(segmenter, body, fmt, tmp)
+        yield
     except EdgesegError as exc:
         exc.args = (str(exc).replace(f"{tmp}/", "").replace(str(tmp), "the upload"),)
         raise
 
 
-def _segment_upload(segmenter, body: bytes, fmt: str, tmp: Path) -> tuple[bytes, str]:
+def read_upload(body: bytes, fmt: str, tmp: Path):
+    """The upload's Volume, read through ``tmp`` (a folder of its own); DataError for an output
+    format not in OUTPUTS or an upload that is none of the formats read."""
+    with _named_as_upload(tmp):
+        return _read_upload(body, fmt, tmp)
+
+
+def _read_upload(body: bytes, fmt: str, tmp: Path):
     from edgeseg.runtime.readers import read_input
-    from edgeseg.runtime.writers import write_nifti, write_npy
 
     if fmt not in OUTPUTS:
         raise DataError(f"format must be one of {sorted(OUTPUTS)}, got {fmt!r}")
@@ -63,12 +121,23 @@ def _segment_upload(segmenter, body: bytes, fmt: str, tmp: Path) -> tuple[bytes,
         source = tmp / "upload.nii"
     source.write_bytes(body)
     volume, _ = read_input(source.parent if kind == "dicom" else source)
-    labels = segmenter.predict_volume(volume)
+    if fmt == "png" and volume.hu.shape[0] != 1:  # refused before the model is spent on it
+        raise DataError(f"PNG output holds one slice; the upload has {volume.hu.shape[0]} (ask for npy or nifti)")
+    return volume
+
+
+def write_mask(labels: np.ndarray, volume, fmt: str, tmp: Path) -> tuple[bytes, str]:
+    """(the mask ``labels`` of ``volume`` as bytes in ``fmt``, its media type)."""
+    with _named_as_upload(tmp):
+        return _write_mask(labels, volume, fmt, tmp)
+
+
+def _write_mask(labels: np.ndarray, volume, fmt: str, tmp: Path) -> tuple[bytes, str]:
+    from edgeseg.runtime.writers import write_nifti, write_npy
+
     if fmt == "npy":
         out = write_npy(labels, tmp / "mask.npy")
     elif fmt == "png":
-        if labels.shape[0] != 1:
-            raise DataError(f"PNG output holds one slice; the upload has {labels.shape[0]} (ask for npy or nifti)")
         # the label map itself (pixel = class number), not an overlay: clients compute with it
         Image = require("PIL.Image", "io", "PNG output")
         out = tmp / "mask.png"

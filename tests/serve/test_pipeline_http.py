@@ -181,6 +181,23 @@ def test_pipeline_limits_are_400(server_factory):
         assert err.value.status() == "400"
 
 
+@pytest.mark.parametrize("shape", [[1, 0, 64], [0, 5], [5, 0], [1, 64, 0]])
+@pytest.mark.parametrize("datatype", ["FP32", "INT16"])
+@pytest.mark.parametrize("binary", [False, True])
+def test_zero_size_hu_is_400_too_small(server, shape, datatype, binary):
+    """An empty stack is refused as too small whatever its datatype: FP32 once reached a
+    min() of the empty array and answered 500."""
+    entry = {"name": "hu", "datatype": datatype, "shape": shape}
+    if binary:
+        header = json.dumps({"inputs": [dict(entry, parameters={"binary_data_size": 0})]}).encode()
+        body, headers = header, {"Inference-Header-Content-Length": str(len(header))}
+    else:
+        body, headers = json.dumps({"inputs": [dict(entry, data=[])]}).encode(), {}
+    status, _, data = _request(server.url, "POST", "/v2/models/edgeseg-pipeline/infer", body, headers)
+    assert status == 400, data
+    assert "too small" in json.loads(data)["error"]
+
+
 @pytest.mark.parametrize("method,path,status", [
     ("GET", "/v2/nowhere", 404), ("POST", "/v2/models/edgeseg", 405), ("GET", "/v2/models/edgeseg/infer", 405),
     ("DELETE", "/v2/health/live", 405), ("GET", "/v2/models/edgeseg-pipeline/versions/2/config", 404),
