@@ -195,11 +195,16 @@ def create_app(segmenter, config: ServeConfig = ServeConfig()):
     @app.post("/v1/segment")
     async def segment(request: Request, format: str = "npy"):
         body = await read_body(request)
+        _submit(uploads.reserve)  # a place first: at most --queue-size decoded volumes wait
         with tempfile.TemporaryDirectory(prefix="edgeseg-upload-") as tmp:
             # only the model call holds the model: reading and writing the files do not
-            volume = await run_in_threadpool(read_upload, body, format, Path(tmp))
-            labels = await _result(_submit(uploads.submit, lambda: segmenter.predict_volume(volume)),
-                                   config.timeout_s)
+            try:
+                volume = await run_in_threadpool(read_upload, body, format, Path(tmp))
+            except BaseException:
+                uploads.release()
+                raise
+            result, started = uploads.submit(lambda: segmenter.predict_volume(volume))
+            labels = await _upload_result(result, started, config.timeout_s)
             payload, media = await run_in_threadpool(write_mask, labels, volume, format, Path(tmp))
         return Response(content=payload, media_type=media)
 
@@ -274,6 +279,18 @@ async def _result(future: Future, timeout_s: float):
     except asyncio.TimeoutError:
         future.cancel()
         raise HttpError(504, f"inference did not finish within {timeout_s} s") from None
+
+
+async def _upload_result(result: Future, started: Future, timeout_s: float):
+    """An upload's labels: 504 (and its call dropped) when the model has not started on it within
+    ``timeout_s`` of it being queued; once started, a whole volume's call runs to its end (it
+    cannot be stopped part-way, and a volume may take longer than one request's slices)."""
+    try:
+        await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(started)), timeout=timeout_s)
+    except asyncio.TimeoutError:
+        if result.cancel():  # still waiting: it never runs
+            raise HttpError(504, f"the model did not start on the upload within {timeout_s} s") from None
+    return await asyncio.wrap_future(result)
 
 
 def _triton_config(model: ServedModel) -> dict:

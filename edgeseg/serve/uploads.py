@@ -47,9 +47,11 @@ def sniff(body: bytes) -> str:
 
 
 class ModelQueue:
-    """Calls waiting for the model lock, at most ``size`` of them: beyond that ``submit`` raises
-    QueueFull, as the micro-batcher's queue does. Each call runs on a thread of its own once it
-    holds the lock, unless its caller has given up (cancelled its Future) while it waited."""
+    """Uploads in flight for the model, at most ``size`` of them beyond the one it runs: a place
+    is taken (:meth:`reserve`; QueueFull beyond ``size``, as the micro-batcher's queue does)
+    before an upload is read, so that no more than ``size`` decoded volumes wait at once, and
+    given back when its model call starts (or it fails before). Each call runs on a thread of
+    its own once it holds the model lock, unless its caller gave up while it waited."""
 
     def __init__(self, lock: threading.Lock, size: int) -> None:
         self._lock = lock
@@ -59,32 +61,43 @@ class ModelQueue:
 
     @property
     def depth(self) -> int:
-        """Calls waiting for the model now."""
+        """Uploads being read or waiting for the model now."""
         return self._waiting
 
-    def submit(self, call: Callable[[], object]) -> Future:
-        """A Future of ``call()``, run under the model lock; QueueFull when ``size`` calls wait."""
+    def reserve(self) -> None:
+        """Take a place in the queue; QueueFull when ``size`` uploads hold one."""
         with self._count:
             if self._waiting >= self.size:
                 raise QueueFull(f"upload queue is full ({self.size} waiting)")
             self._waiting += 1
-        future: Future = Future()
+
+    def release(self) -> None:
+        """Give back a place taken by :meth:`reserve` (the upload failed before its model call)."""
+        with self._count:
+            self._waiting -= 1
+
+    def submit(self, call: Callable[[], object]) -> tuple[Future, Future]:
+        """Run ``call()`` under the model lock for an upload that holds a place: (its result,
+        a Future done when it starts). The place is given back when it starts, or when the
+        caller cancels the result while it waits (then it never runs)."""
+        result: Future = Future()
+        started: Future = Future()
 
         def run() -> None:
             with self._lock:
-                with self._count:
-                    self._waiting -= 1
-                if not future.set_running_or_notify_cancel():  # timed out while waiting
+                self.release()
+                if not result.set_running_or_notify_cancel():  # the caller gave up while it waited
                     return
+                started.set_result(True)
                 try:
-                    result = call()
+                    value = call()
                 except BaseException as exc:  # the caller hears of every failure
-                    future.set_exception(exc)
+                    result.set_exception(exc)
                 else:
-                    future.set_result(result)
+                    result.set_result(value)
 
         threading.Thread(target=run, name="edgeseg-upload", daemon=True).start()
-        return future
+        return result, started
 
 
 @contextlib.contextmanager
