@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import warnings
@@ -46,6 +47,9 @@ class EdgesegGroup(click.Group):
                 where = f"; see '{exc.ctx.command_path} -h'" if exc.ctx is not None else ""
                 click.echo(f"edgeseg: error: {' '.join(exc.format_message().split()).removesuffix('.')}{where}", err=True)
                 sys.exit(2)
+            except BrokenPipeError:  # the reader of stdout went away (`edgeseg inspect B | head`): as a shell tool does
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing more to flush into the pipe
+                sys.exit(128 + signal.SIGPIPE)
             except Exception as exc:
                 if not received():  # else the stop landed in a library, which reported it as its own error
                     if not isinstance(exc, (EdgesegError, OSError)):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -27,7 +28,11 @@ def export_torchscript(model, example, spec: PreprocessSpec, labels: dict[int, s
         traced = torch.jit.trace(model, example, check_trace=False)
         frozen = torch.jit.freeze(traced)
     extra = {SPEC_FILE: spec.to_json(), LABELS_FILE: json.dumps({str(k): v for k, v in sorted(labels.items())})}
-    torch.jit.save(frozen, str(path), _extra_files=extra)
+    # In memory first, then a plain write: torch's file writer aborts the process on a full disk
+    # (a C++ exception through its destructor), where a write raises OSError, one line in the CLI.
+    buffer = io.BytesIO()
+    torch.jit.save(frozen, buffer, _extra_files=extra)
+    Path(path).write_bytes(buffer.getbuffer())
 
 
 def load_torchscript(path: str | Path):

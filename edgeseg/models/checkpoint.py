@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import pickle
 from pathlib import Path
 from typing import Any
@@ -9,7 +10,7 @@ from typing import Any
 import torch
 
 from edgeseg import __version__
-from edgeseg.atomic import atomic_path
+from edgeseg.atomic import atomic_write_bytes
 from edgeseg.errors import CheckpointError
 from edgeseg.models import ModelConfig, build_model
 from edgeseg.spec import PreprocessSpec
@@ -42,8 +43,12 @@ def save_checkpoint(
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         **extra,
     }
-    with atomic_path(path, suffix=".tmp") as tmp:
-        torch.save(payload, tmp)
+    # Serialised in memory first: torch's file writer reports a full disk or a file-size limit as
+    # a RuntimeError from its C++ (or aborts), where a plain write raises OSError, which the CLI
+    # reports as one line naming the file.
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    atomic_write_bytes(path, buffer.getbuffer())
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:

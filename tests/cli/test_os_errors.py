@@ -100,3 +100,36 @@ def test_an_os_error_is_one_line_but_a_programming_error_keeps_its_traceback():
     assert result.exit_code == 2 and result.stderr == "edgeseg: error: Permission denied: /srv/out/eval.json\n"
     result = CliRunner().invoke(cli, ["bug"])
     assert isinstance(result.exception, ValueError)
+
+
+def test_train_whose_checkpoint_cannot_be_written_is_one_line(tmp_path, assert_one_line_error):
+    """torch's own file writer raised a RuntimeError from C++ here (a traceback): the checkpoint is
+    serialised in memory and written as any file is."""
+    out = tmp_path / "run"
+    proc = edgeseg_limited(400_000, "train", "--data", PHANTOM, "--size", 64, "--base", 16, "--depth", 3, "--epochs", 1,
+                           "--amp", "off", "--workers", 0, "--quiet", "--out", out)
+    # after training's own log lines (the failure comes mid-run): one error line, no traceback
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == f"edgeseg: error: File too large: {out / 'best.pt'}"
+    assert not (out / "last.pt").exists() and not (out / "best.pt").exists()
+
+
+def test_export_whose_torchscript_cannot_be_written_is_one_line(checkpoint, tmp_path, assert_one_line_error):
+    """torch.jit.save aborted the whole process here (SIGABRT, a C++ stack trace)."""
+    out = tmp_path / "bundle"
+    proc = edgeseg_limited(20_000, "export", checkpoint, "--out", out)
+    assert_one_line_error(proc, f"edgeseg: error: cannot write the bundle {out}: File too large")
+    assert not out.exists()
+
+
+def test_a_reader_that_went_away_ends_the_command_quietly():
+    """`edgeseg models | true`: stdout's reader is gone; the command ends as shell tools do
+    (status 128 + SIGPIPE, nothing on stderr), not with 'edgeseg: error: Broken pipe'."""
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        proc = subprocess.run([sys.executable, "-m", "edgeseg.cli", "models"], stdout=write, stderr=subprocess.PIPE,
+                              text=True, timeout=120)
+    finally:
+        os.close(write)
+    assert proc.returncode == 128 + signal.SIGPIPE and proc.stderr == "", proc.stderr
