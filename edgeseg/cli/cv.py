@@ -211,7 +211,7 @@ def _export_and_score(configs: list, scores: list[dict], opts: dict, crossfit: d
 command = click.Command(
     "cv",
     callback=_run,
-    params=[p for p in train_cli.command.params if p.name not in ("fold", "resume", "nproc")] + INT8_OPTIONS
+    params=[p for p in train_cli.command.params if p.name not in ("fold", "resume", "overwrite", "nproc")] + INT8_OPTIONS
     + [tta_parameter()],
     help="k-fold cross-validation by case: train every fold (resumably) with the edgeseg train options, "
          "then score each fold's last.pt on its held-out cases (per-slice Dice: binary and per class) "

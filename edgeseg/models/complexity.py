@@ -44,9 +44,10 @@ def describe(config: ModelConfig, size: int) -> dict[str, Any]:
     return {**config.to_dict(), "size": size, "params": count_parameters(model), "gflop": flops / 1e9}
 
 
-def activation_bytes(config: ModelConfig, size: int) -> int:
-    """Bytes of the float32 activations one (size x size) slice leaves for the backward pass: the
-    outputs of every leaf layer of one training-mode forward pass, counted on the meta device."""
+def activation_bytes(config: ModelConfig, size: int, value_bytes: int = 4) -> int:
+    """Bytes of the activations one (size x size) slice leaves for the backward pass, at
+    ``value_bytes`` a value (4: float32; 2: under 16-bit autocast): the outputs of every leaf
+    layer of one training-mode forward pass, counted on the meta device."""
     import torch
 
     model = _meta_model(config)
@@ -57,7 +58,7 @@ def activation_bytes(config: ModelConfig, size: int) -> int:
         nonlocal total
         for t in output if isinstance(output, (tuple, list)) else (output,):
             if isinstance(t, torch.Tensor):
-                total += t.numel() * 4
+                total += t.numel() * value_bytes
 
     hooks = [m.register_forward_hook(add) for m in model.modules() if not list(m.children())]
     try:
@@ -68,28 +69,31 @@ def activation_bytes(config: ModelConfig, size: int) -> int:
     return total
 
 
-def check_trainable_here(config: ModelConfig, size: int | None = None, batch: int | None = None) -> None:
-    """EdgesegError when training the model ``config`` builds needs more memory than this machine
-    has: its weights, their gradients and Adam's two moments, 16 bytes a parameter, and with
-    ``size`` and ``batch`` a batch's activations (:func:`activation_bytes`; torch would fail in
-    its allocator, or the system would start killing)."""
+def check_trainable_here(config: ModelConfig, size: int | None = None, batch: int | None = None,
+                         value_bytes: int = 4, device_memory: int | None = None) -> None:
+    """EdgesegError when training the model ``config`` builds needs more memory than it has: its
+    weights, their gradients and Adam's two moments, 16 bytes a parameter, and with ``size`` and
+    ``batch`` a batch's activations (:func:`activation_bytes` at ``value_bytes``; torch would fail
+    in its allocator, or the system would start killing). The memory is this machine's, or
+    ``device_memory`` (a GPU's) where given."""
     import os
 
     from edgeseg.errors import EdgesegError
 
     params = count_parameters(_meta_model(config))
+    where = "this GPU's" if device_memory else "this machine's"
     try:
-        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        memory = device_memory or os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):
         return
     if params * 16 > memory:
         raise EdgesegError(f"{config.name} base {config.base}, depth {config.depth} has {params:,} parameters: "
                            f"training it needs {params * 16 / 2**30:.0f} GiB for weights, gradients and optimiser "
-                           f"state alone, more than this machine's {memory / 2**30:.0f} GiB")
+                           f"state alone, more than {where} {memory / 2**30:.0f} GiB")
     if size is None or batch is None:
         return
-    per_slice = activation_bytes(config, size)
+    per_slice = activation_bytes(config, size, value_bytes)
     if params * 16 + batch * per_slice > memory:
         raise EdgesegError(f"--batch-size {batch} at {size}x{size}: {config.name} base {config.base} keeps about "
                            f"{per_slice / 2**20:.0f} MiB of activations a slice, {batch * per_slice / 2**30:.1f} GiB a "
-                           f"batch, more than this machine's {memory / 2**30:.0f} GiB; give a smaller --batch-size")
+                           f"batch, more than {where} {memory / 2**30:.0f} GiB; give a smaller --batch-size")

@@ -130,7 +130,10 @@ def _train(cfg, resume, progress, on_epoch, make_sampler, place, device) -> dict
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     model_config = ModelConfig(name=cfg.model, num_classes=len(cfg.labels) + 1, base=cfg.base, depth=cfg.depth)
-    check_trainable_here(model_config, cfg.size, cfg.batch_size)
+    amp = autocast_dtype(cfg.amp, device)  # 16-bit autocast keeps its activations in 2 bytes a value
+    check_trainable_here(model_config, cfg.size, cfg.batch_size, value_bytes=4 if amp is None else 2,
+                         device_memory=torch.cuda.get_device_properties(device).total_memory
+                         if device.type == "cuda" else None)
     model = build_model(model_config)
     model.check_input_size(cfg.size, cfg.size)
     spec = build_spec(cfg)

@@ -77,10 +77,12 @@ def test_train_selects_an_architecture_by_model_or_arch():
 
 
 @pytest.mark.parametrize("name, base, depth, size", [("unet", 4, 2, 64), ("unet", 16, 3, 128), ("mobile_unet", 8, 3, 96)])
-def test_activation_estimate_is_close_to_what_autograd_saves(name, base, depth, size):
+@pytest.mark.parametrize("amp", [None, torch.bfloat16])
+def test_activation_estimate_is_close_to_what_autograd_saves(name, base, depth, size, amp):
     """The estimate against an oracle: the bytes of every tensor autograd keeps for the backward
-    pass of a real training-mode forward pass (storages counted once)."""
-    import torch
+    pass of a real training-mode forward pass (storages counted once), in float32 and under
+    bfloat16 autocast (2 bytes a value)."""
+    import contextlib
 
     from edgeseg.models.complexity import activation_bytes
     from edgeseg.models.registry import ModelConfig, build_model
@@ -93,7 +95,8 @@ def test_activation_estimate_is_close_to_what_autograd_saves(name, base, depth, 
         saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
         return t
 
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    autocast = torch.autocast("cpu", dtype=amp) if amp else contextlib.nullcontext()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), autocast:
         model(torch.randn(1, 1, size, size))
-    ratio = activation_bytes(config, size) / sum(saved.values())
+    ratio = activation_bytes(config, size, 4 if amp is None else 2) / sum(saved.values())
     assert 1.0 <= ratio < 1.6, ratio  # the leaf outputs: never under what is kept, at most about half over
