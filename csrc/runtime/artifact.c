@@ -73,18 +73,27 @@ static int read_varint(FILE *fh, unsigned long long *value) {
 
 long es_onnx_form_flaw(FILE *fh, long long size) {
     /* ModelProto's fields (onnx.proto) as 1 + wire type: ir_version and model_version varints (0),
-     * the strings, graph, opset_import, metadata_props, training_info and functions
-     * length-delimited (2); 0: no such field. */
-    static const unsigned char wire[26] = {0, 1, 3, 3, 3, 1, 3, 3, 3, 0, 0, 0, 0, 0, 3, 0, 0, 0, 0, 0, 3, 0, 0, 0, 0, 3};
+     * the strings, graph, opset_import, metadata_props, training_info, functions and
+     * configuration length-delimited (2); 0: not a field of today's onnx.proto. A field it does
+     * not name (a later onnx's) is skipped as protobuf skips unknown fields, by its wire type:
+     * varint, 64-bit, length-delimited or 32-bit (groups and wire types 6 and 7 are no form). */
+    static const unsigned char wire[27] = {0, 1, 3, 3, 3, 1, 3, 3, 3, 0, 0, 0, 0, 0, 3, 0, 0, 0, 0, 0, 3, 0, 0, 0, 0, 3, 3};
     int ir_version = 0, graph = 0;
     for (long long at = 0; at < size; at = (long long)ftello(fh)) {
-        unsigned long long tag, value;
-        if (!read_varint(fh, &tag) || (tag >> 3) >= sizeof wire || wire[tag >> 3] != (tag & 7) + 1 || !read_varint(fh, &value))
+        unsigned long long tag, value = 0;
+        if (!read_varint(fh, &tag) || (tag >> 3) == 0) return (long)at;
+        unsigned long long field = tag >> 3, type = tag & 7;
+        int known = field < sizeof wire && wire[field] != 0;
+        if (known ? wire[field] != type + 1 : !(type == 0 || type == 1 || type == 2 || type == 5)) return (long)at;
+        if (type == 0 || type == 2) {
+            if (!read_varint(fh, &value)) return (long)at;
+        } else {
+            value = type == 1 ? 8 : 4;  /* fixed64 / fixed32: skipped as a length */
+        }
+        if (type != 0 && (value > (unsigned long long)(size - ftello(fh)) || fseeko(fh, (off_t)value, SEEK_CUR) != 0))
             return (long)at;
-        if ((tag & 7) == 2 && (value > (unsigned long long)(size - ftello(fh)) || fseeko(fh, (off_t)value, SEEK_CUR) != 0))
-            return (long)at;
-        ir_version |= (tag >> 3) == 1;
-        graph |= (tag >> 3) == 7;
+        ir_version |= field == 1;
+        graph |= field == 7;
     }
     return ir_version && graph ? -1 : (long)size;
 }

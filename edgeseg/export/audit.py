@@ -46,6 +46,8 @@ def row_verdict(row: dict) -> tuple[bool, str]:
     ok = drop <= limit + LIMIT_SLACK
     reasons = [f"{what} {drop:.4f} {'<=' if ok else '>'} limit {limit:g}"]
     lost = failing_changes(list(row.get("structure_changes") or []))
+    # gate v1 with structures (2026-12-04 to -05): every entry of lost_structures failed the row
+    lost += list(row.get("lost_structures") or [])
     if lost:
         reasons.append(f"{len(lost)} structure change(s) that fail the gate")
     return ok and not lost, "; ".join(reasons)

@@ -166,3 +166,17 @@ def test_the_recomputed_verdict_is_the_gates_own():
     row["precision"] = "int8"
     assert row["passed"] is False and row["dice_drop"] <= 1.0 and row_verdict(row)[0] is False
     assert True in verdicts and False in verdicts
+
+
+def test_a_row_of_the_first_structure_gate_fails_by_its_lost_structures():
+    """Bundles exported between the first structure gate (cdf8926) and gate v2 record
+    ``lost_structures``; any entry failed the row, which an older inspect must read so."""
+    from edgeseg.export.audit import row_verdict
+
+    row = {"finite": True, "precision": "int8", "dice_drop": 0.001, "class_drop": {"liver": 0.002}, "limit": 0.01,
+           "structure_px": 16, "passed": False,
+           "lost_structures": [{"class": "liver", "slice": 3, "case": "case_001", "pixels": 40}]}
+    ok, why = row_verdict(row)
+    assert ok is False and "1 structure change(s) that fail the gate" in why
+    row.update(lost_structures=[], passed=True)
+    assert row_verdict(row)[0] is True
