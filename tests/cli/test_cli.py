@@ -97,17 +97,17 @@ def test_checkpoint_whose_weights_do_not_fit_its_config(run_dir, tmp_path, asser
 
 
 def test_interrupted_checkpoint_write_leaves_nothing(tmp_path, monkeypatch):
-    import torch
-
     from edgeseg.models import ModelConfig, build_model
     from edgeseg.spec import PreprocessSpec
     from edgeseg.models.checkpoint import save_checkpoint
 
-    def failing_save(obj, f, *a, **k):
-        Path(f).write_bytes(b"partial")
+    real_write = Path.write_bytes
+
+    def failing_write(self, data):  # the disk fills part-way through the checkpoint's file
+        real_write(self, bytes(data)[:7])
         raise OSError("disk full")
 
-    monkeypatch.setattr(torch, "save", failing_save)
+    monkeypatch.setattr(Path, "write_bytes", failing_write)
     with pytest.raises(OSError):
         save_checkpoint(tmp_path / "best.pt", build_model(ModelConfig(base=2, depth=1)), ModelConfig(base=2, depth=1),
                         PreprocessSpec(), ["background", "liver"])
