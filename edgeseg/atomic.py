@@ -80,6 +80,17 @@ def _new_mode(target: Path) -> int:
         return 0o666 & ~_umask()
 
 
+def _make_folder(target: Path) -> list[Path]:
+    """Create ``target`` and the folders above it that are missing; returns those it made,
+    deepest first (what a failed write removes again)."""
+    made, above = [], target
+    while not above.exists() and above != above.parent:
+        made.append(above)
+        above = above.parent
+    target.mkdir(parents=True, exist_ok=True)
+    return made
+
+
 @contextlib.contextmanager
 def atomic_files(folder: str | os.PathLike, names: Sequence[str], drop: Sequence[str] = ()) -> Iterator[dict[str, Path]]:
     """Write the files ``names`` of ``folder`` as one set (a table and its JSON and plot, say).
@@ -94,11 +105,7 @@ def atomic_files(folder: str | os.PathLike, names: Sequence[str], drop: Sequence
     from edgeseg.stopping import stop_at_checkpoints
 
     target = Path(folder)
-    made, above = [], target
-    while not above.exists() and above != above.parent:  # the folders this makes, deepest first
-        made.append(above)
-        above = above.parent
-    target.mkdir(parents=True, exist_ok=True)
+    made = _make_folder(target)
     staged: dict[str, Path] = {}
     try:
         for name in names:
@@ -348,11 +355,7 @@ def folder_lock(folder: str | os.PathLike, name: str, busy: str,
     still held, when it holds nothing but the lock as the block ends (the work failed before
     writing), or when the block raises ``discard_on`` and the folder holds no ``keep`` file."""
     target = Path(folder)
-    made, above = [], target
-    while not above.exists() and above != above.parent:  # the folders this makes, deepest first
-        made.append(above)
-        above = above.parent
-    target.mkdir(parents=True, exist_ok=True)
+    made = _make_folder(target)
     try:
         import fcntl
     except ImportError:  # no flock here (not POSIX): no guard

@@ -24,7 +24,7 @@ nio = require("nibabel.orientations", "io", "reading DICOM series")
 pydicom = require("pydicom", "io", "reading DICOM series")
 from pydicom.errors import InvalidDicomError  # noqa: E402  (pydicom is known present here)
 
-from edgeseg.data.dicom_values import PIXEL_DATA_TAG, decode_elements, dicom_numbers, one_line
+from edgeseg.data.dicom_values import decode_elements, dicom_numbers, one_line
 from edgeseg.data.nifti import spacing_from_affine, to_lps_layout
 from edgeseg.data.volume import Volume
 from edgeseg.limits import check_dims, check_volume

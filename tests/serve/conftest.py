@@ -120,3 +120,25 @@ def _serve_process(bundle, *options: str, stderr=subprocess.PIPE):
 def serve_process():
     """The context manager above: ``with serve_process(bundle, "--backend", ...) as (proc, port)``."""
     return _serve_process
+
+
+def _gate_model(server):
+    """Hold the network model's call (and so the model lock) of ``server`` until the returned
+    ``release`` event is set; ``entered`` is set when a batch reaches the model. Which request
+    is where then does not depend on how fast the machine runs the model."""
+    batcher = server.app.state.models["edgeseg"].batcher
+    real_infer, entered, release = batcher._infer, threading.Event(), threading.Event()
+
+    def gated(batch):
+        entered.set()
+        assert release.wait(30), "the test never opened the gate"
+        return real_infer(batch)
+
+    batcher._infer = gated
+    return entered, release
+
+
+@pytest.fixture
+def gate_model():
+    """``gate_model(server) -> (entered, release)``: see :func:`_gate_model`."""
+    return _gate_model

@@ -169,7 +169,7 @@ def test_binary_body_with_wrong_size_is_400(server):
     assert "binary_data_size" in json.loads(data)["error"]
 
 
-def test_full_queue_answers_503(server_factory):
+def test_full_queue_answers_503(server_factory, gate_model):
     """One request in the model, one in the queue of one place: the third is refused at once.
 
     The model call waits on a gate the test opens, so which request is where does not depend on
@@ -178,15 +178,8 @@ def test_full_queue_answers_503(server_factory):
     from concurrent.futures import ThreadPoolExecutor
 
     slow = server_factory(max_batch=1, queue_size=1)
+    entered, release = gate_model(slow)
     batcher = slow.app.state.models["edgeseg"].batcher
-    real_infer, entered, release = batcher._infer, threading.Event(), threading.Event()
-
-    def gated(batch):
-        entered.set()
-        assert release.wait(30), "the test never opened the gate"
-        return real_infer(batch)
-
-    batcher._infer = gated
     x = _infer_body(_batch(1))
 
     def post():

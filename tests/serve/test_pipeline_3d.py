@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 
 tritonclient_http = pytest.importorskip("tritonclient.http")
-from tritonclient.utils import InferenceServerException  # noqa: E402  (present with tritonclient)
 
 from edgeseg.data.phantom import synth_phantom  # noqa: E402
 from edgeseg.kernels import ComponentRule, filter_components  # noqa: E402

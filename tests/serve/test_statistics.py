@@ -3,7 +3,6 @@ duration perf_analyzer reads, per request and per batch size, measured for real.
 
 from __future__ import annotations
 
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -24,20 +23,13 @@ def _infer(url: str, slices: int, seed: int = 0) -> np.ndarray:
     return client.infer("edgeseg", [tensor]).as_numpy("logits")
 
 
-def test_statistics_count_every_phase_and_batch_size(server_factory):
+def test_statistics_count_every_phase_and_batch_size(server_factory, gate_model):
     """Request A (1 slice) is held in the model while B (1 slice) and C (2 slices) queue; opened,
     B and C run as one batch of 3; then D (1 slice) runs alone. The model's gate is the test's,
     so which request runs in which batch does not depend on this machine's speed."""
     server = server_factory(max_batch=4, queue_size=4)
+    entered, release = gate_model(server)
     batcher = server.app.state.models["edgeseg"].batcher
-    real_infer, entered, release = batcher._infer, threading.Event(), threading.Event()
-
-    def gated(batch):
-        entered.set()
-        assert release.wait(30), "the test never opened the gate"
-        return real_infer(batch)
-
-    batcher._infer = gated
     client = tritonclient_http.InferenceServerClient(url=server.url)
     with ThreadPoolExecutor(3) as pool:
         try:

@@ -39,18 +39,27 @@ def _hu() -> np.ndarray:
     return hu
 
 
-def _gate(server):
-    """Hold the network model's call (and so the model lock) until the returned event is set."""
-    batcher = server.app.state.models["edgeseg"].batcher
-    real_infer, entered, release = batcher._infer, threading.Event(), threading.Event()
+def _hold_reading(monkeypatch):
+    """Hold every upload's reading open until the returned ``release`` is set; ``reads`` lists
+    the readings begun (an upload refused before it is read never appears there)."""
+    import edgeseg.serve.app as app_module
 
-    def gated(batch):
-        entered.set()
-        assert release.wait(30), "the test never opened the gate"
-        return real_infer(batch)
+    reads, release, real_read = [], threading.Event(), app_module.read_upload
 
-    batcher._infer = gated
-    return entered, release
+    def held_read(*args):
+        reads.append(1)
+        assert release.wait(60), "the test never let the reading finish"
+        return real_read(*args)
+
+    monkeypatch.setattr(app_module, "read_upload", held_read)
+    return reads, release
+
+
+def _wait_for(condition, what: str) -> None:
+    deadline = time.monotonic() + 30
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.005)
 
 
 def _infer_body() -> bytes:
@@ -62,22 +71,12 @@ def _infer_body() -> bytes:
 def test_v2_requests_during_an_upload_do_not_wait_for_its_reading(server_factory, serve_bundle, monkeypatch):
     """/v2 requests answered while an upload is being read (its reading held open by the test):
     held for the whole upload, as before, the model made them wait until the reading ended."""
-    import edgeseg.serve.app as app_module
-
     server = server_factory(max_batch=4)
-    reading, release = threading.Event(), threading.Event()
-    real_read = app_module.read_upload
-
-    def held_read(*args):
-        reading.set()
-        assert release.wait(60), "the test never let the reading finish"
-        return real_read(*args)
-
-    monkeypatch.setattr(app_module, "read_upload", held_read)
+    reads, release = _hold_reading(monkeypatch)
     with ThreadPoolExecutor(1) as pool:
         try:
             upload = pool.submit(_request, server.url, "POST", "/v1/segment?format=npy", _npy(_hu()))
-            assert reading.wait(30), "the upload was never read"
+            _wait_for(lambda: reads, "the upload was never read")
             for _ in range(3):
                 assert _request(server.url, "POST", "/v2/models/edgeseg/infer", _infer_body(), timeout=20)[0] == 200
             assert not upload.done()  # answered while the upload was still being read
@@ -111,9 +110,9 @@ def test_an_upload_whose_model_call_outlasts_the_timeout_is_answered(server_fact
         np.testing.assert_array_equal(np.load(io.BytesIO(data)), local.predict_volume(_hu()))
 
 
-def test_an_upload_waiting_longer_than_the_timeout_is_504(server_factory):
+def test_an_upload_waiting_longer_than_the_timeout_is_504(server_factory, gate_model):
     server = server_factory(max_batch=4, timeout_s=0.5)
-    entered, release = _gate(server)
+    entered, release = gate_model(server)
     with ThreadPoolExecutor(2) as pool:
         try:
             held = pool.submit(_request, server.url, "POST", "/v2/models/edgeseg/infer", _infer_body())
@@ -133,11 +132,11 @@ def test_an_upload_waiting_longer_than_the_timeout_is_504(server_factory):
         time.sleep(0.01)
 
 
-def test_uploads_beyond_the_queue_size_are_503(server_factory, serve_bundle):
+def test_uploads_beyond_the_queue_size_are_503(server_factory, serve_bundle, gate_model):
     from edgeseg.runtime.segmenter import Segmenter
 
     server = server_factory(max_batch=4, queue_size=1)
-    entered, release = _gate(server)
+    entered, release = gate_model(server)
     with ThreadPoolExecutor(2) as pool:
         try:
             held = pool.submit(_request, server.url, "POST", "/v2/models/edgeseg/infer", _infer_body())
@@ -164,10 +163,10 @@ def test_uploads_beyond_the_queue_size_are_503(server_factory, serve_bundle):
 @pytest.mark.parametrize("query,fragment", [
     ("?format=png", "PNG output holds one slice; the upload has 2"), ("?format=jpg", "format must be one of"),
 ])
-def test_an_upload_the_server_cannot_answer_is_refused_without_waiting_for_the_model(server_factory, query,
+def test_an_upload_the_server_cannot_answer_is_refused_without_waiting_for_the_model(server_factory, gate_model, query,
                                                                                   fragment):
     server = server_factory(max_batch=4)
-    entered, release = _gate(server)
+    entered, release = gate_model(server)
     with ThreadPoolExecutor(2) as pool:
         try:
             held = pool.submit(_request, server.url, "POST", "/v2/models/edgeseg/infer", _infer_body())
@@ -184,25 +183,12 @@ def test_an_upload_the_server_cannot_answer_is_refused_without_waiting_for_the_m
 def test_an_upload_takes_its_place_in_the_queue_before_it_is_read(server_factory, monkeypatch):
     """So that no more than --queue-size decoded volumes wait: with the only place taken by an
     upload being read, the next is refused before its body is decoded."""
-    import edgeseg.serve.app as app_module
-
     server = server_factory(max_batch=4, queue_size=1)
-    reads, release = [], threading.Event()
-    real_read = app_module.read_upload
-
-    def held_read(*args):
-        reads.append(1)
-        assert release.wait(60), "the test never let the reading finish"
-        return real_read(*args)
-
-    monkeypatch.setattr(app_module, "read_upload", held_read)
+    reads, release = _hold_reading(monkeypatch)
     with ThreadPoolExecutor(1) as pool:
         try:
             first = pool.submit(_request, server.url, "POST", "/v1/segment", _npy(_hu()))
-            deadline = time.monotonic() + 30
-            while not reads:
-                assert time.monotonic() < deadline, "the first upload was never read"
-                time.sleep(0.005)
+            _wait_for(lambda: reads, "the first upload was never read")
             status, data = _request(server.url, "POST", "/v1/segment", _npy(_hu()), timeout=20)
             assert status == 503 and "upload queue is full (1 waiting)" in json.loads(data)["error"], data
             assert len(reads) == 1  # the refused upload was not read

@@ -6,13 +6,10 @@ import os
 
 import numpy as np
 import pytest
-import torch
-
 from edgeseg.data.store import StoreCases, open_slice_store
 from edgeseg.errors import EdgesegError
 from edgeseg.spec import PreprocessSpec
-from edgeseg.train.augment import AugmentConfig, BatchAugmenter
-from edgeseg.train.streaming import ForegroundBatchSampler, make_train_loader
+from edgeseg.train.streaming import ForegroundBatchSampler
 
 SPEC = PreprocessSpec(window=(-200.0, 300.0), size=(32, 32))
 LABELS = {"liver": [1], "kidney": [3]}  # class 1 liver, class 2 kidney
