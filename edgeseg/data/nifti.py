@@ -79,6 +79,11 @@ def spacing_from_affine(affine: np.ndarray) -> tuple[float, float, float]:
     return (sz, sy, sx)
 
 
+# Where the voxels may start: the 348- or 540-byte header and its extensions (CIFTI's XML, DICOM
+# fields) take kilobytes to a few megabytes in practice.
+MAX_VOX_OFFSET = 64 << 20
+
+
 def _check_header(image, path: Path, what: str) -> None:
     """Refuse a header whose data edgeseg cannot hold or that lies about its size, before reading it."""
     dtype = image.header.get_data_dtype()
@@ -89,10 +94,14 @@ def _check_header(image, path: Path, what: str) -> None:
     shape = check_dims(image.header.get_data_shape(), f"{what} {path}", "header field dim")
     spatial = (shape + (1, 1, 1))[:3]
     check_volume((_product(shape[2:]) if len(shape) > 2 else 1, spatial[1], spatial[0]), f"{what} {path}")
+    # where the voxels start: the proxy's offset (a loaded image's header copy reads vox_offset 0)
+    offset = int(getattr(image.dataobj, "offset", image.header.get_data_offset()))
+    if offset > MAX_VOX_OFFSET:  # a .nii.gz would be inflated all that way to reach its voxels
+        raise DataError(f"{what} {path}: header field vox_offset puts the voxels {offset} bytes in; a header and its "
+                        f"extensions take at most {MAX_VOX_OFFSET} (a corrupt or hostile header)")
     if not str(path).lower().endswith(".gz"):
-        offset = int(image.header.get_data_offset())
-        check_file_holds(f"{what} {path}", "header field dim x datatype", offset + _product(shape) * dtype.itemsize,
-                         path.stat().st_size)
+        check_file_holds(f"{what} {path}", "header field dim x datatype", _product(shape) * dtype.itemsize,
+                         path.stat().st_size - offset)  # the pixel data after the header
 
 
 def _product(shape) -> int:

@@ -111,3 +111,34 @@ def test_image_without_label_in_a_labelled_dataset(tmp_path, totalseg):
     _copy(totalseg / "example_seg.nii.gz", tmp_path / "labelsTr/a.nii.gz")
     with pytest.raises(DataError, match=r"b\.nii\.gz has no label"):
         read_nifti_dataset(tmp_path)
+
+
+def test_a_header_putting_the_voxels_far_into_a_gzip_stream_is_refused_unread(tmp_path):
+    """A .nii.gz of a few kilobytes whose vox_offset is 1 GiB: reading it inflated the whole GiB
+    of zeros to reach two slices (seconds of CPU a request behind /v1/segment); it is refused
+    from its header, and a header with an ordinary offset still reads."""
+    import gzip
+    import time
+
+    hu = np.full((8, 8, 2), -1000, np.int16)
+    header = nib.Nifti1Header()
+    header.set_data_shape(hu.shape)
+    header.set_data_dtype(np.int16)
+    header.set_sform(np.eye(4), 1)
+    header["vox_offset"] = 1 << 30
+    far = tmp_path / "far.nii.gz"
+    with gzip.open(far, "wb", compresslevel=1) as stream:  # the voxels do sit 1 GiB in
+        stream.write(header.binaryblock)
+        zeros, left = bytes(1 << 24), (1 << 30) - len(header.binaryblock)
+        while left:
+            stream.write(zeros[:min(left, len(zeros))])
+            left -= min(left, len(zeros))
+        stream.write(hu.tobytes(order="F"))
+    assert far.stat().st_size < 8 << 20  # within an upload's default body limit (64 MB)
+    started = time.perf_counter()
+    with pytest.raises(DataError, match=r"far.nii.gz: header field vox_offset puts the voxels 1073741824 bytes in"):
+        read_nifti(far)
+    assert time.perf_counter() - started < 60  # a refusal from the header (a bound for a hang, not a timing)
+    near = tmp_path / "near.nii.gz"
+    nib.save(nib.Nifti1Image(hu, np.eye(4)), near)
+    assert read_nifti(near).hu.shape == (2, 8, 8)
