@@ -48,9 +48,12 @@ def activation_bytes(config: ModelConfig, size: int, value_bytes: int = 4) -> in
     """Bytes of the activations one (size x size) slice leaves for the backward pass, at
     ``value_bytes`` a value (4: float32; 2: under 16-bit autocast): the outputs of every leaf
     layer of one training-mode forward pass, counted on the meta device."""
+    return _activation_bytes(_meta_model(config), config, size, value_bytes)
+
+
+def _activation_bytes(model, config: ModelConfig, size: int, value_bytes: int) -> int:
     import torch
 
-    model = _meta_model(config)
     model.train()
     total = 0
 
@@ -80,7 +83,8 @@ def check_trainable_here(config: ModelConfig, size: int | None = None, batch: in
 
     from edgeseg.errors import EdgesegError
 
-    params = count_parameters(_meta_model(config))
+    model = _meta_model(config)
+    params = count_parameters(model)
     where = "this GPU's" if device_memory else "this machine's"
     try:
         memory = device_memory or os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
@@ -92,7 +96,7 @@ def check_trainable_here(config: ModelConfig, size: int | None = None, batch: in
                            f"state alone, more than {where} {memory / 2**30:.0f} GiB")
     if size is None or batch is None:
         return
-    per_slice = activation_bytes(config, size, value_bytes)
+    per_slice = _activation_bytes(model, config, size, value_bytes)
     if params * 16 + batch * per_slice > memory:
         raise EdgesegError(f"--batch-size {batch} at {size}x{size}: {config.name} base {config.base} keeps about "
                            f"{per_slice / 2**20:.0f} MiB of activations a slice, {batch * per_slice / 2**30:.1f} GiB a "

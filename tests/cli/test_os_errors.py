@@ -86,7 +86,7 @@ def test_compare_on_a_full_disk_keeps_the_earlier_set(checkpoint, tmp_path, asse
 def test_an_os_error_is_one_line_but_a_programming_error_keeps_its_traceback():
     @click.group(cls=EdgesegGroup)
     def cli():
-        pass
+        """Two commands that fail: one as the OS does, one as a bug does."""
 
     @cli.command()
     def denied():

@@ -165,7 +165,7 @@ def test_the_recomputed_verdict_is_the_gates_own():
     row = compare_logits(reference, erased, None, "int8", 1.0, ["bg", "a", "b"], structure_px=16)
     row["precision"] = "int8"
     assert row["passed"] is False and row["dice_drop"] <= 1.0 and row_verdict(row)[0] is False
-    assert True in verdicts and False in verdicts
+    assert set(verdicts) == {True, False}  # the noise levels gave passing and failing rows both
 
 
 def test_a_row_of_the_first_structure_gate_fails_by_its_lost_structures():
