@@ -125,6 +125,21 @@ def _flag(params: dict, key: str, what: str) -> bool | None:
     return value
 
 
+def _holds_bool(data) -> bool:
+    """Whether nested JSON ``data`` holds a boolean anywhere: numpy takes ``[true, 2]`` as the
+    integers ``[1, 2]``, so a mix is only seen in the parsed lists themselves."""
+    pending = [data]
+    while pending:
+        values = pending.pop()
+        if values.__class__ is bool:
+            return True
+        if values.__class__ is list:
+            if any(v.__class__ is bool for v in values):
+                return True
+            pending.extend(v for v in values if v.__class__ is list)
+    return False
+
+
 def _json_data(data, dtype: np.dtype, datatype: str, name: str) -> np.ndarray:
     """JSON ``data`` (flat or nested) as ``dtype``, refusing values of another kind (strings,
     booleans for numbers, fractions for integers) and values out of the type's range instead
@@ -144,6 +159,8 @@ def _json_data(data, dtype: np.dtype, datatype: str, name: str) -> np.ndarray:
     if kind not in wanted:
         kinds = {"b": "booleans", "f": "fractions"}.get(kind, str(raw.dtype))
         raise ProtocolError(f"input {name!r}: data holds {kinds}, not {datatype} values")
+    if kind != "b" and _holds_bool(data):
+        raise ProtocolError(f"input {name!r}: data holds booleans among numbers, not {datatype} values")
     if dtype.kind in "iu":
         info = np.iinfo(dtype)
         if raw.min() < info.min or raw.max() > info.max:
