@@ -62,8 +62,14 @@ def name_failure(exc: BaseException, path: str | os.PathLike, temporaries: dict 
     """Give an OS error that names no file (a failed ``write()``, a full disk at ``close()``) the
     ``path`` being written, and one that names a temporary in ``temporaries`` (temporary path ->
     the file it becomes) that file, so the error says what could not be written."""
-    if not isinstance(exc, OSError) or exc.errno is None:
+    if not isinstance(exc, OSError):
         return
+    if exc.errno is None:
+        # numpy's short write (np.save, tofile on a full disk) is OSError("N requested and M
+        # written"), with no errno, strerror or file
+        if exc.filename is not None or len(exc.args) != 1 or not isinstance(exc.args[0], str):
+            return
+        exc.strerror = f"short write ({exc.args[0]}), the disk may be full"
     if exc.filename is None:
         exc.filename = os.fspath(path)
     elif temporaries and str(exc.filename) in temporaries:

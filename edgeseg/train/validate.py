@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from edgeseg.atomic import name_failure
 from edgeseg.metrics import dice
 from edgeseg.runtime.postprocess_options import SLICE_CANDIDATES
 
@@ -36,7 +37,12 @@ class CasePredictions:
             self._held[k] = labels
         else:
             self.folder.mkdir(parents=True, exist_ok=True)
-            np.save(self.folder / f"{k}.npy", labels)
+            path = self.folder / f"{k}.npy"
+            try:
+                np.save(path, labels)
+            except OSError as exc:  # a full disk: say which file, whatever numpy said
+                name_failure(exc, path)
+                raise
 
     def get(self, k: int) -> np.ndarray:
         return self._held[k] if self.folder is None else np.load(self.folder / f"{k}.npy")

@@ -133,3 +133,12 @@ def test_a_reader_that_went_away_ends_the_command_quietly():
     finally:
         os.close(write)
     assert proc.returncode == 128 + signal.SIGPIPE and proc.stderr == "", proc.stderr
+
+
+def test_a_slice_store_that_cannot_be_written_is_one_line_naming_it(tmp_path, assert_one_line_error):
+    """numpy reports a short write as "N requested and M written", with no errno and no file."""
+    cache = tmp_path / "cache"
+    proc = edgeseg_limited(100_000, "train", "--data", PHANTOM, "--out", tmp_path / "run", "--cache", cache,
+                           "--size", 64, "--base", 4, "--depth", 2, "--epochs", 1, "--quiet")
+    assert_one_line_error(proc, "written), the disk may be full: " + str(cache / "store-"))
+    assert os.listdir(tmp_path) == []  # neither the run folder nor the cache folder it made
