@@ -47,7 +47,8 @@ typedef enum {
 
 typedef struct {
     int code;                      /* ES_OK or an error code */
-    char message[ES_MESSAGE_SIZE]; /* one line, NUL-terminated; "" on success */
+    char message[ES_MESSAGE_SIZE]; /* one line of UTF-8, NUL-terminated; "" on success; a longer one
+                                      * loses its middle to " ... " (a long path), never its end */
 } es_error;
 
 /* Largest slice side (rows or cols) accepted, the PreprocessSpec's limit; the Python runtime's

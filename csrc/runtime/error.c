@@ -1,20 +1,50 @@
 /* Status reporting of libedgeseg: codes, one-line messages, version. */
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "es_runtime.h"
+
+/* Bytes of a too-long message kept before the " ... " (the rest of the room goes to its end). */
+#define ES_MESSAGE_HEAD 96
 
 #ifndef EDGESEG_VERSION
 #error "build with -DEDGESEG_VERSION=\"x.y.z\" (the Makefile reads it from pyproject.toml)"
 #endif
 
+/* Where a cut at `at` may go without splitting a UTF-8 sequence: back over continuation bytes. */
+static size_t char_start(const char *text, size_t at) {
+    while (at > 0 && ((unsigned char)text[at] & 0xC0) == 0x80) at--;
+    return at;
+}
+
+/* Head and tail of `full` (length `len`, over the message size) joined by " ... ": a long path
+ * (a bundle folder, its manifest) sits at the start or middle of most messages, the problem's
+ * words at their end, so a cut in the middle keeps what went wrong. */
+static void shorten_into(char *message, size_t size, const char *full, size_t len) {
+    static const char gap[] = " ... ";
+    size_t head = char_start(full, ES_MESSAGE_HEAD < size / 2 ? ES_MESSAGE_HEAD : size / 4);
+    size_t tail_room = size - 1 - head - (sizeof gap - 1);
+    size_t tail = len - tail_room;
+    while (tail < len && ((unsigned char)full[tail] & 0xC0) == 0x80) tail++;
+    memcpy(message, full, head);
+    memcpy(message + head, gap, sizeof gap - 1);
+    memcpy(message + head + sizeof gap - 1, full + tail, len - tail + 1);
+}
+
 int es_fail(es_error *err, int code, const char *fmt, ...) {
     if (err) {
-        va_list args;
+        va_list args, again;
         va_start(args, fmt);
+        va_copy(again, args);
         err->code = code;
-        vsnprintf(err->message, sizeof err->message, fmt, args);
+        int len = vsnprintf(err->message, sizeof err->message, fmt, args);
+        char *full = len >= (int)sizeof err->message ? malloc((size_t)len + 1) : NULL;
+        if (full && vsnprintf(full, (size_t)len + 1, fmt, again) == len)
+            shorten_into(err->message, sizeof err->message, full, (size_t)len);
+        free(full); /* without memory for it, the message stays cut at its end */
+        va_end(again);
         va_end(args);
         /* one line, whatever a manifest string or a library message brought in */
         for (char *c = err->message; *c; c++)

@@ -288,3 +288,20 @@ def test_a_model_with_fields_of_a_later_onnx_opens_as_in_python(bundle, tmp_path
     onnxruntime.InferenceSession(str(copy / entry["file"]), providers=["CPUExecutionProvider"])  # Python reads it
     code, message, _ = run_checks("open", copy, "fp32")
     assert code == 0, message
+
+
+def test_a_long_bundle_path_keeps_the_problem_in_the_message(bundle, tmp_path, run_checks):
+    """Messages are 512 bytes (ES_MESSAGE_SIZE): a path that long once pushed the problem's words
+    out. The middle of the message gives way ("bundle /start... ... end/of/path: problem")."""
+    deep = tmp_path.joinpath(*["é" * 40 + "-" + "d" * 50] * 6)  # multi-byte characters at every cut
+    copy = shutil.copytree(bundle, deep / "bundle")
+    manifest = json.loads((copy / "manifest.json").read_text())
+    entry = next(a for a in manifest["artifacts"] if a["format"] == "onnx" and a["precision"] == "int8")
+    with open(copy / entry["file"], "ab") as handle:
+        handle.write(b"\0")
+    code, message, _ = run_checks("open", copy, "int8")
+    assert len(str(copy)) > 600 and code == ES_EBUNDLE
+    assert len(message.encode()) <= 511 and message.encode().decode("utf-8") == message
+    assert message.startswith(f"bundle {str(copy)[:40]}") and " ... " in message
+    assert message.endswith(f"/bundle: {entry['file']} is {entry['bytes'] + 1} bytes, manifest says {entry['bytes']} "
+                            "(tampered or truncated)")
