@@ -2,7 +2,9 @@
  * ROOT/SHA16-KEY12 of OpenVINO's files plus "entry.sha256" (one "HEX SIZE NAME" line per file).
  * An entry is built in a private ".partial-*" folder and published with one rename; it is used
  * only when every file matches its record and nothing unrecorded is present, otherwise it is
- * moved aside, deleted and rebuilt. */
+ * moved aside, deleted and rebuilt. A killed process's ".partial-*" or "*.stale-*" folder is removed
+ * by the next miss once it is an hour old (ORPHAN_SECONDS in compiled_cache.py: a PID cannot say
+ * whether its writer is gone when the cache is shared across PID namespaces). */
 #include <dirent.h>
 #include <errno.h>
 #include <stdio.h>
@@ -18,6 +20,7 @@
 
 #define RECORD "entry.sha256"
 #define MAX_FILES 64
+#define ORPHAN_SECONDS 3600
 
 /* mkdir -p; 0 when `path` is a folder afterwards. */
 static int make_folders(const char *path) {
@@ -90,6 +93,23 @@ static int entry_verified(const char *entry) {
     return ok;
 }
 
+/* Remove the leftovers of killed processes in `root` unchanged for ORPHAN_SECONDS. */
+static void sweep_leftovers(const char *root) {
+    DIR *dir = opendir(root);
+    if (!dir) return;
+    time_t now = time(NULL);
+    struct dirent *item;
+    char path[ES_CACHE_PATH];
+    struct stat st;
+    while ((item = readdir(dir)) != NULL) {
+        const char *name = item->d_name;
+        if (strncmp(name, ".partial-", 9) != 0 && !strstr(name, ".stale-")) continue;
+        if (snprintf(path, sizeof path, "%s/%s", root, name) >= (int)sizeof path) continue;
+        if (lstat(path, &st) == 0 && S_ISDIR(st.st_mode) && now - st.st_mtime > ORPHAN_SECONDS) remove_folder(path);
+    }
+    closedir(dir);
+}
+
 static int new_partial(es_cache_entry *e, const char *root, const char *name) {
     struct timespec now;
     clock_gettime(CLOCK_REALTIME, &now);
@@ -130,7 +150,10 @@ void es_cache_prepare(const char *root, const char *sha256, const char *engine_k
         }
         es_cache_discard(e);
     }
-    if (make_folders(root) == 0) new_partial(e, root, name);
+    if (make_folders(root) == 0) {
+        sweep_leftovers(root);
+        new_partial(e, root, name);
+    }
 }
 
 const char *es_cache_folder(const es_cache_entry *e) { return e->hit ? e->final : e->partial[0] ? e->partial : NULL; }

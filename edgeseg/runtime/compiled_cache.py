@@ -12,7 +12,9 @@ file. It is built in a private ``.partial-*`` folder and published with one ``re
 reader sees half of it; before it is used, every file's size and sha256 are checked against the
 record and no unrecorded file may be present. Anything else (a truncated or flipped blob, a
 missing record, a file the engine added later) makes the entry stale: it is moved aside,
-deleted and rebuilt, never loaded. libedgeseg (csrc/runtime/compiled_cache.c) reads and writes
+deleted and rebuilt, never loaded. A process killed while it builds or deletes leaves its
+``.partial-*`` or ``.stale-*`` folder; the next cache miss in the same engine folder removes
+those an hour old (:data:`ORPHAN_SECONDS`). libedgeseg (csrc/runtime/compiled_cache.c) reads and writes
 the same layout, so the C and the Python runtime share OpenVINO entries.
 """
 
@@ -21,12 +23,17 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Callable, TypeVar
 
 log = logging.getLogger(__name__)
 
 RECORD = "entry.sha256"
+# Age (since its last change) at which a private build folder or an entry moved aside for deletion
+# is taken for a killed process's leftover. A PID cannot say whether its writer is gone (the
+# cache may be shared with processes in another PID namespace, a container); no build takes an hour.
+ORPHAN_SECONDS = 3600
 T = TypeVar("T")
 
 
@@ -54,6 +61,28 @@ def _remove(folder: Path) -> None:
     import shutil  # here: a cache hit, the cold start that counts, removes nothing
 
     shutil.rmtree(folder, ignore_errors=True)
+
+
+def is_leftover_name(name: str) -> bool:
+    """A private build folder (``.partial-*``) or an entry moved aside for deletion (Python's
+    ``.stale-NAME-*``, libedgeseg's ``NAME.stale-*``)."""
+    return name.startswith(".partial-") or ".stale-" in name
+
+
+def sweep_leftovers(folder: Path, now: float | None = None) -> None:
+    """Remove the leftovers in an engine ``folder`` unchanged for :data:`ORPHAN_SECONDS`."""
+    now = time.time() if now is None else now
+    try:
+        items = list(os.scandir(folder))
+    except OSError:
+        return
+    for item in items:
+        try:
+            old = now - item.stat(follow_symlinks=False).st_mtime > ORPHAN_SECONDS
+            if is_leftover_name(item.name) and old and item.is_dir(follow_symlinks=False):
+                _remove(Path(item.path))
+        except OSError:
+            continue  # taken by another process meanwhile
 
 
 class CompiledModelCache:
@@ -96,7 +125,9 @@ class CompiledModelCache:
         _remove(trash)
 
     def new_folder(self) -> Path | None:
-        """A private, empty folder for the engine to build into; None when the cache is not writable."""
+        """A private, empty folder for the engine to build into; None when the cache is not writable.
+        A miss is also when killed processes' leftovers are cleared (:func:`sweep_leftovers`)."""
+        sweep_leftovers(self.folder)
         partial = self.folder / f".partial-{self.path.name}-{os.getpid()}-{os.urandom(4).hex()}"
         try:
             partial.mkdir(parents=True)

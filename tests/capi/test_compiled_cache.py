@@ -15,6 +15,7 @@ import pytest
 
 from edgeseg.runtime import Segmenter
 from edgeseg.runtime.manifest import read_manifest
+from tests.runtime.test_compiled_cache import plant_leftovers
 
 
 @pytest.fixture(scope="module")
@@ -88,3 +89,13 @@ def test_c_rebuilds_a_damaged_entry(damage, bundle, phantom_hu, expected, progra
     assert int(np.count_nonzero(got != expected)) == 0
     assert [p.name for p in (tmp_path / "cache" / "openvino").iterdir()] == [folder.name]
     assert _record_matches(folder) and "extra.blob" not in _files(folder)
+
+
+def test_c_removes_the_hour_old_leftovers_of_killed_processes(bundle, phantom_hu, expected, programs, run_raw,
+                                                              tmp_path):
+    folder = tmp_path / "cache" / "openvino"
+    plan = plant_leftovers(folder)
+    got = run_raw(programs["c"], bundle, "fp32", phantom_hu, tmp_path)
+    assert int(np.count_nonzero(got != expected)) == 0
+    left = {p.name for p in folder.iterdir()}
+    assert left == {name for name, goes in plan.items() if not goes} | {_entry_name(bundle)}

@@ -12,12 +12,14 @@ import hashlib
 import os
 import platform
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from edgeseg.runtime import Segmenter
+from edgeseg.runtime.compiled_cache import CompiledModelCache
 from edgeseg.runtime.manifest import read_manifest
 
 
@@ -147,3 +149,40 @@ def test_two_copies_of_a_bundle_keep_an_openvino_entry_each(bundle_dir, batch, t
     assert {p: p.stat().st_mtime_ns for p in root.rglob("*")} == stamps
     for logits in results[1:]:
         np.testing.assert_array_equal(logits, results[0])
+
+
+def plant_leftovers(folder: Path) -> dict[str, bool]:
+    """What killed processes leave in an engine folder, each with whether a cache miss should
+    remove it: leftovers an hour old go; a fresh one (a build in progress elsewhere), an old entry
+    and an old leftover-named file stay."""
+    hours_ago = time.time() - 2 * 3600
+    plan = {".partial-aaaa-1-0f": True, ".stale-bbbb-0e": True, "cccc.stale-7-00ff": True,
+            ".partial-dddd-2-1e": False, "eeee-ffff": False, ".partial-file": False}
+    for name, old in plan.items():
+        path = folder / name
+        if name == ".partial-file":
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(b"not a folder")
+        else:
+            path.mkdir(parents=True)
+            (path / "blob").write_bytes(b"\0" * 64)
+        if old or name in {"eeee-ffff", ".partial-file"}:
+            os.utime(path, (hours_ago, hours_ago))
+    return plan
+
+
+def test_a_miss_removes_the_hour_old_leftovers_of_killed_processes(tmp_path):
+    """A process killed while it built an entry (or deleted a stale one) left its private folder;
+    nothing removed it before."""
+    folder = tmp_path / "cache" / "onnxruntime"
+    plan = plant_leftovers(folder)
+    cache = CompiledModelCache("onnxruntime", "ab" * 32, "engine 1.0", root=tmp_path / "cache")
+
+    def build(into: Path | None, hit: bool) -> str:
+        (into / "model.bin").write_bytes(b"compiled")
+        return "built"
+
+    assert cache.load(build) == "built"
+    left = {p.name for p in folder.iterdir()}
+    assert left == {name for name, goes in plan.items() if not goes} | {cache.path.name}
+    assert (folder / ".partial-dddd-2-1e" / "blob").exists()
