@@ -20,7 +20,7 @@ from edgeseg.errors import CheckpointError, DataError, EdgesegError
 from edgeseg.models import ModelConfig, build_model, count_parameters
 from edgeseg.models.complexity import check_trainable_here
 from edgeseg.spec import PreprocessSpec
-from edgeseg.stopping import stop_at_checkpoints
+from edgeseg.stopping import check_stop, stop_at_checkpoints
 from edgeseg.train.augment import AugmentConfig, BatchAugmenter
 from edgeseg.models.checkpoint import read_checkpoint, save_checkpoint
 from edgeseg.train.config import DATA_KEYS, MEMORY_FORMATS, TrainConfig, build_spec, config_differences
@@ -336,8 +336,11 @@ class _LoopState:
         if not self.place.is_main:
             return {"epoch": epoch, "train_loss": train_loss}, None
         classes = cfg.class_names
+        # One process takes a SIGTERM between validation cases. Under --nproc the others wait for
+        # rank 0's validation in a barrier, and a rank 0 that left alone would strand them there.
         val = validate(self.eval_model, self.val_set, len(classes), self.device, self.autocast, self.val_loss_fn,
-                       self.memory_format, keep=self.val_predictions)
+                       self.memory_format, keep=self.val_predictions,
+                       between_cases=None if self.place.distributed else check_stop)
         row = {
             "epoch": epoch,
             "train_loss": train_loss,

@@ -92,7 +92,7 @@ def _case_numbers(val_set) -> list[int]:
 
 def validate(model, val_set, num_classes: int, device, autocast: Callable, loss_fn,
              memory_format: torch.memory_format = torch.channels_last,
-             keep: CasePredictions | None = None) -> dict[str, Any]:
+             keep: CasePredictions | None = None, between_cases: Callable[[], None] | None = None) -> dict[str, Any]:
     """Loss and Dice on the validation slices, streamed case by case.
 
     Each case's images are read in batches and its labels whole (``val_set.case_labels``), and
@@ -100,11 +100,14 @@ def validate(model, val_set, num_classes: int, device, autocast: Callable, loss_
     Dice is pooled over each case's slices, then averaged over cases ("Dice per case", as LiTS
     reports it), per foreground class; ``dice`` is the mean over classes; ``loss`` the mean over
     slices of each batch's loss (batches do not cross cases). ``pred`` is ``keep``, for
-    :func:`choose_postprocess`.
+    :func:`choose_postprocess`. ``between_cases`` is called before each case (the training loop's
+    stop check: a SIGTERM need not wait for the whole validation set).
     """
     keep = CasePredictions() if keep is None else keep
     per_case, loss_sum, slices = [], 0.0, 0
     for k in _case_numbers(val_set):
+        if between_cases is not None:
+            between_cases()
         rows = np.flatnonzero(val_set.case_index == k)
         truth = val_set.case_labels(k)
         pred, loss = predict_labels(model, _Rows(val_set.images, rows), device, autocast, loss_fn=loss_fn,
