@@ -122,6 +122,8 @@ def _holds_only_segs(folder: Path) -> bool:
 
 def detect_layout(folder: Path) -> str:
     """Name the layout of a data folder: "slices", "nifti", "dicom" or "dicom-tree"."""
+    if not folder.is_dir():  # a device, a FIFO: reading it as a folder failed with "Not a directory"
+        raise DataError(f"cannot open data {folder}: neither a regular file nor a folder")
     images = folder / "images"
     if images.is_dir() and _has_files(images, IMAGE_SUFFIXES):
         return "slices"

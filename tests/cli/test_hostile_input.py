@@ -296,3 +296,15 @@ def test_manifest_nested_deeper_than_the_parser_is_one_line(tmp_path, assert_one
     bundle.mkdir()
     (bundle / "manifest.json").write_text("[" * 200000)
     assert_one_line_error(edgeseg("inspect", bundle), "JSON nested too deeply")
+
+
+@pytest.mark.parametrize("command", [("data", "info"), ("train", "--out", "run", "--data")])
+def test_data_that_is_a_device_or_a_fifo_is_refused_by_name(tmp_path, command, assert_one_line_error):
+    """Neither a file nor a folder was read as a folder: "Not a directory: /dev/null"."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    for source in ("/dev/null", fifo):
+        args = [tmp_path / a if a == "run" else a for a in command]
+        proc = edgeseg(*args, source)
+        assert_one_line_error(proc, f"cannot open data {source}: neither a regular file nor a folder")
+    assert sorted(os.listdir(tmp_path)) == ["fifo"]
