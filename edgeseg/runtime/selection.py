@@ -34,6 +34,7 @@ from edgeseg.errors import BackendError, EdgesegError
 from edgeseg.runtime.manifest import MANIFEST_NAME, ArtifactEntry, Manifest
 from edgeseg.runtime.runners import Runner, runner_class, runners, runners_for
 from edgeseg.runtime.runners.remote import RemoteRunner, is_remote
+from edgeseg.runtime.runners.base import check_threads
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +132,7 @@ def select_runner(bundle: Path, manifest: Manifest, backend: str | list[str] = "
     wanted = [backend] if isinstance(backend, str) else list(backend)
     if not wanted:
         raise BackendError("backend list is empty")
+    check_threads(threads)  # before any runner is tried: auto would take the refusal for a failed load
     if len(wanted) == 1 and is_remote(wanted[0]):
         return RemoteRunner(wanted[0], manifest.inputs[0], manifest.outputs[0], manifest.max_batch, threads,
                             artifacts=tuple(a.sha256 for a in manifest.artifacts), labels=manifest.labels)

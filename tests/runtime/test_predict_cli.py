@@ -144,3 +144,18 @@ def test_bad_inputs_are_one_line_errors(bundle_dir, tmp_path):
                     tmp_path / "out" / "x.dcm")
     _assert_refused(predict(bundle_dir, JPG, "--out", tmp_path / "out" / "x.txt"), "cannot tell the output format",
                     tmp_path / "out" / "x.txt")
+
+
+@pytest.mark.parametrize("threads", [-1, 1025])
+def test_a_thread_count_out_of_range_is_refused_before_any_backend_loads(bundle_dir, tmp_path, threads):
+    """--threads -1 and 100000 ran before: ONNX Runtime would try to start that many threads."""
+    out = tmp_path / "mask.nii.gz"
+    result = predict(str(bundle_dir), str(NIFTI), "--out", str(out), "--threads", str(threads))
+    assert result.exit_code == 2 and result.output == \
+        f"edgeseg: error: threads must be between 0 (the backend's default) and 1024, got {threads}\n"
+    assert not out.exists()
+    from edgeseg.errors import BackendError
+
+    for backend in ("auto", "onnxruntime:fp32"):
+        with pytest.raises(BackendError, match="threads must be between"):
+            Segmenter.load(bundle_dir, backend=backend, threads=threads)

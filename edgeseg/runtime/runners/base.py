@@ -23,6 +23,17 @@ import numpy as np
 from edgeseg.errors import BackendError, DataError, EdgesegError
 from edgeseg.runtime.manifest import ArtifactEntry, TensorInfo
 
+# More CPU threads than any machine this runs on has; a larger figure is a typing error, and ONNX
+# Runtime would try to start that many threads.
+MAX_THREADS = 1024
+
+
+def check_threads(threads: int) -> int:
+    """``threads`` as an int; BackendError unless 0 (the backend's default) .. MAX_THREADS."""
+    if isinstance(threads, bool) or int(threads) != threads or not 0 <= threads <= MAX_THREADS:
+        raise BackendError(f"threads must be between 0 (the backend's default) and {MAX_THREADS}, got {threads!r}")
+    return int(threads)
+
 
 class Runner(abc.ABC):
     """Run a segmentation network: ``infer(batch NCHW) -> logits NCHW`` (float32).
@@ -56,7 +67,7 @@ class Runner(abc.ABC):
         self.input_info = input_info
         self.output_info = output_info
         self.max_batch = int(max_batch)
-        self.threads = int(threads)
+        self.threads = check_threads(threads)
         self.artifact = artifact
         self._precision = precision
         self._lock = threading.Lock()
