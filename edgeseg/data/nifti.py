@@ -118,7 +118,7 @@ def _load(path: Path, what: str) -> tuple[np.ndarray, np.ndarray]:
     length); data with NaN or infinite values, after the header's scaling, is refused.
     """
     if not path.is_file():
-        raise DataError(f"{what} file not found: {path}")
+        raise DataError(f"{what} {path} is not a regular file" if path.exists() else f"{what} file not found: {path}")
     try:
         image = nib.load(path)
         affine = np.asarray(image.affine, dtype=np.float64)

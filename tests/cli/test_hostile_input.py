@@ -308,3 +308,10 @@ def test_data_that_is_a_device_or_a_fifo_is_refused_by_name(tmp_path, command, a
         proc = edgeseg(*args, source)
         assert_one_line_error(proc, f"cannot open data {source}: neither a regular file nor a folder")
     assert sorted(os.listdir(tmp_path)) == ["fifo"]
+
+
+def test_an_image_that_is_a_fifo_is_not_called_missing(tmp_path, assert_one_line_error):
+    """A FIFO named like a NIfTI file was reported as "image file not found"."""
+    fifo = tmp_path / "scan.nii.gz"
+    os.mkfifo(fifo)
+    predict_refused(tmp_path, fifo, f"image {fifo} is not a regular file", assert_one_line_error)
