@@ -177,6 +177,23 @@ def _choose(doc: dict, points: list[Point], where: str, seeds: int) -> dict[str,
     return choose
 
 
+def _check_measure(measure: dict[str, Any], where: str) -> None:
+    """[measure] values the benchmark cannot run with, refused before any point trains."""
+    from edgeseg.runtime.input_checks import MAX_SIDE
+    from edgeseg.runtime.runners.base import MAX_THREADS
+
+    batches = measure["batches"]
+    if not batches or any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in batches):
+        raise DataError(f"{where}: [measure] batches must be positive integers, got {batches}")
+    bounds = {"runs": (1, None), "warmup": (0, None), "volume_slices": (1, None), "slice_size": (2, MAX_SIDE),
+              "threads": (0, MAX_THREADS)}
+    for key, (low, high) in bounds.items():
+        value = measure[key]
+        if value < low or (high is not None and value > high):
+            span = f"between {low} and {high}" if high is not None else f">= {low}"
+            raise DataError(f"{where}: [measure] {key} must be {span}, got {value}")
+
+
 def load_sweep(path: str | Path) -> SweepConfig:
     """Parse and check a sweep file; raises DataError (one line) on any unknown or bad entry."""
     path = Path(path)
@@ -195,14 +212,16 @@ def load_sweep(path: str | Path) -> SweepConfig:
         raise DataError(f"{where}: [recipe] needs data")
     export = _checked_table(doc, "export", EXPORT_KEYS, where)
     measure = {**MEASURE_DEFAULTS, **_checked_table(doc, "measure", MEASURE_KEYS, where)}
-    if any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in measure["batches"]) or not measure["batches"]:
-        raise DataError(f"{where}: [measure] batches must be positive integers, got {measure['batches']}")
+    _check_measure(measure, where)
     base_recipe = _base_recipe(recipe, where)
     points = _grid(doc, where, _recipe_seed(recipe, base_recipe))
     sweep = SweepConfig(recipe=recipe, points=points, export=export, measure=measure, base_recipe=base_recipe,
                         choose=_choose(doc, points, where, seeds=len({p.seed for p in points})))  # each variant runs every seed
     for point in sweep.points:
-        train_config(sweep, point, Path("."))  # the recipe's values are checked here, before any work
+        try:
+            train_config(sweep, point, Path("."))  # the recipe's values are checked here, before any work
+        except EdgesegError as exc:
+            raise DataError(f"{where}: point {point.id}: {exc}") from None
     try:
         export_settings(sweep)  # and the export's
     except EdgesegError as exc:

@@ -116,6 +116,7 @@ class TrainConfig:
         for ok, message in checks:
             if not ok:
                 raise EdgesegError(message)
+        build_spec(self)  # the window, size and interpolation the spec refuses, refused with the rest
 
     @property
     def class_names(self) -> list[str]:

@@ -128,6 +128,14 @@ def test_sweep_resumes_after_a_kill_and_writes_the_reports(tmp_path):
     (("lr = 0.01", 'lr = "fast"'), "[recipe] lr must be a float"),
     (('"mobile_unet"]', '["mobile_unet"]]'), "[grid] model must list architecture names"),
     (("max_batch = 2", 'max_batch = 2\ngate_metric = "labels"'), "[export] gate metric must be one of"),
+    # these were found only after a point had trained (a traceback, or sweep.json already written)
+    (("runs = 2", "runs = 0"), "[measure] runs must be >= 1, got 0"),
+    (("warmup = 1", "warmup = -1"), "[measure] warmup must be >= 0, got -1"),
+    (("volume_slices = 4", "volume_slices = 0"), "[measure] volume_slices must be >= 1, got 0"),
+    (("slice_size = 128", "slice_size = 9000"), "[measure] slice_size must be between 2 and 8192, got 9000"),
+    (("threads = 1", "threads = -1"), "[measure] threads must be between 0 and 1024, got -1"),
+    (("augment = false", "augment = false\nwindow = [200, -100]"),
+     "point unet-b4-d2-s64: window low must be below high, got low=200.0 high=-100.0"),
 ])
 def test_bad_sweep_file_is_one_line_error_and_writes_nothing(tmp_path, edit, fragment, assert_one_line_error):
     (tmp_path / "sweep.toml").write_text(SWEEP.replace(*edit))
