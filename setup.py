@@ -61,7 +61,15 @@ class BuildPyWithSdk(build_py):
 
     def run(self) -> None:
         super().run()
-        if getattr(self, "editable_mode", False) or os.environ.get("EDGESEG_NO_SDK") == "1":
+        if getattr(self, "editable_mode", False):
+            return  # a checkout reads export/ and builds libedgeseg with `make sdk`
+        # The export profiles live in export/ at the top of the tree; an installed package reads
+        # them from edgeseg/export/profiles/ (edgeseg.export.profiles.PROFILE_DIR).
+        profiles = Path(self.build_lib) / "edgeseg" / "export" / "profiles"
+        profiles.mkdir(parents=True, exist_ok=True)
+        for profile in sorted((HERE / "export").glob("*.toml")):
+            self.copy_file(str(profile), str(profiles / profile.name))
+        if os.environ.get("EDGESEG_NO_SDK") == "1":
             return
         out = Path(self.build_lib) / "edgeseg" / "libedgeseg"
         with tempfile.TemporaryDirectory() as obj:

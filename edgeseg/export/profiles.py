@@ -20,7 +20,10 @@ FP16_CHECKS = ("subset", "full")
 GATE_METRICS = ("agreement", "truth")
 INT8_SCHEMES = ("cpu", "tensorrt")
 STRUCTURE_PX = 16
-PROFILE_DIR = Path(__file__).resolve().parents[2] / "export"
+# An installed package carries the profiles (setup.py copies export/*.toml there); a checkout
+# reads them from export/ at the top of the tree.
+_SHIPPED = Path(__file__).resolve().parent / "profiles"
+PROFILE_DIR = _SHIPPED if _SHIPPED.is_dir() else Path(__file__).resolve().parents[2] / "export"
 
 
 @dataclass(frozen=True)

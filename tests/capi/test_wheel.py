@@ -70,6 +70,8 @@ def test_wheel_ships_libedgeseg_headers_and_package_files(dists):
             f"{sdk}lib/cmake/edgeseg/edgeseg-config-version.cmake"} <= names
     assert any(n.startswith("edgeseg/kernels/_kernels") and n.endswith(".so") for n in names)
     assert {"edgeseg/recipes/covid-infection.toml", "edgeseg/recipes/liver-ct.toml"} <= _shipped_recipes() <= names
+    profiles = {f"edgeseg/export/profiles/{p.name}" for p in (ROOT / "export").glob("*.toml")}
+    assert {"edgeseg/export/profiles/cpu-int8.toml", "edgeseg/export/profiles/gpu-fp16.toml"} <= profiles <= names
 
 
 def test_both_carry_the_licence_as_an_spdx_expression_and_its_text(dists):
@@ -143,3 +145,20 @@ def test_installed_wheel_resolves_the_named_recipes(installed, tmp_path, assert_
     known = subprocess.run([edgeseg, "train", "--recipe", "covid-infection", "--data", tmp_path / "missing",
                             "--out", tmp_path / "b", "--quiet"], capture_output=True, text=True, env=env, cwd=tmp_path)
     assert_one_line_error(known, f"data folder not found: {tmp_path / 'missing'}")
+
+
+def test_installed_wheel_resolves_the_export_profiles(installed, tmp_path, assert_one_line_error):
+    """`--profile cpu-int8` looked only in the source checkout: an installed package found none."""
+    venv, site = installed
+    env = {"PATH": f"{venv / 'bin'}:/usr/bin:/bin", "HOME": str(tmp_path)}
+    code = ("from edgeseg.export.profiles import PROFILE_DIR, load_profile, resolve_profile; "
+            "print(resolve_profile('cpu-int8')); print(load_profile('gpu-fp16').fp16)")
+    done = subprocess.run([str(venv / "bin" / "python"), "-c", code], capture_output=True, text=True, env=env,
+                          cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    path, fp16 = done.stdout.split()
+    assert Path(path) == site / "edgeseg" / "export" / "profiles" / "cpu-int8.toml"
+    assert Path(path).read_bytes() == (ROOT / "export" / "cpu-int8.toml").read_bytes() and fp16 == "True"
+    unknown = subprocess.run([str(venv / "bin" / "python"), "-c", "from edgeseg.export.profiles import load_profile; "
+                              "load_profile('no-such')"], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert "one of ['cpu-int8', 'edge-int8', 'gpu-fp16']" in unknown.stderr
