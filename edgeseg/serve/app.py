@@ -315,6 +315,7 @@ def _triton_config(model: ServedModel) -> dict:
 
 
 _MODEL_ROUTE = re.compile(r"/v2/models/[^/]+(?:/versions/[^/]+)?(?:/(infer|ready|config|stats))?")
+_REPOSITORY_ROUTE = re.compile(r"/v2/repository/(?:index|models/[^/]+/(load|unload))")
 
 
 def _endpoint_label(path: str) -> str:
@@ -324,5 +325,7 @@ def _endpoint_label(path: str) -> str:
         return "model_stats"
     if (match := _MODEL_ROUTE.fullmatch(path)) is not None:
         return f"model_{match.group(1) or 'metadata'}"
+    if (match := _REPOSITORY_ROUTE.fullmatch(path)) is not None:
+        return f"repository_{match.group(1) or 'index'}"
     return {"/v2": "server_metadata", "/v2/health/live": "live", "/v2/health/ready": "ready",
             "/v1/segment": "segment", "/metrics": "metrics"}.get(path, "other")

@@ -136,8 +136,10 @@ class DicomNode:
     def _on_rejected(self, event) -> None:
         self.stats.rejected_associations += 1
         requestor = event.assoc.requestor
+        # the title the peer called is in its request; the acceptor's own title is always this node's
+        called = getattr(requestor.primitive, "called_ae_title", None) or "?"
         log.warning("rejected an association from %s (%s:%s) calling %r", requestor.ae_title, requestor.address,
-                    requestor.port, event.assoc.acceptor.ae_title)
+                    requestor.port, called)
 
     def _on_store(self, event) -> int:
         sop_class = str(event.request.AffectedSOPClassUID)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
 import subprocess
 import time
@@ -134,12 +135,16 @@ def test_forward_and_node_arguments_are_checked(serve_bundle):
         DicomNode(object(), out=None, forward=None)
 
 
-def test_wrong_called_ae_title_is_rejected(node):
-    done = subprocess.run(["echoscu", "-aec", "SOMEONE", "127.0.0.1", str(node.port)], capture_output=True,
-                          text=True, timeout=30)
+def test_wrong_called_ae_title_is_rejected(node, caplog):
+    caplog.set_level(logging.WARNING, logger="edgeseg.listen")
+    done = subprocess.run(["echoscu", "-aet", "MODALITY", "-aec", "SOMEONE", "127.0.0.1", str(node.port)],
+                          capture_output=True, text=True, timeout=30)
     assert done.returncode != 0
     assert "Called AE Title Not Recognized" in done.stderr
     assert node.stats.rejected_associations == 1
+    # the log names the title the peer called, not this node's own
+    rejected = [r.getMessage() for r in caplog.records if "rejected an association" in r.getMessage()]
+    assert len(rejected) == 1 and "from MODALITY " in rejected[0] and rejected[0].endswith("calling 'SOMEONE'")
     files = sorted(SERIES.glob("*.dcm"))[:1]
     stored = subprocess.run(["storescu", "-aec", "OTHER", "127.0.0.1", str(node.port), *map(str, files)],
                             capture_output=True, text=True, timeout=60)

@@ -91,3 +91,18 @@ def test_metrics_label_a_path_by_the_route_it_reaches(server, path, label):
     before = _metric(server.url, pattern)
     assert _request(server.url, "GET", path)[0] == 404
     assert _metric(server.url, pattern) == before + 1
+
+
+@pytest.mark.parametrize("path,code,label", [
+    ("/v2/repository/index", 200, "repository_index"),
+    ("/v2/repository/models/edgeseg/load", 400, "repository_load"),
+    ("/v2/repository/models/edgeseg/unload", 400, "repository_unload"),
+    ("/v2/repository/models/edgeseg/delete", 404, "other"),
+])
+def test_metrics_label_the_repository_routes(server, path, code, label):
+    """The model repository extension's routes are served, so they are counted under their own
+    label; ``other`` is for paths no route serves."""
+    pattern = rf'edgeseg_requests_total\{{code="{code}",endpoint="{label}"\}}'
+    before = _metric(server.url, pattern)
+    assert _request(server.url, "POST", path, b"{}")[0] == code
+    assert _metric(server.url, pattern) == before + 1
