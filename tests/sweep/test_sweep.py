@@ -1,4 +1,4 @@
-"""edgeseg sweep on a tiny phantom grid: results, reports, resume after a kill, bad sweep files."""
+"""edgeseg sweep on a tiny phantom grid: results, reports, resume after a kill (bad sweep files: test_sweep_file.py)."""
 
 import csv
 import json
@@ -107,63 +107,6 @@ def test_sweep_resumes_after_a_kill_and_writes_the_reports(tmp_path):
     # Both points are seed 0, so they validated on the same cases: one seed pair, no interval.
     assert missed[0]["paired"]["seeds"] == 1 and missed[0]["paired"]["gap_ci95"] is None
     assert missed[0]["paired"]["case_pairs"] == len(ref["val_cases"])
-
-
-@pytest.mark.parametrize("edit, fragment", [
-    (("epochs = 3", "epochs = 3\nepoch = 4"), "unknown key 'epoch' in [recipe]"),
-    (('"mobile_unet"]', '"segformer"]'), "unknown architecture(s) ['segformer']"),
-    (("[measure]", "[measur]"), "unknown section(s) ['measur']"),
-    (("[measure]", '[choose]\nreference = "unet-b9-d2-s64"\n\n[measure]'),
-     "[choose] reference 'unet-b9-d2-s64' is not a variant of the grid"),
-    (("[measure]", '[choose]\nreference = "unet-b4-d2-s64-seed1"\n\n[measure]'),
-     "[choose] reference 'unet-b4-d2-s64-seed1' is not a variant of the grid"),
-    (("[measure]", '[choose]\nreference = "unet-b4-d2-s64"\nmin_runs = 2\n\n[measure]'),
-     "[choose] min_runs must be between 1 and the grid's 1 seed(s), got 2"),
-    (("size = [64]", "size = [64]\nseed = [0, -1]"), "[grid] seed must list non-negative integers, got [0, -1]"),
-    (("size = [64]", "size = [64]\nseed = []"), "[grid] seed must list non-negative integers, got []"),
-    (("size = [64]", "size = [64]\nseed = [1, 1]"), "[grid] lists a value twice"),
-    (("[measure]", '[choose]\nreference = "unet-b4-d2-s64"\nmax_loss = 0.01\n\n[measure]'),
-     "unknown key 'max_loss' in [choose]"),
-    (("size = [64]", "size = [66]"), "size 66 is not divisible by 2**depth = 4"),
-    (("lr = 0.01", 'lr = "fast"'), "[recipe] lr must be a float"),
-    (('"mobile_unet"]', '["mobile_unet"]]'), "[grid] model must list architecture names"),
-    (("max_batch = 2", 'max_batch = 2\ngate_metric = "labels"'), "[export] gate metric must be one of"),
-    # these were found only after a point had trained (a traceback, or sweep.json already written)
-    (("runs = 2", "runs = 0"), "[measure] runs must be >= 1, got 0"),
-    (("warmup = 1", "warmup = -1"), "[measure] warmup must be >= 0, got -1"),
-    (("volume_slices = 4", "volume_slices = 0"), "[measure] volume_slices must be >= 1, got 0"),
-    (("slice_size = 128", "slice_size = 9000"), "[measure] slice_size must be between 2 and 8192, got 9000"),
-    (("threads = 1", "threads = -1"), "[measure] threads must be between 0 and 1024, got -1"),
-    (("augment = false", "augment = false\nwindow = [200, -100]"),
-     "point unet-b4-d2-s64: window low must be below high, got low=200.0 high=-100.0"),
-])
-def test_bad_sweep_file_is_one_line_error_and_writes_nothing(tmp_path, edit, fragment, assert_one_line_error):
-    (tmp_path / "sweep.toml").write_text(SWEEP.replace(*edit))
-    proc = subprocess.run([sys.executable, "-m", "edgeseg.cli", "sweep", str(tmp_path / "sweep.toml"), "--out",
-                           str(tmp_path / "out")], capture_output=True, text=True)
-    assert_one_line_error(proc, fragment)
-    assert not (tmp_path / "out").exists()
-
-
-def test_a_folder_of_another_sweep_is_refused(tmp_path):
-    from edgeseg.errors import DataError
-    from edgeseg.sweep.config import load_sweep
-    from edgeseg.sweep.run import check_sweep_folder
-
-    (tmp_path / "a.toml").write_text(SWEEP)
-    (tmp_path / "b.toml").write_text(SWEEP.replace("epochs = 3", "epochs = 4"))
-    out = tmp_path / "out"
-    out.mkdir()
-    (out / "sweep.json").write_text(json.dumps({"config": load_sweep(tmp_path / "a.toml").to_dict(), "points": []}))
-    check_sweep_folder(load_sweep(tmp_path / "a.toml"), out)
-    with pytest.raises(DataError, match="holds a different sweep"):
-        check_sweep_folder(load_sweep(tmp_path / "b.toml"), out)
-    # A grid that grows (another width, more seeds) keeps the folder: its points are named by what the grid sets.
-    (tmp_path / "c.toml").write_text(SWEEP.replace("base = [4]", "base = [4, 8]").replace("size = [64]", "size = [64]\nseed = [0, 1]"))
-    check_sweep_folder(load_sweep(tmp_path / "c.toml"), out)
-    (tmp_path / "d.toml").write_text(SWEEP.replace("size = [64]", "size = [64]\nseed = [0, 1]").replace("epochs = 3", "epochs = 4"))
-    with pytest.raises(DataError, match="holds a different sweep"):
-        check_sweep_folder(load_sweep(tmp_path / "d.toml"), out)
 
 
 def test_seeds_repeat_every_variant_and_the_recipe_seed_keeps_the_plain_id(tmp_path):
