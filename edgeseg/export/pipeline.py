@@ -56,8 +56,9 @@ def _export(checkpoint, out, settings: ExportSettings, calib, verify_data, force
     from edgeseg.runtime.manifest import sha256_file
     from edgeseg.models.checkpoint import checkpoint_spec, load_model
 
-    target = check_output(out, force)
     checkpoint = Path(checkpoint)
+    target = check_output(out, force, inputs=(("the checkpoint", checkpoint), ("the calibration data", calib),
+                                              ("the verification data", verify_data)))
     with stage("load-checkpoint"):
         model, payload = load_model(checkpoint)
     spec = checkpoint_spec(payload)

@@ -108,3 +108,20 @@ def test_negative_structure_size(checkpoint, tmp_path, assert_one_line_error):
     proc = edgeseg("export", checkpoint, "--out", tmp_path / "b", "--formats", "onnx", "--structure-px", "-1")
     assert_one_line_error(proc, "structure-px must be an integer >= 0, got -1")
     assert not (tmp_path / "b").exists()
+
+
+def test_force_never_deletes_the_exports_own_inputs(bundle, checkpoint, tmp_path, assert_one_line_error):
+    """--force replaces the old bundle whole: a checkpoint or calibration data kept in it would go
+    with it, after the export had read them."""
+    out = tmp_path / "b"
+    shutil.copytree(bundle["bundle"], out)
+    inside = out / "best.pt"
+    shutil.copyfile(checkpoint, inside)
+    assert_one_line_error(edgeseg("export", inside, "--out", out, "--formats", "onnx", "--force"),
+                          f"output {out} holds the checkpoint {inside}")
+    calib = out / "calib"
+    shutil.copytree(DATA / "msd_liver_slices", calib)
+    assert_one_line_error(edgeseg("export", checkpoint, "--out", out, "--force", "--int8", "--calib", calib),
+                          f"output {out} holds the calibration data {calib}")
+    assert inside.read_bytes() == checkpoint.read_bytes() and (calib / "images").is_dir()
+    assert (out / "model.ts").is_file()
