@@ -225,6 +225,16 @@ def cache_key(model_hash: str, data_hash: str, spec_hash: str, method: str, sche
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
+def _cached_graph_intact(cached: Path) -> bool:
+    """Whether ``cached`` is the graph its record (written after it) says it is: a damaged or
+    unrecorded cache file is a miss and is quantised again, not copied into the bundle."""
+    try:
+        record = json.loads(cached.with_suffix(".json").read_text())
+        return isinstance(record, dict) and record.get("graph_sha256") == sha256_file(cached)
+    except (OSError, ValueError):
+        return False
+
+
 def quantize_int8(fp32_onnx: str | Path, dst: str | Path, calib: CalibrationSet, spec: PreprocessSpec,
                   method: str, cache_dir: str | Path | None, input_name: str = "image", progress: bool = True,
                   scheme: str = "cpu") -> dict:
@@ -246,7 +256,7 @@ def quantize_int8(fp32_onnx: str | Path, dst: str | Path, calib: CalibrationSet,
               "model_hash": sha256_file(fp32_onnx), "scheme": scheme, "settings": settings}
     key = cache_key(record["model_hash"], calib.data_hash, spec.hash, method, scheme)
     cached = Path(cache_dir) / f"int8-{key}.onnx" if cache_dir else None
-    if cached is not None and cached.is_file():
+    if cached is not None and _cached_graph_intact(cached):
         shutil.copyfile(cached, dst)
         return {**record, "cache": "hit", "cache_key": key}
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -280,5 +290,6 @@ def quantize_int8(fp32_onnx: str | Path, dst: str | Path, calib: CalibrationSet,
         cached.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(cached) as tmp:
             shutil.copyfile(dst, tmp)
-        atomic_write_text(cached.with_suffix(".json"), json.dumps(record, indent=2) + "\n")
+        atomic_write_text(cached.with_suffix(".json"),
+                          json.dumps({**record, "graph_sha256": sha256_file(cached)}, indent=2) + "\n")
     return {**record, "cache": "miss" if cached is not None else "off", "cache_key": key}

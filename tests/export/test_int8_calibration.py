@@ -55,6 +55,23 @@ def test_cache_hits_only_for_same_model_data_and_spec(fp32_onnx, tmp_path):
     assert other_method["cache"] == "miss"
 
 
+def test_a_damaged_cache_entry_is_quantised_again(fp32_onnx, tmp_path):
+    """A cached graph that is not the one its record describes (cut short, overwritten) is a miss,
+    not a copy into the bundle that fails to parse later."""
+    cache = tmp_path / "cache"
+    data = load_calibration("phantom:cases=2,size=64,slices=8,seed=3", SPEC, 8)
+    first = quantize_int8(fp32_onnx, tmp_path / "a.onnx", data, SPEC, "minmax", cache, progress=False)
+    graph = cache / f"int8-{first['cache_key']}.onnx"
+    good = graph.read_bytes()
+    for damage in (good[: len(good) // 2], b"garbage"):
+        graph.write_bytes(damage)
+        again = quantize_int8(fp32_onnx, tmp_path / "b.onnx", data, SPEC, "minmax", cache, progress=False)
+        assert again["cache"] == "miss"
+        assert (tmp_path / "b.onnx").read_bytes() == good and graph.read_bytes() == good
+    (cache / f"int8-{first['cache_key']}.json").unlink()  # a graph without its record
+    assert quantize_int8(fp32_onnx, tmp_path / "c.onnx", data, SPEC, "minmax", cache, progress=False)["cache"] == "miss"
+
+
 def test_held_out_cases_are_left_out_of_calibration():
     source = "phantom:cases=3,size=64,slices=4,seed=3"
     everything = load_calibration(source, SPEC, 100)
