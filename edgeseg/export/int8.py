@@ -155,18 +155,29 @@ def stratify_slices(keys: list[tuple[object, float]], count: int) -> list[int]:
 
 
 def _load_array(path: Path, spec: PreprocessSpec, count: int) -> CalibrationSet:
+    from edgeseg.limits import check_file_holds
+    from edgeseg.runtime.readers import npy_header
+
     if not path.is_file():
         raise DataError(f"calibration array {path} not found")
+    # Shape, type and size from the header first: np.load allocates whatever the header claims.
+    shape, dtype, offset = npy_header(path)
+    expected = (1, *spec.size)
+    if len(shape) != 4 or tuple(shape[1:]) != expected or shape[0] == 0:
+        raise DataError(f"calibration array {path} has shape {list(shape)}; the model takes [N, {', '.join(map(str, expected))}] (spec size {list(spec.size)})")
+    if dtype.kind not in "iuf" or dtype.fields is not None:
+        raise DataError(f"calibration array {path} holds {dtype} values; expected pre-processed slices (float32)")
+    check_file_holds(path, "header field shape", int(np.prod(shape, dtype=object)) * dtype.itemsize,
+                     path.stat().st_size - offset)
     try:
         images = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as exc:
         raise DataError(f"calibration array {path} is not a readable .npy file ({exc})") from None
-    expected = (1, *spec.size)
-    if images.ndim != 4 or tuple(images.shape[1:]) != expected or len(images) == 0:
-        raise DataError(f"calibration array {path} has shape {list(images.shape)}; the model takes [N, {', '.join(map(str, expected))}] (spec size {list(spec.size)})")
     a, b = spec.scale_offset
     low, high = sorted((a * spec.window[0] + b, a * spec.window[1] + b))
-    lo, hi = float(images.min()), float(images.max())
+    lo, hi = float(images.min()), float(images.max())  # NaN propagates into both, infinities show
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        raise DataError(f"calibration array {path} holds NaN or infinite values; pre-processed slices are finite")
     if lo < low - 1e-3 or hi > high + 1e-3:
         raise DataError(f"calibration array {path} spans [{lo:.3g}, {hi:.3g}], outside what spec window {list(spec.window)} produces [{low:.3g}, {high:.3g}]; was it made with another spec?")
     chosen = stratify_slices([(None, float(s.mean())) for s in images], count)
