@@ -12,12 +12,13 @@ from __future__ import annotations
 import contextlib
 import datetime
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from edgeseg import __version__
-from edgeseg.atomic import TargetAppeared, atomic_dir, atomic_write_text, check_output_folder
+from edgeseg.atomic import TargetAppeared, atomic_dir, atomic_write_text, check_output_folder, within
 from edgeseg.errors import DataError
 from edgeseg.runtime.manifest import (MANIFEST_NAME, PARITY_NAME, ArtifactEntry, Manifest, TensorInfo,
                                       sha256_file)
@@ -25,9 +26,11 @@ from edgeseg.runtime.postprocess_options import PostprocessOptions
 from edgeseg.spec import PreprocessSpec
 
 
-def check_output(out: str | Path, force: bool) -> Path:
+def check_output(out: str | Path, force: bool, inputs: tuple[tuple[str, str | Path | None], ...] = ()) -> Path:
     """Refuse an output that exists (without ``force``), that is a folder other than a bundle,
-    or whose parent cannot hold a new folder; before any work is done."""
+    that holds one of the export's ``inputs`` (``(what, path)``: the checkpoint, the calibration
+    data, ...; replacing the folder would delete them), or whose parent cannot hold a new folder;
+    before any work is done."""
     target = Path(out)
     if target.exists():
         if not target.is_dir():
@@ -36,6 +39,10 @@ def check_output(out: str | Path, force: bool) -> Path:
             raise DataError(f"output {target} already exists; pass --force to replace it")
         if any(target.iterdir()) and not (target / MANIFEST_NAME).is_file():
             raise DataError(f"output {target} is a non-empty folder that is not a bundle; refusing to replace it")
+        for what, path in inputs:
+            if path is not None and os.path.lexists(path) and within(path, target):
+                raise DataError(f"output {target} holds {what} {path}, which replacing the bundle would delete; "
+                                "name another --out or move it out first")
     check_output_folder(target, "bundle", staged=True)
     return target
 

@@ -155,18 +155,29 @@ def stratify_slices(keys: list[tuple[object, float]], count: int) -> list[int]:
 
 
 def _load_array(path: Path, spec: PreprocessSpec, count: int) -> CalibrationSet:
+    from edgeseg.limits import check_file_holds
+    from edgeseg.runtime.readers import npy_header
+
     if not path.is_file():
         raise DataError(f"calibration array {path} not found")
+    # Shape, type and size from the header first: np.load allocates whatever the header claims.
+    shape, dtype, offset = npy_header(path)
+    expected = (1, *spec.size)
+    if len(shape) != 4 or tuple(shape[1:]) != expected or shape[0] == 0:
+        raise DataError(f"calibration array {path} has shape {list(shape)}; the model takes [N, {', '.join(map(str, expected))}] (spec size {list(spec.size)})")
+    if dtype.kind not in "iuf" or dtype.fields is not None:
+        raise DataError(f"calibration array {path} holds {dtype} values; expected pre-processed slices (float32)")
+    check_file_holds(path, "header field shape", int(np.prod(shape, dtype=object)) * dtype.itemsize,
+                     path.stat().st_size - offset)
     try:
         images = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as exc:
         raise DataError(f"calibration array {path} is not a readable .npy file ({exc})") from None
-    expected = (1, *spec.size)
-    if images.ndim != 4 or tuple(images.shape[1:]) != expected or len(images) == 0:
-        raise DataError(f"calibration array {path} has shape {list(images.shape)}; the model takes [N, {', '.join(map(str, expected))}] (spec size {list(spec.size)})")
     a, b = spec.scale_offset
     low, high = sorted((a * spec.window[0] + b, a * spec.window[1] + b))
-    lo, hi = float(images.min()), float(images.max())
+    lo, hi = float(images.min()), float(images.max())  # NaN propagates into both, infinities show
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        raise DataError(f"calibration array {path} holds NaN or infinite values; pre-processed slices are finite")
     if lo < low - 1e-3 or hi > high + 1e-3:
         raise DataError(f"calibration array {path} spans [{lo:.3g}, {hi:.3g}], outside what spec window {list(spec.window)} produces [{low:.3g}, {high:.3g}]; was it made with another spec?")
     chosen = stratify_slices([(None, float(s.mean())) for s in images], count)
@@ -225,6 +236,16 @@ def cache_key(model_hash: str, data_hash: str, spec_hash: str, method: str, sche
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
+def _cached_graph_intact(cached: Path) -> bool:
+    """Whether ``cached`` is the graph its record (written after it) says it is: a damaged or
+    unrecorded cache file is a miss and is quantised again, not copied into the bundle."""
+    try:
+        record = json.loads(cached.with_suffix(".json").read_text())
+        return isinstance(record, dict) and record.get("graph_sha256") == sha256_file(cached)
+    except (OSError, ValueError):
+        return False
+
+
 def quantize_int8(fp32_onnx: str | Path, dst: str | Path, calib: CalibrationSet, spec: PreprocessSpec,
                   method: str, cache_dir: str | Path | None, input_name: str = "image", progress: bool = True,
                   scheme: str = "cpu") -> dict:
@@ -246,7 +267,7 @@ def quantize_int8(fp32_onnx: str | Path, dst: str | Path, calib: CalibrationSet,
               "model_hash": sha256_file(fp32_onnx), "scheme": scheme, "settings": settings}
     key = cache_key(record["model_hash"], calib.data_hash, spec.hash, method, scheme)
     cached = Path(cache_dir) / f"int8-{key}.onnx" if cache_dir else None
-    if cached is not None and cached.is_file():
+    if cached is not None and _cached_graph_intact(cached):
         shutil.copyfile(cached, dst)
         return {**record, "cache": "hit", "cache_key": key}
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -280,5 +301,6 @@ def quantize_int8(fp32_onnx: str | Path, dst: str | Path, calib: CalibrationSet,
         cached.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(cached) as tmp:
             shutil.copyfile(dst, tmp)
-        atomic_write_text(cached.with_suffix(".json"), json.dumps(record, indent=2) + "\n")
+        atomic_write_text(cached.with_suffix(".json"),
+                          json.dumps({**record, "graph_sha256": sha256_file(cached)}, indent=2) + "\n")
     return {**record, "cache": "miss" if cached is not None else "off", "cache_key": key}

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from edgeseg.atomic import check_output_folder
 from edgeseg.errors import DataError, EdgesegError, require
 from edgeseg.data.open import recorded_slice_options
 from edgeseg.export.bundle import artifact_entry, build_manifest, check_output, staged_bundle, write_manifest
@@ -56,8 +57,12 @@ def _export(checkpoint, out, settings: ExportSettings, calib, verify_data, force
     from edgeseg.runtime.manifest import sha256_file
     from edgeseg.models.checkpoint import checkpoint_spec, load_model
 
-    target = check_output(out, force)
     checkpoint = Path(checkpoint)
+    target = check_output(out, force, inputs=(("the checkpoint", checkpoint), ("the calibration data", calib),
+                                              ("the verification data", verify_data)))
+    if cache_dir is not None and (settings.int8 or settings.trt):
+        # the cache is written after calibration: an unwritable one must fail now, by its own name
+        check_output_folder(cache_dir, "the export cache folder (--cache-dir)")
     with stage("load-checkpoint"):
         model, payload = load_model(checkpoint)
     spec = checkpoint_spec(payload)

@@ -166,6 +166,7 @@ def _write_python_model(tmp: Path, name: str, config: str, bundle: Path, manifes
 def check_repo_backend(backend: str) -> str:
     """``backend`` if it names one runner the Python-backend models can load (its precision is
     --precision's), else a one-line DataError."""
+    from edgeseg.runtime.runners import runner_class, runners_for
     from edgeseg.runtime.selection import parse_backend
 
     if not isinstance(backend, str) or backend.strip() in ("", "auto") or "://" in backend or "," in backend:
@@ -174,6 +175,11 @@ def check_repo_backend(backend: str) -> str:
     runner, precision = parse_backend(backend)
     if precision is not None:
         raise DataError(f"--backend {backend!r}: give the runner alone; the precision is --precision's")
+    fmt = runner_class(runner).format
+    if fmt != "onnx":  # the models hold the ONNX graph alone: any other runner fails to load in Triton
+        onnx_runners = ", ".join(cls.name for cls in runners_for("onnx"))
+        raise DataError(f"--backend {runner} runs {fmt} artifacts; the repository's Python-backend models hold the "
+                        f"bundle's ONNX graph: name one of {onnx_runners}")
     return runner
 
 

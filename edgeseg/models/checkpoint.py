@@ -11,13 +11,15 @@ import torch
 
 from edgeseg import __version__
 from edgeseg.atomic import atomic_write_bytes
-from edgeseg.errors import CheckpointError
+from edgeseg.errors import CheckpointError, EdgesegError
 from edgeseg.models import ModelConfig, build_model
 from edgeseg.spec import PreprocessSpec
 
 FORMAT = "edgeseg-checkpoint"
 FORMAT_VERSION = 1
 REQUIRED = ("format", "format_version", "model", "spec", "class_names", "state_dict")
+# Records of the training run that export and evaluation read into; each is a mapping or absent.
+RUN_RECORDS = ("postprocess", "split", "train_config", "label_values", "best")
 
 
 def save_checkpoint(
@@ -67,7 +69,37 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{path} is not an edgeseg checkpoint (format_version {version!r} is not a version number)")
     if version > FORMAT_VERSION:
         raise CheckpointError(f"{path} has format version {payload['format_version']}; this edgeseg reads {FORMAT_VERSION}")
+    _check_records(path, payload)
     return payload
+
+
+def _check_records(path: Path, payload: dict[str, Any]) -> None:
+    """Refuse class names and run records of the wrong shape here, with the checkpoint named,
+    rather than as a traceback in whichever command reads them first."""
+    def refuse(why: str) -> None:
+        raise CheckpointError(f"{path} is not an edgeseg checkpoint ({why[:240]})")
+
+    names = payload["class_names"]
+    # A string would pass as a list of one-letter class names.
+    if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) and n.strip() for n in names):
+        refuse(f"class_names must be a list of non-empty names, got {names!r}")
+    if len(set(names)) != len(names):
+        refuse(f"class_names name a class twice: {list(names)}")
+    for key in RUN_RECORDS:
+        if payload.get(key) is not None and not isinstance(payload[key], dict):
+            refuse(f"{key} must be a mapping, got {type(payload[key]).__name__} {payload[key]!r}")
+    for part, cases in (payload.get("split") or {}).items():
+        if not isinstance(cases, (list, tuple)) or not all(isinstance(c, str) for c in cases):
+            refuse(f"split[{part!r}] must be a list of case ids, got {cases!r}")
+    label_values = payload.get("label_values")
+    if label_values:
+        if len(label_values) != len(names) - 1:
+            refuse(f"label_values {label_values} has {len(label_values)} entries; class_names {list(names)} "
+                   f"has {len(names) - 1} classes besides background")
+        for name, values in label_values.items():
+            if (not isinstance(values, (list, tuple)) or not values
+                    or not all(type(v) is int and 0 < v < 256 for v in values)):
+                refuse(f"label_values[{name!r}] must be a list of source label values 1..255, got {values!r}")
 
 
 def _load_checkpoint_payload(path: Path) -> Any:
@@ -114,6 +146,14 @@ def load_model(path: str | Path, expected: ModelConfig | None = None) -> tuple[t
             model = build_model(config)
     except (TypeError, ValueError, KeyError, AttributeError, OverflowError, RuntimeError) as exc:
         raise CheckpointError(f"{path} is not an edgeseg checkpoint (bad model config: {' '.join(str(exc).split())[:200]})") from None
+    if len(payload["class_names"]) != config.num_classes:
+        raise CheckpointError(f"{path}: class_names {list(payload['class_names'])} name {len(payload['class_names'])} "
+                              f"classes; its model has num_classes {config.num_classes}")
+    try:
+        spec = checkpoint_spec(payload)
+        model.check_input_size(*spec.size)
+    except EdgesegError as exc:
+        raise CheckpointError(f"{path}: its recorded spec does not fit its model: {exc}") from None
     if expected is not None and config != expected:
         raise CheckpointError(f"{path} is from a different model config: {', '.join(config.differences(expected))}")
     state = payload["state_dict"]

@@ -89,7 +89,7 @@ def _read_image(path: Path, intensity: str):
                   hu_range=(declared.low, declared.high), source=str(path), slice_ids=[path.stem], contiguous=False)
 
 
-def _npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype, int]:
+def npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype, int]:
     """Shape, dtype and data offset from an ``.npy`` header, without reading the array."""
     fmt = np.lib.format
     try:
@@ -117,7 +117,7 @@ def _read_npy(path: Path):
     from edgeseg.data.volume import Volume, default_affine
     from edgeseg.limits import check_dims, check_file_holds, check_volume
 
-    shape, dtype, offset = _npy_header(path)
+    shape, dtype, offset = npy_header(path)
     if dtype.kind not in "biuf" or dtype.fields is not None:
         raise DataError(f"{path}: header field descr is {dtype}; expected real-valued HU (integers or floats)")
     if len(shape) not in (2, 3):

@@ -58,13 +58,14 @@ class TritonServer:
 
     def __init__(self, repo: str | Path, *, start_timeout: float = 180.0, stop_timeout: float = 30.0,
                  workdir: str | Path | None = None) -> None:
-        self.repo = Path(repo)
+        # absolute: the server runs in the work folder, where relative paths would mean other places
+        self.repo = Path(repo).absolute()
         self.start_timeout, self.stop_timeout = start_timeout, stop_timeout
         self.port = _free_port()
         self.url = f"127.0.0.1:{self.port}"
         # the backend folder and the log; a folder made here is removed at stop()
         self._owned = workdir is None
-        self._tmp = Path(tempfile.mkdtemp(prefix="edgeseg-triton-")) if workdir is None else Path(workdir)
+        self._tmp = Path(tempfile.mkdtemp(prefix="edgeseg-triton-") if workdir is None else workdir).absolute()
         self._tmp.mkdir(parents=True, exist_ok=True)
         self.log_path = self._tmp / "tritonserver.log"
         self.process: subprocess.Popen | None = None

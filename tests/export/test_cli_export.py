@@ -108,3 +108,31 @@ def test_negative_structure_size(checkpoint, tmp_path, assert_one_line_error):
     proc = edgeseg("export", checkpoint, "--out", tmp_path / "b", "--formats", "onnx", "--structure-px", "-1")
     assert_one_line_error(proc, "structure-px must be an integer >= 0, got -1")
     assert not (tmp_path / "b").exists()
+
+
+def test_force_never_deletes_the_exports_own_inputs(bundle, checkpoint, tmp_path, assert_one_line_error):
+    """--force replaces the old bundle whole: a checkpoint or calibration data kept in it would go
+    with it, after the export had read them."""
+    out = tmp_path / "b"
+    shutil.copytree(bundle["bundle"], out)
+    inside = out / "best.pt"
+    shutil.copyfile(checkpoint, inside)
+    assert_one_line_error(edgeseg("export", inside, "--out", out, "--formats", "onnx", "--force"),
+                          f"output {out} holds the checkpoint {inside}")
+    calib = out / "calib"
+    shutil.copytree(DATA / "msd_liver_slices", calib)
+    assert_one_line_error(edgeseg("export", checkpoint, "--out", out, "--force", "--int8", "--calib", calib),
+                          f"output {out} holds the calibration data {calib}")
+    assert inside.read_bytes() == checkpoint.read_bytes() and (calib / "images").is_dir()
+    assert (out / "model.ts").is_file()
+
+
+def test_unwritable_cache_fails_before_any_work(checkpoint, tmp_path, assert_one_line_error):
+    """The INT8 cache is written after calibration; an unwritable --cache-dir is named up front,
+    not reported at the end as the bundle that could not be written."""
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    proc = edgeseg("export", checkpoint, "--out", tmp_path / "b", "--int8", "--calib", DATA / "msd_liver_slices",
+                   "--cache-dir", blocker / "cache")
+    assert_one_line_error(proc, f"cannot write the export cache folder (--cache-dir) {blocker / 'cache'}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]

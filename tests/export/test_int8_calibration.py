@@ -55,6 +55,23 @@ def test_cache_hits_only_for_same_model_data_and_spec(fp32_onnx, tmp_path):
     assert other_method["cache"] == "miss"
 
 
+def test_a_damaged_cache_entry_is_quantised_again(fp32_onnx, tmp_path):
+    """A cached graph that is not the one its record describes (cut short, overwritten) is a miss,
+    not a copy into the bundle that fails to parse later."""
+    cache = tmp_path / "cache"
+    data = load_calibration("phantom:cases=2,size=64,slices=8,seed=3", SPEC, 8)
+    first = quantize_int8(fp32_onnx, tmp_path / "a.onnx", data, SPEC, "minmax", cache, progress=False)
+    graph = cache / f"int8-{first['cache_key']}.onnx"
+    good = graph.read_bytes()
+    for damage in (good[: len(good) // 2], b"garbage"):
+        graph.write_bytes(damage)
+        again = quantize_int8(fp32_onnx, tmp_path / "b.onnx", data, SPEC, "minmax", cache, progress=False)
+        assert again["cache"] == "miss"
+        assert (tmp_path / "b.onnx").read_bytes() == good and graph.read_bytes() == good
+    (cache / f"int8-{first['cache_key']}.json").unlink()  # a graph without its record
+    assert quantize_int8(fp32_onnx, tmp_path / "c.onnx", data, SPEC, "minmax", cache, progress=False)["cache"] == "miss"
+
+
 def test_held_out_cases_are_left_out_of_calibration():
     source = "phantom:cases=3,size=64,slices=4,seed=3"
     everything = load_calibration(source, SPEC, 100)
@@ -75,3 +92,26 @@ def test_npy_calibration_of_another_spec_is_refused(tmp_path):
     np.save(wide, np.full((4, 1, 64, 64), 3.0, np.float32))  # [0, 1] is all window 0..255 can produce
     with pytest.raises(DataError, match="another spec"):
         load_calibration(str(wide), SPEC, 4)
+
+
+def _npy_claiming(path, shape, descr="<f4"):
+    """An .npy file whose header claims ``shape`` over 4 KiB of data."""
+    with open(path, "wb") as handle:
+        np.lib.format.write_array_header_1_0(handle, {"descr": descr, "fortran_order": False, "shape": shape})
+        handle.write(bytes(4096))
+    return path
+
+
+@pytest.mark.parametrize(("make", "message"), [
+    (lambda p: np.save(p, np.full((2, 1, 64, 64), np.nan, np.float32)), "holds NaN or infinite values"),
+    (lambda p: np.save(p, np.full((2, 1, 64, 64), np.inf, np.float32)), "holds NaN or infinite values"),
+    (lambda p: np.save(p, np.zeros((2, 1, 64, 64), np.complex64)), "holds complex64 values"),
+    (lambda p: np.save(p, np.zeros((2, 1, 64, 64), bool)), "holds bool values"),
+    # 15 TiB claimed: refused from the header, before numpy allocates it
+    (lambda p: _npy_claiming(p, (10**9, 1, 64, 64)), "header field shape claims 16384000000000 bytes"),
+], ids=["nan", "inf", "complex", "bool", "header-lie"])
+def test_npy_calibration_that_holds_no_slices_is_refused(tmp_path, make, message):
+    path = tmp_path / "calib.npy"
+    make(path)
+    with pytest.raises(DataError, match=message):
+        load_calibration(str(path), SPEC, 4)

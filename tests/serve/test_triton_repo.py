@@ -207,6 +207,10 @@ def test_a_tensorrt_scheme_int8_graph_on_the_cpu_warns_where_the_cpu_lacks_vnni(
     ("http://127.0.0.1:8000/models/x", "--backend must name one runner"),
     ("onnxruntime,openvino", "--backend must name one runner"),
     ("onnxruntime:int8", "--backend 'onnxruntime:int8': give the runner alone; the precision is --precision's"),
+    # the models hold the ONNX graph alone, which these runners cannot load (Triton: UNAVAILABLE)
+    ("torchscript", "--backend torchscript runs torchscript artifacts; the repository's Python-backend models hold "
+                    "the bundle's ONNX graph: name one of onnxruntime, onnxruntime-gpu, openvino"),
+    ("tensorrt", "--backend tensorrt runs tensorrt artifacts"),
 ])
 def test_a_backend_the_repository_cannot_use_is_refused_before_anything_is_written(serve_bundle, tmp_path, backend,
                                                                                     message):

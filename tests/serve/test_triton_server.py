@@ -138,3 +138,17 @@ def test_a_mirroring_pipeline_on_triton_equals_mirrored_predict(serve_bundle, se
         server.stop()
     assert np.count_nonzero(on_triton != expected["mirror"]) == 0
     assert "edgeseg_tta" not in config.get("parameters", {})
+
+
+def test_server_over_relative_repository_and_work_folder(serve_bundle, series_hu, tmp_path, monkeypatch):
+    """Relative paths mean the caller's folder: the server runs in its work folder, where the
+    repository and the backend folder were not found when passed on as given."""
+    from edgeseg.serve.triton_launch import TritonServer
+
+    result = CliRunner().invoke(cli, ["triton", str(serve_bundle), str(tmp_path / "repo"), "--kind", "KIND_CPU",
+                                      "--max-batch", str(MAX_SLICES)])
+    assert result.exit_code == 0, result.output
+    monkeypatch.chdir(tmp_path)
+    with TritonServer("repo", start_timeout=240, workdir="server") as server:
+        labels = segment_with_tritonclient(server.url, series_hu[:1])
+    assert labels.shape == series_hu[:1].shape and labels.dtype == np.uint8
