@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeseg.errors import EdgesegError
+from edgeseg.errors import BackendError, EdgesegError
 from edgeseg.serve.model_inputs import (DEFAULT_MAX_SIDE, PIPELINE_SUFFIX, check_network_input,
                                          check_pipeline_input)
 
@@ -51,6 +51,15 @@ def _array(pb_utils, request, name: str) -> np.ndarray:
 
 def _tensor(pb_utils, name: str, array: np.ndarray):
     return pb_utils.Tensor.from_dlpack(name, np.ascontiguousarray(array).__dlpack__())
+
+
+def _refusal(pb_utils, exc: EdgesegError):
+    """The error response for a request the model refuses. Triton answers an error of code
+    INVALID_ARG with HTTP 400, as ``edgeseg serve`` does; a runner's failure (BackendError) is the
+    server's, 500. Python-backend stubs before the error codes take the message alone (500)."""
+    code = None if isinstance(exc, BackendError) else getattr(pb_utils.TritonError, "INVALID_ARG", None)
+    error = pb_utils.TritonError(str(exc)) if code is None else pb_utils.TritonError(str(exc), code)
+    return pb_utils.InferenceResponse(error=error)
 
 
 class TritonPythonModel:
@@ -90,7 +99,7 @@ class TritonPythonModel:
             stack = check_pipeline_input(hu, self.segmenter, network, self.max_batch, max_side=DEFAULT_MAX_SIDE)
             labels = self.segmenter.predict_volume(stack).reshape(hu.shape)
         except EdgesegError as exc:
-            return pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc)))
+            return _refusal(pb_utils, exc)
         return pb_utils.InferenceResponse(output_tensors=[_tensor(pb_utils, "labels", labels)])
 
     def _network(self, pb_utils, requests: list) -> list:
@@ -104,7 +113,7 @@ class TritonPythonModel:
                                             manifest.max_batch)
                 batches.append((index, batch))
             except EdgesegError as exc:
-                responses[index] = pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc)))
+                responses[index] = _refusal(pb_utils, exc)
         if batches:
             stacked = np.concatenate([batch for _, batch in batches])
             step = manifest.max_batch  # Triton's batch never exceeds it; a config edited by hand might

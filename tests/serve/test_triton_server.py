@@ -104,8 +104,10 @@ def test_triton_models_refuse_what_edgeseg_serve_refuses(triton, series_hu):
     hu = np.ascontiguousarray(series_hu[:1, None, :64, :64], dtype=np.float32)
     tensor = tritonclient_http.InferInput("image", list(hu.shape), "FP32")
     tensor.set_data_from_numpy(hu)
-    with pytest.raises(InferenceServerException, match="looks like HU: send CT values to model 'edgeseg-pipeline'"):
+    with pytest.raises(InferenceServerException, match="looks like HU: send CT values to model 'edgeseg-pipeline'") as refused:
         client.infer("edgeseg", [tensor])
+    # a refused input is the client's error, 400 as from edgeseg serve (Triton answered 500)
+    assert refused.value.status() == "400"
     index = {m["name"]: m["state"] for m in client.get_model_repository_index()}
     assert index == {"edgeseg": "READY", "edgeseg-pipeline": "READY"}
 
