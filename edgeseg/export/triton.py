@@ -74,8 +74,18 @@ def check_max_batch(max_batch: int | None, manifest: Manifest) -> int:
     return max_batch
 
 
+def _quoted(value: str, what: str) -> str:
+    """``value`` as a config.pbtxt string. Tensor and engine file names come from the bundle's
+    manifest: a quote, backslash or control character in one could end the string early and
+    write other fields of the config, so they are refused, not escaped."""
+    if not value or any(c in '"\\' or ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+        raise DataError(f"{what} {value!r} cannot be written into config.pbtxt: it is empty or holds a quote, "
+                        "backslash or control character")
+    return f'"{value}"'
+
+
 def _tensor(name: str, datatype: str, dims: list[int]) -> str:
-    return f'  {{ name: "{name}" data_type: {datatype} dims: [ {", ".join(str(n) for n in dims)} ] }}'
+    return f'  {{ name: {_quoted(name, "tensor name")} data_type: {datatype} dims: [ {", ".join(str(n) for n in dims)} ] }}'
 
 
 def _io(manifest: Manifest, max_batch: int) -> list[str]:
@@ -100,7 +110,8 @@ def _scheduling(max_batch: int, kind: str, instances: int, max_delay_us: int) ->
 
 
 def _parameters(params: dict[str, str]) -> list[str]:
-    return [f'parameters {{ key: "{k}" value: {{ string_value: "{v}" }} }}' for k, v in params.items()]
+    return [f'parameters {{ key: {_quoted(k, "parameter")} value: {{ string_value: {_quoted(v, k)} }} }}'
+            for k, v in params.items()]
 
 
 def model_config(manifest: Manifest, name: str, platform: str, max_batch: int, kind: str, instances: int,
@@ -110,8 +121,9 @@ def model_config(manifest: Manifest, name: str, platform: str, max_batch: int, k
              *_io(manifest, max_batch), *_scheduling(max_batch, kind, instances, max_delay_us)]
     if engines:
         first = sorted(engines)[0]
-        lines.append(f'default_model_filename: "{engines[first]}"')
-        lines += [f'cc_model_filenames {{ key: "{cc}" value: "{engines[cc]}" }}' for cc in sorted(engines)]
+        lines.append(f'default_model_filename: {_quoted(engines[first], "engine file")}')
+        lines += [f'cc_model_filenames {{ key: {_quoted(cc, "compute capability")} value: '
+                  f'{_quoted(engines[cc], "engine file")} }}' for cc in sorted(engines)]
     return "\n".join(lines) + "\n"
 
 

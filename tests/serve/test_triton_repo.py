@@ -9,6 +9,7 @@ import platform
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -124,6 +125,21 @@ def test_existing_repository_needs_force_and_tampered_bundle_is_refused(serve_bu
     assert result.exit_code != 0
     assert "model.onnx" in result.output
     assert not (tmp_path / "other").exists()
+
+
+@pytest.mark.parametrize("field", ["inputs", "outputs"])
+def test_a_manifest_tensor_name_cannot_write_other_config_fields(serve_bundle, tmp_path, field):
+    """Names from the manifest were written into config.pbtxt as they were: this one ended its
+    string and added an input, and the config still parsed."""
+    bundle = Path(shutil.copytree(serve_bundle, tmp_path / "bundle"))
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    name = manifest[field][0]["name"]
+    manifest[field][0]["name"] = f'{name}" data_type: TYPE_FP32 dims: [ 1 ] }}, {{ name: "extra'
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    result = CliRunner().invoke(cli, ["triton", str(bundle), str(tmp_path / "repo")])
+    assert result.exit_code == 2 and result.output.startswith(f"edgeseg: error: tensor name '{name}\" data_type")
+    assert "cannot be written into config.pbtxt" in result.output
+    assert not (tmp_path / "repo").exists()
 
 
 def _int8_excluded_bundle(serve_bundle, tmp_path, excluded):
