@@ -20,6 +20,9 @@ FP16_CHECKS = ("subset", "full")
 GATE_METRICS = ("agreement", "truth")
 INT8_SCHEMES = ("cpu", "tensorrt")
 STRUCTURE_PX = 16
+# The largest batch an artifact is exported for; a larger figure is a typing error (edgeseg serve
+# takes --max-batch up to the same, and Triton refuses a max_batch_size far beyond it).
+MAX_BATCH = 1024
 # An installed package carries the profiles (setup.py copies export/*.toml there); a checkout
 # reads them from export/ at the top of the tree.
 _SHIPPED = Path(__file__).resolve().parent / "profiles"
@@ -106,6 +109,8 @@ class ExportSettings:
         for name in ("calib_slices", "max_batch", "verify_slices", "fp16_check_slices"):
             if int(getattr(self, name)) < 1:
                 raise DataError(f"{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if int(self.max_batch) > MAX_BATCH:
+            raise DataError(f"max-batch must be at most {MAX_BATCH} (as for edgeseg serve), got {self.max_batch}")
         drops = {"fp32": 0.0, "fp16": 0.002, "int8": 0.01, **dict(self.max_dice_drop)}
         for key, value in drops.items():
             if key not in ("fp32", "fp16", "int8") or not 0.0 <= float(value) <= 1.0:

@@ -1,5 +1,8 @@
 """Export profiles: the shipped TOML files load, flags override them, mistakes are named."""
 
+import subprocess
+import sys
+
 import pytest
 
 from edgeseg.errors import DataError
@@ -44,3 +47,14 @@ def test_int8_scheme_follows_the_target_and_refuses_cpu_graphs_for_tensorrt():
         ExportSettings(int8=True, trt=True, int8_scheme="cpu")
     with pytest.raises(DataError, match=r"INT8 scheme must be one of \['cpu', 'tensorrt'\]"):
         ExportSettings(int8=True, int8_scheme="u8")
+
+
+def test_max_batch_beyond_what_anything_serves_is_refused(tmp_path, assert_one_line_error):
+    """--max-batch 100000000 exported a bundle whose Triton config no server took."""
+    assert ExportSettings(max_batch=1024).max_batch == 1024
+    with pytest.raises(DataError, match="max-batch must be at most 1024 .as for edgeseg serve., got 1025"):
+        ExportSettings(max_batch=1025)
+    proc = subprocess.run([sys.executable, "-m", "edgeseg.cli", "export", tmp_path / "best.pt", "--out", tmp_path / "b",
+                           "--max-batch", "100000000"], capture_output=True, text=True)
+    assert_one_line_error(proc, "max-batch must be at most 1024 (as for edgeseg serve), got 100000000")
+    assert not (tmp_path / "b").exists()
