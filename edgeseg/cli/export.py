@@ -10,7 +10,7 @@ import click
 from edgeseg.atomic import check_output_folder
 from edgeseg.cli.input_limits import input_limit_options
 from edgeseg.cli.logs import configure_logging
-from edgeseg.errors import require
+from edgeseg.errors import DataError, require
 
 
 def _cache_default() -> Path:
@@ -75,6 +75,12 @@ def command(checkpoint, out, profile, formats, fp16, int8, calib, calib_method, 
         verify_slices=verify_slices, fp16_check=fp16_check, fp16_check_slices=fp16_check_slices, max_dice_drop={"fp16": max_dice_drop_fp16, "int8": max_dice_drop_int8},
         gate_metric=gate_metric, int8_scheme=int8_scheme, structure_px=structure_px,
     )
+    int8_only = {"--calib": calib, "--calib-method": calib_method, "--calib-slices": calib_slices,
+                 "--int8-scheme": int8_scheme, "--max-dice-drop-int8": max_dice_drop_int8}
+    given = [flag for flag, value in int8_only.items() if value is not None]
+    if given and not settings.int8:  # the user meant an INT8 graph, or these flags do nothing
+        raise DataError(f"{', '.join(given)} set{'s' if len(given) == 1 else ''} up INT8, but this export writes "
+                        "no INT8 graph; add --int8 (or a profile with int8 = true)")
     result = export_bundle(checkpoint, out, settings, calib=calib, verify_data=verify_data, force=force,
                            cache_dir=cache_dir or _cache_default(), intensity=intensity, progress=not quiet,
                            echo=click.echo)

@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from edgeseg.runtime.manifest import read_manifest, verify_artifacts
 
 DATA = Path(__file__).parents[1] / "data"
@@ -54,6 +56,18 @@ def test_int8_without_or_with_empty_calibration_data(checkpoint, tmp_path, asser
     empty.mkdir()
     assert_one_line_error(edgeseg("export", checkpoint, "--out", tmp_path / "b", "--int8", "--calib", empty), "empty")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty"]
+
+
+@pytest.mark.parametrize("flags, named", [
+    (["--calib", "phantom:cases=2,size=64,slices=8"], "--calib sets"),
+    (["--calib-method", "minmax", "--int8-scheme", "cpu"], "--calib-method, --int8-scheme set"),
+    (["--profile", "gpu-fp16", "--calib-slices", "8"], "--calib-slices sets"),
+])
+def test_int8_settings_without_an_int8_graph_are_refused(checkpoint, tmp_path, flags, named, assert_one_line_error):
+    """--calib without --int8 exported an FP32 bundle without a word: the user meant INT8."""
+    proc = edgeseg("export", checkpoint, "--out", tmp_path / "b", *flags)
+    assert_one_line_error(proc, f"{named} up INT8, but this export writes no INT8 graph; add --int8")
+    assert not (tmp_path / "b").exists()
 
 
 def test_calibration_data_that_cannot_cover_the_window(checkpoint, tmp_path, assert_one_line_error):
