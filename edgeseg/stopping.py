@@ -11,6 +11,7 @@ training loop) therefore take the stop at their own safe points: inside
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import threading
 from collections.abc import Iterator
@@ -21,6 +22,15 @@ class Terminated(KeyboardInterrupt):
 
 
 _state = {"defer": 0, "pending": False, "received": False}
+
+# Set for the processes `edgeseg train --nproc N` starts: the launching command reports a stop
+# (one line for the run), so the N training processes stop without a line of their own.
+STOP_REPORTED_ABOVE = "EDGESEG_STOP_REPORTED_ABOVE"
+
+
+def stop_line_wanted() -> bool:
+    """Whether this process should print its "stopped" / "interrupted" line."""
+    return os.environ.get(STOP_REPORTED_ABOVE) != "1"
 
 
 def _handler(signum, frame) -> None:

@@ -11,7 +11,7 @@ import click
 
 from edgeseg import __version__
 from edgeseg.errors import EdgesegError
-from edgeseg.stopping import Terminated, received, sigterm_stops
+from edgeseg.stopping import Terminated, received, sigterm_stops, stop_line_wanted
 
 
 def os_error_text(exc: OSError) -> str:
@@ -60,7 +60,8 @@ class EdgesegGroup(click.Group):
                     sys.exit(2)
                 stopped = True
             except KeyboardInterrupt:
-                click.echo("edgeseg: interrupted", err=True)
+                if stop_line_wanted():
+                    click.echo("edgeseg: interrupted", err=True)
                 sys.exit(130)
             else:
                 # a SIGTERM whose Terminated was swallowed (raised inside a __del__, or caught by
@@ -68,7 +69,8 @@ class EdgesegGroup(click.Group):
                 stopped = received()
             held = list(caught)
         if stopped:  # out of the except block: the interrupted command's frames are released first
-            click.echo("edgeseg: stopped (SIGTERM)", err=True)
+            if stop_line_wanted():
+                click.echo("edgeseg: stopped (SIGTERM)", err=True)
             sys.exit(128 + signal.SIGTERM)
         for text in dict.fromkeys(f"{w.category.__name__}: {' '.join(str(w.message).split())}" for w in held):
             click.echo(f"edgeseg: warning: {text}", err=True)

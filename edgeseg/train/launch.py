@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import subprocess
@@ -10,7 +11,7 @@ import sys
 from collections.abc import Sequence
 
 from edgeseg.errors import EdgesegError
-from edgeseg.stopping import Terminated
+from edgeseg.stopping import STOP_REPORTED_ABOVE, Terminated
 from edgeseg.train.distributed import check_process_count
 
 # torchrun waits 30 s for its processes after passing them a SIGTERM, then kills them
@@ -41,6 +42,7 @@ def launch(nproc: int, train_args: Sequence[str]) -> None:
     # torchrun would otherwise set one thread per process and say so; give each process its
     # share of the cores instead.
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    env[STOP_REPORTED_ABOVE] = "1"  # a stop is this command's one line, not one per process
     # its own process group, so that a kill reaches its training processes too (killing torchrun
     # alone leaves them running); a stop reaches them through torchrun (_stop)
     run = subprocess.Popen(torchrun_command(nproc, train_args), env=env, start_new_session=True)
@@ -81,6 +83,11 @@ def torchrun() -> None:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import main
 
+    # torchrun's agent logs each step of passing a stop on ("Received 15 death signal", "Sending
+    # process N closing signal SIGTERM") as warnings; a requested stop is reported in one line
+    # by the command. A failure still gets torchrun's report (logged as an error).
+    for name in ("torch.distributed.elastic.agent.server.api", "torch.distributed.elastic.multiprocessing.api"):
+        logging.getLogger(name).setLevel(logging.ERROR)
     try:
         main()
     except SignalException as exc:
