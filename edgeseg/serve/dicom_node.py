@@ -83,6 +83,7 @@ class NodeStats:
     rejected_associations: int = 0
     segmented: list[str] = field(default_factory=list)
     forwarded: list[str] = field(default_factory=list)
+    not_forwarded: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
 
 
@@ -231,6 +232,11 @@ class DicomNode:
         if self.forward is not None:
             try:
                 self._send(target)
+            except EdgesegError as exc:
+                # the series was segmented: its SEG is in --out, whatever the peer did
+                self.stats.not_forwarded.append(target.name)
+                kept = f"it is kept in {target}" if self.out is not None else "it is dropped (no --out to keep it in)"
+                log.error("series %s: SEG not forwarded: %s; %s", series_uid, exc, kept)
             finally:
                 if self.out is None:
                     target.unlink(missing_ok=True)
@@ -252,16 +258,22 @@ class DicomNode:
         peer = self.forward
         ae = pynetdicom.AE(ae_title=self.ae_title)
         ae.add_requested_context(SEGMENTATION_STORAGE)
-        assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title)
+        where = f"{peer.ae_title}@{peer.host}:{peer.port}"
+        try:
+            assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title)
+        except OSError as exc:  # a host name that does not resolve, ...
+            raise DataError(f"could not associate with {where}: {exc.strerror or exc}") from None
         if not assoc.is_established:
-            raise DataError(f"could not associate with {peer.ae_title}@{peer.host}:{peer.port}")
+            raise DataError(f"could not associate with {where}")
         try:
             status = assoc.send_c_store(pydicom.dcmread(path))
         finally:
             assoc.release()
         code = getattr(status, "Status", None)
+        if code is None:  # pynetdicom's empty answer: the association ended or timed out first
+            raise DataError(f"{where} did not answer the C-STORE of the SEG (association aborted or timed out)")
         if code != STATUS_SUCCESS:
-            raise DataError(f"{peer.ae_title} answered C-STORE of the SEG with status {code!r}")
+            raise DataError(f"{where} answered the C-STORE of the SEG with status 0x{int(code):04X}")
         self.stats.forwarded.append(path.name)
         log.info("forwarded %s to %s@%s:%d", path.name, peer.ae_title, peer.host, peer.port)
 

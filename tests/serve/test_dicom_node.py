@@ -314,3 +314,38 @@ def test_a_forced_stop_segments_no_more_series_and_says_which(serve_bundle, tmp_
     assert set(node.stats.segmented + node.stats.failed) == {pydicom.dcmread(files[0]).SeriesInstanceUID,
                                                             pydicom.dcmread(files[0]).SeriesInstanceUID + ".2"}
     assert len(list((tmp_path / "out").glob("*.seg.dcm"))) == 1
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "archive.invalid"])
+def test_a_peer_that_cannot_be_reached_leaves_the_seg_in_out(serve_bundle, tmp_path, free_port, wait_port, caplog,
+                                                            host):
+    """Forwarding to a peer that is down (nothing on its port) or whose name does not resolve: the
+    series was segmented and its SEG stays in --out; the log says so in one line (no traceback,
+    not "not segmented"), and the node goes on serving."""
+    import logging
+
+    from edgeseg.runtime.segmenter import Segmenter
+
+    files = sorted(SERIES.glob("*.dcm"))
+    uid = pydicom.dcmread(files[0]).SeriesInstanceUID
+    caplog.set_level(logging.INFO, logger="edgeseg.listen")
+    with Segmenter.load(serve_bundle, backend="onnxruntime:fp32") as segmenter:
+        node = DicomNode(segmenter, port=free_port(), out=tmp_path / "out", forward=Peer(host, free_port(), "ARCHIVE"),
+                         idle=0.5, work=tmp_path / "work")
+        node.start()
+        try:
+            wait_port(node.port)
+            assert _storescu(node.port, files).returncode == 0
+            assert _wait_for(lambda: node.stats.not_forwarded), node.stats
+            echo = subprocess.run(["echoscu", "-aec", "EDGESEG", "127.0.0.1", str(node.port)], capture_output=True,
+                                  text=True, timeout=30)
+            assert echo.returncode == 0, echo.stderr
+        finally:
+            node.stop()
+    assert node.stats.segmented == [uid] and node.stats.failed == [] and node.stats.forwarded == []
+    assert [p.name for p in (tmp_path / "out").iterdir()] == [f"{uid}.seg.dcm"]
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR and r.name.startswith("edgeseg")]
+    assert len(errors) == 1 and errors[0].exc_info is None, [r.getMessage() for r in errors]
+    message = errors[0].getMessage()
+    assert "SEG not forwarded: could not associate with ARCHIVE@" in message and "it is kept in" in message
+    assert "\n" not in message
