@@ -48,6 +48,22 @@ def check_ae_title(title: str) -> str:
     return title
 
 
+def decodable_transfer_syntaxes() -> list[str]:
+    """The transfer syntaxes whose pixel data pydicom can decode with what is installed: the
+    uncompressed ones, and each compressed one whose decoder has a working plugin."""
+    pydicom = require("pydicom", "io", "edgeseg listen")
+    from pydicom.pixels import get_decoder
+
+    decodable = []
+    for uid in pydicom.uid.AllTransferSyntaxes:
+        try:
+            if get_decoder(uid).is_available:
+                decodable.append(str(uid))
+        except NotImplementedError:  # no decoder for this syntax in pydicom at all
+            continue
+    return decodable
+
+
 @dataclass(frozen=True)
 class Peer:
     """A DICOM application entity to send results to."""
@@ -122,6 +138,10 @@ class DicomNode:
         # Every storage class is negotiated so that a non-CT image gets a C-STORE failure status
         # (a clear answer per image) instead of a rejected presentation context.
         ae.supported_contexts = pynetdicom.StoragePresentationContexts
+        # CT images also in the compressed transfer syntaxes the DICOM reader decodes here (RLE
+        # always; JPEG, JPEG-LS, JPEG 2000 with their plugins): a peer holding its images
+        # compressed and unable to decompress them could otherwise not send them at all.
+        ae.add_supported_context(CT_IMAGE_STORAGE, decodable_transfer_syntaxes())
         ae.add_supported_context(pynetdicom.sop_class.Verification)
         ae.require_called_aet = not self.any_ae
         ae.require_calling_aet = list(self.calling_aets)

@@ -349,3 +349,23 @@ def test_a_peer_that_cannot_be_reached_leaves_the_seg_in_out(serve_bundle, tmp_p
     message = errors[0].getMessage()
     assert "SEG not forwarded: could not associate with ARCHIVE@" in message and "it is kept in" in message
     assert "\n" not in message
+
+
+def test_rle_compressed_images_are_received_and_segmented(node, tmp_path):
+    """A peer holding its CT images RLE-compressed (and proposing only that, as dcmtk's storescu
+    -xr does) sends them as they are: the node negotiates every transfer syntax its reader
+    decodes, and the SEG references the images sent."""
+    rle = tmp_path / "rle"
+    rle.mkdir()
+    for path in sorted(SERIES.glob("*.dcm")):
+        ds = pydicom.dcmread(path)
+        ds.compress(pydicom.uid.RLELossless)
+        ds.save_as(rle / path.name)
+    done = subprocess.run(["storescu", "-xr", "-R", "-aec", "EDGESEG", "127.0.0.1", str(node.port),
+                           *map(str, sorted(rle.iterdir()))], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and "Failed" not in done.stderr, done.stderr
+    assert _wait_for(lambda: node.stats.segmented), node.stats
+    uid = pydicom.dcmread(next(rle.iterdir())).SeriesInstanceUID
+    seg = pydicom.dcmread(tmp_path / "out" / f"{uid}.seg.dcm")
+    referenced = {item.ReferencedSOPInstanceUID for item in seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence}
+    assert referenced == {pydicom.dcmread(p).SOPInstanceUID for p in rle.iterdir()}
