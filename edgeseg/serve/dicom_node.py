@@ -241,12 +241,14 @@ class DicomNode:
         A series segmented before (its images came in two parts, or it was sent again) gets a new
         SEG beside the earlier one, ``UID-2.seg.dcm`` and so on, never written over it."""
         from edgeseg.data.dicom import read_dicom_series_with_refs
+        from edgeseg.runtime.seg_sources import seg_source_datasets
         from edgeseg.runtime.writers import write_dicom_seg
 
         volume, refs = read_dicom_series_with_refs(folder)
+        sources = seg_source_datasets(refs)  # a series no SEG can be made of does not hold up the model
         labels = self.segmenter.predict_volume(volume)
         target = self._seg_path(series_uid, self.out or self.work)
-        write_dicom_seg(labels, volume, refs, self.segmenter.labels, target)
+        write_dicom_seg(labels, volume, refs, self.segmenter.labels, target, sources=sources)
         self.stats.segmented.append(series_uid)
         log.info("series %s: %d slices segmented -> %s", series_uid, volume.num_slices, target)
         if self.forward is not None:
