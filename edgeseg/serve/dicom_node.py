@@ -78,8 +78,12 @@ class Peer:
         parts = text.rsplit(":", 2)
         if len(parts) != 3 or not parts[1].isdigit() or not parts[2] or not parts[0]:
             raise DataError(f"--forward must be HOST:PORT:AET, got {text!r}")
-        if not 1 <= int(parts[1]) <= 65535 or len(parts[2]) > 16:
-            raise DataError(f"--forward {text!r}: port must be 1..65535 and the AE title at most 16 characters")
+        if not 1 <= int(parts[1]) <= 65535:
+            raise DataError(f"--forward {text!r}: port must be 1..65535")
+        try:  # checked now: else every series would fail to be forwarded, one by one
+            check_ae_title(parts[2])
+        except DataError as exc:
+            raise DataError(f"--forward {text!r}: {exc}") from None
         return cls(parts[0], int(parts[1]), parts[2])
 
 

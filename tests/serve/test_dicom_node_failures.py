@@ -103,3 +103,15 @@ def test_rle_compressed_images_are_received_and_segmented(running_node, tmp_path
     seg = pydicom.dcmread(tmp_path / "out" / f"{uid}.seg.dcm")
     referenced = {item.ReferencedSOPInstanceUID for item in seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence}
     assert referenced == {pydicom.dcmread(p).SOPInstanceUID for p in rle.iterdir()}
+
+
+@pytest.mark.parametrize("title", ["ÄRZT", "A\\B", "   ", "X" * 17])
+def test_a_forward_ae_title_no_peer_can_be_called_by_is_refused_at_start(serve_bundle, tmp_path, title,
+                                                                        assert_one_line_error):
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "edgeseg.cli", "listen", str(serve_bundle), "--out",
+                           str(tmp_path / "out"), "--forward", f"127.0.0.1:104:{title}"],
+                          capture_output=True, text=True, timeout=120)
+    assert_one_line_error(done, "AE title must be 1..16 printable ASCII characters")
+    assert not (tmp_path / "out").exists()
