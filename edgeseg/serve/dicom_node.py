@@ -231,7 +231,7 @@ class DicomNode:
                 continue
             try:
                 self.process(uid, series.folder)
-            except EdgesegError as exc:
+            except (EdgesegError, OSError) as exc:  # OSError: --out full, gone, turned into a file, ...
                 self.stats.failed.append(uid)
                 log.error("series %s (%d images) not segmented: %s", uid, series.count, exc)
             except Exception as exc:  # keep serving the next series whatever one series does

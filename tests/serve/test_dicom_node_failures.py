@@ -21,14 +21,14 @@ pytestmark = pytest.mark.skipif(not DCMTK, reason="dcmtk (echoscu, storescu, sto
 @pytest.fixture
 def running_node(serve_bundle, tmp_path, free_port, wait_port):
     """``with running_node(wrap=None, **options) as node``: a DicomNode (its segmenter the bundle's,
-    or ``wrap(segmenter)``) started, writing to tmp_path/out, and stopped at the end of the block."""
+    or ``wrap(segmenter)``) started, writing to tmp_path/out unless ``out`` says otherwise, and stopped at the end of the block."""
     from edgeseg.runtime.segmenter import Segmenter
 
     @contextlib.contextmanager
     def start(wrap=None, **options):
         with Segmenter.load(serve_bundle, backend="onnxruntime:fp32") as segmenter:
-            node = DicomNode(wrap(segmenter) if wrap else segmenter, port=free_port(), out=tmp_path / "out", idle=0.5,
-                             work=tmp_path / "work", **options)
+            options = {"out": tmp_path / "out", "idle": 0.5, "work": tmp_path / "work", **options}
+            node = DicomNode(wrap(segmenter) if wrap else segmenter, port=free_port(), **options)
             node.start()
             try:
                 wait_port(node.port)
@@ -115,3 +115,20 @@ def test_a_forward_ae_title_no_peer_can_be_called_by_is_refused_at_start(serve_b
                           capture_output=True, text=True, timeout=120)
     assert_one_line_error(done, "AE title must be 1..16 printable ASCII characters")
     assert not (tmp_path / "out").exists()
+
+
+def test_an_out_folder_that_cannot_be_written_is_one_log_line_and_the_node_goes_on(running_node, tmp_path, caplog):
+    """--out became a file after the start (or filled up, or was unmounted): the SEG cannot be
+    written; the log says so in one line, without a traceback, and the node goes on serving."""
+    blocked = tmp_path / "blocked"
+    blocked.write_text("not a folder")
+    caplog.set_level(logging.INFO, logger="edgeseg.listen")
+    with running_node(out=blocked) as node:
+        assert _storescu(node.port, sorted(SERIES.glob("*.dcm"))).returncode == 0
+        assert _wait_for(lambda: node.stats.failed), node.stats
+        echo = subprocess.run(["echoscu", "-aec", "EDGESEG", "127.0.0.1", str(node.port)], capture_output=True,
+                              text=True, timeout=30)
+        assert echo.returncode == 0, echo.stderr
+    [error] = _edgeseg_errors(caplog)
+    assert error.exc_info is None and "not segmented" in error.getMessage() and str(blocked) in error.getMessage()
+    assert blocked.read_text() == "not a folder"
