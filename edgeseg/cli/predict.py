@@ -49,6 +49,7 @@ def command(bundle, input_path, out, fmt, backend, threads, batch_size, overlay,
     from edgeseg.errors import DataError, EdgesegError
     from edgeseg.runtime.manifest import read_manifest
     from edgeseg.runtime.readers import IMAGE_SUFFIXES, bundle_intensity, check_input_path, input_kind, read_input
+    from edgeseg.runtime.seg_sources import seg_source_datasets
     from edgeseg.runtime.segmenter import Segmenter
     from edgeseg.runtime.writers import format_for, write_dicom_seg, write_nifti, write_npy, write_overlay, write_png
 
@@ -79,6 +80,8 @@ def command(bundle, input_path, out, fmt, backend, threads, batch_size, overlay,
         volume = replace(volume, spacing=spacing, affine=default_affine(spacing))
     if fmt == "dicom-seg" and refs is None:
         raise DataError(f"--format dicom-seg needs a DICOM series folder as INPUT, got {input_path}")
+    # a series a SEG cannot be made of is refused before the model runs, not after
+    seg_sources = seg_source_datasets(refs) if fmt == "dicom-seg" else None
     backends = backend.split(",") if "," in backend else backend
     with Segmenter.load(bundle, backend=backends, threads=threads, tta=tta) as segmenter:
         if spacing is None and kind in ("npy", "image") and segmenter.postprocess.needs_spacing:
@@ -91,7 +94,7 @@ def command(bundle, input_path, out, fmt, backend, threads, batch_size, overlay,
     if fmt == "nifti":
         write_nifti(labels, volume, out)
     elif fmt == "dicom-seg":
-        write_dicom_seg(labels, volume, refs, names, out)
+        write_dicom_seg(labels, volume, refs, names, out, sources=seg_sources)
     elif fmt == "png":
         write_png(labels, volume, out)
     else:

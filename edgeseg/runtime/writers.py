@@ -18,6 +18,7 @@ from edgeseg import __version__
 from edgeseg.atomic import atomic_dir, atomic_path
 from edgeseg.errors import DataError, require
 from edgeseg.runtime.overlay import overlay_rgb
+from edgeseg.runtime.seg_sources import seg_source_datasets
 from edgeseg.runtime.segment_codes import segment_coding
 
 FORMATS = ("nifti", "dicom-seg", "png", "npy")
@@ -106,10 +107,11 @@ def _code(coded):
 
 
 def write_dicom_seg(labels: np.ndarray, volume, refs, class_names: dict[int, str], out: str | os.PathLike,
-                    algorithm: str = "edgeseg") -> Path:
+                    algorithm: str = "edgeseg", sources: list | None = None) -> Path:
     """A binary DICOM SEG of ``labels`` on the series ``refs`` describes (one segment per
     foreground class, coded as :mod:`edgeseg.runtime.segment_codes` says, frames referencing the
-    source instances)."""
+    source instances). ``sources``: the headers :func:`seg_source_datasets` gave for ``refs``,
+    when the caller checked them before segmenting; read and checked here otherwise."""
     if refs is None:
         raise DataError("DICOM SEG output needs a DICOM series as input (it references the source images)")
     hd = require("highdicom", "dicom", "DICOM SEG output")
@@ -118,11 +120,8 @@ def write_dicom_seg(labels: np.ndarray, volume, refs, class_names: dict[int, str
     stack = refs.to_source_layout(labels)
     if stack.shape[0] != len(refs.files):
         raise DataError(f"labels have {stack.shape[0]} slices but the series has {len(refs.files)} files")
-    sources = refs.load_datasets()
-    for dataset in sources:
-        # An empty Specific Character Set means the default repertoire; highdicom rejects ''.
-        if "SpecificCharacterSet" in dataset and not dataset.SpecificCharacterSet:
-            del dataset.SpecificCharacterSet
+    if sources is None:
+        sources = seg_source_datasets(refs)
     algorithm_id = hd.AlgorithmIdentificationSequence(name=algorithm, family=codes.DCM.ArtificialIntelligence,
                                                       version=__version__)
     descriptions = []
@@ -138,7 +137,12 @@ def write_dicom_seg(labels: np.ndarray, volume, refs, class_names: dict[int, str
     with warnings.catch_warnings():
         # The patient's name is copied from the source as it is; its form is not ours to fix.
         warnings.filterwarnings("ignore", message=".*intended person name", category=UserWarning)
-        seg = _segmentation(hd, sources, stack, descriptions, algorithm)
+        try:
+            seg = _segmentation(hd, sources, stack, descriptions, algorithm)
+        except (ValueError, TypeError, AttributeError) as exc:
+            # what seg_source_datasets does not foresee in a source header is still one line
+            raise DataError(f"cannot make a DICOM SEG of series {refs.series_instance_uid}: "
+                            f"{' '.join(str(exc).split())}") from None
     with atomic_path(out, suffix=".dcm") as tmp:
         seg.save_as(tmp)
     return Path(out)

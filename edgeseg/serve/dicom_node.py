@@ -48,6 +48,22 @@ def check_ae_title(title: str) -> str:
     return title
 
 
+def decodable_transfer_syntaxes() -> list[str]:
+    """The transfer syntaxes whose pixel data pydicom can decode with what is installed: the
+    uncompressed ones, and each compressed one whose decoder has a working plugin."""
+    pydicom = require("pydicom", "io", "edgeseg listen")
+    from pydicom.pixels import get_decoder
+
+    decodable = []
+    for uid in pydicom.uid.AllTransferSyntaxes:
+        try:
+            if get_decoder(uid).is_available:
+                decodable.append(str(uid))
+        except NotImplementedError:  # no decoder for this syntax in pydicom at all
+            continue
+    return decodable
+
+
 @dataclass(frozen=True)
 class Peer:
     """A DICOM application entity to send results to."""
@@ -62,8 +78,12 @@ class Peer:
         parts = text.rsplit(":", 2)
         if len(parts) != 3 or not parts[1].isdigit() or not parts[2] or not parts[0]:
             raise DataError(f"--forward must be HOST:PORT:AET, got {text!r}")
-        if not 1 <= int(parts[1]) <= 65535 or len(parts[2]) > 16:
-            raise DataError(f"--forward {text!r}: port must be 1..65535 and the AE title at most 16 characters")
+        if not 1 <= int(parts[1]) <= 65535:
+            raise DataError(f"--forward {text!r}: port must be 1..65535")
+        try:  # checked now: else every series would fail to be forwarded, one by one
+            check_ae_title(parts[2])
+        except DataError as exc:
+            raise DataError(f"--forward {text!r}: {exc}") from None
         return cls(parts[0], int(parts[1]), parts[2])
 
 
@@ -83,6 +103,7 @@ class NodeStats:
     rejected_associations: int = 0
     segmented: list[str] = field(default_factory=list)
     forwarded: list[str] = field(default_factory=list)
+    not_forwarded: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
 
 
@@ -121,6 +142,10 @@ class DicomNode:
         # Every storage class is negotiated so that a non-CT image gets a C-STORE failure status
         # (a clear answer per image) instead of a rejected presentation context.
         ae.supported_contexts = pynetdicom.StoragePresentationContexts
+        # CT images also in the compressed transfer syntaxes the DICOM reader decodes here (RLE
+        # always; JPEG, JPEG-LS, JPEG 2000 with their plugins): a peer holding its images
+        # compressed and unable to decompress them could otherwise not send them at all.
+        ae.add_supported_context(CT_IMAGE_STORAGE, decodable_transfer_syntaxes())
         ae.add_supported_context(pynetdicom.sop_class.Verification)
         ae.require_called_aet = not self.any_ae
         ae.require_calling_aet = list(self.calling_aets)
@@ -208,7 +233,7 @@ class DicomNode:
                 continue
             try:
                 self.process(uid, series.folder)
-            except EdgesegError as exc:
+            except (EdgesegError, OSError) as exc:  # OSError: --out full, gone, turned into a file, ...
                 self.stats.failed.append(uid)
                 log.error("series %s (%d images) not segmented: %s", uid, series.count, exc)
             except Exception as exc:  # keep serving the next series whatever one series does
@@ -222,17 +247,24 @@ class DicomNode:
         A series segmented before (its images came in two parts, or it was sent again) gets a new
         SEG beside the earlier one, ``UID-2.seg.dcm`` and so on, never written over it."""
         from edgeseg.data.dicom import read_dicom_series_with_refs
+        from edgeseg.runtime.seg_sources import seg_source_datasets
         from edgeseg.runtime.writers import write_dicom_seg
 
         volume, refs = read_dicom_series_with_refs(folder)
+        sources = seg_source_datasets(refs)  # a series no SEG can be made of does not hold up the model
         labels = self.segmenter.predict_volume(volume)
         target = self._seg_path(series_uid, self.out or self.work)
-        write_dicom_seg(labels, volume, refs, self.segmenter.labels, target)
+        write_dicom_seg(labels, volume, refs, self.segmenter.labels, target, sources=sources)
         self.stats.segmented.append(series_uid)
         log.info("series %s: %d slices segmented -> %s", series_uid, volume.num_slices, target)
         if self.forward is not None:
             try:
                 self._send(target)
+            except EdgesegError as exc:
+                # the series was segmented: its SEG is in --out, whatever the peer did
+                self.stats.not_forwarded.append(target.name)
+                kept = f"it is kept in {target}" if self.out is not None else "it is dropped (no --out to keep it in)"
+                log.error("series %s: SEG not forwarded: %s; %s", series_uid, exc, kept)
             finally:
                 if self.out is None:
                     target.unlink(missing_ok=True)
@@ -254,16 +286,22 @@ class DicomNode:
         peer = self.forward
         ae = pynetdicom.AE(ae_title=self.ae_title)
         ae.add_requested_context(SEGMENTATION_STORAGE)
-        assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title)
+        where = f"{peer.ae_title}@{peer.host}:{peer.port}"
+        try:
+            assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title)
+        except OSError as exc:  # a host name that does not resolve, ...
+            raise DataError(f"could not associate with {where}: {exc.strerror or exc}") from None
         if not assoc.is_established:
-            raise DataError(f"could not associate with {peer.ae_title}@{peer.host}:{peer.port}")
+            raise DataError(f"could not associate with {where}")
         try:
             status = assoc.send_c_store(pydicom.dcmread(path))
         finally:
             assoc.release()
         code = getattr(status, "Status", None)
+        if code is None:  # pynetdicom's empty answer: the association ended or timed out first
+            raise DataError(f"{where} did not answer the C-STORE of the SEG (association aborted or timed out)")
         if code != STATUS_SUCCESS:
-            raise DataError(f"{peer.ae_title} answered C-STORE of the SEG with status {code!r}")
+            raise DataError(f"{where} answered the C-STORE of the SEG with status 0x{int(code):04X}")
         self.stats.forwarded.append(path.name)
         log.info("forwarded %s to %s@%s:%d", path.name, peer.ae_title, peer.host, peer.port)
 

@@ -1,0 +1,88 @@
+"""``edgeseg predict --format dicom-seg`` of series whose headers a SEG cannot be made from as
+they are: refused in one line naming the file and the field, with no SEG written; and of a series
+without the Type 2 patient and study fields (as anonymisers leave them): a SEG that holds them
+empty and passes dciodvfy."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pydicom = pytest.importorskip("pydicom")
+pytest.importorskip("highdicom")
+
+SERIES = Path(__file__).resolve().parents[1] / "data" / "dcmqi_ct_liver" / "ct-3slice"
+TYPE2 = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
+         "ReferringPhysicianName", "StudyID", "AccessionNumber")
+
+
+def _series(folder: Path, edit) -> Path:
+    """The dcmqi series copied to ``folder`` with ``edit(k, dataset)`` applied to its k-th file."""
+    folder.mkdir()
+    for k, path in enumerate(sorted(SERIES.glob("*.dcm"))):
+        dataset = pydicom.dcmread(path)
+        edit(k, dataset)
+        dataset.save_as(folder / path.name)
+    return folder
+
+
+def _predict(bundle, series: Path, out: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "edgeseg.cli", "predict", str(bundle), str(series), "--out", str(out),
+                           "--format", "dicom-seg", "--backend", "onnxruntime:fp32", "--quiet"],
+                          capture_output=True, text=True, timeout=300)
+
+
+def _same_sop(k, ds):
+    if k == 2:
+        first = pydicom.dcmread(sorted(SERIES.glob("*.dcm"))[0]).SOPInstanceUID
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = first
+
+
+def _other_study(k, ds):
+    if k == 1:
+        ds.StudyInstanceUID = pydicom.uid.generate_uid()
+
+
+HOSTILE = {
+    "no frame of reference": (lambda k, ds: delattr(ds, "FrameOfReferenceUID"), "has no FrameOfReferenceUID"),
+    "empty study uid": (lambda k, ds: setattr(ds, "StudyInstanceUID", ""), "has no StudyInstanceUID"),
+    "a file of another study": (_other_study, "a DICOM SEG covers images of one study"),
+    "two files of one instance": (_same_sop, "have the same SOPInstanceUID"),
+    "patient sex spelt out": (lambda k, ds: setattr(ds, "PatientSex", "MALE"), "field PatientSex is 'MALE'"),
+    "iso date": (lambda k, ds: setattr(ds, "StudyDate", "2020-01-01"), "field StudyDate is '2020-01-01'"),
+}
+
+
+@pytest.mark.filterwarnings("ignore:Invalid value for VR")
+@pytest.mark.parametrize("case", sorted(HOSTILE))
+def test_series_a_seg_cannot_reference_is_one_line(case, exported_bundle, tmp_path, assert_one_line_error):
+    edit, fragment = HOSTILE[case]
+    series = _series(tmp_path / "series", edit)
+    out = tmp_path / "out.seg.dcm"
+    done = _predict(exported_bundle, series, out)
+    assert_one_line_error(done, fragment)
+    assert not out.exists() and [p.name for p in tmp_path.iterdir()] == ["series"]
+
+
+def test_series_without_type2_patient_fields_gets_a_valid_seg(exported_bundle, tmp_path):
+    def anonymise(k, ds):
+        for field in TYPE2:
+            if field in ds:
+                delattr(ds, field)
+
+    series = _series(tmp_path / "series", anonymise)
+    out = tmp_path / "out.seg.dcm"
+    done = _predict(exported_bundle, series, out)
+    assert done.returncode == 0, done.stderr
+    seg = pydicom.dcmread(out)
+    # Type 2: present and empty, as DICOM writes an unknown value; the study is the source's
+    assert all(field in seg and not str(seg[field].value or "") for field in TYPE2)
+    assert seg.StudyInstanceUID == pydicom.dcmread(next(series.iterdir())).StudyInstanceUID
+    if shutil.which("dciodvfy"):
+        checked = subprocess.run(["dciodvfy", str(out)], capture_output=True, text=True, timeout=120)
+        errors = [ln for ln in (checked.stdout + checked.stderr).splitlines() if ln.startswith("Error")]
+        assert errors == []

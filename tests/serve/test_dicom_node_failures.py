@@ -1,0 +1,134 @@
+"""The DICOM node where a peer or a series does not go the plain way: a forward peer that cannot
+be reached, a series no SEG can be made of, images sent compressed. dcmtk's storescu and echoscu
+are the peers."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import subprocess
+
+import pytest
+
+from edgeseg.serve.dicom_node import DicomNode, Peer
+from tests.serve.test_dicom_node import DCMTK, SERIES, _HeldSegmenter, _storescu, _wait_for
+
+pytest.importorskip("pynetdicom")
+pydicom = pytest.importorskip("pydicom")
+pytestmark = pytest.mark.skipif(not DCMTK, reason="dcmtk (echoscu, storescu, storescp) is not installed: apt-get install dcmtk")
+
+
+@pytest.fixture
+def running_node(serve_bundle, tmp_path, free_port, wait_port):
+    """``with running_node(wrap=None, **options) as node``: a DicomNode (its segmenter the bundle's,
+    or ``wrap(segmenter)``) started, writing to tmp_path/out unless ``out`` says otherwise, and stopped at the end of the block."""
+    from edgeseg.runtime.segmenter import Segmenter
+
+    @contextlib.contextmanager
+    def start(wrap=None, **options):
+        with Segmenter.load(serve_bundle, backend="onnxruntime:fp32") as segmenter:
+            options = {"out": tmp_path / "out", "idle": 0.5, "work": tmp_path / "work", **options}
+            node = DicomNode(wrap(segmenter) if wrap else segmenter, port=free_port(), **options)
+            node.start()
+            try:
+                wait_port(node.port)
+                yield node
+            finally:
+                node.stop()
+
+    return start
+
+
+def _edgeseg_errors(caplog) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.levelno >= logging.ERROR and r.name.startswith("edgeseg")]
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "archive.invalid"])
+def test_a_peer_that_cannot_be_reached_leaves_the_seg_in_out(running_node, tmp_path, free_port, caplog, host):
+    """Forwarding to a peer that is down (nothing on its port) or whose name does not resolve: the
+    series was segmented and its SEG stays in --out; the log says so in one line (no traceback,
+    not "not segmented"), and the node goes on serving."""
+    files = sorted(SERIES.glob("*.dcm"))
+    uid = pydicom.dcmread(files[0]).SeriesInstanceUID
+    caplog.set_level(logging.INFO, logger="edgeseg.listen")
+    with running_node(forward=Peer(host, free_port(), "ARCHIVE")) as node:
+        assert _storescu(node.port, files).returncode == 0
+        assert _wait_for(lambda: node.stats.not_forwarded), node.stats
+        echo = subprocess.run(["echoscu", "-aec", "EDGESEG", "127.0.0.1", str(node.port)], capture_output=True,
+                              text=True, timeout=30)
+        assert echo.returncode == 0, echo.stderr
+    assert node.stats.segmented == [uid] and node.stats.failed == [] and node.stats.forwarded == []
+    assert [p.name for p in (tmp_path / "out").iterdir()] == [f"{uid}.seg.dcm"]
+    [error] = _edgeseg_errors(caplog)
+    message = error.getMessage()
+    assert error.exc_info is None and "\n" not in message
+    assert "SEG not forwarded: could not associate with ARCHIVE@" in message and "it is kept in" in message
+
+
+def test_a_series_no_seg_can_be_made_of_is_one_log_line_and_never_reaches_the_model(running_node, tmp_path, caplog):
+    other_study = tmp_path / "other-study"
+    other_study.mkdir()
+    for k, path in enumerate(sorted(SERIES.glob("*.dcm"))):
+        ds = pydicom.dcmread(path)
+        if k == 1:
+            ds.StudyInstanceUID = pydicom.uid.generate_uid()
+        ds.save_as(other_study / path.name)
+    caplog.set_level(logging.INFO, logger="edgeseg.listen")
+    with running_node(wrap=_HeldSegmenter) as node:
+        held = node.segmenter
+        held.go.set()
+        assert _storescu(node.port, sorted(other_study.iterdir())).returncode == 0
+        assert _wait_for(lambda: node.stats.failed), node.stats
+    assert not held.started.is_set() and node.stats.segmented == [] and not (tmp_path / "out").exists()
+    [error] = _edgeseg_errors(caplog)
+    assert error.exc_info is None and "a DICOM SEG covers images of one study" in error.getMessage()
+
+
+def test_rle_compressed_images_are_received_and_segmented(running_node, tmp_path):
+    """A peer holding its CT images RLE-compressed (and proposing only that, as dcmtk's storescu
+    -xr -R does) sends them as they are: the node negotiates every transfer syntax its reader
+    decodes, and the SEG references the images sent."""
+    rle = tmp_path / "rle"
+    rle.mkdir()
+    for path in sorted(SERIES.glob("*.dcm")):
+        ds = pydicom.dcmread(path)
+        ds.compress(pydicom.uid.RLELossless)
+        ds.save_as(rle / path.name)
+    with running_node() as node:
+        done = subprocess.run(["storescu", "-xr", "-R", "-aec", "EDGESEG", "127.0.0.1", str(node.port),
+                               *map(str, sorted(rle.iterdir()))], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0 and "Failed" not in done.stderr, done.stderr
+        assert _wait_for(lambda: node.stats.segmented), node.stats
+    uid = pydicom.dcmread(next(rle.iterdir())).SeriesInstanceUID
+    seg = pydicom.dcmread(tmp_path / "out" / f"{uid}.seg.dcm")
+    referenced = {item.ReferencedSOPInstanceUID for item in seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence}
+    assert referenced == {pydicom.dcmread(p).SOPInstanceUID for p in rle.iterdir()}
+
+
+@pytest.mark.parametrize("title", ["ÄRZT", "A\\B", "   ", "X" * 17])
+def test_a_forward_ae_title_no_peer_can_be_called_by_is_refused_at_start(serve_bundle, tmp_path, title,
+                                                                        assert_one_line_error):
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "edgeseg.cli", "listen", str(serve_bundle), "--out",
+                           str(tmp_path / "out"), "--forward", f"127.0.0.1:104:{title}"],
+                          capture_output=True, text=True, timeout=120)
+    assert_one_line_error(done, "AE title must be 1..16 printable ASCII characters")
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_out_folder_that_cannot_be_written_is_one_log_line_and_the_node_goes_on(running_node, tmp_path, caplog):
+    """--out became a file after the start (or filled up, or was unmounted): the SEG cannot be
+    written; the log says so in one line, without a traceback, and the node goes on serving."""
+    blocked = tmp_path / "blocked"
+    blocked.write_text("not a folder")
+    caplog.set_level(logging.INFO, logger="edgeseg.listen")
+    with running_node(out=blocked) as node:
+        assert _storescu(node.port, sorted(SERIES.glob("*.dcm"))).returncode == 0
+        assert _wait_for(lambda: node.stats.failed), node.stats
+        echo = subprocess.run(["echoscu", "-aec", "EDGESEG", "127.0.0.1", str(node.port)], capture_output=True,
+                              text=True, timeout=30)
+        assert echo.returncode == 0, echo.stderr
+    [error] = _edgeseg_errors(caplog)
+    assert error.exc_info is None and "not segmented" in error.getMessage() and str(blocked) in error.getMessage()
+    assert blocked.read_text() == "not a folder"
