@@ -71,6 +71,9 @@ class Peer:
     host: str
     port: int
     ae_title: str
+    # Seconds to wait for the TCP connection. pynetdicom's default is none, so a host that drops
+    # the connection attempt held the segmenting worker for the OS's ~2 minutes on every series.
+    connect_timeout: float = 10.0
 
     @classmethod
     def parse(cls, text: str) -> "Peer":
@@ -285,6 +288,7 @@ class DicomNode:
         pydicom = require("pydicom", "io", "forwarding DICOM SEG")
         peer = self.forward
         ae = pynetdicom.AE(ae_title=self.ae_title)
+        ae.connection_timeout = peer.connect_timeout
         ae.add_requested_context(SEGMENTATION_STORAGE)
         where = f"{peer.ae_title}@{peer.host}:{peer.port}"
         try:

@@ -65,6 +65,26 @@ def test_a_peer_that_cannot_be_reached_leaves_the_seg_in_out(running_node, tmp_p
     assert "SEG not forwarded: could not associate with ARCHIVE@" in message and "it is kept in" in message
 
 
+def test_a_peer_that_never_answers_the_connection_costs_the_connect_timeout(running_node, tmp_path, caplog):
+    """A listening socket whose backlog is full drops new connection attempts, as a firewalled
+    host does: without a connect timeout the worker waited the OS's ~2 minutes per series."""
+    import socket
+
+    files = sorted(SERIES.glob("*.dcm"))
+    caplog.set_level(logging.INFO, logger="edgeseg.listen")
+    with socket.socket() as silent, socket.socket() as filler:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(0)
+        filler.connect(silent.getsockname())  # the one place in the backlog, never accepted
+        with running_node(forward=Peer("127.0.0.1", silent.getsockname()[1], "ARCHIVE", connect_timeout=1.0)) as node:
+            assert _storescu(node.port, files).returncode == 0
+            # well inside the OS's connect wait (~2 minutes), which is what the worker waited before
+            assert _wait_for(lambda: node.stats.not_forwarded, timeout=30), node.stats
+    assert node.stats.segmented and node.stats.forwarded == []
+    [error] = _edgeseg_errors(caplog)
+    assert "SEG not forwarded: could not associate with ARCHIVE@127.0.0.1" in error.getMessage()
+
+
 def test_a_series_no_seg_can_be_made_of_is_one_log_line_and_never_reaches_the_model(running_node, tmp_path, caplog):
     other_study = tmp_path / "other-study"
     other_study.mkdir()
