@@ -92,10 +92,10 @@ class RemoteRunner(Runner):
                 response = self._connection.getresponse()
                 return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
             except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError) as exc:
-                self.close()
+                self._disconnect()
                 lost = f"connection lost ({exc})"
             except OSError as exc:
-                self.close()
+                self._disconnect()
                 raise BackendError(f"remote: cannot reach {self._scheme}://{self.device} ({exc})") from None
         raise BackendError(f"remote {self.device}: {lost}")
 
@@ -181,7 +181,11 @@ class RemoteRunner(Runner):
             raise BackendError(f"remote {self.device}: binary logits of {size} bytes do not fit shape {list(shape)}")
         return np.frombuffer(body, dtype=dtype, count=int(np.prod(shape)), offset=length).reshape(shape)
 
-    def close(self) -> None:
+    def _release(self) -> None:
+        self._disconnect()
+
+    def _disconnect(self) -> None:
+        """Drop the kept-alive connection; the next request opens a new one."""
         if self._connection is not None:
             self._connection.close()
             self._connection = None
