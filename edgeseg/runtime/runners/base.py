@@ -31,7 +31,11 @@ MAX_THREADS = 1024
 
 def check_threads(threads: int) -> int:
     """``threads`` as an int; BackendError unless 0 (the backend's default) .. MAX_THREADS."""
-    if isinstance(threads, bool) or int(threads) != threads or not 0 <= threads <= MAX_THREADS:
+    try:
+        whole = not isinstance(threads, bool) and int(threads) == threads
+    except (TypeError, ValueError, OverflowError):  # None, a string, NaN, inf
+        whole = False
+    if not whole or not 0 <= threads <= MAX_THREADS:
         raise BackendError(f"threads must be between 0 (the backend's default) and {MAX_THREADS}, got {threads!r}")
     return int(threads)
 

@@ -33,10 +33,14 @@ def parse_address(url: str) -> tuple[str, str, int, str]:
     """``http://HOST:PORT/models/NAME`` -> (scheme, host, port, model path prefix)."""
     parts = urllib.parse.urlsplit(url.strip())
     match = _PATH.match(parts.path)
-    if parts.scheme not in ("http", "https") or not parts.hostname or match is None:
-        raise BackendError(f"remote backend must look like http://HOST:PORT/models/NAME, got {url!r}")
+    try:
+        port = parts.port  # ValueError for a port that is not a number in 0..65535
+    except ValueError:
+        port = -1
+    if parts.scheme not in ("http", "https") or not parts.hostname or match is None or port in (-1, 0):
+        raise BackendError(f"remote backend must look like http://HOST:PORT/models/NAME (PORT 1..65535), got {url!r}")
     prefix = f"/v2/models/{match['model']}" + (f"/versions/{match['version']}" if match["version"] else "")
-    port = parts.port or (443 if parts.scheme == "https" else 80)
+    port = port or (443 if parts.scheme == "https" else 80)
     return parts.scheme, parts.hostname, port, prefix
 
 
