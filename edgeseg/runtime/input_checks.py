@@ -39,7 +39,9 @@ def checked_hu(images: np.ndarray, spec: PreprocessSpec, *, ndim: int, resize: b
     if arr.ndim != ndim:
         layout = "(H, W)" if ndim == 2 else "(Z, H, W)"
         raise DataError(f"{what} must be {layout}, got shape {list(arr.shape)}")
-    if min(arr.shape) < 1 or min(arr.shape[-2:]) < MIN_SIDE:
+    if ndim == 3 and arr.shape[0] == 0:
+        raise DataError(f"{what} of shape {list(arr.shape)} has no slices")
+    if min(arr.shape[-2:]) < MIN_SIDE:
         raise DataError(f"{what} of shape {list(arr.shape)} is too small; slices need at least {MIN_SIDE} rows and columns")
     if max(arr.shape[-2:]) > MAX_SIDE:
         raise DataError(f"{what} of {arr.shape[-2]} x {arr.shape[-1]} is larger than the limit of {MAX_SIDE} rows and "

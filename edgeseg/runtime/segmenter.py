@@ -10,7 +10,7 @@ runner, or a CPU runner capped below the core count), a worker thread pre-proces
 and post-processes batch i-1 while batch i runs in the model: the C kernels and the backends
 release the GIL, so they overlap on separate cores. A CPU runner using every core runs them
 inline between batches instead (``Segmenter.overlap``). Input buffers are allocated once per segmenter and reused; a
-lock makes concurrent calls from several threads take turns on them.
+lock makes concurrent calls from several threads take turns on them, and ``close`` waits for a call in progress.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from edgeseg.errors import BundleError, DataError
+from edgeseg.errors import BackendError, BundleError, DataError
 from edgeseg.kernels import filter_components, postprocess, preprocess
 from edgeseg.runtime.input_checks import checked_hu
 from edgeseg.runtime.manifest import Manifest, network_tensors, read_manifest, verify_artifacts
@@ -96,6 +96,7 @@ class Segmenter:
         self._lock = threading.Lock()
         self._buffers: list[np.ndarray] = []
         self._worker: ThreadPoolExecutor | None = None
+        self._closed = False
         # Overlap pre/post-processing with inference only where a core is free for it: a GPU
         # runner, or a CPU runner capped below the core count. A CPU runner on every core loses
         # more to the worker preempting one of its threads (its others wait at the next
@@ -219,6 +220,8 @@ class Segmenter:
 
         with self._lock, tqdm(total=arr.shape[0], unit="slice", desc="segmenting", disable=not progress,
                               leave=False) as bar:
+            if self._closed:  # before a new worker thread is started for a segmenter that is gone
+                raise BackendError(f"segmenter of {self.bundle or self.runner.artifact} is closed; load the bundle again")
             def prepare(index: int) -> np.ndarray:
                 start = starts[index]
                 stop = min(start + n, arr.shape[0])
@@ -296,11 +299,14 @@ class Segmenter:
         return self._worker
 
     def close(self) -> None:
-        """Stop the pre-processing thread and release the runner."""
-        if self._worker is not None:
-            self._worker.shutdown(wait=True)
-            self._worker = None
-        self.runner.close()
+        """Stop the pre-processing thread and release the runner, once a call in progress in
+        another thread has finished; later calls raise BackendError. Closing twice does nothing."""
+        with self._lock:
+            self._closed = True
+            if self._worker is not None:
+                self._worker.shutdown(wait=True)
+                self._worker = None
+            self.runner.close()
 
     def __enter__(self) -> "Segmenter":
         return self

@@ -128,10 +128,9 @@ def instantiate(bundle: Path, manifest: Manifest, candidate: Candidate, threads:
 
 def select_runner(bundle: Path, manifest: Manifest, backend: str | list[str] = "auto", threads: int = 0) -> Runner:
     """The runner for ``backend``: ``"auto"``, ``"NAME"``, ``"NAME:PRECISION"``, or a list of
-    those tried in order. An explicit name without precision prefers fp32, the reference."""
-    wanted = [backend] if isinstance(backend, str) else list(backend)
-    if not wanted:
-        raise BackendError("backend list is empty")
+    those tried in order, as a Python list or a comma list (``"tensorrt,openvino:int8"``, as
+    ``--backend`` takes it). An explicit name without precision prefers fp32, the reference."""
+    wanted = backend_list(backend)
     check_threads(threads)  # before any runner is tried: auto would take the refusal for a failed load
     if len(wanted) == 1 and is_remote(wanted[0]):
         return RemoteRunner(wanted[0], manifest.inputs[0], manifest.outputs[0], manifest.max_batch, threads,
@@ -157,6 +156,28 @@ def select_runner(bundle: Path, manifest: Manifest, backend: str | list[str] = "
                             skip_reasons(match.entry, match.runner))
         order.extend(matches)
     return _first_loadable(bundle, manifest, order, threads, strict=len(wanted) == 1)
+
+
+def backend_list(backend: str | list[str]) -> list[str]:
+    """``backend`` as the list of names to try: a comma list split, each name stripped; BackendError
+    for an empty name, and for ``auto`` or a server address among several (each is a whole choice)."""
+    if isinstance(backend, str):
+        wanted = [backend] if is_remote(backend) else backend.split(",")
+    elif isinstance(backend, (list, tuple)) and all(isinstance(text, str) for text in backend):
+        wanted = list(backend)
+    else:
+        raise BackendError(f"backend must be a string or a list of strings, got {backend!r}")
+    if not wanted:
+        raise BackendError("backend list is empty")
+    wanted = [text.strip() for text in wanted]
+    if "" in wanted:
+        raise BackendError(f"backend {backend!r} has an empty name; give names such as onnxruntime or openvino:int8")
+    if len(wanted) > 1:
+        whole = [text for text in wanted if text == "auto" or is_remote(text)]
+        if whole:
+            raise BackendError(f"backend {whole[0]!r} is a choice of its own; it cannot be listed with others "
+                               f"({', '.join(wanted)})")
+    return wanted
 
 
 def _first_loadable(bundle: Path, manifest: Manifest, order: list[Candidate], threads: int, strict: bool) -> Runner:

@@ -38,6 +38,25 @@ def format_for(out: str | os.PathLike, fmt: str | None) -> str:
     raise DataError(f"cannot tell the output format from {out}; name it .nii.gz, .dcm, .png or .npy, or pass --format")
 
 
+def label_volume(labels: np.ndarray, volume=None, what: str = "output") -> np.ndarray:
+    """``labels`` as a (Z, Y, X) uint8 array, or DataError: values that are not whole numbers in
+    0..255 would change class in a uint8 file (300 would be stored as 44), and labels of another
+    shape than ``volume``'s HU do not belong to its slices."""
+    arr = np.asarray(labels)
+    if arr.dtype.kind not in "biuf" or arr.ndim != 3 or 0 in arr.shape:
+        raise DataError(f"{what}: labels must be a non-empty (Z, Y, X) array of class numbers, "
+                        f"got {arr.dtype} of shape {list(arr.shape)}")
+    if arr.dtype != np.uint8 and arr.dtype.kind != "b":
+        low, high = arr.min(), arr.max()
+        if not (0 <= low and high <= 255 and (arr.dtype.kind != "f" or np.array_equal(arr, np.round(arr)))):
+            raise DataError(f"{what}: labels must be class numbers 0..255 (uint8), got {arr.dtype} values "
+                            f"{low:g}..{high:g}")
+    hu = getattr(volume, "hu", None)
+    if hu is not None and arr.shape != tuple(hu.shape):
+        raise DataError(f"{what}: labels of shape {list(arr.shape)} do not match the volume's {list(hu.shape)}")
+    return arr.astype(np.uint8, copy=False)
+
+
 def write_npy(labels: np.ndarray, out: str | os.PathLike) -> Path:
     """Save the (Z, Y, X) labels as ``.npy``."""
     with atomic_path(out, suffix=".npy") as tmp:
@@ -51,8 +70,13 @@ def write_nifti(labels: np.ndarray, volume, out: str | os.PathLike) -> Path:
     nib = require("nibabel", "io", "NIfTI output")
     nio = require("nibabel.orientations", "io", "NIfTI output")
 
+    labels = label_volume(labels, what=f"NIfTI output {out}")
     data_xyz = labels.transpose(2, 1, 0)
     affine = np.asarray(volume.affine, dtype=np.float64)
+    if affine.shape != (4, 4) or not np.isfinite(affine).all() or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
+        # nibabel would fail on it with its own multi-line error, or write a file no viewer places
+        raise DataError(f"NIfTI output {out}: the volume's affine must be a finite 4x4 matrix with non-zero voxel "
+                        f"sizes, got {affine.tolist()}")
     header = None
     source = Path(volume.source) if volume.source else None
     if source is not None and source.name.lower().endswith((".nii", ".nii.gz")) and source.is_file():
@@ -80,6 +104,7 @@ def write_png(labels: np.ndarray, volume, out: str | os.PathLike) -> Path:
     Image = require("PIL.Image", "io", "PNG output")
 
     out = Path(out)
+    labels = label_volume(labels, volume, what=f"PNG output {out}")
     if labels.shape[0] == 1:
         with atomic_path(out, suffix=".png") as tmp:
             Image.fromarray(overlay_rgb(volume.hu[0], labels[0])).save(tmp, format="PNG")
@@ -94,6 +119,7 @@ def write_overlay(labels: np.ndarray, volume, out: str | os.PathLike) -> Path:
     """One overlay PNG of the slice with the most foreground (the first slice if none has any)."""
     Image = require("PIL.Image", "io", "PNG output")
 
+    labels = label_volume(labels, volume, what=f"overlay {out}")
     k = int(np.argmax(np.count_nonzero(labels.reshape(len(labels), -1), axis=1)))
     with atomic_path(out, suffix=".png") as tmp:
         Image.fromarray(overlay_rgb(volume.hu[k], labels[k])).save(tmp, format="PNG")

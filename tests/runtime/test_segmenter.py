@@ -161,6 +161,15 @@ def test_bad_slices_are_refused(fp32, hu, message):
         fp32.predict(hu)
 
 
+@pytest.mark.parametrize(("shape", "message"), [
+    ((0, 50, 70), r"volume of shape \[0, 50, 70\] has no slices"),  # was: "slices need at least 2 rows"
+    ((3, 1, 70), r"too small; slices need at least 2 rows and columns"),
+])
+def test_empty_and_thin_volumes_are_refused_naming_what_is_missing(fp32, shape, message):
+    with pytest.raises(DataError, match=message):
+        fp32.predict_volume(np.full(shape, -1000, np.int16))
+
+
 def test_other_modality_is_refused(fp32, volume):
     mr = synth_phantom("case_001", 0, shape=(2, 64, 64))
     mr.modality = "MR"

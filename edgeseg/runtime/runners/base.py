@@ -5,9 +5,10 @@ A Runner class says what it is in class attributes (``name``, ``format``, ``prec
 probe and manifest validation read those and nothing else, so a backend is one file. The
 public ``infer`` validates the batch against the model's input tensor (dtype, rank, channel
 and spatial sizes, batch limit, finite values) once, here, then calls the subclass's
-``_infer``. Runners are context managers; ``close`` releases the backend's session. ``infer``
-is thread-safe: calls on one runner take turns, because several backends (OpenVINO infer
-requests, TensorRT contexts) are not.
+``_infer``. Runners are context managers; ``close`` releases the backend's session (the
+subclass's ``_release``) once any call in progress has returned, and a closed runner refuses
+``infer`` with a BackendError. ``infer`` is thread-safe: calls on one runner take turns, because
+several backends (OpenVINO infer requests, TensorRT contexts) are not.
 """
 
 from __future__ import annotations
@@ -30,7 +31,11 @@ MAX_THREADS = 1024
 
 def check_threads(threads: int) -> int:
     """``threads`` as an int; BackendError unless 0 (the backend's default) .. MAX_THREADS."""
-    if isinstance(threads, bool) or int(threads) != threads or not 0 <= threads <= MAX_THREADS:
+    try:
+        whole = not isinstance(threads, bool) and int(threads) == threads
+    except (TypeError, ValueError, OverflowError):  # None, a string, NaN, inf
+        whole = False
+    if not whole or not 0 <= threads <= MAX_THREADS:
         raise BackendError(f"threads must be between 0 (the backend's default) and {MAX_THREADS}, got {threads!r}")
     return int(threads)
 
@@ -71,6 +76,7 @@ class Runner(abc.ABC):
         self.artifact = artifact
         self._precision = precision
         self._lock = threading.Lock()
+        self._closed = False
 
     @classmethod
     def available(cls) -> bool:
@@ -109,6 +115,8 @@ class Runner(abc.ABC):
         manifest) are a BackendError too, never labels the bundle does not name."""
         self.check_batch(batch)
         with self._lock:
+            if self._closed:
+                raise BackendError(f"{self.name}: the runner of {self.artifact} is closed; load the bundle again")
             try:
                 out = self._infer(np.ascontiguousarray(batch))
             except (EdgesegError, MemoryError):
@@ -145,7 +153,16 @@ class Runner(abc.ABC):
         """Run the validated batch; return logits (any float dtype, converted by ``infer``)."""
 
     def close(self) -> None:
-        """Release the backend's resources; the runner is unusable afterwards."""
+        """Release the backend's resources; the runner is unusable afterwards. A call running in
+        another thread finishes first: the engine's buffers (TensorRT's device memory) are not
+        freed under it. Closing twice does nothing."""
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                self._release()
+
+    def _release(self) -> None:
+        """Free what the backend holds (its session, request or context); called once, by ``close``."""
 
     def __enter__(self) -> "Runner":
         return self

@@ -129,7 +129,7 @@ class OnnxRuntimeRunner(ArtifactRunner):
     def _infer(self, batch: np.ndarray) -> np.ndarray:
         return self._session.run([self._output_name], {self._input_name: batch})[0]
 
-    def close(self) -> None:
+    def _release(self) -> None:
         self._session = None
 
 

@@ -119,5 +119,5 @@ class OpenVinoRunner(ArtifactRunner):
         # The request owns its output buffer and overwrites it on the next call.
         return self._request.get_output_tensor(0).data.copy()
 
-    def close(self) -> None:
+    def _release(self) -> None:
         self._request = None

@@ -33,10 +33,14 @@ def parse_address(url: str) -> tuple[str, str, int, str]:
     """``http://HOST:PORT/models/NAME`` -> (scheme, host, port, model path prefix)."""
     parts = urllib.parse.urlsplit(url.strip())
     match = _PATH.match(parts.path)
-    if parts.scheme not in ("http", "https") or not parts.hostname or match is None:
-        raise BackendError(f"remote backend must look like http://HOST:PORT/models/NAME, got {url!r}")
+    try:
+        port = parts.port  # ValueError for a port that is not a number in 0..65535
+    except ValueError:
+        port = -1
+    if parts.scheme not in ("http", "https") or not parts.hostname or match is None or port in (-1, 0):
+        raise BackendError(f"remote backend must look like http://HOST:PORT/models/NAME (PORT 1..65535), got {url!r}")
     prefix = f"/v2/models/{match['model']}" + (f"/versions/{match['version']}" if match["version"] else "")
-    port = parts.port or (443 if parts.scheme == "https" else 80)
+    port = port or (443 if parts.scheme == "https" else 80)
     return parts.scheme, parts.hostname, port, prefix
 
 
@@ -92,10 +96,10 @@ class RemoteRunner(Runner):
                 response = self._connection.getresponse()
                 return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
             except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError) as exc:
-                self.close()
+                self._disconnect()
                 lost = f"connection lost ({exc})"
             except OSError as exc:
-                self.close()
+                self._disconnect()
                 raise BackendError(f"remote: cannot reach {self._scheme}://{self.device} ({exc})") from None
         raise BackendError(f"remote {self.device}: {lost}")
 
@@ -181,7 +185,11 @@ class RemoteRunner(Runner):
             raise BackendError(f"remote {self.device}: binary logits of {size} bytes do not fit shape {list(shape)}")
         return np.frombuffer(body, dtype=dtype, count=int(np.prod(shape)), offset=length).reshape(shape)
 
-    def close(self) -> None:
+    def _release(self) -> None:
+        self._disconnect()
+
+    def _disconnect(self) -> None:
+        """Drop the kept-alive connection; the next request opens a new one."""
         if self._connection is not None:
             self._connection.close()
             self._connection = None

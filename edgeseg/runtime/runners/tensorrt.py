@@ -106,7 +106,7 @@ class TensorRTRunner(ArtifactRunner):
         _check(cuda.cudaStreamSynchronize(self._stream), "cudaStreamSynchronize")
         return out
 
-    def close(self) -> None:
+    def _release(self) -> None:
         if getattr(self, "_context", None) is not None:
             self._cuda.cudaFree(self._d_in)
             self._cuda.cudaFree(self._d_out)

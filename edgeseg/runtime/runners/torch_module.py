@@ -42,6 +42,6 @@ class TorchModuleRunner(Runner):
         with torch.inference_mode():
             return self._module(torch.from_numpy(writeable(batch)).to(self._device)).float().cpu().numpy()
 
-    def close(self) -> None:
+    def _release(self) -> None:
         self._module = None
 

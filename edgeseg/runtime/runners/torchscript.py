@@ -34,5 +34,5 @@ class TorchScriptRunner(ArtifactRunner):
         with self._torch.inference_mode():
             return self._module(self._torch.from_numpy(writeable(batch))).float().numpy()
 
-    def close(self) -> None:
+    def _release(self) -> None:
         self._module = None

@@ -1,0 +1,61 @@
+"""``Segmenter.load`` takes the backend strings ``--backend`` takes (docs/runtime.md), and every
+other ``backend`` or ``threads`` value is one BackendError naming it, never a TypeError or
+ValueError from inside the selection."""
+
+from __future__ import annotations
+
+import pytest
+
+from edgeseg.errors import BackendError
+from edgeseg.runtime import Segmenter
+from edgeseg.runtime.runners import runner_class
+
+
+def _needs(name: str) -> None:
+    if not runner_class(name).available():
+        pytest.skip(f"{name} is not installed")
+
+
+@pytest.mark.parametrize(("backend", "runs"), [
+    ("onnxruntime:int8,onnxruntime:fp32", "onnxruntime:int8"),      # a comma list, the first that loads
+    ("onnxruntime-gpu:fp32,onnxruntime:fp32", "onnxruntime:fp32"),  # falls back where no GPU provider is
+    (" onnxruntime:fp32 , onnxruntime:int8 ", "onnxruntime:fp32"),
+    ([" onnxruntime:int8 "], "onnxruntime:int8"),
+])
+def test_a_comma_list_is_a_fallback_order_as_for_the_cli(bundle_dir, backend, runs):
+    from edgeseg.runtime.runners.onnxruntime import OnnxRuntimeRunner
+
+    if "gpu" in str(backend) and OnnxRuntimeRunner.gpu_providers():
+        pytest.skip("onnxruntime here has a GPU provider: the list would pick it")
+    with Segmenter.load(bundle_dir, backend=backend) as seg:
+        assert seg.backend == runs
+
+
+def test_auto_with_surrounding_spaces_is_auto(bundle_dir):
+    _needs("openvino")
+    with Segmenter.load(bundle_dir, backend=" auto ") as seg:
+        assert seg.runner.name in ("onnxruntime", "openvino", "torchscript")
+
+
+@pytest.mark.parametrize(("backend", "message"), [
+    ("auto,onnxruntime", "'auto' is a choice of its own; it cannot be listed with others"),
+    (["onnxruntime", "auto"], "'auto' is a choice of its own"),
+    ("onnxruntime,http://127.0.0.1:1/models/m", "'http://127.0.0.1:1/models/m' is a choice of its own"),
+    ("onnxruntime,", "has an empty name"),
+    ("", "has an empty name"),
+    (None, "backend must be a string or a list of strings, got None"),
+    (b"auto", "backend must be a string or a list of strings, got b'auto'"),
+    (["onnxruntime", 3], "backend must be a string or a list of strings"),
+    ("http://127.0.0.1:99999/models/m", r"must look like http://HOST:PORT/models/NAME \(PORT 1\.\.65535\)"),
+    ("http://127.0.0.1:x/models/m", r"must look like http://HOST:PORT/models/NAME"),
+])
+def test_a_backend_that_names_no_runner_is_one_backend_error(bundle_dir, backend, message):
+    with pytest.raises(BackendError, match=message):
+        Segmenter.load(bundle_dir, backend=backend)
+
+
+@pytest.mark.parametrize("threads", [None, float("nan"), float("inf"), "2", [1]])
+def test_a_thread_count_that_is_not_a_number_is_one_backend_error(bundle_dir, threads):
+    for backend in ("auto", "onnxruntime:fp32"):
+        with pytest.raises(BackendError, match="threads must be between 0"):
+            Segmenter.load(bundle_dir, backend=backend, threads=threads)
