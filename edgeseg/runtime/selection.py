@@ -139,13 +139,19 @@ def select_runner(bundle: Path, manifest: Manifest, backend: str | list[str] = "
     if wanted == ["auto"]:
         return _auto(bundle, manifest, available, threads)
     order: list[Candidate] = []
+    have = ", ".join(c.label for c in candidates(manifest, installed_only=False))
+    absent = []
     for text in wanted:
-        name, precision = parse_backend(text)
+        name, precision = parse_backend(text)  # an unknown name is refused, in a list too: a typo
         matches = [c for c in candidates(manifest, installed_only=False) if c.runner == name
                    and (precision is None or c.entry.precision == precision)]
         if not matches:
-            have = ", ".join(c.label for c in candidates(manifest, installed_only=False))
-            raise BackendError(f"backend {text!r} has no artifact in this bundle; it offers {have}")
+            # In a fallback list a bundle exported without that artifact (no TensorRT engine on a
+            # CPU-only export) passes on to the next name, as a runner that cannot load does.
+            absent.append(text)
+            if len(wanted) > 1:
+                log.warning("backend %s has no artifact in this bundle; trying the next one", text)
+            continue
         matches.sort(key=lambda c: ("fp32", "int8", "fp16").index(c.entry.precision))
         for match in matches:
             if match.runner in match.entry.excluded:
@@ -155,6 +161,9 @@ def select_runner(bundle: Path, manifest: Manifest, backend: str | list[str] = "
                 log.warning("backend %s on %s: %s; auto never picks it here", match.label, match.entry.file,
                             skip_reasons(match.entry, match.runner))
         order.extend(matches)
+    if not order:
+        names = "backend " + " and ".join(repr(text) for text in absent)
+        raise BackendError(f"{names} {'has' if len(absent) == 1 else 'have'} no artifact in this bundle; it offers {have}")
     return _first_loadable(bundle, manifest, order, threads, strict=len(wanted) == 1)
 
 

@@ -21,6 +21,9 @@ def _needs(name: str) -> None:
     ("onnxruntime-gpu:fp32,onnxruntime:fp32", "onnxruntime:fp32"),  # falls back where no GPU provider is
     (" onnxruntime:fp32 , onnxruntime:int8 ", "onnxruntime:fp32"),
     ([" onnxruntime:int8 "], "onnxruntime:int8"),
+    # a bundle exported without a TensorRT engine: the list passes on, as the docs' example means
+    ("tensorrt,onnxruntime:fp32", "onnxruntime:fp32"),
+    ("onnxruntime:fp16,tensorrt:int8,onnxruntime:int8", "onnxruntime:int8"),
 ])
 def test_a_comma_list_is_a_fallback_order_as_for_the_cli(bundle_dir, backend, runs):
     from edgeseg.runtime.runners.onnxruntime import OnnxRuntimeRunner
@@ -48,6 +51,9 @@ def test_auto_with_surrounding_spaces_is_auto(bundle_dir):
     (["onnxruntime", 3], "backend must be a string or a list of strings"),
     ("http://127.0.0.1:99999/models/m", r"must look like http://HOST:PORT/models/NAME \(PORT 1\.\.65535\)"),
     ("http://127.0.0.1:x/models/m", r"must look like http://HOST:PORT/models/NAME"),
+    ("tensorrt,onnxruntime:fp16", "backend 'tensorrt' and 'onnxruntime:fp16' have no artifact in this bundle"),
+    ("tensorrt", "backend 'tensorrt' has no artifact in this bundle; it offers"),
+    ("tensorrrt,onnxruntime", "unknown backend 'tensorrrt'"),  # a typo in a list is still refused
 ])
 def test_a_backend_that_names_no_runner_is_one_backend_error(bundle_dir, backend, message):
     with pytest.raises(BackendError, match=message):
