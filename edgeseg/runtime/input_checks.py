@@ -33,6 +33,8 @@ def checked_hu(images: np.ndarray, spec: PreprocessSpec, *, ndim: int, resize: b
     """
     if modality is not None and modality != "CT":
         raise DataError(f"{what} is a {modality} series; this model segments CT only")
+    if isinstance(images, np.ma.MaskedArray):  # np.asarray drops the mask: masked pixels would be read as HU
+        raise DataError(f"{what} is a masked array; give the HU of every pixel (np.ma.filled(images, -1024))")
     arr = np.asarray(images)
     if arr.dtype.kind not in "iuf" or arr.dtype.itemsize > 8:
         raise DataError(f"{what} must hold real numbers (HU), got dtype {arr.dtype}")

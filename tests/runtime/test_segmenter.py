@@ -170,6 +170,15 @@ def test_empty_and_thin_volumes_are_refused_naming_what_is_missing(fp32, shape, 
         fp32.predict_volume(np.full(shape, -1000, np.int16))
 
 
+def test_a_masked_array_is_refused_not_read_without_its_mask(fp32):
+    """np.asarray drops a mask: the masked pixels' stored values were segmented as HU."""
+    hu = np.ma.masked_array(np.full((2, 64, 64), -1000, np.int16), mask=False)
+    hu.mask[:, :8, :8] = True
+    for call, data in ((fp32.predict_volume, hu), (fp32.predict, hu[0])):
+        with pytest.raises(DataError, match="is a masked array; give the HU of every pixel"):
+            call(data)
+
+
 def test_other_modality_is_refused(fp32, volume):
     mr = synth_phantom("case_001", 0, shape=(2, 64, 64))
     mr.modality = "MR"
