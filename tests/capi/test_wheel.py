@@ -124,41 +124,44 @@ def test_installed_wheel_builds_and_runs_the_c_example(installed, bundle, phanto
     assert int(np.count_nonzero(got != expected)) == 0
 
 
-def test_installed_wheel_resolves_the_named_recipes(installed, tmp_path, assert_one_line_error):
-    venv, site = installed
+def _in_the_install(installed, tmp_path, program: str, *args) -> subprocess.CompletedProcess:
+    """``program`` (``python``, ``edgeseg``) of the wheel's venv with ``args``, run in tmp_path
+    with nothing of this environment on its PATH."""
+    venv, _ = installed
     env = {"PATH": f"{venv / 'bin'}:/usr/bin:/bin", "HOME": str(tmp_path)}
-    code = ("from edgeseg.train.recipes import load_recipe, recipe_names; r = load_recipe('covid-infection'); "
-            "print(r.path); print(r.sha256); print(','.join(recipe_names()))")
-    done = subprocess.run([str(venv / "bin" / "python"), "-c", code], capture_output=True, text=True, env=env,
+    return subprocess.run([str(venv / "bin" / program), *map(str, args)], capture_output=True, text=True, env=env,
                           cwd=tmp_path)
+
+
+def test_installed_wheel_resolves_the_named_recipes(installed, tmp_path, assert_one_line_error):
+    _, site = installed
+    done = _in_the_install(installed, tmp_path, "python", "-c",
+                           "from edgeseg.train.recipes import load_recipe, recipe_names; "
+                           "r = load_recipe('covid-infection'); print(r.path); print(r.sha256); print(','.join(recipe_names()))")
     assert done.returncode == 0, done.stderr
     path, sha256, names = done.stdout.split()
     source = ROOT / "edgeseg" / "recipes" / "covid-infection.toml"
     assert Path(path) == site / "edgeseg" / "recipes" / "covid-infection.toml"
     assert sha256 == hashlib.sha256(source.read_bytes()).hexdigest()
     assert names == "covid-infection,liver-ct"
-    edgeseg = str(venv / "bin" / "edgeseg")
     # An unknown name lists the shipped recipes; a known one gets past the recipe to the data.
-    unknown = subprocess.run([edgeseg, "train", "--recipe", "no-such", "--out", tmp_path / "a"], capture_output=True,
-                             text=True, env=env, cwd=tmp_path)
+    unknown = _in_the_install(installed, tmp_path, "edgeseg", "train", "--recipe", "no-such", "--out", tmp_path / "a")
     assert_one_line_error(unknown, "'no-such' is neither a file nor a known recipe (covid-infection, liver-ct)")
-    known = subprocess.run([edgeseg, "train", "--recipe", "covid-infection", "--data", tmp_path / "missing",
-                            "--out", tmp_path / "b", "--quiet"], capture_output=True, text=True, env=env, cwd=tmp_path)
+    known = _in_the_install(installed, tmp_path, "edgeseg", "train", "--recipe", "covid-infection",
+                            "--data", tmp_path / "missing", "--out", tmp_path / "b", "--quiet")
     assert_one_line_error(known, f"data folder not found: {tmp_path / 'missing'}")
 
 
-def test_installed_wheel_resolves_the_export_profiles(installed, tmp_path, assert_one_line_error):
+def test_installed_wheel_resolves_the_export_profiles(installed, tmp_path):
     """`--profile cpu-int8` looked only in the source checkout: an installed package found none."""
-    venv, site = installed
-    env = {"PATH": f"{venv / 'bin'}:/usr/bin:/bin", "HOME": str(tmp_path)}
-    code = ("from edgeseg.export.profiles import PROFILE_DIR, load_profile, resolve_profile; "
-            "print(resolve_profile('cpu-int8')); print(load_profile('gpu-fp16').fp16)")
-    done = subprocess.run([str(venv / "bin" / "python"), "-c", code], capture_output=True, text=True, env=env,
-                          cwd=tmp_path)
+    _, site = installed
+    done = _in_the_install(installed, tmp_path, "python", "-c",
+                           "from edgeseg.export.profiles import load_profile, resolve_profile; "
+                           "print(resolve_profile('cpu-int8')); print(load_profile('gpu-fp16').fp16)")
     assert done.returncode == 0, done.stderr
     path, fp16 = done.stdout.split()
     assert Path(path) == site / "edgeseg" / "export" / "profiles" / "cpu-int8.toml"
     assert Path(path).read_bytes() == (ROOT / "export" / "cpu-int8.toml").read_bytes() and fp16 == "True"
-    unknown = subprocess.run([str(venv / "bin" / "python"), "-c", "from edgeseg.export.profiles import load_profile; "
-                              "load_profile('no-such')"], capture_output=True, text=True, env=env, cwd=tmp_path)
+    unknown = _in_the_install(installed, tmp_path, "python", "-c",
+                              "from edgeseg.export.profiles import load_profile; load_profile('no-such')")
     assert "one of ['cpu-int8', 'edge-int8', 'gpu-fp16']" in unknown.stderr
