@@ -279,10 +279,11 @@ class Segmenter:
     def _batch_size(self, batch_size: int | None) -> int:
         if batch_size is None:
             return self.batch_size
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or not 1 <= batch_size <= self.max_batch:
+        if isinstance(batch_size, (bool, np.bool_)) or not isinstance(batch_size, (int, np.integer)) \
+                or not 1 <= batch_size <= self.max_batch:
             raise DataError(f"batch_size must be an integer in 1..{self.max_batch} "
                             f"(the model's max_batch), got {batch_size!r}")
-        return batch_size
+        return int(batch_size)
 
     def _input_buffer(self, which: int, rows: int) -> np.ndarray:
         """The first ``rows`` of reusable input buffer ``which`` (0 or 1), allocated once."""

@@ -59,6 +59,8 @@ def label_volume(labels: np.ndarray, volume=None, what: str = "output") -> np.nd
 
 def write_npy(labels: np.ndarray, out: str | os.PathLike) -> Path:
     """Save the (Z, Y, X) labels as ``.npy``."""
+    if Path(out).is_dir():  # the rename onto it would fail only after the labels were written
+        raise DataError(f"npy output {out} is a folder; name a file")
     with atomic_path(out, suffix=".npy") as tmp:
         np.save(tmp, labels)
     return Path(out)

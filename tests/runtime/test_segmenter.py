@@ -56,7 +56,7 @@ def test_predict_matches_oracle_at_input_size(fp32, bundle_dir, volume):
 
 
 @pytest.mark.parametrize("overlap", [True, False], ids=["worker-overlap", "inline"])
-@pytest.mark.parametrize("batch_size", [1, 3, 8])
+@pytest.mark.parametrize("batch_size", [1, 3, 8, np.int64(4)])  # a numpy integer too (it was refused)
 def test_predict_volume_matches_oracle_for_any_batch(fp32, bundle_dir, volume, batch_size, overlap):
     fp32.overlap = overlap
     try:

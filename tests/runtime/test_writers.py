@@ -8,7 +8,7 @@ import pytest
 
 from edgeseg.data.volume import Volume, default_affine
 from edgeseg.errors import DataError
-from edgeseg.runtime.writers import write_nifti, write_overlay, write_png
+from edgeseg.runtime.writers import write_nifti, write_npy, write_overlay, write_png
 
 SPACING = (2.0, 0.5, 0.75)
 
@@ -71,3 +71,12 @@ def test_png_outputs_refuse_labels_of_another_shape_than_the_volume(tmp_path, wr
     with pytest.raises(DataError, match=r"labels of shape \[.*\] do not match the volume's \[3, 20, 30\]"):
         writer(_labels(shape=shape), _volume(), out)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_npy_onto_a_folder_is_one_data_error(tmp_path):
+    """It raised IsADirectoryError from the rename, after the labels were written beside it."""
+    folder = tmp_path / "labels.npy"
+    folder.mkdir()
+    with pytest.raises(DataError, match="npy output .*labels.npy is a folder; name a file"):
+        write_npy(_labels(), folder)
+    assert list(tmp_path.iterdir()) == [folder] and list(folder.iterdir()) == []

@@ -29,6 +29,14 @@ def is_remote(backend: str) -> bool:
     return backend.strip().lower().startswith(("http://", "https://"))
 
 
+def _dims(shape) -> list[int]:
+    """A KServe shape: a list of whole numbers (-1 for a variable axis); ValueError otherwise,
+    where ``int()`` would have turned 64.5 into 64 and "64" into 64."""
+    if not isinstance(shape, list) or not all(type(n) is int and n >= -1 for n in shape):
+        raise ValueError(f"shape {shape!r} is not a list of whole numbers")
+    return shape
+
+
 def parse_address(url: str) -> tuple[str, str, int, str]:
     """``http://HOST:PORT/models/NAME`` -> (scheme, host, port, model path prefix)."""
     parts = urllib.parse.urlsplit(url.strip())
@@ -109,8 +117,7 @@ class RemoteRunner(Runner):
             raise BackendError(f"remote {self.device}{self._prefix}: {_server_error(status, body)}")
         try:
             meta = json.loads(body)
-            served = [(t["name"], t["datatype"], [int(n) for n in t["shape"]])
-                      for t in (meta["inputs"][0], meta["outputs"][0])]
+            served = [(t["name"], t["datatype"], _dims(t["shape"])) for t in (meta["inputs"][0], meta["outputs"][0])]
         except (ValueError, KeyError, IndexError, TypeError, RecursionError):
             raise BackendError(f"remote {self.device}{self._prefix}: model metadata is not KServe v2 JSON") from None
         for (name, datatype, shape), info in zip(served, (self.input_info, self.output_info)):
@@ -173,7 +180,7 @@ class RemoteRunner(Runner):
         try:
             doc = json.loads(body[:length])
             [out] = [o for o in doc["outputs"] if o["name"] == self.output_info.name]
-            dtype, shape = _FLOATS[out["datatype"]], tuple(int(n) for n in out["shape"])
+            dtype, shape = _FLOATS[out["datatype"]], tuple(_dims(out["shape"]))
         except (ValueError, KeyError, TypeError):
             raise BackendError(f"remote {self.device}: the response holds no float {self.output_info.name!r} output") from None
         if shape != (rows, *self.output_info.shape[1:]):
