@@ -185,36 +185,56 @@ def test_streamed_choice_equals_the_whole_array_choice_with_3d_candidates(tmp_pa
         np.testing.assert_allclose(got["val_dice_post_per_class"], want["val_dice_post_per_class"], atol=1e-12)
 
 
-def test_a_sigterm_during_validation_stops_it_before_the_next_case(tmp_path, monkeypatch):
+STOP_IN_VALIDATION = """
+import json, os, signal, sys
+import torch
+from edgeseg.stopping import Terminated, sigterm_stops
+from edgeseg.train.config import TrainConfig
+from edgeseg.train.loop import train
+from edgeseg.train.validate import CasePredictions
+
+out, cache = sys.argv[1], sys.argv[2]
+cases_done, epochs_done, cases_per_epoch = [], [], []
+put = CasePredictions.put
+
+def put_then_stop(self, k, labels):
+    put(self, k, labels)
+    cases_done.append(k)
+    if len(cases_done) == 1 and epochs_done == [1]:  # the second epoch's first validation case
+        os.kill(os.getpid(), signal.SIGTERM)
+
+def on_epoch(row):
+    epochs_done.append(row["epoch"])
+    cases_per_epoch.append(len(cases_done))
+    cases_done.clear()
+
+CasePredictions.put = put_then_stop
+cfg = TrainConfig(data="phantom:cases=8,size=64,slices=4", out=out, size=64, base=4, depth=2, epochs=3,
+                  batch_size=8, amp="off", workers=0, fractions=(0.5, 0.5, 0.0), cache=cache)
+try:
+    with sigterm_stops():
+        train(cfg, progress=False, on_epoch=on_epoch)
+    stopped = False
+except Terminated:
+    stopped = True
+last = torch.load(os.path.join(out, "last.pt"), map_location="cpu", weights_only=False)["epoch"]
+print(json.dumps({"stopped": stopped, "epochs": epochs_done, "cases_per_epoch": cases_per_epoch,
+                  "cases_after": len(cases_done), "last_epoch": last}))
+"""
+
+
+def test_a_sigterm_during_validation_stops_it_before_the_next_case(tmp_path):
     """Training took a SIGTERM only after the whole validation set: on a large one that can
     outlast a batch system's kill wait. One process now takes it between two cases; the epoch
-    being validated is not saved (last.pt stays the last finished epoch)."""
-    import os
-    import signal
+    being validated is not saved (last.pt stays the last finished epoch). The SIGTERM goes to a
+    fresh interpreter, not to the test runner's own process."""
+    import json
+    import subprocess
+    import sys
 
-    from edgeseg.stopping import Terminated, sigterm_stops
-    from edgeseg.train.config import TrainConfig
-    from edgeseg.train.loop import train
-
-    cases_done = []
-
-    put = CasePredictions.put
-
-    def put_then_stop(self, k, labels):
-        put(self, k, labels)
-        cases_done.append(k)
-        if len(cases_done) == 1 and epochs_done == [1]:  # the second epoch's first validation case
-            os.kill(os.getpid(), signal.SIGTERM)
-
-    epochs_done: list[int] = []
-    cases_per_epoch: list[int] = []
-    out = tmp_path / "run"
-    cfg = TrainConfig(data="phantom:cases=8,size=64,slices=4", out=str(out), size=64, base=4, depth=2, epochs=3,
-                      batch_size=8, amp="off", workers=0, fractions=(0.5, 0.5, 0.0), cache=str(tmp_path / "cache"))
-    monkeypatch.setattr(CasePredictions, "put", put_then_stop)
-    with sigterm_stops(), pytest.raises(Terminated):
-        train(cfg, progress=False, on_epoch=lambda row: (epochs_done.append(row["epoch"]),
-                                                         cases_per_epoch.append(len(cases_done)), cases_done.clear()))
-    monkeypatch.undo()
-    assert epochs_done == [1] and cases_per_epoch == [4] and len(cases_done) == 1  # 1 of 4 cases
-    assert torch.load(out / "last.pt", map_location="cpu", weights_only=False)["epoch"] == 1
+    done = subprocess.run([sys.executable, "-c", STOP_IN_VALIDATION, str(tmp_path / "run"), str(tmp_path / "cache")],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    # stopped after 1 of the 4 validation cases of epoch 2; epoch 1 (all 4 cases) is the last saved
+    assert result == {"stopped": True, "epochs": [1], "cases_per_epoch": [4], "cases_after": 1, "last_epoch": 1}
