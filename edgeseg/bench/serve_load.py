@@ -233,6 +233,7 @@ def load_test(bundle: str | Path, *, clients: int = 16, seconds: float = 60.0, w
         result = run_load(url, manifest, clients=clients, seconds=seconds, batch=batch, model=model, size=size)
         rss_end = tree_rss_mb(pid)
     result.update(rss_start_mb=round(rss_start, 1), rss_end_mb=round(rss_end, 1),
-                  rss_growth=round(rss_end / rss_start - 1, 4), backend=label, max_batch=max_batch,
+                  rss_growth=round(rss_end / rss_start - 1, 4), backend=label,
+                  max_batch=min(max_batch, manifest.max_batch),  # what the server ran with, not what was asked
                   size=size if model.endswith(PIPELINE_SUFFIX) else manifest.spec.size[0])
     return result

@@ -129,3 +129,15 @@ def test_sigterm_stops_a_load_test_and_its_server(serve_bundle, tmp_path):
         except ProcessLookupError:
             continue
         assert Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z", f"server {pid} left running"
+
+
+def test_the_report_gives_the_max_batch_the_server_ran_with(serve_bundle, tmp_path):
+    """The server caps --max-batch at the bundle's max batch; the report says what it ran with."""
+    from edgeseg.runtime.manifest import read_manifest
+
+    out = tmp_path / "load.json"
+    result = CliRunner().invoke(cli, ["bench-serve", str(serve_bundle), "--clients", "1", "--seconds", "0.5",
+                                      "--warmup", "0", "--max-batch", "64", "--backend", "onnxruntime:fp32",
+                                      "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    assert json.loads(out.read_text())["max_batch"] == read_manifest(serve_bundle).max_batch == 8
