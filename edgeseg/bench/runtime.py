@@ -252,7 +252,7 @@ def format_table(results: list[dict]) -> str:
 
 
 def plot_latency(results: list[dict], out: str | Path) -> Path:
-    """PNG: p50 latency per stage and backend at each batch size, p90-p99 as error bars."""
+    """PNG: p50 latency per stage and backend at each batch size, with a bar from p50 up to p99."""
     import matplotlib
 
     matplotlib.use("Agg")
