@@ -19,6 +19,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from collections.abc import Callable
@@ -177,6 +178,7 @@ _COLD_START = textwrap.dedent("""
     from edgeseg.runtime import Segmenter
     seg = Segmenter.load(sys.argv[1], backend=sys.argv[2], threads=int(sys.argv[3]), tta=sys.argv[5])
     seg.predict(np.full((int(sys.argv[4]), int(sys.argv[4])), -1000, np.int16))
+    print("first-result", flush=True)
     status = Path("/proc/self/status")
     hwm = [int(ln.split()[1]) for ln in (status.read_text().splitlines() if status.is_file() else []) if ln.startswith("VmHWM:")]
     maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1024 if sys.platform == "darwin" else 1)
@@ -187,13 +189,24 @@ _COLD_START = textwrap.dedent("""
 def cold_start(bundle: str | Path, backend: str, size: int = 512, threads: int = 0, tta: str = "none") -> dict:
     """Wall time from starting a Python process to its first segmented slice (mirrored as
     ``tta`` says), and that process's own peak RSS (``peak_rss_source``: where it was read)."""
-    start = time.perf_counter()
-    done = subprocess.run([sys.executable, "-c", _COLD_START, str(bundle), backend, str(threads), str(size), tta],
-                          capture_output=True, text=True, env=dict(os.environ))
-    seconds = time.perf_counter() - start
-    if done.returncode != 0:
-        return {"error": (done.stderr.strip().splitlines() or ["failed"])[-1]}
-    source, kib = done.stdout.split()[-2:]
+    # The clock stops when the child says its first slice is done, not when it has exited: an
+    # interpreter's shutdown (unloading torch, a runtime's thread pools) is no part of the start.
+    # Its messages go to a file, so a chatty child cannot fill a pipe nobody reads yet and stall.
+    with tempfile.TemporaryFile(mode="w+") as log:
+        start = time.perf_counter()
+        child = subprocess.Popen([sys.executable, "-c", _COLD_START, str(bundle), backend, str(threads), str(size), tta],
+                                 stdout=subprocess.PIPE, stderr=log, text=True, env=dict(os.environ))
+        seconds = None
+        with child:
+            for line in child.stdout:
+                if line.strip() == "first-result":
+                    seconds = time.perf_counter() - start
+                    break
+            rest = child.stdout.read()
+        log.seek(0)
+        if child.returncode != 0 or seconds is None:
+            return {"error": (log.read().strip().splitlines() or ["failed"])[-1]}
+    source, kib = rest.split()[-2:]
     return {"seconds": round(seconds, 3), "peak_rss_mb": round(int(kib) / 1024, 1), "peak_rss_source": source}
 
 
@@ -239,7 +252,7 @@ def format_table(results: list[dict]) -> str:
 
 
 def plot_latency(results: list[dict], out: str | Path) -> Path:
-    """PNG: p50 latency per stage and backend at each batch size, p90-p99 as error bars."""
+    """PNG: p50 latency per stage and backend at each batch size, with a bar from p50 up to p99."""
     import matplotlib
 
     matplotlib.use("Agg")

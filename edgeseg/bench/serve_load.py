@@ -206,11 +206,22 @@ def triton_server(bundle, name: str, max_batch: int, backend: str):
             yield server.url, server.process.pid, f"tritonserver (Python backend), {backend}"
 
 
+def check_load_batch(manifest, batch: int, max_batch: int) -> None:
+    """DataError for requests of ``batch`` slices that the server, started with ``max_batch``,
+    would refuse: it takes at most min(max_batch, the bundle's) and answers 400 to more, so such
+    a load would measure nothing, after a full warm-up and run."""
+    limit = min(max_batch, manifest.max_batch)
+    if batch > limit:
+        which = "--max-batch" if max_batch <= manifest.max_batch else "the bundle's max batch"
+        raise DataError(f"--batch {batch} is above {which} {limit}; the server would refuse every request")
+
+
 def load_test(bundle: str | Path, *, clients: int = 16, seconds: float = 60.0, warmup: float = 5.0, batch: int = 1,
               max_batch: int = 8, backend: str = "auto", threads: int = 0, model: str = "edgeseg", size: int = 512,
               triton: bool = False) -> dict:
     """Start ``edgeseg serve`` (or Triton) for ``bundle``, warm it up, load ``model``, report RSS growth too."""
     manifest = read_manifest(bundle)
+    check_load_batch(manifest, batch, max_batch)
     name = model.removesuffix(PIPELINE_SUFFIX)
     if triton:
         server = triton_server(bundle, name, max_batch, backend)
@@ -222,6 +233,7 @@ def load_test(bundle: str | Path, *, clients: int = 16, seconds: float = 60.0, w
         result = run_load(url, manifest, clients=clients, seconds=seconds, batch=batch, model=model, size=size)
         rss_end = tree_rss_mb(pid)
     result.update(rss_start_mb=round(rss_start, 1), rss_end_mb=round(rss_end, 1),
-                  rss_growth=round(rss_end / rss_start - 1, 4), backend=label, max_batch=max_batch,
+                  rss_growth=round(rss_end / rss_start - 1, 4), backend=label,
+                  max_batch=min(max_batch, manifest.max_batch),  # what the server ran with, not what was asked
                   size=size if model.endswith(PIPELINE_SUFFIX) else manifest.spec.size[0])
     return result

@@ -116,13 +116,15 @@ def serve_command(bundle, clients, seconds, warmup, batch, max_batch, backend, t
     import json
 
     from edgeseg.atomic import atomic_write_text, check_output_file
-    from edgeseg.bench.serve_load import load_test
+    from edgeseg.bench.serve_load import check_load_batch, load_test
     from edgeseg.errors import DataError
     from edgeseg.export.triton import check_model_name
+    from edgeseg.runtime.manifest import read_manifest
 
     if json_out:
         check_output_file(json_out, "--json")
     check_model_name(model)
+    check_load_batch(read_manifest(bundle), batch, max_batch)
     server = "tritonserver" if triton else "edgeseg serve"
     click.echo(f"starting {server} and loading {model} with {clients} clients for {seconds:g} s ...")
     r = load_test(bundle, clients=clients, seconds=seconds, warmup=warmup, batch=batch, max_batch=max_batch,

@@ -49,19 +49,46 @@ def test_triton_load_needs_an_explicit_backend(serve_bundle):
 def test_a_load_test_whose_requests_fail_ends_with_one_line_and_the_report(serve_bundle, tmp_path,
                                                                            assert_one_line_error):
     """Figures of a server that refused the requests are no result: the report is written for a
-    look, and the command fails with one line naming the first error. (Each request here holds 8
-    slices, the server takes at most 4.)"""
+    look, and the command fails with one line naming the first error. (The bundle here takes
+    slices of its model's size only; the clients send larger ones.)"""
+    import shutil
     import subprocess
     import sys
 
+    bundle = tmp_path / "bundle"
+    shutil.copytree(serve_bundle, bundle)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["resize_input"] = False
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    side = manifest["spec"]["size"][0] + 16
     out = tmp_path / "load.json"
-    proc = subprocess.run([sys.executable, "-m", "edgeseg.cli", "bench-serve", str(serve_bundle), "--clients", "2",
-                           "--seconds", "1", "--warmup", "0.5", "--batch", "8", "--max-batch", "4",
+    proc = subprocess.run([sys.executable, "-m", "edgeseg.cli", "bench-serve", str(bundle), "--clients", "2",
+                           "--seconds", "1", "--warmup", "0.5", "--model", "edgeseg-pipeline", "--size", str(side),
                            "--backend", "onnxruntime:fp32", "--json", str(out)], capture_output=True, text=True)
     assert_one_line_error(proc, "request(s) failed during the load test (first: HTTP 400")
-    assert "a request holds at most 4 slices (--max-batch), got 8" in proc.stderr
+    assert f"slices are {side}x{side} but this bundle takes" in proc.stderr
     report = json.loads(out.read_text())
     assert report["errors"] > 0 and report["requests"] == 0
+
+
+@pytest.mark.parametrize(("batch", "max_batch", "limit"), [(8, 4, "--max-batch 4"), (9, 16, "the bundle's max batch 8")])
+def test_a_batch_the_server_would_refuse_is_one_error_before_any_server_starts(serve_bundle, tmp_path, batch,
+                                                                                max_batch, limit, assert_one_line_error):
+    """The server takes at most min(--max-batch, the bundle's max batch) slices a request: a load
+    of larger requests is refused at once, not after a warm-up and a run of 400 answers."""
+    import subprocess
+    import sys
+
+    from edgeseg.runtime.manifest import read_manifest
+
+    assert read_manifest(serve_bundle).max_batch == 8  # the oracle for the second case
+    out = tmp_path / "load.json"
+    proc = subprocess.run([sys.executable, "-m", "edgeseg.cli", "bench-serve", str(serve_bundle), "--clients", "2",
+                           "--seconds", "30", "--warmup", "30", "--batch", str(batch), "--max-batch", str(max_batch),
+                           "--backend", "onnxruntime:fp32", "--json", str(out)], capture_output=True, text=True,
+                          timeout=120)
+    assert_one_line_error(proc, f"--batch {batch} is above {limit}; the server would refuse every request")
+    assert "starting" not in proc.stdout and not out.exists()
 
 
 def test_sigterm_stops_a_load_test_and_its_server(serve_bundle, tmp_path):
@@ -102,3 +129,15 @@ def test_sigterm_stops_a_load_test_and_its_server(serve_bundle, tmp_path):
         except ProcessLookupError:
             continue
         assert Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z", f"server {pid} left running"
+
+
+def test_the_report_gives_the_max_batch_the_server_ran_with(serve_bundle, tmp_path):
+    """The server caps --max-batch at the bundle's max batch; the report says what it ran with."""
+    from edgeseg.runtime.manifest import read_manifest
+
+    out = tmp_path / "load.json"
+    result = CliRunner().invoke(cli, ["bench-serve", str(serve_bundle), "--clients", "1", "--seconds", "0.5",
+                                      "--warmup", "0", "--max-batch", "64", "--backend", "onnxruntime:fp32",
+                                      "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    assert json.loads(out.read_text())["max_batch"] == read_manifest(serve_bundle).max_batch == 8
