@@ -153,7 +153,9 @@ def _wait_ready(port: int, process: subprocess.Popen, log, timeout: float = 60) 
     while True:
         if process.poll() is not None:
             log.seek(0)
-            raise DataError(f"edgeseg serve exited: {log.read().strip().splitlines()[-1:]}")
+            # its own one-line error, without its prefix (it was printed as a Python list)
+            last = (log.read().strip().splitlines() or ["no message"])[-1].removeprefix("edgeseg: error: ")
+            raise DataError(f"edgeseg serve did not start: {last}")
         with contextlib.suppress(OSError):  # not listening yet: ask again below
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
             conn.request("GET", "/v2/health/ready")

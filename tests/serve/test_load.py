@@ -91,6 +91,18 @@ def test_a_batch_the_server_would_refuse_is_one_error_before_any_server_starts(s
     assert "starting" not in proc.stdout and not out.exists()
 
 
+def test_a_server_that_does_not_start_is_named_by_its_own_error(serve_bundle, tmp_path, assert_one_line_error):
+    """The server's refusal came through as a Python list: edgeseg serve exited: ['edgeseg: error: ...']."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "edgeseg.cli", "bench-serve", str(serve_bundle), "--clients", "1",
+                           "--seconds", "1", "--warmup", "0", "--backend", "nope"], capture_output=True, text=True,
+                          timeout=120)
+    assert_one_line_error(proc, "edgeseg serve did not start: unknown backend 'nope'; known: auto,")
+    assert "[" not in proc.stderr
+
+
 def test_sigterm_stops_a_load_test_and_its_server(serve_bundle, tmp_path):
     """Stopped mid-load, bench-serve stops its clients (their threads kept bench-serve alive) and
     its server, and exits 143."""
