@@ -134,7 +134,8 @@ def bench_backend(bundle: str | Path, backend: str, *, batches: tuple[int, ...] 
         png = _png16(hu[0])
         result = {"backend": backend, "chosen": seg.backend, "device": seg.runner.device,
                   "artifact": seg.runner.artifact, "size": size, "tta": tta, "machine": machine_signature(),
-                  "batches": {}}
+                  # what the figures were measured with, so a JSON alone says how to repeat it
+                  "runs": runs, "warmup": warmup, "threads": threads, "batches": {}}
         for b in batches:
             batch_in = preprocess(hu[:b], spec)
             logits = seg.infer(batch_in)

@@ -21,6 +21,7 @@ def test_bench_reports_every_stage_throughput_and_cold_start(bundle_dir, tmp_pat
     assert [r["backend"] for r in results] == ["onnxruntime:fp32", "onnxruntime:int8"]
     for r in results:
         assert r["chosen"] == r["backend"] and r["size"] == 96
+        assert (r["runs"], r["warmup"], r["threads"]) == (3, 1, 1)  # what it was measured with
         for batch in ("1", "2"):
             for stage in STAGES:
                 values = [r["batches"][batch][stage][name] for name, _ in PERCENTILES]
