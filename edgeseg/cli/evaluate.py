@@ -26,7 +26,8 @@ from edgeseg.errors import require
 @click.option("--postprocess-3d/--no-postprocess-3d", "volume_postprocess", default=None,
               help="Largest 3-D component for every class without a recorded 3-D choice / no 3-D filters "
                    "(default: as chosen on validation at training).")
-@click.option("--intensity", default=None, help="What slice-folder pixels mean: 'hu-clipped:0,255' or 'window:LO,HI'.")
+@click.option("--intensity", default=None, help="What slice-folder pixels mean: 'hu-clipped:0,255' or 'window:LO,HI' "
+                   "(default: what the run's training slices meant).")
 @click.option("--out", default=None, type=click.Path(file_okay=False), help="Folder for eval.json, the table and overlay PNGs.")
 @click.option("--worst", default=4, show_default=True, type=click.IntRange(min=0),
               help="Overlay PNGs for this many worst cases.")

@@ -206,6 +206,23 @@ def recorded_slice_options(train_config: dict | None) -> dict:
     return {key: value for key, value in options.items() if value not in (None, "auto")}
 
 
+def run_read_options(source: str, train_config: dict | None, intensity: str | None = None) -> dict:
+    """``open_dataset`` options that read ``source`` as a run read its training slices: on a
+    slice folder, ``intensity`` or else the run's recorded one, with its case pattern and mask
+    kind; on other data (volumes carry HU and geometry) none of them, except an ``intensity``
+    the caller gave, which ``open_dataset`` then refuses by name."""
+    given = {"intensity": intensity} if intensity else {}
+    path = Path(source)
+    try:
+        slices = path.is_dir() and detect_layout(path) == "slices"
+    except DataError:  # an empty or unreadable folder: open_dataset says what is wrong with it
+        slices = True
+    if not slices:
+        return given
+    recorded = (train_config or {}).get("intensity")
+    return {**({"intensity": recorded} if recorded else {}), **given, **recorded_slice_options(train_config)}
+
+
 def _read_cases(path: Path, layout: str, intensity: str | None, mask_threshold: int,
                 case_pattern: str | None, progress: bool, one_volume: bool, masks: dict | None = None,
                 ) -> list[tuple[Volume, DicomSeriesInfo | None]]:

@@ -11,7 +11,7 @@ import numpy as np
 
 from edgeseg.atomic import atomic_files, atomic_write_text, within
 from edgeseg.data import open_dataset
-from edgeseg.data.open import check_source, recorded_slice_options, same_data
+from edgeseg.data.open import check_source, run_read_options, same_data
 from edgeseg.data.volume import Volume
 from edgeseg.errors import DataError
 from edgeseg.metrics import class_metrics, false_positive_slices, mean_slice_dice, summarise
@@ -79,6 +79,8 @@ def evaluate_checkpoint(
     of every class / none; ``volume_postprocess`` False drops its 3-D part, True gives every
     class without a recorded 3-D choice its largest 3-D component. False-positive
     slices (a class predicted on a slice that holds none of it) are counted per case and class.
+    A slice folder is read as the run read its slices (its recorded intensity, unless
+    ``intensity`` is given, case pattern and mask kind); volumes carry their own HU.
     ``tta`` mirrors at prediction (``edgeseg.runtime.tta``), recorded in the result.
     With ``out``: eval.json, eval.txt and worst_cases.png (contours on the CT, one colour per
     class when there are several; cases ranked by their mean class Dice) are written.
@@ -100,9 +102,9 @@ def evaluate_checkpoint(
     segmenter = Segmenter.from_module(model, spec, dict(enumerate(class_names)), post, max_batch=EVAL_BATCH, tta=tta)
     # A slice folder's mask value outside these classes is refused, as in training.
     values = sorted({v for vals in label_values.values() for v in vals})
-    volumes, used_split = select_cases(open_dataset(data, intensity=intensity, label_file=label_file, label_values=values,
-                                                    **recorded_slice_options(payload.get("train_config"))), payload, split,
-                                      data=str(data))
+    read_as = run_read_options(str(data), payload.get("train_config"), intensity)
+    volumes, used_split = select_cases(open_dataset(data, label_file=label_file, label_values=values, **read_as),
+                                      payload, split, data=str(data))
     cases, overlays = [], []
     for vol in tqdm(volumes, desc="evaluate", unit="case", disable=not progress, leave=False):
         if vol.label is None:

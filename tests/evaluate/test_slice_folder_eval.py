@@ -161,3 +161,56 @@ def test_predict_reads_an_image_with_the_intensity_the_bundle_records(slice_fold
                                                    affine=default_affine((1.0, 1.0, 1.0)), case_id="p0"))[0]
     assert expected.any() and not np.array_equal(recorded, default)  # the intensity matters on this slice
     assert np.array_equal(recorded.reshape(expected.shape), expected)
+
+
+@pytest.fixture(scope="module")
+def slice_run_checkpoint(slice_folder, chest_bundle_run, tmp_path_factory) -> Path:
+    """The chest model's checkpoint as a run on the slice folder records it: trained on that
+    folder, read with ``--intensity window:-1000,200 --mask labels`` (as the infection recipe
+    reads its slices)."""
+    import torch
+
+    payload = torch.load(chest_bundle_run / "train" / "best.pt", map_location="cpu", weights_only=True)
+    payload["train_config"] = {**payload["train_config"], "data": str(slice_folder[0]),
+                               "intensity": f"window:{WINDOW[0]:g},{WINDOW[1]:g}", "mask": "labels"}
+    path = tmp_path_factory.mktemp("slice-run") / "best.pt"
+    torch.save(payload, path)
+    return path
+
+
+def test_evaluate_reads_the_runs_own_slices_with_the_intensity_it_recorded(slice_folder, slice_run_checkpoint, oracle,
+                                                                          tmp_path):
+    """Without --intensity the run's slices are read as training read them (export, cv and predict
+    already did): read as the default hu-clipped:0,255 instead, the window -1000..200 HU was refused,
+    and a window inside 0..255 would have been scored on pixels of another meaning."""
+    out = tmp_path / "eval"
+    done = edgeseg("evaluate", slice_run_checkpoint, "--data", slice_folder[0], "--split", "all", "--out", out, "--quiet")
+    assert done.returncode == 0, done.stderr
+    report = json.loads((out / "eval.json").read_text())
+    assert [c["case_id"] for c in report["cases"]] == list(CROPS)
+    for case in report["cases"]:
+        for name in NAMES:
+            assert case["metrics"][name]["dice"] == pytest.approx(oracle[case["case_id"]][name]["dice"], abs=1e-9)
+
+
+def test_a_slice_folder_run_evaluates_nifti_volumes(slice_run_checkpoint, chest_bundle_run, tmp_path):
+    """The slice-folder options a run recorded (intensity, mask kind) do not apply to NIfTI volumes,
+    which carry HU: evaluating such a run on them was refused ("apply to slice folders only")."""
+    from edgeseg.data.nifti import read_nifti_dataset
+    from edgeseg.runtime import Segmenter
+
+    data, out = tmp_path / "chest", tmp_path / "eval"
+    made = edgeseg("data", "synth", "--kind", "chest", "--out", data, "--cases", "2", "--size", "96",
+                   "--slices", "16", "--seed", "3")
+    assert made.returncode == 0, made.stderr
+    done = edgeseg("evaluate", slice_run_checkpoint, "--data", data, "--split", "all", "--out", out, "--quiet")
+    assert done.returncode == 0, done.stderr
+    report = {c["case_id"]: c["metrics"] for c in json.loads((out / "eval.json").read_text())["cases"]}
+    with Segmenter.load(chest_bundle_run / "bundle", backend="onnxruntime:fp32") as segmenter:
+        volumes = read_nifti_dataset(data)
+        assert sorted(report) == sorted(v.case_id for v in volumes)
+        for volume in volumes:
+            pred = segmenter.predict_volume(volume)
+            for c, name in enumerate(NAMES, start=1):
+                expected = _dice(pred == c, volume.label == c)
+                assert report[volume.case_id][name]["dice"] == pytest.approx(expected, abs=1e-9)
