@@ -219,10 +219,17 @@ def _table(cases: list[dict], class_names: list[str], summary: dict, result: dic
         for metric in ("dice", "iou", "hd95"):
             mean[f"{name} {metric}"] = summary[name][metric]["mean"]
     rows.append(mean)
+    # A mean HD95 over the cases where it is defined can read 0 when the model missed the class in
+    # every case that has it (both-empty cases count 0): say how many cases the mean left out.
+    undefined = [f"{name} {summary[name]['hd95_undefined']} of {len(cases)}" for name in class_names[1:]
+                 if summary[name].get("hd95_undefined")]
+    note = (f"\nHD95 undefined (one mask empty), left out of the mean: {', '.join(undefined)} case(s)"
+            if undefined else "")
     if len(class_names) == 2:
-        return format_table(rows, columns) + f"\nmean per-slice Dice ({class_names[1]}): {result['slice_dice_mean']:.4f}"
+        return (format_table(rows, columns) + note
+                + f"\nmean per-slice Dice ({class_names[1]}): {result['slice_dice_mean']:.4f}")
     by_class = ", ".join(f"{name} {value:.4f}" for name, value in result["slice_dice_by_class"].items())
-    return (format_table(rows, columns) + f"\nmean per-slice Dice, any of {'/'.join(class_names[1:])}: "
+    return (format_table(rows, columns) + note + f"\nmean per-slice Dice, any of {'/'.join(class_names[1:])}: "
             f"{result['slice_dice_mean']:.4f}; per class: {by_class}")
 
 
