@@ -68,7 +68,7 @@ def command(checkpoint, out, profile, formats, fp16, int8, calib, calib_method, 
         check_repo_output(triton_repo, force, out, "--triton",
                           keep=(("the checkpoint's folder", Path(checkpoint).resolve().parent),))
         check_output_folder(triton_repo, "--triton", staged=True)
-    settings = load_profile(profile) if profile else ExportSettings()
+    settings = load_profile(profile) if profile is not None else ExportSettings()  # "" is refused by name
     settings = settings.override(
         formats=tuple(f.strip() for f in formats.split(",") if f.strip()) if formats else None,
         fp16=fp16, int8=int8, trt=trt, calib_method=calib_method, calib_slices=calib_slices, max_batch=max_batch,

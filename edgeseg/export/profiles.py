@@ -127,6 +127,8 @@ class ExportSettings:
 
 def resolve_profile(name: str) -> Path:
     """A profile path: ``name`` itself if it is a file, else ``export/NAME.toml`` here or in the source tree."""
+    if not name.strip():
+        raise DataError("export profile name is empty; name one of the shipped profiles or a TOML file")
     direct = Path(name)
     if direct.is_file():
         return direct

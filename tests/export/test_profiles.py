@@ -58,3 +58,13 @@ def test_max_batch_beyond_what_anything_serves_is_refused(tmp_path, assert_one_l
                            "--max-batch", "100000000"], capture_output=True, text=True)
     assert_one_line_error(proc, "max-batch must be at most 1024 (as for edgeseg serve), got 100000000")
     assert not (tmp_path / "b").exists()
+
+
+def test_an_empty_profile_name_is_refused(tmp_path, assert_one_line_error):
+    """--profile "" exported with the defaults, as if no profile had been named."""
+    with pytest.raises(DataError, match="export profile name is empty"):
+        load_profile("  ")
+    proc = subprocess.run([sys.executable, "-m", "edgeseg.cli", "export", tmp_path / "best.pt", "--out", tmp_path / "b",
+                           "--profile", ""], capture_output=True, text=True)
+    assert_one_line_error(proc, "export profile name is empty")
+    assert not (tmp_path / "b").exists()
