@@ -7,6 +7,9 @@ import click
 from edgeseg.cli.input_limits import input_limit_options
 from edgeseg.cli.tta_option import tta_option
 
+# Timed (or warm-up) calls per stage: more is a typing error, and would run for days.
+MAX_CALLS = 100_000
+
 
 @click.command("bench")
 @input_limit_options
@@ -37,8 +40,9 @@ def command(bundle, backends, batch, size, runs, warmup, threads, json_out, png_
         batches = tuple(sorted({int(b) for b in batch.split(",")}))
     except ValueError:
         raise DataError(f"--batch must be comma-separated integers, got {batch!r}") from None
-    if not batches or min(batches) < 1 or size < 8 or runs < 1 or warmup < 0:
-        raise DataError(f"need batch sizes >= 1, --size >= 8, --runs >= 1, --warmup >= 0; got {batch!r}, {size}, {runs}, {warmup}")
+    if not batches or min(batches) < 1 or size < 8 or not 1 <= runs <= MAX_CALLS or not 0 <= warmup <= MAX_CALLS:
+        raise DataError(f"need batch sizes >= 1, --size >= 8, --runs 1..{MAX_CALLS}, --warmup 0..{MAX_CALLS}; "
+                        f"got {batch!r}, {size}, {runs}, {warmup}")
     outputs = [(path, what) for path, what in ((json_out, "--json"), (png_out, "--png")) if path]
     for path, what in outputs:
         check_output_file(path, what)

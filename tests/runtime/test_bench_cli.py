@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from click.testing import CliRunner
 
 from edgeseg.bench.runtime import PERCENTILES, STAGES
@@ -179,3 +180,12 @@ def test_an_oversized_size_is_refused_before_any_table(bundle_dir, assert_one_li
     assert_one_line_error(done, f"--size {size}: a slice of {size}x{size} = {size * size} pixels is over the limit of "
                                 f"{DEFAULT_MAX_PIXELS}")
     assert done.stdout == ""  # not even the table's header
+
+
+@pytest.mark.parametrize("args", [["--runs", "100001"], ["--warmup", "99999999999999999999"], ["--runs", "0"]])
+def test_bench_call_counts_out_of_range_are_refused_before_measuring(bundle_dir, args):
+    """--runs 99999999999999999999 was taken: the run would have gone on for ever."""
+    result = CliRunner().invoke(cli, ["bench", str(bundle_dir), "--backend", "onnxruntime:fp32", "--size", "16",
+                                      "--no-cold-start", *args])
+    assert result.exit_code == 2 and result.output.startswith("edgeseg: error: need batch sizes >= 1"), result.output
+    assert "--runs 1..100000, --warmup 0..100000" in result.output and len(result.output.strip().splitlines()) == 1
