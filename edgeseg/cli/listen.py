@@ -38,7 +38,7 @@ def command(bundle, ae_title, any_ae, allow_calling, host, port, out, forward, i
         check_output_folder(out, "--out")
     configure_logging()
     peer = Peer.parse(forward) if forward else None
-    segmenter = Segmenter.load(bundle, backend=backend.split(",") if "," in backend else backend, threads=threads,
+    segmenter = Segmenter.load(bundle, backend=backend, threads=threads,
                                tta=tta)
 
     def interrupt(signum, frame):  # SIGTERM (a service manager's stop) ends the node as Ctrl-C does

@@ -82,8 +82,7 @@ def command(bundle, input_path, out, fmt, backend, threads, batch_size, overlay,
         raise DataError(f"--format dicom-seg needs a DICOM series folder as INPUT, got {input_path}")
     # a series a SEG cannot be made of is refused before the model runs, not after
     seg_sources = seg_source_datasets(refs) if fmt == "dicom-seg" else None
-    backends = backend.split(",") if "," in backend else backend
-    with Segmenter.load(bundle, backend=backends, threads=threads, tta=tta) as segmenter:
+    with Segmenter.load(bundle, backend=backend, threads=threads, tta=tta) as segmenter:
         if spacing is None and kind in ("npy", "image") and segmenter.postprocess.needs_spacing:
             # the unit spacing such inputs are read with would turn the mL into a wrong voxel count
             raise DataError(f"{input_path} carries no voxel spacing, and the bundle removes 3-D components by "

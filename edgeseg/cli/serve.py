@@ -43,7 +43,7 @@ def command(bundle, host, port, backend, threads, model_name, max_batch, queue_s
     check_model_name(model_name)  # it names URL paths, as in a Triton repository
     uvicorn = require("uvicorn", "serve", "edgeseg serve")
     _check_port(host, port)
-    segmenter = Segmenter.load(bundle, backend=backend.split(",") if "," in backend else backend, threads=threads,
+    segmenter = Segmenter.load(bundle, backend=backend, threads=threads,
                                tta=tta)
     config = ServeConfig(model_name=model_name, max_batch=max_batch, queue_size=queue_size,
                          max_body_bytes=max_body_mb << 20, timeout_s=timeout, max_side=max_side)

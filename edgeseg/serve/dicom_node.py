@@ -50,18 +50,13 @@ def check_ae_title(title: str) -> str:
 
 def decodable_transfer_syntaxes() -> list[str]:
     """The transfer syntaxes whose pixel data pydicom can decode with what is installed: the
-    uncompressed ones, and each compressed one whose decoder has a working plugin."""
-    pydicom = require("pydicom", "io", "edgeseg listen")
-    from pydicom.pixels import get_decoder
+    uncompressed ones, and each compressed one whose decoder has a working plugin (pydicom's
+    decoders, one per syntax it knows, say both)."""
+    require("pydicom", "io", "edgeseg listen")
+    from pydicom.pixels import decoders
+    from pydicom.pixels.decoders.base import Decoder
 
-    decodable = []
-    for uid in pydicom.uid.AllTransferSyntaxes:
-        try:
-            if get_decoder(uid).is_available:
-                decodable.append(str(uid))
-        except NotImplementedError:  # no decoder for this syntax in pydicom at all
-            continue
-    return decodable
+    return [str(d.UID) for d in vars(decoders).values() if isinstance(d, Decoder) and d.is_available]
 
 
 @dataclass(frozen=True)

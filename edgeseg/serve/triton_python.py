@@ -80,7 +80,7 @@ class TritonPythonModel:
         self.max_batch = int(config.get("max_batch_size", 0)) or int(params.get("edgeseg_max_slices", "1"))
         folder = Path(args["model_repository"]) / args["model_version"] / "bundle"
         backend = params.get("edgeseg_backend", "onnxruntime:fp32")
-        self.segmenter = Segmenter.load(folder, backend=backend.split(",") if "," in backend else backend,
+        self.segmenter = Segmenter.load(folder, backend=backend,
                                         threads=int(params.get("edgeseg_threads", "0")),
                                         tta=params.get("edgeseg_tta", "none") if self.role == "pipeline" else "none")
 

@@ -67,6 +67,14 @@ def _infer_body() -> bytes:
     return json.dumps({"inputs": [{"name": "image", "shape": list(x.shape), "datatype": "FP32",
                                    "data": x.ravel().tolist()}]}).encode()
 
+def _hold_the_model(server, entered, pool):
+    """Submit to ``pool`` a /v2 request that sits in the gated model (``gate_model``) until its
+    gate is released; returns its future once it is inside."""
+    held = pool.submit(_request, server.url, "POST", "/v2/models/edgeseg/infer", _infer_body())
+    assert entered.wait(30), "the /v2 request never reached the model"
+    return held
+
+
 
 def test_v2_requests_during_an_upload_do_not_wait_for_its_reading(server_factory, serve_bundle, monkeypatch):
     """/v2 requests answered while an upload is being read (its reading held open by the test):
@@ -115,8 +123,7 @@ def test_an_upload_waiting_longer_than_the_timeout_is_504(server_factory, gate_m
     entered, release = gate_model(server)
     with ThreadPoolExecutor(2) as pool:
         try:
-            held = pool.submit(_request, server.url, "POST", "/v2/models/edgeseg/infer", _infer_body())
-            assert entered.wait(30), "the /v2 request never reached the model"
+            held = _hold_the_model(server, entered, pool)
             upload = pool.submit(_request, server.url, "POST", "/v1/segment", _npy(_hu()))
             status, data = upload.result(timeout=20)
             assert status == 504, data
@@ -139,8 +146,7 @@ def test_uploads_beyond_the_queue_size_are_503(server_factory, serve_bundle, gat
     entered, release = gate_model(server)
     with ThreadPoolExecutor(2) as pool:
         try:
-            held = pool.submit(_request, server.url, "POST", "/v2/models/edgeseg/infer", _infer_body())
-            assert entered.wait(30), "the /v2 request never reached the model"
+            held = _hold_the_model(server, entered, pool)
             waiting = pool.submit(_request, server.url, "POST", "/v1/segment", _npy(_hu()))
             deadline = time.monotonic() + 30
             while server.app.state.uploads.depth < 1:  # the first upload holds the only place
@@ -169,8 +175,7 @@ def test_an_upload_the_server_cannot_answer_is_refused_without_waiting_for_the_m
     entered, release = gate_model(server)
     with ThreadPoolExecutor(2) as pool:
         try:
-            held = pool.submit(_request, server.url, "POST", "/v2/models/edgeseg/infer", _infer_body())
-            assert entered.wait(30), "the /v2 request never reached the model"
+            held = _hold_the_model(server, entered, pool)
             two_slices = np.concatenate([_hu(), _hu()])
             refused = pool.submit(_request, server.url, "POST", "/v1/segment" + query, _npy(two_slices))
             status, data = refused.result(timeout=20)  # answered while the model is still held
