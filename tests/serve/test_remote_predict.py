@@ -106,6 +106,9 @@ def test_bad_remote_address_is_one_line(serve_bundle, tmp_path, backend, fragmen
     # fractional or text sizes were taken as int() made them, so this answer was decoded
     b'{"outputs": [{"name": "logits", "datatype": "FP32", "shape": [1, 2, 64.5, 64], "data": [' + b"0," * 8191 + b'0]}]}',
     b'{"outputs": [{"name": "logits", "datatype": "FP32", "shape": [1, 2, "64", 64], "data": [' + b"0," * 8191 + b'0]}]}',
+    # NaN logits reached post-processing, whose error blamed the input rather than the server
+    b'{"outputs": [{"name": "logits", "datatype": "FP32", "shape": [1, 2, 64, 64], "data": [NaN,' + b"0," * 8190 + b'0]}]}',
+    b'{"outputs": [{"name": "logits", "datatype": "FP32", "shape": [1, 2, 64, 64], "data": [' + b"0," * 8191 + b'Infinity]}]}',
 ])
 def test_a_malformed_server_response_is_a_backend_error(serve_bundle, reply):
     """A real HTTP server on 127.0.0.1 that answers the metadata correctly and inference with junk."""

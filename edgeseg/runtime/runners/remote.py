@@ -187,10 +187,16 @@ class RemoteRunner(Runner):
             raise BackendError(f"remote {self.device}: logits of shape {list(shape)} for a batch of {rows}")
         size = (out.get("parameters") or {}).get("binary_data_size")
         if size is None:
-            return np.asarray(out["data"], dtype=dtype).reshape(shape)
-        if int(size) != int(np.prod(shape)) * dtype.itemsize or len(body) - length < int(size):
+            logits = np.asarray(out["data"], dtype=dtype).reshape(shape)
+        elif int(size) != int(np.prod(shape)) * dtype.itemsize or len(body) - length < int(size):
             raise BackendError(f"remote {self.device}: binary logits of {size} bytes do not fit shape {list(shape)}")
-        return np.frombuffer(body, dtype=dtype, count=int(np.prod(shape)), offset=length).reshape(shape)
+        else:
+            logits = np.frombuffer(body, dtype=dtype, count=int(np.prod(shape)), offset=length).reshape(shape)
+        # Checked here so that the error names the server: post-processing would refuse the
+        # same values as bad input data.
+        if not np.isfinite(logits).all():
+            raise BackendError(f"remote {self.device}: the server's logits hold NaN or infinite values")
+        return logits
 
     def _release(self) -> None:
         self._disconnect()
