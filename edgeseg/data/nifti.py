@@ -143,6 +143,13 @@ def _load(path: Path, what: str) -> tuple[np.ndarray, np.ndarray]:
         if bad:
             raise DataError(f"{what} {path}: {bad} voxel values are NaN or infinite (after the header's "
                             f"scl_slope / scl_inter); edgeseg does not guess a value for them")
+        # nibabel scales into float64, so a huge scl_slope gives finite values here that become
+        # infinite once held as float32 HU
+        limit = float(np.finfo(np.float32).max)
+        over = int(np.count_nonzero(np.abs(data) > limit)) if data.dtype.itemsize > 4 else 0
+        if over:
+            raise DataError(f"{what} {path}: {over} voxel values are beyond float32 (over {limit:.4g} in magnitude "
+                            f"after the header's scl_slope / scl_inter); edgeseg does not guess a value for them")
     while data.ndim > 3 and data.shape[-1] == 1:
         data = data[..., 0]
     if data.ndim == 2:

@@ -142,3 +142,15 @@ def test_a_header_putting_the_voxels_far_into_a_gzip_stream_is_refused_unread(tm
     near = tmp_path / "near.nii.gz"
     nib.save(nib.Nifti1Image(hu, np.eye(4)), near)
     assert read_nifti(near).hu.shape == (2, 8, 8)
+
+
+def test_a_scl_slope_that_overflows_float32_hu_is_refused(tmp_path):
+    """nibabel scales int16 by 1e38 into finite float64; held as float32 HU they were +-inf, and
+    `data info` printed an HU range of -inf..inf instead of refusing the file."""
+    path = tmp_path / "huge_slope.nii"
+    image = nib.Nifti1Image(np.array([0, 1, 2, 3, 4, -4, 100, -100], np.int16).reshape(2, 2, 2), np.eye(4))
+    image.header["scl_slope"], image.header["scl_inter"] = 1e38, 0.0
+    nib.save(image, path)
+    assert np.isinf(np.asanyarray(nib.load(path).dataobj).astype(np.float32)).sum() == 4  # the oracle
+    with pytest.raises(DataError, match=r"huge_slope.nii: 4 voxel values are beyond float32 .*scl_slope"):
+        read_nifti(path)
