@@ -233,7 +233,8 @@ def find_nifti_pairs(folder: str | os.PathLike) -> list[tuple[Path, Path | None]
 
     Accepts ``imagesTr/`` + ``labelsTr/`` (MSD, nnU-Net), ``images/`` + ``labels/``, either
     without its labels folder, or a flat folder of NIfTI images. When a labels folder exists,
-    every image needs a label of the same name (nnU-Net's ``_0000`` channel suffix allowed).
+    every image needs a label of the same name (nnU-Net's ``_0000`` channel suffix allowed), and
+    every label an image.
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -257,6 +258,11 @@ def find_nifti_pairs(folder: str | os.PathLike) -> list[tuple[Path, Path | None]
         if label is None:
             raise DataError(f"image {image} has no label file in {labels_dir}")
         pairs.append((image, label))
+    # a label without its image means a case is missing, which training would not notice
+    strays = sorted(set(labels.values()) - {label for _, label in pairs})
+    if strays:
+        raise DataError(f"label {strays[0]} has no image in {images_dir} (expected {nifti_stem(strays[0])}.nii.gz "
+                        f"or {nifti_stem(strays[0])}{NNUNET_CHANNEL_SUFFIX}.nii.gz)")
     return pairs
 
 

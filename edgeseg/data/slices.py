@@ -223,6 +223,9 @@ def read_slice_folder_with_kind(
     if not images:
         raise DataError(f"no images found in {images_dir}")
     masks = _image_files(masks_dir) if masks_dir.is_dir() else None
+    strays = sorted(set(masks or ()) - set(images))
+    if strays:  # its image is missing (or misnamed): that slice would drop out of the data unseen
+        raise DataError(f"mask {masks[strays[0]]} has no image of the same name in {images_dir}")
 
     cases: dict[str, list[tuple[int, str]]] = defaultdict(list)
     for stem, path in images.items():

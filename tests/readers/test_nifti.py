@@ -113,6 +113,17 @@ def test_image_without_label_in_a_labelled_dataset(tmp_path, totalseg):
         read_nifti_dataset(tmp_path)
 
 
+@pytest.mark.parametrize("image_name", ["a.nii.gz", "a_0000.nii.gz"])
+def test_label_without_its_image_in_a_labelled_dataset(tmp_path, totalseg, image_name):
+    """Case b's image is missing: the dataset was read as case a alone, and b left out unseen."""
+    _copy(totalseg / "example_ct_sm.nii.gz", tmp_path / "imagesTr" / image_name)
+    _copy(totalseg / "example_seg.nii.gz", tmp_path / "labelsTr/a.nii.gz")
+    _copy(totalseg / "example_seg.nii.gz", tmp_path / "labelsTr/b.nii.gz")
+    with pytest.raises(DataError, match=r"label .*labelsTr/b\.nii\.gz has no image in .*imagesTr \(expected "
+                                        r"b\.nii\.gz or b_0000\.nii\.gz\)"):
+        read_nifti_dataset(tmp_path)
+
+
 def test_a_header_putting_the_voxels_far_into_a_gzip_stream_is_refused_unread(tmp_path):
     """A .nii.gz of a few kilobytes whose vox_offset is 1 GiB: reading it inflated the whole GiB
     of zeros to reach two slices (seconds of CPU a request behind /v1/segment); it is refused

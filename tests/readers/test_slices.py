@@ -97,6 +97,13 @@ def test_image_without_mask(slice_copy):
         read_slice_folder(slice_copy)
 
 
+def test_mask_without_image(slice_copy):
+    """The slice whose image is missing dropped out of the data unseen."""
+    (slice_copy / "images" / "flipped_10006_80.jpg").unlink()
+    with pytest.raises(DataError, match=r"mask .*flipped_10006_80\.jpg has no image of the same name"):
+        read_slice_folder(slice_copy)
+
+
 def test_mask_of_another_size(slice_copy):
     mask = slice_copy / "masks" / "flipped_10006_80.jpg"
     Image.open(mask).resize((128, 128)).save(mask)
