@@ -99,6 +99,12 @@ def _check_header(image, path: Path, what: str) -> None:
     if offset > MAX_VOX_OFFSET:  # a .nii.gz would be inflated all that way to reach its voxels
         raise DataError(f"{what} {path}: header field vox_offset puts the voxels {offset} bytes in; a header and its "
                         f"extensions take at most {MAX_VOX_OFFSET} (a corrupt or hostile header)")
+    codes = [int(image.header[field]) for field in ("qform_code", "sform_code")]
+    if codes == [0, 0]:
+        # Without either transform NIfTI defines no orientation; nibabel falls back to x flipped
+        # (LAS), other readers to other layouts, so the model could see the patient mirrored.
+        raise DataError(f"{what} {path}: header fields qform_code and sform_code are both 0, so the file does not "
+                        f"say how its voxels lie in the patient; set its qform or sform")
     if not str(path).lower().endswith(".gz"):
         check_file_holds(f"{what} {path}", "header field dim x datatype", _product(shape) * dtype.itemsize,
                          path.stat().st_size - offset)  # the pixel data after the header

@@ -165,3 +165,15 @@ def test_a_scl_slope_that_overflows_float32_hu_is_refused(tmp_path):
     assert np.isinf(np.asanyarray(nib.load(path).dataobj).astype(np.float32)).sum() == 4  # the oracle
     with pytest.raises(DataError, match=r"huge_slope.nii: 4 voxel values are beyond float32 .*scl_slope"):
         read_nifti(path)
+
+
+def test_a_file_without_qform_or_sform_is_refused_not_oriented_by_a_guess(tmp_path):
+    """With both codes 0 nibabel falls back to x flipped (LAS): an image stored LPS reached the
+    model upside down, and its labels were written back with a qform claiming that guess."""
+    path = tmp_path / "no_transform.nii.gz"
+    image = nib.Nifti1Image(np.zeros((4, 5, 3), np.int16), None)
+    nib.save(image, path)
+    header = nib.load(path).header
+    assert (int(header["qform_code"]), int(header["sform_code"])) == (0, 0)  # what the case is
+    with pytest.raises(DataError, match=r"no_transform.nii.gz: header fields qform_code and sform_code are both 0"):
+        read_nifti(path)
