@@ -99,6 +99,12 @@ def _check_header(image, path: Path, what: str) -> None:
     if offset > MAX_VOX_OFFSET:  # a .nii.gz would be inflated all that way to reach its voxels
         raise DataError(f"{what} {path}: header field vox_offset puts the voxels {offset} bytes in; a header and its "
                         f"extensions take at most {MAX_VOX_OFFSET} (a corrupt or hostile header)")
+    codes = [int(image.header[field]) for field in ("qform_code", "sform_code")]
+    if codes == [0, 0]:
+        # Without either transform NIfTI defines no orientation; nibabel falls back to x flipped
+        # (LAS), other readers to other layouts, so the model could see the patient mirrored.
+        raise DataError(f"{what} {path}: header fields qform_code and sform_code are both 0, so the file does not "
+                        f"say how its voxels lie in the patient; set its qform or sform")
     if not str(path).lower().endswith(".gz"):
         check_file_holds(f"{what} {path}", "header field dim x datatype", _product(shape) * dtype.itemsize,
                          path.stat().st_size - offset)  # the pixel data after the header
@@ -143,6 +149,13 @@ def _load(path: Path, what: str) -> tuple[np.ndarray, np.ndarray]:
         if bad:
             raise DataError(f"{what} {path}: {bad} voxel values are NaN or infinite (after the header's "
                             f"scl_slope / scl_inter); edgeseg does not guess a value for them")
+        # nibabel scales into float64, so a huge scl_slope gives finite values here that become
+        # infinite once held as float32 HU
+        limit = float(np.finfo(np.float32).max)
+        over = int(np.count_nonzero(np.abs(data) > limit)) if data.dtype.itemsize > 4 else 0
+        if over:
+            raise DataError(f"{what} {path}: {over} voxel values are beyond float32 (over {limit:.4g} in magnitude "
+                            f"after the header's scl_slope / scl_inter); edgeseg does not guess a value for them")
     while data.ndim > 3 and data.shape[-1] == 1:
         data = data[..., 0]
     if data.ndim == 2:
@@ -226,7 +239,8 @@ def find_nifti_pairs(folder: str | os.PathLike) -> list[tuple[Path, Path | None]
 
     Accepts ``imagesTr/`` + ``labelsTr/`` (MSD, nnU-Net), ``images/`` + ``labels/``, either
     without its labels folder, or a flat folder of NIfTI images. When a labels folder exists,
-    every image needs a label of the same name (nnU-Net's ``_0000`` channel suffix allowed).
+    every image needs a label of the same name (nnU-Net's ``_0000`` channel suffix allowed), and
+    every label an image.
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -250,6 +264,11 @@ def find_nifti_pairs(folder: str | os.PathLike) -> list[tuple[Path, Path | None]
         if label is None:
             raise DataError(f"image {image} has no label file in {labels_dir}")
         pairs.append((image, label))
+    # a label without its image means a case is missing, which training would not notice
+    strays = sorted(set(labels.values()) - {label for _, label in pairs})
+    if strays:
+        raise DataError(f"label {strays[0]} has no image in {images_dir} (expected {nifti_stem(strays[0])}.nii.gz "
+                        f"or {nifti_stem(strays[0])}{NNUNET_CHANNEL_SUFFIX}.nii.gz)")
     return pairs
 
 

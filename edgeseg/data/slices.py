@@ -36,6 +36,9 @@ CASE_PER_FILE = "file"
 _CASE_PER_FILE_PATTERN = r"(?P<case>.+)(?P<slice>)"
 DEFAULT_INTENSITY = "hu-clipped:0,255"
 EIGHT_BIT_MODES = ("L", "LA", "RGB", "RGBA", "P", "1")
+# Grey stored as RGB (as the MSD slices are) has R = G = B; lossy JPEG may part them by a few
+# levels, annotation or mask colours by far more.
+GREY_TOLERANCE = 16
 _INTENSITY_RE = re.compile(r"^(hu-clipped|window):\s*(-?\d+(?:\.\d+)?)\s*,\s*(-?\d+(?:\.\d+)?)$")
 
 
@@ -121,6 +124,8 @@ def _read_channel0(path: Path, palette_as_grey: bool = False) -> tuple[np.ndarra
     except Exception as exc:  # noqa: BLE001 - Pillow's decoders raise many types for corrupt files
         raise DataError(f"cannot read image {path}: {' '.join(str(exc).split()) or type(exc).__name__}") from None
     if pixels.ndim == 3:
+        if pixels.shape[-1] >= 3:
+            _check_grey(pixels[..., :3], path, "mask" if palette_as_grey else "image")
         pixels = pixels[..., 0]
     if pixels.ndim != 2 or pixels.size == 0:
         raise DataError(f"cannot read image {path}: decoded to shape {list(pixels.shape)}, not a 2-D slice")
@@ -129,6 +134,17 @@ def _read_channel0(path: Path, palette_as_grey: bool = False) -> tuple[np.ndarra
     if pixels.dtype.kind == "f" and not np.isfinite(pixels).all():
         raise DataError(f"image {path} has NaN or infinite pixel values")
     return pixels, mode
+
+
+def _check_grey(rgb: np.ndarray, path: Path, what: str) -> None:
+    """Refuse a colour image: only its red channel would be read, so a green or blue mask would be
+    background and a colour photo's red would be taken for HU."""
+    spread = rgb.max(axis=-1).astype(np.int32) - rgb.min(axis=-1)
+    if spread.max() > GREY_TOLERANCE:
+        row, column = np.unravel_index(int(np.argmax(spread)), spread.shape)
+        colour = tuple(int(c) for c in rgb[row, column])
+        raise DataError(f"{what} {path} is a colour image (row {row}, column {column} is RGB {colour}); edgeseg "
+                        f"reads grey levels, stored as grey or as RGB with R = G = B")
 
 
 def _case_and_slice(stem: str, pattern: re.Pattern, path: Path) -> tuple[str, int]:
@@ -207,6 +223,9 @@ def read_slice_folder_with_kind(
     if not images:
         raise DataError(f"no images found in {images_dir}")
     masks = _image_files(masks_dir) if masks_dir.is_dir() else None
+    strays = sorted(set(masks or ()) - set(images))
+    if strays:  # its image is missing (or misnamed): that slice would drop out of the data unseen
+        raise DataError(f"mask {masks[strays[0]]} has no image of the same name in {images_dir}")
 
     cases: dict[str, list[tuple[int, str]]] = defaultdict(list)
     for stem, path in images.items():

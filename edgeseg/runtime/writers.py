@@ -86,8 +86,11 @@ def write_nifti(labels: np.ndarray, volume, out: str | os.PathLike) -> Path:
         lps = nio.io_orientation(affine)
         back = nio.ornt_transform(lps, nio.io_orientation(original.affine))
         data_xyz = nio.apply_orientation(data_xyz, back)
-        if data_xyz.shape != original.shape[:3]:
-            raise DataError(f"labels of shape {labels.shape} do not fit the grid {original.shape[:3]} of {source}")
+        grid = tuple(original.shape[:3])
+        # a 2-D input was read as one slice; its labels keep the input's own dimensions
+        if data_xyz.shape != grid + (1,) * (3 - len(grid)):
+            raise DataError(f"labels of shape {labels.shape} do not fit the grid {grid} of {source}")
+        data_xyz = data_xyz.reshape(grid)
         affine, header = original.affine, original.header.copy()
         header.set_data_dtype(np.uint8)
         header.set_slope_inter(1.0, 0.0)

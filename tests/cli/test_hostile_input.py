@@ -152,6 +152,17 @@ def test_dicom_pixel_spacing_that_is_no_number(tmp_path, assert_one_line_error):
     assert_one_line_error(edgeseg("data", "info", series, "--quiet"), "PixelSpacing is not a number")
 
 
+def test_colour_png_is_refused_not_read_as_its_red_channel(tmp_path, assert_one_line_error):
+    from PIL import Image
+
+    path = tmp_path / "photo.png"
+    rgb = np.zeros((16, 16, 3), np.uint8)
+    rgb[4, 7] = (10, 200, 30)
+    Image.fromarray(rgb).save(path)
+    predict_refused(tmp_path, path, "photo.png is a colour image (row 4, column 7 is RGB (10, 200, 30))",
+                    assert_one_line_error)
+
+
 def test_complex_nifti_is_refused_by_name(tmp_path, assert_one_line_error):
     import nibabel as nib
 

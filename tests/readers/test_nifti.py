@@ -113,6 +113,17 @@ def test_image_without_label_in_a_labelled_dataset(tmp_path, totalseg):
         read_nifti_dataset(tmp_path)
 
 
+@pytest.mark.parametrize("image_name", ["a.nii.gz", "a_0000.nii.gz"])
+def test_label_without_its_image_in_a_labelled_dataset(tmp_path, totalseg, image_name):
+    """Case b's image is missing: the dataset was read as case a alone, and b left out unseen."""
+    _copy(totalseg / "example_ct_sm.nii.gz", tmp_path / "imagesTr" / image_name)
+    _copy(totalseg / "example_seg.nii.gz", tmp_path / "labelsTr/a.nii.gz")
+    _copy(totalseg / "example_seg.nii.gz", tmp_path / "labelsTr/b.nii.gz")
+    with pytest.raises(DataError, match=r"label .*labelsTr/b\.nii\.gz has no image in .*imagesTr \(expected "
+                                        r"b\.nii\.gz or b_0000\.nii\.gz\)"):
+        read_nifti_dataset(tmp_path)
+
+
 def test_a_header_putting_the_voxels_far_into_a_gzip_stream_is_refused_unread(tmp_path):
     """A .nii.gz of a few kilobytes whose vox_offset is 1 GiB: reading it inflated the whole GiB
     of zeros to reach two slices (seconds of CPU a request behind /v1/segment); it is refused
@@ -142,3 +153,27 @@ def test_a_header_putting_the_voxels_far_into_a_gzip_stream_is_refused_unread(tm
     near = tmp_path / "near.nii.gz"
     nib.save(nib.Nifti1Image(hu, np.eye(4)), near)
     assert read_nifti(near).hu.shape == (2, 8, 8)
+
+
+def test_a_scl_slope_that_overflows_float32_hu_is_refused(tmp_path):
+    """nibabel scales int16 by 1e38 into finite float64; held as float32 HU they were +-inf, and
+    `data info` printed an HU range of -inf..inf instead of refusing the file."""
+    path = tmp_path / "huge_slope.nii"
+    image = nib.Nifti1Image(np.array([0, 1, 2, 3, 4, -4, 100, -100], np.int16).reshape(2, 2, 2), np.eye(4))
+    image.header["scl_slope"], image.header["scl_inter"] = 1e38, 0.0
+    nib.save(image, path)
+    assert np.isinf(np.asanyarray(nib.load(path).dataobj).astype(np.float32)).sum() == 4  # the oracle
+    with pytest.raises(DataError, match=r"huge_slope.nii: 4 voxel values are beyond float32 .*scl_slope"):
+        read_nifti(path)
+
+
+def test_a_file_without_qform_or_sform_is_refused_not_oriented_by_a_guess(tmp_path):
+    """With both codes 0 nibabel falls back to x flipped (LAS): an image stored LPS reached the
+    model upside down, and its labels were written back with a qform claiming that guess."""
+    path = tmp_path / "no_transform.nii.gz"
+    image = nib.Nifti1Image(np.zeros((4, 5, 3), np.int16), None)
+    nib.save(image, path)
+    header = nib.load(path).header
+    assert (int(header["qform_code"]), int(header["sform_code"])) == (0, 0)  # what the case is
+    with pytest.raises(DataError, match=r"no_transform.nii.gz: header fields qform_code and sform_code are both 0"):
+        read_nifti(path)

@@ -97,6 +97,13 @@ def test_image_without_mask(slice_copy):
         read_slice_folder(slice_copy)
 
 
+def test_mask_without_image(slice_copy):
+    """The slice whose image is missing dropped out of the data unseen."""
+    (slice_copy / "images" / "flipped_10006_80.jpg").unlink()
+    with pytest.raises(DataError, match=r"mask .*flipped_10006_80\.jpg has no image of the same name"):
+        read_slice_folder(slice_copy)
+
+
 def test_mask_of_another_size(slice_copy):
     mask = slice_copy / "masks" / "flipped_10006_80.jpg"
     Image.open(mask).resize((128, 128)).save(mask)
@@ -136,3 +143,30 @@ def test_custom_case_pattern(slice_copy):
     assert "flipped_10004" in _by_case(volumes) and "mirrored_10004" in _by_case(volumes)
     with pytest.raises(DataError, match="named groups"):
         read_slice_folder(slice_copy, case_pattern=r"(?P<case>.+)_\d+$")
+
+
+def test_a_colour_mask_is_refused_not_read_as_its_red_channel(slice_copy):
+    """Only channel 0 is read: a liver drawn in green was background, with no word said."""
+    jpg = slice_copy / "masks" / "flipped_10006_80.jpg"
+    grey = np.asarray(Image.open(jpg))[..., 0] > 127
+    assert grey.any()  # the real mask has liver to lose
+    green = np.zeros((*grey.shape, 3), np.uint8)
+    green[grey] = (0, 255, 0)
+    jpg.unlink()
+    Image.fromarray(green).save(slice_copy / "masks" / "flipped_10006_80.png")
+    with pytest.raises(DataError, match=r"mask .*flipped_10006_80\.png is a colour image \(row \d+, column \d+ "
+                                        r"is RGB \(0, 255, 0\)\)"):
+        read_slice_folder(slice_copy)
+
+
+def test_a_colour_image_is_refused_and_grey_stored_as_rgb_is_read(slice_copy):
+    image = slice_copy / "images" / "flipped_10006_80.jpg"
+    rgb = np.asarray(Image.open(image)).copy()
+    assert rgb.ndim == 3 and (rgb == rgb[..., :1]).all()  # the real slices: grey stored as RGB
+    volume = next(v for v in read_slice_folder(slice_copy) if v.case_id == "10006")
+    np.testing.assert_array_equal(volume.hu[volume.slice_ids.index("flipped_10006_80")], rgb[..., 0])
+    rgb[100:110, 100:110] = (255, 0, 0)  # an annotation burned in red
+    image.unlink()
+    Image.fromarray(rgb).save(image.with_suffix(".png"))
+    with pytest.raises(DataError, match=r"image .*flipped_10006_80\.png is a colour image .*RGB \(255, 0, 0\)"):
+        read_slice_folder(slice_copy)

@@ -80,3 +80,23 @@ def test_npy_onto_a_folder_is_one_data_error(tmp_path):
     with pytest.raises(DataError, match="npy output .*labels.npy is a folder; name a file"):
         write_npy(_labels(), folder)
     assert list(tmp_path.iterdir()) == [folder] and list(folder.iterdir()) == []
+
+
+def test_nifti_of_a_2d_nifti_input_lies_on_its_grid(tmp_path):
+    """A 2-D NIfTI is read as one slice; its labels were refused at writing, after inference, as
+    not fitting the grid (64, 48) they came from."""
+    nib = pytest.importorskip("nibabel")
+    from edgeseg.data.nifti import read_nifti
+
+    affine = np.diag([0.7, 0.8, 2.0, 1.0])  # RAS: read into LPS by flipping x and y
+    source = tmp_path / "slice.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((64, 48), np.int16), affine), source)
+    volume = read_nifti(source)
+    labels = np.zeros((1, 48, 64), np.uint8)
+    labels[0, 5, 3] = 2  # LPS row 5, column 3
+    image = nib.load(str(write_nifti(labels, volume, tmp_path / "mask.nii.gz")))
+    expected = np.zeros((64, 48), np.uint8)
+    expected[64 - 1 - 3, 48 - 1 - 5] = 2  # the same voxel in the file's own RAS (x, y) order
+    assert image.shape == (64, 48)
+    np.testing.assert_array_equal(np.asarray(image.dataobj), expected)
+    np.testing.assert_allclose(image.affine, affine)
