@@ -348,6 +348,7 @@ int es_bundle_read(const char *dir, const char *precision, es_bundle *b, es_erro
             rc = es_fail(err, ES_EBUNDLE, "%s: not readable JSON (a control character in a string at byte %ld)", path, at);
         else if (flaw == ES_FLAW_NUMBER)
             rc = es_fail(err, ES_EBUNDLE, "%s: not readable JSON (a malformed number at byte %ld)", path, at);
+        else if (es_json_keep_last_keys(root)) rc = es_fail(err, ES_ENOMEM, "%s: no memory to read the manifest", path);
         else rc = parse_manifest(root, precision, b, path, dir, err);
         cJSON_Delete(root);
         free(text);
