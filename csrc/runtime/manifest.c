@@ -24,9 +24,11 @@ static int number_pair(const cJSON *item, double out[2]) {
     return 1;
 }
 
+/* The string at `key`, `fallback` where the key is absent, NULL where it is anything else: a
+ * null is no string (Python refuses "fit": null rather than reading the default). */
 static const char *string_or(const cJSON *obj, const char *key, const char *fallback) {
     const cJSON *item = cJSON_GetObjectItemCaseSensitive(obj, key);
-    if (!item || cJSON_IsNull(item)) return fallback;
+    if (!item) return fallback;
     return cJSON_IsString(item) ? item->valuestring : NULL;
 }
 

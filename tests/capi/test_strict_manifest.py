@@ -118,3 +118,30 @@ def test_a_key_named_twice_means_its_last_value_in_both(case, bundle, phantom_hu
     assert expected.any()
     got = run_raw(programs["c"], copy, "fp32", phantom_hu, tmp_path)
     assert int(np.count_nonzero(got != expected)) == 0
+
+
+NULLS = {
+    "spec-fit": (lambda m: m["spec"].update(fit=None), "fit"),
+    "spec-interpolation": (lambda m: m["spec"].update(interpolation=None), "interpolation"),
+    "spec-orientation": (lambda m: m["spec"].update(orientation=None), "orientation"),
+    "spec-dtype": (lambda m: m["spec"].update(dtype=None), "spec"),
+    "input-dtype": (lambda m: m["inputs"][0].update(dtype=None), "dtype"),
+    "postprocess-resize": (lambda m: m["postprocess"].update(resize=None), "postprocess.resize"),
+}
+
+
+@pytest.mark.parametrize("case", list(NULLS))
+def test_a_null_where_a_string_belongs_is_refused_by_both(case, bundle, tmp_path, run_checks):
+    """`"fit": null` is no spec field Python reads (BundleError); libedgeseg took it for an
+    absent key and opened the bundle with the default."""
+    from edgeseg.runtime import Segmenter
+
+    edit, word = NULLS[case]
+    copy = shutil.copytree(bundle, tmp_path / "bundle")
+    manifest = json.loads((copy / "manifest.json").read_text())
+    edit(manifest)
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError) as caught:
+        Segmenter.load(copy, backend="openvino:fp32")
+    code, message, _ = run_checks("open", copy, "fp32")
+    assert code == ES_EBUNDLE and word in message and word in str(caught.value), (message, str(caught.value))
