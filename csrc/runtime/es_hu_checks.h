@@ -15,4 +15,8 @@ typedef struct {
 int es_check_hu(const es_bundle *b, const void *hu, es_dtype dtype, const es_hu_layout *in, const uint8_t *labels,
                 es_error *err);
 
+/* ES_OK, or ES_ENONFINITE where the `count` pre-processed model inputs hold NaN or inf: a spec
+ * whose window and normalisation overflow float32. The Python runner refuses such a batch. */
+int es_check_model_input(const float *input, size_t count, const char *artifact, es_error *err);
+
 #endif

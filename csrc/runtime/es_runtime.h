@@ -71,6 +71,10 @@ char *es_manifest_text(const char *path, const char *dir, es_error *err);
 enum { ES_FLAW_CONTROL = 1, ES_FLAW_NUL, ES_FLAW_NUMBER };
 long es_manifest_text_flaw(const char *json, int *kind);
 
+/* json_keys.c: remove every key of an object in `node` (recursively) that the same object
+ * repeats later, keeping the last, as Python's json does. ES_OK or ES_ENOMEM. */
+int es_json_keep_last_keys(struct cJSON *node);
+
 /* Read BUNDLE/manifest.json, check it and choose the ONNX artifact of `precision` (NULL/"auto":
  * int8, fp32, fp16 in that order). ES_OK or an error in `err`. */
 int es_bundle_read(const char *dir, const char *precision, es_bundle *bundle, es_error *err);

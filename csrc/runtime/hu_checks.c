@@ -73,6 +73,14 @@ static int check_float_values(const float *hu, const es_hu_layout *in, const cha
     return ES_OK;
 }
 
+int es_check_model_input(const float *input, size_t count, const char *artifact, es_error *err) {
+    size_t bad = 0;
+    for (size_t i = 0; i < count; i++) bad += !isfinite(input[i]);
+    if (!bad) return ES_OK;
+    return es_fail(err, ES_ENONFINITE, "openvino: input holds NaN or infinite values (%zu of the %zu model inputs for %s, "
+                   "after the bundle's window, mean and std)", bad, count, artifact);
+}
+
 int es_check_hu(const es_bundle *b, const void *hu, es_dtype dtype, const es_hu_layout *in, const uint8_t *labels, es_error *err) {
     const char *what = in->slices > 1 || in->volume ? "volume" : "slice";
     if (!hu) return es_fail(err, ES_EINVAL, "hu is NULL");

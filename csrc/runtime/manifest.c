@@ -24,9 +24,11 @@ static int number_pair(const cJSON *item, double out[2]) {
     return 1;
 }
 
+/* The string at `key`, `fallback` where the key is absent, NULL where it is anything else: a
+ * null is no string (Python refuses "fit": null rather than reading the default). */
 static const char *string_or(const cJSON *obj, const char *key, const char *fallback) {
     const cJSON *item = cJSON_GetObjectItemCaseSensitive(obj, key);
-    if (!item || cJSON_IsNull(item)) return fallback;
+    if (!item) return fallback;
     return cJSON_IsString(item) ? item->valuestring : NULL;
 }
 
@@ -348,6 +350,7 @@ int es_bundle_read(const char *dir, const char *precision, es_bundle *b, es_erro
             rc = es_fail(err, ES_EBUNDLE, "%s: not readable JSON (a control character in a string at byte %ld)", path, at);
         else if (flaw == ES_FLAW_NUMBER)
             rc = es_fail(err, ES_EBUNDLE, "%s: not readable JSON (a malformed number at byte %ld)", path, at);
+        else if (es_json_keep_last_keys(root)) rc = es_fail(err, ES_ENOMEM, "%s: no memory to read the manifest", path);
         else rc = parse_manifest(root, precision, b, path, dir, err);
         cJSON_Delete(root);
         free(text);

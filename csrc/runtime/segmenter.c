@@ -285,6 +285,8 @@ static int segment_batch(es_segmenter *seg, const void *hu, es_dtype dtype, int 
     es_preprocess_spec spec = {low, high, scale, offset, b->rows, b->cols, b->area ? ES_AREA : ES_BILINEAR, ES_FLOAT32};
     int rc = es_preprocess_fit(&src, &spec, b->pad ? ES_FIT_PAD : ES_FIT_STRETCH, seg->input, KERNEL_THREADS);
     if (rc) return es_fail(err, rc, "preprocess: %s", es_status_message(rc));
+    if ((rc = es_check_model_input(seg->input, (size_t)n * (size_t)b->rows * (size_t)b->cols, b->artifact_file, err)))
+        return rc;
     return infer_and_postprocess(seg, n, in->rows, in->cols, labels, err);
 }
 

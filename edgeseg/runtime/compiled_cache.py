@@ -46,7 +46,7 @@ def cache_root() -> Path:
 
 def entry_name(artifact_sha256: str, engine_key: str) -> str:
     """``SHA16-KEY12``: the folder name of the entry for one artifact and one engine key."""
-    return f"{artifact_sha256[:16]}-{hashlib.sha256(engine_key.encode()).hexdigest()[:12]}"
+    return f"{artifact_sha256[:16]}-{hashlib.sha256(os.fsencode(engine_key)).hexdigest()[:12]}"
 
 
 def _file_sha256(path: Path) -> str:

@@ -305,3 +305,21 @@ def test_a_long_bundle_path_keeps_the_problem_in_the_message(bundle, tmp_path, r
     assert message.startswith(f"bundle {str(copy)[:40]}") and " ... " in message
     assert message.endswith(f"/bundle: {entry['file']} is {entry['bytes'] + 1} bytes, manifest says {entry['bytes']} "
                             "(tampered or truncated)")
+
+
+@pytest.mark.parametrize("spec", [{"window": [-1e308, 1e308]}, {"std": 1e-300}, {"mean": 1e300}],
+                         ids=["window-span-overflows", "tiny-std", "huge-mean"])
+def test_a_spec_that_overflows_the_model_input_is_refused_as_in_python(spec, bundle, tmp_path, run_checks):
+    """A spec that passes the manifest checks but whose window and normalisation give NaN or inf
+    in float32: Python's runner refuses the batch; libedgeseg ran the model on it and returned a
+    mask (OpenVINO's ReLU turns NaN into 0)."""
+    import numpy as np
+
+    from edgeseg.errors import DataError
+    from edgeseg.runtime import Segmenter
+
+    copy = _edited_bundle(bundle, tmp_path, lambda m: m["spec"].update(spec))
+    with Segmenter.load(copy, backend="openvino:int8") as seg, pytest.raises(DataError) as caught:
+        seg.predict(np.zeros((96, 80), np.int16))
+    code, message, _ = run_checks("call", copy, "good")
+    assert code == ES_ENONFINITE and message.startswith(str(caught.value)), (message, str(caught.value))

@@ -94,3 +94,54 @@ def test_where_both_accept_they_read_the_same_labels(case, bundle, tmp_path, run
     code, message, lines = run_checks("open", copy, "fp32")
     assert (code, message) == (ES_OK, "opened")
     assert [line.split("\t")[1:] for line in lines if line.startswith("label\t")] == [["0", "background"], ["1", name]]
+
+
+REPEATED_KEYS = {
+    "window-twice": _once('"window": [', '"window": [-1000, 3000], "window": ['),
+    "size-twice": _once('"size": [', '"size": [8, 8], "size": ['),
+    "max-batch-twice": _once('"max_batch": ', '"max_batch": 0, "max_batch": '),
+}
+
+
+@pytest.mark.parametrize("case", list(REPEATED_KEYS))
+def test_a_key_named_twice_means_its_last_value_in_both(case, bundle, phantom_hu, programs, run_raw, tmp_path):
+    """Python's json keeps the last value of a repeated key; libedgeseg read the first, so a
+    manifest naming "window" twice gave the two runtimes different windows and different masks
+    (or C refused what Python opened)."""
+    import numpy as np
+
+    from edgeseg.runtime import Segmenter
+
+    copy = _bundle_with(bundle, tmp_path, b'{"0": "background", "1": "liver"}', text=REPEATED_KEYS[case])
+    with Segmenter.load(copy, backend="openvino:fp32") as seg:
+        expected = seg.predict_volume(phantom_hu)
+    assert expected.any()
+    got = run_raw(programs["c"], copy, "fp32", phantom_hu, tmp_path)
+    assert int(np.count_nonzero(got != expected)) == 0
+
+
+NULLS = {
+    "spec-fit": (lambda m: m["spec"].update(fit=None), "fit"),
+    "spec-interpolation": (lambda m: m["spec"].update(interpolation=None), "interpolation"),
+    "spec-orientation": (lambda m: m["spec"].update(orientation=None), "orientation"),
+    "spec-dtype": (lambda m: m["spec"].update(dtype=None), "spec"),
+    "input-dtype": (lambda m: m["inputs"][0].update(dtype=None), "dtype"),
+    "postprocess-resize": (lambda m: m["postprocess"].update(resize=None), "postprocess.resize"),
+}
+
+
+@pytest.mark.parametrize("case", list(NULLS))
+def test_a_null_where_a_string_belongs_is_refused_by_both(case, bundle, tmp_path, run_checks):
+    """`"fit": null` is no spec field Python reads (BundleError); libedgeseg took it for an
+    absent key and opened the bundle with the default."""
+    from edgeseg.runtime import Segmenter
+
+    edit, word = NULLS[case]
+    copy = shutil.copytree(bundle, tmp_path / "bundle")
+    manifest = json.loads((copy / "manifest.json").read_text())
+    edit(manifest)
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError) as caught:
+        Segmenter.load(copy, backend="openvino:fp32")
+    code, message, _ = run_checks("open", copy, "fp32")
+    assert code == ES_EBUNDLE and word in message and word in str(caught.value), (message, str(caught.value))

@@ -186,3 +186,20 @@ def test_a_miss_removes_the_hour_old_leftovers_of_killed_processes(tmp_path):
     left = {p.name for p in folder.iterdir()}
     assert left == {name for name, goes in plan.items() if not goes} | {cache.path.name}
     assert (folder / ".partial-dddd-2-1e" / "blob").exists()
+
+
+def test_a_bundle_under_a_folder_name_that_is_not_utf8_loads_and_caches(bundle_dir, batch, tmp_path):
+    """Linux folder names are bytes: one that is not UTF-8 (b"\\xff") reaches Python as a
+    surrogate escape. The OpenVINO entry is named after the path's bytes, as libedgeseg names it
+    (it hashes realpath's bytes), instead of failing to encode the path."""
+    pytest.importorskip("openvino")
+    import openvino as ov
+
+    copy = shutil.copytree(bundle_dir, tmp_path / os.fsdecode(b"scanner-\xff") / "bundle")
+    entry = read_manifest(copy).artifact("onnx", "fp32")
+    logits = _load(copy, "openvino", "fp32", batch)
+    np.testing.assert_allclose(logits, _plain_logits("openvino", bundle_dir / entry.file, batch), rtol=0, atol=1e-5)
+    key = b"openvino %s CPU LATENCY f32 threads 0 %s" % (ov.get_version().encode(),
+                                                         os.path.realpath(os.fsencode(copy / entry.file)))
+    [folder] = (tmp_path / "cache" / "openvino").iterdir()
+    assert folder.name == f"{entry.sha256[:16]}-{hashlib.sha256(key).hexdigest()[:12]}"

@@ -1,0 +1,49 @@
+/* Duplicate keys in manifest.json: Python's json keeps the last value of a key that an object
+ * repeats, cJSON's lookups find the first. Removing the earlier ones before anything is read makes
+ * both runtimes read the same manifest (a hand-edited one that names "window" twice must not
+ * give two windows). */
+#include <stdlib.h>
+#include <string.h>
+
+#include "cJSON.h"
+#include "es_runtime.h"
+
+typedef struct {
+    cJSON *item;
+    size_t at; /* position among its siblings */
+} keyed;
+
+static int by_key_then_position(const void *a, const void *b) {
+    const keyed *x = a, *y = b;
+    int c = strcmp(x->item->string, y->item->string);
+    return c ? c : (x->at > y->at) - (x->at < y->at);
+}
+
+/* Sorting, not comparing every pair: an object of a million keys stays quick to check. */
+static int drop_earlier_duplicates(cJSON *object) {
+    size_t n = 0;
+    for (const cJSON *c = object->child; c; c = c->next) n++;
+    if (n < 2) return ES_OK;
+    keyed *keys = malloc(n * sizeof *keys);
+    if (!keys) return ES_ENOMEM;
+    size_t i = 0;
+    for (cJSON *c = object->child; c; c = c->next, i++) keys[i] = (keyed){c, i};
+    qsort(keys, n, sizeof *keys, by_key_then_position);
+    for (i = 0; i + 1 < n; i++)
+        if (strcmp(keys[i].item->string, keys[i + 1].item->string) == 0)
+            cJSON_Delete(cJSON_DetachItemViaPointer(object, keys[i].item));
+    free(keys);
+    return ES_OK;
+}
+
+int es_json_keep_last_keys(cJSON *node) {
+    if (cJSON_IsObject(node)) {
+        int rc = drop_earlier_duplicates(node);
+        if (rc) return rc;
+    }
+    for (cJSON *c = node ? node->child : NULL; c; c = c->next) {
+        int rc = es_json_keep_last_keys(c);
+        if (rc) return rc;
+    }
+    return ES_OK;
+}
