@@ -282,7 +282,7 @@ def read_nifti_dataset(folder: str | os.PathLike, progress: bool = False) -> lis
 
     pairs = find_nifti_pairs(folder)
     volumes = []
-    for image, label in tqdm(pairs, desc="reading NIfTI", unit="case", disable=not progress):
+    for image, label in tqdm(pairs, desc="reading NIfTI", unit="case", disable=not progress, leave=False):
         case_id = nifti_stem(label if label is not None else image)
         volumes.append(read_nifti(image, label, case_id=case_id))
     log.debug("read %d NIfTI cases from %s", len(volumes), folder)

@@ -348,7 +348,7 @@ def write_phantom_dataset(
     images = {"nifti": "./imagesTr/{}.nii.gz", "dicom": "./{}"}[image_format]
     with atomic_dir(out) as tmp:
         (tmp / "labelsTr").mkdir()
-        for case_id in tqdm(case_ids, desc="writing phantom", unit="case", disable=not progress):
+        for case_id in tqdm(case_ids, desc="writing phantom", unit="case", disable=not progress, leave=False):
             volume = synth(case_id, seed, shape=shape, spacing=spacing)
             _save_image(volume, tmp / images.format(case_id), image_format, f"edgeseg {kind} phantom {case_id}")
             _save_nifti(volume.label, volume.affine, tmp / "labelsTr" / f"{case_id}.nii.gz")

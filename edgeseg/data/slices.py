@@ -239,7 +239,7 @@ def read_slice_folder_with_kind(
         raw = {stem: _read_channel0(masks[stem], palette_as_grey=True)[0] for stem in images}
         labels, kind = decode_masks(raw, masks, mask, mask_threshold, label_values)
     volumes = []
-    for case in tqdm(sorted(cases), desc="reading slices", unit="case", disable=not progress):
+    for case in tqdm(sorted(cases), desc="reading slices", unit="case", disable=not progress, leave=False):
         stems = [stem for _, stem in sorted(cases[case])]
         hu = []
         for stem in stems:

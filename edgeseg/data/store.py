@@ -294,7 +294,7 @@ def _build(folder: Path, groups: list[CaseGroup], spec: PreprocessSpec, labels: 
     num_classes = len(labels) + 1
     case_ids: list[str] = []
     case_index, slice_index, present, geometry = [], [], [], []
-    for group in tqdm(groups, desc="building slice store", unit="group", disable=not progress):
+    for group in tqdm(groups, desc="building slice store", unit="group", disable=not progress, leave=False):
         for volume in group.read():
             if volume.label is None:
                 raise DataError(f"case {volume.case_id} ({volume.source}) has no label map; training needs one")
