@@ -86,6 +86,10 @@ class TrainConfig:
              and abs(sum(self.fractions) - 1) < 1e-6,
              f"train/validation/test fractions must each be in [0, 1], sum to 1 and leave cases to train on, "
              f"got {list(self.fractions)}"),
+            # every epoch is validated and best.pt chosen on the validation cases (a k-fold split
+            # holds out its own fold and ignores the fractions)
+            (self.folds or self.fractions[1] > 0,
+             f"validation fraction must be > 0: every epoch is validated on held-out cases, got {self.fractions[1]}"),
             (all(math.isfinite(w) and w >= 0 for w in weights) and (not weights or sum(weights[1:]) > 0),
              f"class weights must be finite, >= 0, and not 0 for every foreground class, got {self.class_weights}"),
             (math.isfinite(self.focal_gamma) and self.focal_gamma >= 0,

@@ -152,6 +152,7 @@ def test_train_option_defaults_are_the_config_defaults():
     (["--ema", "inf"], "EMA horizon must be a finite number of epochs, got inf"),
     (["--seed", "-1"], "seed must be >= 0"),
     (["--val-fraction", "1.5"], "fractions must each be in [0, 1]"),
+    (["--val-fraction", "0"], "validation fraction must be > 0: every epoch is validated on held-out cases, got 0.0"),
     (["--class-weights", "0,0"], "class weights must be finite, >= 0, and not 0 for every foreground class"),
     (["--class-weights", "nan,1"], "class weights must be finite"),
     (["--labels", "liver=1,kidney=1"], "source label value(s) [1] are given to more than one class"),
