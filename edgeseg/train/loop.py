@@ -298,7 +298,8 @@ class _LoopState:
         workers = default_workers() if cfg.workers < 0 else cfg.workers
         self.loader = make_train_loader(train_set.store, self.batches, self.augment, workers, device)
         self.total_steps = self.steps_per_epoch * cfg.epochs
-        self.warmup = max(1, int(cfg.warmup_epochs * self.steps_per_epoch))
+        # capped where the product would overflow int(): any warm-up that long is all warm-up
+        self.warmup = max(1, int(min(cfg.warmup_epochs * self.steps_per_epoch, 2.0 ** 62)))
         self.ema = (WeightEMA(model, ema_decay(cfg.ema_epochs * self.steps_per_epoch))
                     if cfg.ema_epochs > 0 else None)
         # The epoch's validation predictions, one file per case, until the post-processing choice

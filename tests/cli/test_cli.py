@@ -153,6 +153,7 @@ def test_train_option_defaults_are_the_config_defaults():
     (["--seed", "-1"], "seed must be >= 0"),
     (["--val-fraction", "1.5"], "fractions must each be in [0, 1]"),
     (["--val-fraction", "0"], "validation fraction must be > 0: every epoch is validated on held-out cases, got 0.0"),
+    (["--lr", "1e39"], "learning rate must be at most 3.403e+37 (AdamW's float32 step overflows above it), got 1e+39"),
     (["--class-weights", "0,0"], "class weights must be finite, >= 0, and not 0 for every foreground class"),
     (["--class-weights", "nan,1"], "class weights must be finite"),
     (["--labels", "liver=1,kidney=1"], "source label value(s) [1] are given to more than one class"),
