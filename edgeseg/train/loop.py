@@ -190,7 +190,7 @@ def _epochs(state: "_LoopState", start_epoch: int, history: list, best: dict, da
                 state.save(out / "best.pt", epoch, history, best, with_optimizer=False, postprocess=post)
             state.save(out / "last.pt", epoch, history, best, with_optimizer=True)
             write_records(out, cfg, state.spec, model_config, count_parameters(state.model), history, best, data["split"],
-                          memory_format=state.layout)
+                          memory_format=state.layout, processes=place.world_size)
             log.info(
                 "epoch %d/%d  train loss %.4f  val loss %.4f  val Dice %.4f%s  (%.0f s)",
                 epoch, cfg.epochs, row["train_loss"], row["val_loss"], row["val_dice"], "  *best" if improved else "", row["seconds"],
