@@ -84,7 +84,8 @@ from edgeseg.train.config import LOSSES, MEMORY_FORMATS
 def command(**opts) -> None:
     """Train a segmentation model (--model, default unet); writes OUT/best.pt, OUT/last.pt, metrics.csv/json and curves.png."""
     require("torch", "train", "edgeseg train")
-    from edgeseg.train.loop import check_start_locked, train
+    from edgeseg.train.loop import train
+    from edgeseg.train.run_folder import check_start_locked
 
     recipe = None
     if opts["recipe"] is not None:
@@ -101,7 +102,7 @@ def command(**opts) -> None:
         check_output_folder(opts["out"], "--out")
         check_out_beside_data(opts["out"], cfg.data)
         if opts["nproc"] != 1:  # refused here, before torchrun starts (a single process checks in train)
-            check_start_locked(opts["out"], opts["resume"], opts["overwrite"])
+            check_start_locked(opts["out"], opts["resume"], opts["overwrite"], cfg)
         if opts["cache"] is not None:
             check_output_folder(opts["cache"], "slice store cache (--cache)")
     configure_logging()

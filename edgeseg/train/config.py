@@ -13,6 +13,9 @@ from edgeseg.spec import PreprocessSpec
 LOSSES = ("dice-ce", "dice-focal", "tversky-ce", "tversky-focal")
 # Training's layout of weights and batches (train/memory_format.py); "auto" first.
 MEMORY_FORMATS = ("auto", "channels-last", "contiguous")
+# AdamW's first step moves a weight by lr / (1 - beta1) = 10 lr, a float32 scalar: a larger
+# learning rate ends the first step in torch's overflow error instead of a refusal.
+MAX_LR = 3.4028234663852886e38 / 10
 
 
 @dataclass
@@ -76,6 +79,8 @@ class TrainConfig:
             (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
             (self.batch_size >= 1, f"batch size must be >= 1, got {self.batch_size}"),
             (math.isfinite(self.lr) and self.lr > 0, f"learning rate must be a finite number > 0, got {self.lr}"),
+            (not self.lr > MAX_LR, f"learning rate must be at most {MAX_LR:.4g} (AdamW's float32 step overflows "
+                                   f"above it), got {self.lr}"),
             (math.isfinite(self.weight_decay) and self.weight_decay >= 0,
              f"weight decay must be a finite number >= 0, got {self.weight_decay}"),
             (math.isfinite(self.warmup_epochs) and self.warmup_epochs >= 0,
@@ -86,6 +91,10 @@ class TrainConfig:
              and abs(sum(self.fractions) - 1) < 1e-6,
              f"train/validation/test fractions must each be in [0, 1], sum to 1 and leave cases to train on, "
              f"got {list(self.fractions)}"),
+            # every epoch is validated and best.pt chosen on the validation cases (a k-fold split
+            # holds out its own fold and ignores the fractions)
+            (self.folds or self.fractions[1] > 0,
+             f"validation fraction must be > 0: every epoch is validated on held-out cases, got {self.fractions[1]}"),
             (all(math.isfinite(w) and w >= 0 for w in weights) and (not weights or sum(weights[1:]) > 0),
              f"class weights must be finite, >= 0, and not 0 for every foreground class, got {self.class_weights}"),
             (math.isfinite(self.focal_gamma) and self.focal_gamma >= 0,

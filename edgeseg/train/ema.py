@@ -9,6 +9,7 @@ over the last few epochs (Polyak averaging, as timm's ``ModelEmaV2`` and TensorF
 from __future__ import annotations
 
 import copy
+import math
 
 import torch
 from torch import nn
@@ -18,7 +19,8 @@ def ema_decay(horizon_steps: float) -> float:
     """Per-step decay whose average covers about ``horizon_steps`` steps (1 - 1/horizon)."""
     if horizon_steps <= 1:
         return 0.0
-    return 1.0 - 1.0 / horizon_steps
+    # beyond 2**53 steps 1 - 1/horizon rounds to 1.0, a decay that never moves (WeightEMA refuses it)
+    return min(1.0 - 1.0 / horizon_steps, math.nextafter(1.0, 0.0))
 
 
 class WeightEMA:

@@ -19,11 +19,10 @@ from edgeseg.data.store import StoreCases, open_slice_store
 from edgeseg.errors import CheckpointError, DataError, EdgesegError
 from edgeseg.models import ModelConfig, build_model, count_parameters
 from edgeseg.models.complexity import check_trainable_here
-from edgeseg.spec import PreprocessSpec
 from edgeseg.stopping import check_stop, stop_at_checkpoints
 from edgeseg.train.augment import AugmentConfig, BatchAugmenter
-from edgeseg.models.checkpoint import read_checkpoint, save_checkpoint
-from edgeseg.train.config import DATA_KEYS, MEMORY_FORMATS, TrainConfig, build_spec, config_differences
+from edgeseg.models.checkpoint import save_checkpoint
+from edgeseg.train.config import MEMORY_FORMATS, TrainConfig, build_spec
 from edgeseg.train import distributed
 from edgeseg.train.distributed import ProcessPlace, ShardedShuffle, TrainSampler
 from edgeseg.train.ema import WeightEMA, ema_decay
@@ -31,6 +30,7 @@ from edgeseg.train.losses import build_loss
 from edgeseg.train.memory_format import choose_memory_format, to_memory_format, torch_format
 from edgeseg.train.precision import autocast_dtype
 from edgeseg.train.records import write_records
+from edgeseg.train.run_folder import busy_message, check_resumable, check_start
 from edgeseg.train.schedule import lr_at
 from edgeseg.train.streaming import EpochBatches, ForegroundBatchSampler, default_workers, make_train_loader
 from edgeseg.train.validate import CasePredictions, choose_postprocess, validate, validation_voxel_ml
@@ -74,29 +74,6 @@ def foreground_batches(train_set: StoreCases, place: ProcessPlace, cfg: TrainCon
                                   cfg.foreground_share, cfg.seed, place.rank, place.world_size)
 
 
-def check_start(out: str | Path, resume: bool, overwrite: bool) -> None:
-    """Refuse to start a training over one ``out`` already holds (its last.pt) unless asked to:
-    ``resume`` continues it, ``overwrite`` trains again from epoch 1 (its checkpoints go once the
-    data is read and checked)."""
-    last = Path(out) / "last.pt"
-    if resume and overwrite:
-        raise EdgesegError("--resume continues the training in --out and --overwrite starts it again; give one")
-    if not resume and not overwrite and last.is_file():
-        raise EdgesegError(f"{out} already holds a training ({last.name}); --resume continues it, --overwrite "
-                           "trains again from epoch 1, or give another --out")
-
-
-def _busy_message(out: str | Path) -> str:
-    return f"{out} is being trained by another process; wait for it to finish, or give another --out"
-
-
-def check_start_locked(out: str | Path, resume: bool, overwrite: bool) -> None:
-    """:func:`check_start` while holding the folder's training lock (so a folder another process
-    is training is refused as busy, not as one holding a training)."""
-    with folder_lock(out, ".training.lock", _busy_message(out)):
-        check_start(out, resume, overwrite)
-
-
 def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, on_epoch: Callable | None = None,
           make_sampler: SamplerFactory = foreground_batches, overwrite: bool = False) -> dict[str, Any]:
     """Train a model as ``cfg`` says; writes best.pt, last.pt, metrics and curves under cfg.out.
@@ -110,7 +87,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, on_epoc
     place = distributed.place_from_env()
     device = distributed.start(place, cfg.sync_bn)
     # one training per run folder: a second one (train, cv or sweep) would write over its checkpoints
-    busy = _busy_message(cfg.out)
+    busy = busy_message(cfg.out)
     # refused before its first epoch (settings the data cannot train), the folder this call made
     # (its slice store at most) goes, as for any bad input
     guard = (folder_lock(cfg.out, ".training.lock", busy, discard_on=EdgesegError, keep="last.pt")
@@ -142,7 +119,7 @@ def _train(cfg, resume, progress, on_epoch, make_sampler, place, device) -> dict
     history: list[dict[str, Any]] = []
     start_epoch, best = 1, {"epoch": 0, "val_dice": -1.0}
     # A checkpoint that cannot be resumed is refused before the data is read.
-    payload = _resume(out / "last.pt", model, optimizer, model_config, spec, device, cfg) if resume else None
+    payload = _resume(out / "last.pt", model, optimizer, device, cfg) if resume else None
     if payload is not None:
         start_epoch, history, best = int(payload["epoch"]) + 1, list(payload["history"]), dict(payload["best"])
     # Rank 0 builds (or checks) the slice store first; the other processes then only read it.
@@ -213,7 +190,7 @@ def _epochs(state: "_LoopState", start_epoch: int, history: list, best: dict, da
                 state.save(out / "best.pt", epoch, history, best, with_optimizer=False, postprocess=post)
             state.save(out / "last.pt", epoch, history, best, with_optimizer=True)
             write_records(out, cfg, state.spec, model_config, count_parameters(state.model), history, best, data["split"],
-                          memory_format=state.layout)
+                          memory_format=state.layout, processes=place.world_size)
             log.info(
                 "epoch %d/%d  train loss %.4f  val loss %.4f  val Dice %.4f%s  (%.0f s)",
                 epoch, cfg.epochs, row["train_loss"], row["val_loss"], row["val_dice"], "  *best" if improved else "", row["seconds"],
@@ -249,21 +226,9 @@ def _split_cases(split: dict[str, Any]) -> dict[str, list[str]]:
     return {name: sorted(map(str, split.get(name) or [])) for name in ("train", "val", "test")}
 
 
-def _resume(path: Path, model, optimizer, model_config: ModelConfig, spec: PreprocessSpec, device,
-            cfg: TrainConfig) -> dict[str, Any]:
+def _resume(path: Path, model, optimizer, device, cfg: TrainConfig) -> dict[str, Any]:
     """Check ``path`` fits this run, load its training weights and optimiser state; returns it."""
-    payload = read_checkpoint(path)
-    changed = config_differences(payload.get("train_config"), cfg, DATA_KEYS)
-    if changed:
-        raise CheckpointError(f"cannot resume {path} on other data or another split ({'; '.join(changed)}); "
-                              "train into another --out")
-    saved = ModelConfig.from_dict(payload["model"])
-    if saved != model_config:
-        raise CheckpointError(f"cannot resume {path}: it is from a different model config ({', '.join(saved.differences(model_config))})")
-    if PreprocessSpec.from_dict(payload["spec"]) != spec:
-        raise CheckpointError(f"cannot resume {path}: it was trained with another PreprocessSpec")
-    if "optimizer" not in payload:
-        raise CheckpointError(f"cannot resume from {path}: it holds no optimiser state (use last.pt)")
+    payload = check_resumable(path, cfg)
     # state_dict holds the weights that are validated and exported (the EMA when it is on);
     # train_state_dict the optimiser's own weights, which training continues from.
     model.load_state_dict(payload.get("train_state_dict", payload["state_dict"]))
@@ -298,7 +263,8 @@ class _LoopState:
         workers = default_workers() if cfg.workers < 0 else cfg.workers
         self.loader = make_train_loader(train_set.store, self.batches, self.augment, workers, device)
         self.total_steps = self.steps_per_epoch * cfg.epochs
-        self.warmup = max(1, int(cfg.warmup_epochs * self.steps_per_epoch))
+        # capped where the product would overflow int(): any warm-up that long is all warm-up
+        self.warmup = max(1, int(min(cfg.warmup_epochs * self.steps_per_epoch, 2.0 ** 62)))
         self.ema = (WeightEMA(model, ema_decay(cfg.ema_epochs * self.steps_per_epoch))
                     if cfg.ema_epochs > 0 else None)
         # The epoch's validation predictions, one file per case, until the post-processing choice

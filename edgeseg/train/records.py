@@ -22,14 +22,17 @@ def write_records(
     best: dict[str, Any],
     split: dict[str, list[str]],
     memory_format: dict[str, Any] | None = None,
+    processes: int = 1,
 ) -> None:
-    """Rewrite the run's metrics files and training-curve plot (each atomically)."""
+    """Rewrite the run's metrics files and training-curve plot (each atomically). ``processes``
+    (the latest session's, as ``memory_format``) goes into the config: ``batch_size`` is per
+    process, so runs alike but for it trained on other global batches and step counts."""
     columns = list(history[0].keys()) if history else []
     write_csv(out / "metrics.csv", history, columns)
     write_json(
         out / "metrics.json",
         {
-            "config": {**cfg.to_dict(), "params": params},
+            "config": {**cfg.to_dict(), "params": params, "processes": processes},
             "model": model_config.to_dict(),
             "spec": spec.to_dict(),
             "spec_hash": spec.hash,

@@ -80,6 +80,24 @@ def test_checkpoint_from_another_model_config_cannot_resume(run_dir, tmp_path, a
     assert_one_line_error(proc, "different model config")
 
 
+@pytest.mark.parametrize(("folder", "args", "message"), [
+    ("run", ["--base", "8"], "different model config (base=4 vs 8)"),
+    ("run", ["--seed", "3"], "on other data or another split (seed: 0 -> 3)"),
+    ("nothing-here", [], "checkpoint not found"),
+])
+def test_nproc_resume_that_cannot_continue_is_one_line_before_torchrun(run_dir, tmp_path, assert_one_line_error,
+                                                                       folder, args, message):
+    """Each process read last.pt itself and refused it: the same error once per process, then
+    torchrun's traceback and failure report, then the launcher's own error line."""
+    import shutil
+
+    shutil.copytree(run_dir / "run", tmp_path / "run")
+    proc = run("train", "--data", run_dir / "phantom", "--out", tmp_path / folder, "--size", 64, "--base", 4,
+               "--depth", 2, "--epochs", 3, "--window", "-200,300", "--resume", "--quiet", "--amp", "off",
+               "--val-fraction", 0.25, "--test-fraction", 0.25, "--nproc", 2, *args)
+    assert_one_line_error(proc, message)
+
+
 def test_corrupt_checkpoint(run_dir, tmp_path, assert_one_line_error):
     bad = tmp_path / "bad.pt"
     bad.write_bytes((run_dir / "run" / "best.pt").read_bytes()[:5000])
@@ -152,6 +170,8 @@ def test_train_option_defaults_are_the_config_defaults():
     (["--ema", "inf"], "EMA horizon must be a finite number of epochs, got inf"),
     (["--seed", "-1"], "seed must be >= 0"),
     (["--val-fraction", "1.5"], "fractions must each be in [0, 1]"),
+    (["--val-fraction", "0"], "validation fraction must be > 0: every epoch is validated on held-out cases, got 0.0"),
+    (["--lr", "1e39"], "learning rate must be at most 3.403e+37 (AdamW's float32 step overflows above it), got 1e+39"),
     (["--class-weights", "0,0"], "class weights must be finite, >= 0, and not 0 for every foreground class"),
     (["--class-weights", "nan,1"], "class weights must be finite"),
     (["--labels", "liver=1,kidney=1"], "source label value(s) [1] are given to more than one class"),

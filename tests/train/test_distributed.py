@@ -199,8 +199,11 @@ def test_one_process_run_resumes_in_two_processes(two_processes):
     _run(_train_args(run, 1), out)
     first = json.loads((run / "metrics.json").read_text())["history"]
     assert _adam_steps(run) == STEPS_ONE
+    assert json.loads((run / "metrics.json").read_text())["config"]["processes"] == 1
     _run(_train_args(run, 2, "--resume", "--nproc", "2"), out)
     resumed = json.loads((run / "metrics.json").read_text())["history"]
+    # --batch-size is per process: the record says how many there were (compare lists it when it differs)
+    assert json.loads((run / "metrics.json").read_text())["config"]["processes"] == 2
     assert [row["epoch"] for row in resumed] == [1, 2] and resumed[0] == first[0]
     assert _adam_steps(run) == STEPS_ONE + STEPS_TWO
     assert resumed[1]["lr"] == pytest.approx(_lr(2 * STEPS_TWO - 1, 2 * STEPS_TWO, STEPS_TWO))

@@ -89,6 +89,14 @@ def test_decay_from_horizon_and_bad_decay():
         WeightEMA(small_net(), 1.0)
 
 
+def test_a_horizon_beyond_float_precision_still_gives_a_decay_below_one():
+    """1 - 1/horizon rounds to 1.0 past 2**53 steps: `--ema 1e17` ended in WeightEMA's ValueError."""
+    for steps in (1e17 * 6, 1e308 * 6):
+        decay = ema_decay(steps)
+        assert 0.999 < decay < 1.0
+        WeightEMA(small_net(), decay)
+
+
 def test_bf16_autocast_only_with_amx():
     assert cpu_has_bf16("flags\t\t: fpu sse2 avx512f amx_bf16 amx_tile\n")
     assert not cpu_has_bf16("flags\t\t: fpu sse2 avx512f avx512_bf16\n")

@@ -99,3 +99,10 @@ def test_window_outside_what_slices_can_represent_is_refused(tmp_path):
     slices = Path(__file__).parents[1] / "data" / "msd_liver_slices"
     with pytest.raises(DataError, match=r"window \[-100, 400\] HU reaches outside .* \[0, 255\]"):
         train(tiny(tmp_path, data=str(slices), window=(-100.0, 400.0)), progress=False)
+
+
+def test_a_warm_up_too_long_for_an_integer_step_count_trains_all_in_warm_up(tmp_path):
+    """warmup_epochs = 1e308 (a recipe key) ended in int()'s OverflowError once the data was read;
+    a warm-up longer than the run keeps the learning rate near 0, as lr_at's ramp says."""
+    result = train(tiny(tmp_path, epochs=1, warmup_epochs=1e308), progress=False)
+    assert 0 < result["history"][0]["lr"] < 1e-15

@@ -1,0 +1,60 @@
+"""A run folder before training starts: whether it may be trained into, and whether its last.pt
+can be continued with a configuration."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from edgeseg.atomic import folder_lock
+from edgeseg.errors import CheckpointError, EdgesegError
+from edgeseg.models import ModelConfig
+from edgeseg.models.checkpoint import read_checkpoint
+from edgeseg.spec import PreprocessSpec
+from edgeseg.train.config import DATA_KEYS, TrainConfig, build_spec, config_differences
+
+
+def check_start(out: str | Path, resume: bool, overwrite: bool) -> None:
+    """Refuse to start a training over one ``out`` already holds (its last.pt) unless asked to:
+    ``resume`` continues it, ``overwrite`` trains again from epoch 1 (its checkpoints go once the
+    data is read and checked)."""
+    last = Path(out) / "last.pt"
+    if resume and overwrite:
+        raise EdgesegError("--resume continues the training in --out and --overwrite starts it again; give one")
+    if not resume and not overwrite and last.is_file():
+        raise EdgesegError(f"{out} already holds a training ({last.name}); --resume continues it, --overwrite "
+                           "trains again from epoch 1, or give another --out")
+
+
+def busy_message(out: str | Path) -> str:
+    return f"{out} is being trained by another process; wait for it to finish, or give another --out"
+
+
+def check_start_locked(out: str | Path, resume: bool, overwrite: bool, cfg: TrainConfig | None = None) -> None:
+    """:func:`check_start` while holding the folder's training lock (so a folder another process
+    is training is refused as busy, not as one holding a training); with ``resume`` and ``cfg``,
+    also :func:`check_resumable` (``--nproc`` checks here, before torchrun starts processes that
+    would each print the refusal, followed by torchrun's report)."""
+    with folder_lock(out, ".training.lock", busy_message(out)):
+        check_start(out, resume, overwrite)
+        if resume and cfg is not None:
+            check_resumable(Path(out) / "last.pt", cfg)
+
+
+def check_resumable(path: Path, cfg: TrainConfig) -> dict[str, Any]:
+    """Read ``path`` (a run's last.pt) and refuse it unless ``cfg`` continues that run: the same
+    data and split, model config and PreprocessSpec, and an optimiser state. Returns it."""
+    payload = read_checkpoint(path)
+    changed = config_differences(payload.get("train_config"), cfg, DATA_KEYS)
+    if changed:
+        raise CheckpointError(f"cannot resume {path} on other data or another split ({'; '.join(changed)}); "
+                              "train into another --out")
+    saved = ModelConfig.from_dict(payload["model"])
+    now = ModelConfig(name=cfg.model, num_classes=len(cfg.labels) + 1, base=cfg.base, depth=cfg.depth)
+    if saved != now:
+        raise CheckpointError(f"cannot resume {path}: it is from a different model config ({', '.join(saved.differences(now))})")
+    if PreprocessSpec.from_dict(payload["spec"]) != build_spec(cfg):
+        raise CheckpointError(f"cannot resume {path}: it was trained with another PreprocessSpec")
+    if "optimizer" not in payload:
+        raise CheckpointError(f"cannot resume from {path}: it holds no optimiser state (use last.pt)")
+    return payload
