@@ -57,4 +57,14 @@ def check_resumable(path: Path, cfg: TrainConfig) -> dict[str, Any]:
         raise CheckpointError(f"cannot resume {path}: it was trained with another PreprocessSpec")
     if "optimizer" not in payload:
         raise CheckpointError(f"cannot resume from {path}: it holds no optimiser state (use last.pt)")
+    if int(payload.get("epoch", 0)) > cfg.epochs:  # it would end at once, reporting a longer run as this one
+        raise CheckpointError(f"cannot resume {path}: it is trained to {int(payload['epoch'])} epochs, more than "
+                              f"--epochs {cfg.epochs}; give --epochs {int(payload['epoch'])} or more")
+    # The run's record holds one config for all its epochs: a loss, learning rate or augmentation
+    # changed half-way would be reported as the run's from epoch 1 (cv and sweep refuse it too).
+    changed = config_differences(payload.get("train_config"), cfg)
+    if changed:
+        raise CheckpointError(f"cannot resume {path} with other training settings ({'; '.join(changed)}); give the "
+                              "run's settings again (only --epochs, --threads, --workers, --amp, --memory-format and "
+                              "--cache may change), or train into another --out")
     return payload

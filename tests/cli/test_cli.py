@@ -200,6 +200,14 @@ def test_resume_and_cv_refuse_a_run_trained_on_other_settings(tmp_path, assert_o
     assert (tmp_path / "r" / "last.pt").read_bytes() == before
     proc = run("train", *tiny, "--epochs", "2", "--resume", "--out", tmp_path / "r")  # the same run, longer: fine
     assert proc.returncode == 0, proc.stderr
+    # another loss or learning rate half-way: metrics.json would report the new one from epoch 1
+    before = (tmp_path / "r" / "last.pt").read_bytes()
+    proc = run("train", *tiny, "--epochs", "3", "--lr", "0.01", "--loss", "tversky-ce", "--resume", "--out", tmp_path / "r")
+    assert_one_line_error(proc, "with other training settings (lr: 0.001 -> 0.01; loss: 'dice-ce' -> 'tversky-ce')")
+    # shorter than trained: it ended at once and reported the 2-epoch run as a 1-epoch one
+    assert_one_line_error(run("train", *tiny, "--resume", "--out", tmp_path / "r"),
+                          "it is trained to 2 epochs, more than --epochs 1; give --epochs 2 or more")
+    assert (tmp_path / "r" / "last.pt").read_bytes() == before
 
     cv = ["cv", *tiny, "--folds", "2", "--threads", "1"]
     assert run(*cv, "--out", tmp_path / "cv").returncode == 0
