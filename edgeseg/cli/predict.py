@@ -51,7 +51,8 @@ def command(bundle, input_path, out, fmt, backend, threads, batch_size, overlay,
     from edgeseg.runtime.readers import IMAGE_SUFFIXES, bundle_intensity, check_input_path, input_kind, read_input
     from edgeseg.runtime.seg_sources import seg_source_datasets
     from edgeseg.runtime.segmenter import Segmenter
-    from edgeseg.runtime.writers import format_for, write_dicom_seg, write_nifti, write_npy, write_overlay, write_png
+    from edgeseg.runtime.writers import (check_nifti_grid, format_for, write_dicom_seg, write_nifti, write_npy,
+                                         write_overlay, write_png)
 
     start = time.perf_counter()
     if not quiet:
@@ -78,6 +79,8 @@ def command(bundle, input_path, out, fmt, backend, threads, batch_size, overlay,
         from edgeseg.data.volume import default_affine
 
         volume = replace(volume, spacing=spacing, affine=default_affine(spacing))
+    if fmt == "nifti":
+        check_nifti_grid(volume, out)
     if fmt == "dicom-seg" and refs is None:
         raise DataError(f"--format dicom-seg needs a DICOM series folder as INPUT, got {input_path}")
     # a series a SEG cannot be made of is refused before the model runs, not after

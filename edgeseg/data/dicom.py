@@ -191,6 +191,12 @@ def _orientation(members: list[tuple[Path, pydicom.Dataset]]) -> tuple[np.ndarra
     return row_cosine, column_cosine
 
 
+def _uneven(gaps: np.ndarray) -> bool:
+    """Slice gaps that differ by more than the tolerance: a slice is missing, or the series
+    mixes spacings."""
+    return bool(gaps.size > 1 and np.ptp(gaps) > UNIFORM_GAP_TOLERANCE * np.median(gaps))
+
+
 def _sort_by_position(members: list, normal: np.ndarray) -> tuple[list, np.ndarray]:
     positions = [float(np.dot(np.asarray(dicom_numbers(ds, "ImagePositionPatient", path, 3)), normal))
                  for path, ds in members]
@@ -205,7 +211,7 @@ def _sort_by_position(members: list, normal: np.ndarray) -> tuple[list, np.ndarr
             f"{members[k][0]} and {members[k + 1][0]} lie at the same slice position "
             f"{positions[k]:.3f} mm; the folder mixes acquisitions"
         )
-    if gaps.size > 1 and np.ptp(gaps) > UNIFORM_GAP_TOLERANCE * np.median(gaps):
+    if _uneven(gaps):
         # A 2-D model does not care; the affine (first-to-last average) will be approximate.
         log.warning("slice gaps in %s vary from %.3g to %.3g mm (missing slices?)",
                     members[0][0].parent, gaps.min(), gaps.max())
@@ -312,7 +318,8 @@ def read_dicom_series_with_refs(
     _check_slice_tags(members)
     row_cosine, column_cosine = _orientation(members)
     normal = np.cross(row_cosine, column_cosine)
-    members, _ = _sort_by_position(members, normal)
+    members, positions = _sort_by_position(members, normal)
+    gaps = np.diff(positions)
     stack = _stack_hu(members)
     affine_ras = _stack_affine(members, row_cosine, column_cosine, normal)
     source_orientation = nio.io_orientation(affine_ras)
@@ -342,6 +349,7 @@ def read_dicom_series_with_refs(
         modality="CT",
         source=str(folder),
         slice_ids=slice_ids,
+        uneven_gaps=(float(gaps.min()), float(gaps.max())) if _uneven(gaps) else None,
     )
     return volume, info
 

@@ -31,6 +31,10 @@ class Volume:
         slice_ids: one name per slice (file stem or instance number), for reports.
         contiguous: False for stacks of unrelated 2-D slices (slice folders), whose surface
             distances are only meaningful within each slice.
+        uneven_gaps: (smallest, largest) distance in mm between neighbouring slices of a DICOM
+            series whose slices are not evenly spaced (a missing slice), else None. ``affine``
+            then spaces them evenly from the first to the last, so it misplaces the slices
+            after a gap: NIfTI output refuses such a volume.
     """
 
     hu: np.ndarray
@@ -43,6 +47,7 @@ class Volume:
     source: str = ""
     slice_ids: list[str] = field(default_factory=list)
     contiguous: bool = True
+    uneven_gaps: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
         if self.hu.ndim != 3:

@@ -66,11 +66,25 @@ def write_npy(labels: np.ndarray, out: str | os.PathLike) -> Path:
     return Path(out)
 
 
+def check_nifti_grid(volume, out: str | os.PathLike) -> None:
+    """DataError where ``volume``'s slices do not lie on one regular grid (a DICOM series with a
+    missing slice): a NIfTI file has one slice spacing, so the labels after the gap would lie up
+    to half a gap away from their slices. Checked before the model runs, and again on writing."""
+    gaps = getattr(volume, "uneven_gaps", None)
+    if gaps is not None:
+        raise DataError(f"NIfTI output {out}: the slices of {volume.source or volume.case_id} are unevenly spaced "
+                        f"({gaps[0]:.4g} to {gaps[1]:.4g} mm apart: a missing slice?), and a NIfTI grid would "
+                        "misplace the labels after the gap; write a DICOM SEG (--format dicom-seg), which "
+                        "references each slice, or complete the series")
+
+
 def write_nifti(labels: np.ndarray, volume, out: str | os.PathLike) -> Path:
     """Save labels as NIfTI in the world of ``volume``: on the input file's own grid and affine
     when the input was NIfTI, else with the Volume's affine (LPS array order)."""
     nib = require("nibabel", "io", "NIfTI output")
     nio = require("nibabel.orientations", "io", "NIfTI output")
+
+    check_nifti_grid(volume, out)
 
     labels = label_volume(labels, what=f"NIfTI output {out}")
     data_xyz = labels.transpose(2, 1, 0)

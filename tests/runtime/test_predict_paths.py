@@ -122,3 +122,29 @@ def test_a_two_dimensional_array_gives_a_two_dimensional_label_map(bundle_dir, t
     flat, stack = np.load(tmp_path / "slice-labels.npy"), np.load(tmp_path / "stack-labels.npy")
     assert flat.shape == volume.hu.shape[1:] and stack.shape == (1, *volume.hu.shape[1:])
     assert np.array_equal(flat, stack[0]) and flat.any()
+
+
+def test_a_series_with_a_missing_slice_is_refused_as_nifti_before_the_model_runs(bundle_dir, tmp_path):
+    """The NIfTI grid spaced the slices evenly from the first to the last, so every label after
+    the gap lay half a gap away from its slice; other outputs keep one label slice per image."""
+    import pydicom
+
+    from edgeseg.data import write_phantom_dataset
+    from edgeseg.data.dicom import read_dicom_series
+    from edgeseg.data.phantom import phantom_geometry
+
+    shape, spacing = phantom_geometry(64, 6)
+    write_phantom_dataset(tmp_path / "ds", 1, seed=2, shape=shape, spacing=spacing, image_format="dicom")
+    series = tmp_path / "ds" / "case_000"
+    (series / "IM0003.dcm").unlink()
+    positions = sorted(float(pydicom.dcmread(f).ImagePositionPatient[2]) for f in series.iterdir())
+    gaps = np.diff(positions)  # the oracle: pydicom's positions, not edgeseg's reader
+    assert read_dicom_series(series).uneven_gaps == pytest.approx((gaps.min(), gaps.max()))
+    assert read_dicom_series(SERIES).uneven_gaps is None  # an even series is not flagged
+
+    out = tmp_path / "labels.nii.gz"
+    _refused(predict(bundle_dir, series, "--out", out), f"unevenly spaced ({gaps.min():.4g} to {gaps.max():.4g} mm")
+    assert not out.exists()
+    done = predict(bundle_dir, series, "--out", tmp_path / "labels.npy")
+    assert done.exit_code == 0, done.output
+    assert np.load(tmp_path / "labels.npy").shape[0] == 5
