@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import zlib
 from pathlib import Path
 
@@ -258,6 +259,12 @@ def find_nifti_pairs(folder: str | os.PathLike) -> list[tuple[Path, Path | None]
     if labels_dir is None or not labels_dir.is_dir():
         return [(image, None) for image in images]
     labels = {nifti_stem(p): p for p in _nifti_files(labels_dir)}
+    channels = sorted(p for p in images if re.fullmatch(r".+_(?!0000)\d{4}", nifti_stem(p)))
+    if channels and any(nifti_stem(p).endswith(NNUNET_CHANNEL_SUFFIX) for p in images):
+        # nnU-Net's second and later input channels (_0001, ...): a CT model takes one channel
+        raise DataError(f"image {channels[0]} is a second input channel of an nnU-Net case (suffix "
+                        f"{nifti_stem(channels[0])[-5:]}); edgeseg segments one CT channel ({NNUNET_CHANNEL_SUFFIX}): "
+                        "give a dataset with the CT channel alone")
     pairs = []
     for image in images:
         label = _find_label(image, labels)

@@ -124,6 +124,19 @@ def test_label_without_its_image_in_a_labelled_dataset(tmp_path, totalseg, image
         read_nifti_dataset(tmp_path)
 
 
+def test_a_second_nnunet_channel_is_named_as_such(tmp_path, totalseg):
+    """An nnU-Net dataset of two channels (CT and another): the _0001 image was refused as an
+    image without a label, which sends the user looking for a missing file."""
+    _copy(totalseg / "example_ct_sm.nii.gz", tmp_path / "imagesTr" / "a_0000.nii.gz")
+    _copy(totalseg / "example_ct_sm.nii.gz", tmp_path / "imagesTr" / "a_0001.nii.gz")
+    _copy(totalseg / "example_seg.nii.gz", tmp_path / "labelsTr/a.nii.gz")
+    with pytest.raises(DataError, match=r"a_0001\.nii\.gz is a second input channel of an nnU-Net case \(suffix "
+                                        r"_0001\); edgeseg segments one CT channel \(_0000\)"):
+        read_nifti_dataset(tmp_path)
+    (tmp_path / "imagesTr" / "a_0001.nii.gz").unlink()  # the CT channel alone reads
+    assert len(read_nifti_dataset(tmp_path)) == 1
+
+
 def test_a_header_putting_the_voxels_far_into_a_gzip_stream_is_refused_unread(tmp_path):
     """A .nii.gz of a few kilobytes whose vox_offset is 1 GiB: reading it inflated the whole GiB
     of zeros to reach two slices (seconds of CPU a request behind /v1/segment); it is refused
