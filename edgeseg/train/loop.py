@@ -179,6 +179,7 @@ def _epochs(state: "_LoopState", start_epoch: int, history: list, best: dict, da
         for epoch in range(start_epoch, cfg.epochs + 1):
             distributed.check_stop_together(place, state.device)
             row, pred = state.run_epoch(epoch, progress)
+            _check_finite_weights(state.model, epoch, row, out)
             if not place.is_main:
                 distributed.barrier(place)
                 continue
@@ -199,6 +200,19 @@ def _epochs(state: "_LoopState", start_epoch: int, history: list, best: dict, da
                 on_epoch(row)
             distributed.barrier(place)
         return best
+
+
+def _check_finite_weights(model, epoch: int, row: dict[str, Any], out: Path) -> None:
+    """Stop a run whose weights hold NaN or inf: every later epoch would train on to the end and
+    report NaN. Checked before the epoch's checkpoints are written, so last.pt keeps the last
+    finite weights. (A single inf loss that the fp16 scaler skips leaves the weights finite.)"""
+    import torch
+
+    if all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+        return
+    kept = f"{out}/last.pt keeps epoch {epoch - 1}" if epoch > 1 else "no checkpoint was written"
+    raise EdgesegError(f"training diverged in epoch {epoch} (train loss {row['train_loss']:.4g}): the weights hold "
+                       f"NaN or infinite values; {kept}; train again with a lower --lr or --weight-decay")
 
 
 def memory_format_for(cfg: TrainConfig, model, model_config: ModelConfig, device, place: ProcessPlace,

@@ -188,6 +188,19 @@ def test_training_settings_that_cannot_train_are_refused_before_anything_is_writ
     assert not (tmp_path / "r").exists()  # nor the slice store the data check built
 
 
+def test_a_training_whose_weights_turn_nan_stops_with_one_line(tmp_path):
+    """--lr 1e30 is finite and allowed, and the weights are NaN after the first step: the run
+    trained every epoch on to NaN losses and exited 0."""
+    proc = run("train", "--data", "phantom:cases=4,size=64,slices=16", "--size", "64", "--base", "4", "--depth", "2",
+               "--epochs", "3", "--quiet", "--lr", "1e30", "--out", tmp_path / "r")
+    # stderr holds training's log lines before it; the refusal is the last line, exit 2, no traceback
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("edgeseg: error: training diverged in epoch 1 (train loss nan): the weights hold NaN or "
+                           "infinite values; no checkpoint was written"), last
+    assert not (tmp_path / "r" / "last.pt").exists()  # no checkpoint of NaN weights was written
+
+
 def test_resume_and_cv_refuse_a_run_trained_on_other_settings(tmp_path, assert_one_line_error):
     """A resumed run on another split would train on its own validation cases; a cv folder re-run
     with other settings would re-score its folds and report them under the new settings."""
