@@ -193,6 +193,13 @@ def finished_results(sweep: SweepConfig, out: Path) -> list[dict[str, Any]]:
                 result = json.loads(path.read_text())
             except (json.JSONDecodeError, OSError):
                 raise DataError(f"{path} is unreadable; remove it to run point {point.id} again") from None
+            history = _history(path.parent / "run" / "metrics.json")
+            trained = int(history[-1].get("epoch", 0)) if history else 0
+            if isinstance(result.get("epochs"), int) and trained > result["epochs"]:
+                # the run was continued by hand after its result was written: the result's Dice,
+                # bundle and latency are the shorter run's
+                raise DataError(f"point {point.id}'s run was trained to {trained} epochs after its result was written "
+                                f"at {result['epochs']}; remove {path} to export and score it again")
             # Results written before seeds were a grid axis name neither: the point says both.
             result.setdefault("variant", point.variant)
             if "seed" not in result:

@@ -234,6 +234,16 @@ def test_point_option_runs_only_the_named_points_and_remeasure_trains_nothing(tm
     assert choice["chosen"] == "mobile_unet-b4-d2-s64" and choice["runs"] == 2 and choice["min_runs"] == 2
     assert "--seed 1" in (out / "commands.sh").read_text()
 
+    # a finished point's run trained on by hand (train --resume --epochs 4 on points/ID/run): its
+    # result, bundle and latency are the 3-epoch run's, and were read as finished all the same
+    metrics = done / "run" / "metrics.json"
+    record = json.loads(metrics.read_text())
+    record["history"].append({**record["history"][-1], "epoch": 4})  # what the fourth epoch appends
+    metrics.write_text(json.dumps(record))
+    proc = subprocess.run(_sweep_command(tmp_path / "sweep.toml", out), capture_output=True, text=True)
+    assert_one_line_error(proc, "point mobile_unet-b4-d2-s64's run was trained to 4 epochs after its result was "
+                                "written at 3; remove ")
+
 
 TWO_SWEEPS_IN_ONE_PROCESS = """
 import subprocess, sys
