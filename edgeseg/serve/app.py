@@ -36,6 +36,8 @@ from edgeseg.serve.uploads import ModelQueue, read_upload, write_mask
 fastapi = require("fastapi", "serve", "edgeseg serve")
 Request = fastapi.Request
 log = logging.getLogger("edgeseg.serve")
+# The status a request is counted under when its client went away before sending it whole (nginx's)
+CLIENT_CLOSED = 499
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,7 @@ def create_app(segmenter, config: ServeConfig = ServeConfig()):
     """A FastAPI app serving ``segmenter`` (an ``edgeseg.runtime.Segmenter``) under ``config``."""
     from fastapi.responses import Response
     from starlette.concurrency import run_in_threadpool
+    from starlette.requests import ClientDisconnect
 
     model_lock = threading.Lock()
     # read at scrape time: requests queued for either model and uploads waiting for it
@@ -84,11 +87,15 @@ def create_app(segmenter, config: ServeConfig = ServeConfig()):
         if declared is not None and declared.isdigit() and int(declared) > config.max_body_bytes:
             raise HttpError(413, f"request body of {declared} bytes exceeds the limit of {config.max_body_bytes}")
         chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > config.max_body_bytes:
-                raise HttpError(413, f"request body exceeds the limit of {config.max_body_bytes} bytes")
-            chunks.append(chunk)
+        try:
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > config.max_body_bytes:
+                    raise HttpError(413, f"request body exceeds the limit of {config.max_body_bytes} bytes")
+                chunks.append(chunk)
+        except ClientDisconnect:
+            # the client's doing, not the server's: counted as nginx counts it, not as a 500
+            raise HttpError(CLIENT_CLOSED, "the client closed the connection before sending the whole body") from None
         try:
             return decode_body(b"".join(chunks), request.headers.get("content-encoding"), config.max_body_bytes)
         except BodyError as exc:

@@ -1,0 +1,68 @@
+"""Connection-level behaviour of the real server on 127.0.0.1, driven over raw sockets: clients
+that go away or stall mid-body, and what a connection is left fit for after an early answer."""
+
+from __future__ import annotations
+
+import http.client
+import logging
+import re
+import socket
+import time
+
+import pytest
+
+pytest.importorskip("fastapi")
+
+_PARTIAL = (b"POST /v2/models/edgeseg/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 100000\r\n\r\n{\"inputs\":")
+
+
+def _metric(url: str, pattern: str) -> float:
+    """The value of the one /metrics sample matching ``pattern`` (0 where there is none yet)."""
+    host, port = url.split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    conn.request("GET", "/metrics")
+    text = conn.getresponse().read().decode()
+    conn.close()
+    match = re.search(pattern + r" ([0-9.e+]+)$", text, re.MULTILINE)
+    return float(match.group(1)) if match else 0.0
+
+
+def _wait_for(condition, what: str, limit: float = 30) -> None:
+    """Poll ``condition`` until it holds; fail naming ``what`` if it never does."""
+    deadline = time.monotonic() + limit
+    while not condition():
+        assert time.monotonic() < deadline, f"never happened: {what}"
+        time.sleep(0.05)
+
+
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+def test_a_client_gone_mid_body_is_not_a_server_failure(server):
+    """The server's own failures are 500s in /metrics and logged with a traceback; a client that
+    closes its connection half-way through the body is neither: it is counted as 499."""
+    closed = r'edgeseg_requests_total\{code="499",endpoint="model_infer"\}'
+    failed = r'edgeseg_requests_total\{code="500",endpoint="model_infer"\}'
+    before_closed, before_failed = _metric(server.url, closed), _metric(server.url, failed)
+    records = _Records()
+    watched = [logging.getLogger("edgeseg.serve"), logging.getLogger("uvicorn.error")]
+    for logger in watched:
+        logger.addHandler(records)
+    try:
+        with socket.create_connection(("127.0.0.1", server.port)) as client:
+            client.sendall(_PARTIAL)
+        _wait_for(lambda: _metric(server.url, closed) + _metric(server.url, failed) > before_closed + before_failed,
+                  "the request was counted")
+    finally:
+        for logger in watched:
+            logger.removeHandler(records)
+    assert _metric(server.url, closed) == before_closed + 1
+    assert _metric(server.url, failed) == before_failed
+    assert [r.getMessage() for r in records.records] == []
