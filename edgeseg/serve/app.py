@@ -56,9 +56,10 @@ class ServeConfig:
 class HttpError(Exception):
     """An error answered with ``status`` and a JSON message."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status
+        self.headers = headers
 
 
 def create_app(segmenter, config: ServeConfig = ServeConfig()):
@@ -87,8 +88,18 @@ def create_app(segmenter, config: ServeConfig = ServeConfig()):
         if declared is not None and declared.isdigit() and int(declared) > config.max_body_bytes:
             raise HttpError(413, f"request body of {declared} bytes exceeds the limit of {config.max_body_bytes}")
         chunks, size = [], 0
+        stream = request.stream()
         try:
-            async for chunk in request.stream():
+            while True:
+                try:
+                    # a client that stops sending must not hold its connection and task for good
+                    chunk = await asyncio.wait_for(anext(stream), config.timeout_s)
+                except StopAsyncIteration:
+                    break
+                except asyncio.TimeoutError:
+                    # the rest of the body may still come: the connection cannot carry another request
+                    raise HttpError(408, f"no request body bytes arrived for {config.timeout_s} s "
+                                         f"({size} received)", {"Connection": "close"}) from None
                 size += len(chunk)
                 if size > config.max_body_bytes:
                     raise HttpError(413, f"request body exceeds the limit of {config.max_body_bytes} bytes")
@@ -231,7 +242,7 @@ def _install_error_handlers(app) -> None:
 
     @app.exception_handler(HttpError)
     async def http_error(request, exc: HttpError):
-        return JSONResponse({"error": str(exc)}, status_code=exc.status)
+        return JSONResponse({"error": str(exc)}, status_code=exc.status, headers=exc.headers)
 
     @app.exception_handler(EdgesegError)
     async def edgeseg_error(request, exc: EdgesegError):

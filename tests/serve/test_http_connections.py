@@ -66,3 +66,25 @@ def test_a_client_gone_mid_body_is_not_a_server_failure(server):
     assert _metric(server.url, closed) == before_closed + 1
     assert _metric(server.url, failed) == before_failed
     assert [r.getMessage() for r in records.records] == []
+
+
+def _read_until_closed(sock: socket.socket, limit: float = 30) -> bytes:
+    """Everything the server sends until it closes the connection (fails after ``limit`` s)."""
+    sock.settimeout(limit)
+    received = b""
+    while chunk := sock.recv(65536):
+        received += chunk
+    return received
+
+
+def test_a_body_that_stops_arriving_is_a_408_and_the_connection_closes(server_factory):
+    """Headers and 10 of 100000 body bytes, then nothing: after --timeout seconds without a byte the
+    server answers 408 and closes the connection, instead of holding it (and its task) for good."""
+    server = server_factory(timeout_s=1.0)
+    with socket.create_connection(("127.0.0.1", server.port)) as client:
+        client.sendall(_PARTIAL)
+        reply = _read_until_closed(client)
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408 "), reply[:200]
+    assert b"\r\nconnection: close" in head.lower()
+    assert body.startswith(b'{"error":"no request body bytes arrived for 1.0 s (10 received)"}')
