@@ -127,41 +127,45 @@ def create_app(segmenter, config: ServeConfig = ServeConfig()):
 
     _install_error_handlers(app)
 
-    @app.get("/v2")
+    def get(path: str):
+        # HTTP requires HEAD wherever GET is served (RFC 9110 9.3.2); probes and load balancers use it
+        return app.api_route(path, methods=["GET", "HEAD"])
+
+    @get("/v2")
     async def server_metadata():
         return {"name": "edgeseg", "version": __version__,
                 "extensions": ["binary_tensor_data", "model_configuration", "statistics", "model_repository"]}
 
-    @app.get("/v2/health/live")
+    @get("/v2/health/live")
     async def live():
         return Response(status_code=200)
 
-    @app.get("/v2/health/ready")
+    @get("/v2/health/ready")
     async def ready():
         return Response(status_code=200)
 
-    @app.get("/v2/models/stats")
+    @get("/v2/models/stats")
     async def all_statistics():
         return {"model_stats": [m.stats.to_dict(name) for name, m in models.items()]}
 
-    @app.get("/v2/models/{name}")
-    @app.get("/v2/models/{name}/versions/{version}")
+    @get("/v2/models/{name}")
+    @get("/v2/models/{name}/versions/{version}")
     async def model_metadata(name: str, version: str | None = None):
         return model_for(name, version).metadata()
 
-    @app.get("/v2/models/{name}/ready")
-    @app.get("/v2/models/{name}/versions/{version}/ready")
+    @get("/v2/models/{name}/ready")
+    @get("/v2/models/{name}/versions/{version}/ready")
     async def model_ready(name: str, version: str | None = None):
         model_for(name, version)
         return Response(status_code=200)
 
-    @app.get("/v2/models/{name}/config")
-    @app.get("/v2/models/{name}/versions/{version}/config")
+    @get("/v2/models/{name}/config")
+    @get("/v2/models/{name}/versions/{version}/config")
     async def model_config(name: str, version: str | None = None):
         return _triton_config(model_for(name, version))
 
-    @app.get("/v2/models/{name}/stats")
-    @app.get("/v2/models/{name}/versions/{version}/stats")
+    @get("/v2/models/{name}/stats")
+    @get("/v2/models/{name}/versions/{version}/stats")
     async def model_statistics(name: str, version: str | None = None):
         model = model_for(name, version)
         return {"model_stats": [model.stats.to_dict(model.name)]}
@@ -226,7 +230,7 @@ def create_app(segmenter, config: ServeConfig = ServeConfig()):
             payload, media = await run_in_threadpool(write_mask, labels, volume, format, Path(tmp))
         return Response(content=payload, media_type=media)
 
-    @app.get("/metrics")
+    @get("/metrics")
     async def prometheus():
         text, content_type = metrics.render()
         return Response(content=text, media_type=content_type)

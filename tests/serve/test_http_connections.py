@@ -88,3 +88,34 @@ def test_a_body_that_stops_arriving_is_a_408_and_the_connection_closes(server_fa
     assert head.startswith(b"HTTP/1.1 408 "), reply[:200]
     assert b"\r\nconnection: close" in head.lower()
     assert body.startswith(b'{"error":"no request body bytes arrived for 1.0 s (10 received)"}')
+
+
+@pytest.mark.parametrize("path,status", [
+    ("/v2/health/live", 200), ("/v2/health/ready", 200), ("/v2/models/edgeseg/ready", 200),
+    ("/v2/models/edgeseg/versions/1/ready", 200), ("/v2/models/nope/ready", 404), ("/v2", 200), ("/metrics", 200),
+])
+def test_head_answers_as_get_does_without_a_body(server, path, status):
+    """Health checkers and load balancers probe with HEAD: it gets GET's status and headers."""
+    host, port = server.url.split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    conn.request("GET", path)
+    got = conn.getresponse()
+    got_body = got.read()
+    conn.request("HEAD", path)
+    head = conn.getresponse()
+    assert (head.status, head.read()) == (status, b"")
+    assert got.status == status
+    assert head.getheader("content-type") == got.getheader("content-type")
+    if path != "/metrics":  # the scrape itself changes the next scrape's counts
+        assert head.getheader("content-length") == str(len(got_body))
+    conn.close()
+
+
+def test_a_wrong_method_is_405_naming_get_and_head(server):
+    host, port = server.url.split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    conn.request("DELETE", "/v2/health/live")
+    reply = conn.getresponse()
+    assert (reply.status, reply.read()) == (405, b'{"error":"method DELETE is not allowed on /v2/health/live"}')
+    assert sorted(m.strip() for m in reply.getheader("allow").split(",")) == ["GET", "HEAD"]
+    conn.close()
