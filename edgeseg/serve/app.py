@@ -30,6 +30,7 @@ from edgeseg.serve.metrics import ServerMetrics
 from edgeseg.serve.model_inputs import DEFAULT_MAX_SIDE
 from edgeseg.serve.models import ServedModel, served_models
 from edgeseg.serve.protocol import HEADER_LENGTH, ProtocolError, decode_request, encode_response
+from edgeseg.serve.unread_body import CloseUnreadBodies
 from edgeseg.serve.uploads import ModelQueue, read_upload, write_mask
 
 # This module is imported only to serve, so the missing-extra message is the right failure here.
@@ -125,6 +126,8 @@ def create_app(segmenter, config: ServeConfig = ServeConfig()):
         metrics.latency.labels(endpoint).observe(time.perf_counter() - start)
         return response
 
+    # outermost: it must see every answer, the counting middleware's 500s included
+    app.add_middleware(CloseUnreadBodies)
     _install_error_handlers(app)
 
     def get(path: str):

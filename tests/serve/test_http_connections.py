@@ -119,3 +119,46 @@ def test_a_wrong_method_is_405_naming_get_and_head(server):
     assert (reply.status, reply.read()) == (405, b'{"error":"method DELETE is not allowed on /v2/health/live"}')
     assert sorted(m.strip() for m in reply.getheader("allow").split(",")) == ["GET", "HEAD"]
     conn.close()
+
+
+@pytest.mark.parametrize("path,length,status", [
+    ("/v2/models/edgeseg/infer", 1 << 40, 413), ("/v2/models/nope/infer", 1000, 404),
+])
+def test_an_answer_before_the_body_closes_the_connection(server, path, length, status):
+    """A client waiting on ``Expect: 100-continue`` that gets the final answer instead does not
+    send its body; the server closes the connection rather than keep it open, where the client's
+    next request would be read as the unsent body and never answered."""
+    with socket.create_connection(("127.0.0.1", server.port)) as client:
+        client.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+                       f"Content-Length: {length}\r\n\r\n".encode())
+        reply = _read_until_closed(client)
+    head = reply.partition(b"\r\n\r\n")[0]
+    assert head.startswith(f"HTTP/1.1 {status} ".encode()), reply[:200]
+    assert b"\r\nconnection: close" in head.lower()
+
+
+def test_a_body_sent_after_100_continue_is_read_and_the_connection_kept(server):
+    with socket.create_connection(("127.0.0.1", server.port)) as client:
+        client.settimeout(30)
+        client.sendall(b"POST /v2/models/edgeseg/infer HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+                       b"Content-Length: 2\r\n\r\n")
+        assert client.recv(100).startswith(b"HTTP/1.1 100 ")
+        client.sendall(b"{}")
+        head = client.recv(65536).partition(b"\r\n\r\n")[0]
+    assert head.startswith(b"HTTP/1.1 400 ") and b"connection:" not in head.lower()
+
+
+def test_a_client_sending_its_body_unasked_keeps_its_connection(server):
+    """Without ``Expect`` the client sends its whole body at once: the server drops what it did
+    not need and the connection carries the next request (closing it under the sending client
+    would reset it before the client read the answer)."""
+    host, port = server.url.split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    conn.request("POST", "/v2/models/nope/infer", body=b"x" * 100000)
+    reply = conn.getresponse()
+    assert (reply.status, reply.getheader("connection")) == (404, None)
+    reply.read()
+    sock = conn.sock
+    conn.request("GET", "/v2/health/ready")
+    assert conn.getresponse().status == 200 and conn.sock is sock
+    conn.close()
