@@ -76,6 +76,10 @@ def create_app(segmenter, config: ServeConfig = ServeConfig()):
     uploads = ModelQueue(model_lock, config.queue_size)
     app = fastapi.FastAPI(title="edgeseg", version=__version__, docs_url=None, redoc_url=None)
     app.state.models, app.state.uploads = models, uploads
+    # Decoding a JSON body and encoding a JSON answer take seconds for large tensors: in a thread,
+    # so the event loop answers health checks and other requests meanwhile; one at a time, so at
+    # most one body's worth of Python objects lives at once, as when they ran on the loop.
+    codec = asyncio.Semaphore(1)
 
     def model_for(name: str, version: str | None = None) -> ServedModel:
         if name not in models:
@@ -190,7 +194,8 @@ def create_app(segmenter, config: ServeConfig = ServeConfig()):
         body = await read_body(request)
         start = time.perf_counter_ns()
         try:
-            decoded = decode_request(body, request.headers.get(HEADER_LENGTH))
+            async with codec:
+                decoded = await run_in_threadpool(decode_request, body, request.headers.get(HEADER_LENGTH))
         except ProtocolError as exc:
             raise HttpError(400, str(exc)) from None
         if decoded.outputs is not None and set(decoded.outputs) - {model.output_name}:
@@ -203,9 +208,8 @@ def create_app(segmenter, config: ServeConfig = ServeConfig()):
             ticket = _submit(model.batcher.submit, array)
             result = await _result(ticket, config.timeout_s)
             answered = time.perf_counter_ns()
-            payload, headers = encode_response(model.name, "1", decoded,
-                                               {model.output_name: model.output(request_shape, result)},
-                                               model.response_parameters())
+            async with codec:
+                payload, headers = await run_in_threadpool(_encoded, model, decoded, request_shape, result)
             ok = True
         finally:
             end = time.perf_counter_ns()
@@ -286,6 +290,12 @@ def _internal_error(exc: Exception):
     from fastapi.responses import JSONResponse
 
     return JSONResponse({"error": f"internal error: {type(exc).__name__}: {exc}"[:500]}, status_code=500)
+
+
+def _encoded(model: ServedModel, decoded, request_shape: tuple[int, ...], result) -> tuple[bytes, dict[str, str]]:
+    """The response body and headers of one request's rows (post-processed by its model)."""
+    return encode_response(model.name, "1", decoded, {model.output_name: model.output(request_shape, result)},
+                           model.response_parameters())
 
 
 def _submit(submit, *args) -> Future:

@@ -7,6 +7,7 @@ import http.client
 import logging
 import re
 import socket
+import threading
 import time
 
 import pytest
@@ -162,3 +163,42 @@ def test_a_client_sending_its_body_unasked_keeps_its_connection(server):
     conn.request("GET", "/v2/health/ready")
     assert conn.getresponse().status == 200 and conn.sock is sock
     conn.close()
+
+
+def test_health_is_answered_while_a_request_body_is_decoded(server, monkeypatch):
+    """Decoding a large JSON body takes seconds; a liveness probe meanwhile must not wait for it
+    (a probe's default timeout is 1 s). The decoding is held until the probe is answered, or 20 s."""
+    import edgeseg.serve.app as app_module
+
+    real, decoding, probed, released = app_module.decode_request, threading.Event(), threading.Event(), threading.Event()
+
+    def held(*args):
+        decoding.set()
+        probed.wait(20)
+        released.set()
+        return real(*args)
+
+    monkeypatch.setattr(app_module, "decode_request", held)
+    host, port = server.url.split(":")
+    replies = []
+
+    def infer() -> None:
+        conn = http.client.HTTPConnection(host, int(port), timeout=60)
+        conn.request("POST", "/v2/models/edgeseg/infer", body=b"{}")
+        replies.append(conn.getresponse().status)
+        conn.close()
+
+    sender = threading.Thread(target=infer)
+    sender.start()
+    try:
+        assert decoding.wait(30)
+        conn = http.client.HTTPConnection(host, int(port), timeout=60)
+        conn.request("GET", "/v2/health/live")
+        assert conn.getresponse().status == 200
+        conn.close()
+        answered_while_decoding = not released.is_set()
+    finally:
+        probed.set()
+        sender.join(60)
+    assert answered_while_decoding
+    assert replies == [400]  # the held request itself is still answered
