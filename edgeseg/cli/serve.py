@@ -25,7 +25,7 @@ from edgeseg.cli.tta_option import tta_option
 @click.option("--max-side", default=4096, show_default=True, type=click.IntRange(2, 65535),
               help="Largest slice side the pipeline model takes, in pixels.")
 @click.option("--timeout", default=30.0, show_default=True, type=click.FloatRange(0.1, 3600),
-              help="Seconds a request may wait for its result; then 504.")
+              help="Seconds a request may wait for its result (then 504) or between its body's bytes (then 408).")
 @tta_option
 def command(bundle, host, port, backend, threads, model_name, max_batch, queue_size, max_body_mb, max_side,
             timeout, tta) -> None:

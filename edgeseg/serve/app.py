@@ -30,12 +30,15 @@ from edgeseg.serve.metrics import ServerMetrics
 from edgeseg.serve.model_inputs import DEFAULT_MAX_SIDE
 from edgeseg.serve.models import ServedModel, served_models
 from edgeseg.serve.protocol import HEADER_LENGTH, ProtocolError, decode_request, encode_response
+from edgeseg.serve.unread_body import CloseUnreadBodies
 from edgeseg.serve.uploads import ModelQueue, read_upload, write_mask
 
 # This module is imported only to serve, so the missing-extra message is the right failure here.
 fastapi = require("fastapi", "serve", "edgeseg serve")
 Request = fastapi.Request
 log = logging.getLogger("edgeseg.serve")
+# The status a request is counted under when its client went away before sending it whole (nginx's)
+CLIENT_CLOSED = 499
 
 
 @dataclass(frozen=True)
@@ -54,15 +57,17 @@ class ServeConfig:
 class HttpError(Exception):
     """An error answered with ``status`` and a JSON message."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status
+        self.headers = headers
 
 
 def create_app(segmenter, config: ServeConfig = ServeConfig()):
     """A FastAPI app serving ``segmenter`` (an ``edgeseg.runtime.Segmenter``) under ``config``."""
     from fastapi.responses import Response
     from starlette.concurrency import run_in_threadpool
+    from starlette.requests import ClientDisconnect
 
     model_lock = threading.Lock()
     # read at scrape time: requests queued for either model and uploads waiting for it
@@ -71,6 +76,10 @@ def create_app(segmenter, config: ServeConfig = ServeConfig()):
     uploads = ModelQueue(model_lock, config.queue_size)
     app = fastapi.FastAPI(title="edgeseg", version=__version__, docs_url=None, redoc_url=None)
     app.state.models, app.state.uploads = models, uploads
+    # Decoding a JSON body and encoding a JSON answer take seconds for large tensors: in a thread,
+    # so the event loop answers health checks and other requests meanwhile; one at a time, so at
+    # most one body's worth of Python objects lives at once, as when they ran on the loop.
+    codec = asyncio.Semaphore(1)
 
     def model_for(name: str, version: str | None = None) -> ServedModel:
         if name not in models:
@@ -84,11 +93,25 @@ def create_app(segmenter, config: ServeConfig = ServeConfig()):
         if declared is not None and declared.isdigit() and int(declared) > config.max_body_bytes:
             raise HttpError(413, f"request body of {declared} bytes exceeds the limit of {config.max_body_bytes}")
         chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > config.max_body_bytes:
-                raise HttpError(413, f"request body exceeds the limit of {config.max_body_bytes} bytes")
-            chunks.append(chunk)
+        stream = request.stream()
+        try:
+            while True:
+                try:
+                    # a client that stops sending must not hold its connection and task for good
+                    chunk = await asyncio.wait_for(anext(stream), config.timeout_s)
+                except StopAsyncIteration:
+                    break
+                except asyncio.TimeoutError:
+                    # the rest of the body may still come: the connection cannot carry another request
+                    raise HttpError(408, f"no request body bytes arrived for {config.timeout_s} s "
+                                         f"({size} received)", {"Connection": "close"}) from None
+                size += len(chunk)
+                if size > config.max_body_bytes:
+                    raise HttpError(413, f"request body exceeds the limit of {config.max_body_bytes} bytes")
+                chunks.append(chunk)
+        except ClientDisconnect:
+            # the client's doing, not the server's: counted as nginx counts it, not as a 500
+            raise HttpError(CLIENT_CLOSED, "the client closed the connection before sending the whole body") from None
         try:
             return decode_body(b"".join(chunks), request.headers.get("content-encoding"), config.max_body_bytes)
         except BodyError as exc:
@@ -107,43 +130,49 @@ def create_app(segmenter, config: ServeConfig = ServeConfig()):
         metrics.latency.labels(endpoint).observe(time.perf_counter() - start)
         return response
 
+    # outermost: it must see every answer, the counting middleware's 500s included
+    app.add_middleware(CloseUnreadBodies)
     _install_error_handlers(app)
 
-    @app.get("/v2")
+    def get(path: str):
+        # HTTP requires HEAD wherever GET is served (RFC 9110 9.3.2); probes and load balancers use it
+        return app.api_route(path, methods=["GET", "HEAD"])
+
+    @get("/v2")
     async def server_metadata():
         return {"name": "edgeseg", "version": __version__,
                 "extensions": ["binary_tensor_data", "model_configuration", "statistics", "model_repository"]}
 
-    @app.get("/v2/health/live")
+    @get("/v2/health/live")
     async def live():
         return Response(status_code=200)
 
-    @app.get("/v2/health/ready")
+    @get("/v2/health/ready")
     async def ready():
         return Response(status_code=200)
 
-    @app.get("/v2/models/stats")
+    @get("/v2/models/stats")
     async def all_statistics():
         return {"model_stats": [m.stats.to_dict(name) for name, m in models.items()]}
 
-    @app.get("/v2/models/{name}")
-    @app.get("/v2/models/{name}/versions/{version}")
+    @get("/v2/models/{name}")
+    @get("/v2/models/{name}/versions/{version}")
     async def model_metadata(name: str, version: str | None = None):
         return model_for(name, version).metadata()
 
-    @app.get("/v2/models/{name}/ready")
-    @app.get("/v2/models/{name}/versions/{version}/ready")
+    @get("/v2/models/{name}/ready")
+    @get("/v2/models/{name}/versions/{version}/ready")
     async def model_ready(name: str, version: str | None = None):
         model_for(name, version)
         return Response(status_code=200)
 
-    @app.get("/v2/models/{name}/config")
-    @app.get("/v2/models/{name}/versions/{version}/config")
+    @get("/v2/models/{name}/config")
+    @get("/v2/models/{name}/versions/{version}/config")
     async def model_config(name: str, version: str | None = None):
         return _triton_config(model_for(name, version))
 
-    @app.get("/v2/models/{name}/stats")
-    @app.get("/v2/models/{name}/versions/{version}/stats")
+    @get("/v2/models/{name}/stats")
+    @get("/v2/models/{name}/versions/{version}/stats")
     async def model_statistics(name: str, version: str | None = None):
         model = model_for(name, version)
         return {"model_stats": [model.stats.to_dict(model.name)]}
@@ -165,7 +194,8 @@ def create_app(segmenter, config: ServeConfig = ServeConfig()):
         body = await read_body(request)
         start = time.perf_counter_ns()
         try:
-            decoded = decode_request(body, request.headers.get(HEADER_LENGTH))
+            async with codec:
+                decoded = await run_in_threadpool(decode_request, body, request.headers.get(HEADER_LENGTH))
         except ProtocolError as exc:
             raise HttpError(400, str(exc)) from None
         if decoded.outputs is not None and set(decoded.outputs) - {model.output_name}:
@@ -178,9 +208,8 @@ def create_app(segmenter, config: ServeConfig = ServeConfig()):
             ticket = _submit(model.batcher.submit, array)
             result = await _result(ticket, config.timeout_s)
             answered = time.perf_counter_ns()
-            payload, headers = encode_response(model.name, "1", decoded,
-                                               {model.output_name: model.output(request_shape, result)},
-                                               model.response_parameters())
+            async with codec:
+                payload, headers = await run_in_threadpool(_encoded, model, decoded, request_shape, result)
             ok = True
         finally:
             end = time.perf_counter_ns()
@@ -208,7 +237,7 @@ def create_app(segmenter, config: ServeConfig = ServeConfig()):
             payload, media = await run_in_threadpool(write_mask, labels, volume, format, Path(tmp))
         return Response(content=payload, media_type=media)
 
-    @app.get("/metrics")
+    @get("/metrics")
     async def prometheus():
         text, content_type = metrics.render()
         return Response(content=text, media_type=content_type)
@@ -224,7 +253,7 @@ def _install_error_handlers(app) -> None:
 
     @app.exception_handler(HttpError)
     async def http_error(request, exc: HttpError):
-        return JSONResponse({"error": str(exc)}, status_code=exc.status)
+        return JSONResponse({"error": str(exc)}, status_code=exc.status, headers=exc.headers)
 
     @app.exception_handler(EdgesegError)
     async def edgeseg_error(request, exc: EdgesegError):
@@ -261,6 +290,12 @@ def _internal_error(exc: Exception):
     from fastapi.responses import JSONResponse
 
     return JSONResponse({"error": f"internal error: {type(exc).__name__}: {exc}"[:500]}, status_code=500)
+
+
+def _encoded(model: ServedModel, decoded, request_shape: tuple[int, ...], result) -> tuple[bytes, dict[str, str]]:
+    """The response body and headers of one request's rows (post-processed by its model)."""
+    return encode_response(model.name, "1", decoded, {model.output_name: model.output(request_shape, result)},
+                           model.response_parameters())
 
 
 def _submit(submit, *args) -> Future:

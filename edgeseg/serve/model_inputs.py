@@ -13,6 +13,7 @@ import numpy as np
 
 from edgeseg.errors import DataError
 from edgeseg.runtime.input_checks import HU_LIMITS, checked_hu
+from edgeseg.serve.protocol import NUMPY_TO_DATATYPE
 
 PIPELINE_SUFFIX = "-pipeline"
 # The longest slice side the pipeline takes unless the server is told otherwise (edgeseg serve
@@ -43,7 +44,7 @@ def check_network_input(batch: np.ndarray, segmenter, name: str, max_batch: int)
     pipeline = name + PIPELINE_SUFFIX
     if batch.dtype != np.float32:
         hint = f"; CT values (INT16, UINT16, FP32 HU) go to model {pipeline!r}" if batch.dtype.kind in "iu" else ""
-        datatype = _DATATYPE.get(batch.dtype, str(batch.dtype).upper())
+        datatype = _datatype_name(batch.dtype)
         raise ModelInputError(f"model {name!r} takes the pre-processed FP32 tensor, got {datatype}{hint}")
     if batch.ndim == 4 and batch.shape[0] > max_batch:
         raise ModelInputError(f"a request holds at most {max_batch} slices (--max-batch), got {batch.shape[0]}")
@@ -68,7 +69,7 @@ def check_pipeline_input(hu: np.ndarray, segmenter, network_name: str, max_batch
     datatype = _DATATYPE.get(hu.dtype)
     if datatype is None:
         raise ModelInputError(f"model {name!r} takes hu as one of {list(PIPELINE_DATATYPES)}, "
-                              f"got {str(hu.dtype).upper()}")
+                              f"got {_datatype_name(hu.dtype)}")
     if hu.ndim not in (2, 3):
         hint = f"; the pre-processed (N, 1, H, W) tensor goes to model {network_name!r}" if hu.ndim == 4 else ""
         raise ModelInputError(f"model {name!r} takes hu of shape [H, W] or [N, H, W], got {list(hu.shape)}{hint}")
@@ -85,6 +86,11 @@ def check_pipeline_input(hu: np.ndarray, segmenter, network_name: str, max_batch
     except DataError as exc:
         raise ModelInputError(str(exc)) from None
     return np.ascontiguousarray(stack)
+
+
+def _datatype_name(dtype: np.dtype) -> str:
+    """``dtype`` as the protocol names it (FP16, not numpy's FLOAT16), as the client sent it."""
+    return NUMPY_TO_DATATYPE.get(np.dtype(dtype).newbyteorder("="), str(dtype).upper())
 
 
 def _check_fp32_hu(stack: np.ndarray, spec, network_name: str) -> None:

@@ -231,7 +231,10 @@ def decode_request(body: bytes, header_length: str | None) -> InferRequest:
         binary = {name: flag for name, flag in binary.items() if flag is not None}
     binary_all = bool(_flag(_parameters(doc, "request"), "binary_data_output", "request"))
     request_id = doc.get("id")
-    return InferRequest(id=str(request_id) if request_id is not None else None, inputs=inputs, outputs=names,
+    if request_id is not None and not isinstance(request_id, str):
+        # echoed as sent: a number or object turned into text would not be the id the client gave
+        raise ProtocolError(f"request 'id' must be a string, got {json.dumps(request_id)}"[:300])
+    return InferRequest(id=request_id, inputs=inputs, outputs=names,
                         binary_outputs=binary, binary_all=binary_all)
 
 

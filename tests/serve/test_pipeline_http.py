@@ -173,7 +173,8 @@ def test_pipeline_limits_are_400(server_factory):
     cases = [(_phantom_hu(3, 32, 32), "INT16", "holds 1..2 slices"),
              (_phantom_hu(1, 32, 48), "INT16", "exceed the server's limit of 40 pixels"),
              (_phantom_hu(1, 32, 32)[None], "INT16", "shape \\[H, W\\] or \\[N, H, W\\].*to model 'edgeseg'"),
-             (_phantom_hu(1, 32, 32).astype(np.uint8), "UINT8", "takes hu as one of"),
+             (_phantom_hu(1, 32, 32).astype(np.uint8), "UINT8", "takes hu as one of .*, got UINT8$"),
+             (_phantom_hu(1, 32, 32).astype(np.float16), "FP16", "takes hu as one of .*, got FP16$"),
              (np.full((1, 1, 32), -1000, np.int16), "INT16", "too small")]
     for hu, datatype, pattern in cases:
         with pytest.raises(InferenceServerException, match=pattern) as err:

@@ -82,6 +82,8 @@ def test_an_outputs_binary_data_overrides_binary_data_output(server, everything,
     (NETWORK, {"inputs": [_image(parameters={"shared_memory_region": "r", "shared_memory_byte_size": 16384})]},
      "input 'image': the shared memory extension"),
     (NETWORK, {"inputs": [_image(), _image()]}, "input 'image' is given twice"),
+    (NETWORK, {"id": 7, "inputs": [_image()]}, "request 'id' must be a string, got 7"),
+    (NETWORK, {"id": {"n": 1}, "inputs": [_image()]}, 'request \'id\' must be a string, got {"n": 1}'),
     (NETWORK, {"inputs": [_image()], "outputs": [{"name": "logits"}, {"name": "logits"}]},
      "output 'logits' is asked for twice"),
     (NETWORK, {"inputs": [_image(data=["0.5"] * 4096)]}, "input 'image': data holds strings, not FP32 values"),
@@ -106,3 +108,8 @@ def test_integer_json_data_is_taken_for_float_tensors(server):
     status, _, data = _post(server.url, PIPELINE, {"inputs": [_hu("FP32", data=[-1000] * 32 + [40] * 32)]})
     assert status == 200, data
     assert json.loads(data)["outputs"][0]["shape"] == [1, 8, 8]
+
+
+def test_the_request_id_is_echoed_as_sent(server):
+    status, _, data = _post(server.url, NETWORK, {"id": "scan 7/ü", "inputs": [_image()]})
+    assert status == 200 and json.loads(data)["id"] == "scan 7/ü"
