@@ -264,6 +264,7 @@ def test_a_bad_upload_is_named_as_the_upload_not_by_the_servers_temporary_path(s
     nifti[72:74] = np.frombuffer(np.array([16], "<i2").tobytes(), np.uint8)  # bitpix
     nifti[76:108] = np.frombuffer(np.ones(8, "<f4").tobytes(), np.uint8)  # pixdim
     nifti[108:112] = np.frombuffer(np.float32(352).tobytes(), np.uint8)  # vox_offset
+    nifti[252:254] = np.frombuffer(np.array([1], "<i2").tobytes(), np.uint8)  # qform_code: an orientation is given
     nifti[344:348] = np.frombuffer(b"n+1\0", np.uint8)
     for body in (nifti.tobytes(), gzip.compress(nifti.tobytes())):
         status, _, data = _request(server.url, "POST", "/v1/segment", body)
