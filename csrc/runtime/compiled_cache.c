@@ -4,7 +4,9 @@
  * only when every file matches its record and nothing unrecorded is present, otherwise it is
  * moved aside, deleted and rebuilt. A killed process's ".partial-*" or "*.stale-*" folder is removed
  * by the next miss once it is an hour old (ORPHAN_SECONDS in compiled_cache.py: a PID cannot say
- * whether its writer is gone when the cache is shared across PID namespaces). */
+ * whether its writer is gone when the cache is shared across PID namespaces). The record says
+ * only that an entry is whole, not who made it: the cache folder, the entry and its files must
+ * belong to this user and be writable by no group and no other user, else no cache is used. */
 #include <dirent.h>
 #include <errno.h>
 #include <stdio.h>
@@ -22,18 +24,32 @@
 #define MAX_FILES 64
 #define ORPHAN_SECONDS 3600
 
-/* mkdir -p; 0 when `path` is a folder afterwards. */
+/* 1 when no other user can have written or replaced `path` (or it does not exist): no symbolic
+ * link unless `follow`, owned by the effective user, no group or other write bit. */
+static int private_path(const char *path, int follow) {
+    struct stat st;
+    if ((follow ? stat(path, &st) : lstat(path, &st)) != 0) return errno == ENOENT;
+    return !S_ISLNK(st.st_mode) && st.st_uid == geteuid() && !(st.st_mode & 022);
+}
+
+/* Drop the group and other write bits the umask left on a file the engine wrote. */
+static int drop_shared_write(const char *path) {
+    struct stat st;
+    return lstat(path, &st) == 0 && S_ISREG(st.st_mode) && chmod(path, st.st_mode & 07755) == 0 ? 0 : -1;
+}
+
+/* mkdir -p; 0 when `path` is a folder afterwards. Folders it makes are 0700. */
 static int make_folders(const char *path) {
     char buf[ES_CACHE_PATH];
     if (snprintf(buf, sizeof buf, "%s", path) >= (int)sizeof buf) return -1;
     for (char *p = buf + 1; *p; p++) {
         if (*p != '/') continue;
         *p = '\0';
-        if (mkdir(buf, 0755) != 0 && errno != EEXIST) return -1;
+        if (mkdir(buf, 0700) != 0 && errno != EEXIST) return -1;
         *p = '/';
     }
     struct stat st;
-    if (mkdir(buf, 0755) != 0 && errno != EEXIST) return -1;
+    if (mkdir(buf, 0700) != 0 && errno != EEXIST) return -1;
     return stat(buf, &st) == 0 && S_ISDIR(st.st_mode) ? 0 : -1;
 }
 
@@ -64,6 +80,7 @@ static int entry_verified(const char *entry) {
     char path[ES_CACHE_PATH], line[ES_CACHE_PATH], names[MAX_FILES][256];
     int count = 0, ok = 1;
     snprintf(path, sizeof path, "%s/" RECORD, entry);
+    if (!private_path(entry, 0) || !private_path(path, 0)) return 0;
     FILE *record = fopen(path, "r");
     if (!record) return 0;
     while (ok && fgets(line, sizeof line, record)) {
@@ -75,7 +92,8 @@ static int entry_verified(const char *entry) {
         ok = count < MAX_FILES && sscanf(line, "%64s %lld %n", digest, &size, &name_at) == 2 && name_at > 0 &&
              strlen(line + name_at) < sizeof names[0] && !strchr(line + name_at, '/') &&
              snprintf(path, sizeof path, "%s/%s", entry, line + name_at) < (int)sizeof path &&
-             stat(path, &st) == 0 && S_ISREG(st.st_mode) && (long long)st.st_size == size &&
+             lstat(path, &st) == 0 && S_ISREG(st.st_mode) && st.st_uid == geteuid() && !(st.st_mode & 022) &&
+             (long long)st.st_size == size &&
              file_sha256(path, hex) == 0 && strcmp(hex, digest) == 0;
         if (ok) snprintf(names[count++], sizeof names[0], "%s", line + name_at);
     }
@@ -115,7 +133,7 @@ static int new_partial(es_cache_entry *e, const char *root, const char *name) {
     clock_gettime(CLOCK_REALTIME, &now);
     int n = snprintf(e->partial, sizeof e->partial, "%s/.partial-%s-%ld-%08lx", root, name, (long)getpid(),
                      (unsigned long)now.tv_nsec);
-    if (n >= (int)sizeof e->partial || mkdir(e->partial, 0755) != 0) e->partial[0] = '\0';
+    if (n >= (int)sizeof e->partial || mkdir(e->partial, 0700) != 0) e->partial[0] = '\0';
     return e->partial[0] ? 0 : -1;
 }
 
@@ -143,6 +161,10 @@ void es_cache_prepare(const char *root, const char *sha256, const char *engine_k
         return;
     }
     struct stat st;
+    if (!private_path(root, 1)) { /* another user could have planted entries: build without the cache */
+        e->final[0] = '\0';
+        return;
+    }
     if (stat(e->final, &st) == 0) {
         if (entry_verified(e->final)) {
             e->hit = 1;
@@ -150,7 +172,7 @@ void es_cache_prepare(const char *root, const char *sha256, const char *engine_k
         }
         es_cache_discard(e);
     }
-    if (make_folders(root) == 0) {
+    if (make_folders(root) == 0 && private_path(root, 1)) {
         sweep_leftovers(root);
         new_partial(e, root, name);
     }
@@ -175,13 +197,14 @@ static int write_record(const char *partial) {
     while (ok && (item = readdir(dir)) != NULL) {
         struct stat st;
         if (item->d_name[0] == '.') continue; /* ".", ".." and the record being written */
-        ok = snprintf(path, sizeof path, "%s/%s", partial, item->d_name) < (int)sizeof path && stat(path, &st) == 0 &&
-             S_ISREG(st.st_mode) && file_sha256(path, hex) == 0 &&
+        ok = snprintf(path, sizeof path, "%s/%s", partial, item->d_name) < (int)sizeof path &&
+             drop_shared_write(path) == 0 && stat(path, &st) == 0 && S_ISREG(st.st_mode) && file_sha256(path, hex) == 0 &&
              fprintf(out, "%s %lld %s\n", hex, (long long)st.st_size, item->d_name) > 0;
         files++;
     }
     closedir(dir);
     if (out && fclose(out) != 0) ok = 0;
+    if (ok && drop_shared_write(tmp) != 0) ok = 0;
     snprintf(path, sizeof path, "%s/" RECORD, partial);
     return ok && files > 0 && rename(tmp, path) == 0 ? 0 : -1;
 }

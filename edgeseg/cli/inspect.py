@@ -19,7 +19,7 @@ def describe_bundle(bundle: str) -> tuple[str, list[str]]:
     from edgeseg.export.embedded import embedded_checks
     from edgeseg.report.output import format_table
     from edgeseg.export.verify import gate_label, parity_table
-    from edgeseg.runtime.manifest import PARITY_NAME, read_manifest, verify_artifacts
+    from edgeseg.runtime.manifest import PARITY_NAME, read_bundle_json_bytes, read_manifest, verify_artifacts
     from edgeseg.runtime.runners import runners_for
     from edgeseg.runtime.selection import skip_reasons
 
@@ -64,7 +64,7 @@ def describe_bundle(bundle: str) -> tuple[str, list[str]]:
         failed.append(f"{PARITY_NAME} is missing: nothing records that the artifacts passed the parity gate")
     else:
         try:
-            parity = json.loads(parity_path.read_text(encoding="utf-8"))
+            parity = json.loads(read_bundle_json_bytes(parity_path).decode("utf-8"))
             table = parity_table(parity) if isinstance(parity, dict) and "results" in parity else None
         except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
             raise BundleError(f"{parity_path}: not a readable parity report ({' '.join(str(exc).split())})") from None

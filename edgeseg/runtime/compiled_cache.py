@@ -12,7 +12,11 @@ file. It is built in a private ``.partial-*`` folder and published with one ``re
 reader sees half of it; before it is used, every file's size and sha256 are checked against the
 record and no unrecorded file may be present. Anything else (a truncated or flipped blob, a
 missing record, a file the engine added later) makes the entry stale: it is moved aside,
-deleted and rebuilt, never loaded. A process killed while it builds or deletes leaves its
+deleted and rebuilt, never loaded. The record says only that an entry is whole, not who made
+it, so the cache is used only where no other user could have written it: the root, the engine
+folder, the entry and its files must belong to this user and be writable by no group and no
+other user (:func:`untrusted`); otherwise the engine builds without the cache and a warning
+names the folder. The folders are made ``0700``. A process killed while it builds or deletes leaves its
 ``.partial-*`` or ``.stale-*`` folder; the next cache miss in the same engine folder removes
 those an hour old (:data:`ORPHAN_SECONDS`). libedgeseg (csrc/runtime/compiled_cache.c) reads and writes
 the same layout, so the C and the Python runtime share OpenVINO entries.
@@ -23,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import stat
 import time
 from pathlib import Path
 from typing import Callable, TypeVar
@@ -69,6 +74,38 @@ def is_leftover_name(name: str) -> bool:
     return name.startswith(".partial-") or ".stale-" in name
 
 
+def untrusted(path: Path, follow: bool = False) -> str | None:
+    """Why another local user could have written or replaced ``path`` (a cache folder or file),
+    or None when only this user (and root) can: it must be no symbolic link (unless ``follow``),
+    belong to this process's effective user, and be writable by no group and no other user. A
+    path that does not exist is None: nothing is read from it."""
+    try:
+        info = os.stat(path) if follow else os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    if stat.S_ISLNK(info.st_mode):
+        return f"{path} is a symbolic link"
+    if info.st_uid != os.geteuid():
+        return f"{path} belongs to uid {info.st_uid}, not to this user (uid {os.geteuid()})"
+    if info.st_mode & 0o022:
+        return f"{path} is writable by other users (mode {stat.S_IMODE(info.st_mode):04o})"
+    return None
+
+
+def _make_private(folder: Path) -> None:
+    """Make ``folder`` and the missing folders up to the cache root ``0700`` (a umask of 002
+    would otherwise give them group write, which :func:`untrusted` refuses)."""
+    missing = []
+    while not os.path.lexists(folder) and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    for path in reversed(missing):
+        try:
+            os.mkdir(path, 0o700)
+        except FileExistsError:  # made meanwhile by another process; checked before use
+            pass
+
+
 def sweep_leftovers(folder: Path, now: float | None = None) -> None:
     """Remove the leftovers in an engine ``folder`` unchanged for :data:`ORPHAN_SECONDS`."""
     now = time.time() if now is None else now
@@ -96,8 +133,14 @@ class CompiledModelCache:
     """
 
     def __init__(self, engine: str, artifact_sha256: str, engine_key: str, root: Path | None = None) -> None:
-        self.folder = (root or cache_root()) / engine
+        self.root = root or cache_root()
+        self.folder = self.root / engine
         self.path = self.folder / entry_name(artifact_sha256, engine_key)
+
+    def untrusted(self) -> str | None:
+        """Why another user could have put or replaced entries here (see :func:`untrusted`), or
+        None: the root (a link to it is followed: it is the user's own setting) and the engine folder."""
+        return untrusted(self.root, follow=True) or untrusted(self.folder)
 
     def verified(self) -> bool:
         """True when the entry exists and every file matches its record, with nothing extra."""
@@ -110,8 +153,10 @@ class CompiledModelCache:
             present = {p.name for p in self.path.iterdir()} - {RECORD}
             if not recorded or present != set(recorded):
                 return False
-            return all((self.path / name).stat().st_size == size and _file_sha256(self.path / name) == digest
-                       for name, (digest, size) in recorded.items())
+            if any(untrusted(path) for path in (self.path, self.path / RECORD, *(self.path / name for name in recorded))):
+                return False
+            return all(stat.S_ISREG(os.lstat(self.path / name).st_mode) and (self.path / name).stat().st_size == size
+                       and _file_sha256(self.path / name) == digest for name, (digest, size) in recorded.items())
         except (OSError, ValueError):
             return False
 
@@ -130,7 +175,10 @@ class CompiledModelCache:
         sweep_leftovers(self.folder)
         partial = self.folder / f".partial-{self.path.name}-{os.getpid()}-{os.urandom(4).hex()}"
         try:
-            partial.mkdir(parents=True)
+            _make_private(self.folder)
+            if self.untrusted():  # made meanwhile by someone else
+                return None
+            partial.mkdir(0o700)
         except OSError:
             return None
         return partial
@@ -145,8 +193,11 @@ class CompiledModelCache:
                 return False
             from edgeseg.atomic import atomic_write_text  # only when publishing a new entry
 
+            for p in files:  # the engine's files get the umask's mode; group write would untrust them
+                os.chmod(p, stat.S_IMODE(p.stat().st_mode) & ~0o022)
             atomic_write_text(partial / RECORD, "".join(
                 f"{_file_sha256(p)} {p.stat().st_size} {p.name}\n" for p in files))
+            os.chmod(partial / RECORD, stat.S_IMODE((partial / RECORD).stat().st_mode) & ~0o022)
             os.rename(partial, self.path)
             return True
         except OSError as exc:
@@ -162,6 +213,11 @@ class CompiledModelCache:
         ``build(partial, False)`` into a new private folder that is then published, or
         ``build(None, False)`` when the cache cannot be written or building into it failed.
         """
+        problem = self.untrusted()
+        if problem:
+            log.warning("compiled-model cache not used: %s (another user could plant a model there); "
+                        "the engine builds without it", problem)
+            return build(None, False)
         if self.verified():
             try:
                 return build(self.path, True)

@@ -43,6 +43,9 @@ MANIFEST_NAME = "manifest.json"
 PARITY_NAME = "parity.json"
 INPUT_NAME, OUTPUT_NAME = "image", "logits"
 MAX_CLASS = 255  # labels are uint8
+# libedgeseg's limit (MANIFEST_MAX_BYTES in csrc/runtime/manifest_text.c): a manifest is a few kB,
+# and one padded with gigabytes of JSON whitespace would otherwise be read whole into memory
+MANIFEST_MAX_BYTES = 64 << 20
 DTYPES = ("float32", "float16", "int64", "uint8")
 
 
@@ -294,6 +297,16 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+def read_bundle_json_bytes(path: Path) -> bytes:
+    """The bytes of a bundle's JSON file (``manifest.json``, ``parity.json``), read no further
+    than :data:`MANIFEST_MAX_BYTES`; BundleError for a longer one, OSError for an unreadable one."""
+    with open(path, "rb") as fh:
+        raw = fh.read(MANIFEST_MAX_BYTES + 1)
+    if len(raw) > MANIFEST_MAX_BYTES:
+        raise BundleError(f"{path}: not a regular file of at most {MANIFEST_MAX_BYTES} bytes")
+    return raw
+
+
 def read_manifest(bundle: str | Path) -> Manifest:
     """Parse ``BUNDLE/manifest.json``; BundleError for a missing, unreadable or invalid one."""
     folder = Path(bundle)
@@ -303,8 +316,12 @@ def read_manifest(bundle: str | Path) -> Manifest:
     if not path.is_file():
         raise BundleError(f"bundle {folder} has no {MANIFEST_NAME}")
     try:
+        raw = read_bundle_json_bytes(path)
+    except OSError as exc:
+        raise BundleError(f"{path}: not readable JSON ({exc})") from None
+    try:
         # a leading BOM is read past, as in C; NaN and Infinity are not JSON, and C refuses them
-        data = json.loads(path.read_text(encoding="utf-8-sig"), parse_constant=_not_json)
+        data = json.loads(raw.decode("utf-8-sig"), parse_constant=_not_json)
     except RecursionError:  # '[[[[...' nests deeper than the parser recurses
         raise BundleError(f"{path} is not a readable manifest: JSON nested too deeply") from None
     except (OSError, ValueError) as exc:  # ValueError: JSONDecodeError, UnicodeDecodeError, _not_json

@@ -5,7 +5,9 @@ SeriesInstanceUID. A series counts as complete when no image of it has arrived f
 seconds; then one worker thread reads it with the DICOM reader, segments it with the
 Segmenter, writes a DICOM SEG to ``out`` and/or sends it by C-STORE to the forward peer.
 C-ECHO is answered. Images of other SOP classes (MR, US, ...) are answered with the failure
-status 0x0122 "SOP class not supported": the association stays up, nothing is stored.
+status 0x0122 "SOP class not supported": the association stays up, nothing is stored. An
+image that would take its series past the readers' size limits (``edgeseg.limits``: pixels per
+slice, float32 bytes per volume) is refused as it arrives with 0xA700 "out of resources".
 An association must call this node by its AE title (else it is rejected with the reason "called
 AE title not recognised") unless ``any_ae`` is set, and, where ``calling_aets`` lists AE titles,
 come from one of them (else "calling AE title not recognised").
@@ -26,6 +28,7 @@ from pathlib import Path
 
 from edgeseg.atomic import atomic_path
 from edgeseg.errors import DataError, EdgesegError, require
+from edgeseg.limits import check_volume
 
 log = logging.getLogger("edgeseg.listen")
 
@@ -35,6 +38,7 @@ STATUS_SUCCESS = 0x0000
 STATUS_SOP_CLASS_NOT_SUPPORTED = 0x0122
 STATUS_CANNOT_UNDERSTAND = 0xC000
 STATUS_DATASET_MISMATCH = 0xA900
+STATUS_OUT_OF_RESOURCES = 0xA700
 # A DICOM UID is digits and dots, at most 64 characters; the UIDs name files and folders here,
 # so anything else (a "../" from a hostile peer) must never reach the file system.
 UID_PATTERN = re.compile(r"[0-9]+(\.[0-9]+)*")
@@ -90,6 +94,7 @@ class _Series:
     folder: Path
     last: float
     count: int = 0
+    slices: int = 0  # frames received, for the volume limit
 
 
 @dataclass
@@ -182,8 +187,21 @@ class DicomNode:
             self.stats.refused += 1
             log.warning("refused an image with malformed UIDs %r / %r", series_uid[:80], sop_uid[:80])
             return STATUS_DATASET_MISMATCH
+        try:
+            frames, rows, columns = int(ds.get("NumberOfFrames") or 1), int(ds.Rows), int(ds.Columns)
+        except Exception as exc:  # no Rows/Columns, or a NumberOfFrames that is no number
+            log.warning("could not read the size of an incoming image: %s", exc)
+            return STATUS_CANNOT_UNDERSTAND
         with self._lock:
             series = self._series.get(series_uid)
+            try:
+                # the reader's limits, checked as images arrive: the whole series would otherwise be
+                # stored first (a peer could fill the disk) and only then be refused when it is read
+                check_volume(((series.slices if series else 0) + frames, rows, columns), f"series {series_uid}")
+            except DataError as exc:
+                self.stats.refused += 1
+                log.warning("refused an image: %s", exc)
+                return STATUS_OUT_OF_RESOURCES
             if series is None:
                 series = self._series[series_uid] = _Series(self.work / series_uid, time.monotonic())
                 series.folder.mkdir(parents=True, exist_ok=True)
@@ -191,6 +209,7 @@ class DicomNode:
                 ds.save_as(tmp, enforce_file_format=True)
             series.last = time.monotonic()
             series.count += 1
+            series.slices += frames
         self.stats.received += 1
         return STATUS_SUCCESS
 

@@ -99,3 +99,27 @@ def test_c_removes_the_hour_old_leftovers_of_killed_processes(bundle, phantom_hu
     assert int(np.count_nonzero(got != expected)) == 0
     left = {p.name for p in folder.iterdir()}
     assert left == {name for name, goes in plan.items() if not goes} | {_entry_name(bundle)}
+
+
+def test_c_neither_uses_nor_writes_a_cache_folder_other_users_can_write(bundle, phantom_hu, expected, programs,
+                                                                        run_raw, tmp_path):
+    """Another user could plant a blob with a matching record there (the record proves an entry
+    whole, not who made it): the model is compiled without the cache."""
+    folder = tmp_path / "cache" / "openvino"
+    folder.mkdir(parents=True)
+    os.chmod(folder, 0o777)
+    got = run_raw(programs["c"], bundle, "fp32", phantom_hu, tmp_path)
+    assert int(np.count_nonzero(got != expected)) == 0
+    assert list(folder.iterdir()) == []
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving files to another user needs root")
+def test_c_rebuilds_an_entry_another_user_owns(bundle, phantom_hu, expected, programs, run_raw, tmp_path):
+    run_raw(programs["c"], bundle, "fp32", phantom_hu, tmp_path)
+    [folder] = (tmp_path / "cache" / "openvino").iterdir()
+    for path in [folder, *folder.iterdir()]:
+        os.lchown(path, 54321, 54321)
+    got = run_raw(programs["c"], bundle, "fp32", phantom_hu, tmp_path)
+    assert int(np.count_nonzero(got != expected)) == 0
+    assert [p.name for p in (tmp_path / "cache" / "openvino").iterdir()] == [folder.name]
+    assert {p.stat().st_uid for p in [folder, *folder.iterdir()]} == {os.geteuid()} and _record_matches(folder)

@@ -3,7 +3,7 @@ refuses (ES_EBUNDLE / BundleError, one line), and where both accept they read th
 The cases are the bytes a hand-edited or hostile manifest may hold: label keys strtol would take
 (" 1", "+1", "01" beside "1"), a NUL escape that a C string would cut at, a NUL byte after the
 JSON, text that is not UTF-8 (an invalid byte, an overlong form, an encoded surrogate), raw control
-characters in a string, numbers beyond JSON's grammar."""
+characters in a string, numbers beyond JSON's grammar, a manifest padded past the size limit."""
 
 from __future__ import annotations
 
@@ -62,6 +62,9 @@ REFUSED = {
     "infinity-in-calibration": (b'{"0": "background", "1": "liver"}',
                                 {"text": _once('"calibration": {', '"calibration": {"x": -Infinity, ')},
                                 "not readable JSON"),
+    # valid JSON padded with whitespace past libedgeseg's 64 MiB: Python read a 2 GiB one whole
+    "padded-past-64-mib": (b'{"0": "background", "1": "liver"}', {"tail": b" " * ((64 << 20) + 1)},
+                           "not a regular file of at most 67108864 bytes"),
 }
 
 

@@ -319,3 +319,25 @@ def test_a_forced_stop_segments_no_more_series_and_says_which(serve_bundle, tmp_
     assert set(node.stats.segmented + node.stats.failed) == {pydicom.dcmread(files[0]).SeriesInstanceUID,
                                                             pydicom.dcmread(files[0]).SeriesInstanceUID + ".2"}
     assert len(list((tmp_path / "out").glob("*.seg.dcm"))) == 1
+
+
+def test_images_past_the_volume_limit_are_refused_as_they_arrive(serve_bundle, tmp_path, free_port, wait_port,
+                                                                 monkeypatch):
+    """The readers' volume limit bounds what one series may put on disk: a peer sending image
+    after image was stored without end, and the series refused only once it was read."""
+    from edgeseg.runtime.segmenter import Segmenter
+
+    files = sorted(SERIES.glob("*.dcm"))
+    rows, columns = (int(pydicom.dcmread(files[0]).get(tag)) for tag in ("Rows", "Columns"))
+    monkeypatch.setenv("EDGESEG_MAX_VOLUME_BYTES", str(2 * rows * columns * 4))  # two slices of float32 HU
+    with Segmenter.load(serve_bundle, backend="onnxruntime:fp32") as segmenter:
+        node = DicomNode(segmenter, port=free_port(), out=tmp_path / "out", idle=60, work=tmp_path / "work")
+        node.start()
+        try:
+            wait_port(node.port)
+            done = _storescu(node.port, files)
+            stored = sorted(p.name for p in node.work.rglob("*.dcm"))
+        finally:
+            node.stop()
+    assert len(files) == 3 and done.stderr.count("Refused: OutOfResources") == 1, done.stderr
+    assert node.stats.received == 2 and node.stats.refused == 1 and len(stored) == 2
