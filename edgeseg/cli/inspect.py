@@ -45,7 +45,9 @@ def describe_bundle(bundle: str) -> tuple[str, list[str]]:
         fingerprint = ", ".join(f"{k}={v}" for k, v in (entry.fingerprint or {}).items()) or "-"
         skips = dict(entry.excluded)
         for cls in runners_for(entry.format):
-            if cls.name not in skips and skip_reasons(entry, cls.name):
+            if cls.name not in skips and cls.named_only:
+                skips[cls.name] = cls.named_only
+            elif cls.name not in skips and skip_reasons(entry, cls.name):
                 skips[cls.name] = f"on this machine: {skip_reasons(entry, cls.name)}"
         skipped = "; ".join(f"{name} ({why})" for name, why in sorted(skips.items())) or "-"
         rows.append({"artifact": entry.key, "file": entry.file, "bytes": entry.bytes, "sha256": entry.sha256[:12],

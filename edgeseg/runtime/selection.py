@@ -100,10 +100,13 @@ def int8_saturation_risk(entry: ArtifactEntry) -> str | None:
 
 
 def skip_reasons(entry: ArtifactEntry, runner: str) -> str | None:
-    """Why ``auto`` never picks ``runner`` on ``entry`` here: the export gate's verdict, or the
-    INT8 saturation risk of this CPU for a CPU runner; None when it may."""
+    """Why ``auto`` never picks ``runner`` on ``entry`` here: the export gate's verdict, a runner
+    that runs only when named, or the INT8 saturation risk of this CPU for a CPU runner; None
+    when it may."""
     if runner in entry.excluded:
         return entry.excluded[runner]
+    if runner_class(runner).named_only:
+        return runner_class(runner).named_only
     if runner_class(runner).device_kind == "cpu":
         return int8_saturation_risk(entry)
     return None
@@ -157,7 +160,7 @@ def select_runner(bundle: Path, manifest: Manifest, backend: str | list[str] = "
             if match.runner in match.entry.excluded:
                 log.warning("backend %s failed the export gate on %s (%s); auto never picks it",
                             match.label, match.entry.file, match.entry.excluded[match.runner])
-            elif skip_reasons(match.entry, match.runner):
+            elif skip_reasons(match.entry, match.runner) and not runner_class(match.runner).named_only:
                 log.warning("backend %s on %s: %s; auto never picks it here", match.label, match.entry.file,
                             skip_reasons(match.entry, match.runner))
         order.extend(matches)

@@ -186,3 +186,51 @@ def test_processes_probing_at_once_keep_each_others_cache_entries(tmp_path, monk
     cache = json.loads(cache_path().read_text())
     assert sorted(cache) == sorted(f"bundle-{k}" for k in range(100))
     assert all(cache[f"bundle-{k}"]["p50_ms"]["onnxruntime:fp32"] == k for k in range(100))
+
+
+def test_auto_never_runs_a_torchscript_program_and_by_name_it_runs(bundle_copy, tmp_path, monkeypatch):
+    """A bundle from elsewhere whose model.ts writes a file when it runs (the manifest's sha256
+    rewritten to match: whoever writes a bundle writes its manifest). auto's probe loaded and ran
+    every candidate, TorchScript included, so `predict BUNDLE` ran the program; now only a
+    --backend naming torchscript does."""
+    import hashlib
+
+    import torch
+
+    from edgeseg.cli.inspect import describe_bundle
+
+    marker = tmp_path / "written-by-the-bundle"
+    inner = torch.jit.load(str(bundle_copy / "model.ts"))
+
+    class Hostile(torch.nn.Module):
+        def __init__(self, inner, path: str):
+            super().__init__()
+            self.inner, self.path = inner, path
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            written = torch.from_file(self.path, True, 4, dtype=torch.uint8)  # shared: creates the file
+            written.fill_(1)
+            return self.inner(x) + written.sum().float() * 0
+
+    torch.jit.save(torch.jit.script(Hostile(inner, str(marker))), str(bundle_copy / "model.ts"))
+    manifest = json.loads((bundle_copy / "manifest.json").read_text())
+    data = (bundle_copy / "model.ts").read_bytes()
+    for entry in manifest["artifacts"]:
+        if entry["file"] == "model.ts":
+            entry.update(sha256=hashlib.sha256(data).hexdigest(), bytes=len(data))
+    (bundle_copy / "manifest.json").write_text(json.dumps(manifest))
+
+    monkeypatch.setenv("EDGESEG_BACKEND_PROBE", "1")  # the probe runs each candidate it times
+    monkeypatch.setenv("EDGESEG_CACHE_DIR", str(tmp_path / "cache"))
+    hu = synth_phantom("case_000", 0, shape=(2, 64, 64)).hu
+    with Segmenter.load(bundle_copy) as seg:
+        seg.predict_volume(hu)
+        assert seg.runner.name != "torchscript"
+    assert not marker.exists()
+    assert "torchscript" not in {c.runner for c in candidates(read_manifest(bundle_copy), gated_only=True)}
+    row = next(line for line in describe_bundle(str(bundle_copy))[0].splitlines() if line.startswith("torchscript"))
+    assert "torchscript (a TorchScript program can run any torch operation, files included; it runs only when " \
+           "named (--backend torchscript))" in row
+    with Segmenter.load(bundle_copy, backend="torchscript") as seg:  # named, it runs: the user chose it
+        seg.predict_volume(hu)
+    assert marker.exists()

@@ -66,6 +66,8 @@ class Runner(abc.ABC):
     device_kind: ClassVar[str] = "cpu"
     #: precision -> rank in the order ``auto`` tries without a probe (lower first)
     preference: ClassVar[dict[str, int]] = {}
+    #: why ``auto`` never loads this runner on any machine (it runs only when named), or None
+    named_only: ClassVar[str | None] = None
 
     def __init__(self, input_info: TensorInfo, output_info: TensorInfo, max_batch: int, threads: int = 0, *,
                  precision: str = "fp32", artifact: str = "") -> None:

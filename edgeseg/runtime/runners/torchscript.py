@@ -17,6 +17,10 @@ class TorchScriptRunner(ArtifactRunner):
     library = "torch"
     extra = "train"
     preference = {"fp32": 9}
+    # auto's probe loads and runs every candidate: a bundle from elsewhere must not get to run a
+    # program through it (ONNX graphs, OpenVINO and TensorRT engines hold no such operations)
+    named_only = ("a TorchScript program can run any torch operation, files included; it runs only when named "
+                  "(--backend torchscript)")
     # the name parity reports have always used for this run
     run_on = "torch-jit-cpu"
 
