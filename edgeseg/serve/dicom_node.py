@@ -94,7 +94,10 @@ class _Series:
     folder: Path
     last: float
     count: int = 0
-    slices: int = 0  # frames received, for the volume limit
+    slices: int = 0  # frames of the images held, for the volume limit
+    # frames per SOP instance held: a re-sent image replaces its file and must not count twice
+    # (a peer re-sending a whole series would otherwise meet the limit at half its size)
+    frames: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -197,7 +200,8 @@ class DicomNode:
             try:
                 # the reader's limits, checked as images arrive: the whole series would otherwise be
                 # stored first (a peer could fill the disk) and only then be refused when it is read
-                check_volume(((series.slices if series else 0) + frames, rows, columns), f"series {series_uid}")
+                held = (series.slices - series.frames.get(sop_uid, 0)) if series else 0
+                check_volume((held + frames, rows, columns), f"series {series_uid}")
             except DataError as exc:
                 self.stats.refused += 1
                 log.warning("refused an image: %s", exc)
@@ -208,8 +212,9 @@ class DicomNode:
             with atomic_path(series.folder / f"{sop_uid}.dcm", suffix=".dcm") as tmp:
                 ds.save_as(tmp, enforce_file_format=True)
             series.last = time.monotonic()
-            series.count += 1
-            series.slices += frames
+            series.slices += frames - series.frames.get(sop_uid, 0)
+            series.frames[sop_uid] = frames
+            series.count = len(series.frames)
         self.stats.received += 1
         return STATUS_SUCCESS
 
