@@ -286,6 +286,9 @@ def _stack_affine(members: list, row_cosine: np.ndarray, column_cosine: np.ndarr
         field = next((f for f in ("SpacingBetweenSlices", "SliceThickness")
                       if f in first and str(first[f].value or "").strip()), None)
         (thickness,) = dicom_numbers(first, field, first_path, 1) if field else (1.0,)
+        if field is None:  # said, not silently assumed: volumes in mL and 3-D distances use it
+            log.warning("%s is a single slice without SpacingBetweenSlices or SliceThickness; its thickness "
+                        "is taken as 1 mm", first_path)
         if thickness <= 0:
             raise DataError(f"DICOM file {first_path}: field {field} is {thickness:g}, expected positive mm")
         slice_step = normal * thickness

@@ -174,3 +174,25 @@ def test_label_folders_that_do_not_match_the_series_are_refused(chest_dicom, tmp
     write_dicom_seg(label, volume, refs, {0: "background", 1: "ggo", 2: "consolidation"}, data / "case_002" / "seg.dcm")
     with pytest.raises(DataError, match="case_002 in .* has a DICOM SEG and the label map .*case_002.nii.gz; keep one"):
         open_dataset(data)
+
+
+def test_a_single_slice_without_a_thickness_is_read_at_1_mm_with_a_warning(tmp_path, caplog):
+    """One slice names no distance to a neighbour; without SpacingBetweenSlices or SliceThickness
+    its 1 mm was taken silently, though volumes in mL and 3-D distances use it."""
+    import logging
+
+    volume = synth_phantom("case_000", 0, shape=(1, 32, 32))
+    (tmp_path / "one").mkdir()
+    [path] = write_ct_series(volume, tmp_path / "one")
+    with caplog.at_level(logging.WARNING, logger="edgeseg"):
+        assert read_dicom_series(tmp_path / "one").spacing[0] == pytest.approx(volume.spacing[0])
+    assert "taken as 1 mm" not in caplog.text  # the writer records the thickness
+    dataset = pydicom.dcmread(path)
+    for tag in ("SliceThickness", "SpacingBetweenSlices"):
+        if tag in dataset:
+            delattr(dataset, tag)
+    dataset.save_as(path)
+    with caplog.at_level(logging.WARNING, logger="edgeseg"):
+        assert read_dicom_series(tmp_path / "one").spacing[0] == pytest.approx(1.0)
+    assert f"{path} is a single slice without SpacingBetweenSlices or SliceThickness; its thickness is taken " \
+           "as 1 mm" in caplog.text
