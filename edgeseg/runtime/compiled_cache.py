@@ -24,6 +24,7 @@ the same layout, so the C and the Python runtime share OpenVINO entries.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -100,10 +101,8 @@ def _make_private(folder: Path) -> None:
         missing.append(folder)
         folder = folder.parent
     for path in reversed(missing):
-        try:
+        with contextlib.suppress(FileExistsError):  # made meanwhile by another process; checked before use
             os.mkdir(path, 0o700)
-        except FileExistsError:  # made meanwhile by another process; checked before use
-            pass
 
 
 def sweep_leftovers(folder: Path, now: float | None = None) -> None:

@@ -93,7 +93,6 @@ class Peer:
 class _Series:
     folder: Path
     last: float
-    count: int = 0
     slices: int = 0  # frames of the images held, for the volume limit
     # frames per SOP instance held: a re-sent image replaces its file and must not count twice
     # (a peer re-sending a whole series would otherwise meet the limit at half its size)
@@ -214,7 +213,6 @@ class DicomNode:
             series.last = time.monotonic()
             series.slices += frames - series.frames.get(sop_uid, 0)
             series.frames[sop_uid] = frames
-            series.count = len(series.frames)
         self.stats.received += 1
         return STATUS_SUCCESS
 
@@ -250,14 +248,14 @@ class DicomNode:
         for uid, series in due:
             if self._abandon.is_set():  # a second Ctrl-C / SIGTERM during the stop: segment no more
                 self.stats.failed.append(uid)
-                log.error("series %s (%d images) not segmented: the stop was forced", uid, series.count)
+                log.error("series %s (%d images) not segmented: the stop was forced", uid, len(series.frames))
                 shutil.rmtree(series.folder, ignore_errors=True)
                 continue
             try:
                 self.process(uid, series.folder)
             except (EdgesegError, OSError) as exc:  # OSError: --out full, gone, turned into a file, ...
                 self.stats.failed.append(uid)
-                log.error("series %s (%d images) not segmented: %s", uid, series.count, exc)
+                log.error("series %s (%d images) not segmented: %s", uid, len(series.frames), exc)
             except Exception as exc:  # keep serving the next series whatever one series does
                 self.stats.failed.append(uid)
                 log.exception("series %s failed: %s", uid, exc)

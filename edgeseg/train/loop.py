@@ -206,8 +206,6 @@ def _check_finite_weights(model, epoch: int, row: dict[str, Any], out: Path) -> 
     """Stop a run whose weights hold NaN or inf: every later epoch would train on to the end and
     report NaN. Checked before the epoch's checkpoints are written, so last.pt keeps the last
     finite weights. (A single inf loss that the fp16 scaler skips leaves the weights finite.)"""
-    import torch
-
     if all(bool(torch.isfinite(p).all()) for p in model.parameters()):
         return
     kept = f"{out}/last.pt keeps epoch {epoch - 1}" if epoch > 1 else "no checkpoint was written"
