@@ -28,6 +28,8 @@ from edgeseg.errors import DataError, require
 
 SUMMARISED_METRICS = ("dice", "iou", "hd95")
 """The per-class metrics :func:`summarise` aggregates (voxel counts are not aggregated)."""
+# Grid axes whose cosines are below this are orthogonal: distances use the exact distance transform.
+ORTHOGONAL_COSINE = 1e-6
 
 
 def _mask_pair(pred, truth) -> tuple[np.ndarray, np.ndarray]:
@@ -139,16 +141,39 @@ def _surface(mask: np.ndarray, ndimage) -> np.ndarray:
     return mask & ~ndimage.binary_erosion(mask, structure=full_connectivity, border_value=0)
 
 
-def hd95(pred, truth, spacing=None) -> float:
+def _axes(ndim: int, spacing, grid) -> tuple[tuple[float, ...] | None, np.ndarray | None]:
+    """(sampling, None) for an orthogonal grid, (None, axes) for a sheared one."""
+    if grid is None:
+        return _spacing(ndim, spacing), None
+    try:
+        axes = np.asarray(grid, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise DataError(f"grid must be a matrix with one column of mm per array axis, got {grid!r}") from None
+    if axes.ndim != 2 or axes.shape[1] != ndim or axes.shape[0] < ndim or not np.isfinite(axes).all():
+        raise DataError(f"grid must be a finite matrix with {ndim} columns (mm per step of each array axis), "
+                        f"got shape {list(axes.shape)}")
+    lengths = np.linalg.norm(axes, axis=0)
+    if not np.all(lengths > 0) or np.linalg.matrix_rank(axes) < ndim:
+        raise DataError(f"grid axes must be independent and non-zero, got {np.round(axes, 6).tolist()}")
+    unit = axes / lengths
+    if np.abs(unit.T @ unit - np.eye(ndim)).max() <= ORTHOGONAL_COSINE:
+        return tuple(float(v) for v in lengths), None
+    return None, axes
+
+
+def hd95(pred, truth, spacing=None, grid=None) -> float:
     """95th-percentile symmetric Hausdorff distance between two masks, in mm.
 
     ``spacing`` gives the voxel size along each array axis (default 1 for every axis); masks
-    may be 2-D or 3-D (any dimensionality works). The value is the larger of the two directed
-    95th percentiles of surface-to-surface distances, as in MONAI. Both masks empty -> 0.0;
-    exactly one empty -> nan.
+    may be 2-D or 3-D (any dimensionality works). ``grid``, instead of ``spacing``, is a matrix
+    whose column k is the step in mm of array axis k (a Volume's ``axes_mm``): a sheared grid
+    (a gantry-tilted CT) then has its distances measured between the voxel centres where they
+    lie, not as if its slices were stacked squarely. The value is the larger of the two
+    directed 95th percentiles of surface-to-surface distances, as in MONAI. Both masks empty
+    -> 0.0; exactly one empty -> nan.
     """
     p, t = _mask_pair(pred, truth)
-    sampling = _spacing(p.ndim, spacing)
+    sampling, axes = _axes(p.ndim, spacing, grid)
     has_pred, has_truth = bool(p.any()), bool(t.any())
     if not has_pred and not has_truth:
         return 0.0
@@ -157,27 +182,35 @@ def hd95(pred, truth, spacing=None) -> float:
     ndimage = require("scipy.ndimage", "train", "HD95")
     p, t = _crop_to_union(p, t)
     surface_p, surface_t = _surface(p, ndimage), _surface(t, ndimage)
-    # distance_transform_edt measures to the nearest zero, so invert the other mask's surface.
-    pred_to_truth = ndimage.distance_transform_edt(~surface_t, sampling=sampling)[surface_p]
-    truth_to_pred = ndimage.distance_transform_edt(~surface_p, sampling=sampling)[surface_t]
+    if axes is not None:
+        spatial = require("scipy.spatial", "train", "HD95")
+        points_p, points_t = np.argwhere(surface_p) @ axes.T, np.argwhere(surface_t) @ axes.T
+        pred_to_truth = spatial.cKDTree(points_t).query(points_p)[0]
+        truth_to_pred = spatial.cKDTree(points_p).query(points_t)[0]
+    else:
+        # distance_transform_edt measures to the nearest zero, so invert the other mask's surface.
+        pred_to_truth = ndimage.distance_transform_edt(~surface_t, sampling=sampling)[surface_p]
+        truth_to_pred = ndimage.distance_transform_edt(~surface_p, sampling=sampling)[surface_t]
     return float(max(np.percentile(pred_to_truth, 95), np.percentile(truth_to_pred, 95)))
 
 
-def _mean_slice_hd95(p: np.ndarray, t: np.ndarray, spacing) -> float:
+def _mean_slice_hd95(p: np.ndarray, t: np.ndarray, spacing, grid=None) -> float:
     # Slices where the class is absent from both masks say nothing about boundary quality and
     # would pull the mean towards 0, so only slices where either mask has the class count.
     if spacing is not None and len(spacing) == 3:
         spacing = tuple(spacing)[1:]
+    if grid is not None:
+        grid = np.asarray(grid, dtype=np.float64)[:, -2:]
     occupied = np.flatnonzero(p.any(axis=(1, 2)) | t.any(axis=(1, 2)))
     if occupied.size == 0:
         return 0.0
-    values = [hd95(p[k], t[k], spacing) for k in occupied]
+    values = [hd95(p[k], t[k], spacing, grid) for k in occupied]
     finite = [v for v in values if math.isfinite(v)]
     return float(np.mean(finite)) if finite else math.nan
 
 
 def class_metrics(
-    pred_labels, true_labels, num_classes: int, spacing=None, per_slice_hd: bool = False
+    pred_labels, true_labels, num_classes: int, spacing=None, per_slice_hd: bool = False, grid=None
 ) -> dict[int, dict[str, float]]:
     """Dice, IoU, HD95 and voxel counts for each foreground class 1..num_classes-1 of one case.
 
@@ -186,7 +219,9 @@ def class_metrics(
     whole array with ``spacing`` (mm per axis), unless ``per_slice_hd`` is set: then the input
     must be a (N, H, W) stack, HD95 is computed on each slice (with the last two entries of
     ``spacing``, if given) where either mask has the class, and the finite values are averaged;
-    use this for stacks of unrelated 2-D slices, which are not contiguous volumes. Returns
+    use this for stacks of unrelated 2-D slices, which are not contiguous volumes. ``grid``
+    (a Volume's ``axes_mm``) replaces ``spacing`` where the grid may be sheared (see
+    :func:`hd95`). Returns
     ``{class: {"dice", "iou", "hd95", "pred_voxels", "truth_voxels"}}``.
     """
     pred_labels = np.asarray(pred_labels)
@@ -212,7 +247,7 @@ def class_metrics(
     for cls in range(1, int(num_classes)):
         p = pred_labels == cls
         t = true_labels == cls
-        distance = _mean_slice_hd95(p, t, spacing) if per_slice_hd else hd95(p, t, spacing)
+        distance = _mean_slice_hd95(p, t, spacing, grid) if per_slice_hd else hd95(p, t, spacing, grid)
         results[cls] = {
             "dice": dice(p, t),
             "iou": iou(p, t),

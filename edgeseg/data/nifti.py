@@ -21,6 +21,7 @@ from edgeseg.limits import check_dims, check_file_holds, check_volume
 nib = require("nibabel", "io", "reading NIfTI volumes")
 nio = require("nibabel.orientations", "io", "reading NIfTI volumes")
 
+from edgeseg.data.grid import check_same_grid, spacing_from_affine  # noqa: F401  (spacing_from_affine is public here)
 from edgeseg.data.volume import Volume
 
 log = logging.getLogger(__name__)
@@ -71,13 +72,6 @@ def to_lps_layout(data_xyz: np.ndarray, affine_ras: np.ndarray, source: object =
     reoriented = nio.apply_orientation(data_xyz, transform)
     affine = affine_ras @ nio.inv_ornt_aff(transform, data_xyz.shape)
     return np.ascontiguousarray(reoriented.transpose(2, 1, 0)), affine
-
-
-def spacing_from_affine(affine: np.ndarray) -> tuple[float, float, float]:
-    """Voxel size (z, y, x) in mm: the lengths of the affine's index columns."""
-    # Rounded to 1e-6 mm so float noise from DICOM positions does not show in reports.
-    sx, sy, sz = (round(float(v), 6) for v in np.linalg.norm(affine[:3, :3], axis=0))
-    return (sz, sy, sx)
 
 
 # Where the voxels may start: the 348- or 540-byte header and its extensions (CIFTI's XML, DICOM

@@ -19,7 +19,10 @@ class Volume:
 
     Args:
         hu: (Z, Y, X) float32 Hounsfield units.
-        spacing: (z, y, x) voxel size in mm; slice folders without geometry use 1.0.
+        spacing: (z, y, x) voxel size in mm; slice folders without geometry use 1.0. z is the
+            distance between slice planes, which for a gantry-tilted series is shorter than the
+            slanted step between slice positions (see :func:`~edgeseg.data.grid.spacing_from_affine`);
+            the product is the voxel's volume.
         affine: 4x4 matrix mapping a voxel index (x, y, z, 1) of ``hu`` to RAS+ millimetres
             (the NIfTI convention), so writers can place outputs in the source's world.
         case_id: patient / volume identifier; splits are made on it, never on slices.
@@ -62,6 +65,15 @@ class Volume:
     @property
     def num_slices(self) -> int:
         return int(self.hu.shape[0])
+
+    @property
+    def axes_mm(self) -> np.ndarray:
+        """3x3 matrix whose column k is the step in mm of array axis k of ``hu[z, y, x]``.
+
+        Unlike ``spacing`` it keeps a sheared grid's shear (a gantry-tilted CT, whose slices are
+        offset in-plane as well as stacked), so 3-D distances can be measured where the voxels lie.
+        """
+        return np.asarray(self.affine, dtype=np.float64)[:3, :3][:, ::-1].copy()
 
 
 def default_affine(spacing: tuple[float, float, float]) -> np.ndarray:

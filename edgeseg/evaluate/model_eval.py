@@ -112,7 +112,8 @@ def evaluate_checkpoint(
         check_window(vol, spec)
         truth = map_labels(vol.label, label_values)
         pred = segmenter.predict_volume(vol, batch_size=EVAL_BATCH)
-        metrics = class_metrics(pred, truth, len(class_names), spacing=vol.spacing, per_slice_hd=not vol.contiguous)
+        # axes_mm rather than spacing: a gantry-tilted series' distances depend on its shear
+        metrics = class_metrics(pred, truth, len(class_names), per_slice_hd=not vol.contiguous, grid=vol.axes_mm)
         fp_slices = false_positive_slices(pred, truth, len(class_names))
         case = {"case_id": vol.case_id, "slices": vol.num_slices,
                 "metrics": {class_names[c]: m for c, m in metrics.items()},

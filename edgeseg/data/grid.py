@@ -1,0 +1,90 @@
+"""Voxel-grid geometry of an affine: voxel sizes (sheared grids included) and grid agreement.
+
+A CT series acquired with a gantry tilt has slice planes that are tilted while the table, and so
+ImagePositionPatient, steps straight along the patient: its affine is sheared, and the length of
+the slice-index column is the slanted table step, not the distance between the slice planes.
+Voxel sizes here are chosen so that their product is the voxel's true volume and the in-plane
+sizes are the pixel sizes, whatever the shear.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+
+from edgeseg.errors import DataError
+
+# Two grids agree when no voxel centre of one lies further than this fraction of the smallest
+# voxel size from the same voxel of the other. ITK relates its check to the voxel size too
+# (origin and spacing within 1e-6 x spacing, ImageToImageFilter's default coordinate
+# tolerance), but ITK compares float64 geometry; NIfTI stores its sform in float32, whose
+# rounding of a coordinate 500 mm from the isocentre is ~3e-5 mm, so 1e-6 of a 0.7 mm voxel would
+# refuse a label written from the very same image. A thousandth of a voxel is 20-fold above that
+# rounding and far below anything that could move a label.
+GRID_TOLERANCE_VOXELS = 1e-3
+
+
+def spacing_from_affine(affine: np.ndarray) -> tuple[float, float, float]:
+    """Voxel size (z, y, x) in mm of an affine mapping an (x, y, z) index to mm.
+
+    For an orthogonal grid these are the lengths of the affine's index columns. For a sheared
+    one (gantry tilt) the two most nearly orthogonal axes span the slice plane and keep their
+    lengths, the pixel sizes; the third axis gets the distance between those planes,
+    ``|det| / |a_i x a_j|``, which is what volumes (mL) and distances across slices need: the
+    column's own length is the slanted step, longer by 1 / cos(tilt).
+    """
+    axes = np.asarray(affine, dtype=np.float64)[:3, :3]
+    lengths = np.linalg.norm(axes, axis=0)
+    if not np.all(lengths > 0):
+        raise DataError(f"affine has a zero-length axis: {np.round(axes, 6).tolist()}")
+    unit = axes / lengths
+    pairs = sorted(itertools.combinations(range(3), 2), key=lambda ij: abs(float(unit[:, ij[0]] @ unit[:, ij[1]])))
+    i, j = pairs[0]
+    k = 3 - i - j
+    sizes = lengths.copy()
+    sizes[k] = abs(float(np.linalg.det(axes))) / float(np.linalg.norm(np.cross(axes[:, i], axes[:, j])))
+    # Rounded to 1e-6 mm so float noise from DICOM positions does not show in reports.
+    sx, sy, sz = (round(float(v), 6) for v in sizes)
+    return (sz, sy, sx)
+
+
+def is_sheared(affine: np.ndarray, tolerance: float = 1e-6) -> bool:
+    """True when the affine's index axes are not mutually orthogonal (cosine above ``tolerance``)."""
+    axes = np.asarray(affine, dtype=np.float64)[:3, :3]
+    unit = axes / np.linalg.norm(axes, axis=0)
+    cosines = unit.T @ unit - np.eye(3)
+    return bool(np.abs(cosines).max() > tolerance)
+
+
+def grid_displacement_mm(affine: np.ndarray, reference: np.ndarray, shape_xyz) -> float:
+    """The largest distance in mm between a voxel centre placed by ``affine`` and the same voxel
+    placed by ``reference``, over a grid of ``shape_xyz`` voxels.
+
+    The difference of two affines maps an index linearly, so its largest length over the grid is
+    at one of the grid's corners.
+    """
+    difference = np.asarray(affine, dtype=np.float64)[:3] - np.asarray(reference, dtype=np.float64)[:3]
+    ends = [(0, max(int(n) - 1, 0)) for n in tuple(shape_xyz)[:3]]
+    corners = np.array([[*corner, 1.0] for corner in itertools.product(*ends)])
+    return float(np.linalg.norm(corners @ difference.T, axis=1).max())
+
+
+def check_same_grid(affine: np.ndarray, reference: np.ndarray, shape_xyz, what: str, reference_what: str) -> None:
+    """Refuse ``affine`` unless every voxel centre lies within :data:`GRID_TOLERANCE_VOXELS` of the
+    smallest voxel size of ``reference`` from the same voxel of ``reference``.
+
+    The error is one line naming both grids, the largest displacement and the two affines'
+    difference (rows of the 3x4 matrix ``affine - reference``, mm per voxel step and mm of origin).
+    """
+    voxel = min(spacing_from_affine(reference))
+    displacement = grid_displacement_mm(affine, reference, shape_xyz)
+    if displacement <= GRID_TOLERANCE_VOXELS * voxel:
+        return
+    difference = np.round(np.asarray(affine, dtype=np.float64)[:3] - np.asarray(reference, dtype=np.float64)[:3], 4)
+    raise DataError(
+        f"{what} does not lie on the grid of {reference_what}: its voxels lie up to {displacement:.3g} mm "
+        f"({displacement / voxel:.3g} voxel) from the image's, over the tolerance of {GRID_TOLERANCE_VOXELS:g} voxel; "
+        f"affine difference (label - image, rows x y z: index steps and origin in mm) "
+        f"{(difference + 0.0).tolist()}"
+    )

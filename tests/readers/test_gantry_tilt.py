@@ -1,0 +1,116 @@
+"""A CT series acquired with a gantry tilt: slice planes tilted, ImagePositionPatient stepping
+along the table. Checked against numpy geometry computed from the DICOM fields themselves."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.dataset import FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+from edgeseg.data import read_dicom_series
+from edgeseg.metrics import class_metrics, hd95
+
+CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
+TABLE_STEP_MM = 1.25
+PIXEL_MM = 0.8
+
+
+def write_tilted_series(folder, tilt_degrees: float, slices: int = 10, size: int = 24) -> dict:
+    """A CT series tilted about the patient's left-right axis; returns the fields written."""
+    folder.mkdir()
+    tilt = np.radians(tilt_degrees)
+    row, column = np.array([1.0, 0.0, 0.0]), np.array([0.0, np.cos(tilt), np.sin(tilt)])
+    positions = [np.array([-9.5, -7.0, 3.0 + k * TABLE_STEP_MM]) for k in range(slices)]
+    series, study, frame = generate_uid(), generate_uid(), generate_uid()
+    pixels = []
+    for k, position in enumerate(positions):
+        ds = pydicom.Dataset()
+        ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = CT_IMAGE_STORAGE, generate_uid(), "CT"
+        ds.SeriesInstanceUID, ds.StudyInstanceUID, ds.FrameOfReferenceUID = series, study, frame
+        ds.ImagePositionPatient = [f"{v:.10g}" for v in position]
+        ds.ImageOrientationPatient = [f"{v:.10g}" for v in (*row, *column)]
+        ds.PixelSpacing = [PIXEL_MM, PIXEL_MM]
+        ds.Rows = ds.Columns = size
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+        ds.RescaleSlope, ds.RescaleIntercept = 1, -1024
+        stored = (np.arange(size * size).reshape(size, size) % 97 + 100 * k).astype("<i2")
+        ds.PixelData = stored.tobytes()
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = CT_IMAGE_STORAGE, ds.SOPInstanceUID
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds.file_meta = meta
+        # file names against the slice order: the reader must sort by position
+        ds.save_as(folder / f"IM{slices - k:03d}.dcm", enforce_file_format=True)
+        pixels.append(stored.astype(np.float32) - 1024)
+    return {"row": row, "column": column, "positions": np.array(positions), "hu": np.stack(pixels)}
+
+
+def world_lps(fields: dict, index_zyx: np.ndarray) -> np.ndarray:
+    """Patient coordinates (LPS mm) of voxel centres, straight from the DICOM definition:
+    ImagePositionPatient of the slice + column index x PixelSpacing along the row cosine + row
+    index x PixelSpacing along the column cosine."""
+    z, y, x = (index_zyx[:, axis] for axis in range(3))
+    return (fields["positions"][z] + (x * PIXEL_MM)[:, None] * fields["row"]
+            + (y * PIXEL_MM)[:, None] * fields["column"])
+
+
+@pytest.mark.parametrize("tilt", [15.0, 30.0])
+def test_slice_spacing_is_the_distance_between_the_tilted_planes(tmp_path, tilt):
+    fields = write_tilted_series(tmp_path / "ct", tilt)
+    volume = read_dicom_series(tmp_path / "ct")
+    normal = np.cross(fields["row"], fields["column"])
+    plane_distance = float((fields["positions"][1] - fields["positions"][0]) @ normal)
+    assert plane_distance < TABLE_STEP_MM * 0.97  # the slanted step is longer: the case is a real tilt
+    np.testing.assert_array_equal(volume.hu, fields["hu"])  # slice k of the volume is the k-th position
+    assert volume.spacing == pytest.approx((plane_distance, PIXEL_MM, PIXEL_MM), abs=1e-6)
+    edges = np.stack([fields["row"] * PIXEL_MM, fields["column"] * PIXEL_MM, fields["positions"][1] - fields["positions"][0]])
+    assert np.prod(volume.spacing) == pytest.approx(abs(np.linalg.det(edges)), rel=1e-6)
+    # the affine (written into NIfTI output) still places every voxel exactly, shear included
+    corners = np.array(list(itertools.product((0, 9), (0, 23), (0, 23))))
+    placed = (volume.affine @ np.c_[corners[:, ::-1], np.ones(len(corners))].T).T[:, :3] * [-1, -1, 1]
+    np.testing.assert_allclose(placed, world_lps(fields, corners), atol=1e-6)
+
+
+def surface(mask: np.ndarray) -> np.ndarray:
+    padded = np.pad(mask, 1)
+    interior = padded.copy()
+    for offset in itertools.product((-1, 0, 1), repeat=3):
+        interior &= np.roll(padded, offset, axis=(0, 1, 2))
+    return mask & ~interior[1:-1, 1:-1, 1:-1]
+
+
+def hd95_in_patient_space(fields: dict, a: np.ndarray, b: np.ndarray) -> float:
+    points_a, points_b = world_lps(fields, np.argwhere(surface(a))), world_lps(fields, np.argwhere(surface(b)))
+    distances = np.sqrt(((points_a[:, None] - points_b[None]) ** 2).sum(axis=-1))
+    return float(max(np.percentile(distances.min(axis=1), 95), np.percentile(distances.min(axis=0), 95)))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_hd95_of_a_tilted_series_is_measured_where_the_voxels_lie(tmp_path, seed):
+    fields = write_tilted_series(tmp_path / "ct", 25.0)
+    volume = read_dicom_series(tmp_path / "ct")
+    rng = np.random.default_rng(seed)
+    truth = np.zeros(volume.hu.shape, dtype=np.uint8)
+    pred = np.zeros_like(truth)
+    truth[2:8, 5:15, 6:16] = 1
+    pred[3:9, 7:19, 4:14] = 1
+    pred[rng.random(pred.shape) < 0.02] = 1
+    oracle = hd95_in_patient_space(fields, pred == 1, truth == 1)
+    stacked_squarely = hd95(pred, truth, spacing=volume.spacing)
+    assert abs(stacked_squarely - oracle) > 0.05  # the shear matters for these masks
+    assert hd95(pred, truth, grid=volume.axes_mm) == pytest.approx(oracle, rel=1e-9)
+    metrics = class_metrics(pred, truth, 2, grid=volume.axes_mm)
+    assert metrics[1]["hd95"] == pytest.approx(oracle, rel=1e-9)
+
+
+def test_hd95_on_an_orthogonal_grid_matrix_equals_the_spacing_result():
+    rng = np.random.default_rng(3)
+    a, b = rng.random((6, 9, 7)) < 0.3, rng.random((6, 9, 7)) < 0.3
+    rotation = np.linalg.qr(rng.normal(size=(3, 3)))[0]
+    spacing = (2.5, 0.7, 0.9)
+    assert hd95(a, b, grid=rotation * spacing) == pytest.approx(hd95(a, b, spacing=spacing), rel=1e-12)
