@@ -75,7 +75,7 @@ def check_same_grid(affine: np.ndarray, reference: np.ndarray, shape_xyz, what: 
     smallest voxel size of ``reference`` from the same voxel of ``reference``.
 
     The error is one line naming both grids, the largest displacement and the two affines'
-    difference (rows of the 3x4 matrix ``affine - reference``, mm per voxel step and mm of origin).
+    difference (the 3x4 matrix ``affine - reference``: mm per index step and mm of origin).
     """
     voxel = min(spacing_from_affine(reference))
     displacement = grid_displacement_mm(affine, reference, shape_xyz)
@@ -83,8 +83,7 @@ def check_same_grid(affine: np.ndarray, reference: np.ndarray, shape_xyz, what: 
         return
     difference = np.round(np.asarray(affine, dtype=np.float64)[:3] - np.asarray(reference, dtype=np.float64)[:3], 4)
     raise DataError(
-        f"{what} does not lie on the grid of {reference_what}: its voxels lie up to {displacement:.3g} mm "
-        f"({displacement / voxel:.3g} voxel) from the image's, over the tolerance of {GRID_TOLERANCE_VOXELS:g} voxel; "
-        f"affine difference (label - image, rows x y z: index steps and origin in mm) "
-        f"{(difference + 0.0).tolist()}"
+        f"{what} does not lie on the grid of {reference_what}: voxel centres up to {displacement:.3g} mm "
+        f"({displacement / voxel:.3g} voxel) apart, tolerance {GRID_TOLERANCE_VOXELS:g} voxel; affine "
+        f"difference label - image (RAS mm; columns: x, y, z index steps and origin) {(difference + 0.0).tolist()}"
     )

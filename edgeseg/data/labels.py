@@ -15,15 +15,13 @@ import numpy as np
 
 from edgeseg.data.dicom import DicomSeriesInfo, looks_like_dicom
 from edgeseg.data.dicom_seg import is_seg_file, read_seg_label_map
+from edgeseg.data.grid import check_same_grid
 from edgeseg.data.nifti import _label_to_uint8, _load, is_nifti_path, to_lps_layout
 from edgeseg.data.volume import Volume
 from edgeseg.errors import DataError, require
 from edgeseg.limits import check_dims, check_volume
 
 NRRD_SUFFIXES = (".nrrd", ".nhdr")
-# A label grid whose affine differs from the image's by more than this (mm, any entry) is
-# another grid. Headers written by different tools agree to ~1e-5 mm (float32 or decimal text).
-GRID_TOLERANCE_MM = 1e-3
 # NRRD world spaces edgeseg places (long names and the abbreviations the NRRD format allows),
 # as the sign flip that takes a point in that space to RAS.
 _NRRD_SPACE_TO_RAS = {
@@ -42,8 +40,8 @@ def read_label_file(
     ``path`` is a NIfTI file (``.nii`` / ``.nii.gz``), an NRRD file (``.nrrd`` / ``.nhdr``,
     needs pynrrd) or a DICOM SEG (needs highdicom, and ``refs``: the DicomSeriesInfo of the CT
     series ``volume`` was read from, so frames land on the slices they were drawn on). NIfTI
-    and NRRD grids must match ``volume``'s shape and affine to :data:`GRID_TOLERANCE_MM`
-    after reorientation; label values must fit uint8 and are kept as they are (a SEG gives
+    and NRRD grids must match ``volume``'s shape and lie on its grid after reorientation
+    (:func:`~edgeseg.data.grid.check_same_grid`); label values must fit uint8 and are kept as they are (a SEG gives
     its segment numbers).
     """
     path = Path(path)
@@ -71,10 +69,7 @@ def _align(data_xyz: np.ndarray, affine_ras: np.ndarray, volume: Volume, path: P
     if label.shape != volume.hu.shape:
         raise DataError(f"label {path} has shape {label.shape} (z, y, x) but {volume.case_id} "
                         f"has shape {volume.hu.shape}")
-    offset = float(np.abs(affine - volume.affine).max())
-    if offset > GRID_TOLERANCE_MM:
-        raise DataError(f"label {path} does not lie on the grid of {volume.case_id} "
-                        f"(affines differ by up to {offset:.3g} mm, tolerance {GRID_TOLERANCE_MM:g})")
+    check_same_grid(affine, volume.affine, volume.hu.shape[::-1], f"label {path}", volume.case_id)
     return label
 
 

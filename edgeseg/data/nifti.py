@@ -21,7 +21,7 @@ from edgeseg.limits import check_dims, check_file_holds, check_volume
 nib = require("nibabel", "io", "reading NIfTI volumes")
 nio = require("nibabel.orientations", "io", "reading NIfTI volumes")
 
-from edgeseg.data.grid import check_same_grid, spacing_from_affine  # noqa: F401  (spacing_from_affine is public here)
+from edgeseg.data.grid import check_same_grid, spacing_from_affine
 from edgeseg.data.volume import Volume
 
 log = logging.getLogger(__name__)
@@ -31,8 +31,6 @@ NIFTI_SUFFIXES = (".nii", ".nii.gz")
 DATASET_LAYOUTS = (("imagesTr", "labelsTr"), ("images", "labels"))
 # nnU-Net names images case_0000.nii.gz (channel 0) and labels case.nii.gz.
 NNUNET_CHANNEL_SUFFIX = "_0000"
-# Image and label grids further apart than this (mm, any affine entry) are different geometries.
-AFFINE_TOLERANCE_MM = 1.0
 # Everything nibabel, gzip and zlib raise for a truncated or corrupt file.
 _READ_ERRORS = (OSError, EOFError, zlib.error, ValueError, nib.filebasedimages.ImageFileError,
                 nib.spatialimages.HeaderDataError)
@@ -179,7 +177,8 @@ def read_nifti(
     """Read a NIfTI CT volume (and optionally its label map) into an LPS-layout Volume.
 
     HU come from the stored values with the header's scaling applied. The label file must
-    have the image's shape and geometry and values that fit uint8. ``case_id`` defaults to
+    have the image's shape, lie on its grid (:func:`~edgeseg.data.grid.check_same_grid`) and
+    hold values that fit uint8. ``case_id`` defaults to
     the image file name without its suffix.
     """
     image_path = Path(image_path)
@@ -197,12 +196,7 @@ def read_nifti(
             )
         label, label_lps_affine = to_lps_layout(_label_to_uint8(label_data, label_path), label_affine,
                                                    label_path)
-        offset = float(np.abs(label_lps_affine - lps_affine).max())
-        if offset > AFFINE_TOLERANCE_MM:
-            raise DataError(
-                f"label {label_path} does not lie on the grid of image {image_path} "
-                f"(affines differ by up to {offset:.3g} mm)"
-            )
+        check_same_grid(label_lps_affine, lps_affine, hu.shape[::-1], f"label {label_path}", f"image {image_path}")
     return Volume(
         hu=hu,
         spacing=spacing_from_affine(lps_affine),

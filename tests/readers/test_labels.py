@@ -78,7 +78,7 @@ def test_nrrd_off_the_grid_is_refused(tmp_path, ct, dcmqi):
     mask, header = nrrd.read(str(dcmqi / "liver_seg.nrrd"))
     header["space origin"] = np.asarray(header["space origin"]) + [0.0, 0.0, 5.0]
     nrrd.write(str(tmp_path / "shifted.nrrd"), mask, header)
-    with pytest.raises(DataError, match=r"shifted\.nrrd does not lie on the grid of ct-3slice .*up to 5 mm"):
+    with pytest.raises(DataError, match=r"shifted\.nrrd does not lie on the grid of ct-3slice: .*up to 5 mm"):
         read_label_file(tmp_path / "shifted.nrrd", ct[0])
 
 
