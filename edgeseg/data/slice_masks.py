@@ -1,8 +1,12 @@
 """Masks of slice folders: binary 0/255 images or label maps (grey 0..N or a greyscale palette).
 
 Which kind a folder holds is decided once for the whole folder from the values its masks use,
-so one empty mask cannot flip the reading of its neighbours: any value above 127 means binary
-masks (0/255, possibly with JPEG noise, thresholded), otherwise the values are class numbers.
+so one empty mask cannot flip the reading of its neighbours: values all within 0..127 are class
+numbers (a label map); one non-zero value above that is a binary mask (0/255, 0/65535); JPEG
+masks with values above 127 are binary masks whose compression spread the two levels, and are
+thresholded. Several non-zero values above 127 in lossless masks (150 and 300 in 16-bit PNGs,
+0/128/255 grey levels, soft edges) could be classes or one foreground, so they are refused
+rather than merged: ``mask="binary"`` or ``"labels"`` says which.
 A palette PNG is read through its palette, and only when every index it uses is a grey entry:
 a colour palette has no class order that edgeseg could read without guessing.
 """
@@ -20,6 +24,8 @@ MASK_KINDS = ("auto", "binary", "labels")
 # Binary masks store foreground as 255 (JPEG noise spreads it to ~200..255); label maps store
 # small class numbers. A folder whose masks never exceed this is read as a label map.
 LABEL_MAP_MAX = 127
+# Mask files whose compression spreads a 0/255 mask over many grey values.
+LOSSY_SUFFIXES = (".jpg", ".jpeg")
 
 
 def palette_to_grey(indices: np.ndarray, palette: list[int] | None, path: Path) -> np.ndarray:
@@ -42,10 +48,29 @@ def palette_to_grey(indices: np.ndarray, palette: list[int] | None, path: Path) 
     return rgb[:, 0][indices]
 
 
-def detect_mask_kind(values: Iterable[int]) -> str:
-    """``"binary"`` when any mask value is above :data:`LABEL_MAP_MAX`, else ``"labels"``."""
-    values = list(values)
-    return "binary" if values and max(values) > LABEL_MAP_MAX else "labels"
+def detect_mask_kind(values: Iterable[int], lossy: bool = False) -> str:
+    """``"labels"``, ``"binary"`` or ``"ambiguous"`` for the mask values of a folder.
+
+    Values within 0..:data:`LABEL_MAP_MAX` are a label map; otherwise one non-zero value, or
+    ``lossy`` (JPEG) masks, are binary; anything else is ambiguous (see the module docstring).
+    """
+    values = sorted(set(values))
+    if not values or values[-1] <= LABEL_MAP_MAX:
+        return "labels"
+    if lossy or len([v for v in values if v != 0]) == 1:
+        return "binary"
+    return "ambiguous"
+
+
+def _ambiguous(present: dict[int, str], paths: dict[str, Path]) -> DataError:
+    foreground = sorted(v for v in present if v != 0)
+    shown = ", ".join(map(str, foreground[:6])) + (f", ... ({len(foreground)} values)" if len(foreground) > 6 else "")
+    high = foreground[-1]
+    labels_hint = ("--mask labels with --labels mapping each value to a class" if high <= 255
+                   else f"re-save them as label values 0..255 ({high} does not fit a label map) and pass --mask labels")
+    return DataError(f"masks hold the non-zero values {shown} ({high} in {paths[present[high]]}): not one binary "
+                     f"foreground value, and above {LABEL_MAP_MAX} for a label map; pass --mask binary to threshold "
+                     f"them into one foreground (merging them), or {labels_hint}")
 
 
 def decode_masks(
@@ -57,7 +82,8 @@ def decode_masks(
 ) -> tuple[dict[str, np.ndarray], str]:
     """Turn raw mask pixels into uint8 label maps; returns them and the kind used.
 
-    ``kind`` is ``"auto"`` (see :func:`detect_mask_kind`), ``"binary"`` (channel value above
+    ``kind`` is ``"auto"`` (see :func:`detect_mask_kind`; ambiguous values are refused, naming
+    them and a file), ``"binary"`` (channel value above
     ``threshold`` is label 1) or ``"labels"`` (values are kept; they must fit 0..255).
     ``allowed``: the label values a caller maps to classes; a foreground value outside it is
     refused with the value and the first file that holds it, rather than silently dropped.
@@ -69,7 +95,10 @@ def decode_masks(
         for value in np.unique(raw[stem]).tolist():
             present.setdefault(int(value), stem)
     if kind == "auto":
-        kind = detect_mask_kind(present)
+        lossy = any(path.suffix.lower() in LOSSY_SUFFIXES for path in paths.values())
+        kind = detect_mask_kind(present, lossy)
+        if kind == "ambiguous":
+            raise _ambiguous(present, paths)
     if kind == "binary":
         decoded = {stem: (pixels > threshold).astype(np.uint8) for stem, pixels in raw.items()}
         first = next((stem for stem in sorted(decoded) if decoded[stem].any()), None)

@@ -3,6 +3,10 @@ and the bad inputs each refused in one line. All data is drawn here (synthetic).
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -85,8 +89,42 @@ def test_forcing_binary_on_a_label_map_thresholds_it(tmp_path, labels):
 def test_detection_rule_on_values():
     assert detect_mask_kind([0, 1, 2]) == "labels"
     assert detect_mask_kind([0, LABEL_MAP_MAX]) == "labels"
-    assert detect_mask_kind([0, 3, 200, 255]) == "binary"
+    assert detect_mask_kind([0, 3, 200, 255], lossy=True) == "binary"  # JPEG noise around 0 and 255
+    assert detect_mask_kind([0, 255]) == detect_mask_kind([0, 65535]) == "binary"
+    assert detect_mask_kind([0, 3, 200, 255]) == "ambiguous"  # lossless: these values are meant
+    assert detect_mask_kind([0, 150, 300]) == detect_mask_kind([0, 128, 255]) == "ambiguous"
     assert detect_mask_kind([0]) == "labels"
+
+
+def _grey16(label: np.ndarray, levels=(0, 150, 300)) -> Image.Image:
+    return Image.fromarray(np.asarray(levels, dtype=np.uint16)[label])
+
+
+@pytest.mark.parametrize("encode, values", [
+    (_grey16, "150, 300"),
+    (lambda label: Image.fromarray(np.asarray([0, 128, 255], np.uint8)[label]), "128, 255"),
+])
+def test_two_grey_levels_above_the_label_range_are_refused_not_merged(tmp_path, labels, encode, values,
+                                                                     assert_one_line_error):
+    _write_folder(tmp_path, labels, encode)
+    with pytest.raises(DataError, match=f"non-zero values {values} .*--mask binary.*--mask labels"):
+        read_slice_folder(tmp_path, case_pattern="file")
+    proc = subprocess.run([sys.executable, "-m", "edgeseg.cli", "data", "info", str(tmp_path), "--case-pattern", "file",
+                           "--quiet"], capture_output=True, text=True, timeout=300)
+    assert_one_line_error(proc, f"masks hold the non-zero values {values}")
+
+
+def test_a_16_bit_mask_with_one_foreground_value_is_binary_and_forcing_binary_merges(tmp_path, labels):
+    _write_folder(tmp_path, labels, lambda label: _grey16(label, (0, 300, 300)))
+    volumes, kind = read_slice_folder_with_kind(tmp_path, case_pattern="file")
+    assert kind == "binary"
+    assert all(np.array_equal(v.label[0], (labels[v.case_id] > 0).astype(np.uint8)) for v in volumes)
+    shutil.rmtree(tmp_path / "masks")
+    (tmp_path / "masks").mkdir()
+    for stem, label in labels.items():
+        _grey16(label).save(tmp_path / "masks" / f"{stem}.png")
+    merged = read_slice_folder(tmp_path, case_pattern="file", mask="binary")
+    assert all(np.array_equal(v.label[0], (labels[v.case_id] > 0).astype(np.uint8)) for v in merged)
 
 
 def test_a_value_not_in_the_labels_is_named_with_its_file(tmp_path, labels):
