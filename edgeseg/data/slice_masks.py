@@ -48,6 +48,29 @@ def palette_to_grey(indices: np.ndarray, palette: list[int] | None, path: Path) 
     return rgb[:, 0][indices]
 
 
+def mask_channel(pixels: np.ndarray, path: Path) -> np.ndarray:
+    """The channel of an RGBA / LA mask (H, W, C) that holds the mask, as (H, W, C') for the grey check.
+
+    An alpha channel that is constant carries nothing and is dropped. One that varies while the
+    colour is the same everywhere holds the mask (drawn as opacity, as some annotation tools
+    export it): it is returned. One that varies where the colour also varies is kept out only
+    when both say the same foreground (transparent where the grey is 0); otherwise which of them
+    is the mask is not clear, and the file is refused rather than read as an empty mask.
+    """
+    colour, alpha = pixels[..., :-1], pixels[..., -1]
+    if alpha.min() == alpha.max():
+        return colour
+    if (colour == colour.reshape(-1, colour.shape[-1])[0]).all():
+        return alpha[..., None]
+    differ = (colour[..., 0] > 0) != (alpha > 0)
+    if differ.any():
+        row, column = (int(v) for v in np.argwhere(differ)[0])
+        raise DataError(f"mask {path} holds different masks in its colour and its alpha channel (row {row}, column "
+                        f"{column}: grey {int(colour[row, column, 0])}, alpha {int(alpha[row, column])}); save the "
+                        f"mask as grey levels without alpha")
+    return colour
+
+
 def detect_mask_kind(values: Iterable[int], lossy: bool = False) -> str:
     """``"labels"``, ``"binary"`` or ``"ambiguous"`` for the mask values of a folder.
 

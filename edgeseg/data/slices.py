@@ -24,7 +24,7 @@ from edgeseg.limits import PIXELS_ENV, check_slice, check_volume, configure_pill
 Image = require("PIL.Image", "io", "reading PNG/JPG slice folders")
 UnidentifiedImageError = Image.UnidentifiedImageError
 
-from edgeseg.data.slice_masks import decode_masks, palette_to_grey
+from edgeseg.data.slice_masks import decode_masks, mask_channel, palette_to_grey
 from edgeseg.data.volume import Volume, default_affine
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -123,6 +123,8 @@ def _read_channel0(path: Path, palette_as_grey: bool = False) -> tuple[np.ndarra
         raise
     except Exception as exc:  # noqa: BLE001 - Pillow's decoders raise many types for corrupt files
         raise DataError(f"cannot read image {path}: {' '.join(str(exc).split()) or type(exc).__name__}") from None
+    if pixels.ndim == 3 and palette_as_grey and mode in ("RGBA", "LA"):
+        pixels = mask_channel(pixels, path)
     if pixels.ndim == 3:
         if pixels.shape[-1] >= 3:
             _check_grey(pixels[..., :3], path, "mask" if palette_as_grey else "image")

@@ -151,3 +151,39 @@ def test_file_names_without_a_slice_number_need_the_file_pattern(tmp_path, label
     _write_folder(tmp_path, labels, Image.fromarray)
     with pytest.raises(DataError, match="does not match the case pattern"):
         read_slice_folder(tmp_path)
+
+
+def _rgba(label: np.ndarray, colour, alpha) -> Image.Image:
+    """An RGBA mask: ``colour(label)`` (H, W, 3) and ``alpha(label)`` (H, W)."""
+    return Image.fromarray(np.dstack([colour(label), alpha(label)]).astype(np.uint8), mode="RGBA")
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA"])
+def test_a_mask_drawn_only_in_the_alpha_channel_is_read_from_it(tmp_path, labels, mode):
+    def encode(label):
+        alpha = np.where(label > 0, 255, 0).astype(np.uint8)
+        image = _rgba(label, lambda lab: np.zeros((*lab.shape, 3)), lambda lab: alpha)
+        return image if mode == "RGBA" else image.convert("LA")
+
+    _write_folder(tmp_path, labels, encode)
+    volumes, kind = read_slice_folder_with_kind(tmp_path, case_pattern="file")
+    assert kind == "binary"
+    for volume in volumes:
+        np.testing.assert_array_equal(volume.label[0], (labels[volume.case_id] > 0).astype(np.uint8))
+
+
+def test_an_rgba_mask_whose_colour_and_alpha_agree_is_read_from_its_grey_levels(tmp_path, labels):
+    _write_folder(tmp_path, labels, lambda label: _rgba(label, lambda lab: np.repeat(lab[..., None], 3, axis=2),
+                                                        lambda lab: np.where(lab > 0, 255, 0)))
+    volumes, kind = read_slice_folder_with_kind(tmp_path, case_pattern="file")
+    assert kind == "labels"
+    for volume in volumes:
+        np.testing.assert_array_equal(volume.label[0], labels[volume.case_id])
+
+
+def test_an_rgba_mask_whose_colour_and_alpha_disagree_is_refused(tmp_path, labels, assert_one_line_error):
+    _write_folder(tmp_path, labels, lambda label: _rgba(label, lambda lab: np.repeat(lab[..., None], 3, axis=2),
+                                                        lambda lab: np.full(lab.shape, 255) - 100 * (lab == 1)))
+    proc = subprocess.run([sys.executable, "-m", "edgeseg.cli", "data", "info", str(tmp_path), "--case-pattern", "file",
+                           "--quiet"], capture_output=True, text=True, timeout=300)
+    assert_one_line_error(proc, f"mask {tmp_path / 'masks' / '001.png'} holds different masks in its colour and its alpha")
