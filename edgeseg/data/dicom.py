@@ -35,8 +35,12 @@ DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
 SEGMENTATION_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
 # Objects that share a folder with images but carry no pixels of their own.
 NON_IMAGE_MODALITIES = frozenset({"SR", "KO", "PR", "RTSTRUCT", "RTPLAN", "RTRECORD", "REG", "DOC"})
+# Enhanced CT and Legacy Converted Enhanced CT Image Storage: one file holds the whole series.
+MULTI_FRAME_CT_CLASSES = frozenset({"1.2.840.10008.5.1.4.1.1.2.1", "1.2.840.10008.5.1.4.1.1.2.2"})
 REQUIRED_TAGS = ("SeriesInstanceUID", "ImagePositionPatient", "ImageOrientationPatient",
                  "PixelSpacing", "Rows", "Columns")
+# ImageOrientationPatient written with a few decimals is unit and orthogonal to about 1e-5.
+COSINE_TOLERANCE = 1e-3
 # Slices closer than this along the normal are the same position (duplicate acquisitions).
 DUPLICATE_POSITION_MM = 1e-3
 # Relative spread of slice gaps above which the series is reported as non-uniform.
@@ -125,6 +129,11 @@ def _read_file(path: Path) -> pydicom.Dataset | None:
 
 def _check_slice_tags(members: list[tuple[Path, pydicom.Dataset]]) -> None:
     for path, dataset in members:
+        # An Enhanced CT keeps its geometry per frame, so it would otherwise be called truncated.
+        (frames,) = dicom_numbers(dataset, "NumberOfFrames", path, 1, default=(1.0,))
+        if frames > 1 or str(dataset.get("SOPClassUID", "")) in MULTI_FRAME_CT_CLASSES:
+            raise DataError(f"{path} is a multi-frame CT image ({frames:g} frames, SOP class {dataset.get('SOPClassUID', '?')}); "
+                            f"edgeseg reads series of single-frame CT slices: convert it, e.g. with dcm2niix to NIfTI")
         missing = [tag for tag in REQUIRED_TAGS if tag not in dataset]
         if missing:
             raise DataError(f"DICOM file {path} lacks {', '.join(missing)} (truncated or not a CT slice?)")
@@ -186,9 +195,14 @@ def _orientation(members: list[tuple[Path, pydicom.Dataset]]) -> tuple[np.ndarra
                 f"{cosines.tolist()}; a series must have one orientation"
             )
     row_cosine, column_cosine = cosines[:3], cosines[3:]
-    if np.linalg.norm(np.cross(row_cosine, column_cosine)) < 0.5:
-        raise DataError(f"{first_path} has degenerate ImageOrientationPatient {cosines.tolist()}")
-    return row_cosine, column_cosine
+    # Unit, orthogonal cosines, up to the rounding of their decimal strings; others would scale or
+    # skew the pixel grid silently (a 0.5-long column cosine halves the row spacing).
+    lengths = np.linalg.norm(row_cosine), np.linalg.norm(column_cosine)
+    if max(abs(lengths[0] - 1), abs(lengths[1] - 1), abs(row_cosine @ column_cosine)) > COSINE_TOLERANCE:
+        raise DataError(f"{first_path} has ImageOrientationPatient {cosines.tolist()}, whose row and column cosines "
+                        f"are not unit-length orthogonal vectors (lengths {lengths[0]:.4g}, {lengths[1]:.4g}; dot product "
+                        f"{row_cosine @ column_cosine:.4g})")
+    return row_cosine / lengths[0], column_cosine / lengths[1]
 
 
 def _uneven(gaps: np.ndarray) -> bool:
@@ -239,9 +253,6 @@ def _stack_hu(members: list[tuple[Path, pydicom.Dataset]]) -> np.ndarray:
     check_volume((len(members), rows, columns), f"DICOM series {first_path.parent}")
     stack = np.empty((len(members), rows, columns), dtype=np.float32)
     for k, (path, dataset) in enumerate(members):
-        (frames,) = dicom_numbers(dataset, "NumberOfFrames", path, 1, default=(1.0,))
-        if frames > 1:
-            raise DataError(f"{path} is a multi-frame image; edgeseg reads single-frame CT series")
         if _slice_size(dataset, path) != (rows, columns):
             raise DataError(
                 f"{path} is {dataset.Rows}x{dataset.Columns} pixels but {first_path.name} is "

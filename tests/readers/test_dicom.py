@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 
 import nrrd
 import numpy as np
@@ -150,3 +152,40 @@ def test_two_series_need_a_choice(tmp_path, dcmqi):
     assert picked.slice_ids == ["01.dcm"]
     original_uid = str(pydicom.dcmread(folder / "02.dcm").SeriesInstanceUID)
     assert read_dicom_series(folder, series_uid=original_uid).num_slices == 2
+
+
+@pytest.mark.parametrize("enhanced", [True, False], ids=["Enhanced CT", "CT Image with NumberOfFrames"])
+def test_a_multi_frame_ct_is_named_as_such_not_called_truncated(tmp_path, dcmqi, enhanced, assert_one_line_error):
+    folder = tmp_path / "mf"
+    folder.mkdir()
+    ds = pydicom.dcmread(dcmqi / "ct-3slice" / "01.dcm")
+    frame = ds.pixel_array
+    if enhanced:  # geometry and rescale move into the per-frame functional groups
+        ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.2.1"
+        for field in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing"):
+            del ds[field]
+    ds.NumberOfFrames = 3
+    ds.PixelData = np.stack([frame] * 3).tobytes()
+    ds.save_as(folder / "ct.dcm")
+    proc = subprocess.run([sys.executable, "-m", "edgeseg.cli", "data", "info", str(folder), "--quiet"],
+                          capture_output=True, text=True, timeout=300)
+    assert_one_line_error(proc, f"{folder / 'ct.dcm'} is a multi-frame CT image (3 frames")
+
+
+@pytest.mark.parametrize("orientation", [[1, 0, 0, 0, 0.5, 0], [1, 0, 0, 0.3, 0.954, 0]], ids=["short", "skewed"])
+def test_orientation_cosines_that_are_not_unit_and_orthogonal_are_refused(tmp_path, dcmqi, orientation):
+    folder = _copy_series(dcmqi, tmp_path / "bad")
+    _rewrite(folder, lambda ds: setattr(ds, "ImageOrientationPatient", orientation))
+    with pytest.raises(DataError, match=r"not unit-length orthogonal vectors"):
+        read_dicom_series(folder)
+
+
+def test_orientation_cosines_rounded_to_six_decimals_are_normalised(tmp_path, dcmqi):
+    reference = read_dicom_series(dcmqi / "ct-3slice")
+    folder = _copy_series(dcmqi, tmp_path / "rounded")
+    t = np.radians(0.01)  # what a scanner writes for a table a hundredth of a degree off
+    _rewrite(folder, lambda ds: setattr(ds, "ImageOrientationPatient",
+                                        [f"{v:.6f}" for v in (1, 0, 0, 0, np.cos(t), np.sin(t))]))
+    volume = read_dicom_series(folder)
+    lengths = np.linalg.norm(volume.affine[:3, :2], axis=0)
+    np.testing.assert_allclose(lengths, np.linalg.norm(reference.affine[:3, :2], axis=0), rtol=1e-12)
