@@ -113,6 +113,12 @@ def decode_masks(
     """
     if kind not in MASK_KINDS:
         raise DataError(f"mask kind must be one of {', '.join(MASK_KINDS)}, got {kind!r}")
+    if kind != "binary":  # a float mask (TIFF) of 0.8s would truncate to background as labels
+        for stem in sorted(raw):
+            fraction = raw[stem][np.mod(raw[stem], 1) != 0] if raw[stem].dtype.kind == "f" else ()
+            if len(fraction):
+                raise DataError(f"mask {paths[stem]} holds the non-integer value {float(fraction[0]):g}; masks hold "
+                                f"label values or 0/255 (--mask binary thresholds them at --mask-threshold)")
     present: dict[int, str] = {}
     for stem in sorted(raw):
         for value in np.unique(raw[stem]).tolist():

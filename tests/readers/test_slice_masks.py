@@ -187,3 +187,13 @@ def test_an_rgba_mask_whose_colour_and_alpha_disagree_is_refused(tmp_path, label
     proc = subprocess.run([sys.executable, "-m", "edgeseg.cli", "data", "info", str(tmp_path), "--case-pattern", "file",
                            "--quiet"], capture_output=True, text=True, timeout=300)
     assert_one_line_error(proc, f"mask {tmp_path / 'masks' / '001.png'} holds different masks in its colour and its alpha")
+
+
+def test_a_float_mask_with_fractions_is_refused_not_truncated_to_background(tmp_path, labels):
+    fractions = {stem: np.where(label > 0, 0.8, 0.0).astype(np.float32) for stem, label in labels.items()}
+    _write_folder(tmp_path, {stem: np.zeros_like(label) for stem, label in labels.items()}, Image.fromarray)
+    for stem, mask in fractions.items():
+        (tmp_path / "masks" / f"{stem}.png").unlink()
+        Image.fromarray(mask, mode="F").save(tmp_path / "masks" / f"{stem}.tif")
+    with pytest.raises(DataError, match=r"001\.tif holds the non-integer value 0\.8"):
+        read_slice_folder(tmp_path, case_pattern="file")
