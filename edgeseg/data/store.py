@@ -44,7 +44,11 @@ from edgeseg.spec import PreprocessSpec
 
 log = logging.getLogger("edgeseg.data.store")
 
-STORE_FORMAT = 2  # 2: per-case geometry, slice-folder options, labels through the spec's fit
+# 2: per-case geometry, slice-folder options, labels through the spec's fit; 3: the readers'
+# rules changed (z spacing of a gantry-tilted series, masks with several grey levels above 127,
+# alpha or fractional masks, the label grid tolerance), so a format-2 store of the same source
+# may hold data they now read otherwise or refuse.
+STORE_FORMAT = 3
 
 
 def store_key(source: str, spec: PreprocessSpec, labels: dict[str, list[int]], intensity: str | None,

@@ -141,6 +141,14 @@ def test_store_of_another_version_is_rebuilt_with_a_log_line(dataset, tmp_path, 
     assert json.loads((second.path / "manifest.json").read_text())["format"] != 0
 
 
+def test_store_built_under_the_earlier_reader_rules_is_rebuilt(dataset, tmp_path):
+    first = open_slice_store(str(dataset), tmp_path / "cache", SPEC, LABELS)
+    manifest = json.loads((first.path / "manifest.json").read_text())
+    manifest.update(format=2)  # same edgeseg version string, as in a development install
+    (first.path / "manifest.json").write_text(json.dumps(manifest))
+    assert open_slice_store(str(dataset), tmp_path / "cache", SPEC, LABELS).built
+
+
 BUILD = """
 import sys
 from edgeseg.data.store import open_slice_store
