@@ -20,24 +20,38 @@ from edgeseg.cli.tta_option import tta_option
 @click.option("--forward", default=None, metavar="HOST:PORT:AET", help="Send each SEG by C-STORE to this peer.")
 @click.option("--idle", default=5.0, show_default=True, type=click.FloatRange(0.1, 3600),
               help="Seconds without a new image after which a series counts as complete.")
+@click.option("--max-series", default=16, show_default=True, type=click.IntRange(1, 10_000),
+              help="Series received and not yet segmented at once; an image opening one more is refused (0xA700).")
+@click.option("--unsent", type=click.Path(file_okay=False), default=None,
+              help="Folder keeping each SEG the --forward peer did not take until it is sent "
+                   "(default: OUT/unsent; needed with --forward and no --out).")
+@click.option("--resend-every", default=60.0, show_default=True, type=click.FloatRange(1, 86400),
+              help="Seconds between tries to send the SEGs waiting in --unsent.")
 @click.option("--backend", default="auto", show_default=True, help="Runtime backend, as for edgeseg predict.")
 @click.option("--threads", default=0, show_default=True, help="CPU threads for the backend (0: its default).")
 @tta_option
-def command(bundle, ae_title, any_ae, allow_calling, host, port, out, forward, idle, backend, threads, tta) -> None:
+def command(bundle, ae_title, any_ae, allow_calling, host, port, out, forward, idle, max_series, unsent, resend_every,
+            backend, threads, tta) -> None:
     """Accept CT images by C-STORE, segment each complete series, write/forward its DICOM SEG."""
     import contextlib
     import signal
     import time
 
     from edgeseg.atomic import check_output_folder
+    from edgeseg.errors import DataError
     from edgeseg.cli.logs import configure_logging
     from edgeseg.runtime.segmenter import Segmenter
     from edgeseg.serve.dicom_node import DicomNode, Peer
 
     if out is not None:
         check_output_folder(out, "--out")
-    configure_logging()
     peer = Peer.parse(forward) if forward else None
+    if peer is not None and out is None and unsent is None:
+        raise DataError("--forward without --out needs --unsent DIR: a SEG the peer does not take is kept there "
+                        "and sent again, instead of being lost")
+    if unsent is not None:
+        check_output_folder(unsent, "--unsent")
+    configure_logging()
     segmenter = Segmenter.load(bundle, backend=backend, threads=threads,
                                tta=tta)
 
@@ -51,7 +65,8 @@ def command(bundle, ae_title, any_ae, allow_calling, host, port, out, forward, i
     node = None
     try:
         node = DicomNode(segmenter, ae_title=ae_title, host=host, port=port, out=out, forward=peer, idle=idle,
-                         any_ae=any_ae, calling_aets=list(allow_calling))
+                         any_ae=any_ae, calling_aets=list(allow_calling), max_series=max_series, unsent=unsent,
+                         resend_every=resend_every)
         node.start()
         called = "any called AE title" if any_ae else f"called AE title {ae_title}"
         click.echo(f"DICOM node {ae_title} on {host}:{port} ({called}; backend {segmenter.backend}); Ctrl-C stops it")

@@ -3,11 +3,14 @@
 Images arrive one C-STORE at a time and are written under a work folder, one sub-folder per
 SeriesInstanceUID. A series counts as complete when no image of it has arrived for ``idle``
 seconds; then one worker thread reads it with the DICOM reader, segments it with the
-Segmenter, writes a DICOM SEG to ``out`` and/or sends it by C-STORE to the forward peer.
+Segmenter, writes a DICOM SEG to ``out`` and/or sends it by C-STORE to the forward peer (one the
+peer does not take waits in the unsent folder and is sent again: dicom_forward.py).
 C-ECHO is answered. Images of other SOP classes (MR, US, ...) are answered with the failure
-status 0x0122 "SOP class not supported": the association stays up, nothing is stored. An
+status 0x0122 "SOP class not supported": the association stays up, nothing is stored; a CT
+image that is not CT or whose pixels cannot be decoded here is refused too (dicom_intake.py). An
 image that would take its series past the readers' size limits (``edgeseg.limits``: pixels per
-slice, float32 bytes per volume) is refused as it arrives with 0xA700 "out of resources".
+slice, float32 bytes per volume), or open one series more than ``max_series`` in flight, is
+refused as it arrives with 0xA700 "out of resources".
 An association must call this node by its AE title (else it is rejected with the reason "called
 AE title not recognised") unless ``any_ae`` is set, and, where ``calling_aets`` lists AE titles,
 come from one of them (else "calling AE title not recognised").
@@ -17,7 +20,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import shutil
 import socketserver
 import tempfile
@@ -29,64 +31,16 @@ from pathlib import Path
 from edgeseg.atomic import atomic_path
 from edgeseg.errors import DataError, EdgesegError, require
 from edgeseg.limits import check_volume
+from edgeseg.serve.dicom_forward import Peer, UnsentFolder, send_seg
+from edgeseg.serve.dicom_intake import (CT_IMAGE_STORAGE, STATUS_CANNOT_UNDERSTAND, STATUS_DATASET_MISMATCH,
+                                        STATUS_OUT_OF_RESOURCES, STATUS_SOP_CLASS_NOT_SUPPORTED, STATUS_SUCCESS,
+                                        check_ae_title, decodable_transfer_syntaxes, incoming_uids, refusal)
+
+__all__ = ["DicomNode", "NodeStats", "Peer", "check_ae_title", "decodable_transfer_syntaxes"]
 
 log = logging.getLogger("edgeseg.listen")
 
-CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
-SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
-STATUS_SUCCESS = 0x0000
-STATUS_SOP_CLASS_NOT_SUPPORTED = 0x0122
-STATUS_CANNOT_UNDERSTAND = 0xC000
-STATUS_DATASET_MISMATCH = 0xA900
-STATUS_OUT_OF_RESOURCES = 0xA700
-# A DICOM UID is digits and dots, at most 64 characters; the UIDs name files and folders here,
-# so anything else (a "../" from a hostile peer) must never reach the file system.
-UID_PATTERN = re.compile(r"[0-9]+(\.[0-9]+)*")
-
-
-def check_ae_title(title: str) -> str:
-    """``title`` if it is a valid AE title (1..16 printable ASCII characters, not only spaces)."""
-    if not isinstance(title, str) or not 1 <= len(title) <= 16 or not title.strip() \
-            or not all(32 <= ord(c) < 127 and c != "\\" for c in title):
-        raise DataError(f"AE title must be 1..16 printable ASCII characters without '\\', got {title!r}")
-    return title
-
-
-def decodable_transfer_syntaxes() -> list[str]:
-    """The transfer syntaxes whose pixel data pydicom can decode with what is installed: the
-    uncompressed ones, and each compressed one whose decoder has a working plugin (pydicom's
-    decoders, one per syntax it knows, say both)."""
-    require("pydicom", "io", "edgeseg listen")
-    from pydicom.pixels import decoders
-    from pydicom.pixels.decoders.base import Decoder
-
-    return [str(d.UID) for d in vars(decoders).values() if isinstance(d, Decoder) and d.is_available]
-
-
-@dataclass(frozen=True)
-class Peer:
-    """A DICOM application entity to send results to."""
-
-    host: str
-    port: int
-    ae_title: str
-    # Seconds to wait for the TCP connection. pynetdicom's default is none, so a host that drops
-    # the connection attempt held the segmenting worker for the OS's ~2 minutes on every series.
-    connect_timeout: float = 10.0
-
-    @classmethod
-    def parse(cls, text: str) -> "Peer":
-        """``HOST:PORT:AET`` -> Peer; DataError for anything else."""
-        parts = text.rsplit(":", 2)
-        if len(parts) != 3 or not parts[1].isdigit() or not parts[2] or not parts[0]:
-            raise DataError(f"--forward must be HOST:PORT:AET, got {text!r}")
-        if not 1 <= int(parts[1]) <= 65535:
-            raise DataError(f"--forward {text!r}: port must be 1..65535")
-        try:  # checked now: else every series would fail to be forwarded, one by one
-            check_ae_title(parts[2])
-        except DataError as exc:
-            raise DataError(f"--forward {text!r}: {exc}") from None
-        return cls(parts[0], int(parts[1]), parts[2])
+DEFAULT_MAX_SERIES = 16
 
 
 @dataclass
@@ -117,9 +71,16 @@ class DicomNode:
 
     def __init__(self, segmenter, *, ae_title: str = "EDGESEG", host: str = "127.0.0.1", port: int = 11112,
                  out: str | Path | None = None, forward: Peer | None = None, idle: float = 5.0,
-                 work: str | Path | None = None, any_ae: bool = False, calling_aets: list[str] | None = None) -> None:
+                 work: str | Path | None = None, any_ae: bool = False, calling_aets: list[str] | None = None,
+                 max_series: int = DEFAULT_MAX_SERIES, unsent: str | Path | None = None,
+                 resend_every: float = 60.0) -> None:
         if out is None and forward is None:
             raise DataError("the DICOM node needs --out, --forward or both: otherwise results go nowhere")
+        if forward is not None and out is None and unsent is None:
+            raise DataError("--forward without --out needs --unsent DIR: a SEG the peer does not take is kept "
+                            "there and sent again, instead of being lost")
+        if not isinstance(max_series, int) or max_series < 1:
+            raise DataError(f"--max-series must be a positive integer, got {max_series!r}")
         for title in (ae_title, *(calling_aets or [])):
             check_ae_title(title)
         self.any_ae = bool(any_ae)
@@ -129,10 +90,17 @@ class DicomNode:
         self.out = Path(out) if out is not None else None
         self.forward = forward
         self.idle = float(idle)
+        self.max_series = max_series
+        # where a SEG the peer did not take waits to be sent again (beside --out unless given)
+        self.unsent = None if forward is None else UnsentFolder(Path(unsent) if unsent is not None
+                                                                 else self.out / "unsent")
+        self.resend_every = float(resend_every)
         self._own_work = work is None
         self.work = Path(work) if work is not None else Path(tempfile.mkdtemp(prefix="edgeseg-listen-"))
         self.stats = NodeStats()
         self._series: dict[str, _Series] = {}
+        self._queued = 0  # series taken to be segmented and not done yet: they are in flight too
+        self._turned_away: set[str] = set()  # series refused for --max-series, each logged once
         self._taken = 0  # series folders moved aside to be segmented, for unique names
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -155,7 +123,7 @@ class DicomNode:
         ae.require_called_aet = not self.any_ae
         ae.require_calling_aet = list(self.calling_aets)
         handlers = [(pynetdicom.evt.EVT_C_STORE, self._on_store), (pynetdicom.evt.EVT_C_ECHO, lambda event: 0x0000),
-                    (pynetdicom.evt.EVT_REJECTED, self._on_rejected)]
+                    (pynetdicom.evt.EVT_REJECTED, self._on_rejected), (pynetdicom.evt.EVT_ACCEPTED, self._on_accepted)]
         try:
             self._server = ae.start_server((self.host, self.port), block=False, evt_handlers=handlers)
         except OSError as exc:
@@ -171,6 +139,19 @@ class DicomNode:
         log.warning("rejected an association from %s (%s:%s) calling %r", requestor.ae_title, requestor.address,
                     requestor.port, called)
 
+    def _on_accepted(self, event) -> None:
+        """Log a peer that proposed CT images in a transfer syntax not decoded here (a context
+        rejected for its transfer syntaxes): the peer sees only a failure to send the images it
+        holds that way, and the node's log is where the reason must be."""
+        assoc = event.assoc
+        proposed = {getattr(ts, "name", str(ts)) for cx in assoc.rejected_contexts
+                    if cx.abstract_syntax == CT_IMAGE_STORAGE for ts in cx.transfer_syntax}
+        if proposed:
+            requestor = assoc.requestor
+            log.warning("%s (%s:%s) proposed CT images in transfer syntaxes not decoded here (%s): images it holds "
+                        "that way cannot be received; have it send them uncompressed", requestor.ae_title,
+                        requestor.address, requestor.port, ", ".join(sorted(proposed)))
+
     def _on_store(self, event) -> int:
         sop_class = str(event.request.AffectedSOPClassUID)
         if sop_class != CT_IMAGE_STORAGE:
@@ -180,22 +161,41 @@ class DicomNode:
         try:
             ds = event.dataset
             ds.file_meta = event.file_meta
-            series_uid = str(ds.SeriesInstanceUID)
-            sop_uid = str(ds.SOPInstanceUID)
+            series_uid, sop_uid = incoming_uids(ds)
+        except DataError as exc:
+            self.stats.refused += 1
+            log.warning("refused an image with %s", exc)
+            return STATUS_DATASET_MISMATCH
         except Exception as exc:  # a dataset pydicom cannot decode or without its UIDs
             log.warning("could not read an incoming image: %s", exc)
             return STATUS_CANNOT_UNDERSTAND
-        if not all(len(uid) <= 64 and UID_PATTERN.fullmatch(uid) for uid in (series_uid, sop_uid)):
-            self.stats.refused += 1
-            log.warning("refused an image with malformed UIDs %r / %r", series_uid[:80], sop_uid[:80])
-            return STATUS_DATASET_MISMATCH
         try:
             frames, rows, columns = int(ds.get("NumberOfFrames") or 1), int(ds.Rows), int(ds.Columns)
         except Exception as exc:  # no Rows/Columns, or a NumberOfFrames that is no number
             log.warning("could not read the size of an incoming image: %s", exc)
             return STATUS_CANNOT_UNDERSTAND
+        try:  # the image alone, before its pixels are decoded below
+            check_volume((frames, rows, columns), f"series {series_uid}")
+        except DataError as exc:
+            self.stats.refused += 1
+            log.warning("refused an image: %s", exc)
+            return STATUS_OUT_OF_RESOURCES
+        refused = refusal(ds)
+        if refused is not None:
+            self.stats.refused += 1
+            log.warning("refused image %s of series %s: %s", sop_uid, series_uid, refused[1])
+            return refused[0]
         with self._lock:
             series = self._series.get(series_uid)
+            if series is None and len(self._series) + self._queued >= self.max_series:
+                # each series in flight holds up to the volume limit on disk: the bound keeps a
+                # peer opening series after series from filling the work folder's disk
+                self.stats.refused += 1
+                if series_uid not in self._turned_away and len(self._turned_away) < 10_000:
+                    self._turned_away.add(series_uid)
+                    log.warning("refused the images of series %s: %d series are in flight, the most --max-series "
+                                "allows; they are taken again once one is segmented", series_uid, self.max_series)
+                return STATUS_OUT_OF_RESOURCES
             try:
                 # the reader's limits, checked as images arrive: the whole series would otherwise be
                 # stored first (a peer could fill the disk) and only then be refused when it is read
@@ -206,6 +206,7 @@ class DicomNode:
                 log.warning("refused an image: %s", exc)
                 return STATUS_OUT_OF_RESOURCES
             if series is None:
+                self._turned_away.discard(series_uid)
                 series = self._series[series_uid] = _Series(self.work / series_uid, time.monotonic())
                 series.folder.mkdir(parents=True, exist_ok=True)
             with atomic_path(series.folder / f"{sop_uid}.dcm", suffix=".dcm") as tmp:
@@ -230,12 +231,21 @@ class DicomNode:
                 taken = series.folder.with_name(f"{series.folder.name}.taken-{self._taken}")
                 os.rename(series.folder, taken)
                 series.folder = taken
+                self._queued += 1  # until _segment is done with it
         return due
 
     def _watch(self) -> None:
+        waiting = self.unsent.pending() if self.unsent is not None else []
+        if waiting:
+            log.warning("%d SEG(s) not forwarded before wait in %s; sending them to %s", len(waiting),
+                        self.unsent.folder, self.forward)
+        next_resend = time.monotonic()  # SEGs left by an earlier run go out first
         while not self._stop.wait(0.1):
             try:
                 self._segment(self._due())
+                if self.unsent is not None and time.monotonic() >= next_resend:
+                    next_resend = time.monotonic() + self.resend_every
+                    self._resend()
             except Exception:  # the worker must outlive any one failure (a rename refused, ...)
                 log.exception("the segmenting worker hit an error; it goes on")
         # stopping: the images received and acknowledged are segmented, not dropped with the work folder
@@ -243,6 +253,10 @@ class DicomNode:
         if waiting:
             log.info("stopping: segmenting the %d series received and not yet segmented", len(waiting))
         self._segment(waiting)
+        left = self.unsent.pending() if self.unsent is not None else []
+        if left:
+            log.warning("%d SEG(s) not forwarded to %s are kept in %s; the next start sends them", len(left),
+                        self.forward, self.unsent.folder)
 
     def _segment(self, due: list[tuple[str, _Series]]) -> None:
         for uid, series in due:
@@ -250,6 +264,8 @@ class DicomNode:
                 self.stats.failed.append(uid)
                 log.error("series %s (%d images) not segmented: the stop was forced", uid, len(series.frames))
                 shutil.rmtree(series.folder, ignore_errors=True)
+                with self._lock:
+                    self._queued -= 1
                 continue
             try:
                 self.process(uid, series.folder)
@@ -261,6 +277,8 @@ class DicomNode:
                 log.exception("series %s failed: %s", uid, exc)
             finally:
                 shutil.rmtree(series.folder, ignore_errors=True)
+                with self._lock:
+                    self._queued -= 1
 
     def process(self, series_uid: str, folder: Path) -> Path:
         """Segment the series in ``folder``; write and/or forward its SEG; return the SEG path.
@@ -278,17 +296,37 @@ class DicomNode:
         self.stats.segmented.append(series_uid)
         log.info("series %s: %d slices segmented -> %s", series_uid, volume.num_slices, target)
         if self.forward is not None:
-            try:
-                self._send(target)
-            except EdgesegError as exc:
-                # the series was segmented: its SEG is in --out, whatever the peer did
-                self.stats.not_forwarded.append(target.name)
-                kept = f"it is kept in {target}" if self.out is not None else "it is dropped (no --out to keep it in)"
-                log.error("series %s: SEG not forwarded: %s; %s", series_uid, exc, kept)
-            finally:
-                if self.out is None:
-                    target.unlink(missing_ok=True)
+            self._forward(series_uid, target)
         return target
+
+    def _forward(self, series_uid: str, seg: Path) -> None:
+        """Send ``seg`` to the peer; one it does not take waits in the unsent folder. The copy in
+        the work folder (no --out) goes either way."""
+        try:
+            self._send(seg)
+        except EdgesegError as exc:
+            self.stats.not_forwarded.append(seg.name)
+            try:
+                kept = f"it waits in {self.unsent.keep(seg)} and is sent again every {self.resend_every:g} s"
+            except OSError as keep_exc:
+                kept = f"it could not be kept in {self.unsent.folder}: {keep_exc.strerror or keep_exc}"
+                kept = kept if self.out is None else f"{kept} (it is in {seg})"
+            log.error("series %s: SEG not forwarded: %s; %s", series_uid, exc, kept)
+        else:
+            self._resend()  # the peer is back: what it missed before goes now, not at the next round
+        finally:
+            if self.out is None:
+                seg.unlink(missing_ok=True)
+
+    def _resend(self) -> None:
+        if not self.unsent.pending():
+            return
+        sent, exc = self.unsent.resend(self._send)
+        if exc is not None:
+            log.warning("%d SEG(s) still wait in %s after %d sent: %s", len(self.unsent.pending()),
+                        self.unsent.folder, sent, exc)
+        elif sent:
+            log.info("sent the %d SEG(s) that waited in %s", sent, self.unsent.folder)
 
     def _seg_path(self, series_uid: str, folder: Path) -> Path:
         target, n = folder / f"{series_uid}.seg.dcm", 1
@@ -301,30 +339,9 @@ class DicomNode:
         return target
 
     def _send(self, path: Path) -> None:
-        pynetdicom = require("pynetdicom", "dicom", "forwarding DICOM SEG")
-        pydicom = require("pydicom", "io", "forwarding DICOM SEG")
-        peer = self.forward
-        ae = pynetdicom.AE(ae_title=self.ae_title)
-        ae.connection_timeout = peer.connect_timeout
-        ae.add_requested_context(SEGMENTATION_STORAGE)
-        where = f"{peer.ae_title}@{peer.host}:{peer.port}"
-        try:
-            assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title)
-        except OSError as exc:  # a host name that does not resolve, ...
-            raise DataError(f"could not associate with {where}: {exc.strerror or exc}") from None
-        if not assoc.is_established:
-            raise DataError(f"could not associate with {where}")
-        try:
-            status = assoc.send_c_store(pydicom.dcmread(path))
-        finally:
-            assoc.release()
-        code = getattr(status, "Status", None)
-        if code is None:  # pynetdicom's empty answer: the association ended or timed out first
-            raise DataError(f"{where} did not answer the C-STORE of the SEG (association aborted or timed out)")
-        if code != STATUS_SUCCESS:
-            raise DataError(f"{where} answered the C-STORE of the SEG with status 0x{int(code):04X}")
+        send_seg(self.forward, self.ae_title, path)
         self.stats.forwarded.append(path.name)
-        log.info("forwarded %s to %s@%s:%d", path.name, peer.ae_title, peer.host, peer.port)
+        log.info("forwarded %s to %s", path.name, self.forward)
 
     def abandon(self) -> None:
         """Segment no more series during a stop (a second interrupt): those left are logged as not

@@ -46,8 +46,8 @@ def _edgeseg_errors(caplog) -> list[logging.LogRecord]:
 @pytest.mark.parametrize("host", ["127.0.0.1", "archive.invalid"])
 def test_a_peer_that_cannot_be_reached_leaves_the_seg_in_out(running_node, tmp_path, free_port, caplog, host):
     """Forwarding to a peer that is down (nothing on its port) or whose name does not resolve: the
-    series was segmented and its SEG stays in --out; the log says so in one line (no traceback,
-    not "not segmented"), and the node goes on serving."""
+    series was segmented and its SEG stays in --out, and waits in --out/unsent to be sent again;
+    the log says so in one line (no traceback, not "not segmented"), and the node goes on serving."""
     files = sorted(SERIES.glob("*.dcm"))
     uid = pydicom.dcmread(files[0]).SeriesInstanceUID
     caplog.set_level(logging.INFO, logger="edgeseg.listen")
@@ -58,11 +58,12 @@ def test_a_peer_that_cannot_be_reached_leaves_the_seg_in_out(running_node, tmp_p
                               text=True, timeout=30)
         assert echo.returncode == 0, echo.stderr
     assert node.stats.segmented == [uid] and node.stats.failed == [] and node.stats.forwarded == []
-    assert [p.name for p in (tmp_path / "out").iterdir()] == [f"{uid}.seg.dcm"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [f"{uid}.seg.dcm", "unsent"]
+    assert (tmp_path / "out" / "unsent" / f"{uid}.seg.dcm").read_bytes() == (tmp_path / "out" / f"{uid}.seg.dcm").read_bytes()
     [error] = _edgeseg_errors(caplog)
     message = error.getMessage()
     assert error.exc_info is None and "\n" not in message
-    assert "SEG not forwarded: could not associate with ARCHIVE@" in message and "it is kept in" in message
+    assert "SEG not forwarded: could not associate with ARCHIVE@" in message and "it waits in" in message
 
 
 def test_a_peer_that_never_answers_the_connection_costs_the_connect_timeout(running_node, tmp_path, caplog):

@@ -1,0 +1,127 @@
+"""Sending the DICOM node's SEGs to the forward peer, and keeping those it did not take.
+
+A SEG the peer does not take (down, unreachable, refusing the association or the C-STORE) goes
+to the unsent folder and is sent again later: at the next forward that succeeds, every
+``resend_every`` seconds, and at the next start of the node. It leaves the folder only once the
+peer has answered its C-STORE with Success, so a SEG is never lost to a peer's outage.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from edgeseg.atomic import atomic_path
+from edgeseg.errors import DataError, EdgesegError, require
+from edgeseg.serve.dicom_intake import SEGMENTATION_STORAGE, STATUS_SUCCESS, check_ae_title
+
+log = logging.getLogger("edgeseg.listen")
+
+
+@dataclass(frozen=True)
+class Peer:
+    """A DICOM application entity to send results to."""
+
+    host: str
+    port: int
+    ae_title: str
+    # Seconds to wait for the TCP connection. pynetdicom's default is none, so a host that drops
+    # the connection attempt held the segmenting worker for the OS's ~2 minutes on every series.
+    connect_timeout: float = 10.0
+
+    @classmethod
+    def parse(cls, text: str) -> "Peer":
+        """``HOST:PORT:AET`` -> Peer; DataError for anything else."""
+        parts = text.rsplit(":", 2)
+        if len(parts) != 3 or not parts[1].isdigit() or not parts[2] or not parts[0]:
+            raise DataError(f"--forward must be HOST:PORT:AET, got {text!r}")
+        if not 1 <= int(parts[1]) <= 65535:
+            raise DataError(f"--forward {text!r}: port must be 1..65535")
+        try:  # checked now: else every series would fail to be forwarded, one by one
+            check_ae_title(parts[2])
+        except DataError as exc:
+            raise DataError(f"--forward {text!r}: {exc}") from None
+        return cls(parts[0], int(parts[1]), parts[2])
+
+    def __str__(self) -> str:
+        return f"{self.ae_title}@{self.host}:{self.port}"
+
+
+class SegRefused(DataError):
+    """The peer was reached and answered the C-STORE of one SEG with a failure status."""
+
+
+def send_seg(peer: Peer, calling_ae: str, path: Path) -> None:
+    """C-STORE the SEG file ``path`` to ``peer``; DataError naming the peer unless it answered
+    Success."""
+    pynetdicom = require("pynetdicom", "dicom", "forwarding DICOM SEG")
+    pydicom = require("pydicom", "io", "forwarding DICOM SEG")
+    ae = pynetdicom.AE(ae_title=calling_ae)
+    ae.connection_timeout = peer.connect_timeout
+    ae.add_requested_context(SEGMENTATION_STORAGE)
+    try:
+        assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title)
+    except OSError as exc:  # a host name that does not resolve, ...
+        raise DataError(f"could not associate with {peer}: {exc.strerror or exc}") from None
+    if not assoc.is_established:
+        raise DataError(f"could not associate with {peer}")
+    try:
+        status = assoc.send_c_store(pydicom.dcmread(path))
+    finally:
+        assoc.release()
+    code = getattr(status, "Status", None)
+    if code is None:  # pynetdicom's empty answer: the association ended or timed out first
+        raise DataError(f"{peer} did not answer the C-STORE of the SEG (association aborted or timed out)")
+    if code != STATUS_SUCCESS:
+        raise SegRefused(f"{peer} answered the C-STORE of the SEG with status 0x{int(code):04X}")
+
+
+class UnsentFolder:
+    """The folder of SEGs the forward peer has not taken yet, oldest first."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = Path(folder)
+
+    def pending(self) -> list[Path]:
+        """The SEGs waiting, oldest first (a staging file of an interrupted keep is not one)."""
+        if not self.folder.is_dir():
+            return []
+        return sorted((p for p in self.folder.glob("*.seg.dcm") if p.is_file() and not p.name.startswith(".")),
+                      key=lambda p: (p.stat().st_mtime, p.name))
+
+    def keep(self, seg: Path) -> Path:
+        """Copy ``seg`` in (a hard link where the file system allows: the SEG is then on disk
+        once), under a name no SEG waiting has; return its path there."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        stem = seg.name.removesuffix(".seg.dcm")
+        target, n = self.folder / seg.name, 1
+        while target.exists():
+            n += 1
+            target = self.folder / f"{stem}~{n}.seg.dcm"
+        try:
+            os.link(seg, target)
+        except OSError:  # another file system, or one without hard links
+            with atomic_path(target, suffix=".dcm") as tmp:
+                shutil.copyfile(seg, tmp)
+        return target
+
+    def resend(self, send) -> tuple[int, EdgesegError | None]:
+        """Send the SEGs waiting with ``send(path)``, oldest first, removing each the peer took.
+        A SEG the peer refuses stays and the next one is tried (one SEG it will not take must not
+        hold up the others); any other failure ends the round (the peer is still away: the others
+        would fail the same way). Return how many were sent and the last failure, if any."""
+        sent, failure = 0, None
+        for path in self.pending():
+            try:
+                send(path)
+            except SegRefused as exc:
+                failure = exc
+                continue
+            except EdgesegError as exc:
+                return sent, exc
+            path.unlink(missing_ok=True)
+            sent += 1
+        return sent, failure

@@ -1,0 +1,85 @@
+"""What the DICOM node accepts: the transfer syntaxes it negotiates for CT, and the checks an
+incoming image passes before it is acknowledged.
+
+An image acknowledged with Success is one the node has promised to segment: anything that would
+only fail when the series is read (pixel data no installed decoder reads, an image that says it
+is CT Image Storage but is not CT) is refused as it arrives, so the peer sees the failure on the
+image that causes it instead of a series that silently yields no SEG.
+"""
+
+from __future__ import annotations
+
+import re
+
+from edgeseg.errors import DataError, require
+
+CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
+SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
+JPEG_EXTENDED = "1.2.840.10008.1.2.4.51"
+STATUS_SUCCESS = 0x0000
+STATUS_SOP_CLASS_NOT_SUPPORTED = 0x0122
+STATUS_CANNOT_UNDERSTAND = 0xC000
+STATUS_DATASET_MISMATCH = 0xA900
+# PS3.4 B.2.3: C-STORE "Refused: Out of Resources" is A7xx; dcmtk prints it as OutOfResources.
+STATUS_OUT_OF_RESOURCES = 0xA700
+# A DICOM UID is digits and dots, at most 64 characters; the UIDs name files and folders here,
+# so anything else (a "../" from a hostile peer) must never reach the file system.
+UID_PATTERN = re.compile(r"[0-9]+(\.[0-9]+)*")
+
+
+def check_ae_title(title: str) -> str:
+    """``title`` if it is a valid AE title (1..16 printable ASCII characters, not only spaces)."""
+    if not isinstance(title, str) or not 1 <= len(title) <= 16 or not title.strip() \
+            or not all(32 <= ord(c) < 127 and c != "\\" for c in title):
+        raise DataError(f"AE title must be 1..16 printable ASCII characters without '\\', got {title!r}")
+    return title
+
+
+def decodable_transfer_syntaxes() -> list[str]:
+    """The transfer syntaxes in which CT pixel data can be decoded with what is installed: the
+    uncompressed ones, and each compressed one whose decoder has a working plugin (pydicom's
+    decoders, one per syntax it knows, say both). JPEG Extended counts only with a plugin other
+    than Pillow: Pillow decodes its 8-bit form alone, and CT (12 to 16 bits stored) sent in it is
+    always the 12-bit form; offered anyway, a peer able to send uncompressed instead would have
+    its images accepted and then fail to decode."""
+    require("pydicom", "io", "edgeseg listen")
+    from pydicom.pixels import decoders
+    from pydicom.pixels.decoders.base import Decoder
+
+    syntaxes = []
+    for decoder in vars(decoders).values():
+        if not isinstance(decoder, Decoder) or not decoder.is_available:
+            continue
+        if str(decoder.UID) == JPEG_EXTENDED and set(decoder.available_plugins) <= {"pillow"}:
+            continue
+        syntaxes.append(str(decoder.UID))
+    return syntaxes
+
+
+def incoming_uids(ds) -> tuple[str, str]:
+    """(SeriesInstanceUID, SOPInstanceUID) of an incoming image; DataError when either is not a
+    plain DICOM UID (they name the files the image is kept in)."""
+    series_uid, sop_uid = str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID)
+    if not all(len(uid) <= 64 and UID_PATTERN.fullmatch(uid) for uid in (series_uid, sop_uid)):
+        raise DataError(f"malformed UIDs {series_uid[:80]!r} / {sop_uid[:80]!r}")
+    return series_uid, sop_uid
+
+
+def refusal(ds) -> tuple[int, str] | None:
+    """``(status, reason)`` when an incoming CT Image Storage image must be refused before it is
+    stored, else None. ``ds`` carries its file meta (the transfer syntax it came in)."""
+    sop_class = str(ds.get("SOPClassUID", ""))
+    if sop_class != CT_IMAGE_STORAGE:
+        return STATUS_DATASET_MISMATCH, f"its SOP Class UID is {sop_class or 'missing'}, not CT Image Storage"
+    modality = str(ds.get("Modality", "")) or "missing"
+    if modality != "CT":
+        return STATUS_DATASET_MISMATCH, f"it is sent as CT Image Storage but its modality is {modality}"
+    syntax = ds.file_meta.get("TransferSyntaxUID", "?")
+    try:
+        ds.pixel_array  # noqa: B018 - decoded once here so that the series read cannot fail on it
+    except Exception as exc:  # pydicom raises RuntimeError, ValueError, NotImplementedError, ...
+        name = getattr(syntax, "name", str(syntax))
+        first = str(exc).strip().splitlines()
+        detail = " ".join(line.strip() for line in first[:2]) if first else type(exc).__name__
+        return STATUS_CANNOT_UNDERSTAND, f"its pixel data ({name}) cannot be decoded here: {detail}"
+    return None
