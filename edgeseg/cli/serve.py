@@ -36,6 +36,8 @@ def command(bundle, host, port, backend, threads, model_name, max_batch, queue_s
     """Serve BUNDLE over HTTP: /v2 (KServe v2, tritonclient-compatible) with models NAME (the
     network, pre-processed tensor in, logits out) and NAME-pipeline (HU in, labels out),
     /v1/segment, /metrics."""
+    import signal
+
     from edgeseg.cli.logs import configure_logging
     from edgeseg.errors import DataError, require
     from edgeseg.limits import current_limits
@@ -59,12 +61,18 @@ def command(bundle, host, port, backend, threads, model_name, max_batch, queue_s
                          max_inflight_bytes=max_inflight_bytes)
     app = create_app(segmenter, config)
     click.echo(f"serving {bundle} as {model_name!r} and {model_name + '-pipeline'!r} on http://{host}:{port} (backend {segmenter.backend})")
+    # SIGTERM (a service manager's stop) is the server's normal end, as for `edgeseg listen`:
+    # uvicorn takes it for a graceful shutdown, then raises it again once it has restored this
+    # handler, which lets the command end with exit status 0. Installed only now: a SIGTERM while
+    # the model loads stops the command as any other (143).
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: None)
     try:
         # a stop lets requests in flight finish (each has --timeout), then closes what is left: a
         # client that stalls mid-body or holds a connection must not keep the server up
         uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False,
                     timeout_graceful_shutdown=timeout + 5)
     finally:
+        signal.signal(signal.SIGTERM, previous)
         for model in app.state.models.values():
             model.close()
         segmenter.close()
