@@ -25,7 +25,8 @@ from edgeseg.cli.tta_option import tta_option
 @click.option("--max-side", default=4096, show_default=True, type=click.IntRange(2, 65535),
               help="Largest slice side the pipeline model takes, in pixels.")
 @click.option("--timeout", default=30.0, show_default=True, type=click.FloatRange(0.1, 3600),
-              help="Seconds a request may wait for its result (then 504) or between its body's bytes (then 408).")
+              help="Seconds a request may wait for its result (then 504) or between its body's bytes (then 408), "
+                   "and a connection for a request's whole headers (then it is closed).")
 @click.option("--max-inflight-bytes", type=click.IntRange(min=1), default=None,
               help="Most bytes of decoded volumes and tensors held for requests in flight, counted as "
                    "--max-volume-bytes counts a volume; a request beyond it is answered 503 before its volume "
@@ -43,6 +44,7 @@ def command(bundle, host, port, backend, threads, model_name, max_batch, queue_s
     from edgeseg.limits import current_limits
     from edgeseg.runtime.segmenter import Segmenter
     from edgeseg.serve.app import ServeConfig, create_app
+    from edgeseg.serve.header_deadline import header_deadline_protocol
 
     from edgeseg.export.triton import check_model_name
 
@@ -70,7 +72,7 @@ def command(bundle, host, port, backend, threads, model_name, max_batch, queue_s
         # a stop lets requests in flight finish (each has --timeout), then closes what is left: a
         # client that stalls mid-body or holds a connection must not keep the server up
         uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False,
-                    timeout_graceful_shutdown=timeout + 5)
+                    timeout_graceful_shutdown=timeout + 5, http=header_deadline_protocol(timeout))
     finally:
         signal.signal(signal.SIGTERM, previous)
         for model in app.state.models.values():
