@@ -14,7 +14,10 @@ array edgeseg holds). The environment variables ``EDGESEG_MAX_PIXELS`` and
 
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from edgeseg.errors import DataError
@@ -88,6 +91,22 @@ def check_slice(rows: int, columns: int, source: object) -> None:
                         f"{limit} (--max-pixels or {PIXELS_ENV})")
 
 
+_watchers = threading.local()
+
+
+@contextlib.contextmanager
+def volume_sizes_to(watch: Callable[[int, object], None]) -> Iterator[None]:
+    """Within the block, on this thread, every volume a reader sizes within the limits is passed
+    to ``watch(bytes, source)`` before the reader allocates it; ``watch`` may raise to refuse it
+    (a server charges the volume to its memory budget this way)."""
+    previous = getattr(_watchers, "watch", None)
+    _watchers.watch = watch
+    try:
+        yield
+    finally:
+        _watchers.watch = previous
+
+
 def check_volume(shape, source: object) -> None:
     """Refuse a volume whose float32 HU array would exceed the byte limit (and its slices the pixel limit).
 
@@ -101,6 +120,9 @@ def check_volume(shape, source: object) -> None:
     if size > limits.max_volume_bytes:
         raise DataError(f"{source}: a volume of shape {list(dims)} takes {size} bytes as float32 HU, over the limit "
                         f"of {limits.max_volume_bytes} (--max-volume-bytes or {VOLUME_BYTES_ENV})")
+    watch = getattr(_watchers, "watch", None)
+    if watch is not None:
+        watch(size, source)
 
 
 def check_file_holds(source: object, field: str, claimed_bytes: int, available_bytes: int) -> None:

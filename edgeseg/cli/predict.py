@@ -35,9 +35,11 @@ from edgeseg.cli.tta_option import tta_option
 @click.option("--intensity", default=None,
               help="What PNG/JPG pixels mean: 'hu-clipped:LO,HI' or 'window:LO,HI' [default: what the bundle's "
                    "training slices meant, as its manifest records; else hu-clipped:0,255].")
+@click.option("--timeout", default=None, type=click.FloatRange(min=0, min_open=True),
+              help="Seconds to wait for each answer of a remote --backend http://... server [default: 60].")
 @tta_option
 @click.option("--quiet", is_flag=True, help="No progress bar and no log lines.")
-def command(bundle, input_path, out, fmt, backend, threads, batch_size, overlay, spacing, intensity, tta,
+def command(bundle, input_path, out, fmt, backend, threads, batch_size, overlay, spacing, intensity, timeout, tta,
             quiet) -> None:
     """Segment INPUT with BUNDLE and write the label map to --out; prints a one-line summary."""
     import logging
@@ -58,6 +60,10 @@ def command(bundle, input_path, out, fmt, backend, threads, batch_size, overlay,
     if not quiet:
         configure_logging()
     fmt = format_for(out, fmt)
+    if timeout is not None:  # before the input is read: a local backend would ignore it
+        from edgeseg.runtime.runners.remote import check_remote_timeout, is_remote
+
+        check_remote_timeout(timeout, backend if is_remote(backend) else None)
     check_input_path(input_path)
     _check_outputs(input_path, out, fmt, overlay)
     kind = input_kind(input_path)
@@ -85,7 +91,7 @@ def command(bundle, input_path, out, fmt, backend, threads, batch_size, overlay,
         raise DataError(f"--format dicom-seg needs a DICOM series folder as INPUT, got {input_path}")
     # a series a SEG cannot be made of is refused before the model runs, not after
     seg_sources = seg_source_datasets(refs) if fmt == "dicom-seg" else None
-    with Segmenter.load(bundle, backend=backend, threads=threads, tta=tta) as segmenter:
+    with Segmenter.load(bundle, backend=backend, threads=threads, tta=tta, timeout=timeout) as segmenter:
         if spacing is None and kind in ("npy", "image") and segmenter.postprocess.needs_spacing:
             # the unit spacing such inputs are read with would turn the mL into a wrong voxel count
             raise DataError(f"{input_path} carries no voxel spacing, and the bundle removes 3-D components by "

@@ -25,36 +25,56 @@ from edgeseg.cli.tta_option import tta_option
 @click.option("--max-side", default=4096, show_default=True, type=click.IntRange(2, 65535),
               help="Largest slice side the pipeline model takes, in pixels.")
 @click.option("--timeout", default=30.0, show_default=True, type=click.FloatRange(0.1, 3600),
-              help="Seconds a request may wait for its result (then 504) or between its body's bytes (then 408).")
+              help="Seconds a request may wait for its result (then 504) or between its body's bytes (then 408), "
+                   "and a connection for a request's whole headers (then it is closed).")
+@click.option("--max-inflight-bytes", type=click.IntRange(min=1), default=None,
+              help="Most bytes of decoded volumes and tensors held for requests in flight, counted as "
+                   "--max-volume-bytes counts a volume; a request beyond it is answered 503 before its volume "
+                   "is allocated. Default: twice --max-volume-bytes (4 GiB by default); at least that limit.")
 @tta_option
 def command(bundle, host, port, backend, threads, model_name, max_batch, queue_size, max_body_mb, max_side,
-            timeout, tta) -> None:
+            timeout, max_inflight_bytes, tta) -> None:
     """Serve BUNDLE over HTTP: /v2 (KServe v2, tritonclient-compatible) with models NAME (the
     network, pre-processed tensor in, logits out) and NAME-pipeline (HU in, labels out),
     /v1/segment, /metrics."""
+    import signal
+
     from edgeseg.cli.logs import configure_logging
-    from edgeseg.errors import require
+    from edgeseg.errors import DataError, require
+    from edgeseg.limits import current_limits
     from edgeseg.runtime.segmenter import Segmenter
     from edgeseg.serve.app import ServeConfig, create_app
+    from edgeseg.serve.header_deadline import header_deadline_protocol
 
     from edgeseg.export.triton import check_model_name
 
     configure_logging()
     check_model_name(model_name)  # it names URL paths, as in a Triton repository
     uvicorn = require("uvicorn", "serve", "edgeseg serve")
+    volume_limit = current_limits().max_volume_bytes
+    if max_inflight_bytes is not None and max_inflight_bytes < volume_limit:
+        raise DataError(f"--max-inflight-bytes {max_inflight_bytes} is below --max-volume-bytes {volume_limit}: "
+                        "an upload of a volume within that limit could never be served")
     _check_port(host, port)
     segmenter = Segmenter.load(bundle, backend=backend, threads=threads,
                                tta=tta)
     config = ServeConfig(model_name=model_name, max_batch=max_batch, queue_size=queue_size,
-                         max_body_bytes=max_body_mb << 20, timeout_s=timeout, max_side=max_side)
+                         max_body_bytes=max_body_mb << 20, timeout_s=timeout, max_side=max_side,
+                         max_inflight_bytes=max_inflight_bytes)
     app = create_app(segmenter, config)
     click.echo(f"serving {bundle} as {model_name!r} and {model_name + '-pipeline'!r} on http://{host}:{port} (backend {segmenter.backend})")
+    # SIGTERM (a service manager's stop) is the server's normal end, as for `edgeseg listen`:
+    # uvicorn takes it for a graceful shutdown, then raises it again once it has restored this
+    # handler, which lets the command end with exit status 0. Installed only now: a SIGTERM while
+    # the model loads stops the command as any other (143).
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: None)
     try:
         # a stop lets requests in flight finish (each has --timeout), then closes what is left: a
         # client that stalls mid-body or holds a connection must not keep the server up
         uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False,
-                    timeout_graceful_shutdown=timeout + 5)
+                    timeout_graceful_shutdown=timeout + 5, http=header_deadline_protocol(timeout))
     finally:
+        signal.signal(signal.SIGTERM, previous)
         for model in app.state.models.values():
             model.close()
         segmenter.close()

@@ -106,14 +106,15 @@ class Segmenter:
 
     @classmethod
     def load(cls, bundle: str | Path, backend: str | list[str] = "auto", threads: int = 0,
-             tta: str = "none") -> "Segmenter":
+             tta: str = "none", timeout: float | None = None) -> "Segmenter":
         """Read and verify ``bundle`` (manifest schema, every artifact's size and sha256), then
         load a runner: ``backend`` is ``"auto"`` (fastest measured here among the runners the
         export gate passed, cached), a name such as ``"openvino"``, ``"name:precision"`` such as
         ``"onnxruntime:int8"``, a list tried in order, or a KServe v2 model address
         ``"http://HOST:PORT/models/NAME"`` (the network runs there; the bundle still gives the
         spec, labels and post-processing). ``threads`` caps the backend's CPU threads (0: its
-        default); ``tta`` mirrors at prediction (see the class)."""
+        default); ``tta`` mirrors at prediction (see the class); ``timeout`` is the seconds a remote
+        backend waits for each answer of its server (default 60; a local backend takes none)."""
         check_tta(tta)  # before any loading
         folder = Path(bundle)
         manifest = read_manifest(folder)
@@ -130,7 +131,7 @@ class Segmenter:
             options = PostprocessOptions.from_dict(manifest.postprocess, max(manifest.labels, default=0) + 1)
         except DataError as exc:
             raise BundleError(f"bundle {folder}: {exc}") from None
-        runner = select_runner(folder, manifest, backend, threads)
+        runner = select_runner(folder, manifest, backend, threads, timeout=timeout)
         log.info("loaded %s with %s", folder, runner.describe())
         return cls(manifest.spec, manifest.labels, runner, options, manifest.max_batch,
                    resize_input=manifest.resize_input, bundle=folder, manifest=manifest, tta=tta)

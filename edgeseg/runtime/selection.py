@@ -33,7 +33,7 @@ import numpy as np
 from edgeseg.errors import BackendError, EdgesegError
 from edgeseg.runtime.manifest import MANIFEST_NAME, ArtifactEntry, Manifest
 from edgeseg.runtime.runners import Runner, runner_class, runners, runners_for
-from edgeseg.runtime.runners.remote import RemoteRunner, is_remote
+from edgeseg.runtime.runners.remote import DEFAULT_TIMEOUT_S, RemoteRunner, check_remote_timeout, is_remote
 from edgeseg.runtime.runners.base import check_threads
 
 log = logging.getLogger(__name__)
@@ -129,14 +129,21 @@ def instantiate(bundle: Path, manifest: Manifest, candidate: Candidate, threads:
                manifest.max_batch, threads=threads)
 
 
-def select_runner(bundle: Path, manifest: Manifest, backend: str | list[str] = "auto", threads: int = 0) -> Runner:
+def select_runner(bundle: Path, manifest: Manifest, backend: str | list[str] = "auto", threads: int = 0,
+                  timeout: float | None = None) -> Runner:
     """The runner for ``backend``: ``"auto"``, ``"NAME"``, ``"NAME:PRECISION"``, or a list of
     those tried in order, as a Python list or a comma list (``"tensorrt,openvino:int8"``, as
-    ``--backend`` takes it). An explicit name without precision prefers fp32, the reference."""
+    ``--backend`` takes it). An explicit name without precision prefers fp32, the reference.
+    ``timeout``: seconds a remote backend waits for each answer (default 60); a local backend
+    takes none (BackendError)."""
     wanted = backend_list(backend)
     check_threads(threads)  # before any runner is tried: auto would take the refusal for a failed load
-    if len(wanted) == 1 and is_remote(wanted[0]):
+    remote = len(wanted) == 1 and is_remote(wanted[0])
+    if timeout is not None:
+        check_remote_timeout(timeout, backend if remote else None)
+    if remote:
         return RemoteRunner(wanted[0], manifest.inputs[0], manifest.outputs[0], manifest.max_batch, threads,
+                            timeout=DEFAULT_TIMEOUT_S if timeout is None else timeout,
                             artifacts=tuple(a.sha256 for a in manifest.artifacts), labels=manifest.labels)
     available = candidates(manifest, gated_only=True)
     if wanted == ["auto"]:

@@ -26,6 +26,7 @@ from edgeseg import __version__
 from edgeseg.errors import BackendError, EdgesegError, require
 from edgeseg.serve.batcher import QueueFull
 from edgeseg.serve.encoding import BodyError, decode_body
+from edgeseg.serve.inflight import ByteBudget, OverBudget
 from edgeseg.serve.metrics import ServerMetrics
 from edgeseg.serve.model_inputs import DEFAULT_MAX_SIDE
 from edgeseg.serve.models import ServedModel, served_models
@@ -39,6 +40,9 @@ Request = fastapi.Request
 log = logging.getLogger("edgeseg.serve")
 # The status a request is counted under when its client went away before sending it whole (nginx's)
 CLIENT_CLOSED = 499
+# Seconds a client refused for overload is told to wait (Retry-After): about one batch's time, as
+# the queue and the budget free with every answer
+RETRY_AFTER_S = 1
 
 
 @dataclass(frozen=True)
@@ -52,6 +56,8 @@ class ServeConfig:
     timeout_s: float = 30.0
     max_delay_s: float = 0.002
     max_side: int = DEFAULT_MAX_SIDE
+    # bytes of decoded inputs held for requests in flight; None: twice the volume limit in force
+    max_inflight_bytes: int | None = None
 
 
 class HttpError(Exception):
@@ -69,13 +75,17 @@ def create_app(segmenter, config: ServeConfig = ServeConfig()):
     from starlette.concurrency import run_in_threadpool
     from starlette.requests import ClientDisconnect
 
+    from edgeseg.limits import current_limits
+
     model_lock = threading.Lock()
+    budget = ByteBudget(config.max_inflight_bytes or 2 * current_limits().max_volume_bytes)
     # read at scrape time: requests queued for either model and uploads waiting for it
-    metrics = ServerMetrics(lambda: sum(m.batcher.depth for m in models.values()) + uploads.depth)
+    metrics = ServerMetrics(lambda: sum(m.batcher.depth for m in models.values()) + uploads.depth,
+                            lambda: budget.held, lambda: models)
     models = served_models(segmenter, config, metrics.batch_size.observe, model_lock)
     uploads = ModelQueue(model_lock, config.queue_size)
     app = fastapi.FastAPI(title="edgeseg", version=__version__, docs_url=None, redoc_url=None)
-    app.state.models, app.state.uploads = models, uploads
+    app.state.models, app.state.uploads, app.state.budget = models, uploads, budget
     # Decoding a JSON body and encoding a JSON answer take seconds for large tensors: in a thread,
     # so the event loop answers health checks and other requests meanwhile; one at a time, so at
     # most one body's worth of Python objects lives at once, as when they ran on the loop.
@@ -200,37 +210,44 @@ def create_app(segmenter, config: ServeConfig = ServeConfig()):
             raise HttpError(400, str(exc)) from None
         if decoded.outputs is not None and set(decoded.outputs) - {model.output_name}:
             raise HttpError(400, f"model {name!r} has one output {model.output_name!r}, asked for {decoded.outputs}")
-        ok = False
-        try:
-            array = model.checked(decoded.inputs)  # a DataError naming the problem becomes a 400
-            request_shape = decoded.inputs[model.input_name].shape
+        # refused before it is queued, as Triton refuses a request it cannot take (a malformed
+        # one, a full queue): answered, but not a failed inference of the model
+        array = model.checked(decoded.inputs)  # a DataError naming the problem becomes a 400
+        request_shape = decoded.inputs[model.input_name].shape
+        with budget.holding(f"a request to model {name!r}") as held:
+            _hold(held, array.nbytes)
             queued = time.perf_counter_ns()
             ticket = _submit(model.batcher.submit, array)
-            result = await _result(ticket, config.timeout_s)
-            answered = time.perf_counter_ns()
-            async with codec:
-                payload, headers = await run_in_threadpool(_encoded, model, decoded, request_shape, result)
-            ok = True
-        finally:
-            end = time.perf_counter_ns()
-            if ok:
-                model.stats.record_success(end - start, int(array.shape[0]), queue=ticket.queue_ns,
-                                           compute_input=queued - start, compute_infer=ticket.infer_ns,
-                                           compute_output=end - answered)
-            else:
-                model.stats.record_failure(end - start)
+            ok = False
+            try:
+                result = await _result(ticket, config.timeout_s)
+                answered = time.perf_counter_ns()
+                async with codec:
+                    payload, headers = await run_in_threadpool(_encoded, model, decoded, request_shape, result)
+                ok = True
+            finally:
+                end = time.perf_counter_ns()
+                if ok:
+                    model.stats.record_success(end - start, int(array.shape[0]), queue=ticket.queue_ns,
+                                               compute_input=queued - start, compute_infer=ticket.infer_ns,
+                                               compute_output=end - answered)
+                else:
+                    model.stats.record_failure(end - start)
         return Response(content=payload, headers=headers, media_type=headers["content-type"])
 
     @app.post("/v1/segment")
     async def segment(request: Request, format: str = "npy"):
         body = await read_body(request)
         _submit(uploads.reserve)  # a place first: at most --queue-size decoded volumes wait
-        with tempfile.TemporaryDirectory(prefix="edgeseg-upload-") as tmp:
+        with budget.holding("the upload's volume") as held, \
+                tempfile.TemporaryDirectory(prefix="edgeseg-upload-") as tmp:
             # only the model call holds the model: reading and writing the files do not
-            try:
-                volume = await run_in_threadpool(read_upload, body, format, Path(tmp))
+            try:  # the volume's bytes are taken from the budget before its pixels are allocated
+                volume = await run_in_threadpool(read_upload, body, format, Path(tmp), held)
             except BaseException:
                 uploads.release()
+                if held.refusal is not None:  # whatever the reader made of it
+                    raise _refused(held.refusal) from None
                 raise
             result, started = uploads.submit(lambda: segmenter.predict_volume(volume))
             labels = await _upload_result(result, started, config.timeout_s)
@@ -298,12 +315,28 @@ def _encoded(model: ServedModel, decoded, request_shape: tuple[int, ...], result
                            model.response_parameters())
 
 
+def _refused(exc: Exception) -> HttpError:
+    """The answer to a request refused for overload: 503 with Retry-After (a full queue or byte
+    budget frees as requests are answered), or 413 for one the whole budget cannot hold."""
+    if isinstance(exc, OverBudget):
+        return HttpError(413, str(exc))
+    return HttpError(503, f"server busy: {exc}; retry later", {"Retry-After": str(RETRY_AFTER_S)})
+
+
 def _submit(submit, *args) -> Future:
     """``submit(*args)`` to a queue for the model; 503 when the queue is full."""
     try:
         return submit(*args)
     except QueueFull as exc:
-        raise HttpError(503, f"server busy: {exc}; retry later") from None
+        raise _refused(exc) from None
+
+
+def _hold(held, nbytes: int) -> None:
+    """``held.grow(nbytes)``; 503 (or 413) when the byte budget cannot take them."""
+    try:
+        held.grow(nbytes)
+    except (QueueFull, OverBudget) as exc:
+        raise _refused(exc) from None
 
 
 async def _result(future: Future, timeout_s: float):

@@ -15,15 +15,15 @@ from pathlib import Path
 import numpy as np
 
 from edgeseg.runtime.manifest import Manifest
-from edgeseg.runtime.runners.remote import RemoteRunner
+from edgeseg.runtime.runners.remote import DEFAULT_TIMEOUT_S, RemoteRunner
 from edgeseg.runtime.segmenter import Segmenter
 
 
-def remote_segmenter(url: str, bundle: str | Path | Manifest, timeout: float = 60.0) -> Segmenter:
+def remote_segmenter(url: str, bundle: str | Path | Manifest, timeout: float = DEFAULT_TIMEOUT_S) -> Segmenter:
     """A Segmenter whose network runs at ``url`` (``http://HOST:PORT/models/NAME``); ``bundle``
     (a bundle folder or its parsed manifest) gives the spec, labels and post-processing."""
     if not isinstance(bundle, Manifest):
-        return Segmenter.load(bundle, backend=url)
+        return Segmenter.load(bundle, backend=url, timeout=timeout)
     runner = RemoteRunner(url, bundle.inputs[0], bundle.outputs[0], bundle.max_batch, timeout=timeout,
                           artifacts=tuple(a.sha256 for a in bundle.artifacts), labels=bundle.labels)
     return Segmenter(bundle.spec, bundle.labels, runner, bundle.postprocess, bundle.max_batch,

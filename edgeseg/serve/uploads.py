@@ -110,11 +110,18 @@ def _named_as_upload(tmp: Path):
         raise
 
 
-def read_upload(body: bytes, fmt: str, tmp: Path):
+def read_upload(body: bytes, fmt: str, tmp: Path, holding=None):
     """The upload's Volume, read through ``tmp`` (a folder of its own); DataError for an output
-    format not in OUTPUTS or an upload that is none of the formats read."""
-    with _named_as_upload(tmp):
-        return _read_upload(body, fmt, tmp)
+    format not in OUTPUTS or an upload that is none of the formats read. ``holding`` (an
+    ``edgeseg.serve.inflight.Holding``) is charged the volume's bytes as the reader sizes it
+    from the header, before its pixels are allocated, and may refuse it."""
+    from edgeseg.limits import volume_sizes_to
+
+    with _named_as_upload(tmp), volume_sizes_to(holding.grow if holding is not None else lambda *_: None):
+        volume = _read_upload(body, fmt, tmp)
+    if holding is not None:  # a reader that sized nothing through the limits: charged now, once read
+        holding.grow(volume.hu.nbytes)
+    return volume
 
 
 def _read_upload(body: bytes, fmt: str, tmp: Path):

@@ -218,12 +218,12 @@ def test_config_index_and_statistics_for_tritonclient(server, serve_bundle):
     client = tritonclient_http.InferenceServerClient(url=server.url)
     before = client.get_inference_statistics("edgeseg-pipeline")["model_stats"][0]
     _pipeline(server.url, _phantom_hu(2, 40, 40))
-    with pytest.raises(InferenceServerException):
+    with pytest.raises(InferenceServerException):  # refused before it is queued: not a failed inference (Triton's)
         _pipeline(server.url, np.zeros((1, 1, 1), np.int16))
     after = client.get_inference_statistics("edgeseg-pipeline")["model_stats"][0]
     assert after["inference_count"] - before["inference_count"] == 2
     assert after["inference_stats"]["success"]["count"] - before["inference_stats"]["success"]["count"] == 1
-    assert after["inference_stats"]["fail"]["count"] - before["inference_stats"]["fail"]["count"] == 1
+    assert after["inference_stats"]["fail"]["count"] == before["inference_stats"]["fail"]["count"]
     assert after["inference_stats"]["success"]["ns"] > before["inference_stats"]["success"]["ns"]
     names = {m["name"] for m in client.get_inference_statistics()["model_stats"]}
     assert names == {"edgeseg", "edgeseg-pipeline"}

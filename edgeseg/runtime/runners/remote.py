@@ -22,11 +22,23 @@ from edgeseg.runtime.runners.base import Runner
 _PATH = re.compile(r"^(?:/v2)?/models/(?P<model>[^/]+)(?:/versions/(?P<version>[^/]+))?/?$")
 _HEADER_LENGTH = "Inference-Header-Content-Length"
 _FLOATS = {"FP32": np.dtype("<f4"), "FP16": np.dtype("<f2")}
+# Seconds to wait for a server's answer unless told otherwise
+DEFAULT_TIMEOUT_S = 60.0
 
 
 def is_remote(backend: str) -> bool:
     """True when ``backend`` names a server address rather than a local backend."""
     return backend.strip().lower().startswith(("http://", "https://"))
+
+
+def check_remote_timeout(timeout, backend) -> float:
+    """``timeout`` as seconds for the remote ``backend``; BackendError for one that is not a
+    positive finite number, or for a backend that is not remote (None), which would ignore it."""
+    if backend is None:
+        raise BackendError("a timeout applies to a remote backend (http://HOST:PORT/models/NAME) only")
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout < float("inf"):
+        raise BackendError(f"a remote backend's timeout must be a positive number of seconds, got {timeout!r}")
+    return float(timeout)
 
 
 def _dims(shape) -> list[int]:
@@ -70,10 +82,10 @@ class RemoteRunner(Runner):
     name = "remote"
 
     def __init__(self, url: str, input_info: TensorInfo, output_info: TensorInfo, max_batch: int, threads: int = 0,
-                 timeout: float = 60.0, artifacts: tuple[str, ...] = (), labels: dict[int, str] | None = None) -> None:
+                 timeout: float = DEFAULT_TIMEOUT_S, artifacts: tuple[str, ...] = (), labels: dict[int, str] | None = None) -> None:
         super().__init__(input_info, output_info, max_batch, threads, precision="server", artifact=url)
         self._scheme, self._host, self._port, self._prefix = parse_address(url)
-        self._timeout = float(timeout)
+        self._timeout = check_remote_timeout(timeout, url)
         self._connection = None  # an http.client connection, opened on the first request
         self._artifacts, self._labels = tuple(artifacts), labels
         self._server_batch = 0  # the server's batch limit, where it says one (0: none said)
@@ -106,6 +118,10 @@ class RemoteRunner(Runner):
             except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError) as exc:
                 self._disconnect()
                 lost = f"connection lost ({exc})"
+            except TimeoutError:  # a server that takes the connection and never answers
+                self._disconnect()
+                raise BackendError(f"remote {self._scheme}://{self.device}: no answer within {self._timeout:g} s "
+                                   "(the remote backend's timeout)") from None
             except OSError as exc:
                 self._disconnect()
                 raise BackendError(f"remote: cannot reach {self._scheme}://{self.device} ({exc})") from None
