@@ -19,7 +19,7 @@ from edgeseg.atomic import check_output_folder
 from edgeseg.errors import DataError, EdgesegError, require
 from edgeseg.data.open import recorded_slice_options
 from edgeseg.export.bundle import artifact_entry, build_manifest, check_output, staged_bundle, write_manifest
-from edgeseg.export.profiles import ExportSettings
+from edgeseg.export.profiles import MIN_CALIB_SLICES, ExportSettings
 from edgeseg.export.stages import process_peak_mb, record_stages, stage
 from edgeseg.export.verify import ParityError, failures, parity_table
 from edgeseg.runtime.manifest import network_tensors
@@ -82,6 +82,11 @@ def _export(checkpoint, out, settings: ExportSettings, calib, verify_data, force
             calib_set = load_calibration(calib, spec, settings.calib_slices, payload.get("label_values"),
                                          read_as.get("intensity", intensity), exclude_cases=held_out,
                                          slice_options=read_as.get("slice_options"))
+        drawn = len(calib_set.images)
+        if drawn < MIN_CALIB_SLICES:
+            left_out = " outside the held-out cases" if held_out else ""
+            raise DataError(f"calibration data {calib} gives {drawn} slice{'s' if drawn != 1 else ''}{left_out}; "
+                            f"INT8 calibration needs at least {MIN_CALIB_SLICES}: give more data with --calib")
     with stage("load-verify"):
         verify_set = load_verify_set(payload, spec, verify_data, settings.verify_slices, intensity)
     if settings.gate_metric == "truth" and verify_set.truth is None:
