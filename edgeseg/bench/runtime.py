@@ -33,7 +33,7 @@ from edgeseg.kernels import postprocess, preprocess
 from edgeseg.runtime.manifest import read_manifest
 from edgeseg.runtime.segmenter import KERNEL_THREADS, Segmenter
 from edgeseg.runtime.runners.remote import is_remote
-from edgeseg.runtime.selection import candidates, machine_signature, parse_backend
+from edgeseg.runtime.selection import canonical_backend, candidates, machine_signature, parse_backend
 
 STAGES = ("decode", "preprocess", "inference", "postprocess", "end_to_end")
 PERCENTILES = (("min", 0), ("p50", 50), ("p90", 90), ("p99", 99), ("max", 100))
@@ -91,6 +91,7 @@ def backend_labels(bundle: str | Path, wanted: list[str]) -> list[str]:
     each checked first: BackendError for a name no runner has (listing those that exist), or one
     the bundle has no artifact for (listing what it offers)."""
     manifest = read_manifest(bundle)
+    wanted = [canonical_backend(text) for text in wanted]  # the table and the JSON name them as the runtime does
     if wanted == ["all"]:
         return ["auto", *[c.label for c in candidates(manifest)]]
     if "all" in wanted:

@@ -8,7 +8,7 @@ import click
 
 from edgeseg.atomic import atomic_files, check_output_folder
 from edgeseg.errors import DataError
-from edgeseg.evaluate.compare import compare_runs, load_run, plot_comparison
+from edgeseg.evaluate.compare import compare_runs, load_run, plot_comparison, task_difference
 from edgeseg.report.output import format_table, write_csv, write_json
 
 FILES = ("compare.csv", "compare.json", "compare.png")
@@ -36,12 +36,17 @@ def command(runs: tuple[Path, ...], out_dir: Path | None) -> None:
         check_output_folder(out_dir, "--out")
     loaded = [load_run(path) for path in runs]
     rows, columns = compare_runs(loaded)
+    different = task_difference(loaded)
+    if different:  # the table still helps (which run trained longer, on what); its Dice columns do not compare
+        click.echo(f"edgeseg: warning: these runs segment different classes: {different}; their Dice and HD95 "
+                   "columns are not comparable", err=True)
     click.echo(format_table(rows, columns))
     if out_dir is not None:
         # one set: a failed or concurrent compare never leaves one run's table beside another's plot
         with atomic_files(out_dir, FILES) as staged:
             write_csv(staged["compare.csv"], rows, columns)
-            write_json(staged["compare.json"], {"columns": columns, "rows": rows})
+            write_json(staged["compare.json"], {"columns": columns, "rows": rows,
+                                                **({"different_classes": different} if different else {})})
             plot_comparison(staged["compare.png"], loaded)
         click.echo(f"wrote {', '.join(FILES)} to {out_dir}", err=True)
 

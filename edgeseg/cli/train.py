@@ -85,7 +85,6 @@ def command(**opts) -> None:
     """Train a segmentation model (--model, default unet); writes OUT/best.pt, OUT/last.pt, metrics.csv/json and curves.png."""
     require("torch", "train", "edgeseg train")
     from edgeseg.train.loop import train
-    from edgeseg.train.run_folder import check_start_locked
 
     recipe = None
     if opts["recipe"] is not None:
@@ -101,16 +100,20 @@ def command(**opts) -> None:
     if main_process:
         check_output_folder(opts["out"], "--out")
         check_out_beside_data(opts["out"], cfg.data)
-        if opts["nproc"] != 1:  # refused here, before torchrun starts (a single process checks in train)
-            check_start_locked(opts["out"], opts["resume"], opts["overwrite"], cfg)
         if opts["cache"] is not None:
             check_output_folder(opts["cache"], "slice store cache (--cache)")
     configure_logging()
     if not main_process:
         logging.getLogger("edgeseg").setLevel(logging.WARNING)
     if opts["nproc"] != 1:
+        from edgeseg.train.distributed import check_process_count
         from edgeseg.train.launch import launch
+        from edgeseg.train.run_data import check_launch
 
+        check_process_count(opts["nproc"])
+        # refused here, before torchrun starts processes that would each print the refusal and
+        # torchrun its report (a single process checks the same in train)
+        check_launch(cfg, opts["resume"], opts["overwrite"], progress=not opts["quiet"])
         launch(opts["nproc"], _repeat_options(ctx, skip={"nproc"}))
         return
     result = train(cfg, resume=opts["resume"], progress=not opts["quiet"], overwrite=opts["overwrite"])

@@ -129,6 +129,32 @@ def differing_hyperparameters(runs: Sequence) -> list[str]:
     return [key for key in keys if len({_canonical(run["config"], key) for run in runs}) > 1]
 
 
+def _task(config: Mapping) -> str | None:
+    """The classes a run segments, as ``--labels`` gives them (``liver=1+2``), or None for a
+    config that records none (a run from before labels were recorded)."""
+    labels = config.get("labels")
+    if not isinstance(labels, Mapping) or not labels:
+        return None
+    return ", ".join(f"{name}=" + "+".join(str(v) for v in (values if isinstance(values, (list, tuple)) else [values]))
+                     for name, values in labels.items())
+
+
+def task_difference(runs: Sequence) -> str | None:
+    """One phrase naming the classes each group of runs segments when they are not the same
+    (``liver=1 (runA); ggo=1, consolidation=2 (runB)``), else None: runs of different tasks
+    (a liver and a lung-infection run) share the table, but their Dice columns do not measure
+    the same thing. Runs that record no classes are left out of the check."""
+    runs = _as_runs(runs)
+    groups: dict[str, list[str]] = {}
+    for run in runs:
+        task = _task(run["config"])
+        if task is not None:
+            groups.setdefault(task, []).append(run["name"])
+    if len(groups) < 2:
+        return None
+    return "; ".join(f"{task} ({', '.join(names)})" for task, names in groups.items())
+
+
 def _train_seconds(history: list[dict]) -> float | None:
     seconds = history_series(history, "seconds")
     finite = seconds[np.isfinite(seconds)]

@@ -19,7 +19,9 @@ from edgeseg.atomic import check_output_folder
 from edgeseg.errors import DataError, EdgesegError, require
 from edgeseg.data.open import recorded_slice_options
 from edgeseg.export.bundle import artifact_entry, build_manifest, check_output, staged_bundle, write_manifest
-from edgeseg.export.profiles import ExportSettings
+from edgeseg.export.gate_memory import (GATE_BYTES_ENV, gate_max_bytes, gate_slice_bytes, gate_slice_limit,
+                                        size_text)
+from edgeseg.export.profiles import MIN_CALIB_SLICES, ExportSettings
 from edgeseg.export.stages import process_peak_mb, record_stages, stage
 from edgeseg.export.verify import ParityError, failures, parity_table
 from edgeseg.runtime.manifest import network_tensors
@@ -82,8 +84,19 @@ def _export(checkpoint, out, settings: ExportSettings, calib, verify_data, force
             calib_set = load_calibration(calib, spec, settings.calib_slices, payload.get("label_values"),
                                          read_as.get("intensity", intensity), exclude_cases=held_out,
                                          slice_options=read_as.get("slice_options"))
+        drawn = len(calib_set.images)
+        if drawn < MIN_CALIB_SLICES:
+            left_out = " outside the held-out cases" if held_out else ""
+            raise DataError(f"calibration data {calib} gives {drawn} slice{'s' if drawn != 1 else ''}{left_out}; "
+                            f"INT8 calibration needs at least {MIN_CALIB_SLICES}: give more data with --calib")
+    # the gate holds every held-out slice's logits at once: at a large spec size fewer slices fit
+    gate_slices = gate_slice_limit(spec, len(labels), settings.verify_slices)
+    if gate_slices < settings.verify_slices:
+        echo(f"parity gate: {gate_slices} held-out slices, not {settings.verify_slices}: at {spec.size[0]}x"
+             f"{spec.size[1]} one slice takes {size_text(gate_slice_bytes(spec, len(labels)))} in the gate, whose "
+             f"limit is {size_text(gate_max_bytes())} ({GATE_BYTES_ENV})")
     with stage("load-verify"):
-        verify_set = load_verify_set(payload, spec, verify_data, settings.verify_slices, intensity)
+        verify_set = load_verify_set(payload, spec, verify_data, gate_slices, intensity)
     if settings.gate_metric == "truth" and verify_set.truth is None:
         raise DataError(f"--gate-metric truth needs labelled held-out slices; {verify_set.source} has no labels")
     with staged_bundle(target, replace=force) as folder:
@@ -96,6 +109,9 @@ def _export(checkpoint, out, settings: ExportSettings, calib, verify_data, force
         with stage("gate"):
             post = PostprocessOptions.from_dict(payload.get("postprocess"), len(labels))
             report = _gate(folder, model, made, verify_set, settings, spec, labels, post, progress)
+        if gate_slices < settings.verify_slices:  # parity.json says why the gate saw fewer slices than asked
+            report["slice_limit"] = {"asked": settings.verify_slices, "slice_bytes": gate_slice_bytes(spec, len(labels)),
+                                     "gate_max_bytes": gate_max_bytes()}
         report["stages"] = stages
         report["peak_rss_mb"] = round(process_peak_mb(), 1)
         echo(parity_table(report))
@@ -185,7 +201,7 @@ def _gate(folder: Path, model, made: list, verify_set, settings: ExportSettings,
     gate = {"rules": rules, "structure_px": settings.structure_px,
             "volume_filtered": {c for c, o in post.classes.items() if o.filters_volume}}
     with stage("reference"), Segmenter.from_module(model, spec, labels, max_batch=batch) as segmenter:
-        reference = segmenter.logits(images)
+        reference = _gate_logits(segmenter.logits, images, batch, "gate: fp32 reference", progress)
     inputs, outputs = network_tensors(spec, len(labels))
     results, excluded, dead = [], {}, []
     for fmt, precision, file, extra, fingerprint in tqdm(made, desc="verify", unit="artifact", leave=False,
@@ -199,7 +215,8 @@ def _gate(folder: Path, model, made: list, verify_set, settings: ExportSettings,
                 excluded.setdefault(file, {})[cls.name] = f"does not load: {exc}"
                 continue
             with stage(f"{entry.key}-{cls.name}"), Segmenter(spec, labels, runner) as segmenter:
-                row = compare_logits(reference, segmenter.logits(images), truth, precision,
+                logits = _gate_logits(segmenter.logits, images, batch, f"gate: {entry.key} on {cls.name}", progress)
+                row = compare_logits(reference, logits, truth, precision,
                                      settings.max_dice_drop[precision], class_names, settings.gate_metric,
                                      slice_cases=verify_set.slice_cases, case_slices=verify_set.case_slices,
                                      **gate)
@@ -208,7 +225,8 @@ def _gate(folder: Path, model, made: list, verify_set, settings: ExportSettings,
         if precision == "fp16":
             pick = half_check_slices(images, truth, settings.fp16_check, settings.fp16_check_slices)
             with stage("fp16-half-check"):
-                half = half_precision_logits(model, images[pick], batch)
+                half = _gate_logits(lambda part: half_precision_logits(model, part, batch), images[pick], batch,
+                                    f"gate: {entry.key} in float16", progress)
             row = compare_logits(reference[pick], half, None if truth is None else truth[pick], precision,
                                  settings.max_dice_drop[precision], class_names, settings.gate_metric,
                                  slice_cases=[verify_set.slice_cases[i] for i in pick],
@@ -247,6 +265,20 @@ def _gate(folder: Path, model, made: list, verify_set, settings: ExportSettings,
         report["latency"] = {"batch": 1, "threads": LATENCY_THREADS, "onnx-fp32_ms": timed["fp32"],
                              "onnx-int8_ms": timed["int8"], "ratio": timed["int8"] / timed["fp32"]}
     return report
+
+
+def _gate_logits(infer: Callable[[np.ndarray], np.ndarray], images: np.ndarray, batch: int, what: str,
+                 progress: bool) -> np.ndarray:
+    """``infer`` over ``images`` ``batch`` slices at a time, with a bar on stderr counting the
+    slices: at a large spec size one artifact's pass over the held-out slices takes minutes."""
+    from tqdm import tqdm
+
+    parts = []
+    with tqdm(total=len(images), desc=what, unit="slice", leave=False, disable=not progress) as bar:
+        for start in range(0, len(images), batch):
+            parts.append(infer(images[start : start + batch]))
+            bar.update(len(parts[-1]))
+    return np.concatenate(parts)
 
 
 def _tensorrt(folder: Path, settings: ExportSettings, spec, cache_dir, echo) -> list:

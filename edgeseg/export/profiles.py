@@ -20,6 +20,13 @@ FP16_CHECKS = ("subset", "full")
 GATE_METRICS = ("agreement", "truth")
 INT8_SCHEMES = ("cpu", "tensorrt")
 STRUCTURE_PX = 16
+# The fewest calibration slices an INT8 graph is quantised from. Vendors' guidance (about 500
+# images for TensorRT, at least 300 samples for OpenVINO) is for classification, where an image
+# is one sample; a CT slice gives every activation thousands of pixel samples, so what a small
+# set lacks is variety: the stratified draw needs four slices (both ends of the intensity range
+# and two between) for each of the four class combinations of a two-class task. Fewer are
+# refused rather than left to the gate: on a few slices it can pass ranges that clip the rest.
+MIN_CALIB_SLICES = 16
 # The largest batch an artifact is exported for; a larger figure is a typing error (edgeseg serve
 # takes --max-batch up to the same, and Triton refuses a max_batch_size far beyond it).
 MAX_BATCH = 1024
@@ -109,6 +116,9 @@ class ExportSettings:
         for name in ("calib_slices", "max_batch", "verify_slices", "fp16_check_slices"):
             if int(getattr(self, name)) < 1:
                 raise DataError(f"{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.int8 and int(self.calib_slices) < MIN_CALIB_SLICES:
+            raise DataError(f"calib-slices {self.calib_slices} is below the {MIN_CALIB_SLICES} slices INT8 "
+                            f"calibration needs at least (default 64)")
         if int(self.max_batch) > MAX_BATCH:
             raise DataError(f"max-batch must be at most {MAX_BATCH} (as for edgeseg serve), got {self.max_batch}")
         drops = {"fp32": 0.0, "fp16": 0.002, "int8": 0.01, **dict(self.max_dice_drop)}

@@ -181,7 +181,7 @@ def check_repo_backend(backend: str) -> str:
     from edgeseg.runtime.runners import runner_class, runners_for
     from edgeseg.runtime.selection import parse_backend
 
-    if not isinstance(backend, str) or backend.strip() in ("", "auto") or "://" in backend or "," in backend:
+    if not isinstance(backend, str) or backend.strip().lower() in ("", "auto") or "://" in backend or "," in backend:
         raise DataError(f"--backend must name one runner (onnxruntime, openvino, ...) for the repository's "
                         f"Python-backend models, got {backend!r}")
     runner, precision = parse_backend(backend)
@@ -272,7 +272,7 @@ def write_triton_repo(bundle: str | Path, repo: str | Path, *, name: str = "edge
     bundle, repo = Path(bundle), Path(repo)
     check_model_name(name)
     check_tta(tta)
-    check_repo_backend(backend)
+    backend = check_repo_backend(backend)  # its canonical name goes into the models' configs
     if kind not in ("KIND_GPU", "KIND_CPU"):
         raise DataError(f"instance kind must be KIND_GPU or KIND_CPU, got {kind!r}")
     if isinstance(instances, bool) or not isinstance(instances, int) or instances < 1:

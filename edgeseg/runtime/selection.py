@@ -56,9 +56,19 @@ class Candidate:
         return f"{self.runner}:{self.entry.precision}"
 
 
+def canonical_backend(text: str) -> str:
+    """``text`` stripped and, unless it is a server address, in lower case: runner names,
+    precisions and ``auto``/``all`` are matched without regard to case (``OpenVINO:INT8`` is
+    ``openvino:int8``), everywhere a backend is named; a URL keeps its case (a model name is
+    case-sensitive on the server)."""
+    text = text.strip()
+    return text if is_remote(text) else text.lower()
+
+
 def parse_backend(text: str) -> tuple[str, str | None]:
-    """``"openvino:int8"`` -> ("openvino", "int8"); ``"onnxruntime"`` -> ("onnxruntime", None)."""
-    name, _, precision = text.strip().partition(":")
+    """``"openvino:int8"`` -> ("openvino", "int8"); ``"onnxruntime"`` -> ("onnxruntime", None);
+    any case (``"OpenVINO"``) is the same name."""
+    name, _, precision = canonical_backend(text).partition(":")
     loadable = sorted(name for name, cls in runners().items() if cls.format is not None)
     if name not in loadable:
         raise BackendError(f"unknown backend {name!r}; known: auto, {', '.join(loadable)}, http://HOST:PORT/models/NAME")
@@ -178,7 +188,8 @@ def select_runner(bundle: Path, manifest: Manifest, backend: str | list[str] = "
 
 
 def backend_list(backend: str | list[str]) -> list[str]:
-    """``backend`` as the list of names to try: a comma list split, each name stripped; BackendError
+    """``backend`` as the list of names to try: a comma list split, each name in its canonical form
+    (:func:`canonical_backend`: stripped, runner names in lower case); BackendError
     for an empty name, and for ``auto`` or a server address among several (each is a whole choice)."""
     if isinstance(backend, str):
         wanted = [backend] if is_remote(backend) else backend.split(",")
@@ -188,7 +199,7 @@ def backend_list(backend: str | list[str]) -> list[str]:
         raise BackendError(f"backend must be a string or a list of strings, got {backend!r}")
     if not wanted:
         raise BackendError("backend list is empty")
-    wanted = [text.strip() for text in wanted]
+    wanted = [canonical_backend(text) for text in wanted]
     if "" in wanted:
         raise BackendError(f"backend {backend!r} has an empty name; give names such as onnxruntime or openvino:int8")
     if len(wanted) > 1:

@@ -79,8 +79,9 @@ def check_nifti_grid(volume, out: str | os.PathLike) -> None:
 
 
 def write_nifti(labels: np.ndarray, volume, out: str | os.PathLike) -> Path:
-    """Save labels as NIfTI in the world of ``volume``: on the input file's own grid and affine
-    when the input was NIfTI, else with the Volume's affine (LPS array order)."""
+    """Save labels as NIfTI in the world of ``volume``: on the input file's own grid, with its
+    header's qform and sform (matrices and codes) and units, when the input was NIfTI; else with
+    the Volume's affine (LPS array order) as qform and sform, code 1 (scanner)."""
     nib = require("nibabel", "io", "NIfTI output")
     nio = require("nibabel.orientations", "io", "NIfTI output")
 
@@ -109,9 +110,14 @@ def write_nifti(labels: np.ndarray, volume, out: str | os.PathLike) -> Path:
         header.set_data_dtype(np.uint8)
         header.set_slope_inter(1.0, 0.0)
     image = nib.Nifti1Image(np.ascontiguousarray(data_xyz, dtype=np.uint8), affine, header)
-    image.set_qform(affine, code=1)
-    image.set_sform(affine, code=1)
-    image.header.set_xyzt_units("mm")
+    if header is None:
+        image.set_qform(affine, code=1)
+        image.set_sform(affine, code=1)
+        image.header.set_xyzt_units("mm")
+    # else the input's own qform and sform, matrices and codes, and its units: set again from
+    # the affine, a sheared sform (gantry tilt) would also become the qform, which cannot hold a
+    # shear and takes the nearest rotation instead, and an "aligned" or template sform would be
+    # relabelled as scanner coordinates
     suffix = ".nii.gz" if str(out).lower().endswith(".gz") else ".nii"
     with atomic_path(out, suffix=suffix) as tmp:
         nib.save(image, str(tmp))

@@ -13,10 +13,8 @@ import numpy as np
 import torch
 
 from edgeseg.atomic import folder_lock
-from edgeseg.data import split_cases
-from edgeseg.data.folds import fold_split
-from edgeseg.data.store import StoreCases, open_slice_store
-from edgeseg.errors import CheckpointError, DataError, EdgesegError
+from edgeseg.data.store import StoreCases
+from edgeseg.errors import EdgesegError
 from edgeseg.models import ModelConfig, build_model, count_parameters
 from edgeseg.models.complexity import check_trainable_here
 from edgeseg.stopping import check_stop, stop_at_checkpoints
@@ -30,30 +28,13 @@ from edgeseg.train.losses import build_loss
 from edgeseg.train.memory_format import choose_memory_format, to_memory_format, torch_format
 from edgeseg.train.precision import autocast_dtype
 from edgeseg.train.records import write_records
+from edgeseg.train.run_data import check_trainable, prepare
 from edgeseg.train.run_folder import busy_message, check_resumable, check_start
 from edgeseg.train.schedule import lr_at
 from edgeseg.train.streaming import EpochBatches, ForegroundBatchSampler, default_workers, make_train_loader
 from edgeseg.train.validate import CasePredictions, choose_postprocess, validate, validation_voxel_ml
 
 log = logging.getLogger("edgeseg.train")
-
-
-def prepare(cfg: TrainConfig, progress: bool = False) -> dict[str, Any]:
-    """Build or reuse the data's slice store, split it by case (or fold), and view the train and
-    validation cases (images read from the store on demand)."""
-    spec = build_spec(cfg)
-    cache = cfg.cache or Path(cfg.out) / "slice-store"
-    label_values = sorted({v for values in cfg.labels.values() for v in values})
-    slice_options = {"case_pattern": cfg.case_pattern, "mask": cfg.mask, "label_values": label_values}
-    store = open_slice_store(cfg.data, cache, spec, cfg.labels, cfg.intensity, progress=progress,
-                             slice_options=slice_options)
-    ids = store.case_ids
-    if len(ids) < 2:
-        raise DataError(f"{cfg.data} holds {len(ids)} case(s); training needs at least 2 (train and validation)")
-    split = fold_split(ids, cfg.folds, cfg.fold, cfg.seed) if cfg.folds else split_cases(ids, cfg.fractions, cfg.seed)
-    sets = {name: StoreCases(store, split[name]) for name in ("train", "val")}
-    val_voxel_ml = validation_voxel_ml([store.geometry(c) for c in split["val"]], spec)
-    return {"split": split, "spec": spec, "store": store, **sets, "val_voxel_ml": val_voxel_ml}
 
 
 SamplerFactory = Callable[[StoreCases, ProcessPlace, TrainConfig], TrainSampler]
@@ -128,18 +109,8 @@ def _train(cfg, resume, progress, on_epoch, make_sampler, place, device) -> dict
     data = prepare(cfg, progress)
     if place.distributed and place.is_main:
         distributed.barrier(place)
-    if payload is not None and payload.get("split") and _split_cases(payload["split"]) != _split_cases(data["split"]):
-        raise CheckpointError(f"cannot resume {out / 'last.pt'}: {cfg.data} splits into other cases than the run was "
-                              "trained on (other data, or data changed); train into another --out")
     train_set, val_set = data["train"], data["val"]
-    # a class no training slice holds (a --labels value the data does not use) trains on empty
-    # targets, and its validation Dice of empty against empty reads as a perfect 1.0
-    held = train_set.store.present[train_set.rows].any(axis=0)
-    absent = [f"{name} (value {'+'.join(map(str, cfg.labels[name]))})" for k, name in enumerate(cfg.labels, start=1)
-              if not held[k]]
-    if absent:
-        raise DataError(f"no training slice of {cfg.data} holds {', '.join(absent)}; check --labels against the "
-                        "label values the data uses (edgeseg data info)")
+    check_trainable(cfg, data, payload)
     if place.is_main:  # after the checks above: a refused training prints its error alone
         log.info("%s", data["store"].describe())
     if place.is_main:
@@ -232,10 +203,6 @@ def memory_format_for(cfg: TrainConfig, model, model_config: ModelConfig, device
     concrete = MEMORY_FORMATS[1:]
     record["chosen"] = concrete[distributed.from_rank0(concrete.index(record["chosen"]), place, device)]
     return {**record, "machine": machine}
-
-
-def _split_cases(split: dict[str, Any]) -> dict[str, list[str]]:
-    return {name: sorted(map(str, split.get(name) or [])) for name in ("train", "val", "test")}
 
 
 def _resume(path: Path, model, optimizer, device, cfg: TrainConfig) -> dict[str, Any]:

@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from edgeseg.atomic import folder_lock
 from edgeseg.errors import CheckpointError, EdgesegError
 from edgeseg.models import ModelConfig
 from edgeseg.models.checkpoint import read_checkpoint
@@ -28,17 +27,6 @@ def check_start(out: str | Path, resume: bool, overwrite: bool) -> None:
 
 def busy_message(out: str | Path) -> str:
     return f"{out} is being trained by another process; wait for it to finish, or give another --out"
-
-
-def check_start_locked(out: str | Path, resume: bool, overwrite: bool, cfg: TrainConfig | None = None) -> None:
-    """:func:`check_start` while holding the folder's training lock (so a folder another process
-    is training is refused as busy, not as one holding a training); with ``resume`` and ``cfg``,
-    also :func:`check_resumable` (``--nproc`` checks here, before torchrun starts processes that
-    would each print the refusal, followed by torchrun's report)."""
-    with folder_lock(out, ".training.lock", busy_message(out)):
-        check_start(out, resume, overwrite)
-        if resume and cfg is not None:
-            check_resumable(Path(out) / "last.pt", cfg)
 
 
 def check_resumable(path: Path, cfg: TrainConfig) -> dict[str, Any]:

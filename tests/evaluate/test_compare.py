@@ -172,3 +172,26 @@ def test_the_same_run_given_twice_is_refused(runs, tmp_path, assert_one_line_err
                                str(tmp_path / "out")], capture_output=True, text=True, timeout=120)
         assert_one_line_error(proc, f"the run folder {twice[-1]} is given twice{also}; name each run once")
         assert not (tmp_path / "out").exists()
+
+
+def test_runs_of_different_classes_get_one_warning_naming_them_and_keep_the_table(tmp_path):
+    liver = make_run(tmp_path / "liver", 0.9, _liver(0.9, 4.0), labels={"liver": [1]})
+    covid = make_run(tmp_path / "covid", 0.6, labels={"ggo": [1], "consolidation": [2]})
+    merged = make_run(tmp_path / "merged", 0.8, labels={"liver": [1, 2]})
+    out = tmp_path / "comparison"
+    result = CliRunner().invoke(command, [str(liver), str(covid), str(merged), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    (line,) = result.stderr.splitlines()[:1]
+    assert line == ("edgeseg: warning: these runs segment different classes: liver=1 (liver); ggo=1, "
+                    "consolidation=2 (covid); liver=1+2 (merged); their Dice and HD95 columns are not comparable")
+    assert [row.split()[0] for row in result.stdout.splitlines()[2:]] == ["liver", "covid", "merged"]
+    assert json.loads((out / "compare.json").read_text())["different_classes"].startswith("liver=1 (liver)")
+
+
+def test_runs_of_the_same_classes_get_no_warning(tmp_path):
+    a = make_run(tmp_path / "a", 0.9, labels={"liver": [1]})
+    b = make_run(tmp_path / "b", 0.8, labels={"liver": [1]}, lr=0.01)
+    old = make_run(tmp_path / "old", 0.7)  # records no classes: nothing to say about it
+    result = CliRunner().invoke(command, [str(a), str(b), str(old)])
+    assert result.exit_code == 0, result.output
+    assert result.stderr == ""

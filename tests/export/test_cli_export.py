@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from edgeseg.runtime.manifest import read_manifest, verify_artifacts
@@ -150,3 +151,16 @@ def test_unwritable_cache_fails_before_any_work(checkpoint, tmp_path, assert_one
                    "--cache-dir", blocker / "cache")
     assert_one_line_error(proc, f"cannot write the export cache folder (--cache-dir) {blocker / 'cache'}")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+def test_too_few_calibration_slices_are_refused_naming_the_count_and_the_minimum(checkpoint, tmp_path,
+                                                                                 assert_one_line_error):
+    """One calibration slice sets every activation range from one image; the gate, on a few
+    held-out slices, may pass ranges that clip the rest of a scan."""
+    one = tmp_path / "one.npy"
+    np.save(one, np.zeros((1, 1, 64, 64), np.float32))
+    proc = edgeseg("export", checkpoint, "--out", tmp_path / "b", "--int8", "--calib", one, "--quiet")
+    assert_one_line_error(proc, f"calibration data {one} gives 1 slice; INT8 calibration needs at least 16")
+    proc = edgeseg("export", checkpoint, "--out", tmp_path / "b", "--int8", "--calib", one, "--calib-slices", "4")
+    assert_one_line_error(proc, "calib-slices 4 is below the 16 slices INT8 calibration needs")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["one.npy"]

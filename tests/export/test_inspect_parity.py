@@ -43,7 +43,7 @@ def other_bundle(tmp_path_factory):
     root = tmp_path_factory.mktemp("other")
     train(TrainConfig(out=str(root / "train"), data="phantom:cases=3,size=32,slices=8", size=32, base=4, depth=2,
                       epochs=1, batch_size=4, seed=3), progress=False)
-    settings = ExportSettings(int8=True, calib_slices=8, verify_slices=8, max_batch=2, max_dice_drop={"int8": 1.0})
+    settings = ExportSettings(int8=True, calib_slices=16, verify_slices=8, max_batch=2, max_dice_drop={"int8": 1.0})
     export_bundle(root / "train" / "best.pt", root / "bundle", settings, calib="phantom:cases=2,size=32,slices=8,seed=5",
                   cache_dir=root / "cache", progress=False, echo=lambda text: None)
     return root / "bundle"

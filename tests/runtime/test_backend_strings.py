@@ -4,6 +4,8 @@ ValueError from inside the selection."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from edgeseg.errors import BackendError
@@ -65,3 +67,41 @@ def test_a_thread_count_that_is_not_a_number_is_one_backend_error(bundle_dir, th
     for backend in ("auto", "onnxruntime:fp32"):
         with pytest.raises(BackendError, match="threads must be between 0"):
             Segmenter.load(bundle_dir, backend=backend, threads=threads)
+
+
+@pytest.mark.parametrize(("backend", "runs"), [
+    ("OnnxRuntime:FP32", "onnxruntime:fp32"),
+    ("ONNXRUNTIME:int8", "onnxruntime:int8"),
+    (["OnnxRuntime:Int8"], "onnxruntime:int8"),
+    ("TensorRT,OnnxRuntime:FP32", "onnxruntime:fp32"),  # a list is canonical name by name
+])
+def test_backend_names_are_matched_without_regard_to_case(bundle_dir, backend, runs):
+    with Segmenter.load(bundle_dir, backend=backend) as seg:
+        assert seg.backend == runs
+
+
+def test_auto_in_capitals_is_auto(bundle_dir):
+    _needs("openvino")
+    with Segmenter.load(bundle_dir, backend="AUTO") as seg:
+        assert seg.runner.name in ("onnxruntime", "openvino", "torchscript")
+
+
+def test_predict_takes_a_backend_name_in_any_case(bundle_dir, tmp_path):
+    from click.testing import CliRunner
+
+    from edgeseg.cli.main import cli
+
+    _needs("openvino")
+    image = sorted((Path(__file__).resolve().parents[1] / "data" / "msd_liver_slices" / "images").iterdir())[0]
+    out = tmp_path / "pred.npy"
+    done = CliRunner().invoke(cli, ["predict", str(bundle_dir), str(image), "--out", str(out),
+                                    "--backend", "OpenVINO", "--quiet"])
+    assert done.exit_code == 0, done.output
+    assert "backend openvino:fp32" in done.output and out.is_file()
+
+
+def test_bench_names_a_backend_given_in_capitals_as_the_runtime_does(bundle_dir):
+    from edgeseg.bench.runtime import backend_labels
+
+    assert backend_labels(bundle_dir, ["OnnxRuntime:INT8", "Auto"]) == ["onnxruntime:int8", "auto"]
+    assert backend_labels(bundle_dir, ["ALL"])[0] == "auto"

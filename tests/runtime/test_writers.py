@@ -100,3 +100,37 @@ def test_nifti_of_a_2d_nifti_input_lies_on_its_grid(tmp_path):
     assert image.shape == (64, 48)
     np.testing.assert_array_equal(np.asarray(image.dataobj), expected)
     np.testing.assert_allclose(image.affine, affine)
+
+
+def test_nifti_of_a_sheared_nifti_input_carries_its_qform_sform_codes_and_units(tmp_path):
+    """A gantry-tilted scan's sform holds a shear its qform cannot (a qform is a rotation). The
+    output took the sform as its qform too (nibabel stores the nearest rotation, so the qform
+    placed the labels elsewhere than the input's qform did) and set both codes to 1 (scanner),
+    relabelling an "aligned" sform."""
+    nib = pytest.importorskip("nibabel")
+    from edgeseg.data.nifti import read_nifti
+
+    qform = np.array([[-0.8, 0, 0, 100], [0, -0.8, 0, 120], [0, 0, 2.5, -50], [0, 0, 0, 1]])
+    sform = qform.copy()
+    sform[0, 2] = 0.6  # each slice slides 0.6 mm along x: the tilt
+    source = tmp_path / "tilted.nii.gz"
+    image = nib.Nifti1Image(np.zeros((32, 24, 5), np.int16), None)
+    image.set_qform(qform, code=1)
+    image.set_sform(sform, code=2)
+    image.header.set_xyzt_units("mm", "sec")
+    nib.save(image, source)
+    volume = read_nifti(source)
+    labels = np.zeros(volume.hu.shape, np.uint8)
+    labels[1, 3, 4] = 1
+    out = nib.load(str(write_nifti(labels, volume, tmp_path / "mask.nii.gz")))
+    written, given = out.header, nib.load(str(source)).header
+    assert written.get_qform(coded=True)[1] == 1 and written.get_sform(coded=True)[1] == 2
+    np.testing.assert_allclose(written.get_qform(), given.get_qform(), atol=1e-6)
+    np.testing.assert_allclose(written.get_qform(), qform, atol=1e-6)
+    np.testing.assert_allclose(written.get_sform(), sform, atol=1e-6)
+    assert written.get_xyzt_units() == ("mm", "sec")
+    # the labelled voxel lies, by the written sform, where the volume's affine puts label [1, 3, 4]
+    (voxel,) = np.argwhere(np.asarray(out.dataobj) == 1)
+    assert out.shape == (32, 24, 5)
+    np.testing.assert_allclose(nib.affines.apply_affine(written.get_sform(), voxel),
+                               nib.affines.apply_affine(volume.affine, (4, 3, 1)))

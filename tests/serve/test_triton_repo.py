@@ -59,6 +59,14 @@ def test_int8_cpu_repository_serves_the_int8_graph_on_the_python_backend(serve_b
     assert not (tmp_path / "r" / "edgeseg" / "1" / "model.onnx").exists()
 
 
+def test_a_backend_named_in_capitals_is_written_in_the_runtime_s_form(serve_bundle, tmp_path):
+    result = CliRunner().invoke(cli, ["triton", str(serve_bundle), str(tmp_path / "r"), "--kind", "KIND_CPU",
+                                      "--backend", "OnnxRuntime"])
+    assert result.exit_code == 0, result.output
+    config = _parse(tmp_path / "r" / "edgeseg-pipeline" / "config.pbtxt")
+    assert config.parameters["edgeseg_backend"].string_value == "onnxruntime:fp32"
+
+
 def test_pipeline_model_takes_int16_hu_and_returns_uint8_labels(serve_bundle, tmp_path):
     result = CliRunner().invoke(cli, ["triton", str(serve_bundle), str(tmp_path / "r"), "--max-batch", "0"])
     assert result.exit_code == 0, result.output

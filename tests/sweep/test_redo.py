@@ -295,7 +295,7 @@ def test_a_point_whose_int8_the_gate_refuses_is_reported_in_fp32_with_the_reason
     import numpy as np
 
     blank = tmp_path / "blank.npy"
-    np.save(blank, np.zeros((8, 1, 64, 64), np.float32))
+    np.save(blank, np.zeros((16, 1, 64, 64), np.float32))
     text = SWEEP.replace('model = ["unet", "mobile_unet"]', 'model = ["unet"]').replace(
         'calib = "phantom:cases=3,size=64,slices=16,seed=5"', f'calib = "{blank}"')
     text += '\n[choose]\nreference = "unet-b4-d2-s64"\n'

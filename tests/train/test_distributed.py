@@ -253,3 +253,21 @@ def test_bad_process_options_are_one_line_errors(tmp_path, monkeypatch, extra, e
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"edgeseg: error: {message}"), result.output
     assert not (tmp_path / "run" / "last.pt").exists()
+
+
+@pytest.mark.parametrize("data, labels, message", [
+    ("phantom:cases=1,size=32,slices=4", "liver=1",
+     "phantom:cases=1,size=32,slices=4 holds 1 case(s); training needs at least 2 (train and validation)"),
+    ("phantom:cases=3,size=32,slices=4", "liver=1,tumour=7",
+     "no training slice of phantom:cases=3,size=32,slices=4 holds tumour (value 7); check --labels"),
+])
+def test_data_a_run_cannot_train_on_is_one_line_before_torchrun_starts(tmp_path, data, labels, message,
+                                                                       assert_one_line_error):
+    """Each process used to print the refusal, followed by torchrun's failure report; and the
+    run folder the processes made (their slice store) is gone again."""
+    done = subprocess.run([sys.executable, "-m", "edgeseg", "train", "--data", data, "--labels", labels, "--size", "32",
+                           "--base", "4", "--depth", "2", "--epochs", "1", "--nproc", "2", "--quiet",
+                           "--out", str(tmp_path / "run")],
+                          cwd=tmp_path, env=_env(tmp_path), capture_output=True, text=True, timeout=300)
+    assert_one_line_error(done, message)
+    assert not (tmp_path / "run").exists()
