@@ -8,6 +8,7 @@ DICOM SEG output references the source series instance by instance (highdicom, e
 
 from __future__ import annotations
 
+import logging
 import os
 import warnings
 from pathlib import Path
@@ -16,12 +17,15 @@ import numpy as np
 
 from edgeseg import __version__
 from edgeseg.atomic import atomic_dir, atomic_path
+from edgeseg.data.grid import is_sheared
 from edgeseg.errors import DataError, require
 from edgeseg.runtime.overlay import overlay_rgb
 from edgeseg.runtime.seg_sources import seg_source_datasets
 from edgeseg.runtime.segment_codes import segment_coding
 
 FORMATS = ("nifti", "dicom-seg", "png", "npy")
+log = logging.getLogger(__name__)
+
 SUFFIX_FORMATS = {".nii": "nifti", ".nii.gz": "nifti", ".dcm": "dicom-seg", ".png": "png", ".npy": "npy"}
 
 
@@ -114,6 +118,12 @@ def write_nifti(labels: np.ndarray, volume, out: str | os.PathLike) -> Path:
         image.set_qform(affine, code=1)
         image.set_sform(affine, code=1)
         image.header.set_xyzt_units("mm")
+        if is_sheared(affine, tolerance=1e-4):
+            # the sform is exact, but the qform (a rotation) and ITK-based tools (which keep only
+            # a rotation of any sform) place the slices squarely stacked, off by the shear
+            log.warning("NIfTI output %s: the grid of %s is sheared (a gantry-tilted series?); its sform is exact, "
+                        "but the qform and ITK-based viewers stack the slices squarely; for those, write a DICOM "
+                        "SEG (--format dicom-seg)", out, volume.source or volume.case_id)
     # else the input's own qform and sform, matrices and codes, and its units: set again from
     # the affine, a sheared sform (gantry tilt) would also become the qform, which cannot hold a
     # shear and takes the nearest rotation instead, and an "aligned" or template sform would be

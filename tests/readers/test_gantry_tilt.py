@@ -114,3 +114,33 @@ def test_hd95_on_an_orthogonal_grid_matrix_equals_the_spacing_result():
     rotation = np.linalg.qr(rng.normal(size=(3, 3)))[0]
     spacing = (2.5, 0.7, 0.9)
     assert hd95(a, b, grid=rotation * spacing) == pytest.approx(hd95(a, b, spacing=spacing), rel=1e-12)
+
+
+def test_nifti_of_a_tilted_series_keeps_the_shear_in_its_sform_and_warns_of_the_qform(tmp_path, caplog):
+    nib = pytest.importorskip("nibabel")
+    from edgeseg.runtime.writers import write_nifti
+
+    fields = write_tilted_series(tmp_path / "ct", 20.0)
+    volume = read_dicom_series(tmp_path / "ct")
+    labels = np.zeros(volume.hu.shape, dtype=np.uint8)
+    labels[4, 10, 7] = 1
+    with caplog.at_level("WARNING", logger="edgeseg.runtime.writers"):
+        out = write_nifti(labels, volume, tmp_path / "mask.nii.gz")
+    assert [r.getMessage() for r in caplog.records if "sheared" in r.getMessage()], caplog.text
+    image = nib.load(str(out))
+    (x, y, z), = np.argwhere(np.asarray(image.dataobj) == 1)
+    placed_ras = image.get_sform() @ [x, y, z, 1.0]
+    np.testing.assert_allclose(placed_ras[:3] * [-1, -1, 1], world_lps(fields, np.array([[4, 10, 7]]))[0], atol=1e-4)
+    # the qform cannot hold the shear: it places the voxel elsewhere, which is what the warning says
+    assert np.linalg.norm(image.get_qform() @ [x, y, z, 1.0] - placed_ras) > 0.1
+
+
+def test_nifti_of_an_untilted_series_does_not_warn(tmp_path, caplog):
+    pytest.importorskip("nibabel")
+    from edgeseg.runtime.writers import write_nifti
+
+    write_tilted_series(tmp_path / "ct", 0.0)
+    volume = read_dicom_series(tmp_path / "ct")
+    with caplog.at_level("WARNING", logger="edgeseg.runtime.writers"):
+        write_nifti(np.zeros(volume.hu.shape, dtype=np.uint8), volume, tmp_path / "mask.nii.gz")
+    assert "sheared" not in caplog.text
