@@ -83,7 +83,8 @@ ES_API int es_segment_slice(es_segmenter *seg, const void *hu, es_dtype dtype, i
 
 /* Segment `slices` slices as es_segment_slice does; slice z starts `slice_stride` elements
  * after slice z-1 (>= rows * row_stride). Slices go to the model in batches of the bundle's
- * max_batch, at most 8, as in Segmenter.predict_volume. `labels` receives (slices, rows, cols),
+ * max_batch, at most 8, as in Segmenter.predict_volume (a model whose input fixes its batch at N
+ * gets N slices per call, zero slices after a shorter batch). `labels` receives (slices, rows, cols),
  * after the bundle's per-slice and 3-D component filters. */
 ES_API int es_segment_volume(es_segmenter *seg, const void *hu, es_dtype dtype, int slices, int rows,
                              int cols, ptrdiff_t row_stride, ptrdiff_t slice_stride, uint8_t *labels,
