@@ -12,6 +12,7 @@
 #define ES_SPEC_SCHEMA 1
 #define ES_MAX_CLASSES 256
 #define ES_MAX_BATCH_CALL 8 /* Segmenter.predict_volume's DEFAULT_BATCH */
+#define ES_MAX_THREADS 1024 /* runners/base.py MAX_THREADS: more is a typing error, not a machine */
 #define ES_MAX_BATCH (1 << 20) /* the largest max_batch a manifest may hold (manifest.py MAX_BATCH) */
 
 /* What the runtime needs from manifest.json, checked as edgeseg.runtime.manifest checks it. */

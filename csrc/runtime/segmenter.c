@@ -122,8 +122,8 @@ static void default_cache_dir(char *out, size_t size) {
 
 es_segmenter *es_open_cached(const char *bundle_dir, const char *precision, int threads, const char *cache_dir,
                              es_error *err) {
-    if (threads < 0) {
-        es_fail(err, ES_EINVAL, "threads must be >= 0 (0: OpenVINO's default), got %d", threads);
+    if (threads < 0 || threads > ES_MAX_THREADS) {
+        es_fail(err, ES_EINVAL, "threads must be between 0 (the backend's default) and %d, got %d", ES_MAX_THREADS, threads);
         return NULL;
     }
     es_segmenter *seg = calloc(1, sizeof *seg);
