@@ -63,7 +63,7 @@ typedef struct es_segmenter es_segmenter;
  * or "auto": the first of int8, fp32, fp16 the bundle has and the Python runtime's auto would run
  * on OpenVINO here: none the export gate excluded for openvino, and no INT8 graph of the tensorrt
  * scheme on an x86 CPU without VNNI; see docs/c-api.md) for OpenVINO's CPU plugin with
- * `threads` inference threads (0: OpenVINO's default). Compiled models are cached (OpenVINO's
+ * `threads` inference threads (0: OpenVINO's default; at most 1024). Compiled models are cached (OpenVINO's
  * CACHE_DIR) in $EDGESEG_CACHE_DIR/openvino/SHA16-KEY12 (default ~/.cache/edgeseg/...; see
  * docs/c-api.md): the artifact's sha256 and path and the OpenVINO version and settings name
  * the entry, which the Python runtime shares. An entry is used only when its files match their recorded
@@ -83,7 +83,8 @@ ES_API int es_segment_slice(es_segmenter *seg, const void *hu, es_dtype dtype, i
 
 /* Segment `slices` slices as es_segment_slice does; slice z starts `slice_stride` elements
  * after slice z-1 (>= rows * row_stride). Slices go to the model in batches of the bundle's
- * max_batch, at most 8, as in Segmenter.predict_volume. `labels` receives (slices, rows, cols),
+ * max_batch, at most 8, as in Segmenter.predict_volume (a model whose input fixes its batch at N
+ * gets N slices per call, zero slices after a shorter batch). `labels` receives (slices, rows, cols),
  * after the bundle's per-slice and 3-D component filters. */
 ES_API int es_segment_volume(es_segmenter *seg, const void *hu, es_dtype dtype, int slices, int rows,
                              int cols, ptrdiff_t row_stride, ptrdiff_t slice_stride, uint8_t *labels,
@@ -113,7 +114,11 @@ ES_API const char *es_spec_json(const es_segmenter *seg);
 /* "onnx-int8" etc.: the artifact that was loaded. Owned by the segmenter. */
 ES_API const char *es_artifact(const es_segmenter *seg);
 
-/* Release everything es_open allocated; NULL is accepted. */
+/* Release everything es_open allocated; NULL is accepted. As with free(), the handle is gone
+ * afterwards: a second es_close of it, or any other call with it, is undefined (the memory may
+ * already belong to a later es_open, so no check inside the library could tell). Set the
+ * pointer to NULL after closing it, or let edgeseg::Segmenter (edgeseg.hpp) own it. The label
+ * names, spec and artifact strings above end with it too. */
 ES_API void es_close(es_segmenter *seg);
 
 /* The library's version, e.g. "0.1.0". */

@@ -10,6 +10,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <new>
 #include <stdexcept>
 #include <string>
 #include <utility>
@@ -34,6 +35,13 @@ inline void check(int rc, const es_error &err) {
     if (rc != ES_OK) throw Error(rc, err.message[0] ? err.message : es_code_message(rc));
 }
 
+// A string for the C API, refused where a NUL inside would silently cut it ("bundle\0x" would
+// open "bundle"), as Python refuses such a path or mode.
+inline const char *c_string(const std::string &text, const char *what) {
+    if (text.find('\0') != std::string::npos) throw Error(ES_EINVAL, std::string(what) + " holds a NUL character");
+    return text.c_str();
+}
+
 template <typename T> struct dtype_of;
 template <> struct dtype_of<uint8_t> { static constexpr es_dtype value = ES_UINT8; };
 template <> struct dtype_of<int16_t> { static constexpr es_dtype value = ES_INT16; };
@@ -46,13 +54,14 @@ class Segmenter {
     // Open `bundle_dir` (see es_open); `precision` "int8", "fp32", "fp16" or "auto".
     explicit Segmenter(const std::string &bundle_dir, const std::string &precision = "auto", int threads = 0) {
         es_error err{};
-        seg_ = es_open(bundle_dir.c_str(), precision.c_str(), threads, &err);
+        seg_ = es_open(detail::c_string(bundle_dir, "bundle_dir"), detail::c_string(precision, "precision"), threads, &err);
         if (!seg_) detail::check(err.code ? err.code : ES_EBUNDLE, err);
     }
     // As above with an explicit compiled-model cache folder ("" for none), see es_open_cached.
     Segmenter(const std::string &bundle_dir, const std::string &precision, int threads, const std::string &cache_dir) {
         es_error err{};
-        seg_ = es_open_cached(bundle_dir.c_str(), precision.c_str(), threads, cache_dir.c_str(), &err);
+        seg_ = es_open_cached(detail::c_string(bundle_dir, "bundle_dir"), detail::c_string(precision, "precision"), threads,
+                              detail::c_string(cache_dir, "cache_dir"), &err);
         if (!seg_) detail::check(err.code ? err.code : ES_EBUNDLE, err);
     }
     ~Segmenter() { es_close(seg_); }
@@ -70,7 +79,7 @@ class Segmenter {
     // One (rows, cols) slice, rows `row_stride` elements apart (0: contiguous) -> rows*cols labels.
     template <typename T>
     std::vector<uint8_t> segment_slice(const T *hu, int rows, int cols, std::ptrdiff_t row_stride = 0) const {
-        std::vector<uint8_t> labels(checked_count(1, rows, cols));
+        std::vector<uint8_t> labels = label_buffer<T>(1, rows, cols, "slice");
         es_error err{};
         detail::check(es_segment_slice(seg_, hu, detail::dtype_of<T>::value, rows, cols, row_stride ? row_stride : cols,
                                        labels.data(), &err),
@@ -80,7 +89,7 @@ class Segmenter {
 
     // `slices` contiguous (rows, cols) slices -> slices*rows*cols labels.
     template <typename T> std::vector<uint8_t> segment_volume(const T *hu, int slices, int rows, int cols) const {
-        std::vector<uint8_t> labels(checked_count(slices, rows, cols));
+        std::vector<uint8_t> labels = label_buffer<T>(slices, rows, cols, "volume");
         es_error err{};
         detail::check(es_segment_volume(seg_, hu, detail::dtype_of<T>::value, slices, rows, cols, cols,
                                         static_cast<std::ptrdiff_t>(rows) * cols, labels.data(), &err),
@@ -92,7 +101,7 @@ class Segmenter {
     // under a volume in mL.
     template <typename T>
     std::vector<uint8_t> segment_volume(const T *hu, int slices, int rows, int cols, const double (&spacing)[3]) const {
-        std::vector<uint8_t> labels(checked_count(slices, rows, cols));
+        std::vector<uint8_t> labels = label_buffer<T>(slices, rows, cols, "volume");
         es_error err{};
         detail::check(es_segment_volume_spaced(seg_, hu, detail::dtype_of<T>::value, slices, rows, cols, cols,
                                                static_cast<std::ptrdiff_t>(rows) * cols, spacing, labels.data(),
@@ -104,7 +113,7 @@ class Segmenter {
     // Test-time mirroring of the segment calls: "none", "flip" or "mirror" (es_set_tta).
     void set_tta(const std::string &mode) {
         es_error err{};
-        detail::check(es_set_tta(seg_, mode.c_str(), &err), err);
+        detail::check(es_set_tta(seg_, detail::c_string(mode, "mode"), &err), err);
     }
 
     // Class names by class number.
@@ -121,15 +130,31 @@ class Segmenter {
   private:
     static std::string text(const char *s) { return s ? s : ""; }
 
-    // The label buffer's size, refused before allocating when the C API would refuse the call.
-    static std::size_t checked_count(int slices, int rows, int cols) {
+    // The labels of `slices` (rows, cols) slices of T, allocated once the sizes pass the C API's
+    // own checks (its messages, `what` being "slice" or "volume"); a size the address space
+    // cannot hold, or an allocation that fails, is an Error too, never std::bad_alloc.
+    template <typename T>
+    static std::vector<uint8_t> label_buffer(int slices, int rows, int cols, const std::string &what) {
+        const std::string shape = std::to_string(rows) + " x " + std::to_string(cols);
         if (slices < 1 || rows < 1 || cols < 1)
-            throw Error(ES_EINVAL, "sizes must be positive, got " + std::to_string(slices) + " slice(s) of " +
-                                       std::to_string(rows) + " x " + std::to_string(cols));
+            throw Error(ES_EINVAL, what + " sizes must be positive, got " + std::to_string(slices) + " slice(s) of " + shape);
+        if (rows < ES_MIN_SIDE || cols < ES_MIN_SIDE)
+            throw Error(ES_EDATA, what + " of " + shape + " is too small; slices need at least " +
+                                      std::to_string(ES_MIN_SIDE) + " rows and columns");
         if (rows > ES_MAX_SIDE || cols > ES_MAX_SIDE)
-            throw Error(ES_EDATA, "slices of " + std::to_string(rows) + " x " + std::to_string(cols) +
-                                      " are larger than the limit of " + std::to_string(ES_MAX_SIDE) + " (ES_MAX_SIDE)");
-        return static_cast<std::size_t>(slices) * static_cast<std::size_t>(rows) * static_cast<std::size_t>(cols);
+            throw Error(ES_EDATA, what + " of " + shape + " is larger than the limit of " + std::to_string(ES_MAX_SIDE) +
+                                      " rows and columns (ES_MAX_SIDE)");
+        const std::ptrdiff_t plane = static_cast<std::ptrdiff_t>(rows) * cols; // at most 2^26
+        if (slices > PTRDIFF_MAX / static_cast<std::ptrdiff_t>(sizeof(T)) / plane)
+            throw Error(ES_EINVAL, "row_stride " + std::to_string(cols) + " or slice_stride " + std::to_string(plane) +
+                                       " is too large to address");
+        const std::size_t count = static_cast<std::size_t>(slices) * static_cast<std::size_t>(plane);
+        try {
+            return std::vector<uint8_t>(count);
+        } catch (const std::exception &) { // bad_alloc, or length_error beyond the vector's max_size()
+            throw Error(ES_ENOMEM, "no memory for the labels of " + std::to_string(slices) + " slice(s) of " + shape +
+                                       " (" + std::to_string(count) + " bytes)");
+        }
     }
 
     es_segmenter *seg_ = nullptr;

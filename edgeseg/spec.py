@@ -175,12 +175,19 @@ class PreprocessSpec:
             raise SpecError(f"a PreprocessSpec must be a JSON object, got {type(data).__name__}")
         data = dict(data)
         schema = data.pop("schema", SCHEMA_VERSION)
-        if schema != SCHEMA_VERSION:
+        if not _is_json_int(schema) or schema != SCHEMA_VERSION:
             raise SpecError(f"PreprocessSpec schema {schema} is not supported (this edgeseg reads {SCHEMA_VERSION})")
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
             raise SpecError(f"unknown PreprocessSpec field(s) {unknown}; known: {sorted(known)}")
+        # JSON's types, as libedgeseg reads them: the constructor's int() and float() would also
+        # take true, "64" and 64.0, which a spec written by to_dict never holds.
+        for name, whole in (("window", False), ("size", True)):
+            value = data.get(name, [0, 0])
+            if not (isinstance(value, (list, tuple)) and len(value) == 2
+                    and all(_is_json_int(v) or (not whole and isinstance(v, float)) for v in value)):
+                raise SpecError(f"{name} must be a pair of {'whole numbers' if whole else 'numbers'}, got {value!r}")
         return cls(**data)
 
     @classmethod
@@ -191,6 +198,11 @@ class PreprocessSpec:
         except json.JSONDecodeError as exc:
             raise SpecError(f"PreprocessSpec is not valid JSON: {exc}") from None
         return cls.from_dict(data)
+
+
+def _is_json_int(value: Any) -> bool:
+    """A JSON integer: not a bool (an int in Python), not 2.0."""
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _pair(value: Any, name: str, kind: type) -> tuple:

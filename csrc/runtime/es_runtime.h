@@ -12,6 +12,8 @@
 #define ES_SPEC_SCHEMA 1
 #define ES_MAX_CLASSES 256
 #define ES_MAX_BATCH_CALL 8 /* Segmenter.predict_volume's DEFAULT_BATCH */
+#define ES_MAX_THREADS 1024 /* runners/base.py MAX_THREADS: more is a typing error, not a machine */
+#define ES_MAX_BATCH (1 << 20) /* the largest max_batch a manifest may hold (manifest.py MAX_BATCH) */
 
 /* What the runtime needs from manifest.json, checked as edgeseg.runtime.manifest checks it. */
 typedef struct {
@@ -22,6 +24,7 @@ typedef struct {
     int resize_input;        /* 0: slices must already be rows x cols */
     int resize_labels;       /* postprocess.resize == "labels" (else "logits") */
     int max_batch;
+    int fixed_batch;         /* the input's batch size where the manifest fixes it (else 0: -1, dynamic) */
     int num_classes;         /* max label + 1 */
     char **labels;           /* num_classes names, "" where unnamed */
     char *spec_json;         /* the spec object, compact */
@@ -70,6 +73,18 @@ char *es_manifest_text(const char *path, const char *dir, es_error *err);
  * grammar (01, 1.); its offset, *kind being which, or -1. */
 enum { ES_FLAW_CONTROL = 1, ES_FLAW_NUL, ES_FLAW_NUMBER };
 long es_manifest_text_flaw(const char *json, int *kind);
+
+/* Set on a cJSON number whose JSON text has a fraction or an exponent (8.0, 8e0): Python's json
+ * reads it as a float, so where the manifest takes an integer both runtimes refuse it. A bit above
+ * cJSON's own type flags, which its type tests mask away. */
+#define ES_JSON_FRACTION (1 << 12)
+
+/* Mark every number of `root` (parsed from `json`, which es_manifest_text_flaw found no flaw in)
+ * whose text is not an integer with ES_JSON_FRACTION; 0, or -1 where the text and tree disagree. */
+int es_json_mark_fractions(struct cJSON *root, const char *json);
+
+/* A JSON integer (not 8.0, not true) of magnitude at most 1e15, where a double is exact. */
+int es_json_is_integer(const struct cJSON *item);
 
 /* json_keys.c: remove every key of an object in `node` (recursively) that the same object
  * repeats later, keeping the last, as Python's json does. ES_OK or ES_ENOMEM. */

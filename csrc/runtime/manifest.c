@@ -8,11 +8,6 @@
 #include "cJSON.h"
 #include "es_runtime.h"
 
-static int is_whole(const cJSON *item) {
-    return cJSON_IsNumber(item) && isfinite(item->valuedouble) && floor(item->valuedouble) == item->valuedouble &&
-           fabs(item->valuedouble) < 1e15;
-}
-
 /* A pair of finite numbers; 0 if `item` is not one. */
 static int number_pair(const cJSON *item, double out[2]) {
     if (!cJSON_IsArray(item) || cJSON_GetArraySize(item) != 2) return 0;
@@ -48,7 +43,7 @@ static int parse_spec(const cJSON *spec, es_bundle *b, const char *dir, es_error
         if (!one_of(f->string, known))
             return es_fail(err, ES_EBUNDLE, "bundle %s: manifest spec: unknown PreprocessSpec field '%s'", dir, f->string);
     const cJSON *schema = cJSON_GetObjectItemCaseSensitive(spec, "schema");
-    if (schema && !(cJSON_IsNumber(schema) && schema->valuedouble == ES_SPEC_SCHEMA))
+    if (schema && !(es_json_is_integer(schema) && schema->valuedouble == ES_SPEC_SCHEMA))
         return es_fail(err, ES_EBUNDLE, "bundle %s: manifest spec: PreprocessSpec schema is not supported (this edgeseg reads %d)",
                        dir, ES_SPEC_SCHEMA);
     double window[2] = {0.0, 255.0}, size[2] = {256, 256};
@@ -57,7 +52,7 @@ static int parse_spec(const cJSON *spec, es_bundle *b, const char *dir, es_error
     if (w && !number_pair(w, window)) return es_fail(err, ES_EBUNDLE, "bundle %s: manifest spec: window must be a pair of numbers", dir);
     if (!(isfinite(window[0]) && isfinite(window[1]) && window[0] < window[1]))
         return es_fail(err, ES_EBUNDLE, "bundle %s: manifest spec: window must be finite with low < high, got %g %g", dir, window[0], window[1]);
-    if (s && !(number_pair(s, size) && is_whole(s->child) && is_whole(s->child->next)))
+    if (s && !(number_pair(s, size) && es_json_is_integer(s->child) && es_json_is_integer(s->child->next)))
         return es_fail(err, ES_EBUNDLE, "bundle %s: manifest spec: size must be a pair of whole numbers", dir);
     if (size[0] < 1 || size[0] > ES_MAX_SIDE || size[1] < 1 || size[1] > ES_MAX_SIDE)
         return es_fail(err, ES_EBUNDLE, "bundle %s: manifest spec: size must be between 1 and %d per axis, got %g x %g",
@@ -146,7 +141,9 @@ static int parse_tensor(const cJSON *list, const char *what, long long shape[4],
     if (!one_of(dtype, dtypes)) return es_fail(err, ES_EBUNDLE, "bundle %s: tensor '%s': unknown dtype", dir, name);
     *rank = 0;
     for (const cJSON *d = dims->child; d; d = d->next, (*rank)++) {
-        if (!is_whole(d) || d->valuedouble < -1 || d->valuedouble == 0)
+        if (!es_json_is_integer(d))
+            return es_fail(err, ES_EBUNDLE, "bundle %s: tensor '%s': shape must be a list of integers", dir, name);
+        if (d->valuedouble < -1 || d->valuedouble == 0)
             return es_fail(err, ES_EBUNDLE, "bundle %s: tensor '%s': shape has a size below 1 (use -1 for dynamic)", dir, name);
         if (*rank < 4) shape[*rank] = (long long)d->valuedouble;
     }
@@ -172,8 +169,11 @@ static int check_artifact(const cJSON *a, const char *dir, es_error *err) {
     if (!sha || strlen(sha) != 64)
         return es_fail(err, ES_EBUNDLE, "bundle %s: artifact %s: sha256 must be 64 hex digits", dir, file);
     const cJSON *bytes = cJSON_GetObjectItemCaseSensitive(a, "bytes");
-    if (!is_whole(bytes) || bytes->valuedouble < 0)
+    if (!es_json_is_integer(bytes) || bytes->valuedouble < 0)
         return es_fail(err, ES_EBUNDLE, "bundle %s: artifact %s: bytes must be a whole number", dir, file);
+    const cJSON *extra = cJSON_GetObjectItemCaseSensitive(a, "extra");
+    if (extra && !cJSON_IsNull(extra) && !cJSON_IsObject(extra))
+        return es_fail(err, ES_EBUNDLE, "bundle %s: artifact %s: extra must be a JSON object", dir, file);
     const cJSON *excluded = cJSON_GetObjectItemCaseSensitive(a, "excluded");
     int reasons_ok = !excluded || cJSON_IsNull(excluded) || cJSON_IsObject(excluded);
     for (const cJSON *r = reasons_ok && excluded ? excluded->child : NULL; r; r = r->next) reasons_ok &= cJSON_IsString(r);
@@ -279,14 +279,12 @@ static int parse_options(const cJSON *root, es_bundle *b, const char *dir, es_er
     const cJSON *max_batch = cJSON_GetObjectItemCaseSensitive(root, "max_batch");
     const cJSON *resize_input = cJSON_GetObjectItemCaseSensitive(root, "resize_input");
     const cJSON *post = cJSON_GetObjectItemCaseSensitive(root, "postprocess");
-    if (max_batch && !(is_whole(max_batch) && max_batch->valuedouble >= 1 && max_batch->valuedouble <= 1 << 20))
-        return es_fail(err, ES_EBUNDLE, "bundle %s: max_batch must be a whole number >= 1", dir);
+    if (max_batch && !(es_json_is_integer(max_batch) && max_batch->valuedouble >= 1 && max_batch->valuedouble <= ES_MAX_BATCH))
+        return es_fail(err, ES_EBUNDLE, "bundle %s: max_batch must be a whole number from 1 to %d", dir, ES_MAX_BATCH);
     b->max_batch = max_batch ? (int)max_batch->valuedouble : 1;
     if (resize_input && !cJSON_IsBool(resize_input))
         return es_fail(err, ES_EBUNDLE, "bundle %s: resize_input must be true or false", dir);
     b->resize_input = !resize_input || cJSON_IsTrue(resize_input);
-    if (post && !cJSON_IsNull(post) && !cJSON_IsObject(post))
-        return es_fail(err, ES_EBUNDLE, "bundle %s: postprocess must be a JSON object", dir);
     const char *resize = post ? string_or(post, "resize", "logits") : "logits";
     int rc = es_parse_postprocess(post, b, dir, err);
     if (rc) return rc;
@@ -298,15 +296,21 @@ static int parse_options(const cJSON *root, es_bundle *b, const char *dir, es_er
 
 static int check_schema(const cJSON *root, const char *path, const char *dir, es_error *err) {
     static const char *const needed[] = {"spec", "labels", "inputs", "outputs", "artifacts", NULL};
+    static const char *const objects[] = {"model", "source", "postprocess", NULL}; /* each may be null */
     if (!cJSON_IsObject(root)) return es_fail(err, ES_EBUNDLE, "%s: manifest must be a JSON object", path);
     const cJSON *schema = cJSON_GetObjectItemCaseSensitive(root, "schema");
-    if (!is_whole(schema)) return es_fail(err, ES_EBUNDLE, "%s: manifest has no integer 'schema' field", path);
+    if (!es_json_is_integer(schema)) return es_fail(err, ES_EBUNDLE, "%s: manifest has no integer 'schema' field", path);
     if (schema->valuedouble > ES_MANIFEST_SCHEMA)
         return es_fail(err, ES_EBUNDLE, "bundle %s: manifest schema %.0f is newer than this edgeseg reads (%d); upgrade edgeseg",
                        dir, schema->valuedouble, ES_MANIFEST_SCHEMA);
     if (schema->valuedouble < 1) return es_fail(err, ES_EBUNDLE, "bundle %s: manifest schema %.0f is not valid", dir, schema->valuedouble);
     for (const char *const *key = needed; *key; key++)
         if (!cJSON_GetObjectItemCaseSensitive(root, *key)) return es_fail(err, ES_EBUNDLE, "bundle %s: manifest lacks '%s'", dir, *key);
+    for (const char *const *key = objects; *key; key++) {
+        const cJSON *item = cJSON_GetObjectItemCaseSensitive(root, *key);
+        if (item && !cJSON_IsNull(item) && !cJSON_IsObject(item))
+            return es_fail(err, ES_EBUNDLE, "bundle %s: manifest %s must be a JSON object", dir, *key);
+    }
     return ES_OK;
 }
 
@@ -323,6 +327,10 @@ static int parse_manifest(const cJSON *root, const char *precision, es_bundle *b
     if (in_rank != 4 || in_shape[1] != 1 || in_shape[2] != b->rows || in_shape[3] != b->cols)
         return es_fail(err, ES_EBUNDLE, "bundle %s: input shape does not match the spec size [%d, %d] (expected [-1, 1, %d, %d])",
                        dir, b->rows, b->cols, b->rows, b->cols);
+    if (in_shape[0] > b->max_batch)
+        return es_fail(err, ES_EBUNDLE, "bundle %s: input has a fixed batch of %lld, above max_batch %d", dir, in_shape[0],
+                       b->max_batch);
+    b->fixed_batch = in_shape[0] > 0 ? (int)in_shape[0] : 0;
     if (out_rank != 4 || out_shape[1] != b->num_classes || out_shape[2] != b->rows || out_shape[3] != b->cols)
         return es_fail(err, ES_EBUNDLE, "bundle %s: output shape does not match the spec and labels (expected [-1, %d, %d, %d])",
                        dir, b->num_classes, b->rows, b->cols);
@@ -350,6 +358,7 @@ int es_bundle_read(const char *dir, const char *precision, es_bundle *b, es_erro
             rc = es_fail(err, ES_EBUNDLE, "%s: not readable JSON (a control character in a string at byte %ld)", path, at);
         else if (flaw == ES_FLAW_NUMBER)
             rc = es_fail(err, ES_EBUNDLE, "%s: not readable JSON (a malformed number at byte %ld)", path, at);
+        else if (es_json_mark_fractions(root, text)) rc = es_fail(err, ES_EBUNDLE, "%s: not readable JSON", path);
         else if (es_json_keep_last_keys(root)) rc = es_fail(err, ES_ENOMEM, "%s: no memory to read the manifest", path);
         else rc = parse_manifest(root, precision, b, path, dir, err);
         cJSON_Delete(root);

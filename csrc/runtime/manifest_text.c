@@ -2,10 +2,12 @@
  * (edgeseg/runtime/manifest.py read_manifest) refuses them before or while parsing JSON, and
  * where a C string would silently cut a manifest string short. */
 #include <errno.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 
+#include "cJSON.h"
 #include "es_runtime.h"
 
 #define MANIFEST_MAX_BYTES (64L << 20) /* a manifest is a few kB; refuse to slurp anything huge */
@@ -98,4 +100,45 @@ long es_manifest_text_flaw(const char *json, int *kind) {
         }
     }
     return -1;
+}
+
+/* The next number of the JSON text at *cursor (outside strings, as the flaw scan reads it): its
+ * start, *cursor moved past it; NULL where none is left. */
+static const char *next_number(const char **cursor) {
+    int in_string = 0;
+    for (const char *at = *cursor; *at; at++) {
+        if (*at == '"') {
+            in_string = !in_string;
+        } else if (in_string && *at == '\\') {
+            at += at[1] != '\0';
+        } else if (!in_string && (*at == '-' || (*at >= '0' && *at <= '9'))) {
+            size_t len = json_number_length(at);
+            *cursor = at + (len ? len : 1);
+            return at;
+        }
+    }
+    return NULL;
+}
+
+/* cJSON keeps a number's value, not its text; the numbers of the tree, depth first, are those of
+ * the text in order (before duplicate keys are dropped). */
+static int mark_fractions(cJSON *node, const char **cursor) {
+    for (; node; node = node->next) {
+        if (cJSON_IsNumber(node)) {
+            const char *at = next_number(cursor);
+            if (!at) return -1;
+            if (strcspn(at, ".eE") < (size_t)(*cursor - at)) node->type |= ES_JSON_FRACTION;
+        }
+        if (node->child && mark_fractions(node->child, cursor)) return -1;
+    }
+    return 0;
+}
+
+int es_json_mark_fractions(cJSON *root, const char *json) {
+    const char *cursor = json;
+    return mark_fractions(root, &cursor) || next_number(&cursor) ? -1 : 0;
+}
+
+int es_json_is_integer(const cJSON *item) {
+    return cJSON_IsNumber(item) && !(item->type & ES_JSON_FRACTION) && fabs(item->valuedouble) <= 1e15;
 }

@@ -33,13 +33,12 @@ static int parse_class(const cJSON *opts, int c, es_bundle *b, const char *dir, 
     const cJSON *to = cJSON_GetObjectItemCaseSensitive(opts, "removed_to");
     if ((keep && !cJSON_IsBool(keep)) || (keep3d && !cJSON_IsBool(keep3d)))
         return es_fail(err, ES_EBUNDLE, "bundle %s: postprocess.classes[\"%d\"] keep_largest options must be true or false", dir, c);
-    if (pixels && !(cJSON_IsNumber(pixels) && pixels->valuedouble >= 0 && pixels->valuedouble <= 1e15 &&
-                    pixels->valuedouble == floor(pixels->valuedouble)))
+    if (pixels && !(es_json_is_integer(pixels) && pixels->valuedouble >= 0 && pixels->valuedouble <= 1e15))
         return es_fail(err, ES_EBUNDLE, "bundle %s: postprocess.classes[\"%d\"].min_pixels must be an integer from 0 to 10^15", dir, c);
     if (ml && !(cJSON_IsNumber(ml) && isfinite(ml->valuedouble) && ml->valuedouble >= 0))
         return es_fail(err, ES_EBUNDLE, "bundle %s: postprocess.classes[\"%d\"].min_ml must be a number >= 0", dir, c);
-    if (to && !(cJSON_IsNumber(to) && to->valuedouble >= 0 && to->valuedouble < b->num_classes &&
-                to->valuedouble == floor(to->valuedouble) && (int)to->valuedouble != c))
+    if (to && !(es_json_is_integer(to) && to->valuedouble >= 0 && to->valuedouble < b->num_classes &&
+                (int)to->valuedouble != c))
         return es_fail(err, ES_EBUNDLE, "bundle %s: postprocess.classes[\"%d\"].removed_to must be another class "
                        "number in 0..%d", dir, c, b->num_classes - 1);
     b->slice_keep[c] = keep && cJSON_IsTrue(keep);

@@ -122,8 +122,8 @@ static void default_cache_dir(char *out, size_t size) {
 
 es_segmenter *es_open_cached(const char *bundle_dir, const char *precision, int threads, const char *cache_dir,
                              es_error *err) {
-    if (threads < 0) {
-        es_fail(err, ES_EINVAL, "threads must be >= 0 (0: OpenVINO's default), got %d", threads);
+    if (threads < 0 || threads > ES_MAX_THREADS) {
+        es_fail(err, ES_EINVAL, "threads must be between 0 (the backend's default) and %d, got %d", ES_MAX_THREADS, threads);
         return NULL;
     }
     es_segmenter *seg = calloc(1, sizeof *seg);
@@ -135,7 +135,7 @@ es_segmenter *es_open_cached(const char *bundle_dir, const char *precision, int 
     if (rc == ES_OK) rc = es_bundle_verify(bundle_dir, &seg->bundle, err);
     if (rc == ES_OK) {
         const es_bundle *b = &seg->bundle;
-        seg->batch = b->max_batch < ES_MAX_BATCH_CALL ? b->max_batch : ES_MAX_BATCH_CALL;
+        seg->batch = b->fixed_batch ? b->fixed_batch : b->max_batch < ES_MAX_BATCH_CALL ? b->max_batch : ES_MAX_BATCH_CALL;
         seg->input = malloc((size_t)seg->batch * (size_t)b->rows * (size_t)b->cols * sizeof(float));
         if (!seg->input) rc = es_fail(err, ES_ENOMEM, "no memory for a %d x %d x %d input batch", seg->batch, b->rows, b->cols);
         seg->mirrors = 1;
@@ -246,14 +246,14 @@ static int run_mirrored(es_segmenter *seg, int n, float **mean, int64_t dims[4],
     return rc;
 }
 
-/* The model's logits for the `n` slices now in seg->input (mirrored as seg->mirrors says),
- * post-processed into `labels`. */
-static int infer_and_postprocess(es_segmenter *seg, int n, int rows, int cols, uint8_t *labels, es_error *err) {
+/* The model's logits for the `run` slices now in seg->input (mirrored as seg->mirrors says), the
+ * first `n` post-processed into `labels`. */
+static int infer_and_postprocess(es_segmenter *seg, int run, int n, int rows, int cols, uint8_t *labels, es_error *err) {
     const es_bundle *b = &seg->bundle;
     ov_tensor_t *out = NULL;
     float *logits = NULL, *mean = NULL;
     int64_t dims[4] = {0, 0, 0, 0};
-    int rc = seg->mirrors > 1 ? run_mirrored(seg, n, &mean, dims, err) : run_model(seg, n, &out, &logits, dims, err);
+    int rc = seg->mirrors > 1 ? run_mirrored(seg, run, &mean, dims, err) : run_model(seg, run, &out, &logits, dims, err);
     if (mean) logits = mean;
     if (rc == ES_OK) {
         rc = es_postprocess_fit(logits, ES_FLOAT32, n, (ptrdiff_t)dims[1], (ptrdiff_t)dims[2], (ptrdiff_t)dims[3],
@@ -285,9 +285,12 @@ static int segment_batch(es_segmenter *seg, const void *hu, es_dtype dtype, int 
     es_preprocess_spec spec = {low, high, scale, offset, b->rows, b->cols, b->area ? ES_AREA : ES_BILINEAR, ES_FLOAT32};
     int rc = es_preprocess_fit(&src, &spec, b->pad ? ES_FIT_PAD : ES_FIT_STRETCH, seg->input, KERNEL_THREADS);
     if (rc) return es_fail(err, rc, "preprocess: %s", es_status_message(rc));
-    if ((rc = es_check_model_input(seg->input, (size_t)n * (size_t)b->rows * (size_t)b->cols, b->artifact_file, err)))
-        return rc;
-    return infer_and_postprocess(seg, n, in->rows, in->cols, labels, err);
+    size_t plane = (size_t)b->rows * (size_t)b->cols;
+    if ((rc = es_check_model_input(seg->input, (size_t)n * plane, b->artifact_file, err))) return rc;
+    /* A model of a fixed batch (Segmenter._network): zero slices after the n, their logits unused. */
+    int run = b->fixed_batch ? b->fixed_batch : n;
+    memset(seg->input + (size_t)n * plane, 0, (size_t)(run - n) * plane * sizeof(float));
+    return infer_and_postprocess(seg, run, n, in->rows, in->cols, labels, err);
 }
 
 /* The bundle's 3-D component filters over the whole (slices, rows, cols) result. */

@@ -47,6 +47,7 @@ MAX_CLASS = 255  # labels are uint8
 # and one padded with gigabytes of JSON whitespace would otherwise be read whole into memory
 MANIFEST_MAX_BYTES = 64 << 20
 DTYPES = ("float32", "float16", "int64", "uint8")
+MAX_BATCH = 1 << 20  # libedgeseg's ES_MAX_BATCH; a larger one is no model's limit, only a large buffer
 
 
 @dataclass(frozen=True)
@@ -138,7 +139,8 @@ class ArtifactEntry:
             raise BundleError(f"artifact {data['file']!r}: bytes must be a whole number, got {data['bytes']!r}")
         return cls(file=data["file"], format=data["format"], precision=data["precision"],
                    sha256=data["sha256"], bytes=data["bytes"], fingerprint=data.get("fingerprint"),
-                   extra=dict(data.get("extra") or {}), excluded=data.get("excluded") or {})
+                   extra=_object(data, "extra", f"artifact {data['file']!r}:"),
+                   excluded={} if data.get("excluded") is None else data["excluded"])
 
 
 @dataclass(frozen=True)
@@ -168,8 +170,10 @@ class Manifest:
                 for a in self.artifacts]
         if len(set(keys)) != len(keys):
             raise BundleError(f"two artifacts share a format and precision: {[a.key for a in self.artifacts]}")
-        if self.max_batch < 1:
-            raise BundleError(f"max_batch must be >= 1, got {self.max_batch}")
+        if not 1 <= self.max_batch <= MAX_BATCH:
+            raise BundleError(f"max_batch must be a whole number from 1 to {MAX_BATCH}, got {self.max_batch}")
+        if self.inputs[0].shape[0] > self.max_batch:  # a fixed batch the runtime could never send
+            raise BundleError(f"input has a fixed batch of {self.inputs[0].shape[0]}, above max_batch {self.max_batch}")
         if 0 not in self.labels:
             raise BundleError(f"labels must name class 0 (background), got {self.labels}")
         # the network's tensors as network_tensors writes them: what the runtime feeds and reads
@@ -253,12 +257,12 @@ class Manifest:
             inputs=tuple(TensorInfo.from_dict(t) for t in data["inputs"]),
             outputs=tuple(TensorInfo.from_dict(t) for t in data["outputs"]),
             artifacts=tuple(ArtifactEntry.from_dict(a) for a in data["artifacts"]),
-            model=dict(data.get("model") or {}),
-            postprocess=dict(data.get("postprocess") or {}),
+            model=_object(data, "model"),
+            postprocess=_object(data, "postprocess"),
             max_batch=_whole(data.get("max_batch", 1), "max_batch"),
             resize_input=_flag(data.get("resize_input", True), "resize_input"),
             calibration=data.get("calibration"),
-            source=dict(data.get("source") or {}),
+            source=_object(data, "source"),
             edgeseg_version=str(data.get("edgeseg_version", "")),
             created=str(data.get("created", "")),
             schema=schema,
@@ -274,6 +278,15 @@ def _whole(value: Any, key: str) -> int:
     if not _is_int(value):
         raise BundleError(f"manifest {key} must be a whole number, got {value!r}")
     return value
+
+
+def _object(data: dict, key: str, what: str = "manifest") -> dict:
+    """``data[key]`` as a dict: {} where absent or null, BundleError for another type (libedgeseg
+    refuses those too; ``or {}`` read [] and false as empty)."""
+    value = data.get(key)
+    if value is not None and not isinstance(value, dict):
+        raise BundleError(f"{what} {key} must be a JSON object, got {value!r}"[:300])
+    return dict(value or {})
 
 
 def _flag(value: Any, key: str) -> bool:

@@ -92,7 +92,9 @@ class Segmenter:
             postprocess = PostprocessOptions.from_dict(postprocess, max(self.labels, default=0) + 1)
         self.postprocess = postprocess
         self.resize_mode = postprocess.resize
-        self.batch_size = max(1, min(self.max_batch, DEFAULT_BATCH))
+        # A model whose input fixes its batch gets that many slices per call (``_network`` pads).
+        self.fixed_batch = max(0, runner.input_info.shape[0])
+        self.batch_size = min(self.fixed_batch, self.max_batch) or max(1, min(self.max_batch, DEFAULT_BATCH))
         self._lock = threading.Lock()
         self._buffers: list[np.ndarray] = []
         self._worker: ThreadPoolExecutor | None = None
@@ -259,8 +261,12 @@ class Segmenter:
         return out
 
     def _network(self, batch: np.ndarray) -> np.ndarray:
-        """The runner on a pre-processed batch, mirrored as ``tta`` says."""
-        return mirrored_logits(self.runner.infer, batch, self.tta)
+        """The runner on a pre-processed batch, mirrored as ``tta`` says; a model of a fixed batch
+        gets zero slices after a shorter one, whose logits are dropped."""
+        n = len(batch)
+        if 0 < n < self.fixed_batch:
+            batch = np.concatenate([batch, np.zeros((self.fixed_batch - n, *batch.shape[1:]), batch.dtype)])
+        return mirrored_logits(self.runner.infer, batch, self.tta)[:n]
 
     def _postprocess(self, logits: np.ndarray, size: tuple[int, ...], out: np.ndarray | None = None) -> np.ndarray:
         """Labels at ``size`` (the spec's fit undone) and the per-slice component filters of every class."""
@@ -287,9 +293,10 @@ class Segmenter:
         return int(batch_size)
 
     def _input_buffer(self, which: int, rows: int) -> np.ndarray:
-        """The first ``rows`` of reusable input buffer ``which`` (0 or 1), allocated once."""
-        if not self._buffers:
-            shape = (self.max_batch, 1, *self.spec.size)
+        """The first ``rows`` of reusable input buffer ``which`` (0 or 1), allocated once for the
+        batch size in use, not for max_batch (up to 2^20 slices), and grown for a larger one."""
+        if not self._buffers or len(self._buffers[0]) < rows:
+            shape = (max(rows, self.batch_size), 1, *self.spec.size)
             self._buffers = [np.empty(shape, dtype=np.float32), np.empty(shape, dtype=np.float32)]
         return self._buffers[which][:rows]
 

@@ -259,7 +259,7 @@ def _auto(bundle: Path, manifest: Manifest, available: list[Candidate], threads:
 def probe(bundle: Path, manifest: Manifest, available: list[Candidate], threads: int
           ) -> tuple[dict[str, float | str], Candidate | None, Runner | None]:
     """Median batch-1 latency (ms) of each candidate, the fastest, and its runner (kept loaded)."""
-    batch = np.zeros((1, *manifest.inputs[0].shape[1:]), dtype=np.float32)
+    batch = np.zeros((max(1, manifest.inputs[0].shape[0]), *manifest.inputs[0].shape[1:]), dtype=np.float32)
     timings: dict[str, float | str] = {}
     best, best_runner, best_ms = None, None, float("inf")
     for candidate in available:

@@ -88,3 +88,23 @@ def test_a_graph_that_does_not_match_its_manifest_is_a_backend_error(bundle_copy
         assert message in str(exc) and "\n" not in str(exc), str(exc)
     else:
         pytest.fail("a graph that does not match its manifest ran")
+
+
+def test_a_large_max_batch_allocates_the_batches_in_use_not_max_batch(bundle_copy):
+    """max_batch may be up to 2^20 (libedgeseg's limit too); the input buffers were sized by it,
+    2 x 2^20 slices (a MemoryError, or gigabytes taken), where the calls use batches of 8."""
+    import tracemalloc
+
+    from edgeseg.runtime.segmenter import Segmenter
+
+    _edit(bundle_copy, max_batch=1 << 20)
+    size = read_manifest(bundle_copy).spec.size
+    with Segmenter.load(bundle_copy, backend="onnxruntime:fp32") as seg:
+        tracemalloc.start()
+        try:
+            labels = seg.predict_volume(np.full((3, *size), 40, np.int16))
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    assert labels.shape == (3, *size)
+    assert peak < 64 << 20, peak
