@@ -51,9 +51,9 @@ def describe_bundle(bundle: str) -> tuple[str, list[str]]:
                 skips[cls.name] = f"on this machine: {skip_reasons(entry, cls.name)}"
         skipped = "; ".join(f"{name} ({why})" for name, why in sorted(skips.items())) or "-"
         rows.append({"artifact": entry.key, "file": entry.file, "bytes": entry.bytes, "sha256": entry.sha256[:12],
-                     "hash check": check, "fingerprint": fingerprint, "auto skips (failed the gate)": skipped})
+                     "hash check": check, "fingerprint": fingerprint, "auto skips": skipped})
     lines += ["", format_table(rows, ["artifact", "file", "bytes", "sha256", "hash check", "fingerprint",
-                                      "auto skips (failed the gate)"])]
+                                      "auto skips"])]
     if manifest.calibration:
         c = manifest.calibration
         by_class = "".join(f", {manifest.labels.get(int(k), k)} {n}" for k, n in (c.get("with_class") or {}).items())

@@ -38,19 +38,20 @@ def command(bundle, ae_title, any_ae, allow_calling, host, port, out, forward, i
     import time
 
     from edgeseg.atomic import check_output_folder
-    from edgeseg.errors import DataError
     from edgeseg.cli.logs import configure_logging
+    from edgeseg.cli.ports import check_port
     from edgeseg.runtime.segmenter import Segmenter
-    from edgeseg.serve.dicom_node import DicomNode, Peer
+    from edgeseg.serve.dicom_node import DicomNode, Peer, check_node_settings
 
+    peer = Peer.parse(forward) if forward else None
+    # settings and the address first: loading a bundle can take a backend probe
+    check_node_settings(out=out, forward=peer, unsent=unsent, max_series=max_series, ae_title=ae_title,
+                        calling_aets=list(allow_calling))
     if out is not None:
         check_output_folder(out, "--out")
-    peer = Peer.parse(forward) if forward else None
-    if peer is not None and out is None and unsent is None:
-        raise DataError("--forward without --out needs --unsent DIR: a SEG the peer does not take is kept there "
-                        "and sent again, instead of being lost")
     if unsent is not None:
         check_output_folder(unsent, "--unsent")
+    check_port(host, port)
     configure_logging()
     segmenter = Segmenter.load(bundle, backend=backend, threads=threads,
                                tta=tta)

@@ -40,6 +40,7 @@ def command(bundle, host, port, backend, threads, model_name, max_batch, queue_s
     import signal
 
     from edgeseg.cli.logs import configure_logging
+    from edgeseg.cli.ports import check_port
     from edgeseg.errors import DataError, require
     from edgeseg.limits import current_limits
     from edgeseg.runtime.segmenter import Segmenter
@@ -55,7 +56,7 @@ def command(bundle, host, port, backend, threads, model_name, max_batch, queue_s
     if max_inflight_bytes is not None and max_inflight_bytes < volume_limit:
         raise DataError(f"--max-inflight-bytes {max_inflight_bytes} is below --max-volume-bytes {volume_limit}: "
                         "an upload of a volume within that limit could never be served")
-    _check_port(host, port)
+    check_port(host, port)
     segmenter = Segmenter.load(bundle, backend=backend, threads=threads,
                                tta=tta)
     config = ServeConfig(model_name=model_name, max_batch=max_batch, queue_size=queue_size,
@@ -79,21 +80,3 @@ def command(bundle, host, port, backend, threads, model_name, max_batch, queue_s
             model.close()
         segmenter.close()
 
-
-def _check_port(host: str, port: int) -> None:
-    """DataError naming the address when it cannot be bound, before the model is loaded."""
-    import socket
-
-    from edgeseg.errors import DataError
-
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except socket.gaierror as exc:
-        raise DataError(f"--host {host!r} does not resolve: {exc.strerror}") from None
-    family, kind, proto, _, address = infos[0]
-    with socket.socket(family, kind, proto) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
-        try:
-            sock.bind(address)
-        except OSError as exc:
-            raise DataError(f"cannot listen on {host}:{port}: {exc.strerror}") from None

@@ -36,7 +36,7 @@ from edgeseg.serve.dicom_intake import (CT_IMAGE_STORAGE, STATUS_CANNOT_UNDERSTA
                                         STATUS_OUT_OF_RESOURCES, STATUS_SOP_CLASS_NOT_SUPPORTED, STATUS_SUCCESS,
                                         check_ae_title, decodable_transfer_syntaxes, incoming_uids, refusal)
 
-__all__ = ["DicomNode", "NodeStats", "Peer", "check_ae_title", "decodable_transfer_syntaxes"]
+__all__ = ["DicomNode", "NodeStats", "Peer", "check_ae_title", "check_node_settings", "decodable_transfer_syntaxes"]
 
 log = logging.getLogger("edgeseg.listen")
 
@@ -66,6 +66,19 @@ class NodeStats:
     failed: list[str] = field(default_factory=list)
 
 
+def check_node_settings(*, out, forward, unsent, max_series, ae_title: str, calling_aets) -> None:
+    """DataError for settings no node can run with; ``edgeseg listen`` calls it before loading the bundle."""
+    if out is None and forward is None:
+        raise DataError("the DICOM node needs --out, --forward or both: otherwise results go nowhere")
+    if forward is not None and out is None and unsent is None:
+        raise DataError("--forward without --out needs --unsent DIR: a SEG the peer does not take is kept "
+                        "there and sent again, instead of being lost")
+    if not isinstance(max_series, int) or max_series < 1:
+        raise DataError(f"--max-series must be a positive integer, got {max_series!r}")
+    for title in (ae_title, *(calling_aets or [])):
+        check_ae_title(title)
+
+
 class DicomNode:
     """The C-STORE SCP; ``start()`` listens in the background, ``stop()`` shuts it down."""
 
@@ -74,15 +87,8 @@ class DicomNode:
                  work: str | Path | None = None, any_ae: bool = False, calling_aets: list[str] | None = None,
                  max_series: int = DEFAULT_MAX_SERIES, unsent: str | Path | None = None,
                  resend_every: float = 60.0) -> None:
-        if out is None and forward is None:
-            raise DataError("the DICOM node needs --out, --forward or both: otherwise results go nowhere")
-        if forward is not None and out is None and unsent is None:
-            raise DataError("--forward without --out needs --unsent DIR: a SEG the peer does not take is kept "
-                            "there and sent again, instead of being lost")
-        if not isinstance(max_series, int) or max_series < 1:
-            raise DataError(f"--max-series must be a positive integer, got {max_series!r}")
-        for title in (ae_title, *(calling_aets or [])):
-            check_ae_title(title)
+        check_node_settings(out=out, forward=forward, unsent=unsent, max_series=max_series, ae_title=ae_title,
+                            calling_aets=calling_aets)
         self.any_ae = bool(any_ae)
         self.calling_aets = [title.strip() for title in calling_aets or []]
         self.segmenter = segmenter

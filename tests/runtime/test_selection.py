@@ -72,6 +72,18 @@ def test_inspect_shows_why_auto_skips_a_runner(bundle_copy):
     assert "openvino (3 mask pixels differ from FP32)" in row
 
 
+def test_inspect_titles_the_skips_column_for_every_reason_it_lists(bundle_copy):
+    """The column holds gate exclusions, TorchScript (run only when named) and this machine's CPU;
+    a title saying 'failed the gate' would tell a reader that the TorchScript artifact failed it."""
+    from edgeseg.cli.inspect import describe_bundle
+
+    lines = describe_bundle(str(bundle_copy))[0].splitlines()
+    header = next(line for line in lines if line.startswith("artifact") and "hash check" in line)
+    torchscript = next(line for line in lines if line.startswith("torchscript-fp32") and "model.ts" in line)
+    assert header.rstrip().endswith("auto skips") and "gate" not in header
+    assert "torchscript (a TorchScript program" in torchscript
+
+
 @pytest.mark.parametrize("command", ["inspect", "predict"])
 def test_a_format_no_runner_loads_is_one_line(bundle_copy, tmp_path, command, assert_one_line_error):
     manifest = json.loads((bundle_copy / "manifest.json").read_text())

@@ -163,3 +163,27 @@ def test_an_out_folder_that_cannot_be_written_is_one_log_line_and_the_node_goes_
     [error] = _edgeseg_errors(caplog)
     assert error.exc_info is None and "not segmented" in error.getMessage() and str(blocked) in error.getMessage()
     assert blocked.read_text() == "not a folder"
+
+
+@pytest.mark.parametrize("options,fragment", [
+    ([], "needs --out, --forward or both"),
+    (["--out", "OUT", "--ae-title", "X" * 17], "AE title must be 1..16 printable ASCII characters"),
+    (["--out", "OUT", "--allow-calling", "A\\B"], "AE title must be 1..16 printable ASCII characters"),
+    (["--out", "OUT", "--port", "BUSY"], "cannot listen on 127.0.0.1:"),
+])
+def test_settings_no_node_can_run_with_are_refused_before_the_bundle_is_read(tmp_path, options, fragment,
+                                                                            assert_one_line_error):
+    """The bundle named is not one: the error must be about the setting, which is checked first (a bundle's
+    load can take a backend probe, and its log lines would precede the error)."""
+    import socket
+    import sys
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        argv = [str(busy.getsockname()[1]) if o == "BUSY" else str(tmp_path / "out") if o == "OUT" else o
+                for o in options]
+        done = subprocess.run([sys.executable, "-m", "edgeseg.cli", "listen", str(tmp_path / "no-bundle"), *argv],
+                              capture_output=True, text=True, timeout=120)
+    assert_one_line_error(done, fragment)
+    assert not (tmp_path / "out").exists()
