@@ -11,10 +11,12 @@ and a case where it misses everything is:
 HD95 is defined as in MONAI's ``compute_hausdorff_distance(percentile=95)``: the directed
 distance of A to B is the 95th percentile (linear interpolation) of the distances, in mm, from
 each surface voxel of A to the nearest surface voxel of B, and HD95 is the larger of the two
-directed values. The surface of a mask is the set of its voxels that an erosion with full
-connectivity removes (voxels on the array border count as surface). MONAI erodes with face
-connectivity, so its surface omits voxels exposed only through an edge or a corner; on the
-same masks the two can differ by a fraction of a voxel.
+directed values. The surface of a mask is the set of its voxels that an erosion with face
+connectivity removes, as in MONAI and MedPy: a voxel with a face neighbour outside the mask or
+outside the array (masks touching the array border have a surface there). A surface taken with
+full connectivity would also count voxels exposed only through an edge or a corner; that adds
+a ring of near-zero distances wherever the contour changes from slice to slice and lowered
+HD95 by up to three 5 mm slices on organ-like masks, so it is not used.
 """
 
 from __future__ import annotations
@@ -137,8 +139,8 @@ def _crop_to_union(p: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray
 
 
 def _surface(mask: np.ndarray, ndimage) -> np.ndarray:
-    full_connectivity = ndimage.generate_binary_structure(mask.ndim, mask.ndim)
-    return mask & ~ndimage.binary_erosion(mask, structure=full_connectivity, border_value=0)
+    face_connectivity = ndimage.generate_binary_structure(mask.ndim, 1)
+    return mask & ~ndimage.binary_erosion(mask, structure=face_connectivity, border_value=0)
 
 
 def _axes(ndim: int, spacing, grid) -> tuple[tuple[float, ...] | None, np.ndarray | None]:
