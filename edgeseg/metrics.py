@@ -288,9 +288,12 @@ def summarise(per_case, class_names: Sequence[str] | None = None) -> dict:
     ``per_case`` is a mapping ``case_id -> class_metrics(...)`` or a sequence of such results.
     For each class and each of dice / iou / hd95 the result holds mean, std (population,
     ddof=0), median, min, max and ``n`` (values used); nan values (undefined HD95) are left
-    out of the statistics, and ``hd95_undefined`` counts them. ``cases`` counts the cases that
-    report the class. With ``class_names`` (indexed by class id, e.g. ``["background",
-    "liver"]``) the result is keyed by name instead of class id.
+    out of the statistics, and ``hd95_undefined`` counts them. A case whose masks both lack the
+    class (``pred_voxels`` and ``truth_voxels`` 0) keeps its Dice and IoU of 1 in their
+    statistics but not its HD95 of 0, which says nothing about a boundary and would pull the
+    mean towards 0 (MONAI's HD95 is nan there, and its mean skips it); ``absent`` counts these
+    cases. ``cases`` counts the cases that report the class. With ``class_names`` (indexed by
+    class id, e.g. ``["background", "liver"]``) the result is keyed by name instead of class id.
     """
     cases = list(per_case.values()) if isinstance(per_case, Mapping) else list(per_case)
     if not cases:
@@ -299,9 +302,11 @@ def summarise(per_case, class_names: Sequence[str] | None = None) -> dict:
     summary: dict = {}
     for cls in classes:
         reported = [case[cls] for case in cases if cls in case]
-        entry: dict = {"cases": len(reported)}
+        absent = [m.get("pred_voxels") == 0 and m.get("truth_voxels") == 0 for m in reported]
+        entry: dict = {"cases": len(reported), "absent": sum(absent)}
         for metric in SUMMARISED_METRICS:
-            values = np.array([float(m[metric]) for m in reported if metric in m], dtype=np.float64)
+            kept = [m for m, gone in zip(reported, absent) if metric in m and not (gone and metric == "hd95")]
+            values = np.array([float(m[metric]) for m in kept], dtype=np.float64)
             entry[metric] = _statistics(values[np.isfinite(values)])
             if metric == "hd95":
                 entry["hd95_undefined"] = int(np.count_nonzero(~np.isfinite(values)))

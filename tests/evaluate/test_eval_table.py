@@ -30,3 +30,8 @@ def test_the_cases_a_mean_hd95_leaves_out_are_counted_under_the_table():
     text = _table(cases, ["background", "ggo", "consolidation"], summary, result)
     assert "HD95 undefined (one mask empty), left out of the mean: consolidation 2 of 3 case(s)" in text.splitlines()
     assert "ggo" not in text.split("left out of the mean:")[1].splitlines()[0]  # defined in every case
+    # c's 0 is no boundary measured: no case is left to average, and the table says why
+    assert summary["consolidation"]["hd95"]["n"] == 0 and math.isnan(summary["consolidation"]["hd95"]["mean"])
+    assert summary["consolidation"]["dice"]["mean"] == 1 / 3
+    assert ("class in neither mask (Dice and IoU 1 in the mean, HD95 left out): consolidation 1 of 3 case(s)"
+            in text.splitlines())
