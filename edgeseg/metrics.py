@@ -196,7 +196,9 @@ def hd95(pred, truth, spacing=None, grid=None) -> float:
     return float(max(np.percentile(pred_to_truth, 95), np.percentile(truth_to_pred, 95)))
 
 
-def _mean_slice_hd95(p: np.ndarray, t: np.ndarray, spacing, grid=None) -> float:
+def _mean_slice_hd95(p: np.ndarray, t: np.ndarray, spacing, grid=None) -> tuple[float, int, int]:
+    """(mean HD95 over the slices where it is defined, slices where either mask has the class,
+    those of them where only one has it)."""
     # Slices where the class is absent from both masks say nothing about boundary quality and
     # would pull the mean towards 0, so only slices where either mask has the class count.
     if spacing is not None and len(spacing) == 3:
@@ -205,10 +207,10 @@ def _mean_slice_hd95(p: np.ndarray, t: np.ndarray, spacing, grid=None) -> float:
         grid = np.asarray(grid, dtype=np.float64)[:, -2:]
     occupied = np.flatnonzero(p.any(axis=(1, 2)) | t.any(axis=(1, 2)))
     if occupied.size == 0:
-        return 0.0
+        return 0.0, 0, 0
     values = [hd95(p[k], t[k], spacing, grid) for k in occupied]
     finite = [v for v in values if math.isfinite(v)]
-    return float(np.mean(finite)) if finite else math.nan
+    return (float(np.mean(finite)) if finite else math.nan), len(values), len(values) - len(finite)
 
 
 def class_metrics(
@@ -221,7 +223,9 @@ def class_metrics(
     whole array with ``spacing`` (mm per axis), unless ``per_slice_hd`` is set: then the input
     must be a (N, H, W) stack, HD95 is computed on each slice (with the last two entries of
     ``spacing``, if given) where either mask has the class, and the finite values are averaged;
-    use this for stacks of unrelated 2-D slices, which are not contiguous volumes. ``grid``
+    use this for stacks of unrelated 2-D slices, which are not contiguous volumes. Each class
+    then also has ``hd95_slices`` (the slices where either mask has it) and
+    ``hd95_undefined_slices`` (those where only one has it, left out of the mean). ``grid``
     (a Volume's ``axes_mm``) replaces ``spacing`` where the grid may be sheared (see
     :func:`hd95`). Returns
     ``{class: {"dice", "iou", "hd95", "pred_voxels", "truth_voxels"}}``.
@@ -249,14 +253,16 @@ def class_metrics(
     for cls in range(1, int(num_classes)):
         p = pred_labels == cls
         t = true_labels == cls
-        distance = _mean_slice_hd95(p, t, spacing, grid) if per_slice_hd else hd95(p, t, spacing, grid)
+        slices = _mean_slice_hd95(p, t, spacing, grid) if per_slice_hd else None
         results[cls] = {
             "dice": dice(p, t),
             "iou": iou(p, t),
-            "hd95": distance,
+            "hd95": slices[0] if slices else hd95(p, t, spacing, grid),
             "pred_voxels": int(np.count_nonzero(p)),
             "truth_voxels": int(np.count_nonzero(t)),
         }
+        if slices:
+            results[cls].update(hd95_slices=slices[1], hd95_undefined_slices=slices[2])
     return results
 
 

@@ -230,12 +230,25 @@ def _table(cases: list[dict], class_names: list[str], summary: dict, result: dic
             if undefined else "")
     note += (f"\nclass in neither mask (Dice and IoU 1 in the mean, HD95 left out): {', '.join(absent)} case(s)"
              if absent else "")
+    note += _undefined_slices_note(cases, class_names)
     if len(class_names) == 2:
         return (format_table(rows, columns) + note
                 + f"\nmean per-slice Dice ({class_names[1]}): {result['slice_dice_mean']:.4f}")
     by_class = ", ".join(f"{name} {value:.4f}" for name, value in result["slice_dice_by_class"].items())
     return (format_table(rows, columns) + note + f"\nmean per-slice Dice, any of {'/'.join(class_names[1:])}: "
             f"{result['slice_dice_mean']:.4f}; per class: {by_class}")
+
+
+def _undefined_slices_note(cases: list[dict], class_names: list[str]) -> str:
+    """The line saying how many slices each class's per-slice HD95 (slice folders) left out."""
+    parts = []
+    for name in class_names[1:]:
+        counted = [c["metrics"][name] for c in cases if "hd95_slices" in c["metrics"][name]]
+        undefined = sum(m["hd95_undefined_slices"] for m in counted)
+        if undefined:
+            parts.append(f"{name} {undefined} of {sum(m['hd95_slices'] for m in counted)}")
+    return ("\nHD95 per slice undefined (one mask empty), left out of the case means: " + ", ".join(parts)
+            + " slice(s) with the class") if parts else ""
 
 
 def _write(out: Path, result: dict, overlays: list, worst: int) -> None:
