@@ -11,10 +11,12 @@ and a case where it misses everything is:
 HD95 is defined as in MONAI's ``compute_hausdorff_distance(percentile=95)``: the directed
 distance of A to B is the 95th percentile (linear interpolation) of the distances, in mm, from
 each surface voxel of A to the nearest surface voxel of B, and HD95 is the larger of the two
-directed values. The surface of a mask is the set of its voxels that an erosion with full
-connectivity removes (voxels on the array border count as surface). MONAI erodes with face
-connectivity, so its surface omits voxels exposed only through an edge or a corner; on the
-same masks the two can differ by a fraction of a voxel.
+directed values. The surface of a mask is the set of its voxels that an erosion with face
+connectivity removes, as in MONAI and MedPy: a voxel with a face neighbour outside the mask or
+outside the array (masks touching the array border have a surface there). A surface taken with
+full connectivity would also count voxels exposed only through an edge or a corner; that adds
+a ring of near-zero distances wherever the contour changes from slice to slice and lowered
+HD95 by up to three 5 mm slices on organ-like masks, so it is not used.
 """
 
 from __future__ import annotations
@@ -137,8 +139,8 @@ def _crop_to_union(p: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray
 
 
 def _surface(mask: np.ndarray, ndimage) -> np.ndarray:
-    full_connectivity = ndimage.generate_binary_structure(mask.ndim, mask.ndim)
-    return mask & ~ndimage.binary_erosion(mask, structure=full_connectivity, border_value=0)
+    face_connectivity = ndimage.generate_binary_structure(mask.ndim, 1)
+    return mask & ~ndimage.binary_erosion(mask, structure=face_connectivity, border_value=0)
 
 
 def _axes(ndim: int, spacing, grid) -> tuple[tuple[float, ...] | None, np.ndarray | None]:
@@ -194,7 +196,9 @@ def hd95(pred, truth, spacing=None, grid=None) -> float:
     return float(max(np.percentile(pred_to_truth, 95), np.percentile(truth_to_pred, 95)))
 
 
-def _mean_slice_hd95(p: np.ndarray, t: np.ndarray, spacing, grid=None) -> float:
+def _mean_slice_hd95(p: np.ndarray, t: np.ndarray, spacing, grid=None) -> tuple[float, int, int]:
+    """(mean HD95 over the slices where it is defined, slices where either mask has the class,
+    those of them where only one has it)."""
     # Slices where the class is absent from both masks say nothing about boundary quality and
     # would pull the mean towards 0, so only slices where either mask has the class count.
     if spacing is not None and len(spacing) == 3:
@@ -203,10 +207,10 @@ def _mean_slice_hd95(p: np.ndarray, t: np.ndarray, spacing, grid=None) -> float:
         grid = np.asarray(grid, dtype=np.float64)[:, -2:]
     occupied = np.flatnonzero(p.any(axis=(1, 2)) | t.any(axis=(1, 2)))
     if occupied.size == 0:
-        return 0.0
+        return 0.0, 0, 0
     values = [hd95(p[k], t[k], spacing, grid) for k in occupied]
     finite = [v for v in values if math.isfinite(v)]
-    return float(np.mean(finite)) if finite else math.nan
+    return (float(np.mean(finite)) if finite else math.nan), len(values), len(values) - len(finite)
 
 
 def class_metrics(
@@ -219,7 +223,9 @@ def class_metrics(
     whole array with ``spacing`` (mm per axis), unless ``per_slice_hd`` is set: then the input
     must be a (N, H, W) stack, HD95 is computed on each slice (with the last two entries of
     ``spacing``, if given) where either mask has the class, and the finite values are averaged;
-    use this for stacks of unrelated 2-D slices, which are not contiguous volumes. ``grid``
+    use this for stacks of unrelated 2-D slices, which are not contiguous volumes. Each class
+    then also has ``hd95_slices`` (the slices where either mask has it) and
+    ``hd95_undefined_slices`` (those where only one has it, left out of the mean). ``grid``
     (a Volume's ``axes_mm``) replaces ``spacing`` where the grid may be sheared (see
     :func:`hd95`). Returns
     ``{class: {"dice", "iou", "hd95", "pred_voxels", "truth_voxels"}}``.
@@ -247,14 +253,16 @@ def class_metrics(
     for cls in range(1, int(num_classes)):
         p = pred_labels == cls
         t = true_labels == cls
-        distance = _mean_slice_hd95(p, t, spacing, grid) if per_slice_hd else hd95(p, t, spacing, grid)
+        slices = _mean_slice_hd95(p, t, spacing, grid) if per_slice_hd else None
         results[cls] = {
             "dice": dice(p, t),
             "iou": iou(p, t),
-            "hd95": distance,
+            "hd95": slices[0] if slices else hd95(p, t, spacing, grid),
             "pred_voxels": int(np.count_nonzero(p)),
             "truth_voxels": int(np.count_nonzero(t)),
         }
+        if slices:
+            results[cls].update(hd95_slices=slices[1], hd95_undefined_slices=slices[2])
     return results
 
 
@@ -286,9 +294,12 @@ def summarise(per_case, class_names: Sequence[str] | None = None) -> dict:
     ``per_case`` is a mapping ``case_id -> class_metrics(...)`` or a sequence of such results.
     For each class and each of dice / iou / hd95 the result holds mean, std (population,
     ddof=0), median, min, max and ``n`` (values used); nan values (undefined HD95) are left
-    out of the statistics, and ``hd95_undefined`` counts them. ``cases`` counts the cases that
-    report the class. With ``class_names`` (indexed by class id, e.g. ``["background",
-    "liver"]``) the result is keyed by name instead of class id.
+    out of the statistics, and ``hd95_undefined`` counts them. A case whose masks both lack the
+    class (``pred_voxels`` and ``truth_voxels`` 0) keeps its Dice and IoU of 1 in their
+    statistics but not its HD95 of 0, which says nothing about a boundary and would pull the
+    mean towards 0 (MONAI's HD95 is nan there, and its mean skips it); ``absent`` counts these
+    cases. ``cases`` counts the cases that report the class. With ``class_names`` (indexed by
+    class id, e.g. ``["background", "liver"]``) the result is keyed by name instead of class id.
     """
     cases = list(per_case.values()) if isinstance(per_case, Mapping) else list(per_case)
     if not cases:
@@ -297,9 +308,11 @@ def summarise(per_case, class_names: Sequence[str] | None = None) -> dict:
     summary: dict = {}
     for cls in classes:
         reported = [case[cls] for case in cases if cls in case]
-        entry: dict = {"cases": len(reported)}
+        absent = [m.get("pred_voxels") == 0 and m.get("truth_voxels") == 0 for m in reported]
+        entry: dict = {"cases": len(reported), "absent": sum(absent)}
         for metric in SUMMARISED_METRICS:
-            values = np.array([float(m[metric]) for m in reported if metric in m], dtype=np.float64)
+            kept = [m for m, gone in zip(reported, absent) if metric in m and not (gone and metric == "hd95")]
+            values = np.array([float(m[metric]) for m in kept], dtype=np.float64)
             entry[metric] = _statistics(values[np.isfinite(values)])
             if metric == "hd95":
                 entry["hd95_undefined"] = int(np.count_nonzero(~np.isfinite(values)))

@@ -136,6 +136,20 @@ def test_summarise_ignores_undefined_hd95_but_counts_it():
     assert liver["hd95_undefined"] == 1
 
 
+def test_summarise_leaves_a_class_in_neither_mask_out_of_hd95_but_not_out_of_dice():
+    found = np.zeros((4, 12, 12), dtype=np.uint8)
+    found[1:3, 2:6, 2:6] = 1
+    shifted = np.roll(found, 3, axis=2)  # 3 columns of 2 mm apart: HD95 6 mm
+    nothing = np.zeros_like(found)
+    per_case = [class_metrics(found, shifted, 2, spacing=(5.0, 1.0, 2.0)),
+                class_metrics(nothing, nothing, 2, spacing=(5.0, 1.0, 2.0))]
+    summary = summarise(per_case)[1]
+    assert summary["absent"] == 1 and summary["hd95_undefined"] == 0
+    assert summary["hd95"]["mean"] == pytest.approx(6.0) and summary["hd95"]["n"] == 1
+    overlap = 2 * 2 * 4 * 1 / (2 * 2 * 4 * 4)  # one column of four in common: Dice 1/4
+    assert summary["dice"]["mean"] == pytest.approx((overlap + 1.0) / 2) and summary["dice"]["n"] == 2
+
+
 def test_summarise_of_only_undefined_hd95_gives_nan_statistics():
     summary = summarise([{1: {"dice": 0.0, "iou": 0.0, "hd95": math.nan}}])
     assert math.isnan(summary[1]["hd95"]["mean"]) and summary[1]["hd95"]["n"] == 0

@@ -220,18 +220,35 @@ def _table(cases: list[dict], class_names: list[str], summary: dict, result: dic
         for metric in ("dice", "iou", "hd95"):
             mean[f"{name} {metric}"] = summary[name][metric]["mean"]
     rows.append(mean)
-    # A mean HD95 over the cases where it is defined can read 0 when the model missed the class in
-    # every case that has it (both-empty cases count 0): say how many cases the mean left out.
+    # The means are over fewer cases than the rows above them, or (Dice) count cases where the class
+    # is in neither mask as 1: say how many, so they can be set beside a tool that drops those cases.
     undefined = [f"{name} {summary[name]['hd95_undefined']} of {len(cases)}" for name in class_names[1:]
                  if summary[name].get("hd95_undefined")]
+    absent = [f"{name} {summary[name]['absent']} of {len(cases)}" for name in class_names[1:]
+              if summary[name].get("absent")]
     note = (f"\nHD95 undefined (one mask empty), left out of the mean: {', '.join(undefined)} case(s)"
             if undefined else "")
+    note += (f"\nclass in neither mask (Dice and IoU 1 in the mean, HD95 left out): {', '.join(absent)} case(s)"
+             if absent else "")
+    note += _undefined_slices_note(cases, class_names)
     if len(class_names) == 2:
         return (format_table(rows, columns) + note
                 + f"\nmean per-slice Dice ({class_names[1]}): {result['slice_dice_mean']:.4f}")
     by_class = ", ".join(f"{name} {value:.4f}" for name, value in result["slice_dice_by_class"].items())
     return (format_table(rows, columns) + note + f"\nmean per-slice Dice, any of {'/'.join(class_names[1:])}: "
             f"{result['slice_dice_mean']:.4f}; per class: {by_class}")
+
+
+def _undefined_slices_note(cases: list[dict], class_names: list[str]) -> str:
+    """The line saying how many slices each class's per-slice HD95 (slice folders) left out."""
+    parts = []
+    for name in class_names[1:]:
+        counted = [c["metrics"][name] for c in cases if "hd95_slices" in c["metrics"][name]]
+        undefined = sum(m["hd95_undefined_slices"] for m in counted)
+        if undefined:
+            parts.append(f"{name} {undefined} of {sum(m['hd95_slices'] for m in counted)}")
+    return ("\nHD95 per slice undefined (one mask empty), left out of the case means: " + ", ".join(parts)
+            + " slice(s) with the class") if parts else ""
 
 
 def _write(out: Path, result: dict, overlays: list, worst: int) -> None:

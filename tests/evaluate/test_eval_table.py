@@ -30,3 +30,26 @@ def test_the_cases_a_mean_hd95_leaves_out_are_counted_under_the_table():
     text = _table(cases, ["background", "ggo", "consolidation"], summary, result)
     assert "HD95 undefined (one mask empty), left out of the mean: consolidation 2 of 3 case(s)" in text.splitlines()
     assert "ggo" not in text.split("left out of the mean:")[1].splitlines()[0]  # defined in every case
+    # c's 0 is no boundary measured: no case is left to average, and the table says why
+    assert summary["consolidation"]["hd95"]["n"] == 0 and math.isnan(summary["consolidation"]["hd95"]["mean"])
+    assert summary["consolidation"]["dice"]["mean"] == 1 / 3
+    assert ("class in neither mask (Dice and IoU 1 in the mean, HD95 left out): consolidation 1 of 3 case(s)"
+            in text.splitlines())
+
+
+def test_the_slices_a_per_slice_hd95_leaves_out_are_counted_under_the_table():
+    # A slice folder case: the lesion on slices 1-4, found on 2-4 and also invented on slice 6.
+    truth = np.zeros((8, 16, 16), np.uint8)
+    truth[1:5, 4:9, 4:9] = 1
+    pred = np.zeros_like(truth)
+    pred[2:5, 4:9, 5:10] = 1
+    pred[6, 10:12, 10:12] = 1
+    metrics = class_metrics(pred, truth, num_classes=2, per_slice_hd=True)[1]
+    # the oracle: slices 1 (missed) and 6 (invented) have the class in one mask only; slices
+    # 2-4 are squares one column apart (HD95 1), and the rest hold the class in neither mask
+    assert (metrics["hd95_slices"], metrics["hd95_undefined_slices"], metrics["hd95"]) == (5, 2, 1.0)
+    case = {"case_id": "a", "slices": 8, "metrics": {"lesion": metrics}}
+    summary = summarise([{"lesion": metrics}, {"lesion": metrics}])
+    text = _table([case, dict(case, case_id="b")], ["background", "lesion"], summary, {"slice_dice_mean": 0.5})
+    assert ("HD95 per slice undefined (one mask empty), left out of the case means: lesion 4 of 10 slice(s) "
+            "with the class") in text.splitlines()

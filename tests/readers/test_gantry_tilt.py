@@ -77,10 +77,11 @@ def test_slice_spacing_is_the_distance_between_the_tilted_planes(tmp_path, tilt)
 
 
 def surface(mask: np.ndarray) -> np.ndarray:
+    """Voxels with a face neighbour (in array index space) outside the mask or the array."""
     padded = np.pad(mask, 1)
     interior = padded.copy()
-    for offset in itertools.product((-1, 0, 1), repeat=3):
-        interior &= np.roll(padded, offset, axis=(0, 1, 2))
+    for axis, step in itertools.product(range(3), (-1, 1)):
+        interior &= np.roll(padded, step, axis=axis)
     return mask & ~interior[1:-1, 1:-1, 1:-1]
 
 
