@@ -50,7 +50,7 @@ def _cache_default() -> Path:
 @click.option("--cache-dir", type=click.Path(file_okay=False), default=None, help="Cache for INT8 graphs and the TensorRT timing cache [default: ~/.cache/edgeseg/export].")
 @click.option("--triton", "triton_repo", default=None, type=click.Path(file_okay=False),
               help="Also write a Triton model repository for the bundle to this folder.")
-@click.option("--force", is_flag=True, help="Replace an existing bundle at --out (and --triton repository).")
+@click.option("--force", is_flag=True, help="Replace an existing bundle at --out (and the --triton repository's edgeseg models).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def command(checkpoint, out, profile, formats, fp16, int8, calib, calib_method, calib_slices, trt, max_batch,
             verify_data, verify_slices, fp16_check, fp16_check_slices, max_dice_drop_fp16, max_dice_drop_int8, gate_metric, int8_scheme, structure_px, intensity, cache_dir, triton_repo, force, quiet) -> None:

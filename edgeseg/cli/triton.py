@@ -21,7 +21,7 @@ from edgeseg.cli.tta_option import tta_option
 @click.option("--instances", default=1, show_default=True, type=click.IntRange(1, 64))
 @click.option("--backend", default="onnxruntime", show_default=True,
               help="edgeseg runtime backend of the Python-backend models (the pipeline; the network with KIND_CPU).")
-@click.option("--force", is_flag=True, help="Replace an existing repository folder.")
+@click.option("--force", is_flag=True, help="Write into an existing repository: replace its models of this --name, keep the others.")
 @tta_option
 def command(bundle, repo, name, precision, max_batch, kind, instances, backend, force, tta) -> None:
     """Write REPO/<name> (the network), REPO/<name>-pipeline (HU in, labels out) and, for

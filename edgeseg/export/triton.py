@@ -17,20 +17,25 @@ pre-processing, the network, C post-processing, exactly as ``edgeseg predict`` a
 edgeseg on ``sys.path``, see ``edgeseg.serve.triton_python``) and ``1/bundle/`` (the manifest
 and the one ONNX artifact). Every config is parsed with the ``ModelConfig`` protobuf shipped by
 tritonclient before the repository is moved into place; flags are checked before anything is
-written. ``--force`` replaces only a folder of model folders, never one that is, holds or lies
-in the bundle.
+written. ``--force`` writes into an existing repository, replacing the models of the same name
+(each in one step) and keeping the others; never into a folder that is, holds or lies in the
+bundle, or holds anything but model folders.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
+import os
 import re
+import secrets
 import shutil
 import sysconfig
+from collections.abc import Iterator
 from pathlib import Path
 
-from edgeseg.atomic import atomic_dir, within
+from edgeseg.atomic import atomic_dir, check_output_folder, clean_leftovers, replace_dir, within
 from edgeseg.errors import BundleError, DataError, require
 from edgeseg.runtime.manifest import Manifest, read_manifest, verify_artifacts
 
@@ -218,43 +223,79 @@ def serving_warnings(entry, name: str, kind: str, backend: str) -> list[str]:
     return warnings
 
 
-def _not_a_model(repo: Path) -> str | None:
-    """The first entry of ``repo`` that is not a model folder as written here (``config.pbtxt``
-    and numbered version folders), or None: a folder of other things is not a repository."""
-    for model in sorted(repo.iterdir()):
-        if model.is_symlink() or not model.is_dir() or not (model / "config.pbtxt").is_file():
-            return model.name
-        for item in sorted(model.iterdir()):
-            if item.is_symlink() or not ((item.is_dir() and item.name.isdigit()) or item.name == "config.pbtxt"):
-                return f"{model.name}/{item.name}"
+def _not_a_model(folder: Path, strict: bool) -> str | None:
+    """What in ``folder`` shows it is not a model folder, or None. Any model holds
+    ``config.pbtxt``; ``strict`` (a model about to be replaced) also allows only what edgeseg
+    writes there: numbered version folders, no links."""
+    if (strict and folder.is_symlink()) or not folder.is_dir() or not (folder / "config.pbtxt").is_file():
+        return folder.name
+    for item in sorted(folder.iterdir()) if strict else ():
+        if item.is_symlink() or not ((item.is_dir() and item.name.isdigit()) or item.name == "config.pbtxt"):
+            return f"{folder.name}/{item.name}"
     return None
 
 
+def repo_model_names(name: str) -> tuple[str, ...]:
+    """The model folders a repository written for model ``name`` may hold."""
+    return name, name + PIPELINE_SUFFIX, f"{name}-trt"
+
+
 def check_repo_output(repo: str | Path, force: bool, bundle: str | Path, what: str = "REPO",
-                      keep: tuple[tuple[str, str | Path], ...] = ()) -> Path:
+                      keep: tuple[tuple[str, str | Path], ...] = (), name: str = "edgeseg") -> Path:
     """Refuse, before any work, a repository folder whose writing would destroy something: one
     that is, holds or lies in ``bundle``, holds a ``keep`` folder (``(what, path)``), exists
-    without ``force``, or is not a Triton repository (``--force`` replaces it whole)."""
+    without ``force``, or is not a Triton repository. ``--force`` writes into an existing
+    repository: it replaces the models named after ``name`` and leaves the others alone."""
     repo = Path(repo)
     where, source = repo.resolve(), Path(bundle).resolve()
     if within(where, source) or within(source, where):
         relation = "is" if where == source else "holds" if within(source, where) else "lies inside"
         raise DataError(f"{what} {repo} {relation} the bundle {bundle}; name a folder apart from it")
-    for name, folder in keep:
+    for label, folder in keep:
         if within(folder, where):
-            raise DataError(f"{what} {repo} {'is' if Path(folder).resolve() == where else 'holds'} {name} {folder}; "
+            raise DataError(f"{what} {repo} {'is' if Path(folder).resolve() == where else 'holds'} {label} {folder}; "
                             "name a folder apart from it")
     if not repo.exists():
         return repo
     if not force:
-        raise DataError(f"{what} {repo} exists; pass --force to replace it")
+        raise DataError(f"{what} {repo} exists; pass --force to write into it (its models named {name}* are "
+                        "replaced, the others kept)")
     if not repo.is_dir():
         raise DataError(f"{what} {repo} exists and is not a folder")
-    foreign = _not_a_model(repo)
-    if foreign is not None:
-        raise DataError(f"{what} {repo} is not a Triton model repository: it holds {foreign}, not a model folder "
-                        "(config.pbtxt and version folders); refusing to replace it")
+    ours = repo_model_names(name)
+    for model in sorted(repo.iterdir()):
+        foreign = _not_a_model(model, strict=model.name in ours)
+        if foreign is not None:
+            raise DataError(f"{what} {repo} is not a Triton model repository: it holds {foreign}, not a model folder "
+                            "(config.pbtxt and version folders); refusing to write into it")
+    check_output_folder(repo, what)
     return repo
+
+
+@contextlib.contextmanager
+def _into_repository(repo: Path, replaced: tuple[str, ...]) -> Iterator[Path]:
+    """Yield a staging folder for model folders; on success each lands in ``repo`` in one step
+    (replacing its namesake, atomic.replace_dir), and the models ``replaced`` that were not staged
+    (an earlier bundle's TensorRT model) are taken out. Staging lies beside ``repo``, not in it:
+    Triton takes every folder of a repository for a model. A new ``repo`` is written whole; an
+    existing one keeps its other models."""
+    if not repo.exists():
+        with atomic_dir(repo) as tmp:
+            yield tmp
+        return
+    clean_leftovers(repo)
+    staging = repo.parent / f".{repo.name}.staging-{os.getpid()}-{secrets.token_hex(4)}"
+    staging.mkdir()
+    try:
+        yield staging
+        staged = sorted(model.name for model in staging.iterdir())
+        for name in staged:
+            replace_dir(staging / name, repo / name)
+        for name in replaced:
+            if name not in staged and os.path.lexists(repo / name):
+                os.rename(repo / name, staging / name)  # out of Triton's sight in one step, then removed
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def write_triton_repo(bundle: str | Path, repo: str | Path, *, name: str = "edgeseg", precision: str = "fp32",
@@ -277,7 +318,7 @@ def write_triton_repo(bundle: str | Path, repo: str | Path, *, name: str = "edge
         raise DataError(f"instance kind must be KIND_GPU or KIND_CPU, got {kind!r}")
     if isinstance(instances, bool) or not isinstance(instances, int) or instances < 1:
         raise DataError(f"--instances must be an integer >= 1, got {instances!r}")
-    check_repo_output(repo, force, bundle)
+    check_repo_output(repo, force, bundle, name=name)
     manifest = read_manifest(bundle)
     batch = check_max_batch(max_batch, manifest)
     verify_artifacts(bundle, manifest)
@@ -292,7 +333,7 @@ def write_triton_repo(bundle: str | Path, repo: str | Path, *, name: str = "edge
     engines = {a.fingerprint["compute_capability"]: a for a in manifest.artifacts
                if a.format == "tensorrt" and a.precision == precision and a.fingerprint}
     models: list[Path] = []
-    with atomic_dir(repo) as tmp:
+    with _into_repository(repo, repo_model_names(name)) as tmp:
         if kind == "KIND_CPU":
             text = python_model_config(manifest, name, "network", batch, kind, instances, max_delay_us, runtime)
             _write_python_model(tmp, name, text, bundle, manifest, onnx, paths)
