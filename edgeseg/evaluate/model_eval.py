@@ -11,6 +11,7 @@ import numpy as np
 
 from edgeseg.atomic import atomic_files, atomic_write_text, within
 from edgeseg.data import open_dataset
+from edgeseg.data.dataset_names import dataset_label_names, unnamed_classes
 from edgeseg.data.open import check_source, run_read_options, same_data
 from edgeseg.data.volume import Volume
 from edgeseg.errors import DataError
@@ -98,6 +99,12 @@ def evaluate_checkpoint(
     spec = checkpoint_spec(payload)
     class_names = list(payload["class_names"])
     label_values = class_label_values(labels, payload)
+    mismatched = unnamed_classes(label_values, dataset_label_names(data))
+    if mismatched:
+        # a warning, not a refusal: --labels may rename a class (tumour=2 on MSD's "cancer")
+        log.warning("%s/dataset.json names the label values of the model's classes otherwise: %s; if this is data of "
+                    "another task, its Dice and HD95 mean nothing (map the classes with --labels)",
+                    data, "; ".join(mismatched))
     post = chosen_postprocess(payload, len(class_names), keep_largest, volume_postprocess)
     segmenter = Segmenter.from_module(model, spec, dict(enumerate(class_names)), post, max_batch=EVAL_BATCH, tta=tta)
     # A slice folder's mask value outside these classes is refused, as in training.

@@ -53,7 +53,7 @@ def test_mean_slice_dice_by_hand_for_one_class_and_merged_classes():
 
 
 def _brute_hd95(p: np.ndarray, t: np.ndarray, spacing) -> float:
-    structure = ndimage.generate_binary_structure(p.ndim, p.ndim)
+    structure = ndimage.generate_binary_structure(p.ndim, 1)  # face neighbours, as MONAI's surface
     surface = [m & ~ndimage.binary_erosion(m, structure=structure, border_value=0) for m in (p, t)]
     points = [np.argwhere(s) * np.asarray(spacing) for s in surface]
     d = cdist(points[0], points[1])
@@ -189,3 +189,34 @@ def test_training_curves_draw_one_validation_curve_per_class_when_there_are_seve
     assert pixels_of(tmp_path / "two.png", CLASS_CURVE_COLOURS[0]) > 30
     assert pixels_of(tmp_path / "two.png", CLASS_CURVE_COLOURS[1]) > 30
     assert pixels_of(tmp_path / "one.png", CLASS_CURVE_COLOURS[0]) == 0  # one class: the plot as before
+
+
+def test_a_checkpoint_scored_on_data_whose_dataset_json_names_its_classes_otherwise_warns(chest_checkpoint, tmp_path,
+                                                                                         caplog):
+    from edgeseg.data.phantom import write_phantom_dataset
+    from edgeseg.evaluate.model_eval import evaluate_checkpoint
+
+    abdomen = write_phantom_dataset(tmp_path / "abdomen", cases=2, shape=(8, 48, 48), seed=1)
+    chest = write_phantom_dataset(tmp_path / "chest", cases=2, shape=(8, 48, 48), seed=1, kind="chest")
+    with caplog.at_level("WARNING", logger="edgeseg.evaluate"):
+        evaluate_checkpoint(chest_checkpoint / "best.pt", str(chest), split="all", progress=False)
+    assert "dataset.json" not in caplog.text
+    with caplog.at_level("WARNING", logger="edgeseg.evaluate"):
+        evaluate_checkpoint(chest_checkpoint / "best.pt", str(abdomen), split="all", progress=False)
+    warned = [r.getMessage() for r in caplog.records if "dataset.json" in r.getMessage()]
+    assert len(warned) == 1 and "ggo (value 1 is 'liver')" in warned[0], caplog.text
+
+
+def test_dataset_label_names_reads_msd_and_nnunet_forms(tmp_path):
+    from edgeseg.data.dataset_names import dataset_label_names, unnamed_classes
+
+    (tmp_path / "dataset.json").write_text(json.dumps({"labels": {"0": "background", "1": "liver", "2": "cancer"}}))
+    assert dataset_label_names(tmp_path) == {0: "background", 1: "liver", 2: "cancer"}
+    assert unnamed_classes({"liver": [1, 2]}, dataset_label_names(tmp_path)) == []
+    assert unnamed_classes({"Tumour": [2]}, dataset_label_names(tmp_path)) == ["Tumour (value 2 is 'cancer')"]
+    (tmp_path / "dataset.json").write_text(json.dumps({"labels": {"background": 0, "lung_lesion": [1, 2], "x": True}}))
+    assert dataset_label_names(tmp_path) == {0: "background", 1: "lung_lesion", 2: "lung_lesion"}
+    assert unnamed_classes({"lung-lesion": [1, 2]}, dataset_label_names(tmp_path)) == []
+    (tmp_path / "dataset.json").write_text("{not json")
+    assert dataset_label_names(tmp_path) == {}
+    assert dataset_label_names(tmp_path / "absent") == {}
