@@ -41,9 +41,23 @@ VOLUME_SLICES = 32  # the volume whose pipelined throughput is measured
 
 
 def latency_stats(samples_s: list[float]) -> dict[str, float]:
-    """min / p50 / p90 / p99 / max of timings given in seconds, in milliseconds."""
-    ms = np.asarray(samples_s) * 1e3
-    return {name: round(float(np.percentile(ms, q)), 3) for name, q in PERCENTILES}
+    """min / p50 / p90 / p99 / max and mean of timings given in seconds, in milliseconds.
+    Percentiles interpolate linearly between the sorted samples (numpy's default)."""
+    ms = np.asarray(samples_s, dtype=np.float64) * 1e3
+    stats = {name: round(float(np.percentile(ms, q)), 3) for name, q in PERCENTILES}
+    return {**stats, "mean": round(float(ms.mean()), 3)}
+
+
+def software_versions() -> dict[str, str]:
+    """edgeseg, Python, numpy and each installed backend library, by distribution name: a figure
+    moves with them as much as with the CPU, so two results are comparable only where they agree."""
+    import platform
+
+    from edgeseg import __version__
+    from edgeseg.runtime.selection import KEY_DISTRIBUTIONS, installed_versions
+
+    return {"edgeseg": __version__, "python": platform.python_version(), "numpy": np.__version__,
+            **installed_versions(KEY_DISTRIBUTIONS)}
 
 
 def phantom_shape(count: int, size: int) -> tuple[int, int, int]:
@@ -135,6 +149,8 @@ def bench_backend(bundle: str | Path, backend: str, *, batches: tuple[int, ...] 
         png = _png16(hu[0])
         result = {"backend": backend, "chosen": seg.backend, "device": seg.runner.device,
                   "artifact": seg.runner.artifact, "size": size, "tta": tta, "machine": machine_signature(),
+                  "versions": software_versions(),
+                  "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                   # what the figures were measured with, so a JSON alone says how to repeat it
                   "runs": runs, "warmup": warmup, "threads": threads, "batches": {}}
         for b in batches:
@@ -154,6 +170,8 @@ def bench_backend(bundle: str | Path, backend: str, *, batches: tuple[int, ...] 
             per_round = np.asarray(stages["end_to_end"]) / np.asarray(stages["inference"])
             stats["end_to_end_over_model"] = {"p50": round(float(np.median(per_round)), 3),
                                               "of_p50s": round(stats["end_to_end"]["p50"] / stats["inference"]["p50"], 3)}
+            # every timed call, in order, so other statistics can be computed from the JSON alone
+            stats["samples_ms"] = {name: [round(t * 1e3, 4) for t in samples] for name, samples in stages.items()}
             result["batches"][str(b)] = stats
         result["volume"] = _volume_throughput(seg, hu[:volume_slices], max(batches), max(3, runs // 10))
     return result
@@ -214,7 +232,8 @@ def cold_start(bundle: str | Path, backend: str, size: int = 512, threads: int =
 
 def format_table(results: list[dict]) -> str:
     """A terminal table: one row per backend, stage and batch, then throughput and cold start."""
-    lines = [f"{'backend':<24} {'batch':>5} {'stage':<12} " + " ".join(f"{n:>8}" for n, _ in PERCENTILES) + "  (ms)"]
+    names = [n for n, _ in PERCENTILES] + ["mean"]
+    lines = [f"{'backend':<24} {'batch':>5} {'stage':<12} " + " ".join(f"{n:>8}" for n in names) + "  (ms per call)"]
     for r in results:
         if "error" in r:
             lines.append(f"{r['backend']:<24} error: {r['error']}")
@@ -223,7 +242,7 @@ def format_table(results: list[dict]) -> str:
         name += f" tta {r['tta']}" if r.get("tta", "none") != "none" else ""
         for b, stages in r["batches"].items():
             for stage in STAGES:
-                lines.append(f"{name:<24} {b:>5} {stage:<12} " + " ".join(f"{stages[stage][n]:>8.2f}" for n, _ in PERCENTILES))
+                lines.append(f"{name:<24} {b:>5} {stage:<12} " + " ".join(f"{stages[stage][n]:>8.2f}" for n in names))
             ratio = stages.get("end_to_end_over_model")
             if ratio:
                 lines.append(f"{name:<24} {b:>5} {'e2e/model':<12} {ratio['p50']:>8.3f}  (median over rounds; "
@@ -250,6 +269,10 @@ def format_table(results: list[dict]) -> str:
     machines = list(dict.fromkeys(r["machine"] for r in results if "machine" in r))
     if machines:
         lines.append(f"measured on: {'; '.join(machines)}")
+    versions = list(dict.fromkeys(", ".join(f"{k} {v}" for k, v in r["versions"].items())
+                                  for r in results if "versions" in r))
+    if versions:
+        lines.append(f"with: {'; '.join(versions)}")
     return "\n".join(lines)
 
 

@@ -1,0 +1,76 @@
+"""``edgeseg bench``'s statistics against hand-computed answers, and what its JSON records so
+two results can be compared (every timed call, the software it ran with)."""
+
+from __future__ import annotations
+
+import json
+import math
+from importlib import metadata
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from edgeseg.bench.runtime import STAGES, latency_stats
+from edgeseg.cli.main import cli
+
+
+def _percentile(values: list[float], q: float) -> float:
+    """Linear interpolation between closest ranks, written out by hand."""
+    ordered = sorted(values)
+    rank = q / 100 * (len(ordered) - 1)
+    low, high = math.floor(rank), math.ceil(rank)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+def test_latency_stats_known_answers():
+    """1..101 ms in shuffled order: the median is 51, p90 91, p99 100, the mean 51."""
+    samples = list(np.random.default_rng(0).permutation(np.arange(1, 102)) / 1e3)
+    assert latency_stats(samples) == {"min": 1.0, "p50": 51.0, "p90": 91.0, "p99": 100.0, "max": 101.0, "mean": 51.0}
+
+
+@pytest.mark.parametrize("count", [1, 2, 7, 30, 1000])
+def test_latency_stats_match_a_hand_written_percentile(count):
+    rng = np.random.default_rng(count)
+    samples = list(rng.lognormal(-6, 0.8, count))  # seconds, skewed as latencies are
+    ms = [s * 1e3 for s in samples]
+    stats = latency_stats(samples)
+    for name, q in (("min", 0), ("p50", 50), ("p90", 90), ("p99", 99), ("max", 100)):
+        assert stats[name] == pytest.approx(_percentile(ms, q), abs=6e-4), name
+    assert stats["mean"] == pytest.approx(sum(ms) / count, abs=6e-4)
+
+
+def test_bench_json_holds_every_timed_call_and_the_software_it_ran_with(bundle_dir, tmp_path):
+    out_json = tmp_path / "bench.json"
+    result = CliRunner().invoke(cli, ["bench", str(bundle_dir), "--backend", "onnxruntime:fp32", "--batch", "1,2",
+                                      "--size", "64", "--runs", "7", "--warmup", "1", "--threads", "1",
+                                      "--no-cold-start", "--json", str(out_json)])
+    assert result.exit_code == 0, result.output
+    [r] = json.loads(out_json.read_text())
+    for batch in ("1", "2"):
+        stages = r["batches"][batch]
+        assert set(stages["samples_ms"]) == set(STAGES)
+        for stage in STAGES:
+            raw = stages["samples_ms"][stage]
+            assert len(raw) == 7 and min(raw) > 0  # the timed calls, warm-up excluded
+            for name, q in (("min", 0), ("p50", 50), ("p90", 90), ("p99", 99), ("max", 100)):
+                assert stages[stage][name] == pytest.approx(_percentile(raw, q), abs=2e-3), (batch, stage, name)
+            assert stages[stage]["mean"] == pytest.approx(sum(raw) / 7, abs=2e-3)
+    versions = r["versions"]
+    assert versions["onnxruntime"] == metadata.version("onnxruntime")
+    assert versions["numpy"] == np.__version__ and versions["edgeseg"] and versions["python"]
+    assert r["measured_at"].endswith("Z")
+    [line] = [line for line in result.output.splitlines() if line.startswith("with: ")]
+    assert f"onnxruntime {metadata.version('onnxruntime')}" in line and f"numpy {np.__version__}" in line
+    assert " mean  (ms per call)" in result.output
+
+
+def test_bench_refuses_a_thread_count_no_machine_has_before_measuring(bundle_dir, tmp_path, assert_one_line_error):
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "edgeseg.cli", "bench", str(bundle_dir), "--backend",
+                           "onnxruntime:fp32", "--size", "16", "--runs", "1", "--threads", "100000",
+                           "--json", str(tmp_path / "b.json")], capture_output=True, text=True, timeout=300)
+    assert_one_line_error(done, "--threads must be >= 0 (0: the backends' default) and at most 1024, got 100000")
+    assert done.stdout == "" and not (tmp_path / "b.json").exists()
