@@ -74,3 +74,32 @@ def test_bench_refuses_a_thread_count_no_machine_has_before_measuring(bundle_dir
                            "--json", str(tmp_path / "b.json")], capture_output=True, text=True, timeout=300)
     assert_one_line_error(done, "--threads must be >= 0 (0: the backends' default) and at most 1024, got 100000")
     assert done.stdout == "" and not (tmp_path / "b.json").exists()
+
+
+def _row(backend: str, chosen: str, inference_ms: float) -> dict:
+    stage = {"min": 0.01, "p50": 0.02, "p90": 0.03, "p99": 0.05, "max": 0.06, "mean": 0.025}
+    model = {"min": inference_ms, "p50": inference_ms, "p90": inference_ms, "p99": 40 * inference_ms,
+             "max": 40 * inference_ms, "mean": inference_ms}
+    batch = {s: (model if s in ("inference", "end_to_end") else stage) for s in STAGES}
+    return {"backend": backend, "chosen": chosen, "size": 64, "machine": "Some CPU | 2 cpus | avx2",
+            "batches": {"1": batch}}
+
+
+def test_latency_plot_is_readable_when_stages_and_backends_differ_by_orders_of_magnitude():
+    """A 0.02 ms kernel beside a 50 ms model with a 2 s p99 outlier: on a linear axis every bar
+    but the outlier's was flat. The axis is logarithmic and says so, `auto` names what it ran,
+    and the machine is on the figure."""
+    import matplotlib.pyplot as plt
+
+    from edgeseg.bench.runtime import latency_figure
+
+    figure = latency_figure([_row("auto", "openvino:int8", 1.0), _row("torchscript:fp32", "torchscript:fp32", 50.0),
+                             {"backend": "tensorrt:fp16", "error": "no GPU"}])
+    [ax] = figure.axes
+    assert ax.get_yscale() == "log" and "ms" in ax.get_ylabel() and "log" in ax.get_ylabel()
+    [legend] = figure.legends
+    assert [t.get_text() for t in legend.get_texts()] == ["auto (openvino:int8)", "torchscript:fp32"]
+    assert "Some CPU | 2 cpus | avx2" in figure._suptitle.get_text()
+    low, high = ax.get_ylim()
+    assert low <= 0.02 and high >= 2000  # the smallest p50 and the largest p99 both inside the axis
+    plt.close(figure)
