@@ -103,3 +103,26 @@ def test_latency_plot_is_readable_when_stages_and_backends_differ_by_orders_of_m
     low, high = ax.get_ylim()
     assert low <= 0.02 and high >= 2000  # the smallest p50 and the largest p99 both inside the axis
     plt.close(figure)
+
+
+def test_a_backend_whose_library_is_broken_gets_an_error_row_and_the_others_are_measured(bundle_dir, tmp_path):
+    """An installed OpenVINO whose import fails with something other than ImportError (a shared
+    library of another version): `edgeseg bench` ended in a traceback and measured nothing."""
+    import os
+    import subprocess
+    import sys
+
+    broken = tmp_path / "site" / "openvino"
+    broken.mkdir(parents=True)
+    (broken / "__init__.py").write_text('raise RuntimeError("libopenvino.so.2541: version mismatch")\n')
+    out_json = tmp_path / "bench.json"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(broken.parent), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-m", "edgeseg.cli", "bench", str(bundle_dir), "--backend", "openvino:fp32",
+                           "--backend", "onnxruntime:fp32", "--size", "32", "--batch", "1", "--runs", "2", "--warmup", "0",
+                           "--no-cold-start", "--json", str(out_json)], capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
+    broken_row, measured = json.loads(out_json.read_text())
+    assert broken_row["backend"] == "openvino:fp32"
+    assert "'openvino' package fails to import (RuntimeError: libopenvino.so.2541: version mismatch)" in broken_row["error"]
+    assert measured["backend"] == "onnxruntime:fp32" and measured["batches"]["1"]["inference"]["p50"] > 0
