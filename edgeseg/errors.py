@@ -44,13 +44,23 @@ class MissingDependencyError(EdgesegError):
 
 
 def require(module: str, extra: str, purpose: str):
-    """Import an optional module, or raise MissingDependencyError naming the extra."""
+    """Import an optional module, or raise MissingDependencyError naming the extra (not installed)
+    or BrokenDependencyError (installed, but its import fails with another error)."""
     import importlib
 
     try:
         return importlib.import_module(module)
     except ImportError as exc:
         raise MissingDependencyError(module.split(".")[0], extra, purpose) from exc
+    except Exception as exc:  # installed but broken: a shared library it loads is missing or of another version
+        package = module.split(".")[0]
+        raise BrokenDependencyError(f"{purpose}: the installed '{package}' package fails to import "
+                                    f"({type(exc).__name__}: {' '.join(str(exc).split())}); reinstall it: "
+                                    f"pip install --force-reinstall 'edgeseg[{extra}]'") from exc
+
+
+class BrokenDependencyError(EdgesegError):
+    """An optional library is installed but fails to import (a missing or mismatched shared library)."""
 
 
 class BundleError(EdgesegError):

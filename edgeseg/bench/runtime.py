@@ -41,9 +41,23 @@ VOLUME_SLICES = 32  # the volume whose pipelined throughput is measured
 
 
 def latency_stats(samples_s: list[float]) -> dict[str, float]:
-    """min / p50 / p90 / p99 / max of timings given in seconds, in milliseconds."""
-    ms = np.asarray(samples_s) * 1e3
-    return {name: round(float(np.percentile(ms, q)), 3) for name, q in PERCENTILES}
+    """min / p50 / p90 / p99 / max and mean of timings given in seconds, in milliseconds.
+    Percentiles interpolate linearly between the sorted samples (numpy's default)."""
+    ms = np.asarray(samples_s, dtype=np.float64) * 1e3
+    stats = {name: round(float(np.percentile(ms, q)), 3) for name, q in PERCENTILES}
+    return {**stats, "mean": round(float(ms.mean()), 3)}
+
+
+def software_versions() -> dict[str, str]:
+    """edgeseg, Python, numpy and each installed backend library, by distribution name: a figure
+    moves with them as much as with the CPU, so two results are comparable only where they agree."""
+    import platform
+
+    from edgeseg import __version__
+    from edgeseg.runtime.selection import KEY_DISTRIBUTIONS, installed_versions
+
+    return {"edgeseg": __version__, "python": platform.python_version(), "numpy": np.__version__,
+            **installed_versions(KEY_DISTRIBUTIONS)}
 
 
 def phantom_shape(count: int, size: int) -> tuple[int, int, int]:
@@ -135,6 +149,8 @@ def bench_backend(bundle: str | Path, backend: str, *, batches: tuple[int, ...] 
         png = _png16(hu[0])
         result = {"backend": backend, "chosen": seg.backend, "device": seg.runner.device,
                   "artifact": seg.runner.artifact, "size": size, "tta": tta, "machine": machine_signature(),
+                  "versions": software_versions(),
+                  "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                   # what the figures were measured with, so a JSON alone says how to repeat it
                   "runs": runs, "warmup": warmup, "threads": threads, "batches": {}}
         for b in batches:
@@ -154,6 +170,8 @@ def bench_backend(bundle: str | Path, backend: str, *, batches: tuple[int, ...] 
             per_round = np.asarray(stages["end_to_end"]) / np.asarray(stages["inference"])
             stats["end_to_end_over_model"] = {"p50": round(float(np.median(per_round)), 3),
                                               "of_p50s": round(stats["end_to_end"]["p50"] / stats["inference"]["p50"], 3)}
+            # every timed call, in order, so other statistics can be computed from the JSON alone
+            stats["samples_ms"] = {name: [round(t * 1e3, 4) for t in samples] for name, samples in stages.items()}
             result["batches"][str(b)] = stats
         result["volume"] = _volume_throughput(seg, hu[:volume_slices], max(batches), max(3, runs // 10))
     return result
@@ -214,7 +232,8 @@ def cold_start(bundle: str | Path, backend: str, size: int = 512, threads: int =
 
 def format_table(results: list[dict]) -> str:
     """A terminal table: one row per backend, stage and batch, then throughput and cold start."""
-    lines = [f"{'backend':<24} {'batch':>5} {'stage':<12} " + " ".join(f"{n:>8}" for n, _ in PERCENTILES) + "  (ms)"]
+    names = [n for n, _ in PERCENTILES] + ["mean"]
+    lines = [f"{'backend':<24} {'batch':>5} {'stage':<12} " + " ".join(f"{n:>8}" for n in names) + "  (ms per call)"]
     for r in results:
         if "error" in r:
             lines.append(f"{r['backend']:<24} error: {r['error']}")
@@ -223,7 +242,7 @@ def format_table(results: list[dict]) -> str:
         name += f" tta {r['tta']}" if r.get("tta", "none") != "none" else ""
         for b, stages in r["batches"].items():
             for stage in STAGES:
-                lines.append(f"{name:<24} {b:>5} {stage:<12} " + " ".join(f"{stages[stage][n]:>8.2f}" for n, _ in PERCENTILES))
+                lines.append(f"{name:<24} {b:>5} {stage:<12} " + " ".join(f"{stages[stage][n]:>8.2f}" for n in names))
             ratio = stages.get("end_to_end_over_model")
             if ratio:
                 lines.append(f"{name:<24} {b:>5} {'e2e/model':<12} {ratio['p50']:>8.3f}  (median over rounds; "
@@ -250,21 +269,26 @@ def format_table(results: list[dict]) -> str:
     machines = list(dict.fromkeys(r["machine"] for r in results if "machine" in r))
     if machines:
         lines.append(f"measured on: {'; '.join(machines)}")
+    versions = list(dict.fromkeys(", ".join(f"{k} {v}" for k, v in r["versions"].items())
+                                  for r in results if "versions" in r))
+    if versions:
+        lines.append(f"with: {'; '.join(versions)}")
     return "\n".join(lines)
 
 
-def plot_latency(results: list[dict], out: str | Path) -> Path:
-    """PNG: p50 latency per stage and backend at each batch size, with a bar from p50 up to p99."""
+def latency_figure(results: list[dict]):
+    """The figure :func:`plot_latency` writes: p50 latency per stage and backend at each batch
+    size, a bar from p50 up to p99, on a log axis (a 0.02 ms kernel next to a 50 ms model, and
+    a p99 outlier, would otherwise flatten every other bar to nothing)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from edgeseg.atomic import atomic_path
-
     ok = [r for r in results if "error" not in r]
     batch_keys = sorted({b for r in ok for b in r["batches"]}, key=int)
-    figure, axes = plt.subplots(1, max(1, len(batch_keys)), figsize=(6 * max(1, len(batch_keys)), 4), squeeze=False)
+    figure, axes = plt.subplots(1, max(1, len(batch_keys)), figsize=(6 * max(1, len(batch_keys)), 4.8), squeeze=False,
+                                layout="constrained")
     width = 0.8 / max(1, len(ok))
     for ax, b in zip(axes[0], batch_keys):
         for i, r in enumerate(ok):
@@ -273,12 +297,29 @@ def plot_latency(results: list[dict], out: str | Path) -> Path:
                 continue
             p50 = [stages[s]["p50"] for s in STAGES]
             err = [[0] * len(STAGES), [stages[s]["p99"] - stages[s]["p50"] for s in STAGES]]
-            ax.bar(np.arange(len(STAGES)) + i * width, p50, width, yerr=err, label=r["backend"], capsize=2)
+            label = r["backend"] if r["backend"] == r["chosen"] else f"{r['backend']} ({r['chosen']})"
+            ax.bar(np.arange(len(STAGES)) + i * width, p50, width, yerr=err, label=label, capsize=2, color=f"C{i}")
+        ax.set_yscale("log")
         ax.set_xticks(np.arange(len(STAGES)) + width * (len(ok) - 1) / 2, STAGES, rotation=20)
-        ax.set_ylabel("ms per call (p50, bar to p99)")
-        ax.set_title(f"batch {b}, {ok[0]['size']}x{ok[0]['size']} input")
-        ax.legend(fontsize=7)
-    figure.tight_layout()
+        ax.set_ylabel("ms per call, log scale (p50, bar to p99)")
+        ax.set_title(f"batch {b}, {ok[0]['size']}x{ok[0]['size']} int16 input")
+        ax.grid(axis="y", which="both", alpha=0.3)
+    # one legend for all panels, under them: inside an axis it hid the bars of several backends
+    handles, names = axes[0][0].get_legend_handles_labels()
+    figure.legend(handles, names, loc="outside lower center", ncol=min(4, max(1, len(names))), fontsize=8)
+    machines = list(dict.fromkeys(r["machine"] for r in ok if "machine" in r))
+    if machines:
+        figure.suptitle(textwrap.fill(f"measured on: {'; '.join(machines)}", 120), fontsize=8)
+    return figure
+
+
+def plot_latency(results: list[dict], out: str | Path) -> Path:
+    """Write :func:`latency_figure` as a PNG (atomically)."""
+    import matplotlib.pyplot as plt
+
+    from edgeseg.atomic import atomic_path
+
+    figure = latency_figure(results)
     with atomic_path(out, suffix=".png") as tmp:
         figure.savefig(tmp, dpi=110, format="png")
     plt.close(figure)

@@ -35,6 +35,7 @@ def command(bundle, backends, batch, size, runs, warmup, threads, json_out, png_
     from edgeseg.errors import DataError, EdgesegError
     from edgeseg.limits import check_volume
     from edgeseg.runtime.manifest import read_manifest, verify_artifacts
+    from edgeseg.runtime.runners.base import MAX_THREADS
 
     try:
         batches = tuple(sorted({int(b) for b in batch.split(",")}))
@@ -43,6 +44,8 @@ def command(bundle, backends, batch, size, runs, warmup, threads, json_out, png_
     if not batches or min(batches) < 1 or size < 8 or not 1 <= runs <= MAX_CALLS or not 0 <= warmup <= MAX_CALLS:
         raise DataError(f"need batch sizes >= 1, --size >= 8, --runs 1..{MAX_CALLS}, --warmup 0..{MAX_CALLS}; "
                         f"got {batch!r}, {size}, {runs}, {warmup}")
+    if not 0 <= threads <= MAX_THREADS:  # before the bundle is hashed and any table printed
+        raise DataError(f"--threads must be >= 0 (0: the backends' default) and at most {MAX_THREADS}, got {threads}")
     outputs = [(path, what) for path, what in ((json_out, "--json"), (png_out, "--png")) if path]
     for path, what in outputs:
         check_output_file(path, what)
@@ -57,8 +60,6 @@ def command(bundle, backends, batch, size, runs, warmup, threads, json_out, png_
         if source != click.core.ParameterSource.DEFAULT:  # asked for: measuring another batch would answer another question
             raise DataError(f"--batch {above[0]} is above the bundle's max batch {manifest.max_batch}")
         click.echo(f"batch {', '.join(map(str, above))}: above the bundle's max batch {manifest.max_batch}, not measured")
-    if threads < 0:
-        raise DataError(f"--threads must be >= 0 (0: the backends' default), got {threads}")
     results = []
     for label in tqdm(labels, desc="benchmarking", unit="backend", leave=False):
         try:
