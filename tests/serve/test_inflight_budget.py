@@ -5,7 +5,6 @@ every refusal for overload is a 503 with Retry-After and a JSON error naming the
 from __future__ import annotations
 
 import gzip
-import http.client
 import io
 import json
 import re
@@ -14,20 +13,13 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
+from tests.serve.http_util import http_request
 
 pytest.importorskip("fastapi")
 
 SLICE = 64 * 64  # pixels of one test slice; a volume counts 4 bytes a pixel (float32 HU)
 
 
-def _request(url, method, path, body=None, timeout=60):
-    host, port = url.split(":")
-    conn = http.client.HTTPConnection(host, int(port), timeout=timeout)
-    conn.request(method, path, body=body)
-    response = conn.getresponse()
-    data = response.read()
-    conn.close()
-    return response.status, {k.lower(): v for k, v in response.getheaders()}, data
 
 
 def _npy(hu: np.ndarray) -> bytes:
@@ -85,13 +77,13 @@ def test_an_upload_over_the_budget_is_503_from_its_header(server_factory, serve_
     state = server.app.state
     with ThreadPoolExecutor(2) as pool:
         try:
-            held = pool.submit(_request, server.url, "POST", "/v2/models/edgeseg/infer", _infer_body())
+            held = pool.submit(http_request, server.url, "POST", "/v2/models/edgeseg/infer", _infer_body())
             assert entered.wait(30), "the /v2 request never reached the model"
-            waiting = pool.submit(_request, server.url, "POST", "/v1/segment", _npy(_hu()))
+            waiting = pool.submit(http_request, server.url, "POST", "/v1/segment", _npy(_hu()))
             _wait_for(lambda: state.budget.held == 2 * SLICE * 4, "the upload never took its bytes")
-            metrics = _request(server.url, "GET", "/metrics")[2].decode()
+            metrics = http_request(server.url, "GET", "/metrics")[2].decode()
             assert f"edgeseg_inflight_bytes {2 * SLICE * 4}.0" in metrics
-            _assert_busy(*_request(server.url, "POST", "/v1/segment", _nifti_header_only(4)), budget)
+            _assert_busy(*http_request(server.url, "POST", "/v1/segment", _nifti_header_only(4)), budget)
         finally:
             release.set()
         assert held.result()[0] == 200
@@ -101,7 +93,7 @@ def test_an_upload_over_the_budget_is_503_from_its_header(server_factory, serve_
         np.testing.assert_array_equal(np.load(io.BytesIO(data)), local.predict_volume(_hu()))
     assert state.budget.held == 0 and state.uploads.depth == 0
     # alone, the same header fits the budget: read, it is found truncated
-    status, _, data = _request(server.url, "POST", "/v1/segment", _nifti_header_only(4))
+    status, _, data = http_request(server.url, "POST", "/v1/segment", _nifti_header_only(4))
     assert status == 400 and "truncated" in json.loads(data)["error"], data
 
 
@@ -111,16 +103,16 @@ def test_a_v2_request_over_the_budget_is_503_and_one_over_the_whole_budget_413(s
     entered, release = gate_model(server)
     with ThreadPoolExecutor(1) as pool:
         try:
-            held = pool.submit(_request, server.url, "POST", "/v2/models/edgeseg/infer", _infer_body(2))
+            held = pool.submit(http_request, server.url, "POST", "/v2/models/edgeseg/infer", _infer_body(2))
             assert entered.wait(30), "the /v2 request never reached the model"
-            _assert_busy(*_request(server.url, "POST", "/v2/models/edgeseg/infer", _infer_body(2)), budget)
-            status, headers, data = _request(server.url, "POST", "/v2/models/edgeseg/infer", _infer_body(4))
+            _assert_busy(*http_request(server.url, "POST", "/v2/models/edgeseg/infer", _infer_body(2)), budget)
+            status, headers, data = http_request(server.url, "POST", "/v2/models/edgeseg/infer", _infer_body(4))
             assert status == 413 and "retry-after" not in headers, (status, data)
             assert f"more than the whole in-flight budget of {budget} bytes" in json.loads(data)["error"]
         finally:
             release.set()
         assert held.result()[0] == 200
-    assert _request(server.url, "POST", "/v2/models/edgeseg/infer", _infer_body(2))[0] == 200
+    assert http_request(server.url, "POST", "/v2/models/edgeseg/infer", _infer_body(2))[0] == 200
     assert server.app.state.budget.held == 0
 
 
@@ -131,12 +123,12 @@ def test_a_full_queue_answers_503_with_retry_after(server_factory, gate_model, p
     state = server.app.state
     with ThreadPoolExecutor(2) as pool:
         try:
-            held = pool.submit(_request, server.url, "POST", "/v2/models/edgeseg/infer", _infer_body())
+            held = pool.submit(http_request, server.url, "POST", "/v2/models/edgeseg/infer", _infer_body())
             assert entered.wait(30), "the first request never reached the model"
-            queued = pool.submit(_request, server.url, "POST", path, body)
+            queued = pool.submit(http_request, server.url, "POST", path, body)
             _wait_for(lambda: state.models["edgeseg"].batcher.depth + state.uploads.depth == 1,
                       "the second request never reached the queue")
-            status, headers, data = _request(server.url, "POST", path, body)
+            status, headers, data = http_request(server.url, "POST", path, body)
             assert status == 503 and headers.get("retry-after") == "1", (status, headers, data)
             assert "queue is full" in json.loads(data)["error"]
         finally:
@@ -158,4 +150,4 @@ def test_the_default_budget_is_twice_the_volume_limit(server_factory, monkeypatc
     monkeypatch.setenv("EDGESEG_MAX_VOLUME_BYTES", "3000000")
     server = server_factory(max_batch=4)
     assert server.app.state.budget.limit == 6000000
-    assert re.search(r"edgeseg_inflight_bytes 0\.0", _request(server.url, "GET", "/metrics")[2].decode())
+    assert re.search(r"edgeseg_inflight_bytes 0\.0", http_request(server.url, "GET", "/metrics")[2].decode())

@@ -5,7 +5,6 @@ Logits are checked against an independent ONNX Runtime session on the bundle's m
 
 from __future__ import annotations
 
-import http.client
 import io
 import json
 import re
@@ -14,6 +13,7 @@ import time
 
 import numpy as np
 import pytest
+from tests.serve.http_util import http_request
 
 tritonclient_http = pytest.importorskip("tritonclient.http")
 
@@ -30,14 +30,6 @@ def _batch(n: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).normal(0.3, 0.4, (n, 1, 64, 64)).astype(np.float32)
 
 
-def _request(url: str, method: str, path: str, body: bytes | None = None, headers: dict | None = None):
-    host, port = url.split(":")
-    conn = http.client.HTTPConnection(host, int(port), timeout=30)
-    conn.request(method, path, body=body, headers=headers or {})
-    response = conn.getresponse()
-    data = response.read()
-    conn.close()
-    return response.status, dict(response.getheaders()), data
 
 
 @pytest.mark.parametrize("binary", [True, False])
@@ -132,12 +124,12 @@ def _infer_body(x: np.ndarray, datatype: str = "FP32") -> bytes:
      "datatype 'FP99'"),
 ])
 def test_malformed_requests_get_400_and_the_server_keeps_serving(server, oracle, body, pattern):
-    status, _, data = _request(server.url, "POST", "/v2/models/edgeseg/infer", body,
+    status, _, data = http_request(server.url, "POST", "/v2/models/edgeseg/infer", body,
                                {"Content-Type": "application/json"})
     assert status == 400
     assert re.search(pattern, json.loads(data)["error"])
     x = _batch(1)
-    status, _, data = _request(server.url, "POST", "/v2/models/edgeseg/infer", _infer_body(x))
+    status, _, data = http_request(server.url, "POST", "/v2/models/edgeseg/infer", _infer_body(x))
     assert status == 200
     out = json.loads(data)["outputs"][0]
     np.testing.assert_allclose(np.array(out["data"], np.float32).reshape(out["shape"]), oracle(x), rtol=1e-4, atol=1e-4)
@@ -146,20 +138,20 @@ def test_malformed_requests_get_400_and_the_server_keeps_serving(server, oracle,
 def test_unknown_model_is_404(server):
     for method, path in (("GET", "/v2/models/other"), ("GET", "/v2/models/other/ready"),
                          ("POST", "/v2/models/other/infer"), ("GET", "/v2/models/edgeseg/versions/7")):
-        status, _, data = _request(server.url, method, path, b"{}" if method == "POST" else None)
+        status, _, data = http_request(server.url, method, path, b"{}" if method == "POST" else None)
         assert status == 404, path
         assert "error" in json.loads(data)
 
 
 def test_oversize_body_is_413(server):
-    status, _, data = _request(server.url, "POST", "/v2/models/edgeseg/infer", b"x" * (5 << 20))
+    status, _, data = http_request(server.url, "POST", "/v2/models/edgeseg/infer", b"x" * (5 << 20))
     assert status == 413
     assert "exceeds the limit" in json.loads(data)["error"]
-    assert _request(server.url, "GET", "/v2/health/live")[0] == 200
+    assert http_request(server.url, "GET", "/v2/health/live")[0] == 200
 
 
 def test_batch_above_the_limit_is_400(server):
-    status, _, data = _request(server.url, "POST", "/v2/models/edgeseg/infer", _infer_body(_batch(5)))
+    status, _, data = http_request(server.url, "POST", "/v2/models/edgeseg/infer", _infer_body(_batch(5)))
     assert status == 400
     assert "at most 4 slices" in json.loads(data)["error"]
 
@@ -167,7 +159,7 @@ def test_batch_above_the_limit_is_400(server):
 def test_binary_body_with_wrong_size_is_400(server):
     header = json.dumps({"inputs": [{"name": "image", "shape": [1, 1, 64, 64], "datatype": "FP32",
                                      "parameters": {"binary_data_size": 100}}]}).encode()
-    status, _, data = _request(server.url, "POST", "/v2/models/edgeseg/infer", header + b"\0" * 100,
+    status, _, data = http_request(server.url, "POST", "/v2/models/edgeseg/infer", header + b"\0" * 100,
                                {"Inference-Header-Content-Length": str(len(header))})
     assert status == 400
     assert "binary_data_size" in json.loads(data)["error"]
@@ -187,7 +179,7 @@ def test_full_queue_answers_503(server_factory, gate_model):
     x = _infer_body(_batch(1))
 
     def post():
-        return _request(slow.url, "POST", "/v2/models/edgeseg/infer", x)
+        return http_request(slow.url, "POST", "/v2/models/edgeseg/infer", x)
 
     with ThreadPoolExecutor(2) as pool:
         try:
@@ -204,12 +196,12 @@ def test_full_queue_answers_503(server_factory, gate_model):
         finally:
             release.set()
         assert in_model.result()[0] == 200 and queued.result()[0] == 200
-    assert _request(slow.url, "POST", "/v2/models/edgeseg/infer", x)[0] == 200
+    assert http_request(slow.url, "POST", "/v2/models/edgeseg/infer", x)[0] == 200
 
 
 def test_metrics_count_requests_and_batches(server):
-    _request(server.url, "POST", "/v2/models/edgeseg/infer", _infer_body(_batch(2)))
-    status, headers, data = _request(server.url, "GET", "/metrics")
+    http_request(server.url, "POST", "/v2/models/edgeseg/infer", _infer_body(_batch(2)))
+    status, headers, data = http_request(server.url, "GET", "/metrics")
     assert status == 200
     text = data.decode()
     ok = re.search(r'edgeseg_requests_total\{code="200",endpoint="model_infer"\} (\d+)', text)
@@ -226,7 +218,7 @@ def test_upload_npy_returns_the_mask_of_predict(server, serve_bundle):
     hu[:, 20:60, 15:55] = 60  # a soft-tissue block
     buffer = io.BytesIO()
     np.save(buffer, hu)
-    status, headers, data = _request(server.url, "POST", "/v1/segment?format=npy", buffer.getvalue())
+    status, headers, data = http_request(server.url, "POST", "/v1/segment?format=npy", buffer.getvalue())
     assert status == 200, data
     mask = np.load(io.BytesIO(data))
     with Segmenter.load(serve_bundle, backend="onnxruntime:fp32") as seg:
@@ -240,7 +232,7 @@ def test_upload_dicom_slice_returns_png_mask(server):
     from PIL import Image
 
     dcm = sorted((Path(__file__).parents[1] / "data" / "dcmqi_ct_liver" / "ct-3slice").glob("*.dcm"))[0]
-    status, headers, data = _request(server.url, "POST", "/v1/segment?format=png", dcm.read_bytes())
+    status, headers, data = http_request(server.url, "POST", "/v1/segment?format=png", dcm.read_bytes())
     assert status == 200, data
     assert headers["content-type"] == "image/png"
     image = np.asarray(Image.open(io.BytesIO(data)))
@@ -249,7 +241,7 @@ def test_upload_dicom_slice_returns_png_mask(server):
 
 
 def test_upload_garbage_is_400(server):
-    status, _, data = _request(server.url, "POST", "/v1/segment", b"hello")
+    status, _, data = http_request(server.url, "POST", "/v1/segment", b"hello")
     assert status == 400
     assert "not a DICOM file" in json.loads(data)["error"]
 
@@ -267,7 +259,7 @@ def test_a_bad_upload_is_named_as_the_upload_not_by_the_servers_temporary_path(s
     nifti[252:254] = np.frombuffer(np.array([1], "<i2").tobytes(), np.uint8)  # qform_code: an orientation is given
     nifti[344:348] = np.frombuffer(b"n+1\0", np.uint8)
     for body in (nifti.tobytes(), gzip.compress(nifti.tobytes())):
-        status, _, data = _request(server.url, "POST", "/v1/segment", body)
+        status, _, data = http_request(server.url, "POST", "/v1/segment", body)
         error = json.loads(data)["error"]
         assert status == 400 and "image upload.nii" in error and "32768 bytes" in error, error
         assert "edgeseg-upload-" not in error and "/tmp" not in error, error
@@ -313,8 +305,8 @@ def test_a_model_that_fails_on_the_server_is_a_500_not_the_clients_fault(serve_b
         x = _batch(1)
         header = json.dumps({"inputs": [{"name": "image", "shape": list(x.shape), "datatype": "FP32",
                                          "data": x.ravel().tolist()}]}).encode()
-        status, _, data = _request(url, "POST", "/v2/models/edgeseg/infer", header)
+        status, _, data = http_request(url, "POST", "/v2/models/edgeseg/infer", header)
         assert status == 500 and "does not match its manifest" in json.loads(data)["error"]
-        status, _, _ = _request(url, "POST", "/v2/models/edgeseg/infer", b"{not json")
+        status, _, _ = http_request(url, "POST", "/v2/models/edgeseg/infer", b"{not json")
         assert status == 400
-        assert _request(url, "GET", "/v2/health/ready")[0] == 200
+        assert http_request(url, "GET", "/v2/health/ready")[0] == 200

@@ -7,7 +7,6 @@ path of ``edgeseg predict``); error bodies are checked as tritonclient decodes t
 from __future__ import annotations
 
 import gzip
-import http.client
 import json
 import zlib
 
@@ -16,6 +15,7 @@ import pytest
 
 tritonclient_http = pytest.importorskip("tritonclient.http")
 from tritonclient.utils import InferenceServerException  # noqa: E402  (present with tritonclient)
+from tests.serve.http_util import http_request
 
 
 @pytest.fixture(scope="module")
@@ -35,14 +35,6 @@ def _phantom_hu(n: int, rows: int, cols: int, seed: int = 0) -> np.ndarray:
     return (hu + rng.normal(0, 20, hu.shape)).astype(np.int16)
 
 
-def _request(url, method, path, body=None, headers=None):
-    host, port = url.split(":")
-    conn = http.client.HTTPConnection(host, int(port), timeout=60)
-    conn.request(method, path, body=body, headers=headers or {})
-    response = conn.getresponse()
-    data = response.read()
-    conn.close()
-    return response.status, dict(response.getheaders()), data
 
 
 def _pipeline(url, hu, datatype="INT16", binary=True, compression=None):
@@ -126,12 +118,12 @@ def test_compressed_request_bodies_are_accepted(server, local, algorithm):
 def test_zip_bomb_is_413_and_bad_encodings_are_refused(server):
     bomb = gzip.compress(b"\0" * (16 << 20))  # 16 KiB that expands past the 4 MiB limit
     assert len(bomb) < 64 << 10
-    status, _, data = _request(server.url, "POST", "/v2/models/edgeseg/infer", bomb, {"Content-Encoding": "gzip"})
+    status, _, data = http_request(server.url, "POST", "/v2/models/edgeseg/infer", bomb, {"Content-Encoding": "gzip"})
     assert status == 413 and "once gzip-decompressed" in json.loads(data)["error"]
-    status, _, data = _request(server.url, "POST", "/v2/models/edgeseg/infer", b"xx", {"Content-Encoding": "br"})
+    status, _, data = http_request(server.url, "POST", "/v2/models/edgeseg/infer", b"xx", {"Content-Encoding": "br"})
     assert status == 415 and "not supported" in json.loads(data)["error"]
     truncated = zlib.compress(b'{"inputs": []}')[:-6]
-    status, _, data = _request(server.url, "POST", "/v2/models/edgeseg/infer", truncated, {"Content-Encoding": "deflate"})
+    status, _, data = http_request(server.url, "POST", "/v2/models/edgeseg/infer", truncated, {"Content-Encoding": "deflate"})
     assert status == 400 and "deflate" in json.loads(data)["error"]
 
 
@@ -140,12 +132,12 @@ def test_zip_bomb_is_413_and_bad_encodings_are_refused(server):
 def test_absurd_shapes_are_400(server, shape, model):
     body = json.dumps({"inputs": [{"name": "image" if model == "edgeseg" else "hu", "shape": shape,
                                    "datatype": "FP32", "data": []}]}).encode()
-    status, _, data = _request(server.url, "POST", f"/v2/models/{model}/infer", body)
+    status, _, data = http_request(server.url, "POST", f"/v2/models/{model}/infer", body)
     assert status == 400, data
     assert "shape" in json.loads(data)["error"]
     header = json.dumps({"inputs": [{"name": "hu", "shape": [65536, 65536], "datatype": "INT16",
                                      "parameters": {"binary_data_size": 2 * 65536 ** 2}}]}).encode()
-    status, _, data = _request(server.url, "POST", f"/v2/models/{model}/infer", header + b"\0" * 64,
+    status, _, data = http_request(server.url, "POST", f"/v2/models/{model}/infer", header + b"\0" * 64,
                                {"Inference-Header-Content-Length": str(len(header))})
     assert status == 400 and "binary bytes" in json.loads(data)["error"]
 
@@ -163,7 +155,7 @@ def test_malformed_fields_found_by_fuzzing_are_400(server, field, value, fragmen
     elif field != "body":
         entry[field] = value
     body = value.encode() if field == "body" else json.dumps(doc).encode()
-    status, _, data = _request(server.url, "POST", "/v2/models/edgeseg/infer", body)
+    status, _, data = http_request(server.url, "POST", "/v2/models/edgeseg/infer", body)
     assert status == 400, data
     assert fragment in json.loads(data)["error"]
 
@@ -194,7 +186,7 @@ def test_zero_size_hu_is_400_too_small(server, shape, datatype, binary):
         body, headers = header, {"Inference-Header-Content-Length": str(len(header))}
     else:
         body, headers = json.dumps({"inputs": [dict(entry, data=[])]}).encode(), {}
-    status, _, data = _request(server.url, "POST", "/v2/models/edgeseg-pipeline/infer", body, headers)
+    status, _, data = http_request(server.url, "POST", "/v2/models/edgeseg-pipeline/infer", body, headers)
     assert status == 400, data
     assert "too small" in json.loads(data)["error"]
 
@@ -205,7 +197,7 @@ def test_zero_size_hu_is_400_too_small(server, shape, datatype, binary):
     ("POST", "/v2/repository/models/edgeseg/load", 400),
 ])
 def test_every_error_is_a_kserve_error_body(server, method, path, status):
-    got, headers, data = _request(server.url, method, path, b"{}" if method == "POST" else None)
+    got, headers, data = http_request(server.url, method, path, b"{}" if method == "POST" else None)
     assert got == status
     assert headers["content-type"] == "application/json"
     doc = json.loads(data)

@@ -3,25 +3,20 @@ counted in /metrics with their latency, and logged once with their traceback."""
 
 from __future__ import annotations
 
-import http.client
 import json
 import logging
 import re
 
 import numpy as np
 import pytest
+from tests.serve.http_util import http_request
 
 pytest.importorskip("fastapi")
 
 
-def _request(url, method, path, body=None):
-    host, port = url.split(":")
-    conn = http.client.HTTPConnection(host, int(port), timeout=60)
-    conn.request(method, path, body=body)
-    response = conn.getresponse()
-    data = response.read()
-    conn.close()
-    return response.status, data
+def _request(url, method, path, body=None, timeout=60):
+    status, _, data = http_request(url, method, path, body, timeout=timeout)
+    return status, data
 
 
 def _metric(url: str, pattern: str) -> float:

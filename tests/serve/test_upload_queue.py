@@ -4,7 +4,6 @@ most --queue-size uploads (503) that it joins before it is read."""
 
 from __future__ import annotations
 
-import http.client
 import io
 import json
 import threading
@@ -13,18 +12,14 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
+from tests.serve.http_util import http_request
 
 pytest.importorskip("fastapi")
 
 
 def _request(url, method, path, body=None, timeout=60):
-    host, port = url.split(":")
-    conn = http.client.HTTPConnection(host, int(port), timeout=timeout)
-    conn.request(method, path, body=body)
-    response = conn.getresponse()
-    data = response.read()
-    conn.close()
-    return response.status, data
+    status, _, data = http_request(url, method, path, body, timeout=timeout)
+    return status, data
 
 
 def _npy(hu: np.ndarray) -> bytes:
