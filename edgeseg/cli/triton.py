@@ -15,7 +15,8 @@ from edgeseg.cli.tta_option import tta_option
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32", show_default=True,
               help="Which of the bundle's ONNX graphs Triton serves.")
 @click.option("--max-batch", type=int, default=None,
-              help="max_batch_size, 0..the bundle's max_batch; 0 turns batching off (default: the bundle's).")
+              help="The network's max_batch_size, 0..the bundle's max_batch; 0 turns batching off (default: the "
+                   "bundle's). The pipeline, not batched by Triton, takes at most this many slices a request.")
 @click.option("--kind", type=click.Choice(["KIND_GPU", "KIND_CPU"]), default="KIND_GPU", show_default=True,
               help="KIND_GPU: ONNX Runtime / TensorRT backends; KIND_CPU: every model on the Python backend.")
 @click.option("--instances", default=1, show_default=True, type=click.IntRange(1, 64))
@@ -28,7 +29,8 @@ def command(bundle, repo, name, precision, max_batch, kind, instances, backend, 
     TensorRT engines on KIND_GPU, REPO/<name>-trt."""
     from edgeseg.atomic import check_output_folder
     from edgeseg.cli.logs import configure_logging
-    from edgeseg.export.triton import write_triton_repo
+    from edgeseg.export.triton import spacing_note, write_triton_repo
+    from edgeseg.runtime.manifest import read_manifest
 
     check_output_folder(repo, "REPO", staged=True)
     configure_logging()
@@ -37,3 +39,6 @@ def command(bundle, repo, name, precision, max_batch, kind, instances, backend, 
                                instances=instances, backend=backend, force=force, tta=tta)
     for folder in models:
         click.echo(f"wrote {folder}/config.pbtxt")
+    note = spacing_note(read_manifest(bundle), name)
+    if note is not None:
+        click.echo(note)

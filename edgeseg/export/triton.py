@@ -11,7 +11,8 @@
 network through the Python backend on edgeseg's runtime (ONNX Runtime on the same ONNX file).
 
 Both kinds add ``REPO/<name>-pipeline/``, a Python-backend model taking CT values (``hu``
-INT16, ``[N, H, W]``) and returning ``labels`` UINT8 through edgeseg's Segmenter: C
+INT16, ``[N, H, W]``, and the optional ``spacing`` FP32 ``[3]``; not batched by Triton) and
+returning ``labels`` UINT8 through edgeseg's Segmenter: C
 pre-processing, the network, C post-processing, exactly as ``edgeseg predict`` and
 ``edgeseg serve``'s pipeline model. Python-backend models hold ``1/model.py`` (which puts
 edgeseg on ``sys.path``, see ``edgeseg.serve.triton_python``) and ``1/bundle/`` (the manifest
@@ -43,6 +44,7 @@ TRITON_TYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "int64": "TYPE_I
 # A model name is a directory name Triton and URLs take as is; the suffixes keep it under 100.
 MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,79}")
 PIPELINE_SUFFIX = "-pipeline"  # as edgeseg.serve.model_inputs.PIPELINE_SUFFIX (serve sits above export)
+SPACING_INPUT = "spacing"  # as edgeseg.serve.model_inputs.SPACING_INPUT
 
 log = logging.getLogger(__name__)
 
@@ -89,8 +91,10 @@ def _quoted(value: str, what: str) -> str:
     return f'"{value}"'
 
 
-def _tensor(name: str, datatype: str, dims: list[int]) -> str:
-    return f'  {{ name: {_quoted(name, "tensor name")} data_type: {datatype} dims: [ {", ".join(str(n) for n in dims)} ] }}'
+def _tensor(name: str, datatype: str, dims: list[int], optional: bool = False) -> str:
+    shape = ", ".join(str(n) for n in dims)
+    flag = " optional: true" if optional else ""
+    return f'  {{ name: {_quoted(name, "tensor name")} data_type: {datatype} dims: [ {shape} ]{flag} }}'
 
 
 def _io(manifest: Manifest, max_batch: int) -> list[str]:
@@ -136,18 +140,34 @@ def python_model_config(manifest: Manifest, name: str, role: str, max_batch: int
                         max_delay_us: int, backend: str, tta: str = "none") -> str:
     """The ``config.pbtxt`` text of a Python-backend model: the network or the pipeline (which
     mirrors as ``tta`` says; the network is always one pass)."""
+    params = {"edgeseg_role": role, "edgeseg_backend": backend, "edgeseg_max_slices": str(max_batch or manifest.max_batch)}
     if role == "network":
         io = _io(manifest, max_batch)
-    else:  # [N, H, W] HU: N is Triton's batch axis when batching, else an explicit -1
-        extra = [] if max_batch else [-1]
-        io = ["input [", _tensor("hu", "TYPE_INT16", [*extra, -1, -1]), "]",
-              "output [", _tensor("labels", "TYPE_UINT8", [*extra, -1, -1]), "]"]
-    params = {"edgeseg_role": role, "edgeseg_backend": backend, "edgeseg_max_slices": str(max_batch or manifest.max_batch)}
+    else:
+        # Not batched by Triton (max_batch_size 0): a batched model's every input carries the batch
+        # axis, and a volume has one spacing, not one per slice. N stays at most edgeseg_max_slices;
+        # each request is one volume anyway (its 3-D filters never span requests).
+        max_batch = 0
+        io = ["input [", _tensor("hu", "TYPE_INT16", [-1, -1, -1]) + ",",
+              _tensor(SPACING_INPUT, "TYPE_FP32", [3], optional=True), "]",
+              "output [", _tensor("labels", "TYPE_UINT8", [-1, -1, -1]), "]"]
     if role == "pipeline" and tta != "none":
         params["edgeseg_tta"] = tta
     lines = [f'name: "{name}"', 'backend: "python"', f"max_batch_size: {max_batch}", *io,
              *_scheduling(max_batch, kind, instances, max_delay_us), *_parameters(params)]
     return "\n".join(lines) + "\n"
+
+
+def spacing_note(manifest: Manifest, name: str) -> str | None:
+    """The line ``edgeseg triton`` prints where the pipeline needs the ``spacing`` input (a class
+    removes 3-D components by mL), else None."""
+    from edgeseg.runtime.postprocess_options import PostprocessOptions
+
+    options = PostprocessOptions.from_dict(manifest.postprocess, max(manifest.labels, default=0) + 1)
+    if not options.needs_spacing:
+        return None
+    return (f"{name}{PIPELINE_SUFFIX} removes 3-D components of {options.ml_filters(manifest.labels)}: every request "
+            f"needs the input {SPACING_INPUT!r} (FP32, shape [3]: z, y, x in mm) and is refused without it")
 
 
 def validate_config(text: str) -> None:

@@ -141,6 +141,12 @@ class PostprocessOptions:
         """True when some class removes 3-D components by volume in mL."""
         return any(o.min_ml > 0 for o in self.classes.values())
 
+    def ml_filters(self, labels: Mapping[int, str]) -> str:
+        """The classes that remove 3-D components by mL, for messages: ``class 3 (kidney) under
+        0.1 mL``, joined by commas; empty when none does."""
+        return ", ".join(f"class {c} ({labels.get(c, c)}) under {o.min_ml:g} mL"
+                         for c, o in sorted(self.classes.items()) if o.min_ml > 0)
+
 
 def filter_size(x: float) -> int:
     """``ceil(x - 1e-9)`` as a component filter's size in pixels or voxels, or

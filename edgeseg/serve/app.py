@@ -213,7 +213,6 @@ def create_app(segmenter, config: ServeConfig = ServeConfig()):
         # refused before it is queued, as Triton refuses a request it cannot take (a malformed
         # one, a full queue): answered, but not a failed inference of the model
         array = model.checked(decoded.inputs)  # a DataError naming the problem becomes a 400
-        request_shape = decoded.inputs[model.input_name].shape
         with budget.holding(f"a request to model {name!r}") as held:
             _hold(held, array.nbytes)
             queued = time.perf_counter_ns()
@@ -223,7 +222,7 @@ def create_app(segmenter, config: ServeConfig = ServeConfig()):
                 result = await _result(ticket, config.timeout_s)
                 answered = time.perf_counter_ns()
                 async with codec:
-                    payload, headers = await run_in_threadpool(_encoded, model, decoded, request_shape, result)
+                    payload, headers = await run_in_threadpool(_encoded, model, decoded, result)
                 ok = True
             finally:
                 end = time.perf_counter_ns()
@@ -309,9 +308,9 @@ def _internal_error(exc: Exception):
     return JSONResponse({"error": f"internal error: {type(exc).__name__}: {exc}"[:500]}, status_code=500)
 
 
-def _encoded(model: ServedModel, decoded, request_shape: tuple[int, ...], result) -> tuple[bytes, dict[str, str]]:
+def _encoded(model: ServedModel, decoded, result) -> tuple[bytes, dict[str, str]]:
     """The response body and headers of one request's rows (post-processed by its model)."""
-    return encode_response(model.name, "1", decoded, {model.output_name: model.output(request_shape, result)},
+    return encode_response(model.name, "1", decoded, {model.output_name: model.output(decoded.inputs, result)},
                            model.response_parameters())
 
 
@@ -372,7 +371,7 @@ def _triton_config(model: ServedModel) -> dict:
     batched = meta["platform"] != "edgeseg_pipeline"
     config = {"name": model.name, "platform": meta["platform"], "backend": "edgeseg",
               "max_batch_size": model.max_batch if batched else 0,
-              "input": [tensor(t, batched) for t in meta["inputs"]],
+              "input": [{**tensor(t, batched), "optional": t.get("optional", False)} for t in meta["inputs"]],
               "output": [tensor(t, batched) for t in meta["outputs"]],
               "dynamic_batching": {"max_queue_delay_microseconds": int(model.batcher.max_delay * 1e6)}}
     if "parameters" in meta:

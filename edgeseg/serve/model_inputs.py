@@ -13,6 +13,7 @@ import numpy as np
 
 from edgeseg.errors import DataError
 from edgeseg.runtime.input_checks import HU_LIMITS, checked_hu
+from edgeseg.runtime.postprocess_options import voxel_ml
 from edgeseg.serve.protocol import NUMPY_TO_DATATYPE
 
 PIPELINE_SUFFIX = "-pipeline"
@@ -20,6 +21,8 @@ PIPELINE_SUFFIX = "-pipeline"
 # --max-side); the Triton pipeline model uses it as is.
 DEFAULT_MAX_SIDE = 4096
 PIPELINE_DATATYPES = ("INT16", "UINT16", "FP32")
+# The pipeline's optional second input: the voxel spacing a bundle's 3-D filter in mL needs.
+SPACING_INPUT = "spacing"
 _DATATYPE = {np.dtype(np.int16): "INT16", np.dtype(np.uint16): "UINT16", np.dtype(np.float32): "FP32"}
 # How far outside the normalised range the network's input may stray, in widths of that range,
 # before it is taken for HU: augmented or differently rounded tensors stay well within it.
@@ -86,6 +89,30 @@ def check_pipeline_input(hu: np.ndarray, segmenter, network_name: str, max_batch
     except DataError as exc:
         raise ModelInputError(str(exc)) from None
     return np.ascontiguousarray(stack)
+
+
+def check_pipeline_spacing(spacing: np.ndarray | None, segmenter,
+                           network_name: str) -> tuple[float, float, float] | None:
+    """The optional input ``spacing`` (FP32, shape [3]: z, y, x in mm) of the pipeline model as a
+    tuple, checked as ``es_segment_volume_spaced`` checks one, or ModelInputError. None where the
+    request has none, unless a class of the bundle removes 3-D components by mL: such a request is
+    refused here, before the network runs. A bundle without such a class leaves a spacing unused."""
+    name = network_name + PIPELINE_SUFFIX
+    if spacing is None:
+        if segmenter.postprocess.needs_spacing:
+            raise ModelInputError(
+                f"model {name!r} removes 3-D components of {segmenter.postprocess.ml_filters(segmenter.labels)}, "
+                f"which needs the voxel spacing: send the input {SPACING_INPUT!r} (FP32, shape [3]: z, y, x in mm)")
+        return None
+    if spacing.dtype != np.float32 or spacing.shape != (3,):
+        raise ModelInputError(f"model {name!r} takes input {SPACING_INPUT!r} as FP32 of shape [3] (z, y, x in mm), "
+                              f"got {_datatype_name(spacing.dtype)} {list(spacing.shape)}")
+    values = tuple(float(v) for v in spacing)
+    try:
+        voxel_ml(values)
+    except DataError as exc:
+        raise ModelInputError(f"input {SPACING_INPUT!r}: {exc}") from None
+    return values
 
 
 def _datatype_name(dtype: np.dtype) -> str:

@@ -5,7 +5,9 @@ ONNX model does. ``NAME-pipeline`` takes CT values, ``hu`` of INT16, UINT16 or F
 (H, W) or (N, H, W) at any size within the server's limits, and returns ``labels`` UINT8 of the
 same shape, through ``Segmenter.predict_volume``: the path of ``edgeseg predict``. Requests are
 micro-batched slice by slice, so the bundle's 3-D component filters run on each (N, H, W)
-request on its own, after the batch, never across requests. Each model checks what it is sent
+request on its own, after the batch, never across requests, with the request's optional
+``spacing`` (FP32 [3], z, y, x in mm; needed where a class removes components by mL, unused
+otherwise). Each model checks what it is sent
 (``edgeseg.serve.model_inputs``) before it queues it.
 """
 
@@ -18,8 +20,8 @@ import time
 import numpy as np
 
 from edgeseg.serve.batcher import BatchTiming, MicroBatcher
-from edgeseg.serve.model_inputs import (PIPELINE_DATATYPES, PIPELINE_SUFFIX, ModelInputError, check_network_input,
-                                        check_pipeline_input)
+from edgeseg.serve.model_inputs import (PIPELINE_DATATYPES, PIPELINE_SUFFIX, SPACING_INPUT, ModelInputError,
+                                        check_network_input, check_pipeline_input, check_pipeline_spacing)
 from edgeseg.serve.protocol import NUMPY_TO_DATATYPE
 
 
@@ -105,6 +107,7 @@ class ServedModel(abc.ABC):
     input_name: str
     output_name: str
     platform: str
+    optional_inputs: tuple[str, ...] = ()
 
     def __init__(self, name: str, infer, max_batch: int, queue_size: int, max_delay: float, on_batch, lock,
                  key=None) -> None:
@@ -126,18 +129,20 @@ class ServedModel(abc.ABC):
         """The KServe v2 model metadata."""
 
     def checked(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
-        """The one input, validated, as the batcher takes it (N leading rows)."""
-        unknown = sorted(set(inputs) - {self.input_name})
+        """The main input, validated, as the batcher takes it (N leading rows); the optional
+        inputs are checked here too, so that a request is refused before it is queued."""
+        unknown = sorted(set(inputs) - {self.input_name, *self.optional_inputs})
         if unknown or self.input_name not in inputs:
-            raise ModelInputError(f"model {self.name!r} takes one input {self.input_name!r}, got {sorted(inputs)}")
-        return self._check(inputs[self.input_name])
+            takes = f"one input {self.input_name!r}" + "".join(f", optional {n!r}" for n in self.optional_inputs)
+            raise ModelInputError(f"model {self.name!r} takes {takes}, got {sorted(inputs)}")
+        return self._check(inputs[self.input_name], inputs)
 
     @abc.abstractmethod
-    def _check(self, array: np.ndarray) -> np.ndarray:
-        """``array`` as the batcher takes it, or ModelInputError."""
+    def _check(self, array: np.ndarray, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        """``array`` (the main input of ``inputs``) as the batcher takes it, or ModelInputError."""
 
-    def output(self, request_shape: tuple[int, ...], result: np.ndarray) -> np.ndarray:
-        """The response tensor for one request (of input shape ``request_shape``) from its rows."""
+    def output(self, inputs: dict[str, np.ndarray], result: np.ndarray) -> np.ndarray:
+        """The response tensor for one request (of decoded ``inputs``, checked) from its rows."""
         return result
 
     def response_parameters(self) -> dict:
@@ -174,7 +179,7 @@ class NetworkModel(ServedModel):
                 "inputs": [tensor(self.in_info)], "outputs": [tensor(self.out_info)],
                 "parameters": {**class_parameters(self.segmenter.labels), **identity, "max_batch": self.max_batch}}
 
-    def _check(self, batch: np.ndarray) -> np.ndarray:
+    def _check(self, batch: np.ndarray, inputs: dict[str, np.ndarray]) -> np.ndarray:
         return check_network_input(batch, self.segmenter, self.name, self.max_batch)
 
 
@@ -182,6 +187,7 @@ class PipelineModel(ServedModel):
     """``NAME-pipeline``: HU slices in, labels out, through ``Segmenter.predict_volume``."""
 
     input_name, output_name, platform = "hu", "labels", "edgeseg_pipeline"
+    optional_inputs = (SPACING_INPUT,)
 
     def __init__(self, segmenter, network_name: str, max_side: int, **batching) -> None:
         super().__init__(network_name + PIPELINE_SUFFIX, lambda b: segmenter.predict_volume(b, volume_filters=False),
@@ -192,24 +198,23 @@ class PipelineModel(ServedModel):
 
     def metadata(self) -> dict:
         return {"name": self.name, "versions": ["1"], "platform": self.platform,
-                "inputs": [{"name": "hu", "datatype": "INT16", "shape": [-1, -1, -1]}],
+                "inputs": [{"name": "hu", "datatype": "INT16", "shape": [-1, -1, -1]},
+                           {"name": SPACING_INPUT, "datatype": "FP32", "shape": [3], "optional": True}],
                 "outputs": [{"name": "labels", "datatype": "UINT8", "shape": [-1, -1, -1]}],
                 "parameters": {**class_parameters(self.segmenter.labels), "input_datatypes": list(PIPELINE_DATATYPES),
                                "input_shapes": ["[H, W]", "[N, H, W]"], "max_slices": self.max_batch,
                                "max_side": self.max_side, "window": list(self.segmenter.spec.window),
                                "tta": self.segmenter.tta}}
 
-    def _check(self, hu: np.ndarray) -> np.ndarray:
+    def _check(self, hu: np.ndarray, inputs: dict[str, np.ndarray]) -> np.ndarray:
         stack = check_pipeline_input(hu, self.segmenter, self.network_name, self.max_batch, self.max_side)
-        if self.segmenter.postprocess.needs_spacing:
-            raise ModelInputError(f"model {self.name!r} removes 3-D components by volume in mL, which needs the voxel "
-                                  "spacing that a tensor request does not carry; use POST /v1/segment with a DICOM or "
-                                  "NIfTI upload")
+        check_pipeline_spacing(inputs.get(SPACING_INPUT), self.segmenter, self.network_name)
         return stack
 
-    def output(self, request_shape: tuple[int, ...], result: np.ndarray) -> np.ndarray:
-        # an (H, W) request gets (H, W) labels; an (N, H, W) request is one volume
-        return self.segmenter.filter_volume(result).reshape(request_shape)
+    def output(self, inputs: dict[str, np.ndarray], result: np.ndarray) -> np.ndarray:
+        # an (H, W) request gets (H, W) labels; an (N, H, W) request is one volume, with its own spacing
+        spacing = check_pipeline_spacing(inputs.get(SPACING_INPUT), self.segmenter, self.network_name)
+        return self.segmenter.filter_volume(result, spacing).reshape(inputs[self.input_name].shape)
 
 
 def served_models(segmenter, config, on_batch, lock: threading.Lock) -> dict[str, ServedModel]:

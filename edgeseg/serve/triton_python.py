@@ -3,9 +3,10 @@
 Each generated ``model.py`` puts edgeseg on ``sys.path`` and re-exports ``TritonPythonModel``
 from here; the model's ``config.pbtxt`` says what it is:
 
-- ``edgeseg_role: pipeline`` (``NAME-pipeline``): ``hu`` INT16 (N, H, W) in, ``labels`` UINT8
-  out, through ``Segmenter.predict_volume`` on the bundle copied beside it: the path of
-  ``edgeseg predict`` and of ``edgeseg serve``'s pipeline model, with the same input checks.
+- ``edgeseg_role: pipeline`` (``NAME-pipeline``): ``hu`` INT16 (N, H, W) and the optional
+  ``spacing`` FP32 [3] (z, y, x in mm) in, ``labels`` UINT8 out, through
+  ``Segmenter.predict_volume`` on the bundle copied beside it: the path of ``edgeseg predict``
+  and of ``edgeseg serve``'s pipeline model, with the same input checks.
 - ``edgeseg_role: network`` (``NAME`` in a ``--kind KIND_CPU`` repository): the pre-processed
   tensor in, logits out, on edgeseg's runtime, so the repository loads in a Triton that has
   only the Python backend. Requests Triton hands over together are run as one batch.
@@ -23,8 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from edgeseg.errors import BackendError, EdgesegError
-from edgeseg.serve.model_inputs import (DEFAULT_MAX_SIDE, PIPELINE_SUFFIX, check_network_input,
-                                         check_pipeline_input)
+from edgeseg.serve.model_inputs import (DEFAULT_MAX_SIDE, PIPELINE_SUFFIX, SPACING_INPUT, check_network_input,
+                                         check_pipeline_input, check_pipeline_spacing)
 
 # numpy 2 frees a DLPack capsule only under its original name; the backend renames the capsules
 # it consumes, so numpy reports each one as an unraisable error although nothing leaks (the
@@ -42,9 +43,11 @@ def _quiet_capsule_reports() -> None:
     sys.unraisablehook = hook
 
 
-def _array(pb_utils, request, name: str) -> np.ndarray:
+def _array(pb_utils, request, name: str, optional: bool = False) -> np.ndarray | None:
     tensor = pb_utils.get_input_tensor_by_name(request, name)
     if tensor is None:
+        if optional:
+            return None
         raise EdgesegError(f"request has no input {name!r}")
     return np.array(np.from_dlpack(tensor), copy=True)  # own the bytes: Triton reuses its buffer
 
@@ -97,7 +100,10 @@ class TritonPythonModel:
         try:
             hu = _array(pb_utils, request, "hu")
             stack = check_pipeline_input(hu, self.segmenter, network, self.max_batch, max_side=DEFAULT_MAX_SIDE)
-            labels = self.segmenter.predict_volume(stack).reshape(hu.shape)
+            # refused here, before the network runs, where the bundle needs a spacing and none came
+            spacing = check_pipeline_spacing(_array(pb_utils, request, SPACING_INPUT, optional=True), self.segmenter,
+                                             network)
+            labels = self.segmenter.predict_volume(stack, spacing=spacing).reshape(hu.shape)
         except EdgesegError as exc:
             return _refusal(pb_utils, exc)
         return pb_utils.InferenceResponse(output_tensors=[_tensor(pb_utils, "labels", labels)])

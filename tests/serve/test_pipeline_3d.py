@@ -58,7 +58,7 @@ def test_each_request_is_filtered_as_its_own_volume(server, serve_bundle):
             assert (labels == 1).any()
 
 
-def test_a_volume_filter_in_ml_refuses_tensor_requests(exported_bundle, tmp_path_factory):
+def test_a_volume_filter_in_ml_refuses_requests_without_spacing(exported_bundle, tmp_path_factory):
     import threading
 
     from edgeseg.serve.model_inputs import ModelInputError
@@ -69,7 +69,8 @@ def test_a_volume_filter_in_ml_refuses_tensor_requests(exported_bundle, tmp_path
         model = PipelineModel(seg, "edgeseg", 4096, max_batch=4, queue_size=4, max_delay=0.001, on_batch=None,
                               lock=threading.Lock())
         try:
-            with pytest.raises(ModelInputError, match="needs the voxel spacing"):
+            with pytest.raises(ModelInputError, match=r"class 1 \(liver\) under 5 mL, which needs the voxel spacing: "
+                                                       r"send the input 'spacing'"):
                 model.checked({"hu": synth_phantom("case_001", 1, shape=(2, 64, 64)).hu})
         finally:
             model.close()

@@ -221,7 +221,8 @@ def test_config_index_and_statistics_for_tritonclient(server, serve_bundle):
     assert names == {"edgeseg", "edgeseg-pipeline"}
     config = client.get_model_config("edgeseg")
     manifest = read_manifest(serve_bundle)
-    assert config["input"] == [{"name": "image", "data_type": "TYPE_FP32", "dims": list(manifest.inputs[0].shape[1:])}]
+    assert config["input"] == [{"name": "image", "data_type": "TYPE_FP32", "dims": list(manifest.inputs[0].shape[1:]),
+                                "optional": False}]
     assert config["max_batch_size"] == 4
     # Triton's parameters are strings; structured ones are JSON a client can read back
     params = {k: v["string_value"] for k, v in config["parameters"].items()}

@@ -39,7 +39,21 @@ def test_repository_parses_and_onnx_is_byte_identical(serve_bundle, tmp_path):
     copied = (repo / "liver" / "1" / "model.onnx").read_bytes()
     assert copied == (serve_bundle / "model.onnx").read_bytes()
     assert not (repo / "liver-trt").exists()
-    assert _parse(repo / "liver-pipeline" / "config.pbtxt").max_batch_size == 4
+    pipeline = _parse(repo / "liver-pipeline" / "config.pbtxt")
+    assert pipeline.max_batch_size == 0 and not pipeline.HasField("dynamic_batching")
+    assert pipeline.parameters["edgeseg_max_slices"].string_value == "4"
+
+
+def test_pipeline_takes_an_optional_spacing_and_is_not_batched_by_triton(serve_bundle, tmp_path):
+    """Every input of a model Triton batches carries the batch axis; a volume's spacing is one
+    [3] vector, so the pipeline is not batched (N stays capped by edgeseg_max_slices)."""
+    result = CliRunner().invoke(cli, ["triton", str(serve_bundle), str(tmp_path / "r"), "--max-batch", "4"])
+    assert result.exit_code == 0, result.output
+    config = _parse(tmp_path / "r" / "edgeseg-pipeline" / "config.pbtxt")
+    assert [(t.name, t.data_type, list(t.dims), t.optional) for t in config.input] == [
+        ("hu", model_config_pb2.TYPE_INT16, [-1, -1, -1], False), ("spacing", model_config_pb2.TYPE_FP32, [3], True)]
+    assert config.max_batch_size == 0 and config.parameters["edgeseg_max_slices"].string_value == "4"
+    assert "spacing" not in result.output  # the test bundle filters nothing by mL
 
 
 def test_int8_cpu_repository_serves_the_int8_graph_on_the_python_backend(serve_bundle, tmp_path):
@@ -72,7 +86,8 @@ def test_pipeline_model_takes_int16_hu_and_returns_uint8_labels(serve_bundle, tm
     assert result.exit_code == 0, result.output
     config = _parse(tmp_path / "r" / "edgeseg-pipeline" / "config.pbtxt")
     assert config.backend == "python" and config.max_batch_size == 0
-    assert [(t.name, t.data_type, list(t.dims)) for t in config.input] == [("hu", model_config_pb2.TYPE_INT16, [-1, -1, -1])]
+    hu = config.input[0]
+    assert (hu.name, hu.data_type, list(hu.dims)) == ("hu", model_config_pb2.TYPE_INT16, [-1, -1, -1])
     assert [(t.name, t.data_type, list(t.dims)) for t in config.output] == [
         ("labels", model_config_pb2.TYPE_UINT8, [-1, -1, -1])]
     assert config.parameters["edgeseg_role"].string_value == "pipeline"
