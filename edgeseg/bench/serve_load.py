@@ -35,14 +35,16 @@ from edgeseg.runtime.manifest import read_manifest
 PIPELINE_SUFFIX = "-pipeline"
 
 
-def infer_request(batch: np.ndarray, input_name: str = "image", output_name: str = "logits") -> tuple[bytes, dict[str, str]]:
-    """A binary-tensor infer request for ``batch`` and its headers."""
-    datatype = {np.dtype(np.float32): "FP32", np.dtype(np.int16): "INT16"}[batch.dtype]
-    header = json.dumps({"inputs": [{"name": input_name, "shape": list(batch.shape), "datatype": datatype,
-                                     "parameters": {"binary_data_size": batch.nbytes}}],
+def infer_request(batch: np.ndarray, input_name: str = "image", output_name: str = "logits",
+                  extra: dict[str, np.ndarray] | None = None) -> tuple[bytes, dict[str, str]]:
+    """A binary-tensor infer request for ``batch`` (and the ``extra`` inputs by name) and its headers."""
+    tensors = {input_name: batch, **(extra or {})}
+    datatypes = {np.dtype(np.float32): "FP32", np.dtype(np.int16): "INT16"}
+    header = json.dumps({"inputs": [{"name": name, "shape": list(t.shape), "datatype": datatypes[t.dtype],
+                                     "parameters": {"binary_data_size": t.nbytes}} for name, t in tensors.items()],
                          "outputs": [{"name": output_name, "parameters": {"binary_data": True}}]}).encode()
-    return header + batch.tobytes(), {"Inference-Header-Content-Length": str(len(header)),
-                                      "Content-Type": "application/octet-stream"}
+    return header + b"".join(t.tobytes() for t in tensors.values()), {
+        "Inference-Header-Content-Length": str(len(header)), "Content-Type": "application/octet-stream"}
 
 
 def _client(host: str, port: int, path: str, body: bytes, headers: dict, expect_bytes: int, stop: threading.Event,
@@ -76,9 +78,11 @@ def load_request(manifest, model: str, batch: int, size: int, seed: int = 0) -> 
     if model.endswith(PIPELINE_SUFFIX):
         from edgeseg.data.phantom import synth_phantom
 
-        hu = synth_phantom("load", seed, shape=(max(batch, 4), size, size)).hu
-        stack = np.ascontiguousarray(np.clip(hu[:batch], -32768, 32767).astype(np.int16))
-        body, headers = infer_request(stack, "hu", "labels")
+        phantom = synth_phantom("load", seed, shape=(max(batch, 4), size, size))
+        stack = np.ascontiguousarray(np.clip(phantom.hu[:batch], -32768, 32767).astype(np.int16))
+        # the phantom's own voxel size: a bundle that removes components by mL needs it, others ignore it
+        spacing = np.asarray(phantom.spacing, dtype=np.float32)
+        body, headers = infer_request(stack, "hu", "labels", extra={"spacing": spacing})
         return body, headers, stack.size
     _, c, h, w = manifest.inputs[0].shape
     k = manifest.outputs[0].shape[1]

@@ -153,3 +153,22 @@ def test_the_report_gives_the_max_batch_the_server_ran_with(serve_bundle, tmp_pa
                                       "--json", str(out)])
     assert result.exit_code == 0, result.output
     assert json.loads(out.read_text())["max_batch"] == read_manifest(serve_bundle).max_batch == 8
+
+
+def test_pipeline_load_on_a_bundle_that_filters_by_ml_sends_the_phantom_s_spacing(serve_bundle, tmp_path):
+    """Such a bundle refuses a pipeline request without ``spacing``; the load's requests carry the
+    voxel size of the phantom they are cut from, so none of them may fail."""
+    import shutil
+
+    bundle = shutil.copytree(serve_bundle, tmp_path / "bundle")
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["postprocess"] = {"resize": "logits", "classes": {"1": {"min_ml": 0.01}}}
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    out = tmp_path / "load.json"
+    result = CliRunner().invoke(cli, ["bench-serve", str(bundle), "--model", "edgeseg-pipeline", "--size", "64",
+                                      "--clients", "2", "--seconds", "1", "--warmup", "0.5", "--batch", "2",
+                                      "--backend", "onnxruntime:fp32", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    assert report["errors"] == 0, report["first_errors"]
+    assert report["requests"] > 0
