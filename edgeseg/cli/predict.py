@@ -50,6 +50,7 @@ def command(bundle, input_path, out, fmt, backend, threads, batch_size, overlay,
     from edgeseg.cli.logs import configure_logging
     from edgeseg.errors import DataError, EdgesegError
     from edgeseg.runtime.manifest import read_manifest
+    from edgeseg.runtime.overlay import display_window
     from edgeseg.runtime.readers import IMAGE_SUFFIXES, bundle_intensity, check_input_path, input_kind, read_input
     from edgeseg.runtime.seg_sources import seg_source_datasets
     from edgeseg.runtime.segmenter import Segmenter
@@ -98,19 +99,20 @@ def command(bundle, input_path, out, fmt, backend, threads, batch_size, overlay,
                             "volume (mL): give --spacing Z,Y,X in mm")
         labels = segmenter.predict_volume(volume, batch_size=batch_size, progress=not quiet)
         names = segmenter.labels
+        window = display_window(segmenter.spec.window)
         used = f"{segmenter.backend} ({segmenter.runner.device})"
     if fmt == "nifti":
         write_nifti(labels, volume, out)
     elif fmt == "dicom-seg":
         write_dicom_seg(labels, volume, refs, names, out, sources=seg_sources)
     elif fmt == "png":
-        write_png(labels, volume, out)
+        write_png(labels, volume, out, window)
     else:
         # an (H, W) array in gives an (H, W) label map out, as a slice does through the API
         flat = kind == "npy" and np.load(input_path, mmap_mode="r", allow_pickle=False).ndim == 2
         write_npy(labels[0] if flat else labels, out)
     if overlay:
-        write_overlay(labels, volume, overlay)
+        write_overlay(labels, volume, overlay, window)
     counts = np.bincount(labels.ravel(), minlength=max(names) + 1)
     voxels = " ".join(f"{names.get(k, k)}={int(counts[k])}" for k in sorted(names) if k > 0)
     click.echo(f"{volume.case_id}: {labels.shape[0]} slices, backend {used}, {time.perf_counter() - start:.2f} s, "

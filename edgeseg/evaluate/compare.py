@@ -227,9 +227,15 @@ def compare_runs(paths: Sequence) -> tuple[list[dict], list[str]]:
 
 
 def _short_value(value) -> str:
-    # Legends have little room: 0.001 rather than the table's fixed four decimals.
+    # Legends have little room: 0.001 rather than the table's fixed four decimals, [0, 255]
+    # rather than [0.0000, 255.0000], liver=1 rather than {'liver': [1]}.
     if isinstance(value, float) and math.isfinite(value):
         return f"{value:g}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_short_value(v) for v in value) + "]"
+    if isinstance(value, Mapping):
+        return " ".join(f"{k}={'+'.join(map(_short_value, v)) if isinstance(v, (list, tuple)) else _short_value(v)}"
+                        for k, v in value.items())
     return format_cell(value)
 
 
@@ -269,7 +275,10 @@ def plot_comparison(path: str | os.PathLike, runs: Sequence) -> None:
     curve_ax.set_xlabel("epoch")
     curve_ax.set_ylabel("validation Dice")
     curve_ax.grid(alpha=0.3)
-    curve_ax.legend(fontsize=8, loc="best")
+    # Under both panels, one run a line: inside the axis a legend of long labels covered the
+    # curves and ran off the figure's left edge.
+    figure.legend(*curve_ax.get_legend_handles_labels(), loc="outside lower center", ncols=1, fontsize=8,
+                  frameon=False)
 
     positions = np.arange(len(runs))
     bar_ax.bar(positions, np.nan_to_num(best_dice), color=colours)

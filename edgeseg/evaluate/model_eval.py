@@ -17,6 +17,7 @@ from edgeseg.data.volume import Volume
 from edgeseg.errors import DataError
 from edgeseg.metrics import class_metrics, false_positive_slices, mean_slice_dice, summarise
 from edgeseg.evaluate.overlay import OverlayItem, save_overlay_grid
+from edgeseg.runtime.overlay import display_window
 from edgeseg.report.output import format_table, write_json
 from edgeseg.runtime.postprocess_options import ClassPostprocess, PostprocessOptions
 
@@ -83,8 +84,8 @@ def evaluate_checkpoint(
     A slice folder is read as the run read its slices (its recorded intensity, unless
     ``intensity`` is given, case pattern and mask kind); volumes carry their own HU.
     ``tta`` mirrors at prediction (``edgeseg.runtime.tta``), recorded in the result.
-    With ``out``: eval.json, eval.txt and worst_cases.png (contours on the CT, one colour per
-    class when there are several; cases ranked by their mean class Dice) are written.
+    With ``out``: eval.json, eval.txt and worst_cases.png (contours on the CT in the task's
+    display window, one colour per class; cases ranked by their mean class Dice) are written.
     """
     from tqdm import tqdm
 
@@ -132,7 +133,7 @@ def evaluate_checkpoint(
             case["slice_dice_by_class"] = {class_names[c]: mean_slice_dice(pred, truth, [c])
                                            for c in range(1, len(class_names))}
         cases.append(case)
-        overlays.append(_worst_slice(vol, pred, truth, metrics, class_names, spec.window))
+        overlays.append(_worst_slice(vol, pred, truth, metrics, class_names))
     summary = summarise([c["metrics"] for c in cases])
     result = {
         "checkpoint": str(checkpoint), "data": str(data), "split": used_split, "spec_hash": spec.hash,
@@ -148,7 +149,7 @@ def evaluate_checkpoint(
     if tta != "none":
         result["table"] += f"\ntest-time mirroring: {tta}"
     if out is not None:
-        _write(Path(out), result, overlays, worst)
+        _write(Path(out), result, overlays, worst, display_window(spec.window))
     log.info("evaluated %d cases (%s split)", len(cases), used_split)
     return result
 
@@ -199,17 +200,19 @@ def _fp_line(result: dict) -> str:
     return "false-positive slices (predicted, no true foreground): " + ", ".join(parts)
 
 
-def _worst_slice(vol: Volume, pred: np.ndarray, truth: np.ndarray, metrics: dict, class_names: list[str],
-                 window) -> tuple[float, OverlayItem]:
+def _worst_slice(vol: Volume, pred: np.ndarray, truth: np.ndarray, metrics: dict,
+                 class_names: list[str]) -> tuple[float, OverlayItem]:
     """The slice with the most target voxels as an overlay panel, and the case's score (the
-    mean foreground-class Dice) for ranking; several classes are drawn one colour each."""
+    mean foreground-class Dice) for ranking; each class is drawn in its colour."""
     k = int(np.argmax((truth > 0).sum(axis=(1, 2)) + (pred > 0).sum(axis=(1, 2))))
+    # The Dice shown is the case's (what ranks it), not the drawn slice's: say so.
     title = f"{vol.case_id} slice {vol.slice_ids[k]}"
     score = float(np.mean([m["dice"] for m in metrics.values()]))
     if len(class_names) == 2:
-        return score, OverlayItem(vol.hu[k], truth[k] > 0, pred[k] > 0, f"{title}  Dice {score:.3f}")
-    dices = "  ".join(f"{class_names[c]} {m['dice']:.3f}" for c, m in metrics.items())
-    return score, OverlayItem(vol.hu[k], truth[k], pred[k], f"{title}\n{dices}", tuple(class_names[1:]))
+        title += f"  case Dice {score:.3f}"
+    else:
+        title += "\ncase Dice " + "  ".join(f"{class_names[c]} {m['dice']:.3f}" for c, m in metrics.items())
+    return score, OverlayItem(vol.hu[k], truth[k], pred[k], title, tuple(class_names[1:]))
 
 
 def _table(cases: list[dict], class_names: list[str], summary: dict, result: dict) -> str:
@@ -258,17 +261,15 @@ def _undefined_slices_note(cases: list[dict], class_names: list[str]) -> str:
             + " slice(s) with the class") if parts else ""
 
 
-def _write(out: Path, result: dict, overlays: list, worst: int) -> None:
-    """eval.json, eval.txt and worst_cases.png as one set (``atomic.atomic_files``), so a stopped
-    or failed evaluation never leaves its files beside an earlier run's; an earlier overlay this
-    run does not make is removed."""
+def _write(out: Path, result: dict, overlays: list, worst: int, window: tuple[float, float]) -> None:
+    """eval.json, eval.txt and worst_cases.png (the CT in the display ``window``) as one set
+    (``atomic.atomic_files``), so a stopped or failed evaluation never leaves its files beside
+    an earlier run's; an earlier overlay this run does not make is removed."""
     chosen = [item for _, item in sorted(overlays, key=lambda pair: pair[0])[: max(0, worst)]]
     names = ["eval.json", "eval.txt"] + (["worst_cases.png"] if chosen else [])
     with atomic_files(out, names, drop=[] if chosen else ["worst_cases.png"]) as staged:
         write_json(staged["eval.json"], {k: v for k, v in result.items() if k != "table"})
         atomic_write_text(staged["eval.txt"], result["table"] + "\n")
         if chosen:
-            several = bool(chosen[0].class_names)
-            title = ("worst cases: truth (solid) vs prediction (dashed)" if several
-                     else "worst cases: truth (green) vs prediction (red)")
-            save_overlay_grid(staged["worst_cases.png"], chosen, title=title)
+            save_overlay_grid(staged["worst_cases.png"], chosen, window=window,
+                              title="worst cases: truth (solid) vs prediction (dashed)")

@@ -1,13 +1,15 @@
 """PNG overlays of a CT slice with ground-truth and predicted mask contours.
 
-One class: ground truth in green, prediction in red. Several classes: one colour per class
-(:data:`CLASS_COLOURS`), ground truth drawn solid and prediction dashed.
+Each class has its colour (:func:`edgeseg.runtime.overlay.class_colour`, the same in every
+edgeseg figure); ground truth is drawn solid and the prediction dashed, so the two stay apart
+without telling red from green.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import textwrap
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -15,12 +17,12 @@ import numpy as np
 
 from edgeseg.errors import DataError
 from edgeseg.report.output import new_figure, save_png
+from edgeseg.runtime.overlay import SOFT_TISSUE_WINDOW, class_colour
 
-TRUTH_COLOUR = "#00ff00"
-PRED_COLOUR = "#ff0000"
-DEFAULT_WINDOW = (-100.0, 240.0)
-# Saturated hues that stay apart from each other and from the grey CT; class c gets entry c - 1.
-CLASS_COLOURS = ("#00e5ff", "#ff00ff", "#ffd700", "#ff4500", "#7fff00", "#1e90ff", "#ff69b4", "#ffffff")
+DEFAULT_WINDOW = SOFT_TISSUE_WINDOW
+TRUTH_STYLE, PRED_STYLE = "solid", "dashed"
+# Room the legend and the title need even when the grid is a single narrow panel.
+MIN_FIGURE_INCHES = 6.0
 
 
 @dataclass(frozen=True)
@@ -96,12 +98,12 @@ def _draw_panel(ax, item: OverlayItem, window) -> None:
     ax.imshow(window_to_unit(item.ct_slice_hu, window), cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
     if item.class_names:
         for cls in range(1, len(item.class_names) + 1):
-            colour = CLASS_COLOURS[(cls - 1) % len(CLASS_COLOURS)]
-            _draw_contour(ax, None if item.truth is None else item.truth == cls, colour)
-            _draw_contour(ax, None if item.pred is None else item.pred == cls, colour, "dashed")
+            colour = class_colour(cls)
+            _draw_contour(ax, None if item.truth is None else item.truth == cls, colour, TRUTH_STYLE)
+            _draw_contour(ax, None if item.pred is None else item.pred == cls, colour, PRED_STYLE)
     else:
-        _draw_contour(ax, item.truth, TRUTH_COLOUR)
-        _draw_contour(ax, item.pred, PRED_COLOUR)
+        _draw_contour(ax, item.truth, class_colour(1), TRUTH_STYLE)
+        _draw_contour(ax, item.pred, class_colour(1), PRED_STYLE)
     ax.set_xlim(-0.5, width - 0.5)
     ax.set_ylim(height - 0.5, -0.5)
     ax.set_axis_off()
@@ -114,17 +116,17 @@ def _add_legend(figure, items: Sequence[OverlayItem]) -> None:
 
     handles = []
     classes = next((item.class_names for item in items if item.class_names), ())
-    if classes:
-        handles += [Line2D([], [], color=CLASS_COLOURS[k % len(CLASS_COLOURS)], linewidth=2, label=name)
-                    for k, name in enumerate(classes)]
-        handles += [Line2D([], [], color="black", linewidth=1.5, label="ground truth"),
-                    Line2D([], [], color="black", linewidth=1.5, linestyle="dashed", label="prediction")]
-    elif any(item.truth is not None for item in items):
-        handles.append(Line2D([], [], color=TRUTH_COLOUR, linewidth=2, label="ground truth"))
-    if not classes and any(item.pred is not None for item in items):
-        handles.append(Line2D([], [], color=PRED_COLOUR, linewidth=2, label="prediction"))
+    # With classes, colour names the class and the line style truth or prediction; without,
+    # the one colour is class 1's.
+    style_colour = "black" if classes else class_colour(1)
+    handles += [Line2D([], [], color=class_colour(k + 1), linewidth=2, label=name) for k, name in enumerate(classes)]
+    if any(item.truth is not None for item in items):
+        handles.append(Line2D([], [], color=style_colour, linewidth=1.5, linestyle=TRUTH_STYLE, label="ground truth"))
+    if any(item.pred is not None for item in items):
+        handles.append(Line2D([], [], color=style_colour, linewidth=1.5, linestyle=PRED_STYLE, label="prediction"))
     if handles:
-        figure.legend(handles=handles, loc="outside lower center", ncols=len(handles), frameon=False)
+        figure.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 4), frameon=False,
+                      fontsize=9)
 
 
 def save_overlay(
@@ -138,8 +140,8 @@ def save_overlay(
 ) -> None:
     """Write a PNG of one CT slice (grey, HU ``window``) with mask contours, a legend and a title.
 
-    ``truth`` is outlined in green, ``pred`` in red; both are optional (H, W) masks matching
-    the slice. The file is written atomically.
+    ``truth`` is outlined solid, ``pred`` dashed, both in class 1's colour; both are optional
+    (H, W) masks matching the slice. The file is written atomically.
     """
     save_overlay_grid(path, [OverlayItem(ct_slice_hu, truth, pred)], window=window, columns=1, title=title, dpi=dpi)
 
@@ -159,6 +161,18 @@ def save_overlay_grid(
     ``pred``, ``title``). Slices may differ in size; every panel gets ``panel_inches`` of
     width. ``title`` goes above the grid. The file is written atomically.
     """
+    figure = overlay_grid_figure(items, window=window, columns=columns, title=title, panel_inches=panel_inches)
+    save_png(path, figure, dpi=dpi)
+
+
+def overlay_grid_figure(
+    items: Sequence[OverlayItem | Mapping],
+    window: Sequence[float] = DEFAULT_WINDOW,
+    columns: int = 4,
+    title: str = "",
+    panel_inches: float = 4.0,
+):
+    """The matplotlib Figure :func:`save_overlay_grid` writes."""
     checked = [_checked_item(item) for item in items]
     if not checked:
         raise DataError("save_overlay_grid needs at least one item")
@@ -168,7 +182,8 @@ def save_overlay_grid(
     ncols = min(int(columns), len(checked))
     nrows = math.ceil(len(checked) / ncols)
     aspect = max(item.ct_slice_hu.shape[0] / item.ct_slice_hu.shape[1] for item in checked)
-    figure = new_figure((panel_inches * ncols, panel_inches * aspect * nrows + 0.6))
+    width = max(panel_inches * ncols, MIN_FIGURE_INCHES)
+    figure = new_figure((width, panel_inches * aspect * nrows + 0.9))
     axes = figure.subplots(nrows, ncols, squeeze=False).ravel()
     for ax, item in zip(axes, checked):
         _draw_panel(ax, item, window)
@@ -176,5 +191,6 @@ def save_overlay_grid(
         ax.set_axis_off()
     _add_legend(figure, checked)
     if title:
-        figure.suptitle(title)
-    save_png(path, figure, dpi=dpi)
+        # about 11 characters of 11-point text to the inch
+        figure.suptitle(textwrap.fill(title, int(width * 11)), fontsize=11)
+    return figure

@@ -10,6 +10,7 @@ import numpy as np
 
 from edgeseg.errors import DataError
 from edgeseg.report.output import new_figure, save_png
+from edgeseg.runtime.overlay import CLASS_COLOURS
 
 HISTORY_KEYS = ("epoch", "train_loss", "val_loss", "val_dice", "lr")
 
@@ -39,8 +40,8 @@ def best_epoch_index(val_dice: np.ndarray) -> int | None:
 
 
 CLASS_PREFIX = "val_dice_"
-# Per-class curves (several classes only): colours apart from the mean's green and the loss panel's.
-CLASS_CURVE_COLOURS = ("#00b8d4", "#d500f9", "#ffab00", "#ff3d00", "#64dd17", "#2962ff", "#c51162", "#455a64")
+# Per-class curves (several classes only) in each class's colour of the overlays.
+CLASS_CURVE_COLOURS = CLASS_COLOURS
 
 
 def _class_series(history: Sequence[Mapping]) -> list[tuple[str, np.ndarray]]:

@@ -19,7 +19,7 @@ from edgeseg import __version__
 from edgeseg.atomic import atomic_dir, atomic_path
 from edgeseg.data.grid import is_sheared
 from edgeseg.errors import DataError, require
-from edgeseg.runtime.overlay import overlay_rgb
+from edgeseg.runtime.overlay import DISPLAY_WINDOW, overlay_rgb
 from edgeseg.runtime.seg_sources import seg_source_datasets
 from edgeseg.runtime.segment_codes import segment_coding
 
@@ -134,30 +134,33 @@ def write_nifti(labels: np.ndarray, volume, out: str | os.PathLike) -> Path:
     return Path(out)
 
 
-def write_png(labels: np.ndarray, volume, out: str | os.PathLike) -> Path:
-    """Overlay PNGs: a file for a single slice, else a folder with one PNG per slice."""
+def write_png(labels: np.ndarray, volume, out: str | os.PathLike, window: tuple[float, float] = DISPLAY_WINDOW) -> Path:
+    """Overlay PNGs: a file for a single slice, else a folder with one PNG per slice; the CT in
+    the display ``window`` (low, high HU; :func:`~edgeseg.runtime.overlay.display_window`)."""
     Image = require("PIL.Image", "io", "PNG output")
 
     out = Path(out)
     labels = label_volume(labels, volume, what=f"PNG output {out}")
     if labels.shape[0] == 1:
         with atomic_path(out, suffix=".png") as tmp:
-            Image.fromarray(overlay_rgb(volume.hu[0], labels[0])).save(tmp, format="PNG")
+            Image.fromarray(overlay_rgb(volume.hu[0], labels[0], window)).save(tmp, format="PNG")
         return out
     with atomic_dir(out) as folder:
         for k, name in enumerate(volume.slice_ids):
-            Image.fromarray(overlay_rgb(volume.hu[k], labels[k])).save(folder / f"{k:04d}_{Path(name).stem}.png")
+            Image.fromarray(overlay_rgb(volume.hu[k], labels[k], window)).save(folder / f"{k:04d}_{Path(name).stem}.png")
     return out
 
 
-def write_overlay(labels: np.ndarray, volume, out: str | os.PathLike) -> Path:
-    """One overlay PNG of the slice with the most foreground (the first slice if none has any)."""
+def write_overlay(labels: np.ndarray, volume, out: str | os.PathLike,
+                  window: tuple[float, float] = DISPLAY_WINDOW) -> Path:
+    """One overlay PNG of the slice with the most foreground (the first slice if none has any),
+    the CT in the display ``window`` (low, high HU)."""
     Image = require("PIL.Image", "io", "PNG output")
 
     labels = label_volume(labels, volume, what=f"overlay {out}")
     k = int(np.argmax(np.count_nonzero(labels.reshape(len(labels), -1), axis=1)))
     with atomic_path(out, suffix=".png") as tmp:
-        Image.fromarray(overlay_rgb(volume.hu[k], labels[k])).save(tmp, format="PNG")
+        Image.fromarray(overlay_rgb(volume.hu[k], labels[k], window)).save(tmp, format="PNG")
     return Path(out)
 
 

@@ -101,6 +101,25 @@ def test_plot_comparison_writes_a_png(runs, tmp_path):
     assert sorted(p.name for p in path.parent.iterdir()) == ["compare.png"]
 
 
+def test_plot_comparison_keeps_long_run_labels_inside_the_image(tmp_path):
+    """The legend of long labels sat inside the curve panel, over the curves and the axis label,
+    and ran off the figure's left edge."""
+    import matplotlib.image
+    import numpy as np
+
+    runs = [make_run(tmp_path / f"run{k}", 0.9 - 0.1 * k, data="/data/hospital-a/ct/liver-2024/nifti" + "x" * 20 * k,
+                     window=[-160.0, 240.0 + k], labels={"liver": [1, 2][: 2 - min(k, 1)]}, base=8 * (k + 1)) for k in range(3)]
+    plot_comparison(tmp_path / "c.png", runs)
+    image = matplotlib.image.imread(tmp_path / "c.png")[..., :3]
+    ink = np.any(image < 0.9, axis=-1)
+    assert not ink[:, :2].any() and not ink[:, -2:].any() and not ink[-2:].any()
+    from edgeseg.evaluate.compare import _run_label, differing_hyperparameters, load_run
+
+    loaded = [load_run(r) for r in runs]
+    label = _run_label(loaded[0], differing_hyperparameters(loaded))
+    assert "window=[-160, 240]" in label and "labels=liver=1+2" in label  # not [-160.0000, ...], {'liver': [1, 2]}
+
+
 def test_cli_prints_the_table_and_writes_three_files(runs, tmp_path):
     out = tmp_path / "comparison"
     result = CliRunner().invoke(command, [str(runs[0]), str(runs[1]), "--out", str(out)])

@@ -1,4 +1,5 @@
-"""Overlay and training-curve PNGs: valid files, not blank, contours where the masks are."""
+"""Overlay and training-curve PNGs: valid files, not blank, contours where the masks are, in
+each class's colour (truth solid, prediction dashed), with nothing cut off at the edges."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import pytest
 from edgeseg.errors import DataError
 from edgeseg.report.curves import plot_training_curves
 from edgeseg.evaluate.overlay import OverlayItem, save_overlay, save_overlay_grid
+from edgeseg.runtime.overlay import CLASS_COLOURS, class_colour
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 SIZE = 64
@@ -20,12 +22,14 @@ def _read_png(path) -> np.ndarray:
     return matplotlib.image.imread(path)[..., :3]
 
 
-def _red(image):
-    return (image[..., 0] > 0.8) & (image[..., 1] < 0.3) & (image[..., 2] < 0.3)
+def _in_colour(image, colour: str, tolerance: float = 0.08):
+    import matplotlib.colors
+
+    return np.abs(image - np.asarray(matplotlib.colors.to_rgb(colour))).max(axis=-1) < tolerance
 
 
-def _green(image):
-    return (image[..., 1] > 0.8) & (image[..., 0] < 0.3) & (image[..., 2] < 0.3)
+def _class1(image):
+    return _in_colour(image, class_colour(1))
 
 
 def _square(rows: slice, cols: slice) -> np.ndarray:
@@ -35,7 +39,7 @@ def _square(rows: slice, cols: slice) -> np.ndarray:
 
 
 def _image_box(image) -> tuple[int, int, int, int]:
-    # 70 HU in the (-100, 240) window is mid grey (0.5); the figure background is white.
+    # 40 HU in the soft-tissue window (-160, 240) is mid grey (0.5); the figure background is white.
     # Rows and columns mostly grey belong to the slice; anti-aliased text has a few grey pixels.
     grey = np.all(np.abs(image - 0.5) < 0.03, axis=-1)
     rows = np.flatnonzero(grey.mean(axis=1) > 0.3)
@@ -58,38 +62,74 @@ def _assert_outline_at(colour_mask, box, expected, tolerance):
     assert np.allclose(found, expected, atol=tolerance), (found, expected)
 
 
-def test_overlay_draws_truth_green_and_prediction_red_at_the_mask_boundaries(tmp_path):
-    ct = np.full((SIZE, SIZE), 70.0)
+def test_overlay_outlines_truth_and_prediction_in_the_class_colour_at_the_mask_boundaries(tmp_path):
+    ct = np.full((SIZE, SIZE), 40.0)
     truth = _square(slice(6, 20), slice(4, 40))
     pred = _square(slice(30, 55), slice(36, 57))
-    path = tmp_path / "overlay.png"
-    save_overlay(path, ct, truth=truth, pred=pred, title="case 7")
+    for name, masks in (("truth", {"truth": truth}), ("pred", {"pred": pred})):
+        save_overlay(tmp_path / f"{name}.png", ct, title="case 7", **masks)
+    for name, mask in (("truth", truth), ("pred", pred)):
+        image = _read_png(tmp_path / f"{name}.png")
+        assert image.shape[0] > 2 * SIZE and image.shape[1] > 2 * SIZE
+        box = _image_box(image)
+        # The slice is drawn square and scaled up at least 4x.
+        assert abs((box[1] - box[0]) - (box[3] - box[2])) <= 2 and box[1] - box[0] >= 4 * SIZE
+        tolerance = 3 + 0.02 * (box[3] - box[2])
+        _assert_outline_at(_class1(image), box, _expected_box(mask, box), tolerance)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pred.png", "truth.png"]
 
-    image = _read_png(path)
-    assert image.shape[0] > 2 * SIZE and image.shape[1] > 2 * SIZE
-    box = _image_box(image)
-    # The slice is drawn square and scaled up at least 4x.
-    assert abs((box[1] - box[0]) - (box[3] - box[2])) <= 2 and box[1] - box[0] >= 4 * SIZE
-    tolerance = 3 + 0.02 * (box[3] - box[2])
-    _assert_outline_at(_green(image), box, _expected_box(truth, box), tolerance)
-    _assert_outline_at(_red(image), box, _expected_box(pred, box), tolerance)
-    assert [p.name for p in tmp_path.iterdir()] == ["overlay.png"]
+
+def test_prediction_is_dashed_and_truth_solid(tmp_path):
+    """Truth and prediction share the class's colour and differ by line style, which a reader
+    who cannot tell red from green still sees: the dashed outline has gaps."""
+    ct = np.full((SIZE, SIZE), 40.0)
+    mask = _square(slice(10, 50), slice(10, 50))
+    save_overlay(tmp_path / "truth.png", ct, truth=mask)
+    save_overlay(tmp_path / "pred.png", ct, pred=mask)
+    solid, dashed = (_class1(_read_png(tmp_path / f"{n}.png")).sum() for n in ("truth", "pred"))
+    assert 0.3 * solid < dashed < 0.85 * solid
+
+
+def test_class_colours_are_distinct_and_none_is_pure_red_or_green():
+    import matplotlib.colors
+
+    rgb = np.array([matplotlib.colors.to_rgb(c) for c in CLASS_COLOURS])
+    assert len({tuple(c) for c in rgb}) == len(CLASS_COLOURS)
+    assert not any(np.allclose(c, (1, 0, 0), atol=0.2) or np.allclose(c, (0, 1, 0), atol=0.2) for c in rgb)
+
+
+@pytest.mark.parametrize("classes", [(), ("liver",), ("ggo", "consolidation")])
+def test_a_single_panel_keeps_its_title_and_legend_inside_the_image(tmp_path, classes):
+    """The legend and the title of a one-panel grid ran off both sides of the 4-inch figure
+    ("orst cases: ... (dashe", "consolidation  ground truth  pr")."""
+    ct = np.full((SIZE, SIZE), -800.0)
+    labels = _square(slice(10, 30), slice(10, 30)).astype(np.uint8)
+    labels[40:50, 40:50] = len(classes) or 1
+    item = OverlayItem(ct, labels if classes else labels > 0, labels if classes else labels > 0,
+                       "case_007 slice 7", classes)
+    save_overlay_grid(tmp_path / "w.png", [item], window=(-1350, 150),
+                      title="worst cases: truth (solid) vs prediction (dashed)")
+    image = _read_png(tmp_path / "w.png")
+    ink = np.any(image < 0.9, axis=-1)
+    assert not ink[:, :2].any() and not ink[:, -2:].any() and not ink[:2].any() and not ink[-2:].any()
+    for cls in range(1, max(1, len(classes)) + 1):  # each class's colour, in the panel and its legend entry
+        assert _in_colour(image, class_colour(cls)).sum() > 20
 
 
 def test_overlay_without_masks_has_no_contours_and_masks_at_the_border_are_outlined(tmp_path):
     ct = np.linspace(-300, 400, SIZE * SIZE).reshape(SIZE, SIZE)
     save_overlay(tmp_path / "plain.png", ct)
     plain = _read_png(tmp_path / "plain.png")
-    assert not _red(plain).any() and not _green(plain).any()
+    assert not _class1(plain).any()
     assert plain.std() > 0.05  # the windowed gradient is visible
 
     everything = np.ones((SIZE, SIZE), dtype=bool)
     save_overlay(tmp_path / "full.png", ct, pred=everything)
-    assert _red(_read_png(tmp_path / "full.png")).sum() > 4 * SIZE
+    assert _class1(_read_png(tmp_path / "full.png")).sum() > 4 * SIZE
 
 
 def test_overlay_grid_lays_out_panels(tmp_path):
-    ct = np.full((SIZE, SIZE), 70.0)
+    ct = np.full((SIZE, SIZE), 40.0)
     truth = _square(slice(10, 31), slice(8, 29))
     items = [OverlayItem(ct, truth, truth, title=f"slice {k}") for k in range(3)]
     items.append({"ct_slice_hu": ct, "truth": truth, "title": "as dict"})
@@ -101,7 +141,7 @@ def test_overlay_grid_lays_out_panels(tmp_path):
     middle_row = grey[np.nonzero(grey.any(axis=1))[0][SIZE]]
     runs = np.count_nonzero(np.diff(middle_row.astype(int)) == 1) + int(middle_row[0])
     assert runs == 2
-    assert _red(image).any() and _green(image).any()
+    assert _class1(image).any()
 
 
 def test_overlay_rejects_mismatched_masks_and_bad_windows(tmp_path):

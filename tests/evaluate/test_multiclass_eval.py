@@ -12,7 +12,8 @@ from scipy import ndimage
 from scipy.spatial.distance import cdist
 
 from edgeseg.errors import DataError
-from edgeseg.evaluate.overlay import CLASS_COLOURS, OverlayItem, save_overlay_grid
+from edgeseg.evaluate.overlay import OverlayItem, save_overlay_grid
+from edgeseg.runtime.overlay import CLASS_COLOURS
 from edgeseg.metrics import class_metrics, mean_slice_dice
 
 CHEST = "chest-phantom:cases=3,size=48,slices=8,seed=4"
@@ -160,9 +161,10 @@ def test_liver_outputs_keep_their_one_class_form(tmp_path):
     metrics = class_metrics(pred, truth, 2)
     vol = Volume(hu=np.zeros((2, 8, 8), np.float32), spacing=(1.0, 1.0, 1.0), affine=default_affine((1.0, 1.0, 1.0)),
                  case_id="c0", label=truth)
-    score, item = _worst_slice(vol, pred, truth, metrics, ["background", "liver"], (-100, 240))
-    assert score == pytest.approx(24 / 28) and item.class_names == ()
-    assert item.truth.dtype == bool and item.title == f"c0 slice {vol.slice_ids[0]}  Dice {24 / 28:.3f}"
+    score, item = _worst_slice(vol, pred, truth, metrics, ["background", "liver"])
+    assert score == pytest.approx(24 / 28) and item.class_names == ("liver",)
+    # the Dice in the panel's title is the case's, which ranks it, not the drawn slice's
+    assert item.title == f"c0 slice {vol.slice_ids[0]}  case Dice {24 / 28:.3f}"
     case = {"case_id": "c0", "slices": 2, "metrics": {"liver": metrics[1]}, "slice_dice_mean": 0.5}
     summary = {"liver": {m: {"mean": metrics[1][m]} for m in ("dice", "iou", "hd95")}}
     lines = _table([case], ["background", "liver"], summary, {"slice_dice_mean": 0.5}).splitlines()
@@ -220,3 +222,20 @@ def test_dataset_label_names_reads_msd_and_nnunet_forms(tmp_path):
     (tmp_path / "dataset.json").write_text("{not json")
     assert dataset_label_names(tmp_path) == {}
     assert dataset_label_names(tmp_path / "absent") == {}
+
+
+def test_chest_worst_cases_show_the_ct_in_a_lung_window(chest_checkpoint, tmp_path):
+    """They were drawn in the abdominal soft-tissue window whatever the task: the lungs, the air
+    around the body and the ground-glass in them were one black."""
+    import matplotlib.image
+
+    from edgeseg.evaluate.model_eval import evaluate_checkpoint
+
+    evaluate_checkpoint(chest_checkpoint / "best.pt", CHEST, split="all", out=tmp_path, progress=False)
+    image = matplotlib.image.imread(tmp_path / "worst_cases.png")[..., :3]
+    grey = np.all(np.abs(image - image[..., :1]) < 0.01, axis=-1) & (image[..., 0] < 0.9)  # the CT, not the page
+    # In the lung window (-1350..150 HU) air is 23 % grey and lung 30-40 %; nothing in the phantom is black.
+    black = grey & (image[..., 0] < 0.05)
+    assert grey.sum() > 10_000 and black.sum() < 0.02 * grey.sum()
+    air = (-1000 + 1350) / 1500
+    assert (np.abs(image[..., 0][grey] - air) < 0.03).sum() > 0.1 * grey.sum()
