@@ -189,3 +189,19 @@ def test_bench_call_counts_out_of_range_are_refused_before_measuring(bundle_dir,
                                       "--no-cold-start", *args])
     assert result.exit_code == 2 and result.output.startswith("edgeseg: error: need batch sizes >= 1"), result.output
     assert "--runs 1..100000, --warmup 0..100000" in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def test_bench_measures_a_bundle_that_removes_components_by_ml(bundle_copy, tmp_path):
+    """Such a bundle needs a voxel size for a volume; bench's stacks come from a phantom of known
+    voxel size and pass it, so every stage is measured rather than failing on every backend."""
+    manifest = json.loads((bundle_copy / "manifest.json").read_text())
+    manifest["postprocess"] = {"resize": "logits", "classes": {"1": {"min_ml": 0.01}}}
+    (bundle_copy / "manifest.json").write_text(json.dumps(manifest))
+    out_json = tmp_path / "bench.json"
+    result = CliRunner().invoke(cli, ["bench", str(bundle_copy), "--backend", "onnxruntime:fp32", "--batch", "1,2",
+                                      "--size", "64", "--runs", "2", "--warmup", "0", "--threads", "1",
+                                      "--no-cold-start", "--json", str(out_json)])
+    assert result.exit_code == 0, result.output
+    [r] = json.loads(out_json.read_text())
+    assert "error" not in r, r.get("error")
+    assert set(r["batches"]) == {"1", "2"} and r["volume"]["pipelined_slices_per_s"] > 0
