@@ -152,8 +152,8 @@ def python_model_config(manifest: Manifest, name: str, role: str, max_batch: int
 
 def validate_config(text: str) -> None:
     """Parse ``text`` with Triton's ModelConfig protobuf; BundleError naming the parse error."""
-    pb = require("tritonclient.grpc.model_config_pb2", "dev", "validating Triton model configs")
-    text_format = require("google.protobuf.text_format", "dev", "validating Triton model configs")
+    pb = require("tritonclient.grpc.model_config_pb2", "triton", "validating Triton model configs")
+    text_format = require("google.protobuf.text_format", "triton", "validating Triton model configs")
     try:
         text_format.Parse(text, pb.ModelConfig())
     except text_format.ParseError as exc:
