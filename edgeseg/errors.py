@@ -43,6 +43,17 @@ class MissingDependencyError(EdgesegError):
         return type(self), (self.package, self.extra, self.purpose)
 
 
+# Import names whose distribution (what `pip install` takes) is named otherwise.
+DISTRIBUTIONS = {"PIL": "Pillow", "nrrd": "pynrrd", "cuda": "cuda-python", "google": "protobuf",
+                 "prometheus_client": "prometheus-client"}
+
+
+def distribution_of(module: str) -> str:
+    """The distribution that installs ``module`` (``PIL.Image`` -> ``Pillow``)."""
+    top = module.split(".")[0]
+    return DISTRIBUTIONS.get(top, top)
+
+
 def require(module: str, extra: str, purpose: str):
     """Import an optional module, or raise MissingDependencyError naming the extra (not installed)
     or BrokenDependencyError (installed, but its import fails with another error)."""
@@ -51,9 +62,9 @@ def require(module: str, extra: str, purpose: str):
     try:
         return importlib.import_module(module)
     except ImportError as exc:
-        raise MissingDependencyError(module.split(".")[0], extra, purpose) from exc
+        raise MissingDependencyError(distribution_of(module), extra, purpose) from exc
     except Exception as exc:  # installed but broken: a shared library it loads is missing or of another version
-        package = module.split(".")[0]
+        package = distribution_of(module)
         raise BrokenDependencyError(f"{purpose}: the installed '{package}' package fails to import "
                                     f"({type(exc).__name__}: {' '.join(str(exc).split())}); reinstall it: "
                                     f"pip install --force-reinstall 'edgeseg[{extra}]'") from exc

@@ -32,7 +32,7 @@ def command(bundle, backends, batch, size, runs, warmup, threads, json_out, png_
     from edgeseg.atomic import check_output_file
     from edgeseg.bench.runtime import (backend_labels, bench_backend, cold_start, format_table, input_shape,
                                        plot_latency, write_json)
-    from edgeseg.errors import DataError, EdgesegError
+    from edgeseg.errors import DataError, EdgesegError, require
     from edgeseg.limits import check_volume
     from edgeseg.runtime.manifest import read_manifest, verify_artifacts
     from edgeseg.runtime.runners.base import MAX_THREADS
@@ -50,6 +50,8 @@ def command(bundle, backends, batch, size, runs, warmup, threads, json_out, png_
     for path, what in outputs:
         check_output_file(path, what)
     _check_outputs_apart(bundle, outputs)
+    if png_out:  # before anything is measured, not after minutes of it
+        require("matplotlib", "train", "edgeseg bench --png")
     manifest = read_manifest(bundle)
     verify_artifacts(bundle, manifest)
     labels = backend_labels(bundle, list(backends))  # an unknown or absent backend: refused before any table

@@ -172,8 +172,8 @@ def spacing_note(manifest: Manifest, name: str) -> str | None:
 
 def validate_config(text: str) -> None:
     """Parse ``text`` with Triton's ModelConfig protobuf; BundleError naming the parse error."""
-    pb = require("tritonclient.grpc.model_config_pb2", "dev", "validating Triton model configs")
-    text_format = require("google.protobuf.text_format", "dev", "validating Triton model configs")
+    pb = require("tritonclient.grpc.model_config_pb2", "triton", "validating Triton model configs")
+    text_format = require("google.protobuf.text_format", "triton", "validating Triton model configs")
     try:
         text_format.Parse(text, pb.ModelConfig())
     except text_format.ParseError as exc:

@@ -29,8 +29,6 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeseg.data import open_dataset
-from edgeseg.data.open import parse_phantom_spec, recorded_slice_options
 from edgeseg.errors import DataError, EdgesegError
 from edgeseg.export.profiles import STRUCTURE_PX
 from edgeseg.kernels.components import ComponentRule, filter_components
@@ -78,8 +76,12 @@ def load_verify_set(payload: dict, spec: PreprocessSpec, data: str | None, count
     """Up to ``count`` slices of ``data`` (default: the checkpoint's validation cases), chosen
     equally from each combination of classes present (so every class is checked; half with and
     half without target for one class) and evenly over intensity, like calibration slices."""
-    from edgeseg.export.int8 import classes_present, stratify_slices
+    # The readers need edgeseg[io]; imported here so the rest of this module (the tables and
+    # verdicts `edgeseg inspect` shows) works on a bare runtime install.
+    from edgeseg.data import open_dataset
+    from edgeseg.data.open import parse_phantom_spec, recorded_slice_options
     from edgeseg.data.slice_set import SliceSet, check_window, preprocess_stack
+    from edgeseg.export.int8 import classes_present, stratify_slices
 
     train_config = payload.get("train_config") or {}
     if data is None:

@@ -3,7 +3,8 @@
 the C code is built from, the wheel ships libedgeseg with its headers and package files and the
 named training recipes, ``edgeseg sdk --cflags --libs`` of the wheel installed in a fresh venv
 builds examples/c/segment_raw.c into a program that gives the Python runtime's masks, and that
-install resolves ``--recipe covid-infection`` from its own package data."""
+install resolves ``--recipe covid-infection`` from its own package data. Both carry edgeseg's
+licence and cJSON's, and neither carries tests/ or Cython's generated C in the wheel."""
 
 from __future__ import annotations
 
@@ -58,6 +59,9 @@ def test_sdist_carries_the_c_sources_and_recipes(dists):
     assert {"csrc/sdk/Makefile", "setup.py", "pyproject.toml", "edgeseg/kernels/_kernels.pyx",
             "examples/c/segment_raw.c", "examples/cpp/segment.cpp"} <= names
     assert {"edgeseg/recipes/covid-infection.toml", "edgeseg/recipes/liver-ct.toml"} <= _shipped_recipes() <= names
+    assert {"LICENSE", "csrc/third_party/cjson/LICENSE", "csrc/third_party/cjson/cJSON.c"} <= names
+    # not a partial, unrunnable test tree, nor test data under other licences
+    assert not [n for n in names if n == "tests" or n.startswith("tests/")]
 
 
 def test_wheel_ships_libedgeseg_headers_and_package_files(dists):
@@ -69,24 +73,34 @@ def test_wheel_ships_libedgeseg_headers_and_package_files(dists):
             f"{sdk}lib/cmake/edgeseg/edgeseg-config.cmake",
             f"{sdk}lib/cmake/edgeseg/edgeseg-config-version.cmake"} <= names
     assert any(n.startswith("edgeseg/kernels/_kernels") and n.endswith(".so") for n in names)
+    assert "edgeseg/kernels/_kernels.c" not in names  # Cython's output, the sdist's business
     assert {"edgeseg/recipes/covid-infection.toml", "edgeseg/recipes/liver-ct.toml"} <= _shipped_recipes() <= names
     profiles = {f"edgeseg/export/profiles/{p.name}" for p in (ROOT / "export").glob("*.toml")}
     assert {"edgeseg/export/profiles/cpu-int8.toml", "edgeseg/export/profiles/gpu-fp16.toml"} <= profiles <= names
 
 
-def test_both_carry_the_licence_as_an_spdx_expression_and_its_text(dists):
-    text = (ROOT / "LICENSE").read_text()
-    assert "Apache License" in text and "Version 2.0, January 2004" in text
+# edgeseg's own licence, and that of the cJSON compiled into libedgeseg (the wheel's library, the sdist's source).
+LICENCES = {"LICENSE": ("Apache License", "Version 2.0, January 2004"),
+            "csrc/third_party/cjson/LICENSE": ("Copyright (c) 2009-2017 Dave Gamble", "Permission is hereby granted")}
+
+
+def test_both_carry_the_licences_as_an_spdx_expression_and_their_texts(dists):
     with tarfile.open(dists["sdist"]) as tar:
-        member = next(m for m in tar.getmembers() if m.name.split("/", 1)[-1] == "LICENSE")
-        assert tar.extractfile(member).read().decode() == text
+        sdist = {m.name.split("/", 1)[-1]: m for m in tar.getmembers()}
+        sdist_texts = {name: tar.extractfile(sdist[name]).read().decode() for name in LICENCES}
         pkg_info = tar.extractfile(next(m for m in tar.getmembers() if m.name.endswith("/PKG-INFO"))).read().decode()
     with zipfile.ZipFile(dists["wheel"]) as whl:
         metadata = whl.read(next(n for n in whl.namelist() if n.endswith(".dist-info/METADATA"))).decode()
-        licence = next(n for n in whl.namelist() if n.endswith(".dist-info/licenses/LICENSE"))
-        assert whl.read(licence).decode() == text
+        [info] = {n.split("/")[0] for n in whl.namelist() if n.split("/")[0].endswith(".dist-info")}
+        wheel_texts = {name: whl.read(f"{info}/licenses/{name}").decode() for name in LICENCES}
+    for name, marks in LICENCES.items():
+        text = (ROOT / name).read_text()
+        assert all(mark in text for mark in marks)
+        assert sdist_texts[name] == text and wheel_texts[name] == text
     for meta in (pkg_info, metadata):
-        assert "License-Expression: Apache-2.0" in meta.splitlines() and "License-File: LICENSE" in meta.splitlines()
+        lines = meta.splitlines()
+        assert "License-Expression: Apache-2.0 AND MIT" in lines
+        assert {f"License-File: {name}" for name in LICENCES} <= set(lines)
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,6 @@
-"""The bare runtime (no torch, no image-format libraries) predicts NumPy input, and names the
-``io`` extra when asked for a format it cannot read or write."""
+"""The bare runtime (no torch, no image-format libraries, no onnx) predicts NumPy input and
+inspects a bundle, and names the extra to install (and the distribution, as pip spells it) when
+asked for something it cannot do."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import subprocess
 import numpy as np
 import pytest
 
-BLOCKED = ("torch", "nibabel", "pydicom", "PIL", "nrrd", "highdicom", "scipy", "matplotlib")
+BLOCKED = ("torch", "nibabel", "pydicom", "PIL", "nrrd", "highdicom", "scipy", "matplotlib", "onnx",
+           "tritonclient", "google")
 
 
 @pytest.fixture
@@ -43,3 +45,35 @@ def test_bare_runtime_names_the_io_extra_for_dicom(bundle_dir, tmp_path, _edgese
     assert len(done.stderr.strip().splitlines()) == 1
     assert "pip install 'edgeseg[io]'" in done.stderr
     assert not (tmp_path / "out.npy").exists()
+
+
+def test_bare_runtime_inspects_a_bundle(bundle_dir, tmp_path, _edgeseg):
+    """inspect reached the parity gate's module, which imported the data readers (edgeseg[io])."""
+    done = _edgeseg(["inspect", str(bundle_dir)], tmp_path)
+    assert done.returncode == 0, done.stderr
+    [row] = [line.split() for line in done.stdout.splitlines() if line.split()[:2] == ["onnx-fp32", "model.onnx"]]
+    assert row[4] == "ok", done.stdout  # the fresh hash check of model.onnx
+    assert "parity vs pytorch-fp32" in done.stdout
+
+
+def test_bare_runtime_names_pillow_not_its_import_name(bundle_dir, tmp_path, _edgeseg, assert_one_line_error):
+    np.save(tmp_path / "in.npy", np.full((2, 40, 40), -1000, np.int16))
+    done = _edgeseg(["predict", str(bundle_dir), "in.npy", "--out", "out.png", "--quiet"], tmp_path)
+    assert_one_line_error(done, "PNG output needs the 'Pillow' package: pip install 'edgeseg[io]'")
+    assert not list(tmp_path.glob("out*"))
+
+
+def test_bare_runtime_bench_png_names_the_extra_before_measuring(bundle_dir, tmp_path, _edgeseg,
+                                                                   assert_one_line_error):
+    """Without matplotlib, --png was a ModuleNotFoundError traceback after the whole measurement."""
+    done = _edgeseg(["bench", str(bundle_dir), "--size", "64", "--batch", "1", "--runs", "1", "--warmup", "0",
+                     "--no-cold-start", "--png", "b.png", "--json", "b.json"], tmp_path)
+    assert_one_line_error(done, "edgeseg bench --png needs the 'matplotlib' package: pip install 'edgeseg[train]'")
+    assert done.stdout == "" and not list(tmp_path.glob("b.*"))
+
+
+def test_bare_runtime_triton_names_the_triton_extra(bundle_dir, tmp_path, _edgeseg, assert_one_line_error):
+    """The config check named edgeseg[dev], the test tooling, as what to install."""
+    done = _edgeseg(["triton", str(bundle_dir), "repo"], tmp_path)
+    assert_one_line_error(done, "needs the 'tritonclient' package: pip install 'edgeseg[triton]'")
+    assert not (tmp_path / "repo").exists()
