@@ -54,11 +54,19 @@ class SegRefused(DataError):
     """The peer was reached and answered the C-STORE of one SEG with a failure status."""
 
 
+class SegUnreadable(DataError):
+    """The SEG file cannot be read (not DICOM, cut short, unreadable): no peer could take it."""
+
+
 def send_seg(peer: Peer, calling_ae: str, path: Path) -> None:
     """C-STORE the SEG file ``path`` to ``peer``; DataError naming the peer unless it answered
     Success."""
     pynetdicom = require("pynetdicom", "dicom", "forwarding DICOM SEG")
     pydicom = require("pydicom", "io", "forwarding DICOM SEG")
+    try:  # read before associating: a file no peer could take must not look like the peer's failure
+        dataset = pydicom.dcmread(path)
+    except (OSError, pydicom.errors.InvalidDicomError, ValueError, EOFError) as exc:
+        raise SegUnreadable(f"{path} cannot be read as DICOM: {exc}"[:300]) from None
     ae = pynetdicom.AE(ae_title=calling_ae)
     ae.connection_timeout = peer.connect_timeout
     ae.add_requested_context(SEGMENTATION_STORAGE)
@@ -69,7 +77,7 @@ def send_seg(peer: Peer, calling_ae: str, path: Path) -> None:
     if not assoc.is_established:
         raise DataError(f"could not associate with {peer}")
     try:
-        status = assoc.send_c_store(pydicom.dcmread(path))
+        status = assoc.send_c_store(dataset)
     finally:
         assoc.release()
     code = getattr(status, "Status", None)
@@ -110,14 +118,14 @@ class UnsentFolder:
 
     def resend(self, send) -> tuple[int, EdgesegError | None]:
         """Send the SEGs waiting with ``send(path)``, oldest first, removing each the peer took.
-        A SEG the peer refuses stays and the next one is tried (one SEG it will not take must not
-        hold up the others); any other failure ends the round (the peer is still away: the others
+        A SEG the peer refuses, or a file that cannot be read, stays and the next one is tried (one
+        SEG it will not take must not hold up the others); any other failure ends the round (the peer is still away: the others
         would fail the same way). Return how many were sent and the last failure, if any."""
         sent, failure = 0, None
         for path in self.pending():
             try:
                 send(path)
-            except SegRefused as exc:
+            except (SegRefused, SegUnreadable) as exc:
                 failure = exc
                 continue
             except EdgesegError as exc:

@@ -187,3 +187,33 @@ def test_an_image_that_could_only_fail_later_is_refused_as_it_arrives(running_no
         assert node.stats.received == 0 and node.stats.refused == 1
         assert not list(node.work.rglob("*.dcm"))
     assert len(_messages(caplog, "refused image")) == 1 and node.stats.failed == []
+
+
+def test_an_unreadable_file_in_unsent_does_not_hold_up_the_segs_after_it(tmp_path, free_port, wait_port):
+    """A file in the unsent folder that is no DICOM (a partial copy by hand, a disk fault) raised
+    pydicom's error out of the resend: every round stopped at it, so no SEG behind it ever went
+    out, and a resend after a fresh forward turned a forwarded series into a failed one. It now
+    stays and is named, and the SEGs after it go to the peer."""
+    from edgeseg.serve.dicom_forward import UnsentFolder, send_seg
+
+    folder = UnsentFolder(tmp_path / "unsent")
+    folder.folder.mkdir()
+    broken = folder.folder / "a-broken.seg.dcm"
+    broken.write_bytes(b"not a DICOM file")
+    good = folder.keep(SERIES.parent / "liver.dcm")
+    good.rename(folder.folder / "b-good.seg.dcm")
+    received = tmp_path / "received"
+    received.mkdir()
+    port = free_port()
+    archive = subprocess.Popen(["storescp", "-aet", "ARCHIVE", "-od", str(received), str(port)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_port(port)
+        sent, failure = folder.resend(lambda path: send_seg(Peer("127.0.0.1", port, "ARCHIVE"), "EDGESEG", path))
+    finally:
+        archive.terminate()
+        archive.wait(timeout=10)
+    assert sent == 1 and folder.pending() == [broken]
+    assert "a-broken.seg.dcm" in str(failure)
+    [seg] = [pydicom.dcmread(p) for p in received.iterdir()]
+    assert seg.SOPClassUID == "1.2.840.10008.5.1.4.1.1.66.4"
