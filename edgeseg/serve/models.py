@@ -222,6 +222,7 @@ def served_models(segmenter, config, on_batch, lock: threading.Lock) -> dict[str
     max_batch = min(config.max_batch, segmenter.manifest.max_batch)
     batching = dict(max_batch=max_batch, queue_size=config.queue_size, max_delay=config.max_delay_s,
                     on_batch=on_batch, lock=lock)
-    network = NetworkModel(segmenter, config.model_name, **batching)
+    # a network whose input fixes its batch at N takes requests of N rows (check_batch), one per call
+    network = NetworkModel(segmenter, config.model_name, **{**batching, "max_batch": segmenter.fixed_batch or max_batch})
     pipeline = PipelineModel(segmenter, config.model_name, config.max_side, **batching)
     return {network.name: network, pipeline.name: pipeline}
