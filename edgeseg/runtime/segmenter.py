@@ -286,10 +286,11 @@ class Segmenter:
     def _batch_size(self, batch_size: int | None) -> int:
         if batch_size is None:
             return self.batch_size
+        # a model whose input fixes its batch takes exactly that many slices a call
+        limit, what = (self.fixed_batch, "fixed batch") if self.fixed_batch else (self.max_batch, "max_batch")
         if isinstance(batch_size, (bool, np.bool_)) or not isinstance(batch_size, (int, np.integer)) \
-                or not 1 <= batch_size <= self.max_batch:
-            raise DataError(f"batch_size must be an integer in 1..{self.max_batch} "
-                            f"(the model's max_batch), got {batch_size!r}")
+                or not 1 <= batch_size <= limit:
+            raise DataError(f"batch_size must be an integer in 1..{limit} (the model's {what}), got {batch_size!r}")
         return int(batch_size)
 
     def _input_buffer(self, which: int, rows: int) -> np.ndarray:

@@ -13,7 +13,7 @@ import shutil
 import numpy as np
 import pytest
 
-from edgeseg.errors import BundleError
+from edgeseg.errors import BundleError, DataError
 
 ES_OK, ES_EBUNDLE = 0, 16
 
@@ -146,6 +146,9 @@ def test_a_fixed_batch_is_honoured_by_both(batch, bundle, phantom_hu, programs, 
     with Segmenter.load(fixed, backend="openvino:fp32") as seg:
         assert int(np.count_nonzero(seg.predict_volume(phantom_hu[:5]) != expected[:5])) == 0  # 3 + 2 padded
         assert int(np.count_nonzero(seg.predict(phantom_hu[0]) != expected_first)) == 0
+        # a batch size above the fixed batch is refused before any slice is read or processed
+        with pytest.raises(DataError, match=rf"batch_size must be an integer in 1\.\.{batch} \(the model's fixed batch\)"):
+            seg.predict_volume(phantom_hu[:5], batch_size=batch + 1)
     volume = run_raw(programs["c"], fixed, "fp32", phantom_hu[:5], tmp_path)
     assert int(np.count_nonzero(volume != expected[:5])) == 0
     slices = run_raw(programs["checks"], fixed, "fp32", phantom_hu[:5], tmp_path, mode="slices")
