@@ -118,8 +118,8 @@ class Segmenter:
         default); ``tta`` mirrors at prediction (see the class); ``timeout`` is the seconds a remote
         backend waits for each answer of its server (default 60; a local backend takes none)."""
         check_tta(tta)  # before any loading
+        manifest = read_manifest(bundle)  # first: it refuses a bundle that is no path
         folder = Path(bundle)
-        manifest = read_manifest(folder)
         if not (isinstance(backend, str) and is_remote(backend)):  # a remote model leaves the files unused
             verify_artifacts(folder, manifest)
         if manifest.inputs[0].dtype != "float32" or manifest.spec.dtype != "float32":
