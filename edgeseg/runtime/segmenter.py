@@ -53,6 +53,28 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
+class _NoProgress:
+    """The bar of a call that shows none: tqdm starts its monitor thread for every bar, a disabled
+    one too, and that thread then lives as long as the process."""
+
+    def __enter__(self) -> "_NoProgress":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+    def update(self, n: int) -> None:
+        """Nothing to show."""
+
+
+def _progress_bar(total: int, shown: bool):
+    if not shown:
+        return _NoProgress()
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="slice", desc="segmenting", leave=False)
+
+
 class Segmenter:
     """Segment CT with a runner; :meth:`Segmenter.load` builds one from a bundle.
 
@@ -219,10 +241,7 @@ class Segmenter:
         starts = list(range(0, arr.shape[0], n))
         from concurrent.futures import wait
 
-        from tqdm import tqdm
-
-        with self._lock, tqdm(total=arr.shape[0], unit="slice", desc="segmenting", disable=not progress,
-                              leave=False) as bar:
+        with self._lock, _progress_bar(arr.shape[0], progress) as bar:
             if self._closed:  # before a new worker thread is started for a segmenter that is gone
                 raise BackendError(f"segmenter of {self.bundle or self.runner.artifact} is closed; load the bundle again")
             def prepare(index: int) -> np.ndarray:
