@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -322,6 +323,8 @@ def read_bundle_json_bytes(path: Path) -> bytes:
 
 def read_manifest(bundle: str | Path) -> Manifest:
     """Parse ``BUNDLE/manifest.json``; BundleError for a missing, unreadable or invalid one."""
+    if not isinstance(bundle, (str, os.PathLike)):
+        raise BundleError(f"a bundle is a folder path (str or os.PathLike), got {type(bundle).__name__}")
     folder = Path(bundle)
     if not folder.is_dir():
         raise BundleError(f"bundle {folder} is not a directory")

@@ -25,6 +25,7 @@ import numpy as np
 
 from edgeseg.errors import BackendError, BundleError, DataError
 from edgeseg.kernels import filter_components, postprocess, preprocess
+from edgeseg.runtime import fork_guard
 from edgeseg.runtime.input_checks import checked_hu
 from edgeseg.runtime.manifest import Manifest, network_tensors, read_manifest, verify_artifacts
 from edgeseg.runtime.postprocess_options import PostprocessOptions, voxel_ml
@@ -51,6 +52,28 @@ def usable_cores() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not on Linux
         return os.cpu_count() or 1
+
+
+class _NoProgress:
+    """The bar of a call that shows none: tqdm starts its monitor thread for every bar, a disabled
+    one too, and that thread then lives as long as the process."""
+
+    def __enter__(self) -> "_NoProgress":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+    def update(self, n: int) -> None:
+        """Nothing to show."""
+
+
+def _progress_bar(total: int, shown: bool):
+    if not shown:
+        return _NoProgress()
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="slice", desc="segmenting", leave=False)
 
 
 class Segmenter:
@@ -99,6 +122,7 @@ class Segmenter:
         self._buffers: list[np.ndarray] = []
         self._worker: ThreadPoolExecutor | None = None
         self._closed = False
+        self._pid = os.getpid()
         # Overlap pre/post-processing with inference only where a core is free for it: a GPU
         # runner, or a CPU runner capped below the core count. A CPU runner on every core loses
         # more to the worker preempting one of its threads (its others wait at the next
@@ -118,8 +142,8 @@ class Segmenter:
         default); ``tta`` mirrors at prediction (see the class); ``timeout`` is the seconds a remote
         backend waits for each answer of its server (default 60; a local backend takes none)."""
         check_tta(tta)  # before any loading
+        manifest = read_manifest(bundle)  # first: it refuses a bundle that is no path
         folder = Path(bundle)
-        manifest = read_manifest(folder)
         if not (isinstance(backend, str) and is_remote(backend)):  # a remote model leaves the files unused
             verify_artifacts(folder, manifest)
         if manifest.inputs[0].dtype != "float32" or manifest.spec.dtype != "float32":
@@ -160,6 +184,7 @@ class Segmenter:
     def logits(self, images: np.ndarray) -> np.ndarray:
         """Pre-processed model input (N, 1, H, W) float32, any N -> (N, K, H, W) float32 logits,
         ``batch_size`` slices per runner call (the export gate compares these)."""
+        self._check_process()
         images = np.asarray(images)
         if images.ndim != 4 or images.shape[0] == 0:
             raise DataError(f"logits takes a non-empty (N, 1, H, W) batch, got shape {list(images.shape)}")
@@ -169,6 +194,7 @@ class Segmenter:
 
     def predict(self, slice_hu: np.ndarray) -> np.ndarray:
         """One (H, W) slice of HU -> (H, W) uint8 labels (class numbers of ``labels``)."""
+        self._check_process()
         hu = checked_hu(slice_hu, self.spec, ndim=2, resize=self.resize_input, what="slice")
         with self._lock:
             batch = preprocess(hu, self.spec, out=self._input_buffer(0, 1), num_threads=KERNEL_THREADS)
@@ -187,6 +213,7 @@ class Segmenter:
         a class that removes 3-D components by mL needs one. ``volume_filters=False`` skips the
         3-D filters, for stacks that are not one volume (see :meth:`filter_volume`).
         """
+        self._check_process()
         given = spacing
         if isinstance(volume, np.ndarray):
             hu, modality, what = volume, None, "volume"
@@ -219,10 +246,7 @@ class Segmenter:
         starts = list(range(0, arr.shape[0], n))
         from concurrent.futures import wait
 
-        from tqdm import tqdm
-
-        with self._lock, tqdm(total=arr.shape[0], unit="slice", desc="segmenting", disable=not progress,
-                              leave=False) as bar:
+        with self._lock, _progress_bar(arr.shape[0], progress) as bar:
             if self._closed:  # before a new worker thread is started for a segmenter that is gone
                 raise BackendError(f"segmenter of {self.bundle or self.runner.artifact} is closed; load the bundle again")
             def prepare(index: int) -> np.ndarray:
@@ -310,13 +334,24 @@ class Segmenter:
 
     def close(self) -> None:
         """Stop the pre-processing thread and release the runner, once a call in progress in
-        another thread has finished; later calls raise BackendError. Closing twice does nothing."""
+        another thread has finished; later calls raise BackendError. Closing twice does nothing.
+        In a process forked after loading, it only marks the segmenter closed (see
+        ``edgeseg.runtime.fork_guard``): the thread and the engine belong to the parent."""
+        if fork_guard.forked_away(self._pid):
+            self._closed = True
+            self.runner.close()
+            return
         with self._lock:
             self._closed = True
             if self._worker is not None:
                 self._worker.shutdown(wait=True)
                 self._worker = None
             self.runner.close()
+
+    def _check_process(self) -> None:
+        """BackendError, before any lock is taken, in a process forked after this segmenter was loaded:
+        a lock another thread held at the fork stays held there for ever."""
+        fork_guard.check_process(self._pid, f"the segmenter of {self.bundle or self.runner.artifact}")
 
     def __enter__(self) -> "Segmenter":
         return self

@@ -211,3 +211,9 @@ def test_tampered_missing_and_newer_bundles_are_refused(bundle_copy):
     (bundle_copy / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(BundleError, match="schema 99 is newer"):
         Segmenter.load(bundle_copy)
+
+
+@pytest.mark.parametrize("bundle", [None, 3, b"bundle"])
+def test_a_bundle_that_is_no_path_is_refused_as_a_bundle_error(bundle):
+    with pytest.raises(BundleError, match=f"a bundle is a folder path .*got {type(bundle).__name__}"):
+        Segmenter.load(bundle)

@@ -3,6 +3,10 @@ another thread waits for the call in progress instead of releasing the engine un
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import threading
 
 import numpy as np
@@ -117,3 +121,44 @@ def test_runner_close_waits_for_an_inference_in_progress(bundle_dir, backend):
     np.testing.assert_array_equal(got["logits"], expected)
     with pytest.raises(BackendError, match="is closed"):
         runner.infer(batch)
+
+
+
+LOAD_CYCLES = """
+import json, os, sys, threading
+import numpy as np
+from edgeseg.runtime import Segmenter
+
+def state():
+    return {"threads": sorted(t.name for t in threading.enumerate()), "fds": len(os.listdir("/proc/self/fd"))}
+
+volume = np.full((5, 80, 70), -1000, np.int16)
+volume[:, 20:50, 20:40] = 60
+def cycle(overlap):
+    with Segmenter.load(sys.argv[1], backend=sys.argv[2], threads=1) as seg:
+        seg.overlap = overlap  # with and without the pre-processing thread
+        seg.predict_volume(volume)
+        seg.predict(volume[0])
+
+before = state()
+cycle(False)  # the engine's library opens what it keeps for the process (ONNX Runtime: 3 files)
+warm = state()
+for n in range(12):
+    cycle(n % 2 == 0)
+print(json.dumps([before, warm, state()]))
+"""
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime:fp32", "openvino:int8"])
+def test_loading_and_closing_again_and_again_leaves_no_thread_or_file_behind(bundle_dir, backend, tmp_path):
+    if not runner_class(backend.partition(":")[0]).available():
+        pytest.skip(f"{backend} is not installed")
+    script = tmp_path / "cycles.py"
+    script.write_text(LOAD_CYCLES)
+    # a process of its own: a thread another test started (a tqdm bar's monitor) would hide a new one
+    proc = subprocess.run([sys.executable, str(script), str(bundle_dir), backend], capture_output=True, text=True,
+                          timeout=600, env={**os.environ, "EDGESEG_CACHE_DIR": str(tmp_path / "cache")})
+    assert proc.returncode == 0, proc.stderr
+    before, warm, after = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert after["threads"] == before["threads"], "a thread outlived its segmenter"
+    assert after["fds"] == warm["fds"], "files stayed open after close"

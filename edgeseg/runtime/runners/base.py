@@ -22,6 +22,7 @@ from typing import ClassVar
 import numpy as np
 
 from edgeseg.errors import BackendError, DataError, EdgesegError
+from edgeseg.runtime import fork_guard
 from edgeseg.runtime.manifest import ArtifactEntry, TensorInfo
 
 # More CPU threads than any machine this runs on has; a larger figure is a typing error, and ONNX
@@ -79,6 +80,7 @@ class Runner(abc.ABC):
         self._precision = precision
         self._lock = threading.Lock()
         self._closed = False
+        self._pid = fork_guard.track(self)
 
     @classmethod
     def available(cls) -> bool:
@@ -116,6 +118,7 @@ class Runner(abc.ABC):
         tensor the bundle declares (other classes, another size: a graph that does not match its
         manifest) are a BackendError too, never labels the bundle does not name."""
         self.check_batch(batch)
+        fork_guard.check_process(self._pid, f"the {self.name} runner of {self.artifact}")
         with self._lock:
             if self._closed:
                 raise BackendError(f"{self.name}: the runner of {self.artifact} is closed; load the bundle again")
@@ -157,7 +160,11 @@ class Runner(abc.ABC):
     def close(self) -> None:
         """Release the backend's resources; the runner is unusable afterwards. A call running in
         another thread finishes first: the engine's buffers (TensorRT's device memory) are not
-        freed under it. Closing twice does nothing."""
+        freed under it. Closing twice does nothing. In a process forked after loading it, closing
+        only marks it closed: the engine belongs to the parent (``edgeseg.runtime.fork_guard``)."""
+        if fork_guard.forked_away(self._pid):
+            self._closed = True
+            return
         with self._lock:
             if not self._closed:
                 self._closed = True
