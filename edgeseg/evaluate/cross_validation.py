@@ -230,7 +230,7 @@ def format_summary(summary: dict[str, Any]) -> str:
     for row in summary["per_fold"]:
         lines.append(f"{row['fold']:>4}  {row['slices']:>6}  {row['epoch']!s:>5}  "
                      + "  ".join(f"{row[m]:>13.4f}" for m in metrics))
-    lines.append("mean+-std over folds  " + "  ".join(f"{summary['mean'][m]:.4f}+-{summary['std'][m]:.4f}"
+    lines.append("mean+-sample std over folds  " + "  ".join(f"{summary['mean'][m]:.4f}+-{summary['std'][m]:.4f}"
                                                        for m in metrics))
     lines.append(f"pooled over {summary['slices']} slices  " + "  ".join(f"{summary['pooled'][m]:.4f}" for m in metrics))
     return "\n".join(lines)

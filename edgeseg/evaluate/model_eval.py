@@ -124,6 +124,8 @@ def evaluate_checkpoint(
         metrics = class_metrics(pred, truth, len(class_names), per_slice_hd=not vol.contiguous, grid=vol.axes_mm)
         fp_slices = false_positive_slices(pred, truth, len(class_names))
         case = {"case_id": vol.case_id, "slices": vol.num_slices,
+                # slice images carry no pixel size: their distances are counted in pixels
+                "hd95_unit": "mm" if vol.contiguous else "pixels",
                 "metrics": {class_names[c]: m for c, m in metrics.items()},
                 "false_positive_slices": {class_names[c]: n for c, n in fp_slices.items()},
                 "slices_without_class": {class_names[c]: int((~(truth == c).any(axis=(1, 2))).sum())
@@ -241,6 +243,9 @@ def _table(cases: list[dict], class_names: list[str], summary: dict, result: dic
     note += (f"\nclass in neither mask (Dice and IoU 1 in the mean, HD95 left out): {', '.join(absent)} case(s)"
              if absent else "")
     note += _undefined_slices_note(cases, class_names)
+    units = sorted({c["hd95_unit"] for c in cases if "hd95_unit" in c})
+    if units:
+        note += f"\nHD95 in {' and '.join(units)}" + (" (slice images carry no pixel size)" if "pixels" in units else "")
     if len(class_names) == 2:
         return (format_table(rows, columns) + note
                 + f"\nmean per-slice Dice ({class_names[1]}): {result['slice_dice_mean']:.4f}")

@@ -38,6 +38,7 @@ def test_dicom_series_with_seg_is_evaluated_at_scanner_resolution(checkpoint, tm
     assert 0 <= case["false_positive_slices"]["liver"] <= case["slices_without_class"]["liver"]
     line = f"false-positive slices (predicted, no true foreground): liver {result['false_positive_slices']['liver']} of "
     assert line in (tmp_path / "eval.txt").read_text()
+    assert case["hd95_unit"] == "mm" and "\nHD95 in mm" in (tmp_path / "eval.txt").read_text()
 
 
 def test_3d_postprocessing_can_only_remove_false_positive_slices(checkpoint):

@@ -106,6 +106,9 @@ def test_evaluate_reports_per_class_dice_of_a_label_map_slice_folder(slice_folde
         dices = [oracle[case][name]["dice"] for case in CROPS]
         assert 0.3 < float(np.mean(dices)) < 1.0, (name, dices)
     assert "ggo dice" in (out / "eval.txt").read_text()
+    # slice images carry no pixel size: the table says its distances are pixels
+    assert "HD95 in pixels (slice images carry no pixel size)" in (out / "eval.txt").read_text()
+    assert {case["hd95_unit"] for case in report["cases"]} == {"pixels"}
 
 
 def test_a_mask_value_outside_the_classes_is_refused_naming_value_and_file(slice_folder, chest_bundle_run, tmp_path,
