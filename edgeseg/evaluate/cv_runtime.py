@@ -105,7 +105,7 @@ def format_runtime(summary: dict[str, Any], metrics: list[str], folds: int, gate
     """cv.txt's runtime part: per backend mean +- std over the folds it was accepted on and its
     drop against PyTorch FP32; then, with ``gate``, each fold's INT8 gate verdicts with every
     class's drop."""
-    lines = ["", f"{title}: mean+-std over folds; drop = PyTorch FP32 minus backend"]
+    lines = ["", f"{title}: mean+-sample std over folds; drop = PyTorch FP32 minus backend"]
     for backend, entry in summary["backends"].items():
         if not entry["folds"]:
             lines.append(f"{backend:<18} refused by the gate on every fold")
