@@ -187,3 +187,19 @@ def test_settings_no_node_can_run_with_are_refused_before_the_bundle_is_read(tmp
                               capture_output=True, text=True, timeout=120)
     assert_one_line_error(done, fragment)
     assert not (tmp_path / "out").exists()
+
+
+def test_listen_s_defaults_are_the_node_s():
+    """The command keeps its defaults beside its options (importing the node would load pynetdicom
+    for every command); they must be the node's own."""
+    import inspect
+
+    from edgeseg.cli.listen import command
+
+    node_defaults = {name: p.default for name, p in inspect.signature(DicomNode.__init__).parameters.items()
+                     if p.default is not inspect.Parameter.empty}
+    options = {p.name: p.default for p in command.params if not getattr(p, "is_flag", False)}
+    shared = sorted(set(node_defaults) & set(options) - {"out", "forward", "unsent"})
+    assert "max_series" in shared
+    for name in shared:
+        assert options[name] == node_defaults[name], name
