@@ -19,7 +19,7 @@ edgeseg on ``sys.path``, see ``edgeseg.serve.triton_python``) and ``1/bundle/`` 
 and the one ONNX artifact). Every config is parsed with the ``ModelConfig`` protobuf shipped by
 tritonclient before the repository is moved into place; flags are checked before anything is
 written. ``--force`` writes into an existing repository, replacing the models of the same name
-(each in one step) and keeping the others; never into a folder that is, holds or lies in the
+(all or none, see ``edgeseg.export.triton_swap``) and keeping the others; never into a folder that is, holds or lies in the
 bundle, or holds anything but model folders.
 """
 
@@ -28,16 +28,15 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-import os
 import re
-import secrets
 import shutil
 import sysconfig
 from collections.abc import Iterator
 from pathlib import Path
 
-from edgeseg.atomic import atomic_dir, check_output_folder, clean_leftovers, replace_dir, within
+from edgeseg.atomic import atomic_dir, check_output_folder, clean_leftovers, within
 from edgeseg.errors import BundleError, DataError, require
+from edgeseg.export.triton_swap import staged_swap
 from edgeseg.runtime.manifest import Manifest, read_manifest, verify_artifacts
 
 TRITON_TYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "int64": "TYPE_INT64", "uint8": "TYPE_UINT8"}
@@ -294,28 +293,17 @@ def check_repo_output(repo: str | Path, force: bool, bundle: str | Path, what: s
 
 @contextlib.contextmanager
 def _into_repository(repo: Path, replaced: tuple[str, ...]) -> Iterator[Path]:
-    """Yield a staging folder for model folders; on success each lands in ``repo`` in one step
-    (replacing its namesake, atomic.replace_dir), and the models ``replaced`` that were not staged
-    (an earlier bundle's TensorRT model) are taken out. Staging lies beside ``repo``, not in it:
-    Triton takes every folder of a repository for a model. A new ``repo`` is written whole; an
-    existing one keeps its other models."""
+    """Yield a staging folder for model folders. A new ``repo`` is written whole; into an
+    existing one they land all or none, replacing their namesakes, and the models ``replaced``
+    that were not staged (an earlier bundle's TensorRT model) are taken out
+    (edgeseg.export.triton_swap); its other models are kept."""
     if not repo.exists():
         with atomic_dir(repo) as tmp:
             yield tmp
         return
-    clean_leftovers(repo)
-    staging = repo.parent / f".{repo.name}.staging-{os.getpid()}-{secrets.token_hex(4)}"
-    staging.mkdir()
-    try:
-        yield staging
-        staged = sorted(model.name for model in staging.iterdir())
-        for name in staged:
-            replace_dir(staging / name, repo / name)
-        for name in replaced:
-            if name not in staged and os.path.lexists(repo / name):
-                os.rename(repo / name, staging / name)  # out of Triton's sight in one step, then removed
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    clean_leftovers(repo)  # staging folders of edgeseg versions that replaced models one by one
+    with staged_swap(repo, replaced) as tmp:
+        yield tmp
 
 
 def write_triton_repo(bundle: str | Path, repo: str | Path, *, name: str = "edgeseg", precision: str = "fp32",

@@ -1,0 +1,163 @@
+"""Swap a set of model folders into an existing Triton repository: all of them, or none.
+
+Triton serves ``NAME`` and ``NAME-pipeline`` as a pair; a repository holding the new network
+beside the old pipeline is served without complaint, so replacing them one by one is not enough.
+The new model folders are first written whole into a staging folder *beside* the repository
+(``.REPO.triton-swap-PID-HEX``: Triton takes every folder inside a repository for a model),
+which holds ``new/`` (the staged models), ``old/`` (the replaced ones, moved aside), a marker
+file naming the repository, and, during the swap, a journal naming each model folder by device
+and inode before and after. The swap then moves each old model aside and its new one in (one
+``renameat2(RENAME_EXCHANGE)`` per model where the filesystem has it, else two renames). On any
+failure the old models are put back before the error is raised; the journal is removed only
+once every model is in, so a run killed part-way leaves a staging folder that the next
+``edgeseg triton`` into the same repository rolls back, restoring the old models exactly.
+
+What a reader of the repository can see: renaming several folders is not one atomic step.
+While the swap runs (a few renames) and, after a kill, until the next run rolls it back, the
+repository can hold new models beside old ones. With the exchange each model folder is always
+complete and present; with the two-rename fallback a model folder is absent between its two
+renames. A Triton that polls the repository can load such a mix; one in explicit
+model-control mode, told to load after ``edgeseg triton`` returned, cannot.
+
+A staging folder is removed only when its name matches this repository, its process is gone
+and it holds the marker naming this repository (an unmarked one is removed only when empty).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import secrets
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from edgeseg.atomic import atomic_write_text, exchange_paths, process_alive
+from edgeseg.errors import DataError
+
+MARKER = "edgeseg-triton-swap"
+JOURNAL = "swap.json"
+_SWAP = re.compile(r"^\.(?P<name>.+)\.triton-swap-(?P<pid>\d+)-[0-9a-f]+$")
+
+Step = Callable[[str, Path, Path], None]
+
+
+def _identity(path: Path) -> list[int] | None:
+    """Device and inode of ``path`` (a rename keeps both), None when nothing is there."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    return [st.st_dev, st.st_ino]
+
+
+@contextlib.contextmanager
+def staged_swap(repo: Path, replaced: tuple[str, ...], on_step: Step | None = None) -> Iterator[Path]:
+    """Yield a folder to write new model folders into; on success they replace their namesakes
+    in ``repo`` and the models ``replaced`` that were not written are taken out, all or none
+    (see the module). ``on_step(step, source, destination)`` is called before each rename
+    ("exchange", "aside", "land") and before the staging folder is removed ("remove"), so tests
+    can fail or stop the process at each."""
+    step = on_step or (lambda name, source, destination: None)
+    repo = Path(repo)
+    recover_stale_swaps(repo)
+    staging = repo.parent / f".{repo.name}.triton-swap-{os.getpid()}-{secrets.token_hex(4)}"
+    staging.mkdir()
+    (staging / MARKER).write_text(f"{repo.resolve()}\n")
+    (staging / "new").mkdir()
+    (staging / "old").mkdir()
+    try:
+        yield staging / "new"
+        staged = {p.name for p in (staging / "new").iterdir()}
+        names = sorted(staged | {n for n in replaced if os.path.lexists(repo / n)})
+        models = {n: {"new": _identity(staging / "new" / n), "old": _identity(repo / n)} for n in names}
+        atomic_write_text(staging / JOURNAL, json.dumps({"repo": str(repo.resolve()), "models": models}))
+        _swap_in(repo, staging, models, step)
+    except BaseException:
+        if (staging / JOURNAL).exists():
+            _roll_back(repo, staging, json.loads((staging / JOURNAL).read_text())["models"])
+        _remove(staging)
+        raise
+    os.unlink(staging / JOURNAL)  # the swap is complete: from here on nothing is rolled back
+    step("remove", staging, staging)
+    _remove(staging)
+
+
+def _swap_in(repo: Path, staging: Path, models: dict, step: Step) -> None:
+    new, old = staging / "new", staging / "old"
+    for name, ids in models.items():
+        target = repo / name
+        if ids["new"] is None:  # an earlier bundle's model this one does not write: out of sight
+            step("aside", target, old / name)
+            os.rename(target, old / name)
+        elif ids["old"] is None:
+            step("land", new / name, target)
+            os.rename(new / name, target)
+        else:
+            step("exchange", new / name, target)
+            if exchange_paths(new / name, target):
+                step("aside", new / name, old / name)  # after the exchange it holds the old model
+                os.rename(new / name, old / name)
+            else:
+                step("aside", target, old / name)
+                os.rename(target, old / name)
+                step("land", new / name, target)
+                os.rename(new / name, target)
+
+
+def _roll_back(repo: Path, staging: Path, models: dict) -> None:
+    """Put back every old model the journal names and take out the new ones that landed. A
+    folder at a model's place that is neither is not touched; if an old model then cannot go
+    back, DataError, and the staging folder (which holds it) is kept."""
+    dropped = staging / "dropped"
+    dropped.mkdir(exist_ok=True)
+    for name, ids in models.items():
+        target, here = repo / name, _identity(repo / name)
+        if ids["old"] is not None and here == ids["old"]:
+            continue
+        if here is not None and here == ids["new"]:
+            os.rename(target, dropped / name)
+            here = None
+        if ids["old"] is None:
+            continue
+        source = next((p for p in (staging / "old" / name, staging / "new" / name) if _identity(p) == ids["old"]), None)
+        if source is None or here is not None:
+            raise DataError(f"cannot put the old model {name} back into {target}: "
+                            f"{'something else is there' if here is not None else 'it is gone'}; "
+                            f"the staging folder {staging} is kept")
+        os.rename(source, target)
+
+
+def _remove(staging: Path) -> None:
+    """Remove a staging folder, its marker last, so that one left half-removed is still known as ours."""
+    with contextlib.suppress(OSError):
+        for item in staging.iterdir():
+            if item.name != MARKER:
+                shutil.rmtree(item) if item.is_dir() and not item.is_symlink() else item.unlink()
+        (staging / MARKER).unlink()
+        staging.rmdir()
+
+
+def recover_stale_swaps(repo: Path) -> None:
+    """Roll back and remove the staging folders that killed runs left beside ``repo`` (see the
+    module for how one is known as ours); those of running processes are left alone."""
+    repo = Path(repo)
+    if not repo.parent.is_dir():
+        return
+    for item in sorted(repo.parent.iterdir()):
+        match = _SWAP.match(item.name)
+        if (match is None or match["name"] != repo.name or item.is_symlink() or not item.is_dir()
+                or process_alive(int(match["pid"]))):
+            continue
+        marker = item / MARKER
+        if not marker.is_file():
+            with contextlib.suppress(OSError):
+                item.rmdir()  # killed before it was marked, so empty; anything else is not ours
+            continue
+        if marker.read_text().strip() != str(repo.resolve()):
+            continue
+        if (item / JOURNAL).is_file():
+            _roll_back(repo, item, json.loads((item / JOURNAL).read_text())["models"])
+        _remove(item)
