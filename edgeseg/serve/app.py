@@ -3,10 +3,10 @@
 Two models are served (``edgeseg.serve.models``): ``NAME`` runs the network on pre-processed
 NCHW float32 tensors, the tensor Triton's ONNX model takes, and ``NAME-pipeline`` takes CT
 values and returns labels, as ``edgeseg predict`` does; one client (``tritonclient.http``) talks
-to this server and to Triton. ``/v1/segment`` takes a whole file (DICOM slice, NIfTI, PNG or
-NPY) and returns the mask. Request bodies may be gzip- or deflate-encoded. Every error, unknown
-routes and methods included, is a JSON ``{"error": message}`` with a 4xx/5xx code; the server
-keeps serving.
+to this server and to Triton. ``/v1/segment`` (``edgeseg.serve.segment_route``) takes a whole
+file (DICOM slice, NIfTI, PNG or NPY) and returns the mask. Request bodies may be gzip- or
+deflate-encoded. Every error, unknown routes and methods included, is a JSON
+``{"error": message}`` with a 4xx/5xx code; the server keeps serving.
 """
 
 from __future__ import annotations
@@ -15,34 +15,29 @@ import asyncio
 import json
 import logging
 import re
-import tempfile
 import threading
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass
-from pathlib import Path
 
 from edgeseg import __version__
 from edgeseg.errors import BackendError, EdgesegError, require
-from edgeseg.serve.batcher import QueueFull
+from edgeseg.serve.client_gone import first_of
 from edgeseg.serve.encoding import BodyError, decode_body
-from edgeseg.serve.inflight import ByteBudget, OverBudget
+from edgeseg.serve.http_errors import CLIENT_CLOSED, HttpError, hold, submitted
+from edgeseg.serve.inflight import ByteBudget
 from edgeseg.serve.metrics import ServerMetrics
 from edgeseg.serve.model_inputs import DEFAULT_MAX_SIDE
 from edgeseg.serve.models import ServedModel, served_models
 from edgeseg.serve.protocol import HEADER_LENGTH, ProtocolError, decode_request, encode_response
+from edgeseg.serve.segment_route import add_segment_route
 from edgeseg.serve.unread_body import CloseUnreadBodies
-from edgeseg.serve.uploads import ModelQueue, read_upload, write_mask
+from edgeseg.serve.uploads import ModelQueue
 
 # This module is imported only to serve, so the missing-extra message is the right failure here.
 fastapi = require("fastapi", "serve", "edgeseg serve")
 Request = fastapi.Request
 log = logging.getLogger("edgeseg.serve")
-# The status a request is counted under when its client went away before sending it whole (nginx's)
-CLIENT_CLOSED = 499
-# Seconds a client refused for overload is told to wait (Retry-After): about one batch's time, as
-# the queue and the budget free with every answer
-RETRY_AFTER_S = 1
 
 
 @dataclass(frozen=True)
@@ -58,15 +53,6 @@ class ServeConfig:
     max_side: int = DEFAULT_MAX_SIDE
     # bytes of decoded inputs held for requests in flight; None: twice the volume limit in force
     max_inflight_bytes: int | None = None
-
-
-class HttpError(Exception):
-    """An error answered with ``status`` and a JSON message."""
-
-    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.headers = headers
 
 
 def create_app(segmenter, config: ServeConfig = ServeConfig()):
@@ -214,12 +200,12 @@ def create_app(segmenter, config: ServeConfig = ServeConfig()):
         # one, a full queue): answered, but not a failed inference of the model
         array = model.checked(decoded.inputs)  # a DataError naming the problem becomes a 400
         with budget.holding(f"a request to model {name!r}") as held:
-            _hold(held, array.nbytes)
+            hold(held, array.nbytes)
             queued = time.perf_counter_ns()
-            ticket = _submit(model.batcher.submit, array)
+            ticket = submitted(model.batcher.submit, array)
             ok = False
             try:
-                result = await _result(ticket, config.timeout_s)
+                result = await _result(ticket, config.timeout_s, request.receive)
                 answered = time.perf_counter_ns()
                 async with codec:
                     payload, headers = await run_in_threadpool(_encoded, model, decoded, result)
@@ -234,24 +220,7 @@ def create_app(segmenter, config: ServeConfig = ServeConfig()):
                     model.stats.record_failure(end - start)
         return Response(content=payload, headers=headers, media_type=headers["content-type"])
 
-    @app.post("/v1/segment")
-    async def segment(request: Request, format: str = "npy"):
-        body = await read_body(request)
-        _submit(uploads.reserve)  # a place first: at most --queue-size decoded volumes wait
-        with budget.holding("the upload's volume") as held, \
-                tempfile.TemporaryDirectory(prefix="edgeseg-upload-") as tmp:
-            # only the model call holds the model: reading and writing the files do not
-            try:  # the volume's bytes are taken from the budget before its pixels are allocated
-                volume = await run_in_threadpool(read_upload, body, format, Path(tmp), held)
-            except BaseException:
-                uploads.release()
-                if held.refusal is not None:  # whatever the reader made of it
-                    raise _refused(held.refusal) from None
-                raise
-            result, started = uploads.submit(lambda: segmenter.predict_volume(volume))
-            labels = await _upload_result(result, started, config.timeout_s)
-            payload, media = await run_in_threadpool(write_mask, labels, volume, format, Path(tmp))
-        return Response(content=payload, media_type=media)
+    add_segment_route(app, segmenter, uploads, budget, read_body, config.timeout_s)
 
     @get("/metrics")
     async def prometheus():
@@ -314,50 +283,19 @@ def _encoded(model: ServedModel, decoded, result) -> tuple[bytes, dict[str, str]
                            model.response_parameters())
 
 
-def _refused(exc: Exception) -> HttpError:
-    """The answer to a request refused for overload: 503 with Retry-After (a full queue or byte
-    budget frees as requests are answered), or 413 for one the whole budget cannot hold."""
-    if isinstance(exc, OverBudget):
-        return HttpError(413, str(exc))
-    return HttpError(503, f"server busy: {exc}; retry later", {"Retry-After": str(RETRY_AFTER_S)})
-
-
-def _submit(submit, *args) -> Future:
-    """``submit(*args)`` to a queue for the model; 503 when the queue is full."""
-    try:
-        return submit(*args)
-    except QueueFull as exc:
-        raise _refused(exc) from None
-
-
-def _hold(held, nbytes: int) -> None:
-    """``held.grow(nbytes)``; 503 (or 413) when the byte budget cannot take them."""
-    try:
-        held.grow(nbytes)
-    except (QueueFull, OverBudget) as exc:
-        raise _refused(exc) from None
-
-
-async def _result(future: Future, timeout_s: float):
-    """The result of a call queued for the model; 504 (and the call cancelled, where it has not
-    started) when it is not done within ``timeout_s`` of being queued."""
-    try:
-        return await asyncio.wait_for(asyncio.wrap_future(future), timeout=timeout_s)
+async def _result(ticket: Future, timeout_s: float, receive):
+    """The result of a request queued for the model: 504 (and the request dropped, where its batch
+    has not started) when it is not done within ``timeout_s`` of being queued; 499 (dropped too)
+    when its client left before its batch started. Once started, a batch runs to its end."""
+    waiter = asyncio.wrap_future(ticket)
+    deadline = time.monotonic() + timeout_s
+    if await first_of(waiter, receive, timeout_s) == "gone" and ticket.cancel():
+        raise HttpError(CLIENT_CLOSED, "the client closed the connection while its request waited for the model")
+    try:  # done, late, or its client left after its batch started (nobody reads its answer)
+        return await asyncio.wait_for(waiter, max(0.0, deadline - time.monotonic()))
     except asyncio.TimeoutError:
-        future.cancel()
+        ticket.cancel()
         raise HttpError(504, f"inference did not finish within {timeout_s} s") from None
-
-
-async def _upload_result(result: Future, started: Future, timeout_s: float):
-    """An upload's labels: 504 (and its call dropped) when the model has not started on it within
-    ``timeout_s`` of it being queued; once started, a whole volume's call runs to its end (it
-    cannot be stopped part-way, and a volume may take longer than one request's slices)."""
-    try:
-        await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(started)), timeout=timeout_s)
-    except asyncio.TimeoutError:
-        if result.cancel():  # still waiting: it never runs
-            raise HttpError(504, f"the model did not start on the upload within {timeout_s} s") from None
-    return await asyncio.wrap_future(result)
 
 
 def _triton_config(model: ServedModel) -> dict:

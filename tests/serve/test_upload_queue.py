@@ -37,16 +37,16 @@ def _hu() -> np.ndarray:
 def _hold_reading(monkeypatch):
     """Hold every upload's reading open until the returned ``release`` is set; ``reads`` lists
     the readings begun (an upload refused before it is read never appears there)."""
-    import edgeseg.serve.app as app_module
+    import edgeseg.serve.segment_route as route_module
 
-    reads, release, real_read = [], threading.Event(), app_module.read_upload
+    reads, release, real_read = [], threading.Event(), route_module.read_upload
 
     def held_read(*args):
         reads.append(1)
         assert release.wait(60), "the test never let the reading finish"
         return real_read(*args)
 
-    monkeypatch.setattr(app_module, "read_upload", held_read)
+    monkeypatch.setattr(route_module, "read_upload", held_read)
     return reads, release
 
 
@@ -196,3 +196,29 @@ def test_an_upload_takes_its_place_in_the_queue_before_it_is_read(server_factory
             release.set()
         assert first.result(timeout=60)[0] == 200
     assert server.app.state.uploads.depth == 0
+
+
+def test_a_temporary_folder_that_cannot_be_made_gives_the_queue_place_back(server_factory, serve_bundle, tmp_path,
+                                                                         monkeypatch):
+    """The temporary folder's place is a regular file (as a TMPDIR gone bad): each upload fails
+    with 500, and gives back its place in the queue, so uploads are served again once the
+    folder can be made, not refused with 503 for good."""
+    import tempfile
+
+    from edgeseg.runtime.segmenter import Segmenter
+
+    server = server_factory(max_batch=4, queue_size=2)
+    not_a_folder = tmp_path / "tmp"
+    not_a_folder.write_bytes(b"")
+    monkeypatch.setattr(tempfile, "tempdir", str(not_a_folder))
+    for _ in range(3):  # more than the queue's places
+        status, data = _request(server.url, "POST", "/v1/segment", _npy(_hu()))
+        assert status == 500 and "NotADirectoryError" in json.loads(data)["error"], data
+    assert server.app.state.uploads.depth == 0
+    (tmp_path / "ok").mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "ok"))
+    status, data = _request(server.url, "POST", "/v1/segment", _npy(_hu()))
+    assert status == 200, data
+    with Segmenter.load(serve_bundle, backend="onnxruntime:fp32") as local:
+        np.testing.assert_array_equal(np.load(io.BytesIO(data)), local.predict_volume(_hu()))
+    assert list((tmp_path / "ok").iterdir()) == []  # the upload's folder was removed
