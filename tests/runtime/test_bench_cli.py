@@ -9,6 +9,19 @@ from click.testing import CliRunner
 
 from edgeseg.bench.runtime import PERCENTILES, STAGES
 from edgeseg.cli.main import cli
+from tests.bundle_edits import filter_liver_by_ml
+
+
+def bench_json(bundle, tmp_path, *, batches: str, runs: int, warmup: int):
+    """(CliRunner result, the one JSON record) of a one-thread ONNX Runtime FP32 bench at 64
+    pixels without the cold start; the run must succeed."""
+    out_json = tmp_path / "bench.json"
+    result = CliRunner().invoke(cli, ["bench", str(bundle), "--backend", "onnxruntime:fp32", "--batch", batches,
+                                      "--size", "64", "--runs", str(runs), "--warmup", str(warmup), "--threads", "1",
+                                      "--no-cold-start", "--json", str(out_json)])
+    assert result.exit_code == 0, result.output
+    [record] = json.loads(out_json.read_text())
+    return result, record
 
 
 def test_bench_reports_every_stage_throughput_and_cold_start(bundle_dir, tmp_path):
@@ -159,12 +172,7 @@ def test_an_unknown_backend_is_refused_before_anything_is_measured(bundle_dir, a
 
 
 def test_without_cold_start_its_columns_say_not_measured(bundle_dir, tmp_path):
-    out_json = tmp_path / "bench.json"
-    result = CliRunner().invoke(cli, ["bench", str(bundle_dir), "--backend", "onnxruntime:fp32", "--batch", "1",
-                                      "--size", "64", "--runs", "1", "--warmup", "0", "--threads", "1",
-                                      "--no-cold-start", "--json", str(out_json)])
-    assert result.exit_code == 0, result.output
-    [r] = json.loads(out_json.read_text())
+    result, r = bench_json(bundle_dir, tmp_path, batches="1", runs=1, warmup=0)
     assert "cold_start" not in r
     [row] = [line for line in result.output.splitlines() if line.startswith("onnxruntime:fp32") and "e2e" not in line
              and len(line.split()) == 6]
@@ -194,14 +202,6 @@ def test_bench_call_counts_out_of_range_are_refused_before_measuring(bundle_dir,
 def test_bench_measures_a_bundle_that_removes_components_by_ml(bundle_copy, tmp_path):
     """Such a bundle needs a voxel size for a volume; bench's stacks come from a phantom of known
     voxel size and pass it, so every stage is measured rather than failing on every backend."""
-    manifest = json.loads((bundle_copy / "manifest.json").read_text())
-    manifest["postprocess"] = {"resize": "logits", "classes": {"1": {"min_ml": 0.01}}}
-    (bundle_copy / "manifest.json").write_text(json.dumps(manifest))
-    out_json = tmp_path / "bench.json"
-    result = CliRunner().invoke(cli, ["bench", str(bundle_copy), "--backend", "onnxruntime:fp32", "--batch", "1,2",
-                                      "--size", "64", "--runs", "2", "--warmup", "0", "--threads", "1",
-                                      "--no-cold-start", "--json", str(out_json)])
-    assert result.exit_code == 0, result.output
-    [r] = json.loads(out_json.read_text())
+    _, r = bench_json(filter_liver_by_ml(bundle_copy, 0.01), tmp_path, batches="1,2", runs=2, warmup=0)
     assert "error" not in r, r.get("error")
     assert set(r["batches"]) == {"1", "2"} and r["volume"]["pipelined_slices_per_s"] > 0

@@ -9,10 +9,9 @@ from importlib import metadata
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
 from edgeseg.bench.runtime import STAGES, latency_stats
-from edgeseg.cli.main import cli
+from tests.runtime.test_bench_cli import bench_json
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -41,12 +40,7 @@ def test_latency_stats_match_a_hand_written_percentile(count):
 
 
 def test_bench_json_holds_every_timed_call_and_the_software_it_ran_with(bundle_dir, tmp_path):
-    out_json = tmp_path / "bench.json"
-    result = CliRunner().invoke(cli, ["bench", str(bundle_dir), "--backend", "onnxruntime:fp32", "--batch", "1,2",
-                                      "--size", "64", "--runs", "7", "--warmup", "1", "--threads", "1",
-                                      "--no-cold-start", "--json", str(out_json)])
-    assert result.exit_code == 0, result.output
-    [r] = json.loads(out_json.read_text())
+    result, r = bench_json(bundle_dir, tmp_path, batches="1,2", runs=7, warmup=1)
     for batch in ("1", "2"):
         stages = r["batches"][batch]
         assert set(stages["samples_ms"]) == set(STAGES)

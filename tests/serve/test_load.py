@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
 from edgeseg.cli.main import cli
+from tests.bundle_edits import filter_liver_by_ml
 
 
 def test_short_load_has_no_errors_and_bounded_memory(serve_bundle, tmp_path):
@@ -111,7 +113,6 @@ def test_sigterm_stops_a_load_test_and_its_server(serve_bundle, tmp_path):
     import subprocess
     import sys
     import time
-    from pathlib import Path
 
     proc = subprocess.Popen([sys.executable, "-m", "edgeseg.cli", "bench-serve", str(serve_bundle), "--clients", "8",
                              "--seconds", "120", "--warmup", "0", "--backend", "onnxruntime:fp32"],
@@ -160,10 +161,7 @@ def test_pipeline_load_on_a_bundle_that_filters_by_ml_sends_the_phantom_s_spacin
     voxel size of the phantom they are cut from, so none of them may fail."""
     import shutil
 
-    bundle = shutil.copytree(serve_bundle, tmp_path / "bundle")
-    manifest = json.loads((bundle / "manifest.json").read_text())
-    manifest["postprocess"] = {"resize": "logits", "classes": {"1": {"min_ml": 0.01}}}
-    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    bundle = filter_liver_by_ml(Path(shutil.copytree(serve_bundle, tmp_path / "bundle")), 0.01)
     out = tmp_path / "load.json"
     result = CliRunner().invoke(cli, ["bench-serve", str(bundle), "--model", "edgeseg-pipeline", "--size", "64",
                                       "--clients", "2", "--seconds", "1", "--warmup", "0.5", "--batch", "2",
