@@ -27,16 +27,17 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
 import re
 import shutil
 import sysconfig
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from edgeseg.atomic import atomic_dir, check_output_folder, clean_leftovers, within
 from edgeseg.errors import BundleError, DataError, require
-from edgeseg.export.triton_swap import staged_swap
+from edgeseg.export.triton_swap import repository_lock, staged_swap
 from edgeseg.runtime.manifest import Manifest, read_manifest, verify_artifacts
 
 TRITON_TYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "int64": "TYPE_INT64", "uint8": "TYPE_UINT8"}
@@ -292,18 +293,21 @@ def check_repo_output(repo: str | Path, force: bool, bundle: str | Path, what: s
 
 
 @contextlib.contextmanager
-def _into_repository(repo: Path, replaced: tuple[str, ...]) -> Iterator[Path]:
+def _into_repository(repo: Path, replaced: tuple[str, ...], check: Callable[[], object]) -> Iterator[Path]:
     """Yield a staging folder for model folders. A new ``repo`` is written whole; into an
     existing one they land all or none, replacing their namesakes, and the models ``replaced``
     that were not staged (an earlier bundle's TensorRT model) are taken out
-    (edgeseg.export.triton_swap); its other models are kept."""
-    if not repo.exists():
-        with atomic_dir(repo) as tmp:
+    (edgeseg.export.triton_swap); its other models are kept. Another run on ``repo`` is waited
+    for, then ``check`` refuses what it may have changed (say, created ``repo`` meanwhile)."""
+    with repository_lock(repo, lambda note: log.warning("%s", note)):
+        check()
+        if not repo.exists():
+            with atomic_dir(repo) as tmp:
+                yield tmp
+            return
+        clean_leftovers(repo)  # staging folders of edgeseg versions that replaced models one by one
+        with staged_swap(repo, replaced) as tmp:
             yield tmp
-        return
-    clean_leftovers(repo)  # staging folders of edgeseg versions that replaced models one by one
-    with staged_swap(repo, replaced) as tmp:
-        yield tmp
 
 
 def write_triton_repo(bundle: str | Path, repo: str | Path, *, name: str = "edgeseg", precision: str = "fp32",
@@ -341,7 +345,8 @@ def write_triton_repo(bundle: str | Path, repo: str | Path, *, name: str = "edge
     engines = {a.fingerprint["compute_capability"]: a for a in manifest.artifacts
                if a.format == "tensorrt" and a.precision == precision and a.fingerprint}
     models: list[Path] = []
-    with _into_repository(repo, repo_model_names(name)) as tmp:
+    check = functools.partial(check_repo_output, repo, force, bundle, name=name)
+    with _into_repository(repo, repo_model_names(name), check) as tmp:
         if kind == "KIND_CPU":
             text = python_model_config(manifest, name, "network", batch, kind, instances, max_delay_us, runtime)
             _write_python_model(tmp, name, text, bundle, manifest, onnx, paths)

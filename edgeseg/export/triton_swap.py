@@ -21,6 +21,11 @@ model-control mode, told to load after ``edgeseg triton`` returned, cannot.
 
 A staging folder is removed only when its name matches this repository, its process is gone
 and it holds the marker naming this repository (an unmarked one is removed only when empty).
+
+Two runs into one repository never overlap: :func:`repository_lock` holds an exclusive
+``flock`` on the repository folder itself (on the nearest existing folder above it while the
+repository does not exist yet), so no file is put inside it or beside it, and the kernel drops
+the lock of a killed run. A second run waits for the first, saying so in one line.
 """
 
 from __future__ import annotations
@@ -42,6 +47,48 @@ JOURNAL = "swap.json"
 _SWAP = re.compile(r"^\.(?P<name>.+)\.triton-swap-(?P<pid>\d+)-[0-9a-f]+$")
 
 Step = Callable[[str, Path, Path], None]
+
+
+def _lock_target(repo: Path) -> Path:
+    """The folder whose lock guards ``repo``: the repository, or the nearest folder above it."""
+    folder = repo
+    while not folder.is_dir() and folder != folder.parent:
+        folder = folder.parent
+    return folder
+
+
+@contextlib.contextmanager
+def repository_lock(repo: Path, on_wait: Callable[[str], None]) -> Iterator[None]:
+    """Hold ``repo`` for this run alone (see the module), waiting for a run that holds it; ``on_wait``
+    gets the one line to show before the wait. No lock where the OS or filesystem has none."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no guard
+        yield
+        return
+    given, repo = repo, Path(repo).absolute()
+    while True:
+        folder = _lock_target(repo)
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                on_wait(f"waiting for another edgeseg triton run on {given} to finish" if folder == repo else
+                        f"waiting for another edgeseg triton run creating a repository in {folder} to finish")
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            except OSError:  # e.g. ENOLCK on a filesystem without locks: run unguarded, as before
+                pass
+            # The run waited on created the repository (or removed it): its lock is now the one to hold.
+            try:
+                same = _lock_target(repo) == folder and os.path.samestat(os.fstat(fd), os.stat(folder))
+            except FileNotFoundError:  # removed meanwhile: look again
+                same = False
+            if same:
+                yield
+                return
+        finally:
+            os.close(fd)  # releases the lock
 
 
 def _identity(path: Path) -> list[int] | None:
