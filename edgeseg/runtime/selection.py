@@ -24,6 +24,7 @@ import os
 import platform
 import re
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -226,6 +227,9 @@ def _first_loadable(bundle: Path, manifest: Manifest, order: list[Candidate], th
     raise BackendError(f"no backend could load this bundle ({'; '.join(errors) or 'none installed'})")
 
 
+_PROBES: dict[str, threading.Lock] = {}
+
+
 def _auto(bundle: Path, manifest: Manifest, available: list[Candidate], threads: int) -> Runner:
     if not available:
         skipped = [f"{c.label}: {skip_reasons(c.entry, c.runner)}" for c in candidates(manifest)]
@@ -236,21 +240,22 @@ def _auto(bundle: Path, manifest: Manifest, available: list[Candidate], threads:
     if os.environ.get("EDGESEG_BACKEND_PROBE", "1") == "0":
         return _first_loadable(bundle, manifest, available, threads, strict=False)
     key = probe_key(bundle, threads)
-    cache = _read_cache()
-    cached = cache.get(key, {}).get("choice")
-    by_label = {c.label: c for c in available}
-    if cached in by_label:
-        try:
-            runner = instantiate(bundle, manifest, by_label[cached], threads)
-            log.info("backend auto -> %s (cached probe)", cached)
-            return runner
-        except EdgesegError as exc:
-            log.warning("cached backend %s no longer loads (%s); probing again", cached, exc)
-    timings, best, runner = probe(bundle, manifest, available, threads)
-    if best is None or runner is None:
-        raise BackendError(f"no backend could load this bundle: {timings}")
-    _write_cache(key, {"choice": best.label, "p50_ms": timings,
-                       "measured": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+    # threads loading one bundle at once share one probe, so they choose alike (setdefault is atomic)
+    with _PROBES.setdefault(key, threading.Lock()):
+        cached = _read_cache().get(key, {}).get("choice")
+        by_label = {c.label: c for c in available}
+        if cached in by_label:
+            try:
+                runner = instantiate(bundle, manifest, by_label[cached], threads)
+                log.info("backend auto -> %s (cached probe)", cached)
+                return runner
+            except EdgesegError as exc:
+                log.warning("cached backend %s no longer loads (%s); probing again", cached, exc)
+        timings, best, runner = probe(bundle, manifest, available, threads)
+        if best is None or runner is None:
+            raise BackendError(f"no backend could load this bundle: {timings}")
+        _write_cache(key, {"choice": best.label, "p50_ms": timings,
+                           "measured": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
     summary = ", ".join(f"{k} {v:.1f} ms" if isinstance(v, float) else f"{k} {v}" for k, v in timings.items())
     log.info("backend auto -> %s (probe at batch 1: %s)", best.label, summary)
     return runner

@@ -246,3 +246,33 @@ def test_auto_never_runs_a_torchscript_program_and_by_name_it_runs(bundle_copy, 
     with Segmenter.load(bundle_copy, backend="torchscript") as seg:  # named, it runs: the user chose it
         seg.predict_volume(hu)
     assert marker.exists()
+
+
+def test_threads_loading_one_bundle_at_once_share_one_probe(bundle_dir, tmp_path, monkeypatch):
+    """Each thread timing the backends while the others load them could choose another backend;
+    the first probes, the others wait and take its choice from the cache."""
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from edgeseg.runtime import selection
+
+    monkeypatch.setenv("EDGESEG_CACHE_DIR", str(tmp_path / "cache"))
+    real_probe, probes, start = selection.probe, [], threading.Barrier(4)
+
+    def slow_probe(*args, **kwargs):  # the real probe, held open so that the loads overlap
+        probes.append(threading.get_ident())
+        time.sleep(0.5)
+        return real_probe(*args, **kwargs)
+
+    monkeypatch.setattr(selection, "probe", slow_probe)
+
+    def load(_):
+        start.wait(30)
+        with Segmenter.load(bundle_dir, backend="auto", threads=1) as seg:
+            return seg.backend
+
+    with ThreadPoolExecutor(4) as pool:
+        chosen = list(pool.map(load, range(4)))
+    assert len(probes) == 1, probes
+    assert len(set(chosen)) == 1, chosen
