@@ -38,7 +38,9 @@ class InputLimits:
     max_volume_bytes: int
 
 
-def _env_int(name: str, default: int) -> int:
+def env_int(name: str, default: int) -> int:
+    """The positive integer in environment variable ``name``, ``default`` where it is unset or
+    blank; anything else is a DataError naming the variable."""
     text = os.environ.get(name, "").strip()
     if not text:
         return default
@@ -53,7 +55,7 @@ def _env_int(name: str, default: int) -> int:
 
 def current_limits() -> InputLimits:
     """The limits in force: the environment's overrides, else the documented defaults."""
-    return InputLimits(_env_int(PIXELS_ENV, DEFAULT_MAX_PIXELS), _env_int(VOLUME_BYTES_ENV, DEFAULT_MAX_VOLUME_BYTES))
+    return InputLimits(env_int(PIXELS_ENV, DEFAULT_MAX_PIXELS), env_int(VOLUME_BYTES_ENV, DEFAULT_MAX_VOLUME_BYTES))
 
 
 def set_limits(max_pixels: int | None = None, max_volume_bytes: int | None = None) -> None:

@@ -14,9 +14,9 @@ single slice does not fit is refused before any work.
 
 from __future__ import annotations
 
-import os
 
 from edgeseg.errors import DataError
+from edgeseg.limits import env_int
 from edgeseg.spec import PreprocessSpec
 
 DEFAULT_GATE_MAX_BYTES = 8 << 30
@@ -30,16 +30,7 @@ BYTES_PER_PIXEL = 4 + 1
 
 def gate_max_bytes() -> int:
     """The gate's memory budget: ``EDGESEG_GATE_MAX_BYTES`` when set, else 8 GiB."""
-    text = os.environ.get(GATE_BYTES_ENV, "").strip()
-    if not text:
-        return DEFAULT_GATE_MAX_BYTES
-    try:
-        value = int(text)
-    except ValueError:
-        raise DataError(f"environment variable {GATE_BYTES_ENV} must be a positive integer, got {text!r}") from None
-    if value < 1:
-        raise DataError(f"environment variable {GATE_BYTES_ENV} must be a positive integer, got {value}")
-    return value
+    return env_int(GATE_BYTES_ENV, DEFAULT_GATE_MAX_BYTES)
 
 
 def gate_slice_bytes(spec: PreprocessSpec, num_classes: int) -> int:

@@ -77,8 +77,9 @@ def repository_lock(repo: Path, on_wait: Callable[[str], None]) -> Iterator[None
                 on_wait(f"waiting for another edgeseg triton run on {given} to finish" if folder == repo else
                         f"waiting for another edgeseg triton run creating a repository in {folder} to finish")
                 fcntl.flock(fd, fcntl.LOCK_EX)
-            except OSError:  # e.g. ENOLCK on a filesystem without locks: run unguarded, as before
-                pass
+            except OSError as exc:  # e.g. ENOLCK on a filesystem without locks: run unguarded, and say so
+                on_wait(f"cannot lock {folder} ({exc.strerror or exc}): another edgeseg triton run on it is not "
+                        "kept out")
             # The run waited on created the repository (or removed it): its lock is now the one to hold.
             try:
                 same = _lock_target(repo) == folder and os.path.samestat(os.fstat(fd), os.stat(folder))

@@ -18,8 +18,9 @@ async def _disconnected(receive) -> None:
     """Return when the client has closed its connection. The request's body has been read whole,
     so the one message left to receive is ``http.disconnect``; the ASGI server sends it when the
     connection closes (it never comes while a keep-alive client waits for its answer)."""
-    while (await receive())["type"] != "http.disconnect":
-        pass
+    message = await receive()
+    while message["type"] != "http.disconnect":
+        message = await receive()
 
 
 async def first_of(waiter: asyncio.Future, receive, timeout_s: float | None) -> Outcome:

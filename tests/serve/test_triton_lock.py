@@ -120,3 +120,24 @@ def test_a_run_without_force_that_waited_for_another_creating_the_repository_is_
     assert run.returncode == 2 and err.startswith("edgeseg: error: ") and len(err.splitlines()) == 1, err
     assert f"REPO {repo} exists; pass --force" in err
     assert _tree(repo) == _tree(old) and _beside(repo.parent) == []
+
+
+def test_a_filesystem_without_locks_runs_unguarded_and_says_so(tmp_path, monkeypatch):
+    """NFS may refuse flock on a folder (ENOLCK); the run goes on, as before the lock, but the
+    user is told that concurrent runs are not kept out rather than left to believe they are."""
+    import errno
+    import fcntl
+
+    from edgeseg.export.triton_swap import repository_lock
+
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    said = []
+    with repository_lock(repo, said.append):
+        ran = True
+    assert ran and len(said) == 1
+    assert f"cannot lock {repo}" in said[0] and "No locks available" in said[0] and "not kept out" in said[0]
