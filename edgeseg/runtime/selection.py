@@ -3,7 +3,10 @@
 ``auto`` measures every runner this machine can load on every artifact of the bundle (a short
 probe at batch 1, after warm-up) and keeps the fastest. The result is cached per machine in
 ``$EDGESEG_CACHE_DIR`` (default ``~/.cache/edgeseg``), keyed by the manifest's sha256, the host
-and the installed backend versions, so later loads pick at once. ``EDGESEG_BACKEND_PROBE=0``
+and the installed backend versions, so later loads pick at once. Processes and threads that
+need a probe at the same time take turns, whatever their bundle, and one that finds its bundle
+measured when its turn comes takes that choice (``edgeseg.runtime.probe_cache`` says why all
+bundles share the turn). ``EDGESEG_BACKEND_PROBE=0``
 skips measuring and takes the first loadable candidate in the runners' ``preference`` order. A runner
 that cannot load here (a TensorRT engine built for another GPU) is logged as a warning and
 the next candidate is tried. A runner the export gate failed on an artifact (the manifest's
@@ -20,7 +23,6 @@ from __future__ import annotations
 import logging
 import os
 import platform
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +32,7 @@ import numpy as np
 from edgeseg.errors import BackendError, EdgesegError
 from edgeseg.runtime.machine import cpu_flags
 from edgeseg.runtime.manifest import ArtifactEntry, Manifest
-from edgeseg.runtime.probe_cache import probe_key, read_cache, write_cache
+from edgeseg.runtime.probe_cache import probe_key, probe_lock, read_cache, write_cache
 from edgeseg.runtime.runners import Runner, runner_class, runners, runners_for
 from edgeseg.runtime.runners.remote import DEFAULT_TIMEOUT_S, RemoteRunner, check_remote_timeout, is_remote
 from edgeseg.runtime.runners.base import check_threads
@@ -210,9 +212,6 @@ def _first_loadable(bundle: Path, manifest: Manifest, order: list[Candidate], th
     raise BackendError(f"no backend could load this bundle ({'; '.join(errors) or 'none installed'})")
 
 
-_PROBES: dict[str, threading.Lock] = {}
-
-
 def _auto(bundle: Path, manifest: Manifest, available: list[Candidate], threads: int) -> Runner:
     if not available:
         skipped = [f"{c.label}: {skip_reasons(c.entry, c.runner)}" for c in candidates(manifest)]
@@ -223,25 +222,42 @@ def _auto(bundle: Path, manifest: Manifest, available: list[Candidate], threads:
     if os.environ.get("EDGESEG_BACKEND_PROBE", "1") == "0":
         return _first_loadable(bundle, manifest, available, threads, strict=False)
     key = probe_key(bundle, threads)
-    # threads loading one bundle at once share one probe, so they choose alike (setdefault is atomic)
-    with _PROBES.setdefault(key, threading.Lock()):
-        cached = read_cache().get(key, {}).get("choice")
-        by_label = {c.label: c for c in available}
-        if cached in by_label:
-            try:
-                runner = instantiate(bundle, manifest, by_label[cached], threads)
-                log.info("backend auto -> %s (cached probe)", cached)
+    runner, stale = _cached_choice(bundle, manifest, available, key, threads)
+    if runner is not None:
+        return runner  # a cached choice takes no lock: it never waits for another bundle's probe
+    # Threads and processes probing at once take turns (see edgeseg.runtime.probe_cache): each
+    # timing the backends while the others load and run theirs could choose another backend.
+    with probe_lock() as shared:
+        if shared:  # whoever held the lock may have measured this very bundle
+            runner, _ = _cached_choice(bundle, manifest, available, key, threads, stale)
+            if runner is not None:
                 return runner
-            except EdgesegError as exc:
-                log.warning("cached backend %s no longer loads (%s); probing again", cached, exc)
         timings, best, runner = probe(bundle, manifest, available, threads)
         if best is None or runner is None:
             raise BackendError(f"no backend could load this bundle: {timings}")
-        write_cache(key, {"choice": best.label, "p50_ms": timings,
-                          "measured": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+        if shared:
+            write_cache(key, {"choice": best.label, "p50_ms": timings,
+                              "measured": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
     summary = ", ".join(f"{k} {v:.1f} ms" if isinstance(v, float) else f"{k} {v}" for k, v in timings.items())
     log.info("backend auto -> %s (probe at batch 1: %s)", best.label, summary)
     return runner
+
+
+def _cached_choice(bundle: Path, manifest: Manifest, available: list[Candidate], key: str, threads: int,
+                   stale: str | None = None) -> tuple[Runner | None, str | None]:
+    """The cached choice's runner (None where there is no choice, or it no longer loads) and the
+    choice; ``stale``, a choice already found not to load, is not tried again."""
+    cached = read_cache().get(key, {}).get("choice")
+    by_label = {c.label: c for c in available}
+    if cached not in by_label or cached == stale:
+        return None, cached
+    try:
+        runner = instantiate(bundle, manifest, by_label[cached], threads)
+    except EdgesegError as exc:
+        log.warning("cached backend %s no longer loads (%s); probing again", cached, exc)
+        return None, cached
+    log.info("backend auto -> %s (cached probe)", cached)
+    return runner, cached
 
 
 def probe(bundle: Path, manifest: Manifest, available: list[Candidate], threads: int
