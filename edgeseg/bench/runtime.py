@@ -33,7 +33,9 @@ from edgeseg.kernels import postprocess, preprocess
 from edgeseg.runtime.manifest import read_manifest
 from edgeseg.runtime.segmenter import KERNEL_THREADS, Segmenter
 from edgeseg.runtime.runners.remote import is_remote
-from edgeseg.runtime.selection import canonical_backend, candidates, machine_signature, parse_backend
+from edgeseg.runtime.machine import installed_versions, machine_signature
+from edgeseg.runtime.probe_cache import KEY_DISTRIBUTIONS
+from edgeseg.runtime.selection import canonical_backend, candidates, parse_backend
 
 STAGES = ("decode", "preprocess", "inference", "postprocess", "end_to_end")
 PERCENTILES = (("min", 0), ("p50", 50), ("p90", 90), ("p99", 99), ("max", 100))
@@ -54,7 +56,6 @@ def software_versions() -> dict[str, str]:
     import platform
 
     from edgeseg import __version__
-    from edgeseg.runtime.selection import KEY_DISTRIBUTIONS, installed_versions
 
     return {"edgeseg": __version__, "python": platform.python_version(), "numpy": np.__version__,
             **installed_versions(KEY_DISTRIBUTIONS)}

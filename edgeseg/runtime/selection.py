@@ -3,7 +3,10 @@
 ``auto`` measures every runner this machine can load on every artifact of the bundle (a short
 probe at batch 1, after warm-up) and keeps the fastest. The result is cached per machine in
 ``$EDGESEG_CACHE_DIR`` (default ``~/.cache/edgeseg``), keyed by the manifest's sha256, the host
-and the installed backend versions, so later loads pick at once. ``EDGESEG_BACKEND_PROBE=0``
+and the installed backend versions, so later loads pick at once. Processes and threads that
+need a probe at the same time take turns, whatever their bundle, and one that finds its bundle
+measured when its turn comes takes that choice (``edgeseg.runtime.probe_cache`` says why all
+bundles share the turn). ``EDGESEG_BACKEND_PROBE=0``
 skips measuring and takes the first loadable candidate in the runners' ``preference`` order. A runner
 that cannot load here (a TensorRT engine built for another GPU) is logged as a warning and
 the next candidate is tried. A runner the export gate failed on an artifact (the manifest's
@@ -17,14 +20,9 @@ u8 x s8 pair sums saturate there, and the gate that passed them ran on the expor
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 import platform
-import re
-import sys
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +30,9 @@ from pathlib import Path
 import numpy as np
 
 from edgeseg.errors import BackendError, EdgesegError
-from edgeseg.runtime.manifest import MANIFEST_NAME, ArtifactEntry, Manifest
+from edgeseg.runtime.machine import cpu_flags
+from edgeseg.runtime.manifest import ArtifactEntry, Manifest
+from edgeseg.runtime.probe_cache import probe_key, probe_lock, read_cache, write_cache
 from edgeseg.runtime.runners import Runner, runner_class, runners, runners_for
 from edgeseg.runtime.runners.remote import DEFAULT_TIMEOUT_S, RemoteRunner, check_remote_timeout, is_remote
 from edgeseg.runtime.runners.base import check_threads
@@ -40,8 +40,6 @@ from edgeseg.runtime.runners.base import check_threads
 log = logging.getLogger(__name__)
 
 PROBE_WARMUP, PROBE_RUNS = 2, 5
-CACHE_NAME = "backend-probe.json"
-KEY_DISTRIBUTIONS = ("onnxruntime", "onnxruntime-gpu", "openvino", "tensorrt", "torch")
 
 
 @dataclass(frozen=True)
@@ -79,19 +77,6 @@ def parse_backend(text: str) -> tuple[str, str | None]:
 X86_MACHINES = ("x86_64", "amd64", "i386", "i686", "x86")
 # Instructions that add u8 x s8 products in 32 bits (no 16-bit saturation).
 VNNI_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
-
-
-def cpu_flags() -> frozenset[str] | None:
-    """The first CPU's feature flags from /proc/cpuinfo (``flags`` on x86, ``Features`` on Arm);
-    None where there is no such file."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
-            for line in fh:
-                if line.startswith(("flags", "Features")):
-                    return frozenset(line.partition(":")[2].split())
-        return frozenset()
-    except OSError:
-        return None
 
 
 def int8_saturation_risk(entry: ArtifactEntry) -> str | None:
@@ -227,9 +212,6 @@ def _first_loadable(bundle: Path, manifest: Manifest, order: list[Candidate], th
     raise BackendError(f"no backend could load this bundle ({'; '.join(errors) or 'none installed'})")
 
 
-_PROBES: dict[str, threading.Lock] = {}
-
-
 def _auto(bundle: Path, manifest: Manifest, available: list[Candidate], threads: int) -> Runner:
     if not available:
         skipped = [f"{c.label}: {skip_reasons(c.entry, c.runner)}" for c in candidates(manifest)]
@@ -240,25 +222,42 @@ def _auto(bundle: Path, manifest: Manifest, available: list[Candidate], threads:
     if os.environ.get("EDGESEG_BACKEND_PROBE", "1") == "0":
         return _first_loadable(bundle, manifest, available, threads, strict=False)
     key = probe_key(bundle, threads)
-    # threads loading one bundle at once share one probe, so they choose alike (setdefault is atomic)
-    with _PROBES.setdefault(key, threading.Lock()):
-        cached = _read_cache().get(key, {}).get("choice")
-        by_label = {c.label: c for c in available}
-        if cached in by_label:
-            try:
-                runner = instantiate(bundle, manifest, by_label[cached], threads)
-                log.info("backend auto -> %s (cached probe)", cached)
+    runner, stale = _cached_choice(bundle, manifest, available, key, threads)
+    if runner is not None:
+        return runner  # a cached choice takes no lock: it never waits for another bundle's probe
+    # Threads and processes probing at once take turns (see edgeseg.runtime.probe_cache): each
+    # timing the backends while the others load and run theirs could choose another backend.
+    with probe_lock() as shared:
+        if shared:  # whoever held the lock may have measured this very bundle
+            runner, _ = _cached_choice(bundle, manifest, available, key, threads, stale)
+            if runner is not None:
                 return runner
-            except EdgesegError as exc:
-                log.warning("cached backend %s no longer loads (%s); probing again", cached, exc)
         timings, best, runner = probe(bundle, manifest, available, threads)
         if best is None or runner is None:
             raise BackendError(f"no backend could load this bundle: {timings}")
-        _write_cache(key, {"choice": best.label, "p50_ms": timings,
-                           "measured": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+        if shared:
+            write_cache(key, {"choice": best.label, "p50_ms": timings,
+                              "measured": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
     summary = ", ".join(f"{k} {v:.1f} ms" if isinstance(v, float) else f"{k} {v}" for k, v in timings.items())
     log.info("backend auto -> %s (probe at batch 1: %s)", best.label, summary)
     return runner
+
+
+def _cached_choice(bundle: Path, manifest: Manifest, available: list[Candidate], key: str, threads: int,
+                   stale: str | None = None) -> tuple[Runner | None, str | None]:
+    """The cached choice's runner (None where there is no choice, or it no longer loads) and the
+    choice; ``stale``, a choice already found not to load, is not tried again."""
+    cached = read_cache().get(key, {}).get("choice")
+    by_label = {c.label: c for c in available}
+    if cached not in by_label or cached == stale:
+        return None, cached
+    try:
+        runner = instantiate(bundle, manifest, by_label[cached], threads)
+    except EdgesegError as exc:
+        log.warning("cached backend %s no longer loads (%s); probing again", cached, exc)
+        return None, cached
+    log.info("backend auto -> %s (cached probe)", cached)
+    return runner, cached
 
 
 def probe(bundle: Path, manifest: Manifest, available: list[Candidate], threads: int
@@ -290,110 +289,3 @@ def probe(bundle: Path, manifest: Manifest, available: list[Candidate], threads:
         else:
             runner.close()
     return timings, best, best_runner
-
-
-def probe_key(bundle: Path, threads: int) -> str:
-    """Cache key: the manifest's sha256, the host, the thread count and the backend versions."""
-    manifest_sha = hashlib.sha256((bundle / MANIFEST_NAME).read_bytes()).hexdigest()[:16]
-    found = installed_versions(KEY_DISTRIBUTIONS)
-    versions = [f"{dist}={found.get(dist, 'absent')}" for dist in KEY_DISTRIBUTIONS]
-    host = f"{platform.node()}|{platform.machine()}|{os.cpu_count()}|{cpu_model()}"
-    return f"{manifest_sha}|{host}|threads={threads}|{','.join(versions)}"
-
-
-def cpu_model() -> str:
-    """The CPU's model name: the first ``model name`` of /proc/cpuinfo ("" where it has none,
-    as on ARM), else (no /proc) ``platform.processor()``. On Linux that would run ``uname -p``
-    in a child process, a few ms of every cold start, and mostly say only ``x86_64``."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
-            for line in fh:  # stops at the first CPU's entry
-                if line.startswith("model name"):
-                    return line.partition(":")[2].strip()
-        return ""
-    except OSError:
-        return platform.processor()
-
-
-# CPU features that change how fast a bundle runs here (vector width, INT8 and bf16 dot products):
-# x86 flags, and the Arm ones of /proc/cpuinfo's Features line (asimddp: INT8 dot products).
-SPEED_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8",
-               "asimd", "asimddp", "sve", "i8mm", "bf16")
-
-
-def machine_signature() -> str:
-    """What a latency figure depends on besides load: CPU model, logical CPUs and the speed-relevant
-    instruction sets, e.g. ``AMD EPYC | 2 cpus | avx2``. Figures with different signatures are not
-    comparable (the same model name can hide different generations; the flags tell them apart)."""
-    flags = cpu_flags() or frozenset()
-    isa = ",".join(f for f in SPEED_FLAGS if f in flags) or "-"
-    try:
-        cpus = len(os.sched_getaffinity(0))  # the CPUs this process may run on (taskset, containers)
-    except (AttributeError, OSError):
-        cpus = os.cpu_count()
-    return f"{cpu_model() or platform.machine()} | {cpus} cpus | {isa}"
-
-
-def _normalized(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
-
-
-def installed_versions(names: tuple[str, ...]) -> dict[str, str]:
-    """Distribution name -> installed version, for those of ``names`` installed (as wheels do:
-    a ``NAME-VERSION.dist-info`` folder on ``sys.path``; the first one wins, as for
-    ``importlib.metadata.version``). Read from the folder names: importlib.metadata itself
-    imports email, csv and zipfile, tens of ms of every cold start that reads the probe cache."""
-    wanted = {_normalized(n): n for n in names}
-    found: dict[str, str] = {}
-    for folder in sys.path:
-        try:
-            entries = os.scandir(folder or ".")
-        except OSError:  # a zip file, or a folder that is gone
-            continue
-        with entries:
-            for entry in entries:
-                stem, dot, ext = entry.name.rpartition(".")
-                if ext not in ("dist-info", "egg-info") or not dot:
-                    continue
-                name, _, version = stem.partition("-")
-                version = version.partition("-")[0]  # an egg-info's NAME-VERSION-pyX.Y
-                key = _normalized(name)
-                if key in wanted and wanted[key] not in found and version:
-                    found[wanted[key]] = version
-    return found
-
-
-def cache_path() -> Path:
-    """Where the probe results live: ``$EDGESEG_CACHE_DIR`` or the user cache folder."""
-    root = os.environ.get("EDGESEG_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "edgeseg")
-    return Path(root) / CACHE_NAME
-
-
-def _read_cache() -> dict:
-    path = cache_path()
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}  # no cache yet, or a damaged one: measure again
-    return data if isinstance(data, dict) else {}
-
-
-def _write_cache(key: str, entry: dict) -> None:
-    """Record one probe: the cache is read again and written whole under a lock, so processes
-    probing other bundles at the same time (a sweep's points, parallel tests) keep each other's
-    entries rather than the last writer's copy alone."""
-    import fcntl
-
-    from edgeseg.atomic import atomic_write_text  # only when probing: it imports tempfile, secrets
-
-    path = cache_path()
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path.with_name(path.name + ".lock"), "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            cache = _read_cache()
-            cache[key] = entry
-            atomic_write_text(path, json.dumps(cache, indent=1) + "\n")
-    except OSError as exc:  # a read-only home must not stop inference
-        log.warning("cannot write the backend probe cache %s: %s", path, exc)

@@ -189,7 +189,7 @@ def memory_format_for(cfg: TrainConfig, model, model_config: ModelConfig, device
     """The memory format to train in (train/memory_format.py), decided by rank 0 and the same on
     every process: ``cfg.memory_format``, or with "auto" the resumed checkpoint's when it was
     trained on this machine, else rank 0's probe. The record names the machine, for a resume."""
-    from edgeseg.runtime.selection import machine_signature
+    from edgeseg.runtime.machine import machine_signature
 
     machine, record = machine_signature(), {"requested": cfg.memory_format, "chosen": "channels-last"}
     if place.is_main:

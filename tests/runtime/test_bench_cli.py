@@ -47,7 +47,7 @@ def test_bench_reports_every_stage_throughput_and_cold_start(bundle_dir, tmp_pat
         assert volume["pipelined_slices_per_s"] > 0 and volume["model_only_slices_per_s"] > 0
         assert 0 < r["cold_start"]["seconds"] < 60 and r["cold_start"]["peak_rss_mb"] > 10
     assert "onnxruntime:int8" in result.output and "end_to_end" in result.output
-    from edgeseg.runtime.selection import machine_signature
+    from edgeseg.runtime.machine import machine_signature
 
     assert {r["machine"] for r in results} == {machine_signature()}  # comparable with figures of this CPU only
     assert f"measured on: {machine_signature()}" in result.output

@@ -23,7 +23,8 @@ import pytest
 
 from edgeseg.runtime.manifest import read_manifest
 from edgeseg.runtime.runners.onnxruntime import _GPU_PROVIDERS, OnnxRuntimeRunner, gpu_provider_library_installed
-from edgeseg.runtime.selection import CACHE_NAME, KEY_DISTRIBUTIONS, installed_versions, probe_key
+from edgeseg.runtime.machine import installed_versions
+from edgeseg.runtime.probe_cache import CACHE_NAME, KEY_DISTRIBUTIONS, probe_key
 
 ROOT = Path(__file__).resolve().parents[2]
 # Modules the path to a first mask on OpenVINO must not import (each was imported before).

@@ -16,7 +16,7 @@ from edgeseg.runtime import Segmenter
 from edgeseg.runtime.manifest import read_manifest
 from edgeseg.runtime.postprocess_options import PostprocessOptions
 from edgeseg.runtime.runners.tensorrt import fingerprint_mismatch
-from edgeseg.runtime.selection import cache_path
+from edgeseg.runtime.probe_cache import cache_path
 
 
 def oracle_labels(bundle_dir, hu: np.ndarray, spacing=None) -> np.ndarray:

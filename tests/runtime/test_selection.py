@@ -166,7 +166,7 @@ def test_cpu_flags_are_read_from_proc_cpuinfo():
     import platform
     from pathlib import Path
 
-    from edgeseg.runtime.selection import cpu_flags
+    from edgeseg.runtime.machine import cpu_flags
 
     if not Path("/proc/cpuinfo").is_file() or platform.machine() != "x86_64":
         pytest.skip("needs Linux /proc/cpuinfo on x86_64")
@@ -174,10 +174,10 @@ def test_cpu_flags_are_read_from_proc_cpuinfo():
 
 
 def _record_probes(start: int) -> None:
-    from edgeseg.runtime.selection import _write_cache
+    from edgeseg.runtime.probe_cache import write_cache
 
     for k in range(start, start + 25):
-        _write_cache(f"bundle-{k}", {"choice": "onnxruntime:fp32", "p50_ms": {"onnxruntime:fp32": float(k)}})
+        write_cache(f"bundle-{k}", {"choice": "onnxruntime:fp32", "p50_ms": {"onnxruntime:fp32": float(k)}})
 
 
 def test_processes_probing_at_once_keep_each_others_cache_entries(tmp_path, monkeypatch):
@@ -185,7 +185,7 @@ def test_processes_probing_at_once_keep_each_others_cache_entries(tmp_path, monk
     is added to the cache, not written over the others' by a copy read before them."""
     import multiprocessing
 
-    from edgeseg.runtime.selection import cache_path
+    from edgeseg.runtime.probe_cache import cache_path
 
     monkeypatch.setenv("EDGESEG_CACHE_DIR", str(tmp_path / "cache"))
     ctx = multiprocessing.get_context("spawn")

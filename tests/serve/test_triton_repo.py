@@ -213,7 +213,8 @@ class _Lines(logging.Handler):
 
 def test_a_tensorrt_scheme_int8_graph_on_the_cpu_warns_where_the_cpu_lacks_vnni(serve_bundle, tmp_path):
     from edgeseg.export.triton import log, write_triton_repo
-    from edgeseg.runtime.selection import VNNI_FLAGS, X86_MACHINES, cpu_flags
+    from edgeseg.runtime.machine import cpu_flags
+    from edgeseg.runtime.selection import VNNI_FLAGS, X86_MACHINES
 
     bundle = tmp_path / "bundle"
     shutil.copytree(serve_bundle, bundle)

@@ -51,7 +51,7 @@ def test_latencies_from_different_machines_are_not_compared(tmp_path):
 
 
 def test_machine_signature_names_the_cpu_its_count_and_speed_flags():
-    from edgeseg.runtime.selection import SPEED_FLAGS, machine_signature
+    from edgeseg.runtime.machine import SPEED_FLAGS, machine_signature
 
     info = Path("/proc/cpuinfo").read_text().splitlines()
     model = next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), None)

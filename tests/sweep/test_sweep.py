@@ -38,7 +38,7 @@ def _kill_after_first_point(sweep_file, out, first, timeout_s=600.0):
 
 def test_sweep_resumes_after_a_kill_and_writes_the_reports(tmp_path):
     from edgeseg.cli.train import command as train_command
-    from edgeseg.runtime.selection import machine_signature
+    from edgeseg.runtime.machine import machine_signature
 
     (tmp_path / "sweep.toml").write_text(SWEEP)
     out = tmp_path / "out"

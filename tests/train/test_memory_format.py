@@ -15,7 +15,7 @@ from edgeseg.models.checkpoint import read_checkpoint
 from edgeseg.train.config import TrainConfig
 from edgeseg.train.loop import train
 from edgeseg.errors import EdgesegError
-from edgeseg.runtime.selection import machine_signature
+from edgeseg.runtime.machine import machine_signature
 from edgeseg.train import memory_format
 from edgeseg.train.memory_format import MARGIN, pick_format, probe_memory_format
 

@@ -1,0 +1,147 @@
+"""The backend probe's record on disk: where ``auto``'s choices are kept, under which key, and
+the lock that makes processes share one probe.
+
+``$EDGESEG_CACHE_DIR/backend-probe.json`` (default ``~/.cache/edgeseg``) maps a key (the
+manifest's sha256, the host, the thread count, the backend versions) to the chosen backend and
+the timings it was chosen on. Reading it takes no lock: it is replaced whole (atomic rename).
+
+Probing takes ``backend-probing.lock`` in the same folder (``flock``, which the kernel drops when
+its holder exits, killed or not), from checking the cache to recording the choice. A process
+that needs a probe while another measures waits, then takes that choice from the cache if it
+was for its key: several server processes, Triton instances or parallel jobs starting on one
+bundle measure once and run the same backend. The lock is one for all bundles, not one per
+key: a probe compares latencies of a few ms, and another process probing another bundle on the
+same CPUs at the same time would slow some of its candidates and not others, and the skewed
+choice stays cached for as long as the bundle and libraries do. Waiting costs the length of
+the probes ahead (seconds; more for large models on many backends), once per bundle and
+machine; a process whose choice is cached never waits. Where the folder
+cannot be written (a read-only home) the probe runs unshared and unrecorded, with one warning.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import platform
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+from edgeseg.runtime.machine import cpu_model, installed_versions
+from edgeseg.runtime.manifest import MANIFEST_NAME
+
+log = logging.getLogger(__name__)
+
+CACHE_NAME = "backend-probe.json"
+PROBE_LOCK_NAME = "backend-probing.lock"
+KEY_DISTRIBUTIONS = ("onnxruntime", "onnxruntime-gpu", "openvino", "tensorrt", "torch")
+
+
+def probe_key(bundle: Path, threads: int) -> str:
+    """Cache key: the manifest's sha256, the host, the thread count and the backend versions."""
+    manifest_sha = hashlib.sha256((bundle / MANIFEST_NAME).read_bytes()).hexdigest()[:16]
+    found = installed_versions(KEY_DISTRIBUTIONS)
+    versions = [f"{dist}={found.get(dist, 'absent')}" for dist in KEY_DISTRIBUTIONS]
+    host = f"{platform.node()}|{platform.machine()}|{os.cpu_count()}|{cpu_model()}"
+    return f"{manifest_sha}|{host}|threads={threads}|{','.join(versions)}"
+
+
+def cache_path() -> Path:
+    """Where the probe results live: ``$EDGESEG_CACHE_DIR`` or the user cache folder."""
+    root = os.environ.get("EDGESEG_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "edgeseg")
+    return Path(root) / CACHE_NAME
+
+
+def read_cache() -> dict:
+    """Every recorded probe, by key; empty where there is no cache yet or a damaged one."""
+    path = cache_path()
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}  # no cache yet, or a damaged one: measure again
+    return data if isinstance(data, dict) else {}
+
+
+def write_cache(key: str, entry: dict) -> None:
+    """Record one probe: the cache is read again and written whole under a lock, so processes
+    probing other bundles at the same time (a sweep's points, parallel tests) keep each other's
+    entries rather than the last writer's copy alone."""
+    import fcntl
+
+    from edgeseg.atomic import atomic_write_text  # only when probing: it imports tempfile, secrets
+
+    path = cache_path()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path.with_name(path.name + ".lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            cache = read_cache()
+            cache[key] = entry
+            atomic_write_text(path, json.dumps(cache, indent=1) + "\n")
+    except OSError as exc:  # a read-only home must not stop inference
+        log.warning("cannot write the backend probe cache %s: %s", path, exc)
+
+
+# flock is per open file, so threads of one process would exclude each other through it too; the
+# thread lock makes them take turns also where the file lock cannot be had.
+_PROBING = threading.Lock()
+# The descriptor holding the file lock while this process probes. A child forked meanwhile
+# shares its open file, and so the lock, for as long as it keeps a copy: it closes its copy at
+# once, or every other process's probe would wait for that child to exit.
+_held: list[int] = []
+
+
+@contextlib.contextmanager
+def probe_lock() -> Iterator[bool]:
+    """Held while this process probes: the machine's one probe at a time (see the module's
+    docstring). Yields True when held, so the cache is worth reading again and the choice worth
+    recording; False where the cache folder cannot be written or locked (one warning), and
+    the probe then takes turns with this process's threads only."""
+    with _PROBING:
+        fd = _acquire(cache_path().with_name(PROBE_LOCK_NAME))
+        if fd is not None:
+            _held.append(fd)
+        try:
+            yield fd is not None
+        finally:
+            if fd in _held:  # not after a fork: the child closed its copy then
+                _held.remove(fd)
+                os.close(fd)  # the last copy closed drops the flock
+
+
+def _acquire(path: Path) -> int | None:
+    import fcntl
+
+    fd = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # read-only: a lock file another user created in a shared cache folder still opens
+        fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("another process is probing backends on this machine (%s); waiting for it", path)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        return fd
+    except OSError as exc:  # a read-only home, a filesystem without flock (ENOLCK)
+        if fd is not None:
+            os.close(fd)
+        log.warning("cannot use the backend probe cache in %s (%s); probing without sharing the "
+                    "measurement with other processes or recording the choice", path.parent, exc)
+        return None
+
+
+def _forget_inherited_lock() -> None:
+    global _PROBING
+    for fd in _held:
+        os.close(fd)
+    _held.clear()
+    _PROBING = threading.Lock()  # the thread that held it was not copied into this process
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows, which has no fork (nor fcntl)
+    os.register_at_fork(after_in_child=_forget_inherited_lock)
