@@ -22,43 +22,10 @@ from edgeseg.errors import SpecError
 from edgeseg.export.onnx_export import LABELS_KEY, SPEC_KEY
 from edgeseg.export.torchscript import LABELS_FILE, SPEC_FILE
 from edgeseg.runtime.manifest import Manifest
+from edgeseg.runtime.onnx_form import fields as _fields
 from edgeseg.spec import PreprocessSpec
 
 METADATA_PROPS = 14  # ModelProto.metadata_props (onnx.proto)
-
-
-def _varint(data: memoryview, pos: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        if pos >= len(data) or shift > 63:
-            raise ValueError("a truncated or overlong varint")
-        byte = data[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return value, pos
-        shift += 7
-
-
-def _fields(data: memoryview):
-    """(field number, value) of each field of a protobuf message; length-delimited values as views."""
-    pos = 0
-    while pos < len(data):
-        key, pos = _varint(data, pos)
-        number, wire = key >> 3, key & 7
-        if wire == 0:
-            value, pos = _varint(data, pos)
-        elif wire in (1, 5):
-            width = 8 if wire == 1 else 4
-            value, pos = data[pos:pos + width], pos + width
-        elif wire == 2:
-            length, pos = _varint(data, pos)
-            value, pos = data[pos:pos + length], pos + length
-        else:
-            raise ValueError(f"wire type {wire} in field {number}")
-        if pos > len(data):
-            raise ValueError(f"field {number} runs past the end of the file")
-        yield number, value
 
 
 def onnx_metadata(path: str | Path) -> dict[str, str]:
