@@ -26,6 +26,8 @@ from edgeseg.runtime.onnx_form import fields as _fields
 from edgeseg.spec import PreprocessSpec
 
 METADATA_PROPS = 14  # ModelProto.metadata_props (onnx.proto)
+# a spec is a few hundred bytes and 256 labels a few kB; more is no export's
+MAX_EXTRA_BYTES = 1 << 20
 
 
 def onnx_metadata(path: str | Path) -> dict[str, str]:
@@ -41,10 +43,20 @@ def onnx_metadata(path: str | Path) -> dict[str, str]:
 
 
 def torchscript_extra(path: str | Path) -> dict[str, str]:
-    """The extra files of a TorchScript archive (``<name>/extra/<file>``) as text, read without torch."""
+    """The spec and labels extra files of a TorchScript archive (``<name>/extra/<file>``) as text,
+    read without torch; ValueError for one that inflates past :data:`MAX_EXTRA_BYTES`."""
+    found = {}
     with zipfile.ZipFile(path) as archive:
-        return {Path(n).name: archive.read(n).decode("utf-8") for n in archive.namelist()
-                if n.count("/") == 2 and n.split("/")[1] == "extra"}
+        for name in archive.namelist():
+            parts = name.split("/")
+            if len(parts) != 3 or parts[1] != "extra" or parts[2] not in (SPEC_FILE, LABELS_FILE):
+                continue  # other members are not read: a few kB of deflate inflates to gigabytes
+            with archive.open(name) as member:
+                data = member.read(MAX_EXTRA_BYTES + 1)  # the header's size may lie; the stream cannot
+            if len(data) > MAX_EXTRA_BYTES:
+                raise ValueError(f"{name} inflates to more than {MAX_EXTRA_BYTES} bytes")
+            found[parts[2]] = data.decode("utf-8")
+    return found
 
 
 def embedded(path: Path, fmt: str) -> tuple[str, str] | None:
@@ -99,7 +111,7 @@ def _compare(file: str, manifest: Manifest, spec_json: str, labels_json: str) ->
         problems.append(f"{file}: its embedded spec is not readable ({exc})")
     try:
         labels = {int(k): v for k, v in json.loads(labels_json).items()}
-    except (ValueError, TypeError, AttributeError):
+    except (ValueError, TypeError, AttributeError, RecursionError):
         return [*problems, f"{file}: its embedded labels are not readable"]
     if labels != manifest.labels:
         problems.append(f"manifest labels {_text(manifest.labels)} differ from the labels {file} embeds: {_text(labels)}")
