@@ -197,6 +197,8 @@ class PreprocessSpec:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
             raise SpecError(f"PreprocessSpec is not valid JSON: {exc}") from None
+        except RecursionError:  # '[[[[...' nests deeper than the parser recurses
+            raise SpecError("PreprocessSpec is not valid JSON: nested too deeply") from None
         return cls.from_dict(data)
 
 

@@ -68,7 +68,7 @@ def describe_bundle(bundle: str) -> tuple[str, list[str]]:
         try:
             parity = json.loads(read_bundle_json_bytes(parity_path).decode("utf-8"))
             table = parity_table(parity) if isinstance(parity, dict) and "results" in parity else None
-        except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
+        except (OSError, ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
             raise BundleError(f"{parity_path}: not a readable parity report ({' '.join(str(exc).split())})") from None
         if table is None:
             failed.append(f"{PARITY_NAME} holds no parity results")

@@ -22,43 +22,12 @@ from edgeseg.errors import SpecError
 from edgeseg.export.onnx_export import LABELS_KEY, SPEC_KEY
 from edgeseg.export.torchscript import LABELS_FILE, SPEC_FILE
 from edgeseg.runtime.manifest import Manifest
+from edgeseg.runtime.onnx_form import fields as _fields
 from edgeseg.spec import PreprocessSpec
 
 METADATA_PROPS = 14  # ModelProto.metadata_props (onnx.proto)
-
-
-def _varint(data: memoryview, pos: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        if pos >= len(data) or shift > 63:
-            raise ValueError("a truncated or overlong varint")
-        byte = data[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return value, pos
-        shift += 7
-
-
-def _fields(data: memoryview):
-    """(field number, value) of each field of a protobuf message; length-delimited values as views."""
-    pos = 0
-    while pos < len(data):
-        key, pos = _varint(data, pos)
-        number, wire = key >> 3, key & 7
-        if wire == 0:
-            value, pos = _varint(data, pos)
-        elif wire in (1, 5):
-            width = 8 if wire == 1 else 4
-            value, pos = data[pos:pos + width], pos + width
-        elif wire == 2:
-            length, pos = _varint(data, pos)
-            value, pos = data[pos:pos + length], pos + length
-        else:
-            raise ValueError(f"wire type {wire} in field {number}")
-        if pos > len(data):
-            raise ValueError(f"field {number} runs past the end of the file")
-        yield number, value
+# a spec is a few hundred bytes and 256 labels a few kB; more is no export's
+MAX_EXTRA_BYTES = 1 << 20
 
 
 def onnx_metadata(path: str | Path) -> dict[str, str]:
@@ -74,10 +43,20 @@ def onnx_metadata(path: str | Path) -> dict[str, str]:
 
 
 def torchscript_extra(path: str | Path) -> dict[str, str]:
-    """The extra files of a TorchScript archive (``<name>/extra/<file>``) as text, read without torch."""
+    """The spec and labels extra files of a TorchScript archive (``<name>/extra/<file>``) as text,
+    read without torch; ValueError for one that inflates past :data:`MAX_EXTRA_BYTES`."""
+    found = {}
     with zipfile.ZipFile(path) as archive:
-        return {Path(n).name: archive.read(n).decode("utf-8") for n in archive.namelist()
-                if n.count("/") == 2 and n.split("/")[1] == "extra"}
+        for name in archive.namelist():
+            parts = name.split("/")
+            if len(parts) != 3 or parts[1] != "extra" or parts[2] not in (SPEC_FILE, LABELS_FILE):
+                continue  # other members are not read: a few kB of deflate inflates to gigabytes
+            with archive.open(name) as member:
+                data = member.read(MAX_EXTRA_BYTES + 1)  # the header's size may lie; the stream cannot
+            if len(data) > MAX_EXTRA_BYTES:
+                raise ValueError(f"{name} inflates to more than {MAX_EXTRA_BYTES} bytes")
+            found[parts[2]] = data.decode("utf-8")
+    return found
 
 
 def embedded(path: Path, fmt: str) -> tuple[str, str] | None:
@@ -132,7 +111,7 @@ def _compare(file: str, manifest: Manifest, spec_json: str, labels_json: str) ->
         problems.append(f"{file}: its embedded spec is not readable ({exc})")
     try:
         labels = {int(k): v for k, v in json.loads(labels_json).items()}
-    except (ValueError, TypeError, AttributeError):
+    except (ValueError, TypeError, AttributeError, RecursionError):
         return [*problems, f"{file}: its embedded labels are not readable"]
     if labels != manifest.labels:
         problems.append(f"manifest labels {_text(manifest.labels)} differ from the labels {file} embeds: {_text(labels)}")

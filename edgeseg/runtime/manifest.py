@@ -24,7 +24,8 @@ Layout of ``manifest.json`` (schema 1)::
 ``-1`` in a shape is the dynamic batch axis. ``resize_input`` (default true) false means the
 runtime refuses slices whose size differs from the spec's instead of resizing them. Readers refuse a newer schema, unknown formats and
 precisions no runner
-loads (the Runner classes say which, see ``edgeseg.runtime.runners``), and (``verify_artifacts``) missing files or files whose sha256 differs.
+loads (the Runner classes say which, see ``edgeseg.runtime.runners``), and (``verify_artifacts``) missing files, files whose sha256 differs,
+and ONNX graphs that keep a tensor in another file, which no sha256 covers.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeseg.errors import BundleError, SpecError
+from edgeseg.runtime.onnx_form import check_self_contained
 from edgeseg.spec import PreprocessSpec
 
 SCHEMA_VERSION = 1
@@ -383,3 +385,5 @@ def verify_artifacts(bundle: str | Path, manifest: Manifest, only: list[Artifact
         digest = sha256_file(path)
         if digest != entry.sha256:
             raise BundleError(f"bundle {folder}: sha256 of {entry.file} is {digest[:12]}..., manifest says {entry.sha256[:12]}... (tampered)")
+        if entry.format == "onnx":
+            check_self_contained(path, f"bundle {folder}: {entry.file}")

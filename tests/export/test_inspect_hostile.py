@@ -1,0 +1,67 @@
+"""``edgeseg inspect`` is what one runs on a bundle from elsewhere before trusting it, so a hostile
+one gets the same one-line refusal as any bad input: JSON nested deeper than Python's parser
+recurses, and a TorchScript archive whose embedded spec inflates to gigabytes, are named, never a
+traceback or an allocation of what the archive claims."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+import zipfile
+
+import pytest
+
+DEEP = "[" * 100_000 + "]" * 100_000
+
+
+def inspect(bundle):
+    return subprocess.run([sys.executable, "-m", "edgeseg.cli", "inspect", str(bundle)], capture_output=True, text=True,
+                          timeout=300)
+
+
+@pytest.fixture
+def copy(exported_bundle, tmp_path):
+    return shutil.copytree(exported_bundle, tmp_path / "bundle")
+
+
+def replace_extra(bundle, name: str, data: bytes) -> None:
+    """Put ``data`` (deflated) as ``model.ts``'s extra file ``name``, the manifest's sha256 and
+    size recorded for the new archive."""
+    path = bundle / "model.ts"
+    with zipfile.ZipFile(path) as old:
+        members = [(info, old.read(info)) for info in old.infolist()]
+    with zipfile.ZipFile(path, "w") as new:
+        for info, content in members:
+            if info.filename.endswith(f"/extra/{name}"):
+                info.compress_type, content = zipfile.ZIP_DEFLATED, data
+            new.writestr(info, content)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    entry = next(a for a in manifest["artifacts"] if a["file"] == "model.ts")
+    entry.update(sha256=hashlib.sha256(path.read_bytes()).hexdigest(), bytes=path.stat().st_size)
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_a_parity_report_nested_too_deeply_is_one_line(copy, assert_one_line_error):
+    (copy / "parity.json").write_text(DEEP)
+    assert_one_line_error(inspect(copy), "parity.json: not a readable parity report")
+
+
+@pytest.mark.parametrize(("name", "message"), [("spec.json", "model.ts: its embedded spec is not readable"),
+                                               ("labels.json", "model.ts: its embedded labels are not readable")])
+def test_embedded_json_nested_too_deeply_is_a_failed_check(copy, assert_one_line_error, name, message):
+    replace_extra(copy, name, DEEP.encode())
+    proc = inspect(copy)
+    assert_one_line_error(proc, message)
+
+
+def test_an_embedded_spec_that_inflates_past_the_limit_is_refused_unread(copy, assert_one_line_error):
+    from edgeseg.export.embedded import MAX_EXTRA_BYTES
+
+    replace_extra(copy, "spec.json", b" " * (8 * MAX_EXTRA_BYTES))  # deflates to a few kB
+    assert (copy / "model.ts").stat().st_size < 2 * MAX_EXTRA_BYTES
+    proc = inspect(copy)
+    assert_one_line_error(proc, f"model.ts: its embedded spec and labels cannot be read (archive/extra/spec.json "
+                                f"inflates to more than {MAX_EXTRA_BYTES} bytes)")
