@@ -152,7 +152,9 @@ def bench_backend(bundle: str | Path, backend: str, *, batches: tuple[int, ...] 
                   "versions": software_versions(),
                   "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                   # what the figures were measured with, so a JSON alone says how to repeat it
-                  "runs": runs, "warmup": warmup, "threads": threads, "batches": {}}
+                  "runs": runs, "warmup": warmup, "threads": threads,
+                  # the count the backend computed with (what --threads 0 left to it); null where it cannot say
+                  "threads_used": seg.runner.threads_used, "batches": {}}
         for b in batches:
             batch_in = preprocess(hu[:b], spec)
             logits = seg.infer(batch_in)
