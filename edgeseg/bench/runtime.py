@@ -82,8 +82,12 @@ def ct_slices(count: int, size: int, seed: int = 0) -> np.ndarray:
     return np.ascontiguousarray(np.rint(volume.hu[order]).astype(np.int16))
 
 
-def time_interleaved(fns: dict[str, Callable[[], object]], runs: int, warmup: int) -> dict[str, list[float]]:
-    """Seconds per call of each function, called in turn (a, b, c, a, b, c, ...).
+def time_interleaved(fns: dict[str, Callable[[], object]], runs: int, warmup: int,
+                     seconds: float | None = None) -> dict[str, list[float]]:
+    """Seconds per call of each function, called in turn (a, b, c, a, b, c, ...): ``runs``
+    rounds after ``warmup`` untimed ones; with ``seconds``, rounds until at least that long has
+    passed since the first timed one (at least one), but still at most ``runs`` (functions of
+    microseconds would otherwise fill memory with timings).
 
     Taking turns exposes every stage to the same clock speed, cache state and neighbours, so
     ratios between stages (end to end over model only) do not pick up drift between two blocks
@@ -93,7 +97,10 @@ def time_interleaved(fns: dict[str, Callable[[], object]], runs: int, warmup: in
         for fn in fns.values():
             fn()
     samples: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(runs):
+    deadline = None if seconds is None else time.perf_counter() + seconds
+    rounds = 0
+    while rounds < runs and (deadline is None or rounds == 0 or time.perf_counter() < deadline):
+        rounds += 1
         for name, fn in fns.items():
             start = time.perf_counter()
             fn()
@@ -139,10 +146,12 @@ def _decode(data: bytes) -> np.ndarray:
 
 def bench_backend(bundle: str | Path, backend: str, *, batches: tuple[int, ...] = (1, 8), size: int = 512,
                   runs: int = 30, warmup: int = 5, volume_slices: int = VOLUME_SLICES, threads: int = 0,
-                  tta: str = "none") -> dict:
+                  tta: str = "none", duration: float | None = None) -> dict:
     """All stage timings and the volume throughput of one backend (see the module docstring).
     With test-time mirroring ``tta``, end to end and the volume's pipelined throughput include
-    its extra network passes; ``inference`` and ``model-only`` stay one pass."""
+    its extra network passes; ``inference`` and ``model-only`` stay one pass. ``duration``:
+    seconds each batch size's rounds, and the volume's, run for at least, with ``runs`` their
+    most (each batch records the rounds it ran)."""
     with Segmenter.load(bundle, backend=backend, threads=threads, tta=tta) as seg:
         spec, n_max = seg.spec, seg.manifest.max_batch
         batches = tuple(b for b in batches if b <= n_max) or (1,)
@@ -153,7 +162,9 @@ def bench_backend(bundle: str | Path, backend: str, *, batches: tuple[int, ...] 
                   "versions": software_versions(),
                   "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                   # what the figures were measured with, so a JSON alone says how to repeat it
-                  "runs": runs, "warmup": warmup, "threads": threads, "batches": {}}
+                  "runs": None if duration else runs, "duration": duration, "warmup": warmup, "threads": threads,
+                  # the count the backend computed with (what --threads 0 left to it); null where it cannot say
+                  "threads_used": seg.runner.threads_used, "batches": {}}
         for b in batches:
             batch_in = preprocess(hu[:b], spec)
             logits = seg.infer(batch_in)
@@ -167,8 +178,9 @@ def bench_backend(bundle: str | Path, backend: str, *, batches: tuple[int, ...] 
                 # removes 3-D components by mL needs (others ignore it)
                 "end_to_end": (lambda: seg.predict(hu[0])) if b == 1
                               else (lambda: seg.predict_volume(hu[:b], batch_size=b, spacing=PHANTOM_SPACING)),
-            }, runs, warmup)
+            }, runs, warmup, duration)
             stats = {name: latency_stats(samples) for name, samples in stages.items()}
+            stats["runs"] = len(stages["inference"])
             # Per round, end to end over model only: the two ran back to back, so drift cancels.
             per_round = np.asarray(stages["end_to_end"]) / np.asarray(stages["inference"])
             stats["end_to_end_over_model"] = {"p50": round(float(np.median(per_round)), 3),
@@ -176,15 +188,17 @@ def bench_backend(bundle: str | Path, backend: str, *, batches: tuple[int, ...] 
             # every timed call, in order, so other statistics can be computed from the JSON alone
             stats["samples_ms"] = {name: [round(t * 1e3, 4) for t in samples] for name, samples in stages.items()}
             result["batches"][str(b)] = stats
-        result["volume"] = _volume_throughput(seg, hu[:volume_slices], max(batches), max(3, runs // 10))
+        result["volume"] = _volume_throughput(seg, hu[:volume_slices], max(batches), max(3, runs // 10), duration)
     return result
 
 
-def _volume_throughput(seg: Segmenter, volume: np.ndarray, batch: int, repeats: int) -> dict:
-    """Slices per second of ``predict_volume`` and of the model alone on the same batches."""
+def _volume_throughput(seg: Segmenter, volume: np.ndarray, batch: int, repeats: int,
+                       seconds: float | None = None) -> dict:
+    """Slices per second of ``predict_volume`` and of the model alone on the same batches, the
+    best of ``repeats`` rounds (or of the rounds of at least ``seconds``)."""
     inputs = [preprocess(volume[i:i + batch], seg.spec) for i in range(0, len(volume), batch)]
     times = time_interleaved({"pipelined": lambda: seg.predict_volume(volume, batch_size=batch, spacing=PHANTOM_SPACING),
-                              "model_only": lambda: [seg.infer(x) for x in inputs]}, repeats, 1)
+                              "model_only": lambda: [seg.infer(x) for x in inputs]}, repeats, 1, seconds)
     pipelined, model_only = min(times["pipelined"]), min(times["model_only"])
     return {"slices": len(volume), "batch": batch, "pipelined_slices_per_s": round(len(volume) / pipelined, 2),
             "model_only_slices_per_s": round(len(volume) / model_only, 2),

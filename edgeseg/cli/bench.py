@@ -9,6 +9,8 @@ from edgeseg.cli.tta_option import tta_option
 
 # Timed (or warm-up) calls per stage: more is a typing error, and would run for days.
 MAX_CALLS = 100_000
+# Seconds of --duration, per backend and batch size: an hour each is already a long run.
+MAX_DURATION_S = 3600
 
 
 @click.command("bench")
@@ -19,13 +21,17 @@ MAX_CALLS = 100_000
 @click.option("--batch", default="1,8", show_default=True, help="Comma-separated batch sizes.")
 @click.option("--size", default=512, show_default=True, help="Input slice size (rows = cols) in pixels.")
 @click.option("--runs", default=30, show_default=True, help="Timed calls per stage after warm-up.")
+@click.option("--duration", default=None, type=float, metavar="SECONDS",
+              help=f"Instead of --runs: time each batch size (and the volume) for at least SECONDS "
+                   f"(at most {MAX_CALLS} calls per stage).")
 @click.option("--warmup", default=5, show_default=True, help="Untimed calls before timing.")
 @click.option("--threads", default=0, show_default=True, help="CPU threads for the backends (0: their default).")
 @click.option("--json", "json_out", default=None, type=click.Path(dir_okay=False), help="Write the results as JSON.")
 @click.option("--png", "png_out", default=None, type=click.Path(dir_okay=False), help="Write a latency plot PNG.")
 @click.option("--no-cold-start", is_flag=True, help="Skip the fresh-process cold-start measurement.")
 @tta_option
-def command(bundle, backends, batch, size, runs, warmup, threads, json_out, png_out, no_cold_start, tta) -> None:
+def command(bundle, backends, batch, size, runs, warmup, duration, threads, json_out, png_out, no_cold_start,
+            tta) -> None:
     """Benchmark BUNDLE on this machine: one table for all backends, measured in one run."""
     from tqdm import tqdm
 
@@ -44,6 +50,7 @@ def command(bundle, backends, batch, size, runs, warmup, threads, json_out, png_
     if not batches or min(batches) < 1 or size < 8 or not 1 <= runs <= MAX_CALLS or not 0 <= warmup <= MAX_CALLS:
         raise DataError(f"need batch sizes >= 1, --size >= 8, --runs 1..{MAX_CALLS}, --warmup 0..{MAX_CALLS}; "
                         f"got {batch!r}, {size}, {runs}, {warmup}")
+    _check_duration(duration)
     if not 0 <= threads <= MAX_THREADS:  # before the bundle is hashed and any table printed
         raise DataError(f"--threads must be >= 0 (0: the backends' default) and at most {MAX_THREADS}, got {threads}")
     outputs = [(path, what) for path, what in ((json_out, "--json"), (png_out, "--png")) if path]
@@ -65,8 +72,8 @@ def command(bundle, backends, batch, size, runs, warmup, threads, json_out, png_
     results = []
     for label in tqdm(labels, desc="benchmarking", unit="backend", leave=False):
         try:
-            result = bench_backend(bundle, label, batches=batches, size=size, runs=runs, warmup=warmup, threads=threads,
-                                   tta=tta)
+            result = bench_backend(bundle, label, batches=batches, size=size, runs=MAX_CALLS if duration else runs,
+                                   warmup=warmup, threads=threads, tta=tta, duration=duration)
         except EdgesegError as exc:
             results.append({"backend": label, "error": str(exc)})
             continue
@@ -81,6 +88,21 @@ def command(bundle, backends, batch, size, runs, warmup, threads, json_out, png_
         write_json(results, json_out)
     if png_out:
         plot_latency(results, png_out)
+
+
+def _check_duration(duration: float | None) -> None:
+    """DataError for a --duration beside an explicit --runs (one would be ignored), or one that
+    is not a number of seconds above 0 and at most MAX_DURATION_S."""
+    import math
+
+    from edgeseg.errors import DataError
+
+    if duration is None:
+        return
+    if click.get_current_context().get_parameter_source("runs") != click.core.ParameterSource.DEFAULT:
+        raise DataError("--runs and --duration do not go together: give one")
+    if not (math.isfinite(duration) and 0 < duration <= MAX_DURATION_S):
+        raise DataError(f"--duration must be seconds above 0 and at most {MAX_DURATION_S}, got {duration:g}")
 
 
 def _check_outputs_apart(bundle, outputs: list[tuple[str, str]]) -> None:

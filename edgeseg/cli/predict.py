@@ -137,8 +137,9 @@ def _parse_spacing(text: str | None) -> tuple[float, float, float] | None:
 
 
 def _check_outputs(input_path: str, out: str, fmt: str, overlay: str | None) -> None:
-    """Refuse outputs that cannot be written, or that would overwrite the input or each other,
-    before reading or segmenting anything.
+    """Refuse outputs that cannot be written (a path that cannot be written to, or a writer's
+    library not installed), or that would overwrite the input or each other, before reading or
+    segmenting anything.
 
     PNG output of a volume is a folder of slices, written whole: an existing folder is
     replaced only when it holds nothing but PNG files (an earlier prediction).
@@ -147,6 +148,7 @@ def _check_outputs(input_path: str, out: str, fmt: str, overlay: str | None) -> 
 
     from edgeseg.atomic import check_output_file, check_output_folder, within
     from edgeseg.errors import DataError
+    from edgeseg.runtime.writers import check_writer
 
     target = Path(out)
     source = Path(input_path)
@@ -165,6 +167,9 @@ def _check_outputs(input_path: str, out: str, fmt: str, overlay: str | None) -> 
         check_output_file(target, "--out")
     if overlay:
         check_output_file(overlay, "--overlay")
+    check_writer(fmt)
+    if overlay:
+        check_writer("png")
 
 
 def _check_apart(source, target, option: str, replaced_whole: bool = False) -> None:

@@ -36,6 +36,11 @@ _READ_ERRORS = (OSError, EOFError, zlib.error, ValueError, nib.filebasedimages.I
                 nib.spatialimages.HeaderDataError)
 
 _LPS = nio.axcodes2ornt(("L", "P", "S"))
+# How far a floating-point label value may lie from a whole number and still be read as that
+# label. Resampling and format conversion in float32 leave 0.9999999 for 1 and 2.0000002 for 2,
+# which name their label without doubt; a value half-way (0.5 from linear interpolation of a
+# label map) names none, and rounding it would invent a boundary.
+LABEL_TOLERANCE = 1e-3
 
 
 def is_nifti_path(path: str | os.PathLike) -> bool:
@@ -159,13 +164,23 @@ def _load(path: Path, what: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _label_to_uint8(label: np.ndarray, path: Path) -> np.ndarray:
+    """The label map as uint8: floating-point values within LABEL_TOLERANCE of a whole number
+    are rounded to it; values further off, or outside 0..255, are refused."""
     if label.size == 0:
         return label.astype(np.uint8)
+    if label.dtype.kind == "f":
+        rounded = np.rint(label)
+        off = np.abs(label - rounded)
+        worst = int(np.argmax(off))
+        if off.flat[worst] > LABEL_TOLERANCE:
+            count = int(np.count_nonzero(off > LABEL_TOLERANCE))
+            raise DataError(f"label file {path} holds {count} voxel values more than {LABEL_TOLERANCE:g} from a whole "
+                            f"number (e.g. {label.flat[worst]:.7g}); expected a label map (values within "
+                            f"{LABEL_TOLERANCE:g} of an integer are rounded to it)")
+        label = rounded
     low, high = float(label.min()), float(label.max())
     if low < 0 or high > 255:
         raise DataError(f"label values of {path} span {low:g}..{high:g}; labels must fit uint8 (0..255)")
-    if not np.issubdtype(label.dtype, np.integer) and not np.all(np.mod(label, 1) == 0):
-        raise DataError(f"label file {path} holds non-integer values; expected a label map")
     return label.astype(np.uint8)
 
 

@@ -51,13 +51,25 @@ def _class_series(history: Sequence[Mapping]) -> list[tuple[str, np.ndarray]]:
     return [(name, history_series(history, CLASS_PREFIX + name)) for name in names] if len(names) > 1 else []
 
 
+def _legend_above(ax, handles, labels) -> None:
+    """The legend of ``ax`` above its plot area, where no curve runs: inside it, ``loc="best"``
+    sees only the curves of its own axis, and placed the Dice panel's legend over the
+    learning-rate line of the twin axis (constrained layout makes room above)."""
+    ax.legend(handles, labels, loc="lower center", bbox_to_anchor=(0.5, 1.01), ncol=2, fontsize=9, frameon=False)
+
+
 def plot_training_curves(path: str | os.PathLike, history: Sequence[Mapping], title: str = "") -> None:
-    """Write a PNG with two panels: train / val loss, and val Dice with the best epoch marked
+    """Write :func:`training_curves_figure` as a PNG at ``path`` (atomically)."""
+    save_png(path, training_curves_figure(history, title))
+
+
+def training_curves_figure(history: Sequence[Mapping], title: str = ""):
+    """A figure with two panels: train / val loss, and val Dice with the best epoch marked
     (and, when the history has several classes' ``val_dice_<class>``, a dashed curve per class).
 
     ``history`` has one dict per epoch with keys epoch, train_loss, val_loss, val_dice and lr
     (the trainer's ``metrics.json`` history); the learning rate is drawn on a log-scale right
-    axis of the Dice panel. The file is written atomically.
+    axis of the Dice panel. Each panel's legend sits above it, clear of every curve.
     """
     if not history:
         raise DataError("training history is empty: nothing to plot")
@@ -78,7 +90,7 @@ def plot_training_curves(path: str | os.PathLike, history: Sequence[Mapping], ti
     loss_ax.set_xlabel("epoch")
     loss_ax.set_ylabel("loss")
     loss_ax.grid(alpha=0.3)
-    loss_ax.legend()
+    _legend_above(loss_ax, *loss_ax.get_legend_handles_labels())
 
     dice_ax.plot(epochs, val_dice, marker=".", color="tab:green", label="val Dice")
     for (name, series), colour in zip(_class_series(history), CLASS_CURVE_COLOURS):
@@ -102,9 +114,9 @@ def plot_training_curves(path: str | os.PathLike, history: Sequence[Mapping], ti
         # One legend for both axes, or the learning-rate line would go unexplained.
         handles, labels = dice_ax.get_legend_handles_labels()
         lr_handles, lr_labels = lr_ax.get_legend_handles_labels()
-        dice_ax.legend(handles + lr_handles, labels + lr_labels, loc="best")
+        _legend_above(dice_ax, handles + lr_handles, labels + lr_labels)
     else:
-        dice_ax.legend(loc="best")
+        _legend_above(dice_ax, *dice_ax.get_legend_handles_labels())
     if title:
         figure.suptitle(title)
-    save_png(path, figure)
+    return figure

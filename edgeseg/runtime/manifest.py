@@ -51,6 +51,10 @@ MAX_CLASS = 255  # labels are uint8
 MANIFEST_MAX_BYTES = 64 << 20
 DTYPES = ("float32", "float16", "int64", "uint8")
 MAX_BATCH = 1 << 20  # libedgeseg's ES_MAX_BATCH; a larger one is no model's limit, only a large buffer
+# The largest magnitude of a manifest integer. libedgeseg holds JSON numbers as doubles (exact to
+# 2^53) and takes integers up to 10^15 (es_json_is_integer); Python's json reads any size, so
+# without this bound a manifest that one runtime opens the other would refuse, or read otherwise.
+MAX_JSON_INT = 10**15
 
 
 @dataclass(frozen=True)
@@ -273,8 +277,8 @@ class Manifest:
 
 
 def _is_int(value: Any) -> bool:
-    """A JSON integer (not a bool, not 2.0, not "2")."""
-    return isinstance(value, int) and not isinstance(value, bool)
+    """A JSON integer (not a bool, not 2.0, not "2") of magnitude at most MAX_JSON_INT."""
+    return isinstance(value, int) and not isinstance(value, bool) and -MAX_JSON_INT <= value <= MAX_JSON_INT
 
 
 def _whole(value: Any, key: str) -> int:

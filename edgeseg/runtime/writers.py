@@ -27,6 +27,16 @@ FORMATS = ("nifti", "dicom-seg", "png", "npy")
 log = logging.getLogger(__name__)
 
 SUFFIX_FORMATS = {".nii": "nifti", ".nii.gz": "nifti", ".dcm": "dicom-seg", ".png": "png", ".npy": "npy"}
+# The optional library each format's writer imports: (module, extra, what needs it).
+WRITER_LIBRARIES = {"nifti": ("nibabel", "io", "NIfTI output"), "dicom-seg": ("highdicom", "dicom", "DICOM SEG output"),
+                    "png": ("PIL.Image", "io", "PNG output")}
+
+
+def check_writer(fmt: str):
+    """Import the library ``fmt``'s writer needs (None for NPY, which needs none): a caller
+    checks it before reading or segmenting anything, so that a missing one is said at once,
+    not after the model has run, and no other output of the run is written without it."""
+    return require(*WRITER_LIBRARIES[fmt]) if fmt in WRITER_LIBRARIES else None
 
 
 def format_for(out: str | os.PathLike, fmt: str | None) -> str:
@@ -86,7 +96,7 @@ def write_nifti(labels: np.ndarray, volume, out: str | os.PathLike) -> Path:
     """Save labels as NIfTI in the world of ``volume``: on the input file's own grid, with its
     header's qform and sform (matrices and codes) and units, when the input was NIfTI; else with
     the Volume's affine (LPS array order) as qform and sform, code 1 (scanner)."""
-    nib = require("nibabel", "io", "NIfTI output")
+    nib = check_writer("nifti")
     nio = require("nibabel.orientations", "io", "NIfTI output")
 
     check_nifti_grid(volume, out)
@@ -137,7 +147,7 @@ def write_nifti(labels: np.ndarray, volume, out: str | os.PathLike) -> Path:
 def write_png(labels: np.ndarray, volume, out: str | os.PathLike, window: tuple[float, float] = DISPLAY_WINDOW) -> Path:
     """Overlay PNGs: a file for a single slice, else a folder with one PNG per slice; the CT in
     the display ``window`` (low, high HU; :func:`~edgeseg.runtime.overlay.display_window`)."""
-    Image = require("PIL.Image", "io", "PNG output")
+    Image = check_writer("png")
 
     out = Path(out)
     labels = label_volume(labels, volume, what=f"PNG output {out}")
@@ -155,7 +165,7 @@ def write_overlay(labels: np.ndarray, volume, out: str | os.PathLike,
                   window: tuple[float, float] = DISPLAY_WINDOW) -> Path:
     """One overlay PNG of the slice with the most foreground (the first slice if none has any),
     the CT in the display ``window`` (low, high HU)."""
-    Image = require("PIL.Image", "io", "PNG output")
+    Image = check_writer("png")
 
     labels = label_volume(labels, volume, what=f"overlay {out}")
     k = int(np.argmax(np.count_nonzero(labels.reshape(len(labels), -1), axis=1)))
@@ -178,7 +188,7 @@ def write_dicom_seg(labels: np.ndarray, volume, refs, class_names: dict[int, str
     when the caller checked them before segmenting; read and checked here otherwise."""
     if refs is None:
         raise DataError("DICOM SEG output needs a DICOM series as input (it references the source images)")
-    hd = require("highdicom", "dicom", "DICOM SEG output")
+    hd = check_writer("dicom-seg")
     from pydicom.sr.codedict import codes
 
     stack = refs.to_source_layout(labels)

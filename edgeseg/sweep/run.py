@@ -310,7 +310,8 @@ def measure_latency(bundle: Path, measure: dict[str, Any]) -> dict[str, Any]:
                    warmup=measure["warmup"], volume_slices=measure["volume_slices"], threads=measure["threads"])
     result = in_fresh_process(bench_backend, str(bundle), "auto", **options)
     one = result["batches"].get("1") or next(iter(result["batches"].values()))
-    return {"backend": result["chosen"], "machine": result["machine"], "slice_size": measure["slice_size"],
+    return {"backend": result["chosen"], "machine": result["machine"], "versions": result["versions"],
+            "slice_size": measure["slice_size"],
             "latency_ms_p50": one["end_to_end"]["p50"], "model_ms_p50": one["inference"]["p50"],
             "volume_slices_per_s": result["volume"]["pipelined_slices_per_s"], "volume_batch": result["volume"]["batch"]}
 

@@ -60,6 +60,12 @@ REFUSED = {
                    "shape must be a list of integers"),
     "bytes-float": ({"edit": lambda m: [a.update(bytes=float(a["bytes"])) for a in m["artifacts"]]},
                     "bytes must be a whole number"),
+    # libedgeseg holds JSON numbers as doubles and takes integers up to 10^15 (exact to 2^53)
+    "bytes-10^20": ({"edit": _artifacts(bytes=10**20)}, "bytes must be a whole number"),
+    "bytes-10^15+1": ({"edit": _artifacts(bytes=10**15 + 1)}, "bytes must be a whole number"),
+    "shape-10^20": ({"edit": lambda m: m["inputs"][0].update(shape=[-1, 1, 10**20, 64])},
+                    "shape must be a list of integers"),
+    "schema-10^20": ({"edit": lambda m: m.update(schema=10**20)}, "integer 'schema' field"),
     "min-pixels-4.0": ({"edit": _classes({"min_pixels": 4.0})}, "min_pixels must be an integer"),
     "removed-to-0.0": ({"edit": _classes({"removed_to": 0.0})}, "removed_to must be another class number"),
     "postprocess-list": ({"edit": lambda m: m.update(postprocess=[])}, "postprocess must be a JSON object"),

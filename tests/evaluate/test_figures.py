@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from edgeseg.errors import DataError
-from edgeseg.report.curves import plot_training_curves
+from edgeseg.report.curves import plot_training_curves, training_curves_figure
 from edgeseg.evaluate.overlay import OverlayItem, save_overlay, save_overlay_grid
 from edgeseg.runtime.overlay import CLASS_COLOURS, class_colour
 
@@ -174,6 +174,50 @@ def test_training_curves_png_is_written_and_not_blank(tmp_path):
     assert (np.abs(image - tab_green).max(axis=-1) < 0.05).sum() > 50
     assert (np.abs(image - tab_red).max(axis=-1) < 0.05).sum() > 50
     assert [p.name for p in tmp_path.iterdir()] == ["curves.png"]
+
+
+def _lr_history(epochs: int, lr) -> list[dict]:
+    return [{**entry, "lr": lr(entry["epoch"])} for entry in _history(epochs)]
+
+
+CURVE_HISTORIES = {
+    "step-decay": _history(10),
+    "warm-up-then-cosine": _lr_history(30, lambda e: 1e-3 * min(1.0, e / 5) * (1 + np.cos(np.pi * e / 30)) / 2 + 1e-6),
+    "constant": _lr_history(10, lambda e: 1e-3),
+    "per-class": [{**entry, "val_dice_liver": 0.85, "val_dice_spine": 0.7, "val_dice_kidney": 0.6}
+                  for entry in _history(10)],
+}
+
+
+def _segment_points(line, per_segment: int = 40) -> np.ndarray:
+    """The line's data points and points along each segment between them, in display pixels."""
+    xy = line.get_xydata()
+    xy = xy[np.isfinite(xy).all(axis=1)]
+    if len(xy) > 1:
+        xy = np.concatenate([np.linspace(a, b, per_segment) for a, b in zip(xy[:-1], xy[1:])])
+    return line.get_transform().transform(xy)
+
+
+@pytest.mark.parametrize("name", list(CURVE_HISTORIES))
+def test_training_curve_legends_cover_no_curve(name):
+    """The Dice panel's legend (loc="best" on that axis) was drawn over the learning-rate line of
+    its twin axis, which that placement cannot see."""
+    figure = training_curves_figure(CURVE_HISTORIES[name], title="run")
+    figure.canvas.draw()
+    renderer = figure.canvas.get_renderer()
+    legends = [ax.get_legend() for ax in figure.axes if ax.get_legend() is not None]
+    assert len(legends) == 2  # losses, and Dice with the learning rate
+    lines = [line for ax in figure.axes for line in ax.get_lines()]
+    assert any(line.get_label() == "learning rate" for line in lines)
+    whole = figure.bbox
+    for legend in legends:
+        box = legend.get_window_extent(renderer)
+        assert whole.x0 <= box.x0 and box.x1 <= whole.x1 and whole.y0 <= box.y0 and box.y1 <= whole.y1
+        for line in lines:
+            points = _segment_points(line)
+            inside = ((points[:, 0] >= box.x0) & (points[:, 0] <= box.x1)
+                      & (points[:, 1] >= box.y0) & (points[:, 1] <= box.y1))
+            assert not inside.any(), f"the legend covers {line.get_label()!r}"
 
 
 def test_training_curves_reject_empty_or_incomplete_history(tmp_path):

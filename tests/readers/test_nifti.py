@@ -105,6 +105,43 @@ def test_label_values_beyond_uint8_are_refused(tmp_path, totalseg):
         read_nifti(totalseg / "example_ct_sm.nii.gz", tmp_path / "big.nii.gz")
 
 
+def _float_label(totalseg, tmp_path, change) -> tuple:
+    """example_seg.nii.gz stored as float32 with ``change`` applied to its values."""
+    original = nib.load(totalseg / "example_seg.nii.gz")
+    values = np.asarray(original.dataobj).astype(np.float32)
+    image = nib.Nifti1Image(change(values), original.affine)
+    image.set_data_dtype(np.float32)
+    nib.save(image, tmp_path / "float.nii.gz")
+    return tmp_path / "float.nii.gz", values
+
+
+def test_float_labels_within_a_thousandth_of_a_label_are_that_label(tmp_path, totalseg):
+    """float32 rounding of a resampling tool (0.9999999 for 1, 2.0000002 for 2, -1e-7 for 0) is
+    read as the label it rounds to; the labels are those of the integer file."""
+    def noisy(values):
+        out = values.copy()
+        out[values == 0] = np.float32(-1e-7)
+        out[values > 0] += np.where(values[values > 0] % 2 == 1, np.float32(-1e-4), np.float32(9e-4))
+        return out
+
+    path, values = _float_label(totalseg, tmp_path, noisy)
+    assert np.count_nonzero(np.asarray(nib.load(path).dataobj) % 1 != 0) == values.size  # no value is whole
+    volume = read_nifti(totalseg / "example_ct_sm.nii.gz", path)
+    exact = read_nifti(totalseg / "example_ct_sm.nii.gz", totalseg / "example_seg.nii.gz")
+    np.testing.assert_array_equal(volume.label, exact.label)
+
+
+@pytest.mark.parametrize(("offset", "shown"), [(0.5, "1.5"), (0.002, "1.002")])
+def test_float_labels_further_from_a_label_are_refused_naming_a_value(tmp_path, totalseg, offset, shown):
+    path, values = _float_label(totalseg, tmp_path, lambda v: np.where(v == 1, np.float32(1 + offset), v))
+    count = int(np.count_nonzero(values == 1))
+    with pytest.raises(DataError) as caught:
+        read_nifti(totalseg / "example_ct_sm.nii.gz", path)
+    assert str(caught.value) == (f"label file {path} holds {count} voxel values more than 0.001 from a whole number "
+                                 f"(e.g. {shown}); expected a label map (values within 0.001 of an integer are "
+                                 "rounded to it)")
+
+
 def test_image_without_label_in_a_labelled_dataset(tmp_path, totalseg):
     _copy(totalseg / "example_ct_sm.nii.gz", tmp_path / "imagesTr/a.nii.gz")
     _copy(totalseg / "example_ct_sm.nii.gz", tmp_path / "imagesTr/b.nii.gz")

@@ -89,6 +89,54 @@ def test_stages_are_timed_in_turns_so_their_ratio_cancels_drift():
     assert all(t >= 0 for v in samples.values() for t in v)
 
 
+def test_stages_timed_for_a_duration_run_at_least_that_long_in_turns():
+    import time
+
+    from edgeseg.bench.runtime import time_interleaved
+
+    calls = []
+    start = time.perf_counter()
+    samples = time_interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, runs=10**9,
+                               warmup=1, seconds=0.05)
+    assert time.perf_counter() - start >= 0.05  # it returns only once the time has passed
+    rounds = len(samples["a"])
+    assert rounds >= 1 and len(samples["b"]) == rounds and calls == ["a", "b"] * (rounds + 1)
+    # runs stays the most: a stage of microseconds cannot fill memory with timings
+    capped = time_interleaved({"a": lambda: None}, runs=3, warmup=0, seconds=3600)
+    assert len(capped["a"]) == 3
+
+
+def test_bench_duration_replaces_the_call_count_and_is_recorded(bundle_dir, tmp_path):
+    out_json = tmp_path / "bench.json"
+    result = CliRunner().invoke(cli, ["bench", str(bundle_dir), "--backend", "onnxruntime:fp32", "--batch", "1,2",
+                                      "--size", "32", "--duration", "0.2", "--warmup", "0", "--threads", "1",
+                                      "--no-cold-start", "--json", str(out_json)])
+    assert result.exit_code == 0, result.output
+    [r] = json.loads(out_json.read_text())
+    assert (r["duration"], r["runs"]) == (0.2, None)
+    for batch in ("1", "2"):
+        stages = r["batches"][batch]
+        assert stages["runs"] >= 1
+        assert {len(stages["samples_ms"][stage]) for stage in STAGES} == {stages["runs"]}
+
+
+@pytest.mark.parametrize(("options", "words"), [
+    (["--duration", "1", "--runs", "30"], "--runs and --duration do not go together: give one"),
+    (["--duration", "0"], "--duration must be seconds above 0 and at most 3600, got 0"),
+    (["--duration", "nan"], "--duration must be seconds above 0 and at most 3600, got nan"),
+    (["--duration", "86400"], "--duration must be seconds above 0 and at most 3600, got 86400"),
+])
+def test_bench_refuses_a_bad_duration_before_measuring(bundle_dir, tmp_path, options, words, assert_one_line_error):
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "edgeseg.cli", "bench", str(bundle_dir), "--backend",
+                           "onnxruntime:fp32", "--size", "16", *options, "--json", str(tmp_path / "b.json")],
+                          capture_output=True, text=True, timeout=300)
+    assert_one_line_error(done, words)
+    assert done.stdout == "" and not (tmp_path / "b.json").exists()
+
+
 def test_bench_with_mirroring_says_so_and_mirrors_the_end_to_end_stage(bundle_dir, tmp_path, monkeypatch):
     """--tta flip: the JSON and the table name the mode; the end-to-end stage and the cold start
     run the flipped passes while the inference stage stays one pass (counted, not timed)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from importlib import metadata
 
 import numpy as np
@@ -68,6 +69,58 @@ def test_bench_refuses_a_thread_count_no_machine_has_before_measuring(bundle_dir
                            "--json", str(tmp_path / "b.json")], capture_output=True, text=True, timeout=300)
     assert_one_line_error(done, "--threads must be >= 0 (0: the backends' default) and at most 1024, got 100000")
     assert done.stdout == "" and not (tmp_path / "b.json").exists()
+
+
+_ORT_POOL = """
+import os, sys
+import onnxruntime as ort
+before = len(os.listdir("/proc/self/task"))
+session = ort.InferenceSession(sys.argv[1], providers=["CPUExecutionProvider"])
+print(len(os.listdir("/proc/self/task")) - before + 1)  # the calling thread is the pool's first
+"""
+
+
+def _ort_default_pool(model) -> int:
+    """The threads of ONNX Runtime's default intra-op pool, counted in a fresh process: the
+    worker threads a session starts, plus the thread that calls run."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", _ORT_POOL, str(model)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return int(done.stdout)
+
+
+def _openvino_default_threads(model) -> int:
+    import openvino as ov
+
+    compiled = ov.Core().compile_model(str(model), "CPU", {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"})
+    return int(compiled.get_property("INFERENCE_NUM_THREADS"))
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="counts threads in /proc")
+def test_bench_json_records_the_threads_the_backend_used_beside_those_asked_for(bundle_dir, tmp_path):
+    """--threads 0 was recorded as 0, which says only that the backend chose: the JSON keeps the
+    request and adds the count the backend computed with."""
+    from click.testing import CliRunner
+
+    from edgeseg.cli.main import cli
+
+    def bench(threads: int) -> dict[str, dict]:
+        out = tmp_path / f"bench{threads}.json"
+        result = CliRunner().invoke(cli, ["bench", str(bundle_dir), "--backend", "onnxruntime:fp32", "--backend",
+                                          "openvino:fp32", "--batch", "1", "--size", "32", "--runs", "1", "--warmup",
+                                          "0", "--threads", str(threads), "--no-cold-start", "--json", str(out)])
+        assert result.exit_code == 0, result.output
+        return {r["backend"]: r for r in json.loads(out.read_text())}
+
+    default = bench(0)
+    assert {name: r["threads"] for name, r in default.items()} == {"onnxruntime:fp32": 0, "openvino:fp32": 0}
+    assert default["onnxruntime:fp32"]["threads_used"] == _ort_default_pool(bundle_dir / "model.onnx")
+    assert default["openvino:fp32"]["threads_used"] == _openvino_default_threads(bundle_dir / "model.onnx")
+    one = bench(1)
+    assert {name: (r["threads"], r["threads_used"]) for name, r in one.items()} == {
+        "onnxruntime:fp32": (1, 1), "openvino:fp32": (1, 1)}
 
 
 def _row(backend: str, chosen: str, inference_ms: float) -> dict:

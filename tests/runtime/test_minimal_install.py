@@ -77,3 +77,16 @@ def test_bare_runtime_triton_names_the_triton_extra(bundle_dir, tmp_path, _edges
     done = _edgeseg(["triton", str(bundle_dir), "repo"], tmp_path)
     assert_one_line_error(done, "needs the 'tritonclient' package: pip install 'edgeseg[triton]'")
     assert not (tmp_path / "repo").exists()
+
+
+@pytest.mark.parametrize("outputs", [["--out", "out.png"], ["--out", "out.npy", "--overlay", "overlay.png"]])
+def test_predict_names_a_missing_png_writer_before_segmenting(bundle_dir, tmp_path, python_without, outputs,
+                                                              assert_one_line_error):
+    """Without Pillow, PNG output (or a PNG overlay beside an NPY) was found unwritable only after
+    the bundle had loaded and every slice was segmented, and the NPY was left without its overlay.
+    Not --quiet: the backend's log lines would show that the bundle was loaded."""
+    np.save(tmp_path / "in.npy", np.full((2, 40, 40), -1000, np.int16))
+    done = python_without(["-m", "edgeseg.cli", "predict", str(bundle_dir), "in.npy", *outputs], tmp_path,
+                          absent=("PIL",))
+    assert_one_line_error(done, "PNG output needs the 'Pillow' package: pip install 'edgeseg[io]'")
+    assert done.stdout == "" and not list(tmp_path.glob("out*")) and not list(tmp_path.glob("overlay*"))

@@ -102,6 +102,13 @@ class Runner(abc.ABC):
         return "cpu"
 
     @property
+    def threads_used(self) -> int | None:
+        """The CPU threads the backend computes with (``threads``, or the count its default gave);
+        None where it cannot say, or where the work is not done by CPU threads of this process
+        (a GPU engine, a remote server)."""
+        return None
+
+    @property
     def run_on(self) -> str:
         """``backend-device`` as the parity report names a run, e.g. ``onnxruntime-cpu``."""
         return f"{self.name}-{self.device.split(':')[0]}"

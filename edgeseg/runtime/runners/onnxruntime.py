@@ -40,6 +40,19 @@ def _cpuinfo() -> list[str]:
         return []
 
 
+def physical_cores() -> int | None:
+    """The machine's physical CPU cores, from /proc/cpuinfo's (physical id, core id) pairs; None
+    where it does not list them (not Linux, some ARM kernels)."""
+    cores, package = set(), "0"
+    for line in _cpuinfo():
+        key, _, value = line.partition(":")
+        if key.strip() == "physical id":
+            package = value.strip()
+        elif key.strip() == "core id":
+            cores.add((package, value.strip()))
+    return len(cores) or None
+
+
 class OnnxRuntimeRunner(ArtifactRunner):
     """Run an ONNX artifact with ONNX Runtime.
 
@@ -125,6 +138,14 @@ class OnnxRuntimeRunner(ArtifactRunner):
         import onnxruntime as ort
 
         return [p for p in _GPU_PROVIDERS if p in ort.get_available_providers()]
+
+    @property
+    def threads_used(self) -> int | None:
+        # ONNX Runtime does not report the size of its intra-op pool; left at 0 it is one thread
+        # per physical core of the machine (its documented default, which ignores the affinity mask)
+        if self.device != "cpu":
+            return None
+        return self.threads or physical_cores()
 
     def _infer(self, batch: np.ndarray) -> np.ndarray:
         return self._session.run([self._output_name], {self._input_name: batch})[0]

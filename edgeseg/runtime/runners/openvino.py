@@ -104,10 +104,16 @@ class OpenVinoRunner(ArtifactRunner):
             raise BackendError(f"openvino could not load {self.path.name}: {engine_message(exc)}") from None
         self._request = compiled.create_infer_request()
         self._tensor = ov.Tensor
+        # what the plugin chose: with no count given, the latency hint's share of the cores it may use
+        self._threads_used = int(compiled.get_property("INFERENCE_NUM_THREADS"))
 
     @property
     def device(self) -> str:
         return self._device.lower()
+
+    @property
+    def threads_used(self) -> int | None:
+        return self._threads_used if self._device.upper() == "CPU" else None
 
     def _infer(self, batch: np.ndarray) -> np.ndarray:
         # The batch (contiguous, float32, checked by Runner.infer) is lent to OpenVINO for this

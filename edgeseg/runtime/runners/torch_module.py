@@ -37,6 +37,11 @@ class TorchModuleRunner(Runner):
     def device(self) -> str:
         return self._device
 
+    @property
+    def threads_used(self) -> int | None:
+        # process-wide in torch: the count it computes with now, whoever set it last
+        return self._torch.get_num_threads() if self._device == "cpu" else None
+
     def _infer(self, batch: np.ndarray) -> np.ndarray:
         torch = self._torch
         with torch.inference_mode():

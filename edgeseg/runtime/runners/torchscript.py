@@ -34,6 +34,11 @@ class TorchScriptRunner(ArtifactRunner):
         except Exception as exc:  # torch.jit raises RuntimeError with C++ traces
             raise BackendError(f"torchscript could not load {self.path.name}: {engine_message(exc)}") from None
 
+    @property
+    def threads_used(self) -> int | None:
+        # process-wide in torch: the count it computes with now, whoever set it last
+        return self._torch.get_num_threads()
+
     def _infer(self, batch: np.ndarray) -> np.ndarray:
         with self._torch.inference_mode():
             return self._module(self._torch.from_numpy(writeable(batch))).float().numpy()
