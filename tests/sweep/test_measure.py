@@ -13,7 +13,7 @@ MEASURE = dict(batches=[1], slice_size=32, runs=1, warmup=0, volume_slices=2, th
 def test_a_point_records_the_library_versions_beside_the_machine(exported_bundle):
     """The sweep recorded the machine but not the library versions, which move a latency as much."""
     from edgeseg import __version__
-    from edgeseg.runtime.selection import machine_signature
+    from edgeseg.runtime.machine import machine_signature
     from edgeseg.sweep.run import measure_latency
 
     measured = measure_latency(exported_bundle, MEASURE)
