@@ -48,6 +48,9 @@ class _Capture:
     def __init__(self, segmenter) -> None:
         self._segmenter, self.labels, self.volumes = segmenter, segmenter.labels, []
 
+    def algorithm_parameters(self):
+        return self._segmenter.algorithm_parameters()
+
     def predict_volume(self, volume):
         self.volumes.append(volume)
         return self._segmenter.predict_volume(volume)
