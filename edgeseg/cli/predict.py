@@ -98,13 +98,13 @@ def command(bundle, input_path, out, fmt, backend, threads, batch_size, overlay,
             raise DataError(f"{input_path} carries no voxel spacing, and the bundle removes 3-D components by "
                             "volume (mL): give --spacing Z,Y,X in mm")
         labels = segmenter.predict_volume(volume, batch_size=batch_size, progress=not quiet)
-        names = segmenter.labels
+        names, parameters = segmenter.labels, segmenter.algorithm_parameters()
         window = display_window(segmenter.spec.window)
         used = f"{segmenter.backend} ({segmenter.runner.device})"
     if fmt == "nifti":
         write_nifti(labels, volume, out)
     elif fmt == "dicom-seg":
-        write_dicom_seg(labels, volume, refs, names, out, sources=seg_sources)
+        write_dicom_seg(labels, volume, refs, names, out, sources=seg_sources, parameters=parameters)
     elif fmt == "png":
         write_png(labels, volume, out, window)
     else:

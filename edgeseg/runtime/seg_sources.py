@@ -15,6 +15,8 @@ from pathlib import Path
 
 from edgeseg.errors import DataError, require
 
+MultiValue = require("pydicom.multival", "dicom", "DICOM SEG output").MultiValue
+
 # Type 1 in the General Study and Frame of Reference modules: a SEG without them is invalid,
 # and every source must share them, as one SEG lies in one study and one patient space.
 SHARED_UIDS = ("StudyInstanceUID", "FrameOfReferenceUID")
@@ -23,12 +25,15 @@ SHARED_UIDS = ("StudyInstanceUID", "FrameOfReferenceUID")
 TYPE2_FIELDS = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
                 "ReferringPhysicianName", "StudyID", "AccessionNumber")
 PATIENT_SEX_VALUES = ("M", "F", "O")
+# PS3.3 C.12.1.1.2: the one set each defined term with code extensions names when it is the only value
+SINGLE_SET_OF = {"ISO 2022 IR 6": "", "ISO 2022 IR 13": "ISO_IR 13", "ISO 2022 IR 166": "ISO_IR 166",
+                 **{f"ISO 2022 IR {n}": f"ISO_IR {n}" for n in (100, 101, 109, 110, 126, 127, 138, 144, 148, 203)}}
 
 
 def seg_source_datasets(refs) -> list:
     """The headers (no pixels) of the series ``refs`` describes, in stack order, ready for
-    highdicom: an empty Specific Character Set and missing Type 2 patient / study fields made
-    what DICOM means by them; DataError naming the file for anything a valid SEG cannot be made
+    highdicom: the Specific Character Set in a form highdicom writes, and missing Type 2 patient /
+    study fields made what DICOM means by them; DataError naming the file for anything a valid SEG cannot be made
     from (a missing or differing study or frame of reference UID, two files of one SOP Instance
     UID, a patient or study value in a form DICOM does not define)."""
     sources = refs.load_datasets()
@@ -49,14 +54,40 @@ def seg_source_datasets(refs) -> list:
             if value != expected:
                 raise DataError(f"DICOM file {path} has {field} {value} but {first_path.name} has {expected}; "
                                 f"a DICOM SEG covers images of one study and frame of reference")
-        # An empty Specific Character Set means the default repertoire; highdicom rejects ''.
-        if "SpecificCharacterSet" in dataset and not dataset.SpecificCharacterSet:
-            del dataset.SpecificCharacterSet
+        _character_set(dataset)
         for field in TYPE2_FIELDS:
             if field not in dataset:
                 setattr(dataset, field, "")
     _check_copied_values(first, first_path)
     return sources
+
+
+def _character_set(dataset) -> None:
+    """The dataset's Specific Character Set in the form highdicom takes (it copies the first
+    source's into the SEG), meaning what DICOM means by the source's: an empty value, or
+    'ISO_IR 6' as many files write it, is the default repertoire (the element goes); an empty first
+    of several values is the default repertoire with code extensions, 'ISO 2022 IR 6' (Japanese
+    and Korean series write '\\ISO 2022 IR 87'); a lone value with code extensions names one set
+    ('ISO 2022 IR 100' is 'ISO_IR 100'); a set highdicom cannot write becomes UTF-8. Text values
+    are decoded first, by what the file declared."""
+    if "SpecificCharacterSet" not in dataset:
+        return
+    dataset.decode()
+    raw = dataset.SpecificCharacterSet
+    values = [str(v or "").strip() for v in (raw if isinstance(raw, (list, tuple, MultiValue)) else [raw])]
+    if len(values) > 1:
+        values[0] = values[0] or "ISO 2022 IR 6"
+    elif values:
+        values = [SINGLE_SET_OF.get(values[0], "" if values[0] == "ISO_IR 6" else values[0])]
+    known = {v.value for v in require("highdicom", "dicom", "DICOM SEG output").SpecificCharacterSetValues}
+    if not any(values):
+        del dataset.SpecificCharacterSet
+    elif not set(values) <= known:
+        # a set highdicom does not write (Korean 'ISO 2022 IR 149'): the decoded text goes to the
+        # SEG in UTF-8, which holds any of it, rather than no SEG at all
+        dataset.SpecificCharacterSet = "ISO_IR 192"
+    else:
+        dataset.SpecificCharacterSet = values if len(values) > 1 else values[0]
 
 
 def _text(dataset, field: str) -> str:

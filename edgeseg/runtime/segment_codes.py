@@ -40,24 +40,30 @@ class SegmentCoding:
         return out
 
 
-ORGAN = Coded("SCT", "91772007", "Organ")
+# The categories are members of CID 7150 (Segmentation Property Category), and each type a member
+# of the context group its category names: CID 7192 for an anatomical structure, 7194 for a
+# morphologically abnormal one, 7191 for a tissue. A PACS or viewer files a segment by its category
+# (3D Slicer looks category and type up together), so an organ's category is "Anatomical
+# Structure"; "Organ" is a tissue type (CID 7191), not a category.
+ANATOMICAL_STRUCTURE = Coded("SCT", "91723000", "Anatomical Structure")
 ABNORMAL = Coded("SCT", "49755003", "Morphologically Abnormal Structure")
 LUNG = Coded("SCT", "39607008", "Lung")
 TISSUE = Coded("SCT", "85756007", "Tissue")
 
 SEGMENT_CODINGS: dict[str, SegmentCoding] = {
-    "liver": SegmentCoding(ORGAN, Coded("SCT", "10200004", "Liver")),
-    "kidney": SegmentCoding(ORGAN, Coded("SCT", "64033007", "Kidney")),
-    "spleen": SegmentCoding(ORGAN, Coded("SCT", "78961009", "Spleen")),
-    "spine": SegmentCoding(ORGAN, Coded("SCT", "421060004", "Spine")),
-    "tumor": SegmentCoding(ORGAN, Coded("SCT", "108369006", "Tumor")),
+    "liver": SegmentCoding(ANATOMICAL_STRUCTURE, Coded("SCT", "10200004", "Liver")),
+    "kidney": SegmentCoding(ANATOMICAL_STRUCTURE, Coded("SCT", "64033007", "Kidney")),
+    "spleen": SegmentCoding(ANATOMICAL_STRUCTURE, Coded("SCT", "78961009", "Spleen")),
+    "spine": SegmentCoding(ANATOMICAL_STRUCTURE, Coded("SCT", "421060004", "Spine")),
+    # CID 7194 names SNOMED CT 108369006 "Neoplasm" (its meaning in the segmentation groups)
+    "tumor": SegmentCoding(ABNORMAL, Coded("SCT", "108369006", "Neoplasm")),
     # SNOMED CT has no ground-glass opacity concept that DICOM uses; CID 6102 / 6104 code it DCM 112120.
     "ggo": SegmentCoding(ABNORMAL, Coded("DCM", "112120", "Ground glass opacity"), LUNG),
     "consolidation": SegmentCoding(ABNORMAL, Coded("SCT", "95436008", "Lung consolidation"), LUNG),
 }
 ALIASES = {"tumour": "tumor", "ground_glass_opacity": "ggo", "ground-glass": "ggo", "ground_glass": "ggo",
            "ground-glass-opacity": "ggo", "lung_consolidation": "consolidation"}
-UNKNOWN = SegmentCoding(ORGAN, TISSUE)
+UNKNOWN = SegmentCoding(TISSUE, TISSUE)
 
 
 def segment_coding(class_name: str) -> SegmentCoding:

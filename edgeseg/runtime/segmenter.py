@@ -177,6 +177,20 @@ class Segmenter:
         """``runner:precision`` of the loaded runner, e.g. ``openvino:int8``."""
         return f"{self.runner.name}:{self.runner.precision}"
 
+    def algorithm_parameters(self) -> dict[str, str]:
+        """Which model made the labels, for a DICOM SEG's Algorithm Parameters (its algorithm name
+        and version are edgeseg's, alike for every bundle): the architecture, the checkpoint the
+        bundle was exported from, the artifact run (file, precision, sha256) and the backend."""
+        found = {"backend": self.backend}
+        if self.manifest is not None:
+            found.update(model=self.manifest.model.get("name", ""), checkpoint_sha256=self.manifest.source.get("sha256", ""))
+            # a bundle file only: a remote runner's artifact is a URL, not the model's to publish
+            entry = next((a for a in self.manifest.artifacts if a.file == self.runner.artifact), None)
+            if entry is not None:
+                found.update(artifact=entry.file, artifact_sha256=entry.sha256)
+        # the SEG writes them as name=value,name=value
+        return {name: str(value).replace(",", "_").replace("=", "_") for name, value in found.items() if value}
+
     def infer(self, batch: np.ndarray) -> np.ndarray:
         """Model only: (N, 1, H, W) float32 model input -> (N, K, H, W) float32 logits."""
         return self.runner.infer(batch)

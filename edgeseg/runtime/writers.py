@@ -181,11 +181,13 @@ def _code(coded):
 
 
 def write_dicom_seg(labels: np.ndarray, volume, refs, class_names: dict[int, str], out: str | os.PathLike,
-                    algorithm: str = "edgeseg", sources: list | None = None) -> Path:
+                    algorithm: str = "edgeseg", sources: list | None = None,
+                    parameters: dict[str, str] | None = None) -> Path:
     """A binary DICOM SEG of ``labels`` on the series ``refs`` describes (one segment per
     foreground class, coded as :mod:`edgeseg.runtime.segment_codes` says, frames referencing the
     source instances). ``sources``: the headers :func:`seg_source_datasets` gave for ``refs``,
-    when the caller checked them before segmenting; read and checked here otherwise."""
+    when the caller checked them before segmenting; read and checked here otherwise. ``parameters``
+    (:meth:`Segmenter.algorithm_parameters`) name the model in each segment's Algorithm Parameters."""
     if refs is None:
         raise DataError("DICOM SEG output needs a DICOM series as input (it references the source images)")
     hd = check_writer("dicom-seg")
@@ -197,7 +199,7 @@ def write_dicom_seg(labels: np.ndarray, volume, refs, class_names: dict[int, str
     if sources is None:
         sources = seg_source_datasets(refs)
     algorithm_id = hd.AlgorithmIdentificationSequence(name=algorithm, family=codes.DCM.ArtificialIntelligence,
-                                                      version=__version__)
+                                                      version=__version__, parameters=parameters or None)
     descriptions = []
     for number, name in sorted(class_names.items()):
         if number <= 0:

@@ -67,7 +67,11 @@ def incoming_uids(ds) -> tuple[str, str]:
 
 def refusal(ds) -> tuple[int, str] | None:
     """``(status, reason)`` when an incoming CT Image Storage image must be refused before it is
-    stored, else None. ``ds`` carries its file meta (the transfer syntax it came in)."""
+    stored, else None. ``ds`` carries its file meta (the transfer syntax it came in); compressed
+    pixel data that decodes is left decoded in ``ds`` (Explicit VR Little Endian, its SOP Instance
+    UID unchanged), so that it is decoded once, here, and stored as the series read takes it."""
+    from pydicom.uid import UID
+
     sop_class = str(ds.get("SOPClassUID", ""))
     if sop_class != CT_IMAGE_STORAGE:
         return STATUS_DATASET_MISMATCH, f"its SOP Class UID is {sop_class or 'missing'}, not CT Image Storage"
@@ -76,7 +80,12 @@ def refusal(ds) -> tuple[int, str] | None:
         return STATUS_DATASET_MISMATCH, f"it is sent as CT Image Storage but its modality is {modality}"
     syntax = ds.file_meta.get("TransferSyntaxUID", "?")
     try:
-        ds.pixel_array  # noqa: B018 - decoded once here so that the series read cannot fail on it
+        if UID(str(syntax)).is_compressed:
+            # Decoded here, in full, and kept decoded: the series read then takes the pixels as
+            # they are instead of decoding every image a second time (JPEG 2000 costs the most).
+            ds.decompress(generate_instance_uid=False)
+        else:
+            ds.pixel_array  # noqa: B018 - checked here so that the series read cannot fail on it
     except Exception as exc:  # pydicom raises RuntimeError, ValueError, NotImplementedError, ...
         name = getattr(syntax, "name", str(syntax))
         first = str(exc).strip().splitlines()

@@ -298,7 +298,8 @@ class DicomNode:
         sources = seg_source_datasets(refs)  # a series no SEG can be made of does not hold up the model
         labels = self.segmenter.predict_volume(volume)
         target = self._seg_path(series_uid, self.out or self.work)
-        write_dicom_seg(labels, volume, refs, self.segmenter.labels, target, sources=sources)
+        write_dicom_seg(labels, volume, refs, self.segmenter.labels, target, sources=sources,
+                        parameters=self.segmenter.algorithm_parameters())
         self.stats.segmented.append(series_uid)
         log.info("series %s: %d slices segmented -> %s", series_uid, volume.num_slices, target)
         if self.forward is not None:

@@ -74,6 +74,30 @@ def test_dicom_seg_passes_dciodvfy(seg_file):
     assert errors == []
 
 
+
+def test_dicom_seg_names_the_model_that_made_it(seg_file, bundle_dir, tmp_path):
+    """Every SEG's algorithm identification said only "edgeseg 0.1.0": two bundles, or the FP32 and
+    INT8 artifacts of one, made SEGs an archive could not tell apart. Each segment's Algorithm
+    Parameters now name the checkpoint and the artifact run, with their sha256."""
+    import hashlib
+    import json
+
+    hd = pytest.importorskip("highdicom")
+
+    def parameters(path: Path) -> dict[str, str]:
+        return hd.seg.segread(path).get_segment_description(1).algorithm_identification.parameters
+
+    int8 = tmp_path / "int8.dcm"
+    result = CliRunner().invoke(cli, ["predict", str(bundle_dir), str(SERIES), "--out", str(int8), "--backend",
+                                      "onnxruntime:int8", "--quiet"])
+    assert result.exit_code == 0, result.output
+    checkpoint = json.loads((bundle_dir / "manifest.json").read_text())["source"]["sha256"]
+    for path, artifact, backend in ((seg_file, "model.onnx", "onnxruntime:fp32"),
+                                    (int8, "model.int8.onnx", "onnxruntime:int8")):
+        assert parameters(path) == {"backend": backend, "model": "unet", "checkpoint_sha256": checkpoint,
+                                    "artifact": artifact,
+                                    "artifact_sha256": hashlib.sha256((bundle_dir / artifact).read_bytes()).hexdigest()}
+
 def test_nifti_output_lies_on_the_input_grid(bundle_dir, segmenter, tmp_path):
     import nibabel as nib
 

@@ -86,3 +86,41 @@ def test_series_without_type2_patient_fields_gets_a_valid_seg(exported_bundle, t
         checked = subprocess.run(["dciodvfy", str(out)], capture_output=True, text=True, timeout=120)
         errors = [ln for ln in (checked.stdout + checked.stderr).splitlines() if ln.startswith("Error")]
         assert errors == []
+
+
+# Specific Character Sets as scanners write them, with names in them: Japanese and Korean series
+# leave the first of their values empty (the default repertoire, with code extensions)
+CHARACTER_SETS = {
+    "japanese": (["", "ISO 2022 IR 87"], "Yamada^Tarou=山田^太郎=やまだ^たろう"),
+    "korean": (["", "ISO 2022 IR 149"], "Hong^Gildong=洪^吉洞=홍^길동"),
+    "latin-1 with code extensions, alone": ("ISO 2022 IR 100", "Müller^Jürgen"),
+    "ISO_IR 6": ("ISO_IR 6", "Smith^John"),
+    "utf-8": ("ISO_IR 192", "Müller^Jürgen"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CHARACTER_SETS))
+def test_seg_of_a_series_in_any_character_set_keeps_the_patient_name(case, exported_bundle, tmp_path):
+    """A series whose Specific Character Set highdicom does not take as written got no SEG, one line
+    "'' is not a valid SpecificCharacterSetValues": every Japanese series written '\\ISO 2022 IR 87'.
+    The SEG now holds the patient's name as pydicom reads it from the source, and passes dciodvfy
+    and highdicom."""
+    hd = pytest.importorskip("highdicom")
+    charset, name = CHARACTER_SETS[case]
+
+    def name_it(k, ds):
+        ds.SpecificCharacterSet, ds.PatientName, ds.StudyDescription = charset, name, "CT Abdomen"
+
+    series = _series(tmp_path / "series", name_it)
+    out = tmp_path / "out.seg.dcm"
+    done = _predict(exported_bundle, series, out)
+    assert done.returncode == 0, done.stderr
+    source = pydicom.dcmread(next(series.iterdir()))
+    seg = pydicom.dcmread(out)
+    assert str(seg.PatientName) == str(source.PatientName) == name
+    assert str(seg.StudyDescription) == "CT Abdomen"
+    assert hd.seg.segread(out).PatientName == seg.PatientName
+    if shutil.which("dciodvfy"):
+        checked = subprocess.run(["dciodvfy", str(out)], capture_output=True, text=True, errors="replace", timeout=120)
+        problems = [ln for ln in (checked.stdout + checked.stderr).splitlines() if ln.startswith(("Error", "Warning"))]
+        assert problems == []

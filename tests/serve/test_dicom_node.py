@@ -229,6 +229,9 @@ class _HeldSegmenter:
         self._segmenter, self.started, self.go = segmenter, threading.Event(), threading.Event()
         self.labels = segmenter.labels
 
+    def algorithm_parameters(self):
+        return self._segmenter.algorithm_parameters()
+
     def predict_volume(self, volume):
         self.started.set()
         assert self.go.wait(60)
