@@ -25,7 +25,8 @@ def describe_bundle(bundle: str) -> tuple[str, list[str]]:
 
     manifest = read_manifest(bundle)
     lines = [f"bundle {bundle}  (schema {manifest.schema}, edgeseg {manifest.edgeseg_version}, created {manifest.created})",
-             f"source   {json.dumps(manifest.source)}",
+             f"source   {json.dumps({k: v for k, v in manifest.source.items() if k not in ('training', 'export')})}",
+             *provenance_lines(manifest.source),
              f"model    {json.dumps(manifest.model)}",
              f"spec     {manifest.spec.to_json()}  (hash {manifest.spec.hash})",
              f"labels   {', '.join(f'{k}={v}' for k, v in sorted(manifest.labels.items()))}",
@@ -85,6 +86,33 @@ def describe_bundle(bundle: str) -> tuple[str, list[str]]:
     lines += [f"note: {note}" for note in notes]
     failed += problems
     return "\n".join(lines), failed
+
+
+def provenance_lines(source: dict) -> list[str]:
+    """How the bundle was made, for a reader: the training's seed and data hashes, each training
+    session's software, settings and command, and the export's."""
+    def software(env: dict) -> str:
+        git = env.get("git_commit")
+        edgeseg = f"edgeseg {env.get('edgeseg')}" + (f" (git {git[:12]}{', modified' if env.get('git_dirty') else ''})"
+                                                     if git else "")
+        libraries = ", ".join(f"{name} {version}" for name, version in (env.get("libraries") or {}).items())
+        return f"{edgeseg}, python {env.get('python')}, {libraries}; on {env.get('machine')} at {env.get('at')}"
+
+    lines = []
+    training = source.get("training")
+    if isinstance(training, dict):
+        data = training.get("data") or {}
+        split = ", ".join(f"{part} {str(h)[:12]}" for part, h in (data.get("split_sha256") or {}).items())
+        lines.append(f"trained  seed {training.get('seed')} on {data.get('source')} (data sha256 "
+                     f"{str(data.get('sha256'))[:12]}; split {split})")
+        for k, env in enumerate(training.get("sessions") or [], start=1):
+            lines += [f"  session {k} from epoch {env.get('from_epoch')}: {env.get('threads')} thread(s), amp "
+                      f"{env.get('amp')}, {env.get('memory_format')}, {env.get('processes')} process(es); {software(env)}",
+                      f"    $ {env.get('command')}"]
+    export = source.get("export")
+    if isinstance(export, dict):
+        lines += [f"exported {software(export)}", f"    $ {export.get('command')}"]
+    return lines
 
 
 @click.command("inspect")

@@ -47,8 +47,9 @@ log = logging.getLogger("edgeseg.data.store")
 # 2: per-case geometry, slice-folder options, labels through the spec's fit; 3: the readers'
 # rules changed (z spacing of a gantry-tilted series, masks with several grey levels above 127,
 # alpha or fractional masks, the label grid tolerance), so a format-2 store of the same source
-# may hold data they now read otherwise or refuse.
-STORE_FORMAT = 3
+# may hold data they now read otherwise or refuse; 4: each case's content hash (case_sha256), which
+# a run records as the data it trained on.
+STORE_FORMAT = 4
 
 
 def store_key(source: str, spec: PreprocessSpec, labels: dict[str, list[int]], intensity: str | None,
@@ -116,11 +117,13 @@ class SliceStore:
         present: (N, C) bool, whether class c occurs in the slice (class 0 is background).
         built: True when this call built the store, False when it reused one.
         build_seconds: how long this call took to build it (None when it reused one).
+        rebuilt_because: why a store already there was not reused (None or "" when there was none).
     """
 
-    def __init__(self, path: Path, built: bool = False, build_seconds: float | None = None) -> None:
+    def __init__(self, path: Path, built: bool = False, build_seconds: float | None = None,
+                 rebuilt_because: str | None = None) -> None:
         self.path = Path(path)
-        self.built, self.build_seconds = built, build_seconds
+        self.built, self.build_seconds, self.rebuilt_because = built, build_seconds, rebuilt_because
         self.manifest = json.loads((self.path / "manifest.json").read_text())
         index = np.load(self.path / "index.npz")
         self.case_index = index["case_index"]
@@ -137,7 +140,10 @@ class SliceStore:
         """'built slice store PATH in S s' or 'using slice store PATH (...)': for the log, once the
         caller has checked what it reads from the store (a refusal is then the only line)."""
         if self.built:
-            return f"built slice store {self.path} in {self.build_seconds or 0.0:.1f} s"
+            # why an earlier store was not reused is said here, not when the build starts, so that
+            # data the run then refuses gets its one line alone
+            why = f" (rebuilt: {self.rebuilt_because})" if self.rebuilt_because else ""
+            return f"built slice store {self.path} in {self.build_seconds or 0.0:.1f} s{why}"
         return f"using slice store {self.path} (built before for this source and spec)"
 
     def _array_layout(self, path: Path, dtype: np.dtype) -> tuple[int, tuple[int, ...]]:
@@ -199,6 +205,12 @@ class SliceStore:
         g = self.manifest["geometry"][self.case_ids.index(case_id)]
         return CaseGeometry(tuple(g["spacing"]), tuple(g["shape"]), bool(g["contiguous"]))
 
+    def case_hashes(self, case_ids: list[str] | None = None) -> dict[str, str]:
+        """Case id -> :meth:`~edgeseg.data.volume.Volume.content_sha256` of the source case, for
+        ``case_ids`` (default: every case of the store)."""
+        hashes = dict(zip(self.case_ids, self.manifest["case_sha256"]))
+        return {case_id: hashes[case_id] for case_id in (self.case_ids if case_ids is None else case_ids)}
+
     def rows_of(self, case_ids: list[str]) -> np.ndarray:
         """Global slice numbers of ``case_ids``, case by case in the order given."""
         number = {c: i for i, c in enumerate(self.case_ids)}
@@ -225,20 +237,17 @@ def _build_lock(lock_path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _trusted(target: Path, record: dict) -> bool:
-    """Whether ``target`` holds a complete store matching ``record``; logs why not."""
+def _untrusted_because(target: Path, record: dict) -> str | None:
+    """None when ``target`` holds a complete store matching ``record``; else why not ("" where
+    there is no store yet)."""
     manifest_path = target / "manifest.json"
     if not manifest_path.is_file():
-        return False
+        return ""
     try:
         manifest = json.loads(manifest_path.read_text())
     except (OSError, ValueError):
-        log.info("slice store %s has an unreadable manifest; rebuilding it", target)
-        return False
-    reason = _stale_reason(manifest, record)
-    if reason is not None:
-        log.info("rebuilding slice store %s: %s", target, reason)
-    return reason is None
+        return "its manifest is unreadable"
+    return _stale_reason(manifest, record)
 
 
 def open_slice_store(source: str, cache: str | os.PathLike, spec: PreprocessSpec,
@@ -256,7 +265,8 @@ def open_slice_store(source: str, cache: str | os.PathLike, spec: PreprocessSpec
     groups = case_groups(source, intensity, slice_options)
     record = _record(groups, spec, labels, intensity, slice_options)
     target = Path(cache) / f"store-{store_key(source, spec, labels, intensity, slice_options)}"
-    if _trusted(target, record):
+    why = _untrusted_because(target, record)
+    if why is None:
         # Reading a built store writes nothing, so a read-only shared cache serves it.
         return SliceStore(target)
     cache = check_output_folder(cache, "slice store cache (--cache)")
@@ -265,7 +275,7 @@ def open_slice_store(source: str, cache: str | os.PathLike, spec: PreprocessSpec
     lock = target.with_suffix(".lock")
     try:
         with _build_lock(lock):
-            if _trusted(target, record):  # built by another process while this one waited
+            if _untrusted_because(target, record) is None:  # built by another process while this one waited
                 return SliceStore(target)
             started = time.monotonic()
             with atomic_dir(target) as staging:
@@ -274,7 +284,7 @@ def open_slice_store(source: str, cache: str | os.PathLike, spec: PreprocessSpec
     except BaseException:
         _undo_folders(lock, created)
         raise
-    return SliceStore(target, built=True, build_seconds=seconds)
+    return SliceStore(target, built=True, build_seconds=seconds, rebuilt_because=why)
 
 
 def _undo_folders(lock: Path, created: list[Path]) -> None:
@@ -297,7 +307,7 @@ def _build(folder: Path, groups: list[CaseGroup], spec: PreprocessSpec, labels: 
 
     num_classes = len(labels) + 1
     case_ids: list[str] = []
-    case_index, slice_index, present, geometry = [], [], [], []
+    case_index, slice_index, present, geometry, case_sha256 = [], [], [], [], []
     for group in tqdm(groups, desc="building slice store", unit="group", disable=not progress, leave=False):
         for volume in group.read():
             if volume.label is None:
@@ -311,6 +321,7 @@ def _build(folder: Path, groups: list[CaseGroup], spec: PreprocessSpec, labels: 
             np.save(folder / f"{number}.images.npy", images)
             np.save(folder / f"{number}.labels.npy", classes)
             case_ids.append(volume.case_id)
+            case_sha256.append(volume.content_sha256())
             geometry.append({"spacing": [float(v) for v in volume.spacing], "shape": list(volume.hu.shape),
                              "contiguous": bool(getattr(volume, "contiguous", True))})
             case_index.append(np.full(len(classes), number, np.int32))
@@ -321,7 +332,8 @@ def _build(folder: Path, groups: list[CaseGroup], spec: PreprocessSpec, labels: 
         raise DataError("no cases to build a slice store from")
     np.savez(folder / "index.npz", case_index=np.concatenate(case_index),
              slice_index=np.concatenate(slice_index), present=np.concatenate(present))
-    manifest = {**record, "case_ids": case_ids, "geometry": geometry, "size": list(spec.size), "num_classes": num_classes}
+    manifest = {**record, "case_ids": case_ids, "case_sha256": case_sha256, "geometry": geometry,
+                "size": list(spec.size), "num_classes": num_classes}
     atomic_write_text(folder / "manifest.json", json.dumps(manifest, indent=1))
 
 

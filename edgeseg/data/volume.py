@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -62,6 +63,23 @@ class Volume:
         if not self.slice_ids:
             self.slice_ids = [str(k) for k in range(self.hu.shape[0])]
 
+    def content_sha256(self) -> str:
+        """sha256 of what the case holds as read: the HU and label arrays (their dtype, shape and
+        values) and the voxel spacing, not the file it came from. The same case read from a NIfTI
+        file, its DICOM series or a copy hashes alike, so a run, an evaluation and a data set on
+        another machine can be matched case by case."""
+        digest = hashlib.sha256()
+        for array in (self.hu, self.label):
+            if array is None:
+                digest.update(b"none;")
+                continue
+            # little-endian C order, so the hash does not depend on how the reader laid the array out
+            data = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<"))
+            digest.update(f"{data.dtype.str}{list(data.shape)};".encode())
+            digest.update(memoryview(data).cast("B"))
+        digest.update(repr([float(v) for v in self.spacing]).encode())
+        return digest.hexdigest()
+
     @property
     def num_slices(self) -> int:
         return int(self.hu.shape[0])
@@ -74,6 +92,13 @@ class Volume:
         offset in-plane as well as stacked), so 3-D distances can be measured where the voxels lie.
         """
         return np.asarray(self.affine, dtype=np.float64)[:3, :3][:, ::-1].copy()
+
+
+def cases_sha256(case_hashes: dict[str, str]) -> str:
+    """One sha256 for a set of cases: of their ids and :meth:`Volume.content_sha256`, in id order,
+    so it does not depend on the order the cases were read in."""
+    text = "".join(f"{case_id}\t{digest}\n" for case_id, digest in sorted(case_hashes.items()))
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def default_affine(spacing: tuple[float, float, float]) -> np.ndarray:

@@ -91,11 +91,19 @@ def evaluate_checkpoint(
 
     from edgeseg.data.slice_set import check_window, map_labels
     from edgeseg.models.checkpoint import checkpoint_spec, load_model
+    import torch
+
+    from edgeseg.data.volume import cases_sha256
+    from edgeseg.report.provenance import environment
+    from edgeseg.runtime.manifest import sha256_file
     from edgeseg.runtime.segmenter import Segmenter
 
     check_source(data, "--data")
     if out is not None:
         _check_out_apart(Path(out), data)
+    # before loading: a training writing this checkpoint replaces it whole, so hash and weights
+    # differ only if it is replaced between the two, not half-written
+    checkpoint_sha256 = sha256_file(checkpoint) if Path(checkpoint).is_file() else None
     model, payload = load_model(checkpoint)
     spec = checkpoint_spec(payload)
     class_names = list(payload["class_names"])
@@ -123,7 +131,7 @@ def evaluate_checkpoint(
         # axes_mm rather than spacing: a gantry-tilted series' distances depend on its shear
         metrics = class_metrics(pred, truth, len(class_names), per_slice_hd=not vol.contiguous, grid=vol.axes_mm)
         fp_slices = false_positive_slices(pred, truth, len(class_names))
-        case = {"case_id": vol.case_id, "slices": vol.num_slices,
+        case = {"case_id": vol.case_id, "sha256": vol.content_sha256(), "slices": vol.num_slices,
                 # slice images carry no pixel size: their distances are counted in pixels
                 "hd95_unit": "mm" if vol.contiguous else "pixels",
                 "metrics": {class_names[c]: m for c, m in metrics.items()},
@@ -138,7 +146,11 @@ def evaluate_checkpoint(
         overlays.append(_worst_slice(vol, pred, truth, metrics, class_names))
     summary = summarise([c["metrics"] for c in cases])
     result = {
-        "checkpoint": str(checkpoint), "data": str(data), "split": used_split, "spec_hash": spec.hash,
+        "checkpoint": str(checkpoint), "checkpoint_sha256": checkpoint_sha256, "data": str(data),
+        # the same content hashes training records per case, so the scored cases can be matched to it
+        "data_sha256": cases_sha256({c["case_id"]: c["sha256"] for c in cases}),
+        "environment": {**environment(), "threads": torch.get_num_threads()},
+        "split": used_split, "spec_hash": spec.hash,
         "postprocess": post.to_dict(), "tta": segmenter.tta, "classes": class_names, "cases": cases, "summary": summary,
         "false_positive_slices": {name: sum(c["false_positive_slices"][name] for c in cases) for name in class_names[1:]},
         "slices_without_class": {name: sum(c["slices_without_class"][name] for c in cases) for name in class_names[1:]},

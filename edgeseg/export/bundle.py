@@ -20,6 +20,7 @@ from typing import Any
 from edgeseg import __version__
 from edgeseg.atomic import TargetAppeared, atomic_dir, atomic_write_text, check_output_folder, within
 from edgeseg.errors import DataError
+from edgeseg.report.provenance import environment
 from edgeseg.runtime.manifest import (MANIFEST_NAME, PARITY_NAME, ArtifactEntry, Manifest, TensorInfo,
                                       sha256_file)
 from edgeseg.runtime.postprocess_options import PostprocessOptions
@@ -93,10 +94,24 @@ def build_manifest(payload: dict[str, Any], checkpoint: Path, checkpoint_sha256:
                 **({"recipe": payload["recipe"]} if payload.get("recipe") else {}),
                 # What the training slices' image pixels meant, so predict reads PNG/JPG input alike.
                 **({"intensity": intensity} if (intensity := (payload.get("train_config") or {}).get("intensity"))
-                   else {})},
+                   else {}),
+                **training_record(payload),
+                # how the artifacts were made: the ONNX bytes and INT8 scales follow these versions
+                "export": environment()},
         edgeseg_version=__version__,
         created=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
     )
+
+
+def training_record(payload: dict[str, Any]) -> dict[str, Any]:
+    """``{"training": ...}``: the checkpoint's seed, data hashes and sessions (commands, software,
+    machines), without the per-case hashes the checkpoint keeps; ``{}`` for a checkpoint written
+    before training recorded them."""
+    record = payload.get("provenance") or {}
+    if not record:
+        return {}
+    data = {k: v for k, v in (record.get("data") or {}).items() if k != "case_sha256"}
+    return {"training": {"seed": record.get("seed"), "data": data, "sessions": list(record.get("sessions") or [])}}
 
 
 def write_manifest(folder: Path, manifest: Manifest, parity: dict) -> None:

@@ -19,7 +19,7 @@ FORMAT = "edgeseg-checkpoint"
 FORMAT_VERSION = 1
 REQUIRED = ("format", "format_version", "model", "spec", "class_names", "state_dict")
 # Records of the training run that export and evaluation read into; each is a mapping or absent.
-RUN_RECORDS = ("postprocess", "split", "train_config", "label_values", "best")
+RUN_RECORDS = ("postprocess", "split", "train_config", "label_values", "best", "provenance")
 
 
 def save_checkpoint(

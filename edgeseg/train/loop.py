@@ -28,7 +28,7 @@ from edgeseg.train.losses import build_loss
 from edgeseg.train.memory_format import choose_memory_format, to_memory_format, torch_format
 from edgeseg.train.precision import autocast_dtype
 from edgeseg.train.records import write_records
-from edgeseg.train.run_data import check_trainable, prepare
+from edgeseg.train.run_data import check_trainable, data_record, prepare
 from edgeseg.train.run_folder import busy_message, check_resumable, check_start
 from edgeseg.train.schedule import lr_at
 from edgeseg.train.streaming import EpochBatches, ForegroundBatchSampler, default_workers, make_train_loader
@@ -123,6 +123,7 @@ def _train(cfg, resume, progress, on_epoch, make_sampler, place, device) -> dict
     to_memory_format(model, optimizer, layout["chosen"])
     state = _LoopState(cfg, model, model_config, spec, optimizer, device, train_set, val_set, data["split"], out,
                        sampler, place, layout)
+    state.provenance = _provenance(cfg, data, payload, state, start_epoch)
     if payload is not None and state.ema is not None:
         # The EMA weights are the checkpoint's state_dict; without a saved update count (a
         # checkpoint trained without EMA) the average starts afresh from the current weights.
@@ -162,7 +163,7 @@ def _epochs(state: "_LoopState", start_epoch: int, history: list, best: dict, da
                 state.save(out / "best.pt", epoch, history, best, with_optimizer=False, postprocess=post)
             state.save(out / "last.pt", epoch, history, best, with_optimizer=True)
             write_records(out, cfg, state.spec, model_config, count_parameters(state.model), history, best, data["split"],
-                          memory_format=state.layout, processes=place.world_size)
+                          memory_format=state.layout, processes=place.world_size, provenance=state.provenance)
             log.info(
                 "epoch %d/%d  train loss %.4f  val loss %.4f  val Dice %.4f%s  (%.0f s)",
                 epoch, cfg.epochs, row["train_loss"], row["val_loss"], row["val_dice"], "  *best" if improved else "", row["seconds"],
@@ -171,6 +172,20 @@ def _epochs(state: "_LoopState", start_epoch: int, history: list, best: dict, da
                 on_epoch(row)
             distributed.barrier(place)
         return best
+
+
+def _provenance(cfg: TrainConfig, data: dict, payload: dict | None, state: "_LoopState", start_epoch: int) -> dict:
+    """The checkpoint's record of how it was made: the data by content, and one entry per session
+    of the run (a resumed run adds one), each with its command, software, machine and the settings
+    that change float rounding but may change on --resume (threads, precision, layout, processes)."""
+    from edgeseg.report.provenance import environment
+
+    sessions = list(((payload or {}).get("provenance") or {}).get("sessions") or [])
+    sessions.append({**environment(), "from_epoch": start_epoch, "threads": torch.get_num_threads(),
+                     "amp": str(state.amp_dtype).removeprefix("torch.") if state.amp_dtype else "off",
+                     "memory_format": state.layout["chosen"], "processes": state.place.world_size,
+                     "workers": state.workers})
+    return {"seed": cfg.seed, "data": data_record(cfg, data), "sessions": sessions}
 
 
 def _check_finite_weights(model, epoch: int, row: dict[str, Any], out: Path) -> None:
@@ -239,8 +254,9 @@ class _LoopState:
         self.steps_per_epoch = sampler.steps_per_epoch
         # Batches are read from the slice store and augmented in DataLoader workers.
         self.batches = EpochBatches(sampler, train_set.rows, cfg.seed, place.rank)
-        workers = default_workers() if cfg.workers < 0 else cfg.workers
-        self.loader = make_train_loader(train_set.store, self.batches, self.augment, workers, device)
+        self.workers = default_workers() if cfg.workers < 0 else cfg.workers
+        self.loader = make_train_loader(train_set.store, self.batches, self.augment, self.workers, device)
+        self.provenance: dict[str, Any] = {}
         self.total_steps = self.steps_per_epoch * cfg.epochs
         # capped where the product would overflow int(): any warm-up that long is all warm-up
         self.warmup = max(1, int(min(cfg.warmup_epochs * self.steps_per_epoch, 2.0 ** 62)))
@@ -324,6 +340,7 @@ class _LoopState:
             "label_values": self.cfg.labels,
             "recipe": self.cfg.recipe,
             "memory_format": self.layout,
+            "provenance": self.provenance,
         }
         if with_optimizer:
             extra["optimizer"] = self.optimizer.state_dict()

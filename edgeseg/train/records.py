@@ -23,10 +23,12 @@ def write_records(
     split: dict[str, list[str]],
     memory_format: dict[str, Any] | None = None,
     processes: int = 1,
+    provenance: dict[str, Any] | None = None,
 ) -> None:
     """Rewrite the run's metrics files and training-curve plot (each atomically). ``processes``
     (the latest session's, as ``memory_format``) goes into the config: ``batch_size`` is per
-    process, so runs alike but for it trained on other global batches and step counts."""
+    process, so runs alike but for it trained on other global batches and step counts. ``provenance``
+    is the checkpoints' record of the data, commands, software and machines of the run."""
     columns = list(history[0].keys()) if history else []
     write_csv(out / "metrics.csv", history, columns)
     write_json(
@@ -40,6 +42,7 @@ def write_records(
             "best": best,
             "split": split,
             **({"memory_format": memory_format} if memory_format is not None else {}),
+            **({"provenance": provenance} if provenance else {}),
         },
     )
     # a k-fold split is made by its fold count and fold, not by the fractions

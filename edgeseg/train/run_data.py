@@ -15,6 +15,7 @@ from edgeseg.atomic import folder_lock
 from edgeseg.data import split_cases
 from edgeseg.data.folds import fold_split
 from edgeseg.data.store import StoreCases, open_slice_store
+from edgeseg.data.volume import cases_sha256
 from edgeseg.errors import CheckpointError, DataError, EdgesegError
 from edgeseg.train.config import TrainConfig, build_spec
 from edgeseg.train.run_folder import busy_message, check_resumable, check_start
@@ -47,6 +48,15 @@ def check_trainable(cfg: TrainConfig, data: dict[str, Any], payload: dict[str, A
     if payload is not None and payload.get("split") and _split_cases(payload["split"]) != _split_cases(data["split"]):
         raise CheckpointError(f"cannot resume {Path(cfg.out) / 'last.pt'}: {cfg.data} splits into other cases than "
                               "the run was trained on (other data, or data changed); train into another --out")
+    # same case ids, other content (a case re-exported, labels corrected): the split alone misses it
+    recorded = ((payload or {}).get("provenance") or {}).get("data") or {}
+    now = data_record(cfg, data)
+    changed = sorted(c for c, digest in (recorded.get("case_sha256") or {}).items()
+                     if now["case_sha256"].get(c, digest) != digest)
+    if changed:
+        raise CheckpointError(f"cannot resume {Path(cfg.out) / 'last.pt'}: {len(changed)} case(s) of {cfg.data} hold "
+                              f"other images or labels than the run was trained on ({', '.join(changed[:3])}"
+                              f"{', ...' if len(changed) > 3 else ''}); train into another --out")
     train_set = data["train"]
     held = train_set.store.present[train_set.rows].any(axis=0)
     absent = [f"{name} (value {'+'.join(map(str, cfg.labels[name]))})" for k, name in enumerate(cfg.labels, start=1)
@@ -54,6 +64,17 @@ def check_trainable(cfg: TrainConfig, data: dict[str, Any], payload: dict[str, A
     if absent:
         raise DataError(f"no training slice of {cfg.data} holds {', '.join(absent)}; check --labels against the "
                         "label values the data uses (edgeseg data info)")
+
+
+def data_record(cfg: TrainConfig, data: dict[str, Any]) -> dict[str, Any]:
+    """What a run trained on, by content: the source, each case's content hash (as read, see
+    :meth:`~edgeseg.data.volume.Volume.content_sha256`), one hash of them all and one per part of
+    the split, so a data set on another machine can be checked against the run."""
+    store = data["store"]
+    hashes = store.case_hashes()
+    return {"source": cfg.data, "sha256": cases_sha256(hashes),
+            "split_sha256": {part: cases_sha256(store.case_hashes(list(ids))) for part, ids in data["split"].items()},
+            "case_sha256": hashes}
 
 
 def check_launch(cfg: TrainConfig, resume: bool, overwrite: bool, progress: bool = False) -> None:

@@ -154,9 +154,10 @@ def test_interrupted_run_resumes_to_the_same_weights_and_average(ema_run, tmp_pa
     assert [r["val_dice"] for r in resumed["history"]] == [r["val_dice"] for r in result["history"]]
     a, b = read_checkpoint(Path(cfg.out) / "last.pt"), read_checkpoint(run / "last.pt")
     assert a["ema_updates"] == b["ema_updates"]
+    # bit for bit: every draw follows (seed, epoch, step) and the optimiser state is saved whole,
+    # so on one machine and thread count a resumed run is the uninterrupted one (docs/training.md)
     for key in ("state_dict", "train_state_dict"):
-        for name in a[key]:
-            torch.testing.assert_close(b[key][name], a[key][name], rtol=1e-5, atol=1e-6, msg=f"{key}.{name}")
+        assert [name for name in a[key] if not torch.equal(b[key][name], a[key][name])] == [], key
 
 
 def test_resume_copy_of_a_run_keeps_history(ema_run, tmp_path):
