@@ -28,7 +28,7 @@ LIBRARIES = ("torch", "numpy", "onnx", "onnxslim", "onnxruntime", "onnxruntime-g
 def environment() -> dict[str, Any]:
     """The command line, working folder, edgeseg version (and git commit of a source checkout),
     Python and library versions, and the machine (``machine_signature``) of this process."""
-    from edgeseg.runtime.selection import installed_versions, machine_signature
+    from edgeseg.runtime.machine import installed_versions, machine_signature
 
     try:
         cwd = os.getcwd()

@@ -14,7 +14,7 @@ import torch
 from edgeseg.data import open_dataset
 from edgeseg.models.checkpoint import read_checkpoint
 from edgeseg.report.provenance import source_commit
-from edgeseg.runtime.selection import machine_signature
+from edgeseg.runtime.machine import machine_signature
 from edgeseg.train.loop import train
 
 from .test_training import tiny
