@@ -9,8 +9,8 @@ import click
 from edgeseg.atomic import atomic_files, check_output_folder
 from edgeseg.errors import DataError
 from edgeseg.evaluate.compare import compare_runs, load_run, plot_comparison, task_difference
-from edgeseg.evaluate.paired import (DEFAULT_RESAMPLES, MAX_RESAMPLES, MIN_RESAMPLES, paired_statistics,
-                                     plot_paired)
+from edgeseg.evaluate.paired import (DEFAULT_RESAMPLES, MAX_RESAMPLES, MIN_RESAMPLES, few_cases_warning,
+                                     paired_statistics, plot_paired)
 from edgeseg.report.output import format_cell, format_table, write_csv, write_json
 
 FILES = ("compare.csv", "compare.json", "compare.png")
@@ -69,6 +69,9 @@ def command(runs: tuple[Path, ...], out_dir: Path | None, paired: bool, referenc
     if different:  # the table still helps (which run trained longer, on what); its Dice columns do not compare
         click.echo(f"edgeseg: warning: these runs segment different classes: {different}; their Dice and HD95 "
                    "columns are not comparable", err=True)
+    few = few_cases_warning(statistics) if statistics is not None else None
+    if few:
+        click.echo(f"edgeseg: warning: {few}", err=True)
     click.echo(format_table(rows, columns))
     if statistics is not None:
         click.echo("\n" + paired_table(statistics))

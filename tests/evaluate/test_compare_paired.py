@@ -198,3 +198,17 @@ def test_a_run_without_per_case_results_is_refused(pair, tmp_path, assert_one_li
     (bare / "metrics.json").write_text(json.dumps({"config": {"lr": 0.01}, "history": []}))
     assert_one_line_error(compare(run_a, bare, "--paired"), "run bare has no eval/eval.json; paired statistics need "
                                                             "every run evaluated")
+
+
+def test_few_cases_get_one_warning_with_the_smallest_possible_p(tmp_path):
+    a = make_evaluated_run(tmp_path / "A", [0.80, 0.90, 0.70, 0.60, 0.85])
+    b = make_evaluated_run(tmp_path / "B", [0.81, 0.92, 0.73, 0.64, 0.90])
+    proc = compare(a, b, "--paired")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.splitlines() == [
+        "edgeseg: warning: some differences are paired over only 5 cases: with under 10 the bootstrap interval "
+        "covers the true mean difference less often than 95%, and an exact Wilcoxon p cannot fall below 0.0625"]
+    # five differences all of one sign: the smallest p there is, by scipy too
+    dice_line = next(line for line in proc.stdout.splitlines() if line.split()[:3] == ["B", "liver", "dice"])
+    assert float(dice_line.split()[-1]) == pytest.approx(scipy.stats.wilcoxon([0.01, 0.02, 0.03, 0.04, 0.05]).pvalue)
+    assert scipy.stats.wilcoxon([0.01, 0.02, 0.03, 0.04, 0.05]).pvalue == pytest.approx(0.0625)
