@@ -210,7 +210,7 @@ def _shared_classes(runs: Sequence[Mapping]) -> list[str]:
 
 
 # Below this many cases a percentile bootstrap interval of a mean covers the true mean clearly
-# less often than its nominal 95% (about 87% at 6 normal differences, 90% at 10).
+# less often than its nominal 95% (about 87% at 6 normal differences, 91% at 10).
 FEW_CASES = 10
 
 
