@@ -98,8 +98,8 @@ def paired_table(statistics: dict) -> str:
     heading = (f"paired against {statistics['reference']}: {statistics['cases']} cases{left}\n"
                "mean_diff = run - reference per case (Dice: > 0 is better; HD95: < 0 is better, over the cases where "
                f"both define it); ci95: percentile bootstrap over cases, {statistics['resamples']} resamples, seed "
-               f"{statistics['seed']}; wilcoxon_p: two-sided signed-rank, zero differences by "
-               f"{statistics['zero_method'].capitalize()}")
+               f"{statistics['seed']}; wilcoxon_p: two-sided signed-rank over the cases that differ (zero "
+               "differences dropped)")
     rows = [{"run": r["run"], "class": r["class"], "metric": r["metric"], "cases": r["n"], "mean_diff": r["mean_diff"],
              "ci95": "-" if r["ci_low"] is None else f"[{format_cell(r['ci_low'])}, {format_cell(r['ci_high'])}]",
              "wilcoxon_p": r["wilcoxon_p"]} for r in statistics["rows"]]

@@ -104,10 +104,20 @@ def test_wilcoxon_p_is_scipys_on_the_differences(pair):
     dice = stats["rows"][0]
     diff = better - base
     assert np.count_nonzero(diff == 0) == 2
-    assert dice["wilcoxon_p"] == pytest.approx(scipy.stats.wilcoxon(diff, zero_method="pratt").pvalue, rel=1e-12)
-    assert dice["mean_diff"] == pytest.approx(diff.mean(), abs=1e-15)
-    assert stats["zero_method"] == "pratt"
+    exact = scipy.stats.wilcoxon(diff, zero_method="wilcox", method="exact").pvalue
+    assert dice["wilcoxon_p"] == pytest.approx(exact, rel=1e-12)
+    assert dice["wilcoxon_p"] == pytest.approx(scipy.stats.wilcoxon(diff[diff != 0]).pvalue, rel=1e-12)
+    assert dice["zero_differences"] == 2 and dice["mean_diff"] == pytest.approx(diff.mean(), abs=1e-15)
+    assert stats["zero_method"] == "wilcox"
     assert wilcoxon_p(np.zeros(6)) is None  # nothing to rank
+
+
+def test_many_tied_cases_do_not_turn_the_wilcoxon_p_approximate():
+    """Three cases better among 60 scored alike: scipy given all 63 differences switches to the
+    normal approximation (p 0.11) although only three are ranked, whose exact p is 2 / 2**3."""
+    diff = np.array([0.0] * 60 + [0.01, 0.02, 0.03])
+    assert wilcoxon_p(diff) == pytest.approx(0.25)
+    assert wilcoxon_p(diff) == pytest.approx(scipy.stats.wilcoxon(diff, method="exact").pvalue)
 
 
 def test_cli_prints_and_writes_the_paired_statistics(pair, tmp_path):
