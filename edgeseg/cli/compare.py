@@ -25,7 +25,8 @@ PAIRED_COLUMNS = ("run", "class", "metric", "cases", "mean_diff", "ci95", "wilco
     "out_dir",
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
-    help="Folder to write compare.csv, compare.json and compare.png into (created if missing).",
+    help="Folder to write compare.csv, compare.json and compare.png (and with --paired compare_paired.png) "
+         "into (created if missing).",
 )
 @click.option("--paired", is_flag=True,
               help="Add paired statistics of the runs' evaluations on the same cases: per class, the mean "
