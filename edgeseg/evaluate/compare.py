@@ -41,10 +41,12 @@ def _best_from_history(history: list[dict]) -> dict:
 
 
 def load_run(path: str | os.PathLike) -> dict:
-    """Read one run directory into ``{"name", "path", "config", "history", "best", "spec", "eval"}``.
+    """Read one run directory into ``{"name", "path", "config", "history", "best", "spec", "eval",
+    "eval_cases"}``.
 
-    ``name`` is the directory name; ``eval`` is the ``summary`` of ``eval/eval.json`` or None
-    when the run has not been evaluated; ``best`` falls back to the history's highest val Dice.
+    ``name`` is the directory name; ``eval`` is the ``summary`` of ``eval/eval.json`` and
+    ``eval_cases`` its per-case ``cases``, both None when the run has not been evaluated;
+    ``best`` falls back to the history's highest val Dice.
     Raises DataError for a folder without ``metrics.json`` or with a malformed one.
     """
     run_dir = Path(path)
@@ -64,13 +66,14 @@ def load_run(path: str | os.PathLike) -> dict:
     if not isinstance(best, dict):
         best = _best_from_history(history)
 
-    summary = None
+    summary = cases = None
     eval_path = run_dir / EVAL_FILE
     if eval_path.is_file():
         evaluation = _read_json(eval_path)
         summary = evaluation.get("summary") if isinstance(evaluation, dict) else None
         if not isinstance(summary, dict):
             raise DataError(f"{eval_path}: expected an object with a 'summary' object")
+        cases = evaluation.get("cases")
     return {
         "name": run_dir.resolve().name,
         "path": run_dir,
@@ -79,6 +82,7 @@ def load_run(path: str | os.PathLike) -> dict:
         "best": best,
         "spec": metrics.get("spec"),
         "eval": summary,
+        "eval_cases": cases,
     }
 
 
