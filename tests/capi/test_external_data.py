@@ -232,3 +232,23 @@ def test_nesting_beyond_protobufs_limit_is_refused_as_the_engines_refuse_it(prob
     assert "protobuf parsing failed" not in str(within.value).lower()
     with pytest.raises(Exception, match="(?i)protobuf parsing failed"):
         onnxruntime.InferenceSession(str(paths[2]), providers=["CPUExecutionProvider"])
+
+
+def test_both_open_a_model_holding_unknown_groups(bundle, tmp_path, run_checks):
+    """Groups (wire types 3 and 4) of fields onnx.proto does not declare, in the model and in
+    its graph, are skipped by protobuf: ONNX Runtime and OpenVINO load such a model, and now
+    libedgeseg opens it too instead of calling it no ONNX model."""
+    from edgeseg.runtime import Segmenter
+
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    entry = next(a for a in manifest["artifacts"] if a["format"] == "onnx" and a["precision"] == "fp32")
+    model = onnx.load(str(bundle / entry["file"]))
+    graph = model.graph.SerializeToString() + group(100, key(1, 0) + b"\x05" + group(101))
+    model.ClearField("graph")
+    # after the graph: OpenVINO recognises an ONNX file by the fields it starts with
+    data = model.SerializeToString() + _ld(7, graph) + group(99)
+    copy = _with_artifact(bundle, tmp_path, data)
+    with Segmenter.load(copy, backend="openvino:fp32") as seg:
+        assert seg.runner.name == "openvino"
+    code, message, _ = run_checks("open", copy, "fp32")
+    assert (code, message) == (0, "opened")
