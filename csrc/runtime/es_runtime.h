@@ -99,11 +99,25 @@ int es_bundle_verify(const char *dir, const es_bundle *bundle, es_error *err);
 
 void es_bundle_free(es_bundle *bundle);
 
-/* Where the file `fh` of `size` bytes stops being an ONNX ModelProto in protobuf's wire form
- * (top-level fields of ModelProto's numbers and wire types up to its end, ir_version and graph
- * among them), or -1 where it is one. OpenVINO tries its other frontends on a file its ONNX
- * frontend refuses, and some of them print to stderr: such a file is refused before. */
+/* onnx_form.c. Where the file `fh` of `size` bytes stops being an ONNX ModelProto in protobuf's
+ * wire form (top-level fields of ModelProto's numbers and wire types up to its end, ir_version
+ * and graph among them), or -1 where it is one. OpenVINO tries its other frontends on a file its
+ * ONNX frontend refuses, and some of them print to stderr: such a file is refused before. */
 long es_onnx_form_flaw(FILE *fh, long long size);
+
+/* A tensor that keeps its bytes in another file: its name and the file it names ('?' where it
+ * names none), each quoted as Python's repr quotes the first 80 characters of a string. */
+#define ES_QUOTED_SIZE (80 * 6 + 8)
+typedef struct {
+    char name[ES_QUOTED_SIZE], location[ES_QUOTED_SIZE];
+} es_external_tensor;
+
+/* edgeseg.runtime.onnx_form.external_tensor over the file `fh` of `size` bytes: 1 where a tensor
+ * (initializers, Constant attributes, sparse tensors, subgraphs and functions included) keeps its
+ * bytes in another file, *found the first such in the file's order; 0 where none does; -1 where
+ * the protobuf breaks before (Python's ValueError), *flaw at which byte; nesting deeper than
+ * protobuf's limit of 100 breaks it. Reads stay inside the file and each message's length. */
+int es_onnx_external(FILE *fh, long long size, es_external_tensor *found, long long *flaw);
 
 /* Hex sha256 of the rest of `fh` into hex[65] (OpenSSL's libcrypto); 0 on success. */
 int es_sha256_file(FILE *fh, char hex[65]);

@@ -37,7 +37,7 @@ def onnx_metadata(path: str | Path) -> dict[str, str]:
     props = {}
     for number, value in _fields(data):
         if number == METADATA_PROPS and isinstance(value, memoryview):
-            entry = {n: bytes(v).decode("utf-8") for n, v in _fields(value) if n in (1, 2)}
+            entry = {n: bytes(v).decode("utf-8") for n, v in _fields(value) if n in (1, 2) and isinstance(v, memoryview)}
             props[entry.get(1, "")] = entry.get(2, "")
     return props
 

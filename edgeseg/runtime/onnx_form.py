@@ -43,25 +43,57 @@ def varint(data: memoryview, pos: int) -> tuple[int, int]:
         shift += 7
 
 
+MAX_FIELD = (1 << 29) - 1  # protobuf's largest field number; 0 is none
+
+
+def _field(data: memoryview, pos: int) -> tuple[int, int, object, int]:
+    """(number, wire type, value, the position after it) of the field at ``pos``: a varint as int,
+    a fixed-width value as bytes, a length-delimited one as a view, a group's start or end as None."""
+    key, pos = varint(data, pos)
+    number, wire = key >> 3, key & 7
+    if not 1 <= number <= MAX_FIELD:
+        raise ValueError(f"field number {number}, beyond protobuf's 1..{MAX_FIELD}")
+    value = None
+    if wire == 0:
+        value, pos = varint(data, pos)
+    elif wire in (1, 5):
+        width = 8 if wire == 1 else 4
+        value, pos = bytes(data[pos:pos + width]), pos + width
+    elif wire == 2:
+        length, pos = varint(data, pos)
+        value, pos = data[pos:pos + length], pos + length
+    elif wire not in (3, 4):
+        raise ValueError(f"wire type {wire} in field {number}")
+    if pos > len(data):
+        raise ValueError(f"field {number} runs past the end of the file")
+    return number, wire, value, pos
+
+
 def fields(data: memoryview):
-    """(field number, value) of each field of a protobuf message; length-delimited values as views."""
+    """(field number, value) of each field of a protobuf message; only length-delimited values are
+    views (memoryview), so that a field of another wire type is never read as a message. A group
+    (wire types 3 to 4) is skipped whole, as protobuf skips one where the message declares no such
+    field: ONNX Runtime and OpenVINO load a graph that holds one."""
     pos = 0
     while pos < len(data):
-        key, pos = varint(data, pos)
-        number, wire = key >> 3, key & 7
-        if wire == 0:
-            value, pos = varint(data, pos)
-        elif wire in (1, 5):
-            width = 8 if wire == 1 else 4
-            value, pos = data[pos:pos + width], pos + width
-        elif wire == 2:
-            length, pos = varint(data, pos)
-            value, pos = data[pos:pos + length], pos + length
+        number, wire, value, pos = _field(data, pos)
+        if wire == 4:
+            raise ValueError(f"the end of a group {number} that no group opened")
+        if wire == 3:
+            pos = _skip_group(data, pos, number)
         else:
-            raise ValueError(f"wire type {wire} in field {number}")
-        if pos > len(data):
-            raise ValueError(f"field {number} runs past the end of the file")
-        yield number, value
+            yield number, value
+
+
+def _skip_group(data: memoryview, pos: int, number: int) -> int:
+    opened = [number]  # not recursive, as external_tensor
+    while opened:
+        inner, wire, _, pos = _field(data, pos)
+        if wire == 3:
+            opened.append(inner)
+        elif wire == 4 and inner != opened.pop():
+            raise ValueError(f"a group {inner} ends where group {number} is open")
+    return pos
 
 
 def external_tensor(path: str | Path) -> tuple[str, str] | None:
@@ -78,7 +110,8 @@ def external_tensor(path: str | Path) -> tuple[str, str] | None:
                 return found
             continue
         inner = _MESSAGES[kind]
-        stack += [(inner[n], v) for n, v in fields(data) if n in inner and isinstance(v, memoryview)]
+        # reversed: the stack pops them in the file's order, so "first" is the file's first
+        stack += reversed([(inner[n], v) for n, v in fields(data) if n in inner and isinstance(v, memoryview)])
     return None
 
 
@@ -91,7 +124,8 @@ def _external(tensor: memoryview) -> tuple[str, str] | None:
             external = True
         elif number == _EXTERNAL_DATA and isinstance(value, memoryview):
             external = True
-            entry = dict((n, bytes(v).decode("utf-8", "replace")) for n, v in fields(value) if n in (1, 2))
+            entry = dict((n, bytes(v).decode("utf-8", "replace")) for n, v in fields(value)
+                         if n in (1, 2) and isinstance(v, memoryview))
             location = entry.get(2, location) if entry.get(1) == "location" else location
     return (name, location or "?") if external else None
 

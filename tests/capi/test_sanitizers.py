@@ -109,3 +109,28 @@ def test_a_mirrored_volume_is_clean(asan_checks, bundle, phantom_hu, tmp_path):
     result = run_sanitized(asan_checks, "tta", "mirror", bundle, "int8", *volume.shape, src, tmp_path / "out.raw")
     assert result.returncode == 0, result.stderr[-4000:]
     assert "Sanitizer" not in result.stderr and result.stdout.startswith("0\t")
+
+
+@pytest.mark.parametrize("case, code", [("odd-names", "16"), ("two-tensors", "16"), ("cut", "17"), ("damaged", "17")])
+def test_artifacts_with_external_or_broken_tensors_are_clean(case, code, asan_checks, bundle, tmp_path):
+    """es_open's walk through the graph (csrc/runtime/onnx_form.c) on a refused external tensor,
+    on a cut file, and on one whose tensor's name claims more bytes than the tensor holds."""
+    import hashlib
+
+    from tests.onnx_placements import placements
+
+    data = placements()["odd-names" if case == "odd-names" else "two-tensors"][0]
+    if case == "damaged":  # the first tensor's name, now longer than its tensor
+        at = data.index(b"\x05first")
+        data = data[:at] + b"\x7f" + data[at + 1:]
+    elif case == "cut":
+        data = data[:len(data) - 9]
+    copy = shutil.copytree(bundle, tmp_path / "bundle")
+    manifest = json.loads((copy / "manifest.json").read_text())
+    entry = next(a for a in manifest["artifacts"] if a["format"] == "onnx" and a["precision"] == "fp32")
+    (copy / entry["file"]).write_bytes(data)
+    entry.update(sha256=hashlib.sha256(data).hexdigest(), bytes=len(data))
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    result = run_sanitized(asan_checks, "open", copy, "fp32")
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "Sanitizer" not in result.stderr and result.stdout.startswith(code + "\t"), result.stdout[:600]

@@ -76,3 +76,15 @@ def test_an_intact_bundle_passes_with_nothing_left_unchecked(exported_bundle):
     proc = inspect(exported_bundle)
     assert proc.returncode == 0, proc.stderr
     assert "embeds no spec" not in proc.stdout
+
+
+def test_a_metadata_entry_whose_key_is_a_varint_is_read_without_allocating_it(tmp_path):
+    """protobuf skips a key of the wrong wire type; onnx_metadata once made bytes(2**62) of it
+    (MemoryError, a traceback from ``edgeseg inspect``)."""
+    from edgeseg.export.embedded import onnx_metadata
+    from tests.onnx_placements import key, varint
+
+    entry = key(1, 0) + varint(1 << 62) + key(2, 2) + b"\x01v"
+    path = tmp_path / "model.onnx"
+    path.write_bytes(key(1, 0) + b"\x08" + key(14, 2) + varint(len(entry)) + entry)
+    assert onnx_metadata(path) == {"": "v"}

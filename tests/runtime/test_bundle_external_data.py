@@ -103,3 +103,42 @@ def test_external_tensors_are_found_wherever_onnx_itself_finds_them(tmp_path, in
     onnx.save(model, str(path))
     assert [uses_external_data(t) for t in _get_all_tensors(model)].count(True) == 1  # the oracle
     assert external_tensor(path) == (target.name, "../elsewhere.bin")
+
+
+def test_every_placement_is_found_and_the_first_in_the_file_is_named(tmp_path):
+    """The placements the C runtime is checked on too (tests/onnx_placements.py): sparse tensors,
+    attribute lists, functions and training graphs, and with two external tensors the first in the
+    file's order (the walk once named the last one)."""
+    from tests.onnx_placements import placements
+
+    for case, (data, expected) in placements().items():
+        path = tmp_path / f"{case}.onnx"
+        path.write_bytes(data)
+        assert external_tensor(path) == expected, case
+
+
+def test_a_group_does_not_hide_an_external_tensor(external_bundle):
+    """ONNX Runtime and OpenVINO skip an unknown group field (wire types 3 and 4); the walk once
+    gave up on it and left the graph to them, which then read weights.bin unchecked."""
+    import onnxruntime
+
+    from tests.onnx_placements import group
+
+    path = external_bundle / "model.onnx"
+    path.write_bytes(path.read_bytes() + group(99, group(100)))
+    _resign(external_bundle, "model.onnx")
+    onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])  # the engine loads it as it is
+    with pytest.raises(BundleError, match="keeps tensor .* in another file"):
+        Segmenter.load(external_bundle, backend="onnxruntime:fp32")
+
+
+def test_a_varint_where_an_entry_holds_text_is_not_taken_for_a_length(tmp_path):
+    """An external_data entry whose key is a varint (protobuf skips it as a field of another wire
+    type): the walk once made bytes(2**62) of it and died of MemoryError instead of answering."""
+    from tests.onnx_placements import key, varint
+
+    tensor = key(8, 2) + b"\x01w" + key(13, 2) + varint(10) + key(1, 0) + varint(1 << 62)
+    graph = key(5, 2) + varint(len(tensor)) + tensor
+    path = tmp_path / "model.onnx"
+    path.write_bytes(key(1, 0) + b"\x08" + key(7, 2) + varint(len(graph)) + graph)
+    assert external_tensor(path) == ("w", "?")
