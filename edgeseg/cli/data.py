@@ -48,7 +48,9 @@ def synth(out: str, cases: int, seed: int, size: int, slices: int, kind: str, im
 def _label_counts(label: np.ndarray | None) -> str:
     if label is None:
         return "-"
-    counts = np.bincount(label.ravel())
+    from edgeseg.data.volume import label_counts
+
+    counts = label_counts(label)
     parts = [f"{value}:{int(n)}" for value, n in enumerate(counts) if value > 0 and n > 0]
     return " ".join(parts) or "none"
 

@@ -22,11 +22,19 @@ def os_error_text(exc: OSError) -> str:
     return f"{text}: {' -> '.join(paths)}" if paths else text
 
 
+def memory_error_text(exc: MemoryError) -> str:
+    """An allocation the machine refused (a volume larger than the memory left to the process),
+    with what numpy was allocating where it says so."""
+    detail = " ".join(str(exc).split()) or "an allocation failed"
+    return (f"out of memory: {detail}; free memory or segment a smaller volume (the input limits: "
+            f"--max-volume-bytes)")
+
+
 class EdgesegGroup(click.Group):
-    """Turns an EdgesegError, or an OSError (the disk or the OS failed a read or a write:
-    ``os_error_text``), into one line on stderr and exit status 2, never a traceback; Ctrl-C
-    and SIGTERM stop a command cleanly with one line and 130 / 143 (commands that serve install
-    their own handlers)."""
+    """Turns an EdgesegError, an OSError (the disk or the OS failed a read or a write:
+    ``os_error_text``) or a MemoryError (``memory_error_text``) into one line on stderr and exit
+    status 2, never a traceback; Ctrl-C and SIGTERM stop a command cleanly with one line and
+    130 / 143 (commands that serve install their own handlers)."""
 
     def invoke(self, ctx: click.Context):
         with sigterm_stops():
@@ -52,10 +60,11 @@ class EdgesegGroup(click.Group):
                 sys.exit(128 + signal.SIGPIPE)
             except Exception as exc:
                 if not received():  # else the stop landed in a library, which reported it as its own error
-                    if not isinstance(exc, (EdgesegError, OSError)):
+                    if not isinstance(exc, (EdgesegError, OSError, MemoryError)):
                         raise
                     # One line, whatever the message quotes (a library's multi-line text, a matrix).
-                    text = os_error_text(exc) if isinstance(exc, OSError) else str(exc)
+                    text = os_error_text(exc) if isinstance(exc, OSError) else \
+                        memory_error_text(exc) if isinstance(exc, MemoryError) else str(exc)
                     click.echo(f"edgeseg: error: {' '.join(text.split())}", err=True)
                     sys.exit(2)
                 stopped = True

@@ -48,6 +48,7 @@ def command(bundle, input_path, out, fmt, backend, threads, batch_size, overlay,
     import numpy as np
 
     from edgeseg.cli.logs import configure_logging
+    from edgeseg.data.volume import label_counts
     from edgeseg.errors import DataError, EdgesegError
     from edgeseg.runtime.manifest import read_manifest
     from edgeseg.runtime.overlay import display_window
@@ -113,7 +114,7 @@ def command(bundle, input_path, out, fmt, backend, threads, batch_size, overlay,
         write_npy(labels[0] if flat else labels, out)
     if overlay:
         write_overlay(labels, volume, overlay, window)
-    counts = np.bincount(labels.ravel(), minlength=max(names) + 1)
+    counts = label_counts(labels, minlength=max(names) + 1)
     voxels = " ".join(f"{names.get(k, k)}={int(counts[k])}" for k in sorted(names) if k > 0)
     click.echo(f"{volume.case_id}: {labels.shape[0]} slices, backend {used}, {time.perf_counter() - start:.2f} s, "
                f"voxels {voxels} -> {out}")

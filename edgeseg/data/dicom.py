@@ -270,9 +270,12 @@ def _stack_hu(members: list[tuple[Path, pydicom.Dataset]]) -> np.ndarray:
             raise DataError(f"{path}: pixel data decodes to {pixels.dtype} {list(pixels.shape)}, expected one "
                             f"{rows}x{columns} grey-level slice (SamplesPerPixel, BitsAllocated?)")
         stack[k] = pixels.astype(np.float32) * np.float32(slope) + np.float32(intercept)
-    if not np.isfinite(stack).all():
-        raise DataError(f"DICOM series {first_path.parent}: pixel values x RescaleSlope + RescaleIntercept overflow "
-                        f"float32 (fields RescaleSlope, RescaleIntercept)")
+        # pydicom keeps both the file's pixel bytes and the decoded array on the dataset, and
+        # the datasets live until the series is read: two more copies of the volume at the peak
+        del dataset.PixelData
+        if not np.isfinite(stack[k]).all():  # slice by slice: a mask of the whole volume is a copy too
+            raise DataError(f"DICOM series {first_path.parent}: pixel values x RescaleSlope + RescaleIntercept "
+                            f"overflow float32 (fields RescaleSlope, RescaleIntercept)")
     return stack
 
 

@@ -65,6 +65,12 @@ def to_lps_layout(data_xyz: np.ndarray, affine_ras: np.ndarray, source: object =
     Axes are only flipped and permuted (to the closest LPS axes), never resampled, so an
     oblique grid keeps its obliquity in the affine.
     """
+    view, affine = _lps_view(data_xyz, affine_ras, source)
+    return np.ascontiguousarray(view), affine
+
+
+def _lps_view(data_xyz: np.ndarray, affine_ras: np.ndarray, source: object) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`to_lps_layout` as a view of ``data_xyz`` (flips and a transpose, nothing copied)."""
     if not np.isfinite(affine_ras).all():
         raise DataError(f"{source}: affine is not finite: {np.round(affine_ras, 4).tolist()}")
     axes = nio.io_orientation(affine_ras)
@@ -74,7 +80,7 @@ def to_lps_layout(data_xyz: np.ndarray, affine_ras: np.ndarray, source: object =
     transform = nio.ornt_transform(axes, _LPS)
     reoriented = nio.apply_orientation(data_xyz, transform)
     affine = affine_ras @ nio.inv_ornt_aff(transform, data_xyz.shape)
-    return np.ascontiguousarray(reoriented.transpose(2, 1, 0)), affine
+    return reoriented.transpose(2, 1, 0), affine
 
 
 # Where the voxels may start: the 348- or 540-byte header and its extensions (CIFTI's XML, DICOM
@@ -115,12 +121,9 @@ def _product(shape) -> int:
     return total
 
 
-def _load(path: Path, what: str) -> tuple[np.ndarray, np.ndarray]:
-    """Read a NIfTI file fully; returns the (x, y, z) data and its affine.
-
-    The header is checked first (datatype, dims against the size limits and the file's
-    length); data with NaN or infinite values, after the header's scaling, is refused.
-    """
+def _open(path: Path, what: str):
+    """The nibabel image of ``path``, its header checked (datatype, dims against the size limits
+    and the file's length) and its voxels not yet read; and its affine."""
     if not path.is_file():
         raise DataError(f"{what} {path} is not a regular file" if path.exists() else f"{what} file not found: {path}")
     try:
@@ -132,35 +135,93 @@ def _load(path: Path, what: str) -> tuple[np.ndarray, np.ndarray]:
         detail = " ".join(str(exc).split()) or type(exc).__name__
         raise DataError(f"cannot read {what} {path}: truncated or not a NIfTI file ({detail})") from None
     _check_header(image, path, what)
+    if not np.isfinite(affine).all():
+        raise DataError(f"{what} {path}: header fields qform/sform give a non-finite affine")
+    return image, affine
+
+
+def _voxels(image, path: Path, what: str, scaled: bool = True) -> np.ndarray:
+    """The (x, y, z) voxels of an opened image: with the header's scl_slope / scl_inter applied,
+    or (``scaled=False``) as stored, for a caller that scales them slab by slab."""
     try:
         # The header is read eagerly but the data lazily, so decoding happens here: a truncated
         # .nii.gz only fails now, with EOFError or zlib.error rather than a nibabel error.
-        # The array proxy applies the header's scl_slope / scl_inter.
-        data = np.asanyarray(image.dataobj)
+        data = np.asanyarray(image.dataobj) if scaled else image.dataobj.get_unscaled()
     except _READ_ERRORS as exc:
         detail = " ".join(str(exc).split())
         raise DataError(f"cannot read {what} {path}: truncated or not a NIfTI file ({detail})") from None
-    if not np.isfinite(affine).all():
-        raise DataError(f"{what} {path}: header fields qform/sform give a non-finite affine")
-    if data.dtype.kind == "f":
-        bad = int(data.size - np.count_nonzero(np.isfinite(data)))
-        if bad:
-            raise DataError(f"{what} {path}: {bad} voxel values are NaN or infinite (after the header's "
-                            f"scl_slope / scl_inter); edgeseg does not guess a value for them")
-        # nibabel scales into float64, so a huge scl_slope gives finite values here that become
-        # infinite once held as float32 HU
-        limit = float(np.finfo(np.float32).max)
-        over = int(np.count_nonzero(np.abs(data) > limit)) if data.dtype.itemsize > 4 else 0
-        if over:
-            raise DataError(f"{what} {path}: {over} voxel values are beyond float32 (over {limit:.4g} in magnitude "
-                            f"after the header's scl_slope / scl_inter); edgeseg does not guess a value for them")
     while data.ndim > 3 and data.shape[-1] == 1:
         data = data[..., 0]
     if data.ndim == 2:
         data = data[:, :, np.newaxis]
     if data.ndim != 3:
         raise DataError(f"{what} {path} has shape {data.shape}; expected a 3-D volume")
+    return data
+
+
+def _load(path: Path, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """Read a NIfTI file fully; returns the (x, y, z) data, scaled as its header says, and its
+    affine. The header is checked first; data with NaN or infinite values is refused."""
+    image, affine = _open(path, what)
+    data = _voxels(image, path, what)
+    bad, over = _unfit_values(data)
+    _refuse_unfit(bad, over, path, what)
     return data, affine
+
+
+def _unfit_values(values: np.ndarray) -> tuple[int, int]:
+    """(NaN or infinite values, finite values beyond float32) in ``values``."""
+    if values.dtype.kind != "f":
+        return 0, 0
+    bad = int(values.size - np.count_nonzero(np.isfinite(values)))
+    # nibabel scales into float64, so a huge scl_slope gives finite values here that become
+    # infinite once held as float32 HU
+    over = int(np.count_nonzero(np.abs(values) > np.finfo(np.float32).max)) if values.dtype.itemsize > 4 else 0
+    return bad, over
+
+
+def _refuse_unfit(bad: int, over: int, path: Path, what: str) -> None:
+    if bad:
+        raise DataError(f"{what} {path}: {bad} voxel values are NaN or infinite (after the header's "
+                        f"scl_slope / scl_inter); edgeseg does not guess a value for them")
+    if over:
+        raise DataError(f"{what} {path}: {over} voxel values are beyond float32 (over "
+                        f"{float(np.finfo(np.float32).max):.4g} in magnitude after the header's scl_slope / "
+                        f"scl_inter); edgeseg does not guess a value for them")
+
+
+# Voxels scaled and converted per step when the HU array is filled: a few MB of temporaries
+# instead of a float64 copy of the whole volume.
+SLAB_VOXELS = 1 << 18
+
+
+def _hu_lps(image, affine: np.ndarray, path: Path, what: str) -> tuple[np.ndarray, np.ndarray, tuple[int, ...]]:
+    """The float32 HU of an opened image in the (Z, Y, X) LPS layout, that layout's affine, and
+    the stored (x, y, z) shape.
+
+    The stored voxels are read once and the HU array is filled from them slab by slab, scaled
+    as nibabel scales (``apply_read_scaling``, in float64 where the slope needs it), so the
+    peak is the stored volume plus the float32 one: reading the scaled volume whole, then
+    converting and reorienting it, held a float64 copy and two float32 ones at once.
+    """
+    from nibabel.volumeutils import apply_read_scaling
+
+    raw = _voxels(image, path, what, scaled=False)
+    slope, inter = np.asanyarray(image.dataobj.slope), np.asanyarray(image.dataobj.inter)
+    if np.can_cast(inter, slope.dtype):  # as nibabel's own scaled read types them
+        inter = inter.astype(slope.dtype)
+    view, lps_affine = _lps_view(raw, affine, path)
+    hu = np.empty(view.shape, dtype=np.float32)
+    step = max(1, SLAB_VOXELS // max(1, view.shape[1] * view.shape[2]))
+    bad = over = 0
+    for start in range(0, view.shape[0], step):
+        values = apply_read_scaling(view[start:start + step], slope, inter)
+        more_bad, more_over = _unfit_values(values)
+        bad, over = bad + more_bad, over + more_over
+        if not bad + over:  # else the volume is refused below, after every value is counted
+            hu[start:start + step] = values
+    _refuse_unfit(bad, over, path, what)
+    return hu, lps_affine, raw.shape
 
 
 def _label_to_uint8(label: np.ndarray, path: Path) -> np.ndarray:
@@ -197,17 +258,17 @@ def read_nifti(
     the image file name without its suffix.
     """
     image_path = Path(image_path)
-    data, affine = _load(image_path, "image")
-    hu, lps_affine = to_lps_layout(data.astype(np.float32, copy=False), affine, image_path)
+    image, affine = _open(image_path, "image")
+    hu, lps_affine, shape_xyz = _hu_lps(image, affine, image_path, "image")
 
     label = None
     if label_path is not None:
         label_path = Path(label_path)
         label_data, label_affine = _load(label_path, "label")
-        if label_data.shape != data.shape:
+        if label_data.shape != shape_xyz:
             raise DataError(
                 f"label {label_path} has shape {label_data.shape} but image {image_path} "
-                f"has shape {data.shape}"
+                f"has shape {shape_xyz}"
             )
         label, label_lps_affine = to_lps_layout(_label_to_uint8(label_data, label_path), label_affine,
                                                    label_path)

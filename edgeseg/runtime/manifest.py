@@ -320,8 +320,13 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
 def read_bundle_json_bytes(path: Path) -> bytes:
     """The bytes of a bundle's JSON file (``manifest.json``, ``parity.json``), read no further
     than :data:`MANIFEST_MAX_BYTES`; BundleError for a longer one, OSError for an unreadable one."""
+    chunks, total = [], 0
     with open(path, "rb") as fh:
-        raw = fh.read(MANIFEST_MAX_BYTES + 1)
+        # in steps: read(n) allocates n bytes before it reads, 64 MB for every bundle loaded
+        while total <= MANIFEST_MAX_BYTES and (chunk := fh.read(1 << 20)):
+            chunks.append(chunk)
+            total += len(chunk)
+    raw = b"".join(chunks)
     if len(raw) > MANIFEST_MAX_BYTES:
         raise BundleError(f"{path}: not a regular file of at most {MANIFEST_MAX_BYTES} bytes")
     return raw
