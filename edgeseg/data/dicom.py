@@ -24,10 +24,11 @@ nio = require("nibabel.orientations", "io", "reading DICOM series")
 pydicom = require("pydicom", "io", "reading DICOM series")
 from pydicom.errors import InvalidDicomError  # noqa: E402  (pydicom is known present here)
 
+from edgeseg.data.dicom_slice import check_slice_tags, pixel_spacing, rescale, slice_pixels, slice_size, unit_cosines
 from edgeseg.data.dicom_values import decode_elements, dicom_numbers, one_line
 from edgeseg.data.nifti import spacing_from_affine, to_lps_layout
 from edgeseg.data.volume import Volume
-from edgeseg.limits import check_dims, check_volume
+from edgeseg.limits import check_volume
 
 log = logging.getLogger(__name__)
 
@@ -35,12 +36,6 @@ DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
 SEGMENTATION_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
 # Objects that share a folder with images but carry no pixels of their own.
 NON_IMAGE_MODALITIES = frozenset({"SR", "KO", "PR", "RTSTRUCT", "RTPLAN", "RTRECORD", "REG", "DOC"})
-# Enhanced CT and Legacy Converted Enhanced CT Image Storage: one file holds the whole series.
-MULTI_FRAME_CT_CLASSES = frozenset({"1.2.840.10008.5.1.4.1.1.2.1", "1.2.840.10008.5.1.4.1.1.2.2"})
-REQUIRED_TAGS = ("SeriesInstanceUID", "ImagePositionPatient", "ImageOrientationPatient",
-                 "PixelSpacing", "Rows", "Columns")
-# ImageOrientationPatient written with a few decimals is unit and orthogonal to about 1e-5.
-COSINE_TOLERANCE = 1e-3
 # Slices closer than this along the normal are the same position (duplicate acquisitions).
 DUPLICATE_POSITION_MM = 1e-3
 # Relative spread of slice gaps above which the series is reported as non-uniform.
@@ -127,18 +122,6 @@ def _read_file(path: Path) -> pydicom.Dataset | None:
     return dataset
 
 
-def _check_slice_tags(members: list[tuple[Path, pydicom.Dataset]]) -> None:
-    for path, dataset in members:
-        # An Enhanced CT keeps its geometry per frame, so it would otherwise be called truncated.
-        (frames,) = dicom_numbers(dataset, "NumberOfFrames", path, 1, default=(1.0,))
-        if frames > 1 or str(dataset.get("SOPClassUID", "")) in MULTI_FRAME_CT_CLASSES:
-            raise DataError(f"{path} is a multi-frame CT image ({frames:g} frames, SOP class {dataset.get('SOPClassUID', '?')}); "
-                            f"edgeseg reads series of single-frame CT slices: convert it, e.g. with dcm2niix to NIfTI")
-        missing = [tag for tag in REQUIRED_TAGS if tag not in dataset]
-        if missing:
-            raise DataError(f"DICOM file {path} lacks {', '.join(missing)} (truncated or not a CT slice?)")
-
-
 def _scan_folder(folder: Path) -> dict[str, list[tuple[Path, pydicom.Dataset]]]:
     if not folder.is_dir():
         raise DataError(f"data folder not found: {folder}")
@@ -194,15 +177,7 @@ def _orientation(members: list[tuple[Path, pydicom.Dataset]]) -> tuple[np.ndarra
                 f"{path} has ImageOrientationPatient {other.tolist()} but {first_path.name} has "
                 f"{cosines.tolist()}; a series must have one orientation"
             )
-    row_cosine, column_cosine = cosines[:3], cosines[3:]
-    # Unit, orthogonal cosines, up to the rounding of their decimal strings; others would scale or
-    # skew the pixel grid silently (a 0.5-long column cosine halves the row spacing).
-    lengths = np.linalg.norm(row_cosine), np.linalg.norm(column_cosine)
-    if max(abs(lengths[0] - 1), abs(lengths[1] - 1), abs(row_cosine @ column_cosine)) > COSINE_TOLERANCE:
-        raise DataError(f"{first_path} has ImageOrientationPatient {cosines.tolist()}, whose row and column cosines "
-                        f"are not unit-length orthogonal vectors (lengths {lengths[0]:.4g}, {lengths[1]:.4g}; dot product "
-                        f"{row_cosine @ column_cosine:.4g})")
-    return row_cosine / lengths[0], column_cosine / lengths[1]
+    return unit_cosines(cosines, first_path)
 
 
 def _uneven(gaps: np.ndarray) -> bool:
@@ -232,43 +207,19 @@ def _sort_by_position(members: list, normal: np.ndarray) -> tuple[list, np.ndarr
     return members, positions
 
 
-def _rescale(dataset: pydicom.Dataset, path: Path) -> tuple[float, float]:
-    """RescaleSlope and RescaleIntercept; a slope of 0 would erase the image, so it is refused."""
-    (slope,) = dicom_numbers(dataset, "RescaleSlope", path, 1, default=(1.0,))
-    (intercept,) = dicom_numbers(dataset, "RescaleIntercept", path, 1, default=(0.0,))
-    if slope == 0:
-        raise DataError(f"DICOM file {path}: field RescaleSlope is 0, which maps every pixel to the intercept")
-    return slope, intercept
-
-
-def _slice_size(dataset: pydicom.Dataset, path: Path) -> tuple[int, int]:
-    rows, columns = (int(dicom_numbers(dataset, field, path, 1)[0]) for field in ("Rows", "Columns"))
-    check_dims((rows, columns), f"DICOM file {path}", "fields Rows, Columns")
-    return rows, columns
-
-
 def _stack_hu(members: list[tuple[Path, pydicom.Dataset]]) -> np.ndarray:
     first_path = members[0][0]
-    rows, columns = _slice_size(members[0][1], first_path)
+    rows, columns = slice_size(members[0][1], first_path)
     check_volume((len(members), rows, columns), f"DICOM series {first_path.parent}")
     stack = np.empty((len(members), rows, columns), dtype=np.float32)
     for k, (path, dataset) in enumerate(members):
-        if _slice_size(dataset, path) != (rows, columns):
+        if slice_size(dataset, path) != (rows, columns):
             raise DataError(
                 f"{path} is {dataset.Rows}x{dataset.Columns} pixels but {first_path.name} is "
                 f"{rows}x{columns}; a series must have one size"
             )
-        slope, intercept = _rescale(dataset, path)
-        try:
-            # pydicom reads pixel data lazily; a truncated file only fails on decoding.
-            pixels = dataset.pixel_array
-        except MemoryError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - decoders raise many types for bad data
-            raise DataError(f"cannot decode pixel data of {path} (truncated?): {one_line(exc)}") from None
-        if pixels.shape != (rows, columns) or pixels.dtype.kind not in "biuf":
-            raise DataError(f"{path}: pixel data decodes to {pixels.dtype} {list(pixels.shape)}, expected one "
-                            f"{rows}x{columns} grey-level slice (SamplesPerPixel, BitsAllocated?)")
+        slope, intercept = rescale(dataset, path)
+        pixels = slice_pixels(dataset, path, rows, columns)
         stack[k] = pixels.astype(np.float32) * np.float32(slope) + np.float32(intercept)
         # pydicom keeps both the file's pixel bytes and the decoded array on the dataset, and
         # the datasets live until the series is read: two more copies of the volume at the peak
@@ -283,10 +234,7 @@ def _stack_affine(members: list, row_cosine: np.ndarray, column_cosine: np.ndarr
                   normal: np.ndarray) -> np.ndarray:
     """RAS affine of the (column, row, slice) index of the sorted stack."""
     first_path, first = members[0]
-    row_spacing, column_spacing = dicom_numbers(first, "PixelSpacing", first_path, 2)
-    if min(row_spacing, column_spacing) <= 0:
-        raise DataError(f"DICOM file {first_path}: field PixelSpacing is {[row_spacing, column_spacing]}, "
-                        f"expected positive mm")
+    row_spacing, column_spacing = pixel_spacing(first, first_path)
     for path, dataset in members[1:]:
         other = dicom_numbers(dataset, "PixelSpacing", path, 2)
         if not np.allclose(other, (row_spacing, column_spacing), atol=1e-4):
@@ -332,7 +280,8 @@ def read_dicom_series_with_refs(
         modality = str(dataset.get("Modality", "unknown"))
         if modality != "CT":
             raise DataError(f"series {uid} in {folder}: {path.name} is {modality}, not CT")
-    _check_slice_tags(members)
+    for path, dataset in members:
+        check_slice_tags(dataset, path)
     row_cosine, column_cosine = _orientation(members)
     normal = np.cross(row_cosine, column_cosine)
     members, positions = _sort_by_position(members, normal)

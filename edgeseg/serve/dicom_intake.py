@@ -3,8 +3,9 @@ incoming image passes before it is acknowledged.
 
 An image acknowledged with Success is one the node has promised to segment: anything that would
 only fail when the series is read (pixel data no installed decoder reads, an image that says it
-is CT Image Storage but is not CT) is refused as it arrives, so the peer sees the failure on the
-image that causes it instead of a series that silently yields no SEG.
+is CT Image Storage but is not CT, one lacking a tag the series reader needs) is refused as it
+arrives, so the peer sees the failure on the image that causes it instead of a series that
+silently yields no SEG. The slice requirements are the reader's own (edgeseg.data.dicom_slice).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import re
 
 from edgeseg.errors import DataError, require
+from edgeseg.serve.dicom_peer_bound import NON_PIXEL_LIMIT
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
@@ -25,6 +27,10 @@ STATUS_OUT_OF_RESOURCES = 0xA700
 # A DICOM UID is digits and dots, at most 64 characters; the UIDs name files and folders here,
 # so anything else (a "../" from a hostile peer) must never reach the file system.
 UID_PATTERN = re.compile(r"[0-9]+(\.[0-9]+)*")
+# Error Comment (0000,0902) is LO: at most 64 characters
+ERROR_COMMENT_LENGTH = 64
+# "DICOM file 1.2.3...", "series 1.2.3...:" in a reason: the UIDs would fill the Error Comment
+UID_MENTION = re.compile(r"(DICOM file |series )?[0-9]+(\.[0-9]+){3,}:?\s*")
 
 
 def check_ae_title(title: str) -> str:
@@ -65,6 +71,30 @@ def incoming_uids(ds) -> tuple[str, str]:
     return series_uid, sop_uid
 
 
+def oversized_header(ds, encoded_bytes: int) -> str | None:
+    """Why an image whose elements other than its pixel data take more than the node accepts is
+    refused (a private element padded to hundreds of megabytes), else None. ``encoded_bytes`` is
+    the size of the data set as received."""
+    pixel_bytes = len(ds.PixelData) if "PixelData" in ds else 0
+    other = encoded_bytes - pixel_bytes
+    if other > NON_PIXEL_LIMIT:
+        return f"its elements other than pixel data take {other} bytes, over the {NON_PIXEL_LIMIT} the node accepts"
+    return None
+
+
+def failure_status(status: int, reason: str, sop_uid: str):
+    """The C-STORE response for a refused image: ``status`` and, as its Error Comment, ``reason``
+    without the UIDs it names (the peer knows which image it sent), cut to the 64 characters
+    the element holds."""
+    from pydicom import Dataset
+
+    comment = UID_MENTION.sub("", reason).replace(f"DICOM file {sop_uid}", "").replace(sop_uid, "").lstrip(": ")
+    response = Dataset()
+    response.Status = status
+    response.ErrorComment = comment.replace("\\", "/")[:ERROR_COMMENT_LENGTH].strip()
+    return response
+
+
 def refusal(ds) -> tuple[int, str] | None:
     """``(status, reason)`` when an incoming CT Image Storage image must be refused before it is
     stored, else None. ``ds`` carries its file meta (the transfer syntax it came in); compressed
@@ -72,12 +102,19 @@ def refusal(ds) -> tuple[int, str] | None:
     UID unchanged), so that it is decoded once, here, and stored as the series read takes it."""
     from pydicom.uid import UID
 
+    from edgeseg.data.dicom_slice import check_ct_slice, slice_pixels, slice_size
+
     sop_class = str(ds.get("SOPClassUID", ""))
     if sop_class != CT_IMAGE_STORAGE:
         return STATUS_DATASET_MISMATCH, f"its SOP Class UID is {sop_class or 'missing'}, not CT Image Storage"
     modality = str(ds.get("Modality", "")) or "missing"
     if modality != "CT":
         return STATUS_DATASET_MISMATCH, f"it is sent as CT Image Storage but its modality is {modality}"
+    label = str(ds.get("SOPInstanceUID", "?"))
+    try:  # what the series reader requires of each slice, before any pixel is decoded
+        check_ct_slice(ds, label)
+    except DataError as exc:
+        return STATUS_DATASET_MISMATCH, str(exc)
     syntax = ds.file_meta.get("TransferSyntaxUID", "?")
     try:
         if UID(str(syntax)).is_compressed:
@@ -91,4 +128,8 @@ def refusal(ds) -> tuple[int, str] | None:
         first = str(exc).strip().splitlines()
         detail = " ".join(line.strip() for line in first[:2]) if first else type(exc).__name__
         return STATUS_CANNOT_UNDERSTAND, f"its pixel data ({name}) cannot be decoded here: {detail}"
+    try:
+        slice_pixels(ds, label, *slice_size(ds, label))
+    except DataError as exc:
+        return STATUS_CANNOT_UNDERSTAND, str(exc)
     return None

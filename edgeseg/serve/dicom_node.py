@@ -10,7 +10,10 @@ status 0x0122 "SOP class not supported": the association stays up, nothing is st
 image that is not CT or whose pixels cannot be decoded here is refused too (dicom_intake.py). An
 image that would take its series past the readers' size limits (``edgeseg.limits``: pixels per
 slice, float32 bytes per volume), or open one series more than ``max_series`` in flight, is
-refused as it arrives with 0xA700 "out of resources".
+refused as it arrives with 0xA700 "out of resources"; so is one whose files would take its series
+past the volume limit in bytes on disk. What a peer can make the node read and hold before the
+C-STORE handler runs (a PDU, one image's data set) is bounded on its connection
+(dicom_peer_bound.py): past that, the association is aborted.
 An association must call this node by its AE title (else it is rejected with the reason "called
 AE title not recognised") unless ``any_ae`` is set, and, where ``calling_aets`` lists AE titles,
 come from one of them (else "calling AE title not recognised").
@@ -28,13 +31,15 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edgeseg.atomic import atomic_path
 from edgeseg.errors import DataError, EdgesegError, require
-from edgeseg.limits import check_volume
+from edgeseg.limits import check_volume, current_limits
 from edgeseg.serve.dicom_forward import Peer, UnsentFolder, send_seg
 from edgeseg.serve.dicom_intake import (CT_IMAGE_STORAGE, STATUS_CANNOT_UNDERSTAND, STATUS_DATASET_MISMATCH,
                                         STATUS_OUT_OF_RESOURCES, STATUS_SOP_CLASS_NOT_SUPPORTED, STATUS_SUCCESS,
-                                        check_ae_title, decodable_transfer_syntaxes, incoming_uids, refusal)
+                                        check_ae_title, decodable_transfer_syntaxes, failure_status, incoming_uids,
+                                        oversized_header, refusal)
+from edgeseg.serve.dicom_peer_bound import MAX_PDU_LENGTH, PeerBounds, bounded_request_handler, data_set_limit
+from edgeseg.serve.dicom_series import HeldSeries
 
 __all__ = ["DicomNode", "NodeStats", "Peer", "check_ae_title", "check_node_settings", "decodable_transfer_syntaxes"]
 
@@ -44,22 +49,13 @@ DEFAULT_MAX_SERIES = 16
 
 
 @dataclass
-class _Series:
-    folder: Path
-    last: float
-    slices: int = 0  # frames of the images held, for the volume limit
-    # frames per SOP instance held: a re-sent image replaces its file and must not count twice
-    # (a peer re-sending a whole series would otherwise meet the limit at half its size)
-    frames: dict[str, int] = field(default_factory=dict)
-
-
-@dataclass
 class NodeStats:
     """What the node has done, for logs and tests."""
 
     received: int = 0
     refused: int = 0
     rejected_associations: int = 0
+    aborted_associations: int = 0  # for sending more than the node reads (dicom_peer_bound.py)
     segmented: list[str] = field(default_factory=list)
     forwarded: list[str] = field(default_factory=list)
     not_forwarded: list[str] = field(default_factory=list)
@@ -104,7 +100,7 @@ class DicomNode:
         self._own_work = work is None
         self.work = Path(work) if work is not None else Path(tempfile.mkdtemp(prefix="edgeseg-listen-"))
         self.stats = NodeStats()
-        self._series: dict[str, _Series] = {}
+        self._series: dict[str, HeldSeries] = {}
         self._queued = 0  # series taken to be segmented and not done yet: they are in flight too
         self._turned_away: set[str] = set()  # series refused for --max-series, each logged once
         self._taken = 0  # series folders moved aside to be segmented, for unique names
@@ -128,14 +124,27 @@ class DicomNode:
         ae.add_supported_context(pynetdicom.sop_class.Verification)
         ae.require_called_aet = not self.any_ae
         ae.require_calling_aet = list(self.calling_aets)
+        ae.maximum_pdu_size = MAX_PDU_LENGTH  # what the peer's PDUs are held to (dicom_peer_bound.py)
         handlers = [(pynetdicom.evt.EVT_C_STORE, self._on_store), (pynetdicom.evt.EVT_C_ECHO, lambda event: 0x0000),
                     (pynetdicom.evt.EVT_REJECTED, self._on_rejected), (pynetdicom.evt.EVT_ACCEPTED, self._on_accepted)]
+        request_handler = bounded_request_handler(self._peer_bounds, self._on_peer_refused)
         try:
-            self._server = ae.start_server((self.host, self.port), block=False, evt_handlers=handlers)
+            self._server = ae.make_server((self.host, self.port), evt_handlers=handlers, request_handler=request_handler,
+                                          server_class=pynetdicom.transport.ThreadedAssociationServer)
         except OSError as exc:
             raise DataError(f"cannot listen on {self.host}:{self.port}: {exc.strerror or exc}") from None
+        threading.Thread(target=self._server.serve_forever, name="edgeseg-listen-accept", daemon=True).start()
         self._worker.start()
         log.info("listening as %s on %s:%d", self.ae_title, self.host, self.port)
+
+    @staticmethod
+    def _peer_bounds() -> PeerBounds:
+        """Asked at each association: the size limits may have been changed since the start."""
+        return PeerBounds(data_set_limit=data_set_limit(current_limits()))
+
+    def _on_peer_refused(self, address, reason: str) -> None:
+        self.stats.aborted_associations += 1
+        log.warning("aborted the association from %s:%s: it sent %s", address[0], address[1], reason)
 
     def _on_rejected(self, event) -> None:
         self.stats.rejected_associations += 1
@@ -175,6 +184,11 @@ class DicomNode:
         except Exception as exc:  # a dataset pydicom cannot decode or without its UIDs
             log.warning("could not read an incoming image: %s", exc)
             return STATUS_CANNOT_UNDERSTAND
+        padded = oversized_header(ds, event.request.DataSet.getbuffer().nbytes)
+        if padded is not None:
+            self.stats.refused += 1
+            log.warning("refused image %s of series %s: %s", sop_uid, series_uid, padded)
+            return failure_status(STATUS_OUT_OF_RESOURCES, padded, sop_uid)
         try:
             frames, rows, columns = int(ds.get("NumberOfFrames") or 1), int(ds.Rows), int(ds.Columns)
         except Exception as exc:  # no Rows/Columns, or a NumberOfFrames that is no number
@@ -190,7 +204,7 @@ class DicomNode:
         if refused is not None:
             self.stats.refused += 1
             log.warning("refused image %s of series %s: %s", sop_uid, series_uid, refused[1])
-            return refused[0]
+            return failure_status(*refused, sop_uid)
         with self._lock:
             series = self._series.get(series_uid)
             if series is None and len(self._series) + self._queued >= self.max_series:
@@ -202,28 +216,29 @@ class DicomNode:
                     log.warning("refused the images of series %s: %d series are in flight, the most --max-series "
                                 "allows; they are taken again once one is segmented", series_uid, self.max_series)
                 return STATUS_OUT_OF_RESOURCES
+            new = series is None
+            if new:
+                series = HeldSeries(self.work / series_uid, time.monotonic())
             try:
                 # the reader's limits, checked as images arrive: the whole series would otherwise be
                 # stored first (a peer could fill the disk) and only then be refused when it is read
-                held = (series.slices - series.frames.get(sop_uid, 0)) if series else 0
-                check_volume((held + frames, rows, columns), f"series {series_uid}")
+                series.check_pixels(sop_uid, frames, rows, columns)
+                series.folder.mkdir(parents=True, exist_ok=True)
+                series.keep(sop_uid, ds, frames)  # and its bytes on disk
             except DataError as exc:
                 self.stats.refused += 1
-                log.warning("refused an image: %s", exc)
-                return STATUS_OUT_OF_RESOURCES
-            if series is None:
+                log.warning("refused image %s: %s", sop_uid, exc)
+                if new:
+                    shutil.rmtree(series.folder, ignore_errors=True)
+                return failure_status(STATUS_OUT_OF_RESOURCES, str(exc), sop_uid)
+            if new:
                 self._turned_away.discard(series_uid)
-                series = self._series[series_uid] = _Series(self.work / series_uid, time.monotonic())
-                series.folder.mkdir(parents=True, exist_ok=True)
-            with atomic_path(series.folder / f"{sop_uid}.dcm", suffix=".dcm") as tmp:
-                ds.save_as(tmp, enforce_file_format=True)
+                self._series[series_uid] = series
             series.last = time.monotonic()
-            series.slices += frames - series.frames.get(sop_uid, 0)
-            series.frames[sop_uid] = frames
         self.stats.received += 1
         return STATUS_SUCCESS
 
-    def _due(self, everything: bool = False) -> list[tuple[str, _Series]]:
+    def _due(self, everything: bool = False) -> list[tuple[str, HeldSeries]]:
         """The series no image has reached for ``idle`` seconds (``everything``: all), taken
         out of the waiting list with their folder moved aside under the lock: an image of the same
         series arriving while one is segmented starts a new folder instead of landing in (and
@@ -264,7 +279,7 @@ class DicomNode:
             log.warning("%d SEG(s) not forwarded to %s are kept in %s; the next start sends them", len(left),
                         self.forward, self.unsent.folder)
 
-    def _segment(self, due: list[tuple[str, _Series]]) -> None:
+    def _segment(self, due: list[tuple[str, HeldSeries]]) -> None:
         for uid, series in due:
             if self._abandon.is_set():  # a second Ctrl-C / SIGTERM during the stop: segment no more
                 self.stats.failed.append(uid)
@@ -363,7 +378,7 @@ class DicomNode:
             socketserver.BaseServer.shutdown(self._server)  # no new association from here on
             for assoc in list(getattr(self._server, "active_associations", [])):
                 assoc.abort()
-            self._server.shutdown()  # closes the socket and waits for the association threads
+            self._server.server_close()  # closes the socket and waits for the association threads
         self._stop.set()
         if self._worker.is_alive():
             self._worker.join()

@@ -1,0 +1,104 @@
+"""What the DICOM series reader requires of each slice on its own, in one place.
+
+The reader (edgeseg.data.dicom) checks these while it stacks a series; the DICOM node checks
+an incoming image with :func:`check_ct_slice` and :func:`slice_pixels` before acknowledging it,
+so an image it accepts is one the reader will not refuse for anything the image alone decides
+(the checks across slices, one orientation or size for the whole series, stay in the reader).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from edgeseg.data.dicom_values import dicom_numbers, one_line
+from edgeseg.errors import DataError, require
+from edgeseg.limits import check_dims
+
+pydicom = require("pydicom", "io", "reading DICOM series")
+
+# Enhanced CT and Legacy Converted Enhanced CT Image Storage: one file holds the whole series.
+MULTI_FRAME_CT_CLASSES = frozenset({"1.2.840.10008.5.1.4.1.1.2.1", "1.2.840.10008.5.1.4.1.1.2.2"})
+REQUIRED_TAGS = ("SeriesInstanceUID", "ImagePositionPatient", "ImageOrientationPatient",
+                 "PixelSpacing", "Rows", "Columns")
+# ImageOrientationPatient written with a few decimals is unit and orthogonal to about 1e-5.
+COSINE_TOLERANCE = 1e-3
+
+
+def check_slice_tags(dataset: pydicom.Dataset, path: Path | str) -> None:
+    """Refuse a multi-frame image, and one lacking a tag the reader needs, naming the tags."""
+    # An Enhanced CT keeps its geometry per frame, so it would otherwise be called truncated.
+    (frames,) = dicom_numbers(dataset, "NumberOfFrames", path, 1, default=(1.0,))
+    if frames > 1 or str(dataset.get("SOPClassUID", "")) in MULTI_FRAME_CT_CLASSES:
+        raise DataError(f"{path} is a multi-frame CT image ({frames:g} frames, SOP class {dataset.get('SOPClassUID', '?')}); "
+                        f"edgeseg reads series of single-frame CT slices: convert it, e.g. with dcm2niix to NIfTI")
+    missing = [tag for tag in REQUIRED_TAGS if tag not in dataset]
+    if missing:
+        raise DataError(f"DICOM file {path} lacks {', '.join(missing)} (truncated or not a CT slice?)")
+
+
+def unit_cosines(cosines: np.ndarray, path: Path | str) -> tuple[np.ndarray, np.ndarray]:
+    """The row and column cosines of an ImageOrientationPatient, normalised; refused unless
+    unit and orthogonal up to the rounding of their decimal strings (others would scale or skew
+    the pixel grid silently: a 0.5-long column cosine halves the row spacing)."""
+    row_cosine, column_cosine = cosines[:3], cosines[3:]
+    lengths = np.linalg.norm(row_cosine), np.linalg.norm(column_cosine)
+    if max(abs(lengths[0] - 1), abs(lengths[1] - 1), abs(row_cosine @ column_cosine)) > COSINE_TOLERANCE:
+        raise DataError(f"{path} has ImageOrientationPatient {cosines.tolist()}, whose row and column cosines "
+                        f"are not unit-length orthogonal vectors (lengths {lengths[0]:.4g}, {lengths[1]:.4g}; dot product "
+                        f"{row_cosine @ column_cosine:.4g})")
+    return row_cosine / lengths[0], column_cosine / lengths[1]
+
+
+def pixel_spacing(dataset: pydicom.Dataset, path: Path | str) -> tuple[float, float]:
+    """(row spacing, column spacing) in mm, refused unless both are positive."""
+    row_spacing, column_spacing = dicom_numbers(dataset, "PixelSpacing", path, 2)
+    if min(row_spacing, column_spacing) <= 0:
+        raise DataError(f"DICOM file {path}: field PixelSpacing is {[row_spacing, column_spacing]}, "
+                        f"expected positive mm")
+    return row_spacing, column_spacing
+
+
+def rescale(dataset: pydicom.Dataset, path: Path | str) -> tuple[float, float]:
+    """RescaleSlope and RescaleIntercept; a slope of 0 would erase the image, so it is refused."""
+    (slope,) = dicom_numbers(dataset, "RescaleSlope", path, 1, default=(1.0,))
+    (intercept,) = dicom_numbers(dataset, "RescaleIntercept", path, 1, default=(0.0,))
+    if slope == 0:
+        raise DataError(f"DICOM file {path}: field RescaleSlope is 0, which maps every pixel to the intercept")
+    return slope, intercept
+
+
+def slice_size(dataset: pydicom.Dataset, path: Path | str) -> tuple[int, int]:
+    """(Rows, Columns), refused unless both are positive."""
+    rows, columns = (int(dicom_numbers(dataset, field, path, 1)[0]) for field in ("Rows", "Columns"))
+    check_dims((rows, columns), f"DICOM file {path}", "fields Rows, Columns")
+    return rows, columns
+
+
+def slice_pixels(dataset: pydicom.Dataset, path: Path | str, rows: int, columns: int) -> np.ndarray:
+    """The decoded pixels of one slice, refused unless they are one ``rows`` x ``columns``
+    grey-level image."""
+    try:
+        # pydicom reads pixel data lazily; a truncated file only fails on decoding.
+        pixels = dataset.pixel_array
+    except MemoryError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - decoders raise many types for bad data
+        raise DataError(f"cannot decode pixel data of {path} (truncated?): {one_line(exc)}") from None
+    if pixels.shape != (rows, columns) or pixels.dtype.kind not in "biuf":
+        raise DataError(f"{path}: pixel data decodes to {pixels.dtype} {list(pixels.shape)}, expected one "
+                        f"{rows}x{columns} grey-level slice (SamplesPerPixel, BitsAllocated?)")
+    return pixels
+
+
+def check_ct_slice(dataset: pydicom.Dataset, path: Path | str) -> None:
+    """Refuse one slice that the series reader would refuse on its own account (pixels aside:
+    :func:`slice_pixels`): a multi-frame image, a missing required tag, a position, orientation,
+    pixel spacing, rescale or size that is no valid number."""
+    check_slice_tags(dataset, path)
+    dicom_numbers(dataset, "ImagePositionPatient", path, 3)
+    unit_cosines(np.asarray(dicom_numbers(dataset, "ImageOrientationPatient", path, 6)), path)
+    pixel_spacing(dataset, path)
+    rescale(dataset, path)
+    slice_size(dataset, path)

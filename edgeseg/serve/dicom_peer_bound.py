@@ -1,0 +1,174 @@
+"""Bounds on what one DICOM peer can make the node read and hold, enforced on its TCP stream.
+
+pynetdicom reads each PDU whole at whatever length its 6-byte header claims (up to 4 GiB, past
+the maximum PDU length the node offered; the A-ASSOCIATE-RQ too, before any AE title is
+checked), and gathers a DIMSE message's fragments in memory until the last one has come, before
+any handler of the node runs. The node therefore hands pynetdicom its peer's socket wrapped in
+:class:`PduBoundSocket`, which takes the stream one PDU at a time (PS3.8 9.3: type, reserved,
+32-bit length, then the body) and refuses, before reading its body, a PDU longer than the node
+accepts, and, before handing it on, a P-DATA-TF PDU that takes one message's command or data set
+past its bound (PS3.8 9.3.5: each presentation data value item says whether it carries command
+or data set and whether it is the last fragment). A refused peer gets an A-ABORT and pynetdicom
+sees its connection end; nothing of the refused PDU is held.
+
+The wrapper goes in through interfaces pynetdicom documents: ``AE.make_server(request_handler=)``
+and socketserver's ``setup()`` of the request handler, whose ``request`` is the socket the
+association reads; it relies on nothing inside pynetdicom's reader.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from edgeseg.limits import HU_ITEMSIZE, InputLimits
+
+# What the node offers as its maximum PDU length (the variable field of a P-DATA-TF PDU): the
+# customary default of pynetdicom and dcmtk, which every peer honours.
+MAX_PDU_LENGTH = 16382
+# Any other PDU the node takes (A-ASSOCIATE-RQ, A-RELEASE, A-ABORT): an association request
+# proposes at most 128 presentation contexts (odd IDs 1..255); even 30 transfer syntaxes of
+# 64-character UIDs each, and user identity fields, come to well under this.
+OTHER_PDU_LIMIT = 1 << 20
+# A C-STORE or C-ECHO command set is a few hundred bytes.
+COMMAND_SET_LIMIT = 64 << 10
+# The elements of one image other than its pixel data: a CT header with private groups is tens
+# of kilobytes; this leaves ample room and bounds a padded one.
+NON_PIXEL_LIMIT = 4 << 20
+# Bytes per pixel counted for the data set bound: CT is 2, and no grey-level image the reader
+# takes needs more than 8 (compressed pixel data needs fewer than uncompressed).
+PIXEL_BYTES_BOUND = 8
+P_DATA_TF = 0x04
+PDU_NAMES = {0x01: "an A-ASSOCIATE-RQ", 0x02: "an A-ASSOCIATE-AC", 0x03: "an A-ASSOCIATE-RJ", P_DATA_TF: "a P-DATA-TF PDU",
+             0x05: "an A-RELEASE-RQ", 0x06: "an A-RELEASE-RP", 0x07: "an A-ABORT"}
+_COMMAND, _LAST = 0x01, 0x02
+
+
+def data_set_limit(limits: InputLimits) -> int:
+    """The most bytes one message's data set may take on the wire: one image at the pixel
+    limit (or all of the volume limit, if that is fewer pixels) at 8 bytes a pixel, plus the
+    non-pixel allowance."""
+    pixels = min(limits.max_pixels, limits.max_volume_bytes // HU_ITEMSIZE)
+    return pixels * PIXEL_BYTES_BOUND + NON_PIXEL_LIMIT
+
+
+@dataclass(frozen=True)
+class PeerBounds:
+    """How much one association may send: per P-DATA-TF PDU (its variable field, as the node
+    offered), per other PDU, and per message (command set, data set; sums of fragments)."""
+
+    max_pdu_length: int = MAX_PDU_LENGTH
+    other_pdu_limit: int = OTHER_PDU_LIMIT
+    command_set_limit: int = COMMAND_SET_LIMIT
+    data_set_limit: int = NON_PIXEL_LIMIT
+
+
+class PduBoundSocket:
+    """A connected socket read one whole PDU at a time, refusing what is past ``bounds``.
+
+    ``recv`` hands out the bytes of the current PDU; it reads the next one only once those are
+    taken (pynetdicom reads exactly a header, then exactly its body). A refused PDU ends the
+    stream: ``refused(reason)`` is called once, the peer is sent an A-ABORT, and ``recv``
+    returns ``b""`` from then on, as for a closed connection. Everything else is the socket's.
+    """
+
+    def __init__(self, sock, bounds: PeerBounds, refused: Callable[[str], None]) -> None:
+        self._sock = sock
+        self._bounds = bounds
+        self._refused = refused
+        self._pending = memoryview(b"")
+        self._closed = False
+        self._command = 0  # bytes of the current message's command set so far
+        self._data_set = 0  # and of its data set
+
+    def __getattr__(self, name):
+        return getattr(self._sock, name)
+
+    def recv(self, bufsize: int, flags: int = 0) -> bytes:
+        if not self._pending and not self._closed:
+            self._pending = memoryview(self._next_pdu())
+        chunk, self._pending = self._pending[:bufsize], self._pending[bufsize:]
+        return bytes(chunk)
+
+    def _read(self, count: int) -> bytes:
+        parts, got = [], 0
+        while got < count:
+            part = self._sock.recv(min(count - got, 1 << 16))
+            if not part:
+                break
+            parts.append(part)
+            got += len(part)
+        return b"".join(parts)
+
+    def _next_pdu(self) -> bytes:
+        header = self._read(6)
+        if len(header) < 6:
+            self._closed = True
+            return header  # the connection ended: pynetdicom sees what it would have seen
+        pdu_type, length = header[0], int.from_bytes(header[2:6], "big")
+        limit = self._bounds.max_pdu_length if pdu_type == P_DATA_TF else self._bounds.other_pdu_limit
+        if length > limit:
+            what = PDU_NAMES.get(pdu_type, f"a PDU of type 0x{pdu_type:02X}")
+            return self._refuse(f"{what} of {length} bytes, over the {limit} the node accepts", source=2, code=6)
+        body = self._read(length)
+        if len(body) == length and pdu_type == P_DATA_TF:
+            over = self._count_fragments(body)
+            if over is not None:
+                return self._refuse(over, source=0)
+        if len(body) < length:
+            self._closed = True
+        return header + body
+
+    def _count_fragments(self, body: bytes) -> str | None:
+        """Add the PDU's fragments to the current message; the reason to refuse when one takes
+        its command set or data set past the bound. A malformed item stops the count: pynetdicom
+        refuses that PDU itself."""
+        offset = 0
+        while offset + 6 <= len(body):
+            item_length = int.from_bytes(body[offset:offset + 4], "big")
+            if item_length < 2 or offset + 4 + item_length > len(body):
+                break
+            control, size = body[offset + 5], item_length - 2
+            offset += 4 + item_length
+            if control & _COMMAND:
+                self._command += size
+                if self._command > self._bounds.command_set_limit:
+                    return f"a command set of over {self._bounds.command_set_limit} bytes"
+                if control & _LAST:
+                    self._command = 0
+            else:
+                self._data_set += size
+                if self._data_set > self._bounds.data_set_limit:
+                    return (f"a data set of over {self._bounds.data_set_limit} bytes, more than one image within the "
+                            f"size limits takes (EDGESEG_MAX_PIXELS, EDGESEG_MAX_VOLUME_BYTES)")
+                if control & _LAST:
+                    self._data_set = 0
+        return None
+
+    def _refuse(self, reason: str, *, source: int, code: int = 0) -> bytes:
+        """Abort: ``source`` 0 is the node refusing what the peer may send, 2 (with a reason
+        ``code``, 6 "invalid PDU parameter value") a PDU the protocol does not allow."""
+        self._closed = True
+        self._refused(reason)
+        # A-ABORT PDU (PS3.8 9.3.8): type 7, length 4, two reserved bytes, source, reason
+        abort = bytes([0x07, 0, 0, 0, 0, 4, 0, 0, source, code])
+        try:
+            self._sock.sendall(abort)
+        except OSError:
+            pass  # the peer is gone already; the stream ends either way
+        return b""
+
+
+def bounded_request_handler(bounds: Callable[[], PeerBounds], refused: Callable[[tuple, str], None]):
+    """A pynetdicom request handler class whose associations read their peer through
+    :class:`PduBoundSocket`; ``bounds()`` is asked once per association, ``refused(address,
+    reason)`` called when one is aborted."""
+    from pynetdicom.transport import RequestHandler
+
+    class BoundedRequestHandler(RequestHandler):
+        def setup(self) -> None:
+            super().setup()
+            address = self.client_address
+            self.request = PduBoundSocket(self.request, bounds(), lambda reason: refused(address, reason))
+
+    return BoundedRequestHandler

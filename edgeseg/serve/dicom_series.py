@@ -1,0 +1,50 @@
+"""One series as the DICOM node holds it while its images arrive: a folder of files, and what
+they count against the readers' volume limit, in pixels and in bytes on disk."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edgeseg.atomic import atomic_path
+from edgeseg.errors import DataError
+from edgeseg.limits import VOLUME_BYTES_ENV, check_volume, current_limits
+
+
+@dataclass
+class HeldSeries:
+    """The images of one series received so far (``last``: time.monotonic() of the latest).
+
+    A re-sent image replaces its file and must not count twice (a peer re-sending a whole series
+    would otherwise meet the limit at half its size), so frames and bytes are kept per SOP
+    instance."""
+
+    folder: Path
+    last: float
+    slices: int = 0  # frames of the images held, for the volume limit
+    frames: dict[str, int] = field(default_factory=dict)
+    stored: int = 0  # bytes of the files held
+    sizes: dict[str, int] = field(default_factory=dict)
+
+    def check_pixels(self, sop_uid: str, frames: int, rows: int, columns: int) -> None:
+        """DataError when the image would take the series past the readers' volume limit."""
+        held = self.slices - self.frames.get(sop_uid, 0)
+        check_volume((held + frames, rows, columns), f"series {self.folder.name}")
+
+    def keep(self, sop_uid: str, ds, frames: int) -> None:
+        """Write the image into the folder and count it; DataError, and nothing written, when the
+        series' files would take more bytes than the volume limit. The pixel count alone leaves
+        out headers and pixels wider than CT's two bytes, so a peer could otherwise put more on
+        disk than the limit says."""
+        budget = current_limits().max_volume_bytes
+        with atomic_path(self.folder / f"{sop_uid}.dcm", suffix=".dcm") as tmp:
+            ds.save_as(tmp, enforce_file_format=True)
+            size = tmp.stat().st_size
+            held = self.stored - self.sizes.get(sop_uid, 0) + size
+            if held > budget:
+                raise DataError(f"series {self.folder.name}: its files would take {held} bytes on disk, over the "
+                                f"limit of {budget} (--max-volume-bytes or {VOLUME_BYTES_ENV})")
+        self.stored = held
+        self.sizes[sop_uid] = size
+        self.slices += frames - self.frames.get(sop_uid, 0)
+        self.frames[sop_uid] = frames
