@@ -124,10 +124,8 @@ def _train(cfg, resume, progress, on_epoch, make_sampler, place, device) -> dict
     state = _LoopState(cfg, model, model_config, spec, optimizer, device, train_set, val_set, data["split"], out,
                        sampler, place, layout)
     state.provenance = _provenance(cfg, data, payload, state, start_epoch)
-    if payload is not None and state.ema is not None:
-        # The EMA weights are the checkpoint's state_dict; without a saved update count (a
-        # checkpoint trained without EMA) the average starts afresh from the current weights.
-        state.ema.load_state_dict(payload["state_dict"], int(payload.get("ema_updates", 0)))
+    if payload is not None:
+        state.restore(payload)
     log.info(
         "training %s (%d parameters) on %d slices / %d cases, validating on %d slices / %d cases, device %s, amp %s, "
         "%d process(es) of %d slices per step, memory format %s",
@@ -250,7 +248,8 @@ class _LoopState:
         self.augment = (BatchAugmenter(spec, AugmentConfig(p=cfg.augment_p))
                         if cfg.augment and cfg.augment_p > 0 else None)
         self.amp_dtype = autocast_dtype(cfg.amp, device)
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16 and device.type == "cuda")
+        # fp16 gradients underflow without loss scaling on any device; bf16 has float32's range
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype == torch.float16)
         self.steps_per_epoch = sampler.steps_per_epoch
         # Batches are read from the slice store and augmented in DataLoader workers.
         self.batches = EpochBatches(sampler, train_set.rows, cfg.seed, place.rank)
@@ -268,6 +267,17 @@ class _LoopState:
         folder = Path(out) / ".validation" if out is not None and place.is_main else None
         self.val_predictions = CasePredictions(folder)
         self.val_predictions.remove()
+
+    def restore(self, payload: dict[str, Any]) -> None:
+        """What a resumed run continues from besides the weights and the optimiser (``_resume``):
+        the moving average and the fp16 loss scale, each where this session uses one."""
+        if self.ema is not None:
+            # The EMA weights are the checkpoint's state_dict; without a saved update count (a
+            # checkpoint trained without EMA) the average starts afresh from the current weights.
+            self.ema.load_state_dict(payload["state_dict"], int(payload.get("ema_updates", 0)))
+        if self.scaler.is_enabled() and payload.get("grad_scaler"):
+            # Without it the scale would start again at 2**16 and back off through skipped steps.
+            self.scaler.load_state_dict(payload["grad_scaler"])
 
     @property
     def eval_model(self):
@@ -347,4 +357,6 @@ class _LoopState:
             if self.ema is not None:
                 extra["train_state_dict"] = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
                 extra["ema_updates"] = self.ema.updates
+            if self.scaler.is_enabled():
+                extra["grad_scaler"] = self.scaler.state_dict()
         save_checkpoint(path, self.eval_model, self.model_config, self.spec, self.cfg.class_names, **extra)
