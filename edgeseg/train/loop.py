@@ -22,6 +22,7 @@ from edgeseg.train.augment import AugmentConfig, BatchAugmenter
 from edgeseg.models.checkpoint import save_checkpoint
 from edgeseg.train.config import MEMORY_FORMATS, TrainConfig, build_spec
 from edgeseg.train import distributed
+from edgeseg.train.determinism import determinism_record, deterministic_mode, prepare_cublas
 from edgeseg.train.distributed import ProcessPlace, ShardedShuffle, TrainSampler
 from edgeseg.train.ema import WeightEMA, ema_decay
 from edgeseg.train.losses import build_loss
@@ -66,15 +67,17 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, on_epoc
     gives each its share); rank 0 alone validates and writes, and only its result holds the history.
     """
     place = distributed.place_from_env()
+    if cfg.deterministic:  # before the device starts: cuBLAS takes its workspace setting when CUDA first runs
+        prepare_cublas()
     device = distributed.start(place, cfg.sync_bn)
     # one training per run folder: a second one (train, cv or sweep) would write over its checkpoints
     busy = busy_message(cfg.out)
-    # refused before its first epoch (settings the data cannot train), the folder this call made
-    # (its slice store at most) goes, as for any bad input
+    # refused before its first epoch (settings the data cannot train, an operation --deterministic
+    # cannot run), the folder this call made (its slice store at most) goes, as for any bad input
     guard = (folder_lock(cfg.out, ".training.lock", busy, discard_on=EdgesegError, keep="last.pt")
              if place.is_main else contextlib.nullcontext())
     try:
-        with guard:
+        with guard, deterministic_mode(cfg.deterministic):
             if place.is_main:  # under the lock: another process may be writing the folder's last.pt
                 check_start(cfg.out, resume, overwrite)
             return _train(cfg, resume, progress and place.is_main, on_epoch, make_sampler, place, device)
@@ -182,7 +185,7 @@ def _provenance(cfg: TrainConfig, data: dict, payload: dict | None, state: "_Loo
     sessions.append({**environment(), "from_epoch": start_epoch, "threads": torch.get_num_threads(),
                      "amp": str(state.amp_dtype).removeprefix("torch.") if state.amp_dtype else "off",
                      "memory_format": state.layout["chosen"], "processes": state.place.world_size,
-                     "workers": state.workers})
+                     "workers": state.workers, "determinism": determinism_record()})
     return {"seed": cfg.seed, "data": data_record(cfg, data), "sessions": sessions}
 
 
@@ -205,7 +208,10 @@ def memory_format_for(cfg: TrainConfig, model, model_config: ModelConfig, device
     from edgeseg.runtime.machine import machine_signature
 
     machine, record = machine_signature(), {"requested": cfg.memory_format, "chosen": "channels-last"}
-    if place.is_main:
+    if place.is_main and cfg.deterministic and cfg.memory_format == "auto":
+        # the probe's timings, and so its choice, follow the machine's load
+        record = {"requested": "auto", "chosen": "channels-last", "reason": "not probed: --deterministic"}
+    elif place.is_main:
         record = choose_memory_format(cfg.memory_format, model, cfg.batch_size, cfg.size, model_config.num_classes,
                                       device, autocast_dtype(cfg.amp, device),
                                       kept=(payload or {}).get("memory_format"), machine=machine)

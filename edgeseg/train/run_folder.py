@@ -52,7 +52,12 @@ def check_resumable(path: Path, cfg: TrainConfig) -> dict[str, Any]:
                               f"--epochs {cfg.epochs}; give --epochs {int(payload['epoch'])} or more")
     # The run's record holds one config for all its epochs: a loss, learning rate or augmentation
     # changed half-way would be reported as the run's from epoch 1 (cv and sweep refuse it too).
-    changed = config_differences(payload.get("train_config"), cfg)
+    # So is --deterministic: a run is repeatable as a whole or not at all, and a resume that
+    # forgot the flag would break that silently. Runs from before the flag were not.
+    recorded = payload.get("train_config")
+    if isinstance(recorded, dict):
+        recorded = {"deterministic": False, **recorded}
+    changed = config_differences(recorded, cfg)
     if changed:
         raise CheckpointError(f"cannot resume {path} with other training settings ({'; '.join(changed)}); give the "
                               "run's settings again (only --epochs, --threads, --workers, --amp, --memory-format and "
