@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from edgeseg.cli.inspect import provenance_lines
 from edgeseg.errors import CheckpointError, EdgesegError
 from edgeseg.models.checkpoint import read_checkpoint
 from edgeseg.train.determinism import deterministic_mode, prepare_cublas
@@ -38,6 +39,9 @@ def test_two_deterministic_runs_repeat_bit_for_bit_and_record_the_settings(tmp_p
     assert a["provenance"]["sessions"][0]["determinism"] == {
         "algorithms": True, "cudnn_deterministic": True, "cudnn_benchmark": False,
         "cublas_workspace_config": ":4096:8"}
+    session_line = provenance_lines({"training": a["provenance"]})[1]
+    assert session_line.startswith("  session 1 from epoch 1: 1 thread(s), amp off, channels-last, 1 process(es), "
+                                   "deterministic; edgeseg")
     # auto does not time the layouts (their timings follow the machine's load)
     assert a["memory_format"]["chosen"] == "channels-last" and "seconds_per_pass" not in a["memory_format"]
     # the process's settings are put back for whatever runs next in it (cv trains folds in one process)
