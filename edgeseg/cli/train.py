@@ -54,7 +54,7 @@ from edgeseg.train.config import LOSSES, MEMORY_FORMATS
                    "and batch before the first epoch and keep the faster (a resumed run on the same machine keeps "
                    "its layout); channels-last on CUDA or when a step takes under 0.25 s.")
 @click.option("--threads", default=0, help="CPU threads for torch (0: torch's default).")
-@click.option("--deterministic", is_flag=True,
+@click.option("--deterministic", is_flag=True, default=False,
               help="Deterministic algorithms only (torch.use_deterministic_algorithms, cuDNN deterministic without "
                    "benchmark, CUBLAS_WORKSPACE_CONFIG=:4096:8), so a CUDA run repeats bit for bit; slower. "
                    "Kept for the whole run: --resume refuses to change it.")
