@@ -63,7 +63,10 @@ def test_resumed_fp16_run_continues_the_loss_scale_and_repeats_the_whole_run(fp1
                                       "growth_interval": 2000, "_growth_tracker": 2 * steps}
     assert a["grad_scaler"]["_growth_tracker"] == 4 * steps
     assert b["grad_scaler"] == a["grad_scaler"]
-    assert [r["val_dice"] for r in resumed["history"]] == [r["val_dice"] for r in whole["history"]]
+    # the rest of what the run carries over: the history, the learning rate (a function of the
+    # step count), the best epoch (a reset tracker would take epoch 3 as a new best) and the weights
+    assert [(r["val_dice"], r["lr"]) for r in resumed["history"]] == [(r["val_dice"], r["lr"]) for r in whole["history"]]
+    assert b["best"] == a["best"] and resumed["best"] == whole["best"]
     assert [k for k in a["state_dict"] if not torch.equal(a["state_dict"][k], b["state_dict"][k])] == []
 
 
