@@ -1,4 +1,5 @@
-"""``edgeseg inspect``: a bundle's manifest and parity report as readable tables."""
+"""``edgeseg inspect``: a bundle's manifest and parity report as readable tables, or what a
+training checkpoint holds."""
 
 from __future__ import annotations
 
@@ -6,6 +7,10 @@ import json
 from pathlib import Path
 
 import click
+
+# A record of another shape than edgeseg writes could make a line or the session list endless.
+MAX_LINE = 4000
+MAX_SESSIONS = 100
 
 
 def describe_bundle(bundle: str) -> tuple[str, list[str]]:
@@ -90,38 +95,110 @@ def describe_bundle(bundle: str) -> tuple[str, list[str]]:
 
 def provenance_lines(source: dict) -> list[str]:
     """How the bundle was made, for a reader: the training's seed and data hashes, each training
-    session's software, settings and command, and the export's."""
+    session's software, settings and command, and the export's. Records of another shape than
+    edgeseg writes are shown as far as they go, never a traceback."""
     def software(env: dict) -> str:
         git = env.get("git_commit")
         edgeseg = f"edgeseg {env.get('edgeseg')}" + (f" (git {git[:12]}{', modified' if env.get('git_dirty') else ''})"
                                                      if git else "")
-        libraries = ", ".join(f"{name} {version}" for name, version in (env.get("libraries") or {}).items())
+        libraries = ", ".join(f"{name} {version}" for name, version in _mapping(env.get("libraries")).items())
         return f"{edgeseg}, python {env.get('python')}, {libraries}; on {env.get('machine')} at {env.get('at')}"
 
     lines = []
     training = source.get("training")
     if isinstance(training, dict):
-        data = training.get("data") or {}
-        split = ", ".join(f"{part} {str(h)[:12]}" for part, h in (data.get("split_sha256") or {}).items())
+        data = _mapping(training.get("data"))
+        split = ", ".join(f"{part} {str(h)[:12]}" for part, h in _mapping(data.get("split_sha256")).items())
         lines.append(f"trained  seed {training.get('seed')} on {data.get('source')} (data sha256 "
                      f"{str(data.get('sha256'))[:12]}; split {split})")
-        for k, env in enumerate(training.get("sessions") or [], start=1):
+        sessions = training.get("sessions")
+        sessions = [env for env in sessions if isinstance(env, dict)] if isinstance(sessions, list) else []
+        for k, env in enumerate(sessions[:MAX_SESSIONS], start=1):
+            deterministic = ", deterministic" if _mapping(env.get("determinism")).get("algorithms") is True else ""
             lines += [f"  session {k} from epoch {env.get('from_epoch')}: {env.get('threads')} thread(s), amp "
-                      f"{env.get('amp')}, {env.get('memory_format')}, {env.get('processes')} process(es); {software(env)}",
+                      f"{env.get('amp')}, {env.get('memory_format')}, {env.get('processes')} process(es)"
+                      f"{deterministic}; {software(env)}",
                       f"    $ {env.get('command')}"]
+        if len(sessions) > MAX_SESSIONS:
+            lines.append(f"  ... and {len(sessions) - MAX_SESSIONS} more sessions")
     export = source.get("export")
     if isinstance(export, dict):
         lines += [f"exported {software(export)}", f"    $ {export.get('command')}"]
     return lines
 
 
-@click.command("inspect")
-@click.argument("bundle", type=click.Path())
-def command(bundle: str) -> None:
-    """Print BUNDLE's manifest, artifact hash checks and parity report; exit 2 when a check fails."""
-    from edgeseg.errors import BundleError
+def describe_checkpoint(path: str) -> str:
+    """The text ``edgeseg inspect CHECKPOINT`` prints: the file, model and its size, spec, classes,
+    recipe, epochs and best epoch, what --resume continues from, and the provenance
+    (:func:`edgeseg.models.checkpoint_summary.summarize_checkpoint`)."""
+    from edgeseg.errors import require
+    from edgeseg.runtime.manifest import sha256_file
 
-    text, failed = describe_bundle(bundle)
+    require("torch", "train", "edgeseg inspect CHECKPOINT")
+    from edgeseg.models.checkpoint_summary import summarize_checkpoint
+
+    info = summarize_checkpoint(path)
+    names = info["class_names"]
+    sources = "; source label values " + ", ".join(f"{name}={'+'.join(map(str, values))}" for name, values
+                                                   in info["label_values"].items()) if info["label_values"] else ""
+    recipe = info["recipe"]
+    best = info["best"] or {}
+    dice = f"{best['val_dice']:.4f}" if best.get("val_dice") is not None else "?"
+    lines = [f"checkpoint {path}  (format {info['format_version']}, edgeseg {info['edgeseg_version']}, "
+             f"{info['bytes']} bytes, sha256 {sha256_file(path)[:12]})",
+             f"model    {json.dumps(info['model'])}  ({info['parameters']} parameters, "
+             f"{info['weight_bytes'] / 2**20:.2f} MiB of weights)",
+             f"spec     {json.dumps(info['spec'])}  (hash {info['spec_hash']})",
+             f"labels   {', '.join(f'{k}={name}' for k, name in enumerate(names))}{sources}",
+             f"recipe   {recipe['name']} version {recipe['version']} (sha256 {str(recipe['sha256'])[:12]})"
+             if recipe else "recipe   none (command-line settings)",
+             f"epoch    {info['epoch']} of {info['epochs']}; best val Dice {dice} at epoch {best.get('epoch')}; "
+             f"split {', '.join(f'{part} {n}' for part, n in info['split'].items()) or '-'} cases"
+             f"{'; deterministic' if info['deterministic'] else ''}"]
+    if info["postprocess"] is not None:
+        lines.append(f"post     {json.dumps(info['postprocess'], default=str)}")
+    lines.append(_resume_line(info["resume"]))
+    if isinstance(info["provenance"], dict):
+        lines += provenance_lines({"training": info["provenance"]})
+    return "\n".join(line if len(line) <= MAX_LINE else line[:MAX_LINE] + " ..." for line in lines)
+
+
+def _resume_line(state: dict | None) -> str:
+    if state is None:
+        return "resume   no optimiser state: the weights to export and evaluate (--resume reads last.pt)"
+    parts = ["optimiser state"]
+    if state["ema_updates"] is not None:
+        parts.append(f"EMA after {state['ema_updates']} updates")
+    if state["loss_scale"] is not None:
+        parts.append(f"fp16 loss scale {state['loss_scale']:g} ({state['loss_scale_clean_steps']} clean steps)")
+    if state["memory_format"]:
+        parts.append(f"memory format {state['memory_format']}")
+    return f"resume   {', '.join(parts)}"
+
+
+def _mapping(value) -> dict:
+    return value if isinstance(value, dict) else {}
+
+
+@click.command("inspect")
+@click.argument("target", metavar="BUNDLE|CHECKPOINT", type=click.Path())
+def command(target: str) -> None:
+    """Print a bundle folder's manifest, artifact hash checks and parity report (exit 2 when a
+    check fails), or what a checkpoint file (best.pt, last.pt) holds: model, spec, labels, recipe,
+    epochs, resume state and provenance."""
+    from edgeseg.errors import BundleError, EdgesegError
+
+    path = Path(target)
+    if path.is_file():
+        click.echo(describe_checkpoint(target))
+        return
+    if not path.exists():
+        raise EdgesegError(f"{target} does not exist: inspect reads a bundle folder or a checkpoint file (.pt)")
+    runs = [name for name in ("best.pt", "last.pt") if (path / name).is_file()]
+    if runs and not (path / "manifest.json").exists():
+        raise EdgesegError(f"{target} is a training run, not a bundle; inspect its checkpoints: "
+                           f"{' or '.join(str(path / name) for name in runs)}")
+    text, failed = describe_bundle(target)
     click.echo(text)
     if failed:
-        raise BundleError(f"bundle {bundle} failed {len(failed)} check(s): {'; '.join(failed)}")
+        raise BundleError(f"bundle {target} failed {len(failed)} check(s): {'; '.join(failed)}")

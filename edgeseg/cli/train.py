@@ -54,6 +54,10 @@ from edgeseg.train.config import LOSSES, MEMORY_FORMATS
                    "and batch before the first epoch and keep the faster (a resumed run on the same machine keeps "
                    "its layout); channels-last on CUDA or when a step takes under 0.25 s.")
 @click.option("--threads", default=0, help="CPU threads for torch (0: torch's default).")
+@click.option("--deterministic", is_flag=True, default=False,
+              help="Deterministic algorithms only (torch.use_deterministic_algorithms, cuDNN deterministic without "
+                   "benchmark, CUBLAS_WORKSPACE_CONFIG=:4096:8), so a CUDA run repeats bit for bit; slower. "
+                   "Kept for the whole run: --resume refuses to change it.")
 @click.option("--recipe", default=None, help="Training defaults from a recipe: a shipped name (covid-infection, liver-ct) "
                                              "or a TOML file; flags given here override it.")
 @click.option("--mask", type=click.Choice(["auto", "binary", "labels"]), default="auto", show_default=True,
@@ -111,6 +115,10 @@ def command(**opts) -> None:
         from edgeseg.train.run_data import check_launch
 
         check_process_count(opts["nproc"])
+        if cfg.deterministic:  # before torchrun starts: its processes inherit the environment
+            from edgeseg.train.determinism import prepare_cublas
+
+            prepare_cublas()
         # refused here, before torchrun starts processes that would each print the refusal and
         # torchrun its report (a single process checks the same in train)
         check_launch(cfg, opts["resume"], opts["overwrite"], progress=not opts["quiet"])
@@ -175,6 +183,7 @@ def config_from_options(opts: dict, recipe, ctx: click.Context):
         class_weights=_parse_weights(opts["class_weights"]), sync_bn=opts["sync_bn"],
         cache=str(Path(opts["cache"]).resolve()) if opts["cache"] else None, workers=opts["workers"],
         foreground_share=opts["foreground_share"], memory_format=opts["memory_format"],
+        deterministic=opts["deterministic"],
     )
     if recipe is not None:
         given = {name for name in ctx.params if ctx.get_parameter_source(name) != ParameterSource.DEFAULT}

@@ -37,6 +37,8 @@ def point_commands(sweep: SweepConfig, point: Point, folder: Path) -> list[str]:
             train += [flag, ",".join(str(v) for v in recipe[key])]
     if recipe.get("augment") is False:
         train.append("--no-augment")
+    if recipe.get("deterministic"):
+        train.append("--deterministic")
     export = ["edgeseg", "export", str(folder / "run" / "best.pt"), "--out", str(folder / "bundle"), "--formats", "onnx",
               "--int8", "--calib", str(sweep.export.get("calib", recipe["data"]))]
     for key, flag in EXPORT_FLAGS.items():

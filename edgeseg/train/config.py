@@ -65,6 +65,7 @@ class TrainConfig:
     workers: int = -1
     foreground_share: float = 1 / 3
     memory_format: str = "auto"
+    deterministic: bool = False
 
     def __post_init__(self) -> None:
         self.window = tuple(float(v) for v in self.window)

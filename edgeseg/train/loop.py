@@ -22,6 +22,7 @@ from edgeseg.train.augment import AugmentConfig, BatchAugmenter
 from edgeseg.models.checkpoint import save_checkpoint
 from edgeseg.train.config import MEMORY_FORMATS, TrainConfig, build_spec
 from edgeseg.train import distributed
+from edgeseg.train.determinism import determinism_record, deterministic_mode, prepare_cublas
 from edgeseg.train.distributed import ProcessPlace, ShardedShuffle, TrainSampler
 from edgeseg.train.ema import WeightEMA, ema_decay
 from edgeseg.train.losses import build_loss
@@ -66,15 +67,17 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, on_epoc
     gives each its share); rank 0 alone validates and writes, and only its result holds the history.
     """
     place = distributed.place_from_env()
+    if cfg.deterministic:  # before the device starts: cuBLAS takes its workspace setting when CUDA first runs
+        prepare_cublas()
     device = distributed.start(place, cfg.sync_bn)
     # one training per run folder: a second one (train, cv or sweep) would write over its checkpoints
     busy = busy_message(cfg.out)
-    # refused before its first epoch (settings the data cannot train), the folder this call made
-    # (its slice store at most) goes, as for any bad input
+    # refused before its first epoch (settings the data cannot train, an operation --deterministic
+    # cannot run), the folder this call made (its slice store at most) goes, as for any bad input
     guard = (folder_lock(cfg.out, ".training.lock", busy, discard_on=EdgesegError, keep="last.pt")
              if place.is_main else contextlib.nullcontext())
     try:
-        with guard:
+        with guard, deterministic_mode(cfg.deterministic):
             if place.is_main:  # under the lock: another process may be writing the folder's last.pt
                 check_start(cfg.out, resume, overwrite)
             return _train(cfg, resume, progress and place.is_main, on_epoch, make_sampler, place, device)
@@ -124,10 +127,8 @@ def _train(cfg, resume, progress, on_epoch, make_sampler, place, device) -> dict
     state = _LoopState(cfg, model, model_config, spec, optimizer, device, train_set, val_set, data["split"], out,
                        sampler, place, layout)
     state.provenance = _provenance(cfg, data, payload, state, start_epoch)
-    if payload is not None and state.ema is not None:
-        # The EMA weights are the checkpoint's state_dict; without a saved update count (a
-        # checkpoint trained without EMA) the average starts afresh from the current weights.
-        state.ema.load_state_dict(payload["state_dict"], int(payload.get("ema_updates", 0)))
+    if payload is not None:
+        state.restore(payload)
     log.info(
         "training %s (%d parameters) on %d slices / %d cases, validating on %d slices / %d cases, device %s, amp %s, "
         "%d process(es) of %d slices per step, memory format %s",
@@ -184,7 +185,7 @@ def _provenance(cfg: TrainConfig, data: dict, payload: dict | None, state: "_Loo
     sessions.append({**environment(), "from_epoch": start_epoch, "threads": torch.get_num_threads(),
                      "amp": str(state.amp_dtype).removeprefix("torch.") if state.amp_dtype else "off",
                      "memory_format": state.layout["chosen"], "processes": state.place.world_size,
-                     "workers": state.workers})
+                     "workers": state.workers, "determinism": determinism_record()})
     return {"seed": cfg.seed, "data": data_record(cfg, data), "sessions": sessions}
 
 
@@ -207,7 +208,10 @@ def memory_format_for(cfg: TrainConfig, model, model_config: ModelConfig, device
     from edgeseg.runtime.machine import machine_signature
 
     machine, record = machine_signature(), {"requested": cfg.memory_format, "chosen": "channels-last"}
-    if place.is_main:
+    if place.is_main and cfg.deterministic and cfg.memory_format == "auto":
+        # the probe's timings, and so its choice, follow the machine's load
+        record = {"requested": "auto", "chosen": "channels-last", "reason": "not probed: --deterministic"}
+    elif place.is_main:
         record = choose_memory_format(cfg.memory_format, model, cfg.batch_size, cfg.size, model_config.num_classes,
                                       device, autocast_dtype(cfg.amp, device),
                                       kept=(payload or {}).get("memory_format"), machine=machine)
@@ -250,7 +254,8 @@ class _LoopState:
         self.augment = (BatchAugmenter(spec, AugmentConfig(p=cfg.augment_p))
                         if cfg.augment and cfg.augment_p > 0 else None)
         self.amp_dtype = autocast_dtype(cfg.amp, device)
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16 and device.type == "cuda")
+        # fp16 gradients underflow without loss scaling on any device; bf16 has float32's range
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype == torch.float16)
         self.steps_per_epoch = sampler.steps_per_epoch
         # Batches are read from the slice store and augmented in DataLoader workers.
         self.batches = EpochBatches(sampler, train_set.rows, cfg.seed, place.rank)
@@ -268,6 +273,17 @@ class _LoopState:
         folder = Path(out) / ".validation" if out is not None and place.is_main else None
         self.val_predictions = CasePredictions(folder)
         self.val_predictions.remove()
+
+    def restore(self, payload: dict[str, Any]) -> None:
+        """What a resumed run continues from besides the weights and the optimiser (``_resume``):
+        the moving average and the fp16 loss scale, each where this session uses one."""
+        if self.ema is not None:
+            # The EMA weights are the checkpoint's state_dict; without a saved update count (a
+            # checkpoint trained without EMA) the average starts afresh from the current weights.
+            self.ema.load_state_dict(payload["state_dict"], int(payload.get("ema_updates", 0)))
+        if self.scaler.is_enabled() and payload.get("grad_scaler"):
+            # Without it the scale would start again at 2**16 and back off through skipped steps.
+            self.scaler.load_state_dict(payload["grad_scaler"])
 
     @property
     def eval_model(self):
@@ -347,4 +363,6 @@ class _LoopState:
             if self.ema is not None:
                 extra["train_state_dict"] = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
                 extra["ema_updates"] = self.ema.updates
+            if self.scaler.is_enabled():
+                extra["grad_scaler"] = self.scaler.state_dict()
         save_checkpoint(path, self.eval_model, self.model_config, self.spec, self.cfg.class_names, **extra)

@@ -39,6 +39,17 @@ def focal_loss(logits: Tensor, target: Tensor, gamma: float, weight: Tensor | No
     return terms.sum() / w.sum()
 
 
+def gathered_cross_entropy(logits: Tensor, target: Tensor, weight: Tensor | None = None) -> Tensor:
+    """``F.cross_entropy`` (mean over pixels; with class weights, normalised by their sum) from
+    gathered log-probabilities. torch's 2-D NLL loss sums with atomic adds on CUDA and has no
+    deterministic implementation there; gather, its backward and plain sums have."""
+    log_p = F.log_softmax(logits, dim=1).gather(1, target.unsqueeze(1)).squeeze(1)
+    if weight is None:
+        return -log_p.mean()
+    w = weight[target]
+    return -(w * log_p).sum() / w.sum()
+
+
 class SegmentationLoss(nn.Module):
     """A region term (Dice or Tversky) plus a pixel term (cross-entropy or focal).
 
@@ -49,6 +60,7 @@ class SegmentationLoss(nn.Module):
     a differentiable sum over the processes, so the region term is pooled over the global batch
     (the pixel term is a per-process mean, which DDP's gradient averaging makes the global mean
     for equal batches; with class weights it is the mean of per-process weighted means).
+    ``deterministic`` computes cross-entropy with :func:`gathered_cross_entropy`.
     """
 
     def __init__(
@@ -61,6 +73,7 @@ class SegmentationLoss(nn.Module):
         pixel_weight: float = 1.0,
         smooth: float = 1.0,
         pool_sums: Callable[[Tensor], Tensor] | None = None,
+        deterministic: bool = False,
     ) -> None:
         super().__init__()
         if kind not in LOSSES:
@@ -77,7 +90,7 @@ class SegmentationLoss(nn.Module):
         self.alpha, self.beta = (alpha, beta) if self.region == "tversky" else (0.5, 0.5)
         self.focal_gamma = float(focal_gamma)
         self.region_weight, self.pixel_weight, self.smooth = region_weight, pixel_weight, smooth
-        self.pool_sums = pool_sums
+        self.pool_sums, self.deterministic = pool_sums, deterministic
         weights = torch.tensor(list(class_weights), dtype=torch.float32) if class_weights is not None else None
         self.register_buffer("class_weights", weights, persistent=False)
 
@@ -89,7 +102,8 @@ class SegmentationLoss(nn.Module):
                 raise EdgesegError(f"{weight.numel()} class weights for a model of {logits.shape[1]} classes")
             weight = weight.to(logits.device)
         if self.pixel == "ce":
-            pixel = F.cross_entropy(logits, target, weight=weight)
+            pixel = (gathered_cross_entropy(logits, target, weight) if self.deterministic
+                     else F.cross_entropy(logits, target, weight=weight))
         else:
             pixel = focal_loss(logits, target, self.focal_gamma, weight)
         tp, fp, fn = _overlap_terms(logits, target)
@@ -112,5 +126,6 @@ class DiceCELoss(SegmentationLoss):
 
 def build_loss(cfg, pool_sums: Callable[[Tensor], Tensor] | None = None) -> SegmentationLoss:
     """The loss a TrainConfig names (``loss``, ``class_weights``, ``focal_gamma``, ``tversky``);
-    ``pool_sums`` as in :class:`SegmentationLoss`."""
-    return SegmentationLoss(cfg.loss, cfg.class_weights, cfg.focal_gamma, tuple(cfg.tversky), pool_sums=pool_sums)
+    ``pool_sums`` as in :class:`SegmentationLoss`; ``deterministic`` as the run's."""
+    return SegmentationLoss(cfg.loss, cfg.class_weights, cfg.focal_gamma, tuple(cfg.tversky), pool_sums=pool_sums,
+                            deterministic=cfg.deterministic)

@@ -3,6 +3,7 @@ can be continued with a configuration."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -45,14 +46,44 @@ def check_resumable(path: Path, cfg: TrainConfig) -> dict[str, Any]:
         raise CheckpointError(f"cannot resume {path}: it was trained with another PreprocessSpec")
     if "optimizer" not in payload:
         raise CheckpointError(f"cannot resume from {path}: it holds no optimiser state (use last.pt)")
+    check_scaler_state(path, payload.get("grad_scaler"))
     if int(payload.get("epoch", 0)) > cfg.epochs:  # it would end at once, reporting a longer run as this one
         raise CheckpointError(f"cannot resume {path}: it is trained to {int(payload['epoch'])} epochs, more than "
                               f"--epochs {cfg.epochs}; give --epochs {int(payload['epoch'])} or more")
     # The run's record holds one config for all its epochs: a loss, learning rate or augmentation
     # changed half-way would be reported as the run's from epoch 1 (cv and sweep refuse it too).
-    changed = config_differences(payload.get("train_config"), cfg)
+    # So is --deterministic: a run is repeatable as a whole or not at all, and a resume that
+    # forgot the flag would break that silently. Runs from before the flag were not.
+    recorded = payload.get("train_config")
+    if isinstance(recorded, dict):
+        recorded = {"deterministic": False, **recorded}
+    changed = config_differences(recorded, cfg)
     if changed:
         raise CheckpointError(f"cannot resume {path} with other training settings ({'; '.join(changed)}); give the "
                               "run's settings again (only --epochs, --threads, --workers, --amp, --memory-format and "
                               "--cache may change), or train into another --out")
     return payload
+
+
+def check_scaler_state(path: Path, state: Any) -> None:
+    """Refuse a ``grad_scaler`` record (the fp16 loss scaler's state) that GradScaler would
+    take and then train with: a scale of 0 skips nothing and trains on zero gradients, a NaN or
+    a string fails steps later with a traceback."""
+    if state is None:
+        return
+    # key: ((lowest, above the highest, whether the lowest is allowed), whether an integer); the
+    # scale and the step count are held in a float32 and an int32 tensor
+    ranges = {"scale": ((0.0, 3.4e38, False), False), "growth_factor": ((1.0, 3.4e38, False), False),
+              "backoff_factor": ((0.0, 1.0, False), False), "growth_interval": ((1, 2**31, True), True),
+              "_growth_tracker": ((0, 2**31, True), True)}
+
+    def fits(value: Any, bounds: tuple, integer: bool) -> bool:
+        low, high, low_ok = bounds
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            return False
+        return (not integer or isinstance(value, int)) and (low <= value if low_ok else low < value) and value < high
+
+    if not isinstance(state, dict) or set(state) != set(ranges) or not all(
+            fits(state[key], *ranges[key]) for key in ranges):
+        raise CheckpointError(f"cannot resume {path}: its grad_scaler record is not a loss scaler's state "
+                              f"({str(state)[:200]})")
