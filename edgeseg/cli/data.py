@@ -45,13 +45,17 @@ def synth(out: str, cases: int, seed: int, size: int, slices: int, kind: str, im
     )
 
 
-def _label_counts(label: np.ndarray | None) -> str:
+def _label_counts(label: np.ndarray | None, names: dict[int, str] | None = None) -> str:
+    """``value:voxels`` per label value present, ``value=name:voxels`` where the label file names
+    its segments (the name, not the value, then says the class)."""
     if label is None:
         return "-"
     from edgeseg.data.volume import label_counts
 
     counts = label_counts(label)
-    parts = [f"{value}:{int(n)}" for value, n in enumerate(counts) if value > 0 and n > 0]
+    names = names or {}
+    parts = [f"{value}{'=' + names[value] if value in names else ''}:{int(n)}"
+             for value, n in enumerate(counts) if value > 0 and n > 0]
     return " ".join(parts) or "none"
 
 
@@ -68,7 +72,7 @@ def describe_volumes(volumes: list) -> str:
             f"{float(hu.min()):.0f}",
             f"{float(hu.mean(dtype=np.float64)):.1f}",
             f"{float(hu.max()):.0f}",
-            _label_counts(volume.label),
+            _label_counts(volume.label, volume.label_names),
         ))
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]

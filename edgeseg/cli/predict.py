@@ -17,8 +17,9 @@ from edgeseg.cli.tta_option import tta_option
 @click.argument("bundle", type=click.Path(file_okay=False))
 @click.argument("input_path", metavar="INPUT", type=click.Path())
 @click.option("--out", required=True, type=click.Path(), help="Output file (or folder for PNGs of a volume).")
-@click.option("--format", "fmt", type=click.Choice(["nifti", "dicom-seg", "png", "npy"]), default=None,
-              help="Output format (default: from the --out suffix: .nii.gz, .dcm, .png, .npy).")
+@click.option("--format", "fmt", type=click.Choice(["nifti", "seg-nrrd", "dicom-seg", "png", "npy"]), default=None,
+              help="Output format (default: from the --out suffix: .nii.gz, .seg.nrrd (3D Slicer segmentation), "
+                   ".dcm, .png, .npy).")
 @click.option("--backend", default="auto", show_default=True,
               help="auto, or a backend name (onnxruntime, openvino, tensorrt, onnxruntime-gpu, torchscript), "
                    "optionally with :fp32 / :fp16 / :int8; comma-separate to give a fallback order; or a "
@@ -28,6 +29,9 @@ from edgeseg.cli.tta_option import tta_option
 @click.option("--batch-size", default=None, type=int, help="Slices per model call (default: the bundle's, at most 8).")
 @click.option("--overlay", default=None, type=click.Path(),
               help="Also write one overlay PNG of the slice with the most foreground.")
+@click.option("--label-table", "label_tables", multiple=True, type=click.Path(dir_okay=False),
+              help="Also write the classes' names and colours for annotation tools: .ctbl a 3D Slicer colour "
+                   "table, .txt or .label an ITK-SNAP label description file (repeat for both).")
 @click.option("--spacing", default=None, metavar="Z,Y,X",
               help="Voxel size in mm of an INPUT that carries none (.npy, PNG/JPG): needed where the bundle "
                    "removes 3-D components by volume (mL), and written to a NIfTI output. DICOM and NIfTI "
@@ -39,8 +43,8 @@ from edgeseg.cli.tta_option import tta_option
               help="Seconds to wait for each answer of a remote --backend http://... server [default: 60].")
 @tta_option
 @click.option("--quiet", is_flag=True, help="No progress bar and no log lines.")
-def command(bundle, input_path, out, fmt, backend, threads, batch_size, overlay, spacing, intensity, timeout, tta,
-            quiet) -> None:
+def command(bundle, input_path, out, fmt, backend, threads, batch_size, overlay, label_tables, spacing, intensity,
+            timeout, tta, quiet) -> None:
     """Segment INPUT with BUNDLE and write the label map to --out; prints a one-line summary."""
     import logging
     import time
@@ -55,8 +59,9 @@ def command(bundle, input_path, out, fmt, backend, threads, batch_size, overlay,
     from edgeseg.runtime.readers import IMAGE_SUFFIXES, bundle_intensity, check_input_path, input_kind, read_input
     from edgeseg.runtime.seg_sources import seg_source_datasets
     from edgeseg.runtime.segmenter import Segmenter
+    from edgeseg.runtime.label_tables import write_label_table
     from edgeseg.runtime.writers import (check_nifti_grid, format_for, write_dicom_seg, write_nifti, write_npy,
-                                         write_overlay, write_png)
+                                         write_overlay, write_png, write_seg_nrrd)
 
     start = time.perf_counter()
     if not quiet:
@@ -67,7 +72,7 @@ def command(bundle, input_path, out, fmt, backend, threads, batch_size, overlay,
 
         check_remote_timeout(timeout, backend if is_remote(backend) else None)
     check_input_path(input_path)
-    _check_outputs(input_path, out, fmt, overlay)
+    _check_outputs(input_path, out, fmt, overlay, label_tables)
     kind = input_kind(input_path)
     if spacing is not None and kind in ("dicom", "nifti"):
         raise DataError(f"--spacing is for inputs without geometry (.npy, PNG/JPG); {input_path} carries its own")
@@ -87,8 +92,8 @@ def command(bundle, input_path, out, fmt, backend, threads, batch_size, overlay,
         from edgeseg.data.volume import default_affine
 
         volume = replace(volume, spacing=spacing, affine=default_affine(spacing))
-    if fmt == "nifti":
-        check_nifti_grid(volume, out)
+    if fmt in ("nifti", "seg-nrrd"):
+        check_nifti_grid(volume, out, "NIfTI output" if fmt == "nifti" else "Slicer segmentation output")
     if fmt == "dicom-seg" and refs is None:
         raise DataError(f"--format dicom-seg needs a DICOM series folder as INPUT, got {input_path}")
     # a series a SEG cannot be made of is refused before the model runs, not after
@@ -104,6 +109,8 @@ def command(bundle, input_path, out, fmt, backend, threads, batch_size, overlay,
         used = f"{segmenter.backend} ({segmenter.runner.device})"
     if fmt == "nifti":
         write_nifti(labels, volume, out)
+    elif fmt == "seg-nrrd":
+        write_seg_nrrd(labels, volume, names, out)
     elif fmt == "dicom-seg":
         write_dicom_seg(labels, volume, refs, names, out, sources=seg_sources, parameters=parameters)
     elif fmt == "png":
@@ -114,6 +121,8 @@ def command(bundle, input_path, out, fmt, backend, threads, batch_size, overlay,
         write_npy(labels[0] if flat else labels, out)
     if overlay:
         write_overlay(labels, volume, overlay, window)
+    for table in label_tables:
+        write_label_table(names, table)
     counts = label_counts(labels, minlength=max(names) + 1)
     voxels = " ".join(f"{names.get(k, k)}={int(counts[k])}" for k in sorted(names) if k > 0)
     click.echo(f"{volume.case_id}: {labels.shape[0]} slices, backend {used}, {time.perf_counter() - start:.2f} s, "
@@ -137,10 +146,10 @@ def _parse_spacing(text: str | None) -> tuple[float, float, float] | None:
     return values
 
 
-def _check_outputs(input_path: str, out: str, fmt: str, overlay: str | None) -> None:
-    """Refuse outputs that cannot be written (a path that cannot be written to, or a writer's
-    library not installed), or that would overwrite the input or each other, before reading or
-    segmenting anything.
+def _check_outputs(input_path: str, out: str, fmt: str, overlay: str | None, label_tables=()) -> None:
+    """Refuse outputs that cannot be written (a path that cannot be written to, a writer's
+    library not installed, a --label-table of no known kind), or that would overwrite the input
+    or each other, before reading or segmenting anything.
 
     PNG output of a volume is a folder of slices, written whole: an existing folder is
     replaced only when it holds nothing but PNG files (an earlier prediction).
@@ -149,6 +158,7 @@ def _check_outputs(input_path: str, out: str, fmt: str, overlay: str | None) -> 
 
     from edgeseg.atomic import check_output_file, check_output_folder, within
     from edgeseg.errors import DataError
+    from edgeseg.runtime.label_tables import table_kind
     from edgeseg.runtime.writers import check_writer
 
     target = Path(out)
@@ -168,6 +178,14 @@ def _check_outputs(input_path: str, out: str, fmt: str, overlay: str | None) -> 
         check_output_file(target, "--out")
     if overlay:
         check_output_file(overlay, "--overlay")
+    taken = [target] + ([Path(overlay)] if overlay else [])
+    for table in map(Path, label_tables):
+        table_kind(table)
+        _check_apart(source, table, "--label-table")
+        if any(_same(table, other) for other in taken) or (fmt == "png" and within(table, target)):
+            raise DataError(f"--label-table {table} is where another output of this run writes; name another file")
+        check_output_file(table, "--label-table")
+        taken.append(table)
     check_writer(fmt)
     if overlay:
         check_writer("png")

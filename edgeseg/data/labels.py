@@ -35,7 +35,22 @@ _NRRD_SPACE_TO_RAS = {
 def read_label_file(
     path: str | os.PathLike, volume: Volume, refs: DicomSeriesInfo | None = None
 ) -> np.ndarray:
-    """Read a label map file as a (Z, Y, X) uint8 array aligned to ``volume``'s LPS layout.
+    """Read a label map file as a (Z, Y, X) uint8 array aligned to ``volume``'s LPS layout
+    (:func:`read_named_label_file` without the names)."""
+    return read_named_label_file(path, volume, refs)[0]
+
+
+def attach_label_file(volume: Volume, path: str | os.PathLike, refs: DicomSeriesInfo | None = None) -> None:
+    """Give ``volume`` the label map of ``path`` and the names of its segments, if it has any."""
+    volume.label, volume.label_names = read_named_label_file(path, volume, refs)
+
+
+def read_named_label_file(
+    path: str | os.PathLike, volume: Volume, refs: DicomSeriesInfo | None = None
+) -> tuple[np.ndarray, dict[int, str] | None]:
+    """Read a label map file as a (Z, Y, X) uint8 array aligned to ``volume``'s LPS layout, and
+    the name of each label value where the file names them (a 3D Slicer segmentation,
+    ``.seg.nrrd``: :func:`segment_names`), else None.
 
     ``path`` is a NIfTI file (``.nii`` / ``.nii.gz``), an NRRD file (``.nrrd`` / ``.nhdr``,
     needs pynrrd) or a DICOM SEG (needs highdicom, and ``refs``: the DicomSeriesInfo of the CT
@@ -49,7 +64,7 @@ def read_label_file(
         raise DataError(f"label file not found: {path}")
     if is_nifti_path(path):
         data, affine = _load(path, "label")
-        return _align(_label_to_uint8(data, path), affine, volume, path)
+        return _align(_label_to_uint8(data, path), affine, volume, path), None
     if path.name.lower().endswith(NRRD_SUFFIXES):
         return _read_nrrd(path, volume)
     if looks_like_dicom(path):
@@ -59,7 +74,7 @@ def read_label_file(
         if refs is None:
             raise DataError(f"DICOM SEG {path} needs the CT series' references to place its frames; "
                             f"read the CT with read_dicom_series_with_refs and pass refs=")
-        return read_seg_label_map(path, volume, refs)
+        return read_seg_label_map(path, volume, refs), None
     raise DataError(f"cannot read label file {path}: expected .nii / .nii.gz, .nrrd / .nhdr or a DICOM SEG")
 
 
@@ -73,11 +88,41 @@ def _align(data_xyz: np.ndarray, affine_ras: np.ndarray, volume: Volume, path: P
     return label
 
 
-def _read_nrrd(path: Path, volume: Volume) -> np.ndarray:
+def segment_names(header: dict, path: Path) -> dict[int, str] | None:
+    """Label value -> segment name of a 3D Slicer segmentation's header (``SegmentN_ID``,
+    ``SegmentN_Name``, ``SegmentN_LabelValue``, ``SegmentN_Layer``), or None for an NRRD without
+    segments. Slicer gives a segment the label value it likes (the order segments were made in,
+    not their meaning), so the names, not the values, say which class a segment is. Segments
+    in other layers (overlapping ones) are refused: one label map cannot hold them."""
+    segments, layers = [], set()
+    while f"Segment{len(segments)}_ID" in header:
+        key = f"Segment{len(segments)}_"
+        name = str(header.get(key + "Name", header[key + "ID"])).strip()
+        try:
+            value = int(str(header.get(key + "LabelValue", "1")).strip())
+            layers.add(int(str(header.get(key + "Layer", len(segments))).strip()))
+        except ValueError:
+            raise DataError(f"label {path}: field {key}LabelValue or {key}Layer is not a whole number") from None
+        segments.append((value, name))
+    if len(layers) > 1:
+        raise DataError(f"label {path} keeps its segments in {len(layers)} layers (segments that overlap); one label "
+                        "map cannot hold them: in Slicer, remove the overlap and save again, or export a label map")
+    names: dict[int, str] = {}
+    for value, name in segments:
+        if not 0 < value < 256:
+            raise DataError(f"label {path}: segment {name!r} has label value {value}; expected 1..255")
+        if value in names:
+            raise DataError(f"label {path}: segments {names[value]!r} and {name!r} both have label value {value}")
+        names[value] = name
+    return names or None
+
+
+def _read_nrrd(path: Path, volume: Volume) -> tuple[np.ndarray, dict[int, str] | None]:
     nrrd = require("nrrd", "io", "reading NRRD label files")
     try:
         with open(path, "rb") as handle:
             header = nrrd.read_header(handle)
+            names = segment_names(header, path)  # before the data: a layered file is refused by what it is
             # The sizes are checked against the limits before pynrrd allocates the data.
             sizes = check_dims(np.atleast_1d(header.get("sizes", ())), f"label {path}", "NRRD field sizes")
             check_volume((int(np.prod(sizes[2:])) if len(sizes) > 2 else 1, *(sizes + (1, 1))[:2][::-1]),
@@ -104,7 +149,7 @@ def _read_nrrd(path: Path, volume: Volume) -> np.ndarray:
     # pynrrd gives one row per axis: the world step of that axis' index, in the header's space.
     affine[:3, :3] = (directions * to_ras).T
     affine[:3, 3] = origin * to_ras
-    return _align(_label_to_uint8(data, path), affine, volume, path)
+    return _align(_label_to_uint8(data, path), affine, volume, path), names
 
 
 def _spatial_axes(data: np.ndarray, header: dict, path: Path) -> tuple[np.ndarray, np.ndarray]:

@@ -27,6 +27,9 @@ from edgeseg.data.volume import Volume
 log = logging.getLogger(__name__)
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
+# Label maps a dataset's labels folder may hold beside NIfTI: 3D Slicer segmentations (and plain
+# NRRD label maps), as an annotator saves a corrected pre-annotation.
+NRRD_LABEL_SUFFIXES = (".seg.nrrd", ".nrrd")
 # Pairs of (images, labels) folder names, MSD / nnU-Net first.
 DATASET_LAYOUTS = (("imagesTr", "labelsTr"), ("images", "labels"))
 # nnU-Net names images case_0000.nii.gz (channel 0) and labels case.nii.gz.
@@ -49,9 +52,9 @@ def is_nifti_path(path: str | os.PathLike) -> bool:
 
 
 def nifti_stem(path: str | os.PathLike) -> str:
-    """The file name without its .nii / .nii.gz suffix."""
+    """The file name without its .nii / .nii.gz suffix (or a label file's .seg.nrrd / .nrrd)."""
     name = Path(path).name
-    for suffix in (".nii.gz", ".nii"):
+    for suffix in (".nii.gz", ".nii") + NRRD_LABEL_SUFFIXES:
         if name.lower().endswith(suffix):
             return name[: -len(suffix)]
     return name
@@ -262,6 +265,12 @@ def read_nifti(
     hu, lps_affine, shape_xyz = _hu_lps(image, affine, image_path, "image")
 
     label = None
+    if label_path is not None and str(label_path).lower().endswith(NRRD_LABEL_SUFFIXES):
+        from edgeseg.data.labels import attach_label_file  # labels reads NIfTI through this module
+
+        volume = read_nifti(image_path, case_id=case_id)
+        attach_label_file(volume, label_path)
+        return volume
     if label_path is not None:
         label_path = Path(label_path)
         label_data, label_affine = _load(label_path, "label")
@@ -283,11 +292,26 @@ def read_nifti(
     )
 
 
-def _nifti_files(folder: Path) -> list[Path]:
+def _nifti_files(folder: Path, suffixes: tuple[str, ...] = NIFTI_SUFFIXES) -> list[Path]:
     # MSD archives carry macOS "._name.nii.gz" resource forks that are not NIfTI: skip hidden.
     return sorted(
-        p for p in folder.iterdir() if p.is_file() and is_nifti_path(p) and not p.name.startswith(".")
+        p for p in folder.iterdir()
+        if p.is_file() and p.name.lower().endswith(suffixes) and not p.name.startswith(".")
     )
+
+
+def label_files(folder: Path) -> dict[str, Path]:
+    """Case id -> label file of a labels folder: NIfTI, or a 3D Slicer ``.seg.nrrd`` / NRRD label
+    map; DataError where one case has two (``a.nii.gz`` beside ``a.seg.nrrd``: which is the
+    corrected one cannot be told)."""
+    labels: dict[str, Path] = {}
+    for path in _nifti_files(folder, NIFTI_SUFFIXES + NRRD_LABEL_SUFFIXES):
+        stem = nifti_stem(path)
+        if stem in labels:
+            raise DataError(f"case {stem} has two label files in {folder}: {labels[stem].name} and {path.name}; "
+                            "keep one")
+        labels[stem] = path
+    return labels
 
 
 def _find_label(image: Path, labels: dict[str, Path]) -> Path | None:
@@ -322,7 +346,7 @@ def find_nifti_pairs(folder: str | os.PathLike) -> list[tuple[Path, Path | None]
         raise DataError(f"no images found in {images_dir} (expected .nii or .nii.gz files)")
     if labels_dir is None or not labels_dir.is_dir():
         return [(image, None) for image in images]
-    labels = {nifti_stem(p): p for p in _nifti_files(labels_dir)}
+    labels = label_files(labels_dir)
     channels = sorted(p for p in images if re.fullmatch(r".+_(?!0000)\d{4}", nifti_stem(p)))
     if channels and any(nifti_stem(p).endswith(NNUNET_CHANNEL_SUFFIX) for p in images):
         # nnU-Net's second and later input channels (_0001, ...): a CT model takes one channel

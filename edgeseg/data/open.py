@@ -15,8 +15,8 @@ from pathlib import Path
 
 from edgeseg.data.dicom import DicomSeriesInfo, looks_like_dicom, read_dicom_series_with_refs
 from edgeseg.data.dicom_seg import find_seg_files, is_seg_file, seg_referenced_series
-from edgeseg.data.labels import read_label_file
-from edgeseg.data.nifti import is_nifti_path, read_nifti, read_nifti_dataset
+from edgeseg.data.labels import attach_label_file
+from edgeseg.data.nifti import is_nifti_path, label_files, read_nifti, read_nifti_dataset
 from edgeseg.data.phantom import phantom_case_ids, phantom_geometry, phantom_kind
 from edgeseg.data.slices import DEFAULT_CASE_PATTERN, DEFAULT_INTENSITY, IMAGE_SUFFIXES, read_slice_folder
 from edgeseg.data.volume import Volume
@@ -252,7 +252,7 @@ def _label_with_segs(volume: Volume, refs: DicomSeriesInfo, segs: list[Path]) ->
         raise DataError(f"{len(segs)} DICOM SEG files label series {refs.series_instance_uid} of "
                         f"{volume.case_id} ({', '.join(str(seg) for seg in segs)}); keep one")
     if segs:
-        volume.label = read_label_file(segs[0], volume, refs)
+        attach_label_file(volume, segs[0], refs)
 
 
 def _read_dicom_folder(path: Path) -> list[tuple[Volume, DicomSeriesInfo]]:
@@ -293,8 +293,7 @@ def _label_with_nifti_files(path: Path, volumes: list[Volume]) -> None:
     folder = path / SERIES_LABEL_FOLDER
     if not folder.is_dir():
         return
-    files = {name: p for p in sorted(folder.iterdir()) if p.is_file() and is_nifti_path(p)
-             for name in [p.name[: -len(".nii.gz")] if p.name.endswith(".nii.gz") else p.stem]}
+    files = label_files(folder)
     by_case = {volume.case_id: volume for volume in volumes}
     strays = sorted(set(files) - set(by_case))
     if strays:
@@ -303,14 +302,14 @@ def _label_with_nifti_files(path: Path, volumes: list[Volume]) -> None:
         volume = by_case[case_id]
         if volume.label is not None:
             raise DataError(f"{case_id} in {path} has a DICOM SEG and the label map {label_path}; keep one")
-        volume.label = read_label_file(label_path, volume)
+        attach_label_file(volume, label_path)
 
 
 def _attach_label_file(volume: Volume, refs: DicomSeriesInfo | None, label_file: Path) -> None:
     if volume.label is not None:
         raise DataError(f"{volume.case_id} from {volume.source} already has a label map (a DICOM SEG "
                         f"beside the series); label_file {label_file} would be a second one (ambiguous)")
-    volume.label = read_label_file(label_file, volume, refs)
+    attach_label_file(volume, label_file, refs)
 
 
 def _check_unique_cases(volumes: list[Volume], path: Path) -> None:

@@ -11,12 +11,36 @@ from edgeseg.errors import DataError
 from edgeseg.spec import PreprocessSpec
 
 
-def map_labels(label: np.ndarray, labels: dict[str, list[int]]) -> np.ndarray:
-    """Source label values -> class indices (1..C-1 in ``labels`` order, 0 elsewhere)."""
+def map_labels(label: np.ndarray, labels: dict[str, list[int]], names: dict[int, str] | None = None,
+               source: str = "the label map") -> np.ndarray:
+    """Source label values -> class indices (1..C-1 in ``labels`` order, 0 elsewhere).
+
+    ``names`` (label value -> segment name, from a file that names its segments: a 3D Slicer
+    ``.seg.nrrd``) match segments to classes by name, case aside, whatever value the file gave
+    them: Slicer numbers segments in the order they were made, so values alone would swap
+    classes an annotator re-created in another order. Where no segment is named as a class
+    (Slicer's "Segment_1" ...), the names say nothing and the values decide; where some are, a
+    segment named as none of the classes is refused (``source`` names the file) rather than
+    placed by its value."""
     lut = np.zeros(256, dtype=np.uint8)
     for cls, values in enumerate(labels.values(), start=1):
         lut[np.asarray(values, dtype=np.int64)] = cls
+    classes = {name.strip().lower(): cls for cls, name in enumerate(labels, start=1)}
+    if names and any(name.strip().lower() in classes for name in names.values()):
+        strays = sorted((value, name) for value, name in names.items() if name.strip().lower() not in classes)
+        if strays:
+            value, name = strays[0]
+            raise DataError(f"{source}: segment {name!r} (label value {value}) is none of the classes "
+                            f"{', '.join(labels)}; name every segment after its class")
+        for value, name in names.items():
+            lut[value] = classes[name.strip().lower()]
     return lut[label]
+
+
+def volume_classes(volume: Volume, labels: dict[str, list[int]]) -> np.ndarray:
+    """``volume``'s label map as class indices (:func:`map_labels`, by its segment names where
+    its label file names them)."""
+    return map_labels(volume.label, labels, volume.label_names, f"the label map of {volume.case_id}")
 
 
 def check_window(volume: Volume, spec: PreprocessSpec) -> None:
@@ -80,6 +104,6 @@ class SliceSet:
                 raise DataError(f"case {vol.case_id} ({vol.source}) has no label map; training needs one")
             check_window(vol, spec)
             images.append(preprocess_stack(vol.hu, spec))
-            masks.append(preprocess_labels(map_labels(vol.label, labels), spec))
+            masks.append(preprocess_labels(volume_classes(vol, labels), spec))
             index.append(np.full(vol.num_slices, i, dtype=np.int32))
         return cls(np.concatenate(images), np.concatenate(masks), np.concatenate(index), [v.case_id for v in volumes])

@@ -302,7 +302,7 @@ def _build(folder: Path, groups: list[CaseGroup], spec: PreprocessSpec, labels: 
     """Pre-process every group into ``folder``, one group in memory at a time; manifest last."""
     from tqdm import tqdm
 
-    from edgeseg.data.slice_set import check_window, map_labels, preprocess_stack
+    from edgeseg.data.slice_set import check_window, preprocess_stack, volume_classes
     from edgeseg.kernels.reference import preprocess_labels
 
     num_classes = len(labels) + 1
@@ -317,7 +317,7 @@ def _build(folder: Path, groups: list[CaseGroup], spec: PreprocessSpec, labels: 
             check_window(volume, spec)
             number = len(case_ids)
             images = preprocess_stack(volume.hu, spec)
-            classes = preprocess_labels(map_labels(volume.label, labels), spec)
+            classes = preprocess_labels(volume_classes(volume, labels), spec)
             np.save(folder / f"{number}.images.npy", images)
             np.save(folder / f"{number}.labels.npy", classes)
             case_ids.append(volume.case_id)

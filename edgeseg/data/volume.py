@@ -28,6 +28,8 @@ class Volume:
             (the NIfTI convention), so writers can place outputs in the source's world.
         case_id: patient / volume identifier; splits are made on it, never on slices.
         label: optional (Z, Y, X) uint8 label map with the source's own label values.
+        label_names: the name of each label value, where the label file names them (a 3D
+            Slicer segmentation's segments), else None; classes are then matched by name.
         hu_range: the HU range the source can represent, e.g. (0, 255) for slices stored as
             "pixel = HU clipped to [0, 255]"; None for full-range scanner data.
         modality: DICOM modality, "CT" for everything edgeseg segments.
@@ -52,6 +54,7 @@ class Volume:
     slice_ids: list[str] = field(default_factory=list)
     contiguous: bool = True
     uneven_gaps: tuple[float, float] | None = None
+    label_names: dict[int, str] | None = None
 
     def __post_init__(self) -> None:
         if self.hu.ndim != 3:
@@ -78,6 +81,8 @@ class Volume:
             digest.update(f"{data.dtype.str}{list(data.shape)};".encode())
             digest.update(memoryview(data).cast("B"))
         digest.update(repr([float(v) for v in self.spacing]).encode())
+        if self.label_names:  # a renamed segment is another class
+            digest.update(repr(sorted(self.label_names.items())).encode())
         return digest.hexdigest()
 
     @property

@@ -102,14 +102,14 @@ def score_volumes(segmenter, volumes: list, payload: dict[str, Any], progress: b
     """Segment each held-out volume with ``segmenter`` (any runner) and return one row per
     slice: case, slice id and :func:`per_slice_dice` against the volume's labels; with
     ``candidates``, also :func:`candidate_dice` of the segmenter's output."""
-    from edgeseg.data.slice_set import check_window, map_labels
+    from edgeseg.data.slice_set import check_window, volume_classes
 
     class_names, label_map = list(payload["class_names"]), fold_label_map(payload)
     slices = []
     for volume in volumes:
         check_window(volume, segmenter.spec)
         pred = segmenter.predict_volume(volume, batch_size=min(EVAL_BATCH, segmenter.max_batch), progress=progress)
-        truth = map_labels(volume.label, label_map)
+        truth = volume_classes(volume, label_map)
         rows = per_slice_dice(pred, truth, class_names)
         if candidates:
             for row, scores in zip(rows, candidate_dice(pred, truth, class_names, segmenter.spec.size)):

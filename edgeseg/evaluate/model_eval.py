@@ -89,7 +89,7 @@ def evaluate_checkpoint(
     """
     from tqdm import tqdm
 
-    from edgeseg.data.slice_set import check_window, map_labels
+    from edgeseg.data.slice_set import check_window, volume_classes
     from edgeseg.models.checkpoint import checkpoint_spec, load_model
     import torch
 
@@ -126,7 +126,7 @@ def evaluate_checkpoint(
         if vol.label is None:
             raise DataError(f"case {vol.case_id} ({vol.source}) has no label map to evaluate against")
         check_window(vol, spec)
-        truth = map_labels(vol.label, label_values)
+        truth = volume_classes(vol, label_values)
         pred = segmenter.predict_volume(vol, batch_size=EVAL_BATCH)
         # axes_mm rather than spacing: a gantry-tilted series' distances depend on its shear
         metrics = class_metrics(pred, truth, len(class_names), per_slice_hd=not vol.contiguous, grid=vol.axes_mm)

@@ -88,7 +88,7 @@ def load_calibration(source: str, spec: PreprocessSpec, count: int, label_values
     """
     if str(source).endswith(".npy"):
         return _load_array(Path(source), spec, count)
-    from edgeseg.data.slice_set import check_window, map_labels, preprocess_stack
+    from edgeseg.data.slice_set import check_window, preprocess_stack, volume_classes
 
     volumes = [v for v in open_dataset(source, intensity=intensity, **(slice_options or {}))
                if v.case_id not in exclude_cases]
@@ -100,7 +100,7 @@ def load_calibration(source: str, spec: PreprocessSpec, count: int, label_values
         target = None
         if vol.label is not None:
             # Without a class mapping the source values are not classes: any label is target.
-            target = map_labels(vol.label, label_values) if label_values else (vol.label > 0).astype(np.uint8)
+            target = volume_classes(vol, label_values) if label_values else (vol.label > 0).astype(np.uint8)
         low, high = spec.window
         means = np.clip(vol.hu, low, high).mean(axis=(1, 2))
         for k in range(vol.num_slices):

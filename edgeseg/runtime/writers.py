@@ -1,7 +1,9 @@
-"""Writers for predicted label maps: NIfTI, DICOM SEG, PNG overlays and NPY, all atomic.
+"""Writers for predicted label maps: NIfTI, Slicer segmentation (.seg.nrrd), DICOM SEG, PNG
+overlays and NPY, all atomic.
 
 Label maps arrive as (Z, Y, X) uint8 in the Volume's LPS layout. NIfTI output of a NIfTI input
-goes back onto the input's own voxel grid and affine, so viewers overlay it without resampling;
+(and a .seg.nrrd) goes back onto the input's own voxel grid and affine, so viewers overlay it
+without resampling;
 DICOM SEG output references the source series instance by instance (highdicom, extra
 ``dicom``).
 """
@@ -19,16 +21,19 @@ from edgeseg import __version__
 from edgeseg.atomic import atomic_dir, atomic_path
 from edgeseg.data.grid import is_sheared
 from edgeseg.errors import DataError, require
+from edgeseg.runtime.label_tables import slicer_segment_fields
 from edgeseg.runtime.overlay import DISPLAY_WINDOW, overlay_rgb
 from edgeseg.runtime.seg_sources import seg_source_datasets
 from edgeseg.runtime.segment_codes import segment_coding
 
-FORMATS = ("nifti", "dicom-seg", "png", "npy")
+FORMATS = ("nifti", "seg-nrrd", "dicom-seg", "png", "npy")
 log = logging.getLogger(__name__)
 
-SUFFIX_FORMATS = {".nii": "nifti", ".nii.gz": "nifti", ".dcm": "dicom-seg", ".png": "png", ".npy": "npy"}
+SUFFIX_FORMATS = {".nii": "nifti", ".nii.gz": "nifti", ".seg.nrrd": "seg-nrrd", ".dcm": "dicom-seg", ".png": "png",
+                  ".npy": "npy"}
 # The optional library each format's writer imports: (module, extra, what needs it).
 WRITER_LIBRARIES = {"nifti": ("nibabel", "io", "NIfTI output"), "dicom-seg": ("highdicom", "dicom", "DICOM SEG output"),
+                    "seg-nrrd": ("nrrd", "io", "Slicer segmentation (.seg.nrrd) output"),
                     "png": ("PIL.Image", "io", "PNG output")}
 
 
@@ -49,7 +54,8 @@ def format_for(out: str | os.PathLike, fmt: str | None) -> str:
     for suffix, known in sorted(SUFFIX_FORMATS.items(), key=lambda kv: -len(kv[0])):
         if name.endswith(suffix):
             return known
-    raise DataError(f"cannot tell the output format from {out}; name it .nii.gz, .dcm, .png or .npy, or pass --format")
+    raise DataError(f"cannot tell the output format from {out}; name it .nii.gz, .seg.nrrd, .dcm, .png or .npy, "
+                    "or pass --format")
 
 
 def label_volume(labels: np.ndarray, volume=None, what: str = "output") -> np.ndarray:
@@ -80,50 +86,65 @@ def write_npy(labels: np.ndarray, out: str | os.PathLike) -> Path:
     return Path(out)
 
 
-def check_nifti_grid(volume, out: str | os.PathLike) -> None:
+def check_nifti_grid(volume, out: str | os.PathLike, what: str = "NIfTI output") -> None:
     """DataError where ``volume``'s slices do not lie on one regular grid (a DICOM series with a
-    missing slice): a NIfTI file has one slice spacing, so the labels after the gap would lie up
-    to half a gap away from their slices. Checked before the model runs, and again on writing."""
+    missing slice): a NIfTI or NRRD file has one slice spacing, so the labels after the gap would
+    lie up to half a gap away from their slices. Checked before the model runs, and again on writing."""
     gaps = getattr(volume, "uneven_gaps", None)
     if gaps is not None:
-        raise DataError(f"NIfTI output {out}: the slices of {volume.source or volume.case_id} are unevenly spaced "
-                        f"({gaps[0]:.4g} to {gaps[1]:.4g} mm apart: a missing slice?), and a NIfTI grid would "
+        raise DataError(f"{what} {out}: the slices of {volume.source or volume.case_id} are unevenly spaced "
+                        f"({gaps[0]:.4g} to {gaps[1]:.4g} mm apart: a missing slice?), and one regular grid would "
                         "misplace the labels after the gap; write a DICOM SEG (--format dicom-seg), which "
                         "references each slice, or complete the series")
+
+
+def source_grid(labels: np.ndarray, volume, out: str | os.PathLike, what: str):
+    """``labels`` (Z, Y, X, LPS layout) on the grid of the file ``volume`` was read from: the
+    (x, y, z) uint8 array, its affine (voxel index to RAS mm), and that NIfTI file's image (None
+    for other input, whose labels keep the Volume's layout and affine). A NIfTI input's own axis
+    order is kept, so that a viewer finds label and image on one identical voxel grid and never
+    resamples either."""
+    check_nifti_grid(volume, out, what)
+    labels = label_volume(labels, what=f"{what} {out}")
+    data_xyz = labels.transpose(2, 1, 0)
+    affine = np.asarray(volume.affine, dtype=np.float64)
+    if affine.shape != (4, 4) or not np.isfinite(affine).all() or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
+        # nibabel would fail on it with its own multi-line error, or write a file no viewer places
+        raise DataError(f"{what} {out}: the volume's affine must be a finite 4x4 matrix with non-zero voxel "
+                        f"sizes, got {affine.tolist()}")
+    source = Path(volume.source) if volume.source else None
+    if source is None or not source.name.lower().endswith((".nii", ".nii.gz")) or not source.is_file():
+        return np.ascontiguousarray(data_xyz), affine, None
+    nib = require("nibabel", "io", what)
+    nio = require("nibabel.orientations", "io", what)
+    original = nib.load(str(source))
+    back = nio.ornt_transform(nio.io_orientation(affine), nio.io_orientation(original.affine))
+    data_xyz = nio.apply_orientation(data_xyz, back)
+    grid = tuple(original.shape[:3])
+    # a 2-D input was read as one slice; its labels keep the input's own dimensions
+    if data_xyz.shape != grid + (1,) * (3 - len(grid)):
+        raise DataError(f"labels of shape {labels.shape} do not fit the grid {grid} of {source}")
+    return np.ascontiguousarray(data_xyz.reshape(grid)), np.asarray(original.affine, dtype=np.float64), original
 
 
 def write_nifti(labels: np.ndarray, volume, out: str | os.PathLike) -> Path:
     """Save labels as NIfTI in the world of ``volume``: on the input file's own grid, with its
     header's qform and sform (matrices and codes) and units, when the input was NIfTI; else with
-    the Volume's affine (LPS array order) as qform and sform, code 1 (scanner)."""
+    the Volume's affine (LPS array order) as qform and sform, code 1 (scanner). Either way the
+    header says label map (intent ``label``) with no display range of the CT's."""
     nib = check_writer("nifti")
-    nio = require("nibabel.orientations", "io", "NIfTI output")
 
-    check_nifti_grid(volume, out)
-
-    labels = label_volume(labels, what=f"NIfTI output {out}")
-    data_xyz = labels.transpose(2, 1, 0)
-    affine = np.asarray(volume.affine, dtype=np.float64)
-    if affine.shape != (4, 4) or not np.isfinite(affine).all() or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
-        # nibabel would fail on it with its own multi-line error, or write a file no viewer places
-        raise DataError(f"NIfTI output {out}: the volume's affine must be a finite 4x4 matrix with non-zero voxel "
-                        f"sizes, got {affine.tolist()}")
+    data_xyz, affine, original = source_grid(labels, volume, out, "NIfTI output")
     header = None
-    source = Path(volume.source) if volume.source else None
-    if source is not None and source.name.lower().endswith((".nii", ".nii.gz")) and source.is_file():
-        original = nib.load(str(source))
-        lps = nio.io_orientation(affine)
-        back = nio.ornt_transform(lps, nio.io_orientation(original.affine))
-        data_xyz = nio.apply_orientation(data_xyz, back)
-        grid = tuple(original.shape[:3])
-        # a 2-D input was read as one slice; its labels keep the input's own dimensions
-        if data_xyz.shape != grid + (1,) * (3 - len(grid)):
-            raise DataError(f"labels of shape {labels.shape} do not fit the grid {grid} of {source}")
-        data_xyz = data_xyz.reshape(grid)
-        affine, header = original.affine, original.header.copy()
+    if original is not None:
+        header = original.header.copy()
         header.set_data_dtype(np.uint8)
         header.set_slope_inter(1.0, 0.0)
+        # the CT's display range (cal_min / cal_max) would show the labels 0..2 as black in a
+        # viewer that honours it, and a statistic intent of the CT does not describe labels
+        header["cal_min"], header["cal_max"] = 0.0, 0.0
     image = nib.Nifti1Image(np.ascontiguousarray(data_xyz, dtype=np.uint8), affine, header)
+    image.header.set_intent("label")
     if header is None:
         image.set_qform(affine, code=1)
         image.set_sform(affine, code=1)
@@ -141,6 +162,33 @@ def write_nifti(labels: np.ndarray, volume, out: str | os.PathLike) -> Path:
     suffix = ".nii.gz" if str(out).lower().endswith(".gz") else ".nii"
     with atomic_path(out, suffix=suffix) as tmp:
         nib.save(image, str(tmp))
+    return Path(out)
+
+
+# RAS <-> LPS: NRRD files for Slicer and ITK-SNAP are written in LPS, the space ITK works in.
+_RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0])
+
+
+def write_seg_nrrd(labels: np.ndarray, volume, class_names: dict[int, str], out: str | os.PathLike) -> Path:
+    """Save labels as a 3D Slicer segmentation (``.seg.nrrd``, gzip): on the input's own voxel
+    grid as :func:`source_grid` gives it (space left-posterior-superior), one layer whose
+    segments are the bundle's classes, each named, coloured as in every edgeseg figure, and
+    with its class number as label value (:func:`~edgeseg.runtime.label_tables.slicer_segment_fields`).
+    ITK-SNAP and other ITK readers open it as a plain label map on the same grid."""
+    nrrd = check_writer("seg-nrrd")
+
+    data_xyz, affine, _ = source_grid(labels, volume, out, "Slicer segmentation output")
+    if is_sheared(affine, tolerance=1e-4):
+        log.warning("Slicer segmentation output %s: the grid of %s is sheared (a gantry-tilted series?); Slicer "
+                    "keeps only a rotation of it and stacks the slices squarely; write a DICOM SEG "
+                    "(--format dicom-seg) for it", out, volume.source or volume.case_id)
+    header = {"space": "left-posterior-superior", "kinds": ["domain"] * 3, "encoding": "gzip",
+              # one row per file axis: the LPS step of that index
+              "space directions": (_RAS_TO_LPS @ affine[:3, :3]).T,
+              "space origin": _RAS_TO_LPS @ affine[:3, 3]}
+    header.update(slicer_segment_fields(class_names, data_xyz.shape))
+    with atomic_path(out, suffix=".seg.nrrd") as tmp:
+        nrrd.write(str(tmp), data_xyz, header, index_order="F")
     return Path(out)
 
 

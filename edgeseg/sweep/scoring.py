@@ -63,7 +63,7 @@ def validation_dice(checkpoint: Path, bundle: Path | None, data: str, intensity:
     validation cases is a DataError."""
     from edgeseg.data import open_dataset
     from edgeseg.data.open import recorded_slice_options
-    from edgeseg.data.slice_set import check_window, map_labels
+    from edgeseg.data.slice_set import check_window, volume_classes
     from edgeseg.errors import BackendError, DataError
     from edgeseg.evaluate.model_eval import select_cases
     from edgeseg.metrics import dice
@@ -92,7 +92,7 @@ def validation_dice(checkpoint: Path, bundle: Path | None, data: str, intensity:
     scores: dict[str, list[float]] = {k: [] for k in segmenters}
     for vol in volumes:
         check_window(vol, spec)
-        truth = map_labels(vol.label, payload["label_values"])
+        truth = volume_classes(vol, payload["label_values"])
         for key, seg in list(segmenters.items()):
             try:
                 pred = seg.predict_volume(vol)  # batches of at most the bundle's max_batch
