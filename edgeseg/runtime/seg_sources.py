@@ -15,7 +15,6 @@ from pathlib import Path
 
 from edgeseg.errors import DataError, require
 
-MultiValue = require("pydicom.multival", "dicom", "DICOM SEG output").MultiValue
 
 # Type 1 in the General Study and Frame of Reference modules: a SEG without them is invalid,
 # and every source must share them, as one SEG lies in one study and one patient space.
@@ -74,7 +73,9 @@ def _character_set(dataset) -> None:
         return
     dataset.decode()
     raw = dataset.SpecificCharacterSet
-    values = [str(v or "").strip() for v in (raw if isinstance(raw, (list, tuple, MultiValue)) else [raw])]
+    # imported here, not at module load: predict imports this module also for NPY or NIfTI output
+    multi = require("pydicom.multival", "dicom", "DICOM SEG output").MultiValue
+    values = [str(v or "").strip() for v in (raw if isinstance(raw, (list, tuple, multi)) else [raw])]
     if len(values) > 1:
         values[0] = values[0] or "ISO 2022 IR 6"
     elif values:
