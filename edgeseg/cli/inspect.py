@@ -99,6 +99,7 @@ def provenance_lines(source: dict) -> list[str]:
     edgeseg writes are shown as far as they go, never a traceback."""
     def software(env: dict) -> str:
         git = env.get("git_commit")
+        git = str(git) if git else None  # a string as edgeseg writes it; anything else shown, not sliced
         edgeseg = f"edgeseg {env.get('edgeseg')}" + (f" (git {git[:12]}{', modified' if env.get('git_dirty') else ''})"
                                                      if git else "")
         libraries = ", ".join(f"{name} {version}" for name, version in _mapping(env.get("libraries")).items())

@@ -20,7 +20,7 @@ from typing import Any
 from edgeseg import __version__
 from edgeseg.atomic import TargetAppeared, atomic_dir, atomic_write_text, check_output_folder, within
 from edgeseg.errors import DataError
-from edgeseg.report.provenance import environment
+from edgeseg.report.provenance import environment, valid_unicode
 from edgeseg.runtime.manifest import (MANIFEST_NAME, PARITY_NAME, ArtifactEntry, Manifest, TensorInfo,
                                       sha256_file)
 from edgeseg.runtime.postprocess_options import PostprocessOptions
@@ -88,16 +88,18 @@ def build_manifest(payload: dict[str, Any], checkpoint: Path, checkpoint_sha256:
         postprocess=PostprocessOptions.from_dict(payload.get("postprocess"), len(class_names)).to_dict(),
         max_batch=int(max_batch),
         calibration=calibration,
-        source={"checkpoint": checkpoint.name, "sha256": checkpoint_sha256, "epoch": payload.get("epoch"),
-                "edgeseg_version": payload.get("edgeseg_version"),
-                # Checkpoints from before recipes carry none; their bundles simply omit it.
-                **({"recipe": payload["recipe"]} if payload.get("recipe") else {}),
-                # What the training slices' image pixels meant, so predict reads PNG/JPG input alike.
-                **({"intensity": intensity} if (intensity := (payload.get("train_config") or {}).get("intensity"))
-                   else {}),
-                **training_record(payload),
-                # how the artifacts were made: the ONNX bytes and INT8 scales follow these versions
-                "export": environment()},
+        # valid_unicode: a path that is not UTF-8 (the checkpoint's name, a command's arguments, the
+        # working folder, the data source) would make a manifest neither runtime reads
+        source=valid_unicode({"checkpoint": checkpoint.name, "sha256": checkpoint_sha256, "epoch": payload.get("epoch"),
+                              "edgeseg_version": payload.get("edgeseg_version"),
+                              # Checkpoints from before recipes carry none; their bundles simply omit it.
+                              **({"recipe": payload["recipe"]} if payload.get("recipe") else {}),
+                              # What the training slices' image pixels meant, so predict reads PNG/JPG input alike.
+                              **({"intensity": intensity} if (intensity := (payload.get("train_config") or {}).get("intensity"))
+                                 else {}),
+                              **training_record(payload),
+                              # how the artifacts were made: the ONNX bytes and INT8 scales follow these versions
+                              "export": environment()}),
         edgeseg_version=__version__,
         created=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
     )

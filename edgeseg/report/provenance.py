@@ -47,6 +47,28 @@ def environment() -> dict[str, Any]:
     }
 
 
+def valid_unicode(value: Any) -> Any:
+    """``value`` with every string (keys too, in nested dicts and lists) made valid Unicode: a
+    path or argument that is not UTF-8 reaches Python as lone surrogates (``lat\\udce9``), which
+    json writes as ``\\udce9`` and both runtimes refuse in a manifest; its bytes are written as
+    ``\\xe9`` instead."""
+    if isinstance(value, dict):
+        return {valid_unicode(k): valid_unicode(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [valid_unicode(v) for v in value]
+    if not isinstance(value, str) or value.isascii():
+        return value
+    try:
+        value.encode("utf-8")
+        return value
+    except UnicodeEncodeError:
+        pass
+    try:  # a name's undecodable bytes, as Python's file system decoding escaped them
+        return value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # another lone surrogate
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def source_commit(root: str | Path | None = None) -> dict[str, Any]:
     """``{"git_commit": SHA, "git_dirty": bool}`` when edgeseg runs from a git checkout of its own
     source (``root``, default the folder above the package), else ``{}``: an installed wheel has

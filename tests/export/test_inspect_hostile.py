@@ -65,3 +65,14 @@ def test_an_embedded_spec_that_inflates_past_the_limit_is_refused_unread(copy, a
     proc = inspect(copy)
     assert_one_line_error(proc, f"model.ts: its embedded spec and labels cannot be read (archive/extra/spec.json "
                                 f"inflates to more than {MAX_EXTRA_BYTES} bytes)")
+
+
+@pytest.mark.parametrize("commit", [5, {"a": 1}, ["0123456789abcdef"]])
+def test_a_provenance_commit_of_another_type_is_shown_not_a_traceback(copy, commit):
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["source"]["export"]["git_commit"] = commit
+    manifest["source"]["training"]["sessions"][0]["git_commit"] = commit
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    proc = inspect(copy)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    assert proc.stdout.count(f"(git {str(commit)[:12]}") == 2
