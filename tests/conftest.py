@@ -99,7 +99,7 @@ _ROOT = Path(__file__).resolve().parents[1]
 # What the bundle is made from: the code of every layer up to export, and the C kernels.
 _BUNDLE_SOURCES = ("edgeseg/*.py", "edgeseg/data/**/*.py", "edgeseg/kernels/**/*.py", "edgeseg/kernels/*.pyx",
                    "edgeseg/models/**/*.py", "edgeseg/runtime/**/*.py", "edgeseg/train/**/*.py",
-                   "edgeseg/export/**/*.py", "edgeseg/metrics.py", "edgeseg/report/*.py", "csrc/*.c", "csrc/*.h")
+                   "edgeseg/export/**/*.py", "edgeseg/metrics/*.py", "edgeseg/report/*.py", "csrc/*.c", "csrc/*.h")
 
 
 def bundle_key() -> str:

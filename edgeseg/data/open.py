@@ -287,22 +287,31 @@ def _read_dicom_tree(path: Path, one_volume: bool) -> list[tuple[Volume, DicomSe
     return cases
 
 
+def series_label_files(path: Path) -> dict[str, Path]:
+    """The label maps ``labelsTr/CASE.nii.gz`` (or a 3D Slicer ``CASE.seg.nrrd``) beside the series
+    folders of ``path``, by case id (CASE: the series folder's name); empty without such a folder."""
+    folder = path / SERIES_LABEL_FOLDER
+    return label_files(folder) if folder.is_dir() else {}
+
+
+def label_with_series_label_file(volume: Volume, label_path: Path) -> None:
+    """Give the series ``volume`` its label map file (the grid must match the series)."""
+    if volume.label is not None:
+        raise DataError(f"{volume.case_id} in {label_path.parent.parent} has a DICOM SEG and the label map "
+                        f"{label_path}; keep one")
+    attach_label_file(volume, label_path)
+
+
 def _label_with_nifti_files(path: Path, volumes: list[Volume]) -> None:
     """Give each series its NIfTI label map ``labelsTr/CASE.nii.gz`` (CASE: the series folder's
     name), as ``edgeseg data synth --format dicom`` writes them; the grid must match the series."""
-    folder = path / SERIES_LABEL_FOLDER
-    if not folder.is_dir():
-        return
-    files = label_files(folder)
+    files = series_label_files(path)
     by_case = {volume.case_id: volume for volume in volumes}
     strays = sorted(set(files) - set(by_case))
     if strays:
         raise DataError(f"label {files[strays[0]]} has no series folder {path / strays[0]}")
     for case_id, label_path in files.items():
-        volume = by_case[case_id]
-        if volume.label is not None:
-            raise DataError(f"{case_id} in {path} has a DICOM SEG and the label map {label_path}; keep one")
-        attach_label_file(volume, label_path)
+        label_with_series_label_file(by_case[case_id], label_path)
 
 
 def _attach_label_file(volume: Volume, refs: DicomSeriesInfo | None, label_file: Path) -> None:

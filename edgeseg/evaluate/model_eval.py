@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -10,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from edgeseg.atomic import atomic_files, atomic_write_text, within
-from edgeseg.data import open_dataset
+from edgeseg.data.case_stream import CaseReader, open_case_readers
 from edgeseg.data.dataset_names import dataset_label_names, unnamed_classes
 from edgeseg.data.open import check_source, run_read_options, same_data
 from edgeseg.data.volume import Volume
@@ -31,10 +32,17 @@ def select_cases(volumes: list[Volume], payload: dict[str, Any], split: str,
     only on the training data (``data``, when given, is the data these volumes were read from:
     on other data, same-named cases, such as every phantom's ``case_000``, are other cases, so
     "auto" takes them all, and "train", "val" or "test" is a DataError)."""
+    chosen, used = select_case_ids([v.case_id for v in volumes], payload, split, data)
+    return [v for v in volumes if v.case_id in chosen], used
+
+
+def select_case_ids(ids: list[str], payload: dict[str, Any], split: str,
+                    data: str | None = None) -> tuple[set[str], str]:
+    """The case ids of ``split`` among ``ids`` (the cases of ``data``), as :func:`select_cases`
+    chooses them, and the split used."""
     if split == "all":
-        return volumes, "all"
+        return set(ids), "all"
     recorded = payload.get("split") or {}
-    ids = {v.case_id for v in volumes}
     trained_on = (payload.get("train_config") or {}).get("data")
     if data is not None and trained_on is not None and same_data(trained_on, data) is False:
         if split != "auto":
@@ -42,18 +50,38 @@ def select_cases(volumes: list[Volume], payload: dict[str, Any], split: str,
                             f"was trained on ({trained_on}): its cases of the same names are other cases; "
                             f"use --split all (or auto)")
         log.warning("%s is not the data the checkpoint was trained on (%s): evaluating every case", data, trained_on)
-        return volumes, "all"
+        return set(ids), "all"
     if split == "auto":
         for name in ("test", "val"):
-            chosen = [c for c in recorded.get(name, []) if c in ids]
+            chosen = set(recorded.get(name, [])) & set(ids)
             if chosen:
-                return [v for v in volumes if v.case_id in set(chosen)], name
-        return volumes, "all"
-    wanted = set(recorded.get(split, []))
-    chosen = [v for v in volumes if v.case_id in wanted]
+                return chosen, name
+        return set(ids), "all"
+    chosen = set(recorded.get(split, [])) & set(ids)
     if not chosen:
         raise DataError(f"none of the checkpoint's {split} cases are in this data; use --split all")
     return chosen, split
+
+
+def _cases_of_split(readers: list[CaseReader], payload: dict[str, Any], split: str,
+                    data: str) -> tuple[Iterator[Volume], int, str]:
+    """(the volumes of ``split``, in data order, read one case at a time where the source
+    allows it; how many; the split used)."""
+    if any(reader.case_id is None for reader in readers):  # one reader of the whole source
+        volumes, used = select_cases([v for reader in readers for v in reader.read()], payload, split, data=data)
+        return _one_at_a_time([volumes]), len(volumes), used
+    chosen, used = select_case_ids([reader.case_id for reader in readers], payload, split, data=data)
+    wanted = [reader for reader in readers if reader.case_id in chosen]
+    return _one_at_a_time(reader.read() for reader in wanted), len(wanted), used
+
+
+def _one_at_a_time(groups: Iterable[list[Volume]]) -> Iterator[Volume]:
+    # Handed over without a local name holding them, so a volume is freed once its scoring drops
+    # it, before the next one is read.
+    for volumes in groups:
+        volumes.reverse()
+        while volumes:
+            yield volumes.pop()
 
 
 def evaluate_checkpoint(
@@ -89,7 +117,6 @@ def evaluate_checkpoint(
     """
     from tqdm import tqdm
 
-    from edgeseg.data.slice_set import check_window, volume_classes
     from edgeseg.models.checkpoint import checkpoint_spec, load_model
     import torch
 
@@ -119,31 +146,17 @@ def evaluate_checkpoint(
     # A slice folder's mask value outside these classes is refused, as in training.
     values = sorted({v for vals in label_values.values() for v in vals})
     read_as = run_read_options(str(data), payload.get("train_config"), intensity)
-    volumes, used_split = select_cases(open_dataset(data, label_file=label_file, label_values=values, **read_as),
-                                      payload, split, data=str(data))
+    readers = open_case_readers(data, label_file=label_file, label_values=values, **read_as)
+    volumes, count, used_split = _cases_of_split(readers, payload, split, str(data))
     cases, overlays = [], []
-    for vol in tqdm(volumes, desc="evaluate", unit="case", disable=not progress, leave=False):
-        if vol.label is None:
-            raise DataError(f"case {vol.case_id} ({vol.source}) has no label map to evaluate against")
-        check_window(vol, spec)
-        truth = volume_classes(vol, label_values)
-        pred = segmenter.predict_volume(vol, batch_size=EVAL_BATCH)
-        # axes_mm rather than spacing: a gantry-tilted series' distances depend on its shear
-        metrics = class_metrics(pred, truth, len(class_names), per_slice_hd=not vol.contiguous, grid=vol.axes_mm)
-        fp_slices = false_positive_slices(pred, truth, len(class_names))
-        case = {"case_id": vol.case_id, "sha256": vol.content_sha256(), "slices": vol.num_slices,
-                # slice images carry no pixel size: their distances are counted in pixels
-                "hd95_unit": "mm" if vol.contiguous else "pixels",
-                "metrics": {class_names[c]: m for c, m in metrics.items()},
-                "false_positive_slices": {class_names[c]: n for c, n in fp_slices.items()},
-                "slices_without_class": {class_names[c]: int((~(truth == c).any(axis=(1, 2))).sum())
-                                         for c in range(1, len(class_names))},
-                "slice_dice_mean": mean_slice_dice(pred, truth, range(1, len(class_names)))}
-        if len(class_names) > 2:
-            case["slice_dice_by_class"] = {class_names[c]: mean_slice_dice(pred, truth, [c])
-                                           for c in range(1, len(class_names))}
-        cases.append(case)
-        overlays.append(_worst_slice(vol, pred, truth, metrics, class_names))
+    with tqdm(total=count, desc="evaluate", unit="case", disable=not progress, leave=False) as bar:
+        for vol in volumes:
+            case, overlay = _score_case(vol, segmenter, spec, label_values, class_names)
+            # dropped before the next case is read: a data set's volumes are never held at once
+            del vol
+            cases.append(case)
+            overlays.append(overlay)
+            bar.update()
     summary = summarise([c["metrics"] for c in cases])
     result = {
         "checkpoint": str(checkpoint), "checkpoint_sha256": checkpoint_sha256, "data": str(data),
@@ -166,6 +179,33 @@ def evaluate_checkpoint(
         _write(Path(out), result, overlays, worst, display_window(spec.window))
     log.info("evaluated %d cases (%s split)", len(cases), used_split)
     return result
+
+
+def _score_case(vol: Volume, segmenter, spec, label_values: dict[str, list[int]],
+                class_names: list[str]) -> tuple[dict[str, Any], tuple[float, OverlayItem]]:
+    """The result of one case and its overlay panel."""
+    from edgeseg.data.slice_set import check_window, volume_classes
+
+    if vol.label is None:
+        raise DataError(f"case {vol.case_id} ({vol.source}) has no label map to evaluate against")
+    check_window(vol, spec)
+    truth = volume_classes(vol, label_values)
+    pred = segmenter.predict_volume(vol, batch_size=EVAL_BATCH)
+    # axes_mm rather than spacing: a gantry-tilted series' distances depend on its shear
+    metrics = class_metrics(pred, truth, len(class_names), per_slice_hd=not vol.contiguous, grid=vol.axes_mm)
+    fp_slices = false_positive_slices(pred, truth, len(class_names))
+    case = {"case_id": vol.case_id, "sha256": vol.content_sha256(), "slices": vol.num_slices,
+            # slice images carry no pixel size: their distances are counted in pixels
+            "hd95_unit": "mm" if vol.contiguous else "pixels",
+            "metrics": {class_names[c]: m for c, m in metrics.items()},
+            "false_positive_slices": {class_names[c]: n for c, n in fp_slices.items()},
+            "slices_without_class": {class_names[c]: int((~(truth == c).any(axis=(1, 2))).sum())
+                                     for c in range(1, len(class_names))},
+            "slice_dice_mean": mean_slice_dice(pred, truth, range(1, len(class_names)))}
+    if len(class_names) > 2:
+        case["slice_dice_by_class"] = {class_names[c]: mean_slice_dice(pred, truth, [c])
+                                       for c in range(1, len(class_names))}
+    return case, _worst_slice(vol, pred, truth, metrics, class_names)
 
 
 def _check_out_apart(out: Path, data: str) -> None:
@@ -226,7 +266,8 @@ def _worst_slice(vol: Volume, pred: np.ndarray, truth: np.ndarray, metrics: dict
         title += f"  case Dice {score:.3f}"
     else:
         title += "\ncase Dice " + "  ".join(f"{class_names[c]} {m['dice']:.3f}" for c, m in metrics.items())
-    return score, OverlayItem(vol.hu[k], truth[k], pred[k], title, tuple(class_names[1:]))
+    # copies: a view of one slice would keep the case's whole volumes alive until the overlays are drawn
+    return score, OverlayItem(vol.hu[k].copy(), truth[k].copy(), pred[k].copy(), title, tuple(class_names[1:]))
 
 
 def _table(cases: list[dict], class_names: list[str], summary: dict, result: dict) -> str:

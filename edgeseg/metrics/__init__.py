@@ -26,7 +26,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from edgeseg.errors import DataError, require
+from edgeseg.errors import DataError
+from edgeseg.metrics.surface_distance import surface_distances
 
 SUMMARISED_METRICS = ("dice", "iou", "hd95")
 """The per-class metrics :func:`summarise` aggregates (voxel counts are not aggregated)."""
@@ -124,25 +125,6 @@ def mean_slice_dice(pred_labels, true_labels, classes: Sequence[int]) -> float:
     return float(np.mean([dice(p, t) for p, t in zip(pred_masks, true_masks)]))
 
 
-def _crop_to_union(p: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    # Distances only involve surface voxels, which all lie inside the union's bounding box, so
-    # the distance transforms can run on that box alone. Erosion is unchanged by the crop:
-    # outside the box both masks are False, just like the erosion's border_value=0.
-    union = p | t
-    box = []
-    for axis in range(union.ndim):
-        others = tuple(a for a in range(union.ndim) if a != axis)
-        occupied = np.flatnonzero(union.any(axis=others)) if others else np.flatnonzero(union)
-        box.append(slice(int(occupied[0]), int(occupied[-1]) + 1))
-    box = tuple(box)
-    return p[box], t[box]
-
-
-def _surface(mask: np.ndarray, ndimage) -> np.ndarray:
-    face_connectivity = ndimage.generate_binary_structure(mask.ndim, 1)
-    return mask & ~ndimage.binary_erosion(mask, structure=face_connectivity, border_value=0)
-
-
 def _axes(ndim: int, spacing, grid) -> tuple[tuple[float, ...] | None, np.ndarray | None]:
     """(sampling, None) for an orthogonal grid, (None, axes) for a sheared one."""
     if grid is None:
@@ -172,7 +154,8 @@ def hd95(pred, truth, spacing=None, grid=None) -> float:
     (a gantry-tilted CT) then has its distances measured between the voxel centres where they
     lie, not as if its slices were stacked squarely. The value is the larger of the two
     directed 95th percentiles of surface-to-surface distances, as in MONAI. Both masks empty
-    -> 0.0; exactly one empty -> nan.
+    -> 0.0; exactly one empty -> nan. Memory stays near the size of the surfaces where the masks'
+    bounding box is large (:mod:`edgeseg.metrics.surface_distance`).
     """
     p, t = _mask_pair(pred, truth)
     sampling, axes = _axes(p.ndim, spacing, grid)
@@ -181,18 +164,8 @@ def hd95(pred, truth, spacing=None, grid=None) -> float:
         return 0.0
     if not has_pred or not has_truth:
         return math.nan
-    ndimage = require("scipy.ndimage", "train", "HD95")
-    p, t = _crop_to_union(p, t)
-    surface_p, surface_t = _surface(p, ndimage), _surface(t, ndimage)
-    if axes is not None:
-        spatial = require("scipy.spatial", "train", "HD95")
-        points_p, points_t = np.argwhere(surface_p) @ axes.T, np.argwhere(surface_t) @ axes.T
-        pred_to_truth = spatial.cKDTree(points_t).query(points_p)[0]
-        truth_to_pred = spatial.cKDTree(points_p).query(points_t)[0]
-    else:
-        # distance_transform_edt measures to the nearest zero, so invert the other mask's surface.
-        pred_to_truth = ndimage.distance_transform_edt(~surface_t, sampling=sampling)[surface_p]
-        truth_to_pred = ndimage.distance_transform_edt(~surface_p, sampling=sampling)[surface_t]
+    steps = np.diag(sampling) if axes is None else axes
+    pred_to_truth, truth_to_pred = surface_distances(p, t, steps, orthogonal=axes is None)
     return float(max(np.percentile(pred_to_truth, 95), np.percentile(truth_to_pred, 95)))
 
 
