@@ -125,3 +125,34 @@ def test_data_info_names_each_segment_beside_its_value(chest, tmp_path):
     assert done.returncode == 0, done.stderr
     expected = f"1=consolidation:{int((chest.label == 2).sum())} 2=GGO:{int((chest.label == 1).sum())}"
     assert expected in done.stdout
+
+
+def test_a_dicom_tree_takes_slicer_segmentations_by_name_whole_and_one_case_at_a_time(tmp_path):
+    """Series folders with ``labelsTr/CASE.seg.nrrd`` beside them, read whole (training) and one
+    case at a time (evaluate): the swapped values still give each class its own voxels."""
+    import subprocess
+    import sys
+
+    from edgeseg.data.case_stream import open_case_readers
+
+    tree = tmp_path / "tree"
+    subprocess.run([sys.executable, "-m", "edgeseg.cli", "data", "synth", "--out", str(tree), "--kind", "chest",
+                    "--format", "dicom", "--cases", "2", "--size", "48", "--slices", "8", "--quiet"], check=True)
+    values = [v for vals in CLASSES.values() for v in vals]
+    # the truth: the classes of the phantom's own NIfTI label maps, read into the series' layout
+    truth = {v.case_id: volume_classes(v, CLASSES) for v in open_dataset(tree, label_values=values)}
+    for path in sorted((tree / "labelsTr").iterdir()):
+        case_id = path.name[: -len(".nii.gz")]
+        image = nib.load(str(path))
+        data = np.asarray(image.dataobj).astype(np.uint8)
+        _write_slicer_seg(path.with_name(f"{case_id}.seg.nrrd"), _swapped(data.transpose(2, 1, 0)), image.affine,
+                          [("Consolidation", 1), ("GGO", 2)])
+        path.unlink()
+    whole = open_dataset(tree, label_values=values)
+    streamed = [vol for reader in open_case_readers(tree, label_values=values) for vol in reader.read()]
+    for volumes in (whole, streamed):
+        assert sorted(v.case_id for v in volumes) == sorted(truth)
+        for volume in volumes:
+            expected = truth[volume.case_id]
+            assert {1, 2} <= set(np.unique(expected).tolist())
+            np.testing.assert_array_equal(volume_classes(volume, CLASSES), expected)
