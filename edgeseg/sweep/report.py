@@ -288,15 +288,28 @@ def write_reports(out: str | Path, points: list[dict[str, Any]], choose: dict[st
 
 def plot_front(rows: list[dict[str, Any]], path: Path, choice: dict[str, Any] | None = None,
                machines: list[str] | None = None) -> None:
+    """Write :func:`front_figure` as a PNG at ``path``."""
+    import matplotlib.pyplot as plt
+
+    fig = front_figure(rows, choice, machines)
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+
+
+def front_figure(rows: list[dict[str, Any]], choice: dict[str, Any] | None = None,
+                 machines: list[str] | None = None):
     """Scatter of INT8 validation Dice against end-to-end latency, the Pareto front joined and
     ringed; ``rows`` are variants (or single runs): a variant of several runs shows them as small
-    dots and their range as a bar."""
+    dots and their range as a bar. The legend sits under the plot: points can lie anywhere
+    in it, and inside, ``loc="best"`` still covered some of them and their labels."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig = plt.figure(figsize=(7, 5), layout="constrained")
+    ax = fig.add_subplot()
     models = sorted({r["model"] for r in rows})
     for i, model in enumerate(models):
         mine = [r for r in rows if r["model"] == model]
@@ -329,8 +342,6 @@ def plot_front(rows: list[dict[str, Any]], path: Path, choice: dict[str, Any] | 
         ax.set_title(textwrap.fill(f"latency measured on: {machines[0]}", 100), fontsize=8)  # a long flag list wraps
     ax.margins(x=0.12)  # room for the point labels, written to the right of each point
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=120)
-    plt.close(fig)
+    handles, labels = ax.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), 3) or 1, fontsize=8, frameon=False)
+    return fig

@@ -287,3 +287,29 @@ def test_the_deployed_dice_is_that_of_the_runner_auto_picked_and_scorings_are_no
     assert int8_scoring({**elsewhere, "backend": "openvino:fp32"}) is None  # FP32 deployed: its FP32 Dice counts
     paths = write_reports(tmp_path, [mixed[0], pt("small", 8.0, 0.93, True)], choose)
     assert json.loads(paths["choice"].read_text())["chosen"] == "small"
+
+
+def test_the_pareto_plot_legend_covers_no_point():
+    """Points spread over the whole plot (a sweep's grid of widths and depths): inside the axes,
+    loc="best" had to put the legend over some of them."""
+    import numpy as np
+
+    from edgeseg.sweep.report import front_figure
+
+    rows = [{**_run(f"m{m}-{i}", f"m{m}-{i}", 0, 5.0 + 10 * i, 0.80 + 0.03 * j, 0.80 + 0.03 * j),
+             "model": f"model{m}", "pareto": i == j}
+            for m in range(3) for i in range(5) for j in range(5) if (i + j) % 3 == m]
+    figure = front_figure(rows, None, ["m"])
+    figure.canvas.draw()
+    renderer = figure.canvas.get_renderer()
+    legends = figure.legends + [ax.get_legend() for ax in figure.axes if ax.get_legend() is not None]
+    assert len(legends) == 1 and len(legends[0].get_texts()) == 4  # three models and the front
+    box = legends[0].get_window_extent(renderer)
+    assert figure.bbox.x0 <= box.x0 and box.x1 <= figure.bbox.x1 and figure.bbox.y0 <= box.y0
+    ax = figure.axes[0]
+    points = np.concatenate([c.get_offset_transform().transform(c.get_offsets()) for c in ax.collections])
+    assert len(points) >= len(rows)
+    inside = (points[:, 0] >= box.x0) & (points[:, 0] <= box.x1) & (points[:, 1] >= box.y0) & (points[:, 1] <= box.y1)
+    assert not inside.any()
+    texts = [t.get_window_extent(renderer) for t in ax.texts]
+    assert texts and not any(box.overlaps(t) for t in texts)
