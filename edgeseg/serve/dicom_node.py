@@ -28,7 +28,6 @@ import socketserver
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgeseg.errors import DataError, EdgesegError, require
@@ -38,41 +37,13 @@ from edgeseg.serve.dicom_intake import (CT_IMAGE_STORAGE, STATUS_CANNOT_UNDERSTA
                                         STATUS_OUT_OF_RESOURCES, STATUS_SOP_CLASS_NOT_SUPPORTED, STATUS_SUCCESS,
                                         check_ae_title, decodable_transfer_syntaxes, failure_status, incoming_uids,
                                         oversized_header, refusal)
+from edgeseg.serve.dicom_node_settings import DEFAULT_MAX_SERIES, NodeStats, check_node_settings
 from edgeseg.serve.dicom_peer_bound import MAX_PDU_LENGTH, PeerBounds, bounded_request_handler, data_set_limit
 from edgeseg.serve.dicom_series import HeldSeries
 
 __all__ = ["DicomNode", "NodeStats", "Peer", "check_ae_title", "check_node_settings", "decodable_transfer_syntaxes"]
 
 log = logging.getLogger("edgeseg.listen")
-
-DEFAULT_MAX_SERIES = 16
-
-
-@dataclass
-class NodeStats:
-    """What the node has done, for logs and tests."""
-
-    received: int = 0
-    refused: int = 0
-    rejected_associations: int = 0
-    aborted_associations: int = 0  # for sending more than the node reads (dicom_peer_bound.py)
-    segmented: list[str] = field(default_factory=list)
-    forwarded: list[str] = field(default_factory=list)
-    not_forwarded: list[str] = field(default_factory=list)
-    failed: list[str] = field(default_factory=list)
-
-
-def check_node_settings(*, out, forward, unsent, max_series, ae_title: str, calling_aets) -> None:
-    """DataError for settings no node can run with; ``edgeseg listen`` calls it before loading the bundle."""
-    if out is None and forward is None:
-        raise DataError("the DICOM node needs --out, --forward or both: otherwise results go nowhere")
-    if forward is not None and out is None and unsent is None:
-        raise DataError("--forward without --out needs --unsent DIR: a SEG the peer does not take is kept "
-                        "there and sent again, instead of being lost")
-    if not isinstance(max_series, int) or max_series < 1:
-        raise DataError(f"--max-series must be a positive integer, got {max_series!r}")
-    for title in (ae_title, *(calling_aets or [])):
-        check_ae_title(title)
 
 
 class DicomNode:
