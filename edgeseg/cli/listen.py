@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from edgeseg.cli.finite_range import FiniteFloatRange
 from edgeseg.cli.tta_option import tta_option
 
 
@@ -18,16 +19,16 @@ from edgeseg.cli.tta_option import tta_option
 @click.option("--port", default=11112, show_default=True, type=click.IntRange(1, 65535))
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Folder for the DICOM SEG files.")
 @click.option("--forward", default=None, metavar="HOST:PORT:AET", help="Send each SEG by C-STORE to this peer.")
-@click.option("--idle", default=5.0, show_default=True, type=click.FloatRange(0.1, 3600),
+@click.option("--idle", default=5.0, show_default=True, type=FiniteFloatRange(0.1, 3600),
               help="Seconds without a new image after which a series counts as complete.")
 @click.option("--max-series", default=16, show_default=True, type=click.IntRange(1, 10_000),
               help="Series received and not yet segmented at once; an image opening one more is refused (0xA700).")
 @click.option("--unsent", type=click.Path(file_okay=False), default=None,
               help="Folder keeping each SEG the --forward peer did not take until it is sent "
                    "(default: OUT/unsent; needed with --forward and no --out).")
-@click.option("--resend-every", default=60.0, show_default=True, type=click.FloatRange(1, 86400),
+@click.option("--resend-every", default=60.0, show_default=True, type=FiniteFloatRange(1, 86400),
               help="Seconds between tries to send the SEGs waiting in --unsent.")
-@click.option("--peer-timeout", default=30.0, show_default=True, type=click.FloatRange(0.1, 3600),
+@click.option("--peer-timeout", default=30.0, show_default=True, type=FiniteFloatRange(0.1, 3600),
               help="Seconds a peer may keep the node waiting (for its association request, the rest of a PDU, its "
                    "next PDU on an open association, or to take an answer) before its connection is closed.")
 @click.option("--max-associations", default=10, show_default=True, type=click.IntRange(1, 1000),
