@@ -73,8 +73,8 @@ class PeerWatch:
                 waiting = conn.waiting(now)
                 if waiting is not None and waiting[0] > self.timeout:
                     self._forget(conn)
+                    self._timed_out(conn.address, waiting[1])  # first: whoever sees the end sees it counted
                     conn.cut()
-                    self._timed_out(conn.address, waiting[1])
 
     def _forget(self, conn: PduBoundSocket) -> None:
         with self._lock:
