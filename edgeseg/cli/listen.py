@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from edgeseg.cli.finite_range import FiniteFloatRange
 from edgeseg.cli.tta_option import tta_option
 
 
@@ -18,20 +19,26 @@ from edgeseg.cli.tta_option import tta_option
 @click.option("--port", default=11112, show_default=True, type=click.IntRange(1, 65535))
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Folder for the DICOM SEG files.")
 @click.option("--forward", default=None, metavar="HOST:PORT:AET", help="Send each SEG by C-STORE to this peer.")
-@click.option("--idle", default=5.0, show_default=True, type=click.FloatRange(0.1, 3600),
+@click.option("--idle", default=5.0, show_default=True, type=FiniteFloatRange(0.1, 3600),
               help="Seconds without a new image after which a series counts as complete.")
 @click.option("--max-series", default=16, show_default=True, type=click.IntRange(1, 10_000),
               help="Series received and not yet segmented at once; an image opening one more is refused (0xA700).")
 @click.option("--unsent", type=click.Path(file_okay=False), default=None,
               help="Folder keeping each SEG the --forward peer did not take until it is sent "
                    "(default: OUT/unsent; needed with --forward and no --out).")
-@click.option("--resend-every", default=60.0, show_default=True, type=click.FloatRange(1, 86400),
+@click.option("--resend-every", default=60.0, show_default=True, type=FiniteFloatRange(1, 86400),
               help="Seconds between tries to send the SEGs waiting in --unsent.")
+@click.option("--peer-timeout", default=30.0, show_default=True, type=FiniteFloatRange(0.1, 3600),
+              help="Seconds a peer may keep the node waiting (for its association request, the rest of a PDU, its "
+                   "next PDU on an open association, or to take an answer) before its connection is closed.")
+@click.option("--max-associations", default=10, show_default=True, type=click.IntRange(1, 1000),
+              help="Associations at once, connections not yet associated included; a request past them is rejected. "
+                   "Each may hold about three copies of one image in memory.")
 @click.option("--backend", default="auto", show_default=True, help="Runtime backend, as for edgeseg predict.")
 @click.option("--threads", default=0, show_default=True, help="CPU threads for the backend (0: its default).")
 @tta_option
 def command(bundle, ae_title, any_ae, allow_calling, host, port, out, forward, idle, max_series, unsent, resend_every,
-            backend, threads, tta) -> None:
+            peer_timeout, max_associations, backend, threads, tta) -> None:
     """Accept CT images by C-STORE, segment each complete series, write/forward its DICOM SEG."""
     import contextlib
     import signal
@@ -46,7 +53,7 @@ def command(bundle, ae_title, any_ae, allow_calling, host, port, out, forward, i
     peer = Peer.parse(forward) if forward else None
     # settings and the address first: loading a bundle can take a backend probe
     check_node_settings(out=out, forward=peer, unsent=unsent, max_series=max_series, ae_title=ae_title,
-                        calling_aets=list(allow_calling))
+                        calling_aets=list(allow_calling), peer_timeout=peer_timeout, max_associations=max_associations)
     if out is not None:
         check_output_folder(out, "--out")
     if unsent is not None:
@@ -67,7 +74,7 @@ def command(bundle, ae_title, any_ae, allow_calling, host, port, out, forward, i
     try:
         node = DicomNode(segmenter, ae_title=ae_title, host=host, port=port, out=out, forward=peer, idle=idle,
                          any_ae=any_ae, calling_aets=list(allow_calling), max_series=max_series, unsent=unsent,
-                         resend_every=resend_every)
+                         resend_every=resend_every, peer_timeout=peer_timeout, max_associations=max_associations)
         node.start()
         called = "any called AE title" if any_ae else f"called AE title {ae_title}"
         click.echo(f"DICOM node {ae_title} on {host}:{port} ({called}; backend {segmenter.backend}); Ctrl-C stops it")

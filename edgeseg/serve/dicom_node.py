@@ -13,7 +13,9 @@ slice, float32 bytes per volume), or open one series more than ``max_series`` in
 refused as it arrives with 0xA700 "out of resources"; so is one whose files would take its series
 past the volume limit in bytes on disk. What a peer can make the node read and hold before the
 C-STORE handler runs (a PDU, one image's data set) is bounded on its connection
-(dicom_peer_bound.py): past that, the association is aborted.
+(dicom_peer_bound.py): past that, the association is aborted. A peer that keeps the node waiting
+(for its association request, the rest of a PDU, its next PDU, or to take an answer) longer than
+``peer_timeout`` seconds has its connection cut (dicom_peer_watch.py).
 An association must call this node by its AE title (else it is rejected with the reason "called
 AE title not recognised") unless ``any_ae`` is set, and, where ``calling_aets`` lists AE titles,
 come from one of them (else "calling AE title not recognised").
@@ -28,7 +30,6 @@ import socketserver
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgeseg.errors import DataError, EdgesegError, require
@@ -38,41 +39,15 @@ from edgeseg.serve.dicom_intake import (CT_IMAGE_STORAGE, STATUS_CANNOT_UNDERSTA
                                         STATUS_OUT_OF_RESOURCES, STATUS_SOP_CLASS_NOT_SUPPORTED, STATUS_SUCCESS,
                                         check_ae_title, decodable_transfer_syntaxes, failure_status, incoming_uids,
                                         oversized_header, refusal)
+from edgeseg.serve.dicom_node_settings import (DEFAULT_MAX_ASSOCIATIONS, DEFAULT_MAX_SERIES, DEFAULT_PEER_TIMEOUT,
+                                               NodeStats, check_node_settings)
 from edgeseg.serve.dicom_peer_bound import MAX_PDU_LENGTH, PeerBounds, bounded_request_handler, data_set_limit
+from edgeseg.serve.dicom_peer_watch import PeerWatch
 from edgeseg.serve.dicom_series import HeldSeries
 
 __all__ = ["DicomNode", "NodeStats", "Peer", "check_ae_title", "check_node_settings", "decodable_transfer_syntaxes"]
 
 log = logging.getLogger("edgeseg.listen")
-
-DEFAULT_MAX_SERIES = 16
-
-
-@dataclass
-class NodeStats:
-    """What the node has done, for logs and tests."""
-
-    received: int = 0
-    refused: int = 0
-    rejected_associations: int = 0
-    aborted_associations: int = 0  # for sending more than the node reads (dicom_peer_bound.py)
-    segmented: list[str] = field(default_factory=list)
-    forwarded: list[str] = field(default_factory=list)
-    not_forwarded: list[str] = field(default_factory=list)
-    failed: list[str] = field(default_factory=list)
-
-
-def check_node_settings(*, out, forward, unsent, max_series, ae_title: str, calling_aets) -> None:
-    """DataError for settings no node can run with; ``edgeseg listen`` calls it before loading the bundle."""
-    if out is None and forward is None:
-        raise DataError("the DICOM node needs --out, --forward or both: otherwise results go nowhere")
-    if forward is not None and out is None and unsent is None:
-        raise DataError("--forward without --out needs --unsent DIR: a SEG the peer does not take is kept "
-                        "there and sent again, instead of being lost")
-    if not isinstance(max_series, int) or max_series < 1:
-        raise DataError(f"--max-series must be a positive integer, got {max_series!r}")
-    for title in (ae_title, *(calling_aets or [])):
-        check_ae_title(title)
 
 
 class DicomNode:
@@ -82,9 +57,11 @@ class DicomNode:
                  out: str | Path | None = None, forward: Peer | None = None, idle: float = 5.0,
                  work: str | Path | None = None, any_ae: bool = False, calling_aets: list[str] | None = None,
                  max_series: int = DEFAULT_MAX_SERIES, unsent: str | Path | None = None,
-                 resend_every: float = 60.0) -> None:
+                 resend_every: float = 60.0, peer_timeout: float = DEFAULT_PEER_TIMEOUT,
+                 max_associations: int = DEFAULT_MAX_ASSOCIATIONS) -> None:
         check_node_settings(out=out, forward=forward, unsent=unsent, max_series=max_series, ae_title=ae_title,
-                            calling_aets=calling_aets)
+                            calling_aets=calling_aets, peer_timeout=peer_timeout, max_associations=max_associations)
+        self.peer_timeout, self.max_associations = float(peer_timeout), max_associations
         self.any_ae = bool(any_ae)
         self.calling_aets = [title.strip() for title in calling_aets or []]
         self.segmenter = segmenter
@@ -108,6 +85,7 @@ class DicomNode:
         self._stop = threading.Event()
         self._abandon = threading.Event()
         self._server = None
+        self._peers = PeerWatch(self.peer_timeout, self._on_peer_timed_out)
         self._worker = threading.Thread(target=self._watch, name="edgeseg-listen", daemon=True)
 
     def start(self) -> None:
@@ -125,15 +103,21 @@ class DicomNode:
         ae.require_called_aet = not self.any_ae
         ae.require_calling_aet = list(self.calling_aets)
         ae.maximum_pdu_size = MAX_PDU_LENGTH  # what the peer's PDUs are held to (dicom_peer_bound.py)
-        handlers = [(pynetdicom.evt.EVT_C_STORE, self._on_store), (pynetdicom.evt.EVT_C_ECHO, lambda event: 0x0000),
+        ae.maximum_associations = self.max_associations
+        # how long an association thread waits for the request of a connection the watch may have
+        # cut before it; an idle association is the watch's, which leaves out the node's own time
+        ae.acse_timeout, ae.network_timeout = self.peer_timeout, None
+        handlers = [(pynetdicom.evt.EVT_C_STORE, self._peers.busy_while(self._on_store)),
+                    (pynetdicom.evt.EVT_C_ECHO, lambda event: 0x0000),
                     (pynetdicom.evt.EVT_REJECTED, self._on_rejected), (pynetdicom.evt.EVT_ACCEPTED, self._on_accepted)]
-        request_handler = bounded_request_handler(self._peer_bounds, self._on_peer_refused)
+        request_handler = bounded_request_handler(self._peer_bounds, self._on_peer_refused, self._peers.add)
         try:
             self._server = ae.make_server((self.host, self.port), evt_handlers=handlers, request_handler=request_handler,
                                           server_class=pynetdicom.transport.ThreadedAssociationServer)
         except OSError as exc:
             raise DataError(f"cannot listen on {self.host}:{self.port}: {exc.strerror or exc}") from None
         threading.Thread(target=self._server.serve_forever, name="edgeseg-listen-accept", daemon=True).start()
+        self._peers.start()
         self._worker.start()
         log.info("listening as %s on %s:%d", self.ae_title, self.host, self.port)
 
@@ -145,6 +129,11 @@ class DicomNode:
     def _on_peer_refused(self, address, reason: str) -> None:
         self.stats.aborted_associations += 1
         log.warning("aborted the association from %s:%s: it sent %s", address[0], address[1], reason)
+
+    def _on_peer_timed_out(self, address, what: str) -> None:
+        self.stats.timed_out_connections += 1
+        log.warning("closed the connection from %s:%s: it %s for %g s (--peer-timeout)", address[0], address[1], what,
+                    self.peer_timeout)
 
     def _on_rejected(self, event) -> None:
         self.stats.rejected_associations += 1
@@ -376,6 +365,9 @@ class DicomNode:
         yet segmented; remove the work folder if the node made it."""
         if self._server is not None:
             socketserver.BaseServer.shutdown(self._server)  # no new association from here on
+            # first the connections: an abort waits for the association's reader, which a peer
+            # halfway through a PDU holds in recv() until its connection ends
+            self._peers.close()
             for assoc in list(getattr(self._server, "active_associations", [])):
                 assoc.abort()
             self._server.server_close()  # closes the socket and waits for the association threads

@@ -9,7 +9,9 @@ any handler of the node runs. The node therefore hands pynetdicom its peer's soc
 accepts, and, before handing it on, a P-DATA-TF PDU that takes one message's command or data set
 past its bound (PS3.8 9.3.5: each presentation data value item says whether it carries command
 or data set and whether it is the last fragment). A refused peer gets an A-ABORT and pynetdicom
-sees its connection end; nothing of the refused PDU is held.
+sees its connection end; nothing of the refused PDU is held. The wrapper also keeps the time since
+the peer last started or finished a PDU or the node last sent it something, so that a peer keeping
+the node waiting can be cut off from outside the thread that waits on it (dicom_peer_watch.py).
 
 The wrapper goes in through interfaces pynetdicom documents: ``AE.make_server(request_handler=)``
 and socketserver's ``setup()`` of the request handler, whose ``request`` is the socket the
@@ -18,6 +20,9 @@ association reads; it relies on nothing inside pynetdicom's reader.
 
 from __future__ import annotations
 
+import socket
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -42,6 +47,11 @@ P_DATA_TF = 0x04
 PDU_NAMES = {0x01: "an A-ASSOCIATE-RQ", 0x02: "an A-ASSOCIATE-AC", 0x03: "an A-ASSOCIATE-RJ", P_DATA_TF: "a P-DATA-TF PDU",
              0x05: "an A-RELEASE-RQ", 0x06: "an A-RELEASE-RP", 0x07: "an A-ABORT"}
 _COMMAND, _LAST = 0x01, 0x02
+
+
+def abort_pdu(source: int, code: int = 0) -> bytes:
+    """An A-ABORT PDU (PS3.8 9.3.8): type 7, length 4, two reserved bytes, source, reason."""
+    return bytes([0x07, 0, 0, 0, 0, 4, 0, 0, source, code])
 
 
 def data_set_limit(limits: InputLimits) -> int:
@@ -69,20 +79,91 @@ class PduBoundSocket:
     ``recv`` hands out the bytes of the current PDU; it reads the next one only once those are
     taken (pynetdicom reads exactly a header, then exactly its body). A refused PDU ends the
     stream: ``refused(reason)`` is called once, the peer is sent an A-ABORT, and ``recv``
-    returns ``b""`` from then on, as for a closed connection. Everything else is the socket's.
+    returns ``b""`` from then on, as for a closed connection. ``waiting(now)`` says for how long
+    and on what the node has waited on the peer, ``cut()`` ends the connection from another
+    thread, ``busy()`` holds the clock while the node works for the peer. Everything else is the
+    socket's.
     """
 
-    def __init__(self, sock, bounds: PeerBounds, refused: Callable[[str], None]) -> None:
+    def __init__(self, sock, bounds: PeerBounds, refused: Callable[[str], None], address=("?", 0)) -> None:
         self._sock = sock
         self._bounds = bounds
         self._refused = refused
+        self.address = tuple(address[:2])
         self._pending = memoryview(b"")
         self._closed = False
         self._command = 0  # bytes of the current message's command set so far
         self._data_set = 0  # and of its data set
+        # the peer's clock: the time since the node last heard a whole PDU, the start of one, or
+        # sent an answer, and what it waits for (a PDU header or body begun: bytes due, bytes come)
+        self._since = time.monotonic()
+        self._pdus = 0
+        self._reading: tuple[str, int] | None = None
+        self._got = 0
+        self._busy = 0
+        self._send_lock = threading.Lock()
+        self._sending = False
 
     def __getattr__(self, name):
         return getattr(self._sock, name)
+
+    def send(self, data, flags: int = 0) -> int:
+        return self._sending_to_peer(self._sock.send, data, flags)
+
+    def sendall(self, data, flags: int = 0) -> None:
+        self._sending_to_peer(self._sock.sendall, data, flags)
+
+    def _sending_to_peer(self, send, data, flags: int):
+        with self._send_lock:
+            self._sending = True
+            self._since = time.monotonic()  # a peer not taking the answer keeps the node waiting from here
+            try:
+                return send(data, flags)
+            finally:
+                self._sending = False
+                self._since = time.monotonic()
+
+    def shutdown(self, how: int) -> None:
+        # a connection cut here is shut down already: pynetdicom closes the socket only where its
+        # shutdown raised nothing, and would leave the file descriptor to the garbage collector
+        try:
+            self._sock.shutdown(how)
+        except OSError:
+            pass
+
+    def busy(self) -> None:
+        """The node works for the peer (its C-STORE handler): the peer is not waited on until
+        :meth:`done`."""
+        self._busy += 1
+
+    def done(self) -> None:
+        self._since = time.monotonic()
+        self._busy -= 1
+
+    def waiting(self, now: float) -> tuple[float, str] | None:
+        """How long the node has waited on the peer and for what; None while it works for it."""
+        if self._busy or self._closed:
+            return None
+        waited = now - self._since
+        if self._sending:
+            return waited, "did not take the node's answer"
+        if self._reading is not None:
+            what, length = self._reading
+            return waited, f"sent {self._got} of the {length} bytes of {what} and then nothing"
+        return waited, "sent nothing after its last PDU" if self._pdus else "opened a connection and sent nothing"
+
+    def cut(self) -> None:
+        """End the connection from another thread: the thread reading it sees it end. An A-ABORT
+        goes first unless an answer is being sent (its bytes would land inside that answer)."""
+        self._closed = True
+        if self._send_lock.acquire(blocking=False):
+            try:
+                self._sock.send(abort_pdu(source=0), socket.MSG_DONTWAIT)
+            except OSError:
+                pass  # the peer takes nothing more: the shutdown below says it all
+            finally:
+                self._send_lock.release()
+        self.shutdown(socket.SHUT_RDWR)
 
     def recv(self, bufsize: int, flags: int = 0) -> bytes:
         if not self._pending and not self._closed:
@@ -90,27 +171,33 @@ class PduBoundSocket:
         chunk, self._pending = self._pending[:bufsize], self._pending[bufsize:]
         return bytes(chunk)
 
-    def _read(self, count: int) -> bytes:
-        parts, got = [], 0
-        while got < count:
-            part = self._sock.recv(min(count - got, 1 << 16))
+    def _read(self, count: int, what: str) -> bytes:
+        parts, self._got, self._reading = [], 0, (what, count)
+        while self._got < count:
+            part = self._sock.recv(min(count - self._got, 1 << 16))
             if not part:
                 break
             parts.append(part)
-            got += len(part)
+            self._got += len(part)
         return b"".join(parts)
 
     def _next_pdu(self) -> bytes:
-        header = self._read(6)
+        # pynetdicom reads once the peer's first bytes are there: from now on each PDU has the
+        # whole timeout to come in, however long the wait for it was
+        self._since = time.monotonic()
+        header = self._read(6, "a PDU header")
         if len(header) < 6:
             self._closed = True
             return header  # the connection ended: pynetdicom sees what it would have seen
         pdu_type, length = header[0], int.from_bytes(header[2:6], "big")
+        what = PDU_NAMES.get(pdu_type, f"a PDU of type 0x{pdu_type:02X}")
         limit = self._bounds.max_pdu_length if pdu_type == P_DATA_TF else self._bounds.other_pdu_limit
         if length > limit:
-            what = PDU_NAMES.get(pdu_type, f"a PDU of type 0x{pdu_type:02X}")
             return self._refuse(f"{what} of {length} bytes, over the {limit} the node accepts", source=2, code=6)
-        body = self._read(length)
+        body = self._read(length, what)
+        self._reading = None
+        self._pdus += 1
+        self._since = time.monotonic()
         if len(body) == length and pdu_type == P_DATA_TF:
             over = self._count_fragments(body)
             if over is not None:
@@ -150,25 +237,25 @@ class PduBoundSocket:
         ``code``, 6 "invalid PDU parameter value") a PDU the protocol does not allow."""
         self._closed = True
         self._refused(reason)
-        # A-ABORT PDU (PS3.8 9.3.8): type 7, length 4, two reserved bytes, source, reason
-        abort = bytes([0x07, 0, 0, 0, 0, 4, 0, 0, source, code])
         try:
-            self._sock.sendall(abort)
+            self.sendall(abort_pdu(source, code))
         except OSError:
             pass  # the peer is gone already; the stream ends either way
         return b""
 
 
-def bounded_request_handler(bounds: Callable[[], PeerBounds], refused: Callable[[tuple, str], None]):
+def bounded_request_handler(bounds: Callable[[], PeerBounds], refused: Callable[[tuple, str], None],
+                            opened: Callable[[PduBoundSocket], None] = lambda conn: None):
     """A pynetdicom request handler class whose associations read their peer through
     :class:`PduBoundSocket`; ``bounds()`` is asked once per association, ``refused(address,
-    reason)`` called when one is aborted."""
+    reason)`` called when one is aborted, ``opened(conn)`` with each new one (to watch its clock)."""
     from pynetdicom.transport import RequestHandler
 
     class BoundedRequestHandler(RequestHandler):
         def setup(self) -> None:
             super().setup()
             address = self.client_address
-            self.request = PduBoundSocket(self.request, bounds(), lambda reason: refused(address, reason))
+            self.request = PduBoundSocket(self.request, bounds(), lambda reason: refused(address, reason), address)
+            opened(self.request)
 
     return BoundedRequestHandler

@@ -1,0 +1,56 @@
+"""The DICOM node's settings checked before it starts, and what it counts as it runs."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from edgeseg.errors import DataError
+from edgeseg.serve.dicom_intake import check_ae_title
+
+DEFAULT_MAX_SERIES = 16
+# How long the node waits on a peer: for its association request, for the rest of a PDU it
+# began, for its next PDU on an idle association, for it to take an answer. pynetdicom waited 30 s
+# for a request (as dcmtk's storescp does, and Orthanc on an idle association); it is also how
+# long a connection closed before its request keeps its association slot.
+DEFAULT_PEER_TIMEOUT = 30.0
+PEER_TIMEOUT_RANGE = (0.1, 3600.0)
+# pynetdicom's own default; each association may hold about three copies of one image's data set
+DEFAULT_MAX_ASSOCIATIONS = 10
+MAX_ASSOCIATIONS_RANGE = (1, 1000)
+
+
+@dataclass
+class NodeStats:
+    """What the node has done, for logs and tests."""
+
+    received: int = 0
+    refused: int = 0
+    rejected_associations: int = 0
+    aborted_associations: int = 0  # for sending more than the node reads (dicom_peer_bound.py)
+    timed_out_connections: int = 0  # for keeping the node waiting past the peer timeout
+    segmented: list[str] = field(default_factory=list)
+    forwarded: list[str] = field(default_factory=list)
+    not_forwarded: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+
+
+def check_node_settings(*, out, forward, unsent, max_series, ae_title: str, calling_aets,
+                        peer_timeout: float = DEFAULT_PEER_TIMEOUT,
+                        max_associations: int = DEFAULT_MAX_ASSOCIATIONS) -> None:
+    """DataError for settings no node can run with; ``edgeseg listen`` calls it before loading the bundle."""
+    if out is None and forward is None:
+        raise DataError("the DICOM node needs --out, --forward or both: otherwise results go nowhere")
+    if forward is not None and out is None and unsent is None:
+        raise DataError("--forward without --out needs --unsent DIR: a SEG the peer does not take is kept "
+                        "there and sent again, instead of being lost")
+    if not isinstance(max_series, int) or max_series < 1:
+        raise DataError(f"--max-series must be a positive integer, got {max_series!r}")
+    low, high = PEER_TIMEOUT_RANGE
+    if not (isinstance(peer_timeout, (int, float)) and math.isfinite(peer_timeout) and low <= peer_timeout <= high):
+        raise DataError(f"--peer-timeout must be {low:g}..{high:g} seconds, got {peer_timeout!r}")
+    low, high = MAX_ASSOCIATIONS_RANGE
+    if type(max_associations) is not int or not low <= max_associations <= high:  # noqa: E721 - bool is no count
+        raise DataError(f"--max-associations must be an integer {low}..{high}, got {max_associations!r}")
+    for title in (ae_title, *(calling_aets or [])):
+        check_ae_title(title)

@@ -1,0 +1,92 @@
+"""A time limit on each DICOM peer: a connection on which the peer keeps the node waiting is cut.
+
+pynetdicom's accepted sockets block without a timeout, and its reader waits for the rest of a PDU
+it has begun for as long as the peer takes: a peer that sends part of a PDU (of its association
+request, or of any later one) and then nothing holds the association's threads, and its slot of
+the ``maximum_associations``, for good; its ACSE and network timeouts cannot end that connection,
+since the association waits for that very reader to stop. Its network timeout also counts the
+node's own time in its C-STORE handler against the peer. So the node runs its own clock on every
+connection (dicom_peer_bound.py keeps it: the time since the peer's last whole PDU or the node's
+last answer, held while the node works for the peer), and :class:`PeerWatch` cuts a connection
+whose peer has kept it waiting past the timeout: an A-ABORT where one can go, then a shutdown that
+wakes the thread reading it; pynetdicom then sees the connection end and frees the association.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+from edgeseg.serve.dicom_peer_bound import PduBoundSocket
+
+
+class PeerWatch:
+    """Cuts each watched connection whose peer has kept the node waiting over ``timeout``
+    seconds; ``timed_out(address, what)`` is called for each, with what the peer did last."""
+
+    def __init__(self, timeout: float, timed_out: Callable[[tuple, str], None]) -> None:
+        self.timeout = float(timeout)
+        self._timed_out = timed_out
+        self._conns: set[PduBoundSocket] = set()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        # a quarter of the timeout between looks: a peer is cut within 1.25 timeouts
+        self._every = min(1.0, self.timeout / 4)
+        self._thread = threading.Thread(target=self._run, name="edgeseg-listen-peers", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def add(self, conn: PduBoundSocket) -> None:
+        with self._lock:
+            self._conns.add(conn)
+
+    def busy_while(self, handler: Callable):
+        """``handler`` (a pynetdicom event handler) with its peer's clock held while it runs: the
+        node's own time on an image (decoding, writing it) is not the peer's."""
+        def held(event):
+            requestor = event.assoc.requestor
+            conns = self._conns_of((str(requestor.address), int(requestor.port)))
+            for conn in conns:
+                conn.busy()
+            try:
+                return handler(event)
+            finally:
+                for conn in conns:
+                    conn.done()
+        return held
+
+    def _conns_of(self, address: tuple) -> list[PduBoundSocket]:
+        with self._lock:
+            return [conn for conn in self._conns if (str(conn.address[0]), int(conn.address[1])) == address]
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._every):
+            now = time.monotonic()
+            with self._lock:
+                conns = list(self._conns)
+            for conn in conns:
+                if conn.fileno() == -1:  # closed by pynetdicom: the association is over
+                    self._forget(conn)
+                    continue
+                waiting = conn.waiting(now)
+                if waiting is not None and waiting[0] > self.timeout:
+                    self._forget(conn)
+                    self._timed_out(conn.address, waiting[1])  # first: whoever sees the end sees it counted
+                    conn.cut()
+
+    def _forget(self, conn: PduBoundSocket) -> None:
+        with self._lock:
+            self._conns.discard(conn)
+
+    def close(self) -> None:
+        """Stop watching and cut every connection still open, each with an A-ABORT where one can go
+        (the node stops: no peer may hold that up)."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+        with self._lock:
+            conns, self._conns = list(self._conns), set()
+        for conn in conns:
+            conn.cut()
