@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from edgeseg.cli.finite_range import FiniteFloatRange
 from edgeseg.cli.input_limits import input_limit_options
 from edgeseg.cli.tta_option import tta_option
 
@@ -126,8 +127,8 @@ def _check_outputs_apart(bundle, outputs: list[tuple[str, str]]) -> None:
 @click.command("bench-serve")
 @click.argument("bundle", type=click.Path(file_okay=False))
 @click.option("--clients", default=16, show_default=True, type=click.IntRange(1, 1024), help="Concurrent clients.")
-@click.option("--seconds", default=60.0, show_default=True, type=click.FloatRange(0.5), help="Measured duration.")
-@click.option("--warmup", default=5.0, show_default=True, type=click.FloatRange(0), help="Untimed load first.")
+@click.option("--seconds", default=60.0, show_default=True, type=FiniteFloatRange(0.5), help="Measured duration.")
+@click.option("--warmup", default=5.0, show_default=True, type=FiniteFloatRange(0), help="Untimed load first.")
 @click.option("--batch", default=1, show_default=True, type=click.IntRange(1, 1024), help="Slices per request.")
 @click.option("--max-batch", default=8, show_default=True, type=click.IntRange(1, 1024), help="Server --max-batch.")
 @click.option("--backend", default="auto", show_default=True, help="Server --backend.")

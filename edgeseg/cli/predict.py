@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import click
 
+from edgeseg.cli.finite_range import FiniteFloatRange
 from edgeseg.cli.input_limits import input_limit_options
 from edgeseg.cli.tta_option import tta_option
 
@@ -39,7 +40,7 @@ from edgeseg.cli.tta_option import tta_option
 @click.option("--intensity", default=None,
               help="What PNG/JPG pixels mean: 'hu-clipped:LO,HI' or 'window:LO,HI' [default: what the bundle's "
                    "training slices meant, as its manifest records; else hu-clipped:0,255].")
-@click.option("--timeout", default=None, type=click.FloatRange(min=0, min_open=True),
+@click.option("--timeout", default=None, type=FiniteFloatRange(min=0, min_open=True),
               help="Seconds to wait for each answer of a remote --backend http://... server [default: 60].")
 @tta_option
 @click.option("--quiet", is_flag=True, help="No progress bar and no log lines.")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from edgeseg.cli.finite_range import FiniteFloatRange
 from edgeseg.cli.input_limits import input_limit_options
 from edgeseg.cli.tta_option import tta_option
 
@@ -24,7 +25,7 @@ from edgeseg.cli.tta_option import tta_option
               help="Largest request body; larger ones are answered 413.")
 @click.option("--max-side", default=4096, show_default=True, type=click.IntRange(2, 65535),
               help="Largest slice side the pipeline model takes, in pixels.")
-@click.option("--timeout", default=30.0, show_default=True, type=click.FloatRange(0.1, 3600),
+@click.option("--timeout", default=30.0, show_default=True, type=FiniteFloatRange(0.1, 3600),
               help="Seconds a request may wait for its result (then 504) or between its body's bytes (then 408), "
                    "and a connection for a request's whole headers (then it is closed).")
 @click.option("--max-inflight-bytes", type=click.IntRange(min=1), default=None,

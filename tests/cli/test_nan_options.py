@@ -1,0 +1,27 @@
+"""NaN passes click's FloatRange (every comparison with it is false): a request timeout of NaN
+seconds never expires, a load test of NaN seconds never ends, a Dice limit of NaN refuses every
+fold. Each such option is refused in one line, before its command reads anything."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (["serve", "{missing}", "--timeout", "nan"], "Invalid value for '--timeout': 'nan' is not a number of seconds"),
+    (["predict", "{missing}", "{missing}", "--timeout", "NaN"],
+     "Invalid value for '--timeout': 'NaN' is not a number of seconds"),
+    (["bench-serve", "{missing}", "--seconds", "nan"], "Invalid value for '--seconds': 'nan' is not a number of seconds"),
+    (["bench-serve", "{missing}", "--warmup", "nan"], "Invalid value for '--warmup': 'nan' is not a number of seconds"),
+    (["cv", "--data", "{missing}", "--max-dice-drop-int8", "nan"],
+     "Invalid value for '--max-dice-drop-int8': 'nan' is not a Dice drop"),
+])
+def test_nan_is_refused_in_one_line(tmp_path, args, fragment, assert_one_line_error):
+    missing = str(tmp_path / "missing")
+    done = subprocess.run([sys.executable, "-m", "edgeseg.cli", *(a.format(missing=missing) for a in args)],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert_one_line_error(done, fragment)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
