@@ -13,11 +13,12 @@ once all are read).
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from edgeseg.data.volume import Volume
+from edgeseg.errors import DataError
 
 
 @dataclass(frozen=True)
@@ -113,3 +114,47 @@ def _dicom_tree_readers(path: Path) -> list[CaseReader] | None:
         return [volume]
 
     return [CaseReader(sub.name, lambda sub=sub: read(sub)) for sub in subfolders]
+
+
+class CaseVolumes:
+    """The Volumes of ``readers`` whose case ``keep`` accepts, read one reader at a time, for a
+    selection that needs two passes: iterate once to look at every volume, then :meth:`reread`
+    the few volumes the selection kept. Between the passes nothing of a volume is held, except
+    for a source read as one whole reader (reading it twice would only cost time)."""
+
+    def __init__(self, readers: list[CaseReader], keep: Callable[[str], bool] = lambda case_id: True) -> None:
+        self._readers = readers
+        self._keep = keep
+        self._counts: list[int] = []
+        self._cached: list[Volume] | None = None
+
+    def _read(self, reader: CaseReader) -> list[Volume]:
+        if reader.case_id is not None and not self._keep(reader.case_id):
+            return []
+        return [v for v in reader.read() if self._keep(v.case_id)]
+
+    def __iter__(self) -> Iterator[Volume]:
+        self._counts = []
+        for reader in self._readers:
+            volumes = self._read(reader)
+            self._counts.append(len(volumes))
+            if len(self._readers) == 1:
+                self._cached = volumes
+            yield from volumes
+            del volumes  # not held while the next case is read
+
+    def reread(self, wanted: Iterable[int]) -> Iterator[tuple[int, Volume]]:
+        """(index, Volume) of the volumes numbered ``wanted`` in the first pass's order,
+        reading only the readers that hold one of them."""
+        wanted = set(wanted)
+        start = 0
+        for reader, count in zip(self._readers, self._counts):
+            numbers = range(start, start + count)
+            start += count
+            if wanted.isdisjoint(numbers):
+                continue
+            volumes = self._cached if self._cached is not None else self._read(reader)
+            if len(volumes) != count:
+                raise DataError(f"case {reader.case_id} changed while it was read: {count} volumes, then {len(volumes)}")
+            yield from ((n, v) for n, v in zip(numbers, volumes) if n in wanted)
+            del volumes  # not held while the next case is read

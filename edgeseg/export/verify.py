@@ -75,12 +75,15 @@ def load_verify_set(payload: dict, spec: PreprocessSpec, data: str | None, count
                     intensity: str | None = None) -> VerifySet:
     """Up to ``count`` slices of ``data`` (default: the checkpoint's validation cases), chosen
     equally from each combination of classes present (so every class is checked; half with and
-    half without target for one class) and evenly over intensity, like calibration slices."""
+    half without target for one class) and evenly over intensity, like calibration slices.
+
+    The cases are read one at a time, twice: once to describe every slice, once more (only
+    those holding a chosen slice) to keep the chosen ones, so memory is one case, not the data
+    set (other cases than the validation ones are not read at all)."""
     # The readers need edgeseg[io]; imported here so the rest of this module (the tables and
     # verdicts `edgeseg inspect` shows) works on a bare runtime install.
-    from edgeseg.data import open_dataset
+    from edgeseg.data.case_stream import CaseVolumes, open_case_readers
     from edgeseg.data.open import parse_phantom_spec, recorded_slice_options
-    from edgeseg.data.slice_set import SliceSet, check_window, preprocess_stack
     from edgeseg.export.int8 import classes_present, stratify_slices
 
     train_config = payload.get("train_config") or {}
@@ -93,34 +96,54 @@ def load_verify_set(payload: dict, spec: PreprocessSpec, data: str | None, count
         if parse_phantom_spec(str(data)) is None and not Path(data).exists():
             raise DataError(f"the checkpoint's training data {data} is not found (from {Path.cwd()}); "
                             f"pass --verify-data DATA")
-        volumes = [v for v in open_dataset(data, intensity=intensity, **recorded_slice_options(train_config))
-                   if v.case_id in set(cases)]
-        if not volumes:
-            raise DataError(f"none of the checkpoint's validation cases {cases[:4]} are in {data}; pass --verify-data DATA")
+        wanted = set(cases)
+        missing = f"none of the checkpoint's validation cases {cases[:4]} are in {data}; pass --verify-data DATA"
+        volumes = CaseVolumes(open_case_readers(data, intensity=intensity, **recorded_slice_options(train_config)),
+                              lambda case_id: case_id in wanted)
     else:
-        volumes = open_dataset(data, intensity=intensity)
-    if not volumes:
-        raise DataError(f"verification data {data} holds no slices")
+        volumes = CaseVolumes(open_case_readers(data, intensity=intensity))
+        missing = f"verification data {data} holds no slices"
     class_names = list(payload["class_names"])
     label_values = payload.get("label_values") or {n: [i] for i, n in enumerate(class_names) if i}
-    if all(v.label is not None for v in volumes):
-        slices = SliceSet.from_volumes(volumes, spec, label_values)
-        images, truth = slices.images, slices.labels
-        owner = [slices.case_ids[i] for i in slices.case_index]
-    else:
-        for vol in volumes:
-            check_window(vol, spec)
-        images, truth = np.concatenate([preprocess_stack(v.hu, spec) for v in volumes]), None
-        owner = [v.case_id for v in volumes for _ in range(v.hu.shape[0])]
-    keys = [(None if truth is None else classes_present(truth[i]), float(images[i].mean())) for i in range(len(images))]
-    chosen = stratify_slices(keys, count)
+    case_ids, owner, classes, means, first = [], [], [], [], []
+    labelled = True  # one unlabelled case: the slices are chosen by intensity alone
+    for vol in volumes:
+        labelled = labelled and vol.label is not None
+        images, truth = _model_slices(vol, spec, label_values if vol.label is not None else None)
+        first.append(len(owner))
+        case_ids.append(vol.case_id)
+        owner += [vol.case_id] * len(images)
+        means += [float(images[i].mean()) for i in range(len(images))]
+        classes += [None] * len(images) if truth is None else [classes_present(t) for t in truth]
+        del vol, images, truth  # not held while the next case is read
+    if not case_ids:
+        raise DataError(missing)
+    chosen = stratify_slices([(c if labelled else None, m) for c, m in zip(classes, means)], count)
+    first.append(len(owner))
+    images, truths = [], []
+    for n, vol in volumes.reread({np.searchsorted(first, i, side="right") - 1 for i in chosen}):
+        picked = [i - first[n] for i in chosen if first[n] <= i < first[n + 1]]
+        case_images, case_truth = _model_slices(vol, spec, label_values if labelled else None)
+        images.append(case_images[picked])
+        truths.append(None if case_truth is None else case_truth[picked])
+        del vol, case_images, case_truth
     seen: dict[str, int] = {}
     number = []
     for case in owner:  # each slice's number in its case
         number.append(seen.get(case, 0))
         seen[case] = number[-1] + 1
-    return VerifySet(images[chosen], None if truth is None else truth[chosen], str(data), [v.case_id for v in volumes],
+    return VerifySet(np.concatenate(images), np.concatenate(truths) if labelled else None, str(data), case_ids,
                      [owner[i] for i in chosen], [number[i] for i in chosen])
+
+
+def _model_slices(vol, spec: PreprocessSpec, label_values: dict | None) -> tuple[np.ndarray, np.ndarray | None]:
+    """One case's model input (Z, 1, h, w) and, with ``label_values``, its classes at model resolution."""
+    from edgeseg.data.slice_set import check_window, preprocess_stack, volume_classes
+    from edgeseg.kernels.reference import preprocess_labels
+
+    check_window(vol, spec)
+    images = preprocess_stack(vol.hu, spec)
+    return images, None if label_values is None else preprocess_labels(volume_classes(vol, label_values), spec)
 
 
 def class_agreement(mask: np.ndarray, ref_mask: np.ndarray, truth: np.ndarray | None,
