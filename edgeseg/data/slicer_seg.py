@@ -42,14 +42,15 @@ def is_slicer_segmentation(header: dict) -> bool:
 def read_segments(header: dict, path: Path) -> list[Segment]:
     """The segments a Slicer segmentation's header lists, in its order. Files from Slicer
     releases before shared label maps have no label value or layer fields: each segment then
-    has a layer of its own, holding it as 1."""
+    has a layer of its own (in a file with one layer, that layer), holding it as 1."""
+    layered = len(np.atleast_1d(header.get("sizes", ()))) > 3
     segments: list[Segment] = []
     while f"Segment{len(segments)}_ID" in header:
         key = f"Segment{len(segments)}_"
         name = str(header.get(key + "Name", header[key + "ID"])).strip()
         try:
             value = int(str(header.get(key + "LabelValue", "1")).strip())
-            layer = int(str(header.get(key + "Layer", len(segments))).strip())
+            layer = int(str(header.get(key + "Layer", len(segments) if layered else 0)).strip())
         except ValueError:
             raise DataError(f"label {path}: field {key}LabelValue or {key}Layer is not a whole number") from None
         if not 0 < value < 256:

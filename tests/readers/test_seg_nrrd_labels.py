@@ -152,6 +152,19 @@ def test_overlapping_segments_of_two_classes_are_refused_naming_both_and_a_voxel
                                 f"({i}, {j}, {k}) of the file")
 
 
+def test_a_one_layer_segmentation_without_layer_fields_keeps_its_segments(chest, tmp_path):
+    """A 3-D file whose segments have no SegmentN_Layer (written by a script, or an older
+    release): all of them are in its one layer, not one layer each."""
+    affine = _write_ct(chest, tmp_path / "ct.nii.gz")
+    _write_slicer_seg(tmp_path / "fixed.seg.nrrd", _swapped(chest.label), affine, [("consolidation", 1), ("ggo", 2)])
+    data, header = nrrd.read(str(tmp_path / "fixed.seg.nrrd"))
+    for key in [key for key in header if key.endswith("_Layer")]:
+        del header[key]
+    nrrd.write(str(tmp_path / "fixed.seg.nrrd"), data, header)
+    volume, = open_dataset(tmp_path / "ct.nii.gz", label_file=tmp_path / "fixed.seg.nrrd")
+    np.testing.assert_array_equal(volume_classes(volume, CLASSES), chest.label)
+
+
 def _content_box(label, margin):
     """The (z, y, x) slices of the label's bounding box grown by ``margin`` voxels, kept inside."""
     spans = [np.flatnonzero(np.any(label, axis=axes)) for axes in ((1, 2), (0, 2), (0, 1))]
