@@ -87,3 +87,36 @@ def check_same_grid(affine: np.ndarray, reference: np.ndarray, shape_xyz, what: 
         f"({displacement / voxel:.3g} voxel) apart, tolerance {GRID_TOLERANCE_VOXELS:g} voxel; affine "
         f"difference label - image (RAS mm; columns: x, y, z index steps and origin) {(difference + 0.0).tolist()}"
     )
+
+
+def sub_box_start(affine: np.ndarray, reference: np.ndarray, shape_xyz, reference_shape_xyz, what: str,
+                  reference_what: str) -> tuple[int, int, int]:
+    """The (x, y, z) voxel of ``reference`` where a grid of ``shape_xyz`` voxels placed by
+    ``affine`` starts, for a grid that is a box cut out of ``reference``'s (a segmentation saved
+    cropped to its content): same index steps within :data:`GRID_TOLERANCE_VOXELS` over the
+    box, an origin a whole number of voxels from ``reference``'s within the same tolerance on
+    each axis, and every voxel inside ``reference``'s ``reference_shape_xyz``. Anything else is
+    refused in one line naming both grids."""
+    affine = np.asarray(affine, dtype=np.float64)
+    reference = np.asarray(reference, dtype=np.float64)
+    voxel = min(spacing_from_affine(reference))
+    steps_only = affine.copy()
+    steps_only[:3, 3] = reference[:3, 3]
+    drift = grid_displacement_mm(steps_only, reference, shape_xyz)
+    if drift > GRID_TOLERANCE_VOXELS * voxel:
+        difference = np.round(affine[:3, :3] - reference[:3, :3], 4) + 0.0
+        raise DataError(f"{what} has other axis directions or voxel sizes than {reference_what}: its voxels drift up "
+                        f"to {drift:.3g} mm ({drift / voxel:.3g} voxel) from that grid; index steps label - image "
+                        f"(RAS mm; columns x, y, z) {difference.tolist()}")
+    offset = np.linalg.solve(reference[:3, :3], affine[:3, 3] - reference[:3, 3])
+    start = np.rint(offset)
+    if np.abs(offset - start).max() > GRID_TOLERANCE_VOXELS:
+        raise DataError(f"{what} starts at voxel ({', '.join(f'{v:.4g}' for v in offset)}) (x, y, z) of "
+                        f"{reference_what}, not a whole number of voxels (tolerance {GRID_TOLERANCE_VOXELS:g} voxel)")
+    stop = start + np.asarray(tuple(shape_xyz)[:3])
+    if (start < 0).any() or (stop > np.asarray(tuple(reference_shape_xyz)[:3])).any():
+        box = ", ".join(f"{axis} {int(a)}..{int(b) - 1}" for axis, a, b in zip("xyz", start, stop))
+        whole = ", ".join(f"{axis} 0..{int(n) - 1}" for axis, n in zip("xyz", reference_shape_xyz))
+        raise DataError(f"{what} covers voxels {box} of {reference_what}, which has {whole}: the box reaches "
+                        "outside the image")
+    return tuple(int(v) for v in start)

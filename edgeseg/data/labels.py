@@ -15,8 +15,10 @@ import numpy as np
 
 from edgeseg.data.dicom import DicomSeriesInfo, looks_like_dicom
 from edgeseg.data.dicom_seg import is_seg_file, read_seg_label_map
-from edgeseg.data.grid import check_same_grid
+from edgeseg.data.grid import check_same_grid, sub_box_start
 from edgeseg.data.nifti import _label_to_uint8, _load, is_nifti_path, to_lps_layout
+from edgeseg.data.slicer_seg import (check_layers, is_slicer_segmentation, merge_layers, one_layer_names,
+                                    read_segments)
 from edgeseg.data.volume import Volume
 from edgeseg.errors import DataError, require
 from edgeseg.limits import check_dims, check_volume
@@ -50,7 +52,7 @@ def read_named_label_file(
 ) -> tuple[np.ndarray, dict[int, str] | None]:
     """Read a label map file as a (Z, Y, X) uint8 array aligned to ``volume``'s LPS layout, and
     the name of each label value where the file names them (a 3D Slicer segmentation,
-    ``.seg.nrrd``: :func:`segment_names`), else None.
+    ``.seg.nrrd``: :mod:`~edgeseg.data.slicer_seg`), else None.
 
     ``path`` is a NIfTI file (``.nii`` / ``.nii.gz``), an NRRD file (``.nrrd`` / ``.nhdr``,
     needs pynrrd) or a DICOM SEG (needs highdicom, and ``refs``: the DicomSeriesInfo of the CT
@@ -88,41 +90,12 @@ def _align(data_xyz: np.ndarray, affine_ras: np.ndarray, volume: Volume, path: P
     return label
 
 
-def segment_names(header: dict, path: Path) -> dict[int, str] | None:
-    """Label value -> segment name of a 3D Slicer segmentation's header (``SegmentN_ID``,
-    ``SegmentN_Name``, ``SegmentN_LabelValue``, ``SegmentN_Layer``), or None for an NRRD without
-    segments. Slicer gives a segment the label value it likes (the order segments were made in,
-    not their meaning), so the names, not the values, say which class a segment is. Segments
-    in other layers (overlapping ones) are refused: one label map cannot hold them."""
-    segments, layers = [], set()
-    while f"Segment{len(segments)}_ID" in header:
-        key = f"Segment{len(segments)}_"
-        name = str(header.get(key + "Name", header[key + "ID"])).strip()
-        try:
-            value = int(str(header.get(key + "LabelValue", "1")).strip())
-            layers.add(int(str(header.get(key + "Layer", len(segments))).strip()))
-        except ValueError:
-            raise DataError(f"label {path}: field {key}LabelValue or {key}Layer is not a whole number") from None
-        segments.append((value, name))
-    if len(layers) > 1:
-        raise DataError(f"label {path} keeps its segments in {len(layers)} layers (segments that overlap); one label "
-                        "map cannot hold them: in Slicer, remove the overlap and save again, or export a label map")
-    names: dict[int, str] = {}
-    for value, name in segments:
-        if not 0 < value < 256:
-            raise DataError(f"label {path}: segment {name!r} has label value {value}; expected 1..255")
-        if value in names:
-            raise DataError(f"label {path}: segments {names[value]!r} and {name!r} both have label value {value}")
-        names[value] = name
-    return names or None
-
-
 def _read_nrrd(path: Path, volume: Volume) -> tuple[np.ndarray, dict[int, str] | None]:
     nrrd = require("nrrd", "io", "reading NRRD label files")
     try:
         with open(path, "rb") as handle:
             header = nrrd.read_header(handle)
-            names = segment_names(header, path)  # before the data: a layered file is refused by what it is
+            segments = read_segments(header, path)
             # The sizes are checked against the limits before pynrrd allocates the data.
             sizes = check_dims(np.atleast_1d(header.get("sizes", ())), f"label {path}", "NRRD field sizes")
             check_volume((int(np.prod(sizes[2:])) if len(sizes) > 2 else 1, *(sizes + (1, 1))[:2][::-1]),
@@ -134,7 +107,22 @@ def _read_nrrd(path: Path, volume: Volume) -> tuple[np.ndarray, dict[int, str] |
     except Exception as exc:  # noqa: BLE001 - pynrrd raises many types for a corrupt header or data
         detail = " ".join(str(exc).split()) or type(exc).__name__
         raise DataError(f"cannot read label file {path}: truncated or not an NRRD file ({detail})") from None
-    data, directions = _spatial_axes(data, header, path)
+    slicer = is_slicer_segmentation(header)
+    data, directions = _spatial_axes(data, header, path, layered=slicer)
+    affine = _nrrd_affine(header, directions, path, volume)
+    data = _label_to_uint8(data, path)
+    if data.ndim == 4:
+        label, names = merge_layers(data, segments, affine, path)
+    else:
+        check_layers(segments, 1, path)
+        label, names = data, one_layer_names(segments, path)
+    if slicer:
+        return _place_sub_box(label, affine, volume, path), names
+    return _align(label, affine, volume, path), names
+
+
+def _nrrd_affine(header: dict, directions: np.ndarray, path: Path, volume: Volume) -> np.ndarray:
+    """The RAS affine of an NRRD's spatial axes."""
     space = str(header.get("space", "")).strip().lower()
     if space not in _NRRD_SPACE_TO_RAS:
         raise DataError(f"NRRD {path} has space {header.get('space')!r}; expected "
@@ -149,11 +137,33 @@ def _read_nrrd(path: Path, volume: Volume) -> tuple[np.ndarray, dict[int, str] |
     # pynrrd gives one row per axis: the world step of that axis' index, in the header's space.
     affine[:3, :3] = (directions * to_ras).T
     affine[:3, 3] = origin * to_ras
-    return _align(_label_to_uint8(data, path), affine, volume, path), names
+    return affine
 
 
-def _spatial_axes(data: np.ndarray, header: dict, path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """The (x, y, z) data and its 3x3 space directions; drops non-spatial axes of size 1."""
+def _place_sub_box(label_xyz: np.ndarray, affine_ras: np.ndarray, volume: Volume, path: Path) -> np.ndarray:
+    """A Slicer segmentation on ``volume``'s grid: Slicer may save it cropped to its content, a box
+    of the image's grid that starts a whole number of voxels into it (the header's origin says
+    where; ``Segmentation_ReferenceImageExtentOffset`` counts in the grid Slicer was given as
+    reference, which need not be this image's, so the geometry decides). The box goes back into
+    an empty label map of the image's size. A file of one empty voxel is Slicer's way to save a
+    segmentation with no voxel set, whatever its geometry: an empty label map."""
+    if label_xyz.size == 1 and not label_xyz.any():
+        return np.zeros(volume.hu.shape, dtype=np.uint8)
+    label, affine = to_lps_layout(label_xyz, affine_ras, f"label {path}")
+    x0, y0, z0 = sub_box_start(affine, volume.affine, label.shape[::-1], volume.hu.shape[::-1], f"label {path}",
+                               volume.case_id)
+    if label.shape == volume.hu.shape:
+        return label
+    full = np.zeros(volume.hu.shape, dtype=np.uint8)
+    full[z0:z0 + label.shape[0], y0:y0 + label.shape[1], x0:x0 + label.shape[2]] = label
+    return full
+
+
+def _spatial_axes(data: np.ndarray, header: dict, path: Path, layered: bool = False
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """The (x, y, z) data and its 3x3 space directions; drops non-spatial axes of size 1. With
+    ``layered`` (a Slicer segmentation) one non-spatial axis may be longer, the layers: the data
+    is then (layer, x, y, z)."""
     if "space directions" not in header:
         raise DataError(f"NRRD {path} has no space directions; cannot place it on a CT grid")
     try:
@@ -166,8 +176,12 @@ def _spatial_axes(data: np.ndarray, header: dict, path: Path) -> tuple[np.ndarra
     # Non-spatial axes ("none" in the header, a NaN row from pynrrd) must be length 1.
     spatial = ~np.isnan(directions).any(axis=1)
     extra = [axis for axis in np.flatnonzero(~spatial) if data.shape[axis] != 1]
-    if extra or spatial.sum() != 3:
+    if spatial.sum() != 3 or len(extra) > (1 if layered else 0):
         raise DataError(f"NRRD {path} has shape {data.shape} with {int(spatial.sum())} spatial axes; "
                         f"expected a 3-D label map")
+    if extra:
+        data = np.moveaxis(data, extra[0], 0)
+        rest = np.delete(spatial, extra[0])
+        return data.reshape([data.shape[0], *(n for n, keep in zip(data.shape[1:], rest) if keep)]), directions[spatial]
     data = data.reshape([n for n, keep in zip(data.shape, spatial) if keep])
     return data, directions[spatial]
