@@ -42,7 +42,6 @@ from pathlib import Path
 import numpy as np
 
 from edgeseg.atomic import atomic_path, atomic_write_text
-from edgeseg.data import open_dataset
 from edgeseg.errors import DataError, require
 from edgeseg.export.calibration import HISTOGRAM_METHODS, streamed_tensor_ranges
 from edgeseg.runtime.manifest import sha256_file
@@ -85,16 +84,19 @@ def load_calibration(source: str, spec: PreprocessSpec, count: int, label_values
     not cover the window) is refused. Cases in ``exclude_cases`` (the held-out cases the gate
     checks on) are left out, so calibration never sees the slices it is judged on.
     ``slice_options`` (case pattern, mask kind) are passed to ``open_dataset``.
+
+    The cases are read one at a time, twice: once to describe every slice, once more (only
+    those holding a chosen slice) to hash and pre-process the chosen ones, so memory is one
+    case, not the data set; held-out cases are not read at all.
     """
     if str(source).endswith(".npy"):
         return _load_array(Path(source), spec, count)
+    from edgeseg.data.case_stream import CaseVolumes, open_case_readers
     from edgeseg.data.slice_set import check_window, preprocess_stack, volume_classes
 
-    volumes = [v for v in open_dataset(source, intensity=intensity, **(slice_options or {}))
-               if v.case_id not in exclude_cases]
-    if not volumes:
-        raise DataError(f"calibration data {source} holds no slices outside the held-out cases")
-    keys, picks = [], []
+    volumes = CaseVolumes(open_case_readers(source, intensity=intensity, **(slice_options or {})),
+                          lambda case_id: case_id not in exclude_cases)
+    keys, picks, case_ids = [], [], []  # picks: (volume number, slice number in it)
     for vol in volumes:
         check_window(vol, spec)
         target = None
@@ -105,20 +107,28 @@ def load_calibration(source: str, spec: PreprocessSpec, count: int, label_values
         means = np.clip(vol.hu, low, high).mean(axis=(1, 2))
         for k in range(vol.num_slices):
             keys.append((None if target is None else classes_present(target[k]), float(means[k])))
-            picks.append((vol, k))
+            picks.append((len(case_ids), k))
+        case_ids.append(vol.case_id)
+        del vol, target, means  # not held while the next case is read
+    if not case_ids:
+        raise DataError(f"calibration data {source} holds no slices outside the held-out cases")
     chosen = stratify_slices(keys, count)
-    digest = hashlib.sha256()
-    for i in chosen:
-        vol, k = picks[i]
-        digest.update(f"{vol.case_id}:{k}:".encode())
-        digest.update(np.ascontiguousarray(vol.hu[k], dtype=np.float32).tobytes())
-    images = np.concatenate([preprocess_stack(picks[i][0].hu[picks[i][1] : picks[i][1] + 1], spec) for i in chosen])
+    digest, images = hashlib.sha256(), []
+    # chosen is ascending and reread goes in reading order, so slices keep the order of chosen
+    for n, vol in volumes.reread({picks[i][0] for i in chosen}):
+        for k in (picks[i][1] for i in chosen if picks[i][0] == n):
+            digest.update(f"{vol.case_id}:{k}:".encode())
+            digest.update(np.ascontiguousarray(vol.hu[k], dtype=np.float32).tobytes())
+            images.append(preprocess_stack(vol.hu[k : k + 1], spec))
+        del vol
+    images = np.concatenate(images)
     flags = [keys[i][0] for i in chosen]
-    summary = {"slices": len(chosen), "cases": len({picks[i][0].case_id for i in chosen}),
+    chosen_cases = {case_ids[picks[i][0]] for i in chosen}
+    summary = {"slices": len(chosen), "cases": len(chosen_cases),
                "with_target": sum(bool(f) for f in flags), "without_target": sum(f == () for f in flags),
                "unlabelled": sum(f is None for f in flags), "excluded_cases": len(exclude_cases),
                "mean_hu_range": [min(keys[i][1] for i in chosen), max(keys[i][1] for i in chosen)],
-               "case_ids": sorted({picks[i][0].case_id for i in chosen})}
+               "case_ids": sorted(chosen_cases)}
     if any(f and max(f) > 1 for f in flags):  # several classes: how many slices show each
         summary["with_class"] = {str(c): sum(c in f for f in flags if f) for c in sorted({c for f in flags if f for c in f})}
     return CalibrationSet(images, digest.hexdigest(), summary)
