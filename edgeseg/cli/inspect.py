@@ -11,86 +11,64 @@ import click
 # A record of another shape than edgeseg writes could make a line or the session list endless.
 MAX_LINE = 4000
 MAX_SESSIONS = 100
+# Far deeper than anything edgeseg writes; shallower than Python's recursion limit.
+MAX_DEPTH = 200
+#: The version of what ``inspect --json`` writes (docs/export.md, "Inspecting as JSON").
+JSON_SCHEMA = 1
 
 
 def describe_bundle(bundle: str) -> tuple[str, list[str]]:
-    """The text ``edgeseg inspect`` prints: model, spec, tensors, artifacts (with a fresh hash
-    check), calibration record and parity table; and the checks that failed (empty when none):
-    besides the hashes, that parity.json is this bundle's and its verdicts follow from its numbers
-    (:mod:`edgeseg.export.audit`), and that the manifest's spec and labels are those the artifacts
-    embed (:mod:`edgeseg.export.embedded`)."""
-    from edgeseg.errors import BundleError
-    from edgeseg.export.audit import parity_checks
-    from edgeseg.export.embedded import embedded_checks
-    from edgeseg.report.output import format_table
-    from edgeseg.export.verify import gate_label, parity_table
-    from edgeseg.runtime.manifest import PARITY_NAME, read_bundle_json_bytes, read_manifest, verify_artifacts
-    from edgeseg.runtime.runners import runners_for
-    from edgeseg.runtime.selection import skip_reasons
+    """The text ``edgeseg inspect`` prints for a bundle and the checks that failed (empty when
+    none), each as the phrase the error line gives (:func:`bundle_record`)."""
+    record = bundle_record(bundle)
+    return bundle_text(record), [f["message"] for f in record["failed"]]
 
-    manifest = read_manifest(bundle)
-    lines = [f"bundle {bundle}  (schema {manifest.schema}, edgeseg {manifest.edgeseg_version}, created {manifest.created})",
-             f"source   {json.dumps({k: v for k, v in manifest.source.items() if k not in ('training', 'export')})}",
-             *provenance_lines(manifest.source),
-             f"model    {json.dumps(manifest.model)}",
-             f"spec     {manifest.spec.to_json()}  (hash {manifest.spec.hash})",
-             f"labels   {', '.join(f'{k}={v}' for k, v in sorted(manifest.labels.items()))}",
-             f"post     {json.dumps(manifest.postprocess)}   max batch {manifest.max_batch}"]
-    for kind, tensors in (("input", manifest.inputs), ("output", manifest.outputs)):
-        lines += [f"{kind:<8} {t.name} {list(t.shape)} {t.dtype}" for t in tensors]
-    rows, failed = [], []
-    if not manifest.artifacts:
-        failed.append("the manifest lists no artifacts")
-    for entry in manifest.artifacts:
-        try:
-            verify_artifacts(bundle, manifest, only=[entry])
-            check = "ok"
-        except BundleError as exc:
-            check = "FAILED: " + str(exc).split(": ", 1)[-1]
-            failed.append(f"{entry.key}: {str(exc).split(': ', 1)[-1]}")
-        fingerprint = ", ".join(f"{k}={v}" for k, v in (entry.fingerprint or {}).items()) or "-"
-        skips = dict(entry.excluded)
-        for cls in runners_for(entry.format):
-            if cls.name not in skips and cls.named_only:
-                skips[cls.name] = cls.named_only
-            elif cls.name not in skips and skip_reasons(entry, cls.name):
-                skips[cls.name] = f"on this machine: {skip_reasons(entry, cls.name)}"
-        skipped = "; ".join(f"{name} ({why})" for name, why in sorted(skips.items())) or "-"
-        rows.append({"artifact": entry.key, "file": entry.file, "bytes": entry.bytes, "sha256": entry.sha256[:12],
-                     "hash check": check, "fingerprint": fingerprint, "auto skips": skipped})
+
+def bundle_record(bundle: str) -> dict:
+    """What ``inspect --json`` writes for a bundle, and all its text is made from
+    (:func:`edgeseg.export.bundle_summary.summarize_bundle`)."""
+    from edgeseg.export.bundle_summary import summarize_bundle
+
+    return {"schema": JSON_SCHEMA, "kind": "bundle", **plain(summarize_bundle(bundle))}
+
+
+def bundle_text(record: dict) -> str:
+    """The text of a bundle's record: model, spec, tensors, artifacts with their hash checks,
+    calibration record, parity table and notes."""
+    from edgeseg.export.verify import parity_table
+    from edgeseg.report.output import format_table
+
+    labels = record["labels"]
+    lines = [f"bundle {record['path']}  (schema {record['bundle_schema']}, edgeseg {record['edgeseg_version']}, "
+             f"created {record['created']})",
+             f"source   {json.dumps({k: v for k, v in record['source'].items() if k not in ('training', 'export')})}",
+             *provenance_lines(record["source"]),
+             f"model    {json.dumps(record['model'])}",
+             f"spec     {json.dumps(record['spec'], sort_keys=True, separators=(',', ':'))}  (hash {record['spec_hash']})",
+             f"labels   {', '.join(f'{k}={v}' for k, v in labels.items())}",
+             f"post     {json.dumps(record['postprocess'])}   max batch {record['max_batch']}"]
+    for kind in ("input", "output"):
+        lines += [f"{kind:<8} {t['name']} {t['shape']} {t['dtype']}" for t in record[kind + "s"]]
+    rows = [{"artifact": a["key"], "file": a["file"], "bytes": a["bytes"], "sha256": a["sha256"][:12],
+             "hash check": "ok" if a["hash_problem"] is None else "FAILED: " + a["hash_problem"],
+             "fingerprint": ", ".join(f"{k}={v}" for k, v in (a["fingerprint"] or {}).items()) or "-",
+             "auto skips": "; ".join(f"{name} ({why})" for name, why in a["auto_skips"].items()) or "-"}
+            for a in record["artifacts"]]
     lines += ["", format_table(rows, ["artifact", "file", "bytes", "sha256", "hash check", "fingerprint",
                                       "auto skips"])]
-    if manifest.calibration:
-        c = manifest.calibration
-        by_class = "".join(f", {manifest.labels.get(int(k), k)} {n}" for k, n in (c.get("with_class") or {}).items())
+    c = record["calibration"]
+    if c:
+        by_class = "".join(f", {labels.get(str(k), k)} {n}" for k, n in (c.get("with_class") or {}).items())
         # Bundles from before the INT8 schemes hold TensorRT's signed form and record no scheme.
         scheme = c.get("scheme") or "tensorrt (recorded before schemes)"
         lines += ["", f"INT8 calibration: {c.get('method')}, {scheme} scheme, {c.get('slices')} slices ({c.get('with_target')} with target{by_class}, "
                       f"{c.get('without_target')} without), data {str(c.get('data_hash'))[:12]}, spec {c.get('spec_hash')}"]
-    parity_path = Path(bundle) / PARITY_NAME
-    if not parity_path.is_file():  # every export writes it: without it nothing says the artifacts were checked
-        failed.append(f"{PARITY_NAME} is missing: nothing records that the artifacts passed the parity gate")
-    else:
-        try:
-            parity = json.loads(read_bundle_json_bytes(parity_path).decode("utf-8"))
-            table = parity_table(parity) if isinstance(parity, dict) and "results" in parity else None
-        except (OSError, ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
-            raise BundleError(f"{parity_path}: not a readable parity report ({' '.join(str(exc).split())})") from None
-        if table is None:
-            failed.append(f"{PARITY_NAME} holds no parity results")
-        else:
-            gate = gate_label(parity.get("gate_version"), parity.get("structure_px"))
-            lines += ["", f"parity vs {parity.get('reference')} on {parity.get('slices')} slices of {parity.get('data')} "
-                          f"(gate {gate}):", table]
-            if parity.get("passed") is False:
-                failed.append("the parity report records a failed gate")
-            notes, problems = parity_checks(parity, manifest)
-            lines += [f"note: {note}" for note in notes]
-            failed += problems
-    notes, problems = embedded_checks(bundle, manifest)
-    lines += [f"note: {note}" for note in notes]
-    failed += problems
-    return "\n".join(lines), failed
+    if record["parity"] is not None:
+        report = record["parity"]["report"]
+        lines += ["", f"parity vs {report.get('reference')} on {report.get('slices')} slices of {report.get('data')} "
+                      f"(gate {record['parity']['gate']}):", parity_table(report)]
+    lines += [f"note: {note}" for note in record["notes"]]
+    return "\n".join(lines)
 
 
 def provenance_lines(source: dict) -> list[str]:
@@ -129,8 +107,14 @@ def provenance_lines(source: dict) -> list[str]:
 
 
 def describe_checkpoint(path: str) -> str:
-    """The text ``edgeseg inspect CHECKPOINT`` prints: the file, model and its size, spec, classes,
-    recipe, epochs and best epoch, what --resume continues from, and the provenance
+    """The text ``edgeseg inspect CHECKPOINT`` prints (:func:`checkpoint_record`)."""
+    return checkpoint_text(checkpoint_record(path))
+
+
+def checkpoint_record(path: str) -> dict:
+    """What ``inspect --json`` writes for a checkpoint, and all its text is made from: the file
+    (size, sha256), model and its size, spec, classes, recipe, epochs and best epoch, what
+    --resume continues from, and the provenance
     (:func:`edgeseg.models.checkpoint_summary.summarize_checkpoint`)."""
     from edgeseg.errors import require
     from edgeseg.runtime.manifest import sha256_file
@@ -139,14 +123,20 @@ def describe_checkpoint(path: str) -> str:
     from edgeseg.models.checkpoint_summary import summarize_checkpoint
 
     info = summarize_checkpoint(path)
+    info = {**{k: info[k] for k in ("path", "bytes")}, "sha256": sha256_file(path), **info}
+    return {"schema": JSON_SCHEMA, "kind": "checkpoint", **plain(info)}
+
+
+def checkpoint_text(info: dict) -> str:
+    """The text of a checkpoint's record, one line for each of its parts."""
     names = info["class_names"]
     sources = "; source label values " + ", ".join(f"{name}={'+'.join(map(str, values))}" for name, values
                                                    in info["label_values"].items()) if info["label_values"] else ""
     recipe = info["recipe"]
     best = info["best"] or {}
     dice = f"{best['val_dice']:.4f}" if best.get("val_dice") is not None else "?"
-    lines = [f"checkpoint {path}  (format {info['format_version']}, edgeseg {info['edgeseg_version']}, "
-             f"{info['bytes']} bytes, sha256 {sha256_file(path)[:12]})",
+    lines = [f"checkpoint {info['path']}  (format {info['format_version']}, edgeseg {info['edgeseg_version']}, "
+             f"{info['bytes']} bytes, sha256 {info['sha256'][:12]})",
              f"model    {json.dumps(info['model'])}  ({info['parameters']} parameters, "
              f"{info['weight_bytes'] / 2**20:.2f} MiB of weights)",
              f"spec     {json.dumps(info['spec'])}  (hash {info['spec_hash']})",
@@ -157,11 +147,43 @@ def describe_checkpoint(path: str) -> str:
              f"split {', '.join(f'{part} {n}' for part, n in info['split'].items()) or '-'} cases"
              f"{'; deterministic' if info['deterministic'] else ''}"]
     if info["postprocess"] is not None:
-        lines.append(f"post     {json.dumps(info['postprocess'], default=str)}")
+        lines.append(f"post     {json.dumps(info['postprocess'])}")
     lines.append(_resume_line(info["resume"]))
     if isinstance(info["provenance"], dict):
         lines += provenance_lines({"training": info["provenance"]})
     return "\n".join(line if len(line) <= MAX_LINE else line[:MAX_LINE] + " ..." for line in lines)
+
+
+def plain(value, depth: int = 0):
+    """``value`` as JSON holds it, so that the text made from a record is the text made from its
+    JSON read back: string keys, lists for tuples, and the text of anything else a checkpoint may
+    carry. DataError past MAX_DEPTH levels."""
+    from edgeseg.errors import DataError
+
+    if depth > MAX_DEPTH:
+        raise DataError(f"a record nested more than {MAX_DEPTH} levels deep cannot be shown")
+    if isinstance(value, dict):
+        return {str(k): plain(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v, depth + 1) for v in value]
+    if value is None or isinstance(value, (str, int, float)):
+        return value
+    return str(value)
+
+
+def json_text(record: dict) -> str:
+    """A record as ``inspect --json`` writes it: strict JSON, so a number that is not finite (the
+    logit difference of an artifact that overflowed) is null, where the text shows inf."""
+    import math
+
+    def finite(value):
+        if isinstance(value, dict):
+            return {k: finite(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [finite(v) for v in value]
+        return None if isinstance(value, float) and not math.isfinite(value) else value
+
+    return json.dumps(finite(record), indent=1, allow_nan=False) + "\n"
 
 
 def _resume_line(state: dict | None) -> str:
@@ -183,7 +205,9 @@ def _mapping(value) -> dict:
 
 @click.command("inspect")
 @click.argument("target", metavar="BUNDLE|CHECKPOINT", type=click.Path())
-def command(target: str) -> None:
+@click.option("--json", "json_out", default=None, type=click.Path(dir_okay=False),
+              help="Also write what is printed as JSON (docs/export.md, \"Inspecting as JSON\").")
+def command(target: str, json_out: str | None) -> None:
     """Print a bundle folder's manifest, artifact hash checks and parity report (exit 2 when a
     check fails), or what a checkpoint file (best.pt, last.pt) holds: model, spec, labels, recipe,
     epochs, resume state and provenance."""
@@ -191,15 +215,40 @@ def command(target: str) -> None:
 
     path = Path(target)
     if path.is_file():
-        click.echo(describe_checkpoint(target))
-        return
-    if not path.exists():
-        raise EdgesegError(f"{target} does not exist: inspect reads a bundle folder or a checkpoint file (.pt)")
-    runs = [name for name in ("best.pt", "last.pt") if (path / name).is_file()]
-    if runs and not (path / "manifest.json").exists():
-        raise EdgesegError(f"{target} is a training run, not a bundle; inspect its checkpoints: "
-                           f"{' or '.join(str(path / name) for name in runs)}")
-    text, failed = describe_bundle(target)
+        _check_json_out(json_out, target)
+        record = checkpoint_record(target)
+        text = checkpoint_text(record)
+    else:
+        if not path.exists():
+            raise EdgesegError(f"{target} does not exist: inspect reads a bundle folder or a checkpoint file (.pt)")
+        runs = [name for name in ("best.pt", "last.pt") if (path / name).is_file()]
+        if runs and not (path / "manifest.json").exists():
+            raise EdgesegError(f"{target} is a training run, not a bundle; inspect its checkpoints: "
+                               f"{' or '.join(str(path / name) for name in runs)}")
+        _check_json_out(json_out, target)
+        record = bundle_record(target)
+        text = bundle_text(record)
+    if json_out:  # written whether or not a check failed: it says which did
+        from edgeseg.atomic import atomic_write_text
+
+        atomic_write_text(json_out, json_text(record))
     click.echo(text)
+    failed = [f["message"] for f in record.get("failed", ())]
     if failed:
         raise BundleError(f"bundle {target} failed {len(failed)} check(s): {'; '.join(failed)}")
+
+
+def _check_json_out(json_out: str | None, target: str) -> None:
+    """DataError, before anything is read, for a --json that cannot be written or that would be
+    written into the bundle inspected or over the checkpoint inspected."""
+    from edgeseg.atomic import check_output_file, within
+    from edgeseg.errors import DataError
+
+    if not json_out:
+        return
+    check_output_file(json_out, "--json")
+    where = Path(json_out).parent.resolve() / Path(json_out).name  # the file is renamed into place: its folder counts
+    if Path(target).is_dir() and within(where, target):
+        raise DataError(f"--json {json_out} is inside the bundle {target}; write it outside the bundle")
+    if Path(target).is_file() and where in (Path(target).parent.resolve() / Path(target).name, Path(target).resolve()):
+        raise DataError(f"--json {json_out} is the checkpoint {target} inspected; name another file")

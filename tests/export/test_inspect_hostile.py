@@ -76,3 +76,15 @@ def test_a_provenance_commit_of_another_type_is_shown_not_a_traceback(copy, comm
     proc = inspect(copy)
     assert proc.returncode == 0 and proc.stderr == "", proc.stderr
     assert proc.stdout.count(f"(git {str(commit)[:12]}") == 2
+
+
+def test_a_calibration_record_counting_a_class_by_another_key_is_shown_as_written(copy):
+    """with_class counts slices per class value; a key that is no integer (a hand-edited record)
+    was turned into one to find its name, a ValueError traceback."""
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["calibration"]["with_class"] = {"1": 5, "liver": 3}
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    proc = inspect(copy)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    line = next(line for line in proc.stdout.splitlines() if line.startswith("INT8 calibration:"))
+    assert "with target, liver 5, liver 3, " in line
