@@ -13,7 +13,6 @@ from pathlib import Path
 
 import click
 
-from edgeseg.cli.finite_range import FiniteFloatRange
 from edgeseg.cli import train as train_cli
 from edgeseg.cli.tta_option import tta_parameter
 from edgeseg.errors import EdgesegError, require
@@ -30,7 +29,7 @@ INT8_OPTIONS = [
                  show_default=True, help="INT8 calibration method (as edgeseg export)."),
     click.Option(["--calib-slices"], type=click.IntRange(min=1), default=64, show_default=True,
                  help="Calibration slices drawn, stratified, from each fold's training cases."),
-    click.Option(["--max-dice-drop-int8"], type=FiniteFloatRange(0.0, 1.0, what="a Dice drop"), default=0.01, show_default=True,
+    click.Option(["--max-dice-drop-int8"], type=click.FloatRange(0.0, 1.0), default=0.01, show_default=True,
                  help="Largest drop of the worst class the gate allows (as edgeseg export)."),
     click.Option(["--gate-metric"], type=click.Choice(["agreement", "truth"]), default="agreement", show_default=True,
                  help="What the gate's drop is (as edgeseg export): 1 - Dice against the FP32 mask, or the fall of "

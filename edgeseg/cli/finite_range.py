@@ -10,15 +10,10 @@ import click
 class FiniteFloatRange(click.FloatRange):
     """``click.FloatRange`` that fails on ``nan``: every comparison with NaN is false, so the
     range check passes it, and a duration of NaN seconds makes every deadline one never reached
-    (a series never counts as complete, a SEG is never sent again, a request never times out).
-    ``what`` names the quantity in the message."""
-
-    def __init__(self, *args, what: str = "a number of seconds", **kwargs):
-        super().__init__(*args, **kwargs)
-        self.what = what
+    (a series never counts as complete, a SEG is never sent again)."""
 
     def convert(self, value, param, ctx):
         number = super().convert(value, param, ctx)
         if math.isnan(number):
-            self.fail(f"{value!r} is not {self.what}", param, ctx)
+            self.fail(f"{value!r} is not a number of seconds", param, ctx)
         return number
