@@ -56,13 +56,8 @@ def valid_unicode(value: Any) -> Any:
         return {valid_unicode(k): valid_unicode(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [valid_unicode(v) for v in value]
-    if not isinstance(value, str) or value.isascii():
-        return value
-    try:
-        value.encode("utf-8")
-        return value
-    except UnicodeEncodeError:
-        pass
+    if not isinstance(value, str) or not any("\ud800" <= c <= "\udfff" for c in value):
+        return value  # only lone surrogates cannot be written as UTF-8
     try:  # a name's undecodable bytes, as Python's file system decoding escaped them
         return value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
     except UnicodeEncodeError:  # another lone surrogate

@@ -20,6 +20,7 @@ association reads; it relies on nothing inside pynetdicom's reader.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
@@ -126,10 +127,8 @@ class PduBoundSocket:
     def shutdown(self, how: int) -> None:
         # a connection cut here is shut down already: pynetdicom closes the socket only where its
         # shutdown raised nothing, and would leave the file descriptor to the garbage collector
-        try:
+        with contextlib.suppress(OSError):
             self._sock.shutdown(how)
-        except OSError:
-            pass
 
     def busy(self) -> None:
         """The node works for the peer (its C-STORE handler): the peer is not waited on until

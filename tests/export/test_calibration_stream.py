@@ -7,7 +7,6 @@ numpy's allocations."""
 from __future__ import annotations
 
 import hashlib
-import tracemalloc
 
 import numpy as np
 import pytest
@@ -88,22 +87,9 @@ def test_every_case_held_out_is_refused_as_before():
         load_calibration("phantom:cases=2,size=64,slices=4,seed=3", SPEC, 8, exclude_cases={"case_000", "case_001"})
 
 
-def _peak(source: str) -> int:
-    tracemalloc.start()
-    try:
-        load_calibration(source, SPEC, 8)
-        return tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
-
-
 def test_peak_does_not_grow_with_the_number_of_cases():
-    def phantom(cases: int) -> str:
-        return f"phantom:cases={cases},size=192,slices=40,seed=3"
+    from tests.export.test_verify_set_stream import case_growth
 
-    load_calibration(phantom(1), SPEC, 8)  # imports and first-call caches
-    one, many = _peak(phantom(1)), _peak(phantom(5))
-    case = open_dataset(phantom(1))[0]
-    case_bytes = case.hu.nbytes + case.label.nbytes
     # held at once, each further case adds its HU and label map
-    assert many - one < case_bytes / 2, f"5 cases peaked {(many - one) / case_bytes:.2f} case volumes above one"
+    growth = case_growth(lambda source: load_calibration(source, SPEC, 8))
+    assert growth < 0.5, f"5 cases peaked {growth:.2f} case volumes above one"

@@ -7,24 +7,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
-import subprocess
-import sys
 import zipfile
 
 import pytest
 
+from tests.export.test_inspect_embedded import copy, inspect  # noqa: F401 - copy is a fixture
+
 DEEP = "[" * 100_000 + "]" * 100_000
-
-
-def inspect(bundle):
-    return subprocess.run([sys.executable, "-m", "edgeseg.cli", "inspect", str(bundle)], capture_output=True, text=True,
-                          timeout=300)
-
-
-@pytest.fixture
-def copy(exported_bundle, tmp_path):
-    return shutil.copytree(exported_bundle, tmp_path / "bundle")
 
 
 def replace_extra(bundle, name: str, data: bytes) -> None:

@@ -5,7 +5,9 @@ lacking what the series reader needs, refused as they arrive instead of failing 
 
 from __future__ import annotations
 
+import contextlib
 import os
+from pathlib import Path
 import signal
 import socket
 import struct
@@ -62,23 +64,28 @@ def _command_fragments() -> bytes:
     return (struct.pack(">BBI", 0x04, 0, len(pdv)) + pdv) * 64
 
 
+def start_listen(bundle, port: int, work: Path, *options: str) -> subprocess.Popen:
+    """``edgeseg listen`` as a process on 127.0.0.1:``port``, writing to ``work/out`` and taking
+    its work folder in ``work`` (TMPDIR), so a test can see that it leaves none behind."""
+    return subprocess.Popen([sys.executable, "-m", "edgeseg.cli", "listen", str(bundle), "--port", str(port),
+                             "--out", str(work / "out"), "--backend", "onnxruntime:fp32", *options],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, TMPDIR=str(work)))
+
+
 def _flood(sock: socket.socket, first: bytes, chunk: bytes = bytes(1 << 20)) -> bytes:
     """Send ``first`` and then ``chunk`` again and again, up to FLOOD bytes, until the node stops
     taking them; close the sending side and return what the node sent until it closed the
     connection."""
     sock.sendall(first)
-    try:
+    with contextlib.suppress(OSError):  # the node closed the connection: the rest is not sent
         for _ in range(FLOOD // len(chunk)):
             sock.sendall(chunk)
         sock.shutdown(socket.SHUT_WR)
-    except OSError:  # the node closed the connection: the rest is not sent
-        pass
     answer = b""
-    try:
+    with contextlib.suppress(OSError):
         while part := sock.recv(65536):
             answer += part
-    except OSError:
-        pass
     return answer
 
 
@@ -98,10 +105,7 @@ def test_a_pdu_claiming_2_gib_is_aborted_before_its_body_is_read(serve_bundle, t
     water mark grows by a small fraction of what the peer sent, and it goes on answering. So for
     PDUs of the length offered that add up to a command set without end ("command set")."""
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "edgeseg.cli", "listen", str(serve_bundle), "--port", str(port),
-                             "--out", str(tmp_path / "out"), "--backend", "onnxruntime:fp32"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=dict(os.environ, TMPDIR=str(tmp_path)))
+    proc = start_listen(serve_bundle, port, tmp_path)
     try:
         wait_port(port, timeout=60)
         echo = ["echoscu", "-aec", "EDGESEG", "127.0.0.1", str(port)]

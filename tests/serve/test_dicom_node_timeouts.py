@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import signal
 import socket
 import struct
@@ -20,7 +19,7 @@ import pytest
 
 from tests.serve.test_dicom_node import DCMTK, SERIES, _storescu, _wait_for
 from tests.serve.test_dicom_node_failures import running_node  # noqa: F401 - the fixture
-from tests.serve.test_dicom_node_hostile import _associate_rq, _recv_pdu
+from tests.serve.test_dicom_node_hostile import _associate_rq, _recv_pdu, start_listen
 
 pynetdicom = pytest.importorskip("pynetdicom")
 pydicom = pytest.importorskip("pydicom")
@@ -119,8 +118,7 @@ def test_a_peer_trickling_a_pdu_is_closed(running_node):
                 break
             try:
                 sock.sendall(bytes([byte]))
-                while sock.recv(65536):  # an A-ABORT, then the end of the connection
-                    pass
+                sock.recv(65536)  # an answer to half a request is an A-ABORT, or the connection's end
                 closed = True
                 break
             except (socket.timeout, TimeoutError):
@@ -138,11 +136,8 @@ def test_a_scanner_locked_out_by_stalled_peers_gets_in_once_they_time_out(serve_
     and a series sent by storescu then is received and segmented as usual."""
     port = free_port()
     out = tmp_path / "out"
-    proc = subprocess.Popen([sys.executable, "-m", "edgeseg.cli", "listen", str(serve_bundle), "--port", str(port),
-                             "--out", str(out), "--backend", "onnxruntime:fp32", "--idle", "1",
-                             "--peer-timeout", "1", "--max-associations", str(len(STALLS))],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=dict(os.environ, TMPDIR=str(tmp_path)))
+    proc = start_listen(serve_bundle, port, tmp_path, "--idle", "1", "--peer-timeout", "1",
+                        "--max-associations", str(len(STALLS)))
     try:
         wait_port(port, timeout=60)
         assert _wait_for(lambda: _echo(port).returncode == 0, CLOSE_BOUND)  # every slot free
@@ -205,10 +200,7 @@ def test_a_stop_is_not_held_up_by_a_peer_halfway_through_a_pdu(serve_bundle, tmp
     manager would kill it, leaving its work folder). It now closes the connections first and exits
     0 at once, with the peer timeout at its default of 30 s."""
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "edgeseg.cli", "listen", str(serve_bundle), "--port", str(port),
-                             "--out", str(tmp_path / "out"), "--backend", "onnxruntime:fp32"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=dict(os.environ, TMPDIR=str(tmp_path)))
+    proc = start_listen(serve_bundle, port, tmp_path)
     try:
         wait_port(port, timeout=60)
         with contextlib.closing(_stall(port, "half a PDU header")):
