@@ -36,7 +36,7 @@ demo: build
 	$(EDGESEG) data synth --out $(DEMO)/phantom --cases 12 --seed 0
 	$(EDGESEG) train --data $(DEMO)/phantom --out $(DEMO) --size 128 --base 16 --epochs 12 --batch-size 8 --lr 3e-3 --seed 0 --overwrite
 	$(EDGESEG) evaluate $(DEMO)/best.pt --data $(DEMO)/phantom --split test --out $(DEMO)/eval
-	$(EDGESEG) export $(DEMO)/best.pt --out $(DEMO)/bundle --int8 --calib $(DEMO)/phantom --force
+	$(EDGESEG) export $(DEMO)/best.pt --out $(DEMO)/bundle --int8 --calib $(DEMO)/phantom --overwrite
 	@# case_008 is one of the split's test cases (runs/demo/split.json), unseen in training
 	$(EDGESEG) predict $(DEMO)/bundle $(DEMO)/phantom/imagesTr/case_008.nii.gz --out $(DEMO)/predict/case_008.nii.gz --overlay $(DEMO)/predict/case_008.png
 	$(EDGESEG) bench $(DEMO)/bundle --size 256 --batch 1,8 --runs 10 --warmup 2 --json $(DEMO)/bench.json --png $(DEMO)/bench.png
@@ -52,7 +52,7 @@ demo-chest: build
 	$(EDGESEG) data synth --kind chest --out $(CHEST)/phantom --cases 12 --seed 0 --quiet
 	$(EDGESEG) train --data $(CHEST)/phantom --out $(CHEST) --labels ggo=1,consolidation=2 --window=-1000,200 --size 128 --base 16 --epochs 16 --batch-size 8 --lr 3e-3 --loss dice-ce --class-weights 0.5,1,2 --seed 0 --overwrite
 	$(EDGESEG) evaluate $(CHEST)/best.pt --data $(CHEST)/phantom --split test --out $(CHEST)/eval
-	$(EDGESEG) export $(CHEST)/best.pt --out $(CHEST)/bundle --int8 --calib $(CHEST)/phantom --force
+	$(EDGESEG) export $(CHEST)/best.pt --out $(CHEST)/bundle --int8 --calib $(CHEST)/phantom --overwrite
 	$(EDGESEG) predict $(CHEST)/bundle $(CHEST)/phantom/imagesTr/case_008.nii.gz --out $(CHEST)/predict/case_008.nii.gz --overlay $(CHEST)/predict/case_008.png
 	@# the same phantom cases (seed 0) as DICOM CT series, one folder per case; case_008 to a DICOM SEG
 	$(EDGESEG) data synth --kind chest --format dicom --out $(CHEST)/phantom-dicom --cases 9 --seed 0 --quiet

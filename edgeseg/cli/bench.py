@@ -6,6 +6,7 @@ import click
 
 from edgeseg.cli.finite_range import FiniteFloatRange
 from edgeseg.cli.input_limits import input_limit_options
+from edgeseg.cli.renamed_option import RenamedOption
 from edgeseg.cli.tta_option import tta_option
 
 # Timed (or warm-up) calls per stage: more is a typing error, and would run for days.
@@ -21,18 +22,19 @@ MAX_DURATION_S = 3600
               help="'all' (auto plus every installed backend and precision), or names such as openvino:int8; repeatable.")
 @click.option("--batch", default="1,8", show_default=True, help="Comma-separated batch sizes.")
 @click.option("--size", default=512, show_default=True, help="Input slice size (rows = cols) in pixels.")
-@click.option("--runs", default=30, show_default=True, help="Timed calls per stage after warm-up.")
+@click.option("--runs", default=30, show_default=True, metavar="CALLS", help="Timed calls per stage after warm-up.")
 @click.option("--duration", default=None, type=float, metavar="SECONDS",
               help=f"Instead of --runs: time each batch size (and the volume) for at least SECONDS "
                    f"(at most {MAX_CALLS} calls per stage).")
-@click.option("--warmup", default=5, show_default=True, help="Untimed calls before timing.")
+@click.option("--warmup", default=5, show_default=True, metavar="CALLS", help="Untimed calls before timing.")
 @click.option("--threads", default=0, show_default=True, help="CPU threads for the backends (0: their default).")
 @click.option("--json", "json_out", default=None, type=click.Path(dir_okay=False), help="Write the results as JSON.")
 @click.option("--png", "png_out", default=None, type=click.Path(dir_okay=False), help="Write a latency plot PNG.")
 @click.option("--no-cold-start", is_flag=True, help="Skip the fresh-process cold-start measurement.")
 @tta_option
+@click.option("--quiet", is_flag=True, help="No progress bar.")
 def command(bundle, backends, batch, size, runs, warmup, duration, threads, json_out, png_out, no_cold_start,
-            tta) -> None:
+            tta, quiet) -> None:
     """Benchmark BUNDLE on this machine: one table for all backends, measured in one run."""
     from tqdm import tqdm
 
@@ -71,7 +73,7 @@ def command(bundle, backends, batch, size, runs, warmup, duration, threads, json
             raise DataError(f"--batch {above[0]} is above the bundle's max batch {manifest.max_batch}")
         click.echo(f"batch {', '.join(map(str, above))}: above the bundle's max batch {manifest.max_batch}, not measured")
     results = []
-    for label in tqdm(labels, desc="benchmarking", unit="backend", leave=False):
+    for label in tqdm(labels, desc="benchmarking", unit="backend", leave=False, disable=quiet):
         try:
             result = bench_backend(bundle, label, batches=batches, size=size, runs=MAX_CALLS if duration else runs,
                                    warmup=warmup, threads=threads, tta=tta, duration=duration)
@@ -127,14 +129,16 @@ def _check_outputs_apart(bundle, outputs: list[tuple[str, str]]) -> None:
 @click.command("bench-serve")
 @click.argument("bundle", type=click.Path(file_okay=False))
 @click.option("--clients", default=16, show_default=True, type=click.IntRange(1, 1024), help="Concurrent clients.")
-@click.option("--seconds", default=60.0, show_default=True, type=FiniteFloatRange(0.5), help="Measured duration.")
-@click.option("--warmup", default=5.0, show_default=True, type=FiniteFloatRange(0), help="Untimed load first.")
+@click.option("--duration", "--seconds", "seconds", cls=RenamedOption, old=("--seconds",), default=60.0,
+              show_default=True, type=FiniteFloatRange(0.5), metavar="SECONDS", help="Seconds of measured load.")
+@click.option("--warmup", default=5.0, show_default=True, type=FiniteFloatRange(0), metavar="SECONDS",
+              help="Seconds of untimed load first (bench's --warmup counts calls; here it is time).")
 @click.option("--batch", default=1, show_default=True, type=click.IntRange(1, 1024), help="Slices per request.")
 @click.option("--max-batch", default=8, show_default=True, type=click.IntRange(1, 1024), help="Server --max-batch.")
 @click.option("--backend", default="auto", show_default=True, help="Server --backend.")
 @click.option("--threads", default=0, show_default=True, help="Server --threads.")
-@click.option("--model", default="edgeseg", show_default=True,
-              help="NAME (the network, pre-processed tensors) or NAME-pipeline (INT16 HU slices of --size).")
+@click.option("--model-name", "--model", "model", cls=RenamedOption, old=("--model",), default="edgeseg",
+              show_default=True, help="NAME (the network, pre-processed tensors) or NAME-pipeline (INT16 HU slices of --size).")
 @click.option("--size", default=512, show_default=True, type=click.IntRange(8, 4096),
               help="Side of the HU slices sent to NAME-pipeline, in pixels.")
 @click.option("--triton", is_flag=True,

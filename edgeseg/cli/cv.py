@@ -8,6 +8,7 @@ stopped part-way continues from its ``last.pt``. Takes every ``edgeseg train`` o
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -25,16 +26,16 @@ INT8_OPTIONS = [
     click.Option(["--trained-only"], is_flag=True,
                  help="Train nothing: score (and export) only the folds whose last.pt reached --epochs and write "
                       "OUT/cv-trained-only.json/.txt naming the folds left out (a run still training keeps its folds)."),
-    click.Option(["--calib-method"], type=click.Choice(["minmax", "entropy", "percentile"]), default="entropy",
+    click.Option(["--calib-method"], type=click.Choice(["minmax", "entropy", "percentile"], case_sensitive=False), default="entropy",
                  show_default=True, help="INT8 calibration method (as edgeseg export)."),
     click.Option(["--calib-slices"], type=click.IntRange(min=1), default=64, show_default=True,
                  help="Calibration slices drawn, stratified, from each fold's training cases."),
     click.Option(["--max-dice-drop-int8"], type=click.FloatRange(0.0, 1.0), default=0.01, show_default=True,
                  help="Largest drop of the worst class the gate allows (as edgeseg export)."),
-    click.Option(["--gate-metric"], type=click.Choice(["agreement", "truth"]), default="agreement", show_default=True,
+    click.Option(["--gate-metric"], type=click.Choice(["agreement", "truth"], case_sensitive=False), default="agreement", show_default=True,
                  help="What the gate's drop is (as edgeseg export): 1 - Dice against the FP32 mask, or the fall of "
                       "Dice against the held-out labels."),
-    click.Option(["--int8-scheme"], type=click.Choice(["cpu", "tensorrt"]), default="cpu", show_default=True,
+    click.Option(["--int8-scheme"], type=click.Choice(["cpu", "tensorrt"], case_sensitive=False), default="cpu", show_default=True,
                  help="How the INT8 graph quantises activations (as edgeseg export)."),
 ]
 
@@ -52,8 +53,6 @@ def _run(**opts) -> None:
 
     if opts["int8"]:
         require("onnx", "export", "edgeseg cv --int8")
-    if opts["folds"] < 2:
-        raise EdgesegError(f"--folds must be >= 2 for cross-validation, got {opts['folds']}")
     ctx = click.get_current_context()
     given = [f"--{name.replace('_', '-')}" for name in ("val_fraction", "test_fraction")
              if ctx.get_parameter_source(name) != click.core.ParameterSource.DEFAULT]
@@ -208,11 +207,33 @@ def _export_and_score(configs: list, scores: list[dict], opts: dict, crossfit: d
     return summarise_runtime(scores, records, runtime), summarise_runtime(crossfit["scores"], records, runtime_crossfit)
 
 
+# cv's own --out and --folds: train's would send the folds into train's default run folder
+# (runs/train) and show a default of 0 folds that cv refuses.
+OWN_OPTIONS = {
+    "out": click.Option(["--out"], default="runs/cv", show_default=True, type=click.Path(file_okay=False),
+                        help="Cross-validation folder: OUT/fold0 .. foldK-1, OUT/cv.json and OUT/cv.txt."),
+    "folds": click.Option(["--folds"], required=True, type=click.IntRange(min=2),
+                          help="Number of folds K: the cases are dealt into K groups, each held out once."),
+}
+# Each fold holds out its own group of cases: these train options are refused (_run), so unlisted.
+HIDDEN_OPTIONS = ("val_fraction", "test_fraction")
+
+
+def _cv_parameter(param: click.Parameter) -> click.Parameter:
+    """A train option as cv shows it: its own --out and --folds, the refused fractions unlisted."""
+    if param.name in OWN_OPTIONS:
+        return OWN_OPTIONS[param.name]
+    if param.name in HIDDEN_OPTIONS:
+        param = copy.copy(param)
+        param.hidden = True
+    return param
+
+
 command = click.Command(
     "cv",
     callback=_run,
-    params=[p for p in train_cli.command.params if p.name not in ("fold", "resume", "overwrite", "nproc")] + INT8_OPTIONS
-    + [tta_parameter()],
+    params=[_cv_parameter(p) for p in train_cli.command.params if p.name not in ("fold", "resume", "overwrite", "nproc")]
+    + INT8_OPTIONS + [tta_parameter()],
     help="k-fold cross-validation by case: train every fold (resumably) with the edgeseg train options, "
          "then score each fold's last.pt on its held-out cases (per-slice Dice: binary and per class) "
          "and write OUT/cv.json and OUT/cv.txt (mean and spread over folds); with --int8 also the runtime "

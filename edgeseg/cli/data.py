@@ -22,9 +22,9 @@ def command() -> None:
 @click.option("--size", default=128, show_default=True, type=click.IntRange(min=16),
               help="Rows and columns per slice.")
 @click.option("--slices", default=32, show_default=True, type=click.IntRange(min=1), help="Slices per case.")
-@click.option("--kind", type=click.Choice(["abdomen", "chest"]), default="abdomen", show_default=True,
+@click.option("--kind", type=click.Choice(["abdomen", "chest"], case_sensitive=False), default="abdomen", show_default=True,
               help="abdomen: liver, spine, kidneys; chest: lung infection (ggo=1, consolidation=2).")
-@click.option("--format", "image_format", type=click.Choice(["nifti", "dicom"]), default="nifti", show_default=True,
+@click.option("--format", "image_format", type=click.Choice(["nifti", "dicom"], case_sensitive=False), default="nifti", show_default=True,
               help="Images as NIfTI (imagesTr/CASE.nii.gz) or as one DICOM CT series folder per case (CASE/); "
                    "labels are NIfTI in labelsTr/ either way.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
@@ -89,7 +89,7 @@ def describe_volumes(volumes: list) -> str:
               help="Slice folders: mask channel 0 above this is label 1.")
 @click.option("--case-pattern", default=None,
               help="Slice folders: regex with (?P<case>) and (?P<slice>) groups, or 'file' for one case per file.")
-@click.option("--mask", type=click.Choice(["auto", "binary", "labels"]), default="auto", show_default=True,
+@click.option("--mask", type=click.Choice(["auto", "binary", "labels"], case_sensitive=False), default="auto", show_default=True,
               help="Slice folders: masks are binary 0/255, label maps (values are classes), or detected.")
 @click.option("--labels", default=None,
               help="Classes from source label values, e.g. 'ggo=1,consolidation=2'; a mask value outside them is refused.")

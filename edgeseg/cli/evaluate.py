@@ -15,7 +15,7 @@ from edgeseg.errors import require
 @input_limit_options
 @click.argument("checkpoint", type=click.Path(dir_okay=False))
 @click.option("--data", required=True, help="Labelled data in any format 'edgeseg train --data' accepts.")
-@click.option("--split", type=click.Choice(["auto", "train", "val", "test", "all"]), default="auto", show_default=True,
+@click.option("--split", type=click.Choice(["auto", "train", "val", "test", "all"], case_sensitive=False), default="auto", show_default=True,
               help="Which cases: the checkpoint's recorded split (auto: test, else val, when the data is the training data) or all.")
 @click.option("--labels", default=None,
               help="Source label values of each of the model's classes, by class name, e.g. 'liver=5' (default: as trained).")

@@ -5,10 +5,12 @@ from __future__ import annotations
 import click
 
 from edgeseg.cli.finite_range import FiniteFloatRange
+from edgeseg.cli.input_limits import input_limit_options
 from edgeseg.cli.tta_option import tta_option
 
 
 @click.command("listen")
+@input_limit_options
 @click.argument("bundle", type=click.Path(file_okay=False))
 @click.option("--ae-title", default="EDGESEG", show_default=True,
               help="This node's AE title; associations calling another title are rejected (see --any-ae).")
@@ -16,7 +18,7 @@ from edgeseg.cli.tta_option import tta_option
 @click.option("--allow-calling", "allow_calling", multiple=True, metavar="AET",
               help="Accept associations only from this calling AE title; repeatable (default: from any).")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (0.0.0.0 for the network).")
-@click.option("--port", default=11112, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--port", default=11112, show_default=True, type=click.IntRange(1, 65535), help="TCP port to listen on.")
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Folder for the DICOM SEG files.")
 @click.option("--forward", default=None, metavar="HOST:PORT:AET", help="Send each SEG by C-STORE to this peer.")
 @click.option("--idle", default=5.0, show_default=True, type=FiniteFloatRange(0.1, 3600),

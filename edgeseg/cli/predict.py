@@ -18,7 +18,7 @@ from edgeseg.cli.tta_option import tta_option
 @click.argument("bundle", type=click.Path(file_okay=False))
 @click.argument("input_path", metavar="INPUT", type=click.Path())
 @click.option("--out", required=True, type=click.Path(), help="Output file (or folder for PNGs of a volume).")
-@click.option("--format", "fmt", type=click.Choice(["nifti", "seg-nrrd", "dicom-seg", "png", "npy"]), default=None,
+@click.option("--format", "fmt", type=click.Choice(["nifti", "seg-nrrd", "dicom-seg", "png", "npy"], case_sensitive=False), default=None,
               help="Output format (default: from the --out suffix: .nii.gz, .seg.nrrd (3D Slicer segmentation), "
                    ".dcm, .png, .npy).")
 @click.option("--backend", default="auto", show_default=True,

@@ -15,7 +15,9 @@ def command(cflags: bool, libs: bool, prefix: bool, cmake_dir: bool, pkgconfig_d
     """Print where libedgeseg is and how to build against it.
 
     With several options the values are printed on one line, in the order above, e.g.
-    ``cc app.c $(edgeseg sdk --cflags --libs)``; without options, a short summary.
+    ``cc app.c $(edgeseg sdk --cflags --libs)``; without options, a short summary. The SDK is
+    looked for in the installed package, else in a source checkout's build/sdk; the environment
+    variable EDGESEG_SDK names another folder, then the only one looked in.
     """
     from edgeseg import sdk
 

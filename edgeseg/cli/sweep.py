@@ -6,11 +6,13 @@ import json
 
 import click
 
+from edgeseg.cli.input_limits import input_limit_options
 from edgeseg.cli.logs import configure_logging
 from edgeseg.errors import DataError, require
 
 
 @click.command("sweep")
+@input_limit_options
 @click.argument("sweep_file", type=click.Path(dir_okay=False))
 @click.option("--out", default="runs/sweep", show_default=True, type=click.Path(file_okay=False),
               help="Sweep folder; running again with the same sweep file continues it.")

@@ -22,13 +22,13 @@ from edgeseg.train.config import LOSSES, MEMORY_FORMATS
               help="Training data: a NIfTI dataset (imagesTr/labelsTr), a DICOM series folder, a slice folder "
                    "(images/ + masks/), or 'phantom[:cases=N,seed=S,size=P,slices=Z]' generated on the fly.")
 @click.option("--out", default="runs/train", show_default=True, type=click.Path(file_okay=False), help="Run folder for checkpoints, metrics and plots.")
-@click.option("--model", "--arch", "model", type=click.Choice(sorted(MODELS)), default="unet", show_default=True,
+@click.option("--model", "--arch", "model", type=click.Choice(sorted(MODELS), case_sensitive=False), default="unet", show_default=True,
               help="Architecture, a name `edgeseg models` lists.")
 @click.option("--base", default=32, show_default=True, help="Width of the first U-Net level.")
 @click.option("--depth", default=4, show_default=True, help="Number of down-sampling steps.")
 @click.option("--size", default=256, show_default=True, help="Model input side in pixels (a multiple of 2**depth).")
 @click.option("--window", default="0,255", show_default=True, help="HU window 'LO,HI' of the PreprocessSpec.")
-@click.option("--fit", type=click.Choice(["stretch", "pad"]), default="stretch", show_default=True,
+@click.option("--fit", type=click.Choice(["stretch", "pad"], case_sensitive=False), default="stretch", show_default=True,
               help="How slices meet the model size: stretch to it, or pad (keep the aspect ratio, pad with "
                    "the window's low value).")
 @click.option("--labels", default="liver=1", show_default=True, help="Classes from source label values, e.g. 'liver=1+2' merges LiTS liver and tumour.")
@@ -47,24 +47,24 @@ from edgeseg.train.config import LOSSES, MEMORY_FORMATS
 @click.option("--ema", "ema_epochs", default=0.0, show_default=True, type=float,
               help="Validate, save and export an exponential moving average of the weights over about "
                    "this many epochs (0 = the raw weights).")
-@click.option("--amp", type=click.Choice(["auto", "off", "bf16", "fp16"]), default="auto", show_default=True,
+@click.option("--amp", type=click.Choice(["auto", "off", "bf16", "fp16"], case_sensitive=False), default="auto", show_default=True,
               help="Mixed precision: auto = fp16 on CUDA, bf16 on CPUs with AMX, else float32.")
-@click.option("--memory-format", type=click.Choice(list(MEMORY_FORMATS)), default="auto", show_default=True,
+@click.option("--memory-format", type=click.Choice(list(MEMORY_FORMATS), case_sensitive=False), default="auto", show_default=True,
               help="Layout of weights and batches (contiguous = NCHW). auto: time both on this CPU with this model "
                    "and batch before the first epoch and keep the faster (a resumed run on the same machine keeps "
                    "its layout); channels-last on CUDA or when a step takes under 0.25 s.")
-@click.option("--threads", default=0, help="CPU threads for torch (0: torch's default).")
+@click.option("--threads", default=0, show_default=True, help="CPU threads for torch (0: torch's default).")
 @click.option("--deterministic", is_flag=True, default=False,
               help="Deterministic algorithms only (torch.use_deterministic_algorithms, cuDNN deterministic without "
                    "benchmark, CUBLAS_WORKSPACE_CONFIG=:4096:8), so a CUDA run repeats bit for bit; slower. "
                    "Kept for the whole run: --resume refuses to change it.")
 @click.option("--recipe", default=None, help="Training defaults from a recipe: a shipped name (covid-infection, liver-ct) "
                                              "or a TOML file; flags given here override it.")
-@click.option("--mask", type=click.Choice(["auto", "binary", "labels"]), default="auto", show_default=True,
+@click.option("--mask", type=click.Choice(["auto", "binary", "labels"], case_sensitive=False), default="auto", show_default=True,
               help="Slice folders: masks are binary 0/255, label maps (values are classes), or detected.")
 @click.option("--case-pattern", default=None,
               help="Slice folders: regex with (?P<case>) and (?P<slice>) groups, or 'file' for one case per file.")
-@click.option("--loss", type=click.Choice(list(LOSSES)), default="dice-ce", show_default=True,
+@click.option("--loss", type=click.Choice(list(LOSSES), case_sensitive=False), default="dice-ce", show_default=True,
               help="Region term (Dice or Tversky) plus pixel term (cross-entropy or focal).")
 @click.option("--class-weights", default=None, help="Pixel-loss weight per class, background first, e.g. '0.5,1,2'.")
 @click.option("--folds", default=0, show_default=True, type=click.IntRange(min=0),

@@ -15,10 +15,10 @@ TTA_HELP = ("Test-time mirroring: average the class probabilities of the slice a
 
 def tta_option(command):
     """Add ``--tta none|flip|mirror`` (default none) to a click command."""
-    return click.option("--tta", type=click.Choice(TTA_CHOICES), default="none", show_default=True,
+    return click.option("--tta", type=click.Choice(TTA_CHOICES, case_sensitive=False), default="none", show_default=True,
                         help=TTA_HELP)(command)
 
 
 def tta_parameter() -> click.Option:
     """The same option as an object, for commands built from a parameter list."""
-    return click.Option(["--tta"], type=click.Choice(TTA_CHOICES), default="none", show_default=True, help=TTA_HELP)
+    return click.Option(["--tta"], type=click.Choice(TTA_CHOICES, case_sensitive=False), default="none", show_default=True, help=TTA_HELP)

@@ -37,7 +37,7 @@ def check_output(out: str | Path, force: bool, inputs: tuple[tuple[str, str | Pa
         if not target.is_dir():
             raise DataError(f"output {target} exists and is not a folder")
         if not force:
-            raise DataError(f"output {target} already exists; pass --force to replace it")
+            raise DataError(f"output {target} already exists; pass --overwrite to replace it")
         if any(target.iterdir()) and not (target / MANIFEST_NAME).is_file():
             raise DataError(f"output {target} is a non-empty folder that is not a bundle; refusing to replace it")
         for what, path in inputs:
@@ -51,14 +51,14 @@ def check_output(out: str | Path, force: bool, inputs: tuple[tuple[str, str | Pa
 @contextlib.contextmanager
 def staged_bundle(out: str | Path, replace: bool = True) -> Iterator[Path]:
     """A temporary folder that replaces ``out`` whole when the block succeeds, and vanishes if not.
-    ``replace=False`` (no --force): it lands only where ``out`` is still absent, so of two exports
+    ``replace=False`` (no --overwrite): it lands only where ``out`` is still absent, so of two exports
     started to one new folder the second to finish is refused rather than replacing the first."""
     try:
         with atomic_dir(out, replace=replace) as tmp:
             yield tmp
     except TargetAppeared:
         raise DataError(f"output {out} appeared while this export ran (another export to it?); "
-                        "pass --force to replace it") from None
+                        "pass --overwrite to replace it") from None
     except OSError as exc:
         raise DataError(f"cannot write the bundle {out}: {exc.strerror or exc}") from None
 

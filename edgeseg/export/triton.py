@@ -18,7 +18,7 @@ pre-processing, the network, C post-processing, exactly as ``edgeseg predict`` a
 edgeseg on ``sys.path``, see ``edgeseg.serve.triton_python``) and ``1/bundle/`` (the manifest
 and the one ONNX artifact). Every config is parsed with the ``ModelConfig`` protobuf shipped by
 tritonclient before the repository is moved into place; flags are checked before anything is
-written. ``--force`` writes into an existing repository, replacing the models of the same name
+written. ``--overwrite`` writes into an existing repository, replacing the models of the same name
 (all or none, see ``edgeseg.export.triton_swap``) and keeping the others; never into a folder that is, holds or lies in the
 bundle, or holds anything but model folders.
 """
@@ -264,7 +264,7 @@ def check_repo_output(repo: str | Path, force: bool, bundle: str | Path, what: s
                       keep: tuple[tuple[str, str | Path], ...] = (), name: str = "edgeseg") -> Path:
     """Refuse, before any work, a repository folder whose writing would destroy something: one
     that is, holds or lies in ``bundle``, holds a ``keep`` folder (``(what, path)``), exists
-    without ``force``, or is not a Triton repository. ``--force`` writes into an existing
+    without ``force``, or is not a Triton repository. ``--overwrite`` writes into an existing
     repository: it replaces the models named after ``name`` and leaves the others alone."""
     repo = Path(repo)
     where, source = repo.resolve(), Path(bundle).resolve()
@@ -278,7 +278,7 @@ def check_repo_output(repo: str | Path, force: bool, bundle: str | Path, what: s
     if not repo.exists():
         return repo
     if not force:
-        raise DataError(f"{what} {repo} exists; pass --force to write into it (its models named {name}* are "
+        raise DataError(f"{what} {repo} exists; pass --overwrite to write into it (its models named {name}* are "
                         "replaced, the others kept)")
     if not repo.is_dir():
         raise DataError(f"{what} {repo} exists and is not a folder")

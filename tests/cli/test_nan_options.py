@@ -14,7 +14,7 @@ import pytest
     (["serve", "{missing}", "--timeout", "nan"], "Invalid value for '--timeout': 'nan' is not a number of seconds"),
     (["predict", "{missing}", "{missing}", "--timeout", "NaN"],
      "Invalid value for '--timeout': 'NaN' is not a number of seconds"),
-    (["bench-serve", "{missing}", "--seconds", "nan"], "Invalid value for '--seconds': 'nan' is not a number of seconds"),
+    (["bench-serve", "{missing}", "--duration", "nan"], "Invalid value for '--duration': 'nan' is not a number of seconds"),
     (["bench-serve", "{missing}", "--warmup", "nan"], "Invalid value for '--warmup': 'nan' is not a number of seconds"),
 ])
 def test_nan_is_refused_in_one_line(tmp_path, args, fragment, assert_one_line_error):

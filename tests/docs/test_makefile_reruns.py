@@ -8,7 +8,7 @@ from pathlib import Path
 
 MAKEFILE = Path(__file__).resolve().parents[2] / "Makefile"
 # command: the flag that lets it replace what an earlier run of the target wrote
-REPLACING = {"train": "--overwrite", "export": "--force", "triton": "--force"}
+REPLACING = {"train": "--overwrite", "export": "--overwrite", "triton": "--overwrite"}
 
 
 def _recipe(target: str) -> list[str]:

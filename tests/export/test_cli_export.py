@@ -92,8 +92,9 @@ def test_existing_bundle_needs_force(bundle, checkpoint, tmp_path, assert_one_li
     out = tmp_path / "b"
     shutil.copytree(bundle["bundle"], out)
     before = (out / "manifest.json").read_bytes()
-    assert_one_line_error(edgeseg("export", checkpoint, "--out", out, "--formats", "onnx"), "--force")
+    assert_one_line_error(edgeseg("export", checkpoint, "--out", out, "--formats", "onnx"), "pass --overwrite")
     assert (out / "manifest.json").read_bytes() == before and (out / "model.ts").is_file()
+    # --force, the earlier name of --overwrite, still replaces it
     proc = edgeseg("export", checkpoint, "--out", out, "--formats", "onnx", "--force", "--quiet")
     assert proc.returncode == 0, proc.stderr
     assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "model.onnx", "parity.json"]

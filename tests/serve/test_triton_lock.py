@@ -118,7 +118,7 @@ def test_a_run_without_force_that_waited_for_another_creating_the_repository_is_
             out, err = run.communicate()
     # after the notes, exactly one error line and no traceback
     assert run.returncode == 2 and err.startswith("edgeseg: error: ") and len(err.splitlines()) == 1, err
-    assert f"REPO {repo} exists; pass --force" in err
+    assert f"REPO {repo} exists; pass --overwrite" in err
     assert _tree(repo) == _tree(old) and _beside(repo.parent) == []
 
 

@@ -138,7 +138,7 @@ def test_existing_repository_needs_force_and_tampered_bundle_is_refused(serve_bu
     (repo / "keep.txt").write_text("mine")
     result = CliRunner().invoke(cli, ["triton", str(serve_bundle), str(repo)])
     assert result.exit_code != 0
-    assert "pass --force" in result.output
+    assert "pass --overwrite" in result.output
     assert (repo / "keep.txt").read_text() == "mine"
     bundle = tmp_path / "bundle"
     shutil.copytree(serve_bundle, bundle)
