@@ -9,7 +9,7 @@ import warnings
 
 import click
 
-from edgeseg import __version__
+from edgeseg.cli.version import version_option
 from edgeseg.errors import EdgesegError
 from edgeseg.stopping import Terminated, received, sigterm_stops, stop_line_wanted
 
@@ -87,7 +87,7 @@ class EdgesegGroup(click.Group):
 
 
 @click.group(cls=EdgesegGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="edgeseg")
+@version_option
 def cli() -> None:
     """edgeseg: U-Net CT segmentation from training to a scanner-side device."""
 
