@@ -1,0 +1,130 @@
+"""Progress on stderr as the real CLI writes it: whole lines where stderr is a log file or a pipe
+(a job scheduler, systemd, CI), a live bar on a terminal, nothing with --quiet; and the error
+line always on a line of its own."""
+
+import fcntl
+import os
+import pty
+import re
+import select
+import struct
+import subprocess
+import sys
+import termios
+
+import pytest
+
+LINE = re.compile(r"(?P<what>[^:]+): (?P<n>\d+)/(?P<total>\d+) (?P<unit>\w+) \((?P<pct>\d+)%\), (done in )?\d+ s")
+
+
+def _edgeseg(args: list, tmp_path, interval: str | None = "0") -> subprocess.CompletedProcess:
+    """``edgeseg ARGS`` with stderr to a pipe; ``interval`` 0 asks for a line at every step, so
+    what is written does not depend on how fast this machine is."""
+    env = dict(os.environ)
+    env.pop("EDGESEG_PROGRESS_INTERVAL", None)
+    if interval is not None:
+        env["EDGESEG_PROGRESS_INTERVAL"] = interval
+    return subprocess.run([sys.executable, "-m", "edgeseg", *args], capture_output=True, text=True, cwd=tmp_path,
+                          env=env, timeout=600)
+
+
+def _lines(stderr: str) -> list[re.Match]:
+    """The progress lines of ``stderr``, each checked whole: no carriage return anywhere, every
+    line ended, each one a complete progress line."""
+    assert "\r" not in stderr, repr(stderr)
+    assert stderr.endswith("\n"), repr(stderr)
+    matches = [LINE.fullmatch(line) for line in stderr.splitlines()]
+    assert all(matches), stderr
+    return matches
+
+
+def _synth(out, tmp_path, *extra: str, cases: int = 3) -> subprocess.CompletedProcess:
+    return _edgeseg(["data", "synth", "--out", str(out), "--cases", str(cases), "--size", "16", "--slices", "2",
+                     *extra], tmp_path)
+
+
+def test_log_gets_whole_lines_without_carriage_returns(tmp_path):
+    proc = _synth(tmp_path / "ph", tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    lines = _lines(proc.stderr)
+    assert [(m["what"], int(m["n"]), int(m["total"]), m["unit"], int(m["pct"])) for m in lines] == \
+        [("writing phantom", k, 3, "cases", 100 * k // 3) for k in (1, 2, 3)]
+
+
+def test_quiet_writes_nothing_to_stderr(tmp_path):
+    proc = _synth(tmp_path / "ph", tmp_path, "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""
+
+
+def _broken_dataset(tmp_path):
+    data = tmp_path / "data"
+    assert _synth(data, tmp_path, "--quiet", cases=4).returncode == 0
+    (data / "imagesTr" / "case_002.nii.gz").write_bytes(b"not a NIfTI file\n")
+    return data
+
+
+def test_error_inside_a_bar_is_the_one_line_of_a_log(tmp_path, assert_one_line_error):
+    # the default interval writes no line for work this short: the error is all the log holds
+    proc = _edgeseg(["data", "info", str(_broken_dataset(tmp_path))], tmp_path, interval=None)
+    assert "\r" not in proc.stderr, repr(proc.stderr)
+    assert_one_line_error(proc, "case_002.nii.gz")
+
+
+def test_error_follows_whole_progress_lines(tmp_path):
+    proc = _edgeseg(["data", "info", str(_broken_dataset(tmp_path))], tmp_path)
+    assert proc.returncode == 2
+    *progress, error = proc.stderr.splitlines(keepends=True)
+    assert error.startswith("edgeseg: error: cannot read image") and "case_002.nii.gz" in error, proc.stderr
+    # two cases read, then the third failed: no closing line claims the work was done
+    assert [(int(m["n"]), int(m["total"])) for m in _lines("".join(progress))] == [(1, 4), (2, 4)]
+
+
+def _in_terminal(args: list, tmp_path, interrupt_after: str | None = None) -> tuple[str, int]:
+    """Run ``edgeseg ARGS`` with stdout and stderr on a pseudo-terminal; type Ctrl-C once
+    ``interrupt_after`` has been written. Returns everything written and the exit status."""
+    env = dict(os.environ)
+    env.pop("EDGESEG_PROGRESS_INTERVAL", None)
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: becomes edgeseg, its terminal the pty, 100 columns as a window has
+        fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 100, 0, 0))
+        os.chdir(tmp_path)
+        os.execve(sys.executable, [sys.executable, "-m", "edgeseg", *args], env)
+    seen, sent = b"", False
+    while True:
+        ready, _, _ = select.select([fd], [], [], 600)
+        assert ready, f"no output for 600 s: {seen[-2000:]!r}"
+        try:
+            chunk = os.read(fd, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        seen += chunk
+        if interrupt_after and not sent and interrupt_after.encode() in seen:
+            os.write(fd, b"\x03")
+            sent = True
+    os.close(fd)
+    _, status = os.waitpid(pid, 0)
+    return seen.decode(errors="replace"), os.waitstatus_to_exitcode(status)
+
+
+def test_terminal_gets_a_live_bar_erased_at_the_end(tmp_path):
+    text, code = _in_terminal(["data", "synth", "--out", str(tmp_path / "ph"), "--cases", "3", "--size", "16",
+                               "--slices", "2"], tmp_path)
+    assert code == 0, text
+    assert re.search(r"\rwriting phantom: +\d+%\|", text), repr(text)  # tqdm's bar, redrawn in place
+    # erased: the summary line starts at the left edge, not after the bar
+    summary = text.index("wrote 3 phantom cases")
+    assert text[summary - 1] in "\r\n", repr(text[summary - 200:summary])
+
+
+def test_ctrl_c_line_starts_its_own_line_on_a_terminal(tmp_path):
+    pytest.importorskip("torch")
+    text, code = _in_terminal(["train", "--data", "phantom:cases=4,size=32,slices=8", "--size", "32", "--base", "4",
+                               "--depth", "2", "--epochs", "100000", "--workers", "0", "--out", str(tmp_path / "run")],
+                              tmp_path, interrupt_after="epoch 1/100000")
+    assert code == 130, text
+    stop = text.index("edgeseg: interrupted")
+    # the bar was erased first: what precedes the line is the start of a line, not the bar's frame
+    assert text[stop - 1] in "\r\n", repr(text[stop - 200:stop])
