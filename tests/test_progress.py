@@ -2,15 +2,10 @@
 (a job scheduler, systemd, CI), a live bar on a terminal, nothing with --quiet; and the error
 line always on a line of its own."""
 
-import fcntl
 import os
-import pty
 import re
-import select
-import struct
 import subprocess
 import sys
-import termios
 
 import pytest
 
@@ -80,37 +75,8 @@ def test_error_follows_whole_progress_lines(tmp_path):
     assert [(int(m["n"]), int(m["total"])) for m in _lines("".join(progress))] == [(1, 4), (2, 4)]
 
 
-def _in_terminal(args: list, tmp_path, interrupt_after: str | None = None) -> tuple[str, int]:
-    """Run ``edgeseg ARGS`` with stdout and stderr on a pseudo-terminal; type Ctrl-C once
-    ``interrupt_after`` has been written. Returns everything written and the exit status."""
-    env = dict(os.environ)
-    env.pop("EDGESEG_PROGRESS_INTERVAL", None)
-    pid, fd = pty.fork()
-    if pid == 0:  # the child: becomes edgeseg, its terminal the pty, 100 columns as a window has
-        fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 100, 0, 0))
-        os.chdir(tmp_path)
-        os.execve(sys.executable, [sys.executable, "-m", "edgeseg", *args], env)
-    seen, sent = b"", False
-    while True:
-        ready, _, _ = select.select([fd], [], [], 600)
-        assert ready, f"no output for 600 s: {seen[-2000:]!r}"
-        try:
-            chunk = os.read(fd, 65536)
-        except OSError:  # EIO: the child closed the terminal
-            break
-        if not chunk:
-            break
-        seen += chunk
-        if interrupt_after and not sent and interrupt_after.encode() in seen:
-            os.write(fd, b"\x03")
-            sent = True
-    os.close(fd)
-    _, status = os.waitpid(pid, 0)
-    return seen.decode(errors="replace"), os.waitstatus_to_exitcode(status)
-
-
-def test_terminal_gets_a_live_bar_erased_at_the_end(tmp_path):
-    text, code = _in_terminal(["data", "synth", "--out", str(tmp_path / "ph"), "--cases", "3", "--size", "16",
+def test_terminal_gets_a_live_bar_erased_at_the_end(tmp_path, in_terminal):
+    text, code = in_terminal(["data", "synth", "--out", str(tmp_path / "ph"), "--cases", "3", "--size", "16",
                                "--slices", "2"], tmp_path)
     assert code == 0, text
     assert re.search(r"\rwriting phantom: +\d+%\|", text), repr(text)  # tqdm's bar, redrawn in place
@@ -119,9 +85,9 @@ def test_terminal_gets_a_live_bar_erased_at_the_end(tmp_path):
     assert text[summary - 1] in "\r\n", repr(text[summary - 200:summary])
 
 
-def test_ctrl_c_line_starts_its_own_line_on_a_terminal(tmp_path):
+def test_ctrl_c_line_starts_its_own_line_on_a_terminal(tmp_path, in_terminal):
     pytest.importorskip("torch")
-    text, code = _in_terminal(["train", "--data", "phantom:cases=4,size=32,slices=8", "--size", "32", "--base", "4",
+    text, code = in_terminal(["train", "--data", "phantom:cases=4,size=32,slices=8", "--size", "32", "--base", "4",
                                "--depth", "2", "--epochs", "100000", "--workers", "0", "--out", str(tmp_path / "run")],
                               tmp_path, interrupt_after="epoch 1/100000")
     assert code == 130, text
