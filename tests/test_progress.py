@@ -75,6 +75,27 @@ def test_error_follows_whole_progress_lines(tmp_path):
     assert [(int(m["n"]), int(m["total"])) for m in _lines("".join(progress))] == [(1, 4), (2, 4)]
 
 
+def test_predict_reports_reading_a_series_and_writing_the_output(tmp_path, exported_bundle):
+    series = tmp_path / "dicom"
+    assert _edgeseg(["data", "synth", "--out", str(series), "--cases", "1", "--size", "32", "--slices", "12",
+                     "--format", "dicom", "--quiet"], tmp_path).returncode == 0
+    out = tmp_path / "labels.nii.gz"
+    proc = _edgeseg(["predict", str(exported_bundle), str(series / "case_000"), "--out", str(out),
+                     "--batch-size", "4"], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "\r" not in proc.stderr and proc.stderr.endswith("\n"), repr(proc.stderr)
+    last = {}
+    for line in proc.stderr.splitlines():
+        if (match := LINE.fullmatch(line)) is not None:
+            last[match["what"]] = (int(match["n"]), int(match["total"]), match["unit"])
+    files = sorted(p for p in (series / "case_000").iterdir())
+    assert last == {"reading DICOM headers": (len(files), len(files), "files"),
+                    "reading DICOM pixels": (12, 12, "slices"), "segmenting": (12, 12, "slices"),
+                    "writing labels.nii.gz": (12, 12, "slices")}
+    nib = pytest.importorskip("nibabel")
+    assert nib.load(out).shape == (32, 32, 12)
+
+
 def test_terminal_gets_a_live_bar_erased_at_the_end(tmp_path, in_terminal):
     text, code = in_terminal(["data", "synth", "--out", str(tmp_path / "ph"), "--cases", "3", "--size", "16",
                                "--slices", "2"], tmp_path)
@@ -94,3 +115,25 @@ def test_ctrl_c_line_starts_its_own_line_on_a_terminal(tmp_path, in_terminal):
     stop = text.index("edgeseg: interrupted")
     # the bar was erased first: what precedes the line is the start of a line, not the bar's frame
     assert text[stop - 1] in "\r\n", repr(text[stop - 200:stop])
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nii"])
+def test_nifti_written_with_progress_is_the_file_nib_save_writes(tmp_path, suffix, monkeypatch, capsys):
+    """The counted write goes through nibabel's own opener: byte for byte what ``nib.save``
+    writes (the oracle), and every slice counted."""
+    nib = pytest.importorskip("nibabel")
+    import numpy as np
+
+    from edgeseg.runtime.readers import read_input
+    from edgeseg.runtime.writers import write_nifti
+
+    assert _synth(tmp_path / "ph", tmp_path, "--quiet", cases=1).returncode == 0
+    volume, _ = read_input(tmp_path / "ph" / "imagesTr" / "case_000.nii.gz")
+    labels = (volume.hu > 0).astype(np.uint8)
+    monkeypatch.setenv("EDGESEG_PROGRESS_INTERVAL", "0")
+    write_nifti(labels, volume, tmp_path / f"counted{suffix}", progress=True)
+    plain = tmp_path / f"plain{suffix}"
+    nib.save(nib.load(tmp_path / f"counted{suffix}"), plain)  # the same image, saved by nibabel itself
+    assert (tmp_path / f"counted{suffix}").read_bytes() == plain.read_bytes()
+    counts = [(int(m["n"]), int(m["total"])) for m in _lines(capsys.readouterr().err)]
+    assert counts[-1] == (volume.hu.shape[0], volume.hu.shape[0])
