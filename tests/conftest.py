@@ -3,11 +3,16 @@ exception is pytest's own cache folder, which keeps the exported test bundles, a
 between runs)."""
 
 import hashlib
+import fcntl
 import os
+import pty
+import select
 import shutil
+import struct
 import subprocess
 import sys
 import tempfile
+import termios
 import textwrap
 from pathlib import Path
 
@@ -74,6 +79,41 @@ def run_without(args: list[str], tmp_path, absent: tuple[str, ...] = ("torch",))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(site), *sys.path]),
                EDGESEG_CACHE_DIR=str(tmp_path / "cache"))
     return subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=tmp_path, env=env)
+
+
+def run_in_terminal(args: list, tmp_path, interrupt_after: str | None = None) -> tuple[str, int]:
+    """Run ``edgeseg ARGS`` with stdout and stderr on a pseudo-terminal; type Ctrl-C once
+    ``interrupt_after`` has been written. Returns everything written and the exit status."""
+    env = dict(os.environ)
+    env.pop("EDGESEG_PROGRESS_INTERVAL", None)
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: becomes edgeseg, its terminal the pty, 100 columns as a window has
+        fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 100, 0, 0))
+        os.chdir(tmp_path)
+        os.execve(sys.executable, [sys.executable, "-m", "edgeseg", *args], env)
+    seen, sent = b"", False
+    while True:
+        ready, _, _ = select.select([fd], [], [], 600)
+        assert ready, f"no output for 600 s: {seen[-2000:]!r}"
+        try:
+            chunk = os.read(fd, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        seen += chunk
+        if interrupt_after and not sent and interrupt_after.encode() in seen:
+            os.write(fd, b"\x03")
+            sent = True
+    os.close(fd)
+    _, status = os.waitpid(pid, 0)
+    return seen.decode(errors="replace"), os.waitstatus_to_exitcode(status)
+
+
+@pytest.fixture
+def in_terminal():
+    """``run_in_terminal``: a command whose stderr is a terminal, as at an interactive shell."""
+    return run_in_terminal
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ from edgeseg.cli.finite_range import FiniteFloatRange
 from edgeseg.cli.input_limits import input_limit_options
 from edgeseg.cli.renamed_option import RenamedOption
 from edgeseg.cli.tta_option import tta_option
+from edgeseg.progress import progress_bar
 
 # Timed (or warm-up) calls per stage: more is a typing error, and would run for days.
 MAX_CALLS = 100_000
@@ -36,8 +37,6 @@ MAX_DURATION_S = 3600
 def command(bundle, backends, batch, size, runs, warmup, duration, threads, json_out, png_out, no_cold_start,
             tta, quiet) -> None:
     """Benchmark BUNDLE on this machine: one table for all backends, measured in one run."""
-    from tqdm import tqdm
-
     from edgeseg.atomic import check_output_file
     from edgeseg.bench.runtime import (backend_labels, bench_backend, cold_start, format_table, input_shape,
                                        plot_latency, write_json)
@@ -73,7 +72,7 @@ def command(bundle, backends, batch, size, runs, warmup, duration, threads, json
             raise DataError(f"--batch {above[0]} is above the bundle's max batch {manifest.max_batch}")
         click.echo(f"batch {', '.join(map(str, above))}: above the bundle's max batch {manifest.max_batch}, not measured")
     results = []
-    for label in tqdm(labels, desc="benchmarking", unit="backend", leave=False, disable=quiet):
+    for label in progress_bar(labels, desc="benchmarking", unit="backend", shown=not quiet):
         try:
             result = bench_backend(bundle, label, batches=batches, size=size, runs=MAX_CALLS if duration else runs,
                                    warmup=warmup, threads=threads, tta=tta, duration=duration)

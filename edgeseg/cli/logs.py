@@ -5,10 +5,23 @@ from __future__ import annotations
 import logging
 import sys
 
+from edgeseg.progress import write_line
+
+
+class _LineHandler(logging.StreamHandler):
+    """Writes each record through :func:`edgeseg.progress.write_line`, so that a record logged
+    while a bar is live on a terminal does not land in the middle of the bar."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            write_line(self.format(record))
+        except Exception:  # noqa: BLE001 - as logging.StreamHandler: a failed log line is reported, not raised
+            self.handleError(record)
+
 
 def configure_logging(verbose: bool = False) -> None:
     """Send edgeseg's log records to stderr as plain lines."""
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _LineHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(message)s"))
     root = logging.getLogger("edgeseg")
     root.handlers[:] = [handler]

@@ -11,6 +11,7 @@ import click
 
 from edgeseg.cli.version import version_option
 from edgeseg.errors import EdgesegError
+from edgeseg.progress import close_all
 from edgeseg.stopping import Terminated, received, sigterm_stops, stop_line_wanted
 
 
@@ -46,7 +47,12 @@ class EdgesegGroup(click.Group):
         # distinct warning is printed as one line, never as Python's two-line warning format.
         with warnings.catch_warnings(record=True) as caught:
             try:
-                result = super().invoke(ctx)
+                try:
+                    result = super().invoke(ctx)
+                finally:
+                    # a bar the failure left open is erased first: the line that says why
+                    # must start a line of its own, not follow the bar's last frame
+                    close_all()
             except Terminated:
                 stopped = True
             except click.UsageError as exc:  # a bad option or argument: one line too, as any bad input

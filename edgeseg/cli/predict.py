@@ -86,7 +86,7 @@ def command(bundle, input_path, out, fmt, backend, threads, batch_size, overlay,
         if recorded:
             logging.getLogger("edgeseg.predict").info(
                 "reading %s's pixels as %s, the intensity of the bundle's training slices", input_path, intensity)
-    volume, refs = read_input(input_path, **({"intensity": intensity} if intensity else {}))
+    volume, refs = read_input(input_path, progress=not quiet, **({"intensity": intensity} if intensity else {}))
     if spacing is not None:
         from dataclasses import replace
 
@@ -98,7 +98,7 @@ def command(bundle, input_path, out, fmt, backend, threads, batch_size, overlay,
     if fmt == "dicom-seg" and refs is None:
         raise DataError(f"--format dicom-seg needs a DICOM series folder as INPUT, got {input_path}")
     # a series a SEG cannot be made of is refused before the model runs, not after
-    seg_sources = seg_source_datasets(refs) if fmt == "dicom-seg" else None
+    seg_sources = seg_source_datasets(refs, progress=not quiet) if fmt == "dicom-seg" else None
     with Segmenter.load(bundle, backend=backend, threads=threads, tta=tta, timeout=timeout) as segmenter:
         if spacing is None and kind in ("npy", "image") and segmenter.postprocess.needs_spacing:
             # the unit spacing such inputs are read with would turn the mL into a wrong voxel count
@@ -109,7 +109,7 @@ def command(bundle, input_path, out, fmt, backend, threads, batch_size, overlay,
         window = display_window(segmenter.spec.window)
         used = f"{segmenter.backend} ({segmenter.runner.device})"
     if fmt == "nifti":
-        write_nifti(labels, volume, out)
+        write_nifti(labels, volume, out, progress=not quiet)
     elif fmt == "seg-nrrd":
         write_seg_nrrd(labels, volume, names, out)
     elif fmt == "dicom-seg":

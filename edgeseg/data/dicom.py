@@ -29,6 +29,7 @@ from edgeseg.data.dicom_values import decode_elements, dicom_numbers, one_line
 from edgeseg.data.nifti import spacing_from_affine, to_lps_layout
 from edgeseg.data.volume import Volume
 from edgeseg.limits import check_volume
+from edgeseg.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -81,9 +82,10 @@ class DicomSeriesInfo:
         lps_xyz = nio.apply_orientation(np.asarray(stack).transpose(2, 1, 0), forward)
         return np.ascontiguousarray(lps_xyz.transpose(2, 1, 0))
 
-    def load_datasets(self) -> list[pydicom.Dataset]:
+    def load_datasets(self, progress: bool = False) -> list[pydicom.Dataset]:
         """Re-read the source headers (without pixels), in stack order, e.g. for highdicom."""
-        return [pydicom.dcmread(path, stop_before_pixels=True) for path in self.files]
+        files = progress_bar(self.files, desc="reading source headers", unit="file", shown=progress)
+        return [pydicom.dcmread(path, stop_before_pixels=True) for path in files]
 
 
 def _read_file(path: Path) -> pydicom.Dataset | None:
@@ -122,14 +124,13 @@ def _read_file(path: Path) -> pydicom.Dataset | None:
     return dataset
 
 
-def _scan_folder(folder: Path) -> dict[str, list[tuple[Path, pydicom.Dataset]]]:
+def _scan_folder(folder: Path, progress: bool = False) -> dict[str, list[tuple[Path, pydicom.Dataset]]]:
     if not folder.is_dir():
         raise DataError(f"data folder not found: {folder}")
     series: dict[str, list[tuple[Path, pydicom.Dataset]]] = defaultdict(list)
     segmentations = []
-    for path in sorted(folder.iterdir()):
-        if not path.is_file() or path.name.startswith("."):
-            continue
+    files = [path for path in sorted(folder.iterdir()) if path.is_file() and not path.name.startswith(".")]
+    for path in progress_bar(files, desc="reading DICOM headers", unit="file", shown=progress):
         dataset = _read_file(path)
         if dataset is None:
             continue
@@ -207,12 +208,13 @@ def _sort_by_position(members: list, normal: np.ndarray) -> tuple[list, np.ndarr
     return members, positions
 
 
-def _stack_hu(members: list[tuple[Path, pydicom.Dataset]]) -> np.ndarray:
+def _stack_hu(members: list[tuple[Path, pydicom.Dataset]], progress: bool = False) -> np.ndarray:
     first_path = members[0][0]
     rows, columns = slice_size(members[0][1], first_path)
     check_volume((len(members), rows, columns), f"DICOM series {first_path.parent}")
     stack = np.empty((len(members), rows, columns), dtype=np.float32)
-    for k, (path, dataset) in enumerate(members):
+    for k, (path, dataset) in enumerate(progress_bar(members, desc="reading DICOM pixels", unit="slice",
+                                                     shown=progress)):
         if slice_size(dataset, path) != (rows, columns):
             raise DataError(
                 f"{path} is {dataset.Rows}x{dataset.Columns} pixels but {first_path.name} is "
@@ -265,17 +267,18 @@ def _stack_affine(members: list, row_cosine: np.ndarray, column_cosine: np.ndarr
 
 
 def read_dicom_series_with_refs(
-    folder: str | os.PathLike, series_uid: str | None = None, case_id: str | None = None
+    folder: str | os.PathLike, series_uid: str | None = None, case_id: str | None = None, progress: bool = False
 ) -> tuple[Volume, DicomSeriesInfo]:
     """Read one CT series from a folder of DICOM files; also return its source references.
 
     Non-DICOM files, DICOMDIR, pixel-less objects (SR, KO, ...) and DICOM SEG label maps
     are skipped. A folder with several series needs ``series_uid``. The modality of every file must be CT.
     HU = stored value x RescaleSlope + RescaleIntercept. ``case_id`` defaults to the folder
-    name; ``slice_ids`` are the file names of the slices in the Volume's z order.
+    name; ``slice_ids`` are the file names of the slices in the Volume's z order. ``progress``
+    shows the headers and then the pixels being read on stderr (:mod:`edgeseg.progress`).
     """
     folder = Path(folder)
-    uid, members = _pick_series(folder, _scan_folder(folder), series_uid)
+    uid, members = _pick_series(folder, _scan_folder(folder, progress), series_uid)
     for path, dataset in members:  # every file: one MR slice in a CT series is not CT either
         modality = str(dataset.get("Modality", "unknown"))
         if modality != "CT":
@@ -286,7 +289,7 @@ def read_dicom_series_with_refs(
     normal = np.cross(row_cosine, column_cosine)
     members, positions = _sort_by_position(members, normal)
     gaps = np.diff(positions)
-    stack = _stack_hu(members)
+    stack = _stack_hu(members, progress)
     affine_ras = _stack_affine(members, row_cosine, column_cosine, normal)
     source_orientation = nio.io_orientation(affine_ras)
     hu, lps_affine = to_lps_layout(stack.transpose(2, 1, 0), affine_ras, f"DICOM series {folder}")

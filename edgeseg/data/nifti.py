@@ -23,6 +23,7 @@ nio = require("nibabel.orientations", "io", "reading NIfTI volumes")
 
 from edgeseg.data.grid import check_same_grid, spacing_from_affine
 from edgeseg.data.volume import Volume
+from edgeseg.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -371,13 +372,11 @@ def read_nifti_dataset(folder: str | os.PathLike, progress: bool = False) -> lis
     """Read every case of a NIfTI dataset folder (see :func:`find_nifti_pairs` for layouts).
 
     Case ids are the label file names without suffix (the image's when there is no label).
-    ``progress`` shows a tqdm bar on stderr.
+    ``progress`` shows progress on stderr (:mod:`edgeseg.progress`).
     """
-    from tqdm import tqdm
-
     pairs = find_nifti_pairs(folder)
     volumes = []
-    for image, label in tqdm(pairs, desc="reading NIfTI", unit="case", disable=not progress, leave=False):
+    for image, label in progress_bar(pairs, desc="reading NIfTI", unit="case", shown=progress):
         case_id = nifti_stem(label if label is not None else image)
         volumes.append(read_nifti(image, label, case_id=case_id))
     log.debug("read %d NIfTI cases from %s", len(volumes), folder)

@@ -19,6 +19,7 @@ import numpy as np
 from edgeseg.data.volume import Volume, default_affine
 from edgeseg.errors import DataError, require
 from edgeseg.limits import check_volume
+from edgeseg.progress import progress_bar
 
 PHANTOM_LABELS = {"liver": 1, "spine": 2, "kidney": 3}
 PHANTOM_DATASET_NAME = "edgeseg-phantom"
@@ -334,8 +335,6 @@ def write_phantom_dataset(
     so readers never see half a dataset; an existing ``out`` is replaced only when it is empty
     or an earlier phantom dataset holding nothing this does not write.
     """
-    from tqdm import tqdm
-
     from edgeseg.atomic import atomic_dir
 
     out = Path(out)
@@ -348,7 +347,7 @@ def write_phantom_dataset(
     images = {"nifti": "./imagesTr/{}.nii.gz", "dicom": "./{}"}[image_format]
     with atomic_dir(out) as tmp:
         (tmp / "labelsTr").mkdir()
-        for case_id in tqdm(case_ids, desc="writing phantom", unit="case", disable=not progress, leave=False):
+        for case_id in progress_bar(case_ids, desc="writing phantom", unit="case", shown=progress):
             volume = synth(case_id, seed, shape=shape, spacing=spacing)
             _save_image(volume, tmp / images.format(case_id), image_format, f"edgeseg {kind} phantom {case_id}")
             _save_nifti(volume.label, volume.affine, tmp / "labelsTr" / f"{case_id}.nii.gz")

@@ -26,6 +26,7 @@ UnidentifiedImageError = Image.UnidentifiedImageError
 
 from edgeseg.data.slice_masks import decode_masks, mask_channel, palette_to_grey
 from edgeseg.data.volume import Volume, default_affine
+from edgeseg.progress import progress_bar
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 # "flipped_10001_103" -> case "10001", slice 103: an optional prefix (augmentation copies such
@@ -209,8 +210,6 @@ def read_slice_folder_with_kind(
 ) -> tuple[list[Volume], str | None]:
     """:func:`read_slice_folder`, plus the mask kind read (``"binary"``, ``"labels"``, or None
     without masks)."""
-    from tqdm import tqdm
-
     folder = Path(folder)
     spec = SliceIntensity.parse(intensity)
     pattern = _compile_pattern(case_pattern)
@@ -241,7 +240,7 @@ def read_slice_folder_with_kind(
         raw = {stem: _read_channel0(masks[stem], palette_as_grey=True)[0] for stem in images}
         labels, kind = decode_masks(raw, masks, mask, mask_threshold, label_values)
     volumes = []
-    for case in tqdm(sorted(cases), desc="reading slices", unit="case", disable=not progress, leave=False):
+    for case in progress_bar(sorted(cases), desc="reading slices", unit="case", shown=progress):
         stems = [stem for _, stem in sorted(cases[case])]
         hu = []
         for stem in stems:

@@ -40,6 +40,7 @@ import numpy as np
 from edgeseg.atomic import atomic_dir, atomic_write_text, check_output_folder
 from edgeseg.data.store_sources import CaseGroup, case_groups
 from edgeseg.errors import DataError
+from edgeseg.progress import progress_bar
 from edgeseg.spec import PreprocessSpec
 
 log = logging.getLogger("edgeseg.data.store")
@@ -300,15 +301,13 @@ def _undo_folders(lock: Path, created: list[Path]) -> None:
 def _build(folder: Path, groups: list[CaseGroup], spec: PreprocessSpec, labels: dict,
            record: dict, progress: bool) -> None:
     """Pre-process every group into ``folder``, one group in memory at a time; manifest last."""
-    from tqdm import tqdm
-
     from edgeseg.data.slice_set import check_window, preprocess_stack, volume_classes
     from edgeseg.kernels.reference import preprocess_labels
 
     num_classes = len(labels) + 1
     case_ids: list[str] = []
     case_index, slice_index, present, geometry, case_sha256 = [], [], [], [], []
-    for group in tqdm(groups, desc="building slice store", unit="group", disable=not progress, leave=False):
+    for group in progress_bar(groups, desc="building slice store", unit="group", shown=progress):
         for volume in group.read():
             if volume.label is None:
                 raise DataError(f"case {volume.case_id} ({volume.source}) has no label map; training needs one")

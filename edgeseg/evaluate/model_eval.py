@@ -18,6 +18,7 @@ from edgeseg.data.volume import Volume
 from edgeseg.errors import DataError
 from edgeseg.metrics import class_metrics, false_positive_slices, mean_slice_dice, summarise
 from edgeseg.evaluate.overlay import OverlayItem, save_overlay_grid
+from edgeseg.progress import progress_bar
 from edgeseg.runtime.overlay import display_window
 from edgeseg.report.output import format_table, write_json
 from edgeseg.runtime.postprocess_options import ClassPostprocess, PostprocessOptions
@@ -115,8 +116,6 @@ def evaluate_checkpoint(
     With ``out``: eval.json, eval.txt and worst_cases.png (contours on the CT in the task's
     display window, one colour per class; cases ranked by their mean class Dice) are written.
     """
-    from tqdm import tqdm
-
     from edgeseg.models.checkpoint import checkpoint_spec, load_model
     import torch
 
@@ -149,7 +148,7 @@ def evaluate_checkpoint(
     readers = open_case_readers(data, label_file=label_file, label_values=values, **read_as)
     volumes, count, used_split = _cases_of_split(readers, payload, split, str(data))
     cases, overlays = [], []
-    with tqdm(total=count, desc="evaluate", unit="case", disable=not progress, leave=False) as bar:
+    with progress_bar(total=count, desc="evaluate", unit="case", shown=progress) as bar:
         for vol in volumes:
             case, overlay = _score_case(vol, segmenter, spec, label_values, class_names)
             # dropped before the next case is read: a data set's volumes are never held at once

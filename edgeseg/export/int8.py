@@ -44,6 +44,7 @@ import numpy as np
 from edgeseg.atomic import atomic_path, atomic_write_text
 from edgeseg.errors import DataError, require
 from edgeseg.export.calibration import HISTOGRAM_METHODS, streamed_tensor_ranges
+from edgeseg.progress import progress_bar
 from edgeseg.runtime.manifest import sha256_file
 from edgeseg.spec import PreprocessSpec
 
@@ -204,11 +205,9 @@ def _reader_class():
         """Feeds calibration slices to ONNX Runtime in batches, with a progress bar."""
 
         def __init__(self, images: np.ndarray, input_name: str, progress: bool) -> None:
-            from tqdm import tqdm
-
             self.batches = [images[i : i + READ_BATCH] for i in range(0, len(images), READ_BATCH)]
             self.input_name = input_name
-            self.bar = tqdm(total=len(images), desc="calibrate", unit="slice", leave=False, disable=not progress)
+            self.bar = progress_bar(total=len(images), desc="calibrate", unit="slice", shown=progress)
             self.position = 0
 
         def get_next(self) -> dict | None:
@@ -225,10 +224,8 @@ def _reader_class():
 
 def _streamed_ranges(model: Path, images: np.ndarray, method: str, input_name: str, progress: bool):
     """Histogram calibration ranges of ``model`` on ``images``, streamed, with a progress bar."""
-    from tqdm import tqdm
-
     # Two passes over the slices (bounds, then histograms): the bar counts both.
-    with tqdm(total=2 * len(images), desc="calibrate", unit="slice", leave=False, disable=not progress) as bar:
+    with progress_bar(total=2 * len(images), desc="calibrate", unit="slice", shown=progress) as bar:
         return streamed_tensor_ranges(model, images, method, input_name, on_chunk=bar.update)
 
 

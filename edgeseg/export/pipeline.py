@@ -24,6 +24,7 @@ from edgeseg.export.gate_memory import (GATE_BYTES_ENV, gate_max_bytes, gate_sli
 from edgeseg.export.profiles import MIN_CALIB_SLICES, ExportSettings
 from edgeseg.export.stages import process_peak_mb, record_stages, stage
 from edgeseg.export.verify import ParityError, failures, parity_table
+from edgeseg.progress import progress_bar
 from edgeseg.runtime.manifest import network_tensors
 from edgeseg.runtime.postprocess_options import PostprocessOptions
 
@@ -187,8 +188,6 @@ def _gate(folder: Path, model, made: list, verify_set, settings: ExportSettings,
     A runner whose row fails is excluded from ``auto`` for that artifact (``report["excluded"]``:
     file -> runner -> reason); the report passes while every artifact passes on some runner.
     """
-    from tqdm import tqdm
-
     from edgeseg.export.fp16 import HALF_EMULATION, ORT_EMULATION, half_check_slices, half_precision_logits
     from edgeseg.export.verify import GATE_VERSION, compare_logits, measure_latency
     from edgeseg.runtime.runners import runners_for
@@ -204,8 +203,8 @@ def _gate(folder: Path, model, made: list, verify_set, settings: ExportSettings,
         reference = _gate_logits(segmenter.logits, images, batch, "gate: fp32 reference", progress)
     inputs, outputs = network_tensors(spec, len(labels))
     results, excluded, dead = [], {}, []
-    for fmt, precision, file, extra, fingerprint in tqdm(made, desc="verify", unit="artifact", leave=False,
-                                                          disable=not progress):
+    for fmt, precision, file, extra, fingerprint in progress_bar(made, desc="verify", unit="artifact",
+                                                                 shown=progress):
         entry = artifact_entry(folder, file, fmt, precision, fingerprint=fingerprint, extra=extra)
         rows = []
         for cls in (c for c in runners_for(fmt) if c.available()):
@@ -271,10 +270,8 @@ def _gate_logits(infer: Callable[[np.ndarray], np.ndarray], images: np.ndarray, 
                  progress: bool) -> np.ndarray:
     """``infer`` over ``images`` ``batch`` slices at a time, with a bar on stderr counting the
     slices: at a large spec size one artifact's pass over the held-out slices takes minutes."""
-    from tqdm import tqdm
-
     parts = []
-    with tqdm(total=len(images), desc=what, unit="slice", leave=False, disable=not progress) as bar:
+    with progress_bar(total=len(images), desc=what, unit="slice", shown=progress) as bar:
         for start in range(0, len(images), batch):
             parts.append(infer(images[start : start + batch]))
             bar.update(len(parts[-1]))

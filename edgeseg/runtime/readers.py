@@ -54,12 +54,13 @@ def bundle_intensity(source: dict) -> tuple[str, bool]:
     return (str(recorded), True) if recorded else (DEFAULT_INTENSITY, False)
 
 
-def read_input(path: str | os.PathLike, intensity: str = "hu-clipped:0,255"):
+def read_input(path: str | os.PathLike, intensity: str = "hu-clipped:0,255", progress: bool = False):
     """Read ``path`` as (Volume, DicomSeriesInfo or None).
 
     ``intensity`` says what PNG/JPG pixels mean (see ``edgeseg.data.slices.SliceIntensity``):
     by default the pixel is the HU value clipped to [0, 255]. NPY files hold HU as (H, W) or
-    (Z, H, W) in the LPS display layout, with unit spacing.
+    (Z, H, W) in the LPS display layout, with unit spacing. ``progress`` shows a DICOM series
+    being read on stderr.
     """
     kind = input_kind(path)
     path = Path(path)
@@ -68,7 +69,7 @@ def read_input(path: str | os.PathLike, intensity: str = "hu-clipped:0,255"):
 
         if not any(p.is_file() and not p.name.startswith(".") for p in path.iterdir()):
             raise DataError(f"input folder {path} is empty; expected the files of one DICOM series")
-        return read_dicom_series_with_refs(path)
+        return read_dicom_series_with_refs(path, progress=progress)
     if kind == "nifti":
         from edgeseg.data.nifti import read_nifti
 

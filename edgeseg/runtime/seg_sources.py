@@ -29,13 +29,14 @@ SINGLE_SET_OF = {"ISO 2022 IR 6": "", "ISO 2022 IR 13": "ISO_IR 13", "ISO 2022 I
                  **{f"ISO 2022 IR {n}": f"ISO_IR {n}" for n in (100, 101, 109, 110, 126, 127, 138, 144, 148, 203)}}
 
 
-def seg_source_datasets(refs) -> list:
+def seg_source_datasets(refs, progress: bool = False) -> list:
     """The headers (no pixels) of the series ``refs`` describes, in stack order, ready for
     highdicom: the Specific Character Set in a form highdicom writes, and missing Type 2 patient /
     study fields made what DICOM means by them; DataError naming the file for anything a valid SEG cannot be made
     from (a missing or differing study or frame of reference UID, two files of one SOP Instance
-    UID, a patient or study value in a form DICOM does not define)."""
-    sources = refs.load_datasets()
+    UID, a patient or study value in a form DICOM does not define). ``progress`` shows the
+    headers being read on stderr."""
+    sources = refs.load_datasets(progress)
     first_path, first = refs.files[0], sources[0]
     seen: dict[str, Path] = {}
     for path, dataset in zip(refs.files, sources):

@@ -25,6 +25,7 @@ import numpy as np
 
 from edgeseg.errors import BackendError, BundleError, DataError
 from edgeseg.kernels import filter_components, postprocess, preprocess
+from edgeseg.progress import progress_bar
 from edgeseg.runtime import fork_guard
 from edgeseg.runtime.input_checks import checked_hu
 from edgeseg.runtime.manifest import Manifest, network_tensors, read_manifest, verify_artifacts
@@ -52,28 +53,6 @@ def usable_cores() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not on Linux
         return os.cpu_count() or 1
-
-
-class _NoProgress:
-    """The bar of a call that shows none: tqdm starts its monitor thread for every bar, a disabled
-    one too, and that thread then lives as long as the process."""
-
-    def __enter__(self) -> "_NoProgress":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        return None
-
-    def update(self, n: int) -> None:
-        """Nothing to show."""
-
-
-def _progress_bar(total: int, shown: bool):
-    if not shown:
-        return _NoProgress()
-    from tqdm import tqdm
-
-    return tqdm(total=total, unit="slice", desc="segmenting", leave=False)
 
 
 class Segmenter:
@@ -260,7 +239,7 @@ class Segmenter:
         starts = list(range(0, arr.shape[0], n))
         from concurrent.futures import wait
 
-        with self._lock, _progress_bar(arr.shape[0], progress) as bar:
+        with self._lock, progress_bar(total=arr.shape[0], desc="segmenting", unit="slice", shown=progress) as bar:
             if self._closed:  # before a new worker thread is started for a segmenter that is gone
                 raise BackendError(f"segmenter of {self.bundle or self.runner.artifact} is closed; load the bundle again")
             def prepare(index: int) -> np.ndarray:

@@ -17,6 +17,7 @@ from edgeseg.data.store import StoreCases
 from edgeseg.errors import EdgesegError
 from edgeseg.models import ModelConfig, build_model, count_parameters
 from edgeseg.models.complexity import check_trainable_here
+from edgeseg.progress import progress_bar
 from edgeseg.stopping import check_stop, stop_at_checkpoints
 from edgeseg.train.augment import AugmentConfig, BatchAugmenter
 from edgeseg.models.checkpoint import save_checkpoint
@@ -296,19 +297,16 @@ class _LoopState:
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
     def run_epoch(self, epoch: int, progress: bool) -> dict[str, Any]:
-        from tqdm import tqdm
-
         cfg, started = self.cfg, time.perf_counter()
         self.batches.set_epoch(epoch)
         self.replica.train()
         losses = []
-        bar = tqdm(self.loader, desc=f"epoch {epoch}/{cfg.epochs}", leave=False, disable=not progress, unit="batch")
-        for i, (images, labels) in enumerate(bar):
-            distributed.check_stop_together(self.place, self.device)
-            loss = self._step(images, labels, (epoch - 1) * self.steps_per_epoch + i)
-            losses.append(loss)
-            bar.set_postfix(loss=f"{loss:.4f}")
-        bar.close()
+        with progress_bar(self.loader, desc=f"epoch {epoch}/{cfg.epochs}", unit="batch", shown=progress) as bar:
+            for i, (images, labels) in enumerate(bar):
+                distributed.check_stop_together(self.place, self.device)
+                loss = self._step(images, labels, (epoch - 1) * self.steps_per_epoch + i)
+                losses.append(loss)
+                bar.set_postfix(loss=f"{loss:.4f}")
         train_loss = distributed.mean_over_processes(float(np.mean(losses)), self.device)
         if not self.place.is_main:
             return {"epoch": epoch, "train_loss": train_loss}, None

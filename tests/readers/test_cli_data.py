@@ -55,21 +55,16 @@ def _terminal_lines(stderr: str) -> list[str]:
     return shown
 
 
-def test_a_refusal_after_the_progress_bar_started_shows_one_line(tmp_path):
-    """``data info`` without --quiet: the bar of the cases read so far stayed on the screen
-    above the error, two lines where a refusal is one."""
-    import subprocess
-    import sys
-
+def test_a_refusal_after_the_progress_bar_started_shows_one_line(tmp_path, in_terminal):
+    """``data info`` without --quiet at a terminal: the bar of the cases read so far stayed on
+    the screen above the error, two lines where a refusal is one."""
     out = tmp_path / "ds"
     assert CliRunner().invoke(command, ["synth", "--out", str(out), "--cases", "3", "--size", "32", "--slices", "4",
                                         "--quiet"]).exit_code == 0
     last = out / "imagesTr" / "case_002.nii.gz"
     last.write_bytes(last.read_bytes()[:100])  # the third case is truncated, after two were read
-    proc = subprocess.run([sys.executable, "-m", "edgeseg.cli", "data", "info", str(out)],
-                          capture_output=True, cwd=tmp_path)  # bytes: text mode turns each \r into \n
-    stderr = proc.stderr.decode()
-    assert proc.returncode == 2, stderr
+    stderr, code = in_terminal(["data", "info", str(out)], tmp_path)
+    assert code == 2, stderr
     assert "reading NIfTI" in stderr  # the bar was drawn: this is the case under test
     shown = _terminal_lines(stderr)
     assert len(shown) == 1 and shown[0].startswith("edgeseg: error: ") and "case_002" in shown[0], shown
