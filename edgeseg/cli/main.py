@@ -9,7 +9,7 @@ import warnings
 
 import click
 
-from edgeseg import __version__
+from edgeseg.cli.version import print_version
 from edgeseg.errors import EdgesegError
 from edgeseg.stopping import Terminated, received, sigterm_stops, stop_line_wanted
 
@@ -87,17 +87,18 @@ class EdgesegGroup(click.Group):
 
 
 @click.group(cls=EdgesegGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="edgeseg")
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=print_version,
+              help="Show the version, the C kernels' build and the backend libraries found, and exit.")
 def cli() -> None:
     """edgeseg: U-Net CT segmentation from training to a scanner-side device."""
 
 
 def _register() -> None:
     from edgeseg.cli import (bench, compare, cv, data, evaluate, export, inspect, listen, models, predict, sdk, serve,
-                             sweep, train, triton)
+                             sweep, train, triton, version)
 
     for module in (data, models, train, cv, evaluate, compare, export, inspect, predict, bench, serve, triton, listen,
-                   sweep, sdk):
+                   sweep, sdk, version):
         cli.add_command(module.command)
     cli.add_command(bench.serve_command)
 

@@ -295,6 +295,7 @@ class DicomNode:
         A series segmented before (its images came in two parts, or it was sent again) gets a new
         SEG beside the earlier one, ``UID-2.seg.dcm`` and so on, never written over it."""
         from edgeseg.data.dicom import read_dicom_series_with_refs
+        from edgeseg.runtime.provenance import provenance
         from edgeseg.runtime.seg_sources import seg_source_datasets
         from edgeseg.runtime.writers import write_dicom_seg
 
@@ -303,7 +304,7 @@ class DicomNode:
         labels = self.segmenter.predict_volume(volume)
         target = self._seg_path(series_uid, self.out or self.work)
         write_dicom_seg(labels, volume, refs, self.segmenter.labels, target, sources=sources,
-                        parameters=self.segmenter.algorithm_parameters())
+                        parameters=self.segmenter.algorithm_parameters(), provenance=provenance(self.segmenter))
         self.stats.segmented.append(series_uid)
         log.info("series %s: %d slices segmented -> %s", series_uid, volume.num_slices, target)
         if self.forward is not None:
