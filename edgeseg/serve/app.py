@@ -129,7 +129,7 @@ def create_app(segmenter, config: ServeConfig = ServeConfig(), audit=None):
         metrics.requests.labels(endpoint, str(response.status_code)).inc()
         metrics.latency.labels(endpoint).observe(time.perf_counter() - start)
         response.headers["X-Request-ID"] = rid
-        if audit is not None:
+        if audit is not None and endpoint not in ("live", "ready", "metrics"):  # probes every few seconds: noise
             audit_request(audit, request, rid, response.status_code, time.perf_counter() - start)
         return response
 

@@ -88,3 +88,54 @@ def audit_request(audit: AuditLog, request, rid: str, status: int, seconds: floa
     audit.record("http_request", request_id=rid, peer=f"{client.host}:{client.port}" if client else None,
                  method=request.method, path=path[:200], model=model.group(1) if model else None, status=status,
                  outcome="ok" if 200 <= status < 300 else "error", latency_ms=round(seconds * 1e3, 3))
+
+
+class AssociationAudit:
+    """The ``association`` and ``series`` lines of ``edgeseg listen``: counts each association's
+    C-STORE answers (:meth:`counted` wraps the handler) and logs the association when it ends."""
+
+    def __init__(self, audit: AuditLog) -> None:
+        self.audit = audit
+        self._counts: dict[int, list[int]] = {}
+        self._lock = threading.Lock()
+
+    def counted(self, handler):
+        """``handler`` (a C-STORE handler) counting its answers per association."""
+        def store(event):
+            status = handler(event)
+            code = status if isinstance(status, int) else getattr(status, "Status", None)
+            with self._lock:
+                self._counts.setdefault(id(event.assoc), [0, 0])[0 if code == 0 else 1] += 1
+            return status
+        return store
+
+    def ended(self, event, outcome: str) -> None:
+        """Log the association of ``event`` (released, aborted or rejected) with its counts."""
+        assoc = event.assoc
+        with self._lock:
+            stored, refused = self._counts.pop(id(assoc), [0, 0])
+        requestor = assoc.requestor
+        called = getattr(requestor.primitive, "called_ae_title", None) if requestor.primitive else None
+        self.audit.record("association", peer=f"{requestor.address}:{requestor.port}",
+                          calling_ae=_text(requestor.ae_title), called_ae=_text(called), stored=stored,
+                          refused=refused, outcome=outcome)
+
+    def series(self, series_uid: str, seconds: float, *, study_uid=None, slices=None, seg=None,
+               error: str | None = None) -> None:
+        """Log one series: segmented into ``seg`` (the SEG file), or failed with ``error``."""
+        seg_uid = None
+        if seg is not None:
+            import pydicom
+
+            seg_uid = str(pydicom.dcmread(seg, stop_before_pixels=True, specific_tags=["SOPInstanceUID"]).SOPInstanceUID)
+        self.audit.record("series", study_uid=study_uid, series_uid=series_uid, slices=slices,
+                          seg_sop_instance_uid=seg_uid, seg_file=None if seg is None else Path(seg).name,
+                          outcome="failed" if error is not None else "segmented",
+                          error=None if error is None else " ".join(error.split())[:300],
+                          latency_ms=round(seconds * 1e3, 3))
+
+
+def _text(value) -> str | None:
+    if value is None:
+        return None
+    return (value.decode(errors="replace") if isinstance(value, bytes) else str(value)).strip()
