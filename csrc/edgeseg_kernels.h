@@ -141,6 +141,12 @@ int es_default_threads(void);
 /* 1 when built with OpenMP. */
 int es_has_openmp(void);
 
+/* The _OPENMP date (e.g. 201511 for OpenMP 4.5) the kernels were built with; 0 without OpenMP. */
+int es_openmp_version(void);
+
+/* The compiler that built the kernels, e.g. "gcc 12.2.0". */
+const char *es_build_compiler(void);
+
 /* A short English description of a status code. */
 const char *es_status_message(int status);
 

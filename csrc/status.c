@@ -17,6 +17,26 @@ int es_has_openmp(void) {
 #endif
 }
 
+int es_openmp_version(void) {
+#ifdef _OPENMP
+    return _OPENMP;
+#else
+    return 0;
+#endif
+}
+
+const char *es_build_compiler(void) {
+#if defined(__clang__)
+    return "clang " __clang_version__;
+#elif defined(__GNUC__)
+    return "gcc " __VERSION__;
+#elif defined(_MSC_VER)
+    return "msvc";
+#else
+    return "unknown";
+#endif
+}
+
 const char *es_status_message(int status) {
     switch (status) {
     case ES_OK: return "ok";

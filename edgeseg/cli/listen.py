@@ -38,9 +38,12 @@ from edgeseg.cli.tta_option import tta_option
                    "Each may hold about three copies of one image in memory.")
 @click.option("--backend", default="auto", show_default=True, help="Runtime backend, as for edgeseg predict.")
 @click.option("--threads", default=0, show_default=True, help="CPU threads for the backend (0: its default).")
+@click.option("--audit-log", type=click.Path(dir_okay=False), default=None,
+              help="Append one JSON line per association and per series to this file: time, peer, AE titles, study and series UIDs, the SEG, the bundle (manifest and "
+                   "artifact sha256), backend, outcome, latency; no patient names (docs/provenance.md). Off by default.")
 @tta_option
 def command(bundle, ae_title, any_ae, allow_calling, host, port, out, forward, idle, max_series, unsent, resend_every,
-            peer_timeout, max_associations, backend, threads, tta) -> None:
+            peer_timeout, max_associations, backend, threads, tta, audit_log) -> None:
     """Accept CT images by C-STORE, segment each complete series, write/forward its DICOM SEG."""
     import contextlib
     import signal
@@ -49,7 +52,9 @@ def command(bundle, ae_title, any_ae, allow_calling, host, port, out, forward, i
     from edgeseg.atomic import check_output_folder
     from edgeseg.cli.logs import configure_logging
     from edgeseg.cli.ports import check_port
+    from edgeseg.runtime.provenance import provenance
     from edgeseg.runtime.segmenter import Segmenter
+    from edgeseg.serve.audit import AuditLog
     from edgeseg.serve.dicom_node import DicomNode, Peer, check_node_settings
 
     peer = Peer.parse(forward) if forward else None
@@ -61,9 +66,12 @@ def command(bundle, ae_title, any_ae, allow_calling, host, port, out, forward, i
     if unsent is not None:
         check_output_folder(unsent, "--unsent")
     check_port(host, port)
+    audit = AuditLog(audit_log) if audit_log else None  # a path it cannot append to, before the model loads
     configure_logging()
     segmenter = Segmenter.load(bundle, backend=backend, threads=threads,
                                tta=tta)
+    if audit is not None:
+        audit.model = provenance(segmenter)
 
     def interrupt(signum, frame):  # SIGTERM (a service manager's stop) ends the node as Ctrl-C does
         raise KeyboardInterrupt
@@ -76,7 +84,8 @@ def command(bundle, ae_title, any_ae, allow_calling, host, port, out, forward, i
     try:
         node = DicomNode(segmenter, ae_title=ae_title, host=host, port=port, out=out, forward=peer, idle=idle,
                          any_ae=any_ae, calling_aets=list(allow_calling), max_series=max_series, unsent=unsent,
-                         resend_every=resend_every, peer_timeout=peer_timeout, max_associations=max_associations)
+                         resend_every=resend_every, peer_timeout=peer_timeout, max_associations=max_associations,
+                         audit=audit)
         node.start()
         called = "any called AE title" if any_ae else f"called AE title {ae_title}"
         click.echo(f"DICOM node {ae_title} on {host}:{port} ({called}; backend {segmenter.backend}); Ctrl-C stops it")
@@ -95,3 +104,5 @@ def command(bundle, ae_title, any_ae, allow_calling, host, port, out, forward, i
         if node is not None:
             node.stop()  # removes the folder of received images
         segmenter.close()
+        if audit is not None:
+            audit.close()

@@ -100,10 +100,10 @@ def cli() -> None:
 
 def _register() -> None:
     from edgeseg.cli import (bench, compare, cv, data, evaluate, export, inspect, listen, models, predict, sdk, serve,
-                             sweep, train, triton)
+                             sweep, train, triton, version)
 
     for module in (data, models, train, cv, evaluate, compare, export, inspect, predict, bench, serve, triton, listen,
-                   sweep, sdk):
+                   sweep, sdk, version):
         cli.add_command(module.command)
     cli.add_command(bench.serve_command)
 

@@ -57,6 +57,7 @@ def command(bundle, input_path, out, fmt, backend, threads, batch_size, overlay,
     from edgeseg.errors import DataError, EdgesegError
     from edgeseg.runtime.manifest import read_manifest
     from edgeseg.runtime.overlay import display_window
+    from edgeseg.runtime.provenance import provenance
     from edgeseg.runtime.readers import IMAGE_SUFFIXES, bundle_intensity, check_input_path, input_kind, read_input
     from edgeseg.runtime.seg_sources import seg_source_datasets
     from edgeseg.runtime.segmenter import Segmenter
@@ -105,23 +106,23 @@ def command(bundle, input_path, out, fmt, backend, threads, batch_size, overlay,
             raise DataError(f"{input_path} carries no voxel spacing, and the bundle removes 3-D components by "
                             "volume (mL): give --spacing Z,Y,X in mm")
         labels = segmenter.predict_volume(volume, batch_size=batch_size, progress=not quiet)
-        names, parameters = segmenter.labels, segmenter.algorithm_parameters()
+        names, parameters, record = segmenter.labels, segmenter.algorithm_parameters(), provenance(segmenter)
         window = display_window(segmenter.spec.window)
         used = f"{segmenter.backend} ({segmenter.runner.device})"
     if fmt == "nifti":
-        write_nifti(labels, volume, out, progress=not quiet)
+        write_nifti(labels, volume, out, provenance=record, progress=not quiet)
     elif fmt == "seg-nrrd":
-        write_seg_nrrd(labels, volume, names, out)
+        write_seg_nrrd(labels, volume, names, out, provenance=record)
     elif fmt == "dicom-seg":
-        write_dicom_seg(labels, volume, refs, names, out, sources=seg_sources, parameters=parameters)
+        write_dicom_seg(labels, volume, refs, names, out, sources=seg_sources, parameters=parameters, provenance=record)
     elif fmt == "png":
-        write_png(labels, volume, out, window)
+        write_png(labels, volume, out, window, provenance=record)
     else:
         # an (H, W) array in gives an (H, W) label map out, as a slice does through the API
         flat = kind == "npy" and np.load(input_path, mmap_mode="r", allow_pickle=False).ndim == 2
         write_npy(labels[0] if flat else labels, out)
     if overlay:
-        write_overlay(labels, volume, overlay, window)
+        write_overlay(labels, volume, overlay, window, provenance=record)
     for table in label_tables:
         write_label_table(names, table)
     counts = label_counts(labels, minlength=max(names) + 1)

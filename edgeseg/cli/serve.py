@@ -33,9 +33,12 @@ from edgeseg.cli.tta_option import tta_option
               help="Most bytes of decoded volumes and tensors held for requests in flight, counted as "
                    "--max-volume-bytes counts a volume; a request beyond it is answered 503 before its volume "
                    "is allocated. Default: twice --max-volume-bytes (4 GiB by default); at least that limit.")
+@click.option("--audit-log", type=click.Path(dir_okay=False), default=None,
+              help="Append one JSON line per request to this file: time, peer, request id, route, status, the bundle (manifest and "
+                   "artifact sha256), backend, outcome, latency; no patient names (docs/provenance.md). Off by default.")
 @tta_option
 def command(bundle, host, port, backend, threads, model_name, max_batch, queue_size, max_body_mb, max_side,
-            timeout, max_inflight_bytes, tta) -> None:
+            timeout, max_inflight_bytes, tta, audit_log) -> None:
     """Serve BUNDLE over HTTP: /v2 (KServe v2, tritonclient-compatible) with models NAME (the
     network, pre-processed tensor in, logits out) and NAME-pipeline (HU in, labels out),
     /v1/segment, /metrics."""
@@ -46,7 +49,9 @@ def command(bundle, host, port, backend, threads, model_name, max_batch, queue_s
     from edgeseg.errors import DataError, require
     from edgeseg.limits import current_limits
     from edgeseg.runtime.segmenter import Segmenter
+    from edgeseg.runtime.provenance import provenance
     from edgeseg.serve.app import ServeConfig, create_app
+    from edgeseg.serve.audit import AuditLog
     from edgeseg.serve.header_deadline import header_deadline_protocol
 
     from edgeseg.export.triton import check_model_name
@@ -59,12 +64,15 @@ def command(bundle, host, port, backend, threads, model_name, max_batch, queue_s
         raise DataError(f"--max-inflight-bytes {max_inflight_bytes} is below --max-volume-bytes {volume_limit}: "
                         "an upload of a volume within that limit could never be served")
     check_port(host, port)
+    audit = AuditLog(audit_log) if audit_log else None  # a path it cannot append to, before the model loads
     segmenter = Segmenter.load(bundle, backend=backend, threads=threads,
                                tta=tta)
+    if audit is not None:
+        audit.model = provenance(segmenter)
     config = ServeConfig(model_name=model_name, max_batch=max_batch, queue_size=queue_size,
                          max_body_bytes=max_body_mb << 20, timeout_s=timeout, max_side=max_side,
                          max_inflight_bytes=max_inflight_bytes)
-    app = create_app(segmenter, config)
+    app = create_app(segmenter, config, audit)
     click.echo(f"serving {bundle} as {model_name!r} and {model_name + '-pipeline'!r} on http://{host}:{port} (backend {segmenter.backend})")
     # SIGTERM (a service manager's stop) is the server's normal end, as for `edgeseg listen`:
     # uvicorn takes it for a graceful shutdown, then raises it again once it has restored this
@@ -81,4 +89,6 @@ def command(bundle, host, port, backend, threads, model_name, max_batch, queue_s
         for model in app.state.models.values():
             model.close()
         segmenter.close()
+        if audit is not None:
+            audit.close()
 

@@ -1,62 +1,110 @@
-"""``edgeseg --version``: the package version, the C parts it runs on and the runtime libraries.
+"""``edgeseg version`` (and ``edgeseg --version``): what this installation is made of.
 
-What a bug report needs to say which code ran: besides edgeseg's own version, whether the C
-kernels are compiled in (and with OpenMP), where libedgeseg is, and the versions of the
-libraries that change the numbers (the same list the provenance records).
+What a bug report or a result's provenance needs to say which code ran: the package version
+(and the git commit of a source checkout), Python, how the C kernels were built (compiler,
+OpenMP), where libedgeseg is, and the version of each backend library found. The libraries are
+looked up in the installed packages' metadata, never imported: asking for the version must not
+take the seconds torch takes to import.
 """
 
 from __future__ import annotations
 
-import platform
-from pathlib import Path
-
 import click
 
-from edgeseg import __version__
+# the distributions each library may be installed as (the GPU builds have their own names)
+LIBRARIES = {"onnxruntime": ("onnxruntime", "onnxruntime-gpu", "onnxruntime-openvino"), "openvino": ("openvino",),
+             "tensorrt": ("tensorrt", "tensorrt-cu12", "tensorrt-cu13", "tensorrt-cu11"), "torch": ("torch",),
+             "numpy": ("numpy",)}
+OPENMP_VERSIONS = {200505: "2.5", 200805: "3.0", 201107: "3.1", 201307: "4.0", 201511: "4.5", 201811: "5.0",
+                   202011: "5.1", 202111: "5.2", 202411: "6.0"}
 
 
-def _kernels_line() -> str:
+def _kernels() -> dict:
     try:
-        from edgeseg.kernels import _kernels
+        from edgeseg.kernels import _kernels as module, build_info
     except ImportError as exc:  # a source checkout before `make build`, or a broken build
-        return f"C kernels   not importable ({' '.join(str(exc).split())}); run 'make build'"
-    openmp = f"OpenMP, {_kernels.default_threads()} threads by default" if _kernels.has_openmp() else "no OpenMP"
-    return f"C kernels   {Path(_kernels.__file__).name} ({openmp})"
+        return {"error": f"not importable ({' '.join(str(exc).split())}); run 'make build'"}
+    from pathlib import Path
+
+    return {"file": Path(module.__file__).name, **build_info(), "default_threads": int(module.default_threads())}
 
 
-def _libedgeseg_line() -> str:
+def _libedgeseg() -> str | None:
     from edgeseg import sdk
     from edgeseg.errors import EdgesegError
 
     try:
-        return f"libedgeseg  {sdk.sdk_prefix() / 'lib' / 'libedgeseg.so'}"
+        return str(sdk.sdk_prefix() / "lib" / "libedgeseg.so")
     except EdgesegError:
-        return "libedgeseg  not built (make sdk)"
+        return None
 
 
-def version_text() -> str:
-    """The lines ``edgeseg --version`` prints; the first is ``edgeseg VERSION``."""
-    from edgeseg.report.provenance import LIBRARIES, source_commit
-    from edgeseg.runtime.machine import installed_versions
+def installation() -> dict:
+    """The facts :func:`command` prints: ``edgeseg``, ``source`` (the git commit of a source
+    checkout, else empty), ``python``, ``platform``, ``kernels`` (``file``, ``compiler``,
+    ``openmp``: the ``_OPENMP`` date, 0 for a serial build; or ``error``), ``libedgeseg`` (its
+    path, None where not built) and ``libraries`` (name -> version, None where not installed)."""
+    import platform
+    from importlib import metadata
 
-    commit = source_commit()
-    git = (f" (git {commit['git_commit'][:12]}{', modified' if commit.get('git_dirty') else ''})"
-           if commit.get("git_commit") else "")
-    found = installed_versions(LIBRARIES)
-    libraries = ", ".join(f"{name} {found.get(name, '-')}" for name in LIBRARIES)
-    return "\n".join([f"edgeseg {__version__}{git}", _kernels_line(), _libedgeseg_line(),
-                      f"python      {platform.python_version()} on {platform.system()} {platform.machine()}",
-                      f"libraries   {libraries} ('-': not installed)"])
+    from edgeseg import __version__
+    from edgeseg.report.provenance import source_commit
+
+    def found(names) -> str | None:
+        for name in names:
+            try:
+                return metadata.version(name)
+            except metadata.PackageNotFoundError:
+                continue
+        return None
+
+    return {"edgeseg": __version__, "source": source_commit(), "python": platform.python_version(),
+            "platform": f"{platform.system()} {platform.machine()}", "kernels": _kernels(),
+            "libedgeseg": _libedgeseg(), "libraries": {name: found(dists) for name, dists in LIBRARIES.items()}}
 
 
-def _print_version(ctx: click.Context, param: click.Parameter, value: bool) -> None:
-    if not value or ctx.resilient_parsing:
-        return
-    click.echo(version_text())
-    ctx.exit()
+def version_text(facts: dict) -> str:
+    """``facts`` as lines; the first is click's ``edgeseg, version X``, which scripts read."""
+    lines = [f"edgeseg, version {facts['edgeseg']}"]
+    source = facts["source"]
+    if source.get("git_commit"):
+        lines.append(f"source      git {source['git_commit'][:12]}{' (modified)' if source.get('git_dirty') else ''}")
+    lines.append(f"python      {facts['python']} on {facts['platform']}")
+    kernels = facts["kernels"]
+    if "error" in kernels:
+        lines.append(f"C kernels   {kernels['error']}")
+    else:
+        openmp = kernels["openmp"]
+        omp = ("no OpenMP (serial)" if not openmp else
+               f"OpenMP {OPENMP_VERSIONS.get(openmp, '?')} ({openmp}), {kernels['default_threads']} threads by default")
+        lines.append(f"C kernels   {kernels['file']}: {kernels['compiler']}, {omp}")
+    lines.append(f"libedgeseg  {facts['libedgeseg'] or 'not built (make sdk)'}")
+    libraries = ", ".join(f"{name} {version or '-'}" for name, version in facts["libraries"].items())
+    lines.append(f"libraries   {libraries} ('-': not installed)")
+    return "\n".join(lines)
+
+
+def _print_version(ctx: click.Context, param, value) -> None:
+    """The ``--version`` callback: the same text as ``edgeseg version``."""
+    if value and not ctx.resilient_parsing:
+        click.echo(version_text(installation()))
+        ctx.exit()
 
 
 def version_option(command):
-    """``--version``, printing :func:`version_text` and exiting, as click's version option does."""
+    """``--version``: print :func:`version_text` and exit, as click's version option does."""
     return click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=_print_version,
-                        help="Show the version, the C kernel build and the runtime libraries, and exit.")(command)
+                        help="Show the version, the C kernels' build, libedgeseg and the backend libraries, "
+                             "and exit.")(command)
+
+
+@click.command("version")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of lines.")
+def command(as_json: bool) -> None:
+    """Print the edgeseg version (and git commit of a source checkout), Python, the C kernels'
+    build (compiler, OpenMP), libedgeseg and the installed versions of onnxruntime, openvino,
+    tensorrt, torch and numpy."""
+    import json
+
+    facts = installation()
+    click.echo(json.dumps(facts, indent=2) if as_json else version_text(facts))

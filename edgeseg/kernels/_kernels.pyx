@@ -65,6 +65,8 @@ cdef extern from "edgeseg_kernels.h":
                                 int num_threads) noexcept nogil
     int es_default_threads() noexcept nogil
     int es_has_openmp() noexcept nogil
+    int es_openmp_version() noexcept nogil
+    const char *es_build_compiler() noexcept nogil
     const char *es_status_message(int status) noexcept nogil
 
 
@@ -85,6 +87,10 @@ def default_threads():
 
 def has_openmp():
     return bool(es_has_openmp())
+
+
+def build_info():
+    return {"compiler": es_build_compiler().decode(), "openmp": int(es_openmp_version())}
 
 
 def status_message(int status):

@@ -13,6 +13,12 @@ def has_openmp() -> bool:
     return _kernels.has_openmp()
 
 
+def build_info() -> dict:
+    """How the C kernels were built: ``compiler`` (name and version) and ``openmp`` (the
+    ``_OPENMP`` date of the OpenMP version, e.g. 201511 for 4.5; 0 for a serial build)."""
+    return _kernels.build_info()
+
+
 def get_num_threads() -> int:
     """Threads a kernel call uses when it is not given ``num_threads`` (OpenMP's default)."""
     return _num_threads if _num_threads is not None else int(_kernels.default_threads())

@@ -22,10 +22,10 @@ Layout of ``manifest.json`` (schema 1)::
      "calibration": null | {...}, "source": {...}}
 
 ``-1`` in a shape is the dynamic batch axis. ``resize_input`` (default true) false means the
-runtime refuses slices whose size differs from the spec's instead of resizing them. Readers refuse a newer schema, unknown formats and
-precisions no runner
-loads (the Runner classes say which, see ``edgeseg.runtime.runners``), and (``verify_artifacts``) missing files, files whose sha256 differs,
-and ONNX graphs that keep a tensor in another file, which no sha256 covers.
+runtime refuses slices whose size differs from the spec's instead of resizing them. Readers refuse a newer schema,
+unknown formats and precisions no runner loads (the Runner classes say which, see ``edgeseg.runtime.runners``), and
+(``verify_artifacts``) missing files, files whose sha256 differs, and ONNX graphs that keep a tensor in another file,
+which no sha256 covers. ``Manifest.sha256`` (of the bytes read) is the bundle's identity in outputs' provenance.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -168,6 +168,7 @@ class Manifest:
     edgeseg_version: str = ""
     created: str = ""
     schema: int = SCHEMA_VERSION
+    sha256: str = field(default="", compare=False)  # of manifest.json as read; not a field of the file
 
     def __post_init__(self) -> None:
         if len(self.inputs) != 1 or len(self.outputs) != 1:
@@ -354,7 +355,7 @@ def read_manifest(bundle: str | Path) -> Manifest:
     except (OSError, ValueError) as exc:  # ValueError: JSONDecodeError, UnicodeDecodeError, _not_json
         raise BundleError(f"{path}: not readable JSON ({exc})") from None
     _check_strings(data, path)
-    return Manifest.from_dict(data)
+    return replace(Manifest.from_dict(data), sha256=hashlib.sha256(raw).hexdigest())  # the bytes parsed, not a re-read
 
 
 def _not_json(name: str) -> None:

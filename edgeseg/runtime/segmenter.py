@@ -159,10 +159,12 @@ class Segmenter:
     def algorithm_parameters(self) -> dict[str, str]:
         """Which model made the labels, for a DICOM SEG's Algorithm Parameters (its algorithm name
         and version are edgeseg's, alike for every bundle): the architecture, the checkpoint the
-        bundle was exported from, the artifact run (file, precision, sha256) and the backend."""
+        bundle was exported from, the bundle's manifest (sha256), the artifact run (file, sha256)
+        and the backend with its precision."""
         found = {"backend": self.backend}
         if self.manifest is not None:
-            found.update(model=self.manifest.model.get("name", ""), checkpoint_sha256=self.manifest.source.get("sha256", ""))
+            found.update(model=self.manifest.model.get("name", ""), checkpoint_sha256=self.manifest.source.get("sha256", ""),
+                         manifest_sha256=self.manifest.sha256)
             # a bundle file only: a remote runner's artifact is a URL, not the model's to publish
             entry = next((a for a in self.manifest.artifacts if a.file == self.runner.artifact), None)
             if entry is not None:

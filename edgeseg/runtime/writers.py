@@ -5,7 +5,8 @@ Label maps arrive as (Z, Y, X) uint8 in the Volume's LPS layout. NIfTI output of
 (and a .seg.nrrd) goes back onto the input's own voxel grid and affine, so viewers overlay it
 without resampling;
 DICOM SEG output references the source series instance by instance (highdicom, extra
-``dicom``).
+``dicom``). Given a ``provenance`` record (:func:`edgeseg.runtime.provenance.provenance`), each
+writer stores it where its format has room (see docs/provenance.md); NPY has none.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from edgeseg.errors import DataError, require
 from edgeseg.progress import progress_bar
 from edgeseg.runtime.label_tables import slicer_segment_fields
 from edgeseg.runtime.overlay import DISPLAY_WINDOW, overlay_rgb
+from edgeseg.runtime.provenance import PROVENANCE_KEY, provenance_json, short_description
 from edgeseg.runtime.seg_sources import seg_source_datasets
 from edgeseg.runtime.segment_codes import segment_coding
 
@@ -128,11 +130,14 @@ def source_grid(labels: np.ndarray, volume, out: str | os.PathLike, what: str):
     return np.ascontiguousarray(data_xyz.reshape(grid)), np.asarray(original.affine, dtype=np.float64), original
 
 
-def write_nifti(labels: np.ndarray, volume, out: str | os.PathLike, progress: bool = False) -> Path:
+def write_nifti(labels: np.ndarray, volume, out: str | os.PathLike, provenance: dict | None = None,
+                progress: bool = False) -> Path:
     """Save labels as NIfTI in the world of ``volume``: on the input file's own grid, with its
     header's qform and sform (matrices and codes) and units, when the input was NIfTI; else with
     the Volume's affine (LPS array order) as qform and sform, code 1 (scanner). Either way the
-    header says label map (intent ``label``) with no display range of the CT's. ``progress``
+    header says label map (intent ``label``) with no display range of the CT's, and none of the
+    input's ``descrip`` or header extensions (a DICOM header extension names the patient);
+    ``provenance`` goes into ``descrip`` (short) and a comment extension (JSON). ``progress``
     shows the slices written on stderr (compressing a 600-slice series takes seconds)."""
     nib = check_writer("nifti")
 
@@ -145,8 +150,13 @@ def write_nifti(labels: np.ndarray, volume, out: str | os.PathLike, progress: bo
         # the CT's display range (cal_min / cal_max) would show the labels 0..2 as black in a
         # viewer that honours it, and a statistic intent of the CT does not describe labels
         header["cal_min"], header["cal_max"] = 0.0, 0.0
+        header["descrip"] = b""
+        header.extensions.clear()
     image = nib.Nifti1Image(np.ascontiguousarray(data_xyz, dtype=np.uint8), affine, header)
     image.header.set_intent("label")
+    if provenance:
+        image.header["descrip"] = short_description(provenance).encode("ascii")
+        image.header.extensions.append(nib.nifti1.Nifti1Extension("comment", provenance_json(provenance).encode()))
     if header is None:
         image.set_qform(affine, code=1)
         image.set_sform(affine, code=1)
@@ -206,11 +216,13 @@ class _CountingFile:
 _RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0])
 
 
-def write_seg_nrrd(labels: np.ndarray, volume, class_names: dict[int, str], out: str | os.PathLike) -> Path:
+def write_seg_nrrd(labels: np.ndarray, volume, class_names: dict[int, str], out: str | os.PathLike,
+                   provenance: dict | None = None) -> Path:
     """Save labels as a 3D Slicer segmentation (``.seg.nrrd``, gzip): on the input's own voxel
     grid as :func:`source_grid` gives it (space left-posterior-superior), one layer whose
     segments are the bundle's classes, each named, coloured as in every edgeseg figure, and
-    with its class number as label value (:func:`~edgeseg.runtime.label_tables.slicer_segment_fields`).
+    with its class number as label value (:func:`~edgeseg.runtime.label_tables.slicer_segment_fields`),
+    and ``provenance`` as the field ``edgeseg_provenance`` (JSON).
     ITK-SNAP and other ITK readers open it as a plain label map on the same grid."""
     nrrd = check_writer("seg-nrrd")
 
@@ -224,38 +236,56 @@ def write_seg_nrrd(labels: np.ndarray, volume, class_names: dict[int, str], out:
               "space directions": (_RAS_TO_LPS @ affine[:3, :3]).T,
               "space origin": _RAS_TO_LPS @ affine[:3, 3]}
     header.update(slicer_segment_fields(class_names, data_xyz.shape))
+    if provenance:  # a key:=value field, which Slicer keeps as it is
+        header[PROVENANCE_KEY] = provenance_json(provenance)
     with atomic_path(out, suffix=".seg.nrrd") as tmp:
         nrrd.write(str(tmp), data_xyz, header, index_order="F")
     return Path(out)
 
 
-def write_png(labels: np.ndarray, volume, out: str | os.PathLike, window: tuple[float, float] = DISPLAY_WINDOW) -> Path:
+def png_text(provenance: dict | None):
+    """PNG text chunks holding ``provenance`` (for Pillow's ``pnginfo``), or None."""
+    if not provenance:
+        return None
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    info.add_text(PROVENANCE_KEY, provenance_json(provenance))
+    return info
+
+
+def write_png(labels: np.ndarray, volume, out: str | os.PathLike, window: tuple[float, float] = DISPLAY_WINDOW,
+              provenance: dict | None = None) -> Path:
     """Overlay PNGs: a file for a single slice, else a folder with one PNG per slice; the CT in
-    the display ``window`` (low, high HU; :func:`~edgeseg.runtime.overlay.display_window`)."""
+    the display ``window`` (low, high HU; :func:`~edgeseg.runtime.overlay.display_window`); each
+    PNG holds ``provenance`` as the text chunk ``edgeseg_provenance``."""
     Image = check_writer("png")
 
     out = Path(out)
     labels = label_volume(labels, volume, what=f"PNG output {out}")
+    text = png_text(provenance)
     if labels.shape[0] == 1:
         with atomic_path(out, suffix=".png") as tmp:
-            Image.fromarray(overlay_rgb(volume.hu[0], labels[0], window)).save(tmp, format="PNG")
+            Image.fromarray(overlay_rgb(volume.hu[0], labels[0], window)).save(tmp, format="PNG", pnginfo=text)
         return out
     with atomic_dir(out) as folder:
         for k, name in enumerate(volume.slice_ids):
-            Image.fromarray(overlay_rgb(volume.hu[k], labels[k], window)).save(folder / f"{k:04d}_{Path(name).stem}.png")
+            Image.fromarray(overlay_rgb(volume.hu[k], labels[k], window)).save(folder / f"{k:04d}_{Path(name).stem}.png",
+                                                                               pnginfo=text)
     return out
 
 
 def write_overlay(labels: np.ndarray, volume, out: str | os.PathLike,
-                  window: tuple[float, float] = DISPLAY_WINDOW) -> Path:
+                  window: tuple[float, float] = DISPLAY_WINDOW, provenance: dict | None = None) -> Path:
     """One overlay PNG of the slice with the most foreground (the first slice if none has any),
-    the CT in the display ``window`` (low, high HU)."""
+    the CT in the display ``window`` (low, high HU), holding ``provenance`` as :func:`write_png`."""
     Image = check_writer("png")
 
     labels = label_volume(labels, volume, what=f"overlay {out}")
     k = int(np.argmax(np.count_nonzero(labels.reshape(len(labels), -1), axis=1)))
     with atomic_path(out, suffix=".png") as tmp:
-        Image.fromarray(overlay_rgb(volume.hu[k], labels[k], window)).save(tmp, format="PNG")
+        Image.fromarray(overlay_rgb(volume.hu[k], labels[k], window)).save(tmp, format="PNG",
+                                                                          pnginfo=png_text(provenance))
     return Path(out)
 
 
@@ -267,12 +297,14 @@ def _code(coded):
 
 def write_dicom_seg(labels: np.ndarray, volume, refs, class_names: dict[int, str], out: str | os.PathLike,
                     algorithm: str = "edgeseg", sources: list | None = None,
-                    parameters: dict[str, str] | None = None) -> Path:
+                    parameters: dict[str, str] | None = None, provenance: dict | None = None) -> Path:
     """A binary DICOM SEG of ``labels`` on the series ``refs`` describes (one segment per
     foreground class, coded as :mod:`edgeseg.runtime.segment_codes` says, frames referencing the
     source instances). ``sources``: the headers :func:`seg_source_datasets` gave for ``refs``,
     when the caller checked them before segmenting; read and checked here otherwise. ``parameters``
-    (:meth:`Segmenter.algorithm_parameters`) name the model in each segment's Algorithm Parameters."""
+    (:meth:`Segmenter.algorithm_parameters`) name the model in each segment's Algorithm Parameters;
+    ``provenance`` adds the backend's library to Software Versions and a summary as Content
+    Description (64 characters, the LO limit)."""
     if refs is None:
         raise DataError("DICOM SEG output needs a DICOM series as input (it references the source images)")
     hd = check_writer("dicom-seg")
@@ -299,7 +331,7 @@ def write_dicom_seg(labels: np.ndarray, volume, refs, class_names: dict[int, str
         # The patient's name is copied from the source as it is; its form is not ours to fix.
         warnings.filterwarnings("ignore", message=".*intended person name", category=UserWarning)
         try:
-            seg = _segmentation(hd, sources, stack, descriptions, algorithm)
+            seg = _segmentation(hd, sources, stack, descriptions, algorithm, provenance or {})
         except (ValueError, TypeError, AttributeError) as exc:
             # what seg_source_datasets does not foresee in a source header is still one line
             raise DataError(f"cannot make a DICOM SEG of series {refs.series_instance_uid}: "
@@ -309,11 +341,15 @@ def write_dicom_seg(labels: np.ndarray, volume, refs, class_names: dict[int, str
     return Path(out)
 
 
-def _segmentation(hd, sources, stack, descriptions, algorithm: str):
+def _segmentation(hd, sources, stack, descriptions, algorithm: str, provenance: dict):
+    versions = [__version__]
+    if provenance.get("backend_version"):
+        versions.append(f"{provenance['backend']} {provenance['backend_version']}"[:64])
     return hd.seg.Segmentation(
         source_images=sources, pixel_array=stack, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=descriptions, series_instance_uid=hd.UID(), series_number=900,
         sop_instance_uid=hd.UID(), instance_number=1, manufacturer="edgeseg",
-        manufacturer_model_name=algorithm, software_versions=__version__, device_serial_number="0",
-        series_description=f"{algorithm} segmentation", omit_empty_frames=False,
+        manufacturer_model_name=algorithm, software_versions=versions if len(versions) > 1 else __version__,
+        device_serial_number="0", series_description=f"{algorithm} segmentation", omit_empty_frames=False,
+        content_description=short_description(provenance, 64) if provenance else None,
     )

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 from edgeseg import __version__
 from edgeseg.errors import BackendError, EdgesegError, require
+from edgeseg.serve.audit import audit_request, request_id
 from edgeseg.serve.client_gone import first_of
 from edgeseg.serve.encoding import BodyError, decode_body
 from edgeseg.serve.http_errors import CLIENT_CLOSED, HttpError, hold, submitted
@@ -55,8 +56,10 @@ class ServeConfig:
     max_inflight_bytes: int | None = None
 
 
-def create_app(segmenter, config: ServeConfig = ServeConfig()):
-    """A FastAPI app serving ``segmenter`` (an ``edgeseg.runtime.Segmenter``) under ``config``."""
+def create_app(segmenter, config: ServeConfig = ServeConfig(), audit=None):
+    """A FastAPI app serving ``segmenter`` (an ``edgeseg.runtime.Segmenter``) under ``config``;
+    each request is answered with its ``X-Request-ID`` and, given ``audit`` (an
+    ``edgeseg.serve.audit.AuditLog``), logged there as one line."""
     from fastapi.responses import Response
     from starlette.concurrency import run_in_threadpool
     from starlette.requests import ClientDisconnect
@@ -117,6 +120,7 @@ def create_app(segmenter, config: ServeConfig = ServeConfig()):
     async def count(request, call_next):
         start = time.perf_counter()
         endpoint = _endpoint_label(request.url.path)
+        rid = request_id(request.headers.get("x-request-id"))
         try:
             response = await call_next(request)
         except Exception as exc:  # no handler answered: a 500, counted here and logged once
@@ -124,6 +128,9 @@ def create_app(segmenter, config: ServeConfig = ServeConfig()):
             response = _internal_error(exc)
         metrics.requests.labels(endpoint, str(response.status_code)).inc()
         metrics.latency.labels(endpoint).observe(time.perf_counter() - start)
+        response.headers["X-Request-ID"] = rid
+        if audit is not None and endpoint not in ("live", "ready", "metrics"):  # probes every few seconds: noise
+            audit_request(audit, request, rid, response.status_code, time.perf_counter() - start)
         return response
 
     # outermost: it must see every answer, the counting middleware's 500s included

@@ -34,6 +34,7 @@ from pathlib import Path
 
 from edgeseg.errors import DataError, EdgesegError, require
 from edgeseg.limits import check_volume, current_limits
+from edgeseg.serve.audit import AssociationAudit
 from edgeseg.serve.dicom_forward import Peer, UnsentFolder, send_seg
 from edgeseg.serve.dicom_intake import (CT_IMAGE_STORAGE, STATUS_CANNOT_UNDERSTAND, STATUS_DATASET_MISMATCH,
                                         STATUS_OUT_OF_RESOURCES, STATUS_SOP_CLASS_NOT_SUPPORTED, STATUS_SUCCESS,
@@ -58,13 +59,15 @@ class DicomNode:
                  work: str | Path | None = None, any_ae: bool = False, calling_aets: list[str] | None = None,
                  max_series: int = DEFAULT_MAX_SERIES, unsent: str | Path | None = None,
                  resend_every: float = 60.0, peer_timeout: float = DEFAULT_PEER_TIMEOUT,
-                 max_associations: int = DEFAULT_MAX_ASSOCIATIONS) -> None:
+                 max_associations: int = DEFAULT_MAX_ASSOCIATIONS, audit=None) -> None:
         check_node_settings(out=out, forward=forward, unsent=unsent, max_series=max_series, ae_title=ae_title,
                             calling_aets=calling_aets, peer_timeout=peer_timeout, max_associations=max_associations)
         self.peer_timeout, self.max_associations = float(peer_timeout), max_associations
         self.any_ae = bool(any_ae)
         self.calling_aets = [title.strip() for title in calling_aets or []]
         self.segmenter = segmenter
+        # ``audit``: an edgeseg.serve.audit.AuditLog, given a line per association and per series
+        self.audit = None if audit is None else AssociationAudit(audit)
         self.ae_title, self.host, self.port = ae_title, host, int(port)
         self.out = Path(out) if out is not None else None
         self.forward = forward
@@ -107,9 +110,13 @@ class DicomNode:
         # how long an association thread waits for the request of a connection the watch may have
         # cut before it; an idle association is the watch's, which leaves out the node's own time
         ae.acse_timeout, ae.network_timeout = self.peer_timeout, None
-        handlers = [(pynetdicom.evt.EVT_C_STORE, self._peers.busy_while(self._on_store)),
+        store = self._on_store if self.audit is None else self.audit.counted(self._on_store)
+        handlers = [(pynetdicom.evt.EVT_C_STORE, self._peers.busy_while(store)),
                     (pynetdicom.evt.EVT_C_ECHO, lambda event: 0x0000),
                     (pynetdicom.evt.EVT_REJECTED, self._on_rejected), (pynetdicom.evt.EVT_ACCEPTED, self._on_accepted)]
+        if self.audit is not None:
+            handlers += [(pynetdicom.evt.EVT_RELEASED, lambda event: self.audit.ended(event, "released")),
+                         (pynetdicom.evt.EVT_ABORTED, lambda event: self.audit.ended(event, "aborted"))]
         request_handler = bounded_request_handler(self._peer_bounds, self._on_peer_refused, self._peers.add)
         try:
             self._server = ae.make_server((self.host, self.port), evt_handlers=handlers, request_handler=request_handler,
@@ -142,6 +149,8 @@ class DicomNode:
         called = getattr(requestor.primitive, "called_ae_title", None) or "?"
         log.warning("rejected an association from %s (%s:%s) calling %r", requestor.ae_title, requestor.address,
                     requestor.port, called)
+        if self.audit is not None:
+            self.audit.ended(event, "rejected")
 
     def _on_accepted(self, event) -> None:
         """Log a peer that proposed CT images in a transfer syntax not decoded here (a context
@@ -277,15 +286,20 @@ class DicomNode:
                 with self._lock:
                     self._queued -= 1
                 continue
+            began, error = time.monotonic(), None
             try:
                 self.process(uid, series.folder)
             except (EdgesegError, OSError) as exc:  # OSError: --out full, gone, turned into a file, ...
                 self.stats.failed.append(uid)
+                error = str(exc)
                 log.error("series %s (%d images) not segmented: %s", uid, len(series.frames), exc)
             except Exception as exc:  # keep serving the next series whatever one series does
                 self.stats.failed.append(uid)
+                error = f"{type(exc).__name__}: {exc}"
                 log.exception("series %s failed: %s", uid, exc)
             finally:
+                if self.audit is not None and error is not None:
+                    self.audit.series(uid, time.monotonic() - began, error=error)
                 shutil.rmtree(series.folder, ignore_errors=True)
                 with self._lock:
                     self._queued -= 1
@@ -295,17 +309,22 @@ class DicomNode:
         A series segmented before (its images came in two parts, or it was sent again) gets a new
         SEG beside the earlier one, ``UID-2.seg.dcm`` and so on, never written over it."""
         from edgeseg.data.dicom import read_dicom_series_with_refs
+        from edgeseg.runtime.provenance import provenance
         from edgeseg.runtime.seg_sources import seg_source_datasets
         from edgeseg.runtime.writers import write_dicom_seg
 
+        began = time.monotonic()
         volume, refs = read_dicom_series_with_refs(folder)
         sources = seg_source_datasets(refs)  # a series no SEG can be made of does not hold up the model
         labels = self.segmenter.predict_volume(volume)
         target = self._seg_path(series_uid, self.out or self.work)
         write_dicom_seg(labels, volume, refs, self.segmenter.labels, target, sources=sources,
-                        parameters=self.segmenter.algorithm_parameters())
+                        parameters=self.segmenter.algorithm_parameters(), provenance=provenance(self.segmenter))
         self.stats.segmented.append(series_uid)
         log.info("series %s: %d slices segmented -> %s", series_uid, volume.num_slices, target)
+        if self.audit is not None:
+            self.audit.series(series_uid, time.monotonic() - began, study_uid=str(sources[0].get("StudyInstanceUID", "")),
+                              slices=volume.num_slices, seg=target)
         if self.forward is not None:
             self._forward(series_uid, target)
         return target

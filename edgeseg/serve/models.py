@@ -148,9 +148,13 @@ class ServedModel(abc.ABC):
     def response_parameters(self) -> dict:
         """Parameters every inference response carries: ``classes``, the class names in label
         value (and logit channel) order, comma-separated, so a client reads labels without
-        asking for the metadata first."""
+        asking for the metadata first; and the provenance record
+        (:func:`~edgeseg.runtime.provenance.provenance`: bundle, artifact, backend, edgeseg version),
+        so that every answer says what made it."""
+        from edgeseg.runtime.provenance import provenance
+
         labels = self.segmenter.labels
-        return {"classes": ",".join(labels[k] for k in sorted(labels))}
+        return {"classes": ",".join(labels[k] for k in sorted(labels)), **provenance(self.segmenter)}
 
     def close(self) -> None:
         """Stop the batcher."""

@@ -32,6 +32,10 @@ def add_segment_route(app, segmenter, uploads, budget, read_body, timeout_s: flo
     from fastapi.responses import Response
     from starlette.concurrency import run_in_threadpool
 
+    from edgeseg.runtime.provenance import provenance, provenance_json
+
+    record = provenance(segmenter)
+
     @app.post("/v1/segment")
     async def segment(request: Request, format: str = "npy"):
         body = await read_body(request)
@@ -50,11 +54,12 @@ def add_segment_route(app, segmenter, uploads, budget, read_body, timeout_s: flo
                 result, started = uploads.submit(lambda: segmenter.predict_volume(volume))
                 queued = True
                 labels = await _upload_result(result, started, timeout_s, request.receive)
-                payload, media = await run_in_threadpool(write_mask, labels, volume, format, Path(tmp))
+                payload, media = await run_in_threadpool(write_mask, labels, volume, format, Path(tmp), record)
         finally:
             if not queued:
                 uploads.release()
-        return Response(content=payload, media_type=media)
+        # NPY has no room for it: the header says what made every mask, whatever its format
+        return Response(content=payload, media_type=media, headers={"X-Edgeseg-Provenance": provenance_json(record)})
 
 
 async def _upload_result(result: Future, started: Future, timeout_s: float, receive):

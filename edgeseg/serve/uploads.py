@@ -146,14 +146,15 @@ def _read_upload(body: bytes, fmt: str, tmp: Path):
     return volume
 
 
-def write_mask(labels: np.ndarray, volume, fmt: str, tmp: Path) -> tuple[bytes, str]:
-    """(the mask ``labels`` of ``volume`` as bytes in ``fmt``, its media type)."""
+def write_mask(labels: np.ndarray, volume, fmt: str, tmp: Path, provenance: dict | None = None) -> tuple[bytes, str]:
+    """(the mask ``labels`` of ``volume`` as bytes in ``fmt``, its media type); a NIfTI or PNG
+    mask holds ``provenance`` as ``edgeseg predict``'s outputs do."""
     with _named_as_upload(tmp):
-        return _write_mask(labels, volume, fmt, tmp)
+        return _write_mask(labels, volume, fmt, tmp, provenance)
 
 
-def _write_mask(labels: np.ndarray, volume, fmt: str, tmp: Path) -> tuple[bytes, str]:
-    from edgeseg.runtime.writers import write_nifti, write_npy
+def _write_mask(labels: np.ndarray, volume, fmt: str, tmp: Path, provenance: dict | None) -> tuple[bytes, str]:
+    from edgeseg.runtime.writers import png_text, write_nifti, write_npy
 
     if fmt == "npy":
         out = write_npy(labels, tmp / "mask.npy")
@@ -161,9 +162,9 @@ def _write_mask(labels: np.ndarray, volume, fmt: str, tmp: Path) -> tuple[bytes,
         # the label map itself (pixel = class number), not an overlay: clients compute with it
         Image = require("PIL.Image", "io", "PNG output")
         out = tmp / "mask.png"
-        Image.fromarray(np.ascontiguousarray(labels[0])).save(out, format="PNG")
+        Image.fromarray(np.ascontiguousarray(labels[0])).save(out, format="PNG", pnginfo=png_text(provenance))
     else:
-        out = write_nifti(labels, volume, tmp / "mask.nii.gz")
+        out = write_nifti(labels, volume, tmp / "mask.nii.gz", provenance=provenance)
     return Path(out).read_bytes(), OUTPUTS[fmt]
 
 

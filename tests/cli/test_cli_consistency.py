@@ -146,10 +146,12 @@ def test_version_names_the_kernels_and_the_libraries():
     proc = run("--version")
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
-    assert lines[0].split()[:2] == ["edgeseg", __version__]
+    assert lines[0] == f"edgeseg, version {__version__}"
     kernels = next(line for line in lines if line.startswith("C kernels"))
     assert Path(_kernels.__file__).name in kernels
     assert ("no OpenMP" in kernels) != bool(_kernels.has_openmp())
+    libedgeseg = next(line for line in lines if line.startswith("libedgeseg"))
+    assert libedgeseg.endswith("libedgeseg.so") or libedgeseg.endswith("not built (make sdk)")
     libraries = next(line for line in lines if line.startswith("libraries"))
     for name in ("numpy", "onnxruntime"):
         assert f"{name} {importlib.metadata.version(name)}" in libraries

@@ -95,7 +95,8 @@ def test_dicom_seg_names_the_model_that_made_it(seg_file, bundle_dir, tmp_path):
     for path, artifact, backend in ((seg_file, "model.onnx", "onnxruntime:fp32"),
                                     (int8, "model.int8.onnx", "onnxruntime:int8")):
         assert parameters(path) == {"backend": backend, "model": "unet", "checkpoint_sha256": checkpoint,
-                                    "artifact": artifact,
+                                    "artifact": artifact, "manifest_sha256": hashlib.sha256(
+                                        (bundle_dir / "manifest.json").read_bytes()).hexdigest(),
                                     "artifact_sha256": hashlib.sha256((bundle_dir / artifact).read_bytes()).hexdigest()}
 
 def test_nifti_output_lies_on_the_input_grid(bundle_dir, segmenter, tmp_path):

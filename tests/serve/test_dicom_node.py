@@ -229,8 +229,8 @@ class _HeldSegmenter:
         self._segmenter, self.started, self.go = segmenter, threading.Event(), threading.Event()
         self.labels = segmenter.labels
 
-    def algorithm_parameters(self):
-        return self._segmenter.algorithm_parameters()
+    def __getattr__(self, name):  # the rest (runner, manifest, ...: the SEG's provenance) is the real one's
+        return getattr(self._segmenter, name)
 
     def predict_volume(self, volume):
         self.started.set()

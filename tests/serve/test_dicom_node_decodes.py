@@ -48,8 +48,8 @@ class _Capture:
     def __init__(self, segmenter) -> None:
         self._segmenter, self.labels, self.volumes = segmenter, segmenter.labels, []
 
-    def algorithm_parameters(self):
-        return self._segmenter.algorithm_parameters()
+    def __getattr__(self, name):  # the rest (runner, manifest, ...: the SEG's provenance) is the real one's
+        return getattr(self._segmenter, name)
 
     def predict_volume(self, volume):
         self.volumes.append(volume)

@@ -69,7 +69,7 @@ def test_metadata_and_responses_name_every_class(segmenter):
                                          headers={"content-type": "application/json"})
         with urllib.request.urlopen(request, timeout=60) as response:
             answer = json.loads(response.read())
-        assert answer["parameters"] == {"classes": "background,ggo,consolidation"}
+        assert answer["parameters"]["classes"] == "background,ggo,consolidation"
         assert answer["outputs"][0]["shape"] == [1, 40, 50]
         assert set(answer["outputs"][0]["data"]) <= {0, 1, 2}
     finally:

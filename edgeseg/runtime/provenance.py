@@ -1,0 +1,63 @@
+"""Provenance: which bundle, artifact, backend and edgeseg made a result, recorded in every output.
+
+One record (:func:`provenance`) is written, in the form each format has room for, into every
+label map edgeseg writes: a NIfTI header extension and ``descrip``, a ``.seg.nrrd`` header field,
+a PNG text chunk, a DICOM SEG's Algorithm Parameters and Content Description, the KServe v2
+response parameters and the audit log. It names software and model only, never the input (a
+file name or a case id can carry a patient's name), so it holds nothing about the patient.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from edgeseg import __version__
+
+#: the key under which the record is stored where a format takes named text (NRRD, PNG)
+PROVENANCE_KEY = "edgeseg_provenance"
+NIFTI_DESCRIP_BYTES = 80  # the NIfTI-1 header's descrip field, NUL-terminated when shorter
+
+
+def provenance(segmenter) -> dict[str, str]:
+    """The record of what made ``segmenter``'s labels, every value a string (empty values left
+    out): ``software`` and ``software_version`` (this edgeseg), ``architecture`` (the model's),
+    ``manifest_sha256`` (of the bundle's ``manifest.json``, which lists every artifact's sha256),
+    ``bundle_created`` and ``bundle_edgeseg_version`` (the export), ``checkpoint_sha256``,
+    ``artifact`` and ``artifact_sha256`` (the model file run), ``backend`` with its ``precision``,
+    ``device`` and ``backend_version`` (its library's), and ``tta``."""
+    runner = segmenter.runner
+    found = {"software": "edgeseg", "software_version": __version__}
+    manifest = segmenter.manifest
+    if manifest is not None:
+        found.update(architecture=manifest.model.get("name", ""), manifest_sha256=manifest.sha256,
+                     bundle_created=manifest.created, bundle_edgeseg_version=manifest.edgeseg_version,
+                     checkpoint_sha256=manifest.source.get("sha256", ""))
+        # a bundle file only: a remote runner's artifact is a URL, not the model's to publish
+        entry = next((a for a in manifest.artifacts if a.file == runner.artifact), None)
+        if entry is not None:
+            found.update(artifact=entry.file, artifact_sha256=entry.sha256)
+    library = sys.modules.get(runner.library) if runner.library else None
+    found.update(backend=runner.name, precision=runner.precision, device=runner.device,
+                 backend_version=getattr(library, "__version__", ""), tta=segmenter.tta)
+    return {name: str(value) for name, value in found.items() if value not in (None, "")}
+
+
+def provenance_json(record: dict[str, str]) -> str:
+    """``record`` as one line of JSON (ASCII, keys in the record's order)."""
+    return json.dumps(record, separators=(",", ":"))
+
+
+def short_description(record: dict[str, str], limit: int = NIFTI_DESCRIP_BYTES - 1) -> str:
+    """A one-line summary of ``record`` of at most ``limit`` ASCII bytes, for fields as short as
+    NIfTI's ``descrip``: software and version, model, backend:precision, and as much of the
+    manifest's sha256 as fits (the full record is in the file's extension)."""
+    head = " ".join(filter(None, (f"{record.get('software', 'edgeseg')} {record.get('software_version', '')}".strip(),
+                                  record.get("architecture"),
+                                  f"{record['backend']}:{record['precision']}" if "backend" in record else None)))
+    head = head.encode("ascii", "replace").decode()[:limit]
+    digest = record.get("manifest_sha256", "")
+    room = limit - len(head) - len(" manifest ")
+    if digest and room >= 12:  # shorter than 12 hex digits is no use for finding the bundle
+        head += f" manifest {digest[:room]}"
+    return head

@@ -1,0 +1,141 @@
+"""The audit log of ``edgeseg serve`` and ``edgeseg listen``: one JSON line per event.
+
+Off unless ``--audit-log PATH`` is given. Each line is one JSON object, appended with a single
+write and flushed, so that a crash loses no earlier line and concurrent requests never interleave
+within a line. Every line carries ``time`` (UTC, ISO 8601 with milliseconds), ``event`` and the
+model that answered (:func:`edgeseg.runtime.provenance.provenance`: bundle manifest sha256,
+artifact sha256, backend, precision, edgeseg version). Events:
+
+- ``http_request`` (serve): ``request_id`` (the client's ``X-Request-ID`` where it sent a usable
+  one, else a new one; echoed in the response header), ``peer`` (address:port), ``method``,
+  ``path``, ``model`` (the served model's name, for inference routes), ``status``, ``outcome``
+  (``ok`` for a 2xx answer, else ``error``), ``latency_ms``.
+- ``association`` (listen): ``peer`` (address:port), ``calling_ae``, ``called_ae``, the number of
+  images ``stored`` and ``refused``, ``outcome`` (``released``, ``aborted``, ``rejected``).
+- ``series`` (listen): ``study_uid``, ``series_uid``, ``slices``, ``seg_sop_instance_uid`` and
+  ``seg_file``, ``outcome`` (``segmented`` or ``failed`` with ``error``), ``latency_ms``.
+
+No line holds a patient's name, ID, birth date or any other attribute of the data set beyond the
+study and series instance UIDs, nor a request's body or query string.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import threading
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+
+from edgeseg.errors import DataError
+
+# a client's request id is echoed and logged: printable ASCII of a bounded length only
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")
+
+
+def request_id(given: str | None) -> str:
+    """The client's ``X-Request-ID`` when it is a short token, else a new random one: a header
+    value is the client's to choose, and a long or odd one must not reach the log."""
+    if given is not None and _REQUEST_ID.fullmatch(given):
+        return given
+    return uuid.uuid4().hex
+
+
+class AuditLog:
+    """Appends one JSON line per :meth:`record` to ``path``; ``model`` (the provenance record,
+    set once the bundle is loaded) is added to every line. Opened at once, so that a path that
+    cannot be written is refused before the bundle is loaded."""
+
+    def __init__(self, path: str | os.PathLike, model: dict[str, str] | None = None) -> None:
+        self.path = Path(path)
+        if self.path.is_dir():
+            raise DataError(f"--audit-log {self.path} is a folder; name a file")
+        try:
+            # unbuffered, appended: one os-level write per line, never a half line from another thread
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+        except OSError as exc:
+            raise DataError(f"--audit-log {self.path}: cannot open it for appending ({exc.strerror or exc})") from None
+        self.model = dict(model or {})
+        self._lock = threading.Lock()
+
+    def record(self, event: str, **fields) -> None:
+        """Append one line: ``time``, ``event``, ``fields`` (None values left out), the model."""
+        now = datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        line = {"time": now, "event": event, **{k: v for k, v in fields.items() if v is not None},
+                "bundle": self.model}
+        data = (json.dumps(line, separators=(",", ":"), default=str) + "\n").encode()
+        with self._lock:
+            if self._fd is not None:
+                os.write(self._fd, data)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
+
+
+_MODEL_PATH = re.compile(r"/v2/models/([^/]+)/")
+
+
+def audit_request(audit: AuditLog, request, rid: str, status: int, seconds: float) -> None:
+    """The ``http_request`` line of one answered HTTP request (a Starlette ``request``)."""
+    client = request.client
+    path = request.url.path
+    model = _MODEL_PATH.match(path)
+    audit.record("http_request", request_id=rid, peer=f"{client.host}:{client.port}" if client else None,
+                 method=request.method, path=path[:200], model=model.group(1) if model else None, status=status,
+                 outcome="ok" if 200 <= status < 300 else "error", latency_ms=round(seconds * 1e3, 3))
+
+
+class AssociationAudit:
+    """The ``association`` and ``series`` lines of ``edgeseg listen``: counts each association's
+    C-STORE answers (:meth:`counted` wraps the handler) and logs the association when it ends."""
+
+    def __init__(self, audit: AuditLog) -> None:
+        self.audit = audit
+        self._counts: dict[int, list[int]] = {}
+        self._lock = threading.Lock()
+
+    def counted(self, handler):
+        """``handler`` (a C-STORE handler) counting its answers per association."""
+        def store(event):
+            status = handler(event)
+            code = status if isinstance(status, int) else getattr(status, "Status", None)
+            with self._lock:
+                self._counts.setdefault(id(event.assoc), [0, 0])[0 if code == 0 else 1] += 1
+            return status
+        return store
+
+    def ended(self, event, outcome: str) -> None:
+        """Log the association of ``event`` (released, aborted or rejected) with its counts."""
+        assoc = event.assoc
+        with self._lock:
+            stored, refused = self._counts.pop(id(assoc), [0, 0])
+        requestor = assoc.requestor
+        called = getattr(requestor.primitive, "called_ae_title", None) if requestor.primitive else None
+        self.audit.record("association", peer=f"{requestor.address}:{requestor.port}",
+                          calling_ae=_text(requestor.ae_title), called_ae=_text(called), stored=stored,
+                          refused=refused, outcome=outcome)
+
+    def series(self, series_uid: str, seconds: float, *, study_uid=None, slices=None, seg=None,
+               error: str | None = None) -> None:
+        """Log one series: segmented into ``seg`` (the SEG file), or failed with ``error``."""
+        seg_uid = None
+        if seg is not None:
+            import pydicom
+
+            seg_uid = str(pydicom.dcmread(seg, stop_before_pixels=True, specific_tags=["SOPInstanceUID"]).SOPInstanceUID)
+        self.audit.record("series", study_uid=study_uid, series_uid=series_uid, slices=slices,
+                          seg_sop_instance_uid=seg_uid, seg_file=None if seg is None else Path(seg).name,
+                          outcome="failed" if error is not None else "segmented",
+                          error=None if error is None else " ".join(error.split())[:300],
+                          latency_ms=round(seconds * 1e3, 3))
+
+
+def _text(value) -> str | None:
+    if value is None:
+        return None
+    return (value.decode(errors="replace") if isinstance(value, bytes) else str(value)).strip()
