@@ -23,9 +23,9 @@ EDGESEG = [sys.executable, "-m", "edgeseg.cli"]
 # spelling a command may not list -> the one used for that idea everywhere
 RENAMED = {"--force": "--overwrite", "--seconds": "--duration", "--name": "--model-name"}
 # commands without a progress bar: servers (they log), and those that only print or write a few files
-NO_PROGRESS = {"serve", "listen", "inspect", "models", "sdk", "compare", "triton", "bench-serve"}
+NO_PROGRESS = {"serve", "listen", "inspect", "models", "sdk", "version", "compare", "triton", "bench-serve"}
 # commands that read no image: --max-pixels / --max-volume-bytes would bound nothing
-NO_IMAGES = {"models", "sdk", "compare", "inspect", "triton", "bench-serve", "data synth"}
+NO_IMAGES = {"models", "sdk", "version", "compare", "inspect", "triton", "bench-serve", "data synth"}
 
 
 def commands() -> dict[str, click.Command]:
