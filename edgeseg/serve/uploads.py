@@ -20,6 +20,7 @@ import numpy as np
 
 from edgeseg.errors import DataError, EdgesegError, require
 from edgeseg.serve.batcher import QueueFull
+from edgeseg.serve.waiting_line import WaitingLine
 
 OUTPUTS = {"npy": "application/octet-stream", "png": "image/png", "nifti": "application/gzip"}
 SUFFIXES = {"jpeg": "jpg", "nifti": "nii.gz"}  # the upload's file name suffix where it is not the format's name
@@ -50,19 +51,30 @@ class ModelQueue:
     """Uploads in flight for the model, at most ``size`` of them beyond the one it runs: a place
     is taken (:meth:`reserve`; QueueFull beyond ``size``, as the micro-batcher's queue does)
     before an upload is read, so that no more than ``size`` decoded volumes wait at once, and
-    given back when its model call starts (or it fails before). Each call runs on a thread of
-    its own once it holds the model lock, unless its caller gave up while it waited."""
+    given back when its model call starts, when it fails before, or the moment its caller gives
+    up on it while it waits (then its call, and the volume it holds, are dropped unrun). One
+    worker thread runs the calls in the order they came, each once it holds the model lock."""
 
     def __init__(self, lock: threading.Lock, size: int) -> None:
         self._lock = lock
         self.size = int(size)
         self._waiting = 0
+        self._queued = 0
         self._count = threading.Lock()
+        self._line: WaitingLine[_Upload] = WaitingLine()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="edgeseg-upload", daemon=True)
+        self._thread.start()
 
     @property
     def depth(self) -> int:
         """Uploads being read or waiting for the model now."""
         return self._waiting
+
+    @property
+    def queued(self) -> int:
+        """Uploads read and waiting for the model to start on them."""
+        return self._queued
 
     def reserve(self) -> None:
         """Take a place in the queue; QueueFull when ``size`` uploads hold one."""
@@ -80,24 +92,55 @@ class ModelQueue:
         """Run ``call()`` under the model lock for an upload that holds a place: (its result,
         a Future done when it starts). The place is given back when it starts, or when the
         caller cancels the result while it waits (then it never runs)."""
-        result: Future = Future()
-        started: Future = Future()
+        upload = _Upload(call)
+        with self._count:
+            self._queued += 1
+        upload.result.add_done_callback(lambda result: self._leave(upload) if result.cancelled() else None)
+        self._line.join(upload, upload.result)
+        return upload.result, upload.started
 
-        def run() -> None:
+    def _leave(self, upload: "_Upload") -> None:
+        upload.call = None  # its volume is not kept for a call that will never run
+        self._give_place(upload)
+
+    def _give_place(self, upload: "_Upload") -> None:
+        with self._count:
+            if upload.placed:
+                upload.placed = False
+                self._waiting -= 1
+                self._queued -= 1
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            upload = self._line.take(timeout=0.1)
+            if upload is None:
+                continue
             with self._lock:
-                self.release()
-                if not result.set_running_or_notify_cancel():  # the caller gave up while it waited
-                    return
-                started.set_result(True)
+                self._give_place(upload)
+                if not upload.result.set_running_or_notify_cancel():  # the caller gave up meanwhile
+                    continue
+                upload.started.set_result(True)
                 try:
-                    value = call()
+                    value = upload.call()
                 except BaseException as exc:  # the caller hears of every failure
-                    result.set_exception(exc)
+                    upload.result.set_exception(exc)
                 else:
-                    result.set_result(value)
+                    upload.result.set_result(value)
 
-        threading.Thread(target=run, name="edgeseg-upload", daemon=True).start()
-        return result, started
+    def close(self) -> None:
+        """Stop the worker after the call in flight."""
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+class _Upload:
+    """One upload's model call as it waits in line; ``placed`` while it holds its queue place."""
+
+    def __init__(self, call: Callable[[], object]) -> None:
+        self.call: Callable[[], object] | None = call
+        self.result: Future = Future()
+        self.started: Future = Future()
+        self.placed = True
 
 
 @contextlib.contextmanager
