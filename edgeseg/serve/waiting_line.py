@@ -23,7 +23,7 @@ class WaitingLine(Generic[Item]):
     """Items, each with the Future its caller waits on, oldest first (thread-safe)."""
 
     def __init__(self) -> None:
-        self._items: deque[Item] = deque()
+        self._items: deque[tuple[Item, Future]] = deque()
         self._ready = threading.Condition()
 
     def __len__(self) -> int:
@@ -35,16 +35,19 @@ class WaitingLine(Generic[Item]):
         with self._ready:
             if room is not None and len(self._items) >= room:
                 return False
-            self._items.append(item)
+            self._items.append((item, future))
             self._ready.notify()
-        future.add_done_callback(lambda done: self._discard(item) if done.cancelled() else None)
+        # the callback holds the line, never the item: an item holding its future would make a
+        # cycle, and its arrays would outlive the request until the garbage collector ran
+        future.add_done_callback(self._discard)
         return True
 
-    def _discard(self, item: Item) -> None:
+    def _discard(self, future: Future) -> None:
+        if not future.cancelled():
+            return
         with self._ready:
-            # by identity: items may hold arrays, whose == is elementwise
-            for index, waiting in enumerate(self._items):
-                if waiting is item:
+            for index, (_, waiting) in enumerate(self._items):
+                if waiting is future:
                     del self._items[index]
                     return
 
@@ -54,6 +57,6 @@ class WaitingLine(Generic[Item]):
         with self._ready:
             if not self._ready.wait_for(lambda: self._items, timeout):
                 return None
-            if not fits(self._items[0]):
+            if not fits(self._items[0][0]):
                 return None
-            return self._items.popleft()
+            return self._items.popleft()[0]
