@@ -121,3 +121,16 @@ def test_an_answered_upload_leaves_nothing_behind(server_factory, tmp_path):
         gc.enable()
     assert status == 200, data
     assert left < hu.nbytes // 8, f"{left / 2**20:.1f} MiB left after a volume of {hu.nbytes / 2**20:.1f} MiB"
+
+
+def test_an_upload_whose_gzip_data_is_corrupt_is_400(server_factory, tmp_path):
+    """A gzip file (not a Content-Encoding) whose header is sound and whose deflate data is not:
+    one error naming it, not a 500 (zlib's own error escaped the format sniffing)."""
+    corrupt = bytearray(gzip.compress(b"x" * 5000))
+    corrupt[12:20] = b"\xff" * 8
+    sent = tmp_path / "ct.nii.gz"
+    sent.write_bytes(bytes(corrupt))
+    server = server_factory(max_batch=4)
+    status, data = _post_file(server.url, sent, {}, tmp_path / "mask")
+    assert status == 400, data
+    assert json.loads(data) == {"error": "upload is a gzip stream that cannot be decompressed"}
