@@ -88,6 +88,7 @@ def command(bundle, host, port, backend, threads, model_name, max_batch, queue_s
         signal.signal(signal.SIGTERM, previous)
         for model in app.state.models.values():
             model.close()
+        app.state.uploads.close()
         segmenter.close()
         if audit is not None:
             audit.close()

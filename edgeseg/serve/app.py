@@ -24,13 +24,13 @@ from edgeseg import __version__
 from edgeseg.errors import BackendError, EdgesegError, require
 from edgeseg.serve.audit import audit_request, request_id
 from edgeseg.serve.client_gone import first_of
-from edgeseg.serve.encoding import BodyError, decode_body
 from edgeseg.serve.http_errors import CLIENT_CLOSED, HttpError, hold, submitted
 from edgeseg.serve.inflight import ByteBudget
 from edgeseg.serve.metrics import ServerMetrics
 from edgeseg.serve.model_inputs import DEFAULT_MAX_SIDE
 from edgeseg.serve.models import ServedModel, served_models
 from edgeseg.serve.protocol import HEADER_LENGTH, ProtocolError, decode_request, encode_response
+from edgeseg.serve.request_body import BodyReader
 from edgeseg.serve.segment_route import add_segment_route
 from edgeseg.serve.unread_body import CloseUnreadBodies
 from edgeseg.serve.uploads import ModelQueue
@@ -62,7 +62,6 @@ def create_app(segmenter, config: ServeConfig = ServeConfig(), audit=None):
     ``edgeseg.serve.audit.AuditLog``), logged there as one line."""
     from fastapi.responses import Response
     from starlette.concurrency import run_in_threadpool
-    from starlette.requests import ClientDisconnect
 
     from edgeseg.limits import current_limits
 
@@ -79,6 +78,7 @@ def create_app(segmenter, config: ServeConfig = ServeConfig(), audit=None):
     # so the event loop answers health checks and other requests meanwhile; one at a time, so at
     # most one body's worth of Python objects lives at once, as when they ran on the loop.
     codec = asyncio.Semaphore(1)
+    bodies = BodyReader(config.max_body_bytes, config.timeout_s)
 
     def model_for(name: str, version: str | None = None) -> ServedModel:
         if name not in models:
@@ -86,35 +86,6 @@ def create_app(segmenter, config: ServeConfig = ServeConfig(), audit=None):
         if version not in (None, "", "1"):
             raise HttpError(404, f"model {name!r} has no version {version!r}; it has version '1'")
         return models[name]
-
-    async def read_body(request) -> bytes:
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > config.max_body_bytes:
-            raise HttpError(413, f"request body of {declared} bytes exceeds the limit of {config.max_body_bytes}")
-        chunks, size = [], 0
-        stream = request.stream()
-        try:
-            while True:
-                try:
-                    # a client that stops sending must not hold its connection and task for good
-                    chunk = await asyncio.wait_for(anext(stream), config.timeout_s)
-                except StopAsyncIteration:
-                    break
-                except asyncio.TimeoutError:
-                    # the rest of the body may still come: the connection cannot carry another request
-                    raise HttpError(408, f"no request body bytes arrived for {config.timeout_s} s "
-                                         f"({size} received)", {"Connection": "close"}) from None
-                size += len(chunk)
-                if size > config.max_body_bytes:
-                    raise HttpError(413, f"request body exceeds the limit of {config.max_body_bytes} bytes")
-                chunks.append(chunk)
-        except ClientDisconnect:
-            # the client's doing, not the server's: counted as nginx counts it, not as a 500
-            raise HttpError(CLIENT_CLOSED, "the client closed the connection before sending the whole body") from None
-        try:
-            return decode_body(b"".join(chunks), request.headers.get("content-encoding"), config.max_body_bytes)
-        except BodyError as exc:
-            raise HttpError(exc.status, str(exc)) from None
 
     @app.middleware("http")
     async def count(request, call_next):
@@ -194,7 +165,7 @@ def create_app(segmenter, config: ServeConfig = ServeConfig(), audit=None):
     @app.post("/v2/models/{name}/versions/{version}/infer")
     async def infer(name: str, request: Request, version: str | None = None):
         model = model_for(name, version)
-        body = await read_body(request)
+        body = await bodies.read(request)
         start = time.perf_counter_ns()
         try:
             async with codec:
@@ -227,7 +198,7 @@ def create_app(segmenter, config: ServeConfig = ServeConfig(), audit=None):
                     model.stats.record_failure(end - start)
         return Response(content=payload, headers=headers, media_type=headers["content-type"])
 
-    add_segment_route(app, segmenter, uploads, budget, read_body, config.timeout_s)
+    add_segment_route(app, segmenter, uploads, budget, bodies, config.timeout_s)
 
     @get("/metrics")
     async def prometheus():

@@ -5,7 +5,9 @@ so memory stays bounded under overload). One worker thread takes the oldest requ
 whatever else arrives within ``max_delay`` seconds up to ``max_batch`` slices, runs the model
 once on the concatenated batch and hands each caller its own rows. Where requests may differ
 in slice size (the pipeline model), ``key`` groups them: only requests with the first one's key
-join its batch; the next one with another key starts the following batch.
+join its batch; the next one with another key starts the following batch. A request whose caller
+gives up (its Future cancelled) leaves the queue at once (``WaitingLine``), and one in a gathered
+batch still waiting for the model lock is dropped from it: a batch starts when it holds the lock.
 
 Each batch is timed as Triton's statistics count it: how long each request waited before its
 batch started (``Ticket.queue_ns``, waiting for the model lock included), assembling the batch
@@ -16,7 +18,6 @@ rows (compute_output).
 from __future__ import annotations
 
 import contextlib
-import queue
 import threading
 import time
 from collections.abc import Callable
@@ -24,6 +25,8 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from edgeseg.serve.waiting_line import WaitingLine
 
 
 class QueueFull(RuntimeError):
@@ -48,7 +51,7 @@ class BatchTiming:
     output_ns: int
 
 
-@dataclass
+@dataclass(eq=False)  # compared by identity: it holds an array
 class _Pending:
     batch: np.ndarray
     future: Ticket = field(default_factory=Ticket)
@@ -74,8 +77,9 @@ class MicroBatcher:
         self._infer = infer
         self.max_batch = int(max_batch)
         self.max_delay = float(max_delay)
-        self._queue: queue.Queue[_Pending] = queue.Queue(maxsize=int(queue_size))
-        self._carry: _Pending | None = None
+        self.queue_size = int(queue_size)
+        self._line: WaitingLine[_Pending] = WaitingLine()
+        self._gathered: list[_Pending] = []  # taken from the line, waiting for the model lock
         self._on_batch = on_batch
         self._key = key
         self._lock = lock if lock is not None else contextlib.nullcontext()
@@ -85,76 +89,73 @@ class MicroBatcher:
 
     @property
     def depth(self) -> int:
-        """Requests waiting now."""
-        return self._queue.qsize() + (self._carry is not None)
+        """Requests waiting now (in the queue, or gathered into a batch waiting for the model)."""
+        return len(self._line) + sum(not item.future.cancelled() for item in self._gathered)
 
     def submit(self, batch: np.ndarray) -> Ticket:
         """Queue ``batch`` (at most ``max_batch`` slices); QueueFull when the queue is full."""
         if not 1 <= batch.shape[0] <= self.max_batch:
             raise ValueError(f"a request holds 1..{self.max_batch} slices, got {batch.shape[0]}")
         pending = _Pending(batch)
-        try:
-            self._queue.put_nowait(pending)
-        except queue.Full:
-            raise QueueFull(f"request queue is full ({self._queue.maxsize} waiting)") from None
+        if not self._line.join(pending, pending.future, room=self.queue_size):
+            raise QueueFull(f"request queue is full ({self.queue_size} waiting)")
         return pending.future
 
-    def _next(self, timeout: float | None) -> _Pending | None:
-        if self._carry is not None:
-            item, self._carry = self._carry, None
-            return item
-        try:
-            return self._queue.get(timeout=timeout)
-        except queue.Empty:
-            return None
-
     def _gather(self) -> list[_Pending]:
-        first = self._next(timeout=0.1)
+        first = self._line.take(timeout=0.1)
         if first is None:
             return []
         items, rows = [first], first.batch.shape[0]
         deadline = time.monotonic() + self.max_delay
+
+        def fits(item: _Pending) -> bool:  # one that does not stays first in the queue for the next batch
+            return rows + item.batch.shape[0] <= self.max_batch and self._joins(first, item)
+
         while rows < self.max_batch:
-            item = self._next(timeout=max(0.0, deadline - time.monotonic()))
+            item = self._line.take(max(0.0, deadline - time.monotonic()), fits)
             if item is None:
-                break
-            if rows + item.batch.shape[0] > self.max_batch or not self._joins(first, item):
-                self._carry = item
                 break
             items.append(item)
             rows += item.batch.shape[0]
-        # a caller that timed out has cancelled its future: do not spend the model on it
-        return [item for item in items if item.future.set_running_or_notify_cancel()]
+        return items
 
     def _joins(self, first: _Pending, item: _Pending) -> bool:
         return self._key is None or self._key(first.batch) == self._key(item.batch)
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            items = self._gather()
-            if not items:
-                continue
-            try:
-                with self._lock:  # waiting for the lock is queueing: the batch starts with it
-                    started = time.perf_counter_ns()
-                    batch = items[0].batch if len(items) == 1 else np.concatenate([i.batch for i in items])
-                    assembled = time.perf_counter_ns()
-                    logits = self._infer(batch)
-                    inferred = time.perf_counter_ns()
-                bounds = np.cumsum([0] + [item.batch.shape[0] for item in items])
-                rows = [logits[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
-                timing = BatchTiming(batch.shape[0], assembled - started, inferred - assembled,
-                                     time.perf_counter_ns() - inferred)
-                if self._on_batch is not None:  # before any caller hears: its statistics include this batch
-                    self._on_batch(timing)
-            except BaseException as exc:  # every caller must hear about the failure
-                for item in items:
-                    item.future.set_exception(exc)
-                continue
-            for item, part in zip(items, rows):
-                item.future.queue_ns = started - item.queued_ns
-                item.future.infer_ns = timing.infer_ns
-                item.future.set_result(part)
+            self._gathered = self._gather()
+            if self._gathered:
+                self._run_batch()
+
+    def _run_batch(self) -> None:
+        items: list[_Pending] = []
+        try:
+            with self._lock:  # waiting for the lock is queueing: the batch starts with it
+                # a caller that gave up meanwhile has cancelled its future: the model is not spent on it
+                items = [item for item in self._gathered if item.future.set_running_or_notify_cancel()]
+                self._gathered = []
+                if not items:
+                    return
+                started = time.perf_counter_ns()
+                batch = items[0].batch if len(items) == 1 else np.concatenate([i.batch for i in items])
+                assembled = time.perf_counter_ns()
+                logits = self._infer(batch)
+                inferred = time.perf_counter_ns()
+            bounds = np.cumsum([0] + [item.batch.shape[0] for item in items])
+            rows = [logits[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+            timing = BatchTiming(batch.shape[0], assembled - started, inferred - assembled,
+                                 time.perf_counter_ns() - inferred)
+            if self._on_batch is not None:  # before any caller hears: its statistics include this batch
+                self._on_batch(timing)
+        except BaseException as exc:  # every caller must hear about the failure
+            for item in items:
+                item.future.set_exception(exc)
+            return
+        for item, part in zip(items, rows):
+            item.future.queue_ns = started - item.queued_ns
+            item.future.infer_ns = timing.infer_ns
+            item.future.set_result(part)
 
     def close(self) -> None:
         """Stop the worker after the batch in flight."""

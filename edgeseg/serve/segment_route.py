@@ -1,15 +1,17 @@
 """``POST /v1/segment``: a whole file in, its mask out (the three steps are in
 ``edgeseg.serve.uploads``).
 
-An upload takes a place in the upload queue before its body is decoded, so that at most
-``--queue-size`` decoded volumes wait; the place is given back when its model call starts, or
-on whatever path the upload leaves by before that (a refusal, a failed reading, a temporary
-folder that cannot be made, a client gone while it waited).
+An upload's body is written to a temporary folder of its own as it arrives. It then takes a
+place in the upload queue before it is decoded, so that at most ``--queue-size`` decoded volumes
+wait; the place is given back when its model call starts, or on whatever path the upload leaves
+by before that (a refusal, a failed reading, a client gone while it waited).
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import shutil
 import tempfile
 from concurrent.futures import Future
 from pathlib import Path
@@ -25,28 +27,30 @@ fastapi = require("fastapi", "serve", "edgeseg serve")
 Request = fastapi.Request
 
 
-def add_segment_route(app, segmenter, uploads, budget, read_body, timeout_s: float) -> None:
+def add_segment_route(app, segmenter, uploads, budget, bodies, timeout_s: float) -> None:
     """Serve ``/v1/segment`` on ``app`` with ``segmenter``: uploads wait in ``uploads`` (an
-    ``edgeseg.serve.uploads.ModelQueue``), their volumes held in ``budget``; ``read_body`` reads
-    and decodes a request's body; ``timeout_s`` bounds the wait for the model to start."""
-    from fastapi.responses import Response
+    ``edgeseg.serve.uploads.ModelQueue``), their volumes held in ``budget``; ``bodies`` (an
+    ``edgeseg.serve.request_body.BodyReader``) saves a request's body; ``timeout_s`` bounds the
+    wait for the model to start."""
+    from fastapi.responses import StreamingResponse
+    from starlette.background import BackgroundTask
     from starlette.concurrency import run_in_threadpool
 
     from edgeseg.runtime.provenance import provenance, provenance_json
 
     record = provenance(segmenter)
 
-    @app.post("/v1/segment")
-    async def segment(request: Request, format: str = "npy"):
-        body = await read_body(request)
+    async def segmented(request, format: str, tmp: Path) -> tuple[Path, str]:
+        # to a file as it arrives: the reader takes it from there, and its bytes are never held
+        # in memory beside the volume they decode to
+        body = await bodies.save(request, tmp / "body")
         submitted(uploads.reserve)  # a place first: at most --queue-size decoded volumes wait
         queued = False  # once queued, the model queue gives the place back itself
         try:
-            with budget.holding("the upload's volume") as held, \
-                    tempfile.TemporaryDirectory(prefix="edgeseg-upload-") as tmp:
+            with budget.holding("the upload's volume") as held:
                 # only the model call holds the model: reading and writing the files do not
                 try:  # the volume's bytes are taken from the budget before its pixels are allocated
-                    volume = await run_in_threadpool(read_upload, body, format, Path(tmp), held)
+                    volume = await run_in_threadpool(read_upload, body, format, tmp, held)
                 except BaseException:
                     if held.refusal is not None:  # whatever the reader made of it
                         raise refused(held.refusal) from None
@@ -54,12 +58,36 @@ def add_segment_route(app, segmenter, uploads, budget, read_body, timeout_s: flo
                 result, started = uploads.submit(lambda: segmenter.predict_volume(volume))
                 queued = True
                 labels = await _upload_result(result, started, timeout_s, request.receive)
-                payload, media = await run_in_threadpool(write_mask, labels, volume, format, Path(tmp), record)
+                return await run_in_threadpool(write_mask, labels, volume, format, tmp, record)
         finally:
             if not queued:
                 uploads.release()
+
+    @app.post("/v1/segment")
+    async def segment(request: Request, format: str = "npy"):
+        tmp = Path(tempfile.mkdtemp(prefix="edgeseg-upload-"))
+        try:
+            mask, media = await segmented(request, format, tmp)
+            # sent from the open file: the volume and labels are freed before sending starts, and
+            # the mask is never held in memory whole; its folder goes now, whatever the client does
+            handle = open(mask, "rb")
+        finally:
+            await run_in_threadpool(shutil.rmtree, tmp, ignore_errors=True)
+        size = os.fstat(handle.fileno()).st_size
         # NPY has no room for it: the header says what made every mask, whatever its format
-        return Response(content=payload, media_type=media, headers={"X-Edgeseg-Provenance": provenance_json(record)})
+        headers = {"Content-Length": str(size), "X-Edgeseg-Provenance": provenance_json(record)}
+        return StreamingResponse(_chunks(handle), media_type=media, headers=headers,
+                                 background=BackgroundTask(handle.close))
+
+
+async def _chunks(handle):
+    from starlette.concurrency import run_in_threadpool
+
+    try:
+        while chunk := await run_in_threadpool(handle.read, 1 << 20):
+            yield chunk
+    finally:
+        handle.close()
 
 
 async def _upload_result(result: Future, started: Future, timeout_s: float, receive):

@@ -12,34 +12,39 @@ import contextlib
 import gzip
 import io
 import threading
+import zlib
 from collections.abc import Callable
 from concurrent.futures import Future
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from edgeseg.errors import DataError, EdgesegError, require
 from edgeseg.serve.batcher import QueueFull
+from edgeseg.serve.waiting_line import WaitingLine
 
 OUTPUTS = {"npy": "application/octet-stream", "png": "image/png", "nifti": "application/gzip"}
 SUFFIXES = {"jpeg": "jpg", "nifti": "nii.gz"}  # the upload's file name suffix where it is not the format's name
 
 
-def sniff(body: bytes) -> str:
-    """The upload's format from its magic bytes: dicom, nifti, png, jpeg or npy."""
-    if body[:6] == b"\x93NUMPY":
+def sniff(upload: Path) -> str:
+    """The format of the upload in file ``upload`` from its magic bytes: dicom, nifti, png, jpeg or npy."""
+    with open(upload, "rb") as file:
+        head = file.read(348)
+    if head[:6] == b"\x93NUMPY":
         return "npy"
-    if body[128:132] == b"DICM":
+    if head[128:132] == b"DICM":
         return "dicom"
-    if body[:8] == b"\x89PNG\r\n\x1a\n":
+    if head[:8] == b"\x89PNG\r\n\x1a\n":
         return "png"
-    if body[:3] == b"\xff\xd8\xff":
+    if head[:3] == b"\xff\xd8\xff":
         return "jpeg"
-    head = body
-    if body[:2] == b"\x1f\x8b":
+    if head[:2] == b"\x1f\x8b":
         try:
-            head = gzip.GzipFile(fileobj=io.BytesIO(body)).read(348)
-        except (OSError, EOFError):
+            with gzip.open(upload) as file:
+                head = file.read(348)
+        except (OSError, EOFError, zlib.error):
             raise DataError("upload is a gzip stream that cannot be decompressed") from None
     if len(head) >= 348 and int.from_bytes(head[:4], "little") in (348, 540):
         return "nifti"
@@ -50,19 +55,30 @@ class ModelQueue:
     """Uploads in flight for the model, at most ``size`` of them beyond the one it runs: a place
     is taken (:meth:`reserve`; QueueFull beyond ``size``, as the micro-batcher's queue does)
     before an upload is read, so that no more than ``size`` decoded volumes wait at once, and
-    given back when its model call starts (or it fails before). Each call runs on a thread of
-    its own once it holds the model lock, unless its caller gave up while it waited."""
+    given back when its model call starts, when it fails before, or the moment its caller gives
+    up on it while it waits (then its call, and the volume it holds, are dropped unrun). One
+    worker thread runs the calls in the order they came, each once it holds the model lock."""
 
     def __init__(self, lock: threading.Lock, size: int) -> None:
         self._lock = lock
         self.size = int(size)
         self._waiting = 0
+        self._queued = 0
         self._count = threading.Lock()
+        self._line: WaitingLine[_Upload] = WaitingLine()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="edgeseg-upload", daemon=True)
+        self._thread.start()
 
     @property
     def depth(self) -> int:
         """Uploads being read or waiting for the model now."""
         return self._waiting
+
+    @property
+    def queued(self) -> int:
+        """Uploads read and waiting for the model to start on them."""
+        return self._queued
 
     def reserve(self) -> None:
         """Take a place in the queue; QueueFull when ``size`` uploads hold one."""
@@ -80,24 +96,67 @@ class ModelQueue:
         """Run ``call()`` under the model lock for an upload that holds a place: (its result,
         a Future done when it starts). The place is given back when it starts, or when the
         caller cancels the result while it waits (then it never runs)."""
-        result: Future = Future()
-        started: Future = Future()
+        upload = _Upload(_Place(call), Future(), Future())
+        with self._count:
+            self._queued += 1
+        place = upload.place  # the callback holds the place alone: the upload would make a cycle
+        upload.result.add_done_callback(lambda result: self._leave(place) if result.cancelled() else None)
+        self._line.join(upload, upload.result)
+        return upload.result, upload.started
 
-        def run() -> None:
+    def _leave(self, place: "_Place") -> None:
+        place.call = None  # its volume is not kept for a call that will never run
+        self._give(place)
+
+    def _give(self, place: "_Place") -> None:
+        with self._count:
+            if place.held:
+                place.held = False
+                self._waiting -= 1
+                self._queued -= 1
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            upload = self._line.take(timeout=0.1)
+            if upload is None:
+                continue
             with self._lock:
-                self.release()
-                if not result.set_running_or_notify_cancel():  # the caller gave up while it waited
-                    return
-                started.set_result(True)
+                self._give(upload.place)
+                if not upload.result.set_running_or_notify_cancel():  # the caller gave up meanwhile
+                    continue
+                upload.started.set_result(True)
+                call, upload.place.call = upload.place.call, None
                 try:
                     value = call()
                 except BaseException as exc:  # the caller hears of every failure
-                    result.set_exception(exc)
+                    upload.result.set_exception(exc)
                 else:
-                    result.set_result(value)
+                    upload.result.set_result(value)
+            # the volume and its labels are the caller's alone from here: it frees them when answered
+            upload = call = value = None
 
-        threading.Thread(target=run, name="edgeseg-upload", daemon=True).start()
-        return result, started
+    def close(self) -> None:
+        """Stop the worker after the call in flight."""
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+class _Place:
+    """An upload's call and its queue place (``held`` until given back)."""
+
+    def __init__(self, call: Callable[[], object]) -> None:
+        self.call: Callable[[], object] | None = call
+        self.held = True
+
+
+@dataclass(frozen=True)
+class _Upload:
+    """An upload as it waits in line: its place, the Future of its result and the Future done
+    when its call starts."""
+
+    place: _Place
+    result: Future
+    started: Future
 
 
 @contextlib.contextmanager
@@ -110,9 +169,10 @@ def _named_as_upload(tmp: Path):
         raise
 
 
-def read_upload(body: bytes, fmt: str, tmp: Path, holding=None):
-    """The upload's Volume, read through ``tmp`` (a folder of its own); DataError for an output
-    format not in OUTPUTS or an upload that is none of the formats read. ``holding`` (an
+def read_upload(body: Path, fmt: str, tmp: Path, holding=None):
+    """The Volume of the upload in file ``body``, read through ``tmp`` (the folder of ``body``,
+    the upload's own), where ``body`` is moved; DataError for an output format not in OUTPUTS or
+    an upload that is none of the formats read. ``holding`` (an
     ``edgeseg.serve.inflight.Holding``) is charged the volume's bytes as the reader sizes it
     from the header, before its pixels are allocated, and may refuse it."""
     from edgeseg.limits import volume_sizes_to
@@ -124,12 +184,12 @@ def read_upload(body: bytes, fmt: str, tmp: Path, holding=None):
     return volume
 
 
-def _read_upload(body: bytes, fmt: str, tmp: Path):
+def _read_upload(body: Path, fmt: str, tmp: Path):
     from edgeseg.runtime.readers import read_input
 
     if fmt not in OUTPUTS:
         raise DataError(f"format must be one of {sorted(OUTPUTS)}, got {fmt!r}")
-    if not body:
+    if body.stat().st_size == 0:
         raise DataError("upload is empty")
     kind = sniff(body)
     if kind == "dicom":
@@ -137,23 +197,28 @@ def _read_upload(body: bytes, fmt: str, tmp: Path):
         source = tmp / "upload" / "upload.dcm"
     else:
         source = tmp / f"upload.{SUFFIXES.get(kind, kind)}"
-    if kind == "nifti" and body[:2] != b"\x1f\x8b":
+    if kind == "nifti" and _head(body, 2) != b"\x1f\x8b":
         source = tmp / "upload.nii"
-    source.write_bytes(body)
+    body.rename(source)  # the reader knows the format by the file's name
     volume, _ = read_input(source.parent if kind == "dicom" else source)
     if fmt == "png" and volume.hu.shape[0] != 1:  # refused before the model is spent on it
         raise DataError(f"PNG output holds one slice; the upload has {volume.hu.shape[0]} (ask for npy or nifti)")
     return volume
 
 
-def write_mask(labels: np.ndarray, volume, fmt: str, tmp: Path, provenance: dict | None = None) -> tuple[bytes, str]:
-    """(the mask ``labels`` of ``volume`` as bytes in ``fmt``, its media type); a NIfTI or PNG
-    mask holds ``provenance`` as ``edgeseg predict``'s outputs do."""
+def _head(path: Path, size: int) -> bytes:
+    with open(path, "rb") as file:
+        return file.read(size)
+
+
+def write_mask(labels: np.ndarray, volume, fmt: str, tmp: Path, provenance: dict | None = None) -> tuple[Path, str]:
+    """(the file in ``tmp`` holding the mask ``labels`` of ``volume`` in ``fmt``, its media type);
+    a NIfTI or PNG mask holds ``provenance`` as ``edgeseg predict``'s outputs do."""
     with _named_as_upload(tmp):
         return _write_mask(labels, volume, fmt, tmp, provenance)
 
 
-def _write_mask(labels: np.ndarray, volume, fmt: str, tmp: Path, provenance: dict | None) -> tuple[bytes, str]:
+def _write_mask(labels: np.ndarray, volume, fmt: str, tmp: Path, provenance: dict | None) -> tuple[Path, str]:
     from edgeseg.runtime.writers import png_text, write_nifti, write_npy
 
     if fmt == "npy":
@@ -165,7 +230,7 @@ def _write_mask(labels: np.ndarray, volume, fmt: str, tmp: Path, provenance: dic
         Image.fromarray(np.ascontiguousarray(labels[0])).save(out, format="PNG", pnginfo=png_text(provenance))
     else:
         out = write_nifti(labels, volume, tmp / "mask.nii.gz", provenance=provenance)
-    return Path(out).read_bytes(), OUTPUTS[fmt]
+    return Path(out), OUTPUTS[fmt]
 
 
 def labels_from_npy(payload: bytes) -> np.ndarray:
