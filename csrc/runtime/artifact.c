@@ -40,7 +40,9 @@ int es_bundle_verify(const char *dir, const es_bundle *b, es_error *err) {
     int external = 0;
     es_external_tensor found;
     int rc = ES_OK;
-    if (stat(path, &st) != 0 || !S_ISREG(st.st_mode)) {
+    if ((rc = es_inside_bundle(dir, b->artifact_file, err)) != ES_OK) {
+        /* err says which file and where it leads */
+    } else if (stat(path, &st) != 0 || !S_ISREG(st.st_mode)) {
         rc = es_fail(err, ES_EBUNDLE, "bundle %s: artifact %s (%s) is missing", dir, b->artifact_file, b->artifact_key);
     } else if ((long long)st.st_size != b->artifact_bytes) {
         rc = es_fail(err, ES_EBUNDLE, "bundle %s: %s is %lld bytes, manifest says %lld (tampered or truncated)", dir,

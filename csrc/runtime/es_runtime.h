@@ -94,6 +94,10 @@ int es_json_keep_last_keys(struct cJSON *node);
  * int8, fp32, fp16 in that order). ES_OK or an error in `err`. */
 int es_bundle_read(const char *dir, const char *precision, es_bundle *bundle, es_error *err);
 
+/* bundle_paths.c: ES_EBUNDLE where DIR/NAME exists and resolves outside DIR (a link elsewhere);
+ * ES_OK for a file inside and for a missing one, which the caller names. */
+int es_inside_bundle(const char *dir, const char *name, es_error *err);
+
 /* Check the chosen artifact's size and sha256 against the manifest. */
 int es_bundle_verify(const char *dir, const es_bundle *bundle, es_error *err);
 

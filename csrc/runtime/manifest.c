@@ -344,8 +344,9 @@ int es_bundle_read(const char *dir, const char *precision, es_bundle *b, es_erro
     char *path = malloc(n);
     if (!path) return es_fail(err, ES_ENOMEM, "no memory for a path");
     snprintf(path, n, "%s/manifest.json", dir);
-    char *text = es_manifest_text(path, dir, err);
-    int rc = text ? ES_OK : err ? err->code : ES_EBUNDLE;
+    int rc = es_inside_bundle(dir, "manifest.json", err);
+    char *text = rc ? NULL : es_manifest_text(path, dir, err);
+    if (!rc) rc = text ? ES_OK : err ? err->code : ES_EBUNDLE;
     if (text) {
         const char *end = text; /* ParseWithOpts reports where parsing stopped without a global */
         cJSON *root = cJSON_ParseWithOpts(text, &end, 1); /* 1: trailing bytes are an error, as in Python */

@@ -46,6 +46,7 @@ def command(sweep_file, out, points_only, rounds, regate, rescore, status, quiet
                                       write_reports)
     from edgeseg.sweep.redo import regate as regate_points, remeasure, rescore as rescore_points
     from edgeseg.sweep.run import check_sweep_folder, run_sweep
+    from edgeseg.sweep.versions import differing_versions, versions_text
 
     configure_logging()
     sweep = load_sweep(sweep_file)
@@ -102,6 +103,9 @@ def command(sweep_file, out, points_only, rounds, regate, rescore, status, quiet
                        f"{c['reference']} (margin {c['max_dice_loss']:g})" + _paired_text(m.get("paired")))
         if c.get("paired"):
             click.echo(f"chosen against {c['reference']}:{_paired_text(c['paired'])[1:]}")
+        if c.get("mixed_versions"):
+            click.echo(f"note: chosen over latencies measured with different library versions "
+                       f"({versions_text(c['mixed_versions'])}), as [choose] accept_mixed_versions allows")
     elif sweep.choose and len(gates := result_gates(points)) > 1:
         counts = ", ".join(f"{g} on {sum(p.get('gate', 'v1') == g for p in points)}" for g in gates)
         click.echo(f"no choice: the runs' bundles passed different parity gates ({counts}); "
@@ -116,6 +120,10 @@ def command(sweep_file, out, points_only, rounds, regate, rescore, status, quiet
     elif sweep.choose and not one_machine(machines := latency_machines(points)):
         click.echo(f"no choice: the latencies were not all measured on one recorded machine ({'; '.join(machines)}); "
                    "run this command with --remeasure N on one machine")
+    elif sweep.choose and (mixed := differing_versions(points)) and not sweep.choose.get("accept_mixed_versions"):
+        click.echo(f"no choice: the latencies were measured with different library versions ({versions_text(mixed)}); "
+                   "run this command with --remeasure N to measure every point with the versions here, or set "
+                   "[choose] accept_mixed_versions = true to choose anyway")
     elif sweep.choose:
         click.echo(f"no choice yet: {no_choice_reason(variants, sweep.choose)}")
     click.echo(f"wrote {', '.join(str(p) for p in paths.values())}")

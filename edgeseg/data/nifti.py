@@ -22,6 +22,7 @@ nib = require("nibabel", "io", "reading NIfTI volumes")
 nio = require("nibabel.orientations", "io", "reading NIfTI volumes")
 
 from edgeseg.data.grid import check_same_grid, spacing_from_affine
+from edgeseg.data.label_values import LABEL_TOLERANCE
 from edgeseg.data.volume import Volume
 from edgeseg.progress import progress_bar
 
@@ -40,11 +41,6 @@ _READ_ERRORS = (OSError, EOFError, zlib.error, ValueError, nib.filebasedimages.I
                 nib.spatialimages.HeaderDataError)
 
 _LPS = nio.axcodes2ornt(("L", "P", "S"))
-# How far a floating-point label value may lie from a whole number and still be read as that
-# label. Resampling and format conversion in float32 leave 0.9999999 for 1 and 2.0000002 for 2,
-# which name their label without doubt; a value half-way (0.5 from linear interpolation of a
-# label map) names none, and rounding it would invent a boundary.
-LABEL_TOLERANCE = 1e-3
 
 
 def is_nifti_path(path: str | os.PathLike) -> bool:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgeseg.data.label_values import LABEL_TOLERANCE, off_whole, rounded_labels
 from edgeseg.errors import DataError
 
 MASK_KINDS = ("auto", "binary", "labels")
@@ -115,10 +116,14 @@ def decode_masks(
         raise DataError(f"mask kind must be one of {', '.join(MASK_KINDS)}, got {kind!r}")
     if kind != "binary":  # a float mask (TIFF) of 0.8s would truncate to background as labels
         for stem in sorted(raw):
-            fraction = raw[stem][np.mod(raw[stem], 1) != 0] if raw[stem].dtype.kind == "f" else ()
+            fraction = raw[stem][off_whole(raw[stem])] if raw[stem].dtype.kind == "f" else ()
             if len(fraction):
-                raise DataError(f"mask {paths[stem]} holds the non-integer value {float(fraction[0]):g}; masks hold "
-                                f"label values or 0/255 (--mask binary thresholds them at --mask-threshold)")
+                raise DataError(f"mask {paths[stem]} holds the non-integer value {float(fraction[0]):g}, more than "
+                                f"{LABEL_TOLERANCE:g} from a whole number; masks hold label values or 0/255 (within "
+                                f"{LABEL_TOLERANCE:g} of one, rounded to it; --mask binary thresholds them at "
+                                f"--mask-threshold)")
+        # float32 resampling writes 0.9999999 for 1: as label numbers (and the kind's values) they are 1, not 0
+        raw = {stem: rounded_labels(pixels) for stem, pixels in raw.items()}
     present: dict[int, str] = {}
     for stem in sorted(raw):
         for value in np.unique(raw[stem]).tolist():

@@ -24,8 +24,9 @@ Layout of ``manifest.json`` (schema 1)::
 ``-1`` in a shape is the dynamic batch axis. ``resize_input`` (default true) false means the
 runtime refuses slices whose size differs from the spec's instead of resizing them. Readers refuse a newer schema,
 unknown formats and precisions no runner loads (the Runner classes say which, see ``edgeseg.runtime.runners``), and
-(``verify_artifacts``) missing files, files whose sha256 differs, and ONNX graphs that keep a tensor in another file,
-which no sha256 covers. ``Manifest.sha256`` (of the bytes read) is the bundle's identity in outputs' provenance.
+(``verify_artifacts``) missing files, files whose sha256 differs, ONNX graphs that keep a tensor in another file,
+which no sha256 covers, and files that resolve outside the bundle folder (``edgeseg.runtime.bundle_files``).
+``Manifest.sha256`` (of the bytes read) is the bundle's identity in outputs' provenance.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeseg.errors import BundleError, SpecError
+from edgeseg.runtime.bundle_files import check_inside_bundle, read_bundle_json_bytes, sha256_file
 from edgeseg.runtime.onnx_form import check_self_contained
 from edgeseg.spec import PreprocessSpec
 
@@ -46,9 +48,6 @@ MANIFEST_NAME = "manifest.json"
 PARITY_NAME = "parity.json"
 INPUT_NAME, OUTPUT_NAME = "image", "logits"
 MAX_CLASS = 255  # labels are uint8
-# libedgeseg's limit (MANIFEST_MAX_BYTES in csrc/runtime/manifest_text.c): a manifest is a few kB,
-# and one padded with gigabytes of JSON whitespace would otherwise be read whole into memory
-MANIFEST_MAX_BYTES = 64 << 20
 DTYPES = ("float32", "float16", "int64", "uint8")
 MAX_BATCH = 1 << 20  # libedgeseg's ES_MAX_BATCH; a larger one is no model's limit, only a large buffer
 # The largest magnitude of a manifest integer. libedgeseg holds JSON numbers as doubles (exact to
@@ -309,30 +308,6 @@ def network_tensors(spec: PreprocessSpec, num_classes: int) -> tuple[TensorInfo,
     return (TensorInfo(INPUT_NAME, (-1, 1, *spec.size)), TensorInfo(OUTPUT_NAME, (-1, int(num_classes), *spec.size)))
 
 
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def read_bundle_json_bytes(path: Path) -> bytes:
-    """The bytes of a bundle's JSON file (``manifest.json``, ``parity.json``), read no further
-    than :data:`MANIFEST_MAX_BYTES`; BundleError for a longer one, OSError for an unreadable one."""
-    chunks, total = [], 0
-    with open(path, "rb") as fh:
-        # in steps: read(n) allocates n bytes before it reads, 64 MB for every bundle loaded
-        while total <= MANIFEST_MAX_BYTES and (chunk := fh.read(1 << 20)):
-            chunks.append(chunk)
-            total += len(chunk)
-    raw = b"".join(chunks)
-    if len(raw) > MANIFEST_MAX_BYTES:
-        raise BundleError(f"{path}: not a regular file of at most {MANIFEST_MAX_BYTES} bytes")
-    return raw
-
-
 def read_manifest(bundle: str | Path) -> Manifest:
     """Parse ``BUNDLE/manifest.json``; BundleError for a missing, unreadable or invalid one."""
     if not isinstance(bundle, (str, os.PathLike)):
@@ -387,6 +362,7 @@ def verify_artifacts(bundle: str | Path, manifest: Manifest, only: list[Artifact
     folder = Path(bundle)
     for entry in manifest.artifacts if only is None else only:
         path = folder / entry.file
+        check_inside_bundle(folder, entry.file)
         if not path.is_file():
             raise BundleError(f"bundle {folder}: artifact {entry.file} ({entry.key}) is missing")
         size = path.stat().st_size

@@ -16,6 +16,15 @@ choice stays cached for as long as the bundle and libraries do. Waiting costs th
 the probes ahead (seconds; more for large models on many backends), once per bundle and
 machine; a process whose choice is cached never waits. Where the folder
 cannot be written (a read-only home) the probe runs unshared and unrecorded, with one warning.
+
+The wait is bounded (``$EDGESEG_PROBE_WAIT`` seconds, default :data:`PROBE_WAIT_SECONDS`): a
+holder that hangs alive (stopped, stuck on a GPU driver or a network filesystem) is never
+dropped by the kernel, and a server or a Triton instance starting behind it would wait forever.
+Past the bound the probe runs unshared and unrecorded, with one warning, as where the folder
+cannot be written: the lock only keeps probes from skewing each other's timings, and a load that
+measures among another's candidates still runs correct masks, where refusing would leave the
+service down for the sake of a few ms of latency; what it measures is not cached, so a skewed
+choice lasts one process, not the bundle's life.
 """
 
 from __future__ import annotations
@@ -27,9 +36,11 @@ import logging
 import os
 import platform
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from edgeseg.errors import BackendError
 from edgeseg.runtime.machine import cpu_model, installed_versions
 from edgeseg.runtime.manifest import MANIFEST_NAME
 
@@ -38,6 +49,11 @@ log = logging.getLogger(__name__)
 CACHE_NAME = "backend-probe.json"
 PROBE_LOCK_NAME = "backend-probing.lock"
 KEY_DISTRIBUTIONS = ("onnxruntime", "onnxruntime-gpu", "openvino", "tensorrt", "torch")
+# Longer than any probe measured here (a few seconds; tens for large models on every backend)
+# by a wide margin: a holder still probing is waited for, only one that hangs is not.
+PROBE_WAIT_SECONDS = 600.0
+PROBE_WAIT_ENV = "EDGESEG_PROBE_WAIT"
+_POLL_SECONDS = 0.1
 
 
 def probe_key(bundle: Path, threads: int) -> str:
@@ -113,26 +129,64 @@ def probe_lock() -> Iterator[bool]:
                 os.close(fd)  # the last copy closed drops the flock
 
 
+def probe_wait_seconds() -> float:
+    """How long a probe waits for another process's: ``$EDGESEG_PROBE_WAIT`` or the default;
+    BackendError for a value that is no number of seconds from 0 up."""
+    text = os.environ.get(PROBE_WAIT_ENV, "").strip()
+    if not text:
+        return PROBE_WAIT_SECONDS
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = float("nan")
+    if not 0 <= seconds < float("inf"):
+        raise BackendError(f"{PROBE_WAIT_ENV} must be a number of seconds from 0 up, got {text[:40]!r}")
+    return seconds
+
+
 def _acquire(path: Path) -> int | None:
     import fcntl
 
+    wait = probe_wait_seconds()  # before the lock file: a bad value is refused, not waited on
     fd = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         # read-only: a lock file another user created in a shared cache folder still opens
         fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o666)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            log.info("another process is probing backends on this machine (%s); waiting for it", path)
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        return fd
+        if _flock_within(fd, path, wait):
+            return fd
+        os.close(fd)
+        log.warning("another process has held the backend probe lock %s for over %g s (%s=%g); probing "
+                    "without sharing the measurement with it or recording the choice", path, wait,
+                    PROBE_WAIT_ENV, wait)
+        return None
     except OSError as exc:  # a read-only home, a filesystem without flock (ENOLCK)
         if fd is not None:
             os.close(fd)
         log.warning("cannot use the backend probe cache in %s (%s); probing without sharing the "
                     "measurement with other processes or recording the choice", path.parent, exc)
         return None
+
+
+def _flock_within(fd: int, path: Path, wait: float) -> bool:
+    """Take the exclusive flock on ``fd`` within ``wait`` seconds; False where it stays held.
+    Polled: flock has no timeout, and an alarm signal to cut a blocking one works only in the
+    main thread, where servers load bundles from worker threads too."""
+    import fcntl
+
+    deadline = time.monotonic() + wait
+    announced = False
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return False
+        if not announced:
+            log.info("another process is probing backends on this machine (%s); waiting for it", path)
+            announced = True
+        time.sleep(min(_POLL_SECONDS, max(0.0, deadline - time.monotonic())))
 
 
 def _forget_inherited_lock() -> None:

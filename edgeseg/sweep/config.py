@@ -24,6 +24,7 @@ Example ``SWEEP.toml``::
     reference = "unet-b8-d2-s64"  # the variant to match
     max_dice_loss = 0.005         # the fastest variant within this much mean Dice of it is chosen
     min_runs = 3                  # finished seeds a variant needs to take part (default: all of them)
+    accept_mixed_versions = false # choose even where points were measured with other library versions
 
 A point is one training run. Its id names the variant (``unet-b8-d2-s64``) and, for a seed of
 ``[grid] seed`` other than the recipe's own (``[recipe] seed``, else the named recipe's, else
@@ -59,7 +60,7 @@ EXPORT_KEYS = {"calib": str, "calib_method": str, "calib_slices": int, "verify_s
                "max_dice_drop_int8": float, "gate_metric": str,
                "int8_scheme": str, "structure_px": int}
 MEASURE_KEYS = {"slice_size": int, "batches": list, "runs": int, "warmup": int, "volume_slices": int, "threads": int}
-CHOOSE_KEYS = {"reference": str, "max_dice_loss": float, "min_runs": int}
+CHOOSE_KEYS = {"reference": str, "max_dice_loss": float, "min_runs": int, "accept_mixed_versions": bool}
 MEASURE_DEFAULTS = {"slice_size": 512, "batches": [1, 8], "runs": 20, "warmup": 3, "volume_slices": 32, "threads": 0}
 
 

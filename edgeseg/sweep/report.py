@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeseg.atomic import atomic_path, atomic_write_text
+from edgeseg.sweep.versions import differing_versions, versions_text
 
 COLUMNS = ("id", "variant", "seed", "model", "base", "depth", "size", "params", "gflop", "epochs", "best_epoch",
            "train_seconds_all_epochs", "dice_fp32", "dice_int8", "dice_int8_backend", "dice_int8_runners", "int8_refused", "int8_scheme", "gate", "backend", "latency_ms_p50", "model_ms_p50",
@@ -248,7 +249,10 @@ def write_reports(out: str | Path, points: list[dict[str, Any]], choose: dict[st
     choice.json from before is removed) and the plot says so; ``edgeseg sweep --remeasure`` on
     one machine measures every point again. Nor are runs whose bundles passed different parity
     gates (:func:`result_gates`; ``edgeseg sweep --regate`` exports them again), nor runs whose
-    INT8 Dice was scored on different runners (:func:`int8_scorings`; ``--rescore``)."""
+    INT8 Dice was scored on different runners (:func:`int8_scorings`; ``--rescore``), nor latencies
+    measured with different library versions (:func:`edgeseg.sweep.versions.differing_versions`;
+    ``--remeasure``) unless ``choose`` says ``accept_mixed_versions``: then choice.json lists them
+    under ``mixed_versions``."""
     out = Path(out)
     variants = variant_rows(points)
     front = pareto_front(variants)
@@ -275,30 +279,33 @@ def write_reports(out: str | Path, points: list[dict[str, Any]], choose: dict[st
         script += ["", f"# {p['id']}", *p["commands"]]
     atomic_write_text(paths["commands"], "\n".join(script) + "\n")
     choice = None
-    if choose and one_machine(machines) and len(result_gates(points)) == 1 and comparable_scorings(points):
+    mixed = differing_versions(points)
+    if (choose and one_machine(machines) and len(result_gates(points)) == 1 and comparable_scorings(points)
+            and (not mixed or choose.get("accept_mixed_versions"))):
         choice = choose_default(variants, choose["reference"], choose["max_dice_loss"], choose.get("min_runs", 1))
     if choice is not None:
         paths["choice"] = out / "choice.json"
-        atomic_write_text(paths["choice"], json.dumps({**choice, "machine": machines[0]}, indent=2) + "\n")
+        record = {**choice, "machine": machines[0], **({"mixed_versions": mixed} if mixed else {})}
+        atomic_write_text(paths["choice"], json.dumps(record, indent=2) + "\n")
     else:  # one from before (the reference since short of runs, or measured elsewhere) would mislead
         (out / "choice.json").unlink(missing_ok=True)
-    plot_front(variants, paths["png"], choice, machines)
+    plot_front(variants, paths["png"], choice, machines, mixed)
     return paths
 
 
 def plot_front(rows: list[dict[str, Any]], path: Path, choice: dict[str, Any] | None = None,
-               machines: list[str] | None = None) -> None:
+               machines: list[str] | None = None, mixed: dict[str, dict[str, int]] | None = None) -> None:
     """Write :func:`front_figure` as a PNG at ``path``."""
     import matplotlib.pyplot as plt
 
-    fig = front_figure(rows, choice, machines)
+    fig = front_figure(rows, choice, machines, mixed)
     with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, dpi=120)
     plt.close(fig)
 
 
 def front_figure(rows: list[dict[str, Any]], choice: dict[str, Any] | None = None,
-                 machines: list[str] | None = None):
+                 machines: list[str] | None = None, mixed: dict[str, dict[str, int]] | None = None):
     """Scatter of INT8 validation Dice against end-to-end latency, the Pareto front joined and
     ringed; ``rows`` are variants (or single runs): a variant of several runs shows them as small
     dots and their range as a bar. The legend sits under the plot: points can lie anywhere
@@ -338,6 +345,9 @@ def front_figure(rows: list[dict[str, Any]], choice: dict[str, Any] | None = Non
     if machines and not one_machine(machines):
         ax.set_title(f"latencies from {len(machines)} machine(s), not all recorded or not one: not comparable "
                      "(edgeseg sweep --remeasure on one)", fontsize=9, color="firebrick")
+    elif mixed:  # chosen only where [choose] accepts it, and then still said on the plot
+        ax.set_title(textwrap.fill(f"latencies measured with different library versions: {versions_text(mixed)}", 100),
+                     fontsize=8, color="firebrick")
     elif machines:
         ax.set_title(textwrap.fill(f"latency measured on: {machines[0]}", 100), fontsize=8)  # a long flag list wraps
     ax.margins(x=0.12)  # room for the point labels, written to the right of each point

@@ -195,5 +195,35 @@ def test_a_float_mask_with_fractions_is_refused_not_truncated_to_background(tmp_
     for stem, mask in fractions.items():
         (tmp_path / "masks" / f"{stem}.png").unlink()
         Image.fromarray(mask, mode="F").save(tmp_path / "masks" / f"{stem}.tif")
-    with pytest.raises(DataError, match=r"001\.tif holds the non-integer value 0\.8"):
+    with pytest.raises(DataError, match=r"001\.tif holds the non-integer value 0\.8, more than 0\.001 from a whole"):
         read_slice_folder(tmp_path, case_pattern="file")
+
+
+def _float_tiff_folder(root, labels, change) -> None:
+    """``labels`` as a slice folder whose masks are float32 TIFFs of ``change(label)``."""
+    _write_folder(root, labels, Image.fromarray)
+    for stem, label in labels.items():
+        (root / "masks" / f"{stem}.png").unlink()
+        Image.fromarray(change(label.astype(np.float32)), mode="F").save(root / "masks" / f"{stem}.tif")
+
+
+def test_float_tiff_masks_within_a_thousandth_of_a_label_are_that_label(tmp_path, labels):
+    """float32 rounding of a resampling tool (0.9999999 for 1, 2.0009 for 2, -1e-7 for 0) in a
+    float TIFF mask is read as the label it rounds to, as NIfTI label maps are: the labels are
+    those drawn (they were refused as non-integer; 0.9999999 truncated would be background)."""
+    def noisy(label):
+        return np.select([label == 0, label == 1], [np.float32(-1e-7), np.float32(0.9999999)],
+                         label + np.float32(9e-4)).astype(np.float32)
+
+    _float_tiff_folder(tmp_path, labels, noisy)
+    assert Image.open(tmp_path / "masks" / "001.tif").mode == "F"
+    volumes, kind = read_slice_folder_with_kind(tmp_path, case_pattern="file")
+    assert kind == "labels"
+    for volume in volumes:
+        np.testing.assert_array_equal(volume.label[0], labels[volume.case_id])
+
+
+def test_float_tiff_masks_further_from_a_label_are_refused_at_the_nifti_tolerance(tmp_path, labels):
+    _float_tiff_folder(tmp_path, labels, lambda label: np.where(label == 2, np.float32(2.002), label))
+    with pytest.raises(DataError, match=r"001\.tif holds the non-integer value 2\.002, more than 0\.001 from a whole"):
+        read_slice_folder(tmp_path, case_pattern="file", mask="labels")

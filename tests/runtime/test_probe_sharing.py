@@ -13,8 +13,11 @@ import signal
 import time
 from pathlib import Path
 
+import pytest
+
+from edgeseg.errors import BackendError
 from edgeseg.runtime import Segmenter
-from edgeseg.runtime.probe_cache import cache_path
+from edgeseg.runtime.probe_cache import cache_path, probe_lock
 
 PROBED = re.compile(r"backend auto -> (\S+) \(probe at batch 1")
 CACHED = re.compile(r"backend auto -> (\S+) \(cached probe\)")
@@ -137,3 +140,44 @@ def test_auto_loads_where_the_cache_folder_cannot_be_written(bundle_dir, tmp_pat
     assert len(warnings) == 1 and "backend probe cache" in warnings[0], warnings
     assert f"backend auto -> {seg.backend} (probe at batch 1" in caplog.text
     assert not cache_path().exists()
+
+
+def test_a_probe_lock_holder_that_hangs_alive_holds_a_load_up_only_for_the_bound(bundle_dir, tmp_path, monkeypatch):
+    """A process holds the probe lock and never lets go, alive (stopped, stuck in a driver): a
+    load waits EDGESEG_PROBE_WAIT seconds, then measures without sharing, says so in one warning
+    and records nothing (its timings ran beside whatever the holder does). It used to wait for
+    as long as the holder lived."""
+    monkeypatch.setenv("EDGESEG_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("EDGESEG_PROBE_WAIT", "1")
+    ctx = multiprocessing.get_context("spawn")
+    held = ctx.Event()
+    holder = ctx.Process(target=_hold_probe_lock, args=(held,))
+    holder.start()
+    try:
+        assert held.wait(120)
+        log = tmp_path / "load.log"
+        loader = ctx.Process(target=_load, args=(str(bundle_dir), str(log), None))
+        loader.start()
+        loader.join(300)  # a guard against the old endless wait, not a measurement
+        hung = loader.exitcode is None
+        if hung:
+            loader.kill()
+            loader.join()
+        assert not hung and loader.exitcode == 0, log.read_text() if log.exists() else ""
+        assert holder.is_alive()  # it still holds the lock: the load did not wait it out
+    finally:
+        holder.kill()
+        holder.join()
+    text = log.read_text()
+    assert "has held the backend probe lock" in text and "EDGESEG_PROBE_WAIT=1" in text, text
+    assert len(PROBED.findall(text)) == 1 and PROBED.findall(text) == re.findall(r"chosen (\S+)", text)
+    assert not cache_path().exists()  # an unshared measurement is not recorded
+
+
+def test_a_probe_wait_that_is_no_number_of_seconds_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setenv("EDGESEG_CACHE_DIR", str(tmp_path / "cache"))
+    for value in ("soon", "-1", "nan", "inf"):
+        monkeypatch.setenv("EDGESEG_PROBE_WAIT", value)
+        with pytest.raises(BackendError, match=f"EDGESEG_PROBE_WAIT must be a number of seconds from 0 up, got '{value}'"):
+            with probe_lock():
+                pass

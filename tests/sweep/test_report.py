@@ -313,3 +313,43 @@ def test_the_pareto_plot_legend_covers_no_point():
     assert not inside.any()
     texts = [t.get_window_extent(renderer) for t in ax.texts]
     assert texts and not any(box.overlaps(t) for t in texts)
+
+
+def test_latencies_measured_with_different_library_versions_are_chosen_over_only_when_accepted(tmp_path):
+    """A sweep resumed after an OpenVINO upgrade: its points' latencies came from two releases.
+    No choice.json (one from before is removed) unless [choose] accept_mixed_versions; then
+    choice.json lists what differed, counted by hand here. Points that agree make the choice as
+    before and record nothing of it; so do points all written before versions were recorded."""
+    from edgeseg.sweep.report import write_reports
+
+    old = {"edgeseg": "0.1.0", "python": "3.11.9", "numpy": "2.1.0", "openvino": "2025.1.0", "onnxruntime": "1.20.1"}
+    new = {**old, "openvino": "2025.2.0"}
+    points = [{**_run(0, "ref", 0, 40.0, 0.93, 0.93), "versions": old},
+              {**_run(1, "small", 0, 8.0, 0.93, 0.93), "versions": new},
+              {**_run(2, "tiny", 0, 6.0, 0.80, 0.80), "versions": new}]
+    choose = {"reference": "ref", "max_dice_loss": 0.005}
+    (tmp_path / "choice.json").write_text("{}")
+    paths = write_reports(tmp_path, points, choose)
+    assert "choice" not in paths and not (tmp_path / "choice.json").exists()
+
+    paths = write_reports(tmp_path, points, {**choose, "accept_mixed_versions": True})
+    choice = json.loads(paths["choice"].read_text())
+    assert choice["chosen"] == "small" and choice["mixed_versions"] == {"openvino": {"2025.1.0": 1, "2025.2.0": 2}}
+
+    unrecorded = {k: v for k, v in points[0].items() if k != "versions"}  # measured before versions were recorded
+    assert "choice" not in write_reports(tmp_path, [unrecorded, *points[1:]], choose)
+    for alike in ([{**p, "versions": new} for p in points], [{k: v for k, v in p.items() if k != "versions"} for p in points]):
+        choice = json.loads(write_reports(tmp_path, alike, choose)["choice"].read_text())
+        assert choice["chosen"] == "small" and "mixed_versions" not in choice
+
+
+def test_differing_versions_counts_each_library_by_hand():
+    from edgeseg.sweep.versions import differing_versions, versions_text
+
+    points = [{"versions": {"openvino": "2025.1.0", "numpy": "2.1.0"}}, {"versions": {"openvino": "2025.2.0", "numpy": "2.1.0"}},
+              {"versions": {"numpy": "2.1.0"}}, {}]
+    differ = differing_versions(points)
+    assert differ == {"openvino": {"2025.1.0": 1, "2025.2.0": 1, "absent": 1, "not recorded": 1},
+                      "numpy": {"2.1.0": 3, "not recorded": 1}}
+    assert versions_text(differ) == ("openvino 2025.1.0 on 1, 2025.2.0 on 1, absent on 1, not recorded on 1; "
+                                     "numpy 2.1.0 on 3, not recorded on 1")

@@ -108,6 +108,22 @@ def test_sweep_resumes_after_a_kill_and_writes_the_reports(tmp_path):
     assert missed[0]["paired"]["seeds"] == 1 and missed[0]["paired"]["gap_ci95"] is None
     assert missed[0]["paired"]["case_pairs"] == len(ref["val_cases"])
 
+    # The mobile point measured again after an upgrade of a backend library: no choice, and the
+    # line says which library and how to mend it; accepted in [choose], the choice notes it.
+    versions = {**fast["versions"], "openvino": "9999.0.0"}
+    (second / "result.json").write_text(json.dumps({**fast, "versions": versions}))
+    proc = subprocess.run(_sweep_command(tmp_path / "choose.toml", out), capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    was = ref["versions"].get("openvino", "absent")
+    assert (f"no choice: the latencies were measured with different library versions (openvino {was} on 1, "
+            "9999.0.0 on 1); run this command with --remeasure N") in proc.stdout
+    assert not (out / "choice.json").exists() and "chosen:" not in proc.stdout
+    (tmp_path / "accept.toml").write_text((tmp_path / "choose.toml").read_text() + "accept_mixed_versions = true\n")
+    proc = subprocess.run(_sweep_command(tmp_path / "accept.toml", out), capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "chosen: unet-b4-d2-s64 (" in proc.stdout and "note: chosen over latencies measured with different" in proc.stdout
+    assert json.loads((out / "choice.json").read_text())["mixed_versions"] == {"openvino": {was: 1, "9999.0.0": 1}}
+
 
 def test_seeds_repeat_every_variant_and_the_recipe_seed_keeps_the_plain_id(tmp_path):
     """[grid] seed repeats each variant with those training seeds, seed-major (every variant's
