@@ -1,0 +1,105 @@
+"""Writes that the OS refuses or a signal cuts short, through the real command: one line, the
+path that could not be written (never a temporary's), nothing left behind (no temporary, no
+staging folder, no empty folder made for the output), and the earlier output whole.
+
+The disk is full for real: the command runs under RLIMIT_FSIZE with SIGXFSZ ignored, so a write
+past the limit fails with EFBIG as it fails with ENOSPC on a full disk.
+"""
+
+import hashlib
+import os
+import resource
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PHANTOM = "phantom:cases=2,size=64,slices=8"
+
+
+def edgeseg_limited(limit: int, *args, env=None):
+    """Run edgeseg with files limited to ``limit`` bytes."""
+    def limit_files():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1", OMP_NUM_THREADS="1", **(env or {}))
+    return subprocess.run([sys.executable, "-m", "edgeseg.cli", *map(str, args)], capture_output=True, text=True,
+                          timeout=300, env=env, preexec_fn=limit_files)
+
+
+def tree(folder: Path) -> dict[str, str]:
+    """Every file below ``folder`` (hidden ones too) with its sha256."""
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory) -> Path:
+    """A tiny bundle (one epoch, ONNX FP32 only): these tests need a bundle to write from, not
+    a good one."""
+    from edgeseg.export.pipeline import export_bundle
+    from edgeseg.export.profiles import ExportSettings
+    from edgeseg.train.config import TrainConfig
+    from edgeseg.train.loop import train
+
+    root = tmp_path_factory.mktemp("tiny")
+    train(TrainConfig(data=PHANTOM, out=str(root / "run"), size=64, base=4, depth=2, epochs=1, batch_size=8,
+                      amp="off"), progress=False)
+    export_bundle(root / "run" / "best.pt", root / "bundle", ExportSettings(formats=("onnx",), verify_slices=8),
+                  progress=False, echo=lambda text: None)
+    return root / "bundle"
+
+
+@pytest.fixture(scope="module")
+def volume(tmp_path_factory) -> Path:
+    from edgeseg.data.phantom import write_phantom_dataset
+
+    out = tmp_path_factory.mktemp("phantom") / "data"
+    write_phantom_dataset(out, cases=1, seed=0, shape=(8, 64, 64))
+    return next((out / "imagesTr").glob("*.nii.gz"))
+
+
+@pytest.mark.parametrize("command", ["predict", "inspect", "synth"])
+def test_a_failed_write_leaves_no_folder_it_made_for_its_output(command, bundle, volume, tmp_path,
+                                                                 assert_one_line_error):
+    """`--out new/sub/out.npy` makes new/ and new/sub/ for the file; a write the disk refuses
+    removes them again, as it removes its temporary, so a failed command leaves nothing."""
+    out = tmp_path / "new" / "sub" / {"predict": "out.npy", "inspect": "bundle.json", "synth": "data"}[command]
+    args = {"predict": ("predict", bundle, volume, "--out", out, "--backend", "onnxruntime", "--quiet"),
+            "inspect": ("inspect", bundle, "--json", out),
+            "synth": ("data", "synth", "--out", out, "--cases", 1, "--size", 64, "--slices", 4, "--quiet")}[command]
+    assert_one_line_error(edgeseg_limited(0, *args), f"File too large: {out}")
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_dicom_write_on_a_full_disk_is_the_os_error_not_pydicom_traceback(tmp_path, assert_one_line_error):
+    """pydicom raises the failed write again with its own traceback in the message; the line is
+    what the OS said, as for any other file."""
+    out = tmp_path / "series"
+    # the header fits, the 8 KiB of pixels (64 x 64 x 2 bytes) do not
+    proc = edgeseg_limited(5000, "data", "synth", "--out", out, "--cases", 1, "--size", 64, "--slices", 2,
+                           "--format", "dicom", "--quiet")
+    assert_one_line_error(proc, f"edgeseg: error: File too large: {out}")
+    assert "With tag" not in proc.stderr
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("limit, named", [(0, ": {repo}"), (5000, " -> {repo}/edgeseg/1/bundle/model.onnx")],
+                         ids=["at-once", "copying-the-model"])
+def test_triton_into_a_repository_on_a_full_disk_names_it_and_leaves_it_as_it_was(limit, named, bundle, tmp_path,
+                                                                                  assert_one_line_error):
+    """Writing into an existing repository (--force) stages the models beside it; on a full disk
+    the error names the file in the repository (not in the staging folder, which is gone), no
+    staging folder stays beside it, and the repository keeps its models."""
+    repo = tmp_path / "repo"
+    args = ("triton", bundle, repo, "--kind", "KIND_CPU", "--force")
+    assert edgeseg_limited(10**9, *args).returncode == 0
+    before = tree(repo)
+    proc = edgeseg_limited(limit, *args)
+    assert_one_line_error(proc, "File too large")
+    assert proc.stderr.endswith(named.format(repo=repo) + "\n")
+    assert os.listdir(tmp_path) == ["repo"] and tree(repo) == before
+
