@@ -103,3 +103,30 @@ def test_triton_into_a_repository_on_a_full_disk_names_it_and_leaves_it_as_it_wa
     assert proc.stderr.endswith(named.format(repo=repo) + "\n")
     assert os.listdir(tmp_path) == ["repo"] and tree(repo) == before
 
+
+# Sends the signal while the command's modules are imported (numpy is first imported there),
+# the moment Ctrl-C lands when pressed right after starting a command.
+SIGNAL_ON_IMPORT = """
+import os, signal, sys
+
+class SignalOnImport:
+    def find_spec(self, name, path=None, target=None):
+        if name == "numpy" and "edgeseg.cli.main" in sys.modules:
+            sys.meta_path.remove(self)
+            os.kill(os.getpid(), signal.{signal})
+        return None
+
+sys.meta_path.insert(0, SignalOnImport())
+"""
+
+
+@pytest.mark.parametrize("signum, status, line", [(signal.SIGINT, 130, "edgeseg: interrupted"),
+                                                   (signal.SIGTERM, 143, "edgeseg: stopped (SIGTERM)")])
+def test_a_signal_while_the_command_starts_is_one_line(signum, status, line, tmp_path):
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(SIGNAL_ON_IMPORT.format(signal=signum.name))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(site), *sys.path]))
+    proc = subprocess.run([sys.executable, "-m", "edgeseg.cli", "models"], capture_output=True, text=True, timeout=120,
+                          env=env)
+    assert proc.returncode == status and proc.stderr == line + "\n", proc.stderr
