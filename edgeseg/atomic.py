@@ -58,7 +58,7 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
         if tmp_path is not None:
             tmp_path.unlink(missing_ok=True)
         _remove_empty(made)
-        name_failure(exc, target)
+        name_failure(exc, target, {str(tmp_path): str(target)} if tmp_path is not None else None)
         raise
 
 

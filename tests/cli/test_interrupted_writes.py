@@ -54,12 +54,19 @@ def bundle(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def volume(tmp_path_factory) -> Path:
+def volumes(tmp_path_factory) -> list[Path]:
     from edgeseg.data.phantom import write_phantom_dataset
 
-    out = tmp_path_factory.mktemp("phantom") / "data"
-    write_phantom_dataset(out, cases=1, seed=0, shape=(8, 64, 64))
-    return next((out / "imagesTr").glob("*.nii.gz"))
+    root = tmp_path_factory.mktemp("phantom")
+    # of two sizes: label maps that differ, whatever a one-epoch model finds in them
+    for slices in (8, 6):
+        write_phantom_dataset(root / str(slices), cases=1, seed=0, shape=(slices, 64, 64))
+    return [next((root / str(slices) / "imagesTr").glob("*.nii.gz")) for slices in (8, 6)]
+
+
+@pytest.fixture(scope="module")
+def volume(volumes) -> Path:
+    return volumes[0]
 
 
 @pytest.mark.parametrize("command", ["predict", "inspect", "synth"])
@@ -102,6 +109,37 @@ def test_triton_into_a_repository_on_a_full_disk_names_it_and_leaves_it_as_it_wa
     assert_one_line_error(proc, "File too large")
     assert proc.stderr.endswith(named.format(repo=repo) + "\n")
     assert os.listdir(tmp_path) == ["repo"] and tree(repo) == before
+
+
+def test_predict_on_a_full_disk_keeps_the_earlier_label_map_overlay_and_table_together(bundle, volumes, tmp_path,
+                                                                                      assert_one_line_error):
+    """The label map used to land before the overlay was written: a disk that filled up on the
+    overlay left this case's labels beside the last case's overlay and colour table."""
+    outputs = ("--out", tmp_path / "labels.nii.gz", "--overlay", tmp_path / "overlay.png",
+               "--label-table", tmp_path / "labels.ctbl")
+    first = edgeseg_limited(10**9, "predict", bundle, volumes[0], *outputs, "--backend", "onnxruntime", "--quiet")
+    assert first.returncode == 0, first.stderr
+    before = tree(tmp_path)
+    sizes = {name: (tmp_path / name).stat().st_size for name in before}
+    # the label map (gzip) and the table fit, the overlay does not
+    limit = max(sizes["labels.nii.gz"], sizes["labels.ctbl"]) + 1024
+    assert limit < sizes["overlay.png"]
+    proc = edgeseg_limited(limit, "predict", bundle, volumes[1], *outputs, "--backend", "onnxruntime", "--quiet")
+    assert_one_line_error(proc, f"File too large: {tmp_path / 'overlay.png'}")
+    assert tree(tmp_path) == before
+
+
+def test_bench_on_a_full_disk_keeps_the_earlier_json_and_plot_together(bundle, tmp_path, assert_one_line_error):
+    args = ("bench", bundle, "--backend", "onnxruntime", "--batch", "1", "--size", 64, "--runs", 2, "--warmup", 1,
+            "--no-cold-start", "--json", tmp_path / "bench.json", "--png", tmp_path / "bench.png")
+    assert edgeseg_limited(10**9, *args).returncode == 0
+    before = tree(tmp_path)
+    limit = (tmp_path / "bench.json").stat().st_size + 4096  # the JSON fits, the plot does not
+    assert limit < (tmp_path / "bench.png").stat().st_size
+    proc = edgeseg_limited(limit, *args)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == f"edgeseg: error: File too large: {tmp_path / 'bench.png'}"
+    assert tree(tmp_path) == before
 
 
 # Sends the signal while the command's modules are imported (numpy is first imported there),
