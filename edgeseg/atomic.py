@@ -29,7 +29,7 @@ import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
-from edgeseg.errors import DataError
+from edgeseg.errors import DataError, name_failure
 
 _AT_FDCWD = -100
 _RENAME_EXCHANGE = 2
@@ -44,36 +44,22 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     lets libraries that choose a format by extension (nibabel, matplotlib) see the right one.
     """
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix or "".join(target.suffixes), dir=target.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    made = _make_folder(target.parent)
+    tmp_path = None
     try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix or "".join(target.suffixes),
+                                   dir=target.parent)
+        os.close(fd)
+        tmp_path = Path(tmp)
         yield tmp_path
         os.chmod(tmp_path, _new_mode(target))
         os.replace(tmp_path, target)
     except BaseException as exc:
-        tmp_path.unlink(missing_ok=True)
-        name_failure(exc, target)
+        if tmp_path is not None:
+            tmp_path.unlink(missing_ok=True)
+        _remove_empty(made)
+        name_failure(exc, target, {str(tmp_path): str(target)} if tmp_path is not None else None)
         raise
-
-
-def name_failure(exc: BaseException, path: str | os.PathLike, temporaries: dict | None = None) -> None:
-    """Give an OS error that names no file (a failed ``write()``, a full disk at ``close()``) the
-    ``path`` being written, and one that names a temporary in ``temporaries`` (temporary path ->
-    the file it becomes) that file, so the error says what could not be written."""
-    if not isinstance(exc, OSError):
-        return
-    if exc.errno is None:
-        # numpy's short write (np.save, tofile on a full disk) is OSError("N requested and M
-        # written"), with no errno, strerror or file
-        if exc.filename is not None or len(exc.args) != 1 or not isinstance(exc.args[0], str):
-            return
-        exc.strerror = f"short write ({exc.args[0]}), the disk may be full"
-    if exc.filename is None:
-        exc.filename = os.fspath(path)
-    elif temporaries and str(exc.filename) in temporaries:
-        exc.filename = temporaries[str(exc.filename)]
 
 
 def _new_mode(target: Path) -> int:
@@ -129,12 +115,18 @@ def atomic_files(folder: str | os.PathLike, names: Sequence[str], drop: Sequence
         for tmp in staged.values():
             tmp.unlink(missing_ok=True)
         name_failure(exc, target, {str(tmp): str(target / name) for name, tmp in staged.items()})
-        for folder_made in made:  # as far as they are empty: another writer may have landed its set
-            try:
-                folder_made.rmdir()
-            except OSError:
-                break
+        _remove_empty(made)
         raise
+
+
+def _remove_empty(made: list[Path]) -> None:
+    """Remove the folders a failed write made (:func:`_make_folder`), deepest first, as far as
+    they are empty: another writer may have landed its files in them meanwhile."""
+    for folder_made in made:
+        try:
+            folder_made.rmdir()
+        except OSError:
+            break
 
 
 @contextlib.contextmanager
@@ -291,7 +283,7 @@ def atomic_dir(path: str | os.PathLike, on_step: Callable[[str], None] | None = 
     :func:`replace_dir`; ``replace=False``: only if ``path`` is still absent, FileExistsError
     otherwise), on failure it is removed and ``path`` is left as it was."""
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
+    made = _make_folder(target.parent)
     clean_leftovers(target)
     tmp = _sibling(target, "staging")
     tmp.mkdir()
@@ -300,7 +292,8 @@ def atomic_dir(path: str | os.PathLike, on_step: Callable[[str], None] | None = 
         replace_dir(tmp, target, on_step, replace)
     except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
-        name_failure(exc, target)
+        _remove_empty(made)
+        name_failure(exc, target, staging=(tmp, target))
         raise
 
 

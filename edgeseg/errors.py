@@ -7,6 +7,9 @@ escapes is a bug in edgeseg.
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 
 class EdgesegError(Exception):
     """Base class for errors caused by input, configuration or environment, not by edgeseg."""
@@ -80,3 +83,55 @@ class BundleError(EdgesegError):
 
 class BackendError(EdgesegError):
     """A runtime backend cannot load or run an artifact on this machine."""
+
+
+def name_failure(exc: BaseException, path: str | os.PathLike, temporaries: dict | None = None,
+                 staging: tuple[str | os.PathLike, str | os.PathLike] | None = None) -> None:
+    """Give an OS error that names no file (a failed ``write()``, a full disk at ``close()``) the
+    ``path`` being written, one that names a temporary in ``temporaries`` (temporary path -> the
+    file it becomes) that file, and one that names a file in a staging folder (``staging``: that
+    folder and the folder it becomes) the file's place in the folder it becomes, so the error
+    says what could not be written, never a name that is gone once the write is undone."""
+    if not isinstance(exc, OSError):
+        return
+    if exc.errno is None:
+        cause = _os_cause(exc)
+        if cause is not None:
+            # a library that raised the OS error again as a new one, its traceback in the text
+            # (pydicom, naming the data element it was writing): what the OS said is the error
+            exc.errno, exc.strerror, exc.filename, exc.filename2 = (cause.errno, cause.strerror, cause.filename,
+                                                                    cause.filename2)
+        # numpy's short write (np.save, tofile on a full disk) is OSError("N requested and M
+        # written"), with no errno, strerror or file
+        elif exc.filename is not None or len(exc.args) != 1 or not isinstance(exc.args[0], str):
+            return
+        else:
+            exc.strerror = f"short write ({exc.args[0]}), the disk may be full"
+    if exc.filename is None:
+        exc.filename = os.fspath(path)
+    elif temporaries and str(exc.filename) in temporaries:
+        exc.filename = temporaries[str(exc.filename)]
+    if staging is not None:
+        exc.filename, exc.filename2 = (_in_place(name, *staging) for name in (exc.filename, exc.filename2))
+
+
+def _os_cause(exc: BaseException) -> OSError | None:
+    """The first OS error with an errno that ``exc`` was raised from or while handling."""
+    seen = {id(exc)}
+    below = exc.__cause__ or exc.__context__
+    while below is not None and id(below) not in seen:
+        if isinstance(below, OSError) and below.errno is not None:
+            return below
+        seen.add(id(below))
+        below = below.__cause__ or below.__context__
+    return None
+
+
+def _in_place(name, staging: str | os.PathLike, target: str | os.PathLike):
+    """``name`` with a leading ``staging`` folder replaced by ``target``."""
+    if name is None:
+        return None
+    try:
+        return os.fspath(Path(target) / Path(name).relative_to(staging))
+    except (TypeError, ValueError):
+        return name

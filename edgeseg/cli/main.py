@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from edgeseg.cli.starting import started, starting
+
+starting()
+
+# from here on, imports stopped by a signal end the process with one line (edgeseg.cli.starting)
 import os
 import signal
 import sys
@@ -109,3 +114,4 @@ def _register() -> None:
 
 
 _register()
+started()

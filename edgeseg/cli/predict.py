@@ -61,9 +61,7 @@ def command(bundle, input_path, out, fmt, backend, threads, batch_size, overlay,
     from edgeseg.runtime.readers import IMAGE_SUFFIXES, bundle_intensity, check_input_path, input_kind, read_input
     from edgeseg.runtime.seg_sources import seg_source_datasets
     from edgeseg.runtime.segmenter import Segmenter
-    from edgeseg.runtime.label_tables import write_label_table
-    from edgeseg.runtime.writers import (check_nifti_grid, format_for, write_dicom_seg, write_nifti, write_npy,
-                                         write_overlay, write_png, write_seg_nrrd)
+    from edgeseg.runtime.writers import check_nifti_grid, format_for
 
     start = time.perf_counter()
     if not quiet:
@@ -109,26 +107,51 @@ def command(bundle, input_path, out, fmt, backend, threads, batch_size, overlay,
         names, parameters, record = segmenter.labels, segmenter.algorithm_parameters(), provenance(segmenter)
         window = display_window(segmenter.spec.window)
         used = f"{segmenter.backend} ({segmenter.runner.device})"
-    if fmt == "nifti":
-        write_nifti(labels, volume, out, provenance=record, progress=not quiet)
-    elif fmt == "seg-nrrd":
-        write_seg_nrrd(labels, volume, names, out, provenance=record)
-    elif fmt == "dicom-seg":
-        write_dicom_seg(labels, volume, refs, names, out, sources=seg_sources, parameters=parameters, provenance=record)
-    elif fmt == "png":
-        write_png(labels, volume, out, window, provenance=record)
-    else:
-        # an (H, W) array in gives an (H, W) label map out, as a slice does through the API
-        flat = kind == "npy" and np.load(input_path, mmap_mode="r", allow_pickle=False).ndim == 2
-        write_npy(labels[0] if flat else labels, out)
-    if overlay:
-        write_overlay(labels, volume, overlay, window, provenance=record)
-    for table in label_tables:
-        write_label_table(names, table)
+    _write_outputs(labels, volume, out, fmt, overlay, label_tables, window, names,
+                   dict(refs=refs, sources=seg_sources, parameters=parameters),
+                   kind == "npy" and np.load(input_path, mmap_mode="r", allow_pickle=False).ndim == 2, record,
+                   progress=not quiet)
     counts = label_counts(labels, minlength=max(names) + 1)
     voxels = " ".join(f"{names.get(k, k)}={int(counts[k])}" for k in sorted(names) if k > 0)
     click.echo(f"{volume.case_id}: {labels.shape[0]} slices, backend {used}, {time.perf_counter() - start:.2f} s, "
                f"voxels {voxels} -> {out}")
+
+
+def _write_outputs(labels, volume, out, fmt, overlay, label_tables, window, names, seg, flat, record,
+                   progress: bool) -> None:
+    """Write --out, --overlay and each --label-table as one set: each is written beside its place
+    first, and all land once all are written, so a stop or a full disk on any of them leaves an
+    earlier run's set as it was, not this run's labels beside that run's overlay. (A PNG folder
+    --out lands whole on its own, written last.) ``flat``: an (H, W) array in gives an (H, W)
+    label map out, as a slice does through the API. ``record``: the provenance each output holds;
+    ``progress``: the NIfTI's slices counted on stderr as they are written."""
+    import contextlib
+    from pathlib import Path
+
+    from edgeseg.atomic import atomic_path
+    from edgeseg.runtime.label_tables import write_label_table
+    from edgeseg.runtime.writers import (write_dicom_seg, write_nifti, write_npy, write_overlay, write_png,
+                                         write_seg_nrrd)
+
+    with contextlib.ExitStack() as outputs:
+        files = [out] if fmt != "png" else []
+        staged = {path: outputs.enter_context(atomic_path(path)) for path in [*files, *filter(None, [overlay]),
+                                                                             *label_tables]}
+        if overlay:
+            write_overlay(labels, volume, staged[overlay], window, provenance=record)
+        for table in label_tables:
+            write_label_table(names, staged[table])
+        if fmt == "nifti":
+            write_nifti(labels, volume, staged[out], provenance=record, progress=progress and Path(out).name)
+        elif fmt == "seg-nrrd":
+            write_seg_nrrd(labels, volume, names, staged[out], provenance=record)
+        elif fmt == "dicom-seg":
+            write_dicom_seg(labels, volume, seg["refs"], names, staged[out], sources=seg["sources"],
+                            parameters=seg["parameters"], provenance=record)
+        elif fmt == "npy":
+            write_npy(labels[0] if flat else labels, staged[out])
+        else:
+            write_png(labels, volume, out, window, provenance=record)
 
 
 def _parse_spacing(text: str | None) -> tuple[float, float, float] | None:

@@ -40,7 +40,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from edgeseg.atomic import atomic_write_text, exchange_paths, process_alive
-from edgeseg.errors import DataError
+from edgeseg.errors import DataError, name_failure
 
 MARKER = "edgeseg-triton-swap"
 JOURNAL = "swap.json"
@@ -113,20 +113,21 @@ def staged_swap(repo: Path, replaced: tuple[str, ...], on_step: Step | None = No
     recover_stale_swaps(repo)
     staging = repo.parent / f".{repo.name}.triton-swap-{os.getpid()}-{secrets.token_hex(4)}"
     staging.mkdir()
-    (staging / MARKER).write_text(f"{repo.resolve()}\n")
-    (staging / "new").mkdir()
-    (staging / "old").mkdir()
     try:
+        (staging / MARKER).write_text(f"{repo.resolve()}\n")
+        (staging / "new").mkdir()
+        (staging / "old").mkdir()
         yield staging / "new"
         staged = {p.name for p in (staging / "new").iterdir()}
         names = sorted(staged | {n for n in replaced if os.path.lexists(repo / n)})
         models = {n: {"new": _identity(staging / "new" / n), "old": _identity(repo / n)} for n in names}
         atomic_write_text(staging / JOURNAL, json.dumps({"repo": str(repo.resolve()), "models": models}))
         _swap_in(repo, staging, models, step)
-    except BaseException:
+    except BaseException as exc:
         if (staging / JOURNAL).exists():
             _roll_back(repo, staging, json.loads((staging / JOURNAL).read_text())["models"])
         _remove(staging)
+        name_failure(exc, repo, staging=(staging / "new", repo))
         raise
     os.unlink(staging / JOURNAL)  # the swap is complete: from here on nothing is rolled back
     step("remove", staging, staging)
@@ -184,7 +185,7 @@ def _remove(staging: Path) -> None:
         for item in staging.iterdir():
             if item.name != MARKER:
                 shutil.rmtree(item) if item.is_dir() and not item.is_symlink() else item.unlink()
-        (staging / MARKER).unlink()
+        (staging / MARKER).unlink(missing_ok=True)  # a write that failed may not have made it
         staging.rmdir()
 
 

@@ -131,14 +131,15 @@ def source_grid(labels: np.ndarray, volume, out: str | os.PathLike, what: str):
 
 
 def write_nifti(labels: np.ndarray, volume, out: str | os.PathLike, provenance: dict | None = None,
-                progress: bool = False) -> Path:
+                progress: bool | str = False) -> Path:
     """Save labels as NIfTI in the world of ``volume``: on the input file's own grid, with its
     header's qform and sform (matrices and codes) and units, when the input was NIfTI; else with
     the Volume's affine (LPS array order) as qform and sform, code 1 (scanner). Either way the
     header says label map (intent ``label``) with no display range of the CT's, and none of the
     input's ``descrip`` or header extensions (a DICOM header extension names the patient);
     ``provenance`` goes into ``descrip`` (short) and a comment extension (JSON). ``progress``
-    shows the slices written on stderr (compressing a 600-slice series takes seconds)."""
+    shows the slices written on stderr (compressing a 600-slice series takes seconds), named as
+    ``out`` or, given a string, as that (a caller writing to a staged path names the final one)."""
     nib = check_writer("nifti")
 
     data_xyz, affine, original = source_grid(labels, volume, out, "NIfTI output")
@@ -173,7 +174,7 @@ def write_nifti(labels: np.ndarray, volume, out: str | os.PathLike, provenance: 
     # relabelled as scanner coordinates
     suffix = ".nii.gz" if str(out).lower().endswith(".gz") else ".nii"
     with atomic_path(out, suffix=suffix) as tmp:
-        _save_nifti(nib, image, tmp, Path(out).name if progress else None)
+        _save_nifti(nib, image, tmp, (progress if isinstance(progress, str) else Path(out).name) if progress else None)
     return Path(out)
 
 
