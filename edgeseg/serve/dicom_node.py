@@ -15,7 +15,10 @@ past the volume limit in bytes on disk. What a peer can make the node read and h
 C-STORE handler runs (a PDU, one image's data set) is bounded on its connection
 (dicom_peer_bound.py): past that, the association is aborted. A peer that keeps the node waiting
 (for its association request, the rest of a PDU, its next PDU, or to take an answer) longer than
-``peer_timeout`` seconds has its connection cut (dicom_peer_watch.py).
+``peer_timeout`` seconds has its connection cut (dicom_peer_watch.py). Connections are counted as
+they are accepted, in all and per peer address: one past ``max_connections`` or
+``max_connections_per_host`` is closed at once, before any thread is started for it
+(dicom_connections.py).
 An association must call this node by its AE title (else it is rejected with the reason "called
 AE title not recognised") unless ``any_ae`` is set, and, where ``calling_aets`` lists AE titles,
 come from one of them (else "calling AE title not recognised").
@@ -39,8 +42,10 @@ from edgeseg.serve.dicom_intake import (CT_IMAGE_STORAGE, STATUS_CANNOT_UNDERSTA
                                         STATUS_OUT_OF_RESOURCES, STATUS_SOP_CLASS_NOT_SUPPORTED, STATUS_SUCCESS,
                                         check_ae_title, decodable_transfer_syntaxes, failure_status, incoming_uids,
                                         oversized_header, refusal)
-from edgeseg.serve.dicom_node_settings import (DEFAULT_MAX_ASSOCIATIONS, DEFAULT_MAX_SERIES, DEFAULT_PEER_TIMEOUT,
-                                               NodeStats, check_node_settings)
+from edgeseg.serve.dicom_connections import ConnectionLimit, limited_server_class
+from edgeseg.serve.dicom_node_settings import (DEFAULT_MAX_ASSOCIATIONS, DEFAULT_MAX_CONNECTIONS,
+                                               DEFAULT_MAX_CONNECTIONS_PER_HOST, DEFAULT_MAX_SERIES,
+                                               DEFAULT_PEER_TIMEOUT, NodeStats, check_node_settings)
 from edgeseg.serve.dicom_peer_bound import MAX_PDU_LENGTH, PeerBounds, bounded_request_handler, data_set_limit
 from edgeseg.serve.dicom_peer_watch import PeerWatch
 from edgeseg.serve.dicom_series import HeldSeries
@@ -58,9 +63,11 @@ class DicomNode:
                  work: str | Path | None = None, any_ae: bool = False, calling_aets: list[str] | None = None,
                  max_series: int = DEFAULT_MAX_SERIES, unsent: str | Path | None = None,
                  resend_every: float = 60.0, peer_timeout: float = DEFAULT_PEER_TIMEOUT,
-                 max_associations: int = DEFAULT_MAX_ASSOCIATIONS) -> None:
+                 max_associations: int = DEFAULT_MAX_ASSOCIATIONS, max_connections: int = DEFAULT_MAX_CONNECTIONS,
+                 max_connections_per_host: int = DEFAULT_MAX_CONNECTIONS_PER_HOST) -> None:
         check_node_settings(out=out, forward=forward, unsent=unsent, max_series=max_series, ae_title=ae_title,
-                            calling_aets=calling_aets, peer_timeout=peer_timeout, max_associations=max_associations)
+                            calling_aets=calling_aets, peer_timeout=peer_timeout, max_associations=max_associations,
+                            max_connections=max_connections, max_connections_per_host=max_connections_per_host)
         self.peer_timeout, self.max_associations = float(peer_timeout), max_associations
         self.any_ae = bool(any_ae)
         self.calling_aets = [title.strip() for title in calling_aets or []]
@@ -77,6 +84,7 @@ class DicomNode:
         self._own_work = work is None
         self.work = Path(work) if work is not None else Path(tempfile.mkdtemp(prefix="edgeseg-listen-"))
         self.stats = NodeStats()
+        self._connections = ConnectionLimit(max_connections, max_connections_per_host, self.stats)
         self._series: dict[str, HeldSeries] = {}
         self._queued = 0  # series taken to be segmented and not done yet: they are in flight too
         self._turned_away: set[str] = set()  # series refused for --max-series, each logged once
@@ -109,11 +117,13 @@ class DicomNode:
         ae.acse_timeout, ae.network_timeout = self.peer_timeout, None
         handlers = [(pynetdicom.evt.EVT_C_STORE, self._peers.busy_while(self._on_store)),
                     (pynetdicom.evt.EVT_C_ECHO, lambda event: 0x0000),
-                    (pynetdicom.evt.EVT_REJECTED, self._on_rejected), (pynetdicom.evt.EVT_ACCEPTED, self._on_accepted)]
-        request_handler = bounded_request_handler(self._peer_bounds, self._on_peer_refused, self._peers.add)
+                    (pynetdicom.evt.EVT_REJECTED, self._on_rejected), (pynetdicom.evt.EVT_ACCEPTED, self._on_accepted),
+                    (pynetdicom.evt.EVT_CONN_OPEN, self._peers.opened), (pynetdicom.evt.EVT_CONN_CLOSE, self._peers.closed)]
+        request_handler = bounded_request_handler(self._peer_bounds, self._on_peer_refused, self._peers.add,
+                                                  self._connections.release)
         try:
             self._server = ae.make_server((self.host, self.port), evt_handlers=handlers, request_handler=request_handler,
-                                          server_class=pynetdicom.transport.ThreadedAssociationServer)
+                                          server_class=limited_server_class(self._connections))
         except OSError as exc:
             raise DataError(f"cannot listen on {self.host}:{self.port}: {exc.strerror or exc}") from None
         threading.Thread(target=self._server.serve_forever, name="edgeseg-listen-accept", daemon=True).start()
@@ -371,6 +381,7 @@ class DicomNode:
             for assoc in list(getattr(self._server, "active_associations", [])):
                 assoc.abort()
             self._server.server_close()  # closes the socket and waits for the association threads
+            self._connections.flush(force=True)
         self._stop.set()
         if self._worker.is_alive():
             self._worker.join()
