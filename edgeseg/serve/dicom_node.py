@@ -379,7 +379,8 @@ class DicomNode:
             # halfway through a PDU holds in recv() until its connection ends
             self._peers.close()
             for assoc in list(getattr(self._server, "active_associations", [])):
-                assoc.abort()
+                if self._peers.requested(assoc):  # one without its request yet ends with its connection
+                    assoc.abort()
             self._server.server_close()  # closes the socket and waits for the association threads
             self._connections.flush(force=True)
         self._stop.set()

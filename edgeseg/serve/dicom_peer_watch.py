@@ -81,6 +81,14 @@ class PeerWatch:
         if conn is not None and not conn.requested and event.assoc.is_acceptor:
             event.assoc.dul.to_user_queue.put(None)
 
+    def requested(self, assoc) -> bool:
+        """Whether the association's peer has sent its request (or its connection is not known
+        here): pynetdicom refuses an A-ABORT on an association still waiting for one, with a
+        traceback from its reader thread."""
+        with self._lock:
+            conn = self._conn_of.get(assoc)
+        return conn is None or conn.requested
+
     def _conns_of(self, address: tuple) -> list[PduBoundSocket]:
         with self._lock:
             return [conn for conn in self._conns if (str(conn.address[0]), int(conn.address[1])) == address]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import signal
 import socket
 import subprocess
 import sys
@@ -156,3 +157,28 @@ def test_a_bad_connection_limit_is_one_line(tmp_path, options, fragment, assert_
     assert_one_line_error(done, fragment)
     assert not (tmp_path / "out").exists()
 
+
+def test_a_stop_with_connections_waiting_for_their_request_prints_no_traceback(serve_bundle, tmp_path, free_port,
+                                                                              wait_port):
+    """SIGTERM with connections open that had sent nothing: the stop aborted every association, and
+    pynetdicom's reader of one still waiting for its request raised InvalidEventError (an A-ABORT
+    there is no valid event), a traceback on stderr. Those now end with their connection."""
+    from tests.serve.test_dicom_node_hostile import start_listen
+
+    port = free_port()
+    proc = start_listen(serve_bundle, port, tmp_path, "--peer-timeout", str(PEER_TIMEOUT))
+    try:
+        wait_port(port, timeout=60)
+        assert _wait_for(lambda: _echo(port).returncode == 0, BOUND)
+        socks = [_connect(port) for _ in range(8)]
+        assert _echo(port).returncode != 0  # the eighth from this host took the last of its connections
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+        for sock in socks:
+            sock.close()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0 and "Traceback" not in err, err
+    assert "refused a connection from 127.0.0.1:" in err, err
