@@ -36,6 +36,11 @@ from edgeseg.cli.tta_option import tta_option
 @click.option("--max-associations", default=10, show_default=True, type=click.IntRange(1, 1000),
               help="Associations at once, connections not yet associated included; a request past them is rejected. "
                    "Each may hold about three copies of one image in memory.")
+@click.option("--max-connections", default=32, show_default=True, type=click.IntRange(1, 10_000),
+              help="Open TCP connections at once, at least --max-associations; one past them is closed as it is "
+                   "accepted, before the node spends a thread on it.")
+@click.option("--max-connections-per-host", default=8, show_default=True, type=click.IntRange(1, 10_000),
+              help="Open TCP connections from one peer address; one past them is closed as it is accepted.")
 @click.option("--backend", default="auto", show_default=True, help="Runtime backend, as for edgeseg predict.")
 @click.option("--threads", default=0, show_default=True, help="CPU threads for the backend (0: its default).")
 @click.option("--audit-log", type=click.Path(dir_okay=False), default=None,
@@ -43,7 +48,8 @@ from edgeseg.cli.tta_option import tta_option
                    "artifact sha256), backend, outcome, latency; no patient names (docs/provenance.md). Off by default.")
 @tta_option
 def command(bundle, ae_title, any_ae, allow_calling, host, port, out, forward, idle, max_series, unsent, resend_every,
-            peer_timeout, max_associations, backend, threads, tta, audit_log) -> None:
+            peer_timeout, max_associations, max_connections, max_connections_per_host, backend, threads, tta,
+            audit_log) -> None:
     """Accept CT images by C-STORE, segment each complete series, write/forward its DICOM SEG."""
     import contextlib
     import signal
@@ -60,7 +66,8 @@ def command(bundle, ae_title, any_ae, allow_calling, host, port, out, forward, i
     peer = Peer.parse(forward) if forward else None
     # settings and the address first: loading a bundle can take a backend probe
     check_node_settings(out=out, forward=peer, unsent=unsent, max_series=max_series, ae_title=ae_title,
-                        calling_aets=list(allow_calling), peer_timeout=peer_timeout, max_associations=max_associations)
+                        calling_aets=list(allow_calling), peer_timeout=peer_timeout, max_associations=max_associations,
+                        max_connections=max_connections, max_connections_per_host=max_connections_per_host)
     if out is not None:
         check_output_folder(out, "--out")
     if unsent is not None:
@@ -85,6 +92,7 @@ def command(bundle, ae_title, any_ae, allow_calling, host, port, out, forward, i
         node = DicomNode(segmenter, ae_title=ae_title, host=host, port=port, out=out, forward=peer, idle=idle,
                          any_ae=any_ae, calling_aets=list(allow_calling), max_series=max_series, unsent=unsent,
                          resend_every=resend_every, peer_timeout=peer_timeout, max_associations=max_associations,
+                         max_connections=max_connections, max_connections_per_host=max_connections_per_host,
                          audit=audit)
         node.start()
         called = "any called AE title" if any_ae else f"called AE title {ae_title}"

@@ -15,7 +15,10 @@ past the volume limit in bytes on disk. What a peer can make the node read and h
 C-STORE handler runs (a PDU, one image's data set) is bounded on its connection
 (dicom_peer_bound.py): past that, the association is aborted. A peer that keeps the node waiting
 (for its association request, the rest of a PDU, its next PDU, or to take an answer) longer than
-``peer_timeout`` seconds has its connection cut (dicom_peer_watch.py).
+``peer_timeout`` seconds has its connection cut (dicom_peer_watch.py). Connections are counted as
+they are accepted, in all and per peer address: one past ``max_connections`` or
+``max_connections_per_host`` is closed at once, before any thread is started for it
+(dicom_connections.py).
 An association must call this node by its AE title (else it is rejected with the reason "called
 AE title not recognised") unless ``any_ae`` is set, and, where ``calling_aets`` lists AE titles,
 come from one of them (else "calling AE title not recognised").
@@ -40,11 +43,13 @@ from edgeseg.serve.dicom_intake import (CT_IMAGE_STORAGE, STATUS_CANNOT_UNDERSTA
                                         STATUS_OUT_OF_RESOURCES, STATUS_SOP_CLASS_NOT_SUPPORTED, STATUS_SUCCESS,
                                         check_ae_title, decodable_transfer_syntaxes, failure_status, incoming_uids,
                                         oversized_header, refusal)
-from edgeseg.serve.dicom_node_settings import (DEFAULT_MAX_ASSOCIATIONS, DEFAULT_MAX_SERIES, DEFAULT_PEER_TIMEOUT,
-                                               NodeStats, check_node_settings)
+from edgeseg.serve.dicom_connections import ConnectionLimit, limited_server_class
+from edgeseg.serve.dicom_node_settings import (DEFAULT_MAX_ASSOCIATIONS, DEFAULT_MAX_CONNECTIONS,
+                                               DEFAULT_MAX_CONNECTIONS_PER_HOST, DEFAULT_MAX_SERIES,
+                                               DEFAULT_PEER_TIMEOUT, NodeStats, check_node_settings)
 from edgeseg.serve.dicom_peer_bound import MAX_PDU_LENGTH, PeerBounds, bounded_request_handler, data_set_limit
 from edgeseg.serve.dicom_peer_watch import PeerWatch
-from edgeseg.serve.dicom_series import HeldSeries
+from edgeseg.serve.dicom_series import HeldSeries, seg_path
 
 __all__ = ["DicomNode", "NodeStats", "Peer", "check_ae_title", "check_node_settings", "decodable_transfer_syntaxes"]
 
@@ -59,9 +64,11 @@ class DicomNode:
                  work: str | Path | None = None, any_ae: bool = False, calling_aets: list[str] | None = None,
                  max_series: int = DEFAULT_MAX_SERIES, unsent: str | Path | None = None,
                  resend_every: float = 60.0, peer_timeout: float = DEFAULT_PEER_TIMEOUT,
-                 max_associations: int = DEFAULT_MAX_ASSOCIATIONS, audit=None) -> None:
+                 max_associations: int = DEFAULT_MAX_ASSOCIATIONS, max_connections: int = DEFAULT_MAX_CONNECTIONS,
+                 max_connections_per_host: int = DEFAULT_MAX_CONNECTIONS_PER_HOST, audit=None) -> None:
         check_node_settings(out=out, forward=forward, unsent=unsent, max_series=max_series, ae_title=ae_title,
-                            calling_aets=calling_aets, peer_timeout=peer_timeout, max_associations=max_associations)
+                            calling_aets=calling_aets, peer_timeout=peer_timeout, max_associations=max_associations,
+                            max_connections=max_connections, max_connections_per_host=max_connections_per_host)
         self.peer_timeout, self.max_associations = float(peer_timeout), max_associations
         self.any_ae = bool(any_ae)
         self.calling_aets = [title.strip() for title in calling_aets or []]
@@ -80,6 +87,7 @@ class DicomNode:
         self._own_work = work is None
         self.work = Path(work) if work is not None else Path(tempfile.mkdtemp(prefix="edgeseg-listen-"))
         self.stats = NodeStats()
+        self._connections = ConnectionLimit(max_connections, max_connections_per_host, self.stats)
         self._series: dict[str, HeldSeries] = {}
         self._queued = 0  # series taken to be segmented and not done yet: they are in flight too
         self._turned_away: set[str] = set()  # series refused for --max-series, each logged once
@@ -113,14 +121,16 @@ class DicomNode:
         store = self._on_store if self.audit is None else self.audit.counted(self._on_store)
         handlers = [(pynetdicom.evt.EVT_C_STORE, self._peers.busy_while(store)),
                     (pynetdicom.evt.EVT_C_ECHO, lambda event: 0x0000),
-                    (pynetdicom.evt.EVT_REJECTED, self._on_rejected), (pynetdicom.evt.EVT_ACCEPTED, self._on_accepted)]
+                    (pynetdicom.evt.EVT_REJECTED, self._on_rejected), (pynetdicom.evt.EVT_ACCEPTED, self._on_accepted),
+                    (pynetdicom.evt.EVT_CONN_OPEN, self._peers.opened), (pynetdicom.evt.EVT_CONN_CLOSE, self._peers.closed)]
         if self.audit is not None:
             handlers += [(pynetdicom.evt.EVT_RELEASED, lambda event: self.audit.ended(event, "released")),
                          (pynetdicom.evt.EVT_ABORTED, lambda event: self.audit.ended(event, "aborted"))]
-        request_handler = bounded_request_handler(self._peer_bounds, self._on_peer_refused, self._peers.add)
+        request_handler = bounded_request_handler(self._peer_bounds, self._on_peer_refused, self._peers.add,
+                                                  self._connections.release)
         try:
             self._server = ae.make_server((self.host, self.port), evt_handlers=handlers, request_handler=request_handler,
-                                          server_class=pynetdicom.transport.ThreadedAssociationServer)
+                                          server_class=limited_server_class(self._connections))
         except OSError as exc:
             raise DataError(f"cannot listen on {self.host}:{self.port}: {exc.strerror or exc}") from None
         threading.Thread(target=self._server.serve_forever, name="edgeseg-listen-accept", daemon=True).start()
@@ -317,7 +327,7 @@ class DicomNode:
         volume, refs = read_dicom_series_with_refs(folder)
         sources = seg_source_datasets(refs)  # a series no SEG can be made of does not hold up the model
         labels = self.segmenter.predict_volume(volume)
-        target = self._seg_path(series_uid, self.out or self.work)
+        target = seg_path(series_uid, self.out or self.work)
         write_dicom_seg(labels, volume, refs, self.segmenter.labels, target, sources=sources,
                         parameters=self.segmenter.algorithm_parameters(), provenance=provenance(self.segmenter))
         self.stats.segmented.append(series_uid)
@@ -358,16 +368,6 @@ class DicomNode:
         elif sent:
             log.info("sent the %d SEG(s) that waited in %s", sent, self.unsent.folder)
 
-    def _seg_path(self, series_uid: str, folder: Path) -> Path:
-        target, n = folder / f"{series_uid}.seg.dcm", 1
-        while target.exists():
-            n += 1
-            target = folder / f"{series_uid}-{n}.seg.dcm"
-        if n > 1:
-            log.warning("series %s was segmented before: this SEG (of the images received since) is %s",
-                        series_uid, target.name)
-        return target
-
     def _send(self, path: Path) -> None:
         send_seg(self.forward, self.ae_title, path)
         self.stats.forwarded.append(path.name)
@@ -388,8 +388,10 @@ class DicomNode:
             # halfway through a PDU holds in recv() until its connection ends
             self._peers.close()
             for assoc in list(getattr(self._server, "active_associations", [])):
-                assoc.abort()
+                if self._peers.requested(assoc):  # one without its request yet ends with its connection
+                    assoc.abort()
             self._server.server_close()  # closes the socket and waits for the association threads
+            self._connections.flush(force=True)
         self._stop.set()
         if self._worker.is_alive():
             self._worker.join()

@@ -18,6 +18,13 @@ PEER_TIMEOUT_RANGE = (0.1, 3600.0)
 # pynetdicom's own default; each association may hold about three copies of one image's data set
 DEFAULT_MAX_ASSOCIATIONS = 10
 MAX_ASSOCIATIONS_RANGE = (1, 1000)
+# Open TCP connections (each up to two threads and one PDU of up to 1 MiB before its association
+# request); a connection past them is closed as it is accepted. Above the association limit, so a
+# request past that still gets its "local limit exceeded" answer; per host below it, so one host
+# (a scanner stuck reconnecting, a scan) cannot take every association slot alone.
+DEFAULT_MAX_CONNECTIONS = 32
+DEFAULT_MAX_CONNECTIONS_PER_HOST = 8
+MAX_CONNECTIONS_RANGE = (1, 10_000)
 
 
 @dataclass
@@ -29,6 +36,7 @@ class NodeStats:
     rejected_associations: int = 0
     aborted_associations: int = 0  # for sending more than the node reads (dicom_peer_bound.py)
     timed_out_connections: int = 0  # for keeping the node waiting past the peer timeout
+    refused_connections: int = 0  # closed as accepted: past --max-connections or --max-connections-per-host
     segmented: list[str] = field(default_factory=list)
     forwarded: list[str] = field(default_factory=list)
     not_forwarded: list[str] = field(default_factory=list)
@@ -37,7 +45,9 @@ class NodeStats:
 
 def check_node_settings(*, out, forward, unsent, max_series, ae_title: str, calling_aets,
                         peer_timeout: float = DEFAULT_PEER_TIMEOUT,
-                        max_associations: int = DEFAULT_MAX_ASSOCIATIONS) -> None:
+                        max_associations: int = DEFAULT_MAX_ASSOCIATIONS,
+                        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+                        max_connections_per_host: int = DEFAULT_MAX_CONNECTIONS_PER_HOST) -> None:
     """DataError for settings no node can run with; ``edgeseg listen`` calls it before loading the bundle."""
     if out is None and forward is None:
         raise DataError("the DICOM node needs --out, --forward or both: otherwise results go nowhere")
@@ -52,5 +62,15 @@ def check_node_settings(*, out, forward, unsent, max_series, ae_title: str, call
     low, high = MAX_ASSOCIATIONS_RANGE
     if type(max_associations) is not int or not low <= max_associations <= high:  # noqa: E721 - bool is no count
         raise DataError(f"--max-associations must be an integer {low}..{high}, got {max_associations!r}")
+    low, high = MAX_CONNECTIONS_RANGE
+    for name, value in (("--max-connections", max_connections), ("--max-connections-per-host", max_connections_per_host)):
+        if type(value) is not int or not low <= value <= high:  # noqa: E721 - bool is no count
+            raise DataError(f"{name} must be an integer {low}..{high}, got {value!r}")
+    if max_connections < max_associations:
+        raise DataError(f"--max-connections ({max_connections}) is below --max-associations ({max_associations}): "
+                        f"each association is a connection; raise --max-connections with it")
+    if max_connections_per_host > max_connections:
+        raise DataError(f"--max-connections-per-host ({max_connections_per_host}) is over --max-connections "
+                        f"({max_connections})")
     for title in (ae_title, *(calling_aets or [])):
         check_ae_title(title)

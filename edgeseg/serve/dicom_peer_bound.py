@@ -86,8 +86,10 @@ class PduBoundSocket:
     socket's.
     """
 
-    def __init__(self, sock, bounds: PeerBounds, refused: Callable[[str], None], address=("?", 0)) -> None:
+    def __init__(self, sock, bounds: PeerBounds, refused: Callable[[str], None], address=("?", 0),
+                 closed: Callable[[], None] = lambda: None) -> None:
         self._sock = sock
+        self._on_close = closed
         self._bounds = bounds
         self._refused = refused
         self.address = tuple(address[:2])
@@ -123,6 +125,24 @@ class PduBoundSocket:
             finally:
                 self._sending = False
                 self._since = time.monotonic()
+
+    @property
+    def raw_socket(self):
+        return self._sock
+
+    @property
+    def requested(self) -> bool:
+        """Whether the peer has sent a whole PDU (its association request comes first)."""
+        return self._pdus > 0
+
+    def close(self) -> None:
+        # the connection leaves the node's count as its socket closes, whoever closes it
+        on_close, self._on_close = self._on_close, None
+        try:
+            self._sock.close()
+        finally:
+            if on_close is not None:
+                on_close()
 
     def shutdown(self, how: int) -> None:
         # a connection cut here is shut down already: pynetdicom closes the socket only where its
@@ -244,17 +264,20 @@ class PduBoundSocket:
 
 
 def bounded_request_handler(bounds: Callable[[], PeerBounds], refused: Callable[[tuple, str], None],
-                            opened: Callable[[PduBoundSocket], None] = lambda conn: None):
+                            opened: Callable[[PduBoundSocket], None] = lambda conn: None,
+                            closed: Callable[[object], None] = lambda sock: None):
     """A pynetdicom request handler class whose associations read their peer through
     :class:`PduBoundSocket`; ``bounds()`` is asked once per association, ``refused(address,
-    reason)`` called when one is aborted, ``opened(conn)`` with each new one (to watch its clock)."""
+    reason)`` called when one is aborted, ``opened(conn)`` with each new one (to watch its clock),
+    ``closed(sock)`` with its accepted socket once that is closed."""
     from pynetdicom.transport import RequestHandler
 
     class BoundedRequestHandler(RequestHandler):
         def setup(self) -> None:
             super().setup()
-            address = self.client_address
-            self.request = PduBoundSocket(self.request, bounds(), lambda reason: refused(address, reason), address)
+            address, sock = self.client_address, self.request
+            self.request = PduBoundSocket(sock, bounds(), lambda reason: refused(address, reason), address,
+                                          closed=lambda: closed(sock))
             opened(self.request)
 
     return BoundedRequestHandler

@@ -10,12 +10,18 @@ connection (dicom_peer_bound.py keeps it: the time since the peer's last whole P
 last answer, held while the node works for the peer), and :class:`PeerWatch` cuts a connection
 whose peer has kept it waiting past the timeout: an A-ABORT where one can go, then a shutdown that
 wakes the thread reading it; pynetdicom then sees the connection end and frees the association.
+
+A connection that ends before its association request (the peer closed it, or the node cut or
+refused it) is another wait: pynetdicom's association thread waits for that request for its ACSE
+timeout whatever became of the connection, holding its association slot. :meth:`PeerWatch.closed`
+hands that thread the end of its wait at once, as its own timeout would.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+import weakref
 from collections.abc import Callable
 
 from edgeseg.serve.dicom_peer_bound import PduBoundSocket
@@ -34,6 +40,7 @@ class PeerWatch:
         # a quarter of the timeout between looks: a peer is cut within 1.25 timeouts
         self._every = min(1.0, self.timeout / 4)
         self._thread = threading.Thread(target=self._run, name="edgeseg-listen-peers", daemon=True)
+        self._conn_of = weakref.WeakKeyDictionary()  # association -> its connection, while it is open
 
     def start(self) -> None:
         self._thread.start()
@@ -56,6 +63,31 @@ class PeerWatch:
                 for conn in conns:
                     conn.done()
         return held
+
+    def opened(self, event) -> None:
+        """pynetdicom's EVT_CONN_OPEN: pair the association with its connection."""
+        address = (str(event.address[0]), int(event.address[1]))
+        for conn in self._conns_of(address):
+            with self._lock:
+                self._conn_of[event.assoc] = conn
+
+    def closed(self, event) -> None:
+        """pynetdicom's EVT_CONN_CLOSE: a connection that ended before its peer's first whole PDU
+        (the association request) has no request coming; its association thread, waiting for one
+        for the ACSE timeout, is handed what that timeout gives it (None: it ends the association).
+        pynetdicom's own timeout path then frees the slot, up to the timeout earlier."""
+        with self._lock:
+            conn = self._conn_of.pop(event.assoc, None)
+        if conn is not None and not conn.requested and event.assoc.is_acceptor:
+            event.assoc.dul.to_user_queue.put(None)
+
+    def requested(self, assoc) -> bool:
+        """Whether the association's peer has sent its request (or its connection is not known
+        here): pynetdicom refuses an A-ABORT on an association still waiting for one, with a
+        traceback from its reader thread."""
+        with self._lock:
+            conn = self._conn_of.get(assoc)
+        return conn is None or conn.requested
 
     def _conns_of(self, address: tuple) -> list[PduBoundSocket]:
         with self._lock:

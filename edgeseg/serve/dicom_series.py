@@ -1,14 +1,18 @@
 """One series as the DICOM node holds it while its images arrive: a folder of files, and what
-they count against the readers' volume limit, in pixels and in bytes on disk."""
+they count against the readers' volume limit, in pixels and in bytes on disk; and where its SEG
+is written."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgeseg.atomic import atomic_path
 from edgeseg.errors import DataError
 from edgeseg.limits import VOLUME_BYTES_ENV, check_volume, current_limits
+
+log = logging.getLogger("edgeseg.listen")
 
 
 @dataclass
@@ -48,3 +52,16 @@ class HeldSeries:
         self.sizes[sop_uid] = size
         self.slices += frames - self.frames.get(sop_uid, 0)
         self.frames[sop_uid] = frames
+
+
+def seg_path(series_uid: str, folder: Path) -> Path:
+    """Where the SEG of ``series_uid`` goes in ``folder``: ``UID.seg.dcm``, or ``UID-N.seg.dcm``
+    when the series was segmented before (images of it that came after its first SEG)."""
+    target, n = folder / f"{series_uid}.seg.dcm", 1
+    while target.exists():
+        n += 1
+        target = folder / f"{series_uid}-{n}.seg.dcm"
+    if n > 1:
+        log.warning("series %s was segmented before: this SEG (of the images received since) is %s",
+                    series_uid, target.name)
+    return target
