@@ -69,12 +69,13 @@ test: build test-layers test-c test-python asan
 
 # pytest exits 5 when it collects nothing; that is not a failure, every other code is.
 # One worker per core (at most PYTEST_WORKERS); a test file runs in one worker, so its
-# module fixtures are built once. PYTEST_WORKERS=0 runs everything in this process.
+# module fixtures are built once. Files go out in collection order, which puts the long ones
+# first (tests/conftest.py). PYTEST_WORKERS=0 runs everything in this process.
 # A worker that dies (a crash in native code) stops the run with its test named: a replaced
 # worker could leave the session waiting for work that never comes.
 PYTEST_WORKERS ?= 4
 test-python: build
-	$(PY) -m pytest -q --durations=15 $(if $(filter 0,$(PYTEST_WORKERS)),,-n auto --maxprocesses=$(PYTEST_WORKERS) --dist loadfile --max-worker-restart=0) tests || { rc=$$?; [ $$rc -eq 5 ] && echo "no tests collected" || exit $$rc; }
+	$(PY) -m pytest -q --durations=15 $(if $(filter 0,$(PYTEST_WORKERS)),,-n auto --maxprocesses=$(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder --max-worker-restart=0) tests || { rc=$$?; [ $$rc -eq 5 ] && echo "no tests collected" || exit $$rc; }
 
 # The import contracts in pyproject.toml: the layers, and no torch on the runtime side.
 test-layers: build

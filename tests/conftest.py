@@ -36,6 +36,20 @@ _run_folder("HYPOTHESIS_STORAGE_DIRECTORY", "edgeseg-hypothesis-")
 _run_folder("EDGESEG_CACHE_DIR", "edgeseg-cache-")
 
 
+# Files whose few tests each train, sweep or build for tens of seconds, longest first. Under
+# `make test` (xdist --dist loadfile --no-loadscope-reorder) a worker takes the next file in
+# collection order, so these are collected first: xdist's default order, by number of tests per
+# file, handed them out last, and one worker went on with them alone after the other had finished.
+LONG_FILES = ("tests/sweep/test_sweep.py", "tests/sweep/test_redo.py", "tests/cli/test_cli.py",
+              "tests/cli/test_sigterm.py", "tests/capi/test_wheel.py", "tests/train/test_bench_train_scale.py",
+              "tests/sweep/test_status.py", "tests/docs/test_quickstart.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: place for place, name in enumerate(LONG_FILES)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::", 1)[0], len(LONG_FILES)))  # stable: files keep their order
+
+
 def pytest_unconfigure(config):
     for folder in _RUN_FOLDERS:
         shutil.rmtree(folder, ignore_errors=True)

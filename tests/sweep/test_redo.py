@@ -69,13 +69,12 @@ def _check_a_failing_runner(folder: Path, result: dict, monkeypatch) -> None:
             validation_dice(*args, deployed="openvino:int8", fp32=False)
 
 
-def test_int8_dice_on_every_runner_the_deployed_one_autos_and_rescore(tmp_path, assert_one_line_error, monkeypatch):
+def test_int8_dice_on_every_runner_the_deployed_one_autos_and_rescore(tmp_path, assert_one_line_error, monkeypatch,
+                                                                      copy_mobile_point_sweep):
     from edgeseg.models.checkpoint import read_checkpoint
 
     (tmp_path / "sweep.toml").write_text(SWEEP)
-    out = tmp_path / "out"
-    proc = _sweep(tmp_path / "sweep.toml", out, "--point", POINT)
-    assert proc.returncode == 0, proc.stderr
+    out = copy_mobile_point_sweep(tmp_path / "out")  # `--point POINT` finished
     folder = out / "points" / POINT
     result = json.loads((folder / "result.json").read_text())
     runners = result["dice_int8_runners"]
@@ -213,11 +212,12 @@ def test_rescore_refuses_unfinished_points_and_another_flag(tmp_path, assert_one
     assert_one_line_error(proc, "--status, --regate, --rescore and --remeasure do not go together: give one")
 
 
-def test_regate_exports_again_only_the_points_an_older_gate_passed(tmp_path, assert_one_line_error):
+def test_regate_exports_again_only_the_points_an_older_gate_passed(tmp_path, assert_one_line_error,
+                                                                  copy_mobile_point_sweep):
     """Runs whose bundles passed different parity gates are not compared (no choice); --regate
     exports the older ones again through today's gate, training nothing, and then the rule chooses."""
     (tmp_path / "sweep.toml").write_text(SWEEP + '\n[choose]\nreference = "unet-b4-d2-s64"\n')
-    out = tmp_path / "out"
+    out = copy_mobile_point_sweep(tmp_path / "out")  # the mobile_unet point finished; the sweep runs the other
     proc = subprocess.run(_command(tmp_path / "sweep.toml", out), capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     old = out / "points" / "mobile_unet-b4-d2-s64"

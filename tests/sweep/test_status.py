@@ -15,7 +15,8 @@ def _sweep_command(sweep_file, out):
     return [sys.executable, "-m", "edgeseg.cli", "sweep", str(sweep_file), "--out", str(out), "--quiet"]
 
 
-def test_status_says_where_each_point_stands_and_writes_nothing(tmp_path, assert_one_line_error):
+def test_status_says_where_each_point_stands_and_writes_nothing(tmp_path, assert_one_line_error,
+                                                                copy_mobile_point_sweep):
     """--status reads the sweep folder only: a finished point with its result, a point trained
     part-way (stopped, then running while another process holds its lock) with the epochs and
     Dice of its metrics.json, and a point not started; it creates no file."""
@@ -25,9 +26,7 @@ def test_status_says_where_each_point_stands_and_writes_nothing(tmp_path, assert
     out = tmp_path / "out"
     status = _sweep_command(tmp_path / "sweep.toml", out) + ["--status"]
     assert_one_line_error(subprocess.run(status, capture_output=True, text=True), f"{out} holds no sweep")
-    proc = subprocess.run(_sweep_command(tmp_path / "sweep.toml", out) + ["--point", "mobile_unet-b4-d2-s64"],
-                          capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
+    copy_mobile_point_sweep(out)  # `--point mobile_unet-b4-d2-s64` finished
     listing = sorted(p.relative_to(out) for p in out.rglob("*"))
     proc = subprocess.run(status, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr

@@ -1,0 +1,58 @@
+"""The tiny phantom sweep (tiny_sweep.toml) with its mobile_unet point finished, run once per test
+session and copied into each test that starts from it: a point trains, exports and is measured in
+fresh interpreters, which is most of what these tests cost, and several tests only read, redo or
+extend that point."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+TINY_SWEEP = (Path(__file__).parent / "tiny_sweep.toml").read_text()
+MOBILE = "mobile_unet-b4-d2-s64"
+
+
+def sweep_command(sweep_file: Path, out: Path) -> list[str]:
+    """``edgeseg sweep SWEEP_FILE --out OUT --quiet`` in a child interpreter."""
+    return [sys.executable, "-m", "edgeseg.cli", "sweep", str(sweep_file), "--out", str(out), "--quiet"]
+
+
+@pytest.fixture(scope="session")
+def mobile_point_sweep(tmp_path_factory) -> Path:
+    """A folder with ``sweep.toml`` (tiny_sweep.toml) and ``out/``, where ``edgeseg sweep sweep.toml
+    --out out --point mobile_unet-b4-d2-s64`` has finished; read-only (tests copy it with
+    ``copy_mobile_point_sweep``). Parallel test workers share one run: the first builds it, the
+    others wait for it."""
+    from filelock import FileLock
+
+    base = tmp_path_factory.getbasetemp()
+    # under xdist each worker has its own basetemp inside the session's; the session's is shared
+    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    folder = root / "tiny-sweep-mobile-point"
+    with FileLock(str(root / "tiny-sweep-mobile-point.lock")):
+        if not (folder / "done").is_file():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            (folder / "sweep.toml").write_text(TINY_SWEEP)
+            proc = subprocess.run(sweep_command(folder / "sweep.toml", folder / "out") + ["--point", MOBILE],
+                                  capture_output=True, text=True)
+            assert proc.returncode == 0, proc.stderr
+            (folder / "stdout.txt").write_text(proc.stdout)
+            (folder / "done").write_text("")
+    return folder
+
+
+@pytest.fixture
+def copy_mobile_point_sweep(mobile_point_sweep, tmp_path):
+    """``copy(out)``: a copy of the finished mobile_unet point's sweep folder at ``out`` (under
+    tmp_path), file times kept (tests compare them before and after a redo)."""
+    def copy(out: Path) -> Path:
+        shutil.copytree(mobile_point_sweep / "out", out, symlinks=True)
+        return out
+
+    return copy
