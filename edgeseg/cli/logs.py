@@ -27,3 +27,13 @@ def configure_logging(verbose: bool = False) -> None:
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
     root.propagate = False
+
+
+def reset_logging() -> None:
+    """edgeseg's logger as a fresh process has it (no handler, records passed up): a command that
+    runs in the same process after another (a test, an app calling the CLI) must not log through
+    the handler the earlier one set up, which writes to whatever stderr is now, --quiet or not."""
+    root = logging.getLogger("edgeseg")
+    root.handlers[:] = []
+    root.setLevel(logging.NOTSET)
+    root.propagate = True

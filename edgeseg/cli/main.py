@@ -43,6 +43,9 @@ class EdgesegGroup(click.Group):
     130 / 143 (commands that serve install their own handlers)."""
 
     def invoke(self, ctx: click.Context):
+        from edgeseg.cli.logs import reset_logging
+
+        reset_logging()
         with sigterm_stops():
             return self._invoke(ctx)
 

@@ -148,3 +148,16 @@ def test_a_series_with_a_missing_slice_is_refused_as_nifti_before_the_model_runs
     done = predict(bundle_dir, series, "--out", tmp_path / "labels.npy")
     assert done.exit_code == 0, done.output
     assert np.load(tmp_path / "labels.npy").shape[0] == 5
+
+
+def test_a_quiet_command_after_a_logging_one_in_the_same_process_logs_nothing(bundle_dir, tmp_path):
+    # the first call sets up edgeseg's log handler; the second, --quiet, must not log through it
+    # into its own stderr (an app or a test running commands one after another in one process)
+    loud = CliRunner().invoke(cli, ["predict", str(bundle_dir), str(NIFTI), "--out", str(tmp_path / "a.nii.gz"),
+                                    "--backend", "onnxruntime:fp32"])
+    assert loud.exit_code == 0 and "loaded" in loud.output, loud.output
+    # refused after the bundle is loaded, where a leftover handler would have logged the load
+    array = tmp_path / "ct.npy"
+    np.save(array, np.zeros((2, 64, 64), np.float32))
+    _refused(predict(_with_min_ml(bundle_dir, tmp_path, 6.0), array, "--out", tmp_path / "b.npy"),
+             "carries no voxel spacing")
