@@ -126,7 +126,6 @@ def _write_outputs(labels, volume, out, fmt, overlay, label_tables, window, name
     label map out, as a slice does through the API. ``record``: the provenance each output holds;
     ``progress``: the NIfTI's slices counted on stderr as they are written."""
     import contextlib
-    from pathlib import Path
 
     from edgeseg.atomic import atomic_path
     from edgeseg.runtime.label_tables import write_label_table
@@ -142,9 +141,9 @@ def _write_outputs(labels, volume, out, fmt, overlay, label_tables, window, name
         for table in label_tables:
             write_label_table(names, staged[table])
         if fmt == "nifti":
-            write_nifti(labels, volume, staged[out], provenance=record, progress=progress and Path(out).name)
+            write_nifti(labels, volume, staged[out], provenance=record, progress=progress, named=out)
         elif fmt == "seg-nrrd":
-            write_seg_nrrd(labels, volume, names, staged[out], provenance=record)
+            write_seg_nrrd(labels, volume, names, staged[out], provenance=record, named=out)
         elif fmt == "dicom-seg":
             write_dicom_seg(labels, volume, seg["refs"], names, staged[out], sources=seg["sources"],
                             parameters=seg["parameters"], provenance=record)

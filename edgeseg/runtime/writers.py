@@ -131,18 +131,20 @@ def source_grid(labels: np.ndarray, volume, out: str | os.PathLike, what: str):
 
 
 def write_nifti(labels: np.ndarray, volume, out: str | os.PathLike, provenance: dict | None = None,
-                progress: bool | str = False) -> Path:
+                progress: bool = False, named: str | os.PathLike | None = None) -> Path:
     """Save labels as NIfTI in the world of ``volume``: on the input file's own grid, with its
     header's qform and sform (matrices and codes) and units, when the input was NIfTI; else with
     the Volume's affine (LPS array order) as qform and sform, code 1 (scanner). Either way the
     header says label map (intent ``label``) with no display range of the CT's, and none of the
     input's ``descrip`` or header extensions (a DICOM header extension names the patient);
     ``provenance`` goes into ``descrip`` (short) and a comment extension (JSON). ``progress``
-    shows the slices written on stderr (compressing a 600-slice series takes seconds), named as
-    ``out`` or, given a string, as that (a caller writing to a staged path names the final one)."""
+    shows the slices written on stderr (compressing a 600-slice series takes seconds). ``named``:
+    the output as messages and progress name it, where ``out`` is a staged path the caller
+    renames into place (default ``out``)."""
     nib = check_writer("nifti")
 
-    data_xyz, affine, original = source_grid(labels, volume, out, "NIfTI output")
+    named = out if named is None else named
+    data_xyz, affine, original = source_grid(labels, volume, named, "NIfTI output")
     header = None
     if original is not None:
         header = original.header.copy()
@@ -167,14 +169,14 @@ def write_nifti(labels: np.ndarray, volume, out: str | os.PathLike, provenance: 
             # a rotation of any sform) place the slices squarely stacked, off by the shear
             log.warning("NIfTI output %s: the grid of %s is sheared (a gantry-tilted series?); its sform is exact, "
                         "but the qform and ITK-based viewers stack the slices squarely; for those, write a DICOM "
-                        "SEG (--format dicom-seg)", out, volume.source or volume.case_id)
+                        "SEG (--format dicom-seg)", named, volume.source or volume.case_id)
     # else the input's own qform and sform, matrices and codes, and its units: set again from
     # the affine, a sheared sform (gantry tilt) would also become the qform, which cannot hold a
     # shear and takes the nearest rotation instead, and an "aligned" or template sform would be
     # relabelled as scanner coordinates
     suffix = ".nii.gz" if str(out).lower().endswith(".gz") else ".nii"
     with atomic_path(out, suffix=suffix) as tmp:
-        _save_nifti(nib, image, tmp, (progress if isinstance(progress, str) else Path(out).name) if progress else None)
+        _save_nifti(nib, image, tmp, Path(named).name if progress else None)
     return Path(out)
 
 
@@ -218,16 +220,16 @@ _RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0])
 
 
 def write_seg_nrrd(labels: np.ndarray, volume, class_names: dict[int, str], out: str | os.PathLike,
-                   provenance: dict | None = None) -> Path:
+                   provenance: dict | None = None, named: str | os.PathLike | None = None) -> Path:
     """Save labels as a 3D Slicer segmentation (``.seg.nrrd``, gzip): on the input's own voxel
     grid as :func:`source_grid` gives it (space left-posterior-superior), one layer whose
     segments are the bundle's classes, each named, coloured as in every edgeseg figure, and
     with its class number as label value (:func:`~edgeseg.runtime.label_tables.slicer_segment_fields`),
-    and ``provenance`` as the field ``edgeseg_provenance`` (JSON).
+    and ``provenance`` as the field ``edgeseg_provenance`` (JSON); ``named`` as for :func:`write_nifti`.
     ITK-SNAP and other ITK readers open it as a plain label map on the same grid."""
     nrrd = check_writer("seg-nrrd")
 
-    data_xyz, affine, _ = source_grid(labels, volume, out, "Slicer segmentation output")
+    data_xyz, affine, _ = source_grid(labels, volume, out if named is None else named, "Slicer segmentation output")
     if is_sheared(affine, tolerance=1e-4):
         log.warning("Slicer segmentation output %s: the grid of %s is sheared (a gantry-tilted series?); Slicer "
                     "keeps only a rotation of it and stacks the slices squarely; write a DICOM SEG "

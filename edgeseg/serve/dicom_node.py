@@ -289,15 +289,11 @@ class DicomNode:
 
     def _segment(self, due: list[tuple[str, HeldSeries]]) -> None:
         for uid, series in due:
-            if self._abandon.is_set():  # a second Ctrl-C / SIGTERM during the stop: segment no more
-                self.stats.failed.append(uid)
-                log.error("series %s (%d images) not segmented: the stop was forced", uid, len(series.frames))
-                shutil.rmtree(series.folder, ignore_errors=True)
-                with self._lock:
-                    self._queued -= 1
-                continue
             began, error = time.monotonic(), None
             try:
+                if self._abandon.is_set():  # a second Ctrl-C / SIGTERM during the stop: segment no more
+                    # a failure like any other, audited too: its images were acknowledged to the peer
+                    raise DataError("the stop was forced")
                 self.process(uid, series.folder)
             except (EdgesegError, OSError) as exc:  # OSError: --out full, gone, turned into a file, ...
                 self.stats.failed.append(uid)

@@ -203,3 +203,11 @@ def test_shell_completion_of_the_entry_point():
     script = subprocess.run([str(entry)], capture_output=True, text=True, timeout=120,
                             env=dict(os.environ, _EDGESEG_COMPLETE="bash_source")).stdout
     assert "complete " in script and "_edgeseg_completion" in script
+
+
+def test_the_commands_docs_list_for_quiet_are_those_that_take_it():
+    """docs/index.md names the commands --quiet silences; bench gained it and was not named."""
+    line = re.search(r"\*\*`--quiet`\*\* \(([^)]*)\)", (ROOT / "docs" / "index.md").read_text())
+    assert line, "docs/index.md no longer lists the commands that take --quiet"
+    listed = {name.strip().strip("`") for name in line.group(1).split(",")}
+    assert listed == {name for name, command in commands().items() if "--quiet" in shown_names(command)}

@@ -145,3 +145,20 @@ def test_nifti_of_an_untilted_series_does_not_warn(tmp_path, caplog):
     with caplog.at_level("WARNING", logger="edgeseg.runtime.writers"):
         write_nifti(np.zeros(volume.hu.shape, dtype=np.uint8), volume, tmp_path / "mask.nii.gz")
     assert "sheared" not in caplog.text
+
+
+def test_predict_of_a_tilted_series_names_its_own_output_in_the_warning(exported_bundle, tmp_path):
+    """predict writes its outputs beside their places first and lands them together: the warning
+    must name the file the user asked for, not the hidden temporary that is gone by the end."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("nibabel")
+    write_tilted_series(tmp_path / "ct", 20.0)
+    out = tmp_path / "mask.nii.gz"
+    done = subprocess.run([sys.executable, "-m", "edgeseg.cli", "predict", str(exported_bundle), str(tmp_path / "ct"),
+                           "--out", str(out), "--backend", "onnxruntime:fp32"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    warned = [line for line in done.stderr.splitlines() if "sheared" in line]
+    assert len(warned) == 1 and warned[0].startswith(f"NIfTI output {out}: "), done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["ct", out.name])

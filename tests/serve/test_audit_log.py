@@ -117,3 +117,40 @@ def test_listen_audit_lines_per_association_and_series(serve_bundle, tmp_path, f
     for value in (source.get("PatientName"), source.get("PatientID"), source.get("PatientBirthDate")):
         if value:
             assert str(value) not in text
+
+
+@pytest.mark.skipif(not shutil.which("storescu"), reason="dcmtk (storescu) is not installed: apt-get install dcmtk")
+def test_listen_audits_a_series_a_forced_stop_leaves_unsegmented(serve_bundle, tmp_path, free_port, wait_port):
+    """Its images were acknowledged to the scanner and then dropped: the audit log must say so,
+    as it does for a series that failed, not leave it out."""
+    pydicom = pytest.importorskip("pydicom")
+    pytest.importorskip("pynetdicom")
+    from edgeseg.runtime.provenance import provenance
+    from edgeseg.runtime.segmenter import Segmenter
+    from edgeseg.serve.audit import AuditLog
+    from edgeseg.serve.dicom_node import DicomNode
+
+    segmenter = Segmenter.load(serve_bundle, backend="onnxruntime:fp32")
+    audit = AuditLog(tmp_path / "audit.jsonl", provenance(segmenter))
+    # idle long enough that the series is still waiting when the stop comes
+    node = DicomNode(segmenter, port=free_port(), out=tmp_path / "out", idle=600.0, work=tmp_path / "work",
+                     audit=audit)
+    node.start()
+    try:
+        wait_port(node.port)
+        files = sorted(SERIES.glob("*.dcm"))
+        sent = subprocess.run(["storescu", "-aet", "SCANNER1", "-aec", "EDGESEG", "127.0.0.1", str(node.port),
+                               *map(str, files)], capture_output=True, text=True, timeout=60)
+        assert sent.returncode == 0, sent.stderr
+        node.abandon()  # a second Ctrl-C: the stop segments nothing more
+    finally:
+        node.stop()
+        segmenter.close()
+        audit.close()
+    source = pydicom.dcmread(files[0], stop_before_pixels=True)
+    assert node.stats.failed == [source.SeriesInstanceUID] and not node.stats.segmented
+    lines = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
+    series = [line for line in lines if line["event"] == "series"]
+    assert [(line["series_uid"], line["outcome"]) for line in series] == [(source.SeriesInstanceUID, "failed")]
+    assert "stop" in series[0]["error"]
+    _bundle_checked(series[0]["bundle"], serve_bundle)
