@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ from edgeseg.serve.inflight import ByteBudget
 
 DISK_OPTION = "--max-upload-disk-bytes"
 _FULL = (errno.ENOSPC, errno.EDQUOT)
+_SHORT_WRITE = re.compile(r"\d+ requested and \d+ written")
 log = logging.getLogger("edgeseg.serve")
 
 
@@ -62,8 +64,14 @@ def check_upload_folder(folder: str | None) -> Path:
 
 
 def disk_full(exc: BaseException) -> bool:
-    """Whether ``exc`` says the file system (or the user's quota on it) has no room left."""
-    return isinstance(exc, OSError) and exc.errno in _FULL
+    """Whether ``exc`` says the file system (or the user's quota on it) has no room left: an
+    errno saying so, or numpy's short write (``np.save`` on a full disk raises OSError("N
+    requested and M written"), with no errno)."""
+    if not isinstance(exc, OSError):
+        return False
+    if exc.errno is None:
+        return bool(exc.args) and _SHORT_WRITE.fullmatch(str(exc.args[0])) is not None
+    return exc.errno in _FULL
 
 
 def no_room(exc: OSError, folder: Path | None) -> HttpError:

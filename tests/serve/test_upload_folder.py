@@ -101,6 +101,11 @@ def test_an_upload_its_folder_has_no_room_for_is_507_and_leaves_nothing(serve_bu
         assert status == 507, data
         assert json.loads(data)["error"] == "the server has no room left on disk to store the upload; retry later"
         assert [name for name in os.listdir(seen) if name.startswith("edgeseg-upload-")] == []
+        # its body fits (704 KiB) and its mask (352 KiB) does not: the full disk is met writing the mask
+        status, _, data = http_request(f"127.0.0.1:{port}", "POST", "/v1/segment?format=npy",
+                                       _npy(np.zeros((22, 128, 128), np.int16)))
+        assert status == 507, data
+        assert [name for name in os.listdir(seen) if name.startswith("edgeseg-upload-")] == []
         status, _, data = http_request(f"127.0.0.1:{port}", "POST", "/v1/segment?format=npy", _npy(small))
         assert status == 200, data  # the room the refused upload took is free again
     with Segmenter.load(serve_bundle, backend="onnxruntime:fp32") as local:
