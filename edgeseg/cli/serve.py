@@ -33,12 +33,18 @@ from edgeseg.cli.tta_option import tta_option
               help="Most bytes of decoded volumes and tensors held for requests in flight, counted as "
                    "--max-volume-bytes counts a volume; a request beyond it is answered 503 before its volume "
                    "is allocated. Default: twice --max-volume-bytes (4 GiB by default); at least that limit.")
+@click.option("--max-upload-disk-bytes", type=click.IntRange(min=1), default=None,
+              help="Most bytes of /v1/segment upload bodies held on disk at once; an upload beyond it is answered 503 "
+                   "before its bytes are written. Default: --max-inflight-bytes (4 GiB by default), or twice "
+                   "--max-body-mb if more; at least twice --max-body-mb.")
+@click.option("--upload-dir", type=click.Path(file_okay=False), default=None,
+              help="Folder /v1/segment writes upload bodies in as they arrive. Default: the temporary folder (TMPDIR).")
 @click.option("--audit-log", type=click.Path(dir_okay=False), default=None,
               help="Append one JSON line per request to this file: time, peer, request id, route, status, the bundle (manifest and "
                    "artifact sha256), backend, outcome, latency; no patient names (docs/provenance.md). Off by default.")
 @tta_option
 def command(bundle, host, port, backend, threads, model_name, max_batch, queue_size, max_body_mb, max_side,
-            timeout, max_inflight_bytes, tta, audit_log) -> None:
+            timeout, max_inflight_bytes, max_upload_disk_bytes, upload_dir, tta, audit_log) -> None:
     """Serve BUNDLE over HTTP: /v2 (KServe v2, tritonclient-compatible) with models NAME (the
     network, pre-processed tensor in, logits out) and NAME-pipeline (HU in, labels out),
     /v1/segment, /metrics."""
@@ -53,6 +59,7 @@ def command(bundle, host, port, backend, threads, model_name, max_batch, queue_s
     from edgeseg.serve.app import ServeConfig, create_app
     from edgeseg.serve.audit import AuditLog
     from edgeseg.serve.header_deadline import header_deadline_protocol
+    from edgeseg.serve.upload_disk import check_upload_folder
 
     from edgeseg.export.triton import check_model_name
 
@@ -63,6 +70,11 @@ def command(bundle, host, port, backend, threads, model_name, max_batch, queue_s
     if max_inflight_bytes is not None and max_inflight_bytes < volume_limit:
         raise DataError(f"--max-inflight-bytes {max_inflight_bytes} is below --max-volume-bytes {volume_limit}: "
                         "an upload of a volume within that limit could never be served")
+    if max_upload_disk_bytes is not None and max_upload_disk_bytes < 2 * (max_body_mb << 20):
+        raise DataError(f"--max-upload-disk-bytes {max_upload_disk_bytes} is below twice --max-body-mb "
+                        f"({2 * (max_body_mb << 20)} bytes): an upload within that limit, sent compressed, "
+                        "could never be saved")
+    upload_dir = check_upload_folder(upload_dir)
     check_port(host, port)
     audit = AuditLog(audit_log) if audit_log else None  # a path it cannot append to, before the model loads
     segmenter = Segmenter.load(bundle, backend=backend, threads=threads,
@@ -71,7 +83,8 @@ def command(bundle, host, port, backend, threads, model_name, max_batch, queue_s
         audit.model = provenance(segmenter)
     config = ServeConfig(model_name=model_name, max_batch=max_batch, queue_size=queue_size,
                          max_body_bytes=max_body_mb << 20, timeout_s=timeout, max_side=max_side,
-                         max_inflight_bytes=max_inflight_bytes)
+                         max_inflight_bytes=max_inflight_bytes, max_upload_disk_bytes=max_upload_disk_bytes,
+                         upload_dir=str(upload_dir))
     app = create_app(segmenter, config, audit)
     click.echo(f"serving {bundle} as {model_name!r} and {model_name + '-pipeline'!r} on http://{host}:{port} (backend {segmenter.backend})")
     # SIGTERM (a service manager's stop) is the server's normal end, as for `edgeseg listen`:

@@ -33,6 +33,7 @@ from edgeseg.serve.protocol import HEADER_LENGTH, ProtocolError, decode_request,
 from edgeseg.serve.request_body import BodyReader
 from edgeseg.serve.segment_route import add_segment_route
 from edgeseg.serve.unread_body import CloseUnreadBodies
+from edgeseg.serve.upload_disk import upload_disk
 from edgeseg.serve.uploads import ModelQueue
 
 # This module is imported only to serve, so the missing-extra message is the right failure here.
@@ -54,6 +55,10 @@ class ServeConfig:
     max_side: int = DEFAULT_MAX_SIDE
     # bytes of decoded inputs held for requests in flight; None: twice the volume limit in force
     max_inflight_bytes: int | None = None
+    # bytes of upload bodies held on disk; None: the in-flight budget, or twice max_body_bytes if more
+    max_upload_disk_bytes: int | None = None
+    # the folder uploads are written in; None: the temporary folder (TMPDIR)
+    upload_dir: str | None = None
 
 
 def create_app(segmenter, config: ServeConfig = ServeConfig(), audit=None):
@@ -67,13 +72,16 @@ def create_app(segmenter, config: ServeConfig = ServeConfig(), audit=None):
 
     model_lock = threading.Lock()
     budget = ByteBudget(config.max_inflight_bytes or 2 * current_limits().max_volume_bytes)
+    # a compressed body and its decompressed copy lie side by side: twice the body limit, or an
+    # upload within it could never be saved
+    disk = upload_disk(config.upload_dir, config.max_upload_disk_bytes or max(budget.limit, 2 * config.max_body_bytes))
     # read at scrape time: requests queued for either model and uploads waiting for it
     metrics = ServerMetrics(lambda: sum(m.batcher.depth for m in models.values()) + uploads.depth,
-                            lambda: budget.held, lambda: models)
+                            lambda: budget.held, lambda: models, lambda: disk.budget.held)
     models = served_models(segmenter, config, metrics.batch_size.observe, model_lock)
     uploads = ModelQueue(model_lock, config.queue_size)
     app = fastapi.FastAPI(title="edgeseg", version=__version__, docs_url=None, redoc_url=None)
-    app.state.models, app.state.uploads, app.state.budget = models, uploads, budget
+    app.state.models, app.state.uploads, app.state.budget, app.state.disk = models, uploads, budget, disk
     # Decoding a JSON body and encoding a JSON answer take seconds for large tensors: in a thread,
     # so the event loop answers health checks and other requests meanwhile; one at a time, so at
     # most one body's worth of Python objects lives at once, as when they ran on the loop.
@@ -198,7 +206,7 @@ def create_app(segmenter, config: ServeConfig = ServeConfig(), audit=None):
                     model.stats.record_failure(end - start)
         return Response(content=payload, headers=headers, media_type=headers["content-type"])
 
-    add_segment_route(app, segmenter, uploads, budget, bodies, config.timeout_s)
+    add_segment_route(app, segmenter, uploads, budget, bodies, disk, config.timeout_s)
 
     @get("/metrics")
     async def prometheus():

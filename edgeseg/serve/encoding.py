@@ -39,19 +39,28 @@ def decode_body(raw: bytes, content_encoding: str | None, limit: int) -> bytes:
     return b"".join(parts)
 
 
-def decode_file(raw: Path, content_encoding: str | None, limit: int) -> Path:
+def decode_file(raw: Path, content_encoding: str | None, limit: int,
+                written: Callable[[int], object] = lambda nbytes: None) -> Path:
     """The file holding ``raw`` decompressed as ``content_encoding`` says: ``raw`` itself for
     identity, else a file beside it (``raw`` is removed), decompressed a chunk at a time so that
-    neither body is ever held in memory whole; BodyError as :func:`decode_body`."""
+    neither body is ever held in memory whole; BodyError as :func:`decode_body`. ``written(n)``
+    is told of each ``n`` bytes before they are written, and may refuse them by raising."""
     encoding = _encoding(content_encoding)
     if encoding == "identity":
         return raw
     decoded = raw.with_name(raw.name + ".decoded")
+    peak = [0]  # the most bytes the decoded file has held
     with open(decoded, "wb") as out:
+
+        def write(part: bytes) -> None:
+            if out.tell() + len(part) > peak[0]:  # a retry in another format rewrites bytes already counted
+                written(out.tell() + len(part) - peak[0])
+                peak[0] = out.tell() + len(part)
+            out.write(part)
 
         def attempt(wbits: int) -> None:
             with open(raw, "rb") as source:
-                _inflate(iter(lambda: source.read(_CHUNK), b""), out.write, wbits, limit, encoding)
+                _inflate(iter(lambda: source.read(_CHUNK), b""), write, wbits, limit, encoding)
 
         def restart() -> None:
             out.seek(0)

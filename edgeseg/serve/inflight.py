@@ -28,12 +28,15 @@ class OverBudget(Exception):
 
 
 class ByteBudget:
-    """At most ``limit`` bytes held at once, by any number of holders (thread-safe)."""
+    """At most ``limit`` bytes held at once, by any number of holders (thread-safe); refusals
+    name the budget as ``option`` sets it and what holds it (``holders``)."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, option: str = BUDGET_OPTION, holders: str = "requests in flight",
+                 name: str = "in-flight budget") -> None:
         if limit < 1:
-            raise ValueError(f"the in-flight byte budget must be positive, got {limit}")
+            raise ValueError(f"the {name} ({option}) must be positive, got {limit}")
         self.limit = int(limit)
+        self.option, self.holders, self.name = option, holders, name
         self._held = 0
         self._lock = threading.Lock()
 
@@ -46,12 +49,12 @@ class ByteBudget:
         """Hold ``nbytes`` more for ``what`` (named in the refusal); BudgetFull or OverBudget
         when they do not fit."""
         if nbytes > self.limit:
-            raise OverBudget(f"{what} needs {nbytes} bytes, more than the whole in-flight budget of {self.limit} "
-                             f"bytes ({BUDGET_OPTION})")
+            raise OverBudget(f"{what} needs {nbytes} bytes, more than the whole {self.name} of {self.limit} "
+                             f"bytes ({self.option})")
         with self._lock:
             if self._held + nbytes > self.limit:
-                raise BudgetFull(f"{what} needs {nbytes} bytes and requests in flight hold {self._held} of the "
-                                 f"budget of {self.limit} bytes ({BUDGET_OPTION})")
+                raise BudgetFull(f"{what} needs {nbytes} bytes and {self.holders} hold {self._held} of the "
+                                 f"{self.name} of {self.limit} bytes ({self.option})")
             self._held += nbytes
 
     def give(self, nbytes: int) -> None:

@@ -1,5 +1,5 @@
-"""Prometheus metrics of one server: requests, latency, batch sizes, queue depth, bytes in flight,
-and each model's inference requests as its statistics count them."""
+"""Prometheus metrics of one server: requests, latency, batch sizes, queue depth, bytes in flight
+and upload bytes on disk, and each model's inference requests as its statistics count them."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ class ServerMetrics:
     """
 
     def __init__(self, queue_depth: Callable[[], int], inflight_bytes: Callable[[], int] = lambda: 0,
-                 models: Callable[[], dict] = dict) -> None:
+                 models: Callable[[], dict] = dict, upload_disk_bytes: Callable[[], int] = lambda: 0) -> None:
         prom = require("prometheus_client", "serve", "the /metrics endpoint")
         self._prom = prom
         self.registry = prom.CollectorRegistry()
@@ -33,6 +33,9 @@ class ServerMetrics:
         self.inflight_bytes = prom.Gauge("edgeseg_inflight_bytes", "Bytes of decoded inputs held for requests in "
                                          "flight (bounded by --max-inflight-bytes)", registry=self.registry)
         self.inflight_bytes.set_function(inflight_bytes)
+        self.upload_disk_bytes = prom.Gauge("edgeseg_upload_disk_bytes", "Bytes of /v1/segment upload bodies held "
+                                            "on disk (bounded by --max-upload-disk-bytes)", registry=self.registry)
+        self.upload_disk_bytes.set_function(upload_disk_bytes)
         self.registry.register(_InferenceCounts(prom, models))
 
     def render(self) -> tuple[bytes, str]:

@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from edgeseg.serve.encoding import BodyError, decode_body, decode_file
-from edgeseg.serve.http_errors import CLIENT_CLOSED, HttpError
+from edgeseg.serve.http_errors import CLIENT_CLOSED, HttpError, hold
 
 _FLUSH = 1 << 20  # bytes of an upload gathered before they are written, off the event loop
 
@@ -36,11 +36,19 @@ class BodyReader:
         except BodyError as exc:
             raise HttpError(exc.status, str(exc)) from None
 
-    async def save(self, request, path: Path) -> Path:
+    async def save(self, request, path: Path, on_disk=None) -> Path:
         """The file holding the whole body, decoded as its Content-Encoding says: written as it
-        arrives to ``path`` (and decompressed beside it where it was sent compressed)."""
+        arrives to ``path`` (and decompressed beside it where it was sent compressed). Given
+        ``on_disk`` (an ``edgeseg.serve.inflight.Holding``), every byte is taken from it before
+        it is written (503 when they do not fit): a body's announced length before any of it is
+        read, else each chunk as it arrives, and decompressed bytes on top as they are written."""
         from starlette.concurrency import run_in_threadpool
 
+        grow = (lambda nbytes: hold(on_disk, nbytes)) if on_disk is not None else (lambda nbytes: None)
+        declared = self._declared(request)
+        if declared is not None:
+            grow(declared)
+        received = 0
         pending: list[bytes] = []
         with open(path, "wb") as out:
 
@@ -49,23 +57,40 @@ class BodyReader:
                 pending.clear()
 
             async def gather(chunk: bytes) -> None:
+                nonlocal received
+                received += len(chunk)
+                grow(received)  # a no-op within an announced length
                 pending.append(chunk)
                 if sum(map(len, pending)) >= _FLUSH:
                     await run_in_threadpool(flush)
 
             await self._receive(request, gather)
             await run_in_threadpool(flush)
+
+        def written(nbytes: int) -> None:
+            nonlocal received
+            received += nbytes
+            grow(received)
+
         try:
-            return await run_in_threadpool(decode_file, path, request.headers.get("content-encoding"), self.max_bytes)
+            return await run_in_threadpool(decode_file, path, request.headers.get("content-encoding"),
+                                           self.max_bytes, written)
         except BodyError as exc:
             raise HttpError(exc.status, str(exc)) from None
+
+    def _declared(self, request) -> int | None:
+        """The body's announced length; 413 when it exceeds the limit."""
+        declared = request.headers.get("content-length")
+        if declared is None or not declared.isdigit():
+            return None
+        if int(declared) > self.max_bytes:
+            raise HttpError(413, f"request body of {declared} bytes exceeds the limit of {self.max_bytes}")
+        return int(declared)
 
     async def _receive(self, request, take: Callable[[bytes], Awaitable[None]]) -> None:
         from starlette.requests import ClientDisconnect
 
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            raise HttpError(413, f"request body of {declared} bytes exceeds the limit of {self.max_bytes}")
+        self._declared(request)
         size = 0
         stream = request.stream()
         try:

@@ -1,10 +1,12 @@
 """``POST /v1/segment``: a whole file in, its mask out (the three steps are in
 ``edgeseg.serve.uploads``).
 
-An upload's body is written to a temporary folder of its own as it arrives. It then takes a
-place in the upload queue before it is decoded, so that at most ``--queue-size`` decoded volumes
-wait; the place is given back when its model call starts, or on whatever path the upload leaves
-by before that (a refusal, a failed reading, a client gone while it waited).
+An upload's body is written to a temporary folder of its own as it arrives, its bytes taken from
+the upload disk budget first (``edgeseg.serve.upload_disk``) and held until the folder is
+removed. It then takes a place in the upload queue before it is decoded, so that at most
+``--queue-size`` decoded volumes wait; the place is given back when its model call starts, or on
+whatever path the upload leaves by before that (a refusal, a failed reading, a client gone while
+it waited).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from pathlib import Path
 from edgeseg.errors import require
 from edgeseg.serve.client_gone import first_of
 from edgeseg.serve.http_errors import CLIENT_CLOSED, HttpError, refused, submitted
+from edgeseg.serve.upload_disk import disk_full, no_room
 from edgeseg.serve.uploads import read_upload, write_mask
 
 # Imported only by the server's app, so the missing-extra message is the right failure here; at
@@ -27,11 +30,11 @@ fastapi = require("fastapi", "serve", "edgeseg serve")
 Request = fastapi.Request
 
 
-def add_segment_route(app, segmenter, uploads, budget, bodies, timeout_s: float) -> None:
+def add_segment_route(app, segmenter, uploads, budget, bodies, disk, timeout_s: float) -> None:
     """Serve ``/v1/segment`` on ``app`` with ``segmenter``: uploads wait in ``uploads`` (an
     ``edgeseg.serve.uploads.ModelQueue``), their volumes held in ``budget``; ``bodies`` (an
-    ``edgeseg.serve.request_body.BodyReader``) saves a request's body; ``timeout_s`` bounds the
-    wait for the model to start."""
+    ``edgeseg.serve.request_body.BodyReader``) saves a request's body in ``disk`` (an
+    ``edgeseg.serve.upload_disk.UploadDisk``); ``timeout_s`` bounds the wait for the model to start."""
     from fastapi.responses import StreamingResponse
     from starlette.background import BackgroundTask
     from starlette.concurrency import run_in_threadpool
@@ -40,10 +43,10 @@ def add_segment_route(app, segmenter, uploads, budget, bodies, timeout_s: float)
 
     record = provenance(segmenter)
 
-    async def segmented(request, format: str, tmp: Path) -> tuple[Path, str]:
+    async def segmented(request, format: str, tmp: Path, on_disk) -> tuple[Path, str]:
         # to a file as it arrives: the reader takes it from there, and its bytes are never held
         # in memory beside the volume they decode to
-        body = await bodies.save(request, tmp / "body")
+        body = await bodies.save(request, tmp / "body", on_disk)
         submitted(uploads.reserve)  # a place first: at most --queue-size decoded volumes wait
         queued = False  # once queued, the model queue gives the place back itself
         try:
@@ -65,19 +68,32 @@ def add_segment_route(app, segmenter, uploads, budget, bodies, timeout_s: float)
 
     @app.post("/v1/segment")
     async def segment(request: Request, format: str = "npy"):
-        tmp = Path(tempfile.mkdtemp(prefix="edgeseg-upload-"))
-        try:
-            mask, media = await segmented(request, format, tmp)
-            # sent from the open file: the volume and labels are freed before sending starts, and
-            # the mask is never held in memory whole; its folder goes now, whatever the client does
-            handle = open(mask, "rb")
-        finally:
-            await run_in_threadpool(shutil.rmtree, tmp, ignore_errors=True)
+        # the body's bytes are given back once its folder is gone, not before
+        with disk.budget.holding("the upload's body") as on_disk:
+            try:
+                tmp = Path(tempfile.mkdtemp(prefix="edgeseg-upload-", dir=disk.folder))
+            except OSError as exc:
+                raise _unwritable(exc, disk.folder) from None
+            try:
+                mask, media = await segmented(request, format, tmp, on_disk)
+                # sent from the open file: the volume and labels are freed before sending starts, and
+                # the mask is never held in memory whole; its folder goes now, whatever the client does
+                handle = open(mask, "rb")
+            except OSError as exc:
+                raise _unwritable(exc, disk.folder) from None
+            finally:
+                await run_in_threadpool(shutil.rmtree, tmp, ignore_errors=True)
         size = os.fstat(handle.fileno()).st_size
         # NPY has no room for it: the header says what made every mask, whatever its format
         headers = {"Content-Length": str(size), "X-Edgeseg-Provenance": provenance_json(record)}
         return StreamingResponse(_chunks(handle), media_type=media, headers=headers,
                                  background=BackgroundTask(handle.close))
+
+
+def _unwritable(exc: OSError, folder: Path | None) -> Exception:
+    """507 for an upload its folder has no room for; any other failure to write there stays
+    the server's error it is (500, logged with its traceback)."""
+    return no_room(exc, folder) if disk_full(exc) else exc
 
 
 async def _chunks(handle):

@@ -1,0 +1,81 @@
+"""Where ``/v1/segment`` writes upload bodies as they arrive, and how many of their bytes it holds.
+
+Bodies still arriving are not in any queue, so without a bound N slow clients could hold N
+bodies of ``--max-body-mb`` each and fill the folder. Every upload takes its bytes from one
+:class:`~edgeseg.serve.inflight.ByteBudget` before they are written: all of them at once when
+its ``Content-Length`` announces them (a body that does not fit is refused before a byte of it
+is read), else as each chunk arrives; a compressed body takes its decompressed bytes too, as
+they are written beside it. They are given back when the upload's folder is removed.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from edgeseg.errors import DataError
+from edgeseg.serve.http_errors import HttpError
+from edgeseg.serve.inflight import ByteBudget
+
+DISK_OPTION = "--max-upload-disk-bytes"
+_FULL = (errno.ENOSPC, errno.EDQUOT)
+_SHORT_WRITE = re.compile(r"\d+ requested and \d+ written")
+log = logging.getLogger("edgeseg.serve")
+
+
+@dataclass(frozen=True)
+class UploadDisk:
+    """The folder uploads are written in (None: the temporary folder at the time) and the budget
+    of their bytes there."""
+
+    folder: Path | None
+    budget: ByteBudget
+
+
+def upload_disk(folder: str | os.PathLike | None, limit: int) -> UploadDisk:
+    """Uploads written under ``folder`` (None: the temporary folder, ``TMPDIR``), at most
+    ``limit`` bytes of them at once."""
+    where = Path(folder) if folder is not None else None
+    return UploadDisk(where, ByteBudget(limit, DISK_OPTION, "upload bodies on disk", "upload disk budget"))
+
+
+def check_upload_folder(folder: str | None) -> Path:
+    """The folder uploads will be written in, checked before the server starts: ``folder``, or
+    the one ``TMPDIR`` names. DataError when it is not a folder the server can write in; Python
+    would otherwise put uploads in /tmp, unannounced, where ``TMPDIR`` names one it cannot use."""
+    if folder is not None:
+        where, named = Path(folder), f"--upload-dir {folder}"
+    elif os.environ.get("TMPDIR"):
+        where, named = Path(os.environ["TMPDIR"]), f"TMPDIR {os.environ['TMPDIR']}"
+    else:
+        return Path(tempfile.gettempdir())
+    if not where.is_dir():
+        raise DataError(f"{named} is not a folder (uploads to /v1/segment are written there)")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix="edgeseg-upload-check-", dir=where))
+    except OSError as exc:
+        raise DataError(f"{named} is not a folder the server can write in: {exc.strerror}") from None
+    return where
+
+
+def disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` says the file system (or the user's quota on it) has no room left: an
+    errno saying so, or numpy's short write (``np.save`` on a full disk raises OSError("N
+    requested and M written"), with no errno)."""
+    if not isinstance(exc, OSError):
+        return False
+    if exc.errno is None:
+        return bool(exc.args) and _SHORT_WRITE.fullmatch(str(exc.args[0])) is not None
+    return exc.errno in _FULL
+
+
+def no_room(exc: OSError, folder: Path | None) -> HttpError:
+    """The answer to an upload its folder had no room for (507 Insufficient Storage, RFC 4918):
+    the server's failing, not the client's; logged, for the operator, naming the folder."""
+    log.error("no room left to write an upload in %s: %s", folder or tempfile.gettempdir(), exc.strerror)
+    return HttpError(507, "the server has no room left on disk to store the upload; retry later")
