@@ -8,8 +8,8 @@ artifact sha256, backend, precision, edgeseg version). Events:
 
 - ``http_request`` (serve): ``request_id`` (the client's ``X-Request-ID`` where it sent a usable
   one, else a new one; echoed in the response header), ``peer`` (address:port), ``method``,
-  ``path``, ``model`` (the served model's name, for inference routes), ``status``, ``outcome``
-  (``ok`` for a 2xx answer, else ``error``), ``latency_ms``.
+  ``path``, ``model`` (the served model's name, for ``/v2/models/NAME`` and the routes under it),
+  ``status``, ``outcome`` (``ok`` for a 2xx answer, else ``error``), ``latency_ms``.
 - ``association`` (listen): ``peer`` (address:port), ``calling_ae``, ``called_ae``, the number of
   images ``stored`` and ``refused``, ``outcome`` (``released``, ``aborted``, ``rejected``).
 - ``series`` (listen): ``study_uid``, ``series_uid``, ``slices``, ``seg_sop_instance_uid`` and
@@ -77,7 +77,7 @@ class AuditLog:
                 self._fd = None
 
 
-_MODEL_PATH = re.compile(r"/v2/models/([^/]+)/")
+_MODEL_PATH = re.compile(r"/v2/models/([^/]+)(?:/|$)")
 
 
 def audit_request(audit: AuditLog, request, rid: str, status: int, seconds: float) -> None:

@@ -49,7 +49,13 @@ def test_serve_answers_and_audit_lines_name_the_bundle(serve_bundle, serve_proce
         _, generated = _infer(port, "bad id with spaces")  # not echoed into the log as sent
         with pytest.raises(urllib.error.HTTPError):
             urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/models/nothing/infer", data=b"{}", timeout=30)
+        for route in ("/v2/models/edgeseg", "/v2/models/edgeseg/versions/1", "/v2/models/edgeseg/ready"):
+            urllib.request.urlopen(f"http://127.0.0.1:{port}{route}", timeout=30).read()
     lines = [json.loads(line) for line in log.read_text().splitlines()]
+    # a model's metadata is a request about that model as much as its readiness or an inference
+    assert [(line["path"], line.get("model")) for line in lines if line["method"] == "GET"] == \
+        [("/v2/models/edgeseg", "edgeseg"), ("/v2/models/edgeseg/versions/1", "edgeseg"),
+         ("/v2/models/edgeseg/ready", "edgeseg")]
     inference = [line for line in lines if line["path"].endswith("/infer")]
     assert [(line["request_id"], line["status"], line["outcome"]) for line in inference] == \
         [("req-42", 200, "ok"), (generated, 200, "ok"), (inference[2]["request_id"], 404, "error")]
