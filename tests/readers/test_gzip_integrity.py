@@ -141,3 +141,13 @@ def test_an_image_with_an_nrrd_label_is_read_once(tmp_path, monkeypatch):
     volume = read_nifti(tmp_path / "ct.nii", tmp_path / "ct.seg.nrrd")
     assert opened == ["ct.nii"]
     np.testing.assert_array_equal(volume.label, (volume.hu > 0).astype(np.uint8) * 2)
+
+
+def test_a_corrupt_nii_gz_upload_is_refused_naming_the_upload(tmp_path):
+    from edgeseg.serve.uploads import read_upload
+
+    stored = _nifti_bytes(_ct())
+    body = tmp_path / "body"
+    body.write_bytes(_changed_after_writing(stored, len(stored) - 700))
+    with pytest.raises(DataError, match=r"^cannot read image upload\.nii\.gz: its gzip data is corrupt"):
+        read_upload(body, "npy", tmp_path)
