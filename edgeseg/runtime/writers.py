@@ -213,7 +213,7 @@ class _CountingFile:
         return getattr(self._fileobj, name)
 
 
-# gzip level of .seg.nrrd output: zlib's default. pynrrd's default, 9, spent 2.5 to 8 times the
+# gzip level of .seg.nrrd output: zlib's default. pynrrd's default, 9, spent 2.5 to 4 times the
 # CPU of level 6 on a 600-slice label map for a file 15 to 25 % smaller; level 1 saved little more
 # time and doubled the file (docs/results.md, Writing 3D Slicer segmentations).
 SEG_NRRD_GZIP_LEVEL = 6
