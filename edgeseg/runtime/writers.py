@@ -215,7 +215,7 @@ class _CountingFile:
 
 # gzip level of .seg.nrrd output: zlib's default. pynrrd's default, 9, spent 2.5 to 4 times the
 # CPU of level 6 on a 600-slice label map for a file 15 to 25 % smaller; level 1 saved little more
-# time and doubled the file (docs/results.md, Writing 3D Slicer segmentations).
+# time and doubled the file (docs/results.md, Reading and writing a 600-slice case).
 SEG_NRRD_GZIP_LEVEL = 6
 # RAS <-> LPS: NRRD files for Slicer and ITK-SNAP are written in LPS, the space ITK works in.
 _RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0])
