@@ -16,6 +16,7 @@ import numpy as np
 from edgeseg.data.dicom import DicomSeriesInfo, looks_like_dicom
 from edgeseg.data.dicom_seg import is_seg_file, read_seg_label_map
 from edgeseg.data.grid import check_same_grid, sub_box_start
+from edgeseg.data.gzip_stream import inflate_exact
 from edgeseg.data.nifti import _label_to_uint8, _load, is_nifti_path, to_lps_layout
 from edgeseg.data.slicer_seg import (check_layers, is_slicer_segmentation, merge_layers, one_layer_names,
                                     read_segments)
@@ -100,8 +101,7 @@ def _read_nrrd(path: Path, volume: Volume) -> tuple[np.ndarray, dict[int, str] |
             sizes = check_dims(np.atleast_1d(header.get("sizes", ())), f"label {path}", "NRRD field sizes")
             check_volume((int(np.prod(sizes[2:])) if len(sizes) > 2 else 1, *(sizes + (1, 1))[:2][::-1]),
                          f"label {path}")
-            # index_order "F": data[i, j, k] with i the fastest axis, as the header's axes list it.
-            data = nrrd.read_data(header, handle, str(path), index_order="F")
+            data = _nrrd_data(nrrd, header, handle, path, sizes)
     except (MemoryError, DataError):
         raise
     except Exception as exc:  # noqa: BLE001 - pynrrd raises many types for a corrupt header or data
@@ -119,6 +119,24 @@ def _read_nrrd(path: Path, volume: Volume) -> tuple[np.ndarray, dict[int, str] |
     if slicer:
         return _place_sub_box(label, affine, volume, path), names
     return _align(label, affine, volume, path), names
+
+
+def _nrrd_data(nrrd, header: dict, handle, path: Path, sizes: tuple[int, ...]) -> np.ndarray:
+    """The data of an NRRD whose header was read from ``handle``, indexed as the header lists its
+    axes (data[i, j, k], i the fastest). gzip data in the file itself (how Slicer saves) is
+    streamed into its array here and read to the end of its stream, so a corrupt or cut file is
+    refused: pynrrd stops decoding where the file ends without asking whether the stream did
+    (and holds the compressed and the decompressed bytes whole besides the array)."""
+    encoding = str(header.get("encoding", "")).lower()
+    skips = [header.get(f"{name} skip", header.get(f"{name}skip", 0)) for name in ("line", "byte")]
+    if encoding not in ("gzip", "gz") or "data file" in header or "datafile" in header or any(skips):
+        return nrrd.read_data(header, handle, str(path), index_order="F")  # detached or skipped data
+    from nrrd.reader import _determine_datatype  # the type and endian fields as pynrrd reads them
+
+    dtype = _determine_datatype(header)
+    count = int(np.prod(sizes, dtype=np.int64))
+    raw = inflate_exact(handle, count * dtype.itemsize, f"label file {path}")
+    return raw.view(dtype).reshape(tuple(sizes)[::-1]).T
 
 
 def _nrrd_affine(header: dict, directions: np.ndarray, path: Path, volume: Volume) -> np.ndarray:

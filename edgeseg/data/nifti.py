@@ -22,6 +22,7 @@ nib = require("nibabel", "io", "reading NIfTI volumes")
 nio = require("nibabel.orientations", "io", "reading NIfTI volumes")
 
 from edgeseg.data.grid import check_same_grid, spacing_from_affine
+from edgeseg.data.gzip_stream import GZIP_ERRORS, close_stream, finish_gzip, gzip_problem, image_stream, streamed
 from edgeseg.data.label_values import LABEL_TOLERANCE
 from edgeseg.data.volume import Volume
 from edgeseg.progress import progress_bar
@@ -128,28 +129,39 @@ def _open(path: Path, what: str):
         raise DataError(f"{what} {path} is not a regular file" if path.exists() else f"{what} file not found: {path}")
     try:
         image = nib.load(path)
+        if str(path).lower().endswith(".gz"):
+            image = streamed(image, path)
         affine = np.asarray(image.affine, dtype=np.float64)
     except MemoryError:
         raise
     except Exception as exc:  # noqa: BLE001 - nibabel raises many types for a corrupt header
         detail = " ".join(str(exc).split()) or type(exc).__name__
         raise DataError(f"cannot read {what} {path}: truncated or not a NIfTI file ({detail})") from None
-    _check_header(image, path, what)
-    if not np.isfinite(affine).all():
-        raise DataError(f"{what} {path}: header fields qform/sform give a non-finite affine")
+    try:
+        _check_header(image, path, what)
+        if not np.isfinite(affine).all():
+            raise DataError(f"{what} {path}: header fields qform/sform give a non-finite affine")
+    except BaseException:
+        close_stream(image)
+        raise
     return image, affine
 
 
 def _voxels(image, path: Path, what: str, scaled: bool = True) -> np.ndarray:
     """The (x, y, z) voxels of an opened image: with the header's scl_slope / scl_inter applied,
     or (``scaled=False``) as stored, for a caller that scales them slab by slab."""
+    stream = image_stream(image)
     try:
         # The header is read eagerly but the data lazily, so decoding happens here: a truncated
         # .nii.gz only fails now, with EOFError or zlib.error rather than a nibabel error.
         data = np.asanyarray(image.dataobj) if scaled else image.dataobj.get_unscaled()
     except _READ_ERRORS as exc:
+        close_stream(image)
         detail = " ".join(str(exc).split())
-        raise DataError(f"cannot read {what} {path}: truncated or not a NIfTI file ({detail})") from None
+        problem = gzip_problem(exc) if isinstance(exc, GZIP_ERRORS) else f"truncated or not a NIfTI file ({detail})"
+        raise DataError(f"cannot read {what} {path}: {problem}") from None
+    if stream is not None:
+        finish_gzip(stream, f"{what} {path}")
     while data.ndim > 3 and data.shape[-1] == 1:
         data = data[..., 0]
     if data.ndim == 2:
@@ -262,13 +274,8 @@ def read_nifti(
     hu, lps_affine, shape_xyz = _hu_lps(image, affine, image_path, "image")
 
     label = None
-    if label_path is not None and str(label_path).lower().endswith(NRRD_LABEL_SUFFIXES):
-        from edgeseg.data.labels import attach_label_file  # labels reads NIfTI through this module
-
-        volume = read_nifti(image_path, case_id=case_id)
-        attach_label_file(volume, label_path)
-        return volume
-    if label_path is not None:
+    nrrd_label = label_path is not None and str(label_path).lower().endswith(NRRD_LABEL_SUFFIXES)
+    if label_path is not None and not nrrd_label:
         label_path = Path(label_path)
         label_data, label_affine = _load(label_path, "label")
         if label_data.shape != shape_xyz:
@@ -279,7 +286,7 @@ def read_nifti(
         label, label_lps_affine = to_lps_layout(_label_to_uint8(label_data, label_path), label_affine,
                                                    label_path)
         check_same_grid(label_lps_affine, lps_affine, hu.shape[::-1], f"label {label_path}", f"image {image_path}")
-    return Volume(
+    volume = Volume(
         hu=hu,
         spacing=spacing_from_affine(lps_affine),
         affine=lps_affine,
@@ -287,6 +294,11 @@ def read_nifti(
         label=label,
         source=str(image_path),
     )
+    if nrrd_label:
+        from edgeseg.data.labels import attach_label_file  # labels reads NIfTI through this module
+
+        attach_label_file(volume, label_path)
+    return volume
 
 
 def _nifti_files(folder: Path, suffixes: tuple[str, ...] = NIFTI_SUFFIXES) -> list[Path]:

@@ -320,7 +320,7 @@ class DicomNode:
         from edgeseg.runtime.writers import write_dicom_seg
 
         began = time.monotonic()
-        volume, refs = read_dicom_series_with_refs(folder)
+        volume, refs = read_dicom_series_with_refs(folder, keep_headers=True)
         sources = seg_source_datasets(refs)  # a series no SEG can be made of does not hold up the model
         labels = self.segmenter.predict_volume(volume)
         target = seg_path(series_uid, self.out or self.work)
