@@ -42,19 +42,23 @@ class BodyReader:
         from starlette.concurrency import run_in_threadpool
 
         pending: list[bytes] = []
-        with open(path, "wb") as out:
+        try:
+            with open(path, "wb") as out:
 
-            def flush() -> None:
-                out.write(b"".join(pending))
-                pending.clear()
+                def flush() -> None:
+                    out.write(b"".join(pending))
+                    pending.clear()
 
-            async def gather(chunk: bytes) -> None:
-                pending.append(chunk)
-                if sum(map(len, pending)) >= _FLUSH:
-                    await run_in_threadpool(flush)
+                async def gather(chunk: bytes) -> None:
+                    pending.append(chunk)
+                    if sum(map(len, pending)) >= _FLUSH:
+                        await run_in_threadpool(flush)
 
-            await self._receive(request, gather)
-            await run_in_threadpool(flush)
+                await self._receive(request, gather)
+                await run_in_threadpool(flush)
+        except OSError as exc:  # a failed write() names no file: this one
+            exc.filename = exc.filename or str(path)
+            raise
         try:
             return await run_in_threadpool(decode_file, path, request.headers.get("content-encoding"), self.max_bytes)
         except BodyError as exc:

@@ -10,6 +10,8 @@ by before that (a refusal, a failed reading, a client gone while it waited).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import os
 import shutil
 import tempfile
@@ -17,6 +19,7 @@ from concurrent.futures import Future
 from pathlib import Path
 
 from edgeseg.errors import require
+from edgeseg.serve.audit import NO_ROOM
 from edgeseg.serve.client_gone import first_of
 from edgeseg.serve.http_errors import CLIENT_CLOSED, HttpError, refused, submitted
 from edgeseg.serve.uploads import read_upload, write_mask
@@ -25,6 +28,7 @@ from edgeseg.serve.uploads import read_upload, write_mask
 # module level because FastAPI reads the route's parameter annotations from the module's names.
 fastapi = require("fastapi", "serve", "edgeseg serve")
 Request = fastapi.Request
+log = logging.getLogger("edgeseg.serve")
 
 
 def add_segment_route(app, segmenter, uploads, budget, bodies, timeout_s: float) -> None:
@@ -65,12 +69,14 @@ def add_segment_route(app, segmenter, uploads, budget, bodies, timeout_s: float)
 
     @app.post("/v1/segment")
     async def segment(request: Request, format: str = "npy"):
-        tmp = Path(tempfile.mkdtemp(prefix="edgeseg-upload-"))
+        with _upload_files(tempfile.gettempdir()):
+            tmp = Path(tempfile.mkdtemp(prefix="edgeseg-upload-"))
         try:
-            mask, media = await segmented(request, format, tmp)
-            # sent from the open file: the volume and labels are freed before sending starts, and
-            # the mask is never held in memory whole; its folder goes now, whatever the client does
-            handle = open(mask, "rb")
+            with _upload_files(tmp):
+                mask, media = await segmented(request, format, tmp)
+                # sent from the open file: the volume and labels are freed before sending starts, and
+                # the mask is never held in memory whole; its folder goes now, whatever the client does
+                handle = open(mask, "rb")
         finally:
             await run_in_threadpool(shutil.rmtree, tmp, ignore_errors=True)
         size = os.fstat(handle.fileno()).st_size
@@ -78,6 +84,23 @@ def add_segment_route(app, segmenter, uploads, budget, bodies, timeout_s: float)
         headers = {"Content-Length": str(size), "X-Edgeseg-Provenance": provenance_json(record)}
         return StreamingResponse(_chunks(handle), media_type=media, headers=headers,
                                  background=BackgroundTask(handle.close))
+
+
+@contextlib.contextmanager
+def _upload_files(folder: Path | str):
+    """The disk refusing an upload's files (body, decompressed body, mask) in ``folder``: one log
+    line naming the file, and 507 (no room: full, a quota, a file size limit) or 500 (any other
+    refusal) with a message that names no path of the server's; the folder goes either way."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno is None and exc.strerror is None:  # a reader's complaint about the upload's bytes
+            raise
+        path = exc.filename or folder
+        log.error("POST /v1/segment: cannot write the upload's file %s: %s", path, exc.strerror or exc)
+        # no errno: a library's short write (numpy's), which atomic_path calls so
+        status = 507 if exc.errno in NO_ROOM or exc.errno is None else 500
+        raise HttpError(status, f"the server cannot store the upload: {exc.strerror or exc}") from None
 
 
 async def _chunks(handle):
