@@ -99,8 +99,8 @@ def name_failure(exc: BaseException, path: str | os.PathLike, temporaries: dict 
         if cause is not None:
             # a library that raised the OS error again as a new one, its traceback in the text
             # (pydicom, naming the data element it was writing): what the OS said is the error
-            exc.errno, exc.strerror, exc.filename, exc.filename2 = (cause.errno, cause.strerror, cause.filename,
-                                                                    cause.filename2)
+            exc.errno, exc.strerror = cause.errno, cause.strerror
+            _set_names(exc, cause.filename, cause.filename2)
         # numpy's short write (np.save, tofile on a full disk) is OSError("N requested and M
         # written"), with no errno, strerror or file
         elif exc.filename is not None or len(exc.args) != 1 or not isinstance(exc.args[0], str):
@@ -112,7 +112,16 @@ def name_failure(exc: BaseException, path: str | os.PathLike, temporaries: dict 
     elif temporaries and str(exc.filename) in temporaries:
         exc.filename = temporaries[str(exc.filename)]
     if staging is not None:
-        exc.filename, exc.filename2 = (_in_place(name, *staging) for name in (exc.filename, exc.filename2))
+        _set_names(exc, *(_in_place(name, *staging) for name in (exc.filename, exc.filename2)))
+
+
+def _set_names(exc: OSError, filename, filename2) -> None:
+    """Set an OS error's file names. A ``filename2`` set to None, even over None, makes
+    ``str(exc)`` end in " -> None" (CPython then holds None rather than no value), so the
+    second name is set only where there is one."""
+    exc.filename = filename
+    if filename2 is not None or exc.filename2 is not None:
+        exc.filename2 = filename2
 
 
 def _os_cause(exc: BaseException) -> OSError | None:

@@ -251,3 +251,41 @@ def test_a_failed_file_set_leaves_the_earlier_set_and_no_folder_it_made(tmp_path
         with atomic.atomic_files(fresh, ["a.json"]):
             raise OSError(28, "disk full")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+FULL_DISK_DICOM = """
+import resource, signal, sys
+import numpy as np
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from edgeseg.atomic import atomic_path
+
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (4096, resource.RLIM_INFINITY))
+ds = Dataset()
+ds.file_meta = FileMetaDataset()
+ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID = generate_uid()
+ds.Rows = ds.Columns = 64
+ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation, ds.SamplesPerPixel = 16, 16, 15, 0, 1
+ds.PhotometricInterpretation = "MONOCHROME2"
+ds.PixelData = np.zeros((64, 64), np.uint16).tobytes()  # 8 KiB: past the limit
+try:
+    with atomic_path(sys.argv[1], suffix=".dcm") as tmp:
+        ds.save_as(tmp, enforce_file_format=True)
+except OSError as exc:
+    print(str(exc))
+"""
+
+
+def test_a_dicom_write_on_a_full_disk_reads_as_the_file_it_was_writing(tmp_path):
+    """pydicom raises the OS error again as one of its own; taken back to the OS's, its text ended
+    in " -> None" (`edgeseg listen` logged "... File too large: 'X.seg.dcm' -> None")."""
+    pytest.importorskip("pydicom")
+    target = tmp_path / "x.seg.dcm"
+    proc = subprocess.run([sys.executable, "-c", FULL_DISK_DICOM, str(target)], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == f"[Errno 27] File too large: '{target}'\n"
+    assert os.listdir(tmp_path) == []

@@ -37,3 +37,12 @@ def reset_logging() -> None:
     root.handlers[:] = []
     root.setLevel(logging.NOTSET)
     root.propagate = True
+
+
+def silence_logging() -> None:
+    """Drop edgeseg's log records (``--quiet``: no log lines). Without a handler of its own, a
+    warning would still reach stderr through Python's last-resort handler, before the command's
+    one error line; that line is the CLI's own and stays."""
+    root = logging.getLogger("edgeseg")
+    root.handlers[:] = [logging.NullHandler()]
+    root.propagate = False

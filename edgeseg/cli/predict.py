@@ -52,7 +52,7 @@ def command(bundle, input_path, out, fmt, backend, threads, batch_size, overlay,
 
     import numpy as np
 
-    from edgeseg.cli.logs import configure_logging
+    from edgeseg.cli.logs import configure_logging, silence_logging
     from edgeseg.data.volume import label_counts
     from edgeseg.errors import DataError, EdgesegError
     from edgeseg.runtime.manifest import read_manifest
@@ -64,7 +64,9 @@ def command(bundle, input_path, out, fmt, backend, threads, batch_size, overlay,
     from edgeseg.runtime.writers import check_nifti_grid, format_for
 
     start = time.perf_counter()
-    if not quiet:
+    if quiet:
+        silence_logging()
+    else:
         configure_logging()
     fmt = format_for(out, fmt)
     if timeout is not None:  # before the input is read: a local backend would ignore it

@@ -99,7 +99,7 @@ def write_cache(key: str, entry: dict) -> None:
             cache[key] = entry
             atomic_write_text(path, json.dumps(cache, indent=1) + "\n")
     except OSError as exc:  # a read-only home must not stop inference
-        log.warning("cannot write the backend probe cache %s: %s", path, exc)
+        log.warning("cannot write the backend probe cache %s: %s", exc.filename or path, exc.strerror or exc)
 
 
 # flock is per open file, so threads of one process would exclude each other through it too; the

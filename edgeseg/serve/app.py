@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from edgeseg import __version__
 from edgeseg.errors import BackendError, EdgesegError, require
-from edgeseg.serve.audit import audit_request, request_id
+from edgeseg.serve.audit import AuditLogError, audit_request, request_id
 from edgeseg.serve.client_gone import first_of
 from edgeseg.serve.http_errors import CLIENT_CLOSED, HttpError, hold, submitted
 from edgeseg.serve.inflight import ByteBudget
@@ -65,7 +65,7 @@ def create_app(segmenter, config: ServeConfig = ServeConfig(), audit=None):
     """A FastAPI app serving ``segmenter`` (an ``edgeseg.runtime.Segmenter``) under ``config``;
     each request is answered with its ``X-Request-ID`` and, given ``audit`` (an
     ``edgeseg.serve.audit.AuditLog``), logged there as one line."""
-    from fastapi.responses import Response
+    from fastapi.responses import JSONResponse, Response
     from starlette.concurrency import run_in_threadpool
 
     from edgeseg.limits import current_limits
@@ -105,11 +105,17 @@ def create_app(segmenter, config: ServeConfig = ServeConfig(), audit=None):
         except Exception as exc:  # no handler answered: a 500, counted here and logged once
             log.error("request %s %s failed", request.method, request.url.path, exc_info=exc)
             response = _internal_error(exc)
+        if audit is not None and endpoint not in ("live", "ready", "metrics"):  # probes every few seconds: noise
+            try:
+                audit_request(audit, request, rid, response.status_code, time.perf_counter() - start)
+            except AuditLogError as exc:  # an audited server hands out no answer it could not record
+                status = 507 if exc.no_room else 500
+                log.error("%s %s: %s; answered %d", request.method, request.url.path, exc, status)
+                response = JSONResponse({"error": f"the server cannot record the request in its audit log: "
+                                                  f"{exc.reason}"}, status_code=status)
         metrics.requests.labels(endpoint, str(response.status_code)).inc()
         metrics.latency.labels(endpoint).observe(time.perf_counter() - start)
         response.headers["X-Request-ID"] = rid
-        if audit is not None and endpoint not in ("live", "ready", "metrics"):  # probes every few seconds: noise
-            audit_request(audit, request, rid, response.status_code, time.perf_counter() - start)
         return response
 
     # outermost: it must see every answer, the counting middleware's 500s included

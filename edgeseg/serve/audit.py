@@ -21,7 +21,9 @@ study and series instance UIDs, nor a request's body or query string.
 
 from __future__ import annotations
 
+import errno
 import json
+import logging
 import os
 import re
 import threading
@@ -30,6 +32,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from edgeseg.errors import DataError
+
+log = logging.getLogger("edgeseg.audit")
 
 # a client's request id is echoed and logged: printable ASCII of a bounded length only
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")
@@ -43,10 +47,27 @@ def request_id(given: str | None) -> str:
     return uuid.uuid4().hex
 
 
+# What a write refused for want of room says: a full disk, a full quota, a file size limit.
+NO_ROOM = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+class AuditLogError(DataError):
+    """A line could not be appended to the audit log (nothing of it is left there)."""
+
+    def __init__(self, path: Path, exc: OSError) -> None:
+        self.reason = exc.strerror or str(exc)
+        super().__init__(f"cannot append to the audit log {path}: {self.reason}")
+        self.no_room = exc.errno in NO_ROOM
+
+
 class AuditLog:
     """Appends one JSON line per :meth:`record` to ``path``; ``model`` (the provenance record,
     set once the bundle is loaded) is added to every line. Opened at once, so that a path that
-    cannot be written is refused before the bundle is loaded."""
+    cannot be written is refused before the bundle is loaded.
+
+    A line the disk takes only part of (full, or at a file size limit) is cut off again, so the
+    log never holds half a line with the next one run into it; :class:`AuditLogError` then says
+    so, and the next line is appended once there is room."""
 
     def __init__(self, path: str | os.PathLike, model: dict[str, str] | None = None) -> None:
         self.path = Path(path)
@@ -68,7 +89,20 @@ class AuditLog:
         data = (json.dumps(line, separators=(",", ":"), default=str) + "\n").encode()
         with self._lock:
             if self._fd is not None:
-                os.write(self._fd, data)
+                self._append(data)
+
+    def _append(self, data: bytes) -> None:
+        end = os.lseek(self._fd, 0, os.SEEK_END)
+        try:
+            rest = memoryview(data)
+            while rest:  # a write past the room left is short, the next one fails
+                rest = rest[os.write(self._fd, rest):]
+        except OSError as exc:
+            try:
+                os.ftruncate(self._fd, end)
+            except OSError:  # nothing more to do: the error below says the line is missing
+                pass
+            raise AuditLogError(self.path, exc) from None
 
     def close(self) -> None:
         with self._lock:
@@ -92,7 +126,10 @@ def audit_request(audit: AuditLog, request, rid: str, status: int, seconds: floa
 
 class AssociationAudit:
     """The ``association`` and ``series`` lines of ``edgeseg listen``: counts each association's
-    C-STORE answers (:meth:`counted` wraps the handler) and logs the association when it ends."""
+    C-STORE answers (:meth:`counted` wraps the handler) and logs the association when it ends.
+
+    A line the audit log cannot take is one error line in the node's log: the association has
+    ended and the SEG is written by then, and the node must go on to the next."""
 
     def __init__(self, audit: AuditLog) -> None:
         self.audit = audit
@@ -116,9 +153,9 @@ class AssociationAudit:
             stored, refused = self._counts.pop(id(assoc), [0, 0])
         requestor = assoc.requestor
         called = getattr(requestor.primitive, "called_ae_title", None) if requestor.primitive else None
-        self.audit.record("association", peer=f"{requestor.address}:{requestor.port}",
-                          calling_ae=_text(requestor.ae_title), called_ae=_text(called), stored=stored,
-                          refused=refused, outcome=outcome)
+        self._record("association", peer=f"{requestor.address}:{requestor.port}",
+                     calling_ae=_text(requestor.ae_title), called_ae=_text(called), stored=stored,
+                     refused=refused, outcome=outcome)
 
     def series(self, series_uid: str, seconds: float, *, study_uid=None, slices=None, seg=None,
                error: str | None = None) -> None:
@@ -128,11 +165,17 @@ class AssociationAudit:
             import pydicom
 
             seg_uid = str(pydicom.dcmread(seg, stop_before_pixels=True, specific_tags=["SOPInstanceUID"]).SOPInstanceUID)
-        self.audit.record("series", study_uid=study_uid, series_uid=series_uid, slices=slices,
-                          seg_sop_instance_uid=seg_uid, seg_file=None if seg is None else Path(seg).name,
-                          outcome="failed" if error is not None else "segmented",
-                          error=None if error is None else " ".join(error.split())[:300],
-                          latency_ms=round(seconds * 1e3, 3))
+        self._record("series", study_uid=study_uid, series_uid=series_uid, slices=slices,
+                     seg_sop_instance_uid=seg_uid, seg_file=None if seg is None else Path(seg).name,
+                     outcome="failed" if error is not None else "segmented",
+                     error=None if error is None else " ".join(error.split())[:300],
+                     latency_ms=round(seconds * 1e3, 3))
+
+    def _record(self, event: str, **fields) -> None:
+        try:
+            self.audit.record(event, **fields)
+        except AuditLogError as exc:
+            log.error("%s; its %s line is lost", exc, event)
 
 
 def _text(value) -> str | None:

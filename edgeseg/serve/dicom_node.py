@@ -49,7 +49,7 @@ from edgeseg.serve.dicom_node_settings import (DEFAULT_MAX_ASSOCIATIONS, DEFAULT
                                                DEFAULT_PEER_TIMEOUT, NodeStats, check_node_settings)
 from edgeseg.serve.dicom_peer_bound import MAX_PDU_LENGTH, PeerBounds, bounded_request_handler, data_set_limit
 from edgeseg.serve.dicom_peer_watch import PeerWatch
-from edgeseg.serve.dicom_series import HeldSeries, seg_path
+from edgeseg.serve.dicom_series import HeldSeries, ImageNotStored, seg_path
 
 __all__ = ["DicomNode", "NodeStats", "Peer", "check_ae_title", "check_node_settings", "decodable_transfer_syntaxes"]
 
@@ -231,14 +231,14 @@ class DicomNode:
                 # the reader's limits, checked as images arrive: the whole series would otherwise be
                 # stored first (a peer could fill the disk) and only then be refused when it is read
                 series.check_pixels(sop_uid, frames, rows, columns)
-                series.folder.mkdir(parents=True, exist_ok=True)
                 series.keep(sop_uid, ds, frames)  # and its bytes on disk
-            except DataError as exc:
+            except DataError as exc:  # ImageNotStored: the node's own failure, an error
                 self.stats.refused += 1
-                log.warning("refused image %s: %s", sop_uid, exc)
+                log.log(logging.ERROR if isinstance(exc, ImageNotStored) else logging.WARNING, "refused image %s: %s",
+                        sop_uid, exc)
                 if new:
                     shutil.rmtree(series.folder, ignore_errors=True)
-                return failure_status(STATUS_OUT_OF_RESOURCES, str(exc), sop_uid)
+                return failure_status(STATUS_OUT_OF_RESOURCES, getattr(exc, "comment", str(exc)), sop_uid)
             if new:
                 self._turned_away.discard(series_uid)
                 self._series[series_uid] = series

@@ -15,6 +15,15 @@ from edgeseg.limits import VOLUME_BYTES_ENV, check_volume, current_limits
 log = logging.getLogger("edgeseg.listen")
 
 
+class ImageNotStored(DataError):
+    """An image the disk would not take (full, a quota, a file size limit, gone): the node's
+    failure, not the peer's. ``comment`` says so without the node's paths, for the peer."""
+
+    def __init__(self, path: Path, exc: OSError) -> None:
+        super().__init__(f"cannot store it in {path}: {exc.strerror or exc}")
+        self.comment = f"cannot store it: {exc.strerror or exc}"
+
+
 @dataclass
 class HeldSeries:
     """The images of one series received so far (``last``: time.monotonic() of the latest).
@@ -36,18 +45,22 @@ class HeldSeries:
         check_volume((held + frames, rows, columns), f"series {self.folder.name}")
 
     def keep(self, sop_uid: str, ds, frames: int) -> None:
-        """Write the image into the folder and count it; DataError, and nothing written, when the
-        series' files would take more bytes than the volume limit. The pixel count alone leaves
+        """Write the image into the folder (made if need be) and count it; DataError, and nothing
+        written, when the series' files would take more bytes than the volume limit, or
+        :class:`ImageNotStored` when the disk refuses them. The pixel count alone leaves
         out headers and pixels wider than CT's two bytes, so a peer could otherwise put more on
         disk than the limit says."""
-        budget = current_limits().max_volume_bytes
-        with atomic_path(self.folder / f"{sop_uid}.dcm", suffix=".dcm") as tmp:
-            ds.save_as(tmp, enforce_file_format=True)
-            size = tmp.stat().st_size
-            held = self.stored - self.sizes.get(sop_uid, 0) + size
-            if held > budget:
-                raise DataError(f"series {self.folder.name}: its files would take {held} bytes on disk, over the "
-                                f"limit of {budget} (--max-volume-bytes or {VOLUME_BYTES_ENV})")
+        budget, target = current_limits().max_volume_bytes, self.folder / f"{sop_uid}.dcm"
+        try:
+            with atomic_path(target, suffix=".dcm") as tmp:
+                ds.save_as(tmp, enforce_file_format=True)
+                size = tmp.stat().st_size
+                held = self.stored - self.sizes.get(sop_uid, 0) + size
+                if held > budget:
+                    raise DataError(f"series {self.folder.name}: its files would take {held} bytes on disk, over "
+                                    f"the limit of {budget} (--max-volume-bytes or {VOLUME_BYTES_ENV})")
+        except OSError as exc:  # atomic_path named the file; its temporary is gone
+            raise ImageNotStored(Path(exc.filename or target), exc) from None
         self.stored = held
         self.sizes[sop_uid] = size
         self.slices += frames - self.frames.get(sop_uid, 0)

@@ -50,22 +50,26 @@ class BodyReader:
             grow(declared)
         received = 0
         pending: list[bytes] = []
-        with open(path, "wb") as out:
+        try:
+            with open(path, "wb") as out:
 
-            def flush() -> None:
-                out.write(b"".join(pending))
-                pending.clear()
+                def flush() -> None:
+                    out.write(b"".join(pending))
+                    pending.clear()
 
-            async def gather(chunk: bytes) -> None:
-                nonlocal received
-                received += len(chunk)
-                grow(received)  # a no-op within an announced length
-                pending.append(chunk)
-                if sum(map(len, pending)) >= _FLUSH:
-                    await run_in_threadpool(flush)
+                async def gather(chunk: bytes) -> None:
+                    nonlocal received
+                    received += len(chunk)
+                    grow(received)  # a no-op within an announced length
+                    pending.append(chunk)
+                    if sum(map(len, pending)) >= _FLUSH:
+                        await run_in_threadpool(flush)
 
-            await self._receive(request, gather)
-            await run_in_threadpool(flush)
+                await self._receive(request, gather)
+                await run_in_threadpool(flush)
+        except OSError as exc:  # a failed write() names no file: this one
+            exc.filename = exc.filename or str(path)
+            raise
 
         def written(nbytes: int) -> None:
             nonlocal received

@@ -12,6 +12,8 @@ it waited).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import os
 import shutil
 import tempfile
@@ -28,6 +30,7 @@ from edgeseg.serve.uploads import read_upload, write_mask
 # module level because FastAPI reads the route's parameter annotations from the module's names.
 fastapi = require("fastapi", "serve", "edgeseg serve")
 Request = fastapi.Request
+log = logging.getLogger("edgeseg.serve")
 
 
 def add_segment_route(app, segmenter, uploads, budget, bodies, disk, timeout_s: float) -> None:
@@ -91,9 +94,19 @@ def add_segment_route(app, segmenter, uploads, budget, bodies, disk, timeout_s: 
 
 
 def _unwritable(exc: OSError, folder: Path | None) -> Exception:
-    """507 for an upload its folder has no room for; any other failure to write there stays
-    the server's error it is (500, logged with its traceback)."""
-    return no_room(exc, folder) if disk_full(exc) else exc
+    """The disk refusing an upload's files (its folder, body, decompressed body, mask): one log
+    line naming the file, and 507 where there is no room (a full disk, a quota, a file size
+    limit) or 500 for any other refusal, with a message that names no path of the server's. An
+    OSError with neither errno nor text is a reader's complaint about the upload's bytes, and
+    stays what it is."""
+    full = disk_full(exc)
+    if exc.errno is None and exc.strerror is None and not full:
+        return exc
+    path = exc.filename or folder or tempfile.gettempdir()
+    log.error("POST /v1/segment: cannot write the upload's file %s: %s", path, exc.strerror or exc)
+    if full:
+        return no_room()
+    return HttpError(500, f"the server cannot store the upload: {exc.strerror or exc}")
 
 
 async def _chunks(handle):

@@ -11,7 +11,6 @@ they are written beside it. They are given back when the upload's folder is remo
 from __future__ import annotations
 
 import errno
-import logging
 import os
 import re
 import tempfile
@@ -23,9 +22,8 @@ from edgeseg.serve.http_errors import HttpError
 from edgeseg.serve.inflight import ByteBudget
 
 DISK_OPTION = "--max-upload-disk-bytes"
-_FULL = (errno.ENOSPC, errno.EDQUOT)
+_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # EFBIG: a file size limit (RLIMIT_FSIZE)
 _SHORT_WRITE = re.compile(r"\d+ requested and \d+ written")
-log = logging.getLogger("edgeseg.serve")
 
 
 @dataclass(frozen=True)
@@ -74,8 +72,7 @@ def disk_full(exc: BaseException) -> bool:
     return exc.errno in _FULL
 
 
-def no_room(exc: OSError, folder: Path | None) -> HttpError:
+def no_room() -> HttpError:
     """The answer to an upload its folder had no room for (507 Insufficient Storage, RFC 4918):
-    the server's failing, not the client's; logged, for the operator, naming the folder."""
-    log.error("no room left to write an upload in %s: %s", folder or tempfile.gettempdir(), exc.strerror)
+    the server's failing, not the client's."""
     return HttpError(507, "the server has no room left on disk to store the upload; retry later")

@@ -82,6 +82,16 @@ def test_a_failed_write_leaves_no_folder_it_made_for_its_output(command, bundle,
     assert os.listdir(tmp_path) == []
 
 
+def test_quiet_predict_on_a_full_disk_is_the_error_line_alone(bundle, volume, tmp_path, assert_one_line_error):
+    """--quiet promises no log lines: the backend probe's warning that its cache could not be
+    written came first, through Python's last-resort handler."""
+    out, cache = tmp_path / "out.npy", tmp_path / "cache"
+    proc = edgeseg_limited(0, "predict", bundle, volume, "--out", out, "--backend", "auto", "--quiet",
+                           env={"EDGESEG_CACHE_DIR": str(cache)})
+    assert_one_line_error(proc, f"File too large: {out}")
+    assert not out.exists() and not (cache / "backend-probe.json").exists()
+
+
 def test_a_dicom_write_on_a_full_disk_is_the_os_error_not_pydicom_traceback(tmp_path, assert_one_line_error):
     """pydicom raises the failed write again with its own traceback in the message; the line is
     what the OS said, as for any other file."""
