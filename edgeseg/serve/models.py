@@ -176,9 +176,12 @@ class NetworkModel(ServedModel):
         def tensor(info) -> dict:
             return {"name": info.name, "datatype": NUMPY_TO_DATATYPE[np.dtype(info.dtype)], "shape": list(info.shape)}
 
+        from edgeseg.runtime.provenance import provenance
+
         entry = getattr(self.segmenter.runner, "entry", None)
-        # what a remote client checks against its bundle: the model file run, the batch limit
-        identity = {"artifact_sha256": entry.sha256} if entry is not None else {}
+        # what a remote client checks against its bundle (the model file run, the batch limit) and
+        # records with its results (the provenance record, as every response carries it)
+        identity = {**provenance(self.segmenter), **({"artifact_sha256": entry.sha256} if entry is not None else {})}
         return {"name": self.name, "versions": ["1"], "platform": self.platform,
                 "inputs": [tensor(self.in_info)], "outputs": [tensor(self.out_info)],
                 "parameters": {**class_parameters(self.segmenter.labels), **identity, "max_batch": self.max_batch}}
