@@ -100,6 +100,15 @@ def class_parameters(labels: dict[int, str]) -> dict:
     return {"labels": {str(k): v for k, v in sorted(labels.items())}, "classes": class_codings(labels)}
 
 
+def response_parameters(segmenter) -> dict[str, str]:
+    """The parameters of every inference response of ``segmenter``'s models, here and in the
+    Triton repository's Python-backend models: ``classes`` and the provenance record."""
+    from edgeseg.runtime.provenance import provenance
+
+    labels = segmenter.labels
+    return {"classes": ",".join(labels[k] for k in sorted(labels)), **provenance(segmenter)}
+
+
 class ServedModel(abc.ABC):
     """One model of the server: its tensors, checks, batcher and statistics."""
 
@@ -151,10 +160,7 @@ class ServedModel(abc.ABC):
         asking for the metadata first; and the provenance record
         (:func:`~edgeseg.runtime.provenance.provenance`: bundle, artifact, backend, edgeseg version),
         so that every answer says what made it."""
-        from edgeseg.runtime.provenance import provenance
-
-        labels = self.segmenter.labels
-        return {"classes": ",".join(labels[k] for k in sorted(labels)), **provenance(self.segmenter)}
+        return response_parameters(self.segmenter)
 
     def close(self) -> None:
         """Stop the batcher."""
