@@ -114,11 +114,26 @@ ES_API const char *es_spec_json(const es_segmenter *seg);
 /* "onnx-int8" etc.: the artifact that was loaded. Owned by the segmenter. */
 ES_API const char *es_artifact(const es_segmenter *seg);
 
+/* Which model and software segment, to record with the results (docs/provenance.md): the value
+ * of `key` in the provenance record that edgeseg's Python runtime writes into its outputs, equal to
+ * that record for the same bundle and artifact run on OpenVINO. Keys (ES_PROVENANCE_VERSION 1):
+ * "software" ("edgeseg"), "software_version" (es_version()), "architecture" (the manifest's model
+ * name), "manifest_sha256" (sha256 of manifest.json as es_open read it: the bundle's identity; it
+ * lists every artifact's sha256), "bundle_created", "bundle_edgeseg_version", "checkpoint_sha256",
+ * "artifact" (the file loaded), "artifact_sha256" (checked against that file by es_open),
+ * "backend" ("openvino"), "precision" ("int8", "fp32", "fp16"), "device" ("cpu"),
+ * "backend_version" (OpenVINO's build number) and "tta" (es_set_tta's mode; not to be read while
+ * another thread calls es_set_tta). NULL where the record holds no such key (the bundle leaves the
+ * value empty, or a later version added the key), and for a NULL segmenter or key. Owned by the
+ * segmenter. A later ES_PROVENANCE_VERSION adds keys; it never changes what a key means. */
+#define ES_PROVENANCE_VERSION 1
+ES_API const char *es_provenance(const es_segmenter *seg, const char *key);
+
 /* Release everything es_open allocated; NULL is accepted. As with free(), the handle is gone
  * afterwards: a second es_close of it, or any other call with it, is undefined (the memory may
  * already belong to a later es_open, so no check inside the library could tell). Set the
  * pointer to NULL after closing it, or let edgeseg::Segmenter (edgeseg.hpp) own it. The label
- * names, spec and artifact strings above end with it too. */
+ * names, spec, artifact and provenance strings above end with it too. */
 ES_API void es_close(es_segmenter *seg);
 
 /* The library's version, e.g. "0.1.0". */

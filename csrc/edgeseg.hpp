@@ -125,6 +125,8 @@ class Segmenter {
 
     std::string spec_json() const { return text(es_spec_json(seg_)); }
     std::string artifact() const { return text(es_artifact(seg_)); }
+    // A value of the provenance record (es_provenance), e.g. "manifest_sha256"; "" where it holds none.
+    std::string provenance(const std::string &key) const { return text(es_provenance(seg_, key.c_str())); }
     es_segmenter *get() const noexcept { return seg_; }
 
   private:

@@ -32,6 +32,10 @@ typedef struct {
     char artifact_key[32];   /* "onnx-int8" */
     char sha256[65];
     long long artifact_bytes;
+    /* provenance (provenance.c): the manifest's own sha256 and the fields the record names */
+    char manifest_sha256[65];
+    char *architecture, *created, *edgeseg_version, *checkpoint_sha256; /* NULL where absent or empty */
+    char backend_version[128];                                          /* OpenVINO's build number */
     /* postprocess.classes (es_parse_postprocess): per class, per slice and over a volume */
     unsigned char slice_keep[ES_MAX_CLASSES], volume_keep[ES_MAX_CLASSES];
     long long min_pixels[ES_MAX_CLASSES];
@@ -102,6 +106,14 @@ int es_inside_bundle(const char *dir, const char *name, es_error *err);
 int es_bundle_verify(const char *dir, const es_bundle *bundle, es_error *err);
 
 void es_bundle_free(es_bundle *bundle);
+
+/* provenance.c: fill the bundle's provenance fields from the parsed manifest `root` and its text
+ * (for the sha256); ES_OK, or ES_ENOMEM / ES_EBUNDLE in `err`. */
+int es_bundle_provenance(const struct cJSON *root, const char *text, es_bundle *bundle, const char *dir, es_error *err);
+void es_bundle_provenance_free(es_bundle *bundle);
+/* The value of provenance `key` (es_provenance) for `bundle` run with `mirrors` network passes
+ * (1: tta none, 2: flip, 4: mirror). */
+const char *es_bundle_provenance_value(const es_bundle *bundle, const char *key, int mirrors);
 
 /* onnx_form.c. Where the file `fh` of `size` bytes stops being an ONNX ModelProto in protobuf's
  * wire form (top-level fields of ModelProto's numbers and wire types up to its end, ir_version

@@ -361,7 +361,7 @@ int es_bundle_read(const char *dir, const char *precision, es_bundle *b, es_erro
             rc = es_fail(err, ES_EBUNDLE, "%s: not readable JSON (a malformed number at byte %ld)", path, at);
         else if (es_json_mark_fractions(root, text)) rc = es_fail(err, ES_EBUNDLE, "%s: not readable JSON", path);
         else if (es_json_keep_last_keys(root)) rc = es_fail(err, ES_ENOMEM, "%s: no memory to read the manifest", path);
-        else rc = parse_manifest(root, precision, b, path, dir, err);
+        else if (!(rc = parse_manifest(root, precision, b, path, dir, err))) rc = es_bundle_provenance(root, text, b, dir, err);
         cJSON_Delete(root);
         free(text);
     }
@@ -375,6 +375,7 @@ void es_bundle_free(es_bundle *b) {
     for (int k = 0; b->labels && k < b->num_classes; k++) free(b->labels[k]);
     free(b->labels);
     cJSON_free(b->spec_json);
+    es_bundle_provenance_free(b);
     b->labels = NULL;
     b->spec_json = NULL;
 }

@@ -382,6 +382,10 @@ const char *es_spec_json(const es_segmenter *seg) { return seg ? seg->bundle.spe
 
 const char *es_artifact(const es_segmenter *seg) { return seg ? seg->bundle.artifact_key : NULL; }
 
+const char *es_provenance(const es_segmenter *seg, const char *key) {
+    return seg ? es_bundle_provenance_value(&seg->bundle, key, seg->mirrors) : NULL;
+}
+
 void es_close(es_segmenter *seg) {
     if (!seg) return;
     ov_infer_request_free(seg->request);

@@ -140,7 +140,9 @@ def python_model_config(manifest: Manifest, name: str, role: str, max_batch: int
                         max_delay_us: int, backend: str, tta: str = "none") -> str:
     """The ``config.pbtxt`` text of a Python-backend model: the network or the pipeline (which
     mirrors as ``tta`` says; the network is always one pass)."""
-    params = {"edgeseg_role": role, "edgeseg_backend": backend, "edgeseg_max_slices": str(max_batch or manifest.max_batch)}
+    params = {"edgeseg_role": role, "edgeseg_backend": backend, "edgeseg_max_slices": str(max_batch or manifest.max_batch),
+              # the bundle's identity, which the model's trimmed copy of the manifest (one artifact) has not
+              "edgeseg_manifest_sha256": manifest.sha256}
     if role == "network":
         io = _io(manifest, max_batch)
     else:

@@ -25,7 +25,9 @@ def provenance(segmenter) -> dict[str, str]:
     ``manifest_sha256`` (of the bundle's ``manifest.json``, which lists every artifact's sha256),
     ``bundle_created`` and ``bundle_edgeseg_version`` (the export), ``checkpoint_sha256``,
     ``artifact`` and ``artifact_sha256`` (the model file run), ``backend`` with its ``precision``,
-    ``device`` and ``backend_version`` (its library's), and ``tta``."""
+    ``device`` and ``backend_version`` (its library's), and ``tta``. A remote runner adds what its
+    server says it ran, each key of ``edgeseg.runtime.runners.remote.SERVER_KEYS`` as
+    ``server_KEY`` (``server_artifact_sha256``, ``server_backend``, ...)."""
     runner = segmenter.runner
     found = {"software": "edgeseg", "software_version": __version__}
     manifest = segmenter.manifest
@@ -40,6 +42,7 @@ def provenance(segmenter) -> dict[str, str]:
     library = sys.modules.get(runner.library) if runner.library else None
     found.update(backend=runner.name, precision=runner.precision, device=runner.device,
                  backend_version=getattr(library, "__version__", ""), tta=segmenter.tta)
+    found.update({f"server_{key}": value for key, value in getattr(runner, "served", {}).items()})
     return {name: str(value) for name, value in found.items() if value not in (None, "")}
 
 

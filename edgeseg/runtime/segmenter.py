@@ -160,7 +160,8 @@ class Segmenter:
         """Which model made the labels, for a DICOM SEG's Algorithm Parameters (its algorithm name
         and version are edgeseg's, alike for every bundle): the architecture, the checkpoint the
         bundle was exported from, the bundle's manifest (sha256), the artifact run (file, sha256)
-        and the backend with its precision."""
+        and the backend with its precision; for a remote runner, the artifact (sha256) and
+        backend:precision its server says it ran."""
         found = {"backend": self.backend}
         if self.manifest is not None:
             found.update(model=self.manifest.model.get("name", ""), checkpoint_sha256=self.manifest.source.get("sha256", ""),
@@ -169,6 +170,10 @@ class Segmenter:
             entry = next((a for a in self.manifest.artifacts if a.file == self.runner.artifact), None)
             if entry is not None:
                 found.update(artifact=entry.file, artifact_sha256=entry.sha256)
+        served = getattr(self.runner, "served", {})  # what a remote runner's server says it ran
+        if "artifact_sha256" in served:
+            found.update(server_artifact_sha256=served["artifact_sha256"],
+                         server_backend=":".join(filter(None, (served.get("backend"), served.get("precision")))))
         # the SEG writes them as name=value,name=value
         return {name: str(value).replace(",", "_").replace("=", "_") for name, value in found.items() if value}
 

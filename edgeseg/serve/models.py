@@ -100,6 +100,15 @@ def class_parameters(labels: dict[int, str]) -> dict:
     return {"labels": {str(k): v for k, v in sorted(labels.items())}, "classes": class_codings(labels)}
 
 
+def response_parameters(segmenter) -> dict[str, str]:
+    """The parameters of every inference response of ``segmenter``'s models, here and in the
+    Triton repository's Python-backend models: ``classes`` and the provenance record."""
+    from edgeseg.runtime.provenance import provenance
+
+    labels = segmenter.labels
+    return {"classes": ",".join(labels[k] for k in sorted(labels)), **provenance(segmenter)}
+
+
 class ServedModel(abc.ABC):
     """One model of the server: its tensors, checks, batcher and statistics."""
 
@@ -151,10 +160,7 @@ class ServedModel(abc.ABC):
         asking for the metadata first; and the provenance record
         (:func:`~edgeseg.runtime.provenance.provenance`: bundle, artifact, backend, edgeseg version),
         so that every answer says what made it."""
-        from edgeseg.runtime.provenance import provenance
-
-        labels = self.segmenter.labels
-        return {"classes": ",".join(labels[k] for k in sorted(labels)), **provenance(self.segmenter)}
+        return response_parameters(self.segmenter)
 
     def close(self) -> None:
         """Stop the batcher."""
@@ -176,9 +182,12 @@ class NetworkModel(ServedModel):
         def tensor(info) -> dict:
             return {"name": info.name, "datatype": NUMPY_TO_DATATYPE[np.dtype(info.dtype)], "shape": list(info.shape)}
 
+        from edgeseg.runtime.provenance import provenance
+
         entry = getattr(self.segmenter.runner, "entry", None)
-        # what a remote client checks against its bundle: the model file run, the batch limit
-        identity = {"artifact_sha256": entry.sha256} if entry is not None else {}
+        # what a remote client checks against its bundle (the model file run, the batch limit) and
+        # records with its results (the provenance record, as every response carries it)
+        identity = {**provenance(self.segmenter), **({"artifact_sha256": entry.sha256} if entry is not None else {})}
         return {"name": self.name, "versions": ["1"], "platform": self.platform,
                 "inputs": [tensor(self.in_info)], "outputs": [tensor(self.out_info)],
                 "parameters": {**class_parameters(self.segmenter.labels), **identity, "max_batch": self.max_batch}}

@@ -26,6 +26,7 @@ import numpy as np
 from edgeseg.errors import BackendError, EdgesegError
 from edgeseg.serve.model_inputs import (DEFAULT_MAX_SIDE, PIPELINE_SUFFIX, SPACING_INPUT, check_network_input,
                                          check_pipeline_input, check_pipeline_spacing)
+from edgeseg.serve.models import response_parameters
 
 # numpy 2 frees a DLPack capsule only under its original name; the backend renames the capsules
 # it consumes, so numpy reports each one as an unraisable error although nothing leaks (the
@@ -54,6 +55,17 @@ def _array(pb_utils, request, name: str, optional: bool = False) -> np.ndarray |
 
 def _tensor(pb_utils, name: str, array: np.ndarray):
     return pb_utils.Tensor.from_dlpack(name, np.ascontiguousarray(array).__dlpack__())
+
+
+def _response(pb_utils, tensors: list, parameters: dict):
+    """A response carrying ``parameters`` (the classes and the provenance record), as ``edgeseg
+    serve``'s do. Python backends before Triton 25.02 take no response parameters: their responses
+    carry the tensors alone, and the model's configuration (``edgeseg_manifest_sha256``,
+    ``edgeseg_backend``) says which model answers."""
+    try:
+        return pb_utils.InferenceResponse(output_tensors=tensors, parameters=parameters)
+    except TypeError:
+        return pb_utils.InferenceResponse(output_tensors=tensors)
 
 
 def _refusal(pb_utils, exc: EdgesegError):
@@ -86,6 +98,11 @@ class TritonPythonModel:
         self.segmenter = Segmenter.load(folder, backend=backend,
                                         threads=int(params.get("edgeseg_threads", "0")),
                                         tta=params.get("edgeseg_tta", "none") if self.role == "pipeline" else "none")
+        # What every response carries, as edgeseg serve's do, naming the bundle the repository was
+        # written from: the model's own copy of its manifest holds only the one artifact it runs.
+        self.parameters = response_parameters(self.segmenter)
+        if params.get("edgeseg_manifest_sha256") and "manifest_sha256" in self.parameters:
+            self.parameters["manifest_sha256"] = params["edgeseg_manifest_sha256"]
 
     def execute(self, requests: list) -> list:
         """One response per request, in order; a request the model cannot take gets an error."""
@@ -106,7 +123,7 @@ class TritonPythonModel:
             labels = self.segmenter.predict_volume(stack, spacing=spacing).reshape(hu.shape)
         except EdgesegError as exc:
             return _refusal(pb_utils, exc)
-        return pb_utils.InferenceResponse(output_tensors=[_tensor(pb_utils, "labels", labels)])
+        return _response(pb_utils, [_tensor(pb_utils, "labels", labels)], self.parameters)
 
     def _network(self, pb_utils, requests: list) -> list:
         manifest = self.segmenter.manifest
@@ -127,7 +144,7 @@ class TritonPythonModel:
             start = 0
             for index, batch in batches:
                 rows = logits[start:start + len(batch)]
-                responses[index] = pb_utils.InferenceResponse(output_tensors=[_tensor(pb_utils, out_name, rows)])
+                responses[index] = _response(pb_utils, [_tensor(pb_utils, out_name, rows)], self.parameters)
                 start += len(batch)
         return responses
 

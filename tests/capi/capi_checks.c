@@ -3,7 +3,8 @@
  * status and the message. Exit 0 whenever the library returned (whatever its status), so a
  * crash or a sanitizer report is the only way to a non-zero exit.
  *
- *   capi_checks open BUNDLE [PRECISION]     es_open; on success also labels, spec and artifact
+ *   capi_checks open BUNDLE [PRECISION]     es_open; on success also labels, spec, artifact and
+ *                                           provenance
  *   capi_checks open-null                   es_open(NULL, ...)
  *   capi_checks open-no-err BUNDLE          es_open with err == NULL (must not crash)
  *   capi_checks call BUNDLE CASE            es_open, then one bad (or "good") segment call
@@ -76,6 +77,18 @@ static int open_case(const char *bundle, const char *precision) {
     printf("version\t%s\n", es_version());
     for (int k = 0; k < count; k++) printf("label\t%d\t%s\n", k, names[k]);
     printf("spec\t%s\n", es_spec_json(seg));
+    /* every key of the Python runtime's record, and one it does not have */
+    static const char *const keys[] = {"software", "software_version", "architecture", "manifest_sha256",
+                                       "bundle_created", "bundle_edgeseg_version", "checkpoint_sha256", "artifact",
+                                       "artifact_sha256", "backend", "precision", "device", "backend_version", "tta",
+                                       "server_backend", NULL};
+    for (const char *const *key = keys; *key; key++) {
+        const char *value = es_provenance(seg, *key);
+        if (value) printf("provenance\t%s\t%s\n", *key, value);
+    }
+    es_error tta_err;
+    if (es_set_tta(seg, "mirror", &tta_err) == ES_OK) printf("provenance-after-set-tta\t%s\n", es_provenance(seg, "tta"));
+    printf("provenance-null\t%d\n", es_provenance(NULL, "software") == NULL && es_provenance(seg, NULL) == NULL);
     es_close(seg);
     return 0;
 }

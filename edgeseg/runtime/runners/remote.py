@@ -24,6 +24,14 @@ _HEADER_LENGTH = "Inference-Header-Content-Length"
 _FLOATS = {"FP32": np.dtype("<f4"), "FP16": np.dtype("<f2")}
 # Seconds to wait for a server's answer unless told otherwise
 DEFAULT_TIMEOUT_S = 60.0
+#: the keys of a server's provenance record (``edgeseg serve`` sends it in its model metadata and
+#: every response's parameters) that say which model and software ran there; recorded as
+#: ``server_KEY`` beside the local record (edgeseg.runtime.provenance)
+SERVER_KEYS = ("software_version", "manifest_sha256", "artifact", "artifact_sha256", "backend", "precision", "device",
+               "backend_version")
+# A value longer than this, or not printable ASCII, is no provenance a server should send: it is
+# left out rather than written into a NIfTI header or a DICOM SEG.
+_SERVER_VALUE = re.compile(r"[ -~]{1,128}")
 
 
 def is_remote(backend: str) -> bool:
@@ -89,6 +97,8 @@ class RemoteRunner(Runner):
         self._connection = None  # an http.client connection, opened on the first request
         self._artifacts, self._labels = tuple(artifacts), labels
         self._server_batch = 0  # the server's batch limit, where it says one (0: none said)
+        #: what the server says it runs (SERVER_KEYS), from its metadata, then its latest response
+        self.served: dict[str, str] = {}
         self._check_metadata()
 
     @property
@@ -151,10 +161,7 @@ class RemoteRunner(Runner):
         where = f"remote {self.device}{self._prefix}"
         if not isinstance(parameters, dict):
             return
-        served = parameters.get("artifact_sha256")
-        if self._artifacts and isinstance(served, str) and served not in self._artifacts:
-            raise BackendError(f"{where} runs another model (artifact sha256 {served[:12]}...) than this bundle "
-                               "holds; give the bundle the server serves")
+        self._note_served(parameters)
         labels = parameters.get("labels")
         if self._labels is not None and isinstance(labels, dict):
             wanted = {str(k): v for k, v in sorted(self._labels.items())}
@@ -163,6 +170,21 @@ class RemoteRunner(Runner):
         limit = parameters.get("max_batch")
         if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0:
             self._server_batch = limit
+
+    def _note_served(self, parameters) -> None:
+        """Keep what the server says it ran (metadata or response ``parameters``); BackendError for a
+        model file that is not one of the bundle's (a server whose model was swapped since loading
+        would otherwise give its masks under this bundle's names)."""
+        if not isinstance(parameters, dict):
+            return
+        served = parameters.get("artifact_sha256")
+        if self._artifacts and isinstance(served, str) and served not in self._artifacts:
+            raise BackendError(f"remote {self.device}{self._prefix} runs another model (artifact sha256 {served[:12]}...) "
+                               "than this bundle holds; give the bundle the server serves")
+        found = {key: value for key in SERVER_KEYS
+                 if isinstance(value := parameters.get(key), str) and _SERVER_VALUE.fullmatch(value)}
+        if found:
+            self.served = found
 
     def _infer(self, batch: np.ndarray) -> np.ndarray:
         step = self._server_batch or len(batch)
@@ -201,6 +223,7 @@ class RemoteRunner(Runner):
             raise BackendError(f"remote {self.device}: the response holds no float {self.output_info.name!r} output") from None
         if shape != (rows, *self.output_info.shape[1:]):
             raise BackendError(f"remote {self.device}: logits of shape {list(shape)} for a batch of {rows}")
+        self._note_served(doc.get("parameters"))
         size = (out.get("parameters") or {}).get("binary_data_size")
         if size is None:
             logits = np.asarray(out["data"], dtype=dtype).reshape(shape)
