@@ -95,8 +95,10 @@ def command(bundle, ae_title, any_ae, allow_calling, host, port, out, forward, i
                          max_connections=max_connections, max_connections_per_host=max_connections_per_host,
                          audit=audit)
         node.start()
-        called = "any called AE title" if any_ae else f"called AE title {ae_title}"
-        click.echo(f"DICOM node {ae_title} on {host}:{port} ({called}; backend {segmenter.backend}); Ctrl-C stops it")
+        # the one start-up line, as serve's: the node itself logs nothing when it starts
+        called = "any called AE title" if any_ae else f"called AE title {ae_title} only"
+        click.echo(f"DICOM node {ae_title} listening on {host}:{port} ({called}; backend {segmenter.backend}); "
+                   "Ctrl-C stops it")
         with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C or SIGTERM: stop and clean up
             while True:
                 time.sleep(1)

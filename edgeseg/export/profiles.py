@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from edgeseg.choices import canonical_choice
 from edgeseg.errors import DataError
 
 FORMATS = ("torchscript", "onnx")
@@ -19,6 +20,10 @@ CALIB_METHODS = ("minmax", "entropy", "percentile")
 FP16_CHECKS = ("subset", "full")
 GATE_METRICS = ("agreement", "truth")
 INT8_SCHEMES = ("cpu", "tensorrt")
+# The settings that take one of a few names: a profile or a sweep file spells them as these, in
+# any case, as `edgeseg export`'s options take them.
+CHOICES: dict[str, tuple[str, ...]] = {"calib_method": CALIB_METHODS, "fp16_check": FP16_CHECKS,
+                                       "gate_metric": GATE_METRICS, "int8_scheme": INT8_SCHEMES}
 STRUCTURE_PX = 16
 # The fewest calibration slices an INT8 graph is quantised from. Vendors' guidance (about 500
 # images for TensorRT, at least 300 samples for OpenVINO) is for classification, where an image
@@ -93,7 +98,9 @@ class ExportSettings:
         return self.int8_scheme or ("tensorrt" if self.trt else "cpu")
 
     def __post_init__(self) -> None:
-        formats = tuple(self.formats)
+        for name, choices in CHOICES.items():  # recorded in the bundle in one spelling
+            object.__setattr__(self, name, canonical_choice(getattr(self, name), choices))
+        formats = tuple(canonical_choice(f, FORMATS) for f in self.formats)
         unknown = [f for f in formats if f not in FORMATS]
         if unknown or not formats:
             raise DataError(f"formats must be a non-empty subset of {list(FORMATS)}, got {list(formats)}")

@@ -137,7 +137,9 @@ class Segmenter:
         except DataError as exc:
             raise BundleError(f"bundle {folder}: {exc}") from None
         runner = select_runner(folder, manifest, backend, threads, timeout=timeout)
-        log.info("loaded %s with %s", folder, runner.describe())
+        described = runner.describe()
+        log.info("loaded %s: backend %s:%s (%s), device %s", folder, described["backend"], described["precision"],
+                 described["artifact"], described["device"])
         return cls(manifest.spec, manifest.labels, runner, options, manifest.max_batch,
                    resize_input=manifest.resize_input, bundle=folder, manifest=manifest, tta=tta)
 

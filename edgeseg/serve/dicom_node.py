@@ -136,7 +136,6 @@ class DicomNode:
         threading.Thread(target=self._server.serve_forever, name="edgeseg-listen-accept", daemon=True).start()
         self._peers.start()
         self._worker.start()
-        log.info("listening as %s on %s:%d", self.ae_title, self.host, self.port)
 
     @staticmethod
     def _peer_bounds() -> PeerBounds:

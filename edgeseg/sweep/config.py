@@ -46,8 +46,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edgeseg.choices import canonical_choice, canonical_choices
 from edgeseg.errors import DataError, EdgesegError
+from edgeseg.export.profiles import CHOICES as EXPORT_CHOICES
 from edgeseg.models.registry import MODELS
+from edgeseg.train.config import CHOICES as TRAIN_CHOICES
 
 GRID_KEYS = ("model", "base", "depth", "size")  # every grid names these; ``seed`` is optional
 RECIPE_KEYS = {"data": str, "labels": str, "window": list, "intensity": str, "epochs": int, "batch_size": int,
@@ -140,6 +143,7 @@ def _grid(doc: dict, where: str, recipe_seed: int) -> list[Point]:
         raise DataError(f"{where}: [grid] needs non-empty lists for {missing}")
     if not all(isinstance(m, str) for m in grid["model"]):
         raise DataError(f"{where}: [grid] model must list architecture names, got {grid['model']!r}")
+    grid["model"] = [canonical_choice(m, MODELS) for m in grid["model"]]  # the points' ids spell them one way
     unknown = [m for m in grid["model"] if m not in MODELS]
     if unknown:
         raise DataError(f"{where}: unknown architecture(s) {unknown} in [grid] model; available: {sorted(MODELS)}")
@@ -209,10 +213,11 @@ def load_sweep(path: str | Path) -> SweepConfig:
     unknown = sorted(set(doc) - {"recipe", "grid", "export", "measure", "choose"})
     if unknown:
         raise DataError(f"{where}: unknown section(s) {unknown}; known: ['choose', 'export', 'grid', 'measure', 'recipe']")
-    recipe = _checked_table(doc, "recipe", RECIPE_KEYS, where)
+    # choices spelled one way, as the command line takes them: the folder records these tables
+    recipe = canonical_choices(_checked_table(doc, "recipe", RECIPE_KEYS, where), TRAIN_CHOICES)
     if "data" not in recipe:
         raise DataError(f"{where}: [recipe] needs data")
-    export = _checked_table(doc, "export", EXPORT_KEYS, where)
+    export = canonical_choices(_checked_table(doc, "export", EXPORT_KEYS, where), EXPORT_CHOICES)
     measure = {**MEASURE_DEFAULTS, **_checked_table(doc, "measure", MEASURE_KEYS, where)}
     _check_measure(measure, where)
     base_recipe = _base_recipe(recipe, where)

@@ -7,12 +7,21 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from edgeseg.errors import EdgesegError
-from edgeseg.spec import PreprocessSpec
+from edgeseg.models.registry import MODELS
+from edgeseg.spec import FITS, INTERPOLATIONS, PreprocessSpec
 
 # Region term (Dice or Tversky) - pixel term (cross-entropy or focal); see edgeseg.train.losses.
 LOSSES = ("dice-ce", "dice-focal", "tversky-ce", "tversky-focal")
 # Training's layout of weights and batches (train/memory_format.py); "auto" first.
 MEMORY_FORMATS = ("auto", "channels-last", "contiguous")
+AMP_MODES = ("auto", "off", "bf16", "fp16")
+MASK_KINDS = ("auto", "binary", "labels")
+# The fields that take one of a few names: recipes and sweep files spell them as these, in any
+# case, as `edgeseg train`'s options take them.
+CHOICES: dict[str, tuple[str, ...]] = {
+    "model": tuple(MODELS), "interpolation": INTERPOLATIONS, "fit": FITS, "amp": AMP_MODES, "mask": MASK_KINDS,
+    "loss": LOSSES, "memory_format": MEMORY_FORMATS,
+}
 # AdamW's first step moves a weight by lr / (1 - beta1) = 10 lr, a float32 scalar: a larger
 # learning rate ends the first step in torch's overflow error instead of a refusal.
 MAX_LR = 3.4028234663852886e38 / 10
@@ -105,8 +114,8 @@ class TrainConfig:
             (not shared, f"source label value(s) {shared} are given to more than one class in the labels "
                          f"{self.labels}; each value belongs to one class"),
             (self.size >= 1, f"size must be >= 1, got {self.size}"),
-            (self.fit in ("stretch", "pad"), f"fit must be stretch or pad, got {self.fit!r}"),
-            (self.amp in ("auto", "off", "bf16", "fp16"), f"amp must be auto, off, bf16 or fp16, got {self.amp!r}"),
+            (self.fit in FITS, f"fit must be stretch or pad, got {self.fit!r}"),
+            (self.amp in AMP_MODES, f"amp must be auto, off, bf16 or fp16, got {self.amp!r}"),
             (self.memory_format in MEMORY_FORMATS,
              f"memory format must be {', '.join(MEMORY_FORMATS[:-1])} or {MEMORY_FORMATS[-1]}, got {self.memory_format!r}"),
             (len(self.labels) >= 1, "at least one foreground label is needed"),
@@ -116,7 +125,7 @@ class TrainConfig:
             (self.ema_epochs >= 0, f"EMA horizon must be >= 0 epochs (0 = off), got {self.ema_epochs}"),
             (math.isfinite(self.ema_epochs), f"EMA horizon must be a finite number of epochs, got {self.ema_epochs}"),
             (self.loss in LOSSES, f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}"),
-            (self.mask in ("auto", "binary", "labels"), f"mask must be auto, binary or labels, got {self.mask!r}"),
+            (self.mask in MASK_KINDS, f"mask must be auto, binary or labels, got {self.mask!r}"),
             (self.folds == 0 or self.folds >= 2, f"folds must be 0 (no cross-validation) or >= 2, got {self.folds}"),
             (self.folds == 0 or 0 <= self.fold < self.folds, f"fold must be in 0..{self.folds - 1}, got {self.fold}"),
             (self.class_weights is None or len(self.class_weights) == len(self.labels) + 1,

@@ -25,8 +25,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from edgeseg.choices import canonical_choice
 from edgeseg.errors import EdgesegError
-from edgeseg.train.config import parse_labels
+from edgeseg.train.config import CHOICES, parse_labels
 
 # The named recipes are package data (edgeseg/recipes/*.toml), so an installed wheel finds them
 # as a checkout does.
@@ -119,6 +120,9 @@ def _check_values(train: dict[str, Any], path: Path) -> dict[str, Any]:
 
 
 def _normalise(key: str, value: Any, path: Path) -> Any:
+    # the recorded values spell a choice one way (the hash stays that of the file's bytes)
+    if key in CHOICES:
+        return canonical_choice(value, CHOICES[key])
     if key == "labels":
         if isinstance(value, str):
             return parse_labels(value)

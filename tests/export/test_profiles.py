@@ -37,6 +37,21 @@ def test_bad_profiles_are_named(tmp_path):
         ExportSettings(formats=("torchscript",), int8=True)
 
 
+def test_a_profile_takes_choices_in_any_case_and_keeps_them_as_the_command_line_does(tmp_path):
+    """calib_method = "Entropy" was refused while --calib-method Entropy exports."""
+    path = tmp_path / "loud.toml"
+    path.write_text('formats = ["ONNX", "TorchScript"]\nint8 = true\ncalib_method = "Entropy"\nfp16_check = "FULL"\n'
+                    'gate_metric = "Truth"\nint8_scheme = "CPU"\n')
+    settings = load_profile(str(path))
+    assert settings.formats == ("onnx", "torchscript")
+    assert (settings.calib_method, settings.fp16_check, settings.gate_metric, settings.int8_scheme) == (
+        "entropy", "full", "truth", "cpu")
+    assert ExportSettings(formats=("Onnx",)).formats == ("onnx",)  # --formats ONNX on the command line
+    with pytest.raises(DataError, match=r"calibration method must be one of \['minmax', 'entropy', 'percentile'\], "
+                                        r"got 'kl'"):
+        ExportSettings(calib_method="kl")
+
+
 def test_int8_scheme_follows_the_target_and_refuses_cpu_graphs_for_tensorrt():
     assert ExportSettings(int8=True).int8_activations == "cpu"
     assert load_profile("cpu-int8").int8_activations == "cpu"

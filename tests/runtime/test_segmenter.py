@@ -116,6 +116,15 @@ def test_auto_probes_once_logs_its_choice_and_caches_it(bundle_dir, caplog):
     assert f"backend auto -> {choice} (cached probe)" in caplog.text
 
 
+def test_the_load_line_names_the_backend_its_artifact_and_the_device(bundle_dir, caplog):
+    """predict, serve and listen logged "loaded BUNDLE with {'backend': ..., 'artifact': ...}", a dict."""
+    artifacts = json.loads((bundle_dir / "manifest.json").read_text())["artifacts"]
+    onnx = next(a["file"] for a in artifacts if a["format"] == "onnx" and a["precision"] == "fp32")
+    with caplog.at_level(logging.INFO, logger="edgeseg"), Segmenter.load(bundle_dir, backend="onnxruntime:fp32"):
+        pass
+    assert f"loaded {bundle_dir}: backend onnxruntime:fp32 ({onnx}), device cpu" in caplog.messages
+
+
 def test_auto_without_probe_takes_the_preference_order(bundle_dir, monkeypatch, cpu_only):
     monkeypatch.setenv("EDGESEG_BACKEND_PROBE", "0")
     with Segmenter.load(bundle_dir) as seg:

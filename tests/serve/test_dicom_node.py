@@ -219,6 +219,33 @@ def test_listen_removes_its_work_folder_on_signal(serve_bundle, tmp_path, free_p
     assert len(referenced) == 2 and "segmenting the 1 series received and not yet segmented" in err
 
 
+@pytest.mark.parametrize(("options", "called"), [((), "called AE title EDGESEG only"),
+                                                  (("--any-ae",), "any called AE title")])
+def test_listen_says_where_it_listens_in_one_line(serve_bundle, tmp_path, free_port, wait_port, options, called):
+    """It said it twice: a log line "listening as EDGESEG on HOST:PORT" and the line "DICOM node
+    EDGESEG on HOST:PORT (called AE title ...; backend ...)"."""
+    import signal
+
+    from tests.serve.test_dicom_node_hostile import start_listen
+
+    port = free_port()
+    proc = start_listen(serve_bundle, port, tmp_path, *options)
+    try:
+        wait_port(port, timeout=60)
+        first = proc.stdout.readline()  # a Ctrl-C before this line interrupts the start (exit 130)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    out = first + out
+    assert "Traceback" not in err, err
+    started = [line for line in (out + err).splitlines() if f":{port}" in line]
+    assert started == [f"DICOM node EDGESEG listening on 127.0.0.1:{port} ({called}; backend onnxruntime:fp32); "
+                       "Ctrl-C stops it"], out + err
+
+
 class _HeldSegmenter:
     """A real Segmenter whose first predict_volume waits until the test lets it go, so that images
     can arrive while a series is being segmented."""

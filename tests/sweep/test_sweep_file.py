@@ -66,3 +66,22 @@ def test_a_folder_of_another_sweep_is_refused(tmp_path):
     (tmp_path / "d.toml").write_text(SWEEP.replace("size = [64]", "size = [64]\nseed = [0, 1]").replace("epochs = 3", "epochs = 4"))
     with pytest.raises(DataError, match="holds a different sweep"):
         check_sweep_folder(load_sweep(tmp_path / "d.toml"), out)
+
+
+def test_a_sweep_file_takes_choices_in_any_case_and_records_them_as_the_command_line_does(tmp_path):
+    """fit = "PAD" in [recipe] was refused with the point's error while --fit PAD trains; the
+    folder records each choice in one spelling, so the same sweep typed either way is the same."""
+    from edgeseg.sweep.config import export_settings, load_sweep
+
+    quiet = SWEEP.replace("augment = false", 'augment = false\nfit = "pad"\namp = "off"\nloss = "dice-focal"')
+    quiet = quiet.replace("max_batch = 2", 'max_batch = 2\ngate_metric = "truth"')
+    loud = quiet.replace('"pad"', '"PAD"').replace('"off"', '"Off"').replace('"dice-focal"', '"Dice-Focal"')
+    loud = loud.replace('"truth"', '"Truth"').replace('["unet", "mobile_unet"]', '["UNet", "Mobile_UNet"]')
+    (tmp_path / "quiet.toml").write_text(quiet)
+    (tmp_path / "loud.toml").write_text(loud)
+    sweep = load_sweep(tmp_path / "loud.toml")
+    assert [p.id for p in sweep.points] == ["unet-b4-d2-s64", "mobile_unet-b4-d2-s64"]
+    assert (sweep.recipe["fit"], sweep.recipe["amp"], sweep.recipe["loss"]) == ("pad", "off", "dice-focal")
+    assert export_settings(sweep)[0].gate_metric == "truth"
+    assert sweep.to_dict() == load_sweep(tmp_path / "quiet.toml").to_dict()
+

@@ -106,6 +106,22 @@ def test_bad_recipes_are_refused(tmp_path, text, message):
         load_recipe(str(path))
 
 
+def test_a_recipe_takes_choices_in_any_case_and_records_them_as_the_command_line_does(tmp_path):
+    """fit = "PAD" was refused ("fit must be stretch or pad, got 'PAD'") while --fit PAD trains."""
+    path = tmp_path / "loud.toml"
+    path.write_text('name = "loud"\nversion = 1\n[train]\nmodel = "Mobile_UNet"\nfit = "PAD"\n'
+                    'interpolation = "Area"\nmask = "LABELS"\nloss = "Tversky-Focal"\n')
+    recipe = load_recipe(str(path))
+    expected = {"model": "mobile_unet", "fit": "pad", "interpolation": "area", "mask": "labels", "loss": "tversky-focal"}
+    assert recipe.values == expected and recipe.record()["values"] == expected
+    assert recipe.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()  # the file's bytes, as typed
+    spec = build_spec(TrainConfig(**recipe.values))
+    assert (spec.fit, spec.interpolation) == ("pad", "area")
+    path.write_text('name = "loud"\nversion = 1\n[train]\nfit = "padded"\n')
+    with pytest.raises(EdgesegError, match="fit must be stretch or pad, got 'padded'"):
+        TrainConfig(**load_recipe(str(path)).values)
+
+
 def test_bad_recipe_on_the_command_line_writes_nothing(tmp_path, assert_one_line_error):
     path = tmp_path / "bad.toml"
     path.write_text("name = 'x'\nversion = 1\n[train]\nwindow_hu = [0, 1]\n")
