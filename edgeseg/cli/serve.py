@@ -56,7 +56,7 @@ def command(bundle, host, port, backend, threads, model_name, max_batch, queue_s
     from edgeseg.limits import current_limits
     from edgeseg.runtime.segmenter import Segmenter
     from edgeseg.runtime.provenance import provenance
-    from edgeseg.serve.app import ServeConfig, create_app
+    from edgeseg.serve.app import ServeConfig, close_app, create_app
     from edgeseg.serve.audit import AuditLog
     from edgeseg.serve.header_deadline import header_deadline_protocol
     from edgeseg.serve.upload_disk import check_upload_folder
@@ -99,9 +99,7 @@ def command(bundle, host, port, backend, threads, model_name, max_batch, queue_s
                     timeout_graceful_shutdown=timeout + 5, http=header_deadline_protocol(timeout))
     finally:
         signal.signal(signal.SIGTERM, previous)
-        for model in app.state.models.values():
-            model.close()
-        app.state.uploads.close()
+        close_app(app)  # done already by the app's shutdown, unless uvicorn failed before it
         segmenter.close()
         if audit is not None:
             audit.close()

@@ -12,6 +12,7 @@ deflate-encoded. Every error, unknown routes and methods included, is a JSON
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import re
@@ -64,7 +65,9 @@ class ServeConfig:
 def create_app(segmenter, config: ServeConfig = ServeConfig(), audit=None):
     """A FastAPI app serving ``segmenter`` (an ``edgeseg.runtime.Segmenter``) under ``config``;
     each request is answered with its ``X-Request-ID`` and, given ``audit`` (an
-    ``edgeseg.serve.audit.AuditLog``), logged there as one line."""
+    ``edgeseg.serve.audit.AuditLog``), logged there as one line. The app starts worker threads
+    (one per model and one for uploads) that its lifespan shutdown stops; where its lifespan
+    does not run, stop them with :func:`close_app`."""
     from fastapi.responses import JSONResponse, Response
     from starlette.concurrency import run_in_threadpool
 
@@ -80,7 +83,7 @@ def create_app(segmenter, config: ServeConfig = ServeConfig(), audit=None):
                             lambda: budget.held, lambda: models, lambda: disk.budget.held)
     models = served_models(segmenter, config, metrics.batch_size.observe, model_lock)
     uploads = ModelQueue(model_lock, config.queue_size)
-    app = fastapi.FastAPI(title="edgeseg", version=__version__, docs_url=None, redoc_url=None)
+    app = fastapi.FastAPI(title="edgeseg", version=__version__, docs_url=None, redoc_url=None, lifespan=_lifespan)
     app.state.models, app.state.uploads, app.state.budget, app.state.disk = models, uploads, budget, disk
     # Decoding a JSON body and encoding a JSON answer take seconds for large tensors: in a thread,
     # so the event loop answers health checks and other requests meanwhile; one at a time, so at
@@ -220,6 +223,24 @@ def create_app(segmenter, config: ServeConfig = ServeConfig(), audit=None):
         return Response(content=text, media_type=content_type)
 
     return app
+
+
+def close_app(app) -> None:
+    """Stop the worker threads :func:`create_app` started for ``app``, each after the call it has
+    in flight; requests that reach ``app`` afterwards are answered 503. Its lifespan shutdown
+    calls this once the server has answered the requests in flight; call it yourself where that
+    does not run (an app mounted inside another, whose lifespan Starlette does not run, or one
+    never served). Calling it again does nothing. The segmenter and audit log given to
+    ``create_app`` stay open: they are the caller's to close."""
+    for model in app.state.models.values():
+        model.close()
+    app.state.uploads.close()
+
+
+@contextlib.asynccontextmanager
+async def _lifespan(app):
+    yield
+    close_app(app)
 
 
 def _install_error_handlers(app) -> None:

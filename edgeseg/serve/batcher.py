@@ -93,9 +93,12 @@ class MicroBatcher:
         return len(self._line) + sum(not item.future.cancelled() for item in self._gathered)
 
     def submit(self, batch: np.ndarray) -> Ticket:
-        """Queue ``batch`` (at most ``max_batch`` slices); QueueFull when the queue is full."""
+        """Queue ``batch`` (at most ``max_batch`` slices); QueueFull when the queue is full or
+        the batcher is closed."""
         if not 1 <= batch.shape[0] <= self.max_batch:
             raise ValueError(f"a request holds 1..{self.max_batch} slices, got {batch.shape[0]}")
+        if self._stop.is_set():  # nobody would take it: refused now, not at its timeout
+            raise QueueFull("the model's worker has stopped")
         pending = _Pending(batch)
         if not self._line.join(pending, pending.future, room=self.queue_size):
             raise QueueFull(f"request queue is full ({self.queue_size} waiting)")

@@ -85,7 +85,7 @@ def add_segment_route(app, segmenter, uploads, budget, bodies, disk, timeout_s: 
             except OSError as exc:
                 raise _unwritable(exc, disk.folder) from None
             finally:
-                await run_in_threadpool(shutil.rmtree, tmp, ignore_errors=True)
+                await _removed(tmp)
         size = os.fstat(handle.fileno()).st_size
         # NPY has no room for it: the header says what made every mask, whatever its format
         headers = {"Content-Length": str(size), "X-Edgeseg-Provenance": provenance_json(record)}
@@ -107,6 +107,19 @@ def _unwritable(exc: OSError, folder: Path | None) -> Exception:
     if full:
         return no_room()
     return HttpError(500, f"the server cannot store the upload: {exc.strerror or exc}")
+
+
+async def _removed(tmp: Path) -> None:
+    """Remove an upload's folder, off the event loop; or on it where the request's task is
+    cancelled (a shutdown past its grace period): every await of a cancelled task is cancelled
+    in turn, so the removal would never run and the files would stay on disk for good."""
+    from starlette.concurrency import run_in_threadpool
+
+    try:
+        await run_in_threadpool(shutil.rmtree, tmp, ignore_errors=True)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 async def _chunks(handle):

@@ -81,8 +81,10 @@ class ModelQueue:
         return self._queued
 
     def reserve(self) -> None:
-        """Take a place in the queue; QueueFull when ``size`` uploads hold one."""
+        """Take a place in the queue; QueueFull when ``size`` uploads hold one or the queue is closed."""
         with self._count:
+            if self._stop.is_set():  # nobody would run it: refused now, not at its timeout
+                raise QueueFull("the upload worker has stopped")
             if self._waiting >= self.size:
                 raise QueueFull(f"upload queue is full ({self.size} waiting)")
             self._waiting += 1
