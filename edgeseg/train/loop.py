@@ -141,6 +141,10 @@ def _train(cfg, resume, progress, on_epoch, make_sampler, place, device) -> dict
         best = _epochs(state, start_epoch, history, best, data, progress, on_epoch)
     finally:
         state.val_predictions.remove()
+        # Dropping the loader ends its persistent workers now, each through its own exit, which
+        # removes the pymp-* folder it made in TMPDIR; at interpreter exit multiprocessing
+        # SIGTERMs them instead, and every worker's folder was left behind.
+        state.loader = None
     return {"best": best, "history": history, "out": str(out), "split": data["split"]}
 
 
