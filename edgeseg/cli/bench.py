@@ -6,6 +6,7 @@ import click
 
 from edgeseg.cli.finite_range import FiniteFloatRange
 from edgeseg.cli.input_limits import input_limit_options
+from edgeseg.cli.quiet_option import quiet_option
 from edgeseg.cli.renamed_option import RenamedOption
 from edgeseg.cli.tta_option import tta_option
 from edgeseg.progress import progress_bar
@@ -33,7 +34,7 @@ MAX_DURATION_S = 3600
 @click.option("--png", "png_out", default=None, type=click.Path(dir_okay=False), help="Write a latency plot PNG.")
 @click.option("--no-cold-start", is_flag=True, help="Skip the fresh-process cold-start measurement.")
 @tta_option
-@click.option("--quiet", is_flag=True, help="No progress bar.")
+@quiet_option
 def command(bundle, backends, batch, size, runs, warmup, duration, threads, json_out, png_out, no_cold_start,
             tta, quiet) -> None:
     """Benchmark BUNDLE on this machine: one table for all backends, measured in one run."""

@@ -43,7 +43,6 @@ INT8_OPTIONS = [
 def _run(**opts) -> None:
     require("torch", "train", "edgeseg cv")
     from edgeseg.atomic import atomic_write_text, check_output_folder
-    from edgeseg.cli.logs import configure_logging
     from edgeseg.evaluate.cross_validation import (format_summary, score_fold, summarise_folds, tta_suffix,
                                                    write_fold_scores)
     from edgeseg.evaluate.cv_runtime import format_runtime
@@ -71,7 +70,6 @@ def _run(**opts) -> None:
                                              click.get_current_context()) for k in range(opts["folds"])]
     check_output_folder(str(root), "--out")
     train_cli.check_out_beside_data(str(root), configs[0].data)
-    configure_logging()
     scores, missing, tta = [], [], opts["tta"]
     for cfg in configs:
         last = Path(cfg.out) / "last.pt"

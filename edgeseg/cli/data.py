@@ -7,7 +7,7 @@ import numpy as np
 
 from edgeseg.atomic import check_output_folder
 from edgeseg.cli.input_limits import input_limit_options
-from edgeseg.cli.logs import configure_logging
+from edgeseg.cli.quiet_option import quiet_option
 
 
 @click.group("data")
@@ -27,13 +27,12 @@ def command() -> None:
 @click.option("--format", "image_format", type=click.Choice(["nifti", "dicom"], case_sensitive=False), default="nifti", show_default=True,
               help="Images as NIfTI (imagesTr/CASE.nii.gz) or as one DICOM CT series folder per case (CASE/); "
                    "labels are NIfTI in labelsTr/ either way.")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
+@quiet_option
 def synth(out: str, cases: int, seed: int, size: int, slices: int, kind: str, image_format: str, quiet: bool) -> None:
     """Write a synthetic labelled CT phantom dataset (MSD layout: imagesTr/, labelsTr/; or DICOM series)."""
     from edgeseg.data.phantom import phantom_geometry, phantom_kind, write_phantom_dataset
 
     check_output_folder(out, "--out")
-    configure_logging()
     shape, spacing = phantom_geometry(size, slices)
     folder = write_phantom_dataset(out, cases, seed, shape=shape, spacing=spacing, progress=not quiet, kind=kind,
                                    image_format=image_format)
@@ -95,7 +94,7 @@ def describe_volumes(volumes: list) -> str:
               help="Classes from source label values, e.g. 'ggo=1,consolidation=2'; a mask value outside them is refused.")
 @click.option("--label-file", default=None, type=click.Path(dir_okay=False),
               help="Label map (NIfTI, NRRD or DICOM SEG) for a single-volume SOURCE.")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
+@quiet_option
 def info(source: str, intensity: str | None, mask_threshold: int, case_pattern: str | None, mask: str,
          labels: str | None, label_file: str | None, quiet: bool) -> None:
     """Describe SOURCE (a folder, a NIfTI file, or a phantom spec) case by case."""
@@ -106,7 +105,6 @@ def info(source: str, intensity: str | None, mask_threshold: int, case_pattern: 
     from edgeseg.data.slices import DEFAULT_CASE_PATTERN, DEFAULT_INTENSITY, read_slice_folder_with_kind
     from edgeseg.train.config import parse_labels
 
-    configure_logging()
     values = sorted({v for vals in parse_labels(labels).values() for v in vals}) if labels else None
     path = Path(check_source(source, "SOURCE"))
     if path.is_dir() and label_file is None and detect_layout(path) == "slices":

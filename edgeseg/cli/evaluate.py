@@ -6,7 +6,7 @@ import click
 
 from edgeseg.atomic import check_output_folder
 from edgeseg.cli.input_limits import input_limit_options
-from edgeseg.cli.logs import configure_logging
+from edgeseg.cli.quiet_option import quiet_option
 from edgeseg.cli.tta_option import tta_option
 from edgeseg.errors import require
 
@@ -32,7 +32,7 @@ from edgeseg.errors import require
 @click.option("--worst", default=4, show_default=True, type=click.IntRange(min=0),
               help="Overlay PNGs for this many worst cases.")
 @tta_option
-@click.option("--quiet", is_flag=True, help="No progress bar.")
+@quiet_option
 def command(checkpoint, data, split, labels, label_file, keep_largest, volume_postprocess, intensity, out, worst,
             tta, quiet) -> None:
     """Evaluate CHECKPOINT per case and per class; prints a table, writes JSON and overlays."""
@@ -42,7 +42,6 @@ def command(checkpoint, data, split, labels, label_file, keep_largest, volume_po
 
     if out is not None:
         check_output_folder(out, "--out")
-    configure_logging()
     result = evaluate_checkpoint(
         checkpoint, data, split=split, labels=parse_labels(labels) if labels else None,
         intensity=intensity, label_file=label_file, keep_largest=keep_largest,

@@ -8,7 +8,7 @@ import click
 
 from edgeseg.atomic import check_output_folder
 from edgeseg.cli.input_limits import input_limit_options
-from edgeseg.cli.logs import configure_logging
+from edgeseg.cli.quiet_option import quiet_option
 from edgeseg.cli.renamed_option import overwrite_option
 from edgeseg.errors import DataError, require
 
@@ -55,7 +55,7 @@ def _cache_default() -> Path:
 @click.option("--triton", "triton_repo", default=None, type=click.Path(file_okay=False),
               help="Also write a Triton model repository for the bundle to this folder.")
 @overwrite_option("Replace an existing bundle at --out (and the --triton repository's edgeseg models).")
-@click.option("--quiet", is_flag=True, help="No progress bars.")
+@quiet_option
 def command(checkpoint, out, profile, formats, fp16, int8, calib, calib_method, calib_slices, trt, max_batch,
             verify_data, verify_slices, fp16_check, fp16_check_slices, max_dice_drop_fp16, max_dice_drop_int8, gate_metric, int8_scheme, structure_px, intensity, cache_dir, triton_repo, overwrite, quiet) -> None:
     """Export CHECKPOINT to a bundle: TorchScript, ONNX FP32 (+ FP16, INT8, TensorRT), each
@@ -65,7 +65,6 @@ def command(checkpoint, out, profile, formats, fp16, int8, calib, calib_method, 
     from edgeseg.export.pipeline import export_bundle
     from edgeseg.export.profiles import ExportSettings, load_profile
 
-    configure_logging()
     if triton_repo:
         from edgeseg.export.triton import check_repo_output
 

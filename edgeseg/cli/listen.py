@@ -56,7 +56,6 @@ def command(bundle, ae_title, any_ae, allow_calling, host, port, out, forward, i
     import time
 
     from edgeseg.atomic import check_output_folder
-    from edgeseg.cli.logs import configure_logging
     from edgeseg.cli.ports import check_port
     from edgeseg.runtime.provenance import provenance
     from edgeseg.runtime.segmenter import Segmenter
@@ -74,7 +73,6 @@ def command(bundle, ae_title, any_ae, allow_calling, host, port, out, forward, i
         check_output_folder(unsent, "--unsent")
     check_port(host, port)
     audit = AuditLog(audit_log) if audit_log else None  # a path it cannot append to, before the model loads
-    configure_logging()
     segmenter = Segmenter.load(bundle, backend=backend, threads=threads,
                                tta=tta)
     if audit is not None:

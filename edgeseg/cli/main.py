@@ -43,16 +43,24 @@ class EdgesegGroup(click.Group):
     130 / 143 (commands that serve install their own handlers)."""
 
     def invoke(self, ctx: click.Context):
-        from edgeseg.cli.logs import reset_logging
+        from edgeseg.cli.logs import configure_logging, reset_logging
 
-        reset_logging()
-        with sigterm_stops():
-            return self._invoke(ctx)
+        # set up here, once for every command, so that --quiet means the same everywhere
+        # (edgeseg.cli.logs); undone after, for whatever runs next in this process
+        configure_logging()
+        try:
+            with sigterm_stops():
+                return self._invoke(ctx)
+        finally:
+            reset_logging()
 
     def _invoke(self, ctx: click.Context):
-        # Libraries warn about the inputs they parse (pydicom, nibabel, Pillow); those warnings
-        # are held back: after an error only edgeseg's line is printed, after success each
-        # distinct warning is printed as one line, never as Python's two-line warning format.
+        from edgeseg.cli.logs import held_warnings
+
+        # Libraries warn about the inputs they parse (pydicom, nibabel, Pillow); those warnings,
+        # and edgeseg's own under --quiet (edgeseg.cli.logs), are held back: after an error only
+        # edgeseg's line is printed, after success each distinct warning is printed as one line,
+        # never as Python's two-line warning format.
         with warnings.catch_warnings(record=True) as caught:
             try:
                 try:
@@ -90,13 +98,14 @@ class EdgesegGroup(click.Group):
                 # a SIGTERM whose Terminated was swallowed (raised inside a __del__, or caught by
                 # a library such as uvicorn, which treats it as its Ctrl-C): still a stop
                 stopped = received()
-            held = list(caught)
+            held = held_warnings() + [f"edgeseg: warning: {w.category.__name__}: {' '.join(str(w.message).split())}"
+                                      for w in caught]
         if stopped:  # out of the except block: the interrupted command's frames are released first
             if stop_line_wanted():
                 click.echo("edgeseg: stopped (SIGTERM)", err=True)
             sys.exit(128 + signal.SIGTERM)
-        for text in dict.fromkeys(f"{w.category.__name__}: {' '.join(str(w.message).split())}" for w in held):
-            click.echo(f"edgeseg: warning: {text}", err=True)
+        for line in dict.fromkeys(held):
+            click.echo(line, err=True)
         return result
 
 

@@ -10,6 +10,7 @@ import click
 
 from edgeseg.cli.finite_range import FiniteFloatRange
 from edgeseg.cli.input_limits import input_limit_options
+from edgeseg.cli.quiet_option import quiet_option
 from edgeseg.cli.tta_option import tta_option
 
 
@@ -43,7 +44,7 @@ from edgeseg.cli.tta_option import tta_option
 @click.option("--timeout", default=None, type=FiniteFloatRange(min=0, min_open=True),
               help="Seconds to wait for each answer of a remote --backend http://... server [default: 60].")
 @tta_option
-@click.option("--quiet", is_flag=True, help="No progress bar and no log lines.")
+@quiet_option
 def command(bundle, input_path, out, fmt, backend, threads, batch_size, overlay, label_tables, spacing, intensity,
             timeout, tta, quiet) -> None:
     """Segment INPUT with BUNDLE and write the label map to --out; prints a one-line summary."""
@@ -52,7 +53,6 @@ def command(bundle, input_path, out, fmt, backend, threads, batch_size, overlay,
 
     import numpy as np
 
-    from edgeseg.cli.logs import configure_logging, silence_logging
     from edgeseg.data.volume import label_counts
     from edgeseg.errors import DataError, EdgesegError
     from edgeseg.runtime.manifest import read_manifest
@@ -64,10 +64,6 @@ def command(bundle, input_path, out, fmt, backend, threads, batch_size, overlay,
     from edgeseg.runtime.writers import check_nifti_grid, format_for
 
     start = time.perf_counter()
-    if quiet:
-        silence_logging()
-    else:
-        configure_logging()
     fmt = format_for(out, fmt)
     if timeout is not None:  # before the input is read: a local backend would ignore it
         from edgeseg.runtime.runners.remote import check_remote_timeout, is_remote

@@ -50,7 +50,6 @@ def command(bundle, host, port, backend, threads, model_name, max_batch, queue_s
     /v1/segment, /metrics."""
     import signal
 
-    from edgeseg.cli.logs import configure_logging
     from edgeseg.cli.ports import check_port
     from edgeseg.errors import DataError, require
     from edgeseg.limits import current_limits
@@ -63,7 +62,6 @@ def command(bundle, host, port, backend, threads, model_name, max_batch, queue_s
 
     from edgeseg.export.triton import check_model_name
 
-    configure_logging()
     check_model_name(model_name)  # it names URL paths, as in a Triton repository
     uvicorn = require("uvicorn", "serve", "edgeseg serve")
     volume_limit = current_limits().max_volume_bytes

@@ -7,7 +7,7 @@ import json
 import click
 
 from edgeseg.cli.input_limits import input_limit_options
-from edgeseg.cli.logs import configure_logging
+from edgeseg.cli.quiet_option import quiet_option
 from edgeseg.errors import DataError, require
 
 
@@ -31,7 +31,7 @@ from edgeseg.errors import DataError, require
 @click.option("--status", is_flag=True,
               help="Train nothing: say where each point stands (finished, running in another process, stopped "
                    "part-way, not started), its epochs, best validation Dice so far and recent time per epoch.")
-@click.option("--quiet", is_flag=True, help="No progress bars.")
+@quiet_option
 def command(sweep_file, out, points_only, rounds, regate, rescore, status, quiet) -> None:
     """Run SWEEP_FILE (TOML: [recipe], [grid], [export], [measure]): train each point resumably,
     export it to INT8 through the parity gate, measure validation Dice (FP32, INT8) and the auto
@@ -48,7 +48,6 @@ def command(sweep_file, out, points_only, rounds, regate, rescore, status, quiet
     from edgeseg.sweep.run import check_sweep_folder, run_sweep
     from edgeseg.sweep.versions import differing_versions, versions_text
 
-    configure_logging()
     sweep = load_sweep(sweep_file)
     if sum((status, regate, rescore, rounds is not None)) > 1:
         raise DataError("--status, --regate, --rescore and --remeasure do not go together: give one")

@@ -10,7 +10,7 @@ import click
 
 from edgeseg.atomic import check_output_folder
 from edgeseg.cli.input_limits import input_limit_options
-from edgeseg.cli.logs import configure_logging
+from edgeseg.cli.quiet_option import quiet_option
 from edgeseg.errors import EdgesegError, require
 from edgeseg.models.registry import MODELS
 from edgeseg.train.config import LOSSES, MEMORY_FORMATS
@@ -84,7 +84,7 @@ from edgeseg.train.config import LOSSES, MEMORY_FORMATS
               help="DataLoader worker processes reading and augmenting batches (0: in the training process).")
 @click.option("--foreground-share", default=1 / 3, show_default="1/3", type=float,
               help="Share of each batch drawn from slices containing each class in turn; the rest is uniform.")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
+@quiet_option
 def command(**opts) -> None:
     """Train a segmentation model (--model, default unet); writes OUT/best.pt, OUT/last.pt, metrics.csv/json and curves.png."""
     require("torch", "train", "edgeseg train")
@@ -106,7 +106,6 @@ def command(**opts) -> None:
         check_out_beside_data(opts["out"], cfg.data)
         if opts["cache"] is not None:
             check_output_folder(opts["cache"], "slice store cache (--cache)")
-    configure_logging()
     if not main_process:
         logging.getLogger("edgeseg").setLevel(logging.WARNING)
     if opts["nproc"] != 1:

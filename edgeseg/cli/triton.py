@@ -30,12 +30,10 @@ def command(bundle, repo, name, precision, max_batch, kind, instances, backend, 
     """Write REPO/<name> (the network), REPO/<name>-pipeline (HU in, labels out) and, for
     TensorRT engines on KIND_GPU, REPO/<name>-trt."""
     from edgeseg.atomic import check_output_folder
-    from edgeseg.cli.logs import configure_logging
     from edgeseg.export.triton import spacing_note, write_triton_repo
     from edgeseg.runtime.manifest import read_manifest
 
     check_output_folder(repo, "REPO", staged=True)
-    configure_logging()
 
     models = write_triton_repo(bundle, repo, name=name, precision=precision, max_batch=max_batch, kind=kind,
                                instances=instances, backend=backend, force=overwrite, tta=tta)

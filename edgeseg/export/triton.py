@@ -301,7 +301,8 @@ def _into_repository(repo: Path, replaced: tuple[str, ...], check: Callable[[], 
     that were not staged (an earlier bundle's TensorRT model) are taken out
     (edgeseg.export.triton_swap); its other models are kept. Another run on ``repo`` is waited
     for, then ``check`` refuses what it may have changed (say, created ``repo`` meanwhile)."""
-    with repository_lock(repo, lambda note: log.warning("%s", note)):
+    # waiting is what the run is doing, not something wrong: an info line, as progress is
+    with repository_lock(repo, lambda note: log.info("%s", note)):
         check()
         if not repo.exists():
             with atomic_dir(repo) as tmp:

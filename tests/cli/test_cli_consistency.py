@@ -6,6 +6,7 @@ environment variables and shell completion are what the README says."""
 from __future__ import annotations
 
 import importlib.metadata
+import logging
 import os
 import re
 import subprocess
@@ -96,6 +97,40 @@ def test_one_spelling_per_idea(name):
 @pytest.mark.parametrize("name", sorted(set(commands()) - NO_PROGRESS - {"", "data"}))
 def test_commands_with_a_progress_bar_have_quiet(name):
     assert "--quiet" in shown_names(commands()[name]), f"edgeseg {name} has no --quiet"
+
+
+def quiet_commands() -> list[str]:
+    return sorted(name for name, command in commands().items() if "--quiet" in shown_names(command))
+
+
+def test_every_quiet_says_the_same():
+    """One meaning, so one help text: it said "No progress bar." on most commands and "No
+    progress bar and no log lines." on predict, which also behaved otherwise."""
+    helps = {name: shown_names(commands()[name])["--quiet"].help for name in quiet_commands()}
+    assert len(set(helps.values())) == 1, helps
+    assert "warnings are still printed" in helps["predict"], helps["predict"]
+
+
+@pytest.mark.parametrize("name", quiet_commands())
+def test_every_quiet_drops_info_lines_and_holds_warnings(name, capfd):
+    """--quiet parsed as the command group runs the command: what the command then logs at info
+    is not printed, and a warning is held (one line, prefixed) for after its success. cv, train,
+    sweep, export and evaluate printed their info lines; predict dropped its warnings too."""
+    from edgeseg.cli.logs import configure_logging, reset_logging
+
+    command = commands()[name]
+    configure_logging()  # as EdgesegGroup.invoke does before each command
+    try:
+        command.make_context(name, ["--quiet"], resilient_parsing=True)  # its other arguments do not matter
+        log = logging.getLogger(f"edgeseg.{name.replace(' ', '.')}")
+        log.info("an info line")
+        log.warning("a warning\nover two lines")
+        assert capfd.readouterr().err == ""
+        from edgeseg.cli.logs import held_warnings
+
+        assert held_warnings() == ["edgeseg: warning: a warning over two lines"]
+    finally:
+        reset_logging()
 
 
 @pytest.mark.parametrize("name", sorted(set(commands()) - NO_IMAGES - {""}))

@@ -160,5 +160,5 @@ def test_predict_of_a_tilted_series_names_its_own_output_in_the_warning(exported
                            "--out", str(out), "--backend", "onnxruntime:fp32"], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     warned = [line for line in done.stderr.splitlines() if "sheared" in line]
-    assert len(warned) == 1 and warned[0].startswith(f"NIfTI output {out}: "), done.stderr
+    assert len(warned) == 1 and warned[0].startswith(f"edgeseg: warning: NIfTI output {out}: "), done.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["ct", out.name])
