@@ -36,6 +36,17 @@ def memory_error_text(exc: MemoryError) -> str:
             f"--max-volume-bytes)")
 
 
+def _stop_line(text: str) -> None:
+    """The line that ends a failed or stopped command, at the start of a line of its own: on a
+    terminal the line is cleared first, whatever a bar drew there (one drawn as the stop came,
+    before close_all could know of it, included)."""
+    try:
+        terminal = sys.stderr.isatty()
+    except (AttributeError, ValueError):  # a replaced or closed stderr
+        terminal = False
+    click.echo(("\r\x1b[K" if terminal else "") + text, err=True)
+
+
 class EdgesegGroup(click.Group):
     """Turns an EdgesegError, an OSError (the disk or the OS failed a read or a write:
     ``os_error_text``) or a MemoryError (``memory_error_text``) into one line on stderr and exit
@@ -75,7 +86,7 @@ class EdgesegGroup(click.Group):
                 if type(exc).__name__ == "NoArgsIsHelpError":  # a group called bare: its help, as click prints it
                     raise
                 where = f"; see '{exc.ctx.command_path} -h'" if exc.ctx is not None else ""
-                click.echo(f"edgeseg: error: {' '.join(exc.format_message().split()).removesuffix('.')}{where}", err=True)
+                _stop_line(f"edgeseg: error: {' '.join(exc.format_message().split()).removesuffix('.')}{where}")
                 sys.exit(2)
             except BrokenPipeError:  # the reader of stdout went away (`edgeseg inspect B | head`): as a shell tool does
                 os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing more to flush into the pipe
@@ -87,12 +98,12 @@ class EdgesegGroup(click.Group):
                     # One line, whatever the message quotes (a library's multi-line text, a matrix).
                     text = os_error_text(exc) if isinstance(exc, OSError) else \
                         memory_error_text(exc) if isinstance(exc, MemoryError) else str(exc)
-                    click.echo(f"edgeseg: error: {' '.join(text.split())}", err=True)
+                    _stop_line(f"edgeseg: error: {' '.join(text.split())}")
                     sys.exit(2)
                 stopped = True
             except KeyboardInterrupt:
                 if stop_line_wanted():
-                    click.echo("edgeseg: interrupted", err=True)
+                    _stop_line("edgeseg: interrupted")
                 sys.exit(130)
             else:
                 # a SIGTERM whose Terminated was swallowed (raised inside a __del__, or caught by
@@ -102,7 +113,7 @@ class EdgesegGroup(click.Group):
                                       for w in caught]
         if stopped:  # out of the except block: the interrupted command's frames are released first
             if stop_line_wanted():
-                click.echo("edgeseg: stopped (SIGTERM)", err=True)
+                _stop_line("edgeseg: stopped (SIGTERM)")
             sys.exit(128 + signal.SIGTERM)
         for line in dict.fromkeys(held):
             click.echo(line, err=True)

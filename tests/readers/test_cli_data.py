@@ -44,11 +44,14 @@ def test_main_group_prints_one_line(tmp_path):
 
 def _terminal_lines(stderr: str) -> list[str]:
     """The lines a terminal shows for ``stderr``: a carriage return moves back to the start of
-    the line, so what a progress bar writes there is overwritten by what follows it."""
+    the line, so what a progress bar writes there is overwritten by what follows it; ESC [K
+    (erase to the end of the line) right after it clears the line."""
     shown = []
     for line in stderr.split("\n"):
         screen = ""
         for part in line.split("\r"):
+            if part.startswith("\x1b[K"):
+                screen, part = "", part[len("\x1b[K"):]
             screen = part + screen[len(part):]
         if screen.strip():
             shown.append(screen.rstrip())
