@@ -84,12 +84,14 @@ def test_a_compressed_upload_is_decompressed_as_it_is_saved(server_factory, serv
         np.testing.assert_array_equal(np.load(tmp_path / "mask.npy"), local.predict_volume(hu))
 
 
+# mtime=0 and ids: a gzip header holds the time it was made, and the test ids of parallel
+# workers must be equal
 @pytest.mark.parametrize("body,status,fragment", [
-    (gzip.compress(b"\0" * (4 << 20)), 413, "exceeds the limit of 1048576 bytes once gzip-decompressed"),
-    (gzip.compress(b"\x93NUMPY" + b"\0" * 1000)[:-6], 400, "truncated gzip stream"),
-    (gzip.compress(b"\x93NUMPY") + b"junk", 400, "4 bytes after the end of its gzip stream"),
+    (gzip.compress(b"\0" * (4 << 20), mtime=0), 413, "exceeds the limit of 1048576 bytes once gzip-decompressed"),
+    (gzip.compress(b"\x93NUMPY" + b"\0" * 1000, mtime=0)[:-6], 400, "truncated gzip stream"),
+    (gzip.compress(b"\x93NUMPY", mtime=0) + b"junk", 400, "4 bytes after the end of its gzip stream"),
     (b"not gzip at all", 400, "not valid gzip data"),
-])
+], ids=["too-large", "truncated", "trailing-bytes", "not-gzip"])
 def test_a_compressed_upload_that_cannot_be_decompressed_is_refused(server_factory, tmp_path, body, status, fragment):
     server = server_factory(max_batch=4, max_body_bytes=1 << 20)
     sent = tmp_path / "body"
