@@ -8,10 +8,12 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
+
+from tests.serve.http_util import wait_ready
+
 
 @pytest.fixture(scope="session")
 def serve_bundle(exported_bundle) -> Path:
@@ -101,15 +103,7 @@ def _serve_process(bundle, *options: str, stderr=subprocess.PIPE):
     proc = subprocess.Popen([sys.executable, "-m", "edgeseg.cli", "serve", str(bundle), "--port", str(port), *options],
                             stdout=subprocess.DEVNULL, stderr=stderr, text=True)
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            with contextlib.suppress(OSError), urllib.request.urlopen(
-                    f"http://127.0.0.1:{port}/v2/health/ready", timeout=2) as reply:
-                if reply.status == 200:
-                    break
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"edgeseg serve did not start (exit status {proc.poll()})")
-            time.sleep(0.2)
+        wait_ready(proc, port)
         yield proc, port
     finally:
         proc.kill()

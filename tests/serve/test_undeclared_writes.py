@@ -6,7 +6,6 @@ session file in TMPDIR (and looked up Microsoft's collector) in each of them."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import signal
@@ -17,6 +16,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+
+from tests.serve.http_util import wait_ready
 
 SERIES = Path(__file__).parents[1] / "data" / "dcmqi_ct_liver" / "ct-3slice"
 # variables that move or switch off what is checked here: the test sees edgeseg's defaults
@@ -73,14 +74,7 @@ def test_serve_writes_nothing_outside_the_cache(serve_bundle, fresh, free_port, 
     proc = subprocess.Popen(edgeseg("serve", serve_bundle, "--port", port, "--backend", "onnxruntime:fp32"),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            with contextlib.suppress(OSError), urllib.request.urlopen(
-                    f"http://127.0.0.1:{port}/v2/health/ready", timeout=2) as reply:
-                if reply.status == 200:
-                    break
-            assert proc.poll() is None and time.monotonic() < deadline, "edgeseg serve did not start"
-            time.sleep(0.2)
+        wait_ready(proc, port)
         image = nib.Nifti1Image(np.zeros((32, 32, 2), np.int16), np.eye(4))
         request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/segment?format=npy", data=image.to_bytes(),
                                          headers={"Content-Type": "application/octet-stream"})

@@ -13,13 +13,11 @@ import re
 import shutil
 import subprocess
 import sys
-import time
-import urllib.request
 
 import numpy as np
 import pytest
 
-from tests.serve.http_util import http_request
+from tests.serve.http_util import http_request, wait_ready
 
 pytest.importorskip("fastapi")
 
@@ -65,15 +63,7 @@ def _serve_on_small_disk(bundle, folder, port):
                             env=dict(os.environ, TMPDIR=str(folder)), stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            with contextlib.suppress(OSError), urllib.request.urlopen(
-                    f"http://127.0.0.1:{port}/v2/health/ready", timeout=2) as reply:
-                if reply.status == 200:
-                    break
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"edgeseg serve did not start: {proc.communicate()[1] if proc.poll() else ''}")
-            time.sleep(0.2)
+        wait_ready(proc, port)
         yield proc
     finally:
         proc.kill()
