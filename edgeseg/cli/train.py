@@ -87,9 +87,6 @@ from edgeseg.train.config import LOSSES, MEMORY_FORMATS
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def command(**opts) -> None:
     """Train a segmentation model (--model, default unet); writes OUT/best.pt, OUT/last.pt, metrics.csv/json and curves.png."""
-    require("torch", "train", "edgeseg train")
-    from edgeseg.train.loop import train
-
     recipe = None
     if opts["recipe"] is not None:
         from edgeseg.train.recipes import load_recipe
@@ -106,6 +103,11 @@ def command(**opts) -> None:
         check_out_beside_data(opts["out"], cfg.data)
         if opts["cache"] is not None:
             check_output_folder(opts["cache"], "slice store cache (--cache)")
+    # torch (a second or more to import) only once the settings and folders are accepted: a bad
+    # setting is refused at once
+    require("torch", "train", "edgeseg train")
+    from edgeseg.train.loop import train
+
     configure_logging()
     if not main_process:
         logging.getLogger("edgeseg").setLevel(logging.WARNING)
