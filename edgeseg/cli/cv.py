@@ -62,6 +62,7 @@ def _run(**opts) -> None:
                                              click.get_current_context()) for k in range(opts["folds"])]
     check_output_folder(str(root), "--out")
     train_cli.check_out_beside_data(str(root), configs[0].data)
+    train_cli.check_data_openable(configs[0].data)
     # torch (a second or more to import) only once the settings are accepted, as in edgeseg train
     require("torch", "train", "edgeseg cv")
     if opts["int8"]:

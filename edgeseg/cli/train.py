@@ -103,6 +103,7 @@ def command(**opts) -> None:
         check_out_beside_data(opts["out"], cfg.data)
         if opts["cache"] is not None:
             check_output_folder(opts["cache"], "slice store cache (--cache)")
+    check_data_openable(cfg.data)
     # torch (a second or more to import) only once the settings and folders are accepted: a bad
     # setting is refused at once
     require("torch", "train", "edgeseg train")
@@ -141,6 +142,14 @@ def check_out_beside_data(out: str, data: str | None) -> None:
     if data and os.path.isdir(data) and within(out, data):
         raise EdgesegError(f"--out {out} lies inside the data folder {data}; the run would write into the data, "
                            "give an --out outside it")
+
+
+def check_data_openable(data: str) -> None:
+    """Refuse a mistyped --data (no such folder, no images in it, a bad phantom option) by name,
+    after the output checks and before torch, the model and the slice store are set up."""
+    from edgeseg.data.open import check_openable
+
+    check_openable(data)
 
 
 def _repeat_options(ctx: click.Context, skip: set[str]) -> list[str]:

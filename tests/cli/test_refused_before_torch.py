@@ -24,6 +24,21 @@ def test_a_refused_setting_never_waits_for_torch(tmp_path, python_without, asser
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("command", ["train", "cv"])
+def test_a_mistyped_data_source_never_waits_for_torch(tmp_path, python_without, assert_one_line_error, command):
+    """--data is checked by name before the model and the slice store are set up: a folder that
+    is not there, one with no images, a phantom spec with a bad option."""
+    (tmp_path / "empty").mkdir()
+    folds = ["--folds", "2"] if command == "cv" else []
+    for data, message in (("nope", "data folder not found: nope"),
+                          ("empty", f"no images found in {tmp_path / 'empty'} (no slice folder, NIfTI or DICOM"),
+                          ("phantom:cases=x", "phantom option cases must be an integer, got 'x'")):
+        proc = python_without(["-m", "edgeseg.cli", command, "--data", data, *folds, "--out", str(tmp_path / "out")],
+                              tmp_path)
+        assert_one_line_error(proc, message)
+        assert not (tmp_path / "out").exists()
+
+
 def test_a_refused_sweep_file_or_flags_never_waits_for_torch(tmp_path, python_without, assert_one_line_error):
     sweep = tmp_path / "sweep.toml"
     sweep.write_text('[recipe]\nepochs = 3\n[grid]\nbase = [4]\n')
