@@ -41,17 +41,8 @@ INT8_OPTIONS = [
 
 
 def _run(**opts) -> None:
-    require("torch", "train", "edgeseg cv")
     from edgeseg.atomic import atomic_write_text, check_output_folder
-    from edgeseg.evaluate.cross_validation import (format_summary, score_fold, summarise_folds, tta_suffix,
-                                                   write_fold_scores)
-    from edgeseg.evaluate.cv_runtime import format_runtime
-    from edgeseg.models.checkpoint import read_checkpoint
-    from edgeseg.train.config import config_differences
-    from edgeseg.train.loop import train
 
-    if opts["int8"]:
-        require("onnx", "export", "edgeseg cv --int8")
     ctx = click.get_current_context()
     given = [f"--{name.replace('_', '-')}" for name in ("val_fraction", "test_fraction")
              if ctx.get_parameter_source(name) != click.core.ParameterSource.DEFAULT]
@@ -70,6 +61,18 @@ def _run(**opts) -> None:
                                              click.get_current_context()) for k in range(opts["folds"])]
     check_output_folder(str(root), "--out")
     train_cli.check_out_beside_data(str(root), configs[0].data)
+    train_cli.check_data_openable(configs[0].data)
+    # torch (a second or more to import) only once the settings are accepted, as in edgeseg train
+    require("torch", "train", "edgeseg cv")
+    if opts["int8"]:
+        require("onnx", "export", "edgeseg cv --int8")
+    from edgeseg.evaluate.cross_validation import (format_summary, score_fold, summarise_folds, tta_suffix,
+                                                   write_fold_scores)
+    from edgeseg.evaluate.cv_runtime import format_runtime
+    from edgeseg.models.checkpoint import read_checkpoint
+    from edgeseg.train.config import config_differences
+    from edgeseg.train.loop import train
+
     scores, missing, tta = [], [], opts["tta"]
     for cfg in configs:
         last = Path(cfg.out) / "last.pt"

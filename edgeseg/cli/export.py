@@ -60,9 +60,6 @@ def command(checkpoint, out, profile, formats, fp16, int8, calib, calib_method, 
             verify_data, verify_slices, fp16_check, fp16_check_slices, max_dice_drop_fp16, max_dice_drop_int8, gate_metric, int8_scheme, structure_px, intensity, cache_dir, triton_repo, overwrite, quiet) -> None:
     """Export CHECKPOINT to a bundle: TorchScript, ONNX FP32 (+ FP16, INT8, TensorRT), each
     checked against the FP32 model on held-out slices before the bundle is written."""
-    require("torch", "train", "edgeseg export")
-    require("onnx", "export", "edgeseg export")
-    from edgeseg.export.pipeline import export_bundle
     from edgeseg.export.profiles import ExportSettings, load_profile
 
     if triton_repo:
@@ -84,6 +81,10 @@ def command(checkpoint, out, profile, formats, fp16, int8, calib, calib_method, 
     if given and not settings.int8:  # the user meant an INT8 graph, or these flags do nothing
         raise DataError(f"{', '.join(given)} set{'s' if len(given) == 1 else ''} up INT8, but this export writes "
                         "no INT8 graph; add --int8 (or a profile with int8 = true)")
+    # onnx and torch (export_bundle imports it once the output is accepted) only after the settings
+    require("onnx", "export", "edgeseg export")
+    from edgeseg.export.pipeline import export_bundle
+
     result = export_bundle(checkpoint, out, settings, calib=calib, verify_data=verify_data, force=overwrite,
                            cache_dir=cache_dir or _cache_default(), intensity=intensity, progress=not quiet,
                            echo=click.echo)

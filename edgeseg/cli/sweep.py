@@ -39,7 +39,6 @@ def command(sweep_file, out, points_only, rounds, regate, rescore, status, quiet
 
     Several processes may run the same SWEEP_FILE and --out at once (e.g. one per GPU with
     CUDA_VISIBLE_DEVICES): each claims the points no other process holds."""
-    require("torch", "train", "edgeseg sweep")
     from edgeseg.sweep.config import load_sweep
     from edgeseg.sweep.report import (NOT_AUTOS, comparable_scorings, int8_scoring, int8_scorings, latency_machines,
                                       no_choice_reason, one_machine, pareto_front, result_gates, variant_rows,
@@ -51,6 +50,8 @@ def command(sweep_file, out, points_only, rounds, regate, rescore, status, quiet
     sweep = load_sweep(sweep_file)
     if sum((status, regate, rescore, rounds is not None)) > 1:
         raise DataError("--status, --regate, --rescore and --remeasure do not go together: give one")
+    # torch (a second or more to import) only once the sweep file and flags are accepted
+    require("torch", "train", "edgeseg sweep")
     if status:
         _print_status(sweep, out, points_only)
         return

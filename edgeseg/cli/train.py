@@ -87,9 +87,6 @@ from edgeseg.train.config import LOSSES, MEMORY_FORMATS
 @quiet_option
 def command(**opts) -> None:
     """Train a segmentation model (--model, default unet); writes OUT/best.pt, OUT/last.pt, metrics.csv/json and curves.png."""
-    require("torch", "train", "edgeseg train")
-    from edgeseg.train.loop import train
-
     recipe = None
     if opts["recipe"] is not None:
         from edgeseg.train.recipes import load_recipe
@@ -106,6 +103,12 @@ def command(**opts) -> None:
         check_out_beside_data(opts["out"], cfg.data)
         if opts["cache"] is not None:
             check_output_folder(opts["cache"], "slice store cache (--cache)")
+    check_data_openable(cfg.data)
+    # torch (a second or more to import) only once the settings and folders are accepted: a bad
+    # setting is refused at once
+    require("torch", "train", "edgeseg train")
+    from edgeseg.train.loop import train
+
     if not main_process:
         logging.getLogger("edgeseg").setLevel(logging.WARNING)
     if opts["nproc"] != 1:
@@ -138,6 +141,14 @@ def check_out_beside_data(out: str, data: str | None) -> None:
     if data and os.path.isdir(data) and within(out, data):
         raise EdgesegError(f"--out {out} lies inside the data folder {data}; the run would write into the data, "
                            "give an --out outside it")
+
+
+def check_data_openable(data: str) -> None:
+    """Refuse a mistyped --data (no such folder, no images in it, a bad phantom option) by name,
+    after the output checks and before torch, the model and the slice store are set up."""
+    from edgeseg.data.open import check_openable
+
+    check_openable(data)
 
 
 def _repeat_options(ctx: click.Context, skip: set[str]) -> list[str]:

@@ -139,6 +139,22 @@ def detect_layout(folder: Path) -> str:
     raise DataError(f"no images found in {folder} (no slice folder, NIfTI or DICOM files)")
 
 
+def check_openable(source: str) -> None:
+    """DataError for a source :func:`open_dataset` would refuse before reading any case: a path
+    that does not exist and is no phantom spec (or a phantom spec with a bad option), a file that
+    is not NIfTI, a folder holding no images. Reads names and a few file headers only, so a
+    command can refuse a mistyped --data before its own set-up."""
+    path = Path(source)
+    if not path.exists():
+        if parse_phantom_spec(source) is None:
+            raise DataError(f"data folder not found: {path}")
+    elif path.is_file():
+        if not is_nifti_path(path):
+            raise DataError(f"cannot open data file {path.resolve()}: expected .nii / .nii.gz, or a folder")
+    else:
+        detect_layout(path.resolve())
+
+
 def open_dataset(
     source: str | os.PathLike,
     *,

@@ -46,7 +46,6 @@ def export_bundle(checkpoint: str | Path, out: str | Path, settings: ExportSetti
     validation cases). ``cache_dir`` keeps INT8 graphs and the TensorRT timing cache between
     runs. Raises ParityError, with the report already echoed, when an artifact fails the gate.
     """
-    require("torch", "train", "edgeseg export")
     with record_stages() as stages:
         return _export(checkpoint, out, settings, calib, verify_data, force, cache_dir, intensity, progress, echo,
                        stages)
@@ -58,7 +57,6 @@ def _export(checkpoint, out, settings: ExportSettings, calib, verify_data, force
     from edgeseg.export.int8 import load_calibration
     from edgeseg.export.verify import load_verify_set
     from edgeseg.runtime.manifest import sha256_file
-    from edgeseg.models.checkpoint import checkpoint_spec, load_model
 
     checkpoint = Path(checkpoint)
     target = check_output(out, force, inputs=(("the checkpoint", checkpoint), ("the calibration data", calib),
@@ -66,12 +64,16 @@ def _export(checkpoint, out, settings: ExportSettings, calib, verify_data, force
     if cache_dir is not None and (settings.int8 or settings.trt):
         # the cache is written after calibration: an unwritable one must fail now, by its own name
         check_output_folder(cache_dir, "the export cache folder (--cache-dir)")
+    if settings.int8 and not calib:
+        raise DataError("--int8 needs calibration data: pass --calib DATA")
+    # torch (a second or more to import) only once the output and settings are accepted
+    require("torch", "train", "edgeseg export")
+    from edgeseg.models.checkpoint import checkpoint_spec, load_model
+
     with stage("load-checkpoint"):
         model, payload = load_model(checkpoint)
     spec = checkpoint_spec(payload)
     labels = dict(enumerate(payload["class_names"]))
-    if settings.int8 and not calib:
-        raise DataError("--int8 needs calibration data: pass --calib DATA")
     calib_set = None
     if settings.int8:
         held_out, read_as, train_config = set(), {}, payload.get("train_config") or {}

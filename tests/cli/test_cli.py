@@ -201,12 +201,27 @@ def test_a_training_whose_weights_turn_nan_stops_with_one_line(tmp_path):
     assert not (tmp_path / "r" / "last.pt").exists()  # no checkpoint of NaN weights was written
 
 
-def test_resume_and_cv_refuse_a_run_trained_on_other_settings(tmp_path, assert_one_line_error):
+TINY = ["--data", "phantom:cases=4,size=64,slices=16", "--size", "64", "--base", "4", "--depth", "2", "--epochs", "1",
+        "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """A 1-epoch run trained with TINY: the tests below each take a copy of it to resume, refuse
+    or overwrite, instead of training the same run again."""
+    out = tmp_path_factory.mktemp("tiny") / "r"
+    proc = run("train", *TINY, "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    return out
+
+
+def test_resume_and_cv_refuse_a_run_trained_on_other_settings(tiny_run, tmp_path, assert_one_line_error):
     """A resumed run on another split would train on its own validation cases; a cv folder re-run
     with other settings would re-score its folds and report them under the new settings."""
-    tiny = ["--data", "phantom:cases=4,size=64,slices=16", "--size", "64", "--base", "4", "--depth", "2", "--epochs", "1",
-            "--quiet"]
-    assert run("train", *tiny, "--out", tmp_path / "r").returncode == 0
+    import shutil
+
+    tiny = TINY
+    shutil.copytree(tiny_run, tmp_path / "r")
     before = (tmp_path / "r" / "last.pt").read_bytes()
     proc = run("train", *tiny, "--seed", "5", "--epochs", "2", "--resume", "--out", tmp_path / "r")
     assert_one_line_error(proc, "on other data or another split (seed: 0 -> 5)")
@@ -241,14 +256,16 @@ def test_resume_and_cv_refuse_a_run_trained_on_other_settings(tmp_path, assert_o
     assert not (tmp_path / "cv-nan").exists()
 
 
-def test_a_run_folder_holding_a_training_is_refused_without_resume_or_overwrite(tmp_path, assert_one_line_error):
+def test_a_run_folder_holding_a_training_is_refused_without_resume_or_overwrite(tiny_run, tmp_path,
+                                                                                 assert_one_line_error):
     """Training into a RUN that holds a training would write over hours of checkpoints; it takes
     --resume or --overwrite, and --overwrite keeps the old checkpoints through a refusal."""
+    import shutil
+
     import torch
 
-    tiny = ["--data", "phantom:cases=4,size=64,slices=16", "--size", "64", "--base", "4", "--depth", "2", "--epochs", "1",
-            "--quiet", "--out", tmp_path / "r"]
-    assert run("train", *tiny).returncode == 0
+    tiny = [*TINY, "--out", tmp_path / "r"]
+    shutil.copytree(tiny_run, tmp_path / "r")
     files = {name: (tmp_path / "r" / name).read_bytes() for name in ("last.pt", "best.pt")}
     assert_one_line_error(run("train", *tiny), "already holds a training (last.pt); --resume continues it, --overwrite")
     # with several processes, refused before torchrun starts
