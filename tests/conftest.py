@@ -8,12 +8,14 @@ import os
 import pty
 import select
 import shutil
+import signal
 import struct
 import subprocess
 import sys
 import tempfile
 import termios
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -104,11 +106,19 @@ def run_in_terminal(args: list, tmp_path, interrupt_after: str | None = None) ->
     if pid == 0:  # the child: becomes edgeseg, its terminal the pty, 100 columns as a window has
         fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 100, 0, 0))
         os.chdir(tmp_path)
+        # Ctrl-C as at an interactive shell: a test run started in the background by a
+        # non-interactive shell (nohup make test &) has SIGINT ignored, and an ignored signal
+        # stays ignored across exec, so the typed Ctrl-C would never reach the command
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
         os.execve(sys.executable, [sys.executable, "-m", "edgeseg", *args], env)
-    seen, sent = b"", False
+    seen, sent = b"", None
     while True:
         ready, _, _ = select.select([fd], [], [], 600)
         assert ready, f"no output for 600 s: {seen[-2000:]!r}"
+        if sent is not None and time.monotonic() - sent > 120:  # the command goes on: it never took the Ctrl-C
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            raise AssertionError(f"still running 120 s after Ctrl-C: {seen[-2000:]!r}")
         try:
             chunk = os.read(fd, 65536)
         except OSError:  # EIO: the child closed the terminal
@@ -116,9 +126,9 @@ def run_in_terminal(args: list, tmp_path, interrupt_after: str | None = None) ->
         if not chunk:
             break
         seen += chunk
-        if interrupt_after and not sent and interrupt_after.encode() in seen:
+        if interrupt_after and sent is None and interrupt_after.encode() in seen:
             os.write(fd, b"\x03")
-            sent = True
+            sent = time.monotonic()
     os.close(fd)
     _, status = os.waitpid(pid, 0)
     return seen.decode(errors="replace"), os.waitstatus_to_exitcode(status)
