@@ -1,7 +1,7 @@
 """Rules every edgeseg command keeps, checked over the whole command tree: one spelling per idea,
 help for every option, case-insensitive choices, --quiet and the input limits where a command
 has a progress bar or reads images; the renamed options' old names still work; --version, the
-environment variables and shell completion are what the README says."""
+environment variables and shell completion are what docs/index.md says."""
 
 from __future__ import annotations
 
@@ -202,13 +202,14 @@ def _variables_read() -> set[str]:
     return found
 
 
-def test_every_environment_variable_is_in_the_readme():
-    section = re.search(r"^Environment variables edgeseg reads:\n(.*?)\n\n", (ROOT / "README.md").read_text(), re.S | re.M)
-    assert section, "README.md has no table of environment variables"
+def test_every_environment_variable_is_in_the_docs():
+    section = re.search(r"^Environment variables edgeseg reads:\n(.*?)\n\n", (ROOT / "docs" / "index.md").read_text(),
+                        re.S | re.M)
+    assert section, "docs/index.md has no table of environment variables"
     listed = set(re.findall(r"`(EDGESEG_[A-Z0-9_]+)`", section.group(1)))
     read = _variables_read()
     assert read, "no variable found: the scan is broken"
-    assert read <= listed, f"read but not in the README's table: {sorted(read - listed)}"
+    assert read <= listed, f"read but not in the table in docs/index.md: {sorted(read - listed)}"
 
 
 def test_export_caches_under_edgeseg_cache_dir(tmp_path, monkeypatch):
@@ -220,11 +221,11 @@ def test_export_caches_under_edgeseg_cache_dir(tmp_path, monkeypatch):
 
 
 def test_shell_completion_of_the_entry_point():
-    """The README's `_EDGESEG_COMPLETE` line: the installed `edgeseg` completes commands and choices."""
+    """The `_EDGESEG_COMPLETE` line of docs/index.md: the installed `edgeseg` completes commands and choices."""
     entry = Path(sys.executable).with_name("edgeseg")
     if not entry.exists():
         pytest.skip(f"no edgeseg entry point beside {sys.executable}")
-    assert "_EDGESEG_COMPLETE=bash_source edgeseg" in (ROOT / "README.md").read_text()
+    assert "_EDGESEG_COMPLETE=bash_source edgeseg" in (ROOT / "docs" / "index.md").read_text()
 
     def complete(words: str, cword: int) -> list[str]:
         env = dict(os.environ, _EDGESEG_COMPLETE="bash_complete", COMP_WORDS=words, COMP_CWORD=str(cword))
