@@ -122,7 +122,11 @@ def test_an_answered_upload_leaves_nothing_behind(server_factory, tmp_path):
         tracemalloc.stop()
         gc.enable()
     assert status == 200, data
-    assert left < hu.nbytes // 8, f"{left / 2**20:.1f} MiB left after a volume of {hu.nbytes / 2**20:.1f} MiB"
+    # a quarter of the volume: its labels (half of it, uint8) or the volume itself would be more.
+    # What else waits for the collector is the server's own bookkeeping of the request, thousands
+    # of small objects in cycles (anyio's thread calls, asyncio's handles, starlette's middleware;
+    # seen with tracemalloc), up to about 2 MiB as the body's arrival splits it into more awaits
+    assert left < hu.nbytes // 4, f"{left / 2**20:.1f} MiB left after a volume of {hu.nbytes / 2**20:.1f} MiB"
 
 
 def test_an_upload_whose_gzip_data_is_corrupt_is_400(server_factory, tmp_path):
