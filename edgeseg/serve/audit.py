@@ -21,6 +21,7 @@ study and series instance UIDs, nor a request's body or query string.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import logging
@@ -98,10 +99,8 @@ class AuditLog:
             while rest:  # a write past the room left is short, the next one fails
                 rest = rest[os.write(self._fd, rest):]
         except OSError as exc:
-            try:
+            with contextlib.suppress(OSError):  # nothing more to do: the error below says the line is missing
                 os.ftruncate(self._fd, end)
-            except OSError:  # nothing more to do: the error below says the line is missing
-                pass
             raise AuditLogError(self.path, exc) from None
 
     def close(self) -> None:
