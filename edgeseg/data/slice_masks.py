@@ -134,7 +134,9 @@ def decode_masks(
         if kind == "ambiguous":
             raise _ambiguous(present, paths)
     if kind == "binary":
-        decoded = {stem: (pixels > threshold).astype(np.uint8) for stem, pixels in raw.items()}
+        # a bilevel (1-bit) mask holds True for white, which no 8-bit threshold is below
+        decoded = {stem: (pixels if pixels.dtype == bool else pixels > threshold).astype(np.uint8)
+                   for stem, pixels in raw.items()}
         first = next((stem for stem in sorted(decoded) if decoded[stem].any()), None)
         present = {1: first} if first is not None else {}
     else:

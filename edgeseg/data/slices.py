@@ -37,6 +37,8 @@ CASE_PER_FILE = "file"
 _CASE_PER_FILE_PATTERN = r"(?P<case>.+)(?P<slice>)"
 DEFAULT_INTENSITY = "hu-clipped:0,255"
 EIGHT_BIT_MODES = ("L", "LA", "RGB", "RGBA", "P", "1")
+# Modes whose first channel is not grey, read through the mode named: then grey or refused as colour.
+_CONVERTED_MODES = {"CMYK": "RGB", "YCbCr": "RGB", "1": "L"}
 # Grey stored as RGB (as the MSD slices are) has R = G = B; lossy JPEG may part them by a few
 # levels, annotation or mask colours by far more.
 GREY_TOLERANCE = 16
@@ -108,7 +110,15 @@ def _read_channel0(path: Path, palette_as_grey: bool = False) -> tuple[np.ndarra
             with Image.open(path) as image:
                 columns, rows = image.size
                 check_slice(rows, columns, path)
+                frames = getattr(image, "n_frames", 1)
+                if frames > 1:  # only the first would be read, the rest of the stack dropped unseen
+                    raise DataError(f"{path} holds {frames} frames (pages); edgeseg reads one slice per file: save "
+                                    f"each slice as a file of its own")
                 image.load()  # PIL decodes lazily; a truncated file fails here
+                if image.mode in _CONVERTED_MODES and not (image.mode == "1" and palette_as_grey):
+                    # channel 0 of CMYK is cyan, and YCbCr's luma alone would pass a colour image as grey;
+                    # a bilevel image's white is 255, as viewers show it (a bilevel mask keeps 0/1: classes)
+                    image = image.convert(_CONVERTED_MODES[image.mode])
                 mode = image.mode
                 if mode == "P" and palette_as_grey:
                     pixels = palette_to_grey(np.asarray(image), image.getpalette("RGB"), path)
