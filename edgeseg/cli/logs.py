@@ -47,6 +47,26 @@ class _LineHandler(logging.StreamHandler):
             self.handleError(record)
 
 
+class _LibraryHandler(logging.Handler):
+    """Python's last-resort handler while a command runs: a library that logs without a handler
+    of its own (Pillow's TIFF reader logs a corrupt header at ERROR before it raises) would print
+    a bare line of its own; its records are held as library warnings are, one line each, shown
+    after the command succeeds and never after an error line."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.held: dict[str, None] = {}  # distinct lines only: a server may run for months
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.held[f"{WARNING_PREFIX}{record.name}: {' '.join(record.getMessage().split())}"] = None
+        except Exception:  # noqa: BLE001 - as logging.StreamHandler: a failed log line is reported, not raised
+            self.handleError(record)
+
+
+_LAST_RESORT = logging.lastResort
+
+
 def _installed() -> _LineHandler | None:
     handlers = logging.getLogger("edgeseg").handlers
     return handlers[0] if len(handlers) == 1 and isinstance(handlers[0], _LineHandler) else None
@@ -61,6 +81,7 @@ def configure_logging(verbose: bool = False) -> None:
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
     root.propagate = False
+    logging.lastResort = _LibraryHandler()
 
 
 def quiet_logging() -> None:
@@ -75,7 +96,8 @@ def quiet_logging() -> None:
 def held_warnings() -> list[str]:
     """The ``edgeseg: warning: ...`` lines ``--quiet`` held back so far, in order."""
     handler = _installed()
-    return list(handler.held) if handler is not None else []
+    library = logging.lastResort.held if isinstance(logging.lastResort, _LibraryHandler) else []
+    return (list(handler.held) if handler is not None else []) + list(library)
 
 
 def reset_logging() -> None:
@@ -86,3 +108,4 @@ def reset_logging() -> None:
     root.handlers[:] = []
     root.setLevel(logging.NOTSET)
     root.propagate = True
+    logging.lastResort = _LAST_RESORT

@@ -69,3 +69,31 @@ def test_a_quiet_command_that_warned_and_then_failed_prints_its_error_line_alone
     proc = edgeseg_limited(0, "evaluate", trained_checkpoint, "--data", OTHER_DATA, "--out", out, "--quiet")
     assert_one_line_error(proc, "File too large")
     assert not out.exists()
+
+
+def _tiff_claiming_samples_per_pixel(count: int) -> bytes:
+    """An RGB TIFF whose SamplesPerPixel field is ``count``: Pillow logs that at ERROR, then refuses the file."""
+    import io
+    import struct
+
+    import numpy as np
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(out, "TIFF")
+    data = bytearray(out.getvalue())
+    ifd = struct.unpack("<I", data[4:8])[0]
+    for k in range(struct.unpack("<H", data[ifd:ifd + 2])[0]):
+        entry = ifd + 2 + 12 * k
+        if struct.unpack("<H", data[entry:entry + 2])[0] == 277:  # SamplesPerPixel, one SHORT
+            data[entry + 8:entry + 10] = struct.pack("<H", count)
+    return bytes(data)
+
+
+@pytest.mark.parametrize("quiet", [(), ("--quiet",)])
+def test_a_library_log_line_about_a_corrupt_file_does_not_precede_the_error(tmp_path, assert_one_line_error, quiet):
+    """Pillow logs a TIFF's impossible SamplesPerPixel through a logger without a handler, so
+    Python printed it as a bare line before edgeseg's error, with or without --quiet."""
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "a_1.tif").write_bytes(_tiff_claiming_samples_per_pixel(73))
+    assert_one_line_error(edgeseg("data", "info", tmp_path, *quiet), "a_1.tif")
