@@ -74,8 +74,9 @@ char *es_manifest_text(const char *path, const char *dir, es_error *err);
 
 /* Where the JSON text `json` (which cJSON parsed) has what Python's reader refuses or a C string
  * cannot carry: a raw control character in a string, a \u0000 escape, a number beyond JSON's
- * grammar (01, 1.); its offset, *kind being which, or -1. */
-enum { ES_FLAW_CONTROL = 1, ES_FLAW_NUL, ES_FLAW_NUMBER };
+ * grammar (01, 1.), a control character between tokens that is not JSON whitespace; its offset,
+ * *kind being which, or -1. */
+enum { ES_FLAW_CONTROL = 1, ES_FLAW_NUL, ES_FLAW_NUMBER, ES_FLAW_SPACE };
 long es_manifest_text_flaw(const char *json, int *kind);
 
 /* Set on a cJSON number whose JSON text has a fraction or an exponent (8.0, 8e0): Python's json

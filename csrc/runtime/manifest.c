@@ -357,6 +357,8 @@ int es_bundle_read(const char *dir, const char *precision, es_bundle *b, es_erro
             rc = es_fail(err, ES_EBUNDLE, "%s: a manifest string holds a NUL character (\\u0000) at byte %ld", path, at);
         else if (flaw == ES_FLAW_CONTROL)
             rc = es_fail(err, ES_EBUNDLE, "%s: not readable JSON (a control character in a string at byte %ld)", path, at);
+        else if (flaw == ES_FLAW_SPACE)
+            rc = es_fail(err, ES_EBUNDLE, "%s: not readable JSON (a control character outside a string at byte %ld)", path, at);
         else if (flaw == ES_FLAW_NUMBER)
             rc = es_fail(err, ES_EBUNDLE, "%s: not readable JSON (a malformed number at byte %ld)", path, at);
         else if (es_json_mark_fractions(root, text)) rc = es_fail(err, ES_EBUNDLE, "%s: not readable JSON", path);

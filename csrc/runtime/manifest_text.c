@@ -89,6 +89,8 @@ long es_manifest_text_flaw(const char *json, int *kind) {
         *kind = in_string && (unsigned char)*at < 0x20 ? ES_FLAW_CONTROL
                 : in_string && at[0] == '\\' && at[1] == 'u' && strncmp(at + 2, "0000", 4) == 0 ? ES_FLAW_NUL
                 : !in_string && (*at == '-' || (*at >= '0' && *at <= '9')) && !json_number_length(at) ? ES_FLAW_NUMBER
+                /* cJSON skips every byte up to 0x20 between tokens; JSON (and Python) only these four */
+                : !in_string && (unsigned char)*at < 0x20 && !strchr("\t\n\r", *at) ? ES_FLAW_SPACE
                 : 0;
         if (*kind) return (long)(at - json);
         if (*at == '"') {

@@ -3,7 +3,7 @@ refuses (ES_EBUNDLE / BundleError, one line), and where both accept they read th
 The cases are the bytes a hand-edited or hostile manifest may hold: label keys strtol would take
 (" 1", "+1", "01" beside "1"), a NUL escape that a C string would cut at, a NUL byte after the
 JSON, text that is not UTF-8 (an invalid byte, an overlong form, an encoded surrogate), raw control
-characters in a string, numbers beyond JSON's grammar, a manifest padded past the size limit."""
+characters in a string or between tokens, numbers beyond JSON's grammar, a manifest padded past the size limit."""
 
 from __future__ import annotations
 
@@ -56,6 +56,9 @@ REFUSED = {
                             {"text": _once('"max_batch": 8', '"max_batch": 08')}, "not readable JSON"),
     "number-ending-in-dot": (b'{"0": "background", "1": "liver"}',
                              {"text": _once('"max_batch": 8', '"max_batch": 8.')}, "not readable JSON"),
+    # cJSON skips any byte up to 0x20 between tokens, JSON only space, tab, CR and LF
+    "control-character-between-tokens": (b'{"0": "background",\x1a"1": "liver"}', {}, "not readable JSON"),
+    "form-feed-after-json": (b'{"0": "background", "1": "liver"}', {"tail": b"\x0c"}, "not readable JSON"),
     # Python's json module reads these words as floats; they are not JSON
     "nan-in-calibration": (b'{"0": "background", "1": "liver"}',
                            {"text": _once('"calibration": {', '"calibration": {"x": NaN, ')}, "not readable JSON"),
