@@ -46,6 +46,9 @@ def spacing_from_affine(affine: np.ndarray) -> tuple[float, float, float]:
     sizes[k] = abs(float(np.linalg.det(axes))) / float(np.linalg.norm(np.cross(axes[:, i], axes[:, j])))
     # Rounded to 1e-6 mm so float noise from DICOM positions does not show in reports.
     sx, sy, sz = (round(float(v), 6) for v in sizes)
+    if not min(sx, sy, sz) > 0:  # a header's 1e-30 mm would be reported, and divided by, as 0
+        raise DataError(f"affine gives a voxel size below 1e-6 mm ({sizes.tolist()} mm for x, y, z): "
+                        f"{np.round(axes, 6).tolist()}")
     return (sz, sy, sx)
 
 

@@ -28,6 +28,10 @@ from edgeseg.data.volume import Volume
 from edgeseg.progress import progress_bar
 
 log = logging.getLogger(__name__)
+# nibabel prints the header fields it repairs ("qform_code 255 not valid; setting to 0") through a
+# stderr handler of its own; passed up like any library's records, the CLI holds them as warnings.
+_NIBABEL_LOG = logging.getLogger("nibabel.global")
+_NIBABEL_LOG.handlers[:] = [h for h in _NIBABEL_LOG.handlers if type(h) is not logging.StreamHandler]
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 # Label maps a dataset's labels folder may hold beside NIfTI: 3D Slicer segmentations (and plain
@@ -286,9 +290,13 @@ def read_nifti(
         label, label_lps_affine = to_lps_layout(_label_to_uint8(label_data, label_path), label_affine,
                                                    label_path)
         check_same_grid(label_lps_affine, lps_affine, hu.shape[::-1], f"label {label_path}", f"image {image_path}")
+    try:
+        spacing = spacing_from_affine(lps_affine)
+    except DataError as exc:
+        raise DataError(f"image {image_path}: header fields qform/sform: {exc}") from None
     volume = Volume(
         hu=hu,
-        spacing=spacing_from_affine(lps_affine),
+        spacing=spacing,
         affine=lps_affine,
         case_id=case_id if case_id is not None else nifti_stem(image_path),
         label=label,
