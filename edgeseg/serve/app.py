@@ -25,7 +25,7 @@ from edgeseg import __version__
 from edgeseg.errors import BackendError, EdgesegError, require
 from edgeseg.serve.audit import AuditLogError, audit_request, request_id
 from edgeseg.serve.client_gone import first_of
-from edgeseg.serve.http_errors import CLIENT_CLOSED, HttpError, hold, submitted
+from edgeseg.serve.http_errors import CLIENT_CLOSED, HttpError, hold, server_fault, submitted
 from edgeseg.serve.inflight import ByteBudget
 from edgeseg.serve.metrics import ServerMetrics
 from edgeseg.serve.model_inputs import DEFAULT_MAX_SIDE
@@ -103,14 +103,15 @@ def create_app(segmenter, config: ServeConfig = ServeConfig(), audit=None):
         start = time.perf_counter()
         endpoint = _endpoint_label(request.url.path)
         rid = request_id(request.headers.get("x-request-id"))
+        request.state.request_id = rid  # the handlers' answers to a failure name it
         try:
             response = await call_next(request)
         except Exception as exc:  # no handler answered: a 500, counted here and logged once
-            log.error("request %s %s failed", request.method, request.url.path, exc_info=exc)
-            response = _internal_error(exc)
+            response = server_fault(request, f"{type(exc).__name__}: {exc}", exc_info=exc)
         if audit is not None and endpoint not in ("live", "ready", "metrics"):  # probes every few seconds: noise
             try:
-                audit_request(audit, request, rid, response.status_code, time.perf_counter() - start)
+                audit_request(audit, request, rid, response.status_code, time.perf_counter() - start,
+                              error=getattr(request.state, "server_error", None))
             except AuditLogError as exc:  # an audited server hands out no answer it could not record
                 status = 507 if exc.no_room else 500
                 log.error("%s %s: %s; answered %d", request.method, request.url.path, exc, status)
@@ -251,13 +252,14 @@ def _install_error_handlers(app) -> None:
 
     @app.exception_handler(HttpError)
     async def http_error(request, exc: HttpError):
+        if exc.status == 500:
+            return server_fault(request, str(exc))
         return JSONResponse({"error": str(exc)}, status_code=exc.status, headers=exc.headers)
 
     @app.exception_handler(EdgesegError)
     async def edgeseg_error(request, exc: EdgesegError):
         if isinstance(exc, BackendError):  # the served model failed, not the request: the server's fault
-            log.error("request %s %s: %s", request.method, request.url.path, exc)
-            return JSONResponse({"error": str(exc)}, status_code=500)
+            return server_fault(request, str(exc))
         return JSONResponse({"error": str(exc)}, status_code=400)
 
     @app.exception_handler(StarletteHTTPException)
@@ -281,13 +283,7 @@ def _install_error_handlers(app) -> None:
     async def internal_error(request, exc: Exception):
         # reached only by a failure outside the counting middleware (which answers the others);
         # Starlette re-raises it after this answer and uvicorn logs it, so it is not logged here
-        return _internal_error(exc)
-
-
-def _internal_error(exc: Exception):
-    from fastapi.responses import JSONResponse
-
-    return JSONResponse({"error": f"internal error: {type(exc).__name__}: {exc}"[:500]}, status_code=500)
+        return server_fault(request, f"{type(exc).__name__}: {exc}", logged=True)
 
 
 def _encoded(model: ServedModel, decoded, result) -> tuple[bytes, dict[str, str]]:

@@ -94,19 +94,19 @@ def add_segment_route(app, segmenter, uploads, budget, bodies, disk, timeout_s: 
 
 
 def _unwritable(exc: OSError, folder: Path | None) -> Exception:
-    """The disk refusing an upload's files (its folder, body, decompressed body, mask): one log
-    line naming the file, and 507 where there is no room (a full disk, a quota, a file size
-    limit) or 500 for any other refusal, with a message that names no path of the server's. An
-    OSError with neither errno nor text is a reader's complaint about the upload's bytes, and
-    stays what it is."""
+    """The disk refusing an upload's files (its folder, body, decompressed body, mask): 507 where
+    there is no room (a full disk, a quota, a file size limit), logged here as one line naming
+    the file, or a 500 for any other refusal, whose message (naming the file) only the server's
+    log gets. An OSError with neither errno nor text is a reader's complaint about the upload's
+    bytes, and stays what it is."""
     full = disk_full(exc)
     if exc.errno is None and exc.strerror is None and not full:
         return exc
     path = exc.filename or folder or tempfile.gettempdir()
-    log.error("POST /v1/segment: cannot write the upload's file %s: %s", path, exc.strerror or exc)
     if full:
+        log.error("POST /v1/segment: cannot write the upload's file %s: %s", path, exc.strerror or exc)
         return no_room()
-    return HttpError(500, f"the server cannot store the upload: {exc.strerror or exc}")
+    return HttpError(500, f"cannot write the upload's file {path}: {exc.strerror or exc}")
 
 
 async def _removed(tmp: Path) -> None:
