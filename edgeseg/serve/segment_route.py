@@ -22,8 +22,8 @@ from pathlib import Path
 
 from edgeseg.errors import require
 from edgeseg.serve.client_gone import first_of
-from edgeseg.serve.http_errors import CLIENT_CLOSED, HttpError, refused, submitted
-from edgeseg.serve.upload_disk import disk_full, no_room
+from edgeseg.serve.http_errors import CLIENT_CLOSED, HttpError, hold, refused, submitted
+from edgeseg.serve.upload_disk import disk_full, mask_bytes, no_room
 from edgeseg.serve.uploads import read_upload, write_mask
 
 # Imported only by the server's app, so the missing-extra message is the right failure here; at
@@ -61,6 +61,9 @@ def add_segment_route(app, segmenter, uploads, budget, bodies, disk, timeout_s: 
                     if held.refusal is not None:  # whatever the reader made of it
                         raise refused(held.refusal) from None
                     raise
+                # the mask is written beside the body: its bytes are taken now, before the model is
+                # spent on an upload whose answer the disk budget could not hold
+                hold(on_disk, on_disk.nbytes + mask_bytes(volume.hu.size))
                 result, started = uploads.submit(lambda: segmenter.predict_volume(volume))
                 queued = True
                 labels = await _upload_result(result, started, timeout_s, request.receive)
@@ -72,7 +75,7 @@ def add_segment_route(app, segmenter, uploads, budget, bodies, disk, timeout_s: 
     @app.post("/v1/segment")
     async def segment(request: Request, format: str = "npy"):
         # the body's bytes are given back once its folder is gone, not before
-        with disk.budget.holding("the upload's body") as on_disk:
+        with disk.budget.holding("the upload's files (body and mask)") as on_disk:
             try:
                 tmp = Path(tempfile.mkdtemp(prefix="edgeseg-upload-", dir=disk.folder))
             except OSError as exc:
