@@ -25,7 +25,8 @@ from edgeseg import __version__
 from edgeseg.errors import BackendError, EdgesegError, require
 from edgeseg.serve.audit import AuditLogError, audit_request, request_id
 from edgeseg.serve.client_gone import first_of
-from edgeseg.serve.http_errors import CLIENT_CLOSED, HttpError, hold, server_fault, submitted
+from edgeseg.serve.batcher import QueueFull
+from edgeseg.serve.http_errors import CLIENT_CLOSED, HttpError, hold, refused, server_fault, submitted
 from edgeseg.serve.inflight import ByteBudget
 from edgeseg.serve.metrics import ServerMetrics
 from edgeseg.serve.model_inputs import DEFAULT_MAX_SIDE
@@ -228,14 +229,17 @@ def create_app(segmenter, config: ServeConfig = ServeConfig(), audit=None):
 
 def close_app(app) -> None:
     """Stop the worker threads :func:`create_app` started for ``app``, each after the call it has
-    in flight; requests that reach ``app`` afterwards are answered 503. Its lifespan shutdown
+    in flight; requests still waiting for the model, and those that reach ``app`` afterwards, are
+    answered 503. Its lifespan shutdown
     calls this once the server has answered the requests in flight; call it yourself where that
     does not run (an app mounted inside another, whose lifespan Starlette does not run, or one
     never served). Calling it again does nothing. The segmenter and audit log given to
     ``create_app`` stay open: they are the caller's to close."""
-    for model in app.state.models.values():
-        model.close()
-    app.state.uploads.close()
+    workers = [model.batcher for model in app.state.models.values()] + [app.state.uploads]
+    for worker in workers:  # every waiting request refused first, then the threads waited for
+        worker.stop()
+    for worker in workers:
+        worker.close()
 
 
 @contextlib.asynccontextmanager
@@ -302,6 +306,8 @@ async def _result(ticket: Future, timeout_s: float, receive):
         raise HttpError(CLIENT_CLOSED, "the client closed the connection while its request waited for the model")
     try:  # done, late, or its client left after its batch started (nobody reads its answer)
         return await asyncio.wait_for(waiter, max(0.0, deadline - time.monotonic()))
+    except QueueFull as exc:  # the app was closed while the request waited
+        raise refused(exc) from None
     except asyncio.TimeoutError:
         ticket.cancel()
         raise HttpError(504, f"inference did not finish within {timeout_s} s") from None

@@ -21,6 +21,7 @@ from concurrent.futures import Future
 from pathlib import Path
 
 from edgeseg.errors import require
+from edgeseg.serve.batcher import QueueFull
 from edgeseg.serve.client_gone import first_of
 from edgeseg.serve.http_errors import CLIENT_CLOSED, HttpError, hold, refused, submitted
 from edgeseg.serve.upload_disk import disk_full, mask_bytes, no_room
@@ -145,4 +146,7 @@ async def _upload_result(result: Future, started: Future, timeout_s: float, rece
         if outcome == "gone":
             raise HttpError(CLIENT_CLOSED, "the client closed the connection while its upload waited for the model")
         raise HttpError(504, f"the model did not start on the upload within {timeout_s} s")
-    return await asyncio.wrap_future(result)
+    try:
+        return await asyncio.wrap_future(result)
+    except QueueFull as exc:  # the app was closed while the upload waited
+        raise refused(exc) from None
