@@ -34,8 +34,8 @@ from edgeseg.cli.tta_option import tta_option
                    "--max-volume-bytes counts a volume; a request beyond it is answered 503 before its volume "
                    "is allocated. Default: twice --max-volume-bytes (4 GiB by default); at least that limit.")
 @click.option("--max-upload-disk-bytes", type=click.IntRange(min=1), default=None,
-              help="Most bytes of /v1/segment upload bodies held on disk at once; an upload beyond it is answered 503 "
-                   "before its bytes are written. Default: --max-inflight-bytes (4 GiB by default), or twice "
+              help="Most bytes of /v1/segment upload bodies (and their masks) held on disk at once; an upload "
+                   "beyond it is answered 503 before its bytes are written. Default: --max-inflight-bytes (4 GiB by default), or twice "
                    "--max-body-mb if more; at least twice --max-body-mb.")
 @click.option("--upload-dir", type=click.Path(file_okay=False), default=None,
               help="Folder /v1/segment writes upload bodies in as they arrive. Default: the temporary folder (TMPDIR).")

@@ -1,4 +1,4 @@
-"""gzip data read to its end, so that its CRC-32 and length are checked.
+"""gzip (and bzip2) data read to its end, so that its CRC-32 and length are checked.
 
 A gzip stream only proves its data intact at its end: the trailer holds the CRC-32 and the
 length of everything before it. Readers that stop once they hold the bytes they need (nibabel
@@ -9,6 +9,7 @@ to the end while the data streams through, so the check costs the trailer, not a
 
 from __future__ import annotations
 
+import bz2
 import gzip
 import zlib
 from typing import BinaryIO
@@ -76,32 +77,68 @@ def close_stream(image) -> None:
         stream.close()
 
 
-def inflate_exact(handle: BinaryIO, size: int, source: str) -> np.ndarray:
-    """The ``size`` bytes (uint8) of the gzip stream that ``handle`` holds from its position to its
-    end, decompressed into one array as they stream in; DataError naming ``source`` when the
-    stream is corrupt (CRC-32 or length), ends early, decodes to another size, or has bytes after
-    its end."""
+def inflate_exact(handle: BinaryIO, size: int, source: str, encoding: str = "gzip", skip: int = 0) -> np.ndarray:
+    """The ``size`` bytes (uint8) of the gzip (or, ``encoding`` "bzip2", bzip2) stream that
+    ``handle`` holds from its position to its end, after the first ``skip`` decompressed bytes
+    (NRRD's byte skip, which applies to the decompressed data), decompressed into one array as
+    they stream in; DataError naming ``source`` when the stream is corrupt (a CRC or length),
+    ends early, decodes to another size, or has bytes after its end."""
+    stream = _Decompressor(encoding)
+    name = stream.name
+    if not 0 <= skip <= MAX_TAIL:
+        raise DataError(f"cannot read {source}: a byte skip of {skip} in {name} data; expected 0 to {MAX_TAIL}")
     out = np.empty(size, dtype=np.uint8)
-    stream = zlib.decompressobj(16 + zlib.MAX_WBITS)
-    filled = 0
+    total = size + skip
+    seen = 0  # decompressed bytes so far, the skipped ones included
     try:
         while not stream.eof:
-            data = stream.unconsumed_tail or handle.read(_CHUNK)
-            if not data:
-                raise DataError(f"cannot read {source}: its gzip data is truncated (the file ends before the "
-                                f"end of the stream, after {filled} of {size} bytes)")
+            data = stream.next_input(handle)
+            if data is None:
+                raise DataError(f"cannot read {source}: its {name} data is truncated (the file ends before the "
+                                f"end of the stream, after {max(0, seen - skip)} of {size} bytes)")
             # one byte past the expected size: enough to tell that the data is too long
-            part = stream.decompress(data, size - filled + 1)
-            if filled + len(part) > size:
-                raise DataError(f"cannot read {source}: its gzip data holds more than the {size} bytes its "
+            part = stream.decompress(data, total - seen + 1)
+            if seen + len(part) > total:
+                raise DataError(f"cannot read {source}: its {name} data holds more than the {size} bytes its "
                                 "header gives")
-            out[filled:filled + len(part)] = np.frombuffer(part, dtype=np.uint8)
-            filled += len(part)
-    except zlib.error as exc:
-        raise DataError(f"cannot read {source}: {gzip_problem(exc)}") from None
-    if filled != size:
-        raise DataError(f"cannot read {source}: its gzip data holds {filled} bytes; its header gives {size}")
+            kept = part[max(0, skip - seen):]
+            start = max(0, seen - skip)
+            out[start:start + len(kept)] = np.frombuffer(kept, dtype=np.uint8)
+            seen += len(part)
+    except (*GZIP_ERRORS, OSError) as exc:  # bz2 says OSError("Invalid data stream")
+        raise DataError(f"cannot read {source}: {gzip_problem(exc).replace('gzip', name)}") from None
+    if seen != total:
+        raise DataError(f"cannot read {source}: its {name} data holds {max(0, seen - skip)} bytes; its header "
+                        f"gives {size}")
     after = len(stream.unused_data) + len(handle.read(1))
     if after:
-        raise DataError(f"cannot read {source}: bytes follow the end of its gzip data; expected none")
+        raise DataError(f"cannot read {source}: bytes follow the end of its {name} data; expected none")
     return out
+
+
+class _Decompressor:
+    """zlib's gzip decompressor or bz2's, behind one interface: both keep input they have not yet
+    decompressed, zlib handing it back (``unconsumed_tail``), bz2 holding it itself."""
+
+    def __init__(self, encoding: str) -> None:
+        self.bzip2 = encoding in ("bzip2", "bz2")
+        self.name = "bzip2" if self.bzip2 else "gzip"
+        self._stream = bz2.BZ2Decompressor() if self.bzip2 else zlib.decompressobj(16 + zlib.MAX_WBITS)
+
+    @property
+    def eof(self) -> bool:
+        return self._stream.eof
+
+    @property
+    def unused_data(self) -> bytes:
+        return self._stream.unused_data
+
+    def next_input(self, handle: BinaryIO) -> bytes | None:
+        """What to decompress next: input held back, else the file's next chunk; None at the
+        file's end."""
+        if self.bzip2:
+            return (handle.read(_CHUNK) or None) if self._stream.needs_input else b""
+        return self._stream.unconsumed_tail or handle.read(_CHUNK) or None
+
+    def decompress(self, data: bytes, limit: int) -> bytes:
+        return self._stream.decompress(data, limit)

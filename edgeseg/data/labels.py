@@ -8,6 +8,8 @@ header mistake, is refused rather than silently misplaced.
 
 from __future__ import annotations
 
+import contextlib
+
 import os
 from pathlib import Path
 
@@ -25,6 +27,8 @@ from edgeseg.errors import DataError, require
 from edgeseg.limits import check_dims, check_volume
 
 NRRD_SUFFIXES = (".nrrd", ".nhdr")
+# the encodings whose data edgeseg reads to the end of their stream itself
+COMPRESSED_NRRD = ("gzip", "gz", "bzip2", "bz2")
 # NRRD world spaces edgeseg places (long names and the abbreviations the NRRD format allows),
 # as the sign flip that takes a point in that space to RAS.
 _NRRD_SPACE_TO_RAS = {
@@ -123,19 +127,33 @@ def _read_nrrd(path: Path, volume: Volume) -> tuple[np.ndarray, dict[int, str] |
 
 def _nrrd_data(nrrd, header: dict, handle, path: Path, sizes: tuple[int, ...]) -> np.ndarray:
     """The data of an NRRD whose header was read from ``handle``, indexed as the header lists its
-    axes (data[i, j, k], i the fastest). gzip data in the file itself (how Slicer saves) is
-    streamed into its array here and read to the end of its stream, so a corrupt or cut file is
-    refused: pynrrd stops decoding where the file ends without asking whether the stream did
-    (and holds the compressed and the decompressed bytes whole besides the array)."""
+    axes (data[i, j, k], i the fastest). gzip or bzip2 data, in the file itself (how Slicer saves)
+    or in a detached data file, after any line skip, is streamed into its array here and read to
+    the end of its stream, so a corrupt or cut file is refused: pynrrd stops decoding where the
+    file ends without asking whether the stream did (and holds the compressed and the
+    decompressed bytes whole besides the array). Raw and text data go to pynrrd."""
     encoding = str(header.get("encoding", "")).lower()
-    skips = [header.get(f"{name} skip", header.get(f"{name}skip", 0)) for name in ("line", "byte")]
-    if encoding not in ("gzip", "gz") or "data file" in header or "datafile" in header or any(skips):
-        return nrrd.read_data(header, handle, str(path), index_order="F")  # detached or skipped data
+    if encoding not in COMPRESSED_NRRD:
+        return nrrd.read_data(header, handle, str(path), index_order="F")
     from nrrd.reader import _determine_datatype  # the type and endian fields as pynrrd reads them
 
+    line_skip, byte_skip = (int(header.get(f"{name} skip", header.get(f"{name}skip", 0))) for name in ("line", "byte"))
+    if line_skip < 0 or byte_skip < 0:
+        # as Teem reads NRRD: -1 (data at the end of the file) is for raw data, whose length is known
+        raise DataError(f"label file {path}: line skip {line_skip} / byte skip {byte_skip} with {encoding} data; "
+                        "expected 0 or more")
     dtype = _determine_datatype(header)
     count = int(np.prod(sizes, dtype=np.int64))
-    raw = inflate_exact(handle, count * dtype.itemsize, f"label file {path}")
+    detached = header.get("data file", header.get("datafile"))
+    with contextlib.ExitStack() as files:
+        data, source = handle, f"label file {path}"
+        if detached is not None:
+            data_path = path.parent / str(detached)
+            data, source = files.enter_context(open(data_path, "rb")), f"data file {data_path} of label {path}"
+        for _ in range(line_skip):  # lines of the file, before its compressed data
+            data.readline()
+        # NRRD's byte skip counts decompressed bytes
+        raw = inflate_exact(data, count * dtype.itemsize, source, encoding, skip=byte_skip)
     return raw.view(dtype).reshape(tuple(sizes)[::-1]).T
 
 

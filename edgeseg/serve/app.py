@@ -25,7 +25,8 @@ from edgeseg import __version__
 from edgeseg.errors import BackendError, EdgesegError, require
 from edgeseg.serve.audit import AuditLogError, audit_request, request_id
 from edgeseg.serve.client_gone import first_of
-from edgeseg.serve.http_errors import CLIENT_CLOSED, HttpError, hold, submitted
+from edgeseg.serve.batcher import QueueFull
+from edgeseg.serve.http_errors import CLIENT_CLOSED, HttpError, hold, refused, server_fault, submitted
 from edgeseg.serve.inflight import ByteBudget
 from edgeseg.serve.metrics import ServerMetrics
 from edgeseg.serve.model_inputs import DEFAULT_MAX_SIDE
@@ -103,14 +104,15 @@ def create_app(segmenter, config: ServeConfig = ServeConfig(), audit=None):
         start = time.perf_counter()
         endpoint = _endpoint_label(request.url.path)
         rid = request_id(request.headers.get("x-request-id"))
+        request.state.request_id = rid  # the handlers' answers to a failure name it
         try:
             response = await call_next(request)
         except Exception as exc:  # no handler answered: a 500, counted here and logged once
-            log.error("request %s %s failed", request.method, request.url.path, exc_info=exc)
-            response = _internal_error(exc)
+            response = server_fault(request, f"{type(exc).__name__}: {exc}", exc_info=exc)
         if audit is not None and endpoint not in ("live", "ready", "metrics"):  # probes every few seconds: noise
             try:
-                audit_request(audit, request, rid, response.status_code, time.perf_counter() - start)
+                audit_request(audit, request, rid, response.status_code, time.perf_counter() - start,
+                              error=getattr(request.state, "server_error", None))
             except AuditLogError as exc:  # an audited server hands out no answer it could not record
                 status = 507 if exc.no_room else 500
                 log.error("%s %s: %s; answered %d", request.method, request.url.path, exc, status)
@@ -227,14 +229,17 @@ def create_app(segmenter, config: ServeConfig = ServeConfig(), audit=None):
 
 def close_app(app) -> None:
     """Stop the worker threads :func:`create_app` started for ``app``, each after the call it has
-    in flight; requests that reach ``app`` afterwards are answered 503. Its lifespan shutdown
+    in flight; requests still waiting for the model, and those that reach ``app`` afterwards, are
+    answered 503. Its lifespan shutdown
     calls this once the server has answered the requests in flight; call it yourself where that
     does not run (an app mounted inside another, whose lifespan Starlette does not run, or one
     never served). Calling it again does nothing. The segmenter and audit log given to
     ``create_app`` stay open: they are the caller's to close."""
-    for model in app.state.models.values():
-        model.close()
-    app.state.uploads.close()
+    workers = [model.batcher for model in app.state.models.values()] + [app.state.uploads]
+    for worker in workers:  # every waiting request refused first, then the threads waited for
+        worker.stop()
+    for worker in workers:
+        worker.close()
 
 
 @contextlib.asynccontextmanager
@@ -251,13 +256,14 @@ def _install_error_handlers(app) -> None:
 
     @app.exception_handler(HttpError)
     async def http_error(request, exc: HttpError):
+        if exc.status == 500:
+            return server_fault(request, str(exc))
         return JSONResponse({"error": str(exc)}, status_code=exc.status, headers=exc.headers)
 
     @app.exception_handler(EdgesegError)
     async def edgeseg_error(request, exc: EdgesegError):
         if isinstance(exc, BackendError):  # the served model failed, not the request: the server's fault
-            log.error("request %s %s: %s", request.method, request.url.path, exc)
-            return JSONResponse({"error": str(exc)}, status_code=500)
+            return server_fault(request, str(exc))
         return JSONResponse({"error": str(exc)}, status_code=400)
 
     @app.exception_handler(StarletteHTTPException)
@@ -281,13 +287,7 @@ def _install_error_handlers(app) -> None:
     async def internal_error(request, exc: Exception):
         # reached only by a failure outside the counting middleware (which answers the others);
         # Starlette re-raises it after this answer and uvicorn logs it, so it is not logged here
-        return _internal_error(exc)
-
-
-def _internal_error(exc: Exception):
-    from fastapi.responses import JSONResponse
-
-    return JSONResponse({"error": f"internal error: {type(exc).__name__}: {exc}"[:500]}, status_code=500)
+        return server_fault(request, f"{type(exc).__name__}: {exc}", logged=True)
 
 
 def _encoded(model: ServedModel, decoded, result) -> tuple[bytes, dict[str, str]]:
@@ -306,6 +306,8 @@ async def _result(ticket: Future, timeout_s: float, receive):
         raise HttpError(CLIENT_CLOSED, "the client closed the connection while its request waited for the model")
     try:  # done, late, or its client left after its batch started (nobody reads its answer)
         return await asyncio.wait_for(waiter, max(0.0, deadline - time.monotonic()))
+    except QueueFull as exc:  # the app was closed while the request waited
+        raise refused(exc) from None
     except asyncio.TimeoutError:
         ticket.cancel()
         raise HttpError(504, f"inference did not finish within {timeout_s} s") from None

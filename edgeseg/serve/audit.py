@@ -9,7 +9,8 @@ artifact sha256, backend, precision, edgeseg version). Events:
 - ``http_request`` (serve): ``request_id`` (the client's ``X-Request-ID`` where it sent a usable
   one, else a new one; echoed in the response header), ``peer`` (address:port), ``method``,
   ``path``, ``model`` (the served model's name, for ``/v2/models/NAME`` and the routes under it),
-  ``status``, ``outcome`` (``ok`` for a 2xx answer, else ``error``), ``latency_ms``.
+  ``status``, ``outcome`` (``ok`` for a 2xx answer, else ``error``), ``error`` (for a failure
+  of the server itself, answered 500: what failed, which the answer does not say), ``latency_ms``.
 - ``association`` (listen): ``peer`` (address:port), ``calling_ae``, ``called_ae``, the number of
   images ``stored`` and ``refused``, ``outcome`` (``released``, ``aborted``, ``rejected``).
 - ``series`` (listen): ``study_uid``, ``series_uid``, ``slices``, ``seg_sop_instance_uid`` and
@@ -113,14 +114,15 @@ class AuditLog:
 _MODEL_PATH = re.compile(r"/v2/models/([^/]+)(?:/|$)")
 
 
-def audit_request(audit: AuditLog, request, rid: str, status: int, seconds: float) -> None:
-    """The ``http_request`` line of one answered HTTP request (a Starlette ``request``)."""
+def audit_request(audit: AuditLog, request, rid: str, status: int, seconds: float, error: str | None = None) -> None:
+    """The ``http_request`` line of one answered HTTP request (a Starlette ``request``); ``error``:
+    what failed, for an answer that was the server's failure (500)."""
     client = request.client
     path = request.url.path
     model = _MODEL_PATH.match(path)
     audit.record("http_request", request_id=rid, peer=f"{client.host}:{client.port}" if client else None,
                  method=request.method, path=path[:200], model=model.group(1) if model else None, status=status,
-                 outcome="ok" if 200 <= status < 300 else "error", latency_ms=round(seconds * 1e3, 3))
+                 outcome="ok" if 200 <= status < 300 else "error", error=error, latency_ms=round(seconds * 1e3, 3))
 
 
 class AssociationAudit:

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from edgeseg.serve.waiting_line import WaitingLine
+from edgeseg.serve.waiting_line import WaitingLine, claim
 
 
 class QueueFull(RuntimeError):
@@ -136,7 +136,7 @@ class MicroBatcher:
         try:
             with self._lock:  # waiting for the lock is queueing: the batch starts with it
                 # a caller that gave up meanwhile has cancelled its future: the model is not spent on it
-                items = [item for item in self._gathered if item.future.set_running_or_notify_cancel()]
+                items = [item for item in self._gathered if claim(item.future)]
                 self._gathered = []
                 if not items:
                     return
@@ -160,7 +160,16 @@ class MicroBatcher:
             item.future.infer_ns = timing.infer_ns
             item.future.set_result(part)
 
-    def close(self) -> None:
-        """Stop the worker after the batch in flight."""
+    def stop(self) -> None:
+        """Ask the worker to stop after the batch in flight, without waiting for it; requests still
+        waiting (in the queue, or gathered for a batch that has not started) are refused at once
+        with QueueFull, not left to their callers' timeouts."""
         self._stop.set()
+        for item in [*self._line.drain(), *self._gathered]:
+            if claim(item.future):
+                item.future.set_exception(QueueFull("the model's worker stopped before the request's batch started"))
+
+    def close(self) -> None:
+        """:meth:`stop`, then wait (up to 5 s) for the worker to end."""
+        self.stop()
         self._thread.join(timeout=5)

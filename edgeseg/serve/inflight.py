@@ -82,6 +82,10 @@ class Holding:
         if extra <= 0:
             return
         try:
+            if nbytes > self._budget.limit:  # all it holds counts: it could never be held whole
+                budget = self._budget
+                raise OverBudget(f"{self.what} needs {int(nbytes)} bytes, more than the whole {budget.name} of "
+                                 f"{budget.limit} bytes ({budget.option})")
             self._budget.take(extra, self.what)
         except (BudgetFull, OverBudget) as exc:
             self.refusal = exc

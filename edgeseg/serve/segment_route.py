@@ -21,9 +21,10 @@ from concurrent.futures import Future
 from pathlib import Path
 
 from edgeseg.errors import require
+from edgeseg.serve.batcher import QueueFull
 from edgeseg.serve.client_gone import first_of
-from edgeseg.serve.http_errors import CLIENT_CLOSED, HttpError, refused, submitted
-from edgeseg.serve.upload_disk import disk_full, no_room
+from edgeseg.serve.http_errors import CLIENT_CLOSED, HttpError, hold, refused, submitted
+from edgeseg.serve.upload_disk import disk_full, mask_bytes, no_room
 from edgeseg.serve.uploads import read_upload, write_mask
 
 # Imported only by the server's app, so the missing-extra message is the right failure here; at
@@ -61,6 +62,9 @@ def add_segment_route(app, segmenter, uploads, budget, bodies, disk, timeout_s: 
                     if held.refusal is not None:  # whatever the reader made of it
                         raise refused(held.refusal) from None
                     raise
+                # the mask is written beside the body: its bytes are taken now, before the model is
+                # spent on an upload whose answer the disk budget could not hold
+                hold(on_disk, on_disk.nbytes + mask_bytes(volume.hu.size))
                 result, started = uploads.submit(lambda: segmenter.predict_volume(volume))
                 queued = True
                 labels = await _upload_result(result, started, timeout_s, request.receive)
@@ -72,7 +76,7 @@ def add_segment_route(app, segmenter, uploads, budget, bodies, disk, timeout_s: 
     @app.post("/v1/segment")
     async def segment(request: Request, format: str = "npy"):
         # the body's bytes are given back once its folder is gone, not before
-        with disk.budget.holding("the upload's body") as on_disk:
+        with disk.budget.holding("the upload's files (body and mask)") as on_disk:
             try:
                 tmp = Path(tempfile.mkdtemp(prefix="edgeseg-upload-", dir=disk.folder))
             except OSError as exc:
@@ -94,19 +98,19 @@ def add_segment_route(app, segmenter, uploads, budget, bodies, disk, timeout_s: 
 
 
 def _unwritable(exc: OSError, folder: Path | None) -> Exception:
-    """The disk refusing an upload's files (its folder, body, decompressed body, mask): one log
-    line naming the file, and 507 where there is no room (a full disk, a quota, a file size
-    limit) or 500 for any other refusal, with a message that names no path of the server's. An
-    OSError with neither errno nor text is a reader's complaint about the upload's bytes, and
-    stays what it is."""
+    """The disk refusing an upload's files (its folder, body, decompressed body, mask): 507 where
+    there is no room (a full disk, a quota, a file size limit), logged here as one line naming
+    the file, or a 500 for any other refusal, whose message (naming the file) only the server's
+    log gets. An OSError with neither errno nor text is a reader's complaint about the upload's
+    bytes, and stays what it is."""
     full = disk_full(exc)
     if exc.errno is None and exc.strerror is None and not full:
         return exc
     path = exc.filename or folder or tempfile.gettempdir()
-    log.error("POST /v1/segment: cannot write the upload's file %s: %s", path, exc.strerror or exc)
     if full:
+        log.error("POST /v1/segment: cannot write the upload's file %s: %s", path, exc.strerror or exc)
         return no_room()
-    return HttpError(500, f"the server cannot store the upload: {exc.strerror or exc}")
+    return HttpError(500, f"cannot write the upload's file {path}: {exc.strerror or exc}")
 
 
 async def _removed(tmp: Path) -> None:
@@ -142,4 +146,7 @@ async def _upload_result(result: Future, started: Future, timeout_s: float, rece
         if outcome == "gone":
             raise HttpError(CLIENT_CLOSED, "the client closed the connection while its upload waited for the model")
         raise HttpError(504, f"the model did not start on the upload within {timeout_s} s")
-    return await asyncio.wrap_future(result)
+    try:
+        return await asyncio.wrap_future(result)
+    except QueueFull as exc:  # the app was closed while the upload waited
+        raise refused(exc) from None

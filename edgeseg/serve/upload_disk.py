@@ -24,6 +24,15 @@ from edgeseg.serve.inflight import ByteBudget
 DISK_OPTION = "--max-upload-disk-bytes"
 _FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # EFBIG: a file size limit (RLIMIT_FSIZE)
 _SHORT_WRITE = re.compile(r"\d+ requested and \d+ written")
+# bytes a mask file holds beyond its labels, at most: an NPY or NIfTI header, the provenance a
+# NIfTI or PNG mask carries, and what deflate adds to data it cannot compress
+MASK_HEADER_BYTES = 16 << 10
+
+
+def mask_bytes(voxels: int) -> int:
+    """The most bytes the mask file of a volume of ``voxels`` voxels takes: a byte a voxel (label
+    values are uint8), plus deflate's worst case growth (zlib's compressBound) and its header."""
+    return voxels + (voxels >> 12) + (voxels >> 14) + MASK_HEADER_BYTES
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ import numpy as np
 
 from edgeseg.errors import DataError, EdgesegError, require
 from edgeseg.serve.batcher import QueueFull
-from edgeseg.serve.waiting_line import WaitingLine
+from edgeseg.serve.waiting_line import WaitingLine, claim
 
 OUTPUTS = {"npy": "application/octet-stream", "png": "image/png", "nifti": "application/gzip"}
 SUFFIXES = {"jpeg": "jpg", "nifti": "nii.gz"}  # the upload's file name suffix where it is not the format's name
@@ -66,6 +66,7 @@ class ModelQueue:
         self._queued = 0
         self._count = threading.Lock()
         self._line: WaitingLine[_Upload] = WaitingLine()
+        self._taken: _Upload | None = None  # taken from the line, waiting for the model lock
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="edgeseg-upload", daemon=True)
         self._thread.start()
@@ -96,7 +97,7 @@ class ModelQueue:
 
     def submit(self, call: Callable[[], object]) -> tuple[Future, Future]:
         """Run ``call()`` under the model lock for an upload that holds a place: (its result,
-        a Future done when it starts). The place is given back when it starts, or when the
+        a Future done when it starts, with True; False where the queue closed first). The place is given back when it starts, or when the
         caller cancels the result while it waits (then it never runs)."""
         upload = _Upload(_Place(call), Future(), Future())
         with self._count:
@@ -119,12 +120,13 @@ class ModelQueue:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            upload = self._line.take(timeout=0.1)
+            upload = self._taken = self._line.take(timeout=0.1)
             if upload is None:
                 continue
             with self._lock:
+                self._taken = None
                 self._give(upload.place)
-                if not upload.result.set_running_or_notify_cancel():  # the caller gave up meanwhile
+                if not claim(upload.result):  # the caller gave up meanwhile, or the queue closed
                     continue
                 upload.started.set_result(True)
                 call, upload.place.call = upload.place.call, None
@@ -137,9 +139,21 @@ class ModelQueue:
             # the volume and its labels are the caller's alone from here: it frees them when answered
             upload = call = value = None
 
-    def close(self) -> None:
-        """Stop the worker after the call in flight."""
+    def stop(self) -> None:
+        """Ask the worker to stop after the call in flight, without waiting for it; uploads still
+        waiting for the model are refused at once with QueueFull (their ``started`` done with
+        False), not left to their callers' timeouts."""
         self._stop.set()
+        for upload in [*self._line.drain(), self._taken]:
+            if upload is not None and claim(upload.result):
+                self._give(upload.place)
+                upload.place.call = None
+                upload.started.set_result(False)
+                upload.result.set_exception(QueueFull("the upload worker stopped before the model started on the upload"))
+
+    def close(self) -> None:
+        """:meth:`stop`, then wait (up to 5 s) for the worker to end."""
+        self.stop()
         self._thread.join(timeout=5)
 
 

@@ -60,3 +60,19 @@ class WaitingLine(Generic[Item]):
             if not fits(self._items[0][0]):
                 return None
             return self._items.popleft()[0]
+
+    def drain(self) -> list[Item]:
+        """Take every item out of the line at once, oldest first (the line's worker has stopped)."""
+        with self._ready:
+            items = [item for item, _ in self._items]
+            self._items.clear()
+        return items
+
+
+def claim(future: Future) -> bool:
+    """Mark ``future`` running for whoever calls first, its worker or a closing queue refusing it;
+    False where it was cancelled or another caller claimed it already."""
+    try:
+        return future.set_running_or_notify_cancel()
+    except RuntimeError:  # running or finished: claimed by the other side
+        return False

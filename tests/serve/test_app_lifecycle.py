@@ -37,6 +37,7 @@ class _Server:
     def __init__(self, app, port: int, **config) -> None:
         import uvicorn
 
+        self.app = app
         self.url = f"127.0.0.1:{port}"
         self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="critical", **config))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
@@ -127,3 +128,53 @@ def test_an_upload_cut_off_by_shutdown_leaves_no_files(segmenter, free_port, tmp
         client.close()
     assert list(uploads.iterdir()) == []
     assert app.state.disk.budget.held == 0
+
+
+def test_requests_waiting_for_the_model_when_the_app_is_closed_are_answered_503_at_once(segmenter, free_port,
+                                                                                      gate_model, tmp_path):
+    """A /v2 request queued behind a running batch, and an upload waiting for the model, when
+    close_app is called: both are refused then (503), not left to their 600 s timeout; the batch
+    already running is answered."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from edgeseg.serve.app import ServeConfig, close_app, create_app
+
+    app = create_app(segmenter, ServeConfig(max_batch=1, timeout_s=600, upload_dir=str(tmp_path)))
+    server = _Server(app, free_port())
+    entered, release = gate_model(server)
+    x = np.zeros((1, 1, 64, 64), np.float32)
+    body = json.dumps({"inputs": [{"name": "image", "shape": list(x.shape), "datatype": "FP32",
+                                   "data": x.ravel().tolist()}]}).encode()
+
+    def infer():
+        return http_request(server.url, "POST", "/v2/models/edgeseg/infer", body, timeout=120)
+
+    def wait_for(condition, what):
+        deadline = time.monotonic() + 60
+        while not condition():
+            assert time.monotonic() < deadline, what
+            time.sleep(0.02)
+
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            running = pool.submit(infer)
+            assert entered.wait(60), "the first request never reached the model"
+            queued = pool.submit(infer)
+            wait_for(lambda: app.state.models["edgeseg"].batcher.depth == 1, "the second request was never queued")
+            upload = pool.submit(http_request, server.url, "POST", "/v1/segment?format=npy",
+                                 _npy(np.zeros((1, 32, 32), np.int16)), timeout=120)
+            wait_for(lambda: app.state.uploads.queued == 1, "the upload never waited for the model")
+            closing = pool.submit(close_app, app)
+            try:
+                for answer in (queued.result(timeout=60), upload.result(timeout=60)):
+                    status, headers, payload = answer
+                    assert status == 503 and headers["Retry-After"] == "1", answer
+                    assert "stopped before" in json.loads(payload)["error"], payload
+            finally:
+                release.set()
+            assert running.result(timeout=60)[0] == 200
+            closing.result(timeout=60)
+    finally:
+        release.set()
+        server.stop()
+    assert list(tmp_path.iterdir()) == []

@@ -61,7 +61,7 @@ def test_a_500_is_counted_in_metrics_with_its_latency_and_logged_once(failing_se
     for logger in watched:
         logger.addHandler(records)
     try:
-        status, data = _request(url, "POST", "/v2/models/edgeseg/infer", body)
+        status, headers, data = http_request(url, "POST", "/v2/models/edgeseg/infer", body, {"X-Request-ID": "broken-1"})
         # uvicorn logs an exception that reaches it after the response is sent: one more
         # round trip lets the failed request's task finish before the records are read
         assert _request(url, "GET", "/v2/health/ready")[0] == 200
@@ -69,12 +69,15 @@ def test_a_500_is_counted_in_metrics_with_its_latency_and_logged_once(failing_se
         for logger in watched:
             logger.removeHandler(records)
     assert status == 500
-    assert json.loads(data) == {"error": "internal error: RuntimeError: the model broke"}
+    assert json.loads(data) == {"error": "internal server error; the server's log has the details under request ID "
+                                         "broken-1"}
+    assert headers["X-Request-ID"] == "broken-1"
     assert _metric(url, failed) == before_failed + 1
     assert _metric(url, timed) == before_timed + 1
     tracebacks = [r for r in records.records if r.exc_info]
     assert len(tracebacks) == 1, [r.getMessage() for r in tracebacks]
-    assert "POST /v2/models/edgeseg/infer" in tracebacks[0].getMessage()
+    assert "POST /v2/models/edgeseg/infer (request broken-1) failed: RuntimeError: the model broke" in \
+        tracebacks[0].getMessage()
 
 
 @pytest.mark.parametrize("path,label", [

@@ -15,6 +15,7 @@ import time
 import numpy as np
 import pytest
 
+from edgeseg.serve.upload_disk import mask_bytes
 from tests.serve.http_util import http_request
 
 pytest.importorskip("fastapi")
@@ -110,11 +111,11 @@ def test_an_announced_upload_past_the_disk_budget_is_refused_before_it_is_read(s
     first = _npy(hu)
     folder = tmp_path / "uploads"
     folder.mkdir()
-    budget = len(first) + 50_000
+    budget = len(first) + mask_bytes(hu.size)  # the first upload's body and mask, nothing more
     server = server_factory(max_batch=4, max_body_bytes=4 << 20, timeout_s=5,
                             max_upload_disk_bytes=budget, upload_dir=str(folder))
-    second = _npy(hu[:2])
-    assert len(second) > 50_000  # the budget left cannot take it
+    second = _npy(hu[:3])
+    assert len(second) > mask_bytes(hu.size)  # more than the first upload leaves
     with _half_sent(server.url, first) as slow:
         with _connect(server.url) as other:
             other.sendall(_headers(len(second)))  # its body is never sent
@@ -131,7 +132,7 @@ def test_an_announced_upload_past_the_disk_budget_is_refused_before_it_is_read(s
     assert _held_gauge(server.url) == 0 and _upload_folders(folder) == []
     status, _, data = http_request(server.url, "POST", "/v1/segment?format=npy", second)
     assert status == 200, data
-    np.testing.assert_array_equal(np.load(io.BytesIO(data)), _segmented(serve_bundle, hu[:2]))
+    np.testing.assert_array_equal(np.load(io.BytesIO(data)), _segmented(serve_bundle, hu[:3]))
 
 
 def test_a_chunked_upload_is_cut_off_on_the_chunk_that_passes_the_disk_budget(server_factory, tmp_path):
@@ -201,3 +202,26 @@ def test_a_compressed_upload_counts_its_decompressed_bytes(server_factory, tmp_p
         assert len(_upload_folders(folder)) == 1
     assert _answer(slow)[0] == 200
     slow.close()
+
+
+@pytest.mark.parametrize("fmt", ["npy", "nifti", "png"])
+def test_the_mask_is_counted_with_the_body(server_factory, serve_bundle, tmp_path, fmt):
+    """The mask file is written beside the body: an upload whose body fits the budget but whose
+    body and mask (a byte a voxel, plus its header) do not is refused (413: it could never fit),
+    and one whose both fit is answered; the mask it got is never
+    larger than what was counted for it."""
+    hu = _volume(depth=1 if fmt == "png" else 4)
+    body = _npy(hu)
+    folder = tmp_path / "uploads"
+    folder.mkdir()
+    short = server_factory(max_batch=4, max_body_bytes=4 << 20, timeout_s=5, upload_dir=str(folder),
+                           max_upload_disk_bytes=len(body) + mask_bytes(hu.size) - 1)
+    status, _, data = http_request(short.url, "POST", f"/v1/segment?format={fmt}", body)
+    assert status == 413 and "--max-upload-disk-bytes" in json.loads(data)["error"], data
+    assert _held_gauge(short.url) == 0 and _upload_folders(folder) == []
+    enough = server_factory(max_batch=4, max_body_bytes=4 << 20, timeout_s=5, upload_dir=str(folder),
+                            max_upload_disk_bytes=len(body) + mask_bytes(hu.size))
+    status, _, data = http_request(enough.url, "POST", f"/v1/segment?format={fmt}", body)
+    assert status == 200, data
+    assert len(data) <= mask_bytes(hu.size)
+    assert _held_gauge(enough.url) == 0 and _upload_folders(folder) == []

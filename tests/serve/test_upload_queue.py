@@ -201,7 +201,7 @@ def test_an_upload_takes_its_place_in_the_queue_before_it_is_read(server_factory
 def test_a_temporary_folder_that_cannot_be_made_gives_the_queue_place_back(server_factory, serve_bundle, tmp_path,
                                                                          monkeypatch):
     """The temporary folder's place is a regular file (as a TMPDIR gone bad): each upload fails
-    with 500 saying so, and gives back its place in the queue, so uploads are served again once the
+    with 500, and gives back its place in the queue, so uploads are served again once the
     folder can be made, not refused with 503 for good."""
     import tempfile
 
@@ -213,7 +213,7 @@ def test_a_temporary_folder_that_cannot_be_made_gives_the_queue_place_back(serve
     monkeypatch.setattr(tempfile, "tempdir", str(not_a_folder))
     for _ in range(3):  # more than the queue's places
         status, data = _request(server.url, "POST", "/v1/segment", _npy(_hu()))
-        assert status == 500 and json.loads(data)["error"] == "the server cannot store the upload: Not a directory", data
+        assert status == 500 and json.loads(data)["error"].startswith("internal server error"), data
     assert server.app.state.uploads.depth == 0
     (tmp_path / "ok").mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "ok"))
