@@ -9,7 +9,6 @@ header mistake, is refused rather than silently misplaced.
 from __future__ import annotations
 
 import contextlib
-
 import os
 from pathlib import Path
 
