@@ -32,9 +32,9 @@ from edgeseg.errors import BackendError, require
 from edgeseg.kernels import postprocess, preprocess
 from edgeseg.runtime.manifest import read_manifest
 from edgeseg.runtime.segmenter import KERNEL_THREADS, Segmenter
+from edgeseg.runtime.runners import library_distributions
 from edgeseg.runtime.runners.remote import is_remote
 from edgeseg.runtime.machine import installed_versions, machine_signature
-from edgeseg.runtime.probe_cache import KEY_DISTRIBUTIONS
 from edgeseg.runtime.selection import canonical_backend, candidates, parse_backend
 
 STAGES = ("decode", "preprocess", "inference", "postprocess", "end_to_end")
@@ -58,7 +58,7 @@ def software_versions() -> dict[str, str]:
     from edgeseg import __version__
 
     return {"edgeseg": __version__, "python": platform.python_version(), "numpy": np.__version__,
-            **installed_versions(KEY_DISTRIBUTIONS)}
+            **installed_versions(library_distributions())}
 
 
 def phantom_shape(count: int, size: int) -> tuple[int, int, int]:

@@ -11,12 +11,20 @@ from __future__ import annotations
 
 import click
 
-# the distributions each library may be installed as (the GPU builds have their own names)
-LIBRARIES = {"onnxruntime": ("onnxruntime", "onnxruntime-gpu", "onnxruntime-openvino"), "openvino": ("openvino",),
-             "tensorrt": ("tensorrt", "tensorrt-cu12", "tensorrt-cu13", "tensorrt-cu11"), "torch": ("torch",),
-             "numpy": ("numpy",)}
 OPENMP_VERSIONS = {200505: "2.5", 200805: "3.0", 201107: "3.1", 201307: "4.0", 201511: "4.5", 201811: "5.0",
                    202011: "5.1", 202111: "5.2", 202411: "6.0"}
+
+
+def libraries() -> dict[str, tuple[str, ...]]:
+    """Each backend library (the runners name theirs, and the distributions it may be installed
+    as: the GPU builds have their own names), then numpy."""
+    from edgeseg.runtime.runners import runners
+
+    found: dict[str, tuple[str, ...]] = {}
+    for cls in runners().values():
+        if cls.library is not None:
+            found.setdefault(cls.library, cls.library_distributions())
+    return {**found, "numpy": ("numpy",)}
 
 
 def _kernels() -> dict:
@@ -60,7 +68,7 @@ def installation() -> dict:
 
     return {"edgeseg": __version__, "source": source_commit(), "python": platform.python_version(),
             "platform": f"{platform.system()} {platform.machine()}", "kernels": _kernels(),
-            "libedgeseg": _libedgeseg(), "libraries": {name: found(dists) for name, dists in LIBRARIES.items()}}
+            "libedgeseg": _libedgeseg(), "libraries": {name: found(dists) for name, dists in libraries().items()}}
 
 
 def version_text(facts: dict) -> str:
@@ -102,8 +110,8 @@ def version_option(command):
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of lines.")
 def command(as_json: bool) -> None:
     """Print the edgeseg version (and git commit of a source checkout), Python, the C kernels'
-    build (compiler, OpenMP), libedgeseg and the installed versions of onnxruntime, openvino,
-    tensorrt, torch and numpy."""
+    build (compiler, OpenMP), libedgeseg and the installed versions of every backend's library
+    (onnxruntime, openvino, tensorrt, torch, ...) and numpy."""
     import json
 
     facts = installation()

@@ -73,7 +73,7 @@ def _artifact(bundle: str | Path, manifest, entry) -> dict[str, Any]:
     except BundleError as exc:
         problem = str(exc).split(": ", 1)[-1]
     skips = dict(entry.excluded)
-    for cls in runners_for(entry.format):
+    for cls in runners_for(entry.format, entry.precision):
         if cls.name not in skips and cls.named_only:
             skips[cls.name] = cls.named_only
         elif cls.name not in skips and skip_reasons(entry, cls.name):

@@ -209,7 +209,7 @@ def _gate(folder: Path, model, made: list, verify_set, settings: ExportSettings,
                                                                  shown=progress):
         entry = artifact_entry(folder, file, fmt, precision, fingerprint=fingerprint, extra=extra)
         rows = []
-        for cls in (c for c in runners_for(fmt) if c.available()):
+        for cls in (c for c in runners_for(fmt, precision) if c.available()):
             try:
                 runner = cls(folder / file, entry, inputs, outputs, batch)
             except EdgesegError as exc:

@@ -20,15 +20,16 @@ from typing import Any
 from edgeseg import __version__
 
 # The libraries whose versions change the numbers: training and the exported graphs (torch,
-# numpy), the ONNX passes and quantiser (onnx, onnxslim, onnxruntime), the runners, the readers.
-LIBRARIES = ("torch", "numpy", "onnx", "onnxslim", "onnxruntime", "onnxruntime-gpu", "openvino", "tensorrt",
-             "scipy", "nibabel", "pydicom")
+# numpy), the ONNX passes and quantiser (onnx, onnxslim, onnxruntime), the readers; and the
+# runners' own, which each runner names (edgeseg.runtime.runners.library_distributions).
+LIBRARIES = ("torch", "numpy", "onnx", "onnxslim", "onnxruntime", "scipy", "nibabel", "pydicom")
 
 
 def environment() -> dict[str, Any]:
     """The command line, working folder, edgeseg version (and git commit of a source checkout),
     Python and library versions, and the machine (``machine_signature``) of this process."""
     from edgeseg.runtime.machine import installed_versions, machine_signature
+    from edgeseg.runtime.runners import library_distributions
 
     try:
         cwd = os.getcwd()
@@ -40,7 +41,7 @@ def environment() -> dict[str, Any]:
         "edgeseg": __version__,
         **source_commit(),
         "python": platform.python_version(),
-        "libraries": dict(sorted(installed_versions(LIBRARIES).items())),
+        "libraries": dict(sorted(installed_versions((*LIBRARIES, *library_distributions())).items())),
         "machine": machine_signature(),
         "platform": platform.platform(),
         "at": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),

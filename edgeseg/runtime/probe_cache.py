@@ -48,7 +48,6 @@ log = logging.getLogger(__name__)
 
 CACHE_NAME = "backend-probe.json"
 PROBE_LOCK_NAME = "backend-probing.lock"
-KEY_DISTRIBUTIONS = ("onnxruntime", "onnxruntime-gpu", "openvino", "tensorrt", "torch")
 # Longer than any probe measured here (a few seconds; tens for large models on every backend)
 # by a wide margin: a holder still probing is waited for, only one that hangs is not.
 PROBE_WAIT_SECONDS = 600.0
@@ -57,10 +56,15 @@ _POLL_SECONDS = 0.1
 
 
 def probe_key(bundle: Path, threads: int) -> str:
-    """Cache key: the manifest's sha256, the host, the thread count and the backend versions."""
+    """Cache key: the manifest's sha256, the host, the thread count and the version of every
+    runner's library (each runner names its distributions: a backend added, upgraded or removed
+    measures again)."""
+    from edgeseg.runtime.runners import library_distributions
+
     manifest_sha = hashlib.sha256((bundle / MANIFEST_NAME).read_bytes()).hexdigest()[:16]
-    found = installed_versions(KEY_DISTRIBUTIONS)
-    versions = [f"{dist}={found.get(dist, 'absent')}" for dist in KEY_DISTRIBUTIONS]
+    names = library_distributions()
+    found = installed_versions(names)
+    versions = [f"{dist}={found.get(dist, 'absent')}" for dist in names]
     host = f"{platform.node()}|{platform.machine()}|{os.cpu_count()}|{cpu_model()}"
     return f"{manifest_sha}|{host}|threads={threads}|{','.join(versions)}"
 

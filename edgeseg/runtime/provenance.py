@@ -10,9 +10,9 @@ file name or a case id can carry a patient's name), so it holds nothing about th
 from __future__ import annotations
 
 import json
-import sys
 
 from edgeseg import __version__
+from edgeseg.runtime.machine import installed_versions
 
 #: the key under which the record is stored where a format takes named text (NRRD, PNG)
 PROVENANCE_KEY = "edgeseg_provenance"
@@ -39,11 +39,19 @@ def provenance(segmenter) -> dict[str, str]:
         entry = next((a for a in manifest.artifacts if a.file == runner.artifact), None)
         if entry is not None:
             found.update(artifact=entry.file, artifact_sha256=entry.sha256)
-    library = sys.modules.get(runner.library) if runner.library else None
     found.update(backend=runner.name, precision=runner.precision, device=runner.device,
-                 backend_version=getattr(library, "__version__", ""), tta=segmenter.tta)
+                 backend_version=library_version(runner), tta=segmenter.tta)
     found.update({f"server_{key}": value for key, value in getattr(runner, "served", {}).items()})
     return {name: str(value) for name, value in found.items() if value not in (None, "")}
+
+
+def library_version(runner) -> str:
+    """The installed version of ``runner``'s library, read from the distributions it names (not
+    from the imported module: the OpenVINO runner loads only OpenVINO's bindings, which carry no
+    ``__version__``); empty for a runner without one."""
+    names = type(runner).library_distributions()
+    found = installed_versions(names) if names else {}
+    return next((found[name] for name in names if name in found), "")
 
 
 def provenance_json(record: dict[str, str]) -> str:

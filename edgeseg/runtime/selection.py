@@ -66,11 +66,15 @@ def canonical_backend(text: str) -> str:
 
 def parse_backend(text: str) -> tuple[str, str | None]:
     """``"openvino:int8"`` -> ("openvino", "int8"); ``"onnxruntime"`` -> ("onnxruntime", None);
-    any case (``"OpenVINO"``) is the same name."""
+    any case (``"OpenVINO"``) is the same name. BackendError for a name no runner has, and for a
+    precision the runner does not run (``torchscript:int8``)."""
     name, _, precision = canonical_backend(text).partition(":")
     loadable = sorted(name for name, cls in runners().items() if cls.format is not None)
     if name not in loadable:
         raise BackendError(f"unknown backend {name!r}; known: auto, {', '.join(loadable)}, http://HOST:PORT/models/NAME")
+    runs = runner_class(name).precisions
+    if precision and precision not in runs:
+        raise BackendError(f"backend {name!r} runs {', '.join(runs)} artifacts, not {precision!r}")
     return name, precision or None
 
 
@@ -112,7 +116,8 @@ def candidates(manifest: Manifest, installed_only: bool = True, gated_only: bool
     """Every (runner, artifact) pair of the bundle, in the runners' preference order: only those
     whose library is installed (``installed_only``), and not those ``auto`` must skip here
     (``gated_only``: the export gate excluded them, or the CPU saturates on their INT8 graph)."""
-    found = [Candidate(cls.name, entry) for entry in manifest.artifacts for cls in runners_for(entry.format)
+    found = [Candidate(cls.name, entry) for entry in manifest.artifacts
+             for cls in runners_for(entry.format, entry.precision)
              if (not installed_only or cls.available()) and not (gated_only and skip_reasons(entry, cls.name))]
     last = 1 + max((rank for cls in runners().values() for rank in cls.preference.values()), default=0)
     return sorted(found, key=lambda c: runner_class(c.runner).preference.get(c.entry.precision, last))

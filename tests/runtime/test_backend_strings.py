@@ -56,6 +56,9 @@ def test_auto_with_surrounding_spaces_is_auto(bundle_dir):
     ("tensorrt,onnxruntime:fp16", "backend 'tensorrt' and 'onnxruntime:fp16' have no artifact in this bundle"),
     ("tensorrt", "backend 'tensorrt' has no artifact in this bundle; it offers"),
     ("tensorrrt,onnxruntime", "unknown backend 'tensorrrt'"),  # a typo in a list is still refused
+    # a precision the runner's class does not list, whatever artifacts the bundle holds
+    ("torchscript:int8", "backend 'torchscript' runs fp32 artifacts, not 'int8'"),
+    ("onnxruntime:int4", "backend 'onnxruntime' runs fp32, fp16, int8 artifacts, not 'int4'"),
 ])
 def test_a_backend_that_names_no_runner_is_one_backend_error(bundle_dir, backend, message):
     with pytest.raises(BackendError, match=message):

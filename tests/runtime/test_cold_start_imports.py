@@ -24,7 +24,8 @@ import pytest
 from edgeseg.runtime.manifest import read_manifest
 from edgeseg.runtime.runners.onnxruntime import _GPU_PROVIDERS, OnnxRuntimeRunner, gpu_provider_library_installed
 from edgeseg.runtime.machine import installed_versions
-from edgeseg.runtime.probe_cache import CACHE_NAME, KEY_DISTRIBUTIONS, probe_key
+from edgeseg.runtime.probe_cache import CACHE_NAME, probe_key
+from edgeseg.runtime.runners import library_distributions
 
 ROOT = Path(__file__).resolve().parents[2]
 # Modules the path to a first mask on OpenVINO must not import (each was imported before).
@@ -154,7 +155,7 @@ def test_gpu_providers_ask_onnxruntime_only_where_a_provider_library_is_installe
 def test_installed_versions_match_importlib_metadata():
     import importlib.metadata
 
-    names = (*KEY_DISTRIBUTIONS, "numpy", "Pillow", "onnx", "edgeseg", "no-such-distribution-here")
+    names = (*library_distributions(), "numpy", "Pillow", "onnx", "edgeseg", "no-such-distribution-here")
     expected = {}
     for name in names:
         with contextlib.suppress(importlib.metadata.PackageNotFoundError):

@@ -119,3 +119,27 @@ def test_version_names_the_kernels_build_and_the_backend_libraries():
 
     assert (facts["kernels"]["openmp"] > 0) == has_openmp()
     assert facts["libraries"]["onnxruntime"] == metadata.version("onnxruntime")
+
+
+
+def test_backend_version_is_the_installed_library_of_every_runner(bundle_dir):
+    """The OpenVINO runner loads OpenVINO's bindings without ``import openvino``: its version is
+    still recorded, read from the distribution the runner names, as for ONNX Runtime. A fresh
+    process: one that imported openvino already would hide the difference."""
+    import importlib.util
+    from importlib import metadata
+
+    if importlib.util.find_spec("openvino") is None:
+        pytest.skip("openvino is not installed (pip install 'edgeseg[openvino]')")
+    script = ("import sys, json\n"
+              "from edgeseg.runtime import Segmenter\n"
+              "from edgeseg.runtime.provenance import provenance\n"
+              "found = {}\n"
+              "for backend in ('onnxruntime:fp32', 'openvino:fp32'):\n"
+              "    with Segmenter.load(sys.argv[1], backend=backend) as seg:\n"
+              "        found[backend] = provenance(seg).get('backend_version')\n"
+              "print(json.dumps(found))\n")
+    done = subprocess.run([sys.executable, "-c", script, str(bundle_dir)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"onnxruntime:fp32": metadata.version("onnxruntime"),
+                                       "openvino:fp32": metadata.version("openvino")}

@@ -18,7 +18,7 @@ from edgeseg.runtime.selection import Candidate, instantiate
 
 # (runner, precision) pairs the test bundle offers (it has no FP16 graph and no engine).
 PAIRS = [(cls.name, precision) for fmt, precision in (("onnx", "fp32"), ("onnx", "int8"), ("torchscript", "fp32"))
-         for cls in runners_for(fmt)]
+         for cls in runners_for(fmt, precision)]
 INT8_MIN_AGREEMENT = 0.97
 
 

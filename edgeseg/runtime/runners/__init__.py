@@ -3,8 +3,9 @@
 Every module of this package is imported once (they import their libraries lazily, so that
 is cheap and works without any of them) and each Runner subclass with a ``name`` is
 registered; adding a backend is adding a file. ``runner_class(name)`` returns one,
-``runners()`` all of them, ``artifact_formats()`` the artifact formats and precisions some
-runner loads (what a manifest may name).
+``runners()`` all of them, ``runners_for(format, precision)`` those that run an artifact,
+``artifact_formats()`` the artifact formats and precisions some runner loads (what a manifest
+may name), ``library_distributions()`` the distributions whose versions matter to results.
 """
 
 from __future__ import annotations
@@ -49,9 +50,18 @@ def artifact_formats() -> dict[str, tuple[str, ...]]:
     return {fmt: tuple(sorted(p)) for fmt, p in sorted(formats.items())}
 
 
-def runners_for(fmt: str) -> list[type[Runner]]:
-    """The runner classes that load artifacts of format ``fmt``."""
-    return [cls for cls in runners().values() if cls.format == fmt]
+def runners_for(fmt: str, precision: str | None = None) -> list[type[Runner]]:
+    """The runner classes that load artifacts of format ``fmt`` (and, given ``precision``, run
+    that precision: a runner is never offered an artifact its ``precisions`` leave out)."""
+    return [cls for cls in runners().values()
+            if cls.format == fmt and (precision is None or precision in cls.precisions)]
 
 
-__all__ = ["ArtifactRunner", "Runner", "artifact_formats", "runner_class", "runners", "runners_for"]
+def library_distributions() -> tuple[str, ...]:
+    """Every distribution some runner's library may be installed as, each once, in registry
+    order: what the probe cache key, ``edgeseg version`` and benchmark results record."""
+    return tuple(dict.fromkeys(dist for cls in runners().values() for dist in cls.library_distributions()))
+
+
+__all__ = ["ArtifactRunner", "Runner", "artifact_formats", "library_distributions", "runner_class", "runners",
+           "runners_for"]

@@ -1,8 +1,9 @@
 """Runner: the one interface every backend implements, and the description it gives of itself.
 
 A Runner class says what it is in class attributes (``name``, ``format``, ``precisions``,
-``library``, ``extra``, ``device_kind``, ``preference``); the registry, backend selection, the
-probe and manifest validation read those and nothing else, so a backend is one file. The
+``library``, ``distributions``, ``extra``, ``device_kind``, ``preference``, ``named_only``); the
+registry, backend selection, the probe and its cache key, the export gate, ``inspect``, ``bench``,
+``edgeseg version`` and manifest validation read those and nothing else, so a backend is one file. The
 public ``infer`` validates the batch against the model's input tensor (dtype, rank, channel
 and spatial sizes, batch limit, finite values) once, here, then calls the subclass's
 ``_infer``. Runners are context managers; ``close`` releases the backend's session (the
@@ -61,6 +62,9 @@ class Runner(abc.ABC):
     precisions: ClassVar[tuple[str, ...]] = ("fp32", "fp16", "int8")
     #: the top-level module it needs, checked without importing it
     library: ClassVar[str | None] = None
+    #: the pip distributions that may install ``library`` (first installed wins; default: the
+    #: module's own name): their versions key the probe cache and are reported with results
+    distributions: ClassVar[tuple[str, ...]] = ()
     #: the pip extra that installs that module
     extra: ClassVar[str | None] = None
     #: "cpu" or "cuda": where it runs
@@ -91,6 +95,13 @@ class Runner(abc.ABC):
             return importlib.util.find_spec(cls.library) is not None
         except (ImportError, ValueError):  # a broken or deliberately blocked install
             return False
+
+    @classmethod
+    def library_distributions(cls) -> tuple[str, ...]:
+        """The distributions whose installed version is this runner's library version."""
+        if cls.library is None:
+            return ()
+        return cls.distributions or (cls.library,)
 
     @property
     def precision(self) -> str:

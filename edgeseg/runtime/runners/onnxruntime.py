@@ -64,6 +64,8 @@ class OnnxRuntimeRunner(ArtifactRunner):
     name = "onnxruntime"
     format = "onnx"
     library = "onnxruntime"
+    # the GPU and OpenVINO-provider builds install the same module under their own names
+    distributions = ("onnxruntime", "onnxruntime-gpu", "onnxruntime-openvino")
     extra = "runtime"
     preference = {"int8": 6, "fp32": 8, "fp16": 11}
 

@@ -58,6 +58,7 @@ class TensorRTRunner(ArtifactRunner):
     name = "tensorrt"
     format = "tensorrt"
     library = "tensorrt"
+    distributions = ("tensorrt", "tensorrt-cu12", "tensorrt-cu13", "tensorrt-cu11")
     extra = "tensorrt"
     device_kind = "cuda"
     preference = {"fp16": 0, "int8": 1, "fp32": 2}
