@@ -46,9 +46,14 @@ def provenance(segmenter) -> dict[str, str]:
 
 
 def library_version(runner) -> str:
-    """The installed version of ``runner``'s library, read from the distributions it names (not
-    from the imported module: the OpenVINO runner loads only OpenVINO's bindings, which carry no
-    ``__version__``); empty for a runner without one."""
+    """The version the engine itself reports where the runner holds one (``engine_version``:
+    OpenVINO's build string, as the C API records it), else the installed version of ``runner``'s
+    library, read from the distributions it names (not from the imported module: the OpenVINO
+    runner loads only OpenVINO's bindings, which carry no ``__version__``); empty for a runner
+    without a library."""
+    own = getattr(runner, "engine_version", "")
+    if own:
+        return str(own)
     names = type(runner).library_distributions()
     found = installed_versions(names) if names else {}
     return next((found[name] for name in names if name in found), "")

@@ -125,7 +125,8 @@ def test_version_names_the_kernels_build_and_the_backend_libraries():
 def test_backend_version_is_the_installed_library_of_every_runner(bundle_dir):
     """The OpenVINO runner loads OpenVINO's bindings without ``import openvino``: its version is
     still recorded, read from the distribution the runner names, as for ONNX Runtime. A fresh
-    process: one that imported openvino already would hide the difference."""
+    process: one that imported openvino already would hide the difference. OpenVINO's is the build
+    string its runtime reports (as libedgeseg's), which begins with the wheel's version."""
     import importlib.util
     from importlib import metadata
 
@@ -141,5 +142,6 @@ def test_backend_version_is_the_installed_library_of_every_runner(bundle_dir):
               "print(json.dumps(found))\n")
     done = subprocess.run([sys.executable, "-c", script, str(bundle_dir)], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout) == {"onnxruntime:fp32": metadata.version("onnxruntime"),
-                                       "openvino:fp32": metadata.version("openvino")}
+    found = json.loads(done.stdout)
+    assert found["onnxruntime:fp32"] == metadata.version("onnxruntime")
+    assert found["openvino:fp32"].split("-")[0] == metadata.version("openvino"), found

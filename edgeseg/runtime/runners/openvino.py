@@ -88,7 +88,10 @@ class OpenVinoRunner(ArtifactRunner):
         if self.threads > 0:
             config["INFERENCE_NUM_THREADS"] = self.threads
         self._device = device
-        key = openvino_cache_key(ov.get_version(), device, self.threads, self.path)
+        # the build string (2026.4.1-22982-...), as libedgeseg records it: the wheel's version alone
+        # does not tell two builds apart
+        self.engine_version = ov.get_version()
+        key = openvino_cache_key(self.engine_version, device, self.threads, self.path)
         cache = CompiledModelCache("openvino", self.entry.sha256, key)
 
         def compile_model(folder, hit):
