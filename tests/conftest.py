@@ -44,7 +44,7 @@ _run_folder("EDGESEG_CACHE_DIR", "edgeseg-cache-")
 # file, handed them out last, and one worker went on with them alone after the other had finished.
 LONG_FILES = ("tests/sweep/test_sweep.py", "tests/sweep/test_redo.py", "tests/cli/test_cli.py",
               "tests/cli/test_sigterm.py", "tests/capi/test_wheel.py", "tests/train/test_bench_train_scale.py",
-              "tests/sweep/test_status.py", "tests/docs/test_quickstart.py")
+              "tests/sweep/test_status.py", "tests/docs/test_quickstart.py", "tests/runtime/test_adding_a_backend.py")
 
 
 def pytest_collection_modifyitems(config, items):
