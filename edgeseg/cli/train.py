@@ -124,7 +124,7 @@ def command(**opts) -> None:
         # refused here, before torchrun starts processes that would each print the refusal and
         # torchrun its report (a single process checks the same in train)
         check_launch(cfg, opts["resume"], opts["overwrite"], progress=not opts["quiet"])
-        launch(opts["nproc"], _repeat_options(ctx, skip={"nproc"}))
+        launch(opts["nproc"], _repeat_options(ctx, skip={"nproc"}), out=opts["out"])
         return
     result = train(cfg, resume=opts["resume"], progress=not opts["quiet"], overwrite=opts["overwrite"])
     if not main_process:
