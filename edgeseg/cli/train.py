@@ -123,7 +123,7 @@ def command(**opts) -> None:
             prepare_cublas()
         # refused here, before torchrun starts processes that would each print the refusal and
         # torchrun its report (a single process checks the same in train)
-        check_launch(cfg, opts["resume"], opts["overwrite"], progress=not opts["quiet"])
+        check_launch(cfg, opts["resume"], opts["overwrite"], progress=not opts["quiet"], processes=opts["nproc"])
         launch(opts["nproc"], _repeat_options(ctx, skip={"nproc"}), out=opts["out"])
         return
     result = train(cfg, resume=opts["resume"], progress=not opts["quiet"], overwrite=opts["overwrite"])

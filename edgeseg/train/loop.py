@@ -118,7 +118,7 @@ def _train(cfg, resume, progress, on_epoch, make_sampler, place, device) -> dict
     if place.distributed and place.is_main:
         distributed.barrier(place)
     train_set, val_set = data["train"], data["val"]
-    check_trainable(cfg, data, payload)
+    check_trainable(cfg, data, payload, place.world_size)
     if place.is_main:  # after the checks above: a refused training prints its error alone
         log.info("%s", data["store"].describe())
     if place.is_main:
