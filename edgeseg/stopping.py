@@ -28,6 +28,27 @@ _state = {"defer": 0, "pending": False, "received": False}
 STOP_REPORTED_ABOVE = "EDGESEG_STOP_REPORTED_ABOVE"
 
 
+# Set for the same processes: a folder where each leaves its one-line error (``rank-R.txt``)
+# instead of printing it, for the launching command to print one line for the run; N processes
+# failing alike (a divergence, a full disk) would otherwise print it N times.
+ERRORS_REPORTED_ABOVE = "EDGESEG_ERRORS_REPORTED_ABOVE"
+
+
+def report_error_above(text: str) -> bool:
+    """Leave this process's one-line error (without the ``edgeseg: error:`` prefix) for the
+    command that started it under torchrun; False where there is none (or the folder is gone),
+    and the process prints the line itself."""
+    folder = os.environ.get(ERRORS_REPORTED_ABOVE)
+    if not folder:
+        return False
+    try:
+        with open(os.path.join(folder, f"rank-{int(os.environ.get('RANK', '0'))}.txt"), "w", encoding="utf-8") as f:
+            f.write(text)
+    except (OSError, ValueError):
+        return False
+    return True
+
+
 def stop_line_wanted() -> bool:
     """Whether this process should print its "stopped" / "interrupted" line."""
     return os.environ.get(STOP_REPORTED_ABOVE) != "1"

@@ -17,7 +17,7 @@ import click
 from edgeseg.cli.version import version_option
 from edgeseg.errors import EdgesegError
 from edgeseg.progress import close_all
-from edgeseg.stopping import Terminated, received, sigterm_stops, stop_line_wanted
+from edgeseg.stopping import Terminated, received, report_error_above, sigterm_stops, stop_line_wanted
 
 
 def os_error_text(exc: OSError) -> str:
@@ -45,6 +45,14 @@ def _stop_line(text: str) -> None:
     except (AttributeError, ValueError):  # a replaced or closed stderr
         terminal = False
     click.echo(("\r\x1b[K" if terminal else "") + text, err=True)
+
+
+def _error_line(text: str) -> None:
+    """``edgeseg: error: TEXT`` on one line; a training process that `edgeseg train --nproc`
+    started leaves it to that command instead, which prints one line for all its processes."""
+    text = " ".join(text.split())
+    if not report_error_above(text):
+        _stop_line(f"edgeseg: error: {text}")
 
 
 class EdgesegGroup(click.Group):
@@ -86,7 +94,7 @@ class EdgesegGroup(click.Group):
                 if type(exc).__name__ == "NoArgsIsHelpError":  # a group called bare: its help, as click prints it
                     raise
                 where = f"; see '{exc.ctx.command_path} -h'" if exc.ctx is not None else ""
-                _stop_line(f"edgeseg: error: {' '.join(exc.format_message().split()).removesuffix('.')}{where}")
+                _error_line(f"{' '.join(exc.format_message().split()).removesuffix('.')}{where}")
                 sys.exit(2)
             except BrokenPipeError:  # the reader of stdout went away (`edgeseg inspect B | head`): as a shell tool does
                 os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing more to flush into the pipe
@@ -98,7 +106,7 @@ class EdgesegGroup(click.Group):
                     # One line, whatever the message quotes (a library's multi-line text, a matrix).
                     text = os_error_text(exc) if isinstance(exc, OSError) else \
                         memory_error_text(exc) if isinstance(exc, MemoryError) else str(exc)
-                    _stop_line(f"edgeseg: error: {' '.join(text.split())}")
+                    _error_line(text)
                     sys.exit(2)
                 stopped = True
             except KeyboardInterrupt:

@@ -123,8 +123,8 @@ def command(**opts) -> None:
             prepare_cublas()
         # refused here, before torchrun starts processes that would each print the refusal and
         # torchrun its report (a single process checks the same in train)
-        check_launch(cfg, opts["resume"], opts["overwrite"], progress=not opts["quiet"])
-        launch(opts["nproc"], _repeat_options(ctx, skip={"nproc"}))
+        check_launch(cfg, opts["resume"], opts["overwrite"], progress=not opts["quiet"], processes=opts["nproc"])
+        launch(opts["nproc"], _repeat_options(ctx, skip={"nproc"}), out=opts["out"])
         return
     result = train(cfg, resume=opts["resume"], progress=not opts["quiet"], overwrite=opts["overwrite"])
     if not main_process:

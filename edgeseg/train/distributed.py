@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol
@@ -25,6 +26,9 @@ from edgeseg.stopping import check_stop, stop_pending
 
 # A rank that dies leaves the others waiting in a collective; give up after this long.
 _TIMEOUT = datetime.timedelta(minutes=30)
+# How long a process whose collective failed waits for torchrun's stop (its agent looks at the
+# processes every 0.1 s and stops the others once one has died).
+PEER_FAILURE_GRACE_S = 3.0
 
 
 @dataclass(frozen=True)
@@ -164,6 +168,19 @@ def check_stop_together(place: ProcessPlace, device: torch.device) -> None:
     flag = torch.tensor([1 if stop_pending() else 0], dtype=torch.int32, device=device)
     torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
     check_stop(elsewhere=bool(flag.item()))
+
+
+def await_stop_after_failed_peer(grace_s: float = PEER_FAILURE_GRACE_S) -> None:
+    """Give torchrun's agent time to stop this process (raising ``Terminated``) after one of its
+    collectives failed: when another process died (killed, out of memory), gloo and NCCL fail
+    the collectives of the rest with a connection error whose traceback only repeats, once per
+    process, what torchrun and the command say about the one that died. Returns when no stop
+    comes: the failure is this process's own, and is reported as such."""
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline:
+        check_stop()
+        time.sleep(0.05)
+    check_stop()
 
 
 def barrier(place: ProcessPlace) -> None:

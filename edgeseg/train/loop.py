@@ -82,6 +82,10 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, on_epoc
             if place.is_main:  # under the lock: another process may be writing the folder's last.pt
                 check_start(cfg.out, resume, overwrite)
             return _train(cfg, resume, progress and place.is_main, on_epoch, make_sampler, place, device)
+    except RuntimeError:  # torch's own errors, a failed collective (gloo, NCCL) among them
+        if place.distributed:
+            distributed.await_stop_after_failed_peer()
+        raise
     finally:
         distributed.stop(place)
 
@@ -114,7 +118,7 @@ def _train(cfg, resume, progress, on_epoch, make_sampler, place, device) -> dict
     if place.distributed and place.is_main:
         distributed.barrier(place)
     train_set, val_set = data["train"], data["val"]
-    check_trainable(cfg, data, payload)
+    check_trainable(cfg, data, payload, place.world_size)
     if place.is_main:  # after the checks above: a refused training prints its error alone
         log.info("%s", data["store"].describe())
     if place.is_main:
@@ -140,11 +144,15 @@ def _train(cfg, resume, progress, on_epoch, make_sampler, place, device) -> dict
     try:
         best = _epochs(state, start_epoch, history, best, data, progress, on_epoch)
     finally:
-        state.val_predictions.remove()
-        # Dropping the loader ends its persistent workers now, each through its own exit, which
-        # removes the pymp-* folder it made in TMPDIR; at interpreter exit multiprocessing
-        # SIGTERMs them instead, and every worker's folder was left behind.
-        state.loader = None
+        # A SIGTERM is taken after this, not inside it: torchrun's, sent once another process
+        # died, landed in the loader's shutdown, which was left half done (its workers' semaphores
+        # leaked) with Python's "Exception ignored" traceback.
+        with stop_at_checkpoints():
+            state.val_predictions.remove()
+            # Dropping the loader ends its persistent workers now, each through its own exit, which
+            # removes the pymp-* folder it made in TMPDIR; at interpreter exit multiprocessing
+            # SIGTERMs them instead, and every worker's folder was left behind.
+            state.loader = None
     return {"best": best, "history": history, "out": str(out), "split": data["split"]}
 
 

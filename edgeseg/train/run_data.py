@@ -40,11 +40,13 @@ def prepare(cfg: TrainConfig, progress: bool = False) -> dict[str, Any]:
     return {"split": split, "spec": spec, "store": store, **sets, "val_voxel_ml": val_voxel_ml}
 
 
-def check_trainable(cfg: TrainConfig, data: dict[str, Any], payload: dict[str, Any] | None = None) -> None:
+def check_trainable(cfg: TrainConfig, data: dict[str, Any], payload: dict[str, Any] | None = None,
+                    processes: int = 1) -> None:
     """Refuse ``data`` (from :func:`prepare`) that this run cannot train on: a resumed run
-    (``payload``, its last.pt) whose data now splits into other cases, or a class no training
+    (``payload``, its last.pt) whose data now splits into other cases, a class no training
     slice holds (a --labels value the data does not use: it trains on empty targets, and its
-    validation Dice of empty against empty reads as a perfect 1.0)."""
+    validation Dice of empty against empty reads as a perfect 1.0), or fewer training slices
+    than ``processes`` to share them."""
     if payload is not None and payload.get("split") and _split_cases(payload["split"]) != _split_cases(data["split"]):
         raise CheckpointError(f"cannot resume {Path(cfg.out) / 'last.pt'}: {cfg.data} splits into other cases than "
                               "the run was trained on (other data, or data changed); train into another --out")
@@ -58,6 +60,9 @@ def check_trainable(cfg: TrainConfig, data: dict[str, Any], payload: dict[str, A
                               f"other images or labels than the run was trained on ({', '.join(changed[:3])}"
                               f"{', ...' if len(changed) > 3 else ''}); train into another --out")
     train_set = data["train"]
+    if len(train_set) < processes:
+        raise DataError(f"{cfg.data} gives {len(train_set)} training slice(s), fewer than the {processes} processes "
+                        f"that would share them; use --nproc {len(train_set)} or fewer")
     held = train_set.store.present[train_set.rows].any(axis=0)
     absent = [f"{name} (value {'+'.join(map(str, cfg.labels[name]))})" for k, name in enumerate(cfg.labels, start=1)
               if not held[k]]
@@ -77,7 +82,7 @@ def data_record(cfg: TrainConfig, data: dict[str, Any]) -> dict[str, Any]:
             "case_sha256": hashes}
 
 
-def check_launch(cfg: TrainConfig, resume: bool, overwrite: bool, progress: bool = False) -> None:
+def check_launch(cfg: TrainConfig, resume: bool, overwrite: bool, progress: bool = False, processes: int = 1) -> None:
     """Everything a training could refuse before its first epoch, checked in one process before
     torchrun starts several: the run folder (:func:`check_start`, and :func:`check_resumable`
     with ``resume``), then the data (:func:`prepare`, building the slice store the processes
@@ -86,7 +91,7 @@ def check_launch(cfg: TrainConfig, resume: bool, overwrite: bool, progress: bool
     with folder_lock(cfg.out, ".training.lock", busy_message(cfg.out), discard_on=EdgesegError, keep="last.pt"):
         check_start(cfg.out, resume, overwrite)
         payload = check_resumable(Path(cfg.out) / "last.pt", cfg) if resume else None
-        check_trainable(cfg, prepare(cfg, progress), payload)
+        check_trainable(cfg, prepare(cfg, progress), payload, processes)
 
 
 def _split_cases(split: dict[str, Any]) -> dict[str, list[str]]:

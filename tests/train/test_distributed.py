@@ -260,6 +260,9 @@ def test_bad_process_options_are_one_line_errors(tmp_path, monkeypatch, extra, e
      "phantom:cases=1,size=32,slices=4 holds 1 case(s); training needs at least 2 (train and validation)"),
     ("phantom:cases=3,size=32,slices=4", "liver=1,tumour=7",
      "no training slice of phantom:cases=3,size=32,slices=4 holds tumour (value 7); check --labels"),
+    ("phantom:cases=3,size=32,slices=1", "liver=1",
+     "phantom:cases=3,size=32,slices=1 gives 1 training slice(s), fewer than the 2 processes that would share them; "
+     "use --nproc 1 or fewer"),
 ])
 def test_data_a_run_cannot_train_on_is_one_line_before_torchrun_starts(tmp_path, data, labels, message,
                                                                        assert_one_line_error):
