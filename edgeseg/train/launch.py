@@ -231,6 +231,5 @@ def _stop_with_launcher() -> None:
         sys.exit(128 + signal.SIGTERM)
 
 
-
 if __name__ == "__main__":
     torchrun()
