@@ -178,3 +178,105 @@ def test_a_signal_while_the_command_starts_is_one_line(signum, status, line, tmp
     proc = subprocess.run([sys.executable, "-m", "edgeseg.cli", "models"], capture_output=True, text=True, timeout=120,
                           env=env)
     assert proc.returncode == status and proc.stderr == line + "\n", proc.stderr
+
+
+# Runs the edgeseg command in this interpreter and sends it a real SIGINT right after the first
+# of the outputs (argv[1], os.pathsep-separated) changes on disk: the moment a Ctrl-C cuts a
+# command's renames in two. Checked as each call returns inside edgeseg's atomic-write modules,
+# the only code that renames outputs into place.
+INTERRUPT_AFTER_FIRST_OUTPUT = r"""
+import os, signal, sys
+
+outputs = sys.argv.pop(1).split(os.pathsep)
+
+def state(path):
+    try:
+        found = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    return found.st_ino, found.st_mtime_ns
+
+before = [state(p) for p in outputs]
+
+def watch(frame, event, arg):
+    if event in ("return", "c_return") and os.sep + "atomic" in frame.f_code.co_filename \
+            and [state(p) for p in outputs] != before:
+        sys.setprofile(None)
+        os.kill(os.getpid(), signal.SIGINT)
+
+sys.setprofile(watch)
+from edgeseg.cli.main import cli
+cli(prog_name="edgeseg")
+"""
+
+
+def interrupted_between_renames(outputs: list[Path], *args) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1", OMP_NUM_THREADS="1")
+    return subprocess.run([sys.executable, "-c", INTERRUPT_AFTER_FIRST_OUTPUT, os.pathsep.join(map(str, outputs)),
+                           *map(str, args)], capture_output=True, text=True, timeout=300, env=env)
+
+
+def assert_whole_set(outputs: list[Path], before: dict[Path, tuple[int, str]]) -> bool:
+    """Every output is the earlier run's (same file, same bytes) or every one is new; True if new."""
+    now = {p: (p.stat().st_ino, hashlib.sha256(p.read_bytes()).hexdigest()) for p in outputs}
+    new = {p.name: now[p] != before[p] for p in outputs}
+    assert len(set(new.values())) == 1, f"a mix of new and earlier outputs: {new}"
+    return next(iter(new.values()))
+
+
+def stopped_once(proc) -> None:
+    assert proc.returncode == 130 and proc.stderr == "edgeseg: interrupted\n", (proc.returncode, proc.stderr)
+
+
+def snapshot(outputs: list[Path]) -> dict[Path, tuple[int, str]]:
+    return {p: (p.stat().st_ino, hashlib.sha256(p.read_bytes()).hexdigest()) for p in outputs}
+
+
+def test_ctrl_c_between_the_renames_of_predict_leaves_one_whole_set(bundle, volumes, tmp_path):
+    """--out, --overlay and --label-table land together: a Ctrl-C after the first of them was
+    renamed into place used to leave this case's colour table beside the last case's label map."""
+    outputs = [tmp_path / "labels" / "labels.nii.gz", tmp_path / "overlay.png", tmp_path / "tables" / "labels.ctbl"]
+    args = ["--out", outputs[0], "--overlay", outputs[1], "--label-table", outputs[2], "--backend", "onnxruntime",
+            "--quiet"]
+    first = edgeseg_limited(10**9, "predict", bundle, volumes[0], *args)
+    assert first.returncode == 0, first.stderr
+    before = snapshot(outputs)
+    proc = interrupted_between_renames(outputs, "predict", bundle, volumes[1], *args)
+    stopped_once(proc)
+    if assert_whole_set(outputs, before):
+        import nibabel
+
+        assert nibabel.load(outputs[0]).shape[2] == 6  # the second volume's label map, whole
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file()) == \
+        sorted(p.relative_to(tmp_path) for p in outputs)  # nothing staged left beside them
+
+
+def test_ctrl_c_between_the_renames_of_bench_leaves_one_whole_set(bundle, tmp_path):
+    outputs = [tmp_path / "bench.json", tmp_path / "plots" / "bench.png"]
+    args = ("bench", bundle, "--backend", "onnxruntime", "--batch", "1", "--size", 64, "--runs", 2, "--warmup", 1,
+            "--no-cold-start", "--quiet", "--json", outputs[0], "--png", outputs[1])
+    assert edgeseg_limited(10**9, *args).returncode == 0
+    before = snapshot(outputs)
+    proc = interrupted_between_renames(outputs, *args)
+    assert proc.returncode == 130 and proc.stderr.splitlines()[-1:] == ["edgeseg: interrupted"], proc.stderr
+    assert "Traceback" not in proc.stderr and len(proc.stderr.splitlines()) == 1, proc.stderr
+    assert_whole_set(outputs, before)
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file()) == \
+        sorted(p.relative_to(tmp_path) for p in outputs)
+
+
+def test_ctrl_c_between_the_renames_of_evaluate_leaves_one_whole_set(bundle, tmp_path):
+    """evaluate's files share a folder (atomic_files); SIGTERM was held back while they were
+    renamed, Ctrl-C was not."""
+    out = tmp_path / "eval"
+    args = ("evaluate", bundle.parent / "run" / "best.pt", "--data", PHANTOM, "--split", "all", "--worst", 1,
+            "--out", out, "--quiet")
+    first = edgeseg_limited(10**9, *args)
+    assert first.returncode == 0, first.stderr
+    outputs = sorted(out.iterdir())
+    assert len(outputs) >= 3, outputs
+    before = snapshot(outputs)
+    proc = interrupted_between_renames(outputs, *args)
+    stopped_once(proc)
+    assert_whole_set(outputs, before)
+    assert sorted(out.iterdir()) == outputs
