@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.interrupting import assert_whole_set, interrupted_between_renames, snapshot, stopped_once
+
 PHANTOM = "phantom:cases=2,size=64,slices=8"
 
 
@@ -180,75 +182,31 @@ def test_a_signal_while_the_command_starts_is_one_line(signum, status, line, tmp
     assert proc.returncode == status and proc.stderr == line + "\n", proc.stderr
 
 
-# Runs the edgeseg command in this interpreter and sends it a real SIGINT right after the first
-# of the outputs (argv[1], os.pathsep-separated) changes on disk: the moment a Ctrl-C cuts a
-# command's renames in two. Checked as each call returns inside edgeseg's atomic-write modules,
-# the only code that renames outputs into place.
-INTERRUPT_AFTER_FIRST_OUTPUT = r"""
-import os, signal, sys
+# A Ctrl-C between two of the renames that put a command's outputs in place (tests/interrupting.py):
+# the outputs are then the earlier run's or this run's, all of them, with nothing staged left.
 
-outputs = sys.argv.pop(1).split(os.pathsep)
-
-def state(path):
-    try:
-        found = os.lstat(path)
-    except FileNotFoundError:
-        return None
-    return found.st_ino, found.st_mtime_ns
-
-before = [state(p) for p in outputs]
-
-def watch(frame, event, arg):
-    if event in ("return", "c_return") and os.sep + "atomic" in frame.f_code.co_filename \
-            and [state(p) for p in outputs] != before:
-        sys.setprofile(None)
-        os.kill(os.getpid(), signal.SIGINT)
-
-sys.setprofile(watch)
-from edgeseg.cli.main import cli
-cli(prog_name="edgeseg")
-"""
-
-
-def interrupted_between_renames(outputs: list[Path], *args) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1", OMP_NUM_THREADS="1")
-    return subprocess.run([sys.executable, "-c", INTERRUPT_AFTER_FIRST_OUTPUT, os.pathsep.join(map(str, outputs)),
-                           *map(str, args)], capture_output=True, text=True, timeout=300, env=env)
-
-
-def assert_whole_set(outputs: list[Path], before: dict[Path, tuple[int, str]]) -> bool:
-    """Every output is the earlier run's (same file, same bytes) or every one is new; True if new."""
-    now = {p: (p.stat().st_ino, hashlib.sha256(p.read_bytes()).hexdigest()) for p in outputs}
-    new = {p.name: now[p] != before[p] for p in outputs}
-    assert len(set(new.values())) == 1, f"a mix of new and earlier outputs: {new}"
-    return next(iter(new.values()))
-
-
-def stopped_once(proc) -> None:
-    assert proc.returncode == 130 and proc.stderr == "edgeseg: interrupted\n", (proc.returncode, proc.stderr)
-
-
-def snapshot(outputs: list[Path]) -> dict[Path, tuple[int, str]]:
-    return {p: (p.stat().st_ino, hashlib.sha256(p.read_bytes()).hexdigest()) for p in outputs}
-
-
-def test_ctrl_c_between_the_renames_of_predict_leaves_one_whole_set(bundle, volumes, tmp_path):
+@pytest.mark.parametrize("out", ["labels.nii.gz", "pngs"], ids=["nifti", "png-series"])
+def test_ctrl_c_between_the_renames_of_predict_leaves_one_whole_set(out, bundle, volumes, tmp_path):
     """--out, --overlay and --label-table land together: a Ctrl-C after the first of them was
-    renamed into place used to leave this case's colour table beside the last case's label map."""
-    outputs = [tmp_path / "labels" / "labels.nii.gz", tmp_path / "overlay.png", tmp_path / "tables" / "labels.ctbl"]
+    renamed into place used to leave this case's colour table beside the last case's label map
+    (and a PNG series folder landed on its own, before the rest)."""
+    outputs = [tmp_path / "labels" / out, tmp_path / "overlay.png", tmp_path / "tables" / "labels.ctbl"]
     args = ["--out", outputs[0], "--overlay", outputs[1], "--label-table", outputs[2], "--backend", "onnxruntime",
-            "--quiet"]
+            "--quiet", *(["--format", "png"] if out == "pngs" else [])]
     first = edgeseg_limited(10**9, "predict", bundle, volumes[0], *args)
     assert first.returncode == 0, first.stderr
     before = snapshot(outputs)
     proc = interrupted_between_renames(outputs, "predict", bundle, volumes[1], *args)
     stopped_once(proc)
-    if assert_whole_set(outputs, before):
-        import nibabel
+    if assert_whole_set(outputs, before):  # the second volume's label map, whole
+        if out == "pngs":
+            assert len(list(outputs[0].iterdir())) == 6
+        else:
+            import nibabel
 
-        assert nibabel.load(outputs[0]).shape[2] == 6  # the second volume's label map, whole
-    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file()) == \
-        sorted(p.relative_to(tmp_path) for p in outputs)  # nothing staged left beside them
+            assert nibabel.load(outputs[0]).shape[2] == 6
+    assert {p.relative_to(tmp_path).parts[:2] for p in tmp_path.rglob("*") if p.is_file()} == \
+        {p.relative_to(tmp_path).parts for p in outputs}  # nothing staged left beside them
 
 
 def test_ctrl_c_between_the_renames_of_bench_leaves_one_whole_set(bundle, tmp_path):
@@ -258,8 +216,7 @@ def test_ctrl_c_between_the_renames_of_bench_leaves_one_whole_set(bundle, tmp_pa
     assert edgeseg_limited(10**9, *args).returncode == 0
     before = snapshot(outputs)
     proc = interrupted_between_renames(outputs, *args)
-    assert proc.returncode == 130 and proc.stderr.splitlines()[-1:] == ["edgeseg: interrupted"], proc.stderr
-    assert "Traceback" not in proc.stderr and len(proc.stderr.splitlines()) == 1, proc.stderr
+    stopped_once(proc)
     assert_whole_set(outputs, before)
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file()) == \
         sorted(p.relative_to(tmp_path) for p in outputs)
