@@ -63,7 +63,8 @@ def atomic_set(files: Sequence[str | os.PathLike], folders: Sequence[str | os.Pa
             for folder in sorted(set(made), key=lambda p: len(p.parts), reverse=True):
                 with contextlib.suppress(OSError):  # not empty: another target's, or another writer's
                     folder.rmdir()
-            name_failure(exc, next(iter(staged), "."), {str(tmp): str(path) for path, tmp in staged.items()})
+            if staged:  # an OS error that names no file: the first output's (each writer names its own)
+                name_failure(exc, next(iter(staged)), {str(tmp): str(path) for path, tmp in staged.items()})
         raise
 
 

@@ -111,3 +111,12 @@ def test_stops_held_delivers_ctrl_c_and_sigterm_after_the_block_to_the_handler_b
     """In a fresh interpreter: the signals go to this process, which must survive a SIGTERM."""
     done = subprocess.run([sys.executable, "-c", HELD], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
+
+
+def test_an_empty_set_is_a_plain_block(tmp_path):
+    """bench without --json and --png: nothing staged, and an error in the block is that error."""
+    with pytest.raises(OSError, match="disk full") as failed:
+        with atomic_set([]) as staged:
+            assert staged == {}
+            raise OSError(28, "disk full")
+    assert failed.value.filename is None
