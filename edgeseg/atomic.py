@@ -89,12 +89,13 @@ def atomic_files(folder: str | os.PathLike, names: Sequence[str], drop: Sequence
 
     Yields ``{name: temporary path}``, each beside its file; when the block ends without error,
     all are renamed into place together, and the files ``drop`` (an earlier set's that this set
-    lacks) are removed, with a SIGTERM held back meanwhile and under an exclusive lock on the
+    lacks) are removed, with Ctrl-C and SIGTERM held back meanwhile (``stopping.stops_held``:
+    a stop lands before the first rename or after the last) and under an exclusive lock on the
     folder, so that concurrent writers' files never mix: the folder holds one writer's whole
     set. On any exception the temporaries are removed, the files there are left as they were,
     and a folder this made is removed again.
     """
-    from edgeseg.stopping import stop_at_checkpoints
+    from edgeseg.stopping import stops_held
 
     target = Path(folder)
     made = _make_folder(target)
@@ -105,7 +106,7 @@ def atomic_files(folder: str | os.PathLike, names: Sequence[str], drop: Sequence
             os.close(fd)
             staged[name] = Path(tmp)
         yield staged
-        with stop_at_checkpoints(), _folder_locked(target):
+        with _folder_locked(target), stops_held():  # a wait for the lock can still be interrupted
             for name, tmp in staged.items():
                 os.chmod(tmp, _new_mode(target / name))
                 os.replace(tmp, target / name)

@@ -6,6 +6,8 @@ signal can land anywhere, also inside a library's import or a C extension, which
 into another error or leave half-made state; loops that spend their time in such code (the
 training loop) therefore take the stop at their own safe points: inside
 :func:`stop_at_checkpoints` the handler only records it and :func:`check_stop` raises it.
+:func:`stops_held` holds back Ctrl-C too, for the few steps that must not be cut in two (the
+renames that put a set of outputs in place).
 """
 
 from __future__ import annotations
@@ -109,3 +111,33 @@ def check_stop(elsewhere: bool = False) -> None:
     if _state["pending"] or elsewhere:
         _state["pending"] = False
         raise Terminated
+
+
+@contextlib.contextmanager
+def stops_held() -> Iterator[None]:
+    """Hold back Ctrl-C (SIGINT) and SIGTERM for the block, then act on them as usual.
+
+    Meant for a few quick steps that must happen all or none (renaming a set of outputs into
+    place): a signal arriving meanwhile is only recorded, and delivered again once the block
+    ends, normally or by an exception, to the handler that was in force before (a Ctrl-C then
+    raises KeyboardInterrupt, a SIGTERM under :func:`sigterm_stops` raises Terminated). A
+    signal that is ignored, or whose handler is not Python's, is left alone. Handlers can only
+    be set in the main thread: elsewhere only a SIGTERM is held (as :func:`stop_at_checkpoints`).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        with stop_at_checkpoints():
+            yield
+        return
+    held: list[int] = []
+    previous = {}
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        handler = signal.getsignal(signum)
+        if handler is not None and handler != signal.SIG_IGN:
+            previous[signum] = signal.signal(signum, lambda number, frame: held.append(number))
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        for signum in dict.fromkeys(held):
+            signal.raise_signal(signum)  # the handler runs before this returns

@@ -38,9 +38,8 @@ MAX_DURATION_S = 3600
 def command(bundle, backends, batch, size, runs, warmup, duration, threads, json_out, png_out, no_cold_start,
             tta, quiet) -> None:
     """Benchmark BUNDLE on this machine: one table for all backends, measured in one run."""
-    import contextlib
-
-    from edgeseg.atomic import atomic_path, check_output_file
+    from edgeseg.atomic import check_output_file
+    from edgeseg.atomic_set import atomic_set
     from edgeseg.bench.runtime import (backend_labels, bench_backend, cold_start, format_table, input_shape,
                                        plot_latency, write_json)
     from edgeseg.errors import DataError, EdgesegError, require
@@ -89,10 +88,10 @@ def command(bundle, backends, batch, size, runs, warmup, duration, threads, json
     failed = [r for r in results if "error" in r]
     if failed and len(failed) == len(results):  # a table of errors only: nothing measured, nothing to keep
         raise DataError(f"every measurement failed (first: {failed[0]['backend']}: {failed[0]['error']})")
-    # both files land together after both are written: a stop or a full disk while the plot is
-    # drawn must not leave this run's JSON beside an earlier run's plot
-    with contextlib.ExitStack() as outputs:
-        staged = {path: outputs.enter_context(atomic_path(path)) for path in (json_out, png_out) if path}
+    # both files land together after both are written (atomic_set): a stop or a full disk while
+    # the plot is drawn, or a Ctrl-C between the renames, must not leave this run's JSON beside
+    # an earlier run's plot
+    with atomic_set([path for path in (json_out, png_out) if path]) as staged:
         if json_out:
             write_json(results, staged[json_out])
         if png_out:

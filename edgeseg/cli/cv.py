@@ -41,7 +41,7 @@ INT8_OPTIONS = [
 
 
 def _run(**opts) -> None:
-    from edgeseg.atomic import atomic_write_text, check_output_folder
+    from edgeseg.atomic import atomic_files, check_output_folder
 
     ctx = click.get_current_context()
     given = [f"--{name.replace('_', '-')}" for name in ("val_fraction", "test_fraction")
@@ -133,9 +133,12 @@ def _run(**opts) -> None:
         from edgeseg.export.fold_export import export_name
 
         names.append(f"{base}-{export_name(_export_settings(opts))}{tta_suffix(tta)}")
-    for name in names:
-        atomic_write_text(root / f"{name}.json", json.dumps(result, indent=2) + "\n")
-        atomic_write_text(root / f"{name}.txt", table + "\n")
+    # each table lands with its JSON (atomic_files): a stop or a full disk between them must not
+    # leave this run's scores beside an earlier run's table
+    with atomic_files(root, [f"{name}{suffix}" for name in names for suffix in (".json", ".txt")]) as staged:
+        for name in names:
+            staged[f"{name}.json"].write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+            staged[f"{name}.txt"].write_text(table + "\n", encoding="utf-8")
     click.echo(table)
 
 

@@ -118,23 +118,21 @@ def command(bundle, input_path, out, fmt, backend, threads, batch_size, overlay,
 
 def _write_outputs(labels, volume, out, fmt, overlay, label_tables, window, names, seg, flat, record,
                    progress: bool) -> None:
-    """Write --out, --overlay and each --label-table as one set: each is written beside its place
-    first, and all land once all are written, so a stop or a full disk on any of them leaves an
-    earlier run's set as it was, not this run's labels beside that run's overlay. (A PNG folder
-    --out lands whole on its own, written last.) ``flat``: an (H, W) array in gives an (H, W)
-    label map out, as a slice does through the API. ``record``: the provenance each output holds;
-    ``progress``: the NIfTI's slices counted on stderr as they are written."""
-    import contextlib
-
-    from edgeseg.atomic import atomic_path
+    """Write --out, --overlay and each --label-table as one set (``atomic_set``): each is written
+    beside its place first, and all land together once all are written, with Ctrl-C and SIGTERM
+    held back while they are renamed, so a stop or a full disk leaves an earlier run's set as it
+    was (or, a stop after the renames, this run's whole set), never this run's labels beside that
+    run's overlay. ``flat``: an (H, W) array in gives an (H, W) label map out, as a slice does
+    through the API. ``record``: the provenance each output holds; ``progress``: the NIfTI's
+    slices counted on stderr as they are written."""
+    from edgeseg.atomic_set import atomic_set
     from edgeseg.runtime.label_tables import write_label_table
     from edgeseg.runtime.writers import (write_dicom_seg, write_nifti, write_npy, write_overlay, write_png,
-                                         write_seg_nrrd)
+                                         write_png_slices, write_seg_nrrd)
 
-    with contextlib.ExitStack() as outputs:
-        files = [out] if fmt != "png" else []
-        staged = {path: outputs.enter_context(atomic_path(path)) for path in [*files, *filter(None, [overlay]),
-                                                                             *label_tables]}
+    series = fmt == "png" and labels.shape[0] > 1  # a PNG per slice, in a folder
+    with atomic_set([*([] if series else [out]), *filter(None, [overlay]), *label_tables],
+                    folders=[out] if series else []) as staged:
         if overlay:
             write_overlay(labels, volume, staged[overlay], window, provenance=record)
         for table in label_tables:
@@ -148,8 +146,10 @@ def _write_outputs(labels, volume, out, fmt, overlay, label_tables, window, name
                             parameters=seg["parameters"], provenance=record)
         elif fmt == "npy":
             write_npy(labels[0] if flat else labels, staged[out])
+        elif series:
+            write_png_slices(labels, volume, staged[out], window, provenance=record)
         else:
-            write_png(labels, volume, out, window, provenance=record)
+            write_png(labels, volume, staged[out], window, provenance=record)
 
 
 def _parse_spacing(text: str | None) -> tuple[float, float, float] | None:

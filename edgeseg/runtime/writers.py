@@ -276,10 +276,21 @@ def write_png(labels: np.ndarray, volume, out: str | os.PathLike, window: tuple[
             Image.fromarray(overlay_rgb(volume.hu[0], labels[0], window)).save(tmp, format="PNG", pnginfo=text)
         return out
     with atomic_dir(out) as folder:
-        for k, name in enumerate(volume.slice_ids):
-            Image.fromarray(overlay_rgb(volume.hu[k], labels[k], window)).save(folder / f"{k:04d}_{Path(name).stem}.png",
-                                                                               pnginfo=text)
+        write_png_slices(labels, volume, folder, window, provenance)
     return out
+
+
+def write_png_slices(labels: np.ndarray, volume, folder: str | os.PathLike,
+                     window: tuple[float, float] = DISPLAY_WINDOW, provenance: dict | None = None) -> None:
+    """The PNGs of :func:`write_png` for a volume, one per slice, into the existing ``folder``
+    (a staging folder that its caller puts in place)."""
+    Image = check_writer("png")
+
+    labels = label_volume(labels, volume, what=f"PNG output {folder}")
+    text = png_text(provenance)
+    for k, name in enumerate(volume.slice_ids):
+        Image.fromarray(overlay_rgb(volume.hu[k], labels[k], window)).save(Path(folder) / f"{k:04d}_{Path(name).stem}.png",
+                                                                           pnginfo=text)
 
 
 def write_overlay(labels: np.ndarray, volume, out: str | os.PathLike,

@@ -14,7 +14,7 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
-from edgeseg.atomic import atomic_path, atomic_write_text
+from edgeseg.atomic import atomic_files, atomic_path
 from edgeseg.sweep.versions import differing_versions, versions_text
 
 COLUMNS = ("id", "variant", "seed", "model", "base", "depth", "size", "params", "gflop", "epochs", "best_epoch",
@@ -267,17 +267,17 @@ def write_reports(out: str | Path, points: list[dict[str, Any]], choose: dict[st
                      for r in rows)
     paths = {"csv": out / "sweep.csv", "json": out / "results.json", "commands": out / "commands.sh",
              "png": out / "pareto.png", "variants": out / "variants.csv"}
-    atomic_write_text(paths["csv"], text.getvalue())
+    texts = {"csv": text.getvalue()}
     text = io.StringIO()
     writer = csv.DictWriter(text, fieldnames=VARIANT_COLUMNS, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     writer.writerows({**v, "seeds": " ".join("-" if x is None else str(x) for x in v["seeds"])} for v in variants)
-    atomic_write_text(paths["variants"], text.getvalue())
-    atomic_write_text(paths["json"], json.dumps(rows, indent=2))
+    texts["variants"] = text.getvalue()
+    texts["json"] = json.dumps(rows, indent=2)
     script = ["#!/bin/sh", "# The commands that reproduce each sweep point.", "set -e"]
     for p in rows:
         script += ["", f"# {p['id']}", *p["commands"]]
-    atomic_write_text(paths["commands"], "\n".join(script) + "\n")
+    texts["commands"] = "\n".join(script) + "\n"
     choice = None
     mixed = differing_versions(points)
     if (choose and one_machine(machines) and len(result_gates(points)) == 1 and comparable_scorings(points)
@@ -286,10 +286,14 @@ def write_reports(out: str | Path, points: list[dict[str, Any]], choose: dict[st
     if choice is not None:
         paths["choice"] = out / "choice.json"
         record = {**choice, "machine": machines[0], **({"mixed_versions": mixed} if mixed else {})}
-        atomic_write_text(paths["choice"], json.dumps(record, indent=2) + "\n")
-    else:  # one from before (the reference since short of runs, or measured elsewhere) would mislead
-        (out / "choice.json").unlink(missing_ok=True)
-    plot_front(variants, paths["png"], choice, machines, mixed)
+        texts["choice"] = json.dumps(record, indent=2) + "\n"
+    # the reports land as one set (atomic_files), a choice.json from before going with them when
+    # there is none now (it would mislead: the reference since short of runs, or measured
+    # elsewhere): a stop or a failed plot never leaves this run's table beside an earlier plot
+    with atomic_files(out, [path.name for path in paths.values()], drop=[] if choice else ["choice.json"]) as staged:
+        for key, content in texts.items():
+            staged[paths[key].name].write_text(content, encoding="utf-8")
+        plot_front(variants, staged[paths["png"].name], choice, machines, mixed)
     return paths
 
 

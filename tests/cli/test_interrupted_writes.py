@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.interrupting import assert_whole_set, interrupted_between_renames, snapshot, stopped_once
+
 PHANTOM = "phantom:cases=2,size=64,slices=8"
 
 
@@ -178,3 +180,60 @@ def test_a_signal_while_the_command_starts_is_one_line(signum, status, line, tmp
     proc = subprocess.run([sys.executable, "-m", "edgeseg.cli", "models"], capture_output=True, text=True, timeout=120,
                           env=env)
     assert proc.returncode == status and proc.stderr == line + "\n", proc.stderr
+
+
+# A Ctrl-C between two of the renames that put a command's outputs in place (tests/interrupting.py):
+# the outputs are then the earlier run's or this run's, all of them, with nothing staged left.
+
+@pytest.mark.parametrize("out", ["labels.nii.gz", "pngs"], ids=["nifti", "png-series"])
+def test_ctrl_c_between_the_renames_of_predict_leaves_one_whole_set(out, bundle, volumes, tmp_path):
+    """--out, --overlay and --label-table land together: a Ctrl-C after the first of them was
+    renamed into place used to leave this case's colour table beside the last case's label map
+    (and a PNG series folder landed on its own, before the rest)."""
+    outputs = [tmp_path / "labels" / out, tmp_path / "overlay.png", tmp_path / "tables" / "labels.ctbl"]
+    args = ["--out", outputs[0], "--overlay", outputs[1], "--label-table", outputs[2], "--backend", "onnxruntime",
+            "--quiet", *(["--format", "png"] if out == "pngs" else [])]
+    first = edgeseg_limited(10**9, "predict", bundle, volumes[0], *args)
+    assert first.returncode == 0, first.stderr
+    before = snapshot(outputs)
+    proc = interrupted_between_renames(outputs, "predict", bundle, volumes[1], *args)
+    stopped_once(proc)
+    if assert_whole_set(outputs, before):  # the second volume's label map, whole
+        if out == "pngs":
+            assert len(list(outputs[0].iterdir())) == 6
+        else:
+            import nibabel
+
+            assert nibabel.load(outputs[0]).shape[2] == 6
+    assert {p.relative_to(tmp_path).parts[:2] for p in tmp_path.rglob("*") if p.is_file()} == \
+        {p.relative_to(tmp_path).parts for p in outputs}  # nothing staged left beside them
+
+
+def test_ctrl_c_between_the_renames_of_bench_leaves_one_whole_set(bundle, tmp_path):
+    outputs = [tmp_path / "bench.json", tmp_path / "plots" / "bench.png"]
+    args = ("bench", bundle, "--backend", "onnxruntime", "--batch", "1", "--size", 64, "--runs", 2, "--warmup", 1,
+            "--no-cold-start", "--quiet", "--json", outputs[0], "--png", outputs[1])
+    assert edgeseg_limited(10**9, *args).returncode == 0
+    before = snapshot(outputs)
+    proc = interrupted_between_renames(outputs, *args)
+    stopped_once(proc)
+    assert_whole_set(outputs, before)
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file()) == \
+        sorted(p.relative_to(tmp_path) for p in outputs)
+
+
+def test_ctrl_c_between_the_renames_of_evaluate_leaves_one_whole_set(bundle, tmp_path):
+    """evaluate's files share a folder (atomic_files); SIGTERM was held back while they were
+    renamed, Ctrl-C was not."""
+    out = tmp_path / "eval"
+    args = ("evaluate", bundle.parent / "run" / "best.pt", "--data", PHANTOM, "--split", "all", "--worst", 1,
+            "--out", out, "--quiet")
+    first = edgeseg_limited(10**9, *args)
+    assert first.returncode == 0, first.stderr
+    outputs = sorted(out.iterdir())
+    assert len(outputs) >= 3, outputs
+    before = snapshot(outputs)
+    proc = interrupted_between_renames(outputs, *args)
+    stopped_once(proc)
+    assert_whole_set(outputs, before)
+    assert sorted(out.iterdir()) == outputs

@@ -75,3 +75,22 @@ def _check_crossfit(out, result):
                 continue  # filtered and receiving: no single stored candidate to compare with
             assert row[name] == pytest.approx(sum(want) / len(want))
     assert "cross-fitted" in (out / "cv.txt").read_text()
+
+
+def test_ctrl_c_between_the_renames_of_the_cv_summary_leaves_one_whole_set(tmp_path, lesion_slices):
+    """cv.json and cv.txt land together: a Ctrl-C between their renames (a run that resumes
+    without training writes both again) left this run's scores beside an earlier run's table."""
+    from tests.interrupting import assert_whole_set, interrupted_between_renames, snapshot, stopped_once
+
+    out = tmp_path / "cv"
+    args = ["cv", "--data", lesion_slices(4, seed=2), "--out", out, "--folds", 2, "--case-pattern", "file",
+            "--labels", "faint=1,bright=2", "--window", "0,255", "--size", 32, "--base", 4, "--depth", 2,
+            "--epochs", 1, "--batch-size", 2, "--amp", "off", "--threads", 1, "--quiet"]
+    first = subprocess.run([sys.executable, "-m", "edgeseg.cli", *map(str, args)], capture_output=True, text=True,
+                           timeout=600)
+    assert first.returncode == 0, first.stderr
+    outputs = [out / "cv.json", out / "cv.txt"]
+    before = snapshot(outputs)
+    stopped_once(interrupted_between_renames(outputs, *args))
+    assert_whole_set(outputs, before)
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".cv")]  # nothing staged left
