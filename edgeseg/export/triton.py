@@ -343,8 +343,6 @@ def write_triton_repo(bundle: str | Path, repo: str | Path, *, name: str = "edge
     if onnx is None:
         have = sorted(a.key for a in manifest.artifacts)
         raise BundleError(f"bundle {bundle} has no onnx-{precision} artifact (it has {have})")
-    for warning in serving_warnings(onnx, name, kind, backend):
-        log.warning("%s", warning)
     runtime = f"{backend}:{precision}"
     paths = python_paths() if paths is None else list(paths)
     engines = {a.fingerprint["compute_capability"]: a for a in manifest.artifacts
@@ -376,4 +374,6 @@ def write_triton_repo(bundle: str | Path, repo: str | Path, *, name: str = "edge
             for entry in engines.values():
                 shutil.copyfile(bundle / entry.file, tmp / trt_name / "1" / entry.file)
             models.append(repo / trt_name)
+    for warning in serving_warnings(onnx, name, kind, backend):  # about the repository written, so after it is
+        log.warning("%s", warning)
     return models
