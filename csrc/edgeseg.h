@@ -61,8 +61,9 @@ typedef struct es_segmenter es_segmenter;
 
 /* Open `bundle_dir` and compile its ONNX artifact of `precision` ("int8", "fp32", "fp16"; NULL
  * or "auto": the first of int8, fp32, fp16 the bundle has and the Python runtime's auto would run
- * on OpenVINO here: none the export gate excluded for openvino, and no INT8 graph of the tensorrt
- * scheme on an x86 CPU without VNNI; see docs/c-api.md) for OpenVINO's CPU plugin with
+ * on OpenVINO here: none the export gate excluded for openvino or, where the manifest lists the
+ * runners the gate scored, did not score on openvino, and no INT8 graph of the tensorrt scheme on
+ * an x86 CPU without VNNI; see docs/c-api.md) for OpenVINO's CPU plugin with
  * `threads` inference threads (0: OpenVINO's default; at most 1024). Compiled models are cached (OpenVINO's
  * CACHE_DIR) in $EDGESEG_CACHE_DIR/openvino/SHA16-KEY12 (default ~/.cache/edgeseg/...; see
  * docs/c-api.md): the artifact's sha256 and path and the OpenVINO version and settings name

@@ -179,6 +179,10 @@ static int check_artifact(const cJSON *a, const char *dir, es_error *err) {
     for (const cJSON *r = reasons_ok && excluded ? excluded->child : NULL; r; r = r->next) reasons_ok &= cJSON_IsString(r);
     if (!reasons_ok)
         return es_fail(err, ES_EBUNDLE, "bundle %s: artifact %s: 'excluded' must map backend names to reasons", dir, file);
+    const cJSON *scored = cJSON_GetObjectItemCaseSensitive(a, "scored");
+    int names_ok = !scored || cJSON_IsNull(scored) || cJSON_IsArray(scored);
+    for (const cJSON *r = names_ok && scored ? scored->child : NULL; r; r = r->next) names_ok &= cJSON_IsString(r) && *r->valuestring;
+    if (!names_ok) return es_fail(err, ES_EBUNDLE, "bundle %s: artifact %s: 'scored' must list backend names", dir, file);
     return ES_OK;
 }
 
@@ -214,13 +218,23 @@ static int cpu_has_vnni(void) {
 
 /* Why "auto" must not run artifact `a` on OpenVINO's CPU plugin here, written to `why` (0: it
  * may). The rules of edgeseg/runtime/selection.py's skip_reasons: the export gate excluded the
- * openvino runner for it, or it is an INT8 graph not of the cpu scheme on an x86 CPU without VNNI. */
+ * openvino runner for it or, where the entry lists the runners it scored, never ran it; or it is
+ * an INT8 graph not of the cpu scheme on an x86 CPU without VNNI. */
 static int auto_skips(const cJSON *a, char *why, size_t n) {
     const cJSON *excluded = cJSON_GetObjectItemCaseSensitive(a, "excluded");
     const cJSON *reason = cJSON_IsObject(excluded) ? cJSON_GetObjectItemCaseSensitive(excluded, "openvino") : NULL;
     if (cJSON_IsString(reason)) {
         snprintf(why, n, "the export gate excluded openvino: %s", reason->valuestring);
         return 1;
+    }
+    const cJSON *scored = cJSON_GetObjectItemCaseSensitive(a, "scored"), *r = NULL;
+    if (cJSON_IsArray(scored)) { /* absent: a bundle from before the gate listed them, judged by excluded alone */
+        for (r = scored->child; r && strcmp(r->valuestring, "openvino") != 0; r = r->next) {}
+        if (!r) {
+            snprintf(why, n, "not scored by the export gate: openvino was not installed where the bundle was exported; "
+                     "edgeseg gate scores it");
+            return 1;
+        }
     }
     if (strcmp(string_or(a, "precision", ""), "int8") != 0) return 0;
     const cJSON *extra = cJSON_GetObjectItemCaseSensitive(a, "extra");

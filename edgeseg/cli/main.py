@@ -135,11 +135,11 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from edgeseg.cli import (bench, compare, cv, data, evaluate, export, inspect, listen, models, predict, sdk, serve,
-                             sweep, train, triton, version)
+    from edgeseg.cli import (bench, compare, cv, data, evaluate, export, gate, inspect, listen, models, predict, sdk,
+                             serve, sweep, train, triton, version)
 
-    for module in (data, models, train, cv, evaluate, compare, export, inspect, predict, bench, serve, triton, listen,
-                   sweep, sdk, version):
+    for module in (data, models, train, cv, evaluate, compare, export, gate, inspect, predict, bench, serve, triton,
+                   listen, sweep, sdk, version):
         cli.add_command(module.command)
     cli.add_command(bench.serve_command)
 

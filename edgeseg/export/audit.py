@@ -29,6 +29,12 @@ def row_name(row: dict) -> str:
     return f"{row.get('key')} on {row.get('run_on')}"
 
 
+def row_runners(rows: list[dict], file: str) -> list[str]:
+    """The runners with a row for ``file`` (``runner`` of each row; the half-precision check
+    has none), in the order of the rows: what the manifest records as ``scored``."""
+    return list(dict.fromkeys(r["runner"] for r in rows if r.get("file") == file and r.get("runner")))
+
+
 def row_verdict(row: dict) -> tuple[bool, str]:
     """Whether the gate passes ``row`` by the numbers it records, and why in words. FP32 rows pass
     with finite logits and no decided pixel changed; FP16 and INT8 rows with finite logits, their
@@ -126,4 +132,11 @@ def _artifact_problems(entry: ArtifactEntry, rows: list[dict], all_rows: list[di
                  if r["run_on"] == HALF_EMULATION and not r["passed"]]
     problems += [f"{row_name(r)} failed the gate, but the manifest does not exclude {r['runner']} from auto on "
                  f"{entry.file}" for r in runs if not r["passed"] and r.get("runner") and r["runner"] not in entry.excluded]
+    if entry.scored is not None:
+        ran = row_runners(all_rows, entry.file)  # a row named as wrong above still shows its runner ran
+        problems += [f"the manifest lists {name} as scored on {entry.file}, but parity.json has no row of it"
+                     for name in entry.scored if name not in ran]
+        problems += [f"parity.json has a row of {entry.file} on {name}, but the manifest does not list {name} as "
+                     f"scored on it (an edgeseg gate stopped before it wrote the manifest? run it again)"
+                     for name in ran if name not in entry.scored]
     return problems

@@ -64,13 +64,14 @@ def staged_bundle(out: str | Path, replace: bool = True) -> Iterator[Path]:
 
 
 def artifact_entry(folder: Path, file: str, fmt: str, precision: str, fingerprint: dict | None = None,
-                   extra: dict | None = None, excluded: dict[str, str] | None = None) -> ArtifactEntry:
-    """The manifest entry of ``folder/file``: its sha256 and size as written, and the runners
-    the parity gate failed on it (``excluded``: backend name -> reason)."""
+                   extra: dict | None = None, excluded: dict[str, str] | None = None,
+                   scored: list[str] | None = None) -> ArtifactEntry:
+    """The manifest entry of ``folder/file``: its sha256 and size as written, the runners the
+    parity gate ran on it (``scored``) and those it failed (``excluded``: backend name -> reason)."""
     path = folder / file
     return ArtifactEntry(file=file, format=fmt, precision=precision, sha256=sha256_file(path),
                          bytes=path.stat().st_size, fingerprint=fingerprint, extra=dict(extra or {}),
-                         excluded=dict(excluded or {}))
+                         excluded=dict(excluded or {}), scored=None if scored is None else tuple(scored))
 
 
 def build_manifest(payload: dict[str, Any], checkpoint: Path, checkpoint_sha256: str, spec: PreprocessSpec,

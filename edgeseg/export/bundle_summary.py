@@ -13,8 +13,8 @@ from edgeseg.runtime.manifest import PARITY_NAME, read_bundle_json_bytes, read_m
 
 def summarize_bundle(bundle: str | Path) -> dict[str, Any]:
     """The manifest (source and provenance, model, spec and its hash, labels, post-processing,
-    tensors), each artifact with a fresh size and sha256 check and the runners ``auto`` skips for
-    it on this machine, the calibration record, the parity report with its gate, the notes, and
+    tensors), each artifact with a fresh size and sha256 check, the runners the gate scored on it
+    and those ``auto`` skips for it on this machine, the calibration record, the parity report with its gate, the notes, and
     the checks that failed (``failed``, empty when none): besides the hashes, that parity.json is
     this bundle's and its verdicts follow from its numbers (:mod:`edgeseg.export.audit`), and that
     the manifest's spec and labels are those the artifacts embed (:mod:`edgeseg.export.embedded`).
@@ -34,6 +34,11 @@ def summarize_bundle(bundle: str | Path) -> dict[str, Any]:
             failed.append(_failure("hash", f"{entry.key}: {row['hash_problem']}", entry.key))
         artifacts.append(row)
     notes: list[str] = []
+    unrecorded = [entry.file for entry in manifest.artifacts if entry.scored is None]
+    if unrecorded:
+        notes.append(f"the manifest records no runners the parity gate scored on {', '.join(unrecorded)} (exported "
+                     "before it did): auto may pick any installed runner the gate did not exclude, also one it never "
+                     "ran; edgeseg gate BUNDLE --checkpoint CKPT records them and scores the others")
     parity = None
     report = _read_parity(bundle)
     if report is _MISSING:  # every export writes it: without it nothing says the artifacts were checked
@@ -65,7 +70,7 @@ def _artifact(bundle: str | Path, manifest, entry) -> dict[str, Any]:
     """One artifact of the manifest, its hash check, and the runners ``auto`` skips for it: those
     the gate excluded, those that run only when named, and those this machine cannot run it on."""
     from edgeseg.runtime.runners import runners_for
-    from edgeseg.runtime.selection import skip_reasons
+    from edgeseg.runtime.selection import skip_reasons, unscored_reason
 
     try:
         verify_artifacts(bundle, manifest, only=[entry])
@@ -76,12 +81,15 @@ def _artifact(bundle: str | Path, manifest, entry) -> dict[str, Any]:
     for cls in runners_for(entry.format, entry.precision):
         if cls.name not in skips and cls.named_only:
             skips[cls.name] = cls.named_only
+        elif cls.name not in skips and unscored_reason(entry, cls.name):  # the bundle's, not this machine's
+            skips[cls.name] = unscored_reason(entry, cls.name)
         elif cls.name not in skips and skip_reasons(entry, cls.name):
             skips[cls.name] = f"on this machine: {skip_reasons(entry, cls.name)}"
     return {"key": entry.key, "file": entry.file, "format": entry.format, "precision": entry.precision,
             "bytes": entry.bytes, "sha256": entry.sha256, "fingerprint": entry.fingerprint,
             "hash_check": "ok" if problem is None else "failed", "hash_problem": problem,
-            "excluded": dict(entry.excluded), "auto_skips": dict(sorted(skips.items()))}
+            "scored": None if entry.scored is None else list(entry.scored), "excluded": dict(entry.excluded),
+            "auto_skips": dict(sorted(skips.items()))}
 
 
 _MISSING = object()

@@ -18,6 +18,7 @@ import numpy as np
 from edgeseg.atomic import check_output_folder
 from edgeseg.errors import DataError, EdgesegError, require
 from edgeseg.data.open import recorded_slice_options
+from edgeseg.export.audit import row_runners
 from edgeseg.export.bundle import artifact_entry, build_manifest, check_output, staged_bundle, write_manifest
 from edgeseg.export.gate_memory import (GATE_BYTES_ENV, gate_max_bytes, gate_slice_bytes, gate_slice_limit,
                                         size_text)
@@ -123,7 +124,8 @@ def _export(checkpoint, out, settings: ExportSettings, calib, verify_data, force
                               report=report, calibration=calibration)
         excluded = report.get("excluded", {})
         entries = [artifact_entry(folder, file, fmt, precision, fingerprint=fingerprint, extra=extra,
-                                  excluded=excluded.get(file)) for fmt, precision, file, extra, fingerprint in made]
+                                  excluded=excluded.get(file), scored=row_runners(report["results"], file))
+                   for fmt, precision, file, extra, fingerprint in made]
         manifest = build_manifest(payload, checkpoint, sha256_file(checkpoint), spec, entries, settings.max_batch,
                                   calibration)
         write_manifest(folder, manifest, report)
@@ -188,21 +190,22 @@ def _gate(folder: Path, model, made: list, verify_set, settings: ExportSettings,
     are compared after the bundle's per-slice component filters (``post``), as deployed.
 
     A runner whose row fails is excluded from ``auto`` for that artifact (``report["excluded"]``:
-    file -> runner -> reason); the report passes while every artifact passes on some runner.
+    file -> runner -> reason); the report passes while every artifact passes on some runner. The
+    runners with a row are those the manifest records as scored (:func:`edgeseg.export.audit.row_runners`).
     """
     from edgeseg.export.fp16 import HALF_EMULATION, ORT_EMULATION, half_check_slices, half_precision_logits
-    from edgeseg.export.verify import GATE_VERSION, compare_logits, measure_latency
+    from edgeseg.export.gate_rows import GateJudge, gate_logits, runner_row
+    from edgeseg.export.verify import GATE_VERSION, measure_latency
     from edgeseg.runtime.runners import runners_for
     from edgeseg.runtime.runners.onnxruntime import OnnxRuntimeRunner
     from edgeseg.runtime.segmenter import Segmenter
 
     images, truth, batch = verify_set.images, verify_set.truth, settings.max_batch
-    class_names = [labels[c] for c in sorted(labels)]
-    rules = post.slice_rules(spec.size, spec.size)
-    gate = {"rules": rules, "structure_px": settings.structure_px,
-            "volume_filtered": {c for c, o in post.classes.items() if o.filters_volume}}
     with stage("reference"), Segmenter.from_module(model, spec, labels, max_batch=batch) as segmenter:
-        reference = _gate_logits(segmenter.logits, images, batch, "gate: fp32 reference", progress)
+        reference = gate_logits(segmenter.logits, images, batch, "gate: fp32 reference", progress)
+    judge = GateJudge(spec, labels, batch, verify_set, reference, settings.max_dice_drop, settings.gate_metric,
+                      {"rules": post.slice_rules(spec.size, spec.size), "structure_px": settings.structure_px,
+                       "volume_filtered": {c for c, o in post.classes.items() if o.filters_volume}}, progress)
     inputs, outputs = network_tensors(spec, len(labels))
     results, excluded, dead = [], {}, []
     for fmt, precision, file, extra, fingerprint in progress_bar(made, desc="verify", unit="artifact",
@@ -211,27 +214,15 @@ def _gate(folder: Path, model, made: list, verify_set, settings: ExportSettings,
         rows = []
         for cls in (c for c in runners_for(fmt, precision) if c.available()):
             try:
-                runner = cls(folder / file, entry, inputs, outputs, batch)
+                rows.append((cls.name, runner_row(judge, folder, entry, cls)))
             except EdgesegError as exc:
                 excluded.setdefault(file, {})[cls.name] = f"does not load: {exc}"
-                continue
-            with stage(f"{entry.key}-{cls.name}"), Segmenter(spec, labels, runner) as segmenter:
-                logits = _gate_logits(segmenter.logits, images, batch, f"gate: {entry.key} on {cls.name}", progress)
-                row = compare_logits(reference, logits, truth, precision,
-                                     settings.max_dice_drop[precision], class_names, settings.gate_metric,
-                                     slice_cases=verify_set.slice_cases, case_slices=verify_set.case_slices,
-                                     **gate)
-                rows.append((cls.name, {"key": entry.key, "file": file, "sha256": entry.sha256, "precision": precision,
-                                        "runner": cls.name, "run_on": runner.run_on, **row}))
         if precision == "fp16":
             pick = half_check_slices(images, truth, settings.fp16_check, settings.fp16_check_slices)
             with stage("fp16-half-check"):
-                half = _gate_logits(lambda part: half_precision_logits(model, part, batch), images[pick], batch,
-                                    f"gate: {entry.key} in float16", progress)
-            row = compare_logits(reference[pick], half, None if truth is None else truth[pick], precision,
-                                 settings.max_dice_drop[precision], class_names, settings.gate_metric,
-                                 slice_cases=[verify_set.slice_cases[i] for i in pick],
-                                 case_slices=[verify_set.case_slices[i] for i in pick], **gate)
+                half = gate_logits(lambda part: half_precision_logits(model, part, batch), images[pick], batch,
+                                   f"gate: {entry.key} in float16", progress)
+            row = judge.row(entry, half, pick)
             for found in row["structure_changes"]:  # numbered as slices of the whole held-out set
                 found["slice"] = int(pick[found["slice"]])
             subset = {} if len(pick) == len(images) else {"slices": int(len(pick))}
@@ -266,18 +257,6 @@ def _gate(folder: Path, model, made: list, verify_set, settings: ExportSettings,
         report["latency"] = {"batch": 1, "threads": LATENCY_THREADS, "onnx-fp32_ms": timed["fp32"],
                              "onnx-int8_ms": timed["int8"], "ratio": timed["int8"] / timed["fp32"]}
     return report
-
-
-def _gate_logits(infer: Callable[[np.ndarray], np.ndarray], images: np.ndarray, batch: int, what: str,
-                 progress: bool) -> np.ndarray:
-    """``infer`` over ``images`` ``batch`` slices at a time, with a bar on stderr counting the
-    slices: at a large spec size one artifact's pass over the held-out slices takes minutes."""
-    parts = []
-    with progress_bar(total=len(images), desc=what, unit="slice", shown=progress) as bar:
-        for start in range(0, len(images), batch):
-            parts.append(infer(images[start : start + batch]))
-            bar.update(len(parts[-1]))
-    return np.concatenate(parts)
 
 
 def _tensorrt(folder: Path, settings: ExportSettings, spec, cache_dir, echo) -> list:

@@ -228,7 +228,7 @@ def serving_warnings(entry, name: str, kind: str, backend: str) -> list[str]:
     ``KIND_GPU`` repository, edgeseg's ``backend`` for the Python-backend models), and, for a CPU
     runner, the INT8 saturation risk of this machine's CPU (the Triton host's may differ). Naming a
     precision serves it anyway, as naming a backend does in the runtime; these say what it costs."""
-    from edgeseg.runtime.selection import int8_saturation_risk, runner_class
+    from edgeseg.runtime.selection import int8_saturation_risk, runner_class, unscored_reason
 
     runner = check_repo_backend(backend)
     network = "onnxruntime-gpu" if kind == "KIND_GPU" else runner
@@ -240,6 +240,8 @@ def serving_warnings(entry, name: str, kind: str, backend: str) -> list[str]:
         risk = int8_saturation_risk(entry) if runner_class(used).device_kind == "cpu" else None
         if used in entry.excluded:
             warnings.append(f"{served}, which the export gate excluded ({entry.excluded[used]}); auto never picks it")
+        elif unscored_reason(entry, used):
+            warnings.append(f"{served}, which auto never picks: {unscored_reason(entry, used)}")
         elif risk:
             warnings.append(f"{served}: {risk} (this machine's CPU; check the Triton host's)")
     return warnings
@@ -341,8 +343,6 @@ def write_triton_repo(bundle: str | Path, repo: str | Path, *, name: str = "edge
     if onnx is None:
         have = sorted(a.key for a in manifest.artifacts)
         raise BundleError(f"bundle {bundle} has no onnx-{precision} artifact (it has {have})")
-    for warning in serving_warnings(onnx, name, kind, backend):
-        log.warning("%s", warning)
     runtime = f"{backend}:{precision}"
     paths = python_paths() if paths is None else list(paths)
     engines = {a.fingerprint["compute_capability"]: a for a in manifest.artifacts
@@ -374,4 +374,6 @@ def write_triton_repo(bundle: str | Path, repo: str | Path, *, name: str = "edge
             for entry in engines.values():
                 shutil.copyfile(bundle / entry.file, tmp / trt_name / "1" / entry.file)
             models.append(repo / trt_name)
+    for warning in serving_warnings(onnx, name, kind, backend):  # about the repository written, so after it is
+        log.warning("%s", warning)
     return models

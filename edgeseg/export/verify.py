@@ -313,6 +313,10 @@ def parity_table(report: dict) -> str:
     for r in report["results"]:
         if r.get("structure_changes"):
             text += f"\nstructures changed by {r['key']} on {r['run_on']}: {describe_structures(r['structure_changes'])}"
+    for run in report.get("rescored") or []:  # rows edgeseg gate added after the export
+        runners = "; ".join(f"{', '.join(names)} on {file}" for file, names in (run.get("runners") or {}).items())
+        text += (f"\nscored after the export by edgeseg gate: {runners} (at {run.get('at')}, "
+                 f"{run.get('slices')} slices of {run.get('data')})")
     for file, reasons in sorted((report.get("excluded") or {}).items()):
         for runner, why in sorted(reasons.items()):
             text += f"\nexcluded from auto: {runner} on {file} ({why})"

@@ -18,8 +18,14 @@ Layout of ``manifest.json`` (schema 1)::
      "max_batch": 8, "resize_input": true,
      "artifacts": [{"file": "model.onnx", "format": "onnx", "precision": "fp32",
                     "sha256": "...", "bytes": 123, "fingerprint": null,
+                    "scored": ["onnxruntime", "openvino"],
                     "excluded": {"openvino": "dice drop 0.0062 > 0.005"}}],  # excluded: optional
      "calibration": null | {...}, "source": {...}}
+
+``scored`` lists the runners the parity gate ran on the artifact (passed or failed); ``auto``
+runs an artifact only on a runner it lists and does not exclude. An entry without it was written
+before the gate recorded its runners: there ``auto`` may pick every installed runner not in
+``excluded``, as it always did (``edgeseg gate`` records the list, see docs/export.md).
 
 ``-1`` in a shape is the dynamic batch axis. ``resize_input`` (default true) false means the
 runtime refuses slices whose size differs from the spec's instead of resizing them. Readers refuse a newer schema,
@@ -101,6 +107,9 @@ class ArtifactEntry:
     extra: dict[str, Any] = field(default_factory=dict)
     #: backend name -> why the parity gate failed it on this artifact; ``auto`` skips those
     excluded: dict[str, str] = field(default_factory=dict)
+    #: the runners the parity gate ran on this artifact (passed or failed); None: not recorded
+    #: (a bundle from before the gate recorded them), where ``auto`` judges by ``excluded`` alone
+    scored: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         from edgeseg.runtime.runners import artifact_formats  # the runners say what they load
@@ -114,6 +123,10 @@ class ArtifactEntry:
                               f"{self.precision!r} (it runs {', '.join(formats[self.format])})")
         if not isinstance(self.excluded, dict) or not all(isinstance(v, str) for v in self.excluded.values()):
             raise BundleError(f"artifact {self.file!r}: 'excluded' must map backend names to reasons, got {self.excluded!r}")
+        if self.scored is not None:
+            if not isinstance(self.scored, (list, tuple)) or not all(isinstance(v, str) and v for v in self.scored):
+                raise BundleError(f"artifact {self.file!r}: 'scored' must list backend names, got {self.scored!r}"[:300])
+            object.__setattr__(self, "scored", tuple(self.scored))
         # 255 bytes: the longest file name filesystems take (NAME_MAX); longer fails in stat().
         if (Path(self.file).name != self.file or self.file in ("", ".", "..") or "\0" in self.file
                 or len(self.file.encode()) > 255):
@@ -131,6 +144,8 @@ class ArtifactEntry:
              "sha256": self.sha256, "bytes": int(self.bytes), "fingerprint": self.fingerprint}
         if self.extra:
             d["extra"] = self.extra
+        if self.scored is not None:
+            d["scored"] = list(self.scored)
         if self.excluded:
             d["excluded"] = dict(self.excluded)
         return d
@@ -146,7 +161,7 @@ class ArtifactEntry:
         return cls(file=data["file"], format=data["format"], precision=data["precision"],
                    sha256=data["sha256"], bytes=data["bytes"], fingerprint=data.get("fingerprint"),
                    extra=_object(data, "extra", f"artifact {data['file']!r}:"),
-                   excluded={} if data.get("excluded") is None else data["excluded"])
+                   excluded={} if data.get("excluded") is None else data["excluded"], scored=data.get("scored"))
 
 
 @dataclass(frozen=True)

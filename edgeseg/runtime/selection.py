@@ -10,8 +10,9 @@ bundles share the turn). ``EDGESEG_BACKEND_PROBE=0``
 skips measuring and takes the first loadable candidate in the runners' ``preference`` order. A runner
 that cannot load here (a TensorRT engine built for another GPU) is logged as a warning and
 the next candidate is tried. A runner the export gate failed on an artifact (the manifest's
-``excluded``) is never picked by ``auto`` for it; naming it explicitly still loads it, with a
-warning. On an x86 CPU without VNNI, ``auto`` also skips CPU runners on an INT8 graph of the
+``excluded``), or never ran on it (not in its ``scored``: the runner was not installed where the
+bundle was exported), is never picked by ``auto`` for it; naming it explicitly still loads it,
+with a warning. On an x86 CPU without VNNI, ``auto`` also skips CPU runners on an INT8 graph of the
 ``tensorrt`` scheme (signed activations; every bundle from before the INT8 schemes): their
 u8 x s8 pair sums saturate there, and the gate that passed them ran on the export machine
 (see ``edgeseg.export.int8``). What each runner loads, needs and prefers comes from its class (see
@@ -99,14 +100,25 @@ def int8_saturation_risk(entry: ArtifactEntry) -> str | None:
             f"(no VNNI); re-export with --int8-scheme cpu")
 
 
+def unscored_reason(entry: ArtifactEntry, runner: str) -> str | None:
+    """Why the gate's record does not cover ``runner`` on ``entry``: it lists the runners it
+    scored and ``runner`` is not among them; None where it is, or where the entry records no
+    list (a bundle from before the gate recorded one: judged by ``excluded`` alone)."""
+    if entry.scored is None or runner in entry.scored or runner in entry.excluded:
+        return None
+    return f"not scored by the export gate: {runner} was not installed where the bundle was exported; edgeseg gate scores it"
+
+
 def skip_reasons(entry: ArtifactEntry, runner: str) -> str | None:
     """Why ``auto`` never picks ``runner`` on ``entry`` here: the export gate's verdict, a runner
-    that runs only when named, or the INT8 saturation risk of this CPU for a CPU runner; None
-    when it may."""
+    that runs only when named, a runner the gate never ran on it, or the INT8 saturation risk of
+    this CPU for a CPU runner; None when it may."""
     if runner in entry.excluded:
         return entry.excluded[runner]
     if runner_class(runner).named_only:
         return runner_class(runner).named_only
+    if unscored_reason(entry, runner):
+        return unscored_reason(entry, runner)
     if runner_class(runner).device_kind == "cpu":
         return int8_saturation_risk(entry)
     return None
@@ -168,6 +180,9 @@ def select_runner(bundle: Path, manifest: Manifest, backend: str | list[str] = "
             if match.runner in match.entry.excluded:
                 log.warning("backend %s failed the export gate on %s (%s); auto never picks it",
                             match.label, match.entry.file, match.entry.excluded[match.runner])
+            elif unscored_reason(match.entry, match.runner) and not runner_class(match.runner).named_only:
+                log.warning("backend %s on %s: %s; auto never picks it", match.label, match.entry.file,
+                            unscored_reason(match.entry, match.runner))
             elif skip_reasons(match.entry, match.runner) and not runner_class(match.runner).named_only:
                 log.warning("backend %s on %s: %s; auto never picks it here", match.label, match.entry.file,
                             skip_reasons(match.entry, match.runner))
@@ -218,6 +233,12 @@ def _first_loadable(bundle: Path, manifest: Manifest, order: list[Candidate], th
 
 
 def _auto(bundle: Path, manifest: Manifest, available: list[Candidate], threads: int) -> Runner:
+    unscored: dict[str, list[str]] = {}
+    for c in candidates(manifest):
+        if unscored_reason(c.entry, c.runner) and not runner_class(c.runner).named_only:
+            unscored.setdefault(unscored_reason(c.entry, c.runner), []).append(c.label)
+    for why, labels in unscored.items():  # installed here, so a user may expect auto to measure it
+        log.info("backend auto skips %s: %s", ", ".join(labels), why)
     if not available:
         skipped = [f"{c.label}: {skip_reasons(c.entry, c.runner)}" for c in candidates(manifest)]
         if skipped:

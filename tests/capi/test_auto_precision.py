@@ -1,5 +1,6 @@
 """es_open's "auto" precision skips what the Python runtime's auto skips for OpenVINO: an artifact
-the export gate excluded for the openvino runner, and an INT8 graph not of the cpu scheme on an
+the export gate excluded for the openvino runner or never ran on it (a ``scored`` list without
+openvino), and an INT8 graph not of the cpu scheme on an
 x86 CPU without VNNI. An explicit precision still opens it.
 
 The expected choice comes from this machine's /proc/cpuinfo read here, and is checked against the
@@ -110,5 +111,38 @@ def test_excluded_must_map_runners_to_reasons(excluded, bundle, tmp_path, run_ch
     copy = _edited(bundle, tmp_path, lambda entry: entry.update(excluded=excluded))
     code, message, _ = run_checks("open", copy, "fp32")
     assert code == ES_EBUNDLE and "'excluded' must map backend names to reasons" in message
+    with pytest.raises(BundleError):
+        read_manifest(copy)
+
+
+@pytest.mark.parametrize("scored, auto", [(["onnxruntime"], "fp32"), (["onnxruntime", "openvino"], "int8"), (None, "int8")],
+                         ids=["unscored", "scored", "not-recorded"])
+def test_an_int8_graph_the_gate_never_ran_on_openvino_is_skipped_by_auto(scored, auto, bundle, tmp_path, run_checks):
+    """A manifest listing the runners the gate scored (``scored``) without openvino: OpenVINO was
+    not installed where the bundle was exported, so auto does not run that artifact on it; a
+    manifest without the list (from before the gate recorded it) is judged by excluded alone."""
+    def mark(entry):
+        entry.pop("scored", None)
+        if entry["precision"] == "int8" and scored is not None:
+            entry["scored"] = scored
+    copy = _edited(bundle, tmp_path, mark)
+    assert _opened(run_checks, copy, "auto") == f"onnx-{auto}"
+    assert _python_auto_choice(copy) == auto
+    assert _opened(run_checks, copy, "int8") == "onnx-int8"  # by precision it still opens
+    if auto == "fp32":
+        def unscore_all(entry):
+            entry["scored"] = ["onnxruntime"]
+        code, message, _ = run_checks("open", _edited(bundle, tmp_path / "all", unscore_all), "auto")
+        assert code == ES_EBUNDLE and "onnx-int8: not scored by the export gate: openvino was not installed" in message
+
+
+@pytest.mark.parametrize("scored", [{"openvino": "x"}, ["openvino", 3], "openvino", [""]])
+def test_scored_must_list_runner_names(scored, bundle, tmp_path, run_checks):
+    from edgeseg.errors import BundleError
+    from edgeseg.runtime.manifest import read_manifest
+
+    copy = _edited(bundle, tmp_path, lambda entry: entry.update(scored=scored))
+    code, message, _ = run_checks("open", copy, "fp32")
+    assert code == ES_EBUNDLE and "'scored' must list backend names" in message
     with pytest.raises(BundleError):
         read_manifest(copy)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -43,8 +44,8 @@ def edgeseg(plugins: Path, tmp_path: Path, *args) -> subprocess.CompletedProcess
                           env=env, cwd=tmp_path)
 
 
-def test_predict_names_it_auto_measures_it_and_its_precisions_bound_it(plugins, bundle_dir, tmp_path,
-                                                                       assert_one_line_error):
+def test_predict_names_it_auto_measures_it_and_its_precisions_bound_it(plugins, bundle_dir, trained_checkpoint,
+                                                                       tmp_path, assert_one_line_error):
     from edgeseg.data.phantom import synth_phantom
 
     np.save(tmp_path / "ct.npy", synth_phantom("case_000", 3, shape=(4, 64, 64)).hu)
@@ -59,14 +60,27 @@ def test_predict_names_it_auto_measures_it_and_its_precisions_bound_it(plugins, 
     int8 = edgeseg(plugins, tmp_path, "predict", bundle_dir, "ct.npy", "--out", "x.npy", "--backend", "onnx-reference:int8")
     assert_one_line_error(int8, "backend 'onnx-reference' runs fp32 artifacts, not 'int8'")
 
+    # The bundle was exported before the backend existed: the gate never ran it, so auto does not
+    # measure it until edgeseg gate has scored it.
     auto = edgeseg(plugins, tmp_path, "predict", bundle_dir, "ct.npy", "--out", "auto.npy", "--backend", "auto")
+    assert auto.returncode == 0, auto.stderr
+    assert ("backend auto skips onnx-reference:fp32: not scored by the export gate: onnx-reference was not installed "
+            "where the bundle was exported") in auto.stderr
+    [probe] = [line for line in auto.stderr.splitlines() if "probe at batch 1" in line]
+    assert "onnx-reference" not in probe
+    bundle = shutil.copytree(bundle_dir, tmp_path / "bundle")
+    gated = edgeseg(plugins, tmp_path, "gate", bundle, "--checkpoint", trained_checkpoint, "--quiet")
+    assert gated.returncode == 0, gated.stderr
+    assert "model.onnx on onnx-reference: passed: auto may pick it" in gated.stdout
+    auto = edgeseg(plugins, tmp_path, "predict", bundle, "ct.npy", "--out", "auto.npy", "--backend", "auto")
     assert auto.returncode == 0, auto.stderr
     [probe] = [line for line in auto.stderr.splitlines() if "probe at batch 1" in line]
     assert "onnx-reference:fp32 " in probe and "onnx-reference:int8" not in probe
     from importlib import metadata
 
-    [key] = json.loads((tmp_path / "cache" / "backend-probe.json").read_text())
-    assert f"onnx={metadata.version('onnx')}" in key  # an upgrade of its library measures again
+    keys = json.loads((tmp_path / "cache" / "backend-probe.json").read_text())
+    assert len(keys) == 2  # the gate's verdict made a new manifest: auto measured again
+    assert all(f"onnx={metadata.version('onnx')}" in key for key in keys)  # an upgrade of its library does too
 
 
 def test_the_gate_scores_it_and_inspect_reads_its_rows(plugins, trained_checkpoint, tmp_path):

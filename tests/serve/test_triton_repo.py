@@ -194,12 +194,18 @@ def test_a_repository_serving_a_runner_the_gate_excluded_says_so(serve_bundle, t
     done = subprocess.run([sys.executable, "-m", "edgeseg.cli", "triton", str(bundle), str(tmp_path / "r"),
                            "--precision", "int8", "--kind", kind], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    assert [line for line in done.stderr.splitlines() if "export gate" in line] == [f"edgeseg: warning: {expected}"]
+    assert [line for line in done.stderr.splitlines() if "export gate excluded" in line] == [f"edgeseg: warning: {expected}"]
     assert (tmp_path / "r" / "edgeseg-pipeline" / "1" / "bundle" / "model.int8.onnx").is_file()
-    # The FP32 graph the gate accepted gets no such line.
+    # A KIND_GPU network runs on Triton's ONNX Runtime GPU, which this CPU export's gate never ran.
+    unscored = [] if kind == "KIND_CPU" or "onnxruntime-gpu" in excluded else [
+        "edgeseg: warning: edgeseg runs model.int8.onnx on onnxruntime-gpu, which auto never picks: not scored by the "
+        "export gate: onnxruntime-gpu was not installed where the bundle was exported; edgeseg gate scores it"]
+    assert [line for line in done.stderr.splitlines() if "not scored" in line] == unscored
+    # The FP32 graph the gate accepted gets no such line (but for the runner it never ran).
     fp32 = subprocess.run([sys.executable, "-m", "edgeseg.cli", "triton", str(bundle), str(tmp_path / "f"),
                            "--kind", kind], capture_output=True, text=True, timeout=300)
-    assert fp32.returncode == 0 and "export gate" not in fp32.stderr, fp32.stderr
+    assert fp32.returncode == 0 and "export gate excluded" not in fp32.stderr, fp32.stderr
+    assert ("not scored by the export gate" in fp32.stderr) == (kind == "KIND_GPU"), fp32.stderr
 
 
 class _Lines(logging.Handler):

@@ -1,0 +1,208 @@
+"""``edgeseg gate``: score an exported bundle on the runners its export gate never ran.
+
+The export gate scores each artifact on every runner installed where the bundle is exported, and
+``auto`` runs an artifact only on a runner the gate scored and passed (the manifest's ``scored``
+and ``excluded``). A runner installed later, where the bundle is deployed (OpenVINO, ONNX
+Runtime's GPU providers), has no verdict; this scores it, on this machine, with the gate's own
+code (:mod:`edgeseg.export.gate_rows`) and the settings the bundle's ``parity.json`` records
+(thresholds, drop metric, structure size, held-out slice count and data), against the PyTorch
+model of the checkpoint the bundle was exported from (its sha256 must be the manifest's). The new
+rows are added to ``parity.json`` and the verdicts to the manifest (``scored``, ``excluded``);
+nothing else in either changes. A manifest that records no ``scored`` (exported before the gate
+recorded it) gets it from its parity rows first: that is the one migration of the field.
+
+``manifest.json`` changes, so the bundle's identity (its sha256, which outputs' provenance, the
+probe cache and the audit logs record) changes with it; ``parity.json``'s ``rescored`` says what
+was added, when, on which machine and data. The bundle folder is locked while this runs, and the
+manifest is written last and only if it is still the one read: a run stopped between the two
+writes leaves rows the manifest does not list, which ``inspect`` names and the next run replaces.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import fcntl
+import hashlib
+import json
+import os
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from edgeseg.atomic import atomic_write_text, check_output_folder
+from edgeseg.errors import BackendError, DataError, EdgesegError, require
+from edgeseg.export.audit import row_runners
+from edgeseg.export.verify import GATE_VERSION, failures, gate_label, parity_table
+from edgeseg.runtime.manifest import (MANIFEST_NAME, PARITY_NAME, Manifest, read_bundle_json_bytes, read_manifest,
+                                      sha256_file, verify_artifacts)
+
+
+def rescore_bundle(bundle: str | Path, checkpoint: str | Path, verify_data: str | None = None,
+                   intensity: str | None = None, backends: Sequence[str] = (), progress: bool = True,
+                   echo: Callable[[str], None] = print) -> dict[str, Any]:
+    """Score ``bundle``'s artifacts on each installed runner without a gate verdict (only those
+    named in ``backends``, ``NAME`` or ``NAME:PRECISION``, when given) and record the verdicts.
+    Returns the new rows, the manifest's sha256 before and after (equal when nothing was written)."""
+    folder = Path(bundle)
+    manifest = read_manifest(folder)
+    verify_artifacts(folder, manifest)
+    parity = _parity(folder)
+    checkpoint = Path(checkpoint)
+    if not checkpoint.is_file():
+        raise DataError(f"checkpoint {checkpoint} is not a file")
+    exported_from, digest = str(manifest.source.get("sha256") or ""), sha256_file(checkpoint)
+    if digest != exported_from:
+        raise DataError(f"checkpoint {checkpoint} is not the one {folder} was exported from (sha256 "
+                        f"{digest[:12]}..., the manifest's source has {exported_from[:12] or 'none'}...)")
+    check_output_folder(folder, "the bundle")
+    todo = _unscored(manifest, parity, backends)
+    migrated = any(entry.scored is None for entry in manifest.artifacts)
+    if not todo and not migrated:
+        echo(f"nothing to score: every runner installed here has the gate's verdict on every artifact of {folder}")
+        return {"rows": [], "before": manifest.sha256, "after": manifest.sha256}
+    with _locked(folder):
+        rows, run = _score(folder, manifest, parity, checkpoint, todo, verify_data, intensity, progress, echo)
+        return _record(folder, manifest, parity, rows, run, echo)
+
+
+def _parity(folder: Path) -> dict:
+    """The bundle's parity report, refused unless it is a passed report of today's gate."""
+    path = folder / PARITY_NAME
+    try:
+        parity = json.loads(read_bundle_json_bytes(path).decode("utf-8"))
+    except (OSError, ValueError, RecursionError) as exc:
+        raise DataError(f"{path}: not a readable parity report ({' '.join(str(exc).split())})") from None
+    if not isinstance(parity, dict) or not isinstance(parity.get("results"), list) or parity.get("passed") is not True:
+        raise DataError(f"{path} is not a passed parity report; export the bundle again")
+    if parity.get("gate_version") != GATE_VERSION:
+        label = gate_label(parity.get("gate_version"), parity.get("structure_px"))
+        raise DataError(f"{folder} passed parity gate {label}, not today's v{GATE_VERSION}: its rows and new ones "
+                        "would be judged differently; export the bundle again")
+    return parity
+
+
+def _unscored(manifest: Manifest, parity: dict, backends: Sequence[str]) -> list[tuple[Any, Any]]:
+    """(artifact entry, runner class) of every installed runner with no verdict on the artifact:
+    not in its ``scored`` (from the rows for a manifest without one), not excluded."""
+    from edgeseg.runtime.runners import runner_class, runners_for
+    from edgeseg.runtime.selection import parse_backend
+
+    wanted = [parse_backend(text) for text in backends]
+    for name, _ in wanted:
+        if not runner_class(name).available():
+            raise BackendError(f"backend {name} is not installed here (pip install 'edgeseg[{runner_class(name).extra}]')")
+    todo = []
+    for entry in manifest.artifacts:
+        scored = row_runners(parity["results"], entry.file) if entry.scored is None else entry.scored
+        todo += [(entry, cls) for cls in runners_for(entry.format, entry.precision)
+                 if cls.available() and cls.name not in scored and cls.name not in entry.excluded
+                 and (not wanted or any(cls.name == n and p in (None, entry.precision) for n, p in wanted))]
+    return todo
+
+
+@contextlib.contextmanager
+def _locked(folder: Path) -> Iterator[None]:
+    """Hold the bundle folder locked (flock on the folder itself: nothing is added to the bundle)."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise DataError(f"another edgeseg gate is scoring {folder}; wait for it to finish") from None
+        yield
+    finally:
+        os.close(fd)
+
+
+def _score(folder: Path, manifest: Manifest, parity: dict, checkpoint: Path, todo: list, verify_data: str | None,
+           intensity: str | None, progress: bool, echo: Callable[[str], None]) -> tuple[list[dict], dict]:
+    """The parity rows of ``todo``, judged as the export's gate judged the bundle, and what they
+    were judged on (data, cases, slices)."""
+    if not todo:
+        return [], {}
+    require("torch", "train", "edgeseg gate")
+    from edgeseg.export.gate_rows import GateJudge, gate_logits, runner_row
+    from edgeseg.export.verify import load_verify_set
+    from edgeseg.models.checkpoint import load_model
+    from edgeseg.runtime.postprocess_options import PostprocessOptions
+    from edgeseg.runtime.segmenter import Segmenter
+
+    model, payload = load_model(checkpoint)
+    # The export's held-out data, where it was not the checkpoint's validation cases.
+    trained_on = (payload.get("train_config") or {}).get("data")
+    data = verify_data or (None if parity.get("data") == trained_on else parity.get("data"))
+    verify_set = load_verify_set(payload, manifest.spec, data, int(parity["slices"]), intensity)
+    if (verify_set.source, verify_set.cases) != (parity.get("data"), parity.get("cases")):
+        echo(f"held-out slices from {verify_set.source} ({len(verify_set.cases)} cases), not the export's "
+             f"{parity.get('data')} ({len(parity.get('cases') or [])} cases)")
+    labels, batch = manifest.labels, manifest.max_batch
+    with Segmenter.from_module(model, manifest.spec, labels, max_batch=batch) as segmenter:
+        reference = gate_logits(segmenter.logits, verify_set.images, batch, "gate: fp32 reference", progress)
+    post = PostprocessOptions.from_dict(manifest.postprocess, manifest.num_classes)
+    judge = GateJudge(manifest.spec, labels, batch, verify_set, reference,
+                      {k: float(v) for k, v in parity["thresholds"].items()}, parity.get("gate_metric", "agreement"),
+                      {"rules": post.slice_rules(manifest.spec.size, manifest.spec.size),
+                       "structure_px": int(parity["structure_px"]),
+                       "volume_filtered": {c for c, o in post.classes.items() if o.filters_volume}}, progress)
+    rows = []
+    for entry, cls in todo:
+        try:
+            rows.append(runner_row(judge, folder, entry, cls))
+        except EdgesegError as exc:
+            rows.append({"file": entry.file, "runner": cls.name, "load_error": f"does not load: {exc}"})
+    return rows, {"reference": "pytorch-fp32-eager-cpu", "data": verify_set.source, "cases": verify_set.cases,
+                  "slices": int(len(verify_set.images)), "checkpoint_sha256": manifest.source.get("sha256")}
+
+
+def _record(folder: Path, manifest: Manifest, parity: dict, rows: list[dict], run: dict,
+            echo: Callable[[str], None]) -> dict:
+    """Add ``rows`` to parity.json and their verdicts (and, for a manifest without it, ``scored``)
+    to manifest.json, the manifest last and only if it is still the one read."""
+    from edgeseg.report.output import to_json_compatible
+    from edgeseg.report.provenance import environment
+
+    scored_rows = [r for r in rows if "load_error" not in r]
+    if scored_rows:
+        number = len(parity.get("rescored") or [])
+        for row in scored_rows:
+            row["rescored"] = number
+        done = {(r["file"], r["runner"]) for r in scored_rows}  # rows of a run stopped before its manifest
+        parity["results"] = [r for r in parity["results"] if (r.get("file"), r.get("runner")) not in done] + scored_rows
+        parity["rescored"] = [*(parity.get("rescored") or []), {
+            "at": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), **run,
+            "runners": {f: row_runners(scored_rows, f) for f in dict.fromkeys(r["file"] for r in scored_rows)},
+            "manifest_sha256_before": manifest.sha256, "environment": environment()}]
+    raw = json.loads(read_bundle_json_bytes(folder / MANIFEST_NAME).decode("utf-8-sig"))
+    for item in raw["artifacts"]:
+        entry = next(e for e in manifest.artifacts if e.file == item["file"])
+        scored = list(row_runners(parity["results"], entry.file) if entry.scored is None else entry.scored)
+        excluded = dict(entry.excluded)
+        for row in (r for r in rows if r["file"] == entry.file):
+            if "load_error" in row:
+                excluded[row["runner"]] = row["load_error"]
+                continue
+            scored += [row["runner"]] if row["runner"] not in scored else []
+            if not row["passed"]:
+                excluded[row["runner"]] = failures({"results": [row]})[0].split(": ", 1)[1]
+        item["scored"] = scored
+        if excluded:
+            item["excluded"] = excluded
+            parity.setdefault("excluded", {})[entry.file] = excluded
+    text = json.dumps(raw, indent=2, sort_keys=False) + "\n"
+    Manifest.from_dict(json.loads(text))  # what is written must read back
+    if hashlib.sha256(read_bundle_json_bytes(folder / MANIFEST_NAME)).hexdigest() != manifest.sha256:
+        raise DataError(f"{folder / MANIFEST_NAME} changed while the gate ran (exported again?); nothing written")
+    if scored_rows:
+        atomic_write_text(folder / PARITY_NAME, json.dumps(to_json_compatible(parity), indent=2) + "\n")
+    atomic_write_text(folder / MANIFEST_NAME, text)
+    after = hashlib.sha256(text.encode()).hexdigest()
+    if scored_rows:
+        echo(parity_table({"results": scored_rows}))
+    for row in rows:
+        verdict = ("passed: auto may pick it" if row.get("passed") else
+                   f"excluded from auto ({row.get('load_error') or failures({'results': [row]})[0].split(': ', 1)[1]})")
+        echo(f"{row['file']} on {row['runner']}: {verdict}")
+    echo(f"{folder}: manifest.json{' and parity.json' if scored_rows else ''} updated; the bundle's manifest "
+         f"sha256 is now {after[:12]} (was {manifest.sha256[:12]})")
+    return {"rows": rows, "before": manifest.sha256, "after": after}
