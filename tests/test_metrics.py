@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
+import statistics
 
 import numpy as np
 import pytest
 
 from edgeseg.errors import DataError
 from edgeseg.metrics import class_metrics, dice, hd95, iou, summarise
+from tests.test_metrics_hd95 import hd95_oracle
 
 
 def _mask(rows: list[str]) -> np.ndarray:
@@ -171,3 +173,35 @@ def test_false_positive_slices_count_predicted_slices_without_truth():
     assert false_positive_slices(truth, truth, 3) == {1: 0, 2: 0}
     with pytest.raises(DataError):
         false_positive_slices(pred, truth[:3], 3)
+
+
+def test_per_slice_hd_takes_the_in_plane_spacing_from_a_3d_spacing():
+    truth = np.zeros((2, 8, 10), dtype=np.uint8)
+    truth[:, 2:6, 1:5] = 1
+    pred = np.roll(truth, 3, axis=2)  # 3 columns right on every slice
+    spacing = (5.0, 1.0, 2.0)  # (z, y, x): a column is 2 mm wide, a slice 5 mm thick
+    expected = hd95_oracle(pred[0] == 1, truth[0] == 1, spacing[1:])
+    assert expected == pytest.approx(6.0)
+    assert class_metrics(pred, truth, 2, spacing=spacing, per_slice_hd=True)[1]["hd95"] == pytest.approx(expected)
+    assert class_metrics(pred, truth, 2, spacing=spacing[1:], per_slice_hd=True)[1]["hd95"] == pytest.approx(expected)
+
+
+def test_class_metrics_refuses_a_label_equal_to_num_classes():
+    labels = np.zeros((3, 3), dtype=np.uint8)
+    labels[0, 0] = 2  # one past the last class of a two-class model
+    with pytest.raises(DataError, match="0..1, found values 0..2"):
+        class_metrics(labels, np.zeros_like(labels), num_classes=2)
+    with pytest.raises(DataError, match="true labels must lie in 0..1"):
+        class_metrics(np.zeros_like(labels), labels, num_classes=2)
+
+
+def test_summarise_statistics_equal_the_statistics_module_on_skewed_values():
+    values = [0.2, 0.35, 0.9, 0.95]  # mean 0.6, median 0.625: a median taken as the mean shows
+    summary = summarise([{1: {"dice": v, "iou": v / 2, "hd95": 10 * v}} for v in values])[1]
+    for metric, scale in (("dice", 1.0), ("iou", 0.5), ("hd95", 10.0)):
+        got = summary[metric]
+        scaled = [scale * v for v in values]
+        assert got["median"] == pytest.approx(statistics.median(scaled))
+        assert got["mean"] == pytest.approx(statistics.fmean(scaled))
+        assert got["std"] == pytest.approx(statistics.pstdev(scaled))
+        assert (got["min"], got["max"], got["n"]) == (pytest.approx(min(scaled)), pytest.approx(max(scaled)), 4)

@@ -75,3 +75,22 @@ def test_unknown_fields_and_newer_schema_are_refused():
         PreprocessSpec.from_dict({**data, "schema": 99})
     with pytest.raises(SpecError, match="not valid JSON"):
         PreprocessSpec.from_json("{window: 1")
+
+
+def test_size_bounds_are_inclusive_at_both_ends():
+    assert PreprocessSpec(size=(1, 8192)).size == (1, 8192)
+    for size in ((8193, 256), (256, 8193), (0, 1)):
+        with pytest.raises(SpecError, match="between 1 and 8192"):
+            PreprocessSpec(size=size)
+
+
+@pytest.mark.parametrize("mean", [float("nan"), float("inf"), -float("inf")])
+def test_a_mean_that_is_not_finite_is_refused(mean):
+    with pytest.raises(SpecError, match="mean finite"):
+        PreprocessSpec(mean=mean)
+
+
+@pytest.mark.parametrize("schema", [0, -1])
+def test_a_schema_older_than_any_written_is_refused(schema):
+    with pytest.raises(SpecError, match=f"schema {schema} is not supported"):
+        PreprocessSpec.from_dict({**PreprocessSpec().to_dict(), "schema": schema})

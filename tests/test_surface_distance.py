@@ -108,3 +108,21 @@ def test_hd95_of_masks_in_opposite_corners_takes_a_fraction_of_the_volume():
     int16_volume = 2 * pred.size
     assert peak < int16_volume, f"HD95 peaked at {peak / int16_volume:.2f}x the int16 volume"
 
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_kd_tree_distances_do_not_depend_on_slabs_or_query_chunks(seed, monkeypatch):
+    """Large volumes find surfaces slab by slab and query the tree in chunks; with slabs of one
+    or two planes and chunks of a few points, every slab edge and chunk edge falls inside the
+    masks, and the distances must still be the brute-force ones."""
+    from edgeseg.metrics import surface_distance
+
+    rng = np.random.default_rng(5000 + seed)
+    shape = tuple(int(n) for n in rng.integers(4, 9, size=3))
+    a, b = rng.random(shape) < rng.uniform(0.3, 0.8), rng.random(shape) < rng.uniform(0.3, 0.8)
+    spacing = np.diag(rng.uniform(0.5, 3.0, size=3))
+    monkeypatch.setattr(surface_distance, "SLAB_VOXELS", shape[1] * shape[2] * int(rng.integers(1, 3)))
+    monkeypatch.setattr(surface_distance, "QUERY_CHUNK", int(rng.integers(1, 8)))
+    forward, backward = surface_distances(a, b, spacing, orthogonal=True, method="kd_tree")
+    np.testing.assert_allclose(np.sort(forward), np.sort(nearest_oracle(a, b, spacing)), rtol=0, atol=1e-9)
+    np.testing.assert_allclose(np.sort(backward), np.sort(nearest_oracle(b, a, spacing)), rtol=0, atol=1e-9)

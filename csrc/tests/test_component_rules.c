@@ -50,6 +50,15 @@ static void test_slice_rules(void) {
     CHECK(rules[2].min_size > 8192LL * 8192LL, "class 2 must remove every component, got %lld", (long long)rules[2].min_size);
     CHECK(rules[1].min_size == 163840, "got %lld", (long long)rules[1].min_size);
     CHECK(any == 1, "filters");
+    /* a class kept largest over the volume only has no per-slice rule */
+    b->min_pixels[2] = 0;
+    b->volume_keep[2] = 1;
+    es_slice_rules(b, 64, 64, rules, &any);
+    CHECK(!rules[2].keep_largest && rules[2].min_size == 0, "keep_largest_3d must not filter slices");
+    b->slice_keep[2] = 1;
+    b->volume_keep[2] = 0;
+    es_slice_rules(b, 64, 64, rules, &any);
+    CHECK(rules[2].keep_largest && any, "keep_largest must filter slices");
     free(b);
 }
 

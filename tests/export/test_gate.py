@@ -88,3 +88,36 @@ def test_half_precision_run_reveals_overflow_that_fp32_hides(eager, slices):
     assert np.isfinite(reference).all()
     row = compare_logits(reference, half_precision_logits(model, slices, 4), None, "fp16", 0.002)
     assert not row["finite"] and not row["passed"]
+
+
+def test_fp32_undecided_pixels_are_told_by_the_two_highest_of_three_logits():
+    reference = np.zeros((1, 3, 1, 2), np.float32)
+    reference[0, :, 0, 0] = [-8.0, 2.0, 2.0]  # classes 1 and 2 tie; background far below
+    reference[0, :, 0, 1] = [-8.0, -7.99999, 3.0]  # a clear class 2; the two lowest nearly tie
+    flipped_tie = reference.copy()
+    flipped_tie[0, 2, 0, 0] += 1e-6  # float rounding picks class 2 instead of 1
+    assert compare_logits(reference, flipped_tie, None, "fp32", 0.0)["passed"]
+    flipped_clear = reference.copy()
+    flipped_clear[0, 1, 0, 1] = 4.0  # the clear pixel changes class
+    row = compare_logits(reference, flipped_clear, None, "fp32", 0.0)
+    assert not row["passed"] and row["changed_decided_pixels"] == 1
+
+
+def test_a_runner_that_cannot_load_the_artifact_is_excluded_from_auto(checkpoint, tmp_path, monkeypatch):
+    from edgeseg.export.pipeline import export_bundle
+    from edgeseg.runtime import Segmenter
+    from edgeseg.runtime.manifest import read_manifest
+    from edgeseg.runtime.runners import openvino
+
+    class Refusing(openvino.CompiledModelCache):
+        def load(self, build):  # what OpenVINO raises when its CPU plugin cannot compile the graph
+            raise RuntimeError("Exception from src/inference/src/core.cpp: CPU plugin cannot compile the model")
+
+    monkeypatch.setattr(openvino, "CompiledModelCache", Refusing)
+    export_bundle(checkpoint, tmp_path / "b", ExportSettings(formats=("onnx",)), progress=False, echo=lambda text: None)
+    [entry] = read_manifest(tmp_path / "b").artifacts
+    assert set(entry.excluded) == {"openvino"} and entry.excluded["openvino"].startswith("does not load: ")
+    monkeypatch.undo()  # OpenVINO loads again here; auto still must not pick it for this artifact
+    monkeypatch.setenv("EDGESEG_CACHE_DIR", str(tmp_path / "cache"))
+    with Segmenter.load(tmp_path / "b") as seg:
+        assert seg.backend == "onnxruntime:fp32"

@@ -200,3 +200,37 @@ def test_truth_metric_without_labels_is_refused(truth):
     reference = _confident_logits(truth)
     with pytest.raises(DataError, match="truth gate metric needs labelled"):
         compare_logits(reference, reference, None, "int8", 0.01, NAMES, metric="truth")
+
+
+def test_a_drop_equal_to_the_limit_passes_and_one_pixel_more_fails():
+    labels = np.zeros((1, 8, 8), np.uint8)
+    labels[0, 1:6, 1:5] = 1  # 20 ggo pixels
+    reference = _confident_logits(labels)
+    damaged = reference.copy()
+    damaged[0, 1, 1, 1] = 0.0  # one ggo pixel becomes background: Dice 2 * 19 / 39
+    limit = 1.0 - 2 * 19 / 39
+    assert compare_logits(reference, damaged, labels, "int8", limit, NAMES)["passed"]
+    damaged[0, 1, 1, 2] = 0.0  # a second one: Dice 2 * 18 / 38, a drop beyond the limit
+    row = compare_logits(reference, damaged, labels, "int8", limit, NAMES)
+    assert not row["passed"] and row["dice_drop"] == pytest.approx(1.0 - 2 * 18 / 38, abs=1e-12)
+
+
+def test_non_finite_logits_fail_however_few_pixels_they_touch(truth):
+    reference = _confident_logits(truth)
+    broken = reference.copy()
+    broken[0, 0, 0, 0] = np.nan  # one background logit: the mask hardly changes
+    row = compare_logits(reference, broken, truth, "int8", 0.5, NAMES)
+    assert not row["finite"] and not row["passed"] and row["max_abs"] == float("inf")
+    [why] = failures({"results": [{**row, "key": "onnx-int8", "run_on": "onnxruntime-cpu", "precision": "int8"}]})
+    assert why == "onnx-int8 on onnxruntime-cpu: non-finite logits (overflow)"
+
+
+def test_mask_dice_is_the_worst_class_agreement(truth):
+    reference = _confident_logits(truth)
+    damaged = reference.copy()
+    damaged[:, 2] -= 6.0 * (np.random.default_rng(1).random(truth.shape) < 0.3)  # consolidation only
+    row = compare_logits(reference, damaged, truth, "int8", 0.01, NAMES)
+    ggo = _oracle_dice(damaged.argmax(axis=1) == 1, reference.argmax(axis=1) == 1)
+    consolidation = _oracle_dice(damaged.argmax(axis=1) == 2, reference.argmax(axis=1) == 2)
+    assert ggo == 1.0 and consolidation < 0.9
+    assert row["mask_dice"] == pytest.approx(min(ggo, consolidation), abs=1e-12)

@@ -72,6 +72,7 @@ def test_min_pixels_count_at_the_model_size_and_ml_at_the_voxel_size():
     post = PostprocessOptions(classes={1: ClassPostprocess(min_pixels=10, min_ml=0.5)})
     assert post.slice_rules((128, 128), (64, 64)) == {1: ComponentRule(False, 40)}
     assert post.slice_rules((100, 50), (64, 64)) == {1: ComponentRule(False, math.ceil(10 * 5000 / 4096))}
+    assert post.slice_rules((128, 64), (64, 32)) == {1: ComponentRule(False, 40)}  # a non-square model: area x4
     assert post.volume_rules((2.0, 0.5, 0.5)) == {1: ComponentRule(False, 1000)}  # 0.5 mL / 0.0005 mL
     one = PostprocessOptions(classes={1: ClassPostprocess(min_pixels=1)})
     assert one.slice_rules((256, 256), (64, 64)) == {1: ComponentRule(False, 16)}  # one model pixel is 16 here

@@ -74,3 +74,70 @@ def test_codes_for_known_names_synonyms_and_unknown_names():
         {"value": 2, "name": "consolidation", "category": "SCT 49755003 Morphologically Abnormal Structure",
          "type": "SCT 95436008 Lung consolidation", "region": "SCT 39607008 Lung"},
     ]
+
+
+def _mirrored_series(folder: Path) -> Path:
+    """The 3-slice series stored with its columns mirrored (row direction -x, first pixel moved to
+    the old last column): the same anatomy in the same place, on another pixel grid."""
+    import pydicom
+
+    folder.mkdir()
+    for path in sorted(SERIES.iterdir()):
+        ds = pydicom.dcmread(path)
+        row = np.array(ds.ImageOrientationPatient[:3], dtype=float)
+        step = float(ds.PixelSpacing[1])
+        ds.ImagePositionPatient = [float(v) for v in np.array(ds.ImagePositionPatient, float) + (ds.Columns - 1) * step * row]
+        ds.ImageOrientationPatient = [*(-row).tolist(), *[float(v) for v in ds.ImageOrientationPatient[3:]]]
+        ds.PixelData = np.ascontiguousarray(ds.pixel_array[:, ::-1]).tobytes()
+        ds.save_as(folder / path.name)
+    return folder
+
+
+def _classes(hu: np.ndarray) -> np.ndarray:
+    return ((hu >= -100) & (hu < 150)).astype(np.uint8) + 2 * (hu >= 150).astype(np.uint8)
+
+
+@pytest.mark.parametrize("mirrored", [False, True])
+def test_each_frame_holds_its_source_instance_pixels_read_back_with_pydicom(tmp_path, mirrored):
+    """Labels drawn from the CT numbers themselves: every frame of the SEG, found by its segment
+    number and referenced instance, must equal those labels computed on that instance's own
+    pixels, one frame per segment and source instance, an empty one included (segment 2 is
+    taken off the middle slice, the middle one in either slice order)."""
+    import pydicom
+    from pydicom.pixels import apply_modality_lut
+
+    series = _mirrored_series(tmp_path / "mirrored") if mirrored else SERIES
+    volume, refs = read_dicom_series_with_refs(series)
+    out = tmp_path / "seg.dcm"
+    labels = _classes(volume.hu)
+    labels[1][labels[1] == 2] = 0
+    write_dicom_seg(labels, volume, refs, CLASSES, out)
+
+    sources = {ds.SOPInstanceUID: ds for ds in (pydicom.dcmread(p) for p in sorted(series.iterdir()))}
+    middle = sorted(sources, key=lambda uid: float(sources[uid].ImagePositionPatient[2]))[1]
+    seg = pydicom.dcmread(out)
+    frames, rows, cols = int(seg.NumberOfFrames), int(seg.Rows), int(seg.Columns)
+    bits = np.unpackbits(np.frombuffer(seg.PixelData, np.uint8), bitorder="little")[: frames * rows * cols]
+    pixels = bits.reshape(frames, rows, cols).astype(bool)
+    seen = set()
+    for frame, group in zip(pixels, seg.PerFrameFunctionalGroupsSequence):
+        number = int(group.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
+        uid = group.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
+        source = sources[uid]
+        expected = _classes(apply_modality_lut(source.pixel_array, source)) == number
+        if (number, uid) == (2, middle):
+            expected[:] = False
+        else:
+            assert expected.any() and not expected.all()
+        np.testing.assert_array_equal(frame, expected, err_msg=f"segment {number} on {uid}")
+        seen.add((number, uid))
+    assert frames == len(seen) == 2 * len(sources)
+
+
+def test_labels_with_another_slice_count_than_the_series_are_refused(tmp_path):
+    from edgeseg.errors import DataError
+
+    volume, refs = read_dicom_series_with_refs(SERIES)
+    with pytest.raises(DataError, match="labels have 2 slices but the series has 3 files"):
+        write_dicom_seg(np.zeros((2, *volume.hu.shape[1:]), np.uint8), volume, refs, CLASSES, tmp_path / "seg.dcm")
+    assert not (tmp_path / "seg.dcm").exists()

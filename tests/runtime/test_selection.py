@@ -276,3 +276,65 @@ def test_threads_loading_one_bundle_at_once_share_one_probe(bundle_dir, tmp_path
         chosen = list(pool.map(load, range(4)))
     assert len(probes) == 1, probes
     assert len(set(chosen)) == 1, chosen
+
+
+def test_candidates_come_in_the_runners_preference_order(bundle_dir, monkeypatch):
+    monkeypatch.setenv("EDGESEG_BACKEND_PROBE", "0")
+    found = candidates(read_manifest(bundle_dir), installed_only=False)
+    # A precision a runner gives no rank comes after every ranked one.
+    ranks = [runner_class(c.runner).preference.get(c.entry.precision, float("inf")) for c in found]
+    assert len(set(ranks)) > 1 and ranks == sorted(ranks)
+    allowed = candidates(read_manifest(bundle_dir), gated_only=True)
+    best = min(allowed, key=lambda c: runner_class(c.runner).preference.get(c.entry.precision, float("inf")))
+    with Segmenter.load(bundle_dir) as seg:  # no probe: the most preferred runner auto may pick
+        assert seg.backend == best.label
+
+
+def test_the_probe_keeps_the_runner_with_the_lowest_median_latency(bundle_dir, monkeypatch):
+    """Each runner's calls take scripted times on a clock of their own: one is fast but for one
+    slow outlier, the other always middling. The median picks the first; the mean or the worst
+    call would pick the second, and keeping the slowest would too."""
+    import types
+
+    from edgeseg.runtime import selection
+
+    manifest = read_manifest(bundle_dir)
+    fast, steady = candidates(manifest, gated_only=True)[:2]
+    calls = {fast.label: [9.0] * selection.PROBE_WARMUP + [1.0, 1.0, 1.0, 1.0, 50.0],
+             steady.label: [9.0] * selection.PROBE_WARMUP + [5.0] * 5}
+    assert selection.PROBE_RUNS == 5
+    clock = [0.0]
+    honest = selection.instantiate
+
+    def timed(bundle, manifest, candidate, threads):
+        runner = honest(bundle, manifest, candidate, threads)
+        real, durations = runner.infer, iter(calls[candidate.label])
+
+        def infer(batch):
+            clock[0] += next(durations) / 1e3
+            return real(batch)
+
+        runner.infer = infer
+        return runner
+
+    monkeypatch.setattr(selection, "instantiate", timed)
+    monkeypatch.setattr(selection, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
+    timings, best, runner = selection.probe(bundle_dir, manifest, [steady, fast], threads=1)
+    try:
+        assert timings == {steady.label: pytest.approx(5.0), fast.label: pytest.approx(1.0)}
+        assert best == fast
+    finally:
+        runner.close()
+
+
+def test_a_cached_choice_auto_may_no_longer_pick_is_probed_again(bundle_copy, tmp_path, monkeypatch):
+    """A probe cache written before a rule that now skips its choice (an edgeseg without the VNNI
+    check, here a signed INT8 graph on an x86 CPU without VNNI) must not bring that choice back."""
+    from edgeseg.runtime.probe_cache import probe_key, write_cache
+
+    monkeypatch.setenv("EDGESEG_CACHE_DIR", str(tmp_path / "cache"))
+    _set_int8_scheme(bundle_copy, "tensorrt")
+    _fake_cpu(monkeypatch, "x86_64", {"sse2", "avx2", "fma"})
+    write_cache(probe_key(bundle_copy, 0), {"choice": "onnxruntime:int8", "p50_ms": {}, "measured": "2024-01-01T00:00:00Z"})
+    with Segmenter.load(bundle_copy) as seg:
+        assert not seg.backend.endswith(":int8")
