@@ -14,8 +14,9 @@ recorded it) gets it from its parity rows first: that is the one migration of th
 ``manifest.json`` changes, so the bundle's identity (its sha256, which outputs' provenance, the
 probe cache and the audit logs record) changes with it; ``parity.json``'s ``rescored`` says what
 was added, when, on which machine and data. The bundle folder is locked while this runs, and the
-manifest is written last and only if it is still the one read: a run stopped between the two
-writes leaves rows the manifest does not list, which ``inspect`` names and the next run replaces.
+manifest is written last and only if it is still the one read. Ctrl-C and SIGTERM are held back
+between the two writes; a process killed outright between them leaves rows the manifest does not
+list, which ``inspect`` names and the next run replaces.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from edgeseg.export.audit import row_runners
 from edgeseg.export.verify import GATE_VERSION, failures, gate_label, parity_table
 from edgeseg.runtime.manifest import (MANIFEST_NAME, PARITY_NAME, Manifest, read_bundle_json_bytes, read_manifest,
                                       sha256_file, verify_artifacts)
+from edgeseg.stopping import stops_held
 
 
 def rescore_bundle(bundle: str | Path, checkpoint: str | Path, verify_data: str | None = None,
@@ -94,11 +96,18 @@ def _unscored(manifest: Manifest, parity: dict, backends: Sequence[str]) -> list
             raise BackendError(f"backend {name} is not installed here (pip install 'edgeseg[{runner_class(name).extra}]')")
     todo = []
     for entry in manifest.artifacts:
-        scored = row_runners(parity["results"], entry.file) if entry.scored is None else entry.scored
+        scored = _exported_runners(parity, entry.file) if entry.scored is None else entry.scored
         todo += [(entry, cls) for cls in runners_for(entry.format, entry.precision)
                  if cls.available() and cls.name not in scored and cls.name not in entry.excluded
                  and (not wanted or any(cls.name == n and p in (None, entry.precision) for n, p in wanted))]
     return todo
+
+
+def _exported_runners(parity: dict, file: str) -> list[str]:
+    """The runners the export's own gate ran on ``file``: a manifest without ``scored`` has never
+    been through this command, so a row it added (``rescored``) is a killed run's leftover, with
+    no verdict in the manifest, and is scored again."""
+    return row_runners([r for r in parity["results"] if "rescored" not in r], file)
 
 
 @contextlib.contextmanager
@@ -176,7 +185,7 @@ def _record(folder: Path, manifest: Manifest, parity: dict, rows: list[dict], ru
     raw = json.loads(read_bundle_json_bytes(folder / MANIFEST_NAME).decode("utf-8-sig"))
     for item in raw["artifacts"]:
         entry = next(e for e in manifest.artifacts if e.file == item["file"])
-        scored = list(row_runners(parity["results"], entry.file) if entry.scored is None else entry.scored)
+        scored = list(_exported_runners(parity, entry.file) if entry.scored is None else entry.scored)
         excluded = dict(entry.excluded)
         for row in (r for r in rows if r["file"] == entry.file):
             if "load_error" in row:
@@ -193,9 +202,10 @@ def _record(folder: Path, manifest: Manifest, parity: dict, rows: list[dict], ru
     Manifest.from_dict(json.loads(text))  # what is written must read back
     if hashlib.sha256(read_bundle_json_bytes(folder / MANIFEST_NAME)).hexdigest() != manifest.sha256:
         raise DataError(f"{folder / MANIFEST_NAME} changed while the gate ran (exported again?); nothing written")
-    if scored_rows:
-        atomic_write_text(folder / PARITY_NAME, json.dumps(to_json_compatible(parity), indent=2) + "\n")
-    atomic_write_text(folder / MANIFEST_NAME, text)
+    with stops_held():  # a Ctrl-C after the parity rows would leave rows the manifest does not list
+        if scored_rows:
+            atomic_write_text(folder / PARITY_NAME, json.dumps(to_json_compatible(parity), indent=2) + "\n")
+        atomic_write_text(folder / MANIFEST_NAME, text)
     after = hashlib.sha256(text.encode()).hexdigest()
     if scored_rows:
         echo(parity_table({"results": scored_rows}))

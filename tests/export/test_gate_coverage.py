@@ -196,3 +196,50 @@ def test_gate_refuses_another_checkpoint_before_any_work(without_openvino, tmp_p
     proc = _edgeseg("gate", bundle, "--checkpoint", other, cwd=tmp_path)
     assert_one_line_error(proc, f"checkpoint {other} is not the one {bundle} was exported from")
     assert (bundle / "manifest.json").read_bytes() == before
+
+
+def test_a_ctrl_c_between_the_two_writes_lands_after_both(without_openvino, tmp_path):
+    """parity.json and manifest.json change as one set: a Ctrl-C as the first lands is held until
+    the second has, so the bundle never holds rows its manifest does not list (which an earlier
+    manifest without ``scored`` would take as scored, not excluded, on the next run)."""
+    from tests.interrupting import assert_whole_set, interrupted_between_renames, snapshot, stopped_once
+
+    checkpoint, exported, _ = without_openvino
+    bundle = shutil.copytree(exported, tmp_path / "bundle")
+    outputs = [bundle / "parity.json", bundle / "manifest.json"]
+    before = snapshot(outputs)
+    proc = interrupted_between_renames(outputs, "gate", bundle, "--checkpoint", checkpoint, "--quiet")
+    stopped_once(proc)
+    assert assert_whole_set(outputs, before)
+
+
+def test_rows_of_a_killed_run_are_scored_again_on_a_manifest_without_scored(without_openvino, tmp_path):
+    """A gate killed outright between its two writes leaves its rows in parity.json, and a
+    manifest from before ``scored`` unchanged: the next run scores those runners again rather
+    than take a leftover row (here a failing one) as scored and not excluded."""
+    from edgeseg.export.audit import row_verdict
+    from edgeseg.runtime.manifest import read_manifest
+
+    checkpoint, exported, full = without_openvino
+    bundle = shutil.copytree(exported, tmp_path / "bundle")
+    manifest = _manifest(bundle)
+    for artifact in manifest["artifacts"]:
+        del artifact["scored"]
+    (bundle / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    row = next(r for r in json.loads((full / "parity.json").read_text())["results"]
+               if r.get("runner") == "openvino" and r["precision"] == "int8")
+    row.update(dice_drop=row["limit"] + 0.01, passed=False, rescored=0,
+               class_drop={name: row["limit"] + 0.01 for name in row["class_drop"]})
+    parity = json.loads((bundle / "parity.json").read_text())
+    parity["results"].append(row)
+    (bundle / "parity.json").write_text(json.dumps(parity, indent=2) + "\n")
+
+    proc = _edgeseg("gate", bundle, "--checkpoint", checkpoint, "--quiet", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    rows = {(r["file"], r.get("runner")): r for r in json.loads((bundle / "parity.json").read_text())["results"]}
+    for entry in read_manifest(bundle).artifacts:
+        assert entry.scored == ("onnxruntime", "openvino")
+        passed, _ = row_verdict(rows[entry.file, "openvino"])
+        assert passed == ("openvino" not in entry.excluded), entry.file
+    proc = _edgeseg("inspect", bundle, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
