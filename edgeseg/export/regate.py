@@ -94,6 +94,11 @@ def _unscored(manifest: Manifest, parity: dict, backends: Sequence[str]) -> list
     for name, _ in wanted:
         if not runner_class(name).available():
             raise BackendError(f"backend {name} is not installed here (pip install 'edgeseg[{runner_class(name).extra}]')")
+    for name, precision in wanted:  # else "nothing to score" would claim a verdict it never had
+        if not any(cls.name == name and precision in (None, e.precision)
+                   for e in manifest.artifacts for cls in runners_for(e.format, e.precision)):
+            raise BackendError(f"no artifact of the bundle runs on {name}{':' + precision if precision else ''}; it has "
+                               f"{', '.join(e.file for e in manifest.artifacts)}")
     todo = []
     for entry in manifest.artifacts:
         scored = _exported_runners(parity, entry.file) if entry.scored is None else entry.scored

@@ -243,3 +243,12 @@ def test_rows_of_a_killed_run_are_scored_again_on_a_manifest_without_scored(with
         assert passed == ("openvino" not in entry.excluded), entry.file
     proc = _edgeseg("inspect", bundle, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("backend", ["torchscript", "openvino:fp16"])
+def test_gate_refuses_a_runner_no_artifact_runs_on(backend, without_openvino, tmp_path, assert_one_line_error):
+    """Named, a runner that runs none of the bundle's artifacts is an error, not "nothing to score"."""
+    checkpoint, exported, _ = without_openvino
+    bundle = shutil.copytree(exported, tmp_path / "bundle")
+    proc = _edgeseg("gate", bundle, "--checkpoint", checkpoint, "--backend", backend, cwd=tmp_path)
+    assert_one_line_error(proc, f"no artifact of the bundle runs on {backend}; it has model.onnx, model.int8.onnx")
