@@ -33,7 +33,7 @@ from edgeseg.errors import DataError, name_failure
 
 _AT_FDCWD = -100
 _RENAME_EXCHANGE = 2
-_LEFTOVER = re.compile(r"^\.(?P<name>.+)\.(?P<kind>staging|previous)-(?P<pid>\d+)-[0-9a-f]+$")
+_LEFTOVER = re.compile(r"^\.(?P<name>.+)\.(?P<kind>staging|previous)-(?P<pid>\d+)-[0-9a-f]{8}(?P<suffix>(\.[^.]+)*)$")
 
 
 @contextlib.contextmanager
@@ -213,23 +213,29 @@ def process_alive(pid: int) -> bool:
 
 
 def clean_leftovers(target: str | os.PathLike) -> None:
-    """Tidy what killed writers left beside ``target``: restore an old folder moved aside by the
-    two-rename fallback when ``target`` is missing, and remove staging folders of dead processes."""
+    """Tidy what killed writers left beside ``target``: restore an old folder or file moved aside
+    when ``target`` is missing, and remove the staged and kept-aside outputs of dead processes
+    (:func:`_sibling`'s names; a live writer's, and any other name, are left alone)."""
     target = Path(target)
     if not target.parent.is_dir():
         return
     for item in sorted(target.parent.iterdir()):
         match = _LEFTOVER.match(item.name)
-        if match is None or match["name"] != target.name or process_alive(int(match["pid"])):
+        if (match is None or match["name"] != target.name or match["suffix"] not in ("", "".join(target.suffixes))
+                or process_alive(int(match["pid"]))):
             continue
         if match["kind"] == "previous" and not os.path.lexists(target):
             os.rename(item, target)
-        else:
+        elif item.is_dir() and not item.is_symlink():
             shutil.rmtree(item, ignore_errors=True)
+        else:
+            item.unlink(missing_ok=True)
 
 
-def _sibling(target: Path, kind: str) -> Path:
-    return target.parent / f".{target.name}.{kind}-{os.getpid()}-{secrets.token_hex(4)}"
+def _sibling(target: Path, kind: str, suffix: str = "") -> Path:
+    """``.NAME.KIND-PID-RANDOM[SUFFIX]`` beside ``target``: the writer's pid tells
+    :func:`clean_leftovers` whether it still runs."""
+    return target.parent / f".{target.name}.{kind}-{os.getpid()}-{secrets.token_hex(4)}{suffix}"
 
 
 class TargetAppeared(FileExistsError):

@@ -4,7 +4,9 @@ Each output is written beside its target first (:func:`edgeseg.atomic.atomic_pat
 one file); only once all are written are they put in place, one rename each, with Ctrl-C and
 SIGTERM held back meanwhile (:func:`edgeseg.stopping.stops_held`), so a stop lands before the
 first rename or after the last: the targets then hold the whole earlier set or the whole new one,
-never some of each. A failure while writing leaves every target as it was.
+never some of each. A failure while writing leaves every target as it was. The renames are
+done holding a lock on each target's folder (the one ``atomic_files`` takes), so two processes
+writing the same set at once land one after the other: the set left is one writer's, whole.
 
 What this cannot promise: renames in different folders are separate steps for the filesystem,
 not one. Each target replaced keeps the earlier output aside until all are in place (exchanged
@@ -12,7 +14,10 @@ with the new one in a single step where Linux's ``renameat2(RENAME_EXCHANGE)`` i
 else a hard link to an earlier file, or an earlier folder moved aside), so a rename that fails
 partway (a folder made read-only meanwhile) is undone and the earlier set is back. A process
 killed outright (SIGKILL, a crash, a power cut) between two renames leaves the set mixed, and the
-earlier outputs it had already replaced under hidden names (``.NAME.*``) beside them.
+earlier outputs it had already replaced under hidden names beside them. Those names, and those
+of the outputs being written, carry the writer's pid (``.NAME.staging-PID-RANDOM.SUFFIXES``,
+``.NAME.previous-PID-RANDOM``): the next write to the same target removes those whose process is
+gone (:func:`edgeseg.atomic.clean_leftovers`), and leaves a running writer's alone.
 """
 
 from __future__ import annotations
@@ -21,11 +26,10 @@ import contextlib
 import errno
 import os
 import shutil
-import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
-from edgeseg.atomic import _make_folder, _new_mode, _sibling, clean_leftovers, exchange_paths
+from edgeseg.atomic import _folder_locked, _make_folder, _new_mode, _sibling, clean_leftovers, exchange_paths
 from edgeseg.errors import name_failure
 from edgeseg.stopping import stops_held
 
@@ -43,9 +47,9 @@ def atomic_set(files: Sequence[str | os.PathLike], folders: Sequence[str | os.Pa
         for path in files:
             target = Path(path)
             made += _make_folder(target.parent)
-            fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix="".join(target.suffixes), dir=target.parent)
-            os.close(fd)
-            staged[path] = Path(tmp)
+            clean_leftovers(target)
+            staged[path] = _sibling(target, "staging", "".join(target.suffixes))
+            staged[path].touch(mode=0o600, exist_ok=False)
         for path in folders:
             target = Path(path)
             made += _make_folder(target.parent)
@@ -53,7 +57,7 @@ def atomic_set(files: Sequence[str | os.PathLike], folders: Sequence[str | os.Pa
             staged[path] = _sibling(target, "staging")
             staged[path].mkdir()
         yield dict(staged)
-        with stops_held():
+        with _folders_locked(Path(path).parent for path in staged), stops_held():  # a wait for a lock can be interrupted
             _land(staged)
             landed = True  # a stop held meanwhile is raised as the block ends: after this
     except BaseException as exc:
@@ -66,6 +70,18 @@ def atomic_set(files: Sequence[str | os.PathLike], folders: Sequence[str | os.Pa
             if staged:  # an OS error that names no file: the first output's (each writer names its own)
                 name_failure(exc, next(iter(staged)), {str(tmp): str(path) for path, tmp in staged.items()})
         raise
+
+
+@contextlib.contextmanager
+def _folders_locked(folders: Iterable[Path]) -> Iterator[None]:
+    """Hold every folder's lock (:func:`edgeseg.atomic._folder_locked`, as ``atomic_files`` takes
+    it), taken in one order, sorted by resolved path, so that two writers of overlapping sets
+    cannot each hold a lock the other waits for: one lands at a time, and the set left is one
+    writer's, whole."""
+    with contextlib.ExitStack() as stack:
+        for folder in sorted({folder.resolve() for folder in folders}):
+            stack.enter_context(_folder_locked(folder))
+        yield
 
 
 def _land(staged: dict) -> None:

@@ -4,6 +4,8 @@ for the renames. (The CLI commands that use them: tests/cli/test_interrupted_wri
 from __future__ import annotations
 
 import hashlib
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -120,3 +122,119 @@ def test_an_empty_set_is_a_plain_block(tmp_path):
             assert staged == {}
             raise OSError(28, "disk full")
     assert failed.value.filename is None
+
+
+STAGER = """
+import os, signal, sys, time
+from pathlib import Path
+from edgeseg import atomic_set as atomic_set_module
+
+root, when, fallback = Path(sys.argv[1]), sys.argv[2], sys.argv[3] == "1"
+if fallback:
+    atomic_set_module.exchange_paths = lambda a, b: False
+if when == "landing":  # killed outright after the second of three renames
+    put_in_place, done = atomic_set_module._put_in_place, []
+    def killed_after_two(new, target):
+        if len(done) == 2:
+            os.kill(os.getpid(), signal.SIGKILL)
+        done.append(put_in_place(new, target))
+        return done[-1]
+    atomic_set_module._put_in_place = killed_after_two
+with atomic_set_module.atomic_set([root / "a" / "x.png", root / "b" / "y.json"], folders=[root / "c" / "series"]) as staged:
+    for path, tmp in staged.items():
+        (tmp / "0000.png" if tmp.is_dir() else tmp).write_text("from " + str(os.getpid()))
+    if when == "staging":
+        print("staged", flush=True)
+        time.sleep(600)
+"""
+
+
+def set_targets(root: Path) -> list[Path]:
+    return [root / "a" / "x.png", root / "b" / "y.json", root / "c" / "series" / "0000.png"]
+
+
+def hidden(root: Path) -> dict[str, str]:
+    """The hidden files and folders beside the targets, files with their sha256."""
+    return {name: digest for name, digest in tree(root).items() if any(part.startswith(".") for part in Path(name).parts)}
+
+
+def stager(root: Path, when: str, fallback: bool = False, **popen) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", STAGER, str(root), when, "1" if fallback else "0"],
+                            env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}, **popen)
+
+
+def write_set(root: Path, text: str) -> None:
+    with atomic_set(set_targets(root)[:2], folders=[root / "c" / "series"]) as staged:
+        for tmp in staged.values():
+            (tmp / "0000.png" if tmp.is_dir() else tmp).write_text(text)
+
+
+def test_what_a_writer_killed_while_staging_left_goes_at_the_next_write_and_a_live_writers_stays(tmp_path):
+    write_set(tmp_path, "earlier")
+    killed = stager(tmp_path, "staging", stdout=subprocess.PIPE, text=True)
+    assert killed.stdout.readline() == "staged\n"
+    killed.kill()
+    killed.wait()
+    killed.stdout.close()
+    assert hidden(tmp_path)  # the staged set of the killed writer
+    not_ours = {tmp_path / "a" / ".x.png.notes.png": "a user's", tmp_path / "b" / ".y.json.staging-1-notes": "a user's"}
+    for path, text in not_ours.items():
+        path.write_text(text)
+    with stager(tmp_path, "staging", stdout=subprocess.PIPE, text=True) as live:
+        try:
+            assert live.stdout.readline() == "staged\n"
+            before = hidden(tmp_path)
+            live_files = {name: digest for name, digest in before.items() if str(live.pid) in name}
+            assert len([name for name in live_files if "0000.png" not in name]) == 3, before
+            write_set(tmp_path, "latest")
+            assert hidden(tmp_path) == {**live_files, **{str(p.relative_to(tmp_path)): hashlib.sha256(t.encode()).hexdigest()
+                                                          for p, t in not_ours.items()}}
+        finally:
+            live.kill()
+    assert [p.read_text() for p in set_targets(tmp_path)] == ["latest"] * 3
+
+
+@pytest.mark.parametrize("fallback", [False, True], ids=["exchange", "link-and-move-aside"])
+def test_what_a_writer_killed_between_renames_kept_aside_goes_at_the_next_write(tmp_path, fallback):
+    write_set(tmp_path, "earlier")
+    killed = stager(tmp_path, "landing", fallback)
+    assert killed.wait(timeout=120) == -signal.SIGKILL
+    assert hidden(tmp_path)  # the earlier files replaced, and the staged folder not yet landed
+    write_set(tmp_path, "latest")
+    assert hidden(tmp_path) == {}
+    assert [p.read_text() for p in set_targets(tmp_path)] == ["latest"] * 3
+
+
+RACER = """
+import sys
+from pathlib import Path
+from edgeseg.atomic_set import atomic_set
+
+root, me = Path(sys.argv[1]), sys.argv[2]
+files = [root / f"d{i % 4}" / f"out{i}.json" for i in range(12)]
+for line in sys.stdin:  # one set per line, in step with the other writer
+    with atomic_set(files, folders=[root / "d0" / "series"]) as staged:
+        for tmp in staged.values():
+            (tmp / "0000.png" if tmp.is_dir() else tmp).write_text(me)
+    print("done", flush=True)
+"""
+
+
+def test_two_processes_writing_one_set_at_once_leave_one_writers_whole_set(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    writers = [subprocess.Popen([sys.executable, "-c", RACER, str(tmp_path), name], env=env, text=True,
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE) for name in ("first", "second")]
+    try:
+        for round_ in range(150):
+            for writer in writers:
+                writer.stdin.write("go\n")
+                writer.stdin.flush()
+            assert [writer.stdout.readline() for writer in writers] == ["done\n"] * 2, round_
+            found = {p.read_text() for p in tmp_path.rglob("*") if p.is_file()}
+            assert len(found) == 1, (round_, sorted((str(p.relative_to(tmp_path)), p.read_text())
+                                                    for p in tmp_path.rglob("*") if p.is_file()))
+    finally:
+        for writer in writers:
+            writer.stdin.close()
+            writer.wait(timeout=120)
+    assert len(list(tmp_path.rglob("*.json"))) == 12
