@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -43,11 +44,19 @@ cli(prog_name="edgeseg")
 """
 
 
+def ctrl_c_as_at_a_terminal() -> None:
+    """For a child process (``preexec_fn``): SIGINT's default disposition, so that Python installs
+    its Ctrl-C handler. A test run started in the background by a non-interactive shell (``nohup
+    make test &``) has SIGINT ignored, an ignored signal stays ignored across exec, and Python
+    then leaves it ignored: the Ctrl-C a test sends would never arrive."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def interrupted_between_renames(outputs: list[Path], *args, code: str = RUN_EDGESEG) -> subprocess.CompletedProcess:
     """Run ``code`` (with ``args`` as its sys.argv[1:]) and Ctrl-C it after the first of ``outputs`` changed."""
     env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1", OMP_NUM_THREADS="1")
     return subprocess.run([sys.executable, "-c", WATCH + code, os.pathsep.join(map(str, outputs)), *map(str, args)],
-                          capture_output=True, text=True, timeout=600, env=env)
+                          capture_output=True, text=True, timeout=600, env=env, preexec_fn=ctrl_c_as_at_a_terminal)
 
 
 def snapshot(outputs: list[Path]) -> dict[Path, tuple[int, str]]:

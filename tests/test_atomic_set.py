@@ -111,7 +111,10 @@ print("ok")
 
 def test_stops_held_delivers_ctrl_c_and_sigterm_after_the_block_to_the_handler_before_it():
     """In a fresh interpreter: the signals go to this process, which must survive a SIGTERM."""
-    done = subprocess.run([sys.executable, "-c", HELD], capture_output=True, text=True, timeout=120)
+    from tests.interrupting import ctrl_c_as_at_a_terminal
+
+    done = subprocess.run([sys.executable, "-c", HELD], capture_output=True, text=True, timeout=120,
+                          preexec_fn=ctrl_c_as_at_a_terminal)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
 
 
