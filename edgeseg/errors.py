@@ -34,9 +34,10 @@ class CheckpointError(EdgesegError):
 class MissingDependencyError(EdgesegError):
     """An optional library is needed; the message names the extra that installs it."""
 
-    def __init__(self, package: str, extra: str, purpose: str) -> None:
+    def __init__(self, package: str, extra: str | None, purpose: str) -> None:
+        # no extra: a library a runner plugin's own distribution depends on, not one of edgeseg's
         super().__init__(
-            f"{purpose} needs the '{package}' package: pip install 'edgeseg[{extra}]'"
+            f"{purpose} needs the '{package}' package: pip install {f'edgeseg[{extra}]' if extra else package!r}"
         )
         self.package = package
         self.extra = extra
@@ -57,7 +58,7 @@ def distribution_of(module: str) -> str:
     return DISTRIBUTIONS.get(top, top)
 
 
-def require(module: str, extra: str, purpose: str):
+def require(module: str, extra: str | None, purpose: str):
     """Import an optional module, or raise MissingDependencyError naming the extra (not installed)
     or BrokenDependencyError (installed, but its import fails with another error)."""
     import importlib
@@ -70,7 +71,7 @@ def require(module: str, extra: str, purpose: str):
         package = distribution_of(module)
         raise BrokenDependencyError(f"{purpose}: the installed '{package}' package fails to import "
                                     f"({type(exc).__name__}: {' '.join(str(exc).split())}); reinstall it: "
-                                    f"pip install --force-reinstall 'edgeseg[{extra}]'") from exc
+                                    f"pip install --force-reinstall {f'edgeseg[{extra}]' if extra else package!r}") from exc
 
 
 class BrokenDependencyError(EdgesegError):

@@ -93,7 +93,7 @@ def _unscored(manifest: Manifest, parity: dict, backends: Sequence[str]) -> list
     wanted = [parse_backend(text) for text in backends]
     for name, _ in wanted:
         if not runner_class(name).available():
-            raise BackendError(f"backend {name} is not installed here (pip install 'edgeseg[{runner_class(name).extra}]')")
+            raise BackendError(f"backend {name} is not installed here ({runner_class(name).install_hint()})")
     for name, precision in wanted:  # else "nothing to score" would claim a verdict it never had
         if not any(cls.name == name and precision in (None, e.precision)
                    for e in manifest.artifacts for cls in runners_for(e.format, e.precision)):

@@ -64,13 +64,12 @@ def _normalized(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def installed_versions(names: tuple[str, ...]) -> dict[str, str]:
-    """Distribution name -> installed version, for those of ``names`` installed (as wheels do:
-    a ``NAME-VERSION.dist-info`` folder on ``sys.path``; the first one wins, as for
-    ``importlib.metadata.version``). Read from the folder names: importlib.metadata itself
-    imports email, csv and zipfile, tens of ms of every cold start that reads the probe cache."""
-    wanted = {_normalized(n): n for n in names}
-    found: dict[str, str] = {}
+def distributions_on_path():
+    """(normalised name, version, folder) of each ``NAME-VERSION.dist-info`` (or ``.egg-info``)
+    folder on ``sys.path``, the first of each name only, as ``importlib.metadata`` resolves them.
+    Read from the folder names: importlib.metadata itself imports email, csv and zipfile, tens of
+    ms of every cold start that reads the probe cache or the runner registry."""
+    seen: set[str] = set()
     for folder in sys.path:
         try:
             entries = os.scandir(folder or ".")
@@ -84,6 +83,13 @@ def installed_versions(names: tuple[str, ...]) -> dict[str, str]:
                 name, _, version = stem.partition("-")
                 version = version.partition("-")[0]  # an egg-info's NAME-VERSION-pyX.Y
                 key = _normalized(name)
-                if key in wanted and wanted[key] not in found and version:
-                    found[wanted[key]] = version
-    return found
+                if key not in seen and version:
+                    seen.add(key)
+                    yield key, version, entry.path
+
+
+def installed_versions(names: tuple[str, ...]) -> dict[str, str]:
+    """Distribution name -> installed version, for those of ``names`` installed (the first one
+    on ``sys.path`` wins, as for ``importlib.metadata.version``)."""
+    wanted = {_normalized(n): n for n in names}
+    return {wanted[key]: version for key, version, _ in distributions_on_path() if key in wanted}

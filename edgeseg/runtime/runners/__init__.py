@@ -1,8 +1,11 @@
 """Backends that run a segmentation network: one file per backend, found by looking.
 
-Every module of this package is imported once (they import their libraries lazily, so that
-is cheap and works without any of them) and each Runner subclass with a ``name`` is
-registered; adding a backend is adding a file. ``runner_class(name)`` returns one,
+The first time the registry is asked, every module of this package is imported (they import
+their libraries lazily, so that is cheap and works without any of them) and each Runner subclass
+with a ``name`` is registered; adding a backend is adding a file. Runners other distributions
+install as ``edgeseg.runners`` entry points come after them (``edgeseg.runtime.runner_plugins``:
+a broken one is refused in one line, none replaces a built-in runner, and
+``EDGESEG_RUNNER_PLUGINS=0`` leaves them out). ``runner_class(name)`` returns one,
 ``runners()`` all of them, ``runners_for(format, precision)`` those that run an artifact,
 ``artifact_formats()`` the artifact formats and precisions some runner loads (what a manifest
 may name), ``library_distributions()`` the distributions whose versions matter to results.
@@ -18,10 +21,13 @@ from edgeseg.errors import BackendError
 from edgeseg.runtime.runners.base import ArtifactRunner, Runner
 
 _REGISTRY: dict[str, type[Runner]] = {}
+# runner name -> the distribution that installed it, for the plugins' runners
+_PLUGIN_DISTRIBUTIONS: dict[str, str] = {}
 
 
 def runners() -> dict[str, type[Runner]]:
-    """Backend name -> Runner class, for every runner module of this package."""
+    """Backend name -> Runner class: every runner module of this package, then the installed
+    plugins' runners (BackendError in one line for a broken plugin)."""
     if not _REGISTRY:
         found = {}
         for info in pkgutil.iter_modules(__path__, prefix=__name__ + "."):
@@ -29,8 +35,23 @@ def runners() -> dict[str, type[Runner]]:
             for _, cls in inspect.getmembers(module, inspect.isclass):
                 if issubclass(cls, Runner) and cls.name and cls.__module__ == module.__name__:
                     found[cls.name] = cls
+        plugins = _plugins(found)
         _REGISTRY.update(sorted(found.items()))
+        _REGISTRY.update(sorted(plugins.items()))
     return _REGISTRY
+
+
+def _plugins(builtin: dict[str, type[Runner]]) -> dict[str, type[Runner]]:
+    from edgeseg.runtime import runner_plugins
+
+    if not runner_plugins.enabled():
+        return {}
+    loaded, entries = {}, {}
+    for entry in runner_plugins.entry_points():
+        loaded[entry.name] = runner_plugins.load(entry, builtin, entries)
+        entries[entry.name] = entry
+    _PLUGIN_DISTRIBUTIONS.update((name, entry.project) for name, entry in entries.items())
+    return loaded
 
 
 def runner_class(name: str) -> type[Runner]:
@@ -59,8 +80,10 @@ def runners_for(fmt: str, precision: str | None = None) -> list[type[Runner]]:
 
 def library_distributions() -> tuple[str, ...]:
     """Every distribution some runner's library may be installed as, each once, in registry
-    order: what the probe cache key, ``edgeseg version`` and benchmark results record."""
-    return tuple(dict.fromkeys(dist for cls in runners().values() for dist in cls.library_distributions()))
+    order, then each plugin's own distribution (its code is the engine's glue): what the probe
+    cache key and benchmark results record."""
+    return tuple(dict.fromkeys([*(dist for cls in runners().values() for dist in cls.library_distributions()),
+                                *_PLUGIN_DISTRIBUTIONS.values()]))
 
 
 __all__ = ["ArtifactRunner", "Runner", "artifact_formats", "library_distributions", "runner_class", "runners",

@@ -22,7 +22,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from edgeseg.errors import BackendError, DataError, EdgesegError
+from edgeseg.errors import BackendError, DataError, EdgesegError, require
 from edgeseg.runtime import fork_guard
 from edgeseg.runtime.manifest import ArtifactEntry, TensorInfo
 
@@ -65,7 +65,8 @@ class Runner(abc.ABC):
     #: the pip distributions that may install ``library`` (first installed wins; default: the
     #: module's own name): their versions key the probe cache and are reported with results
     distributions: ClassVar[tuple[str, ...]] = ()
-    #: the pip extra that installs that module
+    #: the pip extra of edgeseg that installs that module (None: the runner's own distribution
+    #: depends on it); ``import_library`` names it
     extra: ClassVar[str | None] = None
     #: "cpu" or "cuda": where it runs
     device_kind: ClassVar[str] = "cpu"
@@ -95,6 +96,18 @@ class Runner(abc.ABC):
             return importlib.util.find_spec(cls.library) is not None
         except (ImportError, ValueError):  # a broken or deliberately blocked install
             return False
+
+    @classmethod
+    def import_library(cls, purpose: str, module: str | None = None):
+        """Import ``module`` (default: ``library``) for ``purpose``: a missing or broken install is
+        one error naming ``extra``, the same extra every other message about this runner names."""
+        return require(module or cls.library, cls.extra, purpose)
+
+    @classmethod
+    def install_hint(cls) -> str:
+        """What installs the library: ``pip install 'edgeseg[EXTRA]'``, or for a runner whose own
+        distribution brings it (no ``extra``), ``pip install DISTRIBUTION``."""
+        return f"pip install 'edgeseg[{cls.extra}]'" if cls.extra else f"pip install {cls.library_distributions()[0]}"
 
     @classmethod
     def library_distributions(cls) -> tuple[str, ...]:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeseg.errors import BackendError, require
+from edgeseg.errors import BackendError
 from edgeseg.runtime.compiled_cache import CompiledModelCache
 from edgeseg.runtime.runners.base import ArtifactRunner, engine_message
 
@@ -71,7 +71,7 @@ class OnnxRuntimeRunner(ArtifactRunner):
 
     def __init__(self, *args, providers: list[str] | None = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        ort = require("onnxruntime", "runtime", "the ONNX Runtime backend")
+        ort = self.import_library("the ONNX Runtime backend")
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if self.threads > 0:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeseg.errors import BackendError, require
+from edgeseg.errors import BackendError
 from edgeseg.runtime.compiled_cache import CompiledModelCache
 from edgeseg.runtime.runners.base import ArtifactRunner, engine_message
 
@@ -56,7 +56,7 @@ def openvino_bindings():
             module = None
         if module is not None:
             return module
-    return require("openvino", "openvino", "the OpenVINO backend")._pyopenvino
+    return OpenVinoRunner.import_library("the OpenVINO backend")._pyopenvino
 
 
 def openvino_cache_key(version: str, device: str, threads: int, artifact: Path) -> str:

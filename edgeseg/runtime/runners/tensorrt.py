@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgeseg.errors import BackendError, MissingDependencyError, require
+from edgeseg.errors import BackendError, MissingDependencyError
 from edgeseg.runtime.runners.base import ArtifactRunner
 
 
@@ -22,7 +22,7 @@ def _cudart():
         try:
             from cuda import cudart as runtime  # older cuda-python
         except ImportError:
-            raise MissingDependencyError("cuda-python", "tensorrt", "the TensorRT backend") from None
+            raise MissingDependencyError("cuda-python", TensorRTRunner.extra, "the TensorRT backend") from None
     return runtime
 
 
@@ -36,7 +36,7 @@ def _check(result, what: str):
 
 def machine_fingerprint() -> dict[str, str]:
     """GPU name, compute capability and TensorRT version of this machine (device 0)."""
-    trt = require("tensorrt", "tensorrt", "the TensorRT backend")
+    trt = TensorRTRunner.import_library("the TensorRT backend")
     props = _check(_cudart().cudaGetDeviceProperties(0), "cudaGetDeviceProperties")
     name = props.name.decode(errors="replace").rstrip("\x00") if isinstance(props.name, bytes) else str(props.name)
     return {"gpu": name, "compute_capability": f"{props.major}.{props.minor}", "tensorrt": trt.__version__}
@@ -65,7 +65,7 @@ class TensorRTRunner(ArtifactRunner):
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        trt = require("tensorrt", "tensorrt", "the TensorRT backend")
+        trt = TensorRTRunner.import_library("the TensorRT backend")
         self._cuda = _cudart()
         reason = fingerprint_mismatch(self.entry.fingerprint, machine_fingerprint())
         if reason:

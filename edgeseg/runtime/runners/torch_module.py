@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgeseg.errors import require
 from edgeseg.runtime.manifest import TensorInfo
 from edgeseg.runtime.runners.base import Runner, writeable
 
@@ -27,7 +26,7 @@ class TorchModuleRunner(Runner):
     def __init__(self, module, input_info: TensorInfo, output_info: TensorInfo, max_batch: int, threads: int = 0,
                  device: str = "cpu") -> None:
         super().__init__(input_info, output_info, max_batch, threads, precision="fp32", artifact="in-memory")
-        self._torch = require("torch", "train", "the torch backend")
+        self._torch = self.import_library("the torch backend")
         if self.threads > 0:
             self._torch.set_num_threads(self.threads)
         self._device = str(device)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgeseg.errors import BackendError, require
+from edgeseg.errors import BackendError
 from edgeseg.runtime.runners.base import ArtifactRunner, engine_message, writeable
 
 
@@ -26,7 +26,7 @@ class TorchScriptRunner(ArtifactRunner):
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self._torch = require("torch", "train", "the TorchScript backend")
+        self._torch = self.import_library("the TorchScript backend")
         if self.threads > 0:
             self._torch.set_num_threads(self.threads)
         try:
