@@ -81,8 +81,8 @@ def main() -> None:
             sock.setblocking(False)
             try:
                 closed_at_once += sock.recv(1) == b""
-            except BlockingIOError:
-                pass
+            except BlockingIOError:  # nothing to read yet: the node holds it open
+                continue
             except OSError:
                 closed_at_once += 1
         report["flood"] = {**_proc(node.pid), "seconds_to_open": round(opened, 1), "closed_by_node": closed_at_once, "echoscu_answered": _echo(port)}

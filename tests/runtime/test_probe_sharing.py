@@ -180,4 +180,4 @@ def test_a_probe_wait_that_is_no_number_of_seconds_is_refused(tmp_path, monkeypa
         monkeypatch.setenv("EDGESEG_PROBE_WAIT", value)
         with pytest.raises(BackendError, match=f"EDGESEG_PROBE_WAIT must be a number of seconds from 0 up, got '{value}'"):
             with probe_lock():
-                pass
+                raise AssertionError("the probe lock was taken under an unreadable EDGESEG_PROBE_WAIT")

@@ -120,8 +120,8 @@ def test_the_load_line_names_the_backend_its_artifact_and_the_device(bundle_dir,
     """predict, serve and listen logged "loaded BUNDLE with {'backend': ..., 'artifact': ...}", a dict."""
     artifacts = json.loads((bundle_dir / "manifest.json").read_text())["artifacts"]
     onnx = next(a["file"] for a in artifacts if a["format"] == "onnx" and a["precision"] == "fp32")
-    with caplog.at_level(logging.INFO, logger="edgeseg"), Segmenter.load(bundle_dir, backend="onnxruntime:fp32"):
-        pass
+    with caplog.at_level(logging.INFO, logger="edgeseg"):
+        Segmenter.load(bundle_dir, backend="onnxruntime:fp32").close()
     assert f"loaded {bundle_dir}: backend onnxruntime:fp32 ({onnx}), device cpu" in caplog.messages
 
 

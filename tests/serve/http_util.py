@@ -37,3 +37,32 @@ def wait_ready(proc, port: int, deadline_s: float = 120) -> None:
             said = proc.communicate()[1] if proc.poll() is not None and proc.stderr is not None else ""
             raise RuntimeError(f"edgeseg serve did not start (exit status {proc.poll()}): {said or ''}")
         time.sleep(0.2)
+
+
+def canned_server(metadata: bytes, reply: bytes):
+    """A real HTTP server on 127.0.0.1, serving in a thread, that answers every GET with
+    ``metadata`` and every POST (after reading its body) with ``reply``: a KServe v2 server whose
+    answers a test chooses. Returns the server; call ``shutdown()`` and ``server_close()``."""
+    import http.server
+    import threading
+
+    class Canned(http.server.BaseHTTPRequestHandler):
+        def _send(self, body: bytes) -> None:
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_GET(self):  # noqa: N802 - the http.server protocol
+            self._send(metadata)
+
+        def do_POST(self):  # noqa: N802
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self._send(reply)
+
+        def log_message(self, *args):
+            """Silent: the tests read the answers, not the server's access lines."""
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Canned)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server

@@ -95,10 +95,7 @@ def test_listen_audit_lines_per_association_and_series(serve_bundle, tmp_path, f
     node.start()
     try:
         wait_port(node.port)
-        files = sorted(SERIES.glob("*.dcm"))
-        sent = subprocess.run(["storescu", "-aet", "SCANNER1", "-aec", "EDGESEG", "127.0.0.1", str(node.port),
-                               *map(str, files)], capture_output=True, text=True, timeout=60)
-        assert sent.returncode == 0, sent.stderr
+        files = _store_series(node.port)
         deadline = time.monotonic() + 60
         while not node.stats.segmented and time.monotonic() < deadline:
             time.sleep(0.1)
@@ -144,10 +141,7 @@ def test_listen_audits_a_series_a_forced_stop_leaves_unsegmented(serve_bundle, t
     node.start()
     try:
         wait_port(node.port)
-        files = sorted(SERIES.glob("*.dcm"))
-        sent = subprocess.run(["storescu", "-aet", "SCANNER1", "-aec", "EDGESEG", "127.0.0.1", str(node.port),
-                               *map(str, files)], capture_output=True, text=True, timeout=60)
-        assert sent.returncode == 0, sent.stderr
+        files = _store_series(node.port)
         node.abandon()  # a second Ctrl-C: the stop segments nothing more
     finally:
         node.stop()
@@ -160,3 +154,12 @@ def test_listen_audits_a_series_a_forced_stop_leaves_unsegmented(serve_bundle, t
     assert [(line["series_uid"], line["outcome"]) for line in series] == [(source.SeriesInstanceUID, "failed")]
     assert "stop" in series[0]["error"]
     _bundle_checked(series[0]["bundle"], serve_bundle)
+
+
+def _store_series(port: int) -> list:
+    """Send the test series to the node with dcmtk's storescu as SCANNER1; the files sent."""
+    files = sorted(SERIES.glob("*.dcm"))
+    sent = subprocess.run(["storescu", "-aet", "SCANNER1", "-aec", "EDGESEG", "127.0.0.1", str(port),
+                           *map(str, files)], capture_output=True, text=True, timeout=60)
+    assert sent.returncode == 0, sent.stderr
+    return files

@@ -112,37 +112,14 @@ def test_bad_remote_address_is_one_line(serve_bundle, tmp_path, backend, fragmen
 ])
 def test_a_malformed_server_response_is_a_backend_error(serve_bundle, reply):
     """A real HTTP server on 127.0.0.1 that answers the metadata correctly and inference with junk."""
-    import http.server
-    import threading
-
     from edgeseg.errors import BackendError
     from edgeseg.runtime.manifest import read_manifest
     from edgeseg.runtime.runners.remote import RemoteRunner
+    from tests.serve.http_util import canned_server
 
     manifest = read_manifest(serve_bundle)
     tensors = [{"name": t.name, "datatype": "FP32", "shape": list(t.shape)} for t in (manifest.inputs[0], manifest.outputs[0])]
-    metadata = json.dumps({"name": "junk", "inputs": tensors[:1], "outputs": tensors[1:]}).encode()
-
-    class Junk(http.server.BaseHTTPRequestHandler):
-        def _send(self, body: bytes) -> None:
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def do_GET(self):  # noqa: N802 - the http.server protocol
-            self._send(metadata)
-
-        def do_POST(self):  # noqa: N802
-            self.rfile.read(int(self.headers["Content-Length"]))
-            self._send(reply)
-
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Junk)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+    server = canned_server(json.dumps({"name": "junk", "inputs": tensors[:1], "outputs": tensors[1:]}).encode(), reply)
     try:
         with RemoteRunner(f"http://127.0.0.1:{server.server_port}/models/junk", manifest.inputs[0],
                           manifest.outputs[0], manifest.max_batch) as runner:

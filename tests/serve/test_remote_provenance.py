@@ -75,10 +75,8 @@ def test_remote_dicom_seg_names_the_servers_model(served, serve_bundle, tmp_path
 def _fake_server(serve_bundle, metadata_parameters: dict, response_parameters: dict):
     """A real HTTP server on 127.0.0.1 answering the bundle's tensors: zero logits, with the given
     metadata and response parameters; (server, url)."""
-    import http.server
-    import threading
-
     from edgeseg.runtime.manifest import read_manifest
+    from tests.serve.http_util import canned_server
 
     manifest = read_manifest(serve_bundle)
     tensors = [{"name": t.name, "datatype": "FP32", "shape": list(t.shape)} for t in (manifest.inputs[0], manifest.outputs[0])]
@@ -89,25 +87,7 @@ def _fake_server(serve_bundle, metadata_parameters: dict, response_parameters: d
                                      "data": [0.0] * int(np.prod(out_shape))}],
                         "parameters": response_parameters}).encode()
 
-    class Fake(http.server.BaseHTTPRequestHandler):
-        def _send(self, body: bytes) -> None:
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def do_GET(self):  # noqa: N802 - the http.server protocol
-            self._send(metadata)
-
-        def do_POST(self):  # noqa: N802
-            self.rfile.read(int(self.headers["Content-Length"]))
-            self._send(reply)
-
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Fake)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    server = canned_server(metadata, reply)
     return server, f"http://127.0.0.1:{server.server_port}/models/m"
 
 
