@@ -9,9 +9,10 @@ a filesystem without it) the fallback is two renames, old aside then new in; a p
 between them leaves the old folder under a ``.NAME.previous-PID-...`` name, and the next
 write to the same target puts it back before doing anything else.
 
-Staging names carry the writer's process id (``.NAME.staging-PID-...``): a later write to
-the same target removes those whose process is gone, so a killed export leaves nothing behind
-for long, while a concurrent one is left alone. :func:`check_output_file` and
+Staging names, of files and folders alike, carry the writer's process id
+(``.NAME.staging-PID-...``, :mod:`edgeseg.staging`): a later write to the same target removes
+those whose process is gone, so a killed write leaves nothing behind for long, while a
+concurrent one is left alone. :func:`check_output_file` and
 :func:`check_output_folder` let a command refuse an output it cannot write before any work.
 """
 
@@ -21,19 +22,16 @@ import contextlib
 import ctypes
 import errno
 import os
-import re
-import secrets
 import shutil
-import stat
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from edgeseg.errors import DataError, name_failure
+from edgeseg.staging import clean_leftovers, folder_flocked, make_folder, new_mode, remove_empty, sibling, staged_file
 
 _AT_FDCWD = -100
 _RENAME_EXCHANGE = 2
-_LEFTOVER = re.compile(r"^\.(?P<name>.+)\.(?P<kind>staging|previous)-(?P<pid>\d+)-[0-9a-f]{8}(?P<suffix>(\.[^.]+)*)$")
 
 
 @contextlib.contextmanager
@@ -42,45 +40,23 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
 
     On any exception the temporary file is removed and ``path`` is left as it was. ``suffix``
     lets libraries that choose a format by extension (nibabel, matplotlib) see the right one.
+    The temporary name carries this process's id, and dead writers' are removed first
+    (:func:`edgeseg.staging.staged_file`), so a writer killed outright leaves nothing for long.
     """
     target = Path(path)
-    made = _make_folder(target.parent)
+    made = make_folder(target.parent)
     tmp_path = None
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix or "".join(target.suffixes),
-                                   dir=target.parent)
-        os.close(fd)
-        tmp_path = Path(tmp)
+        tmp_path = staged_file(target, suffix)
         yield tmp_path
-        os.chmod(tmp_path, _new_mode(target))
+        os.chmod(tmp_path, new_mode(target))
         os.replace(tmp_path, target)
     except BaseException as exc:
         if tmp_path is not None:
             tmp_path.unlink(missing_ok=True)
-        _remove_empty(made)
+        remove_empty(made)
         name_failure(exc, target, {str(tmp_path): str(target)} if tmp_path is not None else None)
         raise
-
-
-def _new_mode(target: Path) -> int:
-    """The mode a file renamed onto ``target`` gets: mkstemp makes the file 0600; the file it
-    replaces keeps its mode, a new one gets what the umask gives any other new file (a bundle or
-    a SEG is read by other users: Triton, a PACS forwarder)."""
-    try:
-        return stat.S_IMODE(os.stat(target).st_mode) & 0o777
-    except OSError:
-        return 0o666 & ~_umask()
-
-
-def _make_folder(target: Path) -> list[Path]:
-    """Create ``target`` and the folders above it that are missing; returns those it made,
-    deepest first (what a failed write removes again)."""
-    made, above = [], target
-    while not above.exists() and above != above.parent:
-        made.append(above)
-        above = above.parent
-    target.mkdir(parents=True, exist_ok=True)
-    return made
 
 
 @contextlib.contextmanager
@@ -98,17 +74,15 @@ def atomic_files(folder: str | os.PathLike, names: Sequence[str], drop: Sequence
     from edgeseg.stopping import stops_held
 
     target = Path(folder)
-    made = _make_folder(target)
+    made = make_folder(target)
     staged: dict[str, Path] = {}
     try:
         for name in names:
-            fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix="".join(Path(name).suffixes), dir=target)
-            os.close(fd)
-            staged[name] = Path(tmp)
+            staged[name] = staged_file(target / name)
         yield staged
-        with _folder_locked(target), stops_held():  # a wait for the lock can still be interrupted
+        with folder_flocked(target), stops_held():  # a wait for the lock can still be interrupted
             for name, tmp in staged.items():
-                os.chmod(tmp, _new_mode(target / name))
+                os.chmod(tmp, new_mode(target / name))
                 os.replace(tmp, target / name)
             for name in drop:
                 (target / name).unlink(missing_ok=True)
@@ -116,48 +90,8 @@ def atomic_files(folder: str | os.PathLike, names: Sequence[str], drop: Sequence
         for tmp in staged.values():
             tmp.unlink(missing_ok=True)
         name_failure(exc, target, {str(tmp): str(target / name) for name, tmp in staged.items()})
-        _remove_empty(made)
+        remove_empty(made)
         raise
-
-
-def _remove_empty(made: list[Path]) -> None:
-    """Remove the folders a failed write made (:func:`_make_folder`), deepest first, as far as
-    they are empty: another writer may have landed its files in them meanwhile."""
-    for folder_made in made:
-        try:
-            folder_made.rmdir()
-        except OSError:
-            break
-
-
-@contextlib.contextmanager
-def _folder_locked(folder: Path) -> Iterator[None]:
-    """Hold an exclusive ``flock`` on ``folder`` itself (no lock file is left in it), waiting for
-    another holder; no lock where the OS or the filesystem has none."""
-    try:
-        import fcntl
-    except ImportError:
-        yield
-        return
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        with contextlib.suppress(OSError):  # e.g. ENOLCK on a filesystem without locks
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # releases the lock
-
-
-def _umask() -> int:
-    """This process's umask, read without changing it where Linux tells it (/proc/self/status; a
-    few microseconds beside the write it serves, and a umask changed meanwhile is followed)."""
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    mask = os.umask(0o022)  # elsewhere: read by setting it, and set it back at once
-    os.umask(mask)
-    return mask
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -192,52 +126,6 @@ def exchange_paths(a: str | os.PathLike, b: str | os.PathLike) -> bool:
     raise OSError(code, os.strerror(code), str(a))
 
 
-def process_alive(pid: int) -> bool:
-    """True while ``pid`` runs. On Linux a zombie (ended, not yet reaped by its parent) counts
-    as gone; elsewhere signal 0 says only whether the pid exists."""
-    if pid == os.getpid():
-        return True
-    if os.path.exists("/proc/self/stat"):
-        try:
-            with open(f"/proc/{pid}/stat") as stat:
-                return stat.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-        except OSError:
-            return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def clean_leftovers(target: str | os.PathLike) -> None:
-    """Tidy what killed writers left beside ``target``: restore an old folder or file moved aside
-    when ``target`` is missing, and remove the staged and kept-aside outputs of dead processes
-    (:func:`_sibling`'s names; a live writer's, and any other name, are left alone)."""
-    target = Path(target)
-    if not target.parent.is_dir():
-        return
-    for item in sorted(target.parent.iterdir()):
-        match = _LEFTOVER.match(item.name)
-        if (match is None or match["name"] != target.name or match["suffix"] not in ("", "".join(target.suffixes))
-                or process_alive(int(match["pid"]))):
-            continue
-        if match["kind"] == "previous" and not os.path.lexists(target):
-            os.rename(item, target)
-        elif item.is_dir() and not item.is_symlink():
-            shutil.rmtree(item, ignore_errors=True)
-        else:
-            item.unlink(missing_ok=True)
-
-
-def _sibling(target: Path, kind: str, suffix: str = "") -> Path:
-    """``.NAME.KIND-PID-RANDOM[SUFFIX]`` beside ``target``: the writer's pid tells
-    :func:`clean_leftovers` whether it still runs."""
-    return target.parent / f".{target.name}.{kind}-{os.getpid()}-{secrets.token_hex(4)}{suffix}"
-
-
 class TargetAppeared(FileExistsError):
     """A folder to land without replacing (``replace_dir(replace=False)``) exists by then."""
 
@@ -268,7 +156,7 @@ def replace_dir(new: Path, target: Path, on_step: Callable[[str], None] | None =
         step("remove-old")
         shutil.rmtree(new, ignore_errors=True)  # after the exchange it holds the old folder
         return
-    previous = _sibling(target, "previous")
+    previous = sibling(target, "previous")
     step("move-old-aside")
     os.rename(target, previous)
     try:
@@ -290,16 +178,16 @@ def atomic_dir(path: str | os.PathLike, on_step: Callable[[str], None] | None = 
     :func:`replace_dir`; ``replace=False``: only if ``path`` is still absent, FileExistsError
     otherwise), on failure it is removed and ``path`` is left as it was."""
     target = Path(path)
-    made = _make_folder(target.parent)
+    made = make_folder(target.parent)
     clean_leftovers(target)
-    tmp = _sibling(target, "staging")
+    tmp = sibling(target, "staging")
     tmp.mkdir()
     try:
         yield tmp
         replace_dir(tmp, target, on_step, replace)
     except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
-        _remove_empty(made)
+        remove_empty(made)
         name_failure(exc, target, staging=(tmp, target))
         raise
 
@@ -361,7 +249,7 @@ def folder_lock(folder: str | os.PathLike, name: str, busy: str,
     still held, when it holds nothing but the lock as the block ends (the work failed before
     writing), or when the block raises ``discard_on`` and the folder holds no ``keep`` file."""
     target = Path(folder)
-    made = _make_folder(target)
+    made = make_folder(target)
     try:
         import fcntl
     except ImportError:  # no flock here (not POSIX): no guard

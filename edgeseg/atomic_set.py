@@ -17,7 +17,7 @@ killed outright (SIGKILL, a crash, a power cut) between two renames leaves the s
 earlier outputs it had already replaced under hidden names beside them. Those names, and those
 of the outputs being written, carry the writer's pid (``.NAME.staging-PID-RANDOM.SUFFIXES``,
 ``.NAME.previous-PID-RANDOM``): the next write to the same target removes those whose process is
-gone (:func:`edgeseg.atomic.clean_leftovers`), and leaves a running writer's alone.
+gone (:func:`edgeseg.staging.clean_leftovers`), and leaves a running writer's alone.
 """
 
 from __future__ import annotations
@@ -29,8 +29,9 @@ import shutil
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
-from edgeseg.atomic import _folder_locked, _make_folder, _new_mode, _sibling, clean_leftovers, exchange_paths
+from edgeseg.atomic import exchange_paths
 from edgeseg.errors import name_failure
+from edgeseg.staging import clean_leftovers, folder_flocked, make_folder, new_mode, sibling, staged_file
 from edgeseg.stopping import stops_held
 
 
@@ -46,15 +47,13 @@ def atomic_set(files: Sequence[str | os.PathLike], folders: Sequence[str | os.Pa
     try:
         for path in files:
             target = Path(path)
-            made += _make_folder(target.parent)
-            clean_leftovers(target)
-            staged[path] = _sibling(target, "staging", "".join(target.suffixes))
-            staged[path].touch(mode=0o600, exist_ok=False)
+            made += make_folder(target.parent)
+            staged[path] = staged_file(target)
         for path in folders:
             target = Path(path)
-            made += _make_folder(target.parent)
+            made += make_folder(target.parent)
             clean_leftovers(target)
-            staged[path] = _sibling(target, "staging")
+            staged[path] = sibling(target, "staging")
             staged[path].mkdir()
         yield dict(staged)
         with _folders_locked(Path(path).parent for path in staged), stops_held():  # a wait for a lock can be interrupted
@@ -74,13 +73,13 @@ def atomic_set(files: Sequence[str | os.PathLike], folders: Sequence[str | os.Pa
 
 @contextlib.contextmanager
 def _folders_locked(folders: Iterable[Path]) -> Iterator[None]:
-    """Hold every folder's lock (:func:`edgeseg.atomic._folder_locked`, as ``atomic_files`` takes
+    """Hold every folder's lock (:func:`edgeseg.staging.folder_flocked`, as ``atomic_files`` takes
     it), taken in one order, sorted by resolved path, so that two writers of overlapping sets
     cannot each hold a lock the other waits for: one lands at a time, and the set left is one
     writer's, whole."""
     with contextlib.ExitStack() as stack:
         for folder in sorted({folder.resolve() for folder in folders}):
-            stack.enter_context(_folder_locked(folder))
+            stack.enter_context(folder_flocked(folder))
         yield
 
 
@@ -91,7 +90,7 @@ def _land(staged: dict) -> None:
         for path, new in staged.items():
             target = Path(path)
             if new.is_file():
-                os.chmod(new, _new_mode(target))
+                os.chmod(new, new_mode(target))
             done.append((target, *_put_in_place(new, target)))
     except BaseException:
         for target, old, replaced in reversed(done):
@@ -114,7 +113,7 @@ def _put_in_place(new: Path, target: Path) -> tuple[Path | None, bool]:
         raise OSError(code, os.strerror(code), str(target))
     if exchange_paths(new, target):
         return new, True  # the staging name now holds the earlier output
-    old = _sibling(target, "previous")
+    old = sibling(target, "previous")
     if new.is_dir():  # the earlier folder aside first: a rename cannot replace a folder that is not empty
         os.rename(target, old)
         try:

@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from edgeseg import atomic
-from edgeseg.atomic import atomic_dir, clean_leftovers, exchange_paths
+from edgeseg.atomic import atomic_dir, exchange_paths
+from edgeseg.staging import clean_leftovers
 
 OLD = {"manifest.json": "old manifest", "model.onnx": "old weights"}
 NEW = {"manifest.json": "new manifest", "model.onnx": "new weights", "model.fp16.onnx": "new half"}
@@ -133,6 +134,53 @@ def test_staging_folders_of_dead_writers_are_removed_and_live_ones_kept(tmp_path
             assert contents(target) == NEW
         finally:
             live_writer.kill()
+
+
+FILE_WRITER = textwrap.dedent("""
+    import os, signal, sys
+    from edgeseg.atomic import atomic_path
+
+    with atomic_path(sys.argv[1], suffix=".npy") as tmp:
+        with open(tmp, "wb") as out:
+            out.write(b"half")
+            out.flush()
+            if sys.argv[2] == "kill":
+                os.kill(os.getpid(), signal.SIGKILL)
+            print(tmp, flush=True)
+            sys.stdin.readline()
+            out.write(b" and the rest")
+""")
+
+
+def test_a_file_writer_killed_mid_write_leaves_nothing_after_the_next_write(tmp_path):
+    """Single-file writes stage under the writer's pid, as folders do: the next write to the file
+    removes a SIGKILLed writer's half file and leaves a running writer's, and users' files of
+    look-alike names, alone (they were mkstemp names, ``.mask.npy.XXXXXXXX.npy``, kept forever)."""
+    from edgeseg.atomic import atomic_write_bytes
+
+    target = tmp_path / "mask.npy"
+    target.write_bytes(b"old")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    with subprocess.Popen([sys.executable, "-c", FILE_WRITER, str(target), "kill"], env=env) as killed:
+        assert killed.wait(timeout=120) == -signal.SIGKILL
+    (half,) = (tmp_path / name for name in leftovers(target))
+    assert half.read_bytes() == b"half" and target.read_bytes() == b"old"
+    look_alikes = [tmp_path / f".mask.npy.staging-{killed.pid}-0a1b2c3d.txt", tmp_path / ".mask.npy.staging-notes.npy",
+                   tmp_path / f"mask.npy.staging-{killed.pid}-0a1b2c3d.npy",
+                   tmp_path / f".other.npy.staging-{killed.pid}-0a1b2c3d.npy"]
+    for path in look_alikes:
+        path.write_text("the user's")
+    with subprocess.Popen([sys.executable, "-c", FILE_WRITER, str(target), "wait"], env=env, text=True,
+                          stdin=subprocess.PIPE, stdout=subprocess.PIPE) as live:
+        busy = Path(live.stdout.readline().strip())
+        assert busy.parent == tmp_path and busy.read_bytes() == b"half"
+        atomic_write_bytes(target, b"new")
+        assert target.read_bytes() == b"new"
+        assert not half.exists() and busy.read_bytes() == b"half"
+        live.communicate("go\n", timeout=120)
+    assert live.returncode == 0 and target.read_bytes() == b"half and the rest"
+    assert all(path.read_text() == "the user's" for path in look_alikes)
+    assert leftovers(target) == sorted(p.name for p in look_alikes if p.name.startswith(".mask.npy."))
 
 
 def test_a_new_target_is_one_rename(tmp_path):

@@ -35,10 +35,11 @@ import sysconfig
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from edgeseg.atomic import atomic_dir, check_output_folder, clean_leftovers, within
+from edgeseg.atomic import atomic_dir, check_output_folder, within
 from edgeseg.errors import BundleError, DataError, require
 from edgeseg.export.triton_swap import repository_lock, staged_swap
 from edgeseg.runtime.manifest import Manifest, read_manifest, verify_artifacts
+from edgeseg.staging import clean_leftovers
 
 TRITON_TYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "int64": "TYPE_INT64", "uint8": "TYPE_UINT8"}
 # A model name is a directory name Triton and URLs take as is; the suffixes keep it under 100.

@@ -39,8 +39,9 @@ import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from edgeseg.atomic import atomic_write_text, exchange_paths, process_alive
+from edgeseg.atomic import atomic_write_text, exchange_paths
 from edgeseg.errors import DataError, name_failure
+from edgeseg.staging import process_alive
 
 MARKER = "edgeseg-triton-swap"
 JOURNAL = "swap.json"

@@ -27,9 +27,9 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from edgeseg.atomic import process_alive
 from edgeseg.data.store import SliceStore
 from edgeseg.errors import EdgesegError
+from edgeseg.staging import process_alive
 
 
 def default_workers() -> int:

@@ -1,0 +1,145 @@
+"""What every atomic writer shares: staging names beside a target that tidy themselves.
+
+An output is written under a hidden name beside its target, ``.NAME.staging-PID-RANDOM[SUFFIXES]``
+(an earlier folder or file kept aside: ``.NAME.previous-PID-RANDOM``), and renamed into place.
+The writer's pid in the name lets the next write to the same target tell a killed writer's
+leftovers (SIGKILL, a crash, a power cut) from a running one's: :func:`clean_leftovers` removes
+the first and leaves the second, and any other name, alone. :mod:`edgeseg.atomic` (one file, one
+folder, a set of files in one folder) and :mod:`edgeseg.atomic_set` (outputs in several folders)
+stage this way; the folders a write makes, the mode a new file gets and the lock a set's renames
+are done under are here too, so that both behave alike.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import secrets
+import shutil
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+
+_LEFTOVER = re.compile(r"^\.(?P<name>.+)\.(?P<kind>staging|previous)-(?P<pid>\d+)-[0-9a-f]{8}(?P<suffix>(\.[^.]+)*)$")
+
+
+def sibling(target: Path, kind: str, suffix: str = "") -> Path:
+    """``.NAME.KIND-PID-RANDOM[SUFFIX]`` beside ``target`` (``kind``: "staging" or "previous"):
+    the writer's pid tells :func:`clean_leftovers` whether it still runs."""
+    return target.parent / f".{target.name}.{kind}-{os.getpid()}-{secrets.token_hex(4)}{suffix}"
+
+
+def process_alive(pid: int) -> bool:
+    """True while ``pid`` runs. On Linux a zombie (ended, not yet reaped by its parent) counts
+    as gone; elsewhere signal 0 says only whether the pid exists."""
+    if pid == os.getpid():
+        return True
+    if os.path.exists("/proc/self/stat"):
+        try:
+            with open(f"/proc/{pid}/stat") as stat_file:
+                return stat_file.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+        except OSError:
+            return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def clean_leftovers(target: str | os.PathLike, suffix: str = "") -> None:
+    """Tidy what killed writers left beside ``target``: restore an old folder or file moved aside
+    when ``target`` is missing, and remove the staged and kept-aside outputs of dead processes
+    (:func:`sibling`'s names, ending in no suffix, in ``target``'s or in ``suffix``, the one a
+    writer staged under; a live writer's, and any other name, are left alone)."""
+    target = Path(target)
+    if not target.parent.is_dir():
+        return
+    for item in sorted(target.parent.iterdir()):
+        match = _LEFTOVER.match(item.name)
+        if (match is None or match["name"] != target.name
+                or match["suffix"] not in ("", "".join(target.suffixes), suffix)
+                or process_alive(int(match["pid"]))):
+            continue
+        if match["kind"] == "previous" and not os.path.lexists(target):
+            os.rename(item, target)
+        elif item.is_dir() and not item.is_symlink():
+            shutil.rmtree(item, ignore_errors=True)
+        else:
+            item.unlink(missing_ok=True)
+
+
+def staged_file(target: Path, suffix: str = "") -> Path:
+    """Tidy dead writers' leftovers beside ``target``, then create (0600) and return an empty
+    staging file for it, named by :func:`sibling`, ending in ``suffix`` or else ``target``'s
+    suffixes (libraries that choose a format by extension see the right one)."""
+    suffix = suffix or "".join(target.suffixes)
+    clean_leftovers(target, suffix)
+    staged = sibling(target, "staging", suffix)
+    staged.touch(mode=0o600, exist_ok=False)
+    return staged
+
+
+def make_folder(target: Path) -> list[Path]:
+    """Create ``target`` and the folders above it that are missing; returns those it made,
+    deepest first (what a failed write removes again)."""
+    made, above = [], target
+    while not above.exists() and above != above.parent:
+        made.append(above)
+        above = above.parent
+    target.mkdir(parents=True, exist_ok=True)
+    return made
+
+
+def remove_empty(made: list[Path]) -> None:
+    """Remove the folders a failed write made (:func:`make_folder`), deepest first, as far as
+    they are empty: another writer may have landed its files in them meanwhile."""
+    for folder_made in made:
+        try:
+            folder_made.rmdir()
+        except OSError:
+            break
+
+
+def new_mode(target: Path) -> int:
+    """The mode a file renamed onto ``target`` gets: a staged file is made 0600; the file it
+    replaces keeps its mode, a new one gets what the umask gives any other new file (a bundle or
+    a SEG is read by other users: Triton, a PACS forwarder)."""
+    try:
+        return stat.S_IMODE(os.stat(target).st_mode) & 0o777
+    except OSError:
+        return 0o666 & ~_umask()
+
+
+def _umask() -> int:
+    """This process's umask, read without changing it where Linux tells it (/proc/self/status; a
+    few microseconds beside the write it serves, and a umask changed meanwhile is followed)."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)  # elsewhere: read by setting it, and set it back at once
+    os.umask(mask)
+    return mask
+
+
+@contextlib.contextmanager
+def folder_flocked(folder: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``folder`` itself (no lock file is left in it), waiting for
+    another holder; no lock where the OS or the filesystem has none. Every writer of a set of
+    outputs renames its files into place under it, so two sets never mix."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        with contextlib.suppress(OSError):  # e.g. ENOLCK on a filesystem without locks
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
