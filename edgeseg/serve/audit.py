@@ -1,8 +1,10 @@
 """The audit log of ``edgeseg serve`` and ``edgeseg listen``: one JSON line per event.
 
 Off unless ``--audit-log PATH`` is given. Each line is one JSON object, appended with a single
-write and flushed, so that a crash loses no earlier line and concurrent requests never interleave
-within a line. Every line carries ``time`` (UTC, ISO 8601 with milliseconds), ``event`` and the
+``write`` on an ``O_APPEND`` descriptor, so that a crash loses no earlier line and concurrent
+requests never interleave within a line, and under an exclusive ``flock`` on the file, so that
+several processes (two servers, a server and ``edgeseg listen``) can share one log: a line one of
+them could write only part of is cut off again before another appends its own. Every line carries ``time`` (UTC, ISO 8601 with milliseconds), ``event`` and the
 model that answered (:func:`edgeseg.runtime.provenance.provenance`: bundle manifest sha256,
 artifact sha256, backend, precision, edgeseg version). Events:
 
@@ -69,7 +71,8 @@ class AuditLog:
 
     A line the disk takes only part of (full, or at a file size limit) is cut off again, so the
     log never holds half a line with the next one run into it; :class:`AuditLogError` then says
-    so, and the next line is appended once there is room."""
+    so, and the next line is appended once there is room. The cut is made holding the file's
+    ``flock``, which every writer holds to append, so it never takes another process's line."""
 
     def __init__(self, path: str | os.PathLike, model: dict[str, str] | None = None) -> None:
         self.path = Path(path)
@@ -94,21 +97,42 @@ class AuditLog:
                 self._append(data)
 
     def _append(self, data: bytes) -> None:
-        end = os.lseek(self._fd, 0, os.SEEK_END)
-        try:
-            rest = memoryview(data)
-            while rest:  # a write past the room left is short, the next one fails
-                rest = rest[os.write(self._fd, rest):]
-        except OSError as exc:
-            with contextlib.suppress(OSError):  # nothing more to do: the error below says the line is missing
-                os.ftruncate(self._fd, end)
-            raise AuditLogError(self.path, exc) from None
+        with _file_locked(self._fd):  # the end found here stays the end until the line is in
+            end = os.lseek(self._fd, 0, os.SEEK_END)
+            try:
+                rest = memoryview(data)
+                while rest:  # one write; one past the room left is short, and the next one fails
+                    rest = rest[os.write(self._fd, rest):]
+            except OSError as exc:
+                with contextlib.suppress(OSError):  # nothing more to do: the error below says the line is missing
+                    os.ftruncate(self._fd, end)
+                raise AuditLogError(self.path, exc) from None
 
     def close(self) -> None:
         with self._lock:
             if self._fd is not None:
                 os.close(self._fd)
                 self._fd = None
+
+
+@contextlib.contextmanager
+def _file_locked(fd: int):
+    """Hold an exclusive ``flock`` on the open file ``fd`` (waiting for another process's append);
+    no lock where the OS or the filesystem has none."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    locked = False
+    with contextlib.suppress(OSError):  # e.g. ENOLCK on a filesystem without locks: each line is still one write
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        locked = True
+    try:
+        yield
+    finally:
+        if locked:
+            fcntl.flock(fd, fcntl.LOCK_UN)
 
 
 _MODEL_PATH = re.compile(r"/v2/models/([^/]+)(?:/|$)")
