@@ -20,7 +20,9 @@ renames. A Triton that polls the repository can load such a mix; one in explicit
 model-control mode, told to load after ``edgeseg triton`` returned, cannot.
 
 A staging folder is removed only when its name matches this repository, its process is gone
-and it holds the marker naming this repository (an unmarked one is removed only when empty).
+and it holds the marker naming this repository (an unmarked one is removed only when empty). The
+marker is written atomically (:func:`edgeseg.atomic.atomic_write_text`), so a run killed while
+writing it leaves an unmarked folder holding the marker's staged file, which is removed with it.
 
 Two runs into one repository never overlap: :func:`repository_lock` holds an exclusive
 ``flock`` on the repository folder itself (on the nearest existing folder above it while the
@@ -41,7 +43,7 @@ from pathlib import Path
 
 from edgeseg.atomic import atomic_write_text, exchange_paths
 from edgeseg.errors import DataError, name_failure
-from edgeseg.staging import process_alive
+from edgeseg.staging import clean_leftovers, process_alive
 
 MARKER = "edgeseg-triton-swap"
 JOURNAL = "swap.json"
@@ -115,7 +117,7 @@ def staged_swap(repo: Path, replaced: tuple[str, ...], on_step: Step | None = No
     staging = repo.parent / f".{repo.name}.triton-swap-{os.getpid()}-{secrets.token_hex(4)}"
     staging.mkdir()
     try:
-        (staging / MARKER).write_text(f"{repo.resolve()}\n")
+        atomic_write_text(staging / MARKER, f"{repo.resolve()}\n")  # never an empty marker, whatever kills this
         (staging / "new").mkdir()
         (staging / "old").mkdir()
         yield staging / "new"
@@ -202,11 +204,15 @@ def recover_stale_swaps(repo: Path) -> None:
                 or process_alive(int(match["pid"]))):
             continue
         marker = item / MARKER
-        if not marker.is_file():
-            with contextlib.suppress(OSError):
-                item.rmdir()  # killed before it was marked, so empty; anything else is not ours
+        clean_leftovers(marker)  # the marker's own staged file, where the run was killed writing it
+        named = marker.read_text().strip() if marker.is_file() else ""
+        if not named:  # killed before it was marked, so empty but for an empty marker (written in place by
+            with contextlib.suppress(OSError):  # an earlier edgeseg); anything else is not ours
+                if [p.name for p in item.iterdir()] == [MARKER]:
+                    marker.unlink()
+                item.rmdir()
             continue
-        if marker.read_text().strip() != str(repo.resolve()):
+        if named != str(repo.resolve()):
             continue
         if (item / JOURNAL).is_file():
             _roll_back(repo, item, json.loads((item / JOURNAL).read_text())["models"])

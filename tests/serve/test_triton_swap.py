@@ -143,6 +143,34 @@ def _dead_pid():
     return proc.pid
 
 
+MARKER_KILLER = textwrap.dedent("""
+    import resource, signal, sys
+    from pathlib import Path
+    from edgeseg.export.triton_swap import staged_swap
+
+    # the first byte written to any file kills this process (SIGXFSZ, which Python ignores unless
+    # told otherwise): the marker's, the first one written
+    signal.signal(signal.SIGXFSZ, signal.SIG_DFL)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (0, resource.RLIM_INFINITY))
+    with staged_swap(Path(sys.argv[1]), ()) as new:
+        (new / "edgeseg").mkdir()
+""")
+
+
+def test_a_run_killed_while_writing_its_marker_leaves_no_staging_folder(tmp_path):
+    """The marker was written in place: a run killed while writing it left an empty marker, which
+    names no repository, so its staging folder was never removed."""
+    repo = tmp_path / "repo"
+    (repo / "m" / "1").mkdir(parents=True)
+    proc = subprocess.run([sys.executable, "-B", "-c", MARKER_KILLER, str(repo)], capture_output=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])})
+    assert proc.returncode == -signal.SIGXFSZ, proc.stderr
+    [staging] = _beside(tmp_path)  # killed after the staging folder was made, before it was marked
+    assert not (tmp_path / staging / MARKER).is_file() or (tmp_path / staging / MARKER).read_bytes() == b""
+    recover_stale_swaps(repo)
+    assert _beside(tmp_path) == [] and _tree(repo) == [("m", None), ("m/1", None)]
+
+
 def test_only_this_repository_s_staging_folders_of_dead_runs_are_removed(tmp_path):
     repo = tmp_path / "repo"
     (repo / "m" / "1").mkdir(parents=True)
@@ -152,6 +180,9 @@ def test_only_this_repository_s_staging_folders_of_dead_runs_are_removed(tmp_pat
     (stale / MARKER).write_text(f"{repo.resolve()}\n")
     empty = tmp_path / f".repo.triton-swap-{dead}-0a1c"
     empty.mkdir()
+    unnamed = tmp_path / f".repo.triton-swap-{dead}-0a20"  # an earlier edgeseg killed writing its marker
+    unnamed.mkdir()
+    (unnamed / MARKER).write_text("")
     unmarked = tmp_path / f".repo.triton-swap-{dead}-0a1d"
     (unmarked / "scan").mkdir(parents=True)
     other = tmp_path / f".repo.triton-swap-{dead}-0a1e"
