@@ -86,6 +86,14 @@ class BackendError(EdgesegError):
     """A runtime backend cannot load or run an artifact on this machine."""
 
 
+def shown(value, limit: int = 80) -> str:
+    """``repr(value)`` for an error message, cut after ``limit`` characters (the cut says how
+    long the whole was): a value read from a file can be of any size or depth, and an error is
+    one short line that names the key first."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
 def name_failure(exc: BaseException, path: str | os.PathLike, temporaries: dict | None = None,
                  staging: tuple[str | os.PathLike, str | os.PathLike] | None = None) -> None:
     """Give an OS error that names no file (a failed ``write()``, a full disk at ``close()``) the

@@ -44,7 +44,7 @@ import numbers
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from edgeseg.errors import DataError, SpecError
+from edgeseg.errors import DataError, SpecError, shown
 
 INTERPOLATIONS = ("bilinear", "area")
 DTYPES = ("float32", "float16")
@@ -92,7 +92,7 @@ class PreprocessSpec:
         for name in ("mean", "std"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, numbers.Real):
-                raise SpecError(f"{name} must be a number, got {value!r}")
+                raise SpecError(f"{name} must be a number, got {shown(value)}")
             object.__setattr__(self, name, float(value))
         low, high = window
         if not (math.isfinite(low) and math.isfinite(high)):
@@ -104,15 +104,15 @@ class PreprocessSpec:
                 raise SpecError(f"size must be between 1 and {MAX_SIZE} per axis, got {size}")
         for name in ("interpolation", "dtype", "orientation", "fit"):
             if not isinstance(getattr(self, name), str):
-                raise SpecError(f"{name} must be a string, got {getattr(self, name)!r}")
+                raise SpecError(f"{name} must be a string, got {shown(getattr(self, name))}")
         if self.interpolation not in INTERPOLATIONS:
-            raise SpecError(f"interpolation must be one of {INTERPOLATIONS}, got {self.interpolation!r}")
+            raise SpecError(f"interpolation must be one of {INTERPOLATIONS}, got {shown(self.interpolation)}")
         if self.dtype not in DTYPES:
-            raise SpecError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
+            raise SpecError(f"dtype must be one of {DTYPES}, got {shown(self.dtype)}")
         if self.orientation not in ORIENTATIONS:
-            raise SpecError(f"orientation must be one of {ORIENTATIONS}, got {self.orientation!r}")
+            raise SpecError(f"orientation must be one of {ORIENTATIONS}, got {shown(self.orientation)}")
         if self.fit not in FITS:
-            raise SpecError(f"fit must be one of {FITS}, got {self.fit!r}")
+            raise SpecError(f"fit must be one of {FITS}, got {shown(self.fit)}")
         if not (math.isfinite(self.mean) and math.isfinite(self.std)) or self.std <= 0:
             raise SpecError(f"std must be finite and > 0 and mean finite, got mean={self.mean} std={self.std}")
 
@@ -187,7 +187,7 @@ class PreprocessSpec:
             value = data.get(name, [0, 0])
             if not (isinstance(value, (list, tuple)) and len(value) == 2
                     and all(_is_json_int(v) or (not whole and isinstance(v, float)) for v in value)):
-                raise SpecError(f"{name} must be a pair of {'whole numbers' if whole else 'numbers'}, got {value!r}")
+                raise SpecError(f"{name} must be a pair of {'whole numbers' if whole else 'numbers'}, got {shown(value)}")
         return cls(**data)
 
     @classmethod
@@ -211,13 +211,13 @@ def _pair(value: Any, name: str, kind: type) -> tuple:
     try:
         items = tuple(value)
     except TypeError:
-        raise SpecError(f"{name} must be a pair, got {value!r}") from None
+        raise SpecError(f"{name} must be a pair, got {shown(value)}") from None
     if len(items) != 2:
-        raise SpecError(f"{name} must be a pair, got {value!r}")
+        raise SpecError(f"{name} must be a pair, got {shown(value)}")
     try:
         out = tuple(kind(v) for v in items)
     except (TypeError, ValueError, OverflowError):
-        raise SpecError(f"{name} must hold numbers, got {value!r}") from None
+        raise SpecError(f"{name} must hold numbers, got {shown(value)}") from None
     if kind is int and any(float(v) != int(v) for v in items):
-        raise SpecError(f"{name} must hold whole numbers, got {value!r}")
+        raise SpecError(f"{name} must hold whole numbers, got {shown(value)}")
     return out

@@ -44,7 +44,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from edgeseg.errors import BundleError, SpecError
+from edgeseg.errors import BundleError, SpecError, shown
 from edgeseg.runtime.bundle_files import check_inside_bundle, read_bundle_json_bytes, sha256_file
 from edgeseg.runtime.onnx_form import check_self_contained
 from edgeseg.spec import PreprocessSpec
@@ -72,14 +72,14 @@ class TensorInfo:
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
-            raise BundleError(f"tensor name must be a non-empty string, got {self.name!r}")
+            raise BundleError(f"tensor name must be a non-empty string, got {shown(self.name)}")
         if not isinstance(self.shape, (tuple, list)) or not all(_is_int(n) for n in self.shape):
-            raise BundleError(f"tensor {self.name!r}: shape must be a list of integers, got {self.shape!r}")
+            raise BundleError(f"tensor {shown(self.name)}: shape must be a list of integers, got {shown(self.shape)}")
         shape = tuple(self.shape)
         if any(n < -1 or n == 0 for n in shape):
-            raise BundleError(f"tensor {self.name!r}: shape {list(shape)} has a size below 1 (use -1 for dynamic)")
+            raise BundleError(f"tensor {shown(self.name)}: shape {list(shape)} has a size below 1 (use -1 for dynamic)")
         if self.dtype not in DTYPES:
-            raise BundleError(f"tensor {self.name!r}: dtype must be one of {DTYPES}, got {self.dtype!r}")
+            raise BundleError(f"tensor {shown(self.name)}: dtype must be one of {DTYPES}, got {shown(self.dtype)}")
         object.__setattr__(self, "shape", shape)
 
     def to_dict(self) -> dict[str, Any]:
@@ -88,9 +88,9 @@ class TensorInfo:
     @classmethod
     def from_dict(cls, data: Any) -> "TensorInfo":
         if not isinstance(data, dict) or not {"name", "shape"} <= set(data):
-            raise BundleError(f"a tensor entry needs 'name' and 'shape', got {data!r}")
+            raise BundleError(f"a tensor entry needs 'name' and 'shape', got {shown(data)}")
         if not isinstance(data["shape"], list):
-            raise BundleError(f"tensor {data['name']!r}: shape must be a list of integers, got {data['shape']!r}")
+            raise BundleError(f"tensor {shown(data['name'])}: shape must be a list of integers, got {shown(data['shape'])}")
         return cls(name=data["name"], shape=tuple(data["shape"]), dtype=data.get("dtype", "float32"))
 
 
@@ -116,23 +116,23 @@ class ArtifactEntry:
 
         formats = artifact_formats()
         if self.format not in formats:
-            raise BundleError(f"artifact {self.file!r}: no backend loads format {self.format!r} "
+            raise BundleError(f"artifact {shown(self.file)}: no backend loads format {shown(self.format)} "
                               f"(known formats: {', '.join(formats)})")
         if self.precision not in formats[self.format]:
-            raise BundleError(f"artifact {self.file!r}: no backend runs {self.format} in precision "
-                              f"{self.precision!r} (it runs {', '.join(formats[self.format])})")
+            raise BundleError(f"artifact {shown(self.file)}: no backend runs {self.format} in precision "
+                              f"{shown(self.precision)} (it runs {', '.join(formats[self.format])})")
         if not isinstance(self.excluded, dict) or not all(isinstance(v, str) for v in self.excluded.values()):
-            raise BundleError(f"artifact {self.file!r}: 'excluded' must map backend names to reasons, got {self.excluded!r}")
+            raise BundleError(f"artifact {shown(self.file)}: 'excluded' must map backend names to reasons, got {shown(self.excluded)}")
         if self.scored is not None:
             if not isinstance(self.scored, (list, tuple)) or not all(isinstance(v, str) and v for v in self.scored):
-                raise BundleError(f"artifact {self.file!r}: 'scored' must list backend names, got {self.scored!r}"[:300])
+                raise BundleError(f"artifact {shown(self.file)}: 'scored' must list backend names, got {shown(self.scored)}")
             object.__setattr__(self, "scored", tuple(self.scored))
         # 255 bytes: the longest file name filesystems take (NAME_MAX); longer fails in stat().
         if (Path(self.file).name != self.file or self.file in ("", ".", "..") or "\0" in self.file
                 or len(self.file.encode()) > 255):
-            raise BundleError(f"artifact file must be a plain file name inside the bundle, got {self.file[:80]!r}")
+            raise BundleError(f"artifact file must be a plain file name inside the bundle, got {shown(self.file)}")
         if not (isinstance(self.sha256, str) and len(self.sha256) == 64):
-            raise BundleError(f"artifact {self.file!r}: sha256 must be 64 hex digits, got {self.sha256!r}")
+            raise BundleError(f"artifact {shown(self.file)}: sha256 must be 64 hex digits, got {shown(self.sha256)}")
 
     @property
     def key(self) -> str:
@@ -157,10 +157,10 @@ class ArtifactEntry:
             missing = sorted(needed - set(data)) if isinstance(data, dict) else sorted(needed)
             raise BundleError(f"artifact entry lacks {missing}")
         if not _is_int(data["bytes"]) or data["bytes"] < 0:
-            raise BundleError(f"artifact {data['file']!r}: bytes must be a whole number, got {data['bytes']!r}")
+            raise BundleError(f"artifact {shown(data['file'])}: bytes must be a whole number, got {shown(data['bytes'])}")
         return cls(file=data["file"], format=data["format"], precision=data["precision"],
                    sha256=data["sha256"], bytes=data["bytes"], fingerprint=data.get("fingerprint"),
-                   extra=_object(data, "extra", f"artifact {data['file']!r}:"),
+                   extra=_object(data, "extra", f"artifact {shown(data['file'])}:"),
                    excluded={} if data.get("excluded") is None else data["excluded"], scored=data.get("scored"))
 
 
@@ -203,7 +203,7 @@ class Manifest:
         for tensor, channels, what in ((self.inputs[0], 1, "1 channel"),
                                        (self.outputs[0], self.num_classes, f"{self.num_classes} classes (labels)")):
             if len(tensor.shape) != 4 or tuple(tensor.shape[1:]) != (channels, rows, cols):
-                raise BundleError(f"tensor {tensor.name!r} has shape {list(tensor.shape)}; the spec and labels say "
+                raise BundleError(f"tensor {shown(tensor.name)} has shape {list(tensor.shape)}; the spec and labels say "
                                   f"[-1, {channels}, {rows}, {cols}] ({what} of {rows}x{cols})")
 
     @property
@@ -244,7 +244,7 @@ class Manifest:
             raise BundleError(f"manifest must be a JSON object, got {type(data).__name__}")
         schema = data.get("schema")
         if not _is_int(schema):
-            raise BundleError(f"manifest has no integer 'schema' field (got {schema!r})")
+            raise BundleError(f"manifest has no integer 'schema' field (got {shown(schema)})")
         if schema > SCHEMA_VERSION:
             raise BundleError(f"manifest schema {schema} is newer than this edgeseg reads ({SCHEMA_VERSION}); upgrade edgeseg")
         if schema < 1:
@@ -259,7 +259,7 @@ class Manifest:
         raw = data["labels"]
         if (not isinstance(raw, dict) or not all(isinstance(k, str) and k.isascii() and k.isdigit() for k in raw)
                 or not all(isinstance(v, str) for v in raw.values())):
-            raise BundleError(f"manifest labels must map class numbers to names, got {raw!r}"[:300])
+            raise BundleError(f"manifest labels must map class numbers to names, got {shown(raw)}")
         labels = {int(k): v for k, v in raw.items()}
         if len(labels) != len(raw):  # "1" and "01"
             raise BundleError(f"manifest labels name a class twice: {sorted(raw)}")
@@ -298,7 +298,7 @@ def _is_int(value: Any) -> bool:
 
 def _whole(value: Any, key: str) -> int:
     if not _is_int(value):
-        raise BundleError(f"manifest {key} must be a whole number, got {value!r}")
+        raise BundleError(f"manifest {key} must be a whole number, got {shown(value)}")
     return value
 
 
@@ -307,13 +307,13 @@ def _object(data: dict, key: str, what: str = "manifest") -> dict:
     refuses those too; ``or {}`` read [] and false as empty)."""
     value = data.get(key)
     if value is not None and not isinstance(value, dict):
-        raise BundleError(f"{what} {key} must be a JSON object, got {value!r}"[:300])
+        raise BundleError(f"{what} {key} must be a JSON object, got {shown(value)}")
     return dict(value or {})
 
 
 def _flag(value: Any, key: str) -> bool:
     if not isinstance(value, bool):
-        raise BundleError(f"manifest {key} must be true or false, got {value!r}")
+        raise BundleError(f"manifest {key} must be true or false, got {shown(value)}")
     return value
 
 
@@ -364,12 +364,12 @@ def _check_strings(data: Any, path: Path) -> None:
             if isinstance(text, (dict, list)):
                 stack.append(text)
             elif isinstance(text, str) and "\0" in text:
-                raise BundleError(f"{path}: a manifest string holds a NUL character (\\u0000): {text[:80]!r}")
+                raise BundleError(f"{path}: a manifest string holds a NUL character (\\u0000): {shown(text)}")
             elif isinstance(text, str) and not text.isascii():
                 try:
                     text.encode("utf-8")
                 except UnicodeEncodeError:
-                    raise BundleError(f"{path}: not readable JSON (a string holds an unpaired surrogate: {text[:80]!r})") from None
+                    raise BundleError(f"{path}: not readable JSON (a string holds an unpaired surrogate: {shown(text)})") from None
 
 
 def verify_artifacts(bundle: str | Path, manifest: Manifest, only: list[ArtifactEntry] | None = None) -> None:

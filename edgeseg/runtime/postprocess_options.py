@@ -31,7 +31,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from edgeseg.errors import DataError
+from edgeseg.errors import DataError, shown
 from edgeseg.kernels import ComponentRule
 
 RESIZE_MODES = ("logits", "labels")
@@ -89,18 +89,18 @@ class PostprocessOptions:
         raw = dict(raw or {})
         resize = raw.get("resize", "logits")
         if resize not in RESIZE_MODES:
-            raise DataError(f"postprocess.resize must be one of {RESIZE_MODES}, got {resize!r}")
+            raise DataError(f"postprocess.resize must be one of {RESIZE_MODES}, got {shown(resize)}")
         if "classes" in raw and "keep_largest" in raw:
             raise DataError("postprocess holds both the per-class 'classes' and the old 'keep_largest'; keep one")
         if "classes" not in raw:  # the layout before per-class options: one flag for every class
             keep = raw.get("keep_largest", False)
             if keep is not None and not isinstance(keep, bool):
-                raise DataError(f"postprocess.keep_largest must be true or false, got {keep!r}")
+                raise DataError(f"postprocess.keep_largest must be true or false, got {shown(keep)}")
             per_class = {c: ClassPostprocess(keep_largest=True) for c in range(1, num_classes)} if keep else {}
             return cls(resize, per_class)
         entries = raw["classes"]
         if not isinstance(entries, Mapping):
-            raise DataError(f"postprocess.classes must map class numbers to options, got {entries!r}")
+            raise DataError(f"postprocess.classes must map class numbers to options, got {shown(entries)}")
         return cls(resize, {_class_number(k, num_classes): _class_options(k, v, num_classes) for k, v in entries.items()})
 
     def to_dict(self) -> dict[str, Any]:
@@ -174,29 +174,29 @@ def _class_number(key: Any, num_classes: int) -> int:
     try:
         cls = int(key)
     except (TypeError, ValueError):
-        raise DataError(f"postprocess.classes keys must be class numbers, got {key!r}") from None
+        raise DataError(f"postprocess.classes keys must be class numbers, got {shown(key)}") from None
     if str(cls) != str(key).strip() or not 1 <= cls < num_classes:
-        raise DataError(f"postprocess.classes key {key!r} is not a foreground class 1..{num_classes - 1}")
+        raise DataError(f"postprocess.classes key {shown(key)} is not a foreground class 1..{num_classes - 1}")
     return cls
 
 
 def _class_options(key: Any, value: Any, num_classes: int) -> ClassPostprocess:
     if not isinstance(value, Mapping):
-        raise DataError(f"postprocess.classes[{key!r}] must be an object, got {value!r}")
+        raise DataError(f"postprocess.classes[{shown(key)}] must be an object, got {shown(value)}")
     unknown = sorted(set(value) - set(CLASS_KEYS))
     if unknown:
-        raise DataError(f"postprocess.classes[{key!r}] has unknown option(s) {unknown}; known: {list(CLASS_KEYS)}")
+        raise DataError(f"postprocess.classes[{shown(key)}] has unknown option(s) {shown(unknown)}; known: {list(CLASS_KEYS)}")
     opts = {**ClassPostprocess().to_dict(), **value}
     for name in ("keep_largest", "keep_largest_3d"):
         if not isinstance(opts[name], bool):
-            raise DataError(f"postprocess.classes[{key!r}].{name} must be true or false, got {opts[name]!r}")
+            raise DataError(f"postprocess.classes[{shown(key)}].{name} must be true or false, got {shown(opts[name])}")
     pixels, ml = opts["min_pixels"], opts["min_ml"]
     if isinstance(pixels, bool) or not isinstance(pixels, int) or not 0 <= pixels <= MAX_MIN_PIXELS:
-        raise DataError(f"postprocess.classes[{key!r}].min_pixels must be an integer from 0 to 10^15, got {pixels!r}")
+        raise DataError(f"postprocess.classes[{shown(key)}].min_pixels must be an integer from 0 to 10^15, got {shown(pixels)}")
     if isinstance(ml, bool) or not isinstance(ml, (int, float)) or not math.isfinite(ml) or ml < 0:
-        raise DataError(f"postprocess.classes[{key!r}].min_ml must be a number >= 0, got {ml!r}")
+        raise DataError(f"postprocess.classes[{shown(key)}].min_ml must be a number >= 0, got {shown(ml)}")
     to = opts.get("removed_to", 0)
     if isinstance(to, bool) or not isinstance(to, int) or not 0 <= to < num_classes or str(to) == str(key).strip():
-        raise DataError(f"postprocess.classes[{key!r}].removed_to must be another class number in "
-                        f"0..{num_classes - 1}, got {to!r}")
+        raise DataError(f"postprocess.classes[{shown(key)}].removed_to must be another class number in "
+                        f"0..{num_classes - 1}, got {shown(to)}")
     return ClassPostprocess(opts["keep_largest"], pixels, opts["keep_largest_3d"], float(ml), to)

@@ -23,6 +23,24 @@ def _with_postprocess(bundle, post) -> None:
     path.write_text(json.dumps(manifest))
 
 
+def test_a_deeply_nested_resize_is_one_short_line_naming_the_key(bundle_copy):
+    """The error quoted the whole value: a 700-deep {"resize": {"resize": ...}} made an 8 kB line."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    series = Path(__file__).parents[1] / "data" / "dcmqi_ct_liver" / "ct-3slice"
+    value = "logits"
+    for _ in range(700):
+        value = {"resize": value}
+    _with_postprocess(bundle_copy, {"resize": value})
+    proc = subprocess.run([sys.executable, "-m", "edgeseg.cli", "predict", str(bundle_copy), str(series),
+                           "--out", str(bundle_copy.parent / "out.nii.gz")], capture_output=True, text=True, timeout=300)
+    [line] = proc.stderr.splitlines()
+    assert proc.returncode != 0 and "postprocess.resize must be one of ('logits', 'labels')" in line, line[:300]
+    assert len(line) < 300 and line.endswith(f"({len(repr(value))} characters)"), line[:300]
+
+
 def test_old_flag_means_largest_per_slice_for_every_class():
     old = PostprocessOptions.from_dict({"keep_largest": True, "val_dice": 0.9, "val_dice_largest": 0.95}, 3)
     assert old.classes == {1: ClassPostprocess(keep_largest=True), 2: ClassPostprocess(keep_largest=True)}
