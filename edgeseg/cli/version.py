@@ -2,8 +2,8 @@
 
 What a bug report or a result's provenance needs to say which code ran: the package version
 (and the git commit of a source checkout), Python, how the C kernels were built (compiler,
-OpenMP), where libedgeseg is, and the version of each backend library found. The libraries are
-looked up in the installed packages' metadata, never imported: asking for the version must not
+OpenMP), where libedgeseg is, the version of each backend library found, and each runner
+plugin's own package and version (its code is the engine's glue). The libraries are looked up in the installed packages' metadata, never imported: asking for the version must not
 take the seconds torch takes to import.
 """
 
@@ -51,12 +51,14 @@ def installation() -> dict:
     """The facts :func:`command` prints: ``edgeseg``, ``source`` (the git commit of a source
     checkout, else empty), ``python``, ``platform``, ``kernels`` (``file``, ``compiler``,
     ``openmp``: the ``_OPENMP`` date, 0 for a serial build; or ``error``), ``libedgeseg`` (its
-    path, None where not built) and ``libraries`` (name -> version, None where not installed)."""
+    path, None where not built), ``libraries`` (name -> version, None where not installed) and
+    ``plugins`` (each plugin's runner name -> ``distribution`` and its ``version``)."""
     import platform
     from importlib import metadata
 
     from edgeseg import __version__
     from edgeseg.report.provenance import source_commit
+    from edgeseg.runtime.runners import plugin_distributions
 
     def found(names) -> str | None:
         for name in names:
@@ -68,7 +70,9 @@ def installation() -> dict:
 
     return {"edgeseg": __version__, "source": source_commit(), "python": platform.python_version(),
             "platform": f"{platform.system()} {platform.machine()}", "kernels": _kernels(),
-            "libedgeseg": _libedgeseg(), "libraries": {name: found(dists) for name, dists in libraries().items()}}
+            "libedgeseg": _libedgeseg(), "libraries": {name: found(dists) for name, dists in libraries().items()},
+            "plugins": {name: {"distribution": dist, "version": found((dist,))}
+                        for name, dist in plugin_distributions().items()}}
 
 
 def version_text(facts: dict) -> str:
@@ -89,6 +93,9 @@ def version_text(facts: dict) -> str:
     lines.append(f"libedgeseg  {facts['libedgeseg'] or 'not built (make sdk)'}")
     libraries = ", ".join(f"{name} {version or '-'}" for name, version in facts["libraries"].items())
     lines.append(f"libraries   {libraries} ('-': not installed)")
+    plugins = ", ".join(f"{name} ({plugin['distribution']} {plugin['version'] or '-'})"
+                        for name, plugin in facts["plugins"].items())
+    lines.append(f"plugins     {plugins or 'none'}")
     return "\n".join(lines)
 
 
@@ -111,7 +118,8 @@ def version_option(command):
 def command(as_json: bool) -> None:
     """Print the edgeseg version (and git commit of a source checkout), Python, the C kernels'
     build (compiler, OpenMP), libedgeseg and the installed versions of every backend's library
-    (onnxruntime, openvino, tensorrt, torch, ...) and numpy."""
+    (onnxruntime, openvino, tensorrt, torch, ...) and numpy, and each runner plugin's package
+    and version."""
     import json
 
     facts = installation()

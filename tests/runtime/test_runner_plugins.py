@@ -86,6 +86,19 @@ def test_an_installed_plugin_is_listed_named_by_predict_and_shown_by_inspect(doc
     assert "'edgeseg-onnx-reference'" in versions.stdout, versions.stderr  # its upgrade re-measures auto
 
 
+def test_version_shows_each_plugin_s_own_package_and_version(documented, tmp_path):
+    """edgeseg version listed the plugin runner's library (onnx) but not the package that
+    installed the runner, whose code is half of what ran."""
+    text = edgeseg([documented], tmp_path, "version")
+    assert text.returncode == 0, text.stderr
+    assert f"plugins     {NAME} (edgeseg-onnx-reference 0.3.1)" in text.stdout.splitlines()
+    facts = edgeseg([documented], tmp_path, "version", "--json")
+    assert facts.returncode == 0, facts.stderr
+    assert json.loads(facts.stdout)["plugins"] == {NAME: {"distribution": "edgeseg-onnx-reference", "version": "0.3.1"}}
+    off = edgeseg([documented], tmp_path, "version", plugins="0")
+    assert "plugins     none" in off.stdout.splitlines()
+
+
 BROKEN = {
     "import error": ({"acme-npu": "acme_npu:AcmeNpuRunner"}, {"acme_npu": "import acme_npu_sdk\n"},
                      "runner plugin 'acme-npu' (acme_npu:AcmeNpuRunner, from acme_npu-1.0.dist-info) does not load: "

@@ -8,7 +8,8 @@ a broken one is refused in one line, none replaces a built-in runner, and
 ``EDGESEG_RUNNER_PLUGINS=0`` leaves them out). ``runner_class(name)`` returns one,
 ``runners()`` all of them, ``runners_for(format, precision)`` those that run an artifact,
 ``artifact_formats()`` the artifact formats and precisions some runner loads (what a manifest
-may name), ``library_distributions()`` the distributions whose versions matter to results.
+may name), ``library_distributions()`` the distributions whose versions matter to results,
+``plugin_distributions()`` the distribution each plugin's runner came from.
 """
 
 from __future__ import annotations
@@ -54,6 +55,13 @@ def _plugins(builtin: dict[str, type[Runner]]) -> dict[str, type[Runner]]:
     return loaded
 
 
+def plugin_distributions() -> dict[str, str]:
+    """Runner name -> the (normalised) name of the distribution that installed it, for each
+    plugin's runner; empty without plugins or with ``EDGESEG_RUNNER_PLUGINS=0``."""
+    runners()
+    return dict(_PLUGIN_DISTRIBUTIONS)
+
+
 def runner_class(name: str) -> type[Runner]:
     """The Runner subclass registered as ``name``; BackendError naming the known ones otherwise."""
     try:
@@ -86,5 +94,5 @@ def library_distributions() -> tuple[str, ...]:
                                 *_PLUGIN_DISTRIBUTIONS.values()]))
 
 
-__all__ = ["ArtifactRunner", "Runner", "artifact_formats", "library_distributions", "runner_class", "runners",
-           "runners_for"]
+__all__ = ["ArtifactRunner", "Runner", "artifact_formats", "library_distributions", "plugin_distributions",
+           "runner_class", "runners", "runners_for"]
