@@ -126,9 +126,11 @@ def _parameters(params: dict[str, str]) -> list[str]:
 
 def model_config(manifest: Manifest, name: str, platform: str, max_batch: int, kind: str, instances: int,
                  max_delay_us: int, engines: dict[str, str] | None = None) -> str:
-    """The ``config.pbtxt`` text of the network for an ONNX Runtime or TensorRT backend."""
+    """The ``config.pbtxt`` text of the network for an ONNX Runtime or TensorRT backend; it names
+    the bundle it came from (``edgeseg_manifest_sha256``) as the Python-backend models' do."""
     lines = [f'name: "{name}"', f'platform: "{platform}"', f"max_batch_size: {max_batch}",
-             *_io(manifest, max_batch), *_scheduling(max_batch, kind, instances, max_delay_us)]
+             *_io(manifest, max_batch), *_scheduling(max_batch, kind, instances, max_delay_us),
+             *_parameters({"edgeseg_manifest_sha256": manifest.sha256})]
     if engines:
         first = sorted(engines)[0]
         lines.append(f'default_model_filename: {_quoted(engines[first], "engine file")}')

@@ -39,7 +39,11 @@ def test_repository_parses_and_onnx_is_byte_identical(serve_bundle, tmp_path):
     copied = (repo / "liver" / "1" / "model.onnx").read_bytes()
     assert copied == (serve_bundle / "model.onnx").read_bytes()
     assert not (repo / "liver-trt").exists()
+    # the bundle it came from, as the Python-backend models name it (it was only on those)
+    bundle_sha256 = hashlib.sha256((serve_bundle / "manifest.json").read_bytes()).hexdigest()
+    assert config.parameters["edgeseg_manifest_sha256"].string_value == bundle_sha256
     pipeline = _parse(repo / "liver-pipeline" / "config.pbtxt")
+    assert pipeline.parameters["edgeseg_manifest_sha256"].string_value == bundle_sha256
     assert pipeline.max_batch_size == 0 and not pipeline.HasField("dynamic_batching")
     assert pipeline.parameters["edgeseg_max_slices"].string_value == "4"
 
@@ -129,6 +133,8 @@ def test_tensorrt_engines_get_their_own_model_with_cc_filenames(serve_bundle, tm
     config = _parse(tmp_path / "repo" / "edgeseg-trt" / "config.pbtxt")
     assert config.platform == "tensorrt_plan"
     assert dict(config.cc_model_filenames) == {"8.9": "model.fp32.sm89.plan", "9.0": "model.fp32.sm90.plan"}
+    assert config.parameters["edgeseg_manifest_sha256"].string_value == \
+        hashlib.sha256((bundle / "manifest.json").read_bytes()).hexdigest()
     assert (tmp_path / "repo" / "edgeseg-trt" / "1" / "model.fp32.sm90.plan").read_bytes() == engines["9.0"]
 
 
