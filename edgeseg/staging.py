@@ -56,10 +56,15 @@ def clean_leftovers(target: str | os.PathLike, suffix: str = "") -> None:
     (:func:`sibling`'s names, ending in no suffix, in ``target``'s or in ``suffix``, the one a
     writer staged under; a live writer's, and any other name, are left alone)."""
     target = Path(target)
-    if not target.parent.is_dir():
+    prefix = f".{target.name}."
+    try:  # names alone, filtered before anything else: every file written into a folder of many pays for this
+        with os.scandir(target.parent) as entries:
+            names = sorted(entry.name for entry in entries if entry.name.startswith(prefix))
+    except (FileNotFoundError, NotADirectoryError):
         return
-    for item in sorted(target.parent.iterdir()):
-        match = _LEFTOVER.match(item.name)
+    for name in names:
+        item = target.parent / name
+        match = _LEFTOVER.match(name)
         if (match is None or match["name"] != target.name
                 or match["suffix"] not in ("", "".join(target.suffixes), suffix)
                 or process_alive(int(match["pid"]))):
