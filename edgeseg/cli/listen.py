@@ -34,13 +34,17 @@ from edgeseg.cli.tta_option import tta_option
               help="Seconds a peer may keep the node waiting (for its association request, the rest of a PDU, its "
                    "next PDU on an open association, or to take an answer) before its connection is closed.")
 @click.option("--max-associations", default=10, show_default=True, type=click.IntRange(1, 1000),
-              help="Associations at once, connections not yet associated included; a request past them is rejected. "
-                   "Each may hold about three copies of one image in memory.")
+              help="Associations at once, connections not yet associated included; a request past them is rejected "
+                   "(A-ASSOCIATE-RJ: transient, local limit exceeded). Each may hold about three copies of one image "
+                   "in memory.")
 @click.option("--max-connections", default=32, show_default=True, type=click.IntRange(1, 10_000),
-              help="Open TCP connections at once, at least --max-associations; one past them is closed as it is "
-                   "accepted, before the node spends a thread on it.")
-@click.option("--max-connections-per-host", default=8, show_default=True, type=click.IntRange(1, 10_000),
-              help="Open TCP connections from one peer address; one past them is closed as it is accepted.")
+              help="Open TCP connections at once, at least --max-associations; one past them is refused as it is "
+                   "accepted, before the node spends a thread on it: its association request is rejected "
+                   "(transient, local limit exceeded).")
+@click.option("--max-connections-per-host", default=None, type=click.IntRange(1, 10_000),
+              show_default="--max-associations less max(2, a fifth of it), at least 1: 8 of 10",
+              help="Open TCP connections (and so association slots) from one peer address; one past them is "
+                   "refused as past --max-connections, so that one host cannot hold every slot.")
 @click.option("--backend", default="auto", show_default=True, help="Runtime backend, as for edgeseg predict.")
 @click.option("--threads", default=0, show_default=True, help="CPU threads for the backend (0: its default).")
 @click.option("--audit-log", type=click.Path(dir_okay=False), default=None,

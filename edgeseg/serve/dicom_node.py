@@ -17,8 +17,8 @@ C-STORE handler runs (a PDU, one image's data set) is bounded on its connection
 (for its association request, the rest of a PDU, its next PDU, or to take an answer) longer than
 ``peer_timeout`` seconds has its connection cut (dicom_peer_watch.py). Connections are counted as
 they are accepted, in all and per peer address: one past ``max_connections`` or
-``max_connections_per_host`` is closed at once, before any thread is started for it
-(dicom_connections.py).
+``max_connections_per_host`` is refused before any thread is started for it (dicom_connections.py)
+and its association request answered with an A-ASSOCIATE-RJ (dicom_refusal.py).
 An association must call this node by its AE title (else it is rejected with the reason "called
 AE title not recognised") unless ``any_ae`` is set, and, where ``calling_aets`` lists AE titles,
 come from one of them (else "calling AE title not recognised").
@@ -46,9 +46,10 @@ from edgeseg.serve.dicom_intake import (CT_IMAGE_STORAGE, STATUS_CANNOT_UNDERSTA
 from edgeseg.serve.dicom_connections import ConnectionLimit, limited_server_class
 from edgeseg.serve.dicom_node_settings import (DEFAULT_MAX_ASSOCIATIONS, DEFAULT_MAX_CONNECTIONS,
                                                DEFAULT_MAX_CONNECTIONS_PER_HOST, DEFAULT_MAX_SERIES,
-                                               DEFAULT_PEER_TIMEOUT, NodeStats, check_node_settings)
+                                               DEFAULT_PEER_TIMEOUT, NodeStats, check_node_settings, per_host_limit)
 from edgeseg.serve.dicom_peer_bound import MAX_PDU_LENGTH, PeerBounds, bounded_request_handler, data_set_limit
 from edgeseg.serve.dicom_peer_watch import PeerWatch
+from edgeseg.serve.dicom_refusal import REFUSAL_WAIT
 from edgeseg.serve.dicom_series import HeldSeries, ImageNotStored, seg_path
 
 __all__ = ["DicomNode", "NodeStats", "Peer", "check_ae_title", "check_node_settings", "decodable_transfer_syntaxes"]
@@ -65,7 +66,7 @@ class DicomNode:
                  max_series: int = DEFAULT_MAX_SERIES, unsent: str | Path | None = None,
                  resend_every: float = 60.0, peer_timeout: float = DEFAULT_PEER_TIMEOUT,
                  max_associations: int = DEFAULT_MAX_ASSOCIATIONS, max_connections: int = DEFAULT_MAX_CONNECTIONS,
-                 max_connections_per_host: int = DEFAULT_MAX_CONNECTIONS_PER_HOST, audit=None) -> None:
+                 max_connections_per_host: int | None = DEFAULT_MAX_CONNECTIONS_PER_HOST, audit=None) -> None:
         check_node_settings(out=out, forward=forward, unsent=unsent, max_series=max_series, ae_title=ae_title,
                             calling_aets=calling_aets, peer_timeout=peer_timeout, max_associations=max_associations,
                             max_connections=max_connections, max_connections_per_host=max_connections_per_host)
@@ -87,7 +88,8 @@ class DicomNode:
         self._own_work = work is None
         self.work = Path(work) if work is not None else Path(tempfile.mkdtemp(prefix="edgeseg-listen-"))
         self.stats = NodeStats()
-        self._connections = ConnectionLimit(max_connections, max_connections_per_host, self.stats)
+        self._connections = ConnectionLimit(max_connections, per_host_limit(max_connections_per_host, max_associations),
+                                            self.stats)
         self._series: dict[str, HeldSeries] = {}
         self._queued = 0  # series taken to be segmented and not done yet: they are in flight too
         self._turned_away: set[str] = set()  # series refused for --max-series, each logged once
@@ -130,7 +132,8 @@ class DicomNode:
                                                   self._connections.release)
         try:
             self._server = ae.make_server((self.host, self.port), evt_handlers=handlers, request_handler=request_handler,
-                                          server_class=limited_server_class(self._connections))
+                                          server_class=limited_server_class(self._connections,
+                                                                            min(self.peer_timeout, REFUSAL_WAIT)))
         except OSError as exc:
             raise DataError(f"cannot listen on {self.host}:{self.port}: {exc.strerror or exc}") from None
         threading.Thread(target=self._server.serve_forever, name="edgeseg-listen-accept", daemon=True).start()
