@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import signal
 import socket
 import subprocess
 
@@ -141,7 +140,7 @@ def test_a_refused_connection_that_sends_no_request_is_closed_without_a_reject(r
 def test_listen_process_logs_the_refused_host_in_one_line(serve_bundle, tmp_path, free_port, wait_port):
     """``edgeseg listen`` as the service runs it: echoscu past --max-connections-per-host prints
     the busy rejection, and the node's stderr has one line naming the host and the limit."""
-    from tests.serve.test_dicom_node_hostile import start_listen
+    from tests.serve.test_dicom_node_hostile import start_listen, stop_listen
 
     port = free_port()
     proc = start_listen(serve_bundle, port, tmp_path, "--peer-timeout", str(PEER_TIMEOUT),
@@ -152,12 +151,8 @@ def test_listen_process_logs_the_refused_host_in_one_line(serve_bundle, tmp_path
         with contextlib.closing(socket.create_connection(("127.0.0.1", port))):
             refused = _wait_for(lambda: "Local Limit Exceeded" in _echo(port).stderr, BOUND)
             done = _echo(port)
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=60)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        err = stop_listen(proc)
     assert refused
     _assert_rejected_as_busy(done)
     lines = [line for line in err.splitlines() if "refused a connection from 127.0.0.1:" in line]
