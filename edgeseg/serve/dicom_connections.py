@@ -12,7 +12,7 @@ which answers its association request with an A-ASSOCIATE-RJ (rejected-transient
 local-limit-exceeded) as pynetdicom answers one past ``maximum_associations``; only when that
 one is answering as many as it may is the connection closed unanswered. A connection leaves the
 count the moment its socket is closed. Refusals are logged at most once per ``REFUSAL_LOG_EVERY``
-seconds, with the count of those not logged, so a flood does not flood the log.
+seconds, with the count of those not logged by host, so a flood does not flood the log.
 """
 
 from __future__ import annotations
@@ -26,8 +26,11 @@ from edgeseg.serve.dicom_refusal import REFUSAL_WAIT, AssociationRefuser
 log = logging.getLogger("edgeseg.listen")
 
 # How often a refused connection is logged at most: each line says how many were refused since
-# the one before, so a flood costs one line per period.
+# the one before, and from which hosts, so a flood costs one line per period.
 REFUSAL_LOG_EVERY = 10.0
+# Hosts named in that line, those refused most first; the hosts counted per period are bounded too
+HOSTS_NAMED = 5
+HOSTS_COUNTED = 1000
 
 
 class ConnectionLimit:
@@ -41,6 +44,7 @@ class ConnectionLimit:
         self._per_host: dict[str, int] = {}
         self._lock = threading.Lock()
         self._unlogged = 0
+        self._unlogged_hosts: dict[str, int] = {}  # refusals not logged yet, per host
         self._logged_at: float | None = None
         self._last_refusal = ""
 
@@ -73,6 +77,8 @@ class ConnectionLimit:
             self._last_refusal = f"the last from {host}:{address[1]}: {reason}"
             if self._logged_at is not None and time.monotonic() - self._logged_at < REFUSAL_LOG_EVERY:
                 self._unlogged += 1
+                if host in self._unlogged_hosts or len(self._unlogged_hosts) < HOSTS_COUNTED:
+                    self._unlogged_hosts[host] = self._unlogged_hosts.get(host, 0) + 1
                 return
             self._logged_at, self._unlogged = time.monotonic(), 0
         log.warning("refused a connection from %s:%s: %s; %s", host, address[1], reason, how)
@@ -91,9 +97,15 @@ class ConnectionLimit:
             if not self._unlogged or not (force or time.monotonic() - self._logged_at >= REFUSAL_LOG_EVERY):
                 return
             count, self._unlogged = self._unlogged, 0
+            hosts, self._unlogged_hosts = self._unlogged_hosts, {}
             self._logged_at = time.monotonic()
             last = self._last_refusal
-        log.warning("refused %d more connection(s) in the last %g s (%s)", count, REFUSAL_LOG_EVERY, last)
+        named = sorted(hosts.items(), key=lambda item: (-item[1], item[0]))
+        by_host = ", ".join(f"{host} {refused}" for host, refused in named[:HOSTS_NAMED])
+        if len(named) > HOSTS_NAMED:
+            by_host += f" and {len(named) - HOSTS_NAMED} more host(s)"
+        log.warning("refused %d more connection(s) in the last %g s, by host: %s (%s)", count, REFUSAL_LOG_EVERY,
+                    by_host, last)
 
 
 def limited_server_class(limit: ConnectionLimit, refusal_wait: float = REFUSAL_WAIT):

@@ -157,3 +157,21 @@ def test_listen_process_logs_the_refused_host_in_one_line(serve_bundle, tmp_path
     _assert_rejected_as_busy(done)
     lines = [line for line in err.splitlines() if "refused a connection from 127.0.0.1:" in line]
     assert lines and "--max-connections-per-host allows; its association request is rejected" in lines[0], err
+
+
+def test_the_summary_of_a_flood_names_each_host_refused(running_node, caplog):
+    """After the first refusal, those of the next 10 s were one line with their count and the last
+    one's host: a second host refused meanwhile went unnamed. The line now counts them by host."""
+    caplog.set_level(logging.WARNING, logger="edgeseg.listen")
+    with running_node(peer_timeout=PEER_TIMEOUT, max_associations=2, max_connections=2,
+                      max_connections_per_host=2) as node:
+        socks = _idle(node, 2)
+        try:
+            socks += [_connect(node.port) for _ in range(3)] + [_connect(node.port, "127.0.0.2") for _ in range(5)]
+            assert _wait_for(lambda: node.stats.refused_connections == 8, BOUND), node.stats
+        finally:
+            for sock in socks:
+                sock.close()
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("refused ")]
+    assert len(lines) == 2 and lines[0].startswith("refused a connection from 127.0.0.1:"), lines
+    assert lines[1].startswith("refused 7 more connection(s) in the last 10 s, by host: 127.0.0.2 5, 127.0.0.1 2 ("), lines
