@@ -21,7 +21,7 @@ import logging
 import threading
 import time
 
-from edgeseg.serve.dicom_refusal import REFUSAL_WAIT, AssociationRefuser
+from edgeseg.serve.dicom_refusal import REFUSAL_WAIT, AssociationRefuser, reject_pdu
 
 log = logging.getLogger("edgeseg.listen")
 
@@ -35,13 +35,17 @@ HOSTS_COUNTED = 1000
 
 class ConnectionLimit:
     """Open connections in all and per peer address; :meth:`admit` takes one or says why not,
-    :meth:`release` gives it back (once, however often the socket is closed)."""
+    :meth:`admit_request` counts its association request against its calling AE title or answers
+    it with an A-ASSOCIATE-RJ, :meth:`release` gives both back (once, however often the socket is
+    closed)."""
 
-    def __init__(self, total: int, per_host: int, stats) -> None:
-        self.total, self.per_host = total, per_host
+    def __init__(self, total: int, per_host: int, stats, per_ae: int | None = None) -> None:
+        self.total, self.per_host, self.per_ae = total, per_host, per_ae
         self._stats = stats  # NodeStats: refused_connections counts every refusal, logged or not
         self._open: dict[int, str] = {}  # id of each admitted socket -> its peer address
         self._per_host: dict[str, int] = {}
+        self._ae_of: dict[int, str] = {}  # id of each admitted socket with a request -> its calling AE title
+        self._per_ae: dict[str, int] = {}
         self._lock = threading.Lock()
         self._unlogged = 0
         self._unlogged_hosts: dict[str, int] = {}  # refusals not logged yet, per host
@@ -83,6 +87,22 @@ class ConnectionLimit:
             self._logged_at, self._unlogged = time.monotonic(), 0
         log.warning("refused a connection from %s:%s: %s; %s", host, address[1], reason, how)
 
+    def admit_request(self, sock, address, pdu: bytes) -> bytes | None:
+        """Count the association request ``pdu`` of ``sock`` against its calling AE title (None),
+        or log why not and return the A-ASSOCIATE-RJ to answer it with."""
+        # PS3.8 9.3.2: the PDU header (6 bytes), protocol version, reserved, called AE title (16)
+        calling = pdu[26:42].decode("ascii", "replace").strip(" \0")
+        with self._lock:
+            held = self._per_ae.get(calling, 0)
+            if self.per_ae is None or held < self.per_ae:
+                self._ae_of[id(sock)] = calling
+                self._per_ae[calling] = held + 1
+                return None
+            self._stats.refused_connections += 1
+        self.refused(address, f"{held} associations calling as {calling!r} are open, the most "
+                              f"--max-associations-per-ae allows", answered=True)
+        return reject_pdu()
+
     def release(self, sock) -> None:
         with self._lock:
             host = self._open.pop(id(sock), None)
@@ -90,6 +110,11 @@ class ConnectionLimit:
                 self._per_host[host] -= 1
                 if not self._per_host[host]:
                     del self._per_host[host]
+            calling = self._ae_of.pop(id(sock), None)
+            if calling is not None:
+                self._per_ae[calling] -= 1
+                if not self._per_ae[calling]:
+                    del self._per_ae[calling]
 
     def flush(self, force: bool = False) -> None:
         """Log the refusals not logged yet, once their period is over (``force``: now)."""

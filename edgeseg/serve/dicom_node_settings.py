@@ -31,6 +31,11 @@ MAX_CONNECTIONS_RANGE = (1, 10_000)
 DEFAULT_MAX_CONNECTIONS_PER_HOST = None
 
 
+# Per calling AE title, by default the same: one AE title sending from several addresses (the
+# nodes of a PACS cluster, a modality with two network ports) never holds every slot either.
+DEFAULT_MAX_ASSOCIATIONS_PER_AE = None
+
+
 def per_host_limit(max_connections_per_host: int | None, max_associations: int) -> int:
     """The connections one peer address may hold: as given, or the default for ``max_associations``."""
     if max_connections_per_host is not None:
@@ -58,7 +63,8 @@ def check_node_settings(*, out, forward, unsent, max_series, ae_title: str, call
                         peer_timeout: float = DEFAULT_PEER_TIMEOUT,
                         max_associations: int = DEFAULT_MAX_ASSOCIATIONS,
                         max_connections: int = DEFAULT_MAX_CONNECTIONS,
-                        max_connections_per_host: int | None = DEFAULT_MAX_CONNECTIONS_PER_HOST) -> None:
+                        max_connections_per_host: int | None = DEFAULT_MAX_CONNECTIONS_PER_HOST,
+                        max_associations_per_ae: int | None = DEFAULT_MAX_ASSOCIATIONS_PER_AE) -> None:
     """DataError for settings no node can run with; ``edgeseg listen`` calls it before loading the bundle."""
     if out is None and forward is None:
         raise DataError("the DICOM node needs --out, --forward or both: otherwise results go nowhere")
@@ -78,6 +84,9 @@ def check_node_settings(*, out, forward, unsent, max_series, ae_title: str, call
     for name, value in (("--max-connections", max_connections), ("--max-connections-per-host", max_connections_per_host)):
         if type(value) is not int or not low <= value <= high:  # noqa: E721 - bool is no count
             raise DataError(f"{name} must be an integer {low}..{high}, got {value!r}")
+    per_ae = per_host_limit(max_associations_per_ae, max_associations)
+    if type(per_ae) is not int or not 1 <= per_ae <= MAX_ASSOCIATIONS_RANGE[1]:  # noqa: E721 - bool is no count
+        raise DataError(f"--max-associations-per-ae must be an integer 1..{MAX_ASSOCIATIONS_RANGE[1]}, got {per_ae!r}")
     if max_connections < max_associations:
         raise DataError(f"--max-connections ({max_connections}) is below --max-associations ({max_associations}): "
                         f"each association is a connection; raise --max-connections with it")

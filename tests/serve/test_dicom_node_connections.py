@@ -151,6 +151,7 @@ def test_a_flood_of_idle_connections_holds_the_threads_of_the_limit_and_one_log_
     (["--max-connections", "5"], "--max-connections (5) is below --max-associations (10)"),
     (["--max-connections-per-host", "40"], "--max-connections-per-host (40) is over --max-connections (32)"),
     (["--max-connections", "0"], "Invalid value for '--max-connections': 0 is not in the range 1<=x<=10000"),
+    (["--max-associations-per-ae", "0"], "Invalid value for '--max-associations-per-ae': 0 is not in the range 1<=x<=1000"),
 ])
 def test_a_bad_connection_limit_is_one_line(tmp_path, options, fragment, assert_one_line_error):
     done = subprocess.run([sys.executable, "-m", "edgeseg.cli", "listen", str(tmp_path / "no-bundle"),

@@ -14,7 +14,7 @@ import subprocess
 import pytest
 
 from tests.serve.test_dicom_node import DCMTK, SERIES, _storescu, _wait_for
-from tests.serve.test_dicom_node_connections import BOUND, PEER_TIMEOUT, _connect, _echo, _idle
+from tests.serve.test_dicom_node_connections import BOUND, PEER_TIMEOUT, _connect, _echo, _idle, _settle
 from tests.serve.test_dicom_node_failures import running_node  # noqa: F401 - the fixture
 
 pynetdicom = pytest.importorskip("pynetdicom")
@@ -32,9 +32,9 @@ def _assert_rejected_as_busy(done: subprocess.CompletedProcess) -> None:
         assert line in printed, printed
 
 
-def _associate_from(source: str, port: int):
+def _associate_from(source: str, port: int, ae_title: str = "OTHERHOST"):
     """A pynetdicom association for C-ECHO to the node, from ``source`` as its address."""
-    ae = pynetdicom.AE(ae_title="OTHERHOST")
+    ae = pynetdicom.AE(ae_title=ae_title)
     ae.add_requested_context(pynetdicom.sop_class.Verification)
     ae.acse_timeout = BOUND
     try:
@@ -175,3 +175,27 @@ def test_the_summary_of_a_flood_names_each_host_refused(running_node, caplog):
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("refused ")]
     assert len(lines) == 2 and lines[0].startswith("refused a connection from 127.0.0.1:"), lines
     assert lines[1].startswith("refused 7 more connection(s) in the last 10 s, by host: 127.0.0.2 5, 127.0.0.1 2 ("), lines
+
+
+def test_one_ae_title_from_two_hosts_is_held_to_its_share_of_the_slots(running_node, caplog):
+    """The nodes of a PACS cluster send as one AE title from several addresses: the per-host limit
+    let them hold every slot together (4 of 4 here), and a modality was turned away. By default an
+    AE title holds as many as one host may (2 of 4): the third association calling as PACS is
+    rejected as busy, while the CT's, from the same address as one of them, gets in."""
+    caplog.set_level(logging.WARNING, logger="edgeseg.listen")
+    with running_node(peer_timeout=PEER_TIMEOUT, max_associations=4) as node:
+        _settle(node)
+        held = [_associate_from(source, node.port, "PACS") for source in ("127.0.0.1", "127.0.0.2")]
+        try:
+            assert all(assoc.is_established for assoc in held)
+            third = subprocess.run(["echoscu", "-aet", "PACS", "-aec", "EDGESEG", "127.0.0.1", str(node.port)],
+                                   capture_output=True, text=True, timeout=60)
+            modality = _wait_for(lambda: subprocess.run(["echoscu", "-aet", "CT1", "-aec", "EDGESEG", "127.0.0.1",
+                                                         str(node.port)], capture_output=True, timeout=60).returncode == 0, BOUND)
+        finally:
+            for assoc in held:
+                assoc.release()
+    _assert_rejected_as_busy(third)
+    assert modality, "a modality calling as another AE title was turned away"
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("refused a connection")]
+    assert lines and "2 associations calling as 'PACS' are open, the most --max-associations-per-ae allows" in lines[0], lines
