@@ -52,7 +52,7 @@ class NodeStats:
     rejected_associations: int = 0
     aborted_associations: int = 0  # for sending more than the node reads (dicom_peer_bound.py)
     timed_out_connections: int = 0  # for keeping the node waiting past the peer timeout
-    refused_connections: int = 0  # refused as accepted: past --max-connections or --max-connections-per-host
+    refused_connections: int = 0  # past --max-connections, --max-connections-per-host, --max-associations-per-ae
     segmented: list[str] = field(default_factory=list)
     forwarded: list[str] = field(default_factory=list)
     not_forwarded: list[str] = field(default_factory=list)
