@@ -24,13 +24,12 @@ MAX_ASSOCIATIONS_RANGE = (1, 1000)
 # answered the same way by pynetdicom.
 DEFAULT_MAX_CONNECTIONS = 32
 MAX_CONNECTIONS_RANGE = (1, 10_000)
-# Per host, by default, the association limit less a fifth of it and at least two (8 of 10; 2 of
-# 4; 1 of 1 or 2): one host (a modality stuck reconnecting, a scan, a misconfigured router) then
-# never holds every association slot while there are two, whatever --max-associations is. pynetdicom
-# counts every connection against the association limit, so this bounds a host's slots too.
+# Per host, by default, the association limit less the larger of 2 and a fifth of it, at least 1
+# (8 of 10, 2 of 4, 1 of 2): one host (a modality stuck reconnecting, a scan, a misconfigured
+# router) then never holds every association slot where there are two, whatever
+# --max-associations is. pynetdicom counts every connection against the association limit, so
+# this bounds a host's slots too.
 DEFAULT_MAX_CONNECTIONS_PER_HOST = None
-
-
 # Per calling AE title, by default the same: one AE title sending from several addresses (the
 # nodes of a PACS cluster, a modality with two network ports) never holds every slot either.
 DEFAULT_MAX_ASSOCIATIONS_PER_AE = None

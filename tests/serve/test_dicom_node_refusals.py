@@ -199,3 +199,21 @@ def test_one_ae_title_from_two_hosts_is_held_to_its_share_of_the_slots(running_n
     assert modality, "a modality calling as another AE title was turned away"
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("refused a connection")]
     assert lines and "2 associations calling as 'PACS' are open, the most --max-associations-per-ae allows" in lines[0], lines
+
+
+def test_refused_peers_asking_together_are_each_told_busy(running_node):
+    """Six echoscu at once past --max-connections-per-host: the one refuser thread answers each
+    with the busy rejection (none sees its connection closed unanswered)."""
+    with running_node(peer_timeout=PEER_TIMEOUT, max_associations=2, max_connections_per_host=1) as node:
+        held = _idle(node, 1)
+        try:
+            assert _wait_for(lambda: node._connections.open_connections("127.0.0.1") == 1, BOUND)
+            peers = [subprocess.Popen(["echoscu", "-aec", "EDGESEG", "127.0.0.1", str(node.port)],
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(6)]
+            printed = [p.communicate(timeout=60) for p in peers]
+            done = [subprocess.CompletedProcess(p.args, p.returncode, *out) for p, out in zip(peers, printed)]
+        finally:
+            held[0].close()
+    for each in done:
+        _assert_rejected_as_busy(each)
+    assert node.stats.refused_connections == 6
