@@ -34,13 +34,22 @@ from edgeseg.cli.tta_option import tta_option
               help="Seconds a peer may keep the node waiting (for its association request, the rest of a PDU, its "
                    "next PDU on an open association, or to take an answer) before its connection is closed.")
 @click.option("--max-associations", default=10, show_default=True, type=click.IntRange(1, 1000),
-              help="Associations at once, connections not yet associated included; a request past them is rejected. "
-                   "Each may hold about three copies of one image in memory.")
+              help="Associations at once, connections not yet associated included; a request past them is rejected "
+                   "(A-ASSOCIATE-RJ: transient, local limit exceeded). Each may hold about three copies of one image "
+                   "in memory.")
 @click.option("--max-connections", default=32, show_default=True, type=click.IntRange(1, 10_000),
-              help="Open TCP connections at once, at least --max-associations; one past them is closed as it is "
-                   "accepted, before the node spends a thread on it.")
-@click.option("--max-connections-per-host", default=8, show_default=True, type=click.IntRange(1, 10_000),
-              help="Open TCP connections from one peer address; one past them is closed as it is accepted.")
+              help="Open TCP connections at once, at least --max-associations; one past them is refused as it is "
+                   "accepted, before the node spends a thread on it: its association request is rejected "
+                   "(transient, local limit exceeded).")
+@click.option("--max-connections-per-host", default=None, type=click.IntRange(1, 10_000),
+              show_default="--max-associations less max(2, a fifth of it), at least 1: 8 of 10",
+              help="Open TCP connections (and so association slots) from one peer address; one past them is "
+                   "refused as past --max-connections, so that one host cannot hold every slot.")
+@click.option("--max-associations-per-ae", default=None, type=click.IntRange(1, 1000),
+              show_default="as for --max-connections-per-host: 8 of 10",
+              help="Associations at once calling as one AE title, from any address; a request past them is rejected "
+                   "(transient, local limit exceeded), so that one AE title sending from several addresses cannot "
+                   "hold every slot.")
 @click.option("--backend", default="auto", show_default=True, help="Runtime backend, as for edgeseg predict.")
 @click.option("--threads", default=0, show_default=True, help="CPU threads for the backend (0: its default).")
 @click.option("--audit-log", type=click.Path(dir_okay=False), default=None,
@@ -48,8 +57,8 @@ from edgeseg.cli.tta_option import tta_option
                    "artifact sha256), backend, outcome, latency; no patient names (docs/provenance.md). Off by default.")
 @tta_option
 def command(bundle, ae_title, any_ae, allow_calling, host, port, out, forward, idle, max_series, unsent, resend_every,
-            peer_timeout, max_associations, max_connections, max_connections_per_host, backend, threads, tta,
-            audit_log) -> None:
+            peer_timeout, max_associations, max_connections, max_connections_per_host, max_associations_per_ae, backend,
+            threads, tta, audit_log) -> None:
     """Accept CT images by C-STORE, segment each complete series, write/forward its DICOM SEG."""
     import contextlib
     import signal
@@ -66,7 +75,8 @@ def command(bundle, ae_title, any_ae, allow_calling, host, port, out, forward, i
     # settings and the address first: loading a bundle can take a backend probe
     check_node_settings(out=out, forward=peer, unsent=unsent, max_series=max_series, ae_title=ae_title,
                         calling_aets=list(allow_calling), peer_timeout=peer_timeout, max_associations=max_associations,
-                        max_connections=max_connections, max_connections_per_host=max_connections_per_host)
+                        max_connections=max_connections, max_connections_per_host=max_connections_per_host,
+                        max_associations_per_ae=max_associations_per_ae)
     if out is not None:
         check_output_folder(out, "--out")
     if unsent is not None:
@@ -91,7 +101,7 @@ def command(bundle, ae_title, any_ae, allow_calling, host, port, out, forward, i
                          any_ae=any_ae, calling_aets=list(allow_calling), max_series=max_series, unsent=unsent,
                          resend_every=resend_every, peer_timeout=peer_timeout, max_associations=max_associations,
                          max_connections=max_connections, max_connections_per_host=max_connections_per_host,
-                         audit=audit)
+                         max_associations_per_ae=max_associations_per_ae, audit=audit)
         node.start()
         # the one start-up line, as serve's: the node itself logs nothing when it starts
         called = "any called AE title" if any_ae else f"called AE title {ae_title} only"

@@ -6,10 +6,13 @@ only rejects a request past that limit once it has read it. A host opening conne
 than ``--peer-timeout`` closes them therefore held threads, memory and every association slot.
 :class:`ConnectionLimit` counts connections as the listening socket accepts them, before any
 thread is started: one past ``--max-connections``, or past ``--max-connections-per-host`` from
-its address, is closed at once (socketserver's ``verify_request``, which pynetdicom's server
-inherits), and a connection leaves the count the moment its socket is closed. Refusals are
-logged at most once per ``REFUSAL_LOG_EVERY`` seconds, with the count of those not logged, so a
-flood does not flood the log.
+its address, is refused there (socketserver's ``verify_request``, which pynetdicom's server
+inherits) and handed to the node's :class:`~edgeseg.serve.dicom_refusal.AssociationRefuser`,
+which answers its association request with an A-ASSOCIATE-RJ (rejected-transient,
+local-limit-exceeded) as pynetdicom answers one past ``maximum_associations``; only when that
+one is answering as many as it may is the connection closed unanswered. A connection leaves the
+count the moment its socket is closed. Refusals are logged at most once per ``REFUSAL_LOG_EVERY``
+seconds, with the count of those not logged by host, so a flood does not flood the log.
 """
 
 from __future__ import annotations
@@ -18,24 +21,34 @@ import logging
 import threading
 import time
 
+from edgeseg.serve.dicom_refusal import REFUSAL_WAIT, AssociationRefuser, reject_pdu
+
 log = logging.getLogger("edgeseg.listen")
 
 # How often a refused connection is logged at most: each line says how many were refused since
-# the one before, so a flood costs one line per period.
+# the one before, and from which hosts, so a flood costs one line per period.
 REFUSAL_LOG_EVERY = 10.0
+# Hosts named in that line, those refused most first; the hosts counted per period are bounded too
+HOSTS_NAMED = 5
+HOSTS_COUNTED = 1000
 
 
 class ConnectionLimit:
     """Open connections in all and per peer address; :meth:`admit` takes one or says why not,
-    :meth:`release` gives it back (once, however often the socket is closed)."""
+    :meth:`admit_request` counts its association request against its calling AE title or answers
+    it with an A-ASSOCIATE-RJ, :meth:`release` gives both back (once, however often the socket is
+    closed)."""
 
-    def __init__(self, total: int, per_host: int, stats) -> None:
-        self.total, self.per_host = total, per_host
+    def __init__(self, total: int, per_host: int, stats, per_ae: int | None = None) -> None:
+        self.total, self.per_host, self.per_ae = total, per_host, per_ae
         self._stats = stats  # NodeStats: refused_connections counts every refusal, logged or not
         self._open: dict[int, str] = {}  # id of each admitted socket -> its peer address
         self._per_host: dict[str, int] = {}
+        self._ae_of: dict[int, str] = {}  # id of each admitted socket with a request -> its calling AE title
+        self._per_ae: dict[str, int] = {}
         self._lock = threading.Lock()
         self._unlogged = 0
+        self._unlogged_hosts: dict[str, int] = {}  # refusals not logged yet, per host
         self._logged_at: float | None = None
         self._last_refusal = ""
 
@@ -43,8 +56,8 @@ class ConnectionLimit:
         with self._lock:
             return len(self._open) if host is None else self._per_host.get(host, 0)
 
-    def admit(self, sock, address) -> bool:
-        """Count ``sock`` (just accepted from ``address``) as open, or log why it is refused."""
+    def admit(self, sock, address) -> str | None:
+        """Count ``sock`` (just accepted from ``address``) as open (None), or say why it is refused."""
         host = str(address[0])
         with self._lock:
             if len(self._open) >= self.total:
@@ -55,15 +68,40 @@ class ConnectionLimit:
             else:
                 self._open[id(sock)] = host
                 self._per_host[host] = self._per_host.get(host, 0) + 1
-                return True
+                return None
             self._stats.refused_connections += 1
+            return reason
+
+    def refused(self, address, reason: str, answered: bool) -> None:
+        """Log a refusal (at most one line per period), ``answered`` by an A-ASSOCIATE-RJ or not."""
+        host = str(address[0])
+        how = ("its association request is rejected (transient, local limit exceeded)" if answered else
+               "it was closed unanswered: as many refused connections are being answered already")
+        with self._lock:
             self._last_refusal = f"the last from {host}:{address[1]}: {reason}"
             if self._logged_at is not None and time.monotonic() - self._logged_at < REFUSAL_LOG_EVERY:
                 self._unlogged += 1
-                return False
+                if host in self._unlogged_hosts or len(self._unlogged_hosts) < HOSTS_COUNTED:
+                    self._unlogged_hosts[host] = self._unlogged_hosts.get(host, 0) + 1
+                return
             self._logged_at, self._unlogged = time.monotonic(), 0
-        log.warning("refused a connection from %s:%s: %s; it was closed at once", host, address[1], reason)
-        return False
+        log.warning("refused a connection from %s:%s: %s; %s", host, address[1], reason, how)
+
+    def admit_request(self, sock, address, pdu: bytes) -> bytes | None:
+        """Count the association request ``pdu`` of ``sock`` against its calling AE title (None),
+        or log why not and return the A-ASSOCIATE-RJ to answer it with."""
+        # PS3.8 9.3.2: the PDU header (6 bytes), protocol version, reserved, called AE title (16)
+        calling = pdu[26:42].decode("ascii", "replace").strip(" \0")
+        with self._lock:
+            held = self._per_ae.get(calling, 0)
+            if self.per_ae is None or held < self.per_ae:
+                self._ae_of[id(sock)] = calling
+                self._per_ae[calling] = held + 1
+                return None
+            self._stats.refused_connections += 1
+        self.refused(address, f"{held} associations calling as {calling!r} are open, the most "
+                              f"--max-associations-per-ae allows", answered=True)
+        return reject_pdu()
 
     def release(self, sock) -> None:
         with self._lock:
@@ -72,6 +110,11 @@ class ConnectionLimit:
                 self._per_host[host] -= 1
                 if not self._per_host[host]:
                     del self._per_host[host]
+            calling = self._ae_of.pop(id(sock), None)
+            if calling is not None:
+                self._per_ae[calling] -= 1
+                if not self._per_ae[calling]:
+                    del self._per_ae[calling]
 
     def flush(self, force: bool = False) -> None:
         """Log the refusals not logged yet, once their period is over (``force``: now)."""
@@ -79,23 +122,49 @@ class ConnectionLimit:
             if not self._unlogged or not (force or time.monotonic() - self._logged_at >= REFUSAL_LOG_EVERY):
                 return
             count, self._unlogged = self._unlogged, 0
+            hosts, self._unlogged_hosts = self._unlogged_hosts, {}
             self._logged_at = time.monotonic()
             last = self._last_refusal
-        log.warning("refused %d more connection(s) in the last %g s (%s)", count, REFUSAL_LOG_EVERY, last)
+        named = sorted(hosts.items(), key=lambda item: (-item[1], item[0]))
+        by_host = ", ".join(f"{host} {refused}" for host, refused in named[:HOSTS_NAMED])
+        if len(named) > HOSTS_NAMED:
+            by_host += f" and {len(named) - HOSTS_NAMED} more host(s)"
+        log.warning("refused %d more connection(s) in the last %g s, by host: %s (%s)", count, REFUSAL_LOG_EVERY,
+                    by_host, last)
 
 
-def limited_server_class(limit: ConnectionLimit):
+def limited_server_class(limit: ConnectionLimit, refusal_wait: float = REFUSAL_WAIT):
     """pynetdicom's threaded server, admitting each accepted connection through ``limit`` before
-    a thread is started for it, and releasing it when its socket is closed here."""
+    a thread is started for it, releasing it when its socket is closed here, and answering one
+    refused with an A-ASSOCIATE-RJ (each given ``refusal_wait`` seconds for that)."""
     from pynetdicom.transport import ThreadedAssociationServer
 
     class LimitedAssociationServer(ThreadedAssociationServer):
-        # connections wait here to be accepted (and, past the limits, closed): socketserver's 5
+        # connections wait here to be accepted (and, past the limits, refused): socketserver's 5
         # made a burst of them leave a scanner's connection unanswered in the kernel
         request_queue_size = 128
 
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)  # binds: a port in use starts no thread
+            self.refuser = AssociationRefuser(wait=refusal_wait)
+            self.refuser.start()
+            self._handed_over = None
+
         def verify_request(self, request, client_address) -> bool:
-            return limit.admit(request, client_address)
+            reason = limit.admit(request, client_address)
+            if reason is None:
+                return True
+            answered = self.refuser.take(request)
+            if answered:
+                self._handed_over = request  # socketserver shuts a refused request down next
+            limit.refused(client_address, reason, answered)
+            return False
+
+        def shutdown_request(self, request) -> None:
+            if request is self._handed_over:  # the refuser answers it and closes it
+                self._handed_over = None
+                return
+            super().shutdown_request(request)
 
         def close_request(self, request) -> None:
             # pynetdicom closes an association's socket itself (through the wrapper, which releases
@@ -108,5 +177,11 @@ def limited_server_class(limit: ConnectionLimit):
         def service_actions(self) -> None:
             super().service_actions()
             limit.flush()
+
+        def server_close(self) -> None:
+            try:
+                super().server_close()
+            finally:
+                self.refuser.close()
 
     return LimitedAssociationServer

@@ -16,9 +16,9 @@ C-STORE handler runs (a PDU, one image's data set) is bounded on its connection
 (dicom_peer_bound.py): past that, the association is aborted. A peer that keeps the node waiting
 (for its association request, the rest of a PDU, its next PDU, or to take an answer) longer than
 ``peer_timeout`` seconds has its connection cut (dicom_peer_watch.py). Connections are counted as
-they are accepted, in all and per peer address: one past ``max_connections`` or
-``max_connections_per_host`` is closed at once, before any thread is started for it
-(dicom_connections.py).
+they are accepted, in all and per peer address, and their requests per calling AE title: one past
+``max_connections``, ``max_connections_per_host`` or ``max_associations_per_ae`` is answered with an
+A-ASSOCIATE-RJ "local limit exceeded" (dicom_connections.py, dicom_refusal.py).
 An association must call this node by its AE title (else it is rejected with the reason "called
 AE title not recognised") unless ``any_ae`` is set, and, where ``calling_aets`` lists AE titles,
 come from one of them (else "calling AE title not recognised").
@@ -44,11 +44,12 @@ from edgeseg.serve.dicom_intake import (CT_IMAGE_STORAGE, STATUS_CANNOT_UNDERSTA
                                         check_ae_title, decodable_transfer_syntaxes, failure_status, incoming_uids,
                                         oversized_header, refusal)
 from edgeseg.serve.dicom_connections import ConnectionLimit, limited_server_class
-from edgeseg.serve.dicom_node_settings import (DEFAULT_MAX_ASSOCIATIONS, DEFAULT_MAX_CONNECTIONS,
-                                               DEFAULT_MAX_CONNECTIONS_PER_HOST, DEFAULT_MAX_SERIES,
-                                               DEFAULT_PEER_TIMEOUT, NodeStats, check_node_settings)
+from edgeseg.serve.dicom_node_settings import (DEFAULT_MAX_ASSOCIATIONS, DEFAULT_MAX_ASSOCIATIONS_PER_AE,
+                                               DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS_PER_HOST, DEFAULT_MAX_SERIES,
+                                               DEFAULT_PEER_TIMEOUT, NodeStats, check_node_settings, per_host_limit)
 from edgeseg.serve.dicom_peer_bound import MAX_PDU_LENGTH, PeerBounds, bounded_request_handler, data_set_limit
 from edgeseg.serve.dicom_peer_watch import PeerWatch
+from edgeseg.serve.dicom_refusal import REFUSAL_WAIT
 from edgeseg.serve.dicom_series import HeldSeries, ImageNotStored, seg_path
 
 __all__ = ["DicomNode", "NodeStats", "Peer", "check_ae_title", "check_node_settings", "decodable_transfer_syntaxes"]
@@ -65,10 +66,12 @@ class DicomNode:
                  max_series: int = DEFAULT_MAX_SERIES, unsent: str | Path | None = None,
                  resend_every: float = 60.0, peer_timeout: float = DEFAULT_PEER_TIMEOUT,
                  max_associations: int = DEFAULT_MAX_ASSOCIATIONS, max_connections: int = DEFAULT_MAX_CONNECTIONS,
-                 max_connections_per_host: int = DEFAULT_MAX_CONNECTIONS_PER_HOST, audit=None) -> None:
+                 max_connections_per_host: int | None = DEFAULT_MAX_CONNECTIONS_PER_HOST,
+                 max_associations_per_ae: int | None = DEFAULT_MAX_ASSOCIATIONS_PER_AE, audit=None) -> None:
         check_node_settings(out=out, forward=forward, unsent=unsent, max_series=max_series, ae_title=ae_title,
                             calling_aets=calling_aets, peer_timeout=peer_timeout, max_associations=max_associations,
-                            max_connections=max_connections, max_connections_per_host=max_connections_per_host)
+                            max_connections=max_connections, max_connections_per_host=max_connections_per_host,
+                            max_associations_per_ae=max_associations_per_ae)
         self.peer_timeout, self.max_associations = float(peer_timeout), max_associations
         self.any_ae = bool(any_ae)
         self.calling_aets = [title.strip() for title in calling_aets or []]
@@ -87,7 +90,8 @@ class DicomNode:
         self._own_work = work is None
         self.work = Path(work) if work is not None else Path(tempfile.mkdtemp(prefix="edgeseg-listen-"))
         self.stats = NodeStats()
-        self._connections = ConnectionLimit(max_connections, max_connections_per_host, self.stats)
+        self._connections = ConnectionLimit(max_connections, per_host_limit(max_connections_per_host, max_associations),
+                                            self.stats, per_host_limit(max_associations_per_ae, max_associations))
         self._series: dict[str, HeldSeries] = {}
         self._queued = 0  # series taken to be segmented and not done yet: they are in flight too
         self._turned_away: set[str] = set()  # series refused for --max-series, each logged once
@@ -127,10 +131,11 @@ class DicomNode:
             handlers += [(pynetdicom.evt.EVT_RELEASED, lambda event: self.audit.ended(event, "released")),
                          (pynetdicom.evt.EVT_ABORTED, lambda event: self.audit.ended(event, "aborted"))]
         request_handler = bounded_request_handler(self._peer_bounds, self._on_peer_refused, self._peers.add,
-                                                  self._connections.release)
+                                                  self._connections.release, self._connections.admit_request)
         try:
             self._server = ae.make_server((self.host, self.port), evt_handlers=handlers, request_handler=request_handler,
-                                          server_class=limited_server_class(self._connections))
+                                          server_class=limited_server_class(self._connections,
+                                                                            min(self.peer_timeout, REFUSAL_WAIT)))
         except OSError as exc:
             raise DataError(f"cannot listen on {self.host}:{self.port}: {exc.strerror or exc}") from None
         threading.Thread(target=self._server.serve_forever, name="edgeseg-listen-accept", daemon=True).start()

@@ -19,12 +19,27 @@ PEER_TIMEOUT_RANGE = (0.1, 3600.0)
 DEFAULT_MAX_ASSOCIATIONS = 10
 MAX_ASSOCIATIONS_RANGE = (1, 1000)
 # Open TCP connections (each up to two threads and one PDU of up to 1 MiB before its association
-# request); a connection past them is closed as it is accepted. Above the association limit, so a
-# request past that still gets its "local limit exceeded" answer; per host below it, so one host
-# (a scanner stuck reconnecting, a scan) cannot take every association slot alone.
+# request); a connection past them is refused as it is accepted (its request answered "local limit
+# exceeded", dicom_refusal.py). Above the association limit, so a request past that is read and
+# answered the same way by pynetdicom.
 DEFAULT_MAX_CONNECTIONS = 32
-DEFAULT_MAX_CONNECTIONS_PER_HOST = 8
 MAX_CONNECTIONS_RANGE = (1, 10_000)
+# Per host, by default, the association limit less the larger of 2 and a fifth of it, at least 1
+# (8 of 10, 2 of 4, 1 of 2): one host (a modality stuck reconnecting, a scan, a misconfigured
+# router) then never holds every association slot where there are two, whatever
+# --max-associations is. pynetdicom counts every connection against the association limit, so
+# this bounds a host's slots too.
+DEFAULT_MAX_CONNECTIONS_PER_HOST = None
+# Per calling AE title, by default the same: one AE title sending from several addresses (the
+# nodes of a PACS cluster, a modality with two network ports) never holds every slot either.
+DEFAULT_MAX_ASSOCIATIONS_PER_AE = None
+
+
+def per_host_limit(max_connections_per_host: int | None, max_associations: int) -> int:
+    """The connections one peer address may hold: as given, or the default for ``max_associations``."""
+    if max_connections_per_host is not None:
+        return max_connections_per_host
+    return max(1, max_associations - max(2, max_associations // 5))
 
 
 @dataclass
@@ -36,7 +51,7 @@ class NodeStats:
     rejected_associations: int = 0
     aborted_associations: int = 0  # for sending more than the node reads (dicom_peer_bound.py)
     timed_out_connections: int = 0  # for keeping the node waiting past the peer timeout
-    refused_connections: int = 0  # closed as accepted: past --max-connections or --max-connections-per-host
+    refused_connections: int = 0  # past --max-connections, --max-connections-per-host, --max-associations-per-ae
     segmented: list[str] = field(default_factory=list)
     forwarded: list[str] = field(default_factory=list)
     not_forwarded: list[str] = field(default_factory=list)
@@ -47,7 +62,8 @@ def check_node_settings(*, out, forward, unsent, max_series, ae_title: str, call
                         peer_timeout: float = DEFAULT_PEER_TIMEOUT,
                         max_associations: int = DEFAULT_MAX_ASSOCIATIONS,
                         max_connections: int = DEFAULT_MAX_CONNECTIONS,
-                        max_connections_per_host: int = DEFAULT_MAX_CONNECTIONS_PER_HOST) -> None:
+                        max_connections_per_host: int | None = DEFAULT_MAX_CONNECTIONS_PER_HOST,
+                        max_associations_per_ae: int | None = DEFAULT_MAX_ASSOCIATIONS_PER_AE) -> None:
     """DataError for settings no node can run with; ``edgeseg listen`` calls it before loading the bundle."""
     if out is None and forward is None:
         raise DataError("the DICOM node needs --out, --forward or both: otherwise results go nowhere")
@@ -63,9 +79,13 @@ def check_node_settings(*, out, forward, unsent, max_series, ae_title: str, call
     if type(max_associations) is not int or not low <= max_associations <= high:  # noqa: E721 - bool is no count
         raise DataError(f"--max-associations must be an integer {low}..{high}, got {max_associations!r}")
     low, high = MAX_CONNECTIONS_RANGE
+    max_connections_per_host = per_host_limit(max_connections_per_host, max_associations)
     for name, value in (("--max-connections", max_connections), ("--max-connections-per-host", max_connections_per_host)):
         if type(value) is not int or not low <= value <= high:  # noqa: E721 - bool is no count
             raise DataError(f"{name} must be an integer {low}..{high}, got {value!r}")
+    per_ae = per_host_limit(max_associations_per_ae, max_associations)
+    if type(per_ae) is not int or not 1 <= per_ae <= MAX_ASSOCIATIONS_RANGE[1]:  # noqa: E721 - bool is no count
+        raise DataError(f"--max-associations-per-ae must be an integer 1..{MAX_ASSOCIATIONS_RANGE[1]}, got {per_ae!r}")
     if max_connections < max_associations:
         raise DataError(f"--max-connections ({max_connections}) is below --max-associations ({max_associations}): "
                         f"each association is a connection; raise --max-connections with it")

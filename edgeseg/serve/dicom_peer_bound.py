@@ -87,9 +87,13 @@ class PduBoundSocket:
     """
 
     def __init__(self, sock, bounds: PeerBounds, refused: Callable[[str], None], address=("?", 0),
-                 closed: Callable[[], None] = lambda: None) -> None:
+                 closed: Callable[[], None] = lambda: None,
+                 requested: Callable[[bytes], bytes | None] = lambda pdu: None) -> None:
         self._sock = sock
         self._on_close = closed
+        # given the peer's A-ASSOCIATE-RQ PDU, whole: None to hand it on, or the PDU to answer it
+        # with instead (an A-ASSOCIATE-RJ), the connection then ending
+        self._on_request = requested
         self._bounds = bounds
         self._refused = refused
         self.address = tuple(address[:2])
@@ -217,6 +221,13 @@ class PduBoundSocket:
         self._reading = None
         self._pdus += 1
         self._since = time.monotonic()
+        if self._pdus == 1 and pdu_type == 0x01 and len(body) == length:
+            answer = self._on_request(header + body)
+            if answer is not None:  # pynetdicom sees the connection end before a request
+                self._closed = True
+                with contextlib.suppress(OSError):
+                    self.sendall(answer)
+                return b""
         if len(body) == length and pdu_type == P_DATA_TF:
             over = self._count_fragments(body)
             if over is not None:
@@ -265,11 +276,13 @@ class PduBoundSocket:
 
 def bounded_request_handler(bounds: Callable[[], PeerBounds], refused: Callable[[tuple, str], None],
                             opened: Callable[[PduBoundSocket], None] = lambda conn: None,
-                            closed: Callable[[object], None] = lambda sock: None):
+                            closed: Callable[[object], None] = lambda sock: None,
+                            requested: Callable[[object, tuple, bytes], bytes | None] = lambda sock, address, pdu: None):
     """A pynetdicom request handler class whose associations read their peer through
     :class:`PduBoundSocket`; ``bounds()`` is asked once per association, ``refused(address,
     reason)`` called when one is aborted, ``opened(conn)`` with each new one (to watch its clock),
-    ``closed(sock)`` with its accepted socket once that is closed."""
+    ``closed(sock)`` with its accepted socket once that is closed, ``requested(sock, address,
+    pdu)`` with its association request, to answer in pynetdicom's place (its PDU) or not (None)."""
     from pynetdicom.transport import RequestHandler
 
     class BoundedRequestHandler(RequestHandler):
@@ -277,7 +290,7 @@ def bounded_request_handler(bounds: Callable[[], PeerBounds], refused: Callable[
             super().setup()
             address, sock = self.client_address, self.request
             self.request = PduBoundSocket(sock, bounds(), lambda reason: refused(address, reason), address,
-                                          closed=lambda: closed(sock))
+                                          closed=lambda: closed(sock), requested=lambda pdu: requested(sock, address, pdu))
             opened(self.request)
 
     return BoundedRequestHandler

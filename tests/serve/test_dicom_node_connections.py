@@ -67,11 +67,12 @@ def _idle(node, count: int, source: str = "127.0.0.1") -> list[socket.socket]:
     return [_connect(node.port, source) for _ in range(count)]
 
 
-def test_a_host_past_its_connection_limit_is_closed_at_once_and_the_scanner_gets_in(running_node, caplog):
+def test_a_host_past_its_connection_limit_is_refused_and_the_scanner_gets_in(running_node, caplog):
     """A host opening connections that send nothing kept every association slot (pynetdicom counts
     a connection against --max-associations from its accept, and held it until --peer-timeout):
     storescu from the scanner was rejected. Past --max-connections-per-host, its next connection is
-    closed as it is accepted, with one log line, while the scanner's series goes through."""
+    refused as it is accepted, with one log line, and closed (it sends no request to answer, and
+    the refusal waits a few seconds at most), while the scanner's series goes through."""
     caplog.set_level(logging.WARNING, logger="edgeseg.listen")
     files = sorted(SERIES.glob("*.dcm"))
     with running_node(peer_timeout=PEER_TIMEOUT, max_associations=4, max_connections_per_host=3) as node:
@@ -95,7 +96,7 @@ def test_a_host_past_its_connection_limit_is_closed_at_once_and_the_scanner_gets
 @pytest.mark.parametrize("limit", ["max_connections", "max_connections_per_host"])
 def test_the_connection_past_the_limit_is_refused_and_the_node_recovers_when_they_close(running_node, limit):
     """All from 127.0.0.1: with either limit at 2, two idle connections leave none for echoscu,
-    whose connection is closed at once; once they close, echoscu is answered at once (before, a
+    which is refused (what it prints: test_dicom_node_refusals.py); once they close, echoscu is answered at once (before, a
     connection closed before its request held its slot until the peer timeout)."""
     options = {"max_associations": 2, "max_connections": 2 if limit == "max_connections" else 8,
                "max_connections_per_host": 2}
@@ -150,6 +151,7 @@ def test_a_flood_of_idle_connections_holds_the_threads_of_the_limit_and_one_log_
     (["--max-connections", "5"], "--max-connections (5) is below --max-associations (10)"),
     (["--max-connections-per-host", "40"], "--max-connections-per-host (40) is over --max-connections (32)"),
     (["--max-connections", "0"], "Invalid value for '--max-connections': 0 is not in the range 1<=x<=10000"),
+    (["--max-associations-per-ae", "0"], "Invalid value for '--max-associations-per-ae': 0 is not in the range 1<=x<=1000"),
 ])
 def test_a_bad_connection_limit_is_one_line(tmp_path, options, fragment, assert_one_line_error):
     done = subprocess.run([sys.executable, "-m", "edgeseg.cli", "listen", str(tmp_path / "no-bundle"),

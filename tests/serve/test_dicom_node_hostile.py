@@ -73,6 +73,18 @@ def start_listen(bundle, port: int, work: Path, *options: str) -> subprocess.Pop
                             env=dict(os.environ, TMPDIR=str(work)))
 
 
+
+def stop_listen(proc: subprocess.Popen) -> str:
+    """Stop ``proc`` (start_listen's) as a service manager does, with SIGTERM, and return what it
+    wrote to stderr; killed if it has not stopped within 60 s."""
+    try:
+        proc.send_signal(signal.SIGTERM)
+        return proc.communicate(timeout=60)[1]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
 def _flood(sock: socket.socket, first: bytes, chunk: bytes = bytes(1 << 20)) -> bytes:
     """Send ``first`` and then ``chunk`` again and again, up to FLOOD bytes, until the node stops
     taking them; close the sending side and return what the node sent until it closed the
