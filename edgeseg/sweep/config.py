@@ -232,8 +232,21 @@ def load_sweep(path: str | Path) -> SweepConfig:
     try:
         export_settings(sweep)  # and the export's
     except EdgesegError as exc:
-        raise DataError(f"{where}: [export] {exc}") from None
+        raise DataError(f"{where}: [export] {exc}{_calib_remedy(export)}") from None
     return sweep
+
+
+def _calib_remedy(export: dict[str, Any]) -> str:
+    """What to do about a calib_slices below the minimum, which sweep files written before
+    edgeseg refused it (2026-12-06) may hold: raising it makes another sweep, so the sweep's
+    folder cannot be reused."""
+    from edgeseg.export.profiles import MIN_CALIB_SLICES
+
+    slices = export.get("calib_slices")
+    if not isinstance(slices, int) or slices >= MIN_CALIB_SLICES:
+        return ""
+    return (f"; set calib_slices to {MIN_CALIB_SLICES} or more and run the sweep into a new --out (its points train "
+            f"again: a folder made with {slices} holds another sweep)")
 
 
 def export_settings(sweep: SweepConfig):

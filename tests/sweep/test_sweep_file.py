@@ -85,3 +85,28 @@ def test_a_sweep_file_takes_choices_in_any_case_and_records_them_as_the_command_
     assert export_settings(sweep)[0].gate_metric == "truth"
     assert sweep.to_dict() == load_sweep(tmp_path / "quiet.toml").to_dict()
 
+
+def test_an_old_sweep_file_with_fewer_calibration_slices_is_told_what_to_do(tmp_path, assert_one_line_error):
+    """tiny_sweep.toml as it was before edgeseg refused INT8 calibration from fewer than 16 slices
+    (calib_slices = 8, up to commit 1cb73dd's parent, 2026-12-06): the refusal says what to do, and
+    that the folder it made is of another sweep once the value is raised, which it is."""
+    from edgeseg.errors import DataError
+    from edgeseg.sweep.config import load_sweep
+    from edgeseg.sweep.run import check_sweep_folder
+
+    (tmp_path / "old.toml").write_text(SWEEP.replace("calib_slices = 16", "calib_slices = 8"))
+    out = tmp_path / "out"
+    for mode in ([], ["--remeasure", "1"]):
+        proc = subprocess.run([sys.executable, "-m", "edgeseg.cli", "sweep", str(tmp_path / "old.toml"), "--out",
+                               str(out), *mode], capture_output=True, text=True)
+        assert_one_line_error(proc, "[export] calib-slices 8 is below the 16 slices INT8 calibration needs at least")
+        assert "set calib_slices to 16 or more and run the sweep into a new --out" in proc.stderr
+    assert not out.exists()
+    # the folder the old edgeseg made: its record holds the sweep with calib_slices 8
+    (tmp_path / "new.toml").write_text(SWEEP)
+    config = load_sweep(tmp_path / "new.toml").to_dict()
+    config["export"]["calib_slices"] = 8
+    out.mkdir()
+    (out / "sweep.json").write_text(json.dumps({"config": config, "points": []}))
+    with pytest.raises(DataError, match="holds a different sweep"):
+        check_sweep_folder(load_sweep(tmp_path / "new.toml"), out)
