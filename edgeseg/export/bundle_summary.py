@@ -34,13 +34,17 @@ def summarize_bundle(bundle: str | Path) -> dict[str, Any]:
             failed.append(_failure("hash", f"{entry.key}: {row['hash_problem']}", entry.key))
         artifacts.append(row)
     notes: list[str] = []
+    report = _read_parity(bundle)
     unrecorded = [entry.file for entry in manifest.artifacts if entry.scored is None]
     if unrecorded:
+        # edgeseg gate refuses a bundle of gate v1 (before 2026-12-04): only a new export records them there
+        v1 = isinstance(report, dict) and gate_label(report.get("gate_version"), None) == "v1"
+        remedy = ("export the bundle again to record them (it passed parity gate v1, which edgeseg gate does not "
+                  "extend)" if v1 else "edgeseg gate BUNDLE --checkpoint CKPT records them and scores the others")
         notes.append(f"the manifest records no runners the parity gate scored on {', '.join(unrecorded)} (exported "
-                     "before it did): auto may pick any installed runner the gate did not exclude, also one it never "
-                     "ran; edgeseg gate BUNDLE --checkpoint CKPT records them and scores the others")
+                     f"before it did): auto may pick any installed runner the gate did not exclude, also one it never "
+                     f"ran; {remedy}")
     parity = None
-    report = _read_parity(bundle)
     if report is _MISSING:  # every export writes it: without it nothing says the artifacts were checked
         failed.append(_failure("parity-missing", f"{PARITY_NAME} is missing: nothing records that the artifacts "
                                                  "passed the parity gate"))

@@ -99,6 +99,10 @@ class SweepConfig:
     # The training recipe named by [recipe] recipe (its record: name, version, sha256, values),
     # read once when the sweep file is loaded; the sweep's own [recipe] keys override its values.
     base_recipe: dict[str, Any] | None = None
+    # Why the sweep's exports would be refused, where [export] calib_slices is below the minimum
+    # (sweep files written before 2026-12-06 may hold one): its finished points are still read,
+    # remeasured and rescored, but nothing is calibrated with it (export_settings raises this).
+    calib_refusal: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """What makes the sweep's results: a folder holding another is refused (see
@@ -232,15 +236,35 @@ def load_sweep(path: str | Path) -> SweepConfig:
     try:
         export_settings(sweep)  # and the export's
     except EdgesegError as exc:
-        raise DataError(f"{where}: [export] {exc}") from None
+        if not _only_calibration_short(sweep):
+            raise DataError(f"{where}: [export] {exc}") from None
+        sweep = dataclasses.replace(sweep, calib_refusal=f"{where}: [export] {exc}")
     return sweep
+
+
+def _only_calibration_short(sweep: SweepConfig) -> bool:
+    """Whether calib_slices below the minimum is all that export_settings refuses in ``sweep``."""
+    from edgeseg.export.profiles import MIN_CALIB_SLICES
+
+    slices = sweep.export.get("calib_slices")
+    if not isinstance(slices, int) or slices >= MIN_CALIB_SLICES:
+        return False
+    try:
+        export_settings(dataclasses.replace(sweep, export={**sweep.export, "calib_slices": MIN_CALIB_SLICES}))
+    except EdgesegError:
+        return False
+    return True
 
 
 def export_settings(sweep: SweepConfig):
     """The ExportSettings every point is exported with (ONNX, INT8 through the gate) and the
     calibration source (the training data unless [export] calib names another)."""
-    from edgeseg.export.profiles import ExportSettings
+    from edgeseg.export.profiles import MIN_CALIB_SLICES, ExportSettings
 
+    if sweep.calib_refusal is not None:  # raising it makes another sweep, whose folder is another
+        raise DataError(f"{sweep.calib_refusal}; set calib_slices to {MIN_CALIB_SLICES} or more and run the sweep "
+                        f"into a new --out (its points train again: a folder made with {sweep.export['calib_slices']} "
+                        f"holds another sweep)")
     opts = dict(sweep.export)
     calib = opts.pop("calib", sweep.recipe["data"])
     drop = opts.pop("max_dice_drop_int8", None)

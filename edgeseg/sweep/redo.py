@@ -5,6 +5,7 @@ every INT8 runner here (``--rescore``)."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import time
@@ -73,8 +74,11 @@ def remeasure(sweep: SweepConfig, out: str | Path, rounds: int, only: Sequence[s
 
 def current_gate(sweep: SweepConfig) -> str:
     """The gate this version of edgeseg applies to the sweep's exports."""
+    from edgeseg.export.profiles import MIN_CALIB_SLICES
     from edgeseg.export.verify import GATE_VERSION, gate_label
 
+    if sweep.calib_refusal is not None:  # the gate does not depend on the calibration
+        sweep = dataclasses.replace(sweep, calib_refusal=None, export={**sweep.export, "calib_slices": MIN_CALIB_SLICES})
     return gate_label(GATE_VERSION, export_settings(sweep)[0].structure_px)
 
 
@@ -90,6 +94,9 @@ def regate(sweep: SweepConfig, out: str | Path, only: Sequence[str] = ()) -> tup
     points exported again."""
     out, finished = _finished(sweep, out, only, "--regate exports finished points again")
     target = current_gate(sweep)
+    if sweep.calib_refusal is not None and any(r["gate"] != target and not (only and r["id"] not in only)
+                                               for r in finished.values()):
+        export_settings(sweep)  # refuses, before any point is marked, an export that would calibrate with it
     redone, held = [], []
     for result in finished.values():
         if (only and result["id"] not in only) or result["gate"] == target:

@@ -78,11 +78,16 @@ def run_sweep(sweep: SweepConfig, out: str | Path, progress: bool = False,
     process still holds (their results are read by whichever run comes last)."""
     check_point_ids(sweep, only)
     out = check_sweep_folder(sweep, out)
+    by_id = {p.id: p for p in sweep.points}
+    order = [by_id[i] for i in dict.fromkeys(only)] if only else list(sweep.points)
+    if sweep.calib_refusal is not None:
+        if any(not _result_path(out, point).is_file() for point in order):
+            export_settings(sweep)  # refuses, before any work, a point that would calibrate with it
+        log.warning("%s; the finished points were calibrated with it, as edgeseg did before 2026-12-06",
+                    sweep.calib_refusal)
     out.mkdir(parents=True, exist_ok=True)
     _write_record(out, sweep)
     held_elsewhere = []
-    by_id = {p.id: p for p in sweep.points}
-    order = [by_id[i] for i in dict.fromkeys(only)] if only else list(sweep.points)
     for point in order:
         done = _result_path(out, point)
         if done.is_file():

@@ -85,3 +85,49 @@ def test_a_sweep_file_takes_choices_in_any_case_and_records_them_as_the_command_
     assert export_settings(sweep)[0].gate_metric == "truth"
     assert sweep.to_dict() == load_sweep(tmp_path / "quiet.toml").to_dict()
 
+
+
+def _sweep_cli(sweep_file, out, *extra):
+    return subprocess.run([sys.executable, "-m", "edgeseg.cli", "sweep", str(sweep_file), "--out", str(out), "--quiet",
+                           *extra], capture_output=True, text=True)
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_a_sweep_of_an_old_file_with_fewer_calibration_slices_is_read_and_not_extended(tmp_path, assert_one_line_error):
+    """tiny_sweep.toml as it was before edgeseg refused INT8 calibration from fewer than 16 slices
+    (calib_slices = 8, up to the parent of commit 1cb73dd, 2026-12-06), and the folder it made,
+    whose sweep.json records that value. Its finished points are read and measured again (the
+    file was refused outright, so the folder could not be reported or remeasured, and raising the
+    value makes another sweep); a point still to export, or a new folder, is refused before any
+    work, saying what to do."""
+    one_point = SWEEP.replace('model = ["unet", "mobile_unet"]', 'model = ["unet"]')
+    (tmp_path / "new.toml").write_text(one_point)
+    (tmp_path / "old.toml").write_text(one_point.replace("calib_slices = 16", "calib_slices = 8"))
+    remedy = "set calib_slices to 16 or more and run the sweep into a new --out"
+
+    proc = _sweep_cli(tmp_path / "old.toml", tmp_path / "fresh")
+    assert_one_line_error(proc, "[export] calib-slices 8 is below the 16 slices INT8 calibration needs at least")
+    assert remedy in proc.stderr and not (tmp_path / "fresh").exists()
+
+    out = tmp_path / "out"
+    assert _sweep_cli(tmp_path / "new.toml", out).returncode == 0
+    record = json.loads((out / "sweep.json").read_text())
+    record["config"]["export"]["calib_slices"] = 8  # as the old edgeseg recorded the old file
+    (out / "sweep.json").write_text(json.dumps(record))
+    result = out / "points" / "unet-b4-d2-s64" / "result.json"
+    before = result.read_bytes()
+
+    proc = _sweep_cli(tmp_path / "old.toml", out)
+    assert proc.returncode == 0, proc.stderr
+    assert result.read_bytes() == before and (out / "sweep.csv").is_file()
+    assert "the finished points were calibrated with it" in proc.stderr
+    proc = _sweep_cli(tmp_path / "old.toml", out, "--remeasure", "1")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(result.read_text())["id"] == "unet-b4-d2-s64"
+
+    result.unlink()  # a point still to train and export: refused before it trains
+    stamps = {p: p.stat().st_mtime_ns for p in (result.parent / "run").iterdir()}
+    proc = _sweep_cli(tmp_path / "old.toml", out)
+    assert_one_line_error(proc, remedy)
+    assert {p: p.stat().st_mtime_ns for p in (result.parent / "run").iterdir()} == stamps
+    assert not result.exists()

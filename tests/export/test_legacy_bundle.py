@@ -1,0 +1,90 @@
+"""A bundle and a checkpoint of an earlier edgeseg, kept byte for byte in tests/data/legacy: they
+still run and give the labels that edgeseg gave then, or are refused in one line that says what
+to do.
+
+``bundle-2026-11-25/`` and ``checkpoint-2026-11-25.pt`` were written by commit c155593
+(2026-11-25, parity gate v1, no ``scored`` in the manifest, parity rows naming ``run_on`` rather
+than a runner): ``edgeseg data synth --cases 6 --size 32 --slices 8 --seed 0``, ``edgeseg train
+--size 32 --base 4 --depth 2 --epochs 15 --lr 2e-2 --no-augment``, ``edgeseg export best.pt
+--formats onnx --int8 --calib PHANTOM --max-dice-drop-int8 1.0``. ``labels-2026-11-25-R-P.npy``
+is that commit's ``edgeseg predict BUNDLE phantom-hu-6x40x28.npy --backend R:P``: the input is a
+(6, 40, 28) cut of a phantom volume, not the model's 32x32, so resizing is on the path too.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+LEGACY = Path(__file__).parents[1] / "data" / "legacy"
+BUNDLE = LEGACY / "bundle-2026-11-25"
+CHECKPOINT = LEGACY / "checkpoint-2026-11-25.pt"
+HU = LEGACY / "phantom-hu-6x40x28.npy"
+BACKENDS = ["onnxruntime:fp32", "onnxruntime:int8", "openvino:fp32", "openvino:int8"]
+
+
+def _edgeseg(*args, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "edgeseg", *map(str, args)], capture_output=True, text=True, cwd=cwd,
+                          env=dict(os.environ, EDGESEG_CACHE_DIR=str(cwd / "cache")))
+
+
+def _old_labels(backend: str) -> np.ndarray:
+    labels = np.load(LEGACY / f"labels-2026-11-25-{backend.replace(':', '-')}.npy")
+    assert labels.shape == (6, 40, 28) and 300 < np.count_nonzero(labels) < 500  # a liver, not an empty mask
+    return labels
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_the_old_bundle_gives_the_labels_it_gave_then(backend, tmp_path, monkeypatch):
+    if backend.startswith("openvino"):
+        pytest.importorskip("openvino")
+    from edgeseg.runtime import Segmenter
+
+    monkeypatch.setenv("EDGESEG_CACHE_DIR", str(tmp_path / "cache"))
+    with Segmenter.load(BUNDLE, backend=backend) as seg:
+        labels = seg.predict_volume(np.load(HU))
+    assert np.array_equal(labels, _old_labels(backend))
+
+
+def test_predict_on_the_old_bundle_writes_the_old_labels(tmp_path):
+    out = tmp_path / "labels.npy"
+    proc = _edgeseg("predict", BUNDLE, HU, "--out", out, "--backend", "onnxruntime:int8", "--quiet", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert np.array_equal(np.load(out), _old_labels("onnxruntime:int8"))
+
+
+def test_inspect_sends_a_gate_v1_bundle_to_a_new_export_not_to_edgeseg_gate(tmp_path, assert_one_line_error):
+    """inspect notes that the old manifest records no scored runners; the remedy it names must be
+    one that works: edgeseg gate refuses a bundle of gate v1, so the note says to export again
+    (it named edgeseg gate, which then refused)."""
+    proc = _edgeseg("inspect", BUNDLE, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    note = next(line for line in proc.stdout.splitlines() if "records no runners the parity gate scored" in line)
+    assert "export the bundle again" in note and "edgeseg gate BUNDLE" not in note
+    assert "(gate v1)" in proc.stdout
+
+    pytest.importorskip("torch")
+    bundle = shutil.copytree(BUNDLE, tmp_path / "bundle")
+    proc = _edgeseg("gate", bundle, "--checkpoint", CHECKPOINT, cwd=tmp_path)
+    assert_one_line_error(proc, "passed parity gate v1, not today's v2")
+    assert "export the bundle again" in proc.stderr
+    assert {p.name: p.read_bytes() for p in bundle.iterdir()} == {p.name: p.read_bytes() for p in BUNDLE.iterdir()}
+
+
+def test_the_old_checkpoint_exports_to_a_bundle_with_the_old_labels(tmp_path):
+    """The checkpoint holds the single keep_largest flag of its time and no spec fit; a new export
+    of it runs the same network and post-processing as the bundle exported then."""
+    pytest.importorskip("torch")
+    proc = _edgeseg("export", CHECKPOINT, "--out", tmp_path / "bundle", "--formats", "onnx", "--quiet", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    out = tmp_path / "labels.npy"
+    proc = _edgeseg("predict", tmp_path / "bundle", HU, "--out", out, "--backend", "onnxruntime:fp32", "--quiet",
+                    cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert np.array_equal(np.load(out), _old_labels("onnxruntime:fp32"))
