@@ -81,7 +81,14 @@ def test_the_old_checkpoint_exports_to_a_bundle_with_the_old_labels(tmp_path):
     """The checkpoint holds the single keep_largest flag of its time and no spec fit; a new export
     of it runs the same network and post-processing as the bundle exported then."""
     pytest.importorskip("torch")
-    proc = _edgeseg("export", CHECKPOINT, "--out", tmp_path / "bundle", "--formats", "onnx", "--quiet", cwd=tmp_path)
+    # The checkpoint names the folder it was trained on, which only the machine that made it had;
+    # the gate's slices come from a phantom made as that one was (the network exported is the same).
+    phantom = tmp_path / "phantom"
+    proc = _edgeseg("data", "synth", "--out", phantom, "--cases", "6", "--size", "32", "--slices", "8", "--seed", "0",
+                    cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    proc = _edgeseg("export", CHECKPOINT, "--out", tmp_path / "bundle", "--formats", "onnx", "--verify-data", phantom,
+                    "--quiet", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     out = tmp_path / "labels.npy"
     proc = _edgeseg("predict", tmp_path / "bundle", HU, "--out", out, "--backend", "onnxruntime:fp32", "--quiet",
