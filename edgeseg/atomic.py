@@ -28,7 +28,8 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from edgeseg.errors import DataError, name_failure
-from edgeseg.staging import clean_leftovers, folder_flocked, make_folder, new_mode, remove_empty, sibling, staged_file
+from edgeseg.staging import (clean_leftovers, folder_flocked, let_go, make_folder, new_mode, remove_empty, sibling,
+                             staged_file)
 
 _AT_FDCWD = -100
 _RENAME_EXCHANGE = 2
@@ -57,6 +58,8 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
         remove_empty(made)
         name_failure(exc, target, {str(tmp_path): str(target)} if tmp_path is not None else None)
         raise
+    finally:
+        let_go(tmp_path)
 
 
 @contextlib.contextmanager
@@ -92,6 +95,8 @@ def atomic_files(folder: str | os.PathLike, names: Sequence[str], drop: Sequence
         name_failure(exc, target, {str(tmp): str(target / name) for name, tmp in staged.items()})
         remove_empty(made)
         raise
+    finally:
+        let_go(*staged.values())
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

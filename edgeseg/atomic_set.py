@@ -31,7 +31,7 @@ from pathlib import Path
 
 from edgeseg.atomic import exchange_paths
 from edgeseg.errors import name_failure
-from edgeseg.staging import clean_leftovers, folder_flocked, make_folder, new_mode, sibling, staged_file
+from edgeseg.staging import clean_leftovers, folder_flocked, let_go, make_folder, new_mode, sibling, staged_file
 from edgeseg.stopping import stops_held
 
 
@@ -69,6 +69,8 @@ def atomic_set(files: Sequence[str | os.PathLike], folders: Sequence[str | os.Pa
             if staged:  # an OS error that names no file: the first output's (each writer names its own)
                 name_failure(exc, next(iter(staged)), {str(tmp): str(path) for path, tmp in staged.items()})
         raise
+    finally:
+        let_go(*staged.values())
 
 
 @contextlib.contextmanager

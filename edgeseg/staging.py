@@ -4,7 +4,12 @@ An output is written under a hidden name beside its target, ``.NAME.staging-PID-
 (an earlier folder or file kept aside: ``.NAME.previous-PID-RANDOM``), and renamed into place.
 The writer's pid in the name lets the next write to the same target tell a killed writer's
 leftovers (SIGKILL, a crash, a power cut) from a running one's: :func:`clean_leftovers` removes
-the first and leaves the second, and any other name, alone. :mod:`edgeseg.atomic` (one file, one
+the first and leaves the second, and any other name, alone. A pid says nothing about a writer in
+another pid namespace (a container sharing the folder) or on another host (a shared filesystem),
+so a staged file is also held under an exclusive ``flock`` by its writer until it is renamed into
+place or removed, and a file still locked is left alone whatever its pid. Tidying is best-effort:
+a leftover that cannot be removed (another user's, in a shared folder) is left, and the write
+goes on. :mod:`edgeseg.atomic` (one file, one
 folder, a set of files in one folder) and :mod:`edgeseg.atomic_set` (outputs in several folders)
 stage this way; the folders a write makes, the mode a new file gets and the lock a set's renames
 are done under are here too, so that both behave alike.
@@ -21,6 +26,8 @@ import stat
 from collections.abc import Iterator
 from pathlib import Path
 
+# Staged files and the descriptor holding each one's flock, until let_go
+_HELD: dict[str, int] = {}
 _LEFTOVER = re.compile(r"^\.(?P<name>.+)\.(?P<kind>staging|previous)-(?P<pid>\d+)-[0-9a-f]{8}(?P<suffix>(\.[^.]+)*)$")
 
 
@@ -69,23 +76,61 @@ def clean_leftovers(target: str | os.PathLike, suffix: str = "") -> None:
                 or match["suffix"] not in ("", "".join(target.suffixes), suffix)
                 or process_alive(int(match["pid"]))):
             continue
-        if match["kind"] == "previous" and not os.path.lexists(target):
-            os.rename(item, target)
-        elif item.is_dir() and not item.is_symlink():
-            shutil.rmtree(item, ignore_errors=True)
-        else:
-            item.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # another user's, or taken by another writer tidying meanwhile
+            if match["kind"] == "previous" and not os.path.lexists(target):
+                os.rename(item, target)
+            elif item.is_dir() and not item.is_symlink():
+                shutil.rmtree(item, ignore_errors=True)
+            elif not _locked(item):
+                item.unlink(missing_ok=True)
+
+
+def _locked(item: Path) -> bool:
+    """Whether a writer holds the staged file ``item`` (:func:`staged_file`'s ``flock``): one
+    whose pid looked gone from here, in another pid namespace or on another host."""
+    try:
+        import fcntl
+    except ImportError:
+        return False
+    try:
+        fd = os.open(item, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:  # no locks on this filesystem: the pid alone decides
+        return False
+    finally:
+        os.close(fd)
+    return False
 
 
 def staged_file(target: Path, suffix: str = "") -> Path:
     """Tidy dead writers' leftovers beside ``target``, then create (0600) and return an empty
     staging file for it, named by :func:`sibling`, ending in ``suffix`` or else ``target``'s
-    suffixes (libraries that choose a format by extension see the right one)."""
+    suffixes (libraries that choose a format by extension see the right one). The file is held
+    under an exclusive ``flock`` until :func:`let_go`, which its writer calls once it is done."""
     suffix = suffix or "".join(target.suffixes)
     clean_leftovers(target, suffix)
     staged = sibling(target, "staging", suffix)
-    staged.touch(mode=0o600, exist_ok=False)
+    fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with contextlib.suppress(ImportError, OSError):  # no locks here: the pid alone tells
+        import fcntl
+
+        fcntl.flock(fd, fcntl.LOCK_EX)  # waits only while a tidying writer looks at it
+    _HELD[str(staged)] = fd
     return staged
+
+
+def let_go(*staged: Path) -> None:
+    """Release the lock :func:`staged_file` holds on each of ``staged`` (once it is renamed into
+    place or removed); paths it did not stage are passed over."""
+    for path in staged:
+        fd = _HELD.pop(str(path), None)
+        if fd is not None:
+            os.close(fd)
 
 
 def make_folder(target: Path) -> list[Path]:

@@ -1,0 +1,90 @@
+"""Staged files beside a target: a later writer tidies killed writers' leftovers, and never a
+running writer's (one it cannot see by pid included), nor fails its own write over one it cannot
+remove."""
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from edgeseg.atomic import atomic_write_text
+
+REPO = Path(__file__).parents[1]
+# Writes TARGET through atomic_path; with "hold", says where it staged and waits for a line on
+# stdin before landing. Prints "landed" or the error.
+WRITER = textwrap.dedent("""
+    import os, sys
+    from edgeseg.atomic import atomic_path
+    target, hold = sys.argv[1], sys.argv[2] == "hold"
+    try:
+        with atomic_path(target) as tmp:
+            tmp.write_text(f"written by {sys.argv[3]}")
+            if hold:
+                print("staged", tmp.name, flush=True)
+                sys.stdin.readline()
+        print("landed", flush=True)
+    except Exception as exc:
+        print("failed:", type(exc).__name__, exc, flush=True)
+""")
+UNSHARE = ["unshare", "--user", "--map-root-user", "--pid", "--fork", "--mount-proc"]
+
+
+def test_a_writer_in_another_pid_namespace_leaves_a_running_writers_staged_file_alone(tmp_path):
+    # A container sharing the output folder sees none of this host's pids: the pid in a running
+    # writer's staging name looks gone from there. The writer's lock on its staged file says otherwise.
+    if shutil.which("unshare") is None or subprocess.run([*UNSHARE, "true"], capture_output=True).returncode:
+        pytest.skip("cannot start a process in a pid namespace of its own here (unshare, user namespaces)")
+    target = tmp_path / "out.json"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    with subprocess.Popen([sys.executable, "-c", WRITER, str(target), "hold", "host"], env=env, text=True,
+                          stdin=subprocess.PIPE, stdout=subprocess.PIPE) as host:
+        staged = host.stdout.readline().split()[-1]
+        other = subprocess.run([*UNSHARE, sys.executable, "-c", WRITER, str(target), "now", "container"], env=env,
+                               capture_output=True, text=True)
+        assert other.stdout.strip() == "landed", other.stderr
+        assert (tmp_path / staged).is_file()  # still there for the running writer
+        host.stdin.write("\n")
+        host.stdin.flush()
+        assert host.stdout.read().strip() == "landed"
+    assert target.read_text() == "written by host"  # it landed last
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.json"]
+
+
+@pytest.mark.skipif(not hasattr(os, "fork") or os.geteuid() != 0,
+                    reason="only root can leave a leftover another user then cannot remove")
+def test_a_leftover_the_writer_cannot_remove_does_not_stop_its_write():
+    # A shared folder with the sticky bit (as /tmp): a dead writer of another user left its staged
+    # file; the next user's write of the same target cannot remove it, and still lands.
+    shared = Path(tempfile.mkdtemp())
+    try:
+        shared.chmod(0o1777)
+        leftover = shared / ".out.json.staging-999999999-0a1b2c3d.json"  # beyond any pid_max: gone
+        leftover.write_text("root's, half written")
+        read, write = os.pipe()
+        child = os.fork()
+        if child == 0:  # nobody, without exec (the interpreter may sit where nobody cannot read)
+            os.close(read)
+            try:
+                os.setgroups([])
+                os.setgid(65534)
+                os.setuid(65534)
+                atomic_write_text(shared / "out.json", "nobody's")
+                os.write(write, b"landed")
+            except BaseException as exc:  # noqa: BLE001 - reported to the parent, whatever it is
+                os.write(write, f"failed: {type(exc).__name__} {exc}".encode())
+            finally:
+                os._exit(0)
+        os.close(write)
+        with os.fdopen(read) as said:
+            outcome = said.read()
+        os.waitpid(child, 0)
+        assert outcome == "landed"
+        assert (shared / "out.json").read_text() == "nobody's"
+        assert leftover.is_file()  # not this user's to remove
+    finally:
+        shutil.rmtree(shared)
