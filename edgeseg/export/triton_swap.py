@@ -41,7 +41,7 @@ import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from edgeseg.atomic import atomic_write_text, exchange_paths
+from edgeseg.atomic import atomic_write_bytes, atomic_write_text, exchange_paths
 from edgeseg.errors import DataError, name_failure
 from edgeseg.staging import clean_leftovers, process_alive
 
@@ -117,7 +117,8 @@ def staged_swap(repo: Path, replaced: tuple[str, ...], on_step: Step | None = No
     staging = repo.parent / f".{repo.name}.triton-swap-{os.getpid()}-{secrets.token_hex(4)}"
     staging.mkdir()
     try:
-        atomic_write_text(staging / MARKER, f"{repo.resolve()}\n")  # never an empty marker, whatever kills this
+        # never an empty marker, whatever kills this; the path's own bytes (a folder name need not be UTF-8)
+        atomic_write_bytes(staging / MARKER, os.fsencode(repo.resolve()) + b"\n")
         (staging / "new").mkdir()
         (staging / "old").mkdir()
         yield staging / "new"
@@ -205,14 +206,14 @@ def recover_stale_swaps(repo: Path) -> None:
             continue
         marker = item / MARKER
         clean_leftovers(marker)  # the marker's own staged file, where the run was killed writing it
-        named = marker.read_text().strip() if marker.is_file() else ""
+        named = marker.read_bytes().strip() if marker.is_file() else b""
         if not named:  # killed before it was marked, so empty but for an empty marker (written in place by
             with contextlib.suppress(OSError):  # an earlier edgeseg); anything else is not ours
                 if [p.name for p in item.iterdir()] == [MARKER]:
                     marker.unlink()
                 item.rmdir()
             continue
-        if named != str(repo.resolve()):
+        if named != os.fsencode(repo.resolve()):  # an earlier edgeseg wrote it as UTF-8 text: the same bytes
             continue
         if (item / JOURNAL).is_file():
             _roll_back(repo, item, json.loads((item / JOURNAL).read_text())["models"])

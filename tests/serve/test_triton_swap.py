@@ -200,6 +200,29 @@ def test_only_this_repository_s_staging_folders_of_dead_runs_are_removed(tmp_pat
     assert (unmarked / "scan").is_dir() and (repo / "m" / "1").is_dir()
 
 
+
+def test_a_repository_whose_path_is_not_utf8_is_swapped_and_recovered(tmp_path):
+    """A folder name is bytes on Linux (a share of Latin-1 names): the marker was written as UTF-8
+    text, so a swap into such a repository failed with a traceback (UnicodeEncodeError), and a
+    dead run's marker that is not UTF-8 stopped every later run (UnicodeDecodeError)."""
+    try:
+        repo = Path(os.fsdecode(os.fsencode(tmp_path) + b"/r\xe9po"))
+        (repo / "m" / "1").mkdir(parents=True)
+    except (OSError, UnicodeError):
+        pytest.skip("this filesystem takes only UTF-8 names")
+    dead = _dead_pid()
+    garbled = Path(os.fsdecode(os.fsencode(tmp_path) + f"/.{repo.name}.triton-swap-{dead}-0a1b".encode(errors="surrogateescape")))
+    garbled.mkdir()
+    (garbled / MARKER).write_bytes(b"/somewhere/r\xc3")  # not UTF-8: not this repository's, left alone
+    stale = garbled.with_name(garbled.name[:-1] + "c")
+    (stale / "new" / "edgeseg").mkdir(parents=True)
+    (stale / MARKER).write_bytes(os.fsencode(repo.resolve()) + b"\n")  # this one's, as a dead run left it
+    with staged_swap(repo, ("m",)) as staging:
+        (staging / "m" / "2").mkdir(parents=True)
+    assert _tree(repo) == [("m", None), ("m/2", None)]
+    assert _beside(tmp_path) == [garbled.name]
+
+
 CLI_KILLER = textwrap.dedent("""
     import os, signal, sys
     from edgeseg import atomic
