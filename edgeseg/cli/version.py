@@ -18,10 +18,15 @@ OPENMP_VERSIONS = {200505: "2.5", 200805: "3.0", 201107: "3.1", 201307: "4.0", 2
 def libraries() -> dict[str, tuple[str, ...]]:
     """Each backend library (the runners name theirs, and the distributions it may be installed
     as: the GPU builds have their own names), then numpy."""
-    from edgeseg.runtime.runners import runners
+    from edgeseg.errors import BackendError
+    from edgeseg.runtime.runners import builtin_runners, runners
 
+    try:
+        classes = runners()
+    except BackendError:  # a plugin that does not load: still listed under plugins, and the report is made
+        classes = builtin_runners()
     found: dict[str, tuple[str, ...]] = {}
-    for cls in runners().values():
+    for cls in classes.values():
         if cls.library is not None:
             found.setdefault(cls.library, cls.library_distributions())
     return {**found, "numpy": ("numpy",)}

@@ -99,6 +99,21 @@ def test_version_shows_each_plugin_s_own_package_and_version(documented, tmp_pat
     assert "plugins     none" in off.stdout.splitlines()
 
 
+
+def test_version_reports_on_an_installation_whose_plugin_does_not_load(tmp_path):
+    """edgeseg version, what a report of a broken installation starts from, stopped at the broken
+    plugin (exit 2) before printing anything; it now lists it with its package, and the libraries."""
+    site = install(tmp_path / "site", {"acme-npu": "acme_npu:AcmeNpuRunner"}, {"acme_npu": "import acme_npu_sdk\n"},
+                   dist="acme_npu", version="1.0")
+    text = edgeseg([site], tmp_path, "version")
+    assert text.returncode == 0, text.stderr
+    assert "plugins     acme-npu (acme-npu 1.0)" in text.stdout.splitlines()
+    assert any(line.startswith("libraries   onnxruntime ") for line in text.stdout.splitlines())
+    facts = edgeseg([site], tmp_path, "version", "--json")
+    assert facts.returncode == 0, facts.stderr
+    assert json.loads(facts.stdout)["plugins"] == {"acme-npu": {"distribution": "acme-npu", "version": "1.0"}}
+
+
 BROKEN = {
     "import error": ({"acme-npu": "acme_npu:AcmeNpuRunner"}, {"acme_npu": "import acme_npu_sdk\n"},
                      "runner plugin 'acme-npu' (acme_npu:AcmeNpuRunner, from acme_npu-1.0.dist-info) does not load: "

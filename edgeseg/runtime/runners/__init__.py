@@ -30,16 +30,22 @@ def runners() -> dict[str, type[Runner]]:
     """Backend name -> Runner class: every runner module of this package, then the installed
     plugins' runners (BackendError in one line for a broken plugin)."""
     if not _REGISTRY:
-        found = {}
-        for info in pkgutil.iter_modules(__path__, prefix=__name__ + "."):
-            module = importlib.import_module(info.name)
-            for _, cls in inspect.getmembers(module, inspect.isclass):
-                if issubclass(cls, Runner) and cls.name and cls.__module__ == module.__name__:
-                    found[cls.name] = cls
+        found = builtin_runners()
         plugins = _plugins(found)
         _REGISTRY.update(sorted(found.items()))
         _REGISTRY.update(sorted(plugins.items()))
     return _REGISTRY
+
+
+def builtin_runners() -> dict[str, type[Runner]]:
+    """Backend name -> Runner class of this package's own runners, no plugin's."""
+    found = {}
+    for info in pkgutil.iter_modules(__path__, prefix=__name__ + "."):
+        module = importlib.import_module(info.name)
+        for _, cls in inspect.getmembers(module, inspect.isclass):
+            if issubclass(cls, Runner) and cls.name and cls.__module__ == module.__name__:
+                found[cls.name] = cls
+    return found
 
 
 def _plugins(builtin: dict[str, type[Runner]]) -> dict[str, type[Runner]]:
@@ -57,9 +63,14 @@ def _plugins(builtin: dict[str, type[Runner]]) -> dict[str, type[Runner]]:
 
 def plugin_distributions() -> dict[str, str]:
     """Runner name -> the (normalised) name of the distribution that installed it, for each
-    plugin's runner; empty without plugins or with ``EDGESEG_RUNNER_PLUGINS=0``."""
-    runners()
-    return dict(_PLUGIN_DISTRIBUTIONS)
+    plugin's runner; empty without plugins or with ``EDGESEG_RUNNER_PLUGINS=0``. Read from the
+    installed entry points alone, no plugin imported: ``edgeseg version`` lists a plugin that
+    does not load too (the report that says which one is broken), and costs no SDK's import."""
+    from edgeseg.runtime import runner_plugins
+
+    if not runner_plugins.enabled():
+        return {}
+    return {entry.name: entry.project for entry in runner_plugins.entry_points()}
 
 
 def runner_class(name: str) -> type[Runner]:
@@ -94,5 +105,5 @@ def library_distributions() -> tuple[str, ...]:
                                 *_PLUGIN_DISTRIBUTIONS.values()]))
 
 
-__all__ = ["ArtifactRunner", "Runner", "artifact_formats", "library_distributions", "plugin_distributions",
-           "runner_class", "runners", "runners_for"]
+__all__ = ["ArtifactRunner", "Runner", "artifact_formats", "builtin_runners", "library_distributions",
+           "plugin_distributions", "runner_class", "runners", "runners_for"]
