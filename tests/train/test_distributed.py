@@ -135,6 +135,16 @@ def test_only_rank_0_writes_the_run(two_processes):
     assert [row["epoch"] for row in history] == [1, 2]
 
 
+def test_a_process_without_a_validation_case_leaves_the_validation_unchanged(two_processes):
+    """One validation case for two processes: rank 1 predicts none; the recorded figures are
+    still one process's validation of the saved weights, bit for bit."""
+    out, _ = two_processes
+    history = json.loads((out / "run" / "metrics.json").read_text())["history"]
+    val, _ = ddp_worker.one_process_validation(ddp_worker.config(out / "ref", 1), out / "run" / "last.pt")
+    assert len(val["per_case"]) == 1
+    assert (history[-1]["val_loss"], history[-1]["val_dice"]) == (val["loss"], val["dice"])
+
+
 def _train_args(out: Path, epochs: int, *extra: str) -> list[str]:
     """``edgeseg train`` with the options of ddp_worker.config."""
     return [sys.executable, "-m", "edgeseg", "train", "--data", ddp_worker.PHANTOM, "--out", str(out), "--size", "64",
