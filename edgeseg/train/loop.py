@@ -183,8 +183,8 @@ def _epochs(state: "_LoopState", start_epoch: int, history: list, best: dict, da
             write_records(out, cfg, state.spec, model_config, count_parameters(state.model), history, best, data["split"],
                           memory_format=state.layout, processes=place.world_size, provenance=state.provenance)
             log.info(
-                "epoch %d/%d  train loss %.4f  val loss %.4f  val Dice %.4f%s  (%.0f s)",
-                epoch, cfg.epochs, row["train_loss"], row["val_loss"], row["val_dice"], "  *best" if improved else "", row["seconds"],
+                "epoch %d/%d  train loss %.4f  val loss %.4f  val Dice %.4f%s  (%.0f s, validation %.1f s)", epoch, cfg.epochs,
+                row["train_loss"], row["val_loss"], row["val_dice"], "  *best" if improved else "", row["seconds"], row["val_seconds"],
             )
             if on_epoch is not None:
                 on_epoch(row)
@@ -330,6 +330,7 @@ class _LoopState:
         classes = cfg.class_names
         # Every process validates its share of the cases with rank 0's weights (those saved), and
         # all take a SIGTERM together between rounds of cases.
+        validating = time.perf_counter()
         distributed.same_state_as_rank0(self.eval_model, self.place)
         val = validate(self.eval_model, self.val_set, len(classes), self.device, self.autocast, self.val_loss_fn,
                        self.memory_format, keep=self.val_predictions,
@@ -342,6 +343,7 @@ class _LoopState:
             **{f"val_dice_{name}": d for name, d in zip(classes[1:], val["per_class"])},
             "lr": self.optimizer.param_groups[0]["lr"],
             "seconds": time.perf_counter() - started,
+            "val_seconds": time.perf_counter() - validating,
         }
         return row, val["pred"]
 
