@@ -249,20 +249,26 @@ def test_nproc_larger_than_the_machine_is_one_line_error(tmp_path):
     (["--nproc", "0"], {}, "--nproc must be >= 1, got 0"),
 ])
 def test_bad_process_options_are_one_line_errors(tmp_path, monkeypatch, extra, env, message):
+    if torch.cuda.is_available() and "--sync-bn" in extra:
+        pytest.skip("--sync-bn is valid on CUDA")
+    assert train_error_line(tmp_path, monkeypatch, extra, env).startswith(f"edgeseg: error: {message}")
+    assert not (tmp_path / "run" / "last.pt").exists()
+
+
+def train_error_line(tmp_path: Path, monkeypatch, extra: list[str], env: dict[str, str]) -> str:
+    """The one line of a tiny `edgeseg train` with ``extra`` options in ``env`` that fails with exit 2."""
     from click.testing import CliRunner
 
     from edgeseg.cli.main import cli
 
-    if torch.cuda.is_available() and "--sync-bn" in extra:
-        pytest.skip("--sync-bn is valid on CUDA")
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     result = CliRunner().invoke(cli, ["train", "--data", ddp_worker.PHANTOM, "--size", "64", "--base", "4", "--depth", "2",
                                       "--epochs", "1", "--out", str(tmp_path / "run"), *extra])
     assert result.exit_code == 2
     lines = result.output.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f"edgeseg: error: {message}"), result.output
-    assert not (tmp_path / "run" / "last.pt").exists()
+    assert len(lines) == 1, result.output
+    return lines[0]
 
 
 @pytest.mark.parametrize("data, labels, message", [

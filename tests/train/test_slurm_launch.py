@@ -20,7 +20,7 @@ from edgeseg.train.slurm import PORT_BASE, PORT_SPAN, first_host, tasks_on_node,
 
 sys.path.insert(0, str(Path(__file__).parent))
 import ddp_worker  # noqa: E402
-from test_distributed import STEPS_TWO, _adam_steps, _env, _train_args  # noqa: E402
+from test_distributed import STEPS_TWO, _adam_steps, _env, _train_args, train_error_line  # noqa: E402
 
 TORCHRUN = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "GROUP_RANK")
 
@@ -92,18 +92,9 @@ def test_bad_slurm_starts_are_one_line_errors(tmp_path, monkeypatch, extra, env,
     """A batch script's own step (SLURM_NTASKS of the job, SLURM_PROCID 0, no step variables)
     is refused rather than taken for rank 0 of 4; so is a task of a 4-task step started without
     --launcher slurm, which would train alone into the same folder as the other three."""
-    from click.testing import CliRunner
-
-    from edgeseg.cli.main import cli
-
     for key in TORCHRUN:
         monkeypatch.delenv(key, raising=False)
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    result = CliRunner().invoke(cli, ["train", "--data", ddp_worker.PHANTOM, "--size", "64", "--base", "4", "--depth", "2",
-                                      "--epochs", "1", "--out", str(tmp_path / "run"), *extra])
-    assert result.exit_code == 2
-    lines = result.output.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("edgeseg: error: ") and message in lines[0], result.output
+    line = train_error_line(tmp_path, monkeypatch, extra, env)
+    assert line.startswith("edgeseg: error: ") and message in line, line
     assert "WORLD_SIZE" not in os.environ or "WORLD_SIZE" in env
     assert not (tmp_path / "run").exists()
