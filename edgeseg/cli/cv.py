@@ -233,10 +233,13 @@ def _cv_parameter(param: click.Parameter) -> click.Parameter:
     return param
 
 
+# train's options cv does not take: it sets the fold, continues by itself, and trains in one process
+_NOT_CV_OPTIONS = ("fold", "resume", "overwrite", "nproc", "launcher")
+
 command = click.Command(
     "cv",
     callback=_run,
-    params=[_cv_parameter(p) for p in train_cli.command.params if p.name not in ("fold", "resume", "overwrite", "nproc")]
+    params=[_cv_parameter(p) for p in train_cli.command.params if p.name not in _NOT_CV_OPTIONS]
     + INT8_OPTIONS + [tta_parameter()],
     help="k-fold cross-validation by case: train every fold (resumably) with the edgeseg train options, "
          "then score each fold's last.pt on its held-out cases (per-slice Dice: binary and per class) "

@@ -76,6 +76,9 @@ from edgeseg.train.config import LOSSES, MEMORY_FORMATS
 @click.option("--nproc", default=1, show_default=True, type=int,
               help="Train in this many processes on this machine (DistributedDataParallel, one per GPU on CUDA, "
                    "else gloo on the CPU cores): runs torchrun --standalone --nproc-per-node N -m edgeseg train.")
+@click.option("--launcher", type=click.Choice(["slurm"], case_sensitive=False), default=None,
+              help="slurm: this process is one task of an srun step (srun -n N edgeseg train --launcher slurm ...); "
+                   "its place in the run comes from srun's SLURM_* variables. Without it only torchrun's are read.")
 @click.option("--sync-bn", is_flag=True, default=False, help="With several processes on CUDA, batch norm statistics over the global batch.")
 @click.option("--cache", default=None, type=click.Path(file_okay=False),
               help="Folder for the slice store (the data pre-processed once, reused by later runs and other "
@@ -94,6 +97,16 @@ def command(**opts) -> None:
         recipe = load_recipe(opts["recipe"])
     ctx = click.get_current_context()
     cfg = config_from_options(opts, recipe, ctx)
+    from edgeseg.train.slurm import check_not_an_unlaunched_task, torchrun_variables
+
+    if opts["launcher"] == "slurm":
+        if opts["nproc"] != 1:
+            raise EdgesegError("--nproc starts torchrun on this machine; under --launcher slurm srun starts the "
+                               "processes (srun -n N), leave out --nproc")
+        # torch.distributed and the rest of the command read torchrun's variables
+        os.environ.update(torchrun_variables(os.environ))
+    else:
+        check_not_an_unlaunched_task(os.environ)
     under_torchrun = "WORLD_SIZE" in os.environ
     if under_torchrun and opts["nproc"] != 1:
         raise EdgesegError("--nproc starts torchrun itself; under torchrun give the process count to its --nproc-per-node")

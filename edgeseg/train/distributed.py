@@ -189,6 +189,31 @@ def barrier(place: ProcessPlace) -> None:
         torch.distributed.barrier()
 
 
+def same_state_as_rank0(module: torch.nn.Module, place: ProcessPlace) -> None:
+    """Give ``module`` rank 0's parameters and buffers (nothing in one process). DDP keeps the
+    parameters equal, but each process's last forward pass moved its own batch norm running
+    statistics (and the EMA's average of them), and a process validating with those would
+    score its cases with weights other than the ones rank 0 saves."""
+    if not place.distributed:
+        return
+    with torch.no_grad():
+        for tensor in module.state_dict().values():
+            held = tensor.detach().contiguous()  # a copy where the layout is channels-last
+            torch.distributed.broadcast(held, src=0)
+            if held.data_ptr() != tensor.data_ptr():
+                tensor.copy_(held)
+
+
+def gather_to_all(mine: dict, place: ProcessPlace) -> dict:
+    """The union of every process's ``mine`` (results keyed by case), on every process; ``mine``
+    itself in one process. Values travel pickled, so floats arrive bit for bit."""
+    if not place.distributed:
+        return mine
+    parts: list = [None] * place.world_size
+    torch.distributed.all_gather_object(parts, mine)
+    return {key: value for part in parts for key, value in part.items()}
+
+
 def from_rank0(value: int, place: ProcessPlace, device: torch.device) -> int:
     """Rank 0's ``value`` on every process (a choice rank 0 alone measured)."""
     if not place.distributed:

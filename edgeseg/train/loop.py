@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,7 +19,7 @@ from edgeseg.errors import EdgesegError
 from edgeseg.models import ModelConfig, build_model, count_parameters
 from edgeseg.models.complexity import check_trainable_here
 from edgeseg.progress import progress_bar
-from edgeseg.stopping import check_stop, stop_at_checkpoints
+from edgeseg.stopping import stop_at_checkpoints
 from edgeseg.train.augment import AugmentConfig, BatchAugmenter
 from edgeseg.models.checkpoint import save_checkpoint
 from edgeseg.train.config import MEMORY_FORMATS, TrainConfig, build_spec
@@ -65,7 +66,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, on_epoc
     restoring weights, optimiser state, history and the epoch counter. A folder holding a
     training is refused without ``resume`` or ``overwrite`` (:func:`check_start`). Started by
     torchrun, each process trains a DDP replica on its share of every batch (``make_sampler``
-    gives each its share); rank 0 alone validates and writes, and only its result holds the history.
+    gives each its share); each validates its share of the validation cases;
+    rank 0 alone writes, and only its result holds the history.
     """
     place = distributed.place_from_env()
     if cfg.deterministic:  # before the device starts: cuBLAS takes its workspace setting when CUDA first runs
@@ -166,21 +168,23 @@ def _epochs(state: "_LoopState", start_epoch: int, history: list, best: dict, da
             distributed.check_stop_together(place, state.device)
             row, pred = state.run_epoch(epoch, progress)
             _check_finite_weights(state.model, epoch, row, out)
+            # rank 0's comparison for all: each process scores its own validation cases of the choice
+            improved = bool(distributed.from_rank0(int(row["val_dice"] > best["val_dice"]), place, state.device))
+            if improved:
+                post = choose_postprocess(pred, val_set, model_config.num_classes, data.get("val_voxel_ml"), place)
+                best = {"epoch": epoch, "val_dice": row["val_dice"], "postprocess": post}
             if not place.is_main:
                 distributed.barrier(place)
                 continue
             history.append(row)
-            improved = row["val_dice"] > best["val_dice"]
             if improved:
-                post = choose_postprocess(pred, val_set, model_config.num_classes, data.get("val_voxel_ml"))
-                best = {"epoch": epoch, "val_dice": row["val_dice"], "postprocess": post}
-                state.save(out / "best.pt", epoch, history, best, with_optimizer=False, postprocess=post)
+                state.save(out / "best.pt", epoch, history, best, with_optimizer=False, postprocess=best["postprocess"])
             state.save(out / "last.pt", epoch, history, best, with_optimizer=True)
             write_records(out, cfg, state.spec, model_config, count_parameters(state.model), history, best, data["split"],
                           memory_format=state.layout, processes=place.world_size, provenance=state.provenance)
             log.info(
-                "epoch %d/%d  train loss %.4f  val loss %.4f  val Dice %.4f%s  (%.0f s)",
-                epoch, cfg.epochs, row["train_loss"], row["val_loss"], row["val_dice"], "  *best" if improved else "", row["seconds"],
+                "epoch %d/%d  train loss %.4f  val loss %.4f  val Dice %.4f%s  (%.0f s, validation %.1f s)", epoch, cfg.epochs,
+                row["train_loss"], row["val_loss"], row["val_dice"], "  *best" if improved else "", row["seconds"], row["val_seconds"],
             )
             if on_epoch is not None:
                 on_epoch(row)
@@ -281,9 +285,12 @@ class _LoopState:
         self.ema = (WeightEMA(model, ema_decay(cfg.ema_epochs * self.steps_per_epoch))
                     if cfg.ema_epochs > 0 else None)
         # The epoch's validation predictions, one file per case, until the post-processing choice
-        # has read them: validation memory stays one case whatever the number of cases. Only
-        # rank 0 validates, so only rank 0 has the folder (a killed run's leftover is cleared).
-        folder = Path(out) / ".validation" if out is not None and place.is_main else None
+        # has read them: validation memory stays one case whatever the number of cases. Rank 0's
+        # go to the run (a killed run's leftover is cleared), the other processes' to a
+        # temporary folder of their own (the run folder may not be on their machine).
+        folder = None
+        if out is not None:
+            folder = Path(out) / ".validation" if place.is_main else Path(tempfile.mkdtemp(prefix="edgeseg-validation-"))
         self.val_predictions = CasePredictions(folder)
         self.val_predictions.remove()
 
@@ -320,14 +327,14 @@ class _LoopState:
                 losses.append(loss)
                 bar.set_postfix(loss=f"{loss:.4f}")
         train_loss = distributed.mean_over_processes(float(np.mean(losses)), self.device)
-        if not self.place.is_main:
-            return {"epoch": epoch, "train_loss": train_loss}, None
         classes = cfg.class_names
-        # One process takes a SIGTERM between validation cases. Under --nproc the others wait for
-        # rank 0's validation in a barrier, and a rank 0 that left alone would strand them there.
+        # Every process validates its share of the cases with rank 0's weights (those saved), and
+        # all take a SIGTERM together between rounds of cases.
+        validating = time.perf_counter()
+        distributed.same_state_as_rank0(self.eval_model, self.place)
         val = validate(self.eval_model, self.val_set, len(classes), self.device, self.autocast, self.val_loss_fn,
                        self.memory_format, keep=self.val_predictions,
-                       between_cases=None if self.place.distributed else check_stop)
+                       between_cases=lambda: distributed.check_stop_together(self.place, self.device), place=self.place)
         row = {
             "epoch": epoch,
             "train_loss": train_loss,
@@ -336,6 +343,7 @@ class _LoopState:
             **{f"val_dice_{name}": d for name, d in zip(classes[1:], val["per_class"])},
             "lr": self.optimizer.param_groups[0]["lr"],
             "seconds": time.perf_counter() - started,
+            "val_seconds": time.perf_counter() - validating,
         }
         return row, val["pred"]
 

@@ -13,6 +13,7 @@ import torch
 from edgeseg.atomic import name_failure
 from edgeseg.metrics import dice
 from edgeseg.runtime.postprocess_options import SLICE_CANDIDATES
+from edgeseg.train.distributed import ProcessPlace, gather_to_all
 
 
 class CasePredictions:
@@ -92,31 +93,54 @@ def _case_numbers(val_set) -> list[int]:
 
 def validate(model, val_set, num_classes: int, device, autocast: Callable, loss_fn,
              memory_format: torch.memory_format = torch.channels_last,
-             keep: CasePredictions | None = None, between_cases: Callable[[], None] | None = None) -> dict[str, Any]:
+             keep: CasePredictions | None = None, between_cases: Callable[[], None] | None = None,
+             place: ProcessPlace = ProcessPlace()) -> dict[str, Any]:
     """Loss and Dice on the validation slices, streamed case by case.
 
     Each case's images are read in batches and its labels whole (``val_set.case_labels``), and
     its predictions go to ``keep`` (in memory unless it has a folder), so memory holds one case.
     Dice is pooled over each case's slices, then averaged over cases ("Dice per case", as LiTS
     reports it), per foreground class; ``dice`` is the mean over classes; ``loss`` the mean over
-    slices of each batch's loss (batches do not cross cases). ``pred`` is ``keep``, for
-    :func:`choose_postprocess`. ``between_cases`` is called before each case (the training loop's
-    stop check: a SIGTERM need not wait for the whole validation set).
+    slices of each batch's loss (batches do not cross cases); ``per_case`` each case's Dice per
+    class. ``pred`` is ``keep``, for :func:`choose_postprocess`. ``between_cases`` is called
+    before each case (the training loop's stop check: a SIGTERM need not wait for the whole
+    validation set).
+
+    In several processes (``place``) each predicts its share of the cases (:func:`_share`), and
+    keeps their predictions; the per-case results, not partial sums, are gathered, and every
+    process reduces them in case order exactly as one process does, so the figures are the
+    same bits. ``between_cases`` is then called once per round of ``world_size`` cases, on every
+    process alike (it is a collective there).
     """
     keep = CasePredictions() if keep is None else keep
-    per_case, loss_sum, slices = [], 0.0, 0
-    for k in _case_numbers(val_set):
+    cases, mine = _case_numbers(val_set), {}
+    for first in range(0, len(cases), place.world_size):
         if between_cases is not None:
             between_cases()
+        if first + place.rank >= len(cases):  # the last round has fewer cases than processes
+            continue
+        k = cases[first + place.rank]  # so the cases taken are _share's
         rows = np.flatnonzero(val_set.case_index == k)
         truth = val_set.case_labels(k)
         pred, loss = predict_labels(model, _Rows(val_set.images, rows), device, autocast, loss_fn=loss_fn,
                                     labels=truth, memory_format=memory_format)
-        per_case.append(_dice_per_class(pred, truth, num_classes))
-        loss_sum, slices = loss_sum + loss * len(rows), slices + len(rows)
+        mine[k] = (_dice_per_class(pred, truth, num_classes), loss, len(rows))
         keep.put(k, pred)
+    results = gather_to_all(mine, place)
+    per_case, loss_sum, slices = [], 0.0, 0
+    for k in cases:
+        dice_k, loss, count = results[k]
+        per_case.append(dice_k)
+        loss_sum, slices = loss_sum + loss * count, slices + count
     per_class = [float(v) for v in np.mean(per_case, axis=0)]
-    return {"loss": loss_sum / slices, "dice": float(np.mean(per_class)), "per_class": per_class, "pred": keep}
+    return {"loss": loss_sum / slices, "dice": float(np.mean(per_class)), "per_class": per_class,
+            "per_case": dict(zip(cases, per_case)), "pred": keep}
+
+
+def _share(cases: list[int], place: ProcessPlace) -> list[tuple[int, int]]:
+    """(position, case) of the validation cases this process predicts and scores: every
+    ``world_size``-th from its rank (none where there are fewer cases than processes)."""
+    return [(i, k) for i, k in enumerate(cases) if i % place.world_size == place.rank]
 
 
 def _dice_per_class(pred: np.ndarray, truth: np.ndarray, num_classes: int) -> list[float]:
@@ -130,7 +154,7 @@ _Options = tuple[dict[str, Any], int]
 
 
 def choose_postprocess(pred: CasePredictions | np.ndarray, val_set, num_classes: int,
-                       voxel_ml: list[float] | None = None) -> dict[str, Any]:
+                       voxel_ml: list[float] | None = None, place: ProcessPlace = ProcessPlace()) -> dict[str, Any]:
     """Per class, the component filters that raise validation Dice (pooled per case), as a
     checkpoint's ``postprocess`` (see ``edgeseg.runtime.postprocess_options``).
 
@@ -143,7 +167,9 @@ def choose_postprocess(pred: CasePredictions | np.ndarray, val_set, num_classes:
 
     ``pred`` holds the predictions per case (:func:`validate`'s), or all of them (N, h, w) in
     ``val_set``'s slice order. Each pass reads one case at a time and scores every candidate of
-    that pass on it.
+    that pass on it. In several processes (``place``) every process calls this together, each
+    scoring the cases it predicted; the per-case scores are gathered and summed in case order,
+    so every process makes one process's choice.
     """
     from edgeseg.runtime.postprocess_options import ClassPostprocess, PostprocessOptions
 
@@ -151,7 +177,7 @@ def choose_postprocess(pred: CasePredictions | np.ndarray, val_set, num_classes:
     cases = _case_numbers(val_set)
 
     def scores(candidates: Sequence[_Options]) -> list[list[float]]:
-        return _scores(preds, val_set, cases, candidates, num_classes, voxel_ml)
+        return _scores(preds, val_set, cases, candidates, num_classes, voxel_ml, place)
 
     def one(c: int, option: ClassPostprocess) -> _Options:
         return PostprocessOptions(classes={c: option}).to_dict(), c + 1
@@ -182,15 +208,19 @@ def _keep_better(best: dict, candidates: list, values: list[list[float]]) -> Non
 
 
 def _scores(preds: CasePredictions, val_set, cases: list[int], candidates: Sequence[_Options], num_classes: int,
-            voxel_ml) -> list[list[float]]:
+            voxel_ml, place: ProcessPlace) -> list[list[float]]:
     """For each candidate, per foreground class, Dice pooled per case averaged over the cases;
-    one pass over the cases, each read once."""
-    totals = np.zeros((len(candidates), num_classes - 1))
-    for i, k in enumerate(cases):
+    one pass over this process's cases, each read once."""
+    mine = {}
+    for i, k in _share(cases, place):
         pred, truth = preds.get(k), val_set.case_labels(k)
         spacing = None if voxel_ml is None else (voxel_ml[i] * 1000.0, 1.0, 1.0)  # only the product counts
-        for j, (options, read_with) in enumerate(candidates):
-            totals[j] += _dice_per_class(_apply(pred, options, read_with, spacing), truth, num_classes)
+        mine[k] = [_dice_per_class(_apply(pred, options, read_with, spacing), truth, num_classes)
+                   for options, read_with in candidates]
+    per_case = gather_to_all(mine, place)
+    totals = np.zeros((len(candidates), num_classes - 1))
+    for k in cases:  # in case order, as one process adds them
+        totals += np.asarray(per_case[k], dtype=np.float64).reshape(totals.shape)
     return (totals / len(cases)).tolist()
 
 

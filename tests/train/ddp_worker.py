@@ -1,10 +1,13 @@
 """Run by test_distributed.py under ``torchrun --nproc-per-node 2``: one gradient, then training.
 
+Also the tests' reference for validation: the run's validation functions in one process.
+
 Each process records what the test checks afterwards: the sample indices its sampler gave it,
 every file-system write it made (from Python's audit hooks, so nothing is replaced), and, on
 rank 0, the gradient of one DDP step on a fixed shard of a fixed union batch.
 """
 
+import contextlib
 import json
 import os
 import shutil
@@ -14,10 +17,12 @@ from pathlib import Path
 import torch
 
 from edgeseg.models import ModelConfig, build_model
+from edgeseg.models.checkpoint import load_model
 from edgeseg.train import distributed
 from edgeseg.train.config import TrainConfig
 from edgeseg.train.loop import foreground_batches, prepare, train
-from edgeseg.train.losses import DiceCELoss
+from edgeseg.train.losses import DiceCELoss, build_loss
+from edgeseg.train.validate import choose_postprocess, validate
 
 PHANTOM = "phantom:cases=5,seed=1,size=64,slices=10"
 # The audit events that create, replace or remove a file, and which argument is its path.
@@ -83,6 +88,20 @@ class RecordingSampler:
         for idx in self.inner.batches(epoch):
             self.seen.setdefault(str(epoch), []).append(idx.tolist())
             yield idx
+
+
+def one_process_validation(cfg, checkpoint: Path) -> tuple[dict, dict]:
+    """validate() and choose_postprocess() of ``checkpoint``'s weights in this process (one thread)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        val_set = prepare(cfg)["val"]
+        model, _ = load_model(checkpoint)
+        model = model.to(memory_format=torch.channels_last)
+        val = validate(model, val_set, 2, torch.device("cpu"), contextlib.nullcontext, build_loss(cfg))
+        return val, choose_postprocess(val["pred"], val_set, 2)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def main(out: Path, epochs: int) -> None:

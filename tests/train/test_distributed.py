@@ -135,6 +135,16 @@ def test_only_rank_0_writes_the_run(two_processes):
     assert [row["epoch"] for row in history] == [1, 2]
 
 
+def test_a_process_without_a_validation_case_leaves_the_validation_unchanged(two_processes):
+    """One validation case for two processes: rank 1 predicts none; the recorded figures are
+    still one process's validation of the saved weights, bit for bit."""
+    out, _ = two_processes
+    history = json.loads((out / "run" / "metrics.json").read_text())["history"]
+    val, _ = ddp_worker.one_process_validation(ddp_worker.config(out / "ref", 1), out / "run" / "last.pt")
+    assert len(val["per_case"]) == 1
+    assert (history[-1]["val_loss"], history[-1]["val_dice"]) == (val["loss"], val["dice"])
+
+
 def _train_args(out: Path, epochs: int, *extra: str) -> list[str]:
     """``edgeseg train`` with the options of ddp_worker.config."""
     return [sys.executable, "-m", "edgeseg", "train", "--data", ddp_worker.PHANTOM, "--out", str(out), "--size", "64",
@@ -239,20 +249,26 @@ def test_nproc_larger_than_the_machine_is_one_line_error(tmp_path):
     (["--nproc", "0"], {}, "--nproc must be >= 1, got 0"),
 ])
 def test_bad_process_options_are_one_line_errors(tmp_path, monkeypatch, extra, env, message):
+    if torch.cuda.is_available() and "--sync-bn" in extra:
+        pytest.skip("--sync-bn is valid on CUDA")
+    assert train_error_line(tmp_path, monkeypatch, extra, env).startswith(f"edgeseg: error: {message}")
+    assert not (tmp_path / "run" / "last.pt").exists()
+
+
+def train_error_line(tmp_path: Path, monkeypatch, extra: list[str], env: dict[str, str]) -> str:
+    """The one line of a tiny `edgeseg train` with ``extra`` options in ``env`` that fails with exit 2."""
     from click.testing import CliRunner
 
     from edgeseg.cli.main import cli
 
-    if torch.cuda.is_available() and "--sync-bn" in extra:
-        pytest.skip("--sync-bn is valid on CUDA")
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     result = CliRunner().invoke(cli, ["train", "--data", ddp_worker.PHANTOM, "--size", "64", "--base", "4", "--depth", "2",
                                       "--epochs", "1", "--out", str(tmp_path / "run"), *extra])
     assert result.exit_code == 2
     lines = result.output.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f"edgeseg: error: {message}"), result.output
-    assert not (tmp_path / "run" / "last.pt").exists()
+    assert len(lines) == 1, result.output
+    return lines[0]
 
 
 @pytest.mark.parametrize("data, labels, message", [

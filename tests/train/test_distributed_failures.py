@@ -105,6 +105,34 @@ def test_every_process_failing_alike_is_one_line(tmp_path, assert_one_line_error
     assert_one_line_error(done, "training diverged in epoch")
 
 
+# A sitecustomize for the training process of rank 1 alone (torchrun sets RANK for its processes,
+# not for itself or the command): files it writes may hold 1 kB, so its first validation
+# prediction (16 slices of 64 x 64) fails as on a full disk. Python ignores SIGXFSZ; the write
+# raises EFBIG.
+_RANK1_SMALL_FILES = """
+import os, resource
+if os.environ.get("RANK") == "1":
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1024, 1024))
+"""
+
+
+def test_a_process_failing_in_validation_ends_the_run_in_one_line(tmp_path, assert_one_line_error):
+    """Rank 1 validates its share of the cases too: its failure there (a full disk) is the
+    run's one line, rank 0 waiting for its results is stopped, and no epoch is saved."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(_RANK1_SMALL_FILES)
+    env = {**_env(tmp_path), "PYTHONPATH": f"{site}{os.pathsep}{ROOT}", "PYTHONDONTWRITEBYTECODE": "1"}
+    # 4 cases split 1 / 2 / 1: two validation cases, one for each process
+    done = subprocess.run([sys.executable, "-m", "edgeseg", "train", "--nproc", "2", "--epochs", "2",
+                           "--val-fraction", "0.5", "--out", str(tmp_path / "run"), *TINY],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert_one_line_error(done, "the disk may be full")
+    assert "edgeseg-validation-" in done.stderr and done.stderr.rstrip().endswith("1.npy"), done.stderr
+    assert not (tmp_path / "run" / "last.pt").exists()
+    assert not list(tmp_path.glob("edgeseg-validation-*")), "rank 1's predictions folder is left"
+
+
 def test_a_killed_training_process_ends_the_run_in_one_line(tmp_path):
     """A process killed (by the out-of-memory killer, say): the other one, whose gradient
     all-reduce fails, is stopped by torchrun, and the command names the killed one."""
