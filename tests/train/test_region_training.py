@@ -15,19 +15,15 @@ from edgeseg.train.recipes import load_recipe
 RECIPE = """name = "tiny-regions"
 version = 1
 [train]
+regions = [[1, 2], [2]]
+labels = { faint = [1], bright = [2] }
+class_weights = [0.5, 1, 2]
+mask = "labels"
+case_pattern = "file"
 size = 32
 base = 4
 depth = 2
-window = [0, 255]
-intensity = "hu-clipped:0,255"
-case_pattern = "file"
-mask = "labels"
-labels = { faint = [1], bright = [2] }
-class_weights = [0.5, 1, 2]
-regions = [[1, 2], [2]]
 epochs = 1
-batch_size = 4
-lr = 0.01
 """
 
 
