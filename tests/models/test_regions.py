@@ -35,6 +35,7 @@ def head_labels(r: np.ndarray) -> dict[str, np.ndarray]:
     return {"numpy": np.argmax(scores, axis=1).astype(np.uint8),
             "torch": torch.from_numpy(scores).argmax(dim=1).numpy().astype(np.uint8),
             "C kernel": postprocess(scores, scores.shape[2:], resize="labels"),
+            "numpy reference kernel": postprocess(scores, scores.shape[2:], resize="labels", reference=True),
             "C kernel, logits resize": postprocess(scores, scores.shape[2:], resize="logits")}
 
 
@@ -72,6 +73,7 @@ def test_the_argmax_ties_go_to_the_lowest_class_everywhere():
     assert np.argmax(batch, axis=1)[0, 0].tolist() == want
     assert torch.from_numpy(batch).argmax(dim=1)[0, 0].tolist() == want
     assert postprocess(batch, (1, 4), resize="labels")[0, 0].tolist() == want
+    assert postprocess(batch, (1, 4), resize="labels", reference=True)[0, 0].tolist() == want
 
 
 def test_a_region_below_the_running_maximum_s_resolution_reads_as_not_in_it():
