@@ -26,6 +26,7 @@ typedef struct {
     int max_batch;
     int fixed_batch;         /* the input's batch size where the manifest fixes it (else 0: -1, dynamic) */
     int num_classes;         /* max label + 1 */
+    int regions;             /* model.regions is set: the outputs are region scores (mirror.c) */
     char **labels;           /* num_classes names, "" where unnamed */
     char *spec_json;         /* the spec object, compact */
     char artifact_file[256]; /* the chosen ONNX artifact */

@@ -233,12 +233,12 @@ static int run_mirrored(es_segmenter *seg, int n, float **mean, int64_t dims[4],
                          (long long)dims[1]);
         if (rc == ES_OK && !sum && !(sum = malloc((size_t)n * (size_t)(dims[1] * dims[2] * dims[3]) * sizeof(float))))
             rc = es_fail(err, ES_ENOMEM, "no memory for the mirrored probabilities of %d slice(s)", n);
-        if (rc == ES_OK) es_mirror_accumulate(sum, logits, n, dims[1], dims[2], dims[3], pass);
+        if (rc == ES_OK) es_mirror_accumulate(sum, logits, n, dims[1], dims[2], dims[3], pass, b->regions);
         if (out) ov_tensor_free(out);
     }
     memcpy(seg->input, seg->original, count * sizeof(float)); /* as the caller left it */
     if (rc == ES_OK) {
-        es_mirror_finish(sum, (size_t)n * (size_t)(dims[1] * dims[2] * dims[3]), seg->mirrors);
+        es_mirror_finish(sum, n, dims[1], dims[2], dims[3], seg->mirrors, b->regions);
         *mean = sum;
     } else {
         free(sum);

@@ -35,7 +35,7 @@ static void test_mean_probabilities_match_the_oracle(void) {
             for (int c = 0; c < K; c++)
                 for (int y = 0; y < H; y++)
                     for (int x = 0; x < W; x++) logits[((i * K + c) * H + y) * W + x] = logit(pass, i, c, y, x);
-        es_mirror_accumulate(sum, logits, N, K, H, W, pass);
+        es_mirror_accumulate(sum, logits, N, K, H, W, pass, 0);
         /* The network saw the mirrored slice: its output at (y, x) belongs to the slice's mirror of (y, x). */
         for (int i = 0; i < N; i++)
             for (int y = 0; y < H; y++)
@@ -46,23 +46,64 @@ static void test_mean_probabilities_match_the_oracle(void) {
                     for (int c = 0; c < K; c++) want[((i * K + c) * H + y) * W + x] += e[c] / total;
                 }
     }
-    es_mirror_finish(sum, N * K * H * W, 4);
+    es_mirror_finish(sum, N, K, H, W, 4, 0);
     for (int j = 0; j < N * K * H * W; j++)
         CHECK(fabs(sum[j] - log(want[j] / 4)) < 1e-5, "element %d: %g against %g", j, sum[j], log(want[j] / 4));
 }
 
 static void test_nonfinite_logits_stay_nonfinite(void) {
     float logits[2] = {NAN, 1.0f}, sum[2];
-    es_mirror_accumulate(sum, logits, 1, 2, 1, 1, 0);
-    es_mirror_finish(sum, 2, 1);
+    es_mirror_accumulate(sum, logits, 1, 2, 1, 1, 0, 0);
+    es_mirror_finish(sum, 1, 2, 1, 1, 1, 0);
     CHECK(isnan(sum[0]) && isnan(sum[1]), "NaN logit gave %g %g", sum[0], sum[1]);
     float inf[2] = {1.0f, INFINITY};
-    es_mirror_accumulate(sum, inf, 1, 2, 1, 1, 0);
-    es_mirror_finish(sum, 2, 1);
+    es_mirror_accumulate(sum, inf, 1, 2, 1, 1, 0, 0);
+    es_mirror_finish(sum, 1, 2, 1, 1, 1, 0);
     CHECK(!isfinite(sum[0]) || !isfinite(sum[1]), "inf logit gave %g %g", sum[0], sum[1]);
 }
 
+/* A region model's scores (s_0 = 0, s_c = r_c + max(0, s_1..s_{c-1})): the passes average each
+ * region's sigmoid; the result is the scores head applied to the logit of those means. */
+static void test_region_scores_average_the_region_sigmoids(void) {
+    float logits[N * K * H * W], sum[N * K * H * W];
+    double mean[N * K * H * W] = {0};
+    for (int pass = 0; pass < 4; pass++) {
+        for (int i = 0; i < N; i++)
+            for (int y = 0; y < H; y++)
+                for (int x = 0; x < W; x++) {
+                    float top = 0.0f, *s = logits + (i * K * H + y) * W + x;
+                    s[0] = 0.0f;
+                    for (int c = 1; c < K; c++) {
+                        s[c * H * W] = logit(pass, i, c, y, x) + top;
+                        top = s[c * H * W] > top ? s[c * H * W] : top;
+                    }
+                }
+        es_mirror_accumulate(sum, logits, N, K, H, W, pass, 1);
+        for (int i = 0; i < N; i++)
+            for (int y = 0; y < H; y++)
+                for (int x = 0; x < W; x++) {
+                    int sy = pass >= 2 ? H - 1 - y : y, sx = pass % 2 ? W - 1 - x : x;
+                    for (int c = 1; c < K; c++)
+                        mean[((i * K + c) * H + y) * W + x] += 1.0 / (1.0 + exp(-(double)logit(pass, i, c, sy, sx))) / 4;
+                }
+    }
+    es_mirror_finish(sum, N, K, H, W, 4, 1);
+    for (int i = 0; i < N; i++)
+        for (int j = 0; j < H * W; j++) {
+            double top = 0.0, want;
+            CHECK(sum[i * K * H * W + j] == 0.0f, "background score %g", sum[i * K * H * W + j]);
+            for (int c = 1; c < K; c++) {
+                double m = mean[(i * K + c) * H * W + j];
+                want = log(m / (1 - m)) + top;
+                CHECK(fabs(sum[(i * K + c) * H * W + j] - want) < 1e-4, "slice %d class %d pixel %d: %g against %g",
+                      i, c, j, sum[(i * K + c) * H * W + j], want);
+                top = want > top ? want : top;
+            }
+        }
+}
+
 void test_mirror_all(void) {
+    test_region_scores_average_the_region_sigmoids();
     test_planes_are_mirrored();
     test_mean_probabilities_match_the_oracle();
     test_nonfinite_logits_stay_nonfinite();

@@ -67,6 +67,9 @@ from edgeseg.train.config import LOSSES, MEMORY_FORMATS
 @click.option("--loss", type=click.Choice(list(LOSSES), case_sensitive=False), default="dice-ce", show_default=True,
               help="Region term (Dice or Tversky) plus pixel term (cross-entropy or focal).")
 @click.option("--class-weights", default=None, help="Pixel-loss weight per class, background first, e.g. '0.5,1,2'.")
+@click.option("--regions", default=None,
+              help="Region-based training (nnU-Net's): one sigmoid output per region of classes, e.g. '1+2,2' for "
+                   "[[1, 2], [2]]; region k decodes to class k + 1 (default: softmax over the classes).")
 @click.option("--folds", default=0, show_default=True, type=click.IntRange(min=0),
               help="k-fold cross-validation by case (0: the --val/--test-fraction split).")
 @click.option("--fold", default=0, show_default=True, type=click.IntRange(min=0), help="Which fold to hold out (0-based).")
@@ -203,7 +206,7 @@ def config_from_options(opts: dict, recipe, ctx: click.Context):
         augment=not opts["no_augment"], augment_p=opts["augment_p"], ema_epochs=opts["ema_epochs"], amp=opts["amp"],
         threads=opts["threads"], fit=opts["fit"], mask=opts["mask"], case_pattern=opts["case_pattern"],
         loss=opts["loss"], folds=opts["folds"], fold=opts["fold"],
-        class_weights=_parse_weights(opts["class_weights"]), sync_bn=opts["sync_bn"],
+        class_weights=_parse_weights(opts["class_weights"]), regions=_parse_regions(opts["regions"]), sync_bn=opts["sync_bn"],
         cache=str(Path(opts["cache"]).resolve()) if opts["cache"] else None, workers=opts["workers"],
         foreground_share=opts["foreground_share"], memory_format=opts["memory_format"],
         deterministic=opts["deterministic"],
@@ -237,6 +240,12 @@ def _is_slice_folder(data: str) -> bool:
         return detect_layout(path) == "slices"
     except EdgesegError:
         return True
+
+
+def _parse_regions(text: str | None) -> list[list[int]] | None:
+    from edgeseg.models.region_order import parse_regions
+
+    return None if text is None else parse_regions(text)
 
 
 def _parse_weights(text: str | None) -> list[float] | None:

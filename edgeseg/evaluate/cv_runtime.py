@@ -62,7 +62,8 @@ def score_fold_bundle(checkpoint: str | Path, folder: Path, record: dict[str, An
         runner = select_runner(bundle, manifest, backend, threads)
         # The same post-processing as the PyTorch column, not the manifest's (chosen on these slices).
         options = NO_FILTERS if postprocess is None else postprocess
-        with Segmenter(manifest.spec, manifest.labels, runner, options, manifest.max_batch, tta=tta) as segmenter:
+        with Segmenter(manifest.spec, manifest.labels, runner, options, manifest.max_batch, tta=tta,
+                       regions=manifest.regions) as segmenter:
             scores[backend] = fold_record(checkpoint, payload, score_volumes(segmenter, volumes, payload, progress))
     kept = scores if postprocess is None else {"postprocess": postprocess, "scores": scores}
     atomic_write_text(scores_path, json.dumps(kept, indent=2) + "\n")

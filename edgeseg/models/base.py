@@ -12,8 +12,9 @@ def check_widths(in_channels: int, num_classes: int, base: int, depth: int) -> N
     """Raise ModelConfigError naming the first field out of range."""
     if in_channels < 1:
         raise ModelConfigError(f"in_channels must be >= 1, got {in_channels}")
-    if num_classes < 2:
-        raise ModelConfigError(f"num_classes must be >= 2 (background + at least one class), got {num_classes}")
+    # an architecture's outputs: softmax classes, or (regions) one sigmoid logit per region
+    if num_classes < 1:
+        raise ModelConfigError(f"num_classes (output channels) must be >= 1, got {num_classes}")
     if base < 1:
         raise ModelConfigError(f"base width must be >= 1, got {base}")
     if not 1 <= depth <= 7:

@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from edgeseg.errors import ModelConfigError
+from edgeseg.models.region_order import check_regions
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,8 @@ class ModelConfig:
         num_classes: output classes, background included.
         base: width of the first level.
         depth: number of down-sampling steps.
+        regions: None for softmax outputs; else the regions of region-based training
+            (edgeseg.models.region_order), one sigmoid output each, turned into class scores.
     """
 
     name: str = "unet"
@@ -54,9 +57,20 @@ class ModelConfig:
     num_classes: int = 2
     base: int = 32
     depth: int = 4
+    regions: tuple[tuple[int, ...], ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.regions is not None:
+            object.__setattr__(self, "regions", check_regions(self.regions, self.num_classes))
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """Plain data; ``regions`` only where set, so softmax models record what they always did."""
+        data = asdict(self)
+        if self.regions is None:
+            del data["regions"]
+        else:
+            data["regions"] = [list(r) for r in self.regions]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
@@ -69,7 +83,7 @@ class ModelConfig:
     def differences(self, other: "ModelConfig") -> list[str]:
         """Human-readable 'field: a != b' for each field that differs."""
         a, b = self.to_dict(), other.to_dict()
-        return [f"{k}={a[k]!r} vs {b[k]!r}" for k in a if a[k] != b[k]]
+        return [f"{k}={a.get(k)!r} vs {b.get(k)!r}" for k in dict.fromkeys([*a, *b]) if a.get(k) != b.get(k)]
 
 
 def check_model_name(name: str) -> None:
@@ -81,9 +95,15 @@ def check_model_name(name: str) -> None:
 def build_model(config: ModelConfig):
     """Instantiate the torch module described by ``config``."""
     check_model_name(config.name)
+    if config.num_classes < 2:
+        raise ModelConfigError(f"num_classes must be >= 2 (background + at least one class), got {config.num_classes}")
     entry = MODELS[config.name]
-    return entry.load()(in_channels=config.in_channels, num_classes=config.num_classes, base=config.base,
-                        depth=config.depth, **entry.kwargs)
+    kwargs = dict(in_channels=config.in_channels, base=config.base, depth=config.depth, **entry.kwargs)
+    if config.regions is not None:
+        from edgeseg.models.regions import build_region_model
+
+        return build_region_model(entry.load(), config.regions, **kwargs)
+    return entry.load()(num_classes=config.num_classes, **kwargs)
 
 
 def count_parameters(model) -> int:

@@ -210,6 +210,11 @@ class Manifest:
     def num_classes(self) -> int:
         return max(self.labels) + 1
 
+    @property
+    def regions(self) -> bool:
+        """Whether the model is a region model (its outputs are scores of sigmoid regions)."""
+        return isinstance(self.model, dict) and self.model.get("regions") is not None
+
     def artifact(self, fmt: str, precision: str) -> ArtifactEntry | None:
         """The artifact of that format and precision, or None."""
         for entry in self.artifacts:

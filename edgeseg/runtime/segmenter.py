@@ -70,6 +70,8 @@ class Segmenter:
         bundle, manifest: the bundle folder and its manifest, when loaded from one.
         tta: test-time mirroring of ``predict`` and ``predict_volume`` (``none``, ``flip``,
             ``mirror``; see ``edgeseg.runtime.tta``); ``infer`` and ``logits`` stay one pass.
+        regions: whether the runner's outputs are a region model's scores (default: as the
+            manifest says; a module's own ``regions``), which mirroring averages as regions.
 
     Example:
         >>> seg = Segmenter.load("runs/demo/bundle")          # doctest: +SKIP
@@ -79,9 +81,11 @@ class Segmenter:
     def __init__(self, spec: PreprocessSpec, labels: dict[int, str], runner: Runner,
                  postprocess: dict | PostprocessOptions | None = None,
                  max_batch: int | None = None, *, resize_input: bool = True, bundle: str | Path | None = None,
-                 manifest: Manifest | None = None, tta: str = "none") -> None:
+                 manifest: Manifest | None = None, tta: str = "none", regions: bool | None = None) -> None:
         self.spec = spec
         self.tta = check_tta(tta)
+        # a region model's outputs are mirrored as regions (edgeseg.runtime.tta)
+        self.regions = bool(manifest is not None and manifest.regions) if regions is None else bool(regions)
         self.labels = dict(labels)
         self.runner = runner
         self.max_batch = runner.max_batch if max_batch is None else int(max_batch)
@@ -151,7 +155,8 @@ class Segmenter:
         from edgeseg.runtime.runners.torch_module import TorchModuleRunner
 
         inputs, outputs = network_tensors(spec, len(labels))
-        return cls(spec, labels, TorchModuleRunner(module, inputs, outputs, max_batch, threads), postprocess, tta=tta)
+        return cls(spec, labels, TorchModuleRunner(module, inputs, outputs, max_batch, threads), postprocess, tta=tta,
+                   regions=getattr(module, "regions", None) is not None)
 
     @property
     def backend(self) -> str:
@@ -292,7 +297,7 @@ class Segmenter:
         n = len(batch)
         if 0 < n < self.fixed_batch:
             batch = np.concatenate([batch, np.zeros((self.fixed_batch - n, *batch.shape[1:]), batch.dtype)])
-        return mirrored_logits(self.runner.infer, batch, self.tta)[:n]
+        return mirrored_logits(self.runner.infer, batch, self.tta, self.regions)[:n]
 
     def _postprocess(self, logits: np.ndarray, size: tuple[int, ...], out: np.ndarray | None = None) -> np.ndarray:
         """Labels at ``size`` (the spec's fit undone) and the per-slice component filters of every class."""

@@ -7,7 +7,8 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from edgeseg.errors import EdgesegError
-from edgeseg.models.registry import MODELS
+from edgeseg.models.region_order import check_regions
+from edgeseg.models.registry import MODELS, ModelConfig
 from edgeseg.spec import FITS, INTERPOLATIONS, PreprocessSpec
 
 # Region term (Dice or Tversky) - pixel term (cross-entropy or focal); see edgeseg.train.losses.
@@ -35,6 +36,8 @@ class TrainConfig:
     class order (class 0 is background), e.g. ``{"liver": [1, 2]}`` merges LiTS liver and
     tumour. ``window`` is the HU window of the PreprocessSpec the model is trained with, and
     ``fit`` its fit ("stretch" or "pad": keep the aspect ratio of non-square slices).
+    ``regions`` (e.g. ``[[1, 2], [2]]``) trains one sigmoid output per region instead of softmax
+    classes (nnU-Net's region-based training; edgeseg.models.region_order).
     """
 
     data: str = "phantom"
@@ -66,6 +69,7 @@ class TrainConfig:
     class_weights: list[float] | None = None
     focal_gamma: float = 2.0
     tversky: tuple[float, float] = (0.3, 0.7)
+    regions: list[list[int]] | None = None
     folds: int = 0
     fold: int = 0
     recipe: dict[str, Any] | None = None
@@ -135,6 +139,8 @@ class TrainConfig:
         for ok, message in checks:
             if not ok:
                 raise EdgesegError(message)
+        if self.regions is not None:
+            self.regions = [list(r) for r in check_regions(self.regions, len(self.labels) + 1)]
         build_spec(self)  # the window, size and interpolation the spec refuses, refused with the rest
 
     @property
@@ -184,6 +190,12 @@ def config_differences(recorded: dict[str, Any] | None, cfg: TrainConfig, keys: 
         if old != new:
             found.append(f"{key}: {old!r} -> {new!r}")
     return found
+
+
+def build_model_config(cfg: TrainConfig) -> ModelConfig:
+    """The ModelConfig a run trains: its architecture, widths, classes and regions."""
+    regions = None if cfg.regions is None else tuple(tuple(r) for r in cfg.regions)
+    return ModelConfig(name=cfg.model, num_classes=len(cfg.labels) + 1, base=cfg.base, depth=cfg.depth, regions=regions)
 
 
 def build_spec(cfg: TrainConfig) -> PreprocessSpec:

@@ -22,7 +22,7 @@ from edgeseg.progress import progress_bar
 from edgeseg.stopping import stop_at_checkpoints
 from edgeseg.train.augment import AugmentConfig, BatchAugmenter
 from edgeseg.models.checkpoint import save_checkpoint
-from edgeseg.train.config import MEMORY_FORMATS, TrainConfig, build_spec
+from edgeseg.train.config import MEMORY_FORMATS, TrainConfig, build_model_config, build_spec
 from edgeseg.train import distributed
 from edgeseg.train.determinism import determinism_record, deterministic_mode, prepare_cublas
 from edgeseg.train.distributed import ProcessPlace, ShardedShuffle, TrainSampler
@@ -97,7 +97,7 @@ def _train(cfg, resume, progress, on_epoch, make_sampler, place, device) -> dict
     torch.manual_seed(cfg.seed)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    model_config = ModelConfig(name=cfg.model, num_classes=len(cfg.labels) + 1, base=cfg.base, depth=cfg.depth)
+    model_config = build_model_config(cfg)
     amp = autocast_dtype(cfg.amp, device)  # 16-bit autocast keeps its activations in 2 bytes a value
     check_trainable_here(model_config, cfg.size, cfg.batch_size, value_bytes=4 if amp is None else 2,
                          device_memory=torch.cuda.get_device_properties(device).total_memory

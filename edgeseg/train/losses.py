@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from edgeseg.errors import EdgesegError
+from edgeseg.models.regions import region_logits
 from edgeseg.train.config import LOSSES
 
 
@@ -28,6 +29,32 @@ def _overlap_terms(logits: Tensor, target: Tensor) -> tuple[Tensor, Tensor, Tens
     fp = (probs * (1 - onehot)).sum(dims)
     fn = ((1 - probs) * onehot).sum(dims)
     return tp, fp, fn
+
+
+def _region_targets(target: Tensor, regions: Tensor) -> Tensor:
+    """(N, K, H, W) floats: 1 where a pixel's class is in region k (``regions`` is a (classes, K)
+    membership table)."""
+    return regions[target].permute(0, 3, 1, 2).float()
+
+
+def region_pixel_loss(r: Tensor, t: Tensor, gamma: float | None, weight: Tensor | None) -> Tensor:
+    """Binary cross-entropy of region logits ``r`` against region targets ``t`` (the sigmoid focal
+    loss when ``gamma`` is given), averaged over pixels and regions, each pixel weighted by its
+    class's weight (a pixel's terms in every region), normalised by the summed weights."""
+    terms = F.binary_cross_entropy_with_logits(r, t, reduction="none")
+    if gamma is not None:
+        p = torch.sigmoid(r)
+        terms = terms * (1 - (p * t + (1 - p) * (1 - t))).pow(gamma)
+    if weight is None:
+        return terms.mean()
+    return (weight.unsqueeze(1) * terms).sum() / (weight.sum() * r.shape[1])
+
+
+def _region_overlap_terms(r: Tensor, t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Soft TP, FP and FN per region of the sigmoid probabilities, pooled over the batch."""
+    p = torch.sigmoid(r)
+    dims = (0, 2, 3)
+    return (p * t).sum(dims), (p * (1 - t)).sum(dims), ((1 - p) * t).sum(dims)
 
 
 def focal_loss(logits: Tensor, target: Tensor, gamma: float, weight: Tensor | None = None) -> Tensor:
@@ -61,6 +88,10 @@ class SegmentationLoss(nn.Module):
     (the pixel term is a per-process mean, which DDP's gradient averaging makes the global mean
     for equal batches; with class weights it is the mean of per-process weighted means).
     ``deterministic`` computes cross-entropy with :func:`gathered_cross_entropy`.
+    ``regions`` (region-based training, edgeseg.models.regions) takes the model's class scores back
+    to region logits and applies the same terms per region with sigmoids, as nnU-Net does: binary
+    cross-entropy (or the sigmoid focal loss) and soft Dice (or Tversky) over every region; class
+    weights weight each pixel's terms by its true class, as they weight its cross-entropy term.
     """
 
     def __init__(
@@ -74,6 +105,7 @@ class SegmentationLoss(nn.Module):
         smooth: float = 1.0,
         pool_sums: Callable[[Tensor], Tensor] | None = None,
         deterministic: bool = False,
+        regions: Sequence[Sequence[int]] | None = None,
     ) -> None:
         super().__init__()
         if kind not in LOSSES:
@@ -93,6 +125,11 @@ class SegmentationLoss(nn.Module):
         self.pool_sums, self.deterministic = pool_sums, deterministic
         weights = torch.tensor(list(class_weights), dtype=torch.float32) if class_weights is not None else None
         self.register_buffer("class_weights", weights, persistent=False)
+        members = None
+        if regions is not None:
+            classes = 1 + max(c for region in regions for c in region)
+            members = torch.tensor([[c in region for region in regions] for c in range(classes)], dtype=torch.bool)
+        self.register_buffer("regions", members, persistent=False)
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         logits = logits.float()
@@ -101,12 +138,19 @@ class SegmentationLoss(nn.Module):
             if weight.numel() != logits.shape[1]:
                 raise EdgesegError(f"{weight.numel()} class weights for a model of {logits.shape[1]} classes")
             weight = weight.to(logits.device)
-        if self.pixel == "ce":
+        if self.regions is not None:
+            r = region_logits(logits)
+            t = _region_targets(target, self.regions)
+            pixel = region_pixel_loss(r, t, None if self.pixel == "ce" else self.focal_gamma,
+                                      None if weight is None else weight[target])
+            tp, fp, fn = _region_overlap_terms(r, t)
+        elif self.pixel == "ce":
             pixel = (gathered_cross_entropy(logits, target, weight) if self.deterministic
                      else F.cross_entropy(logits, target, weight=weight))
         else:
             pixel = focal_loss(logits, target, self.focal_gamma, weight)
-        tp, fp, fn = _overlap_terms(logits, target)
+        if self.regions is None:
+            tp, fp, fn = _overlap_terms(logits, target)
         if self.pool_sums is not None:
             tp, fp, fn = self.pool_sums(torch.stack([tp, fp, fn])).unbind(0)
         # Written as 2TP / (2TP + 2a FP + 2b FN) so that a = b = 0.5 is exactly soft Dice with
@@ -128,4 +172,4 @@ def build_loss(cfg, pool_sums: Callable[[Tensor], Tensor] | None = None) -> Segm
     """The loss a TrainConfig names (``loss``, ``class_weights``, ``focal_gamma``, ``tversky``);
     ``pool_sums`` as in :class:`SegmentationLoss`; ``deterministic`` as the run's."""
     return SegmentationLoss(cfg.loss, cfg.class_weights, cfg.focal_gamma, tuple(cfg.tversky), pool_sums=pool_sums,
-                            deterministic=cfg.deterministic)
+                            deterministic=cfg.deterministic, regions=getattr(cfg, "regions", None))

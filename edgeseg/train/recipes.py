@@ -37,7 +37,7 @@ RECIPE_KEYS: dict[str, tuple[type, ...]] = {
     "model": (str,), "base": (int,), "depth": (int,), "size": (int,), "window": (list,),
     "interpolation": (str,), "fit": (str,), "labels": (dict, str), "intensity": (str,), "mask": (str,),
     "case_pattern": (str,), "loss": (str,), "class_weights": (list,), "focal_gamma": (int, float),
-    "tversky": (list,), "augment": (bool,), "augment_p": (int, float), "epochs": (int,),
+    "tversky": (list,), "regions": (list,), "augment": (bool,), "augment_p": (int, float), "epochs": (int,),
     "batch_size": (int,), "lr": (int, float), "weight_decay": (int, float), "warmup_epochs": (int, float),
     "ema_epochs": (int, float), "seed": (int,),
 }
@@ -133,6 +133,11 @@ def _normalise(key: str, value: Any, path: Path) -> Any:
         if len(value) != 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
             raise EdgesegError(f"recipe {path}: {key} must be two numbers, got {value!r}")
         return [float(v) for v in value]
+    if key == "regions":  # checked against the classes with the rest of the config
+        if not all(isinstance(r, list) and all(type(c) is int for c in r) for r in value):
+            raise EdgesegError(f"recipe {path}: regions must be a list of lists of class numbers, e.g. [[1, 2], [2]], "
+                               f"got {value!r}")
+        return [list(r) for r in value]
     if key == "class_weights":
         if not value or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
             raise EdgesegError(f"recipe {path}: class_weights must be a list of numbers, got {value!r}")

@@ -11,7 +11,7 @@ from edgeseg.errors import CheckpointError, EdgesegError
 from edgeseg.models import ModelConfig
 from edgeseg.models.checkpoint import read_checkpoint
 from edgeseg.spec import PreprocessSpec
-from edgeseg.train.config import DATA_KEYS, TrainConfig, build_spec, config_differences
+from edgeseg.train.config import DATA_KEYS, TrainConfig, build_model_config, build_spec, config_differences
 
 
 def check_start(out: str | Path, resume: bool, overwrite: bool) -> None:
@@ -39,7 +39,7 @@ def check_resumable(path: Path, cfg: TrainConfig) -> dict[str, Any]:
         raise CheckpointError(f"cannot resume {path} on other data or another split ({'; '.join(changed)}); "
                               "train into another --out")
     saved = ModelConfig.from_dict(payload["model"])
-    now = ModelConfig(name=cfg.model, num_classes=len(cfg.labels) + 1, base=cfg.base, depth=cfg.depth)
+    now = build_model_config(cfg)
     if saved != now:
         raise CheckpointError(f"cannot resume {path}: it is from a different model config ({', '.join(saved.differences(now))})")
     if PreprocessSpec.from_dict(payload["spec"]) != build_spec(cfg):

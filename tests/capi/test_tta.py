@@ -10,6 +10,7 @@ test allows a handful of voxels (none in practice) and reports how many.
 from __future__ import annotations
 
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -39,6 +40,28 @@ def test_mirrored_masks_equal_python(series, mode, precision, bundle, programs, 
     got = _run_tta(programs, bundle, precision, mode, hu, tmp_path)
     differ = int(np.count_nonzero(got != expected))
     assert differ <= 5, f"{differ} of {got.size} voxels differ from the Python runtime's"
+
+
+def test_a_region_model_s_mirrors_average_its_region_sigmoids_as_python_does(bundle, programs, phantom_hu, tmp_path):
+    """A manifest naming regions makes both runtimes read the outputs as region scores
+    (edgeseg.models.regions) and average each region's sigmoid; the suite's softmax network
+    stands in for a region network (its class-1 output read as the region's score), which
+    decodes otherwise than its softmax mirrors, so a C runtime that ignored the flag would fail."""
+    import json
+    import shutil
+
+    copy = Path(shutil.copytree(bundle, tmp_path / "regions"))
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["model"]["regions"] = [[1]]
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with Segmenter.load(copy, backend="openvino:fp32", tta="mirror") as seg:
+        assert seg.regions
+        expected = seg.predict_volume(phantom_hu)
+    got = _run_tta(programs, copy, "fp32", "mirror", phantom_hu, tmp_path)
+    differ = int(np.count_nonzero(got != expected))
+    assert differ <= 5, f"{differ} of {got.size} voxels differ from the Python runtime's"
+    softmax = _run_tta(programs, bundle, "fp32", "mirror", phantom_hu, tmp_path)
+    assert np.count_nonzero(softmax != got) > 5 * (differ + 1)
 
 
 def test_mirroring_changes_the_masks_it_should(bundle, programs, phantom_hu, tmp_path):
