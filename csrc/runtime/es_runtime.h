@@ -48,6 +48,8 @@ struct cJSON;
 
 /* Read manifest "postprocess" (either layout) into the bundle's per-class options. */
 int es_parse_postprocess(const struct cJSON *post, es_bundle *b, const char *dir, es_error *err);
+/* model.regions: null, or one non-empty list of classes 1..N-1 per foreground class (sets b->regions) */
+int es_parse_regions(const struct cJSON *model, es_bundle *b, const char *dir, es_error *err);
 
 /* component_rules.c: the parsed options as the kernels' component rules. */
 

@@ -299,8 +299,8 @@ static int parse_options(const cJSON *root, es_bundle *b, const char *dir, es_er
     if (resize_input && !cJSON_IsBool(resize_input))
         return es_fail(err, ES_EBUNDLE, "bundle %s: resize_input must be true or false", dir);
     b->resize_input = !resize_input || cJSON_IsTrue(resize_input);
-    const cJSON *model = cJSON_GetObjectItemCaseSensitive(root, "model"), *regions = cJSON_GetObjectItemCaseSensitive(model, "regions");
-    b->regions = cJSON_IsObject(model) && regions && !cJSON_IsNull(regions); /* region scores: mirror.c */
+    int rc_regions = es_parse_regions(cJSON_GetObjectItemCaseSensitive(root, "model"), b, dir, err); /* mirror.c */
+    if (rc_regions) return rc_regions;
     const char *resize = post ? string_or(post, "resize", "logits") : "logits";
     int rc = es_parse_postprocess(post, b, dir, err);
     if (rc) return rc;

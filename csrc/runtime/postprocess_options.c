@@ -70,3 +70,17 @@ int es_parse_postprocess(const cJSON *post, es_bundle *b, const char *dir, es_er
     }
     return ES_OK;
 }
+
+int es_parse_regions(const cJSON *model, es_bundle *b, const char *dir, es_error *err) {
+    const cJSON *regions = cJSON_IsObject(model) ? cJSON_GetObjectItemCaseSensitive(model, "regions") : NULL;
+    b->regions = regions && !cJSON_IsNull(regions);
+    if (!b->regions) return 0;
+    int ok = cJSON_IsArray(regions) && cJSON_GetArraySize(regions) == b->num_classes - 1;
+    for (const cJSON *r = ok ? regions->child : NULL; r && ok; r = r->next) {
+        ok = cJSON_IsArray(r) && r->child;
+        for (const cJSON *c = ok ? r->child : NULL; c && ok; c = c->next)
+            ok = es_json_is_integer(c) && c->valuedouble >= 1 && c->valuedouble < b->num_classes;
+    }
+    return ok ? 0 : es_fail(err, ES_EBUNDLE, "bundle %s: model.regions must be null or one list of classes 1..%d per foreground class",
+                            dir, b->num_classes - 1);
+}

@@ -47,6 +47,7 @@ from typing import Any
 from edgeseg.errors import BundleError, SpecError, shown
 from edgeseg.runtime.bundle_files import check_inside_bundle, read_bundle_json_bytes, sha256_file
 from edgeseg.runtime.onnx_form import check_self_contained
+from edgeseg.runtime.postprocess_options import check_regions_entry
 from edgeseg.spec import PreprocessSpec
 
 SCHEMA_VERSION = 1
@@ -198,6 +199,7 @@ class Manifest:
             raise BundleError(f"input has a fixed batch of {self.inputs[0].shape[0]}, above max_batch {self.max_batch}")
         if 0 not in self.labels:
             raise BundleError(f"labels must name class 0 (background), got {self.labels}")
+        check_regions_entry(self.model.get("regions") if isinstance(self.model, dict) else None, max(self.labels) + 1)
         # the network's tensors as network_tensors writes them: what the runtime feeds and reads
         rows, cols = self.spec.size
         for tensor, channels, what in ((self.inputs[0], 1, "1 channel"),

@@ -31,7 +31,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from edgeseg.errors import DataError, shown
+from edgeseg.errors import BundleError, DataError, shown
 from edgeseg.kernels import ComponentRule
 
 RESIZE_MODES = ("logits", "labels")
@@ -200,3 +200,16 @@ def _class_options(key: Any, value: Any, num_classes: int) -> ClassPostprocess:
         raise DataError(f"postprocess.classes[{shown(key)}].removed_to must be another class number in "
                         f"0..{num_classes - 1}, got {shown(to)}")
     return ClassPostprocess(opts["keep_largest"], pixels, opts["keep_largest_3d"], float(ml), to)
+
+
+def check_regions_entry(regions: Any, num_classes: int) -> None:
+    """A manifest's ``model.regions`` (region models, whose mirrored scores are averaged as
+    sigmoids): null, or one non-empty list of classes 1..N-1 per foreground class. libedgeseg's
+    ``es_parse_regions`` checks the same, so both runtimes mirror alike or refuse alike."""
+    if regions is None:
+        return
+    whole = lambda c: type(c) is int and 1 <= c < num_classes  # noqa: E731 (not a bool, not 2.0)
+    if (not isinstance(regions, list) or len(regions) != num_classes - 1
+            or not all(isinstance(r, list) and r and all(whole(c) for c in r) for r in regions)):
+        raise BundleError(f"model.regions must be null or one list of classes 1..{num_classes - 1} per "
+                          f"foreground class, got {shown(regions)}")

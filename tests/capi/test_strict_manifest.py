@@ -65,6 +65,13 @@ REFUSED = {
     "infinity-in-calibration": (b'{"0": "background", "1": "liver"}',
                                 {"text": _once('"calibration": {', '"calibration": {"x": -Infinity, ')},
                                 "not readable JSON"),
+    # model.regions switches both runtimes' mirroring to region sigmoids: only a well-formed value may
+    **{f"regions-{name}": (b'{"0": "background", "1": "liver"}',
+                           {"text": _once('"model": {', '"model": {"regions": ' + value + ', ')},
+                           "model.regions must be null or one list of classes 1..1 per foreground class")
+       for name, value in {"number": "5", "class-out-of-range": "[[2]]", "empty-region": "[[]]",
+                           "float-class": "[[1.0]]", "bool-class": "[[true]]", "one-region-too-many": "[[1], [1]]",
+                           "string": '"[[1]]"'}.items()},
     # valid JSON padded with whitespace past libedgeseg's 64 MiB: Python read a 2 GiB one whole
     "padded-past-64-mib": (b'{"0": "background", "1": "liver"}', {"tail": b" " * ((64 << 20) + 1)},
                            "not a regular file of at most 67108864 bytes"),
@@ -100,6 +107,14 @@ def test_where_both_accept_they_read_the_same_labels(case, bundle, tmp_path, run
     code, message, lines = run_checks("open", copy, "fp32")
     assert (code, message) == (ES_OK, "opened")
     assert [line.split("\t")[1:] for line in lines if line.startswith("label\t")] == [["0", "background"], ["1", name]]
+
+
+@pytest.mark.parametrize("regions", ["null", "[[1]]"])
+def test_a_well_formed_regions_entry_is_read_by_both(regions, bundle, tmp_path, run_checks):
+    copy = _bundle_with(bundle, tmp_path, b'{"0": "background", "1": "liver"}',
+                        text=_once('"model": {', '"model": {"regions": ' + regions + ', '))
+    assert read_manifest(copy).regions is (regions != "null")
+    assert run_checks("open", copy, "fp32")[:2] == (ES_OK, "opened")
 
 
 REPEATED_KEYS = {
