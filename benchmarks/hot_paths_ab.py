@@ -18,7 +18,8 @@ Tasks:
 - ``bench``: ``edgeseg bench`` (``--no-cold-start``), wall time of the whole command.
 - ``serve``: one ``edgeseg serve`` per tree, all started first and kept running; this
   checkout's load client (``run_load``) drives them in turns: requests/s of the network model
-  (float32 tensors) and of the pipeline model (512x512 int16 slices).
+  (float32 tensors) and of the pipeline model (512x512 int16 slices), and the server's CPU
+  time per request (on a shared machine requests/s moves by 20 % between rounds; CPU time far less).
 - ``node``: one ``edgeseg listen`` per tree; ``storescu`` sends the series, and the time from
   its start to the SEG file in the node's folder is taken (it includes the node's ``--idle``).
 """
@@ -70,6 +71,12 @@ def timed(argv: list[str], env: dict, cwd: Path) -> tuple[float, float, str]:
     return wall, usage.ru_utime + usage.ru_stime, out
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far, all its threads (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -96,7 +103,9 @@ def fix_choice(cache: Path, choice: str) -> None:
     probe.write_text(json.dumps(records))
 
 
-class Runner:
+class Turns:
+    """The trees, their environments and the samples of every measure, taken in turns."""
+
     def __init__(self, args, tmp: Path):
         self.args, self.tmp = args, tmp
         self.trees = dict(t.split("=", 1) for t in args.tree)
@@ -175,6 +184,7 @@ class Runner:
                 procs[tree] = subprocess.Popen(argv, env=env, cwd=self.tmp, stdout=log, stderr=log)
             for tree, proc in procs.items():
                 wait_port(ports[tree], proc)
+            self.pids = {tree: proc.pid for tree, proc in procs.items()}
             yield ports
         finally:
             for proc in procs.values():
@@ -190,10 +200,14 @@ class Runner:
 
     def serve_round(self, tree: str, port: int) -> None:
         for model, label in (("edgeseg", "network"), ("edgeseg-pipeline", "pipeline 512")):
+            before = cpu_seconds(self.pids[tree])
             result = self.load(f"127.0.0.1:{port}", model)
+            used = cpu_seconds(self.pids[tree]) - before
             if result["errors"]:
                 raise RuntimeError(f"{tree}: {result['first_errors']}")
             self.record(tree, f"serve /v2 {label}, {self.args.clients} clients, requests/s", result["requests_per_s"])
+            # CPU time per request moves far less with the machine's load than requests/s
+            self.record(tree, f"serve /v2 {label}, server CPU ms/request", 1000 * used / max(result["requests"], 1))
 
     def load(self, url: str, model: str) -> dict:
         """This checkout's ``run_load``; the pipeline model gets HU slices alone (no spacing
@@ -293,7 +307,7 @@ def main() -> None:
     args = parser.parse_args()
     args.bundle, args.nifti, args.dicom = (str(Path(p).resolve()) for p in (args.bundle, args.nifti, args.dicom))
     with tempfile.TemporaryDirectory(prefix="hot-ab-") as name:
-        Runner(args, Path(name)).run()
+        Turns(args, Path(name)).run()
 
 
 if __name__ == "__main__":
