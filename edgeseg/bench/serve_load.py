@@ -92,10 +92,11 @@ def load_request(manifest, model: str, batch: int, size: int, seed: int = 0) -> 
 
 
 def run_load(url: str, manifest, *, clients: int = 16, seconds: float = 60.0, batch: int = 1,
-             model: str = "edgeseg", size: int = 512, seed: int = 0) -> dict:
-    """Drive the server at ``url`` (host:port); return counts, latency percentiles and throughput."""
+             model: str = "edgeseg", size: int = 512, seed: int = 0, request: tuple | None = None) -> dict:
+    """Drive the server at ``url`` (host:port); return counts, latency percentiles and throughput.
+    ``request``: (body, headers, expected output bytes) to send instead of :func:`load_request`'s."""
     host, _, port = url.rpartition(":")
-    body, headers, expect = load_request(manifest, model, batch, size, seed)
+    body, headers, expect = request or load_request(manifest, model, batch, size, seed)
     latencies: list[list[float]] = [[] for _ in range(clients)]
     errors: list[str] = []
     stop = threading.Event()

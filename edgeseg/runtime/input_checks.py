@@ -9,6 +9,8 @@ series of another modality.
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 
 from edgeseg.errors import DataError
@@ -33,7 +35,10 @@ def checked_hu(images: np.ndarray, spec: PreprocessSpec, *, ndim: int, resize: b
     """
     if modality is not None and modality != "CT":
         raise DataError(f"{what} is a {modality} series; this model segments CT only")
-    if isinstance(images, np.ma.MaskedArray):  # np.asarray drops the mask: masked pixels would be read as HU
+    # np.asarray drops the mask: masked pixels would be read as HU. A masked array exists only once
+    # numpy.ma is imported; ``np.ma`` itself would import it (10-40 ms of every cold start).
+    masked = sys.modules.get("numpy.ma")
+    if masked is not None and isinstance(images, masked.MaskedArray):
         raise DataError(f"{what} is a masked array; give the HU of every pixel (np.ma.filled(images, -1024))")
     arr = np.asarray(images)
     if arr.dtype.kind not in "iuf" or arr.dtype.itemsize > 8:

@@ -9,7 +9,9 @@ file name or a case id can carry a patient's name), so it holds nothing about th
 
 from __future__ import annotations
 
+import contextlib
 import json
+import weakref
 
 from edgeseg import __version__
 from edgeseg.runtime.machine import installed_versions
@@ -17,6 +19,9 @@ from edgeseg.runtime.machine import installed_versions
 #: the key under which the record is stored where a format takes named text (NRRD, PNG)
 PROVENANCE_KEY = "edgeseg_provenance"
 NIFTI_DESCRIP_BYTES = 80  # the NIfTI-1 header's descrip field, NUL-terminated when shorter
+# runner -> its library's installed version, read once per runner: the server puts the record in
+# every response, and reading it means scanning every folder on sys.path
+_LIBRARY_VERSIONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def provenance(segmenter) -> dict[str, str]:
@@ -50,13 +55,19 @@ def library_version(runner) -> str:
     OpenVINO's build string, as the C API records it), else the installed version of ``runner``'s
     library, read from the distributions it names (not from the imported module: the OpenVINO
     runner loads only OpenVINO's bindings, which carry no ``__version__``); empty for a runner
-    without a library."""
+    without a library. Read once per runner: the library a process has loaded does not change
+    under it (a reinstall meanwhile changes what is on disk, not what runs)."""
     own = getattr(runner, "engine_version", "")
     if own:
         return str(own)
+    with contextlib.suppress(KeyError, TypeError):  # not read yet, or a runner that takes no weak reference
+        return _LIBRARY_VERSIONS[runner]
     names = type(runner).library_distributions()
     found = installed_versions(names) if names else {}
-    return next((found[name] for name in names if name in found), "")
+    version = next((found[name] for name in names if name in found), "")
+    with contextlib.suppress(TypeError):
+        _LIBRARY_VERSIONS[runner] = version
+    return version
 
 
 def provenance_json(record: dict[str, str]) -> str:

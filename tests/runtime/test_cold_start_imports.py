@@ -30,7 +30,7 @@ from edgeseg.runtime.runners import library_distributions
 ROOT = Path(__file__).resolve().parents[2]
 # Modules the path to a first mask on OpenVINO must not import (each was imported before).
 NOT_IMPORTED = ("onnxruntime", "openvino", "openvino.tools", "openvino.tools.ovc", "torch", "http.client",
-                "importlib.metadata", "subprocess")
+                "importlib.metadata", "subprocess", "numpy.ma")
 
 FIRST_MASK = textwrap.dedent("""
     import json, sys

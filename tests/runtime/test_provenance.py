@@ -145,3 +145,23 @@ def test_backend_version_is_the_installed_library_of_every_runner(bundle_dir):
     found = json.loads(done.stdout)
     assert found["onnxruntime:fp32"] == metadata.version("onnxruntime")
     assert found["openvino:fp32"].split("-")[0] == metadata.version("openvino"), found
+
+
+def test_backend_version_stays_the_loaded_library_while_another_is_installed(bundle_dir, tmp_path, monkeypatch):
+    """The record names the library the runner loaded, read once per runner (the server puts it
+    in every response): a distribution of another version that appears on ``sys.path`` afterwards
+    (a reinstall while the server runs) does not change what the running engine is."""
+    onnxruntime = pytest.importorskip("onnxruntime")
+    from edgeseg.runtime import Segmenter
+    from edgeseg.runtime.provenance import provenance
+
+    with Segmenter.load(bundle_dir, backend="onnxruntime:fp32") as seg:
+        assert provenance(seg)["backend_version"] == onnxruntime.__version__
+        other = tmp_path / "onnxruntime-0.0.1.dist-info"  # first on sys.path: what metadata now reports
+        other.mkdir()
+        (other / "METADATA").write_text("Metadata-Version: 2.1\nName: onnxruntime\nVersion: 0.0.1\n")
+        monkeypatch.syspath_prepend(str(tmp_path))
+        from importlib import metadata
+
+        assert metadata.version("onnxruntime") == "0.0.1"
+        assert provenance(seg)["backend_version"] == onnxruntime.__version__
