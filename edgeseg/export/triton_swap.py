@@ -131,7 +131,8 @@ def staged_swap(repo: Path, replaced: tuple[str, ...], on_step: Step | None = No
         if (staging / JOURNAL).exists():
             _roll_back(repo, staging, json.loads((staging / JOURNAL).read_text())["models"])
         _remove(staging)
-        name_failure(exc, repo, staging=(staging / "new", repo))
+        # the marker and the journal are the swap's own files: a failure writing them (a full disk) is the repository's
+        name_failure(exc, repo, {str(staging / MARKER): repo, str(staging / JOURNAL): repo}, staging=(staging / "new", repo))
         raise
     os.unlink(staging / JOURNAL)  # the swap is complete: from here on nothing is rolled back
     step("remove", staging, staging)
