@@ -155,7 +155,7 @@ FILE_WRITER = textwrap.dedent("""
 def test_a_file_writer_killed_mid_write_leaves_nothing_after_the_next_write(tmp_path):
     """Single-file writes stage under the writer's pid, as folders do: the next write to the file
     removes a SIGKILLed writer's half file and leaves a running writer's, and users' files of
-    look-alike names, alone (they were mkstemp names, ``.mask.npy.XXXXXXXX.npy``, kept forever)."""
+    look-alike names, alone (they were mkstemp names, ``.mask.npy.<8 random characters>.npy``, kept forever)."""
     from edgeseg.atomic import atomic_write_bytes
 
     target = tmp_path / "mask.npy"

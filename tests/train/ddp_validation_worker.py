@@ -2,7 +2,8 @@
 on a phantom with three validation cases, so that the two processes share them unevenly.
 
 Each process records every file-system write it made (ddp_worker's audit hook): the validation
-predictions it kept show which cases it predicted.
+predictions it kept show which cases it predicted. A helper program, not a test file: the
+assertions on what it wrote are in test_distributed_validation.py.
 """
 
 import dataclasses
