@@ -26,6 +26,8 @@ WRITER = textwrap.dedent("""
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))
     log = AuditLog(path, {"manifest_sha256": "0" * 64})
+    print("ready", flush=True)
+    sys.stdin.readline()  # both start appending together, into a log still empty
     written = refused = 0
     for n in range(count):
         try:
@@ -45,8 +47,17 @@ def test_two_processes_share_one_audit_log_while_one_has_no_room(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[2]), "OMP_NUM_THREADS": "1"}
     count = 8000  # the one out of room tries five times as often: its failed appends overlap all of the other's
     writers = {who: subprocess.Popen([sys.executable, "-c", WRITER, str(log), who, str(limit), str(tries)],
-                                     env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                     env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True)
                for who, limit, tries in (("full", 64 << 10, 5 * count), ("roomy", 0, count))}
+    # On a busy machine one interpreter could start so late that the other had already grown the
+    # log past the first one's limit: it then wrote nothing at all, and its failures overlapped
+    # none of the other's appends. Both wait until both have the log open.
+    for who, proc in writers.items():
+        assert proc.stdout.readline() == "ready\n", proc.communicate()[1]
+    for proc in writers.values():
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
     told = {}
     for who, proc in writers.items():
         out, err = proc.communicate(timeout=300)
@@ -55,5 +66,6 @@ def test_two_processes_share_one_audit_log_while_one_has_no_room(tmp_path):
     assert told["roomy"] == (count, 0)
     assert told["full"][1] > 0  # the limit was reached: the case under test happened
     lines = [json.loads(line) for line in log.read_bytes().decode().splitlines()]  # a torn line fails here
-    assert Counter(line["writer"] for line in lines) == {who: written for who, (written, _) in told.items()}
+    found = Counter(line["writer"] for line in lines)
+    assert {who: found[who] for who in told} == {who: written for who, (written, _) in told.items()}
     assert sorted(line["n"] for line in lines if line["writer"] == "roomy") == list(range(count))
