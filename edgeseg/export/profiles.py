@@ -14,6 +14,7 @@ from typing import Any
 
 from edgeseg.choices import canonical_choice
 from edgeseg.errors import DataError
+from edgeseg.file_values import expected, has_type
 
 FORMATS = ("torchscript", "onnx")
 CALIB_METHODS = ("minmax", "entropy", "percentile")
@@ -35,6 +36,11 @@ MIN_CALIB_SLICES = 16
 # The largest batch an artifact is exported for; a larger figure is a typing error (edgeseg serve
 # takes --max-batch up to the same, and Triton refuses a max_batch_size far beyond it).
 MAX_BATCH = 1024
+# The type each key of a profile file must have (TOML's true is not the number 1, nor 1 true).
+PROFILE_TYPES: dict[str, tuple[type, ...]] = {
+    "formats": (list,), "fp16": (bool,), "int8": (bool,), "trt": (bool,), "calib_method": (str,), "calib_slices": (int,),
+    "max_batch": (int,), "verify_slices": (int,), "fp16_check": (str,), "fp16_check_slices": (int,),
+    "gate_metric": (str,), "int8_scheme": (str,), "structure_px": (int,)}
 # An installed package carries the profiles (setup.py copies export/*.toml there); a checkout
 # reads them from export/ at the top of the tree.
 _SHIPPED = Path(__file__).resolve().parent / "profiles"
@@ -173,6 +179,16 @@ def load_profile(name: str) -> ExportSettings:
         raise DataError(f"export profile {path}: unknown key(s) {unknown}; known: {sorted(known | {'description'})}")
     if not isinstance(thresholds, dict):
         raise DataError(f"export profile {path}: max_dice_drop must be a table, got {thresholds!r}")
+    typed = [(key, value, PROFILE_TYPES[key]) for key, value in data.items()]
+    typed += [(f"max_dice_drop.{key}", value, (float,)) for key, value in thresholds.items()]
+    for key, value, types in typed:
+        if not has_type(value, types):
+            raise DataError(f"export profile {path}: {key} must be {expected(types)}, got {value!r}")
     if "formats" in data:
+        if not all(isinstance(f, str) for f in data["formats"]):
+            raise DataError(f"export profile {path}: formats must list format names, got {data['formats']!r}")
         data["formats"] = tuple(data["formats"])
-    return ExportSettings(**data, max_dice_drop=thresholds)
+    try:
+        return ExportSettings(**data, max_dice_drop=thresholds)
+    except DataError as exc:  # a value out of range, named with the file it is in
+        raise DataError(f"export profile {path}: {exc}") from None

@@ -49,6 +49,7 @@ from typing import Any
 from edgeseg.choices import canonical_choice, canonical_choices
 from edgeseg.errors import DataError, EdgesegError
 from edgeseg.export.profiles import CHOICES as EXPORT_CHOICES
+from edgeseg.file_values import expected, has_type, is_number_list
 from edgeseg.models.registry import MODELS
 from edgeseg.train.config import CHOICES as TRAIN_CHOICES
 
@@ -133,10 +134,8 @@ def _checked_table(doc: dict, section: str, allowed: dict[str, type], where: str
     for key, value in table.items():
         if key not in allowed:
             raise DataError(f"{where}: unknown key {key!r} in [{section}]; known: {sorted(allowed)}")
-        kind = allowed[key]
-        ok = isinstance(value, kind) or (kind is float and isinstance(value, int) and not isinstance(value, bool))
-        if not ok or (kind is int and isinstance(value, bool)):
-            raise DataError(f"{where}: [{section}] {key} must be a {kind.__name__}, got {value!r}")
+        if not has_type(value, (allowed[key],)):
+            raise DataError(f"{where}: [{section}] {key} must be {expected((allowed[key],))}, got {value!r}")
     return dict(table)
 
 
@@ -304,15 +303,15 @@ def train_config(sweep: SweepConfig, point: Point, out: Path):
         recipe["recipe"] = sweep.base_recipe
     if "class_weights" in sweep.recipe:
         weights = sweep.recipe["class_weights"]
-        if not weights or any(isinstance(w, bool) or not isinstance(w, (int, float)) for w in weights):
+        if not is_number_list(weights):
             raise DataError(f"[recipe] class_weights must be a list of numbers, got {weights}")
         recipe["class_weights"] = [float(w) for w in weights]
     val, test = recipe.pop("val_fraction", 0.15), recipe.pop("test_fraction", 0.15)
     if isinstance(recipe.get("labels"), str):
         recipe["labels"] = parse_labels(recipe["labels"])
     if "window" in recipe:
-        if len(recipe["window"]) != 2:
-            raise DataError(f"[recipe] window must be [LO, HI], got {recipe['window']}")
+        if not is_number_list(recipe["window"], count=2):
+            raise DataError(f"[recipe] window must be two numbers [LO, HI], got {list(recipe['window'])}")
         recipe["window"] = tuple(recipe["window"])
     if point.seed is not None:
         recipe["seed"] = point.seed

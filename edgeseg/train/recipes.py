@@ -27,6 +27,7 @@ from typing import Any
 
 from edgeseg.choices import canonical_choice
 from edgeseg.errors import EdgesegError
+from edgeseg.file_values import expected, has_type, is_number_list
 from edgeseg.train.config import CHOICES, parse_labels
 
 # The named recipes are package data (edgeseg/recipes/*.toml), so an installed wheel finds them
@@ -36,10 +37,10 @@ RECIPE_FOLDER = "recipes"
 RECIPE_KEYS: dict[str, tuple[type, ...]] = {
     "model": (str,), "base": (int,), "depth": (int,), "size": (int,), "window": (list,),
     "interpolation": (str,), "fit": (str,), "labels": (dict, str), "intensity": (str,), "mask": (str,),
-    "case_pattern": (str,), "loss": (str,), "class_weights": (list,), "focal_gamma": (int, float),
-    "tversky": (list,), "regions": (list,), "augment": (bool,), "augment_p": (int, float), "epochs": (int,),
-    "batch_size": (int,), "lr": (int, float), "weight_decay": (int, float), "warmup_epochs": (int, float),
-    "ema_epochs": (int, float), "seed": (int,),
+    "case_pattern": (str,), "loss": (str,), "class_weights": (list,), "focal_gamma": (float,),
+    "tversky": (list,), "regions": (list,), "augment": (bool,), "augment_p": (float,), "epochs": (int,),
+    "batch_size": (int,), "lr": (float,), "weight_decay": (float,), "warmup_epochs": (float,),
+    "ema_epochs": (float,), "seed": (int,),
 }
 TOP_KEYS = {"name", "version", "description", "train"}
 
@@ -112,9 +113,8 @@ def _check_values(train: dict[str, Any], path: Path) -> dict[str, Any]:
         if key not in RECIPE_KEYS:
             raise EdgesegError(f"recipe {path} has unknown key {key!r} in [train] (known: {', '.join(sorted(RECIPE_KEYS))})")
         types = RECIPE_KEYS[key]
-        if isinstance(value, bool) and bool not in types or not isinstance(value, types):
-            raise EdgesegError(f"recipe {path}: {key} = {value!r} has the wrong type "
-                               f"(expected {' or '.join(t.__name__ for t in types)})")
+        if not has_type(value, types):
+            raise EdgesegError(f"recipe {path}: {key} = {value!r} has the wrong type (expected {expected(types)})")
         values[key] = _normalise(key, value, path)
     return values
 
@@ -126,11 +126,15 @@ def _normalise(key: str, value: Any, path: Path) -> Any:
     if key == "labels":
         if isinstance(value, str):
             return parse_labels(value)
+        for name, vals in value.items():
+            if not all(type(v) is int for v in (vals if isinstance(vals, list) else [vals])):
+                raise EdgesegError(f"recipe {path}: labels {name} must be a label value or a list of them, e.g. "
+                                   f"{name} = [1, 2], got {vals!r}")
         text = ",".join(f"{name}={'+'.join(str(v) for v in (vals if isinstance(vals, list) else [vals]))}"
                         for name, vals in value.items())
         return parse_labels(text)
     if key in ("window", "tversky"):
-        if len(value) != 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+        if not is_number_list(value, count=2):
             raise EdgesegError(f"recipe {path}: {key} must be two numbers, got {value!r}")
         return [float(v) for v in value]
     if key == "regions":  # checked against the classes with the rest of the config
@@ -139,7 +143,7 @@ def _normalise(key: str, value: Any, path: Path) -> Any:
                                f"got {value!r}")
         return [list(r) for r in value]
     if key == "class_weights":
-        if not value or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+        if not is_number_list(value):
             raise EdgesegError(f"recipe {path}: class_weights must be a list of numbers, got {value!r}")
         return [float(v) for v in value]
     return value

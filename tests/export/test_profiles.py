@@ -37,6 +37,28 @@ def test_bad_profiles_are_named(tmp_path):
         ExportSettings(formats=("torchscript",), int8=True)
 
 
+@pytest.mark.parametrize("line, message", [
+    # a TOML boolean is not a number (Python's bool is an int): each was read as 1 or 1.0
+    ("calib_slices = true", "calib_slices must be an integer, got True"),
+    ("max_batch = true", "max_batch must be an integer, got True"),
+    ("verify_slices = true", "verify_slices must be an integer, got True"),
+    ("structure_px = 1.5", "structure_px must be an integer, got 1.5"),
+    ("int8 = 1", "int8 must be true or false, got 1"),
+    ('formats = "onnx"', "formats must be a list, got 'onnx'"),
+    ("formats = [1]", "formats must list format names, got [1]"),
+    ("[max_dice_drop]\nint8 = true", "max_dice_drop.int8 must be a number, got True"),
+    # a value out of range names the file as well
+    ("calib_slices = 8", "calib-slices 8 is below the 16 slices"),
+])
+def test_a_profile_value_of_the_wrong_type_is_named_with_its_file(tmp_path, line, message):
+    path = tmp_path / "typed.toml"
+    path.write_text(f"int8 = true\n{line}\n" if not line.startswith("int8") else f"{line}\n")
+    with pytest.raises(DataError) as caught:
+        load_profile(str(path))
+    assert str(caught.value).startswith(f"export profile {path}: ") and message in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
 def test_a_profile_takes_choices_in_any_case_and_keeps_them_as_the_command_line_does(tmp_path):
     """calib_method = "Entropy" was refused while --calib-method Entropy exports."""
     path = tmp_path / "loud.toml"

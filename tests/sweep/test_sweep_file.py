@@ -27,7 +27,16 @@ SWEEP = (Path(__file__).parent / "tiny_sweep.toml").read_text()
     (("[measure]", '[choose]\nreference = "unet-b4-d2-s64"\nmax_loss = 0.01\n\n[measure]'),
      "unknown key 'max_loss' in [choose]"),
     (("size = [64]", "size = [66]"), "size 66 is not divisible by 2**depth = 4"),
-    (("lr = 0.01", 'lr = "fast"'), "[recipe] lr must be a float"),
+    (("lr = 0.01", 'lr = "fast"'), "[recipe] lr must be a number, got 'fast'"),
+    # a TOML boolean is not a number (Python's bool is an int): each was read as 1
+    (("calib_slices = 16", "calib_slices = true"), "sweep.toml: [export] calib_slices must be an integer, got True"),
+    (("max_batch = 2", "max_batch = true"), "sweep.toml: [export] max_batch must be an integer, got True"),
+    (("epochs = 3", "epochs = true"), "sweep.toml: [recipe] epochs must be an integer, got True"),
+    (("augment = false", "augment = false\nwindow = [true, 200]"),
+     "point unet-b4-d2-s64: [recipe] window must be two numbers [LO, HI], got [True, 200]"),
+    (("augment = false", "augment = false\nclass_weights = [1, true]"),
+     "point unet-b4-d2-s64: [recipe] class_weights must be a list of numbers, got [1, True]"),
+    (("augment = false", "augment = 1"), "sweep.toml: [recipe] augment must be true or false, got 1"),
     (('"mobile_unet"]', '["mobile_unet"]]'), "[grid] model must list architecture names"),
     (("max_batch = 2", 'max_batch = 2\ngate_metric = "labels"'), "[export] gate metric must be one of"),
     # these were found only after a point had trained (a traceback, or sweep.json already written)

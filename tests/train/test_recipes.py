@@ -98,6 +98,13 @@ def test_covid_recipe_names_both_lesion_classes():
     ("name = 'x'\nversion = 1\nlearning = 3\n", "unknown top-level key 'learning'"),
     ("name = 'x'\nversion = 1\n[train]\nepochs = 'many'\n", "epochs = 'many' has the wrong type"),
     ("name = 'x'\n[train]\n", "integer version"),
+    # a TOML boolean is not a number, nor a number a boolean, and the line names the file
+    ("name = 'x'\nversion = 1\n[train]\nepochs = true\n", r"bad.toml: epochs = True has the wrong type \(expected an integer\)"),
+    ("name = 'x'\nversion = 1\n[train]\nlr = false\n", r"bad.toml: lr = False has the wrong type \(expected a number\)"),
+    ("name = 'x'\nversion = 1\n[train]\naugment = 1\n", r"bad.toml: augment = 1 has the wrong type \(expected true or false\)"),
+    ("name = 'x'\nversion = 1\n[train]\nwindow = [true, 200]\n", r"bad.toml: window must be two numbers"),
+    ("name = 'x'\nversion = 1\n[train]\nlabels = { liver = true }\n", r"bad.toml: labels liver must be a label value"),
+    ("name = 'x'\nversion = 1\n[train]\nlabels = { liver = [1, true] }\n", r"bad.toml: labels liver must be a label value"),
 ])
 def test_bad_recipes_are_refused(tmp_path, text, message):
     path = tmp_path / "bad.toml"
