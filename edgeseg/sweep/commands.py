@@ -35,6 +35,8 @@ def point_commands(sweep: SweepConfig, point: Point, folder: Path) -> list[str]:
     for key, flag in (("window", "--window"), ("class_weights", "--class-weights")):
         if key in recipe:
             train += [flag, ",".join(str(v) for v in recipe[key])]
+    if "regions" in recipe:  # checked by train_config: a list of lists of class numbers
+        train += ["--regions", ",".join("+".join(str(c) for c in region) for region in recipe["regions"])]
     if recipe.get("augment") is False:
         train.append("--no-augment")
     if recipe.get("deterministic"):

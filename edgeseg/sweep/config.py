@@ -59,7 +59,7 @@ RECIPE_KEYS = {"data": str, "labels": str, "window": list, "intensity": str, "ep
                "test_fraction": float, "augment": bool, "augment_p": float, "ema_epochs": float, "amp": str,
                "threads": int, "recipe": str, "fit": str, "loss": str, "class_weights": list, "mask": str,
                "case_pattern": str, "folds": int, "fold": int, "memory_format": str,
-               "deterministic": bool}
+               "deterministic": bool, "regions": list}
 EXPORT_KEYS = {"calib": str, "calib_method": str, "calib_slices": int, "verify_slices": int, "max_batch": int,
                "max_dice_drop_int8": float, "gate_metric": str,
                "int8_scheme": str, "structure_px": int}
