@@ -53,7 +53,8 @@ from edgeseg.cli.tta_option import tta_option
 @click.option("--backend", default="auto", show_default=True, help="Runtime backend, as for edgeseg predict.")
 @click.option("--threads", default=0, show_default=True, help="CPU threads for the backend (0: its default).")
 @click.option("--audit-log", type=click.Path(dir_okay=False), default=None,
-              help="Append one JSON line per association and per series to this file: time, peer, AE titles, study and series UIDs, the SEG, the bundle (manifest and "
+              help="Append one JSON line per association, per series and per connection refused for the limits (a flood "
+                   "coalesced) to this file: time, peer, AE titles, study and series UIDs, the SEG, the bundle (manifest and "
                    "artifact sha256), backend, outcome, latency; no patient names (docs/provenance.md). Off by default.")
 @tta_option
 def command(bundle, ae_title, any_ae, allow_calling, host, port, out, forward, idle, max_series, unsent, resend_every,

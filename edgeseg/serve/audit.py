@@ -17,6 +17,8 @@ artifact sha256, backend, precision, edgeseg version). Events:
   images ``stored`` and ``refused``, ``outcome`` (``released``, ``aborted``, ``rejected``).
 - ``series`` (listen): ``study_uid``, ``series_uid``, ``slices``, ``seg_sop_instance_uid`` and
   ``seg_file``, ``outcome`` (``segmented`` or ``failed`` with ``error``), ``latency_ms``.
+- ``refused_connection`` and ``refused_connections`` (listen): connections refused for the
+  node's connection limits, one by one and then coalesced (dicom_refusal_audit.py).
 
 No line holds a patient's name, ID, birth date or any other attribute of the data set beyond the
 study and series instance UIDs, nor a request's body or query string.

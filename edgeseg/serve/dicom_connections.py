@@ -12,7 +12,9 @@ which answers its association request with an A-ASSOCIATE-RJ (rejected-transient
 local-limit-exceeded) as pynetdicom answers one past ``maximum_associations``; only when that
 one is answering as many as it may is the connection closed unanswered. A connection leaves the
 count the moment its socket is closed. Refusals are logged at most once per ``REFUSAL_LOG_EVERY``
-seconds, with the count of those not logged by host, so a flood does not flood the log.
+seconds, with the count of those not logged by host, so a flood does not flood the log; with an
+audit log, each refusal is also recorded there, coalesced as a flood goes on
+(dicom_refusal_audit.py).
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ import logging
 import threading
 import time
 
-from edgeseg.serve.dicom_refusal import REFUSAL_WAIT, AssociationRefuser, reject_pdu
+from edgeseg.serve.dicom_refusal import REFUSAL_WAIT, AssociationRefuser, ae_titles, reject_pdu
+from edgeseg.serve.dicom_refusal_audit import RefusalAudit, refusal_recorder
 
 log = logging.getLogger("edgeseg.listen")
 
@@ -37,10 +40,11 @@ class ConnectionLimit:
     """Open connections in all and per peer address; :meth:`admit` takes one or says why not,
     :meth:`admit_request` counts its association request against its calling AE title or answers
     it with an A-ASSOCIATE-RJ, :meth:`release` gives both back (once, however often the socket is
-    closed)."""
+    closed). With ``audit`` (an AuditLog), each refusal is recorded there too."""
 
-    def __init__(self, total: int, per_host: int, stats, per_ae: int | None = None) -> None:
+    def __init__(self, total: int, per_host: int, stats, per_ae: int | None = None, audit=None) -> None:
         self.total, self.per_host, self.per_ae = total, per_host, per_ae
+        self.audit = None if audit is None else RefusalAudit(audit)
         self._stats = stats  # NodeStats: refused_connections counts every refusal, logged or not
         self._open: dict[int, str] = {}  # id of each admitted socket -> its peer address
         self._per_host: dict[str, int] = {}
@@ -56,21 +60,28 @@ class ConnectionLimit:
         with self._lock:
             return len(self._open) if host is None else self._per_host.get(host, 0)
 
-    def admit(self, sock, address) -> str | None:
-        """Count ``sock`` (just accepted from ``address``) as open (None), or say why it is refused."""
+    def admit(self, sock, address) -> tuple[str, str] | None:
+        """Count ``sock`` (just accepted from ``address``) as open (None), or say why it is
+        refused: the limit's option and the reason."""
         host = str(address[0])
         with self._lock:
             if len(self._open) >= self.total:
-                reason = f"{len(self._open)} connections are open, the most --max-connections allows"
+                limit = "--max-connections"
+                reason = f"{len(self._open)} connections are open, the most {limit} allows"
             elif self._per_host.get(host, 0) >= self.per_host:
-                reason = (f"{self._per_host[host]} connections from {host} are open, the most "
-                          f"--max-connections-per-host allows")
+                limit = "--max-connections-per-host"
+                reason = f"{self._per_host[host]} connections from {host} are open, the most {limit} allows"
             else:
                 self._open[id(sock)] = host
                 self._per_host[host] = self._per_host.get(host, 0) + 1
                 return None
             self._stats.refused_connections += 1
-            return reason
+            return limit, reason
+
+    def recorder(self, address, limit: str):
+        """``done(outcome, calling_ae=None, called_ae=None)``, recording in the audit log the
+        refusal of the connection from ``address`` for ``limit`` once it is done with."""
+        return refusal_recorder(self.audit, address, limit)
 
     def refused(self, address, reason: str, answered: bool) -> None:
         """Log a refusal (at most one line per period), ``answered`` by an A-ASSOCIATE-RJ or not."""
@@ -91,7 +102,7 @@ class ConnectionLimit:
         """Count the association request ``pdu`` of ``sock`` against its calling AE title (None),
         or log why not and return the A-ASSOCIATE-RJ to answer it with."""
         # PS3.8 9.3.2: the PDU header (6 bytes), protocol version, reserved, called AE title (16)
-        calling = pdu[26:42].decode("ascii", "replace").strip(" \0")
+        calling, called = ae_titles(pdu)
         with self._lock:
             held = self._per_ae.get(calling, 0)
             if self.per_ae is None or held < self.per_ae:
@@ -101,6 +112,7 @@ class ConnectionLimit:
             self._stats.refused_connections += 1
         self.refused(address, f"{held} associations calling as {calling!r} are open, the most "
                               f"--max-associations-per-ae allows", answered=True)
+        self.recorder(address, "--max-associations-per-ae")("rejected", calling, called)
         return reject_pdu()
 
     def release(self, sock) -> None:
@@ -117,7 +129,10 @@ class ConnectionLimit:
                     del self._per_ae[calling]
 
     def flush(self, force: bool = False) -> None:
-        """Log the refusals not logged yet, once their period is over (``force``: now)."""
+        """Log the refusals not logged yet, once their period is over (``force``: now), and write
+        the audit log's summary of a period of refusals that is over."""
+        if self.audit is not None:
+            self.audit.flush(force)
         with self._lock:
             if not self._unlogged or not (force or time.monotonic() - self._logged_at >= REFUSAL_LOG_EVERY):
                 return
@@ -151,12 +166,16 @@ def limited_server_class(limit: ConnectionLimit, refusal_wait: float = REFUSAL_W
             self._handed_over = None
 
         def verify_request(self, request, client_address) -> bool:
-            reason = limit.admit(request, client_address)
-            if reason is None:
+            refused = limit.admit(request, client_address)
+            if refused is None:
                 return True
-            answered = self.refuser.take(request)
+            option, reason = refused
+            done = limit.recorder(client_address, option)
+            answered = self.refuser.take(request, done)
             if answered:
                 self._handed_over = request  # socketserver shuts a refused request down next
+            else:
+                done("closed")
             limit.refused(client_address, reason, answered)
             return False
 

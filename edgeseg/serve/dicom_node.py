@@ -76,7 +76,7 @@ class DicomNode:
         self.any_ae = bool(any_ae)
         self.calling_aets = [title.strip() for title in calling_aets or []]
         self.segmenter = segmenter
-        # ``audit``: an edgeseg.serve.audit.AuditLog, given a line per association and per series
+        # ``audit``: an edgeseg.serve.audit.AuditLog, given a line per association, series and refusal
         self.audit = None if audit is None else AssociationAudit(audit)
         self.ae_title, self.host, self.port = ae_title, host, int(port)
         self.out = Path(out) if out is not None else None
@@ -91,7 +91,7 @@ class DicomNode:
         self.work = Path(work) if work is not None else Path(tempfile.mkdtemp(prefix="edgeseg-listen-"))
         self.stats = NodeStats()
         self._connections = ConnectionLimit(max_connections, per_host_limit(max_connections_per_host, max_associations),
-                                            self.stats, per_host_limit(max_associations_per_ae, max_associations))
+                                            self.stats, per_host_limit(max_associations_per_ae, max_associations), audit)
         self._series: dict[str, HeldSeries] = {}
         self._queued = 0  # series taken to be segmented and not done yet: they are in flight too
         self._turned_away: set[str] = set()  # series refused for --max-series, each logged once

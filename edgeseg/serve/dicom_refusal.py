@@ -11,17 +11,22 @@ pynetdicom sends past ``maximum_associations``, and what dcmtk's tools print as 
 for the peer to close its end (PS3.8 state Sta13) before closing its own. What it spends is bounded:
 at most ``at_once`` connections are being answered together (one past that is closed at once, as
 before), each for at most ``wait`` seconds from its accept, all on one thread and a selector.
+Once done with a connection it tells the caller how (rejected, aborted or closed) and the AE titles
+of its request, where it read them (for the audit log: dicom_refusal_audit.py).
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import selectors
 import socket
 import threading
 import time
 
 from edgeseg.serve.dicom_peer_bound import OTHER_PDU_LIMIT, abort_pdu
+
+log = logging.getLogger("edgeseg.listen")
 
 A_ASSOCIATE_RQ = 0x01
 # PS3.8 9.3.4, Table 9-21: result 2 rejected-transient; source 3 DICOM UL service-provider
@@ -36,6 +41,16 @@ REFUSING_AT_ONCE = 64
 # Seconds a refused connection has, from its accept, to send its request and close after the
 # answer (at most --peer-timeout); the refused peer holds no association slot meanwhile.
 REFUSAL_WAIT = 5.0
+# PS3.8 9.3.2: an A-ASSOCIATE-RQ's called AE title is at bytes 10-25, its calling AE title at 26-41
+CALLED_AE, CALLING_AE = slice(10, 26), slice(26, 42)
+
+
+def ae_titles(head: bytes) -> tuple[str | None, str | None]:
+    """The calling and called AE titles of an A-ASSOCIATE-RQ whose first bytes are ``head``
+    (None where it is shorter than the title's end)."""
+    def title(where: slice) -> str | None:
+        return head[where].decode("ascii", "replace").strip(" \0") if len(head) >= where.stop else None
+    return title(CALLING_AE), title(CALLED_AE)
 
 
 def reject_pdu(result: int = RESULT_TRANSIENT, source: int = SOURCE_PRESENTATION,
@@ -46,18 +61,23 @@ def reject_pdu(result: int = RESULT_TRANSIENT, source: int = SOURCE_PRESENTATION
 
 class _Refusal:
     """One connection being answered: the request's header read so far, then the body bytes left
-    to read (None before the header is whole), then whether the answer has gone."""
+    to read (None before the header is whole), the request's first bytes (its AE titles), then
+    what was answered (``outcome``: rejected, aborted, or closed for neither)."""
 
-    def __init__(self, sock, deadline: float) -> None:
-        self.sock, self.deadline = sock, deadline
+    def __init__(self, sock, deadline: float, done) -> None:
+        self.sock, self.deadline, self.done = sock, deadline, done
         self.header = b""
+        self.head = b""
         self.left: int | None = None
         self.answered = False
+        self.outcome = "closed"
 
 
 class AssociationRefuser:
     """One thread answering refused connections; :meth:`take` hands it one (False when
-    ``at_once`` are being answered: the caller closes it), :meth:`close` ends it and them."""
+    ``at_once`` are being answered: the caller closes it), :meth:`close` ends it and them. The
+    ``done`` given with a connection is called once it is closed here, with the outcome and
+    the request's calling and called AE titles (None where not read)."""
 
     def __init__(self, wait: float = REFUSAL_WAIT, at_once: int = REFUSING_AT_ONCE) -> None:
         self.wait, self.at_once = float(wait), at_once
@@ -77,13 +97,14 @@ class AssociationRefuser:
     def start(self) -> None:
         self._thread.start()
 
-    def take(self, sock) -> bool:
-        """Answer ``sock`` (just accepted and refused) with an A-ASSOCIATE-RJ, and close it."""
+    def take(self, sock, done=None) -> bool:
+        """Answer ``sock`` (just accepted and refused) with an A-ASSOCIATE-RJ, and close it;
+        ``done(outcome, calling_ae, called_ae)`` is called then."""
         with self._lock:
             if self._closed or self._count >= self.at_once:
                 return False
             self._count += 1
-            self._incoming.append(sock)
+            self._incoming.append((sock, done))
         self._wake()
         return True
 
@@ -99,10 +120,12 @@ class AssociationRefuser:
         self._wake()
         if self._thread.is_alive():
             self._thread.join()
-        for sock in self._incoming:
+        for sock, done in self._incoming:
             sock.close()
+            _tell(done, "closed", b"")
         for refusal in list(self._open.values()):
             refusal.sock.close()
+            _tell(refusal.done, refusal.outcome, refusal.head)
         self._selector.close()
         self._wake_reader.close()
         self._wake_writer.close()
@@ -118,8 +141,8 @@ class AssociationRefuser:
                     return
                 incoming, self._incoming = self._incoming, []
             now = time.monotonic()
-            for sock in incoming:
-                self._register(sock, now + self.wait)
+            for sock, done in incoming:
+                self._register(sock, now + self.wait, done)
             due = min((refusal.deadline for refusal in self._open.values()), default=now + 60)
             for key, _ in self._selector.select(timeout=max(0.0, due - now)):
                 if key.fileobj is self._wake_reader:
@@ -131,7 +154,7 @@ class AssociationRefuser:
             for refusal in [r for r in self._open.values() if r.deadline <= now]:
                 self._finish(refusal)
 
-    def _register(self, sock, deadline: float) -> None:
+    def _register(self, sock, deadline: float, done) -> None:
         try:
             sock.setblocking(False)
             self._selector.register(sock, selectors.EVENT_READ)
@@ -139,8 +162,9 @@ class AssociationRefuser:
             sock.close()
             with self._lock:
                 self._count -= 1
+            _tell(done, "closed", b"")
             return
-        self._open[sock.fileno()] = _Refusal(sock, deadline)
+        self._open[sock.fileno()] = _Refusal(sock, deadline, done)
 
     def _step(self, refusal: _Refusal) -> None:
         """Read what the peer sent; answer once its request is whole; close once it has closed."""
@@ -164,18 +188,23 @@ class AssociationRefuser:
             pdu_type, length = refusal.header[0], int.from_bytes(refusal.header[2:6], "big")
             if pdu_type != A_ASSOCIATE_RQ or length > OTHER_PDU_LIMIT:
                 code = ABORT_UNEXPECTED_PDU if pdu_type != A_ASSOCIATE_RQ else ABORT_INVALID_PARAMETER
-                self._send(sock, abort_pdu(ABORT_SOURCE_PROVIDER, code))
+                if self._send(sock, abort_pdu(ABORT_SOURCE_PROVIDER, code)):
+                    refusal.outcome = "aborted"
                 self._finish(refusal)
                 return
             refusal.left = length
+            refusal.head = refusal.header
         else:
             refusal.left -= len(data)
+            if len(refusal.head) < CALLING_AE.stop:  # the AE titles, for the audit log; the rest is discarded
+                refusal.head += data[:CALLING_AE.stop - len(refusal.head)]
         if refusal.left == 0:
             refusal.answered = self._send(sock, reject_pdu())
             if not refusal.answered:
                 self._finish(refusal)
                 return
             self.answered += 1
+            refusal.outcome = "rejected"
 
     @staticmethod
     def _send(sock, pdu: bytes) -> bool:
@@ -192,3 +221,15 @@ class AssociationRefuser:
         refusal.sock.close()
         with self._lock:
             self._count -= 1
+        _tell(refusal.done, refusal.outcome, refusal.head)
+
+
+def _tell(done, outcome: str, head: bytes) -> None:
+    """Call ``done`` (if any) with how a refused connection ended; a failure of it is logged, and
+    the refusing thread goes on."""
+    if done is None:
+        return
+    try:
+        done(outcome, *ae_titles(head))
+    except Exception:
+        log.exception("recording a refused connection failed")
