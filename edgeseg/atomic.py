@@ -28,8 +28,8 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from edgeseg.errors import DataError, name_failure
-from edgeseg.staging import (clean_leftovers, folder_flocked, let_go, make_folder, new_mode, remove_empty, sibling,
-                             staged_file)
+from edgeseg.staging import (folder_flocked, let_go, make_folder, new_mode, remove_empty, sibling, staged_file,
+                             staged_folder)
 
 _AT_FDCWD = -100
 _RENAME_EXCHANGE = 2
@@ -184,9 +184,7 @@ def atomic_dir(path: str | os.PathLike, on_step: Callable[[str], None] | None = 
     otherwise), on failure it is removed and ``path`` is left as it was."""
     target = Path(path)
     made = make_folder(target.parent)
-    clean_leftovers(target)
-    tmp = sibling(target, "staging")
-    tmp.mkdir()
+    tmp = staged_folder(target)
     try:
         yield tmp
         replace_dir(tmp, target, on_step, replace)
@@ -195,6 +193,8 @@ def atomic_dir(path: str | os.PathLike, on_step: Callable[[str], None] | None = 
         remove_empty(made)
         name_failure(exc, target, staging=(tmp, target))
         raise
+    finally:
+        let_go(tmp)
 
 
 def within(path: str | os.PathLike, folder: str | os.PathLike) -> bool:

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from edgeseg.atomic import exchange_paths
 from edgeseg.errors import name_failure
-from edgeseg.staging import clean_leftovers, folder_flocked, let_go, make_folder, new_mode, sibling, staged_file
+from edgeseg.staging import folder_flocked, let_go, make_folder, new_mode, sibling, staged_file, staged_folder
 from edgeseg.stopping import stops_held
 
 
@@ -52,9 +52,7 @@ def atomic_set(files: Sequence[str | os.PathLike], folders: Sequence[str | os.Pa
         for path in folders:
             target = Path(path)
             made += make_folder(target.parent)
-            clean_leftovers(target)
-            staged[path] = sibling(target, "staging")
-            staged[path].mkdir()
+            staged[path] = staged_folder(target)
         yield dict(staged)
         with _folders_locked(Path(path).parent for path in staged), stops_held():  # a wait for a lock can be interrupted
             _land(staged)

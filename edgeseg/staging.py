@@ -6,8 +6,11 @@ The writer's pid in the name lets the next write to the same target tell a kille
 leftovers (SIGKILL, a crash, a power cut) from a running one's: :func:`clean_leftovers` removes
 the first and leaves the second, and any other name, alone. A pid says nothing about a writer in
 another pid namespace (a container sharing the folder) or on another host (a shared filesystem),
-so a staged file is also held under an exclusive ``flock`` by its writer until it is renamed into
-place or removed, and a file still locked is left alone whatever its pid. Tidying is best-effort:
+so a staged file or folder is also held under an exclusive ``flock`` by its writer until it is
+renamed into place or removed, and one still locked is left alone whatever its pid. A writer
+writing a set of files into its own staging folder takes that folder's lock
+(:func:`folder_flocked`) while holding it already: the lock it holds is taken as held, not waited
+for (a second ``flock`` of the same folder in one process would wait for itself). Tidying is best-effort:
 a leftover that cannot be removed (another user's, in a shared folder) is left, and the write
 goes on. :mod:`edgeseg.atomic` (one file, one
 folder, a set of files in one folder) and :mod:`edgeseg.atomic_set` (outputs in several folders)
@@ -26,8 +29,10 @@ import stat
 from collections.abc import Iterator
 from pathlib import Path
 
-# Staged files and the descriptor holding each one's flock, until let_go
+# Staged files and folders and the descriptor holding each one's flock, until let_go
 _HELD: dict[str, int] = {}
+# The staging folders among them, by (device, inode): folder_flocked finds them held already
+_HELD_FOLDERS: dict[tuple[int, int], str] = {}
 _LEFTOVER = re.compile(r"^\.(?P<name>.+)\.(?P<kind>staging|previous)-(?P<pid>\d+)-[0-9a-f]{8}(?P<suffix>(\.[^.]+)*)$")
 
 
@@ -79,15 +84,18 @@ def clean_leftovers(target: str | os.PathLike, suffix: str = "") -> None:
         with contextlib.suppress(OSError):  # another user's, or taken by another writer tidying meanwhile
             if match["kind"] == "previous" and not os.path.lexists(target):
                 os.rename(item, target)
+            elif _locked(item):
+                continue
             elif item.is_dir() and not item.is_symlink():
                 shutil.rmtree(item, ignore_errors=True)
-            elif not _locked(item):
+            else:
                 item.unlink(missing_ok=True)
 
 
 def _locked(item: Path) -> bool:
-    """Whether a writer holds the staged file ``item`` (:func:`staged_file`'s ``flock``): one
-    whose pid looked gone from here, in another pid namespace or on another host."""
+    """Whether a writer holds the staged file or folder ``item`` (the ``flock`` of
+    :func:`staged_file` or :func:`staged_folder`): one whose pid looked gone from here, in another
+    pid namespace or on another host."""
     try:
         import fcntl
     except ImportError:
@@ -124,12 +132,34 @@ def staged_file(target: Path, suffix: str = "") -> Path:
     return staged
 
 
+def staged_folder(target: Path) -> Path:
+    """Tidy dead writers' leftovers beside ``target``, then create and return an empty staging
+    folder for it, named by :func:`sibling` and held under an exclusive ``flock`` until
+    :func:`let_go`, as :func:`staged_file` holds a file."""
+    clean_leftovers(target)
+    staged = sibling(target, "staging")
+    staged.mkdir()
+    fd = os.open(staged, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    with contextlib.suppress(ImportError, OSError):  # no locks here: the pid alone tells
+        import fcntl
+
+        fcntl.flock(fd, fcntl.LOCK_EX)  # waits only while a tidying writer looks at it
+    info = os.fstat(fd)
+    _HELD[str(staged)] = fd
+    _HELD_FOLDERS[(info.st_dev, info.st_ino)] = str(staged)
+    return staged
+
+
 def let_go(*staged: Path) -> None:
-    """Release the lock :func:`staged_file` holds on each of ``staged`` (once it is renamed into
-    place or removed); paths it did not stage are passed over."""
+    """Release the lock :func:`staged_file` or :func:`staged_folder` holds on each of ``staged``
+    (once it is renamed into place or removed); paths neither staged are passed over."""
     for path in staged:
         fd = _HELD.pop(str(path), None)
         if fd is not None:
+            with contextlib.suppress(OSError):
+                info = os.fstat(fd)
+                if _HELD_FOLDERS.get((info.st_dev, info.st_ino)) == str(path):
+                    del _HELD_FOLDERS[(info.st_dev, info.st_ino)]
             os.close(fd)
 
 
@@ -180,7 +210,8 @@ def _umask() -> int:
 def folder_flocked(folder: Path) -> Iterator[None]:
     """Hold an exclusive ``flock`` on ``folder`` itself (no lock file is left in it), waiting for
     another holder; no lock where the OS or the filesystem has none. Every writer of a set of
-    outputs renames its files into place under it, so two sets never mix."""
+    outputs renames its files into place under it, so two sets never mix. A staging folder this
+    process holds (:func:`staged_folder`) is taken as locked already."""
     try:
         import fcntl
     except ImportError:
@@ -188,8 +219,10 @@ def folder_flocked(folder: Path) -> Iterator[None]:
         return
     fd = os.open(folder, os.O_RDONLY)
     try:
-        with contextlib.suppress(OSError):  # e.g. ENOLCK on a filesystem without locks
-            fcntl.flock(fd, fcntl.LOCK_EX)
+        info = os.fstat(fd)
+        if (info.st_dev, info.st_ino) not in _HELD_FOLDERS:  # this process's staging folder: held already
+            with contextlib.suppress(OSError):  # e.g. ENOLCK on a filesystem without locks
+                fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:
         os.close(fd)  # releases the lock

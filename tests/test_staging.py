@@ -88,3 +88,68 @@ def test_a_leftover_the_writer_cannot_remove_does_not_stop_its_write():
         assert leftover.is_file()  # not this user's to remove
     finally:
         shutil.rmtree(shared)
+
+
+# Writes the folder TARGET through atomic_dir (with "set", a bundle-like set of files into its
+# staging folder through atomic_files and atomic_set, which lock that folder); with "hold", says
+# where it staged and waits for a line on stdin before landing. Prints "landed" or the error.
+FOLDER_WRITER = textwrap.dedent("""
+    import sys
+    from pathlib import Path
+    from edgeseg.atomic import atomic_dir, atomic_files
+    from edgeseg.atomic_set import atomic_set
+    target, hold, who = sys.argv[1], sys.argv[2] == "hold", sys.argv[3]
+    try:
+        with atomic_dir(target) as tmp:
+            (tmp / "model.onnx").write_text(f"written by {who}")
+            if sys.argv[4:] == ["set"]:
+                with atomic_files(tmp, ["manifest.json", "parity.json"]) as staged:
+                    for path in staged.values():
+                        path.write_text(who)
+                with atomic_set([tmp / "calibration.json"], folders=[tmp / "profiles"]) as staged:
+                    staged[tmp / "calibration.json"].write_text(who)
+                    (staged[tmp / "profiles"] / "cpu.toml").write_text(who)
+            if hold:
+                print("staged", Path(tmp).name, flush=True)
+                sys.stdin.readline()
+        print("landed", flush=True)
+    except Exception as exc:
+        print("failed:", type(exc).__name__, exc, flush=True)
+""")
+
+
+def test_a_writer_in_another_pid_namespace_leaves_a_running_writers_staging_folder_alone(tmp_path):
+    """A staging folder was judged by its pid alone: a folder export in a container sharing the
+    output folder removed the staging folder of a host's export still writing it, and the host's
+    export then failed. The host's lock on its staging folder now keeps it."""
+    if shutil.which("unshare") is None or subprocess.run([*UNSHARE, "true"], capture_output=True).returncode:
+        pytest.skip("cannot start a process in a pid namespace of its own here (unshare, user namespaces)")
+    target = tmp_path / "bundle"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    with subprocess.Popen([sys.executable, "-c", FOLDER_WRITER, str(target), "hold", "host", "set"], env=env, text=True,
+                          stdin=subprocess.PIPE, stdout=subprocess.PIPE) as host:
+        staged = host.stdout.readline().split()[-1]
+        other = subprocess.run([*UNSHARE, sys.executable, "-c", FOLDER_WRITER, str(target), "now", "container"],
+                               env=env, capture_output=True, text=True, timeout=120)
+        assert other.stdout.strip() == "landed", other.stderr
+        assert (tmp_path / staged / "model.onnx").read_text() == "written by host"  # still there for the running writer
+        host.stdin.write("\n")
+        host.stdin.flush()
+        assert host.stdout.read().strip() == "landed"
+    assert (target / "model.onnx").read_text() == "written by host"  # it landed last
+    assert sorted(p.name for p in target.iterdir()) == ["calibration.json", "manifest.json", "model.onnx", "parity.json",
+                                                        "profiles"]
+    assert (target / "profiles" / "cpu.toml").read_text() == "host"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]
+
+
+def test_a_set_written_into_the_writers_own_staging_folder_does_not_wait_for_its_lock(tmp_path):
+    """The staging folder's lock is the one a set of files takes to land in that folder: a writer
+    holding it must not wait for itself (a child with a time limit, so a wait fails the test)."""
+    target = tmp_path / "bundle"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, "-c", FOLDER_WRITER, str(target), "now", "one", "set"], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip() == "landed", done.stderr
+    assert (target / "manifest.json").read_text() == "one" and (target / "profiles" / "cpu.toml").read_text() == "one"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]
