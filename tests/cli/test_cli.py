@@ -87,9 +87,9 @@ def test_checkpoint_from_another_model_config_cannot_resume(run_dir, tmp_path, a
     import shutil
 
     shutil.copytree(run_dir / "run", tmp_path / "run")
-    proc = run("train", "--data", run_dir / "phantom", "--out", tmp_path / "run", "--size", 64, "--base", 8,
-               "--depth", 2, "--epochs", 3, "--window", "-200,300", "--resume", "--quiet", "--amp", "off",
-               "--val-fraction", 0.25, "--test-fraction", 0.25)
+    proc = run_here("train", "--data", run_dir / "phantom", "--out", tmp_path / "run", "--size", 64, "--base", 8,
+                    "--depth", 2, "--epochs", 3, "--window", "-200,300", "--resume", "--quiet", "--amp", "off",
+                    "--val-fraction", 0.25, "--test-fraction", 0.25)
     assert_one_line_error(proc, "different model config")
 
 
@@ -114,7 +114,7 @@ def test_nproc_resume_that_cannot_continue_is_one_line_before_torchrun(run_dir, 
 def test_corrupt_checkpoint(run_dir, tmp_path, assert_one_line_error):
     bad = tmp_path / "bad.pt"
     bad.write_bytes((run_dir / "run" / "best.pt").read_bytes()[:5000])
-    assert_one_line_error(run("evaluate", bad, "--data", run_dir / "phantom"),
+    assert_one_line_error(run_here("evaluate", bad, "--data", run_dir / "phantom"),
                           "is not an edgeseg checkpoint (truncated or corrupt torch archive")
 
 
@@ -124,7 +124,8 @@ def test_checkpoint_whose_weights_do_not_fit_its_config(run_dir, tmp_path, asser
     payload = torch.load(run_dir / "run" / "best.pt", weights_only=True)
     payload["model"]["base"] = 8
     torch.save(payload, tmp_path / "edited.pt")
-    assert_one_line_error(run("evaluate", tmp_path / "edited.pt", "--data", run_dir / "phantom"), "do not fit model config")
+    assert_one_line_error(run_here("evaluate", tmp_path / "edited.pt", "--data", run_dir / "phantom"),
+                          "do not fit model config")
 
 
 def test_interrupted_checkpoint_write_leaves_nothing(tmp_path, monkeypatch):
@@ -380,7 +381,7 @@ def test_a_run_resumes_on_its_data_moved_elsewhere_but_not_on_other_cases(tmp_pa
     assert done.returncode == 0, done.stderr
     other = tmp_path / "other"
     assert run("data", "synth", "--out", other, "--cases", "6", "--size", "64", "--slices", "8", "--quiet").returncode == 0
-    refused = run("train", "--data", other, "--epochs", "3", "--resume", *tiny)
+    refused = run_here("train", "--data", other, "--epochs", "3", "--resume", *tiny)
     # known once the data is read, and still the only line (the slice store's is logged after the checks)
     assert_one_line_error(refused, "splits into other cases than the run was trained on")
 
