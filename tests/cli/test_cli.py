@@ -196,8 +196,9 @@ def test_training_settings_that_cannot_train_are_refused_before_anything_is_writ
                                                                                     args, message):
     """Each of these trained before, to NaN losses or (a label value the data does not use) to a
     'perfect' validation Dice of empty against empty, and exited 0; or it ended in torch's traceback."""
-    proc = run("train", "--data", "phantom:cases=4,size=64,slices=16", "--size", "64", "--base", "4", "--depth", "2",
-               "--epochs", "1", "--quiet", *args, "--out", tmp_path / "r")
+    # in this process (run_here): tests/cli/test_refused_before_torch.py runs such refusals in fresh ones
+    proc = run_here("train", "--data", "phantom:cases=4,size=64,slices=16", "--size", "64", "--base", "4", "--depth",
+                    "2", "--epochs", "1", "--quiet", *args, "--out", tmp_path / "r")
     assert_one_line_error(proc, message)  # the last two are known once the data is read: still one line
     assert not (tmp_path / "r").exists()  # nor the slice store the data check built
 
