@@ -188,19 +188,23 @@ def bench_backend(bundle: str | Path, backend: str, *, batches: tuple[int, ...] 
             # every timed call, in order, so other statistics can be computed from the JSON alone
             stats["samples_ms"] = {name: [round(t * 1e3, 4) for t in samples] for name, samples in stages.items()}
             result["batches"][str(b)] = stats
-        result["volume"] = _volume_throughput(seg, hu[:volume_slices], max(batches), max(3, runs // 10), duration)
+        # the best of 3 rounds (of a tenth of --runs where more), never more rounds than --runs
+        # and no warm-up round under --warmup 0: a quick check (--runs 1) stays quick on a slow backend
+        result["volume"] = _volume_throughput(seg, hu[:volume_slices], max(batches), min(runs, max(3, runs // 10)),
+                                              min(warmup, 1), duration)
     return result
 
 
-def _volume_throughput(seg: Segmenter, volume: np.ndarray, batch: int, repeats: int,
+def _volume_throughput(seg: Segmenter, volume: np.ndarray, batch: int, repeats: int, warmup: int = 1,
                        seconds: float | None = None) -> dict:
     """Slices per second of ``predict_volume`` and of the model alone on the same batches, the
-    best of ``repeats`` rounds (or of the rounds of at least ``seconds``)."""
+    best of ``repeats`` rounds (or of the rounds of at least ``seconds``) after ``warmup`` untimed ones."""
     inputs = [preprocess(volume[i:i + batch], seg.spec) for i in range(0, len(volume), batch)]
     times = time_interleaved({"pipelined": lambda: seg.predict_volume(volume, batch_size=batch, spacing=PHANTOM_SPACING),
-                              "model_only": lambda: [seg.infer(x) for x in inputs]}, repeats, 1, seconds)
+                              "model_only": lambda: [seg.infer(x) for x in inputs]}, repeats, warmup, seconds)
     pipelined, model_only = min(times["pipelined"]), min(times["model_only"])
-    return {"slices": len(volume), "batch": batch, "pipelined_slices_per_s": round(len(volume) / pipelined, 2),
+    return {"slices": len(volume), "batch": batch, "rounds": len(times["pipelined"]),
+            "pipelined_slices_per_s": round(len(volume) / pipelined, 2),
             "model_only_slices_per_s": round(len(volume) / model_only, 2),
             "ratio": round(model_only / pipelined, 3)}
 

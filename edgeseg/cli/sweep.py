@@ -44,18 +44,21 @@ def command(sweep_file, out, points_only, rounds, regate, rescore, status, quiet
                                       no_choice_reason, one_machine, pareto_front, result_gates, variant_rows,
                                       write_reports)
     from edgeseg.sweep.redo import regate as regate_points, remeasure, rescore as rescore_points
-    from edgeseg.sweep.run import check_sweep_folder, run_sweep
+    from edgeseg.sweep.run import check_sweep_folder, existing_sweep_folder, run_sweep
     from edgeseg.sweep.versions import differing_versions, versions_text
 
     sweep = load_sweep(sweep_file)
     if sum((status, regate, rescore, rounds is not None)) > 1:
         raise DataError("--status, --regate, --rescore and --remeasure do not go together: give one")
-    # torch (a second or more to import) only once the sweep file and flags are accepted
+    # torch (a second or more to import) only once the sweep file, flags and folder are accepted
+    if regate or rescore or rounds is not None:
+        existing_sweep_folder(sweep, out)
+    elif not status:
+        check_sweep_folder(sweep, out)
     require("torch", "train", "edgeseg sweep")
     if status:
         _print_status(sweep, out, points_only)
         return
-    check_sweep_folder(sweep, out)
     if regate:
         points, redone = regate_points(sweep, out, only=points_only)
         click.echo(f"exported again through today's gate: {', '.join(redone)}" if redone else

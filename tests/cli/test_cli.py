@@ -15,6 +15,19 @@ def run(*args, cwd=None):
     return subprocess.run([*EDGESEG, *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=600)
 
 
+def run_here(*args) -> subprocess.CompletedProcess:
+    """``edgeseg ARGS`` in this process, for a refusal that reads a run's checkpoints: torch is
+    imported here already, where a fresh interpreter spends seconds on it. The exit status and
+    stderr are the command's own (edgeseg.cli.main turns the error into its line and exit 2); an
+    exception it lets through fails the test with its traceback."""
+    from click.testing import CliRunner
+
+    from edgeseg.cli.main import cli
+
+    result = CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+    return subprocess.CompletedProcess(["edgeseg", *args], result.exit_code, result.stdout, result.stderr)
+
+
 @pytest.mark.parametrize("command", ["", "train", "evaluate", "compare", "data", "data synth", "data info"])
 def test_every_command_has_help(command):
     proc = run(*command.split(), "--help")
@@ -74,9 +87,9 @@ def test_checkpoint_from_another_model_config_cannot_resume(run_dir, tmp_path, a
     import shutil
 
     shutil.copytree(run_dir / "run", tmp_path / "run")
-    proc = run("train", "--data", run_dir / "phantom", "--out", tmp_path / "run", "--size", 64, "--base", 8,
-               "--depth", 2, "--epochs", 3, "--window", "-200,300", "--resume", "--quiet", "--amp", "off",
-               "--val-fraction", 0.25, "--test-fraction", 0.25)
+    proc = run_here("train", "--data", run_dir / "phantom", "--out", tmp_path / "run", "--size", 64, "--base", 8,
+                    "--depth", 2, "--epochs", 3, "--window", "-200,300", "--resume", "--quiet", "--amp", "off",
+                    "--val-fraction", 0.25, "--test-fraction", 0.25)
     assert_one_line_error(proc, "different model config")
 
 
@@ -101,7 +114,7 @@ def test_nproc_resume_that_cannot_continue_is_one_line_before_torchrun(run_dir, 
 def test_corrupt_checkpoint(run_dir, tmp_path, assert_one_line_error):
     bad = tmp_path / "bad.pt"
     bad.write_bytes((run_dir / "run" / "best.pt").read_bytes()[:5000])
-    assert_one_line_error(run("evaluate", bad, "--data", run_dir / "phantom"),
+    assert_one_line_error(run_here("evaluate", bad, "--data", run_dir / "phantom"),
                           "is not an edgeseg checkpoint (truncated or corrupt torch archive")
 
 
@@ -111,7 +124,8 @@ def test_checkpoint_whose_weights_do_not_fit_its_config(run_dir, tmp_path, asser
     payload = torch.load(run_dir / "run" / "best.pt", weights_only=True)
     payload["model"]["base"] = 8
     torch.save(payload, tmp_path / "edited.pt")
-    assert_one_line_error(run("evaluate", tmp_path / "edited.pt", "--data", run_dir / "phantom"), "do not fit model config")
+    assert_one_line_error(run_here("evaluate", tmp_path / "edited.pt", "--data", run_dir / "phantom"),
+                          "do not fit model config")
 
 
 def test_interrupted_checkpoint_write_leaves_nothing(tmp_path, monkeypatch):
@@ -182,8 +196,9 @@ def test_training_settings_that_cannot_train_are_refused_before_anything_is_writ
                                                                                     args, message):
     """Each of these trained before, to NaN losses or (a label value the data does not use) to a
     'perfect' validation Dice of empty against empty, and exited 0; or it ended in torch's traceback."""
-    proc = run("train", "--data", "phantom:cases=4,size=64,slices=16", "--size", "64", "--base", "4", "--depth", "2",
-               "--epochs", "1", "--quiet", *args, "--out", tmp_path / "r")
+    # in this process (run_here): tests/cli/test_refused_before_torch.py runs such refusals in fresh ones
+    proc = run_here("train", "--data", "phantom:cases=4,size=64,slices=16", "--size", "64", "--base", "4", "--depth",
+                    "2", "--epochs", "1", "--quiet", *args, "--out", tmp_path / "r")
     assert_one_line_error(proc, message)  # the last two are known once the data is read: still one line
     assert not (tmp_path / "r").exists()  # nor the slice store the data check built
 
@@ -223,24 +238,25 @@ def test_resume_and_cv_refuse_a_run_trained_on_other_settings(tiny_run, tmp_path
     tiny = TINY
     shutil.copytree(tiny_run, tmp_path / "r")
     before = (tmp_path / "r" / "last.pt").read_bytes()
-    proc = run("train", *tiny, "--seed", "5", "--epochs", "2", "--resume", "--out", tmp_path / "r")
+    proc = run_here("train", *tiny, "--seed", "5", "--epochs", "2", "--resume", "--out", tmp_path / "r")
     assert_one_line_error(proc, "on other data or another split (seed: 0 -> 5)")
     assert (tmp_path / "r" / "last.pt").read_bytes() == before
     proc = run("train", *tiny, "--epochs", "2", "--resume", "--out", tmp_path / "r")  # the same run, longer: fine
     assert proc.returncode == 0, proc.stderr
     # another loss or learning rate half-way: metrics.json would report the new one from epoch 1
     before = (tmp_path / "r" / "last.pt").read_bytes()
-    proc = run("train", *tiny, "--epochs", "3", "--lr", "0.01", "--loss", "tversky-ce", "--resume", "--out", tmp_path / "r")
+    proc = run_here("train", *tiny, "--epochs", "3", "--lr", "0.01", "--loss", "tversky-ce", "--resume", "--out",
+                    tmp_path / "r")
     assert_one_line_error(proc, "with other training settings (lr: 0.001 -> 0.01; loss: 'dice-ce' -> 'tversky-ce')")
     # shorter than trained: it ended at once and reported the 2-epoch run as a 1-epoch one
-    assert_one_line_error(run("train", *tiny, "--resume", "--out", tmp_path / "r"),
+    assert_one_line_error(run_here("train", *tiny, "--resume", "--out", tmp_path / "r"),
                           "it is trained to 2 epochs, more than --epochs 1; give --epochs 2 or more")
     assert (tmp_path / "r" / "last.pt").read_bytes() == before
 
     cv = ["cv", *tiny, "--folds", "2", "--threads", "1"]
     assert run(*cv, "--out", tmp_path / "cv").returncode == 0
     for other, change in ((["--base", "8"], "base: 4 -> 8"), (["--folds", "3"], "folds: 2 -> 3")):
-        proc = run(*_replace(cv, other), "--out", tmp_path / "cv")
+        proc = run_here(*_replace(cv, other), "--out", tmp_path / "cv")
         assert_one_line_error(proc, f"holds a fold trained with other settings ({change}")
     # a fold trained further than --epochs would be scored as an --epochs run
     import torch
@@ -248,10 +264,10 @@ def test_resume_and_cv_refuse_a_run_trained_on_other_settings(tiny_run, tmp_path
     last = tmp_path / "cv" / "fold1" / "last.pt"
     payload = torch.load(last, map_location="cpu", weights_only=False)
     torch.save({**payload, "epoch": 3}, last)
-    assert_one_line_error(run(*cv, "--out", tmp_path / "cv"), "fold1 holds a fold trained to 3 epochs, more than "
+    assert_one_line_error(run_here(*cv, "--out", tmp_path / "cv"), "fold1 holds a fold trained to 3 epochs, more than "
                           "--epochs 1; give --epochs 3 or more")
     # an export setting cv cannot use is refused before any fold trains
-    proc = run(*cv, "--int8", "--max-dice-drop-int8", "nan", "--out", tmp_path / "cv-nan")
+    proc = run_here(*cv, "--int8", "--max-dice-drop-int8", "nan", "--out", tmp_path / "cv-nan")
     assert_one_line_error(proc, "Dice drop threshold int8=nan")
     assert not (tmp_path / "cv-nan").exists()
 
@@ -267,13 +283,13 @@ def test_a_run_folder_holding_a_training_is_refused_without_resume_or_overwrite(
     tiny = [*TINY, "--out", tmp_path / "r"]
     shutil.copytree(tiny_run, tmp_path / "r")
     files = {name: (tmp_path / "r" / name).read_bytes() for name in ("last.pt", "best.pt")}
-    assert_one_line_error(run("train", *tiny), "already holds a training (last.pt); --resume continues it, --overwrite")
+    assert_one_line_error(run_here("train", *tiny), "already holds a training (last.pt); --resume continues it, --overwrite")
     # with several processes, refused before torchrun starts
-    assert_one_line_error(run("train", *tiny, "--nproc", "2"), "already holds a training (last.pt)")
-    assert_one_line_error(run("train", *tiny, "--resume", "--overwrite"), "--resume continues the training in --out and "
+    assert_one_line_error(run_here("train", *tiny, "--nproc", "2"), "already holds a training (last.pt)")
+    assert_one_line_error(run_here("train", *tiny, "--resume", "--overwrite"), "--resume continues the training in --out and "
                           "--overwrite starts it again; give one")
     # refused on its data: the old run stays whole
-    assert_one_line_error(run("train", *tiny, "--overwrite", "--labels", "liver=7"), "holds liver (value 7)")
+    assert_one_line_error(run_here("train", *tiny, "--overwrite", "--labels", "liver=7"), "holds liver (value 7)")
     assert {name: (tmp_path / "r" / name).read_bytes() for name in files} == files
     assert run("train", *tiny, "--overwrite", "--seed", "5").returncode == 0
     for name in files:
@@ -366,7 +382,7 @@ def test_a_run_resumes_on_its_data_moved_elsewhere_but_not_on_other_cases(tmp_pa
     assert done.returncode == 0, done.stderr
     other = tmp_path / "other"
     assert run("data", "synth", "--out", other, "--cases", "6", "--size", "64", "--slices", "8", "--quiet").returncode == 0
-    refused = run("train", "--data", other, "--epochs", "3", "--resume", *tiny)
+    refused = run_here("train", "--data", other, "--epochs", "3", "--resume", *tiny)
     # known once the data is read, and still the only line (the slice store's is logged after the checks)
     assert_one_line_error(refused, "splits into other cases than the run was trained on")
 

@@ -49,3 +49,18 @@ def test_a_refused_sweep_file_or_flags_never_waits_for_torch(tmp_path, python_wi
                            str(tmp_path / "out")], tmp_path)
     assert_one_line_error(proc, "--status, --regate, --rescore and --remeasure do not go together: give one")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("mode", [["--rescore"], ["--regate"], ["--remeasure", "1"], []])
+def test_a_sweep_folder_refused_never_waits_for_torch(tmp_path, python_without, assert_one_line_error, mode):
+    """A redo of a folder that holds no sweep, or a sweep into a folder of other files, is refused
+    by what the folder holds, not after torch's import."""
+    sweep = tmp_path / "sweep.toml"
+    sweep.write_text((Path(__file__).parents[1] / "sweep" / "tiny_sweep.toml").read_text())
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    proc = python_without(["-m", "edgeseg.cli", "sweep", str(sweep), *mode, "--out", str(out)], tmp_path)
+    assert_one_line_error(proc, f"{out} holds no sweep (no sweep.json); run the sweep first" if mode else
+                          f"sweep output {out} exists and is not a sweep folder; choose another --out")
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]

@@ -45,6 +45,7 @@ def test_bench_reports_every_stage_throughput_and_cold_start(bundle_dir, tmp_pat
             assert ratio["p50"] > 0 and abs(ratio["of_p50s"] - want) < 2e-3
         volume = r["volume"]
         assert volume["pipelined_slices_per_s"] > 0 and volume["model_only_slices_per_s"] > 0
+        assert volume["rounds"] == 3  # the best of 3 rounds
         assert 0 < r["cold_start"]["seconds"] < 60 and r["cold_start"]["peak_rss_mb"] > 10
     assert "onnxruntime:int8" in result.output and "end_to_end" in result.output
     from edgeseg.runtime.machine import machine_signature
@@ -225,6 +226,14 @@ def test_without_cold_start_its_columns_say_not_measured(bundle_dir, tmp_path):
     [row] = [line for line in result.output.splitlines() if line.startswith("onnxruntime:fp32") and "e2e" not in line
              and len(line.split()) == 6]
     assert row.split()[-2:] == ["-", "-"] and "nan" not in result.output.lower()
+
+
+def test_the_volume_throughput_takes_no_more_rounds_than_runs(bundle_dir, tmp_path):
+    """--runs 1 measured the 32-slice volume in 3 rounds and a warm-up one: a quick check of a
+    slow backend (a reference evaluator, seconds a slice) took minutes."""
+    for runs in (1, 2):
+        _, r = bench_json(bundle_dir, tmp_path, batches="1", runs=runs, warmup=0)
+        assert r["volume"]["rounds"] == runs and r["volume"]["slices"] == 32
 
 
 def test_an_oversized_size_is_refused_before_any_table(bundle_dir, assert_one_line_error):

@@ -22,6 +22,26 @@ def sweep_command(sweep_file: Path, out: Path) -> list[str]:
     return [sys.executable, "-m", "edgeseg.cli", "sweep", str(sweep_file), "--out", str(out), "--quiet"]
 
 
+def run_sweep_here(sweep_file: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
+    """``edgeseg sweep SWEEP_FILE --out OUT --quiet EXTRA`` in this process (click's CliRunner,
+    exceptions not caught), for a run that trains, exports and measures nothing: the reports over
+    finished points, or a refusal. A fresh interpreter spends seconds importing torch for those;
+    the exit status, stdout and stderr are the command's own."""
+    from click.testing import CliRunner
+
+    from edgeseg.cli.main import cli
+
+    args = ["sweep", str(sweep_file), "--out", str(out), "--quiet", *map(str, extra)]
+    result = CliRunner().invoke(cli, args, catch_exceptions=False)
+    return subprocess.CompletedProcess(["edgeseg", *args], result.exit_code, result.stdout, result.stderr)
+
+
+@pytest.fixture
+def sweep_here():
+    """``run_sweep_here``: a sweep run that trains nothing, in the test process."""
+    return run_sweep_here
+
+
 @pytest.fixture(scope="session")
 def mobile_point_sweep(tmp_path_factory) -> Path:
     """A folder with ``sweep.toml`` (tiny_sweep.toml) and ``out/``, where ``edgeseg sweep sweep.toml

@@ -213,7 +213,7 @@ def test_rescore_refuses_unfinished_points_and_another_flag(tmp_path, assert_one
 
 
 def test_regate_exports_again_only_the_points_an_older_gate_passed(tmp_path, assert_one_line_error,
-                                                                  copy_mobile_point_sweep):
+                                                                  copy_mobile_point_sweep, sweep_here):
     """Runs whose bundles passed different parity gates are not compared (no choice); --regate
     exports the older ones again through today's gate, training nothing, and then the rule chooses."""
     (tmp_path / "sweep.toml").write_text(SWEEP + '\n[choose]\nreference = "unet-b4-d2-s64"\n')
@@ -227,7 +227,7 @@ def test_regate_exports_again_only_the_points_an_older_gate_passed(tmp_path, ass
     result = json.loads((old / "result.json").read_text())
     del result["gate"]
     (old / "result.json").write_text(json.dumps(result))
-    proc = subprocess.run(_command(tmp_path / "sweep.toml", out), capture_output=True, text=True)
+    proc = sweep_here(tmp_path / "sweep.toml", out)
     assert proc.returncode == 0, proc.stderr
     assert [r["gate"] for r in csv.DictReader((out / "sweep.csv").open())] == [today, today]
     # ... and a bundle from before the gate had versions.
@@ -237,7 +237,7 @@ def test_regate_exports_again_only_the_points_an_older_gate_passed(tmp_path, ass
     (old / "bundle" / "parity.json").write_text(json.dumps(parity))
     stamps = {p: p.stat().st_mtime_ns for p in (old / "run").iterdir()}
 
-    proc = subprocess.run(_command(tmp_path / "sweep.toml", out), capture_output=True, text=True)
+    proc = sweep_here(tmp_path / "sweep.toml", out)
     assert proc.returncode == 0, proc.stderr
     assert "no choice: the runs' bundles passed different parity gates (v2 (16 px) on 1, v1 on 1)" in proc.stdout
     assert not (out / "choice.json").exists()
@@ -255,15 +255,14 @@ def test_regate_exports_again_only_the_points_an_older_gate_passed(tmp_path, ass
     assert {p: p.stat().st_mtime_ns for p in (old / "run").iterdir()} == stamps  # nothing trained
     assert json.loads((out / "choice.json").read_text())["reference"] == "unet-b4-d2-s64"
 
-    proc = subprocess.run(_command(tmp_path / "sweep.toml", out) + ["--regate"], capture_output=True, text=True)
+    proc = sweep_here(tmp_path / "sweep.toml", out, "--regate")
     assert proc.returncode == 0 and "nothing exported again" in proc.stdout
     # A --regate killed while it replaced a bundle leaves its mark, which the next one redoes.
     (old / "result.json").write_text(json.dumps({**after, "gate": "v1, export again interrupted"}))
     proc = subprocess.run(_command(tmp_path / "sweep.toml", out) + ["--regate"], capture_output=True, text=True)
     assert "exported again through today's gate: mobile_unet-b4-d2-s64" in proc.stdout
     assert json.loads((old / "result.json").read_text())["gate_before"] == "v1"
-    proc = subprocess.run(_command(tmp_path / "sweep.toml", out) + ["--regate", "--remeasure", "2"],
-                          capture_output=True, text=True)
+    proc = sweep_here(tmp_path / "sweep.toml", out, "--regate", "--remeasure", "2")
     assert_one_line_error(proc, "--status, --regate, --rescore and --remeasure do not go together: give one")
 
     # A point deploying its INT8 graph whose INT8 Dice was scored on ONNX Runtime alone (a result
@@ -278,7 +277,7 @@ def test_regate_exports_again_only_the_points_an_older_gate_passed(tmp_path, ass
         {**ref, "backend": first, "dice_int8_backend": first, "dice_int8": ref["dice_int8_runners"][first],
          "dice_int8_per_case": ref["dice_int8_runners_per_case"][first]}))
     (old / "result.json").write_text(json.dumps(legacy))
-    proc = subprocess.run(_command(tmp_path / "sweep.toml", out), capture_output=True, text=True)
+    proc = sweep_here(tmp_path / "sweep.toml", out)
     assert proc.returncode == 0, proc.stderr
     assert ("no choice: the runs' INT8 Dice was not all scored alike (every runner on 1, one runner (older results) "
             "on 1); run this command with --rescore") in proc.stdout and not (out / "choice.json").exists()

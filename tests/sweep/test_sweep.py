@@ -36,7 +36,7 @@ def _kill_after_first_point(sweep_file, out, first, timeout_s=600.0):
     return proc.returncode
 
 
-def test_sweep_resumes_after_a_kill_and_writes_the_reports(tmp_path):
+def test_sweep_resumes_after_a_kill_and_writes_the_reports(tmp_path, sweep_here):
     from edgeseg.cli.train import command as train_command
     from edgeseg.runtime.machine import machine_signature
 
@@ -67,8 +67,7 @@ def test_sweep_resumes_after_a_kill_and_writes_the_reports(tmp_path):
         assert p["machine"] == machine_signature()  # measured here
 
     # The command on the finished folder reads every point and writes the reports.
-    proc = subprocess.run([sys.executable, "-m", "edgeseg.cli", "sweep", str(tmp_path / "sweep.toml"), "--out", str(out),
-                           "--quiet"], capture_output=True, text=True)
+    proc = sweep_here(tmp_path / "sweep.toml", out)
     assert proc.returncode == 0, proc.stderr
     assert (first / "result.json").read_bytes() == before and "*front" in proc.stdout
     paths = {k: out / name for k, name in [("csv", "sweep.csv"), ("png", "pareto.png"), ("commands", "commands.sh")]}
@@ -97,7 +96,7 @@ def test_sweep_resumes_after_a_kill_and_writes_the_reports(tmp_path):
                 backend=ref["backend"], dice_int8_backend=ref.get("dice_int8_backend"))
     (second / "result.json").write_text(json.dumps(fast))
     (tmp_path / "choose.toml").write_text(SWEEP + '\n[choose]\nreference = "unet-b4-d2-s64"\nmax_dice_loss = 0.05\n')
-    proc = subprocess.run(_sweep_command(tmp_path / "choose.toml", out), capture_output=True, text=True)
+    proc = sweep_here(tmp_path / "choose.toml", out)
     assert proc.returncode == 0, proc.stderr
     assert "chosen: unet-b4-d2-s64 (" in proc.stdout
     assert ("closest faster miss: mobile_unet-b4-d2-s64, 4.00x faster end to end, mean Dice -0.1000 deployed / "
@@ -112,14 +111,14 @@ def test_sweep_resumes_after_a_kill_and_writes_the_reports(tmp_path):
     # line says which library and how to mend it; accepted in [choose], the choice notes it.
     versions = {**fast["versions"], "openvino": "9999.0.0"}
     (second / "result.json").write_text(json.dumps({**fast, "versions": versions}))
-    proc = subprocess.run(_sweep_command(tmp_path / "choose.toml", out), capture_output=True, text=True)
+    proc = sweep_here(tmp_path / "choose.toml", out)
     assert proc.returncode == 0, proc.stderr
     was = ref["versions"].get("openvino", "absent")
     assert (f"no choice: the latencies were measured with different library versions (openvino {was} on 1, "
             "9999.0.0 on 1); run this command with --remeasure N") in proc.stdout
     assert not (out / "choice.json").exists() and "chosen:" not in proc.stdout
     (tmp_path / "accept.toml").write_text((tmp_path / "choose.toml").read_text() + "accept_mixed_versions = true\n")
-    proc = subprocess.run(_sweep_command(tmp_path / "accept.toml", out), capture_output=True, text=True)
+    proc = sweep_here(tmp_path / "accept.toml", out)
     assert proc.returncode == 0, proc.stderr
     assert "chosen: unet-b4-d2-s64 (" in proc.stdout and "note: chosen over latencies measured with different" in proc.stdout
     assert json.loads((out / "choice.json").read_text())["mixed_versions"] == {"openvino": {was: 1, "9999.0.0": 1}}
@@ -184,7 +183,7 @@ def test_a_point_held_by_another_process_is_left_to_it(tmp_path):
 
 
 def test_point_option_runs_only_the_named_points_and_remeasure_trains_nothing(tmp_path, assert_one_line_error,
-                                                                               copy_mobile_point_sweep):
+                                                                               copy_mobile_point_sweep, sweep_here):
     """--point gives one process the named points (the long reference, say) and leaves the rest;
     --remeasure measures the finished points' latency again without training anything."""
     (tmp_path / "sweep.toml").write_text(SWEEP)
@@ -194,8 +193,7 @@ def test_point_option_runs_only_the_named_points_and_remeasure_trains_nothing(tm
     assert not (out / "points" / "unet-b4-d2-s64").exists()
     assert [r["id"] for r in csv.DictReader((out / "sweep.csv").open())] == ["mobile_unet-b4-d2-s64"]
 
-    proc = subprocess.run(_sweep_command(tmp_path / "sweep.toml", out) + ["--point", "unet-b8-d2-s64"],
-                          capture_output=True, text=True)
+    proc = sweep_here(tmp_path / "sweep.toml", out, "--point", "unet-b8-d2-s64")
     assert_one_line_error(proc, "unet-b8-d2-s64 is not a point of this sweep; its points: unet-b4-d2-s64, "
                                 "mobile_unet-b4-d2-s64")
     assert not (out / "points" / "unet-b4-d2-s64").exists()
@@ -255,7 +253,7 @@ def test_point_option_runs_only_the_named_points_and_remeasure_trains_nothing(tm
     record = json.loads(metrics.read_text())
     record["history"].append({**record["history"][-1], "epoch": 4})  # what the fourth epoch appends
     metrics.write_text(json.dumps(record))
-    proc = subprocess.run(_sweep_command(tmp_path / "sweep.toml", out), capture_output=True, text=True)
+    proc = sweep_here(tmp_path / "sweep.toml", out)
     assert_one_line_error(proc, "point mobile_unet-b4-d2-s64's run was trained to 4 epochs after its result was "
                                 "written at 3; remove ")
 
