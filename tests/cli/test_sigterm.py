@@ -280,11 +280,18 @@ def test_a_second_training_into_a_run_folder_in_use_is_refused(tmp_path, assert_
         _wait_for(lambda: (out / "last.pt").is_file() or first.poll() is not None, 120, "no epoch finished")
         assert first.poll() is None, first.stderr.read()
         before = (out / "last.pt").stat().st_mtime_ns
-        for extra in ([], ["--resume"]):
-            second = subprocess.run([sys.executable, "-m", "edgeseg.cli", "train", *args, "--base", "8", "--epochs", "2",
-                                     *extra], capture_output=True, text=True, timeout=120)
-            assert_one_line_error(second, f"{out} is being trained by another process")
-        first.communicate(timeout=300)
+        # The first is paused (still alive, its lock held) while the second tries: on a busy
+        # machine the two fresh interpreters could otherwise start so late that the first had
+        # finished its 40 epochs, freed the folder, and the second was not refused at all.
+        first.send_signal(signal.SIGSTOP)
+        try:
+            for extra in ([], ["--resume"]):
+                second = subprocess.run([sys.executable, "-m", "edgeseg.cli", "train", *args, "--base", "8",
+                                         "--epochs", "2", *extra], capture_output=True, text=True, timeout=300)
+                assert_one_line_error(second, f"{out} is being trained by another process")
+        finally:
+            first.send_signal(signal.SIGCONT)
+        first.communicate(timeout=600)  # a guard against a hang, not a measurement
     finally:
         first.kill()
         first.wait()

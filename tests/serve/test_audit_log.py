@@ -91,11 +91,14 @@ def test_listen_audit_lines_per_association_and_series(serve_bundle, tmp_path, f
 
     segmenter = Segmenter.load(serve_bundle, backend="onnxruntime:fp32")
     audit = AuditLog(tmp_path / "audit.jsonl", provenance(segmenter))
-    node = DicomNode(segmenter, port=free_port(), out=tmp_path / "out", idle=1.0, work=tmp_path / "work", audit=audit)
+    # complete once the test has stored it all (idle 0 from then on), not after a second without
+    # an image, which a loaded machine could take between two images and split the series
+    node = DicomNode(segmenter, port=free_port(), out=tmp_path / "out", idle=600, work=tmp_path / "work", audit=audit)
     node.start()
     try:
         wait_port(node.port)
         files = _store_series(node.port)
+        node.idle = 0
         deadline = time.monotonic() + 60
         while not node.stats.segmented and time.monotonic() < deadline:
             time.sleep(0.1)

@@ -273,11 +273,15 @@ def test_images_arriving_while_their_series_is_segmented_are_kept(serve_bundle, 
     files = sorted(SERIES.glob("*.dcm"))
     with Segmenter.load(serve_bundle, backend="onnxruntime:fp32") as real:
         held = _HeldSegmenter(real)
-        node = DicomNode(held, port=free_port(), out=tmp_path / "out", idle=0.5, work=tmp_path / "work")
+        # The test says when the series is complete, not the machine's speed: with a short idle a
+        # loaded machine could take longer than it between the two images of one storescu call,
+        # and the series was segmented in two parts. The node reads its idle at each check.
+        node = DicomNode(held, port=free_port(), out=tmp_path / "out", idle=600, work=tmp_path / "work")
         node.start()
         try:
             wait_port(node.port)
             assert _storescu(node.port, files[:2]).returncode == 0
+            node.idle = 0  # complete now; the worker then waits in the held segmenter until `go`
             assert held.started.wait(30)
             assert _storescu(node.port, files[2:]).returncode == 0  # acknowledged mid-segmentation
             held.go.set()

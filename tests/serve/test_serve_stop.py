@@ -11,10 +11,22 @@ import time
 
 import numpy as np
 
+from tests.serve.http_util import http_request
+
 
 def _refuses_connections(port: int) -> bool:
     with socket.socket() as probe:
         return probe.connect_ex(("127.0.0.1", port)) != 0
+
+
+def _read_by_now(port: int) -> None:
+    """Return once the server at ``port`` has read what a connection opened earlier sent it: it
+    answers a request on a later connection, and its event loop takes each readable connection in
+    turn, in the order they came, so the earlier one's bytes were read before this answer. (A
+    fixed delay is not enough on a busy machine: a connection whose request head the server has
+    not read yet is idle, and a shutdown closes an idle connection unanswered.)"""
+    status, _, _ = http_request(f"127.0.0.1:{port}", "GET", "/v2/health/live")
+    assert status == 200
 
 
 def test_sigterm_stops_serve_with_exit_0(serve_bundle, serve_process):
@@ -36,7 +48,7 @@ def test_a_request_in_flight_at_sigterm_is_answered(serve_bundle, serve_process)
     with serve_process(serve_bundle, "--backend", "onnxruntime:fp32") as (proc, port):
         with socket.create_connection(("127.0.0.1", port)) as client:
             client.sendall(head + body[:len(body) // 2])
-            time.sleep(0.5)  # the server reads the first half (no timing is asserted)
+            _read_by_now(port)  # the server has the request's head: the request is in flight
             proc.send_signal(signal.SIGTERM)
             deadline = time.monotonic() + 30
             while not _refuses_connections(port):
@@ -63,7 +75,7 @@ def test_a_client_stalled_mid_body_does_not_hold_up_the_stop(serve_bundle, serve
         with socket.create_connection(("127.0.0.1", port)) as stalled:
             stalled.sendall(b"POST /v2/models/edgeseg/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                             b"Content-Length: 100000\r\n\r\n{\"inputs\":")
-            time.sleep(0.5)
+            _read_by_now(port)  # the stalled request is in flight, not a connection still to accept
             proc.send_signal(signal.SIGTERM)
             # --timeout 1 gives 6 s of grace; the stalled client would otherwise hold the server for good
             _, stderr = proc.communicate(timeout=40)

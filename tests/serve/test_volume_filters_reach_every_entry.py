@@ -92,7 +92,9 @@ def test_the_dicom_node_applies_the_3d_filter(case, tmp_path, free_port, wait_po
 
     bundle, _, series, wants = case
     with Segmenter.load(bundle, backend=BACKEND) as segmenter:
-        node = DicomNode(segmenter, ae_title="EDGESEG", port=free_port(), out=tmp_path / "out", idle=1.0,
+        # complete once storescu has stored it all (idle 0 from then on), not after a second
+        # without an image, which a loaded machine could take between two images and split it
+        node = DicomNode(segmenter, ae_title="EDGESEG", port=free_port(), out=tmp_path / "out", idle=600,
                          work=tmp_path / "work")
         node.start()
         try:
@@ -100,6 +102,7 @@ def test_the_dicom_node_applies_the_3d_filter(case, tmp_path, free_port, wait_po
             done = subprocess.run(["storescu", "-aec", "EDGESEG", "127.0.0.1", str(node.port),
                                    *map(str, sorted(series.glob("*.dcm")))], capture_output=True, text=True, timeout=60)
             assert done.returncode == 0, done.stderr
+            node.idle = 0
             deadline = time.monotonic() + 60
             while not node.stats.segmented and not node.stats.failed and time.monotonic() < deadline:
                 time.sleep(0.1)
