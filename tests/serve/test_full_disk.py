@@ -149,7 +149,10 @@ pytestmark_dicom = pytest.mark.skipif(not DCMTK, reason="dcmtk (echoscu, storesc
 @pytest.fixture
 def running_listen(serve_bundle, tmp_path, free_port):
     """``edgeseg listen`` writing SEGs to tmp_path/out, its work folder under tmp_path/tmp, at most
-    one series in flight (a series slot a failure kept would refuse every later series)."""
+    one series in flight (a series slot a failure kept would refuse every later series). Its idle
+    of 3 s, not less: a series counts as complete after that long without an image, and a loaded
+    machine can take a second between two images of one storescu call; the part after such a gap
+    would be a second series, refused for the one slot."""
     port = free_port()
     (tmp_path / "tmp").mkdir()
 
@@ -159,7 +162,7 @@ def running_listen(serve_bundle, tmp_path, free_port):
 
     def start(audit_text: str = ""):
         (tmp_path / "audit.jsonl").write_text(audit_text)
-        command = ["listen", str(serve_bundle), "--port", str(port), "--out", str(tmp_path / "out"), "--idle", "0.5",
+        command = ["listen", str(serve_bundle), "--port", str(port), "--out", str(tmp_path / "out"), "--idle", "3",
                    "--max-series", "1", "--backend", "onnxruntime:fp32", "--audit-log", str(tmp_path / "audit.jsonl")]
         return _server(command, tmp_path / "stderr.txt", ready, tmp_path / "tmp")
 
