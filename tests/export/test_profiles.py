@@ -105,3 +105,13 @@ def test_an_empty_profile_name_is_refused(tmp_path, assert_one_line_error):
                            "--profile", ""], capture_output=True, text=True)
     assert_one_line_error(proc, "export profile name is empty")
     assert not (tmp_path / "b").exists()
+
+
+def test_every_profile_key_has_a_type():
+    """A setting added to ExportSettings without a type in PROFILE_TYPES would end a profile that
+    sets it in a KeyError traceback, not a one-line error (max_dice_drop is a table, checked apart)."""
+    from dataclasses import fields
+
+    from edgeseg.export.profiles import PROFILE_TYPES
+
+    assert set(PROFILE_TYPES) == {f.name for f in fields(ExportSettings)} - {"max_dice_drop"}
