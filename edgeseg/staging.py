@@ -7,7 +7,9 @@ leftovers (SIGKILL, a crash, a power cut) from a running one's: :func:`clean_lef
 the first and leaves the second, and any other name, alone. A pid says nothing about a writer in
 another pid namespace (a container sharing the folder) or on another host (a shared filesystem),
 so a staged file or folder is also held under an exclusive ``flock`` by its writer until it is
-renamed into place or removed, and one still locked is left alone whatever its pid. A writer
+renamed into place or removed, and one still locked is left alone whatever its pid (an NFS
+client emulates ``flock`` with byte-range locks, which a folder cannot take: there a staging
+folder is judged by its pid alone). A writer
 writing a set of files into its own staging folder takes that folder's lock
 (:func:`folder_flocked`) while holding it already: the lock it holds is taken as held, not waited
 for (a second ``flock`` of the same folder in one process would wait for itself). Tidying is best-effort:
