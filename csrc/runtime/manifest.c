@@ -218,7 +218,7 @@ static int cpu_has_vnni(void) {
 
 /* Why "auto" must not run artifact `a` on OpenVINO's CPU plugin here, written to `why` (0: it
  * may). The rules of edgeseg/runtime/selection.py's skip_reasons: the export gate excluded the
- * openvino runner for it or, where the entry lists the runners it scored, never ran it; or it is
+ * openvino runner for it or never ran it (on INT8, also where the entry lists no runners); or it is
  * an INT8 graph not of the cpu scheme on an x86 CPU without VNNI. */
 static int auto_skips(const cJSON *a, char *why, size_t n) {
     const cJSON *excluded = cJSON_GetObjectItemCaseSensitive(a, "excluded");
@@ -228,15 +228,15 @@ static int auto_skips(const cJSON *a, char *why, size_t n) {
         return 1;
     }
     const cJSON *scored = cJSON_GetObjectItemCaseSensitive(a, "scored"), *r = NULL;
-    if (cJSON_IsArray(scored)) { /* absent: a bundle from before the gate listed them, judged by excluded alone */
-        for (r = scored->child; r && strcmp(r->valuestring, "openvino") != 0; r = r->next) {}
-        if (!r) {
-            snprintf(why, n, "not scored by the export gate: openvino was not installed where the bundle was exported; "
-                     "edgeseg gate scores it");
-            return 1;
-        }
-    }
-    if (strcmp(string_or(a, "precision", ""), "int8") != 0) return 0;
+    int int8 = strcmp(string_or(a, "precision", ""), "int8") == 0;
+    for (r = cJSON_IsArray(scored) ? scored->child : NULL; r && strcmp(r->valuestring, "openvino") != 0; r = r->next) {}
+    if (cJSON_IsArray(scored) && !r) /* snprintf's count is positive: "skip" */
+        return snprintf(why, n, "not scored by the export gate: openvino was not installed where the bundle was "
+                        "exported; edgeseg gate scores it") > 0;
+    if (!cJSON_IsArray(scored) && int8) /* from before the gate kept a list: it ran onnxruntime alone on INT8 */
+        return snprintf(why, n, "not scored by the export gate: a manifest without scored runners vouches for "
+                        "onnxruntime alone on an INT8 graph; edgeseg gate scores it") > 0;
+    if (!int8) return 0;
     const cJSON *extra = cJSON_GetObjectItemCaseSensitive(a, "extra");
     const char *scheme = cJSON_IsObject(extra) ? string_or(extra, "int8_scheme", NULL) : NULL;
     if ((scheme && strcmp(scheme, "cpu") == 0) || cpu_has_vnni() != 0) return 0;

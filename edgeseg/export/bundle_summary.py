@@ -42,8 +42,8 @@ def summarize_bundle(bundle: str | Path) -> dict[str, Any]:
         remedy = ("export the bundle again to record them (it passed parity gate v1, which edgeseg gate does not "
                   "extend)" if v1 else "edgeseg gate BUNDLE --checkpoint CKPT records them and scores the others")
         notes.append(f"the manifest records no runners the parity gate scored on {', '.join(unrecorded)} (exported "
-                     f"before it did): auto may pick any installed runner the gate did not exclude, also one it never "
-                     f"ran; {remedy}")
+                     f"before it did): auto runs an INT8 graph there only on the runner every gate ran (onnxruntime "
+                     f"for ONNX) and judges the others by excluded alone; {remedy}")
     parity = None
     if report is _MISSING:  # every export writes it: without it nothing says the artifacts were checked
         failed.append(_failure("parity-missing", f"{PARITY_NAME} is missing: nothing records that the artifacts "

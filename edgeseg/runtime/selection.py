@@ -11,8 +11,9 @@ skips measuring and takes the first loadable candidate in the runners' ``prefere
 that cannot load here (a TensorRT engine built for another GPU) is logged as a warning and
 the next candidate is tried. A runner the export gate failed on an artifact (the manifest's
 ``excluded``), or never ran on it (not in its ``scored``: the runner was not installed where the
-bundle was exported), is never picked by ``auto`` for it; naming it explicitly still loads it,
-with a warning. On an x86 CPU without VNNI, ``auto`` also skips CPU runners on an INT8 graph of the
+bundle was exported; for a manifest without ``scored``, an INT8 graph on any runner but ONNX
+Runtime), is never picked by ``auto`` for it; naming it explicitly still loads it, with a warning.
+On an x86 CPU without VNNI, ``auto`` also skips CPU runners on an INT8 graph of the
 ``tensorrt`` scheme (signed activations; every bundle from before the INT8 schemes): their
 u8 x s8 pair sums saturate there, and the gate that passed them ran on the export machine
 (see ``edgeseg.export.int8``). What each runner loads, needs and prefers comes from its class (see
@@ -100,13 +101,26 @@ def int8_saturation_risk(entry: ArtifactEntry) -> str | None:
             f"(no VNNI); re-export with --int8-scheme cpu")
 
 
+# The runner every parity gate, from the first, ran on the artifacts of each format: a manifest
+# from before the gate listed its runners (no ``scored``) vouches for these alone on INT8, where
+# runners' kernels differ most (until 2026-12-01 the gate ran ONNX graphs on ONNX Runtime only).
+ALWAYS_GATED = {"onnx": "onnxruntime", "tensorrt": "tensorrt"}
+
+
 def unscored_reason(entry: ArtifactEntry, runner: str) -> str | None:
     """Why the gate's record does not cover ``runner`` on ``entry``: it lists the runners it
-    scored and ``runner`` is not among them; None where it is, or where the entry records no
-    list (a bundle from before the gate recorded one: judged by ``excluded`` alone)."""
-    if entry.scored is None or runner in entry.scored or runner in entry.excluded:
+    scored and ``runner`` is not among them, or (a bundle from before the gate recorded the list)
+    the entry is an INT8 graph and ``runner`` is not the one every gate ran on its format
+    (:data:`ALWAYS_GATED`); None where it is covered, excluded (that reason comes first), or an
+    FP32/FP16 artifact of such a bundle (judged by ``excluded`` alone)."""
+    if runner in entry.excluded or (entry.scored is not None and runner in entry.scored):
         return None
-    return f"not scored by the export gate: {runner} was not installed where the bundle was exported; edgeseg gate scores it"
+    if entry.scored is not None:
+        return f"not scored by the export gate: {runner} was not installed where the bundle was exported; edgeseg gate scores it"
+    if entry.precision != "int8" or runner == ALWAYS_GATED.get(entry.format):
+        return None
+    return (f"not scored by the export gate: a manifest without scored runners vouches for "
+            f"{ALWAYS_GATED.get(entry.format, 'no runner')} alone on an INT8 graph; edgeseg gate scores it")
 
 
 def skip_reasons(entry: ArtifactEntry, runner: str) -> str | None:

@@ -115,12 +115,13 @@ def test_excluded_must_map_runners_to_reasons(excluded, bundle, tmp_path, run_ch
         read_manifest(copy)
 
 
-@pytest.mark.parametrize("scored, auto", [(["onnxruntime"], "fp32"), (["onnxruntime", "openvino"], "int8"), (None, "int8")],
+@pytest.mark.parametrize("scored, auto", [(["onnxruntime"], "fp32"), (["onnxruntime", "openvino"], "int8"), (None, "fp32")],
                          ids=["unscored", "scored", "not-recorded"])
 def test_an_int8_graph_the_gate_never_ran_on_openvino_is_skipped_by_auto(scored, auto, bundle, tmp_path, run_checks):
     """A manifest listing the runners the gate scored (``scored``) without openvino: OpenVINO was
-    not installed where the bundle was exported, so auto does not run that artifact on it; a
-    manifest without the list (from before the gate recorded it) is judged by excluded alone."""
+    not installed where the bundle was exported, so auto does not run that artifact on it; nor
+    where the manifest has no list (from before the gate recorded it, whose gate is known to have
+    run ONNX Runtime alone on INT8): there the FP32 graph, which needs no gate, is opened."""
     def mark(entry):
         entry.pop("scored", None)
         if entry["precision"] == "int8" and scored is not None:

@@ -150,10 +150,11 @@ def test_a_failed_verdict_excludes_the_runner(without_openvino, tmp_path):
 
 
 def test_a_bundle_without_scored_keeps_its_meaning_and_gate_records_it(without_openvino, tmp_path):
-    """A manifest from before the gate recorded its runners: auto judges by excluded alone (as it
-    always did), inspect says so, and edgeseg gate fills scored from the parity rows."""
+    """A manifest from before the gate recorded its runners: auto judges the FP32 graph by excluded
+    alone and runs the INT8 graph only on ONNX Runtime, the one runner every gate ran; inspect
+    says so, and edgeseg gate fills scored from the parity rows (openvino:int8 is auto's again)."""
     from edgeseg.runtime.manifest import read_manifest
-    from edgeseg.runtime.selection import candidates
+    from edgeseg.runtime.selection import candidates, unscored_reason
 
     checkpoint, _, full = without_openvino
     bundle = shutil.copytree(full, tmp_path / "bundle")
@@ -161,13 +162,15 @@ def test_a_bundle_without_scored_keeps_its_meaning_and_gate_records_it(without_o
     for artifact in manifest["artifacts"]:
         del artifact["scored"]
     (bundle / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-    assert "openvino" in {c.runner for c in candidates(read_manifest(bundle), gated_only=True)}
+    gated = {c.label for c in candidates(read_manifest(bundle), gated_only=True)}
+    assert {"openvino:fp32", "onnxruntime:int8"} <= gated and "openvino:int8" not in gated
     proc = _edgeseg("inspect", bundle, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "note: the manifest records no runners the parity gate scored on model.onnx, model.int8.onnx" in proc.stdout
     proc = _edgeseg("gate", bundle, "--checkpoint", checkpoint, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert [a["scored"] for a in _manifest(bundle)["artifacts"]] == [["onnxruntime", "openvino"]] * 2
+    assert unscored_reason(read_manifest(bundle).artifact("onnx", "int8"), "openvino") is None
     assert json.loads((bundle / "parity.json").read_text()) == json.loads((full / "parity.json").read_text())
 
 

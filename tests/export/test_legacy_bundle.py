@@ -13,6 +13,7 @@ is that commit's ``edgeseg predict BUNDLE phantom-hu-6x40x28.npy --backend R:P``
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -95,3 +96,32 @@ def test_the_old_checkpoint_exports_to_a_bundle_with_the_old_labels(tmp_path):
                     cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert np.array_equal(np.load(out), _old_labels("onnxruntime:fp32"))
+
+
+def test_auto_runs_the_old_int8_graph_only_on_the_runner_its_gate_ran(tmp_path):
+    """The 2026-11-25 manifest lists no scored runners; its parity rows show the gate ran ONNX
+    Runtime alone. auto must not take openvino:int8, which that gate never ran (it did before),
+    while the FP32 graph, which needs no gate, stays open to OpenVINO; inspect gives the reason."""
+    from edgeseg.runtime.manifest import read_manifest
+    from edgeseg.runtime.selection import skip_reasons
+
+    rows = json.loads((BUNDLE / "parity.json").read_text())["results"]
+    gated = {row["run_on"].rsplit("-", 1)[0] for row in rows if row["file"] == "model.int8.onnx"}
+    assert gated == {"onnxruntime"}
+    manifest = read_manifest(BUNDLE)
+    int8, fp32 = manifest.artifact("onnx", "int8"), manifest.artifact("onnx", "fp32")
+    assert "not scored by the export gate" in (skip_reasons(int8, "openvino") or "")
+    assert "not scored" not in (skip_reasons(int8, "onnxruntime") or "")
+    assert skip_reasons(fp32, "openvino") is None and skip_reasons(fp32, "onnxruntime") is None
+    proc = _edgeseg("inspect", BUNDLE, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    row = next(line for line in proc.stdout.splitlines() if line.startswith("onnx-int8  model.int8.onnx"))
+    assert "openvino (not scored by the export gate: a manifest without scored runners vouches for onnxruntime " \
+           "alone on an INT8 graph; edgeseg gate scores it)" in row
+    assert "onnxruntime (" not in row
+    out = tmp_path / "labels.npy"
+    proc = subprocess.run([sys.executable, "-m", "edgeseg", "predict", str(BUNDLE), str(HU), "--out", str(out),
+                           "--backend", "auto"], capture_output=True, text=True, cwd=tmp_path,
+                          env=dict(os.environ, EDGESEG_CACHE_DIR=str(tmp_path / "cache"), EDGESEG_BACKEND_PROBE="0"))
+    assert proc.returncode == 0, proc.stderr
+    assert "loaded" in proc.stderr and "backend openvino:int8" not in proc.stderr
