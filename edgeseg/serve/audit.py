@@ -100,7 +100,10 @@ class AuditLog:
 
     def _append(self, data: bytes) -> None:
         with _file_locked(self._fd):  # the end found here stays the end until the line is in
-            end = os.lseek(self._fd, 0, os.SEEK_END)
+            try:
+                end = os.lseek(self._fd, 0, os.SEEK_END)
+            except OSError as exc:  # a pipe or socket, or a failing disk: nothing was written
+                raise AuditLogError(self.path, exc) from None
             try:
                 rest = memoryview(data)
                 while rest:  # one write; one past the room left is short, and the next one fails

@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 
 from edgeseg.serve.dicom_refusal import REFUSAL_WAIT, AssociationRefuser, ae_titles, reject_pdu
 from edgeseg.serve.dicom_refusal_audit import RefusalAudit, refusal_recorder
@@ -98,9 +99,10 @@ class ConnectionLimit:
             self._logged_at, self._unlogged = time.monotonic(), 0
         log.warning("refused a connection from %s:%s: %s; %s", host, address[1], reason, how)
 
-    def admit_request(self, sock, address, pdu: bytes) -> bytes | None:
+    def admit_request(self, sock, address, pdu: bytes) -> tuple[bytes, Callable[[bool], None]] | None:
         """Count the association request ``pdu`` of ``sock`` against its calling AE title (None),
-        or log why not and return the A-ASSOCIATE-RJ to answer it with."""
+        or log why not and return the A-ASSOCIATE-RJ to answer it with and what to call with
+        whether it was sent (the audit log's outcome: rejected, or closed where it never left)."""
         # PS3.8 9.3.2: the PDU header (6 bytes), protocol version, reserved, called AE title (16)
         calling, called = ae_titles(pdu)
         with self._lock:
@@ -112,8 +114,8 @@ class ConnectionLimit:
             self._stats.refused_connections += 1
         self.refused(address, f"{held} associations calling as {calling!r} are open, the most "
                               f"--max-associations-per-ae allows", answered=True)
-        self.recorder(address, "--max-associations-per-ae")("rejected", calling, called)
-        return reject_pdu()
+        done = self.recorder(address, "--max-associations-per-ae")
+        return reject_pdu(), lambda sent: done("rejected" if sent else "closed", calling, called)
 
     def release(self, sock) -> None:
         with self._lock:

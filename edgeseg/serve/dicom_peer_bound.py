@@ -48,6 +48,9 @@ P_DATA_TF = 0x04
 PDU_NAMES = {0x01: "an A-ASSOCIATE-RQ", 0x02: "an A-ASSOCIATE-AC", 0x03: "an A-ASSOCIATE-RJ", P_DATA_TF: "a P-DATA-TF PDU",
              0x05: "an A-RELEASE-RQ", 0x06: "an A-RELEASE-RP", 0x07: "an A-ABORT"}
 _COMMAND, _LAST = 0x01, 0x02
+# What answers an association request in pynetdicom's place: the PDU, and what is called with
+# whether it was sent (the outcome the audit log records comes after the send)
+Refusal = tuple[bytes, Callable[[bool], None]]
 
 
 def abort_pdu(source: int, code: int = 0) -> bytes:
@@ -88,11 +91,12 @@ class PduBoundSocket:
 
     def __init__(self, sock, bounds: PeerBounds, refused: Callable[[str], None], address=("?", 0),
                  closed: Callable[[], None] = lambda: None,
-                 requested: Callable[[bytes], bytes | None] = lambda pdu: None) -> None:
+                 requested: Callable[[bytes], Refusal | None] = lambda pdu: None) -> None:
         self._sock = sock
         self._on_close = closed
         # given the peer's A-ASSOCIATE-RQ PDU, whole: None to hand it on, or the PDU to answer it
-        # with instead (an A-ASSOCIATE-RJ), the connection then ending
+        # with instead (an A-ASSOCIATE-RJ) and what to call with whether it was sent, the
+        # connection then ending
         self._on_request = requested
         self._bounds = bounds
         self._refused = refused
@@ -225,8 +229,13 @@ class PduBoundSocket:
             answer = self._on_request(header + body)
             if answer is not None:  # pynetdicom sees the connection end before a request
                 self._closed = True
-                with contextlib.suppress(OSError):
-                    self.sendall(answer)
+                pdu, sent = answer
+                try:
+                    self.sendall(pdu)
+                except OSError:  # the peer reset the connection: it never had the answer
+                    sent(False)
+                else:
+                    sent(True)
                 return b""
         if len(body) == length and pdu_type == P_DATA_TF:
             over = self._count_fragments(body)
@@ -277,12 +286,13 @@ class PduBoundSocket:
 def bounded_request_handler(bounds: Callable[[], PeerBounds], refused: Callable[[tuple, str], None],
                             opened: Callable[[PduBoundSocket], None] = lambda conn: None,
                             closed: Callable[[object], None] = lambda sock: None,
-                            requested: Callable[[object, tuple, bytes], bytes | None] = lambda sock, address, pdu: None):
+                            requested: Callable[[object, tuple, bytes], Refusal | None] = lambda sock, address, pdu: None):
     """A pynetdicom request handler class whose associations read their peer through
     :class:`PduBoundSocket`; ``bounds()`` is asked once per association, ``refused(address,
     reason)`` called when one is aborted, ``opened(conn)`` with each new one (to watch its clock),
     ``closed(sock)`` with its accepted socket once that is closed, ``requested(sock, address,
-    pdu)`` with its association request, to answer in pynetdicom's place (its PDU) or not (None)."""
+    pdu)`` with its association request, to answer in pynetdicom's place (its PDU, and what to
+    call with whether it was sent) or not (None)."""
     from pynetdicom.transport import RequestHandler
 
     class BoundedRequestHandler(RequestHandler):

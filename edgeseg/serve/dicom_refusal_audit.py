@@ -7,8 +7,9 @@ request is read (dicom_connections.py): pynetdicom never sees either, so neither
 done with the connection: ``peer`` (address:port), ``calling_ae`` and ``called_ae`` (where the
 peer's request was read), ``limit`` (the option it was refused for) and ``outcome``
 (``rejected``: answered with an A-ASSOCIATE-RJ; ``aborted``: it sent another PDU than a request
-and was answered with an A-ABORT; ``closed``: it sent no request in its time, or it was closed
-unanswered because as many refused connections were being answered already).
+and was answered with an A-ABORT; ``closed``: it sent no request in its time, it was closed
+unanswered because as many refused connections were being answered already, or the answer could
+not be sent). The outcome is recorded once the answer was sent or failed.
 
 A flood must not fill the disk: in each period of ``REFUSAL_AUDIT_EVERY`` seconds the first
 ``REFUSALS_AUDITED`` refusals have their own line, and those past them are counted and written as

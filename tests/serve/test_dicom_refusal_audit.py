@@ -6,6 +6,9 @@ peer; idle raw sockets (and pynetdicom bound to 127.0.0.2) hold the slots."""
 from __future__ import annotations
 
 import contextlib
+import os
+import socket
+import struct
 import json
 import subprocess
 
@@ -132,3 +135,73 @@ def test_a_flood_of_refusals_is_coalesced_in_the_audit_log(running_node, tmp_pat
     assert {h: hosts_own[h] + summary["by_host"].get(h, 0) for h in hosts_own} == {"127.0.0.1": 8, "127.0.0.2": 17}
     assert summary["by_limit"] == {"--max-connections-per-host": 15} and summary["by_outcome"] == {"closed": 15}
     assert all(line["outcome"] == "closed" for line in own)
+
+
+def _association_request(calling: str, called: str) -> bytes:
+    """An A-ASSOCIATE-RQ PDU (PS3.8 9.3.2) with the two AE titles and no items: the node reads
+    its titles and refuses it before anything else of it matters."""
+    body = (1).to_bytes(2, "big") + bytes(2) + called.ljust(16).encode() + calling.ljust(16).encode() + bytes(32)
+    return bytes([0x01, 0]) + len(body).to_bytes(4, "big") + body
+
+
+def test_a_rejection_that_could_not_be_sent_is_audited_as_closed(running_node, tmp_path):  # noqa: F811
+    """A request past --max-associations-per-ae from a peer that reset its connection: the node's
+    A-ASSOCIATE-RJ never left, yet the line said ``rejected`` (it was written before the send).
+    The node's connection count is held while the peer sends its request and resets, so that the
+    node answers only after the reset; the outcome is now ``closed``, as for any connection closed
+    unanswered."""
+    with _audited_node(running_node, tmp_path, max_associations=4) as node:
+        _settle(node)
+        held = [_associate_from(source, node.port, "PACS") for source in ("127.0.0.1", "127.0.0.2")]
+        try:
+            assert all(assoc.is_established for assoc in held)
+            sock = _connect(node.port)
+            assert _wait_for(lambda: node._connections.open_connections() == 3, BOUND)
+            with node._connections._lock:
+                sock.sendall(_association_request("PACS", "EDGESEG"))
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                sock.close()  # a reset: the node's answer cannot be sent
+            assert _wait_for(lambda: _lines(tmp_path, "refused_connection"), BOUND)
+            assert node.stats.refused_connections == 1
+        finally:
+            for assoc in held:
+                assoc.release()
+    [line] = _lines(tmp_path, "refused_connection")
+    assert (line["calling_ae"], line["called_ae"], line["limit"], line["outcome"]) == (
+        "PACS", "EDGESEG", "--max-associations-per-ae", "closed")
+
+
+def test_an_audit_log_that_takes_no_line_leaves_the_node_accepting(running_node, tmp_path, monkeypatch,
+                                                                   caplog):  # noqa: F811
+    """--audit-log on a pipe (a FIFO read by cat here, as /dev/stdout under a service manager
+    is): no line can be appended (lseek fails, ESPIPE), and the writer let that OSError through.
+    Writing a period's summary of refusals on the node's accept thread, it ended that thread: the
+    node accepted no connection more, and echoscu timed out. Now the line is lost, the node's log
+    says so in one line, and echoscu is answered."""
+    from edgeseg.serve import dicom_refusal_audit
+    from edgeseg.serve.audit import AuditLog
+
+    # every refusal goes to the period's summary, written once the node's accept loop comes round
+    monkeypatch.setattr(dicom_refusal_audit, "REFUSALS_AUDITED", 0)
+    monkeypatch.setattr(dicom_refusal_audit, "REFUSAL_AUDIT_EVERY", 0.0)
+    fifo = tmp_path / "audit.pipe"
+    os.mkfifo(fifo)
+    reader = subprocess.Popen(["cat", str(fifo)], stdout=subprocess.DEVNULL)
+    audit = AuditLog(fifo)
+    try:
+        with running_node(peer_timeout=PEER_TIMEOUT, audit=audit, max_associations=1,
+                          max_connections_per_host=1) as node:
+            held = _idle(node, 1)
+            _connect(node.port).close()
+            assert _wait_for(lambda: node.stats.refused_connections == 1, BOUND)
+            assert _wait_for(lambda: any("its refused_connections line is lost" in r.getMessage()
+                                         for r in caplog.records), BOUND)
+            held[0].close()
+            echo = subprocess.run(["echoscu", "-ta", str(BOUND), "-aec", "EDGESEG", "127.0.0.1", str(node.port)],
+                                  capture_output=True, text=True, timeout=60)
+            assert echo.returncode == 0, echo.stdout + echo.stderr
+    finally:
+        audit.close()
+        reader.wait(timeout=BOUND)
+    [lost] = [r.getMessage() for r in caplog.records if "refused_connections line is lost" in r.getMessage()]
+    assert lost == f"cannot append to the audit log {fifo}: Illegal seek; its refused_connections line is lost"
