@@ -18,15 +18,10 @@ OPENMP_VERSIONS = {200505: "2.5", 200805: "3.0", 201107: "3.1", 201307: "4.0", 2
 def libraries() -> dict[str, tuple[str, ...]]:
     """Each backend library (the runners name theirs, and the distributions it may be installed
     as: the GPU builds have their own names), then numpy."""
-    from edgeseg.errors import BackendError
-    from edgeseg.runtime.runners import builtin_runners, runners
+    from edgeseg.runtime.runners import runners
 
-    try:
-        classes = runners()
-    except BackendError:  # a plugin that does not load: still listed under plugins, and the report is made
-        classes = builtin_runners()
     found: dict[str, tuple[str, ...]] = {}
-    for cls in classes.values():
+    for cls in runners().values():  # a plugin that does not load is left out here, listed under plugins
         if cls.library is not None:
             found.setdefault(cls.library, cls.library_distributions())
     return {**found, "numpy": ("numpy",)}
@@ -57,13 +52,14 @@ def installation() -> dict:
     checkout, else empty), ``python``, ``platform``, ``kernels`` (``file``, ``compiler``,
     ``openmp``: the ``_OPENMP`` date, 0 for a serial build; or ``error``), ``libedgeseg`` (its
     path, None where not built), ``libraries`` (name -> version, None where not installed) and
-    ``plugins`` (each plugin's runner name -> ``distribution`` and its ``version``)."""
+    ``plugins`` (each plugin's runner name -> ``distribution``, its ``version``, and ``error``:
+    why it was left out, None for one that loads)."""
     import platform
     from importlib import metadata
 
     from edgeseg import __version__
     from edgeseg.report.provenance import source_commit
-    from edgeseg.runtime.runners import plugin_distributions
+    from edgeseg.runtime.runners import plugin_distributions, plugin_errors
 
     def found(names) -> str | None:
         for name in names:
@@ -76,7 +72,7 @@ def installation() -> dict:
     return {"edgeseg": __version__, "source": source_commit(), "python": platform.python_version(),
             "platform": f"{platform.system()} {platform.machine()}", "kernels": _kernels(),
             "libedgeseg": _libedgeseg(), "libraries": {name: found(dists) for name, dists in libraries().items()},
-            "plugins": {name: {"distribution": dist, "version": found((dist,))}
+            "plugins": {name: {"distribution": dist, "version": found((dist,)), "error": plugin_errors().get(name)}
                         for name, dist in plugin_distributions().items()}}
 
 
@@ -98,7 +94,8 @@ def version_text(facts: dict) -> str:
     lines.append(f"libedgeseg  {facts['libedgeseg'] or 'not built (make sdk)'}")
     libraries = ", ".join(f"{name} {version or '-'}" for name, version in facts["libraries"].items())
     lines.append(f"libraries   {libraries} ('-': not installed)")
-    plugins = ", ".join(f"{name} ({plugin['distribution']} {plugin['version'] or '-'})"
+    plugins = ", ".join(f"{name} ({plugin['distribution']} {plugin['version'] or '-'}"
+                        f"{'; left out: ' + plugin['error'] if plugin.get('error') else ''})"
                         for name, plugin in facts["plugins"].items())
     lines.append(f"plugins     {plugins or 'none'}")
     return "\n".join(lines)

@@ -9,8 +9,9 @@ and the registry adds it to the built-in runners the first time it is asked for 
 points are read from the ``entry_points.txt`` of the ``*.dist-info`` folders on ``sys.path``
 (the first distribution of a name wins, as for ``importlib.metadata.entry_points``) without
 importing importlib.metadata, which costs every cold start tens of ms. A plugin that does not
-load, is not a Runner, or takes a name already taken is refused in one line, never skipped or
-let through: a bundle must not silently run on another engine than the one named.
+load, is not a Runner, or takes a name already taken is left out with one warning line naming
+it and why (the registry, ``edgeseg.runtime.runners``): the other runners work, and naming its
+runner is refused with that reason, so a bundle never runs on another engine than the one named.
 ``EDGESEG_RUNNER_PLUGINS=0`` runs with the built-in runners only.
 """
 
@@ -79,28 +80,27 @@ def load(entry: EntryPoint, builtin: dict, plugins: dict[str, EntryPoint]) -> ty
     """The Runner class ``entry`` names, checked; BackendError in one line when it does not
     import, is no Runner subclass, is named otherwise than its entry point, or takes the name of
     one of the ``builtin`` runners or of an earlier one of the ``plugins``."""
-    hint = f"; {SWITCH}=0 runs without plugins"
     if entry.name in builtin:  # refused before its module runs: it may be what breaks the built-in
         raise BackendError(f"{entry.where()}: {entry.name!r} is a built-in runner, which a plugin cannot replace; "
-                           f"give it another name{hint}")
+                           "give it another name")
     if entry.name in plugins:
-        raise BackendError(f"{entry.where()}: {entry.name!r} is also {plugins[entry.name].where()}{hint}")
+        raise BackendError(f"{entry.where()}: {entry.name!r} is also {plugins[entry.name].where()}")
     if not _NAME.fullmatch(entry.name) or entry.name in _RESERVED:
         raise BackendError(f"{entry.where()}: a runner name is lower-case letters, digits, '.', '_' and '-', "
-                           f"and not {' or '.join(_RESERVED)}{hint}")
+                           f"and not {' or '.join(_RESERVED)}")
     module_name, colon, attribute = (part.strip() for part in entry.value.partition(":"))
     if not colon or not module_name or not attribute:
-        raise BackendError(f"{entry.where()}: {entry.value!r} is not 'module:Class'{hint}")
+        raise BackendError(f"{entry.where()}: {entry.value!r} is not 'module:Class'")
     try:
         found = importlib.import_module(module_name)
         for part in attribute.split("."):
             found = getattr(found, part)
     except Exception as exc:  # noqa: BLE001 - whatever the plugin's import raises
         message = " ".join(str(exc).split())
-        raise BackendError(f"{entry.where()} does not load: {type(exc).__name__}: {message}{hint}") from None
+        raise BackendError(f"{entry.where()} does not load: {type(exc).__name__}: {message}") from None
     if not (isinstance(found, type) and issubclass(found, Runner)):
-        raise BackendError(f"{entry.where()} is not a subclass of edgeseg's Runner: {found!r}{hint}")
+        raise BackendError(f"{entry.where()} is not a subclass of edgeseg's Runner: {found!r}")
     if found.name != entry.name:
         raise BackendError(f"{entry.where()} names its runner {found.name!r}: the entry point's name must be "
-                           f"the runner's name{hint}")
+                           "the runner's name")
     return found

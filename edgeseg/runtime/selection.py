@@ -35,7 +35,7 @@ from edgeseg.errors import BackendError, EdgesegError
 from edgeseg.runtime.machine import cpu_flags
 from edgeseg.runtime.manifest import ArtifactEntry, Manifest
 from edgeseg.runtime.probe_cache import probe_key, probe_lock, read_cache, write_cache
-from edgeseg.runtime.runners import Runner, runner_class, runners, runners_for
+from edgeseg.runtime.runners import Runner, plugin_errors, runner_class, runners, runners_for
 from edgeseg.runtime.runners.remote import DEFAULT_TIMEOUT_S, RemoteRunner, check_remote_timeout, is_remote
 from edgeseg.runtime.runners.base import check_threads
 
@@ -71,8 +71,10 @@ def parse_backend(text: str) -> tuple[str, str | None]:
     any case (``"OpenVINO"``) is the same name. BackendError for a name no runner has, and for a
     precision the runner does not run (``torchscript:int8``)."""
     name, _, precision = canonical_backend(text).partition(":")
-    loadable = sorted(name for name, cls in runners().items() if cls.format is not None)
+    loadable = sorted(name for name, cls in runners(warn=False).items() if cls.format is not None)
     if name not in loadable:
+        if name in plugin_errors():
+            runner_class(name)  # raises: the plugin of that name was left out, and why
         raise BackendError(f"unknown backend {name!r}; known: auto, {', '.join(loadable)}, http://HOST:PORT/models/NAME")
     runs = runner_class(name).precisions
     if precision and precision not in runs:
@@ -172,14 +174,14 @@ def select_runner(bundle: Path, manifest: Manifest, backend: str | list[str] = "
         return RemoteRunner(wanted[0], manifest.inputs[0], manifest.outputs[0], manifest.max_batch, threads,
                             timeout=DEFAULT_TIMEOUT_S if timeout is None else timeout,
                             artifacts=tuple(a.sha256 for a in manifest.artifacts), labels=manifest.labels)
-    available = candidates(manifest, gated_only=True)
     if wanted == ["auto"]:
-        return _auto(bundle, manifest, available, threads)
+        return _auto(bundle, manifest, candidates(manifest, gated_only=True), threads)
+    # an unknown name is refused, in a list too (a typo), before the runners are listed
+    parsed = [parse_backend(text) for text in wanted]
     order: list[Candidate] = []
     have = ", ".join(c.label for c in candidates(manifest, installed_only=False))
     absent = []
-    for text in wanted:
-        name, precision = parse_backend(text)  # an unknown name is refused, in a list too: a typo
+    for text, (name, precision) in zip(wanted, parsed):
         matches = [c for c in candidates(manifest, installed_only=False) if c.runner == name
                    and (precision is None or c.entry.precision == precision)]
         if not matches:

@@ -4,7 +4,8 @@ The first time the registry is asked, every module of this package is imported (
 their libraries lazily, so that is cheap and works without any of them) and each Runner subclass
 with a ``name`` is registered; adding a backend is adding a file. Runners other distributions
 install as ``edgeseg.runners`` entry points come after them (``edgeseg.runtime.runner_plugins``:
-a broken one is refused in one line, none replaces a built-in runner, and
+a broken one is left out with one warning line and ``plugin_errors()`` says why, naming its
+runner is refused with that reason, none replaces a built-in runner, and
 ``EDGESEG_RUNNER_PLUGINS=0`` leaves them out). ``runner_class(name)`` returns one,
 ``runners()`` all of them, ``runners_for(format, precision)`` those that run an artifact,
 ``artifact_formats()`` the artifact formats and precisions some runner loads (what a manifest
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import logging
 import pkgutil
 
 from edgeseg.errors import BackendError
@@ -24,16 +26,25 @@ from edgeseg.runtime.runners.base import ArtifactRunner, Runner
 _REGISTRY: dict[str, type[Runner]] = {}
 # runner name -> the distribution that installed it, for the plugins' runners
 _PLUGIN_DISTRIBUTIONS: dict[str, str] = {}
+# entry point name -> why that plugin was left out (it does not load, is no Runner, its name is taken)
+_PLUGIN_ERRORS: dict[str, str] = {}
+_UNWARNED: list[str] = []  # those reasons not logged yet
+
+log = logging.getLogger(__name__)
 
 
-def runners() -> dict[str, type[Runner]]:
+def runners(warn: bool = True) -> dict[str, type[Runner]]:
     """Backend name -> Runner class: every runner module of this package, then the installed
-    plugins' runners (BackendError in one line for a broken plugin)."""
+    plugins' runners (a broken plugin left out, with one warning line once ``warn`` is True:
+    checking a name given, which is refused with the reason when it is that plugin's, leaves
+    it to the next call)."""
     if not _REGISTRY:
         found = builtin_runners()
         plugins = _plugins(found)
         _REGISTRY.update(sorted(found.items()))
         _REGISTRY.update(sorted(plugins.items()))
+    while warn and _UNWARNED:
+        log.warning("%s; its runner is left out (EDGESEG_RUNNER_PLUGINS=0 runs without plugins)", _UNWARNED.pop(0))
     return _REGISTRY
 
 
@@ -55,10 +66,22 @@ def _plugins(builtin: dict[str, type[Runner]]) -> dict[str, type[Runner]]:
         return {}
     loaded, entries = {}, {}
     for entry in runner_plugins.entry_points():
-        loaded[entry.name] = runner_plugins.load(entry, builtin, entries)
-        entries[entry.name] = entry
-    _PLUGIN_DISTRIBUTIONS.update((name, entry.project) for name, entry in entries.items())
+        try:
+            loaded[entry.name] = runner_plugins.load(entry, builtin, entries)
+            entries[entry.name] = entry
+        except BackendError as exc:  # the other runners work; naming this one says why it cannot
+            _UNWARNED.append(str(exc))
+            _PLUGIN_ERRORS.setdefault(entry.name, str(exc))
+    for name in _PLUGIN_ERRORS:  # a name one plugin failed to provide is no other plugin's either
+        loaded.pop(name, None)
+    _PLUGIN_DISTRIBUTIONS.update((name, entries[name].project) for name in loaded)
     return loaded
+
+
+def plugin_errors() -> dict[str, str]:
+    """Entry point name -> why that runner plugin was left out, for each broken plugin."""
+    runners(warn=False)
+    return dict(_PLUGIN_ERRORS)
 
 
 def plugin_distributions() -> dict[str, str]:
@@ -74,17 +97,21 @@ def plugin_distributions() -> dict[str, str]:
 
 
 def runner_class(name: str) -> type[Runner]:
-    """The Runner subclass registered as ``name``; BackendError naming the known ones otherwise."""
+    """The Runner subclass registered as ``name``; BackendError naming the known ones otherwise,
+    or why the plugin of that name was left out."""
     try:
-        return runners()[name]
+        return runners(warn=name not in _PLUGIN_ERRORS)[name]
     except KeyError:
+        if name in _PLUGIN_ERRORS:
+            raise BackendError(f"backend {name!r} is unavailable: {_PLUGIN_ERRORS[name]}") from None
         raise BackendError(f"unknown backend {name!r}; known: {sorted(runners())}") from None
 
 
 def artifact_formats() -> dict[str, tuple[str, ...]]:
-    """Artifact format -> the precisions some registered runner loads in that format."""
+    """Artifact format -> the precisions some registered runner loads in that format (a check of
+    a manifest, which leaves a broken plugin's warning to the choice of a runner)."""
     formats: dict[str, set[str]] = {}
-    for cls in runners().values():
+    for cls in runners(warn=False).values():
         if cls.format is not None:
             formats.setdefault(cls.format, set()).update(cls.precisions)
     return {fmt: tuple(sorted(p)) for fmt, p in sorted(formats.items())}
@@ -106,4 +133,4 @@ def library_distributions() -> tuple[str, ...]:
 
 
 __all__ = ["ArtifactRunner", "Runner", "artifact_formats", "builtin_runners", "library_distributions",
-           "plugin_distributions", "runner_class", "runners", "runners_for"]
+           "plugin_distributions", "plugin_errors", "runner_class", "runners", "runners_for"]
