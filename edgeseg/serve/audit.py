@@ -32,6 +32,7 @@ import json
 import logging
 import os
 import re
+import stat
 import threading
 import uuid
 from datetime import datetime, timezone
@@ -81,10 +82,18 @@ class AuditLog:
         if self.path.is_dir():
             raise DataError(f"--audit-log {self.path} is a folder; name a file")
         try:
-            # unbuffered, appended: one os-level write per line, never a half line from another thread
-            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+            # unbuffered, appended: one os-level write per line, never a half line from another thread;
+            # non-blocking only while opening, so that a FIFO nothing reads is refused, not waited on
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK, 0o640)
         except OSError as exc:
+            if exc.errno == errno.ENXIO:
+                raise DataError(f"--audit-log {self.path}: nothing reads it (a FIFO without a reader, or a socket, "
+                                "which cannot be opened by name)") from None
             raise DataError(f"--audit-log {self.path}: cannot open it for appending ({exc.strerror or exc})") from None
+        os.set_blocking(self._fd, True)
+        # a pipe or terminal (/dev/stdout under a container runtime, a FIFO a log shipper reads) takes each
+        # line in one write, in order; there is no end to find and nothing to cut off again
+        self._file = stat.S_ISREG(os.fstat(self._fd).st_mode)
         self.model = dict(model or {})
         self._lock = threading.Lock()
 
@@ -100,14 +109,18 @@ class AuditLog:
 
     def _append(self, data: bytes) -> None:
         with _file_locked(self._fd):  # the end found here stays the end until the line is in
+            if not self._file:
+                try:  # under the lock too: a line longer than PIPE_BUF is never split by another's
+                    _write_all(self._fd, data)
+                except OSError as exc:  # the reader is gone (EPIPE): the line is lost
+                    raise AuditLogError(self.path, exc) from None
+                return
             try:
                 end = os.lseek(self._fd, 0, os.SEEK_END)
-            except OSError as exc:  # a pipe or socket, or a failing disk: nothing was written
+            except OSError as exc:  # a failing disk: nothing was written
                 raise AuditLogError(self.path, exc) from None
             try:
-                rest = memoryview(data)
-                while rest:  # one write; one past the room left is short, and the next one fails
-                    rest = rest[os.write(self._fd, rest):]
+                _write_all(self._fd, data)  # one write; one past the room left is short, and the next one fails
             except OSError as exc:
                 with contextlib.suppress(OSError):  # nothing more to do: the error below says the line is missing
                     os.ftruncate(self._fd, end)
@@ -118,6 +131,12 @@ class AuditLog:
             if self._fd is not None:
                 os.close(self._fd)
                 self._fd = None
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    rest = memoryview(data)
+    while rest:
+        rest = rest[os.write(fd, rest):]
 
 
 @contextlib.contextmanager
