@@ -185,9 +185,8 @@ class PduBoundSocket:
         self._closed = True
         if self._send_lock.acquire(blocking=False):
             try:
-                self._sock.send(abort_pdu(source=0), socket.MSG_DONTWAIT)
-            except OSError:
-                pass  # the peer takes nothing more: the shutdown below says it all
+                with contextlib.suppress(OSError):  # the peer takes nothing more: the shutdown below says it all
+                    self._sock.send(abort_pdu(source=0), socket.MSG_DONTWAIT)
             finally:
                 self._send_lock.release()
         self.shutdown(socket.SHUT_RDWR)
@@ -276,10 +275,8 @@ class PduBoundSocket:
         ``code``, 6 "invalid PDU parameter value") a PDU the protocol does not allow."""
         self._closed = True
         self._refused(reason)
-        try:
+        with contextlib.suppress(OSError):  # the peer is gone already; the stream ends either way
             self.sendall(abort_pdu(source, code))
-        except OSError:
-            pass  # the peer is gone already; the stream ends either way
         return b""
 
 

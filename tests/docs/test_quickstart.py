@@ -10,6 +10,7 @@ phantom at 64², a 29k-parameter U-Net, 15 epochs, three backends timed 5 times)
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -150,11 +151,9 @@ def wait_ready(server: subprocess.Popen, base: str, log: Path, seconds: float = 
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         assert server.poll() is None, f"edgeseg serve exited {server.returncode}:\n{log.read_text()[-3000:]}"
-        try:
+        with contextlib.suppress(OSError):  # not listening yet
             if http(f"{base}/v2/health/ready", timeout=2)[0] == 200:
                 return
-        except OSError:
-            pass
         time.sleep(0.25)
     raise AssertionError(f"edgeseg serve was not ready within {seconds} s")
 
