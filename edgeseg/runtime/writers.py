@@ -91,7 +91,7 @@ def write_npy(labels: np.ndarray, out: str | os.PathLike) -> Path:
 
 def check_nifti_grid(volume, out: str | os.PathLike, what: str = "NIfTI output") -> None:
     """DataError where ``volume``'s slices do not lie on one regular grid (a DICOM series with a
-    missing slice): a NIfTI or NRRD file has one slice spacing, so the labels after the gap would
+    missing slice, or with slices shifted in-plane off the line of the others): a NIfTI or NRRD file has one slice spacing, so the labels after the gap would
     lie up to half a gap away from their slices. Checked before the model runs, and again on writing."""
     gaps = getattr(volume, "uneven_gaps", None)
     if gaps is not None:
@@ -99,6 +99,12 @@ def check_nifti_grid(volume, out: str | os.PathLike, what: str = "NIfTI output")
                         f"({gaps[0]:.4g} to {gaps[1]:.4g} mm apart: a missing slice?), and one regular grid would "
                         "misplace the labels after the gap; write a DICOM SEG (--format dicom-seg), which "
                         "references each slice, or complete the series")
+    off = getattr(volume, "off_line", None)
+    if off is not None:
+        raise DataError(f"{what} {out}: slice {off[1]} of {volume.source or volume.case_id} lies {off[0]:.3g} mm "
+                        "(across the slice normal) off the line through the first and last slice positions, and "
+                        "one regular grid would misplace its labels that far; write a DICOM SEG (--format dicom-seg), "
+                        "which references each slice")
 
 
 def source_grid(labels: np.ndarray, volume, out: str | os.PathLike, what: str):
