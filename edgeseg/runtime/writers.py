@@ -239,11 +239,12 @@ def write_seg_nrrd(labels: np.ndarray, volume, class_names: dict[int, str], out:
     ITK-SNAP and other ITK readers open it as a plain label map on the same grid."""
     nrrd = check_writer("seg-nrrd")
 
-    data_xyz, affine, _ = source_grid(labels, volume, out if named is None else named, "Slicer segmentation output")
+    named = out if named is None else named
+    data_xyz, affine, _ = source_grid(labels, volume, named, "Slicer segmentation output")
     if is_sheared(affine, tolerance=1e-4):
         log.warning("Slicer segmentation output %s: the grid of %s is sheared (a gantry-tilted series?); Slicer "
                     "keeps only a rotation of it and stacks the slices squarely; write a DICOM SEG "
-                    "(--format dicom-seg) for it", out, volume.source or volume.case_id)
+                    "(--format dicom-seg) for it", named, volume.source or volume.case_id)
     header = {"space": "left-posterior-superior", "kinds": ["domain"] * 3, "encoding": "gzip",
               # one row per file axis: the LPS step of that index
               "space directions": (_RAS_TO_LPS @ affine[:3, :3]).T,

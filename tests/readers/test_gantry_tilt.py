@@ -147,7 +147,8 @@ def test_nifti_of_an_untilted_series_does_not_warn(tmp_path, caplog):
     assert "sheared" not in caplog.text
 
 
-def test_predict_of_a_tilted_series_names_its_own_output_in_the_warning(exported_bundle, tmp_path):
+@pytest.mark.parametrize("name, kind", [("mask.nii.gz", "NIfTI output"), ("mask.seg.nrrd", "Slicer segmentation output")])
+def test_predict_of_a_tilted_series_names_its_own_output_in_the_warning(exported_bundle, tmp_path, name, kind):
     """predict writes its outputs beside their places first and lands them together: the warning
     must name the file the user asked for, not the hidden temporary that is gone by the end."""
     import subprocess
@@ -155,10 +156,10 @@ def test_predict_of_a_tilted_series_names_its_own_output_in_the_warning(exported
 
     pytest.importorskip("nibabel")
     write_tilted_series(tmp_path / "ct", 20.0)
-    out = tmp_path / "mask.nii.gz"
+    out = tmp_path / name
     done = subprocess.run([sys.executable, "-m", "edgeseg.cli", "predict", str(exported_bundle), str(tmp_path / "ct"),
                            "--out", str(out), "--backend", "onnxruntime:fp32"], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     warned = [line for line in done.stderr.splitlines() if "sheared" in line]
-    assert len(warned) == 1 and warned[0].startswith(f"edgeseg: warning: NIfTI output {out}: "), done.stderr
+    assert len(warned) == 1 and warned[0].startswith(f"edgeseg: warning: {kind} {out}: "), done.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["ct", out.name])
