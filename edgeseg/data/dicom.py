@@ -317,8 +317,12 @@ def read_dicom_series_with_refs(
         modality = str(dataset.get("Modality", "unknown"))
         if modality != "CT":
             raise DataError(f"series {uid} in {folder}: {path.name} is {modality}, not CT")
+    first_path, frame = members[0][0], str(members[0][1].get("FrameOfReferenceUID", ""))
     for path, dataset in members:
         check_slice_tags(dataset, path)
+        if str(dataset.get("FrameOfReferenceUID", "")) != frame:  # positions in two coordinate systems
+            raise DataError(f"{path} has FrameOfReferenceUID {dataset.get('FrameOfReferenceUID', '(none)')} but "
+                            f"{first_path.name} has {frame or '(none)'}; a series lies in one frame of reference")
     row_cosine, column_cosine = _orientation(members)
     normal = np.cross(row_cosine, column_cosine)
     members, positions = _sort_by_position(members, normal)
