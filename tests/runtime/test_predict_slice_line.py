@@ -1,9 +1,11 @@
-"""A DICOM series whose slices are evenly spaced along the normal but shifted in-plane off the
-line of the others (two reconstruction centres in one series): one NIfTI grid cannot place
-them, so NIfTI output is refused; a DICOM SEG references each slice and places it exactly."""
+"""Inputs that one NIfTI grid of axial slices cannot hold. A DICOM series whose slices are evenly
+spaced along the normal but shifted in-plane off the line of the others (two reconstruction
+centres in one series): NIfTI output is refused; a DICOM SEG references each slice and places it
+exactly. A single sagittal image: refused, saying why."""
 
 from __future__ import annotations
 
+import numpy as np
 import pydicom
 import pytest
 from click.testing import CliRunner
@@ -71,3 +73,18 @@ def test_positions_rounded_to_a_hundredth_of_a_millimetre_are_on_the_line(tmp_pa
 
     series = _series(tmp_path, 0.01)
     assert read_dicom_series(series).off_line is None
+
+
+def test_a_nifti_of_one_sagittal_plane_is_refused_saying_so(bundle_dir, tmp_path):
+    """A 64x64 image whose affine lays it in a sagittal plane reads as 64 axial slices one pixel
+    wide; the refusal said only that slices need 2 rows and columns, which the image has."""
+    nib = pytest.importorskip("nibabel")
+    affine = np.array([[0, 0, -2.0, 10], [0.8, 0, 0, -20], [0, 0.8, 0, 30], [0, 0, 0, 1]])  # i to A, j to S
+    assert nib.aff2axcodes(affine) == ("A", "S", "L")  # the oracle: nibabel's own orientation
+    source = tmp_path / "sagittal.nii.gz"
+    nib.save(nib.Nifti1Image(np.full((64, 64, 1), 40, np.int16), affine), str(source))
+    out = tmp_path / "labels.nii.gz"
+    result = predict(bundle_dir, source, "--out", out)
+    assert result.exit_code == 2 and not out.exists(), result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "axial slices are 64x1: one sagittal or coronal plane?" in lines[0], result.output
