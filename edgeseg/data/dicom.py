@@ -41,6 +41,10 @@ NON_IMAGE_MODALITIES = frozenset({"SR", "KO", "PR", "RTSTRUCT", "RTPLAN", "RTREC
 DUPLICATE_POSITION_MM = 1e-3
 # Relative spread of slice gaps above which the series is reported as non-uniform.
 UNIFORM_GAP_TOLERANCE = 0.05
+# Slice positions further than this fraction of a pixel, across the slice normal, from the
+# straight line through the first and last positions: the series' affine (one step per slice)
+# places those slices' pixels that far off. A gantry tilt steps in-plane evenly and stays on it.
+OFF_LINE_PIXELS = 0.1
 
 _DEFER_BYTES = 64 * 1024
 _LPS = nio.axcodes2ornt(("L", "P", "S"))
@@ -215,6 +219,26 @@ def _sort_by_position(members: list, normal: np.ndarray) -> tuple[list, np.ndarr
     return members, positions
 
 
+def _off_line(members: list, normal: np.ndarray) -> tuple[float, str] | None:
+    """(mm, file name) of the sorted slice whose ImagePositionPatient lies furthest from the
+    straight, evenly stepped line from the first position to the last, across the slice normal
+    (distances along it are the slice gaps), where that is over :data:`OFF_LINE_PIXELS` of the
+    smaller pixel spacing; else None."""
+    if len(members) < 3:
+        return None
+    positions = np.asarray([dicom_numbers(ds, "ImagePositionPatient", path, 3) for path, ds in members])
+    steps = np.arange(len(positions))[:, None] / (len(positions) - 1)
+    residual = positions - (positions[0] + steps * (positions[-1] - positions[0]))
+    residual -= np.outer(residual @ normal, normal)
+    distance = np.linalg.norm(residual, axis=1)
+    worst = int(np.argmax(distance))
+    if distance[worst] <= OFF_LINE_PIXELS * min(pixel_spacing(members[0][1], members[0][0])):
+        return None
+    log.warning("slice %s of %s lies %.3g mm off the line through the first and last slice positions",
+                members[worst][0].name, members[0][0].parent, distance[worst])
+    return float(distance[worst]), members[worst][0].name
+
+
 def _stack_hu(members: list[tuple[Path, pydicom.Dataset]], progress: bool = False) -> np.ndarray:
     first_path = members[0][0]
     rows, columns = slice_size(members[0][1], first_path)
@@ -293,8 +317,12 @@ def read_dicom_series_with_refs(
         modality = str(dataset.get("Modality", "unknown"))
         if modality != "CT":
             raise DataError(f"series {uid} in {folder}: {path.name} is {modality}, not CT")
+    first_path, frame = members[0][0], str(members[0][1].get("FrameOfReferenceUID", ""))
     for path, dataset in members:
         check_slice_tags(dataset, path)
+        if str(dataset.get("FrameOfReferenceUID", "")) != frame:  # positions in two coordinate systems
+            raise DataError(f"{path} has FrameOfReferenceUID {dataset.get('FrameOfReferenceUID', '(none)')} but "
+                            f"{first_path.name} has {frame or '(none)'}; a series lies in one frame of reference")
     row_cosine, column_cosine = _orientation(members)
     normal = np.cross(row_cosine, column_cosine)
     members, positions = _sort_by_position(members, normal)
@@ -330,6 +358,7 @@ def read_dicom_series_with_refs(
         source=str(folder),
         slice_ids=slice_ids,
         uneven_gaps=(float(gaps.min()), float(gaps.max())) if _uneven(gaps) else None,
+        off_line=_off_line(members, normal),
     )
     return volume, info
 

@@ -23,6 +23,9 @@ from edgeseg.errors import DataError
 # refuse a label written from the very same image. A thousandth of a voxel is 20-fold above that
 # rounding and far below anything that could move a label.
 GRID_TOLERANCE_VOXELS = 1e-3
+# Output for viewers that keep only a rotation of a sheared grid is warned of where they would
+# place a voxel further than this fraction of the smallest voxel size from where it lies.
+SHEAR_WARNING_VOXELS = 0.1
 
 
 def spacing_from_affine(affine: np.ndarray) -> tuple[float, float, float]:
@@ -52,12 +55,22 @@ def spacing_from_affine(affine: np.ndarray) -> tuple[float, float, float]:
     return (sz, sy, sx)
 
 
-def is_sheared(affine: np.ndarray, tolerance: float = 1e-6) -> bool:
-    """True when the affine's index axes are not mutually orthogonal (cosine above ``tolerance``)."""
-    axes = np.asarray(affine, dtype=np.float64)[:3, :3]
-    unit = axes / np.linalg.norm(axes, axis=0)
-    cosines = unit.T @ unit - np.eye(3)
-    return bool(np.abs(cosines).max() > tolerance)
+def squared_affine(affine: np.ndarray) -> np.ndarray:
+    """``affine`` with its index axes made orthogonal as a NIfTI qform must hold them, the way
+    nibabel's ``set_qform`` and ITK-based tools do: the nearest rotation of the unit axes (SVD),
+    each axis keeping its length, the origin kept."""
+    squared = np.asarray(affine, dtype=np.float64).copy()
+    lengths = np.linalg.norm(squared[:3, :3], axis=0)
+    left, _, right = np.linalg.svd(squared[:3, :3] / lengths)
+    squared[:3, :3] = (left @ right) * lengths
+    return squared
+
+
+def shear_offset_mm(affine: np.ndarray, shape_xyz) -> float:
+    """How far (mm) a viewer that keeps only :func:`squared_affine` of ``affine`` places a voxel
+    of a grid of ``shape_xyz`` voxels from where ``affine`` puts it, at worst: a gantry tilt's
+    shear shows here, the rounding of an oblique series' positions to a few decimals barely."""
+    return grid_displacement_mm(squared_affine(affine), affine, shape_xyz)
 
 
 def grid_displacement_mm(affine: np.ndarray, reference: np.ndarray, shape_xyz) -> float:

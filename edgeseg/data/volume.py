@@ -41,6 +41,10 @@ class Volume:
             series whose slices are not evenly spaced (a missing slice), else None. ``affine``
             then spaces them evenly from the first to the last, so it misplaces the slices
             after a gap: NIfTI output refuses such a volume.
+        off_line: (mm, file name) of the slice of a DICOM series whose position lies furthest,
+            across the slice normal, from the even line between the first and last positions,
+            where over a tenth of a pixel (slices from two reconstruction centres), else None.
+            ``affine`` places that slice's pixels that far off: NIfTI output refuses it too.
     """
 
     hu: np.ndarray
@@ -54,6 +58,7 @@ class Volume:
     slice_ids: list[str] = field(default_factory=list)
     contiguous: bool = True
     uneven_gaps: tuple[float, float] | None = None
+    off_line: tuple[float, str] | None = None
     label_names: dict[int, str] | None = None
 
     def __post_init__(self) -> None:

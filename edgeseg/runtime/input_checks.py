@@ -49,7 +49,11 @@ def checked_hu(images: np.ndarray, spec: PreprocessSpec, *, ndim: int, resize: b
     if ndim == 3 and arr.shape[0] == 0:
         raise DataError(f"{what} of shape {list(arr.shape)} has no slices")
     if min(arr.shape[-2:]) < MIN_SIDE:
-        raise DataError(f"{what} of shape {list(arr.shape)} is too small; slices need at least {MIN_SIDE} rows and columns")
+        # one sagittal or coronal image reads as a stack of one-pixel-wide axial slices
+        plane = (f" (its axial slices are {arr.shape[1]}x{arr.shape[2]}: one sagittal or coronal plane? a 2-D model "
+                 "segments axial slices)" if ndim == 3 and min(arr.shape[0], max(arr.shape[1:])) >= MIN_SIDE else "")
+        raise DataError(f"{what} of shape {list(arr.shape)} is too small; slices need at least {MIN_SIDE} rows and "
+                        f"columns{plane}")
     if max(arr.shape[-2:]) > MAX_SIDE:
         raise DataError(f"{what} of {arr.shape[-2]} x {arr.shape[-1]} is larger than the limit of {MAX_SIDE} rows and "
                         "columns")

@@ -20,7 +20,7 @@ import numpy as np
 
 from edgeseg import __version__
 from edgeseg.atomic import atomic_dir, atomic_path
-from edgeseg.data.grid import is_sheared
+from edgeseg.data.grid import SHEAR_WARNING_VOXELS, shear_offset_mm, spacing_from_affine
 from edgeseg.errors import DataError, require
 from edgeseg.progress import progress_bar
 from edgeseg.runtime.label_tables import slicer_segment_fields
@@ -91,7 +91,7 @@ def write_npy(labels: np.ndarray, out: str | os.PathLike) -> Path:
 
 def check_nifti_grid(volume, out: str | os.PathLike, what: str = "NIfTI output") -> None:
     """DataError where ``volume``'s slices do not lie on one regular grid (a DICOM series with a
-    missing slice): a NIfTI or NRRD file has one slice spacing, so the labels after the gap would
+    missing slice, or with slices shifted in-plane off the line of the others): a NIfTI or NRRD file has one slice spacing, so the labels after the gap would
     lie up to half a gap away from their slices. Checked before the model runs, and again on writing."""
     gaps = getattr(volume, "uneven_gaps", None)
     if gaps is not None:
@@ -99,6 +99,12 @@ def check_nifti_grid(volume, out: str | os.PathLike, what: str = "NIfTI output")
                         f"({gaps[0]:.4g} to {gaps[1]:.4g} mm apart: a missing slice?), and one regular grid would "
                         "misplace the labels after the gap; write a DICOM SEG (--format dicom-seg), which "
                         "references each slice, or complete the series")
+    off = getattr(volume, "off_line", None)
+    if off is not None:
+        raise DataError(f"{what} {out}: slice {off[1]} of {volume.source or volume.case_id} lies {off[0]:.3g} mm "
+                        "(across the slice normal) off the line through the first and last slice positions, and "
+                        "one regular grid would misplace its labels that far; write a DICOM SEG (--format dicom-seg), "
+                        "which references each slice")
 
 
 def source_grid(labels: np.ndarray, volume, out: str | os.PathLike, what: str):
@@ -164,12 +170,13 @@ def write_nifti(labels: np.ndarray, volume, out: str | os.PathLike, provenance: 
         image.set_qform(affine, code=1)
         image.set_sform(affine, code=1)
         image.header.set_xyzt_units("mm")
-        if is_sheared(affine, tolerance=1e-4):
+        offset = _visible_shear(affine, data_xyz.shape)
+        if offset:
             # the sform is exact, but the qform (a rotation) and ITK-based tools (which keep only
             # a rotation of any sform) place the slices squarely stacked, off by the shear
             log.warning("NIfTI output %s: the grid of %s is sheared (a gantry-tilted series?); its sform is exact, "
-                        "but the qform and ITK-based viewers stack the slices squarely; for those, write a DICOM "
-                        "SEG (--format dicom-seg)", named, volume.source or volume.case_id)
+                        "but the qform and ITK-based viewers stack the slices squarely, up to %.3g mm off; for "
+                        "those, write a DICOM SEG (--format dicom-seg)", named, volume.source or volume.case_id, offset)
     # else the input's own qform and sform, matrices and codes, and its units: set again from
     # the affine, a sheared sform (gantry tilt) would also become the qform, which cannot hold a
     # shear and takes the nearest rotation instead, and an "aligned" or template sform would be
@@ -178,6 +185,14 @@ def write_nifti(labels: np.ndarray, volume, out: str | os.PathLike, provenance: 
     with atomic_path(out, suffix=suffix) as tmp:
         _save_nifti(nib, image, tmp, Path(named).name if progress else None)
     return Path(out)
+
+
+def _visible_shear(affine: np.ndarray, shape_xyz) -> float:
+    """How far (mm) a viewer keeping only a rotation of ``affine`` misplaces a voxel, where that is
+    over :data:`~edgeseg.data.grid.SHEAR_WARNING_VOXELS` of a voxel (a gantry tilt), else 0: an
+    oblique series whose positions were rounded to 0.01 mm is sheared by far less than that."""
+    offset = shear_offset_mm(affine, shape_xyz)
+    return offset if offset > SHEAR_WARNING_VOXELS * min(spacing_from_affine(affine)) else 0.0
 
 
 def _save_nifti(nib, image, path: Path, shown_as: str | None) -> None:
@@ -233,11 +248,13 @@ def write_seg_nrrd(labels: np.ndarray, volume, class_names: dict[int, str], out:
     ITK-SNAP and other ITK readers open it as a plain label map on the same grid."""
     nrrd = check_writer("seg-nrrd")
 
-    data_xyz, affine, _ = source_grid(labels, volume, out if named is None else named, "Slicer segmentation output")
-    if is_sheared(affine, tolerance=1e-4):
+    named = out if named is None else named
+    data_xyz, affine, _ = source_grid(labels, volume, named, "Slicer segmentation output")
+    offset = _visible_shear(affine, data_xyz.shape)
+    if offset:
         log.warning("Slicer segmentation output %s: the grid of %s is sheared (a gantry-tilted series?); Slicer "
-                    "keeps only a rotation of it and stacks the slices squarely; write a DICOM SEG "
-                    "(--format dicom-seg) for it", out, volume.source or volume.case_id)
+                    "keeps only a rotation of it and stacks the slices squarely, up to %.3g mm off; write a DICOM "
+                    "SEG (--format dicom-seg) for it", named, volume.source or volume.case_id, offset)
     header = {"space": "left-posterior-superior", "kinds": ["domain"] * 3, "encoding": "gzip",
               # one row per file axis: the LPS step of that index
               "space directions": (_RAS_TO_LPS @ affine[:3, :3]).T,

@@ -154,6 +154,21 @@ def test_two_series_need_a_choice(tmp_path, dcmqi):
     assert read_dicom_series(folder, series_uid=original_uid).num_slices == 2
 
 
+def test_a_series_in_two_frames_of_reference_is_refused_naming_a_file(tmp_path, dcmqi, assert_one_line_error):
+    """Slices of one Series Instance UID whose positions are in two coordinate systems (two
+    acquisitions sharing the UID) were stacked on one grid, and NIfTI output placed half of
+    them in the other's space."""
+    folder = _copy_series(dcmqi, tmp_path / "two-frames")
+    ds = pydicom.dcmread(folder / "02.dcm")
+    ds.FrameOfReferenceUID = "1.2.3.4.6"
+    ds.save_as(folder / "02.dcm")
+    with pytest.raises(DataError, match=r"02\.dcm has FrameOfReferenceUID 1\.2\.3\.4\.6 but 01\.dcm has"):
+        read_dicom_series(folder)
+    proc = subprocess.run([sys.executable, "-m", "edgeseg.cli", "data", "info", str(folder), "--quiet"],
+                          capture_output=True, text=True, timeout=300)
+    assert_one_line_error(proc, "a series lies in one frame of reference")
+
+
 @pytest.mark.parametrize("enhanced", [True, False], ids=["Enhanced CT", "CT Image with NumberOfFrames"])
 def test_a_multi_frame_ct_is_named_as_such_not_called_truncated(tmp_path, dcmqi, enhanced, assert_one_line_error):
     folder = tmp_path / "mf"

@@ -136,6 +136,45 @@ def test_nifti_of_a_tilted_series_keeps_the_shear_in_its_sform_and_warns_of_the_
     assert np.linalg.norm(image.get_qform() @ [x, y, z, 1.0] - placed_ras) > 0.1
 
 
+def _corner_offset_mm(image) -> float:
+    """The oracle: the largest distance between where the qform and the sform nibabel reads from a
+    written NIfTI place a corner voxel of its grid."""
+    corners = np.array([[*c, 1.0] for c in itertools.product(*[(0, n - 1) for n in image.shape[:3]])])
+    return float(np.linalg.norm(corners @ (image.get_qform() - image.get_sform()).T, axis=1).max())
+
+
+def test_the_warning_of_a_tilted_series_says_how_far_the_qform_misplaces_a_voxel(tmp_path, caplog):
+    nib = pytest.importorskip("nibabel")
+    from edgeseg.runtime.writers import write_nifti
+
+    write_tilted_series(tmp_path / "ct", 20.0)
+    volume = read_dicom_series(tmp_path / "ct")
+    with caplog.at_level("WARNING", logger="edgeseg.runtime.writers"):
+        out = write_nifti(np.zeros(volume.hu.shape, dtype=np.uint8), volume, tmp_path / "mask.nii.gz")
+    assert f"up to {_corner_offset_mm(nib.load(str(out))):.3g} mm off" in caplog.text
+
+
+def test_an_oblique_series_with_positions_rounded_to_a_hundredth_of_a_mm_does_not_warn(tmp_path, caplog):
+    """Tilted slice planes stepping along their own normal (an oblique acquisition, no gantry tilt)
+    with ImagePositionPatient written to two decimals: the rounding shears the grid by a few
+    micrometres, which no viewer shows, so NIfTI and .seg.nrrd output do not warn of a shear."""
+    nib = pytest.importorskip("nibabel")
+    from edgeseg.runtime.writers import write_nifti, write_seg_nrrd
+
+    fields = write_tilted_series(tmp_path / "ct", 20.0)
+    normal = np.cross(fields["row"], fields["column"])
+    for k, path in enumerate(sorted((tmp_path / "ct").iterdir(), reverse=True)):  # IM010 is the first slice
+        ds = pydicom.dcmread(path)
+        ds.ImagePositionPatient = [f"{v:.2f}" for v in fields["positions"][0] + k * TABLE_STEP_MM * normal]
+        ds.save_as(path)
+    volume = read_dicom_series(tmp_path / "ct")
+    with caplog.at_level("WARNING", logger="edgeseg.runtime.writers"):
+        out = write_nifti(np.zeros(volume.hu.shape, dtype=np.uint8), volume, tmp_path / "mask.nii.gz")
+        write_seg_nrrd(np.zeros(volume.hu.shape, dtype=np.uint8), volume, {1: "liver"}, tmp_path / "mask.seg.nrrd")
+    assert "sheared" not in caplog.text
+    assert _corner_offset_mm(nib.load(str(out))) < 0.1 * PIXEL_MM
+
+
 def test_nifti_of_an_untilted_series_does_not_warn(tmp_path, caplog):
     pytest.importorskip("nibabel")
     from edgeseg.runtime.writers import write_nifti
@@ -147,7 +186,8 @@ def test_nifti_of_an_untilted_series_does_not_warn(tmp_path, caplog):
     assert "sheared" not in caplog.text
 
 
-def test_predict_of_a_tilted_series_names_its_own_output_in_the_warning(exported_bundle, tmp_path):
+@pytest.mark.parametrize("name, kind", [("mask.nii.gz", "NIfTI output"), ("mask.seg.nrrd", "Slicer segmentation output")])
+def test_predict_of_a_tilted_series_names_its_own_output_in_the_warning(exported_bundle, tmp_path, name, kind):
     """predict writes its outputs beside their places first and lands them together: the warning
     must name the file the user asked for, not the hidden temporary that is gone by the end."""
     import subprocess
@@ -155,10 +195,10 @@ def test_predict_of_a_tilted_series_names_its_own_output_in_the_warning(exported
 
     pytest.importorskip("nibabel")
     write_tilted_series(tmp_path / "ct", 20.0)
-    out = tmp_path / "mask.nii.gz"
+    out = tmp_path / name
     done = subprocess.run([sys.executable, "-m", "edgeseg.cli", "predict", str(exported_bundle), str(tmp_path / "ct"),
                            "--out", str(out), "--backend", "onnxruntime:fp32"], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     warned = [line for line in done.stderr.splitlines() if "sheared" in line]
-    assert len(warned) == 1 and warned[0].startswith(f"edgeseg: warning: NIfTI output {out}: "), done.stderr
+    assert len(warned) == 1 and warned[0].startswith(f"edgeseg: warning: {kind} {out}: "), done.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["ct", out.name])
