@@ -8,6 +8,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -55,6 +56,30 @@ def test_a_writer_in_another_pid_namespace_leaves_a_running_writers_staged_file_
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.json"]
 
 
+def _as_nobody(write: Callable[[], None]) -> str:
+    """Run ``write`` in a forked child as the user nobody (without exec: the interpreter may sit
+    where nobody cannot read); "landed", or "failed:" with the exception's type and message."""
+    read, fd = os.pipe()
+    child = os.fork()
+    if child == 0:
+        os.close(read)
+        try:
+            os.setgroups([])
+            os.setgid(65534)
+            os.setuid(65534)
+            write()
+            os.write(fd, b"landed")
+        except BaseException as exc:  # noqa: BLE001 - reported to the parent, whatever it is
+            os.write(fd, f"failed: {type(exc).__name__} {exc}".encode())
+        finally:
+            os._exit(0)
+    os.close(fd)
+    with os.fdopen(read) as said:
+        outcome = said.read()
+    os.waitpid(child, 0)
+    return outcome
+
+
 @pytest.mark.skipif(not hasattr(os, "fork") or os.geteuid() != 0,
                     reason="only root can leave a leftover another user then cannot remove")
 def test_a_leftover_the_writer_cannot_remove_does_not_stop_its_write():
@@ -65,25 +90,7 @@ def test_a_leftover_the_writer_cannot_remove_does_not_stop_its_write():
         shared.chmod(0o1777)
         leftover = shared / ".out.json.staging-999999999-0a1b2c3d.json"  # beyond any pid_max: gone
         leftover.write_text("root's, half written")
-        read, write = os.pipe()
-        child = os.fork()
-        if child == 0:  # nobody, without exec (the interpreter may sit where nobody cannot read)
-            os.close(read)
-            try:
-                os.setgroups([])
-                os.setgid(65534)
-                os.setuid(65534)
-                atomic_write_text(shared / "out.json", "nobody's")
-                os.write(write, b"landed")
-            except BaseException as exc:  # noqa: BLE001 - reported to the parent, whatever it is
-                os.write(write, f"failed: {type(exc).__name__} {exc}".encode())
-            finally:
-                os._exit(0)
-        os.close(write)
-        with os.fdopen(read) as said:
-            outcome = said.read()
-        os.waitpid(child, 0)
-        assert outcome == "landed"
+        assert _as_nobody(lambda: atomic_write_text(shared / "out.json", "nobody's")) == "landed"
         assert (shared / "out.json").read_text() == "nobody's"
         assert leftover.is_file()  # not this user's to remove
     finally:
@@ -211,30 +218,15 @@ def test_a_staging_folder_tidied_away_before_its_lock_is_taken_is_made_again(tmp
 def test_a_staging_folder_that_cannot_be_opened_is_not_left_behind():
     # A umask without the owner's read bit makes a folder its writer cannot open (to lock it):
     # the write fails, and its staging folder was left beside the target.
+    def write() -> None:
+        os.umask(0o477)
+        with atomic_dir(shared / "bundle") as tmp:
+            (tmp / "model.onnx").write_text("nobody's")
+
     shared = Path(tempfile.mkdtemp())
     try:
         shared.chmod(0o1777)
-        read, write = os.pipe()
-        child = os.fork()
-        if child == 0:  # nobody, without exec (root reads any folder whatever its mode)
-            os.close(read)
-            try:
-                os.setgroups([])
-                os.setgid(65534)
-                os.setuid(65534)
-                os.umask(0o477)
-                with atomic_dir(shared / "bundle") as tmp:
-                    (tmp / "model.onnx").write_text("nobody's")
-                os.write(write, b"landed")
-            except BaseException as exc:  # noqa: BLE001 - reported to the parent, whatever it is
-                os.write(write, f"failed: {type(exc).__name__}".encode())
-            finally:
-                os._exit(0)
-        os.close(write)
-        with os.fdopen(read) as said:
-            outcome = said.read()
-        os.waitpid(child, 0)
-        assert outcome == "failed: PermissionError"
+        assert _as_nobody(write).startswith("failed: PermissionError")
         assert list(shared.iterdir()) == []
     finally:
         shutil.rmtree(shared)
