@@ -173,7 +173,8 @@ def _created_held(target: Path, suffix: str, create: Callable[[Path], int | None
     its creation and the lock, another writer tidying (one in another pid namespace, to which this
     pid looks gone) may take it for a leftover: that writer removes it holding a lock of its own
     (:func:`_unheld`), so the name is looked up again once the lock is held, and a name gone is
-    replaced by a new one. What cannot be locked for another reason is removed again."""
+    replaced by a new one. One whose writer is stopped (Ctrl-C) while waiting for the lock is
+    removed again."""
     while True:
         staged = sibling(target, "staging", suffix)
         fd = create(staged)
@@ -188,7 +189,10 @@ def _created_held(target: Path, suffix: str, create: Callable[[Path], int | None
                 return staged, fd
         except BaseException:
             with contextlib.suppress(OSError):
-                os.rmdir(staged) if stat.S_ISDIR(os.fstat(fd).st_mode) else os.unlink(staged)
+                if stat.S_ISDIR(os.fstat(fd).st_mode):
+                    os.rmdir(staged)
+                else:
+                    os.unlink(staged)
             os.close(fd)
             raise
         os.close(fd)
