@@ -9,7 +9,10 @@ another pid namespace (a container sharing the folder) or on another host (a sha
 so a staged file or folder is also held under an exclusive ``flock`` by its writer until it is
 renamed into place or removed, and one still locked is left alone whatever its pid (an NFS
 client emulates ``flock`` with byte-range locks, which a folder cannot take: there a staging
-folder is judged by its pid alone). A writer
+folder is judged by its pid alone). A writer tidying holds the lock of what it removes, and a
+writer that has just made its staging file or folder looks for it again once its own lock is
+held: one removed in the instant between (taken for a dead writer's by a writer in another pid
+namespace) is made again under a new name. A writer
 writing a set of files into its own staging folder takes that folder's lock
 (:func:`folder_flocked`) while holding it already: the lock it holds is taken as held, not waited
 for (a second ``flock`` of the same folder in one process would wait for itself). Tidying is best-effort:
@@ -28,7 +31,7 @@ import re
 import secrets
 import shutil
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 # Staged files and folders and the descriptor holding each one's flock, until let_go
@@ -86,35 +89,44 @@ def clean_leftovers(target: str | os.PathLike, suffix: str = "") -> None:
         with contextlib.suppress(OSError):  # another user's, or taken by another writer tidying meanwhile
             if match["kind"] == "previous" and not os.path.lexists(target):
                 os.rename(item, target)
-            elif _locked(item):
-                continue
-            elif item.is_dir() and not item.is_symlink():
-                shutil.rmtree(item, ignore_errors=True)
             else:
-                item.unlink(missing_ok=True)
+                with _unheld(item) as free:
+                    if not free:
+                        continue
+                    if item.is_dir() and not item.is_symlink():
+                        shutil.rmtree(item, ignore_errors=True)
+                    else:
+                        item.unlink(missing_ok=True)
 
 
-def _locked(item: Path) -> bool:
-    """Whether a writer holds the staged file or folder ``item`` (the ``flock`` of
+@contextlib.contextmanager
+def _unheld(item: Path) -> Iterator[bool]:
+    """Whether no writer holds the staged file or folder ``item`` (the ``flock`` of
     :func:`staged_file` or :func:`staged_folder`): one whose pid looked gone from here, in another
-    pid namespace or on another host."""
+    pid namespace or on another host, may still hold it. A free ``item`` stays locked by this
+    process for the block, while it is removed: a writer that has just made it and waits for its
+    lock then finds it gone, and makes another (:func:`_created_held`)."""
     try:
         import fcntl
     except ImportError:
-        return False
+        yield True
+        return
     try:
         fd = os.open(item, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
     except OSError:
-        return False
+        yield True
+        return
     try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    except OSError:  # no locks on this filesystem: the pid alone decides
-        return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            free = True
+        except BlockingIOError:
+            free = False
+        except OSError:  # no locks on this filesystem: the pid alone decides
+            free = True
+        yield free
     finally:
         os.close(fd)
-    return False
 
 
 def staged_file(target: Path, suffix: str = "") -> Path:
@@ -124,12 +136,7 @@ def staged_file(target: Path, suffix: str = "") -> Path:
     under an exclusive ``flock`` until :func:`let_go`, which its writer calls once it is done."""
     suffix = suffix or "".join(target.suffixes)
     clean_leftovers(target, suffix)
-    staged = sibling(target, "staging", suffix)
-    fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with contextlib.suppress(ImportError, OSError):  # no locks here: the pid alone tells
-        import fcntl
-
-        fcntl.flock(fd, fcntl.LOCK_EX)  # waits only while a tidying writer looks at it
+    staged, fd = _created_held(target, suffix, lambda path: os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
     _HELD[str(staged)] = fd
     return staged
 
@@ -139,17 +146,56 @@ def staged_folder(target: Path) -> Path:
     folder for it, named by :func:`sibling` and held under an exclusive ``flock`` until
     :func:`let_go`, as :func:`staged_file` holds a file."""
     clean_leftovers(target)
-    staged = sibling(target, "staging")
-    staged.mkdir()
-    fd = os.open(staged, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    with contextlib.suppress(ImportError, OSError):  # no locks here: the pid alone tells
-        import fcntl
-
-        fcntl.flock(fd, fcntl.LOCK_EX)  # waits only while a tidying writer looks at it
+    staged, fd = _created_held(target, "", _new_folder)
     info = os.fstat(fd)
     _HELD[str(staged)] = fd
     _HELD_FOLDERS[(info.st_dev, info.st_ino)] = str(staged)
     return staged
+
+
+def _new_folder(path: Path) -> int | None:
+    """Create the folder ``path`` and open it; None where it was removed before it could be opened
+    (a tidying writer took it for a leftover). It is removed again if it cannot be opened."""
+    os.mkdir(path)
+    try:
+        return os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except FileNotFoundError:
+        return None
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.rmdir(path)
+        raise
+
+
+def _created_held(target: Path, suffix: str, create: Callable[[Path], int | None]) -> tuple[Path, int]:
+    """A new staging file or folder for ``target`` (``create`` makes it and returns a descriptor,
+    None where it vanished at once) and that descriptor, holding its exclusive ``flock``. Between
+    its creation and the lock, another writer tidying (one in another pid namespace, to which this
+    pid looks gone) may take it for a leftover: that writer removes it holding a lock of its own
+    (:func:`_unheld`), so the name is looked up again once the lock is held, and a name gone is
+    replaced by a new one. One whose writer is stopped (Ctrl-C) while waiting for the lock is
+    removed again."""
+    while True:
+        staged = sibling(target, "staging", suffix)
+        fd = create(staged)
+        if fd is None:
+            continue
+        try:
+            with contextlib.suppress(ImportError, OSError):  # no locks here: the pid alone tells
+                import fcntl
+
+                fcntl.flock(fd, fcntl.LOCK_EX)  # waits only while a tidying writer looks at it
+            if os.path.lexists(staged):
+                return staged, fd
+        except BaseException:
+            with contextlib.suppress(OSError):
+                if stat.S_ISDIR(os.fstat(fd).st_mode):
+                    os.rmdir(staged)
+                else:
+                    os.unlink(staged)
+            os.close(fd)
+            raise
+        os.close(fd)
 
 
 def let_go(*staged: Path) -> None:

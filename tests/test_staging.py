@@ -8,11 +8,12 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from edgeseg.atomic import atomic_write_text
+from edgeseg.atomic import atomic_dir, atomic_write_text
 
 REPO = Path(__file__).parents[1]
 # Writes TARGET through atomic_path; with "hold", says where it staged and waits for a line on
@@ -55,6 +56,30 @@ def test_a_writer_in_another_pid_namespace_leaves_a_running_writers_staged_file_
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.json"]
 
 
+def _as_nobody(write: Callable[[], None]) -> str:
+    """Run ``write`` in a forked child as the user nobody (without exec: the interpreter may sit
+    where nobody cannot read); "landed", or "failed:" with the exception's type and message."""
+    read, fd = os.pipe()
+    child = os.fork()
+    if child == 0:
+        os.close(read)
+        try:
+            os.setgroups([])
+            os.setgid(65534)
+            os.setuid(65534)
+            write()
+            os.write(fd, b"landed")
+        except BaseException as exc:  # noqa: BLE001 - reported to the parent, whatever it is
+            os.write(fd, f"failed: {type(exc).__name__} {exc}".encode())
+        finally:
+            os._exit(0)
+    os.close(fd)
+    with os.fdopen(read) as said:
+        outcome = said.read()
+    os.waitpid(child, 0)
+    return outcome
+
+
 @pytest.mark.skipif(not hasattr(os, "fork") or os.geteuid() != 0,
                     reason="only root can leave a leftover another user then cannot remove")
 def test_a_leftover_the_writer_cannot_remove_does_not_stop_its_write():
@@ -65,25 +90,7 @@ def test_a_leftover_the_writer_cannot_remove_does_not_stop_its_write():
         shared.chmod(0o1777)
         leftover = shared / ".out.json.staging-999999999-0a1b2c3d.json"  # beyond any pid_max: gone
         leftover.write_text("root's, half written")
-        read, write = os.pipe()
-        child = os.fork()
-        if child == 0:  # nobody, without exec (the interpreter may sit where nobody cannot read)
-            os.close(read)
-            try:
-                os.setgroups([])
-                os.setgid(65534)
-                os.setuid(65534)
-                atomic_write_text(shared / "out.json", "nobody's")
-                os.write(write, b"landed")
-            except BaseException as exc:  # noqa: BLE001 - reported to the parent, whatever it is
-                os.write(write, f"failed: {type(exc).__name__} {exc}".encode())
-            finally:
-                os._exit(0)
-        os.close(write)
-        with os.fdopen(read) as said:
-            outcome = said.read()
-        os.waitpid(child, 0)
-        assert outcome == "landed"
+        assert _as_nobody(lambda: atomic_write_text(shared / "out.json", "nobody's")) == "landed"
         assert (shared / "out.json").read_text() == "nobody's"
         assert leftover.is_file()  # not this user's to remove
     finally:
@@ -153,3 +160,73 @@ def test_a_set_written_into_the_writers_own_staging_folder_does_not_wait_for_its
     assert done.stdout.strip() == "landed", done.stderr
     assert (target / "manifest.json").read_text() == "one" and (target / "profiles" / "cpu.toml").read_text() == "one"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]
+
+
+# Writes the folder TARGET through atomic_dir, stopping once, right after the step named by
+# argv[2] ("mkdir" or "open") on its new staging folder, to say so and wait for a line on stdin:
+# the instant before the folder's lock is taken, made long enough for another writer to tidy in it.
+PAUSED_WRITER = textwrap.dedent("""
+    import os, sys
+    from pathlib import Path
+    from edgeseg.atomic import atomic_dir
+    step, paused = sys.argv[2], []
+    def pausing(real):
+        def call(path, *args, **kwargs):
+            result = real(path, *args, **kwargs)
+            if ".staging-" in os.fspath(path) and not paused:
+                paused.append(path)
+                print("paused", Path(path).name, flush=True)
+                sys.stdin.readline()
+            return result
+        return call
+    setattr(os, step, pausing(getattr(os, step)))
+    try:
+        with atomic_dir(sys.argv[1]) as tmp:
+            (tmp / "model.onnx").write_text("written by host")
+        print("landed", flush=True)
+    except Exception as exc:
+        print("failed:", type(exc).__name__, exc, flush=True)
+""")
+
+
+@pytest.mark.parametrize("step", ["mkdir", "open"])
+def test_a_staging_folder_tidied_away_before_its_lock_is_taken_is_made_again(tmp_path, step):
+    """A staging folder was made, then opened and locked: a writer in another pid namespace
+    tidying in between took it for a dead writer's leftover and removed it, and the export
+    writing it failed (FileNotFoundError). Its writer now finds it gone once locked, and makes
+    another."""
+    if shutil.which("unshare") is None or subprocess.run([*UNSHARE, "true"], capture_output=True).returncode:
+        pytest.skip("cannot start a process in a pid namespace of its own here (unshare, user namespaces)")
+    target = tmp_path / "bundle"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    with subprocess.Popen([sys.executable, "-c", PAUSED_WRITER, str(target), step], env=env, text=True,
+                          stdin=subprocess.PIPE, stdout=subprocess.PIPE) as host:
+        staged = host.stdout.readline().split()[-1]
+        other = subprocess.run([*UNSHARE, sys.executable, "-c", FOLDER_WRITER, str(target), "now", "container"],
+                               env=env, capture_output=True, text=True, timeout=120)
+        assert other.stdout.strip() == "landed", other.stderr
+        assert not (tmp_path / staged).exists()  # unlocked yet, its pid gone from there: tidied
+        host.stdin.write("\n")
+        host.stdin.flush()
+        assert host.stdout.read().strip() == "landed"
+    assert (target / "model.onnx").read_text() == "written by host"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]
+
+
+@pytest.mark.skipif(not hasattr(os, "fork") or os.geteuid() != 0,
+                    reason="only root can become another user, whom the umask then keeps from opening a folder")
+def test_a_staging_folder_that_cannot_be_opened_is_not_left_behind():
+    # A umask without the owner's read bit makes a folder its writer cannot open (to lock it):
+    # the write fails, and its staging folder was left beside the target.
+    def write() -> None:
+        os.umask(0o477)
+        with atomic_dir(shared / "bundle") as tmp:
+            (tmp / "model.onnx").write_text("nobody's")
+
+    shared = Path(tempfile.mkdtemp())
+    try:
+        shared.chmod(0o1777)
+        assert _as_nobody(write).startswith("failed: PermissionError")
+        assert list(shared.iterdir()) == []
+    finally:
+        shutil.rmtree(shared)

@@ -8,7 +8,7 @@ import click
 
 from edgeseg.cli.input_limits import input_limit_options
 from edgeseg.cli.quiet_option import quiet_option
-from edgeseg.errors import DataError, require
+from edgeseg.errors import DataError
 
 
 @click.command("sweep")
@@ -50,12 +50,12 @@ def command(sweep_file, out, points_only, rounds, regate, rescore, status, quiet
     sweep = load_sweep(sweep_file)
     if sum((status, regate, rescore, rounds is not None)) > 1:
         raise DataError("--status, --regate, --rescore and --remeasure do not go together: give one")
-    # torch (a second or more to import) only once the sweep file, flags and folder are accepted
-    if regate or rescore or rounds is not None:
+    # torch (a second or more to import) only where a point is trained, exported or scored, once
+    # the sweep file, flags and folder are accepted: a report over finished points never needs it
+    if status or regate or rescore or rounds is not None:
         existing_sweep_folder(sweep, out)
-    elif not status:
+    else:
         check_sweep_folder(sweep, out)
-    require("torch", "train", "edgeseg sweep")
     if status:
         _print_status(sweep, out, points_only)
         return

@@ -8,6 +8,8 @@ profile values, which override :data:`DEFAULTS`.
 from __future__ import annotations
 
 import tomllib
+import types
+import typing
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -36,11 +38,6 @@ MIN_CALIB_SLICES = 16
 # The largest batch an artifact is exported for; a larger figure is a typing error (edgeseg serve
 # takes --max-batch up to the same, and Triton refuses a max_batch_size far beyond it).
 MAX_BATCH = 1024
-# The type each key of a profile file must have (TOML's true is not the number 1, nor 1 true).
-PROFILE_TYPES: dict[str, tuple[type, ...]] = {
-    "formats": (list,), "fp16": (bool,), "int8": (bool,), "trt": (bool,), "calib_method": (str,), "calib_slices": (int,),
-    "max_batch": (int,), "verify_slices": (int,), "fp16_check": (str,), "fp16_check_slices": (int,),
-    "gate_metric": (str,), "int8_scheme": (str,), "structure_px": (int,)}
 # An installed package carries the profiles (setup.py copies export/*.toml there); a checkout
 # reads them from export/ at the top of the tree.
 _SHIPPED = Path(__file__).resolve().parent / "profiles"
@@ -148,6 +145,22 @@ class ExportSettings:
         return replace(self, **given, max_dice_drop=drops)
 
 
+def _file_types(hint: Any) -> tuple[type, ...]:
+    """The types a TOML file gives a setting ``ExportSettings`` annotates with ``hint``: a list for
+    a tuple (TOML has no tuples), the type alone for an optional one (a file leaves None out)."""
+    if typing.get_origin(hint) in (types.UnionType, typing.Union):
+        return tuple(t for arg in typing.get_args(hint) if arg is not type(None) for t in _file_types(arg))
+    if typing.get_origin(hint) is tuple:
+        return (list,)
+    return (typing.get_origin(hint) or hint,)
+
+
+# The type each key of a profile file (and of a sweep file's [export]) must have, as ExportSettings
+# declares it (TOML's true is not the number 1, nor 1 true); max_dice_drop, a table, is checked apart.
+PROFILE_TYPES: dict[str, tuple[type, ...]] = {name: _file_types(hint) for name, hint in
+                                              typing.get_type_hints(ExportSettings).items() if name != "max_dice_drop"}
+
+
 def resolve_profile(name: str) -> Path:
     """A profile path: ``name`` itself if it is a file, else ``export/NAME.toml`` here or in the source tree."""
     if not name.strip():
@@ -181,9 +194,9 @@ def load_profile(name: str) -> ExportSettings:
         raise DataError(f"export profile {path}: max_dice_drop must be a table, got {thresholds!r}")
     typed = [(key, value, PROFILE_TYPES[key]) for key, value in data.items()]
     typed += [(f"max_dice_drop.{key}", value, (float,)) for key, value in thresholds.items()]
-    for key, value, types in typed:
-        if not has_type(value, types):
-            raise DataError(f"export profile {path}: {key} must be {expected(types)}, got {value!r}")
+    for key, value, allowed in typed:
+        if not has_type(value, allowed):
+            raise DataError(f"export profile {path}: {key} must be {expected(allowed)}, got {value!r}")
     if "formats" in data:
         if not all(isinstance(f, str) for f in data["formats"]):
             raise DataError(f"export profile {path}: formats must list format names, got {data['formats']!r}")

@@ -49,6 +49,7 @@ from typing import Any
 from edgeseg.choices import canonical_choice, canonical_choices
 from edgeseg.errors import DataError, EdgesegError
 from edgeseg.export.profiles import CHOICES as EXPORT_CHOICES
+from edgeseg.export.profiles import PROFILE_TYPES
 from edgeseg.file_values import expected, has_type, is_number_list
 from edgeseg.models.registry import MODELS
 from edgeseg.train.config import CHOICES as TRAIN_CHOICES
@@ -60,9 +61,10 @@ RECIPE_KEYS = {"data": str, "labels": str, "window": list, "intensity": str, "ep
                "threads": int, "recipe": str, "fit": str, "loss": str, "class_weights": list, "mask": str,
                "case_pattern": str, "folds": int, "fold": int, "memory_format": str,
                "deterministic": bool, "regions": list}
-EXPORT_KEYS = {"calib": str, "calib_method": str, "calib_slices": int, "verify_slices": int, "max_batch": int,
-               "max_dice_drop_int8": float, "gate_metric": str,
-               "int8_scheme": str, "structure_px": int}
+# [export]: the calibration data, the gate's INT8 Dice drop and the export settings a sweep may set,
+# typed as a profile types them (the sweep exports ONNX with INT8: the rest it fixes)
+EXPORT_KEYS = {"calib": str, "max_dice_drop_int8": float, **{key: PROFILE_TYPES[key] for key in (
+    "calib_method", "calib_slices", "verify_slices", "max_batch", "gate_metric", "int8_scheme", "structure_px")}}
 MEASURE_KEYS = {"slice_size": int, "batches": list, "runs": int, "warmup": int, "volume_slices": int, "threads": int}
 CHOOSE_KEYS = {"reference": str, "max_dice_loss": float, "min_runs": int, "accept_mixed_versions": bool}
 MEASURE_DEFAULTS = {"slice_size": 512, "batches": [1, 8], "runs": 20, "warmup": 3, "volume_slices": 32, "threads": 0}
@@ -127,15 +129,16 @@ def identity(config: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in config.items() if k != "grid"}
 
 
-def _checked_table(doc: dict, section: str, allowed: dict[str, type], where: str) -> dict[str, Any]:
+def _checked_table(doc: dict, section: str, allowed: dict[str, type | tuple[type, ...]], where: str) -> dict[str, Any]:
     table = doc.get(section, {})
     if not isinstance(table, dict):
         raise DataError(f"{where}: [{section}] must be a table")
     for key, value in table.items():
         if key not in allowed:
             raise DataError(f"{where}: unknown key {key!r} in [{section}]; known: {sorted(allowed)}")
-        if not has_type(value, (allowed[key],)):
-            raise DataError(f"{where}: [{section}] {key} must be {expected((allowed[key],))}, got {value!r}")
+        types = allowed[key] if isinstance(allowed[key], tuple) else (allowed[key],)
+        if not has_type(value, types):
+            raise DataError(f"{where}: [{section}] {key} must be {expected(types)}, got {value!r}")
     return dict(table)
 
 

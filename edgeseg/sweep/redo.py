@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeseg.atomic import atomic_write_text
-from edgeseg.errors import DataError
+from edgeseg.errors import DataError, require
 from edgeseg.sweep.config import SweepConfig, export_settings, train_config
 from edgeseg.sweep.run import (_claim, _export, _int8_scheme, _result_path, _write_record, bundle_gate, check_point_ids,
                                existing_sweep_folder, finished_results, measure_latency, score_point)
@@ -94,9 +94,10 @@ def regate(sweep: SweepConfig, out: str | Path, only: Sequence[str] = ()) -> tup
     points exported again."""
     out, finished = _finished(sweep, out, only, "--regate exports finished points again")
     target = current_gate(sweep)
-    if sweep.calib_refusal is not None and any(r["gate"] != target and not (only and r["id"] not in only)
-                                               for r in finished.values()):
-        export_settings(sweep)  # refuses, before any point is marked, an export that would calibrate with it
+    if any(r["gate"] != target and not (only and r["id"] not in only) for r in finished.values()):
+        if sweep.calib_refusal is not None:
+            export_settings(sweep)  # refuses, before any point is marked, an export that would calibrate with it
+        require("torch", "train", "edgeseg sweep")  # to export and score: before any point is marked
     redone, held = [], []
     for result in finished.values():
         if (only and result["id"] not in only) or result["gate"] == target:
@@ -134,6 +135,9 @@ def rescore(sweep: SweepConfig, out: str | Path, only: Sequence[str] = ()) -> tu
     DataError after the others are done. Returns all finished results in grid order and the
     ids of the points scored again."""
     out, finished = _finished(sweep, out, only, "--rescore scores finished points again")
+    if any(not r.get("int8_refused") and not str(r.get("gate", "")).endswith(INTERRUPTED)
+           and not (only and r["id"] not in only) for r in finished.values()):
+        require("torch", "train", "edgeseg sweep")  # the validation cases are the checkpoint's
     redone, held, interrupted, unscorable = [], [], [], []
     try:
         for result in finished.values():

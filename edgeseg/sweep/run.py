@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeseg.atomic import atomic_write_text
-from edgeseg.errors import DataError
+from edgeseg.errors import DataError, require
 from edgeseg.sweep.config import Point, SweepConfig, export_settings, identity, train_config
 from edgeseg.sweep.commands import point_commands
 
@@ -80,9 +80,11 @@ def run_sweep(sweep: SweepConfig, out: str | Path, progress: bool = False,
     out = check_sweep_folder(sweep, out)
     by_id = {p.id: p for p in sweep.points}
     order = [by_id[i] for i in dict.fromkeys(only)] if only else list(sweep.points)
-    if sweep.calib_refusal is not None:
-        if any(not _result_path(out, point).is_file() for point in order):
+    if any(not _result_path(out, point).is_file() for point in order):
+        if sweep.calib_refusal is not None:
             export_settings(sweep)  # refuses, before any work, a point that would calibrate with it
+        require("torch", "train", "edgeseg sweep")  # to train: a sweep of finished points only reports
+    if sweep.calib_refusal is not None:
         log.warning("%s; the finished points were calibrated with it, as edgeseg did before 2026-12-06",
                     sweep.calib_refusal)
     out.mkdir(parents=True, exist_ok=True)

@@ -51,7 +51,7 @@ def test_a_refused_sweep_file_or_flags_never_waits_for_torch(tmp_path, python_wi
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("mode", [["--rescore"], ["--regate"], ["--remeasure", "1"], []])
+@pytest.mark.parametrize("mode", [["--status"], ["--rescore"], ["--regate"], ["--remeasure", "1"], []])
 def test_a_sweep_folder_refused_never_waits_for_torch(tmp_path, python_without, assert_one_line_error, mode):
     """A redo of a folder that holds no sweep, or a sweep into a folder of other files, is refused
     by what the folder holds, not after torch's import."""

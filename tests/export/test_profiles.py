@@ -107,11 +107,28 @@ def test_an_empty_profile_name_is_refused(tmp_path, assert_one_line_error):
     assert not (tmp_path / "b").exists()
 
 
-def test_every_profile_key_has_a_type():
+def test_every_profile_and_sweep_key_has_the_type_export_settings_declares():
     """A setting added to ExportSettings without a type in PROFILE_TYPES would end a profile that
-    sets it in a KeyError traceback, not a one-line error (max_dice_drop is a table, checked apart)."""
+    sets it in a KeyError traceback, not a one-line error (max_dice_drop is a table, checked apart);
+    the sweep file's [export] stated the same types a second time. Both follow ExportSettings now:
+    each default, written as TOML and read back, has its key's type (int8_scheme's None is left out
+    of a file), and a sweep's [export] key takes the same types as the profile's."""
+    import json
+    import tomllib
     from dataclasses import fields
 
     from edgeseg.export.profiles import PROFILE_TYPES
+    from edgeseg.file_values import has_type
+    from edgeseg.sweep.config import EXPORT_KEYS
 
-    assert set(PROFILE_TYPES) == {f.name for f in fields(ExportSettings)} - {"max_dice_drop"}
+    settings = {f.name for f in fields(ExportSettings)} - {"max_dice_drop"}
+    assert set(PROFILE_TYPES) == settings
+    for name in settings:
+        value = getattr(ExportSettings(int8_scheme="cpu"), name)
+        read = tomllib.loads(f"value = {json.dumps(list(value) if isinstance(value, tuple) else value)}")["value"]
+        assert has_type(read, PROFILE_TYPES[name]), name
+        assert not has_type(read, tuple({bool, int, str, list} - set(PROFILE_TYPES[name]))), name
+    shared = set(EXPORT_KEYS) & settings
+    assert shared == {"calib_method", "calib_slices", "verify_slices", "max_batch", "gate_metric", "int8_scheme",
+                      "structure_px"}
+    assert {key: EXPORT_KEYS[key] for key in shared} == {key: PROFILE_TYPES[key] for key in shared}
