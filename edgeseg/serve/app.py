@@ -111,8 +111,10 @@ def create_app(segmenter, config: ServeConfig = ServeConfig(), audit=None):
             response = server_fault(request, f"{type(exc).__name__}: {exc}", exc_info=exc)
         if audit is not None and endpoint not in ("live", "ready", "metrics"):  # probes every few seconds: noise
             try:
-                audit_request(audit, request, rid, response.status_code, time.perf_counter() - start,
-                              error=getattr(request.state, "server_error", None))
+                # off the event loop: a log that blocks (a lock another process holds, a slow disk,
+                # a pipe waiting for room) holds up this answer, never the server's other answers
+                await run_in_threadpool(audit_request, audit, request, rid, response.status_code,
+                                        time.perf_counter() - start, error=getattr(request.state, "server_error", None))
             except AuditLogError as exc:  # an audited server hands out no answer it could not record
                 status = 507 if exc.no_room else 500
                 log.error("%s %s: %s; answered %d", request.method, request.url.path, exc, status)

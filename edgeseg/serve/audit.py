@@ -32,8 +32,10 @@ import json
 import logging
 import os
 import re
+import select
 import stat
 import threading
+import time
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
@@ -56,6 +58,7 @@ def request_id(given: str | None) -> str:
 
 # What a write refused for want of room says: a full disk, a full quota, a file size limit.
 NO_ROOM = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+PIPE_WAIT = 2.0  # seconds a line waits for room in a pipe whose reader is behind
 
 
 class AuditLogError(DataError):
@@ -90,10 +93,14 @@ class AuditLog:
                 raise DataError(f"--audit-log {self.path}: nothing reads it (a FIFO without a reader, or a socket, "
                                 "which cannot be opened by name)") from None
             raise DataError(f"--audit-log {self.path}: cannot open it for appending ({exc.strerror or exc})") from None
-        os.set_blocking(self._fd, True)
         # a pipe or terminal (/dev/stdout under a container runtime, a FIFO a log shipper reads) takes each
-        # line in one write, in order; there is no end to find and nothing to cut off again
+        # line in order, with no end to find and nothing to cut off again; it stays non-blocking, so that
+        # a reader that stalls (a log driver falling behind) costs a line, never a stuck server
         self._file = stat.S_ISREG(os.fstat(self._fd).st_mode)
+        if self._file:
+            os.set_blocking(self._fd, True)
+        self._stalled = False  # the last line found the pipe full: the next one does not wait for room
+        self._torn = False  # a line was cut off partway: the next one starts on a new line
         self.model = dict(model or {})
         self._lock = threading.Lock()
 
@@ -109,11 +116,8 @@ class AuditLog:
 
     def _append(self, data: bytes) -> None:
         with _file_locked(self._fd):  # the end found here stays the end until the line is in
-            if not self._file:
-                try:  # under the lock too: a line longer than PIPE_BUF is never split by another's
-                    _write_all(self._fd, data)
-                except OSError as exc:  # the reader is gone (EPIPE): the line is lost
-                    raise AuditLogError(self.path, exc) from None
+            if not self._file:  # under the lock too: a line longer than PIPE_BUF is never split by another's
+                self._write_stream(data)
                 return
             try:
                 end = os.lseek(self._fd, 0, os.SEEK_END)
@@ -126,11 +130,37 @@ class AuditLog:
                     os.ftruncate(self._fd, end)
                 raise AuditLogError(self.path, exc) from None
 
+    def _write_stream(self, data: bytes) -> None:
+        """Write ``data`` to the non-blocking pipe, waiting at most PIPE_WAIT seconds for room (none
+        while its reader is behind already); AuditLogError when the reader is gone or stalled."""
+        line = b"\n" + data if self._torn else data
+        rest = memoryview(line)
+        deadline = time.monotonic() + (0.0 if self._stalled else PIPE_WAIT)
+        while rest:
+            try:
+                rest = rest[os.write(self._fd, rest):]
+            except BlockingIOError:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    self._stalled = True
+                    self._torn = self._torn or len(rest) < len(line)  # a line past PIPE_BUF went out in part
+                    raise AuditLogError(self.path, OSError(errno.EAGAIN, "its reader takes nothing more")) from None
+                _wait_writable(self._fd, left)
+            except OSError as exc:  # the reader is gone (EPIPE): the line is lost
+                raise AuditLogError(self.path, exc) from None
+        self._stalled = self._torn = False
+
     def close(self) -> None:
         with self._lock:
             if self._fd is not None:
                 os.close(self._fd)
                 self._fd = None
+
+
+def _wait_writable(fd: int, seconds: float) -> None:
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    poller.poll(max(1, int(seconds * 1000)))
 
 
 def _write_all(fd: int, data: bytes) -> None:

@@ -6,11 +6,15 @@ as a file's, so that two processes' lines longer than PIPE_BUF never run into ea
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import textwrap
+import threading
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -83,3 +87,92 @@ def test_a_pipe_whose_reader_left_loses_the_line_with_an_error(tmp_path):
             log.record("http_request", n=1)
     finally:
         log.close()
+
+
+def _fill_until_refused(log: AuditLog, size: int) -> list[str]:
+    """Record lines of about ``size`` bytes into ``log`` until one is refused, in a thread, so
+    that a writer that blocks forever fails the test instead of hanging it; the errors seen."""
+    errors: list[str] = []
+
+    def fill() -> None:
+        for n in range(10_000):
+            try:
+                log.record("http_request", n=n, path="x" * size)
+            except AuditLogError as exc:
+                errors.append(str(exc))
+                return
+
+    writer = threading.Thread(target=fill, daemon=True)
+    writer.start()
+    writer.join(120)
+    assert not writer.is_alive(), "the audit log waited for a pipe its reader does not empty"
+    return errors
+
+
+def _drain(fd: int) -> bytes:
+    got = b""
+    with contextlib.suppress(BlockingIOError):
+        while chunk := os.read(fd, 1 << 16):
+            got += chunk
+    return got
+
+
+@pytest.mark.parametrize("size", [1000, 20000], ids=["short-lines", "lines-past-PIPE_BUF"])
+def test_a_reader_that_stalls_costs_lines_not_a_stuck_writer(tmp_path, size):
+    """A log driver that falls behind leaves the pipe full: the writer used to block on it for
+    good (serve's event loop with it, listen's accept thread). Now a line waits PIPE_WAIT for room
+    and is then refused; once the reader catches up, lines go through again, whole: a line cut
+    off partway (past PIPE_BUF a pipe takes part of one) is ended before the next starts."""
+    fifo = tmp_path / "audit.pipe"
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    log = AuditLog(fifo)
+    try:
+        errors = _fill_until_refused(log, size)
+        assert errors == [f"cannot append to the audit log {fifo}: its reader takes nothing more"]
+        shipped = _drain(reader)
+        log.record("http_request", n="after", path="y")
+        shipped += _drain(reader)
+    finally:
+        os.close(reader)  # first: a writer blocked on the pipe (the old code) is let go, and its lock
+        log.close()
+    pieces = shipped.decode().split("\n")
+    assert pieces[-1] == ""
+    whole = []
+    for piece in pieces[:-1]:
+        try:
+            whole.append(json.loads(piece))
+        except json.JSONDecodeError:  # only a line cut off partway, and only before the last one
+            assert piece.startswith('{"time":') and piece is not pieces[-2]
+    assert whole[-1]["n"] == "after"
+    assert [line["n"] for line in whole[:-1]] == list(range(len(whole) - 1))
+
+
+def _get(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=60) as answer:
+            return answer.status
+    except urllib.error.HTTPError as answer:
+        return answer.code
+
+
+def test_serve_answers_probes_while_its_audit_pipe_is_full(serve_bundle, serve_process, tmp_path):
+    """serve wrote its audit line on the event loop: with the pipe full, that write held up every
+    other answer, /v2/health/live included, for as long as the reader stalled. Now the request
+    whose line finds no room is answered 500 (an audited server hands out no answer it cannot
+    record) and the probes go on being answered."""
+    fifo = tmp_path / "audit.pipe"
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # opened, never read: a stalled log driver
+    try:
+        with serve_process(serve_bundle, "--audit-log", str(fifo)) as (proc, port):
+            base = f"http://127.0.0.1:{port}"
+            statuses = []
+            while 500 not in statuses and len(statuses) < 2000:  # each line is about 400 bytes: 64 KiB fill
+                statuses.append(_get(f"{base}/v2/models/edgeseg"))
+            assert statuses[-1] == 500 and set(statuses[:-1]) == {200}
+            assert _get(f"{base}/v2/health/live") == 200
+            assert _get(f"{base}/v2/health/ready") == 200
+            assert proc.poll() is None
+    finally:
+        os.close(reader)
