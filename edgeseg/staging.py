@@ -26,6 +26,7 @@ are done under are here too, so that both behave alike.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import secrets
@@ -34,10 +35,14 @@ import stat
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from edgeseg.errors import DataError
+
 # Staged files and folders and the descriptor holding each one's flock, until let_go
 _HELD: dict[str, int] = {}
 # The staging folders among them, by (device, inode): folder_flocked finds them held already
 _HELD_FOLDERS: dict[tuple[int, int], str] = {}
+# Staging names made in a row that vanished before their lock was taken, before a write gives up
+_TRIES = 100
 _LEFTOVER = re.compile(r"^\.(?P<name>.+)\.(?P<kind>staging|previous)-(?P<pid>\d+)-[0-9a-f]{8}(?P<suffix>(\.[^.]+)*)$")
 
 
@@ -113,8 +118,8 @@ def _unheld(item: Path) -> Iterator[bool]:
         return
     try:
         fd = os.open(item, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
-    except OSError:
-        yield True
+    except OSError as exc:  # gone already, or a symlink (no writer stages one): free; else, e.g. another
+        yield exc.errno in (errno.ENOENT, errno.ELOOP)  # user's 0600 file, it may be held: left alone
         return
     try:
         try:
@@ -172,10 +177,11 @@ def _created_held(target: Path, suffix: str, create: Callable[[Path], int | None
     None where it vanished at once) and that descriptor, holding its exclusive ``flock``. Between
     its creation and the lock, another writer tidying (one in another pid namespace, to which this
     pid looks gone) may take it for a leftover: that writer removes it holding a lock of its own
-    (:func:`_unheld`), so the name is looked up again once the lock is held, and a name gone is
-    replaced by a new one. One whose writer is stopped (Ctrl-C) while waiting for the lock is
-    removed again."""
-    while True:
+    (:func:`_unheld`), so once the lock is held the name is checked to name still the file or
+    folder locked (device and inode: not one made again under it meanwhile), and else replaced by
+    a new one; after :data:`_TRIES` names in a row gone, DataError. One whose writer is stopped
+    (Ctrl-C) while waiting for the lock is removed again."""
+    for _ in range(_TRIES):
         staged = sibling(target, "staging", suffix)
         fd = create(staged)
         if fd is None:
@@ -185,17 +191,28 @@ def _created_held(target: Path, suffix: str, create: Callable[[Path], int | None
                 import fcntl
 
                 fcntl.flock(fd, fcntl.LOCK_EX)  # waits only while a tidying writer looks at it
-            if os.path.lexists(staged):
+            if _same_file(fd, staged):
                 return staged, fd
         except BaseException:
             with contextlib.suppress(OSError):
-                if stat.S_ISDIR(os.fstat(fd).st_mode):
-                    os.rmdir(staged)
-                else:
-                    os.unlink(staged)
+                if _same_file(fd, staged):  # not when gone, or another's made under its name meanwhile
+                    (os.rmdir if stat.S_ISDIR(os.fstat(fd).st_mode) else os.unlink)(staged)
             os.close(fd)
             raise
         os.close(fd)
+    raise DataError(f"cannot stage a write in {target.parent}: each of {_TRIES} staging names made there was "
+                    "removed before it could be locked")
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    """Whether ``path`` still names the file or folder open as ``fd`` (not one made again under its
+    name once it was removed)."""
+    try:
+        named = os.lstat(path)
+    except FileNotFoundError:
+        return False
+    held = os.fstat(fd)
+    return (held.st_dev, held.st_ino) == (named.st_dev, named.st_ino)
 
 
 def let_go(*staged: Path) -> None:

@@ -230,3 +230,121 @@ def test_a_staging_folder_that_cannot_be_opened_is_not_left_behind():
         assert list(shared.iterdir()) == []
     finally:
         shutil.rmtree(shared)
+
+
+# Writes TARGET through atomic_write_text as the user nobody, in a pid namespace of its own (a
+# second container sharing the folder): what it needs is loaded first, as root, since the
+# interpreter may sit where nobody cannot read. Prints "landed" or the error.
+NOBODY_WRITER = textwrap.dedent("""
+    import fcntl, os, sys
+    from edgeseg.atomic import atomic_write_text
+    os.setgroups([])
+    os.setgid(65534)
+    os.setuid(65534)
+    try:
+        atomic_write_text(sys.argv[1], "written by nobody")
+        print("landed", flush=True)
+    except Exception as exc:
+        print("failed:", type(exc).__name__, exc, flush=True)
+""")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root can start a writer of another user in a pid namespace")
+def test_another_users_running_writers_staged_file_is_left_alone_in_a_folder_without_the_sticky_bit():
+    """A staged file another user's writer holds (0600: not to be opened, so not to be locked, by
+    this user) counted as free: a writer of another uid in another pid namespace removed it, the
+    folder having no sticky bit, and the running writer then failed its rename."""
+    if shutil.which("unshare") is None or subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", "true"],
+                                                         capture_output=True).returncode:
+        pytest.skip("cannot start a process in a pid namespace of its own here (unshare)")
+    shared = Path(tempfile.mkdtemp())
+    try:
+        shared.chmod(0o777)  # writable by all, no sticky bit: any user may remove any name
+        target, env = shared / "out.json", {**os.environ, "PYTHONPATH": str(REPO)}
+        with subprocess.Popen([sys.executable, "-c", WRITER, str(target), "hold", "host"], env=env, text=True,
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE) as host:
+            staged = shared / host.stdout.readline().split()[-1]
+            other = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", sys.executable, "-c", NOBODY_WRITER,
+                                    str(target)], env=env, capture_output=True, text=True, timeout=120)
+            assert other.stdout.strip() == "landed", other.stderr
+            assert staged.is_file()  # still there for the running writer
+            host.stdin.write("\n")
+            host.stdin.flush()
+            assert host.stdout.read().strip() == "landed"
+        assert target.read_text() == "written by host"
+        assert sorted(p.name for p in shared.iterdir()) == ["out.json"]
+    finally:
+        shutil.rmtree(shared)
+
+
+# Writes TARGET through atomic_dir or atomic_path (argv[2]: "folder" or "file"). With "remade"
+# (argv[3]), it stops once right after opening its new staging folder or file, before locking it,
+# says its name and waits for a line on stdin; with "vanishing", every staging name it makes is
+# removed at once. Prints "landed" or the error.
+REMADE_WRITER = textwrap.dedent("""
+    import os, sys
+    from pathlib import Path
+    from edgeseg.atomic import atomic_dir, atomic_path
+    target, kind, how = sys.argv[1:4]
+    real_open, real_mkdir, paused = os.open, os.mkdir, []
+    def opening(path, *args, **kwargs):
+        fd = real_open(path, *args, **kwargs)
+        if how == "remade" and ".staging-" in os.fspath(path) and not paused:
+            paused.append(path)
+            print("paused", Path(path).name, flush=True)
+            sys.stdin.readline()
+        return fd
+    def vanishing(path, *args, **kwargs):
+        real_mkdir(path, *args, **kwargs)
+        if how == "vanishing" and ".staging-" in os.fspath(path):
+            os.rmdir(path)
+    os.open, os.mkdir = opening, vanishing
+    try:
+        with (atomic_dir(target) if kind == "folder" else atomic_path(target)) as tmp:
+            (tmp / "model.onnx" if kind == "folder" else tmp).write_text("written by host")
+        print("landed", flush=True)
+    except Exception as exc:
+        print("failed:", type(exc).__name__, exc, flush=True)
+""")
+
+
+@pytest.mark.parametrize("kind", ["folder", "file"])
+def test_a_staging_name_removed_and_made_again_before_its_lock_is_not_taken_for_the_writers_own(tmp_path, kind):
+    """Once its lock was held, a writer looked only for its staging name: a folder or file removed
+    and made again under that name by someone else (not the one it had locked) was taken for its
+    own, written into and landed on the target. The name must still be the file it locked."""
+    target = tmp_path / ("bundle" if kind == "folder" else "out.json")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    with subprocess.Popen([sys.executable, "-c", REMADE_WRITER, str(target), kind, "remade"], env=env, text=True,
+                          stdin=subprocess.PIPE, stdout=subprocess.PIPE) as host:
+        staged = tmp_path / host.stdout.readline().split()[-1]
+        if kind == "folder":
+            staged.rmdir()
+            staged.mkdir()
+            (staged / "other.txt").write_text("someone else's")
+        else:
+            staged.unlink()
+            staged.write_text("someone else's")
+        host.stdin.write("\n")
+        host.stdin.flush()
+        assert host.stdout.read().strip() == "landed"
+    if kind == "folder":
+        assert sorted(p.name for p in target.iterdir()) == ["model.onnx"]
+        assert (target / "model.onnx").read_text() == "written by host"
+        assert (staged / "other.txt").read_text() == "someone else's"  # not this writer's: left alone
+    else:
+        assert target.read_text() == "written by host"
+        assert staged.read_text() == "someone else's"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([target.name, staged.name])
+
+
+def test_a_writer_whose_staging_names_all_vanish_gives_up_in_one_line(tmp_path):
+    """A writer whose staging folder vanished before its lock made another, without end: it now
+    gives up after a bounded number, saying where (a child with a time limit, so an endless loop
+    fails the test)."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, "-c", REMADE_WRITER, str(tmp_path / "bundle"), "folder", "vanishing"],
+                          env=env, capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip() == (f"failed: DataError cannot stage a write in {tmp_path}: each of 100 staging names "
+                                   "made there was removed before it could be locked"), done.stderr
+    assert list(tmp_path.iterdir()) == []

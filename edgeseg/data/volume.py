@@ -42,7 +42,8 @@ class Volume:
             then spaces them evenly from the first to the last, so it misplaces the slices
             after a gap: NIfTI output refuses such a volume.
         off_line: (mm, file name) of the slice of a DICOM series whose position lies furthest,
-            across the slice normal, from the even line between the first and last positions,
+            across the slice normal, from the straight line between the first and last positions
+            (each compared at its own height along the normal: a missing slice moves none off it),
             where over a tenth of a pixel (slices from two reconstruction centres), else None.
             ``affine`` places that slice's pixels that far off: NIfTI output refuses it too.
     """

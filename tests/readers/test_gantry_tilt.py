@@ -202,3 +202,43 @@ def test_predict_of_a_tilted_series_names_its_own_output_in_the_warning(exported
     warned = [line for line in done.stderr.splitlines() if "sheared" in line]
     assert len(warned) == 1 and warned[0].startswith(f"edgeseg: warning: {kind} {out}: "), done.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["ct", out.name])
+
+
+def test_a_tilted_series_with_a_missing_slice_stays_on_its_line(exported_bundle, tmp_path):
+    """Positions were compared with a line stepped by slice index: a gantry-tilted series (positions
+    stepping in-plane with the height) missing one slice was found "off the line" by tenths of a
+    millimetre. Only its uneven gaps are a finding: NIfTI output is refused for them, and a DICOM
+    SEG places every slice where its source lies."""
+    from click.testing import CliRunner
+
+    from edgeseg.cli.main import cli
+
+    fields = write_tilted_series(tmp_path / "ct", 20.0)
+    (tmp_path / "ct" / "IM005.dcm").unlink()  # the sixth position of ten
+    normal = np.cross(fields["row"], fields["column"])
+    gap = float((fields["positions"][1] - fields["positions"][0]) @ normal)
+    for path in (tmp_path / "ct").iterdir():  # a DICOM SEG copies it from its source
+        ds = pydicom.dcmread(path)
+        ds.SliceThickness = f"{gap:.6f}"
+        ds.save_as(path)
+    volume = read_dicom_series(tmp_path / "ct")
+    assert volume.off_line is None
+    assert volume.uneven_gaps == pytest.approx((gap, 2 * gap), rel=1e-6)
+
+    def predict(out):
+        return CliRunner().invoke(cli, ["predict", str(exported_bundle), str(tmp_path / "ct"), "--out", str(out),
+                                        "--backend", "onnxruntime:fp32", "--quiet"])
+
+    refused = predict(tmp_path / "labels.nii.gz")
+    assert refused.exit_code == 2, refused.output
+    lines = refused.output.strip().splitlines()
+    assert len(lines) == 1 and "are unevenly spaced" in lines[0] and "off the line" not in lines[0], refused.output
+    assert not (tmp_path / "labels.nii.gz").exists()
+    done = predict(tmp_path / "labels.dcm")
+    assert done.exit_code == 0, done.output
+    sources = {ds.SOPInstanceUID: ds for ds in map(pydicom.dcmread, (tmp_path / "ct").glob("IM*.dcm"))}
+    seg = pydicom.dcmread(tmp_path / "labels.dcm")
+    for frame in seg.PerFrameFunctionalGroupsSequence:
+        uid = frame.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
+        position = [float(v) for v in frame.PlanePositionSequence[0].ImagePositionPatient]
+        assert position == pytest.approx([float(v) for v in sources[uid].ImagePositionPatient], abs=1e-4)
