@@ -94,6 +94,10 @@ int es_json_mark_fractions(struct cJSON *root, const char *json);
 /* A JSON integer (not 8.0, not true) of magnitude at most 1e15, where a double is exact. */
 int es_json_is_integer(const struct cJSON *item);
 
+/* auto_skips.c: why "auto" must not run the (checked) artifact entry `a` on OpenVINO's CPU plugin
+ * here, written to `why` of `n` bytes: 1, or 0 where it may run it. */
+int es_auto_skips(const struct cJSON *a, char *why, size_t n);
+
 /* json_keys.c: remove every key of an object in `node` (recursively) that the same object
  * repeats later, keeping the last, as Python's json does. ES_OK or ES_ENOMEM. */
 int es_json_keep_last_keys(struct cJSON *node);

@@ -186,65 +186,6 @@ static int check_artifact(const cJSON *a, const char *dir, es_error *err) {
     return ES_OK;
 }
 
-/* Whether this x86 CPU adds u8 x s8 products in 32 bits (AVX512-VNNI, AVX-VNNI or AMX-INT8, from
- * the first "flags" line of /proc/cpuinfo): 1 yes, 0 no, -1 unknown (not x86, or no flags). */
-static int cpu_has_vnni(void) {
-#if defined(__x86_64__) || defined(__i386__)
-    static const char *const vnni[] = {"avx512_vnni", "avx_vnni", "amx_int8", NULL};
-    FILE *fh = fopen("/proc/cpuinfo", "r");
-    if (!fh) return -1;
-    char *line = NULL;
-    size_t cap = 0;
-    int found = -1;
-    while (found < 0 && getline(&line, &cap, fh) >= 0) {
-        if (strncmp(line, "flags", 5) != 0 || !strchr(line, ':')) continue;
-        found = 0;
-        int any = 0;
-        for (char *save = NULL, *tok = strtok_r(strchr(line, ':') + 1, " \t\n", &save); tok;
-             tok = strtok_r(NULL, " \t\n", &save)) {
-            any = 1;
-            if (one_of(tok, vnni)) found = 1;
-        }
-        if (!any) found = -1;
-        break;
-    }
-    free(line);
-    fclose(fh);
-    return found;
-#else
-    return -1;
-#endif
-}
-
-/* Why "auto" must not run artifact `a` on OpenVINO's CPU plugin here, written to `why` (0: it
- * may). The rules of edgeseg/runtime/selection.py's skip_reasons: the export gate excluded the
- * openvino runner for it or never ran it (on INT8, also where the entry lists no runners); or it is
- * an INT8 graph not of the cpu scheme on an x86 CPU without VNNI. */
-static int auto_skips(const cJSON *a, char *why, size_t n) {
-    const cJSON *excluded = cJSON_GetObjectItemCaseSensitive(a, "excluded");
-    const cJSON *reason = cJSON_IsObject(excluded) ? cJSON_GetObjectItemCaseSensitive(excluded, "openvino") : NULL;
-    if (cJSON_IsString(reason)) {
-        snprintf(why, n, "the export gate excluded openvino: %s", reason->valuestring);
-        return 1;
-    }
-    const cJSON *scored = cJSON_GetObjectItemCaseSensitive(a, "scored"), *r = NULL;
-    int int8 = strcmp(string_or(a, "precision", ""), "int8") == 0;
-    for (r = cJSON_IsArray(scored) ? scored->child : NULL; r && strcmp(r->valuestring, "openvino") != 0; r = r->next) {}
-    if (cJSON_IsArray(scored) && !r) /* snprintf's count is positive: "skip" */
-        return snprintf(why, n, "not scored by the export gate: openvino was not installed where the bundle was "
-                        "exported; edgeseg gate scores it") > 0;
-    if (!cJSON_IsArray(scored) && int8) /* from before the gate kept a list: it ran onnxruntime alone on INT8 */
-        return snprintf(why, n, "not scored by the export gate: a manifest without scored runners vouches for "
-                        "onnxruntime alone on an INT8 graph; edgeseg gate scores it") > 0;
-    if (!int8) return 0;
-    const cJSON *extra = cJSON_GetObjectItemCaseSensitive(a, "extra");
-    const char *scheme = cJSON_IsObject(extra) ? string_or(extra, "int8_scheme", NULL) : NULL;
-    if ((scheme && strcmp(scheme, "cpu") == 0) || cpu_has_vnni() != 0) return 0;
-    snprintf(why, n, "INT8 graph of the %s scheme: its signed activations saturate u8 x s8 sums on this CPU (no VNNI); "
-             "re-export with --int8-scheme cpu", scheme ? scheme : "tensorrt, recorded before schemes");
-    return 1;
-}
-
 /* Check every artifact entry, refuse two ONNX files of one precision, pick the one to load. */
 static int choose_artifact(const cJSON *artifacts, const char *precision, es_bundle *b, const char *dir, es_error *err) {
     static const char *const order[] = {"int8", "fp32", "fp16", NULL};
@@ -265,7 +206,7 @@ static int choose_artifact(const cJSON *artifacts, const char *precision, es_bun
     char skipped[3 * 200] = "", why[200];
     for (int i = 0; order[i] && !pick; i++) {
         if (!found[i] || !(automatic || strcmp(precision, order[i]) == 0)) continue;
-        if (automatic && auto_skips(found[i], why, sizeof why)) { /* an explicit precision loads anyway */
+        if (automatic && es_auto_skips(found[i], why, sizeof why)) { /* an explicit precision loads anyway */
             size_t used = strlen(skipped);
             snprintf(skipped + used, sizeof skipped - used, "%sonnx-%s: %s", used ? "; " : "", order[i], why);
             continue;

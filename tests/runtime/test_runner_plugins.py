@@ -184,3 +184,58 @@ def test_every_runner_imports_its_library_through_the_extra_it_declares():
             if isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", None)) == "require":
                 calls.append(f"{path.name}:{node.lineno}")
     assert not calls, f"runners import their library with Runner.import_library: {calls}"
+
+
+def python(sites: list[Path], tmp_path: Path, code: str) -> subprocess.CompletedProcess:
+    """``code`` in a fresh interpreter with the ``sites`` first on its path, logging to stderr."""
+    environ = dict(os.environ, EDGESEG_CACHE_DIR=str(tmp_path / "cache"), EDGESEG_RUNNER_PLUGINS="1",
+                   PYTHONPATH=os.pathsep.join([*map(str, sites), str(ROOT), *sys.path]))
+    setup = "import logging, sys\nlogging.basicConfig(stream=sys.stderr, format='%(levelname)s %(message)s')\n"
+    return subprocess.run([sys.executable, "-c", setup + code], capture_output=True, text=True, env=environ, cwd=tmp_path)
+
+
+def test_naming_a_broken_plugin_first_is_refused_without_a_warning_too(tmp_path):
+    """runner_class, asked first of all for a broken plugin's runner, decided whether to warn before
+    the registry had loaded and so knew nothing broken: the refusal came with the warning line of the
+    same problem. The refusal alone says it now."""
+    [(entry_points, modules, message)] = [BROKEN["import error"]]
+    site = install(tmp_path / "site", entry_points, modules, dist="acme_npu", version="1.0")
+    done = python([site], tmp_path, "from edgeseg.errors import BackendError\n"
+                                    "from edgeseg.runtime.runners import runner_class\n"
+                                    "try:\n    runner_class('acme-npu')\nexcept BackendError as exc:\n    print(exc)\n")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == f"backend 'acme-npu' is unavailable: {message}\n"
+    assert "runner plugin" not in done.stderr, done.stderr
+
+
+def test_threads_asking_for_the_registry_at_once_get_it_whole_with_one_warning(documented, tmp_path):
+    """The registry's first load was unguarded: server threads asking at once each loaded it (each
+    queueing the broken plugin's warning) and popped reasons another thread had taken (IndexError).
+    Now one thread loads it; every thread gets the whole registry and the warning is logged once."""
+    entry_points, modules, message = BROKEN["import error"]
+    site = install(tmp_path / "site", entry_points, modules, dist="acme_npu", version="1.0")
+    done = python([documented, site], tmp_path, """
+import json, threading
+sys.setswitchinterval(1e-6)  # threads change often, inside the registry's load as anywhere
+from edgeseg.runtime.runners import runners
+barrier, seen, errors = threading.Barrier(24), [], []
+def ask():
+    barrier.wait()
+    try:
+        seen.append(sorted(runners()))
+    except Exception as exc:
+        errors.append(repr(exc))
+threads = [threading.Thread(target=ask) for _ in range(24)]
+for thread in threads:
+    thread.start()
+for thread in threads:
+    thread.join()
+print(json.dumps({"seen": seen, "errors": errors, "whole": sorted(runners())}))
+""")
+    assert done.returncode == 0, done.stderr
+    facts = json.loads(done.stdout)
+    assert facts["errors"] == []
+    assert NAME in facts["whole"] and "acme-npu" not in facts["whole"]
+    assert facts["seen"] == [facts["whole"]] * 24
+    [warning] = [line for line in done.stderr.splitlines() if "runner plugin" in line]
+    assert warning.startswith("WARNING ") and message in warning

@@ -19,6 +19,7 @@ import importlib
 import inspect
 import logging
 import pkgutil
+import threading
 
 from edgeseg.errors import BackendError
 from edgeseg.runtime.runners.base import ArtifactRunner, Runner
@@ -29,6 +30,10 @@ _PLUGIN_DISTRIBUTIONS: dict[str, str] = {}
 # entry point name -> why that plugin was left out (it does not load, is no Runner, its name is taken)
 _PLUGIN_ERRORS: dict[str, str] = {}
 _UNWARNED: list[str] = []  # those reasons not logged yet
+# One thread loads the registry and logs the reasons; the others wait for it (a server's threads
+# asking at once would each load it, and warn twice or pop a reason another thread took).
+# Reentrant: a plugin's module may ask the registry while it is imported.
+_LOCK = threading.RLock()
 
 log = logging.getLogger(__name__)
 
@@ -38,13 +43,14 @@ def runners(warn: bool = True) -> dict[str, type[Runner]]:
     plugins' runners (a broken plugin left out, with one warning line once ``warn`` is True:
     checking a name given, which is refused with the reason when it is that plugin's, leaves
     it to the next call)."""
-    if not _REGISTRY:
-        found = builtin_runners()
-        plugins = _plugins(found)
-        _REGISTRY.update(sorted(found.items()))
-        _REGISTRY.update(sorted(plugins.items()))
-    while warn and _UNWARNED:
-        log.warning("%s; its runner is left out (EDGESEG_RUNNER_PLUGINS=0 runs without plugins)", _UNWARNED.pop(0))
+    with _LOCK:
+        if not _REGISTRY:
+            found = builtin_runners()
+            plugins = _plugins(found)
+            _REGISTRY.update(sorted(found.items()))
+            _REGISTRY.update(sorted(plugins.items()))
+        while warn and _UNWARNED:
+            log.warning("%s; its runner is left out (EDGESEG_RUNNER_PLUGINS=0 runs without plugins)", _UNWARNED.pop(0))
     return _REGISTRY
 
 
@@ -99,6 +105,7 @@ def plugin_distributions() -> dict[str, str]:
 def runner_class(name: str) -> type[Runner]:
     """The Runner subclass registered as ``name``; BackendError naming the known ones otherwise,
     or why the plugin of that name was left out."""
+    runners(warn=False)  # whether `name` is a broken plugin's is known once the registry is loaded
     try:
         return runners(warn=name not in _PLUGIN_ERRORS)[name]
     except KeyError:
