@@ -52,7 +52,7 @@ from edgeseg.cli.tta_option import tta_option
                    "hold every slot.")
 @click.option("--backend", default="auto", show_default=True, help="Runtime backend, as for edgeseg predict.")
 @click.option("--threads", default=0, show_default=True, help="CPU threads for the backend (0: its default).")
-@click.option("--audit-log", type=click.Path(dir_okay=False), default=None,
+@click.option("--audit-log", type=click.Path(dir_okay=False, readable=False), default=None,
               help="Append one JSON line per association, per series and per connection refused for the limits (a flood "
                    "coalesced) to this file: time, peer, AE titles, study and series UIDs, the SEG, the bundle (manifest and "
                    "artifact sha256), backend, outcome, latency; no patient names (docs/provenance.md). Off by default.")

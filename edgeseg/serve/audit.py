@@ -56,6 +56,8 @@ def request_id(given: str | None) -> str:
 
 # What a write refused for want of room says: a full disk, a full quota, a file size limit.
 NO_ROOM = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+# names of this process's own open descriptors, and the descriptor each names
+_OWN_DESCRIPTOR = re.compile(r"/dev/(?:std(in|out|err)|fd/(\d+))|/proc/self/fd/(\d+)")
 
 
 class AuditLogError(DataError):
@@ -65,6 +67,22 @@ class AuditLogError(DataError):
         self.reason = exc.strerror or str(exc)
         super().__init__(f"cannot append to the audit log {path}: {self.reason}")
         self.no_room = exc.errno in NO_ROOM
+
+
+def _open_for_appending(path: Path) -> int:
+    """A descriptor appending to ``path``. One of this process's own descriptors by name
+    (``/dev/stdout``, ``/dev/fd/N``), which cannot be opened again where another user made the pipe
+    behind it (a container runtime's, for a process run as an unprivileged user), is duplicated
+    instead: the process may write to what it already holds open."""
+    try:
+        # non-blocking only while opening, so that a FIFO nothing reads is refused, not waited on
+        return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK, 0o640)
+    except PermissionError:
+        own = _OWN_DESCRIPTOR.fullmatch(str(path))
+        if own is None:
+            raise
+        std, fd = own.group(1), own.group(2) or own.group(3)
+        return os.dup(("in", "out", "err").index(std) if std else int(fd))
 
 
 class AuditLog:
@@ -82,9 +100,8 @@ class AuditLog:
         if self.path.is_dir():
             raise DataError(f"--audit-log {self.path} is a folder; name a file")
         try:
-            # unbuffered, appended: one os-level write per line, never a half line from another thread;
-            # non-blocking only while opening, so that a FIFO nothing reads is refused, not waited on
-            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK, 0o640)
+            # unbuffered, appended: one os-level write per line, never a half line from another thread
+            self._fd = _open_for_appending(self.path)
         except OSError as exc:
             if exc.errno == errno.ENXIO:
                 raise DataError(f"--audit-log {self.path}: nothing reads it (a FIFO without a reader, or a socket, "

@@ -4,8 +4,11 @@ folder writable (tests/confined.py; real permission failures, no mocks)."""
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
+
+import pytest
 
 from tests.confined import OUT, confined
 
@@ -57,3 +60,25 @@ def test_serve_without_a_writable_temporary_folder_names_tmpdir_and_upload_dir(s
                     tmp_path / "out", timeout=120)
     one_line_error(done, "TMPDIR", "--upload-dir")
     assert "loaded" not in done.stderr
+
+
+# The container runtime (root) makes the pipe that is the command's stdout: an unprivileged
+# process writes to it through its open descriptor but may not open it again by name.
+AUDIT_TO_STDOUT = ("from edgeseg.serve.audit import AuditLog; log = AuditLog('/dev/stdout'); "
+                   "log.record('http_request', status=200); log.close()")
+
+
+def test_audit_log_on_a_stdout_pipe_another_user_made(tmp_path):
+    done = confined([sys.executable, "-c", AUDIT_TO_STDOUT], tmp_path / "out", timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["status"] == 200
+
+
+@pytest.mark.parametrize("command", ["serve", "listen"])
+def test_audit_log_to_stdout_is_taken_by_the_commands(command, tmp_path, free_port):
+    # the audit log is opened before the bundle is read: a missing bundle is the next error
+    done = confined(edgeseg(command, OUT / "no-bundle", "--port", free_port(), "--audit-log", "/dev/stdout",
+                            *(["--upload-dir", OUT] if command == "serve" else ["--out", OUT / "seg"])),
+                    tmp_path / "out", env={"TMPDIR": str(OUT)}, timeout=120)
+    line = one_line_error(done)
+    assert "audit" not in line and "no-bundle" in line, line
