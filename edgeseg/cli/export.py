@@ -18,7 +18,11 @@ def _cache_default() -> Path:
     $XDG_CACHE_HOME/edgeseg, else ~/.cache/edgeseg): one variable moves every cache."""
     from edgeseg.runtime.compiled_cache import cache_root
 
-    return cache_root() / "export"
+    try:
+        return cache_root() / "export"
+    except OSError as exc:  # no home folder
+        raise DataError(f"no cache folder for INT8 graphs: {exc.strerror}; set EDGESEG_CACHE_DIR or "
+                        "--cache-dir") from None
 
 
 @click.command("export")

@@ -52,7 +52,7 @@ from edgeseg.cli.tta_option import tta_option
                    "hold every slot.")
 @click.option("--backend", default="auto", show_default=True, help="Runtime backend, as for edgeseg predict.")
 @click.option("--threads", default=0, show_default=True, help="CPU threads for the backend (0: its default).")
-@click.option("--audit-log", type=click.Path(dir_okay=False), default=None,
+@click.option("--audit-log", type=click.Path(dir_okay=False, readable=False), default=None,
               help="Append one JSON line per association, per series and per connection refused for the limits (a flood "
                    "coalesced) to this file: time, peer, AE titles, study and series UIDs, the SEG, the bundle (manifest and "
                    "artifact sha256), backend, outcome, latency; no patient names (docs/provenance.md). Off by default.")
@@ -71,6 +71,7 @@ def command(bundle, ae_title, any_ae, allow_calling, host, port, out, forward, i
     from edgeseg.runtime.segmenter import Segmenter
     from edgeseg.serve.audit import AuditLog
     from edgeseg.serve.dicom_node import DicomNode, Peer, check_node_settings
+    from edgeseg.serve.work_folder import check_work_folder
 
     peer = Peer.parse(forward) if forward else None
     # settings and the address first: loading a bundle can take a backend probe
@@ -82,6 +83,7 @@ def command(bundle, ae_title, any_ae, allow_calling, host, port, out, forward, i
         check_output_folder(out, "--out")
     if unsent is not None:
         check_output_folder(unsent, "--unsent")
+    check_work_folder(None, None, "received images")  # where the node keeps a series until it is segmented
     check_port(host, port)
     audit = AuditLog(audit_log) if audit_log else None  # a path it cannot append to, before the model loads
     segmenter = Segmenter.load(bundle, backend=backend, threads=threads,

@@ -39,7 +39,7 @@ from edgeseg.cli.tta_option import tta_option
                    "--max-body-mb if more; at least twice --max-body-mb.")
 @click.option("--upload-dir", type=click.Path(file_okay=False), default=None,
               help="Folder /v1/segment writes upload bodies in as they arrive. Default: the temporary folder (TMPDIR).")
-@click.option("--audit-log", type=click.Path(dir_okay=False), default=None,
+@click.option("--audit-log", type=click.Path(dir_okay=False, readable=False), default=None,
               help="Append one JSON line per request to this file: time, peer, request id, route, status, the bundle (manifest and "
                    "artifact sha256), backend, outcome, latency; no patient names (docs/provenance.md). Off by default.")
 @tta_option

@@ -25,6 +25,7 @@ the same layout, so the C and the Python runtime share OpenVINO entries.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import logging
 import os
@@ -44,10 +45,19 @@ T = TypeVar("T")
 
 
 def cache_root() -> Path:
-    """``$EDGESEG_CACHE_DIR``, else ``$XDG_CACHE_HOME/edgeseg``, else ``~/.cache/edgeseg``."""
-    root = os.environ.get("EDGESEG_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "edgeseg")
-    return Path(root)
+    """``$EDGESEG_CACHE_DIR``, else ``$XDG_CACHE_HOME/edgeseg``, else ``~/.cache/edgeseg``.
+
+    OSError where there is no home folder (HOME unset and a user with no passwd entry, as
+    container platforms run images): ``~`` would stay unexpanded, a folder named ``~`` in the
+    current folder. Callers use no cache then, as libedgeseg does without HOME."""
+    root = os.environ.get("EDGESEG_CACHE_DIR") or os.environ.get("XDG_CACHE_HOME") and os.path.join(
+        os.environ["XDG_CACHE_HOME"], "edgeseg")
+    if root:
+        return Path(root)
+    home = os.path.expanduser("~")
+    if not os.path.isabs(home):
+        raise OSError(errno.ENOENT, f"HOME is unset and user {os.getuid()} has no home folder", "~/.cache/edgeseg")
+    return Path(home, ".cache", "edgeseg")
 
 
 def entry_name(artifact_sha256: str, engine_key: str) -> str:
@@ -132,8 +142,12 @@ class CompiledModelCache:
     """
 
     def __init__(self, engine: str, artifact_sha256: str, engine_key: str, root: Path | None = None) -> None:
-        self.root = root or cache_root()
-        self.folder = self.root / engine
+        try:
+            self.root: Path | None = root or cache_root()
+        except OSError as exc:  # no home folder: the engine builds without a cache
+            log.debug("compiled-model cache not used: %s", exc.strerror)
+            self.root = None
+        self.folder = Path(self.root or "", engine)
         self.path = self.folder / entry_name(artifact_sha256, engine_key)
 
     def untrusted(self) -> str | None:
@@ -212,6 +226,8 @@ class CompiledModelCache:
         ``build(partial, False)`` into a new private folder that is then published, or
         ``build(None, False)`` when the cache cannot be written or building into it failed.
         """
+        if self.root is None:
+            return build(None, False)
         problem = self.untrusted()
         if problem:
             log.warning("compiled-model cache not used: %s (another user could plant a model there); "

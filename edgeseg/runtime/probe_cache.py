@@ -48,6 +48,8 @@ log = logging.getLogger(__name__)
 
 CACHE_NAME = "backend-probe.json"
 PROBE_LOCK_NAME = "backend-probing.lock"
+# the end of each warning about a cache that cannot be used
+MOVE_CACHE = "set EDGESEG_CACHE_DIR to a writable folder to keep it"
 # Longer than any probe measured here (a few seconds; tens for large models on every backend)
 # by a wide margin: a holder still probing is waited for, only one that hangs is not.
 PROBE_WAIT_SECONDS = 600.0
@@ -70,17 +72,17 @@ def probe_key(bundle: Path, threads: int) -> str:
 
 
 def cache_path() -> Path:
-    """Where the probe results live: ``$EDGESEG_CACHE_DIR`` or the user cache folder."""
-    root = os.environ.get("EDGESEG_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "edgeseg")
-    return Path(root) / CACHE_NAME
+    """Where the probe results live: ``$EDGESEG_CACHE_DIR`` or the user cache folder; OSError
+    where there is no home folder (see :func:`~edgeseg.runtime.compiled_cache.cache_root`)."""
+    from edgeseg.runtime.compiled_cache import cache_root
+
+    return cache_root() / CACHE_NAME
 
 
 def read_cache() -> dict:
     """Every recorded probe, by key; empty where there is no cache yet or a damaged one."""
-    path = cache_path()
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(cache_path().read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}  # no cache yet, or a damaged one: measure again
     return data if isinstance(data, dict) else {}
@@ -94,8 +96,8 @@ def write_cache(key: str, entry: dict) -> None:
 
     from edgeseg.atomic import atomic_write_text  # only when probing: it imports tempfile, secrets
 
-    path = cache_path()
     try:
+        path = cache_path()
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path.with_name(path.name + ".lock"), "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
@@ -103,7 +105,7 @@ def write_cache(key: str, entry: dict) -> None:
             cache[key] = entry
             atomic_write_text(path, json.dumps(cache, indent=1) + "\n")
     except OSError as exc:  # a read-only home must not stop inference
-        log.warning("cannot write the backend probe cache %s: %s", exc.filename or path, exc.strerror or exc)
+        log.warning("cannot write the backend probe cache %s: %s; %s", exc.filename, exc.strerror or exc, MOVE_CACHE)
 
 
 # flock is per open file, so threads of one process would exclude each other through it too; the
@@ -122,7 +124,7 @@ def probe_lock() -> Iterator[bool]:
     recording; False where the cache folder cannot be written or locked (one warning), and
     the probe then takes turns with this process's threads only."""
     with _PROBING:
-        fd = _acquire(cache_path().with_name(PROBE_LOCK_NAME))
+        fd = _acquire()
         if fd is not None:
             _held.append(fd)
         try:
@@ -148,12 +150,11 @@ def probe_wait_seconds() -> float:
     return seconds
 
 
-def _acquire(path: Path) -> int | None:
-    import fcntl
-
+def _acquire() -> int | None:
     wait = probe_wait_seconds()  # before the lock file: a bad value is refused, not waited on
-    fd = None
+    fd = path = None
     try:
+        path = cache_path().with_name(PROBE_LOCK_NAME)
         path.parent.mkdir(parents=True, exist_ok=True)
         # read-only: a lock file another user created in a shared cache folder still opens
         fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o666)
@@ -168,7 +169,8 @@ def _acquire(path: Path) -> int | None:
         if fd is not None:
             os.close(fd)
         log.warning("cannot use the backend probe cache in %s (%s); probing without sharing the "
-                    "measurement with other processes or recording the choice", path.parent, exc)
+                    "measurement with other processes or recording the choice; %s",
+                    exc.filename if path is None else path.parent, exc, MOVE_CACHE)
         return None
 
 

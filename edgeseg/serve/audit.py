@@ -59,6 +59,8 @@ def request_id(given: str | None) -> str:
 # What a write refused for want of room says: a full disk, a full quota, a file size limit.
 NO_ROOM = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 PIPE_WAIT = 2.0  # seconds a line waits for room in a pipe whose reader is behind
+# names of this process's own open descriptors, and the descriptor each names
+_OWN_DESCRIPTOR = re.compile(r"/dev/(?:std(in|out|err)|fd/(\d+))|/proc/self/fd/(\d+)")
 
 
 class AuditLogError(DataError):
@@ -68,6 +70,22 @@ class AuditLogError(DataError):
         self.reason = exc.strerror or str(exc)
         super().__init__(f"cannot append to the audit log {path}: {self.reason}")
         self.no_room = exc.errno in NO_ROOM
+
+
+def _open_for_appending(path: Path) -> int:
+    """A descriptor appending to ``path``. One of this process's own descriptors by name
+    (``/dev/stdout``, ``/dev/fd/N``), which cannot be opened again where another user made the pipe
+    behind it (a container runtime's, for a process run as an unprivileged user), is duplicated
+    instead: the process may write to what it already holds open."""
+    try:
+        # non-blocking only while opening, so that a FIFO nothing reads is refused, not waited on
+        return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK, 0o640)
+    except PermissionError:
+        own = _OWN_DESCRIPTOR.fullmatch(str(path))
+        if own is None:
+            raise
+        std, fd = own.group(1), own.group(2) or own.group(3)
+        return os.dup(("in", "out", "err").index(std) if std else int(fd))
 
 
 class AuditLog:
@@ -85,9 +103,8 @@ class AuditLog:
         if self.path.is_dir():
             raise DataError(f"--audit-log {self.path} is a folder; name a file")
         try:
-            # unbuffered, appended: one os-level write per line, never a half line from another thread;
-            # non-blocking only while opening, so that a FIFO nothing reads is refused, not waited on
-            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK, 0o640)
+            # unbuffered, appended: one os-level write per line, never a half line from another thread
+            self._fd = _open_for_appending(self.path)
         except OSError as exc:
             if exc.errno == errno.ENXIO:
                 raise DataError(f"--audit-log {self.path}: nothing reads it (a FIFO without a reader, or a socket, "
@@ -131,23 +148,28 @@ class AuditLog:
                 raise AuditLogError(self.path, exc) from None
 
     def _write_stream(self, data: bytes) -> None:
-        """Write ``data`` to the non-blocking pipe, waiting at most PIPE_WAIT seconds for room (none
-        while its reader is behind already); AuditLogError when the reader is gone or stalled."""
+        """Write ``data`` to the pipe or terminal, waiting at most PIPE_WAIT seconds for room (none
+        while its reader is behind already); AuditLogError when the reader is gone or stalled. Each
+        write is one that fits the room poll reported (PIPE_BUF), so that it never blocks, even on
+        a descriptor shared with the process's stdout, which must stay blocking."""
         line = b"\n" + data if self._torn else data
         rest = memoryview(line)
         deadline = time.monotonic() + (0.0 if self._stalled else PIPE_WAIT)
         while rest:
-            try:
-                rest = rest[os.write(self._fd, rest):]
-            except BlockingIOError:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    self._stalled = True
-                    self._torn = self._torn or len(rest) < len(line)  # a line past PIPE_BUF went out in part
-                    raise AuditLogError(self.path, OSError(errno.EAGAIN, "its reader takes nothing more")) from None
-                _wait_writable(self._fd, left)
-            except OSError as exc:  # the reader is gone (EPIPE): the line is lost
-                raise AuditLogError(self.path, exc) from None
+            if _writable(self._fd, deadline - time.monotonic()):
+                try:
+                    sent = os.write(self._fd, rest[:select.PIPE_BUF])
+                except BlockingIOError:  # another process took the room first: wait again
+                    sent = 0
+                except OSError as exc:  # the reader is gone (EPIPE): the line is lost
+                    raise AuditLogError(self.path, exc) from None
+                rest = rest[sent:]
+                if sent:
+                    continue
+            if time.monotonic() >= deadline:
+                self._stalled = True
+                self._torn = self._torn or len(rest) < len(line)  # a line past PIPE_BUF went out in part
+                raise AuditLogError(self.path, OSError(errno.EAGAIN, "its reader takes nothing more"))
         self._stalled = self._torn = False
 
     def close(self) -> None:
@@ -157,10 +179,12 @@ class AuditLog:
                 self._fd = None
 
 
-def _wait_writable(fd: int, seconds: float) -> None:
+def _writable(fd: int, seconds: float) -> bool:
+    """Whether ``fd`` takes a write of PIPE_BUF bytes without blocking, or fails at once (its
+    reader gone), within ``seconds``."""
     poller = select.poll()
     poller.register(fd, select.POLLOUT)
-    poller.poll(max(1, int(seconds * 1000)))
+    return bool(poller.poll(max(0, int(seconds * 1000))))
 
 
 def _write_all(fd: int, data: bytes) -> None:

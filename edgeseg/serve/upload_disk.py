@@ -13,13 +13,12 @@ from __future__ import annotations
 import errno
 import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgeseg.errors import DataError
 from edgeseg.serve.http_errors import HttpError
 from edgeseg.serve.inflight import ByteBudget
+from edgeseg.serve.work_folder import check_work_folder
 
 DISK_OPTION = "--max-upload-disk-bytes"
 _FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # EFBIG: a file size limit (RLIMIT_FSIZE)
@@ -53,21 +52,8 @@ def upload_disk(folder: str | os.PathLike | None, limit: int) -> UploadDisk:
 
 def check_upload_folder(folder: str | None) -> Path:
     """The folder uploads will be written in, checked before the server starts: ``folder``, or
-    the one ``TMPDIR`` names. DataError when it is not a folder the server can write in; Python
-    would otherwise put uploads in /tmp, unannounced, where ``TMPDIR`` names one it cannot use."""
-    if folder is not None:
-        where, named = Path(folder), f"--upload-dir {folder}"
-    elif os.environ.get("TMPDIR"):
-        where, named = Path(os.environ["TMPDIR"]), f"TMPDIR {os.environ['TMPDIR']}"
-    else:
-        return Path(tempfile.gettempdir())
-    if not where.is_dir():
-        raise DataError(f"{named} is not a folder (uploads to /v1/segment are written there)")
-    try:
-        os.rmdir(tempfile.mkdtemp(prefix="edgeseg-upload-check-", dir=where))
-    except OSError as exc:
-        raise DataError(f"{named} is not a folder the server can write in: {exc.strerror}") from None
-    return where
+    the one ``TMPDIR`` names (see :func:`~edgeseg.serve.work_folder.check_work_folder`)."""
+    return check_work_folder(folder, "--upload-dir", "uploads to /v1/segment")
 
 
 def disk_full(exc: BaseException) -> bool:
