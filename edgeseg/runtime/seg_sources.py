@@ -11,9 +11,12 @@ and names the file and the field.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from edgeseg.errors import DataError, require
+
+log = logging.getLogger(__name__)
 
 
 # Type 1 in the General Study and Frame of Reference modules: a SEG without them is invalid,
@@ -59,7 +62,32 @@ def seg_source_datasets(refs, progress: bool = False) -> list:
             if field not in dataset:
                 setattr(dataset, field, "")
     _check_copied_values(first, first_path)
+    _complete_thickness(refs, sources)
     return sources
+
+
+def _complete_thickness(refs, sources: list) -> None:
+    """SliceThickness is Type 2 in a CT image (present, possibly empty) but Type 1C in the SEG's
+    Pixel Measures, which highdicom copies from the sources: without it the SEG fails (absent) or is
+    invalid (empty). Slices without it get the series' slice spacing, measured along the normal
+    from their positions, and a warning says so; a single slice has no spacing and is refused."""
+    missing = [path for path, dataset in zip(refs.files, sources) if not _text(dataset, "SliceThickness")]
+    if not missing:
+        return
+    import numpy as np
+
+    if len(sources) < 2:
+        raise DataError(f"DICOM file {missing[0]} has no SliceThickness, and a series of one slice has no spacing "
+                        f"to state instead; a DICOM SEG states the thickness of its source images")
+    orientation = np.array([float(v) for v in sources[0].ImageOrientationPatient])
+    normal = np.cross(orientation[:3], orientation[3:])
+    heights = [float(np.dot(normal, [float(v) for v in dataset.ImagePositionPatient])) for dataset in sources]
+    spacing = float(np.median(np.abs(np.diff(heights))))
+    for path, dataset in zip(refs.files, sources):
+        if path in missing:
+            dataset.SliceThickness = f"{spacing:.6g}"
+    log.warning("series %s: %d of its %d slices have no SliceThickness; their DICOM SEG states the slice spacing, "
+                "%.6g mm, as their thickness", refs.series_instance_uid, len(missing), len(sources), spacing)
 
 
 def _character_set(dataset) -> None:

@@ -88,6 +88,61 @@ def test_series_without_type2_patient_fields_gets_a_valid_seg(exported_bundle, t
         assert errors == []
 
 
+def _heights(series: Path) -> list[float]:
+    """The slices' positions along the normal of their orientation, read with pydicom: the oracle."""
+    import numpy as np
+
+    datasets = [pydicom.dcmread(path) for path in sorted(series.glob("*.dcm"))]
+    orientation = np.array(datasets[0].ImageOrientationPatient, dtype=float)
+    normal = np.cross(orientation[:3], orientation[3:])
+    return sorted(float(np.dot(normal, np.array(ds.ImagePositionPatient, dtype=float))) for ds in datasets)
+
+
+THICKNESS_GONE = {
+    "absent": lambda k, ds: delattr(ds, "SliceThickness"),
+    "empty": lambda k, ds: setattr(ds, "SliceThickness", None),
+    "absent from one slice": lambda k, ds: delattr(ds, "SliceThickness") if k == 1 else None,
+}
+
+
+@pytest.mark.parametrize("case", sorted(THICKNESS_GONE))
+def test_series_without_slice_thickness_gets_a_valid_seg_stating_its_spacing(case, exported_bundle, tmp_path):
+    """SliceThickness may be absent or empty in a CT image (Type 2) but not in the SEG's Pixel
+    Measures (Type 1C): an absent one ended in "'FileDataset' object has no attribute
+    'SliceThickness'", an empty one in a SEG dciodvfy calls invalid. Now the slices without it
+    state the series' slice spacing, with a warning saying so."""
+    series = _series(tmp_path / "series", THICKNESS_GONE[case])
+    out = tmp_path / "out.seg.dcm"
+    done = subprocess.run([sys.executable, "-m", "edgeseg.cli", "predict", str(exported_bundle), str(series),
+                           "--out", str(out), "--format", "dicom-seg", "--backend", "onnxruntime:fp32"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    heights = _heights(series)
+    spacing = sorted(abs(b - a) for a, b in zip(heights, heights[1:]))[(len(heights) - 1) // 2]
+    assert "have no SliceThickness; their DICOM SEG states the slice spacing" in done.stderr
+    originals = {float(pydicom.dcmread(path).get("SliceThickness") or 0) for path in SERIES.glob("*.dcm")}
+    seg = pydicom.dcmread(out)
+    stated = float(seg.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0].SliceThickness)
+    # highdicom copies the first source's: the spacing where it was filled in, else the original
+    assert stated == pytest.approx(spacing, abs=1e-4) or (case == "absent from one slice" and stated in originals)
+    if shutil.which("dciodvfy"):
+        checked = subprocess.run(["dciodvfy", str(out)], capture_output=True, text=True, timeout=120)
+        assert [ln for ln in (checked.stdout + checked.stderr).splitlines() if ln.startswith("Error")] == []
+
+
+def test_a_single_slice_without_slice_thickness_is_one_line(exported_bundle, tmp_path, assert_one_line_error):
+    series = tmp_path / "series"
+    series.mkdir()
+    first = sorted(SERIES.glob("*.dcm"))[0]
+    dataset = pydicom.dcmread(first)
+    del dataset.SliceThickness
+    dataset.save_as(series / first.name)
+    out = tmp_path / "out.seg.dcm"
+    assert_one_line_error(_predict(exported_bundle, series, out),
+                          "has no SliceThickness, and a series of one slice has no spacing to state instead")
+    assert not out.exists()
+
+
 # Specific Character Sets as scanners write them, with names in them: Japanese and Korean series
 # leave the first of their values empty (the default repertoire, with code extensions)
 CHARACTER_SETS = {
