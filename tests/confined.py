@@ -54,6 +54,12 @@ def _interpreter_mounts() -> str:
             f"mkdir {child} && mount --bind /run/keep {child} && mount -o remount,ro,bind {closed} && ")
 
 
+# Every other mount too (a /tmp or /var/tmp of its own, a /home): a remount of / leaves them
+# writable. /proc, /sys and /dev stay as a container has them; /run and the output are done above.
+_READ_ONLY_MOUNTS = ("for m in $(cut -d' ' -f2 /proc/self/mounts); do case $m in /|/proc*|/sys*|/dev*|/run*) ;; "
+                     "*) mount -o remount,bind,ro \"$m\" || exit 3;; esac; done && ")
+
+
 def confined(args: list, writable: Path, uid: int = NOBODY, cwd: str = "/", env: dict | None = None,
              timeout: float = 300, **popen) -> subprocess.CompletedProcess:
     """Run ``args`` as ``uid``, in ``cwd``, with only ``writable`` (made and given to ``uid``)
@@ -65,8 +71,8 @@ def confined(args: list, writable: Path, uid: int = NOBODY, cwd: str = "/", env:
     os.chown(writable, uid, NOBODY)
     # /run: a fresh tmpfs, private to the namespace, made read-only once the mounts are in place
     setup = (f"mount -t tmpfs -o mode=0755 none /run && mkdir {OUT} && mount --bind {shlex.quote(str(writable))} {OUT} && "
-             + _interpreter_mounts() + "mount -o remount,ro /run && mount -o remount,bind,ro / && "
-             f"cd {shlex.quote(cwd)} && exec setpriv --reuid={uid} --regid={NOBODY} --clear-groups -- \"$@\"")
+             + _interpreter_mounts() + "mount -o remount,ro /run && mount -o remount,bind,ro / && " + _READ_ONLY_MOUNTS
+             + f"cd {shlex.quote(cwd)} && exec setpriv --reuid={uid} --regid={NOBODY} --clear-groups -- \"$@\"")
     base = {key: value for key, value in os.environ.items() if key not in UNSET}
     command = ["unshare", "--mount", "--propagation", "private", "sh", "-c", setup, "confined", *map(str, args)]
     done = subprocess.run(command, env=dict(base, OMP_NUM_THREADS="1", **(env or {})), capture_output=True,
