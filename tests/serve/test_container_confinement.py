@@ -62,6 +62,19 @@ def test_serve_without_a_writable_temporary_folder_names_tmpdir_and_upload_dir(s
     assert "loaded" not in done.stderr
 
 
+@pytest.mark.parametrize("command", ["serve", "listen"])
+def test_the_current_folder_is_not_taken_as_the_work_folder(command, serve_bundle, tmp_path, free_port):
+    # started in its writable output folder, TMPDIR unset: Python's tempfile would take the
+    # current folder for uploads or received images, without a word
+    extra = ["--out", OUT / "seg"] if command == "listen" else []
+    done = confined(edgeseg(command, serve_bundle, "--port", free_port(), "--backend", "onnxruntime:fp32", *extra),
+                    tmp_path / "out", cwd=str(OUT), timeout=120)
+    line = one_line_error(done, "TMPDIR", f"the current folder {OUT}")
+    assert ("--upload-dir" in line) == (command == "serve"), line
+    assert "loaded" not in done.stderr
+    assert list((tmp_path / "out").iterdir()) == []
+
+
 # The container runtime (root) makes the pipe that is the command's stdout: an unprivileged
 # process writes to it through its open descriptor but may not open it again by name.
 AUDIT_TO_STDOUT = ("from edgeseg.serve.audit import AuditLog; log = AuditLog('/dev/stdout'); "
