@@ -33,6 +33,7 @@ import logging
 import os
 import re
 import select
+import socket
 import stat
 import threading
 import time
@@ -74,18 +75,33 @@ class AuditLogError(DataError):
 
 def _open_for_appending(path: Path) -> int:
     """A descriptor appending to ``path``. One of this process's own descriptors by name
-    (``/dev/stdout``, ``/dev/fd/N``), which cannot be opened again where another user made the pipe
-    behind it (a container runtime's, for a process run as an unprivileged user), is duplicated
-    instead: the process may write to what it already holds open."""
+    (``/dev/stdout``, ``/dev/fd/N``) that cannot be opened again is duplicated instead: a pipe
+    another user made (a container runtime's, for a process run as an unprivileged user), or a
+    stream socket (a service manager's journal), which no one can open by name. The process may
+    write to what it already holds open."""
     try:
         # non-blocking only while opening, so that a FIFO nothing reads is refused, not waited on
         return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK, 0o640)
-    except PermissionError:
+    except OSError as exc:
         own = _OWN_DESCRIPTOR.fullmatch(str(path))
-        if own is None:
+        if own is None or exc.errno not in (errno.EACCES, errno.EPERM, errno.ENXIO):
             raise
         std, fd = own.group(1), own.group(2) or own.group(3)
-        return os.dup(("in", "out", "err").index(std) if std else int(fd))
+        fd = ("in", "out", "err").index(std) if std else int(fd)
+        if exc.errno == errno.ENXIO and not _is_stream_socket(fd):  # a FIFO without a reader: refused
+            raise
+        return os.dup(fd)
+
+
+def _is_stream_socket(fd: int) -> bool:
+    try:
+        if not stat.S_ISSOCK(os.fstat(fd).st_mode):
+            return False
+    except OSError:
+        return False
+    held = socket.socket(fileno=os.dup(fd))  # its own descriptor: closing it leaves fd open
+    with held:
+        return held.type == socket.SOCK_STREAM
 
 
 class AuditLog:
@@ -107,15 +123,18 @@ class AuditLog:
             self._fd = _open_for_appending(self.path)
         except OSError as exc:
             if exc.errno == errno.ENXIO:
-                raise DataError(f"--audit-log {self.path}: nothing reads it (a FIFO without a reader, or a socket, "
-                                "which cannot be opened by name)") from None
+                raise DataError(_unopenable(self.path)) from None
             raise DataError(f"--audit-log {self.path}: cannot open it for appending ({exc.strerror or exc})") from None
         # a pipe or terminal (/dev/stdout under a container runtime, a FIFO a log shipper reads) takes each
         # line in order, with no end to find and nothing to cut off again; it stays non-blocking, so that
         # a reader that stalls (a log driver falling behind) costs a line, never a stuck server
-        self._file = stat.S_ISREG(os.fstat(self._fd).st_mode)
+        mode = os.fstat(self._fd).st_mode
+        self._file = stat.S_ISREG(mode)
         if self._file:
             os.set_blocking(self._fd, True)
+        # a socket (stdout given to the journal) is sent to with MSG_DONTWAIT: its descriptor is the
+        # process's stdout, which must stay blocking, and poll's room there is no promise for a write
+        self._socket = socket.socket(fileno=self._fd) if stat.S_ISSOCK(mode) else None
         self._stalled = False  # the last line found the pipe full: the next one does not wait for room
         self._torn = False  # a line was cut off partway: the next one starts on a new line
         self.model = dict(model or {})
@@ -158,7 +177,7 @@ class AuditLog:
         while rest:
             if _writable(self._fd, deadline - time.monotonic()):
                 try:
-                    sent = os.write(self._fd, rest[:select.PIPE_BUF])
+                    sent = self._send(rest[:select.PIPE_BUF])
                 except BlockingIOError:  # another process took the room first: wait again
                     sent = 0
                 except OSError as exc:  # the reader is gone (EPIPE): the line is lost
@@ -172,11 +191,29 @@ class AuditLog:
                 raise AuditLogError(self.path, OSError(errno.EAGAIN, "its reader takes nothing more"))
         self._stalled = self._torn = False
 
+    def _send(self, chunk: memoryview) -> int:
+        if self._socket is not None:
+            return self._socket.send(chunk, socket.MSG_DONTWAIT | getattr(socket, "MSG_NOSIGNAL", 0))
+        return os.write(self._fd, chunk)
+
     def close(self) -> None:
         with self._lock:
             if self._fd is not None:
+                if self._socket is not None:
+                    self._socket.detach()
                 os.close(self._fd)
                 self._fd = None
+
+
+def _unopenable(path: Path) -> str:
+    """Why ``path`` cannot be opened for writing (ENXIO): a socket, or a FIFO without a reader."""
+    with contextlib.suppress(OSError):
+        if stat.S_ISSOCK(os.stat(path).st_mode) and _OWN_DESCRIPTOR.fullmatch(str(path)):
+            return f"--audit-log {path} is a socket other than a stream (a datagram socket); it takes no lines"
+        if stat.S_ISSOCK(os.stat(path).st_mode):
+            return (f"--audit-log {path} is a socket, which cannot be opened by name; give the command's stdout "
+                    "to it and name /dev/stdout (systemd: StandardOutput=journal)")
+    return f"--audit-log {path}: nothing reads it (a FIFO without a reader)"
 
 
 def _writable(fd: int, seconds: float) -> bool:
