@@ -95,9 +95,12 @@ def load(entry: EntryPoint, builtin: dict, plugins: dict[str, EntryPoint]) -> ty
         found = importlib.import_module(module_name)
         for part in attribute.split("."):
             found = getattr(found, part)
-    except Exception as exc:  # noqa: BLE001 - whatever the plugin's import raises
+    except KeyboardInterrupt:  # the user's Ctrl-C, arriving during the import: not the plugin's fault
+        raise
+    except BaseException as exc:  # noqa: BLE001 - whatever the plugin's import raises, SystemExit included
         message = " ".join(str(exc).split())
-        raise BackendError(f"{entry.where()} does not load: {type(exc).__name__}: {message}") from None
+        raise BackendError(f"{entry.where()} does not load: {type(exc).__name__}"
+                           + (f": {message}" if message else "")) from None
     if not (isinstance(found, type) and issubclass(found, Runner)):
         raise BackendError(f"{entry.where()} is not a subclass of edgeseg's Runner: {found!r}")
     if found.name != entry.name:

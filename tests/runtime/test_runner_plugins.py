@@ -122,6 +122,13 @@ BROKEN = {
     "import error": ({"acme-npu": "acme_npu:AcmeNpuRunner"}, {"acme_npu": "import acme_npu_sdk\n"},
                      "runner plugin 'acme-npu' (acme_npu:AcmeNpuRunner, from acme_npu-1.0.dist-info) does not load: "
                      "ModuleNotFoundError: No module named 'acme_npu_sdk'"),
+    "exits on import": ({"acme-npu": "acme_npu:AcmeNpuRunner"}, {"acme_npu": "raise SystemExit('no NPU driver')\n"},
+                        "runner plugin 'acme-npu' (acme_npu:AcmeNpuRunner, from acme_npu-1.0.dist-info) does not load: "
+                        "SystemExit: no NPU driver"),
+    "raises a BaseException": ({"acme-npu": "acme_npu:AcmeNpuRunner"},
+                               {"acme_npu": "class DriverGone(BaseException):\n    pass\nraise DriverGone()\n"},
+                               "runner plugin 'acme-npu' (acme_npu:AcmeNpuRunner, from acme_npu-1.0.dist-info) does "
+                               "not load: DriverGone"),
     "not a runner": ({"acme-npu": "acme_npu:run"}, {"acme_npu": "def run(batch):\n    return batch\n"},
                      "runner plugin 'acme-npu' (acme_npu:run, from acme_npu-1.0.dist-info) is not a subclass of "
                      "edgeseg's Runner: <function run"),
