@@ -24,6 +24,7 @@ nio = require("nibabel.orientations", "io", "reading NIfTI volumes")
 from edgeseg.data.grid import check_same_grid, spacing_from_affine
 from edgeseg.data.gzip_stream import GZIP_ERRORS, close_stream, finish_gzip, gzip_problem, image_stream, streamed
 from edgeseg.data.label_values import LABEL_TOLERANCE
+from edgeseg.data.nifti_affine import header_affine
 from edgeseg.data.volume import Volume
 from edgeseg.progress import progress_bar
 
@@ -108,12 +109,6 @@ def _check_header(image, path: Path, what: str) -> None:
     if offset > MAX_VOX_OFFSET:  # a .nii.gz would be inflated all that way to reach its voxels
         raise DataError(f"{what} {path}: header field vox_offset puts the voxels {offset} bytes in; a header and its "
                         f"extensions take at most {MAX_VOX_OFFSET} (a corrupt or hostile header)")
-    codes = [int(image.header[field]) for field in ("qform_code", "sform_code")]
-    if codes == [0, 0]:
-        # Without either transform NIfTI defines no orientation; nibabel falls back to x flipped
-        # (LAS), other readers to other layouts, so the model could see the patient mirrored.
-        raise DataError(f"{what} {path}: header fields qform_code and sform_code are both 0, so the file does not "
-                        f"say how its voxels lie in the patient; set its qform or sform")
     if not str(path).lower().endswith(".gz"):
         check_file_holds(f"{what} {path}", "header field dim x datatype", _product(shape) * dtype.itemsize,
                          path.stat().st_size - offset)  # the pixel data after the header
@@ -135,7 +130,6 @@ def _open(path: Path, what: str):
         image = nib.load(path)
         if str(path).lower().endswith(".gz"):
             image = streamed(image, path)
-        affine = np.asarray(image.affine, dtype=np.float64)
     except MemoryError:
         raise
     except Exception as exc:  # noqa: BLE001 - nibabel raises many types for a corrupt header
@@ -143,8 +137,7 @@ def _open(path: Path, what: str):
         raise DataError(f"cannot read {what} {path}: truncated or not a NIfTI file ({detail})") from None
     try:
         _check_header(image, path, what)
-        if not np.isfinite(affine).all():
-            raise DataError(f"{what} {path}: header fields qform/sform give a non-finite affine")
+        affine = header_affine(image, f"{what} {path}")  # the sform, or a usable qform beside an unusable one
     except BaseException:
         close_stream(image)
         raise

@@ -21,6 +21,7 @@ import numpy as np
 from edgeseg import __version__
 from edgeseg.atomic import atomic_dir, atomic_path
 from edgeseg.data.grid import SHEAR_WARNING_VOXELS, shear_offset_mm, spacing_from_affine
+from edgeseg.data.nifti_affine import header_affine, sform_passed_over
 from edgeseg.errors import DataError, require
 from edgeseg.progress import progress_bar
 from edgeseg.runtime.label_tables import slicer_segment_fields
@@ -127,13 +128,14 @@ def source_grid(labels: np.ndarray, volume, out: str | os.PathLike, what: str):
     nib = require("nibabel", "io", what)
     nio = require("nibabel.orientations", "io", what)
     original = nib.load(str(source))
-    back = nio.ornt_transform(nio.io_orientation(affine), nio.io_orientation(original.affine))
+    original_affine = header_affine(original, source, warn=False)  # as read: a usable qform beside a bad sform
+    back = nio.ornt_transform(nio.io_orientation(affine), nio.io_orientation(original_affine))
     data_xyz = nio.apply_orientation(data_xyz, back)
     grid = tuple(original.shape[:3])
     # a 2-D input was read as one slice; its labels keep the input's own dimensions
     if data_xyz.shape != grid + (1,) * (3 - len(grid)):
         raise DataError(f"labels of shape {labels.shape} do not fit the grid {grid} of {source}")
-    return np.ascontiguousarray(data_xyz.reshape(grid)), np.asarray(original.affine, dtype=np.float64), original
+    return np.ascontiguousarray(data_xyz.reshape(grid)), original_affine, original
 
 
 def write_nifti(labels: np.ndarray, volume, out: str | os.PathLike, provenance: dict | None = None,
@@ -161,6 +163,8 @@ def write_nifti(labels: np.ndarray, volume, out: str | os.PathLike, provenance: 
         header["cal_min"], header["cal_max"] = 0.0, 0.0
         header["descrip"] = b""
         header.extensions.clear()
+        if sform_passed_over(header):  # the output is placed as the input was read: by its qform alone
+            header.set_sform(header.get_qform(), code=0)
     image = nib.Nifti1Image(np.ascontiguousarray(data_xyz, dtype=np.uint8), affine, header)
     image.header.set_intent("label")
     if provenance:
