@@ -84,7 +84,7 @@ def command(bundle, input_path, out, fmt, backend, threads, batch_size, overlay,
             logging.getLogger("edgeseg.predict").info(
                 "reading %s's pixels as %s, the intensity of the bundle's training slices", input_path, intensity)
     volume, refs = read_input(input_path, progress=not quiet, keep_headers=fmt == "dicom-seg",
-                              **({"intensity": intensity} if intensity else {}))
+                              even_grid=fmt in ("nifti", "seg-nrrd"), **({"intensity": intensity} if intensity else {}))
     if spacing is not None:
         from dataclasses import replace
 

@@ -198,7 +198,7 @@ def _uneven(gaps: np.ndarray) -> bool:
     return bool(gaps.size > 1 and np.ptp(gaps) > UNIFORM_GAP_TOLERANCE * np.median(gaps))
 
 
-def _sort_by_position(members: list, normal: np.ndarray) -> tuple[list, np.ndarray]:
+def _sort_by_position(members: list, normal: np.ndarray, warn_gaps: bool) -> tuple[list, np.ndarray]:
     positions = [float(np.dot(np.asarray(dicom_numbers(ds, "ImagePositionPatient", path, 3)), normal))
                  for path, ds in members]
     order = sorted(range(len(members)), key=lambda i: (positions[i], members[i][0].name))
@@ -213,8 +213,9 @@ def _sort_by_position(members: list, normal: np.ndarray) -> tuple[list, np.ndarr
             f"{positions[k]:.3f} mm; the folder mixes acquisitions"
         )
     if _uneven(gaps):
-        # A 2-D model does not care; the affine (first-to-last average) will be approximate.
-        log.warning("slice gaps in %s vary from %.3g to %.3g mm (missing slices?)",
+        # A 2-D model does not care; the affine (first-to-last average) will be approximate. Said
+        # at debug level to a caller that refuses such a series itself (NIfTI output), so once.
+        log.log(logging.WARNING if warn_gaps else logging.DEBUG, "slice gaps in %s vary from %.3g to %.3g mm (missing slices?)",
                     members[0][0].parent, gaps.min(), gaps.max())
     return members, positions
 
@@ -303,7 +304,7 @@ def _stack_affine(members: list, row_cosine: np.ndarray, column_cosine: np.ndarr
 
 def read_dicom_series_with_refs(
     folder: str | os.PathLike, series_uid: str | None = None, case_id: str | None = None, progress: bool = False,
-    keep_headers: bool = False,
+    keep_headers: bool = False, warn_gaps: bool = True,
 ) -> tuple[Volume, DicomSeriesInfo]:
     """Read one CT series from a folder of DICOM files; also return its source references.
 
@@ -313,7 +314,8 @@ def read_dicom_series_with_refs(
     name; ``slice_ids`` are the file names of the slices in the Volume's z order. ``progress``
     shows the headers and then the pixels being read on stderr (:mod:`edgeseg.progress`).
     ``keep_headers`` keeps the slices' headers (no pixel data) in the DicomSeriesInfo, for a
-    caller that writes a DICOM SEG of the series.
+    caller that writes a DICOM SEG of the series. ``warn_gaps=False``: uneven slice gaps (a missing
+    slice) are not warned of, for a caller that refuses them in a line of its own.
     """
     folder = Path(folder)
     uid, members = _pick_series(folder, _scan_folder(folder, progress), series_uid)
@@ -329,7 +331,7 @@ def read_dicom_series_with_refs(
                             f"{first_path.name} has {frame or '(none)'}; a series lies in one frame of reference")
     row_cosine, column_cosine = _orientation(members)
     normal = np.cross(row_cosine, column_cosine)
-    members, positions = _sort_by_position(members, normal)
+    members, positions = _sort_by_position(members, normal, warn_gaps)
     gaps = np.diff(positions)
     stack = _stack_hu(members, progress)
     affine_ras = _stack_affine(members, row_cosine, column_cosine, normal)

@@ -55,14 +55,16 @@ def bundle_intensity(source: dict) -> tuple[str, bool]:
 
 
 def read_input(path: str | os.PathLike, intensity: str = "hu-clipped:0,255", progress: bool = False,
-               keep_headers: bool = False):
+               keep_headers: bool = False, even_grid: bool = False):
     """Read ``path`` as (Volume, DicomSeriesInfo or None).
 
     ``intensity`` says what PNG/JPG pixels mean (see ``edgeseg.data.slices.SliceIntensity``):
     by default the pixel is the HU value clipped to [0, 255]. NPY files hold HU as (H, W) or
     (Z, H, W) in the LPS display layout, with unit spacing. ``progress`` shows a DICOM series
     being read on stderr; ``keep_headers`` keeps a series' headers in its DicomSeriesInfo, for
-    a DICOM SEG to copy from without reading the files again.
+    a DICOM SEG to copy from without reading the files again. ``even_grid``: the caller refuses a
+    series whose slices are unevenly spaced (:func:`~edgeseg.runtime.writers.check_nifti_grid`),
+    so the reader does not also warn of them.
     """
     kind = input_kind(path)
     path = Path(path)
@@ -71,7 +73,7 @@ def read_input(path: str | os.PathLike, intensity: str = "hu-clipped:0,255", pro
 
         if not any(p.is_file() and not p.name.startswith(".") for p in path.iterdir()):
             raise DataError(f"input folder {path} is empty; expected the files of one DICOM series")
-        return read_dicom_series_with_refs(path, progress=progress, keep_headers=keep_headers)
+        return read_dicom_series_with_refs(path, progress=progress, keep_headers=keep_headers, warn_gaps=not even_grid)
     if kind == "nifti":
         from edgeseg.data.nifti import read_nifti
 

@@ -150,6 +150,35 @@ def test_a_series_with_a_missing_slice_is_refused_as_nifti_before_the_model_runs
     assert np.load(tmp_path / "labels.npy").shape[0] == 5
 
 
+def test_a_missing_slice_is_said_once_for_nifti_output(bundle_dir, tmp_path):
+    """Not quiet, a missing slice was said twice: the reader's warning ("slice gaps in ... vary
+    from 2.5 to 5 mm (missing slices?)") and then the NIfTI writer's refusal, which says the same
+    and what to do. The refusal alone now says it; other outputs keep the reader's warning."""
+    import subprocess
+    import sys
+
+    from edgeseg.data import write_phantom_dataset
+    from edgeseg.data.phantom import phantom_geometry
+
+    shape, spacing = phantom_geometry(64, 6)
+    write_phantom_dataset(tmp_path / "ds", 1, seed=2, shape=shape, spacing=spacing, image_format="dicom")
+    series = tmp_path / "ds" / "case_000"
+    (series / "IM0003.dcm").unlink()
+
+    def run(out: Path) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "edgeseg.cli", "predict", str(bundle_dir), str(series), "--out",
+                               str(out), "--backend", "onnxruntime:fp32"], capture_output=True, text=True, timeout=300)
+
+    refused = run(tmp_path / "labels.nii.gz")
+    assert refused.returncode == 2, refused.stderr
+    said = [line for line in refused.stderr.splitlines() if "missing slice" in line]
+    assert len(said) == 1 and said[0].startswith("edgeseg: error: NIfTI output"), refused.stderr
+    done = run(tmp_path / "labels.npy")
+    assert done.returncode == 0, done.stderr
+    said = [line for line in done.stderr.splitlines() if "missing slice" in line]
+    assert len(said) == 1 and said[0].startswith("edgeseg: warning: slice gaps in "), done.stderr
+
+
 def test_a_quiet_command_after_a_logging_one_in_the_same_process_logs_nothing(bundle_dir, tmp_path):
     # the first call sets up edgeseg's log handler; the second, --quiet, must not log through it
     # into its own stderr (an app or a test running commands one after another in one process)
