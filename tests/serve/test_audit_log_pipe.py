@@ -135,6 +135,12 @@ def test_a_reader_that_stalls_costs_lines_not_a_stuck_writer(tmp_path, size):
     finally:
         os.close(reader)  # first: a writer blocked on the pipe (the old code) is let go, and its lock
         log.close()
+    assert_whole_lines_then_after(shipped)
+
+
+def assert_whole_lines_then_after(shipped: bytes) -> None:
+    """``shipped`` is lines 0, 1, ... in order, then the line "after": each whole, but for lines
+    cut off partway (a stalled reader), each ended before the next, and never the last one."""
     pieces = shipped.decode().split("\n")
     assert pieces[-1] == ""
     whole = []

@@ -20,7 +20,7 @@ import pytest
 from edgeseg.errors import DataError
 from edgeseg.serve.audit import AuditLog, AuditLogError
 from tests.serve.http_util import wait_ready
-from tests.serve.test_audit_log_pipe import _drain, _fill_until_refused
+from tests.serve.test_audit_log_pipe import _drain, _fill_until_refused, assert_whole_lines_then_after
 
 ENV = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[2]), "OMP_NUM_THREADS": "1"}
 
@@ -96,15 +96,7 @@ def test_a_stalled_socket_reader_costs_lines_not_a_stuck_writer():
         finally:
             log.close()
         assert theirs.getblocking() and theirs.fileno() >= 0  # the audit log closed its own copy only
-    pieces = shipped.decode().split("\n")
-    whole = []
-    for piece in pieces[:-1]:
-        try:
-            whole.append(json.loads(piece))
-        except json.JSONDecodeError:  # only a line cut off partway, and only before the last one
-            assert piece.startswith('{"time":') and piece is not pieces[-2]
-    assert whole[-1]["n"] == "after"
-    assert [line["n"] for line in whole[:-1]] == list(range(len(whole) - 1))
+    assert_whole_lines_then_after(shipped)
 
 
 def test_a_socket_whose_reader_left_loses_the_line_with_an_error():
