@@ -73,6 +73,12 @@ def pixel_spacing(dataset: pydicom.Dataset, path: Path | str) -> tuple[float, fl
 
 def rescale(dataset: pydicom.Dataset, path: Path | str) -> tuple[float, float]:
     """RescaleSlope and RescaleIntercept; a slope of 0 would erase the image, so it is refused."""
+    (unsigned,) = dicom_numbers(dataset, "PixelRepresentation", path, 1, default=(0.0,))
+    if "RescaleIntercept" not in dataset and unsigned == 0:
+        # Required in a CT image; signed pixels without it are taken as HU already, but unsigned
+        # ones would read as 0 HU and up everywhere (no air, no fat): an intercept was dropped.
+        raise DataError(f"DICOM file {path} lacks RescaleIntercept and its pixels are unsigned (PixelRepresentation "
+                        f"0), so none would read below 0 HU (air is -1000): the HU it holds are unknown")
     (slope,) = dicom_numbers(dataset, "RescaleSlope", path, 1, default=(1.0,))
     (intercept,) = dicom_numbers(dataset, "RescaleIntercept", path, 1, default=(0.0,))
     if slope == 0:

@@ -87,6 +87,21 @@ def test_rescaled_values_that_are_not_hu_are_refused(tmp_path, hu, rescale_type)
                                                                   RescaleType="HU")).hu, hu)
 
 
+def test_unsigned_pixels_without_an_intercept_are_refused(tmp_path, hu):
+    """RescaleIntercept is required in a CT image: unsigned pixels without it read as 0 HU and up
+    (HU + 1024 for a dropped intercept of -1024), silently. Signed pixels without a rescale are
+    HU as stored, as before."""
+    unsigned = _write_series(tmp_path / "u", hu + 1024, False)
+    signed = _write_series(tmp_path / "s", hu, True)
+    for path in [*unsigned.iterdir(), *signed.iterdir()]:
+        ds = pydicom.dcmread(path)
+        del ds.RescaleIntercept, ds.RescaleSlope
+        ds.save_as(path)
+    with pytest.raises(DataError, match=r"lacks RescaleIntercept and its pixels are unsigned"):
+        read_dicom_series(unsigned)
+    np.testing.assert_array_equal(read_dicom_series(signed).hu, hu)
+
+
 def test_padding_outside_the_field_of_view_reads_as_air_at_most(tmp_path, hu):
     """PixelPaddingValue 63536 in unsigned pixels (and the range up to PixelPaddingRangeLimit)
     read as 62512 HU: a ring of metal round the patient. Now no more than -1024 HU; a signed
