@@ -24,6 +24,17 @@ REQUIRED_TAGS = ("SeriesInstanceUID", "ImagePositionPatient", "ImageOrientationP
                  "PixelSpacing", "Rows", "Columns")
 # ImageOrientationPatient written with a few decimals is unit and orthogonal to about 1e-5.
 COSINE_TOLERANCE = 1e-3
+# PS3.3 C.8.2.1: a CT image's RescaleType is present only when the rescaled values are not HU
+# (a dual-energy iodine map in mg/ml, an unspecified "US"); HU is the one value edgeseg reads.
+HU_RESCALE_TYPE = "HU"
+# HU given to pixels outside the field of view (PixelPaddingValue, up to PixelPaddingRangeLimit)
+# that would otherwise read as more: air, the least a CT measures. A padding value stored high
+# (63536 in unsigned pixels) read as 62512 HU, a ring of metal round the patient.
+PADDING_HU = -1024.0
+JPEG_EXTENDED = "1.2.840.10008.1.2.4.51"
+# pydicom's plugins that decode JPEG Extended's 12-bit form, the one CT is sent in: Pillow and
+# GDCM decode its 8-bit form alone (pydicom refuses 12-bit data with either).
+TWELVE_BIT_JPEG_PLUGINS = frozenset({"pylibjpeg"})
 
 
 def check_slice_tags(dataset: pydicom.Dataset, path: Path | str) -> None:
@@ -62,11 +73,40 @@ def pixel_spacing(dataset: pydicom.Dataset, path: Path | str) -> tuple[float, fl
 
 def rescale(dataset: pydicom.Dataset, path: Path | str) -> tuple[float, float]:
     """RescaleSlope and RescaleIntercept; a slope of 0 would erase the image, so it is refused."""
+    (unsigned,) = dicom_numbers(dataset, "PixelRepresentation", path, 1, default=(0.0,))
+    if "RescaleIntercept" not in dataset and unsigned == 0:
+        # Required in a CT image; signed pixels without it are taken as HU already, but unsigned
+        # ones would read as 0 HU and up everywhere (no air, no fat): an intercept was dropped.
+        raise DataError(f"DICOM file {path} lacks RescaleIntercept and its pixels are unsigned (PixelRepresentation "
+                        f"0), so none would read below 0 HU (air is -1000): the HU it holds are unknown")
     (slope,) = dicom_numbers(dataset, "RescaleSlope", path, 1, default=(1.0,))
     (intercept,) = dicom_numbers(dataset, "RescaleIntercept", path, 1, default=(0.0,))
     if slope == 0:
         raise DataError(f"DICOM file {path}: field RescaleSlope is 0, which maps every pixel to the intercept")
+    rescale_type = str(dataset.get("RescaleType", "") or "").strip()
+    if rescale_type and rescale_type.upper() != HU_RESCALE_TYPE:
+        raise DataError(f"DICOM file {path}: field RescaleType is {rescale_type!r}, so its rescaled values are not "
+                        f"Hounsfield units (a derived map?); edgeseg segments HU images only")
     return slope, intercept
+
+
+def padding_pixels(dataset: pydicom.Dataset, pixels: np.ndarray, path: Path | str) -> np.ndarray | None:
+    """Where ``pixels`` (as decoded) hold PixelPaddingValue, or lie between it and
+    PixelPaddingRangeLimit: pixels outside the field of view, no measurement; None when the
+    image declares no padding. A padding value written in the other signedness than the pixels
+    (SS -2000 in unsigned pixels) is taken modulo 2**BitsStored, as the stored bits read."""
+    if "PixelPaddingValue" not in dataset:
+        return None
+    values = [dicom_numbers(dataset, "PixelPaddingValue", path, 1)[0]]
+    if "PixelPaddingRangeLimit" in dataset:
+        values.append(dicom_numbers(dataset, "PixelPaddingRangeLimit", path, 1)[0])
+    bits = int(dicom_numbers(dataset, "BitsStored", path, 1, default=(16.0,))[0])
+    signed = pixels.dtype.kind == "i"
+    stored = [int(v) % (1 << bits) for v in values]
+    if signed:
+        stored = [v - (1 << bits) if v >= 1 << (bits - 1) else v for v in stored]
+    low, high = min(stored), max(stored)
+    return (pixels >= low) & (pixels <= high)
 
 
 def slice_size(dataset: pydicom.Dataset, path: Path | str) -> tuple[int, int]:
@@ -76,9 +116,38 @@ def slice_size(dataset: pydicom.Dataset, path: Path | str) -> tuple[int, int]:
     return rows, columns
 
 
+def check_decoder(dataset: pydicom.Dataset, path: Path | str) -> None:
+    """Refuse compressed pixel data in a transfer syntax no installed decoder reads, naming the
+    syntax and what would decode it: pydicom's own message came out as "truncated?", which sends
+    the reader after a sound file."""
+    from pydicom.pixels import get_decoder
+    from pydicom.uid import UID
+
+    syntax = getattr(getattr(dataset, "file_meta", None), "TransferSyntaxUID", None)
+    if syntax is None or not UID(str(syntax)).is_compressed:
+        return
+    syntax = UID(str(syntax))
+    try:
+        decoder = get_decoder(syntax)
+    except NotImplementedError:
+        raise DataError(f"DICOM file {path}: pixel data is in {syntax.name} ({syntax}), which edgeseg cannot decode; "
+                        f"convert the series to an uncompressed transfer syntax") from None
+    if not decoder.is_available:
+        needs = "; ".join(decoder.missing_dependencies)
+        raise DataError(f"DICOM file {path}: pixel data is in {syntax.name} ({syntax}) and no installed decoder reads "
+                        f"it (pydicom's decoders need {needs}); install one, or convert the series to an uncompressed "
+                        f"transfer syntax")
+    (bits,) = dicom_numbers(dataset, "BitsStored", path, 1, default=(16.0,))
+    if syntax == JPEG_EXTENDED and bits > 8 and not set(decoder.available_plugins) & TWELVE_BIT_JPEG_PLUGINS:
+        raise DataError(f"DICOM file {path}: pixel data is 12-bit {syntax.name} ({syntax}), which only pylibjpeg-libjpeg "
+                        f"decodes here (installed: {', '.join(decoder.available_plugins)}); install it, or convert the "
+                        f"series to an uncompressed transfer syntax")
+
+
 def slice_pixels(dataset: pydicom.Dataset, path: Path | str, rows: int, columns: int) -> np.ndarray:
     """The decoded pixels of one slice, refused unless they are one ``rows`` x ``columns``
     grey-level image."""
+    check_decoder(dataset, path)
     try:
         # pydicom reads pixel data lazily; a truncated file only fails on decoding.
         pixels = dataset.pixel_array

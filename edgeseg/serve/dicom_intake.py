@@ -17,7 +17,6 @@ from edgeseg.serve.dicom_peer_bound import NON_PIXEL_LIMIT
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
-JPEG_EXTENDED = "1.2.840.10008.1.2.4.51"
 STATUS_SUCCESS = 0x0000
 STATUS_SOP_CLASS_NOT_SUPPORTED = 0x0122
 STATUS_CANNOT_UNDERSTAND = 0xC000
@@ -44,19 +43,21 @@ def check_ae_title(title: str) -> str:
 def decodable_transfer_syntaxes() -> list[str]:
     """The transfer syntaxes in which CT pixel data can be decoded with what is installed: the
     uncompressed ones, and each compressed one whose decoder has a working plugin (pydicom's
-    decoders, one per syntax it knows, say both). JPEG Extended counts only with a plugin other
-    than Pillow: Pillow decodes its 8-bit form alone, and CT (12 to 16 bits stored) sent in it is
-    always the 12-bit form; offered anyway, a peer able to send uncompressed instead would have
+    decoders, one per syntax it knows, say both). JPEG Extended counts only with pylibjpeg's
+    plugin: Pillow and GDCM decode its 8-bit form alone, and CT (12 to 16 bits stored) sent in it
+    is always the 12-bit form; offered anyway, a peer able to send uncompressed instead would have
     its images accepted and then fail to decode."""
     require("pydicom", "io", "edgeseg listen")
     from pydicom.pixels import decoders
     from pydicom.pixels.decoders.base import Decoder
 
+    from edgeseg.data.dicom_slice import JPEG_EXTENDED, TWELVE_BIT_JPEG_PLUGINS
+
     syntaxes = []
     for decoder in vars(decoders).values():
         if not isinstance(decoder, Decoder) or not decoder.is_available:
             continue
-        if str(decoder.UID) == JPEG_EXTENDED and set(decoder.available_plugins) <= {"pillow"}:
+        if str(decoder.UID) == JPEG_EXTENDED and not set(decoder.available_plugins) & TWELVE_BIT_JPEG_PLUGINS:
             continue
         syntaxes.append(str(decoder.UID))
     return syntaxes

@@ -8,6 +8,8 @@ from __future__ import annotations
 import io
 import json
 import re
+import shutil
+import subprocess
 import threading
 import time
 
@@ -238,6 +240,22 @@ def test_upload_dicom_slice_returns_png_mask(server):
     image = np.asarray(Image.open(io.BytesIO(data)))
     assert image.shape == (512, 512) and image.dtype == np.uint8
     assert set(np.unique(image)) <= {0, 1}
+
+
+@pytest.mark.skipif(not shutil.which("dcmcjpeg"), reason="dcmtk's dcmcjpeg is not installed")
+def test_upload_of_a_jpeg_lossless_dicom_slice_is_segmented_as_the_uncompressed_one(server, tmp_path):
+    """JPEG Lossless, a PACS's usual compressed CT syntax (made here by dcmtk's dcmcjpeg), was
+    answered 400 "cannot decode pixel data (truncated?)"; its mask is now the uncompressed slice's."""
+    from pathlib import Path
+
+    dcm = sorted((Path(__file__).parents[1] / "data" / "dcmqi_ct_liver" / "ct-3slice").glob("*.dcm"))[0]
+    subprocess.run(["dcmcjpeg", "+e1", str(dcm), str(tmp_path / "sv1.dcm")], check=True, capture_output=True)
+    masks = []
+    for body in (dcm.read_bytes(), (tmp_path / "sv1.dcm").read_bytes()):
+        status, _, data = http_request(server.url, "POST", "/v1/segment?format=npy", body)
+        assert status == 200, data
+        masks.append(np.load(io.BytesIO(data)))
+    np.testing.assert_array_equal(masks[1], masks[0])
 
 
 def test_upload_garbage_is_400(server):
