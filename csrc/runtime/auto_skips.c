@@ -43,10 +43,11 @@ static const char *string_at(const cJSON *obj, const char *key) {
     return cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(obj, key));
 }
 
-/* The skip reasons: the export gate excluded the openvino runner for it or never ran it (on INT8,
- * also where the entry lists no runners); or it is an INT8 graph not of the cpu scheme on an x86
- * CPU without VNNI. The decision is never read from snprintf's count. */
-int es_auto_skips(const cJSON *a, char *why, size_t n) {
+/* The skip reasons: the export gate excluded the openvino runner for it or never ran it (the
+ * entry's "scored", else parity.json's rows where they count; on INT8, also where neither lists
+ * runners); or it is an INT8 graph not of the cpu scheme on an x86 CPU without VNNI. The decision
+ * is never read from snprintf's count. */
+int es_auto_skips(const cJSON *a, const cJSON *record, char *why, size_t n) {
     const cJSON *excluded = cJSON_GetObjectItemCaseSensitive(a, "excluded");
     const char *reason = cJSON_IsObject(excluded) ? string_at(excluded, "openvino") : NULL;
     if (reason) {
@@ -57,12 +58,14 @@ int es_auto_skips(const cJSON *a, char *why, size_t n) {
     const char *precision = string_at(a, "precision");
     int int8 = precision && strcmp(precision, "int8") == 0;
     for (r = cJSON_IsArray(scored) ? scored->child : NULL; r && strcmp(r->valuestring, "openvino") != 0; r = r->next) {}
-    if (cJSON_IsArray(scored) && !r) {
+    int listed = cJSON_IsArray(scored) || record != NULL;
+    int ran = cJSON_IsArray(scored) ? r != NULL : record != NULL && es_parity_scored(record, a, "openvino");
+    if (listed && !ran) {
         snprintf(why, n, "not scored by the export gate: openvino was not installed where the bundle was "
                  "exported; edgeseg gate scores it");
         return 1;
     }
-    if (!cJSON_IsArray(scored) && int8) { /* from before the gate kept a list: it ran onnxruntime alone on INT8 */
+    if (!listed && int8) { /* from before the gate kept a list: it ran onnxruntime alone on INT8 */
         snprintf(why, n, "not scored by the export gate: a manifest without scored runners vouches for "
                  "onnxruntime alone on an INT8 graph; edgeseg gate scores it");
         return 1;

@@ -95,8 +95,16 @@ int es_json_mark_fractions(struct cJSON *root, const char *json);
 int es_json_is_integer(const struct cJSON *item);
 
 /* auto_skips.c: why "auto" must not run the (checked) artifact entry `a` on OpenVINO's CPU plugin
- * here, written to `why` of `n` bytes: 1, or 0 where it may run it. */
-int es_auto_skips(const struct cJSON *a, char *why, size_t n);
+ * here, written to `why` of `n` bytes: 1, or 0 where it may run it. `record`: es_parity_record's,
+ * read where `a` has no "scored" (NULL: none counts). */
+int es_auto_skips(const struct cJSON *a, const struct cJSON *record, char *why, size_t n);
+
+/* parity_record.c: DIR/parity.json parsed, where some entry of the (checked) `artifacts` has no
+ * "scored" and its rows are this bundle's report (edgeseg/runtime/parity_record.py's rules); NULL
+ * otherwise. The caller cJSON_Deletes it. */
+struct cJSON *es_parity_record(const char *dir, const struct cJSON *artifacts);
+/* 1 where the rows of `record` name `runner` for the artifact entry `a`. */
+int es_parity_scored(const struct cJSON *record, const struct cJSON *a, const char *runner);
 
 /* json_keys.c: remove every key of an object in `node` (recursively) that the same object
  * repeats later, keeping the last, as Python's json does. ES_OK or ES_ENOMEM. */

@@ -204,15 +204,17 @@ static int choose_artifact(const cJSON *artifacts, const char *precision, es_bun
     const cJSON *pick = NULL;
     int automatic = !precision || strcmp(precision, "auto") == 0;
     char skipped[3 * 200] = "", why[200];
+    cJSON *record = automatic ? es_parity_record(dir, artifacts) : NULL; /* for entries without "scored" */
     for (int i = 0; order[i] && !pick; i++) {
         if (!found[i] || !(automatic || strcmp(precision, order[i]) == 0)) continue;
-        if (automatic && es_auto_skips(found[i], why, sizeof why)) { /* an explicit precision loads anyway */
+        if (automatic && es_auto_skips(found[i], record, why, sizeof why)) { /* an explicit precision loads anyway */
             size_t used = strlen(skipped);
             snprintf(skipped + used, sizeof skipped - used, "%sonnx-%s: %s", used ? "; " : "", order[i], why);
             continue;
         }
         pick = found[i];
     }
+    cJSON_Delete(record);
     if (!pick) {
         if (!automatic && !one_of(precision, order))
             return es_fail(err, ES_EINVAL, "precision must be int8, fp32, fp16 or auto, got '%s'", precision);

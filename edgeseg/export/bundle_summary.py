@@ -9,6 +9,7 @@ from typing import Any
 
 from edgeseg.errors import BundleError
 from edgeseg.runtime.manifest import PARITY_NAME, read_bundle_json_bytes, read_manifest, verify_artifacts
+from edgeseg.runtime.parity_record import with_parity_record
 
 
 def summarize_bundle(bundle: str | Path) -> dict[str, Any]:
@@ -28,22 +29,28 @@ def summarize_bundle(bundle: str | Path) -> dict[str, Any]:
     if not manifest.artifacts:
         failed.append(_failure("no-artifacts", "the manifest lists no artifacts"))
     artifacts = []
-    for entry in manifest.artifacts:
-        row = _artifact(bundle, manifest, entry)
+    recorded = with_parity_record(bundle, manifest)  # what auto reads for a manifest without scored
+    for entry, gated in zip(manifest.artifacts, recorded.artifacts):
+        row = _artifact(bundle, manifest, entry, gated)
         if row["hash_problem"] is not None:
             failed.append(_failure("hash", f"{entry.key}: {row['hash_problem']}", entry.key))
         artifacts.append(row)
     notes: list[str] = []
     report = _read_parity(bundle)
     unrecorded = [entry.file for entry in manifest.artifacts if entry.scored is None]
-    if unrecorded:
+    if unrecorded and recorded is not manifest:
+        notes.append(f"the manifest records no runners the parity gate scored on {', '.join(unrecorded)} (exported "
+                     f"before it did): auto takes them from {PARITY_NAME}'s rows, which name this bundle's artifacts "
+                     "by file and sha256; edgeseg gate BUNDLE --checkpoint CKPT records them in the manifest")
+    elif unrecorded:
         # edgeseg gate refuses a bundle of gate v1 (before 2026-12-04): only a new export records them there
         v1 = isinstance(report, dict) and gate_label(report.get("gate_version"), None) == "v1"
         remedy = ("export the bundle again to record them (it passed parity gate v1, which edgeseg gate does not "
                   "extend)" if v1 else "edgeseg gate BUNDLE --checkpoint CKPT records them and scores the others")
         notes.append(f"the manifest records no runners the parity gate scored on {', '.join(unrecorded)} (exported "
-                     f"before it did): auto runs an INT8 graph there only on the runner every gate ran (onnxruntime "
-                     f"for ONNX) and judges the others by excluded alone; {remedy}")
+                     f"before it did, and {PARITY_NAME}'s rows do not name them by file and sha256): auto runs an "
+                     f"INT8 graph there only on the runner every gate ran (onnxruntime for ONNX) and judges the "
+                     f"others by excluded alone; {remedy}")
     parity = None
     if report is _MISSING:  # every export writes it: without it nothing says the artifacts were checked
         failed.append(_failure("parity-missing", f"{PARITY_NAME} is missing: nothing records that the artifacts "
@@ -70,9 +77,10 @@ def summarize_bundle(bundle: str | Path) -> dict[str, Any]:
             "passed": not failed, "failed": failed}
 
 
-def _artifact(bundle: str | Path, manifest, entry) -> dict[str, Any]:
+def _artifact(bundle: str | Path, manifest, entry, gated) -> dict[str, Any]:
     """One artifact of the manifest, its hash check, and the runners ``auto`` skips for it: those
-    the gate excluded, those that run only when named, and those this machine cannot run it on."""
+    the gate excluded, those that run only when named, and those this machine cannot run it on
+    (judged on ``gated``: the entry with the runners parity.json records, where the manifest has none)."""
     from edgeseg.runtime.runners import runners_for
     from edgeseg.runtime.selection import skip_reasons, unscored_reason
 
@@ -85,10 +93,10 @@ def _artifact(bundle: str | Path, manifest, entry) -> dict[str, Any]:
     for cls in runners_for(entry.format, entry.precision):
         if cls.name not in skips and cls.named_only:
             skips[cls.name] = cls.named_only
-        elif cls.name not in skips and unscored_reason(entry, cls.name):  # the bundle's, not this machine's
-            skips[cls.name] = unscored_reason(entry, cls.name)
-        elif cls.name not in skips and skip_reasons(entry, cls.name):
-            skips[cls.name] = f"on this machine: {skip_reasons(entry, cls.name)}"
+        elif cls.name not in skips and unscored_reason(gated, cls.name):  # the bundle's, not this machine's
+            skips[cls.name] = unscored_reason(gated, cls.name)
+        elif cls.name not in skips and skip_reasons(gated, cls.name):
+            skips[cls.name] = f"on this machine: {skip_reasons(gated, cls.name)}"
     return {"key": entry.key, "file": entry.file, "format": entry.format, "precision": entry.precision,
             "bytes": entry.bytes, "sha256": entry.sha256, "fingerprint": entry.fingerprint,
             "hash_check": "ok" if problem is None else "failed", "hash_problem": problem,

@@ -377,6 +377,9 @@ def write_triton_repo(bundle: str | Path, repo: str | Path, *, name: str = "edge
             for entry in engines.values():
                 shutil.copyfile(bundle / entry.file, tmp / trt_name / "1" / entry.file)
             models.append(repo / trt_name)
-    for warning in serving_warnings(onnx, name, kind, backend):  # about the repository written, so after it is
+    from edgeseg.runtime.parity_record import with_parity_record  # auto's record of a manifest without scored
+
+    gated = next(e for e in with_parity_record(bundle, manifest).artifacts if e.file == onnx.file)
+    for warning in serving_warnings(gated, name, kind, backend):  # about the repository written, so after it is
         log.warning("%s", warning)
     return models

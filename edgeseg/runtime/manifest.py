@@ -24,8 +24,8 @@ Layout of ``manifest.json`` (schema 1)::
 
 ``scored`` lists the runners the parity gate ran on the artifact (passed or failed); ``auto``
 runs an artifact only on a runner it lists and does not exclude. An entry without it was written
-before the gate recorded its runners: there ``auto`` may pick every installed runner not in
-``excluded``, as it always did (``edgeseg gate`` records the list, see docs/export.md).
+before the manifest recorded them: ``auto`` reads them from parity.json's rows where those are this
+bundle's (``edgeseg.runtime.parity_record``; ``edgeseg gate`` records the list, see docs/export.md).
 
 ``-1`` in a shape is the dynamic batch axis. ``resize_input`` (default true) false means the
 runtime refuses slices whose size differs from the spec's instead of resizing them. Readers refuse a newer schema,
@@ -351,7 +351,7 @@ def read_manifest(bundle: str | Path) -> Manifest:
         raise BundleError(f"{path} is not a readable manifest: JSON nested too deeply") from None
     except (OSError, ValueError) as exc:  # ValueError: JSONDecodeError, UnicodeDecodeError, _not_json
         raise BundleError(f"{path}: not readable JSON ({exc})") from None
-    _check_strings(data, path)
+    check_json_strings(data, path)
     return replace(Manifest.from_dict(data), sha256=hashlib.sha256(raw).hexdigest())  # the bytes parsed, not a re-read
 
 
@@ -359,8 +359,8 @@ def _not_json(name: str) -> None:
     raise ValueError(f"{name} is not a JSON number")
 
 
-def _check_strings(data: Any, path: Path) -> None:
-    """Refuse a manifest string (key or value) that the C runtime cannot read as this one does:
+def check_json_strings(data: Any, path: Path) -> None:
+    """Refuse a string (key or value) of a bundle's JSON that the C runtime cannot read as this one does:
     a NUL character ends a C string (``"model.onnx\\u0000x"`` would name model.onnx there), and an
     unpaired surrogate (``"\\ud800"``) is no Unicode text, which its JSON parser refuses."""
     stack = [data]

@@ -14,22 +14,26 @@ key: a probe compares latencies of a few ms, and another process probing another
 same CPUs at the same time would slow some of its candidates and not others, and the skewed
 choice stays cached for as long as the bundle and libraries do. Waiting costs the length of
 the probes ahead (seconds; more for large models on many backends), once per bundle and
-machine; a process whose choice is cached never waits. Where the folder
-cannot be written (a read-only home) the probe runs unshared and unrecorded, with one warning.
+machine; a process whose choice is cached never waits.
+
+A choice that cannot be recorded is not measured: where the folder cannot be written (a
+read-only root, no home, no ``EDGESEG_CACHE_DIR``) every start would measure again and could
+pick another backend, and so other masks, after each restart. There :func:`probe_lock` yields
+False with one warning (:data:`NOT_KEPT`), and ``auto`` takes the first loadable backend of its
+fixed order, the same at every start (``edgeseg.runtime.selection``).
 
 The wait is bounded (``$EDGESEG_PROBE_WAIT`` seconds, default :data:`PROBE_WAIT_SECONDS`): a
 holder that hangs alive (stopped, stuck on a GPU driver or a network filesystem) is never
 dropped by the kernel, and a server or a Triton instance starting behind it would wait forever.
-Past the bound the probe runs unshared and unrecorded, with one warning, as where the folder
-cannot be written: the lock only keeps probes from skewing each other's timings, and a load that
-measures among another's candidates still runs correct masks, where refusing would leave the
-service down for the sake of a few ms of latency; what it measures is not cached, so a skewed
-choice lasts one process, not the bundle's life.
+Past the bound the load takes the fixed order, with one warning, as where the folder cannot be
+written: nothing it chose could be recorded while the holder keeps the lock, and refusing would
+leave the service down for the sake of a few ms of latency.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import logging
@@ -50,6 +54,9 @@ CACHE_NAME = "backend-probe.json"
 PROBE_LOCK_NAME = "backend-probing.lock"
 # the end of each warning about a cache that cannot be used
 MOVE_CACHE = "set EDGESEG_CACHE_DIR to a writable folder to keep it"
+# the end of the warning where auto's choice cannot be recorded
+NOT_KEPT = ("backend auto chooses without measuring, by its fixed order, the same at every start; set "
+            "EDGESEG_CACHE_DIR to a writable folder to measure once and keep the choice, or name one with --backend")
 # Longer than any probe measured here (a few seconds; tens for large models on every backend)
 # by a wide margin: a holder still probing is waited for, only one that hangs is not.
 PROBE_WAIT_SECONDS = 600.0
@@ -121,8 +128,8 @@ _held: list[int] = []
 def probe_lock() -> Iterator[bool]:
     """Held while this process probes: the machine's one probe at a time (see the module's
     docstring). Yields True when held, so the cache is worth reading again and the choice worth
-    recording; False where the cache folder cannot be written or locked (one warning), and
-    the probe then takes turns with this process's threads only."""
+    recording; False where the cache folder cannot be written or locked, or another process holds
+    the lock past the bound (one warning), where nothing chosen could be recorded."""
     with _PROBING:
         fd = _acquire()
         if fd is not None:
@@ -159,19 +166,27 @@ def _acquire() -> int | None:
         # read-only: a lock file another user created in a shared cache folder still opens
         fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o666)
         if _flock_within(fd, path, wait):
+            _check_writable(path.parent)  # the lock file of a read-only folder may open (it exists)
             return fd
         os.close(fd)
-        log.warning("another process has held the backend probe lock %s for over %g s (%s=%g); probing "
-                    "without sharing the measurement with it or recording the choice", path, wait,
-                    PROBE_WAIT_ENV, wait)
+        log.warning("another process has held the backend probe lock %s for over %g s (%s=%g); %s", path, wait,
+                    PROBE_WAIT_ENV, wait, NOT_KEPT)
         return None
     except OSError as exc:  # a read-only home, a filesystem without flock (ENOLCK)
         if fd is not None:
             os.close(fd)
-        log.warning("cannot use the backend probe cache in %s (%s); probing without sharing the "
-                    "measurement with other processes or recording the choice; %s",
-                    exc.filename if path is None else path.parent, exc, MOVE_CACHE)
+        log.warning("cannot use the backend probe cache in %s (%s); %s",
+                    exc.filename if path is None else path.parent, exc, NOT_KEPT)
         return None
+
+
+def _check_writable(folder: Path) -> None:
+    """OSError where the probe cache in ``folder`` cannot be replaced (what :func:`write_cache`
+    does: a file made beside it and renamed over it, under its lock file)."""
+    lock = folder / (CACHE_NAME + ".lock")
+    for path in (folder, lock):
+        if path.exists() and not os.access(path, os.W_OK):
+            raise OSError(errno.EACCES, "not writable by this user, or on a read-only filesystem", str(path))
 
 
 def _flock_within(fd: int, path: Path, wait: float) -> bool:

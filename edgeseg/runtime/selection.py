@@ -7,11 +7,14 @@ and the installed backend versions, so later loads pick at once. Processes and t
 need a probe at the same time take turns, whatever their bundle, and one that finds its bundle
 measured when its turn comes takes that choice (``edgeseg.runtime.probe_cache`` says why all
 bundles share the turn). ``EDGESEG_BACKEND_PROBE=0``
-skips measuring and takes the first loadable candidate in the runners' ``preference`` order. A runner
+skips measuring and takes the first loadable candidate in the runners' ``preference`` order; so
+does a load whose choice could not be recorded (no writable cache: a read-only root, no home),
+with one warning, so that every start picks the same backend and gives the same masks. A runner
 that cannot load here (a TensorRT engine built for another GPU) is logged as a warning and
 the next candidate is tried. A runner the export gate failed on an artifact (the manifest's
 ``excluded``), or never ran on it (not in its ``scored``: the runner was not installed where the
-bundle was exported; for a manifest without ``scored``, an INT8 graph on any runner but ONNX
+bundle was exported; for a manifest without ``scored``, not in parity.json's rows where those are
+this bundle's, see ``edgeseg.runtime.parity_record``, else an INT8 graph on any runner but ONNX
 Runtime), is never picked by ``auto`` for it; naming it explicitly still loads it, with a warning.
 On an x86 CPU without VNNI, ``auto`` also skips CPU runners on an INT8 graph of the
 ``tensorrt`` scheme (signed activations; every bundle from before the INT8 schemes): their
@@ -34,6 +37,7 @@ import numpy as np
 from edgeseg.errors import BackendError, EdgesegError
 from edgeseg.runtime.machine import cpu_flags
 from edgeseg.runtime.manifest import ArtifactEntry, Manifest
+from edgeseg.runtime.parity_record import with_parity_record
 from edgeseg.runtime.probe_cache import probe_key, probe_lock, read_cache, write_cache
 from edgeseg.runtime.runners import Runner, plugin_errors, runner_class, runners, runners_for
 from edgeseg.runtime.runners.remote import DEFAULT_TIMEOUT_S, RemoteRunner, check_remote_timeout, is_remote
@@ -166,6 +170,7 @@ def select_runner(bundle: Path, manifest: Manifest, backend: str | list[str] = "
     ``timeout``: seconds a remote backend waits for each answer (default 60); a local backend
     takes none (BackendError)."""
     wanted = backend_list(backend)
+    manifest = with_parity_record(bundle, manifest)  # the gate's runners, for a manifest without scored
     check_threads(threads)  # before any runner is tried: auto would take the refusal for a failed load
     remote = len(wanted) == 1 and is_remote(wanted[0])
     if timeout is not None:
@@ -270,16 +275,17 @@ def _auto(bundle: Path, manifest: Manifest, available: list[Candidate], threads:
     # Threads and processes probing at once take turns (see edgeseg.runtime.probe_cache): each
     # timing the backends while the others load and run theirs could choose another backend.
     with probe_lock() as shared:
-        if shared:  # whoever held the lock may have measured this very bundle
-            runner, _ = _cached_choice(bundle, manifest, available, key, threads, stale)
-            if runner is not None:
-                return runner
+        if not shared:  # nothing measured now could be kept: choose as every start will (warned)
+            return _first_loadable(bundle, manifest, available, threads, strict=False)
+        # whoever held the lock may have measured this very bundle
+        runner, _ = _cached_choice(bundle, manifest, available, key, threads, stale)
+        if runner is not None:
+            return runner
         timings, best, runner = probe(bundle, manifest, available, threads)
         if best is None or runner is None:
             raise BackendError(f"no backend could load this bundle: {timings}")
-        if shared:
-            write_cache(key, {"choice": best.label, "p50_ms": timings,
-                              "measured": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+        write_cache(key, {"choice": best.label, "p50_ms": timings,
+                          "measured": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
     summary = ", ".join(f"{k} {v:.1f} ms" if isinstance(v, float) else f"{k} {v}" for k, v in timings.items())
     log.info("backend auto -> %s (probe at batch 1: %s)", best.label, summary)
     return runner

@@ -134,3 +134,16 @@ def test_artifacts_with_external_or_broken_tensors_are_clean(case, code, asan_ch
     result = run_sanitized(asan_checks, "open", copy, "fp32")
     assert result.returncode == 0, result.stderr[-4000:]
     assert "Sanitizer" not in result.stderr and result.stdout.startswith(code + "\t"), result.stdout[:600]
+
+
+def test_reading_parity_reports_is_clean(asan_checks, bundle, tmp_path):
+    """auto on a manifest without ``scored`` reads parity.json (tests/capi/test_parity_record.py):
+    each report variant, and one that is no JSON, is parsed, checked and freed cleanly."""
+    from tests.old_bundles import VARIANTS, old_bundle
+
+    for variant in [*VARIANTS, "not-json"]:
+        copy = old_bundle(bundle, tmp_path / variant, "as-exported" if variant == "not-json" else variant)
+        if variant == "not-json":
+            (copy / "parity.json").write_text('{"results": [{"file": "model.onnx", ')
+        result = run_sanitized(asan_checks, "open", copy, "auto")
+        assert result.returncode == 0 and "Sanitizer" not in result.stderr, (variant, result.stderr[-4000:])

@@ -214,6 +214,25 @@ def test_a_repository_serving_a_runner_the_gate_excluded_says_so(serve_bundle, t
     assert ("not scored by the export gate" in fp32.stderr) == (kind == "KIND_GPU"), fp32.stderr
 
 
+@pytest.mark.parametrize("rows, warned", [("as-exported", False), ("rows-without-sha256", True)])
+def test_a_repository_of_an_old_bundle_is_judged_by_its_parity_rows(rows, warned, serve_bundle, tmp_path):
+    """A bundle without ``scored`` whose parity rows name OpenVINO on the INT8 graph by file and
+    sha256: the pipeline running it on OpenVINO is what auto would run, so nothing is said; rows
+    without sha256 (before 2026-12-06) vouch for ONNX Runtime alone there, and the user is told."""
+    from tests.old_bundles import old_bundle
+
+    pytest.importorskip("openvino")
+    bundle = old_bundle(serve_bundle, tmp_path / "bundle", rows)
+    done = subprocess.run([sys.executable, "-m", "edgeseg.cli", "triton", str(bundle), str(tmp_path / "r"),
+                           "--precision", "int8", "--kind", "KIND_CPU", "--backend", "openvino"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    expected = ["edgeseg: warning: edgeseg and edgeseg-pipeline run model.int8.onnx on openvino, which auto never picks: not "
+                "scored by the export gate: a manifest without scored runners vouches for onnxruntime alone on an "
+                "INT8 graph; edgeseg gate scores it"] if warned else []
+    assert [line for line in done.stderr.splitlines() if "not scored" in line] == expected
+
+
 class _Lines(logging.Handler):
     def __init__(self):
         super().__init__(logging.WARNING)
