@@ -363,6 +363,7 @@ def read_dicom_series_with_refs(
         slice_ids=slice_ids,
         uneven_gaps=(float(gaps.min()), float(gaps.max())) if _uneven(gaps) else None,
         off_line=_off_line(members, normal),
+        body_part=str(first.get("BodyPartExamined", "") or "").strip().upper(),
     )
     return volume, info
 
