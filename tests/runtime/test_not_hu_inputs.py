@@ -54,6 +54,29 @@ def test_dicom_series_without_rescale_intercept_is_refused(bundle_dir, tmp_path)
     _refused(edgeseg("predict", bundle_dir, series, "--out", out, "--quiet"), out)
 
 
+def test_dicom_series_without_rescale_intercept_is_warned_of_where_values_cannot_tell(bundle_dir, tmp_path):
+    """Signed stored values (HU + 1024) with the padding outside the field of view at -2000, as
+    some scanners store it: values below 0 exist, so they could be HU; the missing Type 1 field
+    is then said in one warning, and the series is still segmented."""
+    _synth(tmp_path / "phantom", "abdomen", "dicom", 64)
+    series = tmp_path / "phantom" / "case_000"
+    for path in series.iterdir():
+        ds = pydicom.dcmread(path)
+        hu = ds.pixel_array.astype(np.int32) * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
+        stored = (np.round(hu) + 1024).astype(np.int16)
+        stored[:, :4] = -2000  # padding
+        ds.PixelData = stored.tobytes()
+        del ds.RescaleIntercept
+        ds.save_as(path)
+    assert min(pydicom.dcmread(p).pixel_array.min() for p in series.iterdir()) < 0
+    out = tmp_path / "stored.nii.gz"
+    done = edgeseg("predict", bundle_dir, series, "--out", out, "--quiet")
+    assert done.returncode == 0, done.stderr
+    warned = [line for line in done.stderr.splitlines() if "RescaleIntercept" in line]
+    assert len(warned) == 1 and warned[0].startswith("edgeseg: warning: "), done.stderr
+    assert "8 of its 8 files have no RescaleIntercept" in warned[0] and "-1000 HU" in warned[0]
+
+
 def test_windowed_8bit_nifti_is_refused_by_a_lung_window_model(chest_bundle_run, tmp_path):
     _synth(tmp_path / "phantom", "chest", "nifti", 96)
     image = nib.load(tmp_path / "phantom" / "imagesTr" / "case_000.nii.gz")
