@@ -11,6 +11,8 @@
  * about 30k; anything beyond int16 / uint16 is not a CT value. */
 #define HU_MIN (-32768.0)
 #define HU_MAX 65535.0
+/* Above this, values with nothing below 0 cannot be HU clipped at 0 (NO_AIR_HIGH in input_checks.py). */
+#define NO_AIR_HIGH 1000.0
 
 static int check_layout(const es_bundle *b, const es_hu_layout *in, const char *what, es_error *err) {
     if (in->slices < 1 || in->rows < 1 || in->cols < 1)
@@ -43,7 +45,7 @@ static int check_layout(const es_bundle *b, const es_hu_layout *in, const char *
 }
 
 /* Float input: finite, within stored CT values, and not already normalised. */
-static int check_float_values(const float *hu, const es_hu_layout *in, const char *what, es_error *err) {
+static int check_float_values(const float *hu, const es_hu_layout *in, const char *what, double *range, es_error *err) {
     double low = INFINITY, high = -INFINITY;
     long long bad = 0;
     int first_bad = -1;
@@ -70,7 +72,39 @@ static int check_float_values(const float *hu, const es_hu_layout *in, const cha
     if (0 < high - low && high - low <= 2.0 && -2.0 <= low && high <= 2.0)
         return es_fail(err, ES_EDATA, "%s values span %g..%g, which looks normalised, not HU (air is about -1000); pass the scanner's HU",
                        what, low, high);
+    range[0] = low;
+    range[1] = high;
     return ES_OK;
+}
+
+#define INT_RANGE(T)                                                                  \
+    for (int z = 0; z < in->slices; z++)                                              \
+        for (int r = 0; r < in->rows; r++) {                                          \
+            const T *row = (const T *)hu + z * in->slice_stride + r * in->row_stride; \
+            for (int c = 0; c < in->cols; c++) {                                      \
+                if (row[c] < range[0]) range[0] = row[c];                             \
+                if (row[c] > range[1]) range[1] = row[c];                             \
+            }                                                                         \
+        }
+
+static void int_range(const void *hu, es_dtype dtype, const es_hu_layout *in, double *range) {
+    range[0] = INFINITY;
+    range[1] = -INFINITY;
+    if (dtype == ES_INT16) INT_RANGE(int16_t)
+    else if (dtype == ES_UINT16) INT_RANGE(uint16_t)
+    else INT_RANGE(uint8_t)
+}
+
+/* Nothing below 0 HU, where a CT of a body has fat and air: check_has_air in input_checks.py. */
+static int check_has_air(const es_bundle *b, const double *range, const char *what, es_error *err) {
+    double low = range[0], high = range[1];
+    if (low < 0 || low == high || (b->window_low >= 0 && high <= NO_AIR_HIGH)) return ES_OK;
+    char why[96];
+    if (b->window_low < 0) snprintf(why, sizeof why, "this model's window starts at %g HU", b->window_low);
+    else snprintf(why, sizeof why, "they reach %g, above any tissue but bone", high);
+    return es_fail(err, ES_EDATA, "%s values span %g..%g, none below 0 HU, where a CT of a body has fat and air (-100, -1000) "
+                   "and %s: not HU (stored values without RescaleIntercept? an 8-bit image? MR?); pass HU = stored value x "
+                   "RescaleSlope + RescaleIntercept", what, low, high, why);
 }
 
 int es_check_model_input(const float *input, size_t count, const char *artifact, es_error *err) {
@@ -89,6 +123,9 @@ int es_check_hu(const es_bundle *b, const void *hu, es_dtype dtype, const es_hu_
         return es_fail(err, ES_EINVAL, "dtype code %d is not one of ES_UINT8 (%d), ES_INT16 (%d), ES_UINT16 (%d), ES_FLOAT32 (%d)",
                        (int)dtype, ES_UINT8, ES_INT16, ES_UINT16, ES_FLOAT32);
     int rc = check_layout(b, in, what, err);
-    if (rc || dtype != ES_FLOAT32) return rc;
-    return check_float_values((const float *)hu, in, what, err);
+    if (rc) return rc;
+    double range[2] = {0, 0};
+    if (dtype == ES_FLOAT32) rc = check_float_values((const float *)hu, in, what, range, err);
+    else int_range(hu, dtype, in, range);
+    return rc ? rc : check_has_air(b, range, what, err);
 }

@@ -250,6 +250,11 @@ def _stack_hu(members: list[tuple[Path, pydicom.Dataset]], progress: bool = Fals
     rows, columns = slice_size(members[0][1], first_path)
     check_volume((len(members), rows, columns), f"DICOM series {first_path.parent}")
     stack = np.empty((len(members), rows, columns), dtype=np.float32)
+    lacking = sum("RescaleIntercept" not in dataset for _, dataset in members)
+    if lacking:  # Type 1 in a CT image; without it, stored values (often HU + 1024) would pass for HU
+        log.warning("DICOM series %s: %d of its %d files have no RescaleIntercept; their stored values are read as HU: "
+                    "check that air reads about -1000 HU, or add the scanner's intercept", first_path.parent, lacking,
+                    len(members))
     for k, (path, dataset) in enumerate(progress_bar(members, desc="reading DICOM pixels", unit="slice",
                                                      shown=progress)):
         if slice_size(dataset, path) != (rows, columns):
@@ -369,6 +374,7 @@ def read_dicom_series_with_refs(
         slice_ids=slice_ids,
         uneven_gaps=(float(gaps.min()), float(gaps.max())) if _uneven(gaps) else None,
         off_line=_off_line(members, normal),
+        body_part=str(first.get("BodyPartExamined", "") or "").strip().upper(),
     )
     return volume, info
 

@@ -30,6 +30,7 @@ class Volume:
         label: optional (Z, Y, X) uint8 label map with the source's own label values.
         label_names: the name of each label value, where the label file names them (a 3D
             Slicer segmentation's segments), else None; classes are then matched by name.
+        body_part: a DICOM series' BodyPartExamined (e.g. "CHEST"), "" where not known.
         hu_range: the HU range the source can represent, e.g. (0, 255) for slices stored as
             "pixel = HU clipped to [0, 255]"; None for full-range scanner data.
         modality: DICOM modality, "CT" for everything edgeseg segments.
@@ -61,6 +62,7 @@ class Volume:
     uneven_gaps: tuple[float, float] | None = None
     off_line: tuple[float, str] | None = None
     label_names: dict[int, str] | None = None
+    body_part: str = ""
 
     def __post_init__(self) -> None:
         if self.hu.ndim != 3:

@@ -14,7 +14,7 @@ from edgeseg.atomic import atomic_files, atomic_write_text, within
 from edgeseg.data.case_stream import CaseReader, open_case_readers
 from edgeseg.data.dataset_names import dataset_label_names, unnamed_classes
 from edgeseg.data.open import check_source, run_read_options, same_data
-from edgeseg.data.volume import Volume
+from edgeseg.data.volume import Volume, label_counts
 from edgeseg.errors import DataError
 from edgeseg.metrics import class_metrics, false_positive_slices, mean_slice_dice, summarise
 from edgeseg.evaluate.overlay import OverlayItem, save_overlay_grid
@@ -147,15 +147,24 @@ def evaluate_checkpoint(
     read_as = run_read_options(str(data), payload.get("train_config"), intensity)
     readers = open_case_readers(data, label_file=label_file, label_values=values, **read_as)
     volumes, count, used_split = _cases_of_split(readers, payload, split, str(data))
-    cases, overlays = [], []
+    cases, overlays, unclassed = [], [], {}
     with progress_bar(total=count, desc="evaluate", unit="case", shown=progress) as bar:
         for vol in volumes:
+            stray = _values_in_no_class(vol, values)
+            if stray:
+                unclassed[vol.case_id] = stray
             case, overlay = _score_case(vol, segmenter, spec, label_values, class_names)
             # dropped before the next case is read: a data set's volumes are never held at once
             del vol
             cases.append(case)
             overlays.append(overlay)
             bar.update()
+    if unclassed:
+        mapping = ", ".join(f"{name}={'+'.join(map(str, vals))}" for name, vals in label_values.items())
+        found = sorted({v for stray in unclassed.values() for v in stray})
+        log.warning("the label maps of %d case(s) (%s) hold only label values %s, none of which is a class of the model "
+                    "(%s): their truth is all background and their Dice 0 whatever the model does; map them with "
+                    "--labels", len(unclassed), ", ".join(sorted(unclassed)[:3]), "+".join(map(str, found)), mapping)
     summary = summarise([c["metrics"] for c in cases])
     result = {
         "checkpoint": str(checkpoint), "checkpoint_sha256": checkpoint_sha256, "data": str(data),
@@ -178,6 +187,16 @@ def evaluate_checkpoint(
         _write(Path(out), result, overlays, worst, display_window(spec.window))
     log.info("evaluated %d cases (%s split)", len(cases), used_split)
     return result
+
+
+def _values_in_no_class(vol: Volume, values: list[int]) -> list[int]:
+    """The label values of ``vol`` where it has foreground but none of ``values`` (those of the
+    model's classes), so that all its truth would be background; else []. A file naming its
+    segments is matched by name (``map_labels``) and left out."""
+    if vol.label is None or vol.label_names:
+        return []
+    present = [int(v) for v in np.flatnonzero(label_counts(vol.label)) if v > 0]
+    return present if present and not set(present) & set(values) else []
 
 
 def _score_case(vol: Volume, segmenter, spec, label_values: dict[str, list[int]],

@@ -3,8 +3,9 @@
 Everything the model could silently get wrong is refused here with a one-line ``DataError``:
 a non-numeric or complex dtype, a wrong rank, a slice too small to resize, larger than
 ``MAX_SIDE`` (as libedgeseg refuses it) or of the wrong size when the bundle forbids resizing,
-NaN or inf, values no CT scanner stores, images that were already normalised (not HU), and
-series of another modality.
+NaN or inf, values no CT scanner stores, images that were already normalised (not HU), values
+with nothing below 0 HU where HU would have air and fat (see ``check_has_air``), and series of
+another modality.
 """
 
 from __future__ import annotations
@@ -21,6 +22,10 @@ from edgeseg.spec import MAX_SIZE, PreprocessSpec
 HU_LIMITS = (-32768.0, 65535.0)
 KERNEL_DTYPES = (np.dtype(np.int16), np.dtype(np.uint16), np.dtype(np.uint8), np.dtype(np.float32))
 MIN_SIDE = 2
+# Above this, values with nothing below 0 cannot be HU clipped at 0: soft tissue is under 100 HU and only
+# cortical bone, contrast and metal pass 1000, while stored CT values without their RescaleIntercept
+# (HU + 1024, or + 1000, + 2048) put all of the body above it.
+NO_AIR_HIGH = 1000.0
 # The largest slice side (rows or columns) either runtime takes: libedgeseg's ES_MAX_SIDE
 # (csrc/edgeseg.h), the PreprocessSpec's size limit.
 MAX_SIDE = MAX_SIZE
@@ -75,6 +80,25 @@ def checked_hu(images: np.ndarray, spec: PreprocessSpec, *, ndim: int, resize: b
     if arr.dtype.kind == "f" and 0 < high - low <= 2.0 and -2.0 <= low and high <= 2.0:
         raise DataError(f"{what} values span {low:g}..{high:g}, which looks normalised, not HU "
                         f"(air is about -1000); pass the scanner's HU")
+    check_has_air(low, high, spec, what)
     if arr.dtype not in KERNEL_DTYPES:
         arr = arr.astype(np.float32)
     return arr
+
+
+def check_has_air(low: float, high: float, spec: PreprocessSpec, what: str = "input") -> None:
+    """DataError for values from ``low`` to ``high`` that hold nothing below 0 HU where HU must.
+
+    A CT slice of a body holds fat (about -100 HU) and air or padding (-1000 and below). Values
+    of 0 and above only are stored values without their RescaleIntercept, an 8-bit picture, MR,
+    or HU clipped at 0. The last is what the model sees anyway when its window starts at 0 or
+    above, unless they reach over ``NO_AIR_HIGH`` (where clipped HU do not, and stored values do).
+    A constant image (blank, or water) is left alone.
+    """
+    if low < 0 or low == high or (spec.window[0] >= 0 and high <= NO_AIR_HIGH):
+        return
+    why = (f"this model's window starts at {spec.window[0]:g} HU" if spec.window[0] < 0
+           else f"they reach {high:g}, above any tissue but bone")
+    raise DataError(f"{what} values span {low:g}..{high:g}, none below 0 HU, where a CT of a body has fat and air "
+                    f"(-100, -1000) and {why}: not HU (stored values without RescaleIntercept? an 8-bit image? MR?); "
+                    "pass HU = stored value x RescaleSlope + RescaleIntercept")

@@ -27,6 +27,7 @@ from edgeseg.errors import BackendError, BundleError, DataError
 from edgeseg.kernels import filter_components, postprocess, preprocess
 from edgeseg.progress import progress_bar
 from edgeseg.runtime import fork_guard
+from edgeseg.runtime.body_parts import body_part_warning
 from edgeseg.runtime.input_checks import checked_hu
 from edgeseg.runtime.manifest import Manifest, network_tensors, read_manifest, verify_artifacts
 from edgeseg.runtime.postprocess_options import PostprocessOptions, voxel_ml
@@ -231,6 +232,9 @@ class Segmenter:
                 raise DataError(f"predict_volume takes a Volume or a numpy array, got {type(volume).__name__}")
             spacing = getattr(volume, "spacing", None) if spacing is None else spacing
         arr = checked_hu(hu, self.spec, ndim=3, resize=self.resize_input, modality=modality, what=what)
+        mismatch = body_part_warning(getattr(volume, "body_part", ""), self.labels, what)
+        if mismatch:
+            log.warning("%s", mismatch)
         if given is not None:
             voxel_ml(given)  # a spacing passed in is checked as es_segment_volume_spaced checks it
         if volume_filters and self.postprocess.needs_spacing:

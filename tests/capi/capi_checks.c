@@ -131,6 +131,12 @@ static int call_case(es_segmenter *seg, const char *which, es_error *err) {
         for (int i = 0; i < ROWS * COLS; i++) f[i] = (f[i] + 1000.0f) / 1100.0f;
         return es_segment_slice(seg, f, ES_FLOAT32, ROWS, COLS, COLS, labels, err);
     }
+    if (!strcmp(which, "stored-values") || !strcmp(which, "clipped-at-0")) { /* HU + 1024 as a scanner stores them */
+        static uint16_t u[2 * ROWS * COLS];
+        int stored = !strcmp(which, "stored-values");
+        for (int i = 0; i < 2 * ROWS * COLS; i++) u[i] = (uint16_t)(stored ? s[i] + 1024 : (s[i] < 0 ? 0 : s[i]));
+        return es_segment_volume(seg, u, ES_UINT16, 2, ROWS, COLS, COLS, ROWS * COLS, labels, err);
+    }
     if (!strcmp(which, "beyond-hu")) {
         f[3] = 1e6f;
         return es_segment_slice(seg, f, ES_FLOAT32, ROWS, COLS, COLS, labels, err);

@@ -138,6 +138,7 @@ def test_unknown_precision(bundle, run_checks):
     ("nan", ES_ENONFINITE, ["1 NaN", "slice 1"]),
     ("normalised", ES_EDATA, ["looks normalised"]),
     ("beyond-hu", ES_EDATA, ["1e+06", "CT stores HU"]),
+    ("stored-values", ES_EDATA, ["values span 24..1084, none below 0 HU", "RescaleIntercept"]),
 ])
 def test_bad_segment_call(case, code, words, bundle, run_checks):
     got, message, _ = run_checks("call", bundle, case)
@@ -151,7 +152,7 @@ def test_null_error_struct_is_allowed(bundle, run_checks):
     assert got == ES_EINVAL and message == ""  # the status alone reports it
 
 
-@pytest.mark.parametrize("case", ["good", "good-volume"])
+@pytest.mark.parametrize("case", ["good", "good-volume", "clipped-at-0"])
 def test_good_calls_succeed(case, bundle, run_checks):
     got, message, _ = run_checks("call", bundle, case)
     assert (got, message) == (ES_OK, "")

@@ -49,8 +49,10 @@ def _pipeline(url, hu, datatype="INT16", binary=True, compression=None):
 @pytest.mark.parametrize("dtype,datatype", [(np.int16, "INT16"), (np.uint16, "UINT16"), (np.float32, "FP32")])
 def test_pipeline_labels_equal_predict_volume(server, local, dtype, datatype):
     hu = _phantom_hu(3, 90, 77)
-    sent = (hu.astype(np.int32) + 1024).astype(np.uint16) if dtype == np.uint16 else hu.astype(dtype)
-    expected = local.predict_volume(hu.astype(np.float32) if dtype != np.uint16 else sent)
+    # UINT16 holds HU of 0 and above only: HU clipped at 0, which this bundle's 0..255 window makes
+    # the same model input (stored values, HU + 1024, are refused: test_pipeline_refuses_stored_values)
+    sent = np.clip(hu, 0, None).astype(np.uint16) if dtype == np.uint16 else hu.astype(dtype)
+    expected = local.predict_volume(hu.astype(np.float32))
     labels = _pipeline(server.url, sent, datatype)
     assert labels.dtype == np.uint8 and labels.shape == hu.shape
     assert np.count_nonzero(labels) > 0
@@ -107,6 +109,15 @@ def test_normalised_tensor_sent_to_the_pipeline_names_the_network(server, local)
     # A constant slice of water (0 HU) lies inside the normalised range but is valid CT.
     water = np.zeros((1, 16, 16), np.float32)
     np.testing.assert_array_equal(_pipeline(server.url, water, "FP32"), local.predict_volume(water))
+
+
+def test_pipeline_refuses_stored_values(server):
+    """UINT16 as a scanner stores CT (HU + 1024, air near 0) is not HU: a 400 naming the rescale."""
+    stored = (_phantom_hu(2, 64, 64).astype(np.int32) + 1024).clip(0, None).astype(np.uint16)
+    assert stored.min() >= 0 and stored.max() > 1000
+    with pytest.raises(InferenceServerException, match="none below 0 HU.*RescaleIntercept") as err:
+        _pipeline(server.url, stored, "UINT16")
+    assert err.value.status() == "400"
 
 
 @pytest.mark.parametrize("algorithm", ["gzip", "deflate"])
