@@ -250,10 +250,12 @@ def _stack_hu(members: list[tuple[Path, pydicom.Dataset]], progress: bool = Fals
     rows, columns = slice_size(members[0][1], first_path)
     check_volume((len(members), rows, columns), f"DICOM series {first_path.parent}")
     stack = np.empty((len(members), rows, columns), dtype=np.float32)
-    lacking = sum("RescaleIntercept" not in dataset for _, dataset in members)
-    if lacking:  # Type 1 in a CT image; without it, stored values (often HU + 1024) would pass for HU
+    lacking = [dataset for _, dataset in members if "RescaleIntercept" not in dataset]
+    # Type 1 in a CT image; without it, stored values (often HU + 1024) would pass for HU. Unsigned
+    # pixels without it are refused by rescale(), in a line of their own: warned of only where signed.
+    if lacking and all(str(dataset.get("PixelRepresentation", 0)) == "1" for dataset in lacking):
         log.warning("DICOM series %s: %d of its %d files have no RescaleIntercept; their stored values are read as HU: "
-                    "check that air reads about -1000 HU, or add the scanner's intercept", first_path.parent, lacking,
+                    "check that air reads about -1000 HU, or add the scanner's intercept", first_path.parent, len(lacking),
                     len(members))
     for k, (path, dataset) in enumerate(progress_bar(members, desc="reading DICOM pixels", unit="slice",
                                                      shown=progress)):
