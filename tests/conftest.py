@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.guarded_cli import keep_test_process_stderr
+
 # Folders this process made for the run (not those a parent, e.g. the xdist controller, made and
 # passed down in the environment); removed when the run ends.
 _RUN_FOLDERS: list[str] = []
@@ -50,6 +52,10 @@ LONG_FILES = ("tests/sweep/test_sweep.py", "tests/sweep/test_redo.py", "tests/cl
 def pytest_collection_modifyitems(config, items):
     rank = {name: place for place, name in enumerate(LONG_FILES)}
     items.sort(key=lambda item: rank.get(item.nodeid.split("::", 1)[0], len(LONG_FILES)))  # stable: files keep their order
+
+
+def pytest_configure(config):
+    keep_test_process_stderr()  # pytest's capture is off here: the stderr a hung CLI test's last words go to
 
 
 def pytest_unconfigure(config):

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
 from edgeseg.cli.main import cli
 from edgeseg.runtime import Segmenter
+from tests.guarded_cli import GuardedCliRunner
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -49,7 +49,7 @@ def test_cmake_refuses_a_newer_version_request(sdk, tmp_path):
 
 def test_edgeseg_sdk_flags_build_a_program(sdk, bundle, phantom_hu, python_masks, run_raw, tmp_path, monkeypatch):
     monkeypatch.setenv("EDGESEG_SDK", str(sdk))
-    result = CliRunner().invoke(cli, ["sdk", "--cflags", "--libs"])
+    result = GuardedCliRunner().invoke(cli, ["sdk", "--cflags", "--libs"])
     assert result.exit_code == 0, result.output
     flags = result.output.split()
     assert f"-I{sdk / 'include'}" in flags and "-ledgeseg" in flags
@@ -63,7 +63,7 @@ def test_edgeseg_sdk_flags_build_a_program(sdk, bundle, phantom_hu, python_masks
 
 def test_edgeseg_sdk_prefix_and_cmake_dir(sdk, monkeypatch):
     monkeypatch.setenv("EDGESEG_SDK", str(sdk))
-    result = CliRunner().invoke(cli, ["sdk", "--prefix", "--cmake-dir"])
+    result = GuardedCliRunner().invoke(cli, ["sdk", "--prefix", "--cmake-dir"])
     assert result.exit_code == 0
     prefix, cmake_dir = result.output.split()
     assert prefix == str(sdk) and (sdk / "lib" / "cmake" / "edgeseg" / "edgeseg-config.cmake").samefile(
@@ -72,7 +72,7 @@ def test_edgeseg_sdk_prefix_and_cmake_dir(sdk, monkeypatch):
 
 def test_edgeseg_sdk_without_a_build_is_one_line_error(tmp_path, monkeypatch):
     monkeypatch.setenv("EDGESEG_SDK", str(tmp_path / "nothing"))
-    result = CliRunner().invoke(cli, ["sdk", "--libs"])
+    result = GuardedCliRunner().invoke(cli, ["sdk", "--libs"])
     assert result.exit_code == 2
     assert result.output.startswith("edgeseg: error: libedgeseg is not built") and result.output.count("\n") == 1
 

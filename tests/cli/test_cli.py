@@ -20,11 +20,11 @@ def run_here(*args) -> subprocess.CompletedProcess:
     imported here already, where a fresh interpreter spends seconds on it. The exit status and
     stderr are the command's own (edgeseg.cli.main turns the error into its line and exit 2); an
     exception it lets through fails the test with its traceback."""
-    from click.testing import CliRunner
+    from tests.guarded_cli import GuardedCliRunner
 
     from edgeseg.cli.main import cli
 
-    result = CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+    result = GuardedCliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
     return subprocess.CompletedProcess(["edgeseg", *args], result.exit_code, result.stdout, result.stderr)
 
 

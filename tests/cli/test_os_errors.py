@@ -14,9 +14,9 @@ import sys
 
 import click
 import pytest
-from click.testing import CliRunner
 
 from edgeseg.cli.main import EdgesegGroup
+from tests.guarded_cli import GuardedCliRunner
 
 PHANTOM = "phantom:cases=2,size=64,slices=8"
 
@@ -96,9 +96,9 @@ def test_an_os_error_is_one_line_but_a_programming_error_keeps_its_traceback():
     def bug():
         raise ValueError("a bug")
 
-    result = CliRunner().invoke(cli, ["denied"])
+    result = GuardedCliRunner().invoke(cli, ["denied"])
     assert result.exit_code == 2 and result.stderr == "edgeseg: error: Permission denied: /srv/out/eval.json\n"
-    result = CliRunner().invoke(cli, ["bug"])
+    result = GuardedCliRunner().invoke(cli, ["bug"])
     assert isinstance(result.exception, ValueError)
 
 

@@ -6,11 +6,11 @@ import csv
 import json
 
 import pytest
-from click.testing import CliRunner
 
 from edgeseg.cli.compare import command
 from edgeseg.errors import DataError
 from edgeseg.evaluate.compare import compare_runs, differing_hyperparameters, load_run, plot_comparison
+from tests.guarded_cli import GuardedCliRunner
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 BASE_CONFIG = {"model": "unet", "base": 32, "depth": 4, "lr": 0.001, "size": [256, 256], "epochs": 3, "batch_size": 8}
@@ -122,7 +122,7 @@ def test_plot_comparison_keeps_long_run_labels_inside_the_image(tmp_path):
 
 def test_cli_prints_the_table_and_writes_three_files(runs, tmp_path):
     out = tmp_path / "comparison"
-    result = CliRunner().invoke(command, [str(runs[0]), str(runs[1]), "--out", str(out)])
+    result = GuardedCliRunner().invoke(command, [str(runs[0]), str(runs[1]), "--out", str(out)])
     assert result.exit_code == 0, result.output
     header, rule, *lines = result.stdout.splitlines()
     assert header.split() == ["run", "base", "lr", "params", "best_epoch", "best_val_dice", "train_time_s",
@@ -140,10 +140,10 @@ def test_cli_prints_the_table_and_writes_three_files(runs, tmp_path):
 
 
 def test_cli_rejects_a_folder_that_is_not_a_run_and_documents_its_options(tmp_path, runs):
-    result = CliRunner().invoke(command, [str(runs[0]), str(tmp_path / "nothing")])
+    result = GuardedCliRunner().invoke(command, [str(runs[0]), str(tmp_path / "nothing")])
     assert result.exit_code != 0
     assert isinstance(result.exception, DataError) and "nothing" in str(result.exception)
-    help_text = CliRunner().invoke(command, ["--help"]).output
+    help_text = GuardedCliRunner().invoke(command, ["--help"]).output
     assert "Compare training runs" in help_text and "compare.csv" in help_text
 
 
@@ -163,7 +163,7 @@ def test_cli_writes_its_three_files_as_one_set(runs, tmp_path, monkeypatch):
     import edgeseg.cli.compare as compare_cli
 
     out = tmp_path / "comparison"
-    assert CliRunner().invoke(command, [str(runs[0]), str(runs[1]), "--out", str(out)]).exit_code == 0
+    assert GuardedCliRunner().invoke(command, [str(runs[0]), str(runs[1]), "--out", str(out)]).exit_code == 0
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     assert sorted(before) == ["compare.csv", "compare.json", "compare.png"]
 
@@ -173,11 +173,11 @@ def test_cli_writes_its_three_files_as_one_set(runs, tmp_path, monkeypatch):
 
     monkeypatch.setattr(compare_cli, "plot_comparison", full_disk)
     for args in ([str(runs[1]), str(runs[0])], [str(runs[1])]):  # other rows and columns than the set there
-        result = CliRunner().invoke(command, [*args, "--out", str(out)])
+        result = GuardedCliRunner().invoke(command, [*args, "--out", str(out)])
         assert isinstance(result.exception, OSError)
         assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     fresh = tmp_path / "fresh"
-    assert isinstance(CliRunner().invoke(command, [str(runs[0]), "--out", str(fresh)]).exception, OSError)
+    assert isinstance(GuardedCliRunner().invoke(command, [str(runs[0]), "--out", str(fresh)]).exception, OSError)
     assert not fresh.exists()
 
 
@@ -198,7 +198,7 @@ def test_runs_of_different_classes_get_one_warning_naming_them_and_keep_the_tabl
     covid = make_run(tmp_path / "covid", 0.6, labels={"ggo": [1], "consolidation": [2]})
     merged = make_run(tmp_path / "merged", 0.8, labels={"liver": [1, 2]})
     out = tmp_path / "comparison"
-    result = CliRunner().invoke(command, [str(liver), str(covid), str(merged), "--out", str(out)])
+    result = GuardedCliRunner().invoke(command, [str(liver), str(covid), str(merged), "--out", str(out)])
     assert result.exit_code == 0, result.output
     (line,) = result.stderr.splitlines()[:1]
     assert line == ("edgeseg: warning: these runs segment different classes: liver=1 (liver); ggo=1, "
@@ -211,6 +211,6 @@ def test_runs_of_the_same_classes_get_no_warning(tmp_path):
     a = make_run(tmp_path / "a", 0.9, labels={"liver": [1]})
     b = make_run(tmp_path / "b", 0.8, labels={"liver": [1]}, lr=0.01)
     old = make_run(tmp_path / "old", 0.7)  # records no classes: nothing to say about it
-    result = CliRunner().invoke(command, [str(a), str(b), str(old)])
+    result = GuardedCliRunner().invoke(command, [str(a), str(b), str(old)])
     assert result.exit_code == 0, result.output
     assert result.stderr == ""

@@ -5,11 +5,11 @@ import json
 import shutil
 
 import pytest
-from click.testing import CliRunner
 
 from edgeseg.errors import BundleError
 from edgeseg.runtime.postprocess_options import PostprocessOptions
 from edgeseg.runtime.manifest import read_manifest, verify_artifacts
+from tests.guarded_cli import GuardedCliRunner
 
 
 def test_manifest_hashes_and_sizes_match_the_files(bundle):
@@ -69,7 +69,7 @@ def test_parity_report_has_every_artifact_and_the_latency_ratio(bundle):
 def test_inspect_prints_artifacts_hash_checks_and_parity(bundle):
     from edgeseg.cli.main import cli
 
-    result = CliRunner().invoke(cli, ["inspect", str(bundle["bundle"])])
+    result = GuardedCliRunner().invoke(cli, ["inspect", str(bundle["bundle"])])
     assert result.exit_code == 0, result.output
     for text in ("model.int8.onnx", "onnx-fp16", "torch-float16-cpu", "int8/fp32", "0=background", "entropy, cpu scheme, 32 slices",
                  "(gate v2 (16 px)):"):

@@ -54,18 +54,18 @@ def test_describe_reports_params_and_gflop_and_refuses_unusable_sizes():
 
 
 def test_models_command_lists_every_architecture_with_its_cost():
-    from click.testing import CliRunner
+    from tests.guarded_cli import GuardedCliRunner
 
     from edgeseg.cli.main import cli
 
-    result = CliRunner().invoke(cli, ["models", "--size", "64", "--base", "8", "--depth", "3"])
+    result = GuardedCliRunner().invoke(cli, ["models", "--size", "64", "--base", "8", "--depth", "3"])
     assert result.exit_code == 0, result.output
     lines = {ln.split()[0]: ln.split() for ln in result.output.splitlines()[2:]}
     assert sorted(lines) == sorted(MODELS)
     for name, cells in lines.items():
         info = describe(ModelConfig(name=name, base=8, depth=3), 64)
         assert cells[1] == f"{info['params'] / 1e6:.2f}" and cells[2] == f"{info['gflop']:.2f}"
-    bad = CliRunner().invoke(cli, ["models", "--size", "60", "--depth", "3"])
+    bad = GuardedCliRunner().invoke(cli, ["models", "--size", "60", "--depth", "3"])
     assert bad.exit_code == 2 and "pad it to 64x64" in bad.output
 
 

@@ -6,12 +6,12 @@ import json
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 from scipy import ndimage
 
 from edgeseg.data import open_dataset, read_nifti_dataset, write_phantom_dataset
 from edgeseg.data import CHEST_LABELS, synth_chest_phantom
 from edgeseg.data.chest_phantom import CONSOLIDATION_HU, GGO_HU
+from tests.guarded_cli import GuardedCliRunner
 
 GGO, CONSOLIDATION = CHEST_LABELS["ggo"], CHEST_LABELS["consolidation"]
 CASES = [f"case_{k:03d}" for k in range(6)]
@@ -104,10 +104,10 @@ def test_cli_synth_kind_chest(tmp_path):
     from edgeseg.cli.data import command
 
     out = tmp_path / "chest"
-    result = CliRunner().invoke(command, ["synth", "--kind", "chest", "--out", str(out), "--cases", "2",
-                                          "--size", "32", "--slices", "6", "--quiet"])
+    result = GuardedCliRunner().invoke(command, ["synth", "--kind", "chest", "--out", str(out), "--cases", "2",
+                                                 "--size", "32", "--slices", "6", "--quiet"])
     assert result.exit_code == 0, result.output
     assert "wrote 2 chest phantom cases" in result.stdout and "ggo=1 consolidation=2" in result.stdout
     assert len(list((out / "labelsTr").glob("*.nii.gz"))) == 2
-    bad = CliRunner().invoke(command, ["synth", "--kind", "knee", "--out", str(tmp_path / "x")])
+    bad = GuardedCliRunner().invoke(command, ["synth", "--kind", "knee", "--out", str(tmp_path / "x")])
     assert bad.exit_code != 0 and not (tmp_path / "x").exists()

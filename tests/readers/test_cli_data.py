@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from click.testing import CliRunner
 
 from edgeseg.cli.data import command
 from edgeseg.errors import DataError
+from tests.guarded_cli import GuardedCliRunner
 
 
 def test_synth_then_info(tmp_path):
-    runner = CliRunner()
+    runner = GuardedCliRunner()
     out = tmp_path / "ds"
     result = runner.invoke(command, ["synth", "--out", str(out), "--cases", "3", "--seed", "1",
                                      "--size", "32", "--slices", "6", "--quiet"])
@@ -29,7 +29,7 @@ def test_synth_then_info(tmp_path):
 
 
 def test_info_error_is_an_edgeseg_error(tmp_path):
-    result = CliRunner().invoke(command, ["info", str(tmp_path / "missing")])
+    result = GuardedCliRunner().invoke(command, ["info", str(tmp_path / "missing")])
     assert isinstance(result.exception, DataError)
     assert "data folder not found" in str(result.exception)
 
@@ -37,7 +37,7 @@ def test_info_error_is_an_edgeseg_error(tmp_path):
 def test_main_group_prints_one_line(tmp_path):
     from edgeseg.cli.main import cli
 
-    result = CliRunner().invoke(cli, ["data", "info", str(tmp_path / "missing")])
+    result = GuardedCliRunner().invoke(cli, ["data", "info", str(tmp_path / "missing")])
     assert result.exit_code == 2
     assert result.stderr.strip().splitlines() == [f"edgeseg: error: data folder not found: {tmp_path / 'missing'}"]
 
@@ -62,8 +62,8 @@ def test_a_refusal_after_the_progress_bar_started_shows_one_line(tmp_path, in_te
     """``data info`` without --quiet at a terminal: the bar of the cases read so far stayed on
     the screen above the error, two lines where a refusal is one."""
     out = tmp_path / "ds"
-    assert CliRunner().invoke(command, ["synth", "--out", str(out), "--cases", "3", "--size", "32", "--slices", "4",
-                                        "--quiet"]).exit_code == 0
+    assert GuardedCliRunner().invoke(command, ["synth", "--out", str(out), "--cases", "3", "--size", "32", "--slices", "4",
+                                               "--quiet"]).exit_code == 0
     last = out / "imagesTr" / "case_002.nii.gz"
     last.write_bytes(last.read_bytes()[:100])  # the third case is truncated, after two were read
     stderr, code = in_terminal(["data", "info", str(out)], tmp_path)

@@ -209,7 +209,7 @@ def test_a_tilted_series_with_a_missing_slice_stays_on_its_line(exported_bundle,
     stepping in-plane with the height) missing one slice was found "off the line" by tenths of a
     millimetre. Only its uneven gaps are a finding: NIfTI output is refused for them, and a DICOM
     SEG places every slice where its source lies."""
-    from click.testing import CliRunner
+    from tests.guarded_cli import GuardedCliRunner
 
     from edgeseg.cli.main import cli
 
@@ -226,8 +226,8 @@ def test_a_tilted_series_with_a_missing_slice_stays_on_its_line(exported_bundle,
     assert volume.uneven_gaps == pytest.approx((gap, 2 * gap), rel=1e-6)
 
     def predict(out):
-        return CliRunner().invoke(cli, ["predict", str(exported_bundle), str(tmp_path / "ct"), "--out", str(out),
-                                        "--backend", "onnxruntime:fp32", "--quiet"])
+        return GuardedCliRunner().invoke(cli, ["predict", str(exported_bundle), str(tmp_path / "ct"), "--out", str(out),
+                                               "--backend", "onnxruntime:fp32", "--quiet"])
 
     refused = predict(tmp_path / "labels.nii.gz")
     assert refused.exit_code == 2, refused.output

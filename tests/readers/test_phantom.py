@@ -117,7 +117,7 @@ def test_rewriting_replaces_an_earlier_phantom_but_not_other_folders(tmp_path):
 def test_a_phantom_folder_holding_anything_else_is_not_replaced(tmp_path):
     """A run pointed at a phantom folder puts checkpoints beside it; synth replaces the folder
     whole, so it refuses, naming what it did not write, and the folder is left as it was."""
-    from click.testing import CliRunner
+    from tests.guarded_cli import GuardedCliRunner
 
     from edgeseg.cli.main import cli
 
@@ -129,8 +129,8 @@ def test_a_phantom_folder_holding_anything_else_is_not_replaced(tmp_path):
     (out / "slice-store").mkdir()
     (out / "labelsTr" / "notes.txt").write_text("mine")
     before = sorted(str(p.relative_to(out)) for p in out.rglob("*"))
-    result = CliRunner().invoke(cli, ["data", "synth", "--out", str(out), "--cases", "1", "--size", "32",
-                                      "--slices", "6", "--quiet"])
+    result = GuardedCliRunner().invoke(cli, ["data", "synth", "--out", str(out), "--cases", "1", "--size", "32",
+                                             "--slices", "6", "--quiet"])
     assert result.exit_code == 2, result.output
     assert result.output.startswith("edgeseg: error: ") and len(result.output.strip().splitlines()) == 1
     assert "holds best.pt, which `edgeseg data synth` does not write" in result.output

@@ -90,15 +90,15 @@ def test_auto_in_capitals_is_auto(bundle_dir):
 
 
 def test_predict_takes_a_backend_name_in_any_case(bundle_dir, tmp_path):
-    from click.testing import CliRunner
+    from tests.guarded_cli import GuardedCliRunner
 
     from edgeseg.cli.main import cli
 
     _needs("openvino")
     image = sorted((Path(__file__).resolve().parents[1] / "data" / "msd_liver_slices" / "images").iterdir())[0]
     out = tmp_path / "pred.npy"
-    done = CliRunner().invoke(cli, ["predict", str(bundle_dir), str(image), "--out", str(out),
-                                    "--backend", "OpenVINO", "--quiet"])
+    done = GuardedCliRunner().invoke(cli, ["predict", str(bundle_dir), str(image), "--out", str(out),
+                                           "--backend", "OpenVINO", "--quiet"])
     assert done.exit_code == 0, done.output
     assert "backend openvino:fp32" in done.output and out.is_file()
 

@@ -5,20 +5,20 @@ from __future__ import annotations
 import json
 
 import pytest
-from click.testing import CliRunner
 
 from edgeseg.bench.runtime import PERCENTILES, STAGES
 from edgeseg.cli.main import cli
 from tests.bundle_edits import filter_liver_by_ml
+from tests.guarded_cli import GuardedCliRunner
 
 
 def bench_json(bundle, tmp_path, *, batches: str, runs: int, warmup: int):
     """(CliRunner result, the one JSON record) of a one-thread ONNX Runtime FP32 bench at 64
     pixels without the cold start; the run must succeed."""
     out_json = tmp_path / "bench.json"
-    result = CliRunner().invoke(cli, ["bench", str(bundle), "--backend", "onnxruntime:fp32", "--batch", batches,
-                                      "--size", "64", "--runs", str(runs), "--warmup", str(warmup), "--threads", "1",
-                                      "--no-cold-start", "--json", str(out_json)])
+    result = GuardedCliRunner().invoke(cli, ["bench", str(bundle), "--backend", "onnxruntime:fp32", "--batch", batches,
+                                             "--size", "64", "--runs", str(runs), "--warmup", str(warmup), "--threads", "1",
+                                             "--no-cold-start", "--json", str(out_json)])
     assert result.exit_code == 0, result.output
     [record] = json.loads(out_json.read_text())
     return result, record
@@ -26,10 +26,10 @@ def bench_json(bundle, tmp_path, *, batches: str, runs: int, warmup: int):
 
 def test_bench_reports_every_stage_throughput_and_cold_start(bundle_dir, tmp_path):
     out_json, out_png = tmp_path / "bench.json", tmp_path / "latency.png"
-    result = CliRunner().invoke(cli, [
-        "bench", str(bundle_dir), "--backend", "onnxruntime:fp32", "--backend", "onnxruntime:int8",
-        "--batch", "1,2", "--size", "96", "--runs", "3", "--warmup", "1", "--threads", "1",
-        "--json", str(out_json), "--png", str(out_png)])
+    result = GuardedCliRunner().invoke(cli, [
+               "bench", str(bundle_dir), "--backend", "onnxruntime:fp32", "--backend", "onnxruntime:int8",
+               "--batch", "1,2", "--size", "96", "--runs", "3", "--warmup", "1", "--threads", "1",
+               "--json", str(out_json), "--png", str(out_png)])
     assert result.exit_code == 0, result.output
     results = json.loads(out_json.read_text())
     assert [r["backend"] for r in results] == ["onnxruntime:fp32", "onnxruntime:int8"]
@@ -56,7 +56,7 @@ def test_bench_reports_every_stage_throughput_and_cold_start(bundle_dir, tmp_pat
 
 
 def test_bench_refuses_bad_options(bundle_dir):
-    result = CliRunner().invoke(cli, ["bench", str(bundle_dir), "--batch", "one"])
+    result = GuardedCliRunner().invoke(cli, ["bench", str(bundle_dir), "--batch", "one"])
     assert result.exit_code == 2 and "edgeseg: error: --batch must be comma-separated integers" in result.output
 
 
@@ -109,9 +109,9 @@ def test_stages_timed_for_a_duration_run_at_least_that_long_in_turns():
 
 def test_bench_duration_replaces_the_call_count_and_is_recorded(bundle_dir, tmp_path):
     out_json = tmp_path / "bench.json"
-    result = CliRunner().invoke(cli, ["bench", str(bundle_dir), "--backend", "onnxruntime:fp32", "--batch", "1,2",
-                                      "--size", "32", "--duration", "0.2", "--warmup", "0", "--threads", "1",
-                                      "--no-cold-start", "--json", str(out_json)])
+    result = GuardedCliRunner().invoke(cli, ["bench", str(bundle_dir), "--backend", "onnxruntime:fp32", "--batch", "1,2",
+                                             "--size", "32", "--duration", "0.2", "--warmup", "0", "--threads", "1",
+                                             "--no-cold-start", "--json", str(out_json)])
     assert result.exit_code == 0, result.output
     [r] = json.loads(out_json.read_text())
     assert (r["duration"], r["runs"]) == (0.2, None)
@@ -147,9 +147,9 @@ def test_bench_with_mirroring_says_so_and_mirrors_the_end_to_end_stage(bundle_di
     original = Segmenter._network
     monkeypatch.setattr(Segmenter, "_network", lambda self, batch: modes.append(self.tta) or original(self, batch))
     out_json = tmp_path / "bench.json"
-    result = CliRunner().invoke(cli, ["bench", str(bundle_dir), "--backend", "onnxruntime:fp32", "--batch", "1",
-                                      "--size", "96", "--runs", "2", "--warmup", "0", "--threads", "1", "--tta", "flip",
-                                      "--json", str(out_json)])
+    result = GuardedCliRunner().invoke(cli, ["bench", str(bundle_dir), "--backend", "onnxruntime:fp32", "--batch", "1",
+                                             "--size", "96", "--runs", "2", "--warmup", "0", "--threads", "1", "--tta", "flip",
+                                             "--json", str(out_json)])
     assert result.exit_code == 0, result.output
     [r] = json.loads(out_json.read_text())
     assert r["tta"] == "flip" and "onnxruntime:fp32 tta flip" in result.output
@@ -164,8 +164,8 @@ def test_bench_refuses_outputs_in_the_bundle_or_on_one_file_before_measuring(bun
              (["--json", str(bundle_copy / "new.json")], "is inside the bundle"),
              (["--png", str(tmp_path / "x"), "--json", str(tmp_path / "." / "x")], "is the file --json writes too")]
     for args, message in cases:
-        result = CliRunner().invoke(cli, ["bench", str(bundle_copy), "--backend", "onnxruntime:fp32", "--size", "16",
-                                          "--runs", "1", "--warmup", "0", "--no-cold-start", *args])
+        result = GuardedCliRunner().invoke(cli, ["bench", str(bundle_copy), "--backend", "onnxruntime:fp32", "--size", "16",
+                                                 "--runs", "1", "--warmup", "0", "--no-cold-start", *args])
         assert result.exit_code == 2, result.output
         assert result.output.startswith("edgeseg: error: ") and message in result.output, result.output
         assert len(result.output.strip().splitlines()) == 1  # no table: nothing was measured
@@ -184,9 +184,9 @@ def test_bench_fails_when_every_measurement_failed(bundle_dir, tmp_path, monkeyp
 
     monkeypatch.setattr(runtime, "bench_backend", fails)
     out_json = tmp_path / "bench.json"
-    result = CliRunner().invoke(cli, ["bench", str(bundle_dir), "--backend", "onnxruntime:fp32", "--backend",
-                                      "onnxruntime:int8", "--size", "16", "--runs", "1", "--warmup", "0",
-                                      "--json", str(out_json)])
+    result = GuardedCliRunner().invoke(cli, ["bench", str(bundle_dir), "--backend", "onnxruntime:fp32", "--backend",
+                                             "onnxruntime:int8", "--size", "16", "--runs", "1", "--warmup", "0",
+                                             "--json", str(out_json)])
     assert result.exit_code == 2, result.output
     table, error = result.output.replace("\r", "").strip().rsplit("\n", 1)
     assert "onnxruntime:fp32 does not load here" in table and "onnxruntime:int8 does not load here" in table
@@ -250,8 +250,8 @@ def test_an_oversized_size_is_refused_before_any_table(bundle_dir, assert_one_li
 @pytest.mark.parametrize("args", [["--runs", "100001"], ["--warmup", "99999999999999999999"], ["--runs", "0"]])
 def test_bench_call_counts_out_of_range_are_refused_before_measuring(bundle_dir, args):
     """--runs 99999999999999999999 was taken: the run would have gone on for ever."""
-    result = CliRunner().invoke(cli, ["bench", str(bundle_dir), "--backend", "onnxruntime:fp32", "--size", "16",
-                                      "--no-cold-start", *args])
+    result = GuardedCliRunner().invoke(cli, ["bench", str(bundle_dir), "--backend", "onnxruntime:fp32", "--size", "16",
+                                             "--no-cold-start", *args])
     assert result.exit_code == 2 and result.output.startswith("edgeseg: error: need batch sizes >= 1"), result.output
     assert "--runs 1..100000, --warmup 0..100000" in result.output and len(result.output.strip().splitlines()) == 1
 

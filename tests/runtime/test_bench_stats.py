@@ -102,15 +102,15 @@ def _openvino_default_threads(model) -> int:
 def test_bench_json_records_the_threads_the_backend_used_beside_those_asked_for(bundle_dir, tmp_path):
     """--threads 0 was recorded as 0, which says only that the backend chose: the JSON keeps the
     request and adds the count the backend computed with."""
-    from click.testing import CliRunner
+    from tests.guarded_cli import GuardedCliRunner
 
     from edgeseg.cli.main import cli
 
     def bench(threads: int) -> dict[str, dict]:
         out = tmp_path / f"bench{threads}.json"
-        result = CliRunner().invoke(cli, ["bench", str(bundle_dir), "--backend", "onnxruntime:fp32", "--backend",
-                                          "openvino:fp32", "--batch", "1", "--size", "32", "--runs", "1", "--warmup",
-                                          "0", "--threads", str(threads), "--no-cold-start", "--json", str(out)])
+        result = GuardedCliRunner().invoke(cli, ["bench", str(bundle_dir), "--backend", "onnxruntime:fp32", "--backend",
+                                                 "openvino:fp32", "--batch", "1", "--size", "32", "--runs", "1", "--warmup",
+                                                 "0", "--threads", str(threads), "--no-cold-start", "--json", str(out)])
         assert result.exit_code == 0, result.output
         return {r["backend"]: r for r in json.loads(out.read_text())}
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 from scipy import ndimage
 
 from edgeseg.cli.main import cli
@@ -14,6 +13,7 @@ from edgeseg.data.phantom import PHANTOM_LABELS, write_phantom_dataset
 from edgeseg.runtime.overlay import LUNG_WINDOW, SOFT_TISSUE_WINDOW, class_rgb, display_window, overlay_rgb
 from edgeseg.runtime.readers import read_input
 from edgeseg.runtime.writers import write_overlay
+from tests.guarded_cli import GuardedCliRunner
 
 Image = pytest.importorskip("PIL.Image")
 
@@ -46,9 +46,9 @@ def test_predict_overlay_of_a_chest_bundle_shows_the_ct_in_the_lung_window(chest
     """It was drawn in the abdominal window: lungs, ground-glass and the air around them one black."""
     write_phantom_dataset(tmp_path / "phantom", cases=1, seed=3, shape=(6, 96, 96), kind="chest")
     source = tmp_path / "phantom" / "imagesTr" / "case_000.nii.gz"
-    result = CliRunner().invoke(cli, ["predict", str(chest_bundle_run / "bundle"), str(source), "--out",
-                                      str(tmp_path / "labels.npy"), "--overlay", str(tmp_path / "o.png"),
-                                      "--backend", "onnxruntime:fp32", "--quiet"])
+    result = GuardedCliRunner().invoke(cli, ["predict", str(chest_bundle_run / "bundle"), str(source), "--out",
+                                             str(tmp_path / "labels.npy"), "--overlay", str(tmp_path / "o.png"),
+                                             "--backend", "onnxruntime:fp32", "--quiet"])
     assert result.exit_code == 0, result.output
     labels = np.load(tmp_path / "labels.npy")
     k = int(np.argmax(np.count_nonzero(labels.reshape(len(labels), -1), axis=1)))

@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from click.testing import CliRunner
 
 from edgeseg.cli.main import cli
 from edgeseg.data.dicom import read_dicom_series_with_refs
 from edgeseg.data.nifti import read_nifti, to_lps_layout
 from edgeseg.runtime import Segmenter
+from tests.guarded_cli import GuardedCliRunner
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 SERIES = DATA / "dcmqi_ct_liver" / "ct-3slice"
@@ -23,7 +23,7 @@ JPG = sorted((DATA / "msd_liver_slices" / "images").iterdir())[0]
 
 
 def predict(*args: str):
-    result = CliRunner().invoke(cli, ["predict", *map(str, args), "--backend", "onnxruntime:fp32", "--quiet"])
+    result = GuardedCliRunner().invoke(cli, ["predict", *map(str, args), "--backend", "onnxruntime:fp32", "--quiet"])
     return result
 
 
@@ -88,8 +88,8 @@ def test_dicom_seg_names_the_model_that_made_it(seg_file, bundle_dir, tmp_path):
         return hd.seg.segread(path).get_segment_description(1).algorithm_identification.parameters
 
     int8 = tmp_path / "int8.dcm"
-    result = CliRunner().invoke(cli, ["predict", str(bundle_dir), str(SERIES), "--out", str(int8), "--backend",
-                                      "onnxruntime:int8", "--quiet"])
+    result = GuardedCliRunner().invoke(cli, ["predict", str(bundle_dir), str(SERIES), "--out", str(int8), "--backend",
+                                             "onnxruntime:int8", "--quiet"])
     assert result.exit_code == 0, result.output
     checkpoint = json.loads((bundle_dir / "manifest.json").read_text())["source"]["sha256"]
     for path, artifact, backend in ((seg_file, "model.onnx", "onnxruntime:fp32"),

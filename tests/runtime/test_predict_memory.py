@@ -12,9 +12,9 @@ import tracemalloc
 
 import nibabel as nib
 import numpy as np
-from click.testing import CliRunner
 
 from edgeseg.cli.main import cli
+from tests.guarded_cli import GuardedCliRunner
 
 AFFINE = np.diag([0.7, 0.7, 1.0, 1.0])
 
@@ -31,8 +31,8 @@ def _write_ct(path, slices: int) -> np.ndarray:
 
 
 def _predict(bundle, source, out):
-    return CliRunner().invoke(cli, ["predict", str(bundle), str(source), "--out", str(out),
-                                    "--backend", "onnxruntime:fp32", "--quiet"])
+    return GuardedCliRunner().invoke(cli, ["predict", str(bundle), str(source), "--out", str(out),
+                                           "--backend", "onnxruntime:fp32", "--quiet"])
 
 
 def test_predict_of_a_nifti_volume_peaks_near_three_int16_volumes(bundle_dir, tmp_path):

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
 from edgeseg.cli.main import cli
+from tests.guarded_cli import GuardedCliRunner
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 SERIES = DATA / "dcmqi_ct_liver" / "ct-3slice"
@@ -19,7 +19,7 @@ NIFTI = DATA / "totalseg_example_ct" / "example_ct_sm.nii.gz"
 
 
 def predict(*args) -> object:
-    return CliRunner().invoke(cli, ["predict", *map(str, args), "--backend", "onnxruntime:fp32", "--quiet"])
+    return GuardedCliRunner().invoke(cli, ["predict", *map(str, args), "--backend", "onnxruntime:fp32", "--quiet"])
 
 
 def _refused(result, message: str) -> None:
@@ -182,8 +182,8 @@ def test_a_missing_slice_is_said_once_for_nifti_output(bundle_dir, tmp_path):
 def test_a_quiet_command_after_a_logging_one_in_the_same_process_logs_nothing(bundle_dir, tmp_path):
     # the first call sets up edgeseg's log handler; the second, --quiet, must not log through it
     # into its own stderr (an app or a test running commands one after another in one process)
-    loud = CliRunner().invoke(cli, ["predict", str(bundle_dir), str(NIFTI), "--out", str(tmp_path / "a.nii.gz"),
-                                    "--backend", "onnxruntime:fp32"])
+    loud = GuardedCliRunner().invoke(cli, ["predict", str(bundle_dir), str(NIFTI), "--out", str(tmp_path / "a.nii.gz"),
+                                           "--backend", "onnxruntime:fp32"])
     assert loud.exit_code == 0 and "loaded" in loud.output, loud.output
     # refused after the bundle is loaded, where a leftover handler would have logged the load
     array = tmp_path / "ct.npy"

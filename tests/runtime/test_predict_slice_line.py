@@ -8,15 +8,15 @@ from __future__ import annotations
 import numpy as np
 import pydicom
 import pytest
-from click.testing import CliRunner
 
 from edgeseg.cli.main import cli
+from tests.guarded_cli import GuardedCliRunner
 
 SHIFT_MM = 5.0
 
 
 def predict(*args) -> object:
-    return CliRunner().invoke(cli, ["predict", *map(str, args), "--backend", "onnxruntime:fp32", "--quiet"])
+    return GuardedCliRunner().invoke(cli, ["predict", *map(str, args), "--backend", "onnxruntime:fp32", "--quiet"])
 
 
 def _series(tmp_path, shift_mm: float):

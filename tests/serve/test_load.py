@@ -6,16 +6,16 @@ import json
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
 from edgeseg.cli.main import cli
 from tests.bundle_edits import filter_liver_by_ml
+from tests.guarded_cli import GuardedCliRunner
 
 
 def test_short_load_has_no_errors_and_bounded_memory(serve_bundle, tmp_path):
     out = tmp_path / "load.json"
-    result = CliRunner().invoke(cli, ["bench-serve", str(serve_bundle), "--clients", "4", "--seconds", "2",
-                                      "--warmup", "1", "--backend", "onnxruntime:fp32", "--json", str(out)])
+    result = GuardedCliRunner().invoke(cli, ["bench-serve", str(serve_bundle), "--clients", "4", "--seconds", "2",
+                                             "--warmup", "1", "--backend", "onnxruntime:fp32", "--json", str(out)])
     assert result.exit_code == 0, result.output
     report = json.loads(out.read_text())
     assert report["errors"] == 0, report["first_errors"]
@@ -33,7 +33,7 @@ def test_pipeline_load_returns_labels_of_the_slice_size(serve_bundle, tmp_path, 
     out = tmp_path / "load.json"
     args = ["bench-serve", str(serve_bundle), "--model", "edgeseg-pipeline", "--size", "96", "--clients", "3",
             "--seconds", "2", "--warmup", "1", "--backend", "onnxruntime:fp32", "--json", str(out)]
-    result = CliRunner().invoke(cli, args + (["--triton"] if triton else []))
+    result = GuardedCliRunner().invoke(cli, args + (["--triton"] if triton else []))
     assert result.exit_code == 0, result.output
     report = json.loads(out.read_text())
     # every answer was checked to hold 96*96 uint8 labels per slice; none may fail
@@ -43,7 +43,7 @@ def test_pipeline_load_returns_labels_of_the_slice_size(serve_bundle, tmp_path, 
 
 
 def test_triton_load_needs_an_explicit_backend(serve_bundle):
-    result = CliRunner().invoke(cli, ["bench-serve", str(serve_bundle), "--triton", "--seconds", "1"])
+    result = GuardedCliRunner().invoke(cli, ["bench-serve", str(serve_bundle), "--triton", "--seconds", "1"])
     assert result.exit_code == 2
     assert "--triton needs --backend NAME:PRECISION" in result.output
 
@@ -149,9 +149,9 @@ def test_the_report_gives_the_max_batch_the_server_ran_with(serve_bundle, tmp_pa
     from edgeseg.runtime.manifest import read_manifest
 
     out = tmp_path / "load.json"
-    result = CliRunner().invoke(cli, ["bench-serve", str(serve_bundle), "--clients", "1", "--seconds", "0.5",
-                                      "--warmup", "0", "--max-batch", "64", "--backend", "onnxruntime:fp32",
-                                      "--json", str(out)])
+    result = GuardedCliRunner().invoke(cli, ["bench-serve", str(serve_bundle), "--clients", "1", "--seconds", "0.5",
+                                             "--warmup", "0", "--max-batch", "64", "--backend", "onnxruntime:fp32",
+                                             "--json", str(out)])
     assert result.exit_code == 0, result.output
     assert json.loads(out.read_text())["max_batch"] == read_manifest(serve_bundle).max_batch == 8
 
@@ -163,9 +163,9 @@ def test_pipeline_load_on_a_bundle_that_filters_by_ml_sends_the_phantom_s_spacin
 
     bundle = filter_liver_by_ml(Path(shutil.copytree(serve_bundle, tmp_path / "bundle")), 0.01)
     out = tmp_path / "load.json"
-    result = CliRunner().invoke(cli, ["bench-serve", str(bundle), "--model", "edgeseg-pipeline", "--size", "64",
-                                      "--clients", "2", "--seconds", "1", "--warmup", "0.5", "--batch", "2",
-                                      "--backend", "onnxruntime:fp32", "--json", str(out)])
+    result = GuardedCliRunner().invoke(cli, ["bench-serve", str(bundle), "--model", "edgeseg-pipeline", "--size", "64",
+                                             "--clients", "2", "--seconds", "1", "--warmup", "0.5", "--batch", "2",
+                                             "--backend", "onnxruntime:fp32", "--json", str(out)])
     assert result.exit_code == 0, result.output
     report = json.loads(out.read_text())
     assert report["errors"] == 0, report["first_errors"]

@@ -246,11 +246,11 @@ def test_config_index_and_statistics_for_tritonclient(server, serve_bundle):
 
 
 def test_serve_model_name_must_be_a_path_segment(serve_bundle):
-    from click.testing import CliRunner
+    from tests.guarded_cli import GuardedCliRunner
 
     from edgeseg.cli.main import cli
 
-    result = CliRunner().invoke(cli, ["serve", str(serve_bundle), "--model-name", "a/b", "--port", "1"])
+    result = GuardedCliRunner().invoke(cli, ["serve", str(serve_bundle), "--model-name", "a/b", "--port", "1"])
     assert result.exit_code == 2
     assert result.output.strip().splitlines() == [
         "edgeseg: error: model name 'a/b' must be 1..80 letters, digits, '_', '.' or '-', starting with a letter or "

@@ -16,13 +16,13 @@ import urllib.request
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
 from edgeseg.cli.main import cli
 from edgeseg.data.phantom import synth_phantom
 from edgeseg.kernels import ComponentRule, filter_components
 from edgeseg.runtime.segmenter import Segmenter
 from edgeseg.serve.triton_launch import pytriton_root
+from tests.guarded_cli import GuardedCliRunner
 
 http = pytest.importorskip("tritonclient.http")
 from tritonclient.utils import InferenceServerException  # noqa: E402  (present with tritonclient)
@@ -94,8 +94,8 @@ def triton(serve_bundle, exported_bundle, pad_bundle, tmp_path_factory):
     repo = tmp_path_factory.mktemp("triton") / "repo"
     outputs = {}
     for name, bundle in (("edgeseg", serve_bundle), ("plain", exported_bundle), ("pad", pad_bundle)):
-        result = CliRunner().invoke(cli, ["triton", str(bundle), str(repo), "--kind", "KIND_CPU", "--max-batch", "4",
-                                          "--name", name, "--force"])
+        result = GuardedCliRunner().invoke(cli, ["triton", str(bundle), str(repo), "--kind", "KIND_CPU", "--max-batch", "4",
+                                                 "--name", name, "--force"])
         assert result.exit_code == 0, result.output
         outputs[name] = result.output
     server = TritonServer(repo, start_timeout=240, workdir=repo.parent / "server")
@@ -202,8 +202,8 @@ def test_pad_bundle_on_triton_equals_edgeseg_predict_on_an_odd_slice(triton, pad
     are not symmetric): Triton's labels are those of `edgeseg predict`, pixel for pixel."""
     hu = np.ascontiguousarray(synth_phantom("case_pad", 5, shape=(3, 153, 211)).hu.astype(np.int16))
     np.save(tmp_path / "hu.npy", hu)
-    result = CliRunner().invoke(cli, ["predict", str(pad_bundle), str(tmp_path / "hu.npy"), "--out",
-                                      str(tmp_path / "labels.npy"), "--backend", "onnxruntime:fp32", "--quiet"])
+    result = GuardedCliRunner().invoke(cli, ["predict", str(pad_bundle), str(tmp_path / "hu.npy"), "--out",
+                                             str(tmp_path / "labels.npy"), "--backend", "onnxruntime:fp32", "--quiet"])
     assert result.exit_code == 0, result.output
     predicted = np.load(tmp_path / "labels.npy")
     assert len(np.unique(predicted)) > 1  # a real mask, not one class everywhere

@@ -6,9 +6,9 @@ import shutil
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
 from edgeseg.cli.main import cli
+from tests.guarded_cli import GuardedCliRunner
 
 pytest.importorskip("tritonclient.grpc.model_config_pb2")
 
@@ -18,7 +18,7 @@ def _tree(folder):
 
 
 def _refused(args, message):
-    result = CliRunner().invoke(cli, args)
+    result = GuardedCliRunner().invoke(cli, args)
     assert result.exit_code == 2, result.output
     assert result.output.startswith("edgeseg: error: ") and len(result.output.strip().splitlines()) == 1
     assert message in result.output, result.output
@@ -41,8 +41,8 @@ def test_force_never_replaces_the_bundle_or_a_folder_holding_or_inside_it(serve_
 def test_force_writes_into_a_repository_but_not_into_a_folder_of_other_files(serve_bundle, tmp_path):
     repo = tmp_path / "repo"
     args = ["triton", str(serve_bundle), str(repo), "--max-batch", "0"]
-    assert CliRunner().invoke(cli, args).exit_code == 0
-    result = CliRunner().invoke(cli, ["triton", str(serve_bundle), str(repo), "--force", "--name", "liver"])
+    assert GuardedCliRunner().invoke(cli, args).exit_code == 0
+    result = GuardedCliRunner().invoke(cli, ["triton", str(serve_bundle), str(repo), "--force", "--name", "liver"])
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in repo.iterdir()) == ["edgeseg", "edgeseg-pipeline", "liver", "liver-pipeline"]
 
@@ -106,7 +106,7 @@ def test_force_keeps_the_repository_s_other_models_and_triton_serves_them_all(se
     (repo / "edgeseg-trt" / "1").mkdir(parents=True)
     (repo / "edgeseg-trt" / "config.pbtxt").write_text('name: "edgeseg-trt"\nplatform: "tensorrt_plan"\n')
     kept = _tree(other)
-    result = CliRunner().invoke(cli, ["triton", str(serve_bundle), str(repo), "--kind", "KIND_CPU", "--force"])
+    result = GuardedCliRunner().invoke(cli, ["triton", str(serve_bundle), str(repo), "--kind", "KIND_CPU", "--force"])
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in repo.iterdir()) == ["echo", "edgeseg", "edgeseg-pipeline"]
     assert _tree(other) == kept

@@ -10,9 +10,9 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
 from edgeseg.cli.main import cli
+from tests.guarded_cli import GuardedCliRunner
 
 pytest.importorskip("tritonclient.grpc.model_config_pb2")
 
@@ -40,7 +40,7 @@ def _tree(folder):
 
 
 def _write(bundle, repo, *args):
-    result = CliRunner().invoke(cli, ["triton", str(bundle), str(repo), *args])
+    result = GuardedCliRunner().invoke(cli, ["triton", str(bundle), str(repo), *args])
     assert result.exit_code == 0, result.output
 
 

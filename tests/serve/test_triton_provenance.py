@@ -7,10 +7,10 @@ from __future__ import annotations
 import hashlib
 
 import pytest
-from click.testing import CliRunner
 
 from edgeseg.cli.main import cli
 from edgeseg.serve.triton_launch import pytriton_root
+from tests.guarded_cli import GuardedCliRunner
 
 tritonclient_http = pytest.importorskip("tritonclient.http")
 
@@ -22,8 +22,8 @@ def triton(serve_bundle, tmp_path_factory):
     from edgeseg.serve.triton_launch import TritonServer
 
     repo = tmp_path_factory.mktemp("triton") / "repo"
-    result = CliRunner().invoke(cli, ["triton", str(serve_bundle), str(repo), "--kind", "KIND_CPU", "--max-batch", "2",
-                                      "--backend", "onnxruntime", "--precision", "fp32"])
+    result = GuardedCliRunner().invoke(cli, ["triton", str(serve_bundle), str(repo), "--kind", "KIND_CPU", "--max-batch", "2",
+                                             "--backend", "onnxruntime", "--precision", "fp32"])
     assert result.exit_code == 0, result.output
     with TritonServer(repo, start_timeout=240, workdir=repo.parent / "server") as server:
         yield server

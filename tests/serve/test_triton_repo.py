@@ -12,9 +12,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
 from edgeseg.cli.main import cli
+from tests.guarded_cli import GuardedCliRunner
 
 model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2")
 from google.protobuf import text_format  # noqa: E402  (present with tritonclient)
@@ -26,7 +26,7 @@ def _parse(path):
 
 def test_repository_parses_and_onnx_is_byte_identical(serve_bundle, tmp_path):
     repo = tmp_path / "repo"
-    result = CliRunner().invoke(cli, ["triton", str(serve_bundle), str(repo), "--name", "liver", "--max-batch", "4"])
+    result = GuardedCliRunner().invoke(cli, ["triton", str(serve_bundle), str(repo), "--name", "liver", "--max-batch", "4"])
     assert result.exit_code == 0, result.output
     config = _parse(repo / "liver" / "config.pbtxt")
     assert config.name == "liver" and config.platform == "onnxruntime_onnx"
@@ -51,7 +51,7 @@ def test_repository_parses_and_onnx_is_byte_identical(serve_bundle, tmp_path):
 def test_pipeline_takes_an_optional_spacing_and_is_not_batched_by_triton(serve_bundle, tmp_path):
     """Every input of a model Triton batches carries the batch axis; a volume's spacing is one
     [3] vector, so the pipeline is not batched (N stays capped by edgeseg_max_slices)."""
-    result = CliRunner().invoke(cli, ["triton", str(serve_bundle), str(tmp_path / "r"), "--max-batch", "4"])
+    result = GuardedCliRunner().invoke(cli, ["triton", str(serve_bundle), str(tmp_path / "r"), "--max-batch", "4"])
     assert result.exit_code == 0, result.output
     config = _parse(tmp_path / "r" / "edgeseg-pipeline" / "config.pbtxt")
     assert [(t.name, t.data_type, list(t.dims), t.optional) for t in config.input] == [
@@ -61,8 +61,8 @@ def test_pipeline_takes_an_optional_spacing_and_is_not_batched_by_triton(serve_b
 
 
 def test_int8_cpu_repository_serves_the_int8_graph_on_the_python_backend(serve_bundle, tmp_path):
-    result = CliRunner().invoke(cli, ["triton", str(serve_bundle), str(tmp_path / "r"), "--precision", "int8",
-                                      "--kind", "KIND_CPU"])
+    result = GuardedCliRunner().invoke(cli, ["triton", str(serve_bundle), str(tmp_path / "r"), "--precision", "int8",
+                                             "--kind", "KIND_CPU"])
     assert result.exit_code == 0, result.output
     for model in ("edgeseg", "edgeseg-pipeline"):
         folder = tmp_path / "r" / model
@@ -78,15 +78,15 @@ def test_int8_cpu_repository_serves_the_int8_graph_on_the_python_backend(serve_b
 
 
 def test_a_backend_named_in_capitals_is_written_in_the_runtime_s_form(serve_bundle, tmp_path):
-    result = CliRunner().invoke(cli, ["triton", str(serve_bundle), str(tmp_path / "r"), "--kind", "KIND_CPU",
-                                      "--backend", "OnnxRuntime"])
+    result = GuardedCliRunner().invoke(cli, ["triton", str(serve_bundle), str(tmp_path / "r"), "--kind", "KIND_CPU",
+                                             "--backend", "OnnxRuntime"])
     assert result.exit_code == 0, result.output
     config = _parse(tmp_path / "r" / "edgeseg-pipeline" / "config.pbtxt")
     assert config.parameters["edgeseg_backend"].string_value == "onnxruntime:fp32"
 
 
 def test_pipeline_model_takes_int16_hu_and_returns_uint8_labels(serve_bundle, tmp_path):
-    result = CliRunner().invoke(cli, ["triton", str(serve_bundle), str(tmp_path / "r"), "--max-batch", "0"])
+    result = GuardedCliRunner().invoke(cli, ["triton", str(serve_bundle), str(tmp_path / "r"), "--max-batch", "0"])
     assert result.exit_code == 0, result.output
     config = _parse(tmp_path / "r" / "edgeseg-pipeline" / "config.pbtxt")
     assert config.backend == "python" and config.max_batch_size == 0
@@ -109,7 +109,7 @@ def test_pipeline_model_takes_int16_hu_and_returns_uint8_labels(serve_bundle, tm
 ])
 def test_bad_flags_are_one_line_and_write_nothing(serve_bundle, tmp_path, args, message):
     repo = tmp_path / "repo"
-    result = CliRunner().invoke(cli, ["triton", str(serve_bundle), str(repo), *args])
+    result = GuardedCliRunner().invoke(cli, ["triton", str(serve_bundle), str(repo), *args])
     assert result.exit_code == 2, result.output
     assert result.output.strip().splitlines() == [result.output.strip()]
     assert result.output.startswith("edgeseg: error: ") and message in result.output
@@ -128,7 +128,7 @@ def test_tensorrt_engines_get_their_own_model_with_cc_filenames(serve_bundle, tm
                                       "sha256": hashlib.sha256(payload).hexdigest(), "bytes": len(payload),
                                       "fingerprint": {"gpu": "x", "compute_capability": cc, "tensorrt": "10.9.0"}})
     (bundle / "manifest.json").write_text(json.dumps(manifest))
-    result = CliRunner().invoke(cli, ["triton", str(bundle), str(tmp_path / "repo")])
+    result = GuardedCliRunner().invoke(cli, ["triton", str(bundle), str(tmp_path / "repo")])
     assert result.exit_code == 0, result.output
     config = _parse(tmp_path / "repo" / "edgeseg-trt" / "config.pbtxt")
     assert config.platform == "tensorrt_plan"
@@ -142,7 +142,7 @@ def test_existing_repository_needs_force_and_tampered_bundle_is_refused(serve_bu
     repo = tmp_path / "repo"
     repo.mkdir()
     (repo / "keep.txt").write_text("mine")
-    result = CliRunner().invoke(cli, ["triton", str(serve_bundle), str(repo)])
+    result = GuardedCliRunner().invoke(cli, ["triton", str(serve_bundle), str(repo)])
     assert result.exit_code != 0
     assert "pass --overwrite" in result.output
     assert (repo / "keep.txt").read_text() == "mine"
@@ -150,7 +150,7 @@ def test_existing_repository_needs_force_and_tampered_bundle_is_refused(serve_bu
     shutil.copytree(serve_bundle, bundle)
     with open(bundle / "model.onnx", "ab") as fh:
         fh.write(b"\0")
-    result = CliRunner().invoke(cli, ["triton", str(bundle), str(tmp_path / "other")])
+    result = GuardedCliRunner().invoke(cli, ["triton", str(bundle), str(tmp_path / "other")])
     assert result.exit_code != 0
     assert "model.onnx" in result.output
     assert not (tmp_path / "other").exists()
@@ -165,7 +165,7 @@ def test_a_manifest_tensor_name_cannot_write_other_config_fields(serve_bundle, t
     name = manifest[field][0]["name"]
     manifest[field][0]["name"] = f'{name}" data_type: TYPE_FP32 dims: [ 1 ] }}, {{ name: "extra'
     (bundle / "manifest.json").write_text(json.dumps(manifest))
-    result = CliRunner().invoke(cli, ["triton", str(bundle), str(tmp_path / "repo")])
+    result = GuardedCliRunner().invoke(cli, ["triton", str(bundle), str(tmp_path / "repo")])
     assert result.exit_code == 2 and result.output.startswith(f"edgeseg: error: tensor name '{name}\" data_type")
     assert "cannot be written into config.pbtxt" in result.output
     assert not (tmp_path / "repo").exists()
@@ -285,20 +285,20 @@ def test_a_tensorrt_scheme_int8_graph_on_the_cpu_warns_where_the_cpu_lacks_vnni(
 ])
 def test_a_backend_the_repository_cannot_use_is_refused_before_anything_is_written(serve_bundle, tmp_path, backend,
                                                                                     message):
-    result = CliRunner().invoke(cli, ["triton", str(serve_bundle), str(tmp_path / "r"), "--kind", "KIND_CPU",
-                                      "--backend", backend])
+    result = GuardedCliRunner().invoke(cli, ["triton", str(serve_bundle), str(tmp_path / "r"), "--kind", "KIND_CPU",
+                                             "--backend", backend])
     assert result.exit_code != 0
     assert message in result.output and len(result.output.strip().splitlines()) == 1, result.output
     assert not (tmp_path / "r").exists()
 
 
 def test_mirroring_is_a_parameter_of_the_pipeline_alone(serve_bundle, tmp_path):
-    result = CliRunner().invoke(cli, ["triton", str(serve_bundle), str(tmp_path / "r"), "--kind", "KIND_CPU",
-                                      "--tta", "flip"])
+    result = GuardedCliRunner().invoke(cli, ["triton", str(serve_bundle), str(tmp_path / "r"), "--kind", "KIND_CPU",
+                                             "--tta", "flip"])
     assert result.exit_code == 0, result.output
     pipeline = _parse(tmp_path / "r" / "edgeseg-pipeline" / "config.pbtxt")
     network = _parse(tmp_path / "r" / "edgeseg" / "config.pbtxt")
     assert pipeline.parameters["edgeseg_tta"].string_value == "flip"
     assert "edgeseg_tta" not in network.parameters
-    plain = CliRunner().invoke(cli, ["triton", str(serve_bundle), str(tmp_path / "p"), "--kind", "KIND_CPU"])
+    plain = GuardedCliRunner().invoke(cli, ["triton", str(serve_bundle), str(tmp_path / "p"), "--kind", "KIND_CPU"])
     assert plain.exit_code == 0 and "edgeseg_tta" not in _parse(tmp_path / "p" / "edgeseg-pipeline" / "config.pbtxt").parameters

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
 from edgeseg.cli.main import cli
 from edgeseg.serve.triton_launch import pytriton_root
+from tests.guarded_cli import GuardedCliRunner
 
 tritonclient_http = pytest.importorskip("tritonclient.http")
 from tritonclient.utils import InferenceServerException  # noqa: E402  (present with tritonclient)
@@ -43,8 +43,8 @@ def triton(serve_bundle, tmp_path_factory):
     from edgeseg.serve.triton_launch import TritonServer
 
     repo = tmp_path_factory.mktemp("triton") / "repo"
-    result = CliRunner().invoke(cli, ["triton", str(serve_bundle), str(repo), "--kind", "KIND_CPU",
-                                      "--max-batch", str(MAX_SLICES)])
+    result = GuardedCliRunner().invoke(cli, ["triton", str(serve_bundle), str(repo), "--kind", "KIND_CPU",
+                                             "--max-batch", str(MAX_SLICES)])
     assert result.exit_code == 0, result.output
     server = TritonServer(repo, start_timeout=240, workdir=repo.parent / "server")
     server.start()
@@ -65,8 +65,8 @@ def series_hu() -> np.ndarray:
 @pytest.fixture(scope="module")
 def predicted(serve_bundle, tmp_path_factory) -> np.ndarray:
     out = tmp_path_factory.mktemp("predict") / "labels.npy"
-    result = CliRunner().invoke(cli, ["predict", str(serve_bundle), str(SERIES), "--out", str(out),
-                                      "--backend", "onnxruntime:fp32", "--quiet"])
+    result = GuardedCliRunner().invoke(cli, ["predict", str(serve_bundle), str(SERIES), "--out", str(out),
+                                             "--backend", "onnxruntime:fp32", "--quiet"])
     assert result.exit_code == 0, result.output
     return np.load(out)
 
@@ -119,14 +119,14 @@ def test_a_mirroring_pipeline_on_triton_equals_mirrored_predict(serve_bundle, se
     from edgeseg.serve.triton_launch import TritonServer
 
     repo = tmp_path / "repo"
-    result = CliRunner().invoke(cli, ["triton", str(serve_bundle), str(repo), "--kind", "KIND_CPU", "--max-batch",
-                                      str(MAX_SLICES), "--tta", "mirror"])
+    result = GuardedCliRunner().invoke(cli, ["triton", str(serve_bundle), str(repo), "--kind", "KIND_CPU", "--max-batch",
+                                             str(MAX_SLICES), "--tta", "mirror"])
     assert result.exit_code == 0, result.output
     expected = {}
     for mode in ("none", "mirror"):
         out = tmp_path / f"labels-{mode}.npy"
-        done = CliRunner().invoke(cli, ["predict", str(serve_bundle), str(SERIES), "--out", str(out), "--backend",
-                                        "onnxruntime:fp32", "--tta", mode, "--quiet"])
+        done = GuardedCliRunner().invoke(cli, ["predict", str(serve_bundle), str(SERIES), "--out", str(out), "--backend",
+                                               "onnxruntime:fp32", "--tta", mode, "--quiet"])
         assert done.exit_code == 0, done.output
         expected[mode] = np.load(out)
     assert np.count_nonzero(expected["none"] != expected["mirror"]) > 0
@@ -147,8 +147,8 @@ def test_server_over_relative_repository_and_work_folder(serve_bundle, series_hu
     repository and the backend folder were not found when passed on as given."""
     from edgeseg.serve.triton_launch import TritonServer
 
-    result = CliRunner().invoke(cli, ["triton", str(serve_bundle), str(tmp_path / "repo"), "--kind", "KIND_CPU",
-                                      "--max-batch", str(MAX_SLICES)])
+    result = GuardedCliRunner().invoke(cli, ["triton", str(serve_bundle), str(tmp_path / "repo"), "--kind", "KIND_CPU",
+                                             "--max-batch", str(MAX_SLICES)])
     assert result.exit_code == 0, result.output
     monkeypatch.chdir(tmp_path)
     with TritonServer("repo", start_timeout=240, workdir="server") as server:

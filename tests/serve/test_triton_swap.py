@@ -13,12 +13,12 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
 from edgeseg.cli.main import cli
 from edgeseg.export import triton_swap
 from edgeseg.export.triton import repo_model_names
 from edgeseg.export.triton_swap import MARKER, recover_stale_swaps, staged_swap
+from tests.guarded_cli import GuardedCliRunner
 
 pytest.importorskip("tritonclient.grpc.model_config_pb2")
 
@@ -43,7 +43,7 @@ def old_and_new(serve_bundle, tmp_path):
     new model folders of the same names, whose configs differ."""
     old, new = tmp_path / "old", tmp_path / "new"
     for folder, batch in ((old, "0"), (new, "2")):
-        result = CliRunner().invoke(cli, ["triton", str(serve_bundle), str(folder), "--max-batch", batch])
+        result = GuardedCliRunner().invoke(cli, ["triton", str(serve_bundle), str(folder), "--max-batch", batch])
         assert result.exit_code == 0, result.output
     (old / "edgeseg-trt" / "1").mkdir(parents=True)
     (old / "edgeseg-trt" / "config.pbtxt").write_text('name: "edgeseg-trt"\nplatform: "tensorrt_plan"\n')
@@ -129,7 +129,7 @@ def test_a_run_killed_at_any_step_is_rolled_back_by_the_next_run(old_and_new, se
         assert proc.returncode == -signal.SIGKILL, proc.stderr
         assert len(_beside(repo.parent)) == 1, index  # the killed run's staging folder
         # the next run into this repository, for models of another name, puts the old ones back
-        result = CliRunner().invoke(cli, ["triton", str(serve_bundle), str(repo), "--force", "--name", "liver"])
+        result = GuardedCliRunner().invoke(cli, ["triton", str(serve_bundle), str(repo), "--force", "--name", "liver"])
         assert result.exit_code == 0, result.output
         expected = old if index < steps else new  # the kill at the removal comes after the swap completed
         assert _ours(repo) == _ours(expected), index
@@ -250,7 +250,7 @@ def test_the_cli_killed_between_any_two_renames_never_leaves_a_mismatched_pair(o
         proc = subprocess.run([sys.executable, "-c", CLI_KILLER, str(repo), str(index), str(serve_bundle)],
                               env=env, capture_output=True)
         assert proc.returncode in (0, -signal.SIGKILL), proc.stderr
-        result = CliRunner().invoke(cli, ["triton", str(serve_bundle), str(repo), "--force", "--name", "liver"])
+        result = GuardedCliRunner().invoke(cli, ["triton", str(serve_bundle), str(repo), "--force", "--name", "liver"])
         assert result.exit_code == 0, result.output
         assert _ours(repo) in (_ours(old), _ours(new)), index
         assert _beside(repo.parent) == [], index

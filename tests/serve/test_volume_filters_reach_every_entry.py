@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
 from edgeseg.cli.main import cli
 from edgeseg.data.dicom import read_dicom_series
@@ -26,6 +25,7 @@ from edgeseg.data.nifti import read_nifti, to_lps_layout
 from edgeseg.data.phantom import synth_phantom
 from edgeseg.kernels import ComponentRule, filter_components
 from edgeseg.runtime import Segmenter
+from tests.guarded_cli import GuardedCliRunner
 
 pydicom = pytest.importorskip("pydicom")
 nib = pytest.importorskip("nibabel")
@@ -63,7 +63,7 @@ def case(serve_bundle, tmp_path_factory):
 
 
 def _predict(*args) -> None:
-    result = CliRunner().invoke(cli, ["predict", *map(str, args), "--backend", BACKEND, "--quiet"])
+    result = GuardedCliRunner().invoke(cli, ["predict", *map(str, args), "--backend", BACKEND, "--quiet"])
     assert result.exit_code == 0, result.output
 
 

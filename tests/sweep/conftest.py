@@ -27,12 +27,12 @@ def run_sweep_here(sweep_file: Path, out: Path, *extra: str) -> subprocess.Compl
     exceptions not caught), for a run that trains, exports and measures nothing: the reports over
     finished points, or a refusal. A fresh interpreter spends seconds importing torch for those;
     the exit status, stdout and stderr are the command's own."""
-    from click.testing import CliRunner
+    from tests.guarded_cli import GuardedCliRunner
 
     from edgeseg.cli.main import cli
 
     args = ["sweep", str(sweep_file), "--out", str(out), "--quiet", *map(str, extra)]
-    result = CliRunner().invoke(cli, args, catch_exceptions=False)
+    result = GuardedCliRunner().invoke(cli, args, catch_exceptions=False)
     return subprocess.CompletedProcess(["edgeseg", *args], result.exit_code, result.stdout, result.stderr)
 
 

@@ -9,7 +9,8 @@ import json
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
+
+from tests.guarded_cli import GuardedCliRunner
 
 pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
@@ -24,7 +25,7 @@ def _cv(out, limit: float, *extra, exit_code: int = 0) -> str:
     args = ["cv", "--data", DATA, "--out", out, "--folds", 2, "--labels", "ggo=1,consolidation=2", "--window=-1000,200",
             "--size", 32, "--base", 8, "--depth", 2, "--epochs", 10, "--lr", 5e-3, "--no-augment", "--batch-size", 8,
             "--amp", "off", "--threads", 1, "--quiet", "--int8", "--max-dice-drop-int8", limit, *extra]
-    result = CliRunner().invoke(cli, list(map(str, args)))
+    result = GuardedCliRunner().invoke(cli, list(map(str, args)))
     assert result.exit_code == exit_code, (result.output, result.exception)
     return result.output
 

@@ -257,14 +257,14 @@ def test_bad_process_options_are_one_line_errors(tmp_path, monkeypatch, extra, e
 
 def train_error_line(tmp_path: Path, monkeypatch, extra: list[str], env: dict[str, str]) -> str:
     """The one line of a tiny `edgeseg train` with ``extra`` options in ``env`` that fails with exit 2."""
-    from click.testing import CliRunner
+    from tests.guarded_cli import GuardedCliRunner
 
     from edgeseg.cli.main import cli
 
     for key, value in env.items():
         monkeypatch.setenv(key, value)
-    result = CliRunner().invoke(cli, ["train", "--data", ddp_worker.PHANTOM, "--size", "64", "--base", "4", "--depth", "2",
-                                      "--epochs", "1", "--out", str(tmp_path / "run"), *extra])
+    result = GuardedCliRunner().invoke(cli, ["train", "--data", ddp_worker.PHANTOM, "--size", "64", "--base", "4", "--depth", "2",
+                                             "--epochs", "1", "--out", str(tmp_path / "run"), *extra])
     assert result.exit_code == 2
     lines = result.output.strip().splitlines()
     assert len(lines) == 1, result.output

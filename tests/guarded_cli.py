@@ -1,0 +1,156 @@
+"""click's CliRunner for in-process ``edgeseg`` runs, giving the tests what a run in a process of
+its own would show them:
+
+- what is written straight to file descriptor 2 during the run (OpenVINO's and ONNX Runtime's C++
+  logs, a child process's stderr) is added to the result's ``stderr`` and ``output``, where the
+  tests' "one line, no traceback" checks read it: click captures ``sys.stderr`` alone;
+- a hang guard: a run still going after ``hang_limit_s`` fails its test with the command and
+  every thread's stack, where it would otherwise stall its test worker until the CI job's limit.
+  When the main thread cannot take the guard's signal (blocked in native code), a watchdog
+  thread names the command, writes the stacks to the test process's stderr and ends the process
+  at twice the limit (pytest-xdist then reports the test the worker crashed in);
+- torch's, numpy's and Python's global random states are put back after the run: a command that
+  seeds them (a training, or a refusal that comes after training has seeded) would otherwise
+  change what every later test of the same worker draws.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import faulthandler
+import os
+import random
+import signal
+import sys
+import tempfile
+import threading
+from typing import IO, Iterator
+
+import numpy as np
+from click.testing import CliRunner, Result
+
+# An in-process command that runs for a quarter of an hour has hung: the longest ones (a tiny
+# training, a sweep report) take well under a minute on a loaded two-core machine.
+HANG_LIMIT_S = 900.0
+# A copy of the test process's own stderr, taken by keep_test_process_stderr() (tests/conftest.py)
+# while pytest's capture is off: the watchdog's last words reach the terminal or CI log there,
+# where pytest's capture file would end with the process, unread.
+_process_stderr: int | None = None
+# torch's default generator seed at import (c10's default_rng_seed_val): what a command that
+# imports torch for the first time leaves behind once its seeding is undone.
+TORCH_DEFAULT_SEED = 67280421310721
+
+
+def keep_test_process_stderr() -> None:
+    """Keep a copy of descriptor 2 as it is now; call from pytest_configure, where pytest's
+    capture is not on."""
+    global _process_stderr
+    _process_stderr = os.dup(2)
+
+
+class CommandHung(BaseException):
+    """A guarded run went past its limit. A BaseException, so that neither click's runner nor a
+    command's own ``except Exception`` turns it into an exit status a test might accept."""
+
+
+class GuardedCliRunner(CliRunner):
+    """``CliRunner`` whose ``invoke`` captures file descriptor 2, guards against hangs and keeps
+    the global random states (see the module docstring)."""
+
+    def __init__(self, *args, hang_limit_s: float = HANG_LIMIT_S, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.hang_limit_s = hang_limit_s
+
+    def invoke(self, cli, args=None, *rest, **kwargs) -> Result:
+        words = [args] if isinstance(args, str) else list(args or [])
+        command = " ".join(["edgeseg", *map(str, words)])
+        with _random_states_kept(), _Fd2Capture() as fd2:
+            with _hang_guard(command, self.hang_limit_s, fd2):
+                result = super().invoke(cli, args, *rest, **kwargs)
+        result.stderr_bytes = (result.stderr_bytes or b"") + fd2.data
+        result.output_bytes += fd2.data
+        return result
+
+
+class _Fd2Capture:
+    """File descriptor 2 pointed at a temporary file while the context is open; ``data`` holds
+    what was written there, ``saved`` the descriptor 2 had before (open while the context is)."""
+
+    def __init__(self) -> None:
+        self.data = b""
+        self.saved = -1
+        self.file: IO[bytes] | None = None
+
+    def __enter__(self) -> _Fd2Capture:
+        sys.stderr.flush()  # Python-level text written before the run stays where it was going
+        self.file = tempfile.TemporaryFile()
+        self.saved = os.dup(2)
+        os.dup2(self.file.fileno(), 2)
+        return self
+
+    def text(self) -> str:
+        """What has been written to descriptor 2 so far."""
+        self.file.flush()
+        return os.pread(self.file.fileno(), os.fstat(self.file.fileno()).st_size, 0).decode(errors="replace")
+
+    def __exit__(self, *exc) -> None:
+        os.dup2(self.saved, 2)
+        os.close(self.saved)
+        self.data = self.text().encode()
+        self.file.close()
+
+
+@contextlib.contextmanager
+def _hang_guard(command: str, limit_s: float, fd2: _Fd2Capture) -> Iterator[None]:
+    """SIGALRM after ``limit_s`` raises CommandHung in the main thread, with every thread's
+    stack; a watchdog thread ends the process at twice the limit if that never gets through."""
+    done = threading.Event()
+    last_words = fd2.saved if _process_stderr is None else _process_stderr
+    watchdog = threading.Thread(target=_last_resort, args=(command, 2 * limit_s, last_words, done), daemon=True,
+                                name="hang-guard")
+    watchdog.start()
+    on_main = threading.current_thread() is threading.main_thread()
+    if on_main:
+        def hung(signum, frame):
+            faulthandler.dump_traceback(fd2.file, all_threads=True)
+            raise CommandHung(f"{command}: still running after {limit_s:g} s (the in-process hang guard); "
+                              f"its stderr and every thread's stack:\n{fd2.text()}")
+
+        previous = signal.signal(signal.SIGALRM, hung)
+        signal.setitimer(signal.ITIMER_REAL, limit_s)
+    try:
+        yield
+    finally:
+        if on_main:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
+        done.set()
+        watchdog.join()
+
+
+def _last_resort(command: str, after_s: float, fd: int, done: threading.Event) -> None:
+    if done.wait(after_s):
+        return
+    os.write(fd, f"{command}: still running after {after_s:g} s, its main thread deaf to the hang guard's "
+                 f"signal; ending the test process. Every thread's stack:\n".encode())
+    faulthandler.dump_traceback(fd, all_threads=True)
+    os._exit(70)
+
+
+@contextlib.contextmanager
+def _random_states_kept() -> Iterator[None]:
+    """Python's, numpy's and torch's global random states (torch's CUDA ones too, where CUDA is
+    in use) as they were before the context, after it."""
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    torch = sys.modules.get("torch")
+    try:
+        if torch is None:
+            yield
+        else:
+            with torch.random.fork_rng():
+                yield
+    finally:
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)
+        if torch is None and "torch" in sys.modules:  # imported by the command
+            sys.modules["torch"].manual_seed(TORCH_DEFAULT_SEED)

@@ -1,0 +1,148 @@
+"""The in-process CLI runner every CLI test uses (tests/guarded_cli.py): it sees what native code
+writes to file descriptor 2, fails a hung run with the command's name, and leaves the global
+random states as it found them; and no test goes around it."""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import click
+import numpy as np
+import pytest
+
+from tests.guarded_cli import GuardedCliRunner
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@click.command()
+@click.argument("text")
+def native_writer(text):
+    """Writes TEXT to descriptor 2 below Python, as a C++ library's logger does, then fails the
+    way edgeseg's CLI does: one line and exit 2."""
+    os.write(2, text.encode() + b"\n")
+    click.echo("edgeseg: error: refused", err=True)
+    sys.exit(2)
+
+
+def test_what_native_code_writes_to_fd2_is_in_the_result():
+    before = os.fstat(2)
+    result = GuardedCliRunner().invoke(native_writer, ["[W] native warning from a C++ library"])
+    assert result.exit_code == 2
+    for text in (result.stderr, result.output):
+        lines = text.strip().splitlines()
+        assert lines == ["edgeseg: error: refused", "[W] native warning from a C++ library"], text
+    after = os.fstat(2)
+    assert (after.st_dev, after.st_ino) == (before.st_dev, before.st_ino)  # descriptor 2 is put back
+
+
+_HUNG_TEST = """
+import signal
+import time
+
+import click
+
+from tests.guarded_cli import GuardedCliRunner
+
+
+@click.command()
+@click.option("--deaf", is_flag=True)
+def stalls(deaf):
+    if deaf:  # a main thread the guard's signal cannot reach, as one blocked in native code
+        signal.pthread_sigmask(signal.SIG_BLOCK, {{signal.SIGALRM}})
+    print("starting", flush=True)
+    time.sleep(300)
+
+
+def test_stalls_{name}():
+    result = GuardedCliRunner(hang_limit_s=2).invoke(stalls, {args!r})
+    assert result.exit_code != 0  # a hung command must not be read as a refusal
+
+
+def test_after():
+    pass
+"""
+
+
+# as tests/conftest.py does
+_CONFTEST = """
+from tests.guarded_cli import keep_test_process_stderr
+
+
+def pytest_configure(config):
+    keep_test_process_stderr()
+"""
+
+
+@pytest.mark.parametrize("deaf", [False, True], ids=["signal", "watchdog"])
+def test_a_hung_command_fails_its_test_with_the_command_named(tmp_path, deaf):
+    args = ["--deaf"] if deaf else []
+    name = "deaf" if deaf else "hearing"
+    (tmp_path / "test_hung.py").write_text(_HUNG_TEST.format(name=name, args=args))
+    (tmp_path / "conftest.py").write_text(_CONFTEST)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), *sys.path]))
+    # the 120 s limit ends this test only if the guard fails; the command alone sleeps 300 s
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_hung.py"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    text = done.stdout + done.stderr
+    assert done.returncode != 0, text
+    command = f"edgeseg {' '.join(args)}".strip()
+    if deaf:  # the process ends, naming the command and where each thread was
+        assert done.returncode == 70, text
+        assert f"{command}: still running after 4 s, its main thread deaf" in text, text
+    else:  # the one test fails, the next one runs
+        assert re.search(r"CommandHung: edgeseg: still running after 2 s", text), text
+        assert "1 failed, 1 passed" in text, text
+    assert "time.sleep(300)" in text or "in stalls" in text, text
+
+
+@click.command()
+def seeds_everything():
+    """Seeds every global generator, then refuses (as a training refused after seeding does)."""
+    import torch
+
+    random.seed(1)
+    np.random.seed(1)
+    torch.manual_seed(1)
+    sys.exit(2)
+
+
+def _draws() -> tuple:
+    import torch
+
+    return random.random(), float(np.random.random()), float(torch.rand(1))
+
+
+def test_global_random_states_are_kept_across_a_run(tmp_path):
+    import torch
+
+    from edgeseg.cli.main import cli
+
+    random.seed(7)
+    np.random.seed(7)
+    torch.manual_seed(7)
+    expected = _draws()
+    for command, args in ((seeds_everything, []),
+                          # a real refusal that comes after training seeded torch: no validation case
+                          (cli, ["train", "--data", "phantom:cases=1,size=32,slices=4", "--out", str(tmp_path / "run"),
+                                 "--size", "32", "--base", "4", "--depth", "2", "--seed", "3"])):
+        random.seed(7)
+        np.random.seed(7)
+        torch.manual_seed(7)
+        result = GuardedCliRunner().invoke(command, args)
+        assert result.exit_code == 2, result.output
+        assert _draws() == expected, command.name
+
+
+def test_no_test_runs_the_cli_through_clicks_own_runner():
+    """Every in-process run goes through GuardedCliRunner (a plain CliRunner sees none of the
+    above)."""
+    plain = re.compile(r"from click\.testing import[^\n]*\bCliRunner\b|click\.testing\.CliRunner")
+    users = sorted(str(path.relative_to(ROOT)) for path in (ROOT / "tests").rglob("*.py")
+                   if path.name != "guarded_cli.py" and plain.search(path.read_text()))
+    assert users == []
