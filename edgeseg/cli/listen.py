@@ -22,7 +22,8 @@ from edgeseg.cli.tta_option import tta_option
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Folder for the DICOM SEG files.")
 @click.option("--forward", default=None, metavar="HOST:PORT:AET", help="Send each SEG by C-STORE to this peer.")
 @click.option("--idle", default=5.0, show_default=True, type=FiniteFloatRange(0.1, 3600),
-              help="Seconds without a new image after which a series counts as complete.")
+              help="Seconds after a series' last image, and after the association sending it ended, before it "
+                   "counts as complete; a series an open association is still sending is never complete.")
 @click.option("--max-series", default=16, show_default=True, type=click.IntRange(1, 10_000),
               help="Series received and not yet segmented at once; an image opening one more is refused (0xA700).")
 @click.option("--unsent", type=click.Path(file_okay=False), default=None,

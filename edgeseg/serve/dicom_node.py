@@ -1,8 +1,9 @@
 """A DICOM node: C-STORE SCP that segments each CT series once it is complete.
 
 Images arrive one C-STORE at a time and are written under a work folder, one sub-folder per
-SeriesInstanceUID. A series counts as complete when no image of it has arrived for ``idle``
-seconds; then one worker thread reads it with the DICOM reader, segments it with the
+SeriesInstanceUID. A series counts as complete once no open association is sending it and
+``idle`` seconds have passed since its last image or the end of the association that sent it
+(dicom_series.py); then one worker thread reads it with the DICOM reader, segments it with the
 Segmenter, writes a DICOM SEG to ``out`` and/or sends it by C-STORE to the forward peer (one the
 peer does not take waits in the unsent folder and is sent again: dicom_forward.py).
 C-ECHO is answered. Images of other SOP classes (MR, US, ...) are answered with the failure
@@ -50,7 +51,7 @@ from edgeseg.serve.dicom_node_settings import (DEFAULT_MAX_ASSOCIATIONS, DEFAULT
 from edgeseg.serve.dicom_peer_bound import MAX_PDU_LENGTH, PeerBounds, bounded_request_handler, data_set_limit
 from edgeseg.serve.dicom_peer_watch import PeerWatch
 from edgeseg.serve.dicom_refusal import REFUSAL_WAIT
-from edgeseg.serve.dicom_series import HeldSeries, ImageNotStored, seg_path
+from edgeseg.serve.dicom_series import HeldSeries, ImageNotStored, SendingAssociations, seg_path
 
 __all__ = ["DicomNode", "NodeStats", "Peer", "check_ae_title", "check_node_settings", "decodable_transfer_syntaxes"]
 
@@ -79,10 +80,8 @@ class DicomNode:
         # ``audit``: an edgeseg.serve.audit.AuditLog, given a line per association, series and refusal
         self.audit = None if audit is None else AssociationAudit(audit)
         self.ae_title, self.host, self.port = ae_title, host, int(port)
-        self.out = Path(out) if out is not None else None
-        self.forward = forward
-        self.idle = float(idle)
-        self.max_series = max_series
+        self.out, self.forward = Path(out) if out is not None else None, forward
+        self.idle, self.max_series = float(idle), max_series
         # where a SEG the peer did not take waits to be sent again (beside --out unless given)
         self.unsent = None if forward is None else UnsentFolder(Path(unsent) if unsent is not None
                                                                  else self.out / "unsent")
@@ -93,6 +92,7 @@ class DicomNode:
         self._connections = ConnectionLimit(max_connections, per_host_limit(max_connections_per_host, max_associations),
                                             self.stats, per_host_limit(max_associations_per_ae, max_associations), audit)
         self._series: dict[str, HeldSeries] = {}
+        self._sending = SendingAssociations()  # an open association's series is not complete
         self._queued = 0  # series taken to be segmented and not done yet: they are in flight too
         self._turned_away: set[str] = set()  # series refused for --max-series, each logged once
         self._taken = 0  # series folders moved aside to be segmented, for unique names
@@ -167,9 +167,8 @@ class DicomNode:
             self.audit.ended(event, "rejected")
 
     def _on_accepted(self, event) -> None:
-        """Log a peer that proposed CT images in a transfer syntax not decoded here (a context
-        rejected for its transfer syntaxes): the peer sees only a failure to send the images it
-        holds that way, and the node's log is where the reason must be."""
+        """Log a peer that proposed CT images in a transfer syntax not decoded here: the peer sees
+        only a failure to send the images it holds that way; the node's log must say why."""
         assoc = event.assoc
         proposed = {getattr(ts, "name", str(ts)) for cx in assoc.rejected_contexts
                     if cx.abstract_syntax == CT_IMAGE_STORAGE for ts in cx.transfer_syntax}
@@ -247,17 +246,19 @@ class DicomNode:
                 self._turned_away.discard(series_uid)
                 self._series[series_uid] = series
             series.last = time.monotonic()
+            self._sending.stored(event.assoc, series_uid, self._series, series.last)
         self.stats.received += 1
         return STATUS_SUCCESS
 
     def _due(self, everything: bool = False) -> list[tuple[str, HeldSeries]]:
-        """The series no image has reached for ``idle`` seconds (``everything``: all), taken
-        out of the waiting list with their folder moved aside under the lock: an image of the same
-        series arriving while one is segmented starts a new folder instead of landing in (and
-        being removed with) the one being read."""
+        """The complete series (``everything``: all; HeldSeries.complete), taken out of the waiting
+        list with their folder moved aside under the lock: an image of the same series arriving
+        while one is segmented starts a new folder instead of landing in (and being removed with)
+        the one being read."""
         now = time.monotonic()
         with self._lock:
-            due = [(uid, s) for uid, s in self._series.items() if everything or now - s.last >= self.idle]
+            self._sending.ended(self._series, now)
+            due = [(uid, s) for uid, s in self._series.items() if everything or s.complete(self.idle, now)]
             for uid, series in due:
                 del self._series[uid]
                 self._taken += 1

@@ -1,6 +1,6 @@
-"""One series as the DICOM node holds it while its images arrive: a folder of files, and what
-they count against the readers' volume limit, in pixels and in bytes on disk; and where its SEG
-is written."""
+"""One series as the DICOM node holds it while its images arrive: a folder of files, what they
+count against the readers' volume limit, in pixels and in bytes on disk, and the open associations
+still sending it (when it is complete); and where its SEG is written."""
 
 from __future__ import annotations
 
@@ -26,7 +26,9 @@ class ImageNotStored(DataError):
 
 @dataclass
 class HeldSeries:
-    """The images of one series received so far (``last``: time.monotonic() of the latest).
+    """The images of one series received so far (``last``: time.monotonic() of the latest image,
+    or of the end of the last association sending it; ``senders``: the open associations whose
+    latest image is of this series: :class:`SendingAssociations`).
 
     A re-sent image replaces its file and must not count twice (a peer re-sending a whole series
     would otherwise meet the limit at half its size), so frames and bytes are kept per SOP
@@ -38,6 +40,12 @@ class HeldSeries:
     frames: dict[str, int] = field(default_factory=dict)
     stored: int = 0  # bytes of the files held
     sizes: dict[str, int] = field(default_factory=dict)
+    senders: set = field(default_factory=set)
+
+    def complete(self, idle: float, now: float) -> bool:
+        """No open association is sending it and ``idle`` seconds have passed since its last image
+        or the end of the association that sent it last."""
+        return not self.senders and now - self.last >= idle
 
     def check_pixels(self, sop_uid: str, frames: int, rows: int, columns: int) -> None:
         """DataError when the image would take the series past the readers' volume limit."""
@@ -65,6 +73,38 @@ class HeldSeries:
         self.sizes[sop_uid] = size
         self.slices += frames - self.frames.get(sop_uid, 0)
         self.frames[sop_uid] = frames
+
+
+class SendingAssociations:
+    """Which open association is sending which series: the series of the latest image each one
+    stored. A series an association is sending is not complete, however long the association
+    pauses (a scanner reconstructing, a busy network): it stops sending it when it sends an image
+    of another series or ends (released, aborted, cut by --peer-timeout), and the series' idle time
+    counts from then. An association is pynetdicom's (a thread, alive until it has ended); the
+    methods are called under the node's lock, with its series in flight."""
+
+    def __init__(self) -> None:
+        self._series_of: dict[object, str] = {}
+
+    def stored(self, assoc, series_uid: str, held: dict[str, HeldSeries], now: float) -> None:
+        """``assoc`` stored an image of ``series_uid`` (held there by now)."""
+        if self._series_of.get(assoc) != series_uid:
+            self._end(assoc, held, now)
+        self._series_of[assoc] = series_uid
+        held[series_uid].senders.add(assoc)
+
+    def ended(self, held: dict[str, HeldSeries], now: float) -> None:
+        """Let go of the associations that have ended since the last call. Asked each time the
+        series are checked rather than told by an event: an association can end while its C-STORE
+        handler still runs, and its thread is alive until both are done."""
+        for assoc in [a for a in self._series_of if not a.is_alive()]:
+            self._end(assoc, held, now)
+
+    def _end(self, assoc, held: dict[str, HeldSeries], now: float) -> None:
+        series = held.get(self._series_of.pop(assoc, None))
+        if series is not None and assoc in series.senders:
+            series.senders.discard(assoc)
+            series.last = max(series.last, now)
 
 
 def seg_path(series_uid: str, folder: Path) -> Path:

@@ -1,0 +1,60 @@
+"""A sender that pauses inside a series (a scanner sending slices as it reconstructs them, a busy
+network, a store-and-forward router sending in bursts), against dcmtk's storescu: the series is
+segmented once, whole, not split at the pause."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+
+import pytest
+
+from edgeseg.serve.dicom_node import DicomNode
+from tests.serve.dicom_relay import PausingRelay
+from tests.serve.test_dicom_node import DCMTK, SERIES, _storescu, _wait_for
+
+pytest.importorskip("pynetdicom")
+pydicom = pytest.importorskip("pydicom")
+pytestmark = pytest.mark.skipif(not DCMTK, reason="dcmtk (echoscu, storescu, storescp) is not installed: apt-get install dcmtk")
+
+IDLE = 1.0  # short on purpose: the pauses below are longer
+
+
+def _referenced(seg) -> set[str]:
+    return {item.ReferencedSOPInstanceUID for item in
+            pydicom.dcmread(seg).ReferencedSeriesSequence[0].ReferencedInstanceSequence}
+
+
+@pytest.fixture
+def node(serve_bundle, tmp_path, free_port, wait_port):
+    from edgeseg.runtime.segmenter import Segmenter
+
+    with Segmenter.load(serve_bundle, backend="onnxruntime:fp32") as segmenter:
+        dicom_node = DicomNode(segmenter, port=free_port(), out=tmp_path / "out", idle=IDLE, work=tmp_path / "work")
+        dicom_node.start()
+        wait_port(dicom_node.port)
+        yield dicom_node
+        dicom_node.stop()
+
+
+def test_a_pause_inside_an_association_does_not_split_the_series(node, tmp_path, free_port):
+    """storescu sends three slices in one association and the network holds the answer to the
+    first for several times --idle: the series was complete at the pause, and its first slice
+    became a SEG of its own ("1 slice of 3"), the other two a second one."""
+    files = sorted(SERIES.glob("*.dcm"))
+    relay = PausingRelay(free_port(), node.port)
+    try:
+        sending = subprocess.Popen(["storescu", "-aec", "EDGESEG", "127.0.0.1", str(relay.port), *map(str, files)],
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert _wait_for(lambda: node.stats.received == 1)  # the first slice is in; its answer is held
+        time.sleep(4 * IDLE)  # the pause: the association is open and silent
+        relay.gate.set()
+        _, err = sending.communicate(timeout=120)
+        assert sending.returncode == 0, err
+        assert _wait_for(lambda: len(node.stats.segmented) >= 1, 60), node.stats
+    finally:
+        relay.close()
+    node.stop()  # whatever is left is segmented now: a second part would show
+    segs = sorted((tmp_path / "out").glob("*.seg.dcm"))
+    assert [p.name for p in segs] == [f"{pydicom.dcmread(files[0]).SeriesInstanceUID}.seg.dcm"], node.stats
+    assert _referenced(segs[0]) == {pydicom.dcmread(f).SOPInstanceUID for f in files}
