@@ -39,7 +39,7 @@ from pathlib import Path
 from edgeseg.errors import DataError, EdgesegError, require
 from edgeseg.limits import check_volume, current_limits
 from edgeseg.serve.audit import AssociationAudit
-from edgeseg.serve.dicom_forward import Peer, UnsentFolder, send_seg
+from edgeseg.serve.dicom_forward import Forwarder, Peer, UnsentFolder
 from edgeseg.serve.dicom_intake import (CT_IMAGE_STORAGE, STATUS_CANNOT_UNDERSTAND, STATUS_DATASET_MISMATCH,
                                         STATUS_OUT_OF_RESOURCES, STATUS_SOP_CLASS_NOT_SUPPORTED, STATUS_SUCCESS,
                                         check_ae_title, decodable_transfer_syntaxes, failure_status, incoming_uids,
@@ -89,6 +89,7 @@ class DicomNode:
         self._own_work = work is None
         self.work = Path(work) if work is not None else Path(tempfile.mkdtemp(prefix="edgeseg-listen-"))
         self.stats = NodeStats()
+        self._forwarder = None if forward is None else Forwarder(forward, ae_title, self.unsent, resend_every, self.stats)
         self._connections = ConnectionLimit(max_connections, per_host_limit(max_connections_per_host, max_associations),
                                             self.stats, per_host_limit(max_associations_per_ae, max_associations), audit)
         self._series: dict[str, HeldSeries] = {}
@@ -279,7 +280,7 @@ class DicomNode:
                 self._segment(self._due())
                 if self.unsent is not None and time.monotonic() >= next_resend:
                     next_resend = time.monotonic() + self.resend_every
-                    self._resend()
+                    self._forwarder.resend()
             except Exception:  # the worker must outlive any one failure (a rename refused, ...)
                 log.exception("the segmenting worker hit an error; it goes on")
         # stopping: the images received and acknowledged are segmented, not dropped with the work folder
@@ -337,42 +338,12 @@ class DicomNode:
             self.audit.series(series_uid, time.monotonic() - began, study_uid=str(sources[0].get("StudyInstanceUID", "")),
                               slices=volume.num_slices, seg=target)
         if self.forward is not None:
-            self._forward(series_uid, target)
-        return target
-
-    def _forward(self, series_uid: str, seg: Path) -> None:
-        """Send ``seg`` to the peer; one it does not take waits in the unsent folder. The copy in
-        the work folder (no --out) goes either way."""
-        try:
-            self._send(seg)
-        except EdgesegError as exc:
-            self.stats.not_forwarded.append(seg.name)
             try:
-                kept = f"it waits in {self.unsent.keep(seg)} and is sent again every {self.resend_every:g} s"
-            except OSError as keep_exc:
-                kept = f"it could not be kept in {self.unsent.folder}: {keep_exc.strerror or keep_exc}"
-                kept = kept if self.out is None else f"{kept} (it is in {seg})"
-            log.error("series %s: SEG not forwarded: %s; %s", series_uid, exc, kept)
-        else:
-            self._resend()  # the peer is back: what it missed before goes now, not at the next round
-        finally:
-            if self.out is None:
-                seg.unlink(missing_ok=True)
-
-    def _resend(self) -> None:
-        if not self.unsent.pending():
-            return
-        sent, exc = self.unsent.resend(self._send)
-        if exc is not None:
-            log.warning("%d SEG(s) still wait in %s after %d sent: %s", len(self.unsent.pending()),
-                        self.unsent.folder, sent, exc)
-        elif sent:
-            log.info("sent the %d SEG(s) that waited in %s", sent, self.unsent.folder)
-
-    def _send(self, path: Path) -> None:
-        send_seg(self.forward, self.ae_title, path)
-        self.stats.forwarded.append(path.name)
-        log.info("forwarded %s to %s", path.name, self.forward)
+                self._forwarder.forward(series_uid, target, None if self.out is None else str(target))
+            finally:  # the copy in the work folder (no --out) goes either way
+                if self.out is None:
+                    target.unlink(missing_ok=True)
+        return target
 
     def abandon(self) -> None:
         """Segment no more series during a stop (a second interrupt): those left are logged as not
