@@ -5,6 +5,8 @@ still sending it (when it is complete); and where its SEG is written."""
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,6 +43,9 @@ class HeldSeries:
     stored: int = 0  # bytes of the files held
     sizes: dict[str, int] = field(default_factory=dict)
     senders: set = field(default_factory=set)
+    shape: tuple[int, int] = (0, 0)  # rows, columns of its images
+    replaces: object = None  # dicom_segmented.SegReference: the SEG made of its images before
+
 
     def complete(self, idle: float, now: float) -> bool:
         """No open association is sending it and ``idle`` seconds have passed since its last image
@@ -51,6 +56,7 @@ class HeldSeries:
         """DataError when the image would take the series past the readers' volume limit."""
         held = self.slices - self.frames.get(sop_uid, 0)
         check_volume((held + frames, rows, columns), f"series {self.folder.name}")
+        self.shape = (rows, columns)
 
     def keep(self, sop_uid: str, ds, frames: int) -> None:
         """Write the image into the folder (made if need be) and count it; DataError, and nothing
@@ -107,14 +113,36 @@ class SendingAssociations:
             series.last = max(series.last, now)
 
 
+def absorb(into: HeldSeries, earlier: HeldSeries, series_uid: str) -> bool:
+    """Move into ``into`` the images of ``earlier`` (the same series, segmented while ``into``
+    was arriving) that it does not hold, so that the SEG of ``into`` is one of the whole series;
+    False, and the images of ``earlier`` removed, when the whole would be past the volume limit."""
+    added = [sop for sop in earlier.sizes if sop not in into.sizes]
+    slices = into.slices + sum(earlier.frames[sop] for sop in added)
+    stored, budget = into.stored + sum(earlier.sizes[sop] for sop in added), current_limits().max_volume_bytes
+    try:
+        check_volume((slices, *into.shape), f"series {series_uid}")
+        if stored > budget:
+            raise DataError(f"its files would take {stored} bytes on disk, over the limit of {budget}")
+    except DataError as exc:
+        log.warning("series %s: the images segmented before are not segmented again with those received since: "
+                    "%s", series_uid, exc)
+        shutil.rmtree(earlier.folder, ignore_errors=True)
+        return False
+    for sop in added:
+        os.rename(earlier.folder / f"{sop}.dcm", into.folder / f"{sop}.dcm")
+        into.sizes[sop], into.frames[sop] = earlier.sizes[sop], earlier.frames[sop]
+    into.slices, into.stored = slices, stored
+    shutil.rmtree(earlier.folder, ignore_errors=True)
+    return True
+
+
 def seg_path(series_uid: str, folder: Path) -> Path:
     """Where the SEG of ``series_uid`` goes in ``folder``: ``UID.seg.dcm``, or ``UID-N.seg.dcm``
-    when the series was segmented before (images of it that came after its first SEG)."""
+    when the series was segmented before (images of it came after its first SEG): a SEG is never
+    written over."""
     target, n = folder / f"{series_uid}.seg.dcm", 1
     while target.exists():
         n += 1
         target = folder / f"{series_uid}-{n}.seg.dcm"
-    if n > 1:
-        log.warning("series %s was segmented before: this SEG (of the images received since) is %s",
-                    series_uid, target.name)
     return target

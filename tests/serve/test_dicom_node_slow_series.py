@@ -58,3 +58,63 @@ def test_a_pause_inside_an_association_does_not_split_the_series(node, tmp_path,
     segs = sorted((tmp_path / "out").glob("*.seg.dcm"))
     assert [p.name for p in segs] == [f"{pydicom.dcmread(files[0]).SeriesInstanceUID}.seg.dcm"], node.stats
     assert _referenced(segs[0]) == {pydicom.dcmread(f).SOPInstanceUID for f in files}
+
+
+def test_late_images_are_segmented_with_the_series_into_a_seg_that_replaces_the_first(serve_bundle, tmp_path,
+                                                                                       free_port, wait_port):
+    """A sender pausing longer than --idle between two associations of one series: the first part
+    is segmented at the pause. The second part made a SEG of its own slices alone; now the whole
+    series is segmented again, into the series of the first SEG with the next Instance Number,
+    and the log and the audit line say which SEG it replaces."""
+    import json
+
+    from edgeseg.runtime.segmenter import Segmenter
+    from edgeseg.serve.audit import AuditLog
+
+    files = sorted(SERIES.glob("*.dcm"))
+    audit = AuditLog(tmp_path / "audit.jsonl")
+    with Segmenter.load(serve_bundle, backend="onnxruntime:fp32") as segmenter:
+        node = DicomNode(segmenter, port=free_port(), out=tmp_path / "out", idle=IDLE, work=tmp_path / "work",
+                         audit=audit)
+        node.start()
+        try:
+            wait_port(node.port)
+            assert _storescu(node.port, files[:1]).returncode == 0
+            assert _wait_for(lambda: len(node.stats.segmented) == 1, 60), node.stats  # the pause outlasted --idle
+            assert _storescu(node.port, files[1:]).returncode == 0
+            assert _wait_for(lambda: len(node.stats.segmented) == 2, 60), node.stats
+        finally:
+            node.stop()
+            audit.close()
+    uid = pydicom.dcmread(files[0]).SeriesInstanceUID
+    first, second = (pydicom.dcmread(tmp_path / "out" / name) for name in (f"{uid}.seg.dcm", f"{uid}-2.seg.dcm"))
+    assert _referenced(tmp_path / "out" / f"{uid}-2.seg.dcm") == {pydicom.dcmread(f).SOPInstanceUID for f in files}
+    assert second.SeriesInstanceUID == first.SeriesInstanceUID
+    assert (int(first.InstanceNumber), int(second.InstanceNumber)) == (1, 2)
+    assert second.SOPInstanceUID != first.SOPInstanceUID
+    lines = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
+    series = [line for line in lines if line["event"] == "series"]
+    assert [(line["slices"], line.get("replaces")) for line in series] == [(1, None), (3, first.SOPInstanceUID)]
+    assert not list((tmp_path / "work").iterdir())  # the stop leaves no image behind
+
+
+def test_keep_segmented_0_leaves_late_images_a_seg_of_their_own(serve_bundle, tmp_path, free_port, wait_port):
+    """--keep-segmented 0: nothing is kept, the late part is segmented alone, as before."""
+    from edgeseg.runtime.segmenter import Segmenter
+
+    files = sorted(SERIES.glob("*.dcm"))
+    with Segmenter.load(serve_bundle, backend="onnxruntime:fp32") as segmenter:
+        node = DicomNode(segmenter, port=free_port(), out=tmp_path / "out", idle=IDLE, work=tmp_path / "work",
+                         keep_segmented=0)
+        node.start()
+        try:
+            wait_port(node.port)
+            assert _storescu(node.port, files[:1]).returncode == 0
+            assert _wait_for(lambda: len(node.stats.segmented) == 1, 60), node.stats
+            assert _wait_for(lambda: not list((tmp_path / "work").iterdir()))  # its images are not kept
+            assert _storescu(node.port, files[1:]).returncode == 0
+            assert _wait_for(lambda: len(node.stats.segmented) == 2, 60), node.stats
+        finally:
+            node.stop()
+    uid = pydicom.dcmread(files[0]).SeriesInstanceUID
+    assert _referenced(tmp_path / "out" / f"{uid}-2.seg.dcm") == {pydicom.dcmread(f).SOPInstanceUID for f in files[1:]}
