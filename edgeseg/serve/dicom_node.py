@@ -325,8 +325,8 @@ class DicomNode:
                 if self.audit is not None and error is not None:
                     self.audit.series(uid, time.monotonic() - began, error=error)
                 with self._lock:  # its images are kept a while, or given to a part arriving since
-                    self._segmented.keep(uid, series, time.monotonic(), self._series.get(uid))
                     self._queued -= 1
+                    self._segmented.keep(uid, series, time.monotonic(), self._series.get(uid))
 
     def process(self, series_uid: str, folder: Path, replaces: SegReference | None = None) -> Path:
         """Segment the series in ``folder``; write and/or forward its SEG; return the SEG path.

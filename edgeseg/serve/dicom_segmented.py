@@ -75,12 +75,23 @@ class SegmentedSeries:
         if seg is None or self.keep_for <= 0:
             shutil.rmtree(series.folder, ignore_errors=True)
         elif in_flight is not None:
-            if absorb(in_flight, series, series_uid):
-                in_flight.replaces = seg
+            try:
+                if absorb(in_flight, series, series_uid):
+                    in_flight.replaces = seg
+            except OSError as exc:  # what was moved is segmented with the part in flight, without replacing
+                log.warning("series %s: its images cannot all be given to the part received since (%s)", series_uid,
+                            exc.strerror or exc)
+                shutil.rmtree(series.folder, ignore_errors=True)
         else:
             folder = self.work / f"{series_uid}.segmented"
             shutil.rmtree(folder, ignore_errors=True)
-            os.rename(series.folder, folder)
+            try:
+                os.rename(series.folder, folder)
+            except OSError as exc:  # the work folder changed under the node: its late images go alone
+                log.warning("series %s: its images cannot be kept (%s); images of it arriving later make a SEG of "
+                            "their own", series_uid, exc.strerror or exc)
+                shutil.rmtree(series.folder, ignore_errors=True)
+                return
             series.folder, series.senders = folder, set()
             self._kept[series_uid] = _Kept(series, seg, now + self.keep_for)
 
@@ -90,7 +101,13 @@ class SegmentedSeries:
         kept = self._kept.pop(series_uid, None)
         if kept is None:
             return None
-        os.rename(kept.series.folder, folder)
+        try:
+            os.rename(kept.series.folder, folder)
+        except OSError as exc:
+            log.warning("series %s: its images kept cannot be taken up again (%s); the images arriving now make a "
+                        "SEG of their own", series_uid, exc.strerror or exc)
+            shutil.rmtree(kept.series.folder, ignore_errors=True)
+            return None
         kept.series.folder, kept.series.replaces = folder, kept.seg
         log.info("series %s was segmented before (%s, %d slices): the images arriving now are segmented with "
                  "its images, into a SEG that replaces that one", series_uid, kept.seg.file, kept.seg.slices)

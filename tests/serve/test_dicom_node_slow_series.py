@@ -118,3 +118,34 @@ def test_keep_segmented_0_leaves_late_images_a_seg_of_their_own(serve_bundle, tm
             node.stop()
     uid = pydicom.dcmread(files[0]).SeriesInstanceUID
     assert _referenced(tmp_path / "out" / f"{uid}-2.seg.dcm") == {pydicom.dcmread(f).SOPInstanceUID for f in files[1:]}
+
+
+def test_a_kept_series_gives_its_room_to_a_new_one(serve_bundle, tmp_path, free_port, wait_port):
+    """With --max-series 1 the images kept of a segmented series must not turn the next series
+    away: they are given up for it, so the work folder never holds more than --max-series series."""
+    from edgeseg.runtime.segmenter import Segmenter
+
+    files = sorted(SERIES.glob("*.dcm"))
+    other = tmp_path / "other"
+    other.mkdir()
+    for path in files:  # the same images as a second series
+        ds = pydicom.dcmread(path)
+        ds.SeriesInstanceUID, ds.SOPInstanceUID = ds.SeriesInstanceUID + ".2", ds.SOPInstanceUID + ".2"
+        ds.save_as(other / path.name)
+    with Segmenter.load(serve_bundle, backend="onnxruntime:fp32") as segmenter:
+        node = DicomNode(segmenter, port=free_port(), out=tmp_path / "out", idle=IDLE, work=tmp_path / "work",
+                         max_series=1)
+        node.start()
+        try:
+            wait_port(node.port)
+            assert _storescu(node.port, files).returncode == 0
+            assert _wait_for(lambda: [p.name for p in (tmp_path / "work").iterdir()]
+                             == [f"{pydicom.dcmread(files[0]).SeriesInstanceUID}.segmented"], 60)  # kept
+            done = _storescu(node.port, sorted(other.iterdir()))
+            held = sorted(p.name for p in (tmp_path / "work").iterdir())
+        finally:
+            node.stop()
+    assert done.returncode == 0 and "Refused" not in done.stderr, done.stderr
+    assert node.stats.refused == 0
+    # the second series alone (received, being segmented or kept): the first one's images are gone
+    assert len(held) == 1 and held[0].startswith(pydicom.dcmread(files[0]).SeriesInstanceUID + ".2"), held
