@@ -4,6 +4,7 @@ segmented once, whole, not split at the pause."""
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import time
 
@@ -25,16 +26,26 @@ def _referenced(seg) -> set[str]:
             pydicom.dcmread(seg).ReferencedSeriesSequence[0].ReferencedInstanceSequence}
 
 
-@pytest.fixture
-def node(serve_bundle, tmp_path, free_port, wait_port):
+@contextlib.contextmanager
+def _running(serve_bundle, tmp_path, free_port, wait_port, **options):
+    """A node on a real Segmenter writing SEGs to tmp_path/out, stopped on leaving."""
     from edgeseg.runtime.segmenter import Segmenter
 
     with Segmenter.load(serve_bundle, backend="onnxruntime:fp32") as segmenter:
-        dicom_node = DicomNode(segmenter, port=free_port(), out=tmp_path / "out", idle=IDLE, work=tmp_path / "work")
+        dicom_node = DicomNode(segmenter, port=free_port(), out=tmp_path / "out", idle=IDLE, work=tmp_path / "work",
+                               **options)
         dicom_node.start()
-        wait_port(dicom_node.port)
+        try:
+            wait_port(dicom_node.port)
+            yield dicom_node
+        finally:
+            dicom_node.stop()
+
+
+@pytest.fixture
+def node(serve_bundle, tmp_path, free_port, wait_port):
+    with _running(serve_bundle, tmp_path, free_port, wait_port) as dicom_node:
         yield dicom_node
-        dicom_node.stop()
 
 
 def test_a_pause_inside_an_association_does_not_split_the_series(node, tmp_path, free_port):
@@ -68,24 +79,16 @@ def test_late_images_are_segmented_with_the_series_into_a_seg_that_replaces_the_
     and the log and the audit line say which SEG it replaces."""
     import json
 
-    from edgeseg.runtime.segmenter import Segmenter
     from edgeseg.serve.audit import AuditLog
 
     files = sorted(SERIES.glob("*.dcm"))
     audit = AuditLog(tmp_path / "audit.jsonl")
-    with Segmenter.load(serve_bundle, backend="onnxruntime:fp32") as segmenter:
-        node = DicomNode(segmenter, port=free_port(), out=tmp_path / "out", idle=IDLE, work=tmp_path / "work",
-                         audit=audit)
-        node.start()
-        try:
-            wait_port(node.port)
-            assert _storescu(node.port, files[:1]).returncode == 0
-            assert _wait_for(lambda: len(node.stats.segmented) == 1, 60), node.stats  # the pause outlasted --idle
-            assert _storescu(node.port, files[1:]).returncode == 0
-            assert _wait_for(lambda: len(node.stats.segmented) == 2, 60), node.stats
-        finally:
-            node.stop()
-            audit.close()
+    with _running(serve_bundle, tmp_path, free_port, wait_port, audit=audit) as node:
+        assert _storescu(node.port, files[:1]).returncode == 0
+        assert _wait_for(lambda: len(node.stats.segmented) == 1, 60), node.stats  # the pause outlasted --idle
+        assert _storescu(node.port, files[1:]).returncode == 0
+        assert _wait_for(lambda: len(node.stats.segmented) == 2, 60), node.stats
+    audit.close()
     uid = pydicom.dcmread(files[0]).SeriesInstanceUID
     first, second = (pydicom.dcmread(tmp_path / "out" / name) for name in (f"{uid}.seg.dcm", f"{uid}-2.seg.dcm"))
     assert _referenced(tmp_path / "out" / f"{uid}-2.seg.dcm") == {pydicom.dcmread(f).SOPInstanceUID for f in files}
@@ -100,22 +103,13 @@ def test_late_images_are_segmented_with_the_series_into_a_seg_that_replaces_the_
 
 def test_keep_segmented_0_leaves_late_images_a_seg_of_their_own(serve_bundle, tmp_path, free_port, wait_port):
     """--keep-segmented 0: nothing is kept, the late part is segmented alone, as before."""
-    from edgeseg.runtime.segmenter import Segmenter
-
     files = sorted(SERIES.glob("*.dcm"))
-    with Segmenter.load(serve_bundle, backend="onnxruntime:fp32") as segmenter:
-        node = DicomNode(segmenter, port=free_port(), out=tmp_path / "out", idle=IDLE, work=tmp_path / "work",
-                         keep_segmented=0)
-        node.start()
-        try:
-            wait_port(node.port)
-            assert _storescu(node.port, files[:1]).returncode == 0
-            assert _wait_for(lambda: len(node.stats.segmented) == 1, 60), node.stats
-            assert _wait_for(lambda: not list((tmp_path / "work").iterdir()))  # its images are not kept
-            assert _storescu(node.port, files[1:]).returncode == 0
-            assert _wait_for(lambda: len(node.stats.segmented) == 2, 60), node.stats
-        finally:
-            node.stop()
+    with _running(serve_bundle, tmp_path, free_port, wait_port, keep_segmented=0) as node:
+        assert _storescu(node.port, files[:1]).returncode == 0
+        assert _wait_for(lambda: len(node.stats.segmented) == 1, 60), node.stats
+        assert _wait_for(lambda: not list((tmp_path / "work").iterdir()))  # its images are not kept
+        assert _storescu(node.port, files[1:]).returncode == 0
+        assert _wait_for(lambda: len(node.stats.segmented) == 2, 60), node.stats
     uid = pydicom.dcmread(files[0]).SeriesInstanceUID
     assert _referenced(tmp_path / "out" / f"{uid}-2.seg.dcm") == {pydicom.dcmread(f).SOPInstanceUID for f in files[1:]}
 
@@ -123,8 +117,6 @@ def test_keep_segmented_0_leaves_late_images_a_seg_of_their_own(serve_bundle, tm
 def test_a_kept_series_gives_its_room_to_a_new_one(serve_bundle, tmp_path, free_port, wait_port):
     """With --max-series 1 the images kept of a segmented series must not turn the next series
     away: they are given up for it, so the work folder never holds more than --max-series series."""
-    from edgeseg.runtime.segmenter import Segmenter
-
     files = sorted(SERIES.glob("*.dcm"))
     other = tmp_path / "other"
     other.mkdir()
@@ -132,19 +124,12 @@ def test_a_kept_series_gives_its_room_to_a_new_one(serve_bundle, tmp_path, free_
         ds = pydicom.dcmread(path)
         ds.SeriesInstanceUID, ds.SOPInstanceUID = ds.SeriesInstanceUID + ".2", ds.SOPInstanceUID + ".2"
         ds.save_as(other / path.name)
-    with Segmenter.load(serve_bundle, backend="onnxruntime:fp32") as segmenter:
-        node = DicomNode(segmenter, port=free_port(), out=tmp_path / "out", idle=IDLE, work=tmp_path / "work",
-                         max_series=1)
-        node.start()
-        try:
-            wait_port(node.port)
-            assert _storescu(node.port, files).returncode == 0
-            assert _wait_for(lambda: [p.name for p in (tmp_path / "work").iterdir()]
-                             == [f"{pydicom.dcmread(files[0]).SeriesInstanceUID}.segmented"], 60)  # kept
-            done = _storescu(node.port, sorted(other.iterdir()))
-            held = sorted(p.name for p in (tmp_path / "work").iterdir())
-        finally:
-            node.stop()
+    with _running(serve_bundle, tmp_path, free_port, wait_port, max_series=1) as node:
+        assert _storescu(node.port, files).returncode == 0
+        assert _wait_for(lambda: [p.name for p in (tmp_path / "work").iterdir()]
+                         == [f"{pydicom.dcmread(files[0]).SeriesInstanceUID}.segmented"], 60)  # kept
+        done = _storescu(node.port, sorted(other.iterdir()))
+        held = sorted(p.name for p in (tmp_path / "work").iterdir())
     assert done.returncode == 0 and "Refused" not in done.stderr, done.stderr
     assert node.stats.refused == 0
     # the second series alone (received, being segmented or kept): the first one's images are gone
