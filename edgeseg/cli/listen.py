@@ -22,7 +22,11 @@ from edgeseg.cli.tta_option import tta_option
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Folder for the DICOM SEG files.")
 @click.option("--forward", default=None, metavar="HOST:PORT:AET", help="Send each SEG by C-STORE to this peer.")
 @click.option("--idle", default=5.0, show_default=True, type=FiniteFloatRange(0.1, 3600),
-              help="Seconds without a new image after which a series counts as complete.")
+              help="Seconds after a series' last image, and after the association sending it ended, before it "
+                   "counts as complete; a series an open association is still sending is never complete.")
+@click.option("--keep-segmented", default=600.0, show_default=True, type=FiniteFloatRange(0, 86400),
+              help="Seconds the images of a segmented series are kept: images of it arriving meanwhile are segmented "
+                   "with them into a SEG of the whole series that replaces the first (0: into a SEG of their own).")
 @click.option("--max-series", default=16, show_default=True, type=click.IntRange(1, 10_000),
               help="Series received and not yet segmented at once; an image opening one more is refused (0xA700).")
 @click.option("--unsent", type=click.Path(file_okay=False), default=None,
@@ -59,7 +63,7 @@ from edgeseg.cli.tta_option import tta_option
 @tta_option
 def command(bundle, ae_title, any_ae, allow_calling, host, port, out, forward, idle, max_series, unsent, resend_every,
             peer_timeout, max_associations, max_connections, max_connections_per_host, max_associations_per_ae, backend,
-            threads, tta, audit_log) -> None:
+            threads, tta, audit_log, keep_segmented) -> None:
     """Accept CT images by C-STORE, segment each complete series, write/forward its DICOM SEG."""
     import contextlib
     import signal
@@ -78,7 +82,7 @@ def command(bundle, ae_title, any_ae, allow_calling, host, port, out, forward, i
     check_node_settings(out=out, forward=peer, unsent=unsent, max_series=max_series, ae_title=ae_title,
                         calling_aets=list(allow_calling), peer_timeout=peer_timeout, max_associations=max_associations,
                         max_connections=max_connections, max_connections_per_host=max_connections_per_host,
-                        max_associations_per_ae=max_associations_per_ae)
+                        max_associations_per_ae=max_associations_per_ae, keep_segmented=keep_segmented)
     if out is not None:
         check_output_folder(out, "--out")
     if unsent is not None:
@@ -104,7 +108,7 @@ def command(bundle, ae_title, any_ae, allow_calling, host, port, out, forward, i
                          any_ae=any_ae, calling_aets=list(allow_calling), max_series=max_series, unsent=unsent,
                          resend_every=resend_every, peer_timeout=peer_timeout, max_associations=max_associations,
                          max_connections=max_connections, max_connections_per_host=max_connections_per_host,
-                         max_associations_per_ae=max_associations_per_ae, audit=audit)
+                         max_associations_per_ae=max_associations_per_ae, audit=audit, keep_segmented=keep_segmented)
         node.start()
         # the one start-up line, as serve's: the node itself logs nothing when it starts
         called = "any called AE title" if any_ae else f"called AE title {ae_title} only"

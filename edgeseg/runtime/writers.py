@@ -336,14 +336,16 @@ def _code(coded):
 
 def write_dicom_seg(labels: np.ndarray, volume, refs, class_names: dict[int, str], out: str | os.PathLike,
                     algorithm: str = "edgeseg", sources: list | None = None,
-                    parameters: dict[str, str] | None = None, provenance: dict | None = None) -> Path:
+                    parameters: dict[str, str] | None = None, provenance: dict | None = None,
+                    series: tuple[str, int] | None = None) -> Path:
     """A binary DICOM SEG of ``labels`` on the series ``refs`` describes (one segment per
     foreground class, coded as :mod:`edgeseg.runtime.segment_codes` says, frames referencing the
     source instances). ``sources``: the headers :func:`seg_source_datasets` gave for ``refs``,
     when the caller checked them before segmenting; read and checked here otherwise. ``parameters``
     (:meth:`Segmenter.algorithm_parameters`) name the model in each segment's Algorithm Parameters;
     ``provenance`` adds the backend's library to Software Versions and a summary as Content
-    Description (64 characters, the LO limit)."""
+    Description (64 characters, the LO limit). ``series``: (Series Instance UID, Instance Number)
+    of a SEG that replaces one in that series; a new series and 1 by default."""
     if refs is None:
         raise DataError("DICOM SEG output needs a DICOM series as input (it references the source images)")
     hd = check_writer("dicom-seg")
@@ -370,7 +372,7 @@ def write_dicom_seg(labels: np.ndarray, volume, refs, class_names: dict[int, str
         # The patient's name is copied from the source as it is; its form is not ours to fix.
         warnings.filterwarnings("ignore", message=".*intended person name", category=UserWarning)
         try:
-            seg = _segmentation(hd, sources, stack, descriptions, algorithm, provenance or {})
+            seg = _segmentation(hd, sources, stack, descriptions, algorithm, provenance or {}, series)
         except (ValueError, TypeError, AttributeError) as exc:
             # what seg_source_datasets does not foresee in a source header is still one line
             raise DataError(f"cannot make a DICOM SEG of series {refs.series_instance_uid}: "
@@ -380,14 +382,14 @@ def write_dicom_seg(labels: np.ndarray, volume, refs, class_names: dict[int, str
     return Path(out)
 
 
-def _segmentation(hd, sources, stack, descriptions, algorithm: str, provenance: dict):
+def _segmentation(hd, sources, stack, descriptions, algorithm: str, provenance: dict, series=None):
     versions = [__version__]
     if provenance.get("backend_version"):
         versions.append(f"{provenance['backend']} {provenance['backend_version']}"[:64])
     return hd.seg.Segmentation(
         source_images=sources, pixel_array=stack, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-        segment_descriptions=descriptions, series_instance_uid=hd.UID(), series_number=900,
-        sop_instance_uid=hd.UID(), instance_number=1, manufacturer="edgeseg",
+        segment_descriptions=descriptions, series_instance_uid=series[0] if series else hd.UID(), series_number=900,
+        sop_instance_uid=hd.UID(), instance_number=series[1] if series else 1, manufacturer="edgeseg",
         manufacturer_model_name=algorithm, software_versions=versions if len(versions) > 1 else __version__,
         device_serial_number="0", series_description=f"{algorithm} segmentation", omit_empty_frames=False,
         content_description=short_description(provenance, 64) if provenance else None,

@@ -16,7 +16,9 @@ artifact sha256, backend, precision, edgeseg version). Events:
 - ``association`` (listen): ``peer`` (address:port), ``calling_ae``, ``called_ae``, the number of
   images ``stored`` and ``refused``, ``outcome`` (``released``, ``aborted``, ``rejected``).
 - ``series`` (listen): ``study_uid``, ``series_uid``, ``slices``, ``seg_sop_instance_uid`` and
-  ``seg_file``, ``outcome`` (``segmented`` or ``failed`` with ``error``), ``latency_ms``.
+  ``seg_file``, ``replaces`` (the SOP Instance UID of the SEG of the same series this one, made
+  with images that came after it, replaces), ``outcome`` (``segmented`` or ``failed`` with
+  ``error``), ``latency_ms``.
 - ``refused_connection`` and ``refused_connections`` (listen): connections refused for the
   node's connection limits, one by one and then coalesced (dicom_refusal_audit.py).
 
@@ -298,7 +300,7 @@ class AssociationAudit:
                      refused=refused, outcome=outcome)
 
     def series(self, series_uid: str, seconds: float, *, study_uid=None, slices=None, seg=None,
-               error: str | None = None) -> None:
+               error: str | None = None, replaces: str | None = None) -> None:
         """Log one series: segmented into ``seg`` (the SEG file), or failed with ``error``."""
         seg_uid = None
         if seg is not None:
@@ -306,7 +308,7 @@ class AssociationAudit:
 
             seg_uid = str(pydicom.dcmread(seg, stop_before_pixels=True, specific_tags=["SOPInstanceUID"]).SOPInstanceUID)
         self._record("series", study_uid=study_uid, series_uid=series_uid, slices=slices,
-                     seg_sop_instance_uid=seg_uid, seg_file=None if seg is None else Path(seg).name,
+                     seg_sop_instance_uid=seg_uid, seg_file=None if seg is None else Path(seg).name, replaces=replaces,
                      outcome="failed" if error is not None else "segmented",
                      error=None if error is None else " ".join(error.split())[:300],
                      latency_ms=round(seconds * 1e3, 3))

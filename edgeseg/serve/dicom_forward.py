@@ -133,3 +133,45 @@ class UnsentFolder:
             path.unlink(missing_ok=True)
             sent += 1
         return sent, failure
+
+
+class Forwarder:
+    """Sends each SEG the node makes to the forward peer; one the peer does not take waits in the
+    unsent folder and is sent again every ``resend_every`` seconds, and at once after a SEG goes
+    through (the peer is back). ``stats`` (the node's NodeStats) counts what was and was not sent."""
+
+    def __init__(self, peer: Peer, calling_ae: str, unsent: UnsentFolder, resend_every: float, stats) -> None:
+        self.peer, self.calling_ae, self.unsent = peer, calling_ae, unsent
+        self.resend_every, self.stats = float(resend_every), stats
+
+    def forward(self, series_uid: str, seg: Path, fallback: str | None) -> None:
+        """Send ``seg``; one the peer does not take waits in the unsent folder (``fallback``: where
+        a copy of it stays if it cannot be kept there, --out, else None)."""
+        try:
+            self._send(seg)
+        except EdgesegError as exc:
+            self.stats.not_forwarded.append(seg.name)
+            try:
+                kept = f"it waits in {self.unsent.keep(seg)} and is sent again every {self.resend_every:g} s"
+            except OSError as keep_exc:
+                kept = f"it could not be kept in {self.unsent.folder}: {keep_exc.strerror or keep_exc}"
+                kept = kept if fallback is None else f"{kept} (it is in {fallback})"
+            log.error("series %s: SEG not forwarded: %s; %s", series_uid, exc, kept)
+        else:
+            self.resend()  # the peer is back: what it missed before goes now, not at the next round
+
+    def resend(self) -> None:
+        """Send the SEGs waiting in the unsent folder, logging what is left."""
+        if not self.unsent.pending():
+            return
+        sent, exc = self.unsent.resend(self._send)
+        if exc is not None:
+            log.warning("%d SEG(s) still wait in %s after %d sent: %s", len(self.unsent.pending()),
+                        self.unsent.folder, sent, exc)
+        elif sent:
+            log.info("sent the %d SEG(s) that waited in %s", sent, self.unsent.folder)
+
+    def _send(self, path: Path) -> None:
+        send_seg(self.peer, self.calling_ae, path)
+        self.stats.forwarded.append(path.name)
+        log.info("forwarded %s to %s", path.name, self.peer)

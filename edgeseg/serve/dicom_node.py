@@ -1,8 +1,10 @@
 """A DICOM node: C-STORE SCP that segments each CT series once it is complete.
 
 Images arrive one C-STORE at a time and are written under a work folder, one sub-folder per
-SeriesInstanceUID. A series counts as complete when no image of it has arrived for ``idle``
-seconds; then one worker thread reads it with the DICOM reader, segments it with the
+SeriesInstanceUID. A series counts as complete once no open association is sending it and
+``idle`` seconds have passed since its last image or the end of the association that sent it
+(dicom_series.py; images of it arriving after its SEG are segmented again with it into a SEG that
+replaces that one: dicom_segmented.py); then one worker thread reads it with the DICOM reader, segments it with the
 Segmenter, writes a DICOM SEG to ``out`` and/or sends it by C-STORE to the forward peer (one the
 peer does not take waits in the unsent folder and is sent again: dicom_forward.py).
 C-ECHO is answered. Images of other SOP classes (MR, US, ...) are answered with the failure
@@ -38,19 +40,21 @@ from pathlib import Path
 from edgeseg.errors import DataError, EdgesegError, require
 from edgeseg.limits import check_volume, current_limits
 from edgeseg.serve.audit import AssociationAudit
-from edgeseg.serve.dicom_forward import Peer, UnsentFolder, send_seg
+from edgeseg.serve.dicom_forward import Forwarder, Peer, UnsentFolder
 from edgeseg.serve.dicom_intake import (CT_IMAGE_STORAGE, STATUS_CANNOT_UNDERSTAND, STATUS_DATASET_MISMATCH,
                                         STATUS_OUT_OF_RESOURCES, STATUS_SOP_CLASS_NOT_SUPPORTED, STATUS_SUCCESS,
                                         check_ae_title, decodable_transfer_syntaxes, failure_status, incoming_uids,
                                         oversized_header, refusal)
 from edgeseg.serve.dicom_connections import ConnectionLimit, limited_server_class
 from edgeseg.serve.dicom_node_settings import (DEFAULT_MAX_ASSOCIATIONS, DEFAULT_MAX_ASSOCIATIONS_PER_AE,
-                                               DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS_PER_HOST, DEFAULT_MAX_SERIES,
+                                               DEFAULT_KEEP_SEGMENTED, DEFAULT_MAX_CONNECTIONS,
+                                               DEFAULT_MAX_CONNECTIONS_PER_HOST, DEFAULT_MAX_SERIES,
                                                DEFAULT_PEER_TIMEOUT, NodeStats, check_node_settings, per_host_limit)
 from edgeseg.serve.dicom_peer_bound import MAX_PDU_LENGTH, PeerBounds, bounded_request_handler, data_set_limit
 from edgeseg.serve.dicom_peer_watch import PeerWatch
 from edgeseg.serve.dicom_refusal import REFUSAL_WAIT
-from edgeseg.serve.dicom_series import HeldSeries, ImageNotStored, seg_path
+from edgeseg.serve.dicom_segmented import SegmentedSeries, SegReference
+from edgeseg.serve.dicom_series import HeldSeries, ImageNotStored, SendingAssociations, seg_path
 
 __all__ = ["DicomNode", "NodeStats", "Peer", "check_ae_title", "check_node_settings", "decodable_transfer_syntaxes"]
 
@@ -67,11 +71,12 @@ class DicomNode:
                  resend_every: float = 60.0, peer_timeout: float = DEFAULT_PEER_TIMEOUT,
                  max_associations: int = DEFAULT_MAX_ASSOCIATIONS, max_connections: int = DEFAULT_MAX_CONNECTIONS,
                  max_connections_per_host: int | None = DEFAULT_MAX_CONNECTIONS_PER_HOST,
-                 max_associations_per_ae: int | None = DEFAULT_MAX_ASSOCIATIONS_PER_AE, audit=None) -> None:
+                 max_associations_per_ae: int | None = DEFAULT_MAX_ASSOCIATIONS_PER_AE, audit=None,
+                 keep_segmented: float = DEFAULT_KEEP_SEGMENTED) -> None:
         check_node_settings(out=out, forward=forward, unsent=unsent, max_series=max_series, ae_title=ae_title,
                             calling_aets=calling_aets, peer_timeout=peer_timeout, max_associations=max_associations,
                             max_connections=max_connections, max_connections_per_host=max_connections_per_host,
-                            max_associations_per_ae=max_associations_per_ae)
+                            max_associations_per_ae=max_associations_per_ae, keep_segmented=keep_segmented)
         self.peer_timeout, self.max_associations = float(peer_timeout), max_associations
         self.any_ae = bool(any_ae)
         self.calling_aets = [title.strip() for title in calling_aets or []]
@@ -79,10 +84,8 @@ class DicomNode:
         # ``audit``: an edgeseg.serve.audit.AuditLog, given a line per association, series and refusal
         self.audit = None if audit is None else AssociationAudit(audit)
         self.ae_title, self.host, self.port = ae_title, host, int(port)
-        self.out = Path(out) if out is not None else None
-        self.forward = forward
-        self.idle = float(idle)
-        self.max_series = max_series
+        self.out, self.forward = Path(out) if out is not None else None, forward
+        self.idle, self.max_series = float(idle), max_series
         # where a SEG the peer did not take waits to be sent again (beside --out unless given)
         self.unsent = None if forward is None else UnsentFolder(Path(unsent) if unsent is not None
                                                                  else self.out / "unsent")
@@ -90,9 +93,12 @@ class DicomNode:
         self._own_work = work is None
         self.work = Path(work) if work is not None else Path(tempfile.mkdtemp(prefix="edgeseg-listen-"))
         self.stats = NodeStats()
+        self._forwarder = None if forward is None else Forwarder(forward, ae_title, self.unsent, resend_every, self.stats)
         self._connections = ConnectionLimit(max_connections, per_host_limit(max_connections_per_host, max_associations),
                                             self.stats, per_host_limit(max_associations_per_ae, max_associations), audit)
         self._series: dict[str, HeldSeries] = {}
+        self._sending = SendingAssociations()  # an open association's series is not complete
+        self._segmented = SegmentedSeries(self.work, keep_segmented)
         self._queued = 0  # series taken to be segmented and not done yet: they are in flight too
         self._turned_away: set[str] = set()  # series refused for --max-series, each logged once
         self._taken = 0  # series folders moved aside to be segmented, for unique names
@@ -167,9 +173,8 @@ class DicomNode:
             self.audit.ended(event, "rejected")
 
     def _on_accepted(self, event) -> None:
-        """Log a peer that proposed CT images in a transfer syntax not decoded here (a context
-        rejected for its transfer syntaxes): the peer sees only a failure to send the images it
-        holds that way, and the node's log is where the reason must be."""
+        """Log a peer that proposed CT images in a transfer syntax not decoded here: the peer sees
+        only a failure to send the images it holds that way; the node's log must say why."""
         assoc = event.assoc
         proposed = {getattr(ts, "name", str(ts)) for cx in assoc.rejected_contexts
                     if cx.abstract_syntax == CT_IMAGE_STORAGE for ts in cx.transfer_syntax}
@@ -229,8 +234,12 @@ class DicomNode:
                                 "allows; they are taken again once one is segmented", series_uid, self.max_series)
                 return STATUS_OUT_OF_RESOURCES
             new = series is None
-            if new:
-                series = HeldSeries(self.work / series_uid, time.monotonic())
+            if new:  # images of a series segmented before are segmented again with it (dicom_segmented.py)
+                series = (self._segmented.resume(series_uid, self.work / series_uid)
+                          or HeldSeries(self.work / series_uid, time.monotonic()))
+                # the series kept take the room of series in flight: the oldest goes first
+                self._segmented.expire(time.monotonic(), len(self._series) + self._queued + len(self._segmented)
+                                       + 1 - self.max_series)
             try:
                 # the reader's limits, checked as images arrive: the whole series would otherwise be
                 # stored first (a peer could fill the disk) and only then be refused when it is read
@@ -247,17 +256,20 @@ class DicomNode:
                 self._turned_away.discard(series_uid)
                 self._series[series_uid] = series
             series.last = time.monotonic()
+            self._sending.stored(event.assoc, series_uid, self._series, series.last)
         self.stats.received += 1
         return STATUS_SUCCESS
 
     def _due(self, everything: bool = False) -> list[tuple[str, HeldSeries]]:
-        """The series no image has reached for ``idle`` seconds (``everything``: all), taken
-        out of the waiting list with their folder moved aside under the lock: an image of the same
-        series arriving while one is segmented starts a new folder instead of landing in (and
-        being removed with) the one being read."""
+        """The complete series (``everything``: all; HeldSeries.complete), taken out of the waiting
+        list with their folder moved aside under the lock: an image of the same series arriving
+        while one is segmented starts a new folder instead of landing in (and being removed with)
+        the one being read."""
         now = time.monotonic()
         with self._lock:
-            due = [(uid, s) for uid, s in self._series.items() if everything or now - s.last >= self.idle]
+            self._sending.ended(self._series, now)
+            self._segmented.expire(now)
+            due = [(uid, s) for uid, s in self._series.items() if everything or s.complete(self.idle, now)]
             for uid, series in due:
                 del self._series[uid]
                 self._taken += 1
@@ -278,7 +290,7 @@ class DicomNode:
                 self._segment(self._due())
                 if self.unsent is not None and time.monotonic() >= next_resend:
                     next_resend = time.monotonic() + self.resend_every
-                    self._resend()
+                    self._forwarder.resend()
             except Exception:  # the worker must outlive any one failure (a rename refused, ...)
                 log.exception("the segmenting worker hit an error; it goes on")
         # stopping: the images received and acknowledged are segmented, not dropped with the work folder
@@ -286,6 +298,8 @@ class DicomNode:
         if waiting:
             log.info("stopping: segmenting the %d series received and not yet segmented", len(waiting))
         self._segment(waiting)
+        with self._lock:
+            self._segmented.clear()
         left = self.unsent.pending() if self.unsent is not None else []
         if left:
             log.warning("%d SEG(s) not forwarded to %s are kept in %s; the next start sends them", len(left),
@@ -298,7 +312,7 @@ class DicomNode:
                 if self._abandon.is_set():  # a second Ctrl-C / SIGTERM during the stop: segment no more
                     # a failure like any other, audited too: its images were acknowledged to the peer
                     raise DataError("the stop was forced")
-                self.process(uid, series.folder)
+                self.process(uid, series.folder, series.replaces)
             except (EdgesegError, OSError) as exc:  # OSError: --out full, gone, turned into a file, ...
                 self.stats.failed.append(uid)
                 error = str(exc)
@@ -310,14 +324,15 @@ class DicomNode:
             finally:
                 if self.audit is not None and error is not None:
                     self.audit.series(uid, time.monotonic() - began, error=error)
-                shutil.rmtree(series.folder, ignore_errors=True)
-                with self._lock:
+                with self._lock:  # its images are kept a while, or given to a part arriving since
                     self._queued -= 1
+                    self._segmented.keep(uid, series, time.monotonic(), self._series.get(uid))
 
-    def process(self, series_uid: str, folder: Path) -> Path:
+    def process(self, series_uid: str, folder: Path, replaces: SegReference | None = None) -> Path:
         """Segment the series in ``folder``; write and/or forward its SEG; return the SEG path.
-        A series segmented before (its images came in two parts, or it was sent again) gets a new
-        SEG beside the earlier one, ``UID-2.seg.dcm`` and so on, never written over it."""
+        A SEG that ``replaces`` one made before (images of the series came after it) goes into
+        the series of that one with the next Instance Number, in a file beside it
+        (``UID-2.seg.dcm`` and so on): no SEG is written over."""
         from edgeseg.data.dicom import read_dicom_series_with_refs
         from edgeseg.runtime.provenance import provenance
         from edgeseg.runtime.seg_sources import seg_source_datasets
@@ -329,49 +344,24 @@ class DicomNode:
         labels = self.segmenter.predict_volume(volume)
         target = seg_path(series_uid, self.out or self.work)
         write_dicom_seg(labels, volume, refs, self.segmenter.labels, target, sources=sources,
-                        parameters=self.segmenter.algorithm_parameters(), provenance=provenance(self.segmenter))
+                        parameters=self.segmenter.algorithm_parameters(), provenance=provenance(self.segmenter),
+                        series=None if replaces is None else (replaces.series_instance_uid, replaces.instance_number + 1))
         self.stats.segmented.append(series_uid)
-        log.info("series %s: %d slices segmented -> %s", series_uid, volume.num_slices, target)
+        with self._lock:
+            self._segmented.made(series_uid, SegReference.read(target, volume.num_slices))
+        log.info("series %s: %d slices segmented -> %s%s", series_uid, volume.num_slices, target, "" if replaces is None
+                 else f", replacing {replaces.file} ({replaces.slices} slices, SOP instance {replaces.sop_instance_uid})")
         if self.audit is not None:
             self.audit.series(series_uid, time.monotonic() - began, study_uid=str(sources[0].get("StudyInstanceUID", "")),
-                              slices=volume.num_slices, seg=target)
+                              slices=volume.num_slices, seg=target,
+                              replaces=None if replaces is None else replaces.sop_instance_uid)
         if self.forward is not None:
-            self._forward(series_uid, target)
-        return target
-
-    def _forward(self, series_uid: str, seg: Path) -> None:
-        """Send ``seg`` to the peer; one it does not take waits in the unsent folder. The copy in
-        the work folder (no --out) goes either way."""
-        try:
-            self._send(seg)
-        except EdgesegError as exc:
-            self.stats.not_forwarded.append(seg.name)
             try:
-                kept = f"it waits in {self.unsent.keep(seg)} and is sent again every {self.resend_every:g} s"
-            except OSError as keep_exc:
-                kept = f"it could not be kept in {self.unsent.folder}: {keep_exc.strerror or keep_exc}"
-                kept = kept if self.out is None else f"{kept} (it is in {seg})"
-            log.error("series %s: SEG not forwarded: %s; %s", series_uid, exc, kept)
-        else:
-            self._resend()  # the peer is back: what it missed before goes now, not at the next round
-        finally:
-            if self.out is None:
-                seg.unlink(missing_ok=True)
-
-    def _resend(self) -> None:
-        if not self.unsent.pending():
-            return
-        sent, exc = self.unsent.resend(self._send)
-        if exc is not None:
-            log.warning("%d SEG(s) still wait in %s after %d sent: %s", len(self.unsent.pending()),
-                        self.unsent.folder, sent, exc)
-        elif sent:
-            log.info("sent the %d SEG(s) that waited in %s", sent, self.unsent.folder)
-
-    def _send(self, path: Path) -> None:
-        send_seg(self.forward, self.ae_title, path)
-        self.stats.forwarded.append(path.name)
-        log.info("forwarded %s to %s", path.name, self.forward)
+                self._forwarder.forward(series_uid, target, None if self.out is None else str(target))
+            finally:  # the copy in the work folder (no --out) goes either way
+                if self.out is None:
+                    target.unlink(missing_ok=True)
+        return target
 
     def abandon(self) -> None:
         """Segment no more series during a stop (a second interrupt): those left are logged as not

@@ -33,6 +33,10 @@ DEFAULT_MAX_CONNECTIONS_PER_HOST = None
 # Per calling AE title, by default the same: one AE title sending from several addresses (the
 # nodes of a PACS cluster, a modality with two network ports) never holds every slot either.
 DEFAULT_MAX_ASSOCIATIONS_PER_AE = None
+# How long the images of a segmented series are kept, so that images of it arriving late are
+# segmented with them into a SEG of the whole series (dicom_segmented.py); 0 keeps none.
+DEFAULT_KEEP_SEGMENTED = 600.0
+KEEP_SEGMENTED_RANGE = (0.0, 86400.0)
 
 
 def per_host_limit(max_connections_per_host: int | None, max_associations: int) -> int:
@@ -63,7 +67,8 @@ def check_node_settings(*, out, forward, unsent, max_series, ae_title: str, call
                         max_associations: int = DEFAULT_MAX_ASSOCIATIONS,
                         max_connections: int = DEFAULT_MAX_CONNECTIONS,
                         max_connections_per_host: int | None = DEFAULT_MAX_CONNECTIONS_PER_HOST,
-                        max_associations_per_ae: int | None = DEFAULT_MAX_ASSOCIATIONS_PER_AE) -> None:
+                        max_associations_per_ae: int | None = DEFAULT_MAX_ASSOCIATIONS_PER_AE,
+                        keep_segmented: float = DEFAULT_KEEP_SEGMENTED) -> None:
     """DataError for settings no node can run with; ``edgeseg listen`` calls it before loading the bundle."""
     if out is None and forward is None:
         raise DataError("the DICOM node needs --out, --forward or both: otherwise results go nowhere")
@@ -75,6 +80,9 @@ def check_node_settings(*, out, forward, unsent, max_series, ae_title: str, call
     low, high = PEER_TIMEOUT_RANGE
     if not (isinstance(peer_timeout, (int, float)) and math.isfinite(peer_timeout) and low <= peer_timeout <= high):
         raise DataError(f"--peer-timeout must be {low:g}..{high:g} seconds, got {peer_timeout!r}")
+    low, high = KEEP_SEGMENTED_RANGE
+    if not (isinstance(keep_segmented, (int, float)) and math.isfinite(keep_segmented) and low <= keep_segmented <= high):
+        raise DataError(f"--keep-segmented must be {low:g}..{high:g} seconds, got {keep_segmented!r}")
     low, high = MAX_ASSOCIATIONS_RANGE
     if type(max_associations) is not int or not low <= max_associations <= high:  # noqa: E721 - bool is no count
         raise DataError(f"--max-associations must be an integer {low}..{high}, got {max_associations!r}")

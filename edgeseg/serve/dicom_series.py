@@ -1,10 +1,12 @@
-"""One series as the DICOM node holds it while its images arrive: a folder of files, and what
-they count against the readers' volume limit, in pixels and in bytes on disk; and where its SEG
-is written."""
+"""One series as the DICOM node holds it while its images arrive: a folder of files, what they
+count against the readers' volume limit, in pixels and in bytes on disk, and the open associations
+still sending it (when it is complete); and where its SEG is written."""
 
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,7 +28,9 @@ class ImageNotStored(DataError):
 
 @dataclass
 class HeldSeries:
-    """The images of one series received so far (``last``: time.monotonic() of the latest).
+    """The images of one series received so far (``last``: time.monotonic() of the latest image,
+    or of the end of the last association sending it; ``senders``: the open associations whose
+    latest image is of this series: :class:`SendingAssociations`).
 
     A re-sent image replaces its file and must not count twice (a peer re-sending a whole series
     would otherwise meet the limit at half its size), so frames and bytes are kept per SOP
@@ -38,11 +42,21 @@ class HeldSeries:
     frames: dict[str, int] = field(default_factory=dict)
     stored: int = 0  # bytes of the files held
     sizes: dict[str, int] = field(default_factory=dict)
+    senders: set = field(default_factory=set)
+    shape: tuple[int, int] = (0, 0)  # rows, columns of its images
+    replaces: object = None  # dicom_segmented.SegReference: the SEG made of its images before
+
+
+    def complete(self, idle: float, now: float) -> bool:
+        """No open association is sending it and ``idle`` seconds have passed since its last image
+        or the end of the association that sent it last."""
+        return not self.senders and now - self.last >= idle
 
     def check_pixels(self, sop_uid: str, frames: int, rows: int, columns: int) -> None:
         """DataError when the image would take the series past the readers' volume limit."""
         held = self.slices - self.frames.get(sop_uid, 0)
         check_volume((held + frames, rows, columns), f"series {self.folder.name}")
+        self.shape = (rows, columns)
 
     def keep(self, sop_uid: str, ds, frames: int) -> None:
         """Write the image into the folder (made if need be) and count it; DataError, and nothing
@@ -67,14 +81,68 @@ class HeldSeries:
         self.frames[sop_uid] = frames
 
 
+class SendingAssociations:
+    """Which open association is sending which series: the series of the latest image each one
+    stored. A series an association is sending is not complete, however long the association
+    pauses (a scanner reconstructing, a busy network): it stops sending it when it sends an image
+    of another series or ends (released, aborted, cut by --peer-timeout), and the series' idle time
+    counts from then. An association is pynetdicom's (a thread, alive until it has ended); the
+    methods are called under the node's lock, with its series in flight."""
+
+    def __init__(self) -> None:
+        self._series_of: dict[object, str] = {}
+
+    def stored(self, assoc, series_uid: str, held: dict[str, HeldSeries], now: float) -> None:
+        """``assoc`` stored an image of ``series_uid`` (held there by now)."""
+        if self._series_of.get(assoc) != series_uid:
+            self._end(assoc, held, now)
+        self._series_of[assoc] = series_uid
+        held[series_uid].senders.add(assoc)
+
+    def ended(self, held: dict[str, HeldSeries], now: float) -> None:
+        """Let go of the associations that have ended since the last call. Asked each time the
+        series are checked rather than told by an event: an association can end while its C-STORE
+        handler still runs, and its thread is alive until both are done."""
+        for assoc in [a for a in self._series_of if not a.is_alive()]:
+            self._end(assoc, held, now)
+
+    def _end(self, assoc, held: dict[str, HeldSeries], now: float) -> None:
+        series = held.get(self._series_of.pop(assoc, None))
+        if series is not None and assoc in series.senders:
+            series.senders.discard(assoc)
+            series.last = max(series.last, now)
+
+
+def absorb(into: HeldSeries, earlier: HeldSeries, series_uid: str) -> bool:
+    """Move into ``into`` the images of ``earlier`` (the same series, segmented while ``into``
+    was arriving) that it does not hold, so that the SEG of ``into`` is one of the whole series;
+    False, and the images of ``earlier`` removed, when the whole would be past the volume limit."""
+    added = [sop for sop in earlier.sizes if sop not in into.sizes]
+    slices = into.slices + sum(earlier.frames[sop] for sop in added)
+    stored, budget = into.stored + sum(earlier.sizes[sop] for sop in added), current_limits().max_volume_bytes
+    try:
+        check_volume((slices, *into.shape), f"series {series_uid}")
+        if stored > budget:
+            raise DataError(f"its files would take {stored} bytes on disk, over the limit of {budget}")
+    except DataError as exc:
+        log.warning("series %s: the images segmented before are not segmented again with those received since: "
+                    "%s", series_uid, exc)
+        shutil.rmtree(earlier.folder, ignore_errors=True)
+        return False
+    for sop in added:
+        os.rename(earlier.folder / f"{sop}.dcm", into.folder / f"{sop}.dcm")
+        into.sizes[sop], into.frames[sop] = earlier.sizes[sop], earlier.frames[sop]
+    into.slices, into.stored = slices, stored
+    shutil.rmtree(earlier.folder, ignore_errors=True)
+    return True
+
+
 def seg_path(series_uid: str, folder: Path) -> Path:
     """Where the SEG of ``series_uid`` goes in ``folder``: ``UID.seg.dcm``, or ``UID-N.seg.dcm``
-    when the series was segmented before (images of it that came after its first SEG)."""
+    when the series was segmented before (images of it came after its first SEG): a SEG is never
+    written over."""
     target, n = folder / f"{series_uid}.seg.dcm", 1
     while target.exists():
         n += 1
         target = folder / f"{series_uid}-{n}.seg.dcm"
-    if n > 1:
-        log.warning("series %s was segmented before: this SEG (of the images received since) is %s",
-                    series_uid, target.name)
     return target

@@ -226,6 +226,7 @@ def test_a_stop_is_not_held_up_by_a_peer_halfway_through_a_pdu(serve_bundle, tmp
     (["--max-associations", "0"], "Invalid value for '--max-associations': 0 is not in the range 1<=x<=1000"),
     (["--idle", "nan"], "Invalid value for '--idle': 'nan' is not a number of seconds"),
     (["--resend-every", "NaN"], "Invalid value for '--resend-every': 'NaN' is not a number of seconds"),
+    (["--keep-segmented", "-1"], "Invalid value for '--keep-segmented': -1.0 is not in the range 0<=x<=86400"),
 ])
 def test_a_bad_duration_or_association_limit_is_one_line(tmp_path, options, fragment, assert_one_line_error):
     """Checked before the bundle is read (no bundle is named here), and nothing is written. NaN
@@ -244,6 +245,7 @@ def test_the_node_checks_its_timeout_and_association_limit():
 
     for options, message in [({"peer_timeout": float("nan")}, "--peer-timeout"),
                              ({"peer_timeout": 0}, "--peer-timeout"), ({"max_associations": 0}, "--max-associations"),
-                             ({"max_associations": 2.5}, "--max-associations")]:
+                             ({"max_associations": 2.5}, "--max-associations"),
+                             ({"keep_segmented": float("nan")}, "--keep-segmented"), ({"keep_segmented": -1}, "--keep-segmented")]:
         with pytest.raises(DataError, match=message):
             DicomNode(object(), out="unused", **options)

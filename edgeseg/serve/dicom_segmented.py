@@ -1,0 +1,131 @@
+"""The series the DICOM node has segmented, kept with their images for a while, so that images of
+one that arrive late (a sender pausing longer than --idle between associations, a router sending
+the rest of a series in a later burst) are segmented with the rest of the series, into a SEG that
+replaces the first one, instead of into a SEG of the late images alone.
+
+A kept series takes the place of a series in flight against --max-series: one is given up, oldest
+first, when a new series needs the room, so the work folder never holds more than --max-series
+series' images, and each is given up ``keep_for`` seconds after its SEG was made."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from edgeseg.serve.dicom_series import HeldSeries, absorb
+
+log = logging.getLogger("edgeseg.listen")
+
+
+@dataclass(frozen=True)
+class SegReference:
+    """What the node needs of a SEG it made to make the one that replaces it: the SEG goes into
+    the same series with the next Instance Number, and the log and audit line name the one it
+    replaces."""
+
+    sop_instance_uid: str
+    series_instance_uid: str
+    instance_number: int
+    file: str
+    slices: int
+
+    @classmethod
+    def read(cls, path: Path, slices: int) -> "SegReference":
+        import pydicom
+
+        ds = pydicom.dcmread(path, stop_before_pixels=True,
+                             specific_tags=["SOPInstanceUID", "SeriesInstanceUID", "InstanceNumber"])
+        return cls(str(ds.SOPInstanceUID), str(ds.SeriesInstanceUID), int(ds.get("InstanceNumber") or 1),
+                   path.name, slices)
+
+
+@dataclass
+class _Kept:
+    series: HeldSeries
+    seg: SegReference
+    until: float
+
+
+class SegmentedSeries:
+    """The segmented series kept, by Series Instance UID; called under the node's lock."""
+
+    def __init__(self, work: Path, keep_for: float) -> None:
+        self.work, self.keep_for = Path(work), float(keep_for)
+        self._kept: dict[str, _Kept] = {}
+        self._made: dict[str, SegReference] = {}
+
+    def __len__(self) -> int:
+        return len(self._kept)
+
+    def made(self, series_uid: str, seg: SegReference) -> None:
+        """``seg`` was made of ``series_uid``; :meth:`keep` keeps its images with it."""
+        self._made[series_uid] = seg
+
+    def keep(self, series_uid: str, series: HeldSeries, now: float, in_flight: HeldSeries | None) -> None:
+        """Keep the images of ``series``, whose SEG was just made, for ``keep_for`` seconds; or
+        give them to ``in_flight``, the images of the same series that arrived while it was
+        segmented, which then make a SEG of the whole series in place of that one. Removed
+        instead when nothing is kept, no SEG was made (it failed), or the whole series would be
+        past the volume limit."""
+        seg = self._made.pop(series_uid, None)
+        self._give_up(series_uid)
+        if seg is None or self.keep_for <= 0:
+            shutil.rmtree(series.folder, ignore_errors=True)
+        elif in_flight is not None:
+            try:
+                if absorb(in_flight, series, series_uid):
+                    in_flight.replaces = seg
+            except OSError as exc:  # what was moved is segmented with the part in flight, without replacing
+                log.warning("series %s: its images cannot all be given to the part received since (%s)", series_uid,
+                            exc.strerror or exc)
+                shutil.rmtree(series.folder, ignore_errors=True)
+        else:
+            folder = self.work / f"{series_uid}.segmented"
+            shutil.rmtree(folder, ignore_errors=True)
+            try:
+                os.rename(series.folder, folder)
+            except OSError as exc:  # the work folder changed under the node: its late images go alone
+                log.warning("series %s: its images cannot be kept (%s); images of it arriving later make a SEG of "
+                            "their own", series_uid, exc.strerror or exc)
+                shutil.rmtree(series.folder, ignore_errors=True)
+                return
+            series.folder, series.senders = folder, set()
+            self._kept[series_uid] = _Kept(series, seg, now + self.keep_for)
+
+    def resume(self, series_uid: str, folder: Path) -> HeldSeries | None:
+        """The kept images of ``series_uid``, moved to ``folder`` to be segmented again with the
+        images arriving now (``replaces``: the SEG made of them), or None."""
+        kept = self._kept.pop(series_uid, None)
+        if kept is None:
+            return None
+        try:
+            os.rename(kept.series.folder, folder)
+        except OSError as exc:
+            log.warning("series %s: its images kept cannot be taken up again (%s); the images arriving now make a "
+                        "SEG of their own", series_uid, exc.strerror or exc)
+            shutil.rmtree(kept.series.folder, ignore_errors=True)
+            return None
+        kept.series.folder, kept.series.replaces = folder, kept.seg
+        log.info("series %s was segmented before (%s, %d slices): the images arriving now are segmented with "
+                 "its images, into a SEG that replaces that one", series_uid, kept.seg.file, kept.seg.slices)
+        return kept.series
+
+    def expire(self, now: float, room_for: int = 0) -> None:
+        """Give up the series kept past their time, then the oldest until ``room_for`` fewer are
+        kept than there were (room for series in flight)."""
+        for uid in [uid for uid, kept in self._kept.items() if kept.until <= now]:
+            self._give_up(uid)
+        for uid in sorted(self._kept, key=lambda uid: self._kept[uid].until)[:max(0, room_for)]:
+            self._give_up(uid)
+
+    def clear(self) -> None:
+        for uid in list(self._kept):
+            self._give_up(uid)
+
+    def _give_up(self, series_uid: str) -> None:
+        kept = self._kept.pop(series_uid, None)
+        if kept is not None:
+            shutil.rmtree(kept.series.folder, ignore_errors=True)
