@@ -67,9 +67,11 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, on_epoc
     training is refused without ``resume`` or ``overwrite`` (:func:`check_start`). Started by
     torchrun, each process trains a DDP replica on its share of every batch (``make_sampler``
     gives each its share); each validates its share of the validation cases;
-    rank 0 alone writes, and only its result holds the history.
+    rank 0 alone writes, and only its result holds the history. ``cfg.threads`` holds for this
+    call only: torch's thread count is the caller's again when it returns.
     """
     place = distributed.place_from_env()
+    threads = torch.get_num_threads()
     if cfg.deterministic:  # before the device starts: cuBLAS takes its workspace setting when CUDA first runs
         prepare_cublas()
     device = distributed.start(place, cfg.sync_bn)
@@ -89,6 +91,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, on_epoc
             distributed.await_stop_after_failed_peer()
         raise
     finally:
+        torch.set_num_threads(threads)
         distributed.stop(place)
 
 
