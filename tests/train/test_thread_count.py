@@ -9,6 +9,8 @@ from edgeseg.train.config import TrainConfig
 from edgeseg.train.loop import train
 from tests.conftest import BUNDLE_TRAINING
 
+from .test_deterministic import _tensors
+
 
 def _bundle_run(out, process_threads: int, **changes) -> dict:
     """The test bundle's training, two epochs of it (with ``changes``), in a process at
@@ -21,6 +23,17 @@ def _bundle_run(out, process_threads: int, **changes) -> dict:
     finally:
         torch.set_num_threads(before)
     return {**read_checkpoint(out / "last.pt"), "threads_after": after}
+
+
+def test_the_test_bundle_trains_alike_whatever_the_process_thread_count(tmp_path):
+    one, two = (_bundle_run(tmp_path / f"at-{n}", n) for n in (1, 2))
+    for key in ("state_dict", "optimizer"):
+        a, b = _tensors(one[key]), _tensors(two[key])
+        assert len(a) == len(b) > 0, key
+        unequal = [i for i, (x, y) in enumerate(zip(a, b)) if not torch.equal(x, y)]
+        assert not unequal, f"{key}: {len(unequal)} of {len(a)} tensors differ"
+    assert [h["val_dice"] for h in one["history"]] == [h["val_dice"] for h in two["history"]]
+    assert one["provenance"]["sessions"][0]["threads"] == two["provenance"]["sessions"][0]["threads"] == 1
 
 
 def test_threads_hold_for_the_training_alone(tmp_path):
