@@ -32,7 +32,7 @@ from edgeseg.train.memory_format import choose_memory_format, to_memory_format, 
 from edgeseg.train.precision import autocast_dtype
 from edgeseg.train.records import write_records
 from edgeseg.train.run_data import check_trainable, data_record, prepare
-from edgeseg.train.run_folder import busy_message, check_resumable, check_start
+from edgeseg.train.run_folder import busy_message, check_resumable, check_same_rounding, check_start
 from edgeseg.train.schedule import lr_at
 from edgeseg.train.streaming import EpochBatches, ForegroundBatchSampler, default_workers, make_train_loader
 from edgeseg.train.validate import CasePredictions, choose_postprocess, validate, validation_voxel_ml
@@ -67,9 +67,11 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, on_epoc
     training is refused without ``resume`` or ``overwrite`` (:func:`check_start`). Started by
     torchrun, each process trains a DDP replica on its share of every batch (``make_sampler``
     gives each its share); each validates its share of the validation cases;
-    rank 0 alone writes, and only its result holds the history.
+    rank 0 alone writes, and only its result holds the history. ``cfg.threads`` holds for this
+    call only: torch's thread count is the caller's again when it returns.
     """
     place = distributed.place_from_env()
+    threads = torch.get_num_threads()
     if cfg.deterministic:  # before the device starts: cuBLAS takes its workspace setting when CUDA first runs
         prepare_cublas()
     device = distributed.start(place, cfg.sync_bn)
@@ -89,6 +91,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, on_epoc
             distributed.await_stop_after_failed_peer()
         raise
     finally:
+        torch.set_num_threads(threads)
         distributed.stop(place)
 
 
@@ -111,6 +114,10 @@ def _train(cfg, resume, progress, on_epoch, make_sampler, place, device) -> dict
     start_epoch, best = 1, {"epoch": 0, "val_dice": -1.0}
     # A checkpoint that cannot be resumed is refused before the data is read.
     payload = _resume(out / "last.pt", model, optimizer, device, cfg) if resume else None
+    if payload is not None and cfg.deterministic:  # auto is channels-last there, unprobed (memory_format_for)
+        check_same_rounding(out / "last.pt", payload, {
+            "threads": torch.get_num_threads(), "amp": str(amp).removeprefix("torch.") if amp else "off",
+            "memory_format": "channels-last" if cfg.memory_format == "auto" else cfg.memory_format})
     if payload is not None:
         start_epoch, history, best = int(payload["epoch"]) + 1, list(payload["history"]), dict(payload["best"])
     # Rank 0 builds (or checks) the slice store first; the other processes then only read it.

@@ -65,6 +65,24 @@ def check_resumable(path: Path, cfg: TrainConfig) -> dict[str, Any]:
     return payload
 
 
+def check_same_rounding(path: Path, payload: dict[str, Any], session: dict[str, Any]) -> None:
+    """Under --deterministic, refuse to resume ``path`` with settings that round floats otherwise
+    than its last session did (``session``: this one's threads, amp and memory format, as the
+    provenance records them). Without the flag a resume may change them and continue, not bit for
+    bit; with it the run is to repeat as a whole, and a resume on another thread count (another
+    OMP_NUM_THREADS, another machine's cores) would lose that without a word."""
+    sessions = ((payload.get("provenance") or {}).get("sessions") or [{}])
+    last = sessions[-1] if isinstance(sessions[-1], dict) else {}
+    changed = [f"{key}: {last[key]} -> {value}" for key, value in session.items()
+               if key in last and last[key] != value]
+    if changed:
+        flags = {"threads": f"--threads {last.get('threads')}", "amp": f"--amp {last.get('amp')}",
+                 "memory_format": f"--memory-format {last.get('memory_format')}"}
+        again = " ".join(flags[item.split(":")[0]] for item in changed)
+        raise CheckpointError(f"cannot resume {path} under --deterministic with settings that round otherwise than "
+                              f"its last session ({'; '.join(changed)}); give {again}, or train into another --out")
+
+
 def check_scaler_state(path: Path, state: Any) -> None:
     """Refuse a ``grad_scaler`` record (the fp16 loss scaler's state) that GradScaler would
     take and then train with: a scale of 0 skips nothing and trains on zero gradients, a NaN or

@@ -23,7 +23,7 @@ EDGESEG = [sys.executable, "-m", "edgeseg"]
 
 
 def _det(tmp_path, name, **kw):
-    return tiny(tmp_path, out=str(tmp_path / name), threads=1, workers=0, **{"deterministic": True, **kw})
+    return tiny(tmp_path, out=str(tmp_path / name), **{"threads": 1, "workers": 0, "deterministic": True, **kw})
 
 
 def test_two_deterministic_runs_repeat_bit_for_bit_and_record_the_settings(tmp_path, monkeypatch):
@@ -106,3 +106,31 @@ def test_cublas_setting_is_set_unless_one_for_reproducibility_is_given(monkeypat
     monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":0:0")
     prepare_cublas()
     assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+
+
+def test_a_deterministic_run_stopped_and_resumed_is_the_uninterrupted_run(tmp_path):
+    train(_det(tmp_path, "whole", epochs=3), progress=False)
+    train(_det(tmp_path, "parts", epochs=1), progress=False)
+    train(_det(tmp_path, "parts", epochs=3), resume=True, progress=False)
+    whole, parts = (read_checkpoint(tmp_path / name / "last.pt") for name in ("whole", "parts"))
+    for key in ("state_dict", "optimizer"):
+        a, b = _tensors(whole[key]), _tensors(parts[key])
+        assert len(a) == len(b) > 0 and all(torch.equal(x, y) for x, y in zip(a, b)), key
+    assert [row["val_dice"] for row in whole["history"]] == [row["val_dice"] for row in parts["history"]]
+
+
+def test_resume_under_deterministic_keeps_the_rounding_of_the_run(tmp_path):
+    """Threads (and amp, memory format) may change on a plain --resume, which then continues not
+    bit for bit; under --deterministic that would break the promise silently, so it is refused."""
+    train(_det(tmp_path, "run", epochs=1), progress=False)
+    last = tmp_path / "run" / "last.pt"
+    before = last.read_bytes()
+    with pytest.raises(CheckpointError, match=r"round otherwise than its last session \(threads: 1 -> 2\); "
+                                              r"give --threads 1, or train into another --out"):
+        train(_det(tmp_path, "run", epochs=2, threads=2), resume=True, progress=False)
+    with pytest.raises(CheckpointError, match=r"memory_format: channels-last -> contiguous\); give --memory-format "
+                                              r"channels-last"):
+        train(_det(tmp_path, "run", epochs=2, memory_format="contiguous"), resume=True, progress=False)
+    assert last.read_bytes() == before
+    train(_det(tmp_path, "run", epochs=2), resume=True, progress=False)  # the run's own settings: it continues
+    assert read_checkpoint(last)["epoch"] == 2
