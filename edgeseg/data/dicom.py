@@ -25,7 +25,7 @@ pydicom = require("pydicom", "io", "reading DICOM series")
 from pydicom.errors import InvalidDicomError  # noqa: E402  (pydicom is known present here)
 
 from edgeseg.data.dicom_slice import (PADDING_HU, check_slice_tags, padding_pixels, pixel_spacing, rescale, slice_pixels,
-                                     slice_size, unit_cosines)
+                                     slice_size, unit_cosines, warn_of_missing_intercept)
 from edgeseg.data.dicom_values import decode_elements, dicom_numbers, one_line
 from edgeseg.data.nifti import spacing_from_affine, to_lps_layout
 from edgeseg.data.volume import Volume
@@ -250,13 +250,7 @@ def _stack_hu(members: list[tuple[Path, pydicom.Dataset]], progress: bool = Fals
     rows, columns = slice_size(members[0][1], first_path)
     check_volume((len(members), rows, columns), f"DICOM series {first_path.parent}")
     stack = np.empty((len(members), rows, columns), dtype=np.float32)
-    lacking = [dataset for _, dataset in members if "RescaleIntercept" not in dataset]
-    # Type 1 in a CT image; without it, stored values (often HU + 1024) would pass for HU. Unsigned
-    # pixels without it are refused by rescale(), in a line of their own: warned of only where signed.
-    if lacking and all(str(dataset.get("PixelRepresentation", 0)) == "1" for dataset in lacking):
-        log.warning("DICOM series %s: %d of its %d files have no RescaleIntercept; their stored values are read as HU: "
-                    "check that air reads about -1000 HU, or add the scanner's intercept", first_path.parent, len(lacking),
-                    len(members))
+    warn_of_missing_intercept([dataset for _, dataset in members], first_path.parent)
     for k, (path, dataset) in enumerate(progress_bar(members, desc="reading DICOM pixels", unit="slice",
                                                      shown=progress)):
         if slice_size(dataset, path) != (rows, columns):

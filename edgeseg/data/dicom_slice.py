@@ -8,6 +8,7 @@ so an image it accepts is one the reader will not refuse for anything the image 
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ from edgeseg.errors import DataError, require
 from edgeseg.limits import check_dims
 
 pydicom = require("pydicom", "io", "reading DICOM series")
+log = logging.getLogger(__name__)
 
 # Enhanced CT and Legacy Converted Enhanced CT Image Storage: one file holds the whole series.
 MULTI_FRAME_CT_CLASSES = frozenset({"1.2.840.10008.5.1.4.1.1.2.1", "1.2.840.10008.5.1.4.1.1.2.2"})
@@ -48,6 +50,16 @@ def check_slice_tags(dataset: pydicom.Dataset, path: Path | str) -> None:
     if missing:
         raise DataError(f"DICOM file {path} lacks {', '.join(missing)} (truncated or not a CT slice?)")
 
+
+def warn_of_missing_intercept(datasets: list[pydicom.Dataset], folder: Path | str) -> None:
+    """One warning where files of a series of signed pixels lack RescaleIntercept (Type 1 in a CT
+    image): their stored values (often HU + 1024) are read as HU. Unsigned pixels without it are
+    refused by :func:`rescale`, in a line of their own, so they are not warned of first."""
+    lacking = [dataset for dataset in datasets if "RescaleIntercept" not in dataset]
+    if lacking and all(str(dataset.get("PixelRepresentation", 0)) == "1" for dataset in lacking):
+        log.warning("DICOM series %s: %d of its %d files have no RescaleIntercept; their stored values are read as HU: "
+                    "check that air reads about -1000 HU, or add the scanner's intercept", folder, len(lacking),
+                    len(datasets))
 
 def unit_cosines(cosines: np.ndarray, path: Path | str) -> tuple[np.ndarray, np.ndarray]:
     """The row and column cosines of an ImageOrientationPatient, normalised; refused unless
