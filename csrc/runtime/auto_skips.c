@@ -38,24 +38,19 @@ static int cpu_has_vnni(void) {
 #endif
 }
 
-/* The string at `key` of `obj`, or NULL where it is absent or no string. */
-static const char *string_at(const cJSON *obj, const char *key) {
-    return cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(obj, key));
-}
-
 /* The skip reasons: the export gate excluded the openvino runner for it or never ran it (the
  * entry's "scored", else parity.json's rows where they count; on INT8, also where neither lists
  * runners); or it is an INT8 graph not of the cpu scheme on an x86 CPU without VNNI. The decision
  * is never read from snprintf's count. */
 int es_auto_skips(const cJSON *a, const cJSON *record, char *why, size_t n) {
     const cJSON *excluded = cJSON_GetObjectItemCaseSensitive(a, "excluded");
-    const char *reason = cJSON_IsObject(excluded) ? string_at(excluded, "openvino") : NULL;
+    const char *reason = cJSON_IsObject(excluded) ? es_json_string_at(excluded, "openvino") : NULL;
     if (reason) {
         snprintf(why, n, "the export gate excluded openvino: %s", reason);
         return 1;
     }
     const cJSON *scored = cJSON_GetObjectItemCaseSensitive(a, "scored"), *r = NULL;
-    const char *precision = string_at(a, "precision");
+    const char *precision = es_json_string_at(a, "precision");
     int int8 = precision && strcmp(precision, "int8") == 0;
     for (r = cJSON_IsArray(scored) ? scored->child : NULL; r && strcmp(r->valuestring, "openvino") != 0; r = r->next) {}
     int listed = cJSON_IsArray(scored) || record != NULL;
@@ -72,7 +67,7 @@ int es_auto_skips(const cJSON *a, const cJSON *record, char *why, size_t n) {
     }
     if (!int8) return 0;
     const cJSON *extra = cJSON_GetObjectItemCaseSensitive(a, "extra");
-    const char *scheme = cJSON_IsObject(extra) ? string_at(extra, "int8_scheme") : NULL;
+    const char *scheme = cJSON_IsObject(extra) ? es_json_string_at(extra, "int8_scheme") : NULL;
     if ((scheme && strcmp(scheme, "cpu") == 0) || cpu_has_vnni() != 0) return 0;
     snprintf(why, n, "INT8 graph of the %s scheme: its signed activations saturate u8 x s8 sums on this CPU (no VNNI); "
              "re-export with --int8-scheme cpu", scheme ? scheme : "tensorrt, recorded before schemes");

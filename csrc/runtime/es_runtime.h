@@ -109,6 +109,8 @@ int es_parity_scored(const struct cJSON *record, const struct cJSON *a, const ch
 /* json_keys.c: remove every key of an object in `node` (recursively) that the same object
  * repeats later, keeping the last, as Python's json does. ES_OK or ES_ENOMEM. */
 int es_json_keep_last_keys(struct cJSON *node);
+/* json_keys.c: the string at `key` of the object `obj`, or NULL where it is absent or no string. */
+const char *es_json_string_at(const struct cJSON *obj, const char *key);
 
 /* Read BUNDLE/manifest.json, check it and choose the ONNX artifact of `precision` (NULL/"auto":
  * int8, fp32, fp16 in that order). ES_OK or an error in `err`. */

@@ -47,3 +47,7 @@ int es_json_keep_last_keys(cJSON *node) {
     }
     return ES_OK;
 }
+
+const char *es_json_string_at(const cJSON *obj, const char *key) {
+    return cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(obj, key));
+}

@@ -10,14 +10,10 @@
 #include "cJSON.h"
 #include "es_runtime.h"
 
-static const char *string_at(const cJSON *obj, const char *key) {
-    return cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(obj, key));
-}
-
 /* The artifact entry of `artifacts` whose file is `file`, or NULL. */
 static const cJSON *artifact_named(const cJSON *artifacts, const char *file) {
     for (const cJSON *a = artifacts->child; a; a = a->next) {
-        const char *name = string_at(a, "file");
+        const char *name = es_json_string_at(a, "file");
         if (name && strcmp(name, file) == 0) return a;
     }
     return NULL;
@@ -26,8 +22,8 @@ static const cJSON *artifact_named(const cJSON *artifacts, const char *file) {
 /* 1 where some row of `rows` is for the file `file` and, with `runner`, names that runner. */
 static int has_row(const cJSON *rows, const char *file, const char *runner) {
     for (const cJSON *row = rows->child; row; row = row->next) {
-        const char *named = string_at(row, "runner");
-        if (strcmp(string_at(row, "file"), file) == 0 && (!runner || (named && strcmp(named, runner) == 0))) return 1;
+        const char *named = es_json_string_at(row, "runner");
+        if (strcmp(es_json_string_at(row, "file"), file) == 0 && (!runner || (named && strcmp(named, runner) == 0))) return 1;
     }
     return 0;
 }
@@ -36,9 +32,9 @@ static int has_row(const cJSON *rows, const char *file, const char *runner) {
 static int rows_match(const cJSON *rows, const cJSON *artifacts) {
     if (!cJSON_IsArray(rows)) return 0;
     for (const cJSON *row = rows->child; row; row = row->next) {
-        const char *file = cJSON_IsObject(row) ? string_at(row, "file") : NULL, *sha = file ? string_at(row, "sha256") : NULL;
+        const char *file = cJSON_IsObject(row) ? es_json_string_at(row, "file") : NULL, *sha = file ? es_json_string_at(row, "sha256") : NULL;
         const cJSON *a = file ? artifact_named(artifacts, file) : NULL;
-        if (!a || !sha || strcmp(sha, string_at(a, "sha256")) != 0) return 0;
+        if (!a || !sha || strcmp(sha, es_json_string_at(a, "sha256")) != 0) return 0;
         const cJSON *runner = cJSON_GetObjectItemCaseSensitive(row, "runner");
         if (!runner || cJSON_IsNull(runner)) continue;
         if (!cJSON_IsString(runner) || !*runner->valuestring) return 0;
@@ -48,7 +44,7 @@ static int rows_match(const cJSON *rows, const cJSON *artifacts) {
             return 0;
     }
     for (const cJSON *a = artifacts->child; a; a = a->next)
-        if (!cJSON_IsArray(cJSON_GetObjectItemCaseSensitive(a, "scored")) && !has_row(rows, string_at(a, "file"), NULL))
+        if (!cJSON_IsArray(cJSON_GetObjectItemCaseSensitive(a, "scored")) && !has_row(rows, es_json_string_at(a, "file"), NULL))
             return 0;
     return 1;
 }
@@ -78,5 +74,5 @@ cJSON *es_parity_record(const char *dir, const cJSON *artifacts) {
 }
 
 int es_parity_scored(const cJSON *record, const cJSON *a, const char *runner) {
-    return has_row(cJSON_GetObjectItemCaseSensitive(record, "results"), string_at(a, "file"), runner);
+    return has_row(cJSON_GetObjectItemCaseSensitive(record, "results"), es_json_string_at(a, "file"), runner);
 }

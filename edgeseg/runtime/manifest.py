@@ -346,16 +346,16 @@ def read_manifest(bundle: str | Path) -> Manifest:
         raise BundleError(f"{path}: not readable JSON ({exc})") from None
     try:
         # a leading BOM is read past, as in C; NaN and Infinity are not JSON, and C refuses them
-        data = json.loads(raw.decode("utf-8-sig"), parse_constant=_not_json)
+        data = json.loads(raw.decode("utf-8-sig"), parse_constant=refuse_json_constant)
     except RecursionError:  # '[[[[...' nests deeper than the parser recurses
         raise BundleError(f"{path} is not a readable manifest: JSON nested too deeply") from None
-    except (OSError, ValueError) as exc:  # ValueError: JSONDecodeError, UnicodeDecodeError, _not_json
+    except (OSError, ValueError) as exc:  # ValueError: JSONDecodeError, UnicodeDecodeError, refuse_json_constant
         raise BundleError(f"{path}: not readable JSON ({exc})") from None
     check_json_strings(data, path)
     return replace(Manifest.from_dict(data), sha256=hashlib.sha256(raw).hexdigest())  # the bytes parsed, not a re-read
 
 
-def _not_json(name: str) -> None:
+def refuse_json_constant(name: str) -> None:
     raise ValueError(f"{name} is not a JSON number")
 
 

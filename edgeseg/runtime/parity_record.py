@@ -34,7 +34,7 @@ from pathlib import Path
 
 from edgeseg.errors import BundleError
 from edgeseg.runtime.bundle_files import read_bundle_json_bytes
-from edgeseg.runtime.manifest import PARITY_NAME, Manifest, check_json_strings
+from edgeseg.runtime.manifest import PARITY_NAME, Manifest, check_json_strings, refuse_json_constant
 
 
 def with_parity_record(bundle: str | Path, manifest: Manifest) -> Manifest:
@@ -57,7 +57,7 @@ def parity_runners(bundle: str | Path, manifest: Manifest) -> dict[str, tuple[st
     try:
         if not path.is_file():  # a FIFO would wait for a writer
             return None
-        data = json.loads(read_bundle_json_bytes(path).decode("utf-8-sig"), parse_constant=_not_json)
+        data = json.loads(read_bundle_json_bytes(path).decode("utf-8-sig"), parse_constant=refuse_json_constant)
         check_json_strings(data, path)
     except (OSError, ValueError, RecursionError, BundleError):  # ValueError: not JSON, not UTF-8
         return None
@@ -80,7 +80,3 @@ def parity_runners(bundle: str | Path, manifest: Manifest) -> dict[str, tuple[st
     if any(entry.scored is None and entry.file not in found for entry in manifest.artifacts):
         return None
     return {file: tuple(dict.fromkeys(runners)) for file, runners in found.items()}
-
-
-def _not_json(name: str) -> None:
-    raise ValueError(f"{name} is not a JSON number")
