@@ -110,16 +110,20 @@ def _hang_guard(command: str, limit_s: float, fd2: _Fd2Capture) -> Iterator[None
                                 name="hang-guard")
     watchdog.start()
     on_main = threading.current_thread() is threading.main_thread()
+    fired: list[str] = []
     if on_main:
         def hung(signum, frame):
             faulthandler.dump_traceback(fd2.file, all_threads=True)
-            raise CommandHung(f"{command}: still running after {limit_s:g} s (the in-process hang guard); "
-                              f"its stderr and every thread's stack:\n{fd2.text()}")
+            fired.append(f"{command}: still running after {limit_s:g} s (the in-process hang guard); "
+                         f"its stderr and every thread's stack:\n{fd2.text()}")
+            raise CommandHung(fired[0])
 
         previous = signal.signal(signal.SIGALRM, hung)
         signal.setitimer(signal.ITIMER_REAL, limit_s)
     try:
         yield
+        if fired:  # a catch-all in the command (a plugin loader's) took CommandHung: the run still hung
+            raise CommandHung(fired[0])
     finally:
         if on_main:
             signal.setitimer(signal.ITIMER_REAL, 0)

@@ -41,6 +41,24 @@ def test_what_native_code_writes_to_fd2_is_in_the_result():
     assert (after.st_dev, after.st_ino) == (before.st_dev, before.st_ino)  # descriptor 2 is put back
 
 
+@click.command()
+@click.argument("name")
+def swallows_the_guard(name):
+    """Hangs inside a catch-all, as a plugin loader that catches every BaseException of an import."""
+    import time
+
+    try:
+        time.sleep(300)
+    except BaseException:  # noqa: BLE001 - the catch-all under test
+        click.echo("the import failed; going on without it", err=True)
+
+
+def test_a_hang_whose_guard_exception_the_command_swallows_still_fails():
+    from tests.guarded_cli import CommandHung
+
+    with pytest.raises(CommandHung, match="swallows-the-guard: still running after 1 s"):
+        GuardedCliRunner(hang_limit_s=1).invoke(swallows_the_guard, ["swallows-the-guard"])
+
 _HUNG_TEST = """
 import signal
 import time

@@ -29,7 +29,7 @@ def test_predict_writes_only_its_output_and_names_the_cache_variable(bundle_dir,
     done = confined(edgeseg("predict", bundle_dir, SERIES, "--out", OUT / "mask.nii.gz"), tmp_path / "out")
     assert done.returncode == 0, done.stderr
     assert sorted(path.name for path in (tmp_path / "out").iterdir()) == ["mask.nii.gz"]
-    # auto probes without its cache, and says which variable gives it one
+    # auto chooses by its fixed order without a cache, and says which variable gives it one
     warnings = [line for line in done.stderr.splitlines() if line.startswith("edgeseg: warning:")]
     assert warnings and all("EDGESEG_CACHE_DIR" in line for line in warnings), done.stderr
 
