@@ -4,8 +4,9 @@ the rest of a series in a later burst) are segmented with the rest of the series
 replaces the first one, instead of into a SEG of the late images alone.
 
 A kept series takes the place of a series in flight against --max-series: one is given up, oldest
-first, when a new series needs the room, so the work folder never holds more than --max-series
-series' images, and each is given up ``keep_for`` seconds after its SEG was made."""
+first, when a new series needs the room (once its first image is stored), so the work folder never
+holds more than --max-series series' images, and each is given up ``keep_for`` seconds after its
+SEG was made."""
 
 from __future__ import annotations
 
@@ -56,6 +57,7 @@ class SegmentedSeries:
         self.work, self.keep_for = Path(work), float(keep_for)
         self._kept: dict[str, _Kept] = {}
         self._made: dict[str, SegReference] = {}
+        self._resumed: dict[str, _Kept] = {}  # taken up by resume(), until its first image is stored
 
     def __len__(self) -> int:
         return len(self._kept)
@@ -75,13 +77,8 @@ class SegmentedSeries:
         if seg is None or self.keep_for <= 0:
             shutil.rmtree(series.folder, ignore_errors=True)
         elif in_flight is not None:
-            try:
-                if absorb(in_flight, series, series_uid):
-                    in_flight.replaces = seg
-            except OSError as exc:  # what was moved is segmented with the part in flight, without replacing
-                log.warning("series %s: its images cannot all be given to the part received since (%s)", series_uid,
-                            exc.strerror or exc)
-                shutil.rmtree(series.folder, ignore_errors=True)
+            if absorb(in_flight, series, series_uid):  # the images moved, all or some, go into its SEG
+                in_flight.replaces = seg
         else:
             folder = self.work / f"{series_uid}.segmented"
             shutil.rmtree(folder, ignore_errors=True)
@@ -101,17 +98,38 @@ class SegmentedSeries:
         kept = self._kept.pop(series_uid, None)
         if kept is None:
             return None
+        self._resumed[series_uid] = kept
         try:
             os.rename(kept.series.folder, folder)
         except OSError as exc:
             log.warning("series %s: its images kept cannot be taken up again (%s); the images arriving now make a "
                         "SEG of their own", series_uid, exc.strerror or exc)
             shutil.rmtree(kept.series.folder, ignore_errors=True)
+            del self._resumed[series_uid]
             return None
         kept.series.folder, kept.series.replaces = folder, kept.seg
         log.info("series %s was segmented before (%s, %d slices): the images arriving now are segmented with "
                  "its images, into a SEG that replaces that one", series_uid, kept.seg.file, kept.seg.slices)
         return kept.series
+
+    def resumed(self, series_uid: str, stored: bool) -> None:
+        """The first image arriving for a series :meth:`resume` took up was ``stored``: the series
+        is in flight from now on; or it was refused (the volume limit, the disk), and the series
+        goes back to being kept, with the SEG it replaces and its time, as if the image had never
+        come: giving it up would leave the next late images a SEG of their own."""
+        kept = self._resumed.pop(series_uid, None)
+        if kept is None or stored:
+            return
+        folder = self.work / f"{series_uid}.segmented"
+        try:
+            os.rename(kept.series.folder, folder)
+        except OSError as exc:
+            log.warning("series %s: its images cannot be kept again (%s); images of it arriving later make a SEG "
+                        "of their own", series_uid, exc.strerror or exc)
+            shutil.rmtree(kept.series.folder, ignore_errors=True)
+            return
+        kept.series.folder = folder
+        self._kept[series_uid] = kept
 
     def expire(self, now: float, room_for: int = 0) -> None:
         """Give up the series kept past their time, then the oldest until ``room_for`` fewer are
