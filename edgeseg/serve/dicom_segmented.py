@@ -80,17 +80,11 @@ class SegmentedSeries:
             if absorb(in_flight, series, series_uid):  # the images moved, all or some, go into its SEG
                 in_flight.replaces = seg
         else:
-            folder = self.work / f"{series_uid}.segmented"
-            shutil.rmtree(folder, ignore_errors=True)
-            try:
-                os.rename(series.folder, folder)
-            except OSError as exc:  # the work folder changed under the node: its late images go alone
-                log.warning("series %s: its images cannot be kept (%s); images of it arriving later make a SEG of "
-                            "their own", series_uid, exc.strerror or exc)
-                shutil.rmtree(series.folder, ignore_errors=True)
-                return
-            series.folder, series.senders = folder, set()
-            self._kept[series_uid] = _Kept(series, seg, now + self.keep_for)
+            shutil.rmtree(self.work / f"{series_uid}.segmented", ignore_errors=True)
+            if _move(series, self.work / f"{series_uid}.segmented", series_uid, "be kept", "images of it arriving "
+                     "later make a SEG of their own"):
+                series.senders = set()
+                self._kept[series_uid] = _Kept(series, seg, now + self.keep_for)
 
     def resume(self, series_uid: str, folder: Path) -> HeldSeries | None:
         """The kept images of ``series_uid``, moved to ``folder`` to be segmented again with the
@@ -98,16 +92,11 @@ class SegmentedSeries:
         kept = self._kept.pop(series_uid, None)
         if kept is None:
             return None
-        self._resumed[series_uid] = kept
-        try:
-            os.rename(kept.series.folder, folder)
-        except OSError as exc:
-            log.warning("series %s: its images kept cannot be taken up again (%s); the images arriving now make a "
-                        "SEG of their own", series_uid, exc.strerror or exc)
-            shutil.rmtree(kept.series.folder, ignore_errors=True)
-            del self._resumed[series_uid]
+        if not _move(kept.series, folder, series_uid, "be taken up again",
+                     "the images arriving now make a SEG of their own"):
             return None
-        kept.series.folder, kept.series.replaces = folder, kept.seg
+        self._resumed[series_uid] = kept
+        kept.series.replaces = kept.seg
         log.info("series %s was segmented before (%s, %d slices): the images arriving now are segmented with "
                  "its images, into a SEG that replaces that one", series_uid, kept.seg.file, kept.seg.slices)
         return kept.series
@@ -120,16 +109,9 @@ class SegmentedSeries:
         kept = self._resumed.pop(series_uid, None)
         if kept is None or stored:
             return
-        folder = self.work / f"{series_uid}.segmented"
-        try:
-            os.rename(kept.series.folder, folder)
-        except OSError as exc:
-            log.warning("series %s: its images cannot be kept again (%s); images of it arriving later make a SEG "
-                        "of their own", series_uid, exc.strerror or exc)
-            shutil.rmtree(kept.series.folder, ignore_errors=True)
-            return
-        kept.series.folder = folder
-        self._kept[series_uid] = kept
+        if _move(kept.series, self.work / f"{series_uid}.segmented", series_uid, "be kept again",
+                 "images of it arriving later make a SEG of their own"):
+            self._kept[series_uid] = kept
 
     def expire(self, now: float, room_for: int = 0) -> None:
         """Give up the series kept past their time, then the oldest until ``room_for`` fewer are
@@ -147,3 +129,16 @@ class SegmentedSeries:
         kept = self._kept.pop(series_uid, None)
         if kept is not None:
             shutil.rmtree(kept.series.folder, ignore_errors=True)
+
+
+def _move(series: HeldSeries, folder: Path, series_uid: str, what: str, then: str) -> bool:
+    """Rename the folder of ``series`` to ``folder``; False, logged and its images removed, when
+    the work folder changed under the node."""
+    try:
+        os.rename(series.folder, folder)
+    except OSError as exc:
+        log.warning("series %s: its images cannot %s (%s); %s", series_uid, what, exc.strerror or exc, then)
+        shutil.rmtree(series.folder, ignore_errors=True)
+        return False
+    series.folder = folder
+    return True
