@@ -237,24 +237,30 @@ class DicomNode:
             if new:  # images of a series segmented before are segmented again with it (dicom_segmented.py)
                 series = (self._segmented.resume(series_uid, self.work / series_uid)
                           or HeldSeries(self.work / series_uid, time.monotonic()))
-                # the series kept take the room of series in flight: the oldest goes first
-                self._segmented.expire(time.monotonic(), len(self._series) + self._queued + len(self._segmented)
-                                       + 1 - self.max_series)
             try:
                 # the reader's limits, checked as images arrive: the whole series would otherwise be
                 # stored first (a peer could fill the disk) and only then be refused when it is read
                 series.check_pixels(sop_uid, frames, rows, columns)
                 series.keep(sop_uid, ds, frames)  # and its bytes on disk
-            except DataError as exc:  # ImageNotStored: the node's own failure, an error
+            except Exception as exc:  # DataError: refused; ImageNotStored: the node's own failure, an error
+                if new and series.replaces is not None:  # taken up from those kept: kept again, as it was
+                    self._segmented.resumed(series_uid, stored=False)
+                elif new:
+                    shutil.rmtree(series.folder, ignore_errors=True)
+                if not isinstance(exc, DataError):
+                    raise
                 self.stats.refused += 1
                 log.log(logging.ERROR if isinstance(exc, ImageNotStored) else logging.WARNING, "refused image %s: %s",
                         sop_uid, exc)
-                if new:
-                    shutil.rmtree(series.folder, ignore_errors=True)
                 return failure_status(STATUS_OUT_OF_RESOURCES, getattr(exc, "comment", str(exc)), sop_uid)
             if new:
+                self._segmented.resumed(series_uid, stored=True)
                 self._turned_away.discard(series_uid)
                 self._series[series_uid] = series
+                # the series kept take the room of series in flight, the oldest first; only for an
+                # image stored: one refused takes no room
+                self._segmented.expire(time.monotonic(), len(self._series) + self._queued + len(self._segmented)
+                                       - self.max_series)
             series.last = time.monotonic()
             self._sending.stored(event.assoc, series_uid, self._series, series.last)
         self.stats.received += 1

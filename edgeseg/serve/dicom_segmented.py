@@ -4,8 +4,9 @@ the rest of a series in a later burst) are segmented with the rest of the series
 replaces the first one, instead of into a SEG of the late images alone.
 
 A kept series takes the place of a series in flight against --max-series: one is given up, oldest
-first, when a new series needs the room, so the work folder never holds more than --max-series
-series' images, and each is given up ``keep_for`` seconds after its SEG was made."""
+first, when a new series needs the room (once its first image is stored), so the work folder never
+holds more than --max-series series' images, and each is given up ``keep_for`` seconds after its
+SEG was made."""
 
 from __future__ import annotations
 
@@ -56,6 +57,7 @@ class SegmentedSeries:
         self.work, self.keep_for = Path(work), float(keep_for)
         self._kept: dict[str, _Kept] = {}
         self._made: dict[str, SegReference] = {}
+        self._resumed: dict[str, _Kept] = {}  # taken up by resume(), until its first image is stored
 
     def __len__(self) -> int:
         return len(self._kept)
@@ -75,25 +77,14 @@ class SegmentedSeries:
         if seg is None or self.keep_for <= 0:
             shutil.rmtree(series.folder, ignore_errors=True)
         elif in_flight is not None:
-            try:
-                if absorb(in_flight, series, series_uid):
-                    in_flight.replaces = seg
-            except OSError as exc:  # what was moved is segmented with the part in flight, without replacing
-                log.warning("series %s: its images cannot all be given to the part received since (%s)", series_uid,
-                            exc.strerror or exc)
-                shutil.rmtree(series.folder, ignore_errors=True)
+            if absorb(in_flight, series, series_uid):  # the images moved, all or some, go into its SEG
+                in_flight.replaces = seg
         else:
-            folder = self.work / f"{series_uid}.segmented"
-            shutil.rmtree(folder, ignore_errors=True)
-            try:
-                os.rename(series.folder, folder)
-            except OSError as exc:  # the work folder changed under the node: its late images go alone
-                log.warning("series %s: its images cannot be kept (%s); images of it arriving later make a SEG of "
-                            "their own", series_uid, exc.strerror or exc)
-                shutil.rmtree(series.folder, ignore_errors=True)
-                return
-            series.folder, series.senders = folder, set()
-            self._kept[series_uid] = _Kept(series, seg, now + self.keep_for)
+            shutil.rmtree(self.work / f"{series_uid}.segmented", ignore_errors=True)
+            if _move(series, self.work / f"{series_uid}.segmented", series_uid, "be kept", "images of it arriving "
+                     "later make a SEG of their own"):
+                series.senders = set()
+                self._kept[series_uid] = _Kept(series, seg, now + self.keep_for)
 
     def resume(self, series_uid: str, folder: Path) -> HeldSeries | None:
         """The kept images of ``series_uid``, moved to ``folder`` to be segmented again with the
@@ -101,17 +92,26 @@ class SegmentedSeries:
         kept = self._kept.pop(series_uid, None)
         if kept is None:
             return None
-        try:
-            os.rename(kept.series.folder, folder)
-        except OSError as exc:
-            log.warning("series %s: its images kept cannot be taken up again (%s); the images arriving now make a "
-                        "SEG of their own", series_uid, exc.strerror or exc)
-            shutil.rmtree(kept.series.folder, ignore_errors=True)
+        if not _move(kept.series, folder, series_uid, "be taken up again",
+                     "the images arriving now make a SEG of their own"):
             return None
-        kept.series.folder, kept.series.replaces = folder, kept.seg
+        self._resumed[series_uid] = kept
+        kept.series.replaces = kept.seg
         log.info("series %s was segmented before (%s, %d slices): the images arriving now are segmented with "
                  "its images, into a SEG that replaces that one", series_uid, kept.seg.file, kept.seg.slices)
         return kept.series
+
+    def resumed(self, series_uid: str, stored: bool) -> None:
+        """The first image arriving for a series :meth:`resume` took up was ``stored``: the series
+        is in flight from now on; or it was refused (the volume limit, the disk), and the series
+        goes back to being kept, with the SEG it replaces and its time, as if the image had never
+        come: giving it up would leave the next late images a SEG of their own."""
+        kept = self._resumed.pop(series_uid, None)
+        if kept is None or stored:
+            return
+        if _move(kept.series, self.work / f"{series_uid}.segmented", series_uid, "be kept again",
+                 "images of it arriving later make a SEG of their own"):
+            self._kept[series_uid] = kept
 
     def expire(self, now: float, room_for: int = 0) -> None:
         """Give up the series kept past their time, then the oldest until ``room_for`` fewer are
@@ -129,3 +129,16 @@ class SegmentedSeries:
         kept = self._kept.pop(series_uid, None)
         if kept is not None:
             shutil.rmtree(kept.series.folder, ignore_errors=True)
+
+
+def _move(series: HeldSeries, folder: Path, series_uid: str, what: str, then: str) -> bool:
+    """Rename the folder of ``series`` to ``folder``; False, logged and its images removed, when
+    the work folder changed under the node."""
+    try:
+        os.rename(series.folder, folder)
+    except OSError as exc:
+        log.warning("series %s: its images cannot %s (%s); %s", series_uid, what, exc.strerror or exc, then)
+        shutil.rmtree(series.folder, ignore_errors=True)
+        return False
+    series.folder = folder
+    return True

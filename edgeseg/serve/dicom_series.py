@@ -116,7 +116,11 @@ class SendingAssociations:
 def absorb(into: HeldSeries, earlier: HeldSeries, series_uid: str) -> bool:
     """Move into ``into`` the images of ``earlier`` (the same series, segmented while ``into``
     was arriving) that it does not hold, so that the SEG of ``into`` is one of the whole series;
-    False, and the images of ``earlier`` removed, when the whole would be past the volume limit."""
+    then remove what is left of ``earlier``. True when the SEG of ``into`` is to replace the SEG of
+    ``earlier``: it holds images of it (some were moved, or it holds them all already). False,
+    nothing moved, when the whole would be past the volume limit, or when no image could be moved
+    (the work folder changed under the node). Counts follow each image moved: one that cannot be
+    moved is left out, and ``into`` counts exactly the files it holds."""
     added = [sop for sop in earlier.sizes if sop not in into.sizes]
     slices = into.slices + sum(earlier.frames[sop] for sop in added)
     stored, budget = into.stored + sum(earlier.sizes[sop] for sop in added), current_limits().max_volume_bytes
@@ -129,12 +133,20 @@ def absorb(into: HeldSeries, earlier: HeldSeries, series_uid: str) -> bool:
                     "%s", series_uid, exc)
         shutil.rmtree(earlier.folder, ignore_errors=True)
         return False
+    left = []
     for sop in added:
-        os.rename(earlier.folder / f"{sop}.dcm", into.folder / f"{sop}.dcm")
+        try:
+            os.rename(earlier.folder / f"{sop}.dcm", into.folder / f"{sop}.dcm")
+        except OSError as exc:
+            left.append(f"{sop} ({exc.strerror or exc})")
+            continue
         into.sizes[sop], into.frames[sop] = earlier.sizes[sop], earlier.frames[sop]
-    into.slices, into.stored = slices, stored
+        into.slices, into.stored = into.slices + earlier.frames[sop], into.stored + earlier.sizes[sop]
+    if left:
+        log.warning("series %s: %d of the %d images segmented before cannot be given to those received since and are "
+                    "left out of its SEG: %s", series_uid, len(left), len(added), ", ".join(left[:3]))
     shutil.rmtree(earlier.folder, ignore_errors=True)
-    return True
+    return len(left) < len(added) or not added
 
 
 def seg_path(series_uid: str, folder: Path) -> Path:

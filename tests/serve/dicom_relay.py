@@ -19,7 +19,8 @@ class PausingRelay:
         self.target, self.hold_at, self.gate = target, hold_at, threading.Event()
         self._listener = socket.create_server(("127.0.0.1", port))
         self.port = port
-        threading.Thread(target=self._accept, daemon=True).start()
+        self.accepting = threading.Thread(target=self._accept, daemon=True)
+        self.accepting.start()
 
     def _accept(self) -> None:
         while True:
@@ -50,7 +51,11 @@ class PausingRelay:
         peer.close()
 
     def close(self) -> None:
+        """Open the gate and stop listening. On Linux close() alone does not wake the thread
+        blocked in accept(); shutdown() does, so no thread is left behind."""
         self.gate.set()
+        with contextlib.suppress(OSError):  # not connected: some systems refuse shutdown on a listener
+            self._listener.shutdown(socket.SHUT_RDWR)
         self._listener.close()
 
 

@@ -52,3 +52,13 @@ def test_the_relay_passes_bytes_through_and_holds_the_chosen_pdu_until_its_gate_
     finally:
         relay.close()
         node.close()
+
+
+def test_closing_the_relay_ends_its_accepting_thread():
+    """close() wakes the thread blocked in accept(): each test using the relay would otherwise
+    leave one behind, blocked until the process ends."""
+    relay = PausingRelay(_free_port(), _free_port())
+    assert relay.accepting.is_alive()
+    relay.close()
+    relay.accepting.join(60)  # ends at once; the bound only keeps a failure from hanging the run
+    assert not relay.accepting.is_alive()
