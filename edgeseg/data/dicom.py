@@ -257,6 +257,7 @@ def _stack_hu(members: list[tuple[Path, pydicom.Dataset]], progress: bool = Fals
         log.warning("DICOM series %s: %d of its %d files have no RescaleIntercept; their stored values are read as HU: "
                     "check that air reads about -1000 HU, or add the scanner's intercept", first_path.parent, len(lacking),
                     len(members))
+    warned_padding: set[str] = set()
     for k, (path, dataset) in enumerate(progress_bar(members, desc="reading DICOM pixels", unit="slice",
                                                      shown=progress)):
         if slice_size(dataset, path) != (rows, columns):
@@ -267,7 +268,7 @@ def _stack_hu(members: list[tuple[Path, pydicom.Dataset]], progress: bool = Fals
         slope, intercept = rescale(dataset, path)
         pixels = slice_pixels(dataset, path, rows, columns)
         stack[k] = pixels.astype(np.float32) * np.float32(slope) + np.float32(intercept)
-        padded = padding_pixels(dataset, pixels, path)
+        padded = padding_pixels(dataset, pixels, path, warned_padding)
         if padded is not None:  # outside the field of view: no HU was measured there
             stack[k][padded] = np.minimum(stack[k][padded], np.float32(PADDING_HU))
         # pydicom keeps both the file's pixel bytes and the decoded array on the dataset, and
