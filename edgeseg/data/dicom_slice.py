@@ -121,6 +121,15 @@ def padding_pixels(dataset: pydicom.Dataset, pixels: np.ndarray, path: Path | st
     return (pixels >= min(stored)) & (pixels <= max(stored))
 
 
+def air_outside_view(hu: np.ndarray, dataset: pydicom.Dataset, pixels: np.ndarray, path: Path | str,
+                     warned: set[str] | None = None) -> None:
+    """Set the HU of ``pixels``' padding (:func:`padding_pixels`) in ``hu`` to ``PADDING_HU`` at most:
+    outside the field of view, no HU was measured there."""
+    padded = padding_pixels(dataset, pixels, path, warned)
+    if padded is not None:
+        hu[padded] = np.minimum(hu[padded], np.float32(PADDING_HU))
+
+
 def slice_size(dataset: pydicom.Dataset, path: Path | str) -> tuple[int, int]:
     """(Rows, Columns), refused unless both are positive."""
     rows, columns = (int(dicom_numbers(dataset, field, path, 1)[0]) for field in ("Rows", "Columns"))
