@@ -13,6 +13,17 @@
 #define HU_MAX 65535.0
 /* Above this, values with nothing below 0 cannot be HU clipped at 0 (NO_AIR_HIGH in input_checks.py). */
 #define NO_AIR_HIGH 1000.0
+/* Air and fat in HU, and the share of voxels in it a CT of a body holds at least (AIR_HU,
+ * AIR_PER_MILLE in input_checks.py): padding at -2000 or -3024 HU is not air. */
+#define AIR_LOW (-1200.0)
+#define AIR_HIGH (-50.0)
+#define AIR_PER_MILLE 1
+
+/* The least and largest value, how many values lie in AIR_LOW..AIR_HIGH, and how many in all. */
+typedef struct {
+    double low, high;
+    long long air, count;
+} value_stats;
 
 static int check_layout(const es_bundle *b, const es_hu_layout *in, const char *what, es_error *err) {
     if (in->slices < 1 || in->rows < 1 || in->cols < 1)
@@ -45,9 +56,9 @@ static int check_layout(const es_bundle *b, const es_hu_layout *in, const char *
 }
 
 /* Float input: finite, within stored CT values, and not already normalised. */
-static int check_float_values(const float *hu, const es_hu_layout *in, const char *what, double *range, es_error *err) {
+static int check_float_values(const float *hu, const es_hu_layout *in, const char *what, value_stats *st, es_error *err) {
     double low = INFINITY, high = -INFINITY;
-    long long bad = 0;
+    long long bad = 0, air = 0;
     int first_bad = -1;
     for (int z = 0; z < in->slices; z++) {
         for (int r = 0; r < in->rows; r++) {
@@ -61,6 +72,7 @@ static int check_float_values(const float *hu, const es_hu_layout *in, const cha
                 }
                 if (v < low) low = v;
                 if (v > high) high = v;
+                air += v >= AIR_LOW && v <= AIR_HIGH;
             }
         }
     }
@@ -72,8 +84,9 @@ static int check_float_values(const float *hu, const es_hu_layout *in, const cha
     if (0 < high - low && high - low <= 2.0 && -2.0 <= low && high <= 2.0)
         return es_fail(err, ES_EDATA, "%s values span %g..%g, which looks normalised, not HU (air is about -1000); pass the scanner's HU",
                        what, low, high);
-    range[0] = low;
-    range[1] = high;
+    st->low = low;
+    st->high = high;
+    st->air = air;
     return ES_OK;
 }
 
@@ -82,29 +95,34 @@ static int check_float_values(const float *hu, const es_hu_layout *in, const cha
         for (int r = 0; r < in->rows; r++) {                                          \
             const T *row = (const T *)hu + z * in->slice_stride + r * in->row_stride; \
             for (int c = 0; c < in->cols; c++) {                                      \
-                if (row[c] < range[0]) range[0] = row[c];                             \
-                if (row[c] > range[1]) range[1] = row[c];                             \
+                if (row[c] < st->low) st->low = row[c];                               \
+                if (row[c] > st->high) st->high = row[c];                             \
+                st->air += row[c] >= AIR_LOW && row[c] <= AIR_HIGH;                   \
             }                                                                         \
         }
 
-static void int_range(const void *hu, es_dtype dtype, const es_hu_layout *in, double *range) {
-    range[0] = INFINITY;
-    range[1] = -INFINITY;
+static void int_range(const void *hu, es_dtype dtype, const es_hu_layout *in, value_stats *st) {
+    st->low = INFINITY;
+    st->high = -INFINITY;
     if (dtype == ES_INT16) INT_RANGE(int16_t)
     else if (dtype == ES_UINT16) INT_RANGE(uint16_t)
     else INT_RANGE(uint8_t)
 }
 
-/* Nothing below 0 HU, where a CT of a body has fat and air: check_has_air in input_checks.py. */
-static int check_has_air(const es_bundle *b, const double *range, const char *what, es_error *err) {
-    double low = range[0], high = range[1];
-    if (low < 0 || low == high || (b->window_low >= 0 && high <= NO_AIR_HIGH)) return ES_OK;
-    char why[96];
+/* No air or fat, where a CT of a body has them: check_has_air in input_checks.py. */
+static int check_has_air(const es_bundle *b, const value_stats *st, const char *what, es_error *err) {
+    double low = st->low, high = st->high;
+    if (low == high || (b->window_low >= 0 && high <= NO_AIR_HIGH)) return ES_OK;
+    if (st->air >= 1 && st->air * 1000 >= AIR_PER_MILLE * st->count) return ES_OK;
+    char none[128], why[96];
+    if (low >= 0) snprintf(none, sizeof none, "none below 0 HU");
+    else snprintf(none, sizeof none, "%lld of %lld voxels in the air and fat range %g..%g HU (under %g %%)", st->air,
+                  st->count, AIR_LOW, AIR_HIGH, AIR_PER_MILLE / 10.0);
     if (b->window_low < 0) snprintf(why, sizeof why, "this model's window starts at %g HU", b->window_low);
     else snprintf(why, sizeof why, "they reach %g, above any tissue but bone", high);
-    return es_fail(err, ES_EDATA, "%s values span %g..%g, none below 0 HU, where a CT of a body has fat and air (-100, -1000) "
+    return es_fail(err, ES_EDATA, "%s values span %g..%g, %s, where a CT of a body has fat and air (-100, -1000) "
                    "and %s: not HU (stored values without RescaleIntercept? an 8-bit image? MR?); pass HU = stored value x "
-                   "RescaleSlope + RescaleIntercept", what, low, high, why);
+                   "RescaleSlope + RescaleIntercept", what, low, high, none, why);
 }
 
 int es_check_model_input(const float *input, size_t count, const char *artifact, es_error *err) {
@@ -124,8 +142,8 @@ int es_check_hu(const es_bundle *b, const void *hu, es_dtype dtype, const es_hu_
                        (int)dtype, ES_UINT8, ES_INT16, ES_UINT16, ES_FLOAT32);
     int rc = check_layout(b, in, what, err);
     if (rc) return rc;
-    double range[2] = {0, 0};
-    if (dtype == ES_FLOAT32) rc = check_float_values((const float *)hu, in, what, range, err);
-    else int_range(hu, dtype, in, range);
-    return rc ? rc : check_has_air(b, range, what, err);
+    value_stats st = {0, 0, 0, (long long)in->slices * in->rows * in->cols};
+    if (dtype == ES_FLOAT32) rc = check_float_values((const float *)hu, in, what, &st, err);
+    else int_range(hu, dtype, in, &st);
+    return rc ? rc : check_has_air(b, &st, what, err);
 }

@@ -24,8 +24,8 @@ nio = require("nibabel.orientations", "io", "reading DICOM series")
 pydicom = require("pydicom", "io", "reading DICOM series")
 from pydicom.errors import InvalidDicomError  # noqa: E402  (pydicom is known present here)
 
-from edgeseg.data.dicom_slice import (PADDING_HU, check_slice_tags, padding_pixels, pixel_spacing, rescale, slice_pixels,
-                                     slice_size, unit_cosines, warn_of_missing_intercept)
+from edgeseg.data.dicom_slice import (air_outside_view, check_slice_tags, pixel_spacing, rescale, slice_pixels, slice_size,
+                                     unit_cosines, warn_of_missing_intercept)
 from edgeseg.data.dicom_values import decode_elements, dicom_numbers, one_line
 from edgeseg.data.nifti import spacing_from_affine, to_lps_layout
 from edgeseg.data.volume import Volume
@@ -251,6 +251,7 @@ def _stack_hu(members: list[tuple[Path, pydicom.Dataset]], progress: bool = Fals
     check_volume((len(members), rows, columns), f"DICOM series {first_path.parent}")
     stack = np.empty((len(members), rows, columns), dtype=np.float32)
     warn_of_missing_intercept([dataset for _, dataset in members], first_path.parent)
+    warned_padding: set[str] = set()
     for k, (path, dataset) in enumerate(progress_bar(members, desc="reading DICOM pixels", unit="slice",
                                                      shown=progress)):
         if slice_size(dataset, path) != (rows, columns):
@@ -261,9 +262,7 @@ def _stack_hu(members: list[tuple[Path, pydicom.Dataset]], progress: bool = Fals
         slope, intercept = rescale(dataset, path)
         pixels = slice_pixels(dataset, path, rows, columns)
         stack[k] = pixels.astype(np.float32) * np.float32(slope) + np.float32(intercept)
-        padded = padding_pixels(dataset, pixels, path)
-        if padded is not None:  # outside the field of view: no HU was measured there
-            stack[k][padded] = np.minimum(stack[k][padded], np.float32(PADDING_HU))
+        air_outside_view(stack[k], dataset, pixels, path, warned_padding)
         # pydicom keeps both the file's pixel bytes and the decoded array on the dataset, and
         # the datasets live until the series is read: two more copies of the volume at the peak
         del dataset.PixelData

@@ -17,6 +17,7 @@ from edgeseg.data.dicom_values import dicom_numbers, one_line
 from edgeseg.errors import DataError, require
 from edgeseg.limits import check_dims
 
+log = logging.getLogger(__name__)
 pydicom = require("pydicom", "io", "reading DICOM series")
 log = logging.getLogger(__name__)
 
@@ -102,23 +103,42 @@ def rescale(dataset: pydicom.Dataset, path: Path | str) -> tuple[float, float]:
     return slope, intercept
 
 
-def padding_pixels(dataset: pydicom.Dataset, pixels: np.ndarray, path: Path | str) -> np.ndarray | None:
+def padding_pixels(dataset: pydicom.Dataset, pixels: np.ndarray, path: Path | str,
+                   warned: set[str] | None = None) -> np.ndarray | None:
     """Where ``pixels`` (as decoded) hold PixelPaddingValue, or lie between it and
     PixelPaddingRangeLimit: pixels outside the field of view, no measurement; None when the
-    image declares no padding. A padding value written in the other signedness than the pixels
-    (SS -2000 in unsigned pixels) is taken modulo 2**BitsStored, as the stored bits read."""
+    image declares no padding. A 16-bit padding value written in the other signedness than the
+    pixels (SS -2000 in signed pixels written as 63536) is read with its sign reinterpreted; one
+    that then still lies outside what BitsStored bits of the pixels hold is ignored, with one
+    warning per field (``warned`` holds the fields already warned of)."""
     if "PixelPaddingValue" not in dataset:
         return None
-    values = [dicom_numbers(dataset, "PixelPaddingValue", path, 1)[0]]
-    if "PixelPaddingRangeLimit" in dataset:
-        values.append(dicom_numbers(dataset, "PixelPaddingRangeLimit", path, 1)[0])
+    fields = ["PixelPaddingValue"] + (["PixelPaddingRangeLimit"] if "PixelPaddingRangeLimit" in dataset else [])
     bits = int(dicom_numbers(dataset, "BitsStored", path, 1, default=(16.0,))[0])
-    signed = pixels.dtype.kind == "i"
-    stored = [int(v) % (1 << bits) for v in values]
-    if signed:
-        stored = [v - (1 << bits) if v >= 1 << (bits - 1) else v for v in stored]
-    low, high = min(stored), max(stored)
-    return (pixels >= low) & (pixels <= high)
+    least, most = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if pixels.dtype.kind == "i" else (0, (1 << bits) - 1)
+    stored = []
+    for field in fields:
+        value = int(dicom_numbers(dataset, field, path, 1)[0])
+        if not least <= value <= most and -32768 <= value <= 65535:
+            value += 65536 if value < 0 else -65536 if value >= 32768 else 0
+        if not least <= value <= most:
+            if warned is None or field not in warned:
+                log.warning("DICOM file %s: field %s is %s, outside the %d-bit %s pixels' range %d..%d; ignored",
+                            path, field, dataset.get(field), bits, "signed" if least < 0 else "unsigned", least, most)
+                if warned is not None:
+                    warned.add(field)
+            return None
+        stored.append(value)
+    return (pixels >= min(stored)) & (pixels <= max(stored))
+
+
+def air_outside_view(hu: np.ndarray, dataset: pydicom.Dataset, pixels: np.ndarray, path: Path | str,
+                     warned: set[str] | None = None) -> None:
+    """Set the HU of ``pixels``' padding (:func:`padding_pixels`) in ``hu`` to ``PADDING_HU`` at most:
+    outside the field of view, no HU was measured there."""
+    padded = padding_pixels(dataset, pixels, path, warned)
+    if padded is not None:
+        hu[padded] = np.minimum(hu[padded], np.float32(PADDING_HU))
 
 
 def slice_size(dataset: pydicom.Dataset, path: Path | str) -> tuple[int, int]:

@@ -4,7 +4,7 @@ Everything the model could silently get wrong is refused here with a one-line ``
 a non-numeric or complex dtype, a wrong rank, a slice too small to resize, larger than
 ``MAX_SIDE`` (as libedgeseg refuses it) or of the wrong size when the bundle forbids resizing,
 NaN or inf, values no CT scanner stores, images that were already normalised (not HU), values
-with nothing below 0 HU where HU would have air and fat (see ``check_has_air``), and series of
+with no air or fat where HU would have them (see ``check_has_air``), and series of
 another modality.
 """
 
@@ -26,6 +26,11 @@ MIN_SIDE = 2
 # cortical bone, contrast and metal pass 1000, while stored CT values without their RescaleIntercept
 # (HU + 1024, or + 1000, + 2048) put all of the body above it.
 NO_AIR_HIGH = 1000.0
+# Air (lung, outside the body) and fat, in HU: padding (-2000, -3024) is not in it, so stored values
+# whose only negatives are padding do not pass for HU. An input holds air or fat when at least
+# AIR_PER_MILLE / 1000 of its voxels, and at least one, lie in AIR_HU (libedgeseg's AIR_* alike).
+AIR_HU = (-1200.0, -50.0)
+AIR_PER_MILLE = 1
 # The largest slice side (rows or columns) either runtime takes: libedgeseg's ES_MAX_SIDE
 # (csrc/edgeseg.h), the PreprocessSpec's size limit.
 MAX_SIDE = MAX_SIZE
@@ -77,28 +82,44 @@ def checked_hu(images: np.ndarray, spec: PreprocessSpec, *, ndim: int, resize: b
     if low < HU_LIMITS[0] or high > HU_LIMITS[1]:
         raise DataError(f"{what} values span {low:g}..{high:g}; CT stores HU within "
                         f"{HU_LIMITS[0]:g}..{HU_LIMITS[1]:g}")
+    if arr.dtype not in KERNEL_DTYPES:
+        # checked as the kernels (and libedgeseg) will see them: -1e-50 is -0.0 in float32
+        arr = arr.astype(np.float32)
+        low, high = float(arr.min()), float(arr.max())
     if arr.dtype.kind == "f" and 0 < high - low <= 2.0 and -2.0 <= low and high <= 2.0:
         raise DataError(f"{what} values span {low:g}..{high:g}, which looks normalised, not HU "
                         f"(air is about -1000); pass the scanner's HU")
-    check_has_air(low, high, spec, what)
-    if arr.dtype not in KERNEL_DTYPES:
-        arr = arr.astype(np.float32)
+    check_has_air(arr, low, high, spec, what)
     return arr
 
 
-def check_has_air(low: float, high: float, spec: PreprocessSpec, what: str = "input") -> None:
-    """DataError for values from ``low`` to ``high`` that hold nothing below 0 HU where HU must.
+def air_voxels(arr: np.ndarray, low: float) -> int:
+    """How many values of ``arr`` (whose minimum is ``low``) lie in ``AIR_HU``."""
+    if low > AIR_HU[1]:
+        return 0
+    return int(np.count_nonzero((arr >= AIR_HU[0]) & (arr <= AIR_HU[1])))
 
-    A CT slice of a body holds fat (about -100 HU) and air or padding (-1000 and below). Values
-    of 0 and above only are stored values without their RescaleIntercept, an 8-bit picture, MR,
-    or HU clipped at 0. The last is what the model sees anyway when its window starts at 0 or
+
+def check_has_air(arr: np.ndarray, low: float, high: float, spec: PreprocessSpec, what: str = "input") -> None:
+    """DataError for values (from ``low`` to ``high``) that hold no air or fat where HU must.
+
+    A CT slice of a body holds fat (about -100 HU) and air (-1000): at least ``AIR_PER_MILLE`` per
+    mille of its voxels in ``AIR_HU``. Values without them are stored values without their
+    RescaleIntercept (HU + 1024, whose only negatives may be padding at -2000), an 8-bit picture,
+    MR, or HU clipped at 0. The last is what the model sees anyway when its window starts at 0 or
     above, unless they reach over ``NO_AIR_HIGH`` (where clipped HU do not, and stored values do).
     A constant image (blank, or water) is left alone.
     """
-    if low < 0 or low == high or (spec.window[0] >= 0 and high <= NO_AIR_HIGH):
+    if low == high or (spec.window[0] >= 0 and high <= NO_AIR_HIGH):
         return
+    air = air_voxels(arr, low)
+    if air >= 1 and air * 1000 >= AIR_PER_MILLE * arr.size:
+        return
+    none = ("none below 0 HU" if low >= 0 else
+            f"{air} of {arr.size} voxels in the air and fat range {AIR_HU[0]:g}..{AIR_HU[1]:g} HU (under "
+            f"{AIR_PER_MILLE / 10:g} %)")
     why = (f"this model's window starts at {spec.window[0]:g} HU" if spec.window[0] < 0
            else f"they reach {high:g}, above any tissue but bone")
-    raise DataError(f"{what} values span {low:g}..{high:g}, none below 0 HU, where a CT of a body has fat and air "
+    raise DataError(f"{what} values span {low:g}..{high:g}, {none}, where a CT of a body has fat and air "
                     f"(-100, -1000) and {why}: not HU (stored values without RescaleIntercept? an 8-bit image? MR?); "
                     "pass HU = stored value x RescaleSlope + RescaleIntercept")

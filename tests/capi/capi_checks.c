@@ -22,6 +22,9 @@
  *   capi_checks spaced Z Y X BUNDLE PRECISION SLICES ROWS COLS IN.raw OUT.raw
  *                                           es_segment_volume_spaced of raw int16 with the voxel
  *                                           spacing (Z, Y, X) mm (strtod: "1e-200" is read as such)
+ *   capi_checks typed BUNDLE DTYPE ROWS COLS IN.raw
+ *                                           es_segment_slice (fp32) of one raw slice of es_dtype
+ *                                           code DTYPE (native byte order); reports the status only
  */
 #ifdef ES_DLOPEN_SHIM
 #define _GNU_SOURCE /* RTLD_NEXT, RTLD_DEEPBIND */
@@ -308,6 +311,26 @@ static int spaced_case(char **argv) {
     return rc;
 }
 
+/* One slice of any es_dtype, as the caller wrote it: the check of its values is the case. */
+static int typed_case(char **argv) {
+    const size_t sizes[] = {1, 2, 2, 4}, count = (size_t)atoi(argv[4]) * (size_t)atoi(argv[5]);
+    int dtype = atoi(argv[3]);
+    if (dtype < 0 || dtype > 3) return 64;
+    void *hu = malloc(count * sizes[dtype]);
+    uint8_t *labels = malloc(count);
+    FILE *in = fopen(argv[6], "rb");
+    int ok = hu && labels && in && fread(hu, sizes[dtype], count, in) == count;
+    if (in) fclose(in);
+    es_error err = {0, ""};
+    es_segmenter *seg = ok ? es_open(argv[2], "fp32", 0, &err) : NULL;
+    int rc = !ok ? 65 : seg ? es_segment_slice(seg, hu, (es_dtype)dtype, atoi(argv[4]), atoi(argv[5]), atoi(argv[5]),
+                                                labels, &err) : err.code;
+    es_close(seg);
+    free(hu);
+    free(labels);
+    return rc == 65 ? rc : report(rc, &err);
+}
+
 int main(int argc, char **argv) {
     es_error err = {0, ""};
     if (argc >= 3 && !strcmp(argv[1], "open")) return open_case(argv[2], argc > 3 ? argv[3] : NULL);
@@ -331,6 +354,7 @@ int main(int argc, char **argv) {
     if (argc == 9 && !strcmp(argv[1], "slices")) return slices_case(argv);
     if (argc == 10 && !strcmp(argv[1], "tta")) return tta_case(argv);
     if (argc == 12 && !strcmp(argv[1], "spaced")) return spaced_case(argv);
+    if (argc == 7 && !strcmp(argv[1], "typed")) return typed_case(argv);
     if (argc == 4 && !strcmp(argv[1], "threads")) return threads_case(argv[2], atoi(argv[3]));
     if (argc == 4 && !strcmp(argv[1], "cycles")) return cycles_case(argv[2], atoi(argv[3]));
     if (argc == 3 && !strcmp(argv[1], "leak")) {

@@ -68,6 +68,21 @@ def test_bad_calls_are_clean(case, asan_checks, bundle):
     assert "Sanitizer" not in result.stderr
 
 
+@pytest.mark.parametrize("dtype, code, status", [("<i2", 1, "18"), ("<f4", 3, "18"), ("u1", 0, "0")])
+def test_the_air_count_is_clean(dtype, code, status, asan_checks, bundle, tmp_path):
+    """The HU checks' count of air voxels over every dtype: one pixel at -1 in stored values
+    (refused, ES_EDATA 18) and, for uint8, a picture the liver window takes."""
+    import numpy as np
+
+    hu = np.linspace(24, 250 if dtype == "u1" else 1300, 64 * 64).reshape(64, 64).astype(dtype)
+    if dtype != "u1":
+        hu[3, 3] = -1
+    hu.tofile(tmp_path / "hu.raw")
+    result = run_sanitized(asan_checks, "typed", bundle, code, 64, 64, tmp_path / "hu.raw")
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "Sanitizer" not in result.stderr and result.stdout.split("\t")[0] == status, result.stdout
+
+
 def test_bad_bundles_are_clean(asan_checks, bundle, tmp_path):
     (tmp_path / "manifest.json").write_text('{"schema": 1, "spec": {"window": [1, 0]}, "labels": {}, '
                                              '"inputs": [], "outputs": [], "artifacts": []}')

@@ -120,6 +120,21 @@ def test_padding_outside_the_field_of_view_reads_as_air_at_most(tmp_path, hu):
     np.testing.assert_array_equal(read_dicom_series(folder).hu, signed)
 
 
+def test_a_padding_value_outside_the_pixels_range_is_ignored_with_one_warning(tmp_path, caplog):
+    """12-bit unsigned pixels with PixelPaddingValue 63536 (-2000 written unsigned, which no
+    12-bit unsigned pixel holds): it was taken modulo 4096 as 2096, a real value (1072 HU, bone),
+    and every pixel of 2096 read as -1024 HU. Now the padding value is ignored, with one warning
+    for the series naming the field, and the pixels read as stored + intercept."""
+    words = np.tile(np.array([0, 1024, 2096, 3000]), (SHAPE[0], 2, 1))
+    folder = _write_series(tmp_path / "u", words, False, bits_stored=12, PixelPaddingValue=63536)
+    with caplog.at_level("WARNING", logger="edgeseg"):
+        got = read_dicom_series(folder).hu
+    np.testing.assert_array_equal(got, words - 1024.0)  # the oracle: stored x 1 - 1024, nothing padded
+    assert got[0, 0, 2] == 1072
+    warned = [r.getMessage() for r in caplog.records if "PixelPaddingValue" in r.getMessage()]
+    assert len(warned) == 1 and "63536" in warned[0] and "ignored" in warned[0], warned
+
+
 # transfer syntax -> the dcmtk command writing a file in it
 ENCODERS = {
     "jpeg-lossless-sv1": ["dcmcjpeg", "+e1"],
