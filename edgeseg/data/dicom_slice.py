@@ -17,7 +17,6 @@ from edgeseg.data.dicom_values import dicom_numbers, one_line
 from edgeseg.errors import DataError, require
 from edgeseg.limits import check_dims
 
-log = logging.getLogger(__name__)
 pydicom = require("pydicom", "io", "reading DICOM series")
 log = logging.getLogger(__name__)
 
