@@ -135,6 +135,24 @@ def test_a_padding_value_outside_the_pixels_range_is_ignored_with_one_warning(tm
     assert len(warned) == 1 and "63536" in warned[0] and "ignored" in warned[0], warned
 
 
+@pytest.mark.parametrize("bits", [16, 12])
+def test_a_signed_padding_value_written_unsigned_is_read_with_its_sign(tmp_path, hu, bits):
+    """Signed pixels whose PixelPaddingValue is written with VR US (63536: -2000 as a 16-bit
+    word) pad where they hold -2000; an intercept of +1500 puts that at -500 HU, inside the body's
+    range, so the padding must be found to read as air (-1024) there."""
+    import pydicom
+
+    words = np.clip(hu, -1000, 500)
+    words[:, 1, :] = -2000
+    folder = _write_series(tmp_path / "s", words, True, bits_stored=bits, RescaleIntercept=1500)
+    for path in folder.iterdir():  # the padding value as a US element, the VR a signed image's writer may use
+        ds = pydicom.dcmread(path)
+        ds.add_new(0x00280120, "US", 63536)
+        ds.save_as(path)
+    assert pydicom.dcmread(next(folder.iterdir()))[0x00280120].VR == "US"
+    expected = np.where(words == -2000, -1024.0, words + 1500.0)  # the oracle
+    np.testing.assert_array_equal(read_dicom_series(folder).hu, expected)
+
 # transfer syntax -> the dcmtk command writing a file in it
 ENCODERS = {
     "jpeg-lossless-sv1": ["dcmcjpeg", "+e1"],
