@@ -113,7 +113,7 @@ def command(bundle, ae_title, any_ae, allow_calling, host, port, out, forward, i
         # the one start-up line, as serve's: the node itself logs nothing when it starts
         called = "any called AE title" if any_ae else f"called AE title {ae_title} only"
         click.echo(f"DICOM node {ae_title} listening on {host}:{port} ({called}; backend {segmenter.backend}); "
-                   "Ctrl-C stops it")
+                   "Ctrl-C stops it", err=audit is not None and audit.shares_stdout())  # stdout: JSON lines alone
         with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C or SIGTERM: stop and clean up
             while True:
                 time.sleep(1)

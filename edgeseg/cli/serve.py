@@ -84,7 +84,9 @@ def command(bundle, host, port, backend, threads, model_name, max_batch, queue_s
                          max_inflight_bytes=max_inflight_bytes, max_upload_disk_bytes=max_upload_disk_bytes,
                          upload_dir=str(upload_dir))
     app = create_app(segmenter, config, audit)
-    click.echo(f"serving {bundle} as {model_name!r} and {model_name + '-pipeline'!r} on http://{host}:{port} (backend {segmenter.backend})")
+    # on stderr where the audit log takes stdout: a log shipper reads nothing there but JSON lines
+    click.echo(f"serving {bundle} as {model_name!r} and {model_name + '-pipeline'!r} on http://{host}:{port} (backend {segmenter.backend})",
+               err=audit is not None and audit.shares_stdout())
     # SIGTERM (a service manager's stop) is the server's normal end, as for `edgeseg listen`:
     # uvicorn takes it for a graceful shutdown, then raises it again once it has restored this
     # handler, which lets the command end with exit status 0. Installed only now: a SIGTERM while

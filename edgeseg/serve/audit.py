@@ -198,6 +198,14 @@ class AuditLog:
             return self._socket.send(chunk, socket.MSG_DONTWAIT | getattr(socket, "MSG_NOSIGNAL", 0))
         return os.write(self._fd, chunk)
 
+    def shares_stdout(self) -> bool:
+        """Whether the lines go where this process's stdout goes (``/dev/stdout``, or the file or
+        pipe it names): a start-up line printed there would sit among the JSON lines."""
+        with contextlib.suppress(OSError):
+            ours, stdout = os.fstat(self._fd), os.fstat(1)
+            return (ours.st_dev, ours.st_ino) == (stdout.st_dev, stdout.st_ino)
+        return False
+
     def close(self) -> None:
         with self._lock:
             if self._fd is not None:

@@ -6,12 +6,14 @@ is still refused, in one line saying what to do instead."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
 import subprocess
 import sys
 import textwrap
+import time
 import urllib.request
 from pathlib import Path
 
@@ -34,12 +36,12 @@ WRITER = textwrap.dedent("""
 
 
 def _lines(reader: socket.socket) -> list[dict]:
-    """The JSON lines read from ``reader`` until its other end closes (serve's start-up line,
-    on stdout too, is not one)."""
+    """The JSON lines read from ``reader`` until its other end closes; a line that is not JSON
+    (serve's start-up line, which went to stdout too) fails the test."""
     got = b""
     while chunk := reader.recv(1 << 16):
         got += chunk
-    return [json.loads(line) for line in got.decode().splitlines() if not line.startswith("serving ")]
+    return [json.loads(line) for line in got.decode().splitlines()]  # every line: the start-up line is on stderr
 
 
 def test_audit_lines_reach_a_stream_socket_on_stdout():
@@ -71,8 +73,9 @@ def test_serve_records_its_requests_to_a_socket_on_stdout(serve_bundle, free_por
                 assert answer.status == 200
         finally:
             proc.terminate()
-            proc.communicate(timeout=60)
+            stderr = proc.communicate(timeout=60)[1]
         lines = _lines(reader)
+    assert [line for line in stderr.splitlines() if line.startswith("serving ")], stderr  # said, where no JSON goes
     asked = [line for line in lines if line.get("path") == "/v2/models/edgeseg"]
     assert len(asked) == 1 and asked[0]["status"] == 200 and asked[0]["event"] == "http_request"
     assert asked[0]["bundle"]["manifest_sha256"]
@@ -129,3 +132,31 @@ def test_a_datagram_socket_on_stdout_is_refused_in_one_line():
     with reader, theirs, pytest.raises(DataError) as refused:
         AuditLog(f"/dev/fd/{theirs.fileno()}")
     assert "is a socket other than a stream" in str(refused.value)
+
+
+def test_listen_says_where_it_listens_on_stderr_when_its_audit_log_is_stdout(serve_bundle, free_port, tmp_path):
+    """``edgeseg listen --audit-log /dev/stdout``: stdout holds the audit's JSON lines alone (an
+    association's line here); the start-up line goes to stderr."""
+    reader, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    port = free_port()
+    with reader, theirs:
+        proc = subprocess.Popen([sys.executable, "-m", "edgeseg.cli", "listen", str(serve_bundle), "--port", str(port),
+                                 "--out", str(tmp_path / "out"), "--backend", "onnxruntime:fp32",
+                                 "--audit-log", "/dev/stdout"], stdout=theirs, stderr=subprocess.PIPE, env=ENV, text=True)
+        theirs.close()
+        try:
+            deadline = time.monotonic() + 120
+            while True:  # the port opens once the model is loaded
+                with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=2):
+                    break
+                assert proc.poll() is None and time.monotonic() < deadline, "edgeseg listen did not start"
+                time.sleep(0.2)
+            echo = subprocess.run(["echoscu", "-aec", "EDGESEG", "127.0.0.1", str(port)], capture_output=True,
+                                  text=True, timeout=60)
+            assert echo.returncode == 0, echo.stderr
+        finally:
+            proc.terminate()
+            stderr = proc.communicate(timeout=60)[1]
+        lines = _lines(reader)
+    assert "listening on" in stderr, stderr
+    assert lines and all(isinstance(line, dict) and line.get("event") for line in lines), lines
