@@ -65,6 +65,7 @@ def confined(args: list, writable: Path, uid: int = NOBODY, cwd: str = "/", env:
     """Run ``args`` as ``uid``, in ``cwd``, with only ``writable`` (made and given to ``uid``)
     writable, seen by the command as :data:`OUT` (pytest's folders are closed to other users);
     see the module docstring. ``env`` adds variables. Skips where this cannot be arranged."""
+    assert uid != 0, "a confined command runs as an unprivileged user, never root"
     if os.geteuid() != 0 or not (shutil.which("unshare") and shutil.which("setpriv")):
         pytest.skip("confining a command needs root, unshare and setpriv (util-linux)")
     writable.mkdir(parents=True, exist_ok=True)

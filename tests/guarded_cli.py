@@ -95,6 +95,8 @@ class _Fd2Capture:
 
     def __exit__(self, *exc) -> None:
         os.dup2(self.saved, 2)
+        restored, saved = os.fstat(2), os.fstat(self.saved)
+        assert (restored.st_dev, restored.st_ino) == (saved.st_dev, saved.st_ino), "descriptor 2 was not put back"
         os.close(self.saved)
         self.data = self.text().encode()
         self.file.close()

@@ -83,7 +83,9 @@ def old_bundle(bundle: Path, dest: Path, variant: str) -> Path:
         entry.pop("scored", None)
     edit = VARIANTS[variant][0]
     if edit:
+        before = json.dumps([report, manifest], sort_keys=True)
         edit(report, manifest)
+        assert json.dumps([report, manifest], sort_keys=True) != before, f"variant {variant} edited nothing"
     (copy / "manifest.json").write_text(json.dumps(manifest, indent=2))
     (copy / "parity.json").write_text(json.dumps(report, indent=2))
     return copy

@@ -16,6 +16,7 @@ class PausingRelay:
     peer, waiting for that answer, sends nothing meanwhile."""
 
     def __init__(self, port: int, target: int, hold_at: int = 2) -> None:
+        assert hold_at >= 1, "PDUs are counted from 1 (the A-ASSOCIATE-AC)"
         self.target, self.hold_at, self.gate = target, hold_at, threading.Event()
         self._listener = socket.create_server(("127.0.0.1", port))
         self.port = port
