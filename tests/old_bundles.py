@@ -75,12 +75,13 @@ VARIANTS = {
 
 
 def old_bundle(bundle: Path, dest: Path, variant: str) -> Path:
-    """A copy of ``bundle`` at ``dest`` without ``scored``, its parity.json edited as ``variant``."""
+    """A copy of ``bundle`` at ``dest`` without ``scored`` and ``training_fov``, its parity.json edited as ``variant``."""
     copy = Path(shutil.copytree(bundle, dest))
     manifest = json.loads((copy / "manifest.json").read_text())
     report = json.loads((copy / "parity.json").read_text())
     for entry in manifest["artifacts"]:
         entry.pop("scored", None)
+    manifest.pop("training_fov", None)  # recorded from 2026-12-07 on
     edit = VARIANTS[variant][0]
     if edit:
         before = json.dumps([report, manifest], sort_keys=True)

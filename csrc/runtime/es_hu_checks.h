@@ -19,4 +19,8 @@ int es_check_hu(const es_bundle *b, const void *hu, es_dtype dtype, const es_hu_
  * whose window and normalisation overflow float32. The Python runner refuses such a batch. */
 int es_check_model_input(const float *input, size_t count, const char *artifact, es_error *err);
 
+/* ES_OK, or where EDGESEG_FOV_CHECK=refuse and the input's field of view at `spacing` (z, y, x mm)
+ * lies outside the bundle's training_fov by more than the factor field_of_view.py states, ES_EINVAL. */
+int es_check_fov(const es_bundle *b, const es_hu_layout *in, const double spacing[3], es_error *err);
+
 #endif

@@ -42,6 +42,8 @@ typedef struct {
     long long min_pixels[ES_MAX_CLASSES];
     double min_ml[ES_MAX_CLASSES];
     int removed_to[ES_MAX_CLASSES]; /* the class a filter's removed pixels take (0: background) */
+    int has_fov;                    /* training_fov recorded (training_fov.c) */
+    double fov_low, fov_high;       /* its fov_mm: the training cases' field of view, longer side, mm */
 } es_bundle;
 
 struct cJSON;
@@ -50,6 +52,8 @@ struct cJSON;
 int es_parse_postprocess(const struct cJSON *post, es_bundle *b, const char *dir, es_error *err);
 /* model.regions: null, or one non-empty list of classes 1..N-1 per foreground class (sets b->regions) */
 int es_parse_regions(const struct cJSON *model, es_bundle *b, const char *dir, es_error *err);
+/* training_fov: absent or null, or the record edgeseg/data/field_of_view.py reads (sets has_fov) */
+int es_parse_training_fov(const struct cJSON *root, es_bundle *b, const char *dir, es_error *err);
 
 /* component_rules.c: the parsed options as the kernels' component rules. */
 

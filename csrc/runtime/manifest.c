@@ -243,7 +243,7 @@ static int parse_options(const cJSON *root, es_bundle *b, const char *dir, es_er
         return es_fail(err, ES_EBUNDLE, "bundle %s: resize_input must be true or false", dir);
     b->resize_input = !resize_input || cJSON_IsTrue(resize_input);
     int rc_regions = es_parse_regions(cJSON_GetObjectItemCaseSensitive(root, "model"), b, dir, err); /* mirror.c */
-    if (rc_regions) return rc_regions;
+    if (rc_regions || (rc_regions = es_parse_training_fov(root, b, dir, err))) return rc_regions;
     const char *resize = post ? string_or(post, "resize", "logits") : "logits";
     int rc = es_parse_postprocess(post, b, dir, err);
     if (rc) return rc;

@@ -46,7 +46,8 @@ def bundle_text(record: dict) -> str:
              f"model    {json.dumps(record['model'])}",
              f"spec     {json.dumps(record['spec'], sort_keys=True, separators=(',', ':'))}  (hash {record['spec_hash']})",
              f"labels   {', '.join(f'{k}={v}' for k, v in labels.items())}",
-             f"post     {json.dumps(record['postprocess'])}   max batch {record['max_batch']}"]
+             f"post     {json.dumps(record['postprocess'])}   max batch {record['max_batch']}",
+             fov_line(record["training_fov"])]
     for kind in ("input", "output"):
         lines += [f"{kind:<8} {t['name']} {t['shape']} {t['dtype']}" for t in record[kind + "s"]]
     rows = [{"artifact": a["key"], "file": a["file"], "bytes": a["bytes"], "sha256": a["sha256"][:12],
@@ -148,6 +149,7 @@ def checkpoint_text(info: dict) -> str:
              f"{'; deterministic' if info['deterministic'] else ''}"]
     if info["postprocess"] is not None:
         lines.append(f"post     {json.dumps(info['postprocess'])}")
+    lines.append(fov_line(info["training_fov"]))
     lines.append(_resume_line(info["resume"]))
     if isinstance(info["provenance"], dict):
         lines += provenance_lines({"training": info["provenance"]})
@@ -184,6 +186,15 @@ def json_text(record: dict) -> str:
         return None if isinstance(value, float) and not math.isfinite(value) else value
 
     return json.dumps(finite(record), indent=1, allow_nan=False) + "\n"
+
+
+def fov_line(value: dict | None) -> str:
+    """The ``fov`` line: the training cases' field of view and pixel spacing, or that none is recorded
+    (written before the record, or trained on slices without spacing)."""
+    from edgeseg.data.field_of_view import parse_training_fov
+
+    fov = parse_training_fov(value)
+    return f"fov      {fov.describe() if fov else 'not recorded (no field-of-view check at prediction)'}"
 
 
 def _resume_line(state: dict | None) -> str:

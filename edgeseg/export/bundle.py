@@ -19,6 +19,7 @@ from typing import Any
 
 from edgeseg import __version__
 from edgeseg.atomic import TargetAppeared, atomic_dir, atomic_write_text, check_output_folder, within
+from edgeseg.data.field_of_view import RECORD_KEY, parse_training_fov
 from edgeseg.errors import DataError
 from edgeseg.report.provenance import environment, valid_unicode
 from edgeseg.runtime.manifest import (MANIFEST_NAME, PARITY_NAME, ArtifactEntry, Manifest, TensorInfo,
@@ -102,6 +103,8 @@ def build_manifest(payload: dict[str, Any], checkpoint: Path, checkpoint_sha256:
                               # how the artifacts were made: the ONNX bytes and INT8 scales follow these versions
                               "export": environment()}),
         edgeseg_version=__version__,
+        # the training cases' field of view; None for a checkpoint from before it, or of slices without spacing
+        training_fov=parse_training_fov(payload.get(RECORD_KEY), DataError, "checkpoint"),
         created=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
     )
 

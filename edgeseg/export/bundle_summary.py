@@ -72,6 +72,7 @@ def summarize_bundle(bundle: str | Path) -> dict[str, Any]:
             "spec": manifest.spec.to_dict(), "spec_hash": manifest.spec.hash,
             "labels": {str(k): v for k, v in sorted(manifest.labels.items())}, "postprocess": manifest.postprocess,
             "max_batch": manifest.max_batch, "resize_input": manifest.resize_input,
+            "training_fov": None if manifest.training_fov is None else manifest.training_fov.to_dict(),
             "inputs": [t.to_dict() for t in manifest.inputs], "outputs": [t.to_dict() for t in manifest.outputs],
             "artifacts": artifacts, "calibration": manifest.calibration, "parity": parity, "notes": notes,
             "passed": not failed, "failed": failed}

@@ -11,6 +11,7 @@ import torch
 
 from edgeseg import __version__
 from edgeseg.atomic import atomic_write_bytes
+from edgeseg.data.field_of_view import RECORD_KEY, parse_training_fov
 from edgeseg.errors import CheckpointError, EdgesegError
 from edgeseg.models import ModelConfig, build_model
 from edgeseg.spec import PreprocessSpec
@@ -91,6 +92,7 @@ def _check_records(path: Path, payload: dict[str, Any]) -> None:
     for part, cases in (payload.get("split") or {}).items():
         if not isinstance(cases, (list, tuple)) or not all(isinstance(c, str) for c in cases):
             refuse(f"split[{part!r}] must be a list of case ids, got {cases!r}")
+    parse_training_fov(payload.get(RECORD_KEY), CheckpointError, f"{path} is not an edgeseg checkpoint: its")
     label_values = payload.get("label_values")
     if label_values:
         if len(label_values) != len(names) - 1:

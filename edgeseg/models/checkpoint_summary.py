@@ -43,6 +43,7 @@ def summarize_checkpoint(path: str | Path) -> dict[str, Any]:
         "resume": _resume_state(payload),
         "deterministic": config.get("deterministic") is True,
         "provenance": payload.get("provenance"),
+        "training_fov": payload.get("training_fov"),  # checked by read_checkpoint
     }
 
 

@@ -20,15 +20,15 @@ Layout of ``manifest.json`` (schema 1)::
                     "sha256": "...", "bytes": 123, "fingerprint": null,
                     "scored": ["onnxruntime", "openvino"],
                     "excluded": {"openvino": "dice drop 0.0062 > 0.005"}}],  # excluded: optional
-     "calibration": null | {...}, "source": {...}}
+     "calibration": null | {...}, "source": {...}, "training_fov": null | {"fov_mm": [300.0, 450.0], ...}}
 
 ``scored`` lists the runners the parity gate ran on the artifact (passed or failed); ``auto``
 runs an artifact only on a runner it lists and does not exclude. An entry without it was written
 before the manifest recorded them: ``auto`` reads them from parity.json's rows where those are this
 bundle's (``edgeseg.runtime.parity_record``; ``edgeseg gate`` records the list, see docs/export.md).
 
-``-1`` in a shape is the dynamic batch axis. ``resize_input`` (default true) false means the
-runtime refuses slices whose size differs from the spec's instead of resizing them. Readers refuse a newer schema,
+``training_fov`` (null or absent: unknown): ``edgeseg.data.field_of_view``. ``-1`` in a shape is the dynamic
+batch axis. ``resize_input`` false: slices of another size than the spec's are refused. Readers refuse a newer schema,
 unknown formats and precisions no runner loads (the Runner classes say which, see ``edgeseg.runtime.runners``), and
 (``verify_artifacts``) missing files, files whose sha256 differs, ONNX graphs that keep a tensor in another file,
 which no sha256 covers, and files that resolve outside the bundle folder (``edgeseg.runtime.bundle_files``).
@@ -44,6 +44,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from edgeseg.data.field_of_view import TrainingFov, parse_training_fov
 from edgeseg.errors import BundleError, SpecError, shown
 from edgeseg.runtime.bundle_files import check_inside_bundle, read_bundle_json_bytes, sha256_file
 from edgeseg.runtime.onnx_form import check_self_contained
@@ -183,6 +184,7 @@ class Manifest:
     edgeseg_version: str = ""
     created: str = ""
     schema: int = SCHEMA_VERSION
+    training_fov: TrainingFov | None = None  # the training cases' field of view, where known
     sha256: str = field(default="", compare=False)  # of manifest.json as read; not a field of the file
 
     def __post_init__(self) -> None:
@@ -240,6 +242,7 @@ class Manifest:
             "artifacts": [a.to_dict() for a in self.artifacts],
             "calibration": self.calibration,
             "source": self.source,
+            "training_fov": None if self.training_fov is None else self.training_fov.to_dict(),
         }
 
     def to_json(self) -> str:
@@ -292,9 +295,9 @@ class Manifest:
             resize_input=_flag(data.get("resize_input", True), "resize_input"),
             calibration=data.get("calibration"),
             source=_object(data, "source"),
-            edgeseg_version=str(data.get("edgeseg_version", "")),
-            created=str(data.get("created", "")),
+            edgeseg_version=str(data.get("edgeseg_version", "")), created=str(data.get("created", "")),
             schema=schema,
+            training_fov=parse_training_fov(data.get("training_fov"), BundleError),
         )
 
 

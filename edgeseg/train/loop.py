@@ -141,6 +141,7 @@ def _train(cfg, resume, progress, on_epoch, make_sampler, place, device) -> dict
     state = _LoopState(cfg, model, model_config, spec, optimizer, device, train_set, val_set, data["split"], out,
                        sampler, place, layout)
     state.provenance = _provenance(cfg, data, payload, state, start_epoch)
+    state.training_fov = data["training_fov"]  # of the run's training cases; --resume trains on the same ones
     if payload is not None:
         state.restore(payload)
     log.info(
@@ -286,6 +287,7 @@ class _LoopState:
         self.workers = default_workers() if cfg.workers < 0 else cfg.workers
         self.loader = make_train_loader(train_set.store, self.batches, self.augment, self.workers, device)
         self.provenance: dict[str, Any] = {}
+        self.training_fov: dict[str, Any] | None = None
         self.total_steps = self.steps_per_epoch * cfg.epochs
         # capped where the product would overflow int(): any warm-up that long is all warm-up
         self.warmup = max(1, int(min(cfg.warmup_epochs * self.steps_per_epoch, 2.0 ** 62)))
@@ -382,6 +384,7 @@ class _LoopState:
             "recipe": self.cfg.recipe,
             "memory_format": self.layout,
             "provenance": self.provenance,
+            "training_fov": self.training_fov,
         }
         if with_optimizer:
             extra["optimizer"] = self.optimizer.state_dict()

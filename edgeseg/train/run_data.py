@@ -13,6 +13,7 @@ from typing import Any
 
 from edgeseg.atomic import folder_lock
 from edgeseg.data import split_cases
+from edgeseg.data.field_of_view import training_fov
 from edgeseg.data.folds import fold_split
 from edgeseg.data.store import StoreCases, open_slice_store
 from edgeseg.data.volume import cases_sha256
@@ -37,7 +38,9 @@ def prepare(cfg: TrainConfig, progress: bool = False) -> dict[str, Any]:
     split = fold_split(ids, cfg.folds, cfg.fold, cfg.seed) if cfg.folds else split_cases(ids, cfg.fractions, cfg.seed)
     sets = {name: StoreCases(store, split[name]) for name in ("train", "val")}
     val_voxel_ml = validation_voxel_ml([store.geometry(c) for c in split["val"]], spec)
-    return {"split": split, "spec": spec, "store": store, **sets, "val_voxel_ml": val_voxel_ml}
+    fov = training_fov(store.geometry(c) for c in split["train"])  # the checkpoint's record (field_of_view.py)
+    return {"split": split, "spec": spec, "store": store, **sets, "val_voxel_ml": val_voxel_ml,
+            "training_fov": None if fov is None else fov.to_dict()}
 
 
 def check_trainable(cfg: TrainConfig, data: dict[str, Any], payload: dict[str, Any] | None = None,

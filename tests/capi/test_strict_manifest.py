@@ -166,3 +166,54 @@ def test_a_null_where_a_string_belongs_is_refused_by_both(case, bundle, tmp_path
         Segmenter.load(copy, backend="openvino:fp32")
     code, message, _ = run_checks("open", copy, "fp32")
     assert code == ES_EBUNDLE and word in message and word in str(caught.value), (message, str(caught.value))
+
+
+def _with_training_fov(bundle, tmp_path, raw: bytes):
+    """A copy of ``bundle`` whose manifest's ``training_fov`` is the raw JSON ``raw``."""
+    copy = shutil.copytree(bundle, tmp_path / "bundle")
+    manifest = json.loads((copy / "manifest.json").read_text())
+    assert manifest["training_fov"] is not None  # the test bundle records it: the edit replaces a real record
+    manifest["training_fov"] = "@FOV@"
+    (copy / "manifest.json").write_bytes(json.dumps(manifest, indent=1).encode().replace(b'"@FOV@"', raw))
+    return copy
+
+
+GOOD_FOV = '"spacing_mm": [0.6, 0.9], "cases": 4'
+BAD_FOVS = {
+    "number": "192", "list": "[150, 450]", "string": '"150-450 mm"', "empty-object": "{}",
+    "low-above-high": '{"fov_mm": [450, 150], ' + GOOD_FOV + '}',
+    "zero-low": '{"fov_mm": [0, 450], ' + GOOD_FOV + '}',
+    "negative-spacing": '{"fov_mm": [150, 450], "spacing_mm": [-0.6, 0.9], "cases": 4}',
+    "three-numbers": '{"fov_mm": [150, 300, 450], ' + GOOD_FOV + '}',
+    "text-number": '{"fov_mm": ["150", 450], ' + GOOD_FOV + '}',
+    "bool-number": '{"fov_mm": [true, 450], ' + GOOD_FOV + '}',
+    "overflowing-number": '{"fov_mm": [150, 1e400], ' + GOOD_FOV + '}',
+    "overflowing-integer": '{"fov_mm": [150, 1' + "0" * 400 + '], ' + GOOD_FOV + '}',
+    "no-spacing": '{"fov_mm": [150, 450], "cases": 4}',
+    "no-cases": '{"fov_mm": [150, 450], "spacing_mm": [0.6, 0.9]}',
+    "zero-cases": '{"fov_mm": [150, 450], "spacing_mm": [0.6, 0.9], "cases": 0}',
+    "fractional-cases": '{"fov_mm": [150, 450], "spacing_mm": [0.6, 0.9], "cases": 4.0}',
+    "bool-cases": '{"fov_mm": [150, 450], "spacing_mm": [0.6, 0.9], "cases": true}',
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_FOVS))
+def test_a_malformed_training_fov_is_refused_alike_by_both(case, bundle, tmp_path, run_checks):
+    """training_fov (the training data's field of view) is optional; a malformed one is no record
+    either runtime may guess from: both refuse the bundle with the same words."""
+    copy = _with_training_fov(bundle, tmp_path, BAD_FOVS[case].encode())
+    with pytest.raises(BundleError) as caught:
+        read_manifest(copy)
+    code, message, _ = run_checks("open", copy, "fp32")
+    words = "manifest training_fov must be null or"
+    assert code == ES_EBUNDLE and words in message and words in str(caught.value), (message, str(caught.value))
+    assert message.split("manifest ", 1)[1] == str(caught.value).split("manifest ", 1)[1]
+
+
+@pytest.mark.parametrize("raw", ["null", '{"fov_mm": [150, 450], "spacing_mm": [0.6, 0.9], "cases": 4, "later": 1}'])
+def test_a_null_or_extended_training_fov_is_read_by_both(raw, bundle, tmp_path, run_checks):
+    """null is no record (a run on slices without spacing); keys a later edgeseg adds are ignored."""
+    copy = _with_training_fov(bundle, tmp_path, raw.encode())
+    fov = read_manifest(copy).training_fov
+    assert (None if fov is None else (fov.fov_mm, fov.cases)) == (None if raw == "null" else ((150.0, 450.0), 4))
+    assert run_checks("open", copy, "fp32")[:2] == (ES_OK, "opened")
