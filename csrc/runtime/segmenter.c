@@ -309,7 +309,7 @@ static int segment(es_segmenter *seg, const void *hu, es_dtype dtype, const es_h
     if (!seg) return es_fail(err, ES_EINVAL, "segmenter is NULL");
     int rc = es_check_hu(&seg->bundle, hu, dtype, in, labels, err);
     if (rc) return rc;
-    if (spacing && es_voxel_ml(spacing) == 0.0) return es_bad_spacing(spacing, err);
+    if (spacing && (rc = es_voxel_ml(spacing) == 0.0 ? es_bad_spacing(spacing, err) : es_check_fov(&seg->bundle, in, spacing, err))) return rc;
     if (in->volume) { /* refuse a missing spacing before any work */
         es_component_rule rules[ES_MAX_CLASSES];
         int any;

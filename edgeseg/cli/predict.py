@@ -90,7 +90,7 @@ def command(bundle, input_path, out, fmt, backend, threads, batch_size, overlay,
 
         from edgeseg.data.volume import default_affine
 
-        volume = replace(volume, spacing=spacing, affine=default_affine(spacing))
+        volume = replace(volume, spacing=spacing, affine=default_affine(spacing), spacing_known=True)
     if fmt in ("nifti", "seg-nrrd"):
         check_nifti_grid(volume, out, "NIfTI output" if fmt == "nifti" else "Slicer segmentation output")
     if fmt == "dicom-seg" and refs is None:

@@ -279,6 +279,7 @@ def read_slice_folder_with_kind(
                 slice_ids=stems,
                 # Neighbouring files are unrelated 2-D slices, not a scanned stack.
                 contiguous=False,
+                spacing_known=False,
             )
         )
     return volumes, kind

@@ -47,6 +47,8 @@ class Volume:
             (each compared at its own height along the normal: a missing slice moves none off it),
             where over a tenth of a pixel (slices from two reconstruction centres), else None.
             ``affine`` places that slice's pixels that far off: NIfTI output refuses it too.
+        spacing_known: False where ``spacing`` is a placeholder (slice folders, NPY arrays, PNG/JPG
+            slices read without one), so the training FOV check (``edgeseg.data.field_of_view``) skips it.
     """
 
     hu: np.ndarray
@@ -63,6 +65,7 @@ class Volume:
     off_line: tuple[float, str] | None = None
     label_names: dict[int, str] | None = None
     body_part: str = ""
+    spacing_known: bool = True
 
     def __post_init__(self) -> None:
         if self.hu.ndim != 3:

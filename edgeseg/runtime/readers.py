@@ -91,7 +91,8 @@ def _read_image(path: Path, intensity: str):
     pixels, mode = _read_channel0(path)
     hu = declared.to_hu(pixels, mode, path)
     return Volume(hu=hu[None], spacing=(1.0, 1.0, 1.0), affine=default_affine((1.0, 1.0, 1.0)), case_id=path.stem,
-                  hu_range=(declared.low, declared.high), source=str(path), slice_ids=[path.stem], contiguous=False)
+                  hu_range=(declared.low, declared.high), source=str(path), slice_ids=[path.stem], contiguous=False,
+                  spacing_known=False)
 
 
 def npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype, int]:
@@ -146,4 +147,4 @@ def _read_npy(path: Path):
     if array.ndim == 2:
         array = array[None]
     return Volume(hu=array, spacing=(1.0, 1.0, 1.0), affine=default_affine((1.0, 1.0, 1.0)), case_id=path.stem,
-                  source=str(path))
+                  source=str(path), spacing_known=False)

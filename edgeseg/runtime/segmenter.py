@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from edgeseg.data.field_of_view import fov_check_mode, fov_problem
 from edgeseg.errors import BackendError, BundleError, DataError
 from edgeseg.kernels import filter_components, postprocess, preprocess
 from edgeseg.progress import progress_bar
@@ -95,6 +96,7 @@ class Segmenter:
         self.resize_input = bool(resize_input)
         self.bundle = None if bundle is None else Path(bundle)
         self.manifest = manifest
+        self.fov_check = "warn"  # load() reads the option or $EDGESEG_FOV_CHECK
         if not isinstance(postprocess, PostprocessOptions):
             postprocess = PostprocessOptions.from_dict(postprocess, max(self.labels, default=0) + 1)
         self.postprocess = postprocess
@@ -116,7 +118,7 @@ class Segmenter:
 
     @classmethod
     def load(cls, bundle: str | Path, backend: str | list[str] = "auto", threads: int = 0,
-             tta: str = "none", timeout: float | None = None) -> "Segmenter":
+             tta: str = "none", timeout: float | None = None, fov_check: str | None = None) -> "Segmenter":
         """Read and verify ``bundle`` (manifest schema, every artifact's size and sha256), then
         load a runner: ``backend`` is ``"auto"`` (fastest measured here among the runners the
         export gate passed, cached), a name such as ``"openvino"``, ``"name:precision"`` such as
@@ -124,8 +126,11 @@ class Segmenter:
         ``"http://HOST:PORT/models/NAME"`` (the network runs there; the bundle still gives the
         spec, labels and post-processing). ``threads`` caps the backend's CPU threads (0: its
         default); ``tta`` mirrors at prediction (see the class); ``timeout`` is the seconds a remote
-        backend waits for each answer of its server (default 60; a local backend takes none)."""
+        backend waits for each answer of its server (default 60; a local backend takes none). ``fov_check``
+        (default ``$EDGESEG_FOV_CHECK``, else warn): what ``predict_volume`` does with an input whose field of
+        view lies outside the training data's: ``warn``, ``refuse`` or ``off``."""
         check_tta(tta)  # before any loading
+        fov_mode = fov_check_mode(fov_check)
         manifest = read_manifest(bundle)  # first: it refuses a bundle that is no path
         folder = Path(bundle)
         if not (isinstance(backend, str) and is_remote(backend)):  # a remote model leaves the files unused
@@ -145,8 +150,10 @@ class Segmenter:
         described = runner.describe()
         log.info("loaded %s: backend %s:%s (%s), device %s", folder, described["backend"], described["precision"],
                  described["artifact"], described["device"])
-        return cls(manifest.spec, manifest.labels, runner, options, manifest.max_batch,
-                   resize_input=manifest.resize_input, bundle=folder, manifest=manifest, tta=tta)
+        segmenter = cls(manifest.spec, manifest.labels, runner, options, manifest.max_batch,
+                        resize_input=manifest.resize_input, bundle=folder, manifest=manifest, tta=tta)
+        segmenter.fov_check = fov_mode
+        return segmenter
 
     @classmethod
     def from_module(cls, module, spec: PreprocessSpec, labels: dict[int, str], postprocess: dict | None = None,
@@ -237,10 +244,22 @@ class Segmenter:
             log.warning("%s", mismatch)
         if given is not None:
             voxel_ml(given)  # a spacing passed in is checked as es_segment_volume_spaced checks it
+        self._check_fov(arr.shape, given if given is not None else spacing if getattr(volume, "spacing_known", True)
+                        else None, what)
         if volume_filters and self.postprocess.needs_spacing:
             self.postprocess.volume_rules(spacing)  # refuse a missing spacing before any work
         labels = self._segment_slices(arr, batch_size, progress)
         return self.filter_volume(labels, spacing) if volume_filters else labels
+
+    def _check_fov(self, shape: tuple[int, ...], spacing, what: str) -> None:
+        """One warning (an error with ``fov_check`` "refuse") where an input of known spacing has a field
+        of view outside the bundle's training data's (``edgeseg.data.field_of_view``); nothing where either is unknown."""
+        record = None if self.manifest is None or self.fov_check == "off" else self.manifest.training_fov
+        problem = fov_problem(record, shape, spacing, what)
+        if problem and self.fov_check == "refuse":
+            raise DataError(problem)
+        if problem:
+            log.warning("%s", problem)
 
     def filter_volume(self, labels: np.ndarray, spacing: tuple[float, float, float] | None = None) -> np.ndarray:
         """The bundle's 3-D component filters (per class, 6-connected) on (Z, Y, X) ``labels``
