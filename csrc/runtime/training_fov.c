@@ -43,8 +43,9 @@ int es_parse_training_fov(const cJSON *root, es_bundle *b, const char *dir, es_e
 
 int es_check_fov(const es_bundle *b, const es_hu_layout *in, const double spacing[3], es_error *err) {
     const char *mode = getenv("EDGESEG_FOV_CHECK");
-    if (!mode || !*mode || strcmp(mode, "warn") == 0 || strcmp(mode, "off") == 0 || !b->has_fov) return ES_OK;
+    if (!mode || !*mode || strcmp(mode, "warn") == 0 || strcmp(mode, "off") == 0) return ES_OK;
     if (strcmp(mode, "refuse") != 0) return es_fail(err, ES_EINVAL, "EDGESEG_FOV_CHECK=%s is not one of warn, refuse, off", mode);
+    if (!b->has_fov) return ES_OK;
     double rows_mm = in->rows * spacing[1], cols_mm = in->cols * spacing[2];
     double fov = rows_mm >= cols_mm ? rows_mm : cols_mm;
     if (fov >= b->fov_low / FOV_FACTOR && fov <= b->fov_high * FOV_FACTOR) return ES_OK;
