@@ -77,3 +77,17 @@ def test_slices_without_spacing_record_none(lesion_slices, tmp_path):
                 case_pattern="file")
     train(cfg, progress=False)
     assert torch.load(tmp_path / "run" / "best.pt", weights_only=True)["training_fov"] is None
+
+
+@pytest.mark.parametrize("bad", ["192", [150.0, 450.0], {"fov_mm": [450.0, 150.0], "spacing_mm": [1.0, 1.0], "cases": 2}])
+def test_a_checkpoint_with_a_malformed_record_is_refused_in_one_line(bad, trained_checkpoint, tmp_path):
+    """export and inspect read it as the runtime reads a manifest's: no half-understood range."""
+    from edgeseg.errors import CheckpointError
+    from edgeseg.models.checkpoint import read_checkpoint
+
+    payload = torch.load(trained_checkpoint, weights_only=True)
+    payload["training_fov"] = bad
+    torch.save(payload, tmp_path / "best.pt")
+    with pytest.raises(CheckpointError) as caught:
+        read_checkpoint(tmp_path / "best.pt")
+    assert "is not an edgeseg checkpoint: its training_fov must be null or" in str(caught.value)
