@@ -101,7 +101,7 @@ def fov_check_mode(value: str | None = None) -> str:
     """``value``, else ``$EDGESEG_FOV_CHECK``, else ``warn``: one of :data:`FOV_CHECK_MODES`."""
     mode = (os.environ.get(FOV_CHECK_ENV, "") if value is None else value) or "warn"  # as libedgeseg reads it
     if mode not in FOV_CHECK_MODES:
-        source = f"{FOV_CHECK_ENV}={value if value is not None else os.environ.get(FOV_CHECK_ENV)}"
+        source = f"{FOV_CHECK_ENV}={mode}" if value is None else f"fov_check {mode!r}"
         raise DataError(f"{source} is not one of {', '.join(FOV_CHECK_MODES)}")
     return mode
 

@@ -244,14 +244,14 @@ class Segmenter:
             log.warning("%s", mismatch)
         if given is not None:
             voxel_ml(given)  # a spacing passed in is checked as es_segment_volume_spaced checks it
-        self._check_fov(arr.shape, given if given is not None else spacing if getattr(volume, "spacing_known", True)
+        self.check_fov(arr.shape, given if given is not None else spacing if getattr(volume, "spacing_known", True)
                         else None, what)
         if volume_filters and self.postprocess.needs_spacing:
             self.postprocess.volume_rules(spacing)  # refuse a missing spacing before any work
         labels = self._segment_slices(arr, batch_size, progress)
         return self.filter_volume(labels, spacing) if volume_filters else labels
 
-    def _check_fov(self, shape: tuple[int, ...], spacing, what: str) -> None:
+    def check_fov(self, shape: tuple[int, ...], spacing, what: str) -> None:
         """One warning (an error with ``fov_check`` "refuse") where an input of known spacing has a field
         of view outside the bundle's training data's (``edgeseg.data.field_of_view``); nothing where either is unknown."""
         record = None if self.manifest is None or self.fov_check == "off" else self.manifest.training_fov

@@ -19,6 +19,7 @@ import time
 
 import numpy as np
 
+from edgeseg.errors import DataError
 from edgeseg.serve.batcher import BatchTiming, MicroBatcher
 from edgeseg.serve.model_inputs import (PIPELINE_DATATYPES, PIPELINE_SUFFIX, SPACING_INPUT, ModelInputError,
                                         check_network_input, check_pipeline_input, check_pipeline_spacing)
@@ -221,7 +222,11 @@ class PipelineModel(ServedModel):
 
     def _check(self, hu: np.ndarray, inputs: dict[str, np.ndarray]) -> np.ndarray:
         stack = check_pipeline_input(hu, self.segmenter, self.network_name, self.max_batch, self.max_side)
-        check_pipeline_spacing(inputs.get(SPACING_INPUT), self.segmenter, self.network_name)
+        spacing = check_pipeline_spacing(inputs.get(SPACING_INPUT), self.segmenter, self.network_name)
+        try:  # per request, before batching joins it to others: with its own spacing, as predict_volume does
+            self.segmenter.check_fov(stack.shape, spacing, "request")
+        except DataError as exc:
+            raise ModelInputError(str(exc)) from None
         return stack
 
     def output(self, inputs: dict[str, np.ndarray], result: np.ndarray) -> np.ndarray:
