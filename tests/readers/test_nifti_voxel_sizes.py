@@ -113,3 +113,15 @@ def test_a_tiny_sform_beside_a_zero_step_qform_is_one_line_naming_both(tmp_path)
         f"image {path}: header fields sform (sform_code 2) gives a voxel size below 1e-6 mm (voxel axes of 1e-30, 0.7, "
         "2.5 mm) and qform (qform_code 1) has header field pixdim[3] 0, not a voxel size of at least 1e-6 mm, so the "
         "file does not say how its voxels lie in the patient; set a usable sform or qform")
+
+
+def test_labels_of_a_tiny_sform_file_are_written_by_its_qform_alone(tmp_path):
+    """Copied, the 1e-30 mm sform and its code would make every reader refuse or misplace them."""
+    from edgeseg.runtime.writers import write_nifti
+
+    path = _write(tmp_path / "tiny.nii", sform="tiny")
+    volume = read_nifti(path)
+    written = nib.load(write_nifti((volume.hu == 209).astype(np.uint8), volume, tmp_path / "labels.nii.gz"))
+    assert int(written.header["sform_code"]) == 0 and written.header.get_qform(coded=True)[1] == 1
+    np.testing.assert_allclose(written.affine, QFORM, atol=1e-5)
+    assert np.argwhere(np.asarray(written.dataobj) == 1).tolist() == [[6, 5, 4]]
