@@ -137,7 +137,7 @@ def _open(path: Path, what: str):
         raise DataError(f"cannot read {what} {path}: truncated or not a NIfTI file ({detail})") from None
     try:
         _check_header(image, path, what)
-        affine = header_affine(image, f"{what} {path}")  # the sform, or a usable qform beside an unusable one
+        affine = header_affine(image, f"{what} {path}", path)  # the sform, or a usable qform beside an unusable one
     except BaseException:
         close_stream(image)
         raise

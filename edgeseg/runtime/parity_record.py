@@ -22,8 +22,10 @@ on the runner every gate ran, other precisions by ``excluded``) until ``edgeseg 
 ``scored``. ``parity.json`` is not covered by the bundle's integrity check (no sha256 of it is
 recorded anywhere, and it is not part of the bundle's identity, the manifest's sha256): these
 conditions keep a report of another export, of artifacts since replaced, or of a failed runner
-from widening the choice, not a report forged with this bundle's hashes. libedgeseg reads it by
-the same rules (csrc/runtime/parity_record.c).
+from widening the choice, not a report forged with this bundle's hashes (public in its manifest;
+no key signs a report): such a report never lifts ``excluded``, and lets ``auto`` pick only a
+runner that ``--backend`` could name. libedgeseg reads it by the same rules
+(csrc/runtime/parity_record.c).
 """
 
 from __future__ import annotations

@@ -128,7 +128,7 @@ def source_grid(labels: np.ndarray, volume, out: str | os.PathLike, what: str):
     nib = require("nibabel", "io", what)
     nio = require("nibabel.orientations", "io", what)
     original = nib.load(str(source))
-    original_affine = header_affine(original, source, warn=False)  # as read: a usable qform beside a bad sform
+    original_affine = header_affine(original, source, source, warn=False)  # as read: a usable qform beside a bad sform
     back = nio.ornt_transform(nio.io_orientation(affine), nio.io_orientation(original_affine))
     data_xyz = nio.apply_orientation(data_xyz, back)
     grid = tuple(original.shape[:3])

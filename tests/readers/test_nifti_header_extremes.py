@@ -37,8 +37,10 @@ def _nifti(path, x_step: float = 1.0, qform_code: int = 1):
 
 
 def test_a_voxel_axis_below_a_micrometre_is_refused_naming_the_file(tmp_path):
-    path = _nifti(tmp_path / "thin.nii", x_step=1e-30)
-    with pytest.raises(DataError, match=r"thin\.nii: header fields qform/sform: affine gives a voxel size below 1e-6 mm"):
+    """Without a qform to fall back to (one beside it: tests/readers/test_nifti_voxel_sizes.py)."""
+    path = _nifti(tmp_path / "thin.nii", x_step=1e-30, qform_code=0)
+    with pytest.raises(DataError, match=r"thin\.nii: header field sform \(sform_code 1\) gives a voxel size below "
+                                        r"1e-6 mm \(voxel axes of 1e-30, 1, 2 mm\), and qform_code is 0"):
         read_nifti(path)
     assert read_nifti(_nifti(tmp_path / "fine.nii", x_step=0.001)).spacing == (2.0, 1.0, 0.001)
 
