@@ -293,11 +293,12 @@ class DicomNode(NodeEvents):
 
     def _segment(self, due: list[tuple[str, HeldSeries]]) -> None:
         for uid, series in due:
-            began, error = time.monotonic(), None
+            began, error, forced = time.monotonic(), None, self._abandon.is_set()
             try:
-                if self._abandon.is_set():  # a second Ctrl-C / SIGTERM during the stop: segment no more
+                if forced:  # a second Ctrl-C / SIGTERM during the stop: segment no more
                     # a failure like any other, audited too: its images were acknowledged to the peer
-                    raise DataError("the stop was forced")
+                    raise DataError("the stop was forced" + ("" if self._claim is None else
+                                                              f"; its images stay in {self.work} for the next start"))
                 self.process(uid, series.folder, series.replaces)
             except (EdgesegError, OSError) as exc:  # OSError: --out full, gone, turned into a file, ...
                 self.stats.failed.append(uid)
@@ -312,7 +313,8 @@ class DicomNode(NodeEvents):
                     self.audit.series(uid, time.monotonic() - began, error=error)
                 with self._lock:  # its images are kept a while, or given to a part arriving since
                     self._queued -= 1
-                    self._segmented.keep(uid, series, time.monotonic(), self._series.get(uid))
+                    if self._claim is None or not forced:  # else left for the next start
+                        self._segmented.keep(uid, series, time.monotonic(), self._series.get(uid))
 
     def process(self, series_uid: str, folder: Path, replaces: SegReference | None = None) -> Path:
         """Segment the series in ``folder``; write and/or forward its SEG; return the SEG path.

@@ -7,6 +7,7 @@ had left. One log line and one audit line (``recovered``) per series."""
 from __future__ import annotations
 
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -22,7 +23,7 @@ def take_up(work: Path, previous: int | None, in_flight: dict[str, HeldSeries], 
     """Put the series left in ``work`` (by the node of pid ``previous``) into ``in_flight`` or
     ``segmented``; called before the node listens."""
     found, staged = recover(work)
-    by = f"the node of pid {previous}" if previous else "an earlier node"
+    by = f"the node of pid {previous}" if previous and previous != os.getpid() else "an earlier node"
     if staged:
         log.warning("removed %d image(s) in %s whose writing %s did not finish: they were never acknowledged", staged,
                     work, by)

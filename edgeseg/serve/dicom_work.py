@@ -20,7 +20,6 @@ image (a disk that lost what it was told it had written) is moved to ``damaged/`
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import logging
 import os
@@ -80,11 +79,10 @@ class WorkClaim:
             import fcntl
 
             fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except (BlockingIOError, PermissionError) as exc:
+        except (BlockingIOError, PermissionError):  # EWOULDBLOCK, or EACCES where locks are byte ranges
             self.release()
-            if isinstance(exc, PermissionError) or exc.errno in (errno.EAGAIN, errno.EACCES):
-                raise DataError(f"{option} {folder} is the work folder of a running edgeseg listen (pid "
-                                f"{self.previous or '?'}); two nodes cannot share one work folder") from None
+            raise DataError(f"{option} {folder} is the work folder of a running edgeseg listen (pid "
+                            f"{self.previous or '?'}); two nodes cannot share one work folder") from None
         except (ImportError, OSError):  # no locks here: the pid alone tells
             if self.previous not in (None, os.getpid()) and process_alive(self.previous):
                 self.release()
@@ -188,7 +186,7 @@ def recover(work: Path) -> tuple[list[Recovered], int]:
         for _, part in parts:
             for item in sorted(part.iterdir()):
                 if item.name.startswith(".") and (part != target or item.name != REFERENCE_NAME):
-                    staged += ".staging-" in item.name  # a write cut short: never acknowledged
+                    staged += ".staging-" in item.name and item.name.endswith(".dcm")  # never acknowledged
                     item.unlink(missing_ok=True)
                 elif part != target and item.is_file():
                     os.replace(item, target / item.name)

@@ -214,3 +214,44 @@ def test_a_kept_series_survives_a_stop_and_its_late_image_replaces_its_seg(serve
     first, second = (pydicom.dcmread(tmp_path / "out" / name) for name in (f"{uid}.seg.dcm", f"{uid}-2.seg.dcm"))
     assert second.SeriesInstanceUID == first.SeriesInstanceUID and int(second.InstanceNumber) == 2
     assert len(_referenced(tmp_path / "out" / f"{uid}-2.seg.dcm")) == 3
+
+
+def test_a_forced_stop_leaves_the_series_it_did_not_segment_to_the_next_start(serve_bundle, tmp_path, free_port,
+                                                                              wait_port):
+    """A second interrupt during the stop segments no more series; in a --work folder the images
+    of those left stay there (they were removed with the folder), and the next node segments them."""
+    import threading
+
+    from edgeseg.runtime.segmenter import Segmenter
+    from edgeseg.serve.dicom_node import DicomNode
+    from tests.serve.test_dicom_node import _HeldSegmenter
+
+    files, other, work = sorted(SERIES.glob("*.dcm")), tmp_path / "other", tmp_path / "work"
+    other.mkdir()
+    for path in files:  # the same images as a second series
+        ds = pydicom.dcmread(path)
+        ds.SeriesInstanceUID, ds.SOPInstanceUID = ds.SeriesInstanceUID + ".2", ds.SOPInstanceUID + ".2"
+        ds.save_as(other / path.name)
+    with Segmenter.load(serve_bundle, backend="onnxruntime:fp32") as real:
+        held = _HeldSegmenter(real)
+        node = DicomNode(held, port=free_port(), out=tmp_path / "out", idle=600, work=work, durable=True)
+        node.start()
+        wait_port(node.port)
+        assert _storescu(node.port, files).returncode == 0
+        assert _storescu(node.port, sorted(other.iterdir())).returncode == 0
+        stopping = threading.Thread(target=node.stop)
+        stopping.start()
+        assert held.started.wait(30)  # the stop is segmenting the first series
+        node.abandon()
+        held.go.set()
+        stopping.join(60)
+        assert not stopping.is_alive() and len(node.stats.failed) == 1
+        [left] = [p for p in work.iterdir() if p.name.startswith(node.stats.failed[0])]
+        assert len(list(left.glob("*.dcm"))) == 3
+        again = DicomNode(real, port=free_port(), out=tmp_path / "out", idle=0.5, work=work, durable=True)
+        again.start()
+        try:
+            assert _wait_for(lambda: again.stats.segmented == node.stats.failed, 60), again.stats
+        finally:
+            again.stop()
+    assert len(_referenced(tmp_path / "out" / f"{node.stats.failed[0]}.seg.dcm")) == 3
