@@ -156,13 +156,20 @@ def _parts(work: Path) -> dict[str, list[tuple[int, Path]]]:
 
 
 def _whole(path: Path) -> tuple[int, tuple[int, int]] | None:
-    """(frames, (rows, columns)) of an image file holding all its pixel data, else None."""
+    """(frames, (rows, columns)) of an image file holding all its pixel data, else None. The pixel
+    data is not read: its element must claim the bytes its size needs (the node stores images
+    uncompressed) and the file must hold them all."""
     import pydicom
 
     try:
-        ds = pydicom.dcmread(path)
+        ds = pydicom.dcmread(path, defer_size=4096)
         frames, rows, columns = int(ds.get("NumberOfFrames") or 1), int(ds.Rows), int(ds.Columns)
-        if len(ds.PixelData) < frames * rows * columns * ((int(ds.BitsAllocated) + 7) // 8):
+        pixels = ds.get_item("PixelData", keep_deferred=True)
+        need = frames * rows * columns * ((int(ds.BitsAllocated) + 7) // 8)
+        if pixels is None or pixels.length < need:
+            return None
+        tell = getattr(pixels, "value_tell", None)  # none where the value was read (under defer_size)
+        if len(pixels.value) < need if tell is None else tell + pixels.length > path.stat().st_size:
             return None
         return frames, (rows, columns)
     except Exception:  # truncated, not DICOM, no pixel data: not a whole image
