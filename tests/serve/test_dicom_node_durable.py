@@ -42,6 +42,20 @@ def _stop(proc: subprocess.Popen, signum=signal.SIGTERM) -> str:
             proc.wait()
 
 
+def _segmented_on_restart(bundle, tmp_path: Path, free_port, wait_port, work: Path, uid: str, *options: str) -> str:
+    """Start a node on ``work`` (``--idle 0.5``), wait for the SEG of ``uid`` it makes of what it
+    found there, stop it and return its stderr."""
+    port = free_port()
+    node = _listen(bundle, port, tmp_path, "--work", str(work), "--idle", "0.5", *options)
+    try:
+        wait_port(port, timeout=60)
+        assert _wait_for(lambda: (tmp_path / "out" / f"{uid}.seg.dcm").is_file(), 60)
+    finally:
+        err = _stop(node)
+    assert node.returncode == 0 and "Traceback" not in err, err
+    return err
+
+
 def _seg(path: Path) -> tuple[set[str], bytes, int]:
     """What a SEG says of its series: the instances it references, its label frames, their count."""
     ds = pydicom.dcmread(path)
@@ -73,15 +87,8 @@ def test_acknowledged_images_of_a_killed_node_are_segmented_after_restart(serve_
         node.communicate(timeout=60)
     assert not list((tmp_path / "out").glob("*.seg.dcm"))
     killed = node.pid
-    port = free_port()
-    node = _listen(serve_bundle, port, tmp_path, "--work", str(work), "--idle", "0.5", "--audit-log",
-                   str(tmp_path / "audit.jsonl"))
-    try:
-        wait_port(port, timeout=60)
-        assert _wait_for(lambda: (tmp_path / "out" / f"{uid}.seg.dcm").is_file(), 60)
-    finally:
-        err = _stop(node)
-    assert node.returncode == 0 and "Traceback" not in err, err
+    err = _segmented_on_restart(serve_bundle, tmp_path, free_port, wait_port, work, uid, "--audit-log",
+                                str(tmp_path / "audit.jsonl"))
     assert f"series {uid}: 2 image(s) acknowledged by the node of pid {killed} and not yet segmented" in err
     [recovered] = [line for line in map(json.loads, (tmp_path / "audit.jsonl").read_text().splitlines())
                    if line["event"] == "recovered"]
@@ -117,14 +124,7 @@ def test_a_write_cut_short_is_not_segmented(serve_bundle, tmp_path, free_port, w
     half = files[2].read_bytes()[: files[2].stat().st_size // 2]
     (work / uid / f".{sops[2]}.dcm.staging-{dead}-0123abcd.dcm").write_bytes(half)
     (work / uid / "1.2.3.4.dcm").write_bytes(half)  # named as whole, but cut short
-    port = free_port()
-    node = _listen(serve_bundle, port, tmp_path, "--work", str(work), "--idle", "0.5")
-    try:
-        wait_port(port, timeout=60)
-        assert _wait_for(lambda: (tmp_path / "out" / f"{uid}.seg.dcm").is_file(), 60)
-    finally:
-        err = _stop(node)
-    assert node.returncode == 0 and "Traceback" not in err, err
+    err = _segmented_on_restart(serve_bundle, tmp_path, free_port, wait_port, work, uid)
     assert _referenced(tmp_path / "out" / f"{uid}.seg.dcm") == set(sops[:2])
     assert f"removed 1 image(s) in {work} whose writing the node of pid {dead} did not finish" in err
     assert "1.2.3.4.dcm in the work folder is not a whole image" in err
@@ -220,34 +220,16 @@ def test_a_forced_stop_leaves_the_series_it_did_not_segment_to_the_next_start(se
                                                                               wait_port):
     """A second interrupt during the stop segments no more series; in a --work folder the images
     of those left stay there (they were removed with the folder), and the next node segments them."""
-    import threading
-
     from edgeseg.runtime.segmenter import Segmenter
     from edgeseg.serve.dicom_node import DicomNode
-    from tests.serve.test_dicom_node import _HeldSegmenter
+    from tests.serve.test_dicom_node import forced_stop
 
-    files, other, work = sorted(SERIES.glob("*.dcm")), tmp_path / "other", tmp_path / "work"
-    other.mkdir()
-    for path in files:  # the same images as a second series
-        ds = pydicom.dcmread(path)
-        ds.SeriesInstanceUID, ds.SOPInstanceUID = ds.SeriesInstanceUID + ".2", ds.SOPInstanceUID + ".2"
-        ds.save_as(other / path.name)
+    work = tmp_path / "work"
+    node = forced_stop(serve_bundle, tmp_path, free_port, wait_port, work=work, durable=True)
+    assert len(node.stats.failed) == 1
+    [left] = [p for p in work.iterdir() if p.name.startswith(node.stats.failed[0] + ".taken-")]
+    assert len(list(left.glob("*.dcm"))) == 3
     with Segmenter.load(serve_bundle, backend="onnxruntime:fp32") as real:
-        held = _HeldSegmenter(real)
-        node = DicomNode(held, port=free_port(), out=tmp_path / "out", idle=600, work=work, durable=True)
-        node.start()
-        wait_port(node.port)
-        assert _storescu(node.port, files).returncode == 0
-        assert _storescu(node.port, sorted(other.iterdir())).returncode == 0
-        stopping = threading.Thread(target=node.stop)
-        stopping.start()
-        assert held.started.wait(30)  # the stop is segmenting the first series
-        node.abandon()
-        held.go.set()
-        stopping.join(60)
-        assert not stopping.is_alive() and len(node.stats.failed) == 1
-        [left] = [p for p in work.iterdir() if p.name.startswith(node.stats.failed[0])]
-        assert len(list(left.glob("*.dcm"))) == 3
         again = DicomNode(real, port=free_port(), out=tmp_path / "out", idle=0.5, work=work, durable=True)
         again.start()
         try:
