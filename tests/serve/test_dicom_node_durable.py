@@ -237,3 +237,22 @@ def test_a_forced_stop_leaves_the_series_it_did_not_segment_to_the_next_start(se
         finally:
             again.stop()
     assert len(_referenced(tmp_path / "out" / f"{node.stats.failed[0]}.seg.dcm")) == 3
+
+
+def test_a_series_killed_while_segmented_and_received_again_is_taken_up_whole(serve_bundle, tmp_path, free_port,
+                                                                              wait_port):
+    """What a node killed while segmenting a series (its folder moved aside, UID.taken-N) that was
+    meanwhile receiving more of it (UID) leaves: one series again, a re-sent image counted once,
+    segmented into one SEG of all its images."""
+    files, work = sorted(SERIES.glob("*.dcm")), tmp_path / "work"
+    uid = str(pydicom.dcmread(files[0], stop_before_pixels=True).SeriesInstanceUID)
+    sops = [str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in files]
+    for folder, taken in ((work / f"{uid}.taken-1", files[:2]), (work / uid, files[1:])):
+        folder.mkdir(parents=True)
+        for path in taken:
+            (folder / f"{pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID}.dcm").write_bytes(
+                path.read_bytes())
+    err = _segmented_on_restart(serve_bundle, tmp_path, free_port, wait_port, work, uid)
+    assert f"series {uid}: 3 image(s) acknowledged by an earlier node and not yet segmented" in err
+    assert _referenced(tmp_path / "out" / f"{uid}.seg.dcm") == set(sops)
+    assert [p.name for p in work.iterdir() if p.is_dir()] == [f"{uid}.segmented"]  # kept for late images
