@@ -29,6 +29,10 @@ from edgeseg.cli.tta_option import tta_option
                    "with them into a SEG of the whole series that replaces the first (0: into a SEG of their own).")
 @click.option("--max-series", default=16, show_default=True, type=click.IntRange(1, 10_000),
               help="Series received and not yet segmented at once; an image opening one more is refused (0xA700).")
+@click.option("--work", type=click.Path(file_okay=False), default=None,
+              help="Folder keeping the received images until they are segmented, made if missing: each image is on "
+                   "disk before it is acknowledged, and series left by a node that was killed are segmented at the "
+                   "next start (default: a temporary folder under TMPDIR, removed at the stop; lost if killed).")
 @click.option("--unsent", type=click.Path(file_okay=False), default=None,
               help="Folder keeping each SEG the --forward peer did not take until it is sent "
                    "(default: OUT/unsent; needed with --forward and no --out).")
@@ -63,7 +67,7 @@ from edgeseg.cli.tta_option import tta_option
 @tta_option
 def command(bundle, ae_title, any_ae, allow_calling, host, port, out, forward, idle, max_series, unsent, resend_every,
             peer_timeout, max_associations, max_connections, max_connections_per_host, max_associations_per_ae, backend,
-            threads, tta, audit_log, keep_segmented) -> None:
+            threads, tta, audit_log, keep_segmented, work) -> None:
     """Accept CT images by C-STORE, segment each complete series, write/forward its DICOM SEG."""
     import contextlib
     import signal
@@ -75,6 +79,7 @@ def command(bundle, ae_title, any_ae, allow_calling, host, port, out, forward, i
     from edgeseg.runtime.segmenter import Segmenter
     from edgeseg.serve.audit import AuditLog
     from edgeseg.serve.dicom_node import DicomNode, Peer, check_node_settings
+    from edgeseg.serve.dicom_work import WorkClaim
     from edgeseg.serve.work_folder import check_work_folder
 
     peer = Peer.parse(forward) if forward else None
@@ -87,7 +92,10 @@ def command(bundle, ae_title, any_ae, allow_calling, host, port, out, forward, i
         check_output_folder(out, "--out")
     if unsent is not None:
         check_output_folder(unsent, "--unsent")
-    check_work_folder(None, None, "received images")  # where the node keeps a series until it is segmented
+    if work is not None:  # another node's, refused before the model loads (the node claims it for good)
+        WorkClaim(work, note=False).release()
+    else:  # where the node keeps a series until it is segmented
+        check_work_folder(None, None, "received images")
     check_port(host, port)
     audit = AuditLog(audit_log) if audit_log else None  # a path it cannot append to, before the model loads
     segmenter = Segmenter.load(bundle, backend=backend, threads=threads,
@@ -108,7 +116,8 @@ def command(bundle, ae_title, any_ae, allow_calling, host, port, out, forward, i
                          any_ae=any_ae, calling_aets=list(allow_calling), max_series=max_series, unsent=unsent,
                          resend_every=resend_every, peer_timeout=peer_timeout, max_associations=max_associations,
                          max_connections=max_connections, max_connections_per_host=max_connections_per_host,
-                         max_associations_per_ae=max_associations_per_ae, audit=audit, keep_segmented=keep_segmented)
+                         max_associations_per_ae=max_associations_per_ae, audit=audit, keep_segmented=keep_segmented,
+                         work=work, durable=work is not None)
         node.start()
         # the one start-up line, as serve's: the node itself logs nothing when it starts
         called = "any called AE title" if any_ae else f"called AE title {ae_title} only"
@@ -127,7 +136,7 @@ def command(bundle, ae_title, any_ae, allow_calling, host, port, out, forward, i
         signal.signal(signal.SIGTERM, abandon)
         signal.signal(signal.SIGINT, abandon)
         if node is not None:
-            node.stop()  # removes the folder of received images
+            node.stop()  # removes the folder of received images (not a --work folder)
         segmenter.close()
         if audit is not None:
             audit.close()

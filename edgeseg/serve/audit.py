@@ -321,6 +321,11 @@ class AssociationAudit:
                      error=None if error is None else " ".join(error.split())[:300],
                      latency_ms=round(seconds * 1e3, 3))
 
+    def recovered(self, series_uid: str, images: int, outcome: str, previous_pid: int | None) -> None:
+        """Log one series a node starting on its --work folder found there, left by an earlier node:
+        ``outcome`` "in_flight" (to be segmented) or "kept" (for late images)."""
+        self._record("recovered", series_uid=series_uid, images=images, outcome=outcome, previous_pid=previous_pid)
+
     def _record(self, event: str, **fields) -> None:
         try:
             self.audit.record(event, **fields)

@@ -51,17 +51,20 @@ from edgeseg.serve.dicom_node_settings import (DEFAULT_MAX_ASSOCIATIONS, DEFAULT
                                                DEFAULT_MAX_CONNECTIONS_PER_HOST, DEFAULT_MAX_SERIES,
                                                DEFAULT_PEER_TIMEOUT, NodeStats, check_node_settings, per_host_limit)
 from edgeseg.serve.dicom_peer_bound import MAX_PDU_LENGTH, PeerBounds, bounded_request_handler, data_set_limit
+from edgeseg.serve.dicom_node_events import NodeEvents
 from edgeseg.serve.dicom_peer_watch import PeerWatch
 from edgeseg.serve.dicom_refusal import REFUSAL_WAIT
 from edgeseg.serve.dicom_segmented import SegmentedSeries, SegReference
+from edgeseg.serve.dicom_recovery import take_up
 from edgeseg.serve.dicom_series import HeldSeries, ImageNotStored, SendingAssociations, seg_path
+from edgeseg.serve.dicom_work import WorkClaim, sync_file, sync_folder
 
 __all__ = ["DicomNode", "NodeStats", "Peer", "check_ae_title", "check_node_settings", "decodable_transfer_syntaxes"]
 
 log = logging.getLogger("edgeseg.listen")
 
 
-class DicomNode:
+class DicomNode(NodeEvents):
     """The C-STORE SCP; ``start()`` listens in the background, ``stop()`` shuts it down."""
 
     def __init__(self, segmenter, *, ae_title: str = "EDGESEG", host: str = "127.0.0.1", port: int = 11112,
@@ -72,7 +75,7 @@ class DicomNode:
                  max_associations: int = DEFAULT_MAX_ASSOCIATIONS, max_connections: int = DEFAULT_MAX_CONNECTIONS,
                  max_connections_per_host: int | None = DEFAULT_MAX_CONNECTIONS_PER_HOST,
                  max_associations_per_ae: int | None = DEFAULT_MAX_ASSOCIATIONS_PER_AE, audit=None,
-                 keep_segmented: float = DEFAULT_KEEP_SEGMENTED) -> None:
+                 keep_segmented: float = DEFAULT_KEEP_SEGMENTED, durable: bool = False) -> None:
         check_node_settings(out=out, forward=forward, unsent=unsent, max_series=max_series, ae_title=ae_title,
                             calling_aets=calling_aets, peer_timeout=peer_timeout, max_associations=max_associations,
                             max_connections=max_connections, max_connections_per_host=max_connections_per_host,
@@ -90,15 +93,20 @@ class DicomNode:
         self.unsent = None if forward is None else UnsentFolder(Path(unsent) if unsent is not None
                                                                  else self.out / "unsent")
         self.resend_every = float(resend_every)
+        if durable and work is None:
+            raise DataError("a durable work folder must be named (--work DIR)")
         self._own_work = work is None
         self.work = Path(work) if work is not None else Path(tempfile.mkdtemp(prefix="edgeseg-listen-"))
+        # durable: the folder is this node's alone while it runs, each image is on disk before its
+        # Success, and what a node killed outright left in it is taken up again (dicom_work.py)
+        self._claim = WorkClaim(self.work) if durable else None
         self.stats = NodeStats()
         self._forwarder = None if forward is None else Forwarder(forward, ae_title, self.unsent, resend_every, self.stats)
         self._connections = ConnectionLimit(max_connections, per_host_limit(max_connections_per_host, max_associations),
                                             self.stats, per_host_limit(max_associations_per_ae, max_associations), audit)
         self._series: dict[str, HeldSeries] = {}
         self._sending = SendingAssociations()  # an open association's series is not complete
-        self._segmented = SegmentedSeries(self.work, keep_segmented)
+        self._segmented = SegmentedSeries(self.work, keep_segmented, durable)
         self._queued = 0  # series taken to be segmented and not done yet: they are in flight too
         self._turned_away: set[str] = set()  # series refused for --max-series, each logged once
         self._taken = 0  # series folders moved aside to be segmented, for unique names
@@ -108,6 +116,8 @@ class DicomNode:
         self._server = None
         self._peers = PeerWatch(self.peer_timeout, self._on_peer_timed_out)
         self._worker = threading.Thread(target=self._watch, name="edgeseg-listen", daemon=True)
+        if durable:
+            take_up(self.work, self._claim.previous, self._series, self._segmented, self.audit)
 
     def start(self) -> None:
         """Bind the port and start accepting associations and segmenting complete series."""
@@ -152,37 +162,6 @@ class DicomNode:
     def _peer_bounds() -> PeerBounds:
         """Asked at each association: the size limits may have been changed since the start."""
         return PeerBounds(data_set_limit=data_set_limit(current_limits()))
-
-    def _on_peer_refused(self, address, reason: str) -> None:
-        self.stats.aborted_associations += 1
-        log.warning("aborted the association from %s:%s: it sent %s", address[0], address[1], reason)
-
-    def _on_peer_timed_out(self, address, what: str) -> None:
-        self.stats.timed_out_connections += 1
-        log.warning("closed the connection from %s:%s: it %s for %g s (--peer-timeout)", address[0], address[1], what,
-                    self.peer_timeout)
-
-    def _on_rejected(self, event) -> None:
-        self.stats.rejected_associations += 1
-        requestor = event.assoc.requestor
-        # the title the peer called is in its request; the acceptor's own title is always this node's
-        called = getattr(requestor.primitive, "called_ae_title", None) or "?"
-        log.warning("rejected an association from %s (%s:%s) calling %r", requestor.ae_title, requestor.address,
-                    requestor.port, called)
-        if self.audit is not None:
-            self.audit.ended(event, "rejected")
-
-    def _on_accepted(self, event) -> None:
-        """Log a peer that proposed CT images in a transfer syntax not decoded here: the peer sees
-        only a failure to send the images it holds that way; the node's log must say why."""
-        assoc = event.assoc
-        proposed = {getattr(ts, "name", str(ts)) for cx in assoc.rejected_contexts
-                    if cx.abstract_syntax == CT_IMAGE_STORAGE for ts in cx.transfer_syntax}
-        if proposed:
-            requestor = assoc.requestor
-            log.warning("%s (%s:%s) proposed CT images in transfer syntaxes not decoded here (%s): images it holds "
-                        "that way cannot be received; have it send them uncompressed", requestor.ae_title,
-                        requestor.address, requestor.port, ", ".join(sorted(proposed)))
 
     def _on_store(self, event) -> int:
         sop_class = str(event.request.AffectedSOPClassUID)
@@ -236,7 +215,7 @@ class DicomNode:
             new = series is None
             if new:  # images of a series segmented before are segmented again with it (dicom_segmented.py)
                 series = (self._segmented.resume(series_uid, self.work / series_uid)
-                          or HeldSeries(self.work / series_uid, time.monotonic()))
+                          or HeldSeries(self.work / series_uid, time.monotonic(), durable=self._claim is not None))
             try:
                 # the reader's limits, checked as images arrive: the whole series would otherwise be
                 # stored first (a peer could fill the disk) and only then be refused when it is read
@@ -304,8 +283,9 @@ class DicomNode:
         if waiting:
             log.info("stopping: segmenting the %d series received and not yet segmented", len(waiting))
         self._segment(waiting)
-        with self._lock:
-            self._segmented.clear()
+        if self._claim is None:  # in a --work folder they are taken up again by the next start
+            with self._lock:
+                self._segmented.clear()
         left = self.unsent.pending() if self.unsent is not None else []
         if left:
             log.warning("%d SEG(s) not forwarded to %s are kept in %s; the next start sends them", len(left),
@@ -313,11 +293,12 @@ class DicomNode:
 
     def _segment(self, due: list[tuple[str, HeldSeries]]) -> None:
         for uid, series in due:
-            began, error = time.monotonic(), None
+            began, error, forced = time.monotonic(), None, self._abandon.is_set()
             try:
-                if self._abandon.is_set():  # a second Ctrl-C / SIGTERM during the stop: segment no more
+                if forced:  # a second Ctrl-C / SIGTERM during the stop: segment no more
                     # a failure like any other, audited too: its images were acknowledged to the peer
-                    raise DataError("the stop was forced")
+                    raise DataError("the stop was forced" + ("" if self._claim is None else
+                                                              f"; its images stay in {self.work} for the next start"))
                 self.process(uid, series.folder, series.replaces)
             except (EdgesegError, OSError) as exc:  # OSError: --out full, gone, turned into a file, ...
                 self.stats.failed.append(uid)
@@ -332,7 +313,8 @@ class DicomNode:
                     self.audit.series(uid, time.monotonic() - began, error=error)
                 with self._lock:  # its images are kept a while, or given to a part arriving since
                     self._queued -= 1
-                    self._segmented.keep(uid, series, time.monotonic(), self._series.get(uid))
+                    if self._claim is None or not forced:  # else left for the next start
+                        self._segmented.keep(uid, series, time.monotonic(), self._series.get(uid))
 
     def process(self, series_uid: str, folder: Path, replaces: SegReference | None = None) -> Path:
         """Segment the series in ``folder``; write and/or forward its SEG; return the SEG path.
@@ -352,6 +334,9 @@ class DicomNode:
         write_dicom_seg(labels, volume, refs, self.segmenter.labels, target, sources=sources,
                         parameters=self.segmenter.algorithm_parameters(), provenance=provenance(self.segmenter),
                         series=None if replaces is None else (replaces.series_instance_uid, replaces.instance_number + 1))
+        if self._claim is not None:  # on disk before the images it was made of are let go
+            sync_file(target)
+            sync_folder(target.parent)
         self.stats.segmented.append(series_uid)
         with self._lock:
             self._segmented.made(series_uid, SegReference.read(target, volume.num_slices))
@@ -393,3 +378,5 @@ class DicomNode:
             self._worker.join()
         if self._own_work:
             shutil.rmtree(self.work, ignore_errors=True)
+        if self._claim is not None:
+            self._claim.release()

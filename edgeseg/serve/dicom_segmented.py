@@ -13,10 +13,13 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from edgeseg.errors import DataError
 from edgeseg.serve.dicom_series import HeldSeries, absorb
+from edgeseg.serve.dicom_work import save_reference
 
 log = logging.getLogger("edgeseg.listen")
 
@@ -53,8 +56,8 @@ class _Kept:
 class SegmentedSeries:
     """The segmented series kept, by Series Instance UID; called under the node's lock."""
 
-    def __init__(self, work: Path, keep_for: float) -> None:
-        self.work, self.keep_for = Path(work), float(keep_for)
+    def __init__(self, work: Path, keep_for: float, durable: bool = False) -> None:
+        self.work, self.keep_for, self.durable = Path(work), float(keep_for), durable
         self._kept: dict[str, _Kept] = {}
         self._made: dict[str, SegReference] = {}
         self._resumed: dict[str, _Kept] = {}  # taken up by resume(), until its first image is stored
@@ -79,12 +82,29 @@ class SegmentedSeries:
         elif in_flight is not None:
             if absorb(in_flight, series, series_uid):  # the images moved, all or some, go into its SEG
                 in_flight.replaces = seg
+                self._remember(in_flight.folder, seg, self.keep_for)
         else:
             shutil.rmtree(self.work / f"{series_uid}.segmented", ignore_errors=True)
             if _move(series, self.work / f"{series_uid}.segmented", series_uid, "be kept", "images of it arriving "
                      "later make a SEG of their own"):
                 series.senders = set()
                 self._kept[series_uid] = _Kept(series, seg, now + self.keep_for)
+                self._remember(series.folder, seg, self.keep_for)
+
+    def _remember(self, folder: Path, seg: SegReference, keep_for: float) -> None:
+        """In a work folder a later node takes up (--work), the SEG the images in ``folder`` were
+        segmented into, and until when they are kept, go beside them (dicom_work.py)."""
+        if self.durable:
+            try:
+                save_reference(folder, seg, time.time() + keep_for)
+            except (OSError, DataError) as exc:
+                log.warning("the SEG made of the images in %s cannot be noted beside them (%s); a node taking them "
+                            "up after a restart makes a SEG of its own", folder, exc)
+
+    def adopt(self, series_uid: str, series: HeldSeries, seg: SegReference, keep_for: float, now: float) -> None:
+        """Keep ``series``, found in the work folder at start with the SEG it was segmented into,
+        for the ``keep_for`` seconds it had left."""
+        self._kept[series_uid] = _Kept(series, seg, now + keep_for)
 
     def resume(self, series_uid: str, folder: Path) -> HeldSeries | None:
         """The kept images of ``series_uid``, moved to ``folder`` to be segmented again with the

@@ -13,6 +13,7 @@ from pathlib import Path
 from edgeseg.atomic import atomic_path
 from edgeseg.errors import DataError
 from edgeseg.limits import VOLUME_BYTES_ENV, check_volume, current_limits
+from edgeseg.serve.dicom_work import sync_file, sync_folder
 
 log = logging.getLogger("edgeseg.listen")
 
@@ -45,7 +46,7 @@ class HeldSeries:
     senders: set = field(default_factory=set)
     shape: tuple[int, int] = (0, 0)  # rows, columns of its images
     replaces: object = None  # dicom_segmented.SegReference: the SEG made of its images before
-
+    durable: bool = False  # each image flushed to disk before it is acknowledged (--work: dicom_work.py)
 
     def complete(self, idle: float, now: float) -> bool:
         """No open association is sending it and ``idle`` seconds have passed since its last image
@@ -65,6 +66,7 @@ class HeldSeries:
         out headers and pixels wider than CT's two bytes, so a peer could otherwise put more on
         disk than the limit says."""
         budget, target = current_limits().max_volume_bytes, self.folder / f"{sop_uid}.dcm"
+        new_folder = self.durable and not self.folder.is_dir()
         try:
             with atomic_path(target, suffix=".dcm") as tmp:
                 ds.save_as(tmp, enforce_file_format=True)
@@ -73,6 +75,12 @@ class HeldSeries:
                 if held > budget:
                     raise DataError(f"series {self.folder.name}: its files would take {held} bytes on disk, over "
                                     f"the limit of {budget} (--max-volume-bytes or {VOLUME_BYTES_ENV})")
+                if self.durable:  # its bytes on disk before its name: a power cut leaves no SOP.dcm cut short
+                    sync_file(tmp)
+            if self.durable:  # and its name (and a new series' folder) before the Success
+                sync_folder(self.folder)
+                if new_folder:
+                    sync_folder(self.folder.parent)
         except OSError as exc:  # atomic_path named the file; its temporary is gone
             raise ImageNotStored(Path(exc.filename or target), exc) from None
         self.stored = held

@@ -321,9 +321,9 @@ def test_an_idle_association_does_not_hold_up_the_stop(serve_bundle, tmp_path, f
     assert _wait_for(lambda: not assoc.is_established, 10)
 
 
-def test_a_forced_stop_segments_no_more_series_and_says_which(serve_bundle, tmp_path, free_port, wait_port):
-    """A stop segments the series waiting; a second interrupt (abandon) lets the one in progress
-    finish and leaves the others, each logged as not segmented, instead of holding the stop up."""
+def forced_stop(serve_bundle, tmp_path, free_port, wait_port, **options) -> DicomNode:
+    """A node (``options``: DicomNode's) that received two series of three images, stopped with a
+    second interrupt (abandon) while the stop segments the first: the node, stopped."""
     import threading
 
     from edgeseg.runtime.segmenter import Segmenter
@@ -338,7 +338,7 @@ def test_a_forced_stop_segments_no_more_series_and_says_which(serve_bundle, tmp_
         ds.save_as(other / path.name)
     with Segmenter.load(serve_bundle, backend="onnxruntime:fp32") as real:
         held = _HeldSegmenter(real)
-        node = DicomNode(held, port=free_port(), out=tmp_path / "out", idle=600, work=tmp_path / "work")
+        node = DicomNode(held, port=free_port(), out=tmp_path / "out", idle=600, **options)
         node.start()
         wait_port(node.port)
         assert _storescu(node.port, files).returncode == 0
@@ -350,6 +350,14 @@ def test_a_forced_stop_segments_no_more_series_and_says_which(serve_bundle, tmp_
         held.go.set()
         stopping.join(60)
         assert not stopping.is_alive()
+    return node
+
+
+def test_a_forced_stop_segments_no_more_series_and_says_which(serve_bundle, tmp_path, free_port, wait_port):
+    """A stop segments the series waiting; a second interrupt (abandon) lets the one in progress
+    finish and leaves the others, each logged as not segmented, instead of holding the stop up."""
+    node = forced_stop(serve_bundle, tmp_path, free_port, wait_port, work=tmp_path / "work")
+    files = sorted(SERIES.glob("*.dcm"))
     assert len(node.stats.segmented) == 1 and len(node.stats.failed) == 1
     assert set(node.stats.segmented + node.stats.failed) == {pydicom.dcmread(files[0]).SeriesInstanceUID,
                                                             pydicom.dcmread(files[0]).SeriesInstanceUID + ".2"}

@@ -1,0 +1,51 @@
+"""What a DICOM node starting on a ``--work`` folder does with the series an earlier node left
+there (dicom_work.py finds and checks them): a series that was being received, waiting or being
+segmented is in flight again, to be segmented once complete (``--idle`` seconds from now, so a
+sender that goes on sending it adds to it); a series kept for late images is kept for the time it
+had left. One log line and one audit line (``recovered``) per series."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+
+from edgeseg.serve.dicom_segmented import SegmentedSeries, SegReference
+from edgeseg.serve.dicom_series import HeldSeries
+from edgeseg.serve.dicom_work import recover
+
+log = logging.getLogger("edgeseg.listen")
+
+
+def take_up(work: Path, previous: int | None, in_flight: dict[str, HeldSeries], segmented: SegmentedSeries,
+            audit=None) -> None:
+    """Put the series left in ``work`` (by the node of pid ``previous``) into ``in_flight`` or
+    ``segmented``; called before the node listens."""
+    found, staged = recover(work)
+    by = f"the node of pid {previous}" if previous and previous != os.getpid() else "an earlier node"
+    if staged:
+        log.warning("removed %d image(s) in %s whose writing %s did not finish: they were never acknowledged", staged,
+                    work, by)
+    now = time.monotonic()
+    for series in found:
+        held = HeldSeries(series.folder, now, durable=True, shape=series.shape)
+        held.frames, held.sizes = dict(series.frames), dict(series.sizes)
+        held.slices, held.stored = sum(held.frames.values()), sum(held.sizes.values())
+        reference = None if series.reference is None else {k: v for k, v in series.reference.items() if k != "until"}
+        seg = None if reference is None else SegReference(**reference)
+        if series.in_flight:
+            held.replaces = seg
+            in_flight[series.uid] = held
+            outcome = "in_flight"
+            log.warning("series %s: %d image(s) acknowledged by %s and not yet segmented were found in %s; they are "
+                        "segmented once the series is complete%s", series.uid, len(held.frames), by, work,
+                        "" if seg is None else f", into a SEG that replaces {seg.file}")
+        else:
+            left = series.reference["until"] - time.time()
+            segmented.adopt(series.uid, held, seg, left, now)
+            outcome = "kept"
+            log.info("series %s: its %d image(s), segmented into %s, are kept %.0f s more for images of it arriving late",
+                     series.uid, len(held.frames), seg.file, left)
+        if audit is not None:
+            audit.recovered(series.uid, len(held.frames), outcome, previous)
