@@ -7,8 +7,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import click
 import pytest
+
+from tests.cli.test_cli_consistency import commands
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 
@@ -22,22 +23,6 @@ LISTS = [
 ]
 
 
-def leaf_commands() -> dict[str, click.Command]:
-    from edgeseg.cli.main import cli
-
-    found = {}
-
-    def walk(group: click.Group, prefix: str) -> None:
-        for name, command in group.commands.items():
-            if isinstance(command, click.Group):
-                walk(command, f"{prefix}{name} ")
-            else:
-                found[f"{prefix}{name}"] = command
-
-    walk(cli, "")
-    return found
-
-
 def listed(text: str) -> set[str]:
     """Command names of a list: `a`, `b` / a, b / edgeseg a / b."""
     names = re.split(r"[,/]", text.replace("`", "").replace("edgeseg ", ""))
@@ -45,8 +30,8 @@ def listed(text: str) -> set[str]:
 
 
 def taking(option: str) -> set[str]:
-    return {name for name, command in leaf_commands().items()
-            if any(option in param.opts for param in command.params)}
+    return {name for name, command in commands().items()
+            if name and any(option in param.opts for param in command.params)}
 
 
 @pytest.mark.parametrize("page,option,pattern,also", LISTS, ids=[f"{page}:{option}" for page, option, _, _ in LISTS])
