@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import textwrap
 
-TORCH_FREE = ("edgeseg.errors", "edgeseg.progress", "edgeseg.choices", "edgeseg.file_values", "edgeseg.staging", "edgeseg.atomic", "edgeseg.atomic_set", "edgeseg.limits", "edgeseg.spec", "edgeseg.kernels", "edgeseg.data", "edgeseg.runtime", "edgeseg.serve",
+TORCH_FREE = ("edgeseg.errors", "edgeseg.progress", "edgeseg.choices", "edgeseg.file_values", "edgeseg.stopping", "edgeseg.staging", "edgeseg.atomic", "edgeseg.atomic_set", "edgeseg.limits", "edgeseg.spec", "edgeseg.kernels", "edgeseg.data", "edgeseg.runtime", "edgeseg.serve",
               "edgeseg.metrics", "edgeseg.report")
 
 SCRIPT = textwrap.dedent("""

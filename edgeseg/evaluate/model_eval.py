@@ -147,18 +147,16 @@ def evaluate_checkpoint(
     read_as = run_read_options(str(data), payload.get("train_config"), intensity)
     readers = open_case_readers(data, label_file=label_file, label_values=values, **read_as)
     volumes, count, used_split = _cases_of_split(readers, payload, split, str(data))
-    cases, overlays, unclassed = [], [], {}
-    with progress_bar(total=count, desc="evaluate", unit="case", shown=progress) as bar:
-        for vol in volumes:
-            stray = _values_in_no_class(vol, values)
-            if stray:
-                unclassed[vol.case_id] = stray
-            case, overlay = _score_case(vol, segmenter, spec, label_values, class_names)
-            # dropped before the next case is read: a data set's volumes are never held at once
-            del vol
-            cases.append(case)
-            overlays.append(overlay)
-            bar.update()
+    score = (segmenter, spec, label_values, class_names, values, progress)
+    try:
+        cases, overlays, unclassed = _score_cases(volumes, count, _recorded_hashes(payload, str(data), used_split), score)
+    except _OtherCase as other:
+        if split != "auto":
+            raise DataError(f"--split {split} takes the run's {split} cases, and {other} of {data} is another case than "
+                            "the run's of that name (its content hash differs): use --split all (or auto)") from None
+        log.warning("%s of %s is another case than the run's of that name: evaluating every case", other, data)
+        volumes, count, used_split = _cases_of_split(readers, payload, "all", str(data))
+        cases, overlays, unclassed = _score_cases(volumes, count, None, score)
     if unclassed:
         mapping = ", ".join(f"{name}={'+'.join(map(str, vals))}" for name, vals in label_values.items())
         found = sorted({v for stray in unclassed.values() for v in stray})
@@ -187,6 +185,42 @@ def evaluate_checkpoint(
         _write(Path(out), result, overlays, worst, display_window(spec.window))
     log.info("evaluated %d cases (%s split)", len(cases), used_split)
     return result
+
+
+class _OtherCase(Exception):
+    """A case of a recorded split whose content is not the run's case of that name."""
+
+
+def _recorded_hashes(payload: dict[str, Any], data: str, used_split: str) -> dict[str, str] | None:
+    """The run's content hash per case, to match the cases of a recorded split against where
+    ``data`` may be other data (a folder at another path than the run's); None where there is
+    nothing to check (every case, the run's own data, a checkpoint without case hashes)."""
+    trained_on = (payload.get("train_config") or {}).get("data")
+    if used_split == "all" or trained_on is None or same_data(trained_on, data):
+        return None
+    return ((payload.get("provenance") or {}).get("data") or {}).get("case_sha256") or None
+
+
+def _score_cases(volumes: Iterable[Volume], count: int, hashes: dict[str, str] | None,
+                 score: tuple) -> tuple[list, list, dict]:
+    """Score ``volumes`` one at a time: (cases, overlays, label values of cases with no class).
+    Raises _OtherCase (naming it) for a case whose content hash is not ``hashes``'s."""
+    segmenter, spec, label_values, class_names, values, progress = score
+    cases, overlays, unclassed = [], [], {}
+    with progress_bar(total=count, desc="evaluate", unit="case", shown=progress) as bar:
+        for vol in volumes:
+            if hashes and vol.case_id in hashes and vol.content_sha256() != hashes[vol.case_id]:
+                raise _OtherCase(f"case {vol.case_id}")
+            stray = _values_in_no_class(vol, values)
+            if stray:
+                unclassed[vol.case_id] = stray
+            case, overlay = _score_case(vol, segmenter, spec, label_values, class_names)
+            # dropped before the next case is read: a data set's volumes are never held at once
+            del vol
+            cases.append(case)
+            overlays.append(overlay)
+            bar.update()
+    return cases, overlays, unclassed
 
 
 def _values_in_no_class(vol: Volume, values: list[int]) -> list[int]:

@@ -285,8 +285,9 @@ def check_repo_output(repo: str | Path, force: bool, bundle: str | Path, what: s
     if not repo.exists():
         return repo
     if not force:
-        raise DataError(f"{what} {repo} exists; pass --overwrite to write into it (its models named {name}* are "
-                        "replaced, the others kept)")
+        first, second, third = repo_model_names(name)
+        raise DataError(f"{what} {repo} exists; pass --overwrite to write into it (its models {first}, {second} and "
+                        f"{third} are replaced, the others kept)")
     if not repo.is_dir():
         raise DataError(f"{what} {repo} exists and is not a folder")
     ours = repo_model_names(name)

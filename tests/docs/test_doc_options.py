@@ -1,6 +1,7 @@
 """Every option the README and the guide write after an `edgeseg COMMAND` is an option of that
 command. The long commands of docs/results.md take hours to run, so a renamed or removed option
-would otherwise be found only by a reader hours into reproducing a figure."""
+would otherwise be found only by a reader hours into reproducing a figure. A list of options
+written without its command (`--size 64 --base 8 ...`) holds options of some edgeseg command."""
 
 from __future__ import annotations
 
@@ -122,3 +123,35 @@ def test_the_checks_read_a_synopsis_whole(tmp_path):
                     "| `edgeseg serve --port 1 | --colour` |\n")
     assert mentions(page) == [(2, "predict", "--colour"), (2, "predict", "--no-such-option")]
     assert shown_defaults(page) == [(4, "serve", "--port", "8080", 8000)]
+
+
+# a code span of options alone (`--size 64 --base 8 --epochs 20`), written where the command is
+# named in the prose around it; one option alone may be another tool's (`--fork`), two or more are
+# read as edgeseg's
+BARE_OPTIONS = re.compile(r"`(--[a-z][^`\n]*)`")
+
+
+def unknown_in_bare_option_lists(path: Path) -> list[tuple[int, str]]:
+    """(line, option) for every option of a bare option list that no edgeseg command has."""
+    from tests.cli.test_cli_consistency import commands as every_command
+
+    known = set().union(*(options_of(command) for name, command in every_command().items() if name))
+    text, found = path.read_text(), []
+    for match in BARE_OPTIONS.finditer(text):
+        options = OPTION.findall(match.group(1))
+        if len(options) >= 2:
+            line = text.count("\n", 0, match.start()) + 1
+            found += [(line, option) for option in options if option not in known]
+    return found
+
+
+@pytest.mark.parametrize("path", PAGES, ids=lambda p: p.name)
+def test_every_option_of_a_bare_option_list_exists(path):
+    unknown = unknown_in_bare_option_lists(path)
+    assert not unknown, "\n".join(f"{path.name}:{n}: no edgeseg command has {o}" for n, o in unknown)
+
+
+def test_the_check_reads_bare_option_lists(tmp_path):
+    page = tmp_path / "page.md"
+    page.write_text("trained with `--size 64 --augment --seed 1`; storescp takes `--fork`\n")
+    assert unknown_in_bare_option_lists(page) == [(1, "--augment")]

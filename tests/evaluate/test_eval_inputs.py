@@ -2,6 +2,7 @@
 cases only on the run's data, an --out outside the data, a non-empty data source."""
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -83,3 +84,29 @@ def test_an_out_inside_the_data_folder_is_refused_and_the_data_left_as_it_was(ch
     ok = edgeseg("evaluate", checkpoint, "--data", data, "--split", "all", "--out", tmp_path / "eval", "--quiet")
     assert ok.returncode == 0, ok.stderr
     assert (tmp_path / "eval" / "worst_cases.png").is_file()
+
+
+
+def test_a_split_of_the_run_is_refused_on_a_folder_of_other_same_named_cases(tmp_path, assert_one_line_error):
+    """A folder at another path may be the run's data moved or copied, or other data: its cases'
+    content hashes tell. Same-named cases of other content (another phantom seed) are refused under
+    an explicit split, and auto takes every case; a copy of the run's own folder keeps its split."""
+    trained_on, other, run = tmp_path / "data", tmp_path / "other", tmp_path / "run"
+    for folder, seed in ((trained_on, 0), (other, 5)):
+        synth = edgeseg("data", "synth", "--out", folder, "--cases", 4, "--size", 64, "--slices", 8, "--seed", seed,
+                        "--quiet")
+        assert synth.returncode == 0, synth.stderr
+    train(TrainConfig(data=str(trained_on), out=str(run), size=64, base=4, depth=2, epochs=1, batch_size=4,
+                      amp="off"), progress=False)
+    test_cases = json.loads((run / "split.json").read_text())["test"]
+    test_case = test_cases[0]
+    proc = edgeseg("evaluate", run / "best.pt", "--data", other, "--split", "test", "--out", tmp_path / "eval", "--quiet")
+    assert_one_line_error(proc, f"--split test takes the run's test cases, and case {test_case} of {other} is another "
+                                "case than the run's of that name")
+    assert not (tmp_path / "eval").exists()
+    assert evaluate_checkpoint(run / "best.pt", str(other), split="auto", progress=False)["split"] == "all"
+
+    copy = tmp_path / "copy"
+    shutil.copytree(trained_on, copy)
+    same = evaluate_checkpoint(run / "best.pt", str(copy), split="test", progress=False)
+    assert sorted(c["case_id"] for c in same["cases"]) == sorted(test_cases)

@@ -123,3 +123,17 @@ def test_force_keeps_the_repository_s_other_models_and_triton_serves_them_all(se
         echoed = client.infer("echo", [tensor]).as_numpy("y")
     assert states == {"echo": "READY", "edgeseg": "READY", "edgeseg-pipeline": "READY"}
     np.testing.assert_array_equal(echoed, x)
+
+
+def test_the_refusal_names_the_models_overwrite_replaces(serve_bundle, tmp_path):
+    """The error said `models named edgeseg* are replaced`; --overwrite keeps `edgeseg-old`, so the
+    line names the three models it does replace."""
+    repo = tmp_path / "repo"
+    args = ["triton", str(serve_bundle), str(repo), "--max-batch", "0"]
+    assert GuardedCliRunner().invoke(cli, args).exit_code == 0
+    shutil.copytree(repo / "edgeseg", repo / "edgeseg-old")
+    kept = _tree(repo / "edgeseg-old")
+    _refused(args, "(its models edgeseg, edgeseg-pipeline and edgeseg-trt are replaced, the others kept)")
+    result = GuardedCliRunner().invoke(cli, [*args, "--overwrite"])
+    assert result.exit_code == 0, result.output
+    assert _tree(repo / "edgeseg-old") == kept
