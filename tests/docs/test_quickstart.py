@@ -17,7 +17,6 @@ import re
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -27,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from tests.ports import reserved_port
 
 ROOT = Path(__file__).parents[2]
 README = ROOT / "README.md"
@@ -50,12 +51,6 @@ def quick_start_blocks(text: str) -> list[list[list[str]]]:
 def option(argv: list[str], name: str) -> str | None:
     """The value following ``name`` in ``argv``, or None."""
     return argv[argv.index(name) + 1] if name in argv else None
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def with_port(argv: list[str], port: int) -> list[str]:
@@ -203,7 +198,7 @@ def test_quick_start_runs_as_written(tmp_path, env):
         proc = run_edgeseg(argv, tmp_path, env)
         check_outputs(argv, proc, tmp_path)
 
-    port = free_port()
+    port = reserved_port()
     log = tmp_path / "serve.log"
     with open(log, "w") as sink:  # a file, not a pipe: a full pipe would stall the server
         server = subprocess.Popen([sys.executable, "-m", "edgeseg.cli", *with_port(serve, port)[1:]],

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.ports import reserved_port
 from tests.serve.http_util import wait_ready
 
 
@@ -20,16 +21,10 @@ def serve_bundle(exported_bundle) -> Path:
     return exported_bundle
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture
 def free_port():
-    """A function returning a currently unused TCP port on 127.0.0.1."""
-    return _free_port
+    """A function returning a TCP port on 127.0.0.1 held back for the server a test starts (``tests.ports``)."""
+    return reserved_port
 
 
 def _wait_port(port: int, timeout: float = 10) -> None:
@@ -55,7 +50,7 @@ class RunningServer:
         import uvicorn
 
         self.app = app
-        self.port = _free_port()
+        self.port = reserved_port()
         self.url = f"127.0.0.1:{self.port}"
         self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="error"))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
@@ -99,7 +94,7 @@ def server(server_factory) -> RunningServer:
 def _serve_process(bundle, *options: str, stderr=subprocess.PIPE):
     """`edgeseg serve BUNDLE OPTIONS` as its own process on a free port, yielded (process, port)
     once /v2/health/ready answers 200; killed at the end if still running."""
-    port = _free_port()
+    port = reserved_port()
     proc = subprocess.Popen([sys.executable, "-m", "edgeseg.cli", "serve", str(bundle), "--port", str(port), *options],
                             stdout=subprocess.DEVNULL, stderr=stderr, text=True)
     try:

@@ -8,17 +8,12 @@ import socket
 import struct
 import threading
 
+from tests.ports import reserved_port
 from tests.serve.dicom_relay import PausingRelay, _read
 
 
 def _pdu(kind: int, body: bytes) -> bytes:
     return struct.pack(">BBI", kind, 0, len(body)) + body
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def test_the_relay_passes_bytes_through_and_holds_the_chosen_pdu_until_its_gate_opens():
@@ -34,7 +29,7 @@ def test_the_relay_passes_bytes_through_and_holds_the_chosen_pdu_until_its_gate_
                 connection.sendall(pdu)
 
     threading.Thread(target=serve, daemon=True).start()
-    relay = PausingRelay(_free_port(), node.getsockname()[1], hold_at=2)
+    relay = PausingRelay(reserved_port(), node.getsockname()[1], hold_at=2)
     try:
         with socket.create_connection(("127.0.0.1", relay.port), timeout=60) as peer:
             peer.sendall(b"peer-hello!")
@@ -57,7 +52,7 @@ def test_the_relay_passes_bytes_through_and_holds_the_chosen_pdu_until_its_gate_
 def test_closing_the_relay_ends_its_accepting_thread():
     """close() wakes the thread blocked in accept(): each test using the relay would otherwise
     leave one behind, blocked until the process ends."""
-    relay = PausingRelay(_free_port(), _free_port())
+    relay = PausingRelay(reserved_port(), reserved_port())
     assert relay.accepting.is_alive()
     relay.close()
     relay.accepting.join(60)  # ends at once; the bound only keeps a failure from hanging the run
