@@ -56,7 +56,7 @@ def _stored_pixdim_problem(image, path) -> str | None:
     for axis in (1, 2, 3):
         size = float(stored[axis])
         if not round(size, 6) > 0:  # spacing_from_affine's threshold; NaN too
-            return f"has header field pixdim[{axis}] {size:g}, not a voxel size of at least 1e-6 mm"
+            return f"stores pixdim[{axis}] {size:g}, not a voxel size of at least 1e-6 mm"
     return None
 
 

@@ -62,14 +62,14 @@ def test_a_qform_stored_with_an_unusable_step_is_not_read_as_nibabel_repairs_it(
         read_nifti(path)
     message = str(refused.value)
     assert message.startswith(f"image {path}: header fields sform (sform_code 2) is singular (voxel axes "), message
-    assert (f"span no volume) and qform (qform_code 1) has header field pixdim[3] {np.float32(pixdim_z):g}, not a "
+    assert (f"span no volume) and qform (qform_code 1) stores pixdim[3] {np.float32(pixdim_z):g}, not a "
             "voxel size of at least 1e-6 mm, so the file does not say how its voxels lie in the patient") in message
 
 
 @pytest.mark.parametrize(("suffix", "endian"), [(".nii", ">"), (".nii.gz", "<")])
 def test_the_stored_step_is_read_from_either_byte_order_and_compressed(suffix, endian, tmp_path):
     path = _write(tmp_path / f"step{suffix}", pixdim_z=0.0, sform="singular", endian=endian)
-    with pytest.raises(DataError, match=r"qform \(qform_code 1\) has header field pixdim\[3\] 0, not a voxel size"):
+    with pytest.raises(DataError, match=r"qform \(qform_code 1\) stores pixdim\[3\] 0, not a voxel size"):
         read_nifti(path)
     sound = read_nifti(_write(tmp_path / f"sound{suffix}", sform="singular", endian=endian))
     np.testing.assert_allclose(sound.spacing, (2.5, 0.7, 0.8), atol=1e-6)
@@ -79,7 +79,7 @@ def test_a_zero_step_qform_without_an_sform_is_refused_in_one_line(tmp_path, ass
     path = _write(tmp_path / "alone.nii", pixdim_z=0.0, sform_code=0)
     done = subprocess.run([sys.executable, "-m", "edgeseg.cli", "data", "info", str(path)], capture_output=True,
                           text=True, timeout=300)
-    assert_one_line_error(done, "header field qform (qform_code 1) has header field pixdim[3] 0, not a voxel size of "
+    assert_one_line_error(done, "header field qform (qform_code 1) stores pixdim[3] 0, not a voxel size of "
                                 "at least 1e-6 mm, and sform_code is 0")
 
 
@@ -111,7 +111,7 @@ def test_a_tiny_sform_beside_a_zero_step_qform_is_one_line_naming_both(tmp_path)
         read_nifti(path)
     assert str(refused.value) == (
         f"image {path}: header fields sform (sform_code 2) gives a voxel size below 1e-6 mm (voxel axes of 1e-30, 0.7, "
-        "2.5 mm) and qform (qform_code 1) has header field pixdim[3] 0, not a voxel size of at least 1e-6 mm, so the "
+        "2.5 mm) and qform (qform_code 1) stores pixdim[3] 0, not a voxel size of at least 1e-6 mm, so the "
         "file does not say how its voxels lie in the patient; set a usable sform or qform")
 
 
