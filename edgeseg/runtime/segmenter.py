@@ -97,6 +97,7 @@ class Segmenter:
         self.bundle = None if bundle is None else Path(bundle)
         self.manifest = manifest
         self.fov_check = "warn"  # load() reads the option or $EDGESEG_FOV_CHECK
+        self._fov_said: set[str] = set()  # each FOV warning once: a server's requests repeat it
         if not isinstance(postprocess, PostprocessOptions):
             postprocess = PostprocessOptions.from_dict(postprocess, max(self.labels, default=0) + 1)
         self.postprocess = postprocess
@@ -252,13 +253,15 @@ class Segmenter:
         return self.filter_volume(labels, spacing) if volume_filters else labels
 
     def check_fov(self, shape: tuple[int, ...], spacing, what: str) -> None:
-        """One warning (an error with ``fov_check`` "refuse") where an input of known spacing has a field
-        of view outside the bundle's training data's (``edgeseg.data.field_of_view``); nothing where either is unknown."""
+        """One warning (an error with ``fov_check`` "refuse") where an input of known spacing has a field of view
+        outside the bundle's training data's (``edgeseg.data.field_of_view``), once per wording; none where either is unknown."""
         record = None if self.manifest is None or self.fov_check == "off" else self.manifest.training_fov
         problem = fov_problem(record, shape, spacing, what)
         if problem and self.fov_check == "refuse":
             raise DataError(problem)
-        if problem:
+        if problem and problem not in self._fov_said:
+            if len(self._fov_said) < 1024:
+                self._fov_said.add(problem)
             log.warning("%s", problem)
 
     def filter_volume(self, labels: np.ndarray, spacing: tuple[float, float, float] | None = None) -> np.ndarray:

@@ -46,3 +46,22 @@ def test_a_request_at_three_times_the_training_fov_is_refused_in_refusal_mode(ex
             assert np.count_nonzero(_infer(server.url, hu, spacing) != want) == 0
     finally:
         server.stop()
+
+
+def test_requests_at_one_fov_outside_the_range_are_warned_of_once(exported_bundle, caplog):
+    """A volume sent slice by slice, or a client repeating requests at one FOV, makes one warning, not one
+    per request; another FOV outside the range makes its own, and every request is answered."""
+    from edgeseg.serve.app import ServeConfig, create_app
+    from tests.serve.conftest import RunningServer
+
+    hu = np.ascontiguousarray(np.round(synth_phantom("case_fov", 3, shape=(4, 64, 64)).hu).astype(np.int16))
+    server = RunningServer(create_app(Segmenter.load(exported_bundle, backend="onnxruntime:fp32", fov_check="warn"),
+                                      ServeConfig(max_batch=4)))
+    try:
+        with caplog.at_level("WARNING"):
+            for spacing in [(2.5, 9.0, 9.0)] * 3 + [(2.5, 12.0, 12.0)] * 2:
+                assert _infer(server.url, hu, spacing).shape == hu.shape
+    finally:
+        server.stop()
+    said = [r.getMessage() for r in caplog.records if "field of view" in r.getMessage()]
+    assert [m.split(" (")[0] for m in said] == ["request: field of view 576 mm", "request: field of view 768 mm"], said
