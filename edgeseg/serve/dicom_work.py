@@ -8,7 +8,8 @@ folder behind under a random name, and the next start makes a new one. In a fold
 ``SOP.dcm`` and the rename flushed (the folder's ``fsync``) before Success is answered; the
 folder is claimed by an exclusive ``flock`` on its ``listen.lock`` for the node's whole life (the
 kernel lets go of it when the process dies, however it dies), with the node's pid written in it
-for the messages. The next node that claims the folder finds what the dead one left
+for the messages, and marked as a node's (``listen.work``): a folder holding anything else is
+refused, never tidied. The next node that claims the folder finds what the dead one left
 (:func:`recover`): the series being received, waiting or being segmented (``UID``,
 ``UID.taken-N``), merged back into one folder each, to be segmented once complete, and the
 series kept for late images (``UID.segmented``, with the SEG they were segmented into in
@@ -35,6 +36,8 @@ from edgeseg.staging import process_alive
 log = logging.getLogger("edgeseg.listen")
 
 LOCK_NAME = "listen.lock"
+MARKER_NAME = "listen.work"  # made at the first claim: the folder is the node's, to take up and tidy
+MARKER_TEXT = "The work folder of edgeseg listen (--work): the node moves and removes what it finds here.\n"
 REFERENCE_NAME = ".seg.json"  # hidden: the series reader passes over it
 DAMAGED = "damaged"
 
@@ -62,15 +65,31 @@ def sync_folder(path: Path) -> None:
         os.close(fd)
 
 
+def _check_ours(folder: Path, option: str) -> None:
+    """DataError, in one line, when ``folder`` holds anything but a node's claim and is not marked
+    as a node's work folder (MARKER_NAME): the node moves and removes what it finds in its work
+    folder, so a folder of someone else's files is never taken for one. Nothing is written in it."""
+    names = {entry.name for entry in os.scandir(folder)}
+    marker = folder / MARKER_NAME
+    if MARKER_NAME in names and marker.is_file() and not marker.is_symlink():
+        return
+    others = sorted(names - {LOCK_NAME})
+    if others:
+        raise DataError(f"{option} {folder} is not empty and not an edgeseg listen work folder (no {MARKER_NAME}; it "
+                        f"holds {', '.join(others[:3])}{', ...' if len(others) > 3 else ''}): name a new or empty "
+                        "folder, the node moves and removes what it finds in its work folder")
+
+
 class WorkClaim:
     """The ``flock`` that makes ``folder`` one node's work folder; DataError, in one line, when a
     live node holds it. ``previous``: the pid written by the node that held it before, if any.
     ``note=False`` checks the folder without writing this pid in it (``listen``, before the model loads)."""
 
     def __init__(self, folder: str | os.PathLike, option: str = "--work", note: bool = True) -> None:
-        self.folder = Path(folder)
+        self.folder, self._fd = Path(folder), None
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
+            _check_ours(self.folder, option)
             self._fd = os.open(self.folder / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
             raise DataError(f"{option} {folder} cannot be used as the work folder: {exc.strerror or exc}") from None
@@ -93,6 +112,19 @@ class WorkClaim:
         os.ftruncate(self._fd, 0)
         os.pwrite(self._fd, f"{os.getpid()}\n".encode(), 0)
         os.fsync(self._fd)
+        marker = self.folder / MARKER_NAME
+        if not marker.is_file() or marker.is_symlink():  # made once, whole or not at all (O_EXCL)
+            try:
+                fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except OSError as exc:
+                self.release()
+                raise DataError(f"{option} {folder} cannot be used as the work folder: {exc.strerror or exc}") from None
+            try:
+                os.write(fd, MARKER_TEXT.encode())
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            sync_folder(self.folder)
 
     def _pid(self) -> int | None:
         with contextlib.suppress(OSError, ValueError):
