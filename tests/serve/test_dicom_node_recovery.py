@@ -67,6 +67,7 @@ def test_a_folder_of_someone_elses_files_is_refused_untouched(serve_bundle, tmp_
         node = _listen(serve_bundle, port, tmp_path, "--work", str(empty))
         try:
             wait_port(port, timeout=60)
+            assert "listening on" in node.stdout.readline()  # serving: a stop now is the normal end
         finally:
             err = _stop(node)
         assert node.returncode == 0, err
