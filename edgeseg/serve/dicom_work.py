@@ -22,6 +22,7 @@ or folder itself (a link, a FIFO: never followed or opened), is moved to ``damag
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -29,7 +30,7 @@ import math
 import shutil
 import stat
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field
 from pathlib import Path
 
 from edgeseg.errors import DataError
@@ -68,21 +69,6 @@ def sync_folder(path: Path) -> None:
             os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _check_ours(folder: Path, option: str) -> None:
-    """DataError, in one line, when ``folder`` holds anything but a node's claim and is not marked
-    as a node's work folder (MARKER_NAME): the node moves and removes what it finds in its work
-    folder, so a folder of someone else's files is never taken for one. Nothing is written in it."""
-    names = {entry.name for entry in os.scandir(folder)}
-    marker = folder / MARKER_NAME
-    if MARKER_NAME in names and marker.is_file() and not marker.is_symlink():
-        return
-    others = sorted(names - {LOCK_NAME})
-    if others:
-        raise DataError(f"{option} {folder} is not empty and not an edgeseg listen work folder (no {MARKER_NAME}; it "
-                        f"holds {', '.join(others[:3])}{', ...' if len(others) > 3 else ''}): name a new or empty "
-                        "folder, the node moves and removes what it finds in its work folder")
 
 
 class WorkClaim:
@@ -142,6 +128,21 @@ class WorkClaim:
             self._fd = None
 
 
+def _check_ours(folder: Path, option: str) -> None:
+    """DataError, in one line, when ``folder`` holds anything but a node's claim and is not marked
+    as a node's work folder (MARKER_NAME): the node moves and removes what it finds in its work
+    folder, so a folder of someone else's files is never taken for one. Nothing is written in it."""
+    names = {entry.name for entry in os.scandir(folder)}
+    marker = folder / MARKER_NAME
+    if MARKER_NAME in names and marker.is_file() and not marker.is_symlink():
+        return
+    others = sorted(names - {LOCK_NAME})
+    if others:
+        raise DataError(f"{option} {folder} is not empty and not an edgeseg listen work folder (no {MARKER_NAME}; it "
+                        f"holds {', '.join(others[:3])}{', ...' if len(others) > 3 else ''}): name a new or empty "
+                        "folder, the node moves and removes what it finds in its work folder")
+
+
 def check_series(slices: int, shape: tuple[int, int], stored: int, series_uid: str) -> None:
     """DataError when a series of ``slices`` frames of ``shape`` whose files take ``stored`` bytes
     is past the readers' volume limit: its pixels as float32 HU, or its files on disk."""
@@ -180,11 +181,6 @@ def save_reference(folder: Path, reference, until: float) -> None:
         tmp.write_text(json.dumps({**fields, "until": until}))
 
 
-# what .seg.json must hold (the fields of dicom_segmented.SegReference, and ``until``)
-REFERENCE_FIELDS = {"sop_instance_uid": str, "series_instance_uid": str, "instance_number": int, "file": str,
-                    "slices": int, "until": float}
-
-
 def _regular(path: Path) -> bool:
     """``path`` is a regular file itself (not a link to one, a FIFO, a device, a folder)."""
     with contextlib.suppress(OSError):
@@ -192,22 +188,40 @@ def _regular(path: Path) -> bool:
     return False
 
 
+def _reference_fields() -> dict[str, tuple[type, bool]]:
+    """What .seg.json holds: the fields of dicom_segmented.SegReference and ``until``, each with its
+    type and whether it must be there (a field with a default may be missing)."""
+    from edgeseg.serve.dicom_segmented import SegReference  # here: that module imports this one
+
+    kinds = {"str": str, "int": int, "float": float}
+    fields = {f.name: (kinds.get(f.type, object) if isinstance(f.type, str) else f.type,
+                       f.default is MISSING and f.default_factory is MISSING) for f in dataclasses.fields(SegReference)}
+    return {**fields, "until": (float, True)}
+
+
+def _fits(value, kind: type) -> bool:
+    if isinstance(value, bool):
+        return kind is object
+    if kind is float:
+        return isinstance(value, (int, float)) and math.isfinite(value)
+    return isinstance(value, kind)
+
+
 def _reference(folder: Path) -> dict | None:
-    """The fields of ``folder``'s .seg.json; None, with one warning, where it is not a regular file
-    holding each of REFERENCE_FIELDS with its type."""
+    """The fields of ``folder``'s .seg.json (:func:`_reference_fields`, others passed over); None,
+    with one warning, where it is not a regular file holding each field it must, of its type."""
     path = folder / REFERENCE_NAME
     if not os.path.lexists(path):
         return None
-    data = None
+    data, fields = None, _reference_fields()
     if _regular(path):
         with contextlib.suppress(OSError, ValueError):
             data = json.loads(path.read_text())
-    if isinstance(data, dict) and all(isinstance(data.get(key), (int, float) if kind is float else kind)
-                                      and not isinstance(data.get(key), bool) for key, kind in REFERENCE_FIELDS.items()):
-        if math.isfinite(data["until"]):
-            return {key: data[key] for key in REFERENCE_FIELDS}
+    if isinstance(data, dict) and all(_fits(data[key], kind) if key in data else not required
+                                      for key, (kind, required) in fields.items()):
+        return {key: data[key] for key in fields if key in data}
     log.warning("%s is not a note of the SEG its images were segmented into (it must be a file holding %s); the "
-                "series is taken up without it", path, ", ".join(REFERENCE_FIELDS))
+                "series is taken up without it", path, ", ".join(key for key, (_, required) in fields.items() if required))
     return None
 
 
