@@ -13,24 +13,25 @@ refused, never tidied. The next node that claims the folder finds what the dead 
 (:func:`recover`): the series being received, waiting or being segmented (``UID``,
 ``UID.taken-N``), merged back into one folder each (newest first, within the volume limit), to
 be segmented once complete, and the series kept for late images (``UID.segmented``, with the SEG
-they were segmented into in ``.seg.json``), kept again for the rest of their time. A staged image (a write the kill cut
-short: its Success was never sent) is removed, never read; a ``SOP.dcm`` that is not a whole
-image (a disk that lost what it was told it had written), or anything that is not a regular file
-or folder itself (a link, a FIFO: never followed or opened), is moved to ``damaged/`` and logged.
+they were segmented into in ``.seg.json``), kept again for the rest of their time. A staged image
+(a write the kill cut short: its Success was never sent) is removed, never read; a ``SOP.dcm``
+that is not a whole image (a disk that lost what it was told it had written), or anything that is
+not a regular file or folder itself (a link, a FIFO: never followed or opened), is moved to
+``damaged/`` and logged.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import logging
-import os
 import math
+import os
 import shutil
 import stat
 import time
 from dataclasses import MISSING, asdict, dataclass, field
+from dataclasses import fields as dataclass_fields
 from pathlib import Path
 
 from edgeseg.errors import DataError
@@ -195,7 +196,7 @@ def _reference_fields() -> dict[str, tuple[type, bool]]:
 
     kinds = {"str": str, "int": int, "float": float}
     fields = {f.name: (kinds.get(f.type, object) if isinstance(f.type, str) else f.type,
-                       f.default is MISSING and f.default_factory is MISSING) for f in dataclasses.fields(SegReference)}
+                       f.default is MISSING and f.default_factory is MISSING) for f in dataclass_fields(SegReference)}
     return {**fields, "until": (float, True)}
 
 
@@ -220,8 +221,9 @@ def _reference(folder: Path) -> dict | None:
     if isinstance(data, dict) and all(_fits(data[key], kind) if key in data else not required
                                       for key, (kind, required) in fields.items()):
         return {key: data[key] for key in fields if key in data}
+    need = ", ".join(key for key, (_, required) in fields.items() if required)
     log.warning("%s is not a note of the SEG its images were segmented into (it must be a file holding %s); the "
-                "series is taken up without it", path, ", ".join(key for key, (_, required) in fields.items() if required))
+                "series is taken up without it", path, need)
     return None
 
 
