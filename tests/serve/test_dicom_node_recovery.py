@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import subprocess
 import threading
 from pathlib import Path
 
@@ -43,7 +44,11 @@ def test_a_folder_of_someone_elses_files_is_refused_untouched(serve_bundle, tmp_
     Series Instance UID) exits 2 in one line before the model loads, and leaves every file as it
     was, writing nothing in it. (It moved holiday.jpg to damaged/, deleted .notes, removed 2024/.)
     An empty folder is taken, marked as the node's, and taken again at the next start."""
+    from tests.serve.test_dicom_node import DCMTK
     from tests.serve.test_dicom_node_durable import _listen, _stop
+
+    if not DCMTK:
+        pytest.skip("dcmtk (echoscu) is not installed")
 
     work = tmp_path / "photos"
     (work / "2024").mkdir(parents=True)
@@ -66,7 +71,9 @@ def test_a_folder_of_someone_elses_files_is_refused_untouched(serve_bundle, tmp_
         node = _listen(serve_bundle, port, tmp_path, "--work", str(empty))
         try:
             wait_port(port, timeout=60)
-            assert "listening on" in node.stdout.readline()  # serving: a stop now is the normal end
+            assert "listening on" in node.stdout.readline()
+            # it serves (and has gone on from its start-up line to waiting: a stop now is its normal end)
+            assert subprocess.run(["echoscu", "-aec", "EDGESEG", "127.0.0.1", str(port)]).returncode == 0
         finally:
             err = _stop(node)
         assert node.returncode == 0, err
