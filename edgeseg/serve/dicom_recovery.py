@@ -29,11 +29,15 @@ def take_up(work: Path, previous: int | None, in_flight: dict[str, HeldSeries], 
                     work, by)
     now = time.monotonic()
     for series in found:
+        if series.over_limit and audit is not None:
+            audit.recovered(series.uid, series.over_limit, "over_limit", previous)
+        if not series.frames:
+            continue
         held = HeldSeries(series.folder, now, durable=True, shape=series.shape)
         held.frames, held.sizes = dict(series.frames), dict(series.sizes)
         held.slices, held.stored = sum(held.frames.values()), sum(held.sizes.values())
         reference = None if series.reference is None else {k: v for k, v in series.reference.items() if k != "until"}
-        seg = None if reference is None else SegReference(**reference)
+        seg = None if reference is None else SegReference(**reference)  # its fields and types checked (dicom_work.py)
         if series.in_flight:
             held.replaces = seg
             in_flight[series.uid] = held

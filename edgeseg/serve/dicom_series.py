@@ -13,7 +13,7 @@ from pathlib import Path
 from edgeseg.atomic import atomic_path
 from edgeseg.errors import DataError
 from edgeseg.limits import VOLUME_BYTES_ENV, check_volume, current_limits
-from edgeseg.serve.dicom_work import sync_file, sync_folder
+from edgeseg.serve.dicom_work import check_series, sync_file, sync_folder
 
 log = logging.getLogger("edgeseg.listen")
 
@@ -131,11 +131,9 @@ def absorb(into: HeldSeries, earlier: HeldSeries, series_uid: str) -> bool:
     moved is left out, and ``into`` counts exactly the files it holds."""
     added = [sop for sop in earlier.sizes if sop not in into.sizes]
     slices = into.slices + sum(earlier.frames[sop] for sop in added)
-    stored, budget = into.stored + sum(earlier.sizes[sop] for sop in added), current_limits().max_volume_bytes
+    stored = into.stored + sum(earlier.sizes[sop] for sop in added)
     try:
-        check_volume((slices, *into.shape), f"series {series_uid}")
-        if stored > budget:
-            raise DataError(f"its files would take {stored} bytes on disk, over the limit of {budget}")
+        check_series(slices, into.shape, stored, series_uid)
     except DataError as exc:
         log.warning("series %s: the images segmented before are not segmented again with those received since: "
                     "%s", series_uid, exc)

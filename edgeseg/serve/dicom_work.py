@@ -8,13 +8,16 @@ folder behind under a random name, and the next start makes a new one. In a fold
 ``SOP.dcm`` and the rename flushed (the folder's ``fsync``) before Success is answered; the
 folder is claimed by an exclusive ``flock`` on its ``listen.lock`` for the node's whole life (the
 kernel lets go of it when the process dies, however it dies), with the node's pid written in it
-for the messages. The next node that claims the folder finds what the dead one left
+for the messages, and marked as a node's (``listen.work``): a folder holding anything else is
+refused, never tidied. The next node that claims the folder finds what the dead one left
 (:func:`recover`): the series being received, waiting or being segmented (``UID``,
-``UID.taken-N``), merged back into one folder each, to be segmented once complete, and the
-series kept for late images (``UID.segmented``, with the SEG they were segmented into in
-``.seg.json``), kept again for the rest of their time. A staged image (a write the kill cut
-short: its Success was never sent) is removed, never read; a ``SOP.dcm`` that is not a whole
-image (a disk that lost what it was told it had written) is moved to ``damaged/`` and logged.
+``UID.taken-N``), merged back into one folder each (newest first, within the volume limit), to
+be segmented once complete, and the series kept for late images (``UID.segmented``, with the SEG
+they were segmented into in ``.seg.json``), kept again for the rest of their time. A staged image
+(a write the kill cut short: its Success was never sent) is removed, never read; a ``SOP.dcm``
+that is not a whole image (a disk that lost what it was told it had written), or anything that is
+not a regular file or folder itself (a link, a FIFO: never followed or opened), is moved to
+``damaged/`` and logged.
 """
 
 from __future__ import annotations
@@ -22,21 +25,28 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import shutil
+import stat
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field
+from dataclasses import fields as dataclass_fields
 from pathlib import Path
 
 from edgeseg.errors import DataError
+from edgeseg.limits import VOLUME_BYTES_ENV, check_volume, current_limits
 from edgeseg.serve.dicom_intake import UID_PATTERN
 from edgeseg.staging import process_alive
 
 log = logging.getLogger("edgeseg.listen")
 
 LOCK_NAME = "listen.lock"
+MARKER_NAME = "listen.work"  # made at the first claim: the folder is the node's, to take up and tidy
+MARKER_TEXT = "The work folder of edgeseg listen (--work): the node moves and removes what it finds here.\n"
 REFERENCE_NAME = ".seg.json"  # hidden: the series reader passes over it
 DAMAGED = "damaged"
+OVER_LIMIT = "over-limit"
 
 
 def sync_file(path: Path) -> None:
@@ -68,9 +78,10 @@ class WorkClaim:
     ``note=False`` checks the folder without writing this pid in it (``listen``, before the model loads)."""
 
     def __init__(self, folder: str | os.PathLike, option: str = "--work", note: bool = True) -> None:
-        self.folder = Path(folder)
+        self.folder, self._fd = Path(folder), None
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
+            _check_ours(self.folder, option)
             self._fd = os.open(self.folder / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
             raise DataError(f"{option} {folder} cannot be used as the work folder: {exc.strerror or exc}") from None
@@ -93,6 +104,19 @@ class WorkClaim:
         os.ftruncate(self._fd, 0)
         os.pwrite(self._fd, f"{os.getpid()}\n".encode(), 0)
         os.fsync(self._fd)
+        marker = self.folder / MARKER_NAME
+        if not marker.is_file() or marker.is_symlink():  # made once, whole or not at all (O_EXCL)
+            try:
+                fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except OSError as exc:
+                self.release()
+                raise DataError(f"{option} {folder} cannot be used as the work folder: {exc.strerror or exc}") from None
+            try:
+                os.write(fd, MARKER_TEXT.encode())
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            sync_folder(self.folder)
 
     def _pid(self) -> int | None:
         with contextlib.suppress(OSError, ValueError):
@@ -103,6 +127,31 @@ class WorkClaim:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+
+def _check_ours(folder: Path, option: str) -> None:
+    """DataError, in one line, when ``folder`` holds anything but a node's claim and is not marked
+    as a node's work folder (MARKER_NAME): the node moves and removes what it finds in its work
+    folder, so a folder of someone else's files is never taken for one. Nothing is written in it."""
+    names = {entry.name for entry in os.scandir(folder)}
+    marker = folder / MARKER_NAME
+    if MARKER_NAME in names and marker.is_file() and not marker.is_symlink():
+        return
+    others = sorted(names - {LOCK_NAME})
+    if others:
+        raise DataError(f"{option} {folder} is not empty and not an edgeseg listen work folder (no {MARKER_NAME}; it "
+                        f"holds {', '.join(others[:3])}{', ...' if len(others) > 3 else ''}): name a new or empty "
+                        "folder, the node moves and removes what it finds in its work folder")
+
+
+def check_series(slices: int, shape: tuple[int, int], stored: int, series_uid: str) -> None:
+    """DataError when a series of ``slices`` frames of ``shape`` whose files take ``stored`` bytes
+    is past the readers' volume limit: its pixels as float32 HU, or its files on disk."""
+    check_volume((slices, *shape), f"series {series_uid}")
+    budget = current_limits().max_volume_bytes
+    if stored > budget:
+        raise DataError(f"series {series_uid}: its files would take {stored} bytes on disk, over the limit of {budget} "
+                        f"(--max-volume-bytes or {VOLUME_BYTES_ENV})")
 
 
 @dataclass
@@ -119,6 +168,7 @@ class Recovered:
     sizes: dict[str, int] = field(default_factory=dict)
     shape: tuple[int, int] = (0, 0)
     reference: dict | None = None
+    over_limit: int = 0  # images acknowledged before and set aside: with the rest, past the volume limit
 
 
 def save_reference(folder: Path, reference, until: float) -> None:
@@ -132,27 +182,97 @@ def save_reference(folder: Path, reference, until: float) -> None:
         tmp.write_text(json.dumps({**fields, "until": until}))
 
 
+def _regular(path: Path) -> bool:
+    """``path`` is a regular file itself (not a link to one, a FIFO, a device, a folder)."""
+    with contextlib.suppress(OSError):
+        return stat.S_ISREG(path.lstat().st_mode)
+    return False
+
+
+def _reference_fields() -> dict[str, tuple[type, bool]]:
+    """What .seg.json holds: the fields of dicom_segmented.SegReference and ``until``, each with its
+    type and whether it must be there (a field with a default may be missing)."""
+    from edgeseg.serve.dicom_segmented import SegReference  # here: that module imports this one
+
+    kinds = {"str": str, "int": int, "float": float}
+    fields = {f.name: (kinds.get(f.type, object) if isinstance(f.type, str) else f.type,
+                       f.default is MISSING and f.default_factory is MISSING) for f in dataclass_fields(SegReference)}
+    return {**fields, "until": (float, True)}
+
+
+def _fits(value, kind: type) -> bool:
+    if isinstance(value, bool):
+        return kind is object
+    if kind is float:
+        return isinstance(value, (int, float)) and math.isfinite(value)
+    return isinstance(value, kind)
+
+
 def _reference(folder: Path) -> dict | None:
-    with contextlib.suppress(OSError, ValueError, TypeError):
-        data = json.loads((folder / REFERENCE_NAME).read_text())
-        return data if isinstance(data, dict) and isinstance(data.get("until"), (int, float)) else None
+    """The fields of ``folder``'s .seg.json (:func:`_reference_fields`, others passed over); None,
+    with one warning, where it is not a regular file holding each field it must, of its type."""
+    path = folder / REFERENCE_NAME
+    if not os.path.lexists(path):
+        return None
+    data, fields = None, _reference_fields()
+    if _regular(path):
+        with contextlib.suppress(OSError, ValueError):
+            data = json.loads(path.read_text())
+    if isinstance(data, dict) and all(_fits(data[key], kind) if key in data else not required
+                                      for key, (kind, required) in fields.items()):
+        return {key: data[key] for key in fields if key in data}
+    need = ", ".join(key for key, (_, required) in fields.items() if required)
+    log.warning("%s is not a note of the SEG its images were segmented into (it must be a file holding %s); the "
+                "series is taken up without it", path, need)
     return None
 
 
+def _part_of(name: str) -> tuple[str, int] | None:
+    """(Series Instance UID, order) of a series folder's name: a taken one (by its number), the one
+    being received (received last, its images win), a kept one (-1); None for another name."""
+    uid, _, kind = name.partition(".taken-")
+    order = int(kind) if kind.isdigit() else None
+    if order is None:
+        uid, order = (name[:-len(".segmented")], -1) if name.endswith(".segmented") else (name, 1 << 62)
+    return (uid, order) if UID_PATTERN.fullmatch(uid) and len(uid) <= 64 else None
+
+
 def _parts(work: Path) -> dict[str, list[tuple[int, Path]]]:
-    """The series folders in ``work`` by Series Instance UID, each with its order: a taken one (by
-    its number), then the one being received (received last, its images win), then a kept one."""
+    """The series folders in ``work`` by Series Instance UID, each with its order (:func:`_part_of`).
+    An entry so named that is not a folder itself (a link, a file) is moved aside, never followed."""
     parts: dict[str, list[tuple[int, Path]]] = {}
     for entry in sorted(work.iterdir()):
-        if not entry.is_dir() or entry.is_symlink():
+        part = _part_of(entry.name)
+        if part is None:
             continue
-        uid, _, kind = entry.name.partition(".taken-")
-        order = int(kind) if kind.isdigit() else None
-        if order is None:
-            uid, order = (entry.name[:-len(".segmented")], -1) if entry.name.endswith(".segmented") else (entry.name, 1 << 62)
-        if UID_PATTERN.fullmatch(uid) and len(uid) <= 64:
-            parts.setdefault(uid, []).append((order, entry))
+        if entry.is_symlink() or not entry.is_dir():
+            _aside(work, "", entry, "is not a folder of series images the node made")
+            continue
+        parts.setdefault(part[0], []).append((part[1], entry))
     return parts
+
+
+def _aside(work: Path, uid: str, item: Path, why: str, folder: str = DAMAGED, say: bool = True) -> None:
+    """Move ``item`` (not followed where it is a link) to ``work/folder``, under a name no earlier
+    one there has, with one line saying ``why`` (``say``) or where it cannot be moved."""
+    aside = work / folder
+    if aside.is_symlink() or not aside.is_dir():
+        if os.path.lexists(aside):
+            log.error("%s %s; left where it is: %s is not a folder", item, why, aside)
+            return
+        aside.mkdir()
+    name, n = f"{uid}-{item.name}" if uid else item.name, 1
+    while os.path.lexists(aside / name):
+        n += 1
+        name = f"{uid}-{n}-{item.name}" if uid else f"{n}-{item.name}"
+    try:
+        os.rename(item, aside / name)
+    except OSError as exc:
+        log.error("%s %s; it cannot be moved to %s (%s)", item, why, aside, exc.strerror or exc)
+        return
+    if say:
+        log.error("%s%s in the work folder %s; moved to %s, not segmented", f"series {uid}: " if uid else "",
+                  item.name, why, aside / name)
 
 
 def _whole(path: Path) -> tuple[int, tuple[int, int]] | None:
@@ -179,48 +299,76 @@ def _whole(path: Path) -> tuple[int, tuple[int, int]] | None:
 def recover(work: Path) -> tuple[list[Recovered], int]:
     """The series a dead node left in ``work``, each merged into ``work/UID`` (or kept as
     ``work/UID.segmented``), and how many staged images (writes cut short) were removed. Called
-    holding the folder's claim: no other node writes in it."""
+    holding the folder's claim: no other node writes in it. The parts of a series are merged newest
+    first, as dicom_series.absorb does: an image in a newer one wins, and an older part whose images
+    would take the series past the volume limit is moved to ``work/over-limit``."""
     found, staged = [], 0
     for uid, parts in sorted(_parts(work).items()):
-        parts.sort(key=lambda part: part[0])
+        parts.sort(key=lambda part: part[0], reverse=True)
         reference = max((r for r in (_reference(p) for _, p in parts) if r is not None),
-                        key=lambda r: r.get("instance_number", 0), default=None)
+                        key=lambda r: r["instance_number"], default=None)
         in_flight = any(order >= 0 for order, _ in parts)
         target = work / uid if in_flight else parts[0][1]
+        if not in_flight and (reference is None or reference["until"] <= time.time()):
+            shutil.rmtree(target, ignore_errors=True)  # its time to be kept is over
+            continue
         if in_flight and not target.is_dir():
             target.mkdir()
         series = Recovered(uid, target, in_flight, reference=reference)
         for _, part in parts:
-            for item in sorted(part.iterdir()):
-                if item.name.startswith(".") and (part != target or item.name != REFERENCE_NAME):
-                    staged += ".staging-" in item.name and item.name.endswith(".dcm")  # never acknowledged
-                    item.unlink(missing_ok=True)
-                elif part != target and item.is_file():
-                    os.replace(item, target / item.name)
+            staged += _merge(work, uid, part, series)
             if part != target:
                 with contextlib.suppress(OSError):
                     os.rmdir(part)
-        if not in_flight and (reference is None or reference["until"] <= time.time()):
-            shutil.rmtree(target, ignore_errors=True)  # its time to be kept is over
-            continue
-        for item in sorted(target.iterdir()):
-            if item.name.startswith("."):
-                continue
-            sop = item.name[:-4] if item.name.endswith(".dcm") else ""
-            whole = _whole(item) if UID_PATTERN.fullmatch(sop) else None
-            if whole is None:
-                (work / DAMAGED).mkdir(exist_ok=True)
-                os.replace(item, work / DAMAGED / f"{uid}-{item.name}")
-                log.error("series %s: %s in the work folder is not a whole image (cut short by the end of the node "
-                          "that received it); moved to %s, not segmented", uid, item.name, work / DAMAGED)
-                continue
-            series.frames[sop], series.shape = whole
-            series.sizes[sop] = item.stat().st_size
         if not series.frames:
             with contextlib.suppress(OSError):
+                (target / REFERENCE_NAME).unlink(missing_ok=True)
                 os.rmdir(target)
+            if series.over_limit:  # none taken up: found only to be told of
+                found.append(series)
             continue
         if reference is not None and in_flight:
             save_reference(target, {k: v for k, v in reference.items() if k != "until"}, reference["until"])
         found.append(series)
     return found, staged
+
+
+def _merge(work: Path, uid: str, part: Path, series: Recovered) -> int:
+    """Add to ``series`` the whole images of ``part`` it does not hold (moved into its folder), all
+    or, where they would take it past the volume limit or a newer part did, none; how many staged
+    images were removed."""
+    staged, images = 0, {}
+    for item in sorted(part.iterdir()):
+        if item.name.startswith(".") and _regular(item):
+            if part != series.folder or item.name != REFERENCE_NAME:
+                staged += ".staging-" in item.name and item.name.endswith(".dcm")  # never acknowledged
+                item.unlink(missing_ok=True)
+            continue
+        sop = item.name[:-4] if item.name.endswith(".dcm") else ""
+        if not _regular(item):
+            _aside(work, uid, item, "is not a regular file (a link, a FIFO, a folder), never read")
+        elif sop in series.frames:  # the image came again later: the newer copy is held
+            item.unlink()
+        elif (whole := _whole(item) if UID_PATTERN.fullmatch(sop) else None) is None:
+            _aside(work, uid, item, "is not a whole image (cut short by the end of the node that received it)")
+        else:
+            images[sop] = item, *whole, item.stat().st_size
+    slices = sum(series.frames.values()) + sum(frames for _, frames, _, _ in images.values())
+    stored = sum(series.sizes.values()) + sum(size for *_, size in images.values())
+    try:
+        if images and series.over_limit:  # a newer part was set aside: an older one must not stand for it
+            raise DataError(f"series {uid}: a newer part of it is past the volume limit")
+        if images:
+            check_series(slices, next(iter(images.values()))[2], stored, uid)
+    except DataError as exc:
+        log.error("series %s: the %d image(s) in %s are not taken up with the rest of the series, moved to %s and not "
+                  "segmented: %s", uid, len(images), part.name, work / OVER_LIMIT, exc)
+        for item, *_ in images.values():
+            _aside(work, uid, item, "would take its series past the volume limit", OVER_LIMIT, say=False)
+        series.over_limit += len(images)
+        return staged
+    for sop, (item, frames, shape, size) in images.items():
+        if part != series.folder:
+            os.replace(item, series.folder / item.name)
+        series.frames[sop], series.shape, series.sizes[sop] = frames, shape, size
+    return staged

@@ -62,6 +62,15 @@ def _seg(path: Path) -> tuple[set[str], bytes, int]:
     return _referenced(path), bytes(ds.PixelData), int(ds.NumberOfFrames)
 
 
+def _node_folder(work: Path) -> None:
+    """Make ``work`` as a node makes its work folder: marked as the node's (a folder that is not is
+    refused)."""
+    from edgeseg.serve.dicom_work import MARKER_NAME, MARKER_TEXT
+
+    work.mkdir(parents=True)
+    (work / MARKER_NAME).write_text(MARKER_TEXT)
+
+
 def _dead_pid() -> int:
     child = subprocess.Popen([sys.executable, "-c", "pass"])
     child.wait()
@@ -116,7 +125,8 @@ def test_a_write_cut_short_is_not_segmented(serve_bundle, tmp_path, free_port, w
     files, work = sorted(SERIES.glob("*.dcm")), tmp_path / "work"
     uid = str(pydicom.dcmread(files[0], stop_before_pixels=True).SeriesInstanceUID)
     sops = [str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in files]
-    (work / uid).mkdir(parents=True)
+    _node_folder(work)
+    (work / uid).mkdir()
     dead = _dead_pid()
     (work / "listen.lock").write_text(f"{dead}\n")
     for path, sop in zip(files[:2], sops[:2]):
@@ -247,8 +257,9 @@ def test_a_series_killed_while_segmented_and_received_again_is_taken_up_whole(se
     files, work = sorted(SERIES.glob("*.dcm")), tmp_path / "work"
     uid = str(pydicom.dcmread(files[0], stop_before_pixels=True).SeriesInstanceUID)
     sops = [str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in files]
+    _node_folder(work)
     for folder, taken in ((work / f"{uid}.taken-1", files[:2]), (work / uid, files[1:])):
-        folder.mkdir(parents=True)
+        folder.mkdir()
         for path in taken:
             (folder / f"{pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID}.dcm").write_bytes(
                 path.read_bytes())

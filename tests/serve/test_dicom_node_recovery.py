@@ -1,0 +1,206 @@
+"""What a DICOM node starting on a --work folder does with what it finds there, against real
+files in real folders: a folder of someone else's files is refused, untouched; the parts of a
+series are merged newest first and within the volume limit; a .seg.json that is not one is
+passed over with a warning; links and FIFOs are never followed or opened; nothing set aside is
+written over."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import threading
+from pathlib import Path
+
+import pytest
+
+from edgeseg.serve.audit import AssociationAudit, AuditLog
+from edgeseg.serve.dicom_recovery import take_up
+from edgeseg.serve.dicom_segmented import SegmentedSeries
+from edgeseg.serve.dicom_work import LOCK_NAME, MARKER_NAME, recover
+from tests.serve.test_dicom_node import SERIES
+
+pydicom = pytest.importorskip("pydicom")
+FILES = sorted(SERIES.glob("*.dcm"))
+
+
+def _sop(path: Path) -> str:
+    return str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
+
+
+def _put(folder: Path, *files: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for path in files:
+        (folder / f"{_sop(path)}.dcm").write_bytes(path.read_bytes())
+
+
+def _tree(root: Path) -> dict[str, bytes | None]:
+    return {str(p.relative_to(root)): None if p.is_dir() else p.read_bytes() for p in sorted(root.rglob("*"))}
+
+
+def test_a_folder_of_someone_elses_files_is_refused_untouched(serve_bundle, tmp_path, free_port, wait_port):
+    """--work on a folder holding files the node did not make ("2024", all digits, reads as a
+    Series Instance UID) exits 2 in one line before the model loads, and leaves every file as it
+    was, writing nothing in it. (It moved holiday.jpg to damaged/, deleted .notes, removed 2024/.)
+    An empty folder is taken, marked as the node's, and taken again at the next start."""
+    from tests.serve.test_dicom_node import DCMTK
+    from tests.serve.test_dicom_node_durable import _listen, _stop
+
+    if not DCMTK:
+        pytest.skip("dcmtk (echoscu) is not installed")
+
+    work = tmp_path / "photos"
+    (work / "2024").mkdir(parents=True)
+    (work / "2024" / "holiday.jpg").write_bytes(b"\xff\xd8 a photo")
+    (work / "2024" / ".notes").write_text("mine")
+    (work / "20261207").mkdir()
+    before = _tree(work)
+    node = _listen(serve_bundle, free_port(), tmp_path, "--work", str(work))
+    err = node.communicate(timeout=60)[1]
+    assert node.returncode == 2, err
+    assert err.strip().splitlines() == [
+        f"edgeseg: error: --work {work} is not empty and not an edgeseg listen work folder (no {MARKER_NAME}; it "
+        "holds 2024, 20261207): name a new or empty folder, the node moves and removes what it finds in its work "
+        "folder"]
+    assert _tree(work) == before  # no listen.lock either
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for _ in range(2):
+        port = free_port()
+        node = _listen(serve_bundle, port, tmp_path, "--work", str(empty))
+        try:
+            wait_port(port, timeout=60)
+            assert "listening on" in node.stdout.readline()
+            # it serves (and has gone on from its start-up line to waiting: a stop now is its normal end)
+            assert subprocess.run(["echoscu", "-aec", "EDGESEG", "127.0.0.1", str(port)]).returncode == 0
+        finally:
+            err = _stop(node)
+        assert node.returncode == 0, err
+        assert sorted(p.name for p in empty.iterdir()) == [LOCK_NAME, MARKER_NAME]
+
+
+def test_a_newer_copy_of_an_image_wins_over_an_older_one(tmp_path):
+    """An image re-sent (other bytes) while its first copy was being segmented: the parts are
+    merged newest first, as the live node does, so the copy received last is the one kept. (The
+    older copy in UID.taken-N was renamed onto the newer one.)"""
+    work, uid, sop = tmp_path / "work", "1.2.3", _sop(FILES[0])
+    copies = {}
+    for part, name in ((f"{uid}.taken-1", "OLDEST"), (f"{uid}.taken-2", "OLDER"), (uid, "NEWEST")):
+        (work / part).mkdir(parents=True)
+        ds = pydicom.dcmread(FILES[0])
+        ds.PatientName = name
+        ds.save_as(work / part / f"{sop}.dcm")
+        copies[name] = (work / part / f"{sop}.dcm").read_bytes()
+    _put(work / f"{uid}.taken-1", FILES[1])
+    [series], staged = recover(work)
+    assert (series.folder, set(series.frames), staged) == (work / uid, {sop, _sop(FILES[1])}, 0)
+    assert (work / uid / f"{sop}.dcm").read_bytes() == copies["NEWEST"]
+    assert series.sizes[sop] == len(copies["NEWEST"])
+    assert sorted(p.name for p in work.iterdir()) == [uid]
+    # with no part being received, the newer taken part wins
+    (work / uid).rename(work / f"{uid}.taken-9")
+    (work / f"{uid}.taken-3").mkdir()
+    (work / f"{uid}.taken-3" / f"{sop}.dcm").write_bytes(copies["OLDEST"])
+    recover(work)
+    assert (work / uid / f"{sop}.dcm").read_bytes() == copies["NEWEST"]
+
+
+def test_parts_past_the_volume_limit_are_set_aside_logged_and_audited(tmp_path, monkeypatch, caplog):
+    """The parts of a series merged at start hold the volume limit a live series holds: the
+    newest part (two slices) is taken up; an older one that would take the series past the limit
+    (three slices as float32 HU) is moved to over-limit/, in one log line and an audit line.
+    (All three were merged: a series the readers refuse.)"""
+    work, uid = tmp_path / "work", "1.2.3"
+    monkeypatch.setenv("EDGESEG_MAX_VOLUME_BYTES", str(5 * 512 * 512 * 4 // 2))  # 2.5 slices as float32 HU
+    _put(work / f"{uid}.taken-1", FILES[0])
+    _put(work / uid, *FILES[1:])
+    held, audit = {}, AssociationAudit(AuditLog(tmp_path / "audit.jsonl"))
+    with caplog.at_level(logging.WARNING, "edgeseg.listen"):
+        take_up(work, 4242, held, SegmentedSeries(work, 60, durable=True), audit)
+    assert set(held[uid].frames) == {_sop(f) for f in FILES[1:]} and held[uid].slices == 2
+    assert [p.name for p in (work / "over-limit").iterdir()] == [f"{uid}-{_sop(FILES[0])}.dcm"]
+    assert (work / "over-limit" / f"{uid}-{_sop(FILES[0])}.dcm").read_bytes() == FILES[0].read_bytes()
+    [line] = [r.getMessage() for r in caplog.records if "over-limit" in r.getMessage()]
+    assert f"series {uid}: the 1 image(s) in {uid}.taken-1 are not taken up with the rest of the series" in line
+    assert "over the limit of 2621440" in line
+    records = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
+    assert [(r["series_uid"], r["images"], r["outcome"], r["previous_pid"]) for r in records] == \
+        [(uid, 1, "over_limit", 4242), (uid, 2, "in_flight", 4242)]
+    # a limit lowered since: the newest part is past it, and no older one stands for it
+    work = tmp_path / "lowered"
+    monkeypatch.setenv("EDGESEG_MAX_VOLUME_BYTES", str(512 * 512 * 4 * 3 // 2))  # 1.5 slices
+    _put(work / f"{uid}.taken-1", FILES[0])
+    _put(work / uid, *FILES[1:])
+    (work / uid / ".seg.json").write_text("{}")
+    [series], _ = recover(work)
+    assert (series.frames, series.over_limit) == ({}, 3)
+    assert sorted(p.name for p in work.iterdir()) == ["over-limit"] and len(list((work / "over-limit").iterdir())) == 3
+
+
+@pytest.mark.parametrize("note", [
+    {"until": 4e9, "file": "x.seg.dcm"},  # fields missing
+    {"sop_instance_uid": "1.2", "series_instance_uid": "1.3", "instance_number": "2", "file": "x.seg.dcm",
+     "slices": 3, "until": 4e9},  # a field of the wrong type
+    '{"sop_instance_uid": "1.2", "series_instance_uid": "1.3", "instance_number": 2, "file": "x.seg.dcm", '
+    '"slices": 3, "until": NaN}',  # kept until when?
+    [1, 2, 3],
+    "not json",
+], ids=["missing", "wrong-type", "nan", "a-list", "not-json"])
+def test_a_seg_note_that_is_not_one_is_passed_over_with_a_warning(tmp_path, caplog, note):
+    """A .seg.json without the fields of a SEG reference, or with one of the wrong type, is no
+    reference, in one warning: a series in flight is segmented into a SEG of its own, and a kept
+    one (its time unknown) is let go. (Start-up raised TypeError, with a traceback, every time.)"""
+    work, uid = tmp_path / "work", "1.2.3"
+    _put(work / uid, FILES[0])
+    _put(work / "1.2.4.segmented", FILES[1])
+    for folder in (work / uid, work / "1.2.4.segmented"):
+        (folder / ".seg.json").write_text(note if isinstance(note, str) else json.dumps(note))
+    held, segmented = {}, SegmentedSeries(work, 60, durable=True)
+    with caplog.at_level(logging.WARNING, "edgeseg.listen"):
+        take_up(work, None, held, segmented)
+    assert list(held) == [uid] and held[uid].replaces is None and len(segmented) == 0
+    warned = [r.getMessage() for r in caplog.records if ".seg.json is not a note" in r.getMessage()]
+    assert len(warned) == 2 and all("the series is taken up without it" in line for line in warned)
+    assert sorted(p.name for p in work.iterdir()) == [uid]
+
+
+def test_links_and_fifos_are_never_followed_or_opened(tmp_path):
+    """A link planted as work/UID is moved aside (it was the merge target: the images went out
+    of the work folder into the folder it names); a link to a file, a FIFO and a folder inside a
+    series folder are moved aside unread (the FIFO blocked the start for good)."""
+    work, uid, outside = tmp_path / "work", "1.2.3", tmp_path / "outside"
+    outside.mkdir()
+    (outside / "mine.dcm").write_bytes(FILES[2].read_bytes())
+    _put(work / f"{uid}.taken-1", FILES[0])
+    (work / uid).symlink_to(outside, target_is_directory=True)
+    _put(work / "1.2.4", FILES[1])
+    (work / "1.2.4" / "1.2.4.5.dcm").symlink_to(outside / "mine.dcm")
+    os.mkfifo(work / "1.2.4" / "1.2.4.6.dcm")
+    (work / "1.2.4" / "1.2.4.7.dcm").mkdir()
+    (work / "1.2.4" / ".hidden").mkdir()
+    result = []
+    thread = threading.Thread(target=lambda: result.append(recover(work)), daemon=True)
+    thread.start()
+    thread.join(120)  # a guard against the FIFO: recover blocked on it, forever
+    assert not thread.is_alive(), "recover() opened the FIFO"
+    [(found, _)] = result
+    assert {s.uid: set(s.frames) for s in found} == {uid: {_sop(FILES[0])}, "1.2.4": {_sop(FILES[1])}}
+    assert (work / uid).is_dir() and not (work / uid).is_symlink()
+    assert sorted(p.name for p in outside.iterdir()) == ["mine.dcm"]
+    damaged = work / "damaged"
+    assert sorted(p.name for p in damaged.iterdir()) == \
+        ["1.2.3", "1.2.4-.hidden", "1.2.4-1.2.4.5.dcm", "1.2.4-1.2.4.6.dcm", "1.2.4-1.2.4.7.dcm"]
+    assert (damaged / "1.2.3").is_symlink() and (damaged / "1.2.4-1.2.4.5.dcm").is_symlink()
+
+
+def test_what_is_set_aside_never_writes_over_what_was_set_aside_before(tmp_path):
+    """Two starts each finding a damaged file of the same name: both are kept in damaged/, under
+    names of their own. (The second was renamed onto the first.)"""
+    work, uid = tmp_path / "work", "1.2.3"
+    for text in (b"first, cut short", b"second, cut short"):
+        (work / uid).mkdir(parents=True)
+        (work / uid / "1.2.3.4.dcm").write_bytes(text)
+        assert recover(work) == ([], 0)
+    assert {p.name: p.read_bytes() for p in (work / "damaged").iterdir()} == \
+        {f"{uid}-1.2.3.4.dcm": b"first, cut short", f"{uid}-2-1.2.3.4.dcm": b"second, cut short"}
