@@ -89,7 +89,8 @@ def senders(images: int, count: int, folder: str) -> dict:
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             port = sock.getsockname()[1]
-        node = DicomNode(None, port=port, idle=3600, work=Path(root) / "work", durable=True, max_series=count)
+        node = DicomNode(None, port=port, out=Path(root) / "out", idle=3600, work=Path(root) / "work", durable=True,
+                         max_series=count)
         node.start()
         try:
             done: list[int] = []
