@@ -76,6 +76,34 @@ def test_a_folder_flush_the_disk_refuses_leaves_the_image_not_stored(tmp_path, m
     assert (series.stored, series.slices, series.sizes) == (0, 0, {})
 
 
+@pytest.mark.skipif(not DCMTK, reason="dcmtk (storescu) is not installed")
+def test_a_peer_is_not_told_success_for_an_image_whose_flush_failed(serve_bundle, tmp_path, free_port, monkeypatch,
+                                                                     caplog):
+    """The node's side of the above: the peer gets the failure status 0xA700, the error is
+    logged, the image is counted nowhere and its series gives its slot back (its folder removed)."""
+    from edgeseg.runtime.segmenter import Segmenter
+    from edgeseg.serve.dicom_node import DicomNode
+
+    def failing(fd: int) -> None:
+        REAL_FSYNC(fd)
+        if stat.S_ISDIR(os.fstat(fd).st_mode) and "work" in _named(fd):
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    work = tmp_path / "work"
+    with Segmenter.load(serve_bundle, backend="onnxruntime:fp32") as real:
+        node = DicomNode(real, port=free_port(), out=tmp_path / "out", idle=600, work=work, durable=True)
+        monkeypatch.setattr(os, "fsync", failing)
+        node.start()
+        try:
+            done = _storescu(node.port, sorted(SERIES.glob("*.dcm"))[:1])
+        finally:
+            node.stop()
+    assert "Refused: OutOfResources" in done.stdout + done.stderr, done.stdout + done.stderr
+    assert "cannot store it in" in caplog.text and "Input/output error" in caplog.text
+    assert node.stats.received == 0 and node.stats.refused == 1
+    assert [p.name for p in work.iterdir()] == ["listen.lock"]
+
+
 def test_a_kept_series_taken_up_again_has_its_new_name_flushed_with_its_next_image(tmp_path, monkeypatch):
     """UID.segmented renamed back to UID for a late image: the work folder is flushed after that
     rename and before the image's keep() returns (its Success); a power cut would otherwise leave
