@@ -201,7 +201,7 @@ class DicomNode(NodeEvents):
             self.stats.refused += 1
             log.warning("refused image %s of series %s: %s", sop_uid, series_uid, refused[1])
             return failure_status(*refused, sop_uid)
-        with self._lock:
+        with self._lock:  # the series' slot taken (or its image refused) under the node's lock
             series = self._series.get(series_uid)
             if series is None and len(self._series) + self._queued >= self.max_series:
                 # each series in flight holds up to the volume limit on disk: the bound keeps a
@@ -212,38 +212,54 @@ class DicomNode(NodeEvents):
                     log.warning("refused the images of series %s: %d series are in flight, the most --max-series "
                                 "allows; they are taken again once one is segmented", series_uid, self.max_series)
                 return STATUS_OUT_OF_RESOURCES
-            new = series is None
-            if new:  # images of a series segmented before are segmented again with it (dicom_segmented.py)
+            if series is None:  # images of a series segmented before are segmented again with it (dicom_segmented.py)
                 series = (self._segmented.resume(series_uid, self.work / series_uid)
                           or HeldSeries(self.work / series_uid, time.monotonic(), durable=self._claim is not None))
-            try:
+                series.opening = True  # holds its slot from now on; given up if no image of it is stored
+                self._series[series_uid] = series
+            series.writers += 1  # not complete, not moved aside, while it is written into
+        try:  # outside the node's lock (other series, the watcher go on); the series' lock keeps its bounds exact
+            with series.lock:
                 # the reader's limits, checked as images arrive: the whole series would otherwise be
                 # stored first (a peer could fill the disk) and only then be refused when it is read
                 series.check_pixels(sop_uid, frames, rows, columns)
                 series.keep(sop_uid, ds, frames)  # and its bytes on disk
-            except Exception as exc:  # DataError: refused; ImageNotStored: the node's own failure, an error
-                if new and series.replaces is not None:  # taken up from those kept: kept again, as it was
-                    self._segmented.resumed(series_uid, stored=False)
-                elif new:
-                    shutil.rmtree(series.folder, ignore_errors=True)
-                if not isinstance(exc, DataError):
-                    raise
-                self.stats.refused += 1
-                log.log(logging.ERROR if isinstance(exc, ImageNotStored) else logging.WARNING, "refused image %s: %s",
-                        sop_uid, exc)
-                return failure_status(STATUS_OUT_OF_RESOURCES, getattr(exc, "comment", str(exc)), sop_uid)
-            if new:
-                self._segmented.resumed(series_uid, stored=True)
-                self._turned_away.discard(series_uid)
-                self._series[series_uid] = series
-                # the series kept take the room of series in flight, the oldest first; only for an
-                # image stored: one refused takes no room
-                self._segmented.expire(time.monotonic(), len(self._series) + self._queued + len(self._segmented)
-                                       - self.max_series)
+        except Exception as exc:  # DataError: refused; ImageNotStored: the node's own failure, an error
+            with self._lock:
+                self._written(series_uid, series, stored=False)
+            if not isinstance(exc, DataError):
+                raise
+            self.stats.refused += 1
+            log.log(logging.ERROR if isinstance(exc, ImageNotStored) else logging.WARNING, "refused image %s: %s",
+                    sop_uid, exc)
+            return failure_status(STATUS_OUT_OF_RESOURCES, getattr(exc, "comment", str(exc)), sop_uid)
+        with self._lock:
+            self._written(series_uid, series, stored=True)
             series.last = time.monotonic()
             self._sending.stored(event.assoc, series_uid, self._series, series.last)
         self.stats.received += 1
         return STATUS_SUCCESS
+
+    def _written(self, series_uid: str, series: HeldSeries, stored: bool) -> None:
+        """An image written into ``series`` (under the node's lock): the first stored makes it in
+        flight; with none stored and no other writer, it gives up its slot (kept again if resumed)."""
+        series.writers -= 1
+        if stored and series.opening:
+            series.opening = False
+            self._segmented.resumed(series_uid, stored=True)
+            self._turned_away.discard(series_uid)
+            # the series kept take the room of series in flight, the oldest first; only for an
+            # image stored: one refused takes no room
+            self._segmented.expire(time.monotonic(), len(self._series) + self._queued + len(self._segmented)
+                                   - self.max_series)
+        elif not stored and series.opening and not series.writers:
+            if self._segmented.resumed(series_uid, stored=False):
+                del self._series[series_uid]
+            elif not series.frames:
+                del self._series[series_uid]
+                shutil.rmtree(series.folder, ignore_errors=True)
+            else:  # given the images of a SEG made meanwhile (dicom_segmented.absorb): in flight with them
+                series.opening = False
 
     def _due(self, everything: bool = False) -> list[tuple[str, HeldSeries]]:
         """The complete series (``everything``: all; HeldSeries.complete), taken out of the waiting
@@ -326,20 +342,22 @@ class DicomNode(NodeEvents):
         from edgeseg.runtime.seg_sources import seg_source_datasets
         from edgeseg.runtime.writers import write_dicom_seg
 
-        began = time.monotonic()
+        began, record = time.monotonic(), provenance(self.segmenter)
+        replaces = replaces and replaces.made_by(series_uid, record.get("manifest_sha256", ""))
         volume, refs = read_dicom_series_with_refs(folder, keep_headers=True)
         sources = seg_source_datasets(refs)  # a series no SEG can be made of does not hold up the model
         labels = self.segmenter.predict_volume(volume)
         target = seg_path(series_uid, self.out or self.work)
         write_dicom_seg(labels, volume, refs, self.segmenter.labels, target, sources=sources,
-                        parameters=self.segmenter.algorithm_parameters(), provenance=provenance(self.segmenter),
+                        parameters=self.segmenter.algorithm_parameters(), provenance=record,
                         series=None if replaces is None else (replaces.series_instance_uid, replaces.instance_number + 1))
         if self._claim is not None:  # on disk before the images it was made of are let go
             sync_file(target)
             sync_folder(target.parent)
         self.stats.segmented.append(series_uid)
         with self._lock:
-            self._segmented.made(series_uid, SegReference.read(target, volume.num_slices))
+            self._segmented.made(series_uid, SegReference.read(target, volume.num_slices,
+                                                               record.get("manifest_sha256", "")))
         log.info("series %s: %d slices segmented -> %s%s", series_uid, volume.num_slices, target, "" if replaces is None
                  else f", replacing {replaces.file} ({replaces.slices} slices, SOP instance {replaces.sop_instance_uid})")
         if self.audit is not None:

@@ -28,22 +28,35 @@ log = logging.getLogger("edgeseg.listen")
 class SegReference:
     """What the node needs of a SEG it made to make the one that replaces it: the SEG goes into
     the same series with the next Instance Number, and the log and audit line name the one it
-    replaces."""
+    replaces. ``bundle``: the sha256 of the manifest of the bundle that made it ("" where not
+    known: a ``.seg.json`` written before it was noted)."""
 
     sop_instance_uid: str
     series_instance_uid: str
     instance_number: int
     file: str
     slices: int
+    bundle: str = ""
 
     @classmethod
-    def read(cls, path: Path, slices: int) -> "SegReference":
+    def read(cls, path: Path, slices: int, bundle: str = "") -> "SegReference":
         import pydicom
 
         ds = pydicom.dcmread(path, stop_before_pixels=True,
                              specific_tags=["SOPInstanceUID", "SeriesInstanceUID", "InstanceNumber"])
         return cls(str(ds.SOPInstanceUID), str(ds.SeriesInstanceUID), int(ds.get("InstanceNumber") or 1),
-                   path.name, slices)
+                   path.name, slices, bundle)
+
+    def made_by(self, series_uid: str, bundle: str) -> "SegReference | None":
+        """This SEG, to be replaced by one the bundle ``bundle`` (its manifest's sha256) makes; None,
+        logged, when another bundle made it (a node restarted with another model): a SEG of one
+        model does not become the next instance of another model's SEG series."""
+        if not self.bundle or not bundle or self.bundle == bundle:
+            return self
+        log.warning("series %s: %s was made by another bundle (manifest sha256 %s, this one %s); the SEG of its images "
+                    "and those arriving now starts a SEG series of its own", series_uid, self.file, self.bundle[:12],
+                    bundle[:12])
+        return None
 
 
 @dataclass
@@ -80,7 +93,9 @@ class SegmentedSeries:
         if seg is None or self.keep_for <= 0:
             shutil.rmtree(series.folder, ignore_errors=True)
         elif in_flight is not None:
-            if absorb(in_flight, series, series_uid):  # the images moved, all or some, go into its SEG
+            with in_flight.lock:  # an association may be writing an image into it (dicom_node.py)
+                moved = absorb(in_flight, series, series_uid)
+            if moved:  # the images moved, all or some, go into its SEG
                 in_flight.replaces = seg
                 self._remember(in_flight.folder, seg, self.keep_for)
         else:
@@ -117,21 +132,24 @@ class SegmentedSeries:
             return None
         self._resumed[series_uid] = kept
         kept.series.replaces = kept.seg
+        kept.series.renamed = self.durable  # UID.segmented is UID now: flushed with the next image stored
         log.info("series %s was segmented before (%s, %d slices): the images arriving now are segmented with "
                  "its images, into a SEG that replaces that one", series_uid, kept.seg.file, kept.seg.slices)
         return kept.series
 
-    def resumed(self, series_uid: str, stored: bool) -> None:
+    def resumed(self, series_uid: str, stored: bool) -> bool:
         """The first image arriving for a series :meth:`resume` took up was ``stored``: the series
         is in flight from now on; or it was refused (the volume limit, the disk), and the series
         goes back to being kept, with the SEG it replaces and its time, as if the image had never
-        come: giving it up would leave the next late images a SEG of their own."""
+        come: giving it up would leave the next late images a SEG of their own. True when
+        :meth:`resume` had taken it up."""
         kept = self._resumed.pop(series_uid, None)
         if kept is None or stored:
-            return
+            return kept is not None
         if _move(kept.series, self.work / f"{series_uid}.segmented", series_uid, "be kept again",
                  "images of it arriving later make a SEG of their own"):
             self._kept[series_uid] = kept
+        return True
 
     def expire(self, now: float, room_for: int = 0) -> None:
         """Give up the series kept past their time, then the oldest until ``room_for`` fewer are

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,11 +48,19 @@ class HeldSeries:
     shape: tuple[int, int] = (0, 0)  # rows, columns of its images
     replaces: object = None  # dicom_segmented.SegReference: the SEG made of its images before
     durable: bool = False  # each image flushed to disk before it is acknowledged (--work: dicom_work.py)
+    # its folder was renamed (taken up again from those kept: dicom_segmented.py) and the work
+    # folder not flushed since: the next image stored flushes it before its Success
+    renamed: bool = False
+    # the node's associations writing an image into it now (outside the node's lock, under ``lock``,
+    # which keeps its counts and bounds exact): it is not complete while one is
+    writers: int = 0
+    opening: bool = False  # in flight for an image being written; none stored in it yet
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def complete(self, idle: float, now: float) -> bool:
         """No open association is sending it and ``idle`` seconds have passed since its last image
         or the end of the association that sent it last."""
-        return not self.senders and now - self.last >= idle
+        return not self.senders and not self.writers and now - self.last >= idle
 
     def check_pixels(self, sop_uid: str, frames: int, rows: int, columns: int) -> None:
         """DataError when the image would take the series past the readers' volume limit."""
@@ -64,9 +73,9 @@ class HeldSeries:
         written, when the series' files would take more bytes than the volume limit, or
         :class:`ImageNotStored` when the disk refuses them. The pixel count alone leaves
         out headers and pixels wider than CT's two bytes, so a peer could otherwise put more on
-        disk than the limit says."""
+        disk than the limit says. Called under ``lock``."""
         budget, target = current_limits().max_volume_bytes, self.folder / f"{sop_uid}.dcm"
-        new_folder = self.durable and not self.folder.is_dir()
+        new_folder = self.durable and (self.renamed or not self.folder.is_dir())
         try:
             with atomic_path(target, suffix=".dcm") as tmp:
                 ds.save_as(tmp, enforce_file_format=True)
@@ -79,8 +88,9 @@ class HeldSeries:
                     sync_file(tmp)
             if self.durable:  # and its name (and a new series' folder) before the Success
                 sync_folder(self.folder)
-                if new_folder:
+                if new_folder:  # made or renamed in the work folder: its name on disk too
                     sync_folder(self.folder.parent)
+                    self.renamed = False
         except OSError as exc:  # atomic_path named the file; its temporary is gone
             raise ImageNotStored(Path(exc.filename or target), exc) from None
         self.stored = held

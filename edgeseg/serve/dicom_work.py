@@ -23,6 +23,7 @@ not a regular file or folder itself (a link, a FIFO: never followed or opened), 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import math
@@ -59,17 +60,23 @@ def sync_file(path: Path) -> None:
 
 
 def sync_folder(path: Path) -> None:
-    """Flush the entries of the folder ``path`` (a file renamed or made in it) to disk; passed over
-    where the OS cannot open a folder for that."""
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    except OSError:
+    """Flush the entries of the folder ``path`` (a file renamed or made in it) to disk. Passed over
+    only where the OS cannot open a folder (no ``O_DIRECTORY``) or its file system does not sync
+    folders (EINVAL, ENOTSUP); any other failure (EIO, ENOSPC, the folder gone) is raised: the
+    rename is then not known to be on disk, and the image it stores must not be acknowledged."""
+    if not hasattr(os, "O_DIRECTORY"):
         return
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        with contextlib.suppress(OSError):  # EINVAL: a file system that does not sync folders
-            os.fsync(fd)
+        os.fsync(fd)
+    except OSError as exc:
+        if exc.errno not in _NO_FOLDER_SYNC:
+            raise
     finally:
         os.close(fd)
+
+
+_NO_FOLDER_SYNC = {errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP}
 
 
 class WorkClaim:
