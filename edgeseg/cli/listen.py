@@ -112,19 +112,21 @@ def command(bundle, ae_title, any_ae, allow_calling, host, port, out, forward, i
     signal.signal(signal.SIGINT, interrupt)
     node = None
     try:
-        node = DicomNode(segmenter, ae_title=ae_title, host=host, port=port, out=out, forward=peer, idle=idle,
-                         any_ae=any_ae, calling_aets=list(allow_calling), max_series=max_series, unsent=unsent,
-                         resend_every=resend_every, peer_timeout=peer_timeout, max_associations=max_associations,
-                         max_connections=max_connections, max_connections_per_host=max_connections_per_host,
-                         max_associations_per_ae=max_associations_per_ae, audit=audit, keep_segmented=keep_segmented,
-                         work=work, durable=work is not None)
-        node.start()
-        # the one start-up line, as serve's: the node itself logs nothing when it starts
-        called = "any called AE title" if any_ae else f"called AE title {ae_title} only"
-        click.echo(f"DICOM node {ae_title} listening on {host}:{port} ({called}; backend {segmenter.backend}); "
-                   "Ctrl-C stops it", err=audit is not None and audit.shares_stdout())  # stdout: JSON lines alone
-        with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C or SIGTERM: stop and clean up
-            while True:
+        # Ctrl-C or SIGTERM at any moment from here, the start included, is a stop: the node (if made)
+        # segments what it has, and the exit status is 0
+        with contextlib.suppress(KeyboardInterrupt):
+            node = DicomNode(segmenter, ae_title=ae_title, host=host, port=port, out=out, forward=peer, idle=idle,
+                             any_ae=any_ae, calling_aets=list(allow_calling), max_series=max_series, unsent=unsent,
+                             resend_every=resend_every, peer_timeout=peer_timeout, max_associations=max_associations,
+                             max_connections=max_connections, max_connections_per_host=max_connections_per_host,
+                             max_associations_per_ae=max_associations_per_ae, audit=audit,
+                             keep_segmented=keep_segmented, work=work, durable=work is not None)
+            node.start()
+            # the one start-up line, as serve's: the node itself logs nothing when it starts
+            called = "any called AE title" if any_ae else f"called AE title {ae_title} only"
+            click.echo(f"DICOM node {ae_title} listening on {host}:{port} ({called}; backend {segmenter.backend}); "
+                       "Ctrl-C stops it", err=audit is not None and audit.shares_stdout())  # stdout: JSON lines alone
+            while True:  # until Ctrl-C or SIGTERM
                 time.sleep(1)
     finally:
         # the stop segments what was received; a second signal cuts that short (the series left

@@ -231,3 +231,40 @@ def test_an_image_the_reader_would_refuse_is_refused_as_it_arrives(running_node,
     assert node.stats.received == 2 and node.stats.failed == []
     [seg] = (tmp_path / "out").glob("*.seg.dcm")
     assert len(pydicom.dcmread(seg).ReferencedSeriesSequence[0].ReferencedInstanceSequence) == 2
+
+
+def test_sigterm_while_the_node_starts_is_a_stop_with_exit_status_0(serve_bundle, tmp_path, free_port, wait_port):
+    """A service manager's stop that lands after the node has bound its port but before it waits
+    (here: while its start-up line is blocked on a full stdout pipe) is the graceful stop, exit 0,
+    no traceback and no work folder left; it was 'interrupted', exit 130."""
+    import fcntl
+    import threading
+    import time
+
+    port = free_port()
+    read_end, write_end = os.pipe()
+    fcntl.fcntl(write_end, fcntl.F_SETFL, fcntl.fcntl(write_end, fcntl.F_GETFL) | os.O_NONBLOCK)
+    with contextlib.suppress(BlockingIOError):
+        while True:
+            os.write(write_end, b"x" * 4096)  # fill the pipe: the node's start-up line cannot be written
+    fcntl.fcntl(write_end, fcntl.F_SETFL, fcntl.fcntl(write_end, fcntl.F_GETFL) & ~os.O_NONBLOCK)
+    proc = subprocess.Popen([sys.executable, "-m", "edgeseg.cli", "listen", str(serve_bundle), "--port", str(port),
+                             "--out", str(tmp_path / "out"), "--backend", "onnxruntime:fp32"],
+                            stdout=write_end, stderr=subprocess.PIPE, text=True, env=dict(os.environ, TMPDIR=str(tmp_path)))
+    os.close(write_end)
+    try:
+        wait_port(port, timeout=60)  # started; its start-up line is waiting on the pipe
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(1)  # the signal lands in the blocked write; then the pipe is read, so that the exit's flush ends
+        drain = threading.Thread(target=lambda: [None for _ in iter(lambda: os.read(read_end, 65536), b"")], daemon=True)
+        drain.start()
+        err = proc.communicate(timeout=60)[1]
+        drain.join(10)
+    finally:
+        os.close(read_end)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, (proc.returncode, err)
+    assert "Traceback" not in err and "interrupted" not in err, err
+    assert not list(tmp_path.glob("edgeseg-listen-*")), "the work folder was left behind"
