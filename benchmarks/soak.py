@@ -120,7 +120,7 @@ def soak(args) -> dict:
         driver = _driver(args, work)
         statuses: collections.Counter = collections.Counter()
         samples, requests, next_sample = [], 0, 0
-        started = time.monotonic()
+        started, date = time.monotonic(), time.strftime("%Y-%m-%d %H:%M:%S %Z")
         try:
             statuses.update(driver.round())  # warm-up: the first round's allocations are not growth
             requests = next_sample = sum(statuses.values())
@@ -144,7 +144,7 @@ def soak(args) -> dict:
                 requests += sum(counts.values())
         finally:
             extra = driver.close()
-    return {"target": args.target, "command": " ".join(sys.argv), "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+    return {"target": args.target, "command": " ".join(sys.argv), "started": date,
             "wall_s": round(time.monotonic() - started, 1), "requests": requests, "every": args.every,
             "pause_s": args.pause,
             "load_average": os.getloadavg(), "answers": dict(sorted(statuses.items())), **extra,
