@@ -19,34 +19,22 @@ from pathlib import Path
 
 import numpy as np
 
+from capi_report import EsError, load_library
+
 ROOT = Path(__file__).resolve().parents[1]
 SERIES = ROOT / "tests" / "data" / "dcmqi_ct_liver" / "ct-3slice"
 ES_INT16, ES_FLOAT32 = 1, 3
 
 
-class _Error(ctypes.Structure):
-    _fields_ = [("code", ctypes.c_int), ("message", ctypes.c_char * 512)]
-
-
-def _library(path: Path) -> ctypes.CDLL:
-    lib = ctypes.CDLL(str(path))
-    lib.es_open.restype = ctypes.c_void_p
-    lib.es_open.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_int, ctypes.POINTER(_Error)]
-    lib.es_segment_slice.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_int,
-                                     ctypes.c_ssize_t, ctypes.c_void_p, ctypes.POINTER(_Error)]
-    lib.es_close.argtypes = [ctypes.c_void_p]
-    return lib
-
-
 def _child(lib_path: Path, bundle: Path) -> None:
     from edgeseg.data.dicom import read_dicom_series_with_refs
 
-    lib = _library(lib_path)
+    lib = load_library(lib_path.parent)  # the folder of libedgeseg.so
     hu = np.ascontiguousarray(np.round(np.asarray(read_dicom_series_with_refs(SERIES)[0].hu)).astype(np.int16))
     nan = np.full((64, 64), np.nan, np.float32)
     huge = np.zeros((8193, 2), np.int16)
     labels = np.zeros(hu.shape[1:], np.uint8)
-    err = _Error()
+    err = EsError()
 
     def open_() -> int:
         handle = lib.es_open(str(bundle).encode(), b"fp32", 1, ctypes.byref(err))
