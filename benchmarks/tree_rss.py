@@ -37,6 +37,34 @@ def _status(pid: int) -> dict[str, int] | None:
     return fields if len(fields) == 3 else None
 
 
+def process_sample(pid: int) -> dict[str, int] | None:
+    """One process's resident set now (``rss_kib``), its peak (``hwm_kib``), anonymous memory
+    (``anon_kib``), open file descriptors and threads, from ``/proc``; None when it has ended.
+    The long-running measurements (benchmarks/soak.py) sample these every N requests."""
+    status = _status(pid)
+    try:
+        fds = len(os.listdir(f"/proc/{pid}/fd"))
+        threads = len(os.listdir(f"/proc/{pid}/task"))
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+    if status is None:
+        return None
+    return {"rss_kib": status["VmRSS"], "hwm_kib": status["VmHWM"], "anon_kib": status["RssAnon"],
+            "fds": fds, "threads": threads}
+
+
+def folder_bytes(folder: str | os.PathLike) -> int:
+    """The bytes of the files under ``folder`` now (files removed while it is walked count 0)."""
+    total = 0
+    for parent, _, files in os.walk(folder):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(parent, name)).st_size
+            except FileNotFoundError:
+                continue
+    return total
+
+
 def descendants(root: int) -> list[int]:
     """``root`` and every live process below it, from the parent ids in ``/proc/*/stat``."""
     parent: dict[int, int] = {}

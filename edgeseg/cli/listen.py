@@ -80,8 +80,10 @@ def command(bundle, ae_title, any_ae, allow_calling, host, port, out, forward, i
     from edgeseg.serve.audit import AuditLog
     from edgeseg.serve.dicom_node import DicomNode, Peer, check_node_settings
     from edgeseg.serve.dicom_work import WorkClaim
+    from edgeseg.serve.malloc_arenas import cap_malloc_arenas
     from edgeseg.serve.work_folder import check_work_folder
 
+    cap_malloc_arenas()  # before any thread: one per association spreads memory over many arenas
     peer = Peer.parse(forward) if forward else None
     # settings and the address first: loading a bundle can take a backend probe
     check_node_settings(out=out, forward=peer, unsent=unsent, max_series=max_series, ae_title=ae_title,

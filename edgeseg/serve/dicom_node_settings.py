@@ -37,6 +37,9 @@ DEFAULT_MAX_ASSOCIATIONS_PER_AE = None
 # segmented with them into a SEG of the whole series (dicom_segmented.py); 0 keeps none.
 DEFAULT_KEEP_SEGMENTED = 600.0
 KEEP_SEGMENTED_RANGE = (0.0, 86400.0)
+# How many names each list of NodeStats keeps (the latest): one string per series for as long as
+# the node runs was the one thing of edgeseg's own that grew with the work it did.
+STATS_KEPT = 1000
 
 
 def per_host_limit(max_connections_per_host: int | None, max_associations: int) -> int:
@@ -46,9 +49,25 @@ def per_host_limit(max_connections_per_host: int | None, max_associations: int) 
     return max(1, max_associations - max(2, max_associations // 5))
 
 
+class LatestNames(list):
+    """A list that keeps only the latest ``kept`` names appended to it; ``total`` counts all of them."""
+
+    def __init__(self, kept: int = STATS_KEPT) -> None:
+        super().__init__()
+        self.kept, self.total = kept, 0
+
+    def append(self, name: str) -> None:
+        super().append(name)
+        self.total += 1
+        if len(self) > self.kept:
+            del self[:len(self) - self.kept]
+
+
 @dataclass
 class NodeStats:
-    """What the node has done, for logs and tests."""
+    """What the node has done, for logs and tests: counts, and the latest ``STATS_KEPT`` series
+    UIDs (SEG file names for the forward lists) of each outcome, with ``total`` of each list
+    counting all of them."""
 
     received: int = 0
     refused: int = 0
@@ -56,10 +75,10 @@ class NodeStats:
     aborted_associations: int = 0  # for sending more than the node reads (dicom_peer_bound.py)
     timed_out_connections: int = 0  # for keeping the node waiting past the peer timeout
     refused_connections: int = 0  # past --max-connections, --max-connections-per-host, --max-associations-per-ae
-    segmented: list[str] = field(default_factory=list)
-    forwarded: list[str] = field(default_factory=list)
-    not_forwarded: list[str] = field(default_factory=list)
-    failed: list[str] = field(default_factory=list)
+    segmented: LatestNames = field(default_factory=LatestNames)
+    forwarded: LatestNames = field(default_factory=LatestNames)
+    not_forwarded: LatestNames = field(default_factory=LatestNames)
+    failed: LatestNames = field(default_factory=LatestNames)
 
 
 def check_node_settings(*, out, forward, unsent, max_series, ae_title: str, calling_aets,
