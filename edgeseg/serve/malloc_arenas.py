@@ -3,12 +3,11 @@
 glibc gives each new thread that allocates an arena of its own, up to eight per core, and an arena
 keeps the free pieces of what its threads allocated. pynetdicom runs every association in a new
 thread, so the node's large, short-lived allocations (a 512 x 512 slice's pixel data and HU, the
-SEG's frames) land in a changing arena each time, and the gaps they leave add up: in a 25-minute
-soak of `edgeseg listen` (benchmarks/soak.py listen) its resident memory rose by about 3.6 MiB per
-1,000 associations and had not levelled off, while the live Python objects stayed the same
-(docs/results.md, "Soak"). Two arenas (glibc's ``MALLOC_ARENA_MAX=2``) held it to about 0.3 MiB per
-1,000 with the same traffic. The node's threads mostly allocate one at a time, so sharing arenas
-costs it no measurable time.
+SEG's frames) land in a changing arena each time, and each arena keeps the gaps they leave. In
+soaks of `edgeseg listen` (benchmarks/soak.py listen; docs/results.md, "Soak") two arenas (glibc's
+``MALLOC_ARENA_MAX=2``) kept its resident memory 3-9 MiB lower than the 15 arenas it had, at the
+same throughput; they do not stop its slow climb, which is glibc's heap (free memory it keeps, and
+CPython's interned-string table), not a live object more (docs/serving.md, "Memory over a long run").
 """
 
 from __future__ import annotations
