@@ -30,7 +30,9 @@ def test_predict_writes_only_its_output_and_names_the_cache_variable(bundle_dir,
     assert done.returncode == 0, done.stderr
     assert sorted(path.name for path in (tmp_path / "out").iterdir()) == ["mask.nii.gz"]
     # auto chooses by its fixed order without a cache, and says which variable gives it one
-    warnings = [line for line in done.stderr.splitlines() if line.startswith("edgeseg: warning:")]
+    # (but the field-of-view warning: the dcmqi series is 415 mm, the test bundle was trained on 192 mm phantoms)
+    warnings = [line for line in done.stderr.splitlines()
+                if line.startswith("edgeseg: warning:") and "field of view" not in line]
     assert warnings and all("EDGESEG_CACHE_DIR" in line for line in warnings), done.stderr
 
 
