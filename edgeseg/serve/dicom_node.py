@@ -201,7 +201,9 @@ class DicomNode(NodeEvents):
             self.stats.refused += 1
             log.warning("refused image %s of series %s: %s", sop_uid, series_uid, refused[1])
             return failure_status(*refused, sop_uid)
-        with self._lock:  # the series' slot taken (or its image refused) under the node's lock
+        # All under the node's lock, the write and its flushes too: segmenting, merging late images
+        # (dicom_segmented.absorb) and the stop's taking of every series then never meet a write in flight.
+        with self._lock:
             series = self._series.get(series_uid)
             if series is None and len(self._series) + self._queued >= self.max_series:
                 # each series in flight holds up to the volume limit on disk: the bound keeps a
@@ -217,23 +219,21 @@ class DicomNode(NodeEvents):
                           or HeldSeries(self.work / series_uid, time.monotonic(), durable=self._claim is not None))
                 series.opening = True  # holds its slot from now on; given up if no image of it is stored
                 self._series[series_uid] = series
-            series.writers += 1  # not complete, not moved aside, while it is written into
-        try:  # outside the node's lock (other series, the watcher go on); the series' lock keeps its bounds exact
-            with series.lock:
-                # the reader's limits, checked as images arrive: the whole series would otherwise be
-                # stored first (a peer could fill the disk) and only then be refused when it is read
-                series.check_pixels(sop_uid, frames, rows, columns)
-                series.keep(sop_uid, ds, frames)  # and its bytes on disk
-        except Exception as exc:  # DataError: refused; ImageNotStored: the node's own failure, an error
-            with self._lock:
+            series.writers += 1
+            try:
+                with series.lock:
+                    # the reader's limits, checked as images arrive: the whole series would otherwise be
+                    # stored first (a peer could fill the disk) and only then be refused when it is read
+                    series.check_pixels(sop_uid, frames, rows, columns)
+                    series.keep(sop_uid, ds, frames)  # and its bytes on disk
+            except Exception as exc:  # DataError: refused; ImageNotStored: the node's own failure, an error
                 self._written(series_uid, series, stored=False)
-            if not isinstance(exc, DataError):
-                raise
-            self.stats.refused += 1
-            log.log(logging.ERROR if isinstance(exc, ImageNotStored) else logging.WARNING, "refused image %s: %s",
-                    sop_uid, exc)
-            return failure_status(STATUS_OUT_OF_RESOURCES, getattr(exc, "comment", str(exc)), sop_uid)
-        with self._lock:
+                if not isinstance(exc, DataError):
+                    raise
+                self.stats.refused += 1
+                log.log(logging.ERROR if isinstance(exc, ImageNotStored) else logging.WARNING,
+                        "refused image %s: %s", sop_uid, exc)
+                return failure_status(STATUS_OUT_OF_RESOURCES, getattr(exc, "comment", str(exc)), sop_uid)
             self._written(series_uid, series, stored=True)
             series.last = time.monotonic()
             self._sending.stored(event.assoc, series_uid, self._series, series.last)
