@@ -34,6 +34,7 @@ def take_up(work: Path, previous: int | None, in_flight: dict[str, HeldSeries], 
         if not series.frames:
             continue
         held = HeldSeries(series.folder, now, durable=True, shape=series.shape)
+        held.renamed = True  # made or merged by recover() and not flushed: flushed with the next image stored
         held.frames, held.sizes = dict(series.frames), dict(series.sizes)
         held.slices, held.stored = sum(held.frames.values()), sum(held.sizes.values())
         reference = None if series.reference is None else {k: v for k, v in series.reference.items() if k != "until"}

@@ -312,8 +312,8 @@ def recover(work: Path) -> tuple[list[Recovered], int]:
     found, staged = [], 0
     for uid, parts in sorted(_parts(work).items()):
         parts.sort(key=lambda part: part[0], reverse=True)
-        reference = max((r for r in (_reference(p) for _, p in parts) if r is not None),
-                        key=lambda r: r["instance_number"], default=None)
+        notes = {part: _reference(part) for _, part in parts}  # read before the merge removes them
+        reference = _newest(notes.values())
         in_flight = any(order >= 0 for order, _ in parts)
         target = work / uid if in_flight else parts[0][1]
         if not in_flight and (reference is None or reference["until"] <= time.time()):
@@ -323,10 +323,14 @@ def recover(work: Path) -> tuple[list[Recovered], int]:
             target.mkdir()
         series = Recovered(uid, target, in_flight, reference=reference)
         for _, part in parts:
+            set_aside = series.over_limit
             staged += _merge(work, uid, part, series)
+            if series.over_limit > set_aside:  # its SEG is not of the images taken up: not replaced by theirs
+                notes[part] = None
             if part != target:
                 with contextlib.suppress(OSError):
                     os.rmdir(part)
+        reference = series.reference = _newest(notes.values()) if in_flight else reference
         if not series.frames:
             with contextlib.suppress(OSError):
                 (target / REFERENCE_NAME).unlink(missing_ok=True)
@@ -338,6 +342,11 @@ def recover(work: Path) -> tuple[list[Recovered], int]:
             save_reference(target, {k: v for k, v in reference.items() if k != "until"}, reference["until"])
         found.append(series)
     return found, staged
+
+
+def _newest(notes) -> dict | None:
+    """The SEG reference of the highest instance number among ``notes`` (None for a part without one)."""
+    return max((note for note in notes if note is not None), key=lambda note: note["instance_number"], default=None)
 
 
 def _merge(work: Path, uid: str, part: Path, series: Recovered) -> int:

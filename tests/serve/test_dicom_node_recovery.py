@@ -204,3 +204,52 @@ def test_what_is_set_aside_never_writes_over_what_was_set_aside_before(tmp_path)
         assert recover(work) == ([], 0)
     assert {p.name: p.read_bytes() for p in (work / "damaged").iterdir()} == \
         {f"{uid}-1.2.3.4.dcm": b"first, cut short", f"{uid}-2-1.2.3.4.dcm": b"second, cut short"}
+
+
+def test_the_first_image_into_a_recovered_series_flushes_the_folder_recovery_made(tmp_path, monkeypatch):
+    """recover() merges UID.taken-N into UID without flushing the work folder: the first image
+    acknowledged into the series taken up flushes it, so a power cut cannot leave that image in a
+    folder whose name never reached the disk."""
+    import time
+
+    work, uid = tmp_path / "work", str(pydicom.dcmread(FILES[0]).SeriesInstanceUID)
+    _put(work / f"{uid}.taken-1", FILES[0])
+    in_flight: dict = {}
+    take_up(work, None, in_flight, SegmentedSeries(work, 600, durable=True))
+    assert (work / uid).is_dir() and set(in_flight) == {uid}
+    flushed: list[str] = []
+    real = os.fsync
+
+    def recording(fd: int) -> None:
+        real(fd)
+        flushed.append(os.readlink(f"/proc/self/fd/{fd}"))
+
+    monkeypatch.setattr(os, "fsync", recording)
+    ds = pydicom.dcmread(FILES[1])
+    in_flight[uid].last = time.monotonic()
+    in_flight[uid].keep(str(ds.SOPInstanceUID), ds, 1)
+    assert str(work) in flushed and flushed.index(str(work)) > flushed.index(str(work / uid)), flushed
+
+
+def test_a_series_taken_up_replaces_no_seg_whose_images_were_set_aside(tmp_path, monkeypatch):
+    """A kept series' images (UID.segmented, with its SEG's note) moved to over-limit/ at start: the
+    images received later are segmented into a SEG of their own, not into the next instance of a
+    SEG series whose images the node no longer holds (as the live merge decides). The note is
+    taken where its part was taken up."""
+    import time
+
+    from edgeseg.serve.dicom_work import save_reference
+
+    uid, note = "1.2.3", {"sop_instance_uid": "1.2.4", "series_instance_uid": "1.2.5", "instance_number": 1,
+                          "file": "1.2.3.seg.dcm", "slices": 1}
+    monkeypatch.setenv("EDGESEG_MAX_VOLUME_BYTES", str(5 * 512 * 512 * 4 // 2))  # 2.5 slices as float32 HU
+    for work, late in ((tmp_path / "past", FILES[1:]), (tmp_path / "within", FILES[1:2])):
+        _put(work / f"{uid}.segmented", FILES[0])
+        save_reference(work / f"{uid}.segmented", note, time.time() + 600)
+        _put(work / uid, *late)
+        [series], _ = recover(work)
+        taken = (work / uid / ".seg.json").exists()
+        if late == FILES[1:]:  # the kept image would make three slices: set aside, its note with it
+            assert (series.over_limit, series.reference, taken) == (1, None, False)
+        else:
+            assert series.over_limit == 0 and series.reference["instance_number"] == 1 and taken
