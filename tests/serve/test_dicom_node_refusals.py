@@ -153,7 +153,7 @@ def test_listen_process_logs_the_refused_host_in_one_line(serve_bundle, tmp_path
             done = _echo(port)
     finally:
         err = stop_listen(proc)
-    assert refused
+    assert refused, err  # the node's own account, should this ever fail again
     _assert_rejected_as_busy(done)
     lines = [line for line in err.splitlines() if "refused a connection from 127.0.0.1:" in line]
     assert lines and "--max-connections-per-host allows; its association request is rejected" in lines[0], err
