@@ -104,40 +104,49 @@ def run_without(args: list[str], tmp_path, absent: tuple[str, ...] = ("torch",))
 
 
 def run_in_terminal(args: list, tmp_path, interrupt_after: str | None = None) -> tuple[str, int]:
-    """Run ``edgeseg ARGS`` with stdout and stderr on a pseudo-terminal; type Ctrl-C once
-    ``interrupt_after`` has been written. Returns everything written and the exit status."""
+    """Run ``edgeseg ARGS`` with stdin, stdout and stderr on a pseudo-terminal (its controlling
+    terminal, 100 columns as a window has); type Ctrl-C once ``interrupt_after`` has been written.
+    Returns everything written and the exit status (negative: the signal that ended it).
+
+    Started by subprocess (vfork and exec, no Python code in this process's child), not pty.fork:
+    the test process may hold library threads, and whatever a library does at fork stays out of
+    it. A fresh interpreter takes the terminal as its controlling one and Ctrl-C as at an
+    interactive shell (a test run started in the background by a non-interactive shell has SIGINT
+    ignored, and an ignored signal stays ignored across exec), then becomes edgeseg."""
     env = dict(os.environ)
     env.pop("EDGESEG_PROGRESS_INTERVAL", None)
-    pid, fd = pty.fork()
-    if pid == 0:  # the child: becomes edgeseg, its terminal the pty, 100 columns as a window has
-        fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 100, 0, 0))
-        os.chdir(tmp_path)
-        # Ctrl-C as at an interactive shell: a test run started in the background by a
-        # non-interactive shell (nohup make test &) has SIGINT ignored, and an ignored signal
-        # stays ignored across exec, so the typed Ctrl-C would never reach the command
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
-        os.execve(sys.executable, [sys.executable, "-m", "edgeseg", *args], env)
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 100, 0, 0))
+    boot = ("import fcntl, os, signal, sys, termios; fcntl.ioctl(0, termios.TIOCSCTTY, 0); "
+            "signal.signal(signal.SIGINT, signal.SIG_DFL); "
+            "os.execv(sys.executable, [sys.executable, '-m', 'edgeseg', *sys.argv[1:]])")
+    proc = subprocess.Popen([sys.executable, "-c", boot, *map(str, args)], stdin=slave, stdout=slave, stderr=slave,
+                            cwd=tmp_path, env=env, start_new_session=True)
+    os.close(slave)
     seen, sent = b"", None
-    while True:
-        ready, _, _ = select.select([fd], [], [], 600)
-        assert ready, f"no output for 600 s: {seen[-2000:]!r}"
-        if sent is not None and time.monotonic() - sent > 120:  # the command goes on: it never took the Ctrl-C
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-            raise AssertionError(f"still running 120 s after Ctrl-C: {seen[-2000:]!r}")
-        try:
-            chunk = os.read(fd, 65536)
-        except OSError:  # EIO: the child closed the terminal
-            break
-        if not chunk:
-            break
-        seen += chunk
-        if interrupt_after and sent is None and interrupt_after.encode() in seen:
-            os.write(fd, b"\x03")
-            sent = time.monotonic()
-    os.close(fd)
-    _, status = os.waitpid(pid, 0)
-    return seen.decode(errors="replace"), os.waitstatus_to_exitcode(status)
+    try:
+        while True:
+            ready, _, _ = select.select([master], [], [], 600)
+            assert ready, f"no output for 600 s: {seen[-2000:]!r}"
+            if sent is not None and time.monotonic() - sent > 120:  # the command goes on: it never took the Ctrl-C
+                raise AssertionError(f"still running 120 s after Ctrl-C: {seen[-2000:]!r}")
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not chunk:
+                break
+            seen += chunk
+            if interrupt_after and sent is None and interrupt_after.encode() in seen:
+                os.write(master, b"\x03")
+                sent = time.monotonic()
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    finally:
+        os.close(master)
+    return seen.decode(errors="replace"), proc.wait()
 
 
 @pytest.fixture
