@@ -150,10 +150,13 @@ class ConnectionLimit:
                     by_host, last)
 
 
-def limited_server_class(limit: ConnectionLimit, refusal_wait: float = REFUSAL_WAIT):
+def limited_server_class(limit: ConnectionLimit, refusal_wait: float = REFUSAL_WAIT,
+                         binding: Callable[[object], None] = lambda server: None):
     """pynetdicom's threaded server, admitting each accepted connection through ``limit`` before
     a thread is started for it, releasing it when its socket is closed here, and answering one
-    refused with an A-ASSOCIATE-RJ (each given ``refusal_wait`` seconds for that)."""
+    refused with an A-ASSOCIATE-RJ (each given ``refusal_wait`` seconds for that). ``binding`` is
+    called with the server just before its socket is bound: an interrupt that ends the start
+    anywhere from there, inside the constructor too, leaves the stop a server to close."""
     from pynetdicom.transport import ThreadedAssociationServer
 
     class LimitedAssociationServer(ThreadedAssociationServer):
@@ -161,11 +164,18 @@ def limited_server_class(limit: ConnectionLimit, refusal_wait: float = REFUSAL_W
         # made a burst of them leave a scanner's connection unanswered in the kernel
         request_queue_size = 128
 
+        # till the constructor makes them, after the bind (an interrupt may come first)
+        refuser: AssociationRefuser | None = None
+        _handed_over = None
+
         def __init__(self, *args, **kwargs) -> None:
             super().__init__(*args, **kwargs)  # binds: a port in use starts no thread
             self.refuser = AssociationRefuser(wait=refusal_wait)
             self.refuser.start()
-            self._handed_over = None
+
+        def server_bind(self) -> None:
+            binding(self)
+            super().server_bind()
 
         def verify_request(self, request, client_address) -> bool:
             refused = limit.admit(request, client_address)
@@ -203,6 +213,7 @@ def limited_server_class(limit: ConnectionLimit, refusal_wait: float = REFUSAL_W
             try:
                 super().server_close()
             finally:
-                self.refuser.close()
+                if self.refuser is not None:
+                    self.refuser.close()
 
     return LimitedAssociationServer

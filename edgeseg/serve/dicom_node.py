@@ -50,7 +50,7 @@ from edgeseg.serve.dicom_node_settings import (DEFAULT_MAX_ASSOCIATIONS, DEFAULT
                                                DEFAULT_MAX_CONNECTIONS_PER_HOST, DEFAULT_MAX_SERIES,
                                                DEFAULT_PEER_TIMEOUT, NodeStats, check_node_settings, per_host_limit)
 from edgeseg.serve.dicom_node_events import NodeEvents
-from edgeseg.serve.dicom_node_lifecycle import NodeLifecycle
+from edgeseg.serve.dicom_node_lifecycle import GuardedThread, NodeLifecycle
 from edgeseg.serve.dicom_peer_watch import PeerWatch
 from edgeseg.serve.dicom_segmented import SegmentedSeries, SegReference
 from edgeseg.serve.dicom_recovery import take_up
@@ -114,7 +114,8 @@ class DicomNode(NodeEvents, NodeLifecycle):
         self._abandon = threading.Event()
         self._server = None
         self._peers = PeerWatch(self.peer_timeout, self._on_peer_timed_out)
-        self._worker = threading.Thread(target=self._watch, name="edgeseg-listen", daemon=True)
+        self._worker = GuardedThread(self._watch, "edgeseg-listen")
+        self._accept: GuardedThread | None = None  # the accept loop's (dicom_node_lifecycle.py)
         if durable:
             take_up(self.work, self._claim.previous, self._series, self._segmented, self.audit)
 

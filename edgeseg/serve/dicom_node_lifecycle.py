@@ -1,7 +1,14 @@
 """The DICOM node's start and stop: pynetdicom's server bound and accepting in a thread, the peer
 watch and the segmenting worker started; at the stop, every connection cut, the series received
 segmented and the work folder let go. A mixin of :class:`edgeseg.serve.dicom_node.DicomNode`,
-which holds the settings, the handlers and the worker (``_watch``) it starts."""
+which holds the settings, the handlers and the worker (``_watch``) it starts.
+
+Ctrl-C or SIGTERM raises KeyboardInterrupt in the main thread wherever it runs, the start
+included, and the stop follows. socketserver's ``shutdown()`` waits for the accept loop to say it
+has ended, so an interrupt after the bind and before that loop's thread got under way left the
+stop waiting for good. The accept loop and the worker therefore run in GuardedThread objects:
+the stop keeps one that has not begun from beginning, and waits only for one that has.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +22,39 @@ from edgeseg.serve.dicom_connections import limited_server_class
 from edgeseg.serve.dicom_intake import CT_IMAGE_STORAGE, decodable_transfer_syntaxes
 from edgeseg.serve.dicom_peer_bound import MAX_PDU_LENGTH, PeerBounds, bounded_request_handler, data_set_limit
 from edgeseg.serve.dicom_refusal import REFUSAL_WAIT
+
+
+class GuardedThread:
+    """A daemon thread running ``target`` unless :meth:`cancel` came first. An interrupt may end
+    ``start()`` before or after the thread was made to run, and the caller cannot tell which;
+    :meth:`cancel` settles it: True if ``target`` runs (or ran), False if it never will."""
+
+    def __init__(self, target, name: str) -> None:
+        self._target = target
+        self._lock = threading.Lock()
+        self._state = "new"  # then "running" or "cancelled", whichever comes first
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        with self._lock:
+            if self._state == "cancelled":
+                return
+            self._state = "running"
+        self._target()
+
+    def cancel(self) -> bool:
+        with self._lock:
+            if self._state == "new":
+                self._state = "cancelled"
+            return self._state == "running"
+
+    def join(self) -> None:
+        """Wait for ``target`` to end; only where :meth:`cancel` said it runs, or once ``start()``
+        has returned."""
+        self._thread.join()
 
 
 class NodeLifecycle:
@@ -49,15 +89,23 @@ class NodeLifecycle:
                          (pynetdicom.evt.EVT_ABORTED, lambda event: self.audit.ended(event, "aborted"))]
         request_handler = bounded_request_handler(self._peer_bounds, self._on_peer_refused, self._peers.add,
                                                   self._connections.release, self._connections.admit_request)
+        server_class = limited_server_class(self._connections, min(self.peer_timeout, REFUSAL_WAIT), self._binding)
         try:
             self._server = ae.make_server((self.host, self.port), evt_handlers=handlers, request_handler=request_handler,
-                                          server_class=limited_server_class(self._connections,
-                                                                            min(self.peer_timeout, REFUSAL_WAIT)))
+                                          server_class=server_class)
         except OSError as exc:
+            self._server = None  # closed as the bind failed
             raise DataError(f"cannot listen on {self.host}:{self.port}: {exc.strerror or exc}") from None
-        threading.Thread(target=self._server.serve_forever, name="edgeseg-listen-accept", daemon=True).start()
         self._peers.start()
         self._worker.start()
+        # last, once the worker is under way: a stop that finds the accept loop begun (images may
+        # have been acknowledged) waits for the worker, which segments them
+        self._accept = GuardedThread(self._server.serve_forever, "edgeseg-listen-accept")
+        self._accept.start()
+
+    def _binding(self, server) -> None:
+        """The server, just before it binds the port: from here on the stop closes it."""
+        self._server = server
 
     @staticmethod
     def _peer_bounds() -> PeerBounds:
@@ -73,18 +121,22 @@ class NodeLifecycle:
         """Stop listening (open associations are aborted: an idle peer must not hold up the stop,
         and an image it was sending was not acknowledged); segment the series received and not
         yet segmented; remove the work folder if the node made it."""
-        if self._server is not None:
-            socketserver.BaseServer.shutdown(self._server)  # no new association from here on
-            # first the connections: an abort waits for the association's reader, which a peer
-            # halfway through a PDU holds in recv() until its connection ends
-            self._peers.close()
-            for assoc in list(getattr(self._server, "active_associations", [])):
+        # whatever point of the start an interrupt ended: an accept loop not begun never begins
+        accepting = self._accept is not None and self._accept.cancel()
+        server = self._server
+        if server is not None and accepting:
+            socketserver.BaseServer.shutdown(server)  # no new association from here on
+        # first the connections: an abort waits for the association's reader, which a peer
+        # halfway through a PDU holds in recv() until its connection ends
+        self._peers.close()
+        if server is not None:
+            for assoc in list(getattr(server, "active_associations", [])):
                 if self._peers.requested(assoc):  # one without its request yet ends with its connection
                     assoc.abort()
-            self._server.server_close()  # closes the socket and waits for the association threads
+            server.server_close()  # closes the socket (and joins the threads that handed connections over)
             self._connections.flush(force=True)
         self._stop.set()
-        if self._worker.is_alive():
+        if accepting or self._worker.cancel():  # began, or started before the accept loop
             self._worker.join()
         if self._own_work:
             shutil.rmtree(self.work, ignore_errors=True)
