@@ -121,6 +121,11 @@ class NodeLifecycle:
         """Stop listening (open associations are aborted: an idle peer must not hold up the stop,
         and an image it was sending was not acknowledged); segment the series received and not
         yet segmented; remove the work folder if the node made it."""
+        # From here on an image is refused, not stored: one stored before is in a series the stop
+        # segments below; one stored after, by an association not yet cut (one whose connection
+        # was accepted as the accept loop ended), would have been acknowledged and then dropped.
+        with self._lock:
+            self._closing = True
         # whatever point of the start an interrupt ended: an accept loop not begun never begins
         accepting = self._accept is not None and self._accept.cancel()
         server = self._server

@@ -46,8 +46,13 @@ class PeerWatch:
         self._thread.start()
 
     def add(self, conn: PduBoundSocket) -> None:
+        """Watch ``conn``; once :meth:`close` has begun, cut it instead (the connection was
+        accepted as the node stopped listening: no one else would end it)."""
         with self._lock:
-            self._conns.add(conn)
+            if not self._stop.is_set():
+                self._conns.add(conn)
+                return
+        conn.cut()
 
     def busy_while(self, handler: Callable):
         """``handler`` (a pynetdicom event handler) with its peer's clock held while it runs: the
