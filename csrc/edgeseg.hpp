@@ -4,12 +4,16 @@
 //   std::vector<uint8_t> mask = seg.segment_slice(pixels.data(), rows, cols);
 //
 // Header-only; link against libedgeseg. A Segmenter is movable, not copyable; its segment calls
-// may come from several threads (they take turns, see edgeseg.h).
+// may come from several threads (they take turns, see edgeseg.h). Warnings (input it segments but
+// the caller should know of, see es_warning_code): seg.on_warning(handler) or seg.last_warnings().
 #ifndef EDGESEG_HPP
 #define EDGESEG_HPP
 
 #include <cstddef>
 #include <cstdint>
+#include <exception>
+#include <functional>
+#include <memory>
 #include <new>
 #include <stdexcept>
 #include <string>
@@ -30,9 +34,39 @@ class Error : public std::runtime_error {
     int code_;
 };
 
+// A warning of a segment call (es_warning): an es_warning_code and its one-line text.
+struct Warning {
+    int code;
+    std::string message;
+};
+
+using WarningHandler = std::function<void(const Warning &)>;
+
 namespace detail {
 inline void check(int rc, const es_error &err) {
     if (rc != ES_OK) throw Error(rc, err.message[0] ? err.message : es_code_message(rc));
+}
+
+// What a warning handler threw on this thread, held while the C library unwinds its own frames
+// (an exception must not cross them) and rethrown by the segment call that gave the warning.
+inline std::exception_ptr &handler_exception() {
+    thread_local std::exception_ptr pending;
+    return pending;
+}
+
+inline void call_handler(void *user, int code, const char *message) noexcept {
+    if (handler_exception()) return; // one exception per call: the first
+    try {
+        (*static_cast<WarningHandler *>(user))(Warning{code, message});
+    } catch (...) {
+        handler_exception() = std::current_exception();
+    }
+}
+
+// check() of a segment call, after rethrowing what a warning handler threw during it.
+inline void check_segment(int rc, const es_error &err) {
+    if (std::exception_ptr thrown = std::exchange(handler_exception(), nullptr)) std::rethrow_exception(thrown);
+    check(rc, err);
 }
 
 // A string for the C API, refused where a NUL inside would silently cut it ("bundle\0x" would
@@ -67,11 +101,13 @@ class Segmenter {
     ~Segmenter() { es_close(seg_); }
     Segmenter(const Segmenter &) = delete;
     Segmenter &operator=(const Segmenter &) = delete;
-    Segmenter(Segmenter &&other) noexcept : seg_(std::exchange(other.seg_, nullptr)) {}
+    Segmenter(Segmenter &&other) noexcept
+        : seg_(std::exchange(other.seg_, nullptr)), handler_(std::move(other.handler_)) {}
     Segmenter &operator=(Segmenter &&other) noexcept {
         if (this != &other) {
             es_close(seg_);
             seg_ = std::exchange(other.seg_, nullptr);
+            handler_ = std::move(other.handler_); // the C callback holds its address, which moves with it
         }
         return *this;
     }
@@ -81,7 +117,7 @@ class Segmenter {
     std::vector<uint8_t> segment_slice(const T *hu, int rows, int cols, std::ptrdiff_t row_stride = 0) const {
         std::vector<uint8_t> labels = label_buffer<T>(1, rows, cols, "slice");
         es_error err{};
-        detail::check(es_segment_slice(seg_, hu, detail::dtype_of<T>::value, rows, cols, row_stride ? row_stride : cols,
+        detail::check_segment(es_segment_slice(seg_, hu, detail::dtype_of<T>::value, rows, cols, row_stride ? row_stride : cols,
                                        labels.data(), &err),
                       err);
         return labels;
@@ -91,7 +127,7 @@ class Segmenter {
     template <typename T> std::vector<uint8_t> segment_volume(const T *hu, int slices, int rows, int cols) const {
         std::vector<uint8_t> labels = label_buffer<T>(slices, rows, cols, "volume");
         es_error err{};
-        detail::check(es_segment_volume(seg_, hu, detail::dtype_of<T>::value, slices, rows, cols, cols,
+        detail::check_segment(es_segment_volume(seg_, hu, detail::dtype_of<T>::value, slices, rows, cols, cols,
                                         static_cast<std::ptrdiff_t>(rows) * cols, labels.data(), &err),
                       err);
         return labels;
@@ -103,7 +139,7 @@ class Segmenter {
     std::vector<uint8_t> segment_volume(const T *hu, int slices, int rows, int cols, const double (&spacing)[3]) const {
         std::vector<uint8_t> labels = label_buffer<T>(slices, rows, cols, "volume");
         es_error err{};
-        detail::check(es_segment_volume_spaced(seg_, hu, detail::dtype_of<T>::value, slices, rows, cols, cols,
+        detail::check_segment(es_segment_volume_spaced(seg_, hu, detail::dtype_of<T>::value, slices, rows, cols, cols,
                                                static_cast<std::ptrdiff_t>(rows) * cols, spacing, labels.data(),
                                                &err),
                       err);
@@ -114,6 +150,27 @@ class Segmenter {
     void set_tta(const std::string &mode) {
         es_error err{};
         detail::check(es_set_tta(seg_, detail::c_string(mode, "mode"), &err), err);
+    }
+
+    // Call `handler` for each warning of later segment calls, on the thread making the call, before
+    // it returns (es_set_warning_callback); an empty handler stops them. Once this returns, the
+    // handler it replaced runs nowhere and is destroyed. What the handler throws comes out of the
+    // segment call that gave the warning, after that call has written its labels.
+    void on_warning(WarningHandler handler) {
+        std::unique_ptr<WarningHandler> next = handler ? std::make_unique<WarningHandler>(std::move(handler)) : nullptr;
+        es_error err{};
+        detail::check(es_set_warning_callback(seg_, next ? detail::call_handler : nullptr, next.get(), &err), err);
+        handler_ = std::move(next);
+    }
+
+    // The warnings of the segment call that finished last on this segmenter, from any thread
+    // (es_last_warnings); where threads share it, on_warning ties warnings to their call.
+    std::vector<Warning> last_warnings() const {
+        es_warning found[ES_MAX_WARNINGS];
+        int count = es_last_warnings(seg_, found, ES_MAX_WARNINGS);
+        std::vector<Warning> warnings;
+        for (int i = 0; i < count && i < ES_MAX_WARNINGS; i++) warnings.push_back(Warning{found[i].code, found[i].message});
+        return warnings;
     }
 
     // Class names by class number.
@@ -160,6 +217,7 @@ class Segmenter {
     }
 
     es_segmenter *seg_ = nullptr;
+    std::unique_ptr<WarningHandler> handler_; // es_set_warning_callback's `user`
 };
 
 inline std::string version() { return es_version(); }

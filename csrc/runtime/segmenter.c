@@ -20,6 +20,7 @@ struct es_segmenter {
     int mirrors;    /* network passes per batch: 1 (none), 2 (flip) or 4 (mirror) */
     float *original; /* the pre-processed batch while its mirrors take seg->input's place */
     pthread_mutex_t lock;
+    es_warning_channel warnings; /* es_set_warning_callback, es_last_warnings (warnings.c) */
 };
 
 es_segmenter *es_open_cached(const char *bundle_dir, const char *precision, int threads, const char *cache_dir,
@@ -46,6 +47,10 @@ es_segmenter *es_open_cached(const char *bundle_dir, const char *precision, int 
         rc = es_ov_compile(&seg->model, &seg->bundle, bundle_dir, threads, cache_dir, err);
     }
     if (rc == ES_OK && pthread_mutex_init(&seg->lock, NULL) != 0) rc = es_fail(err, ES_ENOMEM, "cannot create a mutex");
+    if (rc == ES_OK && es_channel_init(&seg->warnings) != 0) {
+        pthread_mutex_destroy(&seg->lock);
+        rc = es_fail(err, ES_ENOMEM, "cannot create a mutex");
+    }
     if (rc != ES_OK) {
         es_ov_free(&seg->model);
         es_bundle_free(&seg->bundle);
@@ -154,12 +159,13 @@ static int filter_volume(const es_bundle *b, const es_hu_layout *in, const doubl
     return rc ? es_fail(err, rc, "3-D component filter: %s", es_status_message(rc)) : ES_OK;
 }
 
-static int segment(es_segmenter *seg, const void *hu, es_dtype dtype, const es_hu_layout *in, const double *spacing,
-                   uint8_t *labels, es_error *err) {
-    if (!seg) return es_fail(err, ES_EINVAL, "segmenter is NULL");
+static int segment_checked(es_segmenter *seg, const void *hu, es_dtype dtype, const es_hu_layout *in,
+                           const double *spacing, uint8_t *labels, es_warning_list *warnings, es_error *err) {
     int rc = es_check_hu(&seg->bundle, hu, dtype, in, labels, err);
     if (rc) return rc;
-    if (spacing && (rc = es_voxel_ml(spacing) == 0.0 ? es_bad_spacing(spacing, err) : es_check_fov(&seg->bundle, in, spacing, err))) return rc;
+    if (spacing && (rc = es_voxel_ml(spacing) == 0.0 ? es_bad_spacing(spacing, err)
+                                                      : es_check_fov(&seg->bundle, in, spacing, warnings, err)))
+        return rc;
     if (in->volume) { /* refuse a missing spacing before any work */
         es_component_rule rules[ES_MAX_CLASSES];
         int any;
@@ -177,6 +183,16 @@ static int segment(es_segmenter *seg, const void *hu, es_dtype dtype, const es_h
     pthread_mutex_unlock(&seg->lock);
     if (rc == ES_OK && in->volume) rc = filter_volume(&seg->bundle, in, spacing, labels, err);
     return rc ? rc : es_succeed(err);
+}
+
+/* A segment call: its checks and work, then its warnings to the channel, whatever the outcome. */
+static int segment(es_segmenter *seg, const void *hu, es_dtype dtype, const es_hu_layout *in, const double *spacing,
+                   uint8_t *labels, es_error *err) {
+    if (!seg) return es_fail(err, ES_EINVAL, "segmenter is NULL");
+    es_warning_list warnings = {0};
+    int rc = segment_checked(seg, hu, dtype, in, spacing, labels, &warnings, err);
+    es_channel_deliver(&seg->warnings, &warnings);
+    return rc;
 }
 
 int es_segment_slice(es_segmenter *seg, const void *hu, es_dtype dtype, int rows, int cols, ptrdiff_t row_stride,
@@ -236,10 +252,21 @@ const char *es_provenance(const es_segmenter *seg, const char *key) {
     return seg ? es_bundle_provenance_value(&seg->bundle, key, seg->mirrors) : NULL;
 }
 
+int es_set_warning_callback(es_segmenter *seg, es_warning_fn fn, void *user, es_error *err) {
+    if (!seg) return es_fail(err, ES_EINVAL, "segmenter is NULL");
+    es_channel_set(&seg->warnings, fn, user);
+    return es_succeed(err);
+}
+
+int es_last_warnings(es_segmenter *seg, es_warning *out, int capacity) {
+    return seg ? es_channel_copy(&seg->warnings, out, capacity) : 0;
+}
+
 void es_close(es_segmenter *seg) {
     if (!seg) return;
     es_ov_free(&seg->model);
     pthread_mutex_destroy(&seg->lock);
+    es_channel_destroy(&seg->warnings);
     es_bundle_free(&seg->bundle);
     free(seg->input);
     free(seg->original);

@@ -1,0 +1,144 @@
+/* Drives libedgeseg's warning channel for tests/capi/test_warnings.py (and its sanitizer run).
+ * Prints one tab-separated record a line; exit 0 whenever the library returned, so a crash or a
+ * sanitizer report is the only way to a non-zero exit.
+ *
+ *   warning_checks calls Z Y X BUNDLE PRECISION SLICES ROWS COLS IN.raw OUT.raw
+ *       es_set_warning_callback, then es_segment_volume_spaced of raw int16 at spacing (Z, Y, X)
+ *       mm twice (labels of the first to OUT.raw), es_segment_slice of its first slice, the
+ *       callback removed, a last spaced call. Per call: "call<TAB>RC<TAB>COUNT", one
+ *       "callback<TAB>CODE<TAB>SEEN<TAB>MESSAGE" per callback (SEEN: es_last_warnings inside it)
+ *       and one "last<TAB>CODE<TAB>MESSAGE" per es_last_warnings entry after it; then
+ *       "null<TAB>SET-RC<TAB>LAST" for a NULL segmenter.
+ *   warning_checks threads N CALLS Z Y X BUNDLE ROWS COLS IN.raw
+ *       N threads share one segmenter, each making CALLS spaced calls of one slice: the
+ *       odd-numbered ones at (Z, Y, X), the even ones at a spacing inside the training FOV
+ *       (Y = X = 192 mm / COLS). Prints "thread<TAB>I<TAB>CALLBACKS<TAB>FAILED": the callbacks each
+ *       thread saw on itself and its calls that failed.
+ */
+#include "capi_driver.h" /* first: the sanitizer builds' dlopen shim, read_raw */
+#include <pthread.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <edgeseg.h>
+
+/* The callback of the "calls" case: its record, and what es_last_warnings says inside it. */
+static void print_warning(void *user, int code, const char *message) {
+    printf("callback\t%d\t%d\t%s\n", code, es_last_warnings((es_segmenter *)user, NULL, 0), message);
+}
+
+static void report_call(es_segmenter *seg, int rc) {
+    es_warning found[ES_MAX_WARNINGS];
+    int count = es_last_warnings(seg, found, ES_MAX_WARNINGS);
+    printf("call\t%d\t%d\n", rc, count);
+    for (int i = 0; i < count; i++) printf("last\t%d\t%s\n", found[i].code, found[i].message);
+}
+
+static int calls_case(char **argv) {
+    const double spacing[3] = {strtod(argv[2], NULL), strtod(argv[3], NULL), strtod(argv[4], NULL)};
+    int slices = atoi(argv[7]), rows = atoi(argv[8]), cols = atoi(argv[9]);
+    size_t plane = (size_t)rows * cols, count = (size_t)slices * plane;
+    int16_t *hu = read_raw(argv[10], count);
+    uint8_t *labels = malloc(count), *scratch = malloc(count);
+    es_error err = {0, ""};
+    if (!hu || !labels || !scratch) return 65;
+    es_segmenter *seg = es_open(argv[5], argv[6], 0, &err);
+    if (!seg) {
+        printf("open\t%d\t%s\n", err.code, err.message);
+        return 0;
+    }
+    printf("before\t%d\n", es_last_warnings(seg, NULL, 0));
+    int rc = es_set_warning_callback(seg, print_warning, seg, &err);
+    printf("set\t%d\n", rc);
+    rc = es_segment_volume_spaced(seg, hu, ES_INT16, slices, rows, cols, cols, (ptrdiff_t)plane, spacing, labels, &err);
+    report_call(seg, rc);
+    FILE *out = rc == ES_OK ? fopen(argv[11], "wb") : NULL;
+    if (out) {
+        fwrite(labels, 1, count, out);
+        fclose(out);
+    }
+    rc = es_segment_volume_spaced(seg, hu, ES_INT16, slices, rows, cols, cols, (ptrdiff_t)plane, spacing, scratch, &err);
+    report_call(seg, rc);
+    rc = es_segment_slice(seg, hu, ES_INT16, rows, cols, cols, scratch, &err);
+    report_call(seg, rc);
+    es_set_warning_callback(seg, NULL, NULL, &err);
+    rc = es_segment_volume_spaced(seg, hu, ES_INT16, slices, rows, cols, cols, (ptrdiff_t)plane, spacing, scratch, &err);
+    report_call(seg, rc);
+    es_close(seg);
+    printf("null\t%d\t%d\n", es_set_warning_callback(NULL, print_warning, NULL, &err), es_last_warnings(NULL, NULL, 0));
+    free(hu);
+    free(labels);
+    free(scratch);
+    return 0;
+}
+
+/* The "threads" case: each thread counts the callbacks it sees in its own slot (pthread key). */
+static pthread_key_t seen_key;
+
+static void count_warning(void *user, int code, const char *message) {
+    (void)user;
+    int *seen = pthread_getspecific(seen_key);
+    if (seen && code == ES_WARN_FIELD_OF_VIEW && strstr(message, "field of view")) (*seen)++;
+}
+
+typedef struct {
+    es_segmenter *seg;
+    const int16_t *hu;
+    int rows, cols, calls;
+    double spacing[3];
+    int seen, failed;
+} worker;
+
+static void *work(void *arg) {
+    worker *w = arg;
+    uint8_t *labels = malloc((size_t)w->rows * w->cols);
+    pthread_setspecific(seen_key, &w->seen);
+    for (int i = 0; i < w->calls; i++) {
+        es_error err;
+        w->failed += !labels || es_segment_volume_spaced(w->seg, w->hu, ES_INT16, 1, w->rows, w->cols, w->cols,
+                                                         (ptrdiff_t)w->rows * w->cols, w->spacing, labels, &err) != ES_OK;
+    }
+    free(labels);
+    return NULL;
+}
+
+static int threads_case(char **argv) {
+    int n = atoi(argv[2]), calls = atoi(argv[3]), rows = atoi(argv[8]), cols = atoi(argv[9]);
+    if (n < 1 || n > 16) return 64;
+    int16_t *hu = read_raw(argv[10], (size_t)rows * cols);
+    es_error err = {0, ""};
+    es_segmenter *seg = hu ? es_open(argv[7], "fp32", 0, &err) : NULL;
+    if (!seg) {
+        printf("open\t%d\t%s\n", err.code, err.message);
+        free(hu);
+        return 0;
+    }
+    pthread_key_create(&seen_key, NULL);
+    es_set_warning_callback(seg, count_warning, NULL, &err);
+    worker workers[16];
+    pthread_t ids[16];
+    for (int i = 0; i < n; i++) {
+        double inside = 192.0 / cols;
+        workers[i] = (worker){seg, hu, rows, cols, calls, {strtod(argv[4], NULL), inside, inside}, 0, 0};
+        if (i % 2) {
+            workers[i].spacing[1] = strtod(argv[5], NULL);
+            workers[i].spacing[2] = strtod(argv[6], NULL);
+        }
+        pthread_create(&ids[i], NULL, work, &workers[i]);
+    }
+    for (int i = 0; i < n; i++) pthread_join(ids[i], NULL);
+    for (int i = 0; i < n; i++) printf("thread\t%d\t%d\t%d\n", i, workers[i].seen, workers[i].failed);
+    es_close(seg);
+    pthread_key_delete(seen_key);
+    free(hu);
+    return 0;
+}
+
+int main(int argc, char **argv) {
+    if (argc == 12 && !strcmp(argv[1], "calls")) return calls_case(argv);
+    if (argc == 11 && !strcmp(argv[1], "threads")) return threads_case(argv);
+    fprintf(stderr, "usage: see the comment at the top of warning_checks.c\n");
+    return 64;
+}
