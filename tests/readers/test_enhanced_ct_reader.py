@@ -71,6 +71,23 @@ def test_uneven_frames_are_told_as_slices_are(tmp_path):
     _same_volume(volume, single)
 
 
+def test_twelve_bit_frames_ignore_the_bits_above_bits_stored(tmp_path):
+    """BitsStored 12, signed, with the upper four bits of every pixel set: the HU come from the
+    low 12 bits, sign-extended from bit 11, frame by frame as slice by slice."""
+    slices, expected = read_slices(SERIES), []
+    for ds in slices:
+        stored = np.clip(ds.pixel_array, -2048, 2047).astype(np.int32)
+        expected.append(stored * 1.0 - 1024.0)
+        ds.PixelData = ((stored & 0x0FFF) | 0x5000).astype(np.uint16).tobytes()
+        ds.BitsStored, ds.HighBit = 12, 11
+    single, refs = read_dicom_series_with_refs(_write_series(slices, tmp_path / "series"))
+    volume = read_dicom_series_with_refs(write_enhanced_ct(slices, tmp_path / "e.dcm", [1, 2, 0]))[0]
+    _same_volume(volume, single)
+    hu = refs.to_source_layout(volume.hu)  # stack order: 03, 02, 01
+    for k, path in enumerate(refs.files):
+        np.testing.assert_array_equal(hu[k], expected[int(path.stem) - 1])
+
+
 def test_legacy_converted_enhanced_ct_from_highdicom(tmp_path):
     """A second writer: highdicom's legacy conversion of the same slices reads alike too."""
     hd = pytest.importorskip("highdicom")
