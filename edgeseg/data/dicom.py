@@ -270,12 +270,14 @@ def read_dicom_series_with_refs(
     folder: str | os.PathLike, series_uid: str | None = None, case_id: str | None = None, progress: bool = False,
     keep_headers: bool = False, warn_gaps: bool = True,
 ) -> tuple[Volume, DicomSeriesInfo]:
-    """Read one CT series from a folder of DICOM files; also return its source references.
+    """Read one CT series from a folder of DICOM files, or from one file holding it (an Enhanced
+    CT, :mod:`edgeseg.data.dicom_multiframe`); also return its source references.
 
     Non-DICOM files, DICOMDIR, pixel-less objects (SR, KO, ...) and DICOM SEG label maps
     are skipped. A folder with several series needs ``series_uid``. The modality of every file must be CT.
     HU = stored value x RescaleSlope + RescaleIntercept. ``case_id`` defaults to the folder
-    name; ``slice_ids`` are the file names of the slices in the Volume's z order. ``progress``
+    name (a file's: its stem); ``slice_ids`` are the file names of the slices in the Volume's z
+    order (``STEM_frameN`` for the frames of a multi-frame file). ``progress``
     shows the headers and then the pixels being read on stderr (:mod:`edgeseg.progress`).
     ``keep_headers`` keeps the slices' headers (no pixel data) in the DicomSeriesInfo, for a
     caller that writes a DICOM SEG of the series. ``warn_gaps=False``: uneven slice gaps (a missing

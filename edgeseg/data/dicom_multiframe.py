@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeseg.data.dicom_slice import check_decoder, slice_size, unit_cosines
+from edgeseg.data.dicom_slice import MULTI_FRAME_CT_CLASSES, check_decoder, slice_size, unit_cosines
 from edgeseg.data.dicom_values import dicom_numbers, one_line
 from edgeseg.errors import DataError, require
 from edgeseg.limits import check_volume
@@ -27,8 +27,7 @@ from edgeseg.limits import check_volume
 pydicom = require("pydicom", "io", "reading DICOM series")
 
 # SOP classes whose frames carry their geometry and rescale in functional groups.
-ENHANCED_CT_CLASSES = {"1.2.840.10008.5.1.4.1.1.2.1": "Enhanced CT", "1.2.840.10008.5.1.4.1.1.2.2":
-                       "Legacy Converted Enhanced CT"}
+ENHANCED_CT_CLASSES = MULTI_FRAME_CT_CLASSES
 # Functional group -> the attributes of its one item a frame's view takes (True: required).
 FRAME_GROUPS = {
     "PlanePositionSequence": {"ImagePositionPatient": True},
