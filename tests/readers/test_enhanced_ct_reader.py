@@ -88,6 +88,17 @@ def test_twelve_bit_frames_ignore_the_bits_above_bits_stored(tmp_path):
         np.testing.assert_array_equal(hu[k], expected[int(path.stem) - 1])
 
 
+@pytest.mark.parametrize("syntax", ["1.2.840.10008.1.2.5", "1.2.840.10008.1.2.4.80"], ids=["RLE", "JPEG-LS"])
+def test_compressed_frames_decode_one_by_one(tmp_path, syntax):
+    ds = enhanced_ct(read_slices(SERIES), [2, 0, 1])
+    try:
+        ds.compress(syntax)
+    except (RuntimeError, NotImplementedError) as exc:  # no encoder installed for the syntax
+        pytest.skip(f"cannot compress to {syntax} here: {exc}")
+    ds.save_as(tmp_path / "e.dcm", enforce_file_format=True)
+    _same_volume(read_dicom_series_with_refs(tmp_path / "e.dcm")[0], read_dicom_series_with_refs(SERIES)[0])
+
+
 def test_legacy_converted_enhanced_ct_from_highdicom(tmp_path):
     """A second writer: highdicom's legacy conversion of the same slices reads alike too."""
     hd = pytest.importorskip("highdicom")
