@@ -209,15 +209,18 @@ def _stack_hu(members: list[tuple[Path, pydicom.Dataset]], progress: bool = Fals
     stack = np.empty((len(members), rows, columns), dtype=np.float32)
     warn_of_missing_intercept([dataset for _, dataset in members], first_path.parent)
     warned_padding: set[str] = set()
-    for k, (path, dataset) in enumerate(progress_bar(members, desc="reading DICOM pixels", unit="slice",
-                                                     shown=progress)):
+    # a multi-frame file is read front to back, one frame at a time, its frames in stack order
+    frames = multi.frames(rows, columns) if multi else None
+    order = multi.stack_order(members) if multi else range(len(members))
+    for k in progress_bar(order, desc="reading DICOM pixels", unit="slice", shown=progress):
+        path, dataset = members[k]
         if slice_size(dataset, path) != (rows, columns):
             raise DataError(
                 f"{path} is {dataset.Rows}x{dataset.Columns} pixels but {first_path.name} is "
                 f"{rows}x{columns}; a series must have one size"
             )
         slope, intercept = rescale(dataset, path)
-        pixels = multi.pixels(dataset, rows, columns) if multi else slice_pixels(dataset, path, rows, columns)
+        pixels = next(frames) if multi else slice_pixels(dataset, path, rows, columns)
         stack[k] = pixels.astype(np.float32) * np.float32(slope) + np.float32(intercept)
         air_outside_view(stack[k], dataset, pixels, path, warned_padding)
         # pydicom keeps both the file's pixel bytes and the decoded array on the dataset, and
@@ -227,8 +230,8 @@ def _stack_hu(members: list[tuple[Path, pydicom.Dataset]], progress: bool = Fals
         if not np.isfinite(stack[k]).all():  # slice by slice: a mask of the whole volume is a copy too
             raise DataError(f"DICOM series {first_path.parent}: pixel values x RescaleSlope + RescaleIntercept "
                             f"overflow float32 (fields RescaleSlope, RescaleIntercept)")
-    if multi is not None:
-        multi.release()
+    if multi is not None:  # its header is kept without pixels, as single-frame slices' are
+        del multi.dataset.PixelData
     return stack
 
 

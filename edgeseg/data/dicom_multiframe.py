@@ -15,6 +15,7 @@ volumes in one file), a concatenation split over files.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -64,7 +65,8 @@ class MultiFrameCT:
     ``views`` is a list of (label, dataset) pairs, the label naming file and frame
     (:func:`frame_label`) and the dataset holding the frame's position, orientation, pixel
     spacing, thickness and rescale as a single-frame slice would, with the file's pixel
-    description. :meth:`pixels` decodes one frame; :meth:`frame_number` tells a view's frame.
+    description. :meth:`frames` decodes the frames one by one; :meth:`frame_number` tells a
+    view's frame.
     """
 
     def __init__(self, path: Path, dataset: pydicom.Dataset) -> None:
@@ -153,31 +155,35 @@ class MultiFrameCT:
         """The frame number (1-based) of one of :attr:`views`' datasets."""
         return self._numbers[id(view)]
 
-    def pixels(self, view: pydicom.Dataset, rows: int, columns: int) -> np.ndarray:
-        """The decoded pixels of the frame ``view`` describes, refused unless one ``rows`` x
-        ``columns`` grey-level image (as :func:`~edgeseg.data.dicom_slice.slice_pixels`)."""
-        number = self.frame_number(view)
-        if number == 1:
-            check_decoder(self.dataset, self.path)
-        from pydicom.pixels import pixel_array
+    def stack_order(self, views: list[tuple[Path, pydicom.Dataset]]) -> list[int]:
+        """Indices into ``views`` (sorted along the normal) in the file's frame order: the order
+        :meth:`frames` yields their pixels in."""
+        return sorted(range(len(views)), key=lambda k: self.frame_number(views[k][1]))
 
+    def frames(self, rows: int, columns: int) -> Iterator[np.ndarray]:
+        """The decoded pixels of each frame, in frame order, each refused unless one ``rows`` x
+        ``columns`` grey-level image (as :func:`~edgeseg.data.dicom_slice.slice_pixels`). Read
+        from the file one frame at a time: the file's pixel bytes are never held whole."""
+        from pydicom.pixels import iter_pixels
+
+        check_decoder(self.dataset, self.path)
+        number = 0
         try:
-            frame = pixel_array(self.dataset, index=number - 1)
-        except MemoryError:
+            for number, frame in enumerate(iter_pixels(self.path), start=1):
+                if frame.shape != (rows, columns) or frame.dtype.kind not in "biuf":
+                    raise DataError(f"{frame_label(self.path, number)}: pixel data decodes to {frame.dtype} "
+                                    f"{list(frame.shape)}, expected one {rows}x{columns} grey-level frame "
+                                    f"(SamplesPerPixel, BitsAllocated?)")
+                yield frame
+        except (DataError, MemoryError):
             raise
         except Exception as exc:  # noqa: BLE001 - decoders raise many types for bad data
-            raise DataError(f"cannot decode pixel data of {frame_label(self.path, number)} (truncated?): "
+            raise DataError(f"cannot decode pixel data of {frame_label(self.path, number + 1)} (truncated?): "
                             f"{one_line(exc)}") from None
-        if frame.shape != (rows, columns) or frame.dtype.kind not in "biuf":
-            raise DataError(f"{frame_label(self.path, number)}: pixel data decodes to {frame.dtype} "
-                            f"{list(frame.shape)}, expected one {rows}x{columns} grey-level frame "
-                            f"(SamplesPerPixel, BitsAllocated?)")
-        return frame
+        if number < len(self.views):
+            raise DataError(f"cannot decode pixel data of {frame_label(self.path, number + 1)} (truncated?): "
+                            f"the pixel data holds {number} of {len(self.views)} frames")
 
-    def release(self) -> None:
-        """Drop the file's pixel bytes once every frame is decoded."""
-        if "PixelData" in self.dataset:
-            del self.dataset.PixelData
 
 
 def _group_item(label: Path, group: str, frame: pydicom.Dataset, shared: pydicom.Dataset) -> pydicom.Dataset:
