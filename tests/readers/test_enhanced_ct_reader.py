@@ -71,6 +71,25 @@ def test_uneven_frames_are_told_as_slices_are(tmp_path):
     _same_volume(volume, single)
 
 
+def test_a_frame_off_the_line_is_told_as_a_slice_is(tmp_path):
+    slices = read_slices(SERIES)
+    slices[1].ImagePositionPatient = [-234.199997, -226.800003, -127.690002]  # 02.dcm 1 mm to the left
+    single = read_dicom_series_with_refs(_write_series(slices, tmp_path / "series"))[0]
+    volume = read_dicom_series_with_refs(write_enhanced_ct(slices, tmp_path / "e.dcm", [1, 2, 0]))[0]
+    assert single.off_line == (pytest.approx(1.0), "02.dcm")
+    assert volume.off_line == (pytest.approx(1.0), "e.dcm, frame 1")  # frame 1 holds 02.dcm
+    np.testing.assert_array_equal(volume.hu, single.hu)
+    np.testing.assert_array_equal(volume.affine, single.affine)
+
+
+def test_series_folders_of_enhanced_ct_files_and_slices_open_as_cases(tmp_path):
+    write_enhanced_ct(read_slices(SERIES), tmp_path / "data" / "a" / "e.dcm", [2, 1, 0])
+    _write_series(read_slices(SERIES), tmp_path / "data" / "b")
+    a, b = open_dataset(tmp_path / "data")
+    assert (a.case_id, b.case_id) == ("a", "b")
+    _same_volume(a, b)
+
+
 def test_twelve_bit_frames_ignore_the_bits_above_bits_stored(tmp_path):
     """BitsStored 12, signed, with the upper four bits of every pixel set: the HU come from the
     low 12 bits, sign-extended from bit 11, frame by frame as slice by slice."""
