@@ -25,6 +25,7 @@ from pydicom.errors import InvalidDicomError  # noqa: E402  (pydicom is known pr
 
 from edgeseg.data.dicom_slice import (air_outside_view, check_slice_tags, pixel_spacing, rescale, slice_pixels, slice_size,
                                      unit_cosines, warn_of_missing_intercept)
+from edgeseg.data.dicom_magic import looks_like_dicom  # noqa: F401  (imported from here by other modules)
 from edgeseg.data.dicom_multiframe import MultiFrameCT, multiframe_series
 from edgeseg.data.dicom_refs import DicomSeriesInfo
 from edgeseg.data.dicom_values import decode_elements, dicom_numbers, one_line
@@ -350,16 +351,3 @@ def read_dicom_series(
 ) -> Volume:
     """Read one CT series from a folder of DICOM files (see :func:`read_dicom_series_with_refs`)."""
     return read_dicom_series_with_refs(folder, series_uid=series_uid, case_id=case_id)[0]
-
-
-def looks_like_dicom(path: str | os.PathLike) -> bool:
-    """Cheap check without parsing: a .dcm name or the "DICM" magic at byte 128."""
-    path = Path(path)
-    if path.suffix.lower() == ".dcm":
-        return True
-    try:
-        with open(path, "rb") as handle:
-            handle.seek(128)
-            return handle.read(4) == b"DICM"
-    except OSError:
-        return False

@@ -41,7 +41,7 @@ def input_kind(path: str | os.PathLike) -> str:
         return "image"
     if name.endswith(".npy"):
         return "npy"
-    from edgeseg.data.dicom import looks_like_dicom  # here: NPY and image inputs never load pydicom
+    from edgeseg.data.dicom_magic import looks_like_dicom
 
     if looks_like_dicom(path):  # one file holding a series: an Enhanced CT
         return "dicom"
