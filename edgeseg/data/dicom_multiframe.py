@@ -115,7 +115,7 @@ class MultiFrameCT:
     def _check_one_volume(self, per_frame) -> None:
         """Refuse frames that make several volumes: stacks, temporal positions, another
         dimension of several values, or two frames at one position along the normal."""
-        contents = [item.get("FrameContentSequence", [None])[0] for item in per_frame]
+        contents = [(item.get("FrameContentSequence") or [None])[0] for item in per_frame]
         for field in ("StackID", "TemporalPositionIndex"):
             values = sorted({str(c[field].value) for c in contents if c is not None and field in c})
             if len(values) > 1:

@@ -206,6 +206,16 @@ def test_inconsistent_functional_groups_are_refused_in_one_line(tmp_path, change
     assert expected in str(info.value) and "\n" not in str(info.value)
 
 
+def test_frame_content_is_not_needed_to_read_one_volume(tmp_path):
+    """FrameContentSequence says which stack or time a frame belongs to; empty or absent, the
+    frames are one volume all the same (it was an IndexError traceback when empty)."""
+    def drop(ds):
+        for k, item in enumerate(ds.PerFrameFunctionalGroupsSequence):
+            item.FrameContentSequence = pydicom.Sequence() if k else item.FrameContentSequence
+        del ds.PerFrameFunctionalGroupsSequence[0].FrameContentSequence
+    _same_volume(read_dicom_series_with_refs(_broken(tmp_path, drop))[0], read_dicom_series_with_refs(SERIES)[0])
+
+
 def test_size_limit_is_applied_before_any_frame_is_decoded(tmp_path, monkeypatch):
     path = _broken(tmp_path, lambda ds: setattr(ds, "PixelData", b"\0\0"))  # pixels cut short
     with pytest.raises(DataError, match="truncated"):
