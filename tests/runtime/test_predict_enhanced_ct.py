@@ -122,3 +122,30 @@ def test_seg_off_its_source_frame_is_refused(seg_file, enhanced, tmp_path):
     with pytest.raises(DataError, match=rf"frame 2 has ImagePositionPatient .* but its source .*e\.dcm, frame {number} "
                                         r"has .*; the SEG is not on this series' grid"):
         open_dataset(enhanced, label_file=tmp_path / "moved.dcm")
+
+
+def test_two_segment_seg_of_a_shuffled_enhanced_ct_matches_the_series_seg(chest_bundle_run, tmp_path):
+    """Two classes (ground-glass, consolidation) on a chest phantom whose 16 slices are stored as
+    frames in shuffled order: for every segment and source frame, the Enhanced CT's SEG holds what
+    the series' SEG holds for the slice that frame came from."""
+    hd = pytest.importorskip("highdicom")
+    from edgeseg.data import write_phantom_dataset
+    from edgeseg.data.phantom import phantom_geometry
+
+    write_phantom_dataset(tmp_path / "phantom", 1, seed=11, shape=phantom_geometry(96, 16)[0],
+                          spacing=phantom_geometry(96, 16)[1], kind="chest", image_format="dicom")
+    series = tmp_path / "phantom" / "case_000"
+    slices = read_slices(series)
+    order = [int(k) for k in np.random.default_rng(5).permutation(len(slices))]
+    enhanced = write_enhanced_ct(slices, tmp_path / "e.dcm", order)
+    bundle = chest_bundle_run / "bundle"
+    predict(bundle, series, "--out", tmp_path / "series.seg.dcm", "--format", "dicom-seg")
+    predict(bundle, enhanced, "--out", tmp_path / "e.seg.dcm", "--format", "dicom-seg")
+    by_series, by_file = hd.seg.segread(tmp_path / "series.seg.dcm"), hd.seg.segread(tmp_path / "e.seg.dcm")
+    assert by_file.number_of_segments == by_series.number_of_segments == 2
+    frames = by_file.get_pixels_by_source_frame(pydicom.dcmread(enhanced).SOPInstanceUID,
+                                                list(range(1, len(slices) + 1)), combine_segments=True)
+    expected = by_series.get_pixels_by_source_instance([slices[k].SOPInstanceUID for k in order],
+                                                       combine_segments=True)
+    np.testing.assert_array_equal(frames, expected)
+    assert set(np.unique(expected).tolist()) == {0, 1, 2}  # both classes were found: the test compares them
