@@ -82,6 +82,21 @@ def test_a_frame_off_the_line_is_told_as_a_slice_is(tmp_path):
     np.testing.assert_array_equal(volume.affine, single.affine)
 
 
+def test_a_gantry_tilted_enhanced_ct_keeps_its_sheared_affine(tmp_path):
+    """Frames tilted 20 degrees about left-right, positions stepping along the table: the same
+    sheared affine and plane spacing as the series, whose reading tests/readers/test_gantry_tilt.py
+    checks against the DICOM definition."""
+    tilt = np.radians(20)
+    slices = read_slices(SERIES)
+    for ds in slices:
+        ds.ImageOrientationPatient = [1, 0, 0, 0, f"{np.cos(tilt):.10f}", f"{np.sin(tilt):.10f}"]
+    single = read_dicom_series_with_refs(_write_series(slices, tmp_path / "series"))[0]
+    volume = read_dicom_series_with_refs(write_enhanced_ct(slices, tmp_path / "e.dcm", [0, 2, 1]))[0]
+    _same_volume(volume, single)
+    assert volume.spacing[0] == pytest.approx(np.cos(tilt), abs=1e-6)  # 1 mm table step, planes cos(20) apart
+    assert abs(volume.affine[:3, 1] @ volume.affine[:3, 2]) > 0.1  # sheared: the slice step is not along the normal
+
+
 def test_series_folders_of_enhanced_ct_files_and_slices_open_as_cases(tmp_path):
     write_enhanced_ct(read_slices(SERIES), tmp_path / "data" / "a" / "e.dcm", [2, 1, 0])
     _write_series(read_slices(SERIES), tmp_path / "data" / "b")
