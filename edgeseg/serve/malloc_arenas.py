@@ -27,7 +27,7 @@ import time
 
 M_ARENA_MAX = -8  # mallopt's parameter number in glibc's malloc.h
 NODE_ARENAS = 2
-TRIM_EVERY_S = 60.0  # at most one malloc_trim(0) per this many seconds (math.inf: none)
+TRIM_EVERY_S = 1.0  # at most one malloc_trim(0) per this many seconds (math.inf: none)
 _trim_lock = threading.Lock()
 _last_trim = [-math.inf]
 
