@@ -80,7 +80,7 @@ def command(bundle, ae_title, any_ae, allow_calling, host, port, out, forward, i
     from edgeseg.serve.audit import AuditLog
     from edgeseg.serve.dicom_node import DicomNode, Peer, check_node_settings
     from edgeseg.serve.dicom_work import WorkClaim
-    from edgeseg.serve.malloc_arenas import ReleaseAfterWork, cap_malloc_arenas
+    from edgeseg.serve.malloc_arenas import cap_malloc_arenas
     from edgeseg.serve.work_folder import check_work_folder
 
     cap_malloc_arenas()  # before any thread: one per association spreads memory over many arenas
@@ -128,10 +128,8 @@ def command(bundle, ae_title, any_ae, allow_calling, host, port, out, forward, i
             called = "any called AE title" if any_ae else f"called AE title {ae_title} only"
             click.echo(f"DICOM node {ae_title} listening on {host}:{port} ({called}; backend {segmenter.backend}); "
                        "Ctrl-C stops it", err=audit is not None and audit.shares_stdout())  # stdout: JSON lines alone
-            release = ReleaseAfterWork()
-            while True:  # until Ctrl-C or SIGTERM; after a series, what glibc keeps of it goes back
+            while True:  # until Ctrl-C or SIGTERM
                 time.sleep(1)
-                release.after(node.stats.segmented.total + node.stats.failed.total)
     finally:
         # the stop segments what was received; a second signal cuts that short (the series left
         # are logged) but never leaves the work folder behind
