@@ -13,8 +13,9 @@ holding what the window allocated and kept. ``--minutes`` ends the sending after
 
 Targets: ``bare`` (a pynetdicom AE whose C-STORE handler only writes the file), ``node``
 (``DicomNode`` with BUNDLE, ONNX Runtime FP32, one thread) and ``listen`` (the ``edgeseg listen``
-command itself in the child, so with its trim after each series; ``--node-trim-every S`` sets its
-rate, ``inf`` turns it off). Each line has the child's CPU seconds and minor page faults too. Loads: ``echo``, ``refused`` (a
+command itself in the child; ``--trim-after-series S`` adds a thread to the child that calls
+``malloc_trim(0)`` once a second when a SEG was written since its last trim, at most once per S
+seconds: the trim after each series weighed in docs/results.md, "Soak", and not kept). Each line has the child's CPU seconds and minor page faults too. Loads: ``echo``, ``refused`` (a
 called AE title the node refuses), ``store`` (the dcmqi series, its own UIDs each time),
 ``mixed`` (in turn: the series with fresh UIDs, the same again, a refused one, an echo).
 
@@ -28,6 +29,7 @@ import argparse
 import ctypes
 import gc
 import json
+import math
 import os
 import re
 import shutil
@@ -78,15 +80,25 @@ def _pymalloc_arenas() -> int:
     return int(found.group(1).replace(",", "")) if found else -1
 
 
+def _trim_after_series(libc, out: Path, every: float) -> None:
+    """Once a second: ``malloc_trim(0)`` if a SEG was written to ``out`` since the last trim (its
+    modification time moved) and ``every`` seconds have passed since it."""
+    trimmed, last = None, -math.inf
+    while True:
+        time.sleep(1)
+        written = out.stat().st_mtime_ns if out.is_dir() else None
+        if written != trimmed and time.monotonic() - last >= every:
+            libc.malloc_trim(0)
+            trimmed, last = written, time.monotonic()
+
+
 def target(kind: str, port: int, work: Path, jsonl: Path, bundle: str, trim: bool, frames: int,
-           windowed: bool = False, trim_every: float = 0.0) -> None:
+           windowed: bool = False, trim_every: float = math.inf) -> None:
     """The child: serve on ``port``; SIGUSR1 appends a line to ``jsonl`` (SIGHUP: one trimmed after
     it), SIGUSR2 starts tracemalloc (``windowed``: stopped after the next line's snapshot)."""
     from edgeseg.serve import malloc_arenas
 
     malloc_arenas.cap_malloc_arenas()
-    if trim_every:
-        malloc_arenas.TRIM_EVERY_S = trim_every
     libc = ctypes.CDLL(None)
     libc.mallinfo2.restype = _MallInfo2
     snapshots = [0]
@@ -112,6 +124,9 @@ def target(kind: str, port: int, work: Path, jsonl: Path, bundle: str, trim: boo
     signal.signal(signal.SIGUSR2, lambda signum, frame: tracemalloc.start(frames))
     if kind == "listen":  # the command, as an operator starts it; it prints its one line when listening
         from edgeseg.cli.main import cli
+
+        if trim_every < math.inf:
+            threading.Thread(target=_trim_after_series, args=(libc, work / "out", trim_every), daemon=True).start()
 
         cli(["listen", bundle, "--port", str(port), "--out", str(work / "out"), "--idle", "1",
              "--backend", "onnxruntime:fp32", "--threads", "1"])
@@ -176,7 +191,8 @@ def main() -> None:
     parser.add_argument("--trace-windows", default="", help="A,B,...: trace from A to A + --trace-length")
     parser.add_argument("--trace-length", type=int, default=100)
     parser.add_argument("--frames", type=int, default=6)
-    parser.add_argument("--node-trim-every", type=float, default=0.0, help="listen: seconds between trims (inf: none)")
+    parser.add_argument("--trim-after-series", type=float, default=math.inf, metavar="S",
+                        help="listen: malloc_trim(0) after a SEG is written, at most once per S seconds")
     parser.add_argument("--jsonl", type=Path, required=True)
     parser.add_argument("--target", nargs=2, metavar=("PORT", "WORK"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -184,7 +200,7 @@ def main() -> None:
         raise SystemExit(f"the {args.kind} target needs BUNDLE")
     if args.target:
         target(args.kind, int(args.target[0]), Path(args.target[1]), args.jsonl, args.bundle, args.trim, args.frames,
-               bool(args.trace_windows), args.node_trim_every)
+               bool(args.trace_windows), args.trim_after_series)
         return
     import pydicom
     from pynetdicom import AE
@@ -196,7 +212,7 @@ def main() -> None:
     child = subprocess.Popen([sys.executable, __file__, args.kind, args.bundle, "--jsonl", str(args.jsonl),
                               "--frames", str(args.frames), "--target", str(port), str(work)]
                              + ["--trim"] * args.trim + ["--trace-windows", args.trace_windows] * bool(args.trace_windows)
-                             + ["--node-trim-every", str(args.node_trim_every)],
+                             + ["--trim-after-series", str(args.trim_after_series)],
                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                              env={**os.environ, "OMP_NUM_THREADS": "1"})
     try:

@@ -2,8 +2,8 @@
 
 Runs ``benchmarks/listen_memory.py listen`` (the command in a child process, the ``mixed`` load:
 in turn a series with fresh UIDs, the same series again, a refused association and an echo) in
-pairs, the trim on (``TRIM_EVERY_S``, edgeseg/serve/malloc_arenas.py) and off (``inf``), the order
-swapped in each pair. From the child's lines after ``--warm`` associations and at the end, both
+pairs, with ``--trim-after-series S`` (``malloc_trim(0)`` once a series' SEG is written, at most
+once per S seconds) and without it, the order swapped in each pair. From the child's lines after ``--warm`` associations and at the end, both
 at rest: its CPU seconds (all threads) and minor page faults per image received, and its RSS at
 the end; the ratio on/off of each pair and their median.
 
@@ -28,7 +28,7 @@ def one_run(bundle: str, trim_every: str, associations: int, warm: int, folder: 
     jsonl = folder / f"run-{trim_every}.jsonl"
     subprocess.run([sys.executable, str(HERE / "listen_memory.py"), "listen", bundle, "--load", "mixed",
                     "--associations", str(associations), "--every", str(warm), "--quiet", "3",
-                    "--node-trim-every", trim_every, "--jsonl", str(jsonl)], check=True, stdout=subprocess.DEVNULL)
+                    "--trim-after-series", trim_every, "--jsonl", str(jsonl)], check=True, stdout=subprocess.DEVNULL)
     lines = [json.loads(line) for line in jsonl.read_text().splitlines()]
     start, end = lines[1], lines[-1]  # after the warm-up, and at the end
     images = (associations - warm) // 4 * IMAGES_PER_ROUND
