@@ -121,35 +121,54 @@ static void *work(void *arg) {
     return NULL;
 }
 
-static int threads_case(char **argv) {
-    int n = atoi(argv[2]), calls = atoi(argv[3]), rows = atoi(argv[8]), cols = atoi(argv[9]);
-    if (n < 1 || n > 16) return 64;
-    int16_t *hu = read_raw(argv[10], (size_t)rows * cols);
-    es_error err = {0, ""};
-    es_segmenter *seg = hu ? es_open(argv[7], "fp32", 0, &err) : NULL;
-    if (!seg) {
-        printf("open\t%d\t%s\n", err.code, err.message);
-        free(hu);
-        return 0;
-    }
-    pthread_key_create(&seen_key, NULL);
-    es_set_warning_callback(seg, count_warning, NULL, &err);
+/* What the "threads" and "swap" cases share: a segmenter, one slice, N workers and their threads. */
+typedef struct {
+    es_segmenter *seg;
+    int16_t *hu;
+    int n;
     worker workers[16];
     pthread_t ids[16];
-    for (int i = 0; i < n; i++) {
-        double inside = 192.0 / cols;
-        workers[i] = (worker){seg, hu, rows, cols, calls, {strtod(argv[4], NULL), inside, inside}, 0, 0};
-        if (i % 2) {
-            workers[i].spacing[1] = strtod(argv[5], NULL);
-            workers[i].spacing[2] = strtod(argv[6], NULL);
-        }
-        pthread_create(&ids[i], NULL, work, &workers[i]);
+} shared;
+
+/* Open the segmenter and read the slice of argv (see the top); 0, or -1 (reported) where either fails. */
+static int open_shared(char **argv, shared *s) {
+    int rows = atoi(argv[8]), cols = atoi(argv[9]);
+    s->n = atoi(argv[2]);
+    s->hu = s->n >= 1 && s->n <= 16 ? read_raw(argv[10], (size_t)rows * cols) : NULL;
+    es_error err = {0, ""};
+    s->seg = s->hu ? es_open(argv[7], "fp32", 0, &err) : NULL;
+    if (s->seg) return 0;
+    printf("open\t%d\t%s\n", err.code, err.message);
+    free(s->hu);
+    return -1;
+}
+
+/* Start the workers on `run`: the odd-numbered at (Z, Y, X), the even inside the training FOV. */
+static void start_workers(char **argv, shared *s, void *(*run)(void *)) {
+    int rows = atoi(argv[8]), cols = atoi(argv[9]);
+    pthread_key_create(&seen_key, NULL);
+    for (int i = 0; i < s->n; i++) {
+        double inside = 192.0 / cols, y = i % 2 ? strtod(argv[5], NULL) : inside, x = i % 2 ? strtod(argv[6], NULL) : inside;
+        s->workers[i] = (worker){s->seg, s->hu, rows, cols, atoi(argv[3]), {strtod(argv[4], NULL), y, x}, 0, 0};
+        pthread_create(&s->ids[i], NULL, run, &s->workers[i]);
     }
-    for (int i = 0; i < n; i++) pthread_join(ids[i], NULL);
-    for (int i = 0; i < n; i++) printf("thread\t%d\t%d\t%d\n", i, workers[i].seen, workers[i].failed);
-    es_close(seg);
+}
+
+static void close_shared(shared *s) {
+    for (int i = 0; i < s->n; i++) pthread_join(s->ids[i], NULL);
+    es_close(s->seg);
     pthread_key_delete(seen_key);
-    free(hu);
+    free(s->hu);
+}
+
+static int threads_case(char **argv) {
+    shared s;
+    es_error err;
+    if (open_shared(argv, &s)) return 0;
+    es_set_warning_callback(s.seg, count_warning, NULL, &err);
+    start_workers(argv, &s, work);
+    close_shared(&s); /* joins the workers */
+    for (int i = 0; i < s.n; i++) printf("thread\t%d\t%d\t%d\n", i, s.workers[i].seen, s.workers[i].failed);
     return 0;
 }
 
@@ -176,49 +195,30 @@ static void *work_then_finish(void *arg) {
 }
 
 static int swap_case(char **argv) {
-    int n = atoi(argv[2]), calls = atoi(argv[3]), rows = atoi(argv[8]), cols = atoi(argv[9]);
-    if (n < 1 || n > 16) return 64;
-    int16_t *hu = read_raw(argv[10], (size_t)rows * cols);
-    es_error err = {0, ""};
-    es_segmenter *seg = hu ? es_open(argv[7], "fp32", 0, &err) : NULL;
+    shared s;
+    es_error err;
+    if (open_shared(argv, &s)) return 0;
     listener *now = calloc(1, sizeof *now);
-    if (!seg || !now) {
-        printf("open\t%d\t%s\n", err.code, err.message);
-        free(hu);
-        free(now);
-        es_close(seg);
-        return 0;
-    }
-    now->seg = seg;
-    pthread_key_create(&seen_key, NULL); /* work() sets it */
-    es_set_warning_callback(seg, listen_warning, now, &err);
-    worker workers[16];
-    pthread_t ids[16];
-    for (int i = 0; i < n; i++) {
-        double y = i % 2 ? strtod(argv[5], NULL) : 192.0 / cols, x = i % 2 ? strtod(argv[6], NULL) : 192.0 / cols;
-        workers[i] = (worker){seg, hu, rows, cols, calls, {strtod(argv[4], NULL), y, x}, 0, 0};
-        pthread_create(&ids[i], NULL, work_then_finish, &workers[i]);
-    }
+    if (!now) return 65;
+    now->seg = s.seg;
+    es_set_warning_callback(s.seg, listen_warning, now, &err);
+    start_workers(argv, &s, work_then_finish);
     int heard = 0, stale = 0, failed = 0;
-    while (__atomic_load_n(&finished, __ATOMIC_SEQ_CST) < n) {
+    while (__atomic_load_n(&finished, __ATOMIC_SEQ_CST) < s.n) {
         listener *next = calloc(1, sizeof *next), *old = now;
         if (!next) break;
-        next->seg = seg;
-        es_set_warning_callback(seg, listen_warning, next, &err);
+        next->seg = s.seg;
+        es_set_warning_callback(s.seg, listen_warning, next, &err);
         heard += old->heard, stale += old->stale;
         free(old); /* no callback runs with it any more */
         now = next;
         sched_yield();
     }
-    for (int i = 0; i < n; i++) pthread_join(ids[i], NULL);
-    es_set_warning_callback(seg, NULL, NULL, &err);
+    close_shared(&s); /* joins the workers */
+    for (int i = 0; i < s.n; i++) failed += s.workers[i].failed;
     heard += now->heard, stale += now->stale;
     free(now);
-    for (int i = 0; i < n; i++) failed += workers[i].failed;
     printf("swap\t%d\t%d\t%d\n", heard, stale, failed);
-    es_close(seg);
-    pthread_key_delete(seen_key);
-    free(hu);
     return 0;
 }
 
