@@ -146,7 +146,11 @@ typedef enum {
     ES_WARN_FIELD_OF_VIEW = 1
 } es_warning_code;
 
-#define ES_MAX_WARNINGS 8 /* the most warnings one call gives (later ones are dropped) */
+/* The most warnings one call gives (later ones are dropped). Compiled into applications (as the size
+ * of their es_warning arrays), so 8 is fixed for ES_WARNINGS_VERSION 1 and this soname
+ * (libedgeseg.so): a later library never gives more. Still loop over min(n, capacity) of what
+ * es_last_warnings returns, never over n alone. */
+#define ES_MAX_WARNINGS 8
 
 typedef struct {
     int code;                      /* an es_warning_code */
@@ -155,19 +159,24 @@ typedef struct {
 
 /* Called once per warning of a segment call, on the thread that made the call, before the call
  * returns (also when it then fails). It may call any function on the segmenter but es_close (a
- * model run of another thread goes on meanwhile); callbacks of calls on other threads wait for it,
- * so keep it short. `message` lives until the callback returns: copy what you keep. */
+ * model run of another thread goes on meanwhile); es_last_warnings inside it gives this call's
+ * warnings, unless the callback itself made a segment call since. Other threads' segment calls on
+ * the segmenter wait for it at their end, and es_set_warning_callback waits for it, so keep it
+ * short. `message` lives until the callback returns: copy what you keep. */
 typedef void (*es_warning_fn)(void *user, int code, const char *message);
 
 /* Give the warnings of later segment calls on `seg` to `fn(user, code, message)`; NULL stops them.
  * `user` is passed through untouched (libedgeseg never frees it). May be called while other threads
  * segment: a call in progress gives its warnings to the callback set when it finishes. Returns once
- * no call of the callback it replaces runs on another thread, so the old `user` may be freed then.
+ * no call of the callback it replaces runs on another thread, so the old `user` may be freed then:
+ * it blocks while a callback runs on another thread, so do not call it holding a lock that the
+ * callback takes (a deadlock). Called from inside the callback, it does not wait for that call.
  * ES_EINVAL for a NULL segmenter. */
 ES_API int es_set_warning_callback(es_segmenter *seg, es_warning_fn fn, void *user, es_error *err);
 
 /* The warnings of the segment call on `seg` that finished last (from any thread; a refused call
- * counts too, and gives the warnings found before its refusal): copies up to `capacity` of them to
+ * counts too, whatever it was refused for, and gives the warnings found before its refusal, so a
+ * refusal after a warned call gives 0): copies up to `capacity` of them to
  * `out` (caller-owned; NULL with 0 asks for the number only) and returns how many that call gave,
  * 0..ES_MAX_WARNINGS; 0 before any call and for a NULL segmenter. Where threads share a segmenter,
  * "the last call" is whichever finished last: use the callback, which runs on the calling thread,

@@ -185,12 +185,14 @@ static int segment_checked(es_segmenter *seg, const void *hu, es_dtype dtype, co
     return rc ? rc : es_succeed(err);
 }
 
-/* A segment call: its checks and work, then its warnings to the channel, whatever the outcome. */
+/* A segment call: its checks and work, then its warnings to the channel, whatever the outcome (a
+ * refusal too: es_last_warnings never gives an earlier call's). `spaced`: es_segment_volume_spaced. */
 static int segment(es_segmenter *seg, const void *hu, es_dtype dtype, const es_hu_layout *in, const double *spacing,
-                   uint8_t *labels, es_error *err) {
+                   int spaced, uint8_t *labels, es_error *err) {
     if (!seg) return es_fail(err, ES_EINVAL, "segmenter is NULL");
     es_warning_list warnings = {0};
-    int rc = segment_checked(seg, hu, dtype, in, spacing, labels, &warnings, err);
+    int rc = spaced && !spacing ? es_fail(err, ES_EINVAL, "spacing is NULL")
+                                : segment_checked(seg, hu, dtype, in, spacing, labels, &warnings, err);
     es_channel_deliver(&seg->warnings, &warnings);
     return rc;
 }
@@ -200,21 +202,20 @@ int es_segment_slice(es_segmenter *seg, const void *hu, es_dtype dtype, int rows
     /* The slice stride is never used for one slice; computed only where it cannot overflow. */
     int sane = rows >= 1 && rows <= ES_MAX_SIDE && row_stride >= 1 && row_stride <= PTRDIFF_MAX / ES_MAX_SIDE;
     es_hu_layout in = {1, rows, cols, row_stride, sane ? (ptrdiff_t)rows * row_stride : 0, 0};
-    return segment(seg, hu, dtype, &in, NULL, labels, err);
+    return segment(seg, hu, dtype, &in, NULL, 0, labels, err);
 }
 
 int es_segment_volume(es_segmenter *seg, const void *hu, es_dtype dtype, int slices, int rows, int cols,
                       ptrdiff_t row_stride, ptrdiff_t slice_stride, uint8_t *labels, es_error *err) {
     es_hu_layout in = {slices, rows, cols, row_stride, slice_stride, 1};
-    return segment(seg, hu, dtype, &in, NULL, labels, err);
+    return segment(seg, hu, dtype, &in, NULL, 0, labels, err);
 }
 
 int es_segment_volume_spaced(es_segmenter *seg, const void *hu, es_dtype dtype, int slices, int rows, int cols,
                              ptrdiff_t row_stride, ptrdiff_t slice_stride, const double spacing[3], uint8_t *labels,
                              es_error *err) {
-    if (!spacing) return es_fail(err, ES_EINVAL, "spacing is NULL");
     es_hu_layout in = {slices, rows, cols, row_stride, slice_stride, 1};
-    return segment(seg, hu, dtype, &in, spacing, labels, err);
+    return segment(seg, hu, dtype, &in, spacing, 1, labels, err);
 }
 
 int es_set_tta(es_segmenter *seg, const char *mode, es_error *err) {

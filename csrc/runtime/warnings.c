@@ -39,13 +39,14 @@ void es_channel_set(es_warning_channel *channel, es_warning_fn fn, void *user) {
 }
 
 void es_channel_deliver(es_warning_channel *channel, const es_warning_list *list) {
+    /* `calling` first, so that no other thread's call replaces this list while the callback runs:
+     * es_last_warnings inside it gives this call's list (unless the callback segments again). */
+    pthread_mutex_lock(&channel->calling);
     pthread_mutex_lock(&channel->lock);
     channel->last.count = list->count;
     memcpy(channel->last.items, list->items, (size_t)list->count * sizeof list->items[0]);
     pthread_mutex_unlock(&channel->lock);
-    if (!list->count) return;
     /* `lock` is free: the callback may call es_last_warnings, or segment again on this thread */
-    pthread_mutex_lock(&channel->calling);
     for (int i = 0; channel->fn && i < list->count; i++)
         channel->fn(channel->user, list->items[i].code, list->items[i].message);
     pthread_mutex_unlock(&channel->calling);

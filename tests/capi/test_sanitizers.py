@@ -165,7 +165,8 @@ def test_reading_parity_reports_is_clean(asan_checks, bundle, tmp_path):
 
 def test_the_warning_channel_is_clean(asan_sdk, build_tools, bundle, phantom_hu, tmp_path, monkeypatch):
     """warning_checks (tests/capi/test_warnings.py) under the sanitizers: callbacks, es_last_warnings
-    and threads sharing a segmenter that warns on every other thread's calls."""
+    and threads sharing a segmenter that warns on every other thread's calls, with and without
+    callbacks swapped meanwhile."""
     monkeypatch.delenv("EDGESEG_FOV_CHECK", raising=False)
     program = build_tools.compile(asan_sdk, HERE / "warning_checks.c", tmp_path / "warning_checks",
                                   extra=(*build_tools.san_flags.split(), "-DES_DLOPEN_SHIM", "-ldl", "-pthread"))
@@ -173,7 +174,9 @@ def test_the_warning_channel_is_clean(asan_sdk, build_tools, bundle, phantom_hu,
     outside = (2.5, 2.88, 2.88)  # 3 x the test bundle's training field of view
     cases = {"callback\t1\t1\tvolume: field of view 576 mm": ["calls", *outside, bundle, "fp32", *phantom_hu.shape,
                                                                  tmp_path / "hu.raw", tmp_path / "labels.raw"],
-             "thread\t1\t2\t0": ["threads", 3, 2, *outside, bundle, *phantom_hu.shape[1:], tmp_path / "hu.raw"]}
+             "thread\t1\t2\t0": ["threads", 3, 2, *outside, bundle, *phantom_hu.shape[1:], tmp_path / "hu.raw"],
+             # the callback's `user` freed after each es_set_warning_callback while threads warn
+             "swap\t4\t0\t0": ["swap", 4, 2, *outside, bundle, *phantom_hu.shape[1:], tmp_path / "hu.raw"]}
     for heard, args in cases.items():
         result = run_sanitized(program, *args)
         assert result.returncode == 0, result.stderr[-4000:]
