@@ -122,12 +122,25 @@ def _two_stacks(ds):
 ], ids=["no-plane-position", "two-stacks"])
 def test_an_enhanced_ct_the_reader_refuses_is_refused_as_it_arrives(running_node, tmp_path, caplog, change, reason):
     """A malformed Enhanced CT is refused at its C-STORE with 0xA900, the reader's reason in the
-    Error Comment and in one log line, nothing stored; as a malformed slice is."""
+    Error Comment and in one log line, counted refused in the audit log's association line,
+    nothing stored; as a malformed slice is."""
+    import json
+
+    from edgeseg.serve.audit import AuditLog
+
     caplog.set_level(logging.WARNING, logger="edgeseg.listen")
     source = _enhanced(tmp_path / "bad.dcm", change=change)
-    with running_node() as node:
-        sent = _storescu(node.port, [source])
-        stored = list(node.work.rglob("*.dcm"))
+    audit = AuditLog(tmp_path / "audit.jsonl")
+    try:
+        with running_node(audit=audit) as node:
+            sent = _storescu(node.port, [source])
+            stored = list(node.work.rglob("*.dcm"))
+            assert _wait_for(lambda: "association" in (tmp_path / "audit.jsonl").read_text())
+    finally:
+        audit.close()
+    [association] = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()
+                     if json.loads(line)["event"] == "association"]
+    assert (association["stored"], association["refused"], association["outcome"]) == (0, 1, "released"), association
     [status] = _statuses(sent)
     assert status.startswith("0xa900"), status
     [comment] = [line for line in sent.stderr.splitlines() if "(0000,0902)" in line]
