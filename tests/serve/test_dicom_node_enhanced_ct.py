@@ -238,30 +238,18 @@ def test_an_enhanced_ct_received_while_its_series_of_slices_is_segmented_makes_a
     the slices' SEG was made their images were moved to it, and its series failed when read. The
     two forms are now kept apart: the Enhanced CT makes a SEG of its own, of its frames, in a SEG
     series of its own (logged), and nothing fails."""
-    import threading
-
+    from tests.serve.test_dicom_node_late_images import model_held
     from tests.serve.test_dicom_node_slow_series import _running
 
     caplog.set_level(logging.WARNING, logger="edgeseg.listen")
     files = sorted(SERIES.glob("*.dcm"))
     uid = str(pydicom.dcmread(files[0], stop_before_pixels=True).SeriesInstanceUID)
     source = _enhanced(tmp_path / "e.dcm", change=lambda ds: setattr(ds, "SeriesInstanceUID", uid))
-    entered, release = threading.Event(), threading.Event()
     with _running(serve_bundle, tmp_path, free_port, wait_port) as node:
-        predict = node.segmenter.predict_volume
-
-        def held_predict(volume):
-            entered.set()
-            release.wait(120)
-            return predict(volume)
-
-        node.segmenter.predict_volume = held_predict
-        try:
+        with model_held(node) as entered:
             assert _storescu(node.port, files).returncode == 0
             assert entered.wait(60), node.stats  # the slices are being segmented
             assert _storescu(node.port, [source]).returncode == 0  # held apart
-        finally:
-            release.set()
         assert _wait_for(lambda: len(node.stats.segmented) + len(node.stats.failed) == 2, 60), node.stats
     assert node.stats.failed == [] and node.stats.segmented == [uid, uid]
     first, second = (pydicom.dcmread(tmp_path / "out" / name) for name in (f"{uid}.seg.dcm", f"{uid}-2.seg.dcm"))
