@@ -222,6 +222,25 @@ def test_enhanced_ct_is_negotiated_in_the_compressed_syntaxes_decoded_here(runni
     assert accepted == sorted(ENHANCED_CT_CLASSES)
 
 
+def test_an_enhanced_ct_proposed_in_a_syntax_not_decoded_here_is_logged(running_node, caplog):
+    """A peer proposing Enhanced CT in MPEG2 alone has that context rejected, and the node's log
+    names the peer and the syntax (it named CT Image Storage contexts only)."""
+    caplog.set_level(logging.WARNING, logger="edgeseg.listen")
+    ae = pynetdicom.AE(ae_title="CT")
+    ae.add_requested_context(LEGACY_CONVERTED, ["1.2.840.10008.1.2.4.100"])
+    ae.add_requested_context(pynetdicom.sop_class.Verification)
+    with running_node() as node:
+        assoc = ae.associate("127.0.0.1", node.port, ae_title="EDGESEG")
+        try:
+            accepted = [str(cx.abstract_syntax) for cx in assoc.accepted_contexts]
+        finally:
+            assoc.release()
+        assert _wait_for(lambda: "proposed CT images" in caplog.text, 10)
+    assert LEGACY_CONVERTED not in accepted
+    [line] = [r.getMessage() for r in caplog.records if "proposed CT images" in r.getMessage()]
+    assert line.startswith("CT (127.0.0.1:") and "MPEG2" in line, line
+
+
 def test_the_intake_names_the_readers_enhanced_ct_classes():
     """The node's list of Enhanced CT classes is the reader's (named apart to keep pydicom out of
     the node's imports)."""
