@@ -9,10 +9,12 @@
  * the Python runtime's, voxel for voxel, for the same artifact.
  *
  * Errors: every call that can fail returns an es_code (ES_OK = 0) and, when `err` is not NULL,
- * fills it with the code and one line naming the problem. libedgeseg never aborts or prints;
- * OpenVINO, in the same process, may print to stderr when its ONNX frontend refuses the artifact
- * (it tries its other frontends), and an AddressSanitizer build dies in es_open unless dlopen drops
- * RTLD_DEEPBIND (TBB loads libtbbbind with it): docs/c-api.md has both and the workaround.
+ * fills it with the code and one line naming the problem. libedgeseg never aborts or prints (a
+ * warning about input it still segments comes through es_set_warning_callback and
+ * es_last_warnings, below); OpenVINO, in the same process, may print to stderr when its ONNX
+ * frontend refuses the artifact (it tries its other frontends), and an AddressSanitizer build dies
+ * in es_open unless dlopen drops RTLD_DEEPBIND (TBB loads libtbbbind with it): docs/c-api.md has
+ * both and the workaround.
  *
  * Threads: an es_segmenter may be shared by threads; its segment calls take turns (one input
  * buffer and one OpenVINO infer request per segmenter). Open one segmenter per thread to run
@@ -129,6 +131,58 @@ ES_API const char *es_artifact(const es_segmenter *seg);
  * segmenter. A later ES_PROVENANCE_VERSION adds keys; it never changes what a key means. */
 #define ES_PROVENANCE_VERSION 1
 ES_API const char *es_provenance(const es_segmenter *seg, const char *key);
+
+/* Warnings: what a segment call still segments but the caller should know, where the Python
+ * runtime (edgeseg.runtime.Segmenter) logs a warning; each has a code and that warning's text, one
+ * line of UTF-8 of at most ES_MESSAGE_SIZE - 1 bytes. libedgeseg prints nothing: a warning reaches
+ * the application through the callback and es_last_warnings below, never through es_error, and
+ * the call still returns ES_OK. ES_WARNINGS_VERSION 1 has one code; a later version adds codes and
+ * never changes what one means (treat an unknown code as a warning all the same). */
+#define ES_WARNINGS_VERSION 1
+typedef enum {
+    /* es_segment_volume_spaced: the volume's field of view (rows x row spacing, the longer side)
+     * lies outside the bundle's training_fov by more than a factor 1.25, and EDGESEG_FOV_CHECK is
+     * unset or "warn" ("refuse" refuses the call instead, "off" says nothing). */
+    ES_WARN_FIELD_OF_VIEW = 1
+} es_warning_code;
+
+/* The most warnings one call gives (later ones are dropped). Compiled into applications (as the size
+ * of their es_warning arrays), so 8 is fixed for ES_WARNINGS_VERSION 1 and this soname
+ * (libedgeseg.so): a later library never gives more. Still loop over min(n, capacity) of what
+ * es_last_warnings returns, never over n alone. */
+#define ES_MAX_WARNINGS 8
+
+typedef struct {
+    int code;                      /* an es_warning_code */
+    char message[ES_MESSAGE_SIZE]; /* one line, NUL-terminated, as es_error's */
+} es_warning;
+
+/* Called once per warning of a segment call, on the thread that made the call, before the call
+ * returns (also when it then fails). It may call any function on the segmenter but es_close (a
+ * model run of another thread goes on meanwhile); es_last_warnings inside it gives this call's
+ * warnings, unless the callback itself made a segment call since. Other threads' segment calls on
+ * the segmenter wait for it at their end, and es_set_warning_callback waits for it, so keep it
+ * short. `message` lives until the callback returns: copy what you keep. */
+typedef void (*es_warning_fn)(void *user, int code, const char *message);
+
+/* Give the warnings of later segment calls on `seg` to `fn(user, code, message)`; NULL stops them.
+ * `user` is passed through untouched (libedgeseg never frees it). May be called while other threads
+ * segment: a call in progress gives its warnings to the callback set when it finishes. Returns once
+ * no call of the callback it replaces runs on another thread, so the old `user` may be freed then:
+ * it blocks while a callback runs on another thread, so do not call it holding a lock that the
+ * callback takes (a deadlock). Called from inside the callback, it does not wait for that call.
+ * ES_EINVAL for a NULL segmenter. */
+ES_API int es_set_warning_callback(es_segmenter *seg, es_warning_fn fn, void *user, es_error *err);
+
+/* The warnings of the segment call on `seg` that finished last (from any thread; a refused call
+ * counts too, whatever it was refused for, and gives the warnings found before its refusal, so a
+ * refusal after a warned call gives 0): copies up to `capacity` of them to
+ * `out` (caller-owned; NULL with 0 asks for the number only) and returns how many that call gave,
+ * 0..ES_MAX_WARNINGS; 0 before any call and for a NULL segmenter. Where threads share a segmenter,
+ * "the last call" is whichever finished last: use the callback, which runs on the calling thread,
+ * to tie warnings to results. Each call gives its warnings again (the Python runtime logs each text
+ * once per segmenter), so they can be stored with every result they concern. */
+ES_API int es_last_warnings(es_segmenter *seg, es_warning *out, int capacity);
 
 /* Release everything es_open allocated; NULL is accepted. As with free(), the handle is gone
  * afterwards: a second es_close of it, or any other call with it, is undefined (the memory may

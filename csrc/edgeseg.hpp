@@ -4,12 +4,16 @@
 //   std::vector<uint8_t> mask = seg.segment_slice(pixels.data(), rows, cols);
 //
 // Header-only; link against libedgeseg. A Segmenter is movable, not copyable; its segment calls
-// may come from several threads (they take turns, see edgeseg.h).
+// may come from several threads (they take turns, see edgeseg.h). Warnings (input it segments but
+// the caller should know of, see es_warning_code): seg.on_warning(handler) or seg.last_warnings().
 #ifndef EDGESEG_HPP
 #define EDGESEG_HPP
 
 #include <cstddef>
 #include <cstdint>
+#include <exception>
+#include <functional>
+#include <memory>
 #include <new>
 #include <stdexcept>
 #include <string>
@@ -30,9 +34,74 @@ class Error : public std::runtime_error {
     int code_;
 };
 
+// A warning of a segment call (es_warning): an es_warning_code and its one-line text.
+struct Warning {
+    int code;
+    std::string message;
+};
+
+using WarningHandler = std::function<void(const Warning &)>;
+
 namespace detail {
 inline void check(int rc, const es_error &err) {
     if (rc != ES_OK) throw Error(rc, err.message[0] ? err.message : es_code_message(rc));
+}
+
+// A thread's part in the warning handlers: what a handler threw, held while the C library unwinds
+// its own frames (an exception must not cross them) until the wrapper segment call that gave the
+// warning rethrows it; how deep in handlers the thread runs; and the handlers that on_warning
+// replaced from inside a handler, destroyed once the thread runs no handler (the one replaced may
+// be the one running).
+struct thread_state {
+    std::exception_ptr pending;
+    int handlers = 0;   // handler calls running on this thread, one inside another
+    int call_depth = -1; // `handlers` where the innermost wrapper segment call began; -1: none
+    std::vector<std::unique_ptr<WarningHandler>> retired;
+};
+
+inline thread_state &state() {
+    thread_local thread_state here;
+    return here;
+}
+
+// Held by each wrapper segment call: the handlers of its own warnings throw into it alone. What an
+// enclosing call (on this thread) holds is set aside on entry and given back on exit.
+class call_scope {
+  public:
+    call_scope() : saved_(std::exchange(state().pending, nullptr)), depth_(std::exchange(state().call_depth, state().handlers)) {}
+    ~call_scope() {
+        state().pending = saved_;
+        state().call_depth = depth_;
+    }
+    call_scope(const call_scope &) = delete;
+    call_scope &operator=(const call_scope &) = delete;
+
+  private:
+    std::exception_ptr saved_;
+    int depth_;
+};
+
+// The C callback of every handler. A warning of a wrapper segment call: the first exception its
+// handlers throw is held for that call and later warnings of the call skip the handler. A warning
+// of a C call made on get() directly (no wrapper call to rethrow it): what the handler throws is
+// dropped, and the next warning still reaches it.
+inline void call_handler(void *user, int code, const char *message) noexcept {
+    thread_state &here = state();
+    const bool owned = here.call_depth == here.handlers;
+    if (owned && here.pending) return; // one exception per call: the first
+    here.handlers++;
+    try {
+        (*static_cast<WarningHandler *>(user))(Warning{code, message});
+    } catch (...) {
+        if (owned) here.pending = std::current_exception();
+    }
+    if (--here.handlers == 0) here.retired.clear();
+}
+
+// check() of a segment call, after rethrowing what a warning handler threw during it.
+inline void check_segment(int rc, const es_error &err) {
+    if (std::exception_ptr thrown = std::exchange(state().pending, nullptr)) std::rethrow_exception(thrown);
+    check(rc, err);
 }
 
 // A string for the C API, refused where a NUL inside would silently cut it ("bundle\0x" would
@@ -67,11 +136,13 @@ class Segmenter {
     ~Segmenter() { es_close(seg_); }
     Segmenter(const Segmenter &) = delete;
     Segmenter &operator=(const Segmenter &) = delete;
-    Segmenter(Segmenter &&other) noexcept : seg_(std::exchange(other.seg_, nullptr)) {}
+    Segmenter(Segmenter &&other) noexcept
+        : seg_(std::exchange(other.seg_, nullptr)), handler_(std::move(other.handler_)) {}
     Segmenter &operator=(Segmenter &&other) noexcept {
         if (this != &other) {
             es_close(seg_);
             seg_ = std::exchange(other.seg_, nullptr);
+            handler_ = std::move(other.handler_); // the C callback holds its address, which moves with it
         }
         return *this;
     }
@@ -80,8 +151,9 @@ class Segmenter {
     template <typename T>
     std::vector<uint8_t> segment_slice(const T *hu, int rows, int cols, std::ptrdiff_t row_stride = 0) const {
         std::vector<uint8_t> labels = label_buffer<T>(1, rows, cols, "slice");
+        detail::call_scope scope;
         es_error err{};
-        detail::check(es_segment_slice(seg_, hu, detail::dtype_of<T>::value, rows, cols, row_stride ? row_stride : cols,
+        detail::check_segment(es_segment_slice(seg_, hu, detail::dtype_of<T>::value, rows, cols, row_stride ? row_stride : cols,
                                        labels.data(), &err),
                       err);
         return labels;
@@ -90,8 +162,9 @@ class Segmenter {
     // `slices` contiguous (rows, cols) slices -> slices*rows*cols labels.
     template <typename T> std::vector<uint8_t> segment_volume(const T *hu, int slices, int rows, int cols) const {
         std::vector<uint8_t> labels = label_buffer<T>(slices, rows, cols, "volume");
+        detail::call_scope scope;
         es_error err{};
-        detail::check(es_segment_volume(seg_, hu, detail::dtype_of<T>::value, slices, rows, cols, cols,
+        detail::check_segment(es_segment_volume(seg_, hu, detail::dtype_of<T>::value, slices, rows, cols, cols,
                                         static_cast<std::ptrdiff_t>(rows) * cols, labels.data(), &err),
                       err);
         return labels;
@@ -102,8 +175,9 @@ class Segmenter {
     template <typename T>
     std::vector<uint8_t> segment_volume(const T *hu, int slices, int rows, int cols, const double (&spacing)[3]) const {
         std::vector<uint8_t> labels = label_buffer<T>(slices, rows, cols, "volume");
+        detail::call_scope scope;
         es_error err{};
-        detail::check(es_segment_volume_spaced(seg_, hu, detail::dtype_of<T>::value, slices, rows, cols, cols,
+        detail::check_segment(es_segment_volume_spaced(seg_, hu, detail::dtype_of<T>::value, slices, rows, cols, cols,
                                                static_cast<std::ptrdiff_t>(rows) * cols, spacing, labels.data(),
                                                &err),
                       err);
@@ -114,6 +188,33 @@ class Segmenter {
     void set_tta(const std::string &mode) {
         es_error err{};
         detail::check(es_set_tta(seg_, detail::c_string(mode, "mode"), &err), err);
+    }
+
+    // Call `handler` for each warning of later segment calls, on the thread making the call, before
+    // it returns (es_set_warning_callback); an empty handler stops them. Once this returns, the
+    // handler it replaced runs on no other thread and is destroyed (called from inside a handler,
+    // once this thread's handlers have returned). What the handler throws comes out of the wrapper
+    // segment call that gave the warning, after that call has written its labels; during a C call
+    // made on get() it is dropped. Blocks while a handler runs on another thread: do not call it
+    // holding a lock the handler takes.
+    void on_warning(WarningHandler handler) {
+        std::unique_ptr<WarningHandler> next = handler ? std::make_unique<WarningHandler>(std::move(handler)) : nullptr;
+        detail::thread_state &here = detail::state();
+        if (here.handlers) here.retired.reserve(here.retired.size() + 1); // no allocation once the C side holds `next`
+        es_error err{};
+        detail::check(es_set_warning_callback(seg_, next ? detail::call_handler : nullptr, next.get(), &err), err);
+        std::unique_ptr<WarningHandler> old = std::exchange(handler_, std::move(next));
+        if (old && here.handlers) here.retired.push_back(std::move(old)); // it may be the handler running
+    }
+
+    // The warnings of the segment call that finished last on this segmenter, from any thread
+    // (es_last_warnings); where threads share it, on_warning ties warnings to their call.
+    std::vector<Warning> last_warnings() const {
+        es_warning found[ES_MAX_WARNINGS];
+        int count = es_last_warnings(seg_, found, ES_MAX_WARNINGS);
+        std::vector<Warning> warnings;
+        for (int i = 0; i < count && i < ES_MAX_WARNINGS; i++) warnings.push_back(Warning{found[i].code, found[i].message});
+        return warnings;
     }
 
     // Class names by class number.
@@ -160,6 +261,7 @@ class Segmenter {
     }
 
     es_segmenter *seg_ = nullptr;
+    std::unique_ptr<WarningHandler> handler_; // es_set_warning_callback's `user`
 };
 
 inline std::string version() { return es_version(); }

@@ -1,9 +1,15 @@
 /* Status reporting of libedgeseg: codes, one-line messages, version. */
+#ifndef _POSIX_C_SOURCE
+#define _POSIX_C_SOURCE 200809L /* newlocale, uselocale */
+#endif
+#include <locale.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "es_c_numbers.h"
 #include "es_runtime.h"
 
 /* Bytes of a too-long message kept before the " ... " (the rest of the room goes to its end). */
@@ -33,15 +39,48 @@ static void shorten_into(char *message, size_t size, const char *full, size_t le
     memcpy(message + head + sizeof gap - 1, full + tail, len - tail + 1);
 }
 
+/* The "C" locale's numbers for every message and every JSON text: an application that called
+ * setlocale(LC_ALL, "") under a comma-decimal LC_NUMERIC would otherwise read "2,88 mm" where
+ * Python writes "2.88 mm", and cJSON's strtod would stop at the "." of a manifest's "0.5".
+ * Made once, never freed (a locale_t is shared by every thread that uses it). */
+static locale_t c_numbers;
+static pthread_once_t c_numbers_once = PTHREAD_ONCE_INIT;
+
+static void make_c_numbers(void) { c_numbers = newlocale(LC_ALL_MASK, "C", (locale_t)0); }
+
+locale_t es_c_numbers_use(void) {
+    pthread_once(&c_numbers_once, make_c_numbers);
+    return c_numbers ? uselocale(c_numbers) : (locale_t)0; /* without one: the thread's own */
+}
+
+void es_c_numbers_restore(locale_t before) {
+    if (before) uselocale(before);
+}
+
+int es_vformat(char *buf, size_t size, const char *fmt, va_list args) {
+    locale_t before = es_c_numbers_use();
+    int len = vsnprintf(buf, size, fmt, args);
+    es_c_numbers_restore(before);
+    return len;
+}
+
+int es_format(char *buf, size_t size, const char *fmt, ...) {
+    va_list args;
+    va_start(args, fmt);
+    int len = es_vformat(buf, size, fmt, args);
+    va_end(args);
+    return len;
+}
+
 int es_fail(es_error *err, int code, const char *fmt, ...) {
     if (err) {
         va_list args, again;
         va_start(args, fmt);
         va_copy(again, args);
         err->code = code;
-        int len = vsnprintf(err->message, sizeof err->message, fmt, args);
+        int len = es_vformat(err->message, sizeof err->message, fmt, args);
         char *full = len >= (int)sizeof err->message ? malloc((size_t)len + 1) : NULL;
-        if (full && vsnprintf(full, (size_t)len + 1, fmt, again) == len)
+        if (full && es_vformat(full, (size_t)len + 1, fmt, again) == len)
             shorten_into(err->message, sizeof err->message, full, (size_t)len);
         free(full); /* without memory for it, the message stays cut at its end */
         va_end(again);

@@ -2,6 +2,7 @@
 #ifndef ES_RUNTIME_H
 #define ES_RUNTIME_H
 
+#include <stdarg.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdint.h>
@@ -98,6 +99,11 @@ int es_json_mark_fractions(struct cJSON *root, const char *json);
 /* A JSON integer (not 8.0, not true) of magnitude at most 1e15, where a double is exact. */
 int es_json_is_integer(const struct cJSON *item);
 
+/* cJSON_ParseWithOpts(text, end, 1) and cJSON_PrintUnformatted with "." decimals whatever the
+ * application's LC_NUMERIC (json_keys.c). */
+struct cJSON *es_json_parse(const char *text, const char **end);
+char *es_json_print(const struct cJSON *item);
+
 /* auto_skips.c: why "auto" must not run the (checked) artifact entry `a` on OpenVINO's CPU plugin
  * here, written to `why` of `n` bytes: 1, or 0 where it may run it. `record`: es_parity_record's,
  * read where `a` has no "scored" (NULL: none counts). */
@@ -164,7 +170,16 @@ int es_sha256_file(FILE *fh, char hex[65]);
  * OpenVINO's "Exception from FILE:LINE:" location lines (the cause comes after them). */
 void es_one_line(const char *detail, char *line, size_t size);
 
-/* Fill `err` (if not NULL) with `code` and a printf-formatted message; returns `code`. */
+/* vsnprintf / snprintf in the "C" locale's numbers ("2.88", whatever the application's
+ * LC_NUMERIC), as Python formats them; every message of the library goes through these. */
+int es_vformat(char *buf, size_t size, const char *fmt, va_list args);
+int es_format(char *buf, size_t size, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 3, 4)))
+#endif
+    ;
+
+/* Fill `err` (if not NULL) with `code` and a printf-formatted message (es_vformat); returns `code`. */
 int es_fail(es_error *err, int code, const char *fmt, ...)
 #if defined(__GNUC__)
     __attribute__((format(printf, 3, 4)))

@@ -115,11 +115,11 @@ static int check_has_air(const es_bundle *b, const value_stats *st, const char *
     if (low == high || (b->window_low >= 0 && high <= NO_AIR_HIGH)) return ES_OK;
     if (st->air >= 1 && st->air * 1000 >= AIR_PER_MILLE * st->count) return ES_OK;
     char none[128], why[96];
-    if (low >= 0) snprintf(none, sizeof none, "none below 0 HU");
-    else snprintf(none, sizeof none, "%lld of %lld voxels in the air and fat range %g..%g HU (under %g %%)", st->air,
+    if (low >= 0) es_format(none, sizeof none, "none below 0 HU");
+    else es_format(none, sizeof none, "%lld of %lld voxels in the air and fat range %g..%g HU (under %g %%)", st->air,
                   st->count, AIR_LOW, AIR_HIGH, AIR_PER_MILLE / 10.0);
-    if (b->window_low < 0) snprintf(why, sizeof why, "this model's window starts at %g HU", b->window_low);
-    else snprintf(why, sizeof why, "they reach %g, above any tissue but bone", high);
+    if (b->window_low < 0) es_format(why, sizeof why, "this model's window starts at %g HU", b->window_low);
+    else es_format(why, sizeof why, "they reach %g, above any tissue but bone", high);
     return es_fail(err, ES_EDATA, "%s values span %g..%g, %s, where a CT of a body has fat and air (-100, -1000) "
                    "and %s: not HU (stored values without RescaleIntercept? an 8-bit image? MR?); pass HU = stored value x "
                    "RescaleSlope + RescaleIntercept", what, low, high, none, why);

@@ -1,11 +1,13 @@
 /* Duplicate keys in manifest.json: Python's json keeps the last value of a key that an object
  * repeats, cJSON's lookups find the first. Removing the earlier ones before anything is read makes
  * both runtimes read the same manifest (a hand-edited one that names "window" twice must not
- * give two windows). */
+ * give two windows). The parse and print of JSON text go through here too, in the "C" locale's
+ * numbers. */
 #include <stdlib.h>
 #include <string.h>
 
 #include "cJSON.h"
+#include "es_c_numbers.h"
 #include "es_runtime.h"
 
 typedef struct {
@@ -50,4 +52,18 @@ int es_json_keep_last_keys(cJSON *node) {
 
 const char *es_json_string_at(const cJSON *obj, const char *key) {
     return cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(obj, key));
+}
+
+cJSON *es_json_parse(const char *text, const char **end) {
+    locale_t before = es_c_numbers_use(); /* cJSON reads numbers with strtod: "0.5" needs a "." locale */
+    cJSON *root = cJSON_ParseWithOpts(text, end, 1);
+    es_c_numbers_restore(before);
+    return root;
+}
+
+char *es_json_print(const cJSON *item) {
+    locale_t before = es_c_numbers_use(); /* and writes them with sprintf */
+    char *text = cJSON_PrintUnformatted(item);
+    es_c_numbers_restore(before);
+    return text;
 }

@@ -83,7 +83,7 @@ static int parse_spec(const cJSON *spec, es_bundle *b, const char *dir, es_error
     b->cols = (int)size[1];
     b->area = strcmp(interp, "area") == 0;
     b->pad = strcmp(fit, "pad") == 0;
-    b->spec_json = cJSON_PrintUnformatted(spec);
+    b->spec_json = es_json_print(spec);
     return b->spec_json ? ES_OK : es_fail(err, ES_ENOMEM, "bundle %s: no memory for the spec", dir);
 }
 
@@ -308,7 +308,7 @@ int es_bundle_read(const char *dir, const char *precision, es_bundle *b, es_erro
     if (!rc) rc = text ? ES_OK : err ? err->code : ES_EBUNDLE;
     if (text) {
         const char *end = text; /* ParseWithOpts reports where parsing stopped without a global */
-        cJSON *root = cJSON_ParseWithOpts(text, &end, 1); /* 1: trailing bytes are an error, as in Python */
+        cJSON *root = es_json_parse(text, &end); /* 1: trailing bytes are an error, as in Python */
         int flaw = 0;
         long at = root ? es_manifest_text_flaw(text, &flaw) : -1;
         if (!root) rc = es_fail(err, ES_EBUNDLE, "%s: not readable JSON (error near byte %ld)", path, (long)(end - text));

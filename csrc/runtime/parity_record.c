@@ -61,7 +61,7 @@ cJSON *es_parity_record(const char *dir, const cJSON *artifacts) {
     }
     snprintf(path, n, "%s/parity.json", dir);
     char *text = es_manifest_text(path, dir, &scratch); /* a regular file of at most 64 MiB, strict UTF-8 */
-    cJSON *root = text ? cJSON_ParseWithOpts(text, NULL, 1) : NULL;
+    cJSON *root = text ? es_json_parse(text, NULL) : NULL;
     int flaw = 0;
     if (root && (!cJSON_IsObject(root) || es_manifest_text_flaw(text, &flaw) >= 0 || es_json_keep_last_keys(root) ||
                  !rows_match(cJSON_GetObjectItemCaseSensitive(root, "results"), artifacts))) {

@@ -1,20 +1,12 @@
-/* es_segmenter: a checked bundle, an OpenVINO infer request, and the C kernels around it.
- * Same steps and settings as edgeseg/runtime/segmenter.py with runners/openvino.py, so the
- * masks are the Python runtime's. */
-/* realpath: XSI, which _POSIX_C_SOURCE alone does not declare in every libc */
-#define _XOPEN_SOURCE 700
-#include <math.h>
+/* es_segmenter: a checked bundle, an OpenVINO infer request (openvino_model.c), and the C kernels
+ * around it. Same steps as edgeseg/runtime/segmenter.py, so the masks are the Python runtime's. */
 #include <pthread.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include <openvino/c/openvino.h>
-
-#include "es_compiled_cache.h"
 #include "es_hu_checks.h"
 #include "es_mirror.h"
-#include "es_runtime.h"
+#include "es_openvino.h"
 
 /* The kernels run on one thread, as in the Python runtime: more OpenMP workers keep spinning
  * after each call and take the cores OpenVINO runs on. */
@@ -22,103 +14,14 @@
 
 struct es_segmenter {
     es_bundle bundle;
-    ov_core_t *core;
-    ov_compiled_model_t *compiled;
-    ov_infer_request_t *request;
+    es_ov_model model;
     float *input;   /* batch * rows * cols model input, reused by every call */
     int batch;      /* slices per inference in es_segment_volume */
-    ov_tensor_t *input_tensor; /* OpenVINO's view of `input` for `input_count` slices, set on the request */
-    int input_count;
     int mirrors;    /* network passes per batch: 1 (none), 2 (flip) or 4 (mirror) */
     float *original; /* the pre-processed batch while its mirrors take seg->input's place */
     pthread_mutex_t lock;
+    es_warning_channel warnings; /* es_set_warning_callback, es_last_warnings (warnings.c) */
 };
-
-/* es_fail with OpenVINO's own last message appended, on one line (es_one_line). */
-static int fail_backend(es_error *err, const char *what, const char *file, ov_status_e status) {
-    const char *detail = ov_get_last_err_msg();
-    char line[400] = "";
-    if (detail) {
-        es_one_line(detail, line, sizeof line);
-        ov_free(detail);
-    }
-    return es_fail(err, ES_EBACKEND, "openvino could not %s %s: %s%s%s", what, file, ov_get_error_info(status),
-                   *line ? ": " : "", line);
-}
-
-/* OpenVINO's compile of the artifact with `count` properties, `cache` as its CACHE_DIR (or none). */
-static ov_status_e compile_with(es_segmenter *seg, const char *path, ov_property_t *props, size_t count,
-                                const char *cache) {
-    if (seg->compiled) ov_compiled_model_free(seg->compiled);
-    seg->compiled = NULL;
-    if (cache) props[count++] = (ov_property_t){ov_property_key_cache_dir, cache};
-    /* From the file: with a cache hit OpenVINO skips reading and converting the ONNX graph. */
-    return ov_core_compile_model_from_file_props(seg->core, path, "CPU", count, props, &seg->compiled);
-}
-
-/* The engine key of a cache entry, as edgeseg/runtime/runners/openvino.py spells it. The
- * artifact's resolved path is part of it because OpenVINO names its blob after the model's
- * path: two copies of a bundle get an entry each instead of adding blobs to one another's. */
-static void engine_key(int threads, const char *artifact, char *out, size_t size) {
-    ov_version_t version = {NULL, NULL};
-    int ok = ov_get_openvino_version(&version) == OK && version.buildNumber;
-    char *resolved = realpath(artifact, NULL);
-    snprintf(out, size, "openvino %s CPU LATENCY f32 threads %d %s", ok ? version.buildNumber : "unknown", threads,
-             resolved ? resolved : artifact);
-    free(resolved);
-    if (ok) ov_version_free(&version);
-}
-
-static int compile_model(es_segmenter *seg, const char *dir, int threads, const char *cache_root, es_error *err) {
-    size_t n = strlen(dir) + strlen(seg->bundle.artifact_file) + 2;
-    char *path = malloc(n), thread_text[24], key[ES_CACHE_PATH + 256];
-    if (!path) return es_fail(err, ES_ENOMEM, "no memory for a path");
-    snprintf(path, n, "%s/%s", dir, seg->bundle.artifact_file);
-    snprintf(thread_text, sizeof thread_text, "%d", threads);
-    /* The Python runner's settings: latency hint, and f32 compute so that CPUs with bf16 do
-     * not change an FP32 model's numbers (INT8 layers still run in int8). */
-    ov_property_t props[4] = {{ov_property_key_hint_performance_mode, "LATENCY"},
-                              {ov_property_key_hint_inference_precision, "f32"}};
-    size_t count = 2;
-    if (threads > 0) props[count++] = (ov_property_t){ov_property_key_inference_num_threads, thread_text};
-    ov_status_e st = ov_core_create(&seg->core);
-    if (st != OK) {
-        free(path);
-        return fail_backend(err, "start for", seg->bundle.artifact_file, st);
-    }
-    es_cache_entry *entry = malloc(sizeof *entry);
-    if (!entry) {
-        free(path);
-        return es_fail(err, ES_ENOMEM, "no memory for a cache entry");
-    }
-    engine_key(threads, path, key, sizeof key);
-    es_cache_prepare(cache_root, seg->bundle.sha256, key, entry);
-    st = compile_with(seg, path, props, count, es_cache_folder(entry));
-    if (st != OK && entry->hit) { /* blobs whose hashes match but OpenVINO refuses: build anew */
-        es_cache_discard(entry);
-        es_cache_prepare(cache_root, seg->bundle.sha256, key, entry);
-        st = compile_with(seg, path, props, count, es_cache_folder(entry));
-    }
-    if (st != OK && es_cache_folder(entry)) { /* e.g. a full disk under the cache: run without it */
-        es_cache_abandon(entry);
-        st = compile_with(seg, path, props, count, NULL);
-    }
-    if (st == OK) es_cache_publish(entry);
-    else es_cache_abandon(entry);
-    free(entry);
-    if (st == OK) st = ov_compiled_model_create_infer_request(seg->compiled, &seg->request);
-    free(path);
-    return st == OK ? ES_OK : fail_backend(err, "load", seg->bundle.artifact_file, st);
-}
-
-static void default_cache_dir(char *out, size_t size) {
-    const char *root = getenv("EDGESEG_CACHE_DIR");
-    const char *xdg = getenv("XDG_CACHE_HOME"), *home = getenv("HOME");
-    out[0] = '\0';
-    if (root && *root) snprintf(out, size, "%s/openvino", root);
-    else if (xdg && *xdg) snprintf(out, size, "%s/edgeseg/openvino", xdg);
-    else if (home && *home) snprintf(out, size, "%s/.cache/edgeseg/openvino", home);
-}
 
 es_segmenter *es_open_cached(const char *bundle_dir, const char *precision, int threads, const char *cache_dir,
                              es_error *err) {
@@ -141,13 +44,15 @@ es_segmenter *es_open_cached(const char *bundle_dir, const char *precision, int 
         seg->mirrors = 1;
     }
     if (rc == ES_OK) {
-        rc = compile_model(seg, bundle_dir, threads, cache_dir, err);
+        rc = es_ov_compile(&seg->model, &seg->bundle, bundle_dir, threads, cache_dir, err);
     }
     if (rc == ES_OK && pthread_mutex_init(&seg->lock, NULL) != 0) rc = es_fail(err, ES_ENOMEM, "cannot create a mutex");
+    if (rc == ES_OK && es_channel_init(&seg->warnings) != 0) {
+        pthread_mutex_destroy(&seg->lock);
+        rc = es_fail(err, ES_ENOMEM, "cannot create a mutex");
+    }
     if (rc != ES_OK) {
-        if (seg->request) ov_infer_request_free(seg->request);
-        if (seg->compiled) ov_compiled_model_free(seg->compiled);
-        if (seg->core) ov_core_free(seg->core);
+        es_ov_free(&seg->model);
         es_bundle_free(&seg->bundle);
         free(seg->input);
         free(seg->original);
@@ -160,59 +65,8 @@ es_segmenter *es_open_cached(const char *bundle_dir, const char *precision, int 
 
 es_segmenter *es_open(const char *bundle_dir, const char *precision, int threads, es_error *err) {
     char cache[4096];
-    default_cache_dir(cache, sizeof cache);
+    es_ov_default_cache_dir(cache, sizeof cache);
     return es_open_cached(bundle_dir, precision, threads, cache, err);
-}
-
-/* Lend seg->input to the request as an `n`-slice tensor, unless it already holds that one: a
- * run of slices (or of equal batches) sets it once, and OpenVINO reads the pre-processed input
- * where the kernel wrote it. */
-static ov_status_e lend_input(es_segmenter *seg, int n) {
-    if (seg->input_tensor && seg->input_count == n) return OK;
-    const es_bundle *b = &seg->bundle;
-    int64_t dims[4] = {n, 1, b->rows, b->cols};
-    ov_shape_t shape = {0, NULL};
-    ov_tensor_t *tensor = NULL;
-    ov_status_e st = ov_shape_create(4, dims, &shape);
-    if (st == OK) st = ov_tensor_create_from_host_ptr(F32, shape, seg->input, &tensor);
-    if (st == OK) st = ov_infer_request_set_input_tensor_by_index(seg->request, 0, tensor);
-    if (shape.dims) ov_shape_free(&shape);
-    if (st != OK) {
-        if (tensor) ov_tensor_free(tensor);
-        return st;
-    }
-    if (seg->input_tensor) ov_tensor_free(seg->input_tensor);
-    seg->input_tensor = tensor;
-    seg->input_count = n;
-    return OK;
-}
-
-/* One network pass over the `n` slices now in seg->input: `*out` (freed by the caller) holds the
- * (n, classes, h, w) float32 logits at `*logits`, its dims in `dims`. */
-static int run_model(es_segmenter *seg, int n, ov_tensor_t **out, float **logits, int64_t dims[4], es_error *err) {
-    const es_bundle *b = &seg->bundle;
-    ov_shape_t shape = {0, NULL};
-    ov_element_type_e type = F32; /* read back below; only used when every call succeeded */
-    void *data = NULL;
-    ov_status_e st = lend_input(seg, n);
-    if (st == OK) st = ov_infer_request_infer(seg->request);
-    if (st == OK) st = ov_infer_request_get_output_tensor_by_index(seg->request, 0, out);
-    if (st == OK) st = ov_tensor_get_shape(*out, &shape);
-    if (st == OK) st = ov_tensor_get_element_type(*out, &type);
-    if (st == OK) st = ov_tensor_data(*out, &data);
-    int rc = st == OK ? ES_OK : fail_backend(err, "run", b->artifact_file, st);
-    /* the manifest's output tensor: a graph that gives other classes or another size does not
-     * match its bundle, and its labels would name classes es_labels does not */
-    if (rc == ES_OK && (shape.rank != 4 || shape.dims[0] != n || shape.dims[1] != b->num_classes ||
-                        shape.dims[2] != b->rows || shape.dims[3] != b->cols || type != F32))
-        rc = es_fail(err, ES_EBACKEND, "%s: output is not (%d, %d, %d, %d) float32 logits, as the bundle declares "
-                     "(a model that does not match its manifest)", b->artifact_file, n, b->num_classes, b->rows, b->cols);
-    if (rc == ES_OK) {
-        for (int i = 0; i < 4; i++) dims[i] = shape.dims[i];
-        *logits = data;
-    }
-    if (shape.dims) ov_shape_free(&shape);
-    return rc;
 }
 
 /* seg->mirrors passes over the `n` pre-processed slices, each reading them mirrored; `*mean`
@@ -227,7 +81,7 @@ static int run_mirrored(es_segmenter *seg, int n, float **mean, int64_t dims[4],
         es_mirror_planes(seg->input, seg->original, n, b->rows, b->cols, pass);
         ov_tensor_t *out = NULL;
         float *logits = NULL;
-        rc = run_model(seg, n, &out, &logits, dims, err);
+        rc = es_ov_run(&seg->model, b, seg->input, n, &out, &logits, dims, err);
         if (rc == ES_OK && dims[1] < 2)
             rc = es_fail(err, ES_EBACKEND, "test-time mirroring needs (N, K>=2, H, W) logits, got %lld class(es)",
                          (long long)dims[1]);
@@ -253,7 +107,8 @@ static int infer_and_postprocess(es_segmenter *seg, int run, int n, int rows, in
     ov_tensor_t *out = NULL;
     float *logits = NULL, *mean = NULL;
     int64_t dims[4] = {0, 0, 0, 0};
-    int rc = seg->mirrors > 1 ? run_mirrored(seg, run, &mean, dims, err) : run_model(seg, run, &out, &logits, dims, err);
+    int rc = seg->mirrors > 1 ? run_mirrored(seg, run, &mean, dims, err)
+                              : es_ov_run(&seg->model, b, seg->input, run, &out, &logits, dims, err);
     if (mean) logits = mean;
     if (rc == ES_OK) {
         rc = es_postprocess_fit(logits, ES_FLOAT32, n, (ptrdiff_t)dims[1], (ptrdiff_t)dims[2], (ptrdiff_t)dims[3],
@@ -304,12 +159,13 @@ static int filter_volume(const es_bundle *b, const es_hu_layout *in, const doubl
     return rc ? es_fail(err, rc, "3-D component filter: %s", es_status_message(rc)) : ES_OK;
 }
 
-static int segment(es_segmenter *seg, const void *hu, es_dtype dtype, const es_hu_layout *in, const double *spacing,
-                   uint8_t *labels, es_error *err) {
-    if (!seg) return es_fail(err, ES_EINVAL, "segmenter is NULL");
+static int segment_checked(es_segmenter *seg, const void *hu, es_dtype dtype, const es_hu_layout *in,
+                           const double *spacing, uint8_t *labels, es_warning_list *warnings, es_error *err) {
     int rc = es_check_hu(&seg->bundle, hu, dtype, in, labels, err);
     if (rc) return rc;
-    if (spacing && (rc = es_voxel_ml(spacing) == 0.0 ? es_bad_spacing(spacing, err) : es_check_fov(&seg->bundle, in, spacing, err))) return rc;
+    if (spacing && (rc = es_voxel_ml(spacing) == 0.0 ? es_bad_spacing(spacing, err)
+                                                      : es_check_fov(&seg->bundle, in, spacing, warnings, err)))
+        return rc;
     if (in->volume) { /* refuse a missing spacing before any work */
         es_component_rule rules[ES_MAX_CLASSES];
         int any;
@@ -329,26 +185,37 @@ static int segment(es_segmenter *seg, const void *hu, es_dtype dtype, const es_h
     return rc ? rc : es_succeed(err);
 }
 
+/* A segment call: its checks and work, then its warnings to the channel, whatever the outcome (a
+ * refusal too: es_last_warnings never gives an earlier call's). `spaced`: es_segment_volume_spaced. */
+static int segment(es_segmenter *seg, const void *hu, es_dtype dtype, const es_hu_layout *in, const double *spacing,
+                   int spaced, uint8_t *labels, es_error *err) {
+    if (!seg) return es_fail(err, ES_EINVAL, "segmenter is NULL");
+    es_warning_list warnings = {0};
+    int rc = spaced && !spacing ? es_fail(err, ES_EINVAL, "spacing is NULL")
+                                : segment_checked(seg, hu, dtype, in, spacing, labels, &warnings, err);
+    es_channel_deliver(&seg->warnings, &warnings);
+    return rc;
+}
+
 int es_segment_slice(es_segmenter *seg, const void *hu, es_dtype dtype, int rows, int cols, ptrdiff_t row_stride,
                      uint8_t *labels, es_error *err) {
     /* The slice stride is never used for one slice; computed only where it cannot overflow. */
     int sane = rows >= 1 && rows <= ES_MAX_SIDE && row_stride >= 1 && row_stride <= PTRDIFF_MAX / ES_MAX_SIDE;
     es_hu_layout in = {1, rows, cols, row_stride, sane ? (ptrdiff_t)rows * row_stride : 0, 0};
-    return segment(seg, hu, dtype, &in, NULL, labels, err);
+    return segment(seg, hu, dtype, &in, NULL, 0, labels, err);
 }
 
 int es_segment_volume(es_segmenter *seg, const void *hu, es_dtype dtype, int slices, int rows, int cols,
                       ptrdiff_t row_stride, ptrdiff_t slice_stride, uint8_t *labels, es_error *err) {
     es_hu_layout in = {slices, rows, cols, row_stride, slice_stride, 1};
-    return segment(seg, hu, dtype, &in, NULL, labels, err);
+    return segment(seg, hu, dtype, &in, NULL, 0, labels, err);
 }
 
 int es_segment_volume_spaced(es_segmenter *seg, const void *hu, es_dtype dtype, int slices, int rows, int cols,
                              ptrdiff_t row_stride, ptrdiff_t slice_stride, const double spacing[3], uint8_t *labels,
                              es_error *err) {
-    if (!spacing) return es_fail(err, ES_EINVAL, "spacing is NULL");
     es_hu_layout in = {slices, rows, cols, row_stride, slice_stride, 1};
-    return segment(seg, hu, dtype, &in, spacing, labels, err);
+    return segment(seg, hu, dtype, &in, spacing, 1, labels, err);
 }
 
 int es_set_tta(es_segmenter *seg, const char *mode, es_error *err) {
@@ -386,13 +253,21 @@ const char *es_provenance(const es_segmenter *seg, const char *key) {
     return seg ? es_bundle_provenance_value(&seg->bundle, key, seg->mirrors) : NULL;
 }
 
+int es_set_warning_callback(es_segmenter *seg, es_warning_fn fn, void *user, es_error *err) {
+    if (!seg) return es_fail(err, ES_EINVAL, "segmenter is NULL");
+    es_channel_set(&seg->warnings, fn, user);
+    return es_succeed(err);
+}
+
+int es_last_warnings(es_segmenter *seg, es_warning *out, int capacity) {
+    return seg ? es_channel_copy(&seg->warnings, out, capacity) : 0;
+}
+
 void es_close(es_segmenter *seg) {
     if (!seg) return;
-    ov_infer_request_free(seg->request);
-    if (seg->input_tensor) ov_tensor_free(seg->input_tensor);
-    ov_compiled_model_free(seg->compiled);
-    ov_core_free(seg->core);
+    es_ov_free(&seg->model);
     pthread_mutex_destroy(&seg->lock);
+    es_channel_destroy(&seg->warnings);
     es_bundle_free(&seg->bundle);
     free(seg->input);
     free(seg->original);

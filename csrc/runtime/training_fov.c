@@ -1,7 +1,7 @@
 /* The manifest's training_fov: the field of view (longer side, mm) and pixel spacing of the
  * model's training cases, read with the checks of edgeseg/data/field_of_view.py, and the check of
- * a caller's volume against it. libedgeseg has no channel for a warning, so it acts only where
- * EDGESEG_FOV_CHECK=refuse asks it to refuse (the Python runtime warns by default). */
+ * a caller's volume against it: a warning by default (the segmenter's warning channel), a refusal
+ * where EDGESEG_FOV_CHECK=refuse, nothing where =off; in the Python runtime's words. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -41,17 +41,28 @@ int es_parse_training_fov(const cJSON *root, es_bundle *b, const char *dir, es_e
     return ES_OK;
 }
 
-int es_check_fov(const es_bundle *b, const es_hu_layout *in, const double spacing[3], es_error *err) {
+int es_check_fov(const es_bundle *b, const es_hu_layout *in, const double spacing[3], es_warning_list *warnings,
+                 es_error *err) {
     const char *mode = getenv("EDGESEG_FOV_CHECK");
-    if (!mode || !*mode || strcmp(mode, "warn") == 0 || strcmp(mode, "off") == 0) return ES_OK;
-    if (strcmp(mode, "refuse") != 0) return es_fail(err, ES_EINVAL, "EDGESEG_FOV_CHECK=%s is not one of warn, refuse, off", mode);
+    if (mode && strcmp(mode, "off") == 0) return ES_OK;
+    int refuse = mode && strcmp(mode, "refuse") == 0;
+    if (mode && *mode && !refuse && strcmp(mode, "warn") != 0)
+        return es_fail(err, ES_EINVAL, "EDGESEG_FOV_CHECK=%s is not one of warn, refuse, off", mode);
     if (!b->has_fov) return ES_OK;
     double rows_mm = in->rows * spacing[1], cols_mm = in->cols * spacing[2];
     double fov = rows_mm >= cols_mm ? rows_mm : cols_mm;
     if (fov >= b->fov_low / FOV_FACTOR && fov <= b->fov_high * FOV_FACTOR) return ES_OK;
-    return es_fail(err, ES_EINVAL, "%s: field of view %.0f mm (%d x %g mm) lies outside the %.0f-%.0f mm the model was "
-                   "trained on by more than a factor %g, so the anatomy is at a scale it never saw "
-                   "(EDGESEG_FOV_CHECK=refuse refuses such input, =off silences this)", in->volume ? "volume" : "slice", fov,
-                   rows_mm >= cols_mm ? in->rows : in->cols, rows_mm >= cols_mm ? spacing[1] : spacing[2], b->fov_low,
-                   b->fov_high, FOV_FACTOR);
+    /* one text for both: field_of_view.py's fov_problem */
+    es_error problem;
+    es_fail(&problem, ES_EINVAL, "%s: field of view %.0f mm (%d x %g mm) lies outside the %.0f-%.0f mm the model was "
+            "trained on by more than a factor %g, so the anatomy is at a scale it never saw "
+            "(EDGESEG_FOV_CHECK=refuse refuses such input, =off silences this)", in->volume ? "volume" : "slice", fov,
+            rows_mm >= cols_mm ? in->rows : in->cols, rows_mm >= cols_mm ? spacing[1] : spacing[2], b->fov_low,
+            b->fov_high, FOV_FACTOR);
+    if (refuse) {
+        if (err) *err = problem;
+        return ES_EINVAL;
+    }
+    es_warn(warnings, ES_WARN_FIELD_OF_VIEW, problem.message);
+    return ES_OK;
 }

@@ -13,7 +13,6 @@ import logging
 import os
 import warnings
 from collections import defaultdict
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +25,9 @@ from pydicom.errors import InvalidDicomError  # noqa: E402  (pydicom is known pr
 
 from edgeseg.data.dicom_slice import (air_outside_view, check_slice_tags, pixel_spacing, rescale, slice_pixels, slice_size,
                                      unit_cosines, warn_of_missing_intercept)
+from edgeseg.data.dicom_magic import looks_like_dicom  # noqa: F401  (imported from here by other modules)
+from edgeseg.data.dicom_multiframe import MultiFrameCT, multiframe_series
+from edgeseg.data.dicom_refs import DicomSeriesInfo
 from edgeseg.data.dicom_values import decode_elements, dicom_numbers, one_line
 from edgeseg.data.nifti import spacing_from_affine, to_lps_layout
 from edgeseg.data.volume import Volume
@@ -50,54 +52,6 @@ OFF_LINE_PIXELS = 0.1
 _DEFER_BYTES = 64 * 1024
 _LPS = nio.axcodes2ornt(("L", "P", "S"))
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
-
-
-@dataclass(frozen=True)
-class DicomSeriesInfo:
-    """Where a DICOM volume came from, in the order the slices were stacked.
-
-    ``files`` and ``sop_instance_uids`` are in acquisition-stack order: ascending position
-    along the slice normal (row cosine x column cosine). :meth:`to_source_layout` maps an
-    array in the Volume's LPS layout back to that stack, ``[slice, row, column]``, so that
-    ``to_source_layout(mask)[k]`` is the mask drawn on the pixels of ``files[k]``.
-    """
-
-    series_instance_uid: str
-    study_instance_uid: str
-    frame_of_reference_uid: str
-    sop_class_uid: str
-    files: tuple[Path, ...]
-    sop_instance_uids: tuple[str, ...]
-    # nibabel orientation (axis, flip) of the stack's (column, row, slice) axes in RAS terms
-    source_orientation: tuple[tuple[float, float], ...]
-    # The headers the series was read with, pixel data dropped, in stack order, where the reader
-    # was asked to keep them (``keep_headers``): a DICOM SEG copies from them, and reading 600
-    # files a second time took a third of writing one.
-    headers: tuple[pydicom.Dataset, ...] | None = field(default=None, compare=False, repr=False)
-
-    def to_source_layout(self, array_zyx: np.ndarray) -> np.ndarray:
-        """Map a (Z, Y, X) array in the Volume's layout to the source stack [slice, row, col]."""
-        back = nio.ornt_transform(_LPS, np.asarray(self.source_orientation))
-        stack_xyz = nio.apply_orientation(np.asarray(array_zyx).transpose(2, 1, 0), back)
-        return np.ascontiguousarray(stack_xyz.transpose(2, 1, 0))
-
-    def from_source_layout(self, stack: np.ndarray) -> np.ndarray:
-        """Map a source-stack array [slice, row, col] to the Volume's (Z, Y, X) LPS layout.
-
-        The inverse of :meth:`to_source_layout`: ``stack[k]`` holds values drawn on the pixels
-        of ``files[k]``, e.g. the frames of a DICOM SEG picked by ``sop_instance_uids``.
-        """
-        forward = nio.ornt_transform(np.asarray(self.source_orientation), _LPS)
-        lps_xyz = nio.apply_orientation(np.asarray(stack).transpose(2, 1, 0), forward)
-        return np.ascontiguousarray(lps_xyz.transpose(2, 1, 0))
-
-    def load_datasets(self, progress: bool = False) -> list[pydicom.Dataset]:
-        """The source headers (without pixels), in stack order, e.g. for highdicom: those the
-        series was read with where kept (the same objects each call), else read again."""
-        if self.headers is not None:
-            return list(self.headers)
-        files = progress_bar(self.files, desc="reading source headers", unit="file", shown=progress)
-        return [pydicom.dcmread(path, stop_before_pixels=True) for path in files]
 
 
 def _read_file(path: Path) -> pydicom.Dataset | None:
@@ -137,11 +91,13 @@ def _read_file(path: Path) -> pydicom.Dataset | None:
 
 
 def _scan_folder(folder: Path, progress: bool = False) -> dict[str, list[tuple[Path, pydicom.Dataset]]]:
-    if not folder.is_dir():
+    """The images of ``folder`` by series (a file: that file alone, e.g. one Enhanced CT)."""
+    if not folder.is_dir() and not folder.is_file():
         raise DataError(f"data folder not found: {folder}")
     series: dict[str, list[tuple[Path, pydicom.Dataset]]] = defaultdict(list)
     segmentations = []
-    files = [path for path in sorted(folder.iterdir()) if path.is_file() and not path.name.startswith(".")]
+    files = [folder] if folder.is_file() else [
+        path for path in sorted(folder.iterdir()) if path.is_file() and not path.name.startswith(".")]
     for path in progress_bar(files, desc="reading DICOM headers", unit="file", shown=progress):
         dataset = _read_file(path)
         if dataset is None:
@@ -245,30 +201,38 @@ def _off_line(members: list, normal: np.ndarray) -> tuple[float, str] | None:
     return float(distance[worst]), members[worst][0].name
 
 
-def _stack_hu(members: list[tuple[Path, pydicom.Dataset]], progress: bool = False) -> np.ndarray:
+def _stack_hu(members: list[tuple[Path, pydicom.Dataset]], progress: bool = False,
+              multi: MultiFrameCT | None = None) -> np.ndarray:
+    """HU of the sorted slices (``multi``: the frames of that file, whose views ``members`` are)."""
     first_path = members[0][0]
     rows, columns = slice_size(members[0][1], first_path)
     check_volume((len(members), rows, columns), f"DICOM series {first_path.parent}")
     stack = np.empty((len(members), rows, columns), dtype=np.float32)
     warn_of_missing_intercept([dataset for _, dataset in members], first_path.parent)
     warned_padding: set[str] = set()
-    for k, (path, dataset) in enumerate(progress_bar(members, desc="reading DICOM pixels", unit="slice",
-                                                     shown=progress)):
+    # a multi-frame file is read front to back, one frame at a time, its frames in stack order
+    frames = multi.frames(rows, columns) if multi else None
+    order = multi.stack_order(members) if multi else range(len(members))
+    for k in progress_bar(order, desc="reading DICOM pixels", unit="slice", shown=progress):
+        path, dataset = members[k]
         if slice_size(dataset, path) != (rows, columns):
             raise DataError(
                 f"{path} is {dataset.Rows}x{dataset.Columns} pixels but {first_path.name} is "
                 f"{rows}x{columns}; a series must have one size"
             )
         slope, intercept = rescale(dataset, path)
-        pixels = slice_pixels(dataset, path, rows, columns)
+        pixels = next(frames) if multi else slice_pixels(dataset, path, rows, columns)
         stack[k] = pixels.astype(np.float32) * np.float32(slope) + np.float32(intercept)
         air_outside_view(stack[k], dataset, pixels, path, warned_padding)
         # pydicom keeps both the file's pixel bytes and the decoded array on the dataset, and
         # the datasets live until the series is read: two more copies of the volume at the peak
-        del dataset.PixelData
+        if multi is None:
+            del dataset.PixelData
         if not np.isfinite(stack[k]).all():  # slice by slice: a mask of the whole volume is a copy too
             raise DataError(f"DICOM series {first_path.parent}: pixel values x RescaleSlope + RescaleIntercept "
                             f"overflow float32 (fields RescaleSlope, RescaleIntercept)")
+    if multi is not None:  # its header is kept without pixels, as single-frame slices' are
+        del multi.dataset.PixelData
     return stack
 
 
@@ -310,12 +274,14 @@ def read_dicom_series_with_refs(
     folder: str | os.PathLike, series_uid: str | None = None, case_id: str | None = None, progress: bool = False,
     keep_headers: bool = False, warn_gaps: bool = True,
 ) -> tuple[Volume, DicomSeriesInfo]:
-    """Read one CT series from a folder of DICOM files; also return its source references.
+    """Read one CT series from a folder of DICOM files, or from one file holding it (an Enhanced
+    CT, :mod:`edgeseg.data.dicom_multiframe`); also return its source references.
 
     Non-DICOM files, DICOMDIR, pixel-less objects (SR, KO, ...) and DICOM SEG label maps
     are skipped. A folder with several series needs ``series_uid``. The modality of every file must be CT.
     HU = stored value x RescaleSlope + RescaleIntercept. ``case_id`` defaults to the folder
-    name; ``slice_ids`` are the file names of the slices in the Volume's z order. ``progress``
+    name (a file's: its stem); ``slice_ids`` are the file names of the slices in the Volume's z
+    order (``STEM_frameN`` for the frames of a multi-frame file). ``progress``
     shows the headers and then the pixels being read on stderr (:mod:`edgeseg.progress`).
     ``keep_headers`` keeps the slices' headers (no pixel data) in the DicomSeriesInfo, for a
     caller that writes a DICOM SEG of the series. ``warn_gaps=False``: uneven slice gaps (a missing
@@ -327,9 +293,13 @@ def read_dicom_series_with_refs(
         modality = str(dataset.get("Modality", "unknown"))
         if modality != "CT":
             raise DataError(f"series {uid} in {folder}: {path.name} is {modality}, not CT")
+    multi = multiframe_series(members, uid)
+    if multi is not None:  # one Enhanced CT file: its frames, checked and stacked as slices are
+        members = multi.views
     first_path, frame = members[0][0], str(members[0][1].get("FrameOfReferenceUID", ""))
     for path, dataset in members:
-        check_slice_tags(dataset, path)
+        if multi is None:
+            check_slice_tags(dataset, path)
         if str(dataset.get("FrameOfReferenceUID", "")) != frame:  # positions in two coordinate systems
             raise DataError(f"{path} has FrameOfReferenceUID {dataset.get('FrameOfReferenceUID', '(none)')} but "
                             f"{first_path.name} has {frame or '(none)'}; a series lies in one frame of reference")
@@ -337,12 +307,13 @@ def read_dicom_series_with_refs(
     normal = np.cross(row_cosine, column_cosine)
     members, positions = _sort_by_position(members, normal, warn_gaps)
     gaps = np.diff(positions)
-    stack = _stack_hu(members, progress)
+    stack = _stack_hu(members, progress, multi)
     affine_ras = _stack_affine(members, row_cosine, column_cosine, normal)
     source_orientation = nio.io_orientation(affine_ras)
     hu, lps_affine = to_lps_layout(stack.transpose(2, 1, 0), affine_ras, f"DICOM series {folder}")
 
-    names = [path.name for path, _ in members]
+    names = ([f"{multi.path.stem}_frame{multi.frame_number(ds)}" for _, ds in members] if multi
+             else [path.name for path, _ in members])
     transform = nio.ornt_transform(source_orientation, _LPS)
     if int(transform[2, 0]) == 2:  # the stack axis became z: name slices after their files
         slice_ids = names[::-1] if transform[2, 1] < 0 else names
@@ -354,16 +325,17 @@ def read_dicom_series_with_refs(
         study_instance_uid=str(first.get("StudyInstanceUID", "")),
         frame_of_reference_uid=str(first.get("FrameOfReferenceUID", "")),
         sop_class_uid=str(first.get("SOPClassUID", "")),
-        files=tuple(path for path, _ in members),
-        sop_instance_uids=tuple(str(ds.get("SOPInstanceUID", "")) for _, ds in members),
+        files=(multi.path,) if multi else tuple(path for path, _ in members),
+        sop_instance_uids=tuple(str(ds.get("SOPInstanceUID", "")) for _, ds in ([members[0]] if multi else members)),
         source_orientation=tuple((float(a), float(f)) for a, f in source_orientation),
-        headers=tuple(ds for _, ds in members) if keep_headers else None,
+        headers=(((multi.dataset,) if multi else tuple(ds for _, ds in members)) if keep_headers else None),
+        frame_numbers=tuple(multi.frame_number(ds) for _, ds in members) if multi else None,
     )
     volume = Volume(
         hu=hu,
         spacing=spacing_from_affine(lps_affine),
         affine=lps_affine,
-        case_id=case_id if case_id is not None else folder.name,
+        case_id=case_id if case_id is not None else folder.stem if folder.is_file() else folder.name,
         modality="CT",
         source=str(folder),
         slice_ids=slice_ids,
@@ -379,16 +351,3 @@ def read_dicom_series(
 ) -> Volume:
     """Read one CT series from a folder of DICOM files (see :func:`read_dicom_series_with_refs`)."""
     return read_dicom_series_with_refs(folder, series_uid=series_uid, case_id=case_id)[0]
-
-
-def looks_like_dicom(path: str | os.PathLike) -> bool:
-    """Cheap check without parsing: a .dcm name or the "DICM" magic at byte 128."""
-    path = Path(path)
-    if path.suffix.lower() == ".dcm":
-        return True
-    try:
-        with open(path, "rb") as handle:
-            handle.seek(128)
-            return handle.read(4) == b"DICM"
-    except OSError:
-        return False

@@ -1,7 +1,8 @@
 """DICOM SEG label maps: find SEG files and read one onto the CT series it segments.
 
 A SEG's frames are drawn on the pixels of the source slices they reference, so frames are
-picked by SOPInstanceUID in the series' stack order (``DicomSeriesInfo.sop_instance_uids``)
+picked by SOPInstanceUID in the series' stack order (``DicomSeriesInfo.sop_instance_uids``;
+for an Enhanced CT source, by its frame numbers, ``DicomSeriesInfo.frame_numbers``)
 and mapped into the Volume's LPS layout the same way the CT pixels were. Label values are the
 SEG's segment numbers. highdicom (extra "dicom") decodes the frames; pydicom alone checks
 references and geometry first, so a SEG for another series fails with its UIDs named.
@@ -20,6 +21,7 @@ pydicom = require("pydicom", "io", "reading DICOM SEG files")
 from pydicom.filereader import read_file_meta_info  # noqa: E402
 
 from edgeseg.data.dicom import SEGMENTATION_SOP_CLASS, DicomSeriesInfo, looks_like_dicom
+from edgeseg.data.dicom_multiframe import MultiFrameCT
 from edgeseg.data.dicom_values import dicom_numbers, one_line
 from edgeseg.data.volume import Volume
 from edgeseg.limits import check_dims, check_volume
@@ -91,18 +93,36 @@ _FRAME_GEOMETRY = (
 )
 
 
+def _source_slices(refs: DicomSeriesInfo, headers: list[pydicom.Dataset]) -> dict:
+    """(SOP Instance UID, frame number or None) -> (name for messages, header holding the slice's
+    position, orientation and pixel spacing): each file of a single-frame series, each frame
+    of a multi-frame one."""
+    if refs.frame_numbers is None:
+        return {(uid, None): pair for uid, pair in zip(refs.sop_instance_uids, zip(refs.files, headers))}
+    views = MultiFrameCT(refs.files[0], headers[0]).views
+    return {(refs.sop_instance_uids[0], number): views[number - 1] for number in refs.frame_numbers}
+
+
+def _referenced_frames(source: pydicom.Dataset) -> list[int | None]:
+    if "ReferencedFrameNumber" not in source:
+        return [None]
+    numbers = source.ReferencedFrameNumber
+    return [int(n) for n in (numbers if isinstance(numbers, (list, tuple, pydicom.multival.MultiValue)) else [numbers])]
+
+
 def _check_frame_geometry(path: Path, seg: pydicom.Dataset, sources: dict) -> None:
-    """Every frame drawn on one of our slices must lie on that slice's pixel grid.
+    """Every frame drawn on one of our slices (or frames, :func:`_source_slices`) must lie on that
+    slice's pixel grid.
 
     highdicom only indexes by source instance when SpatialLocationsPreserved is YES, which
     many writers (dcmqi among them) leave out; the geometry is compared here instead.
     """
     for index in range(_num_frames(seg)):
-        for source in _frame_sources(seg, index):
-            uid = str(source.get("ReferencedSOPInstanceUID", ""))
-            if uid not in sources:
+        for source, number in ((s, n) for s in _frame_sources(seg, index) for n in _referenced_frames(s)):
+            key = (str(source.get("ReferencedSOPInstanceUID", "")), number)
+            if key not in sources:
                 continue
-            file, ct = sources[uid]
+            file, ct = sources[key]
             if str(source.get("SpatialLocationsPreserved", "")).upper() == "NO":
                 raise DataError(f"SEG {path} frame {index + 1} is not drawn on the pixels of {file} "
                                 f"(SpatialLocationsPreserved NO); edgeseg does not resample SEGs")
@@ -169,19 +189,19 @@ def read_seg_label_map(path: str | os.PathLike, volume: Volume, refs: DicomSerie
         raise DataError(f"cannot read DICOM SEG {path}: {one_line(exc)}") from exc
     headers = refs.load_datasets()
     _check_references(path, seg, volume, refs, headers[0])
-    _check_frame_geometry(path, seg, dict(zip(refs.sop_instance_uids, zip(refs.files, headers))))
+    _check_frame_geometry(path, seg, _source_slices(refs, headers))
     numbers = [int(n) for n in seg.segment_numbers]
     if max(numbers, default=0) > 255:
         raise DataError(f"SEG {path} has segment number {max(numbers)}; label maps hold 0..255")
+    options = dict(combine_segments=True, relabel=False,
+                   ignore_spatial_locations=True,  # compared by _check_frame_geometry instead
+                   assert_missing_frames_are_empty=True,  # writers often omit frames with no segment
+                   dtype=np.uint8)
     try:
-        stack = seg.get_pixels_by_source_instance(
-            source_sop_instance_uids=list(refs.sop_instance_uids),
-            combine_segments=True,
-            relabel=False,
-            ignore_spatial_locations=True,  # compared by _check_frame_geometry instead
-            assert_missing_frames_are_empty=True,  # writers often omit frames with no segment
-            dtype=np.uint8,
-        )
+        if refs.frame_numbers is None:
+            stack = seg.get_pixels_by_source_instance(source_sop_instance_uids=list(refs.sop_instance_uids), **options)
+        else:  # a multi-frame source: its frames in stack order
+            stack = seg.get_pixels_by_source_frame(refs.sop_instance_uids[0], list(refs.frame_numbers), **options)
     except MemoryError:
         raise
     except Exception as exc:  # noqa: BLE001 - highdicom raises many types for a malformed SEG

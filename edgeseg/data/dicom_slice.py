@@ -20,8 +20,10 @@ from edgeseg.limits import check_dims
 pydicom = require("pydicom", "io", "reading DICOM series")
 log = logging.getLogger(__name__)
 
-# Enhanced CT and Legacy Converted Enhanced CT Image Storage: one file holds the whole series.
-MULTI_FRAME_CT_CLASSES = frozenset({"1.2.840.10008.5.1.4.1.1.2.1", "1.2.840.10008.5.1.4.1.1.2.2"})
+# Enhanced CT and Legacy Converted Enhanced CT Image Storage: one file holds the whole series,
+# read whole by edgeseg.data.dicom_multiframe, never as one slice.
+MULTI_FRAME_CT_CLASSES = {"1.2.840.10008.5.1.4.1.1.2.1": "Enhanced CT",
+                          "1.2.840.10008.5.1.4.1.1.2.2": "Legacy Converted Enhanced CT"}
 REQUIRED_TAGS = ("SeriesInstanceUID", "ImagePositionPatient", "ImageOrientationPatient",
                  "PixelSpacing", "Rows", "Columns")
 # ImageOrientationPatient written with a few decimals is unit and orthogonal to about 1e-5.
@@ -40,12 +42,12 @@ TWELVE_BIT_JPEG_PLUGINS = frozenset({"pylibjpeg"})
 
 
 def check_slice_tags(dataset: pydicom.Dataset, path: Path | str) -> None:
-    """Refuse a multi-frame image, and one lacking a tag the reader needs, naming the tags."""
+    """Refuse a multi-frame image as a slice, and a slice lacking a tag the reader needs, naming the tags."""
     # An Enhanced CT keeps its geometry per frame, so it would otherwise be called truncated.
     (frames,) = dicom_numbers(dataset, "NumberOfFrames", path, 1, default=(1.0,))
     if frames > 1 or str(dataset.get("SOPClassUID", "")) in MULTI_FRAME_CT_CLASSES:
-        raise DataError(f"{path} is a multi-frame CT image ({frames:g} frames, SOP class {dataset.get('SOPClassUID', '?')}); "
-                        f"edgeseg reads series of single-frame CT slices: convert it, e.g. with dcm2niix to NIfTI")
+        raise DataError(f"{path} is a multi-frame CT image ({frames:g} frames, SOP class {dataset.get('SOPClassUID', '?')}), "
+                        f"not a single-frame slice: convert it, e.g. with dcm2niix to NIfTI")
     missing = [tag for tag in REQUIRED_TAGS if tag not in dataset]
     if missing:
         raise DataError(f"DICOM file {path} lacks {', '.join(missing)} (truncated or not a CT slice?)")

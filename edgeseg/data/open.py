@@ -149,8 +149,8 @@ def check_openable(source: str) -> None:
         if parse_phantom_spec(source) is None:
             raise DataError(f"data folder not found: {path}")
     elif path.is_file():
-        if not is_nifti_path(path):
-            raise DataError(f"cannot open data file {path.resolve()}: expected .nii / .nii.gz, or a folder")
+        if not is_nifti_path(path) and not looks_like_dicom(path):
+            raise DataError(f"cannot open data file {path.resolve()}: expected .nii / .nii.gz, a DICOM file, or a folder")
     else:
         detect_layout(path.resolve())
 
@@ -170,6 +170,7 @@ def open_dataset(
 
     ``source`` is one of: ``"phantom"`` or ``"phantom:cases=8,seed=0,size=128,slices=32"``
     (``"chest-phantom:..."`` for the chest phantom; generated in memory; an existing path of that name wins); a ``.nii`` / ``.nii.gz`` file;
+    a DICOM file holding a series (an Enhanced CT multi-frame image);
     a slice folder (``images/`` + ``masks/``); a NIfTI dataset folder (``imagesTr/`` +
     ``labelsTr/``, ``images/`` + ``labels/``, or flat); a folder of DICOM files (one series);
     or a folder whose subfolders each hold one DICOM series (case id = subfolder name), labelled
@@ -194,14 +195,14 @@ def open_dataset(
             return _open_phantom(options)
         raise DataError(f"data folder not found: {path}")
     if path.is_file():
-        if not is_nifti_path(path):
-            raise DataError(f"cannot open data file {path}: expected .nii / .nii.gz, or a folder")
-        layout = "nifti-file"
+        if not is_nifti_path(path) and not looks_like_dicom(path):
+            raise DataError(f"cannot open data file {path}: expected .nii / .nii.gz, a DICOM file, or a folder")
+        layout = "nifti-file" if is_nifti_path(path) else "dicom-file"
     else:
         layout = detect_layout(path)
     if layout != "slices" and (intensity is not None or case_pattern is not None or mask != "auto"):
         raise DataError(f"intensity, case_pattern and mask apply to slice folders only; {path} is {layout} data")
-    if label_file is not None and layout not in ("nifti-file", "dicom", "dicom-tree"):
+    if label_file is not None and layout not in ("nifti-file", "dicom-file", "dicom", "dicom-tree"):
         raise DataError(f"label_file {label_file} needs a source with one volume (a NIfTI file or a "
                         f"DICOM series folder); {path} is a {layout} folder of several cases")
     masks = {"mask": mask, "label_values": label_values}
@@ -259,6 +260,8 @@ def _read_cases(path: Path, layout: str, intensity: str | None, mask_threshold: 
         return [(volume, None) for volume in read_nifti_dataset(path, progress=progress)]
     if layout == "dicom":
         return _read_dicom_folder(path)
+    if layout == "dicom-file":  # one file holding a series: an Enhanced CT
+        return [read_dicom_series_with_refs(path, case_id=path.stem)]
     return _read_dicom_tree(path, one_volume)
 
 

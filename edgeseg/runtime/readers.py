@@ -41,7 +41,12 @@ def input_kind(path: str | os.PathLike) -> str:
         return "image"
     if name.endswith(".npy"):
         return "npy"
-    raise DataError(f"cannot read {path}: expected a DICOM series folder, .nii/.nii.gz, .png/.jpg or .npy")
+    from edgeseg.data.dicom_magic import looks_like_dicom
+
+    if looks_like_dicom(path):  # one file holding a series: an Enhanced CT
+        return "dicom"
+    raise DataError(f"cannot read {path}: expected a DICOM series folder or Enhanced CT file, .nii/.nii.gz, "
+                    f".png/.jpg or .npy")
 
 
 def bundle_intensity(source: dict) -> tuple[str, bool]:
@@ -71,7 +76,7 @@ def read_input(path: str | os.PathLike, intensity: str = "hu-clipped:0,255", pro
     if kind == "dicom":
         from edgeseg.data.dicom import read_dicom_series_with_refs
 
-        if not any(p.is_file() and not p.name.startswith(".") for p in path.iterdir()):
+        if path.is_dir() and not any(p.is_file() and not p.name.startswith(".") for p in path.iterdir()):
             raise DataError(f"input folder {path} is empty; expected the files of one DICOM series")
         return read_dicom_series_with_refs(path, progress=progress, keep_headers=keep_headers, warn_gaps=not even_grid)
     if kind == "nifti":

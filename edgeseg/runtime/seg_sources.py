@@ -72,7 +72,7 @@ def _complete_thickness(refs, sources: list) -> None:
     invalid (empty). Slices without it get the series' slice spacing, measured along the normal
     from their positions, and a warning says so; a single slice has no spacing and is refused."""
     missing = [path for path, dataset in zip(refs.files, sources) if not _text(dataset, "SliceThickness")]
-    if not missing:
+    if not missing or refs.frame_numbers is not None:  # a multi-frame source's thickness is per frame
         return
     import numpy as np
 

@@ -351,9 +351,11 @@ def write_dicom_seg(labels: np.ndarray, volume, refs, class_names: dict[int, str
     hd = check_writer("dicom-seg")
     from pydicom.sr.codedict import codes
 
-    stack = refs.to_source_layout(labels)
-    if stack.shape[0] != len(refs.files):
-        raise DataError(f"labels have {stack.shape[0]} slices but the series has {len(refs.files)} files")
+    # a multi-frame source: highdicom pairs the SEG's array with the source's frames in file order
+    stack = refs.to_frame_order(refs.to_source_layout(labels))
+    if stack.shape[0] != refs.num_slices:
+        raise DataError(f"labels have {stack.shape[0]} slices but the series has {refs.num_slices} "
+                        f"{'files' if refs.frame_numbers is None else 'frames'}")
     if sources is None:
         sources = seg_source_datasets(refs)
     algorithm_id = hd.AlgorithmIdentificationSequence(name=algorithm, family=codes.DCM.ArtificialIntelligence,

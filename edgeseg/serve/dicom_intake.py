@@ -5,7 +5,9 @@ An image acknowledged with Success is one the node has promised to segment: anyt
 only fail when the series is read (pixel data no installed decoder reads, an image that says it
 is CT Image Storage but is not CT, one lacking a tag the series reader needs) is refused as it
 arrives, so the peer sees the failure on the image that causes it instead of a series that
-silently yields no SEG. The slice requirements are the reader's own (edgeseg.data.dicom_slice).
+silently yields no SEG. The slice requirements are the reader's own (edgeseg.data.dicom_slice);
+so are an Enhanced CT file's (edgeseg.data.dicom_multiframe: the file holds the whole series, its
+frames checked as slices are).
 """
 
 from __future__ import annotations
@@ -16,6 +18,11 @@ from edgeseg.errors import DataError, require
 from edgeseg.serve.dicom_peer_bound import NON_PIXEL_LIMIT
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
+# Enhanced CT and Legacy Converted Enhanced CT Image Storage (edgeseg.data.dicom_slice's
+# MULTI_FRAME_CT_CLASSES, named here without importing pydicom): a whole series in one file
+ENHANCED_CT_CLASSES = ("1.2.840.10008.5.1.4.1.1.2.1", "1.2.840.10008.5.1.4.1.1.2.2")
+# What the node segments; an image of any other class is answered "SOP class not supported"
+CT_CLASSES = (CT_IMAGE_STORAGE, *ENHANCED_CT_CLASSES)
 SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
 STATUS_SUCCESS = 0x0000
 STATUS_SOP_CLASS_NOT_SUPPORTED = 0x0122
@@ -63,6 +70,14 @@ def decodable_transfer_syntaxes() -> list[str]:
     return syntaxes
 
 
+def add_ct_contexts(ae) -> None:
+    """Offer each of :data:`CT_CLASSES` to peers in the transfer syntaxes decoded here (added to
+    the uncompressed ones ``ae`` offers already)."""
+    syntaxes = decodable_transfer_syntaxes()
+    for sop_class in CT_CLASSES:
+        ae.add_supported_context(sop_class, syntaxes)
+
+
 def incoming_uids(ds) -> tuple[str, str]:
     """(SeriesInstanceUID, SOPInstanceUID) of an incoming image; DataError when either is not a
     plain DICOM UID (they name the files the image is kept in)."""
@@ -89,31 +104,37 @@ def failure_status(status: int, reason: str, sop_uid: str):
     the element holds."""
     from pydicom import Dataset
 
-    comment = UID_MENTION.sub("", reason).replace(f"DICOM file {sop_uid}", "").replace(sop_uid, "").lstrip(": ")
+    comment = UID_MENTION.sub("", reason).replace(f"DICOM file {sop_uid}", "").replace(sop_uid, "").lstrip(":, ")
     response = Dataset()
     response.Status = status
     response.ErrorComment = comment.replace("\\", "/")[:ERROR_COMMENT_LENGTH].strip()
     return response
 
 
+def store_failure(exc: DataError, sop_uid: str):
+    """The C-STORE response for an image refused as it is stored (HeldSeries): the status the
+    error carries (``status``; else 0xA700, out of resources) and its ``comment`` for the peer."""
+    return failure_status(getattr(exc, "status", STATUS_OUT_OF_RESOURCES), getattr(exc, "comment", str(exc)), sop_uid)
+
+
 def refusal(ds) -> tuple[int, str] | None:
-    """``(status, reason)`` when an incoming CT Image Storage image must be refused before it is
-    stored, else None. ``ds`` carries its file meta (the transfer syntax it came in); compressed
-    pixel data that decodes is left decoded in ``ds`` (Explicit VR Little Endian, its SOP Instance
-    UID unchanged), so that it is decoded once, here, and stored as the series read takes it."""
+    """``(status, reason)`` when an incoming CT image (one of :data:`CT_CLASSES`) must be refused
+    before it is stored, else None. ``ds`` carries its file meta (the transfer syntax it came in);
+    compressed pixel data that decodes is left decoded in ``ds`` (Explicit VR Little Endian, its
+    SOP Instance UID unchanged), so that it is decoded once, here, and stored as the series read
+    takes it."""
     from pydicom.uid import UID
 
-    from edgeseg.data.dicom_slice import check_ct_slice, slice_pixels, slice_size
-
     sop_class = str(ds.get("SOPClassUID", ""))
-    if sop_class != CT_IMAGE_STORAGE:
-        return STATUS_DATASET_MISMATCH, f"its SOP Class UID is {sop_class or 'missing'}, not CT Image Storage"
+    if sop_class not in CT_CLASSES:
+        return STATUS_DATASET_MISMATCH, f"its SOP Class UID is {sop_class or 'missing'}, not a CT class"
     modality = str(ds.get("Modality", "")) or "missing"
     if modality != "CT":
-        return STATUS_DATASET_MISMATCH, f"it is sent as CT Image Storage but its modality is {modality}"
+        return STATUS_DATASET_MISMATCH, f"it is sent as a CT image but its modality is {modality}"
     label = str(ds.get("SOPInstanceUID", "?"))
-    try:  # what the series reader requires of each slice, before any pixel is decoded
-        check_ct_slice(ds, label)
+    check_header, check_pixels = _enhanced_ct_checks() if sop_class in ENHANCED_CT_CLASSES else _slice_checks()
+    try:  # what the series reader requires of the image, before any pixel is decoded
+        checked = check_header(ds, label)
     except DataError as exc:
         return STATUS_DATASET_MISMATCH, str(exc)
     syntax = ds.file_meta.get("TransferSyntaxUID", "?")
@@ -130,7 +151,47 @@ def refusal(ds) -> tuple[int, str] | None:
         detail = " ".join(line.strip() for line in first[:2]) if first else type(exc).__name__
         return STATUS_CANNOT_UNDERSTAND, f"its pixel data ({name}) cannot be decoded here: {detail}"
     try:
-        slice_pixels(ds, label, *slice_size(ds, label))
+        check_pixels(ds, label, checked)
     except DataError as exc:
         return STATUS_CANNOT_UNDERSTAND, str(exc)
     return None
+
+
+def _slice_checks():
+    """(header check, pixel check) of a single-frame slice: the series reader's, slice by slice."""
+    from edgeseg.data.dicom_slice import check_ct_slice, slice_pixels, slice_size
+
+    return check_ct_slice, lambda ds, label, _: slice_pixels(ds, label, *slice_size(ds, label))
+
+
+def _enhanced_ct_checks():
+    """(header check, pixel check) of an Enhanced CT file: the reader's checks of the file
+    (:class:`~edgeseg.data.dicom_multiframe.MultiFrameCT`), then of each frame's position,
+    orientation, pixel spacing and rescale as of a slice's; its pixels, one grey-level image of
+    Rows x Columns per frame."""
+    from pathlib import Path
+
+    import numpy as np
+
+    from edgeseg.data.dicom_multiframe import MultiFrameCT
+    from edgeseg.data.dicom_slice import pixel_spacing, rescale, slice_size, unit_cosines
+    from edgeseg.data.dicom_values import dicom_numbers
+
+    def check_header(ds, label: str):
+        multi = MultiFrameCT(Path(label), ds)
+        for name, view in multi.views:
+            dicom_numbers(view, "ImagePositionPatient", name, 3)
+            unit_cosines(np.asarray(dicom_numbers(view, "ImageOrientationPatient", name, 6)), name)
+            pixel_spacing(view, name)
+            rescale(view, name)
+        return multi
+
+    def check_pixels(ds, label: str, multi) -> None:
+        expected = (len(multi.views), *slice_size(ds, label))
+        pixels = ds.pixel_array
+        shape = pixels.shape if len(multi.views) > 1 else (1, *pixels.shape)  # one frame decodes to 2-D
+        if shape != expected or pixels.dtype.kind not in "biuf":
+            raise DataError(f"DICOM file {label}: its pixel data decodes to {pixels.dtype} {list(pixels.shape)}, "
+                            f"expected {expected[0]} grey-level frames of {expected[1]}x{expected[2]}")
+
+    return check_header, check_pixels

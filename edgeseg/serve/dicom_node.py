@@ -40,10 +40,10 @@ from edgeseg.errors import DataError, EdgesegError
 from edgeseg.limits import check_volume
 from edgeseg.serve.audit import AssociationAudit
 from edgeseg.serve.dicom_forward import Forwarder, Peer, UnsentFolder
-from edgeseg.serve.dicom_intake import (CT_IMAGE_STORAGE, STATUS_CANNOT_UNDERSTAND, STATUS_DATASET_MISMATCH,
+from edgeseg.serve.dicom_intake import (CT_CLASSES, STATUS_CANNOT_UNDERSTAND, STATUS_DATASET_MISMATCH,
                                         STATUS_OUT_OF_RESOURCES, STATUS_SOP_CLASS_NOT_SUPPORTED, STATUS_SUCCESS,
                                         check_ae_title, decodable_transfer_syntaxes, failure_status, incoming_uids,
-                                        oversized_header, refusal)
+                                        oversized_header, refusal, store_failure)
 from edgeseg.serve.dicom_connections import ConnectionLimit
 from edgeseg.serve.dicom_node_settings import (DEFAULT_MAX_ASSOCIATIONS, DEFAULT_MAX_ASSOCIATIONS_PER_AE,
                                                DEFAULT_KEEP_SEGMENTED, DEFAULT_MAX_CONNECTIONS,
@@ -122,9 +122,9 @@ class DicomNode(NodeEvents, NodeLifecycle):
 
     def _on_store(self, event) -> int:
         sop_class = str(event.request.AffectedSOPClassUID)
-        if sop_class != CT_IMAGE_STORAGE:
+        if sop_class not in CT_CLASSES:
             self.stats.refused += 1
-            log.warning("refused an image of SOP class %s: only CT Image Storage is segmented", sop_class)
+            log.warning("refused an image of SOP class %s: only CT and Enhanced CT images are segmented", sop_class)
             return STATUS_SOP_CLASS_NOT_SUPPORTED
         try:
             ds = event.dataset
@@ -194,7 +194,7 @@ class DicomNode(NodeEvents, NodeLifecycle):
                 self.stats.refused += 1
                 log.log(logging.ERROR if isinstance(exc, ImageNotStored) else logging.WARNING,
                         "refused image %s: %s", sop_uid, exc)
-                return failure_status(STATUS_OUT_OF_RESOURCES, getattr(exc, "comment", str(exc)), sop_uid)
+                return store_failure(exc, sop_uid)
             self._written(series_uid, series, stored=True)
             series.last = time.monotonic()
             self._sending.stored(event.assoc, series_uid, self._series, series.last)

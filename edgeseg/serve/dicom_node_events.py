@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 
-from edgeseg.serve.dicom_intake import CT_IMAGE_STORAGE
+from edgeseg.serve.dicom_intake import CT_CLASSES
 
 log = logging.getLogger("edgeseg.listen")
 
@@ -39,7 +39,7 @@ class NodeEvents:
         only a failure to send the images it holds that way; the node's log must say why."""
         assoc = event.assoc
         proposed = {getattr(ts, "name", str(ts)) for cx in assoc.rejected_contexts
-                    if cx.abstract_syntax == CT_IMAGE_STORAGE for ts in cx.transfer_syntax}
+                    if cx.abstract_syntax in CT_CLASSES for ts in cx.transfer_syntax}
         if proposed:
             requestor = assoc.requestor
             log.warning("%s (%s:%s) proposed CT images in transfer syntaxes not decoded here (%s): images it holds "

@@ -19,7 +19,7 @@ import threading
 from edgeseg.errors import DataError, require
 from edgeseg.limits import current_limits
 from edgeseg.serve.dicom_connections import limited_server_class
-from edgeseg.serve.dicom_intake import CT_IMAGE_STORAGE, decodable_transfer_syntaxes
+from edgeseg.serve.dicom_intake import add_ct_contexts
 from edgeseg.serve.dicom_peer_bound import MAX_PDU_LENGTH, PeerBounds, bounded_request_handler, data_set_limit
 from edgeseg.serve.dicom_refusal import REFUSAL_WAIT
 
@@ -70,7 +70,7 @@ class NodeLifecycle:
         # CT images also in the compressed transfer syntaxes the DICOM reader decodes here (RLE
         # always; JPEG, JPEG-LS, JPEG 2000 with their plugins): a peer holding its images
         # compressed and unable to decompress them could otherwise not send them at all.
-        ae.add_supported_context(CT_IMAGE_STORAGE, decodable_transfer_syntaxes())
+        add_ct_contexts(ae)  # CT Image Storage and the Enhanced CT classes
         ae.add_supported_context(pynetdicom.sop_class.Verification)
         ae.require_called_aet = not self.any_ae
         ae.require_calling_aet = list(self.calling_aets)

@@ -14,6 +14,7 @@ from pathlib import Path
 from edgeseg.atomic import atomic_path
 from edgeseg.errors import DataError
 from edgeseg.limits import VOLUME_BYTES_ENV, check_volume, current_limits
+from edgeseg.serve.dicom_intake import ENHANCED_CT_CLASSES, STATUS_DATASET_MISMATCH
 from edgeseg.serve.dicom_work import check_series, sync_file, sync_folder
 
 log = logging.getLogger("edgeseg.listen")
@@ -26,6 +27,14 @@ class ImageNotStored(DataError):
     def __init__(self, path: Path, exc: OSError) -> None:
         super().__init__(f"cannot store it in {path}: {exc.strerror or exc}")
         self.comment = f"cannot store it: {exc.strerror or exc}"
+
+
+class MixedSeries(DataError):
+    """An image that would make its series both an Enhanced CT file and other images: the reader
+    takes a series from one multi-frame file or from single-frame slices, never both, so the
+    image that would mix them is refused (0xA900), whichever comes first stays."""
+
+    status = STATUS_DATASET_MISMATCH
 
 
 @dataclass
@@ -74,6 +83,7 @@ class HeldSeries:
         :class:`ImageNotStored` when the disk refuses them. The pixel count alone leaves
         out headers and pixels wider than CT's two bytes, so a peer could otherwise put more on
         disk than the limit says. Called under ``lock``."""
+        self._check_one_form(sop_uid, ds)
         budget, target = current_limits().max_volume_bytes, self.folder / f"{sop_uid}.dcm"
         new_folder = self.durable and (self.renamed or not self.folder.is_dir())
         try:
@@ -97,6 +107,45 @@ class HeldSeries:
         self.sizes[sop_uid] = size
         self.slices += frames - self.frames.get(sop_uid, 0)
         self.frames[sop_uid] = frames
+
+    def _check_one_form(self, sop_uid: str, ds) -> None:
+        """MixedSeries when ``ds`` (an image of SOP instance ``sop_uid``) and the images held
+        would make the series a multi-frame file beside other images. Sent again, the same
+        instance replaces its file and mixes nothing."""
+        others = [sop for sop in self.sizes if sop != sop_uid]
+        if not others:
+            return
+        if _is_multiframe(ds):
+            raise MixedSeries(f"series {self.folder.name}: it is a multi-frame image of a series of which {len(others)} "
+                              f"other image(s) are held; a series comes as one multi-frame file or as single-frame "
+                              f"slices, not both")
+        if holds_multiframe(self):
+            raise MixedSeries(f"series {self.folder.name}: it is a slice of a series held as the multi-frame image "
+                              f"{others[0]}; a series comes as one multi-frame file or as single-frame slices, "
+                              f"not both")
+
+
+def _is_multiframe(ds) -> bool:
+    return str(ds.get("SOPClassUID", "")) in ENHANCED_CT_CLASSES or int(ds.get("NumberOfFrames") or 1) > 1
+
+
+def holds_multiframe(series: HeldSeries) -> bool:
+    """True when ``series`` holds one image and it is a multi-frame one (an Enhanced CT file);
+    its header is read from disk where its frame count does not tell (one frame; a series taken
+    up from the work folder after a restart)."""
+    if len(series.sizes) != 1:
+        return False
+    (sop,) = series.sizes
+    if series.frames.get(sop, 1) > 1:
+        return True
+    import pydicom
+
+    try:
+        header = pydicom.dcmread(series.folder / f"{sop}.dcm", stop_before_pixels=True,
+                                 specific_tags=["SOPClassUID", "NumberOfFrames"])
+    except Exception:  # noqa: BLE001 - an unreadable file is read (and refused) with its series
+        return False
+    return _is_multiframe(header)
 
 
 class SendingAssociations:
@@ -140,6 +189,12 @@ def absorb(into: HeldSeries, earlier: HeldSeries, series_uid: str) -> bool:
     (the work folder changed under the node). Counts follow each image moved: one that cannot be
     moved is left out, and ``into`` counts exactly the files it holds."""
     added = [sop for sop in earlier.sizes if sop not in into.sizes]
+    if added and (holds_multiframe(into) or holds_multiframe(earlier)):
+        log.warning("series %s: the images segmented before are not segmented again with those received since: one "
+                    "side is a multi-frame image, and a series comes as one multi-frame file or as single-frame slices, "
+                    "not both", series_uid)
+        shutil.rmtree(earlier.folder, ignore_errors=True)
+        return False
     slices = into.slices + sum(earlier.frames[sop] for sop in added)
     stored = into.stored + sum(earlier.sizes[sop] for sop in added)
     try:

@@ -6,8 +6,9 @@ thread, so the node's large, short-lived allocations (a 512 x 512 slice's pixel 
 SEG's frames) land in a changing arena each time, and each arena keeps the gaps they leave. In
 soaks of `edgeseg listen` (benchmarks/soak.py listen; docs/results.md, "Soak") two arenas (glibc's
 ``MALLOC_ARENA_MAX=2``) kept its resident memory 3-9 MiB lower than the 15 arenas it had, at the
-same throughput; they do not stop its slow climb, which is glibc's heap (free memory it keeps, and
-CPython's interned-string table), not a live object more (docs/serving.md, "Memory over a long run").
+same throughput. Its climb over the first thousands of associations is no leak and levels off:
+high-water marks of glibc's heap (free memory it keeps, and CPython's interned-string table) and of
+pymalloc's arenas, not a live object more (docs/serving.md, "Memory over a long run").
 """
 
 from __future__ import annotations

@@ -26,10 +26,7 @@
  *                                           es_segment_slice (fp32) of one raw slice of es_dtype
  *                                           code DTYPE (native byte order); reports the status only
  */
-#ifdef ES_DLOPEN_SHIM
-#define _GNU_SOURCE /* RTLD_NEXT, RTLD_DEEPBIND */
-#include <dlfcn.h>
-#endif
+#include "capi_driver.h" /* first: the sanitizer builds' dlopen shim, read_raw */
 #include <math.h>
 #include <pthread.h>
 #include <stdint.h>
@@ -38,16 +35,6 @@
 #include <string.h>
 
 #include <edgeseg.h>
-
-#ifdef ES_DLOPEN_SHIM
-/* Sanitizer builds only: TBB (inside OpenVINO) dlopens libtbbbind with RTLD_DEEPBIND, which the
- * sanitizer runtime refuses (google/sanitizers issue 611). This definition comes first in symbol
- * lookup, drops that one flag and passes the call on to the sanitizer's own dlopen. */
-void *dlopen(const char *file, int flags) {
-    void *(*next)(const char *, int) = (void *(*)(const char *, int))dlsym(RTLD_NEXT, "dlopen");
-    return next(file, flags & ~RTLD_DEEPBIND);
-}
-#endif
 
 #define ROWS 96
 #define COLS 80
@@ -220,17 +207,6 @@ static int threads_case(const char *bundle, int n) {
 }
 
 /* `count` int16 values from the raw file `path` (malloc'd), or NULL after saying why on stderr. */
-static int16_t *read_raw(const char *path, size_t count) {
-    int16_t *hu = malloc(count * sizeof *hu);
-    FILE *in = fopen(path, "rb");
-    int ok = hu && in && fread(hu, sizeof *hu, count, in) == count;
-    if (in) fclose(in);
-    if (ok) return hu;
-    fprintf(stderr, "capi_checks: cannot read %s\n", path);
-    free(hu);
-    return NULL;
-}
-
 /* Write `count` labels to `path` when `rc` is ES_OK, then report `rc`. */
 static int write_labels(int rc, const char *path, const uint8_t *labels, size_t count, const es_error *err) {
     FILE *out = rc == ES_OK ? fopen(path, "wb") : NULL;

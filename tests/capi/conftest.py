@@ -50,6 +50,12 @@ def sdk(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def asan_sdk(tmp_path_factory) -> Path:
+    """The same tree built with address + undefined-behaviour sanitizers (for the sanitizer runs)."""
+    return build_sdk(tmp_path_factory.mktemp("asan-sdk") / "sdk", asan=True)
+
+
+@pytest.fixture(scope="session")
 def bundle(exported_bundle) -> Path:
     """The suite's bundle (tests/conftest.py): the project's own train and export, ONNX FP32 and
     INT8 (and TorchScript, which the C API skips)."""

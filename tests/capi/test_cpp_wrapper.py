@@ -1,9 +1,11 @@
 """The C++ wrapper (edgeseg.hpp) fails as the C API does: every failure is an ``edgeseg::Error``
 whose code and message are the C call's for the same problem, checked before the wrapper
-allocates the label buffer, and never another exception type (``std::bad_alloc``)."""
+allocates the label buffer, and never another exception type (``std::bad_alloc``). Its warnings
+(``on_warning``, ``last_warnings``) carry the C API's, and so the Python runtime's, text."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 
 import pytest
@@ -112,3 +114,70 @@ def test_threads_beyond_the_python_runtimes_limit_are_refused(wrapper_results, b
     code, message, kind = wrapper_results["threads-2^30"]
     assert (code, kind) == (ES_EINVAL, "edgeseg::Error")
     assert message == str(caught.value) == "threads must be between 0 (the backend's default) and 1024, got 1073741824"
+
+
+WARNING_SOURCE = r"""
+#include <fstream>
+#include <iostream>
+#include <stdexcept>
+#include <vector>
+#include <edgeseg.hpp>
+
+// usage: warnings BUNDLE SLICES ROWS COLS HU.raw Z Y X -- one record a line, tab-separated
+int main(int argc, char **argv) {
+    if (argc != 9) return 64;
+    const int slices = std::stoi(argv[2]), rows = std::stoi(argv[3]), cols = std::stoi(argv[4]);
+    std::vector<int16_t> hu(static_cast<size_t>(slices) * rows * cols);
+    std::ifstream(argv[5], std::ios::binary).read(reinterpret_cast<char *>(hu.data()), hu.size() * sizeof(int16_t));
+    const double spacing[3] = {std::stod(argv[6]), std::stod(argv[7]), std::stod(argv[8])};
+    std::vector<edgeseg::Warning> heard;
+    edgeseg::Segmenter first(argv[1], "fp32");
+    first.on_warning([&heard](const edgeseg::Warning &w) { heard.push_back(w); });
+    edgeseg::Segmenter seg = std::move(first); // the handler moves with the segmenter
+    std::vector<uint8_t> labels = seg.segment_volume(hu.data(), slices, rows, cols, spacing);
+    for (const auto &w : heard) std::cout << "heard\t" << w.code << "\t" << w.message << "\n";
+    for (const auto &w : seg.last_warnings()) std::cout << "last\t" << w.code << "\t" << w.message << "\n";
+    seg.on_warning([](const edgeseg::Warning &) { throw std::runtime_error("the handler's own error"); });
+    try {
+        seg.segment_volume(hu.data(), slices, rows, cols, spacing);
+        std::cout << "thrown\tnothing\n";
+    } catch (const std::runtime_error &e) {
+        std::cout << "thrown\t" << e.what() << "\n";
+    }
+    seg.on_warning(nullptr);
+    seg.segment_volume(hu.data(), slices, rows, cols, spacing); // no handler: nothing heard, nothing thrown
+    std::cout << "after\t" << heard.size() << "\t" << seg.last_warnings().size() << "\n";
+    std::ofstream("labels.raw", std::ios::binary).write(reinterpret_cast<const char *>(labels.data()), labels.size());
+    return 0;
+}
+"""
+
+
+def test_the_wrapper_hears_warnings_and_rethrows_what_its_handler_throws(sdk, bundle, phantom_hu, build_tools, tmp_path,
+                                                                        caplog, monkeypatch):
+    """Segmenter::on_warning and last_warnings give the Python runtime's text (a volume at 3 x the
+    training FOV, as tests/capi/test_warnings.py); a handler that throws makes the segment call
+    throw that exception, which never crosses the C library; a moved segmenter keeps its handler."""
+    import logging
+
+    import numpy as np
+
+    from edgeseg.runtime import Segmenter
+
+    monkeypatch.delenv("EDGESEG_FOV_CHECK", raising=False)
+    spacing = (2.5, 2.88, 2.88)
+    with caplog.at_level(logging.WARNING, logger="edgeseg.runtime.segmenter"), \
+            Segmenter.load(bundle, backend="openvino:fp32") as seg:
+        expected = seg.predict_volume(phantom_hu, spacing=spacing)
+    python = [r.getMessage() for r in caplog.records if r.name == "edgeseg.runtime.segmenter"]
+    assert len(python) == 1 and "field of view 576 mm" in python[0]
+    (tmp_path / "warnings.cpp").write_text(WARNING_SOURCE)
+    exe = build_tools.compile(sdk, tmp_path / "warnings.cpp", tmp_path / "warnings")
+    phantom_hu.astype("<i2").tofile(tmp_path / "hu.raw")
+    result = subprocess.run([str(exe), str(bundle), *map(str, phantom_hu.shape), str(tmp_path / "hu.raw"),
+                             *map(repr, spacing)], capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                            env={k: v for k, v in os.environ.items() if k != "EDGESEG_FOV_CHECK"})
+    assert result.returncode == 0, result.stdout + result.stderr[-2000:]
+    assert [line.split("\t") for line in result.stdout.splitlines()] == [
+        ["heard", "1", python[0]], ["last", "1", python[0]], ["thrown", "the handler's own error"], ["after", "1", "1"]]
+    assert np.array_equal(np.fromfile(tmp_path / "labels.raw", dtype=np.uint8).reshape(phantom_hu.shape), expected)

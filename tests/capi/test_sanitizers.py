@@ -6,7 +6,7 @@ non-zero. One leak report is suppressed (lsan.supp): the 40-byte observer proxy 
 inside OpenVINO, can leave behind when its worker threads and process exit race (see oneTBB
 PR 1410 on observer proxies at shutdown); a test shows the suppression hides no leak of ours.
 OpenVINO itself is not instrumented. The driver's sanitizer build carries a dlopen shim
-(ES_DLOPEN_SHIM, see capi_checks.c) because TBB loads a helper with a flag the sanitizer
+(ES_DLOPEN_SHIM, see capi_driver.h) because TBB loads a helper with a flag the sanitizer
 runtime refuses.
 """
 
@@ -24,10 +24,9 @@ HERE = Path(__file__).resolve().parent
 
 
 @pytest.fixture(scope="module")
-def asan_checks(tmp_path_factory, build_tools) -> Path:
+def asan_checks(tmp_path_factory, asan_sdk, build_tools) -> Path:
     out = tmp_path_factory.mktemp("asan")
-    sdk = build_tools.build_sdk(out / "sdk", asan=True)
-    return build_tools.compile(sdk, HERE / "capi_checks.c", out / "capi_checks",
+    return build_tools.compile(asan_sdk, HERE / "capi_checks.c", out / "capi_checks",
                                extra=(*build_tools.san_flags.split(), "-DES_DLOPEN_SHIM", "-ldl"))
 
 
@@ -162,3 +161,24 @@ def test_reading_parity_reports_is_clean(asan_checks, bundle, tmp_path):
             (copy / "parity.json").write_text('{"results": [{"file": "model.onnx", ')
         result = run_sanitized(asan_checks, "open", copy, "auto")
         assert result.returncode == 0 and "Sanitizer" not in result.stderr, (variant, result.stderr[-4000:])
+
+
+def test_the_warning_channel_is_clean(asan_sdk, build_tools, bundle, phantom_hu, tmp_path, monkeypatch):
+    """warning_checks (tests/capi/test_warnings.py) under the sanitizers: callbacks, es_last_warnings
+    and threads sharing a segmenter that warns on every other thread's calls, with and without
+    callbacks swapped meanwhile."""
+    monkeypatch.delenv("EDGESEG_FOV_CHECK", raising=False)
+    program = build_tools.compile(asan_sdk, HERE / "warning_checks.c", tmp_path / "warning_checks",
+                                  extra=(*build_tools.san_flags.split(), "-DES_DLOPEN_SHIM", "-ldl", "-pthread"))
+    phantom_hu.astype("<i2").tofile(tmp_path / "hu.raw")
+    outside = (2.5, 2.88, 2.88)  # 3 x the test bundle's training field of view
+    cases = {"callback\t1\t1\tvolume: field of view 576 mm": ["calls", *outside, bundle, "fp32", *phantom_hu.shape,
+                                                                 tmp_path / "hu.raw", tmp_path / "labels.raw"],
+             "thread\t1\t2\t0": ["threads", 3, 2, *outside, bundle, *phantom_hu.shape[1:], tmp_path / "hu.raw"],
+             # the callback's `user` freed after each es_set_warning_callback while threads warn
+             "swap\t4\t0\t0": ["swap", 4, 2, *outside, bundle, *phantom_hu.shape[1:], tmp_path / "hu.raw"]}
+    for heard, args in cases.items():
+        result = run_sanitized(program, *args)
+        assert result.returncode == 0, result.stderr[-4000:]
+        assert "Sanitizer" not in result.stderr
+        assert heard in result.stdout, result.stdout

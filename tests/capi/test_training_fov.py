@@ -1,7 +1,8 @@
 """libedgeseg and the training data's field of view: es_segment_volume_spaced, given a volume whose
 FOV (rows x row spacing) lies outside the bundle's ``training_fov`` by more than the factor
 edgeseg.data.field_of_view states, refuses it where EDGESEG_FOV_CHECK=refuse asks, with the words
-the Python runtime uses, and segments it as before otherwise (it has no channel for a warning).
+the Python runtime uses, and segments it as before otherwise (with a warning under "warn", which
+tests/capi/test_warnings.py checks).
 The test bundle was trained on 192 mm phantoms; ``phantom_hu`` is 200 x 176 pixels."""
 
 from __future__ import annotations

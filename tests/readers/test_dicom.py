@@ -170,7 +170,9 @@ def test_a_series_in_two_frames_of_reference_is_refused_naming_a_file(tmp_path, 
 
 
 @pytest.mark.parametrize("enhanced", [True, False], ids=["Enhanced CT", "CT Image with NumberOfFrames"])
-def test_a_multi_frame_ct_is_named_as_such_not_called_truncated(tmp_path, dcmqi, enhanced, assert_one_line_error):
+def test_a_multi_frame_ct_without_frame_geometry_is_named_as_such(tmp_path, dcmqi, enhanced, assert_one_line_error):
+    """Frames without per-frame functional groups have no positions: refused, naming why (an
+    Enhanced CT with them reads: tests/readers/test_enhanced_ct_reader.py)."""
     folder = tmp_path / "mf"
     folder.mkdir()
     ds = pydicom.dcmread(dcmqi / "ct-3slice" / "01.dcm")
@@ -184,7 +186,9 @@ def test_a_multi_frame_ct_is_named_as_such_not_called_truncated(tmp_path, dcmqi,
     ds.save_as(folder / "ct.dcm")
     proc = subprocess.run([sys.executable, "-m", "edgeseg.cli", "data", "info", str(folder), "--quiet"],
                           capture_output=True, text=True, timeout=300)
-    assert_one_line_error(proc, f"{folder / 'ct.dcm'} is a multi-frame CT image (3 frames")
+    assert_one_line_error(proc, f"{folder / 'ct.dcm'} is an Enhanced CT image without PerFrameFunctionalGroupsSequence"
+                          if enhanced else f"{folder / 'ct.dcm'} is a multi-frame image (3 frames) of SOP class "
+                          f"1.2.840.10008.5.1.4.1.1.2, without per-frame geometry")
 
 
 @pytest.mark.parametrize("orientation", [[1, 0, 0, 0, 0.5, 0], [1, 0, 0, 0.3, 0.954, 0]], ids=["short", "skewed"])

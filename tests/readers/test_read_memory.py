@@ -79,3 +79,23 @@ def test_dicom_read_holds_the_hu_and_the_headers_only(tmp_path):
     # before: each slice's pixel bytes and its decoded array stayed on the pydicom datasets until
     # the series was read, and a whole-volume mask checked finiteness: 2.2x the float32 HU
     assert peak <= volume.hu.nbytes + SLACK, f"peak {peak / 2**20:.1f} MB for {volume.hu.nbytes / 2**20:.1f} MB of HU"
+
+
+def test_enhanced_ct_read_holds_the_hu_and_one_frame_only(tmp_path):
+    """An Enhanced CT file is decoded frame by frame from the file: its pixel bytes (half the
+    float32 HU as int16) are never held whole, as a series' slices are not."""
+    from tests.enhanced_ct import read_slices, write_enhanced_ct
+
+    slices, side = 128, 256
+    hu = np.random.default_rng(2).integers(-1000, 400, size=(slices, side, side)).astype(np.float32)
+    spacing = (1.0, 0.7, 0.7)
+    (tmp_path / "series").mkdir()
+    write_ct_series(Volume(hu=hu, spacing=spacing, affine=default_affine(spacing), case_id="big"), tmp_path / "series")
+    order = list(np.random.default_rng(3).permutation(slices))
+    path = write_enhanced_ct(read_slices(tmp_path / "series"), tmp_path / "e.dcm", order)
+
+    (volume, refs), peak = _peak(lambda: read_dicom_series_with_refs(path))
+
+    np.testing.assert_array_equal(volume.hu, hu)
+    # before: the file's pixel bytes were loaded whole and kept until the last frame: 1.5x the HU
+    assert peak <= volume.hu.nbytes + SLACK, f"peak {peak / 2**20:.1f} MB for {volume.hu.nbytes / 2**20:.1f} MB of HU"

@@ -47,6 +47,20 @@ def test_bare_runtime_names_the_io_extra_for_dicom(bundle_dir, tmp_path, _edgese
     assert not (tmp_path / "out.npy").exists()
 
 
+def test_bare_runtime_tells_a_dicom_file_from_an_unknown_one(bundle_dir, tmp_path, _edgeseg):
+    """A DICOM file is an input (an Enhanced CT holds a series), which needs the io extra; a file of
+    no known kind is still refused as such, not as needing pydicom to be told."""
+    (tmp_path / "e.dcm").write_bytes(b"\0" * 128 + b"DICM")
+    (tmp_path / "notes.txt").write_text("not an image")
+    done = _edgeseg(["predict", str(bundle_dir), "e.dcm", "--out", "out.npy", "--quiet"], tmp_path)
+    assert done.returncode != 0 and len(done.stderr.strip().splitlines()) == 1
+    assert "pip install 'edgeseg[io]'" in done.stderr
+    done = _edgeseg(["predict", str(bundle_dir), "notes.txt", "--out", "out.npy", "--quiet"], tmp_path)
+    assert done.stderr.strip().splitlines() == [
+        "edgeseg: error: cannot read notes.txt: expected a DICOM series folder or Enhanced CT file, .nii/.nii.gz, "
+        ".png/.jpg or .npy"]
+
+
 def test_bare_runtime_inspects_a_bundle(bundle_dir, tmp_path, _edgeseg):
     """inspect reached the parity gate's module, which imported the data readers (edgeseg[io])."""
     done = _edgeseg(["inspect", str(bundle_dir)], tmp_path)

@@ -5,6 +5,7 @@ first one even when the work folder lost one of its images meanwhile."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 
 import pytest
@@ -20,6 +21,25 @@ dcmtk = pytest.mark.skipif(not DCMTK, reason="dcmtk (echoscu, storescu, storescp
 
 def _sop(path) -> str:
     return str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
+
+
+@contextlib.contextmanager
+def model_held(node):
+    """The model of ``node`` held (each series waits in it) until the block ends; yields the
+    Event set once a series has entered it."""
+    entered, release = threading.Event(), threading.Event()
+    predict = node.segmenter.predict_volume
+
+    def held_predict(volume):
+        entered.set()
+        release.wait(120)
+        return predict(volume)
+
+    node.segmenter.predict_volume = held_predict
+    try:
+        yield entered
+    finally:
+        release.set()
 
 
 def _replaces_first(out, series_uid: str) -> set[str]:
@@ -84,25 +104,14 @@ def test_images_received_while_the_series_is_segmented_are_segmented_with_it(ser
     as a SEG series of its own)."""
     files = sorted(SERIES.glob("*.dcm"))
     uid = pydicom.dcmread(files[0], stop_before_pixels=True).SeriesInstanceUID
-    entered, release = threading.Event(), threading.Event()
     with _running(serve_bundle, tmp_path, free_port, wait_port) as node:
-        predict = node.segmenter.predict_volume
-
-        def held_predict(volume):
-            entered.set()
-            release.wait(120)
-            return predict(volume)
-
-        node.segmenter.predict_volume = held_predict
-        try:
+        with model_held(node) as entered:
             assert _storescu(node.port, files[:2]).returncode == 0
             assert entered.wait(60), node.stats  # the first part is being segmented
             assert _storescu(node.port, files[2:]).returncode == 0  # the second part, held apart
             if lost:
                 [taken] = (tmp_path / "work").glob(f"{uid}.taken-*")
                 (taken / f"{_sop(files[1])}.dcm").unlink()
-        finally:
-            release.set()
         assert _wait_for(lambda: len(node.stats.segmented) == 2, 60), node.stats
     expected = {_sop(f) for f in files} - ({_sop(files[1])} if lost else set())
     assert _replaces_first(tmp_path / "out", uid) == expected
