@@ -129,9 +129,8 @@ def _shared_groups(path: Path, dataset):
     frame. A group whose item is the same for every frame moves there; one whose frames differ is
     refused, as a SEG states one for all its frames. The reader has checked each frame has the
     group's one item in one place."""
-    require("pydicom", "dicom", "DICOM SEG output")
-    from pydicom.dataset import Dataset
-    from pydicom.sequence import Sequence
+    Dataset = require("pydicom.dataset", "dicom", "DICOM SEG output").Dataset
+    Sequence = require("pydicom.sequence", "dicom", "DICOM SEG output").Sequence
 
     if not dataset.get("SharedFunctionalGroupsSequence"):
         dataset.SharedFunctionalGroupsSequence = Sequence([Dataset()])
@@ -153,6 +152,7 @@ def _shared_groups(path: Path, dataset):
 
 
 def _same_value(a, b) -> bool:
+    """Two values of one attribute alike: numbers within SAME_VALUE_TOLERANCE, others as text."""
     if a is None or b is None:
         return a is b
     try:
