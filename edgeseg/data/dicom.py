@@ -26,7 +26,7 @@ from pydicom.errors import InvalidDicomError  # noqa: E402  (pydicom is known pr
 from edgeseg.data.dicom_slice import (air_outside_view, check_slice_tags, pixel_spacing, rescale, slice_pixels, slice_size,
                                      unit_cosines, warn_of_missing_intercept)
 from edgeseg.data.dicom_magic import looks_like_dicom  # noqa: F401  (imported from here by other modules)
-from edgeseg.data.dicom_multiframe import MultiFrameCT, multiframe_series
+from edgeseg.data.dicom_multiframe import MultiFrameCT, is_multiframe, multiframe_series
 from edgeseg.data.dicom_refs import DicomSeriesInfo
 from edgeseg.data.dicom_values import decode_elements, dicom_numbers, one_line
 from edgeseg.data.nifti import spacing_from_affine, to_lps_layout
@@ -91,13 +91,14 @@ def _read_file(path: Path) -> pydicom.Dataset | None:
 
 
 def _scan_folder(folder: Path, progress: bool = False) -> dict[str, list[tuple[Path, pydicom.Dataset]]]:
-    """The images of ``folder`` by series (a file: that file alone, e.g. one Enhanced CT)."""
-    if not folder.is_dir() and not folder.is_file():
+    """The images of ``folder`` by series (a file: that file alone, one Enhanced CT, :func:`_scan_file`)."""
+    if folder.is_file():
+        return _scan_file(folder)
+    if not folder.is_dir():
         raise DataError(f"data folder not found: {folder}")
     series: dict[str, list[tuple[Path, pydicom.Dataset]]] = defaultdict(list)
     segmentations = []
-    files = [folder] if folder.is_file() else [
-        path for path in sorted(folder.iterdir()) if path.is_file() and not path.name.startswith(".")]
+    files = [path for path in sorted(folder.iterdir()) if path.is_file() and not path.name.startswith(".")]
     for path in progress_bar(files, desc="reading DICOM headers", unit="file", shown=progress):
         dataset = _read_file(path)
         if dataset is None:
@@ -116,6 +117,38 @@ def _scan_folder(folder: Path, progress: bool = False) -> dict[str, list[tuple[P
     if not series:
         raise DataError(f"no images found in {folder} (no DICOM image files)")
     return series
+
+
+def _scan_file(path: Path) -> dict[str, list[tuple[Path, pydicom.Dataset]]]:
+    """A file read on its own must hold a whole series: a multi-frame CT image (an Enhanced CT).
+    One slice of a series is refused (the user most likely meant its folder), and so is any
+    other object, by its SOP class and modality."""
+    dataset = _read_file(path)
+    if dataset is None or str(dataset.get("SOPClassUID", "")) == SEGMENTATION_SOP_CLASS \
+            or str(dataset.get("Modality", "")) != "CT":
+        raise DataError(_not_a_ct_image(path, dataset))
+    if not is_multiframe(dataset, path):
+        raise DataError(f"{path} is one slice of series {dataset.SeriesInstanceUID}; pass its folder ({path.parent})")
+    return {str(dataset.SeriesInstanceUID): [(path, dataset)]}
+
+
+def _not_a_ct_image(path: Path, dataset: pydicom.Dataset | None) -> str:
+    """What the DICOM object at ``path`` is, where it is not a CT image, by SOP class and modality."""
+    if dataset is None:  # skipped by the reader: read what it says it is
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                dataset = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+        except Exception:  # noqa: BLE001 - arbitrary bytes make pydicom raise anything
+            dataset = pydicom.Dataset()
+    media_class = getattr(getattr(dataset, "file_meta", None), "MediaStorageSOPClassUID", "")
+    sop_class = str(dataset.get("SOPClassUID", "") or media_class or "")
+    modality = str(dataset.get("Modality", "") or "")
+    if not sop_class and not modality:
+        return f"{path} is not a DICOM image (no SOP class, no modality); expected an Enhanced CT file or a series folder"
+    what = "SEG" if sop_class == SEGMENTATION_SOP_CLASS else modality or "object"
+    name = pydicom.uid.UID(sop_class).name if sop_class else "no SOP class"
+    return f"{path} is a DICOM {what} ({name}), not a CT image"
 
 
 def _describe(uid: str, members: list[tuple[Path, pydicom.Dataset]]) -> str:

@@ -15,6 +15,7 @@ volumes in one file), a concatenation split over files.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from edgeseg.errors import DataError, require
 from edgeseg.limits import check_volume
 
 pydicom = require("pydicom", "io", "reading DICOM series")
+log = logging.getLogger(__name__)
 
 # SOP classes whose frames carry their geometry and rescale in functional groups.
 ENHANCED_CT_CLASSES = MULTI_FRAME_CT_CLASSES
@@ -92,6 +94,7 @@ class MultiFrameCT:
         shared = dataset.get("SharedFunctionalGroupsSequence") or [pydicom.Dataset()]
         if len(shared) != 1:
             raise DataError(f"{path}: SharedFunctionalGroupsSequence has {len(shared)} items, expected one")
+        self._fallback = self._top_level_rescale(per_frame, shared[0])
         self.views = [(frame_label(path, k + 1), self._view(k + 1, item, shared[0]))
                       for k, item in enumerate(per_frame)]
         self._numbers = {id(view): k + 1 for k, (_, view) in enumerate(self.views)}
@@ -104,13 +107,30 @@ class MultiFrameCT:
             if name in self.dataset:
                 view[name] = self.dataset[name]
         for group, attributes in FRAME_GROUPS.items():
-            item = _group_item(label, group, frame, shared)
+            item = _group_item(label, group, frame, shared, self._fallback.get(group))
             for name, required in attributes.items():
                 if name in item:
                     view[name] = item[name]
                 elif required:
                     raise DataError(f"DICOM file {label}: {group} lacks {name}")
         return view
+
+    def _top_level_rescale(self, per_frame, shared: pydicom.Dataset) -> dict[str, pydicom.Dataset]:
+        """{group: item} standing in for a Pixel Value Transformation the file lacks everywhere
+        while it gives RescaleSlope / RescaleIntercept at the top level, as some converters write
+        (not conformant: an Enhanced CT keeps them in the functional groups). dcm2niix and dcm4che
+        read those values for every frame; so does this, with one warning naming them."""
+        group = "PixelValueTransformationSequence"
+        if group in shared or any(group in item for item in per_frame) or not (
+                "RescaleSlope" in self.dataset or "RescaleIntercept" in self.dataset):
+            return {}
+        item = pydicom.Dataset()
+        for name in FRAME_GROUPS[group]:
+            if name in self.dataset:
+                item[name] = self.dataset[name]
+        log.warning("%s has no %s in its functional groups but %s at the top level; those are used for every "
+                    "frame", self.path, group, ", ".join(f"{name} {item[name].value}" for name in item.dir()))
+        return {group: item}
 
     def _check_one_volume(self, per_frame) -> None:
         """Refuse frames that make several volumes: stacks, temporal positions, another
@@ -186,10 +206,13 @@ class MultiFrameCT:
 
 
 
-def _group_item(label: Path, group: str, frame: pydicom.Dataset, shared: pydicom.Dataset) -> pydicom.Dataset:
+def _group_item(label: Path, group: str, frame: pydicom.Dataset, shared: pydicom.Dataset,
+                fallback: pydicom.Dataset | None = None) -> pydicom.Dataset:
     """The one item of functional group ``group`` for a frame: from its per-frame groups or the
-    shared ones, never both, never neither."""
+    shared ones, never both, never neither (unless a ``fallback`` stands in for neither)."""
     places = [name for name, groups in (("per-frame", frame), ("shared", shared)) if group in groups]
+    if not places and fallback is not None:
+        return fallback
     if not places:
         raise DataError(f"DICOM file {label} has no {group} in its per-frame or shared functional groups")
     if len(places) > 1:

@@ -104,24 +104,31 @@ def _source_slices(refs: DicomSeriesInfo, headers: list[pydicom.Dataset]) -> dic
 
 
 def _referenced_frames(source: pydicom.Dataset) -> list[int | None]:
-    if "ReferencedFrameNumber" not in source:
-        return [None]
-    numbers = source.ReferencedFrameNumber
+    numbers = source.get("ReferencedFrameNumber")
+    if numbers is None or numbers == "" or (isinstance(numbers, (list, tuple, pydicom.multival.MultiValue)) and not numbers):
+        return [None]  # absent or empty: the whole instance
     return [int(n) for n in (numbers if isinstance(numbers, (list, tuple, pydicom.multival.MultiValue)) else [numbers])]
 
 
-def _check_frame_geometry(path: Path, seg: pydicom.Dataset, sources: dict) -> None:
+def _check_frame_geometry(path: Path, seg: pydicom.Dataset, sources: dict, multi_frame: dict[str, Path]) -> None:
     """Every frame drawn on one of our slices (or frames, :func:`_source_slices`) must lie on that
-    slice's pixel grid.
+    slice's pixel grid. ``multi_frame``: SOP Instance UID -> file of a multi-frame source, whose
+    frames a SEG frame must reference by number, and at least one of them.
 
     highdicom only indexes by source instance when SpatialLocationsPreserved is YES, which
     many writers (dcmqi among them) leave out; the geometry is compared here instead.
     """
+    matched = 0
     for index in range(_num_frames(seg)):
         for source, number in ((s, n) for s in _frame_sources(seg, index) for n in _referenced_frames(s)):
             key = (str(source.get("ReferencedSOPInstanceUID", "")), number)
+            if number is None and key[0] in multi_frame:
+                # which frame of the file it is drawn on cannot be told; read as if on none, it would vanish
+                raise DataError(f"SEG {path} frame {index + 1} references {multi_frame[key[0]].name} "
+                                f"without ReferencedFrameNumber; a frame drawn on a multi-frame image names its frame")
             if key not in sources:
                 continue
+            matched += 1
             file, ct = sources[key]
             if str(source.get("SpatialLocationsPreserved", "")).upper() == "NO":
                 raise DataError(f"SEG {path} frame {index + 1} is not drawn on the pixels of {file} "
@@ -137,6 +144,10 @@ def _check_frame_geometry(path: Path, seg: pydicom.Dataset, sources: dict) -> No
                         f"SEG {path} frame {index + 1} has {attribute} {seg_value.tolist()} but its "
                         f"source {file} has {ct_value.tolist()}; the SEG is not on this series' grid"
                     )
+    if multi_frame and not matched:
+        raise DataError(f"SEG {path} references none of the {len(sources)} frames of "
+                        f"{', '.join(file.name for file in multi_frame.values())} "
+                        f"(ReferencedFrameNumber outside 1..{len(sources)}?)")
 
 
 def _check_references(path: Path, seg: pydicom.Dataset, volume: Volume, refs: DicomSeriesInfo,
@@ -189,7 +200,8 @@ def read_seg_label_map(path: str | os.PathLike, volume: Volume, refs: DicomSerie
         raise DataError(f"cannot read DICOM SEG {path}: {one_line(exc)}") from exc
     headers = refs.load_datasets()
     _check_references(path, seg, volume, refs, headers[0])
-    _check_frame_geometry(path, seg, _source_slices(refs, headers))
+    multi_frame = {} if refs.frame_numbers is None else {refs.sop_instance_uids[0]: refs.files[0]}
+    _check_frame_geometry(path, seg, _source_slices(refs, headers), multi_frame)
     numbers = [int(n) for n in seg.segment_numbers]
     if max(numbers, default=0) > 255:
         raise DataError(f"SEG {path} has segment number {max(numbers)}; label maps hold 0..255")

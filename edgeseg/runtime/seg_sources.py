@@ -11,6 +11,7 @@ and names the file and the field.
 
 from __future__ import annotations
 
+import copy
 import logging
 from pathlib import Path
 
@@ -28,6 +29,11 @@ TYPE2_FIELDS = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "S
                 "ReferringPhysicianName", "StudyID", "AccessionNumber")
 PATIENT_SEX_VALUES = ("M", "F", "O")
 # PS3.3 C.12.1.1.2: the one set each defined term with code extensions names when it is the only value
+# The functional groups highdicom copies from a multi-frame source's shared groups into the SEG's, for all
+# its frames; a source may keep them per frame, equal or not.
+SHARED_IN_SEG = ("PixelMeasuresSequence", "PlaneOrientationSequence")
+# Two frames' values closer than this are one value written twice (as the SEG reader compares grids).
+SAME_VALUE_TOLERANCE = 1e-4
 SINGLE_SET_OF = {"ISO 2022 IR 6": "", "ISO 2022 IR 13": "ISO_IR 13", "ISO 2022 IR 166": "ISO_IR 166",
                  **{f"ISO 2022 IR {n}": f"ISO_IR {n}" for n in (100, 101, 109, 110, 126, 127, 138, 144, 148, 203)}}
 
@@ -40,6 +46,8 @@ def seg_source_datasets(refs, progress: bool = False) -> list:
     UID, a patient or study value in a form DICOM does not define). ``progress`` shows the
     headers being read on stderr."""
     sources = refs.load_datasets(progress)
+    if refs.frame_numbers is not None:  # the reader's own header is left as it read it
+        sources = [_shared_groups(refs.files[0], copy.deepcopy(sources[0]))]
     first_path, first = refs.files[0], sources[0]
     seen: dict[str, Path] = {}
     for path, dataset in zip(refs.files, sources):
@@ -71,23 +79,96 @@ def _complete_thickness(refs, sources: list) -> None:
     Pixel Measures, which highdicom copies from the sources: without it the SEG fails (absent) or is
     invalid (empty). Slices without it get the series' slice spacing, measured along the normal
     from their positions, and a warning says so; a single slice has no spacing and is refused."""
-    missing = [path for path, dataset in zip(refs.files, sources) if not _text(dataset, "SliceThickness")]
-    if not missing or refs.frame_numbers is not None:  # a multi-frame source's thickness is per frame
+    if refs.frame_numbers is not None:
+        _complete_frame_thickness(refs, sources[0])
         return
-    import numpy as np
-
+    missing = [path for path, dataset in zip(refs.files, sources) if not _text(dataset, "SliceThickness")]
+    if not missing:
+        return
     if len(sources) < 2:
         raise DataError(f"DICOM file {missing[0]} has no SliceThickness, and a series of one slice has no spacing "
                         f"to state instead; a DICOM SEG states the thickness of its source images")
-    orientation = np.array([float(v) for v in sources[0].ImageOrientationPatient])
-    normal = np.cross(orientation[:3], orientation[3:])
-    heights = [float(np.dot(normal, [float(v) for v in dataset.ImagePositionPatient])) for dataset in sources]
-    spacing = float(np.median(np.abs(np.diff(heights))))
+    spacing = _spacing(sources[0].ImageOrientationPatient, [dataset.ImagePositionPatient for dataset in sources])
     for path, dataset in zip(refs.files, sources):
         if path in missing:
             dataset.SliceThickness = f"{spacing:.6g}"
     log.warning("series %s: %d of its %d slices have no SliceThickness; their DICOM SEG states the slice spacing, "
                 "%.6g mm, as their thickness", refs.series_instance_uid, len(missing), len(sources), spacing)
+
+
+def _complete_frame_thickness(refs, dataset) -> None:
+    """:func:`_complete_thickness` for a multi-frame source whose Pixel Measures (shared, see
+    :func:`_shared_groups`) lack SliceThickness: it gets the spacing of the frames' positions."""
+    measures = dataset.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0]
+    if _text(measures, "SliceThickness"):
+        return
+    frames = dataset.PerFrameFunctionalGroupsSequence
+    if len(frames) < 2:
+        raise DataError(f"DICOM file {refs.files[0]} has no SliceThickness, and its one frame has no spacing to "
+                        f"state instead; a DICOM SEG states the thickness of its source images")
+    orientation = dataset.SharedFunctionalGroupsSequence[0].PlaneOrientationSequence[0].ImageOrientationPatient
+    spacing = _spacing(orientation, [frame.PlanePositionSequence[0].ImagePositionPatient for frame in frames])
+    measures.SliceThickness = f"{spacing:.6g}"
+    log.warning("series %s: its %d frames have no SliceThickness; their DICOM SEG states the frame spacing, "
+                "%.6g mm, as their thickness", refs.series_instance_uid, len(frames), spacing)
+
+
+def _spacing(orientation, positions: list) -> float:
+    """The median gap between neighbouring positions along the slice normal of ``orientation``."""
+    import numpy as np
+
+    cosines = np.array([float(v) for v in orientation])
+    normal = np.cross(cosines[:3], cosines[3:])
+    heights = sorted(float(np.dot(normal, [float(v) for v in position])) for position in positions)
+    return float(np.median(np.diff(heights)))
+
+
+def _shared_groups(path: Path, dataset):
+    """``dataset`` (a multi-frame source, copied) with its groups of :data:`SHARED_IN_SEG` shared:
+    highdicom reads them from the shared functional groups only, while a source may keep them per
+    frame. A group whose item is the same for every frame moves there; one whose frames differ is
+    refused, as a SEG states one for all its frames. The reader has checked each frame has the
+    group's one item in one place."""
+    Dataset = require("pydicom.dataset", "dicom", "DICOM SEG output").Dataset
+    Sequence = require("pydicom.sequence", "dicom", "DICOM SEG output").Sequence
+
+    if not dataset.get("SharedFunctionalGroupsSequence"):
+        dataset.SharedFunctionalGroupsSequence = Sequence([Dataset()])
+    shared, frames = dataset.SharedFunctionalGroupsSequence[0], dataset.PerFrameFunctionalGroupsSequence
+    for group in SHARED_IN_SEG:
+        if group in shared:
+            continue
+        items = [frame[group].value[0] for frame in frames]
+        for number, item in enumerate(items[1:], start=2):
+            name = next((name for name in sorted(set(items[0].dir()) | set(item.dir()))
+                         if not _same_value(items[0].get(name), item.get(name))), None)
+            if name is not None:
+                raise DataError(f"DICOM file {path}: frames 1 and {number} have {name} {_shown(items[0], name)} and "
+                                f"{_shown(item, name)} ({group}); a DICOM SEG states one for all the frames it covers")
+        setattr(shared, group, Sequence([items[0]]))
+        for frame in frames:
+            delattr(frame, group)
+    return dataset
+
+
+def _same_value(a, b) -> bool:
+    """Two values of one attribute alike: numbers within SAME_VALUE_TOLERANCE, others as text."""
+    if a is None or b is None:
+        return a is b
+    try:
+        x, y = [float(v) for v in _listed(a)], [float(v) for v in _listed(b)]
+    except (TypeError, ValueError):
+        return str(a) == str(b)
+    return len(x) == len(y) and all(abs(u - v) <= SAME_VALUE_TOLERANCE for u, v in zip(x, y))
+
+
+def _listed(value) -> list:
+    return list(value) if hasattr(value, "__iter__") and not isinstance(value, str) else [value]
+
+
+def _shown(item, name: str) -> str:
+    value = item.get(name)
+    return "(none)" if value is None else str(_listed(value) if len(_listed(value)) > 1 else value)
 
 
 def _character_set(dataset) -> None:

@@ -276,3 +276,21 @@ def test_the_uneven_and_rescaled_inputs_are_conformant(tmp_path):
     done = subprocess.run(["dciodvfy", str(write_enhanced_ct(slices, tmp_path / "e.dcm", [2, 1, 0]))],
                           capture_output=True, text=True)
     assert [line for line in (done.stdout + done.stderr).splitlines() if line.startswith("Error")] == []
+
+
+def test_top_level_rescale_without_a_pixel_value_transformation_is_read_with_a_warning(tmp_path, caplog):
+    """Some converters write RescaleSlope / RescaleIntercept at the top level of an Enhanced CT and no
+    Pixel Value Transformation (not conformant); dcm2niix and dcm4che read those for every frame, and
+    so does edgeseg, with one warning naming the values. An intercept of -1000 (not the 0 of no
+    rescale) shows they were read: the HU equal those of the single-frame slices the file holds."""
+    slices = rescale_slices(read_slices(SERIES), [(1.0, -1000.0)] * 3)
+    ds = enhanced_ct(slices, [2, 0, 1])
+    del ds.SharedFunctionalGroupsSequence[0].PixelValueTransformationSequence
+    ds.RescaleSlope, ds.RescaleIntercept = "1", "-1000"
+    ds.save_as(tmp_path / "e.dcm", enforce_file_format=True)
+    with caplog.at_level("WARNING", logger="edgeseg"):
+        volume = read_dicom_series_with_refs(tmp_path / "e.dcm")[0]
+    _same_volume(volume, read_dicom_series_with_refs(_write_series(slices, tmp_path / "series"))[0])
+    warned = [r.getMessage() for r in caplog.records if "PixelValueTransformationSequence" in r.getMessage()]
+    assert warned == [f"{tmp_path / 'e.dcm'} has no PixelValueTransformationSequence in its functional groups but "
+                      f"RescaleIntercept -1000, RescaleSlope 1 at the top level; those are used for every frame"]

@@ -149,3 +149,29 @@ def test_two_segment_seg_of_a_shuffled_enhanced_ct_matches_the_series_seg(chest_
                                                        combine_segments=True)
     np.testing.assert_array_equal(frames, expected)
     assert set(np.unique(expected).tolist()) == {0, 1, 2}  # both classes were found: the test compares them
+
+
+@pytest.mark.parametrize("how", ["deleted", "emptied"])
+def test_seg_frame_without_its_source_frame_number_is_refused(seg_file, enhanced, tmp_path, how):
+    """A SEG frame that names the Enhanced CT but not which of its frames cannot be placed: it is
+    refused by name, not read as a label map of zeros."""
+    seg = pydicom.dcmread(seg_file)
+    for item in seg.PerFrameFunctionalGroupsSequence:
+        (image,) = item.DerivationImageSequence[0].SourceImageSequence
+        if how == "deleted":
+            del image.ReferencedFrameNumber
+        else:
+            image.ReferencedFrameNumber = None
+    seg.save_as(tmp_path / "unnumbered.dcm")
+    with pytest.raises(DataError, match=r"^SEG .*unnumbered\.dcm frame 1 references e\.dcm without "
+                                        r"ReferencedFrameNumber"):
+        open_dataset(enhanced, label_file=tmp_path / "unnumbered.dcm")
+
+
+def test_seg_of_none_of_the_frames_is_refused(seg_file, enhanced, tmp_path):
+    seg = pydicom.dcmread(seg_file)
+    for item in seg.PerFrameFunctionalGroupsSequence:
+        item.DerivationImageSequence[0].SourceImageSequence[0].ReferencedFrameNumber = 40
+    seg.save_as(tmp_path / "elsewhere.dcm")
+    with pytest.raises(DataError, match=r"references none of the 3 frames of e\.dcm"):
+        open_dataset(enhanced, label_file=tmp_path / "elsewhere.dcm")

@@ -1,0 +1,122 @@
+"""``edgeseg predict --format dicom-seg`` of Enhanced CT files whose functional groups are laid out
+as DICOM allows but as the SEG writer does not take them: Pixel Measures or Plane Orientation kept
+per frame (with one value, or with values that differ), and Pixel Measures without SliceThickness.
+The SEG is written, passes dciodvfy and reads back onto the file's volume as the labels the model
+gives the single-frame series; or the run is refused in one line before the model is loaded."""
+
+from __future__ import annotations
+
+import copy
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.sequence import Sequence
+
+from edgeseg.cli.main import cli
+from edgeseg.data.dicom import read_dicom_series_with_refs
+from edgeseg.data.open import open_dataset
+from edgeseg.runtime import Segmenter
+from tests.enhanced_ct import enhanced_ct, read_slices
+from tests.guarded_cli import GuardedCliRunner
+
+SERIES = Path(__file__).resolve().parents[1] / "data" / "dcmqi_ct_liver" / "ct-3slice"
+ORDER = [2, 0, 1]
+
+
+def predict(*args, quiet: bool = True):
+    """``--quiet`` prints warnings after a run that succeeds, and nothing but the error of one that fails."""
+    return GuardedCliRunner().invoke(cli, ["predict", *map(str, args), "--backend", "onnxruntime:fp32",
+                                           "--format", "dicom-seg", *(["--quiet"] if quiet else [])])
+
+
+def per_frame(ds: pydicom.Dataset, group: str) -> None:
+    """Move ``group`` from the shared functional groups into every frame's (the same item each)."""
+    (item,) = ds.SharedFunctionalGroupsSequence[0][group].value
+    del ds.SharedFunctionalGroupsSequence[0][group]
+    for frame in ds.PerFrameFunctionalGroupsSequence:
+        frame[group] = pydicom.DataElement(group, "SQ", Sequence([copy.deepcopy(item)]))
+
+
+def write(ds: pydicom.Dataset, path: Path) -> Path:
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+@pytest.fixture(scope="module")
+def series_labels(bundle_dir) -> np.ndarray:
+    volume, _ = read_dicom_series_with_refs(SERIES)
+    with Segmenter.load(bundle_dir, backend="onnxruntime:fp32") as segmenter:
+        return segmenter.predict_volume(volume)
+
+
+def check_seg(seg_path: Path, enhanced: Path, labels: np.ndarray) -> pydicom.Dataset:
+    (labelled,) = open_dataset(enhanced, label_file=seg_path)
+    np.testing.assert_array_equal(labelled.label, labels)
+    assert labels.any()  # the model found liver: the comparison covers labels
+    if shutil.which("dciodvfy"):
+        done = subprocess.run(["dciodvfy", str(seg_path)], capture_output=True, text=True)
+        assert [line for line in (done.stdout + done.stderr).splitlines() if line.startswith("Error")] == []
+    return pydicom.dcmread(seg_path, stop_before_pixels=True)
+
+
+@pytest.mark.parametrize("groups, nudge", [(("PixelMeasuresSequence",), 0), (("PlaneOrientationSequence",), 0),
+                                           (("PixelMeasuresSequence", "PlaneOrientationSequence"), 0),
+                                           (("PlaneOrientationSequence",), 5e-5)])
+def test_groups_kept_per_frame_with_one_value_make_a_seg(bundle_dir, series_labels, tmp_path, groups, nudge):
+    """``nudge``: frame 3's orientation off by as little as two writers' roundings differ, one value still."""
+    ds = enhanced_ct(read_slices(SERIES), ORDER)
+    for group in groups:
+        per_frame(ds, group)
+    if nudge:
+        orientation = ds.PerFrameFunctionalGroupsSequence[2].PlaneOrientationSequence[0]
+        orientation.ImageOrientationPatient = [float(v) + nudge for v in orientation.ImageOrientationPatient]
+    enhanced = write(ds, tmp_path / "e.dcm")
+    result = predict(bundle_dir, enhanced, "--out", tmp_path / "pred.dcm")
+    assert result.exit_code == 0, result.output
+    assert "field of view" in result.output  # the model's warning for this series: the model ran
+    seg = check_seg(tmp_path / "pred.dcm", enhanced, series_labels)
+    shared = seg.SharedFunctionalGroupsSequence[0]
+    np.testing.assert_allclose([float(v) for v in shared.PixelMeasuresSequence[0].PixelSpacing],
+                               [float(v) for v in pydicom.dcmread(SERIES / "01.dcm").PixelSpacing])
+    # the source file is read as it was written: its groups stay per frame
+    assert all(group in item for group in groups for item in pydicom.dcmread(enhanced).PerFrameFunctionalGroupsSequence)
+
+
+def test_thickness_that_differs_between_frames_is_refused_before_the_model(bundle_dir, tmp_path):
+    """(Orientations or pixel spacings that differ the series reader refuses itself.)"""
+    ds = enhanced_ct(read_slices(SERIES), ORDER)
+    per_frame(ds, "PixelMeasuresSequence")
+    ds.PerFrameFunctionalGroupsSequence[2].PixelMeasuresSequence[0].SliceThickness = "7.5"
+    enhanced = write(ds, tmp_path / "e.dcm")
+    result = predict(bundle_dir, enhanced, "--out", tmp_path / "pred.dcm")
+    assert result.exit_code != 0
+    assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1, result.output
+    assert result.output.startswith(f"edgeseg: error: DICOM file {enhanced}: frames 1 and 3 have "), result.output
+    assert re.search(r"have SliceThickness \S+ and 7\.5 ", result.output), result.output
+    assert "(PixelMeasuresSequence); a DICOM SEG states one for all the frames it covers" in result.output
+    assert list(tmp_path.iterdir()) == [enhanced]
+    # the model never ran: without --quiet, its warning for this series would be printed before the error
+    loud = predict(bundle_dir, enhanced, "--out", tmp_path / "pred.dcm", quiet=False)
+    assert loud.exit_code != 0 and "field of view" not in loud.output, loud.output
+
+
+def test_pixel_measures_without_slice_thickness_get_the_frame_spacing(bundle_dir, series_labels, tmp_path):
+    ds = enhanced_ct(read_slices(SERIES), ORDER)
+    del ds.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0].SliceThickness
+    enhanced = write(ds, tmp_path / "e.dcm")
+    result = predict(bundle_dir, enhanced, "--out", tmp_path / "pred.dcm")
+    assert result.exit_code == 0, result.output
+    seg = check_seg(tmp_path / "pred.dcm", enhanced, series_labels)
+    # the oracle: the gap between the slices' positions along their normal, from the slices themselves
+    slices = read_slices(SERIES)
+    cosines = np.asarray(slices[0].ImageOrientationPatient, dtype=float)
+    heights = np.sort([np.dot(np.cross(cosines[:3], cosines[3:]), np.asarray(s.ImagePositionPatient, dtype=float))
+                       for s in slices])
+    thickness = float(seg.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0].SliceThickness)
+    assert thickness == pytest.approx(float(np.median(np.diff(heights))), abs=1e-4)
+    assert "frames have no SliceThickness; their DICOM SEG states the frame spacing" in result.output
