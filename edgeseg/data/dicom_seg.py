@@ -113,22 +113,23 @@ def _referenced_frames(source: pydicom.Dataset) -> list[int | None]:
 def _check_frame_geometry(path: Path, seg: pydicom.Dataset, sources: dict, multi_frame: dict[str, Path]) -> None:
     """Every frame drawn on one of our slices (or frames, :func:`_source_slices`) must lie on that
     slice's pixel grid. ``multi_frame``: SOP Instance UID -> file of a multi-frame source, whose
-    frames a SEG frame must reference by number, and at least one of them.
+    frames a SEG frame must reference by number; each SEG frame must then be drawn on one of them.
 
     highdicom only indexes by source instance when SpatialLocationsPreserved is YES, which
     many writers (dcmqi among them) leave out; the geometry is compared here instead.
     """
-    matched = 0
     for index in range(_num_frames(seg)):
+        placed = False
         for source, number in ((s, n) for s in _frame_sources(seg, index) for n in _referenced_frames(s)):
             key = (str(source.get("ReferencedSOPInstanceUID", "")), number)
-            if number is None and key[0] in multi_frame:
+            if key[0] in multi_frame and key not in sources:
                 # which frame of the file it is drawn on cannot be told; read as if on none, it would vanish
                 raise DataError(f"SEG {path} frame {index + 1} references {multi_frame[key[0]].name} "
-                                f"without ReferencedFrameNumber; a frame drawn on a multi-frame image names its frame")
+                                + ("without ReferencedFrameNumber; a frame drawn on a multi-frame image names its frame"
+                                   if number is None else f"frame {number}, but that file has frames 1..{len(sources)}"))
             if key not in sources:
                 continue
-            matched += 1
+            placed = True
             file, ct = sources[key]
             if str(source.get("SpatialLocationsPreserved", "")).upper() == "NO":
                 raise DataError(f"SEG {path} frame {index + 1} is not drawn on the pixels of {file} "
@@ -144,10 +145,12 @@ def _check_frame_geometry(path: Path, seg: pydicom.Dataset, sources: dict, multi
                         f"SEG {path} frame {index + 1} has {attribute} {seg_value.tolist()} but its "
                         f"source {file} has {ct_value.tolist()}; the SEG is not on this series' grid"
                     )
-    if multi_frame and not matched:
-        raise DataError(f"SEG {path} references none of the {len(sources)} frames of "
-                        f"{', '.join(file.name for file in multi_frame.values())} "
-                        f"(ReferencedFrameNumber outside 1..{len(sources)}?)")
+        if multi_frame and not placed:
+            # a series held in one file has no other image: a frame drawn elsewhere would vanish unread
+            file = next(iter(multi_frame.values()))
+            named = sorted({str(s.get("ReferencedSOPInstanceUID", "")) for s in _frame_sources(seg, index)})
+            raise DataError(f"SEG {path} frame {index + 1} is drawn on {', '.join(named) or 'no image'}, not on "
+                            f"{file.name} (SOP Instance UID {next(iter(multi_frame))}), the one file of its series")
 
 
 def _check_references(path: Path, seg: pydicom.Dataset, volume: Volume, refs: DicomSeriesInfo,
@@ -159,8 +162,9 @@ def _check_references(path: Path, seg: pydicom.Dataset, volume: Volume, refs: Di
     referenced = {str(source.get("ReferencedSOPInstanceUID", ""))
                   for index in range(_num_frames(seg)) for source in _frame_sources(seg, index)}
     if not referenced & set(refs.sop_instance_uids):
-        raise DataError(f"SEG {path} references none of the {len(refs.sop_instance_uids)} slices of "
-                        f"series {refs.series_instance_uid}")
+        what = (f"the {len(refs.sop_instance_uids)} slices" if refs.frame_numbers is None else
+                f"{refs.files[0].name} (SOP Instance UID {refs.sop_instance_uids[0]}), the one file")
+        raise DataError(f"SEG {path} references none of {what} of series {refs.series_instance_uid}")
     size, ct_size = (int(seg.Rows), int(seg.Columns)), (int(first_ct.Rows), int(first_ct.Columns))
     if size != ct_size:
         raise DataError(f"SEG {path} frames are {size[0]}x{size[1]} pixels but the slices of "
