@@ -75,25 +75,38 @@ def seg_source_datasets(refs, progress: bool = False) -> list:
 
 
 def _complete_thickness(refs, sources: list) -> None:
-    """SliceThickness is Type 2 in a CT image (present, possibly empty) but Type 1C in the SEG's
-    Pixel Measures, which highdicom copies from the sources: without it the SEG fails (absent) or is
-    invalid (empty). Slices without it get the series' slice spacing, measured along the normal
-    from their positions, and a warning says so; a single slice has no spacing and is refused."""
+    """SliceThickness is Type 2 in a CT image (present, possibly empty) but Type 1C in the SEG's Pixel
+    Measures, which highdicom copies from the first source into the shared functional groups: one
+    thickness for every frame. Slices without it get the thickness the others state, or where none
+    does the series' slice spacing, measured along the normal from their positions, and a warning
+    says so; a single slice has no spacing and is refused. Slices of differing thickness are
+    refused, as an Enhanced CT's frames are (:func:`_shared_groups`): the SEG would state the first
+    slice's for all of them."""
     if refs.frame_numbers is not None:
         _complete_frame_thickness(refs, sources[0])
         return
+    stated = [(path, dataset.SliceThickness) for path, dataset in zip(refs.files, sources)
+              if _text(dataset, "SliceThickness")]
+    for path, thickness in stated[1:]:
+        if not _same_value(stated[0][1], thickness):
+            raise DataError(f"DICOM files {stated[0][0]} and {path.name} have SliceThickness {stated[0][1]} and "
+                            f"{thickness}; a DICOM SEG states one for all the frames it covers")
     missing = [path for path, dataset in zip(refs.files, sources) if not _text(dataset, "SliceThickness")]
     if not missing:
         return
-    if len(sources) < 2:
+    if stated:
+        value, said = str(stated[0][1]), f"that of the others, {stated[0][1]} mm"
+    elif len(sources) < 2:
         raise DataError(f"DICOM file {missing[0]} has no SliceThickness, and a series of one slice has no spacing "
                         f"to state instead; a DICOM SEG states the thickness of its source images")
-    spacing = _spacing(sources[0].ImageOrientationPatient, [dataset.ImagePositionPatient for dataset in sources])
+    else:
+        spacing = _spacing(sources[0].ImageOrientationPatient, [dataset.ImagePositionPatient for dataset in sources])
+        value, said = f"{spacing:.6g}", f"the slice spacing, {spacing:.6g} mm"
     for path, dataset in zip(refs.files, sources):
         if path in missing:
-            dataset.SliceThickness = f"{spacing:.6g}"
-    log.warning("series %s: %d of its %d slices have no SliceThickness; their DICOM SEG states the slice spacing, "
-                "%.6g mm, as their thickness", refs.series_instance_uid, len(missing), len(sources), spacing)
+            dataset.SliceThickness = value
+    log.warning("series %s: %d of its %d slices have no SliceThickness; their DICOM SEG states %s, as their "
+                "thickness", refs.series_instance_uid, len(missing), len(sources), said)
 
 
 def _complete_frame_thickness(refs, dataset) -> None:
@@ -139,6 +152,8 @@ def _shared_groups(path: Path, dataset):
         if group in shared:
             continue
         items = [frame[group].value[0] for frame in frames]
+        if group == "PixelMeasuresSequence":
+            _fill_frame_thickness(path, items)
         for number, item in enumerate(items[1:], start=2):
             name = next((name for name in sorted(set(items[0].dir()) | set(item.dir()))
                          if not _same_value(items[0].get(name), item.get(name))), None)
@@ -149,6 +164,18 @@ def _shared_groups(path: Path, dataset):
         for frame in frames:
             delattr(frame, group)
     return dataset
+
+
+def _fill_frame_thickness(path: Path, items: list) -> None:
+    """Per-frame Pixel Measures of which some lack SliceThickness get the first value the others
+    state (which must then agree), as single-frame slices do (:func:`_complete_thickness`)."""
+    stated = [item.SliceThickness for item in items if _text(item, "SliceThickness")]
+    missing = [item for item in items if not _text(item, "SliceThickness")]
+    if stated and missing:
+        for item in missing:
+            item.SliceThickness = stated[0]
+        log.warning("%s: %d of its %d frames have no SliceThickness; their DICOM SEG states that of the others, "
+                    "%s mm, as their thickness", path, len(missing), len(items), stated[0])
 
 
 def _same_value(a, b) -> bool:

@@ -120,3 +120,18 @@ def test_pixel_measures_without_slice_thickness_get_the_frame_spacing(bundle_dir
     thickness = float(seg.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0].SliceThickness)
     assert thickness == pytest.approx(float(np.median(np.diff(heights))), abs=1e-4)
     assert "frames have no SliceThickness; their DICOM SEG states the frame spacing" in result.output
+
+
+def test_a_frame_without_slice_thickness_gets_that_of_the_others(bundle_dir, series_labels, tmp_path):
+    """As a slice of a single-frame series without one (tests/runtime/test_seg_sources.py): the
+    frames' stated thickness, 1.25 mm, not their 1 mm spacing, and the SEG is written."""
+    ds = enhanced_ct(read_slices(SERIES), ORDER)
+    per_frame(ds, "PixelMeasuresSequence")
+    del ds.PerFrameFunctionalGroupsSequence[1].PixelMeasuresSequence[0].SliceThickness
+    enhanced = write(ds, tmp_path / "e.dcm")
+    result = predict(bundle_dir, enhanced, "--out", tmp_path / "pred.dcm")
+    assert result.exit_code == 0, result.output
+    seg = check_seg(tmp_path / "pred.dcm", enhanced, series_labels)
+    (original,) = {float(s.SliceThickness) for s in read_slices(SERIES)}
+    assert float(seg.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0].SliceThickness) == original
+    assert "1 of its 3 frames have no SliceThickness; their DICOM SEG states that of the others" in result.output

@@ -119,15 +119,29 @@ def test_series_without_slice_thickness_gets_a_valid_seg_stating_its_spacing(cas
     assert done.returncode == 0, done.stderr
     heights = _heights(series)
     spacing = sorted(abs(b - a) for a, b in zip(heights, heights[1:]))[(len(heights) - 1) // 2]
-    assert "have no SliceThickness; their DICOM SEG states the slice spacing" in done.stderr
-    originals = {float(pydicom.dcmread(path).get("SliceThickness") or 0) for path in SERIES.glob("*.dcm")}
     seg = pydicom.dcmread(out)
     stated = float(seg.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0].SliceThickness)
-    # highdicom copies the first source's: the spacing where it was filled in, else the original
-    assert stated == pytest.approx(spacing, abs=1e-4) or (case == "absent from one slice" and stated in originals)
+    if case == "absent from one slice":  # the thickness the other slices state, not their spacing
+        (original,) = {float(pydicom.dcmread(path).SliceThickness) for path in SERIES.glob("*.dcm")}
+        assert "have no SliceThickness; their DICOM SEG states that of the others" in done.stderr
+        assert stated == original != pytest.approx(spacing, abs=1e-4)
+    else:
+        assert "have no SliceThickness; their DICOM SEG states the slice spacing" in done.stderr
+        assert stated == pytest.approx(spacing, abs=1e-4)
     if shutil.which("dciodvfy"):
         checked = subprocess.run(["dciodvfy", str(out)], capture_output=True, text=True, timeout=120)
         assert [ln for ln in (checked.stdout + checked.stderr).splitlines() if ln.startswith("Error")] == []
+
+
+def test_slices_of_differing_thickness_are_one_line(exported_bundle, tmp_path, assert_one_line_error):
+    """The SEG states one SliceThickness, shared by all its frames (highdicom copies the first
+    source's): a slice of another thickness got the first slice's without a word, while an
+    Enhanced CT whose frames differ was refused. Now both are refused, before the model runs."""
+    series = _series(tmp_path / "series", lambda k, ds: setattr(ds, "SliceThickness", "7.5") if k == 2 else None)
+    out = tmp_path / "out.seg.dcm"
+    assert_one_line_error(_predict(exported_bundle, series, out), "03.dcm and 02.dcm have SliceThickness 7.5 and "
+                          "1.250000; a DICOM SEG states one for all the frames it covers")
+    assert not out.exists()
 
 
 def test_a_single_slice_without_slice_thickness_is_one_line(exported_bundle, tmp_path, assert_one_line_error):
