@@ -111,7 +111,9 @@ class DicomNode(NodeEvents, NodeLifecycle):
         self._taken = 0  # series folders moved aside to be segmented, for unique names
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._closing = False  # set (under the lock) as the stop begins: no image is stored from then on
+        # set as the stop begins, without the lock (a write holding it must not hold up closing the
+        # port); read under the lock: no image is stored from then on
+        self._closing = threading.Event()
         self._abandon = threading.Event()
         self._server = None
         self._peers = PeerWatch(self.peer_timeout, self._on_peer_timed_out)
@@ -161,7 +163,7 @@ class DicomNode(NodeEvents, NodeLifecycle):
         # All under the node's lock, the write and its flushes too: segmenting, merging late images
         # (dicom_segmented.absorb) and the stop's taking of every series then never meet a write in flight.
         with self._lock:
-            if self._closing:  # the stop has taken the series received: this image would be segmented by none
+            if self._closing.is_set():  # the stop has taken the series received: this image would be segmented by none
                 self.stats.refused += 1
                 log.warning("refused image %s of series %s: the node is stopping", sop_uid, series_uid)
                 return failure_status(STATUS_OUT_OF_RESOURCES, "the node is stopping; send it again", sop_uid)

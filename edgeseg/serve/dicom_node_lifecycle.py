@@ -127,8 +127,11 @@ class NodeLifecycle:
         # From here on an image is refused, not stored: one stored before is in a series the stop
         # segments below; one stored after, by an association not yet cut (one whose connection
         # was accepted as the accept loop ended), would have been acknowledged and then dropped.
-        with self._lock:
-            self._closing = True
+        # Set without the node's lock, which a handler holds through its write and flushes (a
+        # slow disk must not keep the port open); the handler reads it under the lock, and the
+        # worker's last taking of the series, after ``_stop``, takes the lock: an image whose
+        # handler saw it unset is stored before that and segmented with its series.
+        self._closing.set()
         # whatever point of the start an interrupt ended: an accept loop not begun never begins
         accepting = self._accept is not None and self._accept.cancel()
         server = self._server
