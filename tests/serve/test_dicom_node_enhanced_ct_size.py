@@ -81,6 +81,25 @@ def test_an_uncompressed_enhanced_ct_of_310_frames_of_512x512_is_stored(running_
     assert int(header.NumberOfFrames) == 310 and size >= 310 * SIZE * SIZE * 2
 
 
+def test_an_enhanced_ct_past_the_volume_limit_is_aborted_as_it_comes(running_node, tmp_path, monkeypatch, caplog):
+    """The multi-frame bound is the volume limit's: lowered to 8 MiB, 40 frames of 512x512 (21 MB
+    as sent) have their association aborted once past 8 MiB + 4 MiB, nothing stored."""
+    import logging
+
+    ds = _big_enhanced_ct(40)
+    ds.PixelData = bytes(40 * SIZE * SIZE * 2)
+    source = tmp_path / "e.dcm"
+    ds.save_as(source, enforce_file_format=True)
+    monkeypatch.setenv("EDGESEG_MAX_VOLUME_BYTES", str(8 << 20))
+    caplog.set_level(logging.WARNING, logger="edgeseg.listen")
+    with running_node(idle=3600) as node:
+        sent = _storescu(node.port, source)
+        stored = list(node.work.rglob("*.dcm"))
+    assert "Received Store Response" not in sent.stderr, sent.stderr[-2000:]
+    assert stored == [] and node.stats.received == 0
+    assert f"a data set of over {(8 << 20) + (4 << 20)} bytes" in caplog.text, caplog.text
+
+
 def _peak_kib(pid: int) -> int:
     """VmHWM (peak resident set) of process ``pid``, in KiB."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
