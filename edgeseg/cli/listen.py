@@ -100,23 +100,33 @@ def command(bundle, ae_title, any_ae, allow_calling, host, port, out, forward, i
         check_work_folder(None, None, "received images")
     check_port(host, port)
     audit = AuditLog(audit_log) if audit_log else None  # a path it cannot append to, before the model loads
-    segmenter = Segmenter.load(bundle, backend=backend, threads=threads,
-                               tta=tta)
-    if audit is not None:
-        audit.model = provenance(segmenter)
+    node = segmenter = None
+
+    # the stop segments what was received; a second signal cuts that short (the series left are
+    # logged) but never leaves the work folder behind
+    def abandon(signum, frame):
+        if node is not None:
+            node.abandon()
 
     def interrupt(signum, frame):  # SIGTERM (a service manager's stop) ends the node as Ctrl-C does
+        # the first one switches both to abandon before it raises: a second one, however soon,
+        # cuts the stop short and never skips it
+        signal.signal(signal.SIGTERM, abandon)
+        signal.signal(signal.SIGINT, abandon)
         raise KeyboardInterrupt
 
     # SIGINT too, explicitly: a process started in the background by a shell inherits SIGINT
-    # ignored, and Python then installs no Ctrl-C handler of its own.
+    # ignored, and Python then installs no Ctrl-C handler of its own. Before the model loads: a
+    # signal while it loads is the same stop as any later one.
     signal.signal(signal.SIGTERM, interrupt)
     signal.signal(signal.SIGINT, interrupt)
-    node = None
     try:
-        # Ctrl-C or SIGTERM at any moment from here, the start included, is a stop: the node (if made)
-        # segments what it has, and the exit status is 0
+        # Ctrl-C or SIGTERM at any moment from here, the model loading and the start included, is a
+        # stop: the node (if made) segments what it has, and the exit status is 0
         with contextlib.suppress(KeyboardInterrupt):
+            segmenter = Segmenter.load(bundle, backend=backend, threads=threads, tta=tta)
+            if audit is not None:
+                audit.model = provenance(segmenter)
             node = DicomNode(segmenter, ae_title=ae_title, host=host, port=port, out=out, forward=peer, idle=idle,
                              any_ae=any_ae, calling_aets=list(allow_calling), max_series=max_series, unsent=unsent,
                              resend_every=resend_every, peer_timeout=peer_timeout, max_associations=max_associations,
@@ -131,16 +141,11 @@ def command(bundle, ae_title, any_ae, allow_calling, host, port, out, forward, i
             while True:  # until Ctrl-C or SIGTERM
                 time.sleep(1)
     finally:
-        # the stop segments what was received; a second signal cuts that short (the series left
-        # are logged) but never leaves the work folder behind
-        def abandon(signum, frame):
-            if node is not None:
-                node.abandon()
-
-        signal.signal(signal.SIGTERM, abandon)
+        signal.signal(signal.SIGTERM, abandon)  # an error, not a signal, may have ended the block
         signal.signal(signal.SIGINT, abandon)
         if node is not None:
             node.stop()  # removes the folder of received images (not a --work folder)
-        segmenter.close()
+        if segmenter is not None:
+            segmenter.close()
         if audit is not None:
             audit.close()

@@ -324,7 +324,8 @@ class AssociationAudit:
     def recovered(self, series_uid: str, images: int, outcome: str, previous_pid: int | None) -> None:
         """Log one series a node starting on its --work folder found there, left by an earlier node:
         ``outcome`` "in_flight" (to be segmented), "kept" (for late images) or "over_limit" (``images``
-        set aside in the folder's over-limit/: with the rest of the series, past the volume limit)."""
+        set aside in the folder's over-limit/: with the rest of the series, past the volume limit or a
+        mix of an Enhanced CT and slices)."""
         self._record("recovered", series_uid=series_uid, images=images, outcome=outcome, previous_pid=previous_pid)
 
     def _record(self, event: str, **fields) -> None:

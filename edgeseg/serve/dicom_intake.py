@@ -120,9 +120,10 @@ def store_failure(exc: DataError, sop_uid: str):
 def refusal(ds) -> tuple[int, str] | None:
     """``(status, reason)`` when an incoming CT image (one of :data:`CT_CLASSES`) must be refused
     before it is stored, else None. ``ds`` carries its file meta (the transfer syntax it came in);
-    compressed pixel data that decodes is left decoded in ``ds`` (Explicit VR Little Endian, its
-    SOP Instance UID unchanged), so that it is decoded once, here, and stored as the series read
-    takes it."""
+    a slice's compressed pixel data that decodes is left decoded in ``ds`` (Explicit VR Little
+    Endian, its SOP Instance UID unchanged), so that it is decoded once, here, and stored as the
+    series read takes it. An Enhanced CT's frames are decoded one at a time and none is kept: the
+    file is stored as it came."""
     from pydicom.uid import UID
 
     sop_class = str(ds.get("SOPClassUID", ""))
@@ -139,21 +140,29 @@ def refusal(ds) -> tuple[int, str] | None:
         return STATUS_DATASET_MISMATCH, str(exc)
     syntax = ds.file_meta.get("TransferSyntaxUID", "?")
     try:
-        if UID(str(syntax)).is_compressed:
+        if sop_class in ENHANCED_CT_CLASSES:
+            # a whole series: decoded frame by frame and each frame dropped once checked, never
+            # held whole (1,000 RLE frames of 512x512 are 8 MB as sent, 500 MB decoded); the file
+            # is stored as it came, and the series read decodes it frame by frame again
+            check_pixels(ds, label, checked)
+        elif UID(str(syntax)).is_compressed:
             # Decoded here, in full, and kept decoded: the series read then takes the pixels as
             # they are instead of decoding every image a second time (JPEG 2000 costs the most).
             ds.decompress(generate_instance_uid=False)
         else:
             ds.pixel_array  # noqa: B018 - checked here so that the series read cannot fail on it
+    except DataError as exc:
+        return STATUS_CANNOT_UNDERSTAND, str(exc)
     except Exception as exc:  # pydicom raises RuntimeError, ValueError, NotImplementedError, ...
         name = getattr(syntax, "name", str(syntax))
         first = str(exc).strip().splitlines()
         detail = " ".join(line.strip() for line in first[:2]) if first else type(exc).__name__
         return STATUS_CANNOT_UNDERSTAND, f"its pixel data ({name}) cannot be decoded here: {detail}"
-    try:
-        check_pixels(ds, label, checked)
-    except DataError as exc:
-        return STATUS_CANNOT_UNDERSTAND, str(exc)
+    if sop_class not in ENHANCED_CT_CLASSES:
+        try:
+            check_pixels(ds, label, checked)
+        except DataError as exc:
+            return STATUS_CANNOT_UNDERSTAND, str(exc)
     return None
 
 
@@ -187,11 +196,16 @@ def _enhanced_ct_checks():
         return multi
 
     def check_pixels(ds, label: str, multi) -> None:
-        expected = (len(multi.views), *slice_size(ds, label))
-        pixels = ds.pixel_array
-        shape = pixels.shape if len(multi.views) > 1 else (1, *pixels.shape)  # one frame decodes to 2-D
-        if shape != expected or pixels.dtype.kind not in "biuf":
-            raise DataError(f"DICOM file {label}: its pixel data decodes to {pixels.dtype} {list(pixels.shape)}, "
-                            f"expected {expected[0]} grey-level frames of {expected[1]}x{expected[2]}")
+        from pydicom.pixels import iter_pixels
+
+        frames, (rows, columns) = len(multi.views), slice_size(ds, label)
+        decoded = 0
+        for frame in iter_pixels(ds):  # one frame at a time, each dropped before the next
+            decoded += 1
+            if decoded > frames or frame.shape != (rows, columns) or frame.dtype.kind not in "biuf":
+                raise DataError(f"DICOM file {label}: its pixel data decodes to {frame.dtype} {list(frame.shape)} "
+                                f"frames, expected {frames} grey-level frames of {rows}x{columns}")
+        if decoded != frames:
+            raise DataError(f"DICOM file {label}: its pixel data holds {decoded} frames, expected {frames}")
 
     return check_header, check_pixels

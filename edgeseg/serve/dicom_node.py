@@ -95,30 +95,42 @@ class DicomNode(NodeEvents, NodeLifecycle):
         if durable and work is None:
             raise DataError("a durable work folder must be named (--work DIR)")
         self._own_work = work is None
-        self.work = Path(work) if work is not None else Path(tempfile.mkdtemp(prefix="edgeseg-listen-"))
-        # durable: the folder is this node's alone while it runs, each image is on disk before its
-        # Success, and what a node killed outright left in it is taken up again (dicom_work.py)
-        self._claim = WorkClaim(self.work) if durable else None
-        self.stats = NodeStats()
-        self._forwarder = None if forward is None else Forwarder(forward, ae_title, self.unsent, resend_every, self.stats)
-        self._connections = ConnectionLimit(max_connections, per_host_limit(max_connections_per_host, max_associations),
-                                            self.stats, per_host_limit(max_associations_per_ae, max_associations), audit)
-        self._series: dict[str, HeldSeries] = {}
-        self._sending = SendingAssociations()  # an open association's series is not complete
-        self._segmented = SegmentedSeries(self.work, keep_segmented, durable)
-        self._queued = 0  # series taken to be segmented and not done yet: they are in flight too
-        self._turned_away: set[str] = set()  # series refused for --max-series, each logged once
-        self._taken = 0  # series folders moved aside to be segmented, for unique names
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._closing = False  # set (under the lock) as the stop begins: no image is stored from then on
-        self._abandon = threading.Event()
-        self._server = None
-        self._peers = PeerWatch(self.peer_timeout, self._on_peer_timed_out)
-        self._worker = GuardedThread(self._watch, "edgeseg-listen")
-        self._accept: GuardedThread | None = None  # the accept loop's (dicom_node_lifecycle.py)
-        if durable:
-            take_up(self.work, self._claim.previous, self._series, self._segmented, self.audit)
+        made = None  # the folder made here, removed again if the making of the node ends short
+        try:
+            if work is None:
+                made = tempfile.mkdtemp(prefix="edgeseg-listen-")
+            self.work = Path(work) if work is not None else Path(made)
+            # durable: the folder is this node's alone while it runs, each image is on disk before its
+            # Success, and what a node killed outright left in it is taken up again (dicom_work.py)
+            self._claim = WorkClaim(self.work) if durable else None
+            self.stats = NodeStats()
+            self._forwarder = None if forward is None else Forwarder(forward, ae_title, self.unsent, resend_every,
+                                                                     self.stats)
+            self._connections = ConnectionLimit(max_connections,
+                                                per_host_limit(max_connections_per_host, max_associations), self.stats,
+                                                per_host_limit(max_associations_per_ae, max_associations), audit)
+            self._series: dict[str, HeldSeries] = {}
+            self._sending = SendingAssociations()  # an open association's series is not complete
+            self._segmented = SegmentedSeries(self.work, keep_segmented, durable)
+            self._queued = 0  # series taken to be segmented and not done yet: they are in flight too
+            self._turned_away: set[str] = set()  # series refused for --max-series, each logged once
+            self._taken = 0  # series folders moved aside to be segmented, for unique names
+            self._lock = threading.Lock()
+            self._stop = threading.Event()
+            # set as the stop begins, without the lock (a write holding it must not hold up closing the
+            # port); read under the lock: no image is stored from then on
+            self._closing = threading.Event()
+            self._abandon = threading.Event()
+            self._server = None
+            self._peers = PeerWatch(self.peer_timeout, self._on_peer_timed_out)
+            self._worker = GuardedThread(self._watch, "edgeseg-listen")
+            self._accept: GuardedThread | None = None  # the accept loop's (dicom_node_lifecycle.py)
+            if durable:
+                take_up(self.work, self._claim.previous, self._series, self._segmented, self.audit)
+        except BaseException:  # an error, or an interrupt (a signal during the start): no folder left behind
+            if made is not None:
+                shutil.rmtree(made, ignore_errors=True)
+            raise
 
     def _on_store(self, event) -> int:
         sop_class = str(event.request.AffectedSOPClassUID)
@@ -161,7 +173,7 @@ class DicomNode(NodeEvents, NodeLifecycle):
         # All under the node's lock, the write and its flushes too: segmenting, merging late images
         # (dicom_segmented.absorb) and the stop's taking of every series then never meet a write in flight.
         with self._lock:
-            if self._closing:  # the stop has taken the series received: this image would be segmented by none
+            if self._closing.is_set():  # the stop has taken the series received: this image would be segmented by none
                 self.stats.refused += 1
                 log.warning("refused image %s of series %s: the node is stopping", sop_uid, series_uid)
                 return failure_status(STATUS_OUT_OF_RESOURCES, "the node is stopping; send it again", sop_uid)

@@ -19,8 +19,9 @@ import threading
 from edgeseg.errors import DataError, require
 from edgeseg.limits import current_limits
 from edgeseg.serve.dicom_connections import limited_server_class
-from edgeseg.serve.dicom_intake import add_ct_contexts
-from edgeseg.serve.dicom_peer_bound import MAX_PDU_LENGTH, PeerBounds, bounded_request_handler, data_set_limit
+from edgeseg.serve.dicom_intake import ENHANCED_CT_CLASSES, add_ct_contexts
+from edgeseg.serve.dicom_peer_bound import (MAX_PDU_LENGTH, PeerBounds, bounded_request_handler, data_set_limit,
+                                            multi_frame_data_set_limit)
 from edgeseg.serve.dicom_refusal import REFUSAL_WAIT
 
 
@@ -110,7 +111,9 @@ class NodeLifecycle:
     @staticmethod
     def _peer_bounds() -> PeerBounds:
         """Asked at each association: the size limits may have been changed since the start."""
-        return PeerBounds(data_set_limit=data_set_limit(current_limits()))
+        limits = current_limits()
+        return PeerBounds(data_set_limit=data_set_limit(limits), multi_frame_classes=frozenset(ENHANCED_CT_CLASSES),
+                          multi_frame_limit=multi_frame_data_set_limit(limits))
 
     def abandon(self) -> None:
         """Segment no more series during a stop (a second interrupt): those left are logged as not
@@ -124,8 +127,11 @@ class NodeLifecycle:
         # From here on an image is refused, not stored: one stored before is in a series the stop
         # segments below; one stored after, by an association not yet cut (one whose connection
         # was accepted as the accept loop ended), would have been acknowledged and then dropped.
-        with self._lock:
-            self._closing = True
+        # Set without the node's lock, which a handler holds through its write and flushes (a
+        # slow disk must not keep the port open); the handler reads it under the lock, and the
+        # worker's last taking of the series, after ``_stop``, takes the lock: an image whose
+        # handler saw it unset is stored before that and segmented with its series.
+        self._closing.set()
         # whatever point of the start an interrupt ended: an accept loop not begun never begins
         accepting = self._accept is not None and self._accept.cancel()
         server = self._server

@@ -66,15 +66,26 @@ def data_set_limit(limits: InputLimits) -> int:
     return pixels * PIXEL_BYTES_BOUND + NON_PIXEL_LIMIT
 
 
+def multi_frame_data_set_limit(limits: InputLimits) -> int:
+    """The most bytes one multi-frame CT's data set (a whole series in one message) may take on
+    the wire: a volume at the volume limit, its pixels counted at the 4 bytes a pixel of the
+    float32 HU array the limit counts (CT stores 2), plus the non-pixel allowance."""
+    return limits.max_volume_bytes + NON_PIXEL_LIMIT
+
+
 @dataclass(frozen=True)
 class PeerBounds:
     """How much one association may send: per P-DATA-TF PDU (its variable field, as the node
-    offered), per other PDU, and per message (command set, data set; sums of fragments)."""
+    offered), per other PDU, and per message (command set, data set; sums of fragments). A data
+    set sent on a presentation context the peer proposed for one of ``multi_frame_classes`` (a
+    whole series in one image) is bounded by ``multi_frame_limit`` instead."""
 
     max_pdu_length: int = MAX_PDU_LENGTH
     other_pdu_limit: int = OTHER_PDU_LIMIT
     command_set_limit: int = COMMAND_SET_LIMIT
     data_set_limit: int = NON_PIXEL_LIMIT
+    multi_frame_classes: frozenset = frozenset()
+    multi_frame_limit: int = NON_PIXEL_LIMIT
 
 
 class PduBoundSocket:
@@ -105,6 +116,7 @@ class PduBoundSocket:
         self._closed = False
         self._command = 0  # bytes of the current message's command set so far
         self._data_set = 0  # and of its data set
+        self._multi_frame: set[int] = set()  # presentation context IDs proposed for multi-frame classes
         # the peer's clock: the time since the node last heard a whole PDU, the start of one, or
         # sent an answer, and what it waits for (a PDU header or body begun: bytes due, bytes come)
         self._since = time.monotonic()
@@ -225,6 +237,7 @@ class PduBoundSocket:
         self._pdus += 1
         self._since = time.monotonic()
         if self._pdus == 1 and pdu_type == 0x01 and len(body) == length:
+            self._multi_frame = proposed_contexts(body, self._bounds.multi_frame_classes)
             answer = self._on_request(header + body)
             if answer is not None:  # pynetdicom sees the connection end before a request
                 self._closed = True
@@ -253,7 +266,7 @@ class PduBoundSocket:
             item_length = int.from_bytes(body[offset:offset + 4], "big")
             if item_length < 2 or offset + 4 + item_length > len(body):
                 break
-            control, size = body[offset + 5], item_length - 2
+            context, control, size = body[offset + 4], body[offset + 5], item_length - 2
             offset += 4 + item_length
             if control & _COMMAND:
                 self._command += size
@@ -263,8 +276,9 @@ class PduBoundSocket:
                     self._command = 0
             else:
                 self._data_set += size
-                if self._data_set > self._bounds.data_set_limit:
-                    return (f"a data set of over {self._bounds.data_set_limit} bytes, more than one image within the "
+                limit = self._bounds.multi_frame_limit if context in self._multi_frame else self._bounds.data_set_limit
+                if self._data_set > limit:
+                    return (f"a data set of over {limit} bytes, more than one image within the "
                             f"size limits takes (EDGESEG_MAX_PIXELS, EDGESEG_MAX_VOLUME_BYTES)")
                 if control & _LAST:
                     self._data_set = 0
@@ -278,6 +292,26 @@ class PduBoundSocket:
         with contextlib.suppress(OSError):  # the peer is gone already; the stream ends either way
             self.sendall(abort_pdu(source, code))
         return b""
+
+
+def proposed_contexts(body: bytes, classes: frozenset) -> set[int]:
+    """The IDs of the presentation contexts an A-ASSOCIATE-RQ (its PDU ``body``, PS3.8 9.3.2:
+    68 bytes of fixed fields, then items) proposes for an abstract syntax in ``classes``. A
+    malformed item ends the list: pynetdicom refuses that request itself."""
+    found, offset = set(), 68
+    while offset + 4 <= len(body):
+        item_type, length = body[offset], int.from_bytes(body[offset + 2:offset + 4], "big")
+        item = body[offset + 4:offset + 4 + length]
+        offset += 4 + length
+        if item_type != 0x20 or len(item) < 4:
+            continue
+        sub = 4  # context ID, three reserved bytes, then the sub-items
+        while sub + 4 <= len(item):
+            sub_type, sub_length = item[sub], int.from_bytes(item[sub + 2:sub + 4], "big")
+            if sub_type == 0x30 and item[sub + 4:sub + 4 + sub_length].rstrip(b"\0 ").decode("ascii", "replace") in classes:
+                found.add(item[0])
+            sub += 4 + sub_length
+    return found
 
 
 def bounded_request_handler(bounds: Callable[[], PeerBounds], refused: Callable[[tuple, str], None],

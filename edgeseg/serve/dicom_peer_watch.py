@@ -35,6 +35,11 @@ class PeerWatch:
         self.timeout = float(timeout)
         self._timed_out = timed_out
         self._conns: set[PduBoundSocket] = set()
+        # connections cut as they were added (the stop had begun): their associations are still
+        # paired with them, so that their end hands the wait for a request its None (closed()),
+        # and those associations are known, so that the stop aborts none of them (requested())
+        self._cut_on_add: set[PduBoundSocket] = set()
+        self._cut_assocs = weakref.WeakSet()
         self._lock = threading.Lock()
         self._stop = threading.Event()
         # a quarter of the timeout between looks: a peer is cut within 1.25 timeouts
@@ -52,6 +57,7 @@ class PeerWatch:
             if not self._stop.is_set():
                 self._conns.add(conn)
                 return
+            self._cut_on_add.add(conn)
         conn.cut()
 
     def busy_while(self, handler: Callable):
@@ -75,6 +81,8 @@ class PeerWatch:
         for conn in self._conns_of(address):
             with self._lock:
                 self._conn_of[event.assoc] = conn
+                if conn in self._cut_on_add:
+                    self._cut_assocs.add(event.assoc)
 
     def closed(self, event) -> None:
         """pynetdicom's EVT_CONN_CLOSE: a connection that ended before its peer's first whole PDU
@@ -83,6 +91,7 @@ class PeerWatch:
         pynetdicom's own timeout path then frees the slot, up to the timeout earlier."""
         with self._lock:
             conn = self._conn_of.pop(event.assoc, None)
+            self._cut_on_add.discard(conn)
         if conn is not None and not conn.requested and event.assoc.is_acceptor:
             event.assoc.dul.to_user_queue.put(None)
 
@@ -91,12 +100,15 @@ class PeerWatch:
         here): pynetdicom refuses an A-ABORT on an association still waiting for one, with a
         traceback from its reader thread."""
         with self._lock:
+            if assoc in self._cut_assocs:  # its connection was cut before it was read at all
+                return False
             conn = self._conn_of.get(assoc)
         return conn is None or conn.requested
 
     def _conns_of(self, address: tuple) -> list[PduBoundSocket]:
         with self._lock:
-            return [conn for conn in self._conns if (str(conn.address[0]), int(conn.address[1])) == address]
+            return [conn for conn in self._conns | self._cut_on_add
+                    if (str(conn.address[0]), int(conn.address[1])) == address]
 
     def _run(self) -> None:
         while not self._stop.wait(self._every):

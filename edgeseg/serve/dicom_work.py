@@ -38,6 +38,7 @@ from pathlib import Path
 from edgeseg.errors import DataError
 from edgeseg.limits import VOLUME_BYTES_ENV, check_volume, current_limits
 from edgeseg.serve.dicom_intake import UID_PATTERN
+from edgeseg.serve.dicom_stored import whole_image
 from edgeseg.staging import process_alive
 
 log = logging.getLogger("edgeseg.listen")
@@ -175,7 +176,8 @@ class Recovered:
     sizes: dict[str, int] = field(default_factory=dict)
     shape: tuple[int, int] = (0, 0)
     reference: dict | None = None
-    over_limit: int = 0  # images acknowledged before and set aside: with the rest, past the volume limit
+    over_limit: int = 0  # images acknowledged before and set aside: with the rest, past the volume limit or mixed
+    multiframe: set = field(default_factory=set)  # the SOP Instance UIDs of its multi-frame images
 
 
 def save_reference(folder: Path, reference, until: float) -> None:
@@ -282,27 +284,6 @@ def _aside(work: Path, uid: str, item: Path, why: str, folder: str = DAMAGED, sa
                   item.name, why, aside / name)
 
 
-def _whole(path: Path) -> tuple[int, tuple[int, int]] | None:
-    """(frames, (rows, columns)) of an image file holding all its pixel data, else None. The pixel
-    data is not read: its element must claim the bytes its size needs (the node stores images
-    uncompressed) and the file must hold them all."""
-    import pydicom
-
-    try:
-        ds = pydicom.dcmread(path, defer_size=4096)
-        frames, rows, columns = int(ds.get("NumberOfFrames") or 1), int(ds.Rows), int(ds.Columns)
-        pixels = ds.get_item("PixelData", keep_deferred=True)
-        need = frames * rows * columns * ((int(ds.BitsAllocated) + 7) // 8)
-        if pixels is None or pixels.length < need:
-            return None
-        tell = getattr(pixels, "value_tell", None)  # none where the value was read (under defer_size)
-        if len(pixels.value) < need if tell is None else tell + pixels.length > path.stat().st_size:
-            return None
-        return frames, (rows, columns)
-    except Exception:  # truncated, not DICOM, no pixel data: not a whole image
-        return None
-
-
 def recover(work: Path) -> tuple[list[Recovered], int]:
     """The series a dead node left in ``work``, each merged into ``work/UID`` (or kept as
     ``work/UID.segmented``), and how many staged images (writes cut short) were removed. Called
@@ -365,26 +346,32 @@ def _merge(work: Path, uid: str, part: Path, series: Recovered) -> int:
             _aside(work, uid, item, "is not a regular file (a link, a FIFO, a folder), never read")
         elif sop in series.frames:  # the image came again later: the newer copy is held
             item.unlink()
-        elif (whole := _whole(item) if UID_PATTERN.fullmatch(sop) else None) is None:
+        elif (whole := whole_image(item) if UID_PATTERN.fullmatch(sop) else None) is None:
             _aside(work, uid, item, "is not a whole image (cut short by the end of the node that received it)")
         else:
             images[sop] = item, *whole, item.stat().st_size
-    slices = sum(series.frames.values()) + sum(frames for _, frames, _, _ in images.values())
+    slices = sum(series.frames.values()) + sum(frames for _, frames, _, _, _ in images.values())
     stored = sum(series.sizes.values()) + sum(size for *_, size in images.values())
+    multi = sum(multiframe for _, _, _, multiframe, _ in images.values()) + len(series.multiframe)
     try:
         if images and series.over_limit:  # a newer part was set aside: an older one must not stand for it
             raise DataError(f"series {uid}: a newer part of it is past the volume limit")
+        if images and multi and len(images) + len(series.frames) > 1:  # the reader would refuse the series
+            raise DataError(f"series {uid}: with the rest of the series its images would mix a multi-frame file and "
+                            f"other images; a series is read from one multi-frame file or from single-frame slices")
         if images:
             check_series(slices, next(iter(images.values()))[2], stored, uid)
     except DataError as exc:
         log.error("series %s: the %d image(s) in %s are not taken up with the rest of the series, moved to %s and not "
                   "segmented: %s", uid, len(images), part.name, work / OVER_LIMIT, exc)
         for item, *_ in images.values():
-            _aside(work, uid, item, "would take its series past the volume limit", OVER_LIMIT, say=False)
+            _aside(work, uid, item, "cannot be segmented with the rest of its series", OVER_LIMIT, say=False)
         series.over_limit += len(images)
         return staged
-    for sop, (item, frames, shape, size) in images.items():
+    for sop, (item, frames, shape, multiframe, size) in images.items():
         if part != series.folder:
             os.replace(item, series.folder / item.name)
         series.frames[sop], series.shape, series.sizes[sop] = frames, shape, size
+        if multiframe:
+            series.multiframe.add(sop)
     return staged

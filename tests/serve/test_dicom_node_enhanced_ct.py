@@ -39,9 +39,9 @@ def _enhanced(path, sop_class: str | None = None, change=None):
     return path
 
 
-def _storescu(port: int, files) -> subprocess.CompletedProcess:
-    return subprocess.run(["storescu", "-d", "-R", "-aec", "EDGESEG", "127.0.0.1", str(port), *map(str, files)],
-                          capture_output=True, text=True, timeout=60)
+def _storescu(port: int, files, *options: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["storescu", "-d", "-R", *options, "-aec", "EDGESEG", "127.0.0.1", str(port),
+                           *map(str, files)], capture_output=True, text=True, timeout=60)
 
 
 def _statuses(done: subprocess.CompletedProcess) -> list[str]:
@@ -165,9 +165,10 @@ def test_a_series_sent_both_as_an_enhanced_ct_and_as_slices_keeps_the_first_form
     if first == "slices":
         files = files[1:] + files[:1]
     with running_node() as node:
-        sent = _storescu(node.port, files)
+        sent = _storescu(node.port, files, "-nh")  # -nh: on past a refusal, every file sent
         assert _wait_for(lambda: node.stats.segmented or node.stats.failed), node.stats
     statuses = _statuses(sent)
+    assert len(statuses) == len(files), sent.stderr
     refused = 3 if first == "enhanced" else 1
     assert statuses[:len(files) - refused] == ["0x0000: Success"] * (len(files) - refused), statuses
     assert all(status.startswith("0xa900") for status in statuses[len(files) - refused:]), statuses

@@ -253,3 +253,60 @@ def test_a_series_taken_up_replaces_no_seg_whose_images_were_set_aside(tmp_path,
             assert (series.over_limit, series.reference, taken) == (1, None, False)
         else:
             assert series.over_limit == 0 and series.reference["instance_number"] == 1 and taken
+
+
+@pytest.mark.parametrize("newer", ["slices", "enhanced"])
+def test_parts_of_the_two_forms_are_never_merged_into_one_series(tmp_path, caplog, newer):
+    """A series held as three slices and, in another part, as an Enhanced CT of them (one was being
+    segmented when the other came): merged, the series read failed ("a series is read from one
+    multi-frame file or from single-frame slices, not both") and the four acknowledged images
+    ended with no SEG, deleted. The newer part is taken up, readable; the older one, the other
+    form, is set aside in over-limit/, in one log line and an audit line."""
+    from edgeseg.data.dicom import read_dicom_series
+    from tests.enhanced_ct import read_slices, write_enhanced_ct
+
+    work = tmp_path / "work"
+    slices = read_slices(SERIES)
+    uid = str(slices[0].SeriesInstanceUID)
+    source = write_enhanced_ct(slices, tmp_path / "e.dcm")
+    ds = pydicom.dcmread(source)
+    ds.SeriesInstanceUID = uid
+    ds.save_as(source, enforce_file_format=True)
+    older, newest = ((f"{uid}.taken-1", [source]), (uid, FILES)) if newer == "slices" else \
+        ((f"{uid}.taken-1", FILES), (uid, [source]))
+    _put(work / older[0], *older[1])
+    _put(work / newest[0], *newest[1])
+    held, audit = {}, AssociationAudit(AuditLog(tmp_path / "audit.jsonl"))
+    with caplog.at_level(logging.WARNING, "edgeseg.listen"):
+        take_up(work, 4242, held, SegmentedSeries(work, 60, durable=True), audit)
+    assert set(held[uid].frames) == {_sop(f) for f in newest[1]} and held[uid].slices == 3
+    assert sorted(p.name for p in (work / "over-limit").iterdir()) == sorted(f"{uid}-{_sop(f)}.dcm" for f in older[1])
+    [line] = [r.getMessage() for r in caplog.records if "over-limit" in r.getMessage()]
+    assert "would mix a multi-frame file and other images" in line
+    records = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
+    assert [(r["images"], r["outcome"]) for r in records] == [(len(older[1]), "over_limit"), (len(newest[1]), "in_flight")]
+    volume = read_dicom_series(work / uid)
+    assert volume.hu.shape[0] == 3
+
+
+def test_a_compressed_enhanced_ct_is_taken_up_whole_and_set_aside_cut_short(tmp_path):
+    """The node stores an Enhanced CT as it came, compressed too (its frames are checked one at a
+    time, never held decoded): found whole in the work folder at start, it is taken up (its
+    encapsulated pixel data has no length to check: the file must end with the delimiter that
+    closes it); cut short, it is set aside as damaged."""
+    from pydicom.uid import RLELossless
+
+    from tests.enhanced_ct import read_slices, write_enhanced_ct
+
+    source = write_enhanced_ct(read_slices(SERIES), tmp_path / "e.dcm")
+    ds = pydicom.dcmread(source)
+    ds.compress(RLELossless, generate_instance_uid=False)
+    ds.save_as(source, enforce_file_format=True)
+    uid, sop = str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID)
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    _put(whole / uid, source)
+    _put(cut / uid, source)
+    (cut / uid / f"{sop}.dcm").write_bytes(source.read_bytes()[:-100])
+    [series], _ = recover(whole)
+    assert series.frames == {sop: 3} and series.multiframe == {sop}
+    assert recover(cut) == ([], 0) and [p.name for p in (cut / "damaged").iterdir()] == [f"{uid}-{sop}.dcm"]

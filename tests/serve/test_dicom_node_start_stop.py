@@ -103,11 +103,23 @@ def test_a_stop_at_any_point_of_the_start_ends_the_node(segmenter, tmp_path, fre
             failures.append(f"point {point}: the start raised {type(exc).__name__}: {exc}")
         finally:
             sys.setprofile(None)
-        stopping = threading.Thread(target=node.stop, daemon=True)
+        raised = []
+
+        def stop(node=node, raised=raised):  # in a thread (it could hang): what it raises is a failure here
+            try:
+                node.stop()
+            except BaseException as exc:  # noqa: BLE001 - reported below, not lost as a thread's warning
+                raised.append(f"{type(exc).__name__}: {exc}")
+
+        stopping = threading.Thread(target=stop, daemon=True)
         stopping.start()
         stopping.join(STOP_BOUND)
         if stopping.is_alive():
             failures.append(f"point {point}: the stop hung")
+        elif raised:
+            failures.append(f"point {point}: the stop raised {raised[0]}")
+        elif node.work.exists():
+            failures.append(f"point {point}: the stop left the work folder {node.work}")
         else:
             left = sorted(thread.name for thread in _node_threads() - before if not _ended(thread))
             if left:
