@@ -4,24 +4,24 @@ cut short, and the node starting on its ``--work`` folder takes up only whole on
 
 from __future__ import annotations
 
-import os
+import io
 import warnings
 from pathlib import Path
 
 from edgeseg.serve.dicom_intake import ENHANCED_CT_CLASSES
 
-# an encapsulated Pixel Data element's length, and the Sequence Delimitation Item that ends it
-# (PS3.5 A.4), as written little endian
+# an encapsulated Pixel Data element's length (PS3.5 A.4)
 UNDEFINED_LENGTH = 0xFFFFFFFF
-SEQUENCE_DELIMITER = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
 
 
 def whole_image(path: Path) -> tuple[int, tuple[int, int], bool] | None:
     """(frames, (rows, columns), whether it is a multi-frame image) of an image file holding all
-    its pixel data, else None. The pixel data is not read: uncompressed (as the node stores a
+    its pixel data, else None. The pixel data is never decoded: uncompressed (as the node stores a
     slice), its element must claim the bytes its size needs and the file must hold them all;
-    encapsulated (an Enhanced CT is stored as it came), the file must end with the sequence
-    delimiter that closes it."""
+    encapsulated (an Enhanced CT is stored as it came), pydicom must find the sequence delimiter
+    that closes it (a file cut short has none, and loses the element) and the items after the
+    Basic Offset Table must parse as fragments, at least one for each frame. Elements after the pixel
+    data (trailing padding, digital signatures) are allowed."""
     import pydicom
 
     try:
@@ -32,9 +32,7 @@ def whole_image(path: Path) -> tuple[int, tuple[int, int], bool] | None:
         multiframe = frames > 1 or str(ds.get("SOPClassUID", "")) in ENHANCED_CT_CLASSES
         pixels = ds.get_item("PixelData", keep_deferred=True)
         if pixels is not None and pixels.length == UNDEFINED_LENGTH:
-            with open(path, "rb") as file:
-                file.seek(-len(SEQUENCE_DELIMITER), os.SEEK_END)
-                return (frames, (rows, columns), multiframe) if file.read() == SEQUENCE_DELIMITER else None
+            return (frames, (rows, columns), multiframe) if _fragments(path, pixels) >= frames else None
         need = frames * rows * columns * ((int(ds.BitsAllocated) + 7) // 8)
         if pixels is None or pixels.length < need:
             return None
@@ -44,3 +42,19 @@ def whole_image(path: Path) -> tuple[int, tuple[int, int], bool] | None:
         return frames, (rows, columns), multiframe
     except Exception:  # truncated, not DICOM, no pixel data: not a whole image
         return None
+
+
+def _fragments(path: Path, pixels) -> int:
+    """How many fragments follow the Basic Offset Table of an encapsulated Pixel Data element
+    pydicom found closed (its value, or deferred, read from the file one fragment at a time); an
+    item that is not a fragment (a file with a part cut out) raises ValueError."""
+    from pydicom.encaps import generate_fragments, parse_basic_offsets
+
+    if pixels.value is not None:
+        buffer = io.BytesIO(pixels.value)
+        parse_basic_offsets(buffer)
+        return sum(1 for _ in generate_fragments(buffer))
+    with open(path, "rb") as file:
+        file.seek(pixels.value_tell)
+        parse_basic_offsets(file)
+        return sum(1 for _ in generate_fragments(file))

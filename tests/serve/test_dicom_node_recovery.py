@@ -293,7 +293,7 @@ def test_a_compressed_enhanced_ct_is_taken_up_whole_and_set_aside_cut_short(tmp_
     """The node stores an Enhanced CT as it came, compressed too (its frames are checked one at a
     time, never held decoded): found whole in the work folder at start, it is taken up (its
     encapsulated pixel data has no length to check: the file must end with the delimiter that
-    closes it); cut short, it is set aside as damaged."""
+    closes it and hold a fragment for each frame); cut short, it is set aside as damaged."""
     from pydicom.uid import RLELossless
 
     from tests.enhanced_ct import read_slices, write_enhanced_ct
@@ -310,3 +310,38 @@ def test_a_compressed_enhanced_ct_is_taken_up_whole_and_set_aside_cut_short(tmp_
     [series], _ = recover(whole)
     assert series.frames == {sop: 3} and series.multiframe == {sop}
     assert recover(cut) == ([], 0) and [p.name for p in (cut / "damaged").iterdir()] == [f"{uid}-{sop}.dcm"]
+
+
+@pytest.mark.parametrize("change", ["trailing padding", "middle cut out"])
+def test_a_compressed_enhanced_ct_is_judged_by_its_fragments_not_its_last_bytes(tmp_path, change):
+    """An element after the pixel data (Data Set Trailing Padding here; a digital signature is the
+    same) leaves the file whole, and it is taken up; a file with a part of its pixel data cut out
+    but its end kept is not, and it is set aside as damaged. (Both were judged by the file's last
+    8 bytes: the padded image went to damaged/, its series never segmented, and the cut one was
+    taken up.)"""
+    from pydicom.uid import RLELossless
+
+    from edgeseg.serve.dicom_stored import whole_image
+    from tests.enhanced_ct import read_slices, write_enhanced_ct
+
+    source = write_enhanced_ct(read_slices(SERIES), tmp_path / "e.dcm")
+    ds = pydicom.dcmread(source)
+    ds.compress(RLELossless, generate_instance_uid=False)
+    if change == "trailing padding":
+        ds.add_new(0xFFFCFFFC, "OB", b"\0" * 64)
+    ds.save_as(source, enforce_file_format=True)
+    if change == "middle cut out":
+        data = source.read_bytes()
+        start = data.rindex(b"\xe0\x7f\x10\x00")  # the Pixel Data element
+        middle = start + (len(data) - start) // 2
+        source.write_bytes(data[:middle] + data[middle + 1000:])
+    uid, sop = str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID)
+    work = tmp_path / "work"
+    _put(work / uid, source)
+    found, _ = recover(work)
+    if change == "trailing padding":
+        assert whole_image(work / uid / f"{sop}.dcm") == (3, (ds.Rows, ds.Columns), True)
+        assert [s.frames for s in found] == [{sop: 3}] and not (work / "damaged").exists()
+    else:
+        assert whole_image((work / "damaged").iterdir().__next__()) is None
+        assert found == [] and [p.name for p in (work / "damaged").iterdir()] == [f"{uid}-{sop}.dcm"]
