@@ -117,9 +117,11 @@ def store_failure(exc: DataError, sop_uid: str):
     return failure_status(getattr(exc, "status", STATUS_OUT_OF_RESOURCES), getattr(exc, "comment", str(exc)), sop_uid)
 
 
-def refusal(ds) -> tuple[int, str] | None:
+def refusal(ds, context_class: str) -> tuple[int, str] | None:
     """``(status, reason)`` when an incoming CT image (one of :data:`CT_CLASSES`) must be refused
     before it is stored, else None. ``ds`` carries its file meta (the transfer syntax it came in);
+    ``context_class`` is the abstract syntax of the presentation context it came on, which must be
+    its SOP class (pynetdicom does not check, and the node bounds a data set by its context);
     a slice's compressed pixel data that decodes is left decoded in ``ds`` (Explicit VR Little
     Endian, its SOP Instance UID unchanged), so that it is decoded once, here, and stored as the
     series read takes it. An Enhanced CT's frames are decoded one at a time and none is kept: the
@@ -129,6 +131,8 @@ def refusal(ds) -> tuple[int, str] | None:
     sop_class = str(ds.get("SOPClassUID", ""))
     if sop_class not in CT_CLASSES:
         return STATUS_DATASET_MISMATCH, f"its SOP Class UID is {sop_class or 'missing'}, not a CT class"
+    if sop_class != context_class:
+        return STATUS_DATASET_MISMATCH, f"its SOP Class UID is {sop_class}, sent on a presentation context for {context_class}"
     modality = str(ds.get("Modality", "")) or "missing"
     if modality != "CT":
         return STATUS_DATASET_MISMATCH, f"it is sent as a CT image but its modality is {modality}"

@@ -165,7 +165,7 @@ class DicomNode(NodeEvents, NodeLifecycle):
             self.stats.refused += 1
             log.warning("refused an image: %s", exc)
             return STATUS_OUT_OF_RESOURCES
-        refused = refusal(ds)
+        refused = refusal(ds, str(event.context.abstract_syntax))
         if refused is not None:
             self.stats.refused += 1
             log.warning("refused image %s of series %s: %s", sop_uid, series_uid, refused[1])

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import struct
 import threading
 import time
 from collections.abc import Callable
@@ -78,7 +79,8 @@ class PeerBounds:
     """How much one association may send: per P-DATA-TF PDU (its variable field, as the node
     offered), per other PDU, and per message (command set, data set; sums of fragments). A data
     set sent on a presentation context the peer proposed for one of ``multi_frame_classes`` (a
-    whole series in one image) is bounded by ``multi_frame_limit`` instead."""
+    whole series in one image), whose command set names one of them as its Affected SOP Class, is
+    bounded by ``multi_frame_limit`` instead."""
 
     max_pdu_length: int = MAX_PDU_LENGTH
     other_pdu_limit: int = OTHER_PDU_LIMIT
@@ -116,6 +118,8 @@ class PduBoundSocket:
         self._closed = False
         self._command = 0  # bytes of the current message's command set so far
         self._data_set = 0  # and of its data set
+        self._command_bytes = bytearray()  # the current command set (within command_set_limit)
+        self._sent_multi_frame = False  # whether the last command set named a multi-frame class
         self._multi_frame: set[int] = set()  # presentation context IDs proposed for multi-frame classes
         # the peer's clock: the time since the node last heard a whole PDU, the start of one, or
         # sent an answer, and what it waits for (a PDU header or body begun: bytes due, bytes come)
@@ -267,16 +271,23 @@ class PduBoundSocket:
             if item_length < 2 or offset + 4 + item_length > len(body):
                 break
             context, control, size = body[offset + 4], body[offset + 5], item_length - 2
+            fragment = body[offset + 6:offset + 4 + item_length]
             offset += 4 + item_length
             if control & _COMMAND:
                 self._command += size
                 if self._command > self._bounds.command_set_limit:
                     return f"a command set of over {self._bounds.command_set_limit} bytes"
+                self._command_bytes += fragment
                 if control & _LAST:
-                    self._command = 0
+                    # pynetdicom never checks a C-STORE's class against its context's: the larger
+                    # bound needs both (and the node refuses a data set of another class)
+                    sent = affected_class(bytes(self._command_bytes))
+                    self._sent_multi_frame = sent in self._bounds.multi_frame_classes
+                    self._command, self._command_bytes = 0, bytearray()
             else:
                 self._data_set += size
-                limit = self._bounds.multi_frame_limit if context in self._multi_frame else self._bounds.data_set_limit
+                multi_frame = context in self._multi_frame and self._sent_multi_frame
+                limit = self._bounds.multi_frame_limit if multi_frame else self._bounds.data_set_limit
                 if self._data_set > limit:
                     return (f"a data set of over {limit} bytes, more than one image within the "
                             f"size limits takes (EDGESEG_MAX_PIXELS, EDGESEG_MAX_VOLUME_BYTES)")
@@ -292,6 +303,20 @@ class PduBoundSocket:
         with contextlib.suppress(OSError):  # the peer is gone already; the stream ends either way
             self.sendall(abort_pdu(source, code))
         return b""
+
+
+def affected_class(command: bytes) -> str:
+    """The Affected SOP Class UID (0000,0002) of a command set (PS3.7 6.3.1: Implicit VR Little
+    Endian, elements in order), or "" where it has none or is malformed."""
+    offset = 0
+    while offset + 8 <= len(command):
+        group, element, length = struct.unpack_from("<HHI", command, offset)
+        if (group, element) == (0, 2):
+            return command[offset + 8:offset + 8 + length].rstrip(b"\0 ").decode("ascii", "replace")
+        if (group, element) > (0, 2):
+            return ""
+        offset += 8 + length
+    return ""
 
 
 def proposed_contexts(body: bytes, classes: frozenset) -> set[int]:
