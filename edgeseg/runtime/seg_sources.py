@@ -89,7 +89,7 @@ def _complete_thickness(refs, sources: list) -> None:
               if _text(dataset, "SliceThickness")]
     for path, thickness in stated[1:]:
         if not _same_value(stated[0][1], thickness):
-            raise DataError(f"DICOM files {stated[0][0]} and {path.name} have SliceThickness {stated[0][1]} and "
+            raise DataError(f"DICOM files {stated[0][0].name} and {path.name} have SliceThickness {stated[0][1]} and "
                             f"{thickness}; a DICOM SEG states one for all the frames it covers")
     missing = [path for path, dataset in zip(refs.files, sources) if not _text(dataset, "SliceThickness")]
     if not missing:

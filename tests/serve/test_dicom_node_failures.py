@@ -203,3 +203,41 @@ def test_listen_s_defaults_are_the_node_s():
     assert "max_series" in shared
     for name in shared:
         assert options[name] == node_defaults[name], name
+
+
+def test_a_series_of_differing_slice_thickness_fails_before_the_model(running_node, tmp_path, caplog):
+    """Slices of two thicknesses: the SEG would state one for all (highdicom copies the first
+    source's), so the series fails before the model runs: one error line naming both files the
+    same way (the first was a full path, the second a bare name), an audit series line with the
+    error, counted failed, no SEG."""
+    import json
+    import re
+
+    from edgeseg.serve.audit import AuditLog
+
+    series = tmp_path / "series"
+    series.mkdir()
+    for k, path in enumerate(sorted(SERIES.glob("*.dcm"))):
+        ds = pydicom.dcmread(path)
+        if k == 1:
+            ds.SliceThickness = "7.5"
+        ds.save_as(series / path.name)
+    uid = str(ds.SeriesInstanceUID)
+    caplog.set_level(logging.INFO, logger="edgeseg.listen")
+    audit = AuditLog(tmp_path / "audit.jsonl")
+    try:
+        with running_node(wrap=_HeldSegmenter, audit=audit) as node:
+            held = node.segmenter
+            held.go.set()
+            assert _storescu(node.port, sorted(series.iterdir())).returncode == 0
+            assert _wait_for(lambda: node.stats.failed), node.stats
+    finally:
+        audit.close()
+    assert not held.started.is_set() and node.stats.failed == [uid] and node.stats.segmented == []
+    assert not (tmp_path / "out").exists()
+    [error] = _edgeseg_errors(caplog)
+    assert error.exc_info is None and "\n" not in error.getMessage()
+    assert re.search(r"DICOM files [^ /]+\.dcm and [^ /]+\.dcm have SliceThickness \S+ and \S+; a DICOM SEG states one",
+                     error.getMessage()), error.getMessage()
+    [record] = [r for r in map(json.loads, (tmp_path / "audit.jsonl").read_text().splitlines()) if r["event"] == "series"]
+    assert (record["series_uid"], record["outcome"]) == (uid, "failed") and "SliceThickness" in record["error"], record
