@@ -115,15 +115,17 @@ def command(bundle, ae_title, any_ae, allow_calling, host, port, out, forward, i
         signal.signal(signal.SIGINT, abandon)
         raise KeyboardInterrupt
 
-    # SIGINT too, explicitly: a process started in the background by a shell inherits SIGINT
-    # ignored, and Python then installs no Ctrl-C handler of its own. Before the model loads: a
-    # signal while it loads is the same stop as any later one.
-    signal.signal(signal.SIGTERM, interrupt)
-    signal.signal(signal.SIGINT, interrupt)
     try:
         # Ctrl-C or SIGTERM at any moment from here, the model loading and the start included, is a
         # stop: the node (if made) segments what it has, and the exit status is 0
         with contextlib.suppress(KeyboardInterrupt):
+            # SIGINT too, explicitly: a process started in the background by a shell inherits
+            # SIGINT ignored, and Python then installs no Ctrl-C handler of its own. Before the
+            # model loads: a signal while it loads is the same stop as any later one. Installed
+            # within the block: a signal just after the first is installed is a stop, not click's
+            # "Aborted!" and exit status 1.
+            signal.signal(signal.SIGTERM, interrupt)
+            signal.signal(signal.SIGINT, interrupt)
             segmenter = Segmenter.load(bundle, backend=backend, threads=threads, tta=tta)
             if audit is not None:
                 audit.model = provenance(segmenter)

@@ -15,6 +15,7 @@ volumes in one file), a concatenation split over files.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Iterator
 from pathlib import Path
@@ -189,12 +190,13 @@ class MultiFrameCT:
         check_decoder(self.dataset, self.path)
         number = 0
         try:
-            for number, frame in enumerate(iter_pixels(self.path), start=1):
-                if frame.shape != (rows, columns) or frame.dtype.kind not in "biuf":
-                    raise DataError(f"{frame_label(self.path, number)}: pixel data decodes to {frame.dtype} "
-                                    f"{list(frame.shape)}, expected one {rows}x{columns} grey-level frame "
-                                    f"(SamplesPerPixel, BitsAllocated?)")
-                yield frame
+            with contextlib.closing(iter_pixels(self.path)) as pixels:  # the file closed at once on a refusal
+                for number, frame in enumerate(pixels, start=1):
+                    if frame.shape != (rows, columns) or frame.dtype.kind not in "biuf":
+                        raise DataError(f"{frame_label(self.path, number)}: pixel data decodes to {frame.dtype} "
+                                        f"{list(frame.shape)}, expected one {rows}x{columns} grey-level frame "
+                                        f"(SamplesPerPixel, BitsAllocated?)")
+                    yield frame
         except (DataError, MemoryError):
             raise
         except Exception as exc:  # noqa: BLE001 - decoders raise many types for bad data
