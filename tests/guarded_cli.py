@@ -8,7 +8,7 @@ its own would show them:
   every thread's stack, where it would otherwise stall its test worker until the CI job's limit.
   When the main thread cannot take the guard's signal (blocked in native code), a watchdog
   thread names the command, writes the stacks to the test process's stderr and ends the process
-  at twice the limit (pytest-xdist then reports the test the worker crashed in);
+  at twice the limit, at least 10 s after it (pytest-xdist then reports the test the worker crashed in);
 - torch's, numpy's and Python's global random states are put back after the run: a command that
   seeds them (a training, or a refusal that comes after training has seeded) would otherwise
   change what every later test of the same worker draws.
@@ -32,6 +32,7 @@ from click.testing import CliRunner, Result
 # An in-process command that runs for a quarter of an hour has hung: the longest ones (a tiny
 # training, a sweep report) take well under a minute on a loaded two-core machine.
 HANG_LIMIT_S = 900.0
+LAST_RESORT_MARGIN_S = 10.0
 # A copy of the test process's own stderr, taken by keep_test_process_stderr() (tests/conftest.py)
 # while pytest's capture is off: the watchdog's last words reach the terminal or CI log there,
 # where pytest's capture file would end with the process, unread.
@@ -105,10 +106,15 @@ class _Fd2Capture:
 @contextlib.contextmanager
 def _hang_guard(command: str, limit_s: float, fd2: _Fd2Capture) -> Iterator[None]:
     """SIGALRM after ``limit_s`` raises CommandHung in the main thread, with every thread's
-    stack; a watchdog thread ends the process at twice the limit if that never gets through."""
+    stack; a watchdog thread ends the process if that never gets through (after the limit and again
+    as long, at least ``LAST_RESORT_MARGIN_S`` more)."""
     done = threading.Event()
     last_words = fd2.saved if _process_stderr is None else _process_stderr
-    watchdog = threading.Thread(target=_last_resort, args=(command, 2 * limit_s, last_words, done), daemon=True,
+    # the last resort waits the limit again, and at least 10 s more: a command that swallowed the
+    # guard's exception returns within milliseconds, but a test process on a loaded 2-core machine
+    # can stall for over a second (a whole-suite run lost its worker at 2 x 1 s)
+    after_s = limit_s + max(limit_s, LAST_RESORT_MARGIN_S)
+    watchdog = threading.Thread(target=_last_resort, args=(command, after_s, last_words, done), daemon=True,
                                 name="hang-guard")
     watchdog.start()
     on_main = threading.current_thread() is threading.main_thread()
