@@ -89,7 +89,9 @@ def test_one_host_at_its_default_limit_leaves_the_scanner_a_slot(running_node, c
             third = _associate_from("127.0.0.2", node.port)
             sent = _storescu(node.port, files)
             assert _wait_for(lambda: node.stats.received == len(files), BOUND), node.stats
-    assert third.is_rejected, "the host past its limit got an association"
+    assert third.is_rejected, (f"the host past its limit got no rejection: established {third.is_established}, "
+                               f"aborted {third.is_aborted}; refusals logged: "
+                               f"{[r.getMessage() for r in caplog.records if 'refused' in r.getMessage()]}")
     rejection = third.acceptor.primitive
     assert (rejection.result, rejection.result_source, rejection.diagnostic) == (0x02, 0x03, 0x02)
     assert sent.returncode == 0, sent.stdout + sent.stderr
