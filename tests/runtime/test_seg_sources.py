@@ -184,6 +184,30 @@ def test_slices_of_differing_thickness_get_a_seg_stating_each(exported_bundle, t
     np.testing.assert_array_equal(read, refs.to_source_layout(labels))
 
 
+def test_a_slice_without_thickness_among_two_thicknesses_states_the_slice_spacing(exported_bundle, tmp_path):
+    """The others state no one thickness to take: the slice without one states the series' slice
+    spacing (1 mm, the oracle from the positions read with pydicom), the others their own."""
+    def edit(k, ds):
+        if k == 0:
+            del ds.SliceThickness
+        elif k == 2:
+            ds.SliceThickness = "7.5"
+
+    series = _series(tmp_path / "series", edit)
+    out = tmp_path / "out.seg.dcm"
+    done = _predict(exported_bundle, series, out)
+    assert done.returncode == 0, done.stderr
+    assert _dciodvfy_errors(out) == []
+    assert "1 of its 3 slices have no SliceThickness; their DICOM SEG states the slice spacing" in done.stderr
+    heights = _heights(series)
+    (spacing,) = {round(b - a, 4) for a, b in zip(heights, heights[1:])}
+    stated = {frame.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID:
+              float(frame.PixelMeasuresSequence[0].SliceThickness) for frame in pydicom.dcmread(out).PerFrameFunctionalGroupsSequence}
+    expected = {ds.SOPInstanceUID: float(ds.get("SliceThickness") or spacing)
+                for ds in map(pydicom.dcmread, sorted(series.glob("*.dcm")))}
+    assert stated == expected and sorted(expected.values()) == [1.0, 1.25, 7.5]
+
+
 def _shift_last(k, ds):
     """The third slice a millimetre further: gaps of 1 and 2 mm."""
     if k == 2:
