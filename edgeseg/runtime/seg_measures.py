@@ -19,9 +19,7 @@ import copy
 import numpy as np
 
 from edgeseg.errors import DataError, require
-
-# Two thicknesses (mm) closer than this are one value written twice (as seg_sources compares them).
-SAME_THICKNESS_MM = 1e-4
+from edgeseg.runtime.seg_sources import SAME_VALUE_TOLERANCE
 # Gaps between frame positions closer than this (mm) are one spacing: positions are decimal
 # strings of at most 16 characters, re-formatted by each writer.
 SAME_SPACING_MM = 1e-3
@@ -70,7 +68,7 @@ def state_frame_measures(seg, sources: list) -> None:
             raise DataError(f"DICOM SEG frame {index + 1} references {key[0]}"
                             f"{'' if key[1] is None else f' frame {key[1]}'}, none of its source images")
         values.append(thickness_of[key])
-    if all(abs(float(value) - float(values[0])) <= SAME_THICKNESS_MM for value in values):
+    if all(abs(float(value) - float(values[0])) <= SAME_VALUE_TOLERANCE for value in values):
         if values:
             measures.SliceThickness = values[0]
         return

@@ -154,3 +154,22 @@ def test_a_frame_without_slice_thickness_gets_that_of_the_others(bundle_dir, ser
     (original,) = {float(s.SliceThickness) for s in read_slices(SERIES)}
     assert float(seg.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0].SliceThickness) == original
     assert "1 of its 3 frames have no SliceThickness; their DICOM SEG states that of the others" in result.output
+
+
+def test_a_frame_without_slice_thickness_among_two_thicknesses_gets_the_frame_spacing(bundle_dir, series_labels,
+                                                                                       tmp_path):
+    """The other frames state no one thickness to take: the frame without one states the frames'
+    spacing (1 mm, from the slices' positions), the others their own."""
+    ds = enhanced_ct(read_slices(SERIES), ORDER)
+    per_frame(ds, "PixelMeasuresSequence")
+    del ds.PerFrameFunctionalGroupsSequence[1].PixelMeasuresSequence[0].SliceThickness
+    ds.PerFrameFunctionalGroupsSequence[2].PixelMeasuresSequence[0].SliceThickness = "7.5"
+    enhanced = write(ds, tmp_path / "e.dcm")
+    result = predict(bundle_dir, enhanced, "--out", tmp_path / "pred.dcm")
+    assert result.exit_code == 0, result.output
+    assert "1 of its 3 frames have no SliceThickness; their DICOM SEG states the frame spacing, 1 mm" in result.output
+    seg = check_seg(tmp_path / "pred.dcm", enhanced, series_labels)
+    stated = {int(frame.DerivationImageSequence[0].SourceImageSequence[0].ReferencedFrameNumber):
+              float(frame.PixelMeasuresSequence[0].SliceThickness) for frame in seg.PerFrameFunctionalGroupsSequence}
+    (original,) = {float(s.SliceThickness) for s in read_slices(SERIES)}
+    assert stated == {1: original, 2: 1.0, 3: 7.5}

@@ -218,7 +218,6 @@ SPACINGS = {"stated wrong": (lambda k, ds: setattr(ds, "SpacingBetweenSlices", "
             "uneven gaps": (lambda k, ds: (setattr(ds, "SpacingBetweenSlices", "1"), _shift_last(k, ds)), None)}
 
 
-@pytest.mark.filterwarnings("ignore")
 @pytest.mark.parametrize("case", sorted(SPACINGS))
 def test_spacing_between_slices_is_that_of_the_seg_frames(case, exported_bundle, tmp_path):
     """highdicom copies the first slice's SpacingBetweenSlices into the SEG for all frames: 5 mm
