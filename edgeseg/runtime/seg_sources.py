@@ -32,6 +32,8 @@ PATIENT_SEX_VALUES = ("M", "F", "O")
 # The functional groups highdicom copies from a multi-frame source's shared groups into the SEG's, for all
 # its frames; a source may keep them per frame, equal or not.
 SHARED_IN_SEG = ("PixelMeasuresSequence", "PlaneOrientationSequence")
+# The values of those groups that may differ between frames: the SEG states them per frame.
+PER_FRAME_IN_SEG = {"PixelMeasuresSequence": ("SliceThickness", "SpacingBetweenSlices")}
 # Two frames' values closer than this are one value written twice (as the SEG reader compares grids).
 SAME_VALUE_TOLERANCE = 1e-4
 SINGLE_SET_OF = {"ISO 2022 IR 6": "", "ISO 2022 IR 13": "ISO_IR 13", "ISO 2022 IR 166": "ISO_IR 166",
@@ -76,26 +78,19 @@ def seg_source_datasets(refs, progress: bool = False) -> list:
 
 def _complete_thickness(refs, sources: list) -> None:
     """SliceThickness is Type 2 in a CT image (present, possibly empty) but Type 1C in the SEG's Pixel
-    Measures, which highdicom copies from the first source into the shared functional groups: one
-    thickness for every frame. Slices without it get the thickness the others state, or where none
-    does the series' slice spacing, measured along the normal from their positions, and a warning
-    says so; a single slice has no spacing and is refused. Slices of differing thickness are
-    refused, as an Enhanced CT's frames are (:func:`_shared_groups`): the SEG would state the first
-    slice's for all of them."""
+    Measures. Slices without it get the thickness the others state where they all state one, or
+    else the series' slice spacing, measured along the normal from their positions, and a warning
+    says so; a single slice has no spacing and is refused. Slices may differ in thickness: the SEG
+    states each frame's source thickness (:mod:`edgeseg.runtime.seg_measures`)."""
     if refs.frame_numbers is not None:
         _complete_frame_thickness(refs, sources[0])
         return
-    stated = [(path, dataset.SliceThickness) for path, dataset in zip(refs.files, sources)
-              if _text(dataset, "SliceThickness")]
-    for path, thickness in stated[1:]:
-        if not _same_value(stated[0][1], thickness):
-            raise DataError(f"DICOM files {stated[0][0].name} and {path.name} have SliceThickness {stated[0][1]} and "
-                            f"{thickness}; a DICOM SEG states one for all the frames it covers")
+    stated = [dataset.SliceThickness for dataset in sources if _text(dataset, "SliceThickness")]
     missing = [path for path, dataset in zip(refs.files, sources) if not _text(dataset, "SliceThickness")]
     if not missing:
         return
-    if stated:
-        value, said = str(stated[0][1]), f"that of the others, {stated[0][1]} mm"
+    if stated and all(_same_value(stated[0], value) for value in stated):
+        value, said = str(stated[0]), f"that of the others, {stated[0]} mm"
     elif len(sources) < 2:
         raise DataError(f"DICOM file {missing[0]} has no SliceThickness, and a series of one slice has no spacing "
                         f"to state instead; a DICOM SEG states the thickness of its source images")
@@ -140,8 +135,10 @@ def _shared_groups(path: Path, dataset):
     """``dataset`` (a multi-frame source, copied) with its groups of :data:`SHARED_IN_SEG` shared:
     highdicom reads them from the shared functional groups only, while a source may keep them per
     frame. A group whose item is the same for every frame moves there; one whose frames differ is
-    refused, as a SEG states one for all its frames. The reader has checked each frame has the
-    group's one item in one place."""
+    refused, but for the values of :data:`PER_FRAME_IN_SEG`: Pixel Measures whose frames differ in
+    thickness alone get the first frame's item shared, for highdicom, and keep their own per frame,
+    from which the SEG states each frame's (:mod:`edgeseg.runtime.seg_measures`; this copy is
+    never written). The reader has checked each frame has the group's one item in one place."""
     Dataset = require("pydicom.dataset", "dicom", "DICOM SEG output").Dataset
     Sequence = require("pydicom.sequence", "dicom", "DICOM SEG output").Sequence
 
@@ -153,29 +150,43 @@ def _shared_groups(path: Path, dataset):
             continue
         items = [frame[group].value[0] for frame in frames]
         if group == "PixelMeasuresSequence":
-            _fill_frame_thickness(path, items)
+            _fill_frame_thickness(path, dataset, items)
+        per_frame = PER_FRAME_IN_SEG.get(group, ())
         for number, item in enumerate(items[1:], start=2):
             name = next((name for name in sorted(set(items[0].dir()) | set(item.dir()))
                          if not _same_value(items[0].get(name), item.get(name))), None)
-            if name is not None:
+            if name is not None and name not in per_frame:
                 raise DataError(f"DICOM file {path}: frames 1 and {number} have {name} {_shown(items[0], name)} and "
                                 f"{_shown(item, name)} ({group}); a DICOM SEG states one for all the frames it covers")
-        setattr(shared, group, Sequence([items[0]]))
-        for frame in frames:
-            delattr(frame, group)
+        varies = any(not _same_value(items[0].get(name), item.get(name)) for item in items for name in per_frame)
+        setattr(shared, group, Sequence([copy.deepcopy(items[0])]))
+        if not varies:
+            for frame in frames:
+                delattr(frame, group)
     return dataset
 
 
-def _fill_frame_thickness(path: Path, items: list) -> None:
-    """Per-frame Pixel Measures of which some lack SliceThickness get the first value the others
-    state (which must then agree), as single-frame slices do (:func:`_complete_thickness`)."""
+def _fill_frame_thickness(path: Path, dataset, items: list) -> None:
+    """Per-frame Pixel Measures of which some lack SliceThickness get the value the others state
+    where they all state one, else the spacing of the frames' positions, as single-frame slices
+    do (:func:`_complete_thickness`)."""
     stated = [item.SliceThickness for item in items if _text(item, "SliceThickness")]
     missing = [item for item in items if not _text(item, "SliceThickness")]
-    if stated and missing:
-        for item in missing:
-            item.SliceThickness = stated[0]
-        log.warning("%s: %d of its %d frames have no SliceThickness; their DICOM SEG states that of the others, "
-                    "%s mm, as their thickness", path, len(missing), len(items), stated[0])
+    if not stated or not missing:
+        return
+    if all(_same_value(stated[0], value) for value in stated):
+        value, said = str(stated[0]), f"that of the others, {stated[0]} mm"
+    else:
+        first = dataset.PerFrameFunctionalGroupsSequence[0]
+        groups = first if "PlaneOrientationSequence" in first else dataset.SharedFunctionalGroupsSequence[0]
+        spacing = _spacing(groups.PlaneOrientationSequence[0].ImageOrientationPatient,
+                           [frame.PlanePositionSequence[0].ImagePositionPatient
+                            for frame in dataset.PerFrameFunctionalGroupsSequence])
+        value, said = f"{spacing:.6g}", f"the frame spacing, {spacing:.6g} mm"
+    for item in missing:
+        item.SliceThickness = value
+    log.warning("%s: %d of its %d frames have no SliceThickness; their DICOM SEG states %s, as their thickness",
+                path, len(missing), len(items), said)
 
 
 def _same_value(a, b) -> bool:

@@ -27,6 +27,7 @@ from edgeseg.progress import progress_bar
 from edgeseg.runtime.label_tables import slicer_segment_fields
 from edgeseg.runtime.overlay import DISPLAY_WINDOW, overlay_rgb
 from edgeseg.runtime.provenance import PROVENANCE_KEY, provenance_json, short_description
+from edgeseg.runtime.seg_measures import state_frame_measures
 from edgeseg.runtime.seg_sources import seg_source_datasets
 from edgeseg.runtime.segment_codes import segment_coding
 
@@ -375,6 +376,7 @@ def write_dicom_seg(labels: np.ndarray, volume, refs, class_names: dict[int, str
         warnings.filterwarnings("ignore", message=".*intended person name", category=UserWarning)
         try:
             seg = _segmentation(hd, sources, stack, descriptions, algorithm, provenance or {}, series)
+            state_frame_measures(seg, sources)  # each frame's source thickness, not the first's for all
         except (ValueError, TypeError, AttributeError) as exc:
             # what seg_source_datasets does not foresee in a source header is still one line
             raise DataError(f"cannot make a DICOM SEG of series {refs.series_instance_uid}: "

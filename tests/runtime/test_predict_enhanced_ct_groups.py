@@ -87,22 +87,41 @@ def test_groups_kept_per_frame_with_one_value_make_a_seg(bundle_dir, series_labe
     assert all(group in item for group in groups for item in pydicom.dcmread(enhanced).PerFrameFunctionalGroupsSequence)
 
 
-def test_thickness_that_differs_between_frames_is_refused_before_the_model(bundle_dir, tmp_path):
-    """(Orientations or pixel spacings that differ the series reader refuses itself.)"""
+def test_thickness_that_differs_between_frames_is_stated_frame_by_frame(bundle_dir, series_labels, tmp_path):
+    """Frames of two thicknesses were refused before the model ran ("frames 1 and 3 have
+    SliceThickness 1.25 and 7.5 (PixelMeasuresSequence); a DICOM SEG states one for all the frames
+    it covers"): highdicom shares the first frame's Pixel Measures. Now each SEG frame has its own,
+    with the thickness of the source frame it references (the oracle: the source file read with
+    pydicom), none shared, and the SEG passes dciodvfy and reads back onto its slices.
+    (Orientations or pixel spacings that differ the series reader refuses itself.)"""
+    hd = pytest.importorskip("highdicom")
     ds = enhanced_ct(read_slices(SERIES), ORDER)
     per_frame(ds, "PixelMeasuresSequence")
     ds.PerFrameFunctionalGroupsSequence[2].PixelMeasuresSequence[0].SliceThickness = "7.5"
     enhanced = write(ds, tmp_path / "e.dcm")
     result = predict(bundle_dir, enhanced, "--out", tmp_path / "pred.dcm")
-    assert result.exit_code != 0
-    assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1, result.output
-    assert result.output.startswith(f"edgeseg: error: DICOM file {enhanced}: frames 1 and 3 have "), result.output
-    assert re.search(r"have SliceThickness \S+ and 7\.5 ", result.output), result.output
-    assert "(PixelMeasuresSequence); a DICOM SEG states one for all the frames it covers" in result.output
-    assert list(tmp_path.iterdir()) == [enhanced]
-    # the model never ran: without --quiet, its warning for this series would be printed before the error
-    loud = predict(bundle_dir, enhanced, "--out", tmp_path / "pred.dcm", quiet=False)
-    assert loud.exit_code != 0 and "field of view" not in loud.output, loud.output
+    assert result.exit_code == 0, result.output
+    seg = check_seg(tmp_path / "pred.dcm", enhanced, series_labels)
+    assert "PixelMeasuresSequence" not in seg.SharedFunctionalGroupsSequence[0]
+    source = pydicom.dcmread(enhanced, stop_before_pixels=True)
+    stated = []
+    for frame in seg.PerFrameFunctionalGroupsSequence:
+        (reference,) = frame.DerivationImageSequence[0].SourceImageSequence
+        number = int(reference.ReferencedFrameNumber)
+        source_frame = source.PerFrameFunctionalGroupsSequence[number - 1]
+        assert frame.PlanePositionSequence[0].ImagePositionPatient == \
+            source_frame.PlanePositionSequence[0].ImagePositionPatient
+        (measures,) = frame.PixelMeasuresSequence
+        assert float(measures.SliceThickness) == float(source_frame.PixelMeasuresSequence[0].SliceThickness)
+        stated.append(float(measures.SliceThickness))
+    assert sorted(stated) == [1.25, 1.25, 7.5]
+    # highdicom reads each source frame's segmentation back as edgeseg's reader does
+    read = hd.seg.segread(tmp_path / "pred.dcm")
+    frames = read.get_pixels_by_source_frame(source.SOPInstanceUID, [1, 2, 3], combine_segments=True,
+                                            ignore_spatial_locations=True)
+    (labelled,) = open_dataset(enhanced, label_file=tmp_path / "pred.dcm")
+    _, refs = read_dicom_series_with_refs(enhanced)
+    np.testing.assert_array_equal(frames, refs.to_frame_order(refs.to_source_layout(labelled.label)))
 
 
 def test_pixel_measures_without_slice_thickness_get_the_frame_spacing(bundle_dir, series_labels, tmp_path):
@@ -135,3 +154,22 @@ def test_a_frame_without_slice_thickness_gets_that_of_the_others(bundle_dir, ser
     (original,) = {float(s.SliceThickness) for s in read_slices(SERIES)}
     assert float(seg.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0].SliceThickness) == original
     assert "1 of its 3 frames have no SliceThickness; their DICOM SEG states that of the others" in result.output
+
+
+def test_a_frame_without_slice_thickness_among_two_thicknesses_gets_the_frame_spacing(bundle_dir, series_labels,
+                                                                                       tmp_path):
+    """The other frames state no one thickness to take: the frame without one states the frames'
+    spacing (1 mm, from the slices' positions), the others their own."""
+    ds = enhanced_ct(read_slices(SERIES), ORDER)
+    per_frame(ds, "PixelMeasuresSequence")
+    del ds.PerFrameFunctionalGroupsSequence[1].PixelMeasuresSequence[0].SliceThickness
+    ds.PerFrameFunctionalGroupsSequence[2].PixelMeasuresSequence[0].SliceThickness = "7.5"
+    enhanced = write(ds, tmp_path / "e.dcm")
+    result = predict(bundle_dir, enhanced, "--out", tmp_path / "pred.dcm")
+    assert result.exit_code == 0, result.output
+    assert "1 of its 3 frames have no SliceThickness; their DICOM SEG states the frame spacing, 1 mm" in result.output
+    seg = check_seg(tmp_path / "pred.dcm", enhanced, series_labels)
+    stated = {int(frame.DerivationImageSequence[0].SourceImageSequence[0].ReferencedFrameNumber):
+              float(frame.PixelMeasuresSequence[0].SliceThickness) for frame in seg.PerFrameFunctionalGroupsSequence}
+    (original,) = {float(s.SliceThickness) for s in read_slices(SERIES)}
+    assert stated == {1: original, 2: 1.0, 3: 7.5}

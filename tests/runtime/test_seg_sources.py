@@ -133,15 +133,111 @@ def test_series_without_slice_thickness_gets_a_valid_seg_stating_its_spacing(cas
         assert [ln for ln in (checked.stdout + checked.stderr).splitlines() if ln.startswith("Error")] == []
 
 
-def test_slices_of_differing_thickness_are_one_line(exported_bundle, tmp_path, assert_one_line_error):
-    """The SEG states one SliceThickness, shared by all its frames (highdicom copies the first
-    source's): a slice of another thickness got the first slice's without a word, while an
-    Enhanced CT whose frames differ was refused. Now both are refused, before the model runs."""
+def _dciodvfy_errors(path: Path) -> list[str]:
+    if not shutil.which("dciodvfy"):
+        return []
+    checked = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, errors="replace", timeout=120)
+    return [ln for ln in (checked.stdout + checked.stderr).splitlines() if ln.startswith("Error")]
+
+
+def test_slices_of_differing_thickness_get_a_seg_stating_each(exported_bundle, tmp_path):
+    """highdicom shares the first slice's Pixel Measures in the SEG: a slice of another thickness got
+    the first one's without a word, then the series was refused before the model ran ("03.dcm and
+    02.dcm have SliceThickness 7.5 and 1.250000; a DICOM SEG states one for all the frames it
+    covers"). Now each SEG frame states the thickness of the slice it references (the oracle: the
+    source files read with pydicom), the SEG passes dciodvfy, and both edgeseg's reader and
+    highdicom read it back as the label map predict writes for the series."""
+    import numpy as np
+
+    from edgeseg.data.dicom import read_dicom_series_with_refs
+    from edgeseg.data.open import open_dataset
+
+    hd = pytest.importorskip("highdicom")
     series = _series(tmp_path / "series", lambda k, ds: setattr(ds, "SliceThickness", "7.5") if k == 2 else None)
     out = tmp_path / "out.seg.dcm"
-    assert_one_line_error(_predict(exported_bundle, series, out), "03.dcm and 02.dcm have SliceThickness 7.5 and "
-                          "1.250000; a DICOM SEG states one for all the frames it covers")
-    assert not out.exists()
+    done = _predict(exported_bundle, series, out)
+    assert done.returncode == 0, done.stderr
+    assert _dciodvfy_errors(out) == []
+    seg = pydicom.dcmread(out)
+    assert "PixelMeasuresSequence" not in seg.SharedFunctionalGroupsSequence[0]
+    sources = {ds.SOPInstanceUID: ds for ds in map(pydicom.dcmread, series.glob("*.dcm"))}
+    stated = []
+    for frame in seg.PerFrameFunctionalGroupsSequence:
+        (reference,) = frame.DerivationImageSequence[0].SourceImageSequence
+        source = sources[reference.ReferencedSOPInstanceUID]
+        np.testing.assert_allclose([float(v) for v in frame.PlanePositionSequence[0].ImagePositionPatient],
+                                   [float(v) for v in source.ImagePositionPatient], atol=1e-4)
+        (measures,) = frame.PixelMeasuresSequence
+        assert float(measures.SliceThickness) == float(source.SliceThickness)
+        stated.append(float(measures.SliceThickness))
+    assert sorted(stated) == [1.25, 1.25, 7.5]
+    npy = tmp_path / "labels.npy"
+    assert subprocess.run([sys.executable, "-m", "edgeseg.cli", "predict", str(exported_bundle), str(series),
+                           "--out", str(npy), "--backend", "onnxruntime:fp32", "--quiet"], timeout=300).returncode == 0
+    labels = np.load(npy)
+    assert labels.any()  # the model found liver: the comparison covers labels
+    (case,) = open_dataset(series, label_file=out)
+    np.testing.assert_array_equal(case.label, labels)
+    _, refs = read_dicom_series_with_refs(series)
+    read = hd.seg.segread(out).get_pixels_by_source_instance(list(refs.sop_instance_uids), combine_segments=True,
+                                                             ignore_spatial_locations=True)
+    np.testing.assert_array_equal(read, refs.to_source_layout(labels))
+
+
+def test_a_slice_without_thickness_among_two_thicknesses_states_the_slice_spacing(exported_bundle, tmp_path):
+    """The others state no one thickness to take: the slice without one states the series' slice
+    spacing (1 mm, the oracle from the positions read with pydicom), the others their own."""
+    def edit(k, ds):
+        if k == 0:
+            del ds.SliceThickness
+        elif k == 2:
+            ds.SliceThickness = "7.5"
+
+    series = _series(tmp_path / "series", edit)
+    out = tmp_path / "out.seg.dcm"
+    done = _predict(exported_bundle, series, out)
+    assert done.returncode == 0, done.stderr
+    assert _dciodvfy_errors(out) == []
+    assert "1 of its 3 slices have no SliceThickness; their DICOM SEG states the slice spacing" in done.stderr
+    heights = _heights(series)
+    (spacing,) = {round(b - a, 4) for a, b in zip(heights, heights[1:])}
+    stated = {frame.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID:
+              float(frame.PixelMeasuresSequence[0].SliceThickness) for frame in pydicom.dcmread(out).PerFrameFunctionalGroupsSequence}
+    expected = {ds.SOPInstanceUID: float(ds.get("SliceThickness") or spacing)
+                for ds in map(pydicom.dcmread, sorted(series.glob("*.dcm")))}
+    assert stated == expected and sorted(expected.values()) == [1.0, 1.25, 7.5]
+
+
+def _shift_last(k, ds):
+    """The third slice a millimetre further: gaps of 1 and 2 mm."""
+    if k == 2:
+        ds.ImagePositionPatient = [*ds.ImagePositionPatient[:2], float(ds.ImagePositionPatient[2]) - 1]
+
+
+SPACINGS = {"stated wrong": (lambda k, ds: setattr(ds, "SpacingBetweenSlices", "5"), 1.0),
+            "uneven gaps": (lambda k, ds: (setattr(ds, "SpacingBetweenSlices", "1"), _shift_last(k, ds)), None)}
+
+
+@pytest.mark.parametrize("case", sorted(SPACINGS))
+def test_spacing_between_slices_is_that_of_the_seg_frames(case, exported_bundle, tmp_path):
+    """highdicom copies the first slice's SpacingBetweenSlices into the SEG for all frames: 5 mm
+    for slices 1 mm apart, 1 mm for slices whose gaps differ. Now the SEG states the spacing of its
+    frames' positions (the oracle: the sources' positions read with pydicom), or none where the gaps
+    differ (it is Type 3)."""
+    edit, expected = SPACINGS[case]
+    series = _series(tmp_path / "series", edit)
+    out = tmp_path / "out.seg.dcm"
+    done = _predict(exported_bundle, series, out)
+    assert done.returncode == 0, done.stderr
+    assert _dciodvfy_errors(out) == []
+    heights = _heights(series)
+    gaps = [b - a for a, b in zip(heights, heights[1:])]
+    (measures,) = pydicom.dcmread(out).SharedFunctionalGroupsSequence[0].PixelMeasuresSequence
+    if expected is None:
+        assert max(gaps) - min(gaps) > 0.5 and "SpacingBetweenSlices" not in measures
+    else:
+        assert gaps == pytest.approx([expected] * 2, abs=1e-4)
+        assert float(measures.SpacingBetweenSlices) == pytest.approx(expected, abs=1e-4)
 
 
 def test_a_single_slice_without_slice_thickness_is_one_line(exported_bundle, tmp_path, assert_one_line_error):
