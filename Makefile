@@ -18,7 +18,8 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 
 # torch is installed first and pinned: anything else resolves to a multi-GB CUDA build.
-$(STAMP): pyproject.toml setup.py | $(PY)
+# csrc/edgeseg.h holds the version (setup.py reads it into the package's metadata).
+$(STAMP): pyproject.toml setup.py csrc/edgeseg.h | $(PY)
 	$(PIP) install --upgrade pip setuptools wheel
 	$(PIP) install "torch==2.13.0"
 	$(PIP) install "Cython>=3.0" "numpy>=1.24"

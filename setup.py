@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -16,6 +17,16 @@ from setuptools.command.build_py import build_py
 
 HERE = Path(__file__).parent
 C_SOURCES = sorted(str(p.relative_to(HERE)) for p in (HERE / "csrc").glob("*.c"))
+
+
+def _version() -> str:
+    """The version's one source: ES_VERSION_MAJOR/MINOR/PATCH in csrc/edgeseg.h, which the C
+    library (es_version(), its SONAME, pkg-config and CMake files) is built from too."""
+    header = (HERE / "csrc" / "edgeseg.h").read_text()
+    parts = [re.search(rf"^#define ES_VERSION_{part} (\d+)$", header, re.M) for part in ("MAJOR", "MINOR", "PATCH")]
+    if not all(parts):
+        raise SystemExit("edgeseg: error: csrc/edgeseg.h has no ES_VERSION_MAJOR/MINOR/PATCH lines")
+    return ".".join(match.group(1) for match in parts)
 
 
 def _compiler_has_openmp(compiler) -> bool:
@@ -54,6 +65,19 @@ class BuildExtWithOpenMP(build_ext):
         super().build_extensions()
 
 
+def _without_links(lib: Path) -> None:
+    """A wheel holds no symbolic links (each would become another copy of the library): keep the
+    library under its SONAME, the name programs load, and make libedgeseg.so, the name -ledgeseg
+    finds, a linker script naming it, as glibc's libc.so is. A program linked through either
+    records NEEDED libedgeseg.so.MAJOR, as against make sdk's tree."""
+    link = lib / "libedgeseg.so"
+    soname = os.readlink(link)
+    os.replace(lib / os.readlink(lib / soname), lib / soname)
+    script = lib / ".libedgeseg.so.tmp"
+    script.write_text(f"/* GNU ld script: -ledgeseg links the library by its SONAME */\nINPUT({soname})\n")
+    os.replace(script, link)
+
+
 class BuildPyWithSdk(build_py):
     """Also put libedgeseg (the C API, ``make -C csrc/sdk``) into the package as
     ``edgeseg/libedgeseg/``, where ``edgeseg sdk`` finds it. It links against the OpenVINO of
@@ -77,6 +101,8 @@ class BuildPyWithSdk(build_py):
                    f"PY={sys.executable}"]
             if subprocess.run(cmd).returncode != 0:
                 sys.stderr.write("edgeseg: building without libedgeseg (needs OpenVINO and a C compiler)\n")
+            else:
+                _without_links(out / "lib")
 
 
 extensions = [
@@ -89,6 +115,7 @@ extensions = [
 ]
 
 setup(
+    version=_version(),
     ext_modules=cythonize(extensions, language_level=3, compiler_directives={"boundscheck": False, "wraparound": False}),
     cmdclass={"build_ext": BuildExtWithOpenMP, "build_py": BuildPyWithSdk},
 )

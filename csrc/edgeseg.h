@@ -38,6 +38,19 @@ extern "C" {
 #define ES_API __attribute__((visibility("default")))
 #endif
 
+/* The version of libedgeseg and of the whole edgeseg package: these three lines are its one
+ * source (setup.py gives it to the Python package, csrc/sdk/Makefile to the SONAME, the library's
+ * file name and the pkg-config and CMake files), and es_version() returns ES_VERSION_STRING. A
+ * program may compare the ES_VERSION_* it was compiled with against es_version() at run time.
+ * ES_VERSION_MAJOR is the SONAME's number (libedgeseg.so.0); docs/c-api.md, "Versions". */
+#define ES_VERSION_MAJOR 0
+#define ES_VERSION_MINOR 1
+#define ES_VERSION_PATCH 0
+#define ES_VERSION_STR_(x) #x
+#define ES_VERSION_STR(x) ES_VERSION_STR_(x)
+#define ES_VERSION_STRING \
+    ES_VERSION_STR(ES_VERSION_MAJOR) "." ES_VERSION_STR(ES_VERSION_MINOR) "." ES_VERSION_STR(ES_VERSION_PATCH)
+
 /* Status codes: the kernels' es_status (ES_OK, ES_EINVAL, ES_ENOMEM, ES_ENONFINITE) plus these. */
 typedef enum {
     ES_EBUNDLE = 16,  /* bundle missing, unreadable, invalid, from a newer schema or tampered */
@@ -191,7 +204,7 @@ ES_API int es_last_warnings(es_segmenter *seg, es_warning *out, int capacity);
  * names, spec, artifact and provenance strings above end with it too. */
 ES_API void es_close(es_segmenter *seg);
 
-/* The library's version, e.g. "0.1.0". */
+/* The library's version, e.g. "0.1.0": the ES_VERSION_STRING it was built with. */
 ES_API const char *es_version(void);
 
 /* A short English description of any code above. */

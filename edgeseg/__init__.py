@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+from importlib.metadata import version as _installed_version
 
-__version__ = "0.1.0"
+# The installed distribution's version, which setup.py reads from csrc/edgeseg.h (its one source).
+__version__ = _installed_version("edgeseg")
 
 # ONNX Runtime's PyPI builds carry Microsoft's 1DS telemetry, on by default: it writes a device
 # id under ~/.cache/Microsoft, a `.ses` file in TMPDIR, and tries to reach

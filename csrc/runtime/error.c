@@ -15,10 +15,6 @@
 /* Bytes of a too-long message kept before the " ... " (the rest of the room goes to its end). */
 #define ES_MESSAGE_HEAD 96
 
-#ifndef EDGESEG_VERSION
-#error "build with -DEDGESEG_VERSION=\"x.y.z\" (the Makefile reads it from pyproject.toml)"
-#endif
-
 /* Where a cut at `at` may go without splitting a UTF-8 sequence: back over continuation bytes. */
 static size_t char_start(const char *text, size_t at) {
     while (at > 0 && ((unsigned char)text[at] & 0xC0) == 0x80) at--;
@@ -100,7 +96,7 @@ int es_succeed(es_error *err) {
     return ES_OK;
 }
 
-const char *es_version(void) { return EDGESEG_VERSION; }
+const char *es_version(void) { return ES_VERSION_STRING; }
 
 const char *es_code_message(int code) {
     switch (code) {

@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 from edgeseg.runtime import Segmenter
+from tests.capi.test_soname import dynamic_entries
 
 ROOT = Path(__file__).resolve().parents[2]
 # What a build from a checkout must not pick up: local builds, caches, the venv.
@@ -68,6 +69,9 @@ def test_wheel_ships_libedgeseg_headers_and_package_files(dists):
     with zipfile.ZipFile(dists["wheel"]) as whl:
         names = set(whl.namelist())
     sdk = "edgeseg/libedgeseg/"
+    # the library once, under its SONAME; libedgeseg.so (for -ledgeseg) a linker script naming it
+    assert sorted(n for n in names if n.startswith(f"{sdk}lib/libedgeseg.so")) == [f"{sdk}lib/libedgeseg.so",
+                                                                                 f"{sdk}lib/libedgeseg.so.0"]
     assert {f"{sdk}lib/libedgeseg.so", f"{sdk}include/edgeseg.h", f"{sdk}include/edgeseg.hpp",
             f"{sdk}include/edgeseg_kernels.h", f"{sdk}lib/pkgconfig/edgeseg.pc",
             f"{sdk}lib/cmake/edgeseg/edgeseg-config.cmake",
@@ -132,6 +136,7 @@ def test_installed_wheel_builds_and_runs_the_c_example(installed, bundle, phanto
                                str(ROOT / "examples" / "c" / "segment_raw.c"), *flags.stdout.split()],
                               capture_output=True, text=True)
     assert compiled.returncode == 0, compiled.stderr
+    assert "libedgeseg.so.0" in dynamic_entries(exe, "NEEDED")
     with Segmenter.load(bundle, backend="openvino:int8") as seg:
         expected = seg.predict_volume(phantom_hu)
     got = run_raw(exe, bundle, "int8", phantom_hu, tmp_path)
