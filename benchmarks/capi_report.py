@@ -96,7 +96,10 @@ class EsError(ctypes.Structure):
 
 
 def load_library(sdk_lib: Path) -> ctypes.CDLL:
-    lib = ctypes.CDLL(str(sdk_lib / "libedgeseg.so"))
+    from edgeseg import __version__
+
+    # The SONAME: libedgeseg.so is a linker script in a wheel, which dlopen cannot load.
+    lib = ctypes.CDLL(str(sdk_lib / f"libedgeseg.so.{__version__.split('.')[0]}"))
     lib.es_open.restype = ctypes.c_void_p
     lib.es_open.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_int, ctypes.POINTER(EsError)]
     lib.es_segment_slice.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_int,

@@ -28,6 +28,15 @@ def sdk_prefix() -> Path:
                        f"{', '.join(str(c) for c in candidates)}); run 'make sdk' in the source tree")
 
 
+def library_path() -> Path:
+    """The file a program (or ``ctypes``) loads: ``lib/libedgeseg.so.MAJOR``, the SONAME.
+    ``lib/libedgeseg.so`` is for the linker only, and in a wheel it is a linker script that
+    ``dlopen`` cannot load."""
+    from edgeseg import __version__
+
+    return sdk_prefix() / "lib" / f"libedgeseg.so.{__version__.split('.')[0]}"
+
+
 def compile_flags() -> str:
     """Compiler flags for ``#include <edgeseg.h>`` (and ``edgeseg.hpp``)."""
     return f"-I{sdk_prefix() / 'include'}"

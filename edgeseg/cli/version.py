@@ -42,7 +42,7 @@ def _libedgeseg() -> str | None:
     from edgeseg.errors import EdgesegError
 
     try:
-        return str(sdk.sdk_prefix() / "lib" / "libedgeseg.so")
+        return str(sdk.library_path())
     except EdgesegError:
         return None
 

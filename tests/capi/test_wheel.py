@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edgeseg import __version__
 from edgeseg.runtime import Segmenter
 from tests.capi.test_soname import dynamic_entries
 
@@ -137,6 +138,13 @@ def test_installed_wheel_builds_and_runs_the_c_example(installed, bundle, phanto
                               capture_output=True, text=True)
     assert compiled.returncode == 0, compiled.stderr
     assert "libedgeseg.so.0" in dynamic_entries(exe, "NEEDED")
+    # What `edgeseg --version` names is the file dlopen loads (libedgeseg.so is a linker script here).
+    loaded = subprocess.run([str(venv / "bin" / "python"), "-c", "import ctypes; from edgeseg import sdk; "
+                             "lib = ctypes.CDLL(str(sdk.library_path())); lib.es_version.restype = ctypes.c_char_p; "
+                             "print(sdk.library_path().name, lib.es_version().decode())"],
+                            capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert loaded.returncode == 0, loaded.stderr
+    assert loaded.stdout.split() == ["libedgeseg.so.0", __version__]
     with Segmenter.load(bundle, backend="openvino:int8") as seg:
         expected = seg.predict_volume(phantom_hu)
     got = run_raw(exe, bundle, "int8", phantom_hu, tmp_path)
