@@ -40,7 +40,7 @@ from edgeseg.errors import DataError, EdgesegError
 from edgeseg.limits import check_volume
 from edgeseg.serve.audit import AssociationAudit
 from edgeseg.serve.dicom_forward import Forwarder, Peer, UnsentFolder
-from edgeseg.serve.dicom_intake import (CT_CLASSES, STATUS_CANNOT_UNDERSTAND, STATUS_DATASET_MISMATCH,
+from edgeseg.serve.dicom_intake import (CT_CLASSES, ENHANCED_CT_CLASSES, STATUS_CANNOT_UNDERSTAND, STATUS_DATASET_MISMATCH,
                                         STATUS_OUT_OF_RESOURCES, STATUS_SOP_CLASS_NOT_SUPPORTED, STATUS_SUCCESS,
                                         check_ae_title, decodable_transfer_syntaxes, failure_status, incoming_uids,
                                         oversized_header, refusal, store_failure)
@@ -53,6 +53,7 @@ from edgeseg.serve.dicom_node_events import NodeEvents
 from edgeseg.serve.dicom_node_lifecycle import GuardedThread, NodeLifecycle
 from edgeseg.serve.dicom_peer_watch import PeerWatch
 from edgeseg.serve.dicom_segmented import SegmentedSeries, SegReference
+from edgeseg.serve.dicom_received import pixel_data_bytes, read_received, received_path
 from edgeseg.serve.dicom_recovery import take_up
 from edgeseg.serve.dicom_series import HeldSeries, ImageNotStored, SendingAssociations, seg_path
 from edgeseg.serve.dicom_work import WorkClaim, sync_file, sync_folder
@@ -122,6 +123,7 @@ class DicomNode(NodeEvents, NodeLifecycle):
             self._closing = threading.Event()
             self._abandon = threading.Event()
             self._server = None
+            self._receiving = False  # holds pynetdicom's receiving to files (start to stop)
             self._peers = PeerWatch(self.peer_timeout, self._on_peer_timed_out)
             self._worker = GuardedThread(self._watch, "edgeseg-listen")
             self._accept: GuardedThread | None = None  # the accept loop's (dicom_node_lifecycle.py)
@@ -138,8 +140,12 @@ class DicomNode(NodeEvents, NodeLifecycle):
             self.stats.refused += 1
             log.warning("refused an image of SOP class %s: only CT and Enhanced CT images are segmented", sop_class)
             return STATUS_SOP_CLASS_NOT_SUPPORTED
+        received = received_path(event)  # the data set in a file (dicom_received.py), or None: in memory
         try:
-            ds = event.dataset
+            if received is None:
+                ds, encoded = event.dataset, event.request.DataSet.getbuffer().nbytes
+            else:
+                ds, encoded = read_received(received)
             ds.file_meta = event.file_meta
             series_uid, sop_uid = incoming_uids(ds)
         except DataError as exc:
@@ -149,7 +155,7 @@ class DicomNode(NodeEvents, NodeLifecycle):
         except Exception as exc:  # a dataset pydicom cannot decode or without its UIDs
             log.warning("could not read an incoming image: %s", exc)
             return STATUS_CANNOT_UNDERSTAND
-        padded = oversized_header(ds, event.request.DataSet.getbuffer().nbytes)
+        padded = oversized_header(encoded, pixel_data_bytes(ds, received))
         if padded is not None:
             self.stats.refused += 1
             log.warning("refused image %s of series %s: %s", sop_uid, series_uid, padded)
@@ -165,7 +171,7 @@ class DicomNode(NodeEvents, NodeLifecycle):
             self.stats.refused += 1
             log.warning("refused an image: %s", exc)
             return STATUS_OUT_OF_RESOURCES
-        refused = refusal(ds, str(event.context.abstract_syntax))
+        refused = refusal(ds, str(event.context.abstract_syntax), received)
         if refused is not None:
             self.stats.refused += 1
             log.warning("refused image %s of series %s: %s", sop_uid, series_uid, refused[1])
@@ -198,7 +204,8 @@ class DicomNode(NodeEvents, NodeLifecycle):
                     # the reader's limits, checked as images arrive: the whole series would otherwise be
                     # stored first (a peer could fill the disk) and only then be refused when it is read
                     series.check_pixels(sop_uid, frames, rows, columns)
-                    series.keep(sop_uid, ds, frames)  # and its bytes on disk
+                    # and its bytes on disk: an Enhanced CT as it came, the file received linked in
+                    series.keep(sop_uid, ds, frames, received if sop_class in ENHANCED_CT_CLASSES else None)
             except Exception as exc:  # DataError: refused; ImageNotStored: the node's own failure, an error
                 self._written(series_uid, series, stored=False)
                 if not isinstance(exc, DataError):

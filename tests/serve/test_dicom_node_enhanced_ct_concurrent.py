@@ -1,0 +1,125 @@
+"""The DICOM node receiving large Enhanced CT files from several peers at once.
+
+pynetdicom gathered each C-STORE's data set in memory until its last fragment, and the handler
+decoded it whole: K associations each sending an uncompressed Enhanced CT held K copies of it and
+more (four senders of 31 MB took the ``edgeseg listen`` process up by several times one file).
+The node now has pynetdicom write each data set to a file as it arrives, checks it from there
+frame by frame, and stores it by a hard link (edgeseg/serve/dicom_received.py).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.serve.test_dicom_node import DCMTK
+from tests.serve.test_dicom_node_enhanced_ct_size import SIZE, _big_enhanced_ct, _status_kib
+from tests.serve.test_dicom_node_failures import running_node  # noqa: F401 - the fixture
+
+pynetdicom = pytest.importorskip("pynetdicom")
+pydicom = pytest.importorskip("pydicom")
+pytestmark = pytest.mark.skipif(not DCMTK, reason="dcmtk (echoscu, storescu, storescp) is not installed: apt-get install dcmtk")
+
+SENDERS, FRAMES = 4, 60
+
+
+def _enhanced_ct_files(folder: Path, count: int, frames: int) -> list[Path]:
+    """``count`` uncompressed Enhanced CT files of ``frames`` frames of SIZE x SIZE, each its own
+    series, each frame's pixels its frame number (the stored files are compared with them)."""
+    import numpy as np
+    from pydicom.uid import generate_uid
+
+    ds = _big_enhanced_ct(frames)
+    ds.PixelData = (np.arange(frames, dtype=np.int16)[:, None, None] * np.ones((SIZE, SIZE), np.int16)).tobytes()
+    paths = []
+    for n in range(count):
+        ds.SeriesInstanceUID = generate_uid()
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        paths.append(folder / f"e{n}.dcm")
+        ds.save_as(paths[-1], enforce_file_format=True)
+    return paths
+
+
+def _send_all(port: int, paths: list[Path]) -> list[str]:
+    """Send each file with its own ``storescu``, all at once; what each wrote to stderr."""
+    senders = [subprocess.Popen(["storescu", "-v", "-aec", "EDGESEG", "127.0.0.1", str(port), str(path)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for path in paths]
+    return [sender.communicate(timeout=300)[1] for sender in senders]
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="reads VmRSS and VmHWM from /proc")
+def test_concurrent_enhanced_ct_senders_take_less_than_one_file_of_memory(serve_bundle, tmp_path, free_port, wait_port):
+    """Four storescu peers each send an uncompressed Enhanced CT of 60 frames of 512x512 (31 MB)
+    at once to ``edgeseg listen``: all are acknowledged and stored whole, and the node's peak
+    resident memory while they arrive grows by less than one of the files (it grew by several:
+    every data set gathered in memory, then decoded). The peak is reset once the model is loaded."""
+    from tests.serve.test_dicom_node_hostile import start_listen
+
+    sent = tmp_path / "sent"
+    sent.mkdir()
+    paths = _enhanced_ct_files(sent, SENDERS, FRAMES)
+    size_kib = paths[0].stat().st_size // 1024
+    port = free_port()
+    proc = start_listen(serve_bundle, port, tmp_path, "--idle", "3600")
+    try:
+        wait_port(port, timeout=60)
+        time.sleep(1)
+        before = _status_kib(proc.pid, "VmRSS")
+        Path(f"/proc/{proc.pid}/clear_refs").write_text("5")  # VmHWM from now on
+        answers = _send_all(port, paths)
+        peak = _status_kib(proc.pid, "VmHWM")
+        stored = {path.name: path for path in tmp_path.glob("edgeseg-listen-*/*/*.dcm")}
+        kept = {name: pydicom.dcmread(path) for name, path in stored.items()}
+    finally:
+        proc.kill()  # the test is the storing: segmenting is not
+        proc.communicate()
+    assert all("Received Store Response (Success)" in answer for answer in answers), [a[-800:] for a in answers]
+    for path in paths:
+        source = pydicom.dcmread(path)
+        copy = kept[f"{source.SOPInstanceUID}.dcm"]
+        assert copy.SeriesInstanceUID == source.SeriesInstanceUID and copy.PixelData == source.PixelData
+    assert len(stored) == SENDERS
+    assert peak - before < size_kib, (before, peak, size_kib)
+    assert [p.name for p in tmp_path.glob("tmp*.dcm")] == []  # no received file left behind
+
+
+def test_a_data_set_cut_off_leaves_no_file_behind(serve_bundle, tmp_path, free_port, wait_port, monkeypatch):
+    """An Enhanced CT past the volume limit has its association aborted as it comes (the node's
+    bound on one message): the part received, written to a file in TMPDIR as it came, is removed
+    with the connection, and the node still takes the next peer's image."""
+    from tests.serve.test_dicom_node_hostile import start_listen, stop_listen
+
+    for name in ("big", "small"):
+        (tmp_path / name).mkdir()
+    [big] = _enhanced_ct_files(tmp_path / "big", 1, 40)  # 21 MB, over 8 MiB + 4 MiB
+    [small] = _enhanced_ct_files(tmp_path / "small", 1, 4)
+    port = free_port()
+    monkeypatch.setenv("EDGESEG_MAX_VOLUME_BYTES", str(8 << 20))  # the node's, inherited
+    proc = start_listen(serve_bundle, port, tmp_path, "--idle", "3600")
+    try:
+        wait_port(port, timeout=60)
+        [cut] = _send_all(port, [big])
+        deadline = time.monotonic() + 10
+        while list(tmp_path.glob("tmp*.dcm")) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        left = [p.name for p in tmp_path.glob("tmp*.dcm")]
+        [taken] = _send_all(port, [small])
+    finally:
+        err = stop_listen(proc)
+    assert "Received Store Response" not in cut, cut[-2000:]
+    assert f"a data set of over {(8 << 20) + (4 << 20)} bytes" in err, err[-2000:]
+    assert left == []
+    assert "Received Store Response (Success)" in taken, taken[-2000:]
+
+
+def test_pynetdicom_receives_to_files_only_while_a_node_runs(running_node):
+    """The setting is pynetdicom's, for the whole process: set while the node runs, put back after."""
+    from pynetdicom import _config
+
+    before = _config.STORE_RECV_CHUNKED_DATASET
+    with running_node():
+        during = _config.STORE_RECV_CHUNKED_DATASET
+    assert (before, during, _config.STORE_RECV_CHUNKED_DATASET) == (False, True, False)
