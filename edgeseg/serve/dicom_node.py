@@ -140,7 +140,7 @@ class DicomNode(NodeEvents, NodeLifecycle):
             self.stats.refused += 1
             log.warning("refused an image of SOP class %s: only CT and Enhanced CT images are segmented", sop_class)
             return STATUS_SOP_CLASS_NOT_SUPPORTED
-        received = received_path(event)  # the data set in a file (dicom_received.py), or None: in memory
+        received = received_path(event)  # an Enhanced CT's data set in a file (dicom_received.py); else None: in memory
         try:
             if received is None:
                 ds, encoded = event.dataset, event.request.DataSet.getbuffer().nbytes

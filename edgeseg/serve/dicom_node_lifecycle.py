@@ -22,7 +22,8 @@ from edgeseg.serve.dicom_connections import limited_server_class
 from edgeseg.serve.dicom_intake import ENHANCED_CT_CLASSES, add_ct_contexts
 from edgeseg.serve.dicom_peer_bound import (MAX_PDU_LENGTH, PeerBounds, bounded_request_handler, data_set_limit,
                                             multi_frame_data_set_limit)
-from edgeseg.serve.dicom_received import discard_partial, start_receiving_to_files, stop_receiving_to_files
+from edgeseg.serve.dicom_received import (discard_partial, removed_on_failure, start_receiving_to_files,
+                                          stop_receiving_to_files)
 from edgeseg.serve.dicom_refusal import REFUSAL_WAIT
 
 
@@ -81,7 +82,7 @@ class NodeLifecycle:
         # how long an association thread waits for the request of a connection the watch may have
         # cut before it; an idle association is the watch's, which leaves out the node's own time
         ae.acse_timeout, ae.network_timeout = self.peer_timeout, None
-        store = self._on_store if self.audit is None else self.audit.counted(self._on_store)
+        store = removed_on_failure(self._on_store if self.audit is None else self.audit.counted(self._on_store))
         handlers = [(pynetdicom.evt.EVT_C_STORE, self._peers.busy_while(store)),
                     (pynetdicom.evt.EVT_C_ECHO, lambda event: 0x0000),
                     (pynetdicom.evt.EVT_REJECTED, self._on_rejected), (pynetdicom.evt.EVT_ACCEPTED, self._on_accepted),

@@ -12,14 +12,19 @@ here with its large elements deferred, checks the pixels frame by frame from the
 an Enhanced CT by a hard link of the file into its work folder (a copy only where the work folder
 lies on another file system than ``TMPDIR``).
 
-The flag is module-level, read by pynetdicom as each C-STORE's command set completes: it is set
-while a node runs and put back to what it was once the last node in the process stops
-(:func:`receiving_to_files`). Meanwhile every pynetdicom SCP in the process receives its C-STORE
-data sets to files too: ``event.dataset`` still reads them, ``event.request.DataSet`` is empty.
+The setting is module-level, read by pynetdicom (``if _config.STORE_RECV_CHUNKED_DATASET``) in
+the thread that decodes each C-STORE's command set, as its last fragment arrives. While a node
+runs it holds an object (:class:`ToFileInNodeThreads`) that is true only in a node's association
+thread whose C-STORE names an Enhanced CT class, the one whose data set is a whole series, and
+in any other thread what the setting was before: another pynetdicom SCP in the process receives
+as it did, and a slice still comes in memory (a disk with no room for it then answers 0xA700
+rather than ending the association, as pynetdicom does when its write to the file fails). It is
+put back once the last node in the process stops.
 
-pynetdicom removes the file only once the handler ran; a connection ending while a data set was
-arriving (an abort, the node's own bound on a message) would leave the part received in
-``TMPDIR`` for good, so the node removes it as the connection closes (:func:`discard_partial`).
+pynetdicom removes the file only once the handler has returned; a connection ending while a data
+set was arriving (an abort, the node's own bound on a message) would leave the part received in
+``TMPDIR`` for good, so the node removes it as the connection closes (:func:`discard_partial`),
+and the file of a handler that raised too (:func:`removed_on_failure`).
 """
 
 from __future__ import annotations
@@ -40,23 +45,45 @@ _SEQUENCE_DELIMITER = (0xFFFE, 0xE0DD)
 
 _lock = threading.Lock()
 _users = 0
-_before: bool | None = None
+_before: object = None
+_thread = threading.local()
+
+
+class ToFileInNodeThreads:
+    """What the node sets pynetdicom's ``STORE_RECV_CHUNKED_DATASET`` to: true in a node's
+    association thread whose current C-STORE names a multi-frame class (:func:`next_to_file`,
+    said by the node's socket as the command set completes, in the thread that reads the socket
+    and decodes what it read), and in every other thread what the setting was before."""
+
+    def __init__(self, before: object) -> None:
+        self.before = before
+
+    def __bool__(self) -> bool:
+        to_file = getattr(_thread, "to_file", None)
+        return bool(self.before) if to_file is None else to_file
+
+
+def next_to_file(to_file: bool) -> None:
+    """The C-STORE whose command set the calling thread (a node's association) has just read is
+    received to a file (``to_file``) or in memory."""
+    _thread.to_file = to_file
 
 
 def start_receiving_to_files() -> None:
-    """Have pynetdicom write C-STORE data sets to files from now on (for one more node)."""
+    """Have pynetdicom write the node's multi-frame C-STORE data sets to files from now on (for
+    one more node in the process)."""
     global _users, _before
     from pynetdicom import _config
 
     with _lock:
         if _users == 0:
             _before = _config.STORE_RECV_CHUNKED_DATASET
-            _config.STORE_RECV_CHUNKED_DATASET = True
+            _config.STORE_RECV_CHUNKED_DATASET = ToFileInNodeThreads(_before)
         _users += 1
 
 
 def stop_receiving_to_files() -> None:
-    """One node fewer: once none is left, the flag is put back to what it was before the first."""
+    """One node fewer: once none is left, the setting is put back to what it was before the first."""
     global _users
     from pynetdicom import _config
 
@@ -65,17 +92,7 @@ def stop_receiving_to_files() -> None:
             return
         _users -= 1
         if _users == 0:
-            _config.STORE_RECV_CHUNKED_DATASET = bool(_before)
-
-
-@contextlib.contextmanager
-def receiving_to_files():
-    """:func:`start_receiving_to_files` for the block, :func:`stop_receiving_to_files` after it."""
-    start_receiving_to_files()
-    try:
-        yield
-    finally:
-        stop_receiving_to_files()
+            _config.STORE_RECV_CHUNKED_DATASET = _before
 
 
 def received_path(event) -> Path | None:
@@ -132,6 +149,22 @@ def place_received(source: Path, staged: Path) -> None:
         if exc.errno not in (errno.EXDEV, errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK):
             raise
         shutil.copyfile(source, staged)
+
+
+def removed_on_failure(handler):
+    """``handler`` (the C-STORE handler) removing the file its data set was received to when it
+    raises: pynetdicom removes the file only after a handler that returned."""
+    def handled(event):
+        try:
+            return handler(event)
+        except BaseException:
+            path = received_path(event)
+            if path is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
+            raise
+
+    return handled
 
 
 def discard_partial(event) -> None:

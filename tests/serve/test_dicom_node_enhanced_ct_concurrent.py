@@ -115,11 +115,38 @@ def test_a_data_set_cut_off_leaves_no_file_behind(serve_bundle, tmp_path, free_p
     assert "Received Store Response (Success)" in taken, taken[-2000:]
 
 
-def test_pynetdicom_receives_to_files_only_while_a_node_runs(running_node):
-    """The setting is pynetdicom's, for the whole process: set while the node runs, put back after."""
-    from pynetdicom import _config
+def test_another_pynetdicom_scp_in_the_process_receives_as_before(running_node, tmp_path, free_port, wait_port):
+    """pynetdicom's setting is for the whole process: while a node runs and receives an Enhanced
+    CT to a file, a pynetdicom SCP of the program's own beside it still gets its Enhanced CT in
+    memory (``event.request.DataSet``; no ``dataset_path``), and once the node stops the setting is
+    what it was."""
+    from pynetdicom import AE, _config, evt
 
+    from edgeseg.serve.dicom_intake import ENHANCED_CT_CLASSES
+
+    (tmp_path / "sent").mkdir()
+    [path] = _enhanced_ct_files(tmp_path / "sent", 1, 4)
+    seen = []
+
+    def on_store(event):
+        seen.append((event.dataset_path, event.request.DataSet.getbuffer().nbytes))
+        return 0x0000
+
+    own = AE(ae_title="EDGESEG")
+    own.add_supported_context(ENHANCED_CT_CLASSES[0])
+    port = free_port()
     before = _config.STORE_RECV_CHUNKED_DATASET
-    with running_node():
-        during = _config.STORE_RECV_CHUNKED_DATASET
-    assert (before, during, _config.STORE_RECV_CHUNKED_DATASET) == (False, True, False)
+    with running_node(idle=3600) as node:
+        server = own.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)])
+        try:
+            wait_port(port)
+            to_node, to_own = _send_all(node.port, [path]), _send_all(port, [path])
+        finally:
+            server.shutdown()
+        stored = list(node.work.rglob("*.dcm"))
+        node.abandon()
+    assert all("Received Store Response (Success)" in answer for answer in to_node + to_own), to_node + to_own
+    assert [p.name for p in stored] == [f"{pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID}.dcm"]
+    [(dataset_path, in_memory)] = seen
+    assert dataset_path is None and in_memory > 4 * SIZE * SIZE * 2
+    assert _config.STORE_RECV_CHUNKED_DATASET is before is False
