@@ -150,3 +150,39 @@ def test_another_pynetdicom_scp_in_the_process_receives_as_before(running_node, 
     [(dataset_path, in_memory)] = seen
     assert dataset_path is None and in_memory > 4 * SIZE * SIZE * 2
     assert _config.STORE_RECV_CHUNKED_DATASET is before is False
+
+
+@pytest.mark.skipif(not Path("/dev/shm").is_dir() or Path("/dev/shm").stat().st_dev == Path(__file__).stat().st_dev,
+                    reason="needs /dev/shm on a file system of its own")
+def test_an_enhanced_ct_received_on_another_file_system_is_copied_into_work(serve_bundle, tmp_path, free_port,
+                                                                              wait_port):
+    """``--work`` on another file system than TMPDIR: the received file cannot be linked in, so it
+    is copied, flushed and acknowledged, the stored file whole, and TMPDIR left empty."""
+    import os
+    import shutil
+    import sys
+    import tempfile
+
+    from tests.serve.test_dicom_node_hostile import stop_listen
+
+    (tmp_path / "sent").mkdir()
+    [path] = _enhanced_ct_files(tmp_path / "sent", 1, 8)
+    received = Path(tempfile.mkdtemp(dir="/dev/shm", prefix="edgeseg-test-"))
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "edgeseg.cli", "listen", str(serve_bundle), "--port", str(port),
+                             "--out", str(tmp_path / "out"), "--work", str(tmp_path / "work"), "--idle", "3600",
+                             "--backend", "onnxruntime:fp32"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=dict(os.environ, TMPDIR=str(received)))
+    try:
+        wait_port(port, timeout=60)
+        [answer] = _send_all(port, [path])
+        stored = list((tmp_path / "work").glob("*/*.dcm"))
+        copy = pydicom.dcmread(stored[0]) if len(stored) == 1 else None
+        left = sorted(p.name for p in received.iterdir())
+    finally:
+        proc.kill()
+        proc.communicate()
+        shutil.rmtree(received, ignore_errors=True)
+    assert "Received Store Response (Success)" in answer, answer[-2000:]
+    assert copy is not None and copy.PixelData == pydicom.dcmread(path).PixelData, stored
+    assert left == []
