@@ -15,7 +15,6 @@ its peak while they ran (``VmHWM``), how many were acknowledged, and the wall ti
 from __future__ import annotations
 
 import argparse
-import copy
 import os
 import socket
 import subprocess
@@ -32,31 +31,12 @@ def write_files(frames: int, senders: int, out: Path) -> list[Path]:
     """``senders`` uncompressed Enhanced CT files of ``frames`` zero frames of SIZE x SIZE, each
     with its own Series and SOP Instance UIDs."""
     sys.path.insert(0, str(ROOT))
-    import numpy as np
-    from pydicom.uid import generate_uid
+    from tests.enhanced_ct import large_enhanced_ct, read_slices, series_copies
 
-    from tests.enhanced_ct import enhanced_ct, read_slices
-
-    first = read_slices(SERIES)[0]
-    del first.PixelData
-    slices = []
-    for k in range(frames):  # tiny slices, then the header says SIZE x SIZE: the pixels are set below
-        ds = copy.deepcopy(first)
-        ds.Rows = ds.Columns = 2
-        ds.PixelData = np.zeros((2, 2), dtype=np.int16).tobytes()
-        ds.ImagePositionPatient = [*list(first.ImagePositionPatient)[:2], float(first.ImagePositionPatient[2]) + k]
-        slices.append(ds)
-    ds = enhanced_ct(slices)
-    ds.Rows = ds.Columns = SIZE
+    ds = large_enhanced_ct(read_slices(SERIES)[0], frames, SIZE)
     ds.PixelData = bytes(frames * SIZE * SIZE * 2)
     out.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for n in range(senders):
-        ds.SeriesInstanceUID = generate_uid()
-        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-        paths.append(out / f"e{n}.dcm")
-        ds.save_as(paths[-1], enforce_file_format=True)
-    return paths
+    return series_copies(ds, out, senders)
 
 
 def kib(pid: int, field: str) -> int:

@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from tests.serve.test_dicom_node import DCMTK
-from tests.serve.test_dicom_node_enhanced_ct_size import SIZE, _big_enhanced_ct, _status_kib
+from tests.enhanced_ct import series_copies
+from tests.serve.test_dicom_node_enhanced_ct_size import SIZE, _big_enhanced_ct, _status_kib, listen_peak_reset
 from tests.serve.test_dicom_node_failures import running_node  # noqa: F401 - the fixture
 
 pynetdicom = pytest.importorskip("pynetdicom")
@@ -30,17 +31,10 @@ def _enhanced_ct_files(folder: Path, count: int, frames: int) -> list[Path]:
     """``count`` uncompressed Enhanced CT files of ``frames`` frames of SIZE x SIZE, each its own
     series, each frame's pixels its frame number (the stored files are compared with them)."""
     import numpy as np
-    from pydicom.uid import generate_uid
 
     ds = _big_enhanced_ct(frames)
     ds.PixelData = (np.arange(frames, dtype=np.int16)[:, None, None] * np.ones((SIZE, SIZE), np.int16)).tobytes()
-    paths = []
-    for n in range(count):
-        ds.SeriesInstanceUID = generate_uid()
-        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-        paths.append(folder / f"e{n}.dcm")
-        ds.save_as(paths[-1], enforce_file_format=True)
-    return paths
+    return series_copies(ds, folder, count)
 
 
 def _send_all(port: int, paths: list[Path]) -> list[str]:
@@ -56,26 +50,15 @@ def test_concurrent_enhanced_ct_senders_take_less_than_one_file_of_memory(serve_
     at once to ``edgeseg listen``: all are acknowledged and stored whole, and the node's peak
     resident memory while they arrive grows by less than one of the files (it grew by several:
     every data set gathered in memory, then decoded). The peak is reset once the model is loaded."""
-    from tests.serve.test_dicom_node_hostile import start_listen
-
     sent = tmp_path / "sent"
     sent.mkdir()
     paths = _enhanced_ct_files(sent, SENDERS, FRAMES)
     size_kib = paths[0].stat().st_size // 1024
-    port = free_port()
-    proc = start_listen(serve_bundle, port, tmp_path, "--idle", "3600")
-    try:
-        wait_port(port, timeout=60)
-        time.sleep(1)
-        before = _status_kib(proc.pid, "VmRSS")
-        Path(f"/proc/{proc.pid}/clear_refs").write_text("5")  # VmHWM from now on
+    with listen_peak_reset(serve_bundle, tmp_path, free_port, wait_port) as (port, pid, before):
         answers = _send_all(port, paths)
-        peak = _status_kib(proc.pid, "VmHWM")
+        peak = _status_kib(pid, "VmHWM")
         stored = {path.name: path for path in tmp_path.glob("edgeseg-listen-*/*/*.dcm")}
         kept = {name: pydicom.dcmread(path) for name, path in stored.items()}
-    finally:
-        proc.kill()  # the test is the storing: segmenting is not
-        proc.communicate()
     assert all("Received Store Response (Success)" in answer for answer in answers), [a[-800:] for a in answers]
     for path in paths:
         source = pydicom.dcmread(path)
