@@ -24,6 +24,7 @@ ENHANCED_CT_CLASSES = ("1.2.840.10008.5.1.4.1.1.2.1", "1.2.840.10008.5.1.4.1.1.2
 # What the node segments; an image of any other class is answered "SOP class not supported"
 CT_CLASSES = (CT_IMAGE_STORAGE, *ENHANCED_CT_CLASSES)
 SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
+DEFLATED = "1.2.840.10008.1.2.1.99"  # Deflated Explicit VR Little Endian
 STATUS_SUCCESS = 0x0000
 STATUS_SOP_CLASS_NOT_SUPPORTED = 0x0122
 STATUS_CANNOT_UNDERSTAND = 0xC000
@@ -148,7 +149,9 @@ def refusal(ds, context_class: str, path=None) -> tuple[int, str] | None:
             # a whole series: decoded frame by frame and each frame dropped once checked, never
             # held whole (1,000 RLE frames of 512x512 are 8 MB as sent, 500 MB decoded); the file
             # is stored as it came, and the series read decodes it frame by frame again
-            check_pixels(ds if path is None else path, label, checked)
+            # from the file it was received to, one frame read at a time; pydicom reads frames of a
+            # deflated file only from the data set (inflated whole, as the file is read)
+            check_pixels(ds if path is None or str(syntax) == DEFLATED else path, label, checked)
         elif UID(str(syntax)).is_compressed:
             # Decoded here, in full, and kept decoded: the series read then takes the pixels as
             # they are instead of decoding every image a second time (JPEG 2000 costs the most).

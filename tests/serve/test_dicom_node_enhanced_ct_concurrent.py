@@ -169,3 +169,30 @@ def test_an_enhanced_ct_received_on_another_file_system_is_copied_into_work(serv
     assert "Received Store Response (Success)" in answer, answer[-2000:]
     assert copy is not None and copy.PixelData == pydicom.dcmread(path).PixelData, stored
     assert left == []
+
+
+def test_a_deflated_enhanced_ct_received_to_a_file_is_checked_and_stored(running_node, tmp_path):
+    """Sent in Deflated Explicit VR Little Endian, an Enhanced CT's file holds its data set
+    deflated, which pydicom cannot read frames from: it was answered 0xC000 ("no 'Pixel Data'
+    element") once received to a file. Its frames are now checked from the data set read."""
+    import numpy as np
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+    from pynetdicom import AE
+
+    ds = _big_enhanced_ct(8)
+    ds.PixelData = np.ones((8, SIZE, SIZE), np.int16).tobytes()
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    peer = AE()
+    peer.add_requested_context(ds.SOPClassUID, DeflatedExplicitVRLittleEndian)
+    with running_node(idle=3600) as node:
+        assoc = peer.associate("127.0.0.1", node.port, ae_title="EDGESEG")
+        try:
+            status = assoc.send_c_store(ds)
+        finally:
+            assoc.release()
+        stored = list(node.work.rglob("*.dcm"))
+        kept = pydicom.dcmread(stored[0]) if len(stored) == 1 else None
+        node.abandon()
+    assert status.Status == 0x0000, status
+    assert kept is not None and kept.file_meta.TransferSyntaxUID == DeflatedExplicitVRLittleEndian
+    assert np.array_equal(kept.pixel_array, np.ones((8, SIZE, SIZE), np.int16))
