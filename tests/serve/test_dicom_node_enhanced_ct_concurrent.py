@@ -196,3 +196,26 @@ def test_a_deflated_enhanced_ct_received_to_a_file_is_checked_and_stored(running
     assert status.Status == 0x0000, status
     assert kept is not None and kept.file_meta.TransferSyntaxUID == DeflatedExplicitVRLittleEndian
     assert np.array_equal(kept.pixel_array, np.ones((8, SIZE, SIZE), np.int16))
+
+
+@pytest.mark.parametrize("where", ["before-pixels", "after-pixels"])
+def test_an_enhanced_ct_whose_header_is_padded_is_refused(running_node, tmp_path, where):
+    """Received to a file, an Enhanced CT's elements other than pixel data are still counted:
+    5 MiB of them in a private element, before its pixel data or after it, are refused with 0xA700 and nothing is stored; the same file without them is taken."""
+    import numpy as np
+
+    ds = _big_enhanced_ct(4)
+    ds.PixelData = np.ones((4, SIZE, SIZE), np.int16).tobytes()
+    plain = tmp_path / "plain.dcm"
+    ds.save_as(plain, enforce_file_format=True)
+    group = 0x0009 if where == "before-pixels" else 0x7FE1  # a private group after Pixel Data (7FE0,0010)
+    ds.private_block(group, "EDGESEG TEST", create=True).add_new(0x10, "OB", bytes(5 << 20))
+    padded = tmp_path / "padded.dcm"
+    ds.save_as(padded, enforce_file_format=True)
+    with running_node(idle=3600) as node:
+        [refused] = _send_all(node.port, [padded])
+        none = list(node.work.rglob("*.dcm"))
+        [taken] = _send_all(node.port, [plain])
+        node.abandon()
+    assert "Refused: OutOfResources" in refused, refused[-2000:]
+    assert none == [] and "Received Store Response (Success)" in taken, taken[-2000:]
