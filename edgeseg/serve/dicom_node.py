@@ -15,7 +15,9 @@ slice, float32 bytes per volume), or open one series more than ``max_series`` in
 refused as it arrives with 0xA700 "out of resources"; so is one whose files would take its series
 past the volume limit in bytes on disk. What a peer can make the node read and hold before the
 C-STORE handler runs (a PDU, one image's data set) is bounded on its connection
-(dicom_peer_bound.py): past that, the association is aborted. A peer that keeps the node waiting
+(dicom_peer_bound.py): past that, the association is aborted; an Enhanced CT's data set (a
+whole series) is received to a file, checked from it and linked into the work folder, never held
+in memory whole (dicom_received.py). A peer that keeps the node waiting
 (for its association request, the rest of a PDU, its next PDU, or to take an answer) longer than
 ``peer_timeout`` seconds has its connection cut (dicom_peer_watch.py). Connections are counted as
 they are accepted, in all and per peer address, and their requests per calling AE title: one past
