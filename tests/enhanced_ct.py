@@ -156,3 +156,36 @@ def _bytes(ds: Dataset) -> bytes:
     buffer = pydicom.filebase.DicomBytesIO()
     ds.save_as(buffer)
     return buffer.getvalue()
+
+
+def large_enhanced_ct(first: Dataset, frames: int, size: int) -> Dataset:
+    """An Enhanced CT header of ``frames`` frames of ``size`` x ``size``, made from tiny copies of the
+    slice ``first`` moved 1 mm a frame along z; its pixel data is left for the caller to set (a
+    large volume is built without decoding ``frames`` large slices)."""
+    import copy
+
+    first = copy.deepcopy(first)
+    small = np.zeros((2, 2), dtype=first.pixel_array.dtype)
+    del first.PixelData  # copied below, frames times
+    slices = []
+    for k in range(frames):
+        ds = copy.deepcopy(first)
+        ds.Rows = ds.Columns = 2
+        ds.PixelData = small.tobytes()
+        ds.ImagePositionPatient = [*list(first.ImagePositionPatient)[:2], float(first.ImagePositionPatient[2]) + k]
+        slices.append(ds)
+    ds = enhanced_ct(slices)
+    ds.Rows = ds.Columns = size
+    return ds
+
+
+def series_copies(ds: Dataset, folder: Path, count: int) -> list[Path]:
+    """``count`` files of ``ds`` in ``folder`` (``e0.dcm``, ...), each with Series and SOP Instance
+    UIDs of its own."""
+    paths = []
+    for n in range(count):
+        ds.SeriesInstanceUID = generate_uid()
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        paths.append(folder / f"e{n}.dcm")
+        ds.save_as(paths[-1], enforce_file_format=True)
+    return paths

@@ -24,6 +24,7 @@ ENHANCED_CT_CLASSES = ("1.2.840.10008.5.1.4.1.1.2.1", "1.2.840.10008.5.1.4.1.1.2
 # What the node segments; an image of any other class is answered "SOP class not supported"
 CT_CLASSES = (CT_IMAGE_STORAGE, *ENHANCED_CT_CLASSES)
 SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
+DEFLATED = "1.2.840.10008.1.2.1.99"  # Deflated Explicit VR Little Endian
 STATUS_SUCCESS = 0x0000
 STATUS_SOP_CLASS_NOT_SUPPORTED = 0x0122
 STATUS_CANNOT_UNDERSTAND = 0xC000
@@ -87,11 +88,10 @@ def incoming_uids(ds) -> tuple[str, str]:
     return series_uid, sop_uid
 
 
-def oversized_header(ds, encoded_bytes: int) -> str | None:
+def oversized_header(encoded_bytes: int, pixel_bytes: int) -> str | None:
     """Why an image whose elements other than its pixel data take more than the node accepts is
     refused (a private element padded to hundreds of megabytes), else None. ``encoded_bytes`` is
-    the size of the data set as received."""
-    pixel_bytes = len(ds.PixelData) if "PixelData" in ds else 0
+    the size of the data set as received, ``pixel_bytes`` that of its pixel data."""
     other = encoded_bytes - pixel_bytes
     if other > NON_PIXEL_LIMIT:
         return f"its elements other than pixel data take {other} bytes, over the {NON_PIXEL_LIMIT} the node accepts"
@@ -117,7 +117,7 @@ def store_failure(exc: DataError, sop_uid: str):
     return failure_status(getattr(exc, "status", STATUS_OUT_OF_RESOURCES), getattr(exc, "comment", str(exc)), sop_uid)
 
 
-def refusal(ds, context_class: str) -> tuple[int, str] | None:
+def refusal(ds, context_class: str, path=None) -> tuple[int, str] | None:
     """``(status, reason)`` when an incoming CT image (one of :data:`CT_CLASSES`) must be refused
     before it is stored, else None. ``ds`` carries its file meta (the transfer syntax it came in);
     ``context_class`` is the abstract syntax of the presentation context it came on, which must be
@@ -125,7 +125,8 @@ def refusal(ds, context_class: str) -> tuple[int, str] | None:
     a slice's compressed pixel data that decodes is left decoded in ``ds`` (Explicit VR Little
     Endian, its SOP Instance UID unchanged), so that it is decoded once, here, and stored as the
     series read takes it. An Enhanced CT's frames are decoded one at a time and none is kept: the
-    file is stored as it came."""
+    file is stored as it came. ``path``: the file ``ds`` was received to (dicom_received.py), its
+    pixel data left there; an Enhanced CT's frames are then read from it one at a time too."""
     from pydicom.uid import UID
 
     sop_class = str(ds.get("SOPClassUID", ""))
@@ -148,7 +149,9 @@ def refusal(ds, context_class: str) -> tuple[int, str] | None:
             # a whole series: decoded frame by frame and each frame dropped once checked, never
             # held whole (1,000 RLE frames of 512x512 are 8 MB as sent, 500 MB decoded); the file
             # is stored as it came, and the series read decodes it frame by frame again
-            check_pixels(ds, label, checked)
+            # from the file it was received to, one frame read at a time; pydicom reads frames of a
+            # deflated file only from the data set (inflated whole, as the file is read)
+            check_pixels(ds if path is None or str(syntax) == DEFLATED else path, label, checked)
         elif UID(str(syntax)).is_compressed:
             # Decoded here, in full, and kept decoded: the series read then takes the pixels as
             # they are instead of decoding every image a second time (JPEG 2000 costs the most).
@@ -199,12 +202,12 @@ def _enhanced_ct_checks():
             rescale(view, name)
         return multi
 
-    def check_pixels(ds, label: str, multi) -> None:
+    def check_pixels(source, label: str, multi) -> None:
         from pydicom.pixels import iter_pixels
 
-        frames, (rows, columns) = len(multi.views), slice_size(ds, label)
+        frames, (rows, columns) = len(multi.views), slice_size(multi.dataset, label)
         decoded = 0
-        for frame in iter_pixels(ds):  # one frame at a time, each dropped before the next
+        for frame in iter_pixels(source):  # one frame at a time, each dropped before the next
             decoded += 1
             if decoded > frames or frame.shape != (rows, columns) or frame.dtype.kind not in "biuf":
                 raise DataError(f"DICOM file {label}: its pixel data decodes to {frame.dtype} {list(frame.shape)} "

@@ -15,7 +15,9 @@ slice, float32 bytes per volume), or open one series more than ``max_series`` in
 refused as it arrives with 0xA700 "out of resources"; so is one whose files would take its series
 past the volume limit in bytes on disk. What a peer can make the node read and hold before the
 C-STORE handler runs (a PDU, one image's data set) is bounded on its connection
-(dicom_peer_bound.py): past that, the association is aborted. A peer that keeps the node waiting
+(dicom_peer_bound.py): past that, the association is aborted; an Enhanced CT's data set (a
+whole series) is received to a file, checked from it and linked into the work folder, never held
+in memory whole (dicom_received.py). A peer that keeps the node waiting
 (for its association request, the rest of a PDU, its next PDU, or to take an answer) longer than
 ``peer_timeout`` seconds has its connection cut (dicom_peer_watch.py). Connections are counted as
 they are accepted, in all and per peer address, and their requests per calling AE title: one past
@@ -40,7 +42,7 @@ from edgeseg.errors import DataError, EdgesegError
 from edgeseg.limits import check_volume
 from edgeseg.serve.audit import AssociationAudit
 from edgeseg.serve.dicom_forward import Forwarder, Peer, UnsentFolder
-from edgeseg.serve.dicom_intake import (CT_CLASSES, STATUS_CANNOT_UNDERSTAND, STATUS_DATASET_MISMATCH,
+from edgeseg.serve.dicom_intake import (CT_CLASSES, ENHANCED_CT_CLASSES, STATUS_CANNOT_UNDERSTAND, STATUS_DATASET_MISMATCH,
                                         STATUS_OUT_OF_RESOURCES, STATUS_SOP_CLASS_NOT_SUPPORTED, STATUS_SUCCESS,
                                         check_ae_title, decodable_transfer_syntaxes, failure_status, incoming_uids,
                                         oversized_header, refusal, store_failure)
@@ -53,6 +55,7 @@ from edgeseg.serve.dicom_node_events import NodeEvents
 from edgeseg.serve.dicom_node_lifecycle import GuardedThread, NodeLifecycle
 from edgeseg.serve.dicom_peer_watch import PeerWatch
 from edgeseg.serve.dicom_segmented import SegmentedSeries, SegReference
+from edgeseg.serve.dicom_received import pixel_data_bytes, read_received, received_path
 from edgeseg.serve.dicom_recovery import take_up
 from edgeseg.serve.dicom_series import HeldSeries, ImageNotStored, SendingAssociations, seg_path
 from edgeseg.serve.dicom_work import WorkClaim, sync_file, sync_folder
@@ -122,6 +125,7 @@ class DicomNode(NodeEvents, NodeLifecycle):
             self._closing = threading.Event()
             self._abandon = threading.Event()
             self._server = None
+            self._receiving = False  # holds pynetdicom's receiving to files (start to stop)
             self._peers = PeerWatch(self.peer_timeout, self._on_peer_timed_out)
             self._worker = GuardedThread(self._watch, "edgeseg-listen")
             self._accept: GuardedThread | None = None  # the accept loop's (dicom_node_lifecycle.py)
@@ -138,8 +142,12 @@ class DicomNode(NodeEvents, NodeLifecycle):
             self.stats.refused += 1
             log.warning("refused an image of SOP class %s: only CT and Enhanced CT images are segmented", sop_class)
             return STATUS_SOP_CLASS_NOT_SUPPORTED
+        received = received_path(event)  # an Enhanced CT's data set in a file (dicom_received.py); else None: in memory
         try:
-            ds = event.dataset
+            if received is None:
+                ds, encoded = event.dataset, event.request.DataSet.getbuffer().nbytes
+            else:
+                ds, encoded = read_received(received)
             ds.file_meta = event.file_meta
             series_uid, sop_uid = incoming_uids(ds)
         except DataError as exc:
@@ -149,7 +157,7 @@ class DicomNode(NodeEvents, NodeLifecycle):
         except Exception as exc:  # a dataset pydicom cannot decode or without its UIDs
             log.warning("could not read an incoming image: %s", exc)
             return STATUS_CANNOT_UNDERSTAND
-        padded = oversized_header(ds, event.request.DataSet.getbuffer().nbytes)
+        padded = oversized_header(encoded, pixel_data_bytes(ds, received))
         if padded is not None:
             self.stats.refused += 1
             log.warning("refused image %s of series %s: %s", sop_uid, series_uid, padded)
@@ -165,7 +173,7 @@ class DicomNode(NodeEvents, NodeLifecycle):
             self.stats.refused += 1
             log.warning("refused an image: %s", exc)
             return STATUS_OUT_OF_RESOURCES
-        refused = refusal(ds, str(event.context.abstract_syntax))
+        refused = refusal(ds, str(event.context.abstract_syntax), received)
         if refused is not None:
             self.stats.refused += 1
             log.warning("refused image %s of series %s: %s", sop_uid, series_uid, refused[1])
@@ -198,7 +206,8 @@ class DicomNode(NodeEvents, NodeLifecycle):
                     # the reader's limits, checked as images arrive: the whole series would otherwise be
                     # stored first (a peer could fill the disk) and only then be refused when it is read
                     series.check_pixels(sop_uid, frames, rows, columns)
-                    series.keep(sop_uid, ds, frames)  # and its bytes on disk
+                    # and its bytes on disk: an Enhanced CT as it came, the file received linked in
+                    series.keep(sop_uid, ds, frames, received if sop_class in ENHANCED_CT_CLASSES else None)
             except Exception as exc:  # DataError: refused; ImageNotStored: the node's own failure, an error
                 self._written(series_uid, series, stored=False)
                 if not isinstance(exc, DataError):

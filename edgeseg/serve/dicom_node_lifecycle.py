@@ -22,6 +22,8 @@ from edgeseg.serve.dicom_connections import limited_server_class
 from edgeseg.serve.dicom_intake import ENHANCED_CT_CLASSES, add_ct_contexts
 from edgeseg.serve.dicom_peer_bound import (MAX_PDU_LENGTH, PeerBounds, bounded_request_handler, data_set_limit,
                                             multi_frame_data_set_limit)
+from edgeseg.serve.dicom_received import (discard_partial, removed_on_failure, start_receiving_to_files,
+                                          stop_receiving_to_files)
 from edgeseg.serve.dicom_refusal import REFUSAL_WAIT
 
 
@@ -80,22 +82,30 @@ class NodeLifecycle:
         # how long an association thread waits for the request of a connection the watch may have
         # cut before it; an idle association is the watch's, which leaves out the node's own time
         ae.acse_timeout, ae.network_timeout = self.peer_timeout, None
-        store = self._on_store if self.audit is None else self.audit.counted(self._on_store)
+        store = removed_on_failure(self._on_store if self.audit is None else self.audit.counted(self._on_store))
         handlers = [(pynetdicom.evt.EVT_C_STORE, self._peers.busy_while(store)),
                     (pynetdicom.evt.EVT_C_ECHO, lambda event: 0x0000),
                     (pynetdicom.evt.EVT_REJECTED, self._on_rejected), (pynetdicom.evt.EVT_ACCEPTED, self._on_accepted),
                     (pynetdicom.evt.EVT_CONN_OPEN, self._peers.opened), (pynetdicom.evt.EVT_CONN_CLOSE, self._peers.closed)]
+        # a data set cut off mid-way leaves its part in TMPDIR unless removed here (dicom_received.py)
+        handlers.append((pynetdicom.evt.EVT_CONN_CLOSE, discard_partial))
         if self.audit is not None:
             handlers += [(pynetdicom.evt.EVT_RELEASED, lambda event: self.audit.ended(event, "released")),
                          (pynetdicom.evt.EVT_ABORTED, lambda event: self.audit.ended(event, "aborted"))]
         request_handler = bounded_request_handler(self._peer_bounds, self._on_peer_refused, self._peers.add,
                                                   self._connections.release, self._connections.admit_request)
         server_class = limited_server_class(self._connections, min(self.peer_timeout, REFUSAL_WAIT), self._binding)
+        # each C-STORE's data set written to a file as it arrives, not gathered in memory; for
+        # pynetdicom a process-wide setting, held while a node runs (dicom_received.py)
+        start_receiving_to_files()
+        self._receiving = True
         try:
             self._server = ae.make_server((self.host, self.port), evt_handlers=handlers, request_handler=request_handler,
                                           server_class=server_class)
         except OSError as exc:
             self._server = None  # closed as the bind failed
+            self._receiving = False
+            stop_receiving_to_files()
             raise DataError(f"cannot listen on {self.host}:{self.port}: {exc.strerror or exc}") from None
         self._peers.start()
         self._worker.start()
@@ -149,6 +159,9 @@ class NodeLifecycle:
         self._stop.set()
         if accepting or self._worker.cancel():  # began, or started before the accept loop
             self._worker.join()
+        if self._receiving:  # no association is left to receive a data set
+            self._receiving = False
+            stop_receiving_to_files()
         if self._own_work:
             shutil.rmtree(self.work, ignore_errors=True)
         if self._claim is not None:

@@ -29,6 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from edgeseg.limits import HU_ITEMSIZE, InputLimits
+from edgeseg.serve.dicom_received import next_to_file
 
 # What the node offers as its maximum PDU length (the variable field of a P-DATA-TF PDU): the
 # customary default of pynetdicom and dcmtk, which every peer honours.
@@ -283,6 +284,8 @@ class PduBoundSocket:
                     # bound needs both (and the node refuses a data set of another class)
                     sent = affected_class(bytes(self._command_bytes))
                     self._sent_multi_frame = sent in self._bounds.multi_frame_classes
+                    # pynetdicom decodes this PDU in the thread reading it: a whole series goes to a file
+                    next_to_file(self._sent_multi_frame)
                     self._command, self._command_bytes = 0, bytearray()
             else:
                 self._data_set += size

@@ -15,6 +15,7 @@ from edgeseg.atomic import atomic_path
 from edgeseg.errors import DataError
 from edgeseg.limits import VOLUME_BYTES_ENV, check_volume, current_limits
 from edgeseg.serve.dicom_intake import ENHANCED_CT_CLASSES, STATUS_DATASET_MISMATCH
+from edgeseg.serve.dicom_received import place_received
 from edgeseg.serve.dicom_work import check_series, sync_file, sync_folder
 
 log = logging.getLogger("edgeseg.listen")
@@ -77,8 +78,10 @@ class HeldSeries:
         check_volume((held + frames, rows, columns), f"series {self.folder.name}")
         self.shape = (rows, columns)
 
-    def keep(self, sop_uid: str, ds, frames: int) -> None:
-        """Write the image into the folder (made if need be) and count it; DataError, and nothing
+    def keep(self, sop_uid: str, ds, frames: int, received: Path | None = None) -> None:
+        """Write the image into the folder (made if need be) and count it: ``ds``, or the file
+        ``received`` as it is (an Enhanced CT received to a file: dicom_received.py, hard-linked
+        where it can be, never read into memory); DataError, and nothing
         written, when the series' files would take more bytes than the volume limit, or
         :class:`ImageNotStored` when the disk refuses them. The pixel count alone leaves
         out headers and pixels wider than CT's two bytes, so a peer could otherwise put more on
@@ -88,7 +91,10 @@ class HeldSeries:
         new_folder = self.durable and (self.renamed or not self.folder.is_dir())
         try:
             with atomic_path(target, suffix=".dcm") as tmp:
-                ds.save_as(tmp, enforce_file_format=True)
+                if received is None:
+                    ds.save_as(tmp, enforce_file_format=True)
+                else:
+                    place_received(received, tmp)
                 size = tmp.stat().st_size
                 held = self.stored - self.sizes.get(sop_uid, 0) + size
                 if held > budget:

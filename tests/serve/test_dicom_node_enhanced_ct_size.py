@@ -10,15 +10,14 @@ grew by 1.5 GiB for it. Its frames are now decoded and checked one at a time.
 
 from __future__ import annotations
 
-import copy
+import contextlib
 import subprocess
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from tests.enhanced_ct import enhanced_ct, read_slices
+from tests.enhanced_ct import large_enhanced_ct, read_slices
 from tests.serve.test_dicom_node import DCMTK, SERIES, _wait_for
 from tests.serve.test_dicom_node_failures import running_node  # noqa: F401 - the fixture
 
@@ -33,19 +32,7 @@ RLE_LOSSLESS = "1.2.840.10008.1.2.5"
 def _big_enhanced_ct(frames: int):
     """An Enhanced CT header of ``frames`` frames of SIZE x SIZE, built from tiny slices (its pixel
     data is set by the caller): each slice the first test slice moved along the normal."""
-    first = read_slices(SERIES)[0]
-    small = np.zeros((2, 2), dtype=first.pixel_array.dtype)
-    del first.PixelData  # copied below, frames times
-    slices = []
-    for k in range(frames):
-        ds = copy.deepcopy(first)
-        ds.Rows = ds.Columns = 2
-        ds.PixelData = small.tobytes()
-        ds.ImagePositionPatient = [*list(first.ImagePositionPatient)[:2], float(first.ImagePositionPatient[2]) + k]
-        slices.append(ds)
-    ds = enhanced_ct(slices)
-    ds.Rows = ds.Columns = SIZE
-    return ds
+    return large_enhanced_ct(read_slices(SERIES)[0], frames, SIZE)
 
 
 def _rle_zero_frame() -> bytes:
@@ -114,6 +101,27 @@ def _status_kib(pid: int, field: str) -> int:
     raise AssertionError(f"no {field} in /proc/{pid}/status")
 
 
+@contextlib.contextmanager
+def listen_peak_reset(serve_bundle, tmp_path: Path, free_port, wait_port):
+    """``edgeseg listen --idle 3600`` (nothing segmented meanwhile) with TMPDIR tmp_path, its peak
+    resident memory reset (/proc/PID/clear_refs) once its model is loaded: a peak of the load
+    higher than the storing's would hide any growth. Yields (port, pid, VmRSS then in KiB); the
+    process is killed at the end (the tests are the storing: segmenting is not)."""
+    from tests.serve.test_dicom_node_hostile import start_listen
+
+    port = free_port()
+    proc = start_listen(serve_bundle, port, tmp_path, "--idle", "3600")
+    try:
+        wait_port(port, timeout=60)
+        time.sleep(1)
+        before = _status_kib(proc.pid, "VmRSS")
+        Path(f"/proc/{proc.pid}/clear_refs").write_text("5")  # VmHWM from now on
+        yield port, proc.pid, before
+    finally:
+        proc.kill()
+        proc.communicate()
+
+
 @pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="reads VmRSS and VmHWM from /proc")
 def test_a_compressed_enhanced_ct_is_checked_frame_by_frame(serve_bundle, tmp_path, free_port, wait_port):
     """1,000 zero RLE frames of 512x512 (8 MB as sent, 500 MB decoded) sent to ``edgeseg listen``:
@@ -123,8 +131,6 @@ def test_a_compressed_enhanced_ct_is_checked_frame_by_frame(serve_bundle, tmp_pa
     higher than the storing's would hide any growth."""
     from pydicom.encaps import encapsulate
 
-    from tests.serve.test_dicom_node_hostile import start_listen
-
     frames = 1000
     ds = _big_enhanced_ct(frames)
     ds.file_meta.TransferSyntaxUID = RLE_LOSSLESS
@@ -133,21 +139,12 @@ def test_a_compressed_enhanced_ct_is_checked_frame_by_frame(serve_bundle, tmp_pa
     source = tmp_path / "rle.dcm"
     ds.save_as(source, enforce_file_format=True)
     decoded_kib = frames * SIZE * SIZE * 2 // 1024
-    port = free_port()
-    proc = start_listen(serve_bundle, port, tmp_path, "--idle", "3600")
-    try:
-        wait_port(port, timeout=60)
-        time.sleep(1)
-        before = _status_kib(proc.pid, "VmRSS")
-        Path(f"/proc/{proc.pid}/clear_refs").write_text("5")  # VmHWM from now on
+    with listen_peak_reset(serve_bundle, tmp_path, free_port, wait_port) as (port, pid, before):
         sent = _storescu(port, source, "-xr")
-        after = _status_kib(proc.pid, "VmHWM")
+        after = _status_kib(pid, "VmHWM")
         assert _wait_for(lambda: list(tmp_path.glob("edgeseg-listen-*/*/*.dcm")), 10)
         [stored] = tmp_path.glob("edgeseg-listen-*/*/*.dcm")
         syntax = pydicom.dcmread(stored, stop_before_pixels=True).file_meta.TransferSyntaxUID
-    finally:
-        proc.kill()  # the test is the storing: segmenting 1,000 frames is not
-        proc.communicate()
     assert sent.returncode == 0 and "Received Store Response (Success)" in sent.stderr, sent.stderr[-2000:]
     assert after - before < decoded_kib // 4, (before, after, decoded_kib)
     assert syntax == RLE_LOSSLESS
