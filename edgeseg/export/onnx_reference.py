@@ -50,8 +50,8 @@ def reference_link(manifest: Manifest, parity: dict) -> tuple[ArtifactEntry, dic
                    "slices": parity.get("slices"), "data": parity.get("data")}
 
 
-def held_out_without_torch(manifest: Manifest, parity: dict, verify_data: str | None, intensity: str | None,
-                           why: str) -> VerifySet:
+def held_out_without_torch(manifest: Manifest, parity: dict, verify_data: str | None,
+                           intensity: str | None) -> VerifySet:
     """The held-out slices without the checkpoint: ``verify_data``, else the export's recorded
     data and cases where they are readable here; DataError naming ``--verify-data`` otherwise."""
     from edgeseg.data.open import parse_phantom_spec
@@ -61,8 +61,8 @@ def held_out_without_torch(manifest: Manifest, parity: dict, verify_data: str | 
     if verify_data is None:
         here = isinstance(recorded, str) and (parse_phantom_spec(recorded) is not None or Path(recorded).exists())
         if not here or not cases:
-            raise DataError(f"edgeseg gate {why} needs --verify-data DATA: the export's held-out data "
-                            f"{recorded} is not found here")
+            raise DataError(f"edgeseg gate without torch or --checkpoint needs --verify-data DATA: the export's "
+                            f"held-out data {recorded} is not found here")
         # The export's cases of its data, read as training read them where the bundle says how.
         payload.update(train_config={"data": recorded, "intensity": manifest.source.get("intensity")},
                        split={"val": cases})
@@ -87,7 +87,7 @@ def onnx_reference(folder: Path, manifest: Manifest, parity: dict, verify_data: 
                    why: str, progress: bool, echo: Callable[[str], None]) -> tuple[VerifySet, np.ndarray, dict]:
     """(held-out slices, reference logits, the run's record) of a gate against the FP32 ONNX graph."""
     entry, link = reference_link(manifest, parity)
-    verify_set = held_out_without_torch(manifest, parity, verify_data, intensity, why)
+    verify_set = held_out_without_torch(manifest, parity, verify_data, intensity)
     echo(f"reference: {entry.file} on ONNX Runtime CPU ({why}), which the export's gate passed against "
          f"{link['against']} (max |d| {float(link['max_abs']):.2g}, {link['changed_decided_pixels']} decided pixels "
          f"changed on {link['slices']} slices of {link['data']})")

@@ -107,8 +107,8 @@ def test_gate_without_torch_needs_held_out_data_it_can_read(exported_bundle, tmp
     (bundle / "parity.json").write_text(json.dumps(parity, indent=2) + "\n")
     before = _digests(bundle)
     proc = python_without(["-m", "edgeseg", "gate", str(bundle), "--quiet"], tmp_path)
-    assert_one_line_error(proc, "edgeseg gate without --checkpoint needs --verify-data DATA: the export's held-out "
-                                f"data {parity['data']} is not found here")
+    assert_one_line_error(proc, "edgeseg gate without torch or --checkpoint needs --verify-data DATA: the export's "
+                                f"held-out data {parity['data']} is not found here")
     assert _digests(bundle) == before
 
     proc = python_without(["-m", "edgeseg", "gate", str(bundle), "--verify-data", data, "--quiet"], tmp_path)
