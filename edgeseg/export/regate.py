@@ -6,7 +6,10 @@ and ``excluded``). A runner installed later, where the bundle is deployed (OpenV
 Runtime's GPU providers), has no verdict; this scores it, on this machine, with the gate's own
 code (:mod:`edgeseg.export.gate_rows`) and the settings the bundle's ``parity.json`` records
 (thresholds, drop metric, structure size, held-out slice count and data), against the PyTorch
-model of the checkpoint the bundle was exported from (its sha256 must be the manifest's). The new
+model of the checkpoint the bundle was exported from (its sha256 must be the manifest's), or,
+where torch or the checkpoint is not there, against the bundle's FP32 ONNX graph on ONNX Runtime
+CPU, which the export's gate passed against that model (:mod:`edgeseg.export.onnx_reference`;
+such rows and their run name the reference, ``onnxruntime-fp32-cpu``). The new
 rows are added to ``parity.json`` and the verdicts to the manifest (``scored``, ``excluded``);
 nothing else in either changes. A manifest that records no ``scored`` (exported before the gate
 recorded it) gets it from its parity rows first: that is the one migration of the field.
@@ -25,6 +28,7 @@ import contextlib
 import datetime
 import fcntl
 import hashlib
+import importlib.util
 import json
 import os
 from collections.abc import Callable, Iterator, Sequence
@@ -40,23 +44,26 @@ from edgeseg.runtime.manifest import (MANIFEST_NAME, PARITY_NAME, Manifest, read
 from edgeseg.stopping import stops_held
 
 
-def rescore_bundle(bundle: str | Path, checkpoint: str | Path, verify_data: str | None = None,
+def rescore_bundle(bundle: str | Path, checkpoint: str | Path | None, verify_data: str | None = None,
                    intensity: str | None = None, backends: Sequence[str] = (), progress: bool = True,
                    echo: Callable[[str], None] = print) -> dict[str, Any]:
     """Score ``bundle``'s artifacts on each installed runner without a gate verdict (only those
     named in ``backends``, ``NAME`` or ``NAME:PRECISION``, when given) and record the verdicts.
+    The reference is the checkpoint's PyTorch model where torch is installed and ``checkpoint``
+    given, else the bundle's FP32 ONNX graph on ONNX Runtime CPU (:mod:`edgeseg.export.onnx_reference`).
     Returns the new rows, the manifest's sha256 before and after (equal when nothing was written)."""
     folder = Path(bundle)
     manifest = read_manifest(folder)
     verify_artifacts(folder, manifest)
     parity = _parity(folder)
-    checkpoint = Path(checkpoint)
-    if not checkpoint.is_file():
-        raise DataError(f"checkpoint {checkpoint} is not a file")
-    exported_from, digest = str(manifest.source.get("sha256") or ""), sha256_file(checkpoint)
-    if digest != exported_from:
-        raise DataError(f"checkpoint {checkpoint} is not the one {folder} was exported from (sha256 "
-                        f"{digest[:12]}..., the manifest's source has {exported_from[:12] or 'none'}...)")
+    if checkpoint is not None:
+        checkpoint = Path(checkpoint)
+        if not checkpoint.is_file():
+            raise DataError(f"checkpoint {checkpoint} is not a file")
+        exported_from, digest = str(manifest.source.get("sha256") or ""), sha256_file(checkpoint)
+        if digest != exported_from:
+            raise DataError(f"checkpoint {checkpoint} is not the one {folder} was exported from (sha256 "
+                            f"{digest[:12]}..., the manifest's source has {exported_from[:12] or 'none'}...)")
     check_output_folder(folder, "the bundle")
     todo = _unscored(manifest, parity, backends)
     migrated = any(entry.scored is None for entry in manifest.artifacts)
@@ -129,30 +136,36 @@ def _locked(folder: Path) -> Iterator[None]:
         os.close(fd)
 
 
-def _score(folder: Path, manifest: Manifest, parity: dict, checkpoint: Path, todo: list, verify_data: str | None,
-           intensity: str | None, progress: bool, echo: Callable[[str], None]) -> tuple[list[dict], dict]:
+def _torch_here() -> bool:
+    """True where torch can be imported (looked up, not imported: that takes a second or more)."""
+    try:
+        return importlib.util.find_spec("torch") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def _score(folder: Path, manifest: Manifest, parity: dict, checkpoint: Path | None, todo: list,
+           verify_data: str | None, intensity: str | None, progress: bool,
+           echo: Callable[[str], None]) -> tuple[list[dict], dict]:
     """The parity rows of ``todo``, judged as the export's gate judged the bundle, and what they
-    were judged on (data, cases, slices)."""
+    were judged on (reference, data, cases, slices)."""
     if not todo:
         return [], {}
-    require("torch", "train", "edgeseg gate")
-    from edgeseg.export.gate_rows import GateJudge, gate_logits, runner_row
-    from edgeseg.export.verify import load_verify_set
-    from edgeseg.models.checkpoint import load_model
+    from edgeseg.export.gate_rows import GateJudge, runner_row
+    from edgeseg.export.onnx_reference import REFERENCE, onnx_reference
     from edgeseg.runtime.postprocess_options import PostprocessOptions
-    from edgeseg.runtime.segmenter import Segmenter
 
-    model, payload = load_model(checkpoint)
-    # The export's held-out data, where it was not the checkpoint's validation cases.
-    trained_on = (payload.get("train_config") or {}).get("data")
-    data = verify_data or (None if parity.get("data") == trained_on else parity.get("data"))
-    verify_set = load_verify_set(payload, manifest.spec, data, int(parity["slices"]), intensity)
+    if checkpoint is not None and _torch_here():
+        verify_set, reference, run = _torch_reference(manifest, parity, checkpoint, verify_data, intensity,
+                                                      progress, echo)
+    else:
+        why = "without --checkpoint" if checkpoint is None else "torch is not installed here"
+        verify_set, reference, run = onnx_reference(folder, manifest, parity, verify_data, intensity, why,
+                                                    progress, echo)
     if (verify_set.source, verify_set.cases) != (parity.get("data"), parity.get("cases")):
         echo(f"held-out slices from {verify_set.source} ({len(verify_set.cases)} cases), not the export's "
              f"{parity.get('data')} ({len(parity.get('cases') or [])} cases)")
     labels, batch = manifest.labels, manifest.max_batch
-    with Segmenter.from_module(model, manifest.spec, labels, max_batch=batch) as segmenter:
-        reference = gate_logits(segmenter.logits, verify_set.images, batch, "gate: fp32 reference", progress)
     post = PostprocessOptions.from_dict(manifest.postprocess, manifest.num_classes)
     judge = GateJudge(manifest.spec, labels, batch, verify_set, reference,
                       {k: float(v) for k, v in parity["thresholds"].items()}, parity.get("gate_metric", "agreement"),
@@ -162,11 +175,34 @@ def _score(folder: Path, manifest: Manifest, parity: dict, checkpoint: Path, tod
     rows = []
     for entry, cls in todo:
         try:
-            rows.append(runner_row(judge, folder, entry, cls))
+            row = runner_row(judge, folder, entry, cls)
+            # a row not against parity.json's own reference names its reference
+            rows.append({**row, "reference": REFERENCE} if run["reference"] == REFERENCE else row)
         except EdgesegError as exc:
             rows.append({"file": entry.file, "runner": cls.name, "load_error": f"does not load: {exc}"})
-    return rows, {"reference": "pytorch-fp32-eager-cpu", "data": verify_set.source, "cases": verify_set.cases,
-                  "slices": int(len(verify_set.images)), "checkpoint_sha256": manifest.source.get("sha256")}
+    return rows, {**run, "data": verify_set.source, "cases": verify_set.cases,
+                  "slices": int(len(verify_set.images))}
+
+
+def _torch_reference(manifest: Manifest, parity: dict, checkpoint: Path, verify_data: str | None,
+                     intensity: str | None, progress: bool, echo: Callable[[str], None]) -> tuple[Any, Any, dict]:
+    """(held-out slices, reference logits, the run's record) of a gate against the checkpoint's
+    PyTorch model, as the export's gate ran it."""
+    require("torch", "train", "edgeseg gate")
+    from edgeseg.export.gate_rows import gate_logits
+    from edgeseg.export.verify import load_verify_set
+    from edgeseg.models.checkpoint import load_model
+    from edgeseg.runtime.segmenter import Segmenter
+
+    model, payload = load_model(checkpoint)
+    # The export's held-out data, where it was not the checkpoint's validation cases.
+    trained_on = (payload.get("train_config") or {}).get("data")
+    data = verify_data or (None if parity.get("data") == trained_on else parity.get("data"))
+    verify_set = load_verify_set(payload, manifest.spec, data, int(parity["slices"]), intensity)
+    with Segmenter.from_module(model, manifest.spec, manifest.labels, max_batch=manifest.max_batch) as segmenter:
+        reference = gate_logits(segmenter.logits, verify_set.images, manifest.max_batch, "gate: fp32 reference",
+                                progress)
+    return verify_set, reference, {"reference": "pytorch-fp32-eager-cpu", "checkpoint_sha256": manifest.source.get("sha256")}
 
 
 def _record(folder: Path, manifest: Manifest, parity: dict, rows: list[dict], run: dict,

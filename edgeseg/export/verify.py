@@ -315,8 +315,11 @@ def parity_table(report: dict) -> str:
             text += f"\nstructures changed by {r['key']} on {r['run_on']}: {describe_structures(r['structure_changes'])}"
     for run in report.get("rescored") or []:  # rows edgeseg gate added after the export
         runners = "; ".join(f"{', '.join(names)} on {file}" for file, names in (run.get("runners") or {}).items())
+        link = run.get("reference_link") or {}
+        against = (f", against {run.get('reference')}: {link.get('file')}, which the export's gate passed against "
+                   f"{link.get('against')}" if run.get("reference") not in (None, report.get("reference")) else "")
         text += (f"\nscored after the export by edgeseg gate: {runners} (at {run.get('at')}, "
-                 f"{run.get('slices')} slices of {run.get('data')})")
+                 f"{run.get('slices')} slices of {run.get('data')}{against})")
     for file, reasons in sorted((report.get("excluded") or {}).items()):
         for runner, why in sorted(reasons.items()):
             text += f"\nexcluded from auto: {runner} on {file} ({why})"
