@@ -18,7 +18,7 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 
 # torch is installed first and pinned: anything else resolves to a multi-GB CUDA build.
-# csrc/edgeseg.h holds the version (setup.py reads it into the package's metadata).
+# csrc/edgeseg.h holds the version (setup.py reads it into the metadata and edgeseg/_version.py).
 $(STAMP): pyproject.toml setup.py csrc/edgeseg.h | $(PY)
 	$(PIP) install --upgrade pip setuptools wheel
 	$(PIP) install "torch==2.13.0"

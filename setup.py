@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -21,12 +21,25 @@ C_SOURCES = sorted(str(p.relative_to(HERE)) for p in (HERE / "csrc").glob("*.c")
 
 def _version() -> str:
     """The version's one source: ES_VERSION_MAJOR/MINOR/PATCH in csrc/edgeseg.h, which the C
-    library (es_version(), its SONAME, pkg-config and CMake files) is built from too."""
-    header = (HERE / "csrc" / "edgeseg.h").read_text()
-    parts = [re.search(rf"^#define ES_VERSION_{part} (\d+)$", header, re.M) for part in ("MAJOR", "MINOR", "PATCH")]
-    if not all(parts):
-        raise SystemExit("edgeseg: error: csrc/edgeseg.h has no ES_VERSION_MAJOR/MINOR/PATCH lines")
-    return ".".join(match.group(1) for match in parts)
+    library (es_version(), its SONAME, pkg-config and CMake files) is built from too. It is
+    written into edgeseg/_version.py (generated, git-ignored), which ``import edgeseg`` reads:
+    every build path runs this file first (sdist, wheel, ``pip install -e``, ``make build``'s
+    build_ext --inplace), so each carries it, from a checkout or an unpacked sdist alike."""
+    spec = importlib.util.spec_from_file_location("_edgeseg_version_header", HERE / "edgeseg" / "_version_header.py")
+    reader = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(reader)
+    try:
+        version = reader.header_version(HERE / "csrc" / "edgeseg.h")
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"edgeseg: error: {exc}") from None
+    text = ("# Written by setup.py from csrc/edgeseg.h (ES_VERSION_MAJOR/MINOR/PATCH); not in git.\n"
+            f'__version__ = "{version}"\n')
+    target = HERE / "edgeseg" / "_version.py"
+    if not target.is_file() or target.read_text() != text:
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        tmp.write_text(text)
+        os.replace(tmp, target)
+    return version
 
 
 def _compiler_has_openmp(compiler) -> bool:

@@ -96,10 +96,11 @@ class EsError(ctypes.Structure):
 
 
 def load_library(sdk_lib: Path) -> ctypes.CDLL:
-    from edgeseg import __version__
+    from edgeseg.sdk import library_file
 
-    # The SONAME: libedgeseg.so is a linker script in a wheel, which dlopen cannot load.
-    lib = ctypes.CDLL(str(sdk_lib / f"libedgeseg.so.{__version__.split('.')[0]}"))
+    # The SONAME, of the library on disk: libedgeseg.so is a linker script in a wheel, which
+    # dlopen cannot load, and the folder may hold another major version than this package's.
+    lib = ctypes.CDLL(str(library_file(sdk_lib)))
     lib.es_open.restype = ctypes.c_void_p
     lib.es_open.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_int, ctypes.POINTER(EsError)]
     lib.es_segment_slice.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_int,

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import os
-from importlib.metadata import version as _installed_version
 
-# The installed distribution's version, which setup.py reads from csrc/edgeseg.h (its one source).
-__version__ = _installed_version("edgeseg")
+# The version's one source is csrc/edgeseg.h: setup.py writes it into edgeseg/_version.py, and
+# a checkout setup.py has not run in reads the header (edgeseg/_version_header.py).
+try:
+    from edgeseg._version import __version__
+except ImportError:
+    from edgeseg._version_header import checkout_version
+
+    __version__ = checkout_version()
 
 # ONNX Runtime's PyPI builds carry Microsoft's 1DS telemetry, on by default: it writes a device
 # id under ~/.cache/Microsoft, a `.ses` file in TMPDIR, and tries to reach

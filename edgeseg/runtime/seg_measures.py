@@ -8,8 +8,10 @@ either shared or in each frame's item of the Per-frame Functional Groups, never 
 :func:`state_frame_measures` keeps them shared where every source states one thickness and moves
 them into each frame otherwise, with the thickness of the source image (or frame) the SEG frame
 references in its Derivation Image Sequence. Spacing Between Slices, copied from the first source
-or measured by highdicom, is set to the spacing of the SEG frames' positions where that spacing
-is constant, and removed where it is not (it is Type 3).
+or measured by highdicom, is set to the spacing of the SEG frames' positions along the normal of
+their orientation (the distance between adjacent parallel slices, center to center, as PS3.3
+defines it: for a gantry-tilted series less than the table increment, by the cosine of the tilt)
+where that spacing is constant, and removed where it is not (it is Type 3).
 """
 
 from __future__ import annotations

@@ -108,3 +108,29 @@ def test_cmake_version_requests_follow_the_major_version(sdk, tmp_path, request_
         assert "edgeseg=0.1.0 soname=libedgeseg.so.0" in result.stdout
     else:
         assert result.returncode != 0 and "edgeseg" in result.stderr and "0.1.0" in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize(("major", "removed", "kept"), [
+    (1, ["libedgeseg.so.1.0.5"], ["libedgeseg.so.0", "libedgeseg.so.0.1.0"]),
+    (0, ["libedgeseg.so.0.0.9"], ["libedgeseg.so.1", "libedgeseg.so.1.0.5", "libedgeseg.so.10.0.0"]),
+])
+def test_a_rebuild_removes_only_older_files_of_its_own_major_version(tmp_path, major, removed, kept):
+    """make's plan (make -n) for a tree whose edgeseg.h says MAJOR.1.0, over a lib/ holding an
+    older release of that major and of others: only the same major's old file goes; programs
+    linked against another major load its files by their SONAME, which must stay."""
+    root = tmp_path / "root"
+    shutil.copytree(ROOT / "csrc", root / "csrc", ignore=shutil.ignore_patterns("tests"))
+    header = root / "csrc" / "edgeseg.h"
+    header.write_text(re.sub(r"(?m)^#define ES_VERSION_MAJOR \d+$", f"#define ES_VERSION_MAJOR {major}", header.read_text()))
+    lib = tmp_path / "out" / "lib"
+    lib.mkdir(parents=True)
+    for name in ["libedgeseg.so.0", "libedgeseg.so.0.0.9", "libedgeseg.so.0.1.0", "libedgeseg.so.1", "libedgeseg.so.1.0.5",
+                 "libedgeseg.so.10.0.0"]:
+        (lib / name).write_bytes(b"")
+    (lib / f"libedgeseg.so.{major}.1.0").unlink(missing_ok=True)
+    plan = subprocess.run(["make", "-n", "-C", str(root / "csrc" / "sdk"), f"ROOT={root}", f"OUT={tmp_path / 'out'}"],
+                          capture_output=True, text=True, timeout=120)
+    assert plan.returncode == 0, plan.stderr
+    [rm] = [line.split()[2:] for line in plan.stdout.splitlines() if line.startswith("rm -f ")]
+    assert sorted(Path(p).name for p in rm) == removed
+    assert not set(kept) & {Path(p).name for p in rm}

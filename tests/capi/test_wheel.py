@@ -25,9 +25,19 @@ from edgeseg.runtime import Segmenter
 from tests.capi.test_soname import dynamic_entries
 
 ROOT = Path(__file__).resolve().parents[2]
-# What a build from a checkout must not pick up: local builds, caches, the venv.
+# What a build from a checkout must not pick up: local builds, caches, the venv, and the
+# generated edgeseg/_version.py (the build must write it from csrc/edgeseg.h itself).
 NOT_SOURCE = shutil.ignore_patterns(".git", ".venv", "build", "runs", "dist", "*.egg-info", "__pycache__", "*.so",
-                                    "*.o", ".pytest_cache", ".benchmarks", ".hypothesis", "_kernels.c")
+                                    "*.o", ".pytest_cache", ".benchmarks", ".hypothesis", "_kernels.c", "_version.py")
+VERSION_PY = f'__version__ = "{__version__}"\n'
+
+
+def test_sdist_and_wheel_carry_the_generated_version_file(dists):
+    with tarfile.open(dists["sdist"]) as tar:
+        [member] = [m for m in tar.getmembers() if m.name.endswith("/edgeseg/_version.py")]
+        assert tar.extractfile(member).read().decode().endswith(VERSION_PY)
+    with zipfile.ZipFile(dists["wheel"]) as whl:
+        assert whl.read("edgeseg/_version.py").decode().endswith(VERSION_PY)
 
 
 @pytest.fixture(scope="module")
