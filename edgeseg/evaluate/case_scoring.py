@@ -40,7 +40,8 @@ def score_cases(volumes: Iterable[Volume], count: int, hashes: dict[str, str] | 
 
     pool = MetricWorkers(workers) if workers > 0 else contextlib.nullcontext()
     with progress_bar(total=count, desc="evaluate", unit="case", shown=progress) as bar, pool:
-        for slot, vol in enumerate(volumes):
+        # not enumerate(): its cached result tuple would keep each volume alive while the next is read
+        for vol in volumes:
             if hashes and vol.case_id in hashes and vol.content_sha256() != hashes[vol.case_id]:
                 raise OtherCase(f"case {vol.case_id}")
             stray = values_in_no_class(vol, values)
@@ -49,6 +50,7 @@ def score_cases(volumes: Iterable[Volume], count: int, hashes: dict[str, str] | 
             case, panel, arrays = _predict_case(vol, segmenter, spec, label_values, class_names)
             # dropped before the next case is read: a data set's volumes are never held at once
             del vol
+            slot = len(cases)
             cases.append(case)
             panels.append(panel)
             # the arrays are handed on without a name holding them here: a case's prediction is

@@ -172,3 +172,43 @@ def test_a_stopped_evaluation_leaves_no_worker_running(trained_checkpoint, tmp_p
         time.sleep(0.1)
     assert _in_session(proc.pid) == []
     assert not out.exists() or not list(out.iterdir())
+
+
+
+def test_a_case_is_handed_over_only_while_fewer_than_workers_cases_are_in_flight():
+    """With both workers stopped (SIGSTOP) while they hold 2 cases, handing over a third waits,
+    so the evaluating process never holds more than ``workers`` cases' arrays in flight; once
+    they go on (SIGCONT) every case's metrics come back, equal to those computed here."""
+    import threading
+
+    import numpy as np
+
+    from edgeseg.data import open_dataset
+    from edgeseg.evaluate.case_metrics import MetricWorkers, case_metrics
+
+    names = ["background", "liver", "tumour"]
+    cases = []
+    for vol in open_dataset("phantom:cases=3,size=64,slices=12,seed=2"):
+        truth = np.minimum(vol.label, 2).astype(np.uint8)
+        cases.append((vol.case_id, (np.roll(truth, 2, axis=2), truth, names, True, vol.axes_mm)))
+    finished = []
+    with MetricWorkers(2) as pool:
+        for slot, (case_id, args) in enumerate(cases[:2]):
+            finished += pool.submit(slot, case_id, *args)
+        workers = []
+        while len(workers) < 2:
+            workers = _metric_workers(os.getpid())
+        for pid in workers:
+            os.kill(pid, signal.SIGSTOP)
+        third = threading.Thread(target=lambda: finished.extend(pool.submit(2, cases[2][0], *cases[2][1])))
+        third.start()
+        third.join(5)
+        still_waiting = third.is_alive()
+        for pid in workers:
+            os.kill(pid, signal.SIGCONT)
+        third.join()
+        finished += pool.finish()
+    assert still_waiting, "a third case was handed over while 2 workers held 2 cases"
+    assert sorted(slot for slot, _ in finished) == [0, 1, 2]
+    for slot, part in finished:
+        assert json.dumps(part) == json.dumps(case_metrics(*cases[slot][1]))
