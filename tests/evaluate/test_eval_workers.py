@@ -212,3 +212,18 @@ def test_a_case_is_handed_over_only_while_fewer_than_workers_cases_are_in_flight
     assert sorted(slot for slot, _ in finished) == [0, 1, 2]
     for slot, part in finished:
         assert json.dumps(part) == json.dumps(case_metrics(*cases[slot][1]))
+
+
+def test_workers_end_themselves_when_the_evaluation_is_killed(trained_checkpoint, tmp_path):
+    """SIGKILL gives the command no chance to stop its workers: they see it gone and end."""
+    out = tmp_path / "out"
+    proc = _evaluate(trained_checkpoint, out, "--workers", "2", data=LONG_DATA, start_new_session=True)
+    try:
+        workers = _wait_for_workers(proc, count=2)
+    finally:
+        proc.kill()
+        proc.communicate()
+    deadline = time.monotonic() + 60
+    while [pid for pid in workers if pid in _in_session(proc.pid)] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert [pid for pid in workers if pid in _in_session(proc.pid)] == []
