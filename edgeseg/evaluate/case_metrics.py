@@ -125,14 +125,16 @@ def _shared_case_metrics(name: str, shape: tuple[int, ...], pred_dtype: str, tru
     # attached, not made here: the evaluating process unlinks it. A spawned worker shares its
     # resource tracker, which unlinks the blocks of an evaluating process killed with SIGKILL.
     shared = shared_memory.SharedMemory(name=name)
+    pred = np.ndarray(shape, np.dtype(pred_dtype), buffer=shared.buf)
+    truth = np.ndarray(shape, np.dtype(truth_dtype), buffer=shared.buf, offset=pred.nbytes)
     try:
-        pred = np.ndarray(shape, np.dtype(pred_dtype), buffer=shared.buf)
-        truth = np.ndarray(shape, np.dtype(truth_dtype), buffer=shared.buf, offset=pred.nbytes)
-        part = case_metrics(pred, truth, *args)
-        del pred, truth  # the mapping cannot close while an array uses it
-        return part
+        return case_metrics(pred, truth, *args)
     finally:
-        shared.close()
+        del pred, truth  # the mapping cannot close while an array uses it
+        try:
+            shared.close()
+        except BufferError:  # an error's traceback still holds the arrays: the mapping goes with it
+            shared = None
 
 
 def _worker_ended(case_id: str) -> EdgesegError:

@@ -227,3 +227,26 @@ def test_workers_end_themselves_when_the_evaluation_is_killed(trained_checkpoint
     while [pid for pid in workers if pid in _in_session(proc.pid)] and time.monotonic() < deadline:
         time.sleep(0.1)
     assert [pid for pid in workers if pid in _in_session(proc.pid)] == []
+
+
+def test_a_case_whose_metrics_raise_in_a_worker_raises_its_error_and_stops_the_workers():
+    """A case with a degenerate grid (every axis 0 mm) fails in the worker as it fails here: the
+    same DataError, raised by ``finish``; leaving the pool then ends its workers."""
+    import numpy as np
+
+    from edgeseg.errors import DataError
+    from edgeseg.evaluate.case_metrics import MetricWorkers, case_metrics
+
+    truth = np.zeros((4, 16, 16), np.uint8)
+    truth[1:3, 4:9, 4:9] = 1
+    pred = np.roll(truth, 1, axis=2)
+    with pytest.raises(DataError) as here:
+        case_metrics(pred, truth, ["background", "liver"], True, np.zeros((3, 3)))
+    with pytest.raises(DataError) as there:
+        with MetricWorkers(2) as pool:
+            pool.submit(0, "good", pred, truth, ["background", "liver"], True, np.eye(3))
+            pool.submit(1, "flat", pred, truth, ["background", "liver"], True, np.zeros((3, 3)))
+            workers = _metric_workers(os.getpid())
+            pool.finish()
+    assert str(there.value) == str(here.value)
+    assert workers and not [pid for pid in workers if pid in _children(os.getpid())]
