@@ -42,13 +42,14 @@ from edgeseg.metrics import class_metrics, false_positive_slices, mean_slice_dic
 
 
 def default_workers() -> int:
-    """Metric worker processes when ``--workers`` is not given: one per core but one (the
-    inference's), at most 4; none on a single core."""
+    """Metric worker processes when ``--workers`` is not given: one per 4 cores, at most 4. The
+    inference keeps its threads on every core; on a shared 2-core machine one worker made the
+    evaluation slower than none (docs/results.md), so below 4 cores there is none."""
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # no sched_getaffinity (macOS)
         cores = os.cpu_count() or 1
-    return max(0, min(4, cores - 1))
+    return min(4, cores // 4)
 
 
 def case_metrics(pred: np.ndarray, truth: np.ndarray, class_names: list[str], contiguous: bool,
@@ -90,8 +91,8 @@ def _shared(pred: np.ndarray, truth: np.ndarray):
     """A shared-memory block holding ``pred`` then ``truth``; None where there is no room for it.
 
     Through the pool's pipe a case's arrays are pickled, written in pipe-sized pieces, read and
-    unpickled: on a 512 x 512 x 96 case that took 0.2 to 0.5 s, as long as its metrics. A block
-    is written once and read in place. Its pages are reserved first (``posix_fallocate``): a
+    unpickled, which took as long as their metrics on 512 x 512 phantoms (docs/results.md); a
+    block is written once and read in place. Its pages are reserved first (``posix_fallocate``): a
     tmpfs too small for the case (a container's 64 MB /dev/shm) then refuses it here, where a
     write into a mapping past its room would end the process with SIGBUS."""
     from multiprocessing import shared_memory
