@@ -17,7 +17,8 @@ evaluation scores its cases in a process pool.
 * Failures: a worker's error comes back as an error of the command (an ``EdgesegError`` as it is,
   anything else as one naming the case); a worker that ends without a result (killed, out of
   memory) is one too. Either way the remaining workers are stopped and nothing is written.
-* Stopping: workers ignore Ctrl-C (a terminal sends it to every process of the group); the
+* Stopping: workers start with Ctrl-C blocked and then ignore it (a terminal sends it to every
+  process of the group, a worker still starting included); the
   evaluating process stops them when it is interrupted or terminated (``close``), and a worker
   whose evaluating process is gone (SIGKILL) ends itself.
 
@@ -29,10 +30,12 @@ threads it has, so ``workers`` cores come on top of them (see docs/training.md, 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -69,6 +72,22 @@ def case_metrics(pred: np.ndarray, truth: np.ndarray, class_names: list[str], co
     if classes > 2:
         part["slice_dice_by_class"] = {class_names[c]: mean_slice_dice(pred, truth, [c]) for c in range(1, classes)}
     return part
+
+
+@contextlib.contextmanager
+def _interrupts_held() -> Iterator[None]:
+    """SIGINT blocked in this thread for the block. Ctrl-C at a terminal reaches every process of
+    its group, a worker still starting too, whose interpreter dies of it with a fatal error on the
+    terminal before it can ignore it: a worker started here inherits the blocked signal. A Ctrl-C
+    meanwhile reaches this process when the block ends."""
+    if not hasattr(signal, "pthread_sigmask"):  # Windows
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def _start_worker(parent: int) -> None:
@@ -177,11 +196,12 @@ class MetricWorkers:
         done = self._collect(block=len(self._pending) >= self.workers)
         shared = _shared(pred, truth)
         try:
-            if shared is None:
-                future = self._pool.submit(case_metrics, pred, truth, *args)
-            else:
-                future = self._pool.submit(_shared_case_metrics, shared.name, pred.shape, pred.dtype.str,
-                                           truth.dtype.str, *args)
+            with _interrupts_held():  # a submit may start a worker
+                if shared is None:
+                    future = self._pool.submit(case_metrics, pred, truth, *args)
+                else:
+                    future = self._pool.submit(_shared_case_metrics, shared.name, pred.shape, pred.dtype.str,
+                                               truth.dtype.str, *args)
         except BrokenProcessPool:  # a worker ended while idle
             _release(shared)
             raise _worker_ended(case_id) from None

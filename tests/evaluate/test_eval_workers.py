@@ -29,9 +29,9 @@ def _arguments(checkpoint: Path, out: Path, *options: str, data: str = DATA) -> 
 
 def _evaluate(checkpoint: Path, out: Path, *options: str, data: str = DATA, env: dict | None = None,
               boot: list[str] = (), **popen) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, *boot, *_arguments(checkpoint, out, *options, data=data)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=out.parent,
-                            env=dict(os.environ, OMP_NUM_THREADS="1", **(env or {})), **popen)
+    popen = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, **popen}
+    return subprocess.Popen([sys.executable, *boot, *_arguments(checkpoint, out, *options, data=data)], text=True,
+                            cwd=out.parent, env=dict(os.environ, OMP_NUM_THREADS="1", **(env or {})), **popen)
 
 
 def _children(pid: int) -> list[int]:
@@ -145,8 +145,9 @@ def test_a_killed_worker_is_one_line_and_writes_no_report(trained_checkpoint, tm
 
 @pytest.mark.parametrize("stop, status", [("interrupt", 130), ("terminate", 143)])
 def test_a_stopped_evaluation_leaves_no_worker_running(trained_checkpoint, tmp_path, stop, status):
-    """Ctrl-C (SIGINT to the terminal's whole process group) or SIGTERM (to the command alone)
-    ends the command and its workers; no process of its session outlives it."""
+    """Ctrl-C (SIGINT to the terminal's whole process group, a worker still starting included)
+    or SIGTERM (to the command alone) ends the command and its workers; no process of its session
+    outlives it."""
     out = tmp_path / "out"
     # A non-interactive shell may start a test run with SIGINT ignored, and an ignored signal stays
     # ignored across exec: the command gets it back as at an interactive shell.
@@ -155,7 +156,11 @@ def test_a_stopped_evaluation_leaves_no_worker_running(trained_checkpoint, tmp_p
     proc = _evaluate(trained_checkpoint, out, "--workers", "2", data=LONG_DATA, boot=["-c", boot],
                      start_new_session=True)
     try:
-        workers = _wait_for_workers(proc, count=2)
+        # Ctrl-C as soon as a worker is seen, while its interpreter starts: it must not die of it
+        # there (a fatal error on the terminal), and the command's one line must be all
+        workers = _wait_for_workers(proc, count=1 if stop == "interrupt" else 2)
+        blocked = [int(line.split()[1], 16) for line in Path(f"/proc/{workers[0]}/status").read_text().splitlines()
+                   if line.startswith("SigBlk:")]
         if stop == "interrupt":
             os.killpg(proc.pid, signal.SIGINT)
         else:
@@ -163,6 +168,7 @@ def test_a_stopped_evaluation_leaves_no_worker_running(trained_checkpoint, tmp_p
         stdout, stderr = proc.communicate(timeout=120)
     finally:
         proc.kill()
+    assert blocked[0] & (1 << (signal.SIGINT - 1)), "a worker starts with SIGINT deliverable"
     assert proc.returncode == status, stderr
     assert stderr.strip().splitlines() == ["edgeseg: interrupted" if stop == "interrupt" else "edgeseg: stopped (SIGTERM)"]
     assert not [pid for pid in workers if pid in _in_session(proc.pid)]  # ended before the command
@@ -217,12 +223,14 @@ def test_a_case_is_handed_over_only_while_fewer_than_workers_cases_are_in_flight
 def test_workers_end_themselves_when_the_evaluation_is_killed(trained_checkpoint, tmp_path):
     """SIGKILL gives the command no chance to stop its workers: they see it gone and end."""
     out = tmp_path / "out"
-    proc = _evaluate(trained_checkpoint, out, "--workers", "2", data=LONG_DATA, start_new_session=True)
+    # no pipes: a worker left running would hold them open, and reading them would wait for it
+    proc = _evaluate(trained_checkpoint, out, "--workers", "2", data=LONG_DATA, start_new_session=True,
+                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         workers = _wait_for_workers(proc, count=2)
     finally:
         proc.kill()
-        proc.communicate()
+        proc.wait()
     deadline = time.monotonic() + 60
     while [pid for pid in workers if pid in _in_session(proc.pid)] and time.monotonic() < deadline:
         time.sleep(0.1)
