@@ -14,17 +14,16 @@ from edgeseg.atomic import atomic_files, atomic_write_text, within
 from edgeseg.data.case_stream import CaseReader, open_case_readers
 from edgeseg.data.dataset_names import dataset_label_names, unnamed_classes
 from edgeseg.data.open import check_source, run_read_options, same_data
-from edgeseg.data.volume import Volume, label_counts
+from edgeseg.data.volume import Volume
 from edgeseg.errors import DataError
-from edgeseg.metrics import class_metrics, false_positive_slices, mean_slice_dice, summarise
-from edgeseg.evaluate.overlay import OverlayItem, save_overlay_grid
-from edgeseg.progress import progress_bar
+from edgeseg.evaluate.case_scoring import EVAL_BATCH, OtherCase, score_cases
+from edgeseg.metrics import summarise
+from edgeseg.evaluate.overlay import save_overlay_grid
 from edgeseg.runtime.overlay import display_window
 from edgeseg.report.output import format_table, write_json
 from edgeseg.runtime.postprocess_options import ClassPostprocess, PostprocessOptions
 
 log = logging.getLogger("edgeseg.evaluate")
-EVAL_BATCH = 16
 
 
 def select_cases(volumes: list[Volume], payload: dict[str, Any], split: str,
@@ -98,6 +97,7 @@ def evaluate_checkpoint(
     worst: int = 4,
     progress: bool = True,
     tta: str = "none",
+    workers: int = 0,
 ) -> dict[str, Any]:
     """Dice, IoU and HD95 per case and class for ``checkpoint`` on ``data``.
 
@@ -113,6 +113,8 @@ def evaluate_checkpoint(
     A slice folder is read as the run read its slices (its recorded intensity, unless
     ``intensity`` is given, case pattern and mask kind); volumes carry their own HU.
     ``tta`` mirrors at prediction (``edgeseg.runtime.tta``), recorded in the result.
+    ``workers`` > 0 computes the cases' metrics in that many processes while the next cases are
+    predicted (``edgeseg.evaluate.case_metrics``): the same result, in the same order.
     With ``out``: eval.json, eval.txt and worst_cases.png (contours on the CT in the task's
     display window, one colour per class; cases ranked by their mean class Dice) are written.
     """
@@ -149,14 +151,15 @@ def evaluate_checkpoint(
     volumes, count, used_split = _cases_of_split(readers, payload, split, str(data))
     score = (segmenter, spec, label_values, class_names, values, progress)
     try:
-        cases, overlays, unclassed = _score_cases(volumes, count, _recorded_hashes(payload, str(data), used_split), score)
-    except _OtherCase as other:
+        cases, overlays, unclassed = score_cases(volumes, count, _recorded_hashes(payload, str(data), used_split), score,
+                                               workers)
+    except OtherCase as other:
         if split != "auto":
             raise DataError(f"--split {split} takes the run's {split} cases, and {other} of {data} is another case than "
                             "the run's of that name (its content hash differs): use --split all (or auto)") from None
         log.warning("%s of %s is another case than the run's of that name: evaluating every case", other, data)
         volumes, count, used_split = _cases_of_split(readers, payload, "all", str(data))
-        cases, overlays, unclassed = _score_cases(volumes, count, None, score)
+        cases, overlays, unclassed = score_cases(volumes, count, None, score, workers)
     if unclassed:
         mapping = ", ".join(f"{name}={'+'.join(map(str, vals))}" for name, vals in label_values.items())
         found = sorted({v for stray in unclassed.values() for v in stray})
@@ -187,10 +190,6 @@ def evaluate_checkpoint(
     return result
 
 
-class _OtherCase(Exception):
-    """A case of a recorded split whose content is not the run's case of that name."""
-
-
 def _recorded_hashes(payload: dict[str, Any], data: str, used_split: str) -> dict[str, str] | None:
     """The run's content hash per case, to match the cases of a recorded split against where
     ``data`` may be other data (a folder at another path than the run's); None where there is
@@ -199,65 +198,6 @@ def _recorded_hashes(payload: dict[str, Any], data: str, used_split: str) -> dic
     if used_split == "all" or trained_on is None or same_data(trained_on, data):
         return None
     return ((payload.get("provenance") or {}).get("data") or {}).get("case_sha256") or None
-
-
-def _score_cases(volumes: Iterable[Volume], count: int, hashes: dict[str, str] | None,
-                 score: tuple) -> tuple[list, list, dict]:
-    """Score ``volumes`` one at a time: (cases, overlays, label values of cases with no class).
-    Raises _OtherCase (naming it) for a case whose content hash is not ``hashes``'s."""
-    segmenter, spec, label_values, class_names, values, progress = score
-    cases, overlays, unclassed = [], [], {}
-    with progress_bar(total=count, desc="evaluate", unit="case", shown=progress) as bar:
-        for vol in volumes:
-            if hashes and vol.case_id in hashes and vol.content_sha256() != hashes[vol.case_id]:
-                raise _OtherCase(f"case {vol.case_id}")
-            stray = _values_in_no_class(vol, values)
-            if stray:
-                unclassed[vol.case_id] = stray
-            case, overlay = _score_case(vol, segmenter, spec, label_values, class_names)
-            # dropped before the next case is read: a data set's volumes are never held at once
-            del vol
-            cases.append(case)
-            overlays.append(overlay)
-            bar.update()
-    return cases, overlays, unclassed
-
-
-def _values_in_no_class(vol: Volume, values: list[int]) -> list[int]:
-    """The label values of ``vol`` where it has foreground but none of ``values`` (those of the
-    model's classes), so that all its truth would be background; else []. A file naming its
-    segments is matched by name (``map_labels``) and left out."""
-    if vol.label is None or vol.label_names:
-        return []
-    present = [int(v) for v in np.flatnonzero(label_counts(vol.label)) if v > 0]
-    return present if present and not set(present) & set(values) else []
-
-
-def _score_case(vol: Volume, segmenter, spec, label_values: dict[str, list[int]],
-                class_names: list[str]) -> tuple[dict[str, Any], tuple[float, OverlayItem]]:
-    """The result of one case and its overlay panel."""
-    from edgeseg.data.slice_set import check_window, volume_classes
-
-    if vol.label is None:
-        raise DataError(f"case {vol.case_id} ({vol.source}) has no label map to evaluate against")
-    check_window(vol, spec)
-    truth = volume_classes(vol, label_values)
-    pred = segmenter.predict_volume(vol, batch_size=EVAL_BATCH)
-    # axes_mm rather than spacing: a gantry-tilted series' distances depend on its shear
-    metrics = class_metrics(pred, truth, len(class_names), per_slice_hd=not vol.contiguous, grid=vol.axes_mm)
-    fp_slices = false_positive_slices(pred, truth, len(class_names))
-    case = {"case_id": vol.case_id, "sha256": vol.content_sha256(), "slices": vol.num_slices,
-            # slice images carry no pixel size: their distances are counted in pixels
-            "hd95_unit": "mm" if vol.contiguous else "pixels",
-            "metrics": {class_names[c]: m for c, m in metrics.items()},
-            "false_positive_slices": {class_names[c]: n for c, n in fp_slices.items()},
-            "slices_without_class": {class_names[c]: int((~(truth == c).any(axis=(1, 2))).sum())
-                                     for c in range(1, len(class_names))},
-            "slice_dice_mean": mean_slice_dice(pred, truth, range(1, len(class_names)))}
-    if len(class_names) > 2:
-        case["slice_dice_by_class"] = {class_names[c]: mean_slice_dice(pred, truth, [c])
-                                       for c in range(1, len(class_names))}
-    return case, _worst_slice(vol, pred, truth, metrics, class_names)
 
 
 def _check_out_apart(out: Path, data: str) -> None:
@@ -304,22 +244,6 @@ def chosen_postprocess(payload: dict[str, Any], num_classes: int, keep_largest: 
 def _fp_line(result: dict) -> str:
     parts = [f"{name} {n} of {result['slices_without_class'][name]}" for name, n in result["false_positive_slices"].items()]
     return "false-positive slices (predicted, no true foreground): " + ", ".join(parts)
-
-
-def _worst_slice(vol: Volume, pred: np.ndarray, truth: np.ndarray, metrics: dict,
-                 class_names: list[str]) -> tuple[float, OverlayItem]:
-    """The slice with the most target voxels as an overlay panel, and the case's score (the
-    mean foreground-class Dice) for ranking; each class is drawn in its colour."""
-    k = int(np.argmax((truth > 0).sum(axis=(1, 2)) + (pred > 0).sum(axis=(1, 2))))
-    # The Dice shown is the case's (what ranks it), not the drawn slice's: say so.
-    title = f"{vol.case_id} slice {vol.slice_ids[k]}"
-    score = float(np.mean([m["dice"] for m in metrics.values()]))
-    if len(class_names) == 2:
-        title += f"  case Dice {score:.3f}"
-    else:
-        title += "\ncase Dice " + "  ".join(f"{class_names[c]} {m['dice']:.3f}" for c, m in metrics.items())
-    # copies: a view of one slice would keep the case's whole volumes alive until the overlays are drawn
-    return score, OverlayItem(vol.hu[k].copy(), truth[k].copy(), pred[k].copy(), title, tuple(class_names[1:]))
 
 
 def _table(cases: list[dict], class_names: list[str], summary: dict, result: dict) -> str:

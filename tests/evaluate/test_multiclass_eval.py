@@ -151,7 +151,8 @@ def test_compare_shows_each_class_validation_dice_at_the_best_epoch(tmp_path):
 
 
 def test_liver_outputs_keep_their_one_class_form(tmp_path):
-    from edgeseg.evaluate.model_eval import _table, _worst_slice
+    from edgeseg.evaluate.case_scoring import panel_overlay, slice_panel
+    from edgeseg.evaluate.model_eval import _table
     from edgeseg.data.volume import Volume, default_affine
 
     truth = np.zeros((2, 8, 8), np.uint8)
@@ -161,7 +162,7 @@ def test_liver_outputs_keep_their_one_class_form(tmp_path):
     metrics = class_metrics(pred, truth, 2)
     vol = Volume(hu=np.zeros((2, 8, 8), np.float32), spacing=(1.0, 1.0, 1.0), affine=default_affine((1.0, 1.0, 1.0)),
                  case_id="c0", label=truth)
-    score, item = _worst_slice(vol, pred, truth, metrics, ["background", "liver"])
+    score, item = panel_overlay(slice_panel(vol, pred, truth), [metrics[1]["dice"]], ["background", "liver"])
     assert score == pytest.approx(24 / 28) and item.class_names == ("liver",)
     # the Dice in the panel's title is the case's, which ranks it, not the drawn slice's
     assert item.title == f"c0 slice {vol.slice_ids[0]}  case Dice {24 / 28:.3f}"
