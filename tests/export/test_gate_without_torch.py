@@ -85,6 +85,7 @@ def test_gate_without_torch_scores_against_the_onnx_graph(exported_bundle, tmp_p
     assert run["reference_link"]["sha256"] == export_row["sha256"]
     assert run["reference_link"]["max_abs"] == export_row["max_abs"]
     assert (run["data"], run["cases"], run["slices"]) == (parity["data"], parity["cases"], parity["slices"])
+    assert run["slice_ids"] == parity["held_out"]["slice_ids"]  # the export's own slices, not drawn again
 
     manifest = json.loads((bundle / "manifest.json").read_text())
     assert [a["scored"] for a in manifest["artifacts"]][1:] == [["onnxruntime", "openvino"]] * 2
@@ -94,6 +95,20 @@ def test_gate_without_torch_scores_against_the_onnx_graph(exported_bundle, tmp_p
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert ("against onnxruntime-fp32-cpu: model.onnx, which the export's gate passed against "
             "pytorch-fp32-eager-cpu") in proc.stdout
+    # Each row of the table says what it was scored against: the export's rows PyTorch, the new ones ONNX Runtime.
+    lines = proc.stdout.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("parity vs pytorch-fp32-eager-cpu"))
+    assert "rows against onnxruntime-fp32-cpu say so under 'against'" in lines[header]
+    assert lines[header + 1].split()[-1] == "against"
+    table = lines[header + 3:header + 3 + len(parity["results"])]
+    assert sorted((line.split()[0], line.split()[-1]) for line in table) == sorted(
+        (r["key"], r.get("reference", "pytorch-fp32-eager-cpu")) for r in parity["results"])
+    assert [line.split()[-1] for line in table].count("onnxruntime-fp32-cpu") == len(REMOVED)
+    proc = python_without(["-m", "edgeseg", "inspect", str(bundle), "--json", str(tmp_path / "inspect.json")], tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows = json.loads((tmp_path / "inspect.json").read_text())["parity"]["report"]["results"]
+    assert sorted(r["reference"] for r in rows) == sorted(r.get("reference", "pytorch-fp32-eager-cpu")
+                                                          for r in parity["results"])
 
 
 def test_gate_without_torch_needs_held_out_data_it_can_read(exported_bundle, tmp_path, python_without,
