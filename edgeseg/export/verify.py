@@ -317,7 +317,7 @@ def parity_table(report: dict) -> str:
     # One class: the worst class is that class, and the table stays as it always was.
     columns = COLUMNS[:6] + ["worst class"] + COLUMNS[6:] if several else COLUMNS
     # rows scored against another reference than the report's (edgeseg gate without torch) say which
-    columns += ["against"] if any(row["against"] != report.get("reference") for row in rows) else []
+    columns = [*columns, "against"] if any(row["against"] != report.get("reference") for row in rows) else columns
     text = format_table(rows, columns)
     for r in report["results"]:
         if r.get("structure_changes"):
