@@ -155,3 +155,35 @@ def test_the_reference_must_be_the_graph_the_export_passed(exported_bundle, tmp_
     proc = python_without(["-m", "edgeseg", "gate", str(bundle), "--quiet"], tmp_path)
     assert_one_line_error(proc, "parity.json records no passed check of model.onnx")
     assert _digests(bundle) == before
+
+
+def test_a_bundle_without_the_held_out_record_says_its_slices_are_drawn_again(exported_bundle, tmp_path,
+                                                                               python_without, assert_one_line_error):
+    """Exported before parity.json recorded ``held_out``, with the agreement metric: labels that are
+    class indices 0..1 are scored, and the command says the slices may not be the export's; the
+    phantom's own labels (spine 2, kidney 3 beside the liver 1) are refused, their mapping unknown."""
+    import nibabel as nib
+    import numpy as np
+
+    from edgeseg.data.phantom import write_phantom_dataset
+
+    bundle, _ = _without_openvino(exported_bundle, tmp_path / "bundle")
+    parity = json.loads((bundle / "parity.json").read_text())
+    parity.pop("held_out", None)
+    (bundle / "parity.json").write_text(json.dumps(parity, indent=2) + "\n")
+    before = _digests(bundle)
+    proc = python_without(["-m", "edgeseg", "gate", str(bundle), "--quiet"], tmp_path)
+    assert_one_line_error(proc, "has label value 3, not a class index 0..1")
+    assert _digests(bundle) == before
+
+    data = write_phantom_dataset(tmp_path / "liver", cases=2, seed=11, shape=(16, 64, 64))
+    for path in (data / "labelsTr").glob("*.nii.gz"):
+        label = nib.load(path)
+        nib.save(nib.Nifti1Image((np.asarray(label.dataobj) == 1).astype(np.uint8), label.affine), path)
+    proc = python_without(["-m", "edgeseg", "gate", str(bundle), "--verify-data", str(data), "--quiet"], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert ("parity.json records no held-out slices or label mapping (exported before edgeseg recorded them): "
+            "labels read as class i = value i, and the slices drawn again, perhaps not the export's") in proc.stdout
+    assert "not the export's unrecorded ones" in proc.stdout
+    rows = [r for r in json.loads((bundle / "parity.json").read_text())["results"] if r.get("runner") == "openvino"]
+    assert {r["file"] for r in rows} == REMOVED
