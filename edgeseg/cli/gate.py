@@ -16,8 +16,8 @@ from edgeseg.cli.quiet_option import quiet_option
                    "installed, the gate's reference. Without it (or torch), the reference is the bundle's FP32 ONNX "
                    "graph on ONNX Runtime CPU.")
 @click.option("--verify-data", default=None,
-              help="Held-out data for the gate (default: the export's, the checkpoint's validation cases unless it "
-                   "was given other data; without the checkpoint or torch, needed where the export's data is not here).")
+              help="Held-out data for the gate, slices drawn afresh from it (default: the export's own held-out slices, "
+                   "as parity.json records them; without the checkpoint or torch, needed where the export's data is not here).")
 @click.option("--intensity", default=None, help="What slice-folder pixels mean for --verify-data: 'hu-clipped:0,255' or 'window:LO,HI'.")
 @click.option("--backend", "backends", multiple=True,
               help="Score only this runner (NAME or NAME:PRECISION; repeatable). Default: every installed runner without a verdict.")

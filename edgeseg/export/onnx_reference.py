@@ -8,10 +8,18 @@ best logits are 1e-4 or more apart; logits typically within 1e-5): that row of `
 for the very bytes the manifest lists (its sha256), is the link of the chain
 PyTorch -> ``model.onnx`` on ONNX Runtime -> the runner scored here, and is copied into the
 record. Without it (no FP32 graph, a row of other bytes, a failed or missing row) there is no
-chain and the gate is refused. The held-out slices are ``--verify-data`` or the export's own data
-where ``parity.json`` names data readable here (a phantom, or a path that exists); the
-checkpoint's label mapping is not in the bundle, so labels are read as class ``i`` = label value
-``i``, the default of every recipe with one label value per class.
+chain and the gate is refused.
+
+The held-out slices are the export's own where ``parity.json`` names data readable here (a
+phantom, or a path that exists): its ``held_out`` record (:func:`held_out_record`) says how the
+export read them (the checkpoint's label mapping, the run's intensity, case pattern and mask
+kind) and which slices its gate took (case and slice number), and the slices read here must be
+those, with the same labels (their sha256), or the gate is refused. ``--verify-data`` draws
+slices afresh from other data, read with the recorded mapping. A bundle exported before the
+record (no ``held_out``) has neither the mapping nor the slices: the gate reads labels as class
+``i`` = value ``i``, and refuses where that can be wrong unseen: with the "truth" gate metric
+(its verdict is Dice against those labels, and a permuted mapping would look plausible) and
+where a label value is not a class index 0..N-1 (0/255 masks, say).
 """
 
 from __future__ import annotations
@@ -19,6 +27,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import hashlib
 
 import numpy as np
 
@@ -50,23 +60,82 @@ def reference_link(manifest: Manifest, parity: dict) -> tuple[ArtifactEntry, dic
                    "slices": parity.get("slices"), "data": parity.get("data")}
 
 
-def held_out_without_torch(manifest: Manifest, parity: dict, verify_data: str | None,
-                           intensity: str | None) -> VerifySet:
-    """The held-out slices without the checkpoint: ``verify_data``, else the export's recorded
-    data and cases where they are readable here; DataError naming ``--verify-data`` otherwise."""
+def held_out_record(verify_set: VerifySet) -> dict[str, Any]:
+    """What a gate without the checkpoint needs to read the export's held-out slices as its gate
+    did (parity.json's ``held_out``): how the data was read (``read_as``: label mapping, intensity,
+    slice-folder options), which slices were taken (``slice_ids``: [case, slice number] pairs) and
+    the sha256 of their labels at model resolution (None when unlabelled)."""
+    return {"read_as": verify_set.read_as,
+            "slice_ids": [[c, int(n)] for c, n in zip(verify_set.slice_cases, verify_set.case_slices)],
+            "truth_sha256": truth_digest(verify_set.truth)}
+
+
+def truth_digest(truth: np.ndarray | None) -> str | None:
+    """sha256 of held-out labels (class indices at model resolution), with their shape."""
+    if truth is None:
+        return None
+    labels = np.ascontiguousarray(truth, dtype=np.uint8)
+    return hashlib.sha256(repr(labels.shape).encode() + labels.tobytes()).hexdigest()
+
+
+def held_out_without_torch(manifest: Manifest, parity: dict, verify_data: str | None, intensity: str | None,
+                           echo: Callable[[str], None] = print) -> VerifySet:
+    """The held-out slices without the checkpoint: the export's recorded slices of its data where
+    they are readable here, else ``verify_data`` (read with the recorded label mapping); DataError
+    naming ``--verify-data`` where neither is, and where they cannot be read as the export read them."""
     from edgeseg.data.open import parse_phantom_spec
 
-    payload: dict[str, Any] = {"class_names": [manifest.labels[c] for c in sorted(manifest.labels)]}
+    names = [manifest.labels[c] for c in sorted(manifest.labels)]
+    record = parity.get("held_out")
+    if record is None:
+        _check_unrecorded(manifest, parity, verify_data, intensity, len(names))
+        echo("parity.json records no held-out slices or label mapping (exported before edgeseg recorded them): "
+             "labels read as class i = value i, and the slices drawn again, perhaps not the export's")
+    read_as = (record or {}).get("read_as") or {}
+    payload: dict[str, Any] = {"class_names": names, "label_values": read_as.get("label_values")}
     recorded, cases = parity.get("data"), list(parity.get("cases") or [])
-    if verify_data is None:
-        here = isinstance(recorded, str) and (parse_phantom_spec(recorded) is not None or Path(recorded).exists())
-        if not here or not cases:
-            raise DataError(f"edgeseg gate without torch or --checkpoint needs --verify-data DATA: the export's "
-                            f"held-out data {recorded} is not found here")
-        # The export's cases of its data, read as training read them where the bundle says how.
-        payload.update(train_config={"data": recorded, "intensity": manifest.source.get("intensity")},
-                       split={"val": cases})
-    return load_verify_set(payload, manifest.spec, verify_data, int(parity["slices"]), intensity)
+    if verify_data is not None:
+        return load_verify_set(payload, manifest.spec, verify_data, int(parity["slices"]), intensity)
+    here = isinstance(recorded, str) and (parse_phantom_spec(recorded) is not None or Path(recorded).exists())
+    if not here or not cases:
+        raise DataError(f"edgeseg gate without torch or --checkpoint needs --verify-data DATA: the export's "
+                        f"held-out data {recorded} is not found here")
+    options = {k: read_as.get(k) for k in ("case_pattern", "mask")} if record else {}
+    payload.update(train_config={"data": recorded, **options,
+                                 "intensity": read_as.get("intensity") if record else manifest.source.get("intensity")},
+                   split={"val": cases})
+    slice_ids = (record or {}).get("slice_ids")
+    verify_set = load_verify_set(payload, manifest.spec, None, int(parity["slices"]), intensity, slice_ids)
+    if record and truth_digest(verify_set.truth) != record.get("truth_sha256"):
+        raise DataError(f"the labels of the export's {len(slice_ids)} held-out slices of {recorded} read here are not "
+                        f"the ones its gate saw (sha256 {str(truth_digest(verify_set.truth))[:12]}..., parity.json "
+                        f"has {str(record.get('truth_sha256'))[:12]}...); run edgeseg gate where torch is installed, "
+                        f"with --checkpoint")
+    return verify_set
+
+
+def _check_unrecorded(manifest: Manifest, parity: dict, verify_data: str | None, intensity: str | None,
+                      classes: int) -> None:
+    """Refuse a bundle without the ``held_out`` record where reading labels as class indices can
+    be silently wrong: the truth gate metric, or a label value outside 0..``classes``-1."""
+    from edgeseg.data.case_stream import CaseVolumes, open_case_readers
+    from edgeseg.data.open import parse_phantom_spec
+
+    fix = "run edgeseg gate where torch is installed, with --checkpoint, or export the bundle again"
+    if parity.get("gate_metric") == "truth":
+        raise DataError(f"parity.json records no label mapping (exported before edgeseg recorded it), and the "
+                        f"truth gate metric judges against the labels; {fix}")
+    data = verify_data or parity.get("data")
+    if verify_data is None and not (isinstance(data, str) and (parse_phantom_spec(data) or Path(data).exists())):
+        return  # not readable here: held_out_without_torch says so
+    wanted = set(parity.get("cases") or []) if verify_data is None else None
+    read_as = intensity or (None if verify_data else manifest.source.get("intensity"))
+    for vol in CaseVolumes(open_case_readers(data, intensity=read_as), lambda c: wanted is None or c in wanted):
+        stray = [] if vol.label is None else sorted(set(np.unique(vol.label).tolist()) - set(range(classes)))
+        if stray:
+            raise DataError(f"parity.json records no label mapping (exported before edgeseg recorded it), and case "
+                            f"{vol.case_id} of {data} has label value {stray[-1]}, not a class index 0..{classes - 1}; "
+                            f"{fix}")
 
 
 def reference_logits(folder: Path, manifest: Manifest, entry: ArtifactEntry, images: np.ndarray,
@@ -87,7 +156,7 @@ def onnx_reference(folder: Path, manifest: Manifest, parity: dict, verify_data: 
                    why: str, progress: bool, echo: Callable[[str], None]) -> tuple[VerifySet, np.ndarray, dict]:
     """(held-out slices, reference logits, the run's record) of a gate against the FP32 ONNX graph."""
     entry, link = reference_link(manifest, parity)
-    verify_set = held_out_without_torch(manifest, parity, verify_data, intensity)
+    verify_set = held_out_without_torch(manifest, parity, verify_data, intensity, echo)
     echo(f"reference: {entry.file} on ONNX Runtime CPU ({why}), which the export's gate passed against "
          f"{link['against']} (max |d| {float(link['max_abs']):.2g}, {link['changed_decided_pixels']} decided pixels "
          f"changed on {link['slices']} slices of {link['data']})")

@@ -195,6 +195,7 @@ def _gate(folder: Path, model, made: list, verify_set, settings: ExportSettings,
     """
     from edgeseg.export.fp16 import HALF_EMULATION, ORT_EMULATION, half_check_slices, half_precision_logits
     from edgeseg.export.gate_rows import GateJudge, gate_logits, runner_row
+    from edgeseg.export.onnx_reference import held_out_record
     from edgeseg.export.verify import GATE_VERSION, measure_latency
     from edgeseg.runtime.runners import runners_for
     from edgeseg.runtime.runners.onnxruntime import OnnxRuntimeRunner
@@ -239,7 +240,8 @@ def _gate(folder: Path, model, made: list, verify_set, settings: ExportSettings,
               "slices": int(len(images)), "labelled": truth is not None, "thresholds": settings.max_dice_drop,
               "gate_version": GATE_VERSION, "gate_metric": settings.gate_metric, "structure_px": settings.structure_px,
               "postprocess": post.to_dict(),
-              "fp32_margin": 1e-4, "results": results, "passed": not dead}
+              "fp32_margin": 1e-4, "results": results, "passed": not dead,
+              "held_out": held_out_record(verify_set)}  # how edgeseg gate without torch reads the same slices
     if excluded:
         report["excluded"] = excluded
     if any(p == "fp16" for _, p, _, _, _ in made):

@@ -162,9 +162,12 @@ def _score(folder: Path, manifest: Manifest, parity: dict, checkpoint: Path | No
         why = "without --checkpoint" if checkpoint is None else "torch is not installed here"
         verify_set, reference, run = onnx_reference(folder, manifest, parity, verify_data, intensity, why,
                                                     progress, echo)
-    if (verify_set.source, verify_set.cases) != (parity.get("data"), parity.get("cases")):
-        echo(f"held-out slices from {verify_set.source} ({len(verify_set.cases)} cases), not the export's "
-             f"{parity.get('data')} ({len(parity.get('cases') or [])} cases)")
+    slice_ids = [[c, int(n)] for c, n in zip(verify_set.slice_cases, verify_set.case_slices)]
+    recorded = (parity.get("held_out") or {}).get("slice_ids")
+    if (verify_set.source, verify_set.cases, slice_ids) != (parity.get("data"), parity.get("cases"), recorded):
+        echo(f"held-out slices: {len(slice_ids)} of {verify_set.source} ({len(verify_set.cases)} cases), not the "
+             f"export's {'unrecorded ones' if recorded is None else len(recorded)} of {parity.get('data')} "
+             f"({len(parity.get('cases') or [])} cases): the verdicts are on other slices than the export's")
     labels, batch = manifest.labels, manifest.max_batch
     post = PostprocessOptions.from_dict(manifest.postprocess, manifest.num_classes)
     judge = GateJudge(manifest.spec, labels, batch, verify_set, reference,
@@ -181,7 +184,7 @@ def _score(folder: Path, manifest: Manifest, parity: dict, checkpoint: Path | No
         except EdgesegError as exc:
             rows.append({"file": entry.file, "runner": cls.name, "load_error": f"does not load: {exc}"})
     return rows, {**run, "data": verify_set.source, "cases": verify_set.cases,
-                  "slices": int(len(verify_set.images))}
+                  "slices": int(len(verify_set.images)), "slice_ids": slice_ids}
 
 
 def _torch_reference(manifest: Manifest, parity: dict, checkpoint: Path, verify_data: str | None,
@@ -198,7 +201,9 @@ def _torch_reference(manifest: Manifest, parity: dict, checkpoint: Path, verify_
     # The export's held-out data, where it was not the checkpoint's validation cases.
     trained_on = (payload.get("train_config") or {}).get("data")
     data = verify_data or (None if parity.get("data") == trained_on else parity.get("data"))
-    verify_set = load_verify_set(payload, manifest.spec, data, int(parity["slices"]), intensity)
+    # the export's own slices, where recorded, unless other data is given
+    slice_ids = None if verify_data else (parity.get("held_out") or {}).get("slice_ids")
+    verify_set = load_verify_set(payload, manifest.spec, data, int(parity["slices"]), intensity, slice_ids)
     with Segmenter.from_module(model, manifest.spec, manifest.labels, max_batch=manifest.max_batch) as segmenter:
         reference = gate_logits(segmenter.logits, verify_set.images, manifest.max_batch, "gate: fp32 reference",
                                 progress)

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -61,7 +61,8 @@ class ParityError(EdgesegError):
 class VerifySet:
     """Held-out model-input slices with their labels at model resolution (None if unlabelled);
     ``slice_cases`` names the case of each slice and ``case_slices`` its slice number in that
-    case (0-based, in the order the case's volume holds them)."""
+    case (0-based, in the order the case's volume holds them); ``read_as`` how the data was read
+    (its ``label_values`` and slice-folder options), which the export records for a gate without torch."""
 
     images: np.ndarray
     truth: np.ndarray | None
@@ -69,17 +70,19 @@ class VerifySet:
     cases: list[str]
     slice_cases: list[str]
     case_slices: list[int]
+    read_as: dict = field(default_factory=dict)
 
 
 def load_verify_set(payload: dict, spec: PreprocessSpec, data: str | None, count: int,
-                    intensity: str | None = None) -> VerifySet:
+                    intensity: str | None = None, slice_ids: list | None = None) -> VerifySet:
     """Up to ``count`` slices of ``data`` (default: the checkpoint's validation cases), chosen
     equally from each combination of classes present (so every class is checked; half with and
     half without target for one class) and evenly over intensity, like calibration slices.
 
     The cases are read one at a time, twice: once to describe every slice, once more (only
     those holding a chosen slice) to keep the chosen ones, so memory is one case, not the data
-    set (other cases than the validation ones are not read at all)."""
+    set (other cases than the validation ones are not read at all). ``slice_ids`` ([case, slice
+    number] pairs, as parity.json records them) takes those slices instead, DataError if one is not there."""
     # The readers need edgeseg[io]; imported here so the rest of this module (the tables and
     # verdicts `edgeseg inspect` shows) works on a bare runtime install.
     from edgeseg.data.case_stream import CaseVolumes, open_case_readers
@@ -98,9 +101,10 @@ def load_verify_set(payload: dict, spec: PreprocessSpec, data: str | None, count
                             f"pass --verify-data DATA")
         wanted = set(cases)
         missing = f"none of the checkpoint's validation cases {cases[:4]} are in {data}; pass --verify-data DATA"
-        volumes = CaseVolumes(open_case_readers(data, intensity=intensity, **recorded_slice_options(train_config)),
-                              lambda case_id: case_id in wanted)
+        options = {"intensity": intensity, **recorded_slice_options(train_config)}
+        volumes = CaseVolumes(open_case_readers(data, **options), lambda case_id: case_id in wanted)
     else:
+        options = {"intensity": intensity}
         volumes = CaseVolumes(open_case_readers(data, intensity=intensity))
         missing = f"verification data {data} holds no slices"
     class_names = list(payload["class_names"])
@@ -118,8 +122,14 @@ def load_verify_set(payload: dict, spec: PreprocessSpec, data: str | None, count
         del vol, images, truth  # not held while the next case is read
     if not case_ids:
         raise DataError(missing)
-    chosen = stratify_slices([(c if labelled else None, m) for c, m in zip(classes, means)], count)
     first.append(len(owner))
+    numbers = [i - first[k] for k in range(len(case_ids)) for i in range(first[k], first[k + 1])]  # in its case
+    where = {(case, n): i for i, (case, n) in enumerate(zip(owner, numbers))}
+    lost = [f"case {case} slice {n}" for case, n in slice_ids or [] if (case, n) not in where]
+    if lost:
+        raise DataError(f"{data} does not hold the export's held-out {lost[0]} ({len(lost)} of {len(slice_ids)} missing)")
+    chosen = (stratify_slices([(c if labelled else None, m) for c, m in zip(classes, means)], count)
+              if slice_ids is None else sorted(where[case, n] for case, n in slice_ids))
     images, truths = [], []
     for n, vol in volumes.reread({np.searchsorted(first, i, side="right") - 1 for i in chosen}):
         picked = [i - first[n] for i in chosen if first[n] <= i < first[n + 1]]
@@ -127,13 +137,9 @@ def load_verify_set(payload: dict, spec: PreprocessSpec, data: str | None, count
         images.append(case_images[picked])
         truths.append(None if case_truth is None else case_truth[picked])
         del vol, case_images, case_truth
-    seen: dict[str, int] = {}
-    number = []
-    for case in owner:  # each slice's number in its case
-        number.append(seen.get(case, 0))
-        seen[case] = number[-1] + 1
+    read_as = {"label_values": label_values, **{k: v for k, v in options.items() if v is not None}}
     return VerifySet(np.concatenate(images), np.concatenate(truths) if labelled else None, str(data), case_ids,
-                     [owner[i] for i in chosen], [number[i] for i in chosen])
+                     [owner[i] for i in chosen], [numbers[i] for i in chosen], read_as)
 
 
 def _model_slices(vol, spec: PreprocessSpec, label_values: dict | None) -> tuple[np.ndarray, np.ndarray | None]:
@@ -305,10 +311,13 @@ def parity_table(report: dict) -> str:
              "mask Dice": r["mask_dice"], "dice drop": r["dice_drop"],
              "limit": "identical" if r["precision"] == "fp32" else r["limit"], "Dice GT": r["dice_gt"],
              "Dice GT fp32": r["dice_gt_fp32"], "pass": "yes" if r["passed"] else "NO",
-             "worst class": r.get("worst_class")} for r in report["results"]]
+             "worst class": r.get("worst_class"), "against": r.get("reference") or report.get("reference")}
+            for r in report["results"]]
     several = any(len(r.get("class_dice") or {}) > 1 for r in report["results"])
     # One class: the worst class is that class, and the table stays as it always was.
     columns = COLUMNS[:6] + ["worst class"] + COLUMNS[6:] if several else COLUMNS
+    # rows scored against another reference than the report's (edgeseg gate without torch) say which
+    columns = [*columns, "against"] if any(row["against"] != report.get("reference") for row in rows) else columns
     text = format_table(rows, columns)
     for r in report["results"]:
         if r.get("structure_changes"):

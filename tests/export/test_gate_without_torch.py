@@ -85,6 +85,7 @@ def test_gate_without_torch_scores_against_the_onnx_graph(exported_bundle, tmp_p
     assert run["reference_link"]["sha256"] == export_row["sha256"]
     assert run["reference_link"]["max_abs"] == export_row["max_abs"]
     assert (run["data"], run["cases"], run["slices"]) == (parity["data"], parity["cases"], parity["slices"])
+    assert run["slice_ids"] == parity["held_out"]["slice_ids"]  # the export's own slices, not drawn again
 
     manifest = json.loads((bundle / "manifest.json").read_text())
     assert [a["scored"] for a in manifest["artifacts"]][1:] == [["onnxruntime", "openvino"]] * 2
@@ -94,6 +95,20 @@ def test_gate_without_torch_scores_against_the_onnx_graph(exported_bundle, tmp_p
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert ("against onnxruntime-fp32-cpu: model.onnx, which the export's gate passed against "
             "pytorch-fp32-eager-cpu") in proc.stdout
+    # Each row of the table says what it was scored against: the export's rows PyTorch, the new ones ONNX Runtime.
+    lines = proc.stdout.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("parity vs pytorch-fp32-eager-cpu"))
+    assert "rows against onnxruntime-fp32-cpu say so under 'against'" in lines[header]
+    assert lines[header + 1].split()[-1] == "against" and lines[header + 1].split().count("against") == 1
+    table = lines[header + 3:header + 3 + len(parity["results"])]
+    assert sorted((line.split()[0], line.split()[-1]) for line in table) == sorted(
+        (r["key"], r.get("reference", "pytorch-fp32-eager-cpu")) for r in parity["results"])
+    assert [line.split()[-1] for line in table].count("onnxruntime-fp32-cpu") == len(REMOVED)
+    proc = python_without(["-m", "edgeseg", "inspect", str(bundle), "--json", str(tmp_path / "inspect.json")], tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows = json.loads((tmp_path / "inspect.json").read_text())["parity"]["report"]["results"]
+    assert sorted(r["reference"] for r in rows) == sorted(r.get("reference", "pytorch-fp32-eager-cpu")
+                                                          for r in parity["results"])
 
 
 def test_gate_without_torch_needs_held_out_data_it_can_read(exported_bundle, tmp_path, python_without,
@@ -140,3 +155,35 @@ def test_the_reference_must_be_the_graph_the_export_passed(exported_bundle, tmp_
     proc = python_without(["-m", "edgeseg", "gate", str(bundle), "--quiet"], tmp_path)
     assert_one_line_error(proc, "parity.json records no passed check of model.onnx")
     assert _digests(bundle) == before
+
+
+def test_a_bundle_without_the_held_out_record_says_its_slices_are_drawn_again(exported_bundle, tmp_path,
+                                                                               python_without, assert_one_line_error):
+    """Exported before parity.json recorded ``held_out``, with the agreement metric: labels that are
+    class indices 0..1 are scored, and the command says the slices may not be the export's; the
+    phantom's own labels (spine 2, kidney 3 beside the liver 1) are refused, their mapping unknown."""
+    import nibabel as nib
+    import numpy as np
+
+    from edgeseg.data.phantom import write_phantom_dataset
+
+    bundle, _ = _without_openvino(exported_bundle, tmp_path / "bundle")
+    parity = json.loads((bundle / "parity.json").read_text())
+    parity.pop("held_out", None)
+    (bundle / "parity.json").write_text(json.dumps(parity, indent=2) + "\n")
+    before = _digests(bundle)
+    proc = python_without(["-m", "edgeseg", "gate", str(bundle), "--quiet"], tmp_path)
+    assert_one_line_error(proc, "has label value 3, not a class index 0..1")
+    assert _digests(bundle) == before
+
+    data = write_phantom_dataset(tmp_path / "liver", cases=2, seed=11, shape=(16, 64, 64))
+    for path in (data / "labelsTr").glob("*.nii.gz"):
+        label = nib.load(path)
+        nib.save(nib.Nifti1Image((np.asarray(label.dataobj) == 1).astype(np.uint8), label.affine), path)
+    proc = python_without(["-m", "edgeseg", "gate", str(bundle), "--verify-data", str(data), "--quiet"], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert ("parity.json records no held-out slices or label mapping (exported before edgeseg recorded them): "
+            "labels read as class i = value i, and the slices drawn again, perhaps not the export's") in proc.stdout
+    assert "not the export's unrecorded ones" in proc.stdout
+    rows = [r for r in json.loads((bundle / "parity.json").read_text())["results"] if r.get("runner") == "openvino"]
+    assert {r["file"] for r in rows} == REMOVED
