@@ -164,8 +164,8 @@ def test_an_enhanced_ct_the_disk_cannot_take_is_refused_and_leaves_no_file(runni
         left = _left_after((tmp_path / "tmp", work / "received"), timeout=5)
         _limit(proc, resource.RLIM_INFINITY)
         [stored] = _send_all(running_listen.port, [second])
-    assert "Received Store Response (Out of Resources" in refused or "OutOfResources" in refused, refused[-2000:]
     assert left == []
+    assert "Received Store Response (Out of Resources" in refused or "OutOfResources" in refused, refused[-2000:]
     assert "Received Store Response (Success)" in stored, stored[-2000:]
     log = (tmp_path / "stderr.txt").read_text()
     assert "Traceback" not in log
