@@ -164,6 +164,8 @@ class NodeLifecycle:
         if self._receiving:  # no association is left to receive a data set
             self._receiving = False
             stop_receiving_to_files()
+            # empty: each file went with its connection; a stopped node's work folder holds its series alone
+            shutil.rmtree(self.work / "received", ignore_errors=True)
         if self._own_work:
             shutil.rmtree(self.work, ignore_errors=True)
         if self._claim is not None:

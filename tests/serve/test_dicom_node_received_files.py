@@ -86,9 +86,11 @@ def test_a_request_pynetdicom_refuses_leaves_no_file(running_node, own_tmpdir):
         assoc.dimse.send_msg(_request(None), assoc.accepted_contexts[0].context_id)
         assoc.release()
         left = _left_after((own_tmpdir, node.work / "received"))
+        receiving_in = (node.work / "received").is_dir()
         node.abandon()
     assert left == []
-    assert (node.work / "received").is_dir()  # where the node receives them
+    assert receiving_in  # where the node receives them while it runs
+    assert not (node.work / "received").exists()  # and no more once it has stopped
 
 
 def test_data_sets_queued_when_the_peer_aborts_leave_no_file(serve_bundle, tmp_path, free_port, wait_port, own_tmpdir):
