@@ -9,17 +9,16 @@ given its path (``event.dataset_path``), and pynetdicom closes and removes the f
 handler has returned (a removal that finds it gone is passed over). ``event.dataset`` then reads
 the whole file with pydicom, pixels included, so the node never asks for it: it reads the header
 here with its large elements deferred, checks the pixels frame by frame from the file, and stores
-an Enhanced CT by a hard link of the file into its work folder (a copy only where the work folder
-lies on another file system than ``TMPDIR``).
+an Enhanced CT by a hard link of the file into its work folder (a copy only where the file
+system refuses the link).
 
 The setting is module-level, read by pynetdicom (``if _config.STORE_RECV_CHUNKED_DATASET``) in
 the thread that decodes each C-STORE's command set, as its last fragment arrives. While a node
 runs it holds an object (:class:`ToFileInNodeThreads`) that is true only in a node's association
 thread whose C-STORE names an Enhanced CT class, the one whose data set is a whole series, and
 in any other thread what the setting was before: another pynetdicom SCP in the process receives
-as it did, and a slice still comes in memory (a disk with no room for it then answers 0xA700
-rather than ending the association, as pynetdicom does when its write to the file fails). It is
-put back once the last node in the process stops.
+as it did, and a slice still comes in memory. It is put back once the last node in the process
+stops.
 
 pynetdicom removes the file only once the handler has returned, and writes it with
 ``NamedTemporaryFile`` in ``TMPDIR``: a request the handler never saw (malformed, or still
@@ -31,8 +30,9 @@ writes into the node's ``received`` folder in its work folder (the hard link sta
 system) and keeps each file with its connection; the connection's socket, closed on every path
 an association ends by, removes those no handler took (:meth:`ReceivedFiles.discard`); a write
 that fails removes its file at once and drops the rest of the data set, which the handler then
-answers 0xA700; and the folder is emptied as the node starts. In any other thread pynetdicom
-creates its files as before.
+answers 0xA700; and the folder is emptied as the node starts (and removed as it stops). In any
+other thread pynetdicom creates its files as before. (``NamedTemporaryFile`` takes no folder
+per thread: ``tempfile.tempdir`` would move every other user's temporary files too.)
 """
 
 from __future__ import annotations
