@@ -73,10 +73,15 @@ def decodable_transfer_syntaxes() -> list[str]:
 
 def add_ct_contexts(ae) -> None:
     """Offer each of :data:`CT_CLASSES` to peers in the transfer syntaxes decoded here (added to
-    the uncompressed ones ``ae`` offers already)."""
+    the uncompressed ones ``ae`` offers already), Deflated Explicit VR Little Endian excepted:
+    pydicom inflates a deflated data set whole in memory before reading any element, so a few
+    megabytes sent (within every bound on the wire) would take the node up by gigabytes. A peer
+    offering it offers the uncompressed syntaxes too (dcmtk's ``storescu -xd``, pynetdicom's
+    defaults) and sends in one of those."""
     syntaxes = decodable_transfer_syntaxes()
     for sop_class in CT_CLASSES:
         ae.add_supported_context(sop_class, syntaxes)
+        ae.remove_supported_context(sop_class, DEFLATED)
 
 
 def incoming_uids(ds) -> tuple[str, str]:
@@ -149,9 +154,9 @@ def refusal(ds, context_class: str, path=None) -> tuple[int, str] | None:
             # a whole series: decoded frame by frame and each frame dropped once checked, never
             # held whole (1,000 RLE frames of 512x512 are 8 MB as sent, 500 MB decoded); the file
             # is stored as it came, and the series read decodes it frame by frame again
-            # from the file it was received to, one frame read at a time; pydicom reads frames of a
-            # deflated file only from the data set (inflated whole, as the file is read)
-            check_pixels(ds if path is None or str(syntax) == DEFLATED else path, label, checked)
+            # from the file it was received to, one frame read at a time (never deflated: no such
+            # context is accepted, add_ct_contexts)
+            check_pixels(ds if path is None else path, label, checked)
         elif UID(str(syntax)).is_compressed:
             # Decoded here, in full, and kept decoded: the series read then takes the pixels as
             # they are instead of decoding every image a second time (JPEG 2000 costs the most).

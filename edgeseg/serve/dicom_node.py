@@ -55,7 +55,7 @@ from edgeseg.serve.dicom_node_events import NodeEvents
 from edgeseg.serve.dicom_node_lifecycle import GuardedThread, NodeLifecycle
 from edgeseg.serve.dicom_peer_watch import PeerWatch
 from edgeseg.serve.dicom_segmented import SegmentedSeries, SegReference
-from edgeseg.serve.dicom_received import pixel_data_bytes, read_received, received_path
+from edgeseg.serve.dicom_received import pixel_data_bytes, read_received, received_path, write_failure
 from edgeseg.serve.dicom_recovery import take_up
 from edgeseg.serve.dicom_series import HeldSeries, ImageNotStored, SendingAssociations, seg_path
 from edgeseg.serve.dicom_work import WorkClaim, sync_file, sync_folder
@@ -143,6 +143,12 @@ class DicomNode(NodeEvents, NodeLifecycle):
             log.warning("refused an image of SOP class %s: only CT and Enhanced CT images are segmented", sop_class)
             return STATUS_SOP_CLASS_NOT_SUPPORTED
         received = received_path(event)  # an Enhanced CT's data set in a file (dicom_received.py); else None: in memory
+        unwritten = write_failure(received)
+        if unwritten is not None:  # the disk had no room for it: the rest was dropped, the file removed
+            self.stats.refused += 1
+            sop_uid = str(event.request.AffectedSOPInstanceUID)
+            log.error("refused image %s: cannot receive it into %s: %s", sop_uid, received.parent, unwritten)
+            return failure_status(STATUS_OUT_OF_RESOURCES, f"no room to receive it: {unwritten}", sop_uid)
         try:
             if received is None:
                 ds, encoded = event.dataset, event.request.DataSet.getbuffer().nbytes

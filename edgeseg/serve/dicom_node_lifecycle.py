@@ -22,7 +22,7 @@ from edgeseg.serve.dicom_connections import limited_server_class
 from edgeseg.serve.dicom_intake import ENHANCED_CT_CLASSES, add_ct_contexts
 from edgeseg.serve.dicom_peer_bound import (MAX_PDU_LENGTH, PeerBounds, bounded_request_handler, data_set_limit,
                                             multi_frame_data_set_limit)
-from edgeseg.serve.dicom_received import (discard_partial, removed_on_failure, start_receiving_to_files,
+from edgeseg.serve.dicom_received import (prepare_received_folder, removed_on_failure, start_receiving_to_files,
                                           stop_receiving_to_files)
 from edgeseg.serve.dicom_refusal import REFUSAL_WAIT
 
@@ -87,13 +87,15 @@ class NodeLifecycle:
                     (pynetdicom.evt.EVT_C_ECHO, lambda event: 0x0000),
                     (pynetdicom.evt.EVT_REJECTED, self._on_rejected), (pynetdicom.evt.EVT_ACCEPTED, self._on_accepted),
                     (pynetdicom.evt.EVT_CONN_OPEN, self._peers.opened), (pynetdicom.evt.EVT_CONN_CLOSE, self._peers.closed)]
-        # a data set cut off mid-way leaves its part in TMPDIR unless removed here (dicom_received.py)
-        handlers.append((pynetdicom.evt.EVT_CONN_CLOSE, discard_partial))
         if self.audit is not None:
             handlers += [(pynetdicom.evt.EVT_RELEASED, lambda event: self.audit.ended(event, "released")),
                          (pynetdicom.evt.EVT_ABORTED, lambda event: self.audit.ended(event, "aborted"))]
+        # Enhanced CT data sets are received into the node's own folder, emptied here of those a
+        # node killed outright left, each removed as its connection closes unless a handler took it
+        received = prepare_received_folder(self.work)
         request_handler = bounded_request_handler(self._peer_bounds, self._on_peer_refused, self._peers.add,
-                                                  self._connections.release, self._connections.admit_request)
+                                                  self._connections.release, self._connections.admit_request,
+                                                  received)
         server_class = limited_server_class(self._connections, min(self.peer_timeout, REFUSAL_WAIT), self._binding)
         # each C-STORE's data set written to a file as it arrives, not gathered in memory; for
         # pynetdicom a process-wide setting, held while a node runs (dicom_received.py)
@@ -162,6 +164,8 @@ class NodeLifecycle:
         if self._receiving:  # no association is left to receive a data set
             self._receiving = False
             stop_receiving_to_files()
+            # empty: each file went with its connection; a stopped node's work folder holds its series alone
+            shutil.rmtree(self.work / "received", ignore_errors=True)
         if self._own_work:
             shutil.rmtree(self.work, ignore_errors=True)
         if self._claim is not None:

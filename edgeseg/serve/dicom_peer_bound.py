@@ -29,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from edgeseg.limits import HU_ITEMSIZE, InputLimits
-from edgeseg.serve.dicom_received import next_to_file
+from edgeseg.serve.dicom_received import ReceivedFiles, next_to_file
 
 # What the node offers as its maximum PDU length (the variable field of a P-DATA-TF PDU): the
 # customary default of pynetdicom and dcmtk, which every peer honours.
@@ -105,8 +105,10 @@ class PduBoundSocket:
 
     def __init__(self, sock, bounds: PeerBounds, refused: Callable[[str], None], address=("?", 0),
                  closed: Callable[[], None] = lambda: None,
-                 requested: Callable[[bytes], Refusal | None] = lambda pdu: None) -> None:
+                 requested: Callable[[bytes], Refusal | None] = lambda pdu: None,
+                 received: ReceivedFiles | None = None) -> None:
         self._sock = sock
+        self._received = received  # the files its Enhanced CT data sets are written to
         self._on_close = closed
         # given the peer's A-ASSOCIATE-RQ PDU, whole: None to hand it on, or the PDU to answer it
         # with instead (an A-ASSOCIATE-RJ) and what to call with whether it was sent, the
@@ -166,6 +168,10 @@ class PduBoundSocket:
         try:
             self._sock.close()
         finally:
+            # every way an association ends closes its socket (pynetdicom's reading thread, or its
+            # association thread once that reading thread has died): no file outlives it
+            if self._received is not None:
+                self._received.discard()
             if on_close is not None:
                 on_close()
 
@@ -285,7 +291,7 @@ class PduBoundSocket:
                     sent = affected_class(bytes(self._command_bytes))
                     self._sent_multi_frame = sent in self._bounds.multi_frame_classes
                     # pynetdicom decodes this PDU in the thread reading it: a whole series goes to a file
-                    next_to_file(self._sent_multi_frame)
+                    next_to_file(self._received if self._sent_multi_frame else None)
                     self._command, self._command_bytes = 0, bytearray()
             else:
                 self._data_set += size
@@ -345,13 +351,15 @@ def proposed_contexts(body: bytes, classes: frozenset) -> set[int]:
 def bounded_request_handler(bounds: Callable[[], PeerBounds], refused: Callable[[tuple, str], None],
                             opened: Callable[[PduBoundSocket], None] = lambda conn: None,
                             closed: Callable[[object], None] = lambda sock: None,
-                            requested: Callable[[object, tuple, bytes], Refusal | None] = lambda sock, address, pdu: None):
+                            requested: Callable[[object, tuple, bytes], Refusal | None] = lambda sock, address, pdu: None,
+                            received_folder=None):
     """A pynetdicom request handler class whose associations read their peer through
     :class:`PduBoundSocket`; ``bounds()`` is asked once per association, ``refused(address,
     reason)`` called when one is aborted, ``opened(conn)`` with each new one (to watch its clock),
     ``closed(sock)`` with its accepted socket once that is closed, ``requested(sock, address,
     pdu)`` with its association request, to answer in pynetdicom's place (its PDU, and what to
-    call with whether it was sent) or not (None)."""
+    call with whether it was sent) or not (None); its multi-frame data sets are received into
+    ``received_folder`` (else in memory)."""
     from pynetdicom.transport import RequestHandler
 
     class BoundedRequestHandler(RequestHandler):
@@ -359,7 +367,8 @@ def bounded_request_handler(bounds: Callable[[], PeerBounds], refused: Callable[
             super().setup()
             address, sock = self.client_address, self.request
             self.request = PduBoundSocket(sock, bounds(), lambda reason: refused(address, reason), address,
-                                          closed=lambda: closed(sock), requested=lambda pdu: requested(sock, address, pdu))
+                                          closed=lambda: closed(sock), requested=lambda pdu: requested(sock, address, pdu),
+                                          received=None if received_folder is None else ReceivedFiles(received_folder))
             opened(self.request)
 
     return BoundedRequestHandler

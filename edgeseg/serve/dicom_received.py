@@ -9,22 +9,30 @@ given its path (``event.dataset_path``), and pynetdicom closes and removes the f
 handler has returned (a removal that finds it gone is passed over). ``event.dataset`` then reads
 the whole file with pydicom, pixels included, so the node never asks for it: it reads the header
 here with its large elements deferred, checks the pixels frame by frame from the file, and stores
-an Enhanced CT by a hard link of the file into its work folder (a copy only where the work folder
-lies on another file system than ``TMPDIR``).
+an Enhanced CT by a hard link of the file into its work folder (a copy only where the file
+system refuses the link).
 
 The setting is module-level, read by pynetdicom (``if _config.STORE_RECV_CHUNKED_DATASET``) in
 the thread that decodes each C-STORE's command set, as its last fragment arrives. While a node
 runs it holds an object (:class:`ToFileInNodeThreads`) that is true only in a node's association
 thread whose C-STORE names an Enhanced CT class, the one whose data set is a whole series, and
 in any other thread what the setting was before: another pynetdicom SCP in the process receives
-as it did, and a slice still comes in memory (a disk with no room for it then answers 0xA700
-rather than ending the association, as pynetdicom does when its write to the file fails). It is
-put back once the last node in the process stops.
+as it did, and a slice still comes in memory. It is put back once the last node in the process
+stops.
 
-pynetdicom removes the file only once the handler has returned; a connection ending while a data
-set was arriving (an abort, the node's own bound on a message) would leave the part received in
-``TMPDIR`` for good, so the node removes it as the connection closes (:func:`discard_partial`),
-and the file of a handler that raised too (:func:`removed_on_failure`).
+pynetdicom removes the file only once the handler has returned, and writes it with
+``NamedTemporaryFile`` in ``TMPDIR``: a request the handler never saw (malformed, or still
+queued when the peer aborted), a connection ending mid-way, a write that failed (a full disk,
+which ended pynetdicom's reading thread and with it every close event) and a node killed outright
+left files there for good. The node therefore owns its files: while a node runs, pynetdicom's
+``NamedTemporaryFile`` is, in a node's association thread, :class:`ReceivedFiles.create`, which
+writes into the node's ``received`` folder in its work folder (the hard link stays on one file
+system) and keeps each file with its connection; the connection's socket, closed on every path
+an association ends by, removes those no handler took (:meth:`ReceivedFiles.discard`); a write
+that fails removes its file at once and drops the rest of the data set, which the handler then
+answers 0xA700; and the folder is emptied as the node starts (and removed as it stops). In any
+other thread pynetdicom creates its files as before. (``NamedTemporaryFile`` takes no folder
+per thread: ``tempfile.tempdir`` would move every other user's temporary files too.)
 """
 
 from __future__ import annotations
@@ -34,6 +42,7 @@ import errno
 import os
 import shutil
 import struct
+import tempfile
 import threading
 from pathlib import Path
 
@@ -46,6 +55,9 @@ _SEQUENCE_DELIMITER = (0xFFFE, 0xE0DD)
 _lock = threading.Lock()
 _users = 0
 _before: object = None
+_before_file: object = None
+# the files of every connection, by path: a handler (another thread) asks of its own
+_files: dict[str, "ReceivedFile"] = {}
 _thread = threading.local()
 
 
@@ -60,32 +72,140 @@ class ToFileInNodeThreads:
 
     def __bool__(self) -> bool:
         to_file = getattr(_thread, "to_file", None)
-        return bool(self.before) if to_file is None else to_file
+        return bool(self.before) if to_file is None else bool(to_file)
 
 
-def next_to_file(to_file: bool) -> None:
+def next_to_file(files: "ReceivedFiles | None") -> None:
     """The C-STORE whose command set the calling thread (a node's association) has just read is
-    received to a file (``to_file``) or in memory."""
-    _thread.to_file = to_file
+    received to a file of ``files`` (its connection's), or in memory (None)."""
+    _thread.to_file = files if files is not None else False
+
+
+class ReceivedFile:
+    """What pynetdicom writes one data set to (it calls ``write``, ``file.flush``, ``close`` and
+    reads ``name``). A write that fails (no room on disk) closes and removes the file at once and
+    drops the rest of the data set, keeping why in :attr:`failed`: pynetdicom would otherwise
+    raise in its reading thread, which ends it without closing the connection."""
+
+    def __init__(self, folder: Path, suffix: str) -> None:
+        fd, self.name = tempfile.mkstemp(dir=folder, suffix=suffix)
+        self._file = os.fdopen(fd, "wb")
+        self.failed: str | None = None
+        self.handed = False  # to the C-STORE handler: pynetdicom removes it after the handler
+
+    @property
+    def file(self) -> "ReceivedFile":
+        return self
+
+    def __bool__(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        if self.failed is None:
+            try:
+                self._file.write(data)
+            except (OSError, ValueError) as exc:  # ValueError: closed by the connection's end meanwhile
+                self._fail(exc)
+        return len(data)
+
+    def flush(self) -> None:
+        if self.failed is None:
+            try:
+                self._file.flush()
+            except (OSError, ValueError) as exc:
+                self._fail(exc)
+
+    def _fail(self, exc: Exception) -> None:
+        self.failed = getattr(exc, "strerror", None) or str(exc)
+        self.remove()
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self._file.close()
+
+    def remove(self) -> None:
+        self.close()
+        with contextlib.suppress(OSError):
+            os.unlink(self.name)
+
+
+class ReceivedFiles:
+    """The files one connection's data sets were received to, in the node's ``folder``."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self._mine: list[ReceivedFile] = []
+
+    def create(self, **kwargs) -> ReceivedFile:
+        """pynetdicom's ``NamedTemporaryFile(delete=False, mode="wb", suffix=".dcm")``."""
+        file = ReceivedFile(self.folder, kwargs.get("suffix", ""))
+        with _lock:
+            _files[file.name] = file
+            self._mine.append(file)
+        return file
+
+    def discard(self) -> None:
+        """The connection has closed: remove every file no handler took (a request pynetdicom
+        refused, one still queued, one cut off mid-way)."""
+        with _lock:
+            mine, self._mine = self._mine, []
+            left = [file for file in mine if not file.handed]
+            for file in mine:
+                _files.pop(file.name, None)
+        for file in left:
+            file.failed = file.failed or "the connection closed"  # what pynetdicom still writes is dropped
+            file.remove()
+
+
+def _named_temporary_file(**kwargs):
+    """pynetdicom's ``NamedTemporaryFile`` while a node runs: the node's own in its threads."""
+    files = getattr(_thread, "to_file", None)
+    if isinstance(files, ReceivedFiles):
+        return files.create(**kwargs)
+    return _before_file(**kwargs)
+
+
+def write_failure(path: Path | None) -> str | None:
+    """Why the data set received to ``path`` could not be written whole (the disk full), or None."""
+    with _lock:
+        file = _files.get(str(path))
+    return None if file is None else file.failed
+
+
+def prepare_received_folder(work: Path) -> Path:
+    """The node's ``received`` folder in ``work``, emptied: the files of a node killed outright."""
+    from edgeseg.errors import DataError
+
+    folder = work / "received"
+    try:
+        if folder.is_symlink() or folder.is_file():
+            folder.unlink()
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DataError(f"cannot make the folder {folder} to receive images into: {exc.strerror or exc}") from None
+    return folder
 
 
 def start_receiving_to_files() -> None:
     """Have pynetdicom write the node's multi-frame C-STORE data sets to files from now on (for
     one more node in the process)."""
-    global _users, _before
-    from pynetdicom import _config
+    global _users, _before, _before_file
+    from pynetdicom import _config, dimse_messages
 
     with _lock:
         if _users == 0:
             _before = _config.STORE_RECV_CHUNKED_DATASET
             _config.STORE_RECV_CHUNKED_DATASET = ToFileInNodeThreads(_before)
+            _before_file = dimse_messages.NamedTemporaryFile
+            dimse_messages.NamedTemporaryFile = _named_temporary_file
         _users += 1
 
 
 def stop_receiving_to_files() -> None:
     """One node fewer: once none is left, the setting is put back to what it was before the first."""
     global _users
-    from pynetdicom import _config
+    from pynetdicom import _config, dimse_messages
 
     with _lock:
         if _users == 0:
@@ -93,6 +213,7 @@ def stop_receiving_to_files() -> None:
         _users -= 1
         if _users == 0:
             _config.STORE_RECV_CHUNKED_DATASET = _before
+            dimse_messages.NamedTemporaryFile = _before_file
 
 
 def received_path(event) -> Path | None:
@@ -152,30 +273,26 @@ def place_received(source: Path, staged: Path) -> None:
 
 
 def removed_on_failure(handler):
-    """``handler`` (the C-STORE handler) removing the file its data set was received to when it
-    raises: pynetdicom removes the file only after a handler that returned."""
+    """``handler`` (the C-STORE handler) taking the file its data set was received to from its
+    connection (pynetdicom removes it once the handler has returned), and removing it where the
+    handler raises."""
     def handled(event):
+        path = received_path(event)
+        if path is not None:
+            with _lock:
+                file = _files.get(str(path))
+                if file is not None:
+                    file.handed = True
         try:
             return handler(event)
         except BaseException:
-            path = received_path(event)
             if path is not None:
                 with contextlib.suppress(OSError):
                     os.unlink(path)
             raise
+        finally:
+            if path is not None:
+                with _lock:
+                    _files.pop(str(path), None)
 
     return handled
-
-
-def discard_partial(event) -> None:
-    """pynetdicom's EVT_CONN_CLOSE: remove the file of a data set whose connection ended before
-    its last fragment (pynetdicom removes only those its handler was called with). The message
-    being received is pynetdicom's; one complete is handed on and no longer there."""
-    message = getattr(getattr(event.assoc, "dimse", None), "message", None)
-    partial = getattr(message, "_data_set_file", None)
-    if partial is None:
-        return
-    with contextlib.suppress(OSError):
-        partial.close()
-    with contextlib.suppress(OSError):
-        os.unlink(partial.name)

@@ -66,12 +66,12 @@ def test_concurrent_enhanced_ct_senders_take_less_than_one_file_of_memory(serve_
         assert copy.SeriesInstanceUID == source.SeriesInstanceUID and copy.PixelData == source.PixelData
     assert len(stored) == SENDERS
     assert peak - before < size_kib, (before, peak, size_kib)
-    assert [p.name for p in tmp_path.glob("tmp*.dcm")] == []  # no received file left behind
+    assert [p.name for p in tmp_path.rglob("tmp*.dcm")] == []  # no received file left, in TMPDIR or work
 
 
 def test_a_data_set_cut_off_leaves_no_file_behind(serve_bundle, tmp_path, free_port, wait_port, monkeypatch):
     """An Enhanced CT past the volume limit has its association aborted as it comes (the node's
-    bound on one message): the part received, written to a file in TMPDIR as it came, is removed
+    bound on one message): the part received, written to a file as it came, is removed
     with the connection, and the node still takes the next peer's image."""
     from tests.serve.test_dicom_node_hostile import start_listen, stop_listen
 
@@ -86,9 +86,9 @@ def test_a_data_set_cut_off_leaves_no_file_behind(serve_bundle, tmp_path, free_p
         wait_port(port, timeout=60)
         [cut] = _send_all(port, [big])
         deadline = time.monotonic() + 10
-        while list(tmp_path.glob("tmp*.dcm")) and time.monotonic() < deadline:
+        while list(tmp_path.rglob("tmp*.dcm")) and time.monotonic() < deadline:
             time.sleep(0.1)
-        left = [p.name for p in tmp_path.glob("tmp*.dcm")]
+        left = [p.name for p in tmp_path.rglob("tmp*.dcm")]
         [taken] = _send_all(port, [small])
     finally:
         err = stop_listen(proc)
@@ -137,10 +137,10 @@ def test_another_pynetdicom_scp_in_the_process_receives_as_before(running_node, 
 
 @pytest.mark.skipif(not Path("/dev/shm").is_dir() or Path("/dev/shm").stat().st_dev == Path(__file__).stat().st_dev,
                     reason="needs /dev/shm on a file system of its own")
-def test_an_enhanced_ct_received_on_another_file_system_is_copied_into_work(serve_bundle, tmp_path, free_port,
-                                                                              wait_port):
-    """``--work`` on another file system than TMPDIR: the received file cannot be linked in, so it
-    is copied, flushed and acknowledged, the stored file whole, and TMPDIR left empty."""
+def test_an_enhanced_ct_is_received_on_the_work_folders_file_system(serve_bundle, tmp_path, free_port, wait_port):
+    """``--work`` on another file system than TMPDIR: the data set was received in TMPDIR and
+    copied into the work folder; it is now received in the work folder itself (linked in, never
+    in TMPDIR), acknowledged, the stored file whole, nothing left in TMPDIR or work/received."""
     import os
     import shutil
     import sys
@@ -161,7 +161,7 @@ def test_an_enhanced_ct_received_on_another_file_system_is_copied_into_work(serv
         [answer] = _send_all(port, [path])
         stored = list((tmp_path / "work").glob("*/*.dcm"))
         copy = pydicom.dcmread(stored[0]) if len(stored) == 1 else None
-        left = sorted(p.name for p in received.iterdir())
+        left = sorted(p.name for p in received.iterdir()) + sorted(p.name for p in (tmp_path / "work" / "received").iterdir())
     finally:
         proc.kill()
         proc.communicate()
@@ -171,31 +171,61 @@ def test_an_enhanced_ct_received_on_another_file_system_is_copied_into_work(serv
     assert left == []
 
 
-def test_a_deflated_enhanced_ct_received_to_a_file_is_checked_and_stored(running_node, tmp_path):
-    """Sent in Deflated Explicit VR Little Endian, an Enhanced CT's file holds its data set
-    deflated, which pydicom cannot read frames from: it was answered 0xC000 ("no 'Pixel Data'
-    element") once received to a file. Its frames are now checked from the data set read."""
-    import numpy as np
+def _deflate_bomb(path: Path, frames: int) -> int:
+    """Write to ``path`` an Enhanced CT file in Deflated Explicit VR Little Endian whose ``frames``
+    zero frames of SIZE x SIZE inflate to ``frames`` x 512 KiB, deflated to well under 1 MB, made
+    without holding the inflated data; its inflated size."""
+    import zlib
+    from io import BytesIO
+
+    from pydicom.filewriter import write_file_meta_info
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+    from pynetdicom.dsutils import encode
+
+    ds = _big_enhanced_ct(frames)
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    meta = BytesIO()
+    write_file_meta_info(meta, ds.file_meta, enforce_standard=True)
+    header = encode(ds, False, True)  # explicit VR little endian, as it is inflated
+    pixel_bytes = frames * SIZE * SIZE * 2
+    pixel_element = (0x7FE0).to_bytes(2, "little") + (0x0010).to_bytes(2, "little") + b"OW\0\0"
+    deflate = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    zeros = bytes(1 << 20)
+    with open(path, "wb") as out:
+        out.write(b"\0" * 128 + b"DICM" + meta.getvalue())
+        out.write(deflate.compress(header + pixel_element + pixel_bytes.to_bytes(4, "little")))
+        for _ in range(pixel_bytes // len(zeros)):
+            out.write(deflate.compress(zeros))
+        out.write(deflate.flush())
+    return len(header) + 12 + pixel_bytes
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="reads VmRSS and VmHWM from /proc")
+def test_a_deflate_bomb_is_refused_without_inflating_it(serve_bundle, tmp_path, free_port, wait_port):
+    """An Enhanced CT in Deflated Explicit VR Little Endian, under 1 MB as sent and 256 MiB
+    inflated: the size checks saw the deflated size, and pydicom inflated it whole in memory to
+    read it (the node grew by its inflated size; one of gigabytes was unbounded). The node now
+    accepts no CT in that syntax: the context is rejected, and its memory does not grow."""
     from pydicom.uid import DeflatedExplicitVRLittleEndian
     from pynetdicom import AE
 
-    ds = _big_enhanced_ct(8)
-    ds.PixelData = np.ones((8, SIZE, SIZE), np.int16).tobytes()
-    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    bomb = tmp_path / "bomb.dcm"
+    inflated_kib = _deflate_bomb(bomb, 512) // 1024
+    assert bomb.stat().st_size < 1 << 20
     peer = AE()
-    peer.add_requested_context(ds.SOPClassUID, DeflatedExplicitVRLittleEndian)
-    with running_node(idle=3600) as node:
-        assoc = peer.associate("127.0.0.1", node.port, ae_title="EDGESEG")
+    peer.add_requested_context(pydicom.dcmread(bomb, stop_before_pixels=True).SOPClassUID,
+                               DeflatedExplicitVRLittleEndian)
+    with listen_peak_reset(serve_bundle, tmp_path, free_port, wait_port) as (port, pid, before):
+        assoc = peer.associate("127.0.0.1", port, ae_title="EDGESEG")
         try:
-            status = assoc.send_c_store(ds)
+            accepted = [cx for cx in assoc.accepted_contexts if cx.transfer_syntax[0] == DeflatedExplicitVRLittleEndian]
+            if accepted:
+                assoc.send_c_store(bomb)
         finally:
             assoc.release()
-        stored = list(node.work.rglob("*.dcm"))
-        kept = pydicom.dcmread(stored[0]) if len(stored) == 1 else None
-        node.abandon()
-    assert status.Status == 0x0000, status
-    assert kept is not None and kept.file_meta.TransferSyntaxUID == DeflatedExplicitVRLittleEndian
-    assert np.array_equal(kept.pixel_array, np.ones((8, SIZE, SIZE), np.int16))
+        peak = _status_kib(pid, "VmHWM")
+    assert peak - before < inflated_kib // 4, (before, peak, inflated_kib)
+    assert accepted == []
 
 
 @pytest.mark.parametrize("where", ["before-pixels", "after-pixels"])

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -101,13 +102,19 @@ def test_late_images_are_segmented_with_the_series_into_a_seg_that_replaces_the_
     assert not list((tmp_path / "work").iterdir())  # the stop leaves no image behind
 
 
+def _held(work: Path) -> list[str]:
+    """What a running node holds in ``work``, its ``received`` folder (Enhanced CT files in
+    flight, none here) left out."""
+    return sorted(p.name for p in work.iterdir() if p.name != "received")
+
+
 def test_keep_segmented_0_leaves_late_images_a_seg_of_their_own(serve_bundle, tmp_path, free_port, wait_port):
     """--keep-segmented 0: nothing is kept, the late part is segmented alone, as before."""
     files = sorted(SERIES.glob("*.dcm"))
     with _running(serve_bundle, tmp_path, free_port, wait_port, keep_segmented=0) as node:
         assert _storescu(node.port, files[:1]).returncode == 0
         assert _wait_for(lambda: len(node.stats.segmented) == 1, 60), node.stats
-        assert _wait_for(lambda: not list((tmp_path / "work").iterdir()))  # its images are not kept
+        assert _wait_for(lambda: not _held(tmp_path / "work"))  # its images are not kept
         assert _storescu(node.port, files[1:]).returncode == 0
         assert _wait_for(lambda: len(node.stats.segmented) == 2, 60), node.stats
     uid = pydicom.dcmread(files[0]).SeriesInstanceUID
@@ -126,10 +133,10 @@ def test_a_kept_series_gives_its_room_to_a_new_one(serve_bundle, tmp_path, free_
         ds.save_as(other / path.name)
     with _running(serve_bundle, tmp_path, free_port, wait_port, max_series=1) as node:
         assert _storescu(node.port, files).returncode == 0
-        assert _wait_for(lambda: [p.name for p in (tmp_path / "work").iterdir()]
+        assert _wait_for(lambda: _held(tmp_path / "work")
                          == [f"{pydicom.dcmread(files[0]).SeriesInstanceUID}.segmented"], 60)  # kept
         done = _storescu(node.port, sorted(other.iterdir()))
-        held = sorted(p.name for p in (tmp_path / "work").iterdir())
+        held = _held(tmp_path / "work")
     assert done.returncode == 0 and "Refused" not in done.stderr, done.stderr
     assert node.stats.refused == 0
     # the second series alone (received, being segmented or kept): the first one's images are gone

@@ -187,7 +187,8 @@ def test_an_image_the_disk_cannot_take_is_refused_out_of_resources(running_liste
         refused = _storescu(running_listen.port, files[:1])
         assert "Refused: OutOfResources" in refused.stderr, refused.stderr
         [work] = (tmp_path / "tmp").glob("edgeseg-listen-*")
-        assert list(work.iterdir()) == []
+        assert list(work.iterdir()) == [work / "received"]  # the node's folder for Enhanced CT files, empty
+        assert list((work / "received").iterdir()) == []
         _limit(proc, resource.RLIM_INFINITY)
         stored = _storescu(running_listen.port, files)
         assert stored.returncode == 0 and "OutOfResources" not in stored.stderr, stored.stderr

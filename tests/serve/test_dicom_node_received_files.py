@@ -1,0 +1,174 @@
+"""The files an Enhanced CT's data set is received to are the node's: none outlives its connection.
+
+pynetdicom wrote each to ``NamedTemporaryFile`` in TMPDIR and removed it only once the C-STORE
+handler had returned. A request pynetdicom refused itself (a C-STORE without its Message ID:
+no handler call, a 2 MB file left), data sets still queued when the peer aborted (three sent,
+one handled, two files left), a write the disk could not take (pynetdicom's reading thread
+died, no close event came, the part written stayed and kept the disk full) and a node killed
+outright all left files in TMPDIR for good. The node now receives them into ``received`` in its
+work folder, removes what no handler took as the connection closes, and empties the folder as
+it starts (edgeseg/serve/dicom_received.py).
+"""
+
+from __future__ import annotations
+
+import resource
+import tempfile
+import threading
+import time
+from io import BytesIO
+from pathlib import Path
+
+import pytest
+
+from tests.serve.test_dicom_node import DCMTK
+from tests.serve.test_dicom_node_failures import running_node  # noqa: F401 - the fixture
+from tests.serve.test_full_disk import _limit, running_listen  # noqa: F401 - the fixture
+
+pynetdicom = pytest.importorskip("pynetdicom")
+pydicom = pytest.importorskip("pydicom")
+
+ENHANCED_CT = "1.2.840.10008.5.1.4.1.1.2.1"
+EXPLICIT = "1.2.840.10008.1.2.1"
+
+
+def _request(message_id: int | None, pixel_bytes: int = 2_000_000):
+    """A C-STORE request of an Enhanced CT class whose data set is ``pixel_bytes`` of pixel data
+    (and no UIDs of its own: the node answers it, if asked, with a failure)."""
+    from pydicom.dataset import Dataset
+    from pydicom.uid import generate_uid
+    from pynetdicom.dimse_primitives import C_STORE
+    from pynetdicom.dsutils import encode
+
+    ds = Dataset()
+    ds.SOPClassUID, ds.SOPInstanceUID = ENHANCED_CT, generate_uid()
+    ds.add_new(0x7FE00010, "OB", b"\0" * pixel_bytes)
+    request = C_STORE()
+    if message_id is not None:
+        request.MessageID = message_id
+    request.AffectedSOPClassUID, request.AffectedSOPInstanceUID = ENHANCED_CT, ds.SOPInstanceUID
+    request.DataSet = BytesIO(encode(ds, False, True))
+    return request
+
+
+def _files(*folders: Path) -> list[str]:
+    return sorted(str(p) for folder in folders for p in folder.glob("*.dcm"))
+
+
+def _left_after(folders: tuple[Path, ...], timeout: float = 20) -> list[str]:
+    """The data set files in ``folders`` once none is left or ``timeout`` seconds have passed."""
+    deadline = time.monotonic() + timeout
+    while _files(*folders) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return _files(*folders)
+
+
+@pytest.fixture
+def own_tmpdir(tmp_path, monkeypatch) -> Path:
+    """TMPDIR of this process (pynetdicom's temporary files), a folder of the test's."""
+    folder = tmp_path / "tmpdir"
+    folder.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(folder))
+    return folder
+
+
+def _peer():
+    peer = pynetdicom.AE()
+    peer.add_requested_context(ENHANCED_CT, EXPLICIT)
+    return peer
+
+
+def test_a_request_pynetdicom_refuses_leaves_no_file(running_node, own_tmpdir):
+    """A C-STORE without its Message ID: pynetdicom never calls the handler; its data set file
+    (2 MB) stayed in TMPDIR."""
+    with running_node(idle=3600) as node:
+        assoc = _peer().associate("127.0.0.1", node.port, ae_title="EDGESEG")
+        assoc.dimse.send_msg(_request(None), assoc.accepted_contexts[0].context_id)
+        assoc.release()
+        left = _left_after((own_tmpdir, node.work / "received"))
+        receiving_in = (node.work / "received").is_dir()
+        node.abandon()
+    assert left == []
+    assert receiving_in  # where the node receives them while it runs
+    assert not (node.work / "received").exists()  # and no more once it has stopped
+
+
+def test_data_sets_queued_when_the_peer_aborts_leave_no_file(serve_bundle, tmp_path, free_port, wait_port, own_tmpdir):
+    """Three C-STOREs sent without waiting, then an A-ABORT while the first is handled: the two
+    never handled stayed in TMPDIR."""
+    from edgeseg.runtime.segmenter import Segmenter
+    from edgeseg.serve.dicom_node import DicomNode
+
+    entered, go_on = threading.Event(), threading.Event()
+    with Segmenter.load(serve_bundle, backend="onnxruntime:fp32") as segmenter:
+        node = DicomNode(segmenter, port=free_port(), out=tmp_path / "out", work=tmp_path / "work", idle=3600)
+        on_store = node._on_store
+
+        def held(event):  # the first image is handled until the peer has aborted
+            entered.set()
+            go_on.wait(60)
+            return on_store(event)
+
+        node._on_store = held
+        node.start()
+        try:
+            wait_port(node.port)
+            assoc = _peer().associate("127.0.0.1", node.port, ae_title="EDGESEG")
+            context = assoc.accepted_contexts[0].context_id
+            for message_id in (1, 2, 3):
+                assoc.dimse.send_msg(_request(message_id), context)
+            assert entered.wait(60)
+            deadline = time.monotonic() + 30  # the three whole on the node's side
+            folders = (own_tmpdir, node.work / "received")
+            while (sum(Path(p).stat().st_size for p in _files(*folders)) < 3 * 2_000_000
+                   and time.monotonic() < deadline):
+                time.sleep(0.1)
+            received = len(_files(*folders))
+            assoc.abort()
+            time.sleep(0.5)  # the abort reaches the node while the first is still handled
+            go_on.set()
+            left = _left_after(folders)
+        finally:
+            go_on.set()
+            node.abandon()
+            node.stop()
+    assert received == 3
+    assert left == []
+
+
+def test_files_a_killed_node_left_are_removed_at_the_start(running_node, tmp_path):
+    """A node killed outright leaves what it was receiving; the next start removes it."""
+    received = tmp_path / "work" / "received"
+    received.mkdir(parents=True)
+    (received / "tmpcut.dcm").write_bytes(b"\0" * 1000)
+    with running_node(idle=3600) as node:
+        left = _files(received)
+        node.abandon()
+    assert node.work / "received" == received
+    assert left == []
+
+
+@pytest.mark.skipif(not DCMTK, reason="dcmtk (echoscu, storescu) is not installed: apt-get install dcmtk")
+def test_an_enhanced_ct_the_disk_cannot_take_is_refused_and_leaves_no_file(running_listen, tmp_path):
+    """A write of the received file that fails (a full disk; here the file size limit): it was
+    raised in pynetdicom's reading thread, which died; no close event came, the part written
+    stayed, and the sender saw its connection dropped. Now the rest is dropped, the file removed,
+    the image answered 0xA700, and the next Enhanced CT, with room again, is stored."""
+    from tests.serve.test_dicom_node_enhanced_ct_concurrent import _enhanced_ct_files, _send_all
+
+    sent = tmp_path / "sent"
+    sent.mkdir()
+    first, second = _enhanced_ct_files(sent, 2, 8)  # 4 MB each
+    with running_listen() as proc:
+        _limit(proc, 1_000_000)
+        [refused] = _send_all(running_listen.port, [first])
+        [work] = (tmp_path / "tmp").glob("edgeseg-listen-*")
+        left = _left_after((tmp_path / "tmp", work / "received"), timeout=5)
+        _limit(proc, resource.RLIM_INFINITY)
+        [stored] = _send_all(running_listen.port, [second])
+    assert left == []
+    assert "Received Store Response (Out of Resources" in refused or "OutOfResources" in refused, refused[-2000:]
+    assert "Received Store Response (Success)" in stored, stored[-2000:]
+    log = (tmp_path / "stderr.txt").read_text()
+    assert "Traceback" not in log
+    assert f"cannot receive it into {work / 'received'}: File too large" in log, log[-2000:]
