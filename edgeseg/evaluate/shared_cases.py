@@ -19,7 +19,6 @@ cost of the memory staying taken until the next evaluation with workers.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import itertools
 import os
 import re
@@ -43,6 +42,10 @@ def shared(pred: np.ndarray, truth: np.ndarray):
     block is made (Ctrl-C, SIGTERM during the copy) unlinks it before it goes on."""
     from multiprocessing import shared_memory
 
+    try:
+        import fcntl
+    except ImportError:  # Windows: no posix_fallocate either, the pipe it is
+        return None
     size = pred.nbytes + truth.nbytes
     try:
         block = shared_memory.SharedMemory(name=f"{PREFIX}{os.getpid()}-{next(_numbers)}", create=True,
@@ -89,6 +92,8 @@ def sweep_orphans(folder: Path = Path("/dev/shm")) -> list[str]:
         names = os.listdir(folder)
     except OSError:  # no /dev/shm (macOS keeps POSIX shared memory elsewhere)
         return removed
+    import fcntl
+
     for name in names:
         match = _NAME.fullmatch(name)
         if match is None or int(match.group(1)) == os.getpid() or _running(int(match.group(1))):
