@@ -75,6 +75,11 @@ def _metric_workers(pid: int) -> list[int]:
     return workers
 
 
+def _blocks(pid: int) -> list[str]:
+    """The shared-memory blocks of evaluating process ``pid`` still in /dev/shm."""
+    return [name for name in os.listdir("/dev/shm") if name.startswith(f"edgeseg-eval-{pid}-")]
+
+
 def _wait_for_workers(proc: subprocess.Popen, count: int = 1) -> list[int]:
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
@@ -127,6 +132,7 @@ def test_an_error_in_a_worker_is_one_line_and_writes_no_report(trained_checkpoin
     stdout, stderr = proc.communicate()
     check_one_line_error(subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr), "scipy")
     assert not out.exists() or not list(out.iterdir())
+    assert _blocks(proc.pid) == []
 
 
 def test_a_killed_worker_is_one_line_and_writes_no_report(trained_checkpoint, tmp_path):
@@ -139,8 +145,9 @@ def test_a_killed_worker_is_one_line_and_writes_no_report(trained_checkpoint, tm
     finally:
         proc.kill()
     check_one_line_error(subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr),
-                         "a metric worker process ended without a result")
+                         "a metric worker process killed by SIGKILL (out of memory?): ")
     assert not out.exists() or not list(out.iterdir())
+    assert _blocks(proc.pid) == []
 
 
 @pytest.mark.parametrize("stop, status", [("interrupt", 130), ("terminate", 143)])
@@ -178,7 +185,7 @@ def test_a_stopped_evaluation_leaves_no_worker_running(trained_checkpoint, tmp_p
         time.sleep(0.1)
     assert _in_session(proc.pid) == []
     assert not out.exists() or not list(out.iterdir())
-
+    assert _blocks(proc.pid) == []
 
 
 def test_a_case_is_handed_over_only_while_fewer_than_workers_cases_are_in_flight():
@@ -202,8 +209,11 @@ def test_a_case_is_handed_over_only_while_fewer_than_workers_cases_are_in_flight
         for slot, (case_id, args) in enumerate(cases[:2]):
             finished += pool.submit(slot, case_id, *args)
         workers = []
+        deadline = time.monotonic() + 300
         while len(workers) < 2:
+            assert time.monotonic() < deadline, "2 metric workers did not start in 300 s"
             workers = _metric_workers(os.getpid())
+            time.sleep(0.05)
         for pid in workers:
             os.kill(pid, signal.SIGSTOP)
         third = threading.Thread(target=lambda: finished.extend(pool.submit(2, cases[2][0], *cases[2][1])))
@@ -212,7 +222,8 @@ def test_a_case_is_handed_over_only_while_fewer_than_workers_cases_are_in_flight
         still_waiting = third.is_alive()
         for pid in workers:
             os.kill(pid, signal.SIGCONT)
-        third.join()
+        third.join(300)
+        assert not third.is_alive(), "the third case was not handed over in 300 s once the workers went on"
         finished += pool.finish()
     assert still_waiting, "a third case was handed over while 2 workers held 2 cases"
     assert sorted(slot for slot, _ in finished) == [0, 1, 2]
