@@ -45,6 +45,17 @@ def _erasing_graph(size: int) -> bytes:
     return model.SerializeToString()
 
 
+def _add_erasing_graph(bundle):
+    """The erasing graph listed as ``bundle``'s INT8 graph, with no verdict."""
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    graph = _erasing_graph(manifest["spec"]["size"][0])
+    (bundle / "model.int8.onnx").write_bytes(graph)
+    manifest["artifacts"].append({"file": "model.int8.onnx", "format": "onnx", "precision": "int8",
+                                  "sha256": hashlib.sha256(graph).hexdigest(), "bytes": len(graph),
+                                  "fingerprint": None, "extra": {}, "scored": []})
+    (bundle / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+
+
 @pytest.fixture(scope="module")
 def mask_255_bundle(trained_checkpoint, tmp_path_factory):
     """(bundle, data): the 0/255 bundle described above and its held-out NIfTI data."""
@@ -67,13 +78,7 @@ def mask_255_bundle(trained_checkpoint, tmp_path_factory):
                                                                        verify_slices=16, max_batch=4),
                   verify_data=str(data), progress=False, echo=lambda text: None)
     bundle = root / "bundle"
-    manifest = json.loads((bundle / "manifest.json").read_text())
-    graph = _erasing_graph(manifest["spec"]["size"][0])
-    (bundle / "model.int8.onnx").write_bytes(graph)
-    manifest["artifacts"].append({"file": "model.int8.onnx", "format": "onnx", "precision": "int8",
-                                  "sha256": hashlib.sha256(graph).hexdigest(), "bytes": len(graph),
-                                  "fingerprint": None, "extra": {}, "scored": []})
-    (bundle / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    _add_erasing_graph(bundle)
     return bundle, data
 
 
@@ -155,17 +160,6 @@ def _with_torch(bundle, checkpoint, tmp_path, python_without, *args):
     """``edgeseg gate BUNDLE --checkpoint CK`` where torch is installed (the PyTorch reference)."""
     return python_without(["-m", "edgeseg", "gate", str(bundle), "--checkpoint", str(checkpoint), "--quiet", *args],
                           tmp_path, ())
-
-
-def _add_erasing_graph(bundle):
-    """The erasing graph listed as ``bundle``'s INT8 graph, with no verdict."""
-    manifest = json.loads((bundle / "manifest.json").read_text())
-    graph = _erasing_graph(manifest["spec"]["size"][0])
-    (bundle / "model.int8.onnx").write_bytes(graph)
-    manifest["artifacts"].append({"file": "model.int8.onnx", "format": "onnx", "precision": "int8",
-                                  "sha256": hashlib.sha256(graph).hexdigest(), "bytes": len(graph),
-                                  "fingerprint": None, "extra": {}, "scored": []})
-    (bundle / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
 
 
 @pytest.fixture(scope="module")
