@@ -100,17 +100,32 @@ def held_out_without_torch(manifest: Manifest, parity: dict, verify_data: str | 
     if not here or not cases:
         raise DataError(f"edgeseg gate without torch or --checkpoint needs --verify-data DATA: the export's "
                         f"held-out data {recorded} is not found here")
-    options = {k: read_as.get(k) for k in ("case_pattern", "mask")} if record else {}
-    payload.update(train_config={"data": recorded, **options,
-                                 "intensity": read_as.get("intensity") if record else manifest.source.get("intensity")},
-                   split={"val": cases})
-    slice_ids = (record or {}).get("slice_ids")
-    verify_set = load_verify_set(payload, manifest.spec, None, int(parity["slices"]), intensity, slice_ids)
-    if record and truth_digest(verify_set.truth) != record.get("truth_sha256"):
+    if record:
+        return recorded_held_out(payload, manifest, parity, intensity,
+                                 "run edgeseg gate where torch is installed, with --checkpoint")
+    payload.update(train_config={"data": recorded, "intensity": manifest.source.get("intensity")}, split={"val": cases})
+    return load_verify_set(payload, manifest.spec, None, int(parity["slices"]), intensity)
+
+
+def recorded_held_out(payload: dict, manifest: Manifest, parity: dict, intensity: str | None, fix: str) -> VerifySet:
+    """The export's held-out slices read exactly as its gate read them: parity.json's data and
+    cases, its ``held_out`` record's ``read_as`` and ``slice_ids``, the labels of ``payload``
+    (the checkpoint's, or the recorded mapping). DataError where ``intensity`` is not the recorded
+    one, and where the labels read are not the ones the export's gate saw (``truth_sha256``)."""
+    record, recorded = parity["held_out"], parity.get("data")
+    read_as, slice_ids = record.get("read_as") or {}, record.get("slice_ids")
+    if intensity is not None and intensity != read_as.get("intensity"):
+        raise DataError(f"--intensity {intensity} is not the intensity the export read its held-out slices of "
+                        f"{recorded} with ({read_as.get('intensity') or 'the data default'}); give --verify-data DATA "
+                        f"with it to draw slices afresh")
+    train_config = {"data": recorded, "intensity": read_as.get("intensity"),
+                    **{k: read_as.get(k) for k in ("case_pattern", "mask")}}
+    payload = {**payload, "train_config": train_config, "split": {"val": list(parity.get("cases") or [])}}
+    verify_set = load_verify_set(payload, manifest.spec, None, int(parity["slices"]), None, slice_ids)
+    if truth_digest(verify_set.truth) != record.get("truth_sha256"):
         raise DataError(f"the labels of the export's {len(slice_ids)} held-out slices of {recorded} read here are not "
                         f"the ones its gate saw (sha256 {str(truth_digest(verify_set.truth))[:12]}..., parity.json "
-                        f"has {str(record.get('truth_sha256'))[:12]}...); run edgeseg gate where torch is installed, "
-                        f"with --checkpoint")
+                        f"has {str(record.get('truth_sha256'))[:12]}...); {fix}")
     return verify_set
 
 

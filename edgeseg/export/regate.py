@@ -193,17 +193,20 @@ def _torch_reference(manifest: Manifest, parity: dict, checkpoint: Path, verify_
     PyTorch model, as the export's gate ran it."""
     require("torch", "train", "edgeseg gate")
     from edgeseg.export.gate_rows import gate_logits
+    from edgeseg.export.onnx_reference import recorded_held_out
     from edgeseg.export.verify import load_verify_set
     from edgeseg.models.checkpoint import load_model
     from edgeseg.runtime.segmenter import Segmenter
 
     model, payload = load_model(checkpoint)
-    # The export's held-out data, where it was not the checkpoint's validation cases.
-    trained_on = (payload.get("train_config") or {}).get("data")
-    data = verify_data or (None if parity.get("data") == trained_on else parity.get("data"))
-    # the export's own slices, where recorded, unless other data is given
-    slice_ids = None if verify_data else (parity.get("held_out") or {}).get("slice_ids")
-    verify_set = load_verify_set(payload, manifest.spec, data, int(parity["slices"]), intensity, slice_ids)
+    if parity.get("held_out") and not verify_data:  # the export's own slices, read as its gate read them
+        verify_set = recorded_held_out(payload, manifest, parity, intensity,
+                                       "give --verify-data DATA to draw slices afresh, or export again")
+    else:
+        # The export's held-out data, where it was not the checkpoint's validation cases.
+        trained_on = (payload.get("train_config") or {}).get("data")
+        data = verify_data or (None if parity.get("data") == trained_on else parity.get("data"))
+        verify_set = load_verify_set(payload, manifest.spec, data, int(parity["slices"]), intensity)
     with Segmenter.from_module(model, manifest.spec, manifest.labels, max_batch=manifest.max_batch) as segmenter:
         reference = gate_logits(segmenter.logits, verify_set.images, manifest.max_batch, "gate: fp32 reference",
                                 progress)

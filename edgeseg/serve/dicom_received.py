@@ -44,7 +44,9 @@ import shutil
 import struct
 import tempfile
 import threading
+import uuid
 from pathlib import Path
+from typing import IO
 
 # elements larger than this stay on disk until asked for: the pixel data, a padded private one
 DEFER_BYTES = 1 << 20
@@ -89,9 +91,19 @@ class ReceivedFile:
 
     def __init__(self, folder: Path, suffix: str) -> None:
         fd, self.name = tempfile.mkstemp(dir=folder, suffix=suffix)
-        self._file = os.fdopen(fd, "wb")
+        self._file: IO[bytes] | None = os.fdopen(fd, "wb")
         self.failed: str | None = None
         self.handed = False  # to the C-STORE handler: pynetdicom removes it after the handler
+        self.owner: ReceivedFiles | None = None  # the connection's files it is among
+
+    @classmethod
+    def unmade(cls, folder: Path, suffix: str, exc: OSError) -> "ReceivedFile":
+        """One that could not be made (no inode, quota, descriptor left), already failed: its
+        writes are dropped, no file is there, and the handler answers as for a failed write."""
+        file = cls.__new__(cls)
+        file.name, file._file = str(folder / f"unmade-{uuid.uuid4().hex}{suffix}"), None
+        file.failed, file.handed, file.owner = exc.strerror or str(exc), False, None
+        return file
 
     @property
     def file(self) -> "ReceivedFile":
@@ -120,8 +132,9 @@ class ReceivedFile:
         self.remove()
 
     def close(self) -> None:
-        with contextlib.suppress(OSError):
-            self._file.close()
+        if self._file is not None:
+            with contextlib.suppress(OSError):
+                self._file.close()
 
     def remove(self) -> None:
         self.close()
@@ -137,12 +150,23 @@ class ReceivedFiles:
         self._mine: list[ReceivedFile] = []
 
     def create(self, **kwargs) -> ReceivedFile:
-        """pynetdicom's ``NamedTemporaryFile(delete=False, mode="wb", suffix=".dcm")``."""
-        file = ReceivedFile(self.folder, kwargs.get("suffix", ""))
+        """pynetdicom's ``NamedTemporaryFile(delete=False, mode="wb", suffix=".dcm")``. One that
+        cannot be made is returned failed: raised here, it would end pynetdicom's reading thread
+        with no answer to the peer."""
+        try:
+            file = ReceivedFile(self.folder, kwargs.get("suffix", ""))
+        except OSError as exc:
+            file = ReceivedFile.unmade(self.folder, kwargs.get("suffix", ""), exc)
+        file.owner = self
         with _lock:
             _files[file.name] = file
             self._mine.append(file)
         return file
+
+    def drop(self, file: ReceivedFile) -> None:
+        """``file`` is no more this connection's (a handler took it); called holding the lock."""
+        with contextlib.suppress(ValueError):
+            self._mine.remove(file)
 
     def discard(self) -> None:
         """The connection has closed: remove every file no handler took (a request pynetdicom
@@ -277,7 +301,7 @@ def removed_on_failure(handler):
     connection (pynetdicom removes it once the handler has returned), and removing it where the
     handler raises."""
     def handled(event):
-        path = received_path(event)
+        path, file = received_path(event), None
         if path is not None:
             with _lock:
                 file = _files.get(str(path))
@@ -287,6 +311,8 @@ def removed_on_failure(handler):
             return handler(event)
         except BaseException:
             if path is not None:
+                if file is not None:
+                    file.close()  # pynetdicom closes it only after a handler that returned
                 with contextlib.suppress(OSError):
                     os.unlink(path)
             raise
@@ -294,5 +320,7 @@ def removed_on_failure(handler):
             if path is not None:
                 with _lock:
                     _files.pop(str(path), None)
+                    if file is not None and file.owner is not None:  # no more the connection's to remove
+                        file.owner.drop(file)
 
     return handled

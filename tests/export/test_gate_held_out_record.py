@@ -45,6 +45,17 @@ def _erasing_graph(size: int) -> bytes:
     return model.SerializeToString()
 
 
+def _add_erasing_graph(bundle):
+    """The erasing graph listed as ``bundle``'s INT8 graph, with no verdict."""
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    graph = _erasing_graph(manifest["spec"]["size"][0])
+    (bundle / "model.int8.onnx").write_bytes(graph)
+    manifest["artifacts"].append({"file": "model.int8.onnx", "format": "onnx", "precision": "int8",
+                                  "sha256": hashlib.sha256(graph).hexdigest(), "bytes": len(graph),
+                                  "fingerprint": None, "extra": {}, "scored": []})
+    (bundle / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+
+
 @pytest.fixture(scope="module")
 def mask_255_bundle(trained_checkpoint, tmp_path_factory):
     """(bundle, data): the 0/255 bundle described above and its held-out NIfTI data."""
@@ -67,13 +78,7 @@ def mask_255_bundle(trained_checkpoint, tmp_path_factory):
                                                                        verify_slices=16, max_batch=4),
                   verify_data=str(data), progress=False, echo=lambda text: None)
     bundle = root / "bundle"
-    manifest = json.loads((bundle / "manifest.json").read_text())
-    graph = _erasing_graph(manifest["spec"]["size"][0])
-    (bundle / "model.int8.onnx").write_bytes(graph)
-    manifest["artifacts"].append({"file": "model.int8.onnx", "format": "onnx", "precision": "int8",
-                                  "sha256": hashlib.sha256(graph).hexdigest(), "bytes": len(graph),
-                                  "fingerprint": None, "extra": {}, "scored": []})
-    (bundle / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    _add_erasing_graph(bundle)
     return bundle, data
 
 
@@ -148,4 +153,95 @@ def test_a_bundle_without_the_record_is_refused(mask_255_bundle, tmp_path, pytho
     proc = python_without(["-m", "edgeseg", "gate", str(bundle), "--quiet"], tmp_path)
     assert_one_line_error(proc, message)
     assert "run edgeseg gate where torch is installed, with --checkpoint" in proc.stderr
+    assert _digests(bundle) == before
+
+
+def _with_torch(bundle, checkpoint, tmp_path, python_without, *args):
+    """``edgeseg gate BUNDLE --checkpoint CK`` where torch is installed (the PyTorch reference)."""
+    return python_without(["-m", "edgeseg", "gate", str(bundle), "--checkpoint", str(checkpoint), "--quiet", *args],
+                          tmp_path, ())
+
+
+@pytest.fixture(scope="module")
+def training_data_bundle(trained_checkpoint, tmp_path_factory):
+    """A bundle exported with the checkpoint's own training data as --verify-data (all its cases,
+    not only the validation ones), with the erasing graph listed as its INT8 graph."""
+    import torch
+
+    from edgeseg.export.pipeline import export_bundle
+    from edgeseg.export.profiles import ExportSettings
+
+    data = torch.load(trained_checkpoint, weights_only=True)["train_config"]["data"]
+    bundle = tmp_path_factory.mktemp("trained-on") / "bundle"
+    export_bundle(trained_checkpoint, bundle, ExportSettings(formats=("onnx",), verify_slices=16, max_batch=4),
+                  verify_data=str(data), progress=False, echo=lambda text: None)
+    _add_erasing_graph(bundle)
+    return bundle
+
+
+def test_the_torch_gate_takes_the_slices_of_an_export_on_its_training_data(training_data_bundle, trained_checkpoint,
+                                                                           tmp_path, python_without):
+    """The export drew its slices from every case of the training data, not only the validation
+    cases: the gate with the checkpoint reads those cases again and takes exactly those slices."""
+    import torch
+
+    bundle = shutil.copytree(training_data_bundle, tmp_path / "bundle")
+    parity = json.loads((bundle / "parity.json").read_text())
+    val = set(torch.load(trained_checkpoint, weights_only=True)["split"]["val"])
+    assert {case for case, _ in parity["held_out"]["slice_ids"]} - val  # slices outside the validation cases
+    proc = _with_torch(bundle, trained_checkpoint, tmp_path, python_without)
+    assert proc.returncode == 0, proc.stderr
+    assert "not the export's" not in proc.stdout
+    run = json.loads((bundle / "parity.json").read_text())["rescored"][-1]
+    assert run["reference"] == "pytorch-fp32-eager-cpu"
+    assert run["slice_ids"] == parity["held_out"]["slice_ids"] and run["cases"] == parity["cases"]
+
+
+def test_the_torch_gate_refuses_labels_that_changed(mask_255_bundle, tmp_path, python_without,
+                                                    assert_one_line_error):
+    """A held-out slice's liver erased in the label file since the export: the labels read are not
+    the ones the export's gate saw, and the gate with the checkpoint refuses, as without torch."""
+    bundle, data = _copy(mask_255_bundle, tmp_path), shutil.copytree(mask_255_bundle[1], tmp_path / "data")
+    parity = json.loads((bundle / "parity.json").read_text())
+    case, number = next((c, n) for c, n in parity["held_out"]["slice_ids"] if (c, n) in _liver_slices(data))
+    path = data / "labelsTr" / f"{case}.nii.gz"
+    label = nib.load(path)
+    values = np.asarray(label.dataobj).copy()
+    values[..., number] = 0
+    nib.save(nib.Nifti1Image(values, label.affine), path)
+    parity["data"] = str(data)
+    (bundle / "parity.json").write_text(json.dumps(parity, indent=2) + "\n")
+    before = _digests(bundle)
+    proc = _with_torch(bundle, mask_255_bundle[0].parent / "mask255.pt", tmp_path, python_without)
+    assert_one_line_error(proc, "read here are not the ones its gate saw")
+    assert _digests(bundle) == before
+
+
+@pytest.mark.parametrize("torch_here", [False, True])
+def test_another_intensity_on_the_export_s_slices_is_refused(trained_checkpoint, tmp_path, python_without,
+                                                             assert_one_line_error, torch_here):
+    """The recorded labels' sha256 does not cover the images: on a slice folder, --intensity other
+    than the one the export read its slices with judged other pixels as the export's slices."""
+    from PIL import Image
+
+    from edgeseg.export.pipeline import export_bundle
+    from edgeseg.export.profiles import ExportSettings
+
+    data, bundle, rng = tmp_path / "slices", tmp_path / "bundle", np.random.default_rng(3)
+    for kind in ("images", "masks"):
+        (data / kind).mkdir(parents=True)
+    for case, number in ((c, n) for c in ("a", "b") for n in range(4)):  # a bright square on each slice
+        image, mask = rng.normal(40, 4, (64, 64)), np.zeros((64, 64), np.uint8)
+        mask[20:40, 16 + 4 * number:36 + 4 * number] = 1
+        image[mask == 1] = 200
+        Image.fromarray(np.clip(image, 0, 255).astype(np.uint8)).save(data / "images" / f"{case}_{number}.png")
+        Image.fromarray(mask).save(data / "masks" / f"{case}_{number}.png")
+    export_bundle(trained_checkpoint, bundle, ExportSettings(formats=("onnx",), verify_slices=4, max_batch=4),
+                  verify_data=str(data), progress=False, echo=lambda text: None)
+    _add_erasing_graph(bundle)
+    before = _digests(bundle)
+    args = ["--intensity", "hu-clipped:-100,400"]
+    proc = (_with_torch(bundle, trained_checkpoint, tmp_path, python_without, *args)
+            if torch_here else python_without(["-m", "edgeseg", "gate", str(bundle), "--quiet", *args], tmp_path))
+    assert_one_line_error(proc, "--intensity hu-clipped:-100,400 is not the intensity the export read")
     assert _digests(bundle) == before

@@ -12,6 +12,7 @@ it starts (edgeseg/serve/dicom_received.py).
 
 from __future__ import annotations
 
+import os
 import resource
 import tempfile
 import threading
@@ -30,6 +31,7 @@ pydicom = pytest.importorskip("pydicom")
 
 ENHANCED_CT = "1.2.840.10008.5.1.4.1.1.2.1"
 EXPLICIT = "1.2.840.10008.1.2.1"
+VERIFICATION = "1.2.840.10008.1.1"
 
 
 def _request(message_id: int | None, pixel_bytes: int = 2_000_000):
@@ -172,3 +174,82 @@ def test_an_enhanced_ct_the_disk_cannot_take_is_refused_and_leaves_no_file(runni
     log = (tmp_path / "stderr.txt").read_text()
     assert "Traceback" not in log
     assert f"cannot receive it into {work / 'received'}: File too large" in log, log[-2000:]
+
+
+def _data_set(pixel_bytes: int):
+    """An Enhanced CT data set of ``pixel_bytes`` of pixel data, for ``send_c_store``."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import generate_uid
+
+    ds = Dataset()
+    ds.SOPClassUID, ds.SOPInstanceUID = ENHANCED_CT, generate_uid()
+    ds.add_new(0x7FE00010, "OB", b"\0" * pixel_bytes)
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = EXPLICIT
+    return ds
+
+
+def _open_descriptors(pid: int) -> set[int]:
+    return {int(name) for name in os.listdir(f"/proc/{pid}/fd")}
+
+
+@pytest.mark.skipif(not DCMTK, reason="dcmtk (echoscu, storescu) is not installed: apt-get install dcmtk")
+def test_a_received_file_that_cannot_be_made_is_refused_and_the_association_goes_on(running_listen, tmp_path):
+    """``edgeseg listen`` out of descriptors (its RLIMIT_NOFILE lowered to its lowest free one) as
+    an Enhanced CT's data set comes: making its file raised in pynetdicom's reading thread, which
+    died; the sender got no answer. Now it is answered 0xA700 with one log line, and the
+    association answers a C-ECHO next."""
+    with running_listen() as proc:
+        peer = _peer()
+        peer.add_requested_context(VERIFICATION)
+        assoc = peer.associate("127.0.0.1", running_listen.port, ae_title="EDGESEG")
+        assoc.dimse_timeout = 30
+        assert assoc.is_established
+        held = _open_descriptors(proc.pid)
+        lowest_free = min(set(range(max(held) + 2)) - held)
+        _, hard = resource.prlimit(proc.pid, resource.RLIMIT_NOFILE)
+        resource.prlimit(proc.pid, resource.RLIMIT_NOFILE, (lowest_free, hard))
+        first = assoc.send_c_store(_data_set(200_000))
+        resource.prlimit(proc.pid, resource.RLIMIT_NOFILE, (hard, hard))
+        echo = assoc.send_c_echo()
+        assoc.release()
+        [work] = (tmp_path / "tmp").glob("edgeseg-listen-*")
+        left = _left_after((work / "received",), timeout=5)
+    assert first.get("Status") == 0xA700
+    assert echo.get("Status") == 0x0000  # the association still reads and answers
+    assert left == []
+    log = (tmp_path / "stderr.txt").read_text()
+    assert "Traceback" not in log and "DT-2" not in log
+    assert f"cannot receive it into {work / 'received'}: Too many open files" in log, log[-2000:]
+
+
+def test_files_a_failing_handler_had_are_closed(serve_bundle, tmp_path, free_port, wait_port):
+    """The C-STORE handler raising (pynetdicom answers 0xC211): its received file was removed but
+    left open, one descriptor held per image for the life of the association."""
+    from edgeseg.runtime.segmenter import Segmenter
+    from edgeseg.serve.dicom_node import DicomNode
+
+    def failing(event):
+        raise RuntimeError("the handler failed")
+
+    images = 8
+    with Segmenter.load(serve_bundle, backend="onnxruntime:fp32") as segmenter:
+        node = DicomNode(segmenter, port=free_port(), out=tmp_path / "out", work=tmp_path / "work", idle=3600)
+        node._on_store = failing
+        node.start()
+        try:
+            wait_port(node.port)
+            assoc = _peer().associate("127.0.0.1", node.port, ae_title="EDGESEG")
+            assoc.dimse_timeout = 60
+            statuses = [assoc.send_c_store(_data_set(200_000)).get("Status")]
+            before = _open_descriptors(os.getpid())
+            statuses += [assoc.send_c_store(_data_set(200_000)).get("Status") for _ in range(images - 1)]
+            grown = _open_descriptors(os.getpid()) - before
+            assoc.release()
+            left = _files(node.work / "received")
+        finally:
+            node.abandon()
+            node.stop()
+    assert statuses == [0xC211] * images
+    assert len(grown) < images // 2, sorted(grown)
+    assert left == []
