@@ -148,7 +148,7 @@ class DicomNode(NodeEvents, NodeLifecycle):
             self.stats.refused += 1
             sop_uid = str(event.request.AffectedSOPInstanceUID)
             log.error("refused image %s: cannot receive it into %s: %s", sop_uid, received.parent, unwritten)
-            return failure_status(STATUS_OUT_OF_RESOURCES, f"no room to receive it: {unwritten}", sop_uid)
+            return failure_status(STATUS_OUT_OF_RESOURCES, f"cannot receive it: {unwritten}", sop_uid)
         try:
             if received is None:
                 ds, encoded = event.dataset, event.request.DataSet.getbuffer().nbytes

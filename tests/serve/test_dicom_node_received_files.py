@@ -216,6 +216,9 @@ def test_a_received_file_that_cannot_be_made_is_refused_and_the_association_goes
         [work] = (tmp_path / "tmp").glob("edgeseg-listen-*")
         left = _left_after((work / "received",), timeout=5)
     assert first.get("Status") == 0xA700
+    # the sender reads why: the system's reason, not a guess at a full disk
+    assert str(first.get("ErrorComment", "")).startswith("cannot receive it: "), first
+    assert "Too many open files" in str(first.get("ErrorComment", "")), first
     assert echo.get("Status") == 0x0000  # the association still reads and answers
     assert left == []
     log = (tmp_path / "stderr.txt").read_text()
