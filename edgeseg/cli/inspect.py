@@ -66,7 +66,8 @@ def bundle_text(record: dict) -> str:
                       f"{c.get('without_target')} without), data {str(c.get('data_hash'))[:12]}, spec {c.get('spec_hash')}"]
     if record["parity"] is not None:
         report = record["parity"]["report"]
-        others = sorted({str(r.get("reference")) for r in report["results"]} - {str(report.get("reference"))})
+        others = sorted({str(r.get("reference") or report.get("reference")) for r in report["results"]}
+                        - {str(report.get("reference"))})
         against = f"; rows against {', '.join(others)} say so under 'against'" if others else ""
         lines += ["", f"parity vs {report.get('reference')} on {report.get('slices')} slices of {report.get('data')} "
                       f"(gate {record['parity']['gate']}{against}):", parity_table(report)]

@@ -122,8 +122,6 @@ def _read_parity(bundle: str | Path) -> Any:
         if not (isinstance(report, dict) and "results" in report):
             return None
         parity_table(report)  # rows of another shape than the gate writes: refused here, not in the text
-        # every row names what it was scored against (edgeseg gate's rows without torch: the FP32 ONNX graph)
-        report["results"] = [{**r, "reference": r.get("reference") or report.get("reference")} for r in report["results"]]
     except (OSError, ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
         raise BundleError(f"{path}: not a readable parity report ({' '.join(str(exc).split())})") from None
     return report
