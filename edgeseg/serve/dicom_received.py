@@ -215,10 +215,17 @@ def start_receiving_to_files() -> None:
     """Have pynetdicom write the node's multi-frame C-STORE data sets to files from now on (for
     one more node in the process)."""
     global _users, _before, _before_file
+    import pynetdicom
+    from edgeseg.errors import DataError
     from pynetdicom import _config, dimse_messages
 
     with _lock:
         if _users == 0:
+            missing = [name for module, name in ((_config, "STORE_RECV_CHUNKED_DATASET"),
+                                                 (dimse_messages, "NamedTemporaryFile")) if not hasattr(module, name)]
+            if missing:  # another pynetdicom than the 2.0-3.0 line whose receive path the node takes over
+                raise DataError(f"pynetdicom {pynetdicom.__version__} has no {', '.join(missing)}, which the node "
+                                f"receives Enhanced CT into files with; install pynetdicom 2.0 to 3.0")
             _before = _config.STORE_RECV_CHUNKED_DATASET
             _config.STORE_RECV_CHUNKED_DATASET = ToFileInNodeThreads(_before)
             _before_file = dimse_messages.NamedTemporaryFile

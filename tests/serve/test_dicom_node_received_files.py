@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import os
 import resource
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -256,3 +258,32 @@ def test_files_a_failing_handler_had_are_closed(serve_bundle, tmp_path, free_por
     assert statuses == [0xC211] * images
     assert len(grown) < images // 2, sorted(grown)
     assert left == []
+
+
+WITHOUT_NAME = """
+import sys
+import pynetdicom.dimse_messages
+del pynetdicom.dimse_messages.NamedTemporaryFile  # as a pynetdicom that no longer uses it would be
+sys.argv[0] = "edgeseg"
+from edgeseg.cli.main import cli
+cli()
+"""
+
+
+def test_a_pynetdicom_without_the_receive_path_the_node_takes_over_is_refused_in_one_line(serve_bundle, tmp_path,
+                                                                                        free_port):
+    """The node takes over pynetdicom's ``NamedTemporaryFile`` and ``STORE_RECV_CHUNKED_DATASET``
+    (2.0 to 3.0); a release without them made ``edgeseg listen`` end in an AttributeError
+    traceback. Now one line naming the version, a non-zero exit and no folder left in TMPDIR."""
+    (tmp_path / "tmp").mkdir()
+    done = subprocess.run([sys.executable, "-c", WITHOUT_NAME, "listen", str(serve_bundle), "--port",
+                           str(free_port()), "--out", str(tmp_path / "out"), "--backend", "onnxruntime:fp32"],
+                          capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, TMPDIR=str(tmp_path / "tmp"), OMP_NUM_THREADS="1"))
+    assert done.returncode != 0
+    assert "Traceback" not in done.stderr, done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("edgeseg: error:")]
+    assert errors == [f"edgeseg: error: pynetdicom {pynetdicom.__version__} has no NamedTemporaryFile, which the "
+                      "node receives Enhanced CT into files with; install pynetdicom 2.0 to 3.0"], done.stderr
+    assert "listening on" not in done.stdout
+    assert list((tmp_path / "tmp").iterdir()) == []
