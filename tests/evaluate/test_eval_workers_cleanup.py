@@ -70,9 +70,8 @@ def test_an_evaluation_killed_with_its_process_group_leaves_no_block_once_the_ne
         time.sleep(0.1)
     assert _in_session(proc.pid) == []
     assert [path for path in held if os.path.exists(path)], "the kill left nothing to remove"
-    with MetricWorkers(1):
-        pass
-    assert [path for path in held if os.path.exists(path)] == []
+    with MetricWorkers(1):  # starting metric workers sweeps the blocks of evaluations killed outright
+        assert [path for path in held if os.path.exists(path)] == []
 
 
 def test_the_sweep_removes_only_unlocked_blocks_of_dead_evaluations(tmp_path):
