@@ -8,7 +8,10 @@ escapes is a bug in edgeseg.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 
 class EdgesegError(Exception):
@@ -43,7 +46,7 @@ class MissingDependencyError(EdgesegError):
         self.extra = extra
         self.purpose = purpose
 
-    def __reduce__(self):  # rebuilt from its three arguments (an error raised in a child process)
+    def __reduce__(self) -> tuple[type[MissingDependencyError], tuple[str, str | None, str]]:  # rebuilt from its three arguments (an error raised in a child process)
         return type(self), (self.package, self.extra, self.purpose)
 
 
@@ -58,7 +61,7 @@ def distribution_of(module: str) -> str:
     return DISTRIBUTIONS.get(top, top)
 
 
-def require(module: str, extra: str | None, purpose: str):
+def require(module: str, extra: str | None, purpose: str) -> ModuleType:
     """Import an optional module, or raise MissingDependencyError naming the extra (not installed)
     or BrokenDependencyError (installed, but its import fails with another error)."""
     import importlib
@@ -86,7 +89,7 @@ class BackendError(EdgesegError):
     """A runtime backend cannot load or run an artifact on this machine."""
 
 
-def shown(value, limit: int = 80) -> str:
+def shown(value: object, limit: int = 80) -> str:
     """``repr(value)`` for an error message, cut after ``limit`` characters (the cut says how
     long the whole was): a value read from a file can be of any size or depth, and an error is
     one short line that names the key first."""
@@ -94,8 +97,9 @@ def shown(value, limit: int = 80) -> str:
     return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
-def name_failure(exc: BaseException, path: str | os.PathLike, temporaries: dict | None = None,
-                 staging: tuple[str | os.PathLike, str | os.PathLike] | None = None) -> None:
+def name_failure(exc: BaseException, path: str | os.PathLike[str],
+                 temporaries: Mapping[str, str | os.PathLike[str]] | None = None,
+                 staging: tuple[str | os.PathLike[str], str | os.PathLike[str]] | None = None) -> None:
     """Give an OS error that names no file (a failed ``write()``, a full disk at ``close()``) the
     ``path`` being written, one that names a temporary in ``temporaries`` (temporary path -> the
     file it becomes) that file, and one that names a file in a staging folder (``staging``: that
@@ -124,7 +128,7 @@ def name_failure(exc: BaseException, path: str | os.PathLike, temporaries: dict 
         _set_names(exc, *(_in_place(name, *staging) for name in (exc.filename, exc.filename2)))
 
 
-def _set_names(exc: OSError, filename, filename2) -> None:
+def _set_names(exc: OSError, filename: object, filename2: object) -> None:
     """Set an OS error's file names. A ``filename2`` set to None, even over None, makes
     ``str(exc)`` end in " -> None" (CPython then holds None rather than no value), so the
     second name is set only where there is one."""
@@ -145,8 +149,9 @@ def _os_cause(exc: BaseException) -> OSError | None:
     return None
 
 
-def _in_place(name, staging: str | os.PathLike, target: str | os.PathLike):
-    """``name`` with a leading ``staging`` folder replaced by ``target``."""
+def _in_place(name: Any, staging: str | os.PathLike[str], target: str | os.PathLike[str]) -> Any:
+    """``name`` (an OS error's file name: str, bytes or None) with a leading ``staging`` folder
+    replaced by ``target``."""
     if name is None:
         return None
     try:

@@ -207,7 +207,7 @@ def _is_json_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _pair(value: Any, name: str, kind: type) -> tuple:
+def _pair(value: Any, name: str, kind: type[int] | type[float]) -> tuple[Any, ...]:
     try:
         items = tuple(value)
     except TypeError:

@@ -6,17 +6,16 @@ TorchScript) are imported inside the runner that needs them.
 
 from __future__ import annotations
 
+from edgeseg.runtime.bundle_files import sha256_file
 from edgeseg.runtime.manifest import (
     MANIFEST_NAME,
     PARITY_NAME,
     SCHEMA_VERSION,
-    ArtifactEntry,
     Manifest,
-    TensorInfo,
     read_manifest,
-    sha256_file,
     verify_artifacts,
 )
+from edgeseg.runtime.manifest_entries import ArtifactEntry, TensorInfo
 from edgeseg.runtime.segmenter import Segmenter
 
 __all__ = [

@@ -176,7 +176,7 @@ class Manifest:
             raise BundleError(f"manifest has a field of the wrong type or value ({' '.join(str(exc).split())[:200]})") from None
 
     @classmethod
-    def _build(cls, data: dict, spec: PreprocessSpec, labels: dict[int, str], schema: int) -> "Manifest":
+    def _build(cls, data: dict[str, Any], spec: PreprocessSpec, labels: dict[int, str], schema: int) -> "Manifest":
         return cls(
             spec=spec,
             labels=labels,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 from edgeseg.errors import BundleError, shown
 
@@ -22,7 +22,7 @@ DTYPES = ("float32", "float16", "int64", "uint8")
 MAX_JSON_INT = 10**15
 
 
-def is_manifest_int(value: Any) -> bool:
+def is_manifest_int(value: Any) -> TypeGuard[int]:
     """A JSON integer (not a bool, not 2.0, not "2") of magnitude at most MAX_JSON_INT."""
     return isinstance(value, int) and not isinstance(value, bool) and -MAX_JSON_INT <= value <= MAX_JSON_INT
 

@@ -9,16 +9,21 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from edgeseg.errors import DataError
 
+if TYPE_CHECKING:  # imported where used: an NPY input never loads the DICOM readers
+    from edgeseg.data.dicom_refs import DicomSeriesInfo
+    from edgeseg.data.volume import Volume
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
 
-def check_input_path(path: str | os.PathLike) -> str:
+def check_input_path(path: str | os.PathLike[str]) -> str:
     """``path`` as text; DataError when it is blank (``Path("")`` is the current folder, which an
     empty argument never means)."""
     text = os.fspath(path)
@@ -27,7 +32,7 @@ def check_input_path(path: str | os.PathLike) -> str:
     return text
 
 
-def input_kind(path: str | os.PathLike) -> str:
+def input_kind(path: str | os.PathLike[str]) -> str:
     """``dicom``, ``nifti``, ``image`` or ``npy`` for an input path; DataError otherwise."""
     path = Path(check_input_path(path))
     name = path.name.lower()
@@ -49,7 +54,7 @@ def input_kind(path: str | os.PathLike) -> str:
                     f".png/.jpg or .npy")
 
 
-def bundle_intensity(source: dict) -> tuple[str, bool]:
+def bundle_intensity(source: dict[str, Any]) -> tuple[str, bool]:
     """What PNG/JPG pixels mean for a bundle with manifest ``source``: the intensity its training
     slices were read with (``source["intensity"]``, or its recipe's), else the default
     ``hu-clipped:0,255``; and whether the bundle said so."""
@@ -59,8 +64,8 @@ def bundle_intensity(source: dict) -> tuple[str, bool]:
     return (str(recorded), True) if recorded else (DEFAULT_INTENSITY, False)
 
 
-def read_input(path: str | os.PathLike, intensity: str = "hu-clipped:0,255", progress: bool = False,
-               keep_headers: bool = False, even_grid: bool = False):
+def read_input(path: str | os.PathLike[str], intensity: str = "hu-clipped:0,255", progress: bool = False,
+               keep_headers: bool = False, even_grid: bool = False) -> tuple[Volume, DicomSeriesInfo | None]:
     """Read ``path`` as (Volume, DicomSeriesInfo or None).
 
     ``intensity`` says what PNG/JPG pixels mean (see ``edgeseg.data.slices.SliceIntensity``):
@@ -88,7 +93,7 @@ def read_input(path: str | os.PathLike, intensity: str = "hu-clipped:0,255", pro
     return _read_npy(path), None
 
 
-def _read_image(path: Path, intensity: str):
+def _read_image(path: Path, intensity: str) -> Volume:
     from edgeseg.data.slices import SliceIntensity, _read_channel0
     from edgeseg.data.volume import Volume, default_affine
 
@@ -124,7 +129,7 @@ def npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype, int]:
         raise DataError(f"cannot read {path} as a numpy array: {detail}") from None
 
 
-def _read_npy(path: Path):
+def _read_npy(path: Path) -> Volume:
     from edgeseg.data.volume import Volume, default_affine
     from edgeseg.limits import check_dims, check_file_holds, check_volume
 

@@ -19,11 +19,12 @@ import logging
 import os
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from edgeseg.data.field_of_view import fov_check_mode, fov_problem
+from edgeseg.data.volume import Volume
 from edgeseg.errors import BackendError, BundleError, DataError
 from edgeseg.kernels import filter_components, postprocess, preprocess
 from edgeseg.progress import progress_bar
@@ -81,7 +82,7 @@ class Segmenter:
     """
 
     def __init__(self, spec: PreprocessSpec, labels: dict[int, str], runner: Runner,
-                 postprocess: dict | PostprocessOptions | None = None,
+                 postprocess: dict[str, Any] | PostprocessOptions | None = None,
                  max_batch: int | None = None, *, resize_input: bool = True, bundle: str | Path | None = None,
                  manifest: Manifest | None = None, tta: str = "none", regions: bool | None = None) -> None:
         self.spec = spec
@@ -157,7 +158,7 @@ class Segmenter:
         return segmenter
 
     @classmethod
-    def from_module(cls, module, spec: PreprocessSpec, labels: dict[int, str], postprocess: dict | None = None,
+    def from_module(cls, module: Any, spec: PreprocessSpec, labels: dict[int, str], postprocess: dict[str, Any] | None = None,
                     max_batch: int = DEFAULT_BATCH, threads: int = 0, tta: str = "none") -> "Segmenter":
         """A Segmenter running an in-memory torch ``module`` (needs torch): how evaluation and
         the export gate run the trained model through the deployed pre- and post-processing."""
@@ -193,11 +194,11 @@ class Segmenter:
         # the SEG writes them as name=value,name=value
         return {name: str(value).replace(",", "_").replace("=", "_") for name, value in found.items() if value}
 
-    def infer(self, batch: np.ndarray) -> np.ndarray:
+    def infer(self, batch: np.ndarray) -> np.typing.NDArray[np.float32]:
         """Model only: (N, 1, H, W) float32 model input -> (N, K, H, W) float32 logits."""
         return self.runner.infer(batch)
 
-    def logits(self, images: np.ndarray) -> np.ndarray:
+    def logits(self, images: np.ndarray) -> np.typing.NDArray[np.float32]:
         """Pre-processed model input (N, 1, H, W) float32, any N -> (N, K, H, W) float32 logits,
         ``batch_size`` slices per runner call (the export gate compares these)."""
         self._check_process()
@@ -208,17 +209,17 @@ class Segmenter:
             return np.concatenate([self.runner.infer(np.ascontiguousarray(images[i:i + self.batch_size]))
                                    for i in range(0, len(images), self.batch_size)])
 
-    def predict(self, slice_hu: np.ndarray) -> np.ndarray:
+    def predict(self, slice_hu: np.ndarray) -> np.typing.NDArray[np.uint8]:
         """One (H, W) slice of HU -> (H, W) uint8 labels (class numbers of ``labels``)."""
         self._check_process()
         hu = checked_hu(slice_hu, self.spec, ndim=2, resize=self.resize_input, what="slice")
         with self._lock:
-            batch = preprocess(hu, self.spec, out=self._input_buffer(0, 1), num_threads=KERNEL_THREADS)
-            logits = self._network(batch)
-        return self._postprocess(logits, hu.shape)[0]
+            logits = self._network(preprocess(hu, self.spec, out=self._input_buffer(0, 1), num_threads=KERNEL_THREADS))
+        labels: np.typing.NDArray[np.uint8] = self._postprocess(logits, hu.shape)[0]
+        return labels
 
-    def predict_volume(self, volume, *, batch_size: int | None = None, progress: bool = False,
-                       spacing: tuple[float, float, float] | None = None, volume_filters: bool = True) -> np.ndarray:
+    def predict_volume(self, volume: Volume | np.ndarray, *, batch_size: int | None = None, progress: bool = False,
+                       spacing: tuple[float, float, float] | None = None, volume_filters: bool = True) -> np.typing.NDArray[np.uint8]:
         """A Volume (or a (Z, Y, X) HU array) -> (Z, Y, X) uint8 labels, slice by slice, then
         the bundle's 3-D component filters over the whole volume.
 
@@ -231,14 +232,14 @@ class Segmenter:
         """
         self._check_process()
         given = spacing
-        if isinstance(volume, np.ndarray):
-            hu, modality, what = volume, None, "volume"
-        else:
+        if not isinstance(volume, np.ndarray):
             hu, modality = getattr(volume, "hu", None), getattr(volume, "modality", None)
             what = f"volume {getattr(volume, 'case_id', '')}".strip()
             if hu is None:
                 raise DataError(f"predict_volume takes a Volume or a numpy array, got {type(volume).__name__}")
             spacing = getattr(volume, "spacing", None) if spacing is None else spacing
+        else:
+            hu, modality, what = volume, None, "volume"
         arr = checked_hu(hu, self.spec, ndim=3, resize=self.resize_input, modality=modality, what=what)
         mismatch = body_part_warning(getattr(volume, "body_part", ""), self.labels, what)
         if mismatch:
@@ -252,7 +253,7 @@ class Segmenter:
         labels = self._segment_slices(arr, batch_size, progress)
         return self.filter_volume(labels, spacing) if volume_filters else labels
 
-    def check_fov(self, shape: tuple[int, ...], spacing, what: str) -> None:
+    def check_fov(self, shape: tuple[int, ...], spacing: tuple[float, float, float] | None, what: str) -> None:
         """One warning (an error with ``fov_check`` "refuse") where an input of known spacing has a field of view
         outside the bundle's training data's (``edgeseg.data.field_of_view``), once per wording; none where either is unknown."""
         record = None if self.manifest is None or self.fov_check == "off" else self.manifest.training_fov
@@ -264,7 +265,8 @@ class Segmenter:
                 self._fov_said.add(problem)
             log.warning("%s", problem)
 
-    def filter_volume(self, labels: np.ndarray, spacing: tuple[float, float, float] | None = None) -> np.ndarray:
+    def filter_volume(self, labels: np.typing.NDArray[np.uint8],
+                      spacing: tuple[float, float, float] | None = None) -> np.typing.NDArray[np.uint8]:
         """The bundle's 3-D component filters (per class, 6-connected) on (Z, Y, X) ``labels``
         of one volume; ``spacing`` (z, y, x) in mm, needed where a class removes components by
         mL. Returns ``labels`` itself when no class has a 3-D filter."""
@@ -301,7 +303,7 @@ class Segmenter:
             # The worker runs, in order: pre-process i+1 (during inference of i), then
             # post-process i (during inference of i+1); the model thread never waits for either.
             pending = worker.submit(prepare, 0)
-            finishing: list[Future] = []
+            finishing: list[Future[Any]] = []  # Any: waited on below together with `pending`
             try:
                 for index, start in enumerate(starts):
                     batch = pending.result()
@@ -325,9 +327,9 @@ class Segmenter:
             batch = np.concatenate([batch, np.zeros((self.fixed_batch - n, *batch.shape[1:]), batch.dtype)])
         return mirrored_logits(self.runner.infer, batch, self.tta, self.regions)[:n]
 
-    def _postprocess(self, logits: np.ndarray, size: tuple[int, ...], out: np.ndarray | None = None) -> np.ndarray:
+    def _postprocess(self, logits: np.ndarray, size: tuple[int, ...], out: np.ndarray | None = None) -> np.typing.NDArray[np.uint8]:
         """Labels at ``size`` (the spec's fit undone) and the per-slice component filters of every class."""
-        out_size = tuple(size[-2:])
+        out_size = (size[-2], size[-1])
         labels = postprocess(logits, out_size, resize=self.resize_mode, fit=self.spec.fit, out=out,
                              num_threads=KERNEL_THREADS)
         rules = self.postprocess.slice_rules(out_size, self.spec.size)
@@ -389,7 +391,7 @@ class Segmenter:
     def __enter__(self) -> "Segmenter":
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     def describe(self) -> dict[str, str]:

@@ -29,7 +29,7 @@ from edgeseg.runtime.overlay import DISPLAY_WINDOW, overlay_rgb
 from edgeseg.runtime.provenance import PROVENANCE_KEY, provenance_json, short_description
 from edgeseg.runtime.seg_measures import state_frame_measures
 from edgeseg.runtime.seg_sources import seg_source_datasets
-from edgeseg.runtime.segment_codes import segment_coding
+from edgeseg.runtime.segment_codes import Coded, segment_coding
 
 FORMATS = ("nifti", "seg-nrrd", "dicom-seg", "png", "npy")
 log = logging.getLogger(__name__)
@@ -214,7 +214,7 @@ def _save_nifti(nib, image, path: Path, shown_as: str | None) -> None:
     plane = max(1, int(np.prod(shape[:2])) * image.get_data_dtype().itemsize)
     with progress_bar(total=int(np.prod(shape[2:])), desc=f"writing {shown_as}",
                       unit="slice") as bar, ImageOpener(str(path), "wb") as opened:
-        image.to_file_map({"image": FileHolder(fileobj=_CountingFile(opened, plane, bar))})
+        image.to_file_map({"image": FileHolder(fileobj=_CountingFile(opened, plane, bar))})  # type: ignore[arg-type]  # nibabel says IOBase; this forwards each file method it calls
 
 
 class _CountingFile:
@@ -224,7 +224,7 @@ class _CountingFile:
         self._fileobj, self._unit, self._bar, self._bytes = fileobj, unit, bar, 0
 
     def write(self, data) -> int:
-        written = self._fileobj.write(data)
+        written: int = self._fileobj.write(data)
         before, self._bytes = self._bytes, self._bytes + memoryview(data).nbytes
         done = min(self._bytes // self._unit, self._bar.total) - min(before // self._unit, self._bar.total)
         if done:
@@ -329,7 +329,7 @@ def write_overlay(labels: np.ndarray, volume, out: str | os.PathLike,
     return Path(out)
 
 
-def _code(coded):
+def _code(coded: Coded):  # -> pydicom's Code, imported here only: pydicom is the dicom extra's
     from pydicom.sr.coding import Code
 
     return Code(coded.value, coded.scheme, coded.meaning)

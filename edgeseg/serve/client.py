@@ -30,7 +30,8 @@ def remote_segmenter(url: str, bundle: str | Path | Manifest, timeout: float = D
                      resize_input=bundle.resize_input, manifest=bundle)
 
 
-def segment_remote(url: str, bundle: str | Path | Manifest, hu: np.ndarray, batch_size: int | None = None) -> np.ndarray:
+def segment_remote(url: str, bundle: str | Path | Manifest, hu: np.ndarray,
+                   batch_size: int | None = None) -> np.typing.NDArray[np.uint8]:
     """Labels (N, H, W) uint8 for HU slices (H, W) or (N, H, W), the network run at ``url``
     with at most ``batch_size`` slices per request (default: the bundle's, at most 8)."""
     stack = np.asarray(hu)

@@ -72,6 +72,7 @@ def test_sdist_carries_the_c_sources_and_recipes(dists):
             "examples/c/segment_raw.c", "examples/cpp/segment.cpp"} <= names
     assert {"edgeseg/recipes/covid-infection.toml", "edgeseg/recipes/liver-ct.toml"} <= _shipped_recipes() <= names
     assert {"LICENSE", "csrc/third_party/cjson/LICENSE", "csrc/third_party/cjson/cJSON.c"} <= names
+    assert "edgeseg/py.typed" in names  # PEP 561: an install built from the sdist is typed too
     # not a partial, unrunnable test tree, nor test data under other licences
     assert not [n for n in names if n == "tests" or n.startswith("tests/")]
 
@@ -89,6 +90,7 @@ def test_wheel_ships_libedgeseg_headers_and_package_files(dists):
             f"{sdk}lib/cmake/edgeseg/edgeseg-config-version.cmake"} <= names
     assert any(n.startswith("edgeseg/kernels/_kernels") and n.endswith(".so") for n in names)
     assert "edgeseg/kernels/_kernels.c" not in names  # Cython's output, the sdist's business
+    assert "edgeseg/py.typed" in names  # PEP 561: type checkers read the installed package's annotations
     assert {"edgeseg/recipes/covid-infection.toml", "edgeseg/recipes/liver-ct.toml"} <= _shipped_recipes() <= names
     profiles = {f"edgeseg/export/profiles/{p.name}" for p in (ROOT / "export").glob("*.toml")}
     assert {"edgeseg/export/profiles/cpu-int8.toml", "edgeseg/export/profiles/gpu-fp16.toml"} <= profiles <= names
