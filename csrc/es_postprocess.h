@@ -9,7 +9,7 @@
 
 #include "es_internal.h"
 
-#if defined(__SSE2__)
+#if ES_SSE2
 #include <emmintrin.h>
 #endif
 
@@ -54,7 +54,7 @@ static inline const float *es_logit_row(const post_plan *p, float *conv, ptrdiff
 static inline float es_max_abs(const float *ES_RESTRICT x, ptrdiff_t n) {
     float m = 0.0f;
     ptrdiff_t i = 0;
-#if defined(__SSE2__)
+#if ES_SSE2
     const __m128 mask = _mm_castsi128_ps(_mm_set1_epi32(0x7fffffff));
     __m128 m0 = _mm_setzero_ps(), m1 = m0, m2 = m0, m3 = m0;
     for (; i + 16 <= n; i += 16) {
