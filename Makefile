@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.edgeseg-installed
 DEMO   ?= runs/demo
 SRC_C  := $(wildcard csrc/*.c csrc/*.h edgeseg/kernels/*.pyx)
 
-.PHONY: all install build demo demo-chest test test-python test-c test-layers asan bench bench-kernels clean sdk
+.PHONY: all install build demo demo-chest test test-python test-c test-c-aarch64 test-layers asan bench bench-kernels clean sdk
 
 all: build
 
@@ -82,8 +82,13 @@ test-python: build
 test-layers: build
 	$(VENV)/bin/lint-imports
 
+# The C test twice: as built here (SSE2, AVX2 clones) and portable (-DES_NO_SIMD -funsigned-char).
 test-c:
-	$(MAKE) -C csrc/tests run
+	$(MAKE) -C csrc/tests run portable
+
+# The C test cross-built for aarch64 and run under qemu-user; not part of `make test`.
+test-c-aarch64:
+	$(MAKE) -C csrc/tests aarch64
 
 # libedgeseg (the C API) with headers, pkg-config and CMake package files in build/sdk/; the
 # tests in tests/capi build their own copy (and an ASan/UBSan one) the same way.

@@ -12,6 +12,19 @@
 #include <omp.h>
 #endif
 
+/* ES_NO_SIMD: the portable code only, as a CPU without SSE2 or AVX2 (aarch64, ...) runs it: no
+ * SSE2 intrinsics (ES_SSE2 is 0), no AVX2 clones (it implies ES_NO_MULTIVERSION) and no
+ * __builtin_ctzll in es_skip_equal. The compiler may still auto-vectorise the plain loops.
+ * `make -C csrc/tests portable` (part of `make test-c`) builds the C test so on x86-64. */
+#if defined(ES_NO_SIMD) && !defined(ES_NO_MULTIVERSION)
+#define ES_NO_MULTIVERSION
+#endif
+#if defined(__SSE2__) && !defined(ES_NO_SIMD)
+#define ES_SSE2 1
+#else
+#define ES_SSE2 0
+#endif
+
 /* ES_WIDE: a hot loop is compiled twice, for AVX2 and for the baseline, and the CPU picks at
  * load time (GCC function multi-versioning), so a portable build still runs 8 floats at once. */
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) && \
@@ -71,7 +84,7 @@ ES_INLINE ptrdiff_t es_skip_equal(const uint8_t *row, ptrdiff_t x, ptrdiff_t col
         if (word) {
             /* The lowest differing byte comes first in memory on little-endian machines. */
 #if (defined(__GNUC__) || defined(__clang__)) && defined(__BYTE_ORDER__) && \
-    __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__ && !defined(ES_NO_SIMD)
             return x + (ptrdiff_t)(__builtin_ctzll(word) >> 3);
 #else
             break;

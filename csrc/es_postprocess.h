@@ -9,7 +9,7 @@
 
 #include "es_internal.h"
 
-#if defined(__SSE2__)
+#if ES_SSE2
 #include <emmintrin.h>
 #endif
 
@@ -54,7 +54,7 @@ static inline const float *es_logit_row(const post_plan *p, float *conv, ptrdiff
 static inline float es_max_abs(const float *ES_RESTRICT x, ptrdiff_t n) {
     float m = 0.0f;
     ptrdiff_t i = 0;
-#if defined(__SSE2__)
+#if ES_SSE2
     const __m128 mask = _mm_castsi128_ps(_mm_set1_epi32(0x7fffffff));
     __m128 m0 = _mm_setzero_ps(), m1 = m0, m2 = m0, m3 = m0;
     for (; i + 16 <= n; i += 16) {
@@ -66,6 +66,16 @@ static inline float es_max_abs(const float *ES_RESTRICT x, ptrdiff_t n) {
     float lanes[4];
     _mm_storeu_ps(lanes, _mm_max_ps(_mm_max_ps(m0, m1), _mm_max_ps(m2, m3)));
     for (int k = 0; k < 4; ++k) m = lanes[k] > m ? lanes[k] : m;
+#else
+    /* Elsewhere (aarch64, ES_NO_SIMD) eight independent maxima break the chain the same way,
+     * and the compiler may vectorise them: the maximum is exact, so the order does not matter. */
+    float m8[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
+    for (; i + 8 <= n; i += 8)
+        for (int k = 0; k < 8; ++k) {
+            const float a = fabsf(x[i + k]);
+            m8[k] = a > m8[k] ? a : m8[k];
+        }
+    for (int k = 0; k < 8; ++k) m = m8[k] > m ? m8[k] : m;
 #endif
     for (; i < n; ++i) {
         const float a = fabsf(x[i]);

@@ -22,5 +22,8 @@ void test_components_all(void);
 void test_fit_all(void);
 void test_mirror_all(void);
 void test_component_rules_all(void);
+void test_portable_all(void);
+/* "SSE2, signed char" or "portable (no SSE2), unsigned char", ...: what this build runs. */
+const char *test_build_variant(void);
 
 #endif

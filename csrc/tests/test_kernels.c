@@ -152,10 +152,12 @@ int main(void) {
     test_fit_all();
     test_mirror_all();
     test_component_rules_all();
+    test_portable_all();
     if (failures) {
         fprintf(stderr, "%d check(s) failed\n", failures);
         return 1;
     }
-    printf("csrc/tests: all checks passed (OpenMP: %s)\n", es_has_openmp() ? "yes" : "no");
+    printf("csrc/tests: all checks passed (OpenMP: %s; %s)\n", es_has_openmp() ? "yes" : "no",
+           test_build_variant());
     return 0;
 }
