@@ -213,3 +213,19 @@ def test_the_default_workers_count_the_cores_the_quota_allows(tmp_path):
     free = _cgroup(tmp_path / "free", {"cpu.max": "max 100000\n"}, "0::/\n")
     assert effective_cores(tmp_path / "free", free) == cores
     assert default_workers(tmp_path / "free", free) == min(4, cores // 4)
+
+
+@pytest.mark.parametrize("workers", ["-1", "-3"])
+def test_a_negative_workers_is_refused_not_taken_as_the_default(tmp_path, workers):
+    """--workers is a count: a negative one is a one-line usage error, not the default in disguise
+    (-1 was the option's hidden default, shown in --help as the range x>=-1)."""
+    from edgeseg.cli.main import cli
+    from tests.guarded_cli import GuardedCliRunner
+
+    out = tmp_path / "out"
+    result = GuardedCliRunner().invoke(cli, ["evaluate", str(tmp_path / "best.pt"), "--data", "phantom:cases=2,size=32",
+                                             "--workers", workers, "--out", str(out)])
+    assert result.exit_code == 2 and result.output.count("\n") == 1, result.output
+    assert "--workers" in result.output and workers in result.output and not out.exists()
+    shown = GuardedCliRunner().invoke(cli, ["evaluate", "--help"]).output
+    assert "x>=-1" not in shown and "x>=0" in shown
