@@ -29,6 +29,10 @@ def sdk_prefix() -> Path:
         if (prefix / "include" / "edgeseg.h").is_file() and _majors(prefix / "lib"):
             library_file(prefix / "lib")
             return prefix
+    if chosen:
+        raise EdgesegError(f"EDGESEG_SDK={chosen} holds no libedgeseg (include/edgeseg.h and lib/libedgeseg.so.MAJOR): "
+                           "point it at an SDK folder (build/sdk after 'make sdk', or a copy of one), or unset it "
+                           "to use this install's")
     raise EdgesegError("libedgeseg is not built in this install (looked in "
                        f"{', '.join(str(c) for c in candidates)}); run 'make sdk' in the source tree")
 

@@ -31,7 +31,7 @@ from edgeseg.errors import require
 @click.option("--out", default=None, type=click.Path(file_okay=False), help="Folder for eval.json, the table and overlay PNGs.")
 @click.option("--worst", default=4, show_default=True, type=click.IntRange(min=0),
               help="Overlay PNGs for this many worst cases.")
-@click.option("--workers", default=-1, type=click.IntRange(min=-1), show_default="one per 4 cores, at most 4",
+@click.option("--workers", default=None, type=click.IntRange(min=0), show_default="one per 4 cores, at most 4",
               help="Processes computing the cases' metrics (HD95 above all) while the next cases are predicted, "
                    "at most this many cases in flight (0: in the evaluating process, one case after another).")
 @tta_option
@@ -50,6 +50,6 @@ def command(checkpoint, data, split, labels, label_file, keep_largest, volume_po
         checkpoint, data, split=split, labels=parse_labels(labels) if labels else None,
         intensity=intensity, label_file=label_file, keep_largest=keep_largest,
         volume_postprocess=volume_postprocess, out=out, worst=worst, progress=not quiet, tta=tta,
-        workers=default_workers() if workers < 0 else workers,
+        workers=default_workers() if workers is None else workers,
     )
     click.echo(result["table"])

@@ -14,8 +14,9 @@ import click
 def command(cflags: bool, libs: bool, prefix: bool, cmake_dir: bool, pkgconfig_dir: bool) -> None:
     """Print where libedgeseg is and how to build against it.
 
-    With several options the values are printed on one line, in the order above, e.g.
-    ``cc app.c $(edgeseg sdk --cflags --libs)``; without options, a short summary. The SDK is
+    With several options the values are printed on one line, in the order of the list below
+    whatever order they are given in, e.g. ``cc app.c $(edgeseg sdk --cflags --libs)``; without
+    options, a short summary. The SDK is
     looked for in the installed package, else in a source checkout's build/sdk; the environment
     variable EDGESEG_SDK names another folder, then the only one looked in.
     """

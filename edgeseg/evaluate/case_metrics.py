@@ -202,6 +202,8 @@ def _worker_ended(processes, lost: list[str], handing: str) -> EdgesegError:
         elif code:
             ends.add(f"exited with status {code} (its error is above; a script that starts metric workers "
                      f"needs `if __name__ == \"__main__\":`, docs/training.md)")
+    # a broken pool terminates the workers left: their SIGTERM is how it stopped them, not news
+    ends = (ends - {"killed by SIGTERM"}) or ends
     how = "; ".join(sorted(ends)) or "ended without a result (killed, or out of memory?)"
     what = (f"case{'s' if len(lost) > 1 else ''} {', '.join(lost)} lost with it" if lost
             else f"before case {handing} could be handed over")

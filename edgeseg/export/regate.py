@@ -94,9 +94,18 @@ def _parity(folder: Path) -> dict:
 def _unscored(manifest: Manifest, parity: dict, backends: Sequence[str]) -> list[tuple[Any, Any]]:
     """(artifact entry, runner class) of every installed runner with no verdict on the artifact:
     not in its ``scored`` (from the rows for a manifest without one), not excluded."""
-    from edgeseg.runtime.runners import runner_class, runners_for
-    from edgeseg.runtime.selection import parse_backend
+    from edgeseg.runtime.runners import plugin_errors, runner_class, runners, runners_for
+    from edgeseg.runtime.runners.remote import is_remote
+    from edgeseg.runtime.selection import canonical_backend, parse_backend
 
+    named = sorted(name for name, cls in runners(warn=False).items() if cls.format is not None)
+    takes = f"--backend NAME or NAME:PRECISION, NAME one of {', '.join(named)}"
+    for text in backends:  # parse_backend's "known" list offers auto and a server, which predict takes
+        name = canonical_backend(text).partition(":")[0]
+        if name == "auto" or is_remote(text.strip()):
+            raise BackendError(f"edgeseg gate scores runners by name, not {text.strip()!r}: {takes}")
+        if name not in named and name not in plugin_errors():
+            raise BackendError(f"unknown backend {name!r}; edgeseg gate takes {takes}")
     wanted = [parse_backend(text) for text in backends]
     for name, _ in wanted:
         if not runner_class(name).available():

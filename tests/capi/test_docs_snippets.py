@@ -3,9 +3,11 @@ against ``make sdk``'s output and give the Python runtime's mask for a 512x512 i
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -64,9 +66,46 @@ def test_the_cmake_snippet_builds_an_app(sdk, bundle, dcmqi_hu, slice_and_mask, 
     (app / "CMakeLists.txt").write_text(_block("cmake"))
     shutil.copy(ROOT / "examples" / "cpp" / "segment.cpp", app / "main.cpp")
     build = tmp_path / "build"
-    for cmd in (["cmake", "-S", str(app), "-B", str(build), f"-DCMAKE_PREFIX_PATH={sdk}"], ["cmake", "--build", str(build)]):
-        result = subprocess.run(cmd, capture_output=True, text=True)
+    # the configure option as the snippet's comment gives it, through the shell, with edgeseg on PATH
+    option = re.search(r'# configure with (-DCMAKE_PREFIX_PATH="[^"]*")', _block("cmake"))
+    assert option, "the CMake snippet should say how to configure (-DCMAKE_PREFIX_PATH=...)"
+    env = dict(os.environ, EDGESEG_SDK=str(sdk), PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    for cmd in (f"cmake -S {app} -B {build} {option.group(1)}", f"cmake --build {build}"):
+        result = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, env=env)
         assert result.returncode == 0, result.stdout + result.stderr
+    assert f"CMAKE_PREFIX_PATH:UNINITIALIZED={sdk}" in (build / "CMakeCache.txt").read_text()
     hu, expected = slice_and_mask
     got = run_raw(build / "scanner_app", bundle, "int8", hu[None], tmp_path)
     assert int(np.count_nonzero(got[0] != expected)) == 0
+
+
+def _command_lines() -> list[str]:
+    """The indented shell lines between the C program and the CMake section: the build line, the
+    pkg-config alternative (a comment) and the lines that make a slice and run the program."""
+    text = PAGE.read_text()
+    start = text.index("\n```\n", text.index("```c\n")) + 5
+    part = text[start:text.index("## CMake")]
+    return [line[4:] for line in part.splitlines() if line.startswith("    ") and not line.startswith("     ")]
+
+
+def test_the_command_lines_build_and_run_the_program_as_written(sdk, bundle, build_tools, tmp_path):
+    lines = _command_lines()
+    assert lines[0] == "cc app.c $(edgeseg sdk --cflags --libs) -o app", lines
+    assert any(line.startswith("./app ") for line in lines), lines
+    (tmp_path / "app.c").write_text(_block("c"))
+    (tmp_path / "runs" / "quick").mkdir(parents=True)
+    (tmp_path / "runs" / "quick" / "bundle").symlink_to(bundle, target_is_directory=True)
+    env = dict(os.environ, EDGESEG_SDK=str(sdk), PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    for line in lines:
+        # the alternative after "# or:" is run too, on its own
+        command = line.split("# or: ", 1)[1] if line.startswith("# or: ") else line
+        done = subprocess.run(["bash", "-c", f"set -o pipefail; {command}"], cwd=tmp_path, env=env, capture_output=True,
+                              timeout=600)
+        assert done.returncode == 0, (command, done.stderr.decode())
+        if "pkg-config" in command:
+            assert "-ledgeseg" in done.stdout.decode().split(), done.stdout
+    hu = np.fromfile(tmp_path / "slice.raw", dtype="<i2").reshape(512, 512)
+    with Segmenter.load(bundle, backend="openvino:int8") as seg:
+        expected = seg.predict(hu)
+    got = np.fromfile(tmp_path / "labels.raw", dtype=np.uint8).reshape(512, 512)
+    assert np.count_nonzero(expected) > 0 and int(np.count_nonzero(got != expected)) == 0

@@ -152,18 +152,21 @@ def test_a_stop_between_a_workers_start_and_its_record_leaves_no_worker(monkeypa
             proc.kill()
 
 
-def test_a_script_without_a_main_guard_is_told_so(tmp_path):
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_script_without_a_main_guard_is_told_so(tmp_path, workers):
     """A spawned worker imports the script that started it: without ``if __name__ == "__main__":``
     it fails to start (a RuntimeError, exit status 1), not killed: the error says so, and names
-    the case that was lost."""
+    the case that was lost. With two workers the pool stops the other with SIGTERM once the first
+    has failed: that is its doing, not how the worker ended, and the line does not say it."""
     script = tmp_path / "score.py"
-    script.write_text(textwrap.dedent("""
+    script.write_text(textwrap.dedent(f"""
         import numpy as np
         from edgeseg.evaluate.case_metrics import MetricWorkers
         truth = np.zeros((4, 16, 16), np.uint8)
         truth[1:3, 4:9, 4:9] = 1
-        with MetricWorkers(1) as pool:
-            pool.submit(0, "case_a", truth, truth, ["background", "liver"], True, np.eye(3))
+        with MetricWorkers({workers}) as pool:
+            for slot, name in enumerate(["case_a", "case_b"][:{workers}]):
+                pool.submit(slot, name, truth, truth, ["background", "liver"], True, np.eye(3))
             pool.finish()
     """))
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300, cwd=tmp_path,
@@ -171,7 +174,8 @@ def test_a_script_without_a_main_guard_is_told_so(tmp_path):
     assert done.returncode != 0
     last = done.stderr.strip().splitlines()[-1]
     assert "a metric worker process exited with status 1" in last, done.stderr
-    assert 'if __name__ == "__main__":' in last and "case case_a lost" in last
+    assert 'if __name__ == "__main__":' in last and ("case case_a lost" if workers == 1 else "case_a") in last
+    assert "SIGTERM" not in last, last
 
 
 def _cgroup(root: Path, files: dict[str, str], membership: str) -> Path:
@@ -209,3 +213,19 @@ def test_the_default_workers_count_the_cores_the_quota_allows(tmp_path):
     free = _cgroup(tmp_path / "free", {"cpu.max": "max 100000\n"}, "0::/\n")
     assert effective_cores(tmp_path / "free", free) == cores
     assert default_workers(tmp_path / "free", free) == min(4, cores // 4)
+
+
+@pytest.mark.parametrize("workers", ["-1", "-3"])
+def test_a_negative_workers_is_refused_not_taken_as_the_default(tmp_path, workers):
+    """--workers is a count: a negative one is a one-line usage error, not the default in disguise
+    (-1 was the option's hidden default, shown in --help as the range x>=-1)."""
+    from edgeseg.cli.main import cli
+    from tests.guarded_cli import GuardedCliRunner
+
+    out = tmp_path / "out"
+    result = GuardedCliRunner().invoke(cli, ["evaluate", str(tmp_path / "best.pt"), "--data", "phantom:cases=2,size=32",
+                                             "--workers", workers, "--out", str(out)])
+    assert result.exit_code == 2 and result.output.count("\n") == 1, result.output
+    assert "--workers" in result.output and workers in result.output and not out.exists()
+    shown = GuardedCliRunner().invoke(cli, ["evaluate", "--help"]).output
+    assert "x>=-1" not in shown and "x>=0" in shown

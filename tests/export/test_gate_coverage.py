@@ -264,3 +264,21 @@ def test_gate_refuses_a_runner_no_artifact_runs_on(backend, without_openvino, tm
     bundle = shutil.copytree(exported, tmp_path / "bundle")
     proc = _edgeseg("gate", bundle, "--checkpoint", checkpoint, "--backend", backend, cwd=tmp_path)
     assert_one_line_error(proc, f"no artifact of the bundle runs on {backend}; it has model.onnx, model.int8.onnx")
+
+
+@pytest.mark.parametrize("backend, said", [
+    ("auto", "edgeseg gate scores runners by name, not 'auto'"),
+    ("http://127.0.0.1:9/models/edgeseg", "edgeseg gate scores runners by name, not 'http://127.0.0.1:9/models/edgeseg'"),
+    ("nosuch", "unknown backend 'nosuch'; edgeseg gate takes --backend NAME or NAME:PRECISION"),
+])
+def test_gate_refuses_auto_a_server_and_an_unknown_name_listing_only_what_it_takes(backend, said, without_openvino,
+                                                                                   tmp_path, assert_one_line_error):
+    """The runtime's list of known backends offers auto and a server's address, which predict takes and
+    the gate cannot score: its line names the runners, not 'unknown backend 'auto'; known: auto, ...'."""
+    checkpoint, exported, _ = without_openvino
+    bundle = shutil.copytree(exported, tmp_path / "bundle")
+    before = {p.name: p.read_bytes() for p in bundle.iterdir()}
+    proc = _edgeseg("gate", bundle, "--checkpoint", checkpoint, "--backend", backend, cwd=tmp_path)
+    assert_one_line_error(proc, said)
+    assert "openvino" in proc.stderr and "auto," not in proc.stderr and "http://HOST" not in proc.stderr
+    assert {p.name: p.read_bytes() for p in bundle.iterdir()} == before

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import subprocess
 import sys
@@ -13,7 +14,11 @@ from pathlib import Path
 import pytest
 
 from tests.ports import reserved_port
+from tests.serve.dcmtk_path import dcmtk_first
 from tests.serve.http_util import wait_ready
+
+# before the test modules look for dcmtk (shutil.which) and run it: never pynetdicom's apps
+os.environ["PATH"] = dcmtk_first(os.environ.get("PATH", ""))
 
 
 @pytest.fixture(scope="session")
