@@ -249,3 +249,35 @@ def test_an_enhanced_ct_whose_header_is_padded_is_refused(running_node, tmp_path
         node.abandon()
     assert "Refused: OutOfResources" in refused, refused[-2000:]
     assert none == [] and "Received Store Response (Success)" in taken, taken[-2000:]
+
+
+def test_a_compressed_enhanced_ct_padded_after_its_pixels_is_refused(running_node, tmp_path):
+    """Encapsulated pixel data is counted item by item up to its sequence delimiter: 5 MiB in a
+    private element after it are refused with 0xA700, as after native pixels, and nothing is
+    stored; the same RLE file without them is taken. 200 frames: pixel data over DEFER_BYTES,
+    left in the received file and walked there."""
+    from pydicom.encaps import encapsulate
+
+    from tests.serve.test_dicom_node_enhanced_ct_size import RLE_LOSSLESS, _rle_zero_frame
+
+    ds = _big_enhanced_ct(200)
+    ds.file_meta.TransferSyntaxUID = RLE_LOSSLESS
+    ds.PixelData = encapsulate([_rle_zero_frame()] * 200)
+    ds["PixelData"].is_undefined_length = True
+    plain = tmp_path / "plain.dcm"
+    ds.save_as(plain, enforce_file_format=True)
+    ds.private_block(0x7FE1, "EDGESEG TEST", create=True).add_new(0x10, "OB", bytes(5 << 20))
+    padded = tmp_path / "padded.dcm"
+    ds.save_as(padded, enforce_file_format=True)
+
+    def send(path):
+        return subprocess.run(["storescu", "-v", "-xr", "-aec", "EDGESEG", "127.0.0.1", str(node.port), str(path)],
+                              capture_output=True, text=True, timeout=300).stderr
+
+    with running_node(idle=3600) as node:
+        refused = send(padded)
+        none = list(node.work.rglob("*.dcm"))
+        taken = send(plain)
+        node.abandon()
+    assert "Refused: OutOfResources" in refused, refused[-2000:]
+    assert none == [] and "Received Store Response (Success)" in taken, taken[-2000:]
