@@ -209,3 +209,18 @@ def test_the_default_workers_count_the_cores_the_quota_allows(tmp_path):
     free = _cgroup(tmp_path / "free", {"cpu.max": "max 100000\n"}, "0::/\n")
     assert effective_cores(tmp_path / "free", free) == cores
     assert default_workers(tmp_path / "free", free) == min(4, cores // 4)
+
+
+def test_a_quota_is_bounded_by_the_cores_and_by_one_core(tmp_path):
+    """A quota over the cores this process may run on leaves those cores; one under a core is
+    one core (never 0); a period of 0 sets no limit (no division by it)."""
+    from edgeseg.evaluate.case_metrics import cgroup_cpu_quota, default_workers, effective_cores
+
+    cores = len(os.sched_getaffinity(0))
+    wide = _cgroup(tmp_path / "wide", {"cpu.max": f"{(cores + 16) * 100000} 100000\n"}, "0::/\n")
+    assert effective_cores(tmp_path / "wide", wide) == cores
+    assert default_workers(tmp_path / "wide", wide) == min(4, cores // 4)
+    narrow = _cgroup(tmp_path / "narrow", {"cpu.max": "50000 100000\n"}, "0::/\n")
+    assert cgroup_cpu_quota(tmp_path / "narrow", narrow) == 0.5 and effective_cores(tmp_path / "narrow", narrow) == 1
+    broken = _cgroup(tmp_path / "broken", {"cpu.max": "100000 0\n"}, "0::/\n")
+    assert cgroup_cpu_quota(tmp_path / "broken", broken) is None
