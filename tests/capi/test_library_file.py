@@ -64,12 +64,15 @@ def test_the_soname_is_read_from_the_elf_dynamic_section(tmp_path):
     assert sdk.elf_soname(script) is None
 
 
-@pytest.mark.parametrize("linker_name", ["link", "elf", "script"])
+@pytest.mark.parametrize("linker_name", ["link", "link to the full version", "elf", "script"])
 def test_several_majors_resolve_to_the_one_libedgeseg_so_names(tmp_path, linker_name):
     prefix = _prefix(tmp_path, {"libedgeseg.so.0": None, "libedgeseg.so.2": None, "libedgeseg.so.3": None})
     link = prefix / "lib" / "libedgeseg.so"
     if linker_name == "link":
         os.symlink("libedgeseg.so.2", link)
+    elif linker_name == "link to the full version":  # libedgeseg.so -> libedgeseg.so.2.1.0, as some installs make it
+        (prefix / "lib" / "libedgeseg.so.2.1.0").write_bytes(b"")
+        os.symlink("libedgeseg.so.2.1.0", link)
     elif linker_name == "elf":
         _elf(link, "libedgeseg.so.2")
     else:
