@@ -98,11 +98,14 @@ def test_a_data_set_cut_off_leaves_no_file_behind(serve_bundle, tmp_path, free_p
     assert "Received Store Response (Success)" in taken, taken[-2000:]
 
 
-def test_another_pynetdicom_scp_in_the_process_receives_as_before(running_node, tmp_path, free_port, wait_port):
+@pytest.mark.parametrize("chunked", [False, True])
+def test_another_pynetdicom_scp_in_the_process_receives_as_before(running_node, tmp_path, free_port, wait_port,
+                                                                 monkeypatch, chunked):
     """pynetdicom's setting is for the whole process: while a node runs and receives an Enhanced
-    CT to a file, a pynetdicom SCP of the program's own beside it still gets its Enhanced CT in
-    memory (``event.request.DataSet``; no ``dataset_path``), and once the node stops the setting is
-    what it was."""
+    CT to a file, a pynetdicom SCP of the program's own beside it still gets its Enhanced CT as
+    the program set it: in memory (``event.request.DataSet``; no ``dataset_path``) by default, to
+    a file of its own where the program set STORE_RECV_CHUNKED_DATASET; and once the node stops
+    the setting is what it was."""
     from pynetdicom import AE, _config, evt
 
     from edgeseg.serve.dicom_intake import ENHANCED_CT_CLASSES
@@ -112,12 +115,13 @@ def test_another_pynetdicom_scp_in_the_process_receives_as_before(running_node, 
     seen = []
 
     def on_store(event):
-        seen.append((event.dataset_path, event.request.DataSet.getbuffer().nbytes))
+        seen.append((event.dataset_path, event.request.DataSet and event.request.DataSet.getbuffer().nbytes))
         return 0x0000
 
     own = AE(ae_title="EDGESEG")
     own.add_supported_context(ENHANCED_CT_CLASSES[0])
     port = free_port()
+    monkeypatch.setattr(_config, "STORE_RECV_CHUNKED_DATASET", chunked)
     before = _config.STORE_RECV_CHUNKED_DATASET
     with running_node(idle=3600) as node:
         server = own.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)])
@@ -131,8 +135,11 @@ def test_another_pynetdicom_scp_in_the_process_receives_as_before(running_node, 
     assert all("Received Store Response (Success)" in answer for answer in to_node + to_own), to_node + to_own
     assert [p.name for p in stored] == [f"{pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID}.dcm"]
     [(dataset_path, in_memory)] = seen
-    assert dataset_path is None and in_memory > 4 * SIZE * SIZE * 2
-    assert _config.STORE_RECV_CHUNKED_DATASET is before is False
+    if chunked:
+        assert dataset_path is not None and not Path(dataset_path).is_relative_to(node.work)
+    else:
+        assert dataset_path is None and in_memory > 4 * SIZE * SIZE * 2
+    assert _config.STORE_RECV_CHUNKED_DATASET is before is chunked
 
 
 @pytest.mark.skipif(not Path("/dev/shm").is_dir() or Path("/dev/shm").stat().st_dev == Path(__file__).stat().st_dev,
