@@ -64,12 +64,15 @@ def test_the_soname_is_read_from_the_elf_dynamic_section(tmp_path):
     assert sdk.elf_soname(script) is None
 
 
-@pytest.mark.parametrize("linker_name", ["link", "elf", "script"])
+@pytest.mark.parametrize("linker_name", ["link", "link to the full version", "elf", "script"])
 def test_several_majors_resolve_to_the_one_libedgeseg_so_names(tmp_path, linker_name):
     prefix = _prefix(tmp_path, {"libedgeseg.so.0": None, "libedgeseg.so.2": None, "libedgeseg.so.3": None})
     link = prefix / "lib" / "libedgeseg.so"
     if linker_name == "link":
         os.symlink("libedgeseg.so.2", link)
+    elif linker_name == "link to the full version":  # libedgeseg.so -> libedgeseg.so.2.1.0, as some installs make it
+        (prefix / "lib" / "libedgeseg.so.2.1.0").write_bytes(b"")
+        os.symlink("libedgeseg.so.2.1.0", link)
     elif linker_name == "elf":
         _elf(link, "libedgeseg.so.2")
     else:
@@ -84,3 +87,17 @@ def test_several_majors_that_libedgeseg_so_does_not_name_are_a_one_line_error(tm
     done = subprocess.run([str(EDGESEG), "sdk", "--prefix"], capture_output=True, text=True, timeout=120,
                           env=dict(os.environ, EDGESEG_SDK=str(prefix)))
     assert done.returncode != 0 and len(done.stderr.strip().splitlines()) == 1 and "several major" in done.stderr
+
+
+def test_the_soname_of_a_32_bit_library_is_read(tmp_path):
+    """A 32-bit ELF (an armv7 edge device's libedgeseg) keeps its section table offset, entry
+    sizes and dynamic entries at other places and widths than a 64-bit one: readelf is the oracle."""
+    source = tmp_path / "probe.c"
+    source.write_text("int es_probe(void) { return 3; }\n")
+    lib = tmp_path / "libedgeseg.so.5"
+    built = subprocess.run(["cc", "-m32", "-nostdlib", "-shared", "-fPIC", "-Wl,-soname,libedgeseg.so.5", "-o",
+                            str(lib), str(source)], capture_output=True, text=True) if shutil.which("cc") else None
+    if built is None or built.returncode != 0:
+        pytest.skip("no C compiler that builds 32-bit ELF (cc -m32)")
+    assert lib.read_bytes()[4] == 1  # ELFCLASS32
+    assert sdk.elf_soname(lib) == "libedgeseg.so.5" == dynamic_entries(lib, "SONAME")[0]

@@ -229,3 +229,18 @@ def test_a_negative_workers_is_refused_not_taken_as_the_default(tmp_path, worker
     assert "--workers" in result.output and workers in result.output and not out.exists()
     shown = GuardedCliRunner().invoke(cli, ["evaluate", "--help"]).output
     assert "x>=-1" not in shown and "x>=0" in shown
+
+
+def test_a_quota_is_bounded_by_the_cores_and_by_one_core(tmp_path):
+    """A quota over the cores this process may run on leaves those cores; one under a core is
+    one core (never 0); a period of 0 sets no limit (no division by it)."""
+    from edgeseg.evaluate.case_metrics import cgroup_cpu_quota, default_workers, effective_cores
+
+    cores = len(os.sched_getaffinity(0))
+    wide = _cgroup(tmp_path / "wide", {"cpu.max": f"{(cores + 16) * 100000} 100000\n"}, "0::/\n")
+    assert effective_cores(tmp_path / "wide", wide) == cores
+    assert default_workers(tmp_path / "wide", wide) == min(4, cores // 4)
+    narrow = _cgroup(tmp_path / "narrow", {"cpu.max": "50000 100000\n"}, "0::/\n")
+    assert cgroup_cpu_quota(tmp_path / "narrow", narrow) == 0.5 and effective_cores(tmp_path / "narrow", narrow) == 1
+    broken = _cgroup(tmp_path / "broken", {"cpu.max": "100000 0\n"}, "0::/\n")
+    assert cgroup_cpu_quota(tmp_path / "broken", broken) is None

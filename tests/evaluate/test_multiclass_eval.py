@@ -240,3 +240,25 @@ def test_chest_worst_cases_show_the_ct_in_a_lung_window(chest_checkpoint, tmp_pa
     assert grey.sum() > 10_000 and black.sum() < 0.02 * grey.sum()
     air = (-1000 + 1350) / 1500
     assert (np.abs(image[..., 0][grey] - air) < 0.03).sum() > 0.1 * grey.sum()
+
+
+def test_a_case_of_several_classes_is_ranked_by_the_mean_of_their_dice():
+    """The overlay panel of a case of two classes ranks it by the mean of its classes' Dice (the
+    oracle: Dice counted with numpy), and names each class's in its title."""
+    from edgeseg.evaluate.case_scoring import panel_overlay, slice_panel
+    from edgeseg.data.volume import Volume, default_affine
+
+    truth = np.zeros((2, 8, 8), np.uint8)
+    truth[0, 1:5, 1:5], truth[1, 4:8, 4:8] = 1, 2
+    pred = truth.copy()
+    pred[0, 1:3, 1:5] = 0  # ggo half found
+    pred[1, 4:8, 4:8] = 2
+    pred[1, 0:2, 0:2] = 2  # consolidation over-segmented
+    dices = [2 * ((pred == c) & (truth == c)).sum() / ((pred == c).sum() + (truth == c).sum()) for c in (1, 2)]
+    assert dices == [pytest.approx(2 / 3), pytest.approx(8 / 9)]
+    vol = Volume(hu=np.zeros((2, 8, 8), np.float32), spacing=(1.0, 1.0, 1.0), affine=default_affine((1.0, 1.0, 1.0)),
+                 case_id="c1", label=truth)
+    score, item = panel_overlay(slice_panel(vol, pred, truth), dices, ["background", "ggo", "consolidation"])
+    assert score == pytest.approx((2 / 3 + 8 / 9) / 2)
+    assert item.title.endswith(f"\ncase Dice ggo {2 / 3:.3f}  consolidation {8 / 9:.3f}")
+    assert item.class_names == ("ggo", "consolidation")

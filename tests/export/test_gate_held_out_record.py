@@ -245,3 +245,27 @@ def test_another_intensity_on_the_export_s_slices_is_refused(trained_checkpoint,
             if torch_here else python_without(["-m", "edgeseg", "gate", str(bundle), "--quiet", *args], tmp_path))
     assert_one_line_error(proc, "--intensity hu-clipped:-100,400 is not the intensity the export read")
     assert _digests(bundle) == before
+
+
+def test_a_bundle_without_the_record_refuses_the_first_value_past_its_classes(exported_bundle, tmp_path,
+                                                                              python_without, assert_one_line_error):
+    """A model of 2 classes (0, 1) given --verify-data whose labels hold 0, 1 and 2: 2 is no class
+    index, and without the record's mapping the gate cannot know what it stands for (the oracle:
+    the label values written, read back with nibabel)."""
+    from edgeseg.data.phantom import write_phantom_dataset
+    from tests.export.test_gate_without_torch import _without_openvino
+
+    bundle, _ = _without_openvino(exported_bundle, tmp_path / "bundle")  # a row to score
+    parity = json.loads((bundle / "parity.json").read_text())
+    parity.pop("held_out", None)
+    parity["gate_metric"] = "agreement"
+    (bundle / "parity.json").write_text(json.dumps(parity, indent=2) + "\n")
+    data = write_phantom_dataset(tmp_path / "data", cases=1, seed=5, shape=(8, 64, 64))
+    for path in (data / "labelsTr").glob("*.nii.gz"):
+        label = nib.load(path)
+        nib.save(nib.Nifti1Image(np.minimum(np.asarray(label.dataobj), 2).astype(np.uint8), label.affine), path)
+        assert set(np.unique(np.asarray(nib.load(path).dataobj)).tolist()) == {0, 1, 2}
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert len(manifest["labels"]) == 2
+    proc = python_without(["-m", "edgeseg", "gate", str(bundle), "--verify-data", str(data), "--quiet"], tmp_path)
+    assert_one_line_error(proc, "has label value 2, not a class index 0..1")

@@ -146,14 +146,26 @@ def test_a_checkpoint_without_torch_falls_back_to_the_onnx_reference(exported_bu
     assert parity["rescored"][-1]["runners"] == {"model.int8.onnx": ["openvino"]}
 
 
+@pytest.mark.parametrize("unlinked", ["row gone", "row of other bytes", "excluded in the manifest"])
 def test_the_reference_must_be_the_graph_the_export_passed(exported_bundle, tmp_path, python_without,
-                                                           assert_one_line_error):
-    """No link to PyTorch (the FP32 graph's ONNX Runtime row is gone): refused, bundle unchanged."""
+                                                           assert_one_line_error, unlinked):
+    """No link to PyTorch (the FP32 graph's ONNX Runtime row is gone, is of a graph of other bytes
+    than the manifest lists, or the manifest excludes ONNX Runtime for that graph whatever its row
+    says): refused, bundle unchanged."""
     bundle, _ = _without_openvino(exported_bundle, tmp_path / "bundle")
-    parity = json.loads((bundle / "parity.json").read_text())
-    parity["results"] = [r for r in parity["results"]
-                         if not (r["file"] == "model.onnx" and r.get("runner") == "onnxruntime")]
-    (bundle / "parity.json").write_text(json.dumps(parity, indent=2) + "\n")
+    if unlinked.startswith("row"):
+        parity = json.loads((bundle / "parity.json").read_text())
+        (row,) = [r for r in parity["results"] if r["file"] == "model.onnx" and r.get("runner") == "onnxruntime"]
+        if unlinked == "row gone":
+            parity["results"].remove(row)
+        else:  # the row of a model.onnx exported before this one
+            row["sha256"] = hashlib.sha256(b"another graph").hexdigest()
+        (bundle / "parity.json").write_text(json.dumps(parity, indent=2) + "\n")
+    else:
+        manifest = json.loads((bundle / "manifest.json").read_text())
+        (fp32,) = [a for a in manifest["artifacts"] if a["file"] == "model.onnx"]
+        fp32["excluded"] = {"onnxruntime": "masks differ from the PyTorch model's"}
+        (bundle / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     before = _digests(bundle)
     proc = python_without(["-m", "edgeseg", "gate", str(bundle), "--quiet"], tmp_path)
     assert_one_line_error(proc, "parity.json records no passed check of model.onnx")

@@ -242,3 +242,26 @@ def test_a_tilted_series_with_a_missing_slice_stays_on_its_line(exported_bundle,
         uid = frame.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
         position = [float(v) for v in frame.PlanePositionSequence[0].ImagePositionPatient]
         assert position == pytest.approx([float(v) for v in sources[uid].ImagePositionPatient], abs=1e-4)
+
+
+def test_a_seg_of_a_tilted_series_states_the_distance_between_its_planes(exported_bundle, tmp_path):
+    """Spacing Between Slices is the distance between adjacent planes along their normal (PS3.3),
+    for a tilted series the table step by the cosine of the tilt, not the table step its sources
+    state: the oracle is the positions projected on the normal with numpy."""
+    from tests.guarded_cli import GuardedCliRunner
+
+    from edgeseg.cli.main import cli
+
+    fields = write_tilted_series(tmp_path / "ct", 30.0, slices=6)
+    normal = np.cross(fields["row"], fields["column"])
+    gaps = np.diff(fields["positions"] @ normal)
+    assert gaps == pytest.approx(np.full(5, TABLE_STEP_MM * np.cos(np.radians(30.0))), abs=1e-9)
+    for path in (tmp_path / "ct").iterdir():
+        ds = pydicom.dcmread(path)
+        ds.SliceThickness, ds.SpacingBetweenSlices = f"{gaps[0]:.6f}", f"{TABLE_STEP_MM}"
+        ds.save_as(path)
+    done = GuardedCliRunner().invoke(cli, ["predict", str(exported_bundle), str(tmp_path / "ct"), "--out",
+                                           str(tmp_path / "labels.dcm"), "--backend", "onnxruntime:fp32", "--quiet"])
+    assert done.exit_code == 0, done.output
+    (measures,) = pydicom.dcmread(tmp_path / "labels.dcm").SharedFunctionalGroupsSequence[0].PixelMeasuresSequence
+    assert float(measures.SpacingBetweenSlices) == pytest.approx(gaps[0], abs=1e-4)

@@ -107,3 +107,22 @@ def test_seg_passes_dciodvfy(predicted):
     report = (done.stdout + done.stderr).splitlines()
     assert any(line.strip() == "Segmentation" for line in report), report
     assert [line for line in report if line.startswith("Error")] == []
+
+
+def test_seg_of_two_segments_states_the_spacing_of_its_slices(predicted):
+    """Frames of the two segments lie at the same positions: Spacing Between Slices is the
+    distance between the slices (the oracle: the series' positions along the normal of its
+    orientation, read with pydicom), not that between two frames of one slice (0)."""
+    case, series, outputs = predicted
+    sources = [pydicom.dcmread(path, stop_before_pixels=True) for path in sorted(series.iterdir())]
+    cosines = np.asarray(sources[0].ImageOrientationPatient, dtype=float)
+    heights = np.sort([np.cross(cosines[:3], cosines[3:]) @ np.asarray(ds.ImagePositionPatient, dtype=float)
+                       for ds in sources])
+    (spacing,) = set(np.round(np.diff(heights), 4))
+    seg = pydicom.dcmread(outputs["dicom-seg"])
+    segments = [frame.SegmentIdentificationSequence[0].ReferencedSegmentNumber
+                for frame in seg.PerFrameFunctionalGroupsSequence]
+    positions = [tuple(frame.PlanePositionSequence[0].ImagePositionPatient) for frame in seg.PerFrameFunctionalGroupsSequence]
+    assert set(segments) == {1, 2} and len(set(positions)) < len(positions)  # slices holding both segments
+    (measures,) = seg.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence
+    assert float(measures.SpacingBetweenSlices) == pytest.approx(spacing, abs=1e-4)

@@ -253,6 +253,24 @@ def test_a_single_slice_without_slice_thickness_is_one_line(exported_bundle, tmp
     assert not out.exists()
 
 
+
+def test_a_seg_of_one_slice_keeps_the_spacing_its_source_states(exported_bundle, tmp_path):
+    """One position has no spacing to measure: the SEG keeps the Spacing Between Slices of its
+    source (the oracle: the source file read with pydicom), where frames of uneven gaps lose it."""
+    series = tmp_path / "series"
+    series.mkdir()
+    middle = sorted(SERIES.glob("*.dcm"))[1]
+    dataset = pydicom.dcmread(middle)
+    dataset.SpacingBetweenSlices = "2.5"
+    dataset.save_as(series / middle.name)
+    out = tmp_path / "out.seg.dcm"
+    done = _predict(exported_bundle, series, out)
+    assert done.returncode == 0, done.stderr
+    seg = pydicom.dcmread(out)
+    assert len(seg.PerFrameFunctionalGroupsSequence) == 1  # the model found liver on it: one frame
+    (measures,) = seg.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence
+    assert float(measures.SpacingBetweenSlices) == float(pydicom.dcmread(series / middle.name).SpacingBetweenSlices)
+
 # Specific Character Sets as scanners write them, with names in them: Japanese and Korean series
 # leave the first of their values empty (the default repertoire, with code extensions)
 CHARACTER_SETS = {

@@ -98,11 +98,14 @@ def test_a_data_set_cut_off_leaves_no_file_behind(serve_bundle, tmp_path, free_p
     assert "Received Store Response (Success)" in taken, taken[-2000:]
 
 
-def test_another_pynetdicom_scp_in_the_process_receives_as_before(running_node, tmp_path, free_port, wait_port):
+@pytest.mark.parametrize("chunked", [False, True])
+def test_another_pynetdicom_scp_in_the_process_receives_as_before(running_node, tmp_path, free_port, wait_port,
+                                                                 monkeypatch, chunked):
     """pynetdicom's setting is for the whole process: while a node runs and receives an Enhanced
-    CT to a file, a pynetdicom SCP of the program's own beside it still gets its Enhanced CT in
-    memory (``event.request.DataSet``; no ``dataset_path``), and once the node stops the setting is
-    what it was."""
+    CT to a file, a pynetdicom SCP of the program's own beside it still gets its Enhanced CT as
+    the program set it: in memory (``event.request.DataSet``; no ``dataset_path``) by default, to
+    a file of its own where the program set STORE_RECV_CHUNKED_DATASET; and once the node stops
+    the setting is what it was."""
     from pynetdicom import AE, _config, evt
 
     from edgeseg.serve.dicom_intake import ENHANCED_CT_CLASSES
@@ -112,12 +115,13 @@ def test_another_pynetdicom_scp_in_the_process_receives_as_before(running_node, 
     seen = []
 
     def on_store(event):
-        seen.append((event.dataset_path, event.request.DataSet.getbuffer().nbytes))
+        seen.append((event.dataset_path, event.request.DataSet and event.request.DataSet.getbuffer().nbytes))
         return 0x0000
 
     own = AE(ae_title="EDGESEG")
     own.add_supported_context(ENHANCED_CT_CLASSES[0])
     port = free_port()
+    monkeypatch.setattr(_config, "STORE_RECV_CHUNKED_DATASET", chunked)
     before = _config.STORE_RECV_CHUNKED_DATASET
     with running_node(idle=3600) as node:
         server = own.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)])
@@ -131,8 +135,11 @@ def test_another_pynetdicom_scp_in_the_process_receives_as_before(running_node, 
     assert all("Received Store Response (Success)" in answer for answer in to_node + to_own), to_node + to_own
     assert [p.name for p in stored] == [f"{pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID}.dcm"]
     [(dataset_path, in_memory)] = seen
-    assert dataset_path is None and in_memory > 4 * SIZE * SIZE * 2
-    assert _config.STORE_RECV_CHUNKED_DATASET is before is False
+    if chunked:
+        assert dataset_path is not None and not Path(dataset_path).is_relative_to(node.work)
+    else:
+        assert dataset_path is None and in_memory > 4 * SIZE * SIZE * 2
+    assert _config.STORE_RECV_CHUNKED_DATASET is before is chunked
 
 
 @pytest.mark.skipif(not Path("/dev/shm").is_dir() or Path("/dev/shm").stat().st_dev == Path(__file__).stat().st_dev,
@@ -246,6 +253,38 @@ def test_an_enhanced_ct_whose_header_is_padded_is_refused(running_node, tmp_path
         [refused] = _send_all(node.port, [padded])
         none = list(node.work.rglob("*.dcm"))
         [taken] = _send_all(node.port, [plain])
+        node.abandon()
+    assert "Refused: OutOfResources" in refused, refused[-2000:]
+    assert none == [] and "Received Store Response (Success)" in taken, taken[-2000:]
+
+
+def test_a_compressed_enhanced_ct_padded_after_its_pixels_is_refused(running_node, tmp_path):
+    """Encapsulated pixel data is counted item by item up to its sequence delimiter: 5 MiB in a
+    private element after it are refused with 0xA700, as after native pixels, and nothing is
+    stored; the same RLE file without them is taken. 200 frames: pixel data over DEFER_BYTES,
+    left in the received file and walked there."""
+    from pydicom.encaps import encapsulate
+
+    from tests.serve.test_dicom_node_enhanced_ct_size import RLE_LOSSLESS, _rle_zero_frame
+
+    ds = _big_enhanced_ct(200)
+    ds.file_meta.TransferSyntaxUID = RLE_LOSSLESS
+    ds.PixelData = encapsulate([_rle_zero_frame()] * 200)
+    ds["PixelData"].is_undefined_length = True
+    plain = tmp_path / "plain.dcm"
+    ds.save_as(plain, enforce_file_format=True)
+    ds.private_block(0x7FE1, "EDGESEG TEST", create=True).add_new(0x10, "OB", bytes(5 << 20))
+    padded = tmp_path / "padded.dcm"
+    ds.save_as(padded, enforce_file_format=True)
+
+    def send(path):
+        return subprocess.run(["storescu", "-v", "-xr", "-aec", "EDGESEG", "127.0.0.1", str(node.port), str(path)],
+                              capture_output=True, text=True, timeout=300).stderr
+
+    with running_node(idle=3600) as node:
+        refused = send(padded)
+        none = list(node.work.rglob("*.dcm"))
+        taken = send(plain)
         node.abandon()
     assert "Refused: OutOfResources" in refused, refused[-2000:]
     assert none == [] and "Received Store Response (Success)" in taken, taken[-2000:]

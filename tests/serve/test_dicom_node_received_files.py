@@ -152,6 +152,26 @@ def test_files_a_killed_node_left_are_removed_at_the_start(running_node, tmp_pat
     assert left == []
 
 
+@pytest.mark.parametrize("kind", ["link", "file"])
+def test_a_received_link_or_file_in_the_work_folder_becomes_a_folder_of_its_own(running_node, tmp_path, kind):
+    """A ``received`` link to another folder (or a file of that name) in the work folder is
+    replaced by a folder: the node neither writes into the link's target nor empties it."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "keep.dcm").write_bytes(b"kept")
+    received = tmp_path / "work" / "received"
+    received.parent.mkdir()
+    if kind == "link":
+        received.symlink_to(elsewhere, target_is_directory=True)
+    else:
+        received.write_bytes(b"not a folder")
+    with running_node(idle=3600) as node:
+        made = received.is_dir() and not received.is_symlink()
+        node.abandon()
+    assert made and _files(received) == []
+    assert [p.name for p in elsewhere.iterdir()] == ["keep.dcm"] and (elsewhere / "keep.dcm").read_bytes() == b"kept"
+
+
 @pytest.mark.skipif(not DCMTK, reason="dcmtk (echoscu, storescu) is not installed: apt-get install dcmtk")
 def test_an_enhanced_ct_the_disk_cannot_take_is_refused_and_leaves_no_file(running_listen, tmp_path):
     """A write of the received file that fails (a full disk; here the file size limit): it was
