@@ -86,7 +86,8 @@ test-layers: build
 test-c:
 	$(MAKE) -C csrc/tests run portable
 
-# The C test cross-built for aarch64 and run under qemu-user; not part of `make test`.
+# The C test cross-built for aarch64 and run under qemu-user; `make test` runs it through
+# tests/kernels/test_aarch64.py where the cross toolchain works.
 test-c-aarch64:
 	$(MAKE) -C csrc/tests aarch64
 

@@ -57,7 +57,10 @@ def _compiler_has_openmp(compiler) -> bool:
 
 class BuildExtWithOpenMP(build_ext):
     def build_extensions(self) -> None:
-        extra_c = ["-O3", "-std=c99"]
+        # -ffp-contract=off: a * b + c stays two roundings (no FMA) with every compiler; clang
+        # contracts by default even with -std=c99, and the near-tie recomputation needs the
+        # operations rounded one by one (docs/kernels.md, Porting).
+        extra_c = ["-O3", "-std=c99", "-ffp-contract=off"]
         extra_l: list[str] = []
         if os.environ.get("EDGESEG_NO_OPENMP") != "1" and _compiler_has_openmp(self.compiler):
             extra_c.append("-fopenmp")

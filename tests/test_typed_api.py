@@ -39,8 +39,8 @@ CONSUMERS = Path(__file__).resolve().parent / "typed_api"
 INSTALLED = Path(edgeseg.__file__).resolve().parents[1]
 
 
-def _mypy(args: list[str], cwd: Path, cache: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(INSTALLED), "MYPY_FORCE_COLOR": "0"}
+def _mypy(args: list[str], cwd: Path, cache: Path, **extra_env: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(INSTALLED), "MYPY_FORCE_COLOR": "0", **extra_env}
     env.pop("MYPYPATH", None)
     return subprocess.run([sys.executable, "-m", "mypy", "--no-color-output", "--no-error-summary",
                            "--cache-dir", str(cache), *args], cwd=cwd, env=env, capture_output=True, text=True,
@@ -59,7 +59,16 @@ def test_an_application_type_checks_against_the_installed_package(tmp_path):
     is reported with that code, and nothing else is (one run: both files, one cache)."""
     pytest.importorskip("mypy", reason="mypy is in the dev extra")
     ok, wrong = CONSUMERS / "consumer.py", CONSUMERS / "consumer_wrong.py"
-    result = _mypy(["--strict", "--show-error-codes", str(ok), str(wrong)], tmp_path, tmp_path / "cache")
+    # An application's own (empty) configuration: not the checkout's pyproject.toml, which mypy
+    # finds walking up from a tmp_path inside the checkout, nor a user's configuration, such as
+    # the one here that would silence two of the codes expected.
+    config, work = tmp_path / "app.ini", tmp_path / "work"
+    config.write_text("[mypy]\n")
+    work.mkdir()
+    (tmp_path / "xdg" / "mypy").mkdir(parents=True)
+    (tmp_path / "xdg" / "mypy" / "config").write_text("[mypy]\ndisable_error_code = attr-defined, operator\n")
+    result = _mypy(["--config-file", str(config), "--strict", "--show-error-codes", str(ok), str(wrong)],
+                   work, tmp_path / "cache", XDG_CONFIG_HOME=str(tmp_path / "xdg"))
     errors = re.findall(r"^(.+?):(\d+): error: .*\[([a-z-]+)\]$", result.stdout, re.M)
     assert [e for e in errors if Path(e[0]).name != wrong.name] == [], result.stdout + result.stderr
     reported = {(int(line), code) for _, line, code in errors}

@@ -86,7 +86,7 @@ from edgeseg.train.config import LOSSES, MEMORY_FORMATS
 @click.option("--cache", default=None, type=click.Path(file_okay=False),
               help="Folder for the slice store (the data pre-processed once, reused by later runs and other "
                    "processes); default OUT/slice-store. A shared folder lets runs on the same data share it.")
-@click.option("--workers", default=-1, show_default="one per core but one, at most 4",
+@click.option("--workers", default=None, type=click.IntRange(min=0), show_default="one per core but one, at most 4",
               help="DataLoader worker processes reading and augmenting batches (0: in the training process).")
 @click.option("--foreground-share", default=1 / 3, show_default="1/3", type=float,
               help="Share of each batch drawn from slices containing each class in turn; the rest is uniform.")
@@ -207,7 +207,8 @@ def config_from_options(opts: dict, recipe, ctx: click.Context):
         threads=opts["threads"], fit=opts["fit"], mask=opts["mask"], case_pattern=opts["case_pattern"],
         loss=opts["loss"], folds=opts["folds"], fold=opts["fold"],
         class_weights=_parse_weights(opts["class_weights"]), regions=_parse_regions(opts["regions"]), sync_bn=opts["sync_bn"],
-        cache=str(Path(opts["cache"]).resolve()) if opts["cache"] else None, workers=opts["workers"],
+        cache=str(Path(opts["cache"]).resolve()) if opts["cache"] else None,
+        workers=-1 if opts["workers"] is None else opts["workers"],  # -1: TrainConfig's default from the cores
         foreground_share=opts["foreground_share"], memory_format=opts["memory_format"],
         deterministic=opts["deterministic"],
     )

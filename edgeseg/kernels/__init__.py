@@ -7,13 +7,14 @@ take ``reference=True`` to run the numpy oracle in ``edgeseg.kernels.reference``
 
 from __future__ import annotations
 
-from edgeseg.kernels.components import ComponentRule, filter_components
+from edgeseg.kernels.components import ComponentRule, checked_labels, filter_components
 from edgeseg.kernels.postprocessing import largest_component, postprocess, resize_labels
 from edgeseg.kernels.preprocessing import preprocess, preprocess_labels
 from edgeseg.kernels.threads import build_info, get_num_threads, has_openmp, set_num_threads
 
 __all__ = [
     "ComponentRule",
+    "checked_labels",
     "filter_components",
     "build_info",
     "get_num_threads",

@@ -31,15 +31,9 @@ class ComponentRule(NamedTuple):
     removed_to: int = 0
 
 
-def filter_components(labels: np.ndarray, rules: Mapping[int, ComponentRule], *, volume: bool = False,
-                      reference: bool = False, num_threads: int | None = None) -> np.ndarray:
-    """A copy of uint8 ``labels`` with each class in ``rules`` filtered by its rule.
-
-    ``volume=False`` takes (H, W) or (N, H, W) and works slice by slice with 8-connectivity;
-    ``volume=True`` takes one (Z, Y, X) volume and joins voxels across slices with
-    6-connectivity (faces only). Classes not in ``rules`` (and class 0) are left as they are.
-    ``reference=True`` runs the scipy.ndimage oracle instead of the C kernel.
-    """
+def checked_labels(labels: np.ndarray, *, volume: bool) -> np.ndarray:
+    """``labels`` as filter_components takes them (the array itself where it is one), or a
+    one-line DataError: uint8, (Z, Y, X) with ``volume`` else (H, W) or (N, H, W)."""
     arr = np.asarray(labels)
     if arr.dtype != np.uint8:
         raise DataError(f"labels must be uint8, got dtype {arr.dtype}")
@@ -49,6 +43,19 @@ def filter_components(labels: np.ndarray, rules: Mapping[int, ComponentRule], *,
         raise DataError(f"labels must be {what} with every side >= 1, got shape {arr.shape}")
     if arr.size > MAX_VOXELS:
         raise DataError(f"labels of {arr.size} voxels exceed the component filter's {MAX_VOXELS}")
+    return arr
+
+
+def filter_components(labels: np.ndarray, rules: Mapping[int, ComponentRule], *, volume: bool = False,
+                      reference: bool = False, num_threads: int | None = None) -> np.ndarray:
+    """A copy of uint8 ``labels`` with each class in ``rules`` filtered by its rule.
+
+    ``volume=False`` takes (H, W) or (N, H, W) and works slice by slice with 8-connectivity;
+    ``volume=True`` takes one (Z, Y, X) volume and joins voxels across slices with
+    6-connectivity (faces only). Classes not in ``rules`` (and class 0) are left as they are.
+    ``reference=True`` runs the scipy.ndimage oracle instead of the C kernel.
+    """
+    arr = checked_labels(labels, volume=volume)
     checked = _checked_rules(rules)
     if reference:
         return _reference.filter_components(arr, checked, volume=volume)

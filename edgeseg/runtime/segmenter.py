@@ -26,7 +26,7 @@ import numpy as np
 from edgeseg.data.field_of_view import fov_check_mode, fov_problem
 from edgeseg.data.volume import Volume
 from edgeseg.errors import BackendError, BundleError, DataError
-from edgeseg.kernels import filter_components, postprocess, preprocess
+from edgeseg.kernels import checked_labels, filter_components, postprocess, preprocess
 from edgeseg.progress import progress_bar
 from edgeseg.runtime import fork_guard
 from edgeseg.runtime.body_parts import body_part_warning
@@ -269,9 +269,9 @@ class Segmenter:
                       spacing: tuple[float, float, float] | None = None) -> np.typing.NDArray[np.uint8]:
         """The bundle's 3-D component filters (per class, 6-connected) on (Z, Y, X) ``labels``
         of one volume; ``spacing`` (z, y, x) in mm, needed where a class removes components by
-        mL. Returns ``labels`` itself when no class has a 3-D filter."""
+        mL. Returns ``labels`` itself when no class has a 3-D filter; other than uint8 (Z, Y, X): DataError."""
         if not self.postprocess.filters_volume:
-            return labels
+            return checked_labels(labels, volume=True)
         rules = self.postprocess.volume_rules(spacing)
         return filter_components(labels, rules, volume=True, num_threads=KERNEL_THREADS)
 

@@ -116,3 +116,17 @@ def test_an_empty_data_source_is_refused_not_read_as_the_current_folder(tmp_path
                           timeout=300, cwd=data)
     assert_one_line_error(proc, message)
     assert sorted(p.relative_to(data) for p in data.rglob("*")) == before
+
+
+@pytest.mark.parametrize("workers", ["-1", "-5"])
+def test_train_refuses_a_negative_workers_count_as_a_usage_error(tmp_path, workers):
+    """--workers is a count: -1 (the option's hidden default) ran as the default; now every negative
+    count is a one-line usage error naming the option, before the data is looked at."""
+    out = tmp_path / "run"
+    result = edgeseg("train", "--data", tmp_path / "no-such-data", "--workers", workers, "--out", out)
+    assert result.returncode == 2, result.stdout + result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--workers" in lines[0] and workers in lines[0] and "x>=0" in lines[0], result.stderr
+    assert not out.exists()
+    shown = edgeseg("train", "--help").stdout
+    assert "x>=0" in shown.split("--workers", 1)[1].split("--foreground-share", 1)[0]

@@ -149,3 +149,19 @@ def test_a_spacing_whose_voxel_volume_is_not_a_normal_number_is_refused(spacing)
     assert "\n" not in str(caught.value)
     # (1e-100)^3 / 1000 = 1e-303 mL is small but a normal number
     assert post.volume_rules((1e-100, 1e-100, 1e-100))[1].min_size > 8192**3
+
+
+@pytest.mark.parametrize("classes", [{}, {1: ClassPostprocess(keep_largest_3d=True)}], ids=["no-3d-filter", "3d-filter"])
+@pytest.mark.parametrize("labels, message", [
+    (np.zeros((2, 3, 3), np.int64), r"labels must be uint8, got dtype int64"),
+    (np.zeros((3, 3), np.uint8), r"labels must be a \(Z, Y, X\) volume with every side >= 1, got shape \(3, 3\)"),
+])
+def test_filter_volume_refuses_what_is_not_a_uint8_volume_with_or_without_3d_filters(bundle_dir, classes, labels,
+                                                                                      message):
+    """Its annotation promises uint8 in and out: without a 3-D filter it returned any input unchanged."""
+    with Segmenter.load(bundle_dir, backend="onnxruntime:fp32") as seg:
+        seg.postprocess = PostprocessOptions(classes=classes)
+        with pytest.raises(DataError, match=f"^{message}$"):
+            seg.filter_volume(labels, (1.0, 1.0, 1.0))
+        good = np.zeros((2, 3, 3), np.uint8)
+        assert (seg.filter_volume(good, (1.0, 1.0, 1.0)) is good) == (not classes)
