@@ -24,13 +24,14 @@ def sdk_prefix() -> Path:
     or if the first one found holds several major versions and :func:`library_file` cannot tell
     which is meant."""
     chosen = os.environ.get("EDGESEG_SDK")
-    candidates = (Path(chosen),) if chosen else (PACKAGE_DIR / "libedgeseg", PACKAGE_DIR.parent / "build" / "sdk")
+    # absolute: the flags printed are used from other folders (a build tree, a Makefile's recipe)
+    candidates = (Path(os.path.abspath(os.path.expanduser(chosen))),) if chosen else (PACKAGE_DIR / "libedgeseg", PACKAGE_DIR.parent / "build" / "sdk")
     for prefix in candidates:
         if (prefix / "include" / "edgeseg.h").is_file() and _majors(prefix / "lib"):
             library_file(prefix / "lib")
             return prefix
     if chosen:
-        raise EdgesegError(f"EDGESEG_SDK={chosen} holds no libedgeseg (include/edgeseg.h and lib/libedgeseg.so.MAJOR): "
+        raise EdgesegError(f"EDGESEG_SDK={chosen!r} holds no libedgeseg (include/edgeseg.h and lib/libedgeseg.so.MAJOR): "
                            "point it at an SDK folder (build/sdk after 'make sdk', or a copy of one), or unset it "
                            "to use this install's")
     raise EdgesegError("libedgeseg is not built in this install (looked in "

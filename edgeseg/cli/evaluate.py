@@ -40,7 +40,6 @@ def command(checkpoint, data, split, labels, label_file, keep_largest, volume_po
             workers, tta, quiet) -> None:
     """Evaluate CHECKPOINT per case and per class; prints a table, writes JSON and overlays."""
     require("torch", "train", "edgeseg evaluate")
-    from edgeseg.evaluate.case_metrics import default_workers
     from edgeseg.evaluate.model_eval import evaluate_checkpoint
     from edgeseg.train.config import parse_labels
 
@@ -50,6 +49,6 @@ def command(checkpoint, data, split, labels, label_file, keep_largest, volume_po
         checkpoint, data, split=split, labels=parse_labels(labels) if labels else None,
         intensity=intensity, label_file=label_file, keep_largest=keep_largest,
         volume_postprocess=volume_postprocess, out=out, worst=worst, progress=not quiet, tta=tta,
-        workers=default_workers() if workers is None else workers,
+        workers=workers,  # None: default_workers()
     )
     click.echo(result["table"])

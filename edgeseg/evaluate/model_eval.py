@@ -15,7 +15,7 @@ from edgeseg.data.case_stream import CaseReader, open_case_readers
 from edgeseg.data.dataset_names import dataset_label_names, unnamed_classes
 from edgeseg.data.open import check_source, run_read_options, same_data
 from edgeseg.data.volume import Volume
-from edgeseg.errors import DataError
+from edgeseg.errors import DataError, EdgesegError
 from edgeseg.evaluate.case_scoring import EVAL_BATCH, OtherCase, score_cases
 from edgeseg.metrics import summarise
 from edgeseg.evaluate.overlay import save_overlay_grid
@@ -84,6 +84,19 @@ def _one_at_a_time(groups: Iterable[list[Volume]]) -> Iterator[Volume]:
             yield volumes.pop()
 
 
+def _metric_worker_count(workers: int | None) -> int:
+    """``workers`` of :func:`evaluate_checkpoint` as a count: None is ``default_workers()`` (the
+    command's default); a negative number is refused, not taken as none."""
+    from edgeseg.evaluate.case_metrics import default_workers
+
+    if workers is None:
+        return default_workers()
+    if workers < 0:
+        raise EdgesegError(f"workers must be >= 0 (0: metrics in the evaluating process) or None (the default), "
+                           f"got {workers}")
+    return workers
+
+
 def evaluate_checkpoint(
     checkpoint: str | Path,
     data: str,
@@ -97,7 +110,7 @@ def evaluate_checkpoint(
     worst: int = 4,
     progress: bool = True,
     tta: str = "none",
-    workers: int = 0,
+    workers: int | None = 0,
 ) -> dict[str, Any]:
     """Dice, IoU and HD95 per case and class for ``checkpoint`` on ``data``.
 
@@ -114,7 +127,8 @@ def evaluate_checkpoint(
     ``intensity`` is given, case pattern and mask kind); volumes carry their own HU.
     ``tta`` mirrors at prediction (``edgeseg.runtime.tta``), recorded in the result.
     ``workers`` > 0 computes the cases' metrics in that many processes while the next cases are
-    predicted (``edgeseg.evaluate.case_metrics``): the same result, in the same order.
+    predicted (``edgeseg.evaluate.case_metrics``): the same result, in the same order; None takes
+    the command's default (``default_workers()``), a negative number is an EdgesegError.
     With ``out``: eval.json, eval.txt and worst_cases.png (contours on the CT in the task's
     display window, one colour per class; cases ranked by their mean class Dice) are written.
     """
@@ -126,6 +140,7 @@ def evaluate_checkpoint(
     from edgeseg.runtime.manifest import sha256_file
     from edgeseg.runtime.segmenter import Segmenter
 
+    workers = _metric_worker_count(workers)
     check_source(data, "--data")
     if out is not None:
         _check_out_apart(Path(out), data)

@@ -102,6 +102,9 @@ def _unscored(manifest: Manifest, parity: dict, backends: Sequence[str]) -> list
     takes = f"--backend NAME or NAME:PRECISION, NAME one of {', '.join(named)}"
     for text in backends:  # parse_backend's "known" list offers auto and a server, which predict takes
         name = canonical_backend(text).partition(":")[0]
+        if name == "all":  # edgeseg bench's word for every runner
+            raise BackendError(f"edgeseg gate takes no --backend all: omit --backend to score every installed runner, "
+                               f"or give {takes}")
         if name == "auto" or is_remote(text.strip()):
             raise BackendError(f"edgeseg gate scores runners by name, not {text.strip()!r}: {takes}")
         if name not in named and name not in plugin_errors():

@@ -6,6 +6,7 @@ that edgeseg.sdk.elf_soname reads from the dynamic section."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -101,3 +102,22 @@ def test_the_soname_of_a_32_bit_library_is_read(tmp_path):
         pytest.skip("no C compiler that builds 32-bit ELF (cc -m32)")
     assert lib.read_bytes()[4] == 1  # ELFCLASS32
     assert sdk.elf_soname(lib) == "libedgeseg.so.5" == dynamic_entries(lib, "SONAME")[0]
+
+
+def test_a_relative_edgeseg_sdk_gives_absolute_flags(tmp_path):
+    # the flags are used from other folders (a build tree, a recipe's cd): relative ones would miss
+    prefix = _prefix(tmp_path / "rel" / "sdk", {"libedgeseg.so": "libedgeseg.so.0"})
+    _elf(prefix / "lib" / "libedgeseg.so.0", "libedgeseg.so.0")
+    done = subprocess.run([str(EDGESEG), "sdk", "--cflags", "--libs"], capture_output=True, text=True, timeout=120,
+                          cwd=tmp_path, env=dict(os.environ, EDGESEG_SDK="rel/sdk"))
+    assert done.returncode == 0, done.stderr
+    lib = prefix / "lib"
+    assert done.stdout.split() == [f"-I{prefix / 'include'}", f"-L{lib}", f"-Wl,-rpath,{lib}", "-ledgeseg"]
+
+
+def test_a_whitespace_edgeseg_sdk_is_quoted_in_the_error(tmp_path):
+    done = subprocess.run([str(EDGESEG), "sdk", "--prefix"], capture_output=True, text=True, timeout=120,
+                          cwd=tmp_path, env=dict(os.environ, EDGESEG_SDK="  "))
+    assert done.returncode != 0 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    # quoted: the blank value is seen (the one-line error folds its run of spaces into one)
+    assert re.match(r"edgeseg: error: EDGESEG_SDK='\s+' holds no libedgeseg", done.stderr), done.stderr

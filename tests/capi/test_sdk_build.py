@@ -67,7 +67,7 @@ def test_edgeseg_sdk_naming_a_folder_without_a_build_is_one_line_error(tmp_path,
     monkeypatch.setenv("EDGESEG_SDK", str(tmp_path / "nothing"))
     result = GuardedCliRunner().invoke(cli, ["sdk", "--libs"])
     assert result.exit_code == 2 and result.output.count("\n") == 1
-    assert result.output.startswith(f"edgeseg: error: EDGESEG_SDK={tmp_path / 'nothing'} holds no libedgeseg")
+    assert result.output.startswith(f"edgeseg: error: EDGESEG_SDK={str(tmp_path / 'nothing')!r} holds no libedgeseg")
     assert "unset it" in result.output
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.ports import reserved_port
-from tests.serve.dcmtk_path import dcmtk_first
+from tests.serve.dcmtk_path import dcmtk_first, missing_dcmtk
 
 ROOT = Path(__file__).resolve().parents[2]
 PAGE = ROOT / "docs" / "serving.md"
@@ -33,15 +33,36 @@ def listen_block() -> list[list[str]]:
     return [shlex.split(line) for line in blocks[0].splitlines() if line.strip()]
 
 
-@pytest.mark.parametrize("peer", ["dcmtk", "pynetdicom"])
+def stop(node: subprocess.Popen, timeout: float = 60) -> str:
+    """Ctrl-C to the node, then up to ``timeout`` s for it to finish; killed and reaped past that.
+    Its output (stdout and stderr), saying so where it had to be killed."""
+    node.send_signal(signal.SIGINT)
+    try:
+        return node.communicate(timeout=timeout)[0]
+    except subprocess.TimeoutExpired:
+        node.kill()
+        return node.communicate()[0] + f"\n[the node was killed: still running {timeout} s after SIGINT]"
+
+
+def _peer_path(peer: str) -> str:
+    """PATH as a reader with the venv active has it: its bin/ (pynetdicom's apps) first, and for
+    the dcmtk case, dcmtk's tools before those (tests.serve.dcmtk_path)."""
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    return dcmtk_first(path) if peer == "dcmtk" else path
+
+
+# why a peer's case cannot run here, or None: dcmtk's own tools, not pynetdicom's of the same names
+MISSING = {"dcmtk": missing_dcmtk("echoscu", "storescu"),
+           "pynetdicom": None if all(shutil.which(tool, path=str(Path(sys.executable).parent))
+                                     for tool in ("echoscu", "storescu"))
+           else "pynetdicom's echoscu and storescu are not in the venv (the dicom extra)"}
+
+
+@pytest.mark.parametrize("peer", [pytest.param(peer, marks=pytest.mark.skipif(bool(why), reason=str(why)))
+                                  for peer, why in MISSING.items()])
 def test_the_listen_block_segments_the_series(exported_bundle, tmp_path, peer):
-    venv_bin = str(Path(sys.executable).parent)
-    path = os.pathsep.join([venv_bin, os.environ.get("PATH", "")])
-    if peer == "dcmtk":
-        path = dcmtk_first(path)
+    path = _peer_path(peer)
     found = shutil.which("storescu", path=path)
-    if found is None or shutil.which("echoscu", path=path) is None:
-        pytest.skip(f"{peer}'s storescu and echoscu are not installed")
     assert (Path(found).read_bytes()[:2] == b"#!") == (peer == "pynetdicom"), found
     (tmp_path / "runs" / "demo").mkdir(parents=True)
     (tmp_path / "runs" / "demo" / "bundle").symlink_to(exported_bundle, target_is_directory=True)
@@ -67,8 +88,20 @@ def test_the_listen_block_segments_the_series(exported_bundle, tmp_path, peer):
         while not list(seg.glob("*.seg.dcm")) and time.monotonic() < deadline and node.poll() is None:
             time.sleep(0.5)
         assert len(list(seg.glob("*.seg.dcm"))) == 1
-    finally:
-        node.send_signal(signal.SIGINT)
-        out, _ = node.communicate(timeout=60)
+    except BaseException as failed:  # the node's own account of what went wrong goes with it
+        failed.add_note(f"the node's output:\n{stop(node)}")
+        raise
+    out = stop(node)
     assert node.returncode == 0, out
     assert "3 slices segmented" in out, out
+
+
+def test_a_node_that_outlives_its_ctrl_c_is_killed_reaped_and_heard():
+    """stop() on a process that ignores SIGINT: killed once the wait is over, reaped, and what it
+    wrote is returned, not lost to a TimeoutExpired that leaves it running."""
+    code = ("import signal, sys, time; signal.signal(signal.SIGINT, signal.SIG_IGN); "
+            "print('listening', flush=True); time.sleep(600)")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert proc.stdout.readline() == "listening\n"  # SIGINT is ignored from here on
+    out = stop(proc, timeout=1)
+    assert proc.returncode == -signal.SIGKILL and "[the node was killed: still running 1 s after SIGINT]" in out

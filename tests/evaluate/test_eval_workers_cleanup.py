@@ -157,9 +157,21 @@ def test_a_script_without_a_main_guard_is_told_so(tmp_path, workers):
     """A spawned worker imports the script that started it: without ``if __name__ == "__main__":``
     it fails to start (a RuntimeError, exit status 1), not killed: the error says so, and names
     the case that was lost. With two workers the pool stops the other with SIGTERM once the first
-    has failed: that is its doing, not how the worker ended, and the line does not say it."""
+    has failed: that is its doing, not how the worker ended, and the line does not say it. As they
+    import the script, the first worker fails only once the second has started, and the second
+    waits: it is running when the pool stops it (else both might fail first, and no SIGTERM be sent)."""
     script = tmp_path / "score.py"
     script.write_text(textwrap.dedent(f"""
+        import os, time
+        if __name__ == "__mp_main__":  # a worker importing the script
+            try:
+                os.close(os.open({str(tmp_path / "first")!r}, os.O_CREAT | os.O_EXCL))
+            except FileExistsError:
+                open({str(tmp_path / "second")!r}, "w").close()
+                time.sleep(120)
+            deadline = time.monotonic() + (60 if {workers} > 1 else 0)
+            while time.monotonic() < deadline and not os.path.exists({str(tmp_path / "second")!r}):
+                time.sleep(0.05)
         import numpy as np
         from edgeseg.evaluate.case_metrics import MetricWorkers
         truth = np.zeros((4, 16, 16), np.uint8)
@@ -176,6 +188,7 @@ def test_a_script_without_a_main_guard_is_told_so(tmp_path, workers):
     assert "a metric worker process exited with status 1" in last, done.stderr
     assert 'if __name__ == "__main__":' in last and ("case case_a lost" if workers == 1 else "case_a") in last
     assert "SIGTERM" not in last, last
+    assert (tmp_path / "second").exists() == (workers == 2)  # the case the line is about was made
 
 
 def _cgroup(root: Path, files: dict[str, str], membership: str) -> Path:

@@ -270,6 +270,8 @@ def test_gate_refuses_a_runner_no_artifact_runs_on(backend, without_openvino, tm
     ("auto", "edgeseg gate scores runners by name, not 'auto'"),
     ("http://127.0.0.1:9/models/edgeseg", "edgeseg gate scores runners by name, not 'http://127.0.0.1:9/models/edgeseg'"),
     ("nosuch", "unknown backend 'nosuch'; edgeseg gate takes --backend NAME or NAME:PRECISION"),
+    ("all", "edgeseg gate takes no --backend all: omit --backend to score every installed runner, or give --backend "
+            "NAME or NAME:PRECISION"),
 ])
 def test_gate_refuses_auto_a_server_and_an_unknown_name_listing_only_what_it_takes(backend, said, without_openvino,
                                                                                    tmp_path, assert_one_line_error):

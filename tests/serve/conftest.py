@@ -17,8 +17,15 @@ from tests.ports import reserved_port
 from tests.serve.dcmtk_path import dcmtk_first
 from tests.serve.http_util import wait_ready
 
-# before the test modules look for dcmtk (shutil.which) and run it: never pynetdicom's apps
-os.environ["PATH"] = dcmtk_first(os.environ.get("PATH", ""))
+
+@pytest.fixture(scope="module", autouse=True)
+def _dcmtk_first_on_path():
+    """dcmtk's tools first on PATH while a serve test module runs them, never pynetdicom's apps;
+    PATH is put back after the module (a test worker runs other folders' tests after it). Module
+    scope: tests/ holds no packages, and a "package" fixture here would last the session."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("PATH", dcmtk_first(os.environ.get("PATH", "")))
+        yield
 
 
 @pytest.fixture(scope="session")

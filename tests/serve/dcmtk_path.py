@@ -4,11 +4,13 @@ The ``dicom`` extra installs pynetdicom, whose apps ``storescu``, ``echoscu``, `
 land in the venv's bin/. With the venv active (as the README has it), they come first on PATH and
 the tests, written against dcmtk's options (``-R``, ``-xr``, ``-d``, ``+sd``), got pynetdicom's:
 ``storescu: error: unrecognized arguments: -R``. :func:`dcmtk_first` puts the first dcmtk tool of
-each such name found on PATH first, through a folder of links to them."""
+each such name found on PATH first, through a folder of links to them; :func:`dcmtk_tool` is the
+test's check that dcmtk's tool is installed at all (pynetdicom's alone does not count)."""
 
 from __future__ import annotations
 
 import atexit
+import functools
 import os
 import shutil
 import tempfile
@@ -22,6 +24,24 @@ def _is_script(path: Path) -> bool:
         return f.read(2) == b"#!"
 
 
+def dcmtk_tool(name: str, path: str | None = None) -> str | None:
+    """The first dcmtk ``name`` on ``path`` (PATH by default): the first executable file of that
+    name that is not a script, as pynetdicom's apps are; None where only those are installed."""
+    path = os.environ.get("PATH", "") if path is None else path
+    for folder in path.split(os.pathsep):
+        candidate = Path(folder) / name
+        if folder and candidate.is_file() and os.access(candidate, os.X_OK) and not _is_script(candidate):
+            return str(candidate)
+    return None
+
+
+def missing_dcmtk(*names: str) -> str | None:
+    """A skip reason naming the dcmtk tools of ``names`` not installed (on PATH), or None."""
+    missing = [name for name in names if dcmtk_tool(name) is None]
+    return f"dcmtk ({', '.join(missing)}) is not installed: apt-get install dcmtk" if missing else None
+
+
+@functools.lru_cache(maxsize=None)  # one folder of links per PATH value, not one per module
 def dcmtk_first(path: str) -> str:
     """``path`` (a PATH value) with a folder of links to dcmtk's tools put first where a script of
     the same name (pynetdicom's app) would be found before them; ``path`` itself otherwise."""

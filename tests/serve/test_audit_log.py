@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 import subprocess
 import time
 import urllib.request
@@ -16,6 +15,7 @@ import numpy as np
 import pytest
 
 import edgeseg
+from tests.serve.dcmtk_path import dcmtk_tool
 
 SERIES = Path(__file__).parents[1] / "data" / "dcmqi_ct_liver" / "ct-3slice"
 
@@ -80,7 +80,7 @@ def test_upload_answer_names_the_bundle(server, serve_bundle):
         _bundle_checked(json.loads(reply.headers["X-Edgeseg-Provenance"]), serve_bundle)
 
 
-@pytest.mark.skipif(not shutil.which("storescu"), reason="dcmtk (storescu) is not installed: apt-get install dcmtk")
+@pytest.mark.skipif(not dcmtk_tool("storescu"), reason="dcmtk (storescu) is not installed: apt-get install dcmtk")
 def test_listen_audit_lines_per_association_and_series(serve_bundle, tmp_path, free_port, wait_port):
     pydicom = pytest.importorskip("pydicom")
     pytest.importorskip("pynetdicom")
@@ -125,7 +125,7 @@ def test_listen_audit_lines_per_association_and_series(serve_bundle, tmp_path, f
             assert str(value) not in text
 
 
-@pytest.mark.skipif(not shutil.which("storescu"), reason="dcmtk (storescu) is not installed: apt-get install dcmtk")
+@pytest.mark.skipif(not dcmtk_tool("storescu"), reason="dcmtk (storescu) is not installed: apt-get install dcmtk")
 def test_listen_audits_a_series_a_forced_stop_leaves_unsegmented(serve_bundle, tmp_path, free_port, wait_port):
     """Its images were acknowledged to the scanner and then dropped: the audit log must say so,
     as it does for a series that failed, not leave it out."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -11,10 +10,11 @@ from pathlib import Path
 import pytest
 
 from edgeseg.serve.dicom_node import DicomNode, Peer
+from tests.serve.dcmtk_path import dcmtk_tool
 
 pytest.importorskip("pynetdicom")
 pydicom = pytest.importorskip("pydicom")
-DCMTK = all(shutil.which(tool) for tool in ("echoscu", "storescu", "storescp"))
+DCMTK = all(dcmtk_tool(tool) for tool in ("echoscu", "storescu", "storescp"))  # not pynetdicom's apps
 pytestmark = pytest.mark.skipif(not DCMTK, reason="dcmtk (echoscu, storescu, storescp) is not installed: apt-get install dcmtk")
 
 SERIES = Path(__file__).parents[1] / "data" / "dcmqi_ct_liver" / "ct-3slice"

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import platform
-import shutil
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from edgeseg.serve.malloc_arenas import NODE_ARENAS
+from tests.serve.dcmtk_path import missing_dcmtk
 
 SERIES = Path(__file__).resolve().parents[1] / "data" / "dcmqi_ct_liver" / "ct-3slice"
 HEAP_MAX = 64 << 20
@@ -77,9 +77,8 @@ def test_the_cap_leaves_an_operators_setting_alone(setting, capped):
 
 
 def test_listen_keeps_two_arenas_under_concurrent_associations(serve_bundle, free_port, wait_port, tmp_path):
-    for tool in ("storescu", "echoscu"):
-        if shutil.which(tool) is None:
-            pytest.skip(f"{tool} (dcmtk) is not installed")
+    if missing_dcmtk("storescu", "echoscu"):
+        pytest.skip(missing_dcmtk("storescu", "echoscu"))
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "MALLOC_ARENA_MAX"}
     proc = subprocess.Popen([sys.executable, "-m", "edgeseg.cli", "listen", str(serve_bundle), "--port", str(port),

@@ -7,7 +7,6 @@ session file in TMPDIR (and looked up Microsoft's collector) in each of them."""
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -17,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.serve.dcmtk_path import dcmtk_tool
 from tests.serve.http_util import wait_ready
 
 SERIES = Path(__file__).parents[1] / "data" / "dcmqi_ct_liver" / "ct-3slice"
@@ -88,7 +88,7 @@ def test_serve_writes_nothing_outside_the_cache(serve_bundle, fresh, free_port, 
     assert undeclared(home, tmp) == []
 
 
-@pytest.mark.skipif(not shutil.which("storescu"), reason="dcmtk's storescu is not installed: apt-get install dcmtk")
+@pytest.mark.skipif(not dcmtk_tool("storescu"), reason="dcmtk's storescu is not installed: apt-get install dcmtk")
 def test_listen_writes_nothing_outside_its_out_folder_and_the_cache(serve_bundle, fresh, free_port, wait_port,
                                                                     tmp_path):
     env, home, tmp = fresh

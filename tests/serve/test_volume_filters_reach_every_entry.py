@@ -26,10 +26,11 @@ from edgeseg.data.phantom import synth_phantom
 from edgeseg.kernels import ComponentRule, filter_components
 from edgeseg.runtime import Segmenter
 from tests.guarded_cli import GuardedCliRunner
+from tests.serve.dcmtk_path import dcmtk_tool
 
 pydicom = pytest.importorskip("pydicom")
 nib = pytest.importorskip("nibabel")
-DCMTK = all(shutil.which(tool) for tool in ("storescu", "storescp"))
+DCMTK = all(dcmtk_tool(tool) for tool in ("storescu", "storescp"))
 BACKEND = "onnxruntime:fp32"
 
 
