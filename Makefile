@@ -108,5 +108,23 @@ bench: build
 bench-kernels: build
 	$(PY) -m edgeseg.bench.kernels
 
+# The declared lower bounds (constraints/floor.txt, the floors of pyproject.toml) installed
+# together in a venv of their own, and the tests of the libraries they pin; not part of
+# `make test`. The extension is built against the floor numpy in a copy of the tracked files
+# (built in place here it would replace .venv's). FLOOR_TESTS narrows it to a directory.
+FLOOR_VENV  ?= $(abspath build/floor-venv)
+FLOOR_SRC   := build/floor-src
+FLOOR_TESTS ?= tests/test_floor_constraints.py tests/runtime tests/readers tests/serve tests/export
+.PHONY: test-floor
+test-floor:
+	$(PYTHON) -m venv $(FLOOR_VENV)
+	$(FLOOR_VENV)/bin/pip install "torch==2.13.0"
+	$(FLOOR_VENV)/bin/pip install -c constraints/floor.txt setuptools wheel "Cython>=3.0" numpy
+	rm -rf $(FLOOR_SRC) && mkdir -p $(FLOOR_SRC)
+	git ls-files -z | tar --null -T - -cf - | tar -xf - -C $(FLOOR_SRC)
+	cd $(FLOOR_SRC) && $(FLOOR_VENV)/bin/pip install -c $(abspath constraints/floor.txt) --no-build-isolation \
+		-e ".[io,train,export,dicom,serve,openvino,triton,dev]" && $(FLOOR_VENV)/bin/python setup.py -q build_ext --inplace
+	cd $(FLOOR_SRC) && rc=0; for t in $(FLOOR_TESTS); do OMP_NUM_THREADS=1 $(FLOOR_VENV)/bin/python -m pytest -q $$t || rc=1; done; exit $$rc
+
 clean:
 	rm -rf build *.egg-info edgeseg/kernels/_kernels.c edgeseg/kernels/*.so

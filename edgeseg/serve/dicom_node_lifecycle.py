@@ -22,8 +22,8 @@ from edgeseg.serve.dicom_connections import limited_server_class
 from edgeseg.serve.dicom_intake import ENHANCED_CT_CLASSES, add_ct_contexts
 from edgeseg.serve.dicom_peer_bound import (MAX_PDU_LENGTH, PeerBounds, bounded_request_handler, data_set_limit,
                                             multi_frame_data_set_limit)
-from edgeseg.serve.dicom_received import (prepare_received_folder, removed_on_failure, start_receiving_to_files,
-                                          stop_receiving_to_files)
+from edgeseg.serve.dicom_received import (check_receive_path, prepare_received_folder, removed_on_failure,
+                                          start_receiving_to_files, stop_receiving_to_files)
 from edgeseg.serve.dicom_refusal import REFUSAL_WAIT
 
 
@@ -66,6 +66,7 @@ class NodeLifecycle:
     def start(self) -> None:
         """Bind the port and start accepting associations and segmenting complete series."""
         pynetdicom = require("pynetdicom", "dicom", "edgeseg listen")
+        check_receive_path()  # before anything else of pynetdicom's is used
         ae = pynetdicom.AE(ae_title=self.ae_title)
         # Every storage class is negotiated so that a non-CT image gets a C-STORE failure status
         # (a clear answer per image) instead of a rejected presentation context.

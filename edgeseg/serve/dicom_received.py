@@ -211,21 +211,30 @@ def prepare_received_folder(work: Path) -> Path:
     return folder
 
 
-def start_receiving_to_files() -> None:
-    """Have pynetdicom write the node's multi-frame C-STORE data sets to files from now on (for
-    one more node in the process)."""
-    global _users, _before, _before_file
+def check_receive_path() -> None:
+    """Refuse a pynetdicom without the receive path the node takes over (before 2.0, or a later
+    one that dropped it); the node asks before it configures anything else of pynetdicom's, whose
+    names before 2.0 differ too (``sop_class.VerificationSOPClass``)."""
     import pynetdicom
     from edgeseg.errors import DataError
     from pynetdicom import _config, dimse_messages
 
+    missing = [name for module, name in ((_config, "STORE_RECV_CHUNKED_DATASET"),
+                                         (dimse_messages, "NamedTemporaryFile")) if not hasattr(module, name)]
+    if missing:  # another pynetdicom than the 2.0-3.0 line whose receive path the node takes over
+        raise DataError(f"pynetdicom {pynetdicom.__version__} has no {', '.join(missing)}, which the node "
+                        f"receives Enhanced CT into files with; install edgeseg[dicom]'s pynetdicom (>=3.0)")
+
+
+def start_receiving_to_files() -> None:
+    """Have pynetdicom write the node's multi-frame C-STORE data sets to files from now on (for
+    one more node in the process)."""
+    global _users, _before, _before_file
+    from pynetdicom import _config, dimse_messages
+
     with _lock:
         if _users == 0:
-            missing = [name for module, name in ((_config, "STORE_RECV_CHUNKED_DATASET"),
-                                                 (dimse_messages, "NamedTemporaryFile")) if not hasattr(module, name)]
-            if missing:  # another pynetdicom than the 2.0-3.0 line whose receive path the node takes over
-                raise DataError(f"pynetdicom {pynetdicom.__version__} has no {', '.join(missing)}, which the node "
-                                f"receives Enhanced CT into files with; install pynetdicom 2.0 to 3.0")
+            check_receive_path()
             _before = _config.STORE_RECV_CHUNKED_DATASET
             _config.STORE_RECV_CHUNKED_DATASET = ToFileInNodeThreads(_before)
             _before_file = dimse_messages.NamedTemporaryFile

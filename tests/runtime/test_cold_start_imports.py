@@ -54,10 +54,19 @@ def _first_mask(bundle: Path, tmp_path: Path, **env: str) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def _imported_by_numpy() -> set[str]:
+    """What ``import numpy`` alone imports of NOT_IMPORTED: numpy before 2.0 imports numpy.ma
+    itself, which no path of edgeseg's can leave out (its floor, 1.24, is such a numpy)."""
+    done = subprocess.run([sys.executable, "-c", "import sys, numpy; print(' '.join(sys.modules))"],
+                          capture_output=True, text=True, check=True)
+    return set(done.stdout.split()) & set(NOT_IMPORTED)
+
+
 def _assert_openvino_only(result: dict, backend: str) -> None:
     assert result["backend"] == backend and result["shape"] == [70, 50]
+    forbidden = set(NOT_IMPORTED) - _imported_by_numpy()
     imported = set(result["modules"])
-    assert not imported & set(NOT_IMPORTED), sorted(imported & set(NOT_IMPORTED))
+    assert not imported & forbidden, sorted(imported & forbidden)
 
 
 def test_auto_without_a_probe_on_openvino_imports_only_openvino_bindings(bundle_copy, tmp_path, cpu_only):

@@ -290,20 +290,34 @@ cli()
 """
 
 
+# pynetdicom 1.5 as the node meets it: neither name, and the Verification class under its old name
+# (what `edgeseg listen` did with pynetdicom 1.5.7 installed: an AttributeError traceback on
+# sop_class.Verification, before the check of the two names was reached)
+BEFORE_2 = WITHOUT_NAME.replace("import sys\n", """import sys
+import pynetdicom._config, pynetdicom.sop_class
+del pynetdicom._config.STORE_RECV_CHUNKED_DATASET
+pynetdicom.sop_class.VerificationSOPClass = pynetdicom.sop_class.Verification
+del pynetdicom.sop_class.Verification
+""")
+
+
+@pytest.mark.parametrize("script, missing", [(WITHOUT_NAME, "NamedTemporaryFile"),
+                                             (BEFORE_2, "STORE_RECV_CHUNKED_DATASET, NamedTemporaryFile")],
+                         ids=["without-NamedTemporaryFile", "before-2.0"])
 def test_a_pynetdicom_without_the_receive_path_the_node_takes_over_is_refused_in_one_line(serve_bundle, tmp_path,
-                                                                                        free_port):
+                                                                                        free_port, script, missing):
     """The node takes over pynetdicom's ``NamedTemporaryFile`` and ``STORE_RECV_CHUNKED_DATASET``
     (2.0 to 3.0); a release without them made ``edgeseg listen`` end in an AttributeError
     traceback. Now one line naming the version, a non-zero exit and no folder left in TMPDIR."""
     (tmp_path / "tmp").mkdir()
-    done = subprocess.run([sys.executable, "-c", WITHOUT_NAME, "listen", str(serve_bundle), "--port",
+    done = subprocess.run([sys.executable, "-c", script, "listen", str(serve_bundle), "--port",
                            str(free_port()), "--out", str(tmp_path / "out"), "--backend", "onnxruntime:fp32"],
                           capture_output=True, text=True, timeout=120,
                           env=dict(os.environ, TMPDIR=str(tmp_path / "tmp"), OMP_NUM_THREADS="1"))
     assert done.returncode != 0
     assert "Traceback" not in done.stderr, done.stderr
     errors = [line for line in done.stderr.splitlines() if line.startswith("edgeseg: error:")]
-    assert errors == [f"edgeseg: error: pynetdicom {pynetdicom.__version__} has no NamedTemporaryFile, which the "
-                      "node receives Enhanced CT into files with; install pynetdicom 2.0 to 3.0"], done.stderr
+    assert errors == [f"edgeseg: error: pynetdicom {pynetdicom.__version__} has no {missing}, which the "
+                      "node receives Enhanced CT into files with; install edgeseg[dicom]'s pynetdicom (>=3.0)"], done.stderr
     assert "listening on" not in done.stdout
     assert list((tmp_path / "tmp").iterdir()) == []
