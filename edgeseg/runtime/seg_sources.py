@@ -15,6 +15,7 @@ import copy
 import logging
 from pathlib import Path
 
+from edgeseg.data.dicom_uids import check_image_uids
 from edgeseg.errors import DataError, require
 
 log = logging.getLogger(__name__)
@@ -44,8 +45,9 @@ def seg_source_datasets(refs, progress: bool = False) -> list:
     """The headers (no pixels) of the series ``refs`` describes, in stack order, ready for
     highdicom: the Specific Character Set in a form highdicom writes, and missing Type 2 patient /
     study fields made what DICOM means by them; DataError naming the file for anything a valid SEG cannot be made
-    from (a missing or differing study or frame of reference UID, two files of one SOP Instance
-    UID, a patient or study value in a form DICOM does not define). ``progress`` shows the
+    from (a SOP Instance, series, study or frame of reference UID missing or not a valid UID
+    (:func:`~edgeseg.data.dicom_uids.check_image_uids`), a differing study or frame of reference
+    UID, two files of one SOP Instance UID, a patient or study value in a form DICOM does not define). ``progress`` shows the
     headers being read on stderr."""
     sources = refs.load_datasets(progress)
     if refs.frame_numbers is not None:  # the reader's own header is left as it read it
@@ -53,17 +55,14 @@ def seg_source_datasets(refs, progress: bool = False) -> list:
     first_path, first = refs.files[0], sources[0]
     seen: dict[str, Path] = {}
     for path, dataset in zip(refs.files, sources):
-        sop_uid = str(dataset.get("SOPInstanceUID", "") or "").strip()
-        if not sop_uid:
-            raise DataError(f"DICOM file {path} has no SOPInstanceUID; a DICOM SEG references each image by it")
+        check_image_uids(dataset, path)  # the DICOM node's check of each image as it arrives, too
+        sop_uid = str(dataset.SOPInstanceUID).rstrip("\0 ")
         if sop_uid in seen:
             raise DataError(f"DICOM files {seen[sop_uid]} and {path} have the same SOPInstanceUID {sop_uid}; "
                             f"a DICOM SEG references each image by it, so the series must name each once")
         seen[sop_uid] = path
         for field in SHARED_UIDS:
             value, expected = _text(dataset, field), _text(first, field)
-            if not value:
-                raise DataError(f"DICOM file {path} has no {field}; a DICOM SEG needs the one of its source images")
             if value != expected:
                 raise DataError(f"DICOM file {path} has {field} {value} but {first_path.name} has {expected}; "
                                 f"a DICOM SEG covers images of one study and frame of reference")

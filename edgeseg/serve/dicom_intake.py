@@ -85,12 +85,22 @@ def add_ct_contexts(ae) -> None:
 
 
 def incoming_uids(ds) -> tuple[str, str]:
-    """(SeriesInstanceUID, SOPInstanceUID) of an incoming image; DataError when either is not a
-    plain DICOM UID (they name the files the image is kept in)."""
-    series_uid, sop_uid = str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID)
-    if not all(len(uid) <= 64 and UID_PATTERN.fullmatch(uid) for uid in (series_uid, sop_uid)):
-        raise DataError(f"malformed UIDs {series_uid[:80]!r} / {sop_uid[:80]!r}")
-    return series_uid, sop_uid
+    """(SeriesInstanceUID, SOPInstanceUID) of an incoming image; DataError when either is missing
+    or not a valid DICOM UID (they name the files the image is kept in), with the line the
+    series reader gives (edgeseg.data.dicom_uids)."""
+    from edgeseg.data.dicom_uids import image_uid
+
+    label = received_label(ds)
+    return image_uid(ds, "SeriesInstanceUID", label), image_uid(ds, "SOPInstanceUID", label)
+
+
+def received_label(ds) -> str:
+    """What names an incoming image in a reason: its SOP Instance UID where that is valid, else
+    a placeholder (a malformed one, "../x" or a line break, is never echoed into the log)."""
+    from edgeseg.data.dicom_uids import uid_problem
+
+    sop_uid = str(ds.get("SOPInstanceUID", "") or "").rstrip("\0 ")
+    return sop_uid if uid_problem(sop_uid) is None else "(as received)"
 
 
 def oversized_header(encoded_bytes: int, pixel_bytes: int) -> str | None:
@@ -134,6 +144,8 @@ def refusal(ds, context_class: str, path=None) -> tuple[int, str] | None:
     pixel data left there; an Enhanced CT's frames are then read from it one at a time too."""
     from pydicom.uid import UID
 
+    from edgeseg.data.dicom_uids import check_image_uids
+
     sop_class = str(ds.get("SOPClassUID", ""))
     if sop_class not in CT_CLASSES:
         return STATUS_DATASET_MISMATCH, f"its SOP Class UID is {sop_class or 'missing'}, not a CT class"
@@ -143,6 +155,10 @@ def refusal(ds, context_class: str, path=None) -> tuple[int, str] | None:
     if modality != "CT":
         return STATUS_DATASET_MISMATCH, f"it is sent as a CT image but its modality is {modality}"
     label = str(ds.get("SOPInstanceUID", "?"))
+    try:  # the UIDs its SEG would reference: checked as a SEG's sources are (edgeseg.runtime.seg_sources)
+        check_image_uids(ds, label)
+    except DataError as exc:
+        return STATUS_DATASET_MISMATCH, str(exc)
     check_header, check_pixels = _enhanced_ct_checks() if sop_class in ENHANCED_CT_CLASSES else _slice_checks()
     try:  # what the series reader requires of the image, before any pixel is decoded
         checked = check_header(ds, label)

@@ -44,7 +44,7 @@ from edgeseg.serve.audit import AssociationAudit
 from edgeseg.serve.dicom_forward import Forwarder, Peer, UnsentFolder
 from edgeseg.serve.dicom_intake import (CT_CLASSES, ENHANCED_CT_CLASSES, STATUS_CANNOT_UNDERSTAND, STATUS_DATASET_MISMATCH,
                                         STATUS_OUT_OF_RESOURCES, STATUS_SOP_CLASS_NOT_SUPPORTED, STATUS_SUCCESS,
-                                        check_ae_title, decodable_transfer_syntaxes, failure_status, incoming_uids,
+                                        check_ae_title, decodable_transfer_syntaxes, failure_status, incoming_uids, received_label,
                                         oversized_header, refusal, store_failure)
 from edgeseg.serve.dicom_connections import ConnectionLimit
 from edgeseg.serve.dicom_node_settings import (DEFAULT_MAX_ASSOCIATIONS, DEFAULT_MAX_ASSOCIATIONS_PER_AE,
@@ -149,6 +149,7 @@ class DicomNode(NodeEvents, NodeLifecycle):
             sop_uid = str(event.request.AffectedSOPInstanceUID)
             log.error("refused image %s: cannot receive it into %s: %s", sop_uid, received.parent, unwritten)
             return failure_status(STATUS_OUT_OF_RESOURCES, f"cannot receive it: {unwritten}", sop_uid)
+        ds = None
         try:
             if received is None:
                 ds, encoded = event.dataset, event.request.DataSet.getbuffer().nbytes
@@ -158,8 +159,8 @@ class DicomNode(NodeEvents, NodeLifecycle):
             series_uid, sop_uid = incoming_uids(ds)
         except DataError as exc:
             self.stats.refused += 1
-            log.warning("refused an image with %s", exc)
-            return STATUS_DATASET_MISMATCH
+            log.warning("refused an image: %s", exc)
+            return failure_status(STATUS_DATASET_MISMATCH, str(exc), received_label(ds) if ds is not None else "")
         except Exception as exc:  # a dataset pydicom cannot decode or without its UIDs
             log.warning("could not read an incoming image: %s", exc)
             return STATUS_CANNOT_UNDERSTAND

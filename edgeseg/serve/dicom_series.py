@@ -38,6 +38,12 @@ class MixedSeries(DataError):
     status = STATUS_DATASET_MISMATCH
 
 
+class DuplicateInstance(DataError):
+    """A slice whose SOP Instance UID is that of another image of its series (:meth:`HeldSeries.keep`)."""
+
+    status = STATUS_DATASET_MISMATCH
+
+
 @dataclass
 class HeldSeries:
     """The images of one series received so far (``last``: time.monotonic() of the latest image,
@@ -87,6 +93,7 @@ class HeldSeries:
         out headers and pixels wider than CT's two bytes, so a peer could otherwise put more on
         disk than the limit says. Called under ``lock``."""
         self._check_one_form(sop_uid, ds)
+        self._check_same_instance(sop_uid, ds)
         budget, target = current_limits().max_volume_bytes, self.folder / f"{sop_uid}.dcm"
         new_folder = self.durable and (self.renamed or not self.folder.is_dir())
         try:
@@ -129,6 +136,24 @@ class HeldSeries:
             raise MixedSeries(f"series {self.folder.name}: it is a slice of a series held as the multi-frame image "
                               f"{others[0]}; a series comes as one multi-frame file or as single-frame slices, "
                               f"not both")
+
+
+    def _check_same_instance(self, sop_uid: str, ds) -> None:
+        """DuplicateInstance when a slice comes with the SOP Instance UID of one held at another
+        ImagePositionPatient: two images under one UID, of which the second would replace the
+        first, and the series lose a slice without a word (the series reader refuses two files
+        sharing a SOP Instance UID). The same slice sent again replaces its file."""
+        if sop_uid not in self.sizes or _is_multiframe(ds):
+            return
+        import pydicom
+
+        held = pydicom.dcmread(self.folder / f"{sop_uid}.dcm", stop_before_pixels=True,
+                               specific_tags=["ImagePositionPatient"]).get("ImagePositionPatient")
+        position = ds.get("ImagePositionPatient")
+        if [str(v) for v in held or ()] != [str(v) for v in position or ()]:
+            raise DuplicateInstance(f"DICOM file {sop_uid}: SOPInstanceUID is that of an image of the series held already "
+                                    f"at ImagePositionPatient {list(held or ())}; a DICOM SEG references each image by it, so the "
+                                    f"series must name each once")
 
 
 def _is_multiframe(ds) -> bool:
