@@ -188,6 +188,47 @@ def test_a_stopped_evaluation_leaves_no_worker_running(trained_checkpoint, tmp_p
     assert _blocks(proc.pid) == []
 
 
+# A SIGTERM to the evaluating process itself, raised at the worst moment of a worker's start: once
+# the worker's interpreter runs, before the pool has written it what to run and recorded it.
+SIGTERM_AS_A_WORKER_STARTS = """
+import signal
+import multiprocessing.util as util
+
+_spawn = util.spawnv_passfds
+
+def spawnv_passfds(path, args, passfds):
+    pid = _spawn(path, args, passfds)
+    if any("spawn_main" in str(arg) for arg in args):  # a worker, not the resource tracker
+        signal.raise_signal(signal.SIGTERM)
+    return pid
+
+util.spawnv_passfds = spawnv_passfds
+"""
+
+
+def test_a_sigterm_as_a_worker_starts_stops_it_too_with_one_line(trained_checkpoint, tmp_path):
+    """A stop landing while the pool starts a worker waits until the worker is recorded: the
+    command ends with its one line and 143, and the worker with it (left unknown, it outlived the
+    command and printed EOFError's traceback once the command's end closed its pipe)."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(SIGTERM_AS_A_WORKER_STARTS)
+    out = tmp_path / "out"
+    proc = _evaluate(trained_checkpoint, out, "--workers", "2", start_new_session=True,
+                     env={"PYTHONPATH": os.pathsep.join([str(site), *sys.path])})
+    try:
+        stdout, stderr = proc.communicate(timeout=300)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, stderr
+    assert stderr.strip().splitlines() == ["edgeseg: stopped (SIGTERM)"]
+    deadline = time.monotonic() + 30  # the resource tracker ends once it reads the end of its pipe
+    while _in_session(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _in_session(proc.pid) == []
+    assert not out.exists() or not list(out.iterdir())
+    assert _blocks(proc.pid) == []
+
 def test_a_case_is_handed_over_only_while_fewer_than_workers_cases_are_in_flight():
     """With both workers stopped (SIGSTOP) while they hold 2 cases, handing over a third waits,
     so the evaluating process never holds more than ``workers`` cases' arrays in flight; once
