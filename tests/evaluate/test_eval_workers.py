@@ -206,13 +206,35 @@ util.spawnv_passfds = spawnv_passfds
 """
 
 
-def test_a_sigterm_as_a_worker_starts_stops_it_too_with_one_line(trained_checkpoint, tmp_path):
-    """A stop landing while the pool starts a worker waits until the worker is recorded: the
-    command ends with its one line and 143, and the worker with it (left unknown, it outlived the
-    command and printed EOFError's traceback once the command's end closed its pipe)."""
+# A SIGTERM raised once, as the evaluating process has removed a scored case's block from
+# /dev/shm and not yet told multiprocessing's resource tracker.
+SIGTERM_AS_A_BLOCK_IS_RELEASED = """
+import signal
+from multiprocessing import resource_tracker
+
+_unregister = resource_tracker.unregister
+_fired = []
+
+def unregister(name, rtype):
+    if rtype == "shared_memory" and not _fired:
+        _fired.append(name)
+        signal.raise_signal(signal.SIGTERM)
+    _unregister(name, rtype)
+
+resource_tracker.unregister = unregister
+"""
+
+
+@pytest.mark.parametrize("moment", ["worker start", "block release"])
+def test_a_sigterm_at_a_delicate_moment_stops_with_one_line_and_nothing_left(trained_checkpoint, tmp_path, moment):
+    """A stop landing while the pool starts a worker, or while a case's block is removed, waits
+    for the step to end: the command ends with its one line and 143, and nothing outlives it.
+    (Left unknown, the worker outlived the command and printed EOFError's traceback once its end
+    closed the pipe; a block removed but still tracked made the resource tracker warn of leaks.)"""
     site = tmp_path / "site"
     site.mkdir()
-    (site / "sitecustomize.py").write_text(SIGTERM_AS_A_WORKER_STARTS)
+    (site / "sitecustomize.py").write_text(SIGTERM_AS_A_WORKER_STARTS if moment == "worker start"
+                                           else SIGTERM_AS_A_BLOCK_IS_RELEASED)
     out = tmp_path / "out"
     proc = _evaluate(trained_checkpoint, out, "--workers", "2", start_new_session=True,
                      env={"PYTHONPATH": os.pathsep.join([str(site), *sys.path])})
@@ -228,6 +250,7 @@ def test_a_sigterm_as_a_worker_starts_stops_it_too_with_one_line(trained_checkpo
     assert _in_session(proc.pid) == []
     assert not out.exists() or not list(out.iterdir())
     assert _blocks(proc.pid) == []
+
 
 def test_a_case_is_handed_over_only_while_fewer_than_workers_cases_are_in_flight():
     """With both workers stopped (SIGSTOP) while they hold 2 cases, handing over a third waits,
