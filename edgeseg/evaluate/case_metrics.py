@@ -47,6 +47,7 @@ import numpy as np
 from edgeseg.errors import EdgesegError
 from edgeseg.evaluate.shared_cases import release, shared, sweep_orphans
 from edgeseg.metrics import class_metrics, false_positive_slices, mean_slice_dice
+from edgeseg.stopping import stops_held
 
 
 CGROUP = Path("/sys/fs/cgroup")
@@ -135,10 +136,10 @@ def _interrupts_held() -> Iterator[None]:
     process of its group, a worker still starting too, whose interpreter dies of it with a fatal
     error on the terminal before it can ignore it: a worker started here inherits the blocked
     signal. The mask is this thread's alone: in a process with other threads (torch's, ONNX
-    Runtime's) the kernel may hand the signal to one of them, and Python's handler then raises
-    KeyboardInterrupt in the main thread at once, within the block; :class:`MetricWorkers` keeps
-    every worker it started for that case (``close``). Otherwise a Ctrl-C meanwhile reaches this
-    process when the block ends."""
+    Runtime's) the kernel may hand the signal to one of them, and Python's handler would then
+    raise KeyboardInterrupt in the main thread at once, within the block: :class:`MetricWorkers`
+    holds stops back around it too (``stops_held``). A Ctrl-C meanwhile reaches this process when
+    the block ends."""
     if not hasattr(signal, "pthread_sigmask"):  # Windows
         yield
         return
@@ -249,25 +250,30 @@ class MetricWorkers:
 
         done = self._collect(block=len(self._pending) >= self.workers)
         before = set(multiprocessing.active_children())
-        block = shared(pred, truth) if self.shared_memory else None
-        try:
-            with _interrupts_held():  # a submit may start a worker
-                if block is None:
-                    future = self._pool.submit(case_metrics, pred, truth, *args)
-                else:
-                    future = self._pool.submit(_shared_case_metrics, block.name, pred.shape, pred.dtype.str,
-                                               truth.dtype.str, *args)
-        except BrokenProcessPool:  # a worker ended while idle, or as it started
-            release(block)
-            raise self._broken(case_id) from None
-        except BaseException:
-            release(block)
-            raise
-        finally:
-            # a Ctrl-C may land in another thread and interrupt the pool between a worker's start
-            # and its record: multiprocessing knows it from its start on
-            self._started.update(set(multiprocessing.active_children()) - before)
-        self._pending[future] = (slot, case_id, block)
+        # Ctrl-C and SIGTERM wait until the case is recorded (``stops_held``): the pool starts a
+        # worker's interpreter, then writes it what to run, then records it; a stop landing in
+        # between left a worker neither ``close`` nor the pool knew, which outlived the command
+        # and printed a traceback (EOFError) on its terminal. Leaving the block, they stop the
+        # command with every worker and the case's block in reach of ``close``.
+        with stops_held():
+            block = shared(pred, truth) if self.shared_memory else None
+            try:
+                with _interrupts_held():  # a submit may start a worker
+                    if block is None:
+                        future = self._pool.submit(case_metrics, pred, truth, *args)
+                    else:
+                        future = self._pool.submit(_shared_case_metrics, block.name, pred.shape, pred.dtype.str,
+                                                   truth.dtype.str, *args)
+            except BrokenProcessPool:  # a worker ended while idle, or as it started
+                release(block)
+                raise self._broken(case_id) from None
+            except BaseException:
+                release(block)
+                raise
+            finally:
+                # the workers started for this case, those the pool has yet to record too
+                self._started.update(set(multiprocessing.active_children()) - before)
+            self._pending[future] = (slot, case_id, block)
         return done
 
     def _broken(self, handing: str) -> EdgesegError:

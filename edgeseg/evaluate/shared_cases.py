@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from edgeseg.stopping import stops_held
+
 PREFIX = "edgeseg-eval-"
 _NAME = re.compile(re.escape(PREFIX) + r"(\d+)-(\d+)")
 _numbers = itertools.count()
@@ -67,11 +69,15 @@ def shared(pred: np.ndarray, truth: np.ndarray):
 
 
 def release(block) -> None:
-    """Close and unlink ``block`` (None: nothing); one a sweep already removed is gone."""
+    """Close and unlink ``block`` (None: nothing); one a sweep already removed is gone. Ctrl-C and
+    SIGTERM wait for the end (``stops_held``): unlinking removes the file, then tells
+    multiprocessing's resource tracker, and a stop in between left the tracker to warn, on the
+    command's stderr as it ended, of a leaked block it then failed to remove."""
     if block is not None:
-        block.close()
-        with contextlib.suppress(FileNotFoundError):
-            block.unlink()
+        with stops_held():
+            block.close()
+            with contextlib.suppress(FileNotFoundError):
+                block.unlink()
 
 
 def _running(pid: int) -> bool:

@@ -188,6 +188,70 @@ def test_a_stopped_evaluation_leaves_no_worker_running(trained_checkpoint, tmp_p
     assert _blocks(proc.pid) == []
 
 
+# A SIGTERM to the evaluating process itself, raised at the worst moment of a worker's start: once
+# the worker's interpreter runs, before the pool has written it what to run and recorded it.
+SIGTERM_AS_A_WORKER_STARTS = """
+import signal
+import multiprocessing.util as util
+
+_spawn = util.spawnv_passfds
+
+def spawnv_passfds(path, args, passfds):
+    pid = _spawn(path, args, passfds)
+    if any("spawn_main" in str(arg) for arg in args):  # a worker, not the resource tracker
+        signal.raise_signal(signal.SIGTERM)
+    return pid
+
+util.spawnv_passfds = spawnv_passfds
+"""
+
+
+# A SIGTERM raised once, as the evaluating process has removed a scored case's block from
+# /dev/shm and not yet told multiprocessing's resource tracker.
+SIGTERM_AS_A_BLOCK_IS_RELEASED = """
+import signal
+from multiprocessing import resource_tracker
+
+_unregister = resource_tracker.unregister
+_fired = []
+
+def unregister(name, rtype):
+    if rtype == "shared_memory" and not _fired:
+        _fired.append(name)
+        signal.raise_signal(signal.SIGTERM)
+    _unregister(name, rtype)
+
+resource_tracker.unregister = unregister
+"""
+
+
+@pytest.mark.parametrize("moment", ["worker start", "block release"])
+def test_a_sigterm_at_a_delicate_moment_stops_with_one_line_and_nothing_left(trained_checkpoint, tmp_path, moment):
+    """A stop landing while the pool starts a worker, or while a case's block is removed, waits
+    for the step to end: the command ends with its one line and 143, and nothing outlives it.
+    (Left unknown, the worker outlived the command and printed EOFError's traceback once its end
+    closed the pipe; a block removed but still tracked made the resource tracker warn of leaks.)"""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(SIGTERM_AS_A_WORKER_STARTS if moment == "worker start"
+                                           else SIGTERM_AS_A_BLOCK_IS_RELEASED)
+    out = tmp_path / "out"
+    proc = _evaluate(trained_checkpoint, out, "--workers", "2", start_new_session=True,
+                     env={"PYTHONPATH": os.pathsep.join([str(site), *sys.path])})
+    try:
+        stdout, stderr = proc.communicate(timeout=300)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, stderr
+    assert stderr.strip().splitlines() == ["edgeseg: stopped (SIGTERM)"]
+    deadline = time.monotonic() + 30  # the resource tracker ends once it reads the end of its pipe
+    while _in_session(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _in_session(proc.pid) == []
+    assert not out.exists() or not list(out.iterdir())
+    assert _blocks(proc.pid) == []
+
+
 def test_a_case_is_handed_over_only_while_fewer_than_workers_cases_are_in_flight():
     """With both workers stopped (SIGSTOP) while they hold 2 cases, handing over a third waits,
     so the evaluating process never holds more than ``workers`` cases' arrays in flight; once
