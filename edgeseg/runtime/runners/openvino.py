@@ -6,7 +6,9 @@ model, infer requests, tensors). ``import openvino`` also imports its model conv
 opset module, none of which the runner uses, so :func:`openvino_bindings` loads the bindings'
 extension module from the installed package without running the package's ``__init__``. Nothing in
 ``sys.modules`` is replaced or blocked: a later ``import openvino`` runs in full and gets the
-very same binding module (an extension module is initialised once per process).
+very same binding module (an extension module is initialised once per process, and loading it
+puts it in ``sys.modules``, where the package's own imports find it). The package binds it as its
+attribute ``openvino._pyopenvino`` only from 2026.0 on; before that, only ``sys.modules`` has it.
 """
 
 from __future__ import annotations
@@ -67,6 +69,21 @@ def openvino_cache_key(version: str, device: str, threads: int, artifact: Path) 
     return f"openvino {version} {device} LATENCY f32 threads {threads} {artifact.resolve()}"
 
 
+def model_source(core, path: Path):
+    """What ``compile_model`` is given: the artifact's path where it is text, so that a cache hit
+    skips reading and converting the ONNX graph. A Linux folder name that is not UTF-8 reaches
+    Python as surrogate escapes, which OpenVINO before 2026.1 cannot encode ("surrogates not
+    allowed"): such a path is read here and the graph handed over from memory (OpenVINO's cache
+    then keys the blob on the graph). The bundle has no external weights to find beside it: the
+    Segmenter refuses such a graph before any engine reads it."""
+    name = str(path)
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return core.read_model(path.read_bytes())
+    return name
+
+
 class OpenVinoRunner(ArtifactRunner):
     """Run an ONNX artifact with OpenVINO (``pip install 'edgeseg[openvino]'``).
 
@@ -98,8 +115,7 @@ class OpenVinoRunner(ArtifactRunner):
             core = ov.Core()
             if folder is not None:
                 core.set_property({"CACHE_DIR": str(folder)})
-            # From the path: a cache hit then skips reading and converting the ONNX graph.
-            return core.compile_model(str(self.path), device, config)
+            return core.compile_model(model_source(core, self.path), device, config)
 
         try:
             compiled = cache.load(compile_model)
