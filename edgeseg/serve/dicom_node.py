@@ -198,7 +198,6 @@ class DicomNode(NodeEvents, NodeLifecycle):
             if self._closing.is_set():  # the stop has taken the series received: this image would be segmented by none
                 self.stats.refused += 1
                 log.warning("refused image %s of series %s: the node is stopping", sop_uid, series_uid)
-                self._refused.refused(series_uid, sop_uid, "the node was stopping", self._series)
                 return failure_status(STATUS_OUT_OF_RESOURCES, "the node is stopping; send it again", sop_uid)
             series = self._series.get(series_uid)
             if series is None and len(self._series) + self._queued >= self.max_series:
