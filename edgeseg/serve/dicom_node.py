@@ -13,7 +13,8 @@ image that is not CT or whose pixels cannot be decoded here is refused too (dico
 image that would take its series past the readers' size limits (``edgeseg.limits``: pixels per
 slice, float32 bytes per volume), or open one series more than ``max_series`` in flight, is
 refused as it arrives with 0xA700 "out of resources"; so is one whose files would take its series
-past the volume limit in bytes on disk. What a peer can make the node read and hold before the
+past the volume limit in bytes on disk. A series of which an image was refused, and not taken
+since (sent again), is not segmented from the others: it fails (dicom_series.RefusedImages). What a peer can make the node read and hold before the
 C-STORE handler runs (a PDU, one image's data set) is bounded on its connection
 (dicom_peer_bound.py): past that, the association is aborted; an Enhanced CT's data set (a
 whole series) is received to a file, checked from it and linked into the work folder, never held

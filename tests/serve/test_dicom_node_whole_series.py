@@ -147,3 +147,28 @@ def test_a_valid_series_is_segmented_whole(running_node, tmp_path):
     assert node.stats.failed == []
     (seg,) = _segs(tmp_path / "out")
     assert _referenced(seg) == {str(ds.SOPInstanceUID) for ds in datasets}
+
+
+def test_the_refusals_kept_are_bounded_and_never_forget_a_held_series():
+    """The notes of refused images: the first reason of each kept; an image taken clears its
+    note, one noted against the series (no SOP Instance UID to name it by) is never cleared; past
+    the bound the series noted longest ago that is not held is forgotten, a held one never."""
+    from edgeseg.serve.dicom_series import RefusedImages
+
+    refused = RefusedImages(most=2)
+    refused.refused("1.1", "1.1.1", "first", held={})
+    refused.refused("1.1", "1.1.1", "second", held={})
+    refused.refused("1.1", None, "its SOP Instance UID", held={})
+    refused.taken("1.1", "1.1.1")
+    refused.taken("1.1", "1.1.2")
+    assert refused.outstanding("1.1") == "1 image of it refused on arrival and not taken since (a SEG of the others " \
+                                         "would miss them); the first: its SOP Instance UID"
+    assert refused.outstanding("1.1") is None  # let go once asked
+    refused.refused("2.1", "2.1.1", "held", held={})
+    refused.refused("3.1", "3.1.1", "not held", held={})
+    refused.refused("4.1", "4.1.1", "new", held={"2.1": object()})  # 3.1 is forgotten, not 2.1
+    assert refused.outstanding("3.1") is None and "held" in refused.outstanding("2.1")
+    refused.refused("4.1", "4.1.2", "second image", held={})
+    refused.refused("4.1", "4.1.3", "past the bound", held={})  # counted as one not named
+    refused.taken("4.1", "4.1.3")
+    assert refused.outstanding("4.1").startswith("3 images of it refused")
