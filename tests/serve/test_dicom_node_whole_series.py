@@ -172,3 +172,18 @@ def test_the_refusals_kept_are_bounded_and_never_forget_a_held_series():
     refused.refused("4.1", "4.1.3", "past the bound", held={})  # counted as one not named
     refused.taken("4.1", "4.1.3")
     assert refused.outstanding("4.1").startswith("3 images of it refused")
+
+
+def test_a_slice_past_the_volume_limit_fails_the_series(running_node, tmp_path, caplog, audit, monkeypatch):
+    """The third slice would take the series past the volume limit: refused with 0xA700, and the
+    series fails rather than becoming a SEG of its first two slices (the size limits count like
+    any refusal: the series taken in part is partial)."""
+    caplog.set_level(logging.INFO, logger="edgeseg.listen")
+    datasets = _slices()
+    monkeypatch.setenv("EDGESEG_MAX_VOLUME_BYTES", str(2 * int(datasets[0].Rows) * int(datasets[0].Columns) * 4))
+    with running_node(audit=audit) as node:
+        assoc = _association(node.port)
+        assert _send(assoc, datasets) == [0, 0, 0xA700]
+        assoc.release()
+        line, record = _failed_series(node, tmp_path, caplog, datasets[0].SeriesInstanceUID)
+    assert "1 image of it refused on arrival" in line and "limit" in record["error"], (line, record)
