@@ -94,6 +94,15 @@ def incoming_uids(ds) -> tuple[str, str]:
     return image_uid(ds, "SeriesInstanceUID", label), image_uid(ds, "SOPInstanceUID", label)
 
 
+def readable_series_uid(ds) -> str | None:
+    """The SeriesInstanceUID of an incoming image where it is a valid UID (of an image refused
+    for its SOP Instance UID, its series is still known), else None."""
+    from edgeseg.data.dicom_uids import uid_problem
+
+    series_uid = str(ds.get("SeriesInstanceUID", "") or "").rstrip("\0 ") if ds is not None else ""
+    return series_uid if uid_problem(series_uid) is None else None
+
+
 def received_label(ds) -> str:
     """What names an incoming image in a reason: its SOP Instance UID where that is valid, else
     a placeholder (a malformed one, "../x" or a line break, is never echoed into the log)."""

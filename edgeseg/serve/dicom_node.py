@@ -13,7 +13,8 @@ image that is not CT or whose pixels cannot be decoded here is refused too (dico
 image that would take its series past the readers' size limits (``edgeseg.limits``: pixels per
 slice, float32 bytes per volume), or open one series more than ``max_series`` in flight, is
 refused as it arrives with 0xA700 "out of resources"; so is one whose files would take its series
-past the volume limit in bytes on disk. What a peer can make the node read and hold before the
+past the volume limit in bytes on disk. A series of which an image was refused, and not taken
+since (sent again), is not segmented from the others: it fails (dicom_series.RefusedImages). What a peer can make the node read and hold before the
 C-STORE handler runs (a PDU, one image's data set) is bounded on its connection
 (dicom_peer_bound.py): past that, the association is aborted; an Enhanced CT's data set (a
 whole series) is received to a file, checked from it and linked into the work folder, never held
@@ -45,7 +46,7 @@ from edgeseg.serve.dicom_forward import Forwarder, Peer, UnsentFolder
 from edgeseg.serve.dicom_intake import (CT_CLASSES, ENHANCED_CT_CLASSES, STATUS_CANNOT_UNDERSTAND, STATUS_DATASET_MISMATCH,
                                         STATUS_OUT_OF_RESOURCES, STATUS_SOP_CLASS_NOT_SUPPORTED, STATUS_SUCCESS,
                                         check_ae_title, decodable_transfer_syntaxes, failure_status, incoming_uids, received_label,
-                                        oversized_header, refusal, store_failure)
+                                        oversized_header, readable_series_uid, refusal, store_failure)
 from edgeseg.serve.dicom_connections import ConnectionLimit
 from edgeseg.serve.dicom_node_settings import (DEFAULT_MAX_ASSOCIATIONS, DEFAULT_MAX_ASSOCIATIONS_PER_AE,
                                                DEFAULT_KEEP_SEGMENTED, DEFAULT_MAX_CONNECTIONS,
@@ -57,7 +58,8 @@ from edgeseg.serve.dicom_peer_watch import PeerWatch
 from edgeseg.serve.dicom_segmented import SegmentedSeries, SegReference
 from edgeseg.serve.dicom_received import pixel_data_bytes, read_received, received_path, write_failure
 from edgeseg.serve.dicom_recovery import take_up
-from edgeseg.serve.dicom_series import HeldSeries, ImageNotStored, SendingAssociations, seg_path
+from edgeseg.serve.dicom_series import (DuplicateInstance, HeldSeries, ImageNotStored, MixedSeries, RefusedImages,
+                                        SendingAssociations, seg_path)
 from edgeseg.serve.dicom_work import WorkClaim, sync_file, sync_folder
 
 __all__ = ["DicomNode", "NodeStats", "Peer", "check_ae_title", "check_node_settings", "decodable_transfer_syntaxes"]
@@ -117,6 +119,7 @@ class DicomNode(NodeEvents, NodeLifecycle):
             self._segmented = SegmentedSeries(self.work, keep_segmented, durable)
             self._queued = 0  # series taken to be segmented and not done yet: they are in flight too
             self._turned_away: set[str] = set()  # series refused for --max-series, each logged once
+            self._refused = RefusedImages()  # a series with an image refused is not segmented without it
             self._taken = 0  # series folders moved aside to be segmented, for unique names
             self._lock = threading.Lock()
             self._stop = threading.Event()
@@ -160,6 +163,7 @@ class DicomNode(NodeEvents, NodeLifecycle):
         except DataError as exc:
             self.stats.refused += 1
             log.warning("refused an image: %s", exc)
+            self._note_refused(readable_series_uid(ds), None, str(exc))
             return failure_status(STATUS_DATASET_MISMATCH, str(exc), received_label(ds) if ds is not None else "")
         except Exception as exc:  # a dataset pydicom cannot decode or without its UIDs
             log.warning("could not read an incoming image: %s", exc)
@@ -168,22 +172,26 @@ class DicomNode(NodeEvents, NodeLifecycle):
         if padded is not None:
             self.stats.refused += 1
             log.warning("refused image %s of series %s: %s", sop_uid, series_uid, padded)
+            self._note_refused(series_uid, sop_uid, padded)
             return failure_status(STATUS_OUT_OF_RESOURCES, padded, sop_uid)
         try:
             frames, rows, columns = int(ds.get("NumberOfFrames") or 1), int(ds.Rows), int(ds.Columns)
         except Exception as exc:  # no Rows/Columns, or a NumberOfFrames that is no number
             log.warning("could not read the size of an incoming image: %s", exc)
+            self._note_refused(series_uid, sop_uid, f"its size cannot be read: {exc}")
             return STATUS_CANNOT_UNDERSTAND
         try:  # the image alone, before its pixels are decoded below
             check_volume((frames, rows, columns), f"series {series_uid}")
         except DataError as exc:
             self.stats.refused += 1
             log.warning("refused an image: %s", exc)
+            self._note_refused(series_uid, sop_uid, str(exc))
             return STATUS_OUT_OF_RESOURCES
         refused = refusal(ds, str(event.context.abstract_syntax), received)
         if refused is not None:
             self.stats.refused += 1
             log.warning("refused image %s of series %s: %s", sop_uid, series_uid, refused[1])
+            self._note_refused(series_uid, sop_uid, refused[1])
             return failure_status(*refused, sop_uid)
         # All under the node's lock, the write and its flushes too: segmenting, merging late images
         # (dicom_segmented.absorb) and the stop's taking of every series then never meet a write in flight.
@@ -197,6 +205,8 @@ class DicomNode(NodeEvents, NodeLifecycle):
                 # each series in flight holds up to the volume limit on disk: the bound keeps a
                 # peer opening series after series from filling the work folder's disk
                 self.stats.refused += 1
+                self._refused.refused(series_uid, sop_uid, f"{self.max_series} series were in flight (--max-series)",
+                                      self._series)
                 if series_uid not in self._turned_away and len(self._turned_away) < 10_000:
                     self._turned_away.add(series_uid)
                     log.warning("refused the images of series %s: %d series are in flight, the most --max-series "
@@ -222,12 +232,23 @@ class DicomNode(NodeEvents, NodeLifecycle):
                 self.stats.refused += 1
                 log.log(logging.ERROR if isinstance(exc, ImageNotStored) else logging.WARNING,
                         "refused image %s: %s", sop_uid, exc)
+                if not isinstance(exc, MixedSeries):  # the other form of a whole series: it misses no slice of it
+                    self._refused.refused(series_uid, None if isinstance(exc, DuplicateInstance) else sop_uid,
+                                          str(exc), self._series)
                 return store_failure(exc, sop_uid)
             self._written(series_uid, series, stored=True)
+            self._refused.taken(series_uid, sop_uid)
             series.last = time.monotonic()
             self._sending.stored(event.assoc, series_uid, self._series, series.last)
         self.stats.received += 1
         return STATUS_SUCCESS
+
+    def _note_refused(self, series_uid: str | None, sop_uid: str | None, reason: str) -> None:
+        """An image of ``series_uid`` (None: not known) was refused: the series is not segmented
+        without it (RefusedImages)."""
+        if series_uid is not None:
+            with self._lock:
+                self._refused.refused(series_uid, sop_uid, reason, self._series)
 
     def _written(self, series_uid: str, series: HeldSeries, stored: bool) -> None:
         """An image written into ``series`` (under the node's lock): the first stored makes it in
@@ -262,6 +283,7 @@ class DicomNode(NodeEvents, NodeLifecycle):
             due = [(uid, s) for uid, s in self._series.items() if everything or s.complete(self.idle, now)]
             for uid, series in due:
                 del self._series[uid]
+                series.refused = self._refused.outstanding(uid)
                 self._taken += 1
                 taken = series.folder.with_name(f"{series.folder.name}.taken-{self._taken}")
                 os.rename(series.folder, taken)
@@ -304,6 +326,8 @@ class DicomNode(NodeEvents, NodeLifecycle):
                     # a failure like any other, audited too: its images were acknowledged to the peer
                     raise DataError("the stop was forced" + ("" if self._claim is None else
                                                               f"; its images stay in {self.work} for the next start"))
+                if series.refused is not None:  # a SEG of the others would miss the slices refused
+                    raise DataError(series.refused)
                 self.process(uid, series.folder, series.replaces)
             except (EdgesegError, OSError) as exc:  # OSError: --out full, gone, turned into a file, ...
                 self.stats.failed.append(uid)

@@ -8,7 +8,8 @@ component) and wrote a SEG carrying them, with pydicom's warnings only, while th
 some of the same images and acknowledged others (a 66-character Study or Frame of Reference UID,
 a leading zero in a SOP Instance UID) whose SEG then carried them too; an image without a
 FrameOfReferenceUID was acknowledged and its series then failed, and a slice sent with the SOP
-Instance UID of another replaced it, the series segmented one slice short."""
+Instance UID of another replaced it, the series segmented one slice short; and once the node
+refused that slice, it still segmented the slice taken before it into a SEG of part of the series."""
 
 from __future__ import annotations
 
@@ -131,8 +132,9 @@ def _node_verdict(running_node, files: list[Path], out: Path, caplog) -> tuple[s
     refusals = [r.getMessage() for r in caplog.records if r.name == "edgeseg.listen" and "refused" in r.getMessage()]
     for seg in out.glob("*.seg.dcm"):  # whatever it wrote, it references valid UIDs only
         _assert_valid_uids(seg)
-    if refused:
+    if refused:  # and no SEG of the images it took before the refusal: a series with one refused is not segmented
         assert sent.returncode != 0 and refusals, (sent.stderr, refusals)
+        assert not list(out.glob("*.seg.dcm")), f"a SEG of part of the series: {refusals}"
         return "refused", " ".join(refusals)
     segs = list(out.glob("*.seg.dcm"))
     return ("SEG", "") if len(segs) == 1 else ("failed", " ".join(r.getMessage() for r in caplog.records))
