@@ -2,10 +2,12 @@
 
 Each answer gets its request's ``X-Request-ID``, a count and a latency in /metrics, and (given an
 audit log) one audit line before it leaves; an answer the audit log cannot record is replaced by
-a 507 (no room) or 500. A pure ASGI middleware, not Starlette's ``BaseHTTPMiddleware``: before
-Starlette 0.4x that one streams every answer through a response that calls ``receive()`` at
-once to watch for a disconnect, and on that first ``receive()`` uvicorn sends ``100 Continue`` to
-a client sending ``Expect: 100-continue``, inviting a body the server has already refused.
+a 507 (no room) or 500. A pure ASGI middleware that never calls ``receive()``, not Starlette's
+``BaseHTTPMiddleware``: with Starlette 0.36 (fastapi 0.110's) to at least 0.40 that one streams
+every answer through a response that calls ``receive()`` at once to watch for a disconnect; on
+that first ``receive()`` uvicorn sends ``100 Continue`` to a client that sent
+``Expect: 100-continue``, inviting a body the server has already refused
+(``edgeseg.serve.unread_body``).
 """
 
 from __future__ import annotations
