@@ -23,8 +23,8 @@ from dataclasses import dataclass
 
 from edgeseg import __version__
 from edgeseg.errors import BackendError, EdgesegError, require
-from edgeseg.serve.audit import AuditLogError, audit_request, request_id
 from edgeseg.serve.client_gone import first_of
+from edgeseg.serve.counting import CountAnswers
 from edgeseg.serve.batcher import QueueFull
 from edgeseg.serve.http_errors import CLIENT_CLOSED, HttpError, hold, refused, server_fault, submitted
 from edgeseg.serve.inflight import ByteBudget
@@ -69,7 +69,7 @@ def create_app(segmenter, config: ServeConfig = ServeConfig(), audit=None):
     ``edgeseg.serve.audit.AuditLog``), logged there as one line. The app starts worker threads
     (one per model and one for uploads) that its lifespan shutdown stops; where its lifespan
     does not run, stop them with :func:`close_app`."""
-    from fastapi.responses import JSONResponse, Response
+    from fastapi.responses import Response
     from starlette.concurrency import run_in_threadpool
 
     from edgeseg.limits import current_limits
@@ -99,32 +99,7 @@ def create_app(segmenter, config: ServeConfig = ServeConfig(), audit=None):
             raise HttpError(404, f"model {name!r} has no version {version!r}; it has version '1'")
         return models[name]
 
-    @app.middleware("http")
-    async def count(request, call_next):
-        start = time.perf_counter()
-        endpoint = _endpoint_label(request.url.path)
-        rid = request_id(request.headers.get("x-request-id"))
-        request.state.request_id = rid  # the handlers' answers to a failure name it
-        try:
-            response = await call_next(request)
-        except Exception as exc:  # no handler answered: a 500, counted here and logged once
-            response = server_fault(request, f"{type(exc).__name__}: {exc}", exc_info=exc)
-        if audit is not None and endpoint not in ("live", "ready", "metrics"):  # probes every few seconds: noise
-            try:
-                # off the event loop: a log that blocks (a lock another process holds, a slow disk,
-                # a pipe waiting for room) holds up this answer, never the server's other answers
-                await run_in_threadpool(audit_request, audit, request, rid, response.status_code,
-                                        time.perf_counter() - start, error=getattr(request.state, "server_error", None))
-            except AuditLogError as exc:  # an audited server hands out no answer it could not record
-                status = 507 if exc.no_room else 500
-                log.error("%s %s: %s; answered %d", request.method, request.url.path, exc, status)
-                response = JSONResponse({"error": f"the server cannot record the request in its audit log: "
-                                                  f"{exc.reason}"}, status_code=status)
-        metrics.requests.labels(endpoint, str(response.status_code)).inc()
-        metrics.latency.labels(endpoint).observe(time.perf_counter() - start)
-        response.headers["X-Request-ID"] = rid
-        return response
-
+    app.add_middleware(CountAnswers, metrics=metrics, audit=audit, endpoint_label=_endpoint_label)
     # outermost: it must see every answer, the counting middleware's 500s included
     app.add_middleware(CloseUnreadBodies)
     _install_error_handlers(app)
