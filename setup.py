@@ -116,7 +116,8 @@ class BuildPyWithSdk(build_py):
             cmd = ["make", "-s", "-C", str(HERE / "csrc" / "sdk"), f"OUT={out.resolve()}", f"OBJ={obj}",
                    f"PY={sys.executable}"]
             if subprocess.run(cmd).returncode != 0:
-                sys.stderr.write("edgeseg: building without libedgeseg (needs OpenVINO and a C compiler)\n")
+                sys.stderr.write("edgeseg: building without libedgeseg "
+                                 "(needs OpenVINO 2026.0 or later and a C compiler)\n")
             else:
                 _without_links(out / "lib")
 

@@ -22,14 +22,33 @@ static int fail_backend(es_error *err, const char *what, const char *file, ov_st
                    *line ? ": " : "", line);
 }
 
-/* OpenVINO's compile of the artifact with `count` properties, `cache` as its CACHE_DIR (or none). */
-static ov_status_e compile_with(es_ov_model *m, const char *path, ov_property_t *props, size_t count,
+/* One OpenVINO property: a key (ov_property_key_*) and its value. */
+typedef struct {
+    const char *key, *value;
+} es_ov_property;
+
+/* OpenVINO's compile of the artifact with `count` properties (2 to 3; room for 4), `cache` as its
+ * CACHE_DIR (or none). The variadic call is the one every OpenVINO C API has (the wheels ship the
+ * C library from 2024.3 on); ov_core_compile_model_from_file_props, taking an array, only from
+ * 2026.4. Its size argument counts keys and values, two per property. */
+static ov_status_e compile_with(es_ov_model *m, const char *path, es_ov_property *props, size_t count,
                                 const char *cache) {
     if (m->compiled) ov_compiled_model_free(m->compiled);
     m->compiled = NULL;
-    if (cache) props[count++] = (ov_property_t){ov_property_key_cache_dir, cache};
+    if (cache) props[count++] = (es_ov_property){ov_property_key_cache_dir, cache};
+    const es_ov_property *p = props;
     /* From the file: with a cache hit OpenVINO skips reading and converting the ONNX graph. */
-    return ov_core_compile_model_from_file_props(m->core, path, "CPU", count, props, &m->compiled);
+    switch (count) {
+    case 2:
+        return ov_core_compile_model_from_file(m->core, path, "CPU", 4, &m->compiled, p[0].key, p[0].value, p[1].key,
+                                               p[1].value);
+    case 3:
+        return ov_core_compile_model_from_file(m->core, path, "CPU", 6, &m->compiled, p[0].key, p[0].value, p[1].key,
+                                               p[1].value, p[2].key, p[2].value);
+    default:
+        return ov_core_compile_model_from_file(m->core, path, "CPU", 8, &m->compiled, p[0].key, p[0].value, p[1].key,
+                                               p[1].value, p[2].key, p[2].value, p[3].key, p[3].value);
+    }
 }
 
 /* The engine key of a cache entry, as edgeseg/runtime/runners/openvino.py spells it. The
@@ -53,10 +72,10 @@ int es_ov_compile(es_ov_model *m, const es_bundle *b, const char *dir, int threa
     snprintf(thread_text, sizeof thread_text, "%d", threads);
     /* The Python runner's settings: latency hint, and f32 compute so that CPUs with bf16 do
      * not change an FP32 model's numbers (INT8 layers still run in int8). */
-    ov_property_t props[4] = {{ov_property_key_hint_performance_mode, "LATENCY"},
-                              {ov_property_key_hint_inference_precision, "f32"}};
+    es_ov_property props[4] = {{ov_property_key_hint_performance_mode, "LATENCY"},
+                               {ov_property_key_hint_inference_precision, "f32"}};
     size_t count = 2;
-    if (threads > 0) props[count++] = (ov_property_t){ov_property_key_inference_num_threads, thread_text};
+    if (threads > 0) props[count++] = (es_ov_property){ov_property_key_inference_num_threads, thread_text};
     ov_status_e st = ov_core_create(&m->core);
     if (st != OK) {
         free(path);
