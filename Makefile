@@ -119,12 +119,14 @@ FLOOR_TESTS ?= tests/test_floor_constraints.py tests/runtime tests/readers tests
 test-floor:
 	$(PYTHON) -m venv $(FLOOR_VENV)
 	$(FLOOR_VENV)/bin/pip install "torch==2.13.0"
-	$(FLOOR_VENV)/bin/pip install -c constraints/floor.txt setuptools wheel "Cython>=3.0" numpy
+	# -U: a new venv's own setuptools (65 on Python 3.11) cannot read project.license, and
+	# --no-build-isolation below builds with it; [build-system] asks for setuptools>=77.
+	$(FLOOR_VENV)/bin/pip install -U -c constraints/floor.txt "setuptools>=77" wheel "Cython>=3.0" numpy
 	rm -rf $(FLOOR_SRC) && mkdir -p $(FLOOR_SRC)
-	git ls-files -z | tar --null -T - -cf - | tar -xf - -C $(FLOOR_SRC)
+	bash -o pipefail -c 'git ls-files -z | tar --null -T - -cf - | tar -xf - -C $(FLOOR_SRC)'
 	cd $(FLOOR_SRC) && $(FLOOR_VENV)/bin/pip install -c $(abspath constraints/floor.txt) --no-build-isolation \
 		-e ".[io,train,export,dicom,serve,openvino,triton,dev]" && $(FLOOR_VENV)/bin/python setup.py -q build_ext --inplace
-	cd $(FLOOR_SRC) && rc=0; for t in $(FLOOR_TESTS); do OMP_NUM_THREADS=1 $(FLOOR_VENV)/bin/python -m pytest -q $$t || rc=1; done; exit $$rc
+	cd $(FLOOR_SRC) && { rc=0; for t in $(FLOOR_TESTS); do OMP_NUM_THREADS=1 $(FLOOR_VENV)/bin/python -m pytest -q $$t || rc=1; done; exit $$rc; }
 
 clean:
 	rm -rf build *.egg-info edgeseg/kernels/_kernels.c edgeseg/kernels/*.so

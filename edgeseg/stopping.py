@@ -123,6 +123,10 @@ def stops_held() -> Iterator[None]:
     raises KeyboardInterrupt, a SIGTERM under :func:`sigterm_stops` raises Terminated). A
     signal that is ignored, or whose handler is not Python's, is left alone. Handlers can only
     be set in the main thread: elsewhere only a SIGTERM is held (as :func:`stop_at_checkpoints`).
+    When both came, whichever first, SIGTERM is delivered first: a stop asked for by the system
+    (a service manager, a container runtime) wins over a Ctrl-C, which is delivered after it only
+    where SIGTERM's handler returned (it records, say); one that raised (Terminated) or ended the
+    process already stops it.
     """
     if threading.current_thread() is not threading.main_thread():
         with stop_at_checkpoints():
@@ -139,5 +143,6 @@ def stops_held() -> Iterator[None]:
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-        for signum in dict.fromkeys(held):
-            signal.raise_signal(signum)  # the handler runs before this returns
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            if signum in held:
+                signal.raise_signal(signum)  # the handler runs before this returns

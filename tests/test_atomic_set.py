@@ -118,6 +118,39 @@ def test_stops_held_delivers_ctrl_c_and_sigterm_after_the_block_to_the_handler_b
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
 
 
+BOTH = """
+import os, signal
+from edgeseg.stopping import sigterm_stops, stops_held
+
+def stopped_by_both():
+    try:
+        with stops_held():
+            os.kill(os.getpid(), signal.SIGINT)  # the Ctrl-C first
+            os.kill(os.getpid(), signal.SIGTERM)
+    except KeyboardInterrupt as exc:  # Terminated is one
+        return type(exc).__name__
+    return None
+
+with sigterm_stops():
+    assert stopped_by_both() == "Terminated"
+got = []
+signal.signal(signal.SIGTERM, lambda number, frame: got.append(number))  # a handler that returns
+assert stopped_by_both() == "KeyboardInterrupt" and got == [signal.SIGTERM]
+print("ok")
+"""
+
+
+def test_with_both_held_sigterm_is_delivered_first():
+    """A Ctrl-C and then a SIGTERM during the block: the SIGTERM is acted on (Terminated), not the
+    Ctrl-C that came first; a SIGTERM handler that returns is followed by the Ctrl-C. (The signal
+    that came first was delivered, and its KeyboardInterrupt dropped the other.)"""
+    from tests.interrupting import ctrl_c_as_at_a_terminal
+
+    done = subprocess.run([sys.executable, "-c", BOTH], capture_output=True, text=True, timeout=120,
+                          preexec_fn=ctrl_c_as_at_a_terminal)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
+
+
 def test_an_empty_set_is_a_plain_block(tmp_path):
     """bench without --json and --png: nothing staged, and an error in the block is that error."""
     with pytest.raises(OSError, match="disk full") as failed:

@@ -88,7 +88,7 @@ def _complete_thickness(refs, sources: list) -> None:
     missing = [path for path, dataset in zip(refs.files, sources) if not _text(dataset, "SliceThickness")]
     if not missing:
         return
-    if stated and all(_same_value(stated[0], value) for value in stated):
+    if stated and all(same_value(stated[0], value) for value in stated):
         value, said = str(stated[0]), f"that of the others, {stated[0]} mm"
     elif len(sources) < 2:
         raise DataError(f"DICOM file {missing[0]} has no SliceThickness, and a series of one slice has no spacing "
@@ -153,11 +153,11 @@ def _shared_groups(path: Path, dataset):
         per_frame = PER_FRAME_IN_SEG.get(group, ())
         for number, item in enumerate(items[1:], start=2):
             name = next((name for name in sorted(set(items[0].dir()) | set(item.dir()))
-                         if not _same_value(items[0].get(name), item.get(name))), None)
+                         if not same_value(items[0].get(name), item.get(name))), None)
             if name is not None and name not in per_frame:
                 raise DataError(f"DICOM file {path}: frames 1 and {number} have {name} {_shown(items[0], name)} and "
                                 f"{_shown(item, name)} ({group}); a DICOM SEG states one for all the frames it covers")
-        varies = any(not _same_value(items[0].get(name), item.get(name)) for item in items for name in per_frame)
+        varies = any(not same_value(items[0].get(name), item.get(name)) for item in items for name in per_frame)
         setattr(shared, group, Sequence([copy.deepcopy(items[0])]))
         if not varies:
             for frame in frames:
@@ -173,7 +173,7 @@ def _fill_frame_thickness(path: Path, dataset, items: list) -> None:
     missing = [item for item in items if not _text(item, "SliceThickness")]
     if not stated or not missing:
         return
-    if all(_same_value(stated[0], value) for value in stated):
+    if all(same_value(stated[0], value) for value in stated):
         value, said = str(stated[0]), f"that of the others, {stated[0]} mm"
     else:
         first = dataset.PerFrameFunctionalGroupsSequence[0]
@@ -188,7 +188,7 @@ def _fill_frame_thickness(path: Path, dataset, items: list) -> None:
                 path, len(missing), len(items), said)
 
 
-def _same_value(a, b) -> bool:
+def same_value(a, b) -> bool:
     """Two values of one attribute alike: numbers within SAME_VALUE_TOLERANCE, others as text."""
     if a is None or b is None:
         return a is b

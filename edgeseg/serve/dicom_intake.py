@@ -31,9 +31,6 @@ STATUS_CANNOT_UNDERSTAND = 0xC000
 STATUS_DATASET_MISMATCH = 0xA900
 # PS3.4 B.2.3: C-STORE "Refused: Out of Resources" is A7xx; dcmtk prints it as OutOfResources.
 STATUS_OUT_OF_RESOURCES = 0xA700
-# A DICOM UID is digits and dots, at most 64 characters; the UIDs name files and folders here,
-# so anything else (a "../" from a hostile peer) must never reach the file system.
-UID_PATTERN = re.compile(r"[0-9]+(\.[0-9]+)*")
 # Error Comment (0000,0902) is LO: at most 64 characters
 ERROR_COMMENT_LENGTH = 64
 # "DICOM file 1.2.3...", "series 1.2.3...:" in a reason: the UIDs would fill the Error Comment

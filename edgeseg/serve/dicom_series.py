@@ -14,6 +14,7 @@ from pathlib import Path
 from edgeseg.atomic import atomic_path
 from edgeseg.errors import DataError
 from edgeseg.limits import VOLUME_BYTES_ENV, check_volume, current_limits
+from edgeseg.runtime.seg_sources import same_value
 from edgeseg.serve.dicom_intake import ENHANCED_CT_CLASSES, STATUS_DATASET_MISMATCH
 from edgeseg.serve.dicom_received import place_received
 from edgeseg.serve.dicom_work import check_series, sync_file, sync_folder
@@ -144,7 +145,9 @@ class HeldSeries:
         """DuplicateInstance when a slice comes with the SOP Instance UID of one held at another
         ImagePositionPatient: two images under one UID, of which the second would replace the
         first, and the series lose a slice without a word (the series reader refuses two files
-        sharing a SOP Instance UID). The same slice sent again replaces its file."""
+        sharing a SOP Instance UID). The same slice sent again replaces its file, its position
+        compared as numbers, as the readers compare slices: a sender may write one DS value
+        differently each time (``-235.1999970`` and ``-235.199997``)."""
         if sop_uid not in self.sizes or _is_multiframe(ds):
             return
         import pydicom
@@ -152,7 +155,7 @@ class HeldSeries:
         held = pydicom.dcmread(self.folder / f"{sop_uid}.dcm", stop_before_pixels=True,
                                specific_tags=["ImagePositionPatient"]).get("ImagePositionPatient")
         position = ds.get("ImagePositionPatient")
-        if [str(v) for v in held or ()] != [str(v) for v in position or ()]:
+        if not same_value(held, position):
             raise DuplicateInstance(f"DICOM file {sop_uid}: SOPInstanceUID is that of an image of the series held already "
                                     f"at ImagePositionPatient {list(held or ())}; a DICOM SEG references each image by it, so the "
                                     f"series must name each once")

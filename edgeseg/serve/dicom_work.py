@@ -35,9 +35,9 @@ from dataclasses import MISSING, asdict, dataclass, field
 from dataclasses import fields as dataclass_fields
 from pathlib import Path
 
+from edgeseg.data.dicom_uids import uid_problem
 from edgeseg.errors import DataError
 from edgeseg.limits import VOLUME_BYTES_ENV, check_volume, current_limits
-from edgeseg.serve.dicom_intake import UID_PATTERN
 from edgeseg.serve.dicom_stored import whole_image
 from edgeseg.staging import process_alive
 
@@ -243,7 +243,7 @@ def _part_of(name: str) -> tuple[str, int] | None:
     order = int(kind) if kind.isdigit() else None
     if order is None:
         uid, order = (name[:-len(".segmented")], -1) if name.endswith(".segmented") else (name, 1 << 62)
-    return (uid, order) if UID_PATTERN.fullmatch(uid) and len(uid) <= 64 else None
+    return (uid, order) if uid_problem(uid) is None else None
 
 
 def _parts(work: Path) -> dict[str, list[tuple[int, Path]]]:
@@ -346,7 +346,7 @@ def _merge(work: Path, uid: str, part: Path, series: Recovered) -> int:
             _aside(work, uid, item, "is not a regular file (a link, a FIFO, a folder), never read")
         elif sop in series.frames:  # the image came again later: the newer copy is held
             item.unlink()
-        elif (whole := whole_image(item) if UID_PATTERN.fullmatch(sop) else None) is None:
+        elif (whole := whole_image(item) if uid_problem(sop) is None else None) is None:
             _aside(work, uid, item, "is not a whole image (cut short by the end of the node that received it)")
         else:
             images[sop] = item, *whole, item.stat().st_size

@@ -345,3 +345,18 @@ def test_a_compressed_enhanced_ct_is_judged_by_its_fragments_not_its_last_bytes(
     else:
         assert whole_image((work / "damaged").iterdir().__next__()) is None
         assert found == [] and [p.name for p in (work / "damaged").iterdir()] == [f"{uid}-{sop}.dcm"]
+
+
+def test_names_that_break_the_uid_rule_are_not_taken_up(tmp_path):
+    """The work folder is read by the UID rule every image is checked by on arrival
+    (edgeseg.data.dicom_uids): a folder named ``1.02.3`` (a leading zero, a UID no image of the
+    node carries) is no series, and ``1.02.3.4.dcm`` in a series folder is no image of it. (Both
+    were taken up: an older, looser rule allowed leading zeros.)"""
+    work, uid = tmp_path / "work", "1.2.3"
+    _put(work / "1.02.3", FILES[0])
+    _put(work / uid, FILES[1])
+    (work / uid / "1.02.3.4.dcm").write_bytes(FILES[2].read_bytes())
+    [series], _ = recover(work)
+    assert (series.folder, set(series.frames)) == (work / uid, {_sop(FILES[1])})
+    assert [p.name for p in (work / "damaged").iterdir()] == [f"{uid}-1.02.3.4.dcm"]
+    assert [p.name for p in (work / "1.02.3").iterdir()] == [f"{_sop(FILES[0])}.dcm"]

@@ -1,0 +1,78 @@
+"""``make test-floor``'s recipe, read from ``make -n`` and its lines run on their own.
+
+The floor venv builds edgeseg with ``--no-build-isolation``, so the setuptools it builds with is
+the one the recipe installs: a new venv's own (65 on Python 3.11) cannot read
+``project.license`` and the install fails. A copy of the tracked files that failed must stop the
+target, and the tests must never run anywhere but in that copy.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import tomllib
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+
+
+def _recipe(**variables: str) -> list[str]:
+    """The shell lines ``make test-floor`` would run, continuation lines joined."""
+    args = [f"{name}={value}" for name, value in variables.items()]
+    out = subprocess.run(["make", "-n", "-s", "test-floor", *args], cwd=ROOT, check=True,
+                         capture_output=True, text=True).stdout
+    return [line for line in out.replace("\\\n", " ").splitlines() if not line.lstrip().startswith("#")]
+
+
+def _line(lines: list[str], marker: str) -> str:
+    found = [line for line in lines if marker in line]
+    assert len(found) == 1, f"{marker!r} in {len(found)} recipe lines: {lines}"
+    return found[0]
+
+
+def test_the_build_tools_are_upgraded_to_what_build_system_asks():
+    lines = _recipe()
+    requires = tomllib.loads((ROOT / "pyproject.toml").read_text())["build-system"]["requires"]
+    floor = next(re.fullmatch(r"setuptools>=([0-9.]+)", r) for r in requires if r.startswith("setuptools")).group(1)
+    tools = _line(lines, " wheel ")
+    assert re.search(r"\binstall (.* )?(-U|--upgrade)\b", tools), tools
+    assert f'"setuptools>={floor}"' in tools, tools
+    build = _line(lines, "--no-build-isolation")
+    assert lines.index(tools) < lines.index(build)
+    # and the constraints file does not hold setuptools back below it
+    assert "setuptools" not in (ROOT / "constraints" / "floor.txt").read_text()
+
+
+def test_a_failed_copy_of_the_tracked_files_stops_the_target(tmp_path):
+    """Outside a git work tree ``git ls-files`` fails; the copy must fail with it, not hand an
+    empty tree on to the install."""
+    dest = tmp_path / "src"
+    dest.mkdir()
+    copy = _line(_recipe(FLOOR_SRC=str(dest)), "tar --null")
+    env = dict(os.environ, GIT_CEILING_DIRECTORIES=str(tmp_path.parent))
+    env.pop("GIT_DIR", None)
+    done = subprocess.run(["/bin/sh", "-c", copy], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert done.returncode != 0, done.stderr
+    assert list(dest.iterdir()) == []
+
+
+def test_the_tests_never_run_outside_the_copy(tmp_path):
+    """With the copy missing, the test loop fails at ``cd`` and runs no test in the directory it
+    was started from."""
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    ran = tmp_path / "ran"
+    python = venv / "bin" / "python"
+    python.write_text(f'#!/bin/sh\npwd >> "{ran}"\n')
+    python.chmod(0o755)
+    loop = _line(_recipe(FLOOR_SRC=str(tmp_path / "missing"), FLOOR_VENV=str(venv),
+                         FLOOR_TESTS="tests/a tests/b"), "rc=0")
+    done = subprocess.run(["/bin/sh", "-c", loop], cwd=tmp_path, capture_output=True, text=True)
+    assert done.returncode != 0
+    assert not ran.exists(), ran.read_text()
