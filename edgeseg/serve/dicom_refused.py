@@ -4,6 +4,7 @@ segmented whole or not at all (docs/serving.md, "A series with a refused image i
 from __future__ import annotations
 
 import time
+from collections.abc import Container, Iterable
 
 # How long the notes of a series the node does not hold, and the images of a series that failed
 # for its refusals, are kept after the latest refusal or failure (docs/serving.md).
@@ -44,7 +45,8 @@ class RefusedImages:
         """Entries held: images noted and SOP Instance UIDs of failed series."""
         return sum(len(images) for images in self._by_series.values()) + self._failed_images
 
-    def refused(self, series_uid: str, sop_uid: str | None, reason: str, held, now: float | None = None) -> None:
+    def refused(self, series_uid: str, sop_uid: str | None, reason: str, held: Container[str],
+                now: float | None = None) -> None:
         now = time.monotonic() if now is None else now
         self.expire(now, held)
         images = self._by_series.pop(series_uid, None)
@@ -82,7 +84,8 @@ class RefusedImages:
         self._forget(series_uid)
         self._drop_failed(series_uid)
 
-    def outstanding(self, series_uid: str, holds=(), now: float | None = None, held=()) -> str | None:
+    def outstanding(self, series_uid: str, holds: Iterable[str] = (), now: float | None = None,
+                    held: Container[str] = ()) -> str | None:
         """Why ``series_uid``, complete and holding the SOP instances ``holds``, is not to be
         segmented, or None. Its refusals are let go; when it fails for them, or is short of the
         images of its failure before, the images it holds and had refused are remembered."""
@@ -91,14 +94,15 @@ class RefusedImages:
         self._forget(series_uid)
         self.expire(now, held)
         before, _ = self._failed.get(series_uid, (frozenset(), 0.0))
-        whole = set(holds) | {sop for sop in images if sop is not None}
+        holding = set(holds)
+        whole = holding | {sop for sop in images if sop is not None}
         if images:
             count = f"{len(images)} image{'' if len(images) == 1 else 's'}"
             reason = (f"{count} of it refused on arrival and not taken since (a SEG of the others would miss them); "
                       f"the first: {next(iter(images.values()))}")
-        elif series_uid in self._failed and not before <= set(holds):
+        elif series_uid in self._failed and not before <= holding:
             reason = (f"it failed before for images refused, when it had {len(before)} images; this re-send holds "
-                      f"{len(set(holds))} and misses {len(before - set(holds))} of them: send the whole series again")
+                      f"{len(holding)} and misses {len(before - holding)} of them: send the whole series again")
         else:
             self._drop_failed(series_uid)
             return None
@@ -106,7 +110,7 @@ class RefusedImages:
         self._remember_failed(series_uid, frozenset(before | whole), now)
         return reason
 
-    def expire(self, now: float, held=()) -> None:
+    def expire(self, now: float, held: Container[str] = ()) -> None:
         """Forget the notes of the series not in ``held``, and the failed series, past ``kept_for``."""
         gone = []
         for uid, at in self._noted.items():  # the latest noted last
