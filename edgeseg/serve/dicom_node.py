@@ -14,7 +14,7 @@ image that would take its series past the readers' size limits (``edgeseg.limits
 slice, float32 bytes per volume), or open one series more than ``max_series`` in flight, is
 refused as it arrives with 0xA700 "out of resources"; so is one whose files would take its series
 past the volume limit in bytes on disk. A series of which an image was refused, and not taken
-since (sent again), is not segmented from the others: it fails (dicom_series.RefusedImages). What a peer can make the node read and hold before the
+since (sent again), is not segmented from the others: it fails (dicom_refused.RefusedImages). What a peer can make the node read and hold before the
 C-STORE handler runs (a PDU, one image's data set) is bounded on its connection
 (dicom_peer_bound.py): past that, the association is aborted; an Enhanced CT's data set (a
 whole series) is received to a file, checked from it and linked into the work folder, never held
@@ -58,8 +58,8 @@ from edgeseg.serve.dicom_peer_watch import PeerWatch
 from edgeseg.serve.dicom_segmented import SegmentedSeries, SegReference
 from edgeseg.serve.dicom_received import pixel_data_bytes, read_received, received_path, write_failure
 from edgeseg.serve.dicom_recovery import take_up
-from edgeseg.serve.dicom_series import (DuplicateInstance, HeldSeries, ImageNotStored, MixedSeries, RefusedImages,
-                                        SendingAssociations, seg_path)
+from edgeseg.serve.dicom_refused import RefusedImages
+from edgeseg.serve.dicom_series import DuplicateInstance, HeldSeries, ImageNotStored, MixedSeries, SendingAssociations, seg_path
 from edgeseg.serve.dicom_work import WorkClaim, sync_file, sync_folder
 
 __all__ = ["DicomNode", "NodeStats", "Peer", "check_ae_title", "check_node_settings", "decodable_transfer_syntaxes"]
@@ -237,7 +237,7 @@ class DicomNode(NodeEvents, NodeLifecycle):
                                           str(exc), self._series)
                 return store_failure(exc, sop_uid)
             self._written(series_uid, series, stored=True)
-            self._refused.taken(series_uid, sop_uid)
+            self._refused.taken(series_uid, sop_uid, whole=sop_class in ENHANCED_CT_CLASSES)
             series.last = time.monotonic()
             self._sending.stored(event.assoc, series_uid, self._series, series.last)
         self.stats.received += 1
@@ -283,7 +283,7 @@ class DicomNode(NodeEvents, NodeLifecycle):
             due = [(uid, s) for uid, s in self._series.items() if everything or s.complete(self.idle, now)]
             for uid, series in due:
                 del self._series[uid]
-                series.refused = self._refused.outstanding(uid)
+                series.refused = self._refused.outstanding(uid, series.frames, now, self._series)
                 self._taken += 1
                 taken = series.folder.with_name(f"{series.folder.name}.taken-{self._taken}")
                 os.rename(series.folder, taken)

@@ -184,50 +184,6 @@ def holds_multiframe(series: HeldSeries) -> bool:
     return _is_multiframe(header)
 
 
-class RefusedImages:
-    """The images the node refused, by series, that are not taken since: a series with one of them
-    outstanding when it completes is not segmented, for its SEG would miss that image (the slices
-    left around a refused one can even look evenly spaced). An image is known by its SOP Instance
-    UID, and taken again (a peer re-sending it after 0xA700, corrected) it is no more outstanding;
-    ``None`` stands for one that cannot be named so (its SOP Instance UID unreadable, or one
-    reusing the UID of another image of its series), which nothing clears. Each keeps the
-    first reason it was refused for. At most ``most`` series and ``most`` images a series are
-    named: past that, the series held longest ago is forgotten first, never one in ``held``, and
-    the images past it count as one ``None``. Called under the node's lock."""
-
-    def __init__(self, most: int = 10_000) -> None:
-        self.most = most
-        self._by_series: dict[str, dict[str | None, str]] = {}
-
-    def refused(self, series_uid: str, sop_uid: str | None, reason: str, held) -> None:
-        images = self._by_series.get(series_uid)
-        if images is None:
-            if len(self._by_series) >= self.most:
-                gone = next((uid for uid in self._by_series if uid not in held), None)
-                if gone is None:
-                    return
-                del self._by_series[gone]
-            images = self._by_series[series_uid] = {}
-        if sop_uid not in images and len(images) >= self.most:
-            sop_uid = None
-        images.setdefault(sop_uid, reason)
-
-    def taken(self, series_uid: str, sop_uid: str) -> None:
-        """``sop_uid`` of ``series_uid`` was stored: it is no more refused."""
-        images = self._by_series.get(series_uid)
-        if images is not None and images.pop(sop_uid, None) is not None and not images:
-            del self._by_series[series_uid]
-
-    def outstanding(self, series_uid: str) -> str | None:
-        """Why ``series_uid``, complete, is not to be segmented (its refusals are let go), or None."""
-        images = self._by_series.pop(series_uid, None)
-        if not images:
-            return None
-        count = f"{len(images)} image{'' if len(images) == 1 else 's'}"
-        return (f"{count} of it refused on arrival and not taken since (a SEG of the others would miss them); "
-                f"the first: {next(iter(images.values()))}")
-
-
 class SendingAssociations:
     """Which open association is sending which series: the series of the latest image each one
     stored. A series an association is sending is not complete, however long the association

@@ -153,7 +153,7 @@ def test_the_refusals_kept_are_bounded_and_never_forget_a_held_series():
     """The notes of refused images: the first reason of each kept; an image taken clears its
     note, one noted against the series (no SOP Instance UID to name it by) is never cleared; past
     the bound the series noted longest ago that is not held is forgotten, a held one never."""
-    from edgeseg.serve.dicom_series import RefusedImages
+    from edgeseg.serve.dicom_refused import RefusedImages
 
     refused = RefusedImages(most=2)
     refused.refused("1.1", "1.1.1", "first", held={})

@@ -69,19 +69,17 @@ def openvino_cache_key(version: str, device: str, threads: int, artifact: Path) 
     return f"openvino {version} {device} LATENCY f32 threads {threads} {artifact.resolve()}"
 
 
-def model_source(core, path: Path):
-    """What ``compile_model`` is given: the artifact's path where it is text, so that a cache hit
-    skips reading and converting the ONNX graph. A Linux folder name that is not UTF-8 reaches
-    Python as surrogate escapes, which OpenVINO before 2026.1 cannot encode ("surrogates not
-    allowed"): such a path is read here and the graph handed over from memory (OpenVINO's cache
-    then keys the blob on the graph). The bundle has no external weights to find beside it: the
-    Segmenter refuses such a graph before any engine reads it."""
-    name = str(path)
+def compile_artifact(core, path: Path, device: str, config: dict):
+    """``core.compile_model`` of the artifact: given its path, so that a cache hit skips reading
+    and converting the ONNX graph. A Linux folder name that is not UTF-8 reaches Python as
+    surrogate escapes, which OpenVINO before 2026.1 cannot encode (UnicodeEncodeError "surrogates
+    not allowed"; 2026.1 and later take it): then the graph is read here and handed over from
+    memory (OpenVINO's cache then keys the blob on the graph). The bundle has no external weights
+    to find beside it: the Segmenter refuses such a graph before any engine reads it."""
     try:
-        name.encode("utf-8")
+        return core.compile_model(str(path), device, config)
     except UnicodeEncodeError:
-        return core.read_model(path.read_bytes())
-    return name
+        return core.compile_model(core.read_model(path.read_bytes()), device, config)
 
 
 class OpenVinoRunner(ArtifactRunner):
@@ -115,7 +113,7 @@ class OpenVinoRunner(ArtifactRunner):
             core = ov.Core()
             if folder is not None:
                 core.set_property({"CACHE_DIR": str(folder)})
-            return core.compile_model(model_source(core, self.path), device, config)
+            return compile_artifact(core, self.path, device, config)
 
         try:
             compiled = cache.load(compile_model)
