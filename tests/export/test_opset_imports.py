@@ -12,8 +12,11 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 
+from edgeseg.errors import BackendError
 from edgeseg.runtime.manifest import sha256_file
+from edgeseg.runtime.runners.onnxruntime import load_error
 
 
 def _domain(name: str) -> str:
@@ -51,3 +54,22 @@ def test_the_calibration_reader_feeds_batches_onnxruntime_can_stack(bundle, tmp_
                     quant_format=QuantFormat.QDQ, calibrate_method=CalibrationMethod.Entropy)
     assert (tmp_path / "int8.onnx").stat().st_size > 0
 
+
+def test_a_graph_importing_a_newer_domain_version_is_refused_in_one_line(tmp_path):
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.ml", 99)])
+    model.ir_version = 8
+    onnx.save(model, str(tmp_path / "model.int8.onnx"))
+    with pytest.raises(Exception) as refused:
+        ort.InferenceSession(str(tmp_path / "model.int8.onnx"), providers=["CPUExecutionProvider"])
+    error = load_error("model.int8.onnx", ort.__version__, refused.value)
+    assert isinstance(error, BackendError) and "\n" not in str(error)
+    assert str(error).startswith(f"onnxruntime {ort.__version__} could not load model.int8.onnx: it imports opset 99 "
+                                 "of domain ai.onnx.ml")
+    assert "install onnxruntime>=1.18 or export the bundle again" in str(error)
