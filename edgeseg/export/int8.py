@@ -205,7 +205,10 @@ def _reader_class():
         """Feeds calibration slices to ONNX Runtime in batches, with a progress bar."""
 
         def __init__(self, images: np.ndarray, input_name: str, progress: bool) -> None:
-            self.batches = [images[i : i + READ_BATCH] for i in range(0, len(images), READ_BATCH)]
+            # Batches of one size: ONNX Runtime's histogram collector stacks every batch's outputs
+            # with np.asarray, which refuses a shorter last batch (an inhomogeneous shape).
+            size = max(d for d in range(1, READ_BATCH + 1) if len(images) % d == 0)
+            self.batches = [images[i : i + size] for i in range(0, len(images), size)]
             self.input_name = input_name
             self.bar = progress_bar(total=len(images), desc="calibrate", unit="slice", shown=progress)
             self.position = 0
@@ -220,6 +223,29 @@ def _reader_class():
             return {self.input_name: batch}
 
     return SliceCalibrationReader
+
+
+def _tidy_graph(path: str | Path) -> None:
+    """Rewrite the quantised graph at ``path`` to import only the opset domains its nodes use, with
+    its value_info in name order.
+
+    ONNX Runtime's quantiser imports every domain it knows (ai.onnx.ml 5, com.microsoft.nchwc,
+    org.pytorch.aten, ...); an older ONNX Runtime refuses a graph importing a domain version newer
+    than its own even when no node uses it. Older quantisers also write value_info in an order
+    that changes from run to run, so equal graphs would hash differently.
+    """
+    import onnx
+
+    model = onnx.load(str(path))
+    used = {node.domain if node.domain != "ai.onnx" else "" for node in model.graph.node}
+    kept = [op for op in model.opset_import if (op.domain if op.domain != "ai.onnx" else "") in used]
+    del model.opset_import[:]
+    model.opset_import.extend(kept)
+    infos = sorted(model.graph.value_info, key=lambda v: v.name)
+    del model.graph.value_info[:]
+    model.graph.value_info.extend(infos)
+    with atomic_path(path) as tmp:
+        onnx.save(model, str(tmp))
 
 
 def _streamed_ranges(model: Path, images: np.ndarray, method: str, input_name: str, progress: bool):
@@ -276,6 +302,7 @@ def quantize_int8(fp32_onnx: str | Path, dst: str | Path, calib: CalibrationSet,
     cached = Path(cache_dir) / f"int8-{key}.onnx" if cache_dir else None
     if cached is not None and _cached_graph_intact(cached):
         shutil.copyfile(cached, dst)
+        _tidy_graph(dst)  # an entry cached before graphs were tidied
         return {**record, "cache": "hit", "cache_key": key}
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -304,6 +331,7 @@ def quantize_int8(fp32_onnx: str | Path, dst: str | Path, calib: CalibrationSet,
                             "calibration_cache_path); calibrating with all activations in memory")
             quantize_static(str(prepared), str(dst), _reader_class()(calib.images, input_name, progress), **options)
     prepared.unlink(missing_ok=True)
+    _tidy_graph(dst)
     if cached is not None:
         cached.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(cached) as tmp:

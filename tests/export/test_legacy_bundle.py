@@ -9,6 +9,9 @@ than a runner): ``edgeseg data synth --cases 6 --size 32 --slices 8 --seed 0``, 
 --formats onnx --int8 --calib PHANTOM --max-dice-drop-int8 1.0``. ``labels-2026-11-25-R-P.npy``
 is that commit's ``edgeseg predict BUNDLE phantom-hu-6x40x28.npy --backend R:P``: the input is a
 (6, 40, 28) cut of a phantom volume, not the model's 32x32, so resizing is on the path too.
+
+Its INT8 graph imports ai.onnx.ml 5 (and other domains no node uses), as that commit's onnxruntime
+quantiser wrote it; onnxruntime before 1.18 refuses it, in one line that names both remedies.
 """
 
 from __future__ import annotations
@@ -28,6 +31,13 @@ BUNDLE = LEGACY / "bundle-2026-11-25"
 CHECKPOINT = LEGACY / "checkpoint-2026-11-25.pt"
 HU = LEGACY / "phantom-hu-6x40x28.npy"
 BACKENDS = ["onnxruntime:fp32", "onnxruntime:int8", "openvino:fp32", "openvino:int8"]
+NEWER_OPSET = "it imports opset 5 of domain ai.onnx.ml"
+
+
+def _ort_refuses_the_int8_graph() -> bool:
+    import onnxruntime
+
+    return tuple(int(part) for part in onnxruntime.__version__.split(".")[:2]) < (1, 18)
 
 
 def _edgeseg(*args, cwd: Path) -> subprocess.CompletedProcess:
@@ -48,14 +58,24 @@ def test_the_old_bundle_gives_the_labels_it_gave_then(backend, tmp_path, monkeyp
     from edgeseg.runtime import Segmenter
 
     monkeypatch.setenv("EDGESEG_CACHE_DIR", str(tmp_path / "cache"))
+    if backend == "onnxruntime:int8" and _ort_refuses_the_int8_graph():
+        from edgeseg.errors import BackendError
+
+        with pytest.raises(BackendError, match=f"{NEWER_OPSET}.*install onnxruntime>=1.18 or export the bundle again"):
+            Segmenter.load(BUNDLE, backend=backend)
+        return
     with Segmenter.load(BUNDLE, backend=backend) as seg:
         labels = seg.predict_volume(np.load(HU))
     assert np.array_equal(labels, _old_labels(backend))
 
 
-def test_predict_on_the_old_bundle_writes_the_old_labels(tmp_path):
+def test_predict_on_the_old_bundle_writes_the_old_labels(tmp_path, assert_one_line_error):
     out = tmp_path / "labels.npy"
     proc = _edgeseg("predict", BUNDLE, HU, "--out", out, "--backend", "onnxruntime:int8", "--quiet", cwd=tmp_path)
+    if _ort_refuses_the_int8_graph():
+        assert_one_line_error(proc, NEWER_OPSET)
+        assert not out.exists()
+        return
     assert proc.returncode == 0, proc.stderr
     assert np.array_equal(np.load(out), _old_labels("onnxruntime:int8"))
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import platform
+import re
 import sys
 from pathlib import Path
 
@@ -19,6 +20,23 @@ _GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 # next to its own (capi/libonnxruntime_providers_cuda.so, ..._tensorrt.so; .dll on Windows),
 # which onnxruntime-gpu ships and the CPU wheel does not.
 _GPU_PROVIDER_LIBRARIES = ("*onnxruntime_providers_cuda*", "*onnxruntime_providers_tensorrt*")
+# onnxruntime's refusal of a graph that imports a domain at a version newer than it knows, even when
+# no node uses that domain (ValidateOpsetForDomain): "Opset 5 is under development ... Current
+# official support for domain ai.onnx.ml is till opset 4."
+_NEWER_OPSET = re.compile(r"Opset (\d+) is under development.*support for domain (\S+) is till opset (\d+)", re.S)
+
+
+def load_error(name: str, version: str, exc: Exception) -> BackendError:
+    """The one-line error for onnxruntime ``version`` refusing to load artifact ``name``."""
+    newer = _NEWER_OPSET.search(str(exc))
+    if newer is None:
+        return BackendError(f"onnxruntime could not load {name}: {engine_message(exc)}")
+    wanted, domain, known = newer.groups()
+    # INT8 graphs of bundles exported before the exporter dropped unused imports import ai.onnx.ml 5
+    # (onnxruntime's quantiser writes every domain it knows); onnxruntime 1.18 is the first to take it.
+    return BackendError(f"onnxruntime {version} could not load {name}: it imports opset {wanted} of domain "
+                        f"{domain}, and this onnxruntime knows it up to opset {known}; install onnxruntime>=1.18 "
+                        "or export the bundle again with this edgeseg, which imports only the domains a graph uses")
 
 
 def gpu_provider_library_installed() -> bool:
@@ -101,7 +119,7 @@ class OnnxRuntimeRunner(ArtifactRunner):
             try:
                 return ort.InferenceSession(str(model), sess_options=options, providers=providers)
             except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
-                raise BackendError(f"onnxruntime could not load {self.path.name}: {engine_message(exc)}") from None
+                raise load_error(self.path.name, ort.__version__, exc) from None
 
         if providers != ["CPUExecutionProvider"]:
             return session(self.path)

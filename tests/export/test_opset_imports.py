@@ -1,0 +1,75 @@
+"""Exported graphs load on the oldest onnxruntime edgeseg declares (1.17).
+
+ONNX Runtime refuses a graph that imports a domain at a version newer than it knows, even when no
+node of the graph uses that domain; a newer onnxruntime's quantiser imports every domain it knows
+(ai.onnx.ml 5, com.microsoft.nchwc, org.pytorch.aten, ...), so a bundle's INT8 graph exported with
+it would not load on an edge box with onnxruntime 1.17. The oracle here is the set of the graph's
+node domains.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from edgeseg.errors import BackendError
+from edgeseg.runtime.manifest import sha256_file
+from edgeseg.runtime.runners.onnxruntime import load_error
+
+
+def _domain(name: str) -> str:
+    return "" if name == "ai.onnx" else name
+
+
+def test_exported_graphs_import_only_the_domains_their_nodes_use(bundle):
+    import onnx
+
+    manifest = json.loads((bundle["bundle"] / "manifest.json").read_text())
+    files = {a["file"]: a["sha256"] for a in manifest["artifacts"] if a["file"].endswith(".onnx")}
+    assert {"model.onnx", "model.fp16.onnx", "model.int8.onnx"} <= set(files)
+    for file, recorded in files.items():
+        model = onnx.load(str(bundle["bundle"] / file))
+        imported = [_domain(op.domain) for op in model.opset_import]
+        assert sorted(imported) == sorted({_domain(node.domain) for node in model.graph.node}), file
+        assert sha256_file(bundle["bundle"] / file) == recorded, file  # pruned before it was hashed
+    parity = json.loads((bundle["bundle"] / "parity.json").read_text())
+    rows = [row for row in parity["results"] if row.get("file") in files]
+    assert rows and all(row["sha256"] == files[row["file"]] for row in rows)
+
+
+def test_the_calibration_reader_feeds_batches_onnxruntime_can_stack(bundle, tmp_path):
+    """ONNX Runtime's histogram calibration stacks every batch's outputs with np.asarray; 12 slices
+    read 8 at a time left a batch of 4 that it refused ("inhomogeneous shape")."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, quantize_static
+
+    from edgeseg.export.int8 import _reader_class
+
+    images = np.random.default_rng(0).uniform(0, 1, (12, 1, 64, 64)).astype(np.float32)
+    reader = _reader_class()(images, "image", False)
+    assert len({b.shape for b in reader.batches}) == 1
+    assert np.array_equal(np.concatenate(reader.batches), images)
+    quantize_static(str(bundle["bundle"] / "model.onnx"), str(tmp_path / "int8.onnx"), reader,
+                    quant_format=QuantFormat.QDQ, calibrate_method=CalibrationMethod.Entropy)
+    assert (tmp_path / "int8.onnx").stat().st_size > 0
+
+
+def test_a_graph_importing_a_newer_domain_version_is_refused_in_one_line(tmp_path):
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.ml", 99)])
+    model.ir_version = 8
+    onnx.save(model, str(tmp_path / "model.int8.onnx"))
+    with pytest.raises(Exception) as refused:
+        ort.InferenceSession(str(tmp_path / "model.int8.onnx"), providers=["CPUExecutionProvider"])
+    error = load_error("model.int8.onnx", ort.__version__, refused.value)
+    assert isinstance(error, BackendError) and "\n" not in str(error)
+    assert str(error).startswith(f"onnxruntime {ort.__version__} could not load model.int8.onnx: it imports opset 99 "
+                                 "of domain ai.onnx.ml")
+    assert "install onnxruntime>=1.18 or export the bundle again" in str(error)
