@@ -36,6 +36,7 @@ import json
 import logging
 import shutil
 import tempfile
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -226,8 +227,8 @@ def _reader_class():
 
 
 def _tidy_graph(path: str | Path) -> None:
-    """Rewrite the quantised graph at ``path`` to import only the opset domains its nodes use, with
-    its value_info in name order.
+    """Rewrite the quantised graph at ``path`` to import only the opset domains its nodes use (those
+    of subgraphs and local functions included, and ai.onnx always), with its value_info in name order.
 
     ONNX Runtime's quantiser imports every domain it knows (ai.onnx.ml 5, com.microsoft.nchwc,
     org.pytorch.aten, ...); an older ONNX Runtime refuses a graph importing a domain version newer
@@ -237,7 +238,8 @@ def _tidy_graph(path: str | Path) -> None:
     import onnx
 
     model = onnx.load(str(path))
-    used = {node.domain if node.domain != "ai.onnx" else "" for node in model.graph.node}
+    nodes = [*model.graph.node, *(node for function in model.functions for node in function.node)]
+    used = {""} | {domain if domain != "ai.onnx" else "" for domain in _node_domains(nodes)}
     kept = [op for op in model.opset_import if (op.domain if op.domain != "ai.onnx" else "") in used]
     del model.opset_import[:]
     model.opset_import.extend(kept)
@@ -246,6 +248,20 @@ def _tidy_graph(path: str | Path) -> None:
     model.graph.value_info.extend(infos)
     with atomic_path(path) as tmp:
         onnx.save(model, str(tmp))
+
+
+def _node_domains(nodes: Iterable) -> Iterator[str]:
+    """The domains of ``nodes`` and of the nodes of their subgraphs (If, Loop, Scan bodies), nested."""
+    from onnx import AttributeProto
+
+    for node in nodes:
+        yield node.domain
+        for attr in node.attribute:
+            if attr.type == AttributeProto.GRAPH:
+                yield from _node_domains(attr.g.node)
+            elif attr.type == AttributeProto.GRAPHS:
+                for graph in attr.graphs:
+                    yield from _node_domains(graph.node)
 
 
 def _streamed_ranges(model: Path, images: np.ndarray, method: str, input_name: str, progress: bool):

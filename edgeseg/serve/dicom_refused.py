@@ -6,8 +6,8 @@ from __future__ import annotations
 import time
 from collections.abc import Container, Iterable
 
-# How long the notes of a series the node does not hold, and the images of a series that failed
-# for its refusals, are kept after the latest refusal or failure (docs/serving.md).
+# How long the notes of a series the node does not hold are kept after its latest refusal, and the
+# images of a series that failed for its refusals after its first failure (docs/serving.md).
 REFUSALS_KEPT_FOR = 6 * 3600.0
 
 
@@ -23,15 +23,18 @@ class RefusedImages:
 
     A series that fails so is remembered with the SOP Instance UIDs it held or had refused: the
     same series arriving again is segmented only if it holds all of them (a whole re-send), never
-    from a lone retry of the refused image (which a PACS typically sends after the failure).
+    from a lone retry of the refused image (which a PACS typically sends after the failure). Only
+    its first failure is remembered, and from its time: a later one (a retry, a re-send under new
+    SOP Instance UIDs) neither adds to the images a re-send must hold nor keeps the series blocked
+    longer.
 
     Bounds, for a peer sending image after refused image: at most ``most`` series, the one noted
     longest ago and not in ``held`` forgotten first; at most ``most`` images named a series and
     ``most_images`` in all,
     past which an image more is noted as its series' ``None`` (which still fails it); at most
     ``most_images`` SOP Instance UIDs of failed series, the one failed longest ago forgotten first.
-    The notes of a series not in ``held``, and a failed series, are forgotten ``kept_for`` seconds
-    after the latest refusal or failure. ``now`` is time.monotonic(). Called under the node's lock."""
+    The notes of a series not in ``held`` are forgotten ``kept_for`` seconds after its latest
+    refusal, and a failed series ``kept_for`` seconds after its first failure. ``now`` is time.monotonic(). Called under the node's lock."""
 
     def __init__(self, most: int = 10_000, most_images: int = 100_000, kept_for: float = REFUSALS_KEPT_FOR) -> None:
         self.most, self.most_images, self.kept_for = most, most_images, kept_for
@@ -102,12 +105,13 @@ class RefusedImages:
                       f"the first: {next(iter(images.values()))}")
         elif series_uid in self._failed and not before <= holding:
             reason = (f"it failed before for images refused, when it had {len(before)} images; this re-send holds "
-                      f"{len(holding)} and misses {len(before - holding)} of them: send the whole series again")
+                      f"{len(holding)} and misses {len(before - holding)} of them: send the whole series again, "
+                      "keeping its SOP Instance UIDs")
         else:
             self._drop_failed(series_uid)
             return None
-        self._drop_failed(series_uid)
-        self._remember_failed(series_uid, frozenset(before | whole), now)
+        if series_uid not in self._failed:  # only the first failure is remembered, with its time: a later
+            self._remember_failed(series_uid, frozenset(whole), now)  # one neither grows it nor extends it
         return reason
 
     def expire(self, now: float, held: Container[str] = ()) -> None:

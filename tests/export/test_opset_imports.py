@@ -55,7 +55,8 @@ def test_the_calibration_reader_feeds_batches_onnxruntime_can_stack(bundle, tmp_
     assert (tmp_path / "int8.onnx").stat().st_size > 0
 
 
-def test_a_graph_importing_a_newer_domain_version_is_refused_in_one_line(tmp_path):
+def _refused_by_onnxruntime(tmp_path, imports: list[tuple[str, int]]) -> BackendError:
+    """load_error of onnxruntime's own refusal of an Identity graph with ``imports``."""
     import onnx
     import onnxruntime as ort
     from onnx import TensorProto, helper
@@ -63,13 +64,78 @@ def test_a_graph_importing_a_newer_domain_version_is_refused_in_one_line(tmp_pat
     graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.ml", 99)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid(d, v) for d, v in imports])
     model.ir_version = 8
     onnx.save(model, str(tmp_path / "model.int8.onnx"))
     with pytest.raises(Exception) as refused:
         ort.InferenceSession(str(tmp_path / "model.int8.onnx"), providers=["CPUExecutionProvider"])
     error = load_error("model.int8.onnx", ort.__version__, refused.value)
     assert isinstance(error, BackendError) and "\n" not in str(error)
+    return error
+
+
+def test_a_graph_importing_a_newer_domain_version_is_refused_in_one_line(tmp_path):
+    import onnxruntime as ort
+
+    error = _refused_by_onnxruntime(tmp_path, [("", 17), ("ai.onnx.ml", 99)])
     assert str(error).startswith(f"onnxruntime {ort.__version__} could not load model.int8.onnx: it imports opset 99 "
                                  "of domain ai.onnx.ml")
     assert "install onnxruntime>=1.18 or export the bundle again" in str(error)
+
+
+@pytest.mark.parametrize(("imports", "domain"), [([("", 99)], "ai.onnx"),
+                                                 ([("", 17), ("com.microsoft", 99)], "com.microsoft")])
+def test_a_newer_version_of_a_domain_nodes_use_gets_no_re_export_advice(tmp_path, imports, domain):
+    """Re-exporting does not drop a domain the graph's nodes use, nor is onnxruntime 1.18 known to
+    take it: the line names the artifact, domain and opset, and onnxruntime's own message."""
+    import onnxruntime as ort
+
+    error = str(_refused_by_onnxruntime(tmp_path, imports))
+    assert error.startswith(f"onnxruntime {ort.__version__} could not load model.int8.onnx: it imports opset 99 "
+                            f"of domain {domain}, and this onnxruntime knows it up to opset ")
+    assert "1.18" not in error and "export the bundle again" not in error
+    assert "Opset 99 is under development" in error  # onnxruntime's own words
+
+
+def _tidied_imports(tmp_path, model) -> dict[str, int]:
+    """The opset imports of ``model`` once the INT8 exporter has tidied it; onnx.checker passes it."""
+    import onnx
+
+    from edgeseg.export.int8 import _tidy_graph
+
+    model.ir_version = 8
+    onnx.save(model, str(tmp_path / "model.int8.onnx"))
+    _tidy_graph(tmp_path / "model.int8.onnx")
+    tidied = onnx.load(str(tmp_path / "model.int8.onnx"))
+    onnx.checker.check_model(tidied)
+    return {op.domain: op.version for op in tidied.opset_import}
+
+
+def test_a_domain_used_only_inside_an_if_branch_stays_imported(tmp_path):
+    from onnx import TensorProto, helper
+
+    def branch(name: str, node) -> object:
+        return helper.make_graph([node], name, [], [helper.make_tensor_value_info(f"{name}_y", TensorProto.FLOAT, [1])])
+
+    then = branch("then", helper.make_node("Gelu", ["x"], ["then_y"], domain="com.microsoft"))
+    other = branch("else", helper.make_node("Identity", ["x"], ["else_y"]))
+    graph = helper.make_graph([helper.make_node("If", ["c"], ["y"], then_branch=then, else_branch=other)], "g",
+                              [helper.make_tensor_value_info("c", TensorProto.BOOL, []),
+                               helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1),
+                                                    helper.make_opsetid("ai.onnx.ml", 5)])
+    assert _tidied_imports(tmp_path, model) == {"": 17, "com.microsoft": 1}
+
+
+def test_a_graph_calling_a_local_function_keeps_the_ai_onnx_import(tmp_path):
+    from onnx import TensorProto, helper
+
+    function = helper.make_function("local", "Copy", ["a"], ["b"], [helper.make_node("Identity", ["a"], ["b"])],
+                                    [helper.make_opsetid("", 17)])
+    graph = helper.make_graph([helper.make_node("Copy", ["x"], ["y"], domain="local")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    model = helper.make_model(graph, functions=[function], opset_imports=[
+        helper.make_opsetid("", 17), helper.make_opsetid("local", 1), helper.make_opsetid("ai.onnx.ml", 5)])
+    assert _tidied_imports(tmp_path, model) == {"": 17, "local": 1}

@@ -128,9 +128,32 @@ def test_a_failed_series_is_forgotten_after_its_time():
     refused = RefusedImages(kept_for=100.0)
     refused.refused("4.1", "4.1.2", "bad", held={}, now=0.0)
     assert refused.outstanding("4.1", holds=["4.1.1", "4.1.3"], now=10.0) is not None
-    assert refused.outstanding("4.1", holds=["4.1.2"], now=50.0) is not None  # a lone retry fails, and is remembered
-    assert refused.outstanding("4.1", holds=["4.1.2"], now=149.0) is not None
-    assert refused.outstanding("4.1", holds=["4.1.2"], now=249.0) is None
+    assert refused.outstanding("4.1", holds=["4.1.2"], now=50.0) is not None  # a lone retry fails
+    assert refused.outstanding("4.1", holds=["4.1.2"], now=109.0) is not None
+    assert refused.outstanding("4.1", holds=["4.1.2"], now=110.0) is None  # forgotten after the first failure's time
+
+
+def test_a_retry_loop_does_not_keep_the_series_blocked_past_its_first_failure():
+    """A PACS retrying a lone image over and over: each retry fails, but none restarts the clock."""
+    refused = RefusedImages(kept_for=100.0)
+    refused.refused("6.1", "6.1.2", "bad", held={}, now=0.0)
+    assert refused.outstanding("6.1", holds=["6.1.1", "6.1.3"], now=0.0) is not None
+    for now in range(5, 100, 5):
+        assert refused.outstanding("6.1", holds=["6.1.2"], now=float(now)) is not None
+    assert refused.outstanding("6.1", holds=["6.1.2"], now=100.0) is None
+
+
+def test_a_re_send_under_new_uids_does_not_stop_the_original_series_later():
+    """A re-send under new SOP Instance UIDs fails (it misses the first attempt's images) but adds
+    nothing to what the series must hold: the original series, corrected and complete, is segmented."""
+    refused = RefusedImages()
+    refused.refused("7.1", "7.1.2", "bad", held={}, now=0.0)
+    assert refused.outstanding("7.1", holds=["7.1.1", "7.1.3"], now=0.0) is not None
+    reason = refused.outstanding("7.1", holds=["7.1.7", "7.1.8", "7.1.9"], now=10.0)
+    assert reason == ("it failed before for images refused, when it had 3 images; this re-send holds 3 and misses 3 "
+                      "of them: send the whole series again, keeping its SOP Instance UIDs")
+    assert refused.outstanding("7.1", holds=["7.1.1", "7.1.2"], now=20.0) is not None  # still short of 7.1.3
+    assert refused.outstanding("7.1", holds=["7.1.1", "7.1.2", "7.1.3"], now=30.0) is None
 
 
 def test_an_enhanced_ct_clears_notes_and_failure():

@@ -32,11 +32,16 @@ def load_error(name: str, version: str, exc: Exception) -> BackendError:
     if newer is None:
         return BackendError(f"onnxruntime could not load {name}: {engine_message(exc)}")
     wanted, domain, known = newer.groups()
+    head = (f"onnxruntime {version} could not load {name}: it imports opset {wanted} of domain {domain}, "
+            f"and this onnxruntime knows it up to opset {known}")
+    if domain != "ai.onnx.ml":  # a domain the graph's nodes use: neither advice below is known to help
+        said = " ".join(str(exc)[newer.start():].split())  # onnxruntime's words, past its C++ location
+        return BackendError(f"{head} (onnxruntime: {said if len(said) <= 400 else said[:397] + '...'})")
     # INT8 graphs of bundles exported before the exporter dropped unused imports import ai.onnx.ml 5
-    # (onnxruntime's quantiser writes every domain it knows); onnxruntime 1.18 is the first to take it.
-    return BackendError(f"onnxruntime {version} could not load {name}: it imports opset {wanted} of domain "
-                        f"{domain}, and this onnxruntime knows it up to opset {known}; install onnxruntime>=1.18 "
-                        "or export the bundle again with this edgeseg, which imports only the domains a graph uses")
+    # (onnxruntime's quantiser writes every domain it knows, no node of ours uses it); onnxruntime
+    # 1.18 is the first to take it.
+    return BackendError(f"{head}; install onnxruntime>=1.18 or export the bundle again with this edgeseg, "
+                        "which imports only the domains a graph uses")
 
 
 def gpu_provider_library_installed() -> bool:
