@@ -171,9 +171,11 @@ def test_train_option_defaults_are_the_config_defaults():
 
     config = {f.name: f.default for f in fields(TrainConfig)}
     options = {p.name: p.default for p in command.params}
-    shared = sorted(set(config) & set(options) - {"data", "out", "window", "labels", "intensity"})
+    shared = sorted(set(config) & set(options) - {"data", "out", "window", "labels", "intensity", "workers"})
     assert {"lr", "augment_p", "ema_epochs", "epochs", "batch_size", "weight_decay", "seed"} <= set(shared)
     assert {k: options[k] for k in shared} == {k: config[k] for k in shared}
+    # --workers takes counts only (>= 0); left out, it passes TrainConfig's -1, "from the cores"
+    assert options["workers"] is None and config["workers"] == -1
 
 
 @pytest.mark.parametrize(("args", "message"), [

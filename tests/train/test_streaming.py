@@ -129,7 +129,7 @@ def test_workers_give_the_same_augmented_batches_as_the_main_process(store):
     assert proc.returncode == 0 and "same batches" in proc.stdout, proc.stderr
 
 
-@pytest.mark.parametrize("option, value, fragment", [("--workers", "-2", "workers must be >= 0"),
+@pytest.mark.parametrize("option, value, fragment", [("--workers", "-2", "-2 is not in the range x>=0"),
                                                       ("--foreground-share", "1.5", "foreground share must be in [0, 1]")])
 def test_train_refuses_bad_streaming_options_in_one_line(option, value, fragment, tmp_path, assert_one_line_error):
     import os
