@@ -102,7 +102,7 @@ def test_a_peer_is_not_told_success_for_an_image_whose_flush_failed(serve_bundle
     assert "Refused: OutOfResources" in done.stdout + done.stderr, done.stdout + done.stderr
     assert "cannot store it in" in caplog.text and "Input/output error" in caplog.text
     assert node.stats.received == 0 and node.stats.refused == 1
-    assert sorted(p.name for p in work.iterdir()) == ["listen.lock", "listen.work"]
+    assert sorted(p.name for p in work.iterdir()) == ["listen.lock", "listen.refused", "listen.work"]  # noted
 
 
 def test_a_kept_series_taken_up_again_has_its_new_name_flushed_with_its_next_image(tmp_path, monkeypatch):
