@@ -164,7 +164,7 @@ class RefusedImages:
         if not getattr(self, f"_{kind}")(*args) or self._journal is None:
             return
         self._journal.write(kind, *args)
-        if self._journal.lines > max(1024, 2 * len(self)):  # mostly changes undone since: written anew
+        if self._journal.grown():  # mostly changes undone since: written anew
             self._journal.rewrite(self._snapshot())
 
     def _snapshot(self) -> Iterator[tuple]:

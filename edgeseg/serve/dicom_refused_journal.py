@@ -8,11 +8,10 @@ forgotten, an image taken, a failure remembered or dropped), each written and fl
 (``fsync``) before the node answers the image it is about. A start reads the lines in order into
 the notes, passing over a line cut short by the kill or otherwise unreadable (with one warning),
 and rewrites the file from the notes read. The file is rewritten the same way, whole, under a
-staged name, flushed and renamed, with the folder flushed, whenever its lines outnumber twice
-the notes' entries (and 1024): it stays within a bound set by the notes' own bounds. With no
-notes there is no file. Times are
-written as wall-clock times, so the notes expire across a restart as they do in a node that
-runs on."""
+staged name, flushed and renamed, with the folder flushed, whenever the lines written since
+outnumber those it was last rewritten with (and 1024): it stays within twice the notes' own
+size, which their bounds bound. With no notes there is no file. Times are written as wall-clock
+times, so the notes expire across a restart as they do in a node that runs on."""
 
 from __future__ import annotations
 
@@ -57,6 +56,7 @@ class RefusalJournal:
         self.path = Path(work) / NOTES_NAME
         self._fd: int | None = None
         self.lines = 0  # the lines in the file now
+        self.rewritten = 0  # the lines it was last rewritten with
 
     def read(self, most_bytes: int) -> Iterator[list]:
         """The changes in the file, in order, times on the monotonic clock; at most ``most_bytes``
@@ -65,7 +65,13 @@ class RefusalJournal:
             return
         shift = time.monotonic() - time.time()
         bad, read = 0, 0
-        with open(self.path, "rb") as notes:
+        try:
+            notes = open(self.path, "rb")
+        except OSError as exc:
+            log.warning("cannot read the refusal notes in %s (%s); the node starts without them", self.path,
+                        exc.strerror or exc)
+            return
+        with notes:
             for line in notes:
                 read += len(line)
                 if read > most_bytes:
@@ -109,7 +115,7 @@ class RefusalJournal:
                 if os.path.lexists(self.path):
                     self.path.unlink()
                     sync_folder(self.path.parent)
-                self.lines = 0
+                self.lines = self.rewritten = 0
                 return
             with atomic_path(self.path) as staged:
                 with open(staged, "wb") as notes:
@@ -123,7 +129,12 @@ class RefusalJournal:
             log.error("cannot rewrite the refusal notes in %s (%s); the notes written before stand", self.path,
                       exc.strerror or exc)
             return
-        self.lines = count
+        self.lines = self.rewritten = count
+
+    def grown(self) -> bool:
+        """More lines were written since the last rewrite than it wrote (and 1024): time to write
+        the notes anew, so that the file stays within twice their own size."""
+        return self.lines - self.rewritten > max(1024, self.rewritten)
 
     def close(self) -> None:
         if self._fd is not None:
