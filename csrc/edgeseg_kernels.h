@@ -147,6 +147,11 @@ int es_openmp_version(void);
 /* The compiler that built the kernels, e.g. "gcc 12.2.0". */
 const char *es_build_compiler(void);
 
+/* The hand-written SIMD paths the kernels were built with: "sse2" (SSE2 intrinsics), "avx2" (hot
+ * loops cloned for AVX2, picked at load time where the CPU has it), both as "sse2+avx2", or
+ * "portable" (none: -DES_NO_SIMD, or a CPU other than x86-64 such as aarch64). */
+const char *es_build_simd(void);
+
 /* A short English description of a status code. */
 const char *es_status_message(int status);
 

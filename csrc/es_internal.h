@@ -30,8 +30,10 @@
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) && \
     !defined(ES_NO_MULTIVERSION)
 #define ES_WIDE __attribute__((target_clones("avx2", "default")))
+#define ES_AVX2_CLONES 1
 #else
 #define ES_WIDE
+#define ES_AVX2_CLONES 0
 #endif
 
 #if defined(__GNUC__) || defined(__clang__)

@@ -37,6 +37,18 @@ const char *es_build_compiler(void) {
 #endif
 }
 
+const char *es_build_simd(void) {
+#if ES_SSE2 && ES_AVX2_CLONES
+    return "sse2+avx2";
+#elif ES_SSE2
+    return "sse2";
+#elif ES_AVX2_CLONES
+    return "avx2";
+#else
+    return "portable";
+#endif
+}
+
 const char *es_status_message(int status) {
     switch (status) {
     case ES_OK: return "ok";

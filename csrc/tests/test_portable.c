@@ -71,9 +71,22 @@ static void test_skip_equal(void) {
     }
 }
 
+/* es_build_simd() says which paths this build compiled, judged from the compiler's own macros. */
+static void test_build_simd(void) {
+    const char *simd = es_build_simd();
+#if defined(ES_NO_SIMD) || !defined(__x86_64__)
+    CHECK(strcmp(simd, "portable") == 0, "a portable build reports \"%s\"", simd);
+#elif defined(__GNUC__) && !defined(__clang__) && defined(__linux__) && !defined(ES_NO_MULTIVERSION)
+    CHECK(strcmp(simd, "sse2+avx2") == 0, "an x86-64 build with AVX2 clones reports \"%s\"", simd);
+#else
+    CHECK(strcmp(simd, "sse2") == 0, "an x86-64 build without AVX2 clones reports \"%s\"", simd);
+#endif
+}
+
 void test_portable_all(void) {
     test_max_abs();
     test_skip_equal();
+    test_build_simd();
 }
 
 const char *test_build_variant(void) {

@@ -38,6 +38,14 @@ INT8_OPTIONS = [
     click.Option(["--int8-scheme"], type=click.Choice(["cpu", "tensorrt"], case_sensitive=False), default="cpu", show_default=True,
                  help="How the INT8 graph quantises activations (as edgeseg export)."),
 ]
+# --workers is train's (DataLoader processes, as edgeseg train): the scoring's processes are their own option
+SCORE_OPTIONS = [
+    click.Option(["--metric-workers"], default=None, type=click.IntRange(min=0),
+                 show_default="one per 4 cores, at most 4",
+                 help="Processes computing each held-out case's per-slice Dice and filter candidates while the next "
+                      "cases are predicted, at most this many cases in flight (0: in the scoring process, one case "
+                      "after another; as edgeseg evaluate --workers)."),
+]
 
 
 def _run(**opts) -> None:
@@ -94,7 +102,7 @@ def _run(**opts) -> None:
         if done < cfg.epochs:
             click.echo(f"fold {cfg.fold}: training from epoch {done + 1} to {cfg.epochs}")
             train(cfg, resume=done > 0, progress=not opts["quiet"])
-        fold_scores = score_fold(last, tta=tta)
+        fold_scores = score_fold(last, tta=tta, workers=opts["metric_workers"])
         write_fold_scores(Path(cfg.out), fold_scores, tta)
         scores.append(fold_scores)
     if not scores:
@@ -105,7 +113,7 @@ def _run(**opts) -> None:
     result = {"config": configs[0].to_dict(), "tta": tta, **summary}
     if tta != "none":
         table = f"test-time mirroring: {tta}\n" + table
-    crossfit = _crossfit(configs, scores, tta) if len(scores) > 1 else None
+    crossfit = _crossfit(configs, scores, tta, opts["metric_workers"]) if len(scores) > 1 else None
     if crossfit is not None:
         result["postprocess_crossfit"], text = crossfit["record"], crossfit["text"]
         table += "\n\n" + text
@@ -152,7 +160,7 @@ def _export_settings(opts: dict):
         int8_scheme=opts["int8_scheme"])
 
 
-def _crossfit(configs: list, scores: list[dict], tta: str) -> dict:
+def _crossfit(configs: list, scores: list[dict], tta: str, workers: int | None) -> dict:
     """Score each fold again with the component filters chosen on the other folds: the choices,
     the fold scores, cv.json's ``postprocess_crossfit`` part and its table."""
     from edgeseg.evaluate.cross_validation import (crossfit_postprocess, describe_postprocess, format_summary,
@@ -160,7 +168,8 @@ def _crossfit(configs: list, scores: list[dict], tta: str) -> dict:
 
     choices = crossfit_postprocess(scores)
     names = scores[0]["classes"]
-    filtered = [score_fold(Path(cfg.out) / "last.pt", postprocess=choice, tta=tta) for cfg, choice in zip(configs, choices)]
+    filtered = [score_fold(Path(cfg.out) / "last.pt", postprocess=choice, tta=tta, workers=workers)
+                for cfg, choice in zip(configs, choices)]
     summary = summarise_folds(filtered)
     lines = ["FP32 with per-slice component filters chosen, per class, on the other folds' held-out slices "
              "(cross-fitted; no slice takes part in the choice it is scored under)"]
@@ -240,7 +249,7 @@ command = click.Command(
     "cv",
     callback=_run,
     params=[_cv_parameter(p) for p in train_cli.command.params if p.name not in _NOT_CV_OPTIONS]
-    + INT8_OPTIONS + [tta_parameter()],
+    + INT8_OPTIONS + SCORE_OPTIONS + [tta_parameter()],
     help="k-fold cross-validation by case: train every fold (resumably) with the edgeseg train options, "
          "then score each fold's last.pt on its held-out cases (per-slice Dice: binary and per class) "
          "and write OUT/cv.json and OUT/cv.txt (mean and spread over folds); with --int8 also the runtime "

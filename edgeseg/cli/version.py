@@ -2,7 +2,8 @@
 
 What a bug report or a result's provenance needs to say which code ran: the package version
 (and the git commit of a source checkout), Python, how the C kernels were built (compiler,
-OpenMP), where libedgeseg is, the version of each backend library found, and each runner
+OpenMP, and whether the SIMD or the portable paths were compiled), where libedgeseg is, the
+version of each backend library found, and each runner
 plugin's own package and version (its code is the engine's glue). The libraries are looked up in the installed packages' metadata, never imported: asking for the version must not
 take the seconds torch takes to import.
 """
@@ -50,7 +51,8 @@ def _libedgeseg() -> str | None:
 def installation() -> dict:
     """The facts :func:`command` prints: ``edgeseg``, ``source`` (the git commit of a source
     checkout, else empty), ``python``, ``platform``, ``kernels`` (``file``, ``compiler``,
-    ``openmp``: the ``_OPENMP`` date, 0 for a serial build; or ``error``), ``libedgeseg`` (its
+    ``openmp``: the ``_OPENMP`` date, 0 for a serial build; ``simd``: the SIMD paths compiled,
+    "portable" for none, edgeseg.kernels.build_info; or ``error``), ``libedgeseg`` (its
     path, None where not built), ``libraries`` (name -> version, None where not installed) and
     ``plugins`` (each plugin's runner name -> ``distribution``, its ``version``, and ``error``:
     why it was left out, None for one that loads)."""
@@ -90,7 +92,10 @@ def version_text(facts: dict) -> str:
         openmp = kernels["openmp"]
         omp = ("no OpenMP (serial)" if not openmp else
                f"OpenMP {OPENMP_VERSIONS.get(openmp, '?')} ({openmp}), {kernels['default_threads']} threads by default")
-        lines.append(f"C kernels   {kernels['file']}: {kernels['compiler']}, {omp}")
+        simd = kernels.get("simd")  # None: an extension built before it was reported
+        paths = ("portable code, no SIMD paths" if simd == "portable" else f"SIMD {simd}" if simd
+                 else "SIMD paths not reported (make build)")
+        lines.append(f"C kernels   {kernels['file']}: {kernels['compiler']}, {paths}, {omp}")
     lines.append(f"libedgeseg  {facts['libedgeseg'] or 'not built (make sdk)'}")
     libraries = ", ".join(f"{name} {version or '-'}" for name, version in facts["libraries"].items())
     lines.append(f"libraries   {libraries} ('-': not installed)")
@@ -119,7 +124,7 @@ def version_option(command):
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of lines.")
 def command(as_json: bool) -> None:
     """Print the edgeseg version (and git commit of a source checkout), Python, the C kernels'
-    build (compiler, OpenMP), libedgeseg and the installed versions of every backend's library
+    build (compiler, SIMD or portable paths, OpenMP), libedgeseg and the installed versions of every backend's library
     (onnxruntime, openvino, tensorrt, torch, ...) and numpy, and each runner plugin's package
     and version."""
     import json

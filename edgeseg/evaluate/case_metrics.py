@@ -130,6 +130,17 @@ def case_metrics(pred: np.ndarray, truth: np.ndarray, class_names: list[str], co
     return part
 
 
+def worker_count(workers: int | None) -> int:
+    """A ``workers`` argument (evaluate_checkpoint, cv's score_fold) as a count: None is
+    :func:`default_workers` (the commands' default); a negative number is refused, not taken as none."""
+    if workers is None:
+        return default_workers()
+    if workers < 0:
+        raise EdgesegError(f"workers must be >= 0 (0: metrics in the evaluating process) or None (the default), "
+                           f"got {workers}")
+    return workers
+
+
 @contextlib.contextmanager
 def _interrupts_held() -> Iterator[None]:
     """SIGINT blocked in the calling thread for the block. Ctrl-C at a terminal reaches every
@@ -166,9 +177,10 @@ def _end_with(parent: int, every: float = 0.5) -> None:
     os._exit(0)
 
 
-def _shared_case_metrics(name: str, shape: tuple[int, ...], pred_dtype: str, truth_dtype: str,
-                         *args: Any) -> dict[str, Any]:
-    """:func:`case_metrics` of the prediction and truth in shared-memory block ``name``."""
+def _shared_case_metrics(compute, name: str, shape: tuple[int, ...], pred_dtype: str, truth_dtype: str,
+                         *args: Any) -> Any:
+    """``compute`` (:func:`case_metrics`, or another scoring of a case) of the prediction and truth
+    in shared-memory block ``name``."""
     from multiprocessing import shared_memory
 
     # attached, not made here: the evaluating process unlinks it. A spawned worker shares its
@@ -177,7 +189,7 @@ def _shared_case_metrics(name: str, shape: tuple[int, ...], pred_dtype: str, tru
     pred = np.ndarray(shape, np.dtype(pred_dtype), buffer=shared.buf)
     truth = np.ndarray(shape, np.dtype(truth_dtype), buffer=shared.buf, offset=pred.nbytes)
     try:
-        return case_metrics(pred, truth, *args)
+        return compute(pred, truth, *args)
     finally:
         del pred, truth  # the mapping cannot close while an array uses it
         try:
@@ -212,12 +224,14 @@ def _worker_ended(processes, lost: list[str], handing: str) -> EdgesegError:
 
 
 class MetricWorkers:
-    """``workers`` processes computing :func:`case_metrics`, at most ``workers`` cases in flight.
+    """``workers`` processes computing :func:`case_metrics` (or ``compute``, another module-level
+    function of a case's prediction and truth: cv's per-slice scores), at most ``workers`` cases in
+    flight.
 
     Use as a context manager: leaving it by an exception (an error, Ctrl-C, SIGTERM) terminates
     the workers; leaving it normally waits for them to exit."""
 
-    def __init__(self, workers: int, shared_memory: bool = True) -> None:
+    def __init__(self, workers: int, shared_memory: bool = True, compute=case_metrics) -> None:
         """``shared_memory`` False hands every case through the pool's pipe (as where /dev/shm
         has no room for it)."""
         import multiprocessing
@@ -225,7 +239,7 @@ class MetricWorkers:
 
         if workers < 1:
             raise EdgesegError(f"metric workers must be >= 1, got {workers}")
-        self.workers = workers
+        self.workers, self.compute = workers, compute
         self.shared_memory = shared_memory
         sweep_orphans()  # the blocks of evaluations killed with their process group
         self._started: set = set()  # every worker process started, those the pool has yet to record too
@@ -241,7 +255,7 @@ class MetricWorkers:
 
     def submit(self, slot: int, case_id: str, pred: np.ndarray, truth: np.ndarray,
                *args: Any) -> list[tuple[int, dict[str, Any]]]:
-        """Hand ``case_metrics(pred, truth, *args)`` of case ``slot`` to a worker, first waiting
+        """Hand ``compute(pred, truth, *args)`` of case ``slot`` to a worker, first waiting
         while ``workers`` cases are in flight; returns the (slot, result) of the cases finished
         meanwhile. The arrays go through shared memory where it has room
         (:func:`edgeseg.evaluate.shared_cases.shared`), else through the pool's pipe."""
@@ -260,10 +274,10 @@ class MetricWorkers:
             try:
                 with _interrupts_held():  # a submit may start a worker
                     if block is None:
-                        future = self._pool.submit(case_metrics, pred, truth, *args)
+                        future = self._pool.submit(self.compute, pred, truth, *args)
                     else:
-                        future = self._pool.submit(_shared_case_metrics, block.name, pred.shape, pred.dtype.str,
-                                                   truth.dtype.str, *args)
+                        future = self._pool.submit(_shared_case_metrics, self.compute, block.name, pred.shape,
+                                                   pred.dtype.str, truth.dtype.str, *args)
             except BrokenProcessPool:  # a worker ended while idle, or as it started
                 release(block)
                 raise self._broken(case_id) from None

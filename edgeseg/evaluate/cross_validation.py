@@ -53,18 +53,21 @@ def per_slice_dice(pred: np.ndarray, truth: np.ndarray, class_names: list[str]) 
 
 
 def score_fold(checkpoint: str | Path, progress: bool = False, postprocess: dict | None = None,
-               tta: str = "none") -> dict[str, Any]:
+               tta: str = "none", workers: int | None = 0) -> dict[str, Any]:
     """Per-slice Dice of ``checkpoint`` on its own held-out (``test``) cases, read from the data
     and with the settings recorded at training.
 
     Without ``postprocess`` no component filter runs, and each slice row also holds
     :func:`candidate_dice`'s ``candidates`` and ``candidates_given``.
     With ``postprocess`` (a checkpoint's or manifest's ``postprocess``) the Segmenter applies it,
-    as a bundle would. ``tta`` mirrors at prediction (``edgeseg.runtime.tta``).
+    as a bundle would. ``tta`` mirrors at prediction (``edgeseg.runtime.tta``). ``workers``:
+    as :func:`score_volumes` (None: ``default_workers()``; a negative number is an EdgesegError).
     """
+    from edgeseg.evaluate.case_metrics import worker_count
     from edgeseg.models.checkpoint import checkpoint_spec, load_model
     from edgeseg.runtime.segmenter import Segmenter
 
+    workers = worker_count(workers)  # refused before the checkpoint is read
     model, payload = load_model(checkpoint)
     spec, class_names = checkpoint_spec(payload), list(payload["class_names"])
     volumes = held_out_volumes(checkpoint, payload)
@@ -72,7 +75,7 @@ def score_fold(checkpoint: str | Path, progress: bool = False, postprocess: dict
     segmenter = Segmenter.from_module(model, spec, dict(enumerate(class_names)), options, max_batch=EVAL_BATCH,
                                       tta=tta)
     with segmenter:
-        slices = score_volumes(segmenter, volumes, payload, progress, candidates=postprocess is None)
+        slices = score_volumes(segmenter, volumes, payload, progress, candidates=postprocess is None, workers=workers)
     return {**fold_record(checkpoint, payload, slices), "tta": segmenter.tta}
 
 
@@ -98,24 +101,48 @@ def fold_label_map(payload: dict[str, Any]) -> dict[str, list[int]]:
 
 
 def score_volumes(segmenter, volumes: list, payload: dict[str, Any], progress: bool = False,
-                  candidates: bool = False) -> list[dict[str, Any]]:
+                  candidates: bool = False, workers: int = 0) -> list[dict[str, Any]]:
     """Segment each held-out volume with ``segmenter`` (any runner) and return one row per
     slice: case, slice id and :func:`per_slice_dice` against the volume's labels; with
-    ``candidates``, also :func:`candidate_dice` of the segmenter's output."""
+    ``candidates``, also :func:`candidate_dice` of the segmenter's output. With ``workers`` > 0
+    the rows of each volume are computed in that many processes while the next volumes are
+    predicted, at most ``workers`` volumes in flight (``edgeseg.evaluate.case_metrics``, as
+    ``edgeseg evaluate --workers``): the same rows, in the same order."""
+    import contextlib
+
     from edgeseg.data.slice_set import check_window, volume_classes
+    from edgeseg.evaluate.case_metrics import MetricWorkers
 
     class_names, label_map = list(payload["class_names"]), fold_label_map(payload)
-    slices = []
-    for volume in volumes:
-        check_window(volume, segmenter.spec)
-        pred = segmenter.predict_volume(volume, batch_size=min(EVAL_BATCH, segmenter.max_batch), progress=progress)
-        truth = volume_classes(volume, label_map)
-        rows = per_slice_dice(pred, truth, class_names)
-        if candidates:
-            for row, scores in zip(rows, candidate_dice(pred, truth, class_names, segmenter.spec.size)):
-                row.update(scores)
-        slices += [{"case_id": volume.case_id, "slice": sid, **row} for sid, row in zip(volume.slice_ids, rows)]
-    return slices
+    done: dict[int, list[dict[str, Any]]] = {}
+    cases: list[tuple[str, list]] = []
+    with MetricWorkers(workers, compute=slice_rows) if workers > 0 else contextlib.nullcontext() as pool:
+        for volume in volumes:
+            check_window(volume, segmenter.spec)
+            pred = segmenter.predict_volume(volume, batch_size=min(EVAL_BATCH, segmenter.max_batch),
+                                            progress=progress)
+            truth = volume_classes(volume, label_map)
+            cases.append((volume.case_id, list(volume.slice_ids)))
+            arguments = (class_names, segmenter.spec.size, candidates)
+            if workers > 0:
+                done.update(pool.submit(len(cases) - 1, volume.case_id, pred, truth, *arguments))
+            else:
+                done[len(cases) - 1] = slice_rows(pred, truth, *arguments)
+        if workers > 0:
+            done.update(pool.finish())
+    return [{"case_id": case_id, "slice": sid, **row} for slot, (case_id, slice_ids) in enumerate(cases)
+            for sid, row in zip(slice_ids, done[slot])]
+
+
+def slice_rows(pred: np.ndarray, truth: np.ndarray, class_names: list[str], model_size: tuple[int, int],
+               candidates: bool) -> list[dict[str, Any]]:
+    """One volume's rows of :func:`score_volumes` (without case and slice id): :func:`per_slice_dice`
+    of each slice, with ``candidates`` also :func:`candidate_dice`'s entries."""
+    rows = per_slice_dice(pred, truth, class_names)
+    if candidates:
+        for row, scores in zip(rows, candidate_dice(pred, truth, class_names, model_size)):
+            row.update(scores)
+    return rows
 
 
 def candidate_dice(pred: np.ndarray, truth: np.ndarray, class_names: list[str],

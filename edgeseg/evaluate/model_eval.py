@@ -15,7 +15,7 @@ from edgeseg.data.case_stream import CaseReader, open_case_readers
 from edgeseg.data.dataset_names import dataset_label_names, unnamed_classes
 from edgeseg.data.open import check_source, run_read_options, same_data
 from edgeseg.data.volume import Volume
-from edgeseg.errors import DataError, EdgesegError
+from edgeseg.errors import DataError
 from edgeseg.evaluate.case_scoring import EVAL_BATCH, OtherCase, score_cases
 from edgeseg.metrics import summarise
 from edgeseg.evaluate.overlay import save_overlay_grid
@@ -84,19 +84,6 @@ def _one_at_a_time(groups: Iterable[list[Volume]]) -> Iterator[Volume]:
             yield volumes.pop()
 
 
-def _metric_worker_count(workers: int | None) -> int:
-    """``workers`` of :func:`evaluate_checkpoint` as a count: None is ``default_workers()`` (the
-    command's default); a negative number is refused, not taken as none."""
-    from edgeseg.evaluate.case_metrics import default_workers
-
-    if workers is None:
-        return default_workers()
-    if workers < 0:
-        raise EdgesegError(f"workers must be >= 0 (0: metrics in the evaluating process) or None (the default), "
-                           f"got {workers}")
-    return workers
-
-
 def evaluate_checkpoint(
     checkpoint: str | Path,
     data: str,
@@ -140,7 +127,9 @@ def evaluate_checkpoint(
     from edgeseg.runtime.manifest import sha256_file
     from edgeseg.runtime.segmenter import Segmenter
 
-    workers = _metric_worker_count(workers)
+    from edgeseg.evaluate.case_metrics import worker_count
+
+    workers = worker_count(workers)
     check_source(data, "--data")
     if out is not None:
         _check_out_apart(Path(out), data)

@@ -67,6 +67,7 @@ cdef extern from "edgeseg_kernels.h":
     int es_has_openmp() noexcept nogil
     int es_openmp_version() noexcept nogil
     const char *es_build_compiler() noexcept nogil
+    const char *es_build_simd() noexcept nogil
     const char *es_status_message(int status) noexcept nogil
 
 
@@ -90,7 +91,8 @@ def has_openmp():
 
 
 def build_info():
-    return {"compiler": es_build_compiler().decode(), "openmp": int(es_openmp_version())}
+    return {"compiler": es_build_compiler().decode(), "openmp": int(es_openmp_version()),
+            "simd": es_build_simd().decode()}
 
 
 def status_message(int status):

@@ -15,7 +15,10 @@ def has_openmp() -> bool:
 
 def build_info() -> dict:
     """How the C kernels were built: ``compiler`` (name and version) and ``openmp`` (the
-    ``_OPENMP`` date of the OpenMP version, e.g. 201511 for 4.5; 0 for a serial build)."""
+    ``_OPENMP`` date of the OpenMP version, e.g. 201511 for 4.5; 0 for a serial build) and
+    ``simd``, the hand-written SIMD paths compiled in: "sse2", "avx2" (AVX2 clones of the hot
+    loops, picked at load time), "sse2+avx2", or "portable" for none (``CFLAGS=-DES_NO_SIMD``, or
+    a CPU other than x86-64)."""
     return _kernels.build_info()
 
 

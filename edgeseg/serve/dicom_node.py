@@ -134,6 +134,7 @@ class DicomNode(NodeEvents, NodeLifecycle):
             self._accept: GuardedThread | None = None  # the accept loop's (dicom_node_lifecycle.py)
             if durable:
                 take_up(self.work, self._claim.previous, self._series, self._segmented, self.audit)
+                self._refused = RefusedImages.kept_in(self.work, held=self._series)  # and kept there on
         except BaseException:  # an error, or an interrupt (a signal during the start): no folder left behind
             if made is not None:
                 shutil.rmtree(made, ignore_errors=True)

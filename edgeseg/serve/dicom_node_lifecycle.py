@@ -170,4 +170,6 @@ class NodeLifecycle:
         if self._own_work:
             shutil.rmtree(self.work, ignore_errors=True)
         if self._claim is not None:
+            with self._lock:
+                self._refused.close()
             self._claim.release()

@@ -183,12 +183,16 @@ class Recovered:
 def save_reference(folder: Path, reference, until: float) -> None:
     """Write beside a series' images the SEG they were segmented into (a SegReference, or its
     fields) and the wall-clock time they are kept to, so that a node taking the folder up again
-    can replace that SEG."""
+    can replace that SEG. Written as the images are: flushed to disk under a staged name, renamed,
+    and the rename flushed (a power cut would otherwise leave an empty or missing note beside
+    images that were kept, and the next node would make a SEG of its own instead of replacing it)."""
     from edgeseg.atomic import atomic_path
 
     fields = dict(reference) if isinstance(reference, dict) else asdict(reference)
     with atomic_path(folder / REFERENCE_NAME) as tmp:
         tmp.write_text(json.dumps({**fields, "until": until}))
+        sync_file(tmp)
+    sync_folder(folder)
 
 
 def _regular(path: Path) -> bool:

@@ -102,7 +102,7 @@ def test_a_peer_is_not_told_success_for_an_image_whose_flush_failed(serve_bundle
     assert "Refused: OutOfResources" in done.stdout + done.stderr, done.stdout + done.stderr
     assert "cannot store it in" in caplog.text and "Input/output error" in caplog.text
     assert node.stats.received == 0 and node.stats.refused == 1
-    assert sorted(p.name for p in work.iterdir()) == ["listen.lock", "listen.work"]
+    assert sorted(p.name for p in work.iterdir()) == ["listen.lock", "listen.refused", "listen.work"]  # noted
 
 
 def test_a_kept_series_taken_up_again_has_its_new_name_flushed_with_its_next_image(tmp_path, monkeypatch):
@@ -216,3 +216,36 @@ def test_a_late_image_after_a_restart_with_another_bundle_starts_a_seg_series_of
     assert continued == (made_by != "another")
     assert ("was made by another bundle" in caplog.text) == (made_by == "another")
     assert json.loads((work / f"{uid}.segmented" / ".seg.json").read_text())["bundle"] == this
+
+
+def test_the_note_of_the_seg_a_kept_series_was_made_into_is_on_disk(tmp_path, monkeypatch):
+    """``.seg.json`` beside a series kept for late images is flushed under its staged name, then
+    its rename flushed (its folder's fsync), as every image is: a power cut would otherwise leave
+    the images without the note, and the next node would make a SEG of its own instead of one
+    replacing the SEG made. (It was renamed into place without either flush.)"""
+    from edgeseg.serve.dicom_segmented import SegmentedSeries, SegReference
+    from edgeseg.serve.dicom_series import HeldSeries
+    from edgeseg.serve.dicom_work import REFERENCE_NAME
+
+    work = tmp_path / "work"
+    work.mkdir()
+    files = sorted(SERIES.glob("*.dcm"))
+    uid = str(pydicom.dcmread(files[0]).SeriesInstanceUID)
+    series = HeldSeries(work / f"{uid}.taken-1", 0.0, durable=True)
+    ds = pydicom.dcmread(files[0])
+    series.keep(str(ds.SOPInstanceUID), ds, 1)
+    kept = SegmentedSeries(work, 600, durable=True)
+    kept.made(uid, SegReference("1.2.3", "1.2.4", 1, f"{uid}.seg.dcm", 1))
+    flushed: list[str] = []
+
+    def recording(fd: int) -> None:
+        REAL_FSYNC(fd)
+        flushed.append(_named(fd))
+
+    monkeypatch.setattr(os, "fsync", recording)
+    kept.keep(uid, series, 0.0, None)
+    folder = work / f"{uid}.segmented"
+    assert (folder / REFERENCE_NAME).is_file()
+    note = [n for n, path in enumerate(flushed) if Path(path).parent == folder and REFERENCE_NAME in Path(path).name]
+    assert note, flushed  # the note's bytes
+    assert str(folder) in flushed[note[-1]:], flushed  # then its rename
