@@ -1,0 +1,84 @@
+"""The SEG sent to the forward peer, against a pynetdicom SCP answering with each kind of
+C-STORE status: what the node counts as stored follows PS3.4 B.2.3 (Success and the Warnings:
+the instance is kept), and the association names edgeseg, not the library it is built on."""
+
+from __future__ import annotations
+
+import pytest
+
+from edgeseg.serve.dicom_forward import Peer, SegRefused, UnsentFolder, send_seg
+from edgeseg.serve.dicom_identity import IMPLEMENTATION_CLASS_UID, implementation_version_name
+
+pynetdicom = pytest.importorskip("pynetdicom")
+pydicom = pytest.importorskip("pydicom")
+
+SEG = pytest.importorskip("tests.serve.test_dicom_node").SERIES.parent / "liver.dcm"
+
+
+@pytest.fixture
+def archive(free_port):
+    """``archive(status)``: a pynetdicom Storage SCP answering every C-STORE with ``status``;
+    returns its Peer and the list of (requestor's implementation class UID, version name, SOP
+    instance UID) of each C-STORE it got."""
+    servers, seen = [], []
+
+    def start(status: int):
+        def on_store(event):
+            requestor = event.assoc.requestor
+            seen.append((requestor.implementation_class_uid, requestor.implementation_version_name,
+                         event.dataset.SOPInstanceUID))
+            return status
+
+        ae = pynetdicom.AE(ae_title="ARCHIVE")
+        ae.add_supported_context("1.2.840.10008.5.1.4.1.1.66.4")
+        port = free_port()
+        servers.append(ae.start_server(("127.0.0.1", port), block=False,
+                                       evt_handlers=[(pynetdicom.evt.EVT_C_STORE, on_store)]))
+        return Peer("127.0.0.1", port, "ARCHIVE"), seen
+
+    yield start
+    for server in servers:
+        server.shutdown()
+
+
+@pytest.mark.parametrize("status", [0x0000, 0xB000, 0xB006, 0xB007, 0x0001, 0x0107, 0x0116], ids=lambda s: f"0x{s:04X}")
+def test_a_seg_the_peer_stored_leaves_the_unsent_folder(archive, tmp_path, status):
+    """A Warning (B000 coercion of data elements, ...) says the peer stored the SEG. It was taken
+    for a refusal: the SEG stayed in the unsent folder and was stored again at every round."""
+    peer, seen = archive(status)
+    folder = UnsentFolder(tmp_path / "unsent")
+    named = tmp_path / "liver.seg.dcm"  # named as the node names its SEGs
+    named.write_bytes(SEG.read_bytes())
+    folder.keep(named)
+    sent, failure = folder.resend(lambda path: send_seg(peer, "EDGESEG", path))
+    assert (sent, failure, folder.pending()) == (1, None, [])
+    assert [uid for _, _, uid in seen] == [pydicom.dcmread(SEG).SOPInstanceUID]
+
+
+@pytest.mark.parametrize("status", [0xA700, 0xA900, 0xC000, 0x0122], ids=lambda s: f"0x{s:04X}")
+def test_a_seg_the_peer_refused_stays(archive, tmp_path, status):
+    peer, _ = archive(status)
+    with pytest.raises(SegRefused, match=f"status 0x{status:04X}"):
+        send_seg(peer, "EDGESEG", SEG)
+
+
+def test_the_forwarding_association_names_edgeseg(archive):
+    """pynetdicom's own Implementation Class UID and Version Name (PYNETDICOM_304) went out: the
+    archive's log named the library, never edgeseg or its version."""
+    peer, seen = archive(0x0000)
+    send_seg(peer, "EDGESEG", SEG)
+    [(class_uid, version_name, _)] = seen
+    assert (class_uid, version_name) == (IMPLEMENTATION_CLASS_UID, implementation_version_name())
+    assert version_name.startswith("EDGESEG_")
+
+
+@pytest.mark.parametrize("version, name", [("0.1.0", "EDGESEG_0.1.0"), ("0.1.0+g1a2b3c4.d20261207", "EDGESEG_0.1.0"),
+                                           ("12.10.3.dev45", "EDGESEG_12.10.3"), ("1.0rc1", "EDGESEG_1.0rc1"),
+                                           ("2.0\\x", "EDGESEG_2.0_x")])
+def test_the_implementation_version_name_keeps_to_the_rules(version, name):
+    """PS3.8 D.3.3.2.3: 1 to 16 characters of the default repertoire, no backslash; pynetdicom
+    refuses a longer one (a node of a development build would not start)."""
+    made = implementation_version_name(version)
+    assert made == name
+    assert 1 <= len(made) <= 16 and all(32 < ord(c) < 127 and c != "\\" for c in made)
+    pynetdicom.AE().implementation_version_name = made  # pynetdicom's own check takes it
