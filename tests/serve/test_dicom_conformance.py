@@ -163,3 +163,32 @@ def test_a_storage_class_past_pynetdicoms_first_120_is_answered_not_rejected(run
         assert assoc.is_established and len(assoc.accepted_contexts) == 1
         assert assoc.send_c_store(ds).Status == 0x0122
         assoc.release()
+
+
+# dcmtk: (dcmconv option writing the file in the syntax, storescu option proposing it first)
+DCMTK_UNCOMPRESSED = {"1.2.840.10008.1.2": ("+ti", "-xi"), "1.2.840.10008.1.2.1": ("+te", "-xe"),
+                      "1.2.840.10008.1.2.2": ("+tb", "-xb")}
+
+
+@pytest.mark.skipif(dcmtk_tool("storescu") is None or dcmtk_tool("dcmconv") is None,
+                    reason="dcmtk (storescu, dcmconv) is not installed: apt-get install dcmtk")
+@pytest.mark.parametrize("syntax", sorted(DCMTK_UNCOMPRESSED))
+def test_dcmtk_storescu_sends_ct_in_each_uncompressed_syntax_listed(running_node, tmp_path, syntax):
+    """dcmtk as the peer, for the uncompressed rows of the CT table (the compressed ones are sent
+    by dcmtk in tests/serve/test_dicom_node_syntaxes.py): each image stored with Success, sent
+    in that syntax without conversion."""
+    listed = _ct_syntaxes()
+    assert syntax in listed
+    convert, propose = DCMTK_UNCOMPRESSED[syntax]
+    files = []
+    for path in sorted(SERIES.glob("*.dcm")):
+        files.append(tmp_path / path.name)
+        subprocess.run([dcmtk_tool("dcmconv"), convert, str(path), str(files[-1])], check=True, timeout=60)
+    with running_node() as node:
+        done = subprocess.run([dcmtk_tool("storescu"), "-v", propose, "-aec", "EDGESEG", "127.0.0.1", str(node.port),
+                               *map(str, files)], capture_output=True, text=True, timeout=120)
+    said = done.stdout + done.stderr
+    assert done.returncode == 0 and said.count("Received Store Response (Success)") == len(files), said
+    words = {"1.2.840.10008.1.2": "Little Endian Implicit", "1.2.840.10008.1.2.1": "Little Endian Explicit",
+             "1.2.840.10008.1.2.2": "Big Endian Explicit"}[syntax]
+    assert said.count(f"Converting transfer syntax: {words} -> {words}") == len(files), said
