@@ -45,22 +45,30 @@ def test_each_c_store_status_is_sent_with_its_stated_meaning(running_node):
     ae = pynetdicom.AE(ae_title="PACS")
     for abstract in (CT, MR):
         ae.add_requested_context(abstract, "1.2.840.10008.1.2")
+
+    def new_slice(change):
+        ds = _slices(pydicom.uid.generate_uid())[0]
+        change(ds)
+        return ds
+
+    images = {"MR": lambda ds: setattr(ds, "SOPClassUID", MR), "modality": lambda ds: setattr(ds, "Modality", "MR"),
+              "cut": lambda ds: setattr(ds, "PixelData", ds.PixelData[: len(ds.PixelData) // 2]),
+              "no rows": lambda ds: delattr(ds, "Rows"), "too large": lambda ds: setattr(ds, "Rows", 60000),
+              "second series": lambda ds: None}
     with running_node(idle=60, max_series=1) as node:
         assoc = ae.associate("127.0.0.1", node.port, ae_title="EDGESEG")
-        sent["stored"] = {assoc.send_c_store(ds).Status for ds in _slices()}
-        mr = _slices(pydicom.uid.generate_uid())[0]
-        mr.SOPClassUID = mr.file_meta.MediaStorageSOPClassUID = MR
-        sent["MR"] = {assoc.send_c_store(mr).Status}
-        not_ct = _slices(pydicom.uid.generate_uid())[0]
-        not_ct.Modality = "MR"
-        sent["modality"] = {assoc.send_c_store(not_ct).Status}
-        cut = _slices(pydicom.uid.generate_uid())[0]
-        cut.PixelData = cut.PixelData[: len(cut.PixelData) // 2]
-        sent["cut"] = {assoc.send_c_store(cut).Status}
-        sent["second series"] = {assoc.send_c_store(_slices(pydicom.uid.generate_uid())[0]).Status}
+        sent["stored"] = {(assoc.send_c_store(ds).Status, "") for ds in _slices()}
+        for case, change in images.items():
+            answer = assoc.send_c_store(new_slice(change))
+            sent[case] = {(answer.Status, str(answer.get("ErrorComment", "")))}
         assoc.release()
-    assert sent == {"stored": {0x0000}, "MR": {0x0122}, "modality": {0xA900}, "cut": {0xC000},
-                    "second series": {0xA700}}
+    # a failure other than 0x0122 carries an Error Comment saying why (it did not for --max-series,
+    # the size limits and an image whose size could not be read)
+    assert all(comment for case, [(status, comment)] in sent.items() if status not in (0x0000, 0x0122)), sent
+    assert {case: {status for status, _ in answers} for case, answers in sent.items()} == {
+        "stored": {0x0000}, "MR": {0x0122}, "modality": {0xA900}, "cut": {0xC000}, "no rows": {0xC000},
+        "too large": {0xA700}, "second series": {0xA700}}
+    assert "--max-series" in sent["second series"].pop()[1]
     assert [_stated_status(code) for code in (0x0000, 0x0122, 0xA900, 0xC000, 0xA700)] == [
         "Success", "Refused: SOP Class not supported", "Error: Data Set does not match SOP Class",
         "Error: Cannot understand", "Refused: Out of Resources"]
@@ -163,3 +171,12 @@ def test_every_class_name_in_the_codes_table_is_coded_as_the_code_says():
     for name, (category, kind, region) in seg_codes().items():
         coding = segment_coding(name if name is not None else "no such class")
         assert (triple(coding.category), triple(coding.property_type), triple(coding.region)) == (category, kind, region)
+
+
+def test_an_error_comment_is_a_valid_lo():
+    """The Error Comment (LO) of a refusal whose reason is an exception's text: a line break in
+    it went out as it was, which LO (no control characters) does not allow."""
+    from edgeseg.serve.dicom_intake import failure_status
+
+    comment = failure_status(0xC000, "it cannot be read:\nline two\\three\tfour", "").ErrorComment
+    assert comment == "it cannot be read: line two/three four"
