@@ -192,3 +192,48 @@ def test_dcmtk_storescu_sends_ct_in_each_uncompressed_syntax_listed(running_node
     words = {"1.2.840.10008.1.2": "Little Endian Implicit", "1.2.840.10008.1.2.1": "Little Endian Explicit",
              "1.2.840.10008.1.2.2": "Big Endian Explicit"}[syntax]
     assert said.count(f"Converting transfer syntax: {words} -> {words}") == len(files), said
+
+
+def test_one_host_holds_the_associations_stated_then_is_rejected_as_stated(running_node):
+    """The per-address limit of "Association limits" (8 of the default 10), then the
+    A-ASSOCIATE-RJ of "Association rejections" for it."""
+    limits = key_values(statement()["Association limits"])
+    per_host = int(limits["Simultaneous associations per peer address"].split()[0])
+    [row] = [row for row in statement()["Association rejections"] if row["cause"].startswith("past")]
+    stated = tuple(int(row[column].split()[0]) for column in ("result", "source", "reason"))
+    held = []
+    with running_node() as node:
+        assert node.max_associations == int(limits["Simultaneous associations accepted"])
+        try:
+            for _ in range(per_host):
+                held.append(_associate(node.port, [("1.2.840.10008.1.1", ["1.2.840.10008.1.2"])]))
+                assert held[-1].is_established
+            refused = _associate(node.port, [("1.2.840.10008.1.1", ["1.2.840.10008.1.2"])])
+            answer = refused.acceptor.primitive
+            assert refused.is_rejected and (answer.result, answer.result_source, answer.diagnostic) == stated
+        finally:
+            for assoc in held:
+                assoc.release()
+
+
+def test_extended_negotiation_is_not_answered(running_node):
+    """SOP class extended negotiation, user identity (a positive response asked for) and an
+    asynchronous operations window proposed: the association is accepted with none answered."""
+    from pynetdicom.pdu_primitives import (AsynchronousOperationsWindowNegotiation, SOPClassExtendedNegotiation,
+                                           UserIdentityNegotiation)
+
+    extended = SOPClassExtendedNegotiation()
+    extended.sop_class_uid, extended.service_class_application_information = CT_CLASSES[0], b"\x01"
+    identity = UserIdentityNegotiation()
+    identity.user_identity_type, identity.primary_field, identity.positive_response_requested = 1, b"radiology", True
+    window = AsynchronousOperationsWindowNegotiation()
+    window.maximum_number_operations_invoked = window.maximum_number_operations_performed = 5
+    ae = pynetdicom.AE(ae_title="PACS")
+    ae.add_requested_context(CT_CLASSES[0], "1.2.840.10008.1.2")
+    with running_node() as node:
+        assoc = ae.associate("127.0.0.1", node.port, ae_title="EDGESEG", ext_neg=[extended, identity, window])
+        assert assoc.is_established
+        answered = {type(item).__name__ for item in assoc.acceptor.user_information}
+        assoc.release()
+    assert answered == {"MaximumLengthNotification", "ImplementationClassUIDNotification",
+                        "ImplementationVersionNameNotification"}
