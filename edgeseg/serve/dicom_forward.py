@@ -21,6 +21,9 @@ from edgeseg.serve.dicom_intake import SEGMENTATION_STORAGE, STATUS_SUCCESS, che
 
 log = logging.getLogger("edgeseg.listen")
 
+# Explicit VR Little Endian, Implicit VR Little Endian, Deflated Explicit VR Little Endian
+FORWARD_SYNTAXES = ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2", "1.2.840.10008.1.2.1.99"]
+
 
 @dataclass(frozen=True)
 class Peer:
@@ -71,7 +74,10 @@ def send_seg(peer: Peer, calling_ae: str, path: Path) -> None:
     ae = pynetdicom.AE(ae_title=calling_ae)
     identify(ae)
     ae.connection_timeout = peer.connect_timeout
-    ae.add_requested_context(SEGMENTATION_STORAGE)
+    # The SEG file is Explicit VR Little Endian; pynetdicom sends it in that, Implicit VR Little
+    # Endian or Deflated, not in Explicit VR Big Endian (its default fourth): a peer accepting only
+    # that had the association made and the C-STORE fail with pynetdicom's ValueError.
+    ae.add_requested_context(SEGMENTATION_STORAGE, FORWARD_SYNTAXES)
     try:
         assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title)
     except OSError as exc:  # a host name that does not resolve, ...

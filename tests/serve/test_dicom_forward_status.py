@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 
+from edgeseg.errors import DataError
 from edgeseg.serve.dicom_forward import Peer, SegRefused, UnsentFolder, send_seg
 from edgeseg.serve.dicom_identity import IMPLEMENTATION_CLASS_UID, implementation_version_name
 
@@ -82,3 +83,39 @@ def test_the_implementation_version_name_keeps_to_the_rules(version, name):
     assert made == name
     assert 1 <= len(made) <= 16 and all(32 < ord(c) < 127 and c != "\\" for c in made)
     pynetdicom.AE().implementation_version_name = made  # pynetdicom's own check takes it
+
+
+def _proposed_syntaxes() -> list[str]:
+    from tests.serve.conformance_tables import statement, uids
+
+    [row] = statement()["Presentation contexts proposed"]
+    return uids(row["transfer syntaxes"])
+
+
+@pytest.mark.parametrize("syntax", ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2", "1.2.840.10008.1.2.1.99",
+                                    "1.2.840.10008.1.2.2"])
+def test_a_peer_accepting_one_syntax_gets_the_seg_in_it_or_refuses_the_association(free_port, syntax):
+    """Each syntax the conformance statement says the forwarding proposes, a peer accepting it
+    alone gets the SEG in it, its pixel data whole; Explicit VR Big Endian, which pynetdicom cannot
+    send the SEG in, was proposed too: the association was made and the C-STORE raised
+    pynetdicom's ValueError out of the forwarding (no SEG kept to send again without --out)."""
+    got = []
+
+    def on_store(event):
+        got.append((str(event.context.transfer_syntax), bytes(event.dataset.PixelData)))
+        return 0x0000
+
+    ae = pynetdicom.AE(ae_title="ARCHIVE")
+    ae.add_supported_context("1.2.840.10008.5.1.4.1.1.66.4", syntax)
+    port = free_port()
+    server = ae.start_server(("127.0.0.1", port), block=False, evt_handlers=[(pynetdicom.evt.EVT_C_STORE, on_store)])
+    try:
+        if syntax in _proposed_syntaxes():
+            send_seg(Peer("127.0.0.1", port, "ARCHIVE"), "EDGESEG", SEG)
+            assert got == [(syntax, pydicom.dcmread(SEG).PixelData)]
+        else:
+            with pytest.raises(DataError, match="could not associate"):
+                send_seg(Peer("127.0.0.1", port, "ARCHIVE"), "EDGESEG", SEG)
+            assert got == []
+    finally:
+        server.shutdown()
