@@ -92,7 +92,8 @@ def test_each_listed_presentation_context_is_accepted_and_others_are_not(running
         assert _negotiated(node.port, [(uid, "1.2.840.10008.1.2") for uid in NOT_LISTED]) == set()
         # and for the rows that list their syntaxes, no syntax beyond them
         known = sorted({str(uid) for uid in pydicom.uid.AllTransferSyntaxes})
-        listed_rows = {uids(row["UID"])[0]: set(uids(row["transfer syntaxes"])) for row in rows if uids(row["transfer syntaxes"])}
+        listed_rows = {uids(row["UID"])[0]: set(uids(row["transfer syntaxes"]))
+                       for row in rows if uids(row["transfer syntaxes"])}
         taken = _negotiated(node.port, [(abstract, syntax) for abstract in listed_rows for syntax in known])
         assert {abstract: {ts for a, ts in taken if a == abstract} for abstract in listed_rows} == listed_rows
         for row in rows:  # the node is SCP (the requestor, seen here, SCU) even where roles are proposed
