@@ -119,3 +119,18 @@ def test_a_peer_accepting_one_syntax_gets_the_seg_in_it_or_refuses_the_associati
             assert got == []
     finally:
         server.shutdown()
+
+
+def test_the_statuses_the_statement_calls_stored_are_stored(archive, tmp_path):
+    """The Warning row of the statement's "C-STORE statuses received": each status in it leaves
+    the SEG out of the unsent folder, as Success does."""
+    import re
+
+    from tests.serve.conformance_tables import statement
+
+    [row] = [row for row in statement()["C-STORE statuses received"] if row["status"].endswith("Warning")]
+    codes = [int(code, 16) for code in re.findall(r"0x[0-9A-F]{4}", row["status"])]
+    assert {0xB000, 0xB006, 0xB007} <= set(codes)
+    for code in codes:
+        peer, _ = archive(code)
+        send_seg(peer, "EDGESEG", SEG)  # raises for a status not taken as stored
