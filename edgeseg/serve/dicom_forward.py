@@ -16,9 +16,13 @@ from pathlib import Path
 
 from edgeseg.atomic import atomic_path
 from edgeseg.errors import DataError, EdgesegError, require
+from edgeseg.serve.dicom_identity import identify
 from edgeseg.serve.dicom_intake import SEGMENTATION_STORAGE, STATUS_SUCCESS, check_ae_title
 
 log = logging.getLogger("edgeseg.listen")
+
+# Explicit VR Little Endian, Implicit VR Little Endian, Deflated Explicit VR Little Endian
+FORWARD_SYNTAXES = ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2", "1.2.840.10008.1.2.1.99"]
 
 
 @dataclass(frozen=True)
@@ -59,8 +63,8 @@ class SegUnreadable(DataError):
 
 
 def send_seg(peer: Peer, calling_ae: str, path: Path) -> None:
-    """C-STORE the SEG file ``path`` to ``peer``; DataError naming the peer unless it answered
-    Success."""
+    """C-STORE the SEG file ``path`` to ``peer``; DataError naming the peer unless it stored it
+    (Success, or a Warning: :func:`stored`)."""
     pynetdicom = require("pynetdicom", "dicom", "forwarding DICOM SEG")
     pydicom = require("pydicom", "io", "forwarding DICOM SEG")
     try:  # read before associating: a file no peer could take must not look like the peer's failure
@@ -68,8 +72,12 @@ def send_seg(peer: Peer, calling_ae: str, path: Path) -> None:
     except (OSError, pydicom.errors.InvalidDicomError, ValueError, EOFError) as exc:
         raise SegUnreadable(f"{path} cannot be read as DICOM: {exc}"[:300]) from None
     ae = pynetdicom.AE(ae_title=calling_ae)
+    identify(ae)
     ae.connection_timeout = peer.connect_timeout
-    ae.add_requested_context(SEGMENTATION_STORAGE)
+    # The SEG file is Explicit VR Little Endian; pynetdicom sends it in that, Implicit VR Little
+    # Endian or Deflated, not in Explicit VR Big Endian (its default fourth): a peer accepting only
+    # that had the association made and the C-STORE fail with pynetdicom's ValueError.
+    ae.add_requested_context(SEGMENTATION_STORAGE, FORWARD_SYNTAXES)
     try:
         assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title)
     except OSError as exc:  # a host name that does not resolve, ...
@@ -83,8 +91,19 @@ def send_seg(peer: Peer, calling_ae: str, path: Path) -> None:
     code = getattr(status, "Status", None)
     if code is None:  # pynetdicom's empty answer: the association ended or timed out first
         raise DataError(f"{peer} did not answer the C-STORE of the SEG (association aborted or timed out)")
-    if code != STATUS_SUCCESS:
+    if not stored(int(code)):
         raise SegRefused(f"{peer} answered the C-STORE of the SEG with status 0x{int(code):04X}")
+    if code != STATUS_SUCCESS:
+        log.warning("%s stored the SEG %s with the warning status 0x%04X", peer, path.name, int(code))
+
+
+def stored(status: int) -> bool:
+    """Whether a C-STORE answered with ``status`` stored the instance: Success, or a Warning
+    (PS3.4 B.2.3: B000 coercion of data elements, B007 data set does not match SOP class, B006
+    elements discarded; PS3.7 C.4: 0001, 0107, 0116), the instance kept with a remark. Counted as a
+    failure, a SEG the peer had stored waited in the unsent folder and was sent again, and stored
+    again, every ``--resend-every`` seconds for good."""
+    return status == STATUS_SUCCESS or 0xB000 <= status <= 0xBFFF or status in (0x0001, 0x0107, 0x0116)
 
 
 class UnsentFolder:

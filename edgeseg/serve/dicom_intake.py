@@ -128,7 +128,8 @@ def failure_status(status: int, reason: str, sop_uid: str):
     comment = UID_MENTION.sub("", reason).replace(f"DICOM file {sop_uid}", "").replace(sop_uid, "").lstrip(":, ")
     response = Dataset()
     response.Status = status
-    response.ErrorComment = comment.replace("\\", "/")[:ERROR_COMMENT_LENGTH].strip()
+    # LO: no backslash, no control character (an exception's text may hold line breaks)
+    response.ErrorComment = " ".join(comment.replace("\\", "/").split())[:ERROR_COMMENT_LENGTH].strip()
     return response
 
 

@@ -168,7 +168,7 @@ class DicomNode(NodeEvents, NodeLifecycle):
             return failure_status(STATUS_DATASET_MISMATCH, str(exc), received_label(ds) if ds is not None else "")
         except Exception as exc:  # a dataset pydicom cannot decode or without its UIDs
             log.warning("could not read an incoming image: %s", exc)
-            return STATUS_CANNOT_UNDERSTAND
+            return failure_status(STATUS_CANNOT_UNDERSTAND, f"it cannot be read: {exc}", "")
         padded = oversized_header(encoded, pixel_data_bytes(ds, received))
         if padded is not None:
             self.stats.refused += 1
@@ -180,14 +180,14 @@ class DicomNode(NodeEvents, NodeLifecycle):
         except Exception as exc:  # no Rows/Columns, or a NumberOfFrames that is no number
             log.warning("could not read the size of an incoming image: %s", exc)
             self._note_refused(series_uid, sop_uid, f"its size cannot be read: {exc}")
-            return STATUS_CANNOT_UNDERSTAND
+            return failure_status(STATUS_CANNOT_UNDERSTAND, f"its size cannot be read: {exc}", sop_uid)
         try:  # the image alone, before its pixels are decoded below
             check_volume((frames, rows, columns), f"series {series_uid}")
         except DataError as exc:
             self.stats.refused += 1
             log.warning("refused an image: %s", exc)
             self._note_refused(series_uid, sop_uid, str(exc))
-            return STATUS_OUT_OF_RESOURCES
+            return failure_status(STATUS_OUT_OF_RESOURCES, str(exc), sop_uid)
         refused = refusal(ds, str(event.context.abstract_syntax), received)
         if refused is not None:
             self.stats.refused += 1
@@ -212,7 +212,8 @@ class DicomNode(NodeEvents, NodeLifecycle):
                     self._turned_away.add(series_uid)
                     log.warning("refused the images of series %s: %d series are in flight, the most --max-series "
                                 "allows; they are taken again once one is segmented", series_uid, self.max_series)
-                return STATUS_OUT_OF_RESOURCES
+                return failure_status(STATUS_OUT_OF_RESOURCES, f"{self.max_series} series are in flight "
+                                      "(--max-series); send it again later", sop_uid)
             if series is None:  # images of a series segmented before are segmented again with it (dicom_segmented.py)
                 series = (self._segmented.resume(series_uid, self.work / series_uid)
                           or HeldSeries(self.work / series_uid, time.monotonic(), durable=self._claim is not None))

@@ -19,6 +19,7 @@ import threading
 from edgeseg.errors import DataError, require
 from edgeseg.limits import current_limits
 from edgeseg.serve.dicom_connections import limited_server_class
+from edgeseg.serve.dicom_identity import identify
 from edgeseg.serve.dicom_intake import ENHANCED_CT_CLASSES, add_ct_contexts
 from edgeseg.serve.dicom_peer_bound import (MAX_PDU_LENGTH, PeerBounds, bounded_request_handler, data_set_limit,
                                             multi_frame_data_set_limit)
@@ -68,9 +69,12 @@ class NodeLifecycle:
         pynetdicom = require("pynetdicom", "dicom", "edgeseg listen")
         check_receive_path()  # before anything else of pynetdicom's is used
         ae = pynetdicom.AE(ae_title=self.ae_title)
+        identify(ae)  # edgeseg's Implementation Class UID and Version Name, not pynetdicom's
         # Every storage class is negotiated so that a non-CT image gets a C-STORE failure status
-        # (a clear answer per image) instead of a rejected presentation context.
-        ae.supported_contexts = pynetdicom.StoragePresentationContexts
+        # (a clear answer per image) instead of a rejected presentation context: all of them, not
+        # StoragePresentationContexts (120 of them, those a requestor can propose at once), which
+        # left out Parametric Map, Extensible SR and some 50 more, their contexts then rejected.
+        ae.supported_contexts = pynetdicom.AllStoragePresentationContexts
         # CT images also in the compressed transfer syntaxes the DICOM reader decodes here (RLE
         # always; JPEG, JPEG-LS, JPEG 2000 with their plugins): a peer holding its images
         # compressed and unable to decompress them could otherwise not send them at all.
