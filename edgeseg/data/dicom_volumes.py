@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgeseg.data.dicom_slice import unit_cosines
 from edgeseg.data.dicom_values import dicom_numbers
 from edgeseg.errors import DataError
 
@@ -71,7 +72,9 @@ def _order(value: str):
 
 
 def _orientation(path: Path, dataset) -> tuple[float, ...]:
-    cosines = np.round(np.asarray(dicom_numbers(dataset, "ImageOrientationPatient", path, 6)), ORIENTATION_DECIMALS)
+    cosines = np.asarray(dicom_numbers(dataset, "ImageOrientationPatient", path, 6))
+    unit_cosines(cosines, path)  # skewed cosines are refused, not made a volume of their own
+    cosines = np.round(cosines, ORIENTATION_DECIMALS)
     return tuple(float(c) + 0.0 for c in cosines)  # + 0.0: -0.0 and 0.0 are one orientation
 
 

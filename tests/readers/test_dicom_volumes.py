@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edgeseg.data.dicom import read_dicom_series_with_refs, series_volumes
+from edgeseg.data.dicom import read_dicom_series_with_refs
 from edgeseg.errors import DataError
 from tests.dicom_volume_series import AMBIGUOUS, KINDS, copy_volume, make_series
 from tests.guarded_cli import GuardedCliRunner
@@ -31,6 +31,8 @@ def _predict(bundle, source, out, *options) -> tuple[int, str]:
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_each_volume_is_read_with_exactly_its_files(tmp_path, kind):
+    from edgeseg.data.dicom import series_volumes
+
     volumes = make_series(tmp_path / "series", KINDS[kind])
     found = series_volumes(tmp_path / "series")
     assert [sorted(path for path, _ in v.members) for v in found] == [sorted(files) for files in volumes]

@@ -203,7 +203,7 @@ def _rescale_type(ds):
      "frame 3: PlanePositionSequence lacks ImagePositionPatient"),
     (lambda ds: setattr(_per_frame(ds, 1, "PlanePositionSequence"), "ImagePositionPatient", [0, 0]),
      "frame 2: field ImagePositionPatient has 2 values, expected 3"),
-    (_uneven_orientation, "frame 2 has ImageOrientationPatient [1.0, 0.0, 0.0, 0.0, 0.5, 0.0] but"),
+    (_uneven_orientation, "frame 2 has ImageOrientationPatient [1.0, 0.0, 0.0, 0.0, 0.5, 0.0], whose row and column cosines"),
     (_rescale_type, "frame 3: field RescaleType is 'MGML', so its rescaled values are not Hounsfield units"),
     (lambda ds: setattr(ds, "NumberOfFrames", 4), "field NumberOfFrames is 4 but PerFrameFunctionalGroupsSequence has 3"),
     (_two_stacks, "holds 2 values of StackID (1, 2) in its FrameContentSequence: several stacks"),
