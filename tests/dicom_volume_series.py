@@ -78,3 +78,28 @@ def copy_volume(files: list[Path], folder: Path) -> Path:
     for path in files:
         shutil.copy2(path, folder / path.name)
     return folder
+
+
+def make_enhanced_temporal(folder: Path) -> tuple[Path, list[list[Path]]]:
+    """One Enhanced CT file (``folder/enhanced.dcm``) holding the two temporal positions of the
+    ``temporal`` series as its frames, interleaved (frame 2k + 1 of position 1, 2k + 2 of position
+    2), each frame's TemporalPositionIndex in its FrameContentSequence and a dimension of its own;
+    and the single-frame files of each position (``folder/slices``), the oracle's volumes."""
+    import pydicom
+
+    from tests.enhanced_ct import enhanced_ct
+
+    volumes = make_series(folder / "slices", KINDS["temporal"])
+    ds = enhanced_ct([pydicom.dcmread(path) for path in sorted((folder / "slices").iterdir())])
+    ds.DimensionIndexSequence.append(pydicom.Dataset())
+    ds.DimensionIndexSequence[1].DimensionOrganizationUID = ds.DimensionIndexSequence[0].DimensionOrganizationUID
+    ds.DimensionIndexSequence[1].DimensionIndexPointer = pydicom.tag.Tag("TemporalPositionIndex")
+    ds.DimensionIndexSequence[1].FunctionalGroupPointer = pydicom.tag.Tag("FrameContentSequence")
+    for k, item in enumerate(ds.PerFrameFunctionalGroupsSequence):
+        content = item.FrameContentSequence[0]
+        content.TemporalPositionIndex = 1 + k % 2
+        content.DimensionIndexValues = [1 + k // 2, 1 + k % 2]
+    path = folder / "enhanced" / "enhanced.dcm"
+    path.parent.mkdir()
+    ds.save_as(path, enforce_file_format=True)
+    return path, volumes

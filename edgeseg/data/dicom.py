@@ -125,7 +125,7 @@ def _stack_hu(members: list[tuple[Path, pydicom.Dataset]], progress: bool = Fals
     warn_of_missing_intercept([dataset for _, dataset in members], first_path.parent)
     warned_padding: set[str] = set()
     # a multi-frame file is read front to back, one frame at a time, its frames in stack order
-    frames = multi.frames(rows, columns) if multi else None
+    frames = multi.frames(rows, columns, {multi.frame_number(ds) for _, ds in members}) if multi else None
     order = multi.stack_order(members) if multi else range(len(members))
     for k in progress_bar(order, desc="reading DICOM pixels", unit="slice", shown=progress):
         path, dataset = members[k]
@@ -145,7 +145,7 @@ def _stack_hu(members: list[tuple[Path, pydicom.Dataset]], progress: bool = Fals
         if not np.isfinite(stack[k]).all():  # slice by slice: a mask of the whole volume is a copy too
             raise DataError(f"DICOM series {first_path.parent}: pixel values x RescaleSlope + RescaleIntercept "
                             f"overflow float32 (fields RescaleSlope, RescaleIntercept)")
-    if multi is not None:  # its header is kept without pixels, as single-frame slices' are
+    if multi is not None and "PixelData" in multi.dataset:  # its header kept without pixels, as slices' are
         del multi.dataset.PixelData
     return stack
 

@@ -83,3 +83,20 @@ def test_images_at_one_position_with_nothing_to_tell_them_apart_stay_refused(tmp
     message = str(info.value)
     assert "\n" not in message and "lie at the same slice position" in message and "nothing tells them apart" in message
     assert all(f"{z:.3f}" in message for z in positions), message  # each repeated position named
+
+
+def test_enhanced_ct_over_two_temporal_positions_is_split_as_its_slices_are(exported_bundle, tmp_path):
+    """Before, the file was refused: "holds 2 values of TemporalPositionIndex ... several temporal positions"."""
+    from tests.dicom_volume_series import make_enhanced_temporal
+
+    path, volumes = make_enhanced_temporal(tmp_path)
+    for number, files in enumerate(volumes, start=1):
+        volume, refs = read_dicom_series_with_refs(path, volume=number)
+        alone = read_dicom_series_with_refs(copy_volume(files, tmp_path / f"alone{number}"))[0]
+        np.testing.assert_array_equal(volume.hu, alone.hu)
+        assert sorted(refs.frame_numbers) == list(range(number, 7, 2))  # frames 1, 3, 5 / 2, 4, 6
+        code, output = _predict(exported_bundle, path, tmp_path / f"v{number}.npy", "--volume", str(number))
+        assert code == 0, output
+        code, output = _predict(exported_bundle, tmp_path / f"alone{number}", tmp_path / f"alone{number}.npy")
+        assert code == 0, output
+        assert int((np.load(tmp_path / f"v{number}.npy") != np.load(tmp_path / f"alone{number}.npy")).sum()) == 0

@@ -16,11 +16,11 @@ from tests.serve.test_dicom_node import _storescu, _wait_for, node, storescp  # 
 pydicom = pytest.importorskip("pydicom")
 
 
-def _predicted_seg(bundle, folder, seg) -> pydicom.Dataset:
+def _predicted_seg(bundle, source, seg, *options) -> pydicom.Dataset:
     from edgeseg.cli.main import cli
 
-    result = GuardedCliRunner().invoke(cli, ["predict", str(bundle), str(folder), "--out", str(seg), "--format",
-                                             "dicom-seg", "--backend", "onnxruntime:fp32", "--quiet"])
+    result = GuardedCliRunner().invoke(cli, ["predict", str(bundle), str(source), "--out", str(seg), "--format",
+                                             "dicom-seg", "--backend", "onnxruntime:fp32", "--quiet", *options])
     assert result.exit_code == 0, result.output
     return pydicom.dcmread(seg)
 
@@ -52,3 +52,27 @@ def test_the_node_writes_one_seg_per_volume(node, storescp, serve_bundle, tmp_pa
     assert segs[0].SeriesInstanceUID != segs[1].SeriesInstanceUID  # each volume's SEG a series of its own
     forwarded = {str(pydicom.dcmread(p).SOPInstanceUID) for p in received.iterdir()}
     assert forwarded == {str(seg.SOPInstanceUID) for seg in segs}
+
+
+def _source_frames(seg: pydicom.Dataset) -> set[int]:
+    """The source frame numbers the SEG's frames are derived from."""
+    return {int(source.ReferencedFrameNumber) for frame in seg.PerFrameFunctionalGroupsSequence
+            for derivation in frame.DerivationImageSequence for source in derivation.SourceImageSequence}
+
+
+def test_an_enhanced_ct_over_two_temporal_positions_gets_one_seg_per_position(node, storescp, serve_bundle, tmp_path):
+    """Before, the node refused the file as it arrived (0xA900, "several temporal positions")."""
+    from tests.dicom_volume_series import make_enhanced_temporal
+
+    path, _ = make_enhanced_temporal(tmp_path)
+    sent = _storescu(node.port, [path])
+    assert sent.returncode == 0, sent.stderr
+    assert _wait_for(lambda: len(node.stats.forwarded) == 2), (node.stats, sent.stderr)
+    source = pydicom.dcmread(path, stop_before_pixels=True)
+    for number in (1, 2):
+        seg = pydicom.dcmread(tmp_path / "out" / f"{source.SeriesInstanceUID}.vol{number}.seg.dcm")
+        assert _referenced(seg) == {str(source.SOPInstanceUID)}
+        assert _source_frames(seg) and _source_frames(seg) <= set(range(number, 7, 2))  # its own frames only
+        predicted = _predicted_seg(serve_bundle, path, tmp_path / f"{number}.dcm", "--volume", str(number))
+        assert _source_frames(predicted) == _source_frames(seg)
+        assert int((seg.pixel_array != predicted.pixel_array).sum()) == 0
