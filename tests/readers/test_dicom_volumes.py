@@ -100,3 +100,15 @@ def test_enhanced_ct_over_two_temporal_positions_is_split_as_its_slices_are(expo
         code, output = _predict(exported_bundle, tmp_path / f"alone{number}", tmp_path / f"alone{number}.npy")
         assert code == 0, output
         assert int((np.load(tmp_path / f"v{number}.npy") != np.load(tmp_path / f"alone{number}.npy")).sum()) == 0
+
+
+def test_data_info_lists_the_volumes_of_a_series(tmp_path):
+    from edgeseg.cli.main import cli
+
+    make_series(tmp_path / "series", KINDS["stack"])
+    result = GuardedCliRunner().invoke(cli, ["data", "info", str(tmp_path / "series"), "--quiet"])
+    assert result.exit_code == 0, result.output
+    rows = [line.split() for line in result.output.splitlines() if line.startswith("series volume")]
+    assert [row[:3] for row in rows] == [["series", "volume", "1"], ["series", "volume", "2"]]
+    assert all(row[3] == "3x512x512" for row in rows), rows
+    assert "2 volumes in one series (predict --volume K): 1 (StackID 1, 3 images); 2 (StackID 2, 3 images)" in result.output
