@@ -5,8 +5,8 @@ different orientations, several stacks (StackID), contrast phases or a 4-D acqui
 images repeat the same positions. ``edgeseg predict`` and the DICOM node both split a series by
 :func:`split_volumes`, in this order (as dcm2niix splits a series into its volumes):
 
-1. ImageOrientationPatient (cosines to :data:`ORIENTATION_DECIMALS` decimals): images of two
-   orientations are never one volume.
+1. ImageOrientationPatient (cosines within :data:`ORIENTATION_TOLERANCE` of the first image's of
+   an orientation): images of two orientations are never one volume.
 2. Attributes that name a volume wherever they take several values: StackID, then
    TemporalPositionIdentifier (single-frame images), then TemporalPositionIndex (an Enhanced CT
    frame's FrameContentSequence).
@@ -33,7 +33,9 @@ from edgeseg.data.dicom_slice import unit_cosines
 from edgeseg.data.dicom_values import dicom_numbers
 from edgeseg.errors import DataError
 
-# Cosines rounded to this many decimals are one orientation (the reader checks 1e-4 agreement).
+# Cosines within this of the first image's of an orientation are that orientation (as the reader
+# requires of one volume); an orientation is named by its first image's, to 4 decimals.
+ORIENTATION_TOLERANCE = 1e-4
 ORIENTATION_DECIMALS = 4
 # Slices closer than this along the normal are at one position (as the series reader says).
 SAME_POSITION_MM = 1e-3
@@ -74,8 +76,7 @@ def _order(value: str):
 def _orientation(path: Path, dataset) -> tuple[float, ...]:
     cosines = np.asarray(dicom_numbers(dataset, "ImageOrientationPatient", path, 6))
     unit_cosines(cosines, path)  # skewed cosines are refused, not made a volume of their own
-    cosines = np.round(cosines, ORIENTATION_DECIMALS)
-    return tuple(float(c) + 0.0 for c in cosines)  # + 0.0: -0.0 and 0.0 are one orientation
+    return tuple(float(c) for c in cosines)
 
 
 def _heights(members: list, cosines: tuple[float, ...]) -> np.ndarray:
@@ -124,7 +125,34 @@ def _split_repeats(part: list[int], members: list, positions: np.ndarray, height
     shown = ", ".join(f"{h:.3f}" for h in at[:6]) + (", ..." if len(at) > 6 else "")
     raise DataError(f"series {uid}: {first[0]} and {first[1]} lie at the same slice position {at[0]:.3f} mm "
                     f"({len(at)} position(s) held {shared} times at most: {shown} mm) and nothing tells them apart "
-                    f"({', '.join(VOLUME_ATTRIBUTES + REPEAT_ATTRIBUTES)}); the folder mixes acquisitions")
+                    f"({', '.join(VOLUME_ATTRIBUTES + REPEAT_ATTRIBUTES)}); the series mixes acquisitions")
+
+
+def _labelled(name: str, value: str) -> str:
+    return f"{name} {value or '(none)'}"
+
+
+def _split_orientation(part: list[int], members: list, cosines: tuple[float, ...], uid: str) -> list:
+    """(sort key, label, images) of each volume of ``part``, the images of one orientation: split by
+    each of VOLUME_ATTRIBUTES taking several values, then where positions repeat (_split_repeats)."""
+    numbers = [o[1] for o in (_order(_text(members[k][1], "InstanceNumber")) for k in part) if o[0] == 1]
+    first = (0, min(numbers)) if numbers else (1, 0.0)  # orientations without InstanceNumber last
+    heights, positions = np.zeros(len(members)), np.zeros(len(members), dtype=np.int64)
+    heights[part] = _heights([members[k] for k in part], cosines)
+    positions[part] = _positions(heights[part])
+    parts: list[tuple[tuple, list[str], list[int]]] = [((first, cosines), [], part)]
+    for name in VOLUME_ATTRIBUTES:
+        split = []
+        for key, label, group in parts:
+            groups = _split_by(group, members, name)
+            if len(groups) == 1:
+                split.append((key + (_order(""),), label, group))
+            else:
+                split += [(key + (_order(value),), label + [_labelled(name, value)], g) for value, g in groups.items()]
+        parts = split
+    return [(key + (name, _order(value)), ", ".join(label + ([_labelled(name, value)] if name else [])), g)
+            for key, label, group in parts
+            for (name, value), g in _split_repeats(group, members, positions, heights, uid)]
 
 
 def split_volumes(members: list, uid: str) -> list[SeriesVolume]:
@@ -134,33 +162,14 @@ def split_volumes(members: list, uid: str) -> list[SeriesVolume]:
     share a position and nothing tells them apart."""
     by_orientation: dict[tuple[float, ...], list[int]] = {}
     for k, (path, dataset) in enumerate(members):
-        by_orientation.setdefault(_orientation(path, dataset), []).append(k)
-    found: list[tuple[tuple, str, list[int]]] = []
-    for cosines, part in by_orientation.items():
-        numbers = [o[1] for o in (_order(_text(members[k][1], "InstanceNumber")) for k in part) if o[0] == 1]
-        first = (0, min(numbers)) if numbers else (1, 0.0)  # orientations without InstanceNumber last
-        heights = _heights([members[k] for k in part], cosines)
-        all_heights = np.zeros(len(members))
-        all_heights[part] = heights
-        positions = np.zeros(len(members), dtype=np.int64)
-        positions[part] = _positions(heights)
-        parts: list[tuple[tuple, list[str], list[int]]] = [((), [], part)]
-        for name in VOLUME_ATTRIBUTES:
-            split = []
-            for key, label, group in parts:
-                groups = _split_by(group, members, name)
-                if len(groups) == 1:
-                    split.append((key + (_order(""),), label, group))
-                    continue
-                split += [(key + (_order(value),), label + [f"{name} {value or '(none)'}"], g)
-                          for value, g in groups.items()]
-            parts = split
-        for key, label, group in parts:
-            for (name, value), g in _split_repeats(group, members, positions, all_heights, uid):
-                found.append(((first, cosines) + key + (name, _order(value)), ", ".join(label + ([f"{name} {value or '(none)'}"]
-                                                                                           if name else [])), g))
+        cosines = _orientation(path, dataset)
+        # one orientation within the reader's tolerance, whichever side of a rounding step it lies
+        same = next((key for key in by_orientation if np.allclose(key, cosines, atol=ORIENTATION_TOLERANCE)), cosines)
+        by_orientation.setdefault(same, []).append(k)
+    found = [volume for cosines, part in by_orientation.items()
+             for volume in _split_orientation(part, members, cosines, uid)]
     if len(by_orientation) > 1:
-        found = [(key, ", ".join(filter(None, [f"ImageOrientationPatient {list(key[1])}", label])), g)
+        found = [(key, ", ".join(filter(None, [f"ImageOrientationPatient {[round(c, ORIENTATION_DECIMALS) + 0.0 for c in key[1]]}", label])), g)
                  for key, label, g in found]
     found.sort(key=lambda item: item[0])
     return [SeriesVolume(n, label if len(found) > 1 else "", [members[k] for k in sorted(g)])
