@@ -116,6 +116,30 @@ def info(source: str, intensity: str | None, mask_threshold: int, case_pattern: 
         click.echo(describe_volumes(volumes))
         click.echo(f"masks: {what}; label values {', '.join(map(str, found)) or '-'}")
         return
+    if label_file is None and _several_volumes(path):
+        from dataclasses import replace
+
+        from edgeseg.data.dicom import read_dicom_volumes
+
+        parts = [(part, replace(volume, case_id=f"{volume.case_id} volume {part.number}"))
+                 for part, volume, _ in read_dicom_volumes(path)]
+        click.echo(describe_volumes([volume for _, volume in parts]))
+        click.echo(f"{len(parts)} volumes in one series (predict --volume K): "
+                   + "; ".join(part.describe() for part, _ in parts))
+        return
     volumes = open_dataset(source, intensity=intensity, mask_threshold=mask_threshold, case_pattern=case_pattern,
                            label_file=label_file, progress=not quiet, mask=mask, label_values=values)
     click.echo(describe_volumes(volumes))
+
+
+def _several_volumes(path) -> bool:
+    """True for one DICOM series (a folder of it, or an Enhanced CT file) holding several volumes
+    (edgeseg.data.dicom_volumes), which ``data info`` lists one by one."""
+    from edgeseg.data.dicom_magic import looks_like_dicom
+    from edgeseg.data.open import detect_layout
+
+    if not (path.is_dir() and detect_layout(path) == "dicom" or path.is_file() and looks_like_dicom(path)):
+        return False
+    from edgeseg.data.dicom import series_volumes
+
+    return len(series_volumes(path)) > 1

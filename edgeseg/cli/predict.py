@@ -43,10 +43,13 @@ from edgeseg.cli.tta_option import tta_option
                    "training slices meant, as its manifest records; else hu-clipped:0,255].")
 @click.option("--timeout", default=None, type=FiniteFloatRange(min=0, min_open=True),
               help="Seconds to wait for each answer of a remote --backend http://... server [default: 60].")
+@click.option("--volume", default=None, type=click.IntRange(min=1), metavar="K",
+              help="A DICOM series holding several volumes (stacks, orientations, temporal positions; "
+                   "docs/data.md): segment volume K; without it such a series is refused with the list.")
 @tta_option
 @quiet_option
 def command(bundle, input_path, out, fmt, backend, threads, batch_size, overlay, label_tables, spacing, intensity,
-            timeout, tta, quiet) -> None:
+            timeout, volume, tta, quiet) -> None:
     """Segment INPUT with BUNDLE and write the label map to --out; prints a one-line summary."""
     import logging
     import time
@@ -74,6 +77,8 @@ def command(bundle, input_path, out, fmt, backend, threads, batch_size, overlay,
     kind = input_kind(input_path)
     if spacing is not None and kind in ("dicom", "nifti"):
         raise DataError(f"--spacing is for inputs without geometry (.npy, PNG/JPG); {input_path} carries its own")
+    if volume is not None and kind != "dicom":
+        raise DataError(f"--volume picks a volume of a DICOM series; {input_path} is not one")
     spacing = _parse_spacing(spacing)
     if intensity is None and str(input_path).lower().endswith(IMAGE_SUFFIXES):
         try:
@@ -83,8 +88,10 @@ def command(bundle, input_path, out, fmt, backend, threads, batch_size, overlay,
         if recorded:
             logging.getLogger("edgeseg.predict").info(
                 "reading %s's pixels as %s, the intensity of the bundle's training slices", input_path, intensity)
+    picked = {"volume": volume} if volume is not None else {}
     volume, refs = read_input(input_path, progress=not quiet, keep_headers=fmt == "dicom-seg",
-                              even_grid=fmt in ("nifti", "seg-nrrd"), **({"intensity": intensity} if intensity else {}))
+                              even_grid=fmt in ("nifti", "seg-nrrd"), **({"intensity": intensity} if intensity else {}),
+                              **picked)
     if spacing is not None:
         from dataclasses import replace
 

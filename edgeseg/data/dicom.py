@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
-import warnings
-from collections import defaultdict
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -21,14 +20,15 @@ from edgeseg.errors import DataError, require
 
 nio = require("nibabel.orientations", "io", "reading DICOM series")
 pydicom = require("pydicom", "io", "reading DICOM series")
-from pydicom.errors import InvalidDicomError  # noqa: E402  (pydicom is known present here)
 
+from edgeseg.data.dicom_scan import SEGMENTATION_SOP_CLASS, pick_series, scan_folder  # noqa: F401 (imported from here)
 from edgeseg.data.dicom_slice import (air_outside_view, check_slice_tags, pixel_spacing, rescale, slice_pixels, slice_size,
                                      unit_cosines, warn_of_missing_intercept)
 from edgeseg.data.dicom_magic import looks_like_dicom  # noqa: F401  (imported from here by other modules)
-from edgeseg.data.dicom_multiframe import MultiFrameCT, is_multiframe, multiframe_series
+from edgeseg.data.dicom_multiframe import MultiFrameCT, multiframe_series
 from edgeseg.data.dicom_refs import DicomSeriesInfo
-from edgeseg.data.dicom_values import decode_elements, dicom_numbers, one_line
+from edgeseg.data.dicom_values import dicom_numbers
+from edgeseg.data.dicom_volumes import SeriesVolume, pick_volume, split_volumes
 from edgeseg.data.nifti import spacing_from_affine, to_lps_layout
 from edgeseg.data.volume import Volume
 from edgeseg.limits import check_volume
@@ -36,10 +36,6 @@ from edgeseg.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
-DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
-SEGMENTATION_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
-# Objects that share a folder with images but carry no pixels of their own.
-NON_IMAGE_MODALITIES = frozenset({"SR", "KO", "PR", "RTSTRUCT", "RTPLAN", "RTRECORD", "REG", "DOC"})
 # Slices closer than this along the normal are the same position (duplicate acquisitions).
 DUPLICATE_POSITION_MM = 1e-3
 # Relative spread of slice gaps above which the series is reported as non-uniform.
@@ -49,123 +45,8 @@ UNIFORM_GAP_TOLERANCE = 0.05
 # pixels that far off. A gantry tilt moves in-plane in step with the height and stays on it.
 OFF_LINE_PIXELS = 0.1
 
-_DEFER_BYTES = 64 * 1024
 _LPS = nio.axcodes2ornt(("L", "P", "S"))
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
-
-
-def _read_file(path: Path) -> pydicom.Dataset | None:
-    """Read one file; None when it is clearly not a DICOM image (text, DICOMDIR, SR, ...)."""
-    try:
-        # Pixel data is deferred (read from the file on first use): a series is scanned whole
-        # before one is chosen, and holding every slice's bytes twice would double memory.
-        dataset = pydicom.dcmread(path, defer_size=_DEFER_BYTES)
-        decode_elements(dataset)
-    except InvalidDicomError:
-        # No "DICM" preamble: old ACR-NEMA style files still exist, so look inside before
-        # deciding; a file is taken only when it has what a slice needs.
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                dataset = pydicom.dcmread(path, force=True, defer_size=_DEFER_BYTES)
-        except Exception:  # noqa: BLE001 - arbitrary bytes make pydicom raise anything
-            return None
-        if "SOPInstanceUID" not in dataset or "PixelData" not in dataset:
-            return None
-        try:
-            decode_elements(dataset)
-        except Exception as exc:  # noqa: BLE001 - as below
-            raise DataError(f"cannot read DICOM file {path}: {one_line(exc)}") from None
-    except Exception as exc:  # noqa: BLE001 - with a DICM preamble, any parse failure is corruption
-        raise DataError(f"cannot read DICOM file {path}: {one_line(exc)}") from exc
-    media_class = getattr(getattr(dataset, "file_meta", None), "MediaStorageSOPClassUID", None)
-    if media_class == DICOMDIR_SOP_CLASS or "DirectoryRecordSequence" in dataset:
-        return None
-    if "PixelData" not in dataset:
-        if str(dataset.get("Modality", "")) in NON_IMAGE_MODALITIES:
-            return None
-        raise DataError(f"DICOM file {path} has no pixel data (truncated?)")
-    if "SeriesInstanceUID" not in dataset:
-        raise DataError(f"DICOM file {path} lacks SeriesInstanceUID (truncated?)")
-    return dataset
-
-
-def _scan_folder(folder: Path, progress: bool = False) -> dict[str, list[tuple[Path, pydicom.Dataset]]]:
-    """The images of ``folder`` by series (a file: that file alone, one Enhanced CT, :func:`_scan_file`)."""
-    if folder.is_file():
-        return _scan_file(folder)
-    if not folder.is_dir():
-        raise DataError(f"data folder not found: {folder}")
-    series: dict[str, list[tuple[Path, pydicom.Dataset]]] = defaultdict(list)
-    segmentations = []
-    files = [path for path in sorted(folder.iterdir()) if path.is_file() and not path.name.startswith(".")]
-    for path in progress_bar(files, desc="reading DICOM headers", unit="file", shown=progress):
-        dataset = _read_file(path)
-        if dataset is None:
-            continue
-        # A DICOM SEG is a label map for a series, not an image series of its own; it is
-        # read by edgeseg.data.dicom_seg when a label map is asked for.
-        if str(dataset.get("SOPClassUID", "")) == SEGMENTATION_SOP_CLASS:
-            segmentations.append(path.name)
-        else:
-            series[str(dataset.SeriesInstanceUID)].append((path, dataset))
-    if not series and segmentations:
-        raise DataError(
-            f"{folder} holds only DICOM SEG files ({', '.join(segmentations)}), no image series; "
-            f"open the folder of the series they label"
-        )
-    if not series:
-        raise DataError(f"no images found in {folder} (no DICOM image files)")
-    return series
-
-
-def _scan_file(path: Path) -> dict[str, list[tuple[Path, pydicom.Dataset]]]:
-    """A file read on its own must hold a whole series: a multi-frame CT image (an Enhanced CT).
-    One slice of a series is refused (the user most likely meant its folder), and so is any
-    other object, by its SOP class and modality."""
-    dataset = _read_file(path)
-    if dataset is None or str(dataset.get("SOPClassUID", "")) == SEGMENTATION_SOP_CLASS \
-            or str(dataset.get("Modality", "")) != "CT":
-        raise DataError(_not_a_ct_image(path, dataset))
-    if not is_multiframe(dataset, path):
-        raise DataError(f"{path} is one slice of series {dataset.SeriesInstanceUID}; pass its folder ({path.parent})")
-    return {str(dataset.SeriesInstanceUID): [(path, dataset)]}
-
-
-def _not_a_ct_image(path: Path, dataset: pydicom.Dataset | None) -> str:
-    """What the DICOM object at ``path`` is, where it is not a CT image, by SOP class and modality."""
-    if dataset is None:  # skipped by the reader: read what it says it is
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                dataset = pydicom.dcmread(path, stop_before_pixels=True, force=True)
-        except Exception:  # noqa: BLE001 - arbitrary bytes make pydicom raise anything
-            dataset = pydicom.Dataset()
-    media_class = getattr(getattr(dataset, "file_meta", None), "MediaStorageSOPClassUID", "")
-    sop_class = str(dataset.get("SOPClassUID", "") or media_class or "")
-    modality = str(dataset.get("Modality", "") or "")
-    if not sop_class and not modality:
-        return f"{path} is not a DICOM image (no SOP class, no modality); expected an Enhanced CT file or a series folder"
-    what = "SEG" if sop_class == SEGMENTATION_SOP_CLASS else modality or "object"
-    name = pydicom.uid.UID(sop_class).name if sop_class else "no SOP class"
-    return f"{path} is a DICOM {what} ({name}), not a CT image"
-
-
-def _describe(uid: str, members: list[tuple[Path, pydicom.Dataset]]) -> str:
-    first = members[0][1]
-    return f"{uid} ({first.get('Modality', '?')}, {len(members)} files, {first.get('SeriesDescription', '')!r})"
-
-
-def _pick_series(folder: Path, series: dict, series_uid: str | None) -> tuple[str, list]:
-    if series_uid is not None:
-        if series_uid not in series:
-            listing = "; ".join(_describe(uid, members) for uid, members in series.items())
-            raise DataError(f"series {series_uid} is not in {folder}; found: {listing}")
-        return series_uid, series[series_uid]
-    if len(series) > 1:
-        listing = "; ".join(_describe(uid, members) for uid, members in series.items())
-        raise DataError(f"{folder} holds {len(series)} series, pick one with series_uid=: {listing}")
-    return next(iter(series.items()))
 
 
 def _orientation(members: list[tuple[Path, pydicom.Dataset]]) -> tuple[np.ndarray, np.ndarray]:
@@ -244,7 +125,7 @@ def _stack_hu(members: list[tuple[Path, pydicom.Dataset]], progress: bool = Fals
     warn_of_missing_intercept([dataset for _, dataset in members], first_path.parent)
     warned_padding: set[str] = set()
     # a multi-frame file is read front to back, one frame at a time, its frames in stack order
-    frames = multi.frames(rows, columns) if multi else None
+    frames = multi.frames(rows, columns, {multi.frame_number(ds) for _, ds in members}) if multi else None
     order = multi.stack_order(members) if multi else range(len(members))
     for k in progress_bar(order, desc="reading DICOM pixels", unit="slice", shown=progress):
         path, dataset = members[k]
@@ -264,7 +145,7 @@ def _stack_hu(members: list[tuple[Path, pydicom.Dataset]], progress: bool = Fals
         if not np.isfinite(stack[k]).all():  # slice by slice: a mask of the whole volume is a copy too
             raise DataError(f"DICOM series {first_path.parent}: pixel values x RescaleSlope + RescaleIntercept "
                             f"overflow float32 (fields RescaleSlope, RescaleIntercept)")
-    if multi is not None:  # its header is kept without pixels, as single-frame slices' are
+    if multi is not None and "PixelData" in multi.dataset:  # its header kept without pixels, as slices' are
         del multi.dataset.PixelData
     return stack
 
@@ -305,13 +186,14 @@ def _stack_affine(members: list, row_cosine: np.ndarray, column_cosine: np.ndarr
 
 def read_dicom_series_with_refs(
     folder: str | os.PathLike, series_uid: str | None = None, case_id: str | None = None, progress: bool = False,
-    keep_headers: bool = False, warn_gaps: bool = True,
+    keep_headers: bool = False, warn_gaps: bool = True, volume: int | None = None,
 ) -> tuple[Volume, DicomSeriesInfo]:
     """Read one CT series from a folder of DICOM files, or from one file holding it (an Enhanced
     CT, :mod:`edgeseg.data.dicom_multiframe`); also return its source references.
 
     Non-DICOM files, DICOMDIR, pixel-less objects (SR, KO, ...) and DICOM SEG label maps
     are skipped. A folder with several series needs ``series_uid``. The modality of every file must be CT.
+    A series holding several volumes (:mod:`edgeseg.data.dicom_volumes`) needs ``volume`` (1-based).
     HU = stored value x RescaleSlope + RescaleIntercept. ``case_id`` defaults to the folder
     name (a file's: its stem); ``slice_ids`` are the file names of the slices in the Volume's z
     order (``STEM_frameN`` for the frames of a multi-frame file). ``progress``
@@ -321,7 +203,33 @@ def read_dicom_series_with_refs(
     slice) are not warned of, for a caller that refuses them in a line of its own.
     """
     folder = Path(folder)
-    uid, members = _pick_series(folder, _scan_folder(folder, progress), series_uid)
+    uid, members, multi = _series_members(folder, series_uid, progress)
+    chosen = pick_volume(split_volumes(members, uid), volume, f"series {uid} in {folder}")
+    return _read_volume(folder, uid, chosen.members, multi, case_id, progress, keep_headers, warn_gaps)
+
+
+def series_volumes(folder: str | os.PathLike, series_uid: str | None = None) -> list[SeriesVolume]:
+    """The volumes of the series in ``folder`` (:func:`~edgeseg.data.dicom_volumes.split_volumes`),
+    from the headers alone."""
+    folder = Path(folder)
+    uid, members, _ = _series_members(folder, series_uid, False)
+    return split_volumes(members, uid)
+
+
+def read_dicom_volumes(folder: str | os.PathLike, keep_headers: bool = False
+                       ) -> Iterator[tuple[SeriesVolume, Volume, DicomSeriesInfo]]:
+    """Each volume of the one series in ``folder`` (:mod:`edgeseg.data.dicom_volumes`), read in
+    turn as :func:`read_dicom_series_with_refs` reads one; all are split (and a series refused)
+    before the first is read."""
+    folder = Path(folder)
+    uid, members, multi = _series_members(folder, None, False)
+    for part in split_volumes(members, uid):
+        yield (part, *_read_volume(folder, uid, part.members, multi, None, False, keep_headers, True))
+
+
+def _series_members(folder: Path, series_uid: str | None, progress: bool) -> tuple[str, list, MultiFrameCT | None]:
+    """The UID and images (frame views of one Enhanced CT) of the series to read, checked file by file."""
+    uid, members = pick_series(folder, scan_folder(folder, progress), series_uid)
     for path, dataset in members:  # every file: one MR slice in a CT series is not CT either
         modality = str(dataset.get("Modality", "unknown"))
         if modality != "CT":
@@ -336,6 +244,11 @@ def read_dicom_series_with_refs(
         if str(dataset.get("FrameOfReferenceUID", "")) != frame:  # positions in two coordinate systems
             raise DataError(f"{path} has FrameOfReferenceUID {dataset.get('FrameOfReferenceUID', '(none)')} but "
                             f"{first_path.name} has {frame or '(none)'}; a series lies in one frame of reference")
+    return uid, members, multi
+
+
+def _read_volume(folder: Path, uid: str, members: list, multi: MultiFrameCT | None, case_id: str | None,
+                 progress: bool, keep_headers: bool, warn_gaps: bool) -> tuple[Volume, DicomSeriesInfo]:
     row_cosine, column_cosine = _orientation(members)
     normal = np.cross(row_cosine, column_cosine)
     members, positions = _sort_by_position(members, normal, warn_gaps)

@@ -9,8 +9,11 @@ as ``ImagePositionPatient``, its ``PixelValueTransformation`` as ``RescaleSlope`
 series reader (:mod:`edgeseg.data.dicom`) sorts, checks and stacks the frames exactly as it does
 slices, and decodes each frame's pixels on its own. What only a multi-frame file can get wrong
 is refused here, in one line naming the attribute and the frame: a functional group missing or
-given twice, several stacks or temporal positions, frames that lie at one position (several
-volumes in one file), a concatenation split over files.
+given twice, a dimension other than position, stack or time taking several values, a
+concatenation split over files. Each view carries its frame's StackID, InStackPositionNumber and
+TemporalPositionIndex, so a file holding several stacks or temporal positions is split into its
+volumes by the rule single-frame series are split by (:mod:`edgeseg.data.dicom_volumes`), which
+also refuses frames at one position with nothing to tell them apart.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeseg.data.dicom_slice import MULTI_FRAME_CT_CLASSES, check_decoder, slice_size, unit_cosines
+from edgeseg.data.dicom_slice import MULTI_FRAME_CT_CLASSES, check_decoder, slice_size
 from edgeseg.data.dicom_values import dicom_numbers, one_line
 from edgeseg.errors import DataError, require
 from edgeseg.limits import check_volume
@@ -43,11 +46,12 @@ FRAME_GROUPS = {
 FILE_LEVEL = ("SOPClassUID", "SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID", "FrameOfReferenceUID",
               "Modality", "BodyPartExamined", "Rows", "Columns", "BitsAllocated", "BitsStored", "PixelRepresentation",
               "PixelPaddingValue", "PixelPaddingRangeLimit")
-# Dimensions that place a frame in space, within one volume; any other (a temporal position, an
-# energy, an acquisition) that takes several values makes the frames several volumes.
+# Dimensions that place a frame in space, within one volume; any other (an energy, an acquisition)
+# that takes several values makes the frames several volumes no rule here tells apart.
 SPATIAL_DIMENSIONS = frozenset({"ImagePositionPatient", "StackID", "InStackPositionNumber", "SliceLocation"})
-# Frames closer than this along the normal are at one position (as for single-frame slices).
-SAME_POSITION_MM = 1e-3
+# Frame Content attributes a view carries: which stack, place in it, and time the frame is of
+# (edgeseg.data.dicom_volumes splits the frames into volumes by them).
+FRAME_CONTENT = ("StackID", "InStackPositionNumber", "TemporalPositionIndex")
 
 
 def is_multiframe(dataset: pydicom.Dataset, path: Path) -> bool:
@@ -99,7 +103,7 @@ class MultiFrameCT:
         self.views = [(frame_label(path, k + 1), self._view(k + 1, item, shared[0]))
                       for k, item in enumerate(per_frame)]
         self._numbers = {id(view): k + 1 for k, (_, view) in enumerate(self.views)}
-        self._check_one_volume(per_frame)
+        self._frame_content(per_frame)
 
     def _view(self, number: int, frame: pydicom.Dataset, shared: pydicom.Dataset) -> pydicom.Dataset:
         label = frame_label(self.path, number)
@@ -133,37 +137,27 @@ class MultiFrameCT:
                     "frame", self.path, group, ", ".join(f"{name} {item[name].value}" for name in item.dir()))
         return {group: item}
 
-    def _check_one_volume(self, per_frame) -> None:
-        """Refuse frames that make several volumes: stacks, temporal positions, another
-        dimension of several values, or two frames at one position along the normal."""
+    def _frame_content(self, per_frame) -> None:
+        """Give each view its frame's FRAME_CONTENT (from its FrameContentSequence, else from its
+        DimensionIndexValues where the attribute is a dimension); refuse a dimension outside
+        SPATIAL_DIMENSIONS and FRAME_CONTENT that takes several values: volumes nothing splits."""
         contents = [(item.get("FrameContentSequence") or [None])[0] for item in per_frame]
-        for field in ("StackID", "TemporalPositionIndex"):
-            values = sorted({str(c[field].value) for c in contents if c is not None and field in c})
-            if len(values) > 1:
-                raise DataError(f"{self.path} holds {len(values)} values of {field} ({', '.join(values[:4])}"
-                                f"{', ...' if len(values) > 4 else ''}) in its FrameContentSequence: several "
-                                f"{'stacks' if field == 'StackID' else 'temporal positions'}, not one volume; "
-                                f"edgeseg reads one volume per file")
-        for index, name in enumerate(self._dimension_names()):
-            if name in SPATIAL_DIMENSIONS:
+        names = self._dimension_names()
+        for index, name in enumerate(names):
+            if name in SPATIAL_DIMENSIONS or name in FRAME_CONTENT:
                 continue
             values = {_dimension_value(c, index) for c in contents}
             if len(values) > 1:
                 raise DataError(f"{self.path}: its frames take {len(values)} values of the dimension {name} "
-                                f"(DimensionIndexSequence item {index + 1}), so they are several volumes, not "
-                                f"one; edgeseg reads one volume per file")
-        cosines = np.asarray(dicom_numbers(self.views[0][1], "ImageOrientationPatient", self.views[0][0], 6))
-        row_cosine, column_cosine = unit_cosines(cosines, self.views[0][0])
-        normal = np.cross(row_cosine, column_cosine)
-        heights = np.asarray([np.dot(dicom_numbers(view, "ImagePositionPatient", label, 3), normal)
-                              for label, view in self.views])
-        order = np.argsort(heights, kind="stable")
-        close = np.flatnonzero(np.diff(heights[order]) < SAME_POSITION_MM)
-        if close.size:
-            a, b = sorted(int(order[k]) + 1 for k in (close[0], close[0] + 1))
-            raise DataError(f"{self.path}: frames {a} and {b} lie at the same position along the slice normal "
-                            f"({heights[a - 1]:.3f} mm), so the file holds several volumes (temporal positions, "
-                            f"energies, reconstructions?); edgeseg reads one volume per file")
+                                f"(DimensionIndexSequence item {index + 1}), so they are several volumes, and "
+                                f"edgeseg splits a file by stack and temporal position only")
+        for content, (_, view) in zip(contents, self.views):
+            for name in FRAME_CONTENT:
+                if content is not None and name in content:
+                    view[name] = content[name]
+                elif name in names and _dimension_value(content, names.index(name)).isdigit():
+                    value = int(_dimension_value(content, names.index(name)))
+                    setattr(view, name, str(value) if name == "StackID" else value)
 
     def _dimension_names(self) -> list[str]:
         names = []
@@ -181,10 +175,11 @@ class MultiFrameCT:
         :meth:`frames` yields their pixels in."""
         return sorted(range(len(views)), key=lambda k: self.frame_number(views[k][1]))
 
-    def frames(self, rows: int, columns: int) -> Iterator[np.ndarray]:
-        """The decoded pixels of each frame, in frame order, each refused unless one ``rows`` x
-        ``columns`` grey-level image (as :func:`~edgeseg.data.dicom_slice.slice_pixels`). Read
-        from the file one frame at a time: the file's pixel bytes are never held whole."""
+    def frames(self, rows: int, columns: int, numbers: set[int] | None = None) -> Iterator[np.ndarray]:
+        """The decoded pixels of each frame (``numbers``: of those frames alone, one volume of
+        the file), in frame order, each refused unless one ``rows`` x ``columns`` grey-level
+        image (as :func:`~edgeseg.data.dicom_slice.slice_pixels`). Read from the file one frame
+        at a time: the file's pixel bytes are never held whole."""
         from pydicom.pixels import iter_pixels
 
         check_decoder(self.dataset, self.path)
@@ -196,7 +191,8 @@ class MultiFrameCT:
                         raise DataError(f"{frame_label(self.path, number)}: pixel data decodes to {frame.dtype} "
                                         f"{list(frame.shape)}, expected one {rows}x{columns} grey-level frame "
                                         f"(SamplesPerPixel, BitsAllocated?)")
-                    yield frame
+                    if numbers is None or number in numbers:
+                        yield frame
         except (DataError, MemoryError):
             raise
         except Exception as exc:  # noqa: BLE001 - decoders raise many types for bad data

@@ -56,12 +56,12 @@ class DicomSeriesInfo:
 
     def to_frame_order(self, stack: np.ndarray) -> np.ndarray:
         """A stack-order array [slice, row, col] in the source's own order: for a multi-frame
-        file ``result[n - 1]`` is the slice of frame ``n``; a single-frame series' stack as it is."""
+        file, its slices in ascending frame number (``result[n - 1]`` the slice of frame ``n``
+        where the volume is the whole file, not one of several it holds); a single-frame series'
+        stack as it is."""
         if self.frame_numbers is None:
             return stack
-        ordered = np.empty_like(stack)
-        ordered[np.asarray(self.frame_numbers) - 1] = stack
-        return ordered
+        return stack[np.argsort(self.frame_numbers)]
 
     def to_source_layout(self, array_zyx: np.ndarray) -> np.ndarray:
         """Map a (Z, Y, X) array in the Volume's layout to the source stack [slice, row, col]."""

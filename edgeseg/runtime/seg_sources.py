@@ -51,7 +51,7 @@ def seg_source_datasets(refs, progress: bool = False) -> list:
     headers being read on stderr."""
     sources = refs.load_datasets(progress)
     if refs.frame_numbers is not None:  # the reader's own header is left as it read it
-        sources = [_shared_groups(refs.files[0], copy.deepcopy(sources[0]))]
+        sources = [_volume_frames(refs, _shared_groups(refs.files[0], copy.deepcopy(sources[0])))]
     first_path, first = refs.files[0], sources[0]
     seen: dict[str, Path] = {}
     for path, dataset in zip(refs.files, sources):
@@ -73,6 +73,31 @@ def seg_source_datasets(refs, progress: bool = False) -> list:
     _check_copied_values(first, first_path)
     _complete_thickness(refs, sources)
     return sources
+
+
+def _volume_frames(refs, dataset):
+    """``dataset`` (a multi-frame source, copied) with the frames of the volume ``refs`` alone, in
+    ascending frame number: a file holding several volumes (edgeseg.data.dicom_volumes) repeats
+    positions, which highdicom refuses. :func:`renumber_source_frames` gives the SEG made of it
+    the file's own frame numbers back."""
+    frames = dataset.PerFrameFunctionalGroupsSequence
+    if len(refs.frame_numbers) < len(frames):
+        dataset.PerFrameFunctionalGroupsSequence = [frames[n - 1] for n in sorted(refs.frame_numbers)]
+        dataset.NumberOfFrames = len(refs.frame_numbers)
+    return dataset
+
+
+def renumber_source_frames(seg, refs) -> None:
+    """Make the frames of ``seg`` (a highdicom Segmentation of :func:`_volume_frames`' copy,
+    changed in place) reference the source file's own frame numbers."""
+    if refs.frame_numbers is None:
+        return
+    numbers = sorted(refs.frame_numbers)
+    for frame in seg.PerFrameFunctionalGroupsSequence:
+        for derivation in frame.get("DerivationImageSequence", []):
+            for source in derivation.get("SourceImageSequence", []):
+                if source.get("ReferencedFrameNumber") not in (None, ""):
+                    source.ReferencedFrameNumber = numbers[int(source.ReferencedFrameNumber) - 1]
 
 
 def _complete_thickness(refs, sources: list) -> None:
@@ -109,7 +134,7 @@ def _complete_frame_thickness(refs, dataset) -> None:
     measures = dataset.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0]
     if _text(measures, "SliceThickness"):
         return
-    frames = dataset.PerFrameFunctionalGroupsSequence
+    frames = dataset.PerFrameFunctionalGroupsSequence  # this volume's (_volume_frames)
     if len(frames) < 2:
         raise DataError(f"DICOM file {refs.files[0]} has no SliceThickness, and its one frame has no spacing to "
                         f"state instead; a DICOM SEG states the thickness of its source images")

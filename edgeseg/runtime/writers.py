@@ -28,7 +28,7 @@ from edgeseg.runtime.label_tables import slicer_segment_fields
 from edgeseg.runtime.overlay import DISPLAY_WINDOW, overlay_rgb
 from edgeseg.runtime.provenance import PROVENANCE_KEY, provenance_json, short_description
 from edgeseg.runtime.seg_measures import state_frame_measures
-from edgeseg.runtime.seg_sources import seg_source_datasets
+from edgeseg.runtime.seg_sources import renumber_source_frames, seg_source_datasets
 from edgeseg.runtime.segment_codes import Coded, segment_coding
 
 FORMATS = ("nifti", "seg-nrrd", "dicom-seg", "png", "npy")
@@ -352,8 +352,7 @@ def write_dicom_seg(labels: np.ndarray, volume, refs, class_names: dict[int, str
     hd = check_writer("dicom-seg")
     from pydicom.sr.codedict import codes
 
-    # a multi-frame source: highdicom pairs the SEG's array with the source's frames in file order
-    stack = refs.to_frame_order(refs.to_source_layout(labels))
+    stack = refs.to_frame_order(refs.to_source_layout(labels))  # highdicom pairs it with the frames in file order
     if stack.shape[0] != refs.num_slices:
         raise DataError(f"labels have {stack.shape[0]} slices but the series has {refs.num_slices} "
                         f"{'files' if refs.frame_numbers is None else 'frames'}")
@@ -377,6 +376,7 @@ def write_dicom_seg(labels: np.ndarray, volume, refs, class_names: dict[int, str
         try:
             seg = _segmentation(hd, sources, stack, descriptions, algorithm, provenance or {}, series)
             state_frame_measures(seg, sources)  # each frame's source thickness, not the first's for all
+            renumber_source_frames(seg, refs)
         except (ValueError, TypeError, AttributeError) as exc:
             # what seg_source_datasets does not foresee in a source header is still one line
             raise DataError(f"cannot make a DICOM SEG of series {refs.series_instance_uid}: "

@@ -220,6 +220,7 @@ def _enhanced_ct_checks():
     from edgeseg.data.dicom_multiframe import MultiFrameCT
     from edgeseg.data.dicom_slice import pixel_spacing, rescale, slice_size, unit_cosines
     from edgeseg.data.dicom_values import dicom_numbers
+    from edgeseg.data.dicom_volumes import split_volumes
 
     def check_header(ds, label: str):
         multi = MultiFrameCT(Path(label), ds)
@@ -228,6 +229,7 @@ def _enhanced_ct_checks():
             unit_cosines(np.asarray(dicom_numbers(view, "ImageOrientationPatient", name, 6)), name)
             pixel_spacing(view, name)
             rescale(view, name)
+        split_volumes(multi.views, str(ds.get("SeriesInstanceUID", "")))  # frames at one position, nothing to tell them apart
         return multi
 
     def check_pixels(source, label: str, multi) -> None:

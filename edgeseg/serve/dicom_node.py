@@ -59,8 +59,8 @@ from edgeseg.serve.dicom_segmented import SegmentedSeries, SegReference
 from edgeseg.serve.dicom_received import pixel_data_bytes, read_received, received_path, write_failure
 from edgeseg.serve.dicom_recovery import take_up
 from edgeseg.serve.dicom_refused import RefusedImages
-from edgeseg.serve.dicom_series import DuplicateInstance, HeldSeries, ImageNotStored, MixedSeries, SendingAssociations, seg_path
-from edgeseg.serve.dicom_work import WorkClaim, sync_file, sync_folder
+from edgeseg.serve.dicom_series import DuplicateInstance, HeldSeries, ImageNotStored, MixedSeries, SendingAssociations
+from edgeseg.serve.dicom_work import WorkClaim
 
 __all__ = ["DicomNode", "NodeStats", "Peer", "check_ae_title", "check_node_settings", "decodable_transfer_syntaxes"]
 
@@ -351,38 +351,8 @@ class DicomNode(NodeEvents, NodeLifecycle):
         """Segment the series in ``folder``; write and/or forward its SEG; return the SEG path.
         A SEG that ``replaces`` one made before (images of the series came after it) goes into
         the series of that one with the next Instance Number, in a file beside it
-        (``UID-2.seg.dcm`` and so on): no SEG is written over."""
-        from edgeseg.data.dicom import read_dicom_series_with_refs
-        from edgeseg.runtime.provenance import provenance
-        from edgeseg.runtime.seg_sources import seg_source_datasets
-        from edgeseg.runtime.writers import write_dicom_seg
+        (``UID-2.seg.dcm`` and so on): no SEG is written over. A series holding several volumes gets
+        one SEG per volume (:mod:`edgeseg.serve.dicom_volume_segs`); the last one's path is returned."""
+        from edgeseg.serve.dicom_volume_segs import segment_series
 
-        began, record = time.monotonic(), provenance(self.segmenter)
-        replaces = replaces and replaces.made_by(series_uid, record.get("manifest_sha256", ""))
-        volume, refs = read_dicom_series_with_refs(folder, keep_headers=True)
-        sources = seg_source_datasets(refs)  # a series no SEG can be made of does not hold up the model
-        labels = self.segmenter.predict_volume(volume)
-        target = seg_path(series_uid, self.out or self.work)
-        write_dicom_seg(labels, volume, refs, self.segmenter.labels, target, sources=sources,
-                        parameters=self.segmenter.algorithm_parameters(), provenance=record,
-                        series=None if replaces is None else (replaces.series_instance_uid, replaces.instance_number + 1))
-        if self._claim is not None:  # on disk before the images it was made of are let go
-            sync_file(target)
-            sync_folder(target.parent)
-        self.stats.segmented.append(series_uid)
-        with self._lock:
-            self._segmented.made(series_uid, SegReference.read(target, volume.num_slices,
-                                                               record.get("manifest_sha256", "")))
-        log.info("series %s: %d slices segmented -> %s%s", series_uid, volume.num_slices, target, "" if replaces is None
-                 else f", replacing {replaces.file} ({replaces.slices} slices, SOP instance {replaces.sop_instance_uid})")
-        if self.audit is not None:
-            self.audit.series(series_uid, time.monotonic() - began, study_uid=str(sources[0].get("StudyInstanceUID", "")),
-                              slices=volume.num_slices, seg=target,
-                              replaces=None if replaces is None else replaces.sop_instance_uid)
-        if self.forward is not None:
-            try:
-                self._forwarder.forward(series_uid, target, None if self.out is None else str(target))
-            finally:  # the copy in the work folder (no --out) goes either way
-                if self.out is None:
-                    target.unlink(missing_ok=True)
-        return target
+        return segment_series(self, series_uid, folder, replaces)

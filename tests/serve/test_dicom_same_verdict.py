@@ -178,3 +178,21 @@ def test_predict_and_the_node_give_the_same_verdict(serve_bundle, running_node, 
     else:
         assert element in predicted[1], predicted
         assert element in node[1], node
+
+
+def test_images_at_one_position_with_nothing_to_tell_them_apart_are_refused_by_both(serve_bundle, running_node,
+                                                                                     tmp_path, caplog):
+    """Two copies of each slice, nothing telling them apart (edgeseg.data.dicom_volumes): predict
+    refuses the series in one line and the node fails it, writing no SEG, each naming the
+    positions; a series that does tell its volumes apart is split by both (test_dicom_volumes.py,
+    test_dicom_node_volumes.py)."""
+    from tests.dicom_volume_series import AMBIGUOUS, make_series
+
+    caplog.set_level(logging.INFO, logger="edgeseg.listen")
+    volumes = make_series(tmp_path / "series", AMBIGUOUS)
+    heights = ", ".join(f"{float(pydicom.dcmread(f).ImagePositionPatient[2]):.3f}" for f in reversed(volumes[0]))
+    predicted = _predict(serve_bundle, tmp_path / "series", tmp_path / "predicted.seg.dcm")
+    node = _node_verdict(running_node, sorted((tmp_path / "series").iterdir()), tmp_path / "out", caplog)
+    assert predicted[0] == "refused" and node[0] == "failed", (predicted, node)
+    for said in (predicted[1], node[1]):
+        assert "lie at the same slice position" in said and f"{heights} mm" in said and "nothing tells them apart" in said

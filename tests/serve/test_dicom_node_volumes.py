@@ -1,0 +1,78 @@
+"""A series holding two volumes under one Series Instance UID (two orientations, two stacks, two
+temporal positions, two acquisitions at the same positions), sent to the DICOM node by dcmtk's
+storescu, gets one SEG per volume, ``UID.volK.seg.dcm``, each referencing exactly the images of
+volume K and holding the masks ``edgeseg predict`` makes of those images alone; both are
+forwarded. Before, the node acknowledged every image and then failed the whole series ("lie at the
+same slice position", "a series must have one orientation"), writing no SEG."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.dicom_volume_series import KINDS, copy_volume, make_series
+from tests.guarded_cli import GuardedCliRunner
+from tests.serve.test_dicom_node import _storescu, _wait_for, node, storescp  # noqa: F401 - the fixtures
+
+pydicom = pytest.importorskip("pydicom")
+
+
+def _predicted_seg(bundle, source, seg, *options) -> pydicom.Dataset:
+    from edgeseg.cli.main import cli
+
+    result = GuardedCliRunner().invoke(cli, ["predict", str(bundle), str(source), "--out", str(seg), "--format",
+                                             "dicom-seg", "--backend", "onnxruntime:fp32", "--quiet", *options])
+    assert result.exit_code == 0, result.output
+    return pydicom.dcmread(seg)
+
+
+def _referenced(seg: pydicom.Dataset) -> set[str]:
+    (series,) = seg.ReferencedSeriesSequence
+    return {str(item.ReferencedSOPInstanceUID) for item in series.ReferencedInstanceSequence}
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_the_node_writes_one_seg_per_volume(node, storescp, serve_bundle, tmp_path, kind):
+    _, received = storescp
+    volumes = make_series(tmp_path / "series", KINDS[kind])
+    sent = _storescu(node.port, sorted((tmp_path / "series").iterdir()))
+    assert sent.returncode == 0, sent.stderr
+    assert _wait_for(lambda: len(node.stats.forwarded) == 2), (node.stats, sent.stderr)
+    uid = str(pydicom.dcmread(volumes[0][0]).SeriesInstanceUID)
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.seg.dcm")) == [f"{uid}.vol1.seg.dcm", f"{uid}.vol2.seg.dcm"]
+    assert node.stats.segmented == [uid] and not node.stats.failed
+    segs = []
+    for number, files in enumerate(volumes, start=1):
+        seg = pydicom.dcmread(tmp_path / "out" / f"{uid}.vol{number}.seg.dcm")
+        assert _referenced(seg) == {str(pydicom.dcmread(f).SOPInstanceUID) for f in files}
+        assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == uid
+        alone = _predicted_seg(serve_bundle, copy_volume(files, tmp_path / f"alone{number}"), tmp_path / f"{number}.dcm")
+        assert _referenced(alone) == _referenced(seg)
+        assert seg.pixel_array.shape == alone.pixel_array.shape and int((seg.pixel_array != alone.pixel_array).sum()) == 0
+        segs.append(seg)
+    assert segs[0].SeriesInstanceUID != segs[1].SeriesInstanceUID  # each volume's SEG a series of its own
+    forwarded = {str(pydicom.dcmread(p).SOPInstanceUID) for p in received.iterdir()}
+    assert forwarded == {str(seg.SOPInstanceUID) for seg in segs}
+
+
+def _source_frames(seg: pydicom.Dataset) -> set[int]:
+    """The source frame numbers the SEG's frames are derived from."""
+    return {int(source.ReferencedFrameNumber) for frame in seg.PerFrameFunctionalGroupsSequence
+            for derivation in frame.DerivationImageSequence for source in derivation.SourceImageSequence}
+
+
+def test_an_enhanced_ct_over_two_temporal_positions_gets_one_seg_per_position(node, storescp, serve_bundle, tmp_path):
+    """Before, the node refused the file as it arrived (0xA900, "several temporal positions")."""
+    from tests.dicom_volume_series import make_enhanced_temporal
+
+    path, _ = make_enhanced_temporal(tmp_path)
+    sent = _storescu(node.port, [path])
+    assert sent.returncode == 0, sent.stderr
+    assert _wait_for(lambda: len(node.stats.forwarded) == 2), (node.stats, sent.stderr)
+    source = pydicom.dcmread(path, stop_before_pixels=True)
+    for number in (1, 2):
+        seg = pydicom.dcmread(tmp_path / "out" / f"{source.SeriesInstanceUID}.vol{number}.seg.dcm")
+        assert _referenced(seg) == {str(source.SOPInstanceUID)}
+        assert _source_frames(seg) and _source_frames(seg) <= set(range(number, 7, 2))  # its own frames only
+        predicted = _predicted_seg(serve_bundle, path, tmp_path / f"{number}.dcm", "--volume", str(number))
+        assert _source_frames(predicted) == _source_frames(seg)
+        assert int((seg.pixel_array != predicted.pixel_array).sum()) == 0
