@@ -23,6 +23,14 @@ _PURPOSE = "the remote backend grpc://HOST:PORT/models/NAME"
 _JSON_PARAMETERS = ("labels", "max_batch")
 
 
+def _modules():
+    """(grpc, the messages, the service stub) or one MissingDependencyError: grpc first, as
+    tritonclient's generated modules import it (its absence would be blamed on tritonclient)."""
+    grpc = require("grpc", "grpc", _PURPOSE)
+    return (grpc, require("tritonclient.grpc.service_pb2", "grpc", _PURPOSE),
+            require("tritonclient.grpc.service_pb2_grpc", "grpc", _PURPOSE))
+
+
 class GrpcRemoteRunner(RemoteRunner):
     """:class:`RemoteRunner` speaking KServe v2 gRPC; the same arguments, ``url`` a ``grpc://`` one."""
 
@@ -33,9 +41,8 @@ class GrpcRemoteRunner(RemoteRunner):
 
     def _call(self, method: str, request):
         """One RPC on the channel (opened on the first); BackendError, one line, for its failure."""
-        grpc = require("grpc", "grpc", _PURPOSE)
+        grpc, _, pb_grpc = _modules()
         if self._stub is None:
-            pb_grpc = require("tritonclient.grpc.service_pb2_grpc", "grpc", _PURPOSE)
             # the logits of a batch exceed gRPC's default 4 MB; the request limit is the server's
             self._channel = grpc.insecure_channel(f"{self._host}:{self._port}", options=[
                 ("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)])
@@ -58,7 +65,7 @@ class GrpcRemoteRunner(RemoteRunner):
         return match["model"], match["version"] or ""
 
     def _metadata(self) -> dict:
-        pb = require("tritonclient.grpc.service_pb2", "grpc", _PURPOSE)
+        _, pb, _ = _modules()
         name, version = self._model()
         meta = self._call("ModelMetadata", pb.ModelMetadataRequest(name=name, version=version))
 
@@ -89,7 +96,7 @@ class GrpcRemoteRunner(RemoteRunner):
         return parameters
 
     def _send(self, batch: np.ndarray) -> np.ndarray:
-        pb = require("tritonclient.grpc.service_pb2", "grpc", _PURPOSE)
+        _, pb, _ = _modules()
         name, version = self._model()
         request = pb.ModelInferRequest(model_name=name, model_version=version)
         request.inputs.add(name=self.input_info.name, datatype="FP32", shape=list(batch.shape))
