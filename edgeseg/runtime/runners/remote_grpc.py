@@ -15,7 +15,7 @@ import json
 
 import numpy as np
 
-from edgeseg.errors import BackendError, require
+from edgeseg.errors import BackendError
 from edgeseg.runtime.runners.remote import _FLOATS, _PATH, RemoteRunner
 
 _PURPOSE = "the remote backend grpc://HOST:PORT/models/NAME"
@@ -23,25 +23,27 @@ _PURPOSE = "the remote backend grpc://HOST:PORT/models/NAME"
 _JSON_PARAMETERS = ("labels", "max_batch")
 
 
-def _modules():
-    """(grpc, the messages, the service stub) or one MissingDependencyError: grpc first, as
-    tritonclient's generated modules import it (its absence would be blamed on tritonclient)."""
-    grpc = require("grpc", "grpc", _PURPOSE)
-    return (grpc, require("tritonclient.grpc.service_pb2", "grpc", _PURPOSE),
-            require("tritonclient.grpc.service_pb2_grpc", "grpc", _PURPOSE))
-
-
 class GrpcRemoteRunner(RemoteRunner):
     """:class:`RemoteRunner` speaking KServe v2 gRPC; the same arguments, ``url`` a ``grpc://`` one."""
+
+    library, extra, distributions = "grpc", "grpc", ("grpcio",)
 
     def __init__(self, url: str, *args, **kwargs) -> None:
         self._channel = self._stub = None
         self._reached = False  # whether the server has answered once (UNAVAILABLE then is not "cannot reach")
         super().__init__(url, *args, **kwargs)
 
+    @classmethod
+    def _modules(cls):
+        """(grpc, the messages, the service stub) or one MissingDependencyError: grpc first, as
+        tritonclient's generated modules import it (its absence would be blamed on tritonclient)."""
+        grpc = cls.import_library(_PURPOSE)
+        return (grpc, cls.import_library(_PURPOSE, "tritonclient.grpc.service_pb2"),
+                cls.import_library(_PURPOSE, "tritonclient.grpc.service_pb2_grpc"))
+
     def _call(self, method: str, request):
         """One RPC on the channel (opened on the first); BackendError, one line, for its failure."""
-        grpc, _, pb_grpc = _modules()
+        grpc, _, pb_grpc = self._modules()
         if self._stub is None:
             # the logits of a batch exceed gRPC's default 4 MB; the request limit is the server's
             self._channel = grpc.insecure_channel(f"{self._host}:{self._port}", options=[
@@ -65,7 +67,7 @@ class GrpcRemoteRunner(RemoteRunner):
         return match["model"], match["version"] or ""
 
     def _metadata(self) -> dict:
-        _, pb, _ = _modules()
+        _, pb, _ = self._modules()
         name, version = self._model()
         meta = self._call("ModelMetadata", pb.ModelMetadataRequest(name=name, version=version))
 
@@ -96,7 +98,7 @@ class GrpcRemoteRunner(RemoteRunner):
         return parameters
 
     def _send(self, batch: np.ndarray) -> np.ndarray:
-        _, pb, _ = _modules()
+        _, pb, _ = self._modules()
         name, version = self._model()
         request = pb.ModelInferRequest(model_name=name, model_version=version)
         request.inputs.add(name=self.input_info.name, datatype="FP32", shape=list(batch.shape))
