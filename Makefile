@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml setup.py csrc/edgeseg.h | $(PY)
 	$(PIP) install --upgrade pip setuptools wheel
 	$(PIP) install "torch==2.13.0"
 	$(PIP) install "Cython>=3.0" "numpy>=1.24"
-	$(PIP) install --no-build-isolation -e ".[io,train,export,dicom,serve,dev,openvino]"
+	$(PIP) install --no-build-isolation -e ".[io,train,export,dicom,serve,grpc,dev,openvino]"
 	# only its tritonserver binary is used (the Triton tests); its metadata pins numpy<2
 	$(PIP) install --no-deps "nvidia-pytriton>=0.5"
 	touch $@

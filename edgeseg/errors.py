@@ -52,7 +52,7 @@ class MissingDependencyError(EdgesegError):
 
 # Import names whose distribution (what `pip install` takes) is named otherwise.
 DISTRIBUTIONS = {"PIL": "Pillow", "nrrd": "pynrrd", "cuda": "cuda-python", "google": "protobuf",
-                 "prometheus_client": "prometheus-client"}
+                 "prometheus_client": "prometheus-client", "grpc": "grpcio"}
 
 
 def distribution_of(module: str) -> str:

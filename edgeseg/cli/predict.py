@@ -25,7 +25,8 @@ from edgeseg.cli.tta_option import tta_option
 @click.option("--backend", default="auto", show_default=True,
               help="auto, or a backend name (onnxruntime, openvino, tensorrt, onnxruntime-gpu, torchscript), "
                    "optionally with :fp32 / :fp16 / :int8; comma-separate to give a fallback order; or a "
-                   "KServe v2 model address http://HOST:PORT/models/NAME (edgeseg serve, Triton) to run the "
+                   "KServe v2 model address http://HOST:PORT/models/NAME or grpc://HOST:PORT/models/NAME (edgeseg serve, "
+                   "Triton) to run the "
                    "network there.")
 @click.option("--threads", default=0, show_default=True, help="CPU threads for the backend (0: its default).")
 @click.option("--batch-size", default=None, type=int, help="Slices per model call (default: the bundle's, at most 8).")

@@ -1,4 +1,4 @@
-"""``edgeseg serve``: the bundle behind a KServe v2 / Open Inference Protocol HTTP server."""
+"""``edgeseg serve``: the bundle behind a KServe v2 / Open Inference Protocol HTTP server (and gRPC service)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,9 @@ from edgeseg.cli.tta_option import tta_option
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (loopback unless told otherwise).")
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535),
               help="TCP port to listen on.")
+@click.option("--grpc-port", default=None, type=click.IntRange(1, 65535),
+              help="Also serve the KServe v2 gRPC service (tritonclient.grpc, perf_analyzer -i grpc) on this port "
+                   "of --host. Off by default; needs edgeseg[grpc].")
 @click.option("--backend", default="auto", show_default=True, help="Runtime backend, as for edgeseg predict.")
 @click.option("--threads", default=0, show_default=True, help="CPU threads for the backend (0: its default).")
 @click.option("--model-name", default="edgeseg", show_default=True, help="Model name in /v2/models/{name}.")
@@ -43,11 +46,11 @@ from edgeseg.cli.tta_option import tta_option
               help="Append one JSON line per request to this file: time, peer, request id, route, status, the bundle (manifest and "
                    "artifact sha256), backend, outcome, latency; no patient names (docs/provenance.md). Off by default.")
 @tta_option
-def command(bundle, host, port, backend, threads, model_name, max_batch, queue_size, max_body_mb, max_side,
+def command(bundle, host, port, grpc_port, backend, threads, model_name, max_batch, queue_size, max_body_mb, max_side,
             timeout, max_inflight_bytes, max_upload_disk_bytes, upload_dir, tta, audit_log) -> None:
     """Serve BUNDLE over HTTP: /v2 (KServe v2, tritonclient-compatible) with models NAME (the
     network, pre-processed tensor in, logits out) and NAME-pipeline (HU in, labels out),
-    /v1/segment, /metrics."""
+    /v1/segment, /metrics; with --grpc-port, the same models over KServe v2 gRPC too."""
     import signal
 
     from edgeseg.cli.ports import check_port
@@ -74,6 +77,11 @@ def command(bundle, host, port, backend, threads, model_name, max_batch, queue_s
                         "could never be saved")
     upload_dir = check_upload_folder(upload_dir)
     check_port(host, port)
+    if grpc_port is not None:
+        if grpc_port == port:
+            raise DataError(f"--grpc-port {grpc_port} is the HTTP --port; give each its own")
+        require("grpc", "grpc", "edgeseg serve --grpc-port")  # a missing extra, before the model loads
+        check_port(host, grpc_port)
     audit = AuditLog(audit_log) if audit_log else None  # a path it cannot append to, before the model loads
     segmenter = Segmenter.load(bundle, backend=backend, threads=threads,
                                tta=tta)
@@ -82,10 +90,13 @@ def command(bundle, host, port, backend, threads, model_name, max_batch, queue_s
     config = ServeConfig(model_name=model_name, max_batch=max_batch, queue_size=queue_size,
                          max_body_bytes=max_body_mb << 20, timeout_s=timeout, max_side=max_side,
                          max_inflight_bytes=max_inflight_bytes, max_upload_disk_bytes=max_upload_disk_bytes,
-                         upload_dir=str(upload_dir))
+                         upload_dir=str(upload_dir),
+                         grpc_address=None if grpc_port is None else f"{_bracketed(host)}:{grpc_port}")
     app = create_app(segmenter, config, audit)
     # on stderr where the audit log takes stdout: a log shipper reads nothing there but JSON lines
-    click.echo(f"serving {bundle} as {model_name!r} and {model_name + '-pipeline'!r} on http://{host}:{port} (backend {segmenter.backend})",
+    grpc_note = "" if grpc_port is None else f" and grpc://{host}:{grpc_port}"
+    click.echo(f"serving {bundle} as {model_name!r} and {model_name + '-pipeline'!r} on http://{host}:{port}{grpc_note} "
+               f"(backend {segmenter.backend})",
                err=audit is not None and audit.shares_stdout())
     # SIGTERM (a service manager's stop) is the server's normal end, as for `edgeseg listen`:
     # uvicorn takes it for a graceful shutdown, then raises it again once it has restored this
@@ -104,3 +115,8 @@ def command(bundle, host, port, backend, threads, model_name, max_batch, queue_s
         if audit is not None:
             audit.close()
 
+
+
+def _bracketed(host: str) -> str:
+    """``host`` as gRPC takes it in HOST:PORT: an IPv6 address in brackets."""
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host

@@ -20,7 +20,7 @@ On an x86 CPU without VNNI, ``auto`` also skips CPU runners on an INT8 graph of 
 ``tensorrt`` scheme (signed activations; every bundle from before the INT8 schemes): their
 u8 x s8 pair sums saturate there, and the gate that passed them ran on the export machine
 (see ``edgeseg.export.int8``). What each runner loads, needs and prefers comes from its class (see
-``edgeseg.runtime.runners``); ``http://HOST:PORT/models/NAME`` selects the remote runner.
+``edgeseg.runtime.runners``); ``http://`` or ``grpc://HOST:PORT/models/NAME`` selects the remote runner.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from edgeseg.runtime.manifest import ArtifactEntry, Manifest
 from edgeseg.runtime.parity_record import with_parity_record
 from edgeseg.runtime.probe_cache import probe_key, probe_lock, read_cache, write_cache
 from edgeseg.runtime.runners import Runner, plugin_errors, runner_class, runners, runners_for
-from edgeseg.runtime.runners.remote import DEFAULT_TIMEOUT_S, RemoteRunner, check_remote_timeout, is_remote
+from edgeseg.runtime.runners.remote import DEFAULT_TIMEOUT_S, check_remote_timeout, is_remote, remote_runner
 from edgeseg.runtime.runners.base import check_threads
 
 log = logging.getLogger(__name__)
@@ -79,7 +79,7 @@ def parse_backend(text: str) -> tuple[str, str | None]:
     if name not in loadable:
         if name in plugin_errors():
             runner_class(name)  # raises: the plugin of that name was left out, and why
-        raise BackendError(f"unknown backend {name!r}; known: auto, {', '.join(loadable)}, http://HOST:PORT/models/NAME")
+        raise BackendError(f"unknown backend {name!r}; known: auto, {', '.join(loadable)}, http:// or grpc://HOST:PORT/models/NAME")
     runs = runner_class(name).precisions
     if precision and precision not in runs:
         raise BackendError(f"backend {name!r} runs {', '.join(runs)} artifacts, not {precision!r}")
@@ -176,7 +176,7 @@ def select_runner(bundle: Path, manifest: Manifest, backend: str | list[str] = "
     if timeout is not None:
         check_remote_timeout(timeout, backend if remote else None)
     if remote:
-        return RemoteRunner(wanted[0], manifest.inputs[0], manifest.outputs[0], manifest.max_batch, threads,
+        return remote_runner(wanted[0], manifest.inputs[0], manifest.outputs[0], manifest.max_batch, threads,
                             timeout=DEFAULT_TIMEOUT_S if timeout is None else timeout,
                             artifacts=tuple(a.sha256 for a in manifest.artifacts), labels=manifest.labels)
     if wanted == ["auto"]:

@@ -13,22 +13,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import re
 import threading
 import time
-from concurrent.futures import Future
 from dataclasses import dataclass
 
 from edgeseg import __version__
 from edgeseg.errors import BackendError, EdgesegError, require
-from edgeseg.serve.client_gone import first_of
 from edgeseg.serve.counting import CountAnswers
-from edgeseg.serve.batcher import QueueFull
-from edgeseg.serve.http_errors import CLIENT_CLOSED, HttpError, hold, refused, server_fault, submitted
+from edgeseg.serve.http_errors import HttpError, server_fault
 from edgeseg.serve.inflight import ByteBudget
 from edgeseg.serve.metrics import ServerMetrics
+from edgeseg.serve.model_call import find_model, run_request, triton_config
 from edgeseg.serve.model_inputs import DEFAULT_MAX_SIDE
 from edgeseg.serve.models import ServedModel, served_models
 from edgeseg.serve.protocol import HEADER_LENGTH, ProtocolError, decode_request, encode_response
@@ -61,6 +58,8 @@ class ServeConfig:
     max_upload_disk_bytes: int | None = None
     # the folder uploads are written in; None: the temporary folder (TMPDIR)
     upload_dir: str | None = None
+    # HOST:PORT of the KServe v2 gRPC service started beside the HTTP routes; None: no gRPC
+    grpc_address: str | None = None
 
 
 def create_app(segmenter, config: ServeConfig = ServeConfig(), audit=None):
@@ -86,6 +85,7 @@ def create_app(segmenter, config: ServeConfig = ServeConfig(), audit=None):
     uploads = ModelQueue(model_lock, config.queue_size)
     app = fastapi.FastAPI(title="edgeseg", version=__version__, docs_url=None, redoc_url=None, lifespan=_lifespan)
     app.state.models, app.state.uploads, app.state.budget, app.state.disk = models, uploads, budget, disk
+    app.state.config = config
     # Decoding a JSON body and encoding a JSON answer take seconds for large tensors: in a thread,
     # so the event loop answers health checks and other requests meanwhile; one at a time, so at
     # most one body's worth of Python objects lives at once, as when they ran on the loop.
@@ -93,11 +93,7 @@ def create_app(segmenter, config: ServeConfig = ServeConfig(), audit=None):
     bodies = BodyReader(config.max_body_bytes, config.timeout_s)
 
     def model_for(name: str, version: str | None = None) -> ServedModel:
-        if name not in models:
-            raise HttpError(404, f"unknown model {name!r}; this server serves {sorted(models)}")
-        if version not in (None, "", "1"):
-            raise HttpError(404, f"model {name!r} has no version {version!r}; it has version '1'")
-        return models[name]
+        return find_model(models, name, version)
 
     app.add_middleware(CountAnswers, metrics=metrics, audit=audit, endpoint_label=_endpoint_label)
     # outermost: it must see every answer, the counting middleware's 500s included
@@ -139,7 +135,7 @@ def create_app(segmenter, config: ServeConfig = ServeConfig(), audit=None):
     @get("/v2/models/{name}/config")
     @get("/v2/models/{name}/versions/{version}/config")
     async def model_config(name: str, version: str | None = None):
-        return _triton_config(model_for(name, version))
+        return triton_config(model_for(name, version))
 
     @get("/v2/models/{name}/stats")
     @get("/v2/models/{name}/versions/{version}/stats")
@@ -168,30 +164,13 @@ def create_app(segmenter, config: ServeConfig = ServeConfig(), audit=None):
                 decoded = await run_in_threadpool(decode_request, body, request.headers.get(HEADER_LENGTH))
         except ProtocolError as exc:
             raise HttpError(400, str(exc)) from None
-        if decoded.outputs is not None and set(decoded.outputs) - {model.output_name}:
-            raise HttpError(400, f"model {name!r} has one output {model.output_name!r}, asked for {decoded.outputs}")
-        # refused before it is queued, as Triton refuses a request it cannot take (a malformed
-        # one, a full queue): answered, but not a failed inference of the model
-        array = model.checked(decoded.inputs)  # a DataError naming the problem becomes a 400
-        with budget.holding(f"a request to model {name!r}") as held:
-            hold(held, array.nbytes)
-            queued = time.perf_counter_ns()
-            ticket = submitted(model.batcher.submit, array)
-            ok = False
-            try:
-                result = await _result(ticket, config.timeout_s, request.receive)
-                answered = time.perf_counter_ns()
-                async with codec:
-                    payload, headers = await run_in_threadpool(_encoded, model, decoded, result)
-                ok = True
-            finally:
-                end = time.perf_counter_ns()
-                if ok:
-                    model.stats.record_success(end - start, int(array.shape[0]), queue=ticket.queue_ns,
-                                               compute_input=queued - start, compute_infer=ticket.infer_ns,
-                                               compute_output=end - answered)
-                else:
-                    model.stats.record_failure(end - start)
+
+        async def encode(result):
+            async with codec:
+                return await run_in_threadpool(_encoded, model, decoded, result)
+
+        # a DataError naming the problem in the input becomes a 400
+        payload, headers = await run_request(model, decoded, budget, config.timeout_s, start, encode, request.receive)
         return Response(content=payload, headers=headers, media_type=headers["content-type"])
 
     add_segment_route(app, segmenter, uploads, budget, bodies, disk, config.timeout_s)
@@ -221,7 +200,16 @@ def close_app(app) -> None:
 
 @contextlib.asynccontextmanager
 async def _lifespan(app):
+    config = app.state.config
+    grpc_server = None
+    if config.grpc_address is not None:  # on the HTTP server's event loop, started and stopped with it
+        from edgeseg.serve.grpc_service import start_grpc_server
+
+        grpc_server = await start_grpc_server(app, config.grpc_address)
     yield
+    if grpc_server is not None:
+        # the RPCs in flight finish (each has config.timeout_s), new ones are refused
+        await grpc_server.stop(config.timeout_s)
     close_app(app)
 
 
@@ -271,44 +259,6 @@ def _encoded(model: ServedModel, decoded, result) -> tuple[bytes, dict[str, str]
     """The response body and headers of one request's rows (post-processed by its model)."""
     return encode_response(model.name, "1", decoded, {model.output_name: model.output(decoded.inputs, result)},
                            model.response_parameters())
-
-
-async def _result(ticket: Future, timeout_s: float, receive):
-    """The result of a request queued for the model: 504 (and the request dropped, where its batch
-    has not started) when it is not done within ``timeout_s`` of being queued; 499 (dropped too)
-    when its client left before its batch started. Once started, a batch runs to its end."""
-    waiter = asyncio.wrap_future(ticket)
-    deadline = time.monotonic() + timeout_s
-    if await first_of(waiter, receive, timeout_s) == "gone" and ticket.cancel():
-        raise HttpError(CLIENT_CLOSED, "the client closed the connection while its request waited for the model")
-    try:  # done, late, or its client left after its batch started (nobody reads its answer)
-        return await asyncio.wait_for(waiter, max(0.0, deadline - time.monotonic()))
-    except QueueFull as exc:  # the app was closed while the request waited
-        raise refused(exc) from None
-    except asyncio.TimeoutError:
-        ticket.cancel()
-        raise HttpError(504, f"inference did not finish within {timeout_s} s") from None
-
-
-def _triton_config(model: ServedModel) -> dict:
-    """The model configuration in the JSON form Triton answers ``/config`` with."""
-    meta = model.metadata()
-
-    def tensor(entry: dict, batched: bool) -> dict:
-        dims = entry["shape"][1:] if batched else entry["shape"]
-        return {"name": entry["name"], "data_type": "TYPE_" + entry["datatype"], "dims": dims}
-
-    batched = meta["platform"] != "edgeseg_pipeline"
-    config = {"name": model.name, "platform": meta["platform"], "backend": "edgeseg",
-              "max_batch_size": model.max_batch if batched else 0,
-              "input": [{**tensor(t, batched), "optional": t.get("optional", False)} for t in meta["inputs"]],
-              "output": [tensor(t, batched) for t in meta["outputs"]],
-              "dynamic_batching": {"max_queue_delay_microseconds": int(model.batcher.max_delay * 1e6)}}
-    if "parameters" in meta:
-        # Triton's parameters are strings: text as it is, anything else as JSON (not Python's repr)
-        config["parameters"] = {key: {"string_value": value if isinstance(value, str) else json.dumps(value)}
-                                for key, value in meta["parameters"].items()}
-    return config
 
 
 _MODEL_ROUTE = re.compile(r"/v2/models/[^/]+(?:/versions/[^/]+)?(?:/(infer|ready|config|stats))?")

@@ -4,8 +4,8 @@ It is the runtime's Segmenter with the remote runner: pre- and post-processing r
 the bundle's PreprocessSpec and post-processing settings, only the network runs on the server.
 The same code works against ``edgeseg serve`` and against a Triton server loading the
 repository ``edgeseg triton`` wrote, because both take the same ``image`` tensor and return
-the same ``logits``. ``edgeseg predict BUNDLE INPUT --backend http://HOST:PORT/models/NAME``
-is the command-line form.
+the same ``logits``. ``edgeseg predict BUNDLE INPUT --backend http://HOST:PORT/models/NAME`` (or ``grpc://``, KServe v2
+over gRPC) is the command-line form.
 """
 
 from __future__ import annotations
@@ -15,17 +15,17 @@ from pathlib import Path
 import numpy as np
 
 from edgeseg.runtime.manifest import Manifest
-from edgeseg.runtime.runners.remote import DEFAULT_TIMEOUT_S, RemoteRunner
+from edgeseg.runtime.runners.remote import DEFAULT_TIMEOUT_S, remote_runner
 from edgeseg.runtime.segmenter import Segmenter
 
 
 def remote_segmenter(url: str, bundle: str | Path | Manifest, timeout: float = DEFAULT_TIMEOUT_S) -> Segmenter:
-    """A Segmenter whose network runs at ``url`` (``http://HOST:PORT/models/NAME``); ``bundle``
+    """A Segmenter whose network runs at ``url`` (``http://`` or ``grpc://HOST:PORT/models/NAME``); ``bundle``
     (a bundle folder or its parsed manifest) gives the spec, labels and post-processing."""
     if not isinstance(bundle, Manifest):
         return Segmenter.load(bundle, backend=url, timeout=timeout)
-    runner = RemoteRunner(url, bundle.inputs[0], bundle.outputs[0], bundle.max_batch, timeout=timeout,
-                          artifacts=tuple(a.sha256 for a in bundle.artifacts), labels=bundle.labels)
+    runner = remote_runner(url, bundle.inputs[0], bundle.outputs[0], bundle.max_batch, timeout=timeout,
+                           artifacts=tuple(a.sha256 for a in bundle.artifacts), labels=bundle.labels)
     return Segmenter(bundle.spec, bundle.labels, runner, bundle.postprocess, bundle.max_batch,
                      resize_input=bundle.resize_input, manifest=bundle)
 

@@ -4,8 +4,9 @@ wheel) on 127.0.0.1 over a model repository, for tests and load measurements.
 The wheel carries the server, its shared libraries (``nvidia_pytriton.libs``) and the Python
 backend with one stub per Python version; the stub for the running Python is copied into a
 backend folder of our own. ``PYTHONPATH`` passes this process's import path to the stubs,
-whose own Python does not see the environment. gRPC and metrics stay off; the HTTP port is
-free at start. The server is killed at ``stop()`` if it does not exit within ``stop_timeout``.
+whose own Python does not see the environment. Metrics stay off, and gRPC unless asked for
+(``grpc=True``: its port, ``grpc_url``, on 127.0.0.1 too); the ports are free at start. The
+server is killed at ``stop()`` if it does not exit within ``stop_timeout``.
 """
 
 from __future__ import annotations
@@ -54,15 +55,18 @@ def _free_port() -> int:
 
 
 class TritonServer:
-    """``tritonserver`` over ``repo`` on 127.0.0.1; a context manager; ``url`` is host:port."""
+    """``tritonserver`` over ``repo`` on 127.0.0.1; a context manager; ``url`` is host:port (HTTP),
+    ``grpc_url`` the gRPC one where ``grpc`` turns it on (None otherwise)."""
 
     def __init__(self, repo: str | Path, *, start_timeout: float = 180.0, stop_timeout: float = 30.0,
-                 workdir: str | Path | None = None) -> None:
+                 workdir: str | Path | None = None, grpc: bool = False) -> None:
         # absolute: the server runs in the work folder, where relative paths would mean other places
         self.repo = Path(repo).absolute()
         self.start_timeout, self.stop_timeout = start_timeout, stop_timeout
         self.port = _free_port()
         self.url = f"127.0.0.1:{self.port}"
+        self.grpc_port = _free_port() if grpc else None
+        self.grpc_url = None if self.grpc_port is None else f"127.0.0.1:{self.grpc_port}"
         # the backend folder and the log; a folder made here is removed at stop()
         self._owned = workdir is None
         self._tmp = Path(tempfile.mkdtemp(prefix="edgeseg-triton-") if workdir is None else workdir).absolute()
@@ -79,7 +83,9 @@ class TritonServer:
         env = dict(os.environ, LD_LIBRARY_PATH=os.pathsep.join(filter(None, [str(libs), os.environ.get("LD_LIBRARY_PATH")])),
                    PYTHONPATH=os.pathsep.join(p for p in sys.path if p and Path(p).is_dir()))
         cmd = [str(binary), "--model-repository", str(self.repo), "--backend-directory", str(self._tmp / "backends"),
-               "--http-address", "127.0.0.1", "--http-port", str(self.port), "--allow-grpc", "false",
+               "--http-address", "127.0.0.1", "--http-port", str(self.port),
+               *(["--allow-grpc", "false"] if self.grpc_port is None else
+                 ["--allow-grpc", "true", "--grpc-address", "127.0.0.1", "--grpc-port", str(self.grpc_port)]),
                "--allow-metrics", "false", "--exit-on-error", "true", "--strict-readiness", "true",
                # stop within seconds of SIGTERM (the default waits 30 s for in-flight requests)
                "--exit-timeout-secs", "5"]

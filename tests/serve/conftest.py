@@ -50,6 +50,30 @@ def _wait_port(port: int, timeout: float = 10) -> None:
 
 
 @pytest.fixture
+def silent_port():
+    """A real TCP server on 127.0.0.1 that accepts every connection, reads, and never answers; its port."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    held, stop = [], threading.Event()
+
+    def accept():
+        listener.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                held.append(listener.accept()[0])
+            except TimeoutError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield listener.getsockname()[1]
+    stop.set()
+    thread.join(5)
+    for conn in held:
+        conn.close()
+    listener.close()
+
+
+@pytest.fixture
 def wait_port():
     """A function waiting (up to ``timeout`` s) until something listens on a 127.0.0.1 port."""
     return _wait_port

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -53,23 +54,27 @@ def test_remote_predict_equals_local_predict_on_a_dicom_series(served, serve_bun
 
 
 def test_remote_predict_refuses_a_server_running_another_model(served, serve_bundle, tmp_path, assert_one_line_error):
-    """Same tensors, another model: a bundle whose artifacts are not the one the server runs (as
-    if exported from another checkpoint), or whose classes are named otherwise, is refused rather
-    than given the server's masks under its own names."""
+    refuses_another_model(served, serve_bundle, tmp_path, assert_one_line_error)
+
+
+def refuses_another_model(backend: str, bundle: Path, tmp_path: Path, assert_one_line_error) -> None:
+    """Same tensors, another model: a bundle whose artifacts are not the one the server at
+    ``backend`` runs (as if exported from another checkpoint), or whose classes are named
+    otherwise, is refused rather than given the server's masks under its own names."""
     import shutil
 
-    other = Path(shutil.copytree(serve_bundle, tmp_path / "other"))
+    other = Path(shutil.copytree(bundle, tmp_path / "other"))
     manifest = json.loads((other / "manifest.json").read_text())
     for entry in manifest["artifacts"]:
         entry["sha256"] = "0" * 64  # unused by a remote predict: the network runs on the server
     (other / "manifest.json").write_text(json.dumps(manifest))
-    done = _edgeseg("predict", other, SERIES, "--out", "x.npy", "--backend", served, "--quiet", cwd=tmp_path)
+    done = _edgeseg("predict", other, SERIES, "--out", "x.npy", "--backend", backend, "--quiet", cwd=tmp_path)
     assert_one_line_error(done, "runs another model (artifact sha256")
-    renamed = Path(shutil.copytree(serve_bundle, tmp_path / "renamed"))
+    renamed = Path(shutil.copytree(bundle, tmp_path / "renamed"))
     manifest = json.loads((renamed / "manifest.json").read_text())
     manifest["labels"] = {"0": "background", "1": "spleen"}
     (renamed / "manifest.json").write_text(json.dumps(manifest))
-    done = _edgeseg("predict", renamed, SERIES, "--out", "x.npy", "--backend", served, "--quiet", cwd=tmp_path)
+    done = _edgeseg("predict", renamed, SERIES, "--out", "x.npy", "--backend", backend, "--quiet", cwd=tmp_path)
     assert_one_line_error(done, "names its classes")
     assert not (tmp_path / "x.npy").exists()
 
@@ -90,6 +95,10 @@ def test_remote_runner_checks_the_served_model_against_the_bundle(served, serve_
 @pytest.mark.parametrize(("backend", "fragment"), [
     ("http://127.0.0.1:9/v1/segment", "must look like http://HOST:PORT/models/NAME"),
     ("http://127.0.0.1:9/models/liver", "cannot reach http://127.0.0.1:9"),
+    ("grpc://127.0.0.1:9/v1/segment", "must look like http://HOST:PORT/models/NAME or grpc://"),
+    ("grpc://127.0.0.1/models/liver", "must look like http://HOST:PORT/models/NAME or grpc://"),  # gRPC has no usual port
+    pytest.param("grpc://127.0.0.1:9/models/liver", "cannot reach grpc://127.0.0.1:9", marks=pytest.mark.skipif(
+        importlib.util.find_spec("grpc") is None, reason="grpc:// needs edgeseg[grpc]")),
 ])
 def test_bad_remote_address_is_one_line(serve_bundle, tmp_path, backend, fragment, assert_one_line_error):
     np.save(tmp_path / "in.npy", np.full((2, 40, 40), -1000, np.int16))

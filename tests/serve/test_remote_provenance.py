@@ -1,6 +1,6 @@
-"""``edgeseg predict --backend http://...``: the outputs say which model the server ran, as the
-server itself says it (its metadata and every response's parameters), checked against sha256 of
-the bundle's files computed here."""
+"""``edgeseg predict --backend http://...`` (and ``grpc://...``): the outputs say which model the
+server ran, as the server itself says it (its metadata, or gRPC ModelConfig, and every response's
+parameters), checked against sha256 of the bundle's files computed here."""
 
 from __future__ import annotations
 
@@ -25,15 +25,25 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-@pytest.fixture(scope="module")
-def served(serve_bundle, serve_process, tmp_path_factory):
+@pytest.fixture(scope="module", params=["http", "grpc"])
+def served(request, serve_bundle, serve_process, tmp_path_factory):
     """``edgeseg serve BUNDLE --backend onnxruntime:int8``: an artifact ``auto`` would not pick
-    for a remote client, so the record cannot be right by chance."""
+    for a remote client, so the record cannot be right by chance; its model address over HTTP,
+    or over gRPC (``--grpc-port``, where the grpc extra is installed)."""
     pytest.importorskip("fastapi")
+    from tests.serve.grpc_util import grpc_serve_process
+
+    options = ("--backend", "onnxruntime:int8", "--model-name", "liver")
     log = tmp_path_factory.mktemp("serve") / "serve.log"
-    with open(log, "w") as out, serve_process(serve_bundle, "--backend", "onnxruntime:int8", "--model-name", "liver",
-                                               stderr=out) as (_, port):
-        yield f"http://127.0.0.1:{port}/models/liver"
+    with open(log, "w") as out:
+        if request.param == "http":
+            with serve_process(serve_bundle, *options, stderr=out) as (_, port):
+                yield f"http://127.0.0.1:{port}/models/liver"
+        else:
+            pytest.importorskip("grpc")
+            pytest.importorskip("tritonclient.grpc")
+            with grpc_serve_process(serve_process, serve_bundle, *options, stderr=out) as (_, _, grpc_port):
+                yield f"grpc://127.0.0.1:{grpc_port}/models/liver"
 
 
 def _int8_artifact(bundle: Path) -> Path:

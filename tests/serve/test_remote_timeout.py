@@ -4,10 +4,8 @@ were given, with an error naming it, instead of the fixed 60 s."""
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
@@ -18,28 +16,9 @@ SERIES = Path(__file__).parents[1] / "data" / "dcmqi_ct_liver" / "ct-3slice"
 
 
 @pytest.fixture
-def silent_server():
-    """A real TCP server on 127.0.0.1 that accepts every connection, reads, and never answers;
-    its model address."""
-    listener = socket.create_server(("127.0.0.1", 0))
-    held, stop = [], threading.Event()
-
-    def accept():
-        listener.settimeout(0.1)
-        while not stop.is_set():
-            try:
-                held.append(listener.accept()[0])
-            except TimeoutError:
-                continue
-
-    thread = threading.Thread(target=accept, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{listener.getsockname()[1]}/models/edgeseg"
-    stop.set()
-    thread.join(5)
-    for conn in held:
-        conn.close()
-    listener.close()
+def silent_server(silent_port):
+    """A server that takes the connection and never answers (``silent_port``); its model address."""
+    return f"http://127.0.0.1:{silent_port}/models/edgeseg"
 
 
 def test_segmenter_load_gives_up_after_its_timeout(serve_bundle, silent_server):

@@ -4,7 +4,8 @@ Pre- and post-processing stay local (in the Segmenter); each batch goes to
 ``/v2/models/NAME/infer`` as FP32 NCHW ``image`` in the binary tensor data extension and the
 ``logits`` come back the same way. The address is given as
 ``http://HOST:PORT/models/NAME`` (``/v2/models/NAME`` and ``/versions/V`` are accepted too).
-Only the standard library is used.
+Only the standard library is used. ``grpc://HOST:PORT/models/NAME`` speaks the KServe v2 gRPC
+protocol instead (``edgeseg.runtime.runners.remote_grpc``, edgeseg[grpc]), with the same checks.
 """
 
 from __future__ import annotations
@@ -36,14 +37,14 @@ _SERVER_VALUE = re.compile(r"[ -~]{1,128}")
 
 def is_remote(backend: str) -> bool:
     """True when ``backend`` names a server address rather than a local backend."""
-    return backend.strip().lower().startswith(("http://", "https://"))
+    return backend.strip().lower().startswith(("http://", "https://", "grpc://"))
 
 
 def check_remote_timeout(timeout, backend) -> float:
     """``timeout`` as seconds for the remote ``backend``; BackendError for one that is not a
     positive finite number, or for a backend that is not remote (None), which would ignore it."""
     if backend is None:
-        raise BackendError("a timeout applies to a remote backend (http://HOST:PORT/models/NAME) only")
+        raise BackendError("a timeout applies to a remote backend (http:// or grpc://HOST:PORT/models/NAME) only")
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout < float("inf"):
         raise BackendError(f"a remote backend's timeout must be a positive number of seconds, got {timeout!r}")
     return float(timeout)
@@ -58,15 +59,19 @@ def _dims(shape) -> list[int]:
 
 
 def parse_address(url: str) -> tuple[str, str, int, str]:
-    """``http://HOST:PORT/models/NAME`` -> (scheme, host, port, model path prefix)."""
+    """``http://HOST:PORT/models/NAME`` -> (scheme, host, port, model path prefix); ``https`` and
+    ``grpc`` (whose PORT must be given: gRPC has no usual one) likewise."""
     parts = urllib.parse.urlsplit(url.strip())
     match = _PATH.match(parts.path)
     try:
         port = parts.port  # ValueError for a port that is not a number in 0..65535
     except ValueError:
         port = -1
-    if parts.scheme not in ("http", "https") or not parts.hostname or match is None or port in (-1, 0):
-        raise BackendError(f"remote backend must look like http://HOST:PORT/models/NAME (PORT 1..65535), got {url!r}")
+    if parts.scheme == "grpc" and port is None:
+        port = -1
+    if parts.scheme not in ("http", "https", "grpc") or not parts.hostname or match is None or port in (-1, 0):
+        raise BackendError("remote backend must look like http://HOST:PORT/models/NAME or grpc://HOST:PORT/models/NAME "
+                           f"(PORT 1..65535), got {url!r}")
     prefix = f"/v2/models/{match['model']}" + (f"/versions/{match['version']}" if match["version"] else "")
     port = port or (443 if parts.scheme == "https" else 80)
     return parts.scheme, parts.hostname, port, prefix
@@ -137,12 +142,19 @@ class RemoteRunner(Runner):
                 raise BackendError(f"remote: cannot reach {self._scheme}://{self.device} ({exc})") from None
         raise BackendError(f"remote {self.device}: {lost}")
 
-    def _check_metadata(self) -> None:
+    def _metadata(self) -> dict:
+        """The model's KServe v2 metadata as JSON gives it (``parameters`` included, where sent)."""
         status, _, body = self._request("GET", self._prefix)
         if status != 200:
             raise BackendError(f"remote {self.device}{self._prefix}: {_server_error(status, body)}")
         try:
-            meta = json.loads(body)
+            return json.loads(body)
+        except (ValueError, RecursionError):
+            raise BackendError(f"remote {self.device}{self._prefix}: model metadata is not KServe v2 JSON") from None
+
+    def _check_metadata(self) -> None:
+        meta = self._metadata()
+        try:
             served = [(t["name"], t["datatype"], _dims(t["shape"])) for t in (meta["inputs"][0], meta["outputs"][0])]
         except (ValueError, KeyError, IndexError, TypeError, RecursionError):
             raise BackendError(f"remote {self.device}{self._prefix}: model metadata is not KServe v2 JSON") from None
@@ -190,6 +202,10 @@ class RemoteRunner(Runner):
         step = self._server_batch or len(batch)
         if len(batch) > step:  # more slices than the server takes in one request
             return np.concatenate([self._infer(batch[i:i + step]) for i in range(0, len(batch), step)])
+        return self._send(batch)
+
+    def _send(self, batch: np.ndarray) -> np.ndarray:
+        """The logits of one request of ``batch`` (within the server's batch limit)."""
         raw = batch.astype("<f4", copy=False).tobytes()
         header = json.dumps({
             "inputs": [{"name": self.input_info.name, "shape": list(batch.shape), "datatype": "FP32",
@@ -221,8 +237,7 @@ class RemoteRunner(Runner):
             dtype, shape = _FLOATS[out["datatype"]], tuple(_dims(out["shape"]))
         except (ValueError, KeyError, TypeError):
             raise BackendError(f"remote {self.device}: the response holds no float {self.output_info.name!r} output") from None
-        if shape != (rows, *self.output_info.shape[1:]):
-            raise BackendError(f"remote {self.device}: logits of shape {list(shape)} for a batch of {rows}")
+        self._check_shape(shape, rows)
         self._note_served(doc.get("parameters"))
         size = (out.get("parameters") or {}).get("binary_data_size")
         if size is None:
@@ -231,8 +246,16 @@ class RemoteRunner(Runner):
             raise BackendError(f"remote {self.device}: binary logits of {size} bytes do not fit shape {list(shape)}")
         else:
             logits = np.frombuffer(body, dtype=dtype, count=int(np.prod(shape)), offset=length).reshape(shape)
-        # Checked here so that the error names the server: post-processing would refuse the
-        # same values as bad input data.
+        return self._check_finite(logits)
+
+    def _check_shape(self, shape: tuple, rows: int) -> None:
+        """BackendError unless the logits' ``shape`` is that of a batch of ``rows``."""
+        if shape != (rows, *self.output_info.shape[1:]):
+            raise BackendError(f"remote {self.device}: logits of shape {list(shape)} for a batch of {rows}")
+
+    def _check_finite(self, logits: np.ndarray) -> np.ndarray:
+        """``logits``, checked here so that the error names the server: post-processing would
+        refuse the same values as bad input data."""
         if not np.isfinite(logits).all():
             raise BackendError(f"remote {self.device}: the server's logits hold NaN or infinite values")
         return logits
@@ -245,6 +268,15 @@ class RemoteRunner(Runner):
         if self._connection is not None:
             self._connection.close()
             self._connection = None
+
+
+def remote_runner(url: str, *args, **kwargs) -> RemoteRunner:
+    """The runner for the address ``url``: gRPC for ``grpc://``, HTTP otherwise (same arguments)."""
+    if url.strip().lower().startswith("grpc://"):
+        from edgeseg.runtime.runners.remote_grpc import GrpcRemoteRunner
+
+        return GrpcRemoteRunner(url, *args, **kwargs)
+    return RemoteRunner(url, *args, **kwargs)
 
 
 def _server_error(status: int, body: bytes) -> str:
