@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from tests.guarded_cli import keep_test_process_stderr
+from tests.shared_builds import build_once
 
 # Folders this process made for the run (not those a parent, e.g. the xdist controller, made and
 # passed down in the environment); removed when the run ends.
@@ -304,20 +305,23 @@ def pad_bundle(tmp_path_factory) -> Path:
     """A bundle whose PreprocessSpec has ``fit="pad"``: a tiny U-Net (64x64, base 8) trained a few
     epochs on phantom CT with ``fit="pad"`` and exported (ONNX FP32, gate on phantom slices). Its
     masks are rough but not flat, which is what the tests of the padded geometry need: they
-    compare paths, not quality."""
+    compare paths, not quality. Built once per test run (``tests.shared_builds``): the runtime,
+    serving and C API tests that use it go to different workers."""
     pytest.importorskip("torch")
-    from edgeseg.export.pipeline import export_bundle
-    from edgeseg.export.profiles import ExportSettings
-    from edgeseg.train.config import TrainConfig
-    from edgeseg.train.loop import train
 
-    root = tmp_path_factory.mktemp("pad-bundle")
-    train(TrainConfig(out=str(root / "train"), data="phantom:cases=4,size=64,slices=8", size=64, base=8, depth=2,
-                      epochs=6, batch_size=8, lr=5e-3, seed=0, fit="pad"), progress=False)
-    settings = ExportSettings(formats=("onnx",), max_batch=4, verify_slices=8)
-    export_bundle(root / "train" / "best.pt", root / "bundle", settings, verify_data="phantom:cases=2,size=64,slices=4",
-                  progress=False, echo=lambda text: None)
-    return root / "bundle"
+    def build(root: Path) -> None:
+        from edgeseg.export.pipeline import export_bundle
+        from edgeseg.export.profiles import ExportSettings
+        from edgeseg.train.config import TrainConfig
+        from edgeseg.train.loop import train
+
+        train(TrainConfig(out=str(root / "train"), data="phantom:cases=4,size=64,slices=8", size=64, base=8, depth=2,
+                          epochs=6, batch_size=8, lr=5e-3, seed=0, fit="pad"), progress=False)
+        export_bundle(root / "train" / "best.pt", root / "bundle", ExportSettings(formats=("onnx",), max_batch=4,
+                                                                                  verify_slices=8),
+                      verify_data="phantom:cases=2,size=64,slices=4", progress=False, echo=lambda text: None)
+
+    return build_once(tmp_path_factory, "pad-bundle", build) / "bundle"
 
 
 @pytest.fixture(scope="session", autouse=True)

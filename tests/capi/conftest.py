@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.shared_builds import build_once
+
 ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT / "tests" / "data"
 SERIES = DATA / "dcmqi_ct_liver" / "ct-3slice"
@@ -45,14 +47,17 @@ def build_sdk(out: Path, *, asan: bool = False) -> Path:
 
 @pytest.fixture(scope="session")
 def sdk(tmp_path_factory) -> Path:
-    """A fresh ``make sdk`` tree: include/, lib/libedgeseg.so, lib/pkgconfig, lib/cmake."""
-    return build_sdk(tmp_path_factory.mktemp("sdk") / "sdk")
+    """A fresh ``make sdk`` tree: include/, lib/libedgeseg.so, lib/pkgconfig, lib/cmake; built once
+    per test run, whichever worker needs it first (``tests.shared_builds``)."""
+    _need_tools()
+    return build_once(tmp_path_factory, "capi-sdk", lambda folder: build_sdk(folder / "sdk")) / "sdk"
 
 
 @pytest.fixture(scope="session")
 def asan_sdk(tmp_path_factory) -> Path:
     """The same tree built with address + undefined-behaviour sanitizers (for the sanitizer runs)."""
-    return build_sdk(tmp_path_factory.mktemp("asan-sdk") / "sdk", asan=True)
+    _need_tools()
+    return build_once(tmp_path_factory, "capi-asan-sdk", lambda folder: build_sdk(folder / "sdk", asan=True)) / "sdk"
 
 
 @pytest.fixture(scope="session")
@@ -106,15 +111,20 @@ def compile_with_pkg_config(sdk: Path, source: Path, exe: Path, extra: tuple[str
     return exe
 
 
+PROGRAMS = {"c": (ROOT / "examples" / "c" / "segment_raw.c", "segment_raw"),
+            "cpp": (ROOT / "examples" / "cpp" / "segment.cpp", "segment"),
+            "checks": (ROOT / "tests" / "capi" / "capi_checks.c", "capi_checks")}
+
+
 @pytest.fixture(scope="session")
 def programs(sdk, tmp_path_factory) -> dict[str, Path]:
-    """The two examples and the test driver, built through pkg-config."""
-    out = tmp_path_factory.mktemp("programs")
-    return {
-        "c": compile_with_pkg_config(sdk, ROOT / "examples" / "c" / "segment_raw.c", out / "segment_raw"),
-        "cpp": compile_with_pkg_config(sdk, ROOT / "examples" / "cpp" / "segment.cpp", out / "segment"),
-        "checks": compile_with_pkg_config(sdk, ROOT / "tests" / "capi" / "capi_checks.c", out / "capi_checks"),
-    }
+    """The two examples and the test driver, built through pkg-config (once per test run, like the SDK)."""
+    def build(out: Path) -> None:
+        for source, exe in PROGRAMS.values():
+            compile_with_pkg_config(sdk, source, out / exe)
+
+    out = build_once(tmp_path_factory, "capi-programs", build)
+    return {key: out / exe for key, (_, exe) in PROGRAMS.items()}
 
 
 def _run_raw(program: Path, bundle: Path, precision: str, hu: np.ndarray, tmp: Path, *, mode: str = "") -> np.ndarray:

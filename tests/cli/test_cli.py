@@ -16,7 +16,7 @@ def run(*args, cwd=None):
 
 
 def run_here(*args) -> subprocess.CompletedProcess:
-    """``edgeseg ARGS`` in this process, for a refusal that reads a run's checkpoints: torch is
+    """``edgeseg ARGS`` in this process, for a refusal, a tiny training or an evaluation: torch is
     imported here already, where a fresh interpreter spends seconds on it. The exit status and
     stderr are the command's own (edgeseg.cli.main turns the error into its line and exit 2); an
     exception it lets through fails the test with its traceback."""
@@ -44,11 +44,12 @@ def test_version():
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("cli")
-    synth = run("data", "synth", "--out", root / "phantom", "--cases", 4, "--seed", 3, "--size", 64, "--slices", 8)
+    synth = run_here("data", "synth", "--out", root / "phantom", "--cases", 4, "--seed", 3, "--size", 64, "--slices", 8)
     assert synth.returncode == 0, synth.stderr
-    proc = run("train", "--data", root / "phantom", "--out", root / "run", "--size", 64, "--base", 4, "--depth", 2,
-               "--epochs", 2, "--batch-size", 8, "--window", "-200,300", "--quiet", "--amp", "off",
-               "--val-fraction", 0.25, "--test-fraction", 0.25)
+    # in this process, on one torch thread, as the tiny trainings below (see run_here, TINY)
+    proc = run_here("train", "--data", root / "phantom", "--out", root / "run", "--size", 64, "--base", 4, "--depth", 2,
+                    "--epochs", 2, "--batch-size", 8, "--window", "-200,300", "--quiet", "--amp", "off",
+                    "--val-fraction", 0.25, "--test-fraction", 0.25, "--threads", 1)
     assert proc.returncode == 0, proc.stderr
     assert "best val Dice" in proc.stdout
     return root
@@ -56,7 +57,7 @@ def run_dir(tmp_path_factory):
 
 def test_evaluate_writes_table_json_and_overlay(run_dir):
     out = run_dir / "eval"
-    proc = run("evaluate", run_dir / "run" / "best.pt", "--data", run_dir / "phantom", "--out", out, "--quiet")
+    proc = run_here("evaluate", run_dir / "run" / "best.pt", "--data", run_dir / "phantom", "--out", out, "--quiet")
     assert proc.returncode == 0, proc.stderr
     assert "liver dice" in proc.stdout and "mean" in proc.stdout
     report = json.loads((out / "eval.json").read_text())
@@ -218,8 +219,9 @@ def test_a_training_whose_weights_turn_nan_stops_with_one_line(tmp_path):
     assert not (tmp_path / "r" / "last.pt").exists()  # no checkpoint of NaN weights was written
 
 
+# One torch thread: these tiny trainings run in the test process (run_here), where a second only spins.
 TINY = ["--data", "phantom:cases=4,size=64,slices=16", "--size", "64", "--base", "4", "--depth", "2", "--epochs", "1",
-        "--quiet"]
+        "--threads", "1", "--quiet"]
 
 
 @pytest.fixture(scope="module")
@@ -227,7 +229,7 @@ def tiny_run(tmp_path_factory):
     """A 1-epoch run trained with TINY: the tests below each take a copy of it to resume, refuse
     or overwrite, instead of training the same run again."""
     out = tmp_path_factory.mktemp("tiny") / "r"
-    proc = run("train", *TINY, "--out", out)
+    proc = run_here("train", *TINY, "--out", out)
     assert proc.returncode == 0, proc.stderr
     return out
 
@@ -243,7 +245,7 @@ def test_resume_and_cv_refuse_a_run_trained_on_other_settings(tiny_run, tmp_path
     proc = run_here("train", *tiny, "--seed", "5", "--epochs", "2", "--resume", "--out", tmp_path / "r")
     assert_one_line_error(proc, "on other data or another split (seed: 0 -> 5)")
     assert (tmp_path / "r" / "last.pt").read_bytes() == before
-    proc = run("train", *tiny, "--epochs", "2", "--resume", "--out", tmp_path / "r")  # the same run, longer: fine
+    proc = run_here("train", *tiny, "--epochs", "2", "--resume", "--out", tmp_path / "r")  # the same run, longer: fine
     assert proc.returncode == 0, proc.stderr
     # another loss or learning rate half-way: metrics.json would report the new one from epoch 1
     before = (tmp_path / "r" / "last.pt").read_bytes()
@@ -256,7 +258,7 @@ def test_resume_and_cv_refuse_a_run_trained_on_other_settings(tiny_run, tmp_path
     assert (tmp_path / "r" / "last.pt").read_bytes() == before
 
     cv = ["cv", *tiny, "--folds", "2", "--threads", "1"]
-    assert run(*cv, "--out", tmp_path / "cv").returncode == 0
+    assert run_here(*cv, "--out", tmp_path / "cv").returncode == 0
     for other, change in ((["--base", "8"], "base: 4 -> 8"), (["--folds", "3"], "folds: 2 -> 3")):
         proc = run_here(*_replace(cv, other), "--out", tmp_path / "cv")
         assert_one_line_error(proc, f"holds a fold trained with other settings ({change}")
@@ -293,7 +295,7 @@ def test_a_run_folder_holding_a_training_is_refused_without_resume_or_overwrite(
     # refused on its data: the old run stays whole
     assert_one_line_error(run_here("train", *tiny, "--overwrite", "--labels", "liver=7"), "holds liver (value 7)")
     assert {name: (tmp_path / "r" / name).read_bytes() for name in files} == files
-    assert run("train", *tiny, "--overwrite", "--seed", "5").returncode == 0
+    assert run_here("train", *tiny, "--overwrite", "--seed", "5").returncode == 0
     for name in files:
         payload = torch.load(tmp_path / "r" / name, map_location="cpu", weights_only=False)
         assert payload["train_config"]["seed"] == 5 and payload["epoch"] == 1 and len(payload["history"]) == 1
@@ -374,16 +376,18 @@ def test_a_run_resumes_on_its_data_moved_elsewhere_but_not_on_other_cases(tmp_pa
     import shutil
 
     first = tmp_path / "scratch1" / "data"
-    assert run("data", "synth", "--out", first, "--cases", "4", "--size", "64", "--slices", "8", "--quiet").returncode == 0
-    tiny = ["--size", "64", "--base", "4", "--depth", "2", "--quiet", "--out", tmp_path / "r"]
-    assert run("train", "--data", first, "--epochs", "1", *tiny).returncode == 0
+    synth = ("data", "synth", "--size", "64", "--slices", "8", "--quiet")
+    assert run_here(*synth, "--out", first, "--cases", "4").returncode == 0
+    tiny = ["--size", "64", "--base", "4", "--depth", "2", "--threads", "1", "--quiet", "--out", tmp_path / "r"]
+    done = run_here("train", "--data", first, "--epochs", "1", *tiny)
+    assert done.returncode == 0, done.stderr
     moved = tmp_path / "scratch2" / "data"
     shutil.copytree(first, moved)
     shutil.rmtree(tmp_path / "scratch1")
-    done = run("train", "--data", moved, "--epochs", "2", "--resume", *tiny)
+    done = run_here("train", "--data", moved, "--epochs", "2", "--resume", *tiny)
     assert done.returncode == 0, done.stderr
     other = tmp_path / "other"
-    assert run("data", "synth", "--out", other, "--cases", "6", "--size", "64", "--slices", "8", "--quiet").returncode == 0
+    assert run_here(*synth, "--out", other, "--cases", "6").returncode == 0
     refused = run_here("train", "--data", other, "--epochs", "3", "--resume", *tiny)
     # known once the data is read, and still the only line (the slice store's is logged after the checks)
     assert_one_line_error(refused, "splits into other cases than the run was trained on")

@@ -270,24 +270,30 @@ def test_a_second_training_into_a_run_folder_in_use_is_refused(tmp_path, assert_
     report its best epoch over the second's best.pt): the second is refused while the first runs,
     and the first finishes with its own checkpoints."""
     import torch
+    from tests.guarded_cli import GuardedCliRunner
+
+    from edgeseg.cli.main import cli
 
     out = tmp_path / "run"
     args = ["--data", "phantom:cases=4,size=64,slices=16", "--size", "64", "--depth", "2", "--out", str(out), "--quiet"]
-    first = subprocess.Popen([sys.executable, "-m", "edgeseg.cli", "train", *args, "--base", "4", "--epochs", "40"],
+    first = subprocess.Popen([sys.executable, "-m", "edgeseg.cli", "train", *args, "--base", "4", "--epochs", "10"],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                              env={**os.environ, "OMP_NUM_THREADS": "1"})
     try:
         _wait_for(lambda: (out / "last.pt").is_file() or first.poll() is not None, 120, "no epoch finished")
+        # The first is paused (still alive, its lock held) the moment its first epoch is written,
+        # while the second tries: it cannot finish its other 9 epochs and free the folder before
+        # the second has been refused, however late the second starts on a busy machine.
+        first.send_signal(signal.SIGSTOP)
         assert first.poll() is None, first.stderr.read()
         before = (out / "last.pt").stat().st_mtime_ns
-        # The first is paused (still alive, its lock held) while the second tries: on a busy
-        # machine the two fresh interpreters could otherwise start so late that the first had
-        # finished its 40 epochs, freed the folder, and the second was not refused at all.
-        first.send_signal(signal.SIGSTOP)
         try:
+            # The second trainings run in this process (another process than the first, as a user's
+            # would be), sparing two fresh interpreters' imports of torch.
             for extra in ([], ["--resume"]):
-                second = subprocess.run([sys.executable, "-m", "edgeseg.cli", "train", *args, "--base", "8",
-                                         "--epochs", "2", *extra], capture_output=True, text=True, timeout=300)
+                words = ["train", *args, "--base", "8", "--epochs", "2", *extra]
+                result = GuardedCliRunner().invoke(cli, words, catch_exceptions=False)
+                second = subprocess.CompletedProcess(words, result.exit_code, result.stdout, result.stderr)
                 assert_one_line_error(second, f"{out} is being trained by another process")
         finally:
             first.send_signal(signal.SIGCONT)
@@ -297,4 +303,4 @@ def test_a_second_training_into_a_run_folder_in_use_is_refused(tmp_path, assert_
         first.wait()
     assert first.returncode == 0
     payload = torch.load(out / "last.pt", map_location="cpu", weights_only=False)
-    assert payload["epoch"] == 40 and payload["model"]["base"] == 4 and (out / "last.pt").stat().st_mtime_ns >= before
+    assert payload["epoch"] == 10 and payload["model"]["base"] == 4 and (out / "last.pt").stat().st_mtime_ns >= before

@@ -5,13 +5,14 @@ extend that point."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests.shared_builds import build_once
 
 TINY_SWEEP = (Path(__file__).parent / "tiny_sweep.toml").read_text()
 MOBILE = "mobile_unet-b4-d2-s64"
@@ -47,24 +48,15 @@ def mobile_point_sweep(tmp_path_factory) -> Path:
     """A folder with ``sweep.toml`` (tiny_sweep.toml) and ``out/``, where ``edgeseg sweep sweep.toml
     --out out --point mobile_unet-b4-d2-s64`` has finished; read-only (tests copy it with
     ``copy_mobile_point_sweep``). Parallel test workers share one run: the first builds it, the
-    others wait for it."""
-    from filelock import FileLock
+    others wait for it (``tests.shared_builds``)."""
+    def build(folder: Path) -> None:
+        (folder / "sweep.toml").write_text(TINY_SWEEP)
+        proc = subprocess.run(sweep_command(folder / "sweep.toml", folder / "out") + ["--point", MOBILE],
+                              capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr
+        (folder / "stdout.txt").write_text(proc.stdout)
 
-    base = tmp_path_factory.getbasetemp()
-    # under xdist each worker has its own basetemp inside the session's; the session's is shared
-    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
-    folder = root / "tiny-sweep-mobile-point"
-    with FileLock(str(root / "tiny-sweep-mobile-point.lock")):
-        if not (folder / "done").is_file():
-            shutil.rmtree(folder, ignore_errors=True)
-            folder.mkdir()
-            (folder / "sweep.toml").write_text(TINY_SWEEP)
-            proc = subprocess.run(sweep_command(folder / "sweep.toml", folder / "out") + ["--point", MOBILE],
-                                  capture_output=True, text=True)
-            assert proc.returncode == 0, proc.stderr
-            (folder / "stdout.txt").write_text(proc.stdout)
-            (folder / "done").write_text("")
-    return folder
+    return build_once(tmp_path_factory, "tiny-sweep-mobile-point", build)
 
 
 @pytest.fixture

@@ -189,16 +189,17 @@ def test_which_int8_dice_a_point_deploys_and_whether_points_compare():
 
 
 @pytest.mark.parametrize("mode", [["--rescore"], ["--regate"], ["--remeasure", "1"]])
-def test_redo_modes_refuse_a_folder_without_the_sweep_and_write_nothing(tmp_path, mode, assert_one_line_error):
+def test_redo_modes_refuse_a_folder_without_the_sweep_and_write_nothing(tmp_path, mode, assert_one_line_error,
+                                                                         sweep_here):
     (tmp_path / "sweep.toml").write_text(SWEEP)
     for out in (tmp_path / "missing", tmp_path / "empty"):
         (tmp_path / "empty").mkdir(exist_ok=True)
-        proc = _sweep(tmp_path / "sweep.toml", out, *mode)
+        proc = sweep_here(tmp_path / "sweep.toml", out, *mode)
         assert_one_line_error(proc, f"{out} holds no sweep (no sweep.json); run the sweep first")
     assert not (tmp_path / "missing").exists() and not any((tmp_path / "empty").iterdir())
 
 
-def test_rescore_refuses_unfinished_points_and_another_flag(tmp_path, assert_one_line_error):
+def test_rescore_refuses_unfinished_points_and_another_flag(tmp_path, assert_one_line_error, sweep_here):
     from edgeseg.sweep.config import load_sweep
     from edgeseg.sweep.run import _write_record
 
@@ -206,9 +207,9 @@ def test_rescore_refuses_unfinished_points_and_another_flag(tmp_path, assert_one
     out = tmp_path / "out"
     out.mkdir()
     _write_record(out, load_sweep(tmp_path / "sweep.toml"))  # a sweep with no point finished yet
-    proc = _sweep(tmp_path / "sweep.toml", out, "--rescore", "--point", POINT)
+    proc = sweep_here(tmp_path / "sweep.toml", out, "--rescore", "--point", POINT)
     assert_one_line_error(proc, f"{POINT} is not finished: --rescore scores finished points again")
-    proc = _sweep(tmp_path / "sweep.toml", out, "--rescore", "--regate")
+    proc = sweep_here(tmp_path / "sweep.toml", out, "--rescore", "--regate")
     assert_one_line_error(proc, "--status, --regate, --rescore and --remeasure do not go together: give one")
 
 

@@ -11,12 +11,8 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 SWEEP = (Path(__file__).parent / "tiny_sweep.toml").read_text()
 
 
-def _sweep_command(sweep_file, out):
-    return [sys.executable, "-m", "edgeseg.cli", "sweep", str(sweep_file), "--out", str(out), "--quiet"]
-
-
 def test_status_says_where_each_point_stands_and_writes_nothing(tmp_path, assert_one_line_error,
-                                                                copy_mobile_point_sweep):
+                                                                copy_mobile_point_sweep, sweep_here):
     """--status reads the sweep folder only: a finished point with its result, a point trained
     part-way (stopped, then running while another process holds its lock) with the epochs and
     Dice of its metrics.json, and a point not started; it creates no file."""
@@ -24,11 +20,14 @@ def test_status_says_where_each_point_stands_and_writes_nothing(tmp_path, assert
 
     (tmp_path / "sweep.toml").write_text(SWEEP)
     out = tmp_path / "out"
-    status = _sweep_command(tmp_path / "sweep.toml", out) + ["--status"]
-    assert_one_line_error(subprocess.run(status, capture_output=True, text=True), f"{out} holds no sweep")
+    # --status only reads the folder: it runs in this process (sweep_here), no torch import of its own
+    def status(*extra):
+        return sweep_here(tmp_path / "sweep.toml", out, "--status", *extra)
+
+    assert_one_line_error(status(), f"{out} holds no sweep")
     copy_mobile_point_sweep(out)  # `--point mobile_unet-b4-d2-s64` finished
     listing = sorted(p.relative_to(out) for p in out.rglob("*"))
-    proc = subprocess.run(status, capture_output=True, text=True)
+    proc = status()
     assert proc.returncode == 0, proc.stderr
     result = json.loads((out / "points" / "mobile_unet-b4-d2-s64" / "result.json").read_text())
     lines = proc.stdout.splitlines()
@@ -53,16 +52,16 @@ def test_status_says_where_each_point_stands_and_writes_nothing(tmp_path, assert
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     [epoch] = json.loads((folder / "run" / "metrics.json").read_text())["history"]
-    proc = subprocess.run(status, capture_output=True, text=True)
+    proc = status()
     first = proc.stdout.splitlines()[0]
     assert first.split()[:4] == ["unet-b4-d2-s64", "stopped", "epoch", "1/3"], first
     assert f"best val Dice {epoch['val_dice']:.4f}" in first and f"{epoch['seconds']:.0f} s/epoch lately" in first
     assert f"about {2 * epoch['seconds'] / 3600:.1f} h of training left" in first
     with open(folder / ".lock", "a+") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # this test process plays the sweep process running it
-        proc = subprocess.run(status, capture_output=True, text=True)
+        proc = status()
     assert proc.stdout.splitlines()[0].split()[:2] == ["unet-b4-d2-s64", "running"]
-    proc = subprocess.run(status + ["--remeasure", "2"], capture_output=True, text=True)
+    proc = status("--remeasure", "2")
     assert_one_line_error(proc, "--status, --regate, --rescore and --remeasure do not go together: give one")
 
 

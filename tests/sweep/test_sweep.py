@@ -306,7 +306,7 @@ def test_two_sweeps_in_one_process_leave_the_interpreter_intact(tmp_path):
     assert proc.stdout.startswith("ok 300000")
 
 
-def test_a_named_training_recipe_under_the_sweep_keys_and_the_grid(tmp_path, assert_one_line_error):
+def test_a_named_training_recipe_under_the_sweep_keys_and_the_grid(tmp_path, assert_one_line_error, sweep_here):
     """[recipe] recipe = NAME starts each point from a training recipe (as `edgeseg train --recipe`);
     the sweep's own keys override its values and the grid overrides its model, width, depth and
     size; commands.sh's train line rebuilds the very TrainConfig the sweep trains; and a recipe edit
@@ -352,7 +352,7 @@ def test_a_named_training_recipe_under_the_sweep_keys_and_the_grid(tmp_path, ass
         check_sweep_folder(load_sweep(tmp_path / "sweep.toml"), out)
 
     (tmp_path / "bad.toml").write_text(SWEEP.replace("epochs = 3\n", 'recipe = "no-such-recipe"\nepochs = 3\n'))
-    proc = subprocess.run(_sweep_command(tmp_path / "bad.toml", tmp_path / "bad-out"), capture_output=True, text=True)
+    proc = sweep_here(tmp_path / "bad.toml", tmp_path / "bad-out")
     assert_one_line_error(proc, "[recipe] recipe: recipe 'no-such-recipe' is neither a file nor a known recipe")
     assert not (tmp_path / "bad-out").exists()
 

@@ -44,7 +44,8 @@ SWEEP = (Path(__file__).parent / "tiny_sweep.toml").read_text()
     (("warmup = 1", "warmup = -1"), "[measure] warmup must be >= 0, got -1"),
     (("volume_slices = 4", "volume_slices = 0"), "[measure] volume_slices must be >= 1, got 0"),
     (("slice_size = 128", "slice_size = 9000"), "[measure] slice_size must be between 2 and 8192, got 9000"),
-    (("threads = 1", "threads = -1"), "[measure] threads must be between 0 and 1024, got -1"),
+    (("volume_slices = 4\nthreads = 1", "volume_slices = 4\nthreads = -1"),
+     "[measure] threads must be between 0 and 1024, got -1"),
     (("augment = false", "augment = false\nwindow = [200, -100]"),
      "point unet-b4-d2-s64: window low must be below high, got low=200.0 high=-100.0"),
 ])

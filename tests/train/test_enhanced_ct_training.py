@@ -14,7 +14,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +25,7 @@ from edgeseg.data.open import open_dataset
 pytest.importorskip("highdicom")
 pytest.importorskip("torch")
 
-EDGESEG = [sys.executable, "-m", "edgeseg"]
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 CASES = ("case_000", "case_001", "case_002")
 TINY = ["--size", "32", "--base", "4", "--depth", "2", "--batch-size", "8", "--threads", "1", "--amp", "off",
         "--memory-format", "channels-last", "--workers", "0", "--labels", "liver=1,spine=2,kidney=3",
@@ -34,8 +33,15 @@ TINY = ["--size", "32", "--base", "4", "--depth", "2", "--batch-size", "8", "--t
 
 
 def run(*args, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run([*EDGESEG, *map(str, args)], capture_output=True, text=True,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    """``edgeseg ARGS`` in this process (torch is imported here already, where each of this file's
+    commands spent seconds importing it in a fresh interpreter); the exit status, stdout
+    and stderr are the command's own, and an exception it lets through fails the test."""
+    from tests.guarded_cli import GuardedCliRunner
+
+    from edgeseg.cli.main import cli
+
+    result = GuardedCliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+    proc = subprocess.CompletedProcess(["edgeseg", *args], result.exit_code, result.stdout, result.stderr)
     if check:
         assert proc.returncode == 0, proc.stderr
     return proc
