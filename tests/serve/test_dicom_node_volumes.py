@@ -122,3 +122,18 @@ def test_a_series_whose_second_volume_fails_gets_no_seg_at_all(serve_bundle, sto
     series = [line for line in lines if line["event"] == "series"]
     assert [(line["series_uid"], line["outcome"]) for line in series] == [(uid, "failed")], series
     assert "PatientSex is 'X'" in series[0]["error"], series[0]
+
+
+def test_a_scout_sent_with_the_series_is_left_out_of_its_seg(node, storescp, tmp_path):
+    """Before, the coronal scout was volume 1 of two: the node wrote UID.vol1.seg.dcm of the scout
+    alone and UID.vol2.seg.dcm of the slices."""
+    from tests.dicom_volume_series import make_one_series
+
+    files = make_one_series(tmp_path / "series", scouts=1)
+    sent = _storescu(node.port, sorted((tmp_path / "series").iterdir()))
+    assert sent.returncode == 0, sent.stderr
+    assert _wait_for(lambda: node.stats.forwarded), (node.stats, sent.stderr)
+    uid = str(pydicom.dcmread(files[0]).SeriesInstanceUID)
+    assert [p.name for p in (tmp_path / "out").glob("*.seg.dcm")] == [f"{uid}.seg.dcm"]
+    seg = pydicom.dcmread(tmp_path / "out" / f"{uid}.seg.dcm")
+    assert _referenced(seg) == {str(pydicom.dcmread(f).SOPInstanceUID) for f in files}
