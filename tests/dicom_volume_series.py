@@ -103,3 +103,36 @@ def make_enhanced_temporal(folder: Path) -> tuple[Path, list[list[Path]]]:
     path.parent.mkdir()
     ds.save_as(path, enforce_file_format=True)
     return path, volumes
+
+
+def make_one_series(folder: Path, change=None, scouts: int = 0, name=lambda j: f"im{j:02d}.dcm") -> list[Path]:
+    """Write the 3-slice series into ``folder`` (one new set of UIDs), slice j changed by
+    ``change(ds, j)`` and named ``name(j)``, plus ``scouts`` localizers (ImageType LOCALIZER, a
+    coronal view, InstanceNumber 1 ahead of the slices', named ``name(3)``, ...); return the slices' files."""
+    import copy
+
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    folder.mkdir(parents=True)
+    study, series, frame = generate_uid(), generate_uid(), generate_uid()
+    slices = []
+    for j, source in enumerate(sorted(SERIES.glob("*.dcm"))):
+        ds = pydicom.dcmread(source)
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, series, frame
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        ds.InstanceNumber = j + 2
+        if change is not None:
+            change(ds, j)
+        slices.append(ds)
+    for k in range(scouts):
+        scout = copy.deepcopy(slices[0])
+        scout.SOPInstanceUID = scout.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        scout.InstanceNumber, scout.ImageType = 1, ["ORIGINAL", "PRIMARY", "LOCALIZER"]
+        scout.ImageOrientationPatient = [1, 0, 0, 0, 0, -1]
+        scout.save_as(folder / name(len(slices) + k), enforce_file_format=True)
+    files = []
+    for j, ds in enumerate(slices):
+        files.append(folder / name(j))
+        ds.save_as(files[-1], enforce_file_format=True)
+    return files

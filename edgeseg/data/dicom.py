@@ -28,7 +28,7 @@ from edgeseg.data.dicom_magic import looks_like_dicom  # noqa: F401  (imported f
 from edgeseg.data.dicom_multiframe import MultiFrameCT, multiframe_series
 from edgeseg.data.dicom_refs import DicomSeriesInfo
 from edgeseg.data.dicom_values import dicom_numbers
-from edgeseg.data.dicom_volumes import SeriesVolume, pick_volume, split_volumes
+from edgeseg.data.dicom_volumes import PICK_BY_FOLDER, SeriesVolume, pick_volume, split_volumes
 from edgeseg.data.nifti import spacing_from_affine, to_lps_layout
 from edgeseg.data.volume import Volume
 from edgeseg.limits import check_volume
@@ -186,14 +186,15 @@ def _stack_affine(members: list, row_cosine: np.ndarray, column_cosine: np.ndarr
 
 def read_dicom_series_with_refs(
     folder: str | os.PathLike, series_uid: str | None = None, case_id: str | None = None, progress: bool = False,
-    keep_headers: bool = False, warn_gaps: bool = True, volume: int | None = None,
+    keep_headers: bool = False, warn_gaps: bool = True, volume: int | None = None, pick_hint: str = PICK_BY_FOLDER,
 ) -> tuple[Volume, DicomSeriesInfo]:
     """Read one CT series from a folder of DICOM files, or from one file holding it (an Enhanced
     CT, :mod:`edgeseg.data.dicom_multiframe`); also return its source references.
 
     Non-DICOM files, DICOMDIR, pixel-less objects (SR, KO, ...) and DICOM SEG label maps
     are skipped. A folder with several series needs ``series_uid``. The modality of every file must be CT.
-    A series holding several volumes (:mod:`edgeseg.data.dicom_volumes`) needs ``volume`` (1-based).
+    A series holding several volumes (:mod:`edgeseg.data.dicom_volumes`) needs ``volume`` (1-based);
+    without it, it is refused in one line listing them and ending with ``pick_hint`` (what to do).
     HU = stored value x RescaleSlope + RescaleIntercept. ``case_id`` defaults to the folder
     name (a file's: its stem); ``slice_ids`` are the file names of the slices in the Volume's z
     order (``STEM_frameN`` for the frames of a multi-frame file). ``progress``
@@ -204,7 +205,7 @@ def read_dicom_series_with_refs(
     """
     folder = Path(folder)
     uid, members, multi = _series_members(folder, series_uid, progress)
-    chosen = pick_volume(split_volumes(members, uid), volume, f"series {uid} in {folder}")
+    chosen = pick_volume(split_volumes(members, uid), volume, f"series {uid} in {folder}", pick_hint)
     return _read_volume(folder, uid, chosen.members, multi, case_id, progress, keep_headers, warn_gaps)
 
 

@@ -66,7 +66,7 @@ def bundle_intensity(source: dict[str, Any]) -> tuple[str, bool]:
 
 def read_input(path: str | os.PathLike[str], intensity: str = "hu-clipped:0,255", progress: bool = False,
                keep_headers: bool = False, even_grid: bool = False,
-               volume: int | None = None) -> tuple[Volume, DicomSeriesInfo | None]:
+               volume: int | None = None, pick_hint: str | None = None) -> tuple[Volume, DicomSeriesInfo | None]:
     """Read ``path`` as (Volume, DicomSeriesInfo or None).
 
     ``intensity`` says what PNG/JPG pixels mean (see ``edgeseg.data.slices.SliceIntensity``):
@@ -76,7 +76,8 @@ def read_input(path: str | os.PathLike[str], intensity: str = "hu-clipped:0,255"
     a DICOM SEG to copy from without reading the files again. ``even_grid``: the caller refuses a
     series whose slices are unevenly spaced (:func:`~edgeseg.runtime.writers.check_nifti_grid`),
     so the reader does not also warn of them. ``volume``: which volume (1-based) of a DICOM series
-    holding several (:mod:`edgeseg.data.dicom_volumes`); such a series is refused without it.
+    holding several (:mod:`edgeseg.data.dicom_volumes`); such a series is refused without it, the
+    line ending with ``pick_hint`` where given (what the caller offers to pick one).
     """
     kind = input_kind(path)
     path = Path(path)
@@ -86,7 +87,7 @@ def read_input(path: str | os.PathLike[str], intensity: str = "hu-clipped:0,255"
         if path.is_dir() and not any(p.is_file() and not p.name.startswith(".") for p in path.iterdir()):
             raise DataError(f"input folder {path} is empty; expected the files of one DICOM series")
         return read_dicom_series_with_refs(path, progress=progress, keep_headers=keep_headers, warn_gaps=not even_grid,
-                                           volume=volume)
+                                           volume=volume, **({"pick_hint": pick_hint} if pick_hint else {}))
     if kind == "nifti":
         from edgeseg.data.nifti import read_nifti
 

@@ -23,24 +23,42 @@ log = logging.getLogger("edgeseg.listen")
 def segment_series(node, series_uid: str, folder: Path, replaces: SegReference | None) -> Path:
     """Segment the series in ``folder`` for ``node`` (a :class:`~edgeseg.serve.dicom_node.DicomNode`):
     write and/or forward the SEG of each of its volumes; return the path of the last. The series
-    is split (and refused, where images share a position and nothing tells them apart) before any
-    volume is read."""
+    is split (and refused, where images share a position and nothing tells them apart), and every
+    volume read and its SEG sources checked, before any volume is segmented: a series yields the
+    SEGs of all its volumes or none (a SEG written before a later volume fails is removed), and is
+    audited once, as segmented or as failed."""
     from edgeseg.data.dicom import read_dicom_volumes
     from edgeseg.runtime.provenance import provenance
+    from edgeseg.runtime.seg_sources import seg_source_datasets
 
     record = provenance(node.segmenter)
     replaces = replaces and replaces.made_by(series_uid, record.get("manifest_sha256", ""))
-    targets: list[Path] = []
-    made = None
-    for part, volume, refs in read_dicom_volumes(folder, keep_headers=True):
-        several = bool(part.label)  # a series of one volume has no label
-        if several and replaces is not None:  # each volume's SEG is a series of its own
-            log.info("series %s: %s, made of part of it, is followed by one SEG per volume", series_uid, replaces.file)
-            replaces = None
-        name = f"{series_uid}.vol{part.number}" if several else series_uid
-        targets.append(_segment_volume(node, series_uid, name, volume, refs, record, replaces,
-                                       f" (volume {part.describe()})" if several else ""))
-        made = made or SegReference.read(targets[-1], volume.num_slices, record.get("manifest_sha256", ""))
+    # a series no SEG can be made of does not hold up the model, nor leave the SEGs of some volumes
+    volumes = [(part, volume, refs, seg_source_datasets(refs))
+               for part, volume, refs in read_dicom_volumes(folder, keep_headers=True)]
+    if len(volumes) > 1 and replaces is not None:  # each volume's SEG is a series of its own
+        log.info("series %s: %s, made of part of it, is followed by one SEG per volume", series_uid, replaces.file)
+        replaces = None
+    written: list[tuple[Path, float]] = []
+    try:
+        for part, volume, refs, sources in volumes:
+            name = f"{series_uid}.vol{part.number}" if part.label else series_uid  # one volume: no label
+            written.append(_write_volume(node, name, volume, refs, sources, record, replaces))
+    except BaseException:
+        for target, _ in written:  # no SEG of part of the volumes is kept or forwarded
+            target.unlink(missing_ok=True)
+        raise
+    for (part, volume, _, sources), (target, seconds) in zip(volumes, written):
+        which = f" (volume {part.describe()})" if part.label else ""
+        log.info("series %s%s: %d slices segmented -> %s%s", series_uid, which, volume.num_slices, target,
+                 "" if replaces is None else f", replacing {replaces.file} ({replaces.slices} slices, "
+                 f"SOP instance {replaces.sop_instance_uid})")
+        if node.audit is not None:
+            node.audit.series(series_uid, seconds, study_uid=str(sources[0].get("StudyInstanceUID", "")),
+                              slices=volume.num_slices, seg=target,
+                              replaces=None if replaces is None else replaces.sop_instance_uid)
+    targets = [target for target, _ in written]
+    made = SegReference.read(targets[0], volumes[0][1].num_slices, record.get("manifest_sha256", ""))
     node.stats.segmented.append(series_uid)
     with node._lock:
         node._segmented.made(series_uid, made)
@@ -53,14 +71,13 @@ def segment_series(node, series_uid: str, folder: Path, replaces: SegReference |
     return targets[-1]
 
 
-def _segment_volume(node, series_uid: str, name: str, volume, refs, record: dict, replaces: SegReference | None,
-                    which: str) -> Path:
-    """Write the SEG of one volume (``refs``: its images) as ``name``.seg.dcm; return its path."""
-    from edgeseg.runtime.seg_sources import seg_source_datasets
+def _write_volume(node, name: str, volume, refs, sources: list, record: dict,
+                  replaces: SegReference | None) -> tuple[Path, float]:
+    """Segment one volume (``refs``: its images, ``sources``: their checked headers) and write its
+    SEG as ``name``.seg.dcm; return its path and the seconds taken."""
     from edgeseg.runtime.writers import write_dicom_seg
 
     began = time.monotonic()
-    sources = seg_source_datasets(refs)  # a series no SEG can be made of does not hold up the model
     labels = node.segmenter.predict_volume(volume)
     target = seg_path(name, node.out or node.work)
     write_dicom_seg(labels, volume, refs, node.segmenter.labels, target, sources=sources,
@@ -69,10 +86,4 @@ def _segment_volume(node, series_uid: str, name: str, volume, refs, record: dict
     if node._claim is not None:  # on disk before the images it was made of are let go
         sync_file(target)
         sync_folder(target.parent)
-    log.info("series %s%s: %d slices segmented -> %s%s", series_uid, which, volume.num_slices, target, "" if replaces is None
-             else f", replacing {replaces.file} ({replaces.slices} slices, SOP instance {replaces.sop_instance_uid})")
-    if node.audit is not None:
-        node.audit.series(series_uid, time.monotonic() - began, study_uid=str(sources[0].get("StudyInstanceUID", "")),
-                          slices=volume.num_slices, seg=target,
-                          replaces=None if replaces is None else replaces.sop_instance_uid)
-    return target
+    return target, time.monotonic() - began

@@ -26,6 +26,8 @@ from edgeseg.serve.waiting_line import WaitingLine, claim
 
 OUTPUTS = {"npy": "application/octet-stream", "png": "image/png", "nifti": "application/gzip"}
 SUFFIXES = {"jpeg": "jpg", "nifti": "nii.gz"}  # the upload's file name suffix where it is not the format's name
+# An upload is segmented whole: what an Enhanced CT holding several volumes is told.
+UPLOAD_PICK_HINT = "an upload is one volume: segment one with edgeseg predict --volume K"
 
 
 def sniff(upload: Path) -> str:
@@ -216,7 +218,7 @@ def _read_upload(body: Path, fmt: str, tmp: Path):
     if kind == "nifti" and _head(body, 2) != b"\x1f\x8b":
         source = tmp / "upload.nii"
     body.rename(source)  # the reader knows the format by the file's name
-    volume, _ = read_input(source.parent if kind == "dicom" else source)
+    volume, _ = read_input(source.parent if kind == "dicom" else source, pick_hint=UPLOAD_PICK_HINT)
     if fmt == "png" and volume.hu.shape[0] != 1:  # refused before the model is spent on it
         raise DataError(f"PNG output holds one slice; the upload has {volume.hu.shape[0]} (ask for npy or nifti)")
     return volume

@@ -206,8 +206,6 @@ def _rescale_type(ds):
     (_uneven_orientation, "frame 2 has ImageOrientationPatient [1.0, 0.0, 0.0, 0.0, 0.5, 0.0], whose row and column cosines"),
     (_rescale_type, "frame 3: field RescaleType is 'MGML', so its rescaled values are not Hounsfield units"),
     (lambda ds: setattr(ds, "NumberOfFrames", 4), "field NumberOfFrames is 4 but PerFrameFunctionalGroupsSequence has 3"),
-    (_two_stacks, "holds 2 volumes: 1 (StackID 1, 2 images); 2 (StackID 2, 1 images); pick one with --volume K"),
-    (_temporal, "holds 2 volumes: 1 (TemporalPositionIndex 1, 2 images); 2 (TemporalPositionIndex 2, 1 images)"),
     (_same_position, "e.dcm, frame 1 and e.dcm, frame 3 lie at the same slice position"),
     (lambda ds: setattr(ds, "ConcatenationUID", "1.2.3"), "is one part of a concatenation (field ConcatenationUID"),
     (lambda ds: setattr(ds, "SOPClassUID", "1.2.840.10008.5.1.4.1.1.2"),
@@ -219,6 +217,18 @@ def test_inconsistent_functional_groups_are_refused_in_one_line(tmp_path, change
     with pytest.raises(DataError) as info:
         read_dicom_series_with_refs(path)
     assert expected in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("change", [_two_stacks, _temporal])
+def test_frames_of_several_stacks_or_times_at_distinct_positions_are_one_volume(tmp_path, change):
+    """StackID or TemporalPositionIndex tell volumes apart only where frames share a position; the
+    three frames at three positions are one volume, read as the slices are. Before, the file was
+    refused as holding 2 volumes (StackID 1, 2 frames; StackID 2, 1 frame)."""
+    volume, refs = read_dicom_series_with_refs(_broken(tmp_path, change))
+    slices = read_dicom_series_with_refs(SERIES)[0]
+    assert refs.frame_numbers is not None and sorted(refs.frame_numbers) == [1, 2, 3]
+    np.testing.assert_array_equal(volume.hu, slices.hu)
+    np.testing.assert_allclose(volume.affine, slices.affine)
 
 
 def test_frame_content_is_not_needed_to_read_one_volume(tmp_path):

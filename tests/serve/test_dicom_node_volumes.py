@@ -76,3 +76,64 @@ def test_an_enhanced_ct_over_two_temporal_positions_gets_one_seg_per_position(no
         predicted = _predicted_seg(serve_bundle, path, tmp_path / f"{number}.dcm", "--volume", str(number))
         assert _source_frames(predicted) == _source_frames(seg)
         assert int((seg.pixel_array != predicted.pixel_array).sum()) == 0
+
+
+def _patient_sex_x(ds, volume: int, slice_index: int) -> None:
+    """The stack series, volume 2's images with a PatientSex no SEG can copy: refused by the SEG
+    source checks, not by the reader nor at the node's intake."""
+    KINDS["stack"](ds, volume, slice_index)
+    if volume == 1:
+        ds.PatientSex = "X"
+
+
+def test_a_series_whose_second_volume_fails_gets_no_seg_at_all(serve_bundle, storescp, tmp_path, free_port, wait_port):
+    """The series yields the SEGs of all its volumes or none. Before, volume 1's SEG was written,
+    audited as segmented and left in --out (never forwarded, never cleaned up) before volume 2's
+    sources were checked; the series then got a second, failed, audit line."""
+    import json
+
+    from edgeseg.runtime.provenance import provenance
+    from edgeseg.runtime.segmenter import Segmenter
+    from edgeseg.serve.audit import AuditLog
+    from edgeseg.serve.dicom_node import DicomNode
+
+    peer, received = storescp
+    volumes = make_series(tmp_path / "series", _patient_sex_x)
+    uid = str(pydicom.dcmread(volumes[0][0]).SeriesInstanceUID)
+    segmenter = Segmenter.load(serve_bundle, backend="onnxruntime:fp32")
+    audit = AuditLog(tmp_path / "audit.jsonl", provenance(segmenter))
+    node = DicomNode(segmenter, port=free_port(), out=tmp_path / "out", forward=peer, idle=600, work=tmp_path / "work",
+                     audit=audit)
+    node.start()
+    try:
+        wait_port(node.port)
+        sent = _storescu(node.port, sorted((tmp_path / "series").iterdir()))
+        assert sent.returncode == 0, sent.stderr
+        node.idle = 0  # complete once all is stored
+        assert _wait_for(lambda: node.stats.failed or node.stats.segmented), node.stats
+    finally:
+        node.stop()
+        segmenter.close()
+        audit.close()
+    assert node.stats.failed == [uid] and not node.stats.segmented and not node.stats.forwarded
+    assert not list((tmp_path / "out").glob("*.seg.dcm")) and not list(received.iterdir())
+    assert not list((tmp_path / "work").rglob("*.seg.dcm"))
+    lines = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
+    series = [line for line in lines if line["event"] == "series"]
+    assert [(line["series_uid"], line["outcome"]) for line in series] == [(uid, "failed")], series
+    assert "PatientSex is 'X'" in series[0]["error"], series[0]
+
+
+def test_a_scout_sent_with_the_series_is_left_out_of_its_seg(node, storescp, tmp_path):
+    """Before, the coronal scout was volume 1 of two: the node wrote UID.vol1.seg.dcm of the scout
+    alone and UID.vol2.seg.dcm of the slices."""
+    from tests.dicom_volume_series import make_one_series
+
+    files = make_one_series(tmp_path / "series", scouts=1)
+    sent = _storescu(node.port, sorted((tmp_path / "series").iterdir()))
+    assert sent.returncode == 0, sent.stderr
+    assert _wait_for(lambda: node.stats.forwarded), (node.stats, sent.stderr)
+    uid = str(pydicom.dcmread(files[0]).SeriesInstanceUID)
+    assert [p.name for p in (tmp_path / "out").glob("*.seg.dcm")] == [f"{uid}.seg.dcm"]
+    seg = pydicom.dcmread(tmp_path / "out" / f"{uid}.seg.dcm")
+    assert _referenced(seg) == {str(pydicom.dcmread(f).SOPInstanceUID) for f in files}

@@ -258,6 +258,18 @@ def test_upload_of_a_jpeg_lossless_dicom_slice_is_segmented_as_the_uncompressed_
     np.testing.assert_array_equal(masks[1], masks[0])
 
 
+def test_an_enhanced_ct_upload_holding_two_volumes_is_400_saying_what_to_do(server, tmp_path):
+    """Before, the answer said "pick one with --volume K", an option an upload does not have."""
+    from tests.dicom_volume_series import make_enhanced_temporal
+
+    path, _ = make_enhanced_temporal(tmp_path)
+    status, _, data = http_request(server.url, "POST", "/v1/segment?format=npy", path.read_bytes())
+    error = json.loads(data)["error"]
+    assert status == 400 and "holds 2 volumes: 1 (TemporalPositionIndex 1, 3 images)" in error, error
+    assert "an upload is one volume: segment one with edgeseg predict --volume K" in error, error
+    assert "pick one with --volume K" not in error
+
+
 def test_upload_garbage_is_400(server):
     status, _, data = http_request(server.url, "POST", "/v1/segment", b"hello")
     assert status == 400
