@@ -11,6 +11,7 @@ import subprocess
 import pytest
 
 import edgeseg
+from edgeseg.serve.dicom_identity import implementation_version_name
 from tests.serve.conformance_tables import key_values, statement, uids
 from tests.serve.dcmtk_path import dcmtk_tool
 from tests.serve.test_dicom_node import SERIES
@@ -122,7 +123,7 @@ def test_the_implementation_identifiers_and_limits_are_those_stated(running_node
     echoscu prints it."""
     stated = key_values(statement()["Implementation identifying information"])
     limits = key_values(statement()["Association limits"])
-    assert stated["Implementation Version Name"] == f"EDGESEG_{edgeseg.__version__.split('+')[0]}"[:16]
+    assert stated["Implementation Version Name"] == implementation_version_name(edgeseg.__version__)
     with running_node() as node:
         assoc = _associate(node.port, [("1.2.840.10008.1.1", ["1.2.840.10008.1.2"])])
         acceptor = assoc.acceptor
