@@ -249,7 +249,7 @@ def test_a_received_file_that_cannot_be_made_is_refused_and_the_association_goes
 
 
 def test_files_a_failing_handler_had_are_closed(serve_bundle, tmp_path, free_port, wait_port):
-    """The C-STORE handler raising (pynetdicom answers 0xC211): its received file was removed but
+    """The C-STORE handler raising (answered 0xC211): its received file was removed but
     left open, one descriptor held per image for the life of the association."""
     from edgeseg.runtime.segmenter import Segmenter
     from edgeseg.serve.dicom_node import DicomNode
