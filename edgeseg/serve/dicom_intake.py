@@ -12,6 +12,7 @@ frames checked as slices are).
 
 from __future__ import annotations
 
+import logging
 import re
 
 from edgeseg.errors import DataError, require
@@ -31,10 +32,14 @@ STATUS_CANNOT_UNDERSTAND = 0xC000
 STATUS_DATASET_MISMATCH = 0xA900
 # PS3.4 B.2.3: C-STORE "Refused: Out of Resources" is A7xx; dcmtk prints it as OutOfResources.
 STATUS_OUT_OF_RESOURCES = 0xA700
+# "Error: Cannot understand", pynetdicom's answer to a handler that raised: the node's own failure
+STATUS_STORE_FAILED = 0xC211
 # Error Comment (0000,0902) is LO: at most 64 characters
 ERROR_COMMENT_LENGTH = 64
 # "DICOM file 1.2.3...", "series 1.2.3...:" in a reason: the UIDs would fill the Error Comment
 UID_MENTION = re.compile(r"(DICOM file |series )?[0-9]+(\.[0-9]+){3,}:?\s*")
+# UIDs DICOM itself registers (SOP classes, transfer syntaxes): no image's, and the sentence needs them
+DICOM_ROOT = "1.2.840.10008."
 
 
 def check_ae_title(title: str) -> str:
@@ -121,16 +126,39 @@ def oversized_header(encoded_bytes: int, pixel_bytes: int) -> str | None:
 
 def failure_status(status: int, reason: str, sop_uid: str):
     """The C-STORE response for a refused image: ``status`` and, as its Error Comment, ``reason``
-    without the UIDs it names (the peer knows which image it sent), cut to the 64 characters
-    the element holds."""
+    without the instance, series and study UIDs it names (the peer knows which image it sent;
+    a SOP class or transfer syntax named stays), cut to the 64 characters the element holds."""
     from pydicom import Dataset
 
-    comment = UID_MENTION.sub("", reason).replace(f"DICOM file {sop_uid}", "").replace(sop_uid, "").lstrip(":, ")
+    def dropped(mention: re.Match) -> str:
+        text = mention.group(0)
+        return text if not mention.group(1) and text.startswith(DICOM_ROOT) else ""
+
+    comment = UID_MENTION.sub(dropped, reason)
+    if sop_uid:
+        comment = comment.replace(f"DICOM file {sop_uid}", "").replace(sop_uid, "")
+    comment = comment.lstrip(":, ")
     response = Dataset()
     response.Status = status
     # LO: no backslash, no control character (an exception's text may hold line breaks)
-    response.ErrorComment = " ".join(comment.replace("\\", "/").split())[:ERROR_COMMENT_LENGTH].strip()
+    comment = " ".join(comment.replace("\\", "/").split())
+    if len(comment) > ERROR_COMMENT_LENGTH:  # cut at a word: no number or UID left half
+        cut = comment[:ERROR_COMMENT_LENGTH + 1]
+        comment = cut[:cut.rfind(" ")] if " " in cut else cut[:ERROR_COMMENT_LENGTH]
+    response.ErrorComment = comment.rstrip(" (,:;")
     return response
+
+
+def answered_on_failure(handler):
+    """``handler`` (the C-STORE handler) answering 0xC211 with an Error Comment where it fails
+    unexpectedly (logged, with its traceback); pynetdicom's own 0xC211 carries none."""
+    def store(event):
+        try:
+            return handler(event)
+        except Exception as exc:
+            logging.getLogger("edgeseg.listen").exception("storing an image failed: %s", exc)
+            return failure_status(STATUS_STORE_FAILED, "the node failed storing it (see its log)", "")
+    return store
 
 
 def store_failure(exc: DataError, sop_uid: str):
@@ -157,7 +185,7 @@ def refusal(ds, context_class: str, path=None) -> tuple[int, str] | None:
     if sop_class not in CT_CLASSES:
         return STATUS_DATASET_MISMATCH, f"its SOP Class UID is {sop_class or 'missing'}, not a CT class"
     if sop_class != context_class:
-        return STATUS_DATASET_MISMATCH, f"its SOP Class UID is {sop_class}, sent on a presentation context for {context_class}"
+        return STATUS_DATASET_MISMATCH, f"its SOP Class UID {sop_class} is not its context's ({context_class})"
     modality = str(ds.get("Modality", "")) or "missing"
     if modality != "CT":
         return STATUS_DATASET_MISMATCH, f"it is sent as a CT image but its modality is {modality}"

@@ -146,6 +146,12 @@ class DicomNode(NodeEvents, NodeLifecycle):
             self.stats.refused += 1
             log.warning("refused an image of SOP class %s: only CT and Enhanced CT images are segmented", sop_class)
             return STATUS_SOP_CLASS_NOT_SUPPORTED
+        context_class = str(event.context.abstract_syntax)
+        if context_class != sop_class:  # before its data set is touched: it is decoded in the context's syntax
+            self.stats.refused += 1
+            log.warning("refused an image sent as %s on a presentation context for %s; its data set is not read",
+                        sop_class, context_class)
+            return failure_status(STATUS_DATASET_MISMATCH, f"SOP class {sop_class} is not its context's", "")
         received = received_path(event)  # an Enhanced CT's data set in a file (dicom_received.py); else None: in memory
         unwritten = write_failure(received)
         if unwritten is not None:  # the disk had no room for it: the rest was dropped, the file removed
@@ -188,7 +194,7 @@ class DicomNode(NodeEvents, NodeLifecycle):
             log.warning("refused an image: %s", exc)
             self._note_refused(series_uid, sop_uid, str(exc))
             return failure_status(STATUS_OUT_OF_RESOURCES, str(exc), sop_uid)
-        refused = refusal(ds, str(event.context.abstract_syntax), received)
+        refused = refusal(ds, context_class, received)
         if refused is not None:
             self.stats.refused += 1
             log.warning("refused image %s of series %s: %s", sop_uid, series_uid, refused[1])

@@ -20,7 +20,7 @@ from edgeseg.errors import DataError, require
 from edgeseg.limits import current_limits
 from edgeseg.serve.dicom_connections import limited_server_class
 from edgeseg.serve.dicom_identity import identify
-from edgeseg.serve.dicom_intake import ENHANCED_CT_CLASSES, add_ct_contexts
+from edgeseg.serve.dicom_intake import DEFLATED, ENHANCED_CT_CLASSES, add_ct_contexts, answered_on_failure
 from edgeseg.serve.dicom_peer_bound import (MAX_PDU_LENGTH, PeerBounds, bounded_request_handler, data_set_limit,
                                             multi_frame_data_set_limit)
 from edgeseg.serve.dicom_received import (check_receive_path, prepare_received_folder, removed_on_failure,
@@ -75,6 +75,10 @@ class NodeLifecycle:
         # StoragePresentationContexts (120 of them, those a requestor can propose at once), which
         # left out Parametric Map, Extensible SR and some 50 more, their contexts then rejected.
         ae.supported_contexts = pynetdicom.AllStoragePresentationContexts
+        # none of them deflated: their images are never read, and a deflated data set is inflated
+        # whole when it is (a peer naming another class in its command would have it read)
+        for context in pynetdicom.AllStoragePresentationContexts:
+            ae.remove_supported_context(context.abstract_syntax, DEFLATED)
         # CT images also in the compressed transfer syntaxes the DICOM reader decodes here (RLE
         # always; JPEG, JPEG-LS, JPEG 2000 with their plugins): a peer holding its images
         # compressed and unable to decompress them could otherwise not send them at all.
@@ -87,7 +91,8 @@ class NodeLifecycle:
         # how long an association thread waits for the request of a connection the watch may have
         # cut before it; an idle association is the watch's, which leaves out the node's own time
         ae.acse_timeout, ae.network_timeout = self.peer_timeout, None
-        store = removed_on_failure(self._on_store if self.audit is None else self.audit.counted(self._on_store))
+        store = answered_on_failure(removed_on_failure(self._on_store))  # 0xC211 with an Error Comment
+        store = store if self.audit is None else self.audit.counted(store)
         handlers = [(pynetdicom.evt.EVT_C_STORE, self._peers.busy_while(store)),
                     (pynetdicom.evt.EVT_C_ECHO, lambda event: 0x0000),
                     (pynetdicom.evt.EVT_REJECTED, self._on_rejected), (pynetdicom.evt.EVT_ACCEPTED, self._on_accepted),

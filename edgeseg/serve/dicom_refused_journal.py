@@ -8,9 +8,12 @@ forgotten, an image taken, a failure remembered or dropped), each written and fl
 (``fsync``) before the node answers the image it is about. A start reads the lines in order into
 the notes, passing over a line cut short by the kill or otherwise unreadable (with one warning),
 and rewrites the file from the notes read. The file is rewritten the same way, whole, under a
-staged name, flushed and renamed, with the folder flushed, whenever the lines written since
-outnumber those it was last rewritten with (and 1024): it stays within twice the notes' own
-size, which their bounds bound. With no notes there is no file. Times are written as wall-clock
+staged name, flushed and renamed, with the folder flushed, whenever the bytes written since
+outnumber those it was last rewritten with (and 1 MiB): it stays within twice the notes' own
+size and 1 MiB, which their bounds bound. With no notes there is no file; the write that creates
+it flushes the folder too. A file past what a start reads (not one the node wrote) is read from
+its end: the newest notes are kept, the oldest passed over with a warning. Once closed (the node
+stopped) nothing more is written. Times are written as wall-clock
 times, so the notes expire across a restart as they do in a node that runs on."""
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import time
 from collections.abc import Iterable, Iterator
@@ -29,6 +33,16 @@ log = logging.getLogger("edgeseg.listen")
 
 NOTES_NAME = "listen.refused"
 REASON_CHARS = 500  # a reason is a message; cut there, it still says why
+GROWTH_FLOOR = 1 << 20  # bytes written since the last rewrite before the file is rewritten, at the least
+
+
+def _finite(value) -> bool:
+    """``value`` (a time read back) is a finite number: not NaN, not infinite, not an integer too
+    large for a float."""
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
 
 
 def _event_ok(event) -> bool:
@@ -44,6 +58,8 @@ def _event_ok(event) -> bool:
         return False
     if not all(isinstance(v, t) and not isinstance(v, bool) for v, t in zip(args, shape)):
         return False
+    if kind in ("note", "fail") and not _finite(args[-1]):
+        return False
     return kind != "fail" or all(isinstance(sop, str) for sop in args[1])
 
 
@@ -55,8 +71,9 @@ class RefusalJournal:
     def __init__(self, work: str | os.PathLike) -> None:
         self.path = Path(work) / NOTES_NAME
         self._fd: int | None = None
-        self.lines = 0  # the lines in the file now
-        self.rewritten = 0  # the lines it was last rewritten with
+        self._closed = False  # close(): the node stopped, nothing more is written
+        self.size = 0  # the bytes in the file now
+        self.rewritten = 0  # the bytes it was last rewritten with
 
     def read(self, most_bytes: int) -> Iterator[list]:
         """The changes in the file, in order, times on the monotonic clock; at most ``most_bytes``
@@ -64,7 +81,7 @@ class RefusalJournal:
         if not self.path.is_file() or self.path.is_symlink():
             return
         shift = time.monotonic() - time.time()
-        bad, read = 0, 0
+        bad = 0
         try:
             notes = open(self.path, "rb")
         except OSError as exc:
@@ -72,11 +89,14 @@ class RefusalJournal:
                         exc.strerror or exc)
             return
         with notes:
+            size = os.fstat(notes.fileno()).st_size
+            if size > most_bytes:  # the newest notes are read, the oldest passed over
+                notes.seek(size - most_bytes - 1)
+                if notes.read(1) != b"\n":
+                    notes.readline()  # the rest of a line begun before
+                log.warning("%s is past %d bytes; only the refusal notes in its last %d bytes are read, the older "
+                            "ones passed over", self.path, most_bytes, most_bytes)
             for line in notes:
-                read += len(line)
-                if read > most_bytes:
-                    log.warning("%s is past %d bytes; the refusal notes after them are not read", self.path, most_bytes)
-                    break
                 event = None
                 with contextlib.suppress(ValueError):
                     event = json.loads(line)
@@ -92,15 +112,25 @@ class RefusalJournal:
 
     def write(self, *event) -> None:
         """Append the change ``event`` (a time last, on the monotonic clock, for a note or a failure)
-        and flush it to disk."""
+        and flush it to disk, with the folder where this made the file."""
+        if self._closed:
+            return
         try:
+            created = False
             if self._fd is None:
-                self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-            os.write(self._fd, _line(event))
+                try:
+                    self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL, 0o644)
+                    created = True
+                except FileExistsError:
+                    self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
+            line = _line(event)
+            os.write(self._fd, line)
             os.fsync(self._fd)
-            self.lines += 1
+            if created:  # its name is on disk too: a kill now does not lose the file
+                sync_folder(self.path.parent)
+            self.size += len(line)
         except OSError as exc:
-            self.close()
+            self._release()
             log.error("cannot note a refusal in %s (%s); a node started again on the folder does not know of it",
                       self.path, exc.strerror or exc)
 
@@ -108,20 +138,23 @@ class RefusalJournal:
         """Replace the file with ``events``, whole or not at all (none: the file is removed)."""
         from edgeseg.atomic import atomic_path
 
-        self.close()
+        if self._closed:
+            return
+        self._release()
         events, count = list(events), 0
         try:
             if not events:
                 if os.path.lexists(self.path):
                     self.path.unlink()
                     sync_folder(self.path.parent)
-                self.lines = self.rewritten = 0
+                self.size = self.rewritten = 0
                 return
             with atomic_path(self.path) as staged:
                 with open(staged, "wb") as notes:
                     for event in events:
-                        notes.write(_line(event))
-                        count += 1
+                        line = _line(event)
+                        notes.write(line)
+                        count += len(line)
                     notes.flush()
                     os.fsync(notes.fileno())
             sync_folder(self.path.parent)
@@ -129,14 +162,19 @@ class RefusalJournal:
             log.error("cannot rewrite the refusal notes in %s (%s); the notes written before stand", self.path,
                       exc.strerror or exc)
             return
-        self.lines = self.rewritten = count
+        self.size = self.rewritten = count
 
     def grown(self) -> bool:
-        """More lines were written since the last rewrite than it wrote (and 1024): time to write
-        the notes anew, so that the file stays within twice their own size."""
-        return self.lines - self.rewritten > max(1024, self.rewritten)
+        """More bytes were written since the last rewrite than it wrote (and GROWTH_FLOOR): time to
+        write the notes anew, so that the file stays within twice their own size."""
+        return self.size - self.rewritten > max(GROWTH_FLOOR, self.rewritten)
 
     def close(self) -> None:
+        """Let go of the file for good (the node stopped): a late change is kept in memory only."""
+        self._closed = True
+        self._release()
+
+    def _release(self) -> None:
         if self._fd is not None:
             with contextlib.suppress(OSError):
                 os.close(self._fd)

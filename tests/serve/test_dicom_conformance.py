@@ -6,12 +6,14 @@ fails here. The peers are pynetdicom and, where installed, dcmtk's echoscu and s
 from __future__ import annotations
 
 import importlib.util
+import logging
 import subprocess
 
 import pytest
 
 import edgeseg
-from tests.serve.conformance_tables import key_values, statement, uids
+from edgeseg.serve.dicom_identity import implementation_version_name
+from tests.serve.conformance_tables import key_values, statement, ticked, uids
 from tests.serve.dcmtk_path import dcmtk_tool
 from tests.serve.test_dicom_node import SERIES
 from tests.serve.test_dicom_node_failures import running_node  # noqa: F401 - the fixture
@@ -122,7 +124,7 @@ def test_the_implementation_identifiers_and_limits_are_those_stated(running_node
     echoscu prints it."""
     stated = key_values(statement()["Implementation identifying information"])
     limits = key_values(statement()["Association limits"])
-    assert stated["Implementation Version Name"] == f"EDGESEG_{edgeseg.__version__.split('+')[0]}"[:16]
+    assert stated["Implementation Version Name"] == implementation_version_name(edgeseg.__version__)
     with running_node() as node:
         assoc = _associate(node.port, [("1.2.840.10008.1.1", ["1.2.840.10008.1.2"])])
         acceptor = assoc.acceptor
@@ -243,3 +245,37 @@ def test_extended_negotiation_is_not_answered(running_node):
         assoc.release()
     assert answered == {"MaximumLengthNotification", "ImplementationClassUIDNotification",
                         "ImplementationVersionNameNotification"}
+
+
+def test_a_non_ct_image_past_the_one_image_bound_aborts_as_stated(running_node, monkeypatch, caplog):
+    """The statement said every other storage class is answered 0x0122; one whose data set is past
+    the one-image bound has its association aborted. The bound stated is the node's, the
+    statement says it aborts, and it does: with EDGESEG_MAX_PIXELS at 64 x 64 (a bound of 32 KiB
+    plus 4 MiB) a 5 MB Parametric Map is aborted, a small one answered 0x0122."""
+    from edgeseg.limits import current_limits
+    from edgeseg.serve.dicom_peer_bound import data_set_limit
+
+    [value] = [row["value"] for row in statement()["Association limits"] if row["item"].startswith("Data set of one")]
+    assert int(ticked(value)) == data_set_limit(current_limits())
+    assert "A-ABORT" in value and "not answered 0x0122" in value
+    [overview] = [row for row in statement()["1 Overview"] if row["SOP class"].startswith("every other Storage")]
+    assert "association aborted" in overview["provider of service (SCP)"]
+    monkeypatch.setenv("EDGESEG_MAX_PIXELS", str(64 * 64))
+    caplog.set_level(logging.WARNING, logger="edgeseg")
+    parametric_map = "1.2.840.10008.5.1.4.1.1.30"
+
+    def image(size: int):
+        ds = pydicom.dcmread(sorted(SERIES.glob("*.dcm"))[0])
+        ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = parametric_map
+        ds.PixelData = bytes(size)
+        return ds
+
+    with running_node(idle=3600) as node:
+        ae = pynetdicom.AE(ae_title="PACS")
+        ae.add_requested_context(parametric_map, "1.2.840.10008.1.2.1")
+        assoc = ae.associate("127.0.0.1", node.port, ae_title="EDGESEG")
+        small = assoc.send_c_store(image(1000)).Status
+        large = assoc.send_c_store(image(5_000_000))
+    assert small == 0x0122
+    assert "Status" not in large  # no answer: the association was aborted
+    assert f"a data set of over {data_set_limit(current_limits())} bytes" in caplog.text, caplog.text[-2000:]

@@ -74,15 +74,27 @@ def test_the_forwarding_association_names_edgeseg(archive):
 
 
 @pytest.mark.parametrize("version, name", [("0.1.0", "EDGESEG_0.1.0"), ("0.1.0+g1a2b3c4.d20261207", "EDGESEG_0.1.0"),
-                                           ("12.10.3.dev45", "EDGESEG_12.10.3"), ("1.0rc1", "EDGESEG_1.0rc1"),
-                                           ("2.0\\x", "EDGESEG_2.0_x")])
+                                           ("12.10.3", "EDGESEG_12.10.3"), ("12.10.3.dev45", "ES_12.10.3.dev45"),
+                                           ("1.0rc1", "EDGESEG_1.0rc1"), ("2.0\\x", "EDGESEG_2.0_x")])
 def test_the_implementation_version_name_keeps_to_the_rules(version, name):
     """PS3.8 D.3.3.2.3: 1 to 16 characters of the default repertoire, no backslash; pynetdicom
-    refuses a longer one (a node of a development build would not start)."""
+    refuses a longer one (a node of a development build would not start). A development build
+    names itself apart from its release (``12.10.3.dev45`` was ``EDGESEG_12.10.3``, cut)."""
     made = implementation_version_name(version)
     assert made == name
     assert 1 <= len(made) <= 16 and all(32 < ord(c) < 127 and c != "\\" for c in made)
     pynetdicom.AE().implementation_version_name = made  # pynetdicom's own check takes it
+
+
+def test_versions_too_long_for_any_prefix_still_name_themselves_apart():
+    """Versions past 13 characters keep their first 9 and a hash: still 16 characters, and the
+    release, its pre-releases and development builds all named apart."""
+    versions = ["123.456.789", "123.456.789rc1", "123.456.789rc1.dev2", "123.456.789rc1.dev3", "123.456.789.post1"]
+    names = [implementation_version_name(version) for version in versions]
+    assert len(set(names)) == len(versions), names
+    assert all(len(name) <= 16 for name in names) and names[0] == "ES_123.456.789"
+    for name in names:
+        pynetdicom.AE().implementation_version_name = name
 
 
 def _proposed_syntaxes() -> list[str]:

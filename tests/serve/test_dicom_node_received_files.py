@@ -249,7 +249,7 @@ def test_a_received_file_that_cannot_be_made_is_refused_and_the_association_goes
 
 
 def test_files_a_failing_handler_had_are_closed(serve_bundle, tmp_path, free_port, wait_port):
-    """The C-STORE handler raising (pynetdicom answers 0xC211): its received file was removed but
+    """The C-STORE handler raising (answered 0xC211): its received file was removed but
     left open, one descriptor held per image for the life of the association."""
     from edgeseg.runtime.segmenter import Segmenter
     from edgeseg.serve.dicom_node import DicomNode
@@ -266,7 +266,8 @@ def test_files_a_failing_handler_had_are_closed(serve_bundle, tmp_path, free_por
             wait_port(node.port)
             assoc = _peer().associate("127.0.0.1", node.port, ae_title="EDGESEG")
             assoc.dimse_timeout = 60
-            statuses = [assoc.send_c_store(_data_set(200_000)).get("Status")]
+            first = assoc.send_c_store(_data_set(200_000))
+            statuses = [first.get("Status")]
             before = _open_descriptors(os.getpid())
             statuses += [assoc.send_c_store(_data_set(200_000)).get("Status") for _ in range(images - 1)]
             grown = _open_descriptors(os.getpid()) - before
@@ -276,6 +277,8 @@ def test_files_a_failing_handler_had_are_closed(serve_bundle, tmp_path, free_por
             node.abandon()
             node.stop()
     assert statuses == [0xC211] * images
+    # with an Error Comment, as every failure but 0x0122 (pynetdicom's own 0xC211 had none)
+    assert first.get("ErrorComment") == "the node failed storing it (see its log)"
     assert len(grown) < images // 2, sorted(grown)
     assert left == []
 

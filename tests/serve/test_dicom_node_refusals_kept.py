@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from edgeseg.serve.dicom_refused import RefusedImages
-from edgeseg.serve.dicom_refused_journal import NOTES_NAME
+from edgeseg.serve.dicom_refused_journal import GROWTH_FLOOR, NOTES_NAME
 from tests.serve.test_dicom_node import _wait_for
 from tests.serve.test_dicom_node_durable import _listen, _stop
 from tests.serve.test_dicom_node_whole_series import _association, _send, _slices, _without
@@ -125,7 +125,7 @@ def test_a_line_cut_short_is_passed_over_and_times_run_on_across_the_restart(tmp
 
 def test_the_file_stays_bounded_by_the_notes(tmp_path):
     """A peer sending image after refused image, each then taken: the file is rewritten as it
-    grows, never past the notes' lines it was rewritten with, twice, and 1024 lines."""
+    grows, never past the notes' bytes it was rewritten with, twice, and 1 MiB (and a line)."""
     work = tmp_path / "work"
     work.mkdir()
     live = RefusedImages.kept_in(work)
@@ -133,7 +133,7 @@ def test_the_file_stays_bounded_by_the_notes(tmp_path):
         live.refused("3.1", f"3.1.{n}", "bad", held={})
         live.taken("3.1", f"3.1.{n}")
         path = work / NOTES_NAME  # none once rewritten with no note left
-        assert not path.exists() or len(path.read_text().splitlines()) <= 1025
+        assert not path.exists() or path.stat().st_size <= GROWTH_FLOOR + 200
     live.refused("3.2", "3.2.1", "bad", held={})
     again = RefusedImages.kept_in(work)
     assert len((work / NOTES_NAME).read_text().splitlines()) == 1  # rewritten at the start: the one note

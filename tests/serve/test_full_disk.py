@@ -184,8 +184,11 @@ def test_an_image_the_disk_cannot_take_is_refused_out_of_resources(running_liste
     files = sorted(SERIES.glob("*.dcm"))
     with running_listen() as proc:
         _limit(proc, 100_000)  # an image of the series takes 526 KB
-        refused = _storescu(running_listen.port, files[:1])
-        assert "Refused: OutOfResources" in refused.stderr, refused.stderr
+        refused = subprocess.run(["storescu", "-d", "-aec", "EDGESEG", "127.0.0.1", str(running_listen.port),
+                                  str(files[0])], capture_output=True, text=True, timeout=60)
+        assert "Refused: Out of resources" in refused.stderr, refused.stderr[-3000:]
+        # with an Error Comment saying why, as every failure but 0x0122
+        assert "(0000,0902) LO [cannot store it: File too large]" in refused.stderr, refused.stderr[-3000:]
         [work] = (tmp_path / "tmp").glob("edgeseg-listen-*")
         assert list(work.iterdir()) == [work / "received"]  # the node's folder for Enhanced CT files, empty
         assert list((work / "received").iterdir()) == []
