@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import sys
+
 import click
 
 from edgeseg.cli.finite_range import FiniteFloatRange
@@ -56,6 +59,7 @@ def command(bundle, host, port, grpc_port, backend, threads, model_name, max_bat
     from edgeseg.cli.ports import check_port
     from edgeseg.errors import DataError, require
     from edgeseg.limits import current_limits
+    from edgeseg.runtime.runners.remote import host_port
     from edgeseg.runtime.segmenter import Segmenter
     from edgeseg.runtime.provenance import provenance
     from edgeseg.serve.app import ServeConfig, close_app, create_app
@@ -91,11 +95,11 @@ def command(bundle, host, port, grpc_port, backend, threads, model_name, max_bat
                          max_body_bytes=max_body_mb << 20, timeout_s=timeout, max_side=max_side,
                          max_inflight_bytes=max_inflight_bytes, max_upload_disk_bytes=max_upload_disk_bytes,
                          upload_dir=str(upload_dir),
-                         grpc_address=None if grpc_port is None else f"{_bracketed(host)}:{grpc_port}")
+                         grpc_address=None if grpc_port is None else host_port(host, grpc_port))
     app = create_app(segmenter, config, audit)
     # on stderr where the audit log takes stdout: a log shipper reads nothing there but JSON lines
-    grpc_note = "" if grpc_port is None else f" and grpc://{host}:{grpc_port}"
-    click.echo(f"serving {bundle} as {model_name!r} and {model_name + '-pipeline'!r} on http://{host}:{port}{grpc_note} "
+    grpc_note = "" if grpc_port is None else f" and grpc://{host_port(host, grpc_port)}"
+    click.echo(f"serving {bundle} as {model_name!r} and {model_name + '-pipeline'!r} on http://{host_port(host, port)}{grpc_note} "
                f"(backend {segmenter.backend})",
                err=audit is not None and audit.shares_stdout())
     # SIGTERM (a service manager's stop) is the server's normal end, as for `edgeseg listen`:
@@ -106,8 +110,12 @@ def command(bundle, host, port, grpc_port, backend, threads, model_name, max_bat
     try:
         # a stop lets requests in flight finish (each has --timeout), then closes what is left: a
         # client that stalls mid-body or holds a connection must not keep the server up
-        uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False,
-                    timeout_graceful_shutdown=timeout + 5, http=header_deadline_protocol(timeout))
+        server = _server(uvicorn, app, host=host, port=port, log_level="warning", access_log=False,
+                         timeout_graceful_shutdown=timeout + 5, http=header_deadline_protocol(timeout))
+        with contextlib.suppress(KeyboardInterrupt):  # as uvicorn.run: Ctrl-C is a stop
+            server.run()
+        if not server.started:  # as uvicorn.run: the app failed to start (its lifespan said why)
+            sys.exit(3)
     finally:
         signal.signal(signal.SIGTERM, previous)
         close_app(app)  # done already by the app's shutdown, unless uvicorn failed before it
@@ -116,7 +124,14 @@ def command(bundle, host, port, grpc_port, backend, threads, model_name, max_bat
             audit.close()
 
 
+def _server(uvicorn, app, **options):
+    """A uvicorn server for ``app`` that begins stopping its gRPC service as its shutdown begins:
+    gRPC refuses new calls while the HTTP requests in flight drain."""
+    from edgeseg.serve.app import stop_grpc
 
-def _bracketed(host: str) -> str:
-    """``host`` as gRPC takes it in HOST:PORT: an IPv6 address in brackets."""
-    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+    class Server(uvicorn.Server):
+        async def shutdown(self, sockets=None):
+            stop_grpc(app)
+            await super().shutdown(sockets)
+
+    return Server(uvicorn.Config(app, **options))

@@ -90,6 +90,7 @@ def create_app(segmenter, config: ServeConfig = ServeConfig(), audit=None):
     # so the event loop answers health checks and other requests meanwhile; one at a time, so at
     # most one body's worth of Python objects lives at once, as when they ran on the loop.
     codec = asyncio.Semaphore(1)
+    app.state.codec, app.state.audit = codec, audit  # the gRPC service's too
     bodies = BodyReader(config.max_body_bytes, config.timeout_s)
 
     def model_for(name: str, version: str | None = None) -> ServedModel:
@@ -201,16 +202,26 @@ def close_app(app) -> None:
 @contextlib.asynccontextmanager
 async def _lifespan(app):
     config = app.state.config
-    grpc_server = None
+    app.state.grpc_server = app.state.grpc_stopping = None
     if config.grpc_address is not None:  # on the HTTP server's event loop, started and stopped with it
         from edgeseg.serve.grpc_service import start_grpc_server
 
-        grpc_server = await start_grpc_server(app, config.grpc_address)
+        app.state.grpc_server = await start_grpc_server(app, config.grpc_address)
     yield
-    if grpc_server is not None:
-        # the RPCs in flight finish (each has config.timeout_s), new ones are refused
-        await grpc_server.stop(config.timeout_s)
+    stopping = stop_grpc(app)  # begun already where the server's shutdown began it
+    if stopping is not None:
+        await stopping
     close_app(app)
+
+
+def stop_grpc(app):
+    """Begin stopping ``app``'s gRPC service, once: new RPCs are refused (UNAVAILABLE) from now on,
+    those in flight finish (each within the timeout). The stopping task; None without gRPC. The
+    server calls this as its shutdown begins, so that gRPC takes no new work while HTTP drains."""
+    server = getattr(app.state, "grpc_server", None)
+    if server is not None and app.state.grpc_stopping is None:
+        app.state.grpc_stopping = asyncio.ensure_future(server.stop(app.state.config.timeout_s))
+    return app.state.grpc_stopping if server is not None else None
 
 
 def _install_error_handlers(app) -> None:

@@ -13,6 +13,10 @@ artifact sha256, backend, precision, edgeseg version). Events:
   ``path``, ``model`` (the served model's name, for ``/v2/models/NAME`` and the routes under it),
   ``status``, ``outcome`` (``ok`` for a 2xx answer, else ``error``), ``error`` (for a failure
   of the server itself, answered 500: what failed, which the answer does not say), ``latency_ms``.
+- ``grpc_request`` (serve --grpc-port): the fields of ``http_request`` for one gRPC call (the
+  probes ``ServerLive`` and ``ServerReady`` left out): ``method`` the RPC, ``path`` its full
+  name, ``status`` the gRPC code name (``OK`` for an answer); the request ID from the call's
+  ``x-request-id`` metadata.
 - ``association`` (listen): ``peer`` (address:port), ``calling_ae``, ``called_ae``, the number of
   images ``stored`` and ``refused``, ``outcome`` (``released``, ``aborted``, ``rejected``).
 - ``series`` (listen): ``study_uid``, ``series_uid``, ``slices``, ``seg_sop_instance_uid`` and

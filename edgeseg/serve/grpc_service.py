@@ -15,15 +15,19 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import math
 import time
+
+import numpy as np
 
 from edgeseg import __version__
 from edgeseg.errors import BackendError, DataError, EdgesegError, require
-from edgeseg.serve.audit import request_id
+from edgeseg.serve.audit import AuditLogError, request_id
 from edgeseg.serve.grpc_tensors import decode_infer_request, encode_infer_response
-from edgeseg.serve.http_errors import HttpError
+from edgeseg.serve.http_errors import HttpError, refused
+from edgeseg.serve.inflight import BUDGET_OPTION, OverBudget
 from edgeseg.serve.model_call import find_model, run_request, triton_config
-from edgeseg.serve.protocol import ProtocolError
+from edgeseg.serve.protocol import DATATYPES, ProtocolError
 
 log = logging.getLogger("edgeseg.serve")
 PURPOSE = "edgeseg serve --grpc-port"
@@ -40,28 +44,46 @@ def stubs():
     return pb, require("tritonclient.grpc.service_pb2_grpc", "grpc", PURPOSE)
 
 
+# RPCs a probe sends every few seconds: not audited, as HTTP's /v2/health routes are not
+_PROBES = ("ServerLive", "ServerReady")
+_SERVICE_PATH = "/inference.GRPCInferenceService/"
+
+
 def _answered(method):
-    """Run an RPC, turning a refusal into its gRPC status and one-line details."""
+    """Run an RPC, turning a refusal into its gRPC status and one-line details; each RPC but the
+    probes is recorded in the audit log (where the server keeps one) before it is answered."""
 
     @functools.wraps(method)
     async def rpc(self, request, context):
         import grpc
 
+        given = dict(context.invocation_metadata() or ()).get("x-request-id")
+        rid, start, error = request_id(given if isinstance(given, str) else None), time.perf_counter(), None
         try:
-            return await method(self, request, context)
+            answer = await method(self, request, context)
+            code, details = grpc.StatusCode.OK, ""
         except HttpError as exc:
             if exc.status >= 500 and exc.status not in _STATUS:
-                code, details = grpc.StatusCode.INTERNAL, self._fault(context, str(exc), None)
+                code, details, error = grpc.StatusCode.INTERNAL, self._fault(context, rid, str(exc), None), str(exc)
             else:
                 code, details = getattr(grpc.StatusCode, _STATUS.get(exc.status, "INVALID_ARGUMENT")), str(exc)
         except (ProtocolError, DataError) as exc:
             code, details = grpc.StatusCode.INVALID_ARGUMENT, str(exc)
         except BackendError as exc:  # the served model failed, not the request: the server's fault
-            code, details = grpc.StatusCode.INTERNAL, self._fault(context, str(exc), None)
+            code, details, error = grpc.StatusCode.INTERNAL, self._fault(context, rid, str(exc), None), str(exc)
         except EdgesegError as exc:
             code, details = grpc.StatusCode.INVALID_ARGUMENT, str(exc)
         except Exception as exc:  # noqa: BLE001 - logged with its traceback, answered INTERNAL
-            code, details = grpc.StatusCode.INTERNAL, self._fault(context, f"{type(exc).__name__}: {exc}", exc)
+            error = f"{type(exc).__name__}: {exc}"
+            code, details = grpc.StatusCode.INTERNAL, self._fault(context, rid, error, exc)
+        context.set_trailing_metadata((("x-request-id", rid),))
+        if self.audit is not None and method.__name__ not in _PROBES:
+            try:
+                await asyncio.to_thread(self._audit, context, rid, method.__name__, request, code.name, start, error)
+            except AuditLogError as exc:  # an audited server hands out no answer it could not record
+                code, details = grpc.StatusCode.INTERNAL, f"the server cannot record the request in its audit log: {exc.reason}"
+        if code == grpc.StatusCode.OK:
+            return answer
         await context.abort(code, " ".join(details.split()))
 
     return rpc
@@ -73,13 +95,24 @@ class InferenceService:
     def __init__(self, app, pb) -> None:
         self.pb = pb
         self.models, self.budget, self.config = app.state.models, app.state.budget, app.state.config
+        # the HTTP infer route's: one request's values decoded (or answer encoded) at a time
+        self.codec, self.audit = app.state.codec, app.state.audit
 
-    def _fault(self, context, text: str, exc: BaseException | None) -> str:
-        """Log a failure of the server under a new request ID; the details the client gets."""
-        rid = request_id(None)
+    def _fault(self, context, rid: str, text: str, exc: BaseException | None) -> str:
+        """Log a failure of the server under its request ID; the details the client gets."""
         log.error("gRPC %s (request %s) failed: %s", context.peer(), rid, " ".join(text.split()),
                   exc_info=exc)
         return f"internal server error; the server's log has the details under request ID {rid}"
+
+    def _audit(self, context, rid: str, rpc: str, request, status: str, start: float, error: str | None) -> None:
+        """The ``grpc_request`` line of one answered RPC (the fields of HTTP's ``http_request``)."""
+        model = getattr(request, "model_name", None) or getattr(request, "name", None) or None
+        peer = context.peer() or ""
+        self.audit.record("grpc_request", request_id=rid, peer=peer.partition(":")[2] or peer, method=rpc,
+                          path=_SERVICE_PATH + rpc, model=model, status=status,
+                          outcome="ok" if status == "OK" else "error",
+                          error=None if error is None else " ".join(error.split())[:300],
+                          latency_ms=round((time.perf_counter() - start) * 1e3, 3))
 
     @_answered
     async def ServerLive(self, request, context):  # noqa: N802 - the service's method names
@@ -133,14 +166,26 @@ class InferenceService:
     async def ModelInfer(self, request, context):  # noqa: N802
         model = find_model(self.models, request.model_name, request.model_version)
         start = time.perf_counter_ns()
-        decoded = await asyncio.to_thread(decode_infer_request, request)
+
+        def declared(name: str, shape: tuple[int, ...], datatype: str) -> None:
+            # typed values take far more memory while decoded than their message: the limits the
+            # declared shape alone breaks are refused before any value is read
+            model.check_shape(name, shape)
+            nbytes = math.prod(shape) * np.dtype(DATATYPES[datatype]).itemsize
+            if nbytes > self.budget.limit:
+                raise refused(OverBudget(f"input {name!r} of shape {list(shape)} needs {nbytes} bytes, more than "
+                                         f"the whole in-flight budget of {self.budget.limit} bytes ({BUDGET_OPTION})"))
+
+        async with self.codec:
+            decoded = await asyncio.to_thread(decode_infer_request, request, declared)
 
         def encode(result):
             outputs = {model.output_name: model.output(decoded.inputs, result)}
             return encode_infer_response(self.pb, model.name, decoded, outputs, model.response_parameters())
 
         async def encoded(result):
-            return await asyncio.to_thread(encode, result)
+            async with self.codec:
+                return await asyncio.to_thread(encode, result)
 
         # a client that cancels (or whose deadline passes) cancels this task, and so its queued request
         return await run_request(model, decoded, self.budget, self.config.timeout_s, start, encoded)

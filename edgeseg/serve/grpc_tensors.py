@@ -14,7 +14,7 @@ import math
 
 import numpy as np
 
-from edgeseg.serve.protocol import DATATYPES, MAX_RANK, NUMPY_TO_DATATYPE, InferRequest, ProtocolError, _json_data
+from edgeseg.serve.protocol import DATATYPES, MAX_RANK, NUMPY_TO_DATATYPE, InferRequest, ProtocolError
 
 # The typed contents field that carries each datatype (FP16 has none: raw only)
 CONTENTS_FIELD = {"BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_contents", "INT32": "int_contents",
@@ -22,6 +22,10 @@ CONTENTS_FIELD = {"BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int
                   "UINT32": "uint_contents", "UINT64": "uint64_contents", "FP32": "fp32_contents",
                   "FP64": "fp64_contents"}
 _ALL_FIELDS = sorted(set(CONTENTS_FIELD.values()) | {"bytes_contents"})
+# The type each contents field holds its values in (the protobuf wire type)
+_FIELD_DTYPE = {"bool_contents": np.bool_, "int_contents": np.int32, "int64_contents": np.int64,
+                "uint_contents": np.uint32, "uint64_contents": np.uint64, "fp32_contents": np.float32,
+                "fp64_contents": np.float64}
 
 
 def _refuse_extensions(parameters, what: str, *keys: str) -> None:
@@ -50,6 +54,8 @@ def _raw_array(raw: bytes, shape: tuple[int, ...], datatype: str, name: str) -> 
 
 
 def _typed_array(tensor, shape: tuple[int, ...], datatype: str, name: str) -> np.ndarray:
+    """The values of the typed contents field of ``datatype``, read straight into a numpy array of
+    the field's type (never a Python list of them), range-checked, as ``datatype``."""
     field = CONTENTS_FIELD.get(datatype)
     given = [f for f in _ALL_FIELDS if len(getattr(tensor.contents, f))]
     if field is None or given != [field]:
@@ -58,17 +64,33 @@ def _typed_array(tensor, shape: tuple[int, ...], datatype: str, name: str) -> np
     values = getattr(tensor.contents, field)
     if len(values) != math.prod(shape):
         raise ProtocolError(f"input {name!r}: {len(values)} values do not fill shape {list(shape)}"[:300])
-    return _json_data(list(values), np.dtype(DATATYPES[datatype]), datatype, name).reshape(shape)
+    array = np.fromiter(values, dtype=_FIELD_DTYPE[field], count=len(values))
+    dtype = np.dtype(DATATYPES[datatype])
+    if dtype.kind in "iu" and array.size and dtype != array.dtype:
+        info = np.iinfo(dtype)
+        if array.min() < info.min or array.max() > info.max:
+            raise ProtocolError(f"input {name!r}: a value lies outside the range of {datatype} "
+                                f"({info.min}..{info.max})")
+    return array.astype(dtype, copy=False).reshape(shape)
 
 
-def decode_infer_request(request) -> InferRequest:
-    """The tensors of a ``ModelInferRequest``; ProtocolError (one line) for anything malformed."""
+def _typed_given(request) -> bool:
+    return any(len(getattr(tensor.contents, f)) for tensor in request.inputs for f in _ALL_FIELDS)
+
+
+def decode_infer_request(request, check_declared=None) -> InferRequest:
+    """The tensors of a ``ModelInferRequest``; ProtocolError (one line) for anything malformed.
+    ``check_declared(name, shape, datatype)``, given, is called for each input in typed contents
+    before its values are decoded, to refuse what the declared shape alone breaks."""
     if not request.inputs:
         raise ProtocolError("request needs at least one input")
     raw = list(request.raw_input_contents)
     if raw and len(raw) != len(request.inputs):
         raise ProtocolError(f"raw_input_contents holds {len(raw)} tensors for {len(request.inputs)} inputs; "
                             "send every input raw, or none")
+    if raw and _typed_given(request):
+        raise ProtocolError("the request holds both raw_input_contents and typed contents; send each input "
+                            "in one of them")
     _refuse_extensions(request.parameters, "request", "shared_memory_region")
     inputs: dict[str, np.ndarray] = {}
     for index, tensor in enumerate(request.inputs):
@@ -84,6 +106,8 @@ def decode_infer_request(request) -> InferRequest:
         if raw:
             array = _raw_array(raw[index], shape, tensor.datatype, name)
         else:
+            if check_declared is not None:
+                check_declared(name, shape, tensor.datatype)
             array = _typed_array(tensor, shape, tensor.datatype, name)
         inputs[name] = array.astype(array.dtype.newbyteorder("="), copy=False)
     names = [output.name for output in request.outputs] if request.outputs else None

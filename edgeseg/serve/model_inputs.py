@@ -49,8 +49,7 @@ def check_network_input(batch: np.ndarray, segmenter, name: str, max_batch: int)
         hint = f"; CT values (INT16, UINT16, FP32 HU) go to model {pipeline!r}" if batch.dtype.kind in "iu" else ""
         datatype = _datatype_name(batch.dtype)
         raise ModelInputError(f"model {name!r} takes the pre-processed FP32 tensor, got {datatype}{hint}")
-    if batch.ndim == 4 and batch.shape[0] > max_batch:
-        raise ModelInputError(f"a request holds at most {max_batch} slices (--max-batch), got {batch.shape[0]}")
+    check_network_shape(batch.shape, max_batch)
     try:
         segmenter.runner.check_batch(batch)  # shape, batch size, NaN/inf
     except DataError as exc:
@@ -66,6 +65,26 @@ def check_network_input(batch: np.ndarray, segmenter, name: str, max_batch: int)
     return np.ascontiguousarray(batch)
 
 
+def check_network_shape(shape: tuple[int, ...], max_batch: int) -> None:
+    """The batch limit of the network's input of ``shape``, checked from the shape alone (a
+    request's declared shape, before its values are decoded)."""
+    if len(shape) == 4 and shape[0] > max_batch:
+        raise ModelInputError(f"a request holds at most {max_batch} slices (--max-batch), got {shape[0]}")
+
+
+def check_pipeline_shape(shape: tuple[int, ...], max_batch: int, max_side: int) -> None:
+    """The slice count and side limits of the pipeline's ``hu`` of ``shape`` ([H, W] or [N, H, W];
+    other ranks are refused with the values), checked from the shape alone."""
+    if len(shape) not in (2, 3):
+        return
+    stack = (1, *shape) if len(shape) == 2 else tuple(shape)
+    if not 1 <= stack[0] <= max_batch:
+        raise ModelInputError(f"a request holds 1..{max_batch} slices (--max-batch), got {stack[0]}")
+    if max(stack[1:]) > max_side:
+        raise ModelInputError(f"slices of {stack[1]}x{stack[2]} exceed the server's limit of "
+                              f"{max_side} pixels a side")
+
+
 def check_pipeline_input(hu: np.ndarray, segmenter, network_name: str, max_batch: int, max_side: int) -> np.ndarray:
     """``hu`` ((H, W) or (N, H, W)) as an (N, H, W) stack for ``predict_volume``, or ModelInputError."""
     name = network_name + PIPELINE_SUFFIX
@@ -77,11 +96,7 @@ def check_pipeline_input(hu: np.ndarray, segmenter, network_name: str, max_batch
         hint = f"; the pre-processed (N, 1, H, W) tensor goes to model {network_name!r}" if hu.ndim == 4 else ""
         raise ModelInputError(f"model {name!r} takes hu of shape [H, W] or [N, H, W], got {list(hu.shape)}{hint}")
     stack = hu[None] if hu.ndim == 2 else hu
-    if not 1 <= stack.shape[0] <= max_batch:
-        raise ModelInputError(f"a request holds 1..{max_batch} slices (--max-batch), got {stack.shape[0]}")
-    if max(stack.shape[1:]) > max_side:
-        raise ModelInputError(f"slices of {stack.shape[1]}x{stack.shape[2]} exceed the server's limit of "
-                              f"{max_side} pixels a side")
+    check_pipeline_shape(hu.shape, max_batch, max_side)
     if hu.dtype == np.float32 and stack.size:  # an empty stack is refused as too small below
         _check_fp32_hu(stack, segmenter.spec, network_name)
     try:

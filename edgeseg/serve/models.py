@@ -22,7 +22,8 @@ import numpy as np
 from edgeseg.errors import DataError
 from edgeseg.serve.batcher import BatchTiming, MicroBatcher
 from edgeseg.serve.model_inputs import (PIPELINE_DATATYPES, PIPELINE_SUFFIX, SPACING_INPUT, ModelInputError,
-                                        check_network_input, check_pipeline_input, check_pipeline_spacing)
+                                        check_network_input, check_network_shape, check_pipeline_input,
+                                        check_pipeline_shape, check_pipeline_spacing)
 from edgeseg.serve.protocol import NUMPY_TO_DATATYPE
 
 
@@ -147,6 +148,10 @@ class ServedModel(abc.ABC):
             raise ModelInputError(f"model {self.name!r} takes {takes}, got {sorted(inputs)}")
         return self._check(inputs[self.input_name], inputs)
 
+    def check_shape(self, name: str, shape: tuple[int, ...]) -> None:
+        """The limits that the declared ``shape`` of input ``name`` alone breaks (ModelInputError),
+        checked before its values are decoded; :meth:`checked` checks the rest."""
+
     @abc.abstractmethod
     def _check(self, array: np.ndarray, inputs: dict[str, np.ndarray]) -> np.ndarray:
         """``array`` (the main input of ``inputs``) as the batcher takes it, or ModelInputError."""
@@ -193,6 +198,10 @@ class NetworkModel(ServedModel):
                 "inputs": [tensor(self.in_info)], "outputs": [tensor(self.out_info)],
                 "parameters": {**class_parameters(self.segmenter.labels), **identity, "max_batch": self.max_batch}}
 
+    def check_shape(self, name: str, shape: tuple[int, ...]) -> None:
+        if name == self.input_name:
+            check_network_shape(shape, self.max_batch)
+
     def _check(self, batch: np.ndarray, inputs: dict[str, np.ndarray]) -> np.ndarray:
         return check_network_input(batch, self.segmenter, self.name, self.max_batch)
 
@@ -219,6 +228,10 @@ class PipelineModel(ServedModel):
                                "input_shapes": ["[H, W]", "[N, H, W]"], "max_slices": self.max_batch,
                                "max_side": self.max_side, "window": list(self.segmenter.spec.window),
                                "tta": self.segmenter.tta}}
+
+    def check_shape(self, name: str, shape: tuple[int, ...]) -> None:
+        if name == self.input_name:
+            check_pipeline_shape(shape, self.max_batch, self.max_side)
 
     def _check(self, hu: np.ndarray, inputs: dict[str, np.ndarray]) -> np.ndarray:
         stack = check_pipeline_input(hu, self.segmenter, self.network_name, self.max_batch, self.max_side)

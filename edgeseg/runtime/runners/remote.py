@@ -58,6 +58,11 @@ def _dims(shape) -> list[int]:
     return shape
 
 
+def host_port(host: str, port: int) -> str:
+    """``HOST:PORT`` as URLs and gRPC targets write it: an IPv6 address in brackets."""
+    return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
+
+
 def parse_address(url: str) -> tuple[str, str, int, str]:
     """``http://HOST:PORT/models/NAME`` -> (scheme, host, port, model path prefix); ``https`` and
     ``grpc`` (whose PORT must be given: gRPC has no usual one) likewise."""
@@ -108,7 +113,7 @@ class RemoteRunner(Runner):
 
     @property
     def device(self) -> str:
-        return f"{self._host}:{self._port}"
+        return host_port(self._host, self._port)
 
     @property
     def run_on(self) -> str:

@@ -46,7 +46,7 @@ class GrpcRemoteRunner(RemoteRunner):
         grpc, _, pb_grpc = self._modules()
         if self._stub is None:
             # the logits of a batch exceed gRPC's default 4 MB; the request limit is the server's
-            self._channel = grpc.insecure_channel(f"{self._host}:{self._port}", options=[
+            self._channel = grpc.insecure_channel(self.device, options=[
                 ("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)])
             self._stub = pb_grpc.GRPCInferenceServiceStub(self._channel)
         try:

@@ -1,0 +1,44 @@
+"""``edgeseg serve --grpc-port --audit-log``: each gRPC call but the health probes is one
+``grpc_request`` line with the fields of HTTP's ``http_request`` lines, its request ID echoed."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from tests.serve.grpc_util import grpc_serve_process, stub
+from tests.serve.test_audit_log import _bundle_checked
+
+pytest.importorskip("grpc")
+pytest.importorskip("fastapi")
+pytest.importorskip("tritonclient.grpc")
+
+
+def test_grpc_calls_are_audit_lines(serve_bundle, serve_process, tmp_path):
+    import grpc
+
+    log = tmp_path / "audit.jsonl"
+    with grpc_serve_process(serve_process, serve_bundle, "--backend", "onnxruntime:fp32",
+                            "--audit-log", str(log)) as (_, _, grpc_port):
+        service, pb = stub(grpc_port)
+        request = pb.ModelInferRequest(model_name="edgeseg-pipeline")
+        request.inputs.add(name="hu", datatype="INT16", shape=[32, 32])
+        request.raw_input_contents.append(np.zeros((32, 32), np.int16).tobytes())
+        _, call = service.ModelInfer.with_call(request, timeout=120, metadata=(("x-request-id", "req-7"),))
+        assert dict(call.trailing_metadata())["x-request-id"] == "req-7"
+        service.ServerLive(pb.ServerLiveRequest(), timeout=30)  # a probe: not audited
+        service.ModelMetadata(pb.ModelMetadataRequest(name="edgeseg"), timeout=30)
+        with pytest.raises(grpc.RpcError):
+            service.ModelInfer(pb.ModelInferRequest(model_name="nothing"), timeout=30)
+    lines = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [(line["event"], line["method"], line.get("model"), line["status"], line["outcome"]) for line in lines] == [
+        ("grpc_request", "ModelInfer", "edgeseg-pipeline", "OK", "ok"),
+        ("grpc_request", "ModelMetadata", "edgeseg", "OK", "ok"),
+        ("grpc_request", "ModelInfer", "nothing", "NOT_FOUND", "error")]
+    assert lines[0]["request_id"] == "req-7" and len(lines[2]["request_id"]) == 32
+    for line in lines:
+        assert line["path"] == "/inference.GRPCInferenceService/" + line["method"]
+        assert line["peer"].startswith("127.0.0.1:") and line["latency_ms"] >= 0 and line["time"].endswith("Z")
+        _bundle_checked(line["bundle"], serve_bundle)
