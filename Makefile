@@ -131,6 +131,9 @@ test-floor:
 	bash -o pipefail -c 'git ls-files -z | tar --null -T - -cf - | tar -xf - -C $(FLOOR_SRC)'
 	cd $(FLOOR_SRC) && $(FLOOR_VENV)/bin/pip install -c $(abspath constraints/floor.txt) --no-build-isolation \
 		-e ".[io,train,export,dicom,serve,openvino,triton,dev]" && $(FLOOR_VENV)/bin/python setup.py -q build_ext --inplace
+	# the tritonserver binary for the Triton tests of tests/serve (the tritonclient floor against a
+	# real server), as `make install` takes it: without dependencies, the floors stay as they are
+	$(FLOOR_VENV)/bin/pip install --no-deps "nvidia-pytriton>=0.5"
 	$(if $(filter tests/capi%,$(FLOOR_TESTS)),rm -rf $(FLOOR_CAPI_OV) && $(FLOOR_VENV)/bin/pip install --no-deps \
 		--target $(FLOOR_CAPI_OV) "openvino==$(FLOOR_CAPI_OPENVINO)")
 	cd $(FLOOR_SRC) && { rc=0; for t in $(FLOOR_TESTS); do case $$t in tests/capi*) ov=$(FLOOR_CAPI_OV);; *) ov=;; esac; \

@@ -110,3 +110,13 @@ def test_the_c_api_tests_run_on_the_c_api_openvino_floor_and_only_they(tmp_path)
 def _release_of(version: str) -> tuple[int, ...]:
     """major.minor of a version: 2026.0.0 and 2026.0 are the same release line."""
     return tuple(int(part) for part in version.split(".")[:2])
+
+
+def test_the_triton_server_is_installed_without_touching_the_floors():
+    """tests/serve's Triton tests (the tritonclient floor against a real tritonserver) skip
+    without the nvidia-pytriton wheel; the recipe installs it as ``make install`` does, with
+    ``--no-deps`` (its metadata would move numpy), after the floors are in place."""
+    lines = _recipe()
+    server = _line(lines, "nvidia-pytriton")
+    assert re.search(r"/pip install --no-deps \"nvidia-pytriton>=[0-9.]+\"", server), server
+    assert lines.index(_line(lines, "--no-build-isolation")) < lines.index(server) < lines.index(_line(lines, "rc=0"))
