@@ -117,7 +117,7 @@ bench-kernels: build
 # installed apart and put first on PYTHONPATH; the venv keeps 2024.0 for the other folders.
 FLOOR_VENV  ?= $(abspath build/floor-venv)
 FLOOR_SRC   := build/floor-src
-FLOOR_TESTS ?= tests/test_floor_constraints.py tests/runtime tests/readers tests/serve tests/export tests/kernels tests/capi \
+FLOOR_TESTS ?= tests/test_floor_constraints.py tests/runtime tests/readers tests/serve tests/export tests/kernels tests/capi tests/cli \
 	tests/test_metrics.py tests/test_metrics_hd95.py tests/test_metrics_pooled.py tests/test_surface_distance.py
 FLOOR_CAPI_OPENVINO := 2026.0.0
 FLOOR_CAPI_OV ?= $(abspath build/floor-openvino-c)
