@@ -76,3 +76,47 @@ def test_the_tests_never_run_outside_the_copy(tmp_path):
     done = subprocess.run(["/bin/sh", "-c", loop], cwd=tmp_path, capture_output=True, text=True)
     assert done.returncode != 0
     assert not ran.exists(), ran.read_text()
+
+
+def test_the_c_api_tests_run_on_the_c_api_openvino_floor_and_only_they(tmp_path):
+    """The 2024.0 wheel of the Python floor ships no C library, so tests/capi get OpenVINO's C API
+    floor (docs/c-api.md, the version setup.py names) installed apart and first on PYTHONPATH; the
+    other folders keep the venv's own OpenVINO. A stand-in python records what each run saw."""
+    stated = re.search(r"\*\*([0-9]+\.[0-9]+) or later\*\*", (ROOT / "docs" / "c-api.md").read_text()).group(1)
+    assert f"OpenVINO {stated} or later" in (ROOT / "setup.py").read_text()
+    overlay = tmp_path / "ov"
+    lines = _recipe(FLOOR_CAPI_OV=str(overlay), FLOOR_TESTS="tests/runtime tests/capi")
+    install = _line(lines, "--target")
+    pinned = re.search(r'"openvino==([0-9.]+)"', install).group(1)
+    assert _release_of(pinned) == _release_of(stated) and f"--target {overlay}" in install, install
+    assert lines.index(_line(lines, "--no-build-isolation")) < lines.index(install) < lines.index(_line(lines, "rc=0"))
+    assert not [line for line in _recipe(FLOOR_TESTS="tests/runtime") if "--target" in line]
+
+    src, venv = tmp_path / "src", tmp_path / "venv"
+    src.mkdir()
+    (venv / "bin").mkdir(parents=True)
+    seen = tmp_path / "seen"
+    python = venv / "bin" / "python"
+    python.write_text(f'#!/bin/sh\necho "${{PYTHONPATH:-none}} $4" >> "{seen}"\n')
+    python.chmod(0o755)
+    loop = _line(_recipe(FLOOR_SRC=str(src), FLOOR_VENV=str(venv), FLOOR_CAPI_OV=str(overlay),
+                         FLOOR_TESTS="tests/runtime tests/capi tests/export"), "rc=0")
+    done = subprocess.run(["/bin/sh", "-c", loop], cwd=tmp_path, capture_output=True, text=True,
+                          env=dict(os.environ, PYTHONPATH="/elsewhere"))
+    assert done.returncode == 0, done.stderr
+    assert seen.read_text().splitlines() == ["none tests/runtime", f"{overlay} tests/capi", "none tests/export"]
+
+
+def _release_of(version: str) -> tuple[int, ...]:
+    """major.minor of a version: 2026.0.0 and 2026.0 are the same release line."""
+    return tuple(int(part) for part in version.split(".")[:2])
+
+
+def test_the_triton_server_is_installed_without_touching_the_floors():
+    """tests/serve's Triton tests (the tritonclient floor against a real tritonserver) skip
+    without the nvidia-pytriton wheel; the recipe installs it as ``make install`` does, with
+    ``--no-deps`` (its metadata would move numpy), after the floors are in place."""
+    lines = _recipe()
+    server = _line(lines, "nvidia-pytriton")
+    assert re.search(r"/pip install --no-deps \"nvidia-pytriton>=[0-9.]+\"", server), server
+    assert lines.index(_line(lines, "--no-build-isolation")) < lines.index(server) < lines.index(_line(lines, "rc=0"))

@@ -12,7 +12,8 @@ from here; the model's ``config.pbtxt`` says what it is:
   only the Python backend. Requests Triton hands over together are run as one batch.
 
 Tensors cross the backend boundary through DLPack rather than ``as_numpy``/``Tensor(...)``,
-whose compiled numpy interface reads wrong values under numpy 2.
+whose compiled numpy interface reads wrong values under numpy 2; under numpy 1.x the responses
+are made with ``Tensor(...)`` (see ``_tensor``).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from edgeseg.serve.models import response_parameters
 # it consumes, so numpy reports each one as an unraisable error although nothing leaks (the
 # backend calls the tensor's deleter itself). Only that report is dropped.
 _CAPSULE_REPORT = "PyCapsule_GetPointer called with incorrect name"
+_NUMPY_1 = np.lib.NumpyVersion(np.__version__) < "2.0.0"
 
 
 def _quiet_capsule_reports() -> None:
@@ -54,7 +56,13 @@ def _array(pb_utils, request, name: str, optional: bool = False) -> np.ndarray |
 
 
 def _tensor(pb_utils, name: str, array: np.ndarray):
-    return pb_utils.Tensor.from_dlpack(name, np.ascontiguousarray(array).__dlpack__())
+    array = np.ascontiguousarray(array)
+    if _NUMPY_1:
+        # numpy 1.x's capsule deleter meets the backend's renamed capsule by reporting an error
+        # about the capsule it is freeing, which frees it again: the stub died (a segmentation
+        # fault) at the first response. Its compiled numpy interface is right under numpy 1.x.
+        return pb_utils.Tensor(name, array)
+    return pb_utils.Tensor.from_dlpack(name, array.__dlpack__())
 
 
 def _response(pb_utils, tensors: list, parameters: dict):

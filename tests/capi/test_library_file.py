@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,8 @@ from edgeseg.errors import EdgesegError
 from tests.capi.test_soname import dynamic_entries
 
 ROOT = Path(__file__).resolve().parents[2]
-EDGESEG = ROOT / ".venv" / "bin" / "edgeseg"
+# the CLI of the environment running the tests (a checkout's .venv, or make test-floor's venv)
+EDGESEG = Path(sys.executable).with_name("edgeseg")
 
 
 def _elf(path: Path, soname: str | None) -> Path:
