@@ -59,7 +59,7 @@ LOCALIZER = "LOCALIZER"
 # What a series holding several volumes is told where one is read: predict's option, else what will do.
 PICK_WITH_OPTION = "pick one with --volume K"
 PICK_BY_FOLDER = ("this reads one volume: give a folder holding one volume's images alone "
-                  "(edgeseg data info SOURCE lists the volumes; edgeseg predict --volume K segments one)")
+                  "(edgeseg predict --volume K segments one; edgeseg data info SOURCE lists them)")
 
 
 @dataclass(frozen=True)

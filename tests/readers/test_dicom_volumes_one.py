@@ -132,6 +132,7 @@ def test_data_info_label_file_on_several_volumes_says_what_to_do(tmp_path):
                                              str(tmp_path / "labels.nii.gz"), "--quiet"])
     assert result.exit_code != 0 and len(result.output.strip().splitlines()) == 1, result.output
     expected = ("holds 2 volumes: 1 (StackID 1, 3 images); 2 (StackID 2, 3 images); this reads one volume: give a "
-                "folder holding one volume's images alone (edgeseg data info SOURCE lists the volumes")
+                "folder holding one volume's images alone (edgeseg predict --volume K segments one; edgeseg data info "
+                "SOURCE lists them)")
     assert expected in result.output, result.output
     assert "pick one with --volume K" not in result.output
