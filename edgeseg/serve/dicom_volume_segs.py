@@ -9,6 +9,7 @@ may replace the SEG made of part of it (:mod:`edgeseg.serve.dicom_segmented`).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from pathlib import Path
@@ -47,6 +48,9 @@ def segment_series(node, series_uid: str, folder: Path, replaces: SegReference |
     except BaseException:
         for target, _ in written:  # no SEG of part of the volumes is kept or forwarded
             target.unlink(missing_ok=True)
+        if written and node._claim is not None:  # and its removal on disk, as its write was
+            with contextlib.suppress(OSError):  # the failure that stopped the volumes is the one told
+                sync_folder(written[0][0].parent)
         raise
     for (part, volume, _, sources), (target, seconds) in zip(volumes, written):
         which = f" (volume {part.describe()})" if part.label else ""
