@@ -67,8 +67,10 @@ def segment_series(node, series_uid: str, folder: Path, replaces: SegReference |
     with node._lock:
         node._segmented.made(series_uid, made)
     for target in targets if node.forward is not None else ():
-        try:
+        try:  # each SEG on its own: one failing unexpectedly stops neither the others nor the series, audited above
             node._forwarder.forward(series_uid, target, None if node.out is None else str(target))
+        except Exception as exc:
+            log.exception("series %s: forwarding %s failed: %s", series_uid, target.name, exc)
         finally:  # the copy in the work folder (no --out) goes either way
             if node.out is None:
                 target.unlink(missing_ok=True)

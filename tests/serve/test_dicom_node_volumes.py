@@ -182,3 +182,43 @@ def test_a_seg_removed_when_a_later_volume_fails_is_removed_on_disk_too(serve_bu
     assert not first.exists() and not list(out.glob("*.seg.dcm"))
     assert "field of view 415 mm" in caplog.text
     assert True in flushed and False in flushed[flushed.index(True):], flushed  # written, then its removal flushed
+
+
+def test_a_forward_failing_unexpectedly_stops_neither_the_other_segs_nor_the_series(serve_bundle, storescp, tmp_path,
+                                                                                      free_port, wait_port, caplog):
+    """A CT slice left in the unsent folder (no SEG: the C-STORE it is sent in has no context for
+    it, pynetdicom's ValueError) fails the resend that follows SEG 1's forward. That failure ended
+    the forwarding: SEG 2 was never sent and the series, audited as segmented, was audited again as
+    failed. Each SEG is now forwarded on its own, the failure logged with the SEG it came with."""
+    import json
+    import shutil
+
+    from edgeseg.runtime.provenance import provenance
+    from edgeseg.runtime.segmenter import Segmenter
+    from edgeseg.serve.audit import AuditLog
+    from edgeseg.serve.dicom_node import DicomNode
+
+    peer, received = storescp
+    volumes = make_series(tmp_path / "series", KINDS["stack"])
+    uid = str(pydicom.dcmread(volumes[0][0]).SeriesInstanceUID)
+    with Segmenter.load(serve_bundle, backend="onnxruntime:fp32") as segmenter:
+        audit = AuditLog(tmp_path / "audit.jsonl", provenance(segmenter))
+        node = DicomNode(segmenter, port=free_port(), out=tmp_path / "out", forward=peer, idle=0.5,
+                         work=tmp_path / "work", audit=audit, unsent=tmp_path / "unsent", resend_every=3600)
+        node.start()
+        try:
+            wait_port(node.port)
+            (tmp_path / "unsent").mkdir(exist_ok=True)
+            shutil.copyfile(volumes[0][0], tmp_path / "unsent" / "stray.seg.dcm")
+            sent = _storescu(node.port, sorted((tmp_path / "series").iterdir()))
+            assert sent.returncode == 0, sent.stderr
+            assert _wait_for(lambda: node.stats.failed or len(node.stats.forwarded) >= 2), node.stats
+        finally:
+            node.stop()
+            audit.close()
+    assert node.stats.forwarded == [f"{uid}.vol1.seg.dcm", f"{uid}.vol2.seg.dcm"], node.stats
+    assert node.stats.segmented == [uid] and not node.stats.failed
+    assert len(list(received.iterdir())) == 2
+    lines = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
+    assert [line["outcome"] for line in lines if line["event"] == "series"] == ["segmented", "segmented"], lines
+    assert f"forwarding {uid}.vol1.seg.dcm failed" in caplog.text
