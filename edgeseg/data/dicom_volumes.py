@@ -13,8 +13,10 @@ images repeat the same positions. ``edgeseg predict`` and the DICOM node both sp
    tolerance (a drift from image to image) is refused in one line: no volume has one orientation.
 2. Where images of an orientation share a position along the slice normal, they are told apart by
    the first of StackID, TemporalPositionIdentifier (single-frame images), TemporalPositionIndex
-   (an Enhanced CT frame's FrameContentSequence) taking several values among them, each value a
-   volume (split again the same way where its images still share positions); else by
+   (an Enhanced CT frame's FrameContentSequence) taking several values among the images at each
+   shared position, each value a volume (split again the same way where its images still share
+   positions) where each value holds several positions or there are no more values than images
+   share a position (a value per slice groups no volume: it is passed over); else by
    AcquisitionNumber, then ContentTime, the first that splits them into as many volumes as images
    share a position, each holding each position once. Images that never share a position are one
    volume, whatever these attributes hold (a helical series whose slices differ in AcquisitionNumber
@@ -185,18 +187,33 @@ def _repeated(part: list[int], positions: np.ndarray) -> int:
     return int(np.bincount(positions[part]).max()) if part else 0
 
 
+def _groups_volumes(groups: dict[str, list[int]], part: list[int], positions: np.ndarray, shared: int) -> bool:
+    """Whether a StackID or temporal position's ``groups`` of ``part`` are volumes: at each shared
+    position its images take several values, and each group holds several positions or there are no
+    more groups than images share a position (a single-slice time series). A value per slice (a
+    temporal position counting slices, or unique to each) tells no volume from another."""
+    values: dict[int, set[str]] = {}
+    for value, group in groups.items():
+        for k in group:
+            values.setdefault(int(positions[k]), set()).add(value)
+    counts = np.bincount(positions[part])
+    apart = all(len(values[p]) > 1 for p in np.flatnonzero(counts > 1).tolist())
+    spans = all(len(set(positions[g].tolist())) > 1 for g in groups.values()) or len(groups) <= shared
+    return apart and spans
+
+
 def _split_repeats(part: list[int], members: list, positions: np.ndarray, heights: np.ndarray,
                    uid: str) -> list[tuple[dict[str, str], list[int]]]:
     """({attribute: value}, images) of each volume of ``part``: ``part`` as it is where no two of
-    its images share a position; else split by the first of VOLUME_ATTRIBUTES taking several
-    values in it (each value split again), or the first of REPEAT_ATTRIBUTES that makes as many
+    its images share a position; else split by the first of VOLUME_ATTRIBUTES whose values are
+    volumes (_groups_volumes; each value split again), or the first of REPEAT_ATTRIBUTES that makes as many
     volumes as images share a position, each with each of its positions once; else refused."""
     shared = _repeated(part, positions)
     if shared <= 1:
         return [({}, part)]
     for name in SPLIT_ATTRIBUTES:
         groups = _split_by(part, members, name)
-        if name in VOLUME_ATTRIBUTES and len(groups) > 1:
+        if name in VOLUME_ATTRIBUTES and len(groups) > 1 and _groups_volumes(groups, part, positions, shared):
             return [({name: value, **values}, volume) for value, group in groups.items()
                     for values, volume in _split_repeats(group, members, positions, heights, uid)]
         if name in REPEAT_ATTRIBUTES and len(groups) == shared and all(_repeated(g, positions) == 1

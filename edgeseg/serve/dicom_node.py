@@ -235,7 +235,9 @@ class DicomNode(NodeEvents, NodeLifecycle):
                     series.keep(sop_uid, ds, frames, received if sop_class in ENHANCED_CT_CLASSES else None)
             except Exception as exc:  # DataError: refused; ImageNotStored: the node's own failure, an error
                 self._written(series_uid, series, stored=False)
-                if not isinstance(exc, DataError):
+                if not isinstance(exc, DataError):  # answered 0xC211: the series is not segmented without it either
+                    self._refused.refused(series_uid, sop_uid, f"the node failed storing it: {type(exc).__name__}: "
+                                          f"{exc}", self._series)
                     raise
                 self.stats.refused += 1
                 log.log(logging.ERROR if isinstance(exc, ImageNotStored) else logging.WARNING,

@@ -7,7 +7,7 @@ import time
 from collections.abc import Container, Iterable, Iterator
 from pathlib import Path
 
-from edgeseg.serve.dicom_refused_journal import RefusalJournal
+from edgeseg.serve.dicom_refused_journal import NOTE_BYTES, RefusalJournal
 
 # How long the notes of a series the node does not hold are kept after its latest refusal, and the
 # images of a series that failed for its refusals after its first failure (docs/serving.md).
@@ -60,7 +60,7 @@ class RefusedImages:
         their time forgotten (but those of a series in ``held``), and kept there from now on."""
         journal = RefusalJournal(work)
         notes = cls(journal=None)
-        for kind, *args in journal.read(most_bytes=2 * notes.most_images * 1024 + (1 << 20)):
+        for kind, *args in journal.read(most_bytes=2 * notes.most_images * NOTE_BYTES + (1 << 20)):
             if kind == "fail":
                 args[1] = frozenset(args[1])
             getattr(notes, f"_{kind}")(*args)

@@ -32,7 +32,9 @@ from edgeseg.serve.dicom_work import sync_folder
 log = logging.getLogger("edgeseg.listen")
 
 NOTES_NAME = "listen.refused"
-REASON_CHARS = 500  # a reason is a message; cut there, it still says why
+REASON_BYTES = 500  # a reason is a message; cut to this many bytes as written (escaped), it still says why
+# The most bytes of a note's line: its reason, two UIDs of 64 characters (DICOM's most), its time and the rest.
+NOTE_BYTES = 1024
 GROWTH_FLOOR = 1 << 20  # bytes written since the last rewrite before the file is rewritten, at the least
 
 
@@ -181,11 +183,24 @@ class RefusalJournal:
             self._fd = None
 
 
+def _cut(reason: str) -> str:
+    """``reason`` cut to what JSON writes in REASON_BYTES bytes: a character beyond ASCII is
+    written escaped, in 6 or 12 bytes, so a count of characters does not bound the line."""
+    if len(reason) <= REASON_BYTES // 12:
+        return reason
+    used = 0
+    for end, char in enumerate(reason):
+        used += len(json.dumps(char)) - 2
+        if used > REASON_BYTES:
+            return reason[:end]
+    return reason
+
+
 def _line(event: tuple) -> bytes:
     """One change as a JSON line, its time (last, of a note or failure) on the wall clock."""
     out = list(event)
     if out[0] == "note":
-        out[3] = out[3][:REASON_CHARS]
+        out[3] = _cut(out[3])
     if out[0] in ("note", "fail"):
         out[-1] = out[-1] + time.time() - time.monotonic()
     if out[0] == "fail":

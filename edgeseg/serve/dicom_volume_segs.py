@@ -9,6 +9,7 @@ may replace the SEG made of part of it (:mod:`edgeseg.serve.dicom_segmented`).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from pathlib import Path
@@ -47,6 +48,9 @@ def segment_series(node, series_uid: str, folder: Path, replaces: SegReference |
     except BaseException:
         for target, _ in written:  # no SEG of part of the volumes is kept or forwarded
             target.unlink(missing_ok=True)
+        if written and node._claim is not None:  # and its removal on disk, as its write was
+            with contextlib.suppress(OSError):  # the failure that stopped the volumes is the one told
+                sync_folder(written[0][0].parent)
         raise
     for (part, volume, _, sources), (target, seconds) in zip(volumes, written):
         which = f" (volume {part.describe()})" if part.label else ""
@@ -63,8 +67,10 @@ def segment_series(node, series_uid: str, folder: Path, replaces: SegReference |
     with node._lock:
         node._segmented.made(series_uid, made)
     for target in targets if node.forward is not None else ():
-        try:
+        try:  # each SEG on its own: one failing unexpectedly stops neither the others nor the series, audited above
             node._forwarder.forward(series_uid, target, None if node.out is None else str(target))
+        except Exception as exc:
+            log.exception("series %s: forwarding %s failed: %s", series_uid, target.name, exc)
         finally:  # the copy in the work folder (no --out) goes either way
             if node.out is None:
                 target.unlink(missing_ok=True)

@@ -112,3 +112,29 @@ def test_data_info_lists_the_volumes_of_a_series(tmp_path):
     assert [row[:3] for row in rows] == [["series", "volume", "1"], ["series", "volume", "2"]]
     assert all(row[3] == "3x512x512" for row in rows), rows
     assert "2 volumes in one series (predict --volume K): 1 (StackID 1, 3 images); 2 (StackID 2, 3 images)" in result.output
+
+
+def _acquisition_with_temporal_per_slice(ds, volume, slice_index):
+    ds.AcquisitionNumber, ds.ContentTime = volume + 1, "120000"
+    ds.TemporalPositionIdentifier = slice_index + 1  # counts slices: the same at each shared position
+
+
+def test_a_temporal_position_per_slice_does_not_hide_the_acquisitions(tmp_path):
+    from edgeseg.data.dicom import series_volumes
+
+    volumes = make_series(tmp_path / "series", _acquisition_with_temporal_per_slice)
+    found = series_volumes(tmp_path / "series")
+    assert [sorted(path for path, _ in v.members) for v in found] == [sorted(files) for files in volumes]
+    assert [v.label for v in found] == ["AcquisitionNumber 1", "AcquisitionNumber 2"]
+
+
+def _temporal_unique_per_slice(ds, volume, slice_index):
+    AMBIGUOUS(ds, volume, slice_index)
+    ds.TemporalPositionIdentifier = 3 * volume + slice_index + 1  # tells each image apart, groups none
+
+
+def test_a_temporal_position_unique_to_each_slice_alone_is_refused_as_ambiguous(tmp_path):
+    make_series(tmp_path / "series", _temporal_unique_per_slice)
+    with pytest.raises(DataError) as info:
+        read_dicom_series_with_refs(tmp_path / "series")
+    assert "\n" not in str(info.value) and "nothing tells them apart" in str(info.value)

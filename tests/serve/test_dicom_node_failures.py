@@ -228,3 +228,28 @@ def test_a_series_of_differing_slice_thickness_gets_a_seg_stating_each(running_n
                thickness[frame.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID])
               for frame in seg.PerFrameFunctionalGroupsSequence]
     assert sorted(stated) == [(1.25, 1.25), (1.25, 1.25), (7.5, 7.5)]
+
+
+def test_an_image_the_node_fails_storing_keeps_its_series_from_being_segmented_without_it(running_node, tmp_path,
+                                                                                         caplog):
+    """An unexpected failure storing an image (here: its earlier copy gone from the work folder
+    when it is sent again, so the check of its position cannot read it) was answered 0xC211 but
+    not noted as refused: the series was segmented from the other slices, its SEG missing one.
+    Noted, the series is not segmented without it."""
+    from tests.serve.test_dicom_node_whole_series import _association, _send, _slices
+
+    slices = _slices()
+    series, last = str(slices[0].SeriesInstanceUID), str(slices[-1].SOPInstanceUID)
+    caplog.set_level(logging.INFO, logger="edgeseg.listen")
+    with running_node(idle=1.0) as node:
+        assoc = _association(node.port)
+        try:
+            assert _send(assoc, slices) == [0, 0, 0]
+            (tmp_path / "work" / series / f"{last}.dcm").unlink()
+            assert _send(assoc, slices[-1:]) == [0xC211]
+        finally:
+            assoc.release()
+        assert _wait_for(lambda: node.stats.failed or node.stats.segmented), node.stats
+    assert node.stats.failed == [series] and node.stats.segmented == [], node.stats
+    assert not (tmp_path / "out").is_dir() or not list((tmp_path / "out").glob("*.seg.dcm"))  # no SEG of 2 slices
+    assert "the node failed storing it: FileNotFoundError" in caplog.text

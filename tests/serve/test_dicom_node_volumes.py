@@ -137,3 +137,88 @@ def test_a_scout_sent_with_the_series_is_left_out_of_its_seg(node, storescp, tmp
     assert [p.name for p in (tmp_path / "out").glob("*.seg.dcm")] == [f"{uid}.seg.dcm"]
     seg = pydicom.dcmread(tmp_path / "out" / f"{uid}.seg.dcm")
     assert _referenced(seg) == {str(pydicom.dcmread(f).SOPInstanceUID) for f in files}
+
+
+def test_a_seg_removed_when_a_later_volume_fails_is_removed_on_disk_too(serve_bundle, tmp_path, free_port, wait_port,
+                                                                        monkeypatch, caplog):
+    """Volume 2 is refused as the model segments it (its field of view, 415 mm, outside the
+    bundle's training data's, under --fov-check refuse) after volume 1's SEG (192 mm) was written
+    and flushed: volume 1's SEG is removed, and in a durable --work folder (each SEG flushed to
+    disk as written) its removal is flushed too. Before, the folder was not flushed after the removal: a
+    power cut could bring back a SEG of part of the series."""
+    import os
+
+    from edgeseg.runtime.segmenter import Segmenter
+    from edgeseg.serve.dicom_node import DicomNode
+
+    def stack_and_spacing(ds, volume, slice_index):
+        KINDS["stack"](ds, volume, slice_index)
+        if volume == 0:
+            ds.PixelSpacing = [0.375, 0.375]  # 512 columns: 192 mm, the training data's
+
+    volumes = make_series(tmp_path / "series", stack_and_spacing)
+    uid = str(pydicom.dcmread(volumes[0][0]).SeriesInstanceUID)
+    out, first = tmp_path / "out", tmp_path / "out" / f"{uid}.vol1.seg.dcm"
+    flushed: list[bool] = []  # at each flush of --out: whether volume 1's SEG was in it
+    real_fsync = os.fsync
+
+    def recording(fd: int) -> None:
+        real_fsync(fd)
+        if os.readlink(f"/proc/self/fd/{fd}") == str(out):
+            flushed.append(first.exists())
+
+    monkeypatch.setattr(os, "fsync", recording)
+    with Segmenter.load(serve_bundle, backend="onnxruntime:fp32", fov_check="refuse") as segmenter:
+        node = DicomNode(segmenter, port=free_port(), out=out, idle=0.5, work=tmp_path / "work", durable=True)
+        node.start()
+        try:
+            wait_port(node.port)
+            sent = _storescu(node.port, sorted((tmp_path / "series").iterdir()))
+            assert sent.returncode == 0, sent.stderr
+            assert _wait_for(lambda: node.stats.failed or node.stats.segmented), node.stats
+        finally:
+            node.stop()
+    assert node.stats.failed == [uid] and not node.stats.segmented
+    assert not first.exists() and not list(out.glob("*.seg.dcm"))
+    assert "field of view 415 mm" in caplog.text
+    assert True in flushed and False in flushed[flushed.index(True):], flushed  # written, then its removal flushed
+
+
+def test_a_forward_failing_unexpectedly_stops_neither_the_other_segs_nor_the_series(serve_bundle, storescp, tmp_path,
+                                                                                      free_port, wait_port, caplog):
+    """A CT slice left in the unsent folder (no SEG: the C-STORE it is sent in has no context for
+    it, pynetdicom's ValueError) fails the resend that follows SEG 1's forward. That failure ended
+    the forwarding: SEG 2 was never sent and the series, audited as segmented, was audited again as
+    failed. Each SEG is now forwarded on its own, the failure logged with the SEG it came with."""
+    import json
+    import shutil
+
+    from edgeseg.runtime.provenance import provenance
+    from edgeseg.runtime.segmenter import Segmenter
+    from edgeseg.serve.audit import AuditLog
+    from edgeseg.serve.dicom_node import DicomNode
+
+    peer, received = storescp
+    volumes = make_series(tmp_path / "series", KINDS["stack"])
+    uid = str(pydicom.dcmread(volumes[0][0]).SeriesInstanceUID)
+    with Segmenter.load(serve_bundle, backend="onnxruntime:fp32") as segmenter:
+        audit = AuditLog(tmp_path / "audit.jsonl", provenance(segmenter))
+        node = DicomNode(segmenter, port=free_port(), out=tmp_path / "out", forward=peer, idle=0.5,
+                         work=tmp_path / "work", audit=audit, unsent=tmp_path / "unsent", resend_every=3600)
+        node.start()
+        try:
+            wait_port(node.port)
+            (tmp_path / "unsent").mkdir(exist_ok=True)
+            shutil.copyfile(volumes[0][0], tmp_path / "unsent" / "stray.seg.dcm")
+            sent = _storescu(node.port, sorted((tmp_path / "series").iterdir()))
+            assert sent.returncode == 0, sent.stderr
+            assert _wait_for(lambda: node.stats.failed or len(node.stats.forwarded) >= 2), node.stats
+        finally:
+            node.stop()
+            audit.close()
+    assert node.stats.forwarded == [f"{uid}.vol1.seg.dcm", f"{uid}.vol2.seg.dcm"], node.stats
+    assert node.stats.segmented == [uid] and not node.stats.failed
+    assert len(list(received.iterdir())) == 2
+    lines = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
+    assert [line["outcome"] for line in lines if line["event"] == "series"] == ["segmented", "segmented"], lines
+    assert f"forwarding {uid}.vol1.seg.dcm failed" in caplog.text

@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 
 from edgeseg.serve.dicom_refused import RefusedImages
-from edgeseg.serve.dicom_refused_journal import GROWTH_FLOOR, NOTES_NAME, RefusalJournal
+from edgeseg.serve.dicom_refused_journal import GROWTH_FLOOR, NOTE_BYTES, NOTES_NAME, REASON_BYTES, RefusalJournal
 
 REAL_FSYNC = os.fsync
 # 2,000 SOP Instance UIDs of 60 characters: one "fail" line of a series holding them is ~126 KB
@@ -115,3 +115,24 @@ def test_nothing_is_written_once_the_journal_is_closed(tmp_path):
     notes.outstanding("1.2.3", holds=[])  # a change that would rewrite it
     assert path.read_bytes() == before
     assert _opened(path) == []
+
+
+def test_a_note_with_a_reason_beyond_ascii_stays_within_its_bytes(tmp_path):
+    """A reason was cut at 500 characters, but JSON writes a character beyond ASCII escaped in 6
+    or 12 bytes: a note's line reached ~3 KB past the 1 KiB a start's cap counts for each note,
+    so the node's own file could pass it and lose its oldest notes. Cut by bytes as written, each
+    line stays within NOTE_BYTES and reads back as the start of the reason."""
+    work = tmp_path / "work"
+    work.mkdir()
+    journal = RefusalJournal(work)
+    uid = "1." + "2" * 62  # 64 characters, a UID's most
+    reasons = ["its size cannot be read: " + "é" * 600, "\U0001f600" * 600, "x" * 600]
+    for reason in reasons:
+        journal.write("note", uid, uid, reason, 0.0)
+    journal.close()
+    lines = (work / NOTES_NAME).read_bytes().splitlines(keepends=True)
+    assert len(lines) == 3 and max(len(line) for line in lines) <= NOTE_BYTES, [len(line) for line in lines]
+    read = list(RefusalJournal(work).read(most_bytes=10 * NOTE_BYTES))
+    for event, reason in zip(read, reasons):
+        assert reason.startswith(event[3]) and len(event[3]) >= REASON_BYTES // 12, event[3][:40]
+    assert read[2][3] == "x" * REASON_BYTES
