@@ -340,20 +340,22 @@ class DicomNode(NodeEvents, NodeLifecycle):
                     raise DataError(series.refused)
                 self.process(uid, series.folder, series.replaces)
             except (EdgesegError, OSError) as exc:  # OSError: --out full, gone, turned into a file, ...
-                self.stats.failed.append(uid)
                 error = str(exc)
                 log.error("series %s (%d images) not segmented: %s", uid, len(series.frames), exc)
             except Exception as exc:  # keep serving the next series whatever one series does
-                self.stats.failed.append(uid)
                 error = f"{type(exc).__name__}: {exc}"
                 log.exception("series %s failed: %s", uid, exc)
             finally:
-                if self.audit is not None and error is not None:
-                    self.audit.series(uid, time.monotonic() - began, error=error)
-                with self._lock:  # its images are kept a while, or given to a part arriving since
-                    self._queued -= 1
-                    if self._claim is None or not forced:  # else left for the next start
-                        self._segmented.keep(uid, series, time.monotonic(), self._series.get(uid))
+                try:
+                    if self.audit is not None and error is not None:
+                        self.audit.series(uid, time.monotonic() - began, error=error)
+                    with self._lock:  # its images are kept a while, or given to a part arriving since
+                        self._queued -= 1
+                        if self._claim is None or not forced:  # else left for the next start
+                            self._segmented.keep(uid, series, time.monotonic(), self._series.get(uid))
+                finally:  # counted last: whoever watches the count sees the failure audited and kept
+                    if error is not None:
+                        self.stats.failed.append(uid)
 
     def process(self, series_uid: str, folder: Path, replaces: SegReference | None = None) -> Path:
         """Segment the series in ``folder``; write and/or forward its SEG; return the SEG path.

@@ -72,7 +72,10 @@ def _failed_series(node, tmp_path: Path, caplog, uid: str) -> tuple[str, dict]:
     and none of its images is left in the work folder."""
     assert _wait_for(lambda: node.stats.failed.total == 1), node.stats
     assert node.stats.segmented == [] and _segs(tmp_path / "out") == []
-    assert not [p for p in (tmp_path / "work").iterdir() if p.name.startswith(uid)]
+    # the node counts the failure first, then audits it and clears its images: wait for those too
+    assert _wait_for(lambda: not [p for p in (tmp_path / "work").iterdir() if p.name.startswith(uid)]), \
+        sorted(p.name for p in (tmp_path / "work").iterdir())
+    assert _wait_for(lambda: uid in (tmp_path / "audit.jsonl").read_text())
     (line,) = [r.getMessage() for r in caplog.records if "not segmented" in r.getMessage()]
     audit = [json.loads(text) for text in (tmp_path / "audit.jsonl").read_text().splitlines()]
     (record,) = [a for a in audit if a.get("series_uid") == uid]
