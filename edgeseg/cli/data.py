@@ -140,6 +140,12 @@ def _several_volumes(path) -> bool:
 
     if not (path.is_dir() and detect_layout(path) == "dicom" or path.is_file() and looks_like_dicom(path)):
         return False
+    from edgeseg.data import dicom_volumes
     from edgeseg.data.dicom import series_volumes
 
-    return len(series_volumes(path)) > 1
+    # The series is read again to be described: its warnings (localizers left out) are said then, once.
+    was, dicom_volumes.log.disabled = dicom_volumes.log.disabled, True
+    try:
+        return len(series_volumes(path)) > 1
+    finally:
+        dicom_volumes.log.disabled = was

@@ -136,3 +136,31 @@ def test_data_info_label_file_on_several_volumes_says_what_to_do(tmp_path):
                 "SOURCE lists them)")
     assert expected in result.output, result.output
     assert "pick one with --volume K" not in result.output
+
+
+@pytest.mark.parametrize("volumes", [1, 2])
+def test_data_info_warns_of_the_localizers_once(tmp_path, volumes):
+    """Before, data info read the series twice (to count its volumes, then to describe them) and
+    printed the localizer warning twice (--quiet, which gathers warnings, hid it), where the docs
+    say one warning line."""
+    import subprocess
+    import sys
+
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    folder = tmp_path / "series"
+    if volumes == 1:
+        make_one_series(folder, scouts=1)
+    else:
+        files = make_series(folder, lambda ds, volume, slice_index: setattr(ds, "StackID", str(volume + 1)))
+        scout = pydicom.dcmread(files[0][0])
+        scout.ImageType = ["ORIGINAL", "PRIMARY", "LOCALIZER"]
+        scout.SOPInstanceUID = scout.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        scout.save_as(folder / "scout.dcm")
+    proc = subprocess.run([sys.executable, "-m", "edgeseg.cli", "data", "info", str(folder)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    warned = [line for line in proc.stderr.splitlines() if "localizer image(s)" in line]
+    assert len(warned) == 1, proc.stderr
+    assert f"{volumes} volumes in one series" in proc.stdout if volumes > 1 else "1 case" in proc.stdout, proc.stdout
