@@ -26,7 +26,7 @@ from edgeseg.serve.audit import AuditLogError, request_id
 from edgeseg.serve.grpc_tensors import decode_infer_request, encode_infer_response
 from edgeseg.serve.http_errors import HttpError, refused
 from edgeseg.serve.inflight import BUDGET_OPTION, OverBudget
-from edgeseg.serve.model_call import find_model, run_request, triton_config
+from edgeseg.serve.model_call import find_model, in_turn, run_request, triton_config
 from edgeseg.serve.protocol import DATATYPES, ProtocolError
 
 log = logging.getLogger("edgeseg.serve")
@@ -176,16 +176,14 @@ class InferenceService:
                 raise refused(OverBudget(f"input {name!r} of shape {list(shape)} needs {nbytes} bytes, more than "
                                          f"the whole in-flight budget of {self.budget.limit} bytes ({BUDGET_OPTION})"))
 
-        async with self.codec:
-            decoded = await asyncio.to_thread(decode_infer_request, request, declared)
+        decoded = await in_turn(self.codec, decode_infer_request, request, declared)
 
         def encode(result):
             outputs = {model.output_name: model.output(decoded.inputs, result)}
             return encode_infer_response(self.pb, model.name, decoded, outputs, model.response_parameters())
 
         async def encoded(result):
-            async with self.codec:
-                return await asyncio.to_thread(encode, result)
+            return await in_turn(self.codec, encode, result)
 
         # a client that cancels (or whose deadline passes) cancels this task, and so its queued request
         return await run_request(model, decoded, self.budget, self.config.timeout_s, start, encoded)
