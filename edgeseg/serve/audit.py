@@ -15,8 +15,9 @@ artifact sha256, backend, precision, edgeseg version). Events:
   of the server itself, answered 500: what failed, which the answer does not say), ``latency_ms``.
 - ``grpc_request`` (serve --grpc-port): the fields of ``http_request`` for one gRPC call (the
   probes ``ServerLive`` and ``ServerReady`` left out): ``method`` the RPC, ``path`` its full
-  name, ``status`` the gRPC code name (``OK`` for an answer); the request ID from the call's
-  ``x-request-id`` metadata.
+  name, ``status`` the gRPC code name (``OK`` for an answer; ``CANCELLED`` or
+  ``DEADLINE_EXCEEDED`` for a call its client cancelled or whose deadline passed); the request
+  ID from the call's ``x-request-id`` metadata.
 - ``association`` (listen): ``peer`` (address:port), ``calling_ae``, ``called_ae``, the number of
   images ``stored`` and ``refused``, ``outcome`` (``released``, ``aborted``, ``rejected``).
 - ``series`` (listen): ``study_uid``, ``series_uid``, ``slices``, ``seg_sop_instance_uid`` and

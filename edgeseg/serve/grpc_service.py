@@ -62,6 +62,15 @@ def _answered(method):
         try:
             answer = await method(self, request, context)
             code, details = grpc.StatusCode.OK, ""
+        except asyncio.CancelledError:  # the client cancelled, or its deadline passed: nobody to answer
+            remaining = context.time_remaining()
+            status = "DEADLINE_EXCEEDED" if remaining is not None and remaining <= 0 else "CANCELLED"
+            if self.audit is not None and method.__name__ not in _PROBES:
+                try:  # written here, on the loop: an await would be cancelled again
+                    self._audit(context, rid, method.__name__, request, status, start, None)
+                except AuditLogError as exc:
+                    log.error("gRPC request %s (%s) went unrecorded: %s", rid, status, exc.reason)
+            raise
         except HttpError as exc:
             if exc.status >= 500 and exc.status not in _STATUS:
                 code, details, error = grpc.StatusCode.INTERNAL, self._fault(context, rid, str(exc), None), str(exc)

@@ -1,15 +1,20 @@
 """gRPC calls that end without an answer, on a real server (uvicorn with the gRPC service on its
 loop): a call cancelled while its values are decoded keeps the one-at-a-time decode turn until
-its decoding has ended."""
+its decoding has ended, and a call its client cancels, or whose deadline passes, is an audit line
+with that status."""
 
 from __future__ import annotations
 
+import json
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import pytest
 
 from tests.ports import reserved_port
 from tests.serve.grpc_util import stub
+from tests.serve.http_util import http_request
 from tests.serve.test_http_connections import _wait_for
 
 pytest.importorskip("fastapi")
@@ -59,3 +64,49 @@ def test_a_call_cancelled_while_decoded_holds_the_decode_turn_until_its_decoding
     _wait_for(lambda: not server.app.state.codec.locked(), "the cancelled call never gave its turn back")
     answer = service.ModelInfer(_hu(pb, 3), timeout=60)
     assert list(answer.outputs[0].shape)[0] == 3 and reached[-1] == (3, 64, 64)
+
+
+def test_cancelled_and_late_calls_are_audit_lines(server_factory, gate_model, tmp_path):
+    """Two gRPC calls wait in the queue behind an HTTP request held in the model: one's deadline
+    passes there, the other's client cancels it; each is a ``grpc_request`` line."""
+    import grpc
+
+    from edgeseg.serve.audit import AuditLog
+
+    log = tmp_path / "audit.jsonl"
+    grpc_port = reserved_port()
+    server = server_factory(max_batch=4, grpc_address=f"127.0.0.1:{grpc_port}", audit=AuditLog(log))
+    entered, release = gate_model(server)
+    model = server.app.state.models["edgeseg"]
+    service, pb = stub(grpc_port)
+    image = np.random.default_rng(0).normal(0.3, 0.4, (1, 1, 64, 64)).astype(np.float32)
+    request = pb.ModelInferRequest(model_name="edgeseg")
+    request.inputs.add(name="image", datatype="FP32", shape=[1, 1, 64, 64])
+    request.raw_input_contents.append(image.tobytes())
+    body = json.dumps({"inputs": [{"name": "image", "shape": [1, 1, 64, 64], "datatype": "FP32",
+                                   "data": image.ravel().tolist()}]}).encode()
+
+    def statuses() -> list[str]:
+        lines = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+        return [line["status"] for line in lines if line["event"] == "grpc_request"]
+
+    with ThreadPoolExecutor(1) as pool:
+        try:
+            held = pool.submit(http_request, server.url, "POST", "/v2/models/edgeseg/infer", body)
+            assert entered.wait(30), "the HTTP request never reached the model"
+            late = service.ModelInfer.future(request, timeout=2, metadata=(("x-request-id", "late"),))
+            with pytest.raises(grpc.RpcError) as caught:
+                late.result(timeout=60)
+            assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            _wait_for(lambda: statuses() == ["DEADLINE_EXCEEDED"], "the late call's line")
+            _wait_for(lambda: model.batcher.depth == 0, "the late request stayed in the queue")
+            cancelled = service.ModelInfer.future(request, timeout=60, metadata=(("x-request-id", "gone"),))
+            _wait_for(lambda: model.batcher.depth == 1, "the second call never reached the queue")
+            cancelled.cancel()
+            _wait_for(lambda: statuses() == ["DEADLINE_EXCEEDED", "CANCELLED"], "the cancelled call's line")
+        finally:
+            release.set()
+        assert held.result(timeout=30)[0] == 200
+    lines = [json.loads(line) for line in log.read_text().splitlines() if '"grpc_request"' in line]
+    assert [(line["request_id"], line["method"], line["model"], line["outcome"]) for line in lines] == [
+        ("late", "ModelInfer", "edgeseg", "error"), ("gone", "ModelInfer", "edgeseg", "error")]
