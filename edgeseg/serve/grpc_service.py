@@ -22,7 +22,7 @@ import numpy as np
 
 from edgeseg import __version__
 from edgeseg.errors import BackendError, DataError, EdgesegError, require
-from edgeseg.serve.audit import AuditLogError, request_id
+from edgeseg.serve.audit import AuditLogError, peer_address, request_id
 from edgeseg.serve.grpc_tensors import decode_infer_request, encode_infer_response
 from edgeseg.serve.http_errors import HttpError, refused
 from edgeseg.serve.inflight import BUDGET_OPTION, OverBudget
@@ -49,6 +49,10 @@ _PROBES = ("ServerLive", "ServerReady")
 _SERVICE_PATH = "/inference.GRPCInferenceService/"
 
 
+class _Unimplemented(Exception):
+    """An RPC of the service that edgeseg serve does not answer."""
+
+
 def _answered(method):
     """Run an RPC, turning a refusal into its gRPC status and one-line details; each RPC but the
     probes is recorded in the audit log (where the server keeps one) before it is answered."""
@@ -71,6 +75,8 @@ def _answered(method):
                 except AuditLogError as exc:
                     log.error("gRPC request %s (%s) went unrecorded: %s", rid, status, exc.reason)
             raise
+        except _Unimplemented as exc:
+            code, details = grpc.StatusCode.UNIMPLEMENTED, str(exc)
         except HttpError as exc:
             if exc.status >= 500 and exc.status not in _STATUS:
                 code, details, error = grpc.StatusCode.INTERNAL, self._fault(context, rid, str(exc), None), str(exc)
@@ -116,8 +122,7 @@ class InferenceService:
     def _audit(self, context, rid: str, rpc: str, request, status: str, start: float, error: str | None) -> None:
         """The ``grpc_request`` line of one answered RPC (the fields of HTTP's ``http_request``)."""
         model = getattr(request, "model_name", None) or getattr(request, "name", None) or None
-        peer = context.peer() or ""
-        self.audit.record("grpc_request", request_id=rid, peer=peer.partition(":")[2] or peer, method=rpc,
+        self.audit.record("grpc_request", request_id=rid, peer=peer_address(context.peer() or ""), method=rpc,
                           path=_SERVICE_PATH + rpc, model=model, status=status,
                           outcome="ok" if status == "OK" else "error",
                           error=None if error is None else " ".join(error.split())[:300],
@@ -200,13 +205,10 @@ class InferenceService:
 
 def _unimplemented(name: str):
     async def rpc(self, request, context):
-        import grpc
-
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED,
-                            f"edgeseg serve does not implement {name}; it serves {', '.join(SERVED)}")
+        raise _Unimplemented(f"edgeseg serve does not implement {name}; it serves {', '.join(SERVED)}")
 
     rpc.__name__ = name
-    return rpc
+    return _answered(rpc)  # audited, as HTTP audits its 404 and 405 answers
 
 
 # the RPCs InferenceService answers; the service's others are answered UNIMPLEMENTED
