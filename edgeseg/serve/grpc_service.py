@@ -47,6 +47,7 @@ def stubs():
 # RPCs a probe sends every few seconds: not audited, as HTTP's /v2/health routes are not
 _PROBES = ("ServerLive", "ServerReady")
 _SERVICE_PATH = "/inference.GRPCInferenceService/"
+_DEADLINE_SLACK_S = 0.25
 
 
 class _Unimplemented(Exception):
@@ -67,8 +68,11 @@ def _answered(method):
             answer = await method(self, request, context)
             code, details = grpc.StatusCode.OK, ""
         except asyncio.CancelledError:  # the client cancelled, or its deadline passed: nobody to answer
+            # a client whose deadline passes cancels the call itself, on its own clock, which runs
+            # ahead of the server's by the time the call took to arrive: a call cancelled in the
+            # last moment of its time is one that ran out of it
             remaining = context.time_remaining()
-            status = "DEADLINE_EXCEEDED" if remaining is not None and remaining <= 0 else "CANCELLED"
+            status = "DEADLINE_EXCEEDED" if remaining is not None and remaining < _DEADLINE_SLACK_S else "CANCELLED"
             if self.audit is not None and method.__name__ not in _PROBES:
                 try:  # written here, on the loop: an await would be cancelled again
                     self._audit(context, rid, method.__name__, request, status, start, None)
