@@ -25,7 +25,7 @@ from edgeseg.serve.counting import CountAnswers
 from edgeseg.serve.http_errors import HttpError, server_fault
 from edgeseg.serve.inflight import ByteBudget
 from edgeseg.serve.metrics import ServerMetrics
-from edgeseg.serve.model_call import find_model, run_request, triton_config
+from edgeseg.serve.model_call import find_model, in_turn, run_request, triton_config
 from edgeseg.serve.model_inputs import DEFAULT_MAX_SIDE
 from edgeseg.serve.models import ServedModel, served_models
 from edgeseg.serve.protocol import HEADER_LENGTH, ProtocolError, decode_request, encode_response
@@ -69,7 +69,6 @@ def create_app(segmenter, config: ServeConfig = ServeConfig(), audit=None):
     (one per model and one for uploads) that its lifespan shutdown stops; where its lifespan
     does not run, stop them with :func:`close_app`."""
     from fastapi.responses import Response
-    from starlette.concurrency import run_in_threadpool
 
     from edgeseg.limits import current_limits
 
@@ -161,14 +160,12 @@ def create_app(segmenter, config: ServeConfig = ServeConfig(), audit=None):
         body = await bodies.read(request)
         start = time.perf_counter_ns()
         try:
-            async with codec:
-                decoded = await run_in_threadpool(decode_request, body, request.headers.get(HEADER_LENGTH))
+            decoded = await in_turn(codec, decode_request, body, request.headers.get(HEADER_LENGTH))
         except ProtocolError as exc:
             raise HttpError(400, str(exc)) from None
 
         async def encode(result):
-            async with codec:
-                return await run_in_threadpool(_encoded, model, decoded, result)
+            return await in_turn(codec, _encoded, model, decoded, result)
 
         # a DataError naming the problem in the input becomes a 400
         payload, headers = await run_request(model, decoded, budget, config.timeout_s, start, encode, request.receive)

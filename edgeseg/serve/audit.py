@@ -9,13 +9,16 @@ model that answered (:func:`edgeseg.runtime.provenance.provenance`: bundle manif
 artifact sha256, backend, precision, edgeseg version). Events:
 
 - ``http_request`` (serve): ``request_id`` (the client's ``X-Request-ID`` where it sent a usable
-  one, else a new one; echoed in the response header), ``peer`` (address:port), ``method``,
+  one, else a new one; echoed in the response header), ``peer`` (address:port, an IPv6 address
+  in brackets), ``method``,
   ``path``, ``model`` (the served model's name, for ``/v2/models/NAME`` and the routes under it),
   ``status``, ``outcome`` (``ok`` for a 2xx answer, else ``error``), ``error`` (for a failure
   of the server itself, answered 500: what failed, which the answer does not say), ``latency_ms``.
 - ``grpc_request`` (serve --grpc-port): the fields of ``http_request`` for one gRPC call (the
   probes ``ServerLive`` and ``ServerReady`` left out): ``method`` the RPC, ``path`` its full
-  name, ``status`` the gRPC code name (``OK`` for an answer); the request ID from the call's
+  name, ``status`` the gRPC code name (``OK`` for an answer; ``CANCELLED`` or
+  ``DEADLINE_EXCEEDED`` for a call its client cancelled or whose deadline passed; RPCs the server
+  does not implement are lines too, ``UNIMPLEMENTED``); the request ID from the call's
   ``x-request-id`` metadata.
 - ``association`` (listen): ``peer`` (address:port), ``calling_ae``, ``called_ae``, the number of
   images ``stored`` and ``refused``, ``outcome`` (``released``, ``aborted``, ``rejected``).
@@ -43,11 +46,13 @@ import socket
 import stat
 import threading
 import time
+import urllib.parse
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 
 from edgeseg.errors import DataError
+from edgeseg.runtime.runners.remote import host_port
 
 log = logging.getLogger("edgeseg.audit")
 
@@ -267,13 +272,24 @@ def _file_locked(fd: int):
 _MODEL_PATH = re.compile(r"/v2/models/([^/]+)(?:/|$)")
 
 
+def peer_address(peer: str) -> str:
+    """``HOST:PORT`` of a gRPC peer (``ipv4:127.0.0.1:5000``, ``ipv6:%5B::1%5D:5000``) as the
+    ``http_request`` lines write theirs (an IPv6 address in brackets); another form (a Unix
+    socket) as gRPC gives it."""
+    kind, _, address = peer.partition(":")
+    host, _, port = urllib.parse.unquote(address).rpartition(":")
+    if kind not in ("ipv4", "ipv6") or not port.isdigit():
+        return peer
+    return host_port(host.removeprefix("[").removesuffix("]"), int(port))
+
+
 def audit_request(audit: AuditLog, request, rid: str, status: int, seconds: float, error: str | None = None) -> None:
     """The ``http_request`` line of one answered HTTP request (a Starlette ``request``); ``error``:
     what failed, for an answer that was the server's failure (500)."""
     client = request.client
     path = request.url.path
     model = _MODEL_PATH.match(path)
-    audit.record("http_request", request_id=rid, peer=f"{client.host}:{client.port}" if client else None,
+    audit.record("http_request", request_id=rid, peer=host_port(client.host, client.port) if client else None,
                  method=request.method, path=path[:200], model=model.group(1) if model else None, status=status,
                  outcome="ok" if 200 <= status < 300 else "error", error=error, latency_ms=round(seconds * 1e3, 3))
 

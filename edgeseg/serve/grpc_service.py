@@ -22,11 +22,11 @@ import numpy as np
 
 from edgeseg import __version__
 from edgeseg.errors import BackendError, DataError, EdgesegError, require
-from edgeseg.serve.audit import AuditLogError, request_id
+from edgeseg.serve.audit import AuditLogError, peer_address, request_id
 from edgeseg.serve.grpc_tensors import decode_infer_request, encode_infer_response
 from edgeseg.serve.http_errors import HttpError, refused
 from edgeseg.serve.inflight import BUDGET_OPTION, OverBudget
-from edgeseg.serve.model_call import find_model, run_request, triton_config
+from edgeseg.serve.model_call import find_model, in_turn, run_request, triton_config
 from edgeseg.serve.protocol import DATATYPES, ProtocolError
 
 log = logging.getLogger("edgeseg.serve")
@@ -47,6 +47,11 @@ def stubs():
 # RPCs a probe sends every few seconds: not audited, as HTTP's /v2/health routes are not
 _PROBES = ("ServerLive", "ServerReady")
 _SERVICE_PATH = "/inference.GRPCInferenceService/"
+_DEADLINE_SLACK_S = 0.25
+
+
+class _Unimplemented(Exception):
+    """An RPC of the service that edgeseg serve does not answer."""
 
 
 def _answered(method):
@@ -62,6 +67,20 @@ def _answered(method):
         try:
             answer = await method(self, request, context)
             code, details = grpc.StatusCode.OK, ""
+        except asyncio.CancelledError:  # the client cancelled, or its deadline passed: nobody to answer
+            # a client whose deadline passes cancels the call itself, on its own clock, which runs
+            # ahead of the server's by the time the call took to arrive: a call cancelled in the
+            # last moment of its time is one that ran out of it
+            remaining = context.time_remaining()
+            status = "DEADLINE_EXCEEDED" if remaining is not None and remaining < _DEADLINE_SLACK_S else "CANCELLED"
+            if self.audit is not None and method.__name__ not in _PROBES:
+                try:  # written here, on the loop: an await would be cancelled again
+                    self._audit(context, rid, method.__name__, request, status, start, None)
+                except AuditLogError as exc:
+                    log.error("gRPC request %s (%s) went unrecorded: %s", rid, status, exc.reason)
+            raise
+        except _Unimplemented as exc:
+            code, details = grpc.StatusCode.UNIMPLEMENTED, str(exc)
         except HttpError as exc:
             if exc.status >= 500 and exc.status not in _STATUS:
                 code, details, error = grpc.StatusCode.INTERNAL, self._fault(context, rid, str(exc), None), str(exc)
@@ -107,8 +126,7 @@ class InferenceService:
     def _audit(self, context, rid: str, rpc: str, request, status: str, start: float, error: str | None) -> None:
         """The ``grpc_request`` line of one answered RPC (the fields of HTTP's ``http_request``)."""
         model = getattr(request, "model_name", None) or getattr(request, "name", None) or None
-        peer = context.peer() or ""
-        self.audit.record("grpc_request", request_id=rid, peer=peer.partition(":")[2] or peer, method=rpc,
+        self.audit.record("grpc_request", request_id=rid, peer=peer_address(context.peer() or ""), method=rpc,
                           path=_SERVICE_PATH + rpc, model=model, status=status,
                           outcome="ok" if status == "OK" else "error",
                           error=None if error is None else " ".join(error.split())[:300],
@@ -176,16 +194,14 @@ class InferenceService:
                 raise refused(OverBudget(f"input {name!r} of shape {list(shape)} needs {nbytes} bytes, more than "
                                          f"the whole in-flight budget of {self.budget.limit} bytes ({BUDGET_OPTION})"))
 
-        async with self.codec:
-            decoded = await asyncio.to_thread(decode_infer_request, request, declared)
+        decoded = await in_turn(self.codec, decode_infer_request, request, declared)
 
         def encode(result):
             outputs = {model.output_name: model.output(decoded.inputs, result)}
             return encode_infer_response(self.pb, model.name, decoded, outputs, model.response_parameters())
 
         async def encoded(result):
-            async with self.codec:
-                return await asyncio.to_thread(encode, result)
+            return await in_turn(self.codec, encode, result)
 
         # a client that cancels (or whose deadline passes) cancels this task, and so its queued request
         return await run_request(model, decoded, self.budget, self.config.timeout_s, start, encoded)
@@ -193,13 +209,10 @@ class InferenceService:
 
 def _unimplemented(name: str):
     async def rpc(self, request, context):
-        import grpc
-
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED,
-                            f"edgeseg serve does not implement {name}; it serves {', '.join(SERVED)}")
+        raise _Unimplemented(f"edgeseg serve does not implement {name}; it serves {', '.join(SERVED)}")
 
     rpc.__name__ = name
-    return rpc
+    return _answered(rpc)  # audited, as HTTP audits its 404 and 405 answers
 
 
 # the RPCs InferenceService answers; the service's others are answered UNIMPLEMENTED

@@ -62,6 +62,27 @@ async def run_request(model: ServedModel, decoded, budget, timeout_s: float, sta
     return answer
 
 
+async def in_turn(codec: asyncio.Semaphore, function, *args):
+    """``function(*args)`` in a worker thread while ``codec`` is held (one request's values decoded,
+    or its answer encoded, at a time). ``codec`` stays held until the thread has returned, even
+    where the awaiting task is cancelled meanwhile (a gRPC client that cancels, a deadline that
+    passes): the cancellation is raised once the thread is done, so that a cancelled request's
+    decoding never runs beside the next one's."""
+    async with codec:
+        work = asyncio.ensure_future(asyncio.to_thread(function, *args))
+        try:
+            return await asyncio.shield(work)
+        except asyncio.CancelledError:
+            while not work.done():
+                try:
+                    await asyncio.wait({work})
+                except asyncio.CancelledError:  # cancelled again: the thread still holds the turn
+                    continue
+            if not work.cancelled():
+                work.exception()  # what it raised goes with the cancelled request
+            raise
+
+
 async def wait_result(ticket: Future, timeout_s: float, receive=None):
     """The result of a request queued for the model: 504 (and the request dropped, where its batch
     has not started) when it is not done within ``timeout_s`` of being queued; 499 (dropped too)

@@ -82,13 +82,13 @@ def wait_port():
 class RunningServer:
     """uvicorn serving an app in a background thread, stopped at teardown."""
 
-    def __init__(self, app) -> None:
+    def __init__(self, app, host: str = "127.0.0.1") -> None:
         import uvicorn
 
         self.app = app
         self.port = reserved_port()
-        self.url = f"127.0.0.1:{self.port}"
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="error"))
+        self.url = f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
+        self.server = uvicorn.Server(uvicorn.Config(app, host=host, port=self.port, log_level="error"))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()
         deadline = time.monotonic() + 20
@@ -110,9 +110,9 @@ def server_factory(serve_bundle):
 
     started: list[RunningServer] = []
 
-    def start(backend: str = "onnxruntime:fp32", **limits) -> RunningServer:
+    def start(backend: str = "onnxruntime:fp32", audit=None, host: str = "127.0.0.1", **limits) -> RunningServer:
         segmenter = Segmenter.load(serve_bundle, backend=backend)
-        server = RunningServer(create_app(segmenter, ServeConfig(**limits)))
+        server = RunningServer(create_app(segmenter, ServeConfig(**limits), audit), host)
         started.append(server)
         return server
 

@@ -12,9 +12,9 @@ import urllib.request
 def http_request(url: str, method: str, path: str, body: bytes | None = None, headers: dict | None = None,
                  timeout: float = 60):
     """(status, headers, body) of one request to ``url`` (``host:port``); the headers are an
-    ``http.client.HTTPMessage``, whose look-ups ignore case."""
-    host, port = url.split(":")
-    conn = http.client.HTTPConnection(host, int(port), timeout=timeout)
+    ``http.client.HTTPMessage``, whose look-ups ignore case; an IPv6 host in brackets."""
+    host, _, port = url.rpartition(":")
+    conn = http.client.HTTPConnection(host.removeprefix("[").removesuffix("]"), int(port), timeout=timeout)
     try:
         conn.request(method, path, body=body, headers=headers or {})
         response = conn.getresponse()
