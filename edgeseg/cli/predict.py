@@ -89,9 +89,11 @@ def command(bundle, input_path, out, fmt, backend, threads, batch_size, overlay,
         if recorded:
             logging.getLogger("edgeseg.predict").info(
                 "reading %s's pixels as %s, the intensity of the bundle's training slices", input_path, intensity)
-    from edgeseg.data.dicom_volumes import PICK_WITH_OPTION
+    picked: dict = {"volume": volume} if volume is not None else {}
+    if kind == "dicom" and volume is None:  # imported for DICOM only: pydicom is an extra
+        from edgeseg.data.dicom_volumes import PICK_WITH_OPTION
 
-    picked = {"volume": volume} if volume is not None else {"pick_hint": PICK_WITH_OPTION}
+        picked = {"pick_hint": PICK_WITH_OPTION}
     volume, refs = read_input(input_path, progress=not quiet, keep_headers=fmt == "dicom-seg",
                               even_grid=fmt in ("nifti", "seg-nrrd"), **({"intensity": intensity} if intensity else {}),
                               **picked)
