@@ -92,6 +92,9 @@ def test_a_stalled_peer_is_closed_and_its_association_slot_freed(running_node, c
     with running_node(peer_timeout=1, max_associations=1) as node:
         # the connection that found the port open holds the one slot until the ACSE timeout
         assert _wait_for(lambda: _echo(node.port).returncode == 0, CLOSE_BOUND)
+        # echoscu's connection is let go by the node a moment after echoscu exits: until then the
+        # stalled one would be refused for the per-host limit, not closed for its stall
+        assert _wait_for(lambda: node._connections.open_connections() == 0, CLOSE_BOUND)
         with contextlib.closing(_stall(node.port, kind)) as stalled:
             closed = _closed_by_node(stalled)
         echoed = _wait_for(lambda: _echo(node.port).returncode == 0, CLOSE_BOUND)
