@@ -22,7 +22,8 @@ LIBASAN="$("$CC_BIN" -print-file-name=libasan.so)"
 LOG="$WORK/pytest.log"
 set +e
 # Python leaks by design (interned objects, arenas): leak checking is off, everything else on.
-LD_PRELOAD="$LIBASAN" \
+# EDGESEG_NO_MULTIVERSION tells the tests this build has no AVX2 clones (build_info()["simd"])
+EDGESEG_NO_MULTIVERSION=1 LD_PRELOAD="$LIBASAN" \
 ASAN_OPTIONS="detect_leaks=0:abort_on_error=1" \
 UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1" \
 PYTHONPATH="$WORK" "$PY" -m pytest -q -p no:cacheprovider tests/kernels "$@" 2>&1 | tee "$LOG"
