@@ -6,9 +6,11 @@ its own would show them:
   tests' "one line, no traceback" checks read it: click captures ``sys.stderr`` alone;
 - a hang guard: a run still going after ``hang_limit_s`` fails its test with the command and
   every thread's stack, where it would otherwise stall its test worker until the CI job's limit.
-  When the main thread cannot take the guard's signal (blocked in native code), a watchdog
-  thread names the command, writes the stacks to the test process's stderr and ends the process
-  at twice the limit, at least 10 s after it (pytest-xdist then reports the test the worker crashed in);
+  A watchdog thread sends the guard's SIGALRM to the main thread itself (``pthread_kill``, so
+  no other thread takes it) and counts the margin after it while the process runs. When the main
+  thread cannot take the signal (blocked in native code), the watchdog names the command, writes
+  the stacks to the test process's stderr and ends the process at twice the limit, at least
+  30 s of its running time after it (pytest-xdist then reports the test the worker crashed in);
 - torch's, numpy's and Python's global random states are put back after the run: a command that
   seeds them (a training, or a refusal that comes after training has seeded) would otherwise
   change what every later test of the same worker draws.
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import faulthandler
+import math
 import os
 import random
 import signal
@@ -32,7 +35,11 @@ from click.testing import CliRunner, Result
 # An in-process command that runs for a quarter of an hour has hung: the longest ones (a tiny
 # training, a sweep report) take well under a minute on a loaded two-core machine.
 HANG_LIMIT_S = 900.0
-LAST_RESORT_MARGIN_S = 10.0
+# The last resort comes at least this long after the limit, counted while the test process runs: a
+# command that swallowed the guard's exception returns within milliseconds, but a test process on a
+# loaded 2-core machine stalls for seconds at times (a whole-suite run lost its worker at 2 x 1 s,
+# and a CI run its worker in a 1 s test with 10 s of margin).
+LAST_RESORT_MARGIN_S = 30.0
 # A copy of the test process's own stderr, taken by keep_test_process_stderr() (tests/conftest.py)
 # while pytest's capture is off: the watchdog's last words reach the terminal or CI log there,
 # where pytest's capture file would end with the process, unread.
@@ -58,15 +65,17 @@ class GuardedCliRunner(CliRunner):
     """``CliRunner`` whose ``invoke`` captures file descriptor 2, guards against hangs and keeps
     the global random states (see the module docstring)."""
 
-    def __init__(self, *args, hang_limit_s: float = HANG_LIMIT_S, **kwargs) -> None:
+    def __init__(self, *args, hang_limit_s: float = HANG_LIMIT_S, margin_s: float = LAST_RESORT_MARGIN_S,
+                 **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.hang_limit_s = hang_limit_s
+        self.margin_s = margin_s
 
     def invoke(self, cli, args=None, *rest, **kwargs) -> Result:
         words = [args] if isinstance(args, str) else list(args or [])
         command = " ".join(["edgeseg", *map(str, words)])
         with _random_states_kept(), _Fd2Capture() as fd2:
-            with _hang_guard(command, self.hang_limit_s, fd2):
+            with _hang_guard(command, self.hang_limit_s, self.margin_s, fd2):
                 result = super().invoke(cli, args, *rest, **kwargs)
         result.stderr_bytes = (result.stderr_bytes or b"") + fd2.data
         result.output_bytes += fd2.data
@@ -104,45 +113,53 @@ class _Fd2Capture:
 
 
 @contextlib.contextmanager
-def _hang_guard(command: str, limit_s: float, fd2: _Fd2Capture) -> Iterator[None]:
-    """SIGALRM after ``limit_s`` raises CommandHung in the main thread, with every thread's
-    stack; a watchdog thread ends the process if that never gets through (after the limit and again
-    as long, at least ``LAST_RESORT_MARGIN_S`` more)."""
+def _hang_guard(command: str, limit_s: float, margin_s: float, fd2: _Fd2Capture) -> Iterator[None]:
+    """After ``limit_s`` the watchdog thread sends SIGALRM to the main thread, whose handler
+    raises CommandHung with every thread's stack; if that never gets through, the watchdog ends
+    the process (after the limit and again as long, at least ``margin_s`` more)."""
     done = threading.Event()
     last_words = fd2.saved if _process_stderr is None else _process_stderr
-    # the last resort waits the limit again, and at least 10 s more: a command that swallowed the
-    # guard's exception returns within milliseconds, but a test process on a loaded 2-core machine
-    # can stall for over a second (a whole-suite run lost its worker at 2 x 1 s)
-    after_s = limit_s + max(limit_s, LAST_RESORT_MARGIN_S)
-    watchdog = threading.Thread(target=_last_resort, args=(command, after_s, last_words, done), daemon=True,
-                                name="hang-guard")
-    watchdog.start()
     on_main = threading.current_thread() is threading.main_thread()
     fired: list[str] = []
     if on_main:
         def hung(signum, frame):
+            if done.is_set():  # sent just as the run ended: its Python handler runs after the end
+                return
             faulthandler.dump_traceback(fd2.file, all_threads=True)
             fired.append(f"{command}: still running after {limit_s:g} s (the in-process hang guard); "
                          f"its stderr and every thread's stack:\n{fd2.text()}")
             raise CommandHung(fired[0])
 
         previous = signal.signal(signal.SIGALRM, hung)
-        signal.setitimer(signal.ITIMER_REAL, limit_s)
+    after_s = limit_s + max(limit_s, margin_s)
+    main_id = threading.main_thread().ident if on_main else None
+    watchdog = threading.Thread(target=_watch, args=(command, limit_s, after_s, main_id, last_words, done),
+                                daemon=True, name="hang-guard")
+    watchdog.start()
     try:
         yield
         if fired:  # a catch-all in the command (a plugin loader's) took CommandHung: the run still hung
             raise CommandHung(fired[0])
     finally:
-        if on_main:
-            signal.setitimer(signal.ITIMER_REAL, 0)
-            signal.signal(signal.SIGALRM, previous)
         done.set()
-        watchdog.join()
+        watchdog.join()  # no signal is sent after this
+        if on_main:
+            # signal.signal runs a signal still pending first: ``hung`` sees ``done`` and returns
+            signal.signal(signal.SIGALRM, previous)
 
 
-def _last_resort(command: str, after_s: float, fd: int, done: threading.Event) -> None:
-    if done.wait(after_s):
+def _watch(command: str, limit_s: float, after_s: float, main_id: int | None, fd: int,
+           done: threading.Event) -> None:
+    if done.wait(limit_s):
         return
+    if main_id is not None:
+        signal.pthread_kill(main_id, signal.SIGALRM)
+    # the rest is counted in one-second steps: a test process stopped or starved past both
+    # deadlines (a paused machine, an overloaded one) wakes with one step gone, not all of them,
+    # so its main thread still has the margin to answer the signal it wakes to
+    for _ in range(math.ceil(after_s - limit_s)):
+        if done.wait(1.0):
+            return
     os.write(fd, f"{command}: still running after {after_s:g} s, its main thread deaf to the hang guard's "
                  f"signal; ending the test process. Every thread's stack:\n".encode())
     faulthandler.dump_traceback(fd, all_threads=True)

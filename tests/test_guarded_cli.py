@@ -7,8 +7,10 @@ from __future__ import annotations
 import os
 import random
 import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import click
@@ -78,7 +80,7 @@ def stalls(deaf):
 
 
 def test_stalls_{name}():
-    result = GuardedCliRunner(hang_limit_s=2).invoke(stalls, {args!r})
+    result = GuardedCliRunner(hang_limit_s=2, margin_s=10).invoke(stalls, {args!r})
     assert result.exit_code != 0  # a hung command must not be read as a refusal
 
 
@@ -118,6 +120,55 @@ def test_a_hung_command_fails_its_test_with_the_command_named(tmp_path, deaf):
         assert re.search(r"CommandHung: edgeseg: still running after 2 s", text), text
         assert "1 failed, 1 passed" in text, text
     assert "time.sleep(300)" in text or "in stalls" in text, text
+
+
+_STOPPED_TEST = """
+import pathlib
+import time
+
+import click
+
+from tests.guarded_cli import GuardedCliRunner
+
+
+@click.command()
+def stalls():
+    pathlib.Path("started").touch()
+    time.sleep(300)
+
+
+def test_stalls():
+    GuardedCliRunner(hang_limit_s=1, margin_s=3).invoke(stalls, [])
+"""
+
+
+def test_a_test_process_stopped_past_both_deadlines_still_fails_its_test_by_the_signal(tmp_path):
+    """A test process stopped or starved for longer than the limit and the margin together (a
+    paused machine, an overloaded one) wakes with both deadlines gone: the hung command still
+    fails its one test with CommandHung, and the process is not ended as deaf (with the margin
+    counted in wall time, the watchdog woke at the same moment and ended the process first: the
+    likeliest way a CI run lost its worker in the swallowed-guard test above)."""
+    (tmp_path / "test_stopped.py").write_text(_STOPPED_TEST)
+    (tmp_path / "conftest.py").write_text(_CONFTEST)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), *sys.path]))
+    run = subprocess.Popen([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_stopped.py"],
+                           cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        for _ in range(1200):
+            if (tmp_path / "started").exists() or run.poll() is not None:
+                break
+            time.sleep(0.05)
+        assert (tmp_path / "started").exists(), "the command never started"
+        os.kill(run.pid, signal.SIGSTOP)  # past the limit (1 s) and the last resort (1 + 3 s)
+        time.sleep(6)
+        os.kill(run.pid, signal.SIGCONT)
+        text, _ = run.communicate(timeout=120)
+    finally:
+        run.kill()
+        run.wait()
+    assert run.returncode == 1, text
+    assert "CommandHung: edgeseg: still running after 1 s" in text, text
+    assert "deaf" not in text, text
 
 
 @click.command()
