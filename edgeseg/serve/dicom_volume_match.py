@@ -58,7 +58,8 @@ def plan_volumes(series_uid: str, earlier: tuple[SegReference, ...] | None, volu
             plans.append(VolumePlan(True, seg.made_by(series_uid, bundle)))
     for seg in [seg for seg in earlier if seg not in pairs.values()]:
         log.warning("series %s: %s (%d slices) is replaced by no SEG: its images are no volume of the series now%s",
-                    series_uid, seg.file, seg.slices, "" if seg.images else " (which images it references is not known)")
+                    series_uid, seg.file, seg.slices,
+                    "" if seg.images else " (which images it references is not known)")
     return plans
 
 

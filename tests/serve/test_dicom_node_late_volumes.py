@@ -65,6 +65,11 @@ def _series_lines(tmp_path) -> list[dict]:
     return [line for line in map(json.loads, lines) if line["event"] == "series"]
 
 
+def _two_each(uid: str) -> list[str]:
+    """The files of two volumes' SEGs, each replaced once."""
+    return sorted(f"{uid}.vol{k}{n}.seg.dcm" for k in (1, 2) for n in ("", "-2"))
+
+
 def _replaced(out: Path, first: str, second: str) -> pydicom.Dataset:
     """The SEG ``second``, after checking with highdicom that it is the next instance of the SEG
     series of ``first``."""
@@ -85,7 +90,7 @@ def test_late_images_of_two_volumes_replace_each_volume_seg(serve_bundle, tmp_pa
         _send(node, [*volumes[0][:2], *volumes[1][:2]], 1, kept)
         assert sorted(p.name for p in out.iterdir()) == [f"{uid}.vol1.seg.dcm", f"{uid}.vol2.seg.dcm"]
         _send(node, [volumes[0][2], volumes[1][2]], 2, kept)  # late: the third slice of each volume
-    assert sorted(p.name for p in out.iterdir()) == sorted(f"{uid}.vol{k}{n}.seg.dcm" for k in (1, 2) for n in ("", "-2"))
+    assert sorted(p.name for p in out.iterdir()) == _two_each(uid)
     firsts = []
     for k, files in enumerate(volumes, start=1):
         seg = _replaced(out, f"{uid}.vol{k}.seg.dcm", f"{uid}.vol{k}-2.seg.dcm")
@@ -171,7 +176,7 @@ def test_late_images_make_the_segs_of_all_volumes_or_none(serve_bundle, tmp_path
         assert sent.returncode == 0, sent.stderr
         assert _wait_for(lambda: node.stats.failed, 60), node.stats
     assert node.stats.failed == [uid]
-    assert sorted(p.name for p in out.iterdir()) == sorted(f"{uid}.vol{k}{n}.seg.dcm" for k in (1, 2) for n in ("", "-2"))
+    assert sorted(p.name for p in out.iterdir()) == _two_each(uid)
     for k in (1, 2):
         _replaced(out, f"{uid}.vol{k}.seg.dcm", f"{uid}.vol{k}-2.seg.dcm")
     lines = _series_lines(tmp_path)
