@@ -338,7 +338,7 @@ class DicomNode(NodeEvents, NodeLifecycle):
                                                               f"; its images stay in {self.work} for the next start"))
                 if series.refused is not None:  # a SEG of the others would miss the slices refused
                     raise DataError(series.refused)
-                self.process(uid, series.folder, series.replaces)
+                self.process(uid, series.folder, series.replaces, series.arrived)
             except (EdgesegError, OSError) as exc:  # OSError: --out full, gone, turned into a file, ...
                 error = str(exc)
                 log.error("series %s (%d images) not segmented: %s", uid, len(series.frames), exc)
@@ -357,12 +357,15 @@ class DicomNode(NodeEvents, NodeLifecycle):
                     if error is not None:
                         self.stats.failed.append(uid)
 
-    def process(self, series_uid: str, folder: Path, replaces: SegReference | None = None) -> Path:
+    def process(self, series_uid: str, folder: Path, replaces: tuple[SegReference, ...] | None = None,
+                arrived: set[str] | None = None) -> Path | None:
         """Segment the series in ``folder``; write and/or forward its SEG; return the SEG path.
-        A SEG that ``replaces`` one made before (images of the series came after it) goes into
-        the series of that one with the next Instance Number, in a file beside it
-        (``UID-2.seg.dcm`` and so on): no SEG is written over. A series holding several volumes gets
-        one SEG per volume (:mod:`edgeseg.serve.dicom_volume_segs`); the last one's path is returned."""
+        A series holding several volumes gets one SEG per volume (:mod:`edgeseg.serve.dicom_volume_segs`);
+        the last one's path is returned. Of a series segmented before into ``replaces`` (images of it
+        came after them; ``arrived``: those stored since, None where not known), each volume's SEG
+        goes into the series of that volume's earlier SEG with the next Instance Number, in a file
+        beside it (``UID-2.seg.dcm`` and so on): no SEG is written over; a volume no image joined keeps
+        its SEG (:mod:`edgeseg.serve.dicom_volume_match`), and None is returned where every volume does."""
         from edgeseg.serve.dicom_volume_segs import segment_series
 
-        return segment_series(self, series_uid, folder, replaces)
+        return segment_series(self, series_uid, folder, replaces, arrived)

@@ -2,7 +2,10 @@
 there (dicom_work.py finds and checks them): a series that was being received, waiting or being
 segmented is in flight again, to be segmented once complete (``--idle`` seconds from now, so a
 sender that goes on sending it adds to it); a series kept for late images is kept for the time it
-had left. One log line and one audit line (``recovered``) per series."""
+had left, with the SEGs (one per volume) it was segmented into. Of a series in flight that was
+segmented before, the node cannot tell the images that came late from those kept: each of its
+volumes is segmented again (dicom_volume_match.py). One log line and one audit line
+(``recovered``) per series."""
 
 from __future__ import annotations
 
@@ -37,20 +40,21 @@ def take_up(work: Path, previous: int | None, in_flight: dict[str, HeldSeries], 
         held.renamed = True  # made or merged by recover() and not flushed: flushed with the next image stored
         held.frames, held.sizes = dict(series.frames), dict(series.sizes)
         held.slices, held.stored = sum(held.frames.values()), sum(held.sizes.values())
-        reference = None if series.reference is None else {k: v for k, v in series.reference.items() if k != "until"}
-        seg = None if reference is None else SegReference(**reference)  # its fields and types checked (dicom_work.py)
+        # the fields and types of each SEG's note checked (dicom_seg_notes.py)
+        segs = None if series.reference is None else tuple(SegReference.noted(f) for f in series.reference["segs"])
+        files = "" if segs is None else ", ".join(seg.file for seg in segs)
         if series.in_flight:
-            held.replaces = seg
+            held.replaces, held.arrived = segs, None  # which of its images came late is not known
             in_flight[series.uid] = held
             outcome = "in_flight"
             log.warning("series %s: %d image(s) acknowledged by %s and not yet segmented were found in %s; they are "
                         "segmented once the series is complete%s", series.uid, len(held.frames), by, work,
-                        "" if seg is None else f", into a SEG that replaces {seg.file}")
+                        "" if segs is None else f", into SEGs that replace {files}, volume by volume")
         else:
             left = series.reference["until"] - time.time()
-            segmented.adopt(series.uid, held, seg, left, now)
+            segmented.adopt(series.uid, held, segs, left, now)
             outcome = "kept"
             log.info("series %s: its %d image(s), segmented into %s, are kept %.0f s more for images of it arriving late",
-                     series.uid, len(held.frames), seg.file, left)
+                     series.uid, len(held.frames), files, left)
         if audit is not None:
             audit.recovered(series.uid, len(held.frames), outcome, previous)

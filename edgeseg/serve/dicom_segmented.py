@@ -1,7 +1,8 @@
 """The series the DICOM node has segmented, kept with their images for a while, so that images of
 one that arrive late (a sender pausing longer than --idle between associations, a router sending
-the rest of a series in a later burst) are segmented with the rest of the series, into a SEG that
-replaces the first one, instead of into a SEG of the late images alone.
+the rest of a series in a later burst) are segmented with the rest of the series, into SEGs that
+replace the first ones (one per volume: dicom_volume_match.py), instead of into a SEG of the late
+images alone.
 
 A kept series takes the place of a series in flight against --max-series: one is given up, oldest
 first, when a new series needs the room (once its first image is stored), so the work folder never
@@ -19,7 +20,7 @@ from pathlib import Path
 
 from edgeseg.errors import DataError
 from edgeseg.serve.dicom_series import HeldSeries, absorb
-from edgeseg.serve.dicom_work import save_reference
+from edgeseg.serve.dicom_seg_notes import save_reference
 
 log = logging.getLogger("edgeseg.listen")
 
@@ -29,7 +30,9 @@ class SegReference:
     """What the node needs of a SEG it made to make the one that replaces it: the SEG goes into
     the same series with the next Instance Number, and the log and audit line name the one it
     replaces. ``bundle``: the sha256 of the manifest of the bundle that made it ("" where not
-    known: a ``.seg.json`` written before it was noted)."""
+    known: a ``.seg.json`` written before it was noted). ``images``: the SOP Instance UIDs of the
+    images it references, which tell the volume of the series it was made of (() where not known:
+    a ``.seg.json`` written before they were noted)."""
 
     sop_instance_uid: str
     series_instance_uid: str
@@ -37,15 +40,21 @@ class SegReference:
     file: str
     slices: int
     bundle: str = ""
+    images: tuple[str, ...] = ()
 
     @classmethod
-    def read(cls, path: Path, slices: int, bundle: str = "") -> "SegReference":
+    def noted(cls, fields: dict) -> "SegReference":
+        """The SegReference of its note's ``fields`` (dicom_seg_notes.py, which checked them)."""
+        return cls(**{**fields, "images": tuple(fields.get("images", ()))})
+
+    @classmethod
+    def read(cls, path: Path, slices: int, bundle: str = "", images=()) -> "SegReference":
         import pydicom
 
         ds = pydicom.dcmread(path, stop_before_pixels=True,
                              specific_tags=["SOPInstanceUID", "SeriesInstanceUID", "InstanceNumber"])
         return cls(str(ds.SOPInstanceUID), str(ds.SeriesInstanceUID), int(ds.get("InstanceNumber") or 1),
-                   path.name, slices, bundle)
+                   path.name, slices, bundle, tuple(sorted(images)))
 
     def made_by(self, series_uid: str, bundle: str) -> "SegReference | None":
         """This SEG, to be replaced by one the bundle ``bundle`` (its manifest's sha256) makes; None,
@@ -62,7 +71,7 @@ class SegReference:
 @dataclass
 class _Kept:
     series: HeldSeries
-    seg: SegReference
+    segs: tuple[SegReference, ...]
     until: float
 
 
@@ -72,15 +81,16 @@ class SegmentedSeries:
     def __init__(self, work: Path, keep_for: float, durable: bool = False) -> None:
         self.work, self.keep_for, self.durable = Path(work), float(keep_for), durable
         self._kept: dict[str, _Kept] = {}
-        self._made: dict[str, SegReference] = {}
+        self._made: dict[str, tuple[SegReference, ...]] = {}
         self._resumed: dict[str, _Kept] = {}  # taken up by resume(), until its first image is stored
 
     def __len__(self) -> int:
         return len(self._kept)
 
-    def made(self, series_uid: str, seg: SegReference) -> None:
-        """``seg`` was made of ``series_uid``; :meth:`keep` keeps its images with it."""
-        self._made[series_uid] = seg
+    def made(self, series_uid: str, segs: tuple[SegReference, ...]) -> None:
+        """``segs``, one per volume, are the SEGs of ``series_uid`` now (made, or standing as they
+        were); :meth:`keep` keeps its images with them."""
+        self._made[series_uid] = tuple(segs)
 
     def keep(self, series_uid: str, series: HeldSeries, now: float, in_flight: HeldSeries | None) -> None:
         """Keep the images of ``series``, whose SEG was just made, for ``keep_for`` seconds; or
@@ -88,42 +98,43 @@ class SegmentedSeries:
         segmented, which then make a SEG of the whole series in place of that one. Removed
         instead when nothing is kept, no SEG was made (it failed), or the whole series would be
         past the volume limit."""
-        seg = self._made.pop(series_uid, None)
+        segs = self._made.pop(series_uid, None)
         self._give_up(series_uid)
-        if seg is None or self.keep_for <= 0:
+        if segs is None or self.keep_for <= 0:
             shutil.rmtree(series.folder, ignore_errors=True)
         elif in_flight is not None:
             with in_flight.lock:  # an association may be writing an image into it (dicom_node.py)
                 moved = absorb(in_flight, series, series_uid)
-            if moved:  # the images moved, all or some, go into its SEG
-                in_flight.replaces = seg
-                self._remember(in_flight.folder, seg, self.keep_for)
+            if moved:  # the images moved, all or some, go into its SEGs; those it received are the late ones
+                in_flight.replaces = segs
+                self._remember(in_flight.folder, segs, self.keep_for)
         else:
             shutil.rmtree(self.work / f"{series_uid}.segmented", ignore_errors=True)
             if _move(series, self.work / f"{series_uid}.segmented", series_uid, "be kept", "images of it arriving "
                      "later make a SEG of their own"):
                 series.senders = set()
-                self._kept[series_uid] = _Kept(series, seg, now + self.keep_for)
-                self._remember(series.folder, seg, self.keep_for)
+                self._kept[series_uid] = _Kept(series, segs, now + self.keep_for)
+                self._remember(series.folder, segs, self.keep_for)
 
-    def _remember(self, folder: Path, seg: SegReference, keep_for: float) -> None:
-        """In a work folder a later node takes up (--work), the SEG the images in ``folder`` were
-        segmented into, and until when they are kept, go beside them (dicom_work.py)."""
+    def _remember(self, folder: Path, segs: tuple[SegReference, ...], keep_for: float) -> None:
+        """In a work folder a later node takes up (--work), the SEGs the images in ``folder`` were
+        segmented into, and until when they are kept, go beside them (dicom_seg_notes.py)."""
         if self.durable:
             try:
-                save_reference(folder, seg, time.time() + keep_for)
+                save_reference(folder, list(segs), time.time() + keep_for)
             except (OSError, DataError) as exc:
                 log.warning("the SEG made of the images in %s cannot be noted beside them (%s); a node taking them "
                             "up after a restart makes a SEG of its own", folder, exc)
 
-    def adopt(self, series_uid: str, series: HeldSeries, seg: SegReference, keep_for: float, now: float) -> None:
-        """Keep ``series``, found in the work folder at start with the SEG it was segmented into,
+    def adopt(self, series_uid: str, series: HeldSeries, segs: tuple[SegReference, ...], keep_for: float,
+              now: float) -> None:
+        """Keep ``series``, found in the work folder at start with the SEGs it was segmented into,
         for the ``keep_for`` seconds it had left."""
-        self._kept[series_uid] = _Kept(series, seg, now + keep_for)
+        self._kept[series_uid] = _Kept(series, tuple(segs), now + keep_for)
 
     def resume(self, series_uid: str, folder: Path) -> HeldSeries | None:
         """The kept images of ``series_uid``, moved to ``folder`` to be segmented again with the
-        images arriving now (``replaces``: the SEG made of them), or None."""
+        images arriving now (``replaces``: the SEGs made of them; ``arrived``: none yet), or None."""
         kept = self._kept.pop(series_uid, None)
         if kept is None:
             return None
@@ -131,10 +142,12 @@ class SegmentedSeries:
                      "the images arriving now make a SEG of their own"):
             return None
         self._resumed[series_uid] = kept
-        kept.series.replaces = kept.seg
+        kept.series.replaces, kept.series.arrived = kept.segs, set()
         kept.series.renamed = self.durable  # UID.segmented is UID now: flushed with the next image stored
         log.info("series %s was segmented before (%s, %d slices): the images arriving now are segmented with "
-                 "its images, into a SEG that replaces that one", series_uid, kept.seg.file, kept.seg.slices)
+                 "its images, into %s", series_uid, ", ".join(seg.file for seg in kept.segs),
+                 sum(seg.slices for seg in kept.segs), "a SEG that replaces that one" if len(kept.segs) == 1 else
+                 "a SEG per volume that replaces that volume's")
         return kept.series
 
     def resumed(self, series_uid: str, stored: bool) -> bool:

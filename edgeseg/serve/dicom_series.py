@@ -63,7 +63,10 @@ class HeldSeries:
     sizes: dict[str, int] = field(default_factory=dict)
     senders: set = field(default_factory=set)
     shape: tuple[int, int] = (0, 0)  # rows, columns of its images
-    replaces: object = None  # dicom_segmented.SegReference: the SEG made of its images before
+    replaces: object = None  # tuple of dicom_segmented.SegReference: the SEGs made of its images before, one per volume
+    # the SOP instances stored since those SEGs were made (None: not known, after a restart), which
+    # tell the volumes late images joined from those left as they were (dicom_volume_match.py)
+    arrived: set | None = field(default_factory=set)
     durable: bool = False  # each image flushed to disk before it is acknowledged (--work: dicom_work.py)
     # its folder was renamed (taken up again from those kept: dicom_segmented.py) and the work
     # folder not flushed since: the next image stored flushes it before its Success
@@ -123,6 +126,8 @@ class HeldSeries:
         self.sizes[sop_uid] = size
         self.slices += frames - self.frames.get(sop_uid, 0)
         self.frames[sop_uid] = frames
+        if self.arrived is not None:
+            self.arrived.add(sop_uid)
 
     def _check_one_form(self, sop_uid: str, ds) -> None:
         """MixedSeries when ``ds`` (an image of SOP instance ``sop_uid``) and the images held

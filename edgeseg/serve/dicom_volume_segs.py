@@ -3,48 +3,55 @@
 A series holding several volumes (two orientations, several stacks, temporal positions: the rule
 of :mod:`edgeseg.data.dicom_volumes`, the one ``edgeseg predict`` splits by) gets one SEG per
 volume, ``UID.volK.seg.dcm``, each a SEG series of its own referencing exactly the images of
-volume K, with that volume's masks. A series of one volume gets ``UID.seg.dcm`` as before, which
-may replace the SEG made of part of it (:mod:`edgeseg.serve.dicom_segmented`).
+volume K, with that volume's masks. A series of one volume gets ``UID.seg.dcm``. Segmented again
+with images that arrived late (:mod:`edgeseg.serve.dicom_segmented`), each volume's SEG replaces
+that volume's earlier SEG, in a file named after it (``UID-2.seg.dcm``, ``UID.vol1-2.seg.dcm``),
+and a volume no late image joined keeps its SEG as it is (:mod:`edgeseg.serve.dicom_volume_match`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import time
 from pathlib import Path
 
 from edgeseg.serve.dicom_segmented import SegReference
 from edgeseg.serve.dicom_series import seg_path
+from edgeseg.serve.dicom_volume_match import plan_volumes
 from edgeseg.serve.dicom_work import sync_file, sync_folder
 
 log = logging.getLogger("edgeseg.listen")
 
 
-def segment_series(node, series_uid: str, folder: Path, replaces: SegReference | None) -> Path:
+def segment_series(node, series_uid: str, folder: Path, replaces: tuple[SegReference, ...] | None,
+                   arrived: set[str] | None = None) -> Path | None:
     """Segment the series in ``folder`` for ``node`` (a :class:`~edgeseg.serve.dicom_node.DicomNode`):
-    write and/or forward the SEG of each of its volumes; return the path of the last. The series
-    is split (and refused, where images share a position and nothing tells them apart), and every
-    volume read and its SEG sources checked, before any volume is segmented: a series yields the
-    SEGs of all its volumes or none (a SEG written before a later volume fails is removed), and is
-    audited once, as segmented or as failed."""
+    write and/or forward the SEG of each of its volumes; return the path of the last (None where
+    every volume's SEG stands as it was). ``replaces``: the SEGs made of it before, one per volume;
+    ``arrived``: the images stored since (None: not known). The series is split (and refused, where
+    images share a position and nothing tells them apart), and every volume read and its SEG sources
+    checked, before any volume is segmented: a series yields the SEGs of all the volumes it
+    segments or none (a SEG written before a later volume fails is removed, and the earlier SEGs
+    stand), and each SEG is audited once; a failure is audited once, by the caller."""
     from edgeseg.data.dicom import read_dicom_volumes
     from edgeseg.runtime.provenance import provenance
     from edgeseg.runtime.seg_sources import seg_source_datasets
 
     record = provenance(node.segmenter)
-    replaces = replaces and replaces.made_by(series_uid, record.get("manifest_sha256", ""))
+    bundle = record.get("manifest_sha256", "")
     # a series no SEG can be made of does not hold up the model, nor leave the SEGs of some volumes
-    volumes = [(part, volume, refs, seg_source_datasets(refs))
+    volumes = [(part, volume, refs, seg_source_datasets(refs), frozenset(str(ds.SOPInstanceUID) for _, ds in
+                                                                         part.members))
                for part, volume, refs in read_dicom_volumes(folder, keep_headers=True)]
-    if len(volumes) > 1 and replaces is not None:  # each volume's SEG is a series of its own
-        log.info("series %s: %s, made of part of it, is followed by one SEG per volume", series_uid, replaces.file)
-        replaces = None
+    plans = plan_volumes(series_uid, replaces, [images for *_, images in volumes], arrived, bundle)
     written: list[tuple[Path, float]] = []
     try:
-        for part, volume, refs, sources in volumes:
-            name = f"{series_uid}.vol{part.number}" if part.label else series_uid  # one volume: no label
-            written.append(_write_volume(node, name, volume, refs, sources, record, replaces))
+        for (part, volume, refs, sources, _), plan in zip(volumes, plans):
+            if plan.remake:
+                written.append(_write_volume(node, _name(series_uid, part, plan.earlier), volume, refs, sources,
+                                             record, plan.earlier))
     except BaseException:
         for target, _ in written:  # no SEG of part of the volumes is kept or forwarded
             target.unlink(missing_ok=True)
@@ -52,20 +59,28 @@ def segment_series(node, series_uid: str, folder: Path, replaces: SegReference |
             with contextlib.suppress(OSError):  # the failure that stopped the volumes is the one told
                 sync_folder(written[0][0].parent)
         raise
-    for (part, volume, _, sources), (target, seconds) in zip(volumes, written):
+    made, made_now = [], iter(written)
+    for (part, volume, _, sources, images), plan in zip(volumes, plans):
         which = f" (volume {part.describe()})" if part.label else ""
+        if not plan.remake:
+            log.info("series %s%s: no image of it arrived since its SEG was made; %s stands", series_uid, which,
+                     plan.earlier.file)
+            made.append(plan.earlier)
+            continue
+        target, seconds = next(made_now)
+        earlier = plan.earlier
         log.info("series %s%s: %d slices segmented -> %s%s", series_uid, which, volume.num_slices, target,
-                 "" if replaces is None else f", replacing {replaces.file} ({replaces.slices} slices, "
-                 f"SOP instance {replaces.sop_instance_uid})")
+                 "" if earlier is None else f", replacing {earlier.file} ({earlier.slices} slices, "
+                 f"SOP instance {earlier.sop_instance_uid})")
         if node.audit is not None:
             node.audit.series(series_uid, seconds, study_uid=str(sources[0].get("StudyInstanceUID", "")),
                               slices=volume.num_slices, seg=target,
-                              replaces=None if replaces is None else replaces.sop_instance_uid)
-    targets = [target for target, _ in written]
-    made = SegReference.read(targets[0], volumes[0][1].num_slices, record.get("manifest_sha256", ""))
+                              replaces=None if earlier is None else earlier.sop_instance_uid)
+        made.append(SegReference.read(target, volume.num_slices, bundle, images))
     node.stats.segmented.append(series_uid)
     with node._lock:
-        node._segmented.made(series_uid, made)
+        node._segmented.made(series_uid, tuple(made))
+    targets = [target for target, _ in written]
     for target in targets if node.forward is not None else ():
         try:  # each SEG on its own: one failing unexpectedly stops neither the others nor the series, audited above
             node._forwarder.forward(series_uid, target, None if node.out is None else str(target))
@@ -74,7 +89,17 @@ def segment_series(node, series_uid: str, folder: Path, replaces: SegReference |
         finally:  # the copy in the work folder (no --out) goes either way
             if node.out is None:
                 target.unlink(missing_ok=True)
-    return targets[-1]
+    return targets[-1] if targets else None
+
+
+def _name(series_uid: str, part, earlier: SegReference | None) -> str:
+    """The name of a volume's SEG file: that of the SEG it replaces (``UID.vol1.seg.dcm`` is
+    followed by ``UID.vol1-2.seg.dcm``, whatever the volume's number now), else ``UID.volK`` (K its
+    number now), ``UID`` for a series of one volume."""
+    stem = re.fullmatch(r"(.+?)(-[0-9]+)?\.seg\.dcm", earlier.file) if earlier is not None else None
+    if stem is not None and (stem[1] == series_uid or stem[1].startswith(f"{series_uid}.vol")):
+        return stem[1]
+    return f"{series_uid}.vol{part.number}" if part.label else series_uid  # one volume: no label
 
 
 def _write_volume(node, name: str, volume, refs, sources: list, record: dict,

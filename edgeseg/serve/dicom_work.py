@@ -12,8 +12,8 @@ for the messages, and marked as a node's (``listen.work``): a folder holding any
 refused, never tidied. The next node that claims the folder finds what the dead one left
 (:func:`recover`): the series being received, waiting or being segmented (``UID``,
 ``UID.taken-N``), merged back into one folder each (newest first, within the volume limit), to
-be segmented once complete, and the series kept for late images (``UID.segmented``, with the SEG
-they were segmented into in ``.seg.json``), kept again for the rest of their time. A staged image
+be segmented once complete, and the series kept for late images (``UID.segmented``, with the SEGs
+they were segmented into in ``.seg.json``: dicom_seg_notes.py), kept again for the rest of their time. A staged image
 (a write the kill cut short: its Success was never sent) is removed, never read; a ``SOP.dcm``
 that is not a whole image (a disk that lost what it was told it had written), or anything that is
 not a regular file or folder itself (a link, a FIFO: never followed or opened), is moved to
@@ -24,15 +24,12 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import json
 import logging
-import math
 import os
 import shutil
 import stat
 import time
-from dataclasses import MISSING, asdict, dataclass, field
-from dataclasses import fields as dataclass_fields
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgeseg.data.dicom_uids import uid_problem
@@ -166,7 +163,8 @@ def check_series(slices: int, shape: tuple[int, int], stored: int, series_uid: s
 class Recovered:
     """A series found in the work folder at start: its folder (its images merged into one), what
     each image counts (``frames``, ``sizes``, by SOP Instance UID), the SEG it was segmented into
-    before (``reference``: SegReference fields, with ``until``, the wall-clock time it is kept to),
+    before (``reference``: ``{"segs": [SegReference fields, one per volume], "until": the wall-clock
+    time it is kept to}``, dicom_seg_notes.py),
     and whether it was being received or segmented (``in_flight``) or only kept for late images."""
 
     uid: str
@@ -180,64 +178,11 @@ class Recovered:
     multiframe: set = field(default_factory=set)  # the SOP Instance UIDs of its multi-frame images
 
 
-def save_reference(folder: Path, reference, until: float) -> None:
-    """Write beside a series' images the SEG they were segmented into (a SegReference, or its
-    fields) and the wall-clock time they are kept to, so that a node taking the folder up again
-    can replace that SEG. Written as the images are: flushed to disk under a staged name, renamed,
-    and the rename flushed (a power cut would otherwise leave an empty or missing note beside
-    images that were kept, and the next node would make a SEG of its own instead of replacing it)."""
-    from edgeseg.atomic import atomic_path
-
-    fields = dict(reference) if isinstance(reference, dict) else asdict(reference)
-    with atomic_path(folder / REFERENCE_NAME) as tmp:
-        tmp.write_text(json.dumps({**fields, "until": until}))
-        sync_file(tmp)
-    sync_folder(folder)
-
-
 def _regular(path: Path) -> bool:
     """``path`` is a regular file itself (not a link to one, a FIFO, a device, a folder)."""
     with contextlib.suppress(OSError):
         return stat.S_ISREG(path.lstat().st_mode)
     return False
-
-
-def _reference_fields() -> dict[str, tuple[type, bool]]:
-    """What .seg.json holds: the fields of dicom_segmented.SegReference and ``until``, each with its
-    type and whether it must be there (a field with a default may be missing)."""
-    from edgeseg.serve.dicom_segmented import SegReference  # here: that module imports this one
-
-    kinds = {"str": str, "int": int, "float": float}
-    fields = {f.name: (kinds.get(f.type, object) if isinstance(f.type, str) else f.type,
-                       f.default is MISSING and f.default_factory is MISSING) for f in dataclass_fields(SegReference)}
-    return {**fields, "until": (float, True)}
-
-
-def _fits(value, kind: type) -> bool:
-    if isinstance(value, bool):
-        return kind is object
-    if kind is float:
-        return isinstance(value, (int, float)) and math.isfinite(value)
-    return isinstance(value, kind)
-
-
-def _reference(folder: Path) -> dict | None:
-    """The fields of ``folder``'s .seg.json (:func:`_reference_fields`, others passed over); None,
-    with one warning, where it is not a regular file holding each field it must, of its type."""
-    path = folder / REFERENCE_NAME
-    if not os.path.lexists(path):
-        return None
-    data, fields = None, _reference_fields()
-    if _regular(path):
-        with contextlib.suppress(OSError, ValueError):
-            data = json.loads(path.read_text())
-    if isinstance(data, dict) and all(_fits(data[key], kind) if key in data else not required
-                                      for key, (kind, required) in fields.items()):
-        return {key: data[key] for key in fields if key in data}
-    need = ", ".join(key for key, (_, required) in fields.items() if required)
-    log.warning("%s is not a note of the SEG its images were segmented into (it must be a file holding %s); the "
-                "series is taken up without it", path, need)
-    return None
 
 
 def _part_of(name: str) -> tuple[str, int] | None:
@@ -294,11 +239,13 @@ def recover(work: Path) -> tuple[list[Recovered], int]:
     holding the folder's claim: no other node writes in it. The parts of a series are merged newest
     first, as dicom_series.absorb does: an image in a newer one wins, and an older part whose images
     would take the series past the volume limit is moved to ``work/over-limit``."""
+    from edgeseg.serve.dicom_seg_notes import newest, read_reference, save_reference  # it imports this module
+
     found, staged = [], 0
     for uid, parts in sorted(_parts(work).items()):
         parts.sort(key=lambda part: part[0], reverse=True)
-        notes = {part: _reference(part) for _, part in parts}  # read before the merge removes them
-        reference = _newest(notes.values())
+        notes = {part: read_reference(part) for _, part in parts}  # read before the merge removes them
+        reference = newest(notes.values())
         in_flight = any(order >= 0 for order, _ in parts)
         target = work / uid if in_flight else parts[0][1]
         if not in_flight and (reference is None or reference["until"] <= time.time()):
@@ -315,7 +262,7 @@ def recover(work: Path) -> tuple[list[Recovered], int]:
             if part != target:
                 with contextlib.suppress(OSError):
                     os.rmdir(part)
-        reference = series.reference = _newest(notes.values()) if in_flight else reference
+        reference = series.reference = newest(notes.values()) if in_flight else reference
         if not series.frames:
             with contextlib.suppress(OSError):
                 (target / REFERENCE_NAME).unlink(missing_ok=True)
@@ -324,14 +271,9 @@ def recover(work: Path) -> tuple[list[Recovered], int]:
                 found.append(series)
             continue
         if reference is not None and in_flight:
-            save_reference(target, {k: v for k, v in reference.items() if k != "until"}, reference["until"])
+            save_reference(target, reference["segs"], reference["until"])
         found.append(series)
     return found, staged
-
-
-def _newest(notes) -> dict | None:
-    """The SEG reference of the highest instance number among ``notes`` (None for a part without one)."""
-    return max((note for note in notes if note is not None), key=lambda note: note["instance_number"], default=None)
 
 
 def _merge(work: Path, uid: str, part: Path, series: Recovered) -> int:

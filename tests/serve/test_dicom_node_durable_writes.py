@@ -121,7 +121,7 @@ def test_a_kept_series_taken_up_again_has_its_new_name_flushed_with_its_next_ima
         ds = pydicom.dcmread(path)
         series.keep(str(ds.SOPInstanceUID), ds, 1)
     kept = SegmentedSeries(work, 600, durable=True)
-    kept.made(uid, SegReference("1.2.3", "1.2.4", 1, f"{uid}.seg.dcm", 2))
+    kept.made(uid, (SegReference("1.2.3", "1.2.4", 1, f"{uid}.seg.dcm", 2),))
     kept.keep(uid, series, 0.0, None)
     assert (work / f"{uid}.segmented").is_dir()
     flushed: list[str] = []
@@ -215,7 +215,8 @@ def test_a_late_image_after_a_restart_with_another_bundle_starts_a_seg_series_of
     continued = (str(seg.SeriesInstanceUID), int(seg.InstanceNumber)) == (reference["series_instance_uid"], 2)
     assert continued == (made_by != "another")
     assert ("was made by another bundle" in caplog.text) == (made_by == "another")
-    assert json.loads((work / f"{uid}.segmented" / ".seg.json").read_text())["bundle"] == this
+    [noted] = json.loads((work / f"{uid}.segmented" / ".seg.json").read_text())["segs"]  # the series' one volume
+    assert noted["bundle"] == this
 
 
 def test_the_note_of_the_seg_a_kept_series_was_made_into_is_on_disk(tmp_path, monkeypatch):
@@ -235,7 +236,7 @@ def test_the_note_of_the_seg_a_kept_series_was_made_into_is_on_disk(tmp_path, mo
     ds = pydicom.dcmread(files[0])
     series.keep(str(ds.SOPInstanceUID), ds, 1)
     kept = SegmentedSeries(work, 600, durable=True)
-    kept.made(uid, SegReference("1.2.3", "1.2.4", 1, f"{uid}.seg.dcm", 1))
+    kept.made(uid, (SegReference("1.2.3", "1.2.4", 1, f"{uid}.seg.dcm", 1),))
     flushed: list[str] = []
 
     def recording(fd: int) -> None:

@@ -238,7 +238,7 @@ def test_a_series_taken_up_replaces_no_seg_whose_images_were_set_aside(tmp_path,
     taken where its part was taken up."""
     import time
 
-    from edgeseg.serve.dicom_work import save_reference
+    from edgeseg.serve.dicom_seg_notes import save_reference
 
     uid, note = "1.2.3", {"sop_instance_uid": "1.2.4", "series_instance_uid": "1.2.5", "instance_number": 1,
                           "file": "1.2.3.seg.dcm", "slices": 1}
@@ -252,7 +252,7 @@ def test_a_series_taken_up_replaces_no_seg_whose_images_were_set_aside(tmp_path,
         if late == FILES[1:]:  # the kept image would make three slices: set aside, its note with it
             assert (series.over_limit, series.reference, taken) == (1, None, False)
         else:
-            assert series.over_limit == 0 and series.reference["instance_number"] == 1 and taken
+            assert series.over_limit == 0 and series.reference["segs"][0]["instance_number"] == 1 and taken
 
 
 @pytest.mark.parametrize("newer", ["slices", "enhanced"])
