@@ -1,9 +1,11 @@
 """Sending the DICOM node's SEGs to the forward peer, and keeping those it did not take.
 
-A SEG the peer does not take (down, unreachable, refusing the association or the C-STORE) goes
-to the unsent folder and is sent again later: at the next forward that succeeds, every
-``resend_every`` seconds, and at the next start of the node. It leaves the folder only once the
-peer has answered its C-STORE with Success, so a SEG is never lost to a peer's outage.
+A SEG the peer does not take (down, unreachable, refusing the association or the C-STORE, or a
+fault in the sending itself) goes to the unsent folder and is sent again later: at the next
+forward that succeeds, every ``resend_every`` seconds, and at the next start of the node. It
+leaves the folder only once the peer has answered its C-STORE with Success, so a SEG is never lost
+to a peer's outage. One that cannot be kept there either (the folder cannot be written) stays
+where it was made and is tried again at each round (:attr:`Forwarder.stranded`).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -113,11 +116,19 @@ class UnsentFolder:
         self.folder = Path(folder)
 
     def pending(self) -> list[Path]:
-        """The SEGs waiting, oldest first (a staging file of an interrupted keep is not one)."""
+        """The SEGs waiting, oldest first (a staging file of an interrupted keep is not one; one
+        removed by hand meanwhile is passed over, not an error that ends the round)."""
         if not self.folder.is_dir():
             return []
-        return sorted((p for p in self.folder.glob("*.seg.dcm") if p.is_file() and not p.name.startswith(".")),
-                      key=lambda p: (p.stat().st_mtime, p.name))
+        found = []
+        for path in self.folder.glob("*.seg.dcm"):
+            try:
+                info = path.stat()
+            except OSError:
+                continue
+            if stat.S_ISREG(info.st_mode) and not path.name.startswith("."):
+                found.append((info.st_mtime, path.name, path))
+        return [path for *_, path in sorted(found)]
 
     def keep(self, seg: Path) -> Path:
         """Copy ``seg`` in (a hard link where the file system allows: the SEG is then on disk
@@ -135,60 +146,116 @@ class UnsentFolder:
                 shutil.copyfile(seg, tmp)
         return target
 
-    def resend(self, send) -> tuple[int, EdgesegError | None]:
-        """Send the SEGs waiting with ``send(path)``, oldest first, removing each the peer took.
-        A SEG the peer refuses, or a file that cannot be read, stays and the next one is tried (one
-        SEG it will not take must not hold up the others); any other failure ends the round (the peer is still away: the others
-        would fail the same way). Return how many were sent and the last failure, if any."""
-        sent, failure = 0, None
-        for path in self.pending():
-            try:
-                send(path)
-            except (SegRefused, SegUnreadable) as exc:
-                failure = exc
-                continue
-            except EdgesegError as exc:
-                return sent, exc
-            path.unlink(missing_ok=True)
-            sent += 1
-        return sent, failure
+    def resend(self, send) -> tuple[int, Exception | None]:
+        """Send the SEGs waiting with ``send(path)``, oldest first, removing each the peer took;
+        return how many were sent and the last failure, if any (:func:`send_in_turn`)."""
+        return send_in_turn(self.pending(), send, lambda path: path.unlink(missing_ok=True))
+
+
+def send_in_turn(paths: list[Path], send, sent) -> tuple[int, Exception | None]:
+    """``send(path)`` each of ``paths`` in turn, calling ``sent(path)`` for each the peer took. A
+    SEG the peer refuses, a file that cannot be read, or a fault in the sending (an exception that
+    is no EdgesegError: one SEG may be all it fails on) stays and the next one is tried: one SEG
+    the peer will not take must not hold up the others. Any other failure ends the round (the
+    peer is still away: the others would fail the same way). Return how many were sent and the
+    last failure, if any."""
+    count, failure = 0, None
+    for path in paths:
+        try:
+            send(path)
+        except (SegRefused, SegUnreadable) as exc:
+            failure = exc
+            continue
+        except EdgesegError as exc:
+            return count, exc
+        except Exception as exc:
+            failure = exc
+            continue
+        sent(path)
+        count += 1
+    return count, failure
 
 
 class Forwarder:
     """Sends each SEG the node makes to the forward peer; one the peer does not take waits in the
     unsent folder and is sent again every ``resend_every`` seconds, and at once after a SEG goes
-    through (the peer is back). ``stats`` (the node's NodeStats) counts what was and was not sent."""
+    through (the peer is back). ``stats`` (the node's NodeStats) counts what was and was not sent.
+    ``stranded``: the SEGs neither sent nor kept in the unsent folder (it could not be written), each
+    with whether it is the node's own copy (in its work folder, no --out: removed once kept or
+    sent); each round keeps them in the unsent folder where it can, else sends them from there."""
 
-    def __init__(self, peer: Peer, calling_ae: str, unsent: UnsentFolder, resend_every: float, stats) -> None:
+    def __init__(self, peer: Peer, calling_ae: str, unsent: UnsentFolder, resend_every: float, stats,
+                 stranded: list[tuple[Path, bool]] | None = None) -> None:
         self.peer, self.calling_ae, self.unsent = peer, calling_ae, unsent
         self.resend_every, self.stats = float(resend_every), stats
+        self.stranded = list(stranded or [])
 
-    def forward(self, series_uid: str, seg: Path, fallback: str | None) -> None:
-        """Send ``seg``; one the peer does not take waits in the unsent folder (``fallback``: where
-        a copy of it stays if it cannot be kept there, --out, else None)."""
+    def forward(self, series_uid: str, seg: Path, own: bool) -> bool:
+        """Send ``seg``; one the peer does not take, whatever the failure, waits in the unsent
+        folder. Return whether ``seg`` may now be removed (``own``: the node's copy in its work
+        folder; a --out copy stays anyway): False for a SEG kept nowhere else, which stays where it is,
+        named in the error line, and is tried again at each round."""
         try:
             self._send(seg)
-        except EdgesegError as exc:
-            self.stats.not_forwarded.append(seg.name)
+        except Exception as exc:  # EdgesegError: the peer's doing; any other: a fault, logged with its traceback
+            trace = None if isinstance(exc, EdgesegError) else exc
+            cause = exc if trace is None else f"{type(exc).__name__}: {exc}"
             try:
                 kept = f"it waits in {self.unsent.keep(seg)} and is sent again every {self.resend_every:g} s"
             except OSError as keep_exc:
-                kept = f"it could not be kept in {self.unsent.folder}: {keep_exc.strerror or keep_exc}"
-                kept = kept if fallback is None else f"{kept} (it is in {fallback})"
-            log.error("series %s: SEG not forwarded: %s; %s", series_uid, exc, kept)
-        else:
-            self.resend()  # the peer is back: what it missed before goes now, not at the next round
+                self.stranded.append((seg, own))
+                log.error("series %s: SEG not forwarded: %s; it could not be kept in %s (%s): it stays in %s and is "
+                          "tried again every %g s", series_uid, cause, self.unsent.folder,
+                          keep_exc.strerror or keep_exc, seg, self.resend_every, exc_info=trace)
+                self.stats.not_forwarded.append(seg.name)  # counted last: whoever watches it finds the SEG where told
+                return False
+            log.error("series %s: SEG not forwarded: %s; %s", series_uid, cause, kept, exc_info=trace)
+            self.stats.not_forwarded.append(seg.name)
+            return True
+        self.resend()  # the peer is back: what it missed before goes now, not at the next round
+        return True
 
     def resend(self) -> None:
-        """Send the SEGs waiting in the unsent folder, logging what is left."""
-        if not self.unsent.pending():
+        """Send the SEGs waiting in the unsent folder (and the stranded ones), logging what is
+        left. A fault here is logged, never raised: it is neither the failure of the SEG forwarded
+        before it nor the segmenting worker's."""
+        try:
+            self.keep_stranded(send=True)
+            if not self.unsent.pending():
+                return
+            sent, exc = self.unsent.resend(self._send)
+        except Exception:
+            log.exception("resending the SEGs waiting in %s failed; they stay there", self.unsent.folder)
             return
-        sent, exc = self.unsent.resend(self._send)
         if exc is not None:
             log.warning("%d SEG(s) still wait in %s after %d sent: %s", len(self.unsent.pending()),
-                        self.unsent.folder, sent, exc)
+                        self.unsent.folder, sent, exc if isinstance(exc, EdgesegError) else
+                        f"{type(exc).__name__}: {exc}", exc_info=None if isinstance(exc, EdgesegError) else exc)
         elif sent:
             log.info("sent the %d SEG(s) that waited in %s", sent, self.unsent.folder)
+
+    def keep_stranded(self, send: bool) -> None:
+        """Keep each stranded SEG in the unsent folder, where it can be written now; ``send``: send
+        those it still cannot take from where they are."""
+        for item in list(self.stranded):
+            seg, own = item
+            try:
+                kept = self.unsent.keep(seg)
+            except FileNotFoundError:  # removed by hand meanwhile: the stop says nothing of it
+                self.stranded.remove(item)
+                continue
+            except OSError:
+                continue
+            self._let_go(item)
+            log.info("%s, not kept before, now waits in %s", seg.name, kept)
+        if send and self.stranded:
+            send_in_turn([seg for seg, _ in self.stranded], self._send,
+                         lambda seg: self._let_go(next(item for item in self.stranded if item[0] == seg)))
+
+    def _let_go(self, item: tuple[Path, bool]) -> None:
+        self.stranded.remove(item)
+        if item[1]:
+            item[0].unlink(missing_ok=True)
 
     def _send(self, path: Path) -> None:
         send_seg(self.peer, self.calling_ae, path)

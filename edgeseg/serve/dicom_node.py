@@ -109,8 +109,10 @@ class DicomNode(NodeEvents, NodeLifecycle):
             # Success, and what a node killed outright left in it is taken up again (dicom_work.py)
             self._claim = WorkClaim(self.work) if durable else None
             self.stats = NodeStats()
-            self._forwarder = None if forward is None else Forwarder(forward, ae_title, self.unsent, resend_every,
-                                                                     self.stats)
+            # with --work and no --out, a SEG in it was neither sent nor kept by the node before (stranded, or killed)
+            self._forwarder = None if forward is None else Forwarder(
+                forward, ae_title, self.unsent, resend_every, self.stats,
+                [(seg, True) for seg in sorted(self.work.glob("*.seg.dcm"))] if durable and out is None else None)
             self._connections = ConnectionLimit(max_connections,
                                                 per_host_limit(max_connections_per_host, max_associations), self.stats,
                                                 per_host_limit(max_associations_per_ae, max_associations), audit)
@@ -327,6 +329,13 @@ class DicomNode(NodeEvents, NodeLifecycle):
         if left:
             log.warning("%d SEG(s) not forwarded to %s are kept in %s; the next start sends them", len(left),
                         self.forward, self.unsent.folder)
+        if self._forwarder is not None and self._forwarder.stranded:  # the stop keeps them (dicom_node_lifecycle.py)
+            self._forwarder.keep_stranded(send=False)
+            stranded = [str(seg) for seg, _ in self._forwarder.stranded]
+            if stranded:
+                log.error("%d SEG(s) not forwarded to %s could not be kept in %s either; they stay in %s: move them "
+                          "into it and the next start sends them", len(stranded), self.forward, self.unsent.folder,
+                          ", ".join(stranded))
 
     def _segment(self, due: list[tuple[str, HeldSeries]]) -> None:
         for uid, series in due:

@@ -177,8 +177,23 @@ class NodeLifecycle:
             # empty: each file went with its connection; a stopped node's work folder holds its series alone
             shutil.rmtree(self.work / "received", ignore_errors=True)
         if self._own_work:
-            shutil.rmtree(self.work, ignore_errors=True)
+            self._remove_work()
         if self._claim is not None:
             with self._lock:
                 self._refused.close()
             self._claim.release()
+
+    def _remove_work(self) -> None:
+        """Remove the work folder the node made, but for the SEGs kept nowhere else (the unsent
+        folder could not be written; the stop's log names them), which stay in it."""
+        stranded = {seg for seg, own in (() if self._forwarder is None else self._forwarder.stranded) if own}
+        if not stranded:
+            shutil.rmtree(self.work, ignore_errors=True)
+            return
+        for entry in self.work.iterdir():
+            if entry in stranded:
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)

@@ -82,13 +82,15 @@ def segment_series(node, series_uid: str, folder: Path, replaces: tuple[SegRefer
         node._segmented.made(series_uid, tuple(made))
     targets = [target for target, _ in written]
     for target in targets if node.forward is not None else ():
+        own = node.out is None  # the copy in the work folder goes once sent or kept in the unsent folder, never before
         try:  # each SEG on its own: one failing unexpectedly stops neither the others nor the series, audited above
-            node._forwarder.forward(series_uid, target, None if node.out is None else str(target))
-        except Exception as exc:
-            log.exception("series %s: forwarding %s failed: %s", series_uid, target.name, exc)
-        finally:  # the copy in the work folder (no --out) goes either way
-            if node.out is None:
-                target.unlink(missing_ok=True)
+            let_go = node._forwarder.forward(series_uid, target, own)
+        except Exception as exc:  # a fault past the forwarding's own handling: the SEG stays and is tried again
+            node._forwarder.stranded.append((target, own))
+            log.exception("series %s: forwarding %s failed: %s; it stays in %s", series_uid, target.name, exc, target)
+            continue
+        if let_go and own:
+            target.unlink(missing_ok=True)
     return targets[-1] if targets else None
 
 

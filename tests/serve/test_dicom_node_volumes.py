@@ -191,7 +191,8 @@ def test_a_forward_failing_unexpectedly_stops_neither_the_other_segs_nor_the_ser
     """A CT slice left in the unsent folder (no SEG: the C-STORE it is sent in has no context for
     it, pynetdicom's ValueError) fails the resend that follows SEG 1's forward. That failure ended
     the forwarding: SEG 2 was never sent and the series, audited as segmented, was audited again as
-    failed. Each SEG is now forwarded on its own, the failure logged with the SEG it came with."""
+    failed. Each SEG is now forwarded on its own; the failure is the resend's, logged as the stray
+    file left waiting with its cause (it was logged as SEG 1's forwarding failing, which it did not)."""
     import json
     import shutil
 
@@ -223,4 +224,6 @@ def test_a_forward_failing_unexpectedly_stops_neither_the_other_segs_nor_the_ser
     assert len(list(received.iterdir())) == 2
     lines = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
     assert [line["outcome"] for line in lines if line["event"] == "series"] == ["segmented", "segmented"], lines
-    assert f"forwarding {uid}.vol1.seg.dcm failed" in caplog.text
+    assert f"forwarding {uid}.vol1.seg.dcm failed" not in caplog.text
+    assert f"1 SEG(s) still wait in {tmp_path / 'unsent'} after 0 sent: ValueError: No presentation context" in caplog.text
+    assert [p.name for p in (tmp_path / "unsent").iterdir()] == ["stray.seg.dcm"]
