@@ -7,8 +7,8 @@ most ``budget // max body`` calls are taken at once (at least one), so the messa
 never exceed one budget; a call beyond that is refused ``RESOURCE_EXHAUSTED`` before its message
 is read. The other limits are HTTP's ``--timeout``, as the HTTP side applies it to a request's
 headers and body: a connection that has not finished its HTTP/2 preface within it is closed, as
-is one with no call for that long (GOAWAY: a gRPC client reconnects on its next call), and one
-that does not answer a PING within it. A connection lives at most ``AGE_TIMEOUTS`` times
+is one with no call for that long (GOAWAY: a gRPC client reconnects on its next call); the
+keepalive PING has the same period and wait. A connection lives at most ``AGE_TIMEOUTS`` times
 ``--timeout``; then its calls in flight get ``--timeout`` + 5 s to finish (as at a stop), so a
 client that never reads its answer does not hold it, or its call's place, for good. Every option
 is a channel argument of gRPC core's ``grpc_types.h`` older than grpcio 1.51.1, the floor.
