@@ -52,21 +52,21 @@ def short_timeout(serve_bundle, serve_process):
 
 
 def test_calls_beyond_what_the_budget_holds_are_refused_before_their_message(two_calls):
-    """Two clients stop sending just before the end of their messages and hold the two calls the
-    budget allows: a third call is refused RESOURCE_EXHAUSTED at once (grpcio 1.85; the floor,
-    1.51.1, leaves it waiting in gRPC until a place frees or its deadline passes); the old server
-    took any number, each message held whole. The two, once sent whole, are answered, and so is a
-    call after them."""
+    """Clients that stop sending just before the end of their messages hold the two calls the
+    budget allows (one more is opened after each probe answered: a probe in flight takes a place
+    too): then a call is refused RESOURCE_EXHAUSTED at once (grpcio 1.85; the floor, 1.51.1,
+    leaves it waiting in gRPC until a place frees or its deadline passes); the old server took any
+    number, each message held whole. The held calls, once sent whole, are answered: two of them
+    where the others were refused. A call after them is answered."""
     import grpc
 
     service, pb, port = two_calls
     refuses = tuple(int(n) for n in grpc.__version__.split(".")[:2]) >= (1, 85)
     call = grpc_call(1, INFER, _request(pb).SerializeToString(), port)
-    held = [connect(port) for _ in range(2)]
-    for sock in held:
-        sock.sendall(call[:-100])
-    deadline, code, details = time.monotonic() + 60, "OK", ""
-    while code == "OK" and time.monotonic() < deadline:  # until the server has taken both calls
+    held, code, details = [], "OK", ""
+    while code == "OK" and len(held) < 20:
+        held.append(connect(port))
+        held[-1].sendall(call[:-100])
         try:
             service.ServerLive(pb.ServerLiveRequest(), timeout=10)
         except grpc.RpcError as exc:
@@ -77,11 +77,13 @@ def test_calls_beyond_what_the_budget_holds_are_refused_before_their_message(two
         assert refusal(service.ModelInfer, _request(pb)) == ("RESOURCE_EXHAUSTED", "Concurrent RPC limit exceeded!")
     for sock in held:
         sock.sendall(call[-100:])
+    statuses = []
     for sock in held:
         frames = read_frames(sock, 120, until_answered=True)
         trailers = [f[3] for f in frames if f is not None and f[0] == HEADERS]
-        assert trailers and b"grpc-status\x010" in trailers[-1], frames[-2:]  # OK, as HPACK literals
+        statuses.append("OK" if trailers and b"grpc-status\x010" in trailers[-1] else "refused")  # HPACK literals
         sock.close()
+    assert statuses.count("OK") == (2 if refuses else len(held)), statuses
     assert not _answered_labels(service, pb).any()  # air: background everywhere
 
 
