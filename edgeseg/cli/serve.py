@@ -34,7 +34,8 @@ from edgeseg.cli.tta_option import tta_option
               help="Largest slice side the pipeline model takes, in pixels.")
 @click.option("--timeout", default=30.0, show_default=True, type=FiniteFloatRange(0.1, 3600),
               help="Seconds a request may wait for its result (then 504) or between its body's bytes (then 408), "
-                   "and a connection for a request's whole headers (then it is closed).")
+                   "and a connection for a request's whole headers (then it is closed); with --grpc-port, also "
+                   "a gRPC connection's preface and idle time (docs/serving.md).")
 @click.option("--max-inflight-bytes", type=click.IntRange(min=1), default=None,
               help="Most bytes of decoded volumes and tensors held for requests in flight, counted as "
                    "--max-volume-bytes counts a volume; a request beyond it is answered 503 before its volume "

@@ -23,6 +23,7 @@ import numpy as np
 from edgeseg import __version__
 from edgeseg.errors import BackendError, DataError, EdgesegError, require
 from edgeseg.serve.audit import AuditLogError, peer_address, request_id
+from edgeseg.serve.grpc_limits import server_options
 from edgeseg.serve.grpc_tensors import decode_infer_request, encode_infer_response
 from edgeseg.serve.http_errors import HttpError, refused
 from edgeseg.serve.inflight import BUDGET_OPTION, OverBudget
@@ -230,14 +231,13 @@ def _service(service_module):
 
 async def start_grpc_server(app, address: str):
     """A started ``grpc.aio`` server on ``address`` (HOST:PORT) serving ``app``'s models; its
-    largest message is the app's request body limit. DataError where the address cannot be bound."""
+    largest message is the app's request body limit, its other limits those of
+    ``edgeseg.serve.grpc_limits``. DataError where the address cannot be bound."""
     grpc = require("grpc", "grpc", PURPOSE)
     pb, service = stubs()
-    options = [("grpc.max_receive_message_length", app.state.config.max_body_bytes),
-               ("grpc.max_send_message_length", -1),
-               # a second server on a port held already must fail, not share it
-               ("grpc.so_reuseport", 0)]
-    server = grpc.aio.server(options=options)
+    config = app.state.config
+    options, calls = server_options(config.max_body_bytes, app.state.budget.limit, config.timeout_s)
+    server = grpc.aio.server(options=options, maximum_concurrent_rpcs=calls)
     service.add_GRPCInferenceServiceServicer_to_server(_service(service)(app, pb), server)
     try:
         port = server.add_insecure_port(address)

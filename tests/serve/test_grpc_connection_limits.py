@@ -1,0 +1,126 @@
+"""The connection and call limits of ``edgeseg serve --grpc-port`` (``edgeseg.serve.grpc_limits``),
+each crossed by a real client on 127.0.0.1, and a normal client beside it unaffected. Raw HTTP/2
+clients (``tests.serve.http2_raw``) play the hostile ones; the deadlines are generous bounds,
+many times the limit under test."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from tests.serve.grpc_util import grpc_serve_process, refusal, stub
+from tests.serve.http2_raw import GOAWAY, HEADERS, closed_within, connect, grpc_call, read_frames
+
+pytest.importorskip("grpc")
+pytest.importorskip("fastapi")
+pytest.importorskip("tritonclient.grpc")
+
+INFER = "/inference.GRPCInferenceService/ModelInfer"
+# the limits under --timeout 2: a connection's preface and idleness 2 s, its age 40 s, then 7 s of grace
+WITHIN = 30  # s: a bound on the 2 s limits, far beyond them (the old server kept these for 60 s or for good)
+
+
+def _request(pb):
+    request = pb.ModelInferRequest(model_name="edgeseg-pipeline")
+    request.inputs.add(name="hu", datatype="INT16", shape=[2, 64, 64])
+    request.raw_input_contents.append(np.full((2, 64, 64), -1000, np.int16).tobytes())
+    return request
+
+
+def _answered_labels(service, pb) -> np.ndarray:
+    answer = service.ModelInfer(_request(pb), timeout=120)
+    return np.frombuffer(answer.raw_output_contents[0], np.uint8).reshape(2, 64, 64)
+
+
+@pytest.fixture(scope="module")
+def two_calls(serve_bundle, serve_process):
+    """A server whose budget holds two of its largest messages: 2 MiB budget, 1 MiB messages;
+    (stub, messages, gRPC port)."""
+    with grpc_serve_process(serve_process, serve_bundle, "--backend", "onnxruntime:fp32", "--max-body-mb", "1",
+                            "--max-volume-bytes", str(1 << 20), "--max-inflight-bytes", str(2 << 20)) as (_, _, port):
+        yield (*stub(port), port)
+
+
+@pytest.fixture(scope="module")
+def short_timeout(serve_bundle, serve_process):
+    """A server on --timeout 2; (stub, messages, gRPC port)."""
+    with grpc_serve_process(serve_process, serve_bundle, "--backend", "onnxruntime:fp32",
+                            "--timeout", "2") as (_, _, port):
+        yield (*stub(port), port)
+
+
+def test_calls_beyond_what_the_budget_holds_are_refused_before_their_message(two_calls):
+    """Clients that stop sending just before the end of their messages hold the two calls the
+    budget allows (one more is opened after each probe answered: a probe in flight takes a place
+    too): then a call is refused RESOURCE_EXHAUSTED at once (grpcio 1.85; the floor, 1.51.1,
+    leaves it waiting in gRPC until a place frees or its deadline passes); the old server took any
+    number, each message held whole. The held calls, once sent whole, are answered: two of them
+    where the others were refused. A call after them is answered."""
+    import grpc
+
+    service, pb, port = two_calls
+    refuses = tuple(int(n) for n in grpc.__version__.split(".")[:2]) >= (1, 85)
+    call = grpc_call(1, INFER, _request(pb).SerializeToString(), port)
+    held, code, details = [], "OK", ""
+    while code == "OK" and len(held) < 20:
+        held.append(connect(port))
+        held[-1].sendall(call[:-100])
+        try:
+            service.ServerLive(pb.ServerLiveRequest(), timeout=10)
+        except grpc.RpcError as exc:
+            code, details = exc.code().name, exc.details()
+    if refuses or code != "DEADLINE_EXCEEDED":
+        assert (code, details) == ("RESOURCE_EXHAUSTED", "Concurrent RPC limit exceeded!"), code
+    if refuses:
+        assert refusal(service.ModelInfer, _request(pb)) == ("RESOURCE_EXHAUSTED", "Concurrent RPC limit exceeded!")
+    for sock in held:
+        sock.sendall(call[-100:])
+    statuses = []
+    for sock in held:
+        frames = read_frames(sock, 120, until_answered=True)
+        trailers = [f[3] for f in frames if f is not None and f[0] == HEADERS]
+        statuses.append("OK" if trailers and b"grpc-status\x010" in trailers[-1] else "refused")  # HPACK literals
+        sock.close()
+    assert statuses.count("OK") == (2 if refuses else len(held)), statuses
+    assert not _answered_labels(service, pb).any()  # air: background everywhere
+
+
+@pytest.mark.parametrize("sent", [b"", b"PRI * HTTP/2.0\r\n"], ids=["nothing", "half a preface"])
+def test_a_connection_that_never_finishes_its_preface_is_closed(short_timeout, sent):
+    service, pb, port = short_timeout
+    sock = connect(port, preface=False)
+    sock.sendall(sent)
+    assert closed_within(sock, WITHIN), f"still open {WITHIN} s after its preface was due (--timeout 2)"
+    assert not _answered_labels(service, pb).any()
+
+
+def test_an_idle_connection_is_sent_goaway_and_closed_and_a_client_reconnects(short_timeout):
+    """A connection that answers SETTINGS and PINGs but makes no call is sent GOAWAY and closed;
+    a tritonclient.grpc client idle as long gets its next answer (gRPC reconnects)."""
+    import tritonclient.grpc as triton
+
+    service, pb, port = short_timeout
+    client = triton.InferenceServerClient(f"127.0.0.1:{port}")
+    assert client.is_server_live()
+    frames = read_frames(connect(port), WITHIN)
+    assert frames and frames[-1] is None, f"still open {WITHIN} s after its last call (--timeout 2)"
+    assert any(f[0] == GOAWAY for f in frames[:-1])
+    hu = triton.InferInput("hu", [2, 64, 64], "INT16")
+    hu.set_data_from_numpy(np.full((2, 64, 64), -1000, np.int16))
+    labels = client.infer("edgeseg-pipeline", [hu], client_timeout=120).as_numpy("labels")
+    assert labels.shape == (2, 64, 64) and not labels.any()
+    client.close()
+
+
+def test_a_client_that_never_reads_its_answer_is_closed(short_timeout):
+    """A client answering SETTINGS and PINGs but granting the server no window for its answer:
+    the connection ends at its age (40 s under --timeout 2) and grace; the old server kept it."""
+    service, pb, port = short_timeout
+    sock = connect(port, receive_window=0)
+    sock.sendall(grpc_call(1, INFER, _request(pb).SerializeToString(), port))
+    frames = read_frames(sock, 300)
+    assert frames and frames[-1] is None, "still open after 300 s"
+    assert not any(f[0] == 0x0 and f[2] == 1 for f in frames[:-1])  # no byte of the answer was sent
+    assert not _answered_labels(service, pb).any()
