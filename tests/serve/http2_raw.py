@@ -5,8 +5,10 @@ literals without Huffman coding), so nothing is hidden by a library's own timers
 
 from __future__ import annotations
 
+import select
 import socket
 import struct
+import time
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 DATA, HEADERS, SETTINGS, PING, GOAWAY = 0x0, 0x1, 0x4, 0x6, 0x7
@@ -102,3 +104,30 @@ def closed_within(sock: socket.socket, seconds: float) -> bool:
     except (ConnectionResetError, BrokenPipeError):
         return True
     return True
+
+
+def first_answered(socks, seconds: float):
+    """The index of the first of ``socks`` on which the server ends a stream within ``seconds``
+    (None if none does) and that stream's frames; SETTINGS and PINGs answered on all of them.
+    ``socks`` is a list."""
+    deadline, buffers = time.monotonic() + seconds, {sock: b"" for sock in socks}
+    frames = {sock: [] for sock in socks}
+    while (left := deadline - time.monotonic()) > 0:
+        for sock in select.select(list(socks), [], [], left)[0]:
+            chunk = sock.recv(65536)
+            buffers[sock] += chunk
+            while len(buffers[sock]) >= 9 and len(buffers[sock]) >= 9 + int.from_bytes(buffers[sock][:3], "big"):
+                buffer = buffers[sock]
+                length, kind, flags = int.from_bytes(buffer[:3], "big"), buffer[3], buffer[4]
+                stream, payload = int.from_bytes(buffer[5:9], "big") & 0x7FFFFFFF, buffer[9:9 + length]
+                buffers[sock] = buffer[9 + length:]
+                frames[sock].append((kind, flags, stream, payload))
+                if stream and flags & END_STREAM and kind in (HEADERS, DATA):
+                    return socks.index(sock), frames[sock]
+                if kind == SETTINGS and not flags & 1:
+                    sock.sendall(frame(SETTINGS, 1, 0))
+                elif kind == PING and not flags & 1:
+                    sock.sendall(frame(PING, 1, 0, payload))
+            if not chunk:
+                return socks.index(sock), frames[sock] + [None]
+    return None, []

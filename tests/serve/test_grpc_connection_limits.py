@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from tests.serve.grpc_util import grpc_serve_process, refusal, stub
-from tests.serve.http2_raw import GOAWAY, HEADERS, closed_within, connect, grpc_call, read_frames
+from tests.serve.http2_raw import GOAWAY, HEADERS, closed_within, connect, first_answered, grpc_call, read_frames
 
 pytest.importorskip("grpc")
 pytest.importorskip("fastapi")
@@ -34,6 +34,13 @@ def _answered_labels(service, pb) -> np.ndarray:
     return np.frombuffer(answer.raw_output_contents[0], np.uint8).reshape(2, 64, 64)
 
 
+def _last_frame_start(frames: bytes) -> int:
+    start = 0
+    while start + 9 + int.from_bytes(frames[start:start + 3], "big") < len(frames):
+        start += 9 + int.from_bytes(frames[start:start + 3], "big")
+    return start
+
+
 @pytest.fixture(scope="module")
 def two_calls(serve_bundle, serve_process):
     """A server whose budget holds two of its largest messages: 2 MiB budget, 1 MiB messages;
@@ -52,38 +59,42 @@ def short_timeout(serve_bundle, serve_process):
 
 
 def test_calls_beyond_what_the_budget_holds_are_refused_before_their_message(two_calls):
-    """Clients that stop sending just before the end of their messages hold the two calls the
-    budget allows (one more is opened after each probe answered: a probe in flight takes a place
-    too): then a call is refused RESOURCE_EXHAUSTED at once (grpcio 1.85; the floor, 1.51.1,
-    leaves it waiting in gRPC until a place frees or its deadline passes); the old server took any
-    number, each message held whole. The held calls, once sent whole, are answered: two of them
-    where the others were refused. A call after them is answered."""
+    """Three clients stop sending before the last frame of their messages, where the budget
+    holds two: one of them is refused RESOURCE_EXHAUSTED at once, before its message is whole
+    (grpcio 1.85; the floor, 1.51.1, leaves it waiting in gRPC until a place frees), and so is any
+    call after them, ServerLive included; the old server took any number, each message held
+    whole. The held calls, once sent whole, are answered: the two that were taken. A call after
+    them is answered. Only the held calls take places while they are counted (a probe answered
+    may keep its place a moment longer in the server), so which of the three is refused depends
+    on the order the server reads them, not how many."""
     import grpc
 
     service, pb, port = two_calls
     refuses = tuple(int(n) for n in grpc.__version__.split(".")[:2]) >= (1, 85)
     call = grpc_call(1, INFER, _request(pb).SerializeToString(), port)
-    held, code, details = [], "OK", ""
-    while code == "OK" and len(held) < 20:
-        held.append(connect(port))
-        held[-1].sendall(call[:-100])
-        try:
-            service.ServerLive(pb.ServerLiveRequest(), timeout=10)
-        except grpc.RpcError as exc:
-            code, details = exc.code().name, exc.details()
-    if refuses or code != "DEADLINE_EXCEEDED":
-        assert (code, details) == ("RESOURCE_EXHAUSTED", "Concurrent RPC limit exceeded!"), code
+    cut = _last_frame_start(call)  # frames stay whole: SETTINGS are acknowledged while the calls are held
+    held = [connect(port) for _ in range(3)]
+    for sock in held:
+        sock.sendall(call[:cut])
+    statuses = ["OK"] * len(held)
     if refuses:
-        assert refusal(service.ModelInfer, _request(pb)) == ("RESOURCE_EXHAUSTED", "Concurrent RPC limit exceeded!")
-    for sock in held:
-        sock.sendall(call[-100:])
-    statuses = []
-    for sock in held:
-        frames = read_frames(sock, 120, until_answered=True)
-        trailers = [f[3] for f in frames if f is not None and f[0] == HEADERS]
-        statuses.append("OK" if trailers and b"grpc-status\x010" in trailers[-1] else "refused")  # HPACK literals
+        first, frames = first_answered(held, 120)
+        assert first is not None, "none of three calls refused where the budget holds two"
+        assert b"grpc-status\x018" in frames[-1][3] and b"Concurrent RPC limit exceeded!" in frames[-1][3], frames
+        statuses[first] = "refused"
+        for probe in (service.ServerLive, service.ModelInfer):
+            request = pb.ServerLiveRequest() if probe is service.ServerLive else _request(pb)
+            assert refusal(probe, request) == ("RESOURCE_EXHAUSTED", "Concurrent RPC limit exceeded!")
+    else:
+        assert refusal(lambda request, timeout: service.ServerLive(request, timeout=10),
+                       pb.ServerLiveRequest())[0] == "DEADLINE_EXCEEDED"
+    for index, sock in enumerate(held):
+        if statuses[index] == "OK":
+            sock.sendall(call[cut:])
+            trailers = [f[3] for f in read_frames(sock, 120, until_answered=True) if f is not None and f[0] == HEADERS]
+            statuses[index] = "OK" if trailers and b"grpc-status\x010" in trailers[-1] else "refused"  # HPACK literals
         sock.close()
-    assert statuses.count("OK") == (2 if refuses else len(held)), statuses
+    assert statuses.count("OK") == (2 if refuses else 3), statuses
     assert not _answered_labels(service, pb).any()  # air: background everywhere
 
 
