@@ -69,7 +69,8 @@ int es_auto_skips(const cJSON *a, const cJSON *record, char *why, size_t n) {
     const cJSON *extra = cJSON_GetObjectItemCaseSensitive(a, "extra");
     const char *scheme = cJSON_IsObject(extra) ? es_json_string_at(extra, "int8_scheme") : NULL;
     if ((scheme && strcmp(scheme, "cpu") == 0) || cpu_has_vnni() != 0) return 0;
-    snprintf(why, n, "INT8 graph of the %s scheme: its signed activations saturate u8 x s8 sums on this CPU (no VNNI); "
-             "re-export with --int8-scheme cpu", scheme ? scheme : "tensorrt, recorded before schemes");
+    snprintf(why, n, "INT8 graph of the %s scheme%s: its signed activations saturate u8 x s8 sums on this CPU (no VNNI); "
+             "re-export with --int8-scheme cpu", scheme ? scheme : "tensorrt",
+             scheme ? "" : " (exported before schemes were recorded)");
     return 1;
 }

@@ -91,19 +91,27 @@ X86_MACHINES = ("x86_64", "amd64", "i386", "i686", "x86")
 VNNI_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
 
 
+def cpu_lacks_vnni() -> bool:
+    """True on an x86 CPU whose flags are known and show none of :data:`VNNI_FLAGS`: there CPU
+    INT8 kernels add u8 x s8 products in pairs into 16 bits, with saturation. False on other
+    machines and where the flags are unknown (no /proc/cpuinfo)."""
+    if platform.machine().lower() not in X86_MACHINES:
+        return False
+    flags = cpu_flags()
+    return bool(flags) and not flags & VNNI_FLAGS
+
+
 def int8_saturation_risk(entry: ArtifactEntry) -> str | None:
     """Why a CPU runner on ``entry`` would compute wrong sums on this machine, or None: an ONNX
-    INT8 graph not of the ``cpu`` scheme, on an x86 CPU whose flags show no VNNI. Unknown flags
-    (no /proc/cpuinfo) are not a risk."""
+    INT8 graph not of the ``cpu`` scheme, on a CPU where :func:`cpu_lacks_vnni`."""
     if entry.format != "onnx" or entry.precision != "int8" or entry.extra.get("int8_scheme") == "cpu":
         return None
-    if platform.machine().lower() not in X86_MACHINES:
+    if not cpu_lacks_vnni():
         return None
-    flags = cpu_flags()
-    if not flags or flags & VNNI_FLAGS:
-        return None
-    scheme = entry.extra.get("int8_scheme", "tensorrt, recorded before schemes")
-    return (f"INT8 graph of the {scheme} scheme: its signed activations saturate u8 x s8 sums on this CPU "
+    # A graph from before the schemes has the tensorrt scheme's signed activations.
+    scheme = entry.extra.get("int8_scheme")
+    graph = f"of the {scheme} scheme" if scheme else "of the tensorrt scheme (exported before schemes were recorded)"
+    return (f"INT8 graph {graph}: its signed activations saturate u8 x s8 sums on this CPU "
             f"(no VNNI); re-export with --int8-scheme cpu")
 
 

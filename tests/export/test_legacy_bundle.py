@@ -8,7 +8,9 @@ than a runner): ``edgeseg data synth --cases 6 --size 32 --slices 8 --seed 0``, 
 --size 32 --base 4 --depth 2 --epochs 15 --lr 2e-2 --no-augment``, ``edgeseg export best.pt
 --formats onnx --int8 --calib PHANTOM --max-dice-drop-int8 1.0``. ``labels-2026-11-25-R-P.npy``
 is that commit's ``edgeseg predict BUNDLE phantom-hu-6x40x28.npy --backend R:P``: the input is a
-(6, 40, 28) cut of a phantom volume, not the model's 32x32, so resizing is on the path too.
+(6, 40, 28) cut of a phantom volume, not the model's 32x32, so resizing is on the path too. They
+were recorded on a CPU with VNNI; tests/legacy_labels.py says how INT8 labels are held to them on
+one without.
 
 Its INT8 graph imports ai.onnx.ml 5 (and other domains no node uses), as that commit's onnxruntime
 quantiser wrote it; onnxruntime before 1.18 refuses it, in one line that names both remedies.
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -26,10 +29,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-LEGACY = Path(__file__).parents[1] / "data" / "legacy"
-BUNDLE = LEGACY / "bundle-2026-11-25"
+from tests.legacy_labels import BUNDLE, HU, LEGACY, assert_old_labels, old_labels
+
 CHECKPOINT = LEGACY / "checkpoint-2026-11-25.pt"
-HU = LEGACY / "phantom-hu-6x40x28.npy"
 BACKENDS = ["onnxruntime:fp32", "onnxruntime:int8", "openvino:fp32", "openvino:int8"]
 NEWER_OPSET = "it imports opset 5 of domain ai.onnx.ml"
 
@@ -43,12 +45,6 @@ def _ort_refuses_the_int8_graph() -> bool:
 def _edgeseg(*args, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "edgeseg", *map(str, args)], capture_output=True, text=True, cwd=cwd,
                           env=dict(os.environ, EDGESEG_CACHE_DIR=str(cwd / "cache")))
-
-
-def _old_labels(backend: str) -> np.ndarray:
-    labels = np.load(LEGACY / f"labels-2026-11-25-{backend.replace(':', '-')}.npy")
-    assert labels.shape == (6, 40, 28) and 300 < np.count_nonzero(labels) < 500  # a liver, not an empty mask
-    return labels
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -66,10 +62,12 @@ def test_the_old_bundle_gives_the_labels_it_gave_then(backend, tmp_path, monkeyp
         return
     with Segmenter.load(BUNDLE, backend=backend) as seg:
         labels = seg.predict_volume(np.load(HU))
-    assert np.array_equal(labels, _old_labels(backend))
+    assert_old_labels(labels, backend)
 
 
 def test_predict_on_the_old_bundle_writes_the_old_labels(tmp_path, assert_one_line_error):
+    from edgeseg.runtime.selection import cpu_lacks_vnni
+
     out = tmp_path / "labels.npy"
     proc = _edgeseg("predict", BUNDLE, HU, "--out", out, "--backend", "onnxruntime:int8", "--quiet", cwd=tmp_path)
     if _ort_refuses_the_int8_graph():
@@ -77,7 +75,9 @@ def test_predict_on_the_old_bundle_writes_the_old_labels(tmp_path, assert_one_li
         assert not out.exists()
         return
     assert proc.returncode == 0, proc.stderr
-    assert np.array_equal(np.load(out), _old_labels("onnxruntime:int8"))
+    assert_old_labels(np.load(out), "onnxruntime:int8")
+    if cpu_lacks_vnni():  # named, it runs, and the user is told its sums saturate here
+        assert "saturate u8 x s8 sums on this CPU (no VNNI); re-export with --int8-scheme cpu" in proc.stderr
 
 
 def test_inspect_sends_a_gate_v1_bundle_to_a_new_export_not_to_edgeseg_gate(tmp_path, assert_one_line_error):
@@ -115,15 +115,17 @@ def test_the_old_checkpoint_exports_to_a_bundle_with_the_old_labels(tmp_path):
     proc = _edgeseg("predict", tmp_path / "bundle", HU, "--out", out, "--backend", "onnxruntime:fp32", "--quiet",
                     cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert np.array_equal(np.load(out), _old_labels("onnxruntime:fp32"))
+    assert np.array_equal(np.load(out), old_labels("onnxruntime:fp32"))
 
 
 def test_auto_runs_the_old_int8_graph_only_on_the_runner_its_gate_ran(tmp_path):
     """The 2026-11-25 manifest lists no scored runners; its parity rows show the gate ran ONNX
     Runtime alone. auto must not take openvino:int8, which that gate never ran (it did before),
-    while the FP32 graph, which needs no gate, stays open to OpenVINO; inspect gives the reason."""
+    while the FP32 graph, which needs no gate, stays open to OpenVINO; inspect gives the reason.
+    On an x86 CPU without VNNI auto takes neither INT8 runner (the graph's sums saturate there)
+    and inspect says so for onnxruntime too. What auto takes gives the labels it gave then."""
     from edgeseg.runtime.manifest import read_manifest
-    from edgeseg.runtime.selection import skip_reasons
+    from edgeseg.runtime.selection import cpu_lacks_vnni, skip_reasons
 
     rows = json.loads((BUNDLE / "parity.json").read_text())["results"]
     gated = {row["run_on"].rsplit("-", 1)[0] for row in rows if row["file"] == "model.int8.onnx"}
@@ -138,10 +140,17 @@ def test_auto_runs_the_old_int8_graph_only_on_the_runner_its_gate_ran(tmp_path):
     row = next(line for line in proc.stdout.splitlines() if line.startswith("onnx-int8  model.int8.onnx"))
     assert "openvino (not scored by the export gate: a manifest without scored runners vouches for onnxruntime " \
            "alone on an INT8 graph; edgeseg gate scores it)" in row
-    assert "onnxruntime (" not in row
+    if cpu_lacks_vnni():
+        assert "onnxruntime (on this machine: INT8 graph of the tensorrt scheme (exported before schemes were " \
+               "recorded): its signed activations saturate u8 x s8 sums on this CPU (no VNNI); re-export with " \
+               "--int8-scheme cpu)" in row
+    else:
+        assert "onnxruntime (" not in row
     out = tmp_path / "labels.npy"
     proc = subprocess.run([sys.executable, "-m", "edgeseg", "predict", str(BUNDLE), str(HU), "--out", str(out),
                            "--backend", "auto"], capture_output=True, text=True, cwd=tmp_path,
                           env=dict(os.environ, EDGESEG_CACHE_DIR=str(tmp_path / "cache"), EDGESEG_BACKEND_PROBE="0"))
     assert proc.returncode == 0, proc.stderr
-    assert "loaded" in proc.stderr and "backend openvino:int8" not in proc.stderr
+    picked = re.search(r"^loaded .*: backend (\S+) \(", proc.stderr, re.MULTILINE).group(1)
+    assert picked != "openvino:int8" and not (cpu_lacks_vnni() and picked.endswith(":int8")), picked
+    assert_old_labels(np.load(out), picked)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import platform
 import shutil
 import subprocess
 import sys
@@ -244,8 +243,7 @@ class _Lines(logging.Handler):
 
 def test_a_tensorrt_scheme_int8_graph_on_the_cpu_warns_where_the_cpu_lacks_vnni(serve_bundle, tmp_path):
     from edgeseg.export.triton import log, write_triton_repo
-    from edgeseg.runtime.machine import cpu_flags
-    from edgeseg.runtime.selection import VNNI_FLAGS, X86_MACHINES
+    from edgeseg.runtime.selection import cpu_lacks_vnni
 
     bundle = tmp_path / "bundle"
     shutil.copytree(serve_bundle, bundle)
@@ -260,10 +258,8 @@ def test_a_tensorrt_scheme_int8_graph_on_the_cpu_warns_where_the_cpu_lacks_vnni(
         write_triton_repo(bundle, tmp_path / "r", precision="int8", kind="KIND_CPU")
     finally:
         log.removeHandler(handler)
-    flags = cpu_flags()
-    at_risk = platform.machine().lower() in X86_MACHINES and bool(flags) and not flags & VNNI_FLAGS
     lines = handler.lines
-    if at_risk:
+    if cpu_lacks_vnni():
         assert lines == ["edgeseg and edgeseg-pipeline run model.int8.onnx on onnxruntime: INT8 graph of the tensorrt "
                          "scheme: its signed activations saturate u8 x s8 sums on this CPU (no VNNI); re-export with "
                          "--int8-scheme cpu (this machine's CPU; check the Triton host's)"]
