@@ -97,10 +97,12 @@ def test_a_node_killed_while_forwarding_leaves_one_seg_series_per_volume(serve_b
     assert not list(work.glob("*.seg.dcm")) and not unsent.exists()  # all sent at once
 
 
-def _unblock(fifo) -> None:
-    """Open ``fifo`` for writing and close it: a reader blocked opening it gets an empty file."""
-    with contextlib.suppress(OSError):
-        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+def _unblock(fifo, done: threading.Event) -> None:
+    """Until ``done``, open ``fifo`` for writing and close it again: a reader blocked opening it
+    gets an empty file (a node opening it again each round can then be stopped)."""
+    while not done.wait(0.2):
+        with contextlib.suppress(OSError):
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
 
 
 def test_links_and_fifos_named_as_segs_are_never_opened(running_node, tmp_path, free_port, wait_port, caplog):
@@ -118,7 +120,7 @@ def test_links_and_fifos_named_as_segs_are_never_opened(running_node, tmp_path, 
     unsent.write_text("in the way")
     files = sorted(SERIES.glob("*.dcm"))
     uid = str(pydicom.dcmread(files[0]).SeriesInstanceUID)
-    archive_port = free_port()
+    archive_port, done = free_port(), threading.Event()
     archive = _archive(archive_port, tmp_path / "received")
     try:
         wait_port(archive_port)
@@ -127,9 +129,10 @@ def test_links_and_fifos_named_as_segs_are_never_opened(running_node, tmp_path, 
             try:
                 assert _storescu(node.port, files).returncode == 0
                 assert _wait_for(lambda: f"{uid}.seg.dcm" in node.stats.forwarded, 60), node.stats
-            finally:
-                _unblock(fifo)
+            finally:  # a worker blocked on the FIFO would hold up the stop for good
+                threading.Thread(target=_unblock, args=(fifo, done), daemon=True).start()
     finally:
+        done.set()
         archive.terminate()
         archive.wait(timeout=10)
     assert node.stats.forwarded == [f"{uid}.seg.dcm"]
