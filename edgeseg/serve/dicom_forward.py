@@ -10,6 +10,7 @@ where it was made and is tried again at each round (:attr:`Forwarder.stranded`).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -89,8 +90,14 @@ def send_seg(peer: Peer, calling_ae: str, path: Path) -> None:
         raise DataError(f"could not associate with {peer}")
     try:
         status = assoc.send_c_store(dataset)
-    finally:
+    except BaseException:  # the C-STORE's failure is the one told, not a release failing after it
+        with contextlib.suppress(Exception):
+            assoc.release()
+        raise
+    try:
         assoc.release()
+    except Exception as exc:  # the peer answered the C-STORE: its answer stands (a SEG it stored is not sent again)
+        log.warning("releasing the association with %s after the C-STORE of %s failed: %s", peer, path.name, exc)
     code = getattr(status, "Status", None)
     if code is None:  # pynetdicom's empty answer: the association ended or timed out first
         raise DataError(f"{peer} did not answer the C-STORE of the SEG (association aborted or timed out)")
@@ -216,27 +223,31 @@ class Forwarder:
         return True
 
     def resend(self) -> None:
-        """Send the SEGs waiting in the unsent folder (and the stranded ones), logging what is
-        left. A fault here is logged, never raised: it is neither the failure of the SEG forwarded
-        before it nor the segmenting worker's."""
+        """Send the stranded SEGs, then those waiting in the unsent folder, in one round that ends
+        at the first failure telling the peer is away (:func:`send_in_turn`: one association
+        tried, not one per list), logging what is left. A fault here is logged, never raised: it
+        is neither the failure of the SEG forwarded before it nor the segmenting worker's."""
         try:
-            self.keep_stranded(send=True)
-            if not self.unsent.pending():
+            self.keep_stranded()
+            stranded = {item[0]: item for item in self.stranded}
+            waiting = list(stranded) + self.unsent.pending()
+            if not waiting:
                 return
-            sent, exc = self.unsent.resend(self._send)
+            sent, exc = send_in_turn(waiting, self._send, lambda seg: self._let_go(stranded[seg]) if seg in stranded
+                                     else seg.unlink(missing_ok=True))
         except Exception:
             log.exception("resending the SEGs waiting in %s failed; they stay there", self.unsent.folder)
             return
         if exc is not None:
-            log.warning("%d SEG(s) still wait in %s after %d sent: %s", len(self.unsent.pending()),
+            log.warning("%d SEG(s) still wait in %s after %d sent: %s", len(self.unsent.pending()) + len(self.stranded),
                         self.unsent.folder, sent, exc if isinstance(exc, EdgesegError) else
                         f"{type(exc).__name__}: {exc}", exc_info=None if isinstance(exc, EdgesegError) else exc)
         elif sent:
             log.info("sent the %d SEG(s) that waited in %s", sent, self.unsent.folder)
 
-    def keep_stranded(self, send: bool) -> None:
-        """Keep each stranded SEG in the unsent folder, where it can be written now; ``send``: send
-        those it still cannot take from where they are."""
+    def keep_stranded(self) -> None:
+        """Keep each stranded SEG in the unsent folder, where it can be written now (those it still
+        cannot take are sent from where they are by :meth:`resend`)."""
         for item in list(self.stranded):
             seg, own = item
             try:
@@ -248,9 +259,6 @@ class Forwarder:
                 continue
             self._let_go(item)
             log.info("%s, not kept before, now waits in %s", seg.name, kept)
-        if send and self.stranded:
-            send_in_turn([seg for seg, _ in self.stranded], self._send,
-                         lambda seg: self._let_go(next(item for item in self.stranded if item[0] == seg)))
 
     def _let_go(self, item: tuple[Path, bool]) -> None:
         self.stranded.remove(item)

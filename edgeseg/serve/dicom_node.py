@@ -57,6 +57,7 @@ from edgeseg.serve.dicom_node_lifecycle import GuardedThread, NodeLifecycle
 from edgeseg.serve.dicom_peer_watch import PeerWatch
 from edgeseg.serve.dicom_segmented import SegmentedSeries, SegReference
 from edgeseg.serve.dicom_received import pixel_data_bytes, read_received, received_path, write_failure
+from edgeseg.serve.dicom_left_segs import left_segs, let_go_left
 from edgeseg.serve.dicom_recovery import take_up
 from edgeseg.serve.dicom_refused import RefusedImages
 from edgeseg.serve.dicom_series import DuplicateInstance, HeldSeries, ImageNotStored, MixedSeries, SendingAssociations
@@ -109,10 +110,8 @@ class DicomNode(NodeEvents, NodeLifecycle):
             # Success, and what a node killed outright left in it is taken up again (dicom_work.py)
             self._claim = WorkClaim(self.work) if durable else None
             self.stats = NodeStats()
-            # with --work and no --out, a SEG in it was neither sent nor kept by the node before (stranded, or killed)
-            self._forwarder = None if forward is None else Forwarder(
-                forward, ae_title, self.unsent, resend_every, self.stats,
-                [(seg, True) for seg in sorted(self.work.glob("*.seg.dcm"))] if durable and out is None else None)
+            self._forwarder = None if forward is None else Forwarder(forward, ae_title, self.unsent, resend_every,
+                                                                     self.stats)
             self._connections = ConnectionLimit(max_connections,
                                                 per_host_limit(max_connections_per_host, max_associations), self.stats,
                                                 per_host_limit(max_associations_per_ae, max_associations), audit)
@@ -136,6 +135,8 @@ class DicomNode(NodeEvents, NodeLifecycle):
             self._accept: GuardedThread | None = None  # the accept loop's (dicom_node_lifecycle.py)
             if durable:
                 take_up(self.work, self._claim.previous, self._series, self._segmented, self.audit)
+                if self._forwarder is not None:  # a SEG in it was neither sent nor kept before (stranded, or killed)
+                    self._forwarder.stranded = [(seg, True) for seg in left_segs(self.work, self._series)]
                 self._refused = RefusedImages.kept_in(self.work, held=self._series)  # and kept there on
         except BaseException:  # an error, or an interrupt (a signal during the start): no folder left behind
             if made is not None:
@@ -330,7 +331,7 @@ class DicomNode(NodeEvents, NodeLifecycle):
             log.warning("%d SEG(s) not forwarded to %s are kept in %s; the next start sends them", len(left),
                         self.forward, self.unsent.folder)
         if self._forwarder is not None and self._forwarder.stranded:  # the stop keeps them (dicom_node_lifecycle.py)
-            self._forwarder.keep_stranded(send=False)
+            self._forwarder.keep_stranded()
             stranded = [str(seg) for seg, _ in self._forwarder.stranded]
             if stranded:
                 log.error("%d SEG(s) not forwarded to %s could not be kept in %s either; they stay in %s: move them "
@@ -347,7 +348,7 @@ class DicomNode(NodeEvents, NodeLifecycle):
                                                               f"; its images stay in {self.work} for the next start"))
                 if series.refused is not None:  # a SEG of the others would miss the slices refused
                     raise DataError(series.refused)
-                self.process(uid, series.folder, series.replaces, series.arrived)
+                self.process(uid, series.folder, series.replaces, series.arrived, series.left)
             except (EdgesegError, OSError) as exc:  # OSError: --out full, gone, turned into a file, ...
                 error = str(exc)
                 log.error("series %s (%d images) not segmented: %s", uid, len(series.frames), exc)
@@ -363,18 +364,21 @@ class DicomNode(NodeEvents, NodeLifecycle):
                         if self._claim is None or not forced:  # else left for the next start
                             self._segmented.keep(uid, series, time.monotonic(), self._series.get(uid))
                 finally:  # counted last: whoever watches the count sees the failure audited and kept
+                    if error is not None and series.left and not (forced and self._claim is not None):
+                        let_go_left(self, uid, series.left, set())  # replaced by none: sent as they are
                     if error is not None:
                         self.stats.failed.append(uid)
 
     def process(self, series_uid: str, folder: Path, replaces: tuple[SegReference, ...] | None = None,
-                arrived: set[str] | None = None) -> Path | None:
+                arrived: set[str] | None = None, left: tuple[SegReference, ...] = ()) -> Path | None:
         """Segment the series in ``folder``; write and/or forward its SEG; return the SEG path.
         A series holding several volumes gets one SEG per volume (:mod:`edgeseg.serve.dicom_volume_segs`);
         the last one's path is returned. Of a series segmented before into ``replaces`` (images of it
         came after them; ``arrived``: those stored since, None where not known), each volume's SEG
         goes into the series of that volume's earlier SEG with the next Instance Number, in a file
         beside it (``UID-2.seg.dcm`` and so on): no SEG is written over; a volume no image joined keeps
-        its SEG (:mod:`edgeseg.serve.dicom_volume_match`), and None is returned where every volume does."""
+        its SEG (:mod:`edgeseg.serve.dicom_volume_match`), and None is returned where every volume does.
+        ``left``: SEGs of it an earlier node left in the work folder (dicom_left_segs.py)."""
         from edgeseg.serve.dicom_volume_segs import segment_series
 
-        return segment_series(self, series_uid, folder, replaces, arrived)
+        return segment_series(self, series_uid, folder, replaces, arrived, left)

@@ -77,6 +77,9 @@ class HeldSeries:
     opening: bool = False  # in flight for an image being written; none stored in it yet
     # why it is not segmented: images of it refused as they arrived and not taken since (RefusedImages)
     refused: str | None = None
+    # the SEGs of it an earlier node left unsent or unremoved in the --work folder (killed while forwarding them):
+    # each is replaced by the SEG of its volume made now, then removed (dicom_left_segs.py)
+    left: tuple = ()
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def complete(self, idle: float, now: float) -> bool:

@@ -17,6 +17,7 @@ import re
 import time
 from pathlib import Path
 
+from edgeseg.serve.dicom_left_segs import let_go_left
 from edgeseg.serve.dicom_segmented import SegReference
 from edgeseg.serve.dicom_series import seg_path
 from edgeseg.serve.dicom_volume_match import plan_volumes
@@ -26,11 +27,13 @@ log = logging.getLogger("edgeseg.listen")
 
 
 def segment_series(node, series_uid: str, folder: Path, replaces: tuple[SegReference, ...] | None,
-                   arrived: set[str] | None = None) -> Path | None:
+                   arrived: set[str] | None = None, left: tuple[SegReference, ...] = ()) -> Path | None:
     """Segment the series in ``folder`` for ``node`` (a :class:`~edgeseg.serve.dicom_node.DicomNode`):
     write and/or forward the SEG of each of its volumes; return the path of the last (None where
     every volume's SEG stands as it was). ``replaces``: the SEGs made of it before, one per volume;
-    ``arrived``: the images stored since (None: not known). The series is split (and refused, where
+    ``arrived``: the images stored since (None: not known); ``left``: SEGs of it an earlier node
+    left in the work folder (:mod:`edgeseg.serve.dicom_left_segs`), removed once forwarded the ones
+    that replace them, the others sent as they are. The series is split (and refused, where
     images share a position and nothing tells them apart), and every volume read and its SEG sources
     checked, before any volume is segmented: a series yields the SEGs of all the volumes it
     segments or none (a SEG written before a later volume fails is removed, and the earlier SEGs
@@ -50,8 +53,8 @@ def segment_series(node, series_uid: str, folder: Path, replaces: tuple[SegRefer
     try:
         for (part, volume, refs, sources, _), plan in zip(volumes, plans):
             if plan.remake:
-                written.append(_write_volume(node, _name(series_uid, part, plan.earlier), volume, refs, sources,
-                                             record, plan.earlier))
+                written.append(_write_volume(node, _target(node.out or node.work, series_uid, part, plan.earlier),
+                                             volume, refs, sources, record, plan.earlier))
     except BaseException:
         for target, _ in written:  # no SEG of part of the volumes is kept or forwarded
             target.unlink(missing_ok=True)
@@ -91,28 +94,33 @@ def segment_series(node, series_uid: str, folder: Path, replaces: tuple[SegRefer
             continue
         if let_go and own:
             target.unlink(missing_ok=True)
+    replaced = {plan.earlier.series_instance_uid for plan in plans if plan.remake and plan.earlier is not None}
+    let_go_left(node, series_uid, left, replaced)
     return targets[-1] if targets else None
 
 
-def _name(series_uid: str, part, earlier: SegReference | None) -> str:
-    """The name of a volume's SEG file: that of the SEG it replaces (``UID.vol1.seg.dcm`` is
-    followed by ``UID.vol1-2.seg.dcm``, whatever the volume's number now), else ``UID.volK`` (K its
-    number now), ``UID`` for a series of one volume."""
-    stem = re.fullmatch(r"(.+?)(-[0-9]+)?\.seg\.dcm", earlier.file) if earlier is not None else None
+def _target(folder: Path, series_uid: str, part, earlier: SegReference | None) -> Path:
+    """Where a volume's SEG goes in ``folder``: named after the SEG it replaces and by its own
+    Instance Number N (``UID.vol1.seg.dcm`` is followed by ``UID.vol1-2.seg.dcm``, whatever the
+    volume's number now, whether or not the earlier file is still there), else ``UID.volK`` (K its
+    number now), ``UID`` for a series of one volume; a file of that name there already gets a
+    number after it (:func:`seg_path`): no SEG is written over."""
+    stem = re.fullmatch(r"(.+?)(-[0-9]+)*\.seg\.dcm", earlier.file) if earlier is not None else None
     if stem is not None and (stem[1] == series_uid or stem[1].startswith(f"{series_uid}.vol")):
-        return stem[1]
-    return f"{series_uid}.vol{part.number}" if part.label else series_uid  # one volume: no label
+        name = stem[1]
+    else:
+        name = f"{series_uid}.vol{part.number}" if part.label else series_uid  # one volume: no label
+    return seg_path(name if earlier is None else f"{name}-{earlier.instance_number + 1}", folder)
 
 
-def _write_volume(node, name: str, volume, refs, sources: list, record: dict,
+def _write_volume(node, target: Path, volume, refs, sources: list, record: dict,
                   replaces: SegReference | None) -> tuple[Path, float]:
     """Segment one volume (``refs``: its images, ``sources``: their checked headers) and write its
-    SEG as ``name``.seg.dcm; return its path and the seconds taken."""
+    SEG to ``target``; return its path and the seconds taken."""
     from edgeseg.runtime.writers import write_dicom_seg
 
     began = time.monotonic()
     labels = node.segmenter.predict_volume(volume)
-    target = seg_path(name, node.out or node.work)
     write_dicom_seg(labels, volume, refs, node.segmenter.labels, target, sources=sources,
                     parameters=node.segmenter.algorithm_parameters(), provenance=record,
                     series=None if replaces is None else (replaces.series_instance_uid, replaces.instance_number + 1))

@@ -178,7 +178,7 @@ class Recovered:
     multiframe: set = field(default_factory=set)  # the SOP Instance UIDs of its multi-frame images
 
 
-def _regular(path: Path) -> bool:
+def regular_file(path: Path) -> bool:
     """``path`` is a regular file itself (not a link to one, a FIFO, a device, a folder)."""
     with contextlib.suppress(OSError):
         return stat.S_ISREG(path.lstat().st_mode)
@@ -282,13 +282,13 @@ def _merge(work: Path, uid: str, part: Path, series: Recovered) -> int:
     images were removed."""
     staged, images = 0, {}
     for item in sorted(part.iterdir()):
-        if item.name.startswith(".") and _regular(item):
+        if item.name.startswith(".") and regular_file(item):
             if part != series.folder or item.name != REFERENCE_NAME:
                 staged += ".staging-" in item.name and item.name.endswith(".dcm")  # never acknowledged
                 item.unlink(missing_ok=True)
             continue
         sop = item.name[:-4] if item.name.endswith(".dcm") else ""
-        if not _regular(item):
+        if not regular_file(item):
             _aside(work, uid, item, "is not a regular file (a link, a FIFO, a folder), never read")
         elif sop in series.frames:  # the image came again later: the newer copy is held
             item.unlink()

@@ -22,11 +22,12 @@ pydicom = pytest.importorskip("pydicom")
 pytestmark = pytest.mark.skipif(not DCMTK, reason="dcmtk (echoscu, storescu, storescp) is not installed")
 
 
-def _listen(bundle, port: int, tmp_path: Path, *options: str, out: str = "out") -> subprocess.Popen:
-    """``edgeseg listen`` as a process writing SEGs to tmp_path/OUT (TMPDIR: tmp_path/tmp)."""
+def _listen(bundle, port: int, tmp_path: Path, *options: str, out: str | None = "out") -> subprocess.Popen:
+    """``edgeseg listen`` as a process writing SEGs to tmp_path/OUT (None: no --out; TMPDIR: tmp_path/tmp)."""
     (tmp_path / "tmp").mkdir(exist_ok=True)
     return subprocess.Popen([sys.executable, "-m", "edgeseg.cli", "listen", str(bundle), "--port", str(port),
-                             "--out", str(tmp_path / out), "--backend", "onnxruntime:fp32", *options],
+                             *(["--out", str(tmp_path / out)] if out else []), "--backend", "onnxruntime:fp32",
+                             *options],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=dict(os.environ, TMPDIR=str(tmp_path / "tmp"), OMP_NUM_THREADS="1"))
 

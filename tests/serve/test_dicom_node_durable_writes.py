@@ -210,8 +210,11 @@ def test_a_late_image_after_a_restart_with_another_bundle_starts_a_seg_series_of
             assert _wait_for(lambda: len(list((work / f"{uid}.segmented").glob("*.dcm"))) == 3, 60)
         finally:
             node.stop()
-    seg = pydicom.dcmread(out / f"{uid}.seg.dcm")
-    assert _referenced(out / f"{uid}.seg.dcm") == {str(pydicom.dcmread(f).SOPInstanceUID) for f in files}
+    # the next instance is named by its number (UID-2.seg.dcm), though UID.seg.dcm is not in --out
+    [made] = out.glob("*.seg.dcm")
+    assert made.name == (f"{uid}.seg.dcm" if made_by == "another" else f"{uid}-2.seg.dcm")
+    seg = pydicom.dcmread(made)
+    assert _referenced(made) == {str(pydicom.dcmread(f).SOPInstanceUID) for f in files}
     continued = (str(seg.SeriesInstanceUID), int(seg.InstanceNumber)) == (reference["series_instance_uid"], 2)
     assert continued == (made_by != "another")
     assert ("was made by another bundle" in caplog.text) == (made_by == "another")
