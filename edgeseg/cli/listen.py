@@ -89,7 +89,7 @@ def command(bundle, ae_title, any_ae, allow_calling, host, port, out, forward, i
     check_node_settings(out=out, forward=peer, unsent=unsent, max_series=max_series, ae_title=ae_title,
                         calling_aets=list(allow_calling), peer_timeout=peer_timeout, max_associations=max_associations,
                         max_connections=max_connections, max_connections_per_host=max_connections_per_host,
-                        max_associations_per_ae=max_associations_per_ae, keep_segmented=keep_segmented)
+                        max_associations_per_ae=max_associations_per_ae, keep_segmented=keep_segmented, work=work)
     if out is not None:
         check_output_folder(out, "--out")
     if unsent is not None:

@@ -19,6 +19,7 @@ from edgeseg.runtime.machine import installed_versions
 #: the key under which the record is stored where a format takes named text (NRRD, PNG)
 PROVENANCE_KEY = "edgeseg_provenance"
 NIFTI_DESCRIP_BYTES = 80  # the NIfTI-1 header's descrip field, NUL-terminated when shorter
+_MANIFEST = " manifest "  # before the manifest's sha256 in the short description
 # runner -> its library's installed version, read once per runner: the server puts the record in
 # every response, and reading it means scanning every folder on sys.path
 _LIBRARY_VERSIONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -84,7 +85,17 @@ def short_description(record: dict[str, str], limit: int = NIFTI_DESCRIP_BYTES -
                                   f"{record['backend']}:{record['precision']}" if "backend" in record else None)))
     head = head.encode("ascii", "replace").decode()[:limit]
     digest = record.get("manifest_sha256", "")
-    room = limit - len(head) - len(" manifest ")
+    room = limit - len(head) - len(_MANIFEST)
     if digest and room >= 12:  # shorter than 12 hex digits is no use for finding the bundle
-        head += f" manifest {digest[:room]}"
+        head += f"{_MANIFEST}{digest[:room]}"
     return head
+
+
+def described_manifest(description: str) -> str:
+    """The part of the manifest's sha256 that :func:`short_description` wrote into
+    ``description`` (lower-case hex, at least 12 digits); "" where it holds none."""
+    _, found, digest = str(description).rpartition(_MANIFEST)
+    digest = digest.strip()
+    if not found or len(digest) < 12 or any(c not in "0123456789abcdef" for c in digest):
+        return ""
+    return digest

@@ -84,7 +84,7 @@ class DicomNode(NodeEvents, NodeLifecycle):
         check_node_settings(out=out, forward=forward, unsent=unsent, max_series=max_series, ae_title=ae_title,
                             calling_aets=calling_aets, peer_timeout=peer_timeout, max_associations=max_associations,
                             max_connections=max_connections, max_connections_per_host=max_connections_per_host,
-                            max_associations_per_ae=max_associations_per_ae, keep_segmented=keep_segmented)
+                            max_associations_per_ae=max_associations_per_ae, keep_segmented=keep_segmented, work=work)
         self.peer_timeout, self.max_associations = float(peer_timeout), max_associations
         self.any_ae = bool(any_ae)
         self.calling_aets = [title.strip() for title in calling_aets or []]

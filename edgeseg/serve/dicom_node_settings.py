@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from edgeseg.errors import DataError
 from edgeseg.serve.dicom_intake import check_ae_title
@@ -87,10 +89,14 @@ def check_node_settings(*, out, forward, unsent, max_series, ae_title: str, call
                         max_connections: int = DEFAULT_MAX_CONNECTIONS,
                         max_connections_per_host: int | None = DEFAULT_MAX_CONNECTIONS_PER_HOST,
                         max_associations_per_ae: int | None = DEFAULT_MAX_ASSOCIATIONS_PER_AE,
-                        keep_segmented: float = DEFAULT_KEEP_SEGMENTED) -> None:
+                        keep_segmented: float = DEFAULT_KEEP_SEGMENTED, work=None) -> None:
     """DataError for settings no node can run with; ``edgeseg listen`` calls it before loading the bundle."""
     if out is None and forward is None:
         raise DataError("the DICOM node needs --out, --forward or both: otherwise results go nowhere")
+    if out is not None and work is not None and _same_folder(out, work):
+        # a SEG in --work is one a node left unsent there: every start would send each result again
+        raise DataError(f"--out {out} is the --work folder: a SEG in the work folder is one left unsent, and each "
+                        "start would send every result there again; give --out a folder of its own")
     if forward is not None and out is None and unsent is None:
         raise DataError("--forward without --out needs --unsent DIR: a SEG the peer does not take is kept "
                         "there and sent again, instead of being lost")
@@ -121,3 +127,14 @@ def check_node_settings(*, out, forward, unsent, max_series, ae_title: str, call
                         f"({max_connections})")
     for title in (ae_title, *(calling_aets or [])):
         check_ae_title(title)
+
+
+def _same_folder(first, second) -> bool:
+    """Whether the paths ``first`` and ``second`` name one folder (the same path once resolved, or
+    the same folder on disk: a bind mount, a hard-linked name)."""
+    if Path(first).resolve() == Path(second).resolve():
+        return True
+    try:
+        return os.path.samefile(first, second)
+    except OSError:  # one of them is not there yet: not the same folder
+        return False

@@ -23,6 +23,7 @@ from edgeseg.serve.dicom_series import HeldSeries, absorb
 from edgeseg.serve.dicom_seg_notes import save_reference
 
 log = logging.getLogger("edgeseg.listen")
+UNKNOWN_BUNDLE = "unknown"  # no sha256 begins so: the SEG is another bundle's to any bundle
 
 
 @dataclass(frozen=True)
@@ -30,7 +31,9 @@ class SegReference:
     """What the node needs of a SEG it made to make the one that replaces it: the SEG goes into
     the same series with the next Instance Number, and the log and audit line name the one it
     replaces. ``bundle``: the sha256 of the manifest of the bundle that made it ("" where not
-    known: a ``.seg.json`` written before it was noted). ``images``: the SOP Instance UIDs of the
+    known: a ``.seg.json`` written before it was noted), or of a SEG read back the part of it
+    its Content Description holds (:data:`UNKNOWN_BUNDLE` where it holds none: another
+    bundle's, dicom_left_segs.py). ``images``: the SOP Instance UIDs of the
     images it references, which tell the volume of the series it was made of (() where not known:
     a ``.seg.json`` written before they were noted)."""
 
@@ -60,7 +63,7 @@ class SegReference:
         """This SEG, to be replaced by one the bundle ``bundle`` (its manifest's sha256) makes; None,
         logged, when another bundle made it (a node restarted with another model): a SEG of one
         model does not become the next instance of another model's SEG series."""
-        if not self.bundle or not bundle or self.bundle == bundle:
+        if not self.bundle or not bundle or bundle.startswith(self.bundle):  # a SEG read back names a prefix
             return self
         log.warning("series %s: %s was made by another bundle (manifest sha256 %s, this one %s); the SEG of its images "
                     "and those arriving now starts a SEG series of its own", series_uid, self.file, self.bundle[:12],

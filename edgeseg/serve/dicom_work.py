@@ -204,20 +204,21 @@ def _parts(work: Path) -> dict[str, list[tuple[int, Path]]]:
         if part is None:
             continue
         if entry.is_symlink() or not entry.is_dir():
-            _aside(work, "", entry, "is not a folder of series images the node made")
+            set_aside(work, "", entry, "is not a folder of series images the node made")
             continue
         parts.setdefault(part[0], []).append((part[1], entry))
     return parts
 
 
-def _aside(work: Path, uid: str, item: Path, why: str, folder: str = DAMAGED, say: bool = True) -> None:
+def set_aside(work: Path, uid: str, item: Path, why: str, folder: str = DAMAGED, say: bool = True) -> Path | None:
     """Move ``item`` (not followed where it is a link) to ``work/folder``, under a name no earlier
-    one there has, with one line saying ``why`` (``say``) or where it cannot be moved."""
+    one there has, with one line saying ``why`` (``say``) or where it cannot be moved; return its
+    path there (None: left where it is)."""
     aside = work / folder
     if aside.is_symlink() or not aside.is_dir():
         if os.path.lexists(aside):
             log.error("%s %s; left where it is: %s is not a folder", item, why, aside)
-            return
+            return None
         aside.mkdir()
     name, n = f"{uid}-{item.name}" if uid else item.name, 1
     while os.path.lexists(aside / name):
@@ -227,10 +228,11 @@ def _aside(work: Path, uid: str, item: Path, why: str, folder: str = DAMAGED, sa
         os.rename(item, aside / name)
     except OSError as exc:
         log.error("%s %s; it cannot be moved to %s (%s)", item, why, aside, exc.strerror or exc)
-        return
+        return None
     if say:
         log.error("%s%s in the work folder %s; moved to %s, not segmented", f"series {uid}: " if uid else "",
                   item.name, why, aside / name)
+    return aside / name
 
 
 def recover(work: Path) -> tuple[list[Recovered], int]:
@@ -255,9 +257,9 @@ def recover(work: Path) -> tuple[list[Recovered], int]:
             target.mkdir()
         series = Recovered(uid, target, in_flight, reference=reference)
         for _, part in parts:
-            set_aside = series.over_limit
+            aside_before = series.over_limit
             staged += _merge(work, uid, part, series)
-            if series.over_limit > set_aside:  # its SEG is not of the images taken up: not replaced by theirs
+            if series.over_limit > aside_before:  # its SEG is not of the images taken up: not replaced by theirs
                 notes[part] = None
             if part != target:
                 with contextlib.suppress(OSError):
@@ -289,11 +291,11 @@ def _merge(work: Path, uid: str, part: Path, series: Recovered) -> int:
             continue
         sop = item.name[:-4] if item.name.endswith(".dcm") else ""
         if not regular_file(item):
-            _aside(work, uid, item, "is not a regular file (a link, a FIFO, a folder), never read")
+            set_aside(work, uid, item, "is not a regular file (a link, a FIFO, a folder), never read")
         elif sop in series.frames:  # the image came again later: the newer copy is held
             item.unlink()
         elif (whole := whole_image(item) if uid_problem(sop) is None else None) is None:
-            _aside(work, uid, item, "is not a whole image (cut short by the end of the node that received it)")
+            set_aside(work, uid, item, "is not a whole image (cut short by the end of the node that received it)")
         else:
             images[sop] = item, *whole, item.stat().st_size
     slices = sum(series.frames.values()) + sum(frames for _, frames, _, _, _ in images.values())
@@ -311,7 +313,7 @@ def _merge(work: Path, uid: str, part: Path, series: Recovered) -> int:
         log.error("series %s: the %d image(s) in %s are not taken up with the rest of the series, moved to %s and not "
                   "segmented: %s", uid, len(images), part.name, work / OVER_LIMIT, exc)
         for item, *_ in images.values():
-            _aside(work, uid, item, "cannot be segmented with the rest of its series", OVER_LIMIT, say=False)
+            set_aside(work, uid, item, "cannot be segmented with the rest of its series", OVER_LIMIT, say=False)
         series.over_limit += len(images)
         return staged
     for sop, (item, frames, shape, multiframe, size) in images.items():
