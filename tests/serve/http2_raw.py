@@ -97,8 +97,8 @@ def closed_within(sock: socket.socket, seconds: float) -> bool:
     """Whether the server closes ``sock`` within ``seconds`` (what it sends before is read and dropped)."""
     sock.settimeout(seconds)
     try:
-        while sock.recv(65536):
-            pass
+        while sock.recv(65536):  # read and dropped until the server closes
+            continue
     except (socket.timeout, TimeoutError):
         return False
     except (ConnectionResetError, BrokenPipeError):
