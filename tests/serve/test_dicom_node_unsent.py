@@ -5,6 +5,7 @@ archive; a relay between the node and it changes the peer's A-ASSOCIATE-AC."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 import subprocess
@@ -29,11 +30,27 @@ def _big_endian_accepted(pdu: bytes) -> bytes:
     return pdu.replace(EXPLICIT_LE, EXPLICIT_BE) if pdu[0] == 2 else pdu
 
 
-def _archive(port: int, folder):
-    """storescp keeping each data set as it came (+B), AE title ARCHIVE, on ``port``."""
+@contextlib.contextmanager
+def _archive(port: int, folder, wait_port):
+    """storescp keeping each data set as it came (+B), AE title ARCHIVE, listening on ``port``
+    while the context is open."""
     folder.mkdir(exist_ok=True)
-    return subprocess.Popen(["storescp", "+B", "-aet", "ARCHIVE", "-od", str(folder), str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    archive = subprocess.Popen(["storescp", "+B", "-aet", "ARCHIVE", "-od", str(folder), str(port)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_port(port)
+        yield
+    finally:
+        archive.terminate()
+        archive.wait(timeout=10)
+
+
+def _series_and_blocked_unsent(tmp_path):
+    """The test series' files and Series Instance UID, and an unsent folder whose name a file holds."""
+    unsent = tmp_path / "unsent"
+    unsent.write_text("in the way")
+    files = sorted(SERIES.glob("*.dcm"))
+    return files, pydicom.dcmread(files[0]).SeriesInstanceUID, unsent
 
 
 def _data_set(path) -> bytes:
@@ -56,27 +73,24 @@ def test_a_fault_inside_the_send_leaves_the_seg_in_unsent_until_the_next_round(r
     there byte for byte; the work folder keeps no copy."""
     caplog.set_level(logging.INFO, logger="edgeseg.listen")
     archive_port, relay_port = free_port(), free_port()
-    archive = _archive(archive_port, tmp_path / "received")
-    relay = PausingRelay(relay_port, archive_port, hold_at=None, change=_big_endian_accepted)
     unsent = tmp_path / "unsent"
     files = sorted(SERIES.glob("*.dcm"))
     uid = pydicom.dcmread(files[0]).SeriesInstanceUID
-    try:
-        wait_port(archive_port)
-        with running_node(out=None, forward=Peer("127.0.0.1", relay_port, "ARCHIVE"), unsent=unsent,
-                          resend_every=1.0) as node:
-            assert _storescu(node.port, files).returncode == 0
-            assert _wait_for(lambda: node.stats.not_forwarded), node.stats
-            [waiting] = unsent.iterdir()
-            assert waiting.name == f"{uid}.seg.dcm"
-            kept = _data_set(waiting)
-            assert _wait_for(lambda: not list(node.work.glob("*.seg.dcm")))
-            relay.change = None  # the peer answers as it should from now on
-            assert _wait_for(lambda: node.stats.forwarded), node.stats
-    finally:
-        relay.close()
-        archive.terminate()
-        archive.wait(timeout=10)
+    with _archive(archive_port, tmp_path / "received", wait_port):
+        relay = PausingRelay(relay_port, archive_port, hold_at=None, change=_big_endian_accepted)
+        try:
+            with running_node(out=None, forward=Peer("127.0.0.1", relay_port, "ARCHIVE"), unsent=unsent,
+                              resend_every=1.0) as node:
+                assert _storescu(node.port, files).returncode == 0
+                assert _wait_for(lambda: node.stats.not_forwarded), node.stats
+                [waiting] = unsent.iterdir()
+                assert waiting.name == f"{uid}.seg.dcm"
+                kept = _data_set(waiting)
+                assert _wait_for(lambda: not list(node.work.glob("*.seg.dcm")))
+                relay.change = None  # the peer answers as it should from now on
+                assert _wait_for(lambda: node.stats.forwarded), node.stats
+        finally:
+            relay.close()
     [received] = (tmp_path / "received").iterdir()
     assert _data_set(received) == kept
     assert list(unsent.iterdir()) == [] and not list(node.work.rglob("*.seg.dcm"))
@@ -95,10 +109,7 @@ def test_a_seg_the_unsent_folder_cannot_take_stays_and_goes_once_it_can(running_
     the error line, and once the folder can be written it waits there and goes to the peer."""
     caplog.set_level(logging.INFO, logger="edgeseg.listen")
     port = free_port()
-    unsent = tmp_path / "unsent"
-    unsent.write_text("in the way")
-    files = sorted(SERIES.glob("*.dcm"))
-    uid = pydicom.dcmread(files[0]).SeriesInstanceUID
+    files, uid, unsent = _series_and_blocked_unsent(tmp_path)
     with running_node(out=None, forward=Peer("127.0.0.1", port, "ARCHIVE"), unsent=unsent, resend_every=1.0) as node:
         assert _storescu(node.port, files).returncode == 0
         assert _wait_for(lambda: node.stats.not_forwarded), node.stats
@@ -109,13 +120,8 @@ def test_a_seg_the_unsent_folder_cannot_take_stays_and_goes_once_it_can(running_
         assert error.exc_info is None and "\n" not in error.getMessage()
         assert f"could not be kept in {unsent}" in error.getMessage() and f"it stays in {seg}" in error.getMessage()
         unsent.unlink()
-        archive = _archive(port, tmp_path / "received")
-        try:
-            wait_port(port)
+        with _archive(port, tmp_path / "received", wait_port):
             assert _wait_for(lambda: node.stats.forwarded), node.stats
-        finally:
-            archive.terminate()
-            archive.wait(timeout=10)
     [received] = (tmp_path / "received").iterdir()
     assert _data_set(received) == made
     assert list(unsent.iterdir()) == [] and not list(node.work.rglob("*.seg.dcm"))
@@ -129,10 +135,7 @@ def test_a_stop_keeps_a_seg_kept_nowhere_else(running_node, tmp_path, free_port,
     line naming it; in a --work folder the next start keeps it in the unsent folder and sends it."""
     caplog.set_level(logging.INFO, logger="edgeseg.listen")
     port = free_port()
-    unsent = tmp_path / "unsent"
-    unsent.write_text("in the way")
-    files = sorted(SERIES.glob("*.dcm"))
-    uid = pydicom.dcmread(files[0]).SeriesInstanceUID
+    files, uid, unsent = _series_and_blocked_unsent(tmp_path)
     options = dict(out=None, forward=Peer("127.0.0.1", port, "ARCHIVE"), unsent=unsent,
                    **({"work": None} if work == "made by the node" else {"work": tmp_path / "work", "durable": True}))
     with running_node(**options) as node:
@@ -149,14 +152,8 @@ def test_a_stop_keeps_a_seg_kept_nowhere_else(running_node, tmp_path, free_port,
             assert list(node.work.iterdir()) == [seg]
             return
         unsent.unlink()
-        archive = _archive(port, tmp_path / "received")
-        try:
-            wait_port(port)
-            with running_node(**options) as again:
-                assert _wait_for(lambda: again.stats.forwarded), again.stats
-        finally:
-            archive.terminate()
-            archive.wait(timeout=10)
+        with _archive(port, tmp_path / "received", wait_port), running_node(**options) as again:
+            assert _wait_for(lambda: again.stats.forwarded), again.stats
         [received] = (tmp_path / "received").iterdir()
         assert _data_set(received) == made
         assert list(unsent.iterdir()) == [] and not seg.exists()
