@@ -5,6 +5,7 @@ are the peers."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import subprocess
 
@@ -18,25 +19,34 @@ pydicom = pytest.importorskip("pydicom")
 pytestmark = pytest.mark.skipif(not DCMTK, reason="dcmtk (echoscu, storescu, storescp) is not installed: apt-get install dcmtk")
 
 
+@contextlib.contextmanager
+def started_node(serve_bundle, tmp_path, free_port, wait_port, wrap=None, audited=False, **options):
+    """A DicomNode (its segmenter the bundle's, or ``wrap(segmenter)``) started, writing to
+    tmp_path/out unless ``out`` says otherwise (and, ``audited``, audit lines to
+    tmp_path/audit.jsonl), and stopped on leaving."""
+    from edgeseg.runtime.provenance import provenance
+    from edgeseg.runtime.segmenter import Segmenter
+    from edgeseg.serve.audit import AuditLog
+
+    with Segmenter.load(serve_bundle, backend="onnxruntime:fp32") as segmenter:
+        audit = AuditLog(tmp_path / "audit.jsonl", provenance(segmenter)) if audited else None
+        options = {"out": tmp_path / "out", "idle": 0.5, "work": tmp_path / "work", "audit": audit, **options}
+        node = DicomNode(wrap(segmenter) if wrap else segmenter, port=free_port(), **options)
+        node.start()
+        try:
+            wait_port(node.port)
+            yield node
+        finally:
+            node.stop()
+            if audit is not None:
+                audit.close()
+
+
 @pytest.fixture
 def running_node(serve_bundle, tmp_path, free_port, wait_port):
-    """``with running_node(wrap=None, **options) as node``: a DicomNode (its segmenter the bundle's,
-    or ``wrap(segmenter)``) started, writing to tmp_path/out unless ``out`` says otherwise, and stopped at the end of the block."""
-    from edgeseg.runtime.segmenter import Segmenter
-
-    @contextlib.contextmanager
-    def start(wrap=None, **options):
-        with Segmenter.load(serve_bundle, backend="onnxruntime:fp32") as segmenter:
-            options = {"out": tmp_path / "out", "idle": 0.5, "work": tmp_path / "work", **options}
-            node = DicomNode(wrap(segmenter) if wrap else segmenter, port=free_port(), **options)
-            node.start()
-            try:
-                wait_port(node.port)
-                yield node
-            finally:
-                node.stop()
-
-    return start
+    """``with running_node(wrap=None, **options) as node``: :func:`started_node` on this test's
+    bundle and folders."""
+    return functools.partial(started_node, serve_bundle, tmp_path, free_port, wait_port)
 
 
 def _edgeseg_errors(caplog) -> list[logging.LogRecord]:

@@ -9,7 +9,6 @@ The oracle is how the series were made (tests/dicom_volume_series.py): which fil
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 from pathlib import Path
@@ -18,6 +17,7 @@ import pytest
 
 from tests.dicom_volume_series import KINDS, make_series
 from tests.serve.test_dicom_node import DCMTK, _storescu, _wait_for
+from tests.serve.test_dicom_node_failures import started_node
 from tests.serve.test_dicom_node_slow_series import _referenced
 
 pytest.importorskip("pynetdicom")
@@ -29,26 +29,10 @@ def _sop(path: Path) -> str:
     return str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
 
 
-@contextlib.contextmanager
 def _node(serve_bundle, tmp_path, free_port, wait_port, **options):
     """A node on a real Segmenter writing SEGs to tmp_path/out and audit lines to
     tmp_path/audit.jsonl (work folder tmp_path/work), stopped on leaving."""
-    from edgeseg.runtime.provenance import provenance
-    from edgeseg.runtime.segmenter import Segmenter
-    from edgeseg.serve.audit import AuditLog
-    from edgeseg.serve.dicom_node import DicomNode
-
-    with Segmenter.load(serve_bundle, backend="onnxruntime:fp32") as segmenter:
-        audit = AuditLog(tmp_path / "audit.jsonl", provenance(segmenter))
-        node = DicomNode(segmenter, port=free_port(), out=tmp_path / "out", idle=1.0, work=tmp_path / "work",
-                         audit=audit, **options)
-        node.start()
-        try:
-            wait_port(node.port)
-            yield node
-        finally:
-            node.stop()
-            audit.close()
+    return started_node(serve_bundle, tmp_path, free_port, wait_port, audited=True, idle=1.0, **options)
 
 
 def _send(node, files, rounds: int, kept: Path) -> None:

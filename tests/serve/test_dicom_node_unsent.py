@@ -30,13 +30,17 @@ def _big_endian_accepted(pdu: bytes) -> bytes:
     return pdu.replace(EXPLICIT_LE, EXPLICIT_BE) if pdu[0] == 2 else pdu
 
 
-@contextlib.contextmanager
-def _archive(port: int, folder, wait_port):
-    """storescp keeping each data set as it came (+B), AE title ARCHIVE, listening on ``port``
-    while the context is open."""
+def _archive(port: int, folder):
+    """storescp keeping each data set as it came (+B), AE title ARCHIVE, on ``port``."""
     folder.mkdir(exist_ok=True)
-    archive = subprocess.Popen(["storescp", "+B", "-aet", "ARCHIVE", "-od", str(folder), str(port)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return subprocess.Popen(["storescp", "+B", "-aet", "ARCHIVE", "-od", str(folder), str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+@contextlib.contextmanager
+def _archive_open(port: int, folder, wait_port):
+    """:func:`_archive`, listening on ``port`` while the context is open."""
+    archive = _archive(port, folder)
     try:
         wait_port(port)
         yield
@@ -76,7 +80,7 @@ def test_a_fault_inside_the_send_leaves_the_seg_in_unsent_until_the_next_round(r
     unsent = tmp_path / "unsent"
     files = sorted(SERIES.glob("*.dcm"))
     uid = pydicom.dcmread(files[0]).SeriesInstanceUID
-    with _archive(archive_port, tmp_path / "received", wait_port):
+    with _archive_open(archive_port, tmp_path / "received", wait_port):
         relay = PausingRelay(relay_port, archive_port, hold_at=None, change=_big_endian_accepted)
         try:
             with running_node(out=None, forward=Peer("127.0.0.1", relay_port, "ARCHIVE"), unsent=unsent,
@@ -120,7 +124,7 @@ def test_a_seg_the_unsent_folder_cannot_take_stays_and_goes_once_it_can(running_
         assert error.exc_info is None and "\n" not in error.getMessage()
         assert f"could not be kept in {unsent}" in error.getMessage() and f"it stays in {seg}" in error.getMessage()
         unsent.unlink()
-        with _archive(port, tmp_path / "received", wait_port):
+        with _archive_open(port, tmp_path / "received", wait_port):
             assert _wait_for(lambda: node.stats.forwarded), node.stats
     [received] = (tmp_path / "received").iterdir()
     assert _data_set(received) == made
@@ -152,7 +156,7 @@ def test_a_stop_keeps_a_seg_kept_nowhere_else(running_node, tmp_path, free_port,
             assert list(node.work.iterdir()) == [seg]
             return
         unsent.unlink()
-        with _archive(port, tmp_path / "received", wait_port), running_node(**options) as again:
+        with _archive_open(port, tmp_path / "received", wait_port), running_node(**options) as again:
             assert _wait_for(lambda: again.stats.forwarded), again.stats
         [received] = (tmp_path / "received").iterdir()
         assert _data_set(received) == made
